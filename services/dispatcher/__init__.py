@@ -1,0 +1,1 @@
+"""The dispatcher: renders member batches into HTTP requests and delivers them with retries."""

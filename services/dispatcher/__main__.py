@@ -1,0 +1,51 @@
+"""Composition root of the dispatcher: ``python -m services.dispatcher`` or ``export-dispatcher``."""
+
+from __future__ import annotations
+
+import httpx
+
+from services.dispatcher.auth import OAuthTokenCache
+from services.dispatcher.delivery import Deliverer, RetryPolicy
+from services.dispatcher.dispatching import CatalogCache, Dispatcher
+from services.dispatcher.settings import DispatcherSettings
+from shared.catalog import Catalog
+from shared.events import MemberBatch
+from shared.runtime import build_loop, start_service
+
+SERVICE = "dispatcher"
+
+
+def main() -> None:
+    settings = DispatcherSettings()
+    start_service(settings, SERVICE)
+    client = httpx.Client(limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
+    policy = RetryPolicy(
+        max_attempts=settings.dispatcher_max_attempts,
+        max_seconds=settings.dispatcher_max_retry_seconds,
+        initial_backoff=settings.dispatcher_backoff_initial_seconds,
+        max_backoff=settings.dispatcher_backoff_max_seconds,
+    )
+    dispatcher = Dispatcher(
+        objects=CatalogCache(Catalog.from_url(settings.catalog_url), settings.dispatcher_catalog_cache_seconds),
+        deliverer=Deliverer(client, policy),
+        tokens=OAuthTokenCache(client),
+        topics=settings.topics,
+    )
+    loop = build_loop(
+        settings,
+        service=SERVICE,
+        topic=settings.topics.member_batches,
+        decode=MemberBatch.model_validate_json,
+        handler=dispatcher.handle,
+        # A batch may take the whole retry budget; keep polls small so the group does not evict us.
+        max_poll_records=8,
+    )
+    loop.install_signal_handlers()
+    try:
+        loop.run()
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    main()

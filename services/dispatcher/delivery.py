@@ -1,0 +1,129 @@
+"""Deliver one rendered request: retry what can succeed later, with backoff and Retry-After."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client import Counter, Histogram
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, stop_after_delay
+
+from services.dispatcher.rendering import RenderedRequest
+from services.dispatcher.retry_policy import is_retryable, is_success, parse_retry_after
+
+REQUESTS = Counter("export_dispatcher_requests_total", "HTTP requests sent, by status class.", ["status_class"])
+REQUEST_SECONDS = Histogram("export_dispatcher_request_seconds", "HTTP request duration.")
+RETRIES = Counter("export_dispatcher_retries_total", "HTTP requests retried.")
+
+SNIPPET_CHARS = 300
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """One HTTP attempt: a status (with Retry-After and a body snippet) or a transport error."""
+
+    status: int | None
+    success: bool
+    retry_after: float | None = None
+    error: str | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return not self.success and (self.status is None or is_retryable(self.status))
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The final outcome of delivering one request, after retries."""
+
+    success: bool
+    status: int | None
+    attempts: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    max_seconds: float = 120.0
+    initial_backoff: float = 0.5
+    max_backoff: float = 30.0
+
+    def wait(self, state: RetryCallState) -> float:
+        """Full-jitter exponential backoff, or the server's Retry-After when it asks for longer."""
+        ceiling = min(self.max_backoff, self.initial_backoff * 2 ** (state.attempt_number - 1))
+        delay = random.uniform(0, ceiling)
+        outcome = state.outcome
+        if outcome is not None and not outcome.failed:
+            retry_after = outcome.result().retry_after
+            if retry_after is not None:
+                delay = max(delay, min(retry_after, self.max_seconds))
+        return delay
+
+
+def _status_class(status: int | None) -> str:
+    return f"{status // 100}xx" if status else "error"
+
+
+class Deliverer:
+    """Sends rendered requests with ``client``, retrying per ``policy``."""
+
+    def __init__(self, client: httpx.Client, policy: RetryPolicy, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.client = client
+        self.policy = policy
+        self.sleep = sleep
+
+    def attempt(self, request: RenderedRequest, timeout: float, success_statuses: list[int] | None) -> AttemptResult:
+        """Send once; never raises for HTTP or network failures, it describes them."""
+        started = time.perf_counter()
+        try:
+            response = self.client.request(
+                request.method, request.url, headers=request.headers, content=request.content, timeout=timeout
+            )
+        except httpx.TransportError as exc:
+            REQUESTS.labels(status_class="error").inc()
+            return AttemptResult(status=None, success=False, error=f"{type(exc).__name__}: {exc}"[:SNIPPET_CHARS])
+        finally:
+            REQUEST_SECONDS.observe(time.perf_counter() - started)
+        status = response.status_code
+        REQUESTS.labels(status_class=_status_class(status)).inc()
+        if is_success(status, success_statuses):
+            return AttemptResult(status=status, success=True)
+        return AttemptResult(
+            status=status,
+            success=False,
+            retry_after=parse_retry_after(response.headers.get("Retry-After"), time.time()),
+            error=f"HTTP {status}: {response.text[:SNIPPET_CHARS]}",
+        )
+
+    def deliver(
+        self,
+        make_request: Callable[[], RenderedRequest],
+        timeout: float,
+        success_statuses: list[int] | None = None,
+    ) -> DeliveryResult:
+        """Deliver with retries. ``make_request`` is called per attempt so headers (tokens) stay fresh."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            RETRIES.inc()
+
+        retrying = Retrying(
+            retry=retry_if_result(lambda result: result.retryable),
+            stop=stop_after_attempt(self.policy.max_attempts) | stop_after_delay(self.policy.max_seconds),
+            wait=self.policy.wait,
+            sleep=self.sleep,
+            before_sleep=before_sleep,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+        )
+        attempts = 0
+
+        def once() -> AttemptResult:
+            nonlocal attempts
+            attempts += 1
+            return self.attempt(make_request(), timeout, success_statuses)
+
+        result: AttemptResult = retrying(once)
+        return DeliveryResult(success=result.success, status=result.status, attempts=attempts, error=result.error)

@@ -1,0 +1,71 @@
+"""Render a member batch into an HTTP request with the template (sandboxed Jinja2). Pure: no I/O."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
+from shared.errors import PermanentError
+from shared.events import MemberBatch
+
+_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+class TemplateRenderError(PermanentError):
+    """The template does not render, or does not render valid JSON; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class RenderedRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    content: bytes
+
+
+@lru_cache(maxsize=256)
+def _compile(source: str) -> Any:
+    return _ENV.from_string(source)
+
+
+def _render(source: str, context: dict[str, Any], what: str) -> str:
+    try:
+        return str(_compile(source).render(context))
+    except TemplateError as exc:
+        lineno = getattr(exc, "lineno", None)
+        line = f" (line {lineno})" if lineno else ""
+        raise TemplateRenderError(f"template {what}{line}: {exc.message or exc}") from None
+
+
+def render_request(template: HttpTemplate, profile: ConnectionProfile, batch: MemberBatch) -> RenderedRequest:
+    """The request for ``batch``: URL from the profile's base URL and the template's path, JSON body.
+
+    Templates see ``members`` (the batch), ``member`` (its first member, handy when the batch size is 1)
+    and ``run`` (``id``, ``definition``, ``batch_index``).
+    """
+    context = {
+        "members": batch.members,
+        "member": batch.members[0] if batch.members else {},
+        "run": {"id": str(batch.run_id), "definition": batch.definition, "batch_index": batch.batch_index},
+    }
+    path = _render(template.path, context, "path")
+    url = profile.base_url.rstrip("/") + path
+    headers = {name: _render(value, context, f"header {name}") for name, value in template.headers.items()}
+    if template.body is None:
+        body = json.dumps(batch.members, separators=(",", ":"))
+    else:
+        body = _render(template.body, context, "body")
+        try:
+            json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise TemplateRenderError(
+                f"template body renders invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            ) from None
+    headers.setdefault("Content-Type", "application/json")
+    return RenderedRequest(template.method.value, url, headers, body.encode())

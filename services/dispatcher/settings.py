@@ -1,0 +1,24 @@
+"""The dispatcher's settings (``EXPORT_*`` environment variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import CommonSettings
+
+
+class DispatcherSettings(CommonSettings):
+    """Settings of the dispatcher service."""
+
+    dispatcher_max_attempts: int = Field(default=6, ge=1, description="HTTP attempts per batch, first included.")
+    dispatcher_max_retry_seconds: float = Field(
+        default=120.0, gt=0, description="Time budget of one batch's retries, in seconds."
+    )
+    dispatcher_backoff_initial_seconds: float = Field(
+        default=0.5, gt=0, description="First retry delay (before jitter)."
+    )
+    dispatcher_backoff_max_seconds: float = Field(default=30.0, gt=0, description="Cap of one retry delay.")
+    dispatcher_catalog_cache_seconds: float = Field(
+        default=5.0, ge=0, description="How long templates and profiles are cached; edits apply after it."
+    )
+    metrics_port: int = Field(default=9403, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

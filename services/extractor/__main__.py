@@ -1,0 +1,40 @@
+"""Composition root of the extractor: ``python -m services.extractor`` or ``export-extractor``."""
+
+from __future__ import annotations
+
+from services.extractor.extraction import Extractor
+from services.extractor.settings import ExtractorSettings
+from shared.catalog import Catalog
+from shared.events import RunRequested
+from shared.querystore import MemberReader
+from shared.runtime import build_loop, start_service
+
+SERVICE = "extractor"
+
+
+def main() -> None:
+    settings = ExtractorSettings()
+    start_service(settings, SERVICE)
+    loop = build_loop(
+        settings,
+        service=SERVICE,
+        topic=settings.topics.run_requests,
+        decode=RunRequested.model_validate_json,
+        handler=lambda request: extractor.handle(request),
+        # One run at a time: a run may take minutes, and its offset is committed only at its end.
+        max_poll_records=1,
+        max_poll_interval_ms=3_600_000,
+    )
+    extractor = Extractor(
+        catalog=Catalog.from_url(settings.catalog_url),
+        reader=MemberReader.from_url(settings.query_store_url),
+        topics=settings.topics,
+        publish=loop.send_all,
+        page_size=settings.extractor_page_size,
+    )
+    loop.install_signal_handlers()
+    loop.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""The extractor's settings (``EXPORT_*`` environment variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import CommonSettings
+
+
+class ExtractorSettings(CommonSettings):
+    """Settings of the extractor service."""
+
+    query_store_url: str = Field(
+        default="sqlite:///.local/members.db", description="SQLAlchemy URL of the member store the queries read."
+    )
+    extractor_page_size: int = Field(
+        default=5_000, ge=1, description="Members read per query page (rounded up to whole batches)."
+    )
+    metrics_port: int = Field(default=9402, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

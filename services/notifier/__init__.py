@@ -1,0 +1,1 @@
+"""The notifier: folds run events into run records and emails the outcome."""

@@ -1,0 +1,44 @@
+"""Composition root of the notifier: ``python -m services.notifier`` or ``export-notifier``."""
+
+from __future__ import annotations
+
+from services.notifier.mailer import SmtpMailer
+from services.notifier.notifying import Notifier
+from services.notifier.settings import NotifierSettings
+from shared.catalog import Catalog
+from shared.events import RUN_EVENT_ADAPTER
+from shared.runtime import build_loop, start_service
+
+SERVICE = "notifier"
+
+
+def main() -> None:
+    settings = NotifierSettings()
+    start_service(settings, SERVICE)
+    notifier = Notifier(
+        catalog=Catalog.from_url(settings.catalog_url),
+        mailer=SmtpMailer(
+            settings.smtp_host,
+            settings.smtp_port,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            timeout=settings.smtp_timeout_seconds,
+            max_attempts=settings.smtp_max_attempts,
+        ),
+        sender=settings.smtp_sender,
+        link_base_url=settings.run_link_base_url,
+    )
+    loop = build_loop(
+        settings,
+        service=SERVICE,
+        topic=settings.topics.run_events,
+        decode=RUN_EVENT_ADAPTER.validate_json,
+        handler=notifier.handle,
+    )
+    loop.install_signal_handlers()
+    loop.run()
+
+
+if __name__ == "__main__":
+    main()

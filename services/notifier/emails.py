@@ -1,0 +1,82 @@
+"""Compose the success and error emails of a finished run. Pure: builds messages, sends nothing."""
+
+from __future__ import annotations
+
+import html
+import zoneinfo
+from datetime import datetime
+from email.message import EmailMessage
+
+from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.runs import RunRecord, RunStatus
+
+SUCCESS, ERROR = "success", "error"
+
+
+def kinds_due(status: RunStatus) -> list[str]:
+    """Which kind of email a final status calls for."""
+    if status == RunStatus.SUCCEEDED:
+        return [SUCCESS]
+    if status in {RunStatus.FAILED, RunStatus.COMPLETED_WITH_ERRORS, RunStatus.MISSED}:
+        return [ERROR]
+    return []
+
+
+def recipients_for(definition: ExportDefinition, kind: str) -> list[str]:
+    """The recipients of ``kind`` per the definition's Notifications step (empty when the toggle is off)."""
+    setting = definition.notifications.success if kind == SUCCESS else definition.notifications.error
+    return list(setting.recipients) if setting.enabled else []
+
+
+def _local(moment: datetime | None, zone: str) -> str:
+    if moment is None:
+        return "-"
+    return moment.astimezone(zoneinfo.ZoneInfo(zone)).strftime(f"%Y-%m-%d %H:%M:%S {zone}")
+
+
+def compose(
+    *,
+    definition: ExportDefinition,
+    record: RunRecord,
+    kind: str,
+    sender: str,
+    recipients: list[str],
+    link_base_url: str | None = None,
+) -> EmailMessage:
+    """The email for ``record``: text and HTML parts, times in the definition's time zone."""
+    zone = definition.schedule.timezone
+    status = record.status.value.replace("_", " ")
+    subject = f"[member export] {definition.name}: {status}"
+    duration = record.duration_seconds
+    lines = [
+        ("Export", definition.name),
+        ("Status", status),
+        ("Run", str(record.run_id)),
+        ("Trigger", record.trigger or "-"),
+        ("Started", _local(record.started_at, zone)),
+        ("Finished", _local(record.finished_at, zone)),
+        ("Duration", f"{duration:.1f} s" if duration is not None else "-"),
+        ("Members extracted", str(record.extracted)),
+        ("Delivered", str(record.delivered)),
+        ("Failed", str(record.failed)),
+    ]
+    if link_base_url:
+        lines.append(("Details", f"{link_base_url.rstrip('/')}/runs/{record.run_id}"))
+    errors = list(record.error_samples)
+    text = "\n".join(f"{label}: {value}" for label, value in lines)
+    if errors:
+        text += "\n\nErrors:\n" + "\n".join(f"- {error}" for error in errors)
+    rows = "".join(f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in lines)
+    error_html = ""
+    if errors:
+        error_html = "<h3>Errors</h3><ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in errors) + "</ul>"
+    message = EmailMessage()
+    message["Subject"] = subject
+    message["From"] = sender
+    message["To"] = ", ".join(recipients)
+    message["X-Export-Run-Id"] = str(record.run_id)
+    message.set_content(text + "\n")
+    message.add_alternative(
+        f"<html><body><h2>{html.escape(subject)}</h2><table>{rows}</table>{error_html}</body></html>", subtype="html"
+    )
+    return message

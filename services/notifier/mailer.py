@@ -1,0 +1,57 @@
+"""Send email over SMTP (plain, STARTTLS or implicit TLS), retrying a failing server with backoff."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from email.message import EmailMessage
+
+from pydantic import SecretStr
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+
+class SmtpMailer:
+    """One SMTP server; each send opens a connection (notifications are rare; no pool needed)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        security: str = "none",
+        username: str | None = None,
+        password: SecretStr | None = None,
+        timeout: float = 30.0,
+        max_attempts: int = 8,
+        max_wait: float = 30.0,
+    ) -> None:
+        self.host, self.port, self.security = host, port, security
+        self.username, self.password = username, password
+        self.timeout = timeout
+        self.max_attempts, self.max_wait = max_attempts, max_wait
+
+    def _send_once(self, message: EmailMessage) -> None:
+        context = ssl.create_default_context()
+        smtp: smtplib.SMTP
+        if self.security == "tls":
+            smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+        else:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        with smtp:
+            if self.security == "starttls":
+                smtp.starttls(context=context)
+            if self.username and self.password:
+                smtp.login(self.username, self.password.get_secret_value())
+            smtp.send_message(message)
+
+    def send(self, message: EmailMessage) -> None:
+        """Send, retrying connection failures and 4xx answers; raise the last error when retries run out."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(
+                (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, smtplib.SMTPResponseException)
+            ),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=wait_exponential_jitter(initial=1, max=self.max_wait),
+            reraise=True,
+        )
+        retrying(self._send_once, message)

@@ -1,0 +1,26 @@
+"""The notifier's settings (``EXPORT_*`` environment variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from shared.settings import CommonSettings
+
+
+class NotifierSettings(CommonSettings):
+    """Settings of the notifier service."""
+
+    smtp_host: str = Field(default="127.0.0.1", description="SMTP server host.")
+    smtp_port: int = Field(default=25, ge=1, le=65535, description="SMTP server port.")
+    smtp_security: str = Field(
+        default="none", pattern="^(none|starttls|tls)$", description="none, starttls, or tls (implicit TLS)."
+    )
+    smtp_username: str | None = Field(default=None, description="SMTP user, when the server needs auth.")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password (never logged).")
+    smtp_sender: str = Field(default="member-export@localhost", description="From address of notifications.")
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0, description="SMTP connection timeout.")
+    smtp_max_attempts: int = Field(default=8, ge=1, description="Attempts per email before it is recorded failed.")
+    run_link_base_url: str | None = Field(
+        default=None, description="Base URL of run pages; emails link to <base>/runs/<run id> when set."
+    )
+    metrics_port: int = Field(default=9404, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

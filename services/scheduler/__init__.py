@@ -1,0 +1,1 @@
+"""The scheduler: fires export definitions' schedules as run requests."""

@@ -1,0 +1,319 @@
+"""The catalog's one repository: every read and write of catalog state goes through :class:`Catalog`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar, cast
+
+from sqlalchemy import Engine, Insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.catalog.engine import make_engine
+from shared.catalog.tables import (
+    Base,
+    BatchOutcomeRow,
+    CatalogObjectRow,
+    ExtractionCheckpointRow,
+    NotificationRow,
+    RunRow,
+    ScheduleStateRow,
+)
+from shared.domain.catalog_objects import CatalogObject, ExportDefinition, kind_of, stored_form
+from shared.domain.runs import RunRecord, fold
+from shared.events import BatchOutcome, ExtractionCompleted, RunFailed, RunStarted
+
+T = TypeVar("T", bound=CatalogObject)
+ApplyResult = Literal["created", "updated", "unchanged"]
+
+
+class NotFound(LookupError):
+    """No catalog object of that kind and name."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"{kind} '{name}' does not exist")
+        self.kind, self.name = kind, name
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where an extraction stands: resume after ``last_key`` with batch ``next_batch_index``."""
+
+    run_id: uuid.UUID
+    last_key: Any
+    next_batch_index: int
+    members: int
+    completed: bool
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class Catalog:
+    """Profiles, templates, queries, definitions, runs and the services' bookkeeping."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str, *, create: bool = True) -> Catalog:
+        catalog = cls(make_engine(url))
+        if create:
+            catalog.create_schema()
+        return catalog
+
+    def create_schema(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def _insert_ignore(self, session: Session, table: Any, values: dict[str, Any]) -> bool:
+        """Insert a row unless its primary key exists; True when inserted."""
+        backend = self.engine.dialect.name
+        stmt: Insert
+        if backend == "postgresql":
+            stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing()
+        elif backend == "sqlite":
+            stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
+        else:  # pragma: no cover - other engines are not supported for the catalog
+            raise NotImplementedError(f"catalog on {backend} is not supported")
+        return bool(session.execute(stmt).rowcount == 1)  # type: ignore[attr-defined]
+
+    # --- catalog objects ---------------------------------------------------------------------------
+
+    def apply(self, obj: CatalogObject) -> ApplyResult:
+        """Create or update an object by kind and name; say which (or that nothing changed)."""
+        spec = stored_form(obj)
+        with self._session() as session:
+            row = session.scalar(
+                select(CatalogObjectRow).where(CatalogObjectRow.kind == kind_of(obj), CatalogObjectRow.name == obj.name)
+            )
+            if row is None:
+                now = _now()
+                session.add(
+                    CatalogObjectRow(
+                        id=str(uuid.uuid4()),
+                        kind=kind_of(obj),
+                        name=obj.name,
+                        spec=spec,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                return "created"
+            if row.spec == spec:
+                return "unchanged"
+            row.spec, row.version, row.updated_at = spec, row.version + 1, _now()
+            return "updated"
+
+    def get(self, kind: type[T], name: str) -> T:
+        return self.get_with_id(kind, name)[1]
+
+    def get_with_id(self, kind: type[T], name: str) -> tuple[uuid.UUID, T]:
+        """An object and its stable id (ids survive updates; deterministic run ids use them)."""
+        with self._session() as session:
+            row = session.scalar(
+                select(CatalogObjectRow).where(CatalogObjectRow.kind == kind.__name__, CatalogObjectRow.name == name)
+            )
+            if row is None:
+                raise NotFound(kind.__name__, name)
+            return uuid.UUID(row.id), cast(T, kind.model_validate(row.spec))
+
+    def list_objects(self, kind: type[T]) -> list[T]:
+        with self._session() as session:
+            rows = session.scalars(
+                select(CatalogObjectRow).where(CatalogObjectRow.kind == kind.__name__).order_by(CatalogObjectRow.name)
+            )
+            return [cast(T, kind.model_validate(row.spec)) for row in rows]
+
+    def delete(self, kind: type[CatalogObject], name: str) -> None:
+        with self._session() as session:
+            row = session.scalar(
+                select(CatalogObjectRow).where(CatalogObjectRow.kind == kind.__name__, CatalogObjectRow.name == name)
+            )
+            if row is None:
+                raise NotFound(kind.__name__, name)
+            session.delete(row)
+
+    def scheduled_definitions(self) -> list[tuple[uuid.UUID, ExportDefinition]]:
+        """Definitions whose schedule is enabled, with their ids."""
+        with self._session() as session:
+            rows = session.scalars(select(CatalogObjectRow).where(CatalogObjectRow.kind == ExportDefinition.__name__))
+            definitions = [(uuid.UUID(row.id), ExportDefinition.model_validate(row.spec)) for row in rows]
+        return [(id_, d) for id_, d in definitions if d.schedule.enabled]
+
+    # --- runs --------------------------------------------------------------------------------------
+
+    def fold_run_event(
+        self, event: RunStarted | ExtractionCompleted | BatchOutcome | RunFailed
+    ) -> tuple[RunRecord | None, RunRecord]:
+        """Apply a run event to the run's record, atomically; a batch outcome counts once per batch.
+
+        Returns the record before and after, so the caller can tell a run that has just finished.
+        """
+        with self._session() as session:
+            row = session.get(RunRow, str(event.run_id), with_for_update=True)
+            before = _record_from_row(row) if row else None
+            duplicate = False
+            if isinstance(event, BatchOutcome):
+                duplicate = not self._insert_ignore(
+                    session,
+                    BatchOutcomeRow,
+                    {
+                        "run_id": str(event.run_id),
+                        "batch_index": event.batch_index,
+                        "delivered": event.delivered,
+                        "failed": event.failed,
+                        "status_code": event.status_code,
+                    },
+                )
+            after = fold(
+                before or RunRecord(run_id=event.run_id, definition=event.definition), event, duplicate=duplicate
+            )
+            if row is None:
+                row = RunRow(run_id=str(event.run_id))
+                session.add(row)
+            _record_to_row(after, row)
+            return before, after
+
+    def get_run(self, run_id: uuid.UUID) -> RunRecord | None:
+        with self._session() as session:
+            row = session.get(RunRow, str(run_id))
+            return _record_from_row(row) if row else None
+
+    def list_runs(self, definition: str | None = None, limit: int = 50) -> list[RunRecord]:
+        with self._session() as session:
+            query = select(RunRow).order_by(RunRow.started_at.desc()).limit(limit)
+            if definition:
+                query = query.where(RunRow.definition == definition)
+            return [_record_from_row(row) for row in session.scalars(query)]
+
+    # --- notifications -----------------------------------------------------------------------------
+
+    def claim_notification(self, run_id: uuid.UUID, kind: str, recipients: list[str]) -> bool:
+        """True when this (run, kind) email has not been sent yet: the caller should send it."""
+        with self._session() as session:
+            self._insert_ignore(
+                session, NotificationRow, {"run_id": str(run_id), "kind": kind, "recipients": recipients}
+            )
+            row = session.get(NotificationRow, (str(run_id), kind))
+            return row is not None and row.sent_at is None
+
+    def mark_notification(self, run_id: uuid.UUID, kind: str, *, error: str | None = None) -> None:
+        """Record an email as sent, or the error of its last failed attempt."""
+        with self._session() as session:
+            row = session.get(NotificationRow, (str(run_id), kind))
+            if row is None:
+                return
+            if error is None:
+                row.sent_at, row.last_error = _now(), None
+            else:
+                row.last_error = error
+
+    def notifications(self, run_id: uuid.UUID) -> dict[str, datetime | None]:
+        with self._session() as session:
+            rows = session.scalars(select(NotificationRow).where(NotificationRow.run_id == str(run_id)))
+            return {row.kind: _aware(row.sent_at) for row in rows}
+
+    # --- extraction checkpoints --------------------------------------------------------------------
+
+    def claim_extraction(self, run_id: uuid.UUID, definition: str) -> Checkpoint:
+        """The run's checkpoint, created at the start if new. ``completed`` means: do not extract again."""
+        with self._session() as session:
+            self._insert_ignore(
+                session,
+                ExtractionCheckpointRow,
+                {
+                    "run_id": str(run_id),
+                    "definition": definition,
+                    "next_batch_index": 0,
+                    "members": 0,
+                    "completed": False,
+                    "updated_at": _now(),
+                    "last_key": None,
+                },
+            )
+            row = session.get(ExtractionCheckpointRow, str(run_id))
+            assert row is not None
+            return Checkpoint(run_id, row.last_key, row.next_batch_index, row.members, row.completed)
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        with self._session() as session:
+            row = session.get(ExtractionCheckpointRow, str(checkpoint.run_id))
+            assert row is not None, "save_checkpoint before claim_extraction"
+            row.last_key = checkpoint.last_key
+            row.next_batch_index = checkpoint.next_batch_index
+            row.members = checkpoint.members
+            row.completed = checkpoint.completed
+            row.updated_at = _now()
+
+    # --- schedule state ----------------------------------------------------------------------------
+
+    def last_due(self, definition: str) -> datetime | None:
+        with self._session() as session:
+            row = session.get(ScheduleStateRow, definition)
+            return _aware(row.last_due_at) if row else None
+
+    def set_last_due(self, definition: str, due: datetime) -> None:
+        with self._session() as session:
+            row = session.get(ScheduleStateRow, definition)
+            if row is None:
+                session.add(ScheduleStateRow(definition=definition, last_due_at=due))
+            else:
+                row.last_due_at = due
+
+
+def _record_from_row(row: RunRow) -> RunRecord:
+    return RunRecord(
+        run_id=uuid.UUID(row.run_id),
+        definition=row.definition,
+        trigger=row.trigger,
+        requested_by=row.requested_by,
+        scheduled_for=_aware(row.scheduled_for),
+        started_at=_aware(row.started_at),
+        extraction_complete=row.extraction_complete,
+        extracted=row.extracted,
+        batches_expected=row.batches_expected,
+        batches_done=row.batches_done,
+        delivered=row.delivered,
+        failed=row.failed,
+        failure_reason=row.failure_reason,
+        error_samples=tuple(row.error_samples or ()),
+        last_event_at=_aware(row.last_event_at),
+        finished_at=_aware(row.finished_at),
+    )
+
+
+def _record_to_row(record: RunRecord, row: RunRow) -> None:
+    row.definition = record.definition
+    row.status = record.status.value
+    row.trigger = record.trigger
+    row.requested_by = record.requested_by
+    row.scheduled_for = record.scheduled_for
+    row.started_at = record.started_at
+    row.extraction_complete = record.extraction_complete
+    row.extracted = record.extracted
+    row.batches_expected = record.batches_expected
+    row.batches_done = record.batches_done
+    row.delivered = record.delivered
+    row.failed = record.failed
+    row.failure_reason = record.failure_reason
+    row.error_samples = list(record.error_samples)
+    row.last_event_at = record.last_event_at
+    row.finished_at = record.finished_at

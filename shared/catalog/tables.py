@@ -1,0 +1,99 @@
+"""The catalog's tables (SQLAlchemy 2.x declarative)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CatalogObjectRow(Base):
+    """A profile, template, query or definition: its validated spec as JSON, under a stable id."""
+
+    __tablename__ = "catalog_objects"
+    __table_args__ = (UniqueConstraint("kind", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RunRow(Base):
+    """A run's record, written by the notifier from the run events."""
+
+    __tablename__ = "runs"
+
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    definition: Mapped[str] = mapped_column(String(100), index=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    trigger: Mapped[str | None] = mapped_column(String(16))
+    requested_by: Mapped[str | None] = mapped_column(String(200))
+    scheduled_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    extraction_complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    extracted: Mapped[int] = mapped_column(Integer, default=0)
+    batches_expected: Mapped[int | None] = mapped_column(Integer)
+    batches_done: Mapped[int] = mapped_column(Integer, default=0)
+    delivered: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    error_samples: Mapped[list[str]] = mapped_column(JSON, default=list)
+    last_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class BatchOutcomeRow(Base):
+    """One outcome per batch identity: the notifier's deduplication ledger."""
+
+    __tablename__ = "batch_outcomes"
+
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    batch_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivered: Mapped[int] = mapped_column(Integer)
+    failed: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+
+
+class ExtractionCheckpointRow(Base):
+    """The extractor's progress through a run: resume point after a crash, and run-request dedup."""
+
+    __tablename__ = "extraction_checkpoints"
+
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    definition: Mapped[str] = mapped_column(String(100))
+    last_key: Mapped[Any] = mapped_column(JSON, nullable=True)
+    next_batch_index: Mapped[int] = mapped_column(Integer, default=0)
+    members: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class NotificationRow(Base):
+    """One row per (run, kind) of email: what makes each email go out once."""
+
+    __tablename__ = "notifications"
+
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    recipients: Mapped[list[str]] = mapped_column(JSON)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ScheduleStateRow(Base):
+    """The last due instant the scheduler handled for a definition."""
+
+    __tablename__ = "schedule_state"
+
+    definition: Mapped[str] = mapped_column(String(100), primary_key=True)
+    last_due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,1 @@
+"""``exportctl``: the operators' and admins' command line."""

@@ -1,0 +1,220 @@
+"""``exportctl``: apply manifests, run exports, follow runs, create demo members.
+
+Reads the same ``EXPORT_*`` settings as the services (catalog URL, Kafka, topic prefix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+from pydantic import Field
+
+from shared.catalog import Catalog, NotFound
+from shared.cli.manifests import ManifestError, load_manifests
+from shared.domain.catalog_objects import KINDS, CatalogObject, ExportDefinition, kind_of, references
+from shared.domain.runs import RunRecord
+from shared.events import RunRequested, Trigger, json_schemas
+from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait
+from shared.settings import CommonSettings
+
+
+class CliSettings(CommonSettings):
+    """Settings of exportctl."""
+
+    query_store_url: str = Field(default="sqlite:///.local/members.db", description="Member store (demo-data).")
+
+
+def _fail(message: str) -> int:
+    print(f"exportctl: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_apply(settings: CliSettings, args: argparse.Namespace) -> int:
+    try:
+        objects = load_manifests(args.file)
+    except ManifestError as exc:
+        return _fail("invalid manifest\n  " + "\n  ".join(exc.problems))
+    catalog = Catalog.from_url(settings.catalog_url)
+    declared = {(kind_of(o), o.name) for o in objects}
+    missing = []
+    for obj in objects:
+        for kind, name, field in references(obj):
+            if (kind.__name__, name) in declared:
+                continue
+            try:
+                catalog.get(kind, name)
+            except NotFound:
+                missing.append(f"{kind_of(obj)} '{obj.name}': field '{field}': {kind.__name__} '{name}' does not exist")
+    if missing:
+        return _fail("unresolved references\n  " + "\n  ".join(missing))
+    for obj in objects:
+        print(f"{kind_of(obj)}/{obj.name} {catalog.apply(obj)}")
+    return 0
+
+
+def _kind(name: str) -> type[CatalogObject]:
+    for kind, model in KINDS.items():
+        if name.lower() in {kind.lower(), kind.lower() + "s"}:
+            return model
+    raise SystemExit(_fail(f"unknown kind '{name}'; kinds: {', '.join(KINDS)}"))
+
+
+def cmd_get(settings: CliSettings, args: argparse.Namespace) -> int:
+    catalog = Catalog.from_url(settings.catalog_url)
+    kind = _kind(args.kind)
+    try:
+        objects = [catalog.get(kind, args.name)] if args.name else catalog.list_objects(kind)
+    except NotFound as exc:
+        return _fail(str(exc))
+    documents = [{"kind": kind.__name__, "spec": obj.model_dump(mode="json")} for obj in objects]
+    yaml.safe_dump_all(documents, sys.stdout, sort_keys=False, allow_unicode=True)
+    return 0
+
+
+def cmd_delete(settings: CliSettings, args: argparse.Namespace) -> int:
+    try:
+        Catalog.from_url(settings.catalog_url).delete(_kind(args.kind), args.name)
+    except NotFound as exc:
+        return _fail(str(exc))
+    print(f"{_kind(args.kind).__name__}/{args.name} deleted")
+    return 0
+
+
+def _summary(record: RunRecord) -> str:
+    duration = f"{record.duration_seconds:.1f}s" if record.duration_seconds is not None else "-"
+    lines = [
+        f"run {record.run_id} of '{record.definition}': {record.status.value}",
+        f"  read: {record.extracted}  delivered: {record.delivered}  failed: {record.failed}  duration: {duration}",
+    ]
+    lines += [f"  error: {error}" for error in record.error_samples]
+    return "\n".join(lines)
+
+
+def cmd_run(settings: CliSettings, args: argparse.Namespace) -> int:
+    catalog = Catalog.from_url(settings.catalog_url)
+    try:
+        catalog.get(ExportDefinition, args.definition)
+    except NotFound as exc:
+        return _fail(str(exc))
+    request = RunRequested(definition=args.definition, trigger=Trigger.MANUAL, requested_by=getpass.getuser())
+    ensure_topics(settings, [settings.topics.run_requests])
+    producer = make_producer(settings, "exportctl")
+    try:
+        produce_and_wait(producer, [Outgoing(settings.topics.run_requests, str(request.run_id), request.to_bytes())])
+    finally:
+        producer.close()
+    print(f"run {request.run_id} requested for '{args.definition}'")
+    if not args.wait:
+        return 0
+    return _wait(catalog, request.run_id, args.timeout)
+
+
+def _wait(catalog: Catalog, run_id: uuid.UUID, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    shown = ""
+    while time.monotonic() < deadline:
+        record = catalog.get_run(run_id)
+        if record is not None:
+            total = str(record.extracted) if record.extraction_complete else "?"
+            line = f"  {record.status.value}: delivered {record.delivered} / {total}, failed {record.failed}"
+            if line != shown and sys.stdout.isatty():
+                print(line, flush=True)
+                shown = line
+            if record.status.is_final:
+                print(_summary(record))
+                return 0 if record.status.value == "succeeded" else 1
+        time.sleep(0.25)
+    return _fail(f"run {run_id} did not finish within {timeout:.0f}s")
+
+
+def cmd_runs(settings: CliSettings, args: argparse.Namespace) -> int:
+    catalog = Catalog.from_url(settings.catalog_url)
+    if args.id:
+        record = catalog.get_run(uuid.UUID(args.id))
+        if record is None:
+            return _fail(f"run {args.id} is not known (yet)")
+        print(_summary(record))
+        return 0
+    for record in catalog.list_runs(args.definition, args.limit):
+        started = record.started_at.isoformat(timespec="seconds") if record.started_at else "-"
+        print(
+            f"{record.run_id}  {record.definition:<30} {record.status.value:<22} {started}  "
+            f"read {record.extracted} delivered {record.delivered} failed {record.failed}"
+        )
+    return 0
+
+
+def cmd_demo_data(settings: CliSettings, args: argparse.Namespace) -> int:
+    from shared.catalog import make_engine
+    from shared.querystore.demo_data import create_demo_members
+
+    url = args.url or settings.query_store_url
+    started = time.perf_counter()
+    count = create_demo_members(make_engine(url), args.members, seed=args.seed)
+    print(f"{count} demo members written to {url} in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+def cmd_schemas(_settings: CliSettings, _args: argparse.Namespace) -> int:
+    json.dump(json_schemas(), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exportctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    apply = commands.add_parser("apply", help="create or update objects from YAML manifests")
+    apply.add_argument("-f", "--file", type=Path, action="append", required=True, help="manifest file (repeatable)")
+    apply.set_defaults(func=cmd_apply)
+
+    get = commands.add_parser("get", help="print objects as YAML (secrets masked)")
+    get.add_argument("kind", help=", ".join(KINDS))
+    get.add_argument("name", nargs="?")
+    get.set_defaults(func=cmd_get)
+
+    delete = commands.add_parser("delete", help="delete an object")
+    delete.add_argument("kind")
+    delete.add_argument("name")
+    delete.set_defaults(func=cmd_delete)
+
+    run = commands.add_parser("run", help="execute an export definition now")
+    run.add_argument("definition")
+    run.add_argument("--wait", action="store_true", help="wait for the run to finish and print its summary")
+    run.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
+    run.set_defaults(func=cmd_run)
+
+    runs = commands.add_parser("runs", help="list runs, or show one with --id")
+    runs.add_argument("--definition")
+    runs.add_argument("--id")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.set_defaults(func=cmd_runs)
+
+    demo = commands.add_parser("demo-data", help="(re)create the demo members table")
+    demo.add_argument("--members", type=int, default=10_000)
+    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--url", help="SQLAlchemy URL (default: EXPORT_QUERY_STORE_URL)")
+    demo.set_defaults(func=cmd_demo_data)
+
+    schemas = commands.add_parser("schemas", help="print the JSON Schema of every event")
+    schemas.set_defaults(func=cmd_schemas)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(CliSettings(), args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""A real single-node Apache Kafka broker (KRaft mode) from the jars on Maven Central.
+
+No Docker engine and no Apache download site are needed: ``mvn dependency:copy-dependencies`` fetches
+``org.apache.kafka:kafka_2.13`` and a log4j2 binding once into a cache directory, then the broker runs
+as a plain ``java`` process bound to 127.0.0.1.
+
+Command line (used by ``deploy/local/kafka.sh``)::
+
+    python -m shared.devtools.kafka_broker start --port 9092 --dir .local/kafka
+    python -m shared.devtools.kafka_broker stop --dir .local/kafka
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from shared.devtools.prerequisites import require_java_and_maven
+from shared.devtools.processes import free_port, port_open, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+POM_DIR = REPO_ROOT / "deploy" / "local" / "kafka"
+CACHE_DIR = Path(os.environ.get("MEMBER_EXPORT_CACHE", Path.home() / ".cache" / "member-export"))
+READY_LINE = "Kafka Server started"
+
+
+def fetch_kafka_jars() -> Path:
+    """Return the directory of broker jars, fetching them from Maven Central the first time."""
+    _, mvn = require_java_and_maven()
+    libs = CACHE_DIR / "kafka-libs"
+    marker = libs / ".complete"
+    pom = POM_DIR / "pom.xml"
+    # The marker carries the pom's contents so that a version change in the pom refetches.
+    if marker.exists() and marker.read_text() == pom.read_text():
+        return libs
+    libs.mkdir(parents=True, exist_ok=True)
+    for old in libs.glob("*.jar"):
+        old.unlink()
+    subprocess.run(
+        [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies", f"-DoutputDirectory={libs}"],
+        check=True,
+    )
+    marker.write_text(pom.read_text())
+    return libs
+
+
+def server_properties(*, port: int, controller_port: int, log_dir: Path) -> str:
+    """The broker configuration of a single-node combined broker+controller on 127.0.0.1."""
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={log_dir}",
+            "num.partitions=6",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=6",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "",
+        ]
+    )
+
+
+class LocalKafka:
+    """A broker process owned by this object: ``start()`` returns once it accepts clients."""
+
+    def __init__(self, work_dir: Path | None = None, port: int | None = None) -> None:
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="kafka-"))
+        self.port = port or free_port()
+        self.controller_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.work_dir / "broker.log"
+
+    def start(self, timeout: float = 120.0) -> LocalKafka:
+        java, _ = require_java_and_maven()
+        libs = fetch_kafka_jars()
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        props = self.work_dir / "server.properties"
+        props.write_text(
+            server_properties(port=self.port, controller_port=self.controller_port, log_dir=self.work_dir / "data")
+        )
+        base = [
+            java,
+            "-Xms256m",
+            "-Xmx768m",
+            f"-Dlog4j2.configurationFile={POM_DIR / 'log4j2.yaml'}",
+            "-cp",
+            f"{libs}/*",
+        ]
+        cluster_id = (
+            subprocess.run(
+                [*base, "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        subprocess.run(
+            [*base, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props)],
+            check=True,
+            capture_output=True,
+        )
+        log = self.log_file.open("wb")
+        self.process = subprocess.Popen(
+            [*base, "kafka.Kafka", str(props)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        (self.work_dir / "broker.pid").write_text(str(self.process.pid))
+
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"Kafka broker exited early; see {self.log_file}")
+            return READY_LINE in self.log_file.read_text(errors="replace") and port_open(self.port)
+
+        wait_until(ready, timeout=timeout, interval=0.25, what=f"Kafka on {self.bootstrap_servers}")
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> LocalKafka:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _stop_pid_file(work_dir: Path, timeout: float = 30.0) -> None:
+    pid_file = work_dir / "broker.pid"
+    if not pid_file.exists():
+        print("no broker running from", work_dir)
+        return
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    pid_file.unlink(missing_ok=True)
+    print("Kafka stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["fetch", "start", "stop"])
+    parser.add_argument("--port", type=int, default=9092)
+    parser.add_argument("--dir", type=Path, default=REPO_ROOT / ".local" / "kafka")
+    args = parser.parse_args(argv)
+    if args.action == "fetch":
+        print(fetch_kafka_jars())
+    elif args.action == "start":
+        broker = LocalKafka(args.dir, args.port).start()
+        print(f"Kafka ready on {broker.bootstrap_servers} (log: {broker.log_file})")
+    else:
+        _stop_pid_file(args.dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

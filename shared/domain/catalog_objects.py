@@ -1,0 +1,245 @@
+"""The objects admins define, as the reference platform defines them (BRIEF section 2).
+
+Each is a pydantic model: the YAML of ``exportctl apply``, the catalog's stored form and (later) the
+admin API all validate through these classes, so one set of rules holds everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from shared.domain.names import Name
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- Connection profiles ---------------------------------------------------------------------------
+
+
+class NoAuth(_Spec):
+    type: Literal["none"] = "none"
+
+
+class BasicAuth(_Spec):
+    type: Literal["basic"]
+    username: str
+    password: SecretStr
+
+
+class BearerAuth(_Spec):
+    type: Literal["bearer"]
+    token: SecretStr
+
+
+class OAuth2ClientCredentials(_Spec):
+    """OAuth 2.0 client credentials; stored now, exchanged for tokens by the dispatcher (issue 5)."""
+
+    type: Literal["oauth2_client_credentials"]
+    token_url: str
+    client_id: str
+    client_secret: SecretStr
+    scope: str | None = None
+
+
+Auth = Annotated[NoAuth | BasicAuth | BearerAuth | OAuth2ClientCredentials, Field(discriminator="type")]
+
+
+class ConnectionProfile(_Spec):
+    """Where and how to reach a partner API: a base URL and its authentication."""
+
+    name: Name
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]
+    auth: Auth = NoAuth()
+    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 30.0
+
+
+# --- HTTP API templates ----------------------------------------------------------------------------
+
+
+class HttpMethod(StrEnum):
+    POST = "POST"
+    GET = "GET"
+    PUT = "PUT"
+    PATCH = "PATCH"
+    DELETE = "DELETE"
+
+
+class HttpTemplate(_Spec):
+    """An HTTP operation: what request a batch of members becomes.
+
+    ``path`` is appended to the profile's base URL. ``body`` is a sandboxed Jinja2 template rendered with
+    ``members`` (the batch, a list of column→value mappings) and ``run`` (run metadata); it must render
+    JSON. Without a body, the batch is sent as a JSON array of members.
+    """
+
+    name: Name
+    label: str | None = None
+    query: Name
+    profile: Name
+    method: HttpMethod = HttpMethod.POST
+    path: str = "/"
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = None
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    success_statuses: list[Annotated[int, Field(ge=100, le=599)]] | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_relative(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError("must start with '/': it is appended to the connection profile's base URL")
+        return path
+
+
+# --- Saved queries ---------------------------------------------------------------------------------
+
+
+class SavedQuery(_Spec):
+    """A named, read-only query over the member store; ``key_column`` is unique and sortable."""
+
+    name: Name
+    description: str | None = None
+    sql: str
+    key_column: str = "id"
+
+    @field_validator("sql")
+    @classmethod
+    def _single_select(cls, sql: str) -> str:
+        stripped = sql.strip().rstrip(";").strip()
+        if ";" in stripped:
+            raise ValueError("must be a single statement")
+        if not re.match(r"(?is)^(select|with)\b", stripped):
+            raise ValueError("must be a SELECT query")
+        return stripped
+
+    @field_validator("key_column")
+    @classmethod
+    def _identifier(cls, column: str) -> str:
+        if not _IDENTIFIER.match(column):
+            raise ValueError("must be a plain column name (letters, digits, underscore)")
+        return column
+
+
+# --- Export definitions ----------------------------------------------------------------------------
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class Schedule(_Spec):
+    """Step 3, *Schedule*. A CRON expression evaluated in ``timezone`` (the composer comes in issue 3)."""
+
+    enabled: bool = False
+    cron: str | None = None
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, cron: str | None) -> str | None:
+        if cron is not None and not croniter.is_valid(cron):
+            raise ValueError(f"'{cron}' is not a valid CRON expression")
+        return cron
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"'{zone}' is not an IANA time zone") from None
+        return zone
+
+    @model_validator(mode="after")
+    def _enabled_needs_cron(self) -> Schedule:
+        if self.enabled and self.cron is None:
+            raise ValueError("an enabled schedule needs a cron expression")
+        return self
+
+
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+Email = Annotated[str, Field(pattern=EMAIL_PATTERN)]
+
+
+class Notification(_Spec):
+    enabled: bool = False
+    recipients: list[Email] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _enabled_needs_recipients(self) -> Notification:
+        if self.enabled and not self.recipients:
+            raise ValueError("needs at least one recipient when enabled")
+        return self
+
+
+class Notifications(_Spec):
+    """Step 4, *Notifications*: who hears about errors and about successes."""
+
+    error: Notification = Notification()
+    success: Notification = Notification()
+
+
+class ExportDefinition(_Spec):
+    """An export: Filter (query), Destination (template), Schedule and Notifications."""
+
+    name: Name
+    business_unit: str | None = None
+    priority: Priority = Priority.NORMAL
+    query: Name
+    template: Name
+    schedule: Schedule = Schedule()
+    notifications: Notifications = Notifications()
+
+
+CatalogObject = ConnectionProfile | HttpTemplate | SavedQuery | ExportDefinition
+
+#: The kinds, in dependency order: an object refers only to kinds listed before its own.
+KINDS: dict[str, type[CatalogObject]] = {
+    "ConnectionProfile": ConnectionProfile,
+    "SavedQuery": SavedQuery,
+    "HttpTemplate": HttpTemplate,
+    "ExportDefinition": ExportDefinition,
+}
+
+
+def references(obj: CatalogObject) -> list[tuple[type[CatalogObject], str, str]]:
+    """The objects ``obj`` refers to, as (kind, name, field)."""
+    if isinstance(obj, HttpTemplate):
+        return [(SavedQuery, obj.query, "query"), (ConnectionProfile, obj.profile, "profile")]
+    if isinstance(obj, ExportDefinition):
+        return [(SavedQuery, obj.query, "query"), (HttpTemplate, obj.template, "template")]
+    return []
+
+
+def kind_of(obj: CatalogObject) -> str:
+    """The YAML ``kind`` of a catalog object."""
+    return type(obj).__name__
+
+
+def stored_form(obj: CatalogObject) -> dict[str, Any]:
+    """The JSON the catalog stores: secrets included, as written (a literal or a reference)."""
+
+    def reveal(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        if isinstance(value, StrEnum):
+            return value.value
+        if isinstance(value, dict):
+            return {k: reveal(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [reveal(v) for v in value]
+        return value
+
+    return reveal(obj.model_dump(mode="python", exclude={"name"})) | {"name": obj.name}  # type: ignore[no-any-return]

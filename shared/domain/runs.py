@@ -1,0 +1,122 @@
+"""Run accounting: fold a run's events into its record. Pure; the notifier persists the result.
+
+The fold is built from facts (what was extracted, which batches have an outcome, whether the run
+failed), not from transitions, so the same set of events gives the same record whatever their order.
+Duplicates are the caller's to drop: ``duplicate=True`` for a batch outcome already counted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+
+from shared.events import BatchOutcome, ExtractionCompleted, RunFailed, RunStarted
+
+MAX_ERROR_SAMPLES = 5
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    EXTRACTING = "extracting"
+    DISPATCHING = "dispatching"
+    SUCCEEDED = "succeeded"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    MISSED = "missed"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in {RunStatus.QUEUED, RunStatus.EXTRACTING, RunStatus.DISPATCHING}
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What is known of one run."""
+
+    run_id: uuid.UUID
+    definition: str
+    trigger: str | None = None
+    requested_by: str | None = None
+    scheduled_for: datetime | None = None
+    started_at: datetime | None = None
+    extraction_complete: bool = False
+    extracted: int = 0
+    batches_expected: int | None = None
+    batches_done: int = 0
+    delivered: int = 0
+    failed: int = 0
+    failure_reason: str | None = None
+    error_samples: tuple[str, ...] = field(default_factory=tuple)
+    last_event_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def status(self) -> RunStatus:
+        if self.failure_reason is not None:
+            return RunStatus.FAILED
+        if not self.extraction_complete:
+            return RunStatus.EXTRACTING if self.started_at else RunStatus.QUEUED
+        if self.batches_expected is not None and self.batches_done < self.batches_expected:
+            return RunStatus.DISPATCHING
+        if self.failed == 0:
+            return RunStatus.SUCCEEDED
+        if self.delivered == 0:
+            return RunStatus.FAILED
+        return RunStatus.COMPLETED_WITH_ERRORS
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+def _with_sample(samples: tuple[str, ...], error: str | None) -> tuple[str, ...]:
+    if error is None or len(samples) >= MAX_ERROR_SAMPLES or error in samples:
+        return samples
+    return (*samples, error)
+
+
+def fold(
+    record: RunRecord,
+    event: RunStarted | ExtractionCompleted | BatchOutcome | RunFailed,
+    *,
+    duplicate: bool = False,
+) -> RunRecord:
+    """Apply one event to a run's record; a final run keeps its status and finish time."""
+    was_final = record.status.is_final
+    last = max(filter(None, [record.last_event_at, event.at]))
+    if isinstance(event, RunStarted):
+        updated = replace(
+            record,
+            trigger=record.trigger or event.trigger.value,
+            requested_by=record.requested_by or event.requested_by,
+            scheduled_for=record.scheduled_for or event.scheduled_for,
+            started_at=min(filter(None, [record.started_at, event.at])),
+        )
+    elif isinstance(event, ExtractionCompleted):
+        updated = replace(record, extraction_complete=True, extracted=event.members, batches_expected=event.batches)
+    elif isinstance(event, BatchOutcome):
+        if duplicate:
+            return record
+        updated = replace(
+            record,
+            batches_done=record.batches_done + 1,
+            delivered=record.delivered + event.delivered,
+            failed=record.failed + event.failed,
+            error_samples=_with_sample(record.error_samples, event.error),
+        )
+    else:
+        updated = replace(
+            record,
+            failure_reason=record.failure_reason or event.reason,
+            error_samples=_with_sample(record.error_samples, event.reason),
+        )
+    updated = replace(updated, last_event_at=last)
+    if not was_final and updated.status.is_final:
+        updated = replace(updated, finished_at=last)
+    return updated

@@ -1,0 +1,30 @@
+"""The one error tree of the services, and the fate of each kind of error.
+
+::
+
+    ExportError
+     ├── InvalidInput      a record or object that can never be processed as it is
+     │                     → dead-lettered (records) or refused with the field named (objects)
+     ├── RetryableError    may succeed later (a server down, a timeout, a 429/5xx)
+     │                     → retried with backoff; when retries run out, treated as permanent
+     └── PermanentError    will not succeed by retrying (a 4xx, a query error, an unknown definition)
+                           → the run or batch fails with the reason; members are dead-lettered
+"""
+
+from __future__ import annotations
+
+
+class ExportError(Exception):
+    """Base of every error the services raise on purpose."""
+
+
+class InvalidInput(ExportError):
+    """Input that cannot be processed as it is: it goes to the dead-letter topic with this reason."""
+
+
+class RetryableError(ExportError):
+    """A failure that may succeed later."""
+
+
+class PermanentError(ExportError):
+    """A failure that retrying will not fix."""

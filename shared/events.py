@@ -1,0 +1,186 @@
+"""The wire contract: every record on every topic is one of these pydantic models, as JSON (UTF-8).
+
+Versioning: each event carries ``schema_version``. Additive changes (a new optional field) keep the
+version; consumers ignore fields they do not know. A breaking change bumps the version, and consumers
+dead-letter versions they do not support rather than guessing. ``python -m shared.events`` prints the
+JSON Schema of every event.
+
+Topics and keys (names in :mod:`shared.topics`):
+
+========================  ===========================  =====================================
+topic                     record                       key
+========================  ===========================  =====================================
+run-requests              :class:`RunRequested`        run id
+member-batches            :class:`MemberBatch`         ``<run id>:<batch index>`` (spreads)
+run-events                :data:`RunEvent` (union)     run id (a run's events stay in order)
+dead-letters              :class:`DeadLetter`          run id, or the source record's key
+========================  ===========================  =====================================
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+from shared.domain.catalog_objects import Priority
+
+SCHEMA_VERSION = 1
+
+
+def utc_now() -> datetime:
+    """The current instant, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """Base of all events: versioned, immutable, tolerant of fields added by newer producers."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    schema_version: Literal[1] = 1
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class Trigger(StrEnum):
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+    EVENT = "event"
+
+
+class RunRequested(Event):
+    """Start an export run. Published by the scheduler, ``exportctl run`` and other systems.
+
+    ``run_id`` makes the request idempotent: a run id is extracted at most once. ``definition`` is the
+    export definition's internal name.
+    """
+
+    type: Literal["run.requested"] = "run.requested"
+    run_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    definition: str
+    trigger: Trigger = Trigger.EVENT
+    requested_at: AwareDatetime = Field(default_factory=utc_now)
+    requested_by: str | None = None
+    scheduled_for: AwareDatetime | None = None
+
+
+class MemberBatch(Event):
+    """A chunk of a run's members, as many as the template's batch size.
+
+    ``(run_id, batch_index)`` is the batch's identity: the same batch extracted twice (after a crash)
+    has the same identity and the same members, so the dispatcher's Idempotency-Key and the notifier's
+    accounting deduplicate it.
+    """
+
+    type: Literal["member.batch"] = "member.batch"
+    run_id: uuid.UUID
+    definition: str
+    template: str
+    priority: Priority = Priority.NORMAL
+    batch_index: Annotated[int, Field(ge=0)]
+    members: list[dict[str, Any]]
+
+    @property
+    def identity(self) -> str:
+        return f"{self.run_id}:{self.batch_index}"
+
+
+class RunStarted(Event):
+    """The extractor accepted a run request and starts reading members."""
+
+    type: Literal["run.started"] = "run.started"
+    run_id: uuid.UUID
+    definition: str
+    trigger: Trigger
+    requested_by: str | None = None
+    scheduled_for: AwareDatetime | None = None
+    at: AwareDatetime = Field(default_factory=utc_now)
+
+
+class ExtractionCompleted(Event):
+    """Every member of the run has been published, in ``batches`` batches."""
+
+    type: Literal["run.extraction_completed"] = "run.extraction_completed"
+    run_id: uuid.UUID
+    definition: str
+    members: Annotated[int, Field(ge=0)]
+    batches: Annotated[int, Field(ge=0)]
+    at: AwareDatetime = Field(default_factory=utc_now)
+
+
+class BatchOutcome(Event):
+    """What happened to one batch: members delivered and members failed (dead-lettered)."""
+
+    type: Literal["run.batch_outcome"] = "run.batch_outcome"
+    run_id: uuid.UUID
+    definition: str
+    batch_index: Annotated[int, Field(ge=0)]
+    delivered: Annotated[int, Field(ge=0)]
+    failed: Annotated[int, Field(ge=0)]
+    status_code: int | None = None
+    error: str | None = None
+    attempts: Annotated[int, Field(ge=0)] = 1
+    at: AwareDatetime = Field(default_factory=utc_now)
+
+
+class RunFailed(Event):
+    """The run cannot go on (unknown definition, query error...): ``reason`` says why."""
+
+    type: Literal["run.failed"] = "run.failed"
+    run_id: uuid.UUID
+    definition: str
+    reason: str
+    at: AwareDatetime = Field(default_factory=utc_now)
+
+
+#: Any record of the run-events topic.
+RunEvent = Annotated[RunStarted | ExtractionCompleted | BatchOutcome | RunFailed, Field(discriminator="type")]
+RUN_EVENT_ADAPTER: TypeAdapter[RunStarted | ExtractionCompleted | BatchOutcome | RunFailed] = TypeAdapter(RunEvent)
+
+
+class DeadLetter(Event):
+    """Something that could not be processed or delivered, with the reason, kept for inspection and replay.
+
+    Either a raw record that did not parse (``payload`` holds it as text) or members that the
+    destination rejected (``members``, ``last_status``, ``attempts``).
+    """
+
+    type: Literal["dead_letter"] = "dead_letter"
+    reason: str
+    source_topic: str
+    source_partition: int | None = None
+    source_offset: int | None = None
+    service: str
+    run_id: uuid.UUID | None = None
+    definition: str | None = None
+    batch_index: int | None = None
+    members: list[dict[str, Any]] | None = None
+    last_status: int | None = None
+    attempts: int | None = None
+    payload: str | None = None
+    at: AwareDatetime = Field(default_factory=utc_now)
+
+
+def json_schemas() -> dict[str, Any]:
+    """The JSON Schema of every event, by event type."""
+    models: list[type[Event]] = [
+        RunRequested,
+        MemberBatch,
+        RunStarted,
+        ExtractionCompleted,
+        BatchOutcome,
+        RunFailed,
+        DeadLetter,
+    ]
+    return {model.model_fields["type"].default: model.model_json_schema() for model in models}
+
+
+if __name__ == "__main__":
+    json.dump(json_schemas(), sys.stdout, indent=2)
+    print()

@@ -1,0 +1,69 @@
+"""Kafka clients (kafka-python 3.x) configured for at-least-once delivery."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from shared.settings import CommonSettings
+
+if TYPE_CHECKING:
+    from shared.kafka.loop import Outgoing
+
+PRODUCE_TIMEOUT_SECONDS = 60.0
+
+
+def make_producer(settings: CommonSettings, client_id: str) -> KafkaProducer:
+    """A producer that waits for all in-sync replicas and does not reorder retried sends."""
+    return KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+        client_id=client_id,
+        acks="all",
+        linger_ms=5,
+        compression_type="gzip",
+        max_in_flight_requests_per_connection=1,
+        retries=10,
+        max_request_size=4 * 1024 * 1024,
+    )
+
+
+def make_consumer(settings: CommonSettings, group_id: str, topics: list[str], **overrides: Any) -> KafkaConsumer:
+    """A consumer in ``group_id`` that never commits on its own: the loop commits after the outcome."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+        "group_id": group_id,
+        "client_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_interval_ms": 600_000,
+    }
+    consumer = KafkaConsumer(**(config | overrides))
+    consumer.subscribe(topics)
+    return consumer
+
+
+def ensure_topics(settings: CommonSettings, topics: list[str] | None = None) -> None:
+    """Create the topics that are missing (idempotent; several services may race to do it)."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), client_id="ensure-topics")
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in (topics or settings.topics.all()) if t not in existing]
+        for topic in missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(
+                    [NewTopic(topic, settings.topic_partitions, settings.topic_replication_factor)],
+                    wait_for_metadata=True,
+                )
+    finally:
+        admin.close()
+
+
+def produce_and_wait(producer: KafkaProducer, outgoing: list[Outgoing]) -> None:
+    """Produce records and return once the broker has acknowledged every one (raise if one failed)."""
+    futures = [producer.send(o.topic, key=o.key.encode(), value=o.value) for o in outgoing]
+    for future in futures:
+        future.get(timeout=PRODUCE_TIMEOUT_SECONDS)

@@ -1,0 +1,163 @@
+"""The at-least-once consumer loop every service runs: decode → handle → produce → commit.
+
+A handler receives one decoded record and returns the records to produce. The loop commits a record's
+offset only after everything the handler produced for it has been acknowledged by the broker, so a
+crash at any point redelivers rather than loses. A record that cannot be decoded, or whose handler
+raises, is sent to the dead-letter topic with the reason, and the loop goes on: one bad record never
+stops a consumer.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import structlog
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from pydantic import ValidationError
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from shared.errors import InvalidInput, RetryableError
+from shared.events import DeadLetter
+from shared.kafka.clients import produce_and_wait
+from shared.metrics import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
+
+E = TypeVar("E")
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A record to produce: topic, key and the encoded value."""
+
+    topic: str
+    key: str
+    value: bytes
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A one-line, field-naming summary of a pydantic error (no input values: they may hold secrets)."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        location = ".".join(str(p) for p in error["loc"]) or "(record)"
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)
+
+
+class ConsumerLoop(Generic[E]):
+    """Consume ``consumer``'s topics, handling each record with ``handler`` at least once."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        consumer: KafkaConsumer,
+        producer: KafkaProducer,
+        decode: Callable[[bytes], E],
+        handler: Callable[[E], list[Outgoing]],
+        dead_letter_topic: str,
+        retry_attempts: int = 5,
+        retry_max_wait: float = 30.0,
+        poll_timeout_ms: int = 500,
+    ) -> None:
+        self.service = service
+        self.consumer = consumer
+        self.producer = producer
+        self.decode = decode
+        self.handler = handler
+        self.dead_letter_topic = dead_letter_topic
+        self.retry_attempts = retry_attempts
+        self.retry_max_wait = retry_max_wait
+        self.poll_timeout_ms = poll_timeout_ms
+        self.stopping = threading.Event()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT finish the record in hand, commit, and stop the loop."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+
+    def run(self) -> None:
+        log.info("consumer loop started", service=self.service, topics=sorted(self.consumer.subscription() or []))
+        try:
+            while not self.stopping.is_set():
+                self.poll_once()
+        finally:
+            self.consumer.close()
+            self.producer.flush()
+            self.producer.close()
+            log.info("consumer loop stopped", service=self.service)
+
+    def poll_once(self) -> int:
+        """Poll, process and commit one batch of records; return how many were processed."""
+        polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
+        processed = 0
+        for partition, records in polled.items():
+            next_offset = None
+            for record in records:
+                if self.stopping.is_set():
+                    # Hand the rest back: seek so that the next owner (or we, on restart) gets them.
+                    self.consumer.seek(partition, record.offset)
+                    break
+                self._process(record)
+                next_offset = record.offset + 1
+                processed += 1
+            if next_offset is not None:
+                self._commit(partition, next_offset)
+        return processed
+
+    def _process(self, record: Any) -> None:
+        RECORDS_CONSUMED.labels(service=self.service, topic=record.topic).inc()
+        try:
+            event = self.decode(record.value)
+        except ValidationError as exc:
+            self._dead_letter(record, f"invalid event: {describe_validation_error(exc)}")
+            return
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._dead_letter(record, f"invalid event: {exc}")
+            return
+        try:
+            outgoing = self._handle_with_retries(event)
+        except InvalidInput as exc:
+            self._dead_letter(record, str(exc))
+            return
+        except Exception as exc:
+            log.exception("handler failed", service=self.service, topic=record.topic, offset=record.offset)
+            self._dead_letter(record, f"{type(exc).__name__}: {exc}")
+            return
+        self.send_all(outgoing)
+
+    def _handle_with_retries(self, event: E) -> list[Outgoing]:
+        retrying = Retrying(
+            retry=retry_if_exception_type(RetryableError),
+            stop=stop_after_attempt(self.retry_attempts),
+            wait=wait_exponential_jitter(initial=0.5, max=self.retry_max_wait),
+            reraise=True,
+        )
+        return retrying(self.handler, event)
+
+    def send_all(self, outgoing: list[Outgoing]) -> None:
+        """Produce records and return once the broker has acknowledged every one."""
+        produce_and_wait(self.producer, outgoing)
+
+    def _dead_letter(self, record: Any, reason: str) -> None:
+        RECORDS_DEAD_LETTERED.labels(service=self.service, topic=record.topic).inc()
+        log.warning(
+            "record dead-lettered", service=self.service, topic=record.topic, offset=record.offset, reason=reason
+        )
+        letter = DeadLetter(
+            reason=reason,
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            service=self.service,
+            payload=record.value.decode("utf-8", errors="replace") if record.value is not None else None,
+        )
+        key = record.key.decode("utf-8", errors="replace") if record.key else f"{record.topic}:{record.offset}"
+        self.send_all([Outgoing(self.dead_letter_topic, key, letter.to_bytes())])
+
+    def _commit(self, partition: TopicPartition, next_offset: int) -> None:
+        self.consumer.commit({partition: OffsetAndMetadata(next_offset, None, -1)})

@@ -1,0 +1,47 @@
+"""Start-up shared by the services' composition roots: logging, metrics, topics, the consumer loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import structlog
+
+from shared.kafka import ConsumerLoop, Outgoing, ensure_topics, make_consumer, make_producer
+from shared.log import configure_logging
+from shared.metrics import serve_metrics
+from shared.settings import CommonSettings
+
+E = TypeVar("E")
+
+
+def start_service(settings: CommonSettings, service: str) -> None:
+    """Configure logging and metrics and make sure the topics exist."""
+    configure_logging(settings.log_level, settings.log_format, service)
+    serve_metrics(settings.metrics_port)
+    ensure_topics(settings)
+    structlog.get_logger(service).info(
+        "service starting", kafka=settings.kafka_bootstrap_servers, topic_prefix=settings.topic_prefix
+    )
+
+
+def build_loop(
+    settings: CommonSettings,
+    *,
+    service: str,
+    topic: str,
+    decode: Callable[[bytes], E],
+    handler: Callable[[E], list[Outgoing]],
+    **consumer_overrides: Any,
+) -> ConsumerLoop[E]:
+    """A consumer loop for ``service`` on ``topic``, in the consumer group named after the service."""
+    return ConsumerLoop(
+        service=service,
+        consumer=make_consumer(
+            settings, f"{settings.topic_prefix}member-export-{service}", [topic], **consumer_overrides
+        ),
+        producer=make_producer(settings, service),
+        decode=decode,
+        handler=handler,
+        dead_letter_topic=settings.topics.dead_letters,
+    )

@@ -1,0 +1,40 @@
+"""Settings common to every service, read from ``EXPORT_*`` environment variables (pydantic-settings).
+
+Each service subclasses :class:`CommonSettings` once, adding its own fields, and builds it once at
+start (its composition root). Secrets are ``SecretStr`` so they never print.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.topics import Topics
+
+
+class CommonSettings(BaseSettings):
+    """What all services share: Kafka, the catalog, topics, logging and metrics."""
+
+    model_config = SettingsConfigDict(env_prefix="EXPORT_", extra="ignore")
+
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port."
+    )
+    topic_prefix: str = Field(default="", description="Prefix applied to every topic name.")
+    topic_partitions: int = Field(default=6, ge=1, description="Partitions of topics the services create.")
+    topic_replication_factor: int = Field(default=1, ge=1, description="Replication of created topics.")
+    catalog_url: str = Field(
+        default="sqlite:///.local/catalog.db",
+        description="SQLAlchemy URL of the catalog (profiles, templates, queries, definitions, runs).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    log_format: Literal["json", "console"] = Field(default="json", description="Log line format.")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 turns it off."
+    )
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)

@@ -1,0 +1,36 @@
+"""Topic names, in one place. ``EXPORT_TOPIC_PREFIX`` prefixes all of them (tests isolate with it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RUN_REQUESTS = "exports.run-requests"
+MEMBER_BATCHES = "exports.member-batches"
+RUN_EVENTS = "exports.run-events"
+DEAD_LETTERS = "exports.dead-letters"
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The four topic names with a deployment's prefix applied."""
+
+    prefix: str = ""
+
+    @property
+    def run_requests(self) -> str:
+        return self.prefix + RUN_REQUESTS
+
+    @property
+    def member_batches(self) -> str:
+        return self.prefix + MEMBER_BATCHES
+
+    @property
+    def run_events(self) -> str:
+        return self.prefix + RUN_EVENTS
+
+    @property
+    def dead_letters(self) -> str:
+        return self.prefix + DEAD_LETTERS
+
+    def all(self) -> list[str]:
+        return [self.run_requests, self.member_batches, self.run_events, self.dead_letters]
