@@ -1,0 +1,142 @@
+"""A real HTTP receiver on 127.0.0.1 that records every request, for the demo and the tests.
+
+It can be told to answer every request with a given status (``reject_status``), so tests can check
+what the pipeline does with a partner API that refuses. Receipts are kept member by member.
+
+    python -m shared.devtools.http_receiver --port 8080 [--reject-status 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+
+@dataclass
+class Receipt:
+    """One request as received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    status: int
+
+    @property
+    def members(self) -> list[dict[str, Any]]:
+        if isinstance(self.body, list):
+            return [m for m in self.body if isinstance(m, dict)]
+        if isinstance(self.body, dict):
+            members = self.body.get("members")
+            return members if isinstance(members, list) else [self.body]
+        return []
+
+
+@dataclass
+class ReceiverState:
+    reject_status: int | None = None
+    receipts: list[Receipt] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            body = raw.decode("utf-8", errors="replace")
+        state = self.server.state
+        status = state.reject_status or 200
+        with state.lock:
+            state.receipts.append(Receipt(self.command, self.path, dict(self.headers.items()), body, status))
+        payload = json.dumps({"accepted": status < 300}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET = _handle
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int, state: ReceiverState) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.state = state
+
+
+class HttpReceiver:
+    """Start with ``start()`` (or as a context manager); ``url`` is where it listens."""
+
+    def __init__(self, port: int = 0, reject_status: int | None = None) -> None:
+        self.state = ReceiverState(reject_status=reject_status)
+        self._server = _Server(port, self.state)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http-receiver", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> HttpReceiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def receipts(self) -> list[Receipt]:
+        with self.state.lock:
+            return list(self.state.receipts)
+
+    def accepted_member_ids(self, key: str = "id") -> Counter[Any]:
+        """How many times each member id arrived in an accepted request."""
+        counts: Counter[Any] = Counter()
+        for receipt in self.receipts():
+            if receipt.status < 300:
+                counts.update(member.get(key) for member in receipt.members)
+        return counts
+
+    def __enter__(self) -> HttpReceiver:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--reject-status", type=int)
+    args = parser.parse_args()
+    receiver = HttpReceiver(args.port, args.reject_status)
+    print(f"receiving on {receiver.url}", flush=True)
+    try:
+        receiver._server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Run the four services as real subprocesses (the demo and the end-to-end tests use this)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import TracebackType
+
+SERVICES = ("scheduler", "extractor", "dispatcher", "notifier")
+
+
+class LocalPipeline:
+    """The services, each ``python -m services.<name>`` with ``env`` added to this process's environment.
+
+    Each service's log goes to ``<log_dir>/<name>.log``.
+    """
+
+    def __init__(self, env: dict[str, str], log_dir: Path, services: tuple[str, ...] = SERVICES) -> None:
+        self.env = {**os.environ, **env}
+        self.log_dir = log_dir
+        self.services = services
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self) -> LocalPipeline:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in self.services:
+            self.start_service(name)
+        return self
+
+    def start_service(self, name: str) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        self.processes[name] = process
+        return process
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one service, as a crash would."""
+        process = self.processes[name]
+        process.kill()
+        process.wait()
+
+    def dead(self) -> list[str]:
+        """The services whose process has exited."""
+        return [name for name, process in self.processes.items() if process.poll() is not None]
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self, timeout: float = 30.0) -> dict[str, int]:
+        """SIGTERM every service, wait for it, and return the exit codes."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes = {}
+        for name, process in self.processes.items():
+            try:
+                codes[name] = process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[name] = process.wait()
+        return codes
+
+    def __enter__(self) -> LocalPipeline:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,102 @@
+"""A real SMTP server on 127.0.0.1 (aiosmtpd) that keeps every message, for the demo and the tests.
+
+    python -m shared.devtools.smtp_sink --port 2525 --dir .local/mail
+"""
+
+from __future__ import annotations
+
+import argparse
+import email
+import threading
+from dataclasses import dataclass
+from email.message import Message
+from email.policy import default as default_policy
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+from shared.devtools.processes import free_port
+
+
+@dataclass(frozen=True)
+class ReceivedMail:
+    """One message as the SMTP server received it."""
+
+    sender: str
+    recipients: list[str]
+    message: Message
+
+    @property
+    def subject(self) -> str:
+        return str(self.message["Subject"])
+
+    def text(self) -> str:
+        """The plain-text part."""
+        part = self.message.get_body(("plain",)) if hasattr(self.message, "get_body") else None
+        return str(part.get_content()) if part is not None else ""
+
+
+class _Handler:
+    def __init__(self, sink: SmtpSink) -> None:
+        self.sink = sink
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's API
+        message = email.message_from_bytes(envelope.content, policy=default_policy)
+        mail = ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), message)
+        with self.sink.lock:
+            self.sink.messages.append(mail)
+            if self.sink.directory is not None:
+                path = self.sink.directory / f"{len(self.sink.messages):04d}.eml"
+                path.write_bytes(envelope.content)
+        return "250 Message accepted for delivery"
+
+
+class SmtpSink:
+    """Start with ``start()`` (or as a context manager); messages land in ``messages``."""
+
+    def __init__(self, port: int | None = None, directory: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.directory = directory
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        self.messages: list[ReceivedMail] = []
+        self.lock = threading.Lock()
+        self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> SmtpSink:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def received(self) -> list[ReceivedMail]:
+        with self.lock:
+            return list(self.messages)
+
+    def __enter__(self) -> SmtpSink:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=2525)
+    parser.add_argument("--dir", type=Path, default=Path(".local/mail"))
+    args = parser.parse_args()
+    sink = SmtpSink(args.port, args.dir).start()
+    print(f"SMTP sink on 127.0.0.1:{sink.port}, messages saved in {args.dir}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        sink.stop()
+
+
+if __name__ == "__main__":
+    main()
