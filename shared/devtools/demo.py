@@ -94,12 +94,18 @@ def run_demo(members: int, work_dir: Path) -> int:
         print(f"  duration:           {record.duration_seconds or 0:.1f}s (wall clock from request: {elapsed:.1f}s)")
         print(f"  receiver got:       {len(received)} distinct members in {len(receiver.receipts())} requests")
         for mail in sink.received():
-            print(f"  email:              '{mail.subject}' to {', '.join(mail.recipients)} "
-                  f"via SMTP 127.0.0.1:{sink.port} (saved in {mail_dir})")
+            print(
+                f"  email:              '{mail.subject}' to {', '.join(mail.recipients)} "
+                f"via SMTP 127.0.0.1:{sink.port} (saved in {mail_dir})"
+            )
         if not sink.received():
             print("  email:              none arrived")
-        ok = (run.returncode == 0 and record.status.value == "succeeded" and len(received) == members
-              and bool(sink.received()))
+        ok = (
+            run.returncode == 0
+            and record.status.value == "succeeded"
+            and len(received) == members
+            and bool(sink.received())
+        )
         _say("stopping services, receiver, SMTP sink and Kafka")
     _say("demo " + ("succeeded" if ok else "FAILED"))
     return 0 if ok else 1

@@ -1,7 +1,8 @@
 """A real HTTP receiver on 127.0.0.1 that records every request, for the demo and the tests.
 
-It can be told to answer every request with a given status (``reject_status``), so tests can check
-what the pipeline does with a partner API that refuses. Receipts are kept member by member.
+It can be told to answer every request with a given status (``reject_status``), or the first N with
+503 (``fail_first``, optionally with ``Retry-After``), so tests can check what the pipeline does with a
+partner API that refuses or stumbles. Receipts are kept member by member.
 
     python -m shared.devtools.http_receiver --port 8080 [--reject-status 400]
 """
@@ -41,6 +42,8 @@ class Receipt:
 @dataclass
 class ReceiverState:
     reject_status: int | None = None
+    fail_first: int = 0
+    retry_after: str | None = None
     receipts: list[Receipt] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -56,11 +59,17 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             body = raw.decode("utf-8", errors="replace")
         state = self.server.state
-        status = state.reject_status or 200
         with state.lock:
+            if state.fail_first > 0:
+                state.fail_first -= 1
+                status = 503
+            else:
+                status = state.reject_status or 200
             state.receipts.append(Receipt(self.command, self.path, dict(self.headers.items()), body, status))
         payload = json.dumps({"accepted": status < 300}).encode()
         self.send_response(status)
+        if status == 503 and state.retry_after is not None:
+            self.send_header("Retry-After", state.retry_after)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
@@ -68,7 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_PATCH = do_DELETE = do_GET = _handle
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -83,8 +92,10 @@ class _Server(ThreadingHTTPServer):
 class HttpReceiver:
     """Start with ``start()`` (or as a context manager); ``url`` is where it listens."""
 
-    def __init__(self, port: int = 0, reject_status: int | None = None) -> None:
-        self.state = ReceiverState(reject_status=reject_status)
+    def __init__(
+        self, port: int = 0, reject_status: int | None = None, fail_first: int = 0, retry_after: str | None = None
+    ) -> None:
+        self.state = ReceiverState(reject_status=reject_status, fail_first=fail_first, retry_after=retry_after)
         self._server = _Server(port, self.state)
         self._thread = threading.Thread(target=self._server.serve_forever, name="http-receiver", daemon=True)
 

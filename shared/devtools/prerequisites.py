@@ -75,3 +75,19 @@ def postgres_bin_dir() -> Path:
             "install them (Debian/Ubuntu: apt-get install postgresql)"
         )
     return found
+
+
+def main() -> int:
+    """Check (and on Debian as root, install) everything the demo and the tests need."""
+    try:
+        java, mvn = require_java_and_maven()
+        print(f"java {java_major_version(java)}: {java}; maven: {mvn}")
+        print(f"PostgreSQL server binaries: {postgres_bin_dir()}")
+    except MissingPrerequisite as exc:
+        print(f"missing prerequisite: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

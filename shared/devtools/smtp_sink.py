@@ -1,6 +1,6 @@
 """A real SMTP server on 127.0.0.1 (aiosmtpd) that keeps every message, for the demo and the tests.
 
-    python -m shared.devtools.smtp_sink --port 2525 --dir .local/mail
+python -m shared.devtools.smtp_sink --port 2525 --dir .local/mail
 """
 
 from __future__ import annotations

@@ -1,0 +1,55 @@
+# The two set-up commands of the README are `make demo` and `make test`; each installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: demo test lint unit integration e2e prerequisites kafka-up kafka-down postgres-up postgres-down schemas clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+prerequisites: $(STAMP)
+	$(BIN)/python -m shared.devtools.prerequisites
+
+## A local end-to-end export of 10,000 demo members on real Kafka, HTTP and SMTP servers.
+demo: prerequisites
+	$(BIN)/python -m shared.devtools.demo
+
+## Lint, type-check and run the whole suite (unit, integration, e2e) on real infrastructure.
+test: prerequisites lint
+	$(BIN)/python -m shared.devtools.kafka_broker fetch >/dev/null
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: prerequisites
+	$(BIN)/pytest tests/integration
+
+e2e: prerequisites
+	$(BIN)/pytest tests/e2e
+
+## Long-lived local infrastructure for working by hand (ports 9092 and 5433).
+kafka-up: prerequisites
+	$(BIN)/python -m shared.devtools.kafka_broker start --port 9092
+kafka-down: $(STAMP)
+	$(BIN)/python -m shared.devtools.kafka_broker stop
+postgres-up: prerequisites
+	$(BIN)/python -m shared.devtools.postgres start --port 5433
+postgres-down: $(STAMP)
+	$(BIN)/python -m shared.devtools.postgres stop
+
+schemas: $(STAMP)
+	$(BIN)/python -m shared.events > docs/event-schemas.json
+
+clean:
+	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache

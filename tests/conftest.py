@@ -1,0 +1,105 @@
+"""Session-wide real infrastructure: one Kafka broker and one PostgreSQL server per test session.
+
+Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` when set (use that cluster); else testcontainers' Kafka in KRaft mode
+when a Docker engine answers; else a local broker from the Maven Central jars. PostgreSQL likewise:
+``EXPORT_TEST_POSTGRES_URL``, else testcontainers, else a throwaway cluster from Debian's binaries.
+Tests isolate themselves with a topic prefix and a database of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from shared.catalog import Catalog
+from shared.settings import CommonSettings
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "no usable engine"
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """host:port of a real Kafka broker."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    elif _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+    else:
+        from shared.devtools.kafka_broker import LocalKafka
+
+        with LocalKafka() as broker:
+            yield broker.bootstrap_servers
+
+
+def _database_creator(server_url: str) -> Callable[[], str]:
+    """A function that creates a new database on the server at ``server_url`` and returns its URL."""
+    base_url = sa.make_url(server_url)
+
+    def create() -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        engine = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        engine.dispose()
+        return base_url.set(database=name).render_as_string(hide_password=False)
+
+    return create
+
+
+@pytest.fixture(scope="session")
+def postgres_database_factory() -> Iterator[Callable[[], str]]:
+    """Creates a fresh PostgreSQL database per call and returns its SQLAlchemy URL."""
+    if os.environ.get("EXPORT_TEST_POSTGRES_URL"):
+        yield _database_creator(os.environ["EXPORT_TEST_POSTGRES_URL"])
+    elif _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver="psycopg") as container:
+            yield _database_creator(container.get_connection_url())
+    else:
+        from shared.devtools.postgres import LocalPostgres
+
+        with LocalPostgres() as server:
+            yield lambda: server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path, postgres_database_factory) -> str:
+    """A fresh, empty database: once on SQLite, once on real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+    return postgres_database_factory()
+
+
+@pytest.fixture
+def catalog(database_url: str) -> Iterator[Catalog]:
+    catalog = Catalog.from_url(database_url)
+    yield catalog
+    catalog.engine.dispose()
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, tmp_path) -> CommonSettings:
+    """Settings for one test: the session broker, topics of the test's own, a SQLite catalog."""
+    return CommonSettings(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+        topic_partitions=3,
+        catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}",
+        metrics_port=0,
+    )

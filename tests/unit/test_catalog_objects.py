@@ -1,0 +1,100 @@
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from shared.domain.catalog_objects import (
+    ConnectionProfile,
+    ExportDefinition,
+    HttpTemplate,
+    Notification,
+    SavedQuery,
+    Schedule,
+    references,
+    stored_form,
+)
+from shared.domain.names import slugify
+from shared.domain.secrets import UnresolvableSecret, resolve_secret
+
+
+@pytest.mark.parametrize(
+    ("label", "slug"),
+    [
+        ("Gold members, active 90 days", "gold-members-active-90-days"),
+        ("Élite  Clients!", "elite-clients"),
+        ("---", "unnamed"),
+    ],
+)
+def test_internal_names_derive_from_labels(label, slug):
+    assert slugify(label) == slug
+
+
+def test_names_must_be_slugs():
+    with pytest.raises(ValidationError, match="name"):
+        SavedQuery(name="Not A Slug", sql="select 1")
+
+
+@pytest.mark.parametrize("sql", ["delete from members", "select 1; drop table members", "update x set y=1"])
+def test_saved_queries_must_be_one_select(sql):
+    with pytest.raises(ValidationError, match="sql"):
+        SavedQuery(name="q", sql=sql)
+
+
+def test_a_saved_query_keeps_a_trailing_semicolon_out():
+    assert SavedQuery(name="q", sql="SELECT * FROM members;").sql == "SELECT * FROM members"
+
+
+def test_key_column_must_be_a_plain_identifier():
+    with pytest.raises(ValidationError, match="key_column"):
+        SavedQuery(name="q", sql="select 1", key_column="id; drop")
+
+
+def test_schedule_validates_cron_and_zone():
+    with pytest.raises(ValidationError, match="not a valid CRON"):
+        Schedule(cron="61 * * * *")
+    with pytest.raises(ValidationError, match="IANA"):
+        Schedule(cron="0 2 * * *", timezone="Mars/Olympus")
+    with pytest.raises(ValidationError, match="needs a cron"):
+        Schedule(enabled=True)
+
+
+def test_an_enabled_notification_needs_recipients_with_valid_addresses():
+    with pytest.raises(ValidationError, match="at least one recipient"):
+        Notification(enabled=True)
+    with pytest.raises(ValidationError, match="recipients"):
+        Notification(enabled=True, recipients=["not-an-address"])
+
+
+def test_template_path_must_be_relative_to_the_profile():
+    with pytest.raises(ValidationError, match="path"):
+        HttpTemplate(name="t", query="q", profile="p", path="https://elsewhere.example.com/")
+
+
+def test_stored_form_keeps_secrets_but_repr_hides_them():
+    profile = ConnectionProfile(
+        name="p", base_url="https://api.example.com", auth={"type": "bearer", "token": "s3cr3t-value"}
+    )
+    assert "s3cr3t-value" not in repr(profile)
+    assert stored_form(profile)["auth"]["token"] == "s3cr3t-value"
+    assert ConnectionProfile.model_validate(stored_form(profile)) == profile
+
+
+def test_references_name_the_objects_a_definition_needs():
+    definition = ExportDefinition(name="d", query="q", template="t")
+    assert [(kind.__name__, name) for kind, name, _ in references(definition)] == [
+        ("SavedQuery", "q"),
+        ("HttpTemplate", "t"),
+    ]
+
+
+def test_secret_references_resolve_from_env_and_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("PARTNER_TOKEN", "from-env")
+    secret_file = tmp_path / "token"
+    secret_file.write_text("from-file\n")
+    assert resolve_secret(SecretStr("env:PARTNER_TOKEN")) == "from-env"
+    assert resolve_secret(SecretStr(f"file:{secret_file}")) == "from-file"
+    assert resolve_secret(SecretStr("literal")) == "literal"
+
+
+def test_an_unresolvable_reference_names_the_reference_not_a_value(monkeypatch):
+    monkeypatch.delenv("MISSING_TOKEN", raising=False)
+    with pytest.raises(UnresolvableSecret, match="env:MISSING_TOKEN"):
+        resolve_secret(SecretStr("env:MISSING_TOKEN"))

@@ -1,0 +1,75 @@
+import uuid
+from datetime import UTC, datetime
+
+from services.notifier.emails import ERROR, SUCCESS, compose, kinds_due, recipients_for
+from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.runs import RunRecord, RunStatus
+
+DEFINITION = ExportDefinition.model_validate(
+    {
+        "name": "nightly-gold",
+        "query": "q",
+        "template": "t",
+        "schedule": {"timezone": "Europe/Paris"},
+        "notifications": {
+            "success": {"enabled": True, "recipients": ["ops@example.com"]},
+            "error": {"enabled": True, "recipients": ["oncall@example.com", "lead@example.com"]},
+        },
+    }
+)
+RECORD = RunRecord(
+    run_id=uuid.UUID("22222222-2222-2222-2222-222222222222"),
+    definition="nightly-gold",
+    trigger="schedule",
+    started_at=datetime(2026, 7, 1, 0, 0, 0, tzinfo=UTC),
+    finished_at=datetime(2026, 7, 1, 0, 1, 30, tzinfo=UTC),
+    extraction_complete=True,
+    extracted=1000,
+    batches_expected=2,
+    batches_done=2,
+    delivered=500,
+    failed=500,
+    error_samples=("HTTP 400: member 17 rejected",),
+)
+
+
+def test_each_final_status_calls_for_the_right_kind():
+    assert kinds_due(RunStatus.SUCCEEDED) == [SUCCESS]
+    assert kinds_due(RunStatus.FAILED) == [ERROR]
+    assert kinds_due(RunStatus.COMPLETED_WITH_ERRORS) == [ERROR]
+    assert kinds_due(RunStatus.MISSED) == [ERROR]
+    assert kinds_due(RunStatus.SKIPPED) == []
+    assert kinds_due(RunStatus.DISPATCHING) == []
+
+
+def test_recipients_follow_the_toggles():
+    assert recipients_for(DEFINITION, ERROR) == ["oncall@example.com", "lead@example.com"]
+    silent = DEFINITION.model_copy(
+        update={
+            "notifications": DEFINITION.notifications.model_copy(
+                update={"success": DEFINITION.notifications.success.model_copy(update={"enabled": False})}
+            )
+        }
+    )
+    assert recipients_for(silent, SUCCESS) == []
+
+
+def test_the_email_carries_counts_times_in_the_definitions_zone_and_errors():
+    message = compose(
+        definition=DEFINITION,
+        record=RECORD,
+        kind=ERROR,
+        sender="exports@example.com",
+        recipients=recipients_for(DEFINITION, ERROR),
+        link_base_url="https://exports.example.com/",
+    )
+    assert message["Subject"] == "[member export] nightly-gold: completed with errors"
+    assert message["To"] == "oncall@example.com, lead@example.com"
+    text = message.get_body(("plain",)).get_content()
+    assert "Started: 2026-07-01 02:00:00 Europe/Paris" in text
+    assert "Duration: 90.0 s" in text
+    assert "Delivered: 500" in text and "Failed: 500" in text
+    assert "- HTTP 400: member 17 rejected" in text
+    assert "https://exports.example.com/runs/22222222-2222-2222-2222-222222222222" in text
+    html = message.get_body(("html",)).get_content()
+    assert "<th align='left'>Failed</th><td>500</td>" in html

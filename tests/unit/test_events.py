@@ -1,0 +1,64 @@
+import uuid
+
+import pytest
+from pydantic import ValidationError
+
+from shared.events import (
+    RUN_EVENT_ADAPTER,
+    BatchOutcome,
+    MemberBatch,
+    RunRequested,
+    RunStarted,
+    Trigger,
+    json_schemas,
+)
+
+
+def test_run_requested_round_trips_through_json():
+    request = RunRequested(definition="gold", trigger=Trigger.MANUAL, requested_by="alice")
+    decoded = RunRequested.model_validate_json(request.to_bytes())
+    assert decoded == request
+    assert decoded.schema_version == 1
+
+
+def test_fields_added_by_a_newer_producer_are_ignored():
+    decoded = RunRequested.model_validate_json(b'{"definition": "gold", "new_field": 1}')
+    assert decoded.definition == "gold"
+
+
+def test_an_unsupported_schema_version_is_refused():
+    with pytest.raises(ValidationError, match="schema_version"):
+        RunRequested.model_validate_json(b'{"definition": "gold", "schema_version": 2}')
+
+
+def test_run_events_decode_to_their_own_type():
+    run_id = uuid.uuid4()
+    started = RunStarted(run_id=run_id, definition="d", trigger=Trigger.SCHEDULE)
+    outcome = BatchOutcome(run_id=run_id, definition="d", batch_index=3, delivered=5, failed=0)
+    assert isinstance(RUN_EVENT_ADAPTER.validate_json(started.to_bytes()), RunStarted)
+    assert RUN_EVENT_ADAPTER.validate_json(outcome.to_bytes()) == outcome
+
+
+def test_batch_identity_is_run_and_index():
+    run_id = uuid.uuid4()
+    batch = MemberBatch(run_id=run_id, definition="d", template="t", batch_index=7, members=[{"id": 1}])
+    assert batch.identity == f"{run_id}:7"
+
+
+def test_a_negative_batch_index_is_refused():
+    with pytest.raises(ValidationError, match="batch_index"):
+        MemberBatch(run_id=uuid.uuid4(), definition="d", template="t", batch_index=-1, members=[])
+
+
+def test_every_event_type_has_a_json_schema():
+    schemas = json_schemas()
+    assert set(schemas) == {
+        "run.requested",
+        "member.batch",
+        "run.started",
+        "run.extraction_completed",
+        "run.batch_outcome",
+        "run.failed",
+        "dead_letter",
+    }
+    assert "definition" in schemas["run.requested"]["properties"]

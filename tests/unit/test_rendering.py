@@ -1,0 +1,66 @@
+import json
+import uuid
+
+import pytest
+
+from services.dispatcher.rendering import TemplateRenderError, render_request
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
+from shared.events import MemberBatch
+
+PROFILE = ConnectionProfile(name="p", base_url="https://api.example.com/base/")
+RUN_ID = uuid.UUID("11111111-1111-1111-1111-111111111111")
+BATCH = MemberBatch(
+    run_id=RUN_ID,
+    definition="d",
+    template="t",
+    batch_index=2,
+    members=[{"id": 1, "email": "a@example.com", "name": 'Zoé "Z"'}, {"id": 2, "email": "b@x.io"}],
+)
+
+
+def template(**fields) -> HttpTemplate:
+    return HttpTemplate(name="t", query="q", profile="p", **fields)
+
+
+def test_without_a_body_the_batch_is_sent_as_a_json_array():
+    request = render_request(template(path="/members"), PROFILE, BATCH)
+    assert request.method == "POST"
+    assert request.url == "https://api.example.com/base/members"
+    assert json.loads(request.content) == BATCH.members
+    assert request.headers["Content-Type"] == "application/json"
+
+
+def test_body_path_and_headers_see_members_and_run_metadata():
+    request = render_request(
+        template(
+            method="PUT",
+            path="/members/{{ member.id }}",
+            headers={"X-Run": "{{ run.id }}"},
+            body='{"batch": {{ run.batch_index }}, "emails": {{ members | map(attribute="email") | list | tojson }}}',
+        ),
+        PROFILE,
+        BATCH,
+    )
+    assert request.url.endswith("/members/1")
+    assert request.headers["X-Run"] == str(RUN_ID)
+    assert json.loads(request.content) == {"batch": 2, "emails": ["a@example.com", "b@x.io"]}
+
+
+def test_tojson_escapes_quotes_in_member_values():
+    request = render_request(template(body="{{ member | tojson }}"), PROFILE, BATCH)
+    assert json.loads(request.content)["name"] == 'Zoé "Z"'
+
+
+def test_a_body_that_is_not_json_names_the_line_and_the_reason():
+    with pytest.raises(TemplateRenderError, match="invalid JSON at line 2"):
+        render_request(template(body='{\n"id": {{ member.email }}\n}'), PROFILE, BATCH)
+
+
+def test_an_unknown_variable_is_an_error_not_an_empty_string():
+    with pytest.raises(TemplateRenderError, match="undefined"):
+        render_request(template(body="{{ nothing.here }}"), PROFILE, BATCH)
+
+
+def test_the_sandbox_refuses_python_internals():
+    with pytest.raises(TemplateRenderError):
+        render_request(template(body="{{ members.__class__.__mro__ }}"), PROFILE, BATCH)

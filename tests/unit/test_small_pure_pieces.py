@@ -1,0 +1,68 @@
+import datetime as dt
+import decimal
+import json
+import uuid
+
+from services.extractor.extraction import page_size_for
+from shared.log import REDACTED, redact_secrets
+from shared.querystore.paging import jsonable, keyset_page_sql
+
+
+def test_keyset_pages_filter_after_the_last_key_and_never_use_offset():
+    first = keyset_page_sql("SELECT * FROM members WHERE tier = 'gold'", '"id"', first=True)
+    later = keyset_page_sql("SELECT * FROM members WHERE tier = 'gold'", '"id"', first=False)
+    assert first == "SELECT * FROM (SELECT * FROM members WHERE tier = 'gold') AS q ORDER BY q.\"id\" LIMIT :limit"
+    assert 'WHERE q."id" > :last_key ORDER BY q."id"' in later
+    assert "OFFSET" not in later.upper()
+
+
+def test_database_values_become_json_values():
+    values = [
+        dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        dt.date(2026, 1, 2),
+        decimal.Decimal("12"),
+        decimal.Decimal("1.5"),
+        uuid.UUID(int=1),
+        b"\x01\x02",
+        None,
+        True,
+        3,
+        "x",
+    ]
+    converted = [jsonable(v) for v in values]
+    assert converted == [
+        "2026-01-02T03:04:05+00:00",
+        "2026-01-02",
+        12,
+        1.5,
+        str(uuid.UUID(int=1)),
+        "0102",
+        None,
+        True,
+        3,
+        "x",
+    ]
+    json.dumps(converted)
+
+
+def test_page_size_is_a_whole_number_of_batches():
+    assert page_size_for(500, 5000) == 5000
+    assert page_size_for(500, 4999) == 5000
+    assert page_size_for(300, 1000) == 1200
+    assert page_size_for(5000, 10) == 5000
+
+
+def test_log_fields_that_name_secrets_are_redacted():
+    event = redact_secrets(
+        None,
+        "info",
+        {"event": "x", "password": "p", "api_key": "k", "Authorization": "B", "client_secret": "s", "count": 3},
+    )
+    assert event == {
+        "event": "x",
+        "password": REDACTED,
+        "api_key": REDACTED,
+        "Authorization": REDACTED,
+        "client_secret": REDACTED,
+        "count": 3,
+    }
