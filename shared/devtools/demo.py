@@ -14,7 +14,7 @@ import string
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 from shared.catalog import Catalog, make_engine
@@ -79,10 +79,8 @@ def run_demo(members: int, work_dir: Path) -> int:
 
         catalog = Catalog.from_url(catalog_url)
         record = catalog.list_runs(DEFINITION, limit=1)[0]
-        try:
+        with suppress(TimeoutError):
             wait_until(lambda: bool(sink.received()), timeout=60, what="the notification email")
-        except TimeoutError:
-            pass
         received = receiver.accepted_member_ids()
         print()
         print("Summary")

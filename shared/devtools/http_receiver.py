@@ -10,6 +10,7 @@ partner API that refuses or stumbles. Receipts are kept member by member.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import threading
 from collections import Counter
@@ -75,7 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET = _handle
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET = _handle  # noqa: N815 - http.server names
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -143,10 +144,8 @@ def main() -> None:
     args = parser.parse_args()
     receiver = HttpReceiver(args.port, args.reject_status)
     print(f"receiving on {receiver.url}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         receiver._server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def test_the_email_carries_counts_times_in_the_definitions_zone_and_errors():
     text = message.get_body(("plain",)).get_content()
     assert "Started: 2026-07-01 02:00:00 Europe/Paris" in text
     assert "Duration: 90.0 s" in text
-    assert "Delivered: 500" in text and "Failed: 500" in text
+    assert "Delivered: 500" in text
+    assert "Failed: 500" in text
     assert "- HTTP 400: member 17 rejected" in text
     assert "https://exports.example.com/runs/22222222-2222-2222-2222-222222222222" in text
     html = message.get_body(("html",)).get_content()

@@ -50,6 +50,9 @@ def test_yaml_syntax_errors_name_the_file():
 
 
 def test_nested_fields_are_named_by_their_path():
-    text = "kind: ExportDefinition\nname: d\nspec:\n  query: q\n  template: t\n  notifications:\n    error:\n      enabled: true\n"
+    text = (
+        "kind: ExportDefinition\nname: d\nspec:\n  query: q\n  template: t\n"
+        "  notifications:\n    error:\n      enabled: true\n"
+    )
     with pytest.raises(ManifestError, match=r"field 'notifications.error': .*at least one recipient"):
         parse_documents(text, "m.yaml")

@@ -14,7 +14,9 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def run_events(outcomes: list[tuple[int, int]]):
-    events = [RunStarted(run_id=RUN, definition="d", trigger=Trigger.MANUAL, at=T0)]
+    events: list[RunStarted | ExtractionCompleted | BatchOutcome | RunFailed] = [
+        RunStarted(run_id=RUN, definition="d", trigger=Trigger.MANUAL, at=T0)
+    ]
     events.append(
         ExtractionCompleted(
             run_id=RUN,
