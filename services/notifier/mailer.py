@@ -7,7 +7,7 @@ import ssl
 from email.message import EmailMessage
 
 from pydantic import SecretStr
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 
 class SmtpMailer:
@@ -51,7 +51,7 @@ class SmtpMailer:
                 (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, smtplib.SMTPResponseException)
             ),
             stop=stop_after_attempt(self.max_attempts),
-            wait=wait_exponential_jitter(initial=1, max=self.max_wait),
+            wait=wait_random_exponential(multiplier=1, max=self.max_wait),
             reraise=True,
         )
         retrying(self._send_once, message)

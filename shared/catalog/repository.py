@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, cast
 
-from sqlalchemy import Engine, Insert, select
+from sqlalchemy import Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -75,6 +75,10 @@ class Catalog:
             catalog.create_schema()
         return catalog
 
+    def close(self) -> None:
+        """Close the catalog's database connections."""
+        self.engine.dispose()
+
     def create_schema(self) -> None:
         Base.metadata.create_all(self.engine)
 
@@ -84,16 +88,22 @@ class Catalog:
             yield session
 
     def _insert_ignore(self, session: Session, table: Any, values: dict[str, Any]) -> bool:
-        """Insert a row unless its primary key exists; True when inserted."""
+        """Insert a row unless its primary key exists; True when inserted.
+
+        Uses ``ON CONFLICT DO NOTHING RETURNING``: whether a row comes back is the answer on every
+        engine and driver (``rowcount`` is not reliable for ORM-enabled inserts).
+        """
         backend = self.engine.dialect.name
-        stmt: Insert
+        dialect_insert: Any
         if backend == "postgresql":
-            stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing()
+            dialect_insert = postgresql.insert
         elif backend == "sqlite":
-            stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
+            dialect_insert = sqlite.insert
         else:  # pragma: no cover - other engines are not supported for the catalog
             raise NotImplementedError(f"catalog on {backend} is not supported")
-        return bool(session.execute(stmt).rowcount == 1)  # type: ignore[attr-defined]
+        key = next(iter(table.__table__.primary_key.columns))
+        stmt = dialect_insert(table.__table__).values(**values).on_conflict_do_nothing().returning(key)
+        return session.execute(stmt).first() is not None
 
     # --- catalog objects ---------------------------------------------------------------------------
 

@@ -123,10 +123,10 @@ class LocalKafka:
             check=True,
             capture_output=True,
         )
-        log = self.log_file.open("wb")
-        self.process = subprocess.Popen(
-            [*base, "kafka.Kafka", str(props)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with self.log_file.open("wb") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [*base, "kafka.Kafka", str(props)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         (self.work_dir / "broker.pid").write_text(str(self.process.pid))
 
         def ready() -> bool:

@@ -19,7 +19,7 @@ import structlog
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from pydantic import ValidationError
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from shared.errors import InvalidInput, RetryableError
 from shared.events import DeadLetter
@@ -134,7 +134,7 @@ class ConsumerLoop(Generic[E]):
         retrying = Retrying(
             retry=retry_if_exception_type(RetryableError),
             stop=stop_after_attempt(self.retry_attempts),
-            wait=wait_exponential_jitter(initial=0.5, max=self.retry_max_wait),
+            wait=wait_random_exponential(multiplier=0.5, max=self.retry_max_wait),
             reraise=True,
         )
         return retrying(self.handler, event)

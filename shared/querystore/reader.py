@@ -37,6 +37,10 @@ class MemberReader:
     def from_url(cls, url: str) -> MemberReader:
         return cls(make_engine(url))
 
+    def close(self) -> None:
+        """Close the query store's connections."""
+        self.engine.dispose()
+
     def pages(self, query: SavedQuery, *, page_size: int, after: Any = None) -> Iterator[Page]:
         """Yield pages of ``page_size`` members after key ``after`` (from the start when None)."""
         quoted_key = self.engine.dialect.identifier_preparer.quote(query.key_column)

@@ -1,0 +1,122 @@
+"""The dispatcher against real HTTP servers on 127.0.0.1."""
+
+import base64
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from services.dispatcher.auth import OAuthTokenCache
+from services.dispatcher.delivery import Deliverer, RetryPolicy
+from services.dispatcher.dispatching import CatalogCache, Dispatcher
+from shared.catalog import Catalog
+from shared.devtools.http_receiver import HttpReceiver
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
+from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, DeadLetter, MemberBatch
+from shared.topics import Topics
+
+pytestmark = pytest.mark.integration
+TOPICS = Topics("x.")
+
+
+@pytest.fixture
+def catalog(tmp_path) -> Iterator[Catalog]:
+    catalog = Catalog.from_url(f"sqlite:///{tmp_path / 'catalog.db'}")
+    catalog.apply(SavedQuery(name="q", sql="select 1 as id"))
+    yield catalog
+    catalog.close()
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client() as client:
+        yield client
+
+
+def dispatcher_for(catalog: Catalog, client: httpx.Client, receiver: HttpReceiver, auth=None,
+                   **template) -> Dispatcher:
+    catalog.apply(ConnectionProfile(name="p", base_url=receiver.url, auth=auth or {"type": "none"}))
+    catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members", **template))
+    policy = RetryPolicy(max_attempts=4, max_seconds=10, initial_backoff=0.01, max_backoff=0.05)
+    return Dispatcher(objects=CatalogCache(catalog, ttl=0), deliverer=Deliverer(client, policy),
+                      tokens=OAuthTokenCache(client), topics=TOPICS)
+
+
+def batch(count: int = 3, index: int = 0) -> MemberBatch:
+    return MemberBatch(run_id=uuid.uuid4(), definition="d", template="t", batch_index=index,
+                       members=[{"id": i, "email": f"m{i}@example.com"} for i in range(count)])
+
+
+def test_a_batch_is_delivered_with_a_stable_idempotency_key(catalog, client):
+    with HttpReceiver() as receiver:
+        dispatcher = dispatcher_for(catalog, client, receiver)
+        sent = batch(3, index=4)
+        [outgoing] = dispatcher.handle(sent)
+        dispatcher.handle(sent)  # a redelivery
+    outcome = RUN_EVENT_ADAPTER.validate_json(outgoing.value)
+    assert isinstance(outcome, BatchOutcome)
+    assert (outcome.delivered, outcome.failed, outcome.status_code, outcome.attempts) == (3, 0, 200, 1)
+    first, second = receiver.receipts()
+    assert first.headers["Idempotency-Key"] == f"{sent.run_id}:4" == second.headers["Idempotency-Key"]
+    assert first.body == second.body == sent.members
+
+
+def test_503s_are_retried_until_delivered(catalog, client):
+    with HttpReceiver(fail_first=2, retry_after="0") as receiver:
+        [outgoing] = dispatcher_for(catalog, client, receiver).handle(batch())
+    outcome = RUN_EVENT_ADAPTER.validate_json(outgoing.value)
+    assert (outcome.delivered, outcome.attempts) == (3, 3)
+    assert [r.status for r in receiver.receipts()] == [503, 503, 200]
+
+
+def test_a_rejected_batch_is_dead_lettered_with_status_and_snippet(catalog, client):
+    with HttpReceiver(reject_status=400) as receiver:
+        sent = batch(5)
+        letter_out, outcome_out = dispatcher_for(catalog, client, receiver).handle(sent)
+    assert len(receiver.receipts()) == 1  # a 400 is not retried
+    letter = DeadLetter.model_validate_json(letter_out.value)
+    assert letter_out.topic == TOPICS.dead_letters
+    assert (letter.last_status, letter.attempts, letter.members) == (400, 1, sent.members)
+    assert letter.reason.startswith("HTTP 400: ")
+    outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
+    assert (outcome.delivered, outcome.failed, outcome.status_code) == (0, 5, 400)
+
+
+def test_an_unreachable_endpoint_fails_after_the_retry_budget(catalog, client):
+    receiver = HttpReceiver()
+    receiver.stop()  # nothing listens on its port any more
+    letter_out, outcome_out = dispatcher_for(catalog, client, receiver).handle(batch())
+    outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
+    assert (outcome.failed, outcome.attempts, outcome.status_code) == (3, 4, None)
+    assert "ConnectError" in (outcome.error or "")
+
+
+def test_a_template_that_renders_invalid_json_fails_the_batch_with_the_reason(catalog, client):
+    with HttpReceiver() as receiver:
+        _, outcome_out = dispatcher_for(catalog, client, receiver, body="{{ member.email }}").handle(batch())
+    assert receiver.receipts() == []
+    outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
+    assert outcome.failed == 3
+    assert "invalid JSON at line 1" in (outcome.error or "")
+
+
+def test_basic_and_bearer_auth_come_from_secret_references(catalog, client, monkeypatch):
+    monkeypatch.setenv("PARTNER_PASSWORD", "pa55")
+    with HttpReceiver() as receiver:
+        dispatcher_for(catalog, client, receiver,
+                       auth={"type": "basic", "username": "exp", "password": "env:PARTNER_PASSWORD"}).handle(batch())
+        dispatcher_for(catalog, client, receiver, auth={"type": "bearer", "token": "tok-123"}).handle(batch())
+    basic, bearer = receiver.receipts()
+    assert basic.headers["Authorization"] == "Basic " + base64.b64encode(b"exp:pa55").decode()
+    assert bearer.headers["Authorization"] == "Bearer tok-123"
+
+
+def test_a_missing_secret_fails_the_batch_without_revealing_anything(catalog, client, monkeypatch):
+    monkeypatch.delenv("ABSENT_TOKEN", raising=False)
+    with HttpReceiver() as receiver:
+        _, outcome_out = dispatcher_for(catalog, client, receiver,
+                                        auth={"type": "bearer", "token": "env:ABSENT_TOKEN"}).handle(batch())
+    outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
+    assert outcome.error == "secret reference env:ABSENT_TOKEN names an unset environment variable"
+    assert receiver.receipts() == []
