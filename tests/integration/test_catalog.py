@@ -31,8 +31,11 @@ def test_ids_survive_updates(catalog: Catalog):
 
 
 def test_secrets_are_stored_and_read_back(catalog: Catalog):
-    profile = ConnectionProfile(name="p", base_url="https://api.example.com",
-                                auth={"type": "basic", "username": "u", "password": "env:PARTNER_PASSWORD"})
+    profile = ConnectionProfile(
+        name="p",
+        base_url="https://api.example.com",
+        auth={"type": "basic", "username": "u", "password": "env:PARTNER_PASSWORD"},
+    )
     catalog.apply(profile)
     assert catalog.get(ConnectionProfile, "p") == profile
 

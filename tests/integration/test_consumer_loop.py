@@ -44,18 +44,24 @@ def test_bad_records_are_dead_lettered_and_good_ones_handled(settings: CommonSet
         handled.append(request.definition)
         return [Outgoing(topics.run_events, str(request.run_id), b'{"echo": true}')]
 
-    produce(settings.kafka_bootstrap_servers, topics.run_requests, [
-        ("k1", b"this is not json"),
-        ("k2", b'{"definition": 42}'),
-        ("k3", RunRequested(definition="explodes").to_bytes()),
-        ("k4", RunRequested(definition="fine").to_bytes()),
-    ])
+    produce(
+        settings.kafka_bootstrap_servers,
+        topics.run_requests,
+        [
+            ("k1", b"this is not json"),
+            ("k2", b'{"definition": 42}'),
+            ("k3", RunRequested(definition="explodes").to_bytes()),
+            ("k4", RunRequested(definition="fine").to_bytes()),
+        ],
+    )
     loop = _loop(settings, handler)
     _run_until(loop, lambda: handled == ["fine"])
     loop.consumer.close()
 
-    letters = [DeadLetter.model_validate_json(v) for v in
-               read_until(settings.kafka_bootstrap_servers, topics.dead_letters, lambda vs: len(vs) >= 3)]
+    letters = [
+        DeadLetter.model_validate_json(v)
+        for v in read_until(settings.kafka_bootstrap_servers, topics.dead_letters, lambda vs: len(vs) >= 3)
+    ]
     reasons = {letter.payload: letter.reason for letter in letters}
     assert reasons["this is not json"].startswith("invalid event: ")
     assert reasons['{"definition": 42}'] == "invalid event: definition: Input should be a valid string"
@@ -69,8 +75,11 @@ def test_bad_records_are_dead_lettered_and_good_ones_handled(settings: CommonSet
 def test_offsets_are_committed_only_for_processed_records(settings: CommonSettings):
     ensure_topics(settings, [settings.topics.run_requests, settings.topics.dead_letters])
     topics = settings.topics
-    produce(settings.kafka_bootstrap_servers, topics.run_requests,
-            [(f"k{i}", RunRequested(definition=f"d{i}").to_bytes()) for i in range(3)])
+    produce(
+        settings.kafka_bootstrap_servers,
+        topics.run_requests,
+        [(f"k{i}", RunRequested(definition=f"d{i}").to_bytes()) for i in range(3)],
+    )
     seen: list[str] = []
 
     def first_consumer(request: RunRequested) -> list[Outgoing]:

@@ -34,18 +34,26 @@ def client() -> Iterator[httpx.Client]:
         yield client
 
 
-def dispatcher_for(catalog: Catalog, client: httpx.Client, receiver: HttpReceiver, auth=None,
-                   **template) -> Dispatcher:
+def dispatcher_for(catalog: Catalog, client: httpx.Client, receiver: HttpReceiver, auth=None, **template) -> Dispatcher:
     catalog.apply(ConnectionProfile(name="p", base_url=receiver.url, auth=auth or {"type": "none"}))
     catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members", **template))
     policy = RetryPolicy(max_attempts=4, max_seconds=10, initial_backoff=0.01, max_backoff=0.05)
-    return Dispatcher(objects=CatalogCache(catalog, ttl=0), deliverer=Deliverer(client, policy),
-                      tokens=OAuthTokenCache(client), topics=TOPICS)
+    return Dispatcher(
+        objects=CatalogCache(catalog, ttl=0),
+        deliverer=Deliverer(client, policy),
+        tokens=OAuthTokenCache(client),
+        topics=TOPICS,
+    )
 
 
 def batch(count: int = 3, index: int = 0) -> MemberBatch:
-    return MemberBatch(run_id=uuid.uuid4(), definition="d", template="t", batch_index=index,
-                       members=[{"id": i, "email": f"m{i}@example.com"} for i in range(count)])
+    return MemberBatch(
+        run_id=uuid.uuid4(),
+        definition="d",
+        template="t",
+        batch_index=index,
+        members=[{"id": i, "email": f"m{i}@example.com"} for i in range(count)],
+    )
 
 
 def test_a_batch_is_delivered_with_a_stable_idempotency_key(catalog, client):
@@ -104,8 +112,9 @@ def test_a_template_that_renders_invalid_json_fails_the_batch_with_the_reason(ca
 def test_basic_and_bearer_auth_come_from_secret_references(catalog, client, monkeypatch):
     monkeypatch.setenv("PARTNER_PASSWORD", "pa55")
     with HttpReceiver() as receiver:
-        dispatcher_for(catalog, client, receiver,
-                       auth={"type": "basic", "username": "exp", "password": "env:PARTNER_PASSWORD"}).handle(batch())
+        dispatcher_for(
+            catalog, client, receiver, auth={"type": "basic", "username": "exp", "password": "env:PARTNER_PASSWORD"}
+        ).handle(batch())
         dispatcher_for(catalog, client, receiver, auth={"type": "bearer", "token": "tok-123"}).handle(batch())
     basic, bearer = receiver.receipts()
     assert basic.headers["Authorization"] == "Basic " + base64.b64encode(b"exp:pa55").decode()
@@ -115,8 +124,9 @@ def test_basic_and_bearer_auth_come_from_secret_references(catalog, client, monk
 def test_a_missing_secret_fails_the_batch_without_revealing_anything(catalog, client, monkeypatch):
     monkeypatch.delenv("ABSENT_TOKEN", raising=False)
     with HttpReceiver() as receiver:
-        _, outcome_out = dispatcher_for(catalog, client, receiver,
-                                        auth={"type": "bearer", "token": "env:ABSENT_TOKEN"}).handle(batch())
+        _, outcome_out = dispatcher_for(
+            catalog, client, receiver, auth={"type": "bearer", "token": "env:ABSENT_TOKEN"}
+        ).handle(batch())
     outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
     assert outcome.error == "secret reference env:ABSENT_TOKEN names an unset environment variable"
     assert receiver.receipts() == []

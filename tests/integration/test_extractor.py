@@ -36,8 +36,13 @@ def extractor(settings: CommonSettings, database_url: str) -> Iterator[Extractor
     catalog.apply(ExportDefinition(name="export-broken", query="broken", template="t-broken"))
     producer = make_producer(settings, "test-extractor")
     reader = MemberReader.from_url(database_url)
-    yield Extractor(catalog=catalog, reader=reader, topics=settings.topics,
-                    publish=lambda out: produce_and_wait(producer, out), page_size=1_000)
+    yield Extractor(
+        catalog=catalog,
+        reader=reader,
+        topics=settings.topics,
+        publish=lambda out: produce_and_wait(producer, out),
+        page_size=1_000,
+    )
     producer.close()
     reader.close()
     catalog.close()
@@ -51,9 +56,10 @@ def _run_events(settings: CommonSettings, count: int):
 def test_every_member_is_published_once_in_batches(extractor: Extractor, settings: CommonSettings):
     request = RunRequested(definition="export-all")
     assert extractor.handle(request) == []
-    batches = [MemberBatch.model_validate_json(v) for v in read_until(
-        settings.kafka_bootstrap_servers, settings.topics.member_batches,
-        lambda vs: len(vs) >= 33)]
+    batches = [
+        MemberBatch.model_validate_json(v)
+        for v in read_until(settings.kafka_bootstrap_servers, settings.topics.member_batches, lambda vs: len(vs) >= 33)
+    ]
     ids = [m["id"] for b in batches for m in b.members]
     assert sorted(ids) == list(range(1, MEMBERS + 1))
     assert sorted(b.batch_index for b in batches) == list(range(33))
@@ -89,8 +95,9 @@ def test_a_query_error_fails_the_run_with_the_reason(extractor: Extractor, setti
     assert "missing_table" in failed.reason
 
 
-def test_a_run_resumes_from_its_checkpoint_with_the_same_batch_identities(extractor: Extractor,
-                                                                          settings: CommonSettings):
+def test_a_run_resumes_from_its_checkpoint_with_the_same_batch_identities(
+    extractor: Extractor, settings: CommonSettings
+):
     run_id = uuid.uuid4()
     checkpoint = extractor.catalog.claim_extraction(run_id, "export-all")
     from shared.catalog.repository import Checkpoint
@@ -98,8 +105,10 @@ def test_a_run_resumes_from_its_checkpoint_with_the_same_batch_identities(extrac
     # As if a crash happened after the first two pages (20 batches, keys 1..2000) were published.
     extractor.catalog.save_checkpoint(Checkpoint(checkpoint.run_id, 2000, 20, 2000, completed=False))
     extractor.handle(RunRequested(run_id=run_id, definition="export-all"))
-    batches = [MemberBatch.model_validate_json(v) for v in read_until(
-        settings.kafka_bootstrap_servers, settings.topics.member_batches, lambda vs: len(vs) >= 13)]
+    batches = [
+        MemberBatch.model_validate_json(v)
+        for v in read_until(settings.kafka_bootstrap_servers, settings.topics.member_batches, lambda vs: len(vs) >= 13)
+    ]
     assert sorted(b.batch_index for b in batches) == list(range(20, 33))
     assert sorted(m["id"] for b in batches for m in b.members) == list(range(2001, MEMBERS + 1))
     completed = [e for e in _run_events(settings, 2) if isinstance(e, ExtractionCompleted)]

@@ -14,11 +14,18 @@ from shared.events import BatchOutcome, ExtractionCompleted, RunFailed, RunStart
 
 pytestmark = pytest.mark.integration
 
-DEFINITION = ExportDefinition.model_validate({
-    "name": "nightly", "query": "q", "template": "t", "schedule": {"timezone": "America/New_York"},
-    "notifications": {"success": {"enabled": True, "recipients": ["ops@example.com"]},
-                      "error": {"enabled": True, "recipients": ["oncall@example.com"]}},
-})
+DEFINITION = ExportDefinition.model_validate(
+    {
+        "name": "nightly",
+        "query": "q",
+        "template": "t",
+        "schedule": {"timezone": "America/New_York"},
+        "notifications": {
+            "success": {"enabled": True, "recipients": ["ops@example.com"]},
+            "error": {"enabled": True, "recipients": ["oncall@example.com"]},
+        },
+    }
+)
 
 
 @pytest.fixture
@@ -37,11 +44,18 @@ def notifier(catalog: Catalog, sink: SmtpSink) -> Notifier:
 def events(outcomes: list[tuple[int, int]]):
     run_id = uuid.uuid4()
     yield RunStarted(run_id=run_id, definition="nightly", trigger=Trigger.SCHEDULE)
-    yield ExtractionCompleted(run_id=run_id, definition="nightly", members=sum(map(sum, outcomes)),
-                              batches=len(outcomes))
+    yield ExtractionCompleted(
+        run_id=run_id, definition="nightly", members=sum(map(sum, outcomes)), batches=len(outcomes)
+    )
     for index, (delivered, failed) in enumerate(outcomes):
-        yield BatchOutcome(run_id=run_id, definition="nightly", batch_index=index, delivered=delivered,
-                           failed=failed, error="HTTP 400: rejected" if failed else None)
+        yield BatchOutcome(
+            run_id=run_id,
+            definition="nightly",
+            batch_index=index,
+            delivered=delivered,
+            failed=failed,
+            error="HTTP 400: rejected" if failed else None,
+        )
 
 
 def test_a_successful_run_mails_the_success_recipients_once(notifier: Notifier, sink: SmtpSink):
@@ -76,16 +90,21 @@ def test_a_restarted_notifier_sends_no_duplicate(catalog: Catalog, sink: SmtpSin
     all_events = list(events([(5, 0)]))
     for event in all_events:
         notifier.handle(event)
-    restarted = Notifier(catalog=Catalog.from_url(str(catalog.engine.url.render_as_string(hide_password=False))),
-                         mailer=notifier.mailer, sender="exports@example.com", link_base_url=None)
+    restarted = Notifier(
+        catalog=Catalog.from_url(str(catalog.engine.url.render_as_string(hide_password=False))),
+        mailer=notifier.mailer,
+        sender="exports@example.com",
+        link_base_url=None,
+    )
     for event in all_events:
         restarted.handle(event)
     restarted.catalog.close()
     assert len(sink.received()) == 1
 
 
-def test_an_email_that_could_not_be_sent_goes_out_with_a_later_event(catalog: Catalog, sink: SmtpSink,
-                                                                     notifier: Notifier):
+def test_an_email_that_could_not_be_sent_goes_out_with_a_later_event(
+    catalog: Catalog, sink: SmtpSink, notifier: Notifier
+):
     all_events = list(events([(5, 0)]))
     down = SmtpMailer("127.0.0.1", 9, max_attempts=1)  # nothing listens on port 9
     broken = Notifier(catalog=catalog, mailer=down, sender="exports@example.com", link_base_url=None)

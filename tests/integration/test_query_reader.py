@@ -65,6 +65,7 @@ def test_queries_run_read_only(reader: MemberReader):
     sneaky = SavedQuery(name="sneaky", sql="WITH gone AS (DELETE FROM members RETURNING id) SELECT id FROM gone")
     with pytest.raises(QueryError):
         list(reader.pages(sneaky, page_size=10))
-    survivors = [m for p in reader.pages(SavedQuery(name="all", sql="SELECT id FROM members"), page_size=5000)
-                 for m in p.members]
+    survivors = [
+        m for p in reader.pages(SavedQuery(name="all", sql="SELECT id FROM members"), page_size=5000) for m in p.members
+    ]
     assert len(survivors) == 2_345

@@ -1,0 +1,141 @@
+"""One pipeline of four real service processes for the e2e module: real Kafka, HTTP, SMTP, SQLite."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shared.catalog import Catalog, make_engine
+from shared.devtools.http_receiver import HttpReceiver
+from shared.devtools.pipeline import LocalPipeline
+from shared.devtools.smtp_sink import SmtpSink
+from shared.querystore.demo_data import create_demo_members
+from shared.topics import Topics
+
+MEMBERS = 10_000
+
+MANIFEST = """
+kind: ConnectionProfile
+name: good-partner
+spec: {{base_url: "{good}", auth: {{type: bearer, token: "env:E2E_PARTNER_TOKEN"}}}}
+---
+kind: ConnectionProfile
+name: strict-partner
+spec: {{base_url: "{strict}"}}
+---
+kind: SavedQuery
+name: all-members
+spec: {{sql: "SELECT id, email, first_name, tier, points FROM members", key_column: id}}
+---
+kind: SavedQuery
+name: first-hundred
+spec: {{sql: "SELECT id, email FROM members WHERE id <= 100", key_column: id}}
+---
+kind: HttpTemplate
+name: good-bulk
+spec: {{query: all-members, profile: good-partner, path: /v1/members, batch_size: 500}}
+---
+kind: HttpTemplate
+name: good-small
+spec: {{query: first-hundred, profile: good-partner, path: /v1/members, batch_size: 50}}
+---
+kind: HttpTemplate
+name: strict-bulk
+spec: {{query: all-members, profile: strict-partner, path: /v1/members, batch_size: 500}}
+---
+kind: ExportDefinition
+name: to-good-partner
+spec:
+  query: all-members
+  template: good-bulk
+  notifications:
+    success: {{enabled: true, recipients: [ops@example.com, crm@example.com]}}
+    error: {{enabled: true, recipients: [oncall@example.com]}}
+---
+kind: ExportDefinition
+name: small-to-good-partner
+spec:
+  query: first-hundred
+  template: good-small
+  notifications:
+    success: {{enabled: true, recipients: [ops@example.com]}}
+---
+kind: ExportDefinition
+name: to-strict-partner
+spec:
+  query: all-members
+  template: strict-bulk
+  notifications:
+    success: {{enabled: true, recipients: [ops@example.com]}}
+    error: {{enabled: true, recipients: [oncall@example.com]}}
+"""
+
+SECRET_TOKEN = "e2e-s3cret-token-value"
+
+
+@dataclass
+class Pipeline:
+    env: dict[str, str]
+    topics: Topics
+    bootstrap: str
+    catalog: Catalog
+    good: HttpReceiver
+    strict: HttpReceiver
+    sink: SmtpSink
+    services: LocalPipeline
+    work_dir: Path
+
+    def exportctl(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "shared.cli", *args],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+@pytest.fixture(scope="module")
+def pipeline(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    work_dir = tmp_path_factory.mktemp("e2e")
+    store_url = f"sqlite:///{work_dir / 'members.db'}"
+    engine = make_engine(store_url)
+    create_demo_members(engine, MEMBERS)
+    engine.dispose()
+    prefix = f"e2e{uuid.uuid4().hex[:8]}."
+    with HttpReceiver() as good, HttpReceiver(reject_status=400) as strict, SmtpSink() as sink:
+        env = {
+            "EXPORT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "EXPORT_TOPIC_PREFIX": prefix,
+            "EXPORT_TOPIC_PARTITIONS": "3",
+            "EXPORT_CATALOG_URL": f"sqlite:///{work_dir / 'catalog.db'}",
+            "EXPORT_QUERY_STORE_URL": store_url,
+            "EXPORT_SMTP_HOST": "127.0.0.1",
+            "EXPORT_SMTP_PORT": str(sink.port),
+            "EXPORT_METRICS_PORT": "0",
+            "EXPORT_DISPATCHER_BACKOFF_INITIAL_SECONDS": "0.05",
+            "E2E_PARTNER_TOKEN": SECRET_TOKEN,
+        }
+        manifest = work_dir / "exports.yaml"
+        manifest.write_text(MANIFEST.format(good=good.url, strict=strict.url))
+        result = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "apply", "-f", str(manifest)],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        catalog = Catalog.from_url(env["EXPORT_CATALOG_URL"])
+        with LocalPipeline(env, work_dir / "logs") as services:
+            yield Pipeline(env, Topics(prefix), kafka_bootstrap, catalog, good, strict, sink, services, work_dir)
+            exit_codes = services.stop()
+        catalog.close()
+    assert exit_codes == dict.fromkeys(services.services, 0), "services should stop cleanly on SIGTERM"

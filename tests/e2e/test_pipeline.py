@@ -1,0 +1,103 @@
+"""The four services as real processes on a real broker, a real HTTP server and a real SMTP server."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+import pytest
+
+from shared.devtools.processes import wait_until
+from shared.domain.runs import RunStatus
+from shared.events import DeadLetter
+from tests.e2e.conftest import MEMBERS, SECRET_TOKEN, Pipeline
+from tests.kafka_helpers import produce, read_until
+
+pytestmark = pytest.mark.e2e
+
+
+def _run_id(output: str) -> uuid.UUID:
+    first_line = output.splitlines()[0]  # "run <id> requested for '<definition>'"
+    return uuid.UUID(first_line.split()[1])
+
+
+def _mails_for(pipeline: Pipeline, run_id: uuid.UUID):
+    return [m for m in pipeline.sink.received() if m.message["X-Export-Run-Id"] == str(run_id)]
+
+
+def test_an_unparseable_run_request_is_dead_lettered_and_the_services_keep_running(pipeline: Pipeline):
+    garbage = b'{"definition": ["not", "a", "name"]'
+    produce(pipeline.bootstrap, pipeline.topics.run_requests, [("garbage", garbage)])
+    letters = read_until(
+        pipeline.bootstrap,
+        pipeline.topics.dead_letters,
+        lambda values: any(DeadLetter.model_validate_json(v).payload == garbage.decode() for v in values),
+    )
+    letter = next(
+        DeadLetter.model_validate_json(v)
+        for v in letters
+        if DeadLetter.model_validate_json(v).payload == garbage.decode()
+    )
+    assert letter.reason.startswith("invalid event: ")
+    assert letter.service == "extractor"
+    assert pipeline.services.dead() == []
+
+    result = pipeline.exportctl("run", "small-to-good-partner", "--wait", "--timeout", "120")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "succeeded" in result.stdout
+
+
+def test_a_run_delivers_every_member_exactly_once_and_mails_the_success_recipients(pipeline: Pipeline):
+    result = pipeline.exportctl("run", "to-good-partner", "--wait", "--timeout", "240")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = _run_id(result.stdout)
+    assert f"read: {MEMBERS}  delivered: {MEMBERS}  failed: 0" in result.stdout
+
+    receipts = [r for r in pipeline.good.receipts() if r.headers["Idempotency-Key"].startswith(f"{run_id}:")]
+    received = Counter(member["id"] for receipt in receipts for member in receipt.members)
+    assert set(received) == set(range(1, MEMBERS + 1)), "every member, none extra"
+    assert set(received.values()) == {1}, "each member once"
+    assert {r.headers["Authorization"] for r in receipts} == {f"Bearer {SECRET_TOKEN}"}
+    assert len({r.headers["Idempotency-Key"] for r in receipts}) == MEMBERS // 500
+
+    record = pipeline.catalog.get_run(run_id)
+    assert record is not None
+    assert (record.status, record.extracted, record.delivered, record.failed) == (
+        RunStatus.SUCCEEDED,
+        MEMBERS,
+        MEMBERS,
+        0,
+    )
+    wait_until(lambda: bool(_mails_for(pipeline, run_id)), timeout=60, what="the success email")
+    [mail] = _mails_for(pipeline, run_id)
+    assert sorted(mail.recipients) == ["crm@example.com", "ops@example.com"]
+    assert "succeeded" in mail.subject
+    assert f"Delivered: {MEMBERS}" in mail.text()
+    assert pipeline.catalog.notifications(run_id).keys() == {"success"}
+
+
+def test_an_endpoint_refusing_everything_fails_the_run_and_mails_only_the_error_recipients(pipeline: Pipeline):
+    result = pipeline.exportctl("run", "to-strict-partner", "--wait", "--timeout", "240")
+    assert result.returncode == 1, result.stdout + result.stderr
+    run_id = _run_id(result.stdout)
+    record = pipeline.catalog.get_run(run_id)
+    assert record is not None
+    assert (record.status, record.extracted, record.delivered, record.failed) == (RunStatus.FAILED, MEMBERS, 0, MEMBERS)
+    assert record.error_samples[0].startswith("HTTP 400: ")
+
+    wait_until(lambda: bool(_mails_for(pipeline, run_id)), timeout=60, what="the error email")
+    [mail] = _mails_for(pipeline, run_id)
+    assert mail.recipients == ["oncall@example.com"]
+    assert "failed" in mail.subject
+    assert pipeline.catalog.notifications(run_id).keys() == {"error"}
+
+    def dead_lettered_members(values: list[bytes]) -> int:
+        letters = [DeadLetter.model_validate_json(v) for v in values]
+        return sum(len(letter.members or []) for letter in letters if letter.run_id == run_id)
+
+    read_until(pipeline.bootstrap, pipeline.topics.dead_letters, lambda vs: dead_lettered_members(vs) == MEMBERS)
+
+
+def test_secrets_never_reach_the_logs(pipeline: Pipeline):
+    for name in pipeline.services.services:
+        assert SECRET_TOKEN not in pipeline.services.log(name)
