@@ -94,7 +94,7 @@ def test_a_rejected_batch_is_dead_lettered_with_status_and_snippet(catalog, clie
 def test_an_unreachable_endpoint_fails_after_the_retry_budget(catalog, client):
     receiver = HttpReceiver()
     receiver.stop()  # nothing listens on its port any more
-    letter_out, outcome_out = dispatcher_for(catalog, client, receiver).handle(batch())
+    _, outcome_out = dispatcher_for(catalog, client, receiver).handle(batch())
     outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
     assert (outcome.failed, outcome.attempts, outcome.status_code) == (3, 4, None)
     assert "ConnectError" in (outcome.error or "")

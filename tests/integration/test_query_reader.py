@@ -48,7 +48,7 @@ def test_a_filtering_query_pages_by_key_too(reader: MemberReader):
 
 def test_a_broken_query_fails_with_its_name_and_the_reason(reader: MemberReader):
     query = SavedQuery(name="broken", sql="SELECT id FROM no_such_table")
-    with pytest.raises(QueryError, match="query 'broken' failed: .*no_such_table"):
+    with pytest.raises(QueryError, match=r"query 'broken' failed: .*no_such_table"):
         list(reader.pages(query, page_size=10))
 
 
