@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint unit integration e2e prerequisites kafka-up kafka-down postgres-up postgres-down schemas clean
+.PHONY: demo test lint unit integration e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,8 +48,9 @@ postgres-up: prerequisites
 postgres-down: $(STAMP)
 	$(BIN)/python -m shared.devtools.postgres stop
 
-schemas: $(STAMP)
-	$(BIN)/python -m shared.events > docs/event-schemas.json
+## Regenerate docs/asyncapi.yaml from the event models.
+docs: $(STAMP)
+	$(BIN)/python -m shared.asyncapi > docs/asyncapi.yaml
 
 clean:
 	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache

@@ -15,13 +15,21 @@ SERVICES = ("scheduler", "extractor", "dispatcher", "notifier")
 class LocalPipeline:
     """The services, each ``python -m services.<name>`` with ``env`` added to this process's environment.
 
-    Each service's log goes to ``<log_dir>/<name>.log``.
+    ``service_env`` adds variables for one service only (e.g. its metrics port). Each service's log goes
+    to ``<log_dir>/<name>.log``.
     """
 
-    def __init__(self, env: dict[str, str], log_dir: Path, services: tuple[str, ...] = SERVICES) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        services: tuple[str, ...] = SERVICES,
+        service_env: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         self.env = {**os.environ, **env}
         self.log_dir = log_dir
         self.services = services
+        self.service_env = service_env or {}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self) -> LocalPipeline:
@@ -33,7 +41,10 @@ class LocalPipeline:
     def start_service(self, name: str) -> subprocess.Popen[bytes]:
         with (self.log_dir / f"{name}.log").open("ab") as log:  # the child keeps its own descriptor
             process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", f"services.{name}"],
+                env={**self.env, **self.service_env.get(name, {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self.processes[name] = process
         return process

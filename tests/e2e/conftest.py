@@ -15,6 +15,7 @@ import pytest
 from shared.catalog import Catalog, make_engine
 from shared.devtools.http_receiver import HttpReceiver
 from shared.devtools.pipeline import LocalPipeline
+from shared.devtools.processes import free_port
 from shared.devtools.smtp_sink import SmtpSink
 from shared.querystore.demo_data import create_demo_members
 from shared.topics import Topics
@@ -91,6 +92,7 @@ class Pipeline:
     sink: SmtpSink
     services: LocalPipeline
     work_dir: Path
+    dispatcher_metrics_port: int
 
     def exportctl(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -134,8 +136,12 @@ def pipeline(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
         )
         assert result.returncode == 0, result.stderr
         catalog = Catalog.from_url(env["EXPORT_CATALOG_URL"])
-        with LocalPipeline(env, work_dir / "logs") as services:
-            yield Pipeline(env, Topics(prefix), kafka_bootstrap, catalog, good, strict, sink, services, work_dir)
+        metrics_port = free_port()
+        service_env = {"dispatcher": {"EXPORT_METRICS_PORT": str(metrics_port)}}
+        with LocalPipeline(env, work_dir / "logs", service_env=service_env) as services:
+            yield Pipeline(
+                env, Topics(prefix), kafka_bootstrap, catalog, good, strict, sink, services, work_dir, metrics_port
+            )
             exit_codes = services.stop()
         catalog.close()
     assert exit_codes == dict.fromkeys(services.services, 0), "services should stop cleanly on SIGTERM"

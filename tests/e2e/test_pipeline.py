@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 
+import httpx
 import pytest
 
 from shared.devtools.processes import wait_until
@@ -101,3 +102,18 @@ def test_an_endpoint_refusing_everything_fails_the_run_and_mails_only_the_error_
 def test_secrets_never_reach_the_logs(pipeline: Pipeline):
     for name in pipeline.services.services:
         assert SECRET_TOKEN not in pipeline.services.log(name)
+
+
+def test_the_dispatcher_exposes_prometheus_metrics(pipeline: Pipeline):
+    result = pipeline.exportctl("run", "small-to-good-partner", "--wait", "--timeout", "120")
+    assert result.returncode == 0, result.stdout + result.stderr
+    metrics = httpx.get(f"http://127.0.0.1:{pipeline.dispatcher_metrics_port}/metrics").text
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples["export_dispatcher_members_delivered_total"] >= 100
+    assert samples['export_dispatcher_requests_total{status_class="2xx"}'] >= 2
+    assert "export_dispatcher_request_seconds_bucket" in metrics
+    assert SECRET_TOKEN not in metrics
