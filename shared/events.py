@@ -139,9 +139,32 @@ class RunFailed(Event):
     at: AwareDatetime = Field(default_factory=utc_now)
 
 
+class RunSkipped(Event):
+    """A scheduled run that did not start because the definition's previous run was still active."""
+
+    type: Literal["run.skipped"] = "run.skipped"
+    run_id: uuid.UUID
+    definition: str
+    scheduled_for: AwareDatetime
+    reason: str
+    at: AwareDatetime = Field(default_factory=utc_now)
+
+
+class RunMissed(Event):
+    """A scheduled run that was due while no scheduler could fire it, past the catch-up window."""
+
+    type: Literal["run.missed"] = "run.missed"
+    run_id: uuid.UUID
+    definition: str
+    scheduled_for: AwareDatetime
+    reason: str
+    at: AwareDatetime = Field(default_factory=utc_now)
+
+
 #: Any record of the run-events topic.
-RunEvent = Annotated[RunStarted | ExtractionCompleted | BatchOutcome | RunFailed, Field(discriminator="type")]
-RUN_EVENT_ADAPTER: TypeAdapter[RunStarted | ExtractionCompleted | BatchOutcome | RunFailed] = TypeAdapter(RunEvent)
+AnyRunEvent = RunStarted | ExtractionCompleted | BatchOutcome | RunFailed | RunSkipped | RunMissed
+RunEvent = Annotated[AnyRunEvent, Field(discriminator="type")]
+RUN_EVENT_ADAPTER: TypeAdapter[AnyRunEvent] = TypeAdapter(RunEvent)
 
 
 class DeadLetter(Event):

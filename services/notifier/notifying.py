@@ -12,7 +12,7 @@ from services.notifier.mailer import SmtpMailer
 from shared.catalog import Catalog, NotFound
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.runs import RunRecord
-from shared.events import BatchOutcome, ExtractionCompleted, RunFailed, RunStarted
+from shared.events import AnyRunEvent
 from shared.kafka import Outgoing
 
 log = structlog.get_logger(__name__)
@@ -34,7 +34,7 @@ class Notifier:
         self.sender = sender
         self.link_base_url = link_base_url
 
-    def handle(self, event: RunStarted | ExtractionCompleted | BatchOutcome | RunFailed) -> list[Outgoing]:
+    def handle(self, event: AnyRunEvent) -> list[Outgoing]:
         before, after = self.catalog.fold_run_event(event)
         if not after.status.is_final:
             return []

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import signal
 import threading
+from datetime import timedelta
 
 import structlog
 
 from services.scheduler.clock import SystemClock
-from services.scheduler.scheduling import Scheduler
+from services.scheduler.scheduling import LEASE_NAME, Scheduler
 from services.scheduler.settings import SchedulerSettings
 from shared.catalog import Catalog
-from shared.kafka import Outgoing, make_producer
-from shared.kafka.clients import produce_and_wait
+from shared.kafka import Outgoing, make_producer, produce_and_wait
 from shared.runtime import start_service
 
 SERVICE = "scheduler"
@@ -27,19 +27,27 @@ def main() -> None:
     def publish(outgoing: list[Outgoing]) -> None:
         produce_and_wait(producer, outgoing)
 
+    catalog = Catalog.from_url(settings.catalog_url)
     scheduler = Scheduler(
-        catalog=Catalog.from_url(settings.catalog_url), clock=SystemClock(), topics=settings.topics, publish=publish
+        catalog=catalog,
+        clock=SystemClock(),
+        topics=settings.topics,
+        publish=publish,
+        replica_id=settings.scheduler_replica_id,
+        lease_seconds=settings.scheduler_lease_seconds,
+        catch_up=timedelta(seconds=settings.scheduler_catch_up_seconds),
     )
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
-    log.info("scheduler started", tick_seconds=settings.scheduler_tick_seconds)
+    log.info("scheduler started", tick_seconds=settings.scheduler_tick_seconds, replica=settings.scheduler_replica_id)
     while not stopping.is_set():
         try:
             scheduler.tick()
         except Exception:
             log.exception("scheduler tick failed")
         stopping.wait(settings.scheduler_tick_seconds)
+    catalog.release_lease(LEASE_NAME, settings.scheduler_replica_id)
     producer.flush()
     producer.close()
     log.info("scheduler stopped")

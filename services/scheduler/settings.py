@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 from pydantic import Field
 
 from shared.settings import CommonSettings
@@ -11,4 +14,14 @@ class SchedulerSettings(CommonSettings):
     """Settings of the scheduler service."""
 
     scheduler_tick_seconds: float = Field(default=1.0, gt=0, description="How often schedules are evaluated.")
+    scheduler_catch_up_seconds: float = Field(
+        default=3600.0, ge=0, description="A run missed by less than this still fires (the latest one only)."
+    )
+    scheduler_lease_seconds: float = Field(
+        default=15.0, gt=0, description="Leadership lease; another replica takes over this long after a crash."
+    )
+    scheduler_replica_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="This replica's name in the lease (default: host name and process id).",
+    )
     metrics_port: int = Field(default=9401, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

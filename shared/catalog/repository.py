@@ -6,10 +6,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar, cast
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,13 +19,14 @@ from shared.catalog.tables import (
     BatchOutcomeRow,
     CatalogObjectRow,
     ExtractionCheckpointRow,
+    LeaseRow,
     NotificationRow,
     RunRow,
-    ScheduleStateRow,
+    ScheduleRow,
 )
 from shared.domain.catalog_objects import CatalogObject, ExportDefinition, kind_of, stored_form
-from shared.domain.runs import RunRecord, fold
-from shared.events import BatchOutcome, ExtractionCompleted, RunFailed, RunStarted
+from shared.domain.runs import RunRecord, RunStatus, fold
+from shared.events import AnyRunEvent, BatchOutcome
 
 T = TypeVar("T", bound=CatalogObject)
 ApplyResult = Literal["created", "updated", "unchanged"]
@@ -52,6 +53,11 @@ class Checkpoint:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite stores the wall time without its offset: every instant is stored in UTC.
+    return value.astimezone(UTC) if value is not None else None
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -170,9 +176,7 @@ class Catalog:
 
     # --- runs --------------------------------------------------------------------------------------
 
-    def fold_run_event(
-        self, event: RunStarted | ExtractionCompleted | BatchOutcome | RunFailed
-    ) -> tuple[RunRecord | None, RunRecord]:
+    def fold_run_event(self, event: AnyRunEvent) -> tuple[RunRecord | None, RunRecord]:
         """Apply a run event to the run's record, atomically; a batch outcome counts once per batch.
 
         Returns the record before and after, so the caller can tell a run that has just finished.
@@ -273,20 +277,151 @@ class Catalog:
             row.completed = checkpoint.completed
             row.updated_at = _now()
 
-    # --- schedule state ----------------------------------------------------------------------------
+    # --- schedules (the scheduler's state) ---------------------------------------------------------
 
-    def last_due(self, definition: str) -> datetime | None:
+    def schedules_to_sync(self) -> list[ScheduleSync]:
+        """Definitions the scheduler has not seen, or has seen at an older version."""
         with self._session() as session:
-            row = session.get(ScheduleStateRow, definition)
-            return _aware(row.last_due_at) if row else None
+            rows = session.execute(
+                select(CatalogObjectRow, ScheduleRow)
+                .outerjoin(ScheduleRow, ScheduleRow.definition_id == CatalogObjectRow.id)
+                .where(CatalogObjectRow.kind == ExportDefinition.__name__)
+                .where(
+                    (ScheduleRow.definition_id.is_(None)) | (ScheduleRow.definition_version != CatalogObjectRow.version)
+                )
+            ).all()
+            return [
+                ScheduleSync(
+                    definition_id=uuid.UUID(obj.id),
+                    definition=ExportDefinition.model_validate(obj.spec),
+                    version=obj.version,
+                    updated_at=_aware(obj.updated_at) or _now(),
+                    handled_until=_aware(state.handled_until) if state else None,
+                )
+                for obj, state in rows
+            ]
 
-    def set_last_due(self, definition: str, due: datetime) -> None:
+    def save_schedule(
+        self, definition_id: uuid.UUID, version: int, handled_until: datetime, next_due_at: datetime | None
+    ) -> None:
+        """Record the scheduler's view of a definition (after a sync)."""
         with self._session() as session:
-            row = session.get(ScheduleStateRow, definition)
+            row = session.get(ScheduleRow, str(definition_id))
             if row is None:
-                session.add(ScheduleStateRow(definition=definition, last_due_at=due))
-            else:
-                row.last_due_at = due
+                row = ScheduleRow(definition_id=str(definition_id))
+                session.add(row)
+            row.definition_version = version
+            row.handled_until = handled_until.astimezone(UTC)
+            row.next_due_at = _utc(next_due_at)
+
+    def due_schedules(self, now: datetime, limit: int = 10_000) -> list[DueSchedule]:
+        """Definitions whose next due instant is at or before ``now``, soonest first."""
+        with self._session() as session:
+            rows = session.execute(
+                select(CatalogObjectRow, ScheduleRow)
+                .join(ScheduleRow, ScheduleRow.definition_id == CatalogObjectRow.id)
+                .where(ScheduleRow.next_due_at <= now.astimezone(UTC))
+                .where(ScheduleRow.definition_version == CatalogObjectRow.version)
+                .order_by(ScheduleRow.next_due_at)
+                .limit(limit)
+            ).all()
+            return [
+                DueSchedule(
+                    uuid.UUID(obj.id),
+                    ExportDefinition.model_validate(obj.spec),
+                    _aware(state.handled_until) or now,
+                    _aware(state.next_due_at) or now,
+                )
+                for obj, state in rows
+            ]
+
+    def advance_schedules(self, advances: list[ScheduleAdvance]) -> list[bool]:
+        """Move schedules on, each only if no one else did since it was read (compare and set)."""
+        results: list[bool] = []
+        if not advances:
+            return results
+        with self._session() as session:
+            for advance in advances:
+                result = session.execute(
+                    update(ScheduleRow)
+                    .where(
+                        ScheduleRow.definition_id == str(advance.definition_id),
+                        ScheduleRow.handled_until == advance.expected_handled_until.astimezone(UTC),
+                    )
+                    .values(handled_until=advance.handled_until.astimezone(UTC), next_due_at=_utc(advance.next_due_at))
+                )
+                results.append(result.rowcount == 1)  # type: ignore[attr-defined]
+        return results
+
+    def active_runs(self, definitions: list[str]) -> dict[str, uuid.UUID]:
+        """For each of ``definitions`` that has a run not yet finished, one such run."""
+        if not definitions:
+            return {}
+        active = [RunStatus.QUEUED.value, RunStatus.EXTRACTING.value, RunStatus.DISPATCHING.value]
+        with self._session() as session:
+            rows = session.execute(
+                select(RunRow.definition, RunRow.run_id).where(
+                    RunRow.definition.in_(definitions), RunRow.status.in_(active)
+                )
+            ).all()
+            return {definition: uuid.UUID(run_id) for definition, run_id in rows}
+
+    # --- leases ------------------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, now: datetime, ttl_seconds: float) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` until ``now + ttl``; False if another holds it."""
+        now = now.astimezone(UTC)
+        expires = now + timedelta(seconds=ttl_seconds)
+        with self._session() as session:
+            result = session.execute(
+                update(LeaseRow)
+                .where(LeaseRow.name == name, (LeaseRow.holder == holder) | (LeaseRow.expires_at <= now))
+                .values(holder=holder, expires_at=expires)
+            )
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                return True
+            # Nobody has ever held it, or someone else holds it: only the first case inserts.
+            return self._insert_ignore(session, LeaseRow, {"name": name, "holder": holder, "expires_at": expires})
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up (on a clean shutdown) so another replica takes over at once."""
+        with self._session() as session:
+            session.execute(
+                update(LeaseRow)
+                .where(LeaseRow.name == name, LeaseRow.holder == holder)
+                .values(expires_at=datetime(1970, 1, 1, tzinfo=UTC))
+            )
+
+
+@dataclass(frozen=True)
+class ScheduleSync:
+    """A definition whose schedule the scheduler must (re)compute."""
+
+    definition_id: uuid.UUID
+    definition: ExportDefinition
+    version: int
+    updated_at: datetime
+    handled_until: datetime | None
+
+
+@dataclass(frozen=True)
+class DueSchedule:
+    """A definition that is due."""
+
+    definition_id: uuid.UUID
+    definition: ExportDefinition
+    handled_until: datetime
+    next_due_at: datetime
+
+
+@dataclass(frozen=True)
+class ScheduleAdvance:
+    """Move a schedule from ``expected_handled_until`` to ``handled_until`` / ``next_due_at``."""
+
+    definition_id: uuid.UUID
+    expected_handled_until: datetime
+    handled_until: datetime
+    next_due_at: datetime | None
 
 
 def _record_from_row(row: RunRow) -> RunRecord:
@@ -304,6 +439,7 @@ def _record_from_row(row: RunRow) -> RunRecord:
         delivered=row.delivered,
         failed=row.failed,
         failure_reason=row.failure_reason,
+        terminal_status=RunStatus(row.terminal_status) if row.terminal_status else None,
         error_samples=tuple(row.error_samples or ()),
         last_event_at=_aware(row.last_event_at),
         finished_at=_aware(row.finished_at),
@@ -324,6 +460,7 @@ def _record_to_row(record: RunRecord, row: RunRow) -> None:
     row.delivered = record.delivered
     row.failed = record.failed
     row.failure_reason = record.failure_reason
+    row.terminal_status = record.terminal_status.value if record.terminal_status else None
     row.error_samples = list(record.error_samples)
     row.last_event_at = record.last_event_at
     row.finished_at = record.finished_at

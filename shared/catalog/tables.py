@@ -47,6 +47,7 @@ class RunRow(Base):
     delivered: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     failure_reason: Mapped[str | None] = mapped_column(Text)
+    terminal_status: Mapped[str | None] = mapped_column(String(32))
     error_samples: Mapped[list[str]] = mapped_column(JSON, default=list)
     last_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -90,10 +91,22 @@ class NotificationRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
-class ScheduleStateRow(Base):
-    """The last due instant the scheduler handled for a definition."""
+class ScheduleRow(Base):
+    """The scheduler's state of one definition: handled up to when, and when it is next due."""
 
-    __tablename__ = "schedule_state"
+    __tablename__ = "schedules"
 
-    definition: Mapped[str] = mapped_column(String(100), primary_key=True)
-    last_due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    definition_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    definition_version: Mapped[int] = mapped_column(Integer)
+    handled_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class LeaseRow(Base):
+    """A named lease (scheduler leadership): who holds it, until when."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

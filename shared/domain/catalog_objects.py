@@ -7,14 +7,14 @@ admin API all validate through these classes, so one set of rules holds everywhe
 from __future__ import annotations
 
 import re
-import zoneinfo
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_core import to_jsonable_python
 
 from shared.domain.names import Name
+from shared.domain.schedule import Schedule
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -139,36 +139,6 @@ class Priority(StrEnum):
     LOW = "low"
 
 
-class Schedule(_Spec):
-    """Step 3, *Schedule*. A CRON expression evaluated in ``timezone`` (the composer comes in issue 3)."""
-
-    enabled: bool = False
-    cron: str | None = None
-    timezone: str = "UTC"
-
-    @field_validator("cron")
-    @classmethod
-    def _valid_cron(cls, cron: str | None) -> str | None:
-        if cron is not None and not croniter.is_valid(cron):
-            raise ValueError(f"'{cron}' is not a valid CRON expression")
-        return cron
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, zone: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(zone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"'{zone}' is not an IANA time zone") from None
-        return zone
-
-    @model_validator(mode="after")
-    def _enabled_needs_cron(self) -> Schedule:
-        if self.enabled and self.cron is None:
-            raise ValueError("an enabled schedule needs a cron expression")
-        return self
-
-
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 Email = Annotated[str, Field(pattern=EMAIL_PATTERN)]
 
@@ -234,12 +204,11 @@ def stored_form(obj: CatalogObject) -> dict[str, Any]:
     def reveal(value: Any) -> Any:
         if isinstance(value, SecretStr):
             return value.get_secret_value()
-        if isinstance(value, StrEnum):
-            return value.value
         if isinstance(value, dict):
             return {k: reveal(v) for k, v in value.items()}
         if isinstance(value, list):
             return [reveal(v) for v in value]
         return value
 
-    return reveal(obj.model_dump(mode="python", exclude={"name"})) | {"name": obj.name}  # type: ignore[no-any-return]
+    stored: dict[str, Any] = to_jsonable_python(reveal(obj.model_dump(mode="python")))
+    return stored

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
-from shared.events import BatchOutcome, ExtractionCompleted, RunFailed, RunStarted
+from shared.events import AnyRunEvent, BatchOutcome, ExtractionCompleted, RunFailed, RunSkipped, RunStarted
 
 MAX_ERROR_SAMPLES = 5
 
@@ -50,6 +50,7 @@ class RunRecord:
     delivered: int = 0
     failed: int = 0
     failure_reason: str | None = None
+    terminal_status: RunStatus | None = None
     error_samples: tuple[str, ...] = field(default_factory=tuple)
     last_event_at: datetime | None = None
     finished_at: datetime | None = None
@@ -58,6 +59,8 @@ class RunRecord:
     def status(self) -> RunStatus:
         if self.failure_reason is not None:
             return RunStatus.FAILED
+        if self.terminal_status is not None:
+            return self.terminal_status
         if not self.extraction_complete:
             return RunStatus.EXTRACTING if self.started_at else RunStatus.QUEUED
         if self.batches_expected is not None and self.batches_done < self.batches_expected:
@@ -83,7 +86,7 @@ def _with_sample(samples: tuple[str, ...], error: str | None) -> tuple[str, ...]
 
 def fold(
     record: RunRecord,
-    event: RunStarted | ExtractionCompleted | BatchOutcome | RunFailed,
+    event: AnyRunEvent,
     *,
     duplicate: bool = False,
 ) -> RunRecord:
@@ -110,10 +113,20 @@ def fold(
             failed=record.failed + event.failed,
             error_samples=_with_sample(record.error_samples, event.error),
         )
-    else:
+    elif isinstance(event, RunFailed):
         updated = replace(
             record,
             failure_reason=record.failure_reason or event.reason,
+            error_samples=_with_sample(record.error_samples, event.reason),
+        )
+    else:
+        # Skipped and missed runs never start: the scheduler says so, with the reason.
+        status = RunStatus.SKIPPED if isinstance(event, RunSkipped) else RunStatus.MISSED
+        updated = replace(
+            record,
+            trigger=record.trigger or "schedule",
+            scheduled_for=record.scheduled_for or event.scheduled_for,
+            terminal_status=record.terminal_status or status,
             error_samples=_with_sample(record.error_samples, event.reason),
         )
     updated = replace(updated, last_event_at=last)

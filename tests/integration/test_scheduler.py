@@ -1,85 +1,226 @@
-"""The scheduler on real Kafka, its state in SQLite and in a real PostgreSQL, time driven by the test."""
+"""The scheduler against real catalogs (SQLite, PostgreSQL) and real Kafka, time driven by the test."""
 
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.scheduler.clock import ManualClock
-from services.scheduler.schedule_math import scheduled_run_id
+from services.scheduler.planning import scheduled_run_id
 from services.scheduler.scheduling import Scheduler
 from shared.catalog import Catalog
 from shared.domain.catalog_objects import ExportDefinition
-from shared.events import RunRequested, Trigger
-from shared.kafka import ensure_topics, make_producer, produce_and_wait
+from shared.domain.schedule import fire_times
+from shared.events import RUN_EVENT_ADAPTER, RunMissed, RunRequested, RunSkipped, RunStarted, Trigger
+from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait
 from shared.settings import CommonSettings
+from shared.topics import Topics
 from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.integration
 
-START = datetime(2026, 3, 28, 23, 0, tzinfo=UTC)  # the night Paris moves to summer time
+UTC = dt.UTC
+T0 = dt.datetime(2026, 3, 28, 12, 0, tzinfo=UTC)  # the next night Paris moves to summer time
+MINUTE = dt.timedelta(minutes=1)
+
+
+def definition(name: str, zone: str = "UTC", **schedule) -> ExportDefinition:
+    return ExportDefinition.model_validate(
+        {
+            "name": name,
+            "query": "q",
+            "template": "t",
+            "schedule": {"enabled": True, "timezone": zone, **schedule},
+        }
+    )
+
+
+class Recorder:
+    """A publish function that keeps what the scheduler published."""
+
+    def __init__(self) -> None:
+        self.records: list[Outgoing] = []
+
+    def __call__(self, outgoing: list[Outgoing]) -> None:
+        self.records.extend(outgoing)
+
+    def events(self):
+        return [
+            RUN_EVENT_ADAPTER.validate_json(r.value)
+            if r.topic.endswith("run-events")
+            else RunRequested.model_validate_json(r.value)
+            for r in self.records
+        ]
 
 
 @pytest.fixture
-def scheduler(settings: CommonSettings, catalog: Catalog) -> Iterator[Scheduler]:
-    ensure_topics(settings, [settings.topics.run_requests])
-    producer = make_producer(settings, "test-scheduler")
-    yield Scheduler(
-        catalog=catalog,
-        clock=ManualClock(START),
-        topics=settings.topics,
-        publish=lambda out: produce_and_wait(producer, out),
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def scheduler(catalog: Catalog, recorder: Recorder) -> Scheduler:
+    return Scheduler(
+        catalog=catalog, clock=ManualClock(T0), topics=Topics("x."), publish=recorder, catch_up=dt.timedelta(hours=1)
     )
-    producer.close()
 
 
-def test_a_schedule_fires_once_per_due_instant_with_deterministic_ids(
-    scheduler: Scheduler, catalog: Catalog, settings: CommonSettings
+def run_for(scheduler: Scheduler, duration: dt.timedelta, step: dt.timedelta = MINUTE) -> None:
+    clock = scheduler.clock
+    assert isinstance(clock, ManualClock)
+    end = clock.now() + duration
+    while clock.now() < end:
+        clock.advance(step)
+        scheduler.tick()
+
+
+def test_a_daily_schedule_fires_at_local_time_with_deterministic_ids(
+    scheduler: Scheduler, catalog: Catalog, recorder: Recorder
 ):
+    catalog.apply(definition("nightly", "Europe/Paris", repeat={"every": "day", "time": "02:30"}))
     catalog.apply(
-        ExportDefinition(
-            name="nightly",
-            query="q",
-            template="t",
-            schedule={"enabled": True, "cron": "30 3 * * *", "timezone": "Europe/Paris"},
+        definition("paused", cron="* * * * *").model_copy(
+            update={"schedule": definition("p", cron="* * * * *").schedule.model_copy(update={"enabled": False})}
         )
     )
-    catalog.apply(
-        ExportDefinition(name="paused", query="q", template="t", schedule={"enabled": False, "cron": "* * * * *"})
-    )
-    clock = scheduler.clock
-    assert isinstance(clock, ManualClock)
-    assert scheduler.tick() == []  # first sight: nothing in the past fires
-    fired: list[RunRequested] = []
-    for _ in range(3 * 24 * 4):  # three days in 15-minute steps
-        clock.advance(timedelta(minutes=15))
-        fired += scheduler.tick()
+    scheduler.tick()
+    run_for(scheduler, dt.timedelta(days=3), step=dt.timedelta(minutes=5))
+    fired = [e for e in recorder.events() if isinstance(e, RunRequested)]
     definition_id, _ = catalog.get_with_id(ExportDefinition, "nightly")
+    # 02:30 does not exist on 29 March in Paris: it fires at 03:00 CEST (01:00 UTC).
     expected = [
-        datetime(2026, 3, 29, 1, 30, tzinfo=UTC),
-        datetime(2026, 3, 30, 1, 30, tzinfo=UTC),
-        datetime(2026, 3, 31, 1, 30, tzinfo=UTC),
-    ]  # 03:30 Paris summer time is 01:30 UTC
+        dt.datetime(2026, 3, 29, 1, 0, tzinfo=UTC),
+        dt.datetime(2026, 3, 30, 0, 30, tzinfo=UTC),
+        dt.datetime(2026, 3, 31, 0, 30, tzinfo=UTC),
+    ]
     assert [r.scheduled_for for r in fired] == expected
     assert [r.run_id for r in fired] == [scheduled_run_id(definition_id, due) for due in expected]
-    assert {r.trigger for r in fired} == {Trigger.SCHEDULE}
-    published = [
-        RunRequested.model_validate_json(v)
-        for v in read_until(settings.kafka_bootstrap_servers, settings.topics.run_requests, lambda vs: len(vs) >= 3)
-    ]
-    assert sorted(str(p.run_id) for p in published) == sorted(str(r.run_id) for r in fired)
+    assert {(r.definition, r.trigger) for r in fired} == {("nightly", Trigger.SCHEDULE)}
 
 
-def test_a_second_replica_on_the_same_catalog_does_not_fire_again(scheduler: Scheduler, catalog: Catalog):
-    catalog.apply(
-        ExportDefinition(name="hourly", query="q", template="t", schedule={"enabled": True, "cron": "0 * * * *"})
-    )
+def test_missed_runs_beyond_the_window_are_recorded_and_the_latest_within_it_fires(
+    scheduler: Scheduler, catalog: Catalog, recorder: Recorder
+):
+    catalog.apply(definition("hourly", cron="0 * * * *"))
+    scheduler.tick()  # seen at T0
     clock = scheduler.clock
     assert isinstance(clock, ManualClock)
+    clock.advance(dt.timedelta(hours=4, minutes=10))  # the scheduler was down
     scheduler.tick()
-    replica = Scheduler(catalog=catalog, clock=clock, topics=scheduler.topics, publish=scheduler.publish)
-    clock.advance(timedelta(hours=1))
-    first = scheduler.tick()
-    second = replica.tick()
-    assert len(first) == 1
-    assert second == []
+    events = recorder.events()
+    assert [e.scheduled_for for e in events if isinstance(e, RunMissed)] == [
+        T0 + dt.timedelta(hours=h) for h in (1, 2, 3)
+    ]
+    assert [e.scheduled_for for e in events if isinstance(e, RunRequested)] == [T0 + dt.timedelta(hours=4)]
+
+
+def test_a_run_due_while_the_previous_one_is_active_is_skipped(
+    scheduler: Scheduler, catalog: Catalog, recorder: Recorder
+):
+    catalog.apply(definition("busy", cron="*/15 * * * *"))
+    catalog.apply(definition("parallel", cron="*/15 * * * *", overlap="allow"))
+    for name in ("busy", "parallel"):
+        catalog.fold_run_event(
+            RunStarted(
+                run_id=scheduled_run_id(catalog.get_with_id(ExportDefinition, name)[0], T0),
+                definition=name,
+                trigger=Trigger.SCHEDULE,
+            )
+        )
+    scheduler.tick()
+    run_for(scheduler, dt.timedelta(minutes=15))
+    events = recorder.events()
+    skipped = [e for e in events if isinstance(e, RunSkipped)]
+    assert [e.definition for e in skipped] == ["busy"]
+    assert skipped[0].reason.startswith("previous run ")
+    assert [e.definition for e in events if isinstance(e, RunRequested)] == ["parallel"]
+
+
+def test_edits_take_effect_at_the_next_tick(scheduler: Scheduler, catalog: Catalog, recorder: Recorder):
+    catalog.apply(definition("edited", cron="0 3 * * *"))
+    scheduler.tick()
+    catalog.apply(definition("edited", cron="*/30 * * * *"))
+    run_for(scheduler, dt.timedelta(hours=1))
+    assert [e.scheduled_for for e in recorder.events()] == [T0 + dt.timedelta(minutes=30), T0 + dt.timedelta(hours=1)]
+    catalog.apply(
+        definition("edited", cron="*/30 * * * *").model_copy(
+            update={"schedule": definition("x", cron="*/30 * * * *").schedule.model_copy(update={"enabled": False})}
+        )
+    )
+    run_for(scheduler, dt.timedelta(hours=1))
+    assert len(recorder.events()) == 2
+
+
+@pytest.fixture
+def postgres_catalog(postgres_database_factory) -> Iterator[Catalog]:
+    catalog = Catalog.from_url(postgres_database_factory())
+    yield catalog
+    catalog.close()
+
+
+def test_two_replicas_fire_every_due_instant_once_and_survive_the_leaders_death(
+    postgres_catalog: Catalog, settings: CommonSettings
+):
+    zones = ["UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"]
+    definitions = [definition(f"every-15-{i}", zones[i % len(zones)], repeat={"every": "15min"}) for i in range(40)]
+    for d in definitions:
+        postgres_catalog.apply(d)
+    ensure_topics(settings, [settings.topics.run_requests, settings.topics.run_events])
+    producer = make_producer(settings, "test-scheduler")
+    second_catalog = Catalog.from_url(postgres_catalog.engine.url.render_as_string(hide_password=False))
+
+    def publish(outgoing: list[Outgoing]) -> None:
+        produce_and_wait(producer, outgoing)
+
+    lease, step = 45, dt.timedelta(seconds=30)
+    clock = ManualClock(T0)
+    replicas = {
+        "a": Scheduler(
+            catalog=postgres_catalog,
+            clock=clock,
+            topics=settings.topics,
+            publish=publish,
+            replica_id="replica-a",
+            lease_seconds=lease,
+        ),
+        "b": Scheduler(
+            catalog=second_catalog,
+            clock=clock,
+            topics=settings.topics,
+            publish=publish,
+            replica_id="replica-b",
+            lease_seconds=lease,
+        ),
+    }
+    fired: list[tuple[str, dt.datetime, RunRequested]] = []  # (replica, clock time, request)
+    end, killed_at = T0 + dt.timedelta(hours=6, minutes=30), T0 + dt.timedelta(hours=3, minutes=10)
+    while clock.now() <= end:
+        for name, replica in replicas.items():
+            if name == "a" and clock.now() >= killed_at:
+                continue  # replica A is dead: it neither ticks nor renews its lease
+            fired += [(name, clock.now(), request) for request in replica.tick()]
+        clock.advance(step)
+    producer.close()
+    second_catalog.close()
+
+    expected = Counter((d.name, due) for d in definitions for due in fire_times(d.schedule, T0, end, limit=10_000))
+    assert sum(expected.values()) >= 1000
+    assert Counter((r.definition, r.scheduled_for) for _, _, r in fired) == expected, "no double run, no miss"
+    assert {name for name, when, _ in fired if when < killed_at} == {"a"}, "one leader at a time"
+    assert {name for name, when, _ in fired if when >= killed_at} == {"b"}
+    delays = [when - request.scheduled_for for _, when, request in fired if request.scheduled_for]
+    assert max(delays) <= dt.timedelta(seconds=lease) + step, "the survivor took over within the lease"
+
+    published = [
+        RunRequested.model_validate_json(v)
+        for v in read_until(
+            settings.kafka_bootstrap_servers,
+            settings.topics.run_requests,
+            lambda vs: len(vs) >= sum(expected.values()),
+            timeout=120,
+        )
+    ]
+    assert len(published) == len({p.run_id for p in published}) == sum(expected.values())

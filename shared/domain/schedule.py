@@ -1,0 +1,360 @@
+"""Step 3 of an export definition, *Schedule*, and the maths of when it fires. Pure: no I/O.
+
+The model mirrors the reference platform's screen: Enabled; Recurrence *Once* (date, time) or *Repeat*
+with a composer (every 15 or 30 minutes, Hour, Day, Week, Month, Year) that fills a CRON expression,
+or *Advanced mode* with a hand-edited CRON; optional From and To dates; one IANA time zone for all.
+
+Semantics (also stated in the README):
+
+- Times are read in the schedule's time zone. From and To are inclusive local dates.
+- A local time that does not exist (a DST gap) fires once, at the first valid instant after the gap.
+- A local time that occurs twice (a DST overlap) fires once, at its first occurrence, for fixed-time
+  schedules (day, week, month, year, and CRON expressions with a single hour); every-15/30-minutes and
+  hourly schedules (and CRON expressions over several hours) follow real elapsed time and fire in both.
+- Month on day 29, 30 or 31 fires only in months that have that day; "last" means the last day of every
+  month. Year on 29 February fires in leap years only.
+- *Once* fires one time ever. A disabled schedule never fires.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zoneinfo
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from croniter import croniter
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+UTC = dt.UTC
+
+# How far around an instant to look for a DST change whose overlap could reorder fire times.
+_DST_REACH = dt.timedelta(hours=3)
+
+
+class Every(StrEnum):
+    """The composer's choices."""
+
+    QUARTER_HOUR = "15min"
+    HALF_HOUR = "30min"
+    HOUR = "hour"
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    YEAR = "year"
+
+
+class Weekday(StrEnum):
+    MON = "mon"
+    TUE = "tue"
+    WED = "wed"
+    THU = "thu"
+    FRI = "fri"
+    SAT = "sat"
+    SUN = "sun"
+
+
+_CRON_WEEKDAY = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
+_WEEKDAY_OF_CRON = {number: name for name, number in _CRON_WEEKDAY.items()} | {7: "sun"}
+_DAYS_IN_MONTH = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
+
+Minute = Annotated[int, Field(ge=0, le=59)]
+DayOfMonth = Annotated[int, Field(ge=1, le=31)] | Literal["last"]
+
+
+def _fields_for(every: Every) -> set[str]:
+    return {
+        Every.QUARTER_HOUR: set(),
+        Every.HALF_HOUR: set(),
+        Every.HOUR: {"minute"},
+        Every.DAY: {"time"},
+        Every.WEEK: {"weekday", "time"},
+        Every.MONTH: {"day", "time"},
+        Every.YEAR: {"day", "month", "time"},
+    }[every]
+
+
+class Repeat(BaseModel):
+    """A repeating recurrence: the composer (``every`` and its fields) or Advanced mode (``cron``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    every: Every | None = None
+    minute: Minute | None = None
+    time: dt.time | None = None
+    weekday: Weekday | None = None
+    day: DayOfMonth | None = None
+    month: Annotated[int, Field(ge=1, le=12)] | None = None
+    cron: str | None = None
+
+    @field_validator("time")
+    @classmethod
+    def _whole_minutes(cls, value: dt.time | None) -> dt.time | None:
+        if value is not None and (value.second or value.microsecond or value.tzinfo):
+            raise ValueError("must be a local time in whole minutes, like 02:30")
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, cron: str | None) -> str | None:
+        if cron is None:
+            return None
+        cron = " ".join(cron.split())
+        if len(cron.split()) != 5 or not croniter.is_valid(cron):
+            raise ValueError(f"'{cron}' is not a valid CRON expression (minute hour day month weekday)")
+        try:
+            croniter(cron, dt.datetime(2000, 1, 1)).get_next(dt.datetime)
+        except (ValueError, KeyError, OverflowError):  # croniter's "no date matches" errors derive from these
+            raise ValueError(f"'{cron}' never fires") from None
+        return cron
+
+    @model_validator(mode="after")
+    def _one_mode_with_its_fields(self) -> Repeat:
+        given = {name for name in ("minute", "time", "weekday", "day", "month") if getattr(self, name) is not None}
+        if self.cron is not None:
+            if self.every is not None or given:
+                raise ValueError("Advanced mode ('cron') cannot be combined with the composer fields")
+            return self
+        if self.every is None:
+            raise ValueError("either 'every' (the composer) or 'cron' (Advanced mode) is required")
+        needed = _fields_for(self.every)
+        if missing := sorted(needed - given):
+            raise ValueError(f"'every: {self.every.value}' needs {', '.join(missing)}")
+        if extra := sorted(given - needed):
+            raise ValueError(f"'every: {self.every.value}' does not use {', '.join(extra)}")
+        if self.every == Every.YEAR:
+            if self.day == "last":
+                raise ValueError("a yearly schedule needs a day number")
+            assert self.month is not None
+            assert isinstance(self.day, int)
+            if self.day > _DAYS_IN_MONTH[self.month]:
+                raise ValueError(f"month {self.month} has no day {self.day}")
+        return self
+
+    @property
+    def expression(self) -> str:
+        """The CRON expression (minute hour day-of-month month day-of-week) the composer fills."""
+        if self.cron is not None:
+            return self.cron
+        minute, hour = (self.time.minute, self.time.hour) if self.time else (self.minute, None)
+        match self.every:
+            case Every.QUARTER_HOUR:
+                return "*/15 * * * *"
+            case Every.HALF_HOUR:
+                return "*/30 * * * *"
+            case Every.HOUR:
+                return f"{minute} * * * *"
+            case Every.DAY:
+                return f"{minute} {hour} * * *"
+            case Every.WEEK:
+                assert self.weekday is not None
+                return f"{minute} {hour} * * {_CRON_WEEKDAY[self.weekday.value]}"
+            case Every.MONTH:
+                return f"{minute} {hour} {'L' if self.day == 'last' else self.day} * *"
+            case _:
+                return f"{minute} {hour} {self.day} {self.month} *"
+
+    @property
+    def follows_elapsed_time(self) -> bool:
+        """True for interval schedules (several hours a day): they fire in both passes of a DST overlap."""
+        hour_field = self.expression.split()[1]
+        return not hour_field.isdigit()
+
+
+_NUMBER = r"(\d{1,2})"
+
+
+def composer_of(cron: str) -> Repeat | None:
+    """The composer shape a CRON expression has, if any, so Advanced mode can show it as that shape."""
+    fields = cron.split()
+    if len(fields) != 5:
+        return None
+    minute, hour, day, month, weekday = fields
+    try:
+        if (minute, hour, day, month, weekday) == ("*/15", "*", "*", "*", "*"):
+            return Repeat(every=Every.QUARTER_HOUR)
+        if minute in {"*/30", "0,30"} and (hour, day, month, weekday) == ("*", "*", "*", "*"):
+            return Repeat(every=Every.HALF_HOUR)
+        if not re.fullmatch(_NUMBER, minute):
+            return None
+        if (hour, day, month, weekday) == ("*", "*", "*", "*"):
+            return Repeat(every=Every.HOUR, minute=int(minute))
+        if not re.fullmatch(_NUMBER, hour):
+            return None
+        at = dt.time(int(hour), int(minute))
+        if (day, month, weekday) == ("*", "*", "*"):
+            return Repeat(every=Every.DAY, time=at)
+        if (day, month) == ("*", "*") and re.fullmatch(r"[0-7]", weekday):
+            return Repeat(every=Every.WEEK, weekday=Weekday(_WEEKDAY_OF_CRON[int(weekday)]), time=at)
+        if (month, weekday) == ("*", "*") and (day == "L" or re.fullmatch(_NUMBER, day)):
+            return Repeat(every=Every.MONTH, day="last" if day == "L" else int(day), time=at)
+        if weekday == "*" and re.fullmatch(_NUMBER, day) and re.fullmatch(_NUMBER, month):
+            return Repeat(every=Every.YEAR, day=int(day), month=int(month), time=at)
+    except ValueError:  # numbers out of range: not a composer shape
+        return None
+    return None
+
+
+class Once(BaseModel):
+    """Fire one time: a local date and time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    date: dt.date
+    time: dt.time
+
+
+class Overlap(StrEnum):
+    """What to do when a run is due while the definition's previous run is still active."""
+
+    SKIP = "skip"
+    ALLOW = "allow"
+
+
+class Schedule(BaseModel):
+    """Step 3, *Schedule*."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    enabled: bool = False
+    timezone: str = "UTC"
+    repeat: Repeat | None = None
+    once: Once | None = None
+    start_date: dt.date | None = Field(default=None, validation_alias=AliasChoices("from", "start_date"))
+    end_date: dt.date | None = Field(default=None, validation_alias=AliasChoices("to", "end_date"))
+    overlap: Overlap = Overlap.SKIP
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cron_shortcut(cls, data: object) -> object:
+        # `cron: "0 2 * * *"` at the top level is short for `repeat: {cron: "0 2 * * *"}`.
+        if isinstance(data, dict) and "cron" in data:
+            data = dict(data)
+            cron = data.pop("cron")
+            if cron is not None:
+                if data.get("repeat") is not None:
+                    raise ValueError("give either 'cron' or 'repeat', not both")
+                data["repeat"] = {"cron": cron}
+        return data
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"'{zone}' is not an IANA time zone") from None
+        return zone
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Schedule:
+        if self.repeat is not None and self.once is not None:
+            raise ValueError("a schedule is either 'once' or 'repeat', not both")
+        if self.enabled and self.repeat is None and self.once is None:
+            raise ValueError("an enabled schedule needs 'once' or 'repeat'")
+        if self.start_date and self.end_date and self.start_date > self.end_date:
+            raise ValueError("'from' must not be after 'to'")
+        return self
+
+    @property
+    def cron(self) -> str | None:
+        """The CRON expression of a repeating schedule."""
+        return self.repeat.expression if self.repeat else None
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+# --- When a schedule fires ----------------------------------------------------------------------------
+
+
+def _exists(local: dt.datetime, zone: zoneinfo.ZoneInfo) -> bool:
+    aware = local.replace(tzinfo=zone)
+    return aware.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == local
+
+
+def _gap_end(local: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
+    """The first valid instant after the DST gap that ``local`` falls in (transitions are on whole minutes)."""
+    probe = local
+    for _ in range(24 * 60):
+        probe += dt.timedelta(minutes=1)
+        if _exists(probe, zone):
+            return probe.replace(tzinfo=zone).astimezone(UTC)
+    raise ValueError(f"no valid local time within a day after {local}")  # pragma: no cover - no such zone
+
+
+def instants_of(local: dt.datetime, zone: zoneinfo.ZoneInfo, *, elapsed_time: bool) -> list[dt.datetime]:
+    """The UTC instants at which a naive local wall time happens, per the DST rules above."""
+    first = local.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    second = local.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    if first == second:
+        return [first]
+    if not _exists(local, zone):
+        return [_gap_end(local, zone)]
+    return [first, second] if elapsed_time else [first]
+
+
+def _overlap_margin(zone: zoneinfo.ZoneInfo, moment: dt.datetime) -> dt.timedelta:
+    """The length of a DST overlap near ``moment`` (zero away from one): wall times up to this much
+    earlier can still happen later, in the overlap's second pass."""
+    before = (moment - _DST_REACH).astimezone(zone).utcoffset()
+    after = (moment + _DST_REACH).astimezone(zone).utcoffset()
+    assert before is not None
+    assert after is not None
+    return max(dt.timedelta(0), before - after)
+
+
+def fire_times(
+    schedule: Schedule, after: dt.datetime, until: dt.datetime | None = None, *, limit: int = 1000
+) -> list[dt.datetime]:
+    """The instants (UTC, ascending) in ``(after, until]`` at which ``schedule`` is due, at most ``limit``.
+
+    Ignores ``enabled``: callers decide whether a disabled schedule is evaluated (a preview still is).
+    """
+    zone = schedule.zone
+
+    def in_bounds(local: dt.datetime) -> bool:
+        return (schedule.start_date is None or local.date() >= schedule.start_date) and (
+            schedule.end_date is None or local.date() <= schedule.end_date
+        )
+
+    def wanted(instant: dt.datetime) -> bool:
+        return instant > after and (until is None or instant <= until)
+
+    if schedule.once is not None:
+        local = dt.datetime.combine(schedule.once.date, schedule.once.time)
+        return [i for i in instants_of(local, zone, elapsed_time=False) if wanted(i) and in_bounds(local)][:limit]
+    if schedule.repeat is None:
+        return []
+    elapsed = schedule.repeat.follows_elapsed_time
+    # Wall times just before ``after`` can happen after it in a DST overlap's second pass.
+    start = after.astimezone(zone).replace(tzinfo=None) - _overlap_margin(zone, after)
+    if schedule.start_date is not None:
+        start = max(start, dt.datetime.combine(schedule.start_date, dt.time()) - dt.timedelta(minutes=1))
+    stop_local = None
+    if until is not None:
+        stop_local = until.astimezone(zone).replace(tzinfo=None) + _overlap_margin(zone, until)
+    iterator = croniter(schedule.repeat.expression, start)
+    found: set[dt.datetime] = set()
+    while True:
+        local = iterator.get_next(dt.datetime)
+        if schedule.end_date is not None and local.date() > schedule.end_date:
+            break
+        if stop_local is not None and local > stop_local:
+            break
+        if in_bounds(local):
+            found.update(i for i in instants_of(local, zone, elapsed_time=elapsed) if wanted(i))
+        if len(found) >= limit:
+            # An overlap can put a later wall time before an earlier one's second pass: go on until the
+            # wall clock has passed the limit-th instant by the overlap's length.
+            kth = sorted(found)[limit - 1]
+            if local > kth.astimezone(zone).replace(tzinfo=None) + _overlap_margin(zone, kth):
+                break
+    return sorted(found)[:limit]
+
+
+def next_fire_times(schedule: Schedule, after: dt.datetime, count: int = 5) -> list[dt.datetime]:
+    """The next ``count`` fire times after ``after``: the preview the API and CLI show."""
+    return fire_times(schedule, after, limit=count)
