@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint unit integration e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
+.PHONY: demo test lint unit integration e2e bench prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ integration: prerequisites
 
 e2e: prerequisites
 	$(BIN)/pytest tests/e2e
+
+## Benchmarks: they print figures and ratios to a baseline measured in the same run (never pass/fail).
+bench: prerequisites
+	$(BIN)/python -m tests.benchmarks.bench_scheduler
 
 ## Long-lived local infrastructure for working by hand (ports 9092 and 5433).
 kafka-up: prerequisites

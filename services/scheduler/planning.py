@@ -49,9 +49,17 @@ def plan(
     missed (at most ``max_missed`` of them are listed, the oldest first, so a scheduler down for a year
     does not flood the run history).
     """
-    next_due = fire_times(schedule, now, limit=1)
     if not schedule.enabled:
         return Plan(fire=None, missed=[], next_due=None)
+    # The common case, one instant due: a single walk finds it and the next one.
+    ahead = fire_times(schedule, handled_until, limit=2)
+    if len(ahead) < 2 or ahead[1] > now:
+        due = [d for d in ahead if d <= now]
+        upcoming = [d for d in ahead if d > now][:1]
+        window_start = now - catch_up
+        fire = due[-1] if due and due[-1] > window_start else None
+        return Plan(fire=fire, missed=[d for d in due if d != fire], next_due=upcoming[0] if upcoming else None)
+    next_due = fire_times(schedule, now, limit=1)
     due = fire_times(schedule, handled_until, now, limit=max_missed + 1)
     if len(due) > max_missed:
         # Too many to list: the oldest are listed, and the window's own instants are found from its start.

@@ -12,7 +12,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.scheduler.clock import Clock
 from services.scheduler.planning import Plan, anchor_for, plan, scheduled_run_id
 from shared.catalog import Catalog
-from shared.catalog.repository import DueSchedule, ScheduleAdvance
+from shared.catalog.repository import DueSchedule, ScheduleAdvance, ScheduleState
 from shared.domain.schedule import Overlap, fire_times
 from shared.events import RunMissed, RunRequested, RunSkipped, Trigger
 from shared.kafka import Outgoing
@@ -93,12 +93,13 @@ class Scheduler:
 
     def _sync(self, now: datetime) -> None:
         """(Re)compute the next due instant of new and edited definitions."""
+        states = []
         for sync in self.catalog.schedules_to_sync():
             anchor = anchor_for(sync.handled_until, sync.updated_at, now)
             schedule = sync.definition.schedule
             upcoming = fire_times(schedule, anchor, limit=1) if schedule.enabled else []
-            self.catalog.save_schedule(sync.definition_id, sync.version, anchor, upcoming[0] if upcoming else None)
-            log.info(
+            states.append(ScheduleState(sync.definition_id, sync.version, anchor, upcoming[0] if upcoming else None))
+            log.debug(
                 "schedule synced",
                 definition=sync.definition.name,
                 enabled=schedule.enabled,
@@ -106,6 +107,9 @@ class Scheduler:
                 timezone=schedule.timezone,
                 next_due=upcoming[0].isoformat() if upcoming else None,
             )
+        self.catalog.save_schedules(states)
+        if states:
+            log.info("schedules synced", definitions=len(states))
 
     def _act(
         self, due: DueSchedule, decision: Plan, active: uuid.UUID | None

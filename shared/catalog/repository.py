@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar, cast
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -301,18 +301,23 @@ class Catalog:
                 for obj, state in rows
             ]
 
-    def save_schedule(
-        self, definition_id: uuid.UUID, version: int, handled_until: datetime, next_due_at: datetime | None
-    ) -> None:
-        """Record the scheduler's view of a definition (after a sync)."""
-        with self._session() as session:
-            row = session.get(ScheduleRow, str(definition_id))
-            if row is None:
-                row = ScheduleRow(definition_id=str(definition_id))
-                session.add(row)
-            row.definition_version = version
-            row.handled_until = handled_until.astimezone(UTC)
-            row.next_due_at = _utc(next_due_at)
+    def save_schedules(self, states: list[ScheduleState]) -> None:
+        """Record the scheduler's view of definitions (after a sync), in one transaction."""
+        if not states:
+            return
+        table = cast(Table, ScheduleRow.__table__)
+        rows = [
+            {
+                "definition_id": str(state.definition_id),
+                "definition_version": state.version,
+                "handled_until": state.handled_until.astimezone(UTC),
+                "next_due_at": _utc(state.next_due_at),
+            }
+            for state in states
+        ]
+        with self.engine.begin() as connection:
+            connection.execute(delete(table).where(table.c.definition_id.in_([row["definition_id"] for row in rows])))
+            connection.execute(insert(table), rows)
 
     def due_schedules(self, now: datetime, limit: int = 10_000) -> list[DueSchedule]:
         """Definitions whose next due instant is at or before ``now``, soonest first."""
@@ -335,23 +340,30 @@ class Catalog:
                 for obj, state in rows
             ]
 
-    def advance_schedules(self, advances: list[ScheduleAdvance]) -> list[bool]:
-        """Move schedules on, each only if no one else did since it was read (compare and set)."""
-        results: list[bool] = []
+    def advance_schedules(self, advances: list[ScheduleAdvance]) -> int:
+        """Move schedules on, each only if no one else did since it was read (compare and set).
+
+        One statement executed for all schedules; returns how many moved.
+        """
         if not advances:
-            return results
-        with self._session() as session:
-            for advance in advances:
-                result = session.execute(
-                    update(ScheduleRow)
-                    .where(
-                        ScheduleRow.definition_id == str(advance.definition_id),
-                        ScheduleRow.handled_until == advance.expected_handled_until.astimezone(UTC),
-                    )
-                    .values(handled_until=advance.handled_until.astimezone(UTC), next_due_at=_utc(advance.next_due_at))
-                )
-                results.append(result.rowcount == 1)  # type: ignore[attr-defined]
-        return results
+            return 0
+        table = cast(Table, ScheduleRow.__table__)
+        statement = (
+            update(table)
+            .where(table.c.definition_id == bindparam("b_id"), table.c.handled_until == bindparam("b_expected"))
+            .values(handled_until=bindparam("b_handled"), next_due_at=bindparam("b_next"))
+        )
+        parameters = [
+            {
+                "b_id": str(advance.definition_id),
+                "b_expected": advance.expected_handled_until.astimezone(UTC),
+                "b_handled": advance.handled_until.astimezone(UTC),
+                "b_next": _utc(advance.next_due_at),
+            }
+            for advance in advances
+        ]
+        with self.engine.begin() as connection:
+            return int(connection.execute(statement, parameters).rowcount)
 
     def active_runs(self, definitions: list[str]) -> dict[str, uuid.UUID]:
         """For each of ``definitions`` that has a run not yet finished, one such run."""
@@ -402,6 +414,16 @@ class ScheduleSync:
     version: int
     updated_at: datetime
     handled_until: datetime | None
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    """The scheduler's view of one definition."""
+
+    definition_id: uuid.UUID
+    version: int
+    handled_until: datetime
+    next_due_at: datetime | None
 
 
 @dataclass(frozen=True)

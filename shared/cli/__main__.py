@@ -11,6 +11,7 @@ import json
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -20,6 +21,7 @@ from shared.catalog import Catalog, NotFound
 from shared.cli.manifests import ManifestError, load_manifests
 from shared.domain.catalog_objects import KINDS, CatalogObject, ExportDefinition, kind_of, references
 from shared.domain.runs import RunRecord
+from shared.domain.schedule import composer_of, next_fire_times
 from shared.events import RunRequested, Trigger, json_schemas
 from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait
 from shared.settings import CommonSettings
@@ -162,6 +164,28 @@ def cmd_demo_data(settings: CliSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_next_runs(settings: CliSettings, args: argparse.Namespace) -> int:
+    try:
+        definition = Catalog.from_url(settings.catalog_url).get(ExportDefinition, args.definition)
+    except NotFound as exc:
+        return _fail(str(exc))
+    schedule = definition.schedule
+    if schedule.once is not None:
+        print(f"once on {schedule.once.date} at {schedule.once.time:%H:%M} ({schedule.timezone})")
+    elif schedule.repeat is not None:
+        shape = composer_of(schedule.repeat.expression)
+        described = shape.model_dump(exclude_none=True, mode="json") if shape else "advanced mode"
+        print(f"cron '{schedule.repeat.expression}' ({schedule.timezone}): {described}")
+    else:
+        print("no recurrence")
+    if not schedule.enabled:
+        print("schedule disabled: it will not fire; the times it would fire:")
+    for instant in next_fire_times(schedule, datetime.now(UTC), args.count):
+        local = instant.astimezone(schedule.zone)
+        print(f"  {local:%Y-%m-%d %H:%M %Z}  ({instant:%Y-%m-%d %H:%M} UTC)")
+    return 0
+
+
 def cmd_schemas(_settings: CliSettings, _args: argparse.Namespace) -> int:
     json.dump(json_schemas(), sys.stdout, indent=2)
     print()
@@ -205,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=42)
     demo.add_argument("--url", help="SQLAlchemy URL (default: EXPORT_QUERY_STORE_URL)")
     demo.set_defaults(func=cmd_demo_data)
+
+    next_runs = commands.add_parser("next-runs", help="preview the next fire times of a definition's schedule")
+    next_runs.add_argument("definition")
+    next_runs.add_argument("-n", "--count", type=int, default=5)
+    next_runs.set_defaults(func=cmd_next_runs)
 
     schemas = commands.add_parser("schemas", help="print the JSON Schema of every event")
     schemas.set_defaults(func=cmd_schemas)

@@ -56,3 +56,21 @@ def test_run_of_an_unknown_definition_is_refused_before_anything_is_published(tm
     result = exportctl(tmp_path, "run", "nope")
     assert result.returncode == 2
     assert "ExportDefinition 'nope' does not exist" in result.stderr
+
+
+def test_next_runs_previews_the_schedule_in_its_time_zone(tmp_path):
+    manifest = tmp_path / "scheduled.yaml"
+    manifest.write_text(
+        "kind: SavedQuery\nname: q\nspec: {sql: 'select 1 as id'}\n---\n"
+        "kind: ConnectionProfile\nname: p\nspec: {base_url: 'https://api.example.com'}\n---\n"
+        "kind: HttpTemplate\nname: t\nspec: {query: q, profile: p}\n---\n"
+        "kind: ExportDefinition\nname: nightly\nspec:\n  query: q\n  template: t\n"
+        "  schedule: {enabled: true, timezone: Asia/Kolkata, cron: '30 2 * * *'}\n"
+    )
+    assert exportctl(tmp_path, "apply", "-f", str(manifest)).returncode == 0
+    result = exportctl(tmp_path, "next-runs", "nightly", "-n", "3")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "cron '30 2 * * *' (Asia/Kolkata): {'every': 'day', 'time': '02:30:00'}"
+    assert len(lines) == 4
+    assert all(line.strip().endswith("21:00 UTC)") and " 02:30 IST " in line for line in lines[1:])

@@ -2,6 +2,7 @@
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,7 +11,7 @@ from services.notifier.notifying import Notifier
 from shared.catalog import Catalog
 from shared.devtools.smtp_sink import SmtpSink
 from shared.domain.catalog_objects import ExportDefinition
-from shared.events import BatchOutcome, ExtractionCompleted, RunFailed, RunStarted, Trigger
+from shared.events import BatchOutcome, ExtractionCompleted, RunFailed, RunMissed, RunSkipped, RunStarted, Trigger
 
 pytestmark = pytest.mark.integration
 
@@ -113,3 +114,40 @@ def test_an_email_that_could_not_be_sent_goes_out_with_a_later_event(
     assert sink.received() == []
     notifier.handle(all_events[-1])  # a redelivery once SMTP is back
     assert len(sink.received()) == 1
+
+
+def test_a_missed_run_mails_the_error_recipients(notifier: Notifier, sink: SmtpSink, catalog: Catalog):
+    run_id = uuid.uuid4()
+    due = datetime(2026, 7, 4, 6, 0, tzinfo=UTC)
+    missed = RunMissed(
+        run_id=run_id,
+        definition="nightly",
+        scheduled_for=due,
+        reason="due at 2026-07-04T06:00:00+00:00 while no scheduler could fire it",
+    )
+    notifier.handle(missed)
+    notifier.handle(missed)
+    [mail] = sink.received()
+    assert mail.recipients == ["oncall@example.com"]
+    assert mail.subject == "[member export] nightly: missed"
+    assert "while no scheduler could fire it" in mail.text()
+    record = catalog.get_run(run_id)
+    assert record is not None
+    assert record.status.value == "missed"
+    assert record.scheduled_for == due
+
+
+def test_a_skipped_run_is_recorded_without_email(notifier: Notifier, sink: SmtpSink, catalog: Catalog):
+    run_id = uuid.uuid4()
+    notifier.handle(
+        RunSkipped(
+            run_id=run_id,
+            definition="nightly",
+            scheduled_for=datetime(2026, 7, 4, tzinfo=UTC),
+            reason="previous run x was still active",
+        )
+    )
+    assert sink.received() == []
+    record = catalog.get_run(run_id)
+    assert record is not None
+    assert record.status.value == "skipped"

@@ -270,7 +270,7 @@ def test_other_cron_expressions_stay_in_advanced_mode(cron):
         ({"every": "day"}, "needs time"),
         ({"every": "hour", "minute": 5, "time": "02:00"}, "does not use time"),
         ({"every": "year", "day": 31, "month": 4, "time": "02:00"}, "month 4 has no day 31"),
-        ({"cron": "0 0 30 2 *"}, "never fires"),
+        ({"cron": "0 0 30 2 *"}, "Bad day-of-month"),
         ({"cron": "0 2 * *"}, "not a valid CRON"),
         ({"every": "day", "time": "02:00", "cron": "0 2 * * *"}, "cannot be combined"),
         ({"every": "day", "time": "02:00:30"}, "whole minutes"),
