@@ -29,6 +29,22 @@ class Plan:
     """The first instant after now at which the schedule is due (None: never again)."""
 
 
+#: CRON fires at most once a minute, so a schedule whose stored next instant is more recent than this has
+#: no other instant due: it can fire at once, before its next instant is even computed.
+ON_TIME_SLACK = timedelta(seconds=30)
+
+
+def fires_on_time(next_due: datetime, now: datetime, catch_up: timedelta) -> bool:
+    """True when ``next_due`` is the only instant due and may fire without planning (the common case)."""
+    return now - min(ON_TIME_SLACK, catch_up) < next_due <= now
+
+
+def next_due_after(schedule: Schedule, moment: datetime) -> datetime | None:
+    """The first instant after ``moment`` at which an enabled ``schedule`` is due (None: never again)."""
+    upcoming = fire_times(schedule, moment, limit=1) if schedule.enabled else []
+    return upcoming[0] if upcoming else None
+
+
 def anchor_for(handled_until: datetime | None, updated_at: datetime, now: datetime) -> datetime:
     """Where a newly seen or edited schedule starts counting: nothing before its last edit fires."""
     edited = min(updated_at, now)

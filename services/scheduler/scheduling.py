@@ -10,10 +10,10 @@ import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.scheduler.clock import Clock
-from services.scheduler.planning import Plan, anchor_for, plan, scheduled_run_id
+from services.scheduler.planning import Plan, anchor_for, fires_on_time, next_due_after, plan, scheduled_run_id
 from shared.catalog import Catalog
 from shared.catalog.repository import DueSchedule, ScheduleAdvance, ScheduleState
-from shared.domain.schedule import Overlap, fire_times
+from shared.domain.schedule import Overlap
 from shared.events import RunMissed, RunRequested, RunSkipped, Trigger
 from shared.kafka import Outgoing
 from shared.topics import Topics
@@ -55,7 +55,7 @@ class Scheduler:
         self.replica_id = replica_id
         self.lease_seconds = lease_seconds
         self.catch_up = catch_up
-        self.enabled_count = 0
+        self._fingerprint: tuple[int, datetime | None] | None = None
 
     def tick(self) -> list[RunRequested]:
         """Fire what is due now, if this replica leads; return the requests published."""
@@ -63,51 +63,78 @@ class Scheduler:
         leading = self.catalog.acquire_lease(LEASE_NAME, self.replica_id, now, self.lease_seconds)
         LEADER.set(1 if leading else 0)
         if not leading:
+            self._fingerprint = None  # whoever leads may change the schedules: sync again when leading
             return []
         self._sync(now)
         due = self.catalog.due_schedules(now)
         busy = self.catalog.active_runs(
             [d.definition.name for d in due if d.definition.schedule.overlap == Overlap.SKIP]
         )
-        outgoing: list[Outgoing] = []
+        on_time = [d for d in due if fires_on_time(d.next_due_at, now, self.catch_up)]
+        late = [d for d in due if not fires_on_time(d.next_due_at, now, self.catch_up)]
+        # On-time schedules fire first, before any schedule maths, to keep the fire delay short.
+        fired, outgoing = self._act_all(
+            [(d, Plan(fire=d.next_due_at, missed=[], next_due=None)) for d in on_time], busy
+        )
+        self._publish(fired, outgoing)
+        advances = [
+            ScheduleAdvance(d.definition_id, d.handled_until, now, next_due_after(d.definition.schedule, now))
+            for d in on_time
+        ]
+        plans = [
+            (d, plan(d.definition.schedule, handled_until=d.handled_until, now=now, catch_up=self.catch_up))
+            for d in late
+        ]
+        late_fired, late_outgoing = self._act_all(plans, busy)
+        self._publish(late_fired, late_outgoing)
+        advances += [ScheduleAdvance(d.definition_id, d.handled_until, now, p.next_due) for d, p in plans]
+        # The schedules move on after their runs are published: a crash in between fires again with the
+        # same run ids, which the extractor ignores.
+        self.catalog.advance_schedules(advances)
+        return fired + late_fired
+
+    def _act_all(
+        self, decisions: list[tuple[DueSchedule, Plan]], busy: dict[str, uuid.UUID]
+    ) -> tuple[list[RunRequested], list[Outgoing]]:
         fired: list[RunRequested] = []
-        advances: list[ScheduleAdvance] = []
-        for schedule in due:
-            decision = plan(
-                schedule.definition.schedule, handled_until=schedule.handled_until, now=now, catch_up=self.catch_up
-            )
-            requests, records = self._act(schedule, decision, busy.get(schedule.definition.name))
+        outgoing: list[Outgoing] = []
+        for due, decision in decisions:
+            requests, records = self._act(due, decision, busy.get(due.definition.name))
             fired += requests
             outgoing += records
-            advances.append(ScheduleAdvance(schedule.definition_id, schedule.handled_until, now, decision.next_due))
-        # Published before the schedules move on: a crash in between fires again with the same run ids,
-        # which the extractor ignores.
-        if outgoing:
-            self.publish(outgoing)
+        return fired, outgoing
+
+    def _publish(self, fired: list[RunRequested], outgoing: list[Outgoing]) -> None:
+        if not outgoing:
+            return
+        self.publish(outgoing)
+        published_at = self.clock.now()
         for request in fired:
             assert request.scheduled_for is not None
-            FIRE_DELAY.observe(max(0.0, (self.clock.now() - request.scheduled_for).total_seconds()))
+            FIRE_DELAY.observe(max(0.0, (published_at - request.scheduled_for).total_seconds()))
         FIRES.inc(len(fired))
-        self.catalog.advance_schedules(advances)
-        return fired
 
     def _sync(self, now: datetime) -> None:
-        """(Re)compute the next due instant of new and edited definitions."""
+        """(Re)compute the next due instant of new and edited definitions (skipped when none changed)."""
+        fingerprint = self.catalog.definitions_fingerprint()
+        if fingerprint == self._fingerprint:
+            return
         states = []
         for sync in self.catalog.schedules_to_sync():
             anchor = anchor_for(sync.handled_until, sync.updated_at, now)
             schedule = sync.definition.schedule
-            upcoming = fire_times(schedule, anchor, limit=1) if schedule.enabled else []
-            states.append(ScheduleState(sync.definition_id, sync.version, anchor, upcoming[0] if upcoming else None))
+            upcoming = next_due_after(schedule, anchor)
+            states.append(ScheduleState(sync.definition_id, sync.version, anchor, upcoming))
             log.debug(
                 "schedule synced",
                 definition=sync.definition.name,
                 enabled=schedule.enabled,
                 cron=schedule.cron,
                 timezone=schedule.timezone,
-                next_due=upcoming[0].isoformat() if upcoming else None,
+                next_due=upcoming.isoformat() if upcoming else None,
             )
         self.catalog.save_schedules(states)
+        self._fingerprint = fingerprint
         if states:
             log.info("schedules synced", definitions=len(states))
 

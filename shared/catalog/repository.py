@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar, cast
 
-from sqlalchemy import Engine, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -278,6 +278,16 @@ class Catalog:
             row.updated_at = _now()
 
     # --- schedules (the scheduler's state) ---------------------------------------------------------
+
+    def definitions_fingerprint(self) -> tuple[int, datetime | None]:
+        """(count, latest update) of export definitions: changes whenever one is created, edited or deleted."""
+        with self._session() as session:
+            count, latest = session.execute(
+                select(func.count(), func.max(CatalogObjectRow.updated_at)).where(
+                    CatalogObjectRow.kind == ExportDefinition.__name__
+                )
+            ).one()
+            return int(count), _aware(latest)
 
     def schedules_to_sync(self) -> list[ScheduleSync]:
         """Definitions the scheduler has not seen, or has seen at an older version."""

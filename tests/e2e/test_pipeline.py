@@ -117,3 +117,25 @@ def test_the_dispatcher_exposes_prometheus_metrics(pipeline: Pipeline):
     assert samples['export_dispatcher_requests_total{status_class="2xx"}'] >= 2
     assert "export_dispatcher_request_seconds_bucket" in metrics
     assert SECRET_TOKEN not in metrics
+
+
+def test_the_scheduler_process_fires_a_cron_schedule(pipeline: Pipeline, tmp_path):
+    manifest = tmp_path / "scheduled.yaml"
+    spec = (
+        "kind: ExportDefinition\nname: every-minute\nspec:\n  query: first-hundred\n  template: good-small\n"
+        "  schedule: {{enabled: {enabled}, cron: '* * * * *', timezone: Europe/Paris}}\n"
+    )
+    manifest.write_text(spec.format(enabled="true"))
+    assert pipeline.exportctl("apply", "-f", str(manifest)).returncode == 0
+
+    def scheduled_run_succeeded() -> bool:
+        runs = pipeline.catalog.list_runs("every-minute")
+        return any(r.trigger == "schedule" and r.status == RunStatus.SUCCEEDED for r in runs)
+
+    wait_until(scheduled_run_succeeded, timeout=150, interval=0.5, what="a scheduled run to succeed")
+    manifest.write_text(spec.format(enabled="false"))
+    assert pipeline.exportctl("apply", "-f", str(manifest)).returncode == 0
+    run = next(r for r in pipeline.catalog.list_runs("every-minute") if r.status == RunStatus.SUCCEEDED)
+    assert run.scheduled_for is not None
+    assert run.scheduled_for.second == 0
+    assert (run.extracted, run.delivered) == (100, 100)
