@@ -139,26 +139,26 @@ class RunFailed(Event):
     at: AwareDatetime = Field(default_factory=utc_now)
 
 
-class RunSkipped(Event):
+class ScheduledRunNotStarted(Event):
+    """A scheduled run that the scheduler records without starting it, with the reason."""
+
+    run_id: uuid.UUID
+    definition: str
+    scheduled_for: AwareDatetime
+    reason: str
+    at: AwareDatetime = Field(default_factory=utc_now)
+
+
+class RunSkipped(ScheduledRunNotStarted):
     """A scheduled run that did not start because the definition's previous run was still active."""
 
     type: Literal["run.skipped"] = "run.skipped"
-    run_id: uuid.UUID
-    definition: str
-    scheduled_for: AwareDatetime
-    reason: str
-    at: AwareDatetime = Field(default_factory=utc_now)
 
 
-class RunMissed(Event):
+class RunMissed(ScheduledRunNotStarted):
     """A scheduled run that was due while no scheduler could fire it, past the catch-up window."""
 
     type: Literal["run.missed"] = "run.missed"
-    run_id: uuid.UUID
-    definition: str
-    scheduled_for: AwareDatetime
-    reason: str
-    at: AwareDatetime = Field(default_factory=utc_now)
 
 
 #: Any record of the run-events topic.

@@ -331,24 +331,25 @@ class Catalog:
 
     def due_schedules(self, now: datetime, limit: int = 10_000) -> list[DueSchedule]:
         """Definitions whose next due instant is at or before ``now``, soonest first."""
-        with self._session() as session:
-            rows = session.execute(
-                select(CatalogObjectRow, ScheduleRow)
-                .join(ScheduleRow, ScheduleRow.definition_id == CatalogObjectRow.id)
-                .where(ScheduleRow.next_due_at <= now.astimezone(UTC))
-                .where(ScheduleRow.definition_version == CatalogObjectRow.version)
-                .order_by(ScheduleRow.next_due_at)
+        objects, states = CatalogObjectRow.__table__.c, ScheduleRow.__table__.c
+        with self.engine.connect() as connection:  # plain rows: this runs on the fire path
+            rows = connection.execute(
+                select(objects.id, objects.spec, states.handled_until, states.next_due_at)
+                .join_from(CatalogObjectRow.__table__, ScheduleRow.__table__, states.definition_id == objects.id)
+                .where(states.next_due_at <= now.astimezone(UTC))
+                .where(states.definition_version == objects.version)
+                .order_by(states.next_due_at)
                 .limit(limit)
             ).all()
-            return [
-                DueSchedule(
-                    uuid.UUID(obj.id),
-                    ExportDefinition.model_validate(obj.spec),
-                    _aware(state.handled_until) or now,
-                    _aware(state.next_due_at) or now,
-                )
-                for obj, state in rows
-            ]
+        return [
+            DueSchedule(
+                uuid.UUID(row.id),
+                ExportDefinition.model_validate(row.spec),
+                _aware(row.handled_until) or now,
+                _aware(row.next_due_at) or now,
+            )
+            for row in rows
+        ]
 
     def advance_schedules(self, advances: list[ScheduleAdvance]) -> int:
         """Move schedules on, each only if no one else did since it was read (compare and set).

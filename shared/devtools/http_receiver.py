@@ -16,8 +16,9 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
+
+from shared.devtools.processes import Managed
 
 
 @dataclass
@@ -90,7 +91,7 @@ class _Server(ThreadingHTTPServer):
         self.state = state
 
 
-class HttpReceiver:
+class HttpReceiver(Managed):
     """Start with ``start()`` (or as a context manager); ``url`` is where it listens."""
 
     def __init__(
@@ -128,14 +129,6 @@ class HttpReceiver:
             if receipt.status < 300:
                 counts.update(member.get(key) for member in receipt.members)
         return counts
-
-    def __enter__(self) -> HttpReceiver:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def main() -> None:

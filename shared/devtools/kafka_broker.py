@@ -20,10 +20,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from shared.devtools.prerequisites import require_java_and_maven
-from shared.devtools.processes import free_port, port_open, wait_until
+from shared.devtools.processes import Managed, free_port, port_open, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POM_DIR = REPO_ROOT / "deploy" / "local" / "kafka"
@@ -78,7 +77,7 @@ def server_properties(*, port: int, controller_port: int, log_dir: Path) -> str:
     )
 
 
-class LocalKafka:
+class LocalKafka(Managed):
     """A broker process owned by this object: ``start()`` returns once it accepts clients."""
 
     def __init__(self, work_dir: Path | None = None, port: int | None = None) -> None:
@@ -146,14 +145,6 @@ class LocalKafka:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-    def __enter__(self) -> LocalKafka:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def _stop_pid_file(work_dir: Path, timeout: float = 30.0) -> None:

@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from types import TracebackType
+
+from shared.devtools.processes import Managed
 
 SERVICES = ("scheduler", "extractor", "dispatcher", "notifier")
 
 
-class LocalPipeline:
+class LocalPipeline(Managed):
     """The services, each ``python -m services.<name>`` with ``env`` added to this process's environment.
 
     ``service_env`` adds variables for one service only (e.g. its metrics port). Each service's log goes
@@ -76,11 +77,3 @@ class LocalPipeline:
                 process.kill()
                 codes[name] = process.wait()
         return codes
-
-    def __enter__(self) -> LocalPipeline:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

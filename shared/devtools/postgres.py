@@ -17,10 +17,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
 from shared.devtools.prerequisites import postgres_bin_dir
-from shared.devtools.processes import free_port
+from shared.devtools.processes import Managed, free_port
 
 SUPERUSER = "postgres"
 
@@ -35,7 +34,7 @@ def _run_as() -> list[str]:
     return ["runuser", "-u", "postgres", "--"]
 
 
-class LocalPostgres:
+class LocalPostgres(Managed):
     """A PostgreSQL server owned by this object, listening on 127.0.0.1 only."""
 
     def __init__(self, work_dir: Path | None = None, port: int | None = None) -> None:
@@ -105,14 +104,6 @@ class LocalPostgres:
         ) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')  # name chosen by the caller (tests)
         return self.url(name)
-
-    def __enter__(self) -> LocalPostgres:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from email.message import Message
 from email.policy import default as default_policy
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from shared.devtools.processes import free_port
+from shared.devtools.processes import Managed, free_port
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class _Handler:
         return "250 Message accepted for delivery"
 
 
-class SmtpSink:
+class SmtpSink(Managed):
     """Start with ``start()`` (or as a context manager); messages land in ``messages``."""
 
     def __init__(self, port: int | None = None, directory: Path | None = None) -> None:
@@ -75,14 +74,6 @@ class SmtpSink:
     def received(self) -> list[ReceivedMail]:
         with self.lock:
             return list(self.messages)
-
-    def __enter__(self) -> SmtpSink:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def main() -> None:

@@ -63,16 +63,16 @@ Minute = Annotated[int, Field(ge=0, le=59)]
 DayOfMonth = Annotated[int, Field(ge=1, le=31)] | Literal["last"]
 
 
-def _fields_for(every: Every) -> set[str]:
-    return {
-        Every.QUARTER_HOUR: set(),
-        Every.HALF_HOUR: set(),
-        Every.HOUR: {"minute"},
-        Every.DAY: {"time"},
-        Every.WEEK: {"weekday", "time"},
-        Every.MONTH: {"day", "time"},
-        Every.YEAR: {"day", "month", "time"},
-    }[every]
+#: The composer fields each choice uses.
+_FIELDS_OF: dict[Every, frozenset[str]] = {
+    Every.QUARTER_HOUR: frozenset(),
+    Every.HALF_HOUR: frozenset(),
+    Every.HOUR: frozenset({"minute"}),
+    Every.DAY: frozenset({"time"}),
+    Every.WEEK: frozenset({"weekday", "time"}),
+    Every.MONTH: frozenset({"day", "time"}),
+    Every.YEAR: frozenset({"day", "month", "time"}),
+}
 
 
 class Repeat(BaseModel):
@@ -109,7 +109,7 @@ class Repeat(BaseModel):
             return self
         if self.every is None:
             raise ValueError("either 'every' (the composer) or 'cron' (Advanced mode) is required")
-        needed = _fields_for(self.every)
+        needed = _FIELDS_OF[self.every]
         if missing := sorted(needed - given):
             raise ValueError(f"'every: {self.every.value}' needs {', '.join(missing)}")
         if extra := sorted(given - needed):
