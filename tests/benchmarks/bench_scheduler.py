@@ -96,6 +96,7 @@ def bench(label: str, catalog_url: str, bootstrap: str, count: int, minutes: int
     tick_seconds: list[float] = []
     busy_ticks: list[tuple[float, int]] = []
     delays: list[float] = []
+    delays_by_tick: list[list[float]] = []
     lags: list[float] = []
     fired_total = 0
     for _ in range(minutes * 60):
@@ -108,11 +109,13 @@ def bench(label: str, catalog_url: str, bootstrap: str, count: int, minutes: int
         if fired:
             busy_ticks.append((elapsed, len(fired)))
             to_publish = (publish_done[0] if publish_done else time.perf_counter()) - tick_start
+            delays_by_tick.append([])
             for request in fired:
                 assert request.scheduled_for is not None
                 lag = (clock.now() - request.scheduled_for).total_seconds()
                 lags.append(lag)
                 delays.append(lag + to_publish)
+                delays_by_tick[-1].append(lag + to_publish)
         fired_total += len(fired)
     idle = [t for t in tick_seconds if t not in {b for b, _ in busy_ticks}]
     busiest = max(busy_ticks, default=(0.0, 0))
