@@ -30,7 +30,9 @@ FIRE_DELAY = Histogram(
 )
 MISSED = Counter("export_scheduler_missed_total", "Scheduled runs recorded as missed.")
 SKIPPED = Counter("export_scheduler_skipped_total", "Scheduled runs skipped: the previous run was active.")
-SCHEDULED_DEFINITIONS = Gauge("export_scheduler_definitions", "Definitions with an enabled schedule.")
+SCHEDULED_DEFINITIONS = Gauge(
+    "export_scheduler_definitions", "Definitions with an enabled schedule that has an instant ahead."
+)
 LEADER = Gauge("export_scheduler_leader", "1 while this replica holds the scheduling lease.")
 
 
@@ -135,6 +137,7 @@ class Scheduler:
             )
         self.catalog.save_schedules(states)
         self._fingerprint = fingerprint
+        SCHEDULED_DEFINITIONS.set(self.catalog.scheduled_count())
         if states:
             log.info("schedules synced", definitions=len(states))
 

@@ -329,6 +329,12 @@ class Catalog:
             connection.execute(delete(table).where(table.c.definition_id.in_([row["definition_id"] for row in rows])))
             connection.execute(insert(table), rows)
 
+    def scheduled_count(self) -> int:
+        """How many definitions the scheduler will fire again (enabled, with an instant ahead)."""
+        with self.engine.connect() as connection:
+            table = cast(Table, ScheduleRow.__table__)
+            return int(connection.execute(select(func.count()).where(table.c.next_due_at.is_not(None))).scalar_one())
+
     def due_schedules(self, now: datetime, limit: int = 10_000) -> list[DueSchedule]:
         """Definitions whose next due instant is at or before ``now``, soonest first."""
         objects, states = CatalogObjectRow.__table__.c, ScheduleRow.__table__.c

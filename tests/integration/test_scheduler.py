@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.scheduler.clock import ManualClock
 from services.scheduler.planning import scheduled_run_id
@@ -90,6 +91,7 @@ def test_a_daily_schedule_fires_at_local_time_with_deterministic_ids(
     run_for(scheduler, dt.timedelta(days=3), step=dt.timedelta(minutes=5))
     fired = [e for e in recorder.events() if isinstance(e, RunRequested)]
     definition_id, _ = catalog.get_with_id(ExportDefinition, "nightly")
+    assert REGISTRY.get_sample_value("export_scheduler_definitions") == 1  # "paused" is not counted
     # 02:30 does not exist on 29 March in Paris: it fires at 03:00 CEST (01:00 UTC).
     expected = [
         dt.datetime(2026, 3, 29, 1, 0, tzinfo=UTC),
