@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]]) -> None:
@@ -25,17 +25,22 @@ def read_until(
     *,
     timeout: float = 60.0,
 ) -> list[bytes]:
-    """Read ``topic`` from the beginning until ``done(values)`` holds; fail with what was read by then."""
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"test-reader-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    """Read ``topic`` from the beginning until ``done(values)`` holds; fail with what was read by then.
+
+    Partitions are assigned by hand (no consumer group), so no group rebalance can stall the read.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     values: list[bytes] = []
     deadline = time.monotonic() + timeout
     try:
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: no partitions known within {timeout}s")
+            consumer.poll(timeout_ms=100)
+            partitions = consumer.partitions_for_topic(topic)
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        consumer.seek_to_beginning()
         while not done(values):
             if time.monotonic() > deadline:
                 raise AssertionError(f"{topic}: condition not met within {timeout}s; read {len(values)} records")
