@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 from datetime import timedelta
+from functools import partial
 
 import structlog
 
@@ -12,7 +13,7 @@ from services.scheduler.clock import SystemClock
 from services.scheduler.scheduling import LEASE_NAME, Scheduler
 from services.scheduler.settings import SchedulerSettings
 from shared.catalog import Catalog
-from shared.kafka import Outgoing, make_producer, produce_and_wait
+from shared.kafka import make_producer, produce_and_wait
 from shared.runtime import start_service
 
 SERVICE = "scheduler"
@@ -24,15 +25,12 @@ def main() -> None:
     log = structlog.get_logger(SERVICE)
     producer = make_producer(settings, SERVICE)
 
-    def publish(outgoing: list[Outgoing]) -> None:
-        produce_and_wait(producer, outgoing)
-
     catalog = Catalog.from_url(settings.catalog_url)
     scheduler = Scheduler(
         catalog=catalog,
         clock=SystemClock(),
         topics=settings.topics,
-        publish=publish,
+        publish=partial(produce_and_wait, producer),
         replica_id=settings.scheduler_replica_id,
         lease_seconds=settings.scheduler_lease_seconds,
         catch_up=timedelta(seconds=settings.scheduler_catch_up_seconds),

@@ -72,8 +72,10 @@ class Scheduler:
         busy = self.catalog.active_runs(
             [d.definition.name for d in due if d.definition.schedule.overlap == Overlap.SKIP]
         )
-        on_time = [d for d in due if fires_on_time(d.next_due_at, now, self.catch_up)]
-        late = [d for d in due if not fires_on_time(d.next_due_at, now, self.catch_up)]
+        on_time: list[DueSchedule] = []
+        late: list[DueSchedule] = []
+        for d in due:
+            (on_time if fires_on_time(d.next_due_at, now, self.catch_up) else late).append(d)
         # On-time schedules fire first, before any schedule maths, to keep the fire delay short.
         fired, outgoing = self._act_all(
             [(d, Plan(fire=d.next_due_at, missed=[], next_due=None)) for d in on_time], busy

@@ -70,8 +70,13 @@ class ConsumerLoop(Generic[E]):
         self.decode = decode
         self.handler = handler
         self.dead_letter_topic = dead_letter_topic
-        self.retry_attempts = retry_attempts
-        self.retry_max_wait = retry_max_wait
+        # Built once: the policy is the same for every record (and the loop is single-threaded).
+        self._retrying = Retrying(
+            retry=retry_if_exception_type(RetryableError),
+            stop=stop_after_attempt(retry_attempts),
+            wait=wait_random_exponential(multiplier=0.5, max=retry_max_wait),
+            reraise=True,
+        )
         self.poll_timeout_ms = poll_timeout_ms
         self.stopping = threading.Event()
 
@@ -131,13 +136,7 @@ class ConsumerLoop(Generic[E]):
         self.send_all(outgoing)
 
     def _handle_with_retries(self, event: E) -> list[Outgoing]:
-        retrying = Retrying(
-            retry=retry_if_exception_type(RetryableError),
-            stop=stop_after_attempt(self.retry_attempts),
-            wait=wait_random_exponential(multiplier=0.5, max=self.retry_max_wait),
-            reraise=True,
-        )
-        return retrying(self.handler, event)
+        return self._retrying(self.handler, event)
 
     def send_all(self, outgoing: list[Outgoing]) -> None:
         """Produce records and return once the broker has acknowledged every one."""

@@ -180,22 +180,15 @@ def test_two_replicas_fire_every_due_instant_once_and_survive_the_leaders_death(
     lease, step = 45, dt.timedelta(seconds=30)
     clock = ManualClock(T0)
     replicas = {
-        "a": Scheduler(
-            catalog=postgres_catalog,
+        name: Scheduler(
+            catalog=replica_catalog,
             clock=clock,
             topics=settings.topics,
             publish=publish,
-            replica_id="replica-a",
+            replica_id=f"replica-{name}",
             lease_seconds=lease,
-        ),
-        "b": Scheduler(
-            catalog=second_catalog,
-            clock=clock,
-            topics=settings.topics,
-            publish=publish,
-            replica_id="replica-b",
-            lease_seconds=lease,
-        ),
+        )
+        for name, replica_catalog in (("a", postgres_catalog), ("b", second_catalog))
     }
     fired: list[tuple[str, dt.datetime, RunRequested]] = []  # (replica, clock time, request)
     end, killed_at = T0 + dt.timedelta(hours=6, minutes=30), T0 + dt.timedelta(hours=3, minutes=10)
