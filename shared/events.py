@@ -58,7 +58,9 @@ class RunRequested(Event):
     """Start an export run. Published by the scheduler, ``exportctl run`` and other systems.
 
     ``run_id`` makes the request idempotent: a run id is extracted at most once. ``definition`` is the
-    export definition's internal name.
+    export definition's internal name. ``parameters`` gives values to the saved query's declared
+    parameters (over the definition's values and the defaults). Also accepted as a CloudEvent of type
+    :data:`RUN_REQUESTED_CLOUDEVENT_TYPE` (see ``services.extractor.requests``).
     """
 
     type: Literal["run.requested"] = "run.requested"
@@ -68,6 +70,11 @@ class RunRequested(Event):
     requested_at: AwareDatetime = Field(default_factory=utc_now)
     requested_by: str | None = None
     scheduled_for: AwareDatetime | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+#: The CloudEvents ``type`` of a run request published as a CloudEvent (structured or binary mode).
+RUN_REQUESTED_CLOUDEVENT_TYPE = "io.member-export.run.requested.v1"
 
 
 class MemberBatch(Event):

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from shared.kafka import ConsumerLoop, Outgoing, ensure_topics, make_consumer, make_producer
+from shared.kafka import ConsumerLoop, Headers, Outgoing, ensure_topics, make_consumer, make_producer
 from shared.log import configure_logging
 from shared.metrics import serve_metrics
 from shared.settings import CommonSettings
@@ -30,7 +30,7 @@ def build_loop(
     *,
     service: str,
     topic: str,
-    decode: Callable[[bytes], E],
+    decode: Callable[[bytes, Headers], E],
     handler: Callable[[E], list[Outgoing]],
     **consumer_overrides: Any,
 ) -> ConsumerLoop[E]:

@@ -25,6 +25,10 @@ class CommonSettings(BaseSettings):
     topic_prefix: str = Field(default="", description="Prefix applied to every topic name.")
     topic_partitions: int = Field(default=6, ge=1, description="Partitions of topics the services create.")
     topic_replication_factor: int = Field(default=1, ge=1, description="Replication of created topics.")
+    kafka_compression: Literal["lz4", "gzip", "snappy", "zstd", "none"] = Field(
+        default="lz4",
+        description="Compression of produced records (lz4 measured 4x faster than gzip here; see README).",
+    )
     catalog_url: str = Field(
         default="sqlite:///.local/catalog.db",
         description="SQLAlchemy URL of the catalog (profiles, templates, queries, definitions, runs).",

@@ -10,6 +10,7 @@ from services.dispatcher.dispatching import CatalogCache, Dispatcher
 from services.dispatcher.settings import DispatcherSettings
 from shared.catalog import Catalog
 from shared.events import MemberBatch
+from shared.kafka import value_decoder
 from shared.runtime import build_loop, start_service
 
 SERVICE = "dispatcher"
@@ -35,7 +36,7 @@ def main() -> None:
         settings,
         service=SERVICE,
         topic=settings.topics.member_batches,
-        decode=MemberBatch.model_validate_json,
+        decode=value_decoder(MemberBatch.model_validate_json),
         handler=dispatcher.handle,
         # A batch may take the whole retry budget; keep polls small so the group does not evict us.
         max_poll_records=8,

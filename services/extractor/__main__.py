@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from services.extractor.extraction import Extractor
+from services.extractor.requests import decode_run_request
 from services.extractor.settings import ExtractorSettings
 from shared.catalog import Catalog
-from shared.events import RunRequested
 from shared.querystore import MemberReader
 from shared.runtime import build_loop, start_service
 
@@ -19,7 +19,7 @@ def main() -> None:
         settings,
         service=SERVICE,
         topic=settings.topics.run_requests,
-        decode=RunRequested.model_validate_json,
+        decode=decode_run_request,
         handler=lambda request: extractor.handle(request),
         # One run at a time: a run may take minutes, and its offset is committed only at its end.
         max_poll_records=1,
@@ -27,10 +27,14 @@ def main() -> None:
     )
     extractor = Extractor(
         catalog=Catalog.from_url(settings.catalog_url),
-        reader=MemberReader.from_url(settings.query_store_url),
+        reader=MemberReader.from_url(
+            settings.query_store_url, timeout_seconds=settings.extractor_query_timeout_seconds
+        ),
         topics=settings.topics,
         publish=loop.send_all,
+        send=loop.send,
         page_size=settings.extractor_page_size,
+        max_record_bytes=settings.extractor_max_record_bytes,
     )
     loop.install_signal_handlers()
     loop.run()

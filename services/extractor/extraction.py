@@ -1,19 +1,30 @@
-"""Extract one run: look up its definition, page through its query, publish batches, checkpoint."""
+"""Extract one run: look up its definition, page through its query, publish batches, checkpoint.
+
+Pages are pipelined: page N's records are in flight to Kafka while page N+1 is read, and page N's
+checkpoint is saved only once the broker has acknowledged all of its records. A crash therefore
+repeats at most the pages after the last checkpoint, with the same batch identities.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
 
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
+from services.extractor.batch_encoding import BatchEncoder, MemberTooLarge
 from shared.catalog import Catalog, NotFound
 from shared.catalog.repository import Checkpoint
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
-from shared.events import ExtractionCompleted, MemberBatch, RunFailed, RunRequested, RunStarted
-from shared.kafka import Outgoing
-from shared.querystore import MemberReader, QueryError
+from shared.domain.query_parameters import ParameterError, bind_values
+from shared.events import ExtractionCompleted, RunFailed, RunRequested, RunStarted
+from shared.kafka import InFlight, Outgoing
+from shared.querystore import MemberReader, Page, QueryError, QueryTimeout
+from shared.querystore.paging import Window
 from shared.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -21,7 +32,14 @@ log = structlog.get_logger(__name__)
 MEMBERS_EXTRACTED = Counter("export_extractor_members_extracted_total", "Members read from the query store.")
 PAGES_READ = Counter("export_extractor_pages_total", "Query pages read.")
 RUNS_FAILED = Counter("export_extractor_runs_failed_total", "Runs the extractor failed, by reason.", ["reason"])
-PAGE_SECONDS = Histogram("export_extractor_page_seconds", "Time to read and publish one page.")
+QUERY_SECONDS = Histogram(
+    "export_extractor_query_duration_seconds",
+    "Time the query store took to return one page (or a watermark).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+ACTIVE_RUNS = Gauge("export_extractor_active_runs", "Runs being extracted now.")
+
+DEFAULT_MAX_RECORD_BYTES = 900_000
 
 
 def page_size_for(batch_size: int, configured_page_size: int) -> int:
@@ -29,8 +47,20 @@ def page_size_for(batch_size: int, configured_page_size: int) -> int:
     return max(1, math.ceil(configured_page_size / batch_size)) * batch_size
 
 
+class _RunFailure(Exception):
+    """Ends a run with a RunFailed event; ``label`` is the metric's reason."""
+
+    def __init__(self, reason: str, label: str) -> None:
+        super().__init__(reason)
+        self.reason, self.label = reason, label
+
+
 class Extractor:
-    """Handles run requests. ``publish`` sends records and returns once the broker has them all."""
+    """Handles run requests.
+
+    ``publish`` sends records and returns once the broker has them all; ``send`` hands records over
+    and returns at once (its result's ``wait()`` blocks for the acknowledgements).
+    """
 
     def __init__(
         self,
@@ -39,32 +69,52 @@ class Extractor:
         reader: MemberReader,
         topics: Topics,
         publish: Callable[[list[Outgoing]], None],
+        send: Callable[[list[Outgoing]], InFlight] | None = None,
         page_size: int,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         self.catalog = catalog
         self.reader = reader
         self.topics = topics
         self.publish = publish
+        self.send = send or _sent_synchronously(publish)
         self.page_size = page_size
+        self.max_record_bytes = max_record_bytes
 
     def _event(self, run_id: str, event: RunStarted | ExtractionCompleted | RunFailed) -> Outgoing:
         return Outgoing(self.topics.run_events, run_id, event.to_bytes())
 
     def handle(self, request: RunRequested) -> list[Outgoing]:
-        run_id = str(request.run_id)
+        """Extract the requested run (or nothing, if it was extracted before); return its last events."""
+        ACTIVE_RUNS.inc()
+        checkpoint: Checkpoint | None = None
         try:
-            definition = self.catalog.get(ExportDefinition, request.definition)
-        except NotFound as exc:
-            return self._fail(request, f"unknown definition: {exc}", "unknown_definition")
-        checkpoint = self.catalog.claim_extraction(request.run_id, definition.name)
-        if checkpoint.completed:
-            log.info("run already extracted; request ignored", run_id=run_id, definition=definition.name)
-            return []
+            try:
+                definition = self.catalog.get(ExportDefinition, request.definition)
+            except NotFound as exc:
+                raise _RunFailure(f"unknown definition: {exc}", "unknown_definition") from None
+            checkpoint = self.catalog.claim_extraction(request.run_id, definition.name)
+            if checkpoint.completed:
+                log.info("run already extracted; request ignored", run_id=str(request.run_id))
+                return []
+            return self._run(request, definition, checkpoint)
+        except _RunFailure as failure:
+            return self._fail(request, failure, checkpoint)
+        finally:
+            ACTIVE_RUNS.dec()
+
+    def _run(self, request: RunRequested, definition: ExportDefinition, checkpoint: Checkpoint) -> list[Outgoing]:
+        run_id = str(request.run_id)
         try:
             query = self.catalog.get(SavedQuery, definition.query)
             template = self.catalog.get(HttpTemplate, definition.template)
         except NotFound as exc:
-            return self._fail(request, str(exc), "missing_object", checkpoint)
+            raise _RunFailure(str(exc), "missing_object") from None
+        try:
+            parameters = bind_values(query.parameters, request.parameters, definition.parameters)
+        except ParameterError as exc:
+            raise _RunFailure(f"invalid parameters: {exc}", "invalid_parameters") from None
+        checkpoint = self._fix_window(definition, query, parameters, checkpoint)
         self.publish(
             [
                 self._event(
@@ -85,11 +135,10 @@ class Extractor:
             definition=definition.name,
             resume_after=checkpoint.last_key,
             next_batch=checkpoint.next_batch_index,
+            watermark_since=checkpoint.watermark_since,
+            watermark_until=checkpoint.watermark_until,
         )
-        try:
-            checkpoint = self._extract(request, definition, query, template, checkpoint)
-        except QueryError as exc:
-            return self._fail(request, str(exc), "query_error", checkpoint)
+        checkpoint = self._extract(request, definition, query, template, parameters, checkpoint)
         # The completion event is acknowledged before the checkpoint says "completed": a crash in
         # between redelivers the request, which finds no page after the last key and says it again.
         self.publish(
@@ -105,13 +154,23 @@ class Extractor:
                 )
             ]
         )
-        self.catalog.save_checkpoint(
-            Checkpoint(
-                checkpoint.run_id, checkpoint.last_key, checkpoint.next_batch_index, checkpoint.members, completed=True
-            )
-        )
+        self.catalog.save_checkpoint(replace(checkpoint, completed=True))
         log.info("extraction completed", run_id=run_id, members=checkpoint.members, batches=checkpoint.next_batch_index)
         return []
+
+    def _fix_window(
+        self, definition: ExportDefinition, query: SavedQuery, parameters: dict[str, Any], checkpoint: Checkpoint
+    ) -> Checkpoint:
+        """Incremental runs: fix the watermark slice once, at the run's first start (a resume reuses it)."""
+        if definition.incremental is None or checkpoint.watermark_until is not None or checkpoint.members:
+            return checkpoint
+        column = definition.incremental.watermark_column
+        since = self.catalog.watermark(definition.name)
+        with QUERY_SECONDS.time():
+            until = self._query(lambda: self.reader.high_watermark(query, column, since=since, parameters=parameters))
+        checkpoint = replace(checkpoint, watermark_since=since, watermark_until=until)
+        self.catalog.save_checkpoint(checkpoint)
+        return checkpoint
 
     def _extract(
         self,
@@ -119,51 +178,99 @@ class Extractor:
         definition: ExportDefinition,
         query: SavedQuery,
         template: HttpTemplate,
+        parameters: dict[str, Any],
         checkpoint: Checkpoint,
     ) -> Checkpoint:
-        size = template.batch_size
-        for page in self.reader.pages(query, page_size=page_size_for(size, self.page_size), after=checkpoint.last_key):
-            with PAGE_SECONDS.time():
-                batch_index = checkpoint.next_batch_index
-                outgoing = []
-                for start in range(0, len(page.members), size):
-                    batch = MemberBatch(
-                        run_id=request.run_id,
-                        definition=definition.name,
-                        template=template.name,
-                        priority=definition.priority,
-                        batch_index=batch_index,
-                        members=page.members[start : start + size],
-                    )
-                    outgoing.append(Outgoing(self.topics.member_batches, batch.identity, batch.to_bytes()))
-                    batch_index += 1
-                self.publish(outgoing)
-                checkpoint = Checkpoint(
-                    checkpoint.run_id,
-                    page.last_key,
-                    batch_index,
-                    checkpoint.members + len(page.members),
-                    completed=False,
-                )
-                self.catalog.save_checkpoint(checkpoint)
-            MEMBERS_EXTRACTED.inc(len(page.members))
+        if definition.incremental is not None and checkpoint.watermark_until is None:
+            return checkpoint  # nothing moved since the last successful run
+        window = (
+            Window(definition.incremental.watermark_column, checkpoint.watermark_since, checkpoint.watermark_until)
+            if definition.incremental
+            else None
+        )
+        encoder = BatchEncoder(
+            run_id=request.run_id,
+            definition=definition.name,
+            template=template.name,
+            priority=definition.priority,
+            batch_size=template.batch_size,
+            max_record_bytes=self.max_record_bytes,
+            key_column=query.key_column,
+        )
+        pages = self.reader.pages(
+            query,
+            page_size=page_size_for(template.batch_size, self.page_size),
+            after=checkpoint.last_key,
+            parameters=parameters,
+            window=window,
+        )
+        in_flight: tuple[InFlight, Checkpoint] | None = None
+        for page in self._timed(pages):
+            try:
+                batches = encoder.encode_page(page.columns, page.rows, checkpoint.next_batch_index)
+            except MemberTooLarge as exc:
+                raise _RunFailure(str(exc), "member_too_large") from None
+            sent = self.send(
+                [Outgoing(self.topics.member_batches, f"{request.run_id}:{b.batch_index}", b.value) for b in batches]
+            )
+            checkpoint = replace(
+                checkpoint,
+                last_key=page.last_key,
+                next_batch_index=checkpoint.next_batch_index + len(batches),
+                members=checkpoint.members + len(page.rows),
+            )
+            # Page N is in flight while page N+1 is read; N is checkpointed once acknowledged.
+            if in_flight is not None:
+                self._settle(*in_flight)
+            in_flight = (sent, checkpoint)
+            MEMBERS_EXTRACTED.inc(len(page.rows))
             PAGES_READ.inc()
+        if in_flight is not None:
+            self._settle(*in_flight)
         return checkpoint
 
-    def _fail(
-        self, request: RunRequested, reason: str, label: str, checkpoint: Checkpoint | None = None
-    ) -> list[Outgoing]:
-        RUNS_FAILED.labels(reason=label).inc()
-        log.warning("run failed", run_id=str(request.run_id), definition=request.definition, reason=reason)
+    def _settle(self, sent: InFlight, checkpoint: Checkpoint) -> None:
+        sent.wait()
+        self.catalog.save_checkpoint(checkpoint)
+
+    def _timed(self, pages: Iterator[Page]) -> Iterator[Page]:
+        """The pages, each one's read time observed, query errors turned into run failures."""
+        while True:
+            started = time.perf_counter()
+            page = self._query(lambda: next(pages, None))
+            QUERY_SECONDS.observe(time.perf_counter() - started)
+            if page is None:
+                return
+            yield page
+
+    @staticmethod
+    def _query(read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except QueryTimeout as exc:
+            raise _RunFailure(str(exc), "query_timeout") from None
+        except QueryError as exc:
+            raise _RunFailure(str(exc), "query_error") from None
+
+    def _fail(self, request: RunRequested, failure: _RunFailure, checkpoint: Checkpoint | None) -> list[Outgoing]:
+        RUNS_FAILED.labels(reason=failure.label).inc()
+        log.warning("run failed", run_id=str(request.run_id), definition=request.definition, reason=failure.reason)
         if checkpoint is not None:
-            self.catalog.save_checkpoint(
-                Checkpoint(
-                    checkpoint.run_id,
-                    checkpoint.last_key,
-                    checkpoint.next_batch_index,
-                    checkpoint.members,
-                    completed=True,
-                )
-            )
-        failed = RunFailed(run_id=request.run_id, definition=request.definition, reason=reason)
+            self.catalog.save_checkpoint(replace(checkpoint, completed=True))
+        failed = RunFailed(run_id=request.run_id, definition=request.definition, reason=failure.reason)
         return [self._event(str(request.run_id), failed)]
+
+
+class _Acknowledged(InFlight):
+    def __init__(self) -> None:
+        super().__init__([])
+
+
+def _sent_synchronously(publish: Callable[[list[Outgoing]], None]) -> Callable[[list[Outgoing]], InFlight]:
+    """A ``send`` built from a blocking ``publish`` (no overlap; for callers without a producer)."""
+
+    def send(outgoing: list[Outgoing]) -> InFlight:
+        publish(outgoing)
+        return _Acknowledged()
+
+    return send

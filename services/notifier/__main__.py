@@ -7,6 +7,7 @@ from services.notifier.notifying import Notifier
 from services.notifier.settings import NotifierSettings
 from shared.catalog import Catalog
 from shared.events import RUN_EVENT_ADAPTER
+from shared.kafka import value_decoder
 from shared.runtime import build_loop, start_service
 
 SERVICE = "notifier"
@@ -33,7 +34,7 @@ def main() -> None:
         settings,
         service=SERVICE,
         topic=settings.topics.run_events,
-        decode=RUN_EVENT_ADAPTER.validate_json,
+        decode=value_decoder(RUN_EVENT_ADAPTER.validate_json),
         handler=notifier.handle,
     )
     loop.install_signal_handlers()

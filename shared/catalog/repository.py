@@ -23,6 +23,7 @@ from shared.catalog.tables import (
     NotificationRow,
     RunRow,
     ScheduleRow,
+    WatermarkRow,
 )
 from shared.domain.catalog_objects import CatalogObject, ExportDefinition, kind_of, stored_form
 from shared.domain.runs import RunRecord, RunStatus, fold
@@ -49,6 +50,8 @@ class Checkpoint:
     next_batch_index: int
     members: int
     completed: bool
+    watermark_since: Any = None
+    watermark_until: Any = None
 
 
 def _now() -> datetime:
@@ -204,7 +207,39 @@ class Catalog:
                 row = RunRow(run_id=str(event.run_id))
                 session.add(row)
             _record_to_row(after, row)
+            if after.status is RunStatus.SUCCEEDED and (before is None or before.status is not RunStatus.SUCCEEDED):
+                self._advance_watermark(session, event.run_id)
             return before, after
+
+    def _advance_watermark(self, session: Session, run_id: uuid.UUID) -> None:
+        """Move an incremental definition's watermark to what its successful run covered.
+
+        Compare-and-set on the value the run started from: a run that started before another
+        incremental run succeeded does not move the watermark back (its members are exported again
+        by the next run rather than skipped).
+        """
+        checkpoint = session.get(ExtractionCheckpointRow, str(run_id))
+        if checkpoint is None or checkpoint.watermark_until is None:
+            return
+        current = session.get(WatermarkRow, checkpoint.definition, with_for_update=True)
+        if current is None:
+            if checkpoint.watermark_since is None:
+                session.add(
+                    WatermarkRow(
+                        definition=checkpoint.definition,
+                        value=checkpoint.watermark_until,
+                        run_id=str(run_id),
+                        updated_at=_now(),
+                    )
+                )
+        elif current.value == checkpoint.watermark_since:
+            current.value, current.run_id, current.updated_at = checkpoint.watermark_until, str(run_id), _now()
+
+    def watermark(self, definition: str) -> Any:
+        """An incremental definition's watermark (None before its first successful run)."""
+        with self._session() as session:
+            row = session.get(WatermarkRow, definition)
+            return row.value if row else None
 
     def get_run(self, run_id: uuid.UUID) -> RunRecord | None:
         with self._session() as session:
@@ -265,7 +300,15 @@ class Catalog:
             )
             row = session.get(ExtractionCheckpointRow, str(run_id))
             assert row is not None
-            return Checkpoint(run_id, row.last_key, row.next_batch_index, row.members, row.completed)
+            return Checkpoint(
+                run_id,
+                row.last_key,
+                row.next_batch_index,
+                row.members,
+                row.completed,
+                row.watermark_since,
+                row.watermark_until,
+            )
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         with self._session() as session:
@@ -275,6 +318,8 @@ class Catalog:
             row.next_batch_index = checkpoint.next_batch_index
             row.members = checkpoint.members
             row.completed = checkpoint.completed
+            row.watermark_since = checkpoint.watermark_since
+            row.watermark_until = checkpoint.watermark_until
             row.updated_at = _now()
 
     # --- schedules (the scheduler's state) ---------------------------------------------------------

@@ -76,6 +76,21 @@ class ExtractionCheckpointRow(Base):
     next_batch_index: Mapped[int] = mapped_column(Integer, default=0)
     members: Mapped[int] = mapped_column(Integer, default=0)
     completed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Incremental runs: the watermark slice (since, until] fixed when the run starts, so a resumed
+    # run reads the same rows, and the watermark moves to ``until`` when the run succeeds.
+    watermark_since: Mapped[Any] = mapped_column(JSON, nullable=True)
+    watermark_until: Mapped[Any] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WatermarkRow(Base):
+    """An incremental definition's watermark: the highest value exported by a successful run."""
+
+    __tablename__ = "watermarks"
+
+    definition: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    run_id: Mapped[str] = mapped_column(String(36))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

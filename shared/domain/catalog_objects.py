@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_core import to_jsonable_python
 
 from shared.domain.names import Name
+from shared.domain.query_parameters import RESERVED_PREFIX, QueryParameter, bind_names
 from shared.domain.schedule import Schedule
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -105,12 +106,21 @@ class HttpTemplate(_Spec):
 
 
 class SavedQuery(_Spec):
-    """A named, read-only query over the member store; ``key_column`` is unique and sortable."""
+    """A named, read-only query over the member store (the reference platform's "Bigdata Query").
+
+    ``key_column`` is unique and sortable (the member id): the extractor pages by it. ``parameters``
+    declares the query's ``:name`` bind parameters and their types. ``columns`` is what the query
+    returns, discovered from the query store when the query is saved (``exportctl apply``), so that
+    templates can be checked against it. ``timeout_seconds`` overrides the extractor's page timeout.
+    """
 
     name: Name
     description: str | None = None
     sql: str
     key_column: str = "id"
+    parameters: dict[str, QueryParameter] = Field(default_factory=dict)
+    columns: list[str] = Field(default_factory=list)
+    timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] | None = None
 
     @field_validator("sql")
     @classmethod
@@ -123,6 +133,41 @@ class SavedQuery(_Spec):
         return stripped
 
     @field_validator("key_column")
+    @classmethod
+    def _identifier(cls, column: str) -> str:
+        if not _IDENTIFIER.match(column):
+            raise ValueError("must be a plain column name (letters, digits, underscore)")
+        return column
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameter_names(cls, parameters: dict[str, QueryParameter]) -> dict[str, QueryParameter]:
+        for name in parameters:
+            if not _IDENTIFIER.match(name) or name.startswith(RESERVED_PREFIX):
+                raise ValueError(
+                    f"'{name}' is not a valid parameter name (letters, digits, underscore; "
+                    f"not starting with '{RESERVED_PREFIX}')"
+                )
+        return parameters
+
+    @model_validator(mode="after")
+    def _binds_are_declared(self) -> SavedQuery:
+        undeclared = [name for name in bind_names(self.sql) if name not in self.parameters]
+        if undeclared:
+            raise ValueError(
+                "sql uses undeclared parameter(s) "
+                + ", ".join(f":{name}" for name in undeclared)
+                + "; declare them under 'parameters' with their type"
+            )
+        return self
+
+
+class Incremental(_Spec):
+    """Incremental mode: export only members whose ``watermark_column`` moved since the last successful run."""
+
+    watermark_column: str
+
+    @field_validator("watermark_column")
     @classmethod
     def _identifier(cls, column: str) -> str:
         if not _IDENTIFIER.match(column):
@@ -162,13 +207,16 @@ class Notifications(_Spec):
 
 
 class ExportDefinition(_Spec):
-    """An export: Filter (query), Destination (template), Schedule and Notifications."""
+    """An export: Filter (query, its parameter values, full or incremental), Destination (template),
+    Schedule and Notifications."""
 
     name: Name
     business_unit: str | None = None
     priority: Priority = Priority.NORMAL
     query: Name
     template: Name
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    incremental: Incremental | None = None
     schedule: Schedule = Schedule()
     notifications: Notifications = Notifications()
 

@@ -1,6 +1,17 @@
 """Kafka wrapped once: clients built from settings, topics ensured, and the at-least-once consumer loop."""
 
-from shared.kafka.clients import ensure_topics, make_consumer, make_producer, produce_and_wait
-from shared.kafka.loop import ConsumerLoop, Outgoing
+from shared.kafka.clients import InFlight, ensure_topics, make_consumer, make_producer, produce, produce_and_wait
+from shared.kafka.loop import ConsumerLoop, Headers, Outgoing, value_decoder
 
-__all__ = ["ConsumerLoop", "Outgoing", "ensure_topics", "make_consumer", "make_producer", "produce_and_wait"]
+__all__ = [
+    "ConsumerLoop",
+    "Headers",
+    "InFlight",
+    "Outgoing",
+    "ensure_topics",
+    "make_consumer",
+    "make_producer",
+    "produce",
+    "produce_and_wait",
+    "value_decoder",
+]

@@ -24,7 +24,7 @@ def make_producer(settings: CommonSettings, client_id: str) -> KafkaProducer:
         client_id=client_id,
         acks="all",
         linger_ms=5,
-        compression_type="gzip",
+        compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
         max_in_flight_requests_per_connection=1,
         retries=10,
         max_request_size=4 * 1024 * 1024,
@@ -62,8 +62,23 @@ def ensure_topics(settings: CommonSettings, topics: list[str] | None = None) -> 
         admin.close()
 
 
+class InFlight:
+    """Records handed to the producer; :meth:`wait` returns once the broker has acknowledged them all."""
+
+    def __init__(self, futures: list[Any]) -> None:
+        self._futures = futures
+
+    def wait(self) -> None:
+        """Block until every record is acknowledged; raise the first failure."""
+        for future in self._futures:
+            future.get(timeout=PRODUCE_TIMEOUT_SECONDS)
+
+
+def produce(producer: KafkaProducer, outgoing: list[Outgoing]) -> InFlight:
+    """Hand records to the producer without waiting (the caller overlaps other work, then waits)."""
+    return InFlight([producer.send(o.topic, key=o.key.encode(), value=o.value) for o in outgoing])
+
+
 def produce_and_wait(producer: KafkaProducer, outgoing: list[Outgoing]) -> None:
     """Produce records and return once the broker has acknowledged every one (raise if one failed)."""
-    futures = [producer.send(o.topic, key=o.key.encode(), value=o.value) for o in outgoing]
-    for future in futures:
-        future.get(timeout=PRODUCE_TIMEOUT_SECONDS)
+    produce(producer, outgoing).wait()

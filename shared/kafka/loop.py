@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -23,11 +23,19 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from shared.errors import InvalidInput, RetryableError
 from shared.events import DeadLetter
-from shared.kafka.clients import produce_and_wait
+from shared.kafka.clients import InFlight, produce, produce_and_wait
 from shared.metrics import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
 
 E = TypeVar("E")
 log = structlog.get_logger(__name__)
+
+#: A record's headers, as kafka-python gives them.
+Headers = Sequence[tuple[str, bytes]]
+
+
+def value_decoder(parse: Callable[[bytes], E]) -> Callable[[bytes, Headers], E]:
+    """A decoder that reads the record's value only (most topics carry plain JSON events)."""
+    return lambda value, _headers: parse(value)
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ class ConsumerLoop(Generic[E]):
         service: str,
         consumer: KafkaConsumer,
         producer: KafkaProducer,
-        decode: Callable[[bytes], E],
+        decode: Callable[[bytes, Headers], E],
         handler: Callable[[E], list[Outgoing]],
         dead_letter_topic: str,
         retry_attempts: int = 5,
@@ -117,7 +125,7 @@ class ConsumerLoop(Generic[E]):
     def _process(self, record: Any) -> None:
         RECORDS_CONSUMED.labels(service=self.service, topic=record.topic).inc()
         try:
-            event = self.decode(record.value)
+            event = self.decode(record.value, record.headers or [])
         except ValidationError as exc:
             self._dead_letter(record, f"invalid event: {describe_validation_error(exc)}")
             return
@@ -141,6 +149,10 @@ class ConsumerLoop(Generic[E]):
     def send_all(self, outgoing: list[Outgoing]) -> None:
         """Produce records and return once the broker has acknowledged every one."""
         produce_and_wait(self.producer, outgoing)
+
+    def send(self, outgoing: list[Outgoing]) -> InFlight:
+        """Hand records to the producer and return at once; ``.wait()`` for their acknowledgements."""
+        return produce(self.producer, outgoing)
 
     def _dead_letter(self, record: Any, reason: str) -> None:
         RECORDS_DEAD_LETTERED.labels(service=self.service, topic=record.topic).inc()

@@ -1,5 +1,5 @@
 """The query store: where members live. Any SQLAlchemy URL; read page by page with keyset paging."""
 
-from shared.querystore.reader import MemberReader, QueryError
+from shared.querystore.reader import MemberReader, Page, QueryError, QueryTimeout
 
-__all__ = ["MemberReader", "QueryError"]
+__all__ = ["MemberReader", "Page", "QueryError", "QueryTimeout"]

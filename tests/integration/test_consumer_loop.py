@@ -5,7 +5,7 @@ import json
 import pytest
 
 from shared.events import DeadLetter, RunRequested
-from shared.kafka import ConsumerLoop, Outgoing, ensure_topics, make_consumer, make_producer
+from shared.kafka import ConsumerLoop, Outgoing, ensure_topics, make_consumer, make_producer, value_decoder
 from shared.settings import CommonSettings
 from tests.kafka_helpers import produce, read_until
 
@@ -18,7 +18,7 @@ def _loop(settings: CommonSettings, handler, group: str = "loop-test") -> Consum
         service="test",
         consumer=make_consumer(settings, settings.topic_prefix + group, [topics.run_requests]),
         producer=make_producer(settings, "test"),
-        decode=RunRequested.model_validate_json,
+        decode=value_decoder(RunRequested.model_validate_json),
         handler=handler,
         dead_letter_topic=topics.dead_letters,
     )

@@ -2,14 +2,24 @@
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import text
 
 from services.extractor.extraction import Extractor
 from shared.catalog import Catalog, make_engine
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
-from shared.events import RUN_EVENT_ADAPTER, ExtractionCompleted, MemberBatch, RunFailed, RunRequested, RunStarted
-from shared.kafka import ensure_topics, make_producer, produce_and_wait
+from shared.events import (
+    RUN_EVENT_ADAPTER,
+    BatchOutcome,
+    ExtractionCompleted,
+    MemberBatch,
+    RunFailed,
+    RunRequested,
+    RunStarted,
+)
+from shared.kafka import ensure_topics, make_producer, produce, produce_and_wait
 from shared.querystore import MemberReader
 from shared.querystore.demo_data import create_demo_members
 from shared.settings import CommonSettings
@@ -34,6 +44,33 @@ def extractor(settings: CommonSettings, database_url: str) -> Iterator[Extractor
     catalog.apply(HttpTemplate(name="t-broken", query="broken", profile="p"))
     catalog.apply(ExportDefinition(name="export-all", query="all", template="t", priority="high"))
     catalog.apply(ExportDefinition(name="export-broken", query="broken", template="t-broken"))
+    catalog.apply(
+        SavedQuery(
+            name="by-tier",
+            sql="SELECT id, tier, points FROM members WHERE tier = :tier AND points >= :min_points",
+            parameters={"tier": {"type": "string", "required": True}, "min_points": {"type": "integer", "default": 0}},
+        )
+    )
+    catalog.apply(HttpTemplate(name="t-tier", query="by-tier", profile="p", batch_size=100))
+    catalog.apply(ExportDefinition(name="export-tier", query="by-tier", template="t-tier", parameters={"tier": "gold"}))
+    catalog.apply(SavedQuery(name="changed", sql="SELECT id, updated_at FROM members"))
+    catalog.apply(HttpTemplate(name="t-changed", query="changed", profile="p", batch_size=100))
+    catalog.apply(
+        ExportDefinition(
+            name="export-changed", query="changed", template="t-changed", incremental={"watermark_column": "updated_at"}
+        )
+    )
+    # Counts to a billion before it returns nothing: slow on every engine.
+    catalog.apply(
+        SavedQuery(
+            name="slow",
+            sql="WITH RECURSIVE c(id) AS (SELECT 1 UNION ALL SELECT id + 1 FROM c WHERE id < 1000000000) "
+            "SELECT id FROM c WHERE id < 0",
+            timeout_seconds=1,
+        )
+    )
+    catalog.apply(HttpTemplate(name="t-slow", query="slow", profile="p"))
+    catalog.apply(ExportDefinition(name="export-slow", query="slow", template="t-slow"))
     producer = make_producer(settings, "test-extractor")
     reader = MemberReader.from_url(database_url)
     yield Extractor(
@@ -41,11 +78,30 @@ def extractor(settings: CommonSettings, database_url: str) -> Iterator[Extractor
         reader=reader,
         topics=settings.topics,
         publish=lambda out: produce_and_wait(producer, out),
+        send=lambda out: produce(producer, out),
         page_size=1_000,
     )
     producer.close()
     reader.close()
     catalog.close()
+
+
+def _members(settings: CommonSettings, count: int) -> list[dict]:
+    """Every member published so far, once ``count`` have been read."""
+    values = read_until(
+        settings.kafka_bootstrap_servers,
+        settings.topics.member_batches,
+        lambda vs: sum(len(MemberBatch.model_validate_json(v).members) for v in vs) >= count,
+    )
+    return [m for v in values for m in MemberBatch.model_validate_json(v).members]
+
+
+def _member_rows(database_url: str, sql: str) -> list[tuple]:
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        rows = [tuple(row) for row in connection.execute(text(sql))]
+    engine.dispose()
+    return rows
 
 
 def _run_events(settings: CommonSettings, count: int):
@@ -113,3 +169,84 @@ def test_a_run_resumes_from_its_checkpoint_with_the_same_batch_identities(
     assert sorted(m["id"] for b in batches for m in b.members) == list(range(2001, MEMBERS + 1))
     completed = [e for e in _run_events(settings, 2) if isinstance(e, ExtractionCompleted)]
     assert (completed[0].members, completed[0].batches) == (MEMBERS, 33)
+
+
+def test_a_run_request_gives_the_query_its_parameters(
+    extractor: Extractor, settings: CommonSettings, database_url: str
+):
+    expected = _member_rows(database_url, "SELECT id FROM members WHERE tier = 'silver' AND points >= 100000")
+    extractor.handle(RunRequested(definition="export-tier", parameters={"tier": "silver", "min_points": "100000"}))
+    members = _members(settings, len(expected))
+    assert sorted(m["id"] for m in members) == sorted(r[0] for r in expected)
+    assert {m["tier"] for m in members} == {"silver"}
+
+
+def test_the_definition_gives_parameters_that_a_request_does_not(
+    extractor: Extractor, settings: CommonSettings, database_url: str
+):
+    expected = _member_rows(database_url, "SELECT id FROM members WHERE tier = 'gold'")
+    extractor.handle(RunRequested(definition="export-tier"))
+    assert sorted(m["id"] for m in _members(settings, len(expected))) == sorted(r[0] for r in expected)
+
+
+def test_an_invalid_parameter_fails_the_run_naming_it(extractor: Extractor):
+    [outgoing] = extractor.handle(RunRequested(definition="export-tier", parameters={"min_points": "many"}))
+    failed = RUN_EVENT_ADAPTER.validate_json(outgoing.value)
+    assert isinstance(failed, RunFailed)
+    assert failed.reason.startswith("invalid parameters: parameter 'min_points': expected integer")
+
+
+def test_a_query_past_its_timeout_is_cancelled_and_fails_the_run(extractor: Extractor):
+    [outgoing] = extractor.handle(RunRequested(definition="export-slow"))
+    failed = RUN_EVENT_ADAPTER.validate_json(outgoing.value)
+    assert isinstance(failed, RunFailed)
+    assert failed.reason == "query 'slow' timed out after 1 s"
+
+
+def _succeed(catalog: Catalog, run_id: uuid.UUID, batches: int, members: int) -> None:
+    """Fold the events of a run whose every batch was delivered (what the notifier does)."""
+    catalog.fold_run_event(
+        ExtractionCompleted(run_id=run_id, definition="export-changed", members=members, batches=batches)
+    )
+    for index in range(batches):
+        catalog.fold_run_event(
+            BatchOutcome(run_id=run_id, definition="export-changed", batch_index=index, delivered=1, failed=0)
+        )
+
+
+def test_an_incremental_run_exports_only_members_changed_since_the_last_successful_run(
+    extractor: Extractor, settings: CommonSettings, database_url: str
+):
+    catalog = extractor.catalog
+    first = RunRequested(definition="export-changed")
+    extractor.handle(first)
+    assert len(_members(settings, MEMBERS)) == MEMBERS
+    assert catalog.watermark("export-changed") is None  # not until the run succeeds
+    _succeed(catalog, first.run_id, batches=33, members=MEMBERS)
+    assert catalog.watermark("export-changed") is not None
+
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE members SET updated_at = :later WHERE id IN (7, 70, 700)"),
+            {"later": datetime(2030, 1, 1, tzinfo=UTC)},
+        )
+    engine.dispose()
+    failed_run = RunRequested(definition="export-changed")
+    extractor.handle(failed_run)  # extracted, but never succeeds: the watermark must not move
+    second = RunRequested(definition="export-changed")
+    extractor.handle(second)
+    members = _members(settings, MEMBERS + 6)
+    by_run = {}
+    for value in read_until(settings.kafka_bootstrap_servers, settings.topics.member_batches, lambda vs: len(vs) >= 35):
+        batch = MemberBatch.model_validate_json(value)
+        by_run.setdefault(batch.run_id, []).extend(m["id"] for m in batch.members)
+    assert sorted(by_run[failed_run.run_id]) == [7, 70, 700]
+    assert sorted(by_run[second.run_id]) == [7, 70, 700]
+    assert len(members) == MEMBERS + 6
+
+    _succeed(catalog, second.run_id, batches=1, members=3)
+    third = RunRequested(definition="export-changed")
+    extractor.handle(third)
+    completed = [e for e in _run_events(settings, 8) if isinstance(e, ExtractionCompleted) and e.run_id == third.run_id]
+    assert (completed[0].members, completed[0].batches) == (0, 0)

@@ -11,8 +11,10 @@ from shared.querystore.paging import jsonable, keyset_page_sql
 def test_keyset_pages_filter_after_the_last_key_and_never_use_offset():
     first = keyset_page_sql("SELECT * FROM members WHERE tier = 'gold'", '"id"', first=True)
     later = keyset_page_sql("SELECT * FROM members WHERE tier = 'gold'", '"id"', first=False)
-    assert first == "SELECT * FROM (SELECT * FROM members WHERE tier = 'gold') AS q ORDER BY q.\"id\" LIMIT :limit"
-    assert 'WHERE q."id" > :last_key ORDER BY q."id"' in later
+    assert first == (
+        "SELECT * FROM (SELECT * FROM members WHERE tier = 'gold') AS q ORDER BY q.\"id\" LIMIT :_export_limit"
+    )
+    assert 'WHERE q."id" > :_export_last_key ORDER BY q."id"' in later
     assert "OFFSET" not in later.upper()
 
 

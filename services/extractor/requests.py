@@ -1,0 +1,78 @@
+"""Decode run requests: our JSON event, or a CloudEvent in Kafka's structured or binary content mode.
+
+CloudEvents contract (``type`` = ``io.member-export.run.requested.v1``, JSON data)::
+
+    data: {"definition": "<name>", "parameters": {...}?, "run_id": "<uuid>"?, "requested_by": "..."?}
+
+Without ``data.run_id`` the run id is derived from the event's ``source`` and ``id`` (which CloudEvents
+makes unique per event), so a republished event starts its run once. ``requested_by`` defaults to the
+``source``; the trigger is ``event`` and ``requested_at`` the event's ``time`` (else now).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from cloudevents.core.bindings.kafka import KafkaMessage, from_kafka
+from cloudevents.core.formats.json import JSONFormat
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.events import RUN_REQUESTED_CLOUDEVENT_TYPE, RunRequested, Trigger, utc_now
+from shared.kafka import Headers
+
+#: Namespace of run ids derived from a CloudEvent's (source, id).
+CLOUDEVENT_RUN_NAMESPACE = uuid.UUID("6f1c43c6-2a8f-4c5e-9a43-0d4f3f2f6c1e")
+_STRUCTURED = "application/cloudevents"
+
+
+class CloudEventRunData(BaseModel):
+    """The ``data`` of a run-request CloudEvent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    definition: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    run_id: uuid.UUID | None = None
+    requested_by: str | None = None
+
+
+def _header(headers: Headers, name: str) -> bytes | None:
+    return next((value for key, value in headers if key.lower() == name), None)
+
+
+def is_cloudevent(value: bytes, headers: Headers) -> bool:
+    """Binary mode (a ``ce_specversion`` header) or structured mode (the CloudEvents content type)."""
+    if _header(headers, "ce_specversion") is not None:
+        return True
+    content_type = _header(headers, "content-type")
+    return content_type is not None and content_type.decode("latin-1").startswith(_STRUCTURED)
+
+
+def decode_run_request(value: bytes, headers: Headers) -> RunRequested:
+    """A run request from a record; ValueError (or pydantic's ValidationError) says what is wrong."""
+    if not is_cloudevent(value, headers):
+        return RunRequested.model_validate_json(value)
+    message = KafkaMessage(headers={k: v for k, v in headers}, key=None, value=value)
+    try:
+        event = from_kafka(message, JSONFormat())
+    except Exception as exc:  # noqa: BLE001 - the SDK raises several types; all mean "not a valid CloudEvent"
+        raise ValueError(f"not a valid CloudEvent: {exc}") from None
+    if event.get_type() != RUN_REQUESTED_CLOUDEVENT_TYPE:
+        raise ValueError(
+            f"unsupported CloudEvent type '{event.get_type()}'; expected '{RUN_REQUESTED_CLOUDEVENT_TYPE}'"
+        )
+    raw = event.get_data()
+    if isinstance(raw, bytes | str):
+        raw = json.loads(raw)
+    data = CloudEventRunData.model_validate(raw)
+    source = str(event.get_source())
+    return RunRequested(
+        run_id=data.run_id or uuid.uuid5(CLOUDEVENT_RUN_NAMESPACE, f"{source}\n{event.get_id()}"),
+        definition=data.definition,
+        trigger=Trigger.EVENT,
+        requested_at=event.get_time() or utc_now(),
+        requested_by=data.requested_by or source,
+        parameters=data.parameters,
+    )

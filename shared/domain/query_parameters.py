@@ -1,0 +1,109 @@
+"""Typed parameters of saved queries: declared on the query, supplied by definitions and run requests.
+
+A saved query names its parameters in its SQL as ``:name`` bind parameters (never spliced into the
+text) and declares each one's type here. Values come, in order of precedence, from the run request,
+then from the export definition, then from the parameter's default; ``bind_values`` checks them all
+and names the parameter that is wrong.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
+
+#: Bind names the extractor uses for paging; a saved query may not declare these.
+RESERVED_PREFIX = "_export_"
+_BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
+
+
+class ParameterType(StrEnum):
+    STRING = "string"
+    INTEGER = "integer"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    DATE = "date"
+    DATETIME = "datetime"
+
+
+_ADAPTERS: dict[ParameterType, TypeAdapter[Any]] = {
+    ParameterType.STRING: TypeAdapter(str),
+    ParameterType.INTEGER: TypeAdapter(int),
+    ParameterType.NUMBER: TypeAdapter(float),
+    ParameterType.BOOLEAN: TypeAdapter(bool),
+    ParameterType.DATE: TypeAdapter(dt.date),
+    ParameterType.DATETIME: TypeAdapter(AwareDatetime),
+}
+
+
+class ParameterError(ValueError):
+    """A parameter value is missing, unknown or of the wrong type; the message names the parameter."""
+
+
+class QueryParameter(BaseModel):
+    """One declared parameter: its type, whether a value is required, and its default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: ParameterType = ParameterType.STRING
+    required: bool = False
+    default: Any = None
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _default_has_the_type(self) -> QueryParameter:
+        if self.default is not None:
+            coerce(self.type, self.default)
+        return self
+
+
+def coerce(kind: ParameterType, value: Any) -> Any:
+    """``value`` as the Python value of ``kind`` (e.g. an ISO string to a date); ValueError if it is not one."""
+    if value is None:
+        return None
+    try:
+        return _ADAPTERS[kind].validate_python(value, strict=False)
+    except ValidationError as exc:
+        message = exc.errors(include_url=False, include_input=False)[0]["msg"]
+        raise ValueError(f"expected {kind.value}: {message}") from None
+
+
+def bind_names(sql: str) -> list[str]:
+    """The ``:name`` bind parameters ``sql`` uses, in order of first use (``::type`` casts are not binds)."""
+    names: list[str] = []
+    for match in _BIND.finditer(sql):
+        if match.group(1) not in names:
+            names.append(match.group(1))
+    return names
+
+
+def bind_values(
+    declared: Mapping[str, QueryParameter],
+    *supplied: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Every declared parameter's value, from the first of ``supplied`` that has it, else its default.
+
+    ``supplied`` are given most important first (run request, then definition). Raises
+    :class:`ParameterError` for an undeclared name, a value of the wrong type, or a required value
+    that nobody gave.
+    """
+    for values in supplied:
+        unknown = sorted(set(values or {}) - set(declared))
+        if unknown:
+            raise ParameterError(
+                f"unknown parameter(s) {', '.join(unknown)}; the query declares: {', '.join(declared) or 'none'}"
+            )
+    bound: dict[str, Any] = {}
+    for name, parameter in declared.items():
+        value = next((values[name] for values in supplied if values and name in values), parameter.default)
+        if value is None and parameter.required:
+            raise ParameterError(f"parameter '{name}' is required ({parameter.type.value})")
+        try:
+            bound[name] = coerce(parameter.type, value)
+        except ValueError as exc:
+            raise ParameterError(f"parameter '{name}': {exc}") from None
+    return bound
