@@ -25,6 +25,12 @@ class CommonSettings(BaseSettings):
     topic_prefix: str = Field(default="", description="Prefix applied to every topic name.")
     topic_partitions: int = Field(default=6, ge=1, description="Partitions of topics the services create.")
     topic_replication_factor: int = Field(default=1, ge=1, description="Replication of created topics.")
+    kafka_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=6_000,
+        le=300_000,
+        description="How long a silent consumer keeps its partitions: a crashed replica's work moves on after this.",
+    )
     kafka_compression: Literal["lz4", "gzip", "snappy", "zstd", "none"] = Field(
         default="lz4",
         description="Compression of produced records (lz4 measured 4x faster than gzip here; see README).",

@@ -19,18 +19,31 @@ from pydantic import Field
 
 from shared.catalog import Catalog, NotFound
 from shared.cli.manifests import ManifestError, load_manifests
-from shared.domain.catalog_objects import KINDS, CatalogObject, ExportDefinition, kind_of, references
+from shared.domain.catalog_objects import (
+    KINDS,
+    CatalogObject,
+    ExportDefinition,
+    SavedQuery,
+    kind_of,
+    query_consistency_problems,
+    references,
+)
+from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.runs import RunRecord
 from shared.domain.schedule import composer_of, next_fire_times
 from shared.events import RunRequested, Trigger, json_schemas
 from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait
+from shared.querystore import MemberReader, QueryError
 from shared.settings import CommonSettings
 
 
 class CliSettings(CommonSettings):
     """Settings of exportctl."""
 
-    query_store_url: str = Field(default="sqlite:///.local/members.db", description="Member store (demo-data).")
+    query_store_url: str = Field(
+        default="sqlite:///.local/members.db",
+        description="Member store: where `apply` discovers saved queries' columns and `demo-data` writes.",
+    )
 
 
 def _fail(message: str) -> int:
@@ -56,9 +69,47 @@ def cmd_apply(settings: CliSettings, args: argparse.Namespace) -> int:
                 missing.append(f"{kind_of(obj)} '{obj.name}': field '{field}': {kind.__name__} '{name}' does not exist")
     if missing:
         return _fail("unresolved references\n  " + "\n  ".join(missing))
+    if not args.skip_discovery:
+        try:
+            objects = discover_columns(objects, MemberReader.from_url(settings.query_store_url))
+        except ManifestError as exc:
+            return _fail("queries do not fit the query store\n  " + "\n  ".join(exc.problems))
+    queries = {o.name: o for o in objects if isinstance(o, SavedQuery)}
+    problems = []
+    for obj in objects:
+        if isinstance(obj, ExportDefinition):
+            query = queries.get(obj.query) or catalog.get(SavedQuery, obj.query)
+            problems += [f"ExportDefinition '{obj.name}': {p}" for p in query_consistency_problems(obj, query)]
+    if problems:
+        return _fail("definitions do not fit their queries\n  " + "\n  ".join(problems))
     for obj in objects:
         print(f"{kind_of(obj)}/{obj.name} {catalog.apply(obj)}")
     return 0
+
+
+def discover_columns(objects: list[CatalogObject], reader: MemberReader) -> list[CatalogObject]:
+    """Saved queries with ``columns`` read from the query store; ManifestError if one fails or lacks its key."""
+    discovered: list[CatalogObject] = []
+    problems = []
+    for obj in objects:
+        if isinstance(obj, SavedQuery):
+            try:
+                columns = reader.columns(obj)
+            except QueryError as exc:
+                problems.append(f"SavedQuery '{obj.name}': field 'sql': {exc}")
+                continue
+            if obj.key_column not in columns:
+                problems.append(
+                    f"SavedQuery '{obj.name}': field 'key_column': the query returns no column '{obj.key_column}' "
+                    f"(it returns: {', '.join(columns)})"
+                )
+                continue
+            obj = obj.model_copy(update={"columns": columns})
+        discovered.append(obj)
+    reader.close()
+    if problems:
+        raise ManifestError(problems)
+    return discovered
 
 
 def _kind(name: str) -> type[CatalogObject]:
@@ -102,10 +153,23 @@ def _summary(record: RunRecord) -> str:
 def cmd_run(settings: CliSettings, args: argparse.Namespace) -> int:
     catalog = Catalog.from_url(settings.catalog_url)
     try:
-        catalog.get(ExportDefinition, args.definition)
+        definition = catalog.get(ExportDefinition, args.definition)
+        query = catalog.get(SavedQuery, definition.query)
     except NotFound as exc:
         return _fail(str(exc))
-    request = RunRequested(definition=args.definition, trigger=Trigger.MANUAL, requested_by=getpass.getuser())
+    parameters = {}
+    for pair in args.param or []:
+        name, equals, value = pair.partition("=")
+        if not equals:
+            return _fail(f"--param '{pair}': expected NAME=VALUE")
+        parameters[name] = value
+    try:
+        bind_values(query.parameters, parameters, definition.parameters)  # refuse now, not in the extractor
+    except ParameterError as exc:
+        return _fail(str(exc))
+    request = RunRequested(
+        definition=args.definition, trigger=Trigger.MANUAL, requested_by=getpass.getuser(), parameters=parameters
+    )
     ensure_topics(settings, [settings.topics.run_requests])
     producer = make_producer(settings, "exportctl")
     try:
@@ -200,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     apply = commands.add_parser("apply", help="create or update objects from YAML manifests")
     apply.add_argument("-f", "--file", type=Path, action="append", required=True, help="manifest file (repeatable)")
+    apply.add_argument(
+        "--skip-discovery",
+        action="store_true",
+        help="do not run saved queries against the query store to discover their columns",
+    )
     apply.set_defaults(func=cmd_apply)
 
     get = commands.add_parser("get", help="print objects as YAML (secrets masked)")
@@ -215,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="execute an export definition now")
     run.add_argument("definition")
     run.add_argument("--wait", action="store_true", help="wait for the run to finish and print its summary")
+    run.add_argument(
+        "--param", action="append", metavar="NAME=VALUE", help="a value for a query parameter (repeatable)"
+    )
     run.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
     run.set_defaults(func=cmd_run)
 

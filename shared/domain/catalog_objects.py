@@ -260,3 +260,22 @@ def stored_form(obj: CatalogObject) -> dict[str, Any]:
 
     stored: dict[str, Any] = to_jsonable_python(reveal(obj.model_dump(mode="python")))
     return stored
+
+
+def query_consistency_problems(definition: ExportDefinition, query: SavedQuery) -> list[str]:
+    """What in ``definition`` does not fit its query: undeclared parameters, a watermark the query lacks.
+
+    Each problem names the definition's field. Column checks need ``query.columns`` (discovered at save);
+    without them only the parameters are checked.
+    """
+    problems = [
+        f"field 'parameters.{name}': query '{query.name}' declares no such parameter"
+        for name in definition.parameters
+        if name not in query.parameters
+    ]
+    if definition.incremental and query.columns and definition.incremental.watermark_column not in query.columns:
+        problems.append(
+            f"field 'incremental.watermark_column': query '{query.name}' returns no column "
+            f"'{definition.incremental.watermark_column}' (it returns: {', '.join(query.columns)})"
+        )
+    return problems

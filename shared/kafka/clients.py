@@ -40,6 +40,8 @@ def make_consumer(settings: CommonSettings, group_id: str, topics: list[str], **
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_interval_ms": 600_000,
+        # kafka-python 3 defaults to 45 s: a killed replica's partitions would wait that long.
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
     }
     consumer = KafkaConsumer(**(config | overrides))
     consumer.subscribe(topics)

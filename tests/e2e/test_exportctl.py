@@ -5,14 +5,23 @@ import subprocess
 import sys
 
 import pytest
+import yaml
+
+from shared.catalog import make_engine
+from shared.querystore.demo_data import create_demo_members
 
 pytestmark = pytest.mark.e2e
 
 
-def exportctl(tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EXPORT_CATALOG_URL": f"sqlite:///{tmp_path / 'catalog.db'}"}
+def exportctl(tmp_path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {
+        **os.environ,
+        "EXPORT_CATALOG_URL": f"sqlite:///{tmp_path / 'catalog.db'}",
+        "EXPORT_QUERY_STORE_URL": f"sqlite:///{tmp_path / 'no-members.db'}",
+        **(env or {}),
+    }
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args], env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "shared.cli", *args], env=environment, capture_output=True, text=True, check=False
     )
 
 
@@ -74,3 +83,79 @@ def test_next_runs_previews_the_schedule_in_its_time_zone(tmp_path):
     assert lines[0] == "cron '30 2 * * *' (Asia/Kolkata): {'every': 'day', 'time': '02:30:00'}"
     assert len(lines) == 4
     assert all(line.strip().endswith("21:00 UTC)") and " 02:30 IST " in line for line in lines[1:])
+
+
+def _store(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'members.db'}"
+    engine = make_engine(url)
+    create_demo_members(engine, 20)
+    engine.dispose()
+    return url
+
+
+QUERIES = """
+kind: SavedQuery
+name: by-tier
+spec:
+  sql: SELECT id, email, tier, updated_at FROM members WHERE tier = :tier
+  parameters: {tier: {type: string, required: true}}
+"""
+
+
+def test_apply_discovers_a_saved_querys_columns_from_the_query_store(tmp_path):
+    manifest = tmp_path / "queries.yaml"
+    manifest.write_text(QUERIES)
+    store = {"EXPORT_QUERY_STORE_URL": _store(tmp_path)}
+    assert exportctl(tmp_path, "apply", "-f", str(manifest), env=store).stdout == "SavedQuery/by-tier created\n"
+    shown = yaml.safe_load(exportctl(tmp_path, "get", "SavedQuery", "by-tier", env=store).stdout)
+    assert shown["spec"]["columns"] == ["id", "email", "tier", "updated_at"]
+    assert exportctl(tmp_path, "apply", "-f", str(manifest), env=store).stdout == "SavedQuery/by-tier unchanged\n"
+
+
+def test_apply_refuses_a_query_the_store_cannot_run_or_that_lacks_its_key(tmp_path):
+    manifest = tmp_path / "queries.yaml"
+    manifest.write_text(
+        "kind: SavedQuery\nname: typo\nspec: {sql: 'SELECT id FROM memberz'}\n---\n"
+        "kind: SavedQuery\nname: keyless\nspec: {sql: 'SELECT email FROM members'}\n"
+    )
+    result = exportctl(tmp_path, "apply", "-f", str(manifest), env={"EXPORT_QUERY_STORE_URL": _store(tmp_path)})
+    assert result.returncode == 2
+    assert "SavedQuery 'typo': field 'sql': query 'typo' failed: no such table: memberz" in result.stderr
+    assert (
+        "SavedQuery 'keyless': field 'key_column': the query returns no column 'id' (it returns: email)"
+        in result.stderr
+    )
+
+
+def test_apply_refuses_a_definition_that_does_not_fit_its_query(tmp_path):
+    manifest = tmp_path / "all.yaml"
+    manifest.write_text(
+        QUERIES
+        + "---\nkind: ConnectionProfile\nname: p\nspec: {base_url: 'http://127.0.0.1:9'}\n"
+        + "---\nkind: HttpTemplate\nname: t\nspec: {query: by-tier, profile: p}\n"
+        + "---\nkind: ExportDefinition\nname: changed-gold\nspec:\n  query: by-tier\n  template: t\n"
+        + "  parameters: {tier: gold, country: FR}\n  incremental: {watermark_column: modified_at}\n"
+    )
+    result = exportctl(tmp_path, "apply", "-f", str(manifest), env={"EXPORT_QUERY_STORE_URL": _store(tmp_path)})
+    assert result.returncode == 2
+    assert (
+        "ExportDefinition 'changed-gold': field 'parameters.country': query 'by-tier' declares no such parameter"
+        in (result.stderr)
+    )
+    assert "field 'incremental.watermark_column': query 'by-tier' returns no column 'modified_at'" in result.stderr
+
+
+def test_run_refuses_a_parameter_of_the_wrong_type_before_publishing(tmp_path):
+    manifest = tmp_path / "all.yaml"
+    manifest.write_text(
+        "kind: SavedQuery\nname: rich\nspec:\n  sql: SELECT id FROM members WHERE points >= :min_points\n"
+        "  parameters: {min_points: {type: integer, default: 0}}\n"
+        "---\nkind: ConnectionProfile\nname: p\nspec: {base_url: 'http://127.0.0.1:9'}\n"
+        "---\nkind: HttpTemplate\nname: t\nspec: {query: rich, profile: p}\n"
+        "---\nkind: ExportDefinition\nname: rich-members\nspec: {query: rich, template: t}\n"
+    )
+    store = {"EXPORT_QUERY_STORE_URL": _store(tmp_path)}
+    assert exportctl(tmp_path, "apply", "-f", str(manifest), env=store).returncode == 0
+    result = exportctl(tmp_path, "run", "rich-members", "--param", "min_points=lots", env=store)
+    assert result.returncode == 2
+    assert "parameter 'min_points': expected integer" in result.stderr

@@ -3,6 +3,7 @@
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -86,7 +87,7 @@ def extractor(settings: CommonSettings, database_url: str) -> Iterator[Extractor
     catalog.close()
 
 
-def _members(settings: CommonSettings, count: int) -> list[dict]:
+def _members(settings: CommonSettings, count: int) -> list[dict[str, Any]]:
     """Every member published so far, once ``count`` have been read."""
     values = read_until(
         settings.kafka_bootstrap_servers,
@@ -96,7 +97,7 @@ def _members(settings: CommonSettings, count: int) -> list[dict]:
     return [m for v in values for m in MemberBatch.model_validate_json(v).members]
 
 
-def _member_rows(database_url: str, sql: str) -> list[tuple]:
+def _member_rows(database_url: str, sql: str) -> list[tuple[Any, ...]]:
     engine = make_engine(database_url)
     with engine.connect() as connection:
         rows = [tuple(row) for row in connection.execute(text(sql))]
@@ -237,7 +238,7 @@ def test_an_incremental_run_exports_only_members_changed_since_the_last_successf
     second = RunRequested(definition="export-changed")
     extractor.handle(second)
     members = _members(settings, MEMBERS + 6)
-    by_run = {}
+    by_run: dict[uuid.UUID, list[int]] = {}
     for value in read_until(settings.kafka_bootstrap_servers, settings.topics.member_batches, lambda vs: len(vs) >= 35):
         batch = MemberBatch.model_validate_json(value)
         by_run.setdefault(batch.run_id, []).extend(m["id"] for m in batch.members)

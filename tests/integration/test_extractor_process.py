@@ -1,0 +1,185 @@
+"""The extractor as a real process on real Kafka: killed mid-run, and fed CloudEvents.
+
+200,000 members on SQLite and on real PostgreSQL: every member must reach the member-batch topic,
+none lost, after a ``kill -9`` at about half-way and a restart; duplicates only as whole batches
+with the same identity (which the dispatcher and the notifier deduplicate).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from cloudevents.core.bindings.kafka import to_binary, to_structured
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+from kafka import KafkaProducer
+
+from services.extractor.requests import CLOUDEVENT_RUN_NAMESPACE
+from shared.catalog import Catalog, make_engine
+from shared.devtools.pipeline import LocalPipeline
+from shared.devtools.processes import wait_until
+from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
+from shared.events import (
+    RUN_EVENT_ADAPTER,
+    RUN_REQUESTED_CLOUDEVENT_TYPE,
+    DeadLetter,
+    ExtractionCompleted,
+    RunRequested,
+)
+from shared.querystore.demo_data import create_demo_members
+from shared.topics import Topics
+from tests.kafka_helpers import produce, read_until
+
+pytestmark = pytest.mark.integration
+
+MEMBERS = 200_000
+
+
+@dataclass
+class RunningExtractor:
+    pipeline: LocalPipeline
+    catalog: Catalog
+    bootstrap: str
+    topics: Topics
+
+    def request(self, definition: str) -> uuid.UUID:
+        request = RunRequested(definition=definition)
+        produce(self.bootstrap, self.topics.run_requests, [(str(request.run_id), request.to_bytes())])
+        return request.run_id
+
+    def run_events(self, done: Callable[[list[Any]], bool], timeout: float = 120) -> list[Any]:
+        values = read_until(
+            self.bootstrap,
+            self.topics.run_events,
+            lambda vs: done([RUN_EVENT_ADAPTER.validate_json(v) for v in vs]),
+            timeout=timeout,
+        )
+        return [RUN_EVENT_ADAPTER.validate_json(v) for v in values]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def extractor_process(
+    request: pytest.FixtureRequest, kafka_bootstrap: str, tmp_path_factory, postgres_database_factory
+) -> Iterator[RunningExtractor]:
+    workdir: Path = tmp_path_factory.mktemp(f"extractor-{request.param}")
+    store_url = f"sqlite:///{workdir / 'members.db'}" if request.param == "sqlite" else postgres_database_factory()
+    engine = make_engine(store_url)
+    create_demo_members(engine, MEMBERS)
+    engine.dispose()
+    catalog_url = f"sqlite:///{workdir / 'catalog.db'}"
+    catalog = Catalog.from_url(catalog_url)
+    catalog.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
+    catalog.apply(SavedQuery(name="all", sql="SELECT id, email, tier, points, updated_at FROM members"))
+    catalog.apply(SavedQuery(name="few", sql="SELECT id, email FROM members WHERE id <= 250"))
+    catalog.apply(HttpTemplate(name="t", query="all", profile="p", batch_size=500))
+    catalog.apply(HttpTemplate(name="t-few", query="few", profile="p", batch_size=100))
+    catalog.apply(ExportDefinition(name="everyone", query="all", template="t"))
+    catalog.apply(ExportDefinition(name="a-few", query="few", template="t-few"))
+    prefix = f"x{uuid.uuid4().hex[:10]}."
+    pipeline = LocalPipeline(
+        env={
+            "EXPORT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "EXPORT_TOPIC_PREFIX": prefix,
+            "EXPORT_TOPIC_PARTITIONS": "3",
+            "EXPORT_CATALOG_URL": catalog_url,
+            "EXPORT_QUERY_STORE_URL": store_url,
+            "EXPORT_EXTRACTOR_PAGE_SIZE": "1000",
+            "EXPORT_METRICS_PORT": "0",
+        },
+        log_dir=workdir / "logs",
+        services=("extractor",),
+    ).start()
+    yield RunningExtractor(pipeline, catalog, kafka_bootstrap, Topics(prefix))
+    pipeline.stop()
+    catalog.close()
+
+
+def test_a_run_killed_half_way_resumes_and_loses_no_member(extractor_process: RunningExtractor):
+    running = extractor_process
+    run_id = running.request("everyone")
+
+    def progress() -> int:
+        checkpoint = running.catalog.claim_extraction(run_id, "everyone")
+        return checkpoint.members
+
+    wait_until(lambda: progress() >= MEMBERS // 2, timeout=180, interval=0.02, what="half the members extracted")
+    running.pipeline.kill("extractor")
+    at_kill = running.catalog.claim_extraction(run_id, "everyone")
+    assert not at_kill.completed, "the run finished before the kill: the test proves nothing"
+    running.pipeline.start_service("extractor")
+
+    [completed] = [
+        e
+        for e in running.run_events(lambda es: any(isinstance(e, ExtractionCompleted) for e in es), timeout=240)
+        if isinstance(e, ExtractionCompleted)
+    ]
+    assert (completed.members, completed.batches) == (MEMBERS, MEMBERS // 500)
+
+    batches: dict[int, list[int]] = {}
+    records = 0
+
+    def read_all(values: list[bytes]) -> bool:
+        nonlocal records
+        for value in values[records:]:
+            batch = orjson.loads(value)
+            ids = [m["id"] for m in batch["members"]]
+            # A batch published twice (before and after the kill) is the same batch: same members.
+            assert batches.setdefault(batch["batch_index"], ids) == ids
+        records = len(values)
+        return len(batches) == completed.batches
+
+    read_until(running.bootstrap, running.topics.member_batches, read_all, timeout=180)
+    every_id = sorted(i for ids in batches.values() for i in ids)
+    assert every_id == list(range(1, MEMBERS + 1))
+    assert records - len(batches) <= 2 * 1000 // 500, "more than the in-flight pages were published twice"
+
+
+def _cloudevent(**data: Any) -> CloudEvent:
+    return CloudEvent(
+        attributes={
+            "type": RUN_REQUESTED_CLOUDEVENT_TYPE,
+            "source": "/crm/campaigns",
+            "id": uuid.uuid4().hex,
+            "datacontenttype": "application/json",
+        },
+        data=data,
+    )
+
+
+def test_runs_requested_as_cloudevents_happen_in_both_modes(extractor_process: RunningExtractor):
+    running = extractor_process
+    structured, binary = _cloudevent(definition="a-few"), _cloudevent(definition="a-few")
+    wrong_type = CloudEvent(
+        attributes={"type": "com.example.other", "source": "/crm/campaigns", "id": "1"}, data={"definition": "a-few"}
+    )
+    producer = KafkaProducer(bootstrap_servers=running.bootstrap, acks="all")
+    for message in (
+        to_structured(structured, JSONFormat()),
+        to_binary(binary, JSONFormat()),
+        to_binary(wrong_type, JSONFormat()),
+    ):
+        producer.send(running.topics.run_requests, value=message.value, headers=list(message.headers.items())).get(
+            timeout=30
+        )
+    producer.close()
+
+    expected = {uuid.uuid5(CLOUDEVENT_RUN_NAMESPACE, f"/crm/campaigns\n{e.get_id()}") for e in (structured, binary)}
+    events = running.run_events(
+        lambda es: {e.run_id for e in es if isinstance(e, ExtractionCompleted)} >= expected, timeout=120
+    )
+    for event in events:
+        if isinstance(event, ExtractionCompleted) and event.run_id in expected:
+            assert (event.definition, event.members, event.batches) == ("a-few", 250, 3)
+    [letter] = [
+        DeadLetter.model_validate_json(v)
+        for v in read_until(running.bootstrap, running.topics.dead_letters, lambda vs: len(vs) >= 1)
+    ]
+    assert (
+        f"unsupported CloudEvent type 'com.example.other'; expected '{RUN_REQUESTED_CLOUDEVENT_TYPE}'" in letter.reason
+    )
