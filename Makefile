@@ -41,6 +41,7 @@ e2e: prerequisites
 ## Benchmarks: they print figures and ratios to a baseline measured in the same run (never pass/fail).
 bench: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_scheduler
+	$(BIN)/python -m tests.benchmarks.bench_extractor
 
 ## Long-lived local infrastructure for working by hand (ports 9092 and 5433).
 kafka-up: prerequisites

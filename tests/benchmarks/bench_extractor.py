@@ -170,12 +170,17 @@ def _child(*args: str) -> dict[str, Any]:
 
 
 def sqlite_store(members: int) -> str:
+    """A cached SQLite file of ``members`` demo members (generated once)."""
     path = CACHE / f"members-{members}.db"
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
         partial.unlink(missing_ok=True)
-        create_demo_members(make_engine(f"sqlite:///{partial}"), members)
+        engine = make_engine(f"sqlite:///{partial}")
+        create_demo_members(engine, members)
+        with engine.connect() as connection:  # fold the write-ahead log into the file before renaming it
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        engine.dispose()
         partial.rename(path)
     return f"sqlite:///{path.resolve()}"
 
