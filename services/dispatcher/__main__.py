@@ -31,6 +31,7 @@ def main() -> None:
         deliverer=Deliverer(client, policy),
         tokens=OAuthTokenCache(client),
         topics=settings.topics,
+        split_budget=settings.dispatcher_split_budget,
     )
     loop = build_loop(
         settings,

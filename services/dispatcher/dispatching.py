@@ -11,6 +11,7 @@ from prometheus_client import Counter
 from services.dispatcher.auth import OAuthTokenCache, auth_headers
 from services.dispatcher.delivery import Deliverer, DeliveryResult
 from services.dispatcher.rendering import RenderedRequest, render_request
+from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_isolating
 from shared.catalog import Catalog, NotFound
 from shared.domain.catalog_objects import CatalogObject, ConnectionProfile, HttpTemplate, OAuth2ClientCredentials
 from shared.errors import ExportError
@@ -24,6 +25,9 @@ T = TypeVar("T", bound=CatalogObject)
 MEMBERS_DELIVERED = Counter("export_dispatcher_members_delivered_total", "Members delivered.")
 MEMBERS_FAILED = Counter("export_dispatcher_members_failed_total", "Members that could not be delivered.")
 DEAD_LETTERS = Counter("export_dispatcher_dead_letters_total", "Dead letters of undeliverable members.")
+
+#: Extra requests a batch may spend isolating refused members (about 2 log2(batch size) per member).
+DEFAULT_SPLIT_BUDGET = 64
 
 
 class CatalogCache:
@@ -56,26 +60,42 @@ class Dispatcher:
         deliverer: Deliverer,
         tokens: OAuthTokenCache,
         topics: Topics,
+        split_budget: int = DEFAULT_SPLIT_BUDGET,
     ) -> None:
         self.objects = objects
         self.deliverer = deliverer
         self.tokens = tokens
         self.topics = topics
+        self.split_budget = split_budget
 
     def handle(self, batch: MemberBatch) -> list[Outgoing]:
+        """Deliver a batch (isolating refused members) and return its outcome and dead letters."""
         try:
             template = self.objects.get(HttpTemplate, batch.template)
             profile = self.objects.get(ConnectionProfile, template.profile)
-            result = self._deliver(batch, template, profile)
-        except (NotFound, ExportError) as exc:
-            result = DeliveryResult(success=False, status=None, attempts=0, error=str(exc))
-        return self._outcome(batch, result)
+        except NotFound as exc:
+            failed = DeliveryResult(success=False, status=None, attempts=0, error=str(exc))
+            return self._outcome(batch, IsolationResult(0, [Refused(Slice(0, len(batch.members)), failed)], 0, failed))
 
-    def _deliver(self, batch: MemberBatch, template: HttpTemplate, profile: ConnectionProfile) -> DeliveryResult:
-        rendered = render_request(template, profile, batch)
+        def send(part: Slice) -> DeliveryResult:
+            try:
+                return self._deliver(batch, part, template, profile)
+            except ExportError as exc:
+                return DeliveryResult(success=False, status=None, attempts=0, error=str(exc))
+
+        return self._outcome(batch, deliver_isolating(len(batch.members), send, split_budget=self.split_budget))
+
+    def _deliver(
+        self, batch: MemberBatch, part: Slice, template: HttpTemplate, profile: ConnectionProfile
+    ) -> DeliveryResult:
+        whole = part.size == len(batch.members)
+        members = batch if whole else batch.model_copy(update={"members": batch.members[part.start : part.stop]})
+        rendered = render_request(template, profile, members)
+        # Stable across redeliveries: the split of a batch is the same every time, so is each key.
+        key = batch.identity if whole else f"{batch.identity}:{part.start}-{part.stop}"
 
         def make_request() -> RenderedRequest:
-            headers = rendered.headers | auth_headers(profile, self.tokens) | {"Idempotency-Key": batch.identity}
+            headers = rendered.headers | auth_headers(profile, self.tokens) | {"Idempotency-Key": key}
             return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
 
         result = self.deliverer.deliver(make_request, profile.timeout_seconds, template.success_statuses)
@@ -85,43 +105,52 @@ class Dispatcher:
             result = self.deliverer.deliver(make_request, profile.timeout_seconds, template.success_statuses)
         return result
 
-    def _outcome(self, batch: MemberBatch, result: DeliveryResult) -> list[Outgoing]:
+    def _outcome(self, batch: MemberBatch, result: IsolationResult[DeliveryResult]) -> list[Outgoing]:
         count = len(batch.members)
         run_key = str(batch.run_id)
+        failed = sum(refused.slice.size for refused in result.refused)
+        last = result.refused[-1].outcome if result.refused else result.first
+        error = None
+        if result.refused:
+            error = last.error if failed == count else f"{failed} of {count} members refused; last: {last.error}"
         outcome = BatchOutcome(
             run_id=batch.run_id,
             definition=batch.definition,
             batch_index=batch.batch_index,
-            delivered=count if result.success else 0,
-            failed=0 if result.success else count,
-            status_code=result.status,
-            error=result.error,
-            attempts=result.attempts,
+            delivered=result.delivered,
+            failed=failed,
+            status_code=last.status,
+            error=error,
+            attempts=max(result.requests, result.first.attempts),
         )
+        MEMBERS_DELIVERED.inc(result.delivered)
         outgoing = [Outgoing(self.topics.run_events, run_key, outcome.to_bytes())]
-        if result.success:
-            MEMBERS_DELIVERED.inc(count)
+        if not result.refused:
             return outgoing
-        MEMBERS_FAILED.inc(count)
-        DEAD_LETTERS.inc()
-        log.warning(
-            "batch failed",
-            run_id=run_key,
-            batch_index=batch.batch_index,
-            status=result.status,
-            attempts=result.attempts,
-            error=result.error,
-        )
-        letter = DeadLetter(
-            reason=result.error or "delivery failed",
-            source_topic=self.topics.member_batches,
-            service="dispatcher",
-            run_id=batch.run_id,
-            definition=batch.definition,
-            batch_index=batch.batch_index,
-            members=batch.members,
-            last_status=result.status,
-            attempts=result.attempts,
-        )
-        # The dead letter goes first: the outcome tells the notifier the members are accounted for.
-        return [Outgoing(self.topics.dead_letters, run_key, letter.to_bytes()), *outgoing]
+        MEMBERS_FAILED.inc(failed)
+        letters = []
+        for refused in result.refused:
+            DEAD_LETTERS.inc()
+            log.warning(
+                "members refused",
+                run_id=run_key,
+                batch_index=batch.batch_index,
+                members=refused.slice.size,
+                status=refused.outcome.status,
+                attempts=refused.outcome.attempts,
+                error=refused.outcome.error,
+            )
+            letter = DeadLetter(
+                reason=refused.outcome.error or "delivery failed",
+                source_topic=self.topics.member_batches,
+                service="dispatcher",
+                run_id=batch.run_id,
+                definition=batch.definition,
+                batch_index=batch.batch_index,
+                members=batch.members[refused.slice.start : refused.slice.stop],
+                last_status=refused.outcome.status,
+                attempts=refused.outcome.attempts,
+            )
+            letters.append(Outgoing(self.topics.dead_letters, run_key, letter.to_bytes()))
+        # Dead letters go first: the outcome tells the notifier the members are accounted for.
+        return [*letters, *outgoing]

@@ -21,4 +21,9 @@ class DispatcherSettings(CommonSettings):
     dispatcher_catalog_cache_seconds: float = Field(
         default=5.0, ge=0, description="How long templates and profiles are cached; edits apply after it."
     )
+    dispatcher_split_budget: int = Field(
+        default=64,
+        ge=0,
+        description="Extra requests a batch may spend splitting a 400/413/422 refusal to isolate the refused members.",
+    )
     metrics_port: int = Field(default=9403, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

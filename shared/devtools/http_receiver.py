@@ -1,7 +1,8 @@
 """A real HTTP receiver on 127.0.0.1 that records every request, for the demo and the tests.
 
-It can be told to answer every request with a given status (``reject_status``), or the first N with
-503 (``fail_first``, optionally with ``Retry-After``), so tests can check what the pipeline does with a
+It can be told to answer every request with a given status (``reject_status``), to answer 400 to any
+request holding one of some members (``reject_members``, ids), or the first N with 503
+(``fail_first``, optionally with ``Retry-After``), so tests can check what the pipeline does with a
 partner API that refuses or stumbles. Receipts are kept member by member.
 
     python -m shared.devtools.http_receiver --port 8080 [--reject-status 400]
@@ -44,6 +45,7 @@ class Receipt:
 @dataclass
 class ReceiverState:
     reject_status: int | None = None
+    reject_members: frozenset[Any] = frozenset()
     fail_first: int = 0
     retry_after: str | None = None
     receipts: list[Receipt] = field(default_factory=list)
@@ -67,7 +69,11 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 503
             else:
                 status = state.reject_status or 200
-            state.receipts.append(Receipt(self.command, self.path, dict(self.headers.items()), body, status))
+            receipt = Receipt(self.command, self.path, dict(self.headers.items()), body, 0)
+            if status < 300 and any(m.get("id") in state.reject_members for m in receipt.members):
+                status = 400
+            receipt.status = status
+            state.receipts.append(receipt)
         payload = json.dumps({"accepted": status < 300}).encode()
         self.send_response(status)
         if status == 503 and state.retry_after is not None:
@@ -95,9 +101,16 @@ class HttpReceiver(Managed):
     """Start with ``start()`` (or as a context manager); ``url`` is where it listens."""
 
     def __init__(
-        self, port: int = 0, reject_status: int | None = None, fail_first: int = 0, retry_after: str | None = None
+        self,
+        port: int = 0,
+        reject_status: int | None = None,
+        fail_first: int = 0,
+        retry_after: str | None = None,
+        reject_members: frozenset[Any] = frozenset(),
     ) -> None:
-        self.state = ReceiverState(reject_status=reject_status, fail_first=fail_first, retry_after=retry_after)
+        self.state = ReceiverState(
+            reject_status=reject_status, reject_members=reject_members, fail_first=fail_first, retry_after=retry_after
+        )
         self._server = _Server(port, self.state)
         self._thread = threading.Thread(target=self._server.serve_forever, name="http-receiver", daemon=True)
 

@@ -78,17 +78,37 @@ def test_503s_are_retried_until_delivered(catalog, client):
     assert [r.status for r in receiver.receipts()] == [503, 503, 200]
 
 
-def test_a_rejected_batch_is_dead_lettered_with_status_and_snippet(catalog, client):
-    with HttpReceiver(reject_status=400) as receiver:
+def test_a_refused_batch_is_dead_lettered_with_status_and_snippet(catalog, client):
+    with HttpReceiver(reject_status=403) as receiver:
         sent = batch(5)
         letter_out, outcome_out = dispatcher_for(catalog, client, receiver).handle(sent)
-    assert len(receiver.receipts()) == 1  # a 400 is not retried
+    assert len(receiver.receipts()) == 1  # a 403 is neither retried nor split
     letter = DeadLetter.model_validate_json(letter_out.value)
     assert letter_out.topic == TOPICS.dead_letters
-    assert (letter.last_status, letter.attempts, letter.members) == (400, 1, sent.members)
-    assert letter.reason.startswith("HTTP 400: ")
+    assert (letter.last_status, letter.attempts, letter.members) == (403, 1, sent.members)
+    assert letter.reason.startswith("HTTP 403: ")
     outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
-    assert (outcome.delivered, outcome.failed, outcome.status_code) == (0, 5, 400)
+    assert (outcome.delivered, outcome.failed, outcome.status_code) == (0, 5, 403)
+
+
+def test_a_400_is_split_to_dead_letter_exactly_the_refused_members(catalog, client):
+    sent = batch(500)
+    with HttpReceiver(reject_members=frozenset({17, 250, 499})) as receiver:
+        *letters_out, outcome_out = dispatcher_for(catalog, client, receiver).handle(sent)
+        dispatcher_for(catalog, client, receiver).handle(sent)  # a redelivery splits the same way
+    letters = [DeadLetter.model_validate_json(o.value) for o in letters_out]
+    assert [[m["id"] for m in letter.members or []] for letter in letters] == [[17], [250], [499]]
+    assert {letter.last_status for letter in letters} == {400}
+    outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
+    assert (outcome.delivered, outcome.failed, outcome.status_code) == (497, 3, 400)
+    assert outcome.error.startswith("3 of 500 members refused; last: HTTP 400")
+    accepted = receiver.accepted_member_ids()
+    assert sorted(accepted) == sorted(set(range(500)) - {17, 250, 499})
+    payload_by_key: dict[str, object] = {}
+    for receipt in receiver.receipts():  # the same key never carries a different payload
+        assert payload_by_key.setdefault(receipt.headers["Idempotency-Key"], receipt.body) == receipt.body
+    requests = len(receiver.receipts()) // 2
+    assert requests <= 1 + 2 * 3 * 9  # at most 2 log2(500) requests per isolated member
 
 
 def test_an_unreachable_endpoint_fails_after_the_retry_budget(catalog, client):

@@ -1,0 +1,68 @@
+"""Isolating refused members by halving: every member accounted for once, refusals pinned down."""
+
+from dataclasses import dataclass
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.dispatcher.splitting import Slice, deliver_isolating
+
+
+@dataclass(frozen=True)
+class Result:
+    success: bool
+    status: int | None
+
+
+def partner(bad: set[int], status: int = 400):
+    """A partner refusing any request that holds a bad member; records what it was sent."""
+    sent: list[Slice] = []
+
+    def send(part: Slice) -> Result:
+        sent.append(part)
+        refused = any(i in bad for i in range(part.start, part.stop))
+        return Result(success=not refused, status=status if refused else 200)
+
+    return send, sent
+
+
+@given(st.integers(1, 600), st.data())
+def test_with_budget_enough_exactly_the_bad_members_are_refused(size, data):
+    bad = data.draw(st.sets(st.integers(0, size - 1), max_size=4))
+    send, sent = partner(bad)
+    result = deliver_isolating(size, send, split_budget=10_000)
+    assert [(r.slice.start, r.slice.size) for r in result.refused] == [(i, 1) for i in sorted(bad)]
+    assert result.delivered == size - len(bad)
+    assert result.requests == len(sent)
+
+
+@given(st.integers(1, 600), st.data(), st.integers(0, 40))
+def test_every_member_is_accounted_for_once_within_the_budget(size, data, budget):
+    bad = data.draw(st.sets(st.integers(0, size - 1)))
+    send, sent = partner(bad)
+    result = deliver_isolating(size, send, split_budget=budget)
+    assert len(sent) <= 1 + budget
+    covered = sorted(i for r in result.refused for i in range(r.slice.start, r.slice.stop))
+    assert len(covered) == len(set(covered))
+    assert set(covered) >= bad
+    assert result.delivered + len(covered) == size
+
+
+def test_one_bad_member_in_500_costs_about_two_log2_requests():
+    send, sent = partner({321})
+    result = deliver_isolating(500, send, split_budget=64)
+    assert [(r.slice.start, r.slice.stop) for r in result.refused] == [(321, 322)]
+    assert len(sent) == 1 + 2 * 9  # 500 -> 250 -> 125 -> 63 -> 32 -> 16 -> 8 -> 4 -> 2 -> 1
+
+
+def test_an_auth_refusal_is_not_split():
+    send, sent = partner({0, 1, 2}, status=401)
+    result = deliver_isolating(100, send, split_budget=64)
+    assert len(sent) == 1
+    assert [(r.slice.start, r.slice.stop) for r in result.refused] == [(0, 100)]
+
+
+def test_a_delivered_batch_is_one_request():
+    send, sent = partner(set())
+    result = deliver_isolating(500, send, split_budget=64)
+    assert (result.delivered, result.refused, len(sent)) == (500, [], 1)
