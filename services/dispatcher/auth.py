@@ -8,7 +8,14 @@ import time
 
 import httpx
 
-from shared.domain.catalog_objects import BasicAuth, BearerAuth, ConnectionProfile, NoAuth, OAuth2ClientCredentials
+from shared.domain.catalog_objects import (
+    ApiKeyAuth,
+    BasicAuth,
+    BearerAuth,
+    ConnectionProfile,
+    NoAuth,
+    OAuth2ClientCredentials,
+)
 from shared.domain.secrets import resolve_secret
 from shared.errors import PermanentError, RetryableError
 
@@ -56,7 +63,7 @@ class OAuthTokenCache:
 
 
 def auth_headers(profile: ConnectionProfile, tokens: OAuthTokenCache) -> dict[str, str]:
-    """The Authorization header the profile asks for (none for ``type: none``)."""
+    """The authentication header the profile asks for (none for ``type: none``)."""
     auth = profile.auth
     if isinstance(auth, NoAuth):
         return {}
@@ -65,4 +72,6 @@ def auth_headers(profile: ConnectionProfile, tokens: OAuthTokenCache) -> dict[st
         return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
     if isinstance(auth, BearerAuth):
         return {"Authorization": "Bearer " + resolve_secret(auth.token)}
+    if isinstance(auth, ApiKeyAuth):
+        return {auth.header: resolve_secret(auth.key)}
     return {"Authorization": "Bearer " + tokens.token(profile.name, auth)}

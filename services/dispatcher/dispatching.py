@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import structlog
@@ -11,6 +12,7 @@ from prometheus_client import Counter
 from services.dispatcher.auth import OAuthTokenCache, auth_headers
 from services.dispatcher.delivery import Deliverer, DeliveryResult
 from services.dispatcher.rendering import RenderedRequest, render_request
+from services.dispatcher.signing import signature_headers
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_isolating
 from shared.catalog import Catalog, NotFound
 from shared.domain.catalog_objects import CatalogObject, ConnectionProfile, HttpTemplate, OAuth2ClientCredentials
@@ -96,6 +98,8 @@ class Dispatcher:
 
         def make_request() -> RenderedRequest:
             headers = rendered.headers | auth_headers(profile, self.tokens) | {"Idempotency-Key": key}
+            if profile.signing_secret is not None:
+                headers |= signature_headers(profile.signing_secret, key, rendered.content, datetime.now(UTC))
             return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
 
         result = self.deliverer.deliver(make_request, profile.timeout_seconds, template.success_statuses)

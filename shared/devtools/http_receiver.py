@@ -31,6 +31,7 @@ class Receipt:
     headers: dict[str, str]
     body: Any
     status: int
+    raw: bytes = b""
 
     @property
     def members(self) -> list[dict[str, Any]]:
@@ -69,7 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 503
             else:
                 status = state.reject_status or 200
-            receipt = Receipt(self.command, self.path, dict(self.headers.items()), body, 0)
+            receipt = Receipt(self.command, self.path, dict(self.headers.items()), body, 0, raw)
             if status < 300 and any(m.get("id") in state.reject_members for m in receipt.members):
                 status = 400
             receipt.status = status

@@ -42,6 +42,14 @@ class BearerAuth(_Spec):
     token: SecretStr
 
 
+class ApiKeyAuth(_Spec):
+    """An API key sent in a header of the partner's choosing."""
+
+    type: Literal["api_key"]
+    header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$")] = "X-API-Key"
+    key: SecretStr
+
+
 class OAuth2ClientCredentials(_Spec):
     """OAuth 2.0 client credentials; stored now, exchanged for tokens by the dispatcher (issue 5)."""
 
@@ -52,7 +60,7 @@ class OAuth2ClientCredentials(_Spec):
     scope: str | None = None
 
 
-Auth = Annotated[NoAuth | BasicAuth | BearerAuth | OAuth2ClientCredentials, Field(discriminator="type")]
+Auth = Annotated[NoAuth | BasicAuth | BearerAuth | ApiKeyAuth | OAuth2ClientCredentials, Field(discriminator="type")]
 
 
 class ConnectionProfile(_Spec):
@@ -62,6 +70,9 @@ class ConnectionProfile(_Spec):
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]
     auth: Auth = NoAuth()
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 30.0
+    #: Standard Webhooks signing secret (``whsec_…``, or an ``env:``/``file:`` reference to one): when set,
+    #: every request carries ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature``.
+    signing_secret: SecretStr | None = None
 
 
 # --- HTTP API templates ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.dispatcher.auth import OAuthTokenCache
 from services.dispatcher.delivery import Deliverer, RetryPolicy
@@ -34,8 +35,12 @@ def client() -> Iterator[httpx.Client]:
         yield client
 
 
-def dispatcher_for(catalog: Catalog, client: httpx.Client, receiver: HttpReceiver, auth=None, **template) -> Dispatcher:
-    catalog.apply(ConnectionProfile(name="p", base_url=receiver.url, auth=auth or {"type": "none"}))
+def dispatcher_for(
+    catalog: Catalog, client: httpx.Client, receiver: HttpReceiver, auth=None, signing_secret=None, **template
+) -> Dispatcher:
+    catalog.apply(
+        ConnectionProfile(name="p", base_url=receiver.url, auth=auth or {"type": "none"}, signing_secret=signing_secret)
+    )
     catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members", **template))
     policy = RetryPolicy(max_attempts=4, max_seconds=10, initial_backoff=0.01, max_backoff=0.05)
     return Dispatcher(
@@ -150,3 +155,37 @@ def test_a_missing_secret_fails_the_batch_without_revealing_anything(catalog, cl
     outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
     assert outcome.error == "secret reference env:ABSENT_TOKEN names an unset environment variable"
     assert receiver.receipts() == []
+
+
+def test_an_api_key_goes_in_the_profiles_header(catalog, client, monkeypatch):
+    monkeypatch.setenv("PARTNER_KEY", "k-789")
+    with HttpReceiver() as receiver:
+        auth = {"type": "api_key", "header": "X-Partner-Key", "key": "env:PARTNER_KEY"}
+        dispatcher_for(catalog, client, receiver, auth=auth).handle(batch())
+    [receipt] = receiver.receipts()
+    assert receipt.headers["X-Partner-Key"] == "k-789"
+
+
+def test_requests_are_signed_the_standard_webhooks_way(catalog, client, monkeypatch):
+    secret = "whsec_" + base64.b64encode(b"a-32-byte-secret-for-the-partner").decode()
+    monkeypatch.setenv("PARTNER_SIGNING_SECRET", secret)
+    sent = batch(3, index=2)
+    with HttpReceiver(fail_first=1, retry_after="0") as receiver:
+        dispatcher_for(catalog, client, receiver, signing_secret="env:PARTNER_SIGNING_SECRET").handle(sent)
+    retried, delivered = receiver.receipts()
+    for receipt in (retried, delivered):
+        # The receiving side's own check, with the reference library: raises if the signature is wrong.
+        assert Webhook(secret).verify(receipt.raw, receipt.headers) == sent.members
+        assert receipt.headers["webhook-id"] == f"{sent.run_id}:2"
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(delivered.raw.replace(b"m0@", b"mX@"), delivered.headers)
+
+
+def test_a_malformed_signing_secret_fails_the_batch_without_revealing_it(catalog, client):
+    with HttpReceiver() as receiver:
+        _, outcome_out = dispatcher_for(catalog, client, receiver, signing_secret="not base64 at all!").handle(batch())
+    assert receiver.receipts() == []
+    outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
+    assert outcome.failed == 3
+    assert "signing secret is not a valid whsec_ key" in (outcome.error or "")
+    assert "not base64" not in (outcome.error or "")
