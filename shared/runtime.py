@@ -32,6 +32,8 @@ def build_loop(
     topic: str,
     decode: Callable[[bytes, Headers], E],
     handler: Callable[[E], list[Outgoing]],
+    periodic: Callable[[], list[Outgoing]] | None = None,
+    periodic_seconds: float = 30.0,
     **consumer_overrides: Any,
 ) -> ConsumerLoop[E]:
     """A consumer loop for ``service`` on ``topic``, in the consumer group named after the service."""
@@ -44,4 +46,6 @@ def build_loop(
         decode=decode,
         handler=handler,
         dead_letter_topic=settings.topics.dead_letters,
+        periodic=periodic,
+        periodic_seconds=periodic_seconds,
     )

@@ -26,9 +26,12 @@ def main() -> None:
             password=settings.smtp_password,
             timeout=settings.smtp_timeout_seconds,
             max_attempts=settings.smtp_max_attempts,
+            ca_file=settings.smtp_ca_file,
         ),
         sender=settings.smtp_sender,
         link_base_url=settings.run_link_base_url,
+        topics=settings.topics,
+        stuck_after_seconds=settings.notifier_stuck_after_seconds,
     )
     loop = build_loop(
         settings,
@@ -36,6 +39,8 @@ def main() -> None:
         topic=settings.topics.run_events,
         decode=value_decoder(RUN_EVENT_ADAPTER.validate_json),
         handler=notifier.handle,
+        periodic=notifier.sweep,
+        periodic_seconds=settings.notifier_sweep_seconds,
     )
     loop.install_signal_handlers()
     loop.run()

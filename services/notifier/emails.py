@@ -42,6 +42,7 @@ def compose(
     sender: str,
     recipients: list[str],
     link_base_url: str | None = None,
+    paused_after: int | None = None,
 ) -> EmailMessage:
     """The email for ``record``: text and HTML parts, times in the definition's time zone."""
     zone = definition.schedule.timezone
@@ -62,6 +63,8 @@ def compose(
     ]
     if link_base_url:
         lines.append(("Details", f"{link_base_url.rstrip('/')}/runs/{record.run_id}"))
+    if paused_after is not None:
+        lines.append(("Schedule", f"paused after {paused_after} consecutive failed runs; re-enable it once fixed"))
     errors = list(record.error_samples)
     text = "\n".join(f"{label}: {value}" for label, value in lines)
     if errors:

@@ -7,7 +7,7 @@ import ssl
 from email.message import EmailMessage
 
 from pydantic import SecretStr
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 
 class SmtpMailer:
@@ -24,14 +24,17 @@ class SmtpMailer:
         timeout: float = 30.0,
         max_attempts: int = 8,
         max_wait: float = 30.0,
+        ca_file: str | None = None,
     ) -> None:
         self.host, self.port, self.security = host, port, security
         self.username, self.password = username, password
         self.timeout = timeout
         self.max_attempts, self.max_wait = max_attempts, max_wait
+        self.ca_file = ca_file
 
     def _send_once(self, message: EmailMessage) -> None:
-        context = ssl.create_default_context()
+        # Certificates are always verified: against the system's CAs, or the operator's own bundle.
+        context = ssl.create_default_context(cafile=self.ca_file)
         smtp: smtplib.SMTP
         if self.security == "tls":
             smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
@@ -44,14 +47,19 @@ class SmtpMailer:
                 smtp.login(self.username, self.password.get_secret_value())
             smtp.send_message(message)
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: EmailMessage, *, max_attempts: int | None = None) -> None:
         """Send, retrying connection failures and 4xx answers; raise the last error when retries run out."""
         retrying = Retrying(
-            retry=retry_if_exception_type(
-                (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, smtplib.SMTPResponseException)
-            ),
-            stop=stop_after_attempt(self.max_attempts),
+            retry=retry_if_exception(_worth_retrying),
+            stop=stop_after_attempt(max_attempts or self.max_attempts),
             wait=wait_random_exponential(multiplier=1, max=self.max_wait),
             reraise=True,
         )
         retrying(self._send_once, message)
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    """Connection trouble and temporary (4xx) answers; a 5xx answer (e.g. recipient refused) is final."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return 400 <= exc.smtp_code < 500
+    return isinstance(exc, OSError | smtplib.SMTPServerDisconnected)

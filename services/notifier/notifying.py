@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import smtplib
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.notifier.emails import compose, kinds_due, recipients_for
 from services.notifier.mailer import SmtpMailer
 from shared.catalog import Catalog, NotFound
 from shared.domain.catalog_objects import ExportDefinition
-from shared.domain.runs import RunRecord
-from shared.events import AnyRunEvent
+from shared.domain.runs import (
+    RunRecord,
+    RunStatus,
+    consecutive_failures,
+    failure_threshold_reason,
+    stuck_reason,
+)
+from shared.events import AnyRunEvent, RunFailed
 from shared.kafka import Outgoing
+from shared.topics import Topics
 
 log = structlog.get_logger(__name__)
 
@@ -23,22 +32,48 @@ RUN_SECONDS = Histogram(
 )
 EMAILS_SENT = Counter("export_notifier_emails_sent_total", "Notification emails sent, by kind.", ["kind"])
 EMAIL_FAILURES = Counter("export_notifier_email_failures_total", "Emails that could not be sent, by kind.", ["kind"])
+ACTIVE_RUNS = Gauge("export_runs_active", "Runs started and not finished (as of the last sweep).")
+SCHEDULES_PAUSED = Counter("export_notifier_schedules_paused_total", "Schedules paused after consecutive failed runs.")
 
 
 class Notifier:
-    """Handles run events."""
+    """Handles run events; ``sweep`` (now and then) fails stuck runs and retries unsent emails."""
 
-    def __init__(self, *, catalog: Catalog, mailer: SmtpMailer, sender: str, link_base_url: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        mailer: SmtpMailer,
+        sender: str,
+        link_base_url: str | None,
+        topics: Topics | None = None,
+        stuck_after_seconds: float = 3600.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.catalog = catalog
         self.mailer = mailer
         self.sender = sender
         self.link_base_url = link_base_url
+        self.topics = topics or Topics()
+        self.stuck_after_seconds = stuck_after_seconds
+        self.clock = clock
 
     def handle(self, event: AnyRunEvent) -> list[Outgoing]:
+        """Fold the event into its run; when the run has finished, apply the failure policy and send emails."""
         before, after = self.catalog.fold_run_event(event)
         if not after.status.is_final:
             return []
-        if before is None or not before.status.is_final:
+        newly_final = before is None or not before.status.is_final
+        definition = self._definition(after.definition)
+        if newly_final and definition is not None:
+            reason = failure_threshold_reason(after, definition.failure_policy.max_failure_percent)
+            if reason is not None:
+                # Folded here, before any email: the run is reported failed, never "completed with errors".
+                _, after = self.catalog.fold_run_event(
+                    RunFailed(run_id=after.run_id, definition=after.definition, reason=reason, at=event.at)
+                )
+            self._maybe_pause(definition, after)
+        if newly_final:
             RUNS_FINISHED.labels(status=after.status.value).inc()
             if after.duration_seconds is not None:
                 RUN_SECONDS.observe(after.duration_seconds)
@@ -53,16 +88,62 @@ class Notifier:
             )
         # Checked on every event of a final run, not only on the one that finished it, so an email
         # whose sending was interrupted (crash, SMTP down) goes out when the next event comes.
-        self._send_due_emails(after)
+        self._send_due_emails(after, definition)
         return []
 
-    def _send_due_emails(self, record: RunRecord) -> None:
+    def sweep(self) -> list[Outgoing]:
+        """Fail runs that made no progress for too long (as run.failed events); retry unsent emails."""
+        now = self.clock()
+        outgoing = []
+        unfinished = self.catalog.unfinished_runs()
+        ACTIVE_RUNS.set(len(unfinished))
+        for record in unfinished:
+            reason = stuck_reason(record, now, self.stuck_after_seconds)
+            if reason is not None:
+                log.warning("run stuck", run_id=str(record.run_id), definition=record.definition, reason=reason)
+                failed = RunFailed(run_id=record.run_id, definition=record.definition, reason=reason, at=now)
+                outgoing.append(Outgoing(self.topics.run_events, str(record.run_id), failed.to_bytes()))
+        for run_id, _kind in self.catalog.unsent_notifications():
+            finished = self.catalog.get_run(run_id)
+            if finished is not None and finished.status.is_final:
+                # One attempt each: a sweep must not hold the loop through a long SMTP outage.
+                self._send_due_emails(finished, self._definition(finished.definition), attempts=1)
+        return outgoing
+
+    def _definition(self, name: str) -> ExportDefinition | None:
+        try:
+            return self.catalog.get(ExportDefinition, name)
+        except NotFound:
+            return None
+
+    def _maybe_pause(self, definition: ExportDefinition, record: RunRecord) -> None:
+        limit = definition.failure_policy.pause_after_failed_runs
+        if limit is None or record.status is not RunStatus.FAILED:
+            return
+        if consecutive_failures(self.catalog.recent_final_statuses(definition.name, limit * 4)) < limit:
+            return
+        if self.catalog.pause_schedule(definition.name):
+            SCHEDULES_PAUSED.inc()
+            log.warning("schedule paused", definition=definition.name, consecutive_failed_runs=limit)
+
+    def _paused_after(self, definition: ExportDefinition, record: RunRecord) -> int | None:
+        """N when this failed run is one of N consecutive failures that paused the schedule (for the email)."""
+        limit = definition.failure_policy.pause_after_failed_runs
+        if limit is None or record.status is not RunStatus.FAILED:
+            return None
+        current = self._definition(definition.name)
+        if current is None or current.schedule.enabled:
+            return None
+        failures = consecutive_failures(self.catalog.recent_final_statuses(definition.name, limit * 4))
+        return failures if failures >= limit else None
+
+    def _send_due_emails(
+        self, record: RunRecord, definition: ExportDefinition | None, attempts: int | None = None
+    ) -> None:
         kinds = kinds_due(record.status)
         if not kinds:
             return
-        try:
-            definition = self.catalog.get(ExportDefinition, record.definition)
-        except NotFound:
+        if definition is None:
             log.warning(
                 "run of an unknown definition: no one to notify",
                 run_id=str(record.run_id),
@@ -80,9 +161,10 @@ class Notifier:
                 sender=self.sender,
                 recipients=recipients,
                 link_base_url=self.link_base_url,
+                paused_after=self._paused_after(definition, record),
             )
             try:
-                self.mailer.send(message)
+                self.mailer.send(message, max_attempts=attempts)
             except (OSError, smtplib.SMTPException) as exc:
                 EMAIL_FAILURES.labels(kind=kind).inc()
                 self.catalog.mark_notification(record.run_id, kind, error=f"{type(exc).__name__}: {exc}")

@@ -15,6 +15,9 @@ class NotifierSettings(CommonSettings):
     smtp_security: str = Field(
         default="none", pattern="^(none|starttls|tls)$", description="none, starttls, or tls (implicit TLS)."
     )
+    smtp_ca_file: str | None = Field(
+        default=None, description="CA bundle that signs the SMTP server's certificate, if not a public CA."
+    )
     smtp_username: str | None = Field(default=None, description="SMTP user, when the server needs auth.")
     smtp_password: SecretStr | None = Field(default=None, description="SMTP password (never logged).")
     smtp_sender: str = Field(default="member-export@localhost", description="From address of notifications.")
@@ -22,5 +25,11 @@ class NotifierSettings(CommonSettings):
     smtp_max_attempts: int = Field(default=8, ge=1, description="Attempts per email before it is recorded failed.")
     run_link_base_url: str | None = Field(
         default=None, description="Base URL of run pages; emails link to <base>/runs/<run id> when set."
+    )
+    notifier_stuck_after_seconds: float = Field(
+        default=3600.0, gt=0, description="A run with no event for this long is failed as stuck."
+    )
+    notifier_sweep_seconds: float = Field(
+        default=30.0, gt=0, description="How often stuck runs are looked for and unsent emails retried."
     )
     metrics_port: int = Field(default=9404, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

@@ -253,7 +253,46 @@ class Catalog:
                 query = query.where(RunRow.definition == definition)
             return [_record_from_row(row) for row in session.scalars(query)]
 
+    def unfinished_runs(self, limit: int = 1_000) -> list[RunRecord]:
+        """Runs not final yet, least recently active first."""
+        unfinished = [RunStatus.QUEUED.value, RunStatus.EXTRACTING.value, RunStatus.DISPATCHING.value]
+        with self._session() as session:
+            rows = session.scalars(
+                select(RunRow).where(RunRow.status.in_(unfinished)).order_by(RunRow.last_event_at).limit(limit)
+            )
+            return [_record_from_row(row) for row in rows]
+
+    def recent_final_statuses(self, definition: str, limit: int) -> list[RunStatus]:
+        """The statuses of a definition's latest finished runs, newest first."""
+        with self._session() as session:
+            rows = session.scalars(
+                select(RunRow.status)
+                .where(RunRow.definition == definition, RunRow.finished_at.is_not(None))
+                .order_by(RunRow.finished_at.desc())
+                .limit(limit)
+            )
+            return [RunStatus(status) for status in rows]
+
+    def pause_schedule(self, definition: str) -> bool:
+        """Disable a definition's schedule (a new version, which the scheduler picks up); False if it was off."""
+        current = self.get(ExportDefinition, definition)
+        if not current.schedule.enabled:
+            return False
+        paused = current.model_copy(update={"schedule": current.schedule.model_copy(update={"enabled": False})})
+        self.apply(ExportDefinition.model_validate(paused.model_dump()))
+        return True
+
     # --- notifications -----------------------------------------------------------------------------
+
+    def unsent_notifications(self, limit: int = 100) -> list[tuple[uuid.UUID, str]]:
+        """(run id, kind) of emails claimed but not sent yet (a failed SMTP, a crash in between)."""
+        with self._session() as session:
+            rows = session.execute(
+                select(NotificationRow.run_id, NotificationRow.kind)
+                .where(NotificationRow.sent_at.is_(None))
+                .limit(limit)
+            )
+            return [(uuid.UUID(run_id), kind) for run_id, kind in rows]
 
     def claim_notification(self, run_id: uuid.UUID, kind: str, recipients: list[str]) -> bool:
         """True when this (run, kind) email has not been sent yet: the caller should send it."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import email
+import ssl
 import threading
 from dataclasses import dataclass
 from email.message import Message
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from shared.devtools.processes import Managed, free_port
 
@@ -53,16 +55,63 @@ class _Handler:
 
 
 class SmtpSink(Managed):
-    """Start with ``start()`` (or as a context manager); messages land in ``messages``."""
+    """Start with ``start()`` (or as a context manager); messages land in ``messages``.
 
-    def __init__(self, port: int | None = None, directory: Path | None = None) -> None:
+    ``security``: ``none``, ``starttls`` (required before mail) or ``tls`` (implicit TLS), with
+    ``tls_context`` holding the server certificate. ``credentials`` (user, password) makes AUTH required.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        directory: Path | None = None,
+        *,
+        security: str = "none",
+        tls_context: ssl.SSLContext | None = None,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.directory = directory
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
         self.messages: list[ReceivedMail] = []
+        self.logins: list[str] = []
         self.lock = threading.Lock()
-        self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
+        options: dict[str, Any] = {}
+        if security == "starttls":
+            options |= {"tls_context": tls_context, "require_starttls": True}
+        if credentials is not None:
+            # aiosmtpd tells only STARTTLS sessions apart as encrypted; an implicit-TLS one is too.
+            options |= {
+                "authenticator": self._authenticator(credentials),
+                "auth_required": True,
+                "auth_require_tls": security != "tls",
+            }
+        self._controller = Controller(
+            _Handler(self),
+            hostname="127.0.0.1",
+            port=self.port,
+            ssl_context=tls_context if security == "tls" else None,
+            server_hostname="localhost" if security == "tls" else None,
+            **options,
+        )
+
+    def _authenticator(self, credentials: tuple[str, str]) -> Any:
+        def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+            good = (
+                isinstance(auth_data, LoginPassword)
+                and (
+                    auth_data.login.decode(),
+                    auth_data.password.decode(),
+                )
+                == credentials
+            )
+            if good:
+                with self.lock:
+                    self.logins.append(auth_data.login.decode())
+            return AuthResult(success=good)
+
+        return authenticate
 
     def start(self) -> SmtpSink:
         self._controller.start()

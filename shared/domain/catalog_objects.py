@@ -217,6 +217,15 @@ class Notifications(_Spec):
     success: Notification = Notification()
 
 
+class FailurePolicy(_Spec):
+    """Beyond the reference platform: when a run with some failures counts as failed, and when to stop."""
+
+    #: A run that completes with errors is *failed* when more than this share of its members failed.
+    max_failure_percent: Annotated[float, Field(ge=0, le=100)] | None = None
+    #: Disable the schedule after this many consecutive failed runs (said in the error email).
+    pause_after_failed_runs: Annotated[int, Field(ge=1, le=100)] | None = None
+
+
 class ExportDefinition(_Spec):
     """An export: Filter (query, its parameter values, full or incremental), Destination (template),
     Schedule and Notifications."""
@@ -230,6 +239,7 @@ class ExportDefinition(_Spec):
     incremental: Incremental | None = None
     schedule: Schedule = Schedule()
     notifications: Notifications = Notifications()
+    failure_policy: FailurePolicy = FailurePolicy()
 
 
 CatalogObject = ConnectionProfile | HttpTemplate | SavedQuery | ExportDefinition

@@ -133,3 +133,39 @@ def fold(
     if not was_final and updated.status.is_final:
         updated = replace(updated, finished_at=last)
     return updated
+
+
+def failure_threshold_reason(record: RunRecord, max_failure_percent: float | None) -> str | None:
+    """Why a run that completed with errors counts as failed under the threshold, or None if it does not."""
+    if max_failure_percent is None or record.status is not RunStatus.COMPLETED_WITH_ERRORS:
+        return None
+    total = record.delivered + record.failed
+    rate = 100.0 * record.failed / total if total else 0.0
+    if rate <= max_failure_percent:
+        return None
+    return f"{record.failed} of {total} members failed ({rate:.1f}%), over the {max_failure_percent:g}% threshold"
+
+
+def consecutive_failures(statuses_newest_first: list[RunStatus]) -> int:
+    """How many of the latest finished runs failed in a row (skipped and missed runs neither count nor break it)."""
+    count = 0
+    for status in statuses_newest_first:
+        if status in {RunStatus.SKIPPED, RunStatus.MISSED}:
+            continue
+        if status is not RunStatus.FAILED:
+            break
+        count += 1
+    return count
+
+
+def stuck_reason(record: RunRecord, now: datetime, stuck_after_seconds: float) -> str | None:
+    """Why an unfinished run counts as stuck (no event for too long), or None."""
+    if record.status.is_final or record.last_event_at is None:
+        return None
+    silent = (now - record.last_event_at).total_seconds()
+    if silent < stuck_after_seconds:
+        return None
+    return (
+        f"stuck: no progress for {silent:.0f} s while {record.status.value} "
+        f"(read {record.extracted}, delivered {record.delivered}, failed {record.failed})"
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -71,6 +72,8 @@ class ConsumerLoop(Generic[E]):
         retry_attempts: int = 5,
         retry_max_wait: float = 30.0,
         poll_timeout_ms: int = 500,
+        periodic: Callable[[], list[Outgoing]] | None = None,
+        periodic_seconds: float = 30.0,
     ) -> None:
         self.service = service
         self.consumer = consumer
@@ -86,6 +89,10 @@ class ConsumerLoop(Generic[E]):
             reraise=True,
         )
         self.poll_timeout_ms = poll_timeout_ms
+        # Work to do now and then between polls (sweeps), on the loop's own thread: no locking needed.
+        self.periodic = periodic
+        self.periodic_seconds = periodic_seconds
+        self._next_periodic = time.monotonic() + periodic_seconds
         self.stopping = threading.Event()
 
     def install_signal_handlers(self) -> None:
@@ -98,11 +105,22 @@ class ConsumerLoop(Generic[E]):
         try:
             while not self.stopping.is_set():
                 self.poll_once()
+                self.run_periodic()
         finally:
             self.consumer.close()
             self.producer.flush()
             self.producer.close()
             log.info("consumer loop stopped", service=self.service)
+
+    def run_periodic(self, *, force: bool = False) -> None:
+        """Run the periodic task if it is due (or ``force``); its failure is logged, never fatal."""
+        if self.periodic is None or (not force and time.monotonic() < self._next_periodic):
+            return
+        self._next_periodic = time.monotonic() + self.periodic_seconds
+        try:
+            self.send_all(self.periodic())
+        except Exception:
+            log.exception("periodic task failed", service=self.service)
 
     def poll_once(self) -> int:
         """Poll, process and commit one batch of records; return how many were processed."""

@@ -1,16 +1,23 @@
 """The notifier with a real SMTP server: the right emails, to the right people, once."""
 
+import ssl
+import threading
+import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 
 import pytest
+import trustme
+from pydantic import SecretStr
 
 from services.notifier.mailer import SmtpMailer
 from services.notifier.notifying import Notifier
 from shared.catalog import Catalog
 from shared.devtools.smtp_sink import SmtpSink
-from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.catalog_objects import ExportDefinition, FailurePolicy
+from shared.domain.schedule import Schedule
 from shared.events import BatchOutcome, ExtractionCompleted, RunFailed, RunMissed, RunSkipped, RunStarted, Trigger
 
 pytestmark = pytest.mark.integration
@@ -151,3 +158,138 @@ def test_a_skipped_run_is_recorded_without_email(notifier: Notifier, sink: SmtpS
     record = catalog.get_run(run_id)
     assert record is not None
     assert record.status.value == "skipped"
+
+
+def _with_policy(catalog: Catalog, **policy) -> None:
+    catalog.apply(
+        DEFINITION.model_copy(
+            update={
+                "failure_policy": FailurePolicy(**policy),
+                "schedule": Schedule.model_validate({"enabled": True, "timezone": "UTC", "cron": "0 2 * * *"}),
+            }
+        )
+    )
+
+
+def test_a_failure_rate_over_the_threshold_fails_the_run(notifier: Notifier, sink: SmtpSink, catalog: Catalog):
+    _with_policy(catalog, max_failure_percent=10)
+    within = list(events([(90, 10)]))
+    over = list(events([(80, 0), (0, 20)]))
+    for event in within + over:
+        notifier.handle(event)
+    first, second = sink.received()
+    assert "completed with errors" in first.subject  # exactly 10%: not over
+    assert second.subject == "[member export] nightly: failed"
+    assert "20 of 100 members failed (20.0%), over the 10% threshold" in second.text()
+    record = catalog.get_run(over[0].run_id)
+    assert record is not None
+    assert (record.status.value, record.delivered, record.failed) == ("failed", 80, 20)
+
+
+def test_consecutive_failed_runs_pause_the_schedule_and_the_email_says_so(
+    notifier: Notifier, sink: SmtpSink, catalog: Catalog
+):
+    _with_policy(catalog, pause_after_failed_runs=2)
+    for _ in range(2):
+        run_id = uuid.uuid4()
+        notifier.handle(RunStarted(run_id=run_id, definition="nightly", trigger=Trigger.SCHEDULE))
+        notifier.handle(RunFailed(run_id=run_id, definition="nightly", reason="query 'q' failed: boom"))
+    first, second = sink.received()
+    assert "paused" not in first.text()
+    assert "Schedule: paused after 2 consecutive failed runs" in second.text()
+    assert catalog.get(ExportDefinition, "nightly").schedule.enabled is False
+
+
+def test_a_run_without_progress_is_failed_as_stuck_by_the_sweep(catalog: Catalog, sink: SmtpSink):
+    catalog.apply(DEFINITION)
+    later = datetime.now(UTC) + timedelta(hours=2)
+    notifier = Notifier(
+        catalog=catalog,
+        mailer=SmtpMailer("127.0.0.1", sink.port, max_attempts=2, max_wait=0.1),
+        sender="exports@example.com",
+        link_base_url=None,
+        stuck_after_seconds=3600,
+        clock=lambda: later,
+    )
+    started = RunStarted(run_id=uuid.uuid4(), definition="nightly", trigger=Trigger.MANUAL)
+    notifier.handle(started)
+    [outgoing] = notifier.sweep()
+    failed = RunFailed.model_validate_json(outgoing.value)
+    assert failed.reason.startswith("stuck: no progress for 7")
+    notifier.handle(failed)  # as the loop does with what the sweep publishes
+    [mail] = sink.received()
+    assert "nightly: failed" in mail.subject
+    assert "stuck: no progress" in mail.text()
+    assert notifier.sweep() == []
+
+
+def test_the_sweep_sends_an_email_that_failed_earlier_once(catalog: Catalog, sink: SmtpSink, notifier: Notifier):
+    down = SmtpMailer("127.0.0.1", 9, max_attempts=1)
+    broken = Notifier(catalog=catalog, mailer=down, sender="exports@example.com", link_base_url=None)
+    for event in events([(5, 0)]):
+        broken.handle(event)
+    assert sink.received() == []
+    notifier.sweep()
+    notifier.sweep()
+    assert len(sink.received()) == 1
+
+
+def test_an_email_arrives_after_the_smtp_server_was_down_for_30_seconds(tmp_path):
+    # Once, on SQLite: the catalog plays no part in this; the outage takes its 30 s.
+    catalog = Catalog.from_url(f"sqlite:///{tmp_path / 'catalog.db'}")
+    catalog.apply(DEFINITION)
+    sink = SmtpSink()  # not started: connections are refused
+    mailer = SmtpMailer("127.0.0.1", sink.port, max_attempts=40, max_wait=3)
+    notifier = Notifier(catalog=catalog, mailer=mailer, sender="exports@example.com", link_base_url=None)
+    outage = threading.Timer(30, sink.start)  # the outage being simulated, not a synchronisation
+    outage.start()
+    started = time.monotonic()
+    try:
+        for event in events([(5, 0)]):
+            notifier.handle(event)
+        assert time.monotonic() - started >= 30
+        [mail] = sink.received()
+        assert mail.recipients == ["ops@example.com"]
+    finally:
+        outage.cancel()
+        outage.join()
+        sink.stop()
+        catalog.close()
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_emails_go_over_starttls_or_tls_with_auth(tmp_path, security: str):
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    catalog = Catalog.from_url(f"sqlite:///{tmp_path / 'catalog.db'}")
+    catalog.apply(DEFINITION)
+    with SmtpSink(security=security, tls_context=server_context, credentials=("exports", "s3cret")) as sink:
+        mailer = SmtpMailer(
+            "127.0.0.1",
+            sink.port,
+            security=security,
+            username="exports",
+            password=SecretStr("s3cret"),
+            ca_file=str(ca_file),
+            max_attempts=1,
+        )
+        notifier = Notifier(catalog=catalog, mailer=mailer, sender="exports@example.com", link_base_url=None)
+        for event in events([(5, 0)]):
+            notifier.handle(event)
+        [mail] = sink.received()
+        assert sink.logins == ["exports"]
+        assert mail.recipients == ["ops@example.com"]
+    catalog.close()
+
+
+def test_a_server_certificate_from_an_unknown_authority_is_refused(tmp_path):
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(server_context)
+    with SmtpSink(security="starttls", tls_context=server_context) as sink:
+        mailer = SmtpMailer("127.0.0.1", sink.port, security="starttls", max_attempts=1)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            mailer.send(EmailMessage())
+        assert sink.received() == []

@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.domain.runs import RunRecord, RunStatus, fold
+from shared.domain.runs import (
+    RunRecord,
+    RunStatus,
+    consecutive_failures,
+    failure_threshold_reason,
+    fold,
+    stuck_reason,
+)
 from shared.events import BatchOutcome, ExtractionCompleted, RunFailed, RunStarted, Trigger
 
 RUN = uuid.UUID("00000000-0000-0000-0000-000000000001")
@@ -114,3 +121,52 @@ def test_error_samples_are_bounded_and_distinct():
     record = fold_all(events)
     assert len(record.error_samples) == 5
     assert len(set(record.error_samples)) == 5
+
+
+# --- failure policy and stuck runs (pure) --------------------------------------------------------------
+
+
+def _finished(delivered: int, failed: int) -> RunRecord:
+    return RunRecord(
+        run_id=uuid.uuid4(),
+        definition="d",
+        started_at=datetime(2026, 1, 1, tzinfo=UTC),
+        extraction_complete=True,
+        extracted=delivered + failed,
+        batches_expected=1,
+        batches_done=1,
+        delivered=delivered,
+        failed=failed,
+    )
+
+
+@given(st.integers(1, 10_000), st.integers(1, 10_000), st.floats(0, 100))
+def test_the_threshold_fails_exactly_the_runs_over_it(delivered, failed, threshold):
+    reason = failure_threshold_reason(_finished(delivered, failed), threshold)
+    assert (reason is not None) == (100.0 * failed / (delivered + failed) > threshold)
+
+
+def test_the_threshold_leaves_succeeded_and_failed_runs_alone():
+    assert failure_threshold_reason(_finished(10, 0), 0) is None
+    assert failure_threshold_reason(_finished(0, 10), 0) is None  # already failed
+    assert failure_threshold_reason(_finished(9, 1), None) is None
+
+
+def test_consecutive_failures_skip_skipped_and_missed_runs():
+    s = RunStatus
+    assert consecutive_failures([s.FAILED, s.SKIPPED, s.FAILED, s.MISSED, s.FAILED, s.SUCCEEDED, s.FAILED]) == 3
+    assert consecutive_failures([s.COMPLETED_WITH_ERRORS, s.FAILED]) == 0
+    assert consecutive_failures([]) == 0
+
+
+def test_a_run_is_stuck_only_after_the_quiet_period_and_only_while_unfinished():
+    started = RunRecord(
+        run_id=uuid.uuid4(),
+        definition="d",
+        started_at=datetime(2026, 1, 1, tzinfo=UTC),
+        last_event_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    assert stuck_reason(started, datetime(2026, 1, 1, 0, 59, tzinfo=UTC), 3600) is None
+    reason = stuck_reason(started, datetime(2026, 1, 1, 1, 0, tzinfo=UTC), 3600)
+    assert reason == "stuck: no progress for 3600 s while extracting (read 0, delivered 0, failed 0)"
+    assert stuck_reason(_finished(1, 0), datetime(2027, 1, 1, tzinfo=UTC), 1) is None
