@@ -39,6 +39,11 @@ class CommonSettings(BaseSettings):
         default="sqlite:///.local/catalog.db",
         description="SQLAlchemy URL of the catalog (profiles, templates, queries, definitions, runs).",
     )
+    allowed_destinations: str = Field(
+        default="",
+        description="SSRF guard exceptions: comma-separated hosts and CIDRs that exports may reach although "
+        "they are not public addresses (e.g. 127.0.0.1, 10.0.0.0/8, partner.internal).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     log_format: Literal["json", "console"] = Field(default="json", description="Log line format.")
     metrics_port: int = Field(

@@ -7,8 +7,10 @@ import httpx
 from services.dispatcher.auth import OAuthTokenCache
 from services.dispatcher.delivery import Deliverer, RetryPolicy
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
+from services.dispatcher.guarded_network import guarded_transport
 from services.dispatcher.settings import DispatcherSettings
 from shared.catalog import Catalog
+from shared.domain.destinations import DestinationPolicy
 from shared.events import MemberBatch
 from shared.kafka import value_decoder
 from shared.runtime import build_loop, start_service
@@ -19,7 +21,12 @@ SERVICE = "dispatcher"
 def main() -> None:
     settings = DispatcherSettings()
     start_service(settings, SERVICE)
-    client = httpx.Client(limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
+    client = httpx.Client(
+        transport=guarded_transport(
+            DestinationPolicy.parse(settings.allowed_destinations),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+    )
     policy = RetryPolicy(
         max_attempts=settings.dispatcher_max_attempts,
         max_seconds=settings.dispatcher_max_retry_seconds,

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import json
+import socket
 import sys
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field
@@ -22,12 +25,15 @@ from shared.cli.manifests import ManifestError, load_manifests
 from shared.domain.catalog_objects import (
     KINDS,
     CatalogObject,
+    ConnectionProfile,
     ExportDefinition,
+    OAuth2ClientCredentials,
     SavedQuery,
     kind_of,
     query_consistency_problems,
     references,
 )
+from shared.domain.destinations import DestinationPolicy
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.runs import RunRecord
 from shared.domain.schedule import composer_of, next_fire_times
@@ -75,16 +81,41 @@ def cmd_apply(settings: CliSettings, args: argparse.Namespace) -> int:
         except ManifestError as exc:
             return _fail("queries do not fit the query store\n  " + "\n  ".join(exc.problems))
     queries = {o.name: o for o in objects if isinstance(o, SavedQuery)}
-    problems = []
+    problems = destination_problems(objects, DestinationPolicy.parse(settings.allowed_destinations))
     for obj in objects:
         if isinstance(obj, ExportDefinition):
             query = queries.get(obj.query) or catalog.get(SavedQuery, obj.query)
             problems += [f"ExportDefinition '{obj.name}': {p}" for p in query_consistency_problems(obj, query)]
     if problems:
-        return _fail("definitions do not fit their queries\n  " + "\n  ".join(problems))
+        return _fail("refused\n  " + "\n  ".join(problems))
     for obj in objects:
         print(f"{kind_of(obj)}/{obj.name} {catalog.apply(obj)}")
     return 0
+
+
+def destination_problems(objects: list[CatalogObject], policy: DestinationPolicy) -> list[str]:
+    """Profiles whose base URL (or OAuth token URL) resolves to a refused address (the SSRF guard at save)."""
+    problems = []
+    for obj in objects:
+        if not isinstance(obj, ConnectionProfile):
+            continue
+        urls = [("base_url", obj.base_url)]
+        if isinstance(obj.auth, OAuth2ClientCredentials):
+            urls.append(("auth.token_url", obj.auth.token_url))
+        for field, url in urls:
+            host = urlsplit(url).hostname or ""
+            try:
+                addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+            except OSError:
+                # Not resolvable from here (split DNS, no network): checked again at every connection.
+                print(f"exportctl: warning: {field} host {host} does not resolve from here", file=sys.stderr)
+                continue
+            for address in sorted(addresses):
+                refusal = policy.refusal(host, ipaddress.ip_address(str(address).split("%")[0]))
+                if refusal is not None:
+                    problems.append(f"ConnectionProfile '{obj.name}': field '{field}': {refusal}")
+                    break
+    return problems
 
 
 def discover_columns(objects: list[CatalogObject], reader: MemberReader) -> list[CatalogObject]:

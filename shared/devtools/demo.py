@@ -62,6 +62,8 @@ def run_demo(members: int, work_dir: Path) -> int:
             "EXPORT_SMTP_HOST": "127.0.0.1",
             "EXPORT_SMTP_PORT": str(sink.port),
             "EXPORT_METRICS_PORT": "0",
+            # The receivers listen on loopback, which the SSRF guard refuses unless allowed.
+            "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
             "EXPORT_TOPIC_PREFIX": f"demo{int(time.time())}.",
             "DEMO_RECEIVER_TOKEN": "demo-token-not-a-real-secret",
         }

@@ -122,6 +122,8 @@ def pipeline(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
             "EXPORT_SMTP_HOST": "127.0.0.1",
             "EXPORT_SMTP_PORT": str(sink.port),
             "EXPORT_METRICS_PORT": "0",
+            # The receivers listen on loopback, which the SSRF guard refuses unless allowed.
+            "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
             "EXPORT_DISPATCHER_BACKOFF_INITIAL_SECONDS": "0.05",
             "E2E_PARTNER_TOKEN": SECRET_TOKEN,
         }

@@ -18,6 +18,7 @@ def exportctl(tmp_path, *args: str, env: dict[str, str] | None = None) -> subpro
         **os.environ,
         "EXPORT_CATALOG_URL": f"sqlite:///{tmp_path / 'catalog.db'}",
         "EXPORT_QUERY_STORE_URL": f"sqlite:///{tmp_path / 'no-members.db'}",
+        "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
         **(env or {}),
     }
     return subprocess.run(
@@ -159,3 +160,22 @@ def test_run_refuses_a_parameter_of_the_wrong_type_before_publishing(tmp_path):
     result = exportctl(tmp_path, "run", "rich-members", "--param", "min_points=lots", env=store)
     assert result.returncode == 2
     assert "parameter 'min_points': expected integer" in result.stderr
+
+
+def test_apply_refuses_a_profile_pointing_at_a_private_or_metadata_address(tmp_path):
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text(
+        "kind: ConnectionProfile\nname: metadata\nspec: {base_url: 'http://169.254.169.254/latest'}\n---\n"
+        "kind: ConnectionProfile\nname: intranet\nspec: {base_url: 'http://10.1.2.3'}\n"
+    )
+    result = exportctl(tmp_path, "apply", "-f", str(manifest), env={"EXPORT_ALLOWED_DESTINATIONS": ""})
+    assert result.returncode == 2
+    assert (
+        "ConnectionProfile 'metadata': field 'base_url': destination 169.254.169.254 (169.254.169.254) is a "
+        "link-local (cloud metadata) address; allow it explicitly in EXPORT_ALLOWED_DESTINATIONS"
+    ) in result.stderr
+    assert "ConnectionProfile 'intranet': field 'base_url': destination 10.1.2.3 (10.1.2.3) is a private" in (
+        result.stderr
+    )
+    allowed = exportctl(tmp_path, "apply", "-f", str(manifest), env={"EXPORT_ALLOWED_DESTINATIONS": "10.0.0.0/8"})
+    assert "10.1.2.3" not in allowed.stderr

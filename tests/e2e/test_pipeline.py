@@ -99,9 +99,11 @@ def test_an_endpoint_refusing_everything_fails_the_run_and_mails_only_the_error_
     read_until(pipeline.bootstrap, pipeline.topics.dead_letters, lambda vs: dead_lettered_members(vs) == MEMBERS)
 
 
-def test_secrets_never_reach_the_logs(pipeline: Pipeline):
+def test_secrets_never_reach_the_logs_or_the_emails(pipeline: Pipeline):
     for name in pipeline.services.services:
         assert SECRET_TOKEN not in pipeline.services.log(name)
+    for mail in pipeline.sink.received():
+        assert SECRET_TOKEN not in mail.message.as_string()
 
 
 def test_the_dispatcher_exposes_prometheus_metrics(pipeline: Pipeline):

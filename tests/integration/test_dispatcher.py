@@ -11,9 +11,11 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from services.dispatcher.auth import OAuthTokenCache
 from services.dispatcher.delivery import Deliverer, RetryPolicy
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
+from services.dispatcher.guarded_network import guarded_transport
 from shared.catalog import Catalog
 from shared.devtools.http_receiver import HttpReceiver
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
+from shared.domain.destinations import DestinationPolicy
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, DeadLetter, MemberBatch
 from shared.topics import Topics
 
@@ -189,3 +191,18 @@ def test_a_malformed_signing_secret_fails_the_batch_without_revealing_it(catalog
     assert outcome.failed == 3
     assert "signing secret is not a valid whsec_ key" in (outcome.error or "")
     assert "not base64" not in (outcome.error or "")
+
+
+def test_the_ssrf_guard_refuses_loopback_at_connect_time_unless_allowed(catalog):
+    with HttpReceiver() as receiver:
+        with httpx.Client(transport=guarded_transport(DestinationPolicy())) as guarded:
+            _, outcome_out = dispatcher_for(catalog, guarded, receiver).handle(batch())
+        assert receiver.receipts() == []  # refused before any byte left
+        outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
+        assert (outcome.failed, outcome.status_code) == (3, None)
+        assert "destination 127.0.0.1 (127.0.0.1) is a loopback address" in (outcome.error or "")
+
+        with httpx.Client(transport=guarded_transport(DestinationPolicy.parse("127.0.0.1"))) as allowed:
+            [delivered_out] = dispatcher_for(catalog, allowed, receiver).handle(batch())
+        assert RUN_EVENT_ADAPTER.validate_json(delivered_out.value).delivered == 3
+        assert len(receiver.receipts()) == 1

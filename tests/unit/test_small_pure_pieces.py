@@ -1,9 +1,13 @@
 import datetime as dt
 import decimal
+import ipaddress
 import json
 import uuid
 
+import pytest
+
 from services.extractor.extraction import page_size_for
+from shared.domain.destinations import DestinationPolicy
 from shared.log import REDACTED, redact_secrets
 from shared.querystore.paging import jsonable, keyset_page_sql
 
@@ -68,3 +72,34 @@ def test_log_fields_that_name_secrets_are_redacted():
         "client_secret": REDACTED,
         "count": 3,
     }
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("10.0.0.7", "private"),
+        ("192.168.1.1", "private"),
+        ("172.16.0.1", "private"),
+        ("169.254.169.254", "link-local (cloud metadata)"),
+        ("fd00:ec2::254", "private"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("100.64.0.1", "non-public"),
+        ("0.0.0.0", "unspecified"),
+        ("224.0.0.1", "multicast"),
+    ],
+)
+def test_the_ssrf_guard_refuses_non_public_addresses_by_default(address, kind):
+    refusal = DestinationPolicy().refusal("h", ipaddress.ip_address(address))
+    assert refusal is not None
+    assert f"is a {kind} address" in refusal
+
+
+def test_the_ssrf_guard_allows_public_addresses_and_explicit_exceptions():
+    policy = DestinationPolicy.parse(" 127.0.0.1, 10.0.0.0/8 ,partner.internal. ")
+    assert DestinationPolicy().refusal("api.partner.com", ipaddress.ip_address("93.184.216.34")) is None
+    assert policy.refusal("x", ipaddress.ip_address("127.0.0.1")) is None
+    assert policy.refusal("x", ipaddress.ip_address("10.200.0.1")) is None
+    assert policy.refusal("Partner.Internal", ipaddress.ip_address("192.168.0.5")) is None
+    assert policy.refusal("x", ipaddress.ip_address("192.168.0.5")) is not None
