@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import random
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 from shared.devtools.processes import Managed
 
@@ -49,8 +51,26 @@ class ReceiverState:
     reject_members: frozenset[Any] = frozenset()
     fail_first: int = 0
     retry_after: str | None = None
+    #: Flaky mode: this share of requests answers 503, and this share 429 with ``Retry-After: 1``.
+    share_503: float = 0.0
+    share_429: float = 0.0
+    random: random.Random = field(default_factory=lambda: random.Random(7))
+    #: OAuth mode: (client id, secret) for POST /oauth/token; every other request needs a live token.
+    oauth_client: tuple[str, str] | None = None
+    live_tokens: set[str] = field(default_factory=set)
+    tokens_issued: int = 0
     receipts: list[Receipt] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def issue_token(self, form: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        """The token endpoint: client credentials in, a bearer token out (or 401)."""
+        given = (form.get("client_id", [""])[0], form.get("client_secret", [""])[0])
+        if form.get("grant_type") != ["client_credentials"] or given != self.oauth_client:
+            return 401, {"error": "invalid_client"}
+        self.tokens_issued += 1
+        token = f"token-{self.tokens_issued}"
+        self.live_tokens.add(token)
+        return 200, {"access_token": token, "token_type": "Bearer", "expires_in": 3600}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -65,9 +85,23 @@ class _Handler(BaseHTTPRequestHandler):
             body = raw.decode("utf-8", errors="replace")
         state = self.server.state
         with state.lock:
+            if state.oauth_client is not None and self.path == "/oauth/token":
+                status, answer = state.issue_token(parse_qs(raw.decode()))
+                self._answer(status, answer)
+                return
+            retry_after = state.retry_after
+            draw = state.random.random()
             if state.fail_first > 0:
                 state.fail_first -= 1
                 status = 503
+            elif draw < state.share_503:
+                status = 503
+            elif draw < state.share_503 + state.share_429:
+                status, retry_after = 429, "1"
+            elif state.oauth_client is not None and (
+                self.headers.get("Authorization", "").removeprefix("Bearer ") not in state.live_tokens
+            ):
+                status = 401
             else:
                 status = state.reject_status or 200
             receipt = Receipt(self.command, self.path, dict(self.headers.items()), body, 0, raw)
@@ -75,10 +109,13 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 400
             receipt.status = status
             state.receipts.append(receipt)
-        payload = json.dumps({"accepted": status < 300}).encode()
+        self._answer(status, {"accepted": status < 300}, retry_after if status in (429, 503) else None)
+
+    def _answer(self, status: int, answer: dict[str, Any], retry_after: str | None = None) -> None:
+        payload = json.dumps(answer).encode()
         self.send_response(status)
-        if status == 503 and state.retry_after is not None:
-            self.send_header("Retry-After", state.retry_after)
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
@@ -108,9 +145,18 @@ class HttpReceiver(Managed):
         fail_first: int = 0,
         retry_after: str | None = None,
         reject_members: frozenset[Any] = frozenset(),
+        share_503: float = 0.0,
+        share_429: float = 0.0,
+        oauth_client: tuple[str, str] | None = None,
     ) -> None:
         self.state = ReceiverState(
-            reject_status=reject_status, reject_members=reject_members, fail_first=fail_first, retry_after=retry_after
+            reject_status=reject_status,
+            reject_members=reject_members,
+            fail_first=fail_first,
+            retry_after=retry_after,
+            share_503=share_503,
+            share_429=share_429,
+            oauth_client=oauth_client,
         )
         self._server = _Server(port, self.state)
         self._thread = threading.Thread(target=self._server.serve_forever, name="http-receiver", daemon=True)
@@ -131,6 +177,11 @@ class HttpReceiver(Managed):
         if self._thread.is_alive():  # shutdown() waits for serve_forever(), which must be running
             self._server.shutdown()
         self._server.server_close()
+
+    def revoke_tokens(self) -> None:
+        """OAuth mode: every token issued so far stops working (the partner rotated its keys)."""
+        with self.state.lock:
+            self.state.live_tokens.clear()
 
     def receipts(self) -> list[Receipt]:
         with self.state.lock:

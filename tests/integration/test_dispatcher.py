@@ -1,6 +1,8 @@
 """The dispatcher against real HTTP servers on 127.0.0.1."""
 
 import base64
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -14,6 +16,7 @@ from services.dispatcher.dispatching import CatalogCache, Dispatcher
 from services.dispatcher.guarded_network import guarded_transport
 from shared.catalog import Catalog
 from shared.devtools.http_receiver import HttpReceiver
+from shared.devtools.processes import free_port
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
 from shared.domain.destinations import DestinationPolicy
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, DeadLetter, MemberBatch
@@ -206,3 +209,66 @@ def test_the_ssrf_guard_refuses_loopback_at_connect_time_unless_allowed(catalog)
             [delivered_out] = dispatcher_for(catalog, allowed, receiver).handle(batch())
         assert RUN_EVENT_ADAPTER.validate_json(delivered_out.value).delivered == 3
         assert len(receiver.receipts()) == 1
+
+
+def _patient(catalog, client, receiver_url: str, **profile):
+    catalog.apply(ConnectionProfile(name="p", base_url=receiver_url, **profile))
+    catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
+    policy = RetryPolicy(max_attempts=100, max_seconds=60, initial_backoff=0.05, max_backoff=2)
+    return Dispatcher(
+        objects=CatalogCache(catalog, ttl=0),
+        deliverer=Deliverer(client, policy),
+        tokens=OAuthTokenCache(client),
+        topics=TOPICS,
+    )
+
+
+def test_an_endpoint_answering_30_percent_503_and_some_429_gets_every_member(catalog, client):
+    with HttpReceiver(share_503=0.3, share_429=0.05) as receiver:
+        dispatcher = _patient(catalog, client, receiver.url)
+        outcomes = [dispatcher.handle(batch(10, index))[-1] for index in range(60)]
+    assert all(RUN_EVENT_ADAPTER.validate_json(o.value).delivered == 10 for o in outcomes)
+    statuses = [r.status for r in receiver.receipts()]
+    assert statuses.count(503) >= 10
+    assert statuses.count(429) >= 1
+    assert statuses.count(200) == 60
+
+
+def test_an_endpoint_down_for_20_seconds_then_back_gets_every_member(catalog, client):
+    port = free_port()
+    back: list[HttpReceiver] = []
+    # The outage being simulated (nothing listens on the port for 20 s), not a synchronisation.
+    comeback = threading.Timer(20, lambda: back.append(HttpReceiver(port=port).start()))
+    comeback.start()
+    started = time.monotonic()
+    try:
+        dispatcher = _patient(catalog, client, f"http://127.0.0.1:{port}")
+        outcomes = [RUN_EVENT_ADAPTER.validate_json(dispatcher.handle(batch(10, i))[-1].value) for i in range(5)]
+        assert time.monotonic() - started >= 20
+        assert [o.delivered for o in outcomes] == [10] * 5
+        assert outcomes[0].attempts > 1  # refused connections, retried
+        assert sum(back[0].accepted_member_ids().values()) == 50
+    finally:
+        comeback.cancel()
+        comeback.join()
+        for receiver in back:
+            receiver.stop()
+
+
+def test_oauth2_client_credentials_against_a_resource_server_that_checks_the_token(catalog, client, monkeypatch):
+    monkeypatch.setenv("PARTNER_CLIENT_SECRET", "cs-456")
+    with HttpReceiver(oauth_client=("exporter", "cs-456")) as receiver:
+        auth = {
+            "type": "oauth2_client_credentials",
+            "token_url": f"{receiver.url}/oauth/token",
+            "client_id": "exporter",
+            "client_secret": "env:PARTNER_CLIENT_SECRET",
+        }
+        dispatcher = _patient(catalog, client, receiver.url, auth=auth)
+        first = [RUN_EVENT_ADAPTER.validate_json(dispatcher.handle(batch(5, i))[-1].value) for i in range(2)]
+        receiver.revoke_tokens()  # the partner rotates its keys: the cached token now gets a 401
+        after = RUN_EVENT_ADAPTER.validate_json(dispatcher.handle(batch(5, 2))[-1].value)
+    assert [o.delivered for o in [*first, after]] == [5, 5, 5]
+    assert receiver.state.tokens_issued == 2  # cached across batches, refreshed once on the 401
+    assert [r.status for r in receiver.receipts()] == [200, 200, 401, 200]
+    assert {r.headers["Authorization"] for r in receiver.receipts()} == {"Bearer token-1", "Bearer token-2"}
