@@ -104,8 +104,10 @@ class Deliverer:
         make_request: Callable[[], RenderedRequest],
         timeout: float,
         success_statuses: list[int] | None = None,
+        on_attempt: Callable[[AttemptResult], None] | None = None,
     ) -> DeliveryResult:
-        """Deliver with retries. ``make_request`` is called per attempt so headers (tokens) stay fresh."""
+        """Deliver with retries. ``make_request`` is called per attempt so headers (tokens) stay fresh;
+        ``on_attempt`` hears each attempt's result (the rate limiter adapts to it)."""
 
         def before_sleep(state: RetryCallState) -> None:
             RETRIES.inc()
@@ -123,7 +125,10 @@ class Deliverer:
         def once() -> AttemptResult:
             nonlocal attempts
             attempts += 1
-            return self.attempt(make_request(), timeout, success_statuses)
+            result = self.attempt(make_request(), timeout, success_statuses)
+            if on_attempt is not None:
+                on_attempt(result)
+            return result
 
         result: AttemptResult = retrying(once)
         return DeliveryResult(success=result.success, status=result.status, attempts=attempts, error=result.error)

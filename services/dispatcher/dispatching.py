@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
 import structlog
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from services.dispatcher.auth import OAuthTokenCache, auth_headers
-from services.dispatcher.delivery import Deliverer, DeliveryResult
+from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
+from services.dispatcher.rate_limit import AdaptiveRateLimiter
 from services.dispatcher.rendering import RenderedRequest, render_request
 from services.dispatcher.signing import signature_headers
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_isolating
 from shared.catalog import Catalog, NotFound
-from shared.domain.catalog_objects import CatalogObject, ConnectionProfile, HttpTemplate, OAuth2ClientCredentials
+from shared.domain.catalog_objects import (
+    CatalogObject,
+    ConnectionProfile,
+    HttpTemplate,
+    OAuth2ClientCredentials,
+    RateLimit,
+)
 from shared.errors import ExportError
 from shared.events import BatchOutcome, DeadLetter, MemberBatch
 from shared.kafka import Outgoing
@@ -27,6 +35,17 @@ T = TypeVar("T", bound=CatalogObject)
 MEMBERS_DELIVERED = Counter("export_dispatcher_members_delivered_total", "Members delivered.")
 MEMBERS_FAILED = Counter("export_dispatcher_members_failed_total", "Members that could not be delivered.")
 DEAD_LETTERS = Counter("export_dispatcher_dead_letters_total", "Dead letters of undeliverable members.")
+RATE_LIMIT_WAITS = Counter(
+    "export_dispatcher_rate_limit_waits_total", "Requests held back by a profile's rate limit.", ["profile"]
+)
+RATE_LIMIT_RATE = Gauge(
+    "export_dispatcher_rate_limit_requests_per_second",
+    "A rate-limited profile's current rate (below its limit while the partner throttles).",
+    ["profile"],
+)
+RATE_LIMIT_WAIT_SECONDS = Counter(
+    "export_dispatcher_rate_limit_wait_seconds_total", "Time requests waited for a profile's rate limit.", ["profile"]
+)
 
 #: Extra requests a batch may spend isolating refused members (about 2 log2(batch size) per member).
 DEFAULT_SPLIT_BUDGET = 64
@@ -63,12 +82,26 @@ class Dispatcher:
         tokens: OAuthTokenCache,
         topics: Topics,
         split_budget: int = DEFAULT_SPLIT_BUDGET,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.objects = objects
         self.deliverer = deliverer
         self.tokens = tokens
         self.topics = topics
         self.split_budget = split_budget
+        self.sleep = sleep
+        self._limiters: dict[str, tuple[RateLimit, AdaptiveRateLimiter]] = {}
+
+    def _limiter(self, profile: ConnectionProfile) -> AdaptiveRateLimiter | None:
+        """The profile's limiter, kept across batches (its adapted rate too) until the limit is edited."""
+        if profile.rate_limit is None:
+            self._limiters.pop(profile.name, None)
+            return None
+        known = self._limiters.get(profile.name)
+        if known is None or known[0] != profile.rate_limit:
+            limiter = AdaptiveRateLimiter(profile.rate_limit.requests_per_second, float(profile.rate_limit.burst))
+            known = self._limiters[profile.name] = (profile.rate_limit, limiter)
+        return known[1]
 
     def handle(self, batch: MemberBatch) -> list[Outgoing]:
         """Deliver a batch (isolating refused members) and return its outcome and dead letters."""
@@ -96,17 +129,39 @@ class Dispatcher:
         # Stable across redeliveries: the split of a batch is the same every time, so is each key.
         key = batch.identity if whole else f"{batch.identity}:{part.start}-{part.stop}"
 
+        limiter = self._limiter(profile)
+
         def make_request() -> RenderedRequest:
+            if limiter is not None:
+                wait = limiter.reserve(time.monotonic())
+                if wait > 0:
+                    RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
+                    RATE_LIMIT_WAIT_SECONDS.labels(profile=profile.name).inc(wait)
+                    self.sleep(wait)
             headers = rendered.headers | auth_headers(profile, self.tokens) | {"Idempotency-Key": key}
             if profile.signing_secret is not None:
                 headers |= signature_headers(profile.signing_secret, key, rendered.content, datetime.now(UTC))
             return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
 
-        result = self.deliverer.deliver(make_request, profile.timeout_seconds, template.success_statuses)
+        def adapt(attempt: AttemptResult) -> None:
+            if limiter is None:
+                return
+            if attempt.status == 429:
+                limiter.throttled()
+            elif attempt.success:
+                limiter.succeeded()
+            RATE_LIMIT_RATE.labels(profile=profile.name).set(limiter.rate)
+
+        def deliver() -> DeliveryResult:
+            return self.deliverer.deliver(
+                make_request, profile.timeout_seconds, template.success_statuses, on_attempt=adapt
+            )
+
+        result = deliver()
         if result.status == 401 and isinstance(profile.auth, OAuth2ClientCredentials):
             # A token may be revoked before its expiry: fetch a new one and try once more.
             self.tokens.forget(profile.name)
-            result = self.deliverer.deliver(make_request, profile.timeout_seconds, template.success_statuses)
+            result = deliver()
         return result
 
     def _outcome(self, batch: MemberBatch, result: IsolationResult[DeliveryResult]) -> list[Outgoing]:

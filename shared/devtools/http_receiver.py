@@ -2,7 +2,9 @@
 
 It can be told to answer every request with a given status (``reject_status``), to answer 400 to any
 request holding one of some members (``reject_members``, ids), or the first N with 503
-(``fail_first``, optionally with ``Retry-After``), so tests can check what the pipeline does with a
+(``fail_first``, optionally with ``Retry-After``), the first N with 429 (``throttle_first``), a share
+of requests with 503/429 (``share_503``, ``share_429``), or act as an OAuth token endpoint plus a
+resource server checking the token (``oauth_client``), so tests can check what the pipeline does with a
 partner API that refuses or stumbles. Receipts are kept member by member.
 
     python -m shared.devtools.http_receiver --port 8080 [--reject-status 400]
@@ -50,6 +52,7 @@ class ReceiverState:
     reject_status: int | None = None
     reject_members: frozenset[Any] = frozenset()
     fail_first: int = 0
+    throttle_first: int = 0
     retry_after: str | None = None
     #: Flaky mode: this share of requests answers 503, and this share 429 with ``Retry-After: 1``.
     share_503: float = 0.0
@@ -94,6 +97,9 @@ class _Handler(BaseHTTPRequestHandler):
             if state.fail_first > 0:
                 state.fail_first -= 1
                 status = 503
+            elif state.throttle_first > 0:
+                state.throttle_first -= 1
+                status, retry_after = 429, "0"
             elif draw < state.share_503:
                 status = 503
             elif draw < state.share_503 + state.share_429:
@@ -148,11 +154,13 @@ class HttpReceiver(Managed):
         share_503: float = 0.0,
         share_429: float = 0.0,
         oauth_client: tuple[str, str] | None = None,
+        throttle_first: int = 0,
     ) -> None:
         self.state = ReceiverState(
             reject_status=reject_status,
             reject_members=reject_members,
             fail_first=fail_first,
+            throttle_first=throttle_first,
             retry_after=retry_after,
             share_503=share_503,
             share_429=share_429,

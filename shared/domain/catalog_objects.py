@@ -63,6 +63,13 @@ class OAuth2ClientCredentials(_Spec):
 Auth = Annotated[NoAuth | BasicAuth | BearerAuth | ApiKeyAuth | OAuth2ClientCredentials, Field(discriminator="type")]
 
 
+class RateLimit(_Spec):
+    """How fast the partner may be called (per dispatcher replica); slowed down on 429, recovered on success."""
+
+    requests_per_second: Annotated[float, Field(gt=0, le=100_000)]
+    burst: Annotated[int, Field(ge=1, le=10_000)] = 1
+
+
 class ConnectionProfile(_Spec):
     """Where and how to reach a partner API: a base URL and its authentication."""
 
@@ -73,6 +80,7 @@ class ConnectionProfile(_Spec):
     #: Standard Webhooks signing secret (``whsec_…``, or an ``env:``/``file:`` reference to one): when set,
     #: every request carries ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature``.
     signing_secret: SecretStr | None = None
+    rate_limit: RateLimit | None = None
 
 
 # --- HTTP API templates ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.dispatcher.auth import OAuthTokenCache
@@ -272,3 +273,28 @@ def test_oauth2_client_credentials_against_a_resource_server_that_checks_the_tok
     assert receiver.state.tokens_issued == 2  # cached across batches, refreshed once on the 401
     assert [r.status for r in receiver.receipts()] == [200, 200, 401, 200]
     assert {r.headers["Authorization"] for r in receiver.receipts()} == {"Bearer token-1", "Bearer token-2"}
+
+
+def test_a_profiles_rate_limit_spaces_its_requests(catalog, client):
+    with HttpReceiver() as receiver:
+        dispatcher = _patient(catalog, client, receiver.url, rate_limit={"requests_per_second": 20})
+        started = time.monotonic()
+        outcomes = [RUN_EVENT_ADAPTER.validate_json(dispatcher.handle(batch(2, i))[-1].value) for i in range(30)]
+        elapsed = time.monotonic() - started
+    assert [o.delivered for o in outcomes] == [2] * 30
+    assert elapsed >= 29 / 20  # never faster than 20 requests a second
+
+
+def test_a_rate_limited_profile_slows_down_on_429_and_recovers(catalog, client):
+    def rate() -> float | None:
+        return REGISTRY.get_sample_value("export_dispatcher_rate_limit_requests_per_second", {"profile": "p"})
+
+    with HttpReceiver(throttle_first=3) as receiver:
+        dispatcher = _patient(catalog, client, receiver.url, rate_limit={"requests_per_second": 50})
+        dispatcher.handle(batch(2, 0))
+        after_throttling = rate()
+        for index in range(1, 12):
+            dispatcher.handle(batch(2, index))
+    assert [r.status for r in receiver.receipts()][:4] == [429, 429, 429, 200]
+    assert after_throttling == 50 / 8 + 50 / 10  # halved three times, then one success's worth back
+    assert rate() == 50  # recovered to the limit
