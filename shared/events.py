@@ -52,6 +52,7 @@ class Trigger(StrEnum):
     SCHEDULE = "schedule"
     MANUAL = "manual"
     EVENT = "event"
+    REPLAY = "replay"
 
 
 class RunRequested(Event):
@@ -107,6 +108,8 @@ class RunStarted(Event):
     trigger: Trigger
     requested_by: str | None = None
     scheduled_for: AwareDatetime | None = None
+    #: A replay run (``exportctl dead-letters replay``) names the run whose dead letters it re-sends.
+    replay_of: uuid.UUID | None = None
     at: AwareDatetime = Field(default_factory=utc_now)
 
 

@@ -246,6 +246,12 @@ class Catalog:
             row = session.get(RunRow, str(run_id))
             return _record_from_row(row) if row else None
 
+    def replays_of(self, run_id: uuid.UUID) -> list[RunRecord]:
+        """The replay runs that re-sent ``run_id``'s dead letters, oldest first."""
+        with self._session() as session:
+            rows = session.scalars(select(RunRow).where(RunRow.replay_of == str(run_id)).order_by(RunRow.started_at))
+            return [_record_from_row(row) for row in rows]
+
     def list_runs(self, definition: str | None = None, limit: int = 50) -> list[RunRecord]:
         with self._session() as session:
             query = select(RunRow).order_by(RunRow.started_at.desc()).limit(limit)
@@ -554,6 +560,7 @@ def _record_from_row(row: RunRow) -> RunRecord:
         trigger=row.trigger,
         requested_by=row.requested_by,
         scheduled_for=_aware(row.scheduled_for),
+        replay_of=uuid.UUID(row.replay_of) if row.replay_of else None,
         started_at=_aware(row.started_at),
         extraction_complete=row.extraction_complete,
         extracted=row.extracted,
@@ -575,6 +582,7 @@ def _record_to_row(record: RunRecord, row: RunRow) -> None:
     row.trigger = record.trigger
     row.requested_by = record.requested_by
     row.scheduled_for = record.scheduled_for
+    row.replay_of = str(record.replay_of) if record.replay_of else None
     row.started_at = record.started_at
     row.extraction_complete = record.extraction_complete
     row.extracted = record.extracted

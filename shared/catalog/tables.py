@@ -39,6 +39,7 @@ class RunRow(Base):
     trigger: Mapped[str | None] = mapped_column(String(16))
     requested_by: Mapped[str | None] = mapped_column(String(200))
     scheduled_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    replay_of: Mapped[str | None] = mapped_column(String(36), index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     extraction_complete: Mapped[bool] = mapped_column(Boolean, default=False)
     extracted: Mapped[int] = mapped_column(Integer, default=0)

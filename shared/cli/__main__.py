@@ -18,9 +18,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field
 
 from shared.catalog import Catalog, NotFound
+from shared.cli import dead_letters
+from shared.cli.common import CliSettings, fail, summary, wait_for_run
 from shared.cli.manifests import ManifestError, load_manifests
 from shared.domain.catalog_objects import (
     KINDS,
@@ -35,33 +36,17 @@ from shared.domain.catalog_objects import (
 )
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.query_parameters import ParameterError, bind_values
-from shared.domain.runs import RunRecord
 from shared.domain.schedule import composer_of, next_fire_times
 from shared.events import RunRequested, Trigger, json_schemas
 from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait
 from shared.querystore import MemberReader, QueryError
-from shared.settings import CommonSettings
-
-
-class CliSettings(CommonSettings):
-    """Settings of exportctl."""
-
-    query_store_url: str = Field(
-        default="sqlite:///.local/members.db",
-        description="Member store: where `apply` discovers saved queries' columns and `demo-data` writes.",
-    )
-
-
-def _fail(message: str) -> int:
-    print(f"exportctl: {message}", file=sys.stderr)
-    return 2
 
 
 def cmd_apply(settings: CliSettings, args: argparse.Namespace) -> int:
     try:
         objects = load_manifests(args.file)
     except ManifestError as exc:
-        return _fail("invalid manifest\n  " + "\n  ".join(exc.problems))
+        return fail("invalid manifest\n  " + "\n  ".join(exc.problems))
     catalog = Catalog.from_url(settings.catalog_url)
     declared = {(kind_of(o), o.name) for o in objects}
     missing = []
@@ -74,12 +59,12 @@ def cmd_apply(settings: CliSettings, args: argparse.Namespace) -> int:
             except NotFound:
                 missing.append(f"{kind_of(obj)} '{obj.name}': field '{field}': {kind.__name__} '{name}' does not exist")
     if missing:
-        return _fail("unresolved references\n  " + "\n  ".join(missing))
+        return fail("unresolved references\n  " + "\n  ".join(missing))
     if not args.skip_discovery:
         try:
             objects = discover_columns(objects, MemberReader.from_url(settings.query_store_url))
         except ManifestError as exc:
-            return _fail("queries do not fit the query store\n  " + "\n  ".join(exc.problems))
+            return fail("queries do not fit the query store\n  " + "\n  ".join(exc.problems))
     queries = {o.name: o for o in objects if isinstance(o, SavedQuery)}
     problems = destination_problems(objects, DestinationPolicy.parse(settings.allowed_destinations))
     for obj in objects:
@@ -87,7 +72,7 @@ def cmd_apply(settings: CliSettings, args: argparse.Namespace) -> int:
             query = queries.get(obj.query) or catalog.get(SavedQuery, obj.query)
             problems += [f"ExportDefinition '{obj.name}': {p}" for p in query_consistency_problems(obj, query)]
     if problems:
-        return _fail("refused\n  " + "\n  ".join(problems))
+        return fail("refused\n  " + "\n  ".join(problems))
     for obj in objects:
         print(f"{kind_of(obj)}/{obj.name} {catalog.apply(obj)}")
     return 0
@@ -147,7 +132,7 @@ def _kind(name: str) -> type[CatalogObject]:
     for kind, model in KINDS.items():
         if name.lower() in {kind.lower(), kind.lower() + "s"}:
             return model
-    raise SystemExit(_fail(f"unknown kind '{name}'; kinds: {', '.join(KINDS)}"))
+    raise SystemExit(fail(f"unknown kind '{name}'; kinds: {', '.join(KINDS)}"))
 
 
 def cmd_get(settings: CliSettings, args: argparse.Namespace) -> int:
@@ -156,7 +141,7 @@ def cmd_get(settings: CliSettings, args: argparse.Namespace) -> int:
     try:
         objects = [catalog.get(kind, args.name)] if args.name else catalog.list_objects(kind)
     except NotFound as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     documents = [{"kind": kind.__name__, "spec": obj.model_dump(mode="json")} for obj in objects]
     yaml.safe_dump_all(documents, sys.stdout, sort_keys=False, allow_unicode=True)
     return 0
@@ -166,19 +151,9 @@ def cmd_delete(settings: CliSettings, args: argparse.Namespace) -> int:
     try:
         Catalog.from_url(settings.catalog_url).delete(_kind(args.kind), args.name)
     except NotFound as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"{_kind(args.kind).__name__}/{args.name} deleted")
     return 0
-
-
-def _summary(record: RunRecord) -> str:
-    duration = f"{record.duration_seconds:.1f}s" if record.duration_seconds is not None else "-"
-    lines = [
-        f"run {record.run_id} of '{record.definition}': {record.status.value}",
-        f"  read: {record.extracted}  delivered: {record.delivered}  failed: {record.failed}  duration: {duration}",
-    ]
-    lines += [f"  error: {error}" for error in record.error_samples]
-    return "\n".join(lines)
 
 
 def cmd_run(settings: CliSettings, args: argparse.Namespace) -> int:
@@ -187,17 +162,17 @@ def cmd_run(settings: CliSettings, args: argparse.Namespace) -> int:
         definition = catalog.get(ExportDefinition, args.definition)
         query = catalog.get(SavedQuery, definition.query)
     except NotFound as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     parameters = {}
     for pair in args.param or []:
         name, equals, value = pair.partition("=")
         if not equals:
-            return _fail(f"--param '{pair}': expected NAME=VALUE")
+            return fail(f"--param '{pair}': expected NAME=VALUE")
         parameters[name] = value
     try:
         bind_values(query.parameters, parameters, definition.parameters)  # refuse now, not in the extractor
     except ParameterError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     request = RunRequested(
         definition=args.definition, trigger=Trigger.MANUAL, requested_by=getpass.getuser(), parameters=parameters
     )
@@ -210,25 +185,7 @@ def cmd_run(settings: CliSettings, args: argparse.Namespace) -> int:
     print(f"run {request.run_id} requested for '{args.definition}'")
     if not args.wait:
         return 0
-    return _wait(catalog, request.run_id, args.timeout)
-
-
-def _wait(catalog: Catalog, run_id: uuid.UUID, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    shown = ""
-    while time.monotonic() < deadline:
-        record = catalog.get_run(run_id)
-        if record is not None:
-            total = str(record.extracted) if record.extraction_complete else "?"
-            line = f"  {record.status.value}: delivered {record.delivered} / {total}, failed {record.failed}"
-            if line != shown and sys.stdout.isatty():
-                print(line, flush=True)
-                shown = line
-            if record.status.is_final:
-                print(_summary(record))
-                return 0 if record.status.value == "succeeded" else 1
-        time.sleep(0.25)
-    return _fail(f"run {run_id} did not finish within {timeout:.0f}s")
+    return wait_for_run(catalog, request.run_id, args.timeout)
 
 
 def cmd_runs(settings: CliSettings, args: argparse.Namespace) -> int:
@@ -236,8 +193,10 @@ def cmd_runs(settings: CliSettings, args: argparse.Namespace) -> int:
     if args.id:
         record = catalog.get_run(uuid.UUID(args.id))
         if record is None:
-            return _fail(f"run {args.id} is not known (yet)")
-        print(_summary(record))
+            return fail(f"run {args.id} is not known (yet)")
+        print(summary(record))
+        for replay in catalog.replays_of(record.run_id):
+            print(f"  replayed by run {replay.run_id}: {replay.status.value}, delivered {replay.delivered}")
         return 0
     for record in catalog.list_runs(args.definition, args.limit):
         started = record.started_at.isoformat(timespec="seconds") if record.started_at else "-"
@@ -263,7 +222,7 @@ def cmd_next_runs(settings: CliSettings, args: argparse.Namespace) -> int:
     try:
         definition = Catalog.from_url(settings.catalog_url).get(ExportDefinition, args.definition)
     except NotFound as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     schedule = definition.schedule
     if schedule.once is not None:
         print(f"once on {schedule.once.date} at {schedule.once.time:%H:%M} ({schedule.timezone})")
@@ -337,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     next_runs.add_argument("definition")
     next_runs.add_argument("-n", "--count", type=int, default=5)
     next_runs.set_defaults(func=cmd_next_runs)
+
+    dead_letters.add_commands(commands)
 
     schemas = commands.add_parser("schemas", help="print the JSON Schema of every event")
     schemas.set_defaults(func=cmd_schemas)

@@ -42,6 +42,7 @@ class RunRecord:
     trigger: str | None = None
     requested_by: str | None = None
     scheduled_for: datetime | None = None
+    replay_of: uuid.UUID | None = None
     started_at: datetime | None = None
     extraction_complete: bool = False
     extracted: int = 0
@@ -99,6 +100,7 @@ def fold(
             trigger=record.trigger or event.trigger.value,
             requested_by=record.requested_by or event.requested_by,
             scheduled_for=record.scheduled_for or event.scheduled_for,
+            replay_of=record.replay_of or event.replay_of,
             started_at=min(filter(None, [record.started_at, event.at])),
         )
     elif isinstance(event, ExtractionCompleted):

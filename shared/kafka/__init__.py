@@ -1,6 +1,14 @@
 """Kafka wrapped once: clients built from settings, topics ensured, and the at-least-once consumer loop."""
 
-from shared.kafka.clients import InFlight, ensure_topics, make_consumer, make_producer, produce, produce_and_wait
+from shared.kafka.clients import (
+    InFlight,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    produce,
+    produce_and_wait,
+    read_whole_topic,
+)
 from shared.kafka.loop import ConsumerLoop, Headers, Outgoing, value_decoder
 
 __all__ = [
@@ -13,5 +21,6 @@ __all__ = [
     "make_producer",
     "produce",
     "produce_and_wait",
+    "read_whole_topic",
     "value_decoder",
 ]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
+from kafka.structs import TopicPartition
 
 from shared.settings import CommonSettings
 
@@ -84,3 +86,27 @@ def produce(producer: KafkaProducer, outgoing: list[Outgoing]) -> InFlight:
 def produce_and_wait(producer: KafkaProducer, outgoing: list[Outgoing]) -> None:
     """Produce records and return once the broker has acknowledged every one (raise if one failed)."""
     produce(producer, outgoing).wait()
+
+
+def read_whole_topic(settings: CommonSettings, topic: str, timeout: float = 60.0) -> list[bytes]:
+    """Every record value of ``topic`` as of now, from the beginning (no consumer group, nothing committed)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers.split(","), group_id=None, enable_auto_commit=False
+    )
+    values: list[bytes] = []
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        if not partitions:
+            return values
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(p) < ends[p] for p in partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end within {timeout:.0f} s")
+            for records in consumer.poll(timeout_ms=250).values():
+                values.extend(record.value for record in records)
+    finally:
+        consumer.close()
+    return values

@@ -48,6 +48,10 @@ name: good-small
 spec: {{query: first-hundred, profile: good-partner, path: /v1/members, batch_size: 50}}
 ---
 kind: HttpTemplate
+name: strict-small
+spec: {{query: first-hundred, profile: strict-partner, path: /v1/members, batch_size: 50}}
+---
+kind: HttpTemplate
 name: strict-bulk
 spec: {{query: all-members, profile: strict-partner, path: /v1/members, batch_size: 500}}
 ---
@@ -67,6 +71,12 @@ spec:
   template: good-small
   notifications:
     success: {{enabled: true, recipients: [ops@example.com]}}
+---
+kind: ExportDefinition
+name: small-to-strict-partner
+spec:
+  query: first-hundred
+  template: strict-small
 ---
 kind: ExportDefinition
 name: to-strict-partner

@@ -141,3 +141,39 @@ def test_the_scheduler_process_fires_a_cron_schedule(pipeline: Pipeline, tmp_pat
     assert run.scheduled_for is not None
     assert run.scheduled_for.second == 0
     assert (run.extracted, run.delivered) == (100, 100)
+
+
+def test_dead_letters_are_replayed_once_the_endpoint_is_fixed_and_the_history_links_the_runs(pipeline: Pipeline):
+    failed = pipeline.exportctl("run", "small-to-strict-partner", "--wait", "--timeout", "120")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    original = _run_id(failed.stdout)
+
+    def dead_lettered(values: list[bytes]) -> int:
+        letters = [DeadLetter.model_validate_json(v) for v in values]
+        return sum(len(letter.members or []) for letter in letters if letter.run_id == original)
+
+    read_until(pipeline.bootstrap, pipeline.topics.dead_letters, lambda vs: dead_lettered(vs) >= 100)
+    listed = pipeline.exportctl("dead-letters", "list", "--run", str(original))
+    assert f"{original}  small-to-strict-partner" in listed.stdout
+    assert "100 member(s)  HTTP 400" in listed.stdout
+
+    reject_status, pipeline.strict.state.reject_status = pipeline.strict.state.reject_status, None  # fixed
+    try:
+        replay = pipeline.exportctl("dead-letters", "replay", str(original), "--wait", "--timeout", "120")
+    finally:
+        pipeline.strict.state.reject_status = reject_status
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert f"replays 100 member(s) of run {original} in 2 batch(es)" in replay.stdout
+    assert f"replay of run {original}" in replay.stdout
+    replay_id = uuid.UUID(replay.stdout.split()[1])
+    record = pipeline.catalog.get_run(replay_id)
+    assert record is not None
+    assert (record.status, record.delivered, record.trigger, record.replay_of) == (
+        RunStatus.SUCCEEDED,
+        100,
+        "replay",
+        original,
+    )
+    assert sorted(pipeline.strict.accepted_member_ids()) == list(range(1, 101))
+    history = pipeline.exportctl("runs", "--id", str(original))
+    assert f"replayed by run {replay_id}: succeeded, delivered 100" in history.stdout

@@ -9,7 +9,7 @@ from services.extractor.settings import ExtractorSettings
 from services.notifier.settings import NotifierSettings
 from services.scheduler.settings import SchedulerSettings
 from shared.asyncapi import render
-from shared.cli.__main__ import CliSettings
+from shared.cli.common import CliSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = [SchedulerSettings, ExtractorSettings, DispatcherSettings, NotifierSettings, CliSettings]

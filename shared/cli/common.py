@@ -1,0 +1,60 @@
+"""What exportctl's commands share: its settings, failing with a message, following a run."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+
+from pydantic import Field
+
+from shared.catalog import Catalog
+from shared.domain.runs import RunRecord
+from shared.settings import CommonSettings
+
+
+class CliSettings(CommonSettings):
+    """Settings of exportctl."""
+
+    query_store_url: str = Field(
+        default="sqlite:///.local/members.db",
+        description="Member store: where `apply` discovers saved queries' columns and `demo-data` writes.",
+    )
+
+
+def fail(message: str) -> int:
+    """Print ``exportctl: message`` to stderr; return the usage-error exit code."""
+    print(f"exportctl: {message}", file=sys.stderr)
+    return 2
+
+
+def summary(record: RunRecord) -> str:
+    """A run's outcome in a few lines (status, counts, duration, error samples, replay link)."""
+    duration = f"{record.duration_seconds:.1f}s" if record.duration_seconds is not None else "-"
+    lines = [
+        f"run {record.run_id} of '{record.definition}': {record.status.value}",
+        f"  read: {record.extracted}  delivered: {record.delivered}  failed: {record.failed}  duration: {duration}",
+    ]
+    if record.replay_of is not None:
+        lines.append(f"  replay of run {record.replay_of}")
+    lines += [f"  error: {error}" for error in record.error_samples]
+    return "\n".join(lines)
+
+
+def wait_for_run(catalog: Catalog, run_id: uuid.UUID, timeout: float) -> int:
+    """Follow a run until it is final; print its summary; exit 0 only if it succeeded."""
+    deadline = time.monotonic() + timeout
+    shown = ""
+    while time.monotonic() < deadline:
+        record = catalog.get_run(run_id)
+        if record is not None:
+            total = str(record.extracted) if record.extraction_complete else "?"
+            line = f"  {record.status.value}: delivered {record.delivered} / {total}, failed {record.failed}"
+            if line != shown and sys.stdout.isatty():
+                print(line, flush=True)
+                shown = line
+            if record.status.is_final:
+                print(summary(record))
+                return 0 if record.status.value == "succeeded" else 1
+        time.sleep(0.25)
+    return fail(f"run {run_id} did not finish within {timeout:.0f}s")
