@@ -34,6 +34,7 @@ def build_loop(
     handler: Callable[[E], list[Outgoing]],
     periodic: Callable[[], list[Outgoing]] | None = None,
     periodic_seconds: float = 30.0,
+    workers: int = 1,
     **consumer_overrides: Any,
 ) -> ConsumerLoop[E]:
     """A consumer loop for ``service`` on ``topic``, in the consumer group named after the service."""
@@ -48,4 +49,5 @@ def build_loop(
         dead_letter_topic=settings.topics.dead_letters,
         periodic=periodic,
         periodic_seconds=periodic_seconds,
+        workers=workers,
     )

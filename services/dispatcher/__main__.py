@@ -24,7 +24,10 @@ def main() -> None:
     client = httpx.Client(
         transport=guarded_transport(
             DestinationPolicy.parse(settings.allowed_destinations),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            limits=httpx.Limits(
+                max_connections=max(100, settings.dispatcher_concurrency),
+                max_keepalive_connections=max(20, settings.dispatcher_concurrency),
+            ),
         )
     )
     policy = RetryPolicy(
@@ -46,8 +49,10 @@ def main() -> None:
         topic=settings.topics.member_batches,
         decode=value_decoder(MemberBatch.model_validate_json),
         handler=dispatcher.handle,
-        # A batch may take the whole retry budget; keep polls small so the group does not evict us.
-        max_poll_records=8,
+        # One poll is one round of concurrent deliveries: the next poll waits for all its outcomes
+        # (backpressure), and a round lasts at most one retry budget, far below max.poll.interval.
+        workers=settings.dispatcher_concurrency,
+        max_poll_records=settings.dispatcher_concurrency,
     )
     loop.install_signal_handlers()
     try:

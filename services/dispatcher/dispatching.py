@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from prometheus_client import Counter, Gauge
@@ -38,6 +41,7 @@ DEAD_LETTERS = Counter("export_dispatcher_dead_letters_total", "Dead letters of 
 RATE_LIMIT_WAITS = Counter(
     "export_dispatcher_rate_limit_waits_total", "Requests held back by a profile's rate limit.", ["profile"]
 )
+IN_FLIGHT = Gauge("export_dispatcher_in_flight", "Batches being delivered now, by profile.", ["profile"])
 RATE_LIMIT_RATE = Gauge(
     "export_dispatcher_rate_limit_requests_per_second",
     "A rate-limited profile's current rate (below its limit while the partner throttles).",
@@ -71,6 +75,23 @@ class CatalogCache:
         return value
 
 
+@dataclass(frozen=True)
+class _ProfileLimits:
+    """A profile's rate limiter and in-flight bound, built from its ``rate_limit``."""
+
+    config: RateLimit | None
+    rate: AdaptiveRateLimiter | None
+    in_flight: AbstractContextManager[Any]
+
+    @classmethod
+    def of(cls, config: RateLimit | None) -> _ProfileLimits:
+        rate = None
+        if config is not None and config.requests_per_second is not None:
+            rate = AdaptiveRateLimiter(config.requests_per_second, float(config.burst))
+        bound = config.max_in_flight if config is not None else None
+        return cls(config, rate, threading.BoundedSemaphore(bound) if bound else nullcontext())
+
+
 class Dispatcher:
     """Handles member batches."""
 
@@ -90,18 +111,16 @@ class Dispatcher:
         self.topics = topics
         self.split_budget = split_budget
         self.sleep = sleep
-        self._limiters: dict[str, tuple[RateLimit, AdaptiveRateLimiter]] = {}
+        self._limits: dict[str, _ProfileLimits] = {}
+        self._limits_lock = threading.Lock()
 
-    def _limiter(self, profile: ConnectionProfile) -> AdaptiveRateLimiter | None:
-        """The profile's limiter, kept across batches (its adapted rate too) until the limit is edited."""
-        if profile.rate_limit is None:
-            self._limiters.pop(profile.name, None)
-            return None
-        known = self._limiters.get(profile.name)
-        if known is None or known[0] != profile.rate_limit:
-            limiter = AdaptiveRateLimiter(profile.rate_limit.requests_per_second, float(profile.rate_limit.burst))
-            known = self._limiters[profile.name] = (profile.rate_limit, limiter)
-        return known[1]
+    def _limits_of(self, profile: ConnectionProfile) -> _ProfileLimits:
+        """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited."""
+        with self._limits_lock:
+            known = self._limits.get(profile.name)
+            if known is None or known.config != profile.rate_limit:
+                known = self._limits[profile.name] = _ProfileLimits.of(profile.rate_limit)
+            return known
 
     def handle(self, batch: MemberBatch) -> list[Outgoing]:
         """Deliver a batch (isolating refused members) and return its outcome and dead letters."""
@@ -129,7 +148,8 @@ class Dispatcher:
         # Stable across redeliveries: the split of a batch is the same every time, so is each key.
         key = batch.identity if whole else f"{batch.identity}:{part.start}-{part.stop}"
 
-        limiter = self._limiter(profile)
+        limits = self._limits_of(profile)
+        limiter = limits.rate
 
         def make_request() -> RenderedRequest:
             if limiter is not None:
@@ -157,11 +177,16 @@ class Dispatcher:
                 make_request, profile.timeout_seconds, template.success_statuses, on_attempt=adapt
             )
 
-        result = deliver()
-        if result.status == 401 and isinstance(profile.auth, OAuth2ClientCredentials):
-            # A token may be revoked before its expiry: fetch a new one and try once more.
-            self.tokens.forget(profile.name)
-            result = deliver()
+        with limits.in_flight:
+            IN_FLIGHT.labels(profile=profile.name).inc()
+            try:
+                result = deliver()
+                if result.status == 401 and isinstance(profile.auth, OAuth2ClientCredentials):
+                    # A token may be revoked before its expiry: fetch a new one and try once more.
+                    self.tokens.forget(profile.name)
+                    result = deliver()
+            finally:
+                IN_FLIGHT.labels(profile=profile.name).dec()
         return result
 
     def _outcome(self, batch: MemberBatch, result: IsolationResult[DeliveryResult]) -> list[Outgoing]:

@@ -21,6 +21,9 @@ class DispatcherSettings(CommonSettings):
     dispatcher_catalog_cache_seconds: float = Field(
         default=5.0, ge=0, description="How long templates and profiles are cached; edits apply after it."
     )
+    dispatcher_concurrency: int = Field(
+        default=8, ge=1, le=256, description="Batches delivered at once (worker threads); also records per poll."
+    )
     dispatcher_split_budget: int = Field(
         default=64,
         ge=0,

@@ -17,6 +17,7 @@ import contextlib
 import json
 import random
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,6 +63,10 @@ class ReceiverState:
     oauth_client: tuple[str, str] | None = None
     live_tokens: set[str] = field(default_factory=set)
     tokens_issued: int = 0
+    #: Seconds each request is held before it is answered (a slow partner), and the concurrency seen.
+    delay: float = 0.0
+    active: int = 0
+    max_active: int = 0
     receipts: list[Receipt] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -87,6 +92,13 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             body = raw.decode("utf-8", errors="replace")
         state = self.server.state
+        if state.delay:
+            with state.lock:
+                state.active += 1
+                state.max_active = max(state.max_active, state.active)
+            time.sleep(state.delay)  # the slow partner being simulated
+            with state.lock:
+                state.active -= 1
         with state.lock:
             if state.oauth_client is not None and self.path == "/oauth/token":
                 status, answer = state.issue_token(parse_qs(raw.decode()))
@@ -155,6 +167,7 @@ class HttpReceiver(Managed):
         share_429: float = 0.0,
         oauth_client: tuple[str, str] | None = None,
         throttle_first: int = 0,
+        delay: float = 0.0,
     ) -> None:
         self.state = ReceiverState(
             reject_status=reject_status,
@@ -165,6 +178,7 @@ class HttpReceiver(Managed):
             share_503=share_503,
             share_429=share_429,
             oauth_client=oauth_client,
+            delay=delay,
         )
         self._server = _Server(port, self.state)
         self._thread = threading.Thread(target=self._server.serve_forever, name="http-receiver", daemon=True)

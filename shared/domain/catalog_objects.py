@@ -64,10 +64,21 @@ Auth = Annotated[NoAuth | BasicAuth | BearerAuth | ApiKeyAuth | OAuth2ClientCred
 
 
 class RateLimit(_Spec):
-    """How fast the partner may be called (per dispatcher replica); slowed down on 429, recovered on success."""
+    """How hard the partner may be called, per dispatcher replica.
 
-    requests_per_second: Annotated[float, Field(gt=0, le=100_000)]
+    ``requests_per_second`` (with ``burst``) is slowed down on 429 and recovered on success;
+    ``max_in_flight`` bounds the batches being delivered to the profile at once (retries included).
+    """
+
+    requests_per_second: Annotated[float, Field(gt=0, le=100_000)] | None = None
     burst: Annotated[int, Field(ge=1, le=10_000)] = 1
+    max_in_flight: Annotated[int, Field(ge=1, le=1_000)] | None = None
+
+    @model_validator(mode="after")
+    def _something_is_limited(self) -> RateLimit:
+        if self.requests_per_second is None and self.max_in_flight is None:
+            raise ValueError("set requests_per_second, max_in_flight, or both")
+        return self
 
 
 class ConnectionProfile(_Spec):

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -74,6 +75,7 @@ class ConsumerLoop(Generic[E]):
         poll_timeout_ms: int = 500,
         periodic: Callable[[], list[Outgoing]] | None = None,
         periodic_seconds: float = 30.0,
+        workers: int = 1,
     ) -> None:
         self.service = service
         self.consumer = consumer
@@ -94,6 +96,8 @@ class ConsumerLoop(Generic[E]):
         self.periodic_seconds = periodic_seconds
         self._next_periodic = time.monotonic() + periodic_seconds
         self.stopping = threading.Event()
+        # workers > 1: a poll's records are handled concurrently (the dispatcher's HTTP calls).
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{service}-worker") if workers > 1 else None
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT finish the record in hand, commit, and stop the loop."""
@@ -107,6 +111,8 @@ class ConsumerLoop(Generic[E]):
                 self.poll_once()
                 self.run_periodic()
         finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
             self.consumer.close()
             self.producer.flush()
             self.producer.close()
@@ -125,6 +131,8 @@ class ConsumerLoop(Generic[E]):
     def poll_once(self) -> int:
         """Poll, process and commit one batch of records; return how many were processed."""
         polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
+        if self._pool is not None:
+            return self._process_concurrently(polled)
         processed = 0
         for partition, records in polled.items():
             next_offset = None
@@ -133,36 +141,54 @@ class ConsumerLoop(Generic[E]):
                     # Hand the rest back: seek so that the next owner (or we, on restart) gets them.
                     self.consumer.seek(partition, record.offset)
                     break
-                self._process(record)
+                self.send_all(self._outcome(record))
                 next_offset = record.offset + 1
                 processed += 1
             if next_offset is not None:
                 self._commit(partition, next_offset)
         return processed
 
-    def _process(self, record: Any) -> None:
+    def _process_concurrently(self, polled: dict[TopicPartition, list[Any]]) -> int:
+        """Handle a poll's records on the worker threads, produce every result, then commit them all.
+
+        The poll is the unit of backpressure: the next poll waits until this one's records all have
+        their outcome, so a slow endpoint slows consumption instead of buffering the topic in memory.
+        """
+        if self.stopping.is_set():
+            for partition, records in polled.items():
+                if records:
+                    self.consumer.seek(partition, records[0].offset)
+            return 0
+        records = [record for batch in polled.values() for record in batch]
+        assert self._pool is not None
+        outgoing = [o for result in self._pool.map(self._outcome, records) for o in result]
+        self.send_all(outgoing)
+        for partition, batch in polled.items():
+            if batch:
+                self._commit(partition, batch[-1].offset + 1)
+        return len(records)
+
+    def _outcome(self, record: Any) -> list[Outgoing]:
+        """What to produce for one record: the handler's records, or a dead letter. Never raises."""
         RECORDS_CONSUMED.labels(service=self.service, topic=record.topic).inc()
         try:
             event = self.decode(record.value, record.headers or [])
         except ValidationError as exc:
-            self._dead_letter(record, f"invalid event: {describe_validation_error(exc)}")
-            return
+            return [self._dead_letter(record, f"invalid event: {describe_validation_error(exc)}")]
         except (ValueError, UnicodeDecodeError) as exc:
-            self._dead_letter(record, f"invalid event: {exc}")
-            return
+            return [self._dead_letter(record, f"invalid event: {exc}")]
         try:
-            outgoing = self._handle_with_retries(event)
+            return self._handle_with_retries(event)
         except InvalidInput as exc:
-            self._dead_letter(record, str(exc))
-            return
+            return [self._dead_letter(record, str(exc))]
         except Exception as exc:
             log.exception("handler failed", service=self.service, topic=record.topic, offset=record.offset)
-            self._dead_letter(record, f"{type(exc).__name__}: {exc}")
-            return
-        self.send_all(outgoing)
+            return [self._dead_letter(record, f"{type(exc).__name__}: {exc}")]
 
     def _handle_with_retries(self, event: E) -> list[Outgoing]:
-        return self._retrying(self.handler, event)
+        # A copy per call: worker threads must not share one Retrying's state.
+        retrying = self._retrying if self._pool is None else self._retrying.copy()
+        return retrying(self.handler, event)
 
     def send_all(self, outgoing: list[Outgoing]) -> None:
         """Produce records and return once the broker has acknowledged every one."""
@@ -172,7 +198,8 @@ class ConsumerLoop(Generic[E]):
         """Hand records to the producer and return at once; ``.wait()`` for their acknowledgements."""
         return produce(self.producer, outgoing)
 
-    def _dead_letter(self, record: Any, reason: str) -> None:
+    def _dead_letter(self, record: Any, reason: str) -> Outgoing:
+        """The dead letter of a record that could not be processed (counted and logged here)."""
         RECORDS_DEAD_LETTERED.labels(service=self.service, topic=record.topic).inc()
         log.warning(
             "record dead-lettered", service=self.service, topic=record.topic, offset=record.offset, reason=reason
@@ -186,7 +213,7 @@ class ConsumerLoop(Generic[E]):
             payload=record.value.decode("utf-8", errors="replace") if record.value is not None else None,
         )
         key = record.key.decode("utf-8", errors="replace") if record.key else f"{record.topic}:{record.offset}"
-        self.send_all([Outgoing(self.dead_letter_topic, key, letter.to_bytes())])
+        return Outgoing(self.dead_letter_topic, key, letter.to_bytes())
 
     def _commit(self, partition: TopicPartition, next_offset: int) -> None:
         self.consumer.commit({partition: OffsetAndMetadata(next_offset, None, -1)})

@@ -12,9 +12,10 @@ from tests.kafka_helpers import produce, read_until
 pytestmark = pytest.mark.integration
 
 
-def _loop(settings: CommonSettings, handler, group: str = "loop-test") -> ConsumerLoop[RunRequested]:
+def _loop(settings: CommonSettings, handler, group: str = "loop-test", workers: int = 1) -> ConsumerLoop[RunRequested]:
     topics = settings.topics
     return ConsumerLoop(
+        workers=workers,
         service="test",
         consumer=make_consumer(settings, settings.topic_prefix + group, [topics.run_requests]),
         producer=make_producer(settings, "test"),
@@ -33,7 +34,8 @@ def _run_until(loop: ConsumerLoop[RunRequested], condition, timeout: float = 60.
         loop.poll_once()
 
 
-def test_bad_records_are_dead_lettered_and_good_ones_handled(settings: CommonSettings):
+@pytest.mark.parametrize("workers", [1, 4])
+def test_bad_records_are_dead_lettered_and_good_ones_handled(settings: CommonSettings, workers: int):
     ensure_topics(settings)
     topics = settings.topics
     handled: list[str] = []
@@ -54,7 +56,7 @@ def test_bad_records_are_dead_lettered_and_good_ones_handled(settings: CommonSet
             ("k4", RunRequested(definition="fine").to_bytes()),
         ],
     )
-    loop = _loop(settings, handler)
+    loop = _loop(settings, handler, workers=workers)
     _run_until(loop, lambda: handled == ["fine"])
     loop.consumer.close()
 
@@ -72,7 +74,8 @@ def test_bad_records_are_dead_lettered_and_good_ones_handled(settings: CommonSet
     assert json.loads(echoes[0]) == {"echo": True}
 
 
-def test_offsets_are_committed_only_for_processed_records(settings: CommonSettings):
+@pytest.mark.parametrize("workers", [1, 4])
+def test_offsets_are_committed_only_for_processed_records(settings: CommonSettings, workers: int):
     ensure_topics(settings, [settings.topics.run_requests, settings.topics.dead_letters])
     topics = settings.topics
     produce(
@@ -86,7 +89,7 @@ def test_offsets_are_committed_only_for_processed_records(settings: CommonSettin
         seen.append(request.definition)
         return []
 
-    loop = _loop(settings, first_consumer)
+    loop = _loop(settings, first_consumer, workers=workers)
     _run_until(loop, lambda: len(seen) == 3)
     loop.consumer.close()
 
@@ -97,7 +100,7 @@ def test_offsets_are_committed_only_for_processed_records(settings: CommonSettin
         later.append(request.definition)
         return []
 
-    loop = _loop(settings, second_consumer)
+    loop = _loop(settings, second_consumer, workers=workers)
     _run_until(loop, lambda: later == ["d9"])
     loop.consumer.close()
     assert sorted(seen) == ["d0", "d1", "d2"]

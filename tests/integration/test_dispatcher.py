@@ -5,6 +5,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -298,3 +299,14 @@ def test_a_rate_limited_profile_slows_down_on_429_and_recovers(catalog, client):
     assert [r.status for r in receiver.receipts()][:4] == [429, 429, 429, 200]
     assert after_throttling == 50 / 8 + 50 / 10  # halved three times, then one success's worth back
     assert rate() == 50  # recovered to the limit
+
+
+@pytest.mark.parametrize(("max_in_flight", "seen"), [(None, lambda n: n > 2), (2, lambda n: n == 2)])
+def test_batches_go_out_concurrently_within_the_profiles_in_flight_bound(catalog, client, max_in_flight, seen):
+    limit = {"max_in_flight": max_in_flight} if max_in_flight else None
+    with HttpReceiver(delay=0.3) as receiver:
+        dispatcher = _patient(catalog, client, receiver.url, rate_limit=limit)
+        with ThreadPoolExecutor(8) as workers:  # as the consumer loop's workers do
+            outcomes = list(workers.map(lambda i: dispatcher.handle(batch(2, i))[-1], range(8)))
+    assert all(RUN_EVENT_ADAPTER.validate_json(o.value).delivered == 2 for o in outcomes)
+    assert seen(receiver.state.max_active), receiver.state.max_active
