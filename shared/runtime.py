@@ -29,19 +29,23 @@ def build_loop(
     settings: CommonSettings,
     *,
     service: str,
-    topic: str,
+    topic: str | list[str],
     decode: Callable[[bytes, Headers], E],
     handler: Callable[[E], list[Outgoing]],
     periodic: Callable[[], list[Outgoing]] | None = None,
     periodic_seconds: float = 30.0,
     workers: int = 1,
+    priority_topics: list[str] | None = None,
     **consumer_overrides: Any,
 ) -> ConsumerLoop[E]:
-    """A consumer loop for ``service`` on ``topic``, in the consumer group named after the service."""
+    """A consumer loop for ``service`` on ``topic`` (or topics), in the consumer group named after the service."""
     return ConsumerLoop(
         service=service,
         consumer=make_consumer(
-            settings, f"{settings.topic_prefix}member-export-{service}", [topic], **consumer_overrides
+            settings,
+            f"{settings.topic_prefix}member-export-{service}",
+            topic if isinstance(topic, list) else [topic],
+            **consumer_overrides,
         ),
         producer=make_producer(settings, service),
         decode=decode,
@@ -50,4 +54,5 @@ def build_loop(
         periodic=periodic,
         periodic_seconds=periodic_seconds,
         workers=workers,
+        priority_topics=priority_topics,
     )

@@ -12,7 +12,7 @@ DEAD_LETTERS = "exports.dead-letters"
 
 @dataclass(frozen=True)
 class Topics:
-    """The four topic names with a deployment's prefix applied."""
+    """The topic names with a deployment's prefix applied."""
 
     prefix: str = ""
 
@@ -24,6 +24,14 @@ class Topics:
     def member_batches(self) -> str:
         return self.prefix + MEMBER_BATCHES
 
+    def member_batches_for(self, priority: str) -> str:
+        """Where batches of a definition of ``priority`` go: high and low have topics of their own."""
+        return self.member_batches if priority == "normal" else f"{self.member_batches}.{priority}"
+
+    def member_batch_topics(self) -> list[str]:
+        """The member-batch topics, most urgent first (the dispatcher drains them in this order)."""
+        return [self.member_batches_for(p) for p in ("high", "normal", "low")]
+
     @property
     def run_events(self) -> str:
         return self.prefix + RUN_EVENTS
@@ -33,4 +41,4 @@ class Topics:
         return self.prefix + DEAD_LETTERS
 
     def all(self) -> list[str]:
-        return [self.run_requests, self.member_batches, self.run_events, self.dead_letters]
+        return [self.run_requests, *self.member_batch_topics(), self.run_events, self.dead_letters]

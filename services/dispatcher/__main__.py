@@ -46,7 +46,8 @@ def main() -> None:
     loop = build_loop(
         settings,
         service=SERVICE,
-        topic=settings.topics.member_batches,
+        topic=settings.topics.member_batch_topics(),
+        priority_topics=settings.topics.member_batch_topics(),
         decode=value_decoder(MemberBatch.model_validate_json),
         handler=dispatcher.handle,
         # One poll is one round of concurrent deliveries: the next poll waits for all its outcomes

@@ -226,7 +226,7 @@ class Dispatcher:
             )
             letter = DeadLetter(
                 reason=refused.outcome.error or "delivery failed",
-                source_topic=self.topics.member_batches,
+                source_topic=self.topics.member_batches_for(batch.priority.value),
                 service="dispatcher",
                 run_id=batch.run_id,
                 definition=batch.definition,

@@ -204,15 +204,14 @@ class Extractor:
             parameters=parameters,
             window=window,
         )
+        batch_topic = self.topics.member_batches_for(definition.priority.value)
         in_flight: tuple[InFlight, Checkpoint] | None = None
         for page in self._timed(pages):
             try:
                 batches = encoder.encode_page(page.columns, page.rows, checkpoint.next_batch_index)
             except MemberTooLarge as exc:
                 raise _RunFailure(str(exc), "member_too_large") from None
-            sent = self.send(
-                [Outgoing(self.topics.member_batches, f"{request.run_id}:{b.batch_index}", b.value) for b in batches]
-            )
+            sent = self.send([Outgoing(batch_topic, f"{request.run_id}:{b.batch_index}", b.value) for b in batches])
             checkpoint = replace(
                 checkpoint,
                 last_key=page.last_key,

@@ -89,7 +89,9 @@ def cmd_replay(settings: CliSettings, args: argparse.Namespace) -> int:
     try:
         key = str(replay_id)
         produce_and_wait(producer, [Outgoing(topics.run_events, key, started.to_bytes())])
-        produce_and_wait(producer, [Outgoing(topics.member_batches, b.identity, b.to_bytes()) for b in batches])
+        produce_and_wait(
+            producer, [Outgoing(topics.member_batches_for(b.priority.value), b.identity, b.to_bytes()) for b in batches]
+        )
         produce_and_wait(producer, [Outgoing(topics.run_events, key, completed.to_bytes())])
     finally:
         producer.close()

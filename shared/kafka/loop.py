@@ -76,6 +76,7 @@ class ConsumerLoop(Generic[E]):
         periodic: Callable[[], list[Outgoing]] | None = None,
         periodic_seconds: float = 30.0,
         workers: int = 1,
+        priority_topics: list[str] | None = None,
     ) -> None:
         self.service = service
         self.consumer = consumer
@@ -96,6 +97,8 @@ class ConsumerLoop(Generic[E]):
         self.periodic_seconds = periodic_seconds
         self._next_periodic = time.monotonic() + periodic_seconds
         self.stopping = threading.Event()
+        # Topics most urgent first: while one yields records, the partitions of later ones are paused.
+        self.priority_topics = priority_topics or []
         # workers > 1: a poll's records are handled concurrently (the dispatcher's HTTP calls).
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{service}-worker") if workers > 1 else None
 
@@ -131,6 +134,8 @@ class ConsumerLoop(Generic[E]):
     def poll_once(self) -> int:
         """Poll, process and commit one batch of records; return how many were processed."""
         polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
+        if self.priority_topics:
+            self._give_way(polled)
         if self._pool is not None:
             return self._process_concurrently(polled)
         processed = 0
@@ -147,6 +152,35 @@ class ConsumerLoop(Generic[E]):
             if next_offset is not None:
                 self._commit(partition, next_offset)
         return processed
+
+    def _give_way(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        """Pause less urgent topics while a more urgent one has a backlog; resume them once it has none.
+
+        A backlog is seen in the poll, or in the high-water marks that fetch responses bring (no extra
+        request): records waiting behind a lower topic's prefetched buffer count too. Records already
+        returned from a paused topic are still processed (at most one poll's worth); its prefetched
+        records are fetched again after it resumes (its position has not moved), so nothing is skipped.
+        """
+        ranks = {topic: rank for rank, topic in enumerate(self.priority_topics)}
+        assigned = self.consumer.assignment()
+        busy = [ranks[p.topic] for p, records in polled.items() if records and p.topic in ranks]
+        busy += [ranks[p.topic] for p in assigned if p.topic in ranks and self._has_backlog(p)]
+        urgent = min(busy, default=None)
+        wanted = {p for p in assigned if urgent is not None and ranks.get(p.topic, -1) > urgent}
+        paused = set(self.consumer.paused())
+        if paused - wanted:
+            self.consumer.resume(*(paused - wanted))
+        if wanted - paused:
+            self.consumer.pause(*(wanted - paused))
+
+    def _has_backlog(self, partition: TopicPartition) -> bool:
+        highwater = self.consumer.highwater(partition)
+        if highwater is None:
+            return False
+        try:
+            return bool(highwater > self.consumer.position(partition, timeout_ms=0))
+        except Exception:  # noqa: BLE001 - position unknown yet (just assigned): no evidence of a backlog
+            return False
 
     def _process_concurrently(self, polled: dict[TopicPartition, list[Any]]) -> int:
         """Handle a poll's records on the worker threads, produce every result, then commit them all.

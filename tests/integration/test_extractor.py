@@ -115,7 +115,9 @@ def test_every_member_is_published_once_in_batches(extractor: Extractor, setting
     assert extractor.handle(request) == []
     batches = [
         MemberBatch.model_validate_json(v)
-        for v in read_until(settings.kafka_bootstrap_servers, settings.topics.member_batches, lambda vs: len(vs) >= 33)
+        for v in read_until(
+            settings.kafka_bootstrap_servers, settings.topics.member_batches_for("high"), lambda vs: len(vs) >= 33
+        )
     ]
     ids = [m["id"] for b in batches for m in b.members]
     assert sorted(ids) == list(range(1, MEMBERS + 1))
@@ -164,7 +166,9 @@ def test_a_run_resumes_from_its_checkpoint_with_the_same_batch_identities(
     extractor.handle(RunRequested(run_id=run_id, definition="export-all"))
     batches = [
         MemberBatch.model_validate_json(v)
-        for v in read_until(settings.kafka_bootstrap_servers, settings.topics.member_batches, lambda vs: len(vs) >= 13)
+        for v in read_until(
+            settings.kafka_bootstrap_servers, settings.topics.member_batches_for("high"), lambda vs: len(vs) >= 13
+        )
     ]
     assert sorted(b.batch_index for b in batches) == list(range(20, 33))
     assert sorted(m["id"] for b in batches for m in b.members) == list(range(2001, MEMBERS + 1))
