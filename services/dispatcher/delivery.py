@@ -11,8 +11,8 @@ import httpx
 from prometheus_client import Counter, Histogram
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, stop_after_delay
 
-from services.dispatcher.rendering import RenderedRequest
 from services.dispatcher.retry_policy import is_retryable, is_success, parse_retry_after
+from shared.domain.rendering import RenderedRequest
 
 REQUESTS = Counter("export_dispatcher_requests_total", "HTTP requests sent, by status class.", ["status_class"])
 REQUEST_SECONDS = Histogram("export_dispatcher_request_seconds", "HTTP request duration.")

@@ -16,7 +16,6 @@ from prometheus_client import Counter, Gauge
 from services.dispatcher.auth import OAuthTokenCache, auth_headers
 from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
 from services.dispatcher.rate_limit import AdaptiveRateLimiter
-from services.dispatcher.rendering import RenderedRequest, render_request
 from services.dispatcher.signing import signature_headers
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_isolating
 from shared.catalog import Catalog, NotFound
@@ -27,6 +26,7 @@ from shared.domain.catalog_objects import (
     OAuth2ClientCredentials,
     RateLimit,
 )
+from shared.domain.rendering import RenderedRequest, render_request
 from shared.errors import ExportError
 from shared.events import BatchOutcome, DeadLetter, MemberBatch
 from shared.kafka import Outgoing

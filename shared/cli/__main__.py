@@ -15,6 +15,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -28,6 +29,7 @@ from shared.domain.catalog_objects import (
     CatalogObject,
     ConnectionProfile,
     ExportDefinition,
+    HttpTemplate,
     OAuth2ClientCredentials,
     SavedQuery,
     kind_of,
@@ -36,8 +38,9 @@ from shared.domain.catalog_objects import (
 )
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.query_parameters import ParameterError, bind_values
+from shared.domain.rendering import TemplateRenderError, render_request
 from shared.domain.schedule import composer_of, next_fire_times
-from shared.events import RunRequested, Trigger, json_schemas
+from shared.events import MemberBatch, RunRequested, Trigger, json_schemas
 from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait
 from shared.querystore import MemberReader, QueryError
 
@@ -67,6 +70,8 @@ def cmd_apply(settings: CliSettings, args: argparse.Namespace) -> int:
             return fail("queries do not fit the query store\n  " + "\n  ".join(exc.problems))
     queries = {o.name: o for o in objects if isinstance(o, SavedQuery)}
     problems = destination_problems(objects, DestinationPolicy.parse(settings.allowed_destinations))
+    if not args.skip_discovery:
+        problems += template_problems(objects, catalog, MemberReader.from_url(settings.query_store_url))
     for obj in objects:
         if isinstance(obj, ExportDefinition):
             query = queries.get(obj.query) or catalog.get(SavedQuery, obj.query)
@@ -100,6 +105,43 @@ def destination_problems(objects: list[CatalogObject], policy: DestinationPolicy
                 if refusal is not None:
                     problems.append(f"ConnectionProfile '{obj.name}': field '{field}': {refusal}")
                     break
+    return problems
+
+
+T = TypeVar("T", bound=CatalogObject)
+
+
+def template_problems(objects: list[CatalogObject], catalog: Catalog, reader: MemberReader) -> list[str]:
+    """Templates that do not render valid requests for their query's first members (read from the store)."""
+    declared = {(kind_of(o), o.name): o for o in objects}
+
+    def lookup(kind: type[T], name: str) -> T:
+        found = declared.get((kind.__name__, name))
+        return found if isinstance(found, kind) else catalog.get(kind, name)
+
+    problems = []
+    for obj in objects:
+        if not isinstance(obj, HttpTemplate):
+            continue
+        query, profile = lookup(SavedQuery, obj.query), lookup(ConnectionProfile, obj.profile)
+        try:
+            values = bind_values(query.parameters)
+        except ParameterError:
+            continue  # a required parameter has no default: the query cannot run without a run request
+        try:
+            page = next(reader.pages(query, page_size=min(obj.batch_size, 3), parameters=values), None)
+        except QueryError:
+            continue  # reported with the query
+        if page is None:
+            continue  # no member to render with
+        sample = MemberBatch(
+            run_id=uuid.UUID(int=0), definition="(apply check)", template=obj.name, batch_index=0, members=page.members
+        )
+        try:
+            render_request(obj, profile, sample)
+        except TemplateRenderError as exc:
+            problems.append(f"HttpTemplate '{obj.name}': {exc} (rendered with the query's first members)")
+    reader.close()
     return problems
 
 

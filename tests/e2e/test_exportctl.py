@@ -179,3 +179,20 @@ def test_apply_refuses_a_profile_pointing_at_a_private_or_metadata_address(tmp_p
     )
     allowed = exportctl(tmp_path, "apply", "-f", str(manifest), env={"EXPORT_ALLOWED_DESTINATIONS": "10.0.0.0/8"})
     assert "10.1.2.3" not in allowed.stderr
+
+
+def test_apply_refuses_a_template_that_does_not_render_for_the_querys_members(tmp_path):
+    manifest = tmp_path / "templates.yaml"
+    manifest.write_text(
+        "kind: SavedQuery\nname: few\nspec: {sql: 'SELECT id, email FROM members'}\n"
+        "---\nkind: ConnectionProfile\nname: p\nspec: {base_url: 'http://127.0.0.1:9'}\n"
+        "---\nkind: HttpTemplate\nname: unquoted\nspec:\n  query: few\n  profile: p\n"
+        '  body: |\n    {"members": [\n    {% for m in members %}{{ m.email }}{% endfor %}]}\n'
+        "---\nkind: HttpTemplate\nname: unknown-column\nspec:\n  query: few\n  profile: p\n"
+        "  body: '{\"nick\": {{ member.nickname | tojson }}}'\n"
+    )
+    result = exportctl(tmp_path, "apply", "-f", str(manifest), env={"EXPORT_QUERY_STORE_URL": _store(tmp_path)})
+    assert result.returncode == 2
+    assert "HttpTemplate 'unquoted': template body renders invalid JSON at line 2, column" in result.stderr
+    assert "HttpTemplate 'unknown-column': template body: " in result.stderr
+    assert "(an undefined variable: is the column in the query?)" in result.stderr

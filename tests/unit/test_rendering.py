@@ -3,8 +3,8 @@ import uuid
 
 import pytest
 
-from services.dispatcher.rendering import TemplateRenderError, render_request
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
+from shared.domain.rendering import TemplateRenderError, render_request
 from shared.events import MemberBatch
 
 PROFILE = ConnectionProfile(name="p", base_url="https://api.example.com/base/")
@@ -64,3 +64,11 @@ def test_an_unknown_variable_is_an_error_not_an_empty_string():
 def test_the_sandbox_refuses_python_internals():
     with pytest.raises(TemplateRenderError):
         render_request(template(body="{{ members.__class__.__mro__ }}"), PROFILE, BATCH)
+
+
+def test_an_unknown_column_piped_into_a_filter_is_a_clear_error_not_a_crash():
+    template = HttpTemplate(name="t", query="q", profile="p", body='{"nick": {{ member.nickname | tojson }}}')
+    profile = ConnectionProfile(name="p", base_url="https://api.example.com")
+    batch = MemberBatch(run_id=uuid.uuid4(), definition="d", template="t", batch_index=0, members=[{"id": 1}])
+    with pytest.raises(TemplateRenderError, match="is the column in the query"):
+        render_request(template, profile, batch)

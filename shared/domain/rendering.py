@@ -41,6 +41,10 @@ def _render(source: str, context: dict[str, Any], what: str) -> str:
         lineno = getattr(exc, "lineno", None)
         line = f" (line {lineno})" if lineno else ""
         raise TemplateRenderError(f"template {what}{line}: {exc.message or exc}") from None
+    except (TypeError, ValueError) as exc:
+        # E.g. an unknown column piped into a filter: StrictUndefined reaches json.dumps as a value.
+        hint = " (an undefined variable: is the column in the query?)" if "Undefined" in str(exc) else ""
+        raise TemplateRenderError(f"template {what}: {exc}{hint}") from None
 
 
 def render_request(template: HttpTemplate, profile: ConnectionProfile, batch: MemberBatch) -> RenderedRequest:
