@@ -42,6 +42,7 @@ e2e: prerequisites
 bench: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_scheduler
 	$(BIN)/python -m tests.benchmarks.bench_extractor
+	$(BIN)/python -m tests.benchmarks.bench_http_clients
 
 ## Long-lived local infrastructure for working by hand (ports 9092 and 5433).
 kafka-up: prerequisites
