@@ -49,3 +49,15 @@ def read_until(
     finally:
         consumer.close()
     return values
+
+
+def service_env(bootstrap: str, topic_prefix: str, catalog_url: str, query_store_url: str) -> dict[str, str]:
+    """The environment of service processes in a test: its broker, topics, catalog and member store."""
+    return {
+        "EXPORT_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "EXPORT_TOPIC_PREFIX": topic_prefix,
+        "EXPORT_TOPIC_PARTITIONS": "3",
+        "EXPORT_CATALOG_URL": catalog_url,
+        "EXPORT_QUERY_STORE_URL": query_store_url,
+        "EXPORT_METRICS_PORT": "0",
+    }

@@ -31,7 +31,6 @@ def main() -> None:
             settings.query_store_url, timeout_seconds=settings.extractor_query_timeout_seconds
         ),
         topics=settings.topics,
-        publish=loop.send_all,
         send=loop.send,
         page_size=settings.extractor_page_size,
         max_record_bytes=settings.extractor_max_record_bytes,

@@ -58,8 +58,8 @@ class _RunFailure(Exception):
 class Extractor:
     """Handles run requests.
 
-    ``publish`` sends records and returns once the broker has them all; ``send`` hands records over
-    and returns at once (its result's ``wait()`` blocks for the acknowledgements).
+    ``send`` hands records to the producer and returns at once; its result's ``wait()`` blocks until
+    the broker has acknowledged them all.
     """
 
     def __init__(
@@ -68,18 +68,20 @@ class Extractor:
         catalog: Catalog,
         reader: MemberReader,
         topics: Topics,
-        publish: Callable[[list[Outgoing]], None],
-        send: Callable[[list[Outgoing]], InFlight] | None = None,
+        send: Callable[[list[Outgoing]], InFlight],
         page_size: int,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         self.catalog = catalog
         self.reader = reader
         self.topics = topics
-        self.publish = publish
-        self.send = send or _sent_synchronously(publish)
+        self.send = send
         self.page_size = page_size
         self.max_record_bytes = max_record_bytes
+
+    def publish(self, outgoing: list[Outgoing]) -> None:
+        """Send records and return once the broker has acknowledged them all."""
+        self.send(outgoing).wait()
 
     def _event(self, run_id: str, event: RunStarted | ExtractionCompleted | RunFailed) -> Outgoing:
         return Outgoing(self.topics.run_events, run_id, event.to_bytes())
@@ -258,18 +260,3 @@ class Extractor:
             self.catalog.save_checkpoint(replace(checkpoint, completed=True))
         failed = RunFailed(run_id=request.run_id, definition=request.definition, reason=failure.reason)
         return [self._event(str(request.run_id), failed)]
-
-
-class _Acknowledged(InFlight):
-    def __init__(self) -> None:
-        super().__init__([])
-
-
-def _sent_synchronously(publish: Callable[[list[Outgoing]], None]) -> Callable[[list[Outgoing]], InFlight]:
-    """A ``send`` built from a blocking ``publish`` (no overlap; for callers without a producer)."""
-
-    def send(outgoing: list[Outgoing]) -> InFlight:
-        publish(outgoing)
-        return _Acknowledged()
-
-    return send

@@ -64,7 +64,9 @@ class Notifier:
         if not after.status.is_final:
             return []
         newly_final = before is None or not before.status.is_final
-        definition = self._definition(after.definition)
+        # Read only when there is something to decide or to send (a redelivered event of a finished
+        # run whose emails are out needs nothing).
+        definition = self._definition(after.definition) if newly_final or kinds_due(after.status) else None
         if newly_final and definition is not None:
             reason = failure_threshold_reason(after, definition.failure_policy.max_failure_percent)
             if reason is not None:
@@ -120,7 +122,7 @@ class Notifier:
         limit = definition.failure_policy.pause_after_failed_runs
         if limit is None or record.status is not RunStatus.FAILED:
             return
-        if consecutive_failures(self.catalog.recent_final_statuses(definition.name, limit * 4)) < limit:
+        if self._consecutive_failures(definition.name, limit) < limit:
             return
         if self.catalog.pause_schedule(definition.name):
             SCHEDULES_PAUSED.inc()
@@ -134,8 +136,12 @@ class Notifier:
         current = self._definition(definition.name)
         if current is None or current.schedule.enabled:
             return None
-        failures = consecutive_failures(self.catalog.recent_final_statuses(definition.name, limit * 4))
+        failures = self._consecutive_failures(definition.name, limit)
         return failures if failures >= limit else None
+
+    def _consecutive_failures(self, definition: str, limit: int) -> int:
+        # Skipped and missed runs do not break a series: look further back than ``limit`` runs.
+        return consecutive_failures(self.catalog.recent_final_statuses(definition, limit * 4))
 
     def _send_due_emails(
         self, record: RunRecord, definition: ExportDefinition | None, attempts: int | None = None

@@ -285,7 +285,7 @@ class Catalog:
         if not current.schedule.enabled:
             return False
         paused = current.model_copy(update={"schedule": current.schedule.model_copy(update={"enabled": False})})
-        self.apply(ExportDefinition.model_validate(paused.model_dump()))
+        self.apply(paused)
         return True
 
     # --- notifications -----------------------------------------------------------------------------

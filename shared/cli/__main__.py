@@ -15,7 +15,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -63,18 +63,20 @@ def cmd_apply(settings: CliSettings, args: argparse.Namespace) -> int:
                 missing.append(f"{kind_of(obj)} '{obj.name}': field '{field}': {kind.__name__} '{name}' does not exist")
     if missing:
         return fail("unresolved references\n  " + "\n  ".join(missing))
-    if not args.skip_discovery:
-        try:
-            objects = discover_columns(objects, MemberReader.from_url(settings.query_store_url))
-        except ManifestError as exc:
-            return fail("queries do not fit the query store\n  " + "\n  ".join(exc.problems))
-    queries = {o.name: o for o in objects if isinstance(o, SavedQuery)}
     problems = destination_problems(objects, DestinationPolicy.parse(settings.allowed_destinations))
     if not args.skip_discovery:
-        problems += template_problems(objects, catalog, MemberReader.from_url(settings.query_store_url))
+        reader = MemberReader.from_url(settings.query_store_url)
+        try:
+            objects = discover_columns(objects, reader)
+            problems += template_problems(objects, resolver(objects, catalog), reader)
+        except ManifestError as exc:
+            return fail("queries do not fit the query store\n  " + "\n  ".join(exc.problems))
+        finally:
+            reader.close()
+    resolve = resolver(objects, catalog)
     for obj in objects:
         if isinstance(obj, ExportDefinition):
-            query = queries.get(obj.query) or catalog.get(SavedQuery, obj.query)
+            query = resolve(SavedQuery, obj.query)
             problems += [f"ExportDefinition '{obj.name}': {p}" for p in query_consistency_problems(obj, query)]
     if problems:
         return fail("refused\n  " + "\n  ".join(problems))
@@ -111,14 +113,25 @@ def destination_problems(objects: list[CatalogObject], policy: DestinationPolicy
 T = TypeVar("T", bound=CatalogObject)
 
 
-def template_problems(objects: list[CatalogObject], catalog: Catalog, reader: MemberReader) -> list[str]:
-    """Templates that do not render valid requests for their query's first members (read from the store)."""
+class Resolve(Protocol):
+    """Finds an object of a kind by name."""
+
+    def __call__(self, kind: type[T], name: str) -> T: ...
+
+
+def resolver(objects: list[CatalogObject], catalog: Catalog) -> Resolve:
+    """Look an object up among those being applied, else in the catalog (references are checked before)."""
     declared = {(kind_of(o), o.name): o for o in objects}
 
     def lookup(kind: type[T], name: str) -> T:
         found = declared.get((kind.__name__, name))
         return found if isinstance(found, kind) else catalog.get(kind, name)
 
+    return lookup
+
+
+def template_problems(objects: list[CatalogObject], lookup: Resolve, reader: MemberReader) -> list[str]:
+    """Templates that do not render valid requests for their query's first members (read from the store)."""
     problems = []
     for obj in objects:
         if not isinstance(obj, HttpTemplate):
@@ -141,7 +154,6 @@ def template_problems(objects: list[CatalogObject], catalog: Catalog, reader: Me
             render_request(obj, profile, sample)
         except TemplateRenderError as exc:
             problems.append(f"HttpTemplate '{obj.name}': {exc} (rendered with the query's first members)")
-    reader.close()
     return problems
 
 
@@ -164,7 +176,6 @@ def discover_columns(objects: list[CatalogObject], reader: MemberReader) -> list
                 continue
             obj = obj.model_copy(update={"columns": columns})
         discovered.append(obj)
-    reader.close()
     if problems:
         raise ManifestError(problems)
     return discovered

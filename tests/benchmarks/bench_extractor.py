@@ -58,7 +58,7 @@ def child_extractor(store_url: str, bootstrap: str, workdir: str) -> dict[str, A
     """One run through the real extractor; returns members, seconds, peak RSS."""
     from services.extractor.extraction import Extractor
     from shared.events import RunRequested
-    from shared.kafka import ensure_topics, make_producer, produce, produce_and_wait
+    from shared.kafka import ensure_topics, make_producer, produce
     from shared.log import configure_logging
     from shared.querystore import MemberReader
 
@@ -75,7 +75,6 @@ def child_extractor(store_url: str, bootstrap: str, workdir: str) -> dict[str, A
         catalog=catalog,
         reader=MemberReader.from_url(store_url),
         topics=settings.topics,
-        publish=lambda out: produce_and_wait(producer, out),
         send=lambda out: produce(producer, out),
         page_size=PAGE_SIZE,
     )

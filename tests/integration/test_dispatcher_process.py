@@ -19,7 +19,7 @@ from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, H
 from shared.events import RunRequested
 from shared.querystore.demo_data import create_demo_members
 from shared.topics import Topics
-from tests.kafka_helpers import produce
+from tests.kafka_helpers import produce, service_env
 
 pytestmark = pytest.mark.integration
 
@@ -42,15 +42,8 @@ def test_a_dispatcher_killed_mid_run_delivers_every_member_once_per_key(kafka_bo
         catalog.apply(ExportDefinition(name="everyone", query="all", template="t"))
         catalog.close()
         pipeline = LocalPipeline(
-            env={
-                "EXPORT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-                "EXPORT_TOPIC_PREFIX": prefix,
-                "EXPORT_TOPIC_PARTITIONS": "3",
-                "EXPORT_CATALOG_URL": catalog_url,
-                "EXPORT_QUERY_STORE_URL": store_url,
-                "EXPORT_METRICS_PORT": "0",
-                "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
-            },
+            env=service_env(kafka_bootstrap, prefix, catalog_url, store_url)
+            | {"EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1"},
             log_dir=tmp_path / "logs",
             services=("extractor", "dispatcher"),
         ).start()

@@ -20,7 +20,7 @@ from shared.events import (
     RunRequested,
     RunStarted,
 )
-from shared.kafka import ensure_topics, make_producer, produce, produce_and_wait
+from shared.kafka import ensure_topics, make_producer, produce
 from shared.querystore import MemberReader
 from shared.querystore.demo_data import create_demo_members
 from shared.settings import CommonSettings
@@ -78,7 +78,6 @@ def extractor(settings: CommonSettings, database_url: str) -> Iterator[Extractor
         catalog=catalog,
         reader=reader,
         topics=settings.topics,
-        publish=lambda out: produce_and_wait(producer, out),
         send=lambda out: produce(producer, out),
         page_size=1_000,
     )

@@ -34,7 +34,7 @@ from shared.events import (
 )
 from shared.querystore.demo_data import create_demo_members
 from shared.topics import Topics
-from tests.kafka_helpers import produce, read_until
+from tests.kafka_helpers import produce, read_until, service_env
 
 pytestmark = pytest.mark.integration
 
@@ -83,15 +83,7 @@ def extractor_process(
     catalog.apply(ExportDefinition(name="a-few", query="few", template="t-few"))
     prefix = f"x{uuid.uuid4().hex[:10]}."
     pipeline = LocalPipeline(
-        env={
-            "EXPORT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "EXPORT_TOPIC_PREFIX": prefix,
-            "EXPORT_TOPIC_PARTITIONS": "3",
-            "EXPORT_CATALOG_URL": catalog_url,
-            "EXPORT_QUERY_STORE_URL": store_url,
-            "EXPORT_EXTRACTOR_PAGE_SIZE": "1000",
-            "EXPORT_METRICS_PORT": "0",
-        },
+        env=service_env(kafka_bootstrap, prefix, catalog_url, store_url) | {"EXPORT_EXTRACTOR_PAGE_SIZE": "1000"},
         log_dir=workdir / "logs",
         services=("extractor",),
     ).start()
