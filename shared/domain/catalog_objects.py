@@ -10,7 +10,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_core import to_jsonable_python
 
 from shared.domain.names import Name
@@ -18,6 +18,16 @@ from shared.domain.query_parameters import RESERVED_PREFIX, QueryParameter, bind
 from shared.domain.schedule import Schedule
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _plain_column(column: str) -> str:
+    if not _IDENTIFIER.match(column):
+        raise ValueError("must be a plain column name (letters, digits, underscore)")
+    return column
+
+
+#: A column named in SQL we write around the saved query: letters, digits and underscores only.
+ColumnName = Annotated[str, AfterValidator(_plain_column)]
 
 
 class _Spec(BaseModel):
@@ -147,7 +157,7 @@ class SavedQuery(_Spec):
     name: Name
     description: str | None = None
     sql: str
-    key_column: str = "id"
+    key_column: ColumnName = "id"
     parameters: dict[str, QueryParameter] = Field(default_factory=dict)
     columns: list[str] = Field(default_factory=list)
     timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] | None = None
@@ -161,13 +171,6 @@ class SavedQuery(_Spec):
         if not re.match(r"(?is)^(select|with)\b", stripped):
             raise ValueError("must be a SELECT query")
         return stripped
-
-    @field_validator("key_column")
-    @classmethod
-    def _identifier(cls, column: str) -> str:
-        if not _IDENTIFIER.match(column):
-            raise ValueError("must be a plain column name (letters, digits, underscore)")
-        return column
 
     @field_validator("parameters")
     @classmethod
@@ -195,14 +198,7 @@ class SavedQuery(_Spec):
 class Incremental(_Spec):
     """Incremental mode: export only members whose ``watermark_column`` moved since the last successful run."""
 
-    watermark_column: str
-
-    @field_validator("watermark_column")
-    @classmethod
-    def _identifier(cls, column: str) -> str:
-        if not _IDENTIFIER.match(column):
-            raise ValueError("must be a plain column name (letters, digits, underscore)")
-        return column
+    watermark_column: ColumnName
 
 
 # --- Export definitions ----------------------------------------------------------------------------
