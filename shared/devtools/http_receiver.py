@@ -87,6 +87,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:
+            # The client went away mid-body (e.g. a SIGKILLed dispatcher): like any real
+            # server, drop the aborted request instead of recording a truncated one.
+            self.close_connection = True
+            return
         try:
             body = json.loads(raw) if raw else None
         except json.JSONDecodeError:
