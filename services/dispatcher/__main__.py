@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import httpx
+from anyio.from_thread import start_blocking_portal
 
 from services.dispatcher.auth import OAuthTokenCache
 from services.dispatcher.delivery import Deliverer, RetryPolicy
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
-from services.dispatcher.guarded_network import guarded_transport
+from services.dispatcher.http_client import guarded_client
 from services.dispatcher.settings import DispatcherSettings
 from shared.catalog import Catalog
 from shared.domain.destinations import DestinationPolicy
@@ -21,14 +21,9 @@ SERVICE = "dispatcher"
 def main() -> None:
     settings = DispatcherSettings()
     start_service(settings, SERVICE)
-    client = httpx.Client(
-        transport=guarded_transport(
-            DestinationPolicy.parse(settings.allowed_destinations),
-            limits=httpx.Limits(
-                max_connections=max(100, settings.dispatcher_concurrency),
-                max_keepalive_connections=max(20, settings.dispatcher_concurrency),
-            ),
-        )
+    client = guarded_client(
+        DestinationPolicy.parse(settings.allowed_destinations),
+        max_connections=max(100, settings.dispatcher_concurrency),
     )
     policy = RetryPolicy(
         max_attempts=settings.dispatcher_max_attempts,
@@ -43,23 +38,26 @@ def main() -> None:
         topics=settings.topics,
         split_budget=settings.dispatcher_split_budget,
     )
-    loop = build_loop(
-        settings,
-        service=SERVICE,
-        topic=settings.topics.member_batch_topics(),
-        priority_topics=settings.topics.member_batch_topics(),
-        decode=value_decoder(MemberBatch.model_validate_json),
-        handler=dispatcher.handle,
-        # One poll is one round of concurrent deliveries: the next poll waits for all its outcomes
-        # (backpressure), and a round lasts at most one retry budget, far below max.poll.interval.
-        workers=settings.dispatcher_concurrency,
-        max_poll_records=settings.dispatcher_concurrency,
-    )
-    loop.install_signal_handlers()
-    try:
-        loop.run()
-    finally:
-        client.close()
+    # The HTTP requests run on one asyncio event loop on its own thread (anyio's blocking portal);
+    # the consumer loop's workers hand it their batches and wait for the outcomes.
+    with start_blocking_portal() as portal:
+        loop = build_loop(
+            settings,
+            service=SERVICE,
+            topic=settings.topics.member_batch_topics(),
+            priority_topics=settings.topics.member_batch_topics(),
+            decode=value_decoder(MemberBatch.model_validate_json),
+            handler=lambda batch: portal.call(dispatcher.handle, batch),
+            # One poll is one round of concurrent deliveries: the next poll waits for all its outcomes
+            # (backpressure), and a round lasts at most one retry budget, far below max.poll.interval.
+            workers=settings.dispatcher_concurrency,
+            max_poll_records=settings.dispatcher_concurrency,
+        )
+        loop.install_signal_handlers()
+        try:
+            loop.run()
+        finally:
+            portal.call(client.aclose)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import threading
 import time
 
 import httpx
@@ -26,13 +26,17 @@ _EXPIRY_MARGIN_SECONDS = 30.0
 class OAuthTokenCache:
     """Client-credentials tokens per profile, cached until shortly before they expire."""
 
-    def __init__(self, client: httpx.Client) -> None:
+    def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
         self._tokens: dict[str, tuple[str, float]] = {}
-        self._lock = threading.Lock()
+        # One fetch at a time: concurrent batches of a profile wait for the token the first one gets.
+        self._lock = asyncio.Lock()
 
-    def token(self, profile_name: str, auth: OAuth2ClientCredentials) -> str:
-        with self._lock:
+    async def token(self, profile_name: str, auth: OAuth2ClientCredentials) -> str:
+        cached = self._tokens.get(profile_name)
+        if cached and cached[1] > time.monotonic():
+            return cached[0]  # the common case, without queueing on the lock
+        async with self._lock:
             cached = self._tokens.get(profile_name)
             if cached and cached[1] > time.monotonic():
                 return cached[0]
@@ -44,7 +48,7 @@ class OAuthTokenCache:
             if auth.scope:
                 form["scope"] = auth.scope
             try:
-                response = self.client.post(auth.token_url, data=form)
+                response = await self.client.post(auth.token_url, data=form)
             except httpx.TransportError as exc:
                 raise RetryableError(f"OAuth token endpoint unreachable: {type(exc).__name__}") from None
             if response.status_code >= 500 or response.status_code == 429:
@@ -58,11 +62,10 @@ class OAuthTokenCache:
             return token
 
     def forget(self, profile_name: str) -> None:
-        with self._lock:
-            self._tokens.pop(profile_name, None)
+        self._tokens.pop(profile_name, None)
 
 
-def auth_headers(profile: ConnectionProfile, tokens: OAuthTokenCache) -> dict[str, str]:
+async def auth_headers(profile: ConnectionProfile, tokens: OAuthTokenCache) -> dict[str, str]:
     """The authentication header the profile asks for (none for ``type: none``)."""
     auth = profile.auth
     if isinstance(auth, NoAuth):
@@ -74,4 +77,4 @@ def auth_headers(profile: ConnectionProfile, tokens: OAuthTokenCache) -> dict[st
         return {"Authorization": "Bearer " + resolve_secret(auth.token)}
     if isinstance(auth, ApiKeyAuth):
         return {auth.header: resolve_secret(auth.key)}
-    return {"Authorization": "Bearer " + tokens.token(profile.name, auth)}
+    return {"Authorization": "Bearer " + await tokens.token(profile.name, auth)}

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
 from prometheus_client import Counter, Histogram
-from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, stop_after_delay
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt, stop_after_delay
 
 from services.dispatcher.retry_policy import is_retryable, is_success, parse_retry_after
 from shared.domain.rendering import RenderedRequest
@@ -64,6 +65,13 @@ class RetryPolicy:
         return delay
 
 
+def describe_transport_error(exc: httpx.TransportError) -> str:
+    """The network failure as the client library underneath saw it (httpx-aiohttp maps, e.g., a refused
+    connection to ``ConnectTimeout``; aiohttp's own exception says what happened)."""
+    cause = exc.__cause__ or exc
+    return f"{type(cause).__name__}: {exc}"[:SNIPPET_CHARS]
+
+
 def _status_class(status: int | None) -> str:
     return f"{status // 100}xx" if status else "error"
 
@@ -71,21 +79,28 @@ def _status_class(status: int | None) -> str:
 class Deliverer:
     """Sends rendered requests with ``client``, retrying per ``policy``."""
 
-    def __init__(self, client: httpx.Client, policy: RetryPolicy, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        policy: RetryPolicy,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.client = client
         self.policy = policy
         self.sleep = sleep
 
-    def attempt(self, request: RenderedRequest, timeout: float, success_statuses: list[int] | None) -> AttemptResult:
+    async def attempt(
+        self, request: RenderedRequest, timeout: float, success_statuses: list[int] | None
+    ) -> AttemptResult:
         """Send once; never raises for HTTP or network failures, it describes them."""
         started = time.perf_counter()
         try:
-            response = self.client.request(
+            response = await self.client.request(
                 request.method, request.url, headers=request.headers, content=request.content, timeout=timeout
             )
         except httpx.TransportError as exc:
             REQUESTS.labels(status_class="error").inc()
-            return AttemptResult(status=None, success=False, error=f"{type(exc).__name__}: {exc}"[:SNIPPET_CHARS])
+            return AttemptResult(status=None, success=False, error=describe_transport_error(exc))
         finally:
             REQUEST_SECONDS.observe(time.perf_counter() - started)
         status = response.status_code
@@ -99,9 +114,9 @@ class Deliverer:
             error=f"HTTP {status}: {response.text[:SNIPPET_CHARS]}",
         )
 
-    def deliver(
+    async def deliver(
         self,
-        make_request: Callable[[], RenderedRequest],
+        make_request: Callable[[], Awaitable[RenderedRequest]],
         timeout: float,
         success_statuses: list[int] | None = None,
         on_attempt: Callable[[AttemptResult], None] | None = None,
@@ -112,7 +127,7 @@ class Deliverer:
         def before_sleep(state: RetryCallState) -> None:
             RETRIES.inc()
 
-        retrying = Retrying(
+        retrying = AsyncRetrying(
             retry=retry_if_result(lambda result: result.retryable),
             stop=stop_after_attempt(self.policy.max_attempts) | stop_after_delay(self.policy.max_seconds),
             wait=self.policy.wait,
@@ -122,13 +137,13 @@ class Deliverer:
         )
         attempts = 0
 
-        def once() -> AttemptResult:
+        async def once() -> AttemptResult:
             nonlocal attempts
             attempts += 1
-            result = self.attempt(make_request(), timeout, success_statuses)
+            result = await self.attempt(await make_request(), timeout, success_statuses)
             if on_attempt is not None:
                 on_attempt(result)
             return result
 
-        result: AttemptResult = retrying(once)
+        result: AttemptResult = await retrying(once)
         return DeliveryResult(success=result.success, status=result.status, attempts=attempts, error=result.error)

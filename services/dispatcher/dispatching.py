@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -15,7 +15,7 @@ from prometheus_client import Counter, Gauge
 
 from services.dispatcher.auth import OAuthTokenCache, auth_headers
 from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
-from services.dispatcher.rate_limit import AdaptiveRateLimiter
+from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
 from services.dispatcher.signing import signature_headers
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_isolating
 from shared.catalog import Catalog, NotFound
@@ -44,7 +44,8 @@ RATE_LIMIT_WAITS = Counter(
 IN_FLIGHT = Gauge("export_dispatcher_in_flight", "Batches being delivered now, by profile.", ["profile"])
 RATE_LIMIT_RATE = Gauge(
     "export_dispatcher_rate_limit_requests_per_second",
-    "A rate-limited profile's current rate (below its limit while the partner throttles).",
+    "A rate-limited profile's current rate (below its limit while the partner throttles; learned from 429s "
+    "for a profile without one, absent while it has none).",
     ["profile"],
 )
 RATE_LIMIT_WAIT_SECONDS = Counter(
@@ -56,7 +57,11 @@ DEFAULT_SPLIT_BUDGET = 64
 
 
 class CatalogCache:
-    """Templates and profiles read through a short-lived cache: edits take effect within ``ttl`` seconds."""
+    """Templates and profiles read through a short-lived cache: edits take effect within ``ttl`` seconds.
+
+    Read on the dispatcher's event loop: a miss (once per object and ``ttl``) is one short catalog
+    read that holds the loop for its duration, a price the cache makes rare.
+    """
 
     def __init__(self, catalog: Catalog, ttl: float) -> None:
         self.catalog = catalog
@@ -77,23 +82,26 @@ class CatalogCache:
 
 @dataclass(frozen=True)
 class _ProfileLimits:
-    """A profile's rate limiter and in-flight bound, built from its ``rate_limit``."""
+    """A profile's rate limiter and in-flight bound, built from its ``rate_limit``.
+
+    Without a configured rate, the limit is learned from the partner's 429s (and dropped again).
+    """
 
     config: RateLimit | None
-    rate: AdaptiveRateLimiter | None
-    in_flight: AbstractContextManager[Any]
+    rate: AdaptiveRateLimiter | LearnedRateLimit
+    in_flight: AbstractAsyncContextManager[Any]
 
     @classmethod
     def of(cls, config: RateLimit | None) -> _ProfileLimits:
-        rate = None
+        rate: AdaptiveRateLimiter | LearnedRateLimit = LearnedRateLimit()
         if config is not None and config.requests_per_second is not None:
             rate = AdaptiveRateLimiter(config.requests_per_second, float(config.burst))
         bound = config.max_in_flight if config is not None else None
-        return cls(config, rate, threading.BoundedSemaphore(bound) if bound else nullcontext())
+        return cls(config, rate, asyncio.BoundedSemaphore(bound) if bound else nullcontext())
 
 
 class Dispatcher:
-    """Handles member batches."""
+    """Handles member batches, on one asyncio event loop (its client and limits belong to that loop)."""
 
     def __init__(
         self,
@@ -103,7 +111,7 @@ class Dispatcher:
         tokens: OAuthTokenCache,
         topics: Topics,
         split_budget: int = DEFAULT_SPLIT_BUDGET,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.objects = objects
         self.deliverer = deliverer
@@ -112,17 +120,15 @@ class Dispatcher:
         self.split_budget = split_budget
         self.sleep = sleep
         self._limits: dict[str, _ProfileLimits] = {}
-        self._limits_lock = threading.Lock()
 
     def _limits_of(self, profile: ConnectionProfile) -> _ProfileLimits:
         """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited."""
-        with self._limits_lock:
-            known = self._limits.get(profile.name)
-            if known is None or known.config != profile.rate_limit:
-                known = self._limits[profile.name] = _ProfileLimits.of(profile.rate_limit)
-            return known
+        known = self._limits.get(profile.name)
+        if known is None or known.config != profile.rate_limit:
+            known = self._limits[profile.name] = _ProfileLimits.of(profile.rate_limit)
+        return known
 
-    def handle(self, batch: MemberBatch) -> list[Outgoing]:
+    async def handle(self, batch: MemberBatch) -> list[Outgoing]:
         """Deliver a batch (isolating refused members) and return its outcome and dead letters."""
         try:
             template = self.objects.get(HttpTemplate, batch.template)
@@ -131,15 +137,16 @@ class Dispatcher:
             failed = DeliveryResult(success=False, status=None, attempts=0, error=str(exc))
             return self._outcome(batch, IsolationResult(0, [Refused(Slice(0, len(batch.members)), failed)], 0, failed))
 
-        def send(part: Slice) -> DeliveryResult:
+        async def send(part: Slice) -> DeliveryResult:
             try:
-                return self._deliver(batch, part, template, profile)
+                return await self._deliver(batch, part, template, profile)
             except ExportError as exc:
                 return DeliveryResult(success=False, status=None, attempts=0, error=str(exc))
 
-        return self._outcome(batch, deliver_isolating(len(batch.members), send, split_budget=self.split_budget))
+        isolated = await deliver_isolating(len(batch.members), send, split_budget=self.split_budget)
+        return self._outcome(batch, isolated)
 
-    def _deliver(
+    async def _deliver(
         self, batch: MemberBatch, part: Slice, template: HttpTemplate, profile: ConnectionProfile
     ) -> DeliveryResult:
         whole = part.size == len(batch.members)
@@ -151,40 +158,41 @@ class Dispatcher:
         limits = self._limits_of(profile)
         limiter = limits.rate
 
-        def make_request() -> RenderedRequest:
-            if limiter is not None:
-                wait = limiter.reserve(time.monotonic())
-                if wait > 0:
-                    RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
-                    RATE_LIMIT_WAIT_SECONDS.labels(profile=profile.name).inc(wait)
-                    self.sleep(wait)
-            headers = rendered.headers | auth_headers(profile, self.tokens) | {"Idempotency-Key": key}
+        async def make_request() -> RenderedRequest:
+            wait = limiter.reserve(time.monotonic())
+            if wait > 0:
+                RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
+                RATE_LIMIT_WAIT_SECONDS.labels(profile=profile.name).inc(wait)
+                await self.sleep(wait)
+            headers = rendered.headers | await auth_headers(profile, self.tokens) | {"Idempotency-Key": key}
             if profile.signing_secret is not None:
                 headers |= signature_headers(profile.signing_secret, key, rendered.content, datetime.now(UTC))
             return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
 
         def adapt(attempt: AttemptResult) -> None:
-            if limiter is None:
-                return
+            before = limiter.rate
             if attempt.status == 429:
                 limiter.throttled()
             elif attempt.success:
                 limiter.succeeded()
-            RATE_LIMIT_RATE.labels(profile=profile.name).set(limiter.rate)
+            if limiter.rate is not None:
+                RATE_LIMIT_RATE.labels(profile=profile.name).set(limiter.rate)
+            elif before is not None:  # a learned limit was dropped: the profile is unlimited again
+                RATE_LIMIT_RATE.remove(profile.name)
 
-        def deliver() -> DeliveryResult:
-            return self.deliverer.deliver(
+        async def deliver() -> DeliveryResult:
+            return await self.deliverer.deliver(
                 make_request, profile.timeout_seconds, template.success_statuses, on_attempt=adapt
             )
 
-        with limits.in_flight:
+        async with limits.in_flight:
             IN_FLIGHT.labels(profile=profile.name).inc()
             try:
-                result = deliver()
+                result = await deliver()
                 if result.status == 401 and isinstance(profile.auth, OAuth2ClientCredentials):
                     # A token may be revoked before its expiry: fetch a new one and try once more.
                     self.tokens.forget(profile.name)
-                    result = deliver()
+                    result = await deliver()
             finally:
                 IN_FLIGHT.labels(profile=profile.name).dec()
         return result

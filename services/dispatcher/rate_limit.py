@@ -3,11 +3,16 @@
 Pure arithmetic on an injected clock (``now`` in seconds); the caller sleeps the returned wait. Rate
 adaptation is AIMD, as TCP does it: a throttled answer halves the current rate (not below a floor),
 every success adds back a tenth of the configured rate, up to it.
+
+A profile without a configured rate gets a :class:`LearnedRateLimit`: no limit until the partner
+answers 429, then AIMD from the rate it was being sent, and no limit again once it has taken that rate
+for a while without complaint.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 
 
@@ -46,3 +51,51 @@ class AdaptiveRateLimiter:
         """A request went through: recover a tenth of the configured rate (additive increase)."""
         with self._lock:
             self.rate = min(self.max_rate, self.rate + self.max_rate / 10)
+
+
+@dataclass
+class LearnedRateLimit:
+    """For a profile without a configured rate: unlimited until a 429, then AIMD from the rate observed then.
+
+    The observed rate is the requests sent in the last ``window`` seconds, at least ``minimum`` (a 429 on
+    the first request of a quiet profile must not learn a crawl). Once the limiter is back at that rate
+    and ``release_after`` more requests in a row succeed, the limit is dropped: the 429 was a moment, and
+    the partner may well take more than it did then.
+    """
+
+    window: float = 2.0
+    release_after: int = 100
+    minimum: float = 10.0
+    limiter: AdaptiveRateLimiter | None = field(init=False, default=None)
+    _sent: deque[float] = field(init=False, default_factory=deque, repr=False)
+    _clean: int = field(init=False, default=0)
+
+    @property
+    def rate(self) -> float | None:
+        """The current rate, or None while there is no limit."""
+        return self.limiter.rate if self.limiter is not None else None
+
+    def reserve(self, now: float) -> float:
+        """Record a request sent at ``now``; how long it must wait first (0 while unlimited)."""
+        self._sent.append(now)
+        while self._sent and self._sent[0] < now - self.window:
+            self._sent.popleft()
+        return self.limiter.reserve(now) if self.limiter is not None else 0.0
+
+    def throttled(self) -> None:
+        """A 429: start limiting at the observed rate, halved; or halve the current rate."""
+        if self.limiter is None:
+            self.limiter = AdaptiveRateLimiter(max_rate=max(self.minimum, len(self._sent) / self.window))
+        self.limiter.throttled()
+        self._clean = 0
+
+    def succeeded(self) -> None:
+        """A success: recover toward the observed rate; drop the limit after enough at it."""
+        if self.limiter is None:
+            return
+        self.limiter.succeeded()
+        if self.limiter.rate >= self.limiter.max_rate:
+            self._clean += 1
+            if self._clean >= self.release_after:
+                self.limiter = None
+                self._clean = 0

@@ -22,7 +22,10 @@ class DispatcherSettings(CommonSettings):
         default=5.0, ge=0, description="How long templates and profiles are cached; edits apply after it."
     )
     dispatcher_concurrency: int = Field(
-        default=8, ge=1, le=256, description="Batches delivered at once (worker threads); also records per poll."
+        default=8,
+        ge=1,
+        le=256,
+        description="Batches delivered at once, and records per poll (their requests share one asyncio loop).",
     )
     dispatcher_split_budget: int = Field(
         default=64,

@@ -1,6 +1,6 @@
 """Isolate the members a partner rejects: split a refused batch in halves until the refusals are single.
 
-Pure: ``send`` is given a slice of the batch and says how its delivery went. A partner that refuses a
+Pure apart from ``send``, which is given a slice of the batch and says how its delivery went. A partner that refuses a
 whole batch of 500 because of one malformed member would otherwise cost the 499 others their delivery.
 
 Only content-like refusals are split (400, 413, 422): an authentication, routing or method error
@@ -11,7 +11,7 @@ member is accounted for exactly once either way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -64,13 +64,15 @@ def is_splittable(outcome: Outcome) -> bool:
     return not outcome.success and outcome.status in SPLITTABLE_STATUSES
 
 
-def deliver_isolating(size: int, send: Callable[[Slice], R], *, split_budget: int) -> IsolationResult[R]:
+async def deliver_isolating(
+    size: int, send: Callable[[Slice], Awaitable[R]], *, split_budget: int
+) -> IsolationResult[R]:
     """Deliver members ``0..size``; on a splittable refusal, halve (depth first, in order) to isolate it.
 
     At most ``1 + split_budget`` calls of ``send``.
     """
     whole = Slice(0, size)
-    first = send(whole)
+    first = await send(whole)
     requests = 1
     delivered = size if first.success else 0
     refused: list[Refused[R]] = []
@@ -84,7 +86,7 @@ def deliver_isolating(size: int, send: Callable[[Slice], R], *, split_budget: in
         halves = [Slice(part.start, middle), Slice(middle, part.stop)]
         results = []
         for half in halves:
-            result = send(half)
+            result = await send(half)
             requests += 1
             if result.success:
                 delivered += half.size

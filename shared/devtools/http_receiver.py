@@ -24,16 +24,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
+
 from shared.devtools.processes import Managed
 
 
 @dataclass
 class Receipt:
-    """One request as received."""
+    """One request as received; header names are case-insensitive, as HTTP has them."""
 
     method: str
     path: str
-    headers: dict[str, str]
+    headers: httpx.Headers
     body: Any
     status: int
     raw: bytes = b""
@@ -127,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 401
             else:
                 status = state.reject_status or 200
-            receipt = Receipt(self.command, self.path, dict(self.headers.items()), body, 0, raw)
+            receipt = Receipt(self.command, self.path, httpx.Headers(self.headers.items()), body, 0, raw)
             if status < 300 and any(m.get("id") in state.reject_members for m in receipt.members):
                 status = 400
             receipt.status = status

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,6 +99,9 @@ class LocalKafka(Managed):
         java, _ = require_java_and_maven()
         libs = fetch_kafka_jars()
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        # A fresh broker every start: a data directory formatted by an earlier one (another cluster id and
+        # controller port) would make the format below fail.
+        shutil.rmtree(self.work_dir / "data", ignore_errors=True)
         props = self.work_dir / "server.properties"
         props.write_text(
             server_properties(port=self.port, controller_port=self.controller_port, log_dir=self.work_dir / "data")

@@ -118,9 +118,11 @@ class HttpMethod(StrEnum):
 class HttpTemplate(_Spec):
     """An HTTP operation: what request a batch of members becomes.
 
-    ``path`` is appended to the profile's base URL. ``body`` is a sandboxed Jinja2 template rendered with
-    ``members`` (the batch, a list of column→value mappings) and ``run`` (run metadata); it must render
-    JSON. Without a body, the batch is sent as a JSON array of members.
+    ``path`` is appended to the profile's base URL. ``path``, each ``query_string`` value, each header
+    value and ``body`` are sandboxed Jinja2 templates rendered with ``members`` (the batch, a list of
+    column→value mappings), ``member`` (its first member, for a batch size of 1) and ``run`` (run
+    metadata); ``query_string`` values are URL-encoded; the body must render JSON. Without a body, the
+    batch is sent as a JSON array of members.
     """
 
     name: Name
@@ -129,6 +131,7 @@ class HttpTemplate(_Spec):
     profile: Name
     method: HttpMethod = HttpMethod.POST
     path: str = "/"
+    query_string: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     body: str | None = None
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500

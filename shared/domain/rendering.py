@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlencode
 
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -48,7 +49,7 @@ def _render(source: str, context: dict[str, Any], what: str) -> str:
 
 
 def render_request(template: HttpTemplate, profile: ConnectionProfile, batch: MemberBatch) -> RenderedRequest:
-    """The request for ``batch``: URL from the profile's base URL and the template's path, JSON body.
+    """The request for ``batch``: URL from the profile's base URL, the template's path and query string; JSON body.
 
     Templates see ``members`` (the batch), ``member`` (its first member, handy when the batch size is 1)
     and ``run`` (``id``, ``definition``, ``batch_index``).
@@ -58,8 +59,12 @@ def render_request(template: HttpTemplate, profile: ConnectionProfile, batch: Me
         "member": batch.members[0] if batch.members else {},
         "run": {"id": str(batch.run_id), "definition": batch.definition, "batch_index": batch.batch_index},
     }
-    path = _render(template.path, context, "path")
-    url = profile.base_url.rstrip("/") + path
+    url = profile.base_url.rstrip("/") + _render(template.path, context, "path")
+    if template.query_string:
+        parameters = {
+            name: _render(value, context, f"query_string {name}") for name, value in template.query_string.items()
+        }
+        url += ("&" if "?" in url else "?") + urlencode(parameters)
     headers = {name: _render(value, context, f"header {name}") for name, value in template.headers.items()}
     if template.body is None:
         body = json.dumps(batch.members, separators=(",", ":"))

@@ -139,18 +139,17 @@ class ConsumerLoop(Generic[E]):
         if self._pool is not None:
             return self._process_concurrently(polled)
         processed = 0
+        done: dict[TopicPartition, int] = {}
         for partition, records in polled.items():
-            next_offset = None
             for record in records:
                 if self.stopping.is_set():
                     # Hand the rest back: seek so that the next owner (or we, on restart) gets them.
                     self.consumer.seek(partition, record.offset)
                     break
                 self.send_all(self._outcome(record))
-                next_offset = record.offset + 1
+                done[partition] = record.offset + 1
                 processed += 1
-            if next_offset is not None:
-                self._commit(partition, next_offset)
+        self._commit(done)
         return processed
 
     def _give_way(self, polled: dict[TopicPartition, list[Any]]) -> None:
@@ -197,9 +196,7 @@ class ConsumerLoop(Generic[E]):
         assert self._pool is not None
         outgoing = [o for result in self._pool.map(self._outcome, records) for o in result]
         self.send_all(outgoing)
-        for partition, batch in polled.items():
-            if batch:
-                self._commit(partition, batch[-1].offset + 1)
+        self._commit({partition: batch[-1].offset + 1 for partition, batch in polled.items() if batch})
         return len(records)
 
     def _outcome(self, record: Any) -> list[Outgoing]:
@@ -249,5 +246,7 @@ class ConsumerLoop(Generic[E]):
         key = record.key.decode("utf-8", errors="replace") if record.key else f"{record.topic}:{record.offset}"
         return Outgoing(self.dead_letter_topic, key, letter.to_bytes())
 
-    def _commit(self, partition: TopicPartition, next_offset: int) -> None:
-        self.consumer.commit({partition: OffsetAndMetadata(next_offset, None, -1)})
+    def _commit(self, next_offsets: dict[TopicPartition, int]) -> None:
+        """Commit every partition's next offset in one request (a round trip per partition adds up)."""
+        if next_offsets:
+            self.consumer.commit({p: OffsetAndMetadata(o, None, -1) for p, o in next_offsets.items()})

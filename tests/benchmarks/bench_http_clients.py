@@ -19,8 +19,6 @@ import argparse
 import asyncio
 import json
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,21 +27,10 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from shared.devtools.processes import free_port, port_open, wait_until
+from tests.benchmarks.lean_receiver import lean_receiver
 
 BODY = json.dumps([{"id": 1, "email": "amelie.martin.1@example.com", "first_name": "Amélie", "tier": "gold"}]).encode()
 HEADERS = {"Content-Type": "application/json"}
-
-SERVER = """
-import sys
-from aiohttp import web
-async def handle(request):
-    await request.read()
-    return web.json_response({"accepted": True})
-app = web.Application()
-app.router.add_post("/members", handle)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
-"""
 
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
@@ -96,11 +83,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 64])
     args = parser.parse_args()
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])
-    try:
-        wait_until(lambda: port_open(port), timeout=30, what="the aiohttp server")
-        url = f"http://127.0.0.1:{port}/members"
+    with lean_receiver() as base_url:
+        url = f"{base_url}/members"
         for concurrency in args.concurrency:
             base = asyncio.run(raw_aiohttp(url, args.requests, concurrency))
             figures = {
@@ -117,9 +101,6 @@ def main() -> None:
             print(f"concurrency {concurrency}: plain aiohttp {base:,.0f} requests/s (baseline)")
             for name, rate in figures.items():
                 print(f"  {name:<32} {rate:>8,.0f} requests/s  {rate / base:.2f}x")
-    finally:
-        server.terminate()
-        server.wait()
 
 
 if __name__ == "__main__":

@@ -1,28 +1,26 @@
 """The dispatcher against real HTTP servers on 127.0.0.1."""
 
 import base64
+import contextlib
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from services.dispatcher.auth import OAuthTokenCache
-from services.dispatcher.delivery import Deliverer, RetryPolicy
-from services.dispatcher.dispatching import CatalogCache, Dispatcher
-from services.dispatcher.guarded_network import guarded_transport
+from services.dispatcher.delivery import RetryPolicy
+from services.dispatcher.dispatching import RATE_LIMIT_RATE
 from shared.catalog import Catalog
 from shared.devtools.http_receiver import HttpReceiver
 from shared.devtools.processes import free_port
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
-from shared.domain.destinations import DestinationPolicy
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, DeadLetter, MemberBatch
 from shared.topics import Topics
+from tests.dispatcher_helpers import BlockingDispatcher, Http, blocking_dispatcher, http_on_loop
 
 pytestmark = pytest.mark.integration
 TOPICS = Topics("x.")
@@ -37,24 +35,24 @@ def catalog(tmp_path) -> Iterator[Catalog]:
 
 
 @pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client() as client:
-        yield client
+def client() -> Iterator[Http]:
+    with http_on_loop() as http:
+        yield http
+
+
+def _dispatcher(catalog: Catalog, http: Http, policy: RetryPolicy) -> BlockingDispatcher:
+    return blocking_dispatcher(catalog, http, policy, TOPICS)
 
 
 def dispatcher_for(
-    catalog: Catalog, client: httpx.Client, receiver: HttpReceiver, auth=None, signing_secret=None, **template
-) -> Dispatcher:
+    catalog: Catalog, client: Http, receiver: HttpReceiver, auth=None, signing_secret=None, **template
+) -> BlockingDispatcher:
     catalog.apply(
         ConnectionProfile(name="p", base_url=receiver.url, auth=auth or {"type": "none"}, signing_secret=signing_secret)
     )
     catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members", **template))
-    policy = RetryPolicy(max_attempts=4, max_seconds=10, initial_backoff=0.01, max_backoff=0.05)
-    return Dispatcher(
-        objects=CatalogCache(catalog, ttl=0),
-        deliverer=Deliverer(client, policy),
-        tokens=OAuthTokenCache(client),
-        topics=TOPICS,
+    return _dispatcher(
+        catalog, client, RetryPolicy(max_attempts=4, max_seconds=10, initial_backoff=0.01, max_backoff=0.05)
     )
 
 
@@ -129,7 +127,7 @@ def test_an_unreachable_endpoint_fails_after_the_retry_budget(catalog, client):
     _, outcome_out = dispatcher_for(catalog, client, receiver).handle(batch())
     outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
     assert (outcome.failed, outcome.attempts, outcome.status_code) == (3, 4, None)
-    assert "ConnectError" in (outcome.error or "")
+    assert (outcome.error or "").startswith("ClientConnectorError: Cannot connect to host 127.0.0.1")
 
 
 def test_a_template_that_renders_invalid_json_fails_the_batch_with_the_reason(catalog, client):
@@ -182,10 +180,10 @@ def test_requests_are_signed_the_standard_webhooks_way(catalog, client, monkeypa
     retried, delivered = receiver.receipts()
     for receipt in (retried, delivered):
         # The receiving side's own check, with the reference library: raises if the signature is wrong.
-        assert Webhook(secret).verify(receipt.raw, receipt.headers) == sent.members
+        assert Webhook(secret).verify(receipt.raw, dict(receipt.headers)) == sent.members
         assert receipt.headers["webhook-id"] == f"{sent.run_id}:2"
     with pytest.raises(WebhookVerificationError):
-        Webhook(secret).verify(delivered.raw.replace(b"m0@", b"mX@"), delivered.headers)
+        Webhook(secret).verify(delivered.raw.replace(b"m0@", b"mX@"), dict(delivered.headers))
 
 
 def test_a_malformed_signing_secret_fails_the_batch_without_revealing_it(catalog, client):
@@ -198,30 +196,35 @@ def test_a_malformed_signing_secret_fails_the_batch_without_revealing_it(catalog
     assert "not base64" not in (outcome.error or "")
 
 
-def test_the_ssrf_guard_refuses_loopback_at_connect_time_unless_allowed(catalog):
-    with HttpReceiver() as receiver:
-        with httpx.Client(transport=guarded_transport(DestinationPolicy())) as guarded:
-            _, outcome_out = dispatcher_for(catalog, guarded, receiver).handle(batch())
-        assert receiver.receipts() == []  # refused before any byte left
-        outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
-        assert (outcome.failed, outcome.status_code) == (3, None)
-        assert "destination 127.0.0.1 (127.0.0.1) is a loopback address" in (outcome.error or "")
+@pytest.mark.parametrize(
+    ("host", "allowlist", "refusal"),
+    [
+        ("127.0.0.1", "", "destination 127.0.0.1 (127.0.0.1) is a loopback address"),  # an IP literal
+        ("localhost", "", "destination localhost (127.0.0.1) is a loopback address"),  # a name resolved
+        ("127.0.0.1", "127.0.0.0/8", None),
+        ("localhost", "localhost", None),
+    ],
+)
+def test_the_ssrf_guard_refuses_loopback_at_connect_time_unless_allowed(catalog, host, allowlist, refusal):
+    with http_on_loop(allowlist) as guarded, HttpReceiver() as receiver:
+        url = receiver.url.replace("127.0.0.1", host)
+        catalog.apply(ConnectionProfile(name="p", base_url=url))
+        catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
+        *_, outcome_out = _dispatcher(catalog, guarded, RetryPolicy(max_attempts=2)).handle(batch())
+    outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
+    if refusal is None:
+        assert (outcome.delivered, len(receiver.receipts())) == (3, 1)
+    else:
+        assert receiver.receipts() == []  # refused before any byte left, and not retried
+        assert (outcome.failed, outcome.status_code, outcome.attempts) == (3, None, 1)
+        assert refusal in (outcome.error or "")
 
-        with httpx.Client(transport=guarded_transport(DestinationPolicy.parse("127.0.0.1"))) as allowed:
-            [delivered_out] = dispatcher_for(catalog, allowed, receiver).handle(batch())
-        assert RUN_EVENT_ADAPTER.validate_json(delivered_out.value).delivered == 3
-        assert len(receiver.receipts()) == 1
 
-
-def _patient(catalog, client, receiver_url: str, **profile):
+def _patient(catalog, client: Http, receiver_url: str, **profile) -> BlockingDispatcher:
     catalog.apply(ConnectionProfile(name="p", base_url=receiver_url, **profile))
     catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
-    policy = RetryPolicy(max_attempts=100, max_seconds=60, initial_backoff=0.05, max_backoff=2)
-    return Dispatcher(
-        objects=CatalogCache(catalog, ttl=0),
-        deliverer=Deliverer(client, policy),
-        tokens=OAuthTokenCache(client),
-        topics=TOPICS,
+    return _dispatcher(
+        catalog, client, RetryPolicy(max_attempts=100, max_seconds=60, initial_backoff=0.05, max_backoff=2)
     )
 
 
@@ -286,10 +289,11 @@ def test_a_profiles_rate_limit_spaces_its_requests(catalog, client):
     assert elapsed >= 29 / 20  # never faster than 20 requests a second
 
 
-def test_a_rate_limited_profile_slows_down_on_429_and_recovers(catalog, client):
-    def rate() -> float | None:
-        return REGISTRY.get_sample_value("export_dispatcher_rate_limit_requests_per_second", {"profile": "p"})
+def rate() -> float | None:
+    return REGISTRY.get_sample_value("export_dispatcher_rate_limit_requests_per_second", {"profile": "p"})
 
+
+def test_a_rate_limited_profile_slows_down_on_429_and_recovers(catalog, client):
     with HttpReceiver(throttle_first=3) as receiver:
         dispatcher = _patient(catalog, client, receiver.url, rate_limit={"requests_per_second": 50})
         dispatcher.handle(batch(2, 0))
@@ -299,6 +303,23 @@ def test_a_rate_limited_profile_slows_down_on_429_and_recovers(catalog, client):
     assert [r.status for r in receiver.receipts()][:4] == [429, 429, 429, 200]
     assert after_throttling == 50 / 8 + 50 / 10  # halved three times, then one success's worth back
     assert rate() == 50  # recovered to the limit
+
+
+def test_a_profile_without_a_rate_limit_learns_one_from_429s_and_drops_it_when_they_stop(catalog, client):
+    with contextlib.suppress(KeyError):
+        RATE_LIMIT_RATE.remove("p")  # another test's profile "p" had a configured limit
+    with HttpReceiver(throttle_first=2) as receiver:
+        dispatcher = _patient(catalog, client, receiver.url)
+        dispatcher.handle(batch(2, 0))
+        learned = rate()
+        index = 1
+        while rate() is not None:
+            assert index < 200, rate()
+            dispatcher.handle(batch(2, index))
+            index += 1
+    assert [r.status for r in receiver.receipts()][:3] == [429, 429, 200]
+    assert learned == 10 / 4 + 10 / 10  # the 10/s minimum halved twice, then one success's worth back
+    assert 100 <= index <= 120  # back to the minimum after ~8 successes, dropped 100 successes later
 
 
 @pytest.mark.parametrize(("max_in_flight", "seen"), [(None, lambda n: n > 2), (2, lambda n: n == 2)])

@@ -5,18 +5,16 @@ from __future__ import annotations
 import time
 import uuid
 
-import httpx
 import pytest
 
-from services.dispatcher.auth import OAuthTokenCache
-from services.dispatcher.delivery import Deliverer, RetryPolicy
-from services.dispatcher.dispatching import CatalogCache, Dispatcher
+from services.dispatcher.delivery import RetryPolicy
 from shared.catalog import Catalog
 from shared.devtools.http_receiver import HttpReceiver
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, Priority, SavedQuery
 from shared.events import MemberBatch
 from shared.kafka import ConsumerLoop, ensure_topics, make_consumer, make_producer, value_decoder
 from shared.settings import CommonSettings
+from tests.dispatcher_helpers import blocking_dispatcher, http_on_loop
 from tests.kafka_helpers import produce
 
 pytestmark = pytest.mark.integration
@@ -41,15 +39,10 @@ def test_high_priority_batches_overtake_a_normal_backlog(settings: CommonSetting
     produce(settings.kafka_bootstrap_servers, topics.member_batches, [(b.identity, b.to_bytes()) for b in backlog])
     catalog = Catalog.from_url(f"sqlite:///{tmp_path / 'catalog.db'}")
     catalog.apply(SavedQuery(name="q", sql="select 1 as id"))
-    with HttpReceiver() as receiver, httpx.Client() as client:
+    with HttpReceiver() as receiver, http_on_loop() as http:
         catalog.apply(ConnectionProfile(name="p", base_url=receiver.url))
         catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
-        dispatcher = Dispatcher(
-            objects=CatalogCache(catalog, ttl=60),
-            deliverer=Deliverer(client, RetryPolicy()),
-            tokens=OAuthTokenCache(client),
-            topics=topics,
-        )
+        dispatcher = blocking_dispatcher(catalog, http, RetryPolicy(), topics, cache_seconds=60)
         loop = ConsumerLoop(
             service="dispatcher-test",
             consumer=make_consumer(

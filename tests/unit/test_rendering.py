@@ -72,3 +72,22 @@ def test_an_unknown_column_piped_into_a_filter_is_a_clear_error_not_a_crash():
     batch = MemberBatch(run_id=uuid.uuid4(), definition="d", template="t", batch_index=0, members=[{"id": 1}])
     with pytest.raises(TemplateRenderError, match="is the column in the query"):
         render_request(template, profile, batch)
+
+
+def test_query_string_values_are_rendered_and_url_encoded():
+    request = render_request(
+        template(
+            path="/members?source=export",
+            query_string={"email": "{{ member.email }}", "name": "{{ member.name }}", "run": "{{ run.id }}"},
+        ),
+        PROFILE,
+        BATCH,
+    )
+    assert request.url == (
+        f"https://api.example.com/base/members?source=export&email=a%40example.com&name=Zo%C3%A9+%22Z%22&run={RUN_ID}"
+    )
+
+
+def test_a_query_string_value_that_does_not_render_names_the_parameter():
+    with pytest.raises(TemplateRenderError, match="query_string tier"):
+        render_request(template(query_string={"tier": "{{ member.tier }}"}), PROFILE, BATCH)

@@ -1,11 +1,13 @@
 """Isolating refused members by halving: every member accounted for once, refusals pinned down."""
 
+import asyncio
 from dataclasses import dataclass
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.dispatcher.splitting import Slice, deliver_isolating
+from services.dispatcher.splitting import IsolationResult, Slice
+from services.dispatcher.splitting import deliver_isolating as deliver_isolating_async
 
 
 @dataclass(frozen=True)
@@ -18,12 +20,16 @@ def partner(bad: set[int], status: int = 400):
     """A partner refusing any request that holds a bad member; records what it was sent."""
     sent: list[Slice] = []
 
-    def send(part: Slice) -> Result:
+    async def send(part: Slice) -> Result:
         sent.append(part)
         refused = any(i in bad for i in range(part.start, part.stop))
         return Result(success=not refused, status=status if refused else 200)
 
     return send, sent
+
+
+def deliver_isolating(size: int, send, *, split_budget: int) -> IsolationResult[Result]:
+    return asyncio.run(deliver_isolating_async(size, send, split_budget=split_budget))
 
 
 @given(st.integers(1, 600), st.data())

@@ -1,0 +1,62 @@
+"""Drive the asynchronous dispatcher from a test's plain thread, as the service's consumer loop does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from services.dispatcher.auth import OAuthTokenCache
+from services.dispatcher.delivery import Deliverer, RetryPolicy
+from services.dispatcher.dispatching import CatalogCache, Dispatcher
+from services.dispatcher.http_client import guarded_client
+from shared.catalog import Catalog
+from shared.domain.destinations import DestinationPolicy
+from shared.events import MemberBatch
+from shared.kafka import Outgoing
+from shared.topics import Topics
+
+
+@dataclass(frozen=True)
+class Http:
+    """The dispatcher's event loop (on its own thread, as in the service) and its HTTP client."""
+
+    portal: BlockingPortal
+    client: httpx.AsyncClient
+
+
+@contextmanager
+def http_on_loop(allowlist: str = "127.0.0.1") -> Iterator[Http]:
+    """A guarded client (allowing ``allowlist``) on a new event loop thread."""
+    with start_blocking_portal() as portal:
+        http = Http(portal, guarded_client(DestinationPolicy.parse(allowlist)))
+        try:
+            yield http
+        finally:
+            portal.call(http.client.aclose)
+
+
+@dataclass(frozen=True)
+class BlockingDispatcher:
+    """A dispatcher whose ``handle`` blocks the calling thread until the batch's outcome is known."""
+
+    dispatcher: Dispatcher
+    portal: BlockingPortal
+
+    def handle(self, batch: MemberBatch) -> list[Outgoing]:
+        return self.portal.call(self.dispatcher.handle, batch)
+
+
+def blocking_dispatcher(
+    catalog: Catalog, http: Http, policy: RetryPolicy, topics: Topics, cache_seconds: float = 0
+) -> BlockingDispatcher:
+    dispatcher = Dispatcher(
+        objects=CatalogCache(catalog, ttl=cache_seconds),
+        deliverer=Deliverer(http.client, policy),
+        tokens=OAuthTokenCache(http.client),
+        topics=topics,
+    )
+    return BlockingDispatcher(dispatcher, http.portal)
