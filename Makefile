@@ -43,6 +43,7 @@ bench: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_scheduler
 	$(BIN)/python -m tests.benchmarks.bench_extractor
 	$(BIN)/python -m tests.benchmarks.bench_http_clients
+	$(BIN)/python -m tests.benchmarks.bench_dispatcher
 
 ## Long-lived local infrastructure for working by hand (ports 9092 and 5433).
 kafka-up: prerequisites

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import structlog
 
 from shared.kafka import ConsumerLoop, Headers, Outgoing, ensure_topics, make_consumer, make_producer
+from shared.kafka.loop import RoundHandler
 from shared.log import configure_logging
 from shared.metrics import serve_metrics
 from shared.settings import CommonSettings
@@ -34,7 +35,7 @@ def build_loop(
     handler: Callable[[E], list[Outgoing]],
     periodic: Callable[[], list[Outgoing]] | None = None,
     periodic_seconds: float = 30.0,
-    workers: int = 1,
+    handle_round: RoundHandler[E] | None = None,
     priority_topics: list[str] | None = None,
     **consumer_overrides: Any,
 ) -> ConsumerLoop[E]:
@@ -53,6 +54,6 @@ def build_loop(
         dead_letter_topic=settings.topics.dead_letters,
         periodic=periodic,
         periodic_seconds=periodic_seconds,
-        workers=workers,
+        handle_round=handle_round,
         priority_topics=priority_topics,
     )

@@ -49,6 +49,13 @@ class BlockingDispatcher:
     def handle(self, batch: MemberBatch) -> list[Outgoing]:
         return self.portal.call(self.dispatcher.handle, batch)
 
+    def handle_all(self, batches: list[MemberBatch]) -> list[list[Outgoing]]:
+        results = self.portal.call(self.dispatcher.handle_all, batches)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [result for result in results if not isinstance(result, BaseException)]
+
 
 def blocking_dispatcher(
     catalog: Catalog, http: Http, policy: RetryPolicy, topics: Topics, cache_seconds: float = 0

@@ -37,9 +37,10 @@ def main() -> None:
         tokens=OAuthTokenCache(client),
         topics=settings.topics,
         split_budget=settings.dispatcher_split_budget,
+        concurrency=settings.dispatcher_concurrency,
     )
-    # The HTTP requests run on one asyncio event loop on its own thread (anyio's blocking portal);
-    # the consumer loop's workers hand it their batches and wait for the outcomes.
+    # The HTTP requests run on one asyncio event loop on its own thread (anyio's blocking portal); the
+    # consumer loop hands it each poll's batches and waits for their outcomes.
     with start_blocking_portal() as portal:
         loop = build_loop(
             settings,
@@ -48,10 +49,11 @@ def main() -> None:
             priority_topics=settings.topics.member_batch_topics(),
             decode=value_decoder(MemberBatch.model_validate_json),
             handler=lambda batch: portal.call(dispatcher.handle, batch),
-            # One poll is one round of concurrent deliveries: the next poll waits for all its outcomes
-            # (backpressure), and a round lasts at most one retry budget, far below max.poll.interval.
-            workers=settings.dispatcher_concurrency,
-            max_poll_records=settings.dispatcher_concurrency,
+            handle_round=lambda batches: portal.call(dispatcher.handle_all, batches),
+            # One poll is one round of deliveries: the next poll waits for all its outcomes (backpressure);
+            # the poll interval allows every wave of the round its whole retry budget.
+            max_poll_records=settings.dispatcher_poll_records,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
         )
         loop.install_signal_handlers()
         try:

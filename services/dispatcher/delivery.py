@@ -124,6 +124,26 @@ class Deliverer:
         """Deliver with retries. ``make_request`` is called per attempt so headers (tokens) stay fresh;
         ``on_attempt`` hears each attempt's result (the rate limiter adapts to it)."""
 
+        attempts = 0
+
+        async def once() -> AttemptResult:
+            nonlocal attempts
+            attempts += 1
+            result = await self.attempt(await make_request(), timeout, success_statuses)
+            if on_attempt is not None:
+                on_attempt(result)
+            return result
+
+        # Most requests succeed (or fail for good) at once: only a retryable first answer enters tenacity,
+        # which is handed that answer as its first attempt (numbering and backoff stay tenacity's).
+        first = await once()
+        if not first.retryable:
+            return DeliveryResult(success=first.success, status=first.status, attempts=1, error=first.error)
+        handed_over = [first]
+
+        async def first_then_again() -> AttemptResult:
+            return handed_over.pop() if handed_over else await once()
+
         def before_sleep(state: RetryCallState) -> None:
             RETRIES.inc()
 
@@ -135,15 +155,5 @@ class Deliverer:
             before_sleep=before_sleep,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
-        attempts = 0
-
-        async def once() -> AttemptResult:
-            nonlocal attempts
-            attempts += 1
-            result = await self.attempt(await make_request(), timeout, success_statuses)
-            if on_attempt is not None:
-                on_attempt(result)
-            return result
-
-        result: AttemptResult = await retrying(once)
+        result: AttemptResult = await retrying(first_then_again)
         return DeliveryResult(success=result.success, status=result.status, attempts=attempts, error=result.error)

@@ -111,6 +111,7 @@ class Dispatcher:
         tokens: OAuthTokenCache,
         topics: Topics,
         split_budget: int = DEFAULT_SPLIT_BUDGET,
+        concurrency: int = 8,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.objects = objects
@@ -120,6 +121,7 @@ class Dispatcher:
         self.split_budget = split_budget
         self.sleep = sleep
         self._limits: dict[str, _ProfileLimits] = {}
+        self._concurrency = asyncio.Semaphore(concurrency)
 
     def _limits_of(self, profile: ConnectionProfile) -> _ProfileLimits:
         """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited."""
@@ -127,6 +129,15 @@ class Dispatcher:
         if known is None or known.config != profile.rate_limit:
             known = self._limits[profile.name] = _ProfileLimits.of(profile.rate_limit)
         return known
+
+    async def handle_all(self, batches: list[MemberBatch]) -> list[list[Outgoing] | BaseException]:
+        """Deliver a poll's batches, ``concurrency`` at a time; per batch its records, or what it raised."""
+
+        async def bounded(batch: MemberBatch) -> list[Outgoing]:
+            async with self._concurrency:
+                return await self.handle(batch)
+
+        return await asyncio.gather(*(bounded(batch) for batch in batches), return_exceptions=True)
 
     async def handle(self, batch: MemberBatch) -> list[Outgoing]:
         """Deliver a batch (isolating refused members) and return its outcome and dead letters."""

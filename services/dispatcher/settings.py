@@ -25,8 +25,26 @@ class DispatcherSettings(CommonSettings):
         default=8,
         ge=1,
         le=256,
-        description="Batches delivered at once, and records per poll (their requests share one asyncio loop).",
+        description="Batches being delivered at once (their requests share one asyncio loop).",
     )
+    dispatcher_poll_records: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description="Batches taken per poll: delivered `concurrency` at a time, all outcomes produced and "
+        "committed before the next poll (memory holds at most this many batches).",
+    )
+
+    @property
+    def max_poll_interval_ms(self) -> int:
+        """Long enough for a poll's batches all to spend their retry budget, wave after wave.
+
+        A consumer that does not poll within it leaves its group (its partitions move, batches are sent twice),
+        so it follows the settings instead of failing them: at least the usual 10 minutes.
+        """
+        waves = -(-self.dispatcher_poll_records // self.dispatcher_concurrency)
+        return max(600_000, int(waves * (self.dispatcher_max_retry_seconds + 60) * 1.5 * 1000))
+
     dispatcher_split_budget: int = Field(
         default=64,
         ge=0,

@@ -1,6 +1,7 @@
 """The at-least-once consumer loop every service runs: decode → handle → produce → commit.
 
-A handler receives one decoded record and returns the records to produce. The loop commits a record's
+A handler receives one decoded record and returns the records to produce (or, with ``handle_round``, a
+poll's decoded records at once, to handle them concurrently). The loop commits a record's
 offset only after everything the handler produced for it has been acknowledged by the broker, so a
 crash at any point redelivers rather than loses. A record that cannot be decoded, or whose handler
 raises, is sent to the dead-letter topic with the reason, and the loop goes on: one bad record never
@@ -13,7 +14,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -33,6 +33,9 @@ log = structlog.get_logger(__name__)
 
 #: A record's headers, as kafka-python gives them.
 Headers = Sequence[tuple[str, bytes]]
+
+#: A poll's events handled at once: per event, the records to produce or the exception it raised.
+RoundHandler = Callable[[list[E]], Sequence["list[Outgoing] | BaseException"]]
 
 
 def value_decoder(parse: Callable[[bytes], E]) -> Callable[[bytes, Headers], E]:
@@ -75,7 +78,7 @@ class ConsumerLoop(Generic[E]):
         poll_timeout_ms: int = 500,
         periodic: Callable[[], list[Outgoing]] | None = None,
         periodic_seconds: float = 30.0,
-        workers: int = 1,
+        handle_round: RoundHandler[E] | None = None,
         priority_topics: list[str] | None = None,
     ) -> None:
         self.service = service
@@ -99,8 +102,8 @@ class ConsumerLoop(Generic[E]):
         self.stopping = threading.Event()
         # Topics most urgent first: while one yields records, the partitions of later ones are paused.
         self.priority_topics = priority_topics or []
-        # workers > 1: a poll's records are handled concurrently (the dispatcher's HTTP calls).
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{service}-worker") if workers > 1 else None
+        # A poll's records handled together, concurrently (the dispatcher's HTTP calls), instead of one by one.
+        self.handle_round = handle_round
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT finish the record in hand, commit, and stop the loop."""
@@ -114,8 +117,6 @@ class ConsumerLoop(Generic[E]):
                 self.poll_once()
                 self.run_periodic()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
             self.consumer.close()
             self.producer.flush()
             self.producer.close()
@@ -136,8 +137,8 @@ class ConsumerLoop(Generic[E]):
         polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
         if self.priority_topics:
             self._give_way(polled)
-        if self._pool is not None:
-            return self._process_concurrently(polled)
+        if self.handle_round is not None:
+            return self._process_round(polled, self.handle_round)
         processed = 0
         done: dict[TopicPartition, int] = {}
         for partition, records in polled.items():
@@ -181,8 +182,8 @@ class ConsumerLoop(Generic[E]):
         except Exception:  # noqa: BLE001 - position unknown yet (just assigned): no evidence of a backlog
             return False
 
-    def _process_concurrently(self, polled: dict[TopicPartition, list[Any]]) -> int:
-        """Handle a poll's records on the worker threads, produce every result, then commit them all.
+    def _process_round(self, polled: dict[TopicPartition, list[Any]], handle_round: RoundHandler[E]) -> int:
+        """Hand a poll's decoded records to ``handle_round`` at once, produce every result, then commit them all.
 
         The poll is the unit of backpressure: the next poll waits until this one's records all have
         their outcome, so a slow endpoint slows consumption instead of buffering the topic in memory.
@@ -193,33 +194,53 @@ class ConsumerLoop(Generic[E]):
                     self.consumer.seek(partition, records[0].offset)
             return 0
         records = [record for batch in polled.values() for record in batch]
-        assert self._pool is not None
-        outgoing = [o for result in self._pool.map(self._outcome, records) for o in result]
-        self.send_all(outgoing)
+        outcomes: list[list[Outgoing]] = [[] for _ in records]
+        decoded: list[tuple[int, E]] = []
+        for index, record in enumerate(records):
+            event = self._decode(record)
+            if isinstance(event, Outgoing):
+                outcomes[index] = [event]
+            else:
+                decoded.append((index, event))
+        results = handle_round([event for _, event in decoded]) if decoded else []
+        for (index, _), result in zip(decoded, results, strict=True):
+            outcomes[index] = [self._failure(records[index], result)] if isinstance(result, BaseException) else result
+        self.send_all([o for outcome in outcomes for o in outcome])
         self._commit({partition: batch[-1].offset + 1 for partition, batch in polled.items() if batch})
         return len(records)
 
-    def _outcome(self, record: Any) -> list[Outgoing]:
-        """What to produce for one record: the handler's records, or a dead letter. Never raises."""
+    def _decode(self, record: Any) -> E | Outgoing:
+        """The record's event, or its dead letter when it does not decode."""
         RECORDS_CONSUMED.labels(service=self.service, topic=record.topic).inc()
         try:
-            event = self.decode(record.value, record.headers or [])
+            return self.decode(record.value, record.headers or [])
         except ValidationError as exc:
-            return [self._dead_letter(record, f"invalid event: {describe_validation_error(exc)}")]
+            return self._dead_letter(record, f"invalid event: {describe_validation_error(exc)}")
         except (ValueError, UnicodeDecodeError) as exc:
-            return [self._dead_letter(record, f"invalid event: {exc}")]
-        try:
-            return self._handle_with_retries(event)
-        except InvalidInput as exc:
-            return [self._dead_letter(record, str(exc))]
-        except Exception as exc:
-            log.exception("handler failed", service=self.service, topic=record.topic, offset=record.offset)
-            return [self._dead_letter(record, f"{type(exc).__name__}: {exc}")]
+            return self._dead_letter(record, f"invalid event: {exc}")
 
-    def _handle_with_retries(self, event: E) -> list[Outgoing]:
-        # A copy per call: worker threads must not share one Retrying's state.
-        retrying = self._retrying if self._pool is None else self._retrying.copy()
-        return retrying(self.handler, event)
+    def _outcome(self, record: Any) -> list[Outgoing]:
+        """What to produce for one record: the handler's records, or a dead letter. Never raises."""
+        event = self._decode(record)
+        if isinstance(event, Outgoing):
+            return [event]
+        try:
+            return self._retrying(self.handler, event)
+        except Exception as exc:  # noqa: BLE001 - any failure of one record becomes its dead letter (logged there)
+            return [self._failure(record, exc)]
+
+    def _failure(self, record: Any, exc: BaseException) -> Outgoing:
+        """The dead letter of a record whose handling raised ``exc``."""
+        if isinstance(exc, InvalidInput):
+            return self._dead_letter(record, str(exc))
+        log.error(
+            "handler failed",
+            service=self.service,
+            topic=record.topic,
+            offset=record.offset,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        return self._dead_letter(record, f"{type(exc).__name__}: {exc}")
 
     def send_all(self, outgoing: list[Outgoing]) -> None:
         """Produce records and return once the broker has acknowledged every one."""

@@ -12,10 +12,27 @@ from tests.kafka_helpers import produce, read_until
 pytestmark = pytest.mark.integration
 
 
-def _loop(settings: CommonSettings, handler, group: str = "loop-test", workers: int = 1) -> ConsumerLoop[RunRequested]:
+def _in_rounds(handler):
+    """A round handler over ``handler``: each event's records, or the exception it raised."""
+
+    def handle_round(events: list[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        results: list[list[Outgoing] | BaseException] = []
+        for event in events:
+            try:
+                results.append(handler(event))
+            except Exception as exc:  # noqa: BLE001 - handed back to the loop, as gather(return_exceptions) does
+                results.append(exc)
+        return results
+
+    return handle_round
+
+
+def _loop(
+    settings: CommonSettings, handler, group: str = "loop-test", rounds: bool = False
+) -> ConsumerLoop[RunRequested]:
     topics = settings.topics
     return ConsumerLoop(
-        workers=workers,
+        handle_round=_in_rounds(handler) if rounds else None,
         service="test",
         consumer=make_consumer(settings, settings.topic_prefix + group, [topics.run_requests]),
         producer=make_producer(settings, "test"),
@@ -34,8 +51,8 @@ def _run_until(loop: ConsumerLoop[RunRequested], condition, timeout: float = 60.
         loop.poll_once()
 
 
-@pytest.mark.parametrize("workers", [1, 4])
-def test_bad_records_are_dead_lettered_and_good_ones_handled(settings: CommonSettings, workers: int):
+@pytest.mark.parametrize("rounds", [False, True])
+def test_bad_records_are_dead_lettered_and_good_ones_handled(settings: CommonSettings, rounds: bool):
     ensure_topics(settings)
     topics = settings.topics
     handled: list[str] = []
@@ -56,7 +73,7 @@ def test_bad_records_are_dead_lettered_and_good_ones_handled(settings: CommonSet
             ("k4", RunRequested(definition="fine").to_bytes()),
         ],
     )
-    loop = _loop(settings, handler, workers=workers)
+    loop = _loop(settings, handler, rounds=rounds)
     _run_until(loop, lambda: handled == ["fine"])
     loop.consumer.close()
 
@@ -74,8 +91,8 @@ def test_bad_records_are_dead_lettered_and_good_ones_handled(settings: CommonSet
     assert json.loads(echoes[0]) == {"echo": True}
 
 
-@pytest.mark.parametrize("workers", [1, 4])
-def test_offsets_are_committed_only_for_processed_records(settings: CommonSettings, workers: int):
+@pytest.mark.parametrize("rounds", [False, True])
+def test_offsets_are_committed_only_for_processed_records(settings: CommonSettings, rounds: bool):
     ensure_topics(settings, [settings.topics.run_requests, settings.topics.dead_letters])
     topics = settings.topics
     produce(
@@ -89,7 +106,7 @@ def test_offsets_are_committed_only_for_processed_records(settings: CommonSettin
         seen.append(request.definition)
         return []
 
-    loop = _loop(settings, first_consumer, workers=workers)
+    loop = _loop(settings, first_consumer, rounds=rounds)
     _run_until(loop, lambda: len(seen) == 3)
     loop.consumer.close()
 
@@ -100,7 +117,7 @@ def test_offsets_are_committed_only_for_processed_records(settings: CommonSettin
         later.append(request.definition)
         return []
 
-    loop = _loop(settings, second_consumer, workers=workers)
+    loop = _loop(settings, second_consumer, rounds=rounds)
     _run_until(loop, lambda: later == ["d9"])
     loop.consumer.close()
     assert sorted(seen) == ["d0", "d1", "d2"]

@@ -6,7 +6,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client import REGISTRY
@@ -327,7 +326,6 @@ def test_batches_go_out_concurrently_within_the_profiles_in_flight_bound(catalog
     limit = {"max_in_flight": max_in_flight} if max_in_flight else None
     with HttpReceiver(delay=0.3) as receiver:
         dispatcher = _patient(catalog, client, receiver.url, rate_limit=limit)
-        with ThreadPoolExecutor(8) as workers:  # as the consumer loop's workers do
-            outcomes = list(workers.map(lambda i: dispatcher.handle(batch(2, i))[-1], range(8)))
-    assert all(RUN_EVENT_ADAPTER.validate_json(o.value).delivered == 2 for o in outcomes)
+        results = dispatcher.handle_all([batch(2, i) for i in range(8)])  # a poll's batches, as the loop hands them
+    assert all(RUN_EVENT_ADAPTER.validate_json(r[-1].value).delivered == 2 for r in results)
     assert seen(receiver.state.max_active), receiver.state.max_active
