@@ -19,8 +19,11 @@ from shared.events import (
     Event,
     ExtractionCompleted,
     MemberBatch,
+    RunCancelled,
     RunFailed,
+    RunMissed,
     RunRequested,
+    RunSkipped,
     RunStarted,
 )
 
@@ -32,7 +35,7 @@ CHANNELS: dict[str, tuple[str, str, str, list[type[Event]]]] = {
         topics.RUN_EVENTS,
         "run id",
         "What happens to a run, in order per run.",
-        [RunStarted, ExtractionCompleted, BatchOutcome, RunFailed],
+        [RunStarted, ExtractionCompleted, BatchOutcome, RunFailed, RunSkipped, RunMissed, RunCancelled],
     ),
     "deadLetters": (topics.DEAD_LETTERS, "run id or source key", "What could not be processed, and why.", [DeadLetter]),
 }

@@ -171,8 +171,18 @@ class RunMissed(ScheduledRunNotStarted):
     type: Literal["run.missed"] = "run.missed"
 
 
+class RunCancelled(Event):
+    """Someone cancelled the run (the admin API): extraction stops, undelivered batches are not sent."""
+
+    type: Literal["run.cancelled"] = "run.cancelled"
+    run_id: uuid.UUID
+    definition: str
+    requested_by: str | None = None
+    at: AwareDatetime = Field(default_factory=utc_now)
+
+
 #: Any record of the run-events topic.
-AnyRunEvent = RunStarted | ExtractionCompleted | BatchOutcome | RunFailed | RunSkipped | RunMissed
+AnyRunEvent = RunStarted | ExtractionCompleted | BatchOutcome | RunFailed | RunSkipped | RunMissed | RunCancelled
 RunEvent = Annotated[AnyRunEvent, Field(discriminator="type")]
 RUN_EVENT_ADAPTER: TypeAdapter[AnyRunEvent] = TypeAdapter(RunEvent)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from shared.domain.catalog_objects import (
     RateLimit,
 )
 from shared.domain.rendering import RenderedRequest, render_request
+from shared.domain.runs import RunStatus
 from shared.errors import ExportError
 from shared.events import BatchOutcome, DeadLetter, MemberBatch
 from shared.kafka import Outgoing
@@ -37,6 +39,9 @@ T = TypeVar("T", bound=CatalogObject)
 
 MEMBERS_DELIVERED = Counter("export_dispatcher_members_delivered_total", "Members delivered.")
 MEMBERS_FAILED = Counter("export_dispatcher_members_failed_total", "Members that could not be delivered.")
+BATCHES_OF_CANCELLED_RUNS = Counter(
+    "export_dispatcher_cancelled_batches_total", "Batches dropped because their run was cancelled."
+)
 DEAD_LETTERS = Counter("export_dispatcher_dead_letters_total", "Dead letters of undeliverable members.")
 RATE_LIMIT_WAITS = Counter(
     "export_dispatcher_rate_limit_waits_total", "Requests held back by a profile's rate limit.", ["profile"]
@@ -67,6 +72,19 @@ class CatalogCache:
         self.catalog = catalog
         self.ttl = ttl
         self._entries: dict[tuple[str, str], tuple[float, CatalogObject]] = {}
+        self._runs: dict[uuid.UUID, tuple[float, bool]] = {}
+
+    def cancelled(self, run_id: uuid.UUID) -> bool:
+        """Whether the run was cancelled (known within ``ttl`` seconds of the cancellation)."""
+        now = time.monotonic()
+        entry = self._runs.get(run_id)
+        if entry is None or entry[0] < now:
+            record = self.catalog.get_run(run_id)
+            entry = (now + self.ttl, record is not None and record.status is RunStatus.CANCELLED)
+            self._runs[run_id] = entry
+            if len(self._runs) > 10_000:  # runs come and go: forget the oldest answers
+                self._runs.pop(next(iter(self._runs)))
+        return entry[1]
 
     def get(self, kind: type[T], name: str) -> T:
         key = (kind.__name__, name)
@@ -140,7 +158,13 @@ class Dispatcher:
         return await asyncio.gather(*(bounded(batch) for batch in batches), return_exceptions=True)
 
     async def handle(self, batch: MemberBatch) -> list[Outgoing]:
-        """Deliver a batch (isolating refused members) and return its outcome and dead letters."""
+        """Deliver a batch (isolating refused members) and return its outcome and dead letters.
+
+        A cancelled run's batches are dropped: nothing is sent, no outcome (the run's record is final).
+        """
+        if self.objects.cancelled(batch.run_id):
+            BATCHES_OF_CANCELLED_RUNS.inc()
+            return []
         try:
             template = self.objects.get(HttpTemplate, batch.template)
             profile = self.objects.get(ConnectionProfile, template.profile)

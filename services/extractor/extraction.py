@@ -21,6 +21,7 @@ from shared.catalog import Catalog, NotFound
 from shared.catalog.repository import Checkpoint
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.query_parameters import ParameterError, bind_values
+from shared.domain.runs import RunStatus
 from shared.events import ExtractionCompleted, RunFailed, RunRequested, RunStarted
 from shared.kafka import InFlight, Outgoing
 from shared.querystore import MemberReader, Page, QueryError, QueryTimeout
@@ -45,6 +46,10 @@ DEFAULT_MAX_RECORD_BYTES = 900_000
 def page_size_for(batch_size: int, configured_page_size: int) -> int:
     """A page size that is a whole number of batches, so batch identities are the same after a resume."""
     return max(1, math.ceil(configured_page_size / batch_size)) * batch_size
+
+
+class _RunCancelled(Exception):
+    """The run was cancelled while it was being extracted."""
 
 
 class _RunFailure(Exception):
@@ -99,7 +104,13 @@ class Extractor:
             if checkpoint.completed:
                 log.info("run already extracted; request ignored", run_id=str(request.run_id))
                 return []
+            self._stop_if_cancelled(request)
             return self._run(request, definition, checkpoint)
+        except _RunCancelled:
+            log.info("run cancelled; extraction stopped", run_id=str(request.run_id))
+            if checkpoint is not None:
+                self.catalog.save_checkpoint(replace(checkpoint, completed=True))
+            return []
         except _RunFailure as failure:
             return self._fail(request, failure, checkpoint)
         finally:
@@ -224,11 +235,18 @@ class Extractor:
             if in_flight is not None:
                 self._settle(*in_flight)
             in_flight = (sent, checkpoint)
+            self._stop_if_cancelled(request)
             MEMBERS_EXTRACTED.inc(len(page.rows))
             PAGES_READ.inc()
         if in_flight is not None:
             self._settle(*in_flight)
         return checkpoint
+
+    def _stop_if_cancelled(self, request: RunRequested) -> None:
+        """Stop at a page boundary when the run was cancelled (one catalog read per page)."""
+        record = self.catalog.get_run(request.run_id)
+        if record is not None and record.status is RunStatus.CANCELLED:
+            raise _RunCancelled
 
     def _settle(self, sent: InFlight, checkpoint: Checkpoint) -> None:
         sent.wait()

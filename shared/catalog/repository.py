@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from shared.catalog.tables import (
     BatchOutcomeRow,
     CatalogObjectRow,
     ExtractionCheckpointRow,
+    IdempotencyKeyRow,
     LeaseRow,
     NotificationRow,
     RunRow,
@@ -161,6 +163,16 @@ class Catalog:
             )
             return [cast(T, kind.model_validate(row.spec)) for row in rows]
 
+    def rename(self, old_name: str, obj: CatalogObject) -> None:
+        """Replace object ``old_name`` of ``obj``'s kind by ``obj`` under its new name, keeping its id."""
+        with self._session() as session:
+            row = session.scalar(
+                select(CatalogObjectRow).where(CatalogObjectRow.kind == kind_of(obj), CatalogObjectRow.name == old_name)
+            )
+            if row is None:
+                raise NotFound(kind_of(obj), old_name)
+            row.name, row.spec, row.version, row.updated_at = obj.name, stored_form(obj), row.version + 1, _now()
+
     def delete(self, kind: type[CatalogObject], name: str) -> None:
         with self._session() as session:
             row = session.scalar(
@@ -252,12 +264,53 @@ class Catalog:
             rows = session.scalars(select(RunRow).where(RunRow.replay_of == str(run_id)).order_by(RunRow.started_at))
             return [_record_from_row(row) for row in rows]
 
-    def list_runs(self, definition: str | None = None, limit: int = 50) -> list[RunRecord]:
+    def list_runs(
+        self,
+        definition: str | None = None,
+        limit: int = 50,
+        *,
+        definitions: list[str] | None = None,
+        statuses: list[RunStatus] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        """Runs, most recent first (by start, or by last event for runs not started), filtered."""
+        when = func.coalesce(RunRow.started_at, RunRow.last_event_at)
         with self._session() as session:
-            query = select(RunRow).order_by(RunRow.started_at.desc()).limit(limit)
+            query = select(RunRow).order_by(when.desc(), RunRow.run_id).offset(offset).limit(limit)
             if definition:
                 query = query.where(RunRow.definition == definition)
+            if definitions is not None:
+                query = query.where(RunRow.definition.in_(definitions))
+            if statuses:
+                query = query.where(RunRow.status.in_([status.value for status in statuses]))
+            if since is not None:
+                query = query.where(when >= _utc(since))
+            if until is not None:
+                query = query.where(when < _utc(until))
             return [_record_from_row(row) for row in session.scalars(query)]
+
+    def record_requested_run(self, record: RunRecord) -> bool:
+        """Record a run that was just requested (queued) unless it is known already; True when recorded."""
+        with self._session() as session:
+            if session.get(RunRow, str(record.run_id)) is not None:
+                return False
+            row = RunRow(run_id=str(record.run_id))
+            _record_to_row(record, row)
+            session.add(row)
+            return True
+
+    def claim_idempotency_key(self, caller: str, definition: str, key: str, run_id: uuid.UUID) -> uuid.UUID:
+        """The run of an ``Idempotency-Key``: ``run_id`` when the key is new, else the run it started before."""
+        scope = hashlib.sha256(f"{caller}\0{definition}\0{key}".encode()).hexdigest()
+        with self._session() as session:
+            values = {"scope": scope, "run_id": str(run_id), "created_at": _now()}
+            if self._insert_ignore(session, IdempotencyKeyRow, values):
+                return run_id
+            existing = session.get(IdempotencyKeyRow, scope)
+            assert existing is not None
+            return uuid.UUID(existing.run_id)
 
     def unfinished_runs(self, limit: int = 1_000) -> list[RunRecord]:
         """Runs not final yet, least recently active first."""

@@ -126,3 +126,14 @@ class LeaseRow(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     holder: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class IdempotencyKeyRow(Base):
+    """A run started through the admin API under an ``Idempotency-Key``: a retried call finds its run here."""
+
+    __tablename__ = "idempotency_keys"
+
+    #: SHA-256 of (caller, definition, key): the same key from another caller or for another definition is another call.
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

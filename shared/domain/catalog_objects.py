@@ -10,7 +10,16 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import to_jsonable_python
 
 from shared.domain.names import Name
@@ -30,6 +39,14 @@ def _plain_column(column: str) -> str:
 ColumnName = Annotated[str, AfterValidator(_plain_column)]
 
 
+#: A credential: a literal (write-only) or an ``env:``/``file:`` reference. Answered masked by the admin API
+#: (so not ``writeOnly`` in its schema: the mask is in every response, and may be sent back to keep it).
+Secret = Annotated[
+    SecretStr,
+    WithJsonSchema({"type": "string", "description": "a secret or an env:/file: reference; answered masked"}),
+]
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -44,12 +61,12 @@ class NoAuth(_Spec):
 class BasicAuth(_Spec):
     type: Literal["basic"]
     username: str
-    password: SecretStr
+    password: Secret
 
 
 class BearerAuth(_Spec):
     type: Literal["bearer"]
-    token: SecretStr
+    token: Secret
 
 
 class ApiKeyAuth(_Spec):
@@ -57,7 +74,7 @@ class ApiKeyAuth(_Spec):
 
     type: Literal["api_key"]
     header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$")] = "X-API-Key"
-    key: SecretStr
+    key: Secret
 
 
 class OAuth2ClientCredentials(_Spec):
@@ -66,7 +83,7 @@ class OAuth2ClientCredentials(_Spec):
     type: Literal["oauth2_client_credentials"]
     token_url: str
     client_id: str
-    client_secret: SecretStr
+    client_secret: Secret
     scope: str | None = None
 
 
@@ -95,12 +112,13 @@ class ConnectionProfile(_Spec):
     """Where and how to reach a partner API: a base URL and its authentication."""
 
     name: Name
+    label: str | None = None
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]
     auth: Auth = NoAuth()
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 30.0
     #: Standard Webhooks signing secret (``whsec_…``, or an ``env:``/``file:`` reference to one): when set,
     #: every request carries ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature``.
-    signing_secret: SecretStr | None = None
+    signing_secret: Secret | None = None
     rate_limit: RateLimit | None = None
 
 
@@ -158,6 +176,7 @@ class SavedQuery(_Spec):
     """
 
     name: Name
+    label: str | None = None
     description: str | None = None
     sql: str
     key_column: ColumnName = "id"
@@ -249,6 +268,7 @@ class ExportDefinition(_Spec):
     Schedule and Notifications."""
 
     name: Name
+    label: str | None = None
     business_unit: str | None = None
     priority: Priority = Priority.NORMAL
     query: Name

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
-from shared.events import AnyRunEvent, BatchOutcome, ExtractionCompleted, RunFailed, RunSkipped, RunStarted
+from shared.events import (
+    AnyRunEvent,
+    BatchOutcome,
+    ExtractionCompleted,
+    RunCancelled,
+    RunFailed,
+    RunSkipped,
+    RunStarted,
+)
 
 MAX_ERROR_SAMPLES = 5
 
@@ -120,6 +128,14 @@ def fold(
             record,
             failure_reason=record.failure_reason or event.reason,
             error_samples=_with_sample(record.error_samples, event.reason),
+        )
+    elif isinstance(event, RunCancelled):
+        if was_final:
+            return record  # too late: a finished run keeps its outcome
+        updated = replace(
+            record,
+            terminal_status=record.terminal_status or RunStatus.CANCELLED,
+            error_samples=_with_sample(record.error_samples, f"cancelled by {event.requested_by or 'an operator'}"),
         )
     else:
         # Skipped and missed runs never start: the scheduler says so, with the reason.

@@ -25,7 +25,16 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 from cronsim import CronSim, CronSimError
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 UTC = dt.UTC
 
@@ -75,6 +84,15 @@ _FIELDS_OF: dict[Every, frozenset[str]] = {
 }
 
 
+#: A wall-clock time of day, written "HH:MM" (JSON Schema's ``format: time`` wants an offset, which a
+#: local schedule time does not have).
+LocalTime = Annotated[
+    dt.time,
+    PlainSerializer(lambda value: value.strftime("%H:%M"), return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$", "examples": ["02:00"]}),
+]
+
+
 class Repeat(BaseModel):
     """A repeating recurrence: the composer (``every`` and its fields) or Advanced mode (``cron``)."""
 
@@ -82,7 +100,7 @@ class Repeat(BaseModel):
 
     every: Every | None = None
     minute: Minute | None = None
-    time: dt.time | None = None
+    time: LocalTime | None = None
     weekday: Weekday | None = None
     day: DayOfMonth | None = None
     month: Annotated[int, Field(ge=1, le=12)] | None = None
@@ -207,7 +225,7 @@ class Once(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     date: dt.date
-    time: dt.time
+    time: LocalTime
 
 
 class Overlap(StrEnum):

@@ -1,0 +1,28 @@
+"""The admin API's settings (``EXPORT_*`` environment variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import CommonSettings
+
+
+class AdminSettings(CommonSettings):
+    """Settings of the admin API service."""
+
+    admin_host: str = Field(default="0.0.0.0", description="Address the admin API listens on.")  # noqa: S104
+    admin_port: int = Field(default=8080, ge=1, le=65535, description="Port of the admin API (also serves /metrics).")
+    admin_tokens_file: str = Field(
+        default="",
+        description="YAML file of API tokens (`tokens: [{name, sha256, role, business_units}]`), e.g. a mounted "
+        "Kubernetes Secret. Without it every call but health and metrics gets 401.",
+    )
+    query_store_url: str = Field(
+        default="sqlite:///.local/members.db", description="Member store the dry run reads its first members from."
+    )
+    admin_public_url: str = Field(
+        default="", description="Base URL the API is reached at, for links in responses (empty: relative links)."
+    )
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Unused by the admin API: /metrics is on its port."
+    )
