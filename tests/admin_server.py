@@ -45,7 +45,7 @@ class AdminServer:
 
 @contextmanager
 def admin_server(
-    tmp_path: Path, catalog_url: str, kafka_bootstrap: str, query_store_url: str = ""
+    tmp_path: Path, catalog_url: str, kafka_bootstrap: str, query_store_url: str = "", topic_prefix: str = ""
 ) -> Iterator[AdminServer]:
     tokens = {who: f"tok-{who}-{uuid.uuid4().hex}" for who in TOKENS}
     entries = [
@@ -55,7 +55,7 @@ def admin_server(
     tokens_file = tmp_path / "tokens.yaml"
     tokens_file.write_text(yaml.safe_dump({"tokens": entries}))
     port = free_port()
-    prefix = f"a{uuid.uuid4().hex[:10]}."
+    prefix = topic_prefix or f"a{uuid.uuid4().hex[:10]}."
     env = {
         **os.environ,
         "EXPORT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,

@@ -22,7 +22,9 @@ import yaml
 
 from shared.catalog import Catalog, NotFound
 from shared.cli import dead_letters
-from shared.cli.common import CliSettings, fail, summary, wait_for_run
+from shared.cli.api import AdminApi
+from shared.cli.api_commands import API_COMMANDS, run_api_command
+from shared.cli.common import CliSettings, fail, parse_params, run_line, summary, wait_for_run
 from shared.cli.manifests import ManifestError, load_manifests
 from shared.domain.catalog_objects import (
     KINDS,
@@ -216,12 +218,10 @@ def cmd_run(settings: CliSettings, args: argparse.Namespace) -> int:
         query = catalog.get(SavedQuery, definition.query)
     except NotFound as exc:
         return fail(str(exc))
-    parameters = {}
-    for pair in args.param or []:
-        name, equals, value = pair.partition("=")
-        if not equals:
-            return fail(f"--param '{pair}': expected NAME=VALUE")
-        parameters[name] = value
+    try:
+        parameters = parse_params(args.param)
+    except ValueError as exc:
+        return fail(str(exc))
     try:
         bind_values(query.parameters, parameters, definition.parameters)  # refuse now, not in the extractor
     except ParameterError as exc:
@@ -252,11 +252,7 @@ def cmd_runs(settings: CliSettings, args: argparse.Namespace) -> int:
             print(f"  replayed by run {replay.run_id}: {replay.status.value}, delivered {replay.delivered}")
         return 0
     for record in catalog.list_runs(args.definition, args.limit):
-        started = record.started_at.isoformat(timespec="seconds") if record.started_at else "-"
-        print(
-            f"{record.run_id}  {record.definition:<30} {record.status.value:<22} {started}  "
-            f"read {record.extracted} delivered {record.delivered} failed {record.failed}"
-        )
+        print(run_line(record))
     return 0
 
 
@@ -312,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not run saved queries against the query store to discover their columns",
     )
+    apply.add_argument(
+        "--diff", action="store_true", help="with the admin API: print what would change, change nothing"
+    )
     apply.set_defaults(func=cmd_apply)
 
     get = commands.add_parser("get", help="print objects as YAML (secrets masked)")
@@ -331,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--param", action="append", metavar="NAME=VALUE", help="a value for a query parameter (repeatable)"
     )
     run.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
+    run.add_argument("--idempotency-key", help="with the admin API: a retried command returns the same run")
     run.set_defaults(func=cmd_run)
 
     runs = commands.add_parser("runs", help="list runs, or show one with --id")
@@ -352,6 +352,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     dead_letters.add_commands(commands)
 
+    # Commands of the admin API only (EXPORT_API_URL).
+    listing = commands.add_parser("list", help="(admin API) list objects of a kind")
+    listing.add_argument("kind", help="profile, template, query, definition (or the kind's name)")
+    listing.set_defaults(func=None)
+    search = commands.add_parser("search", help="(admin API) search export definitions")
+    search.add_argument("--name-contains")
+    search.add_argument("--business-unit")
+    search.add_argument("--priority", choices=["high", "normal", "low"])
+    search.add_argument("--enabled", action=argparse.BooleanOptionalAction, default=None)
+    search.add_argument("--template")
+    search.add_argument("--query")
+    search.add_argument("--sort", default="name")
+    search.add_argument("--page", type=int, default=1)
+    search.add_argument("--page-size", type=int, default=50)
+    search.set_defaults(func=None)
+    describe = commands.add_parser("describe", help="(admin API) show one object (secrets masked)")
+    describe.add_argument("kind")
+    describe.add_argument("name")
+    describe.set_defaults(func=None)
+    copy = commands.add_parser("copy", help='(admin API) copy an object ("Copy of …"; a copied schedule is disabled)')
+    copy.add_argument("kind")
+    copy.add_argument("name")
+    copy.add_argument("--label")
+    copy.add_argument("--name", dest="new_name")
+    copy.set_defaults(func=None)
+    dry_run = commands.add_parser("dry-run", help="(admin API) render the first requests a definition would send")
+    dry_run.add_argument("definition")
+    dry_run.add_argument("--requests", type=int, default=3)
+    dry_run.set_defaults(func=None)
+
     schemas = commands.add_parser("schemas", help="print the JSON Schema of every event")
     schemas.set_defaults(func=cmd_schemas)
     return parser
@@ -359,7 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(CliSettings(), args))
+    settings = CliSettings()
+    if settings.api_url and args.command in API_COMMANDS:
+        return run_api_command(AdminApi(settings.api_url, settings.api_token), args.command, args)
+    if args.func is None:
+        return fail(f"'{args.command}' works through the admin API: set EXPORT_API_URL (and EXPORT_API_TOKEN)")
+    return int(args.func(settings, args))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,12 @@ class CliSettings(CommonSettings):
         default="sqlite:///.local/members.db",
         description="Member store: where `apply` discovers saved queries' columns and `demo-data` writes.",
     )
+    api_url: str = Field(
+        default="",
+        description="The admin API (e.g. http://export-admin:8080): when set, exportctl works through it "
+        "(list, search, describe, apply, delete, copy, run, runs, dry-run); else on the catalog directly.",
+    )
+    api_token: str = Field(default="", description="exportctl's bearer token for the admin API.")
 
 
 def fail(message: str) -> int:
@@ -39,6 +45,26 @@ def summary(record: RunRecord) -> str:
         lines.append(f"  replay of run {record.replay_of}")
     lines += [f"  error: {error}" for error in record.error_samples]
     return "\n".join(lines)
+
+
+def run_line(record: RunRecord) -> str:
+    """One run on one line, for run lists."""
+    started = record.started_at.isoformat(timespec="seconds") if record.started_at else "-"
+    return (
+        f"{record.run_id}  {record.definition:<30} {record.status.value:<22} {started}  "
+        f"read {record.extracted} delivered {record.delivered} failed {record.failed}"
+    )
+
+
+def parse_params(pairs: list[str] | None) -> dict[str, str]:
+    """``--param NAME=VALUE`` options as a mapping; ValueError naming a malformed one."""
+    parameters = {}
+    for pair in pairs or []:
+        name, equals, value = pair.partition("=")
+        if not equals:
+            raise ValueError(f"--param '{pair}': expected NAME=VALUE")
+        parameters[name] = value
+    return parameters
 
 
 def wait_for_run(catalog: Catalog, run_id: uuid.UUID, timeout: float) -> int:

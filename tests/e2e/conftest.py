@@ -104,10 +104,12 @@ class Pipeline:
     work_dir: Path
     dispatcher_metrics_port: int
 
-    def exportctl(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def exportctl(
+        self, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "shared.cli", *args],
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -81,7 +81,7 @@ def test_next_runs_previews_the_schedule_in_its_time_zone(tmp_path):
     result = exportctl(tmp_path, "next-runs", "nightly", "-n", "3")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "cron '30 2 * * *' (Asia/Kolkata): {'every': 'day', 'time': '02:30:00'}"
+    assert lines[0] == "cron '30 2 * * *' (Asia/Kolkata): {'every': 'day', 'time': '02:30'}"
     assert len(lines) == 4
     assert all(line.strip().endswith("21:00 UTC)") and " 02:30 IST " in line for line in lines[1:])
 

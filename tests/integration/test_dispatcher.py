@@ -17,7 +17,7 @@ from shared.catalog import Catalog
 from shared.devtools.http_receiver import HttpReceiver
 from shared.devtools.processes import free_port
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
-from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, DeadLetter, MemberBatch
+from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, DeadLetter, MemberBatch, RunCancelled
 from shared.topics import Topics
 from tests.dispatcher_helpers import BlockingDispatcher, Http, blocking_dispatcher, http_on_loop
 
@@ -329,3 +329,13 @@ def test_batches_go_out_concurrently_within_the_profiles_in_flight_bound(catalog
         results = dispatcher.handle_all([batch(2, i) for i in range(8)])  # a poll's batches, as the loop hands them
     assert all(RUN_EVENT_ADAPTER.validate_json(r[-1].value).delivered == 2 for r in results)
     assert seen(receiver.state.max_active), receiver.state.max_active
+
+
+def test_a_cancelled_runs_batches_are_dropped_unsent(catalog, client):
+    with HttpReceiver() as receiver:
+        dispatcher = dispatcher_for(catalog, client, receiver)
+        doomed, other = batch(), batch()
+        catalog.fold_run_event(RunCancelled(run_id=doomed.run_id, definition="d", requested_by="ops"))
+        assert dispatcher.handle(doomed) == []  # no request, no outcome: the run's record is final
+        assert len(dispatcher.handle(other)) == 1
+    assert [r.headers["Idempotency-Key"] for r in receiver.receipts()] == [other.identity]

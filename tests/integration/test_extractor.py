@@ -16,6 +16,7 @@ from shared.events import (
     BatchOutcome,
     ExtractionCompleted,
     MemberBatch,
+    RunCancelled,
     RunFailed,
     RunRequested,
     RunStarted,
@@ -254,3 +255,14 @@ def test_an_incremental_run_exports_only_members_changed_since_the_last_successf
     extractor.handle(third)
     completed = [e for e in _run_events(settings, 8) if isinstance(e, ExtractionCompleted) and e.run_id == third.run_id]
     assert (completed[0].members, completed[0].batches) == (0, 0)
+
+
+def test_a_cancelled_run_is_not_extracted(extractor: Extractor, settings: CommonSettings):
+    cancelled = RunRequested(run_id=uuid.uuid4(), definition="export-all")
+    extractor.catalog.fold_run_event(RunCancelled(run_id=cancelled.run_id, definition="export-all", requested_by="ops"))
+    assert extractor.handle(cancelled) == []
+    assert extractor.catalog.claim_extraction(cancelled.run_id, "export-all").completed  # a redelivery stays idle
+    later = RunRequested(definition="export-all")
+    extractor.handle(later)
+    events = _run_events(settings, 2)
+    assert {e.run_id for e in events} == {later.run_id}  # nothing of the cancelled run was published

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from services.admin.settings import AdminSettings
 from services.dispatcher.settings import DispatcherSettings
 from services.extractor.settings import ExtractorSettings
 from services.notifier.settings import NotifierSettings
@@ -12,7 +13,7 @@ from shared.asyncapi import render
 from shared.cli.common import CliSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-SETTINGS = [SchedulerSettings, ExtractorSettings, DispatcherSettings, NotifierSettings, CliSettings]
+SETTINGS = [SchedulerSettings, ExtractorSettings, DispatcherSettings, NotifierSettings, CliSettings, AdminSettings]
 
 
 @pytest.mark.parametrize("settings_class", SETTINGS, ids=lambda cls: cls.__name__)

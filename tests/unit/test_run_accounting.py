@@ -14,7 +14,7 @@ from shared.domain.runs import (
     fold,
     stuck_reason,
 )
-from shared.events import BatchOutcome, ExtractionCompleted, RunFailed, RunStarted, Trigger
+from shared.events import BatchOutcome, ExtractionCompleted, RunCancelled, RunFailed, RunStarted, Trigger
 
 RUN = uuid.UUID("00000000-0000-0000-0000-000000000001")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -170,3 +170,16 @@ def test_a_run_is_stuck_only_after_the_quiet_period_and_only_while_unfinished():
     reason = stuck_reason(started, datetime(2026, 1, 1, 1, 0, tzinfo=UTC), 3600)
     assert reason == "stuck: no progress for 3600 s while extracting (read 0, delivered 0, failed 0)"
     assert stuck_reason(_finished(1, 0), datetime(2027, 1, 1, tzinfo=UTC), 1) is None
+
+
+def test_cancelling_stops_an_unfinished_run_and_is_too_late_for_a_finished_one():
+    run_id = uuid.uuid4()
+    started = fold(
+        RunRecord(run_id=run_id, definition="d"), RunStarted(run_id=run_id, definition="d", trigger="manual")
+    )
+    cancelled = fold(started, RunCancelled(run_id=run_id, definition="d", requested_by="ops"))
+    assert cancelled.status is RunStatus.CANCELLED
+    assert cancelled.finished_at is not None
+    assert cancelled.error_samples == ("cancelled by ops",)
+    done = fold(started, ExtractionCompleted(run_id=run_id, definition="d", members=0, batches=0))
+    assert fold(done, RunCancelled(run_id=run_id, definition="d")).status is RunStatus.SUCCEEDED
