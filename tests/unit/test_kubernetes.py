@@ -1,0 +1,92 @@
+"""The Kubernetes manifests agree with the code: real services, real settings, consistent ports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.admin.settings import AdminSettings
+from services.dispatcher.settings import DispatcherSettings
+from services.extractor.settings import ExtractorSettings
+from services.notifier.settings import NotifierSettings
+from services.scheduler.settings import SchedulerSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+SETTINGS = {
+    "scheduler": SchedulerSettings,
+    "extractor": ExtractorSettings,
+    "dispatcher": DispatcherSettings,
+    "notifier": NotifierSettings,
+    "admin": AdminSettings,
+}
+
+
+def _variables(settings: Any) -> set[str]:
+    return {f"EXPORT_{name.upper()}" for name in settings.model_fields}
+
+
+def _documents() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    documents = []
+    for resource in kustomization["resources"]:
+        documents += [d for d in yaml.safe_load_all((KUBERNETES / resource).read_text()) if d]
+    return documents
+
+
+def _deployments() -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in _documents() if d["kind"] == "Deployment"}
+
+
+def test_every_service_has_a_deployment_that_runs_it():
+    deployments = _deployments()
+    assert set(deployments) == {f"member-export-{service}" for service in SETTINGS}
+    for name, deployment in deployments.items():
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        module = container["args"][-1]
+        assert container["args"][:2] == ["python", "-m"]
+        assert (ROOT / module.replace(".", "/") / "__main__.py").exists(), name
+        assert (
+            deployment["spec"]["selector"]["matchLabels"].items()
+            <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        )
+
+
+def test_every_variable_the_manifests_set_is_a_setting_of_the_service_that_reads_it():
+    documents = _documents()
+    shared = {
+        key
+        for d in documents
+        if d["kind"] in ("ConfigMap", "Secret") and d["metadata"]["name"] == "member-export"
+        for key in (d.get("data") or d.get("stringData") or {})
+    }
+    known_anywhere = set().union(*(_variables(s) for s in SETTINGS.values()))
+    assert shared - known_anywhere == set()  # a typo would be silently ignored by pydantic-settings
+    for name, deployment in _deployments().items():
+        service = name.removeprefix("member-export-")
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        own = {variable["name"] for variable in container.get("env", [])}
+        assert own - _variables(SETTINGS[service]) == set(), name
+
+
+def test_ports_probes_and_scrape_annotations_agree():
+    for name, deployment in _deployments().items():
+        template = deployment["spec"]["template"]
+        [container] = template["spec"]["containers"]
+        env = {variable["name"]: variable.get("value") for variable in container.get("env", [])}
+        port = str(env.get("EXPORT_METRICS_PORT") or env.get("EXPORT_ADMIN_PORT"))
+        assert [p["containerPort"] for p in container["ports"]] == [int(port)], name
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == port, name
+        named = container["ports"][0]["name"]
+        assert container["readinessProbe"]["httpGet"]["port"] == named
+        assert container["livenessProbe"]["httpGet"]["port"] == named
+        assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_image_runs_as_the_user_the_manifests_require():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "USER 10001" in dockerfile
+    for deployment in _deployments().values():
+        assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
