@@ -32,14 +32,17 @@ def build_loop(
     service: str,
     topic: str | list[str],
     decode: Callable[[bytes, Headers], E],
-    handler: Callable[[E], list[Outgoing]],
+    handler: Callable[[E], list[Outgoing]] | None = None,
     periodic: Callable[[], list[Outgoing]] | None = None,
     periodic_seconds: float = 30.0,
     handle_round: RoundHandler[E] | None = None,
     priority_topics: list[str] | None = None,
     **consumer_overrides: Any,
 ) -> ConsumerLoop[E]:
-    """A consumer loop for ``service`` on ``topic`` (or topics), in the consumer group named after the service."""
+    """A consumer loop for ``service`` on ``topic`` (or topics), in the consumer group named after the service.
+
+    ``handler`` handles records one by one; ``handle_round`` a poll's records at once (give one of them).
+    """
     return ConsumerLoop(
         service=service,
         consumer=make_consumer(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import uvicorn
 
 from services.admin.app import AdminContext, create_app
@@ -25,7 +27,7 @@ def main() -> None:
         tokens=TokenStore.from_file(settings.admin_tokens_file),
         topics=settings.topics,
         publish=lambda outgoing: produce_and_wait(producer, outgoing),
-        open_reader=lambda: MemberReader.from_url(settings.query_store_url),
+        reader=functools.cache(lambda: MemberReader.from_url(settings.query_store_url)),
         public_url=settings.admin_public_url,
     )
     try:

@@ -30,7 +30,8 @@ class AdminContext:
     tokens: TokenStore
     topics: Topics
     publish: Callable[[list[Outgoing]], None]
-    open_reader: Callable[[], MemberReader]
+    #: The member store's reader (dry runs), opened on first use and shared: its engine pools connections.
+    reader: Callable[[], MemberReader]
     public_url: str = ""
 
 

@@ -77,6 +77,15 @@ def _get(context: AdminContext, kind: type[T], name: str) -> T:
         raise ApiProblem(404, str(exc), slug="not-found") from None
 
 
+def _refuse_taken(context: AdminContext, kind: type[Any], name: str) -> None:
+    """409 when an object of ``kind`` is named ``name`` already."""
+    try:
+        context.catalog.get(kind, name)
+    except NotFound:
+        return
+    raise ApiProblem(409, f"{kind.__name__} '{name}' exists already", slug="name-conflict")
+
+
 def _unique_name(context: AdminContext, kind: type[Any], base: str) -> str:
     taken = {obj.name for obj in context.catalog.list_objects(kind)}
     if base not in taken:
@@ -101,14 +110,16 @@ def _named(context: AdminContext, kind: type[T], body: dict[str, Any], old: T | 
 def _check_references(context: AdminContext, obj: CatalogObject) -> None:
     """Referenced objects exist, and a definition fits its query and template (422 naming the field)."""
     problems = []
+    found: dict[str, CatalogObject] = {}
     for kind, name, field in references(obj):
         try:
-            context.catalog.get(kind, name)
+            found[field] = context.catalog.get(kind, name)
         except NotFound:
             problems.append(f"field '{field}': {kind.__name__} '{name}' does not exist")
     if isinstance(obj, ExportDefinition) and not problems:
-        query = context.catalog.get(SavedQuery, obj.query)
-        template = context.catalog.get(HttpTemplate, obj.template)
+        query, template = found["query"], found["template"]
+        assert isinstance(query, SavedQuery)
+        assert isinstance(template, HttpTemplate)
         problems += query_consistency_problems(obj, query)
         problems += _destination_problems(template, query)
     if problems:
@@ -150,12 +161,7 @@ def _create(context: AdminContext, caller: Principal, kind: type[T], body: dict[
     obj = _named(context, kind, body)
     _in_scope(caller, obj)
     if explicit:
-        try:
-            context.catalog.get(kind, obj.name)
-        except NotFound:
-            pass
-        else:
-            raise ApiProblem(409, f"{kind.__name__} '{obj.name}' exists already", slug="name-conflict")
+        _refuse_taken(context, kind, obj.name)
     _check_references(context, obj)
     context.catalog.apply(obj)
     return obj
@@ -168,12 +174,7 @@ def _replace(context: AdminContext, caller: Principal, kind: type[T], name: str,
     _in_scope(caller, obj)
     _check_references(context, obj)
     if obj.name != old.name:
-        try:
-            context.catalog.get(kind, obj.name)
-        except NotFound:
-            pass
-        else:
-            raise ApiProblem(409, f"{kind.__name__} '{obj.name}' exists already", slug="name-conflict")
+        _refuse_taken(context, kind, obj.name)
         if referrers := _referrers(context, old):
             raise ApiProblem(
                 409, f"'{old.name}' is used by {', '.join(referrers)}: it cannot be renamed", slug="in-use"
@@ -199,12 +200,7 @@ def _copy(context: AdminContext, caller: Principal, kind: type[T], name: str, re
     label = request.label or f"Copy of {getattr(original, 'label', None) or original.name}"
     if request.name:
         new_name = request.name
-        try:
-            context.catalog.get(kind, new_name)
-        except NotFound:
-            pass
-        else:
-            raise ApiProblem(409, f"{kind.__name__} '{new_name}' exists already", slug="name-conflict")
+        _refuse_taken(context, kind, new_name)
     else:
         new_name = _unique_name(context, kind, slugify(label))
     spec = stored_form(original) | {"name": new_name, "label": label}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -176,13 +177,10 @@ def dry_run(
         values = bind_values(query.parameters, (request or RunRequest()).parameters, definition.parameters)
     except ParameterError as exc:
         raise ApiProblem(422, f"parameters: {exc}", slug="invalid-parameters") from None
-    reader = context.open_reader()
     try:
-        page = next(reader.pages(query, page_size=template.batch_size * requests, parameters=values), None)
+        page = next(context.reader().pages(query, page_size=template.batch_size * requests, parameters=values), None)
     except QueryError as exc:
         raise ApiProblem(422, f"query '{query.name}': {exc}", slug="query-failed") from None
-    finally:
-        reader.close()
     members = page.members if page is not None else []
     previews = []
     for index in range(0, len(members), template.batch_size):
@@ -217,27 +215,42 @@ def _scope_filter(context: AdminContext, caller: Principal) -> list[str] | None:
     return [d.name for d in context.catalog.list_objects(ExportDefinition) if caller.sees(d.business_unit)]
 
 
+@dataclass
+class RunFilter:
+    """The filters of a run list (query parameters), most recent runs first."""
+
+    status: Annotated[list[RunStatus] | None, Query()] = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: Annotated[int, Query(ge=1, le=500)] = 50
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0
+
+    def runs(
+        self, context: AdminContext, definition: str | None = None, definitions: list[str] | None = None
+    ) -> list[RunView]:
+        records = context.catalog.list_runs(
+            definition,
+            self.limit,
+            definitions=definitions,
+            statuses=self.status,
+            since=self.since,
+            until=self.until,
+            offset=self.offset,
+        )
+        return [RunView.of(record, context.public_url) for record in records]
+
+
+Filters = Annotated[RunFilter, Depends()]
+
+
 @router.get("/runs", summary="List runs, most recent first", operation_id="list_runs")
 def list_runs(
     context: Context,
     caller: Reader,
+    filters: Filters,
     definition: Annotated[str | None, Query(max_length=100)] = None,
-    status: Annotated[list[RunStatus] | None, Query()] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[RunView]:
-    records = context.catalog.list_runs(
-        definition,
-        limit,
-        definitions=_scope_filter(context, caller),
-        statuses=status,
-        since=since,
-        until=until,
-        offset=offset,
-    )
-    return [RunView.of(record, context.public_url) for record in records]
+    return filters.runs(context, definition, definitions=_scope_filter(context, caller))
 
 
 @router.get(
@@ -246,22 +259,10 @@ def list_runs(
     responses=ERRORS,
     operation_id="list_runs_of_ExportDefinition",
 )
-def list_definition_runs(
-    context: Context,
-    caller: Reader,
-    name: str,
-    status: Annotated[list[RunStatus] | None, Query()] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-) -> list[RunView]:
+def list_definition_runs(context: Context, caller: Reader, name: str, filters: Filters) -> list[RunView]:
     definition = _get(context, ExportDefinition, name)
     _in_scope(caller, definition)
-    records = context.catalog.list_runs(
-        definition.name, limit, statuses=status, since=since, until=until, offset=offset
-    )
-    return [RunView.of(record, context.public_url) for record in records]
+    return filters.runs(context, definition.name)
 
 
 def _run(context: AdminContext, caller: Principal, run_id: uuid.UUID) -> RunRecord:

@@ -48,7 +48,6 @@ def main() -> None:
             topic=settings.topics.member_batch_topics(),
             priority_topics=settings.topics.member_batch_topics(),
             decode=value_decoder(MemberBatch.model_validate_json),
-            handler=lambda batch: portal.call(dispatcher.handle, batch),
             handle_round=lambda batches: portal.call(dispatcher.handle_all, batches),
             # One poll is one round of deliveries: the next poll waits for all its outcomes (backpressure);
             # the poll interval allows every wave of the round its whole retry budget.

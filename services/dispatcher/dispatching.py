@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,32 +68,35 @@ class CatalogCache:
     read that holds the loop for its duration, a price the cache makes rare.
     """
 
+    #: Answers kept at most (runs come and go; the oldest answer is forgotten first).
+    MAX_ENTRIES = 10_000
+
     def __init__(self, catalog: Catalog, ttl: float) -> None:
         self.catalog = catalog
         self.ttl = ttl
-        self._entries: dict[tuple[str, str], tuple[float, CatalogObject]] = {}
-        self._runs: dict[uuid.UUID, tuple[float, bool]] = {}
+        self._entries: dict[Hashable, tuple[float, Any]] = {}
 
-    def cancelled(self, run_id: uuid.UUID) -> bool:
-        """Whether the run was cancelled (known within ``ttl`` seconds of the cancellation)."""
-        now = time.monotonic()
-        entry = self._runs.get(run_id)
-        if entry is None or entry[0] < now:
-            record = self.catalog.get_run(run_id)
-            entry = (now + self.ttl, record is not None and record.status is RunStatus.CANCELLED)
-            self._runs[run_id] = entry
-            if len(self._runs) > 10_000:  # runs come and go: forget the oldest answers
-                self._runs.pop(next(iter(self._runs)))
-        return entry[1]
-
-    def get(self, kind: type[T], name: str) -> T:
-        key = (kind.__name__, name)
+    def _cached(self, key: Hashable, load: Callable[[], Any]) -> Any:
         now = time.monotonic()
         entry = self._entries.get(key)
         if entry is None or entry[0] < now:
-            entry = (now + self.ttl, self.catalog.get(kind, name))
-            self._entries[key] = entry
-        value = entry[1]
+            entry = self._entries[key] = (now + self.ttl, load())
+            if len(self._entries) > self.MAX_ENTRIES:
+                self._entries.pop(next(iter(self._entries)))
+        return entry[1]
+
+    def cancelled(self, run_id: uuid.UUID) -> bool:
+        """Whether the run was cancelled (known within ``ttl`` seconds of the cancellation)."""
+
+        def load() -> bool:
+            record = self.catalog.get_run(run_id)
+            return record is not None and record.status is RunStatus.CANCELLED
+
+        cancelled: bool = self._cached(run_id, load)
+        return cancelled
+
+    def get(self, kind: type[T], name: str) -> T:
+        value = self._cached((kind.__name__, name), lambda: self.catalog.get(kind, name))
         assert isinstance(value, kind)
         return value
 

@@ -1,6 +1,7 @@
 """Per-profile rate limits: a token bucket whose rate backs off on 429 and recovers on success.
 
-Pure arithmetic on an injected clock (``now`` in seconds); the caller sleeps the returned wait. Rate
+Pure arithmetic on an injected clock (``now`` in seconds); the caller sleeps the returned wait. Used from
+the dispatcher's one event loop, so without locks. Rate
 adaptation is AIMD, as TCP does it: a throttled answer halves the current rate (not below a floor),
 every success adds back a tenth of the configured rate, up to it.
 
@@ -11,7 +12,6 @@ for a while without complaint.
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -26,7 +26,6 @@ class AdaptiveRateLimiter:
     rate: float = field(init=False)
     _tokens: float = field(init=False)
     _last: float | None = field(init=False, default=None)
-    _lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.rate = self.max_rate
@@ -34,23 +33,20 @@ class AdaptiveRateLimiter:
 
     def reserve(self, now: float) -> float:
         """Take one request's token; return how long to wait before sending it (0 when it may go now)."""
-        with self._lock:
-            if self._last is not None:
-                self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            self._tokens -= 1.0
-            # A negative balance is a debt paid by waiting: later callers queue up behind it.
-            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+        if self._last is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        self._tokens -= 1.0
+        # A negative balance is a debt paid by waiting: later callers queue up behind it.
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
     def throttled(self) -> None:
         """The partner answered 429: halve the rate (multiplicative decrease)."""
-        with self._lock:
-            self.rate = max(self.max_rate * self.floor_share, self.rate / 2)
+        self.rate = max(self.max_rate * self.floor_share, self.rate / 2)
 
     def succeeded(self) -> None:
         """A request went through: recover a tenth of the configured rate (additive increase)."""
-        with self._lock:
-            self.rate = min(self.max_rate, self.rate + self.max_rate / 10)
+        self.rate = min(self.max_rate, self.rate + self.max_rate / 10)
 
 
 @dataclass

@@ -23,24 +23,19 @@ from shared.domain.catalog_objects import kind_of, stored_form
 def cmd_list(api: AdminApi, args: argparse.Namespace) -> int:
     collection = collection_of(args.kind)
     if collection == "export-definitions":
-        return cmd_search(api, argparse.Namespace(**{**vars(args), "page_size": 500}))
+        return _print_definitions(api, {"page_size": 500})
     for obj in api.call("GET", f"/{collection}"):
         print(f"{obj['name']:<40} {obj.get('label') or ''}")
     return 0
 
 
 def cmd_search(api: AdminApi, args: argparse.Namespace) -> int:
-    filters = {
-        "name_contains": getattr(args, "name_contains", None),
-        "business_unit": getattr(args, "business_unit", None),
-        "priority": getattr(args, "priority", None),
-        "enabled": getattr(args, "enabled", None),
-        "template": getattr(args, "template", None),
-        "query": getattr(args, "query", None),
-        "sort": getattr(args, "sort", None) or "name",
-        "page": getattr(args, "page", None) or 1,
-        "page_size": getattr(args, "page_size", None) or 50,
-    }
+    names = ("name_contains", "business_unit", "priority", "enabled", "template", "query", "sort", "page", "page_size")
+    return _print_definitions(api, {name: getattr(args, name) for name in names})
+
+
+def _print_definitions(api: AdminApi, filters: dict[str, Any]) -> int:
+    """One page of the definition search, a line each."""
     page = api.call("GET", "/export-definitions", params={k: v for k, v in filters.items() if v is not None})
     for d in page["items"]:
         enabled = "enabled" if d["schedule"]["enabled"] else "disabled"

@@ -62,7 +62,8 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 class ConsumerLoop(Generic[E]):
-    """Consume ``consumer``'s topics, handling each record with ``handler`` at least once."""
+    """Consume ``consumer``'s topics, handling each record at least once: one by one with ``handler``, or a
+    poll's records at once with ``handle_round`` (exactly one of the two)."""
 
     def __init__(
         self,
@@ -71,8 +72,8 @@ class ConsumerLoop(Generic[E]):
         consumer: KafkaConsumer,
         producer: KafkaProducer,
         decode: Callable[[bytes, Headers], E],
-        handler: Callable[[E], list[Outgoing]],
         dead_letter_topic: str,
+        handler: Callable[[E], list[Outgoing]] | None = None,
         retry_attempts: int = 5,
         retry_max_wait: float = 30.0,
         poll_timeout_ms: int = 500,
@@ -81,6 +82,8 @@ class ConsumerLoop(Generic[E]):
         handle_round: RoundHandler[E] | None = None,
         priority_topics: list[str] | None = None,
     ) -> None:
+        if (handler is None) == (handle_round is None):
+            raise ValueError("give a consumer loop exactly one of handler and handle_round")
         self.service = service
         self.consumer = consumer
         self.producer = producer
@@ -225,6 +228,7 @@ class ConsumerLoop(Generic[E]):
         if isinstance(event, Outgoing):
             return [event]
         try:
+            assert self.handler is not None  # one-by-one mode
             return self._retrying(self.handler, event)
         except Exception as exc:  # noqa: BLE001 - any failure of one record becomes its dead letter (logged there)
             return [self._failure(record, exc)]

@@ -162,19 +162,20 @@ class Bench:
         return receiver_stats(base_url), peak
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set (VmHWM), in MB."""
+def _status_mb(pid: int, field: str) -> float:
+    """A memory line of /proc/<pid>/status (``VmHWM``: peak resident set, ``VmRSS``: now), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mb(pid: int) -> float:
+    return _status_mb(pid, "VmHWM")
 
 
 def current_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return _status_mb(pid, "VmRSS")
 
 
 async def _loop(bodies: list[bytes], concurrency: int, post: Callable[[bytes], Awaitable[None]]) -> None:

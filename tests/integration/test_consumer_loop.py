@@ -37,7 +37,7 @@ def _loop(
         consumer=make_consumer(settings, settings.topic_prefix + group, [topics.run_requests]),
         producer=make_producer(settings, "test"),
         decode=value_decoder(RunRequested.model_validate_json),
-        handler=handler,
+        handler=None if rounds else handler,
         dead_letter_topic=topics.dead_letters,
     )
 
