@@ -13,15 +13,15 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 prerequisites: $(STAMP)
-	$(BIN)/python -m shared.devtools.prerequisites
+	$(BIN)/python -m devtools.prerequisites
 
 ## A local end-to-end export of 10,000 demo members on real Kafka, HTTP and SMTP servers.
 demo: prerequisites
-	$(BIN)/python -m shared.devtools.demo
+	$(BIN)/python -m devtools.demo
 
 ## Lint, type-check and run the whole suite (unit, integration, e2e) on real infrastructure.
 test: prerequisites lint
-	$(BIN)/python -m shared.devtools.kafka_broker fetch >/dev/null
+	$(BIN)/python -m devtools.kafka_broker fetch >/dev/null
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -47,13 +47,13 @@ bench: prerequisites
 
 ## Long-lived local infrastructure for working by hand (ports 9092 and 5433).
 kafka-up: prerequisites
-	$(BIN)/python -m shared.devtools.kafka_broker start --port 9092
+	$(BIN)/python -m devtools.kafka_broker start --port 9092
 kafka-down: $(STAMP)
-	$(BIN)/python -m shared.devtools.kafka_broker stop
+	$(BIN)/python -m devtools.kafka_broker stop
 postgres-up: prerequisites
-	$(BIN)/python -m shared.devtools.postgres start --port 5433
+	$(BIN)/python -m devtools.postgres start --port 5433
 postgres-down: $(STAMP)
-	$(BIN)/python -m shared.devtools.postgres stop
+	$(BIN)/python -m devtools.postgres stop
 
 ## Regenerate docs/asyncapi.yaml from the event models.
 docs: $(STAMP)

@@ -61,7 +61,7 @@ class RunRequested(Event):
     ``run_id`` makes the request idempotent: a run id is extracted at most once. ``definition`` is the
     export definition's internal name. ``parameters`` gives values to the saved query's declared
     parameters (over the definition's values and the defaults). Also accepted as a CloudEvent of type
-    :data:`RUN_REQUESTED_CLOUDEVENT_TYPE` (see ``services.extractor.requests``).
+    :data:`RUN_REQUESTED_CLOUDEVENT_TYPE` (see ``services.extractor.run_request_decoding``).
     """
 
     type: Literal["run.requested"] = "run.requested"

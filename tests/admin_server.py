@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from services.admin.auth import token_hash
-from shared.devtools.processes import free_port, wait_until
+from devtools.processes import free_port, wait_until
+from services.admin.bearer_tokens import token_hash
 
 #: One token per role, plus an operator scoped to the "emea" business unit.
 TOKENS = {

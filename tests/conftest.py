@@ -43,7 +43,7 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server()
     else:
-        from shared.devtools.kafka_broker import LocalKafka
+        from devtools.kafka_broker import LocalKafka
 
         with LocalKafka() as broker:
             yield broker.bootstrap_servers
@@ -75,7 +75,7 @@ def postgres_database_factory() -> Iterator[Callable[[], str]]:
         with PostgresContainer("postgres:16", driver="psycopg") as container:
             yield _database_creator(container.get_connection_url())
     else:
-        from shared.devtools.postgres import LocalPostgres
+        from devtools.postgres import LocalPostgres
 
         with LocalPostgres() as server:
             yield lambda: server.create_database(f"t_{uuid.uuid4().hex[:12]}")

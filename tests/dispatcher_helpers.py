@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from services.dispatcher.auth import OAuthTokenCache
-from services.dispatcher.delivery import Deliverer, RetryPolicy
+from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
 from services.dispatcher.http_client import guarded_client
+from services.dispatcher.partner_auth import OAuthTokenCache
 from shared.catalog import Catalog
 from shared.domain.destinations import DestinationPolicy
 from shared.events import MemberBatch
@@ -58,7 +58,7 @@ class BlockingDispatcher:
 
 
 def blocking_dispatcher(
-    catalog: Catalog, http: Http, policy: RetryPolicy, topics: Topics, cache_seconds: float = 0
+    catalog: Catalog, http: Http, policy: RetryBudget, topics: Topics, cache_seconds: float = 0
 ) -> BlockingDispatcher:
     dispatcher = Dispatcher(
         objects=CatalogCache(catalog, ttl=cache_seconds),

@@ -7,7 +7,7 @@ import functools
 import uvicorn
 
 from services.admin.app import AdminContext, create_app
-from services.admin.auth import TokenStore
+from services.admin.bearer_tokens import TokenStore
 from services.admin.settings import AdminSettings
 from shared.catalog import Catalog
 from shared.kafka import ensure_topics, make_producer, produce_and_wait

@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.admin import problems
-from services.admin.auth import Permission, Principal, TokenStore
+from services.admin.bearer_tokens import Permission, Principal, TokenStore
 from shared.catalog import Catalog
 from shared.kafka import Outgoing
 from shared.querystore import MemberReader

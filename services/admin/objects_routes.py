@@ -11,9 +11,9 @@ from fastapi import APIRouter, Body, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from services.admin.app import AdminContext, context_of, requires
-from services.admin.auth import Permission, Principal
+from services.admin.bearer_tokens import Permission, Principal
 from services.admin.problems import ApiProblem, problem_responses
-from services.admin.secrets import keep_masked_secrets
+from shared.application.masked_secrets import keep_masked_secrets
 from shared.catalog import NotFound
 from shared.domain.catalog_objects import (
     KINDS,

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.admin.app import AdminContext, context_of, requires
-from services.admin.auth import Permission, Principal
+from services.admin.bearer_tokens import Permission, Principal
 from services.admin.objects_routes import _get, _in_scope
 from services.admin.problems import ApiProblem, problem_responses
 from shared.catalog import NotFound

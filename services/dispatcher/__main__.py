@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from anyio.from_thread import start_blocking_portal
 
-from services.dispatcher.auth import OAuthTokenCache
-from services.dispatcher.delivery import Deliverer, RetryPolicy
+from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
 from services.dispatcher.http_client import guarded_client
+from services.dispatcher.partner_auth import OAuthTokenCache
 from services.dispatcher.settings import DispatcherSettings
 from shared.catalog import Catalog
 from shared.domain.destinations import DestinationPolicy
@@ -25,7 +25,7 @@ def main() -> None:
         DestinationPolicy.parse(settings.allowed_destinations),
         max_connections=max(100, settings.dispatcher_concurrency),
     )
-    policy = RetryPolicy(
+    policy = RetryBudget(
         max_attempts=settings.dispatcher_max_attempts,
         max_seconds=settings.dispatcher_max_retry_seconds,
         initial_backoff=settings.dispatcher_backoff_initial_seconds,

@@ -12,7 +12,7 @@ import httpx
 from prometheus_client import Counter, Histogram
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt, stop_after_delay
 
-from services.dispatcher.retry_policy import is_retryable, is_success, parse_retry_after
+from services.dispatcher.retry_decisions import is_retryable, is_success, parse_retry_after
 from shared.domain.rendering import RenderedRequest
 
 REQUESTS = Counter("export_dispatcher_requests_total", "HTTP requests sent, by status class.", ["status_class"])
@@ -47,7 +47,7 @@ class DeliveryResult:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class RetryBudget:
     max_attempts: int = 6
     max_seconds: float = 120.0
     initial_backoff: float = 0.5
@@ -82,7 +82,7 @@ class Deliverer:
     def __init__(
         self,
         client: httpx.AsyncClient,
-        policy: RetryPolicy,
+        policy: RetryBudget,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.client = client

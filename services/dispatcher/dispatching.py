@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import structlog
 from prometheus_client import Counter, Gauge
 
-from services.dispatcher.auth import OAuthTokenCache, auth_headers
 from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
+from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
 from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
 from services.dispatcher.signing import signature_headers
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_isolating

@@ -12,7 +12,7 @@ from datetime import datetime
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
-from shared.domain.secrets import resolve_secret
+from shared.domain.secret_references import resolve_secret
 from shared.errors import PermanentError
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret

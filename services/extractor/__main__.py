@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.extractor.extraction import Extractor
-from services.extractor.requests import decode_run_request
+from services.extractor.run_request_decoding import decode_run_request
 from services.extractor.settings import ExtractorSettings
 from shared.catalog import Catalog
 from shared.querystore import MemberReader

@@ -37,10 +37,10 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from devtools.kafka_broker import LocalKafka
+from devtools.pipeline import LocalPipeline
+from devtools.processes import wait_until
 from shared.catalog import Catalog
-from shared.devtools.kafka_broker import LocalKafka
-from shared.devtools.pipeline import LocalPipeline
-from shared.devtools.processes import wait_until
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
 from shared.events import MemberBatch
 from shared.kafka import ensure_topics, make_producer, produce_and_wait

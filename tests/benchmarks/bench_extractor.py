@@ -33,9 +33,9 @@ from typing import Any
 
 from sqlalchemy import text
 
+from devtools.kafka_broker import LocalKafka
+from devtools.postgres import LocalPostgres
 from shared.catalog import Catalog, make_engine
-from shared.devtools.kafka_broker import LocalKafka
-from shared.devtools.postgres import LocalPostgres
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.querystore.demo_data import create_demo_members
 

@@ -23,11 +23,11 @@ from contextlib import ExitStack
 from croniter import croniter
 from kafka import KafkaProducer
 
+from devtools.kafka_broker import LocalKafka
+from devtools.postgres import LocalPostgres
 from services.scheduler.clock import ManualClock
 from services.scheduler.scheduling import Scheduler
 from shared.catalog import Catalog
-from shared.devtools.kafka_broker import LocalKafka
-from shared.devtools.postgres import LocalPostgres
 from shared.domain.catalog_objects import ExportDefinition
 from shared.events import RunRequested
 from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shared.devtools.processes import free_port, port_open, wait_until
+from devtools.processes import free_port, port_open, wait_until
 
 
 class Stats:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.http_receiver import HttpReceiver
+from devtools.pipeline import LocalPipeline
+from devtools.processes import free_port
+from devtools.smtp_sink import SmtpSink
 from shared.catalog import Catalog, make_engine
-from shared.devtools.http_receiver import HttpReceiver
-from shared.devtools.pipeline import LocalPipeline
-from shared.devtools.processes import free_port
-from shared.devtools.smtp_sink import SmtpSink
 from shared.querystore.demo_data import create_demo_members
 from shared.topics import Topics
 

@@ -8,7 +8,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from shared.devtools.processes import wait_until
+from devtools.processes import wait_until
 from shared.domain.runs import RunStatus
 from shared.events import DeadLetter
 from tests.e2e.conftest import MEMBERS, SECRET_TOKEN, Pipeline

@@ -11,11 +11,11 @@ import pytest
 from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from services.dispatcher.delivery import RetryPolicy
+from devtools.http_receiver import HttpReceiver
+from devtools.processes import free_port
+from services.dispatcher.delivery import RetryBudget
 from services.dispatcher.dispatching import RATE_LIMIT_RATE
 from shared.catalog import Catalog
-from shared.devtools.http_receiver import HttpReceiver
-from shared.devtools.processes import free_port
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, DeadLetter, MemberBatch, RunCancelled
 from shared.topics import Topics
@@ -39,7 +39,7 @@ def client() -> Iterator[Http]:
         yield http
 
 
-def _dispatcher(catalog: Catalog, http: Http, policy: RetryPolicy) -> BlockingDispatcher:
+def _dispatcher(catalog: Catalog, http: Http, policy: RetryBudget) -> BlockingDispatcher:
     return blocking_dispatcher(catalog, http, policy, TOPICS)
 
 
@@ -51,7 +51,7 @@ def dispatcher_for(
     )
     catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members", **template))
     return _dispatcher(
-        catalog, client, RetryPolicy(max_attempts=4, max_seconds=10, initial_backoff=0.01, max_backoff=0.05)
+        catalog, client, RetryBudget(max_attempts=4, max_seconds=10, initial_backoff=0.01, max_backoff=0.05)
     )
 
 
@@ -209,7 +209,7 @@ def test_the_ssrf_guard_refuses_loopback_at_connect_time_unless_allowed(catalog,
         url = receiver.url.replace("127.0.0.1", host)
         catalog.apply(ConnectionProfile(name="p", base_url=url))
         catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
-        *_, outcome_out = _dispatcher(catalog, guarded, RetryPolicy(max_attempts=2)).handle(batch())
+        *_, outcome_out = _dispatcher(catalog, guarded, RetryBudget(max_attempts=2)).handle(batch())
     outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
     if refusal is None:
         assert (outcome.delivered, len(receiver.receipts())) == (3, 1)
@@ -223,7 +223,7 @@ def _patient(catalog, client: Http, receiver_url: str, **profile) -> BlockingDis
     catalog.apply(ConnectionProfile(name="p", base_url=receiver_url, **profile))
     catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
     return _dispatcher(
-        catalog, client, RetryPolicy(max_attempts=100, max_seconds=60, initial_backoff=0.05, max_backoff=2)
+        catalog, client, RetryBudget(max_attempts=100, max_seconds=60, initial_backoff=0.05, max_backoff=2)
     )
 
 

@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from services.dispatcher.delivery import RetryPolicy
+from devtools.http_receiver import HttpReceiver
+from services.dispatcher.delivery import RetryBudget
 from shared.catalog import Catalog
-from shared.devtools.http_receiver import HttpReceiver
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, Priority, SavedQuery
 from shared.events import MemberBatch
 from shared.kafka import ConsumerLoop, ensure_topics, make_consumer, make_producer, value_decoder
@@ -42,7 +42,7 @@ def test_high_priority_batches_overtake_a_normal_backlog(settings: CommonSetting
     with HttpReceiver() as receiver, http_on_loop() as http:
         catalog.apply(ConnectionProfile(name="p", base_url=receiver.url))
         catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
-        dispatcher = blocking_dispatcher(catalog, http, RetryPolicy(), topics, cache_seconds=60)
+        dispatcher = blocking_dispatcher(catalog, http, RetryBudget(), topics, cache_seconds=60)
         loop = ConsumerLoop(
             service="dispatcher-test",
             consumer=make_consumer(

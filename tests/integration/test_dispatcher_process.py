@@ -11,10 +11,10 @@ import uuid
 
 import pytest
 
+from devtools.http_receiver import HttpReceiver
+from devtools.pipeline import LocalPipeline
+from devtools.processes import wait_until
 from shared.catalog import Catalog, make_engine
-from shared.devtools.http_receiver import HttpReceiver
-from shared.devtools.pipeline import LocalPipeline
-from shared.devtools.processes import wait_until
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.events import RunRequested
 from shared.querystore.demo_data import create_demo_members

@@ -20,10 +20,10 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from kafka import KafkaProducer
 
-from services.extractor.requests import CLOUDEVENT_RUN_NAMESPACE
+from devtools.pipeline import LocalPipeline
+from devtools.processes import wait_until
+from services.extractor.run_request_decoding import CLOUDEVENT_RUN_NAMESPACE
 from shared.catalog import Catalog, make_engine
-from shared.devtools.pipeline import LocalPipeline
-from shared.devtools.processes import wait_until
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.events import (
     RUN_EVENT_ADAPTER,

@@ -5,7 +5,7 @@ import socket
 import httpx
 import pytest
 
-from shared.devtools.http_receiver import HttpReceiver
+from devtools.http_receiver import HttpReceiver
 
 pytestmark = pytest.mark.integration
 

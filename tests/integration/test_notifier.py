@@ -12,10 +12,10 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
+from devtools.smtp_sink import SmtpSink
 from services.notifier.mailer import SmtpMailer
 from services.notifier.notifying import Notifier
 from shared.catalog import Catalog
-from shared.devtools.smtp_sink import SmtpSink
 from shared.domain.catalog_objects import ExportDefinition, FailurePolicy
 from shared.domain.schedule import Schedule
 from shared.events import BatchOutcome, ExtractionCompleted, RunFailed, RunMissed, RunSkipped, RunStarted, Trigger

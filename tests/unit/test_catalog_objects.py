@@ -12,7 +12,7 @@ from shared.domain.catalog_objects import (
 )
 from shared.domain.names import slugify
 from shared.domain.schedule import Schedule
-from shared.domain.secrets import UnresolvableSecret, resolve_secret
+from shared.domain.secret_references import UnresolvableSecret, resolve_secret
 
 
 @pytest.mark.parametrize(

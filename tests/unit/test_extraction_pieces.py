@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from services.extractor.batch_encoding import BatchEncoder, MemberTooLarge
 from services.extractor.extraction import page_size_for
-from services.extractor.requests import decode_run_request
+from services.extractor.run_request_decoding import decode_run_request
 from shared.domain.catalog_objects import Priority, SavedQuery
 from shared.domain.query_parameters import ParameterError, QueryParameter, bind_names, bind_values
 from shared.events import RUN_REQUESTED_CLOUDEVENT_TYPE, MemberBatch, RunRequested, Trigger

@@ -7,7 +7,7 @@ of requests with 503/429 (``share_503``, ``share_429``), or act as an OAuth toke
 resource server checking the token (``oauth_client``), so tests can check what the pipeline does with a
 partner API that refuses or stumbles. Receipts are kept member by member.
 
-    python -m shared.devtools.http_receiver --port 8080 [--reject-status 400]
+    python -m devtools.http_receiver --port 8080 [--reject-status 400]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from urllib.parse import parse_qs
 
 import httpx
 
-from shared.devtools.processes import Managed
+from devtools.processes import Managed
 
 
 @dataclass

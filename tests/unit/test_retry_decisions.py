@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.dispatcher.delivery import AttemptResult, RetryPolicy
-from services.dispatcher.retry_policy import is_retryable, is_success, parse_retry_after
+from services.dispatcher.delivery import AttemptResult, RetryBudget
+from services.dispatcher.retry_decisions import is_retryable, is_success, parse_retry_after
 
 
 @pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504])
@@ -46,14 +46,14 @@ def _state(attempt: int, result: AttemptResult):
 
 @given(attempt=st.integers(1, 30), initial=st.floats(0.01, 5), cap=st.floats(0.1, 60))
 def test_backoff_is_full_jitter_below_the_exponential_ceiling(attempt, initial, cap):
-    policy = RetryPolicy(initial_backoff=initial, max_backoff=cap)
+    policy = RetryBudget(initial_backoff=initial, max_backoff=cap)
     wait = policy.wait(_state(attempt, AttemptResult(status=503, success=False)))
     assert 0 <= wait <= min(cap, initial * 2 ** (attempt - 1))
 
 
 @given(retry_after=st.floats(0, 500), attempt=st.integers(1, 10))
 def test_retry_after_is_honoured_within_the_time_budget(retry_after, attempt):
-    policy = RetryPolicy(max_seconds=120)
+    policy = RetryBudget(max_seconds=120)
     wait = policy.wait(_state(attempt, AttemptResult(status=429, success=False, retry_after=retry_after)))
     assert wait >= min(retry_after, 120)
 

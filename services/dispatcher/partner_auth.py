@@ -16,7 +16,7 @@ from shared.domain.catalog_objects import (
     NoAuth,
     OAuth2ClientCredentials,
 )
-from shared.domain.secrets import resolve_secret
+from shared.domain.secret_references import resolve_secret
 from shared.errors import PermanentError, RetryableError
 
 # Refresh OAuth tokens this long before they expire, so a request never leaves with a dying token.

@@ -17,12 +17,12 @@ import time
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
+from devtools.http_receiver import HttpReceiver
+from devtools.kafka_broker import REPO_ROOT, LocalKafka
+from devtools.pipeline import LocalPipeline
+from devtools.processes import wait_until
+from devtools.smtp_sink import SmtpSink
 from shared.catalog import Catalog, make_engine
-from shared.devtools.http_receiver import HttpReceiver
-from shared.devtools.kafka_broker import REPO_ROOT, LocalKafka
-from shared.devtools.pipeline import LocalPipeline
-from shared.devtools.processes import wait_until
-from shared.devtools.smtp_sink import SmtpSink
 from shared.querystore.demo_data import create_demo_members
 
 DEFINITION = "demo-all-members"

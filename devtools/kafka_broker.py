@@ -6,8 +6,8 @@ as a plain ``java`` process bound to 127.0.0.1.
 
 Command line (used by ``deploy/local/kafka.sh``)::
 
-    python -m shared.devtools.kafka_broker start --port 9092 --dir .local/kafka
-    python -m shared.devtools.kafka_broker stop --dir .local/kafka
+    python -m devtools.kafka_broker start --port 9092 --dir .local/kafka
+    python -m devtools.kafka_broker stop --dir .local/kafka
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared.devtools.prerequisites import require_java_and_maven
-from shared.devtools.processes import Managed, free_port, port_open, wait_until
+from devtools.prerequisites import require_java_and_maven
+from devtools.processes import Managed, free_port, port_open, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POM_DIR = REPO_ROOT / "deploy" / "local" / "kafka"

@@ -3,8 +3,8 @@
 As root (CI, these machines), the cluster runs as the ``postgres`` system user, since PostgreSQL
 refuses to run as root.
 
-    python -m shared.devtools.postgres start --port 5433 --dir .local/postgres
-    python -m shared.devtools.postgres stop --dir .local/postgres
+    python -m devtools.postgres start --port 5433 --dir .local/postgres
+    python -m devtools.postgres stop --dir .local/postgres
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from shared.devtools.prerequisites import postgres_bin_dir
-from shared.devtools.processes import Managed, free_port
+from devtools.prerequisites import postgres_bin_dir
+from devtools.processes import Managed, free_port
 
 SUPERUSER = "postgres"
 

@@ -1,6 +1,6 @@
 """A real SMTP server on 127.0.0.1 (aiosmtpd) that keeps every message, for the demo and the tests.
 
-python -m shared.devtools.smtp_sink --port 2525 --dir .local/mail
+python -m devtools.smtp_sink --port 2525 --dir .local/mail
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from shared.devtools.processes import Managed, free_port
+from devtools.processes import Managed, free_port
 
 
 @dataclass(frozen=True)

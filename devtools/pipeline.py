@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared.devtools.processes import Managed
+from devtools.processes import Managed
 
 SERVICES = ("scheduler", "extractor", "dispatcher", "notifier")
 
