@@ -7,8 +7,10 @@
      │                     → dead-lettered (records) or refused with the field named (objects)
      ├── RetryableError    may succeed later (a server down, a timeout, a 429/5xx)
      │                     → retried with backoff; when retries run out, treated as permanent
-     └── PermanentError    will not succeed by retrying (a 4xx, a query error, an unknown definition)
-                           → the run or batch fails with the reason; members are dead-lettered
+     ├── PermanentError    will not succeed by retrying (a 4xx, a query error, an unknown definition)
+     │                     → the run or batch fails with the reason; members are dead-lettered
+     └── NotFound          no catalog object of that kind and name (a PermanentError for a run)
+                           → 404 through the admin API, a refusal naming it in exportctl
 """
 
 from __future__ import annotations
@@ -28,3 +30,11 @@ class RetryableError(ExportError):
 
 class PermanentError(ExportError):
     """A failure that retrying will not fix."""
+
+
+class NotFound(PermanentError, LookupError):
+    """No catalog object of that kind and name."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"{kind} '{name}' does not exist")
+        self.kind, self.name = kind, name

@@ -28,8 +28,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
-from shared.domain.catalog_objects import Priority
-
 SCHEMA_VERSION = 1
 
 
@@ -53,6 +51,12 @@ class Trigger(StrEnum):
     MANUAL = "manual"
     EVENT = "event"
     REPLAY = "replay"
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
 
 
 class RunRequested(Event):

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from shared.catalog.schema import check_catalog_schema
 from shared.kafka import ConsumerLoop, Headers, Outgoing, ensure_topics, make_consumer, make_producer
 from shared.kafka.loop import RoundHandler
 from shared.log import configure_logging
@@ -17,8 +18,10 @@ E = TypeVar("E")
 
 
 def start_service(settings: CommonSettings, service: str) -> None:
-    """Configure logging and metrics and make sure the topics exist."""
+    """Configure logging, exit unless the catalog is at this release's schema, start metrics and make
+    sure the topics exist."""
     configure_logging(settings.log_level, settings.log_format, service)
+    check_catalog_schema(settings.catalog_url)
     serve_metrics(settings.metrics_port)
     ensure_topics(settings)
     structlog.get_logger(service).info(

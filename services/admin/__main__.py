@@ -6,11 +6,15 @@ import functools
 
 import uvicorn
 
-from services.admin.app import AdminContext, create_app
+from services.admin.app import create_app
 from services.admin.bearer_tokens import TokenStore
+from services.admin.dependencies import AdminContext
 from services.admin.settings import AdminSettings
-from shared.catalog import Catalog
-from shared.kafka import ensure_topics, make_producer, produce_and_wait
+from shared.catalog import CatalogStores
+from shared.catalog.schema import check_catalog_schema
+from shared.domain.destinations import DestinationPolicy
+from shared.kafka import ensure_topics, make_producer
+from shared.kafka.event_publisher import KafkaEventPublisher
 from shared.log import configure_logging
 from shared.querystore import MemberReader
 
@@ -20,14 +24,17 @@ SERVICE = "admin"
 def main() -> None:
     settings = AdminSettings()
     configure_logging(settings.log_level, settings.log_format, SERVICE)
+    check_catalog_schema(settings.catalog_url)
     ensure_topics(settings)
     producer = make_producer(settings, SERVICE)
+    stores = CatalogStores.from_url(settings.catalog_url)
     context = AdminContext(
-        catalog=Catalog.from_url(settings.catalog_url),
+        definitions=stores.definitions,
+        runs=stores.runs,
         tokens=TokenStore.from_file(settings.admin_tokens_file),
-        topics=settings.topics,
-        publish=lambda outgoing: produce_and_wait(producer, outgoing),
-        reader=functools.cache(lambda: MemberReader.from_url(settings.query_store_url)),
+        publisher=KafkaEventPublisher.over(producer, settings.topics),
+        members=functools.cache(lambda: MemberReader.from_url(settings.query_store_url)),
+        destinations=DestinationPolicy.parse(settings.allowed_destinations),
         public_url=settings.admin_public_url,
     )
     try:
@@ -37,6 +44,7 @@ def main() -> None:
         )
     finally:
         producer.close()
+        stores.close()
 
 
 if __name__ == "__main__":

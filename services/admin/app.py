@@ -2,75 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import structlog
-from fastapi import Depends, FastAPI, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import FastAPI
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.admin import problems
-from services.admin.bearer_tokens import Permission, Principal, TokenStore
-from shared.catalog import Catalog
-from shared.kafka import Outgoing
-from shared.querystore import MemberReader
-from shared.topics import Topics
+from services.admin import objects_routes, problems, runs_routes
+from services.admin.dependencies import AdminContext
 
 log = structlog.get_logger(__name__)
 API_PREFIX = "/api/v1"
 
 
-@dataclass
-class AdminContext:
-    """What the routes use: the catalog, the tokens, a way to publish events and to read members."""
-
-    catalog: Catalog
-    tokens: TokenStore
-    topics: Topics
-    publish: Callable[[list[Outgoing]], None]
-    #: The member store's reader (dry runs), opened on first use and shared: its engine pools connections.
-    reader: Callable[[], MemberReader]
-    public_url: str = ""
-
-
-_bearer = HTTPBearer(auto_error=False, description="An API token configured by the operators.")
-
-
-def context_of(request: Request) -> AdminContext:
-    context: AdminContext = request.app.state.context
-    return context
-
-
-def principal(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Principal:
-    """The caller, or 401: no token, or a token nobody configured."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise problems.ApiProblem(401, "a bearer token is required", slug="unauthenticated")
-    caller = context_of(request).tokens.authenticate(credentials.credentials)
-    if caller is None:
-        raise problems.ApiProblem(401, "the bearer token is not valid", slug="unauthenticated")
-    return caller
-
-
-def requires(permission: Permission) -> Callable[[Principal], Principal]:
-    """A dependency: the caller, if their role grants ``permission``; else 403."""
-
-    def check(caller: Annotated[Principal, Depends(principal)]) -> Principal:
-        if not caller.may(permission):
-            raise problems.ApiProblem(
-                403, f"role '{caller.role.value}' may not {permission.value.replace('_', ' ')}", slug="forbidden"
-            )
-        return caller
-
-    return check
-
-
 def create_app(context: AdminContext) -> FastAPI:
     """The admin API over ``context``."""
-    from services.admin import objects_routes, runs_routes
 
     app = FastAPI(
         title="member-export admin API",
@@ -85,7 +32,7 @@ def create_app(context: AdminContext) -> FastAPI:
 
     @app.get("/healthz", tags=["operations"], summary="Liveness and catalog reachability")
     def healthz() -> dict[str, Any]:
-        context.catalog.definitions_fingerprint()  # raises (500) when the catalog is unreachable
+        context.runs.list_runs(limit=1)  # raises (500) when the catalog is unreachable
         return {"status": "ok"}
 
     @app.get("/metrics", include_in_schema=False)

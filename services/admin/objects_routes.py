@@ -7,16 +7,14 @@ registration, and those of the generic routes name the kind of a closure.
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from services.admin.app import AdminContext, context_of, requires
-from services.admin.bearer_tokens import Permission, Principal
-from services.admin.problems import ApiProblem, problem_responses
-from shared.application.masked_secrets import keep_masked_secrets
-from shared.catalog import NotFound
+from services.admin.dependencies import Context, Editor, ProfileEditor, Reader
+from services.admin.problems import problem_responses
+from shared.application import objects as use_cases
+from shared.application.manifests import parse_object_documents
 from shared.domain.catalog_objects import (
-    KINDS,
     CatalogObject,
     ConnectionProfile,
     ExportDefinition,
@@ -25,20 +23,12 @@ from shared.domain.catalog_objects import (
     Notifications,
     Priority,
     SavedQuery,
-    query_consistency_problems,
-    references,
-    stored_form,
 )
-from shared.domain.names import Name, slugify
+from shared.domain.names import Name
 from shared.domain.schedule import Schedule, next_fire_times
-from shared.domain.template_columns import used_columns
 
 T = TypeVar("T", bound=CatalogObject)
 router = APIRouter()
-Context = Annotated[AdminContext, Depends(context_of)]
-Reader = Annotated[Principal, Depends(requires(Permission.READ))]
-Editor = Annotated[Principal, Depends(requires(Permission.WRITE))]
-ProfileEditor = Annotated[Principal, Depends(requires(Permission.WRITE_PROFILES))]
 
 COLLECTIONS: dict[type[Any], str] = {
     ConnectionProfile: "connection-profiles",
@@ -67,150 +57,6 @@ class CopyRequest(BaseModel):
     name: Name | None = None
 
 
-# --- shared helpers -----------------------------------------------------------------------------------
-
-
-def _get(context: AdminContext, kind: type[T], name: str) -> T:
-    try:
-        return context.catalog.get(kind, name)
-    except NotFound as exc:
-        raise ApiProblem(404, str(exc), slug="not-found") from None
-
-
-def _refuse_taken(context: AdminContext, kind: type[Any], name: str) -> None:
-    """409 when an object of ``kind`` is named ``name`` already."""
-    try:
-        context.catalog.get(kind, name)
-    except NotFound:
-        return
-    raise ApiProblem(409, f"{kind.__name__} '{name}' exists already", slug="name-conflict")
-
-
-def _unique_name(context: AdminContext, kind: type[Any], base: str) -> str:
-    taken = {obj.name for obj in context.catalog.list_objects(kind)}
-    if base not in taken:
-        return base
-    stem = base[:95].rstrip("-")
-    return next(f"{stem}-{n}" for n in range(2, 10_000) if f"{stem}-{n}" not in taken)
-
-
-def _named(context: AdminContext, kind: type[T], body: dict[str, Any], old: T | None = None) -> T:
-    """The object of ``body``: its name given, kept, or derived from its label; masked secrets kept."""
-    if not body.get("name"):
-        if old is not None:
-            body["name"] = old.name
-        elif body.get("label"):
-            body["name"] = _unique_name(context, kind, slugify(str(body["label"])))
-        else:
-            raise ApiProblem(422, "name: give a name or a label to derive it from", slug="invalid-object")
-    obj: T = kind.model_validate(keep_masked_secrets(body, old))  # type: ignore[assignment]
-    return obj
-
-
-def _check_references(context: AdminContext, obj: CatalogObject) -> None:
-    """Referenced objects exist, and a definition fits its query and template (422 naming the field)."""
-    problems = []
-    found: dict[str, CatalogObject] = {}
-    for kind, name, field in references(obj):
-        try:
-            found[field] = context.catalog.get(kind, name)
-        except NotFound:
-            problems.append(f"field '{field}': {kind.__name__} '{name}' does not exist")
-    if isinstance(obj, ExportDefinition) and not problems:
-        query, template = found["query"], found["template"]
-        assert isinstance(query, SavedQuery)
-        assert isinstance(template, HttpTemplate)
-        problems += query_consistency_problems(obj, query)
-        problems += _destination_problems(template, query)
-    if problems:
-        raise ApiProblem(422, "; ".join(problems), slug="invalid-reference")
-
-
-def _destination_problems(template: HttpTemplate, query: SavedQuery) -> list[str]:
-    """A template that uses columns its query does not return (known once the query's columns are discovered)."""
-    if not query.columns:
-        return []
-    missing = sorted(used_columns(template) - set(query.columns))
-    if not missing:
-        return []
-    return [
-        f"field 'template': template '{template.name}' uses column(s) {', '.join(missing)} that query "
-        f"'{query.name}' does not return (it returns: {', '.join(query.columns)})"
-    ]
-
-
-def _referrers(context: AdminContext, obj: CatalogObject) -> list[str]:
-    """Objects that refer to ``obj`` (which may therefore not be deleted or renamed)."""
-    found = []
-    for kind in KINDS.values():
-        for other in context.catalog.list_objects(kind):
-            if any(k is type(obj) and n == obj.name for k, n, _ in references(other)):
-                found.append(f"{kind.__name__} '{other.name}'")
-    return found
-
-
-def _in_scope(caller: Principal, obj: CatalogObject) -> None:
-    if isinstance(obj, ExportDefinition) and not caller.sees(obj.business_unit):
-        raise ApiProblem(
-            403, f"definition '{obj.name}' belongs to a business unit outside this token's scope", slug="out-of-scope"
-        )
-
-
-def _create(context: AdminContext, caller: Principal, kind: type[T], body: dict[str, Any]) -> T:
-    explicit = body.get("name")
-    obj = _named(context, kind, body)
-    _in_scope(caller, obj)
-    if explicit:
-        _refuse_taken(context, kind, obj.name)
-    _check_references(context, obj)
-    context.catalog.apply(obj)
-    return obj
-
-
-def _replace(context: AdminContext, caller: Principal, kind: type[T], name: str, body: dict[str, Any]) -> T:
-    old = _get(context, kind, name)
-    _in_scope(caller, old)
-    obj = _named(context, kind, body, old)
-    _in_scope(caller, obj)
-    _check_references(context, obj)
-    if obj.name != old.name:
-        _refuse_taken(context, kind, obj.name)
-        if referrers := _referrers(context, old):
-            raise ApiProblem(
-                409, f"'{old.name}' is used by {', '.join(referrers)}: it cannot be renamed", slug="in-use"
-            )
-        context.catalog.rename(old.name, obj)
-    else:
-        context.catalog.apply(obj)
-    return obj
-
-
-def _delete(context: AdminContext, caller: Principal, kind: type[Any], name: str) -> None:
-    obj = _get(context, kind, name)
-    _in_scope(caller, obj)
-    if referrers := _referrers(context, obj):
-        raise ApiProblem(409, f"'{name}' is used by {', '.join(referrers)}: delete those first", slug="in-use")
-    context.catalog.delete(kind, name)
-
-
-def _copy(context: AdminContext, caller: Principal, kind: type[T], name: str, request: CopyRequest | None) -> T:
-    original = _get(context, kind, name)
-    _in_scope(caller, original)
-    request = request or CopyRequest()
-    label = request.label or f"Copy of {getattr(original, 'label', None) or original.name}"
-    if request.name:
-        new_name = request.name
-        _refuse_taken(context, kind, new_name)
-    else:
-        new_name = _unique_name(context, kind, slugify(label))
-    spec = stored_form(original) | {"name": new_name, "label": label}
-    if isinstance(original, ExportDefinition):
-        spec["schedule"] = original.schedule.model_copy(update={"enabled": False}).model_dump(mode="json")
-    copy: T = kind.model_validate(spec)  # type: ignore[assignment]
-    context.catalog.apply(copy)
-    return copy
-
-
 # --- routes of profiles, templates and queries (one shape) -------------------------------------------
 
 
@@ -224,7 +70,7 @@ def _register(kind: type[T], writer: Any) -> None:
 
         @router.get(f"/{collection}", tags=[tag], summary=f"List {collection}", operation_id=f"list_{kind.__name__}")
         def list_all(context: Context, caller: Reader) -> list[kind]:  # type: ignore[valid-type]
-            return context.catalog.list_objects(kind)
+            return context.definitions.list_objects(kind)
 
     @router.post(
         f"/{collection}",
@@ -235,7 +81,8 @@ def _register(kind: type[T], writer: Any) -> None:
         operation_id=f"create_{kind.__name__}",
     )
     def create(context: Context, caller: writer, body: Annotated[body_model, Body()]) -> kind:  # type: ignore[valid-type]
-        return _create(context, caller, kind, body.model_dump(mode="python", exclude_unset=True))  # type: ignore[attr-defined]
+        values = body.model_dump(mode="python", exclude_unset=True)  # type: ignore[attr-defined]
+        return use_cases.create_object(caller, kind, values, store=context.definitions, checks=context.checks())
 
     @router.get(
         f"/{collection}/{{name}}",
@@ -245,9 +92,7 @@ def _register(kind: type[T], writer: Any) -> None:
         operation_id=f"read_{kind.__name__}",
     )
     def read(context: Context, caller: Reader, name: str) -> kind:  # type: ignore[valid-type]
-        obj = _get(context, kind, name)
-        _in_scope(caller, obj)
-        return obj
+        return use_cases.visible(caller, context.definitions, kind, name)
 
     @router.put(
         f"/{collection}/{{name}}",
@@ -257,7 +102,8 @@ def _register(kind: type[T], writer: Any) -> None:
         operation_id=f"replace_{kind.__name__}",
     )
     def replace(context: Context, caller: writer, name: str, body: Annotated[body_model, Body()]) -> kind:  # type: ignore[valid-type]
-        return _replace(context, caller, kind, name, body.model_dump(mode="python", exclude_unset=True))  # type: ignore[attr-defined]
+        values = body.model_dump(mode="python", exclude_unset=True)  # type: ignore[attr-defined]
+        return use_cases.replace_object(caller, kind, name, values, store=context.definitions, checks=context.checks())
 
     @router.delete(
         f"/{collection}/{{name}}",
@@ -268,7 +114,7 @@ def _register(kind: type[T], writer: Any) -> None:
         operation_id=f"delete_{kind.__name__}",
     )
     def delete(context: Context, caller: writer, name: str) -> Response:
-        _delete(context, caller, kind, name)
+        use_cases.delete_object(caller, kind, name, store=context.definitions)
         return Response(status_code=204)
 
     @router.post(
@@ -280,7 +126,10 @@ def _register(kind: type[T], writer: Any) -> None:
         operation_id=f"copy_{kind.__name__}",
     )
     def copy(context: Context, caller: writer, name: str, body: Annotated[CopyRequest | None, Body()] = None) -> kind:  # type: ignore[valid-type]
-        return _copy(context, caller, kind, name, body)
+        request = body or CopyRequest()
+        return use_cases.copy_object(
+            caller, kind, name, store=context.definitions, label=request.label, new_name=request.name
+        )
 
 
 # Definitions: the search comes before the generic routes so that GET /export-definitions is the search.
@@ -317,7 +166,7 @@ def search_definitions(
     needle = (name_contains or "").lower()
     found = [
         d
-        for d in context.catalog.list_objects(ExportDefinition)
+        for d in context.definitions.list_objects(ExportDefinition)
         if caller.sees(d.business_unit)
         and (not needle or needle in d.name or needle in (d.label or "").lower())
         and (business_unit is None or d.business_unit == business_unit)
@@ -369,15 +218,6 @@ class DestinationStep(BaseModel):
 STEP_ERRORS = problem_responses(404, 422)
 
 
-def _update_step(context: AdminContext, caller: Principal, name: str, changes: dict[str, Any]) -> ExportDefinition:
-    definition = _get(context, ExportDefinition, name)
-    _in_scope(caller, definition)
-    updated = ExportDefinition.model_validate(stored_form(definition) | changes)
-    _check_references(context, updated)
-    context.catalog.apply(updated)
-    return updated
-
-
 @router.put(
     "/export-definitions/{name}/filter",
     tags=["ExportDefinition"],
@@ -386,7 +226,7 @@ def _update_step(context: AdminContext, caller: Principal, name: str, changes: d
     operation_id="filter_ExportDefinition",
 )
 def save_filter(context: Context, caller: Editor, name: str, step: FilterStep) -> ExportDefinition:
-    return _update_step(context, caller, name, step.model_dump(mode="json"))
+    return use_cases.save_definition_step(caller, name, step, store=context.definitions, checks=context.checks())
 
 
 @router.put(
@@ -397,7 +237,7 @@ def save_filter(context: Context, caller: Editor, name: str, step: FilterStep) -
     operation_id="destination_ExportDefinition",
 )
 def save_destination(context: Context, caller: Editor, name: str, step: DestinationStep) -> ExportDefinition:
-    return _update_step(context, caller, name, step.model_dump(mode="json"))
+    return use_cases.save_definition_step(caller, name, step, store=context.definitions, checks=context.checks())
 
 
 @router.put(
@@ -408,7 +248,9 @@ def save_destination(context: Context, caller: Editor, name: str, step: Destinat
     operation_id="schedule_ExportDefinition",
 )
 def save_schedule(context: Context, caller: Editor, name: str, step: Schedule) -> ExportDefinition:
-    return _update_step(context, caller, name, {"schedule": step.model_dump(mode="json")})
+    return use_cases.save_definition_step(
+        caller, name, step, store=context.definitions, checks=context.checks(), field_name="schedule"
+    )
 
 
 @router.put(
@@ -419,7 +261,9 @@ def save_schedule(context: Context, caller: Editor, name: str, step: Schedule) -
     operation_id="notifications_ExportDefinition",
 )
 def save_notifications(context: Context, caller: Editor, name: str, step: Notifications) -> ExportDefinition:
-    return _update_step(context, caller, name, {"notifications": step.model_dump(mode="json")})
+    return use_cases.save_definition_step(
+        caller, name, step, store=context.definitions, checks=context.checks(), field_name="notifications"
+    )
 
 
 class SchedulePreview(BaseModel):
@@ -441,12 +285,67 @@ class SchedulePreview(BaseModel):
 def preview_schedule(
     context: Context, caller: Reader, name: str, count: Annotated[int, Query(ge=1, le=100)] = 5
 ) -> SchedulePreview:
-    definition = _get(context, ExportDefinition, name)
-    _in_scope(caller, definition)
-    schedule = definition.schedule
+    schedule = use_cases.visible(caller, context.definitions, ExportDefinition, name).schedule
     return SchedulePreview(
         enabled=schedule.enabled,
         timezone=schedule.timezone,
         cron=schedule.repeat.expression if schedule.repeat else None,
         fire_times=next_fire_times(schedule, datetime.now(UTC), count),
+    )
+
+
+# --- applying a set of objects at once (exportctl apply) -----------------------------------------------
+
+
+class ObjectDocument(BaseModel):
+    """One object of a set: its kind and its spec (the object's fields, ``name`` included)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["ConnectionProfile", "HttpTemplate", "SavedQuery", "ExportDefinition"]
+    spec: dict[str, Any]
+
+
+class ApplyRequest(BaseModel):
+    """Objects to create or update together: all of them, or none."""
+
+    model_config = ConfigDict(extra="forbid")
+    objects: list[ObjectDocument] = Field(max_length=1_000)
+
+
+class AppliedChange(BaseModel):
+    """What applying one object did (or, in a dry run, would do)."""
+
+    kind: str
+    name: str
+    change: Literal["created", "updated", "unchanged"]
+    fields: list[str]
+
+
+class ApplyResponse(BaseModel):
+    """One change per object, in the order applied (dependencies first)."""
+
+    dry_run: bool
+    changes: list[AppliedChange]
+
+
+@router.post(
+    "/apply",
+    tags=["Catalog"],
+    summary="Create or update a set of objects, all or nothing (exportctl apply); dry_run only says what changes",
+    responses=problem_responses(403, 422),
+    operation_id="apply_objects",
+)
+def apply_objects(
+    context: Context,
+    caller: Editor,
+    request: ApplyRequest,
+    dry_run: Annotated[bool, Query(description="say what would change, change nothing")] = False,
+) -> ApplyResponse:
+    objects = parse_object_documents([document.model_dump() for document in request.objects], "body")
+    changes = use_cases.apply_objects(
+        caller, objects, store=context.definitions, checks=context.checks(), dry_run=dry_run
+    )
+    return ApplyResponse(
+        dry_run=dry_run,
+        changes=[AppliedChange(kind=c.kind, name=c.name, change=c.change, fields=c.fields) for c in changes],
     )

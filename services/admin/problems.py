@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.application.errors import Refused
+
 PROBLEM_TYPE_BASE = "https://member-export.dev/problems/"
 TITLES = {
     400: "Bad request",
@@ -93,6 +95,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiProblem)
     async def _api_problem(request: Request, exc: ApiProblem) -> JSONResponse:
         return problem_response(request, exc.status, exc.detail, slug=exc.slug, errors=exc.errors)
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> JSONResponse:
+        # The use case's reason, unchanged: the same refusal reads the same through every entry point.
+        return problem_response(request, exc.status, exc.reason, slug=exc.slug)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

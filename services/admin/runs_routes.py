@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,24 +10,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.admin.app import AdminContext, context_of, requires
-from services.admin.bearer_tokens import Permission, Principal
-from services.admin.objects_routes import _get, _in_scope
-from services.admin.problems import ApiProblem, problem_responses
-from shared.catalog import NotFound
-from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
-from shared.domain.query_parameters import ParameterError, bind_values
-from shared.domain.rendering import TemplateRenderError, render_request
+from services.admin.dependencies import AdminContext, Context, DryRunner, Operator, Reader
+from services.admin.problems import problem_responses
+from shared.application import objects as object_use_cases
+from shared.application import runs as use_cases
+from shared.application.dry_run import dry_run as render_dry_run
+from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.runs import RunRecord, RunStatus
-from shared.events import MemberBatch, RunCancelled, RunRequested, Trigger, utc_now
-from shared.kafka import Outgoing
-from shared.querystore import QueryError
 
 router = APIRouter(tags=["Runs"])
-Context = Annotated[AdminContext, Depends(context_of)]
-Reader = Annotated[Principal, Depends(requires(Permission.READ))]
-Operator = Annotated[Principal, Depends(requires(Permission.RUN))]
-DryRunner = Annotated[Principal, Depends(requires(Permission.DRY_RUN))]
 ERRORS = problem_responses(404, 409, 422)
 
 
@@ -101,39 +91,15 @@ def execute(
     request: Annotated[RunRequest | None, Body()] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> RunView:
-    definition = _get(context, ExportDefinition, name)
-    _in_scope(caller, definition)
-    parameters = (request or RunRequest()).parameters
-    query = _get(context, SavedQuery, definition.query)
-    try:
-        bind_values(query.parameters, parameters, definition.parameters)
-    except ParameterError as exc:
-        raise ApiProblem(422, f"parameters: {exc}", slug="invalid-parameters") from None
-    run_id = uuid.uuid4()
-    if idempotency_key:
-        run_id = context.catalog.claim_idempotency_key(caller.name, definition.name, idempotency_key, run_id)
-        known = context.catalog.get_run(run_id)
-        if known is not None:
-            return RunView.of(known, context.public_url)
-    now = utc_now()
-    record = RunRecord(
-        run_id=run_id,
-        definition=definition.name,
-        trigger=Trigger.MANUAL.value,
-        requested_by=caller.name,
-        last_event_at=now,
+    record = use_cases.request_run(
+        caller,
+        name,
+        store=context.definitions,
+        runs=context.runs,
+        publisher=context.publisher,
+        parameters=(request or RunRequest()).parameters,
+        idempotency_key=idempotency_key,
     )
-    # Recorded before it is published: the run is visible (queued) at once, and a crash between the two
-    # leaves a queued run the notifier's sweep fails as stuck rather than a run nobody knows about.
-    context.catalog.record_requested_run(record)
-    requested = RunRequested(
-        run_id=run_id,
-        definition=definition.name,
-        trigger=Trigger.MANUAL,
-        requested_by=caller.name,
-        parameters=parameters,
-    )
-    context.publish([Outgoing(context.topics.run_requests, str(run_id), requested.to_bytes())])
     return RunView.of(record, context.public_url)
 
 
@@ -168,51 +134,25 @@ def dry_run(
     requests: Annotated[int, Query(ge=1, le=20)] = 3,
     request: Annotated[RunRequest | None, Body()] = None,
 ) -> DryRun:
-    definition = _get(context, ExportDefinition, name)
-    _in_scope(caller, definition)
-    query = _get(context, SavedQuery, definition.query)
-    template = _get(context, HttpTemplate, definition.template)
-    profile = _get(context, ConnectionProfile, template.profile)
-    try:
-        values = bind_values(query.parameters, (request or RunRequest()).parameters, definition.parameters)
-    except ParameterError as exc:
-        raise ApiProblem(422, f"parameters: {exc}", slug="invalid-parameters") from None
-    try:
-        page = next(context.reader().pages(query, page_size=template.batch_size * requests, parameters=values), None)
-    except QueryError as exc:
-        raise ApiProblem(422, f"query '{query.name}': {exc}", slug="query-failed") from None
-    members = page.members if page is not None else []
-    previews = []
-    for index in range(0, len(members), template.batch_size):
-        chunk = members[index : index + template.batch_size]
-        batch = MemberBatch(
-            run_id=uuid.UUID(int=0),
-            definition=definition.name,
-            template=template.name,
-            batch_index=index // template.batch_size,
-            members=chunk,
+    result = render_dry_run(
+        caller,
+        name,
+        store=context.definitions,
+        members=context.members(),
+        requests=requests,
+        parameters=(request or RunRequest()).parameters,
+    )
+    previews = [
+        RenderedPreview(
+            method=rendered.method,
+            url=rendered.url,
+            headers=rendered.headers,
+            body=rendered.content.decode("utf-8", errors="replace"),
+            members=members,
         )
-        try:
-            rendered = render_request(template, profile, batch)
-        except TemplateRenderError as exc:
-            raise ApiProblem(422, f"template '{template.name}': {exc}", slug="template-failed") from None
-        previews.append(
-            RenderedPreview(
-                method=rendered.method,
-                url=rendered.url,
-                headers=rendered.headers,
-                body=rendered.content.decode("utf-8", errors="replace"),
-                members=len(chunk),
-            )
-        )
-    return DryRun(definition=definition.name, template=template.name, requests=previews)
-
-
-def _scope_filter(context: AdminContext, caller: Principal) -> list[str] | None:
-    """The definitions a scoped caller may see runs of (None: all)."""
-    if not caller.business_units:
-        return None
-    return [d.name for d in context.catalog.list_objects(ExportDefinition) if caller.sees(d.business_unit)]
+        for rendered, members in result.requests
+    ]
+    return DryRun(definition=result.definition, template=result.template, requests=previews)
 
 
 @dataclass
@@ -228,7 +168,7 @@ class RunFilter:
     def runs(
         self, context: AdminContext, definition: str | None = None, definitions: list[str] | None = None
     ) -> list[RunView]:
-        records = context.catalog.list_runs(
+        records = context.runs.list_runs(
             definition,
             self.limit,
             definitions=definitions,
@@ -250,7 +190,7 @@ def list_runs(
     filters: Filters,
     definition: Annotated[str | None, Query(max_length=100)] = None,
 ) -> list[RunView]:
-    return filters.runs(context, definition, definitions=_scope_filter(context, caller))
+    return filters.runs(context, definition, definitions=use_cases.definitions_in_scope(caller, context.definitions))
 
 
 @router.get(
@@ -260,23 +200,14 @@ def list_runs(
     operation_id="list_runs_of_ExportDefinition",
 )
 def list_definition_runs(context: Context, caller: Reader, name: str, filters: Filters) -> list[RunView]:
-    definition = _get(context, ExportDefinition, name)
-    _in_scope(caller, definition)
+    definition = object_use_cases.visible(caller, context.definitions, ExportDefinition, name)
     return filters.runs(context, definition.name)
-
-
-def _run(context: AdminContext, caller: Principal, run_id: uuid.UUID) -> RunRecord:
-    record = context.catalog.get_run(run_id)
-    if record is None:
-        raise ApiProblem(404, f"run {run_id} does not exist", slug="not-found")
-    with contextlib.suppress(NotFound):  # a deleted definition's runs stay readable
-        _in_scope(caller, context.catalog.get(ExportDefinition, record.definition))
-    return record
 
 
 @router.get("/runs/{run_id}", summary="A run's detail", responses=ERRORS, operation_id="read_run")
 def read_run(context: Context, caller: Reader, run_id: uuid.UUID) -> RunView:
-    return RunView.of(_run(context, caller, run_id), context.public_url)
+    record = use_cases.visible_run(caller, run_id, store=context.definitions, runs=context.runs)
+    return RunView.of(record, context.public_url)
 
 
 @router.post(
@@ -286,12 +217,7 @@ def read_run(context: Context, caller: Reader, run_id: uuid.UUID) -> RunView:
     operation_id="cancel_run",
 )
 def cancel_run(context: Context, caller: Operator, run_id: uuid.UUID) -> RunView:
-    record = _run(context, caller, run_id)
-    if record.status.is_final:
-        raise ApiProblem(409, f"run {run_id} has finished ({record.status.value})", slug="run-finished")
-    cancelled = RunCancelled(run_id=run_id, definition=record.definition, requested_by=caller.name)
-    # Folded here so the cancellation holds at once (the extractor and dispatcher read the record), and
-    # published for everyone else following the run events.
-    _, after = context.catalog.fold_run_event(cancelled)
-    context.publish([Outgoing(context.topics.run_events, str(run_id), cancelled.to_bytes())])
-    return RunView.of(after, context.public_url)
+    record = use_cases.cancel_run(
+        caller, run_id, store=context.definitions, runs=context.runs, publisher=context.publisher
+    )
+    return RunView.of(record, context.public_url)

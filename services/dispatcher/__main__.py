@@ -9,7 +9,7 @@ from services.dispatcher.dispatching import CatalogCache, Dispatcher
 from services.dispatcher.http_client import guarded_client
 from services.dispatcher.partner_auth import OAuthTokenCache
 from services.dispatcher.settings import DispatcherSettings
-from shared.catalog import Catalog
+from shared.catalog import CatalogStores
 from shared.domain.destinations import DestinationPolicy
 from shared.events import MemberBatch
 from shared.kafka import value_decoder
@@ -25,6 +25,7 @@ def main() -> None:
         DestinationPolicy.parse(settings.allowed_destinations),
         max_connections=max(100, settings.dispatcher_concurrency),
     )
+    stores = CatalogStores.from_url(settings.catalog_url)
     policy = RetryBudget(
         max_attempts=settings.dispatcher_max_attempts,
         max_seconds=settings.dispatcher_max_retry_seconds,
@@ -32,7 +33,7 @@ def main() -> None:
         max_backoff=settings.dispatcher_backoff_max_seconds,
     )
     dispatcher = Dispatcher(
-        objects=CatalogCache(Catalog.from_url(settings.catalog_url), settings.dispatcher_catalog_cache_seconds),
+        objects=CatalogCache(stores.definitions, stores.runs, settings.dispatcher_catalog_cache_seconds),
         deliverer=Deliverer(client, policy),
         tokens=OAuthTokenCache(client),
         topics=settings.topics,

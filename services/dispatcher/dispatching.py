@@ -19,7 +19,7 @@ from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
 from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
 from services.dispatcher.signing import signature_headers
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_isolating
-from shared.catalog import Catalog, NotFound
+from shared.application.ports import DefinitionsReader, RunsReader
 from shared.domain.catalog_objects import (
     CatalogObject,
     ConnectionProfile,
@@ -29,7 +29,7 @@ from shared.domain.catalog_objects import (
 )
 from shared.domain.rendering import RenderedRequest, render_request
 from shared.domain.runs import RunStatus
-from shared.errors import ExportError
+from shared.errors import ExportError, NotFound
 from shared.events import BatchOutcome, DeadLetter, MemberBatch
 from shared.kafka import Outgoing
 from shared.topics import Topics
@@ -71,8 +71,8 @@ class CatalogCache:
     #: Answers kept at most (runs come and go; the oldest answer is forgotten first).
     MAX_ENTRIES = 10_000
 
-    def __init__(self, catalog: Catalog, ttl: float) -> None:
-        self.catalog = catalog
+    def __init__(self, definitions: DefinitionsReader, runs: RunsReader, ttl: float) -> None:
+        self.definitions, self.runs = definitions, runs
         self.ttl = ttl
         self._entries: dict[Hashable, tuple[float, Any]] = {}
 
@@ -89,14 +89,14 @@ class CatalogCache:
         """Whether the run was cancelled (known within ``ttl`` seconds of the cancellation)."""
 
         def load() -> bool:
-            record = self.catalog.get_run(run_id)
+            record = self.runs.get_run(run_id)
             return record is not None and record.status is RunStatus.CANCELLED
 
         cancelled: bool = self._cached(run_id, load)
         return cancelled
 
     def get(self, kind: type[T], name: str) -> T:
-        value = self._cached((kind.__name__, name), lambda: self.catalog.get(kind, name))
+        value = self._cached((kind.__name__, name), lambda: self.definitions.get(kind, name))
         assert isinstance(value, kind)
         return value
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from services.extractor.extraction import Extractor
 from services.extractor.run_request_decoding import decode_run_request
 from services.extractor.settings import ExtractorSettings
-from shared.catalog import Catalog
+from shared.catalog import CatalogStores
 from shared.querystore import MemberReader
 from shared.runtime import build_loop, start_service
 
@@ -25,8 +25,11 @@ def main() -> None:
         max_poll_records=1,
         max_poll_interval_ms=3_600_000,
     )
+    stores = CatalogStores.from_url(settings.catalog_url)
     extractor = Extractor(
-        catalog=Catalog.from_url(settings.catalog_url),
+        definitions=stores.definitions,
+        runs=stores.runs,
+        extraction=stores.extraction,
         reader=MemberReader.from_url(
             settings.query_store_url, timeout_seconds=settings.extractor_query_timeout_seconds
         ),

@@ -16,14 +16,16 @@ from typing import Any
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.extractor.batch_encoding import BatchEncoder, MemberTooLarge
-from shared.catalog import Catalog, NotFound
-from shared.catalog.repository import Checkpoint
+from services.extractor.ports import ExtractionStore
+from shared.application.ports import DefinitionsReader, RunsReader
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
+from shared.domain.checkpoints import Checkpoint
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.runs import RunStatus
+from shared.errors import NotFound
 from shared.events import ExtractionCompleted, RunFailed, RunRequested, RunStarted
 from shared.kafka import InFlight, Outgoing
+from shared.member_batches import BatchEncoder, MemberTooLarge
 from shared.querystore import MemberReader, Page, QueryError, QueryTimeout
 from shared.querystore.paging import Window
 from shared.topics import Topics
@@ -70,14 +72,16 @@ class Extractor:
     def __init__(
         self,
         *,
-        catalog: Catalog,
+        definitions: DefinitionsReader,
+        runs: RunsReader,
+        extraction: ExtractionStore,
         reader: MemberReader,
         topics: Topics,
         send: Callable[[list[Outgoing]], InFlight],
         page_size: int,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
-        self.catalog = catalog
+        self.definitions, self.runs, self.extraction = definitions, runs, extraction
         self.reader = reader
         self.topics = topics
         self.send = send
@@ -97,10 +101,10 @@ class Extractor:
         checkpoint: Checkpoint | None = None
         try:
             try:
-                definition = self.catalog.get(ExportDefinition, request.definition)
+                definition = self.definitions.get(ExportDefinition, request.definition)
             except NotFound as exc:
                 raise _RunFailure(f"unknown definition: {exc}", "unknown_definition") from None
-            checkpoint = self.catalog.claim_extraction(request.run_id, definition.name)
+            checkpoint = self.extraction.claim_extraction(request.run_id, definition.name)
             if checkpoint.completed:
                 log.info("run already extracted; request ignored", run_id=str(request.run_id))
                 return []
@@ -109,7 +113,7 @@ class Extractor:
         except _RunCancelled:
             log.info("run cancelled; extraction stopped", run_id=str(request.run_id))
             if checkpoint is not None:
-                self.catalog.save_checkpoint(replace(checkpoint, completed=True))
+                self.extraction.save_checkpoint(replace(checkpoint, completed=True))
             return []
         except _RunFailure as failure:
             return self._fail(request, failure, checkpoint)
@@ -119,8 +123,8 @@ class Extractor:
     def _run(self, request: RunRequested, definition: ExportDefinition, checkpoint: Checkpoint) -> list[Outgoing]:
         run_id = str(request.run_id)
         try:
-            query = self.catalog.get(SavedQuery, definition.query)
-            template = self.catalog.get(HttpTemplate, definition.template)
+            query = self.definitions.get(SavedQuery, definition.query)
+            template = self.definitions.get(HttpTemplate, definition.template)
         except NotFound as exc:
             raise _RunFailure(str(exc), "missing_object") from None
         try:
@@ -167,7 +171,7 @@ class Extractor:
                 )
             ]
         )
-        self.catalog.save_checkpoint(replace(checkpoint, completed=True))
+        self.extraction.save_checkpoint(replace(checkpoint, completed=True))
         log.info("extraction completed", run_id=run_id, members=checkpoint.members, batches=checkpoint.next_batch_index)
         return []
 
@@ -178,11 +182,11 @@ class Extractor:
         if definition.incremental is None or checkpoint.watermark_until is not None or checkpoint.members:
             return checkpoint
         column = definition.incremental.watermark_column
-        since = self.catalog.watermark(definition.name)
+        since = self.extraction.watermark(definition.name)
         with QUERY_SECONDS.time():
             until = self._query(lambda: self.reader.high_watermark(query, column, since=since, parameters=parameters))
         checkpoint = replace(checkpoint, watermark_since=since, watermark_until=until)
-        self.catalog.save_checkpoint(checkpoint)
+        self.extraction.save_checkpoint(checkpoint)
         return checkpoint
 
     def _extract(
@@ -244,13 +248,13 @@ class Extractor:
 
     def _stop_if_cancelled(self, request: RunRequested) -> None:
         """Stop at a page boundary when the run was cancelled (one catalog read per page)."""
-        record = self.catalog.get_run(request.run_id)
+        record = self.runs.get_run(request.run_id)
         if record is not None and record.status is RunStatus.CANCELLED:
             raise _RunCancelled
 
     def _settle(self, sent: InFlight, checkpoint: Checkpoint) -> None:
         sent.wait()
-        self.catalog.save_checkpoint(checkpoint)
+        self.extraction.save_checkpoint(checkpoint)
 
     def _timed(self, pages: Iterator[Page]) -> Iterator[Page]:
         """The pages, each one's read time observed, query errors turned into run failures."""
@@ -275,6 +279,6 @@ class Extractor:
         RUNS_FAILED.labels(reason=failure.label).inc()
         log.warning("run failed", run_id=str(request.run_id), definition=request.definition, reason=failure.reason)
         if checkpoint is not None:
-            self.catalog.save_checkpoint(replace(checkpoint, completed=True))
+            self.extraction.save_checkpoint(replace(checkpoint, completed=True))
         failed = RunFailed(run_id=request.run_id, definition=request.definition, reason=failure.reason)
         return [self._event(str(request.run_id), failed)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from services.notifier.mailer import SmtpMailer
 from services.notifier.notifying import Notifier
 from services.notifier.settings import NotifierSettings
-from shared.catalog import Catalog
+from shared.catalog import CatalogStores
 from shared.events import RUN_EVENT_ADAPTER
 from shared.kafka import value_decoder
 from shared.runtime import build_loop, start_service
@@ -16,8 +16,11 @@ SERVICE = "notifier"
 def main() -> None:
     settings = NotifierSettings()
     start_service(settings, SERVICE)
+    stores = CatalogStores.from_url(settings.catalog_url)
     notifier = Notifier(
-        catalog=Catalog.from_url(settings.catalog_url),
+        definitions=stores.definitions,
+        runs=stores.runs,
+        watermarks=stores.extraction,
         mailer=SmtpMailer(
             settings.smtp_host,
             settings.smtp_port,

@@ -11,7 +11,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.notifier.emails import compose, kinds_due, recipients_for
 from services.notifier.mailer import SmtpMailer
-from shared.catalog import Catalog, NotFound
+from services.notifier.ports import NotifierRuns
+from shared.application.ports import DefinitionsStore, WatermarkStore
+from shared.application.run_events import record_run_event
+from shared.application.schedules import pause_schedule
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.runs import (
     RunRecord,
@@ -42,7 +45,9 @@ class Notifier:
     def __init__(
         self,
         *,
-        catalog: Catalog,
+        definitions: DefinitionsStore,
+        runs: NotifierRuns,
+        watermarks: WatermarkStore,
         mailer: SmtpMailer,
         sender: str,
         link_base_url: str | None,
@@ -50,7 +55,7 @@ class Notifier:
         stuck_after_seconds: float = 3600.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.catalog = catalog
+        self.definitions, self.runs, self.watermarks = definitions, runs, watermarks
         self.mailer = mailer
         self.sender = sender
         self.link_base_url = link_base_url
@@ -60,7 +65,7 @@ class Notifier:
 
     def handle(self, event: AnyRunEvent) -> list[Outgoing]:
         """Fold the event into its run; when the run has finished, apply the failure policy and send emails."""
-        before, after = self.catalog.fold_run_event(event)
+        before, after = record_run_event(event, runs=self.runs, watermarks=self.watermarks)
         if not after.status.is_final:
             return []
         newly_final = before is None or not before.status.is_final
@@ -71,7 +76,7 @@ class Notifier:
             reason = failure_threshold_reason(after, definition.failure_policy.max_failure_percent)
             if reason is not None:
                 # Folded here, before any email: the run is reported failed, never "completed with errors".
-                _, after = self.catalog.fold_run_event(
+                _, after = self.runs.fold_run_event(
                     RunFailed(run_id=after.run_id, definition=after.definition, reason=reason, at=event.at)
                 )
             self._maybe_pause(definition, after)
@@ -97,7 +102,7 @@ class Notifier:
         """Fail runs that made no progress for too long (as run.failed events); retry unsent emails."""
         now = self.clock()
         outgoing = []
-        unfinished = self.catalog.unfinished_runs()
+        unfinished = self.runs.unfinished_runs()
         ACTIVE_RUNS.set(len(unfinished))
         for record in unfinished:
             reason = stuck_reason(record, now, self.stuck_after_seconds)
@@ -105,18 +110,15 @@ class Notifier:
                 log.warning("run stuck", run_id=str(record.run_id), definition=record.definition, reason=reason)
                 failed = RunFailed(run_id=record.run_id, definition=record.definition, reason=reason, at=now)
                 outgoing.append(Outgoing(self.topics.run_events, str(record.run_id), failed.to_bytes()))
-        for run_id, _kind in self.catalog.unsent_notifications():
-            finished = self.catalog.get_run(run_id)
+        for run_id, _kind in self.runs.unsent_notifications():
+            finished = self.runs.get_run(run_id)
             if finished is not None and finished.status.is_final:
                 # One attempt each: a sweep must not hold the loop through a long SMTP outage.
                 self._send_due_emails(finished, self._definition(finished.definition), attempts=1)
         return outgoing
 
     def _definition(self, name: str) -> ExportDefinition | None:
-        try:
-            return self.catalog.get(ExportDefinition, name)
-        except NotFound:
-            return None
+        return self.definitions.find(ExportDefinition, name)
 
     def _maybe_pause(self, definition: ExportDefinition, record: RunRecord) -> None:
         limit = definition.failure_policy.pause_after_failed_runs
@@ -124,7 +126,7 @@ class Notifier:
             return
         if self._consecutive_failures(definition.name, limit) < limit:
             return
-        if self.catalog.pause_schedule(definition.name):
+        if pause_schedule(definition.name, store=self.definitions):
             SCHEDULES_PAUSED.inc()
             log.warning("schedule paused", definition=definition.name, consecutive_failed_runs=limit)
 
@@ -141,7 +143,7 @@ class Notifier:
 
     def _consecutive_failures(self, definition: str, limit: int) -> int:
         # Skipped and missed runs do not break a series: look further back than ``limit`` runs.
-        return consecutive_failures(self.catalog.recent_final_statuses(definition, limit * 4))
+        return consecutive_failures(self.runs.recent_final_statuses(definition, limit * 4))
 
     def _send_due_emails(
         self, record: RunRecord, definition: ExportDefinition | None, attempts: int | None = None
@@ -158,7 +160,7 @@ class Notifier:
             return
         for kind in kinds:
             recipients = recipients_for(definition, kind)
-            if not recipients or not self.catalog.claim_notification(record.run_id, kind, recipients):
+            if not recipients or not self.runs.claim_notification(record.run_id, kind, recipients):
                 continue
             message = compose(
                 definition=definition,
@@ -173,9 +175,9 @@ class Notifier:
                 self.mailer.send(message, max_attempts=attempts)
             except (OSError, smtplib.SMTPException) as exc:
                 EMAIL_FAILURES.labels(kind=kind).inc()
-                self.catalog.mark_notification(record.run_id, kind, error=f"{type(exc).__name__}: {exc}")
+                self.runs.mark_notification(record.run_id, kind, error=f"{type(exc).__name__}: {exc}")
                 log.error("email could not be sent", run_id=str(record.run_id), kind=kind, error=type(exc).__name__)
                 continue
-            self.catalog.mark_notification(record.run_id, kind)
+            self.runs.mark_notification(record.run_id, kind)
             EMAILS_SENT.labels(kind=kind).inc()
             log.info("email sent", run_id=str(record.run_id), kind=kind, recipients=len(recipients))

@@ -12,7 +12,7 @@ import structlog
 from services.scheduler.clock import SystemClock
 from services.scheduler.scheduling import LEASE_NAME, Scheduler
 from services.scheduler.settings import SchedulerSettings
-from shared.catalog import Catalog
+from shared.catalog import CatalogStores
 from shared.kafka import make_producer, produce_and_wait
 from shared.runtime import start_service
 
@@ -25,9 +25,11 @@ def main() -> None:
     log = structlog.get_logger(SERVICE)
     producer = make_producer(settings, SERVICE)
 
-    catalog = Catalog.from_url(settings.catalog_url)
+    stores = CatalogStores.from_url(settings.catalog_url)
     scheduler = Scheduler(
-        catalog=catalog,
+        scheduling=stores.scheduling,
+        definitions=stores.definitions,
+        runs=stores.runs,
         clock=SystemClock(),
         topics=settings.topics,
         publish=partial(produce_and_wait, producer),
@@ -45,7 +47,7 @@ def main() -> None:
         except Exception:
             log.exception("scheduler tick failed")
         stopping.wait(settings.scheduler_tick_seconds)
-    catalog.release_lease(LEASE_NAME, settings.scheduler_replica_id)
+    stores.scheduling.release_lease(LEASE_NAME, settings.scheduler_replica_id)
     producer.flush()
     producer.close()
     log.info("scheduler stopped")

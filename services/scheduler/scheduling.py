@@ -11,9 +11,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.scheduler.clock import Clock
 from services.scheduler.planning import Plan, anchor_for, fires_on_time, next_due_after, plan, scheduled_run_id
-from shared.catalog import Catalog
-from shared.catalog.repository import DueSchedule, ScheduleAdvance, ScheduleState
+from services.scheduler.ports import ActiveRuns, DefinitionsChanges, SchedulingStore
 from shared.domain.schedule import Overlap
+from shared.domain.schedule_state import DueSchedule, ScheduleAdvance, ScheduleState
 from shared.events import RunMissed, RunRequested, RunSkipped, Trigger
 from shared.kafka import Outgoing
 from shared.topics import Topics
@@ -42,7 +42,9 @@ class Scheduler:
     def __init__(
         self,
         *,
-        catalog: Catalog,
+        scheduling: SchedulingStore,
+        definitions: DefinitionsChanges,
+        runs: ActiveRuns,
         clock: Clock,
         topics: Topics,
         publish: Callable[[list[Outgoing]], None],
@@ -50,7 +52,7 @@ class Scheduler:
         lease_seconds: float = 15.0,
         catch_up: timedelta = timedelta(hours=1),
     ) -> None:
-        self.catalog = catalog
+        self.scheduling, self.definitions, self.runs = scheduling, definitions, runs
         self.clock = clock
         self.topics = topics
         self.publish = publish
@@ -62,16 +64,14 @@ class Scheduler:
     def tick(self) -> list[RunRequested]:
         """Fire what is due now, if this replica leads; return the requests published."""
         now = self.clock.now()
-        leading = self.catalog.acquire_lease(LEASE_NAME, self.replica_id, now, self.lease_seconds)
+        leading = self.scheduling.acquire_lease(LEASE_NAME, self.replica_id, now, self.lease_seconds)
         LEADER.set(1 if leading else 0)
         if not leading:
             self._fingerprint = None  # whoever leads may change the schedules: sync again when leading
             return []
         self._sync(now)
-        due = self.catalog.due_schedules(now)
-        busy = self.catalog.active_runs(
-            [d.definition.name for d in due if d.definition.schedule.overlap == Overlap.SKIP]
-        )
+        due = self.scheduling.due_schedules(now)
+        busy = self.runs.active_runs([d.definition.name for d in due if d.definition.schedule.overlap == Overlap.SKIP])
         on_time: list[DueSchedule] = []
         late: list[DueSchedule] = []
         for d in due:
@@ -94,7 +94,7 @@ class Scheduler:
         advances += [ScheduleAdvance(d.definition_id, d.handled_until, now, p.next_due) for d, p in plans]
         # The schedules move on after their runs are published: a crash in between fires again with the
         # same run ids, which the extractor ignores.
-        self.catalog.advance_schedules(advances)
+        self.scheduling.advance_schedules(advances)
         return fired + late_fired
 
     def _act_all(
@@ -120,11 +120,11 @@ class Scheduler:
 
     def _sync(self, now: datetime) -> None:
         """(Re)compute the next due instant of new and edited definitions (skipped when none changed)."""
-        fingerprint = self.catalog.definitions_fingerprint()
+        fingerprint = self.definitions.definitions_fingerprint()
         if fingerprint == self._fingerprint:
             return
         states = []
-        for sync in self.catalog.schedules_to_sync():
+        for sync in self.scheduling.schedules_to_sync():
             anchor = anchor_for(sync.handled_until, sync.updated_at, now)
             schedule = sync.definition.schedule
             upcoming = next_due_after(schedule, anchor)
@@ -137,9 +137,9 @@ class Scheduler:
                 timezone=schedule.timezone,
                 next_due=upcoming.isoformat() if upcoming else None,
             )
-        self.catalog.save_schedules(states)
+        self.scheduling.save_schedules(states)
         self._fingerprint = fingerprint
-        SCHEDULED_DEFINITIONS.set(self.catalog.scheduled_count())
+        SCHEDULED_DEFINITIONS.set(self.scheduling.scheduled_count())
         if states:
             log.info("schedules synced", definitions=len(states))
 

@@ -1,6 +1,22 @@
-"""The catalog: profiles, templates, queries, definitions and runs, in SQLAlchemy (SQLite or PostgreSQL)."""
+"""The catalog: its stores (definitions, runs, scheduling, extraction) in SQLAlchemy over SQLite or PostgreSQL."""
 
+from shared.catalog.database import CatalogDatabase
+from shared.catalog.definitions_store import ApplyResult, SqlDefinitionsStore
 from shared.catalog.engine import make_engine
-from shared.catalog.repository import Catalog, NotFound
+from shared.catalog.extraction_store import SqlExtractionStore
+from shared.catalog.runs_store import SqlRunsStore
+from shared.catalog.scheduling_store import SqlSchedulingStore
+from shared.catalog.stores import CatalogStores
+from shared.errors import NotFound
 
-__all__ = ["Catalog", "NotFound", "make_engine"]
+__all__ = [
+    "ApplyResult",
+    "CatalogDatabase",
+    "CatalogStores",
+    "NotFound",
+    "SqlDefinitionsStore",
+    "SqlExtractionStore",
+    "SqlRunsStore",
+    "SqlSchedulingStore",
+    "make_engine",
+]

@@ -52,6 +52,10 @@ class RunRow(Base):
     error_samples: Mapped[list[str]] = mapped_column(JSON, default=list)
     last_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The run's definition by id, and that definition's business unit: for scoping runs. Migration 0002
+    #: filled them in for the runs before it (null where the definition was gone by then).
+    definition_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    business_unit: Mapped[str | None] = mapped_column(String(100))
 
 
 class BatchOutcomeRow(Base):

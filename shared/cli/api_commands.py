@@ -70,15 +70,20 @@ def cmd_copy(api: AdminApi, args: argparse.Namespace) -> int:
 
 def cmd_dry_run(api: AdminApi, args: argparse.Namespace) -> int:
     result = api.call("POST", f"/export-definitions/{args.definition}/dry-run", params={"requests": args.requests})
-    if not result["requests"]:
+    print_dry_run(result["requests"])
+    return 0
+
+
+def print_dry_run(requests: list[dict[str, Any]]) -> None:
+    """Rendered requests as a human reads them (method and URL, headers, body)."""
+    if not requests:
         print("the query returns no member: nothing would be sent")
-    for index, request in enumerate(result["requests"], 1):
+    for index, request in enumerate(requests, 1):
         print(f"--- request {index}: {request['members']} member(s)")
         print(f"{request['method']} {request['url']}")
         for name, value in request["headers"].items():
             print(f"{name}: {value}")
         print(f"\n{request['body']}")
-    return 0
 
 
 def cmd_runs(api: AdminApi, args: argparse.Namespace) -> int:
@@ -128,30 +133,25 @@ def follow(api: AdminApi, run_id: str, timeout: float) -> int:
 
 
 def cmd_apply(api: AdminApi, args: argparse.Namespace) -> int:
-    """Create or update each manifest object through the API; print what changes (``--diff``: only print)."""
-    objects = []
+    """Apply every manifest object through the API at once (all or nothing); print what changes.
+
+    ``--diff`` only prints what would change."""
+    if args.skip_discovery:
+        return fail("--skip-discovery works on the catalog directly only: the admin API always discovers columns")
+    documents = []
     for path in args.file:
         try:
-            objects += parse_documents(Path(path).read_text(), path)
+            objects = parse_documents(Path(path).read_text(), str(path))
         except ManifestError as exc:
-            return fail(str(exc))
-    for obj in objects:
-        collection, kind = collection_of(kind_of(obj)), kind_of(obj)
-        wanted = obj.model_dump(mode="json")  # secrets masked: compared as the API answers them
-        current = api.find(collection, obj.name)
-        if current is None:
-            change = "created"
-        else:
-            # Secrets are masked on both sides: a changed secret alone is not seen (README, exportctl).
-            changed = sorted(k for k in wanted if wanted[k] != current.get(k))
-            change = f"updated ({', '.join(changed)})" if changed else "unchanged"
-        if change != "unchanged" and not args.diff:
-            body = stored_form(obj)
-            if current is None:
-                api.call("POST", f"/{collection}", json=body)
-            else:
-                api.call("PUT", f"/{collection}/{obj.name}", json=body)
-        print(f"{kind}/{obj.name} {'would be ' if args.diff and change != 'unchanged' else ''}{change}")
+            return fail("invalid manifest\n  " + "\n  ".join(exc.problems))
+        except OSError as exc:
+            return fail(f"{path}: cannot be read ({exc.strerror})")
+        documents += [{"kind": kind_of(obj), "spec": stored_form(obj)} for obj in objects]
+    result = api.call("POST", "/apply", params={"dry_run": args.diff}, json={"objects": documents})
+    for change in result["changes"]:
+        fields = f" ({', '.join(change['fields'])})" if change["fields"] else ""
+        would = "would be " if args.diff and change["change"] != "unchanged" else ""
+        print(f"{change['kind']}/{change['name']} {would}{change['change']}{fields}")
     return 0
 
 

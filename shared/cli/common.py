@@ -8,7 +8,7 @@ import uuid
 
 from pydantic import Field
 
-from shared.catalog import Catalog
+from shared.application.ports import RunsReader
 from shared.domain.runs import RunRecord
 from shared.settings import CommonSettings
 
@@ -26,6 +26,11 @@ class CliSettings(CommonSettings):
         "(list, search, describe, apply, delete, copy, run, runs, dry-run); else on the catalog directly.",
     )
     api_token: str = Field(default="", description="exportctl's bearer token for the admin API.")
+    extractor_max_record_bytes: int = Field(
+        default=900_000,
+        ge=10_000,
+        description="Largest member-batch record of a dead-letter replay, in bytes (the extractor's setting).",
+    )
 
 
 def fail(message: str) -> int:
@@ -67,12 +72,12 @@ def parse_params(pairs: list[str] | None) -> dict[str, str]:
     return parameters
 
 
-def wait_for_run(catalog: Catalog, run_id: uuid.UUID, timeout: float) -> int:
+def wait_for_run(runs: RunsReader, run_id: uuid.UUID, timeout: float) -> int:
     """Follow a run until it is final; print its summary; exit 0 only if it succeeded."""
     deadline = time.monotonic() + timeout
     shown = ""
     while time.monotonic() < deadline:
-        record = catalog.get_run(run_id)
+        record = runs.get_run(run_id)
         if record is not None:
             total = str(record.extracted) if record.extraction_complete else "?"
             line = f"  {record.status.value}: delivered {record.delivered} / {total}, failed {record.failed}"

@@ -8,33 +8,20 @@ which is the point: replay once the endpoint or the template is fixed.
 from __future__ import annotations
 
 import argparse
-import getpass
 import uuid
 from collections import Counter
 
-from shared.catalog import Catalog, NotFound
+from shared.application.replay import replay_dead_letters
 from shared.cli.common import CliSettings, fail, wait_for_run
-from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
-from shared.domain.replay import members_to_replay, replay_batches
-from shared.events import DeadLetter, ExtractionCompleted, RunStarted, Trigger
-from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait, read_whole_topic
-
-
-def _letters(settings: CliSettings) -> list[DeadLetter]:
-    letters = []
-    for value in read_whole_topic(settings, settings.topics.dead_letters):
-        try:
-            letters.append(DeadLetter.model_validate_json(value))
-        except ValueError:
-            continue  # not ours to list (another schema version, or garbage)
-    return letters
+from shared.cli.direct import Direct, on_catalog
+from shared.kafka.event_publisher import KafkaDeadLetters
 
 
 def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
     """Dead letters grouped by run and reason, with member counts."""
     groups: Counter[tuple[str, str, str]] = Counter()
     letters = 0
-    for letter in _letters(settings):
+    for letter in KafkaDeadLetters(settings).dead_letters():
         if args.run and str(letter.run_id) != args.run:
             continue
         if args.definition and letter.definition != args.definition:
@@ -49,54 +36,28 @@ def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
 
 
 def cmd_replay(settings: CliSettings, args: argparse.Namespace) -> int:
-    """Publish a replay run of a run's dead-lettered members."""
-    original = uuid.UUID(args.run)
-    catalog = Catalog.from_url(settings.catalog_url)
-    record = catalog.get_run(original)
-    if record is None:
-        return fail(f"run {original} is not known")
+    """Start a replay run of a run's dead-lettered members."""
     try:
-        definition = catalog.get(ExportDefinition, record.definition)
-        template = catalog.get(HttpTemplate, definition.template)
-        key_column = catalog.get(SavedQuery, definition.query).key_column
-    except NotFound as exc:
-        return fail(str(exc))
-    members = members_to_replay(_letters(settings), original, key_column)
-    if not members:
-        return fail(f"run {original} has no dead-lettered members to replay")
-    replay_id = uuid.uuid4()
-    batches = replay_batches(
-        members,
-        replay_run_id=replay_id,
-        definition=definition.name,
-        template=template.name,
-        priority=definition.priority,
-        batch_size=template.batch_size,
-    )
-    topics = settings.topics
-    started = RunStarted(
-        run_id=replay_id,
-        definition=definition.name,
-        trigger=Trigger.REPLAY,
-        requested_by=getpass.getuser(),
-        replay_of=original,
-    )
-    completed = ExtractionCompleted(
-        run_id=replay_id, definition=definition.name, members=len(members), batches=len(batches)
-    )
-    ensure_topics(settings)
-    producer = make_producer(settings, "exportctl")
-    try:
-        key = str(replay_id)
-        produce_and_wait(producer, [Outgoing(topics.run_events, key, started.to_bytes())])
-        produce_and_wait(
-            producer, [Outgoing(topics.member_batches_for(b.priority.value), b.identity, b.to_bytes()) for b in batches]
+        original = uuid.UUID(args.run)
+    except ValueError:
+        return fail(f"'{args.run}' is not a run id")
+
+    def replay(context: Direct) -> int:
+        started = replay_dead_letters(
+            context.actor,
+            original,
+            store=context.stores.definitions,
+            runs=context.stores.runs,
+            letters=KafkaDeadLetters(settings),
+            publisher=context.publisher(),
+            max_record_bytes=settings.extractor_max_record_bytes,
         )
-        produce_and_wait(producer, [Outgoing(topics.run_events, key, completed.to_bytes())])
-    finally:
-        producer.close()
-    print(f"run {replay_id} replays {len(members)} member(s) of run {original} in {len(batches)} batch(es)")
-    return wait_for_run(catalog, replay_id, args.timeout) if args.wait else 0
+        print(
+            f"run {started.run_id} replays {started.members} member(s) of run {original} in {started.batches} batch(es)"
+        )
+        return wait_for_run(context.stores.runs, started.run_id, args.timeout) if args.wait else 0
+
+    return on_catalog(settings, replay)
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

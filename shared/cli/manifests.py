@@ -13,12 +13,11 @@ A manifest holds one or more YAML documents, each ``{kind: <Kind>, spec: {...}}`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
-from shared.domain.catalog_objects import KINDS, CatalogObject
+from shared.application.manifests import in_dependency_order, object_problems
+from shared.domain.catalog_objects import CatalogObject
 
 
 class ManifestError(ValueError):
@@ -29,42 +28,13 @@ class ManifestError(ValueError):
         self.problems = problems
 
 
-def _describe(source: str, index: int, kind: str | None, name: Any) -> str:
-    what = f"{kind} '{name}'" if kind and name else (kind or "object")
-    return f"{source}: document {index + 1} ({what})"
-
-
 def parse_documents(text: str, source: str) -> list[CatalogObject]:
     """Validate every document of a manifest; raise :class:`ManifestError` listing all problems."""
     try:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         raise ManifestError([f"{source}: not valid YAML: {exc}"]) from None
-    objects: list[CatalogObject] = []
-    problems: list[str] = []
-    for index, document in enumerate(documents):
-        if not isinstance(document, dict):
-            problems.append(f"{source}: document {index + 1}: expected a mapping with 'kind' and 'spec'")
-            continue
-        kind = document.get("kind")
-        spec = dict(document.get("spec") or {})
-        if "name" in document:
-            spec.setdefault("name", document["name"])
-        where = _describe(source, index, kind if isinstance(kind, str) else None, spec.get("name"))
-        unknown = set(document) - {"kind", "name", "spec"}
-        if unknown:
-            problems.append(f"{where}: unknown top-level field(s) {', '.join(sorted(unknown))}")
-            continue
-        model = KINDS.get(kind) if isinstance(kind, str) else None
-        if model is None:
-            problems.append(f"{where}: kind must be one of {', '.join(KINDS)}")
-            continue
-        try:
-            objects.append(model.model_validate(spec))
-        except ValidationError as exc:
-            for error in exc.errors(include_url=False, include_input=False):
-                field = ".".join(str(part) for part in error["loc"]) or "spec"
-                problems.append(f"{where}: field '{field}': {error['msg']}")
+    objects, problems = object_problems(documents, source)
     if problems:
         raise ManifestError(problems)
     return objects
@@ -83,5 +53,4 @@ def load_manifests(paths: list[Path]) -> list[CatalogObject]:
             problems.append(f"{path}: cannot be read ({exc.strerror})")
     if problems:
         raise ManifestError(problems)
-    order = list(KINDS)
-    return sorted(objects, key=lambda obj: order.index(type(obj).__name__))
+    return in_dependency_order(objects)

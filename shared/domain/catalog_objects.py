@@ -26,6 +26,9 @@ from shared.domain.names import Name
 from shared.domain.query_parameters import RESERVED_PREFIX, QueryParameter, bind_names
 from shared.domain.schedule import Schedule
 
+# The wire contract owns the enum (batches carry it); re-exported here for the domain's importers.
+from shared.events import Priority as Priority
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -224,12 +227,6 @@ class Incremental(_Spec):
 
 
 # --- Export definitions ----------------------------------------------------------------------------
-
-
-class Priority(StrEnum):
-    HIGH = "high"
-    NORMAL = "normal"
-    LOW = "low"
 
 
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"

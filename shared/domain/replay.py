@@ -11,8 +11,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from shared.domain.catalog_objects import Priority
-from shared.events import DeadLetter, MemberBatch
+from shared.events import DeadLetter, MemberBatch, Priority
 
 
 def members_to_replay(letters: Iterable[DeadLetter], run_id: uuid.UUID, key_column: str) -> list[dict[str, Any]]:

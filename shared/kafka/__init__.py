@@ -9,7 +9,8 @@ from shared.kafka.clients import (
     produce_and_wait,
     read_whole_topic,
 )
-from shared.kafka.loop import ConsumerLoop, Headers, Outgoing, value_decoder
+from shared.kafka.loop import ConsumerLoop, value_decoder
+from shared.kafka.records import Headers, Outgoing
 
 __all__ = [
     "ConsumerLoop",

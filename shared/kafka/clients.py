@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
+from shared.kafka.records import Outgoing
 from shared.settings import CommonSettings
-
-if TYPE_CHECKING:
-    from shared.kafka.loop import Outgoing
 
 PRODUCE_TIMEOUT_SECONDS = 60.0
 

@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -26,13 +25,12 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from shared.errors import InvalidInput, RetryableError
 from shared.events import DeadLetter
 from shared.kafka.clients import InFlight, produce, produce_and_wait
+from shared.kafka.records import Headers as Headers
+from shared.kafka.records import Outgoing as Outgoing
 from shared.metrics import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
 
 E = TypeVar("E")
 log = structlog.get_logger(__name__)
-
-#: A record's headers, as kafka-python gives them.
-Headers = Sequence[tuple[str, bytes]]
 
 #: A poll's events handled at once: per event, the records to produce or the exception it raised.
 RoundHandler = Callable[[list[E]], Sequence["list[Outgoing] | BaseException"]]
@@ -41,15 +39,6 @@ RoundHandler = Callable[[list[E]], Sequence["list[Outgoing] | BaseException"]]
 def value_decoder(parse: Callable[[bytes], E]) -> Callable[[bytes, Headers], E]:
     """A decoder that reads the record's value only (most topics carry plain JSON events)."""
     return lambda value, _headers: parse(value)
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """A record to produce: topic, key and the encoded value."""
-
-    topic: str
-    key: str
-    value: bytes
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -102,7 +102,7 @@ def child_baseline(store_url: str, bootstrap: str) -> dict[str, Any]:
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from services.extractor.batch_encoding import BatchEncoder
+    from shared.member_batches import BatchEncoder
     from shared.domain.catalog_objects import Priority
 
     engine = make_engine(store_url)

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.extractor.batch_encoding import BatchEncoder, MemberTooLarge
+from shared.member_batches import BatchEncoder, MemberTooLarge
 from services.extractor.extraction import page_size_for
 from services.extractor.run_request_decoding import decode_run_request
 from shared.domain.catalog_objects import Priority, SavedQuery

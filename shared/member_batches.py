@@ -1,4 +1,4 @@
-"""Encode a page's rows as member-batch records: template-sized, bounded in bytes, fast.
+"""Encode members as member-batch records: template-sized, bounded in bytes, fast (the extractor and replays).
 
 The bytes are exactly the :class:`shared.events.MemberBatch` contract (a unit test holds the two
 equal), written with orjson straight from the driver's rows: building and validating a pydantic model
@@ -17,8 +17,7 @@ from typing import Any
 
 import orjson
 
-from shared.domain.catalog_objects import Priority
-from shared.events import SCHEMA_VERSION
+from shared.events import SCHEMA_VERSION, Priority
 from shared.querystore.paging import jsonable
 
 

@@ -1,0 +1,80 @@
+"""What every route depends on: the admin context (stores, publisher, checks) and the authenticated actor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from services.admin.bearer_tokens import TokenStore
+from services.admin.problems import ApiProblem
+from shared.application.actors import Actor, Permission
+from shared.application.checks import ObjectChecks
+from shared.application.ports import DefinitionsStore, EventPublisher, MemberSource, RunsStore
+from shared.domain.destinations import DestinationPolicy
+from shared.name_resolution import resolve_host
+
+
+@dataclass
+class AdminContext:
+    """What the routes use: two stores, the tokens, a publisher, and the member store for checks and dry runs."""
+
+    definitions: DefinitionsStore
+    runs: RunsStore
+    tokens: TokenStore
+    publisher: EventPublisher
+    #: The member store's reader, opened on first use and shared: its engine pools connections.
+    members: Callable[[], MemberSource]
+    destinations: DestinationPolicy
+    public_url: str = ""
+    #: Host resolution for the SSRF check at save (replaceable in tests).
+    resolve_host: Callable[[str], list[str]] = resolve_host
+
+    def checks(self) -> ObjectChecks:
+        """The checks of objects being written: destinations, query columns, template rendering."""
+        return ObjectChecks(policy=self.destinations, resolve_host=self.resolve_host, members=self.members())
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API token configured by the operators.")
+
+
+def context_of(request: Request) -> AdminContext:
+    context: AdminContext = request.app.state.context
+    return context
+
+
+def principal(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Actor:
+    """The caller, or 401: no token, or a token nobody configured."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise ApiProblem(401, "a bearer token is required", slug="unauthenticated")
+    caller = context_of(request).tokens.authenticate(credentials.credentials)
+    if caller is None:
+        raise ApiProblem(401, "the bearer token is not valid", slug="unauthenticated")
+    return caller
+
+
+def requires(permission: Permission) -> Callable[[Actor], Actor]:
+    """A dependency: the caller, if their role grants ``permission``; else 403 (before the body is read).
+
+    The use cases check again (they are the rule); this answers early and documents the route's role.
+    """
+
+    def check(caller: Annotated[Actor, Depends(principal)]) -> Actor:
+        if not caller.may(permission):
+            raise ApiProblem(
+                403, f"role '{caller.role.value}' may not {permission.value.replace('_', ' ')}", slug="forbidden"
+            )
+        return caller
+
+    return check
+
+
+Context = Annotated[AdminContext, Depends(context_of)]
+Reader = Annotated[Actor, Depends(requires(Permission.READ))]
+Editor = Annotated[Actor, Depends(requires(Permission.WRITE))]
+ProfileEditor = Annotated[Actor, Depends(requires(Permission.WRITE_PROFILES))]
+Operator = Annotated[Actor, Depends(requires(Permission.RUN))]
+DryRunner = Annotated[Actor, Depends(requires(Permission.DRY_RUN))]

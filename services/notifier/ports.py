@@ -1,0 +1,26 @@
+"""The runs store as the notifier uses it (SQLAlchemy implementation in shared/catalog).
+
+The notifier also reads definitions and pauses schedules through the application layer
+(:class:`shared.application.ports.DefinitionsStore`), and moves watermarks
+(:class:`shared.application.ports.WatermarkStore`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Protocol
+
+from shared.domain.runs import RunRecord, RunStatus
+from shared.events import AnyRunEvent
+
+
+class NotifierRuns(Protocol):
+    """Run records, folded from events, and the ledger of emails."""
+
+    def fold_run_event(self, event: AnyRunEvent) -> tuple[RunRecord | None, RunRecord]: ...
+    def get_run(self, run_id: uuid.UUID) -> RunRecord | None: ...
+    def unfinished_runs(self, limit: int = 1_000) -> list[RunRecord]: ...
+    def recent_final_statuses(self, definition: str, limit: int) -> list[RunStatus]: ...
+    def unsent_notifications(self, limit: int = 100) -> list[tuple[uuid.UUID, str]]: ...
+    def claim_notification(self, run_id: uuid.UUID, kind: str, recipients: list[str]) -> bool: ...
+    def mark_notification(self, run_id: uuid.UUID, kind: str, *, error: str | None = None) -> None: ...

@@ -1,0 +1,196 @@
+"""The rules a set of catalog objects must meet before any of it is written, in one place.
+
+References resolve; connection profiles point at allowed destinations (the SSRF guard at save); saved
+queries run against the member store, which tells their columns; templates use only columns their
+query returns and render valid requests for its first members; definitions fit their query. Every
+problem is one line naming the object and its field, the same whichever entry point asked.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from shared.application.errors import Invalid
+from shared.application.ports import DefinitionsStore, MemberSource
+from shared.domain.catalog_objects import (
+    CatalogObject,
+    ConnectionProfile,
+    ExportDefinition,
+    HttpTemplate,
+    OAuth2ClientCredentials,
+    SavedQuery,
+    kind_of,
+    query_consistency_problems,
+    references,
+)
+from shared.domain.destinations import DestinationPolicy
+from shared.domain.query_parameters import ParameterError, bind_values
+from shared.domain.rendering import TemplateRenderError, render_request
+from shared.domain.template_columns import used_columns
+from shared.errors import PermanentError
+from shared.events import MemberBatch
+
+T = TypeVar("T", bound=CatalogObject)
+#: Host name → the addresses it resolves to; raises OSError when it does not resolve.
+ResolveHost = Callable[[str], list[str]]
+
+
+@dataclass
+class ObjectChecks:
+    """What checking objects needs: the destination policy, name resolution and the member store.
+
+    ``members`` is None where no member store is reachable: queries keep the columns they have and
+    templates are not rendered (exportctl ``--skip-discovery``).
+    """
+
+    policy: DestinationPolicy
+    resolve_host: ResolveHost
+    members: MemberSource | None = None
+    #: Notes that do not refuse anything (a host that does not resolve from here).
+    warnings: list[str] = field(default_factory=list)
+
+
+class Lookup(Protocol):
+    """Finds an object of a kind by name."""
+
+    def __call__(self, kind: type[T], name: str) -> T | None: ...
+
+
+def lookup_in(objects: list[CatalogObject], store: DefinitionsStore) -> Lookup:
+    """Look an object up among ``objects`` (being written), else in the store."""
+    declared = {(kind_of(o), o.name): o for o in objects}
+
+    def lookup(kind: type[T], name: str) -> T | None:
+        found = declared.get((kind.__name__, name))
+        return found if isinstance(found, kind) else store.find(kind, name)
+
+    return lookup
+
+
+def where(obj: CatalogObject, field_name: str) -> str:
+    """How a problem names an object's field."""
+    return f"{kind_of(obj)} '{obj.name}': field '{field_name}'"
+
+
+def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: ObjectChecks) -> list[CatalogObject]:
+    """``objects`` with their saved queries' columns discovered; :class:`Invalid` listing every problem."""
+    lookup = lookup_in(objects, store)
+    missing = [
+        f"{where(obj, ref_field)}: {kind.__name__} '{name}' does not exist"
+        for obj in objects
+        for kind, name, ref_field in references(obj)
+        if lookup(kind, name) is None
+    ]
+    if missing:
+        raise Invalid(missing, slug="invalid-reference")
+    problems = [p for obj in objects if isinstance(obj, ConnectionProfile) for p in destination_problems(obj, checks)]
+    if checks.members is not None:
+        objects, query_problems = discover_columns(objects, checks.members)
+        problems += query_problems
+        lookup = lookup_in(objects, store)
+    for obj in objects:
+        if isinstance(obj, HttpTemplate):
+            problems += template_problems(obj, lookup, checks)
+        elif isinstance(obj, ExportDefinition):
+            problems += definition_problems(obj, lookup)
+    if problems:
+        raise Invalid(problems, slug="invalid-object")
+    return objects
+
+
+def destination_problems(profile: ConnectionProfile, checks: ObjectChecks) -> list[str]:
+    """The profile's base URL (and OAuth token URL) resolve only to allowed addresses (the SSRF guard at save)."""
+    urls = [("base_url", profile.base_url)]
+    if isinstance(profile.auth, OAuth2ClientCredentials):
+        urls.append(("auth.token_url", profile.auth.token_url))
+    problems = []
+    for field_name, url in urls:
+        host = urlsplit(url).hostname or ""
+        try:
+            addresses = checks.resolve_host(host)
+        except OSError:
+            # Not resolvable from here (split DNS): checked again at every connection by the dispatcher.
+            checks.warnings.append(f"{where(profile, field_name)}: host {host} does not resolve from here")
+            continue
+        for address in sorted(set(addresses)):
+            refusal = checks.policy.refusal(host, ipaddress.ip_address(address.split("%")[0]))
+            if refusal is not None:
+                problems.append(f"{where(profile, field_name)}: {refusal}")
+                break
+    return problems
+
+
+def discover_columns(objects: list[CatalogObject], members: MemberSource) -> tuple[list[CatalogObject], list[str]]:
+    """Saved queries with ``columns`` read from the member store, and the queries that fail or lack their key."""
+    discovered: list[CatalogObject] = []
+    problems = []
+    for obj in objects:
+        if isinstance(obj, SavedQuery):
+            try:
+                columns = members.columns(obj)
+            except PermanentError as exc:
+                problems.append(f"{where(obj, 'sql')}: {exc}")
+                continue
+            if obj.key_column not in columns:
+                problems.append(
+                    f"{where(obj, 'key_column')}: the query returns no column '{obj.key_column}' "
+                    f"(it returns: {', '.join(columns)})"
+                )
+                continue
+            obj = obj.model_copy(update={"columns": columns})
+        discovered.append(obj)
+    return discovered, problems
+
+
+def template_problems(template: HttpTemplate, lookup: Lookup, checks: ObjectChecks) -> list[str]:
+    """The template uses only its query's columns, and renders a valid request for the query's first members."""
+    query, profile = lookup(SavedQuery, template.query), lookup(ConnectionProfile, template.profile)
+    assert query is not None, "references are checked first"
+    assert profile is not None, "references are checked first"
+    problems = columns_problems(template, query, where(template, "query"))
+    if problems or checks.members is None:
+        return problems
+    try:
+        values = bind_values(query.parameters)
+        page = next(checks.members.pages(query, page_size=min(template.batch_size, 3), parameters=values), None)
+    except (ParameterError, PermanentError):
+        return []  # a required parameter without default, or a failing query (reported with the query)
+    if page is None or not page.members:
+        return []  # no member to render with
+    sample = MemberBatch(
+        run_id=uuid.UUID(int=0), definition="(check)", template=template.name, batch_index=0, members=page.members
+    )
+    try:
+        render_request(template, profile, sample)
+    except TemplateRenderError as exc:
+        return [f"{where(template, 'body')}: {exc} (rendered with the query's first members)"]
+    return []
+
+
+def columns_problems(template: HttpTemplate, query: SavedQuery, at: str) -> list[str]:
+    """A template that uses columns its query does not return (known once the query's columns are discovered)."""
+    if not query.columns:
+        return []
+    missing = sorted(used_columns(template) - set(query.columns))
+    if not missing:
+        return []
+    return [
+        f"{at}: template '{template.name}' uses column(s) {', '.join(missing)} that query "
+        f"'{query.name}' does not return (it returns: {', '.join(query.columns)})"
+    ]
+
+
+def definition_problems(definition: ExportDefinition, lookup: Lookup) -> list[str]:
+    """A definition fits its query (parameters, watermark column) and its template's columns."""
+    query, template = lookup(SavedQuery, definition.query), lookup(HttpTemplate, definition.template)
+    assert query is not None, "references are checked first"
+    assert template is not None, "references are checked first"
+    problems = [
+        f"{kind_of(definition)} '{definition.name}': {p}" for p in query_consistency_problems(definition, query)
+    ]
+    return problems + columns_problems(template, query, where(definition, "template"))

@@ -1,0 +1,47 @@
+"""Why a use case refused, as one tree every entry point maps the same way.
+
+::
+
+    Refused                  the operation was not done; ``reason`` says why, ``problems`` line by line
+     ├── Missing       404   an object or run that does not exist
+     ├── Forbidden     403   the actor's role or business-unit scope does not allow it
+     ├── Conflict      409   a name taken, an object in use, a run already finished
+     └── Invalid       422   the input breaks a rule (a field, a reference, a parameter, a template)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class Refused(Exception):
+    """A use case refused; nothing was written."""
+
+    status: ClassVar[int] = 400
+    default_slug: ClassVar[str] = "refused"
+
+    def __init__(self, reason: str | list[str], *, slug: str | None = None) -> None:
+        self.problems = [reason] if isinstance(reason, str) else list(reason)
+        self.reason = "; ".join(self.problems)
+        self.slug = slug or self.default_slug
+        super().__init__(self.reason)
+
+
+class Missing(Refused):
+    status = 404
+    default_slug = "not-found"
+
+
+class Forbidden(Refused):
+    status = 403
+    default_slug = "forbidden"
+
+
+class Conflict(Refused):
+    status = 409
+    default_slug = "conflict"
+
+
+class Invalid(Refused):
+    status = 422
+    default_slug = "invalid-object"

@@ -1,0 +1,259 @@
+"""Use cases of catalog objects: apply a set, create, replace (or rename), delete, copy, save a step.
+
+Every write is authorised and checked as a whole before anything is stored: a refused object leaves
+the catalog as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from shared.application.actors import Actor, Permission
+from shared.application.checks import ObjectChecks, checked
+from shared.application.errors import Conflict, Forbidden, Invalid, Missing
+from shared.application.masked_secrets import keep_masked_secrets
+from shared.application.ports import DefinitionsStore
+from shared.domain.catalog_objects import (
+    KINDS,
+    CatalogObject,
+    ConnectionProfile,
+    ExportDefinition,
+    kind_of,
+    references,
+    stored_form,
+)
+from shared.domain.names import slugify
+from shared.errors import NotFound
+
+T = TypeVar("T", bound=CatalogObject)
+
+
+@dataclass(frozen=True)
+class Change:
+    """What applying one object does: ``created``, ``updated`` (with the fields that change) or ``unchanged``."""
+
+    kind: str
+    name: str
+    change: Literal["created", "updated", "unchanged"]
+    fields: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.change} ({', '.join(self.fields)})" if self.fields else self.change
+
+
+# --- rules shared by the use cases -------------------------------------------------------------------
+
+
+def required_permission(kind: type[Any]) -> Permission:
+    """Connection profiles hold credentials: changing them takes more than changing the rest."""
+    return Permission.WRITE_PROFILES if kind is ConnectionProfile else Permission.WRITE
+
+
+def authorise(actor: Actor, permission: Permission) -> None:
+    """:class:`Forbidden` unless the actor's role grants ``permission``."""
+    if not actor.may(permission):
+        raise Forbidden(f"role '{actor.role.value}' may not {permission.value.replace('_', ' ')}")
+
+
+def in_scope(actor: Actor, obj: CatalogObject) -> None:
+    """:class:`Forbidden` when ``obj`` is a definition of a business unit outside the actor's scope."""
+    if isinstance(obj, ExportDefinition) and not actor.sees(obj.business_unit):
+        raise Forbidden(
+            f"definition '{obj.name}' belongs to a business unit outside this token's scope", slug="out-of-scope"
+        )
+
+
+def authorise_write(actor: Actor, obj: CatalogObject) -> None:
+    authorise(actor, required_permission(type(obj)))
+    in_scope(actor, obj)
+
+
+def existing(store: DefinitionsStore, kind: type[T], name: str) -> T:
+    """The object, or :class:`Missing`."""
+    try:
+        return store.get(kind, name)
+    except NotFound as exc:
+        raise Missing(str(exc)) from None
+
+
+def visible(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> T:
+    """The object, if it exists and is in the actor's scope."""
+    obj = existing(store, kind, name)
+    in_scope(actor, obj)
+    return obj
+
+
+def refuse_taken(store: DefinitionsStore, kind: type[Any], name: str) -> None:
+    if store.find(kind, name) is not None:
+        raise Conflict(f"{kind.__name__} '{name}' exists already", slug="name-conflict")
+
+
+def unique_name(store: DefinitionsStore, kind: type[Any], base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``… whichever is free."""
+    taken = {obj.name for obj in store.list_objects(kind)}
+    if base not in taken:
+        return base
+    stem = base[:95].rstrip("-")
+    return next(f"{stem}-{n}" for n in range(2, 10_000) if f"{stem}-{n}" not in taken)
+
+
+def referrers(store: DefinitionsStore, obj: CatalogObject) -> list[str]:
+    """Objects that refer to ``obj`` (which may therefore not be deleted or renamed)."""
+    found = []
+    for kind in KINDS.values():
+        for other in store.list_objects(kind):
+            if any(k is type(obj) and n == obj.name for k, n, _ in references(other)):
+                found.append(f"{kind.__name__} '{other.name}'")
+    return found
+
+
+def changed_fields(current: CatalogObject, wanted: CatalogObject) -> list[str]:
+    """Top-level fields whose stored values differ (secrets compared as stored, never shown)."""
+    before, after = stored_form(current), stored_form(wanted)
+    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+
+
+# --- use cases ---------------------------------------------------------------------------------------
+
+
+def apply_objects(
+    actor: Actor,
+    objects: list[CatalogObject],
+    *,
+    store: DefinitionsStore,
+    checks: ObjectChecks,
+    dry_run: bool = False,
+) -> list[Change]:
+    """Create or update every object, all or nothing; say what changes for each (``dry_run``: write nothing).
+
+    Authorised and checked as a whole first (references among the set or in the catalog, destinations,
+    query columns discovered, templates rendered, definitions consistent): one refusal refuses all.
+    """
+    for obj in objects:
+        authorise_write(actor, obj)
+        current_definition = store.find(ExportDefinition, obj.name) if isinstance(obj, ExportDefinition) else None
+        if current_definition is not None:
+            in_scope(actor, current_definition)  # no taking over another unit's definition by name
+    objects = checked(objects, store, checks)
+    changes, writes = [], []
+    for obj in objects:
+        current = store.find(type(obj), obj.name)
+        if current is None:
+            changes.append(Change(kind_of(obj), obj.name, "created"))
+            writes.append(obj)
+        elif fields := changed_fields(current, obj):
+            changes.append(Change(kind_of(obj), obj.name, "updated", fields))
+            writes.append(obj)
+        else:
+            changes.append(Change(kind_of(obj), obj.name, "unchanged"))
+    if writes and not dry_run:
+        store.apply_all(writes)
+    return changes
+
+
+def _from_body(store: DefinitionsStore, kind: type[T], body: dict[str, Any], old: T | None = None) -> T:
+    """The object of an API-shaped ``body``: its name given, kept, or derived from its label; masked secrets kept."""
+    body = dict(body)
+    if not body.get("name"):
+        if old is not None:
+            body["name"] = old.name
+        elif body.get("label"):
+            body["name"] = unique_name(store, kind, slugify(str(body["label"])))
+        else:
+            raise Invalid("field 'name': give a name or a label to derive it from")
+    obj: T = kind.model_validate(keep_masked_secrets(body, old))  # type: ignore[assignment]
+    return obj
+
+
+def create_object(
+    actor: Actor, kind: type[T], body: dict[str, Any], *, store: DefinitionsStore, checks: ObjectChecks
+) -> T:
+    """A new object (named, or named after its label); :class:`Conflict` when the given name is taken."""
+    authorise(actor, required_permission(kind))
+    obj = _from_body(store, kind, body)
+    authorise_write(actor, obj)
+    if body.get("name"):
+        refuse_taken(store, kind, obj.name)
+    stored = checked([obj], store, checks)[0]
+    store.apply(stored)
+    return stored  # type: ignore[return-value]
+
+
+def replace_object(
+    actor: Actor, kind: type[T], name: str, body: dict[str, Any], *, store: DefinitionsStore, checks: ObjectChecks
+) -> T:
+    """Replace an object; a different name in ``body`` renames it (refused while others refer to it)."""
+    authorise(actor, required_permission(kind))
+    old = visible(actor, store, kind, name)
+    obj = _from_body(store, kind, body, old)
+    authorise_write(actor, obj)
+    stored: T = checked([obj], store, checks)[0]  # type: ignore[assignment]
+    if stored.name != old.name:
+        refuse_taken(store, kind, stored.name)
+        if found := referrers(store, old):
+            raise Conflict(f"'{old.name}' is used by {', '.join(found)}: it cannot be renamed", slug="in-use")
+        store.rename(old.name, stored)
+    else:
+        store.apply(stored)
+    return stored
+
+
+def delete_object(actor: Actor, kind: type[Any], name: str, *, store: DefinitionsStore) -> None:
+    """Delete an object; :class:`Conflict` while others refer to it."""
+    authorise(actor, required_permission(kind))
+    obj = visible(actor, store, kind, name)
+    if found := referrers(store, obj):
+        raise Conflict(f"'{name}' is used by {', '.join(found)}: delete those first", slug="in-use")
+    try:
+        store.delete(kind, name)
+    except NotFound as exc:  # deleted by someone else in between
+        raise Missing(str(exc)) from None
+
+
+def copy_object(
+    actor: Actor,
+    kind: type[T],
+    name: str,
+    *,
+    store: DefinitionsStore,
+    label: str | None = None,
+    new_name: str | None = None,
+) -> T:
+    """A copy named "Copy of <label>" (or as asked); a copied definition's schedule is disabled."""
+    authorise(actor, required_permission(kind))
+    original = visible(actor, store, kind, name)
+    label = label or f"Copy of {getattr(original, 'label', None) or original.name}"
+    if new_name:
+        refuse_taken(store, kind, new_name)
+    else:
+        new_name = unique_name(store, kind, slugify(label))
+    spec = stored_form(original) | {"name": new_name, "label": label}
+    if isinstance(original, ExportDefinition):
+        spec["schedule"] = original.schedule.model_copy(update={"enabled": False}).model_dump(mode="json")
+    copy: T = kind.model_validate(spec)  # type: ignore[assignment]
+    store.apply(copy)
+    return copy
+
+
+def save_definition_step(
+    actor: Actor,
+    name: str,
+    step: BaseModel | dict[str, Any],
+    *,
+    store: DefinitionsStore,
+    checks: ObjectChecks,
+    field_name: str | None = None,
+) -> ExportDefinition:
+    """Save one step of a definition (Filter, Destination: their fields; Schedule, Notifications: ``field_name``)."""
+    authorise(actor, Permission.WRITE)
+    definition = visible(actor, store, ExportDefinition, name)
+    values = step.model_dump(mode="json") if isinstance(step, BaseModel) else dict(step)
+    changes = {field_name: values} if field_name else values
+    updated = ExportDefinition.model_validate(stored_form(definition) | changes)
+    stored = checked([updated], store, checks)[0]
+    assert isinstance(stored, ExportDefinition)
+    store.apply(stored)
+    return stored

@@ -1,0 +1,107 @@
+"""What the use cases need from the outside world, as Protocols; adapters in shared/catalog, shared/kafka,
+shared/querystore implement them, and each composition root hands over only what its use cases use."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any, Literal, Protocol, TypeVar
+
+from shared.domain.catalog_objects import CatalogObject, Priority, SavedQuery
+from shared.domain.runs import RunRecord, RunStatus
+from shared.events import AnyRunEvent, DeadLetter, RunRequested
+
+T = TypeVar("T", bound=CatalogObject)
+ApplyResult = Literal["created", "updated", "unchanged"]
+
+
+class DefinitionsReader(Protocol):
+    """Catalog objects by kind and name (:class:`shared.errors.NotFound` when missing): what services read."""
+
+    def get(self, kind: type[T], name: str) -> T: ...
+
+
+class RunsReader(Protocol):
+    """Run records, read (a service checking for a cancellation)."""
+
+    def get_run(self, run_id: uuid.UUID) -> RunRecord | None: ...
+
+
+class DefinitionsStore(Protocol):
+    """Profiles, templates, saved queries and export definitions, by kind and name."""
+
+    def get(self, kind: type[T], name: str) -> T: ...
+    def find(self, kind: type[T], name: str) -> T | None: ...
+    def get_versioned(self, kind: type[T], name: str) -> tuple[uuid.UUID, int, T]: ...
+    def list_objects(self, kind: type[T]) -> list[T]: ...
+    def apply(self, obj: CatalogObject) -> ApplyResult: ...
+    def apply_all(self, objects: list[CatalogObject]) -> list[ApplyResult]: ...
+    def replace_if_version(self, obj: CatalogObject, version: int) -> bool: ...
+    def rename(self, old_name: str, obj: CatalogObject) -> None: ...
+    def delete(self, kind: type[CatalogObject], name: str) -> None: ...
+
+
+class RunsStore(Protocol):
+    """Run records and the idempotency keys of run requests."""
+
+    def get_run(self, run_id: uuid.UUID) -> RunRecord | None: ...
+    def replays_of(self, run_id: uuid.UUID) -> list[RunRecord]: ...
+    def record_requested_run(self, record: RunRecord) -> bool: ...
+    def claim_idempotency_key(self, caller: str, definition: str, key: str, run_id: uuid.UUID) -> uuid.UUID: ...
+    def fold_run_event(self, event: AnyRunEvent) -> tuple[RunRecord | None, RunRecord]: ...
+    def list_runs(
+        self,
+        definition: str | None = None,
+        limit: int = 50,
+        *,
+        definitions: list[str] | None = None,
+        statuses: list[RunStatus] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        offset: int = 0,
+    ) -> list[RunRecord]: ...
+
+
+class RunEventFold(Protocol):
+    """Folds run events into run records (the runs store)."""
+
+    def fold_run_event(self, event: AnyRunEvent) -> tuple[RunRecord | None, RunRecord]: ...
+
+
+class WatermarkStore(Protocol):
+    """Incremental definitions' watermarks (the extraction store)."""
+
+    def advance_watermark(self, run_id: uuid.UUID) -> bool: ...
+
+
+class EventPublisher(Protocol):
+    """Publishes events on their topics and returns once the broker has them (acks)."""
+
+    def publish_run_request(self, request: RunRequested) -> None: ...
+    def publish_run_events(self, events: Sequence[AnyRunEvent]) -> None: ...
+    def publish_member_batches(self, priority: Priority, batches: Sequence[tuple[str, bytes]]) -> None:
+        """Member-batch records as (key, value), on the topic of ``priority``."""
+        ...
+
+
+class DeadLetterSource(Protocol):
+    """The dead letters recorded so far."""
+
+    def dead_letters(self) -> list[DeadLetter]: ...
+
+
+class MemberPage(Protocol):
+    """One page of members."""
+
+    @property
+    def members(self) -> list[dict[str, Any]]: ...
+
+
+class MemberSource(Protocol):
+    """The member store, read through saved queries (read only)."""
+
+    def columns(self, query: SavedQuery) -> list[str]: ...
+    def pages(
+        self, query: SavedQuery, *, page_size: int, parameters: dict[str, Any] | None = None
+    ) -> Iterator[MemberPage]: ...

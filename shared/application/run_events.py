@@ -1,0 +1,21 @@
+"""Use case: record a run event (the notifier's fold), moving an incremental definition's watermark on success."""
+
+from __future__ import annotations
+
+from shared.application.ports import RunEventFold, WatermarkStore
+from shared.domain.runs import RunRecord, RunStatus
+from shared.events import AnyRunEvent
+
+
+def record_run_event(
+    event: AnyRunEvent, *, runs: RunEventFold, watermarks: WatermarkStore
+) -> tuple[RunRecord | None, RunRecord]:
+    """Fold ``event`` into its run's record; the record before and after.
+
+    When the run has succeeded, its watermark moves (a compare-and-set, so doing it again for a
+    redelivered event is harmless, and a crash between the two steps is mended by the redelivery).
+    """
+    before, after = runs.fold_run_event(event)
+    if after.status is RunStatus.SUCCEEDED:
+        watermarks.advance_watermark(event.run_id)
+    return before, after

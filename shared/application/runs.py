@@ -1,0 +1,106 @@
+"""Use cases of runs: request one (on demand), cancel one, read and list them within the actor's scope."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from shared.application.actors import Actor, Permission
+from shared.application.errors import Conflict, Invalid, Missing
+from shared.application.objects import authorise, existing, in_scope, visible
+from shared.application.ports import DefinitionsStore, EventPublisher, RunsStore
+from shared.domain.catalog_objects import ExportDefinition, SavedQuery
+from shared.domain.query_parameters import ParameterError, bind_values
+from shared.domain.runs import RunRecord
+from shared.events import RunCancelled, RunRequested, Trigger, utc_now
+
+
+def validated_parameters(
+    definition: ExportDefinition, store: DefinitionsStore, parameters: dict[str, Any]
+) -> dict[str, Any]:
+    """``parameters`` if they bind with the query's declarations and the definition's values; else :class:`Invalid`."""
+    query = existing(store, SavedQuery, definition.query)
+    try:
+        bind_values(query.parameters, parameters, definition.parameters)
+    except ParameterError as exc:
+        raise Invalid(f"parameters: {exc}", slug="invalid-parameters") from None
+    return parameters
+
+
+def request_run(
+    actor: Actor,
+    name: str,
+    *,
+    store: DefinitionsStore,
+    runs: RunsStore,
+    publisher: EventPublisher,
+    parameters: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> RunRecord:
+    """Execute a definition now (trigger manual): parameters checked, the run recorded queued, then published.
+
+    Recorded before it is published: the run is visible (queued) at once, and a crash between the two
+    leaves a queued run the notifier's sweep fails as stuck rather than a run nobody knows about. With
+    an ``idempotency_key``, a retried request returns the run the first one started and publishes nothing.
+    """
+    authorise(actor, Permission.RUN)
+    definition = visible(actor, store, ExportDefinition, name)
+    parameters = validated_parameters(definition, store, parameters or {})
+    run_id = uuid.uuid4()
+    if idempotency_key:
+        run_id = runs.claim_idempotency_key(actor.name, definition.name, idempotency_key, run_id)
+        known = runs.get_run(run_id)
+        if known is not None:
+            return known
+    record = RunRecord(
+        run_id=run_id,
+        definition=definition.name,
+        trigger=Trigger.MANUAL.value,
+        requested_by=actor.name,
+        last_event_at=utc_now(),
+    )
+    runs.record_requested_run(record)
+    publisher.publish_run_request(
+        RunRequested(
+            run_id=run_id,
+            definition=definition.name,
+            trigger=Trigger.MANUAL,
+            requested_by=actor.name,
+            parameters=parameters,
+        )
+    )
+    return record
+
+
+def visible_run(actor: Actor, run_id: uuid.UUID, *, store: DefinitionsStore, runs: RunsStore) -> RunRecord:
+    """A run, if it exists and its definition is in the actor's scope (a deleted definition's runs stay readable)."""
+    record = runs.get_run(run_id)
+    if record is None:
+        raise Missing(f"run {run_id} does not exist")
+    definition = store.find(ExportDefinition, record.definition)
+    if definition is not None:
+        in_scope(actor, definition)
+    return record
+
+
+def cancel_run(
+    actor: Actor, run_id: uuid.UUID, *, store: DefinitionsStore, runs: RunsStore, publisher: EventPublisher
+) -> RunRecord:
+    """Cancel a run: extraction stops, undelivered batches are not sent; :class:`Conflict` once it has finished."""
+    authorise(actor, Permission.RUN)
+    record = visible_run(actor, run_id, store=store, runs=runs)
+    if record.status.is_final:
+        raise Conflict(f"run {run_id} has finished ({record.status.value})", slug="run-finished")
+    cancelled = RunCancelled(run_id=run_id, definition=record.definition, requested_by=actor.name)
+    # Folded here so the cancellation holds at once (the extractor and dispatcher read the record), and
+    # published for everyone else following the run events.
+    _, after = runs.fold_run_event(cancelled)
+    publisher.publish_run_events([cancelled])
+    return after
+
+
+def definitions_in_scope(actor: Actor, store: DefinitionsStore) -> list[str] | None:
+    """The definitions whose runs a scoped actor may see (None: all)."""
+    if not actor.business_units:
+        return None
+    return [d.name for d in store.list_objects(ExportDefinition) if actor.sees(d.business_unit)]

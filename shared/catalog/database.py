@@ -1,0 +1,71 @@
+"""The catalog database every store shares: one engine, transactions, and the dialect-specific insert."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.catalog.engine import make_engine
+
+
+def now() -> datetime:
+    """The current instant, in UTC (everything the catalog stores is UTC)."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """An instant converted to UTC for storing: SQLite stores the wall time without its offset."""
+    return value.astimezone(UTC) if value is not None else None
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """An instant read back: SQLite hands back naive datetimes, which are UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class CatalogDatabase:
+    """The catalog's engine and sessions; each store owns its tables and goes through here."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> CatalogDatabase:
+        return cls(make_engine(url))
+
+    def close(self) -> None:
+        """Close the database's connections."""
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on an exception."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def insert_ignore(self, session: Session, table: Any, values: dict[str, Any]) -> bool:
+        """Insert a row unless its primary key exists; True when inserted.
+
+        Uses ``ON CONFLICT DO NOTHING RETURNING``: whether a row comes back is the answer on every
+        engine and driver (``rowcount`` is not reliable for ORM-enabled inserts).
+        """
+        backend = self.engine.dialect.name
+        dialect_insert: Any
+        if backend == "postgresql":
+            dialect_insert = postgresql.insert
+        elif backend == "sqlite":
+            dialect_insert = sqlite.insert
+        else:  # pragma: no cover - other engines are not supported for the catalog
+            raise NotImplementedError(f"catalog on {backend} is not supported")
+        key = next(iter(table.__table__.primary_key.columns))
+        stmt = dialect_insert(table.__table__).values(**values).on_conflict_do_nothing().returning(key)
+        return session.execute(stmt).first() is not None

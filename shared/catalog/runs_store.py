@@ -1,0 +1,227 @@
+"""The runs store: run records, the batch-outcome ledger, notification claims and idempotency keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from shared.catalog.database import CatalogDatabase, as_utc, aware, now
+from shared.catalog.tables import BatchOutcomeRow, IdempotencyKeyRow, NotificationRow, RunRow
+from shared.domain.runs import RunRecord, RunStatus, fold
+from shared.events import AnyRunEvent, BatchOutcome
+
+UNFINISHED = [RunStatus.QUEUED.value, RunStatus.EXTRACTING.value, RunStatus.DISPATCHING.value]
+
+
+class SqlRunsStore:
+    """What is known of every run, and the ledgers that make outcomes count and emails go out once."""
+
+    def __init__(self, database: CatalogDatabase) -> None:
+        self.database = database
+
+    # --- run records ---------------------------------------------------------------------------------
+
+    def fold_run_event(self, event: AnyRunEvent) -> tuple[RunRecord | None, RunRecord]:
+        """Apply a run event to the run's record, atomically; a batch outcome counts once per batch.
+
+        Returns the record before and after, so the caller can tell a run that has just finished.
+        """
+        with self.database.transaction() as session:
+            row = session.get(RunRow, str(event.run_id), with_for_update=True)
+            before = record_of(row) if row else None
+            duplicate = False
+            if isinstance(event, BatchOutcome):
+                duplicate = not self.database.insert_ignore(
+                    session,
+                    BatchOutcomeRow,
+                    {
+                        "run_id": str(event.run_id),
+                        "batch_index": event.batch_index,
+                        "delivered": event.delivered,
+                        "failed": event.failed,
+                        "status_code": event.status_code,
+                    },
+                )
+            after = fold(
+                before or RunRecord(run_id=event.run_id, definition=event.definition), event, duplicate=duplicate
+            )
+            if row is None:
+                row = RunRow(run_id=str(event.run_id))
+                session.add(row)
+            write_record(after, row)
+            return before, after
+
+    def get_run(self, run_id: uuid.UUID) -> RunRecord | None:
+        with self.database.transaction() as session:
+            row = session.get(RunRow, str(run_id))
+            return record_of(row) if row else None
+
+    def replays_of(self, run_id: uuid.UUID) -> list[RunRecord]:
+        """The replay runs that re-sent ``run_id``'s dead letters, oldest first."""
+        with self.database.transaction() as session:
+            rows = session.scalars(select(RunRow).where(RunRow.replay_of == str(run_id)).order_by(RunRow.started_at))
+            return [record_of(row) for row in rows]
+
+    def list_runs(
+        self,
+        definition: str | None = None,
+        limit: int = 50,
+        *,
+        definitions: list[str] | None = None,
+        statuses: list[RunStatus] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        """Runs, most recent first (by start, or by last event for runs not started), filtered."""
+        when = func.coalesce(RunRow.started_at, RunRow.last_event_at)
+        with self.database.transaction() as session:
+            query = select(RunRow).order_by(when.desc(), RunRow.run_id).offset(offset).limit(limit)
+            if definition:
+                query = query.where(RunRow.definition == definition)
+            if definitions is not None:
+                query = query.where(RunRow.definition.in_(definitions))
+            if statuses:
+                query = query.where(RunRow.status.in_([status.value for status in statuses]))
+            if since is not None:
+                query = query.where(when >= as_utc(since))
+            if until is not None:
+                query = query.where(when < as_utc(until))
+            return [record_of(row) for row in session.scalars(query)]
+
+    def record_requested_run(self, record: RunRecord) -> bool:
+        """Record a run that was just requested (queued) unless it is known already; True when recorded."""
+        with self.database.transaction() as session:
+            return self.database.insert_ignore(session, RunRow, _columns_of(record))
+
+    def unfinished_runs(self, limit: int = 1_000) -> list[RunRecord]:
+        """Runs not final yet, least recently active first."""
+        with self.database.transaction() as session:
+            rows = session.scalars(
+                select(RunRow).where(RunRow.status.in_(UNFINISHED)).order_by(RunRow.last_event_at).limit(limit)
+            )
+            return [record_of(row) for row in rows]
+
+    def recent_final_statuses(self, definition: str, limit: int) -> list[RunStatus]:
+        """The statuses of a definition's latest finished runs, newest first."""
+        with self.database.transaction() as session:
+            rows = session.scalars(
+                select(RunRow.status)
+                .where(RunRow.definition == definition, RunRow.finished_at.is_not(None))
+                .order_by(RunRow.finished_at.desc())
+                .limit(limit)
+            )
+            return [RunStatus(status) for status in rows]
+
+    def active_runs(self, definitions: list[str]) -> dict[str, uuid.UUID]:
+        """For each of ``definitions`` that has a run not yet finished, one such run."""
+        if not definitions:
+            return {}
+        with self.database.transaction() as session:
+            rows = session.execute(
+                select(RunRow.definition, RunRow.run_id).where(
+                    RunRow.definition.in_(definitions), RunRow.status.in_(UNFINISHED)
+                )
+            ).all()
+            return {definition: uuid.UUID(run_id) for definition, run_id in rows}
+
+    # --- idempotency keys ----------------------------------------------------------------------------
+
+    def claim_idempotency_key(self, caller: str, definition: str, key: str, run_id: uuid.UUID) -> uuid.UUID:
+        """The run of an ``Idempotency-Key``: ``run_id`` when the key is new, else the run it started before."""
+        scope = hashlib.sha256(f"{caller}\0{definition}\0{key}".encode()).hexdigest()
+        with self.database.transaction() as session:
+            values = {"scope": scope, "run_id": str(run_id), "created_at": now()}
+            if self.database.insert_ignore(session, IdempotencyKeyRow, values):
+                return run_id
+            existing = session.get(IdempotencyKeyRow, scope)
+            assert existing is not None
+            return uuid.UUID(existing.run_id)
+
+    # --- notifications -------------------------------------------------------------------------------
+
+    def unsent_notifications(self, limit: int = 100) -> list[tuple[uuid.UUID, str]]:
+        """(run id, kind) of emails claimed but not sent yet (a failed SMTP, a crash in between)."""
+        with self.database.transaction() as session:
+            rows = session.execute(
+                select(NotificationRow.run_id, NotificationRow.kind)
+                .where(NotificationRow.sent_at.is_(None))
+                .limit(limit)
+            )
+            return [(uuid.UUID(run_id), kind) for run_id, kind in rows]
+
+    def claim_notification(self, run_id: uuid.UUID, kind: str, recipients: list[str]) -> bool:
+        """True when this (run, kind) email has not been sent yet: the caller should send it."""
+        with self.database.transaction() as session:
+            self.database.insert_ignore(
+                session, NotificationRow, {"run_id": str(run_id), "kind": kind, "recipients": recipients}
+            )
+            row = session.get(NotificationRow, (str(run_id), kind))
+            return row is not None and row.sent_at is None
+
+    def mark_notification(self, run_id: uuid.UUID, kind: str, *, error: str | None = None) -> None:
+        """Record an email as sent, or the error of its last failed attempt."""
+        with self.database.transaction() as session:
+            row = session.get(NotificationRow, (str(run_id), kind), with_for_update=True)
+            if row is None:
+                return
+            if error is None:
+                row.sent_at, row.last_error = now(), None
+            else:
+                row.last_error = error
+
+    def notifications(self, run_id: uuid.UUID) -> dict[str, datetime | None]:
+        with self.database.transaction() as session:
+            rows = session.scalars(select(NotificationRow).where(NotificationRow.run_id == str(run_id)))
+            return {row.kind: aware(row.sent_at) for row in rows}
+
+
+# --- mapping between run records and rows ------------------------------------------------------------
+#
+# The record's fields and the row's columns have the same names; only their Python types differ, so
+# one converter per type maps every field both ways (no field-by-field copy to keep in step).
+
+_RECORD_FIELDS = [field.name for field in dataclasses.fields(RunRecord)]
+_FROM_COLUMN: dict[str, Any] = {
+    "run_id": uuid.UUID,
+    "replay_of": lambda value: uuid.UUID(value) if value else None,
+    "terminal_status": lambda value: RunStatus(value) if value else None,
+    "error_samples": lambda value: tuple(value or ()),
+    "scheduled_for": aware,
+    "started_at": aware,
+    "last_event_at": aware,
+    "finished_at": aware,
+}
+_TO_COLUMN: dict[str, Any] = {
+    "run_id": str,
+    "replay_of": lambda value: str(value) if value else None,
+    "terminal_status": lambda value: value.value if value else None,
+    "error_samples": list,
+}
+
+
+def record_of(row: RunRow) -> RunRecord:
+    """The run record a row holds."""
+    values = {name: getattr(row, name) for name in _RECORD_FIELDS}
+    return RunRecord(**{name: _FROM_COLUMN.get(name, _same)(value) for name, value in values.items()})
+
+
+def _columns_of(record: RunRecord) -> dict[str, Any]:
+    values = {name: _TO_COLUMN.get(name, _same)(getattr(record, name)) for name in _RECORD_FIELDS}
+    return values | {"status": record.status.value}
+
+
+def write_record(record: RunRecord, row: RunRow) -> None:
+    """Write a run record into its row (the derived status too, so lists can filter on it)."""
+    for column, value in _columns_of(record).items():
+        if column != "run_id":
+            setattr(row, column, value)
+
+
+def _same(value: Any) -> Any:
+    return value

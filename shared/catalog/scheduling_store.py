@@ -1,0 +1,146 @@
+"""The scheduling store: the scheduler's state of each definition, and the leadership lease.
+
+It reads the definitions' rows (id, version, spec) in the same statement as its own state: the fire
+path joins them rather than asking the definitions store once per schedule. It never writes them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+
+from shared.catalog.database import CatalogDatabase, as_utc, aware, now
+from shared.catalog.tables import CatalogObjectRow, LeaseRow, ScheduleRow
+from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.schedule_state import DueSchedule, ScheduleAdvance, ScheduleState, ScheduleSync
+
+
+class SqlSchedulingStore:
+    """Which definitions the scheduler has seen, when each is next due, and who leads."""
+
+    def __init__(self, database: CatalogDatabase) -> None:
+        self.database = database
+
+    def schedules_to_sync(self) -> list[ScheduleSync]:
+        """Definitions the scheduler has not seen, or has seen at an older version."""
+        with self.database.transaction() as session:
+            rows = session.execute(
+                select(CatalogObjectRow, ScheduleRow)
+                .outerjoin(ScheduleRow, ScheduleRow.definition_id == CatalogObjectRow.id)
+                .where(CatalogObjectRow.kind == ExportDefinition.__name__)
+                .where(
+                    (ScheduleRow.definition_id.is_(None)) | (ScheduleRow.definition_version != CatalogObjectRow.version)
+                )
+            ).all()
+            return [
+                ScheduleSync(
+                    definition_id=uuid.UUID(obj.id),
+                    definition=ExportDefinition.model_validate(obj.spec),
+                    version=obj.version,
+                    updated_at=aware(obj.updated_at) or now(),
+                    handled_until=aware(state.handled_until) if state else None,
+                )
+                for obj, state in rows
+            ]
+
+    def save_schedules(self, states: list[ScheduleState]) -> None:
+        """Record the scheduler's view of definitions (after a sync), in one transaction."""
+        if not states:
+            return
+        table = cast(Table, ScheduleRow.__table__)
+        rows = [
+            {
+                "definition_id": str(state.definition_id),
+                "definition_version": state.version,
+                "handled_until": state.handled_until.astimezone(UTC),
+                "next_due_at": as_utc(state.next_due_at),
+            }
+            for state in states
+        ]
+        with self.database.engine.begin() as connection:
+            connection.execute(delete(table).where(table.c.definition_id.in_([row["definition_id"] for row in rows])))
+            connection.execute(insert(table), rows)
+
+    def scheduled_count(self) -> int:
+        """How many definitions the scheduler will fire again (enabled, with an instant ahead)."""
+        with self.database.engine.connect() as connection:
+            table = cast(Table, ScheduleRow.__table__)
+            return int(connection.execute(select(func.count()).where(table.c.next_due_at.is_not(None))).scalar_one())
+
+    def due_schedules(self, at: datetime, limit: int = 10_000) -> list[DueSchedule]:
+        """Definitions whose next due instant is at or before ``at``, soonest first."""
+        objects, states = CatalogObjectRow.__table__.c, ScheduleRow.__table__.c
+        with self.database.engine.connect() as connection:  # plain rows: this runs on the fire path
+            rows = connection.execute(
+                select(objects.id, objects.spec, states.handled_until, states.next_due_at)
+                .join_from(CatalogObjectRow.__table__, ScheduleRow.__table__, states.definition_id == objects.id)
+                .where(states.next_due_at <= at.astimezone(UTC))
+                .where(states.definition_version == objects.version)
+                .order_by(states.next_due_at)
+                .limit(limit)
+            ).all()
+        return [
+            DueSchedule(
+                uuid.UUID(row.id),
+                ExportDefinition.model_validate(row.spec),
+                aware(row.handled_until) or at,
+                aware(row.next_due_at) or at,
+            )
+            for row in rows
+        ]
+
+    def advance_schedules(self, advances: list[ScheduleAdvance]) -> int:
+        """Move schedules on, each only if no one else did since it was read (compare and set).
+
+        One statement executed for all schedules; returns how many moved.
+        """
+        if not advances:
+            return 0
+        table = cast(Table, ScheduleRow.__table__)
+        statement = (
+            update(table)
+            .where(table.c.definition_id == bindparam("b_id"), table.c.handled_until == bindparam("b_expected"))
+            .values(handled_until=bindparam("b_handled"), next_due_at=bindparam("b_next"))
+        )
+        parameters = [
+            {
+                "b_id": str(advance.definition_id),
+                "b_expected": advance.expected_handled_until.astimezone(UTC),
+                "b_handled": advance.handled_until.astimezone(UTC),
+                "b_next": as_utc(advance.next_due_at),
+            }
+            for advance in advances
+        ]
+        with self.database.engine.begin() as connection:
+            return int(connection.execute(statement, parameters).rowcount)
+
+    # --- the leadership lease ------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, at: datetime, ttl_seconds: float) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` until ``at + ttl``; False if another holds it."""
+        at = at.astimezone(UTC)
+        expires = at + timedelta(seconds=ttl_seconds)
+        with self.database.transaction() as session:
+            result = session.execute(
+                update(LeaseRow)
+                .where(LeaseRow.name == name, (LeaseRow.holder == holder) | (LeaseRow.expires_at <= at))
+                .values(holder=holder, expires_at=expires)
+            )
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                return True
+            # Nobody has ever held it, or someone else holds it: only the first case inserts.
+            return self.database.insert_ignore(
+                session, LeaseRow, {"name": name, "holder": holder, "expires_at": expires}
+            )
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up (on a clean shutdown) so another replica takes over at once."""
+        with self.database.transaction() as session:
+            session.execute(
+                update(LeaseRow)
+                .where(LeaseRow.name == name, LeaseRow.holder == holder)
+                .values(expires_at=datetime(1970, 1, 1, tzinfo=UTC))
+            )

@@ -1,0 +1,275 @@
+"""The catalog's schema version (Alembic): upgrade it, refuse to run on the wrong one, compare it with the models.
+
+The migrations live in ``shared/catalog/migrations`` and ship in the package; no ``alembic.ini`` is
+needed, the Alembic configuration is built here and the connection passed in. ``exportctl db upgrade``
+(on Kubernetes, the migration Job) calls :func:`upgrade`; every service calls
+:func:`check_catalog_schema` at start and exits when the catalog is not at :data:`HEAD`.
+
+Catalogs from before migrations (made by ``Base.metadata.create_all``, no ``alembic_version`` table)
+are *assumed to have the baseline schema* (revision ``0001``, the last release without migrations,
+whose upgrade notes required recreating older catalogs): :func:`upgrade` stamps them at the baseline,
+then runs the later revisions. One made by ``create_all`` of *this* release's models (nothing to
+migrate: :func:`drift` is empty) is stamped at head instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, func, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from shared.catalog.engine import make_engine
+from shared.catalog.tables import Base
+
+MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
+
+#: The revision a catalog from before migrations is taken to be at.
+BASELINE: Final = "0001"
+
+#: The tables of the baseline schema: all of them exist in a catalog from before migrations.
+BASELINE_TABLES: Final = frozenset(
+    {
+        "catalog_objects",
+        "runs",
+        "batch_outcomes",
+        "extraction_checkpoints",
+        "watermarks",
+        "notifications",
+        "schedules",
+        "leases",
+        "idempotency_keys",
+    }
+)
+
+VERSION_TABLE: Final = "alembic_version"
+
+#: What an operator runs to bring the catalog to this release's schema.
+UPGRADE_HINT: Final = "run `exportctl db upgrade` (on Kubernetes: the migration Job, see README 'Upgrading')"
+
+# Serialises concurrent upgrades on PostgreSQL (two migration Jobs, or a Job and an operator).
+_ADVISORY_LOCK_KEY: Final = 0x6D656D6265725F78  # "member_x"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic's configuration for the catalog: the packaged script directory, and ``connection`` to migrate."""
+    config = Config()
+    # ConfigParser interpolates '%': a path containing one must not be read as a reference.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def _revisions() -> tuple[str, frozenset[str]]:
+    scripts = ScriptDirectory.from_config(alembic_config())
+    head = scripts.get_current_head()
+    if head is None:  # pragma: no cover - the package always ships its revisions
+        raise RuntimeError(f"no catalog migrations found in {MIGRATIONS_DIR}")
+    return head, frozenset(script.revision for script in scripts.walk_revisions())
+
+
+#: The revision this release's code needs the catalog at; and every revision this release knows (a
+#: catalog at another one was migrated by a newer release).
+HEAD, _KNOWN = _revisions()
+
+
+class SchemaOutdated(RuntimeError):
+    """The catalog is not at the schema this release needs (older, empty, or newer); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Where a catalog's schema stands."""
+
+    #: The revision stamped in ``alembic_version``; None when there is none.
+    revision: str | None
+    #: The catalog tables present (of :data:`BASELINE_TABLES`), whatever the revision.
+    tables: frozenset[str]
+
+    @property
+    def is_head(self) -> bool:
+        return self.revision == HEAD
+
+    @property
+    def predates_migrations(self) -> bool:
+        """Catalog tables without a revision: made by a release from before migrations."""
+        return self.revision is None and bool(self.tables)
+
+    @property
+    def is_newer(self) -> bool:
+        """At a revision this release does not know: a newer release migrated it."""
+        return self.revision is not None and self.revision not in _KNOWN
+
+    @property
+    def label(self) -> str:
+        """The revision, or what stands for it: ``(empty)``, ``(predates migrations)``."""
+        if self.revision is not None:
+            return self.revision
+        return "(predates migrations)" if self.tables else "(empty)"
+
+
+def _state(connection: Connection) -> SchemaState:
+    names = set(inspect(connection).get_table_names())
+    revision = MigrationContext.configure(connection).get_current_revision() if VERSION_TABLE in names else None
+    return SchemaState(revision=revision, tables=frozenset(names & BASELINE_TABLES))
+
+
+def schema_state(engine: Engine) -> SchemaState:
+    """The catalog's revision and which catalog tables it has."""
+    with engine.connect() as connection:
+        return _state(connection)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the catalog is stamped at; None for an empty catalog or one from before migrations."""
+    return schema_state(engine).revision
+
+
+def _newer_message(revision: str) -> str:
+    return (
+        f"the catalog schema is at revision {revision}, newer than this release (which knows up to {HEAD}): "
+        f"roll forward to the release that migrated it, or downgrade the catalog with that release's "
+        f"`exportctl db downgrade --revision {HEAD}`"
+    )
+
+
+def outdated_message(state: SchemaState) -> str | None:
+    """What is wrong with a catalog at ``state`` for this release, and what to do; None when it is at head."""
+    if state.is_head:
+        return None
+    if state.is_newer:
+        assert state.revision is not None
+        return _newer_message(state.revision)
+    if state.revision is not None:
+        where = f"the catalog schema is at revision {state.revision}"
+    elif state.tables:
+        where = "the catalog schema predates migrations (tables without a revision)"
+    else:
+        where = "the catalog has no schema yet"
+    return f"{where}, this release needs {HEAD}: {UPGRADE_HINT}"
+
+
+def require_current(engine: Engine) -> None:
+    """Return when the catalog is at :data:`HEAD`; else raise :class:`SchemaOutdated` saying what to do."""
+    message = outdated_message(schema_state(engine))
+    if message is not None:
+        raise SchemaOutdated(message)
+
+
+def _lock(connection: Connection) -> None:
+    """On PostgreSQL, hold an advisory lock until the transaction ends: one upgrade at a time."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(select(func.pg_advisory_xact_lock(_ADVISORY_LOCK_KEY)))
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the catalog to ``revision`` (by default this release's head), in one transaction where the
+    database allows (PostgreSQL; SQLite commits each schema change as it goes).
+
+    An empty catalog gets the whole schema; one from before migrations is first stamped at
+    :data:`BASELINE` (it is assumed to have that schema: all its tables must be there), or at head when
+    it already matches this release's models; one at ``revision`` already is left alone. Raises
+    :class:`SchemaOutdated` for a catalog newer than this release, or one from before migrations that
+    lacks baseline tables; ``alembic.util.CommandError`` for an unknown ``revision``.
+    """
+    with engine.begin() as connection:
+        _lock(connection)
+        config = alembic_config(connection)
+        state = _state(connection)
+        if state.is_newer:
+            assert state.revision is not None
+            raise SchemaOutdated(_newer_message(state.revision))
+        if state.predates_migrations:
+            if not _drift(connection):
+                command.stamp(config, "head")
+            elif missing := sorted(BASELINE_TABLES - state.tables):
+                raise SchemaOutdated(
+                    "the catalog predates migrations but lacks table(s) "
+                    f"{', '.join(missing)} of the baseline schema ({BASELINE}): it is from a release "
+                    "older than the baseline, and must be recreated (or its missing tables created) first"
+                )
+            else:
+                command.stamp(config, BASELINE)
+        command.upgrade(config, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the catalog back to ``revision`` (an older one), running the revisions' downgrades.
+
+    For rolling back a release: the older release then finds the schema it knows. Data in what the
+    newer revisions added (columns, tables) is lost.
+    """
+    with engine.begin() as connection:
+        _lock(connection)
+        command.downgrade(alembic_config(connection), revision)
+
+
+def _describe(diff: Any) -> str:
+    """One of ``compare_metadata``'s differences as a line an operator can read."""
+    op = diff[0]
+    if op in ("add_table", "remove_table"):
+        where = "is missing from the database" if op == "add_table" else "is in the database but not in the models"
+        return f"table {diff[1].name} {where}"
+    if op in ("add_column", "remove_column"):
+        _, _schema, table, column = diff
+        where = "is missing from the database" if op == "add_column" else "is in the database but not in the models"
+        return f"column {table}.{column.name} ({column.type}) {where}"
+    if op in ("add_index", "remove_index", "add_constraint", "remove_constraint"):
+        item = diff[1]
+        kind = "index" if op.endswith("index") else type(item).__name__
+        columns = ", ".join(column.name for column in item.columns)
+        where = "is missing from the database" if op.startswith("add") else "is in the database but not in the models"
+        return f"{kind} {item.name or '(unnamed)'} on {item.table.name}({columns}) {where}"
+    if op.startswith("modify_"):
+        _, _schema, table, column, _existing, database, models = diff
+        what = op.removeprefix("modify_")
+        return f"column {table}.{column}: {what} is {database!r} in the database, {models!r} in the models"
+    return f"{op}: {diff[1:]!r}"
+
+
+def _drift(connection: Connection) -> list[str]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    lines = []
+    for diff in compare_metadata(context, Base.metadata):
+        # Changes to one column come grouped in a list.
+        for single in diff if isinstance(diff, list) else [diff]:
+            lines.append(_describe(single))
+    return lines
+
+
+def drift(engine: Engine) -> list[str]:
+    """How the database differs from the models (Alembic's autogenerate comparison), one line per
+    difference; empty when they agree. Our ``alembic check``: at head it must be empty, else a model
+    changed without a revision (or a revision does not do what the model says)."""
+    with engine.connect() as connection:
+        return _drift(connection)
+
+
+def _shown(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparseable catalog URL)"
+
+
+def check_catalog_schema(url: str) -> None:
+    """A service's start-up check: return when the catalog at ``url`` is at :data:`HEAD`; else log why
+    and exit (``SystemExit`` with the message, so it ends on stderr and the exit status is 1)."""
+    engine = make_engine(url)
+    try:
+        require_current(engine)
+    except SchemaOutdated as exc:
+        structlog.get_logger(__name__).error("catalog schema not current", error=str(exc), catalog=_shown(url))
+        raise SystemExit(str(exc)) from None
+    finally:
+        engine.dispose()

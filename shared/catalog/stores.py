@@ -1,0 +1,54 @@
+"""The four stores of the catalog over one database, for composition roots to hand out one by one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.catalog.database import CatalogDatabase
+from shared.catalog.definitions_store import SqlDefinitionsStore
+from shared.catalog.extraction_store import SqlExtractionStore
+from shared.catalog.runs_store import SqlRunsStore
+from shared.catalog.scheduling_store import SqlSchedulingStore
+
+
+@dataclass
+class CatalogStores:
+    """The catalog's stores, each owned by one part of the system.
+
+    A composition root opens this once and gives each service only the stores it uses: the
+    definitions store (profiles, templates, queries, definitions: written through the application
+    layer), the runs store (run records, outcome ledger, notifications, idempotency keys: the
+    notifier and the application layer), the scheduling store (the scheduler) and the extraction
+    store (the extractor's checkpoints and watermarks).
+    """
+
+    database: CatalogDatabase
+    definitions: SqlDefinitionsStore = field(init=False)
+    runs: SqlRunsStore = field(init=False)
+    scheduling: SqlSchedulingStore = field(init=False)
+    extraction: SqlExtractionStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.definitions = SqlDefinitionsStore(self.database)
+        self.runs = SqlRunsStore(self.database)
+        self.scheduling = SqlSchedulingStore(self.database)
+        self.extraction = SqlExtractionStore(self.database)
+
+    @classmethod
+    def from_url(cls, url: str, *, migrate: bool = False) -> CatalogStores:
+        """The stores of the catalog at ``url``.
+
+        ``migrate=True`` creates or upgrades the schema first (tests, the local demo); services and
+        exportctl instead refuse an old schema (``shared.catalog.schema.require_current``) and leave
+        the upgrade to the operator (``exportctl db upgrade``).
+        """
+        database = CatalogDatabase.from_url(url)
+        if migrate:
+            from shared.catalog.schema import upgrade
+
+            upgrade(database.engine)
+        return cls(database)
+
+    def close(self) -> None:
+        """Close the catalog's database connections."""
+        self.database.close()

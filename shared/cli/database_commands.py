@@ -1,0 +1,107 @@
+"""``exportctl db upgrade``, ``db current`` and ``db downgrade``: the catalog's schema version.
+
+A release that changes the catalog's tables ships a migration; the services refuse to start until
+``exportctl db upgrade`` (on Kubernetes, the migration Job) has brought the catalog to their revision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Protocol
+
+from alembic.util import CommandError
+from sqlalchemy.engine import make_url
+
+from shared.catalog.engine import make_engine
+from shared.catalog.schema import HEAD, SchemaOutdated, downgrade, outdated_message, schema_state, upgrade
+
+
+class CatalogSettings(Protocol):
+    """What these commands need of the settings: where the catalog is."""
+
+    @property
+    def catalog_url(self) -> str: ...
+
+
+def _fail(message: str) -> int:
+    print(f"exportctl: {message}", file=sys.stderr)
+    return 2
+
+
+def _print_catalog(url: str) -> None:
+    """Which catalog (password hidden): the default URL is a local SQLite file, easy to upgrade by mistake."""
+    print(f"catalog: {make_url(url).render_as_string(hide_password=True)}")
+
+
+def cmd_upgrade(settings: CatalogSettings, args: argparse.Namespace) -> int:
+    """Upgrade the catalog to ``--revision`` (default: this release's head)."""
+    _print_catalog(settings.catalog_url)
+    engine = make_engine(settings.catalog_url)
+    try:
+        before = schema_state(engine)
+        try:
+            upgrade(engine, args.revision)
+        except (SchemaOutdated, CommandError) as exc:
+            return _fail(str(exc))
+        after = schema_state(engine)
+    finally:
+        engine.dispose()
+    if after == before:
+        print(f"catalog at {after.label}: already up to date")
+    else:
+        print(f"catalog upgraded from {before.label} to {after.label}")
+    return 0
+
+
+def cmd_current(settings: CatalogSettings, args: argparse.Namespace) -> int:
+    """Print the catalog's revision and whether it is this release's head; exit 1 when it is not."""
+    _print_catalog(settings.catalog_url)
+    engine = make_engine(settings.catalog_url)
+    try:
+        state = schema_state(engine)
+    finally:
+        engine.dispose()
+    message = outdated_message(state)
+    if message is None:
+        print(f"catalog at {state.label} (head)")
+        return 0
+    print(f"catalog at {state.label}: not at head ({HEAD})")
+    print(f"exportctl: {message}", file=sys.stderr)
+    return 1
+
+
+def cmd_downgrade(settings: CatalogSettings, args: argparse.Namespace) -> int:
+    """Take the catalog back to ``--revision`` (rolling back a release)."""
+    _print_catalog(settings.catalog_url)
+    engine = make_engine(settings.catalog_url)
+    try:
+        before = schema_state(engine)
+        try:
+            downgrade(engine, args.revision)
+        except CommandError as exc:
+            return _fail(str(exc))
+        after = schema_state(engine)
+    finally:
+        engine.dispose()
+    if after == before:
+        print(f"catalog at {after.label}: nothing to downgrade")
+    else:
+        print(f"catalog downgraded from {before.label} to {after.label}")
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``db upgrade``, ``db current`` and ``db downgrade``."""
+    parser = commands.add_parser("db", help="the catalog's schema: upgrade it, or see its revision")
+    sub = parser.add_subparsers(dest="db_command", required=True)
+    upgrading = sub.add_parser("upgrade", help=f"migrate the catalog to this release's schema ({HEAD})")
+    upgrading.add_argument("--revision", default="head", help="the revision to upgrade to (default: head)")
+    upgrading.set_defaults(func=cmd_upgrade)
+    current = sub.add_parser("current", help="the catalog's revision; exit status 1 when it is not head")
+    current.set_defaults(func=cmd_current)
+    downgrading = sub.add_parser(
+        "downgrade", help="take the catalog back to an older revision (what the new revisions added is lost)"
+    )
+    downgrading.add_argument("--revision", required=True, help="the revision to go back to")
+    downgrading.set_defaults(func=cmd_downgrade)

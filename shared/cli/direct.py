@@ -1,0 +1,91 @@
+"""exportctl on the catalog directly (no EXPORT_API_URL): the application layer wired to the catalog,
+the member store and Kafka, acting as the local operator."""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+from kafka import KafkaProducer
+
+from shared.application.actors import Actor, local_operator
+from shared.application.checks import ObjectChecks
+from shared.application.errors import Refused
+from shared.catalog import CatalogStores, make_engine
+from shared.catalog.schema import SchemaOutdated, require_current
+from shared.cli.common import CliSettings, fail
+from shared.domain.destinations import DestinationPolicy
+from shared.errors import NotFound
+from shared.kafka import ensure_topics, make_producer
+from shared.kafka.event_publisher import KafkaEventPublisher
+from shared.name_resolution import resolve_host
+from shared.querystore import MemberReader
+
+
+class CatalogUnusable(RuntimeError):
+    """The catalog cannot be used as it is (its schema is not this release's); the message says what to run."""
+
+
+@dataclass
+class Direct:
+    """What direct-mode commands use; member store and Kafka are opened on first use and closed at the end."""
+
+    settings: CliSettings
+    stores: CatalogStores
+    actor: Actor
+    _resources: ExitStack = field(default_factory=ExitStack)
+    _members: MemberReader | None = None
+    _producer: KafkaProducer | None = None
+
+    def members(self) -> MemberReader:
+        if self._members is None:
+            self._members = MemberReader.from_url(self.settings.query_store_url)
+            self._resources.callback(self._members.close)
+        return self._members
+
+    def checks(self, *, discover: bool = True) -> ObjectChecks:
+        """The checks of objects being written; without ``discover`` no query runs on the member store."""
+        return ObjectChecks(
+            policy=DestinationPolicy.parse(self.settings.allowed_destinations),
+            resolve_host=resolve_host,
+            members=self.members() if discover else None,
+        )
+
+    def publisher(self) -> KafkaEventPublisher:
+        if self._producer is None:
+            ensure_topics(self.settings)
+            self._producer = make_producer(self.settings, "exportctl")
+            self._resources.callback(self._producer.close)
+        return KafkaEventPublisher.over(self._producer, self.settings.topics)
+
+
+@contextmanager
+def direct(settings: CliSettings) -> Iterator[Direct]:
+    """The catalog at ``settings.catalog_url``, if its schema is this release's; :class:`CatalogUnusable` if not."""
+    engine = make_engine(settings.catalog_url)
+    try:
+        require_current(engine)
+    except SchemaOutdated as exc:
+        raise CatalogUnusable(str(exc)) from None
+    finally:
+        engine.dispose()
+    stores = CatalogStores.from_url(settings.catalog_url)
+    context = Direct(settings, stores, local_operator(getpass.getuser()))
+    try:
+        yield context
+    finally:
+        context._resources.close()
+        stores.close()
+
+
+def on_catalog(settings: CliSettings, command: Callable[[Direct], int]) -> int:
+    """Run a direct-mode command; a refusal or an unusable catalog becomes its reason on stderr (exit 2)."""
+    try:
+        with direct(settings) as context:
+            return command(context)
+    except Refused as exc:
+        return fail(exc.problems[0] if len(exc.problems) == 1 else "refused\n  " + "\n  ".join(exc.problems))
+    except (CatalogUnusable, NotFound) as exc:
+        return fail(str(exc))

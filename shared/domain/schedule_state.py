@@ -1,0 +1,50 @@
+"""The scheduler's view of definitions: what to (re)compute, what is due, how a schedule moves on. Pure."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.domain.catalog_objects import ExportDefinition
+
+
+@dataclass(frozen=True)
+class ScheduleSync:
+    """A definition whose schedule the scheduler must (re)compute."""
+
+    definition_id: uuid.UUID
+    definition: ExportDefinition
+    version: int
+    updated_at: datetime
+    handled_until: datetime | None
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    """The scheduler's view of one definition."""
+
+    definition_id: uuid.UUID
+    version: int
+    handled_until: datetime
+    next_due_at: datetime | None
+
+
+@dataclass(frozen=True)
+class DueSchedule:
+    """A definition that is due."""
+
+    definition_id: uuid.UUID
+    definition: ExportDefinition
+    handled_until: datetime
+    next_due_at: datetime
+
+
+@dataclass(frozen=True)
+class ScheduleAdvance:
+    """Move a schedule from ``expected_handled_until`` to ``handled_until`` / ``next_due_at``."""
+
+    definition_id: uuid.UUID
+    expected_handled_until: datetime
+    handled_until: datetime
+    next_due_at: datetime | None

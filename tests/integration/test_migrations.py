@@ -1,0 +1,490 @@
+"""Catalog schema migrations on SQLite and real PostgreSQL: a catalog of the last release upgrades with
+its rows intact, services refuse an outdated catalog, and `exportctl db` says where a catalog stands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from shared.catalog.engine import make_engine
+from shared.catalog.schema import (
+    BASELINE,
+    HEAD,
+    SchemaOutdated,
+    current_revision,
+    downgrade,
+    drift,
+    require_current,
+    upgrade,
+)
+from shared.catalog.tables import Base
+from shared.cli.database_commands import add_commands
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+T0 = datetime(2025, 5, 1, 8, 30, tzinfo=UTC)
+NEW_RUN_COLUMNS = {"definition_id", "business_unit"}
+
+PROFILE_ID, QUERY_ID, TEMPLATE_ID = (str(uuid.uuid4()) for _ in range(3))
+NIGHTLY_ID, WEEKLY_ID = str(uuid.uuid4()), str(uuid.uuid4())
+RUN_NIGHTLY, RUN_REPLAY, RUN_WEEKLY, RUN_OF_DELETED = (str(uuid.uuid4()) for _ in range(4))
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def _catalog_object(id_: str, kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "kind": kind,
+        "name": name,
+        "spec": spec,
+        "version": 3,
+        "created_at": T0,
+        "updated_at": T0 + timedelta(days=2),
+    }
+
+
+def _run(run_id: str, definition: str, **fields: Any) -> dict[str, Any]:
+    row = {
+        "run_id": run_id,
+        "definition": definition,
+        "status": "succeeded",
+        "trigger": "schedule",
+        "requested_by": None,
+        "scheduled_for": T0,
+        "replay_of": None,
+        "started_at": T0 + timedelta(seconds=1),
+        "extraction_complete": True,
+        "extracted": 1000,
+        "batches_expected": 2,
+        "batches_done": 2,
+        "delivered": 1000,
+        "failed": 0,
+        "failure_reason": None,
+        "terminal_status": "succeeded",
+        "error_samples": [],
+        "last_event_at": T0 + timedelta(seconds=9),
+        "finished_at": T0 + timedelta(seconds=9),
+    }
+    return row | fields
+
+
+#: One or more real rows in every table of the baseline schema (written as the last release wrote them).
+BASELINE_ROWS: dict[str, list[dict[str, Any]]] = {
+    "catalog_objects": [
+        _catalog_object(
+            PROFILE_ID,
+            "ConnectionProfile",
+            "partner-api",
+            {"base_url": "https://partner.example.com", "auth": {"type": "bearer", "token": "env:PARTNER_TOKEN"}},
+        ),
+        _catalog_object(
+            QUERY_ID,
+            "SavedQuery",
+            "members-of-tier",
+            {
+                "sql": "SELECT id, email, tier FROM members WHERE tier = :tier",
+                "key_column": "id",
+                "parameters": {"tier": {"type": "string", "required": True}},
+                "columns": ["id", "email", "tier"],
+            },
+        ),
+        _catalog_object(
+            TEMPLATE_ID,
+            "HttpTemplate",
+            "partner-bulk-upsert",
+            {
+                "query": "members-of-tier",
+                "profile": "partner-api",
+                "method": "POST",
+                "path": "/v1/members/bulk",
+                "body": '{"members": [{% for m in members %}{{ m.id }}{% endfor %}]}',
+                "batch_size": 500,
+            },
+        ),
+        _catalog_object(
+            NIGHTLY_ID,
+            "ExportDefinition",
+            "nightly-gold",
+            {
+                "business_unit": "france",
+                "priority": "high",
+                "query": "members-of-tier",
+                "template": "partner-bulk-upsert",
+                "parameters": {"tier": "gold"},
+                "schedule": {"enabled": True, "cron": "0 2 * * *", "timezone": "Europe/Paris"},
+            },
+        ),
+        _catalog_object(
+            WEEKLY_ID,
+            "ExportDefinition",
+            "weekly-all",
+            {"business_unit": None, "query": "members-of-tier", "template": "partner-bulk-upsert"},
+        ),
+    ],
+    "runs": [
+        _run(RUN_NIGHTLY, "nightly-gold", failed=3, delivered=997, error_samples=["HTTP 422: member 17 refused"]),
+        _run(
+            RUN_REPLAY,
+            "nightly-gold",
+            trigger="replay",
+            requested_by="alice",
+            scheduled_for=None,
+            replay_of=RUN_NIGHTLY,
+            extracted=3,
+            batches_expected=1,
+            batches_done=1,
+            delivered=3,
+        ),
+        _run(RUN_WEEKLY, "weekly-all", status="running", terminal_status=None, finished_at=None, batches_expected=None),
+        _run(RUN_OF_DELETED, "since-deleted", status="failed", failure_reason="template missing"),
+    ],
+    "batch_outcomes": [
+        {"run_id": RUN_NIGHTLY, "batch_index": 0, "delivered": 500, "failed": 0, "status_code": 200},
+        {"run_id": RUN_NIGHTLY, "batch_index": 1, "delivered": 497, "failed": 3, "status_code": 422},
+    ],
+    "extraction_checkpoints": [
+        {
+            "run_id": RUN_WEEKLY,
+            "definition": "weekly-all",
+            "last_key": 4242,
+            "next_batch_index": 9,
+            "members": 4500,
+            "completed": False,
+            "watermark_since": "2025-04-24T00:00:00+00:00",
+            "watermark_until": "2025-05-01T00:00:00+00:00",
+            "updated_at": T0 + timedelta(minutes=5),
+        }
+    ],
+    "watermarks": [
+        {"definition": "nightly-gold", "value": "2025-04-30T02:00:00+00:00", "run_id": RUN_NIGHTLY, "updated_at": T0}
+    ],
+    "notifications": [
+        {"run_id": RUN_NIGHTLY, "kind": "error", "recipients": ["ops@example.com"], "sent_at": T0, "last_error": None},
+        {
+            "run_id": RUN_OF_DELETED,
+            "kind": "error",
+            "recipients": ["ops@example.com", "fr@example.com"],
+            "sent_at": None,
+            "last_error": "SMTP 451 try again later",
+        },
+    ],
+    "schedules": [
+        {
+            "definition_id": NIGHTLY_ID,
+            "definition_version": 3,
+            "handled_until": T0,
+            "next_due_at": T0 + timedelta(days=1),
+        }
+    ],
+    "leases": [{"name": "scheduler", "holder": "scheduler-7d9f-abcde", "expires_at": T0 + timedelta(seconds=30)}],
+    "idempotency_keys": [{"scope": "a" * 64, "run_id": RUN_REPLAY, "created_at": T0}],
+}
+
+
+def _tables(engine: Engine) -> sa.MetaData:
+    """The database's own tables, as they are (not the models)."""
+    metadata = sa.MetaData()
+    metadata.reflect(engine)
+    return metadata
+
+
+def fill_baseline(engine: Engine) -> None:
+    tables = _tables(engine).tables
+    assert set(BASELINE_ROWS) <= set(tables)
+    with engine.begin() as connection:
+        for name, rows in BASELINE_ROWS.items():
+            connection.execute(sa.insert(tables[name]), rows)
+
+
+def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every baseline table, in primary-key order, without the columns later revisions add."""
+    tables = _tables(engine).tables
+    result = {}
+    with engine.connect() as connection:
+        for name in BASELINE_ROWS:
+            table = tables[name]
+            rows = connection.execute(sa.select(table).order_by(*table.primary_key.columns)).mappings()
+            result[name] = [
+                {key: value for key, value in row.items() if not (name == "runs" and key in NEW_RUN_COLUMNS)}
+                for row in rows
+            ]
+    return result
+
+
+def run_scopes(engine: Engine) -> dict[str, tuple[str | None, str | None]]:
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT run_id, definition_id, business_unit FROM runs")).all()
+    return {run_id: (definition_id, business_unit) for run_id, definition_id, business_unit in rows}
+
+
+EXPECTED_SCOPES = {
+    RUN_NIGHTLY: (NIGHTLY_ID, "france"),
+    RUN_REPLAY: (NIGHTLY_ID, "france"),
+    RUN_WEEKLY: (WEEKLY_ID, None),
+    RUN_OF_DELETED: (None, None),
+}
+
+
+def test_a_baseline_catalog_upgrades_with_every_row_intact_and_runs_scoped(engine: Engine) -> None:
+    upgrade(engine, BASELINE)
+    fill_baseline(engine)
+    before = snapshot(engine)
+    assert all(before[name] for name in BASELINE_ROWS)  # every table has rows to lose
+
+    upgrade(engine)
+
+    assert current_revision(engine) == HEAD
+    assert snapshot(engine) == before
+    assert run_scopes(engine) == EXPECTED_SCOPES
+
+
+def test_a_catalog_from_before_migrations_is_taken_as_the_baseline_and_upgraded(engine: Engine) -> None:
+    upgrade(engine, BASELINE)
+    fill_baseline(engine)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE alembic_version"))
+    before = snapshot(engine)
+    assert current_revision(engine) is None
+    with pytest.raises(SchemaOutdated, match="predates migrations.*exportctl db upgrade"):
+        require_current(engine)
+
+    upgrade(engine)
+
+    assert current_revision(engine) == HEAD
+    assert snapshot(engine) == before
+    assert run_scopes(engine) == EXPECTED_SCOPES
+    assert drift(engine) == []
+
+
+def test_a_catalog_made_by_create_all_of_this_release_is_stamped_at_head(engine: Engine) -> None:
+    Base.metadata.create_all(engine)  # what Catalog.from_url(create=True) does
+
+    upgrade(engine)
+
+    assert current_revision(engine) == HEAD
+    require_current(engine)
+
+
+def test_a_catalog_from_before_the_baseline_is_refused_not_stamped(engine: Engine) -> None:
+    upgrade(engine, BASELINE)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE alembic_version"))
+        connection.execute(sa.text("DROP TABLE idempotency_keys"))
+        connection.execute(sa.text("DROP TABLE watermarks"))
+
+    with pytest.raises(SchemaOutdated, match="lacks table\\(s\\) idempotency_keys, watermarks"):
+        upgrade(engine)
+    assert current_revision(engine) is None
+
+
+def test_upgrading_an_up_to_date_catalog_changes_nothing(engine: Engine) -> None:
+    upgrade(engine, BASELINE)
+    fill_baseline(engine)
+    upgrade(engine)
+    after_first = snapshot(engine), run_scopes(engine)
+
+    upgrade(engine)
+
+    assert current_revision(engine) == HEAD
+    assert (snapshot(engine), run_scopes(engine)) == after_first
+
+
+def test_downgrading_to_the_baseline_keeps_the_rows_and_upgrading_again_restores_the_scopes(engine: Engine) -> None:
+    upgrade(engine, BASELINE)
+    fill_baseline(engine)
+    before = snapshot(engine)
+    upgrade(engine)
+
+    downgrade(engine, BASELINE)
+
+    assert current_revision(engine) == BASELINE
+    assert snapshot(engine) == before
+    assert NEW_RUN_COLUMNS.isdisjoint(_tables(engine).tables["runs"].columns.keys())
+    upgrade(engine)
+    assert run_scopes(engine) == EXPECTED_SCOPES
+
+
+def test_the_models_and_the_migrations_agree_at_head(engine: Engine) -> None:
+    upgrade(engine)
+
+    assert drift(engine) == []
+
+
+def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
+    upgrade(engine, BASELINE)
+
+    lines = drift(engine)
+
+    assert len(lines) == 3, lines
+    assert any("runs.definition_id" in line and "missing from the database" in line for line in lines)
+    assert any("runs.business_unit" in line and "missing from the database" in line for line in lines)
+    assert any("ix_runs_definition_id" in line for line in lines)
+
+
+def test_require_current_says_how_to_upgrade_until_the_catalog_is_at_head(engine: Engine) -> None:
+    with pytest.raises(SchemaOutdated, match="no schema yet, this release needs .*exportctl db upgrade"):
+        require_current(engine)
+    upgrade(engine, BASELINE)
+    with pytest.raises(SchemaOutdated, match=f"at revision {BASELINE}, this release needs {HEAD}: .*exportctl db upgrade"):
+        require_current(engine)
+    upgrade(engine)
+
+    require_current(engine)
+
+
+def _stamp_newer(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+
+
+def test_a_catalog_migrated_by_a_newer_release_is_refused(engine: Engine) -> None:
+    upgrade(engine)
+    _stamp_newer(engine)
+
+    with pytest.raises(SchemaOutdated, match="revision 9999, newer than this release.*db downgrade --revision"):
+        require_current(engine)
+    with pytest.raises(SchemaOutdated, match="newer than this release"):
+        upgrade(engine)
+    assert current_revision(engine) == "9999"
+
+
+def test_a_service_on_an_outdated_catalog_exits_saying_how_to_upgrade(tmp_path: Path) -> None:
+    catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    engine = make_engine(catalog_url)
+    upgrade(engine, BASELINE)
+    engine.dispose()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EXPORT_")}
+    # No broker at all: the schema check comes before anything touches Kafka.
+    env |= {
+        "EXPORT_CATALOG_URL": catalog_url,
+        "EXPORT_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "EXPORT_METRICS_PORT": "0",
+    }
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.notifier"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert process.returncode != 0
+    assert f"at revision {BASELINE}, this release needs {HEAD}" in stderr
+    assert "exportctl db upgrade" in stderr
+    assert "Traceback" not in stderr
+
+
+@dataclass
+class _Settings:
+    catalog_url: str
+
+
+def exportctl_db(url: str, *argv: str) -> int:
+    """``exportctl db ...`` through the functions the CLI registers."""
+    parser = argparse.ArgumentParser(prog="exportctl")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["db", *argv])
+    return int(args.func(_Settings(url), args))
+
+
+def test_exportctl_db_current_and_upgrade(database_url: str, engine: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+    assert exportctl_db(database_url, "current") == 1
+    out, err = capsys.readouterr()
+    assert f"catalog at (empty): not at head ({HEAD})" in out.splitlines()
+    assert "exportctl db upgrade" in err
+
+    assert exportctl_db(database_url, "upgrade", "--revision", BASELINE) == 0
+    assert f"catalog upgraded from (empty) to {BASELINE}" in capsys.readouterr().out.splitlines()
+    assert exportctl_db(database_url, "current") == 1
+    assert f"catalog at {BASELINE}: not at head ({HEAD})" in capsys.readouterr().out.splitlines()
+
+    assert exportctl_db(database_url, "upgrade") == 0
+    assert f"catalog upgraded from {BASELINE} to {HEAD}" in capsys.readouterr().out.splitlines()
+    assert exportctl_db(database_url, "upgrade") == 0
+    assert f"catalog at {HEAD}: already up to date" in capsys.readouterr().out.splitlines()
+    assert exportctl_db(database_url, "current") == 0
+    assert f"catalog at {HEAD} (head)" in capsys.readouterr().out.splitlines()
+    require_current(engine)
+
+
+def test_exportctl_db_upgrade_of_a_catalog_from_before_migrations(
+    database_url: str, engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    upgrade(engine, BASELINE)
+    fill_baseline(engine)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE alembic_version"))
+
+    assert exportctl_db(database_url, "upgrade") == 0
+
+    assert f"catalog upgraded from (predates migrations) to {HEAD}" in capsys.readouterr().out.splitlines()
+    assert run_scopes(engine) == EXPECTED_SCOPES
+
+
+def test_exportctl_db_refuses_a_catalog_of_a_newer_release(
+    database_url: str, engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    upgrade(engine)
+    _stamp_newer(engine)
+
+    assert exportctl_db(database_url, "upgrade") == 2
+    assert "newer than this release" in capsys.readouterr().err
+    assert exportctl_db(database_url, "current") == 1
+    out, err = capsys.readouterr()
+    assert "catalog at 9999: not at head" in out
+    assert "roll forward" in err
+
+
+def test_exportctl_db_downgrade(database_url: str, engine: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+    upgrade(engine)
+
+    assert exportctl_db(database_url, "downgrade", "--revision", BASELINE) == 0
+
+    assert f"catalog downgraded from {HEAD} to {BASELINE}" in capsys.readouterr().out.splitlines()
+    assert current_revision(engine) == BASELINE
+
+
+def test_exportctl_db_never_prints_the_catalog_password(
+    database_url: str, engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = sa.make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        pytest.skip("a SQLite URL has no password")
+    if url.password is None:
+        # The throwaway cluster trusts local connections: any password is accepted, so one can be shown.
+        url = url.set(password="s3cret-catalog-pw")
+    password = str(url.password)
+    upgrade(engine)
+
+    assert exportctl_db(url.render_as_string(hide_password=False), "current") == 0
+
+    out, err = capsys.readouterr()
+    assert password not in out + err
+    assert "***" in out
