@@ -22,7 +22,7 @@ from devtools.kafka_broker import REPO_ROOT, LocalKafka
 from devtools.pipeline import LocalPipeline
 from devtools.processes import wait_until
 from devtools.smtp_sink import SmtpSink
-from shared.catalog import Catalog, make_engine
+from shared.catalog import CatalogStores, make_engine
 from shared.querystore.demo_data import create_demo_members
 
 DEFINITION = "demo-all-members"
@@ -71,6 +71,8 @@ def run_demo(members: int, work_dir: Path) -> int:
         manifest.write_text(string.Template(MANIFEST.read_text()).safe_substitute(RECEIVER_URL=receiver.url))
         exportctl = [sys.executable, "-m", "shared.cli"]
         child_env = {**os.environ, **env}
+        # What an operator does first, and after every release: bring the catalog's schema up to date.
+        subprocess.run([*exportctl, "db", "upgrade"], env=child_env, check=True)
         subprocess.run([*exportctl, "apply", "-f", str(manifest)], env=child_env, check=True)
 
         pipeline = stack.enter_context(LocalPipeline(env, work_dir / "logs"))
@@ -79,8 +81,8 @@ def run_demo(members: int, work_dir: Path) -> int:
         run = subprocess.run([*exportctl, "run", DEFINITION, "--wait", "--timeout", "300"], env=child_env)
         elapsed = time.monotonic() - started
 
-        catalog = Catalog.from_url(catalog_url)
-        record = catalog.list_runs(DEFINITION, limit=1)[0]
+        catalog = CatalogStores.from_url(catalog_url)
+        record = catalog.runs.list_runs(DEFINITION, limit=1)[0]
         with suppress(TimeoutError):
             wait_until(lambda: bool(sink.received()), timeout=60, what="the notification email")
         received = receiver.accepted_member_ids()

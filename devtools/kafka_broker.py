@@ -25,7 +25,7 @@ from pathlib import Path
 from devtools.prerequisites import require_java_and_maven
 from devtools.processes import Managed, free_port, port_open, wait_until
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 POM_DIR = REPO_ROOT / "deploy" / "local" / "kafka"
 CACHE_DIR = Path(os.environ.get("MEMBER_EXPORT_CACHE", Path.home() / ".cache" / "member-export"))
 READY_LINE = "Kafka Server started"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import sqlalchemy as sa
 
-from shared.catalog import Catalog
+from shared.catalog import CatalogStores
 from shared.settings import CommonSettings
 
 
@@ -90,8 +90,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path, postgres_database_fac
 
 
 @pytest.fixture
-def catalog(database_url: str) -> Iterator[Catalog]:
-    catalog = Catalog.from_url(database_url)
+def catalog(database_url: str) -> Iterator[CatalogStores]:
+    catalog = CatalogStores.from_url(database_url, migrate=True)
     yield catalog
     catalog.close()
 

@@ -13,7 +13,7 @@ from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
 from services.dispatcher.http_client import guarded_client
 from services.dispatcher.partner_auth import OAuthTokenCache
-from shared.catalog import Catalog
+from shared.catalog import CatalogStores
 from shared.domain.destinations import DestinationPolicy
 from shared.events import MemberBatch
 from shared.kafka import Outgoing
@@ -58,10 +58,10 @@ class BlockingDispatcher:
 
 
 def blocking_dispatcher(
-    catalog: Catalog, http: Http, policy: RetryBudget, topics: Topics, cache_seconds: float = 0
+    catalog: CatalogStores, http: Http, policy: RetryBudget, topics: Topics, cache_seconds: float = 0
 ) -> BlockingDispatcher:
     dispatcher = Dispatcher(
-        objects=CatalogCache(catalog, ttl=cache_seconds),
+        objects=CatalogCache(catalog.definitions, catalog.runs, ttl=cache_seconds),
         deliverer=Deliverer(http.client, policy),
         tokens=OAuthTokenCache(http.client),
         topics=topics,

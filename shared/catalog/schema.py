@@ -24,7 +24,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, func, inspect, select
+from sqlalchemy import Connection, Engine, column, func, inspect, select, table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -118,9 +118,17 @@ class SchemaState:
         return "(predates migrations)" if self.tables else "(empty)"
 
 
+_version_table = table(VERSION_TABLE, column("version_num"))
+
+
 def _state(connection: Connection) -> SchemaState:
     names = set(inspect(connection).get_table_names())
-    revision = MigrationContext.configure(connection).get_current_revision() if VERSION_TABLE in names else None
+    revision = None
+    if VERSION_TABLE in names:
+        # Read directly: Alembic's MigrationContext would log two lines at every service start.
+        # Several rows (branches) never come from this release: the joined ids count as a newer revision.
+        revisions = sorted(connection.execute(select(_version_table.c.version_num)).scalars())
+        revision = "+".join(revisions) or None
     return SchemaState(revision=revision, tables=frozenset(names & BASELINE_TABLES))
 
 
@@ -139,7 +147,7 @@ def _newer_message(revision: str) -> str:
     return (
         f"the catalog schema is at revision {revision}, newer than this release (which knows up to {HEAD}): "
         f"roll forward to the release that migrated it, or downgrade the catalog with that release's "
-        f"`exportctl db downgrade --revision {HEAD}`"
+        f"`exportctl db downgrade {HEAD}`"
     )
 
 
@@ -166,15 +174,23 @@ def require_current(engine: Engine) -> None:
         raise SchemaOutdated(message)
 
 
-def _lock(connection: Connection) -> None:
-    """On PostgreSQL, hold an advisory lock until the transaction ends: one upgrade at a time."""
+def _begin_migration(connection: Connection) -> None:
+    """Make the migration one transaction that one migrator at a time runs.
+
+    PostgreSQL: an advisory lock held until the transaction ends. SQLite: the driver (pysqlite) opens
+    no transaction before DDL, so each schema change would commit on its own and a failed migration
+    leave a half-altered catalog behind; ``BEGIN IMMEDIATE`` opens one for writing (SQLite's DDL is
+    transactional), which also makes a second migrator wait.
+    """
     if connection.dialect.name == "postgresql":
         connection.execute(select(func.pg_advisory_xact_lock(_ADVISORY_LOCK_KEY)))
+    elif connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the catalog to ``revision`` (by default this release's head), in one transaction where the
-    database allows (PostgreSQL; SQLite commits each schema change as it goes).
+    """Bring the catalog to ``revision`` (by default this release's head), in one transaction: a failed
+    upgrade leaves the catalog as it was.
 
     An empty catalog gets the whole schema; one from before migrations is first stamped at
     :data:`BASELINE` (it is assumed to have that schema: all its tables must be there), or at head when
@@ -183,14 +199,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     lacks baseline tables; ``alembic.util.CommandError`` for an unknown ``revision``.
     """
     with engine.begin() as connection:
-        _lock(connection)
+        _begin_migration(connection)
         config = alembic_config(connection)
         state = _state(connection)
         if state.is_newer:
             assert state.revision is not None
             raise SchemaOutdated(_newer_message(state.revision))
         if state.predates_migrations:
-            if not _drift(connection):
+            if not _drift(connection, only_models=True):
                 command.stamp(config, "head")
             elif missing := sorted(BASELINE_TABLES - state.tables):
                 raise SchemaOutdated(
@@ -210,7 +226,7 @@ def downgrade(engine: Engine, revision: str) -> None:
     newer revisions added (columns, tables) is lost.
     """
     with engine.begin() as connection:
-        _lock(connection)
+        _begin_migration(connection)
         command.downgrade(alembic_config(connection), revision)
 
 
@@ -237,8 +253,16 @@ def _describe(diff: Any) -> str:
     return f"{op}: {diff[1:]!r}"
 
 
-def _drift(connection: Connection) -> list[str]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+def _ours(name: str | None, type_: str, _parent_names: Any) -> bool:
+    """Compare only the models' tables: the catalog's database may hold other applications' tables."""
+    return type_ != "table" or name in Base.metadata.tables
+
+
+def _drift(connection: Connection, *, only_models: bool = False) -> list[str]:
+    opts: dict[str, Any] = {"compare_type": True}
+    if only_models:
+        opts["include_name"] = _ours
+    context = MigrationContext.configure(connection, opts=opts)
     lines = []
     for diff in compare_metadata(context, Base.metadata):
         # Changes to one column come grouped in a list.
@@ -250,7 +274,8 @@ def _drift(connection: Connection) -> list[str]:
 def drift(engine: Engine) -> list[str]:
     """How the database differs from the models (Alembic's autogenerate comparison), one line per
     difference; empty when they agree. Our ``alembic check``: at head it must be empty, else a model
-    changed without a revision (or a revision does not do what the model says)."""
+    changed without a revision (or a revision does not do what the model says). Tables of other
+    applications in the same database count as differences (``remove_table``): check a catalog of its own."""
     with engine.connect() as connection:
         return _drift(connection)
 

@@ -72,7 +72,7 @@ def cmd_current(settings: CatalogSettings, args: argparse.Namespace) -> int:
 
 
 def cmd_downgrade(settings: CatalogSettings, args: argparse.Namespace) -> int:
-    """Take the catalog back to ``--revision`` (rolling back a release)."""
+    """Take the catalog back to ``revision`` (rolling back a release)."""
     _print_catalog(settings.catalog_url)
     engine = make_engine(settings.catalog_url)
     try:
@@ -103,5 +103,5 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     downgrading = sub.add_parser(
         "downgrade", help="take the catalog back to an older revision (what the new revisions added is lost)"
     )
-    downgrading.add_argument("--revision", required=True, help="the revision to go back to")
+    downgrading.add_argument("revision", help="the revision to go back to")
     downgrading.set_defaults(func=cmd_downgrade)

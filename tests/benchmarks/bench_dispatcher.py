@@ -40,7 +40,7 @@ from httpx_aiohttp import AiohttpTransport
 from devtools.kafka_broker import LocalKafka
 from devtools.pipeline import LocalPipeline
 from devtools.processes import wait_until
-from shared.catalog import Catalog
+from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
 from shared.events import MemberBatch
 from shared.kafka import ensure_topics, make_producer, produce_and_wait
@@ -108,13 +108,15 @@ class Bench:
         self.catalog_url = f"sqlite:///{workdir / 'catalog.db'}"
 
     def point_templates_at(self, base_url: str) -> None:
-        catalog = Catalog.from_url(self.catalog_url)
-        catalog.apply(ConnectionProfile(name="p", base_url=base_url))
-        catalog.apply(SavedQuery(name="q", sql="SELECT id FROM members"))
-        catalog.apply(
+        catalog = CatalogStores.from_url(self.catalog_url, migrate=True)
+        catalog.definitions.apply(ConnectionProfile(name="p", base_url=base_url))
+        catalog.definitions.apply(SavedQuery(name="q", sql="SELECT id FROM members"))
+        catalog.definitions.apply(
             HttpTemplate(name="single", query="q", profile="p", path="/members", batch_size=1, body=SINGLE_BODY)
         )
-        catalog.apply(HttpTemplate(name="batch", query="q", profile="p", path="/members", batch_size=BATCH_SIZE))
+        catalog.definitions.apply(
+            HttpTemplate(name="batch", query="q", profile="p", path="/members", batch_size=BATCH_SIZE)
+        )
         catalog.close()
 
     def load(self, records: list[MemberBatch]) -> tuple[str, int]:

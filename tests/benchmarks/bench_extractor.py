@@ -35,7 +35,7 @@ from sqlalchemy import text
 
 from devtools.kafka_broker import LocalKafka
 from devtools.postgres import LocalPostgres
-from shared.catalog import Catalog, make_engine
+from shared.catalog import CatalogStores, make_engine
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.querystore.demo_data import create_demo_members
 
@@ -65,14 +65,16 @@ def child_extractor(store_url: str, bootstrap: str, workdir: str) -> dict[str, A
     configure_logging("WARNING", "console")
     settings = _settings(bootstrap, f"bench{uuid.uuid4().hex[:8]}.")
     ensure_topics(settings)
-    catalog = Catalog.from_url(f"sqlite:///{workdir}/catalog.db")
-    catalog.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
-    catalog.apply(SavedQuery(name="all", sql="SELECT * FROM members"))
-    catalog.apply(HttpTemplate(name="t", query="all", profile="p", batch_size=BATCH_SIZE))
-    catalog.apply(ExportDefinition(name="bench", query="all", template="t"))
+    catalog = CatalogStores.from_url(f"sqlite:///{workdir}/catalog.db", migrate=True)
+    catalog.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
+    catalog.definitions.apply(SavedQuery(name="all", sql="SELECT * FROM members"))
+    catalog.definitions.apply(HttpTemplate(name="t", query="all", profile="p", batch_size=BATCH_SIZE))
+    catalog.definitions.apply(ExportDefinition(name="bench", query="all", template="t"))
     producer = make_producer(settings, "bench-extractor")
     extractor = Extractor(
-        catalog=catalog,
+        definitions=catalog.definitions,
+        runs=catalog.runs,
+        extraction=catalog.extraction,
         reader=MemberReader.from_url(store_url),
         topics=settings.topics,
         send=lambda out: produce(producer, out),
@@ -82,7 +84,7 @@ def child_extractor(store_url: str, bootstrap: str, workdir: str) -> dict[str, A
     started = time.perf_counter()
     extractor.handle(RunRequested(definition="bench"))
     seconds = time.perf_counter() - started
-    checkpoint = catalog.claim_extraction(next(iter(_run_ids(catalog))), "bench")
+    checkpoint = catalog.extraction.claim_extraction(next(iter(_run_ids(catalog))), "bench")
     producer.close()
     return {
         "members": checkpoint.members,
@@ -92,8 +94,8 @@ def child_extractor(store_url: str, bootstrap: str, workdir: str) -> dict[str, A
     }
 
 
-def _run_ids(catalog: Catalog) -> list[uuid.UUID]:
-    with catalog.engine.connect() as connection:
+def _run_ids(catalog: CatalogStores) -> list[uuid.UUID]:
+    with catalog.database.engine.connect() as connection:
         return [uuid.UUID(r[0]) for r in connection.execute(text("SELECT run_id FROM extraction_checkpoints"))]
 
 
@@ -102,8 +104,8 @@ def child_baseline(store_url: str, bootstrap: str) -> dict[str, Any]:
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from shared.member_batches import BatchEncoder
     from shared.domain.catalog_objects import Priority
+    from shared.member_batches import BatchEncoder
 
     engine = make_engine(store_url)
     started = time.perf_counter()

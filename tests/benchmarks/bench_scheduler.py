@@ -27,7 +27,7 @@ from devtools.kafka_broker import LocalKafka
 from devtools.postgres import LocalPostgres
 from services.scheduler.clock import ManualClock
 from services.scheduler.scheduling import Scheduler
-from shared.catalog import Catalog
+from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ExportDefinition
 from shared.events import RunRequested
 from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait
@@ -53,7 +53,7 @@ def schedules(rng: random.Random) -> dict[str, object]:
     return {"enabled": True, "timezone": rng.choice(ZONES), "repeat": repeat}
 
 
-def populate(catalog: Catalog, count: int) -> list[ExportDefinition]:
+def populate(catalog: CatalogStores, count: int) -> list[ExportDefinition]:
     rng = random.Random(7)
     definitions = [
         ExportDefinition.model_validate(
@@ -62,7 +62,7 @@ def populate(catalog: Catalog, count: int) -> list[ExportDefinition]:
         for i in range(count)
     ]
     for definition in definitions:
-        catalog.apply(definition)
+        catalog.definitions.apply(definition)
     return definitions
 
 
@@ -72,7 +72,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def bench(label: str, catalog_url: str, bootstrap: str, count: int, minutes: int) -> None:
-    catalog = Catalog.from_url(catalog_url)
+    catalog = CatalogStores.from_url(catalog_url, migrate=True)
     started = time.perf_counter()
     definitions = populate(catalog, count)
     print(f"[{label}] {count} definitions written in {time.perf_counter() - started:.1f}s")
@@ -88,7 +88,14 @@ def bench(label: str, catalog_url: str, bootstrap: str, count: int, minutes: int
         produce_and_wait(producer, outgoing)
         publish_done.append(time.perf_counter())
 
-    scheduler = Scheduler(catalog=catalog, clock=clock, topics=settings.topics, publish=publish)
+    scheduler = Scheduler(
+        scheduling=catalog.scheduling,
+        definitions=catalog.definitions,
+        runs=catalog.runs,
+        clock=clock,
+        topics=settings.topics,
+        publish=publish,
+    )
     first = time.perf_counter()
     scheduler.tick()  # first sight of every definition: the sync
     sync_seconds = time.perf_counter() - first

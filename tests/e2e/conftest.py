@@ -16,7 +16,7 @@ from devtools.http_receiver import HttpReceiver
 from devtools.pipeline import LocalPipeline
 from devtools.processes import free_port
 from devtools.smtp_sink import SmtpSink
-from shared.catalog import Catalog, make_engine
+from shared.catalog import CatalogStores, make_engine
 from shared.querystore.demo_data import create_demo_members
 from shared.topics import Topics
 
@@ -96,7 +96,7 @@ class Pipeline:
     env: dict[str, str]
     topics: Topics
     bootstrap: str
-    catalog: Catalog
+    catalog: CatalogStores
     good: HttpReceiver
     strict: HttpReceiver
     sink: SmtpSink
@@ -141,6 +141,14 @@ def pipeline(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
         }
         manifest = work_dir / "exports.yaml"
         manifest.write_text(MANIFEST.format(good=good.url, strict=strict.url))
+        upgraded = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "db", "upgrade"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert upgraded.returncode == 0, upgraded.stderr
         result = subprocess.run(
             [sys.executable, "-m", "shared.cli", "apply", "-f", str(manifest)],
             env={**os.environ, **env},
@@ -149,7 +157,7 @@ def pipeline(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
             check=False,
         )
         assert result.returncode == 0, result.stderr
-        catalog = Catalog.from_url(env["EXPORT_CATALOG_URL"])
+        catalog = CatalogStores.from_url(env["EXPORT_CATALOG_URL"], migrate=True)
         metrics_port = free_port()
         service_env = {"dispatcher": {"EXPORT_METRICS_PORT": str(metrics_port)}}
         with LocalPipeline(env, work_dir / "logs", service_env=service_env) as services:

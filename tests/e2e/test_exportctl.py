@@ -21,6 +21,9 @@ def exportctl(tmp_path, *args: str, env: dict[str, str] | None = None) -> subpro
         "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
         **(env or {}),
     }
+    if not (tmp_path / "catalog.db").exists():
+        # An operator's first step on a new catalog (the services and exportctl refuse one without schema).
+        subprocess.run([sys.executable, "-m", "shared.cli", "db", "upgrade"], env=environment, check=True)
     return subprocess.run(
         [sys.executable, "-m", "shared.cli", *args], env=environment, capture_output=True, text=True, check=False
     )

@@ -61,7 +61,7 @@ def test_a_run_delivers_every_member_exactly_once_and_mails_the_success_recipien
     assert {r.headers["Authorization"] for r in receipts} == {f"Bearer {SECRET_TOKEN}"}
     assert len({r.headers["Idempotency-Key"] for r in receipts}) == MEMBERS // 500
 
-    record = pipeline.catalog.get_run(run_id)
+    record = pipeline.catalog.runs.get_run(run_id)
     assert record is not None
     assert (record.status, record.extracted, record.delivered, record.failed) == (
         RunStatus.SUCCEEDED,
@@ -74,14 +74,14 @@ def test_a_run_delivers_every_member_exactly_once_and_mails_the_success_recipien
     assert sorted(mail.recipients) == ["crm@example.com", "ops@example.com"]
     assert "succeeded" in mail.subject
     assert f"Delivered: {MEMBERS}" in mail.text()
-    assert pipeline.catalog.notifications(run_id).keys() == {"success"}
+    assert pipeline.catalog.runs.notifications(run_id).keys() == {"success"}
 
 
 def test_an_endpoint_refusing_everything_fails_the_run_and_mails_only_the_error_recipients(pipeline: Pipeline):
     result = pipeline.exportctl("run", "to-strict-partner", "--wait", "--timeout", "240")
     assert result.returncode == 1, result.stdout + result.stderr
     run_id = _run_id(result.stdout)
-    record = pipeline.catalog.get_run(run_id)
+    record = pipeline.catalog.runs.get_run(run_id)
     assert record is not None
     assert (record.status, record.extracted, record.delivered, record.failed) == (RunStatus.FAILED, MEMBERS, 0, MEMBERS)
     assert record.error_samples[0].startswith("HTTP 400: ")
@@ -90,7 +90,7 @@ def test_an_endpoint_refusing_everything_fails_the_run_and_mails_only_the_error_
     [mail] = _mails_for(pipeline, run_id)
     assert mail.recipients == ["oncall@example.com"]
     assert "failed" in mail.subject
-    assert pipeline.catalog.notifications(run_id).keys() == {"error"}
+    assert pipeline.catalog.runs.notifications(run_id).keys() == {"error"}
 
     def dead_lettered_members(values: list[bytes]) -> int:
         letters = [DeadLetter.model_validate_json(v) for v in values]
@@ -131,13 +131,13 @@ def test_the_scheduler_process_fires_a_cron_schedule(pipeline: Pipeline, tmp_pat
     assert pipeline.exportctl("apply", "-f", str(manifest)).returncode == 0
 
     def scheduled_run_succeeded() -> bool:
-        runs = pipeline.catalog.list_runs("every-minute")
+        runs = pipeline.catalog.runs.list_runs("every-minute")
         return any(r.trigger == "schedule" and r.status == RunStatus.SUCCEEDED for r in runs)
 
     wait_until(scheduled_run_succeeded, timeout=150, interval=0.5, what="a scheduled run to succeed")
     manifest.write_text(spec.format(enabled="false"))
     assert pipeline.exportctl("apply", "-f", str(manifest)).returncode == 0
-    run = next(r for r in pipeline.catalog.list_runs("every-minute") if r.status == RunStatus.SUCCEEDED)
+    run = next(r for r in pipeline.catalog.runs.list_runs("every-minute") if r.status == RunStatus.SUCCEEDED)
     assert run.scheduled_for is not None
     assert run.scheduled_for.second == 0
     assert (run.extracted, run.delivered) == (100, 100)
@@ -166,7 +166,7 @@ def test_dead_letters_are_replayed_once_the_endpoint_is_fixed_and_the_history_li
     assert f"replays 100 member(s) of run {original} in 2 batch(es)" in replay.stdout
     assert f"replay of run {original}" in replay.stdout
     replay_id = uuid.UUID(replay.stdout.split()[1])
-    record = pipeline.catalog.get_run(replay_id)
+    record = pipeline.catalog.runs.get_run(replay_id)
     assert record is not None
     assert (record.status, record.delivered, record.trigger, record.replay_of) == (
         RunStatus.SUCCEEDED,

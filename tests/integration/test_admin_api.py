@@ -235,11 +235,11 @@ def test_secrets_are_masked_kept_on_update_and_never_in_responses_or_logs(admin:
     assert all(r["url"] == "https://partner.example.com/v2/members" for r in dry_run["requests"])
     assert all(len(json.loads(r["body"])) == r["members"] <= 2 for r in dry_run["requests"])
     # The stored profile still has the real secret: the dispatcher's view of it.
-    from shared.catalog import Catalog
+    from shared.catalog import CatalogStores
     from shared.domain.catalog_objects import BasicAuth, ConnectionProfile
 
-    catalog = Catalog.from_url(admin.catalog_url, create=False)
-    stored = catalog.get(ConnectionProfile, names["profile"])
+    catalog = CatalogStores.from_url(admin.catalog_url)
+    stored = catalog.definitions.get(ConnectionProfile, names["profile"])
     catalog.close()
     assert isinstance(stored.auth, BasicAuth)
     assert stored.auth.password.get_secret_value() == SECRET_PASSWORD
@@ -306,6 +306,7 @@ REQUIRED_ROLE: dict[str, str] = {
     "list_runs_of_ExportDefinition": "viewer",
     "read_run": "viewer",
     "cancel_run": "operator",
+    "apply_objects": "editor",
 }
 #: A role that lacks the permission, for each required role.
 WRONG_ROLE = {"viewer": None, "editor": "viewer", "operator": "editor", "admin": "editor"}

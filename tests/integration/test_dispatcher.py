@@ -15,7 +15,7 @@ from devtools.http_receiver import HttpReceiver
 from devtools.processes import free_port
 from services.dispatcher.delivery import RetryBudget
 from services.dispatcher.dispatching import RATE_LIMIT_RATE
-from shared.catalog import Catalog
+from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, DeadLetter, MemberBatch, RunCancelled
 from shared.topics import Topics
@@ -26,9 +26,9 @@ TOPICS = Topics("x.")
 
 
 @pytest.fixture
-def catalog(tmp_path) -> Iterator[Catalog]:
-    catalog = Catalog.from_url(f"sqlite:///{tmp_path / 'catalog.db'}")
-    catalog.apply(SavedQuery(name="q", sql="select 1 as id"))
+def catalog(tmp_path) -> Iterator[CatalogStores]:
+    catalog = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+    catalog.definitions.apply(SavedQuery(name="q", sql="select 1 as id"))
     yield catalog
     catalog.close()
 
@@ -39,17 +39,17 @@ def client() -> Iterator[Http]:
         yield http
 
 
-def _dispatcher(catalog: Catalog, http: Http, policy: RetryBudget) -> BlockingDispatcher:
+def _dispatcher(catalog: CatalogStores, http: Http, policy: RetryBudget) -> BlockingDispatcher:
     return blocking_dispatcher(catalog, http, policy, TOPICS)
 
 
 def dispatcher_for(
-    catalog: Catalog, client: Http, receiver: HttpReceiver, auth=None, signing_secret=None, **template
+    catalog: CatalogStores, client: Http, receiver: HttpReceiver, auth=None, signing_secret=None, **template
 ) -> BlockingDispatcher:
-    catalog.apply(
+    catalog.definitions.apply(
         ConnectionProfile(name="p", base_url=receiver.url, auth=auth or {"type": "none"}, signing_secret=signing_secret)
     )
-    catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members", **template))
+    catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p", path="/members", **template))
     return _dispatcher(
         catalog, client, RetryBudget(max_attempts=4, max_seconds=10, initial_backoff=0.01, max_backoff=0.05)
     )
@@ -207,8 +207,8 @@ def test_a_malformed_signing_secret_fails_the_batch_without_revealing_it(catalog
 def test_the_ssrf_guard_refuses_loopback_at_connect_time_unless_allowed(catalog, host, allowlist, refusal):
     with http_on_loop(allowlist) as guarded, HttpReceiver() as receiver:
         url = receiver.url.replace("127.0.0.1", host)
-        catalog.apply(ConnectionProfile(name="p", base_url=url))
-        catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
+        catalog.definitions.apply(ConnectionProfile(name="p", base_url=url))
+        catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
         *_, outcome_out = _dispatcher(catalog, guarded, RetryBudget(max_attempts=2)).handle(batch())
     outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
     if refusal is None:
@@ -220,8 +220,8 @@ def test_the_ssrf_guard_refuses_loopback_at_connect_time_unless_allowed(catalog,
 
 
 def _patient(catalog, client: Http, receiver_url: str, **profile) -> BlockingDispatcher:
-    catalog.apply(ConnectionProfile(name="p", base_url=receiver_url, **profile))
-    catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
+    catalog.definitions.apply(ConnectionProfile(name="p", base_url=receiver_url, **profile))
+    catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
     return _dispatcher(
         catalog, client, RetryBudget(max_attempts=100, max_seconds=60, initial_backoff=0.05, max_backoff=2)
     )
@@ -335,7 +335,7 @@ def test_a_cancelled_runs_batches_are_dropped_unsent(catalog, client):
     with HttpReceiver() as receiver:
         dispatcher = dispatcher_for(catalog, client, receiver)
         doomed, other = batch(), batch()
-        catalog.fold_run_event(RunCancelled(run_id=doomed.run_id, definition="d", requested_by="ops"))
+        catalog.runs.fold_run_event(RunCancelled(run_id=doomed.run_id, definition="d", requested_by="ops"))
         assert dispatcher.handle(doomed) == []  # no request, no outcome: the run's record is final
         assert len(dispatcher.handle(other)) == 1
     assert [r.headers["Idempotency-Key"] for r in receiver.receipts()] == [other.identity]

@@ -9,7 +9,7 @@ import pytest
 
 from devtools.http_receiver import HttpReceiver
 from services.dispatcher.delivery import RetryBudget
-from shared.catalog import Catalog
+from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, Priority, SavedQuery
 from shared.events import MemberBatch
 from shared.kafka import ConsumerLoop, ensure_topics, make_consumer, make_producer, value_decoder
@@ -37,11 +37,11 @@ def test_high_priority_batches_overtake_a_normal_backlog(settings: CommonSetting
     ensure_topics(settings)
     backlog, urgent = _batches(Priority.NORMAL, BACKLOG), _batches(Priority.HIGH, URGENT)
     produce(settings.kafka_bootstrap_servers, topics.member_batches, [(b.identity, b.to_bytes()) for b in backlog])
-    catalog = Catalog.from_url(f"sqlite:///{tmp_path / 'catalog.db'}")
-    catalog.apply(SavedQuery(name="q", sql="select 1 as id"))
+    catalog = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+    catalog.definitions.apply(SavedQuery(name="q", sql="select 1 as id"))
     with HttpReceiver() as receiver, http_on_loop() as http:
-        catalog.apply(ConnectionProfile(name="p", base_url=receiver.url))
-        catalog.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
+        catalog.definitions.apply(ConnectionProfile(name="p", base_url=receiver.url))
+        catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
         dispatcher = blocking_dispatcher(catalog, http, RetryBudget(), topics, cache_seconds=60)
         loop = ConsumerLoop(
             service="dispatcher-test",

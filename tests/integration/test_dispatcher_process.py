@@ -14,7 +14,7 @@ import pytest
 from devtools.http_receiver import HttpReceiver
 from devtools.pipeline import LocalPipeline
 from devtools.processes import wait_until
-from shared.catalog import Catalog, make_engine
+from shared.catalog import CatalogStores, make_engine
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.events import RunRequested
 from shared.querystore.demo_data import create_demo_members
@@ -35,11 +35,11 @@ def test_a_dispatcher_killed_mid_run_delivers_every_member_once_per_key(kafka_bo
     catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
     prefix = f"d{uuid.uuid4().hex[:10]}."
     with HttpReceiver() as receiver:
-        catalog = Catalog.from_url(catalog_url)
-        catalog.apply(ConnectionProfile(name="p", base_url=receiver.url))
-        catalog.apply(SavedQuery(name="all", sql="SELECT id, email, points FROM members"))
-        catalog.apply(HttpTemplate(name="t", query="all", profile="p", path="/members", batch_size=BATCH))
-        catalog.apply(ExportDefinition(name="everyone", query="all", template="t"))
+        catalog = CatalogStores.from_url(catalog_url, migrate=True)
+        catalog.definitions.apply(ConnectionProfile(name="p", base_url=receiver.url))
+        catalog.definitions.apply(SavedQuery(name="all", sql="SELECT id, email, points FROM members"))
+        catalog.definitions.apply(HttpTemplate(name="t", query="all", profile="p", path="/members", batch_size=BATCH))
+        catalog.definitions.apply(ExportDefinition(name="everyone", query="all", template="t"))
         catalog.close()
         pipeline = LocalPipeline(
             env=service_env(kafka_bootstrap, prefix, catalog_url, store_url)

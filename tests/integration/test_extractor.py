@@ -9,10 +9,12 @@ import pytest
 from sqlalchemy import text
 
 from services.extractor.extraction import Extractor
-from shared.catalog import Catalog, make_engine
+from shared.application.run_events import record_run_event
+from shared.catalog import CatalogStores, make_engine
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.events import (
     RUN_EVENT_ADAPTER,
+    AnyRunEvent,
     BatchOutcome,
     ExtractionCompleted,
     MemberBatch,
@@ -33,37 +35,47 @@ MEMBERS = 3_210
 
 
 @pytest.fixture
-def extractor(settings: CommonSettings, database_url: str) -> Iterator[Extractor]:
+def extractor_stores(settings: CommonSettings) -> Iterator[CatalogStores]:
+    """The extractor's catalog (SQLite; the member store is the parametrized database)."""
+    catalog = CatalogStores.from_url(settings.catalog_url, migrate=True)
+    yield catalog
+    catalog.close()
+
+
+@pytest.fixture
+def extractor(settings: CommonSettings, database_url: str, extractor_stores: CatalogStores) -> Iterator[Extractor]:
     engine = make_engine(database_url)
     create_demo_members(engine, MEMBERS)
     engine.dispose()
     ensure_topics(settings)
-    catalog = Catalog.from_url(settings.catalog_url)
-    catalog.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
-    catalog.apply(SavedQuery(name="all", sql="SELECT id, email FROM members"))
-    catalog.apply(SavedQuery(name="broken", sql="SELECT id FROM missing_table"))
-    catalog.apply(HttpTemplate(name="t", query="all", profile="p", batch_size=100))
-    catalog.apply(HttpTemplate(name="t-broken", query="broken", profile="p"))
-    catalog.apply(ExportDefinition(name="export-all", query="all", template="t", priority="high"))
-    catalog.apply(ExportDefinition(name="export-broken", query="broken", template="t-broken"))
-    catalog.apply(
+    catalog = extractor_stores
+    catalog.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
+    catalog.definitions.apply(SavedQuery(name="all", sql="SELECT id, email FROM members"))
+    catalog.definitions.apply(SavedQuery(name="broken", sql="SELECT id FROM missing_table"))
+    catalog.definitions.apply(HttpTemplate(name="t", query="all", profile="p", batch_size=100))
+    catalog.definitions.apply(HttpTemplate(name="t-broken", query="broken", profile="p"))
+    catalog.definitions.apply(ExportDefinition(name="export-all", query="all", template="t", priority="high"))
+    catalog.definitions.apply(ExportDefinition(name="export-broken", query="broken", template="t-broken"))
+    catalog.definitions.apply(
         SavedQuery(
             name="by-tier",
             sql="SELECT id, tier, points FROM members WHERE tier = :tier AND points >= :min_points",
             parameters={"tier": {"type": "string", "required": True}, "min_points": {"type": "integer", "default": 0}},
         )
     )
-    catalog.apply(HttpTemplate(name="t-tier", query="by-tier", profile="p", batch_size=100))
-    catalog.apply(ExportDefinition(name="export-tier", query="by-tier", template="t-tier", parameters={"tier": "gold"}))
-    catalog.apply(SavedQuery(name="changed", sql="SELECT id, updated_at FROM members"))
-    catalog.apply(HttpTemplate(name="t-changed", query="changed", profile="p", batch_size=100))
-    catalog.apply(
+    catalog.definitions.apply(HttpTemplate(name="t-tier", query="by-tier", profile="p", batch_size=100))
+    catalog.definitions.apply(
+        ExportDefinition(name="export-tier", query="by-tier", template="t-tier", parameters={"tier": "gold"})
+    )
+    catalog.definitions.apply(SavedQuery(name="changed", sql="SELECT id, updated_at FROM members"))
+    catalog.definitions.apply(HttpTemplate(name="t-changed", query="changed", profile="p", batch_size=100))
+    catalog.definitions.apply(
         ExportDefinition(
             name="export-changed", query="changed", template="t-changed", incremental={"watermark_column": "updated_at"}
         )
     )
     # Counts to a billion before it returns nothing: slow on every engine.
-    catalog.apply(
+    catalog.definitions.apply(
         SavedQuery(
             name="slow",
             sql="WITH RECURSIVE c(id) AS (SELECT 1 UNION ALL SELECT id + 1 FROM c WHERE id < 1000000000) "
@@ -71,12 +83,14 @@ def extractor(settings: CommonSettings, database_url: str) -> Iterator[Extractor
             timeout_seconds=1,
         )
     )
-    catalog.apply(HttpTemplate(name="t-slow", query="slow", profile="p"))
-    catalog.apply(ExportDefinition(name="export-slow", query="slow", template="t-slow"))
+    catalog.definitions.apply(HttpTemplate(name="t-slow", query="slow", profile="p"))
+    catalog.definitions.apply(ExportDefinition(name="export-slow", query="slow", template="t-slow"))
     producer = make_producer(settings, "test-extractor")
     reader = MemberReader.from_url(database_url)
     yield Extractor(
-        catalog=catalog,
+        definitions=catalog.definitions,
+        runs=catalog.runs,
+        extraction=catalog.extraction,
         reader=reader,
         topics=settings.topics,
         send=lambda out: produce(producer, out),
@@ -84,7 +98,6 @@ def extractor(settings: CommonSettings, database_url: str) -> Iterator[Extractor
     )
     producer.close()
     reader.close()
-    catalog.close()
 
 
 def _members(settings: CommonSettings, count: int) -> list[dict[str, Any]]:
@@ -136,7 +149,7 @@ def test_a_repeated_run_request_is_not_extracted_twice(extractor: Extractor, set
     extractor.handle(request)
     events = _run_events(settings, 2)
     assert [type(e).__name__ for e in events] == ["RunStarted", "ExtractionCompleted"]
-    assert extractor.catalog.claim_extraction(request.run_id, "export-all").completed
+    assert extractor.extraction.claim_extraction(request.run_id, "export-all").completed
 
 
 def test_an_unknown_definition_fails_the_run_with_the_reason(extractor: Extractor):
@@ -158,11 +171,11 @@ def test_a_run_resumes_from_its_checkpoint_with_the_same_batch_identities(
     extractor: Extractor, settings: CommonSettings
 ):
     run_id = uuid.uuid4()
-    checkpoint = extractor.catalog.claim_extraction(run_id, "export-all")
-    from shared.catalog.repository import Checkpoint
+    checkpoint = extractor.extraction.claim_extraction(run_id, "export-all")
+    from shared.domain.checkpoints import Checkpoint
 
     # As if a crash happened after the first two pages (20 batches, keys 1..2000) were published.
-    extractor.catalog.save_checkpoint(Checkpoint(checkpoint.run_id, 2000, 20, 2000, completed=False))
+    extractor.extraction.save_checkpoint(Checkpoint(checkpoint.run_id, 2000, 20, 2000, completed=False))
     extractor.handle(RunRequested(run_id=run_id, definition="export-all"))
     batches = [
         MemberBatch.model_validate_json(v)
@@ -208,27 +221,29 @@ def test_a_query_past_its_timeout_is_cancelled_and_fails_the_run(extractor: Extr
     assert failed.reason == "query 'slow' timed out after 1 s"
 
 
-def _succeed(catalog: Catalog, run_id: uuid.UUID, batches: int, members: int) -> None:
-    """Fold the events of a run whose every batch was delivered (what the notifier does)."""
-    catalog.fold_run_event(
+def _succeed(catalog: CatalogStores, run_id: uuid.UUID, batches: int, members: int) -> None:
+    """Record the events of a run whose every batch was delivered (as the notifier does)."""
+    events: list[AnyRunEvent] = [
         ExtractionCompleted(run_id=run_id, definition="export-changed", members=members, batches=batches)
-    )
-    for index in range(batches):
-        catalog.fold_run_event(
-            BatchOutcome(run_id=run_id, definition="export-changed", batch_index=index, delivered=1, failed=0)
-        )
+    ]
+    events += [
+        BatchOutcome(run_id=run_id, definition="export-changed", batch_index=index, delivered=1, failed=0)
+        for index in range(batches)
+    ]
+    for event in events:
+        record_run_event(event, runs=catalog.runs, watermarks=catalog.extraction)
 
 
 def test_an_incremental_run_exports_only_members_changed_since_the_last_successful_run(
-    extractor: Extractor, settings: CommonSettings, database_url: str
+    extractor: Extractor, settings: CommonSettings, database_url: str, extractor_stores: CatalogStores
 ):
-    catalog = extractor.catalog
+    catalog = extractor_stores
     first = RunRequested(definition="export-changed")
     extractor.handle(first)
     assert len(_members(settings, MEMBERS)) == MEMBERS
-    assert catalog.watermark("export-changed") is None  # not until the run succeeds
+    assert catalog.extraction.watermark("export-changed") is None  # not until the run succeeds
     _succeed(catalog, first.run_id, batches=33, members=MEMBERS)
-    assert catalog.watermark("export-changed") is not None
+    assert catalog.extraction.watermark("export-changed") is not None
 
     engine = make_engine(database_url)
     with engine.begin() as connection:
@@ -257,11 +272,15 @@ def test_an_incremental_run_exports_only_members_changed_since_the_last_successf
     assert (completed[0].members, completed[0].batches) == (0, 0)
 
 
-def test_a_cancelled_run_is_not_extracted(extractor: Extractor, settings: CommonSettings):
+def test_a_cancelled_run_is_not_extracted(
+    extractor: Extractor, settings: CommonSettings, extractor_stores: CatalogStores
+):
     cancelled = RunRequested(run_id=uuid.uuid4(), definition="export-all")
-    extractor.catalog.fold_run_event(RunCancelled(run_id=cancelled.run_id, definition="export-all", requested_by="ops"))
+    extractor_stores.runs.fold_run_event(
+        RunCancelled(run_id=cancelled.run_id, definition="export-all", requested_by="ops")
+    )
     assert extractor.handle(cancelled) == []
-    assert extractor.catalog.claim_extraction(cancelled.run_id, "export-all").completed  # a redelivery stays idle
+    assert extractor.extraction.claim_extraction(cancelled.run_id, "export-all").completed  # a redelivery stays idle
     later = RunRequested(definition="export-all")
     extractor.handle(later)
     events = _run_events(settings, 2)

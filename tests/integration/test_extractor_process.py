@@ -23,7 +23,7 @@ from kafka import KafkaProducer
 from devtools.pipeline import LocalPipeline
 from devtools.processes import wait_until
 from services.extractor.run_request_decoding import CLOUDEVENT_RUN_NAMESPACE
-from shared.catalog import Catalog, make_engine
+from shared.catalog import CatalogStores, make_engine
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.events import (
     RUN_EVENT_ADAPTER,
@@ -44,7 +44,7 @@ MEMBERS = 200_000
 @dataclass
 class RunningExtractor:
     pipeline: LocalPipeline
-    catalog: Catalog
+    catalog: CatalogStores
     bootstrap: str
     topics: Topics
 
@@ -73,14 +73,14 @@ def extractor_process(
     create_demo_members(engine, MEMBERS)
     engine.dispose()
     catalog_url = f"sqlite:///{workdir / 'catalog.db'}"
-    catalog = Catalog.from_url(catalog_url)
-    catalog.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
-    catalog.apply(SavedQuery(name="all", sql="SELECT id, email, tier, points, updated_at FROM members"))
-    catalog.apply(SavedQuery(name="few", sql="SELECT id, email FROM members WHERE id <= 250"))
-    catalog.apply(HttpTemplate(name="t", query="all", profile="p", batch_size=500))
-    catalog.apply(HttpTemplate(name="t-few", query="few", profile="p", batch_size=100))
-    catalog.apply(ExportDefinition(name="everyone", query="all", template="t"))
-    catalog.apply(ExportDefinition(name="a-few", query="few", template="t-few"))
+    catalog = CatalogStores.from_url(catalog_url, migrate=True)
+    catalog.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
+    catalog.definitions.apply(SavedQuery(name="all", sql="SELECT id, email, tier, points, updated_at FROM members"))
+    catalog.definitions.apply(SavedQuery(name="few", sql="SELECT id, email FROM members WHERE id <= 250"))
+    catalog.definitions.apply(HttpTemplate(name="t", query="all", profile="p", batch_size=500))
+    catalog.definitions.apply(HttpTemplate(name="t-few", query="few", profile="p", batch_size=100))
+    catalog.definitions.apply(ExportDefinition(name="everyone", query="all", template="t"))
+    catalog.definitions.apply(ExportDefinition(name="a-few", query="few", template="t-few"))
     prefix = f"x{uuid.uuid4().hex[:10]}."
     pipeline = LocalPipeline(
         env=service_env(kafka_bootstrap, prefix, catalog_url, store_url) | {"EXPORT_EXTRACTOR_PAGE_SIZE": "1000"},
@@ -97,12 +97,12 @@ def test_a_run_killed_half_way_resumes_and_loses_no_member(extractor_process: Ru
     run_id = running.request("everyone")
 
     def progress() -> int:
-        checkpoint = running.catalog.claim_extraction(run_id, "everyone")
+        checkpoint = running.catalog.extraction.claim_extraction(run_id, "everyone")
         return checkpoint.members
 
     wait_until(lambda: progress() >= MEMBERS // 2, timeout=180, interval=0.02, what="half the members extracted")
     running.pipeline.kill("extractor")
-    at_kill = running.catalog.claim_extraction(run_id, "everyone")
+    at_kill = running.catalog.extraction.claim_extraction(run_id, "everyone")
     assert not at_kill.completed, "the run finished before the kill: the test proves nothing"
     running.pipeline.start_service("extractor")
 

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,7 +63,7 @@ def _catalog_object(id_: str, kind: str, name: str, spec: dict[str, Any]) -> dic
 
 
 def _run(run_id: str, definition: str, **fields: Any) -> dict[str, Any]:
-    row = {
+    row: dict[str, Any] = {
         "run_id": run_id,
         "definition": definition,
         "status": "succeeded",
@@ -264,7 +264,7 @@ def test_a_catalog_from_before_migrations_is_taken_as_the_baseline_and_upgraded(
         connection.execute(sa.text("DROP TABLE alembic_version"))
     before = snapshot(engine)
     assert current_revision(engine) is None
-    with pytest.raises(SchemaOutdated, match="predates migrations.*exportctl db upgrade"):
+    with pytest.raises(SchemaOutdated, match=r"predates migrations.*exportctl db upgrade"):
         require_current(engine)
 
     upgrade(engine)
@@ -276,12 +276,15 @@ def test_a_catalog_from_before_migrations_is_taken_as_the_baseline_and_upgraded(
 
 
 def test_a_catalog_made_by_create_all_of_this_release_is_stamped_at_head(engine: Engine) -> None:
-    Base.metadata.create_all(engine)  # what Catalog.from_url(create=True) does
+    Base.metadata.create_all(engine)  # what the services did at start before migrations
+    with engine.begin() as connection:  # and a table of another application, in the same database
+        connection.execute(sa.text("CREATE TABLE members (id INTEGER PRIMARY KEY, email VARCHAR(200))"))
 
     upgrade(engine)
 
     assert current_revision(engine) == HEAD
     require_current(engine)
+    assert drift(engine) == ["table members is in the database but not in the models"]
 
 
 def test_a_catalog_from_before_the_baseline_is_refused_not_stamped(engine: Engine) -> None:
@@ -291,9 +294,38 @@ def test_a_catalog_from_before_the_baseline_is_refused_not_stamped(engine: Engin
         connection.execute(sa.text("DROP TABLE idempotency_keys"))
         connection.execute(sa.text("DROP TABLE watermarks"))
 
-    with pytest.raises(SchemaOutdated, match="lacks table\\(s\\) idempotency_keys, watermarks"):
+    with pytest.raises(SchemaOutdated, match=r"lacks table\(s\) idempotency_keys, watermarks"):
         upgrade(engine)
     assert current_revision(engine) is None
+
+
+def test_a_failed_upgrade_leaves_the_catalog_as_it_was_and_can_be_run_again(engine: Engine) -> None:
+    upgrade(engine, BASELINE)
+    fill_baseline(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE catalog_objects SET spec = :spec WHERE id = :id").bindparams(
+                sa.bindparam("spec", type_=sa.JSON())
+            ),
+            {"spec": {"business_unit": "x" * 101, "query": "members-of-tier"}, "id": WEEKLY_ID},
+        )
+    before = snapshot(engine)
+
+    with pytest.raises(RuntimeError, match="ExportDefinition 'weekly-all' has a business_unit of 101 characters"):
+        upgrade(engine)
+
+    assert current_revision(engine) == BASELINE
+    assert snapshot(engine) == before
+    assert len(drift(engine)) == 3  # neither column added: refused before changing anything
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE catalog_objects SET spec = :spec WHERE id = :id").bindparams(
+                sa.bindparam("spec", type_=sa.JSON())
+            ),
+            {"spec": {"business_unit": "benelux", "query": "members-of-tier"}, "id": WEEKLY_ID},
+        )
+    upgrade(engine)
+    assert run_scopes(engine)[RUN_WEEKLY] == (WEEKLY_ID, "benelux")
 
 
 def test_upgrading_an_up_to_date_catalog_changes_nothing(engine: Engine) -> None:
@@ -341,10 +373,12 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
 
 
 def test_require_current_says_how_to_upgrade_until_the_catalog_is_at_head(engine: Engine) -> None:
-    with pytest.raises(SchemaOutdated, match="no schema yet, this release needs .*exportctl db upgrade"):
+    with pytest.raises(SchemaOutdated, match=r"no schema yet, this release needs .*exportctl db upgrade"):
         require_current(engine)
     upgrade(engine, BASELINE)
-    with pytest.raises(SchemaOutdated, match=f"at revision {BASELINE}, this release needs {HEAD}: .*exportctl db upgrade"):
+    with pytest.raises(
+        SchemaOutdated, match=rf"at revision {BASELINE}, this release needs {HEAD}: .*exportctl db upgrade"
+    ):
         require_current(engine)
     upgrade(engine)
 
@@ -360,7 +394,9 @@ def test_a_catalog_migrated_by_a_newer_release_is_refused(engine: Engine) -> Non
     upgrade(engine)
     _stamp_newer(engine)
 
-    with pytest.raises(SchemaOutdated, match="revision 9999, newer than this release.*db downgrade --revision"):
+    with pytest.raises(
+        SchemaOutdated, match=rf"revision 9999, newer than this release.*`exportctl db downgrade {HEAD}`"
+    ):
         require_current(engine)
     with pytest.raises(SchemaOutdated, match="newer than this release"):
         upgrade(engine)
@@ -414,7 +450,9 @@ def exportctl_db(url: str, *argv: str) -> int:
     return int(args.func(_Settings(url), args))
 
 
-def test_exportctl_db_current_and_upgrade(database_url: str, engine: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+def test_exportctl_db_current_and_upgrade(
+    database_url: str, engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert exportctl_db(database_url, "current") == 1
     out, err = capsys.readouterr()
     assert f"catalog at (empty): not at head ({HEAD})" in out.splitlines()
@@ -465,26 +503,25 @@ def test_exportctl_db_refuses_a_catalog_of_a_newer_release(
 def test_exportctl_db_downgrade(database_url: str, engine: Engine, capsys: pytest.CaptureFixture[str]) -> None:
     upgrade(engine)
 
-    assert exportctl_db(database_url, "downgrade", "--revision", BASELINE) == 0
+    assert exportctl_db(database_url, "downgrade", BASELINE) == 0
 
     assert f"catalog downgraded from {HEAD} to {BASELINE}" in capsys.readouterr().out.splitlines()
     assert current_revision(engine) == BASELINE
 
 
 def test_exportctl_db_never_prints_the_catalog_password(
-    database_url: str, engine: Engine, capsys: pytest.CaptureFixture[str]
+    postgres_database_factory: Callable[[], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = sa.make_url(database_url)
-    if url.get_backend_name() != "postgresql":
-        pytest.skip("a SQLite URL has no password")
+    url = sa.make_url(postgres_database_factory())
     if url.password is None:
         # The throwaway cluster trusts local connections: any password is accepted, so one can be shown.
         url = url.set(password="s3cret-catalog-pw")
     password = str(url.password)
-    upgrade(engine)
+    url_with_password = url.render_as_string(hide_password=False)
 
-    assert exportctl_db(url.render_as_string(hide_password=False), "current") == 0
+    assert exportctl_db(url_with_password, "upgrade") == 0
+    assert exportctl_db(url_with_password, "current") == 0
 
     out, err = capsys.readouterr()
     assert password not in out + err
-    assert "***" in out
+    assert out.splitlines()[0] == f"catalog: {url.render_as_string(hide_password=True)}"

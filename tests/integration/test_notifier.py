@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from devtools.smtp_sink import SmtpSink
 from services.notifier.mailer import SmtpMailer
 from services.notifier.notifying import Notifier
-from shared.catalog import Catalog
+from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ExportDefinition, FailurePolicy
 from shared.domain.schedule import Schedule
 from shared.events import BatchOutcome, ExtractionCompleted, RunFailed, RunMissed, RunSkipped, RunStarted, Trigger
@@ -43,10 +43,17 @@ def sink() -> Iterator[SmtpSink]:
 
 
 @pytest.fixture
-def notifier(catalog: Catalog, sink: SmtpSink) -> Notifier:
-    catalog.apply(DEFINITION)
+def notifier(catalog: CatalogStores, sink: SmtpSink) -> Notifier:
+    catalog.definitions.apply(DEFINITION)
     mailer = SmtpMailer("127.0.0.1", sink.port, max_attempts=2, max_wait=0.1)
-    return Notifier(catalog=catalog, mailer=mailer, sender="exports@example.com", link_base_url=None)
+    return Notifier(
+        definitions=catalog.definitions,
+        runs=catalog.runs,
+        watermarks=catalog.extraction,
+        mailer=mailer,
+        sender="exports@example.com",
+        link_base_url=None,
+    )
 
 
 def events(outcomes: list[tuple[int, int]]):
@@ -94,28 +101,38 @@ def test_a_failed_run_mails_the_reason(notifier: Notifier, sink: SmtpSink):
     assert "query 'q' failed: no such table: x" in mail.text()
 
 
-def test_a_restarted_notifier_sends_no_duplicate(catalog: Catalog, sink: SmtpSink, notifier: Notifier):
+def test_a_restarted_notifier_sends_no_duplicate(catalog: CatalogStores, sink: SmtpSink, notifier: Notifier):
     all_events = list(events([(5, 0)]))
     for event in all_events:
         notifier.handle(event)
+    reopened = CatalogStores.from_url(catalog.database.engine.url.render_as_string(hide_password=False))
     restarted = Notifier(
-        catalog=Catalog.from_url(str(catalog.engine.url.render_as_string(hide_password=False))),
+        definitions=reopened.definitions,
+        runs=reopened.runs,
+        watermarks=reopened.extraction,
         mailer=notifier.mailer,
         sender="exports@example.com",
         link_base_url=None,
     )
     for event in all_events:
         restarted.handle(event)
-    restarted.catalog.close()
+    reopened.close()
     assert len(sink.received()) == 1
 
 
 def test_an_email_that_could_not_be_sent_goes_out_with_a_later_event(
-    catalog: Catalog, sink: SmtpSink, notifier: Notifier
+    catalog: CatalogStores, sink: SmtpSink, notifier: Notifier
 ):
     all_events = list(events([(5, 0)]))
     down = SmtpMailer("127.0.0.1", 9, max_attempts=1)  # nothing listens on port 9
-    broken = Notifier(catalog=catalog, mailer=down, sender="exports@example.com", link_base_url=None)
+    broken = Notifier(
+        definitions=catalog.definitions,
+        runs=catalog.runs,
+        watermarks=catalog.extraction,
+        mailer=down,
+        sender="exports@example.com",
+        link_base_url=None,
+    )
     for event in all_events:
         broken.handle(event)
     assert sink.received() == []
@@ -123,7 +140,7 @@ def test_an_email_that_could_not_be_sent_goes_out_with_a_later_event(
     assert len(sink.received()) == 1
 
 
-def test_a_missed_run_mails_the_error_recipients(notifier: Notifier, sink: SmtpSink, catalog: Catalog):
+def test_a_missed_run_mails_the_error_recipients(notifier: Notifier, sink: SmtpSink, catalog: CatalogStores):
     run_id = uuid.uuid4()
     due = datetime(2026, 7, 4, 6, 0, tzinfo=UTC)
     missed = RunMissed(
@@ -138,13 +155,13 @@ def test_a_missed_run_mails_the_error_recipients(notifier: Notifier, sink: SmtpS
     assert mail.recipients == ["oncall@example.com"]
     assert mail.subject == "[member export] nightly: missed"
     assert "while no scheduler could fire it" in mail.text()
-    record = catalog.get_run(run_id)
+    record = catalog.runs.get_run(run_id)
     assert record is not None
     assert record.status.value == "missed"
     assert record.scheduled_for == due
 
 
-def test_a_skipped_run_is_recorded_without_email(notifier: Notifier, sink: SmtpSink, catalog: Catalog):
+def test_a_skipped_run_is_recorded_without_email(notifier: Notifier, sink: SmtpSink, catalog: CatalogStores):
     run_id = uuid.uuid4()
     notifier.handle(
         RunSkipped(
@@ -155,13 +172,13 @@ def test_a_skipped_run_is_recorded_without_email(notifier: Notifier, sink: SmtpS
         )
     )
     assert sink.received() == []
-    record = catalog.get_run(run_id)
+    record = catalog.runs.get_run(run_id)
     assert record is not None
     assert record.status.value == "skipped"
 
 
-def _with_policy(catalog: Catalog, **policy) -> None:
-    catalog.apply(
+def _with_policy(catalog: CatalogStores, **policy) -> None:
+    catalog.definitions.apply(
         DEFINITION.model_copy(
             update={
                 "failure_policy": FailurePolicy(**policy),
@@ -171,7 +188,7 @@ def _with_policy(catalog: Catalog, **policy) -> None:
     )
 
 
-def test_a_failure_rate_over_the_threshold_fails_the_run(notifier: Notifier, sink: SmtpSink, catalog: Catalog):
+def test_a_failure_rate_over_the_threshold_fails_the_run(notifier: Notifier, sink: SmtpSink, catalog: CatalogStores):
     _with_policy(catalog, max_failure_percent=10)
     within = list(events([(90, 10)]))
     over = list(events([(80, 0), (0, 20)]))
@@ -181,13 +198,13 @@ def test_a_failure_rate_over_the_threshold_fails_the_run(notifier: Notifier, sin
     assert "completed with errors" in first.subject  # exactly 10%: not over
     assert second.subject == "[member export] nightly: failed"
     assert "20 of 100 members failed (20.0%), over the 10% threshold" in second.text()
-    record = catalog.get_run(over[0].run_id)
+    record = catalog.runs.get_run(over[0].run_id)
     assert record is not None
     assert (record.status.value, record.delivered, record.failed) == ("failed", 80, 20)
 
 
 def test_consecutive_failed_runs_pause_the_schedule_and_the_email_says_so(
-    notifier: Notifier, sink: SmtpSink, catalog: Catalog
+    notifier: Notifier, sink: SmtpSink, catalog: CatalogStores
 ):
     _with_policy(catalog, pause_after_failed_runs=2)
     for _ in range(2):
@@ -197,14 +214,16 @@ def test_consecutive_failed_runs_pause_the_schedule_and_the_email_says_so(
     first, second = sink.received()
     assert "paused" not in first.text()
     assert "Schedule: paused after 2 consecutive failed runs" in second.text()
-    assert catalog.get(ExportDefinition, "nightly").schedule.enabled is False
+    assert catalog.definitions.get(ExportDefinition, "nightly").schedule.enabled is False
 
 
-def test_a_run_without_progress_is_failed_as_stuck_by_the_sweep(catalog: Catalog, sink: SmtpSink):
-    catalog.apply(DEFINITION)
+def test_a_run_without_progress_is_failed_as_stuck_by_the_sweep(catalog: CatalogStores, sink: SmtpSink):
+    catalog.definitions.apply(DEFINITION)
     later = datetime.now(UTC) + timedelta(hours=2)
     notifier = Notifier(
-        catalog=catalog,
+        definitions=catalog.definitions,
+        runs=catalog.runs,
+        watermarks=catalog.extraction,
         mailer=SmtpMailer("127.0.0.1", sink.port, max_attempts=2, max_wait=0.1),
         sender="exports@example.com",
         link_base_url=None,
@@ -223,9 +242,16 @@ def test_a_run_without_progress_is_failed_as_stuck_by_the_sweep(catalog: Catalog
     assert notifier.sweep() == []
 
 
-def test_the_sweep_sends_an_email_that_failed_earlier_once(catalog: Catalog, sink: SmtpSink, notifier: Notifier):
+def test_the_sweep_sends_an_email_that_failed_earlier_once(catalog: CatalogStores, sink: SmtpSink, notifier: Notifier):
     down = SmtpMailer("127.0.0.1", 9, max_attempts=1)
-    broken = Notifier(catalog=catalog, mailer=down, sender="exports@example.com", link_base_url=None)
+    broken = Notifier(
+        definitions=catalog.definitions,
+        runs=catalog.runs,
+        watermarks=catalog.extraction,
+        mailer=down,
+        sender="exports@example.com",
+        link_base_url=None,
+    )
     for event in events([(5, 0)]):
         broken.handle(event)
     assert sink.received() == []
@@ -236,11 +262,18 @@ def test_the_sweep_sends_an_email_that_failed_earlier_once(catalog: Catalog, sin
 
 def test_an_email_arrives_after_the_smtp_server_was_down_for_30_seconds(tmp_path):
     # Once, on SQLite: the catalog plays no part in this; the outage takes its 30 s.
-    catalog = Catalog.from_url(f"sqlite:///{tmp_path / 'catalog.db'}")
-    catalog.apply(DEFINITION)
+    catalog = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+    catalog.definitions.apply(DEFINITION)
     sink = SmtpSink()  # not started: connections are refused
     mailer = SmtpMailer("127.0.0.1", sink.port, max_attempts=40, max_wait=3)
-    notifier = Notifier(catalog=catalog, mailer=mailer, sender="exports@example.com", link_base_url=None)
+    notifier = Notifier(
+        definitions=catalog.definitions,
+        runs=catalog.runs,
+        watermarks=catalog.extraction,
+        mailer=mailer,
+        sender="exports@example.com",
+        link_base_url=None,
+    )
     outage = threading.Timer(30, sink.start)  # the outage being simulated, not a synchronisation
     outage.start()
     started = time.monotonic()
@@ -264,8 +297,8 @@ def test_emails_go_over_starttls_or_tls_with_auth(tmp_path, security: str):
     authority.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
     ca_file = tmp_path / "ca.pem"
     authority.cert_pem.write_to_path(str(ca_file))
-    catalog = Catalog.from_url(f"sqlite:///{tmp_path / 'catalog.db'}")
-    catalog.apply(DEFINITION)
+    catalog = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+    catalog.definitions.apply(DEFINITION)
     with SmtpSink(security=security, tls_context=server_context, credentials=("exports", "s3cret")) as sink:
         mailer = SmtpMailer(
             "127.0.0.1",
@@ -276,7 +309,14 @@ def test_emails_go_over_starttls_or_tls_with_auth(tmp_path, security: str):
             ca_file=str(ca_file),
             max_attempts=1,
         )
-        notifier = Notifier(catalog=catalog, mailer=mailer, sender="exports@example.com", link_base_url=None)
+        notifier = Notifier(
+            definitions=catalog.definitions,
+            runs=catalog.runs,
+            watermarks=catalog.extraction,
+            mailer=mailer,
+            sender="exports@example.com",
+            link_base_url=None,
+        )
         for event in events([(5, 0)]):
             notifier.handle(event)
         [mail] = sink.received()

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from services.scheduler.clock import ManualClock
 from services.scheduler.planning import scheduled_run_id
 from services.scheduler.scheduling import Scheduler
-from shared.catalog import Catalog
+from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.schedule import fire_times
 from shared.events import RUN_EVENT_ADAPTER, RunMissed, RunRequested, RunSkipped, RunStarted, Trigger
@@ -63,9 +63,15 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
-def scheduler(catalog: Catalog, recorder: Recorder) -> Scheduler:
+def scheduler(catalog: CatalogStores, recorder: Recorder) -> Scheduler:
     return Scheduler(
-        catalog=catalog, clock=ManualClock(T0), topics=Topics("x."), publish=recorder, catch_up=dt.timedelta(hours=1)
+        scheduling=catalog.scheduling,
+        definitions=catalog.definitions,
+        runs=catalog.runs,
+        clock=ManualClock(T0),
+        topics=Topics("x."),
+        publish=recorder,
+        catch_up=dt.timedelta(hours=1),
     )
 
 
@@ -79,10 +85,10 @@ def run_for(scheduler: Scheduler, duration: dt.timedelta, step: dt.timedelta = M
 
 
 def test_a_daily_schedule_fires_at_local_time_with_deterministic_ids(
-    scheduler: Scheduler, catalog: Catalog, recorder: Recorder
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder
 ):
-    catalog.apply(definition("nightly", "Europe/Paris", repeat={"every": "day", "time": "02:30"}))
-    catalog.apply(
+    catalog.definitions.apply(definition("nightly", "Europe/Paris", repeat={"every": "day", "time": "02:30"}))
+    catalog.definitions.apply(
         definition("paused", cron="* * * * *").model_copy(
             update={"schedule": definition("p", cron="* * * * *").schedule.model_copy(update={"enabled": False})}
         )
@@ -90,7 +96,7 @@ def test_a_daily_schedule_fires_at_local_time_with_deterministic_ids(
     scheduler.tick()
     run_for(scheduler, dt.timedelta(days=3), step=dt.timedelta(minutes=5))
     fired = [e for e in recorder.events() if isinstance(e, RunRequested)]
-    definition_id, _ = catalog.get_with_id(ExportDefinition, "nightly")
+    definition_id, _ = catalog.definitions.get_with_id(ExportDefinition, "nightly")
     assert REGISTRY.get_sample_value("export_scheduler_definitions") == 1  # "paused" is not counted
     # 02:30 does not exist on 29 March in Paris: it fires at 03:00 CEST (01:00 UTC).
     expected = [
@@ -104,9 +110,9 @@ def test_a_daily_schedule_fires_at_local_time_with_deterministic_ids(
 
 
 def test_missed_runs_beyond_the_window_are_recorded_and_the_latest_within_it_fires(
-    scheduler: Scheduler, catalog: Catalog, recorder: Recorder
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder
 ):
-    catalog.apply(definition("hourly", cron="0 * * * *"))
+    catalog.definitions.apply(definition("hourly", cron="0 * * * *"))
     scheduler.tick()  # seen at T0
     clock = scheduler.clock
     assert isinstance(clock, ManualClock)
@@ -120,14 +126,14 @@ def test_missed_runs_beyond_the_window_are_recorded_and_the_latest_within_it_fir
 
 
 def test_a_run_due_while_the_previous_one_is_active_is_skipped(
-    scheduler: Scheduler, catalog: Catalog, recorder: Recorder
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder
 ):
-    catalog.apply(definition("busy", cron="*/15 * * * *"))
-    catalog.apply(definition("parallel", cron="*/15 * * * *", overlap="allow"))
+    catalog.definitions.apply(definition("busy", cron="*/15 * * * *"))
+    catalog.definitions.apply(definition("parallel", cron="*/15 * * * *", overlap="allow"))
     for name in ("busy", "parallel"):
-        catalog.fold_run_event(
+        catalog.runs.fold_run_event(
             RunStarted(
-                run_id=scheduled_run_id(catalog.get_with_id(ExportDefinition, name)[0], T0),
+                run_id=scheduled_run_id(catalog.definitions.get_with_id(ExportDefinition, name)[0], T0),
                 definition=name,
                 trigger=Trigger.SCHEDULE,
             )
@@ -141,13 +147,13 @@ def test_a_run_due_while_the_previous_one_is_active_is_skipped(
     assert [e.definition for e in events if isinstance(e, RunRequested)] == ["parallel"]
 
 
-def test_edits_take_effect_at_the_next_tick(scheduler: Scheduler, catalog: Catalog, recorder: Recorder):
-    catalog.apply(definition("edited", cron="0 3 * * *"))
+def test_edits_take_effect_at_the_next_tick(scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder):
+    catalog.definitions.apply(definition("edited", cron="0 3 * * *"))
     scheduler.tick()
-    catalog.apply(definition("edited", cron="*/30 * * * *"))
+    catalog.definitions.apply(definition("edited", cron="*/30 * * * *"))
     run_for(scheduler, dt.timedelta(hours=1))
     assert [e.scheduled_for for e in recorder.events()] == [T0 + dt.timedelta(minutes=30), T0 + dt.timedelta(hours=1)]
-    catalog.apply(
+    catalog.definitions.apply(
         definition("edited", cron="*/30 * * * *").model_copy(
             update={"schedule": definition("x", cron="*/30 * * * *").schedule.model_copy(update={"enabled": False})}
         )
@@ -157,22 +163,24 @@ def test_edits_take_effect_at_the_next_tick(scheduler: Scheduler, catalog: Catal
 
 
 @pytest.fixture
-def postgres_catalog(postgres_database_factory) -> Iterator[Catalog]:
-    catalog = Catalog.from_url(postgres_database_factory())
+def postgres_catalog(postgres_database_factory) -> Iterator[CatalogStores]:
+    catalog = CatalogStores.from_url(postgres_database_factory(), migrate=True)
     yield catalog
     catalog.close()
 
 
 def test_two_replicas_fire_every_due_instant_once_and_survive_the_leaders_death(
-    postgres_catalog: Catalog, settings: CommonSettings
+    postgres_catalog: CatalogStores, settings: CommonSettings
 ):
     zones = ["UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"]
     definitions = [definition(f"every-15-{i}", zones[i % len(zones)], repeat={"every": "15min"}) for i in range(40)]
     for d in definitions:
-        postgres_catalog.apply(d)
+        postgres_catalog.definitions.apply(d)
     ensure_topics(settings, [settings.topics.run_requests, settings.topics.run_events])
     producer = make_producer(settings, "test-scheduler")
-    second_catalog = Catalog.from_url(postgres_catalog.engine.url.render_as_string(hide_password=False))
+    second_catalog = CatalogStores.from_url(
+        postgres_catalog.database.engine.url.render_as_string(hide_password=False), migrate=True
+    )
 
     def publish(outgoing: list[Outgoing]) -> None:
         produce_and_wait(producer, outgoing)
@@ -181,7 +189,9 @@ def test_two_replicas_fire_every_due_instant_once_and_survive_the_leaders_death(
     clock = ManualClock(T0)
     replicas = {
         name: Scheduler(
-            catalog=replica_catalog,
+            scheduling=replica_catalog.scheduling,
+            definitions=replica_catalog.definitions,
+            runs=replica_catalog.runs,
             clock=clock,
             topics=settings.topics,
             publish=publish,

@@ -13,12 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shared.member_batches import BatchEncoder, MemberTooLarge
 from services.extractor.extraction import page_size_for
 from services.extractor.run_request_decoding import decode_run_request
 from shared.domain.catalog_objects import Priority, SavedQuery
 from shared.domain.query_parameters import ParameterError, QueryParameter, bind_names, bind_values
 from shared.events import RUN_REQUESTED_CLOUDEVENT_TYPE, MemberBatch, RunRequested, Trigger
+from shared.member_batches import BatchEncoder, MemberTooLarge
 from shared.querystore.paging import Window, high_watermark_sql, jsonable, keyset_page_sql
 
 # --- parameters ----------------------------------------------------------------------------------------

@@ -40,45 +40,44 @@ _runs = sa.table(
 
 
 def upgrade() -> None:
+    scopes = _definition_scopes()  # first: refuse before changing anything
     with op.batch_alter_table("runs") as runs:
         runs.add_column(sa.Column("definition_id", sa.String(length=36), nullable=True))
         runs.add_column(sa.Column("business_unit", sa.String(length=BUSINESS_UNIT_LENGTH), nullable=True))
         runs.create_index(op.f("ix_runs_definition_id"), ["definition_id"], unique=False)
-    _backfill()
+    if scopes:
+        op.get_bind().execute(
+            sa.update(_runs)
+            .where(_runs.c.definition == sa.bindparam("b_name"))
+            .values(definition_id=sa.bindparam("b_definition_id"), business_unit=sa.bindparam("b_business_unit")),
+            scopes,
+        )
 
 
-def _backfill() -> None:
-    """Every run of a definition still in the catalog gets that definition's id and business unit."""
-    bind = op.get_bind()
-    definitions = bind.execute(
+def _definition_scopes() -> list[dict[str, str | None]]:
+    """Each export definition's name, id and business unit: what its runs get."""
+    definitions = op.get_bind().execute(
         sa.select(_catalog_objects.c.id, _catalog_objects.c.name, _catalog_objects.c.spec).where(
             _catalog_objects.c.kind == "ExportDefinition"
         )
-    ).all()
-    values = []
+    )
+    scopes: list[dict[str, str | None]] = []
     for definition_id, name, spec in definitions:
         business_unit = spec.get("business_unit") if isinstance(spec, dict) else None
         if business_unit is not None and len(str(business_unit)) > BUSINESS_UNIT_LENGTH:
-            # PostgreSQL would refuse it mid-migration; SQLite would keep it silently. Say which, on both.
+            # PostgreSQL would refuse it mid-migration, SQLite keep it silently: say which, on both.
             raise RuntimeError(
                 f"ExportDefinition '{name}' has a business_unit of {len(str(business_unit))} characters, "
                 f"runs.business_unit holds {BUSINESS_UNIT_LENGTH}: shorten it (exportctl apply) and upgrade again"
             )
-        values.append(
+        scopes.append(
             {
                 "b_name": name,
                 "b_definition_id": definition_id,
                 "b_business_unit": None if business_unit is None else str(business_unit),
             }
         )
-    if not values:
-        return
-    bind.execute(
-        sa.update(_runs)
-        .where(_runs.c.definition == sa.bindparam("b_name"))
-        .values(definition_id=sa.bindparam("b_definition_id"), business_unit=sa.bindparam("b_business_unit")),
-        values,
-    )
+    return scopes
 
 
 def downgrade() -> None:
