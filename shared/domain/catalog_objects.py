@@ -266,7 +266,7 @@ class ExportDefinition(_Spec):
 
     name: Name
     label: str | None = None
-    business_unit: str | None = None
+    business_unit: str | None = Field(default=None, max_length=100)
     priority: Priority = Priority.NORMAL
     query: Name
     template: Name

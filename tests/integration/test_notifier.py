@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 import trustme
@@ -42,10 +43,8 @@ def sink() -> Iterator[SmtpSink]:
         yield sink
 
 
-@pytest.fixture
-def notifier(catalog: CatalogStores, sink: SmtpSink) -> Notifier:
-    catalog.definitions.apply(DEFINITION)
-    mailer = SmtpMailer("127.0.0.1", sink.port, max_attempts=2, max_wait=0.1)
+def notifier_on(catalog: CatalogStores, mailer: SmtpMailer, **options: Any) -> Notifier:
+    """A notifier on ``catalog``'s stores, sending through ``mailer``."""
     return Notifier(
         definitions=catalog.definitions,
         runs=catalog.runs,
@@ -53,7 +52,15 @@ def notifier(catalog: CatalogStores, sink: SmtpSink) -> Notifier:
         mailer=mailer,
         sender="exports@example.com",
         link_base_url=None,
+        **options,
     )
+
+
+@pytest.fixture
+def notifier(catalog: CatalogStores, sink: SmtpSink) -> Notifier:
+    catalog.definitions.apply(DEFINITION)
+    mailer = SmtpMailer("127.0.0.1", sink.port, max_attempts=2, max_wait=0.1)
+    return notifier_on(catalog, mailer)
 
 
 def events(outcomes: list[tuple[int, int]]):
@@ -106,14 +113,7 @@ def test_a_restarted_notifier_sends_no_duplicate(catalog: CatalogStores, sink: S
     for event in all_events:
         notifier.handle(event)
     reopened = CatalogStores.from_url(catalog.database.engine.url.render_as_string(hide_password=False))
-    restarted = Notifier(
-        definitions=reopened.definitions,
-        runs=reopened.runs,
-        watermarks=reopened.extraction,
-        mailer=notifier.mailer,
-        sender="exports@example.com",
-        link_base_url=None,
-    )
+    restarted = notifier_on(reopened, notifier.mailer)
     for event in all_events:
         restarted.handle(event)
     reopened.close()
@@ -125,14 +125,7 @@ def test_an_email_that_could_not_be_sent_goes_out_with_a_later_event(
 ):
     all_events = list(events([(5, 0)]))
     down = SmtpMailer("127.0.0.1", 9, max_attempts=1)  # nothing listens on port 9
-    broken = Notifier(
-        definitions=catalog.definitions,
-        runs=catalog.runs,
-        watermarks=catalog.extraction,
-        mailer=down,
-        sender="exports@example.com",
-        link_base_url=None,
-    )
+    broken = notifier_on(catalog, down)
     for event in all_events:
         broken.handle(event)
     assert sink.received() == []
@@ -220,13 +213,9 @@ def test_consecutive_failed_runs_pause_the_schedule_and_the_email_says_so(
 def test_a_run_without_progress_is_failed_as_stuck_by_the_sweep(catalog: CatalogStores, sink: SmtpSink):
     catalog.definitions.apply(DEFINITION)
     later = datetime.now(UTC) + timedelta(hours=2)
-    notifier = Notifier(
-        definitions=catalog.definitions,
-        runs=catalog.runs,
-        watermarks=catalog.extraction,
-        mailer=SmtpMailer("127.0.0.1", sink.port, max_attempts=2, max_wait=0.1),
-        sender="exports@example.com",
-        link_base_url=None,
+    notifier = notifier_on(
+        catalog,
+        SmtpMailer("127.0.0.1", sink.port, max_attempts=2, max_wait=0.1),
         stuck_after_seconds=3600,
         clock=lambda: later,
     )
@@ -244,14 +233,7 @@ def test_a_run_without_progress_is_failed_as_stuck_by_the_sweep(catalog: Catalog
 
 def test_the_sweep_sends_an_email_that_failed_earlier_once(catalog: CatalogStores, sink: SmtpSink, notifier: Notifier):
     down = SmtpMailer("127.0.0.1", 9, max_attempts=1)
-    broken = Notifier(
-        definitions=catalog.definitions,
-        runs=catalog.runs,
-        watermarks=catalog.extraction,
-        mailer=down,
-        sender="exports@example.com",
-        link_base_url=None,
-    )
+    broken = notifier_on(catalog, down)
     for event in events([(5, 0)]):
         broken.handle(event)
     assert sink.received() == []
@@ -266,14 +248,7 @@ def test_an_email_arrives_after_the_smtp_server_was_down_for_30_seconds(tmp_path
     catalog.definitions.apply(DEFINITION)
     sink = SmtpSink()  # not started: connections are refused
     mailer = SmtpMailer("127.0.0.1", sink.port, max_attempts=40, max_wait=3)
-    notifier = Notifier(
-        definitions=catalog.definitions,
-        runs=catalog.runs,
-        watermarks=catalog.extraction,
-        mailer=mailer,
-        sender="exports@example.com",
-        link_base_url=None,
-    )
+    notifier = notifier_on(catalog, mailer)
     outage = threading.Timer(30, sink.start)  # the outage being simulated, not a synchronisation
     outage.start()
     started = time.monotonic()
@@ -309,14 +284,7 @@ def test_emails_go_over_starttls_or_tls_with_auth(tmp_path, security: str):
             ca_file=str(ca_file),
             max_attempts=1,
         )
-        notifier = Notifier(
-            definitions=catalog.definitions,
-            runs=catalog.runs,
-            watermarks=catalog.extraction,
-            mailer=mailer,
-            sender="exports@example.com",
-            link_base_url=None,
-        )
+        notifier = notifier_on(catalog, mailer)
         for event in events([(5, 0)]):
             notifier.handle(event)
         [mail] = sink.received()
