@@ -16,6 +16,7 @@ import yaml
 
 from devtools.processes import free_port, wait_until
 from services.admin.bearer_tokens import token_hash
+from shared.catalog import CatalogStores
 
 #: One token per role, plus an operator scoped to the "emea" business unit.
 TOKENS = {
@@ -45,8 +46,19 @@ class AdminServer:
 
 @contextmanager
 def admin_server(
-    tmp_path: Path, catalog_url: str, kafka_bootstrap: str, query_store_url: str = "", topic_prefix: str = ""
+    tmp_path: Path,
+    catalog_url: str,
+    kafka_bootstrap: str,
+    query_store_url: str = "",
+    topic_prefix: str = "",
+    allowed_destinations: str = "127.0.0.1",
 ) -> Iterator[AdminServer]:
+    """The admin API on ``catalog_url`` (brought to the current schema first: the service refuses an old one).
+
+    ``allowed_destinations`` is its SSRF guard's allowlist (``EXPORT_ALLOWED_DESTINATIONS``, checked when
+    profiles are saved): 127.0.0.1 by default, where tests' partner stubs listen.
+    """
+    CatalogStores.from_url(catalog_url, migrate=True).close()
     tokens = {who: f"tok-{who}-{uuid.uuid4().hex}" for who in TOKENS}
     entries = [
         {"name": who, "sha256": token_hash(tokens[who]), "role": role, "business_units": units}
@@ -66,6 +78,7 @@ def admin_server(
         "EXPORT_ADMIN_PORT": str(port),
         "EXPORT_ADMIN_TOKENS_FILE": str(tokens_file),
         "EXPORT_QUERY_STORE_URL": query_store_url or f"sqlite:///{tmp_path / 'members.db'}",
+        "EXPORT_ALLOWED_DESTINATIONS": allowed_destinations,
         "EXPORT_LOG_FORMAT": "json",
     }
     log_path = tmp_path / "admin.log"

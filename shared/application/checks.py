@@ -113,6 +113,9 @@ def destination_problems(profile: ConnectionProfile, checks: ObjectChecks) -> li
         host = urlsplit(url).hostname or ""
         try:
             addresses = checks.resolve_host(host)
+        except UnicodeError:
+            problems.append(f"{where(profile, field_name)}: '{host}' is not a valid host name")
+            continue
         except OSError:
             # Not resolvable from here (split DNS): checked again at every connection by the dispatcher.
             checks.warnings.append(f"{where(profile, field_name)}: host {host} does not resolve from here")

@@ -19,7 +19,7 @@ from shared.application import objects as object_use_cases
 from shared.application import runs as run_use_cases
 from shared.application.dry_run import dry_run
 from shared.cli import database_commands, dead_letters
-from shared.cli.api import AdminApi
+from shared.cli.api import ALIASES, AdminApi
 from shared.cli.api_commands import API_COMMANDS, print_dry_run, run_api_command
 from shared.cli.common import CliSettings, fail, parse_params, run_line, summary, wait_for_run
 from shared.cli.direct import Direct, on_catalog
@@ -51,6 +51,8 @@ def cmd_apply(settings: CliSettings, args: argparse.Namespace) -> int:
 
 
 def _kind(name: str) -> type[CatalogObject]:
+    """A kind by name, plural or short alias (``query``, ``definition``…), as in API mode."""
+    name = ALIASES.get(name.lower().rstrip("s"), name)
     for kind, model in KINDS.items():
         if name.lower() in {kind.lower(), kind.lower() + "s"}:
             return model

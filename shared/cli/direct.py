@@ -18,7 +18,7 @@ from shared.catalog.schema import SchemaOutdated, require_current
 from shared.cli.common import CliSettings, fail
 from shared.domain.destinations import DestinationPolicy
 from shared.errors import NotFound
-from shared.kafka import ensure_topics, make_producer
+from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait
 from shared.kafka.event_publisher import KafkaEventPublisher
 from shared.name_resolution import resolve_host
 from shared.querystore import MemberReader
@@ -54,11 +54,15 @@ class Direct:
         )
 
     def publisher(self) -> KafkaEventPublisher:
+        """Publishes on Kafka, connecting at the first publication (a refused command never connects)."""
+        return KafkaEventPublisher(self._send, self.settings.topics)
+
+    def _send(self, outgoing: list[Outgoing]) -> None:
         if self._producer is None:
             ensure_topics(self.settings)
             self._producer = make_producer(self.settings, "exportctl")
             self._resources.callback(self._producer.close)
-        return KafkaEventPublisher.over(self._producer, self.settings.topics)
+        produce_and_wait(self._producer, outgoing)
 
 
 @contextmanager

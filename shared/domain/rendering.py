@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
 
@@ -40,13 +41,26 @@ def _render(source: str, context: dict[str, Any], what: str) -> str:
     try:
         return str(_compile(source).render(context))
     except TemplateError as exc:
-        lineno = getattr(exc, "lineno", None)
+        lineno = getattr(exc, "lineno", None) or _template_line(exc.__traceback__)
         line = f" (line {lineno})" if lineno else ""
         raise TemplateRenderError(f"template {what}{line}: {exc.message or exc}") from None
-    except (TypeError, ValueError) as exc:
-        # E.g. an unknown column piped into a filter: StrictUndefined reaches json.dumps as a value.
+    except Exception as exc:  # noqa: BLE001 - whatever a template raises is the template's failure, never ours
+        # E.g. an unknown column piped into a filter (StrictUndefined reaches json.dumps as a value), a
+        # division by zero, a range too large for the sandbox.
         hint = " (an undefined variable: is the column in the query?)" if "Undefined" in str(exc) else ""
-        raise TemplateRenderError(f"template {what}: {exc}{hint}") from None
+        lineno = _template_line(exc.__traceback__)
+        line = f" (line {lineno})" if lineno else ""
+        raise TemplateRenderError(f"template {what}{line}: {type(exc).__name__}: {exc}{hint}") from None
+
+
+def _template_line(trace: TracebackType | None) -> int | None:
+    """The template line being rendered when ``trace`` was raised (Jinja maps its frames to ``<template>``)."""
+    line = None
+    while trace is not None:
+        if trace.tb_frame.f_code.co_filename == "<template>":
+            line = trace.tb_lineno
+        trace = trace.tb_next
+    return line
 
 
 def render_request(template: HttpTemplate, profile: ConnectionProfile, batch: MemberBatch) -> RenderedRequest:

@@ -196,6 +196,10 @@ def test_apply_refuses_a_template_that_does_not_render_for_the_querys_members(tm
     )
     result = exportctl(tmp_path, "apply", "-f", str(manifest), env={"EXPORT_QUERY_STORE_URL": _store(tmp_path)})
     assert result.returncode == 2
-    assert "HttpTemplate 'unquoted': template body renders invalid JSON at line 2, column" in result.stderr
-    assert "HttpTemplate 'unknown-column': template body: " in result.stderr
-    assert "(an undefined variable: is the column in the query?)" in result.stderr
+    assert (
+        "HttpTemplate 'unquoted': field 'body': template body renders invalid JSON at line 2, column" in result.stderr
+    )
+    assert (
+        "HttpTemplate 'unknown-column': field 'query': template 'unknown-column' uses column(s) nickname "
+        "that query 'few' does not return"
+    ) in result.stderr

@@ -146,7 +146,8 @@ def test_invalid_input_gets_a_422_problem_naming_the_field(admin: AdminServer):
         assert missing.status_code == 422
         assert "field 'template': HttpTemplate 'nope' does not exist" in missing.json()["detail"]
 
-        api.post(
+        # A template is held to its query's columns when it is saved (the query's columns were discovered).
+        unknown_column = api.post(
             "/api/v1/http-templates",
             json={
                 "name": "uses-points",
@@ -155,11 +156,13 @@ def test_invalid_input_gets_a_422_problem_naming_the_field(admin: AdminServer):
                 "body": '{"points": {{ member.points }}}',
             },
         )
-        unknown_column = api.put(
-            f"/api/v1/export-definitions/{names['definition']}/destination", json={"template": "uses-points"}
-        )
         assert unknown_column.status_code == 422
         assert "uses column(s) points that query 'gold-members' does not return" in unknown_column.json()["detail"]
+        unknown_template = api.put(
+            f"/api/v1/export-definitions/{names['definition']}/destination", json={"template": "uses-points"}
+        )
+        assert unknown_template.status_code == 422
+        assert "HttpTemplate 'uses-points' does not exist" in unknown_template.json()["detail"]
 
         no_recipient = api.put(
             f"/api/v1/export-definitions/{names['definition']}/notifications",
