@@ -46,6 +46,9 @@ class CommonSettings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     log_format: Literal["json", "console"] = Field(default="json", description="Log line format.")
+    audit_retention_days: int = Field(
+        default=365, ge=1, description="Days the audit log keeps each change (older entries are deleted)."
+    )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 turns it off."
     )

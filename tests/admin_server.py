@@ -18,13 +18,15 @@ from devtools.processes import free_port, wait_until
 from services.admin.bearer_tokens import token_hash
 from shared.catalog import CatalogStores
 
-#: One token per role, plus an operator scoped to the "emea" business unit.
+#: One token per role, plus an operator, an editor and a viewer scoped to the "emea" business unit.
 TOKENS = {
     "viewer": ("viewer", []),
     "editor": ("editor", []),
     "operator": ("operator", []),
     "admin": ("admin", []),
     "emea-operator": ("operator", ["emea"]),
+    "emea-editor": ("editor", ["emea"]),
+    "emea-viewer": ("viewer", ["emea"]),
 }
 
 

@@ -27,10 +27,11 @@ def main() -> None:
     check_catalog_schema(settings.catalog_url)
     ensure_topics(settings)
     producer = make_producer(settings, SERVICE)
-    stores = CatalogStores.from_url(settings.catalog_url)
+    stores = CatalogStores.from_url(settings.catalog_url, audit_retention_days=settings.audit_retention_days)
     context = AdminContext(
         definitions=stores.definitions,
         runs=stores.runs,
+        audit=stores.audit,
         tokens=TokenStore.from_file(settings.admin_tokens_file),
         publisher=KafkaEventPublisher.over(producer, settings.topics),
         members=functools.cache(lambda: MemberReader.from_url(settings.query_store_url)),
@@ -40,7 +41,11 @@ def main() -> None:
     try:
         # uvicorn's access log would print query strings; ours are not secret, but keep logs structured.
         uvicorn.run(
-            create_app(context), host=settings.admin_host, port=settings.admin_port, access_log=False, log_config=None
+            create_app(context, max_body_bytes=settings.admin_max_body_bytes),
+            host=settings.admin_host,
+            port=settings.admin_port,
+            access_log=False,
+            log_config=None,
         )
     finally:
         producer.close()

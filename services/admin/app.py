@@ -9,14 +9,15 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.admin import objects_routes, problems, runs_routes
+from services.admin import audit_routes, objects_routes, problems, runs_routes
 from services.admin.dependencies import AdminContext
+from services.admin.request_limits import RequestLimits
 
 log = structlog.get_logger(__name__)
 API_PREFIX = "/api/v1"
 
 
-def create_app(context: AdminContext) -> FastAPI:
+def create_app(context: AdminContext, *, max_body_bytes: int = 1_048_576) -> FastAPI:
     """The admin API over ``context``."""
 
     app = FastAPI(
@@ -28,6 +29,7 @@ def create_app(context: AdminContext) -> FastAPI:
         responses=problems.problem_responses(400, 401, 403, 422),
     )
     app.state.context = context
+    app.add_middleware(RequestLimits, authenticate=context.tokens.authenticate, max_body_bytes=max_body_bytes)
     problems.install(app)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness and catalog reachability")
@@ -41,4 +43,5 @@ def create_app(context: AdminContext) -> FastAPI:
 
     app.include_router(objects_routes.router, prefix=API_PREFIX)
     app.include_router(runs_routes.router, prefix=API_PREFIX)
+    app.include_router(audit_routes.router, prefix=API_PREFIX)
     return app

@@ -13,7 +13,7 @@ from services.admin.bearer_tokens import TokenStore
 from services.admin.problems import ApiProblem
 from shared.application.actors import Actor, Permission
 from shared.application.checks import ObjectChecks
-from shared.application.ports import DefinitionsStore, EventPublisher, MemberSource, RunsStore
+from shared.application.ports import AuditLog, DefinitionsStore, EventPublisher, MemberSource, RunsStore
 from shared.domain.destinations import DestinationPolicy
 from shared.name_resolution import resolve_host
 
@@ -24,6 +24,7 @@ class AdminContext:
 
     definitions: DefinitionsStore
     runs: RunsStore
+    audit: AuditLog
     tokens: TokenStore
     publisher: EventPublisher
     #: The member store's reader, opened on first use and shared: its engine pools connections.

@@ -166,12 +166,18 @@ class RunFilter:
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0
 
     def runs(
-        self, context: AdminContext, definition: str | None = None, definitions: list[str] | None = None
+        self,
+        context: AdminContext,
+        definition: str | None = None,
+        *,
+        definition_id: uuid.UUID | None = None,
+        business_units: frozenset[str] | None = None,
     ) -> list[RunView]:
         records = context.runs.list_runs(
             definition,
             self.limit,
-            definitions=definitions,
+            definition_id=definition_id,
+            business_units=business_units,
             statuses=self.status,
             since=self.since,
             until=self.until,
@@ -190,7 +196,7 @@ def list_runs(
     filters: Filters,
     definition: Annotated[str | None, Query(max_length=100)] = None,
 ) -> list[RunView]:
-    return filters.runs(context, definition, definitions=use_cases.definitions_in_scope(caller, context.definitions))
+    return filters.runs(context, definition, business_units=use_cases.units_in_scope(caller))
 
 
 @router.get(
@@ -200,13 +206,15 @@ def list_runs(
     operation_id="list_runs_of_ExportDefinition",
 )
 def list_definition_runs(context: Context, caller: Reader, name: str, filters: Filters) -> list[RunView]:
-    definition = object_use_cases.visible(caller, context.definitions, ExportDefinition, name)
-    return filters.runs(context, definition.name)
+    object_use_cases.visible(caller, context.definitions, ExportDefinition, name)
+    definition_id, _, _ = context.definitions.get_versioned(ExportDefinition, name)
+    # By id: a renamed definition keeps its history, a re-created name starts a new one.
+    return filters.runs(context, definition_id=definition_id, business_units=use_cases.units_in_scope(caller))
 
 
 @router.get("/runs/{run_id}", summary="A run's detail", responses=ERRORS, operation_id="read_run")
 def read_run(context: Context, caller: Reader, run_id: uuid.UUID) -> RunView:
-    record = use_cases.visible_run(caller, run_id, store=context.definitions, runs=context.runs)
+    record = use_cases.visible_run(caller, run_id, runs=context.runs)
     return RunView.of(record, context.public_url)
 
 

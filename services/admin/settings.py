@@ -23,6 +23,12 @@ class AdminSettings(CommonSettings):
     admin_public_url: str = Field(
         default="", description="Base URL the API is reached at, for links in responses (empty: relative links)."
     )
+    admin_max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1_024,
+        description="Largest request body the admin API reads (bigger: 413); unauthenticated writes are refused "
+        "before their body is read.",
+    )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Unused by the admin API: /metrics is on its port."
     )

@@ -18,6 +18,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from shared.application.errors import Forbidden
+
 
 class Role(StrEnum):
     VIEWER = "viewer"
@@ -56,6 +58,12 @@ class Actor(BaseModel):
     def sees(self, business_unit: str | None) -> bool:
         """Whether a definition of ``business_unit`` is in this actor's scope."""
         return not self.business_units or business_unit in self.business_units
+
+
+def authorise(actor: Actor, permission: Permission) -> None:
+    """:class:`~shared.application.errors.Forbidden` unless the actor's role grants ``permission``."""
+    if not actor.may(permission):
+        raise Forbidden(f"role '{actor.role.value}' may not {permission.value.replace('_', ' ')}")
 
 
 def local_operator(name: str) -> Actor:

@@ -6,9 +6,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from shared.application.actors import Actor, Permission
+from shared.application.actors import Actor, Permission, authorise
 from shared.application.errors import Invalid
-from shared.application.objects import authorise, existing, visible
+from shared.application.objects import existing, visible
 from shared.application.ports import DefinitionsStore, MemberSource
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.query_parameters import ParameterError, bind_values

@@ -11,7 +11,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
-from shared.application.actors import Actor, Permission
+from shared.application.actors import Actor, Permission, authorise
+from shared.application.audit import change
 from shared.application.checks import ObjectChecks, checked
 from shared.application.errors import Conflict, Forbidden, Invalid, Missing
 from shared.application.masked_secrets import keep_masked_secrets
@@ -21,6 +22,7 @@ from shared.domain.catalog_objects import (
     CatalogObject,
     ConnectionProfile,
     ExportDefinition,
+    HttpTemplate,
     kind_of,
     references,
     stored_form,
@@ -50,12 +52,6 @@ class Change:
 def required_permission(kind: type[Any]) -> Permission:
     """Connection profiles hold credentials: changing them takes more than changing the rest."""
     return Permission.WRITE_PROFILES if kind is ConnectionProfile else Permission.WRITE
-
-
-def authorise(actor: Actor, permission: Permission) -> None:
-    """:class:`Forbidden` unless the actor's role grants ``permission``."""
-    if not actor.may(permission):
-        raise Forbidden(f"role '{actor.role.value}' may not {permission.value.replace('_', ' ')}")
 
 
 def in_scope(actor: Actor, obj: CatalogObject) -> None:
@@ -100,14 +96,52 @@ def unique_name(store: DefinitionsStore, kind: type[Any], base: str) -> str:
     return next(f"{stem}-{n}" for n in range(2, 10_000) if f"{stem}-{n}" not in taken)
 
 
-def referrers(store: DefinitionsStore, obj: CatalogObject) -> list[str]:
-    """Objects that refer to ``obj`` (which may therefore not be deleted or renamed)."""
-    found = []
+def referrers(store: DefinitionsStore, obj: CatalogObject, actor: Actor) -> list[str]:
+    """Objects that refer to ``obj`` (which may therefore not be deleted or renamed), as the actor may see them:
+    definitions outside the actor's scope are counted, never named."""
+    found, hidden = [], 0
     for kind in KINDS.values():
         for other in store.list_objects(kind):
             if any(k is type(obj) and n == obj.name for k, n, _ in references(other)):
-                found.append(f"{kind.__name__} '{other.name}'")
+                if isinstance(other, ExportDefinition) and not actor.sees(other.business_unit):
+                    hidden += 1
+                else:
+                    found.append(f"{kind.__name__} '{other.name}'")
+    if hidden:
+        found.append(f"{hidden} definition(s) outside this token's scope")
     return found
+
+
+def dependent_definitions(store: DefinitionsStore, obj: CatalogObject) -> list[ExportDefinition]:
+    """The definitions that use ``obj``, directly or through a template (a definition depends on itself)."""
+    definitions = store.list_objects(ExportDefinition)
+    if isinstance(obj, ExportDefinition):
+        return [d for d in definitions if d.name == obj.name]
+    if isinstance(obj, HttpTemplate):
+        return [d for d in definitions if d.template == obj.name]
+    templates = store.list_objects(HttpTemplate)
+    if isinstance(obj, ConnectionProfile):
+        using = {t.name for t in templates if t.profile == obj.name}
+        return [d for d in definitions if d.template in using]
+    using = {t.name for t in templates if t.query == obj.name}
+    return [d for d in definitions if d.query == obj.name or d.template in using]
+
+
+def covers_dependents(actor: Actor, store: DefinitionsStore, obj: CatalogObject) -> None:
+    """:class:`Forbidden` unless the actor's scope covers every definition that depends on ``obj``.
+
+    A business unit's exports depend on their query, template and profile as much as on their
+    definition: a token scoped to one unit may change a shared object only when no other unit's
+    definition uses it. The refusal names no definition outside the actor's scope.
+    """
+    if not actor.business_units:
+        return
+    outside = [d for d in dependent_definitions(store, obj) if not actor.sees(d.business_unit)]
+    if outside:
+        raise Forbidden(
+            f"{kind_of(obj)} '{obj.name}' is used by {len(outside)} definition(s) outside this token's scope",
+            slug="out-of-scope",
+        )
 
 
 def changed_fields(current: CatalogObject, wanted: CatalogObject) -> list[str]:
@@ -134,23 +168,26 @@ def apply_objects(
     """
     for obj in objects:
         authorise_write(actor, obj)
-        current_definition = store.find(ExportDefinition, obj.name) if isinstance(obj, ExportDefinition) else None
-        if current_definition is not None:
-            in_scope(actor, current_definition)  # no taking over another unit's definition by name
+        current = store.find(type(obj), obj.name)
+        if current is not None:
+            in_scope(actor, current)  # no taking over another unit's definition by name
+            covers_dependents(actor, store, current)
     objects = checked(objects, store, checks)
-    changes, writes = [], []
+    changes, writes, audit = [], [], []
     for obj in objects:
         current = store.find(type(obj), obj.name)
         if current is None:
             changes.append(Change(kind_of(obj), obj.name, "created"))
             writes.append(obj)
+            audit.append(change(actor.name, "create", store, after=obj))
         elif fields := changed_fields(current, obj):
             changes.append(Change(kind_of(obj), obj.name, "updated", fields))
             writes.append(obj)
+            audit.append(change(actor.name, "update", store, before=current, after=obj))
         else:
             changes.append(Change(kind_of(obj), obj.name, "unchanged"))
     if writes and not dry_run:
-        store.apply_all(writes)
+        store.apply_all(writes, audit=audit)
     return changes
 
 
@@ -178,7 +215,7 @@ def create_object(
     if body.get("name"):
         refuse_taken(store, kind, obj.name)
     stored = checked([obj], store, checks)[0]
-    store.apply(stored)
+    store.apply(stored, audit=[change(actor.name, "create", store, after=stored)])
     return stored  # type: ignore[return-value]
 
 
@@ -188,16 +225,17 @@ def replace_object(
     """Replace an object; a different name in ``body`` renames it (refused while others refer to it)."""
     authorise(actor, required_permission(kind))
     old = visible(actor, store, kind, name)
+    covers_dependents(actor, store, old)
     obj = _from_body(store, kind, body, old)
     authorise_write(actor, obj)
     stored: T = checked([obj], store, checks)[0]  # type: ignore[assignment]
     if stored.name != old.name:
         refuse_taken(store, kind, stored.name)
-        if found := referrers(store, old):
+        if found := referrers(store, old, actor):
             raise Conflict(f"'{old.name}' is used by {', '.join(found)}: it cannot be renamed", slug="in-use")
-        store.rename(old.name, stored)
-    else:
-        store.apply(stored)
+        store.rename(old.name, stored, audit=[change(actor.name, "rename", store, before=old, after=stored)])
+    elif changed_fields(old, stored):
+        store.apply(stored, audit=[change(actor.name, "update", store, before=old, after=stored)])
     return stored
 
 
@@ -205,10 +243,11 @@ def delete_object(actor: Actor, kind: type[Any], name: str, *, store: Definition
     """Delete an object; :class:`Conflict` while others refer to it."""
     authorise(actor, required_permission(kind))
     obj = visible(actor, store, kind, name)
-    if found := referrers(store, obj):
+    covers_dependents(actor, store, obj)
+    if found := referrers(store, obj, actor):
         raise Conflict(f"'{name}' is used by {', '.join(found)}: delete those first", slug="in-use")
     try:
-        store.delete(kind, name)
+        store.delete(kind, name, audit=[change(actor.name, "delete", store, before=obj)])
     except NotFound as exc:  # deleted by someone else in between
         raise Missing(str(exc)) from None
 
@@ -234,7 +273,7 @@ def copy_object(
     if isinstance(original, ExportDefinition):
         spec["schedule"] = original.schedule.model_copy(update={"enabled": False}).model_dump(mode="json")
     copy: T = kind.model_validate(spec)  # type: ignore[assignment]
-    store.apply(copy)
+    store.apply(copy, audit=[change(actor.name, "copy", store, after=copy)])
     return copy
 
 
@@ -255,5 +294,6 @@ def save_definition_step(
     updated = ExportDefinition.model_validate(stored_form(definition) | changes)
     stored = checked([updated], store, checks)[0]
     assert isinstance(stored, ExportDefinition)
-    store.apply(stored)
+    if changed_fields(definition, stored):
+        store.apply(stored, audit=[change(actor.name, "update", store, before=definition, after=stored)])
     return stored

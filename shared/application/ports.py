@@ -4,16 +4,34 @@ shared/querystore implement them, and each composition root hands over only what
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
 
+from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import CatalogObject, Priority, SavedQuery
 from shared.domain.runs import RunRecord, RunStatus
 from shared.events import AnyRunEvent, DeadLetter, RunRequested
 
 T = TypeVar("T", bound=CatalogObject)
 ApplyResult = Literal["created", "updated", "unchanged"]
+
+
+class AuditLog(Protocol):
+    """The audit log, read (entries are written by the definitions store with each change)."""
+
+    def entries(
+        self,
+        *,
+        readable: Callable[[AuditEntry], bool] = ...,
+        name: str | None = None,
+        kind: str | None = None,
+        actor: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[AuditEntry]: ...
+    def prune(self) -> int: ...
 
 
 class DefinitionsReader(Protocol):
@@ -35,11 +53,11 @@ class DefinitionsStore(Protocol):
     def find(self, kind: type[T], name: str) -> T | None: ...
     def get_versioned(self, kind: type[T], name: str) -> tuple[uuid.UUID, int, T]: ...
     def list_objects(self, kind: type[T]) -> list[T]: ...
-    def apply(self, obj: CatalogObject) -> ApplyResult: ...
-    def apply_all(self, objects: list[CatalogObject]) -> list[ApplyResult]: ...
-    def replace_if_version(self, obj: CatalogObject, version: int) -> bool: ...
-    def rename(self, old_name: str, obj: CatalogObject) -> None: ...
-    def delete(self, kind: type[CatalogObject], name: str) -> None: ...
+    def apply(self, obj: CatalogObject, *, audit: Sequence[AuditEntry] = ()) -> ApplyResult: ...
+    def apply_all(self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = ()) -> list[ApplyResult]: ...
+    def replace_if_version(self, obj: CatalogObject, version: int, *, audit: Sequence[AuditEntry] = ()) -> bool: ...
+    def rename(self, old_name: str, obj: CatalogObject, *, audit: Sequence[AuditEntry] = ()) -> None: ...
+    def delete(self, kind: type[CatalogObject], name: str, *, audit: Sequence[AuditEntry] = ()) -> None: ...
 
 
 class RunsStore(Protocol):
@@ -55,6 +73,8 @@ class RunsStore(Protocol):
         definition: str | None = None,
         limit: int = 50,
         *,
+        definition_id: uuid.UUID | None = None,
+        business_units: frozenset[str] | None = None,
         definitions: list[str] | None = None,
         statuses: list[RunStatus] | None = None,
         since: datetime | None = None,

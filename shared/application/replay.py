@@ -11,10 +11,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from shared.application.actors import Actor, Permission
-from shared.application.errors import Invalid, Missing
-from shared.application.objects import authorise, existing, visible
+from shared.application.actors import Actor, Permission, authorise
+from shared.application.errors import Invalid
+from shared.application.objects import existing, visible
 from shared.application.ports import DeadLetterSource, DefinitionsStore, EventPublisher, RunsStore
+from shared.application.runs import visible_run
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.replay import members_to_replay
 from shared.domain.runs import RunRecord
@@ -43,9 +44,7 @@ def replay_dead_letters(
 ) -> Replay:
     """Start a replay run of ``run_id``'s dead-lettered members; :class:`Invalid` when there are none."""
     authorise(actor, Permission.RUN)
-    original = runs.get_run(run_id)
-    if original is None:
-        raise Missing(f"run {run_id} does not exist")
+    original = visible_run(actor, run_id, runs=runs)
     definition = visible(actor, store, ExportDefinition, original.definition)
     template = existing(store, HttpTemplate, definition.template)
     key_column = existing(store, SavedQuery, definition.query).key_column

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from shared.application.actors import Actor, Permission
+from shared.application.actors import Actor, Permission, authorise
 from shared.application.errors import Conflict, Invalid, Missing
-from shared.application.objects import authorise, existing, in_scope, visible
-from shared.application.ports import DefinitionsStore, EventPublisher, RunsStore
+from shared.application.objects import existing, visible
+from shared.application.ports import DefinitionsStore, EventPublisher, RunsReader, RunsStore
 from shared.domain.catalog_objects import ExportDefinition, SavedQuery
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.runs import RunRecord
@@ -45,6 +45,7 @@ def request_run(
     """
     authorise(actor, Permission.RUN)
     definition = visible(actor, store, ExportDefinition, name)
+    definition_id, _, _ = store.get_versioned(ExportDefinition, definition.name)
     parameters = validated_parameters(definition, store, parameters or {})
     run_id = uuid.uuid4()
     if idempotency_key:
@@ -58,6 +59,8 @@ def request_run(
         trigger=Trigger.MANUAL.value,
         requested_by=actor.name,
         last_event_at=utc_now(),
+        definition_id=definition_id,
+        business_unit=definition.business_unit,
     )
     runs.record_requested_run(record)
     publisher.publish_run_request(
@@ -72,14 +75,16 @@ def request_run(
     return record
 
 
-def visible_run(actor: Actor, run_id: uuid.UUID, *, store: DefinitionsStore, runs: RunsStore) -> RunRecord:
-    """A run, if it exists and its definition is in the actor's scope (a deleted definition's runs stay readable)."""
+def visible_run(actor: Actor, run_id: uuid.UUID, *, runs: RunsReader) -> RunRecord:
+    """A run, if it exists and the business unit recorded on it is in the actor's scope.
+
+    Scoped by what the run recorded (its definition's id and unit then), not by the definition's
+    name now: a renamed or deleted definition's runs keep their scope, and a re-created name inherits
+    no other unit's history. A run out of scope is answered as missing (its existence is not told).
+    """
     record = runs.get_run(run_id)
-    if record is None:
+    if record is None or not actor.sees(record.business_unit):
         raise Missing(f"run {run_id} does not exist")
-    definition = store.find(ExportDefinition, record.definition)
-    if definition is not None:
-        in_scope(actor, definition)
     return record
 
 
@@ -88,7 +93,7 @@ def cancel_run(
 ) -> RunRecord:
     """Cancel a run: extraction stops, undelivered batches are not sent; :class:`Conflict` once it has finished."""
     authorise(actor, Permission.RUN)
-    record = visible_run(actor, run_id, store=store, runs=runs)
+    record = visible_run(actor, run_id, runs=runs)
     if record.status.is_final:
         raise Conflict(f"run {run_id} has finished ({record.status.value})", slug="run-finished")
     cancelled = RunCancelled(run_id=run_id, definition=record.definition, requested_by=actor.name)
@@ -99,8 +104,6 @@ def cancel_run(
     return after
 
 
-def definitions_in_scope(actor: Actor, store: DefinitionsStore) -> list[str] | None:
-    """The definitions whose runs a scoped actor may see (None: all)."""
-    if not actor.business_units:
-        return None
-    return [d.name for d in store.list_objects(ExportDefinition) if actor.sees(d.business_unit)]
+def units_in_scope(actor: Actor) -> frozenset[str] | None:
+    """The business units whose runs the actor may see (None: all)."""
+    return actor.business_units or None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shared.application.audit import change
 from shared.application.ports import DefinitionsStore
 from shared.domain.catalog_objects import ExportDefinition
 from shared.errors import NotFound
@@ -10,7 +11,7 @@ from shared.errors import NotFound
 ATTEMPTS = 5
 
 
-def pause_schedule(name: str, *, store: DefinitionsStore) -> bool:
+def pause_schedule(name: str, *, store: DefinitionsStore, actor: str = "notifier") -> bool:
     """Disable a definition's schedule (a new version, which the scheduler picks up); False if it was off or gone.
 
     A compare-and-set on the definition's version: an edit made between the read and the write is
@@ -24,6 +25,8 @@ def pause_schedule(name: str, *, store: DefinitionsStore) -> bool:
         if not current.schedule.enabled:
             return False
         paused = current.model_copy(update={"schedule": current.schedule.model_copy(update={"enabled": False})})
-        if store.replace_if_version(paused, version):
+        if store.replace_if_version(
+            paused, version, audit=[change(actor, "pause", store, before=current, after=paused)]
+        ):
             return True
     return False

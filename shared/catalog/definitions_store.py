@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal, TypeVar, cast
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from shared.catalog.audit_store import write_entries
 from shared.catalog.database import CatalogDatabase, aware, now
 from shared.catalog.tables import CatalogObjectRow
+from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import CatalogObject, ExportDefinition, kind_of, stored_form
 from shared.errors import NotFound
 
@@ -51,14 +54,19 @@ class SqlDefinitionsStore:
         row.spec, row.version, row.updated_at = spec, row.version + 1, now()
         return "updated"
 
-    def apply(self, obj: CatalogObject) -> ApplyResult:
-        """Create or update an object by kind and name; say which (or that nothing changed)."""
+    def apply(self, obj: CatalogObject, *, audit: Sequence[AuditEntry] = ()) -> ApplyResult:
+        """Create or update an object by kind and name; say which (or that nothing changed).
+
+        ``audit`` entries are written in the same transaction: a change is recorded, or not made.
+        """
         with self.database.transaction() as session:
+            write_entries(session, audit)
             return self._write(session, obj)
 
-    def apply_all(self, objects: list[CatalogObject]) -> list[ApplyResult]:
-        """Create or update several objects in one transaction: all of them are written, or none."""
+    def apply_all(self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = ()) -> list[ApplyResult]:
+        """Create or update several objects in one transaction: all of them are written (and audited), or none."""
         with self.database.transaction() as session:
+            write_entries(session, audit)
             return [self._write(session, obj) for obj in objects]
 
     def get(self, kind: type[T], name: str) -> T:
@@ -84,12 +92,13 @@ class SqlDefinitionsStore:
                 raise NotFound(kind.__name__, name)
             return uuid.UUID(row.id), row.version, cast(T, kind.model_validate(row.spec))
 
-    def replace_if_version(self, obj: CatalogObject, version: int) -> bool:
+    def replace_if_version(self, obj: CatalogObject, version: int, *, audit: Sequence[AuditEntry] = ()) -> bool:
         """Store ``obj`` only if its stored version is still ``version`` (compare and set); True when stored."""
         with self.database.transaction() as session:
             row = self._row(session, kind_of(obj), obj.name, for_update=True)
             if row is None or row.version != version:
                 return False
+            write_entries(session, audit)
             row.spec, row.version, row.updated_at = stored_form(obj), row.version + 1, now()
             return True
 
@@ -100,16 +109,18 @@ class SqlDefinitionsStore:
             )
             return [cast(T, kind.model_validate(row.spec)) for row in rows]
 
-    def rename(self, old_name: str, obj: CatalogObject) -> None:
+    def rename(self, old_name: str, obj: CatalogObject, *, audit: Sequence[AuditEntry] = ()) -> None:
         """Replace object ``old_name`` of ``obj``'s kind by ``obj`` under its new name, keeping its id."""
         with self.database.transaction() as session:
+            write_entries(session, audit)
             row = self._row(session, kind_of(obj), old_name, for_update=True)
             if row is None:
                 raise NotFound(kind_of(obj), old_name)
             row.name, row.spec, row.version, row.updated_at = obj.name, stored_form(obj), row.version + 1, now()
 
-    def delete(self, kind: type[CatalogObject], name: str) -> None:
+    def delete(self, kind: type[CatalogObject], name: str, *, audit: Sequence[AuditEntry] = ()) -> None:
         with self.database.transaction() as session:
+            write_entries(session, audit)
             row = self._row(session, kind.__name__, name, for_update=True)
             if row is None:
                 raise NotFound(kind.__name__, name)

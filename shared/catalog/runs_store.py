@@ -9,9 +9,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
-from shared.catalog.tables import BatchOutcomeRow, IdempotencyKeyRow, NotificationRow, RunRow
+from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
 from shared.domain.runs import RunRecord, RunStatus, fold
 from shared.events import AnyRunEvent, BatchOutcome
 
@@ -47,14 +48,33 @@ class SqlRunsStore:
                         "status_code": event.status_code,
                     },
                 )
-            after = fold(
-                before or RunRecord(run_id=event.run_id, definition=event.definition), event, duplicate=duplicate
-            )
+            after = fold(before or self._new_record(session, event), event, duplicate=duplicate)
             if row is None:
                 row = RunRow(run_id=str(event.run_id))
                 session.add(row)
             write_record(after, row)
             return before, after
+
+    @staticmethod
+    def _new_record(session: Session, event: AnyRunEvent) -> RunRecord:
+        """The record of a run first heard of through an event: scoped by its definition as it is now.
+
+        Reads the definitions' row (id and business unit) in the same transaction; a run of a
+        definition that no longer exists stays unscoped (only unscoped tokens see it).
+        """
+        found = session.execute(
+            select(CatalogObjectRow.id, CatalogObjectRow.spec).where(
+                CatalogObjectRow.kind == "ExportDefinition", CatalogObjectRow.name == event.definition
+            )
+        ).first()
+        if found is None:
+            return RunRecord(run_id=event.run_id, definition=event.definition)
+        return RunRecord(
+            run_id=event.run_id,
+            definition=event.definition,
+            definition_id=uuid.UUID(found.id),
+            business_unit=(found.spec or {}).get("business_unit"),
+        )
 
     def get_run(self, run_id: uuid.UUID) -> RunRecord | None:
         with self.database.transaction() as session:
@@ -72,6 +92,8 @@ class SqlRunsStore:
         definition: str | None = None,
         limit: int = 50,
         *,
+        definition_id: uuid.UUID | None = None,
+        business_units: frozenset[str] | None = None,
         definitions: list[str] | None = None,
         statuses: list[RunStatus] | None = None,
         since: datetime | None = None,
@@ -84,6 +106,10 @@ class SqlRunsStore:
             query = select(RunRow).order_by(when.desc(), RunRow.run_id).offset(offset).limit(limit)
             if definition:
                 query = query.where(RunRow.definition == definition)
+            if definition_id is not None:
+                query = query.where(RunRow.definition_id == str(definition_id))
+            if business_units is not None:
+                query = query.where(RunRow.business_unit.in_(sorted(business_units)))
             if definitions is not None:
                 query = query.where(RunRow.definition.in_(definitions))
             if statuses:
@@ -190,6 +216,7 @@ _RECORD_FIELDS = [field.name for field in dataclasses.fields(RunRecord)]
 _FROM_COLUMN: dict[str, Any] = {
     "run_id": uuid.UUID,
     "replay_of": lambda value: uuid.UUID(value) if value else None,
+    "definition_id": lambda value: uuid.UUID(value) if value else None,
     "terminal_status": lambda value: RunStatus(value) if value else None,
     "error_samples": lambda value: tuple(value or ()),
     "scheduled_for": aware,
@@ -200,6 +227,7 @@ _FROM_COLUMN: dict[str, Any] = {
 _TO_COLUMN: dict[str, Any] = {
     "run_id": str,
     "replay_of": lambda value: str(value) if value else None,
+    "definition_id": lambda value: str(value) if value else None,
     "terminal_status": lambda value: value.value if value else None,
     "error_samples": list,
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shared.catalog.audit_store import SqlAuditLog
 from shared.catalog.database import CatalogDatabase
 from shared.catalog.definitions_store import SqlDefinitionsStore
 from shared.catalog.extraction_store import SqlExtractionStore
@@ -27,15 +28,19 @@ class CatalogStores:
     runs: SqlRunsStore = field(init=False)
     scheduling: SqlSchedulingStore = field(init=False)
     extraction: SqlExtractionStore = field(init=False)
+    #: Days the audit log keeps an entry.
+    audit_retention_days: int = 365
+    audit: SqlAuditLog = field(init=False)
 
     def __post_init__(self) -> None:
         self.definitions = SqlDefinitionsStore(self.database)
         self.runs = SqlRunsStore(self.database)
         self.scheduling = SqlSchedulingStore(self.database)
         self.extraction = SqlExtractionStore(self.database)
+        self.audit = SqlAuditLog(self.database, self.audit_retention_days)
 
     @classmethod
-    def from_url(cls, url: str, *, migrate: bool = False) -> CatalogStores:
+    def from_url(cls, url: str, *, migrate: bool = False, audit_retention_days: int = 365) -> CatalogStores:
         """The stores of the catalog at ``url``.
 
         ``migrate=True`` creates or upgrades the schema first (tests, the local demo); services and
@@ -47,7 +52,7 @@ class CatalogStores:
             from shared.catalog.schema import upgrade
 
             upgrade(database.engine)
-        return cls(database)
+        return cls(database, audit_retention_days=audit_retention_days)
 
     def close(self) -> None:
         """Close the catalog's database connections."""

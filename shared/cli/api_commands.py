@@ -15,6 +15,7 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shared.cli.api import AdminApi, ApiError, collection_of, record_of
+from shared.cli.audit_commands import filters, print_entries
 from shared.cli.common import fail, parse_params, run_line, summary
 from shared.cli.manifests import ManifestError, parse_documents
 from shared.domain.catalog_objects import kind_of, stored_form
@@ -155,7 +156,13 @@ def cmd_apply(api: AdminApi, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(api: AdminApi, args: argparse.Namespace) -> int:
+    print_entries(api.call("GET", "/audit", params=filters(args)), args.details)
+    return 0
+
+
 API_COMMANDS = {
+    "audit": cmd_audit,
     "list": cmd_list,
     "search": cmd_search,
     "describe": cmd_describe,

@@ -75,7 +75,7 @@ def direct(settings: CliSettings) -> Iterator[Direct]:
         raise CatalogUnusable(str(exc)) from None
     finally:
         engine.dispose()
-    stores = CatalogStores.from_url(settings.catalog_url)
+    stores = CatalogStores.from_url(settings.catalog_url, audit_retention_days=settings.audit_retention_days)
     context = Direct(settings, stores, local_operator(getpass.getuser()))
     try:
         yield context

@@ -63,6 +63,10 @@ class RunRecord:
     error_samples: tuple[str, ...] = field(default_factory=tuple)
     last_event_at: datetime | None = None
     finished_at: datetime | None = None
+    #: The definition's id and business unit when the run was recorded: runs are scoped by these, so a
+    #: renamed or deleted definition keeps its history's scope and a re-created name inherits nothing.
+    definition_id: uuid.UUID | None = None
+    business_unit: str | None = None
 
     @property
     def status(self) -> RunStatus:

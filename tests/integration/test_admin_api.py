@@ -310,6 +310,7 @@ REQUIRED_ROLE: dict[str, str] = {
     "read_run": "viewer",
     "cancel_run": "operator",
     "apply_objects": "editor",
+    "read_audit": "viewer",
 }
 #: A role that lacks the permission, for each required role.
 WRONG_ROLE = {"viewer": None, "editor": "viewer", "operator": "editor", "admin": "editor"}

@@ -1,0 +1,204 @@
+"""The admin API as an attacker with each role would try it: business-unit scope over everything a
+definition depends on, runs scoped by the unit recorded on them, request bodies bounded and read only
+once authenticated, and the audit log of every change (real admin API process, real Kafka)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from shared.catalog import make_engine
+from shared.querystore.demo_data import create_demo_members
+from tests.admin_server import AdminServer, admin_server
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "pw-that-must-never-show-9931"
+
+
+@pytest.fixture
+def admin(tmp_path: Path, database_url: str, kafka_bootstrap: str) -> Iterator[AdminServer]:
+    """The API on a SQLite, then a PostgreSQL catalog, with a france and an emea export sharing a profile."""
+    store = f"sqlite:///{tmp_path / 'members.db'}"
+    engine = make_engine(store)
+    create_demo_members(engine, 10)
+    engine.dispose()
+    with admin_server(tmp_path, database_url, kafka_bootstrap, store) as server, server.client("admin") as api:
+        profile = {
+            "name": "partner",
+            "base_url": "http://127.0.0.1:9",
+            "auth": {"type": "basic", "username": "u", "password": PASSWORD},
+        }
+        assert api.post("/api/v1/connection-profiles", json=profile).status_code == 201
+        for unit in ("france", "emea"):
+            query = {"name": f"{unit}-members", "sql": "SELECT id, email FROM members"}
+            template = {"name": f"{unit}-template", "query": f"{unit}-members", "profile": "partner"}
+            definition = {
+                "name": f"{unit}-export",
+                "query": f"{unit}-members",
+                "template": f"{unit}-template",
+                "business_unit": unit,
+            }
+            for collection, body in (
+                ("saved-queries", query),
+                ("http-templates", template),
+                ("export-definitions", definition),
+            ):
+                created = api.post(f"/api/v1/{collection}", json=body)
+                assert created.status_code == 201, created.text
+        yield server
+
+
+def test_a_scoped_editor_changes_nothing_another_units_export_depends_on(admin: AdminServer):
+    with admin.client("emea-editor") as emea:
+        changed = {"name": "france-members", "sql": "SELECT id, email, tier FROM members"}
+        refused = emea.put("/api/v1/saved-queries/france-members", json=changed)
+        assert refused.status_code == 403
+        assert "used by 1 definition(s) outside this token's scope" in refused.json()["detail"]
+        assert "france-export" not in refused.text
+        assert emea.delete("/api/v1/http-templates/france-template").status_code == 403
+        as_set = {"objects": [{"kind": "SavedQuery", "spec": changed}]}
+        assert emea.post("/api/v1/apply", json=as_set).status_code == 403
+        # Its own unit's query is its to change.
+        own = emea.put(
+            "/api/v1/saved-queries/emea-members", json={"name": "emea-members", "sql": "SELECT id, tier FROM members"}
+        )
+        assert own.status_code == 200, own.text
+    with admin.client("admin") as api:
+        assert api.get("/api/v1/saved-queries/france-members").json()["sql"] == "SELECT id, email FROM members"
+
+
+def test_runs_stay_in_the_scope_recorded_on_them_through_renames_and_re_created_names(admin: AdminServer):
+    with admin.client("admin") as api, admin.client("emea-operator") as emea:
+        france_run = api.post("/api/v1/export-definitions/france-export/runs").json()["run_id"]
+        assert emea.get(f"/api/v1/runs/{france_run}").status_code == 404
+        renamed = api.put(
+            "/api/v1/export-definitions/france-export",
+            json={
+                "name": "france-nightly",
+                "query": "france-members",
+                "template": "france-template",
+                "business_unit": "france",
+            },
+        )
+        assert renamed.status_code == 200, renamed.text
+        assert [r["run_id"] for r in api.get("/api/v1/export-definitions/france-nightly/runs").json()] == [france_run]
+        assert emea.get(f"/api/v1/runs/{france_run}").status_code == 404
+        assert api.delete("/api/v1/export-definitions/france-nightly").status_code == 204
+        # The same name re-created in emea inherits none of france's history.
+        recreated = {
+            "name": "france-nightly",
+            "query": "emea-members",
+            "template": "emea-template",
+            "business_unit": "emea",
+        }
+        assert api.post("/api/v1/export-definitions", json=recreated).status_code == 201
+        assert emea.get("/api/v1/export-definitions/france-nightly/runs").json() == []
+        assert france_run not in {r["run_id"] for r in emea.get("/api/v1/runs").json()}
+        assert emea.get(f"/api/v1/runs/{france_run}").status_code == 404
+        assert api.get(f"/api/v1/runs/{france_run}").status_code == 200  # the deleted definition's run stays
+
+
+def _raw_post(url: str, path: str, headers: dict[str, str]) -> str:
+    """Send only a request's head (no body) and read the answer: it must come without the body being read."""
+    parts = urlsplit(url)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as conn:
+        conn.sendall(f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{head}\r\n".encode())
+        answer = b""
+        while chunk := conn.recv(65_536):  # the server answers and closes the connection
+            answer += chunk
+        return answer.decode("latin-1")
+
+
+def test_bodies_are_read_only_when_authenticated_and_never_beyond_the_limit(admin: AdminServer):
+    sixty_mb = {"Content-Type": "application/json", "Content-Length": str(60_000_000)}
+    # Answered at once although none of the 60 MB was sent: the body is never read.
+    assert " 401 " in _raw_post(admin.url, "/api/v1/saved-queries", sixty_mb).split("\r\n")[0]
+    token = {"Authorization": f"Bearer {admin.tokens['editor']}"}
+    answer = _raw_post(admin.url, "/api/v1/saved-queries", sixty_mb | token)
+    assert " 413 " in answer.split("\r\n")[0]
+    assert "EXPORT_ADMIN_MAX_BODY_BYTES" in answer
+    with admin.client("editor") as api:
+
+        def chunks() -> Iterator[bytes]:  # chunked: no Content-Length to refuse it by
+            yield b'{"name": "big", "sql": "SELECT 1 AS id", "description": "'
+            for _ in range(40):
+                yield b"x" * 65_536
+            yield b'"}'
+
+        assert api.post("/api/v1/saved-queries", content=chunks()).status_code == 413
+        long_text = api.post(
+            "/api/v1/saved-queries", json={"name": "long", "sql": "SELECT id FROM members", "description": "x" * 3_000}
+        )
+        assert long_text.status_code == 422
+        assert "description" in long_text.text
+
+
+def test_the_audit_log_records_each_change_with_secrets_masked_within_each_readers_scope(
+    admin: AdminServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    with admin.client("admin") as api, admin.client("editor") as editor, admin.client("emea-editor") as emea:
+        changed_profile = {
+            "name": "partner",
+            "base_url": "http://127.0.0.1:9",
+            "auth": {"type": "basic", "username": "u2", "password": "**********"},
+        }
+        assert api.put("/api/v1/connection-profiles/partner", json=changed_profile).status_code == 200
+        assert (
+            editor.put(
+                "/api/v1/http-templates/france-template",
+                json={"name": "france-template", "query": "france-members", "profile": "partner", "batch_size": 50},
+            ).status_code
+            == 200
+        )
+        assert (
+            emea.put(
+                "/api/v1/saved-queries/emea-members", json={"name": "emea-members", "sql": "SELECT id FROM members"}
+            ).status_code
+            == 200
+        )
+        entries = api.get("/api/v1/audit").json()
+        assert PASSWORD not in api.get("/api/v1/audit").text
+        latest = [(e["actor"], e["action"], e["kind"], e["name"]) for e in entries[:3]]
+        assert latest == [
+            ("emea-editor", "update", "SavedQuery", "emea-members"),
+            ("editor", "update", "HttpTemplate", "france-template"),
+            ("admin", "update", "ConnectionProfile", "partner"),
+        ]
+        profile_change = entries[2]
+        assert profile_change["before"]["auth"]["username"] == "u"
+        assert profile_change["after"]["auth"]["username"] == "u2"
+        assert profile_change["after"]["auth"]["password"] == "**********"
+        assert sorted(profile_change["business_units"]) == ["emea", "france"]
+        creations = [e for e in entries if e["action"] == "create"]
+        assert len(creations) == 7  # the profile, and a query, a template and a definition per unit
+        assert [e["name"] for e in api.get("/api/v1/audit", params={"object": "partner"}).json()] == ["partner"] * 2
+        assert {e["actor"] for e in api.get("/api/v1/audit", params={"actor": "editor"}).json()} == {"editor"}
+    with admin.client("emea-viewer") as emea_viewer:
+        seen = emea_viewer.get("/api/v1/audit").json()
+        assert seen, "the emea reader sees its unit's changes"
+        assert all(set(e["business_units"]) <= {"emea"} for e in seen)
+        assert "france-template" not in {e["name"] for e in seen}
+        assert "partner" not in {e["name"] for e in seen}  # shared with france
+
+    from shared.cli.__main__ import main
+
+    monkeypatch.setenv("EXPORT_API_URL", admin.url)
+    monkeypatch.setenv("EXPORT_API_TOKEN", admin.tokens["emea-viewer"])
+    assert main(["audit"]) == 0
+    through_api = capsys.readouterr().out
+    assert "emea-editor" in through_api
+    assert "update  SavedQuery/emea-members" in through_api
+    assert "france" not in through_api
+    monkeypatch.delenv("EXPORT_API_URL")
+    monkeypatch.setenv("EXPORT_CATALOG_URL", admin.catalog_url)
+    assert main(["audit", "--object", "partner", "--details"]) == 0
+    direct = capsys.readouterr().out
+    assert "admin" in direct
+    assert "update  ConnectionProfile/partner (auth)" in direct
+    assert PASSWORD not in direct
