@@ -41,7 +41,8 @@ def main() -> None:
         service=SERVICE,
         topic=settings.topics.run_events,
         decode=value_decoder(RUN_EVENT_ADAPTER.validate_json),
-        handler=notifier.handle,
+        # A poll's events are folded in one transaction (one commit per poll, not per event).
+        handle_round=notifier.handle_all,
         periodic=notifier.sweep,
         periodic_seconds=settings.notifier_sweep_seconds,
     )

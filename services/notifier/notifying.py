@@ -13,7 +13,7 @@ from services.notifier.emails import compose, kinds_due, recipients_for
 from services.notifier.mailer import SmtpMailer
 from services.notifier.ports import NotifierRuns
 from shared.application.ports import DefinitionsStore, WatermarkStore
-from shared.application.run_events import record_run_event
+from shared.application.run_events import record_run_event, record_run_events
 from shared.application.schedules import pause_schedule
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.runs import (
@@ -66,8 +66,37 @@ class Notifier:
     def handle(self, event: AnyRunEvent) -> list[Outgoing]:
         """Fold the event into its run; when the run has finished, apply the failure policy and send emails."""
         before, after = record_run_event(event, runs=self.runs, watermarks=self.watermarks)
+        self._after_fold(before, after, event.at)
+        return []
+
+    def handle_all(self, events: list[AnyRunEvent]) -> list[list[Outgoing] | BaseException]:
+        """A poll's events: folded in one transaction, then each run that changed is handled as :meth:`handle`
+        would. Should the fold of the whole poll fail, each event is folded on its own, so that one bad event
+        is dead-lettered alone."""
+        try:
+            folded = record_run_events(events, runs=self.runs, watermarks=self.watermarks)
+        except Exception:
+            log.warning("folding a poll's events at once failed; folding them one by one", exc_info=True)
+            return [self._handled_alone(event) for event in events]
+        failures: dict[object, BaseException] = {}
+        latest = {event.run_id: event.at for event in events}
+        for run_id, (before, after) in folded.items():
+            try:
+                self._after_fold(before, after, latest[run_id])
+            except Exception as exc:  # noqa: BLE001 - this run's events get the failure, the others go on
+                failures[run_id] = exc
+        return [failures.get(event.run_id, []) for event in events]
+
+    def _handled_alone(self, event: AnyRunEvent) -> list[Outgoing] | BaseException:
+        try:
+            return self.handle(event)
+        except Exception as exc:  # noqa: BLE001 - the loop dead-letters the event with this failure
+            return exc
+
+    def _after_fold(self, before: RunRecord | None, after: RunRecord, at: datetime) -> None:
+        """Once a run is final: the failure policy (threshold, auto-pause), metrics, log, and due emails."""
         if not after.status.is_final:
-            return []
+            return
         newly_final = before is None or not before.status.is_final
         # Read only when there is something to decide or to send (a redelivered event of a finished
         # run whose emails are out needs nothing).
@@ -77,7 +106,7 @@ class Notifier:
             if reason is not None:
                 # Folded here, before any email: the run is reported failed, never "completed with errors".
                 _, after = self.runs.fold_run_event(
-                    RunFailed(run_id=after.run_id, definition=after.definition, reason=reason, at=event.at)
+                    RunFailed(run_id=after.run_id, definition=after.definition, reason=reason, at=at)
                 )
             self._maybe_pause(definition, after)
         if newly_final:
@@ -96,7 +125,6 @@ class Notifier:
         # Checked on every event of a final run, not only on the one that finished it, so an email
         # whose sending was interrupted (crash, SMTP down) goes out when the next event comes.
         self._send_due_emails(after, definition)
-        return []
 
     def sweep(self) -> list[Outgoing]:
         """Fail runs that made no progress for too long (as run.failed events); retry unsent emails."""

@@ -87,6 +87,9 @@ class RunEventFold(Protocol):
     """Folds run events into run records (the runs store)."""
 
     def fold_run_event(self, event: AnyRunEvent) -> tuple[RunRecord | None, RunRecord]: ...
+    def fold_run_events(self, events: Sequence[AnyRunEvent]) -> dict[uuid.UUID, tuple[RunRecord | None, RunRecord]]:
+        """A poll's events folded in one transaction: per run, its record before and after them."""
+        ...
 
 
 class WatermarkStore(Protocol):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
+
 from shared.application.ports import RunEventFold, WatermarkStore
 from shared.domain.runs import RunRecord, RunStatus
 from shared.events import AnyRunEvent
@@ -19,3 +22,17 @@ def record_run_event(
     if after.status is RunStatus.SUCCEEDED:
         watermarks.advance_watermark(event.run_id)
     return before, after
+
+
+def record_run_events(
+    events: Sequence[AnyRunEvent], *, runs: RunEventFold, watermarks: WatermarkStore
+) -> dict[uuid.UUID, tuple[RunRecord | None, RunRecord]]:
+    """Fold a poll's events in one transaction; per run, its record before and after them.
+
+    The same rule as :func:`record_run_event`: a succeeded run's watermark moves (compare-and-set).
+    """
+    folded = runs.fold_run_events(events)
+    for run_id, (_, after) in folded.items():
+        if after.status is RunStatus.SUCCEEDED:
+            watermarks.advance_watermark(run_id)
+    return folded

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
@@ -54,6 +56,73 @@ class SqlRunsStore:
                 session.add(row)
             write_record(after, row)
             return before, after
+
+    def fold_run_events(self, events: Sequence[AnyRunEvent]) -> dict[uuid.UUID, tuple[RunRecord | None, RunRecord]]:
+        """Apply a poll's events to their runs in one transaction; per run, its record before and after them.
+
+        The same exact accounting as :meth:`fold_run_event` one event at a time (the ledger counts each
+        batch outcome once, also within the poll), for a round trip and a commit per poll, not per event.
+        """
+        if not events:
+            return {}
+        run_ids = sorted({str(event.run_id) for event in events})
+        with self.database.transaction() as session:
+            rows = {
+                row.run_id: row
+                for row in session.scalars(select(RunRow).where(RunRow.run_id.in_(run_ids)).with_for_update())
+            }
+            first_of: dict[tuple[str, int], int] = {}
+            for position, event in enumerate(events):
+                if isinstance(event, BatchOutcome):
+                    first_of.setdefault((str(event.run_id), event.batch_index), position)
+            outcomes = [event for event in (events[p] for p in first_of.values()) if isinstance(event, BatchOutcome)]
+            new_outcomes = self._record_outcomes(session, outcomes)
+            results: dict[uuid.UUID, tuple[RunRecord | None, RunRecord]] = {}
+            for position, event in enumerate(events):
+                key = str(event.run_id)
+                row = rows.get(key)
+                before = results[event.run_id][1] if event.run_id in results else (record_of(row) if row else None)
+                duplicate = False
+                if isinstance(event, BatchOutcome):
+                    identity = (key, event.batch_index)
+                    duplicate = first_of[identity] != position or identity not in new_outcomes
+                after = fold(before or self._new_record(session, event), event, duplicate=duplicate)
+                initial = results[event.run_id][0] if event.run_id in results else before
+                results[event.run_id] = (initial, after)
+            for run_id, (_, after) in results.items():
+                row = rows.get(str(run_id))
+                if row is None:
+                    row = RunRow(run_id=str(run_id))
+                    session.add(row)
+                write_record(after, row)
+            return results
+
+    def _record_outcomes(self, session: Session, outcomes: list[BatchOutcome]) -> set[tuple[str, int]]:
+        """Insert outcomes into the ledger (one statement); the (run, batch) identities that were new."""
+        if not outcomes:
+            return set()
+        table = BatchOutcomeRow.__table__
+        rows = [
+            {
+                "run_id": str(o.run_id),
+                "batch_index": o.batch_index,
+                "delivered": o.delivered,
+                "failed": o.failed,
+                "status_code": o.status_code,
+            }
+            for o in outcomes
+        ]
+        dialect: Any = postgresql if self.database.engine.dialect.name == "postgresql" else sqlite
+        new: set[tuple[str, int]] = set()
+        for start in range(0, len(rows), 1_000):  # well under every driver's bound on parameters
+            statement = (
+                dialect.insert(table)
+                .values(rows[start : start + 1_000])
+                .on_conflict_do_nothing()
+                .returning(table.c.run_id, table.c.batch_index)
+            )
+            new |= {(run_id, index) for run_id, index in session.execute(statement)}
+        return new
 
     @staticmethod
     def _new_record(session: Session, event: AnyRunEvent) -> RunRecord:

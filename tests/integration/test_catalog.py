@@ -3,6 +3,8 @@
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shared.catalog import CatalogStores, NotFound
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, SavedQuery
@@ -101,3 +103,43 @@ def test_two_catalog_instances_share_state(database_url: str):
     assert reader.definitions.get(SavedQuery, "q").sql == "select 1 as id"
     writer.close()
     reader.close()
+
+
+_outcomes = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3)), min_size=1, max_size=6)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(runs=st.lists(_outcomes, min_size=1, max_size=3), data=st.data())
+def test_a_poll_folded_at_once_gives_the_records_of_folding_its_events_one_by_one(
+    catalog: CatalogStores, runs: list[list[tuple[int, int]]], data: st.DataObject
+):
+    events: list = []
+    for outcomes in runs:
+        run_id = uuid.uuid4()
+        events.append(RunStarted(run_id=run_id, definition="d", trigger=Trigger.MANUAL))
+        events.append(ExtractionCompleted(run_id=run_id, definition="d", members=0, batches=len(outcomes)))
+        events += [
+            BatchOutcome(run_id=run_id, definition="d", batch_index=i, delivered=d, failed=f, error="x" if f else None)
+            for i, (d, f) in enumerate(outcomes)
+        ]
+    # Redeliveries and any order, split into polls as a consumer would get them.
+    events += data.draw(st.lists(st.sampled_from(events), max_size=6))
+    events = data.draw(st.permutations(events))
+    cut = data.draw(st.integers(0, len(events)))
+    one_by_one = CatalogStores.from_url("sqlite://", migrate=True)  # in memory: the reference
+    for event in events:
+        one_by_one.runs.fold_run_event(event)
+    catalog.runs.fold_run_events(events[:cut])
+    catalog.runs.fold_run_events(events[cut:])
+    for run_id in {event.run_id for event in events}:
+        expected, got = one_by_one.runs.get_run(run_id), catalog.runs.get_run(run_id)
+        assert expected is not None
+        assert got is not None
+        assert (got.status, got.extracted, got.delivered, got.failed, got.batches_done) == (
+            expected.status,
+            expected.extracted,
+            expected.delivered,
+            expected.failed,
+            expected.batches_done,
+        )
+    one_by_one.close()

@@ -301,3 +301,42 @@ def test_a_server_certificate_from_an_unknown_authority_is_refused(tmp_path):
         with pytest.raises(ssl.SSLCertVerificationError):
             mailer.send(EmailMessage())
         assert sink.received() == []
+
+
+def test_a_poll_folded_at_once_counts_exactly_and_mails_once(
+    catalog: CatalogStores, sink: SmtpSink, notifier: Notifier
+):
+    first, second = list(events([(10, 0), (7, 3), (5, 0)])), list(events([(4, 0)]))
+    # Two runs interleaved, every event redelivered within the same poll.
+    poll = [event for pair in zip(first + first, second + second + second, strict=False) for event in pair]
+    poll += first[len(second + second + second) :]
+    assert notifier.handle_all(poll) == [[]] * len(poll)
+    finished = catalog.runs.get_run(first[0].run_id)
+    assert (finished.status.value, finished.delivered, finished.failed) == ("completed_with_errors", 22, 3)
+    assert finished.batches_done == 3
+    other = catalog.runs.get_run(second[0].run_id)
+    assert (other.status.value, other.delivered) == ("succeeded", 4)
+    assert sorted(mail.subject for mail in sink.received()) == [
+        "[member export] nightly: completed with errors",
+        "[member export] nightly: succeeded",
+    ]
+    assert notifier.handle_all(first) == [[]] * len(first)  # a redelivered poll changes nothing
+    assert catalog.runs.get_run(first[0].run_id) == finished
+    assert len(sink.received()) == 2
+
+
+def test_a_poll_whose_fold_fails_is_folded_event_by_event(catalog: CatalogStores, sink: SmtpSink, notifier: Notifier):
+    class FailingBatches:
+        """The runs store, except that folding a whole poll fails (a deadlock, a lost connection)."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(catalog.runs, name)
+
+        def fold_run_events(self, events: Any) -> Any:
+            raise RuntimeError("could not serialize access")
+
+    notifier.runs = FailingBatches()  # type: ignore[assignment]
+    poll = list(events([(5, 0), (5, 0)]))
+    assert notifier.handle_all(poll) == [[]] * len(poll)
+    assert catalog.runs.get_run(poll[0].run_id).delivered == 10
+    assert len(sink.received()) == 1
