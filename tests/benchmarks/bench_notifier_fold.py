@@ -51,6 +51,10 @@ def measure(new_catalog: Callable[[], str], events: list[AnyRunEvent]) -> tuple[
     return rates[0], rates[1]
 
 
+def report(backend: str, one: float, poll: float) -> None:
+    print(f"  {backend + ':':<12}one by one {one:8.0f} events/s   per poll {poll:8.0f} events/s   {poll / one:5.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=5_000)
