@@ -63,14 +63,10 @@ def main() -> None:
     print(f"notifier fold, {len(events)} run events (batch outcomes of 10 runs), polls of {POLL}")
     with tempfile.TemporaryDirectory() as work:
         one, poll = measure(lambda: f"sqlite:///{Path(work) / uuid.uuid4().hex}.db", events)
-        print(
-            f"  SQLite:     one by one {one:8.0f} events/s   per poll {poll:8.0f} events/s   ratio {poll / one:5.1f}x"
-        )
+        report("SQLite", one, poll)
         with LocalPostgres(Path(work) / "pg") as server:
             one, poll = measure(lambda: server.create_database(f"b{uuid.uuid4().hex[:8]}"), events)
-            print(
-                f"  PostgreSQL: one by one {one:8.0f} events/s   per poll {poll:8.0f} events/s   ratio {poll / one:5.1f}x"
-            )
+            report("PostgreSQL", one, poll)
 
 
 if __name__ == "__main__":
