@@ -115,7 +115,7 @@ class ConnectionProfile(_Spec):
     """Where and how to reach a partner API: a base URL and its authentication."""
 
     name: Name
-    label: str | None = None
+    label: str | None = Field(default=None, max_length=200)
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]
     auth: Auth = NoAuth()
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 30.0
@@ -147,7 +147,7 @@ class HttpTemplate(_Spec):
     """
 
     name: Name
-    label: str | None = None
+    label: str | None = Field(default=None, max_length=200)
     query: Name
     profile: Name
     method: HttpMethod = HttpMethod.POST
@@ -179,8 +179,8 @@ class SavedQuery(_Spec):
     """
 
     name: Name
-    label: str | None = None
-    description: str | None = None
+    label: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=2_000)
     sql: str
     key_column: ColumnName = "id"
     parameters: dict[str, QueryParameter] = Field(default_factory=dict)
@@ -265,7 +265,7 @@ class ExportDefinition(_Spec):
     Schedule and Notifications."""
 
     name: Name
-    label: str | None = None
+    label: str | None = Field(default=None, max_length=200)
     business_unit: str | None = Field(default=None, max_length=100)
     priority: Priority = Priority.NORMAL
     query: Name
