@@ -10,7 +10,7 @@ from shared.catalog import CatalogStores, NotFound
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, SavedQuery
 from shared.domain.checkpoints import Checkpoint
 from shared.domain.runs import RunStatus
-from shared.events import BatchOutcome, ExtractionCompleted, RunStarted, Trigger
+from shared.events import AnyRunEvent, BatchOutcome, ExtractionCompleted, RunStarted, Trigger
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ _outcomes = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3)), min_size=1
 def test_a_poll_folded_at_once_gives_the_records_of_folding_its_events_one_by_one(
     catalog: CatalogStores, runs: list[list[tuple[int, int]]], data: st.DataObject
 ):
-    events: list = []
+    events: list[AnyRunEvent] = []
     for outcomes in runs:
         run_id = uuid.uuid4()
         events.append(RunStarted(run_id=run_id, definition="d", trigger=Trigger.MANUAL))

@@ -335,7 +335,7 @@ def test_a_poll_whose_fold_fails_is_folded_event_by_event(catalog: CatalogStores
         def fold_run_events(self, events: Any) -> Any:
             raise RuntimeError("could not serialize access")
 
-    notifier.runs = FailingBatches()  # type: ignore[assignment]
+    notifier.runs = FailingBatches()
     poll = list(events([(5, 0), (5, 0)]))
     assert notifier.handle_all(poll) == [[]] * len(poll)
     assert catalog.runs.get_run(poll[0].run_id).delivered == 10
