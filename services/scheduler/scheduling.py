@@ -113,6 +113,7 @@ class Scheduler:
             return
         self.publish(outgoing)
         published_at = self.clock.now()
+        log.info("runs requested", runs=len(fired), records=len(outgoing))
         for request in fired:
             assert request.scheduled_for is not None
             FIRE_DELAY.observe(max(0.0, (published_at - request.scheduled_for).total_seconds()))
@@ -185,7 +186,8 @@ class Scheduler:
             requested_by="scheduler",
             scheduled_for=decision.fire,
         )
-        log.info(
+        # One debug line per run (an info line each cost ~25 µs x 4,000 at a burst); _publish logs the count.
+        log.debug(
             "run requested", definition=definition.name, run_id=str(run_id), scheduled_for=decision.fire.isoformat()
         )
         return [request], [*records, Outgoing(self.topics.run_requests, str(run_id), request.to_bytes())]
