@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint unit integration e2e bench prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
+.PHONY: demo test lint unit integration e2e bench bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ bench: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_extractor
 	$(BIN)/python -m tests.benchmarks.bench_http_clients
 	$(BIN)/python -m tests.benchmarks.bench_dispatcher
+	$(BIN)/python -m tests.benchmarks.bench_e2e
+
+## The whole pipeline end to end (1M members in batches of 500, 100k one-member requests) beside its raw ceilings
+## and a naive script, same run; writes docs/benchmarks/e2e.{png,md}. Smaller: BENCH_E2E_ARGS="--members 20000".
+bench-e2e: prerequisites
+	$(BIN)/python -m tests.benchmarks.bench_e2e $(BENCH_E2E_ARGS)
 
 ## Long-lived local infrastructure for working by hand (ports 9092 and 5433).
 kafka-up: prerequisites

@@ -65,7 +65,7 @@ def run_demo(members: int, work_dir: Path) -> int:
             # The receivers listen on loopback, which the SSRF guard refuses unless allowed.
             "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
             "EXPORT_TOPIC_PREFIX": f"demo{int(time.time())}.",
-            "DEMO_RECEIVER_TOKEN": "demo-token-not-a-real-secret",
+            "PARTNER_DEMO_RECEIVER_TOKEN": "demo-token-not-a-real-secret",  # env: references need PARTNER_
         }
         manifest = work_dir / "demo-export.yaml"
         manifest.write_text(string.Template(MANIFEST.read_text()).safe_substitute(RECEIVER_URL=receiver.url))

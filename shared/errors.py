@@ -38,3 +38,7 @@ class NotFound(PermanentError, LookupError):
     def __init__(self, kind: str, name: str) -> None:
         super().__init__(f"{kind} '{name}' does not exist")
         self.kind, self.name = kind, name
+
+
+class StoredObjectInvalid(PermanentError):
+    """A catalog object as stored breaks this release's rules (saved by an older release): apply it again."""

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.domain.secret_references import DEFAULT_DIRECTORIES, DEFAULT_ENV_PREFIXES, SecretReferencePolicy
+from shared.secrets_at_rest import SecretCipher
 from shared.topics import Topics
 
 
@@ -44,8 +46,31 @@ class CommonSettings(BaseSettings):
         description="SSRF guard exceptions: comma-separated hosts and CIDRs that exports may reach although "
         "they are not public addresses (e.g. 127.0.0.1, 10.0.0.0/8, partner.internal).",
     )
+    allowed_secret_env_prefixes: str = Field(
+        default=DEFAULT_ENV_PREFIXES,
+        description="Comma-separated prefixes of the environment variables that env: secret references may name "
+        "(never the services' own EXPORT_ settings, EXPORT_SECRET_ excepted); empty: no env: reference.",
+    )
+    allowed_secret_dirs: str = Field(
+        default=DEFAULT_DIRECTORIES,
+        description="Comma-separated directories the files of file: secret references must be in (symbolic links "
+        "followed); empty: no file: reference.",
+    )
+    catalog_encryption_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="Comma-separated Fernet keys encrypting literal secrets in the catalog: the first encrypts, all "
+        "decrypt (rotation: `exportctl secrets rotate`); empty: literal secrets are stored in plain text.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     log_format: Literal["json", "console"] = Field(default="json", description="Log line format.")
+    # Shared: the extractor enforces it, the admin API and exportctl refuse a saved query asking for more,
+    # and read the member store under it (column discovery, render checks, dry runs).
+    extractor_query_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest a query page may take before it is cancelled and the run fails; a saved query's "
+        "timeout_seconds can only shorten it (a larger one is refused at save).",
+    )
     audit_retention_days: int = Field(
         default=365, ge=1, description="Days the audit log keeps each change (older entries are deleted)."
     )
@@ -53,6 +78,27 @@ class CommonSettings(BaseSettings):
         default=0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 turns it off."
     )
 
+    @field_validator("allowed_secret_env_prefixes")
+    @classmethod
+    def _env_prefixes_parse(cls, value: str) -> str:
+        SecretReferencePolicy.parse(env_prefixes=value)
+        return value
+
+    @field_validator("allowed_secret_dirs")
+    @classmethod
+    def _directories_parse(cls, value: str) -> str:
+        SecretReferencePolicy.parse(directories=value)
+        return value
+
     @property
     def topics(self) -> Topics:
         return Topics(self.topic_prefix)
+
+    @property
+    def secret_references(self) -> SecretReferencePolicy:
+        """Which environment variables and files secret references may name (checked at save and at dispatch)."""
+        return SecretReferencePolicy.parse(self.allowed_secret_env_prefixes, self.allowed_secret_dirs)
+
+    def secret_cipher(self) -> SecretCipher | None:
+        """The cipher of ``EXPORT_CATALOG_ENCRYPTION_KEYS``, None when it is empty; ValueError naming a bad key."""
+        return SecretCipher.from_setting(self.catalog_encryption_keys)

@@ -27,14 +27,22 @@ def main() -> None:
     check_catalog_schema(settings.catalog_url)
     ensure_topics(settings)
     producer = make_producer(settings, SERVICE)
-    stores = CatalogStores.from_url(settings.catalog_url, audit_retention_days=settings.audit_retention_days)
+    stores = CatalogStores.from_url(
+        settings.catalog_url, audit_retention_days=settings.audit_retention_days, cipher=settings.secret_cipher()
+    )
     context = AdminContext(
         definitions=stores.definitions,
         runs=stores.runs,
         audit=stores.audit,
         tokens=TokenStore.from_file(settings.admin_tokens_file),
         publisher=KafkaEventPublisher.over(producer, settings.topics),
-        members=functools.cache(lambda: MemberReader.from_url(settings.query_store_url)),
+        members=functools.cache(
+            lambda: MemberReader.from_url(
+                settings.query_store_url, timeout_seconds=settings.extractor_query_timeout_seconds
+            )
+        ),
+        query_timeout_seconds=settings.extractor_query_timeout_seconds,
+        secret_references=settings.secret_references,
         destinations=DestinationPolicy.parse(settings.allowed_destinations),
         public_url=settings.admin_public_url,
     )

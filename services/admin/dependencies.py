@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -15,6 +15,7 @@ from shared.application.actors import Actor, Permission
 from shared.application.checks import ObjectChecks
 from shared.application.ports import AuditLog, DefinitionsStore, EventPublisher, MemberSource, RunsStore
 from shared.domain.destinations import DestinationPolicy
+from shared.domain.secret_references import SecretReferencePolicy
 from shared.name_resolution import resolve_host
 
 
@@ -31,12 +32,22 @@ class AdminContext:
     members: Callable[[], MemberSource]
     destinations: DestinationPolicy
     public_url: str = ""
+    #: The operator's query timeout, which saved queries may not exceed.
+    query_timeout_seconds: float | None = None
+    #: Which env:/file: secret references profiles may hold.
+    secret_references: SecretReferencePolicy = field(default_factory=SecretReferencePolicy.from_environment)
     #: Host resolution for the SSRF check at save (replaceable in tests).
     resolve_host: Callable[[str], list[str]] = resolve_host
 
     def checks(self) -> ObjectChecks:
-        """The checks of objects being written: destinations, query columns, template rendering."""
-        return ObjectChecks(policy=self.destinations, resolve_host=self.resolve_host, members=self.members())
+        """The checks of objects being written: destinations, secrets, query columns and timeout, rendering."""
+        return ObjectChecks(
+            policy=self.destinations,
+            resolve_host=self.resolve_host,
+            members=self.members(),
+            query_timeout_limit_seconds=self.query_timeout_seconds,
+            secret_references=self.secret_references,
+        )
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API token configured by the operators.")

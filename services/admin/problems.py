@@ -11,6 +11,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.application.errors import Refused
+from shared.errors import StoredObjectInvalid
+from shared.secrets_at_rest import SecretsUnreadable
 
 PROBLEM_TYPE_BASE = "https://member-export.dev/problems/"
 TITLES = {
@@ -101,6 +103,16 @@ def install(app: FastAPI) -> None:
     async def _refused(request: Request, exc: Refused) -> JSONResponse:
         # The use case's reason, unchanged: the same refusal reads the same through every entry point.
         return problem_response(request, exc.status, exc.reason, slug=exc.slug)
+
+    @app.exception_handler(StoredObjectInvalid)
+    async def _stored_invalid(request: Request, exc: StoredObjectInvalid) -> JSONResponse:
+        # Saved by an older release: what to fix is the answer (no value is in the message).
+        return problem_response(request, 409, str(exc), slug="stored-object-invalid")
+
+    @app.exception_handler(SecretsUnreadable)
+    async def _secrets_unreadable(request: Request, exc: SecretsUnreadable) -> JSONResponse:
+        # The operator's keys do not fit the stored secrets: not the caller's fault, and no retry helps.
+        return problem_response(request, 503, str(exc), slug="secrets-unreadable")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -25,7 +25,7 @@ def main() -> None:
         DestinationPolicy.parse(settings.allowed_destinations),
         max_connections=max(100, settings.dispatcher_concurrency),
     )
-    stores = CatalogStores.from_url(settings.catalog_url)
+    stores = CatalogStores.from_url(settings.catalog_url, cipher=settings.secret_cipher())
     policy = RetryBudget(
         max_attempts=settings.dispatcher_max_attempts,
         max_seconds=settings.dispatcher_max_retry_seconds,
@@ -39,6 +39,7 @@ def main() -> None:
         topics=settings.topics,
         split_budget=settings.dispatcher_split_budget,
         concurrency=settings.dispatcher_concurrency,
+        render_limits=settings.render_limits,
     )
     # The HTTP requests run on one asyncio event loop on its own thread (anyio's blocking portal); the
     # consumer loop hands it each poll's batches and waits for their outcomes.
@@ -60,6 +61,7 @@ def main() -> None:
             loop.run()
         finally:
             portal.call(client.aclose)
+            dispatcher.renderer.close()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_
 
 from services.dispatcher.retry_decisions import is_retryable, is_success, parse_retry_after
 from shared.domain.rendering import RenderedRequest
+from shared.errors import ExportError, RetryableError
 
 REQUESTS = Counter("export_dispatcher_requests_total", "HTTP requests sent, by status class.", ["status_class"])
 REQUEST_SECONDS = Histogram("export_dispatcher_request_seconds", "HTTP request duration.")
@@ -24,16 +25,29 @@ SNIPPET_CHARS = 300
 
 @dataclass(frozen=True)
 class AttemptResult:
-    """One HTTP attempt: a status (with Retry-After and a body snippet) or a transport error."""
+    """One HTTP attempt: a status (with Retry-After and a body snippet), a transport error, or a request
+    that could not be made (``final``: retrying would not help, e.g. a header value HTTP cannot carry)."""
 
     status: int | None
     success: bool
     retry_after: float | None = None
     error: str | None = None
+    final: bool = False
 
     @property
     def retryable(self) -> bool:
-        return not self.success and (self.status is None or is_retryable(self.status))
+        return not self.success and not self.final and (self.status is None or is_retryable(self.status))
+
+
+def failed_attempt(exc: Exception) -> AttemptResult:
+    """An attempt that raised before any answer: retried if the error may pass (``RetryableError``, e.g. an
+    OAuth token endpoint answering 503), final otherwise, with the reason either way."""
+    if isinstance(exc, RetryableError):
+        return AttemptResult(status=None, success=False, error=str(exc))
+    if isinstance(exc, ExportError):  # e.g. a destination the SSRF guard refuses, an unresolvable secret
+        return AttemptResult(status=None, success=False, error=str(exc), final=True)
+    reason = f"the request could not be sent: {type(exc).__name__}: {exc}"
+    return AttemptResult(status=None, success=False, error=reason[:SNIPPET_CHARS], final=True)
 
 
 @dataclass(frozen=True)
@@ -92,7 +106,8 @@ class Deliverer:
     async def attempt(
         self, request: RenderedRequest, timeout: float, success_statuses: list[int] | None
     ) -> AttemptResult:
-        """Send once; never raises for HTTP or network failures, it describes them."""
+        """Send once; never raises for HTTP or network failures, nor for a request that cannot be sent: it
+        describes them."""
         started = time.perf_counter()
         try:
             response = await self.client.request(
@@ -101,6 +116,9 @@ class Deliverer:
         except httpx.TransportError as exc:
             REQUESTS.labels(status_class="error").inc()
             return AttemptResult(status=None, success=False, error=describe_transport_error(exc))
+        except Exception as exc:  # noqa: BLE001 - an invalid URL or header, a refused destination: this batch's failure
+            REQUESTS.labels(status_class="error").inc()
+            return failed_attempt(exc)
         finally:
             REQUEST_SECONDS.observe(time.perf_counter() - started)
         status = response.status_code
@@ -129,7 +147,12 @@ class Deliverer:
         async def once() -> AttemptResult:
             nonlocal attempts
             attempts += 1
-            result = await self.attempt(await make_request(), timeout, success_statuses)
+            try:
+                request = await make_request()
+            except Exception as exc:  # noqa: BLE001 - e.g. a token endpoint's failure: this attempt's failure
+                result = failed_attempt(exc)
+            else:
+                result = await self.attempt(request, timeout, success_statuses)
             if on_attempt is not None:
                 on_attempt(result)
             return result

@@ -17,6 +17,7 @@ from prometheus_client import Counter, Gauge
 from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
 from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
+from services.dispatcher.render_offload import Renderer
 from services.dispatcher.signing import signature_headers
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_isolating
 from shared.application.ports import DefinitionsReader, RunsReader
@@ -27,9 +28,10 @@ from shared.domain.catalog_objects import (
     OAuth2ClientCredentials,
     RateLimit,
 )
-from shared.domain.rendering import RenderedRequest, render_request
+from shared.domain.http_fields import header_value_problem, merged_headers
+from shared.domain.rendering import DEFAULT_LIMITS, RenderedRequest, RenderLimits
 from shared.domain.runs import RunStatus
-from shared.errors import ExportError, NotFound
+from shared.errors import ExportError, PermanentError
 from shared.events import BatchOutcome, DeadLetter, MemberBatch
 from shared.kafka import Outgoing
 from shared.topics import Topics
@@ -134,8 +136,10 @@ class Dispatcher:
         split_budget: int = DEFAULT_SPLIT_BUDGET,
         concurrency: int = 8,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        render_limits: RenderLimits = DEFAULT_LIMITS,
     ) -> None:
         self.objects = objects
+        self.renderer = Renderer(render_limits)
         self.deliverer = deliverer
         self.tokens = tokens
         self.topics = topics
@@ -163,23 +167,39 @@ class Dispatcher:
     async def handle(self, batch: MemberBatch) -> list[Outgoing]:
         """Deliver a batch (isolating refused members) and return its outcome and dead letters.
 
+        Every batch gets an outcome: whatever fails while handling it (a template that does not render, a
+        request that cannot be made, a template or profile that is missing or no longer valid, an error of
+        ours) fails its members with the reason, and they are dead-lettered.
         A cancelled run's batches are dropped: nothing is sent, no outcome (the run's record is final).
         """
+        try:
+            return await self._handle(batch)
+        except Exception as exc:  # the batch's failure, never the consumer's
+            log.exception("batch handling failed", run_id=str(batch.run_id), batch_index=batch.batch_index)
+            return self._failed(batch, f"the dispatcher could not handle the batch: {type(exc).__name__}: {exc}")
+
+    def _failed(self, batch: MemberBatch, reason: str) -> list[Outgoing]:
+        failed = DeliveryResult(success=False, status=None, attempts=0, error=reason)
+        return self._outcome(batch, IsolationResult(0, [Refused(Slice(0, len(batch.members)), failed)], 0, failed))
+
+    async def _handle(self, batch: MemberBatch) -> list[Outgoing]:
         if self.objects.cancelled(batch.run_id):
             BATCHES_OF_CANCELLED_RUNS.inc()
             return []
         try:
             template = self.objects.get(HttpTemplate, batch.template)
             profile = self.objects.get(ConnectionProfile, template.profile)
-        except NotFound as exc:
-            failed = DeliveryResult(success=False, status=None, attempts=0, error=str(exc))
-            return self._outcome(batch, IsolationResult(0, [Refused(Slice(0, len(batch.members)), failed)], 0, failed))
+        except ExportError as exc:  # missing, or stored before a rule it now breaks
+            return self._failed(batch, str(exc))
 
         async def send(part: Slice) -> DeliveryResult:
             try:
                 return await self._deliver(batch, part, template, profile)
             except ExportError as exc:
                 return DeliveryResult(success=False, status=None, attempts=0, error=str(exc))
+            except Exception as exc:  # this request's failure: its members are dead-lettered
+                log.exception("request failed", run_id=str(batch.run_id), batch_index=batch.batch_index)
+                return DeliveryResult(success=False, status=None, attempts=0, error=f"{type(exc).__name__}: {exc}")
 
         isolated = await deliver_isolating(len(batch.members), send, split_budget=self.split_budget)
         return self._outcome(batch, isolated)
@@ -189,7 +209,7 @@ class Dispatcher:
     ) -> DeliveryResult:
         whole = part.size == len(batch.members)
         members = batch if whole else batch.model_copy(update={"members": batch.members[part.start : part.stop]})
-        rendered = render_request(template, profile, members)
+        rendered = await self.renderer.render(template, profile, members)
         # Stable across redeliveries: the split of a batch is the same every time, so is each key.
         key = batch.identity if whole else f"{batch.identity}:{part.start}-{part.stop}"
 
@@ -202,9 +222,19 @@ class Dispatcher:
                 RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
                 RATE_LIMIT_WAIT_SECONDS.labels(profile=profile.name).inc(wait)
                 await self.sleep(wait)
-            headers = rendered.headers | await auth_headers(profile, self.tokens) | {"Idempotency-Key": key}
+            credentials = await auth_headers(profile, self.tokens)
+            for name, value in credentials.items():
+                if header_value_problem(value) is not None:  # never the value: it is a secret
+                    raise PermanentError(
+                        f"the connection profile's credentials make an invalid {name} header (a line break, "
+                        "control or non-ASCII character: a secret with a trailing newline?)"
+                    )
+            signature = {}
             if profile.signing_secret is not None:
-                headers |= signature_headers(profile.signing_secret, key, rendered.content, datetime.now(UTC))
+                signature = signature_headers(profile.signing_secret, key, rendered.content, datetime.now(UTC))
+            # The template cannot set these (refused when saved); a template saved before, or the profile's
+            # API key header, is overridden whatever the case of its name.
+            headers = merged_headers(rendered.headers, credentials, {"Idempotency-Key": key}, signature)
             return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
 
         def adapt(attempt: AttemptResult) -> None:

@@ -8,7 +8,9 @@ The guard: every host name is resolved by :class:`GuardedResolver`, which drops 
 :class:`~shared.domain.destinations.DestinationPolicy` refuses, so aiohttp only ever connects to a
 checked address (a DNS answer cannot change between the check and the connection; TLS still verifies
 the certificate against the host name). aiohttp does not consult a resolver for IP literals, so
-:class:`GuardedTransport` checks those before the request leaves.
+:class:`GuardedTransport` checks those before the request leaves. Both ask
+:meth:`DestinationPolicy.refusal`, the function the save-time check asks too, which judges an IPv6
+address carrying an IPv4 address (mapped, translated, compatible, 6to4, NAT64, Teredo) by that IPv4.
 """
 
 from __future__ import annotations

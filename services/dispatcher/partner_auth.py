@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
+import re
 import time
+from typing import NamedTuple
 
 import httpx
 
@@ -21,23 +24,42 @@ from shared.errors import PermanentError, RetryableError
 
 # Refresh OAuth tokens this long before they expire, so a request never leaves with a dying token.
 _EXPIRY_MARGIN_SECONDS = 30.0
+#: An access token as RFC 6749 (appendix A.12) has it: visible ASCII, so that it can go in a header.
+_ACCESS_TOKEN = re.compile(r"[\x20-\x7e]+")
+
+
+class TokenKey(NamedTuple):
+    """What a cached token is valid for: a token goes only where the profile pointed when it was fetched.
+
+    A profile re-pointed at another partner (base URL), token endpoint, client or scope gets a new token:
+    the old partner's token never travels to the new host.
+    """
+
+    profile: str
+    token_url: str
+    client_id: str
+    base_url: str
+    scope: str | None
 
 
 class OAuthTokenCache:
-    """Client-credentials tokens per profile, cached until shortly before they expire."""
+    """Client-credentials tokens per profile and destination (:class:`TokenKey`), cached until shortly before
+    they expire."""
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
-        self._tokens: dict[str, tuple[str, float]] = {}
+        self._tokens: dict[TokenKey, tuple[str, float]] = {}
         # One fetch at a time: concurrent batches of a profile wait for the token the first one gets.
         self._lock = asyncio.Lock()
 
-    async def token(self, profile_name: str, auth: OAuth2ClientCredentials) -> str:
-        cached = self._tokens.get(profile_name)
+    async def token(self, profile_name: str, auth: OAuth2ClientCredentials, base_url: str) -> str:
+        """A token for the profile's client at its token URL, to be sent to ``base_url``: cached, or fetched."""
+        key = TokenKey(profile_name, auth.token_url, auth.client_id, base_url, auth.scope)
+        cached = self._tokens.get(key)
         if cached and cached[1] > time.monotonic():
             return cached[0]  # the common case, without queueing on the lock
         async with self._lock:
-            cached = self._tokens.get(profile_name)
+            cached = self._tokens.get(key)
             if cached and cached[1] > time.monotonic():
                 return cached[0]
             form = {
@@ -55,14 +77,41 @@ class OAuthTokenCache:
                 raise RetryableError(f"OAuth token endpoint answered {response.status_code}")
             if response.status_code != 200:
                 raise PermanentError(f"OAuth token endpoint refused the client credentials ({response.status_code})")
-            payload = response.json()
-            token = str(payload["access_token"])
-            lifetime = float(payload.get("expires_in", 3600))
-            self._tokens[profile_name] = (token, time.monotonic() + max(0.0, lifetime - _EXPIRY_MARGIN_SECONDS))
+            token, lifetime = token_answer(response)
+            self.forget(profile_name)  # a token of the profile's former destination is of no more use
+            self._tokens[key] = (token, time.monotonic() + max(0.0, lifetime - _EXPIRY_MARGIN_SECONDS))
             return token
 
     def forget(self, profile_name: str) -> None:
-        self._tokens.pop(profile_name, None)
+        """Drop the profile's tokens (a 401 says the partner revoked one): the next request fetches anew."""
+        for key in [key for key in self._tokens if key.profile == profile_name]:
+            del self._tokens[key]
+
+
+def token_answer(response: httpx.Response) -> tuple[str, float]:
+    """The access token and its lifetime in seconds from a token endpoint's 200 (RFC 6749, section 5.1).
+
+    An answer that is not a JSON object with a string ``access_token`` of visible ASCII (RFC 6749's
+    VSCHAR, so it can go in a header) and a numeric ``expires_in`` is a PermanentError saying which; the
+    body is never quoted (it may hold a credential).
+    """
+    try:
+        payload = response.json()
+    except ValueError:  # not JSON, or not in the encoding it claims
+        kind = response.headers.get("Content-Type", "no Content-Type")[:100]
+        raise PermanentError(f"OAuth token endpoint answered 200 with a body that is not JSON ({kind})") from None
+    if not isinstance(payload, dict):
+        raise PermanentError("OAuth token endpoint answered 200 with JSON that is not an object")
+    token = payload.get("access_token")
+    if not isinstance(token, str) or not _ACCESS_TOKEN.fullmatch(token):
+        raise PermanentError("OAuth token endpoint answered 200 without a usable access_token")
+    try:
+        lifetime = float(payload.get("expires_in", 3600))
+    except (TypeError, ValueError):
+        raise PermanentError("OAuth token endpoint answered 200 with an expires_in that is not a number") from None
+    if not math.isfinite(lifetime):
+        raise PermanentError("OAuth token endpoint answered 200 with an expires_in that is not a number")
+    return token, lifetime
 
 
 async def auth_headers(profile: ConnectionProfile, tokens: OAuthTokenCache) -> dict[str, str]:
@@ -77,4 +126,4 @@ async def auth_headers(profile: ConnectionProfile, tokens: OAuthTokenCache) -> d
         return {"Authorization": "Bearer " + resolve_secret(auth.token)}
     if isinstance(auth, ApiKeyAuth):
         return {auth.header: resolve_secret(auth.key)}
-    return {"Authorization": "Bearer " + await tokens.token(profile.name, auth)}
+    return {"Authorization": "Bearer " + await tokens.token(profile.name, auth, profile.base_url)}

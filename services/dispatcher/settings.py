@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from shared.domain.rendering import RenderLimits
 from shared.settings import CommonSettings
 
 
@@ -51,3 +52,20 @@ class DispatcherSettings(CommonSettings):
         description="Extra requests a batch may spend splitting a 400/413/422 refusal to isolate the refused members.",
     )
     metrics_port: int = Field(default=9403, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")
+    render_timeout_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="CPU time rendering one request may take before the batch fails with a template error.",
+    )
+    render_max_bytes: int = Field(
+        default=5_000_000,
+        ge=10_000,
+        le=100_000_000,
+        description="Largest rendered body, path or header value (bytes); a rendering builds at most 8 times it.",
+    )
+
+    @property
+    def render_limits(self) -> RenderLimits:
+        """The bounds every request's rendering is held to."""
+        return RenderLimits(timeout_seconds=self.render_timeout_seconds, max_bytes=self.render_max_bytes)

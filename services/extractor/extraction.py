@@ -22,7 +22,7 @@ from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQ
 from shared.domain.checkpoints import Checkpoint
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.runs import RunStatus
-from shared.errors import NotFound
+from shared.errors import NotFound, StoredObjectInvalid
 from shared.events import ExtractionCompleted, RunFailed, RunRequested, RunStarted
 from shared.kafka import InFlight, Outgoing
 from shared.member_batches import BatchEncoder, MemberTooLarge
@@ -102,7 +102,7 @@ class Extractor:
         try:
             try:
                 definition = self.definitions.get(ExportDefinition, request.definition)
-            except NotFound as exc:
+            except (NotFound, StoredObjectInvalid) as exc:
                 raise _RunFailure(f"unknown definition: {exc}", "unknown_definition") from None
             checkpoint = self.extraction.claim_extraction(request.run_id, definition.name)
             if checkpoint.completed:
@@ -125,7 +125,7 @@ class Extractor:
         try:
             query = self.definitions.get(SavedQuery, definition.query)
             template = self.definitions.get(HttpTemplate, definition.template)
-        except NotFound as exc:
+        except (NotFound, StoredObjectInvalid) as exc:
             raise _RunFailure(str(exc), "missing_object") from None
         try:
             parameters = bind_values(query.parameters, request.parameters, definition.parameters)

@@ -22,7 +22,4 @@ class ExtractorSettings(CommonSettings):
         description="Largest member-batch record, in bytes; bigger batches are split (keep under the "
         "broker's message.max.bytes, 1 MiB by default).",
     )
-    extractor_query_timeout_seconds: float = Field(
-        default=300.0, gt=0, description="Longest a query page may take before it is cancelled and the run fails."
-    )
     metrics_port: int = Field(default=9402, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

@@ -23,6 +23,7 @@ from shared.domain.runs import (
     failure_threshold_reason,
     stuck_reason,
 )
+from shared.errors import StoredObjectInvalid
 from shared.events import AnyRunEvent, RunFailed
 from shared.kafka import Outgoing
 from shared.topics import Topics
@@ -146,7 +147,11 @@ class Notifier:
         return outgoing
 
     def _definition(self, name: str) -> ExportDefinition | None:
-        return self.definitions.find(ExportDefinition, name)
+        try:
+            return self.definitions.find(ExportDefinition, name)
+        except StoredObjectInvalid as exc:  # saved by an older release: the run is recorded, not mailed
+            log.error("definition unreadable: no one to notify", definition=name, error=str(exc))
+            return None
 
     def _maybe_pause(self, definition: ExportDefinition, record: RunRecord) -> None:
         limit = definition.failure_policy.pause_after_failed_runs

@@ -1,9 +1,10 @@
 """The rules a set of catalog objects must meet before any of it is written, in one place.
 
-References resolve; connection profiles point at allowed destinations (the SSRF guard at save); saved
-queries run against the member store, which tells their columns; templates use only columns their
-query returns and render valid requests for its first members; definitions fit their query. Every
-problem is one line naming the object and its field, the same whichever entry point asked.
+References resolve; connection profiles point at allowed destinations (the SSRF guard at save) and hold
+only allowed secret references (the ``env:``/``file:`` allow-lists); saved queries run against the member
+store, which tells their columns; templates use only columns their query returns and render valid
+requests for its first members; definitions fit their query. Every problem is one line naming the
+object and its field, the same whichever entry point asked.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from shared.domain.catalog_objects import (
     kind_of,
     query_consistency_problems,
     references,
+    secret_fields,
 )
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.rendering import TemplateRenderError, render_request
+from shared.domain.secret_references import SecretReferencePolicy
 from shared.domain.template_columns import used_columns
 from shared.errors import PermanentError
 from shared.events import MemberBatch
@@ -53,6 +56,10 @@ class ObjectChecks:
     members: MemberSource | None = None
     #: Notes that do not refuse anything (a host that does not resolve from here).
     warnings: list[str] = field(default_factory=list)
+    #: The operator's query timeout (EXPORT_EXTRACTOR_QUERY_TIMEOUT_SECONDS): a saved query may not ask for more.
+    query_timeout_limit_seconds: float | None = None
+    #: Which env:/file: secret references profiles may hold (``settings.secret_references``).
+    secret_references: SecretReferencePolicy = field(default_factory=SecretReferencePolicy.from_environment)
 
 
 class Lookup(Protocol):
@@ -88,7 +95,15 @@ def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: Objec
     ]
     if missing:
         raise Invalid(missing, slug="invalid-reference")
-    problems = [p for obj in objects if isinstance(obj, ConnectionProfile) for p in destination_problems(obj, checks)]
+    profiles = [obj for obj in objects if isinstance(obj, ConnectionProfile)]
+    problems = [p for obj in profiles for p in destination_problems(obj, checks) + secret_problems(obj, checks)]
+    if checks.query_timeout_limit_seconds is not None:
+        problems += [
+            f"{where(obj, 'timeout_seconds')}: {problem}"
+            for obj in objects
+            if isinstance(obj, SavedQuery)
+            and (problem := obj.timeout_problem(checks.query_timeout_limit_seconds)) is not None
+        ]
     if checks.members is not None:
         objects, query_problems = discover_columns(objects, checks.members)
         problems += query_problems
@@ -126,6 +141,15 @@ def destination_problems(profile: ConnectionProfile, checks: ObjectChecks) -> li
                 problems.append(f"{where(profile, field_name)}: {refusal}")
                 break
     return problems
+
+
+def secret_problems(profile: ConnectionProfile, checks: ObjectChecks) -> list[str]:
+    """The profile's ``env:``/``file:`` references name only what the dispatcher may resolve (never a value shown)."""
+    return [
+        f"{where(profile, path)}: {refusal}"
+        for path, secret in secret_fields(profile)
+        if (refusal := checks.secret_references.refusal(secret.get_secret_value())) is not None
+    ]
 
 
 def discover_columns(objects: list[CatalogObject], members: MemberSource) -> tuple[list[CatalogObject], list[str]]:

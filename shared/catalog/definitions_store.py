@@ -1,12 +1,19 @@
-"""The definitions store: connection profiles, HTTP templates, saved queries and export definitions."""
+"""The definitions store: connection profiles, HTTP templates, saved queries and export definitions.
+
+With a :class:`~shared.secrets_at_rest.SecretCipher`, literal secrets of connection profiles are
+encrypted on every write and decrypted on every read (references stay readable: they are names);
+without one they are stored in plain text, and a warning says so.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
+import structlog
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -14,27 +21,73 @@ from shared.catalog.audit_store import write_entries
 from shared.catalog.database import CatalogDatabase, aware, now
 from shared.catalog.tables import CatalogObjectRow
 from shared.domain.audit import AuditEntry
-from shared.domain.catalog_objects import CatalogObject, ExportDefinition, kind_of, stored_form
-from shared.errors import NotFound
+from shared.domain.catalog_objects import (
+    DECRYPT_SECRET,
+    CatalogObject,
+    ConnectionProfile,
+    ExportDefinition,
+    kind_of,
+    secret_fields,
+    stored_form,
+)
+from shared.domain.secret_references import is_reference
+from shared.errors import NotFound, StoredObjectInvalid
+from shared.secrets_at_rest import KEYS_VARIABLE, SecretCipher, SecretsUnreadable, no_key
 
 T = TypeVar("T", bound=CatalogObject)
 ApplyResult = Literal["created", "updated", "unchanged"]
+log = structlog.get_logger(__name__)
 
 
 class SqlDefinitionsStore:
     """Catalog objects by kind and name, each under a stable id and a version that grows with every change."""
 
-    def __init__(self, database: CatalogDatabase) -> None:
+    def __init__(self, database: CatalogDatabase, cipher: SecretCipher | None = None) -> None:
         self.database = database
+        self.cipher = cipher
+        self._context: dict[str, Any] = {DECRYPT_SECRET: cipher.decrypt if cipher is not None else no_key}
+        self._warned_plain = False
+
+    def _stored(self, obj: CatalogObject) -> dict[str, Any]:
+        """``obj``'s stored form: literal secrets encrypted when there is a key, else in plain text (with a warning)."""
+        if self.cipher is not None:
+            return stored_form(obj, encrypt=self.cipher.encrypt)
+        if not self._warned_plain and any(not is_reference(s.get_secret_value()) for _, s in secret_fields(obj)):
+            self._warned_plain = True
+            log.warning(f"{KEYS_VARIABLE} is not set: literal secrets of connection profiles are stored in plain text")
+        return stored_form(obj)
+
+    def _load(self, kind: type[T], row: CatalogObjectRow) -> T:
+        """The object of ``row``, its secrets decrypted; :class:`SecretsUnreadable` naming it if they cannot be."""
+        try:
+            return cast(T, kind.model_validate(row.spec, context=self._context))
+        except SecretsUnreadable as exc:
+            raise SecretsUnreadable(f"{row.kind} '{row.name}': {exc}") from None
+        except ValidationError as exc:
+            # Saved by an older release whose rules were looser: said with its fields, never its values.
+            problems = "; ".join(
+                f"field '{'.'.join(str(part) for part in error['loc']) or 'spec'}': {error['msg']}"
+                for error in exc.errors(include_url=False, include_input=False)
+            )
+            raise StoredObjectInvalid(
+                f"{row.kind} '{row.name}' as stored breaks this release's rules ({problems}): apply it again, corrected"
+            ) from None
+
+    def _unchanged(self, row: CatalogObjectRow, obj: CatalogObject) -> bool:
+        """Whether ``row`` holds ``obj`` already (compared in plain text: each encryption differs)."""
+        try:
+            current = self._load(type(obj), row)
+        except (StoredObjectInvalid, SecretsUnreadable):
+            return False  # a row today's rules refuse, or whose key is gone: ``obj`` replaces it
+        return stored_form(current) == stored_form(obj)
 
     @staticmethod
     def _row(session: Session, kind: str, name: str, *, for_update: bool = False) -> CatalogObjectRow | None:
         query = select(CatalogObjectRow).where(CatalogObjectRow.kind == kind, CatalogObjectRow.name == name)
         return session.scalar(query.with_for_update() if for_update else query)
 
-    @staticmethod
-    def _write(session: Session, obj: CatalogObject) -> ApplyResult:
-        spec = stored_form(obj)
+    def _write(self, session: Session, obj: CatalogObject) -> ApplyResult:
+        spec = self._stored(obj)
         row = SqlDefinitionsStore._row(session, kind_of(obj), obj.name, for_update=True)
         if row is None:
             moment = now()
@@ -49,7 +102,7 @@ class SqlDefinitionsStore:
                 )
             )
             return "created"
-        if row.spec == spec:
+        if self._unchanged(row, obj):
             return "unchanged"
         row.spec, row.version, row.updated_at = spec, row.version + 1, now()
         return "updated"
@@ -90,7 +143,7 @@ class SqlDefinitionsStore:
             row = self._row(session, kind.__name__, name)
             if row is None:
                 raise NotFound(kind.__name__, name)
-            return uuid.UUID(row.id), row.version, cast(T, kind.model_validate(row.spec))
+            return uuid.UUID(row.id), row.version, self._load(kind, row)
 
     def replace_if_version(self, obj: CatalogObject, version: int, *, audit: Sequence[AuditEntry] = ()) -> bool:
         """Store ``obj`` only if its stored version is still ``version`` (compare and set); True when stored."""
@@ -99,7 +152,7 @@ class SqlDefinitionsStore:
             if row is None or row.version != version:
                 return False
             write_entries(session, audit)
-            row.spec, row.version, row.updated_at = stored_form(obj), row.version + 1, now()
+            row.spec, row.version, row.updated_at = self._stored(obj), row.version + 1, now()
             return True
 
     def list_objects(self, kind: type[T]) -> list[T]:
@@ -107,7 +160,7 @@ class SqlDefinitionsStore:
             rows = session.scalars(
                 select(CatalogObjectRow).where(CatalogObjectRow.kind == kind.__name__).order_by(CatalogObjectRow.name)
             )
-            return [cast(T, kind.model_validate(row.spec)) for row in rows]
+            return [self._load(kind, row) for row in rows]
 
     def rename(self, old_name: str, obj: CatalogObject, *, audit: Sequence[AuditEntry] = ()) -> None:
         """Replace object ``old_name`` of ``obj``'s kind by ``obj`` under its new name, keeping its id."""
@@ -116,7 +169,7 @@ class SqlDefinitionsStore:
             row = self._row(session, kind_of(obj), old_name, for_update=True)
             if row is None:
                 raise NotFound(kind_of(obj), old_name)
-            row.name, row.spec, row.version, row.updated_at = obj.name, stored_form(obj), row.version + 1, now()
+            row.name, row.spec, row.version, row.updated_at = obj.name, self._stored(obj), row.version + 1, now()
 
     def delete(self, kind: type[CatalogObject], name: str, *, audit: Sequence[AuditEntry] = ()) -> None:
         with self.database.transaction() as session:
@@ -125,6 +178,33 @@ class SqlDefinitionsStore:
             if row is None:
                 raise NotFound(kind.__name__, name)
             session.delete(row)
+
+    def reencrypt_secrets(self) -> tuple[int, int]:
+        """Encrypt every literal secret of every connection profile again, with the current key; (profiles, secrets).
+
+        What ``exportctl secrets rotate`` does once a new key is first in ``EXPORT_CATALOG_ENCRYPTION_KEYS``:
+        afterwards no stored secret needs an older key. Secrets stored in plain text (written before there
+        was a key) are encrypted too. One transaction: every profile is rewritten, or none. The objects do
+        not change, so neither do their versions.
+        """
+        if self.cipher is None:
+            raise SecretsUnreadable(f"{KEYS_VARIABLE} is not set: there is no key to encrypt with")
+        profiles = secrets = 0
+        with self.database.transaction() as session:
+            query = select(CatalogObjectRow).where(CatalogObjectRow.kind == ConnectionProfile.__name__)
+            for row in list(session.scalars(query.with_for_update())):
+                try:
+                    profile = self._load(ConnectionProfile, row)
+                except ValidationError as exc:
+                    raise SecretsUnreadable(
+                        f"ConnectionProfile '{row.name}' is not valid ({exc.error_count()} error(s), e.g. in field "
+                        f"'{'.'.join(map(str, exc.errors()[0]['loc']))}'): apply it again corrected, then rotate"
+                    ) from None
+                literals = sum(not is_reference(s.get_secret_value()) for _, s in secret_fields(profile))
+                if literals:
+                    row.spec = self._stored(profile)
+                    profiles, secrets = profiles + 1, secrets + literals
+        return profiles, secrets
 
     def scheduled_definitions(self) -> list[tuple[uuid.UUID, ExportDefinition]]:
         """Definitions whose schedule is enabled, with their ids."""

@@ -10,12 +10,16 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import structlog
+from pydantic import ValidationError
 from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.tables import CatalogObjectRow, LeaseRow, ScheduleRow
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.schedule_state import DueSchedule, ScheduleAdvance, ScheduleState, ScheduleSync
+
+log = structlog.get_logger(__name__)
 
 
 class SqlSchedulingStore:
@@ -27,17 +31,25 @@ class SqlSchedulingStore:
 
     def __init__(self, database: CatalogDatabase) -> None:
         self.database = database
-        self._parsed: dict[tuple[str, int], ExportDefinition] = {}
+        self._parsed: dict[tuple[str, int], ExportDefinition | None] = {}
 
-    def _definition(self, id_: str, version: int, spec: dict[str, Any]) -> ExportDefinition:
+    def _definition(self, id_: str, version: int, spec: dict[str, Any]) -> ExportDefinition | None:
         """The definition of ``spec``, parsed once per (id, version): validating specs was the fire path's
-        largest cost at a burst (4,000 due at once)."""
+        largest cost at a burst (4,000 due at once). None for a definition saved by an older release that
+        this one's rules refuse: it is left out (logged once) rather than stopping every other schedule."""
         key = (id_, version)
-        parsed = self._parsed.get(key)
-        if parsed is None:
-            parsed = self._parsed[key] = ExportDefinition.model_validate(spec)
-            if len(self._parsed) > self.MAX_PARSED:
-                self._parsed.pop(next(iter(self._parsed)))
+        if key in self._parsed:
+            return self._parsed[key]
+        try:
+            parsed: ExportDefinition | None = ExportDefinition.model_validate(spec)
+        except ValidationError as exc:
+            log.error(
+                "definition unreadable: not scheduled until applied again", definition_id=id_, errors=exc.error_count()
+            )
+            parsed = None
+        self._parsed[key] = parsed
+        if len(self._parsed) > self.MAX_PARSED:
+            self._parsed.pop(next(iter(self._parsed)))
         return parsed
 
     def schedules_to_sync(self) -> list[ScheduleSync]:
@@ -54,12 +66,13 @@ class SqlSchedulingStore:
             return [
                 ScheduleSync(
                     definition_id=uuid.UUID(obj.id),
-                    definition=self._definition(obj.id, obj.version, obj.spec),
+                    definition=definition,
                     version=obj.version,
                     updated_at=aware(obj.updated_at) or now(),
                     handled_until=aware(state.handled_until) if state else None,
                 )
                 for obj, state in rows
+                if (definition := self._definition(obj.id, obj.version, obj.spec)) is not None
             ]
 
     def save_schedules(self, states: list[ScheduleState]) -> None:
@@ -111,13 +124,9 @@ class SqlSchedulingStore:
                     ).all()
                 )
         return [
-            DueSchedule(
-                uuid.UUID(row.id),
-                self._definition(row.id, row.version, specs.get(row.id, {})),
-                aware(row.handled_until) or at,
-                aware(row.next_due_at) or at,
-            )
+            DueSchedule(uuid.UUID(row.id), definition, aware(row.handled_until) or at, aware(row.next_due_at) or at)
             for row in rows
+            if (definition := self._definition(row.id, row.version, specs.get(row.id, {}))) is not None
         ]
 
     def advance_schedules(self, advances: list[ScheduleAdvance]) -> int:

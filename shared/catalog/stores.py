@@ -10,6 +10,7 @@ from shared.catalog.definitions_store import SqlDefinitionsStore
 from shared.catalog.extraction_store import SqlExtractionStore
 from shared.catalog.runs_store import SqlRunsStore
 from shared.catalog.scheduling_store import SqlSchedulingStore
+from shared.secrets_at_rest import SecretCipher
 
 
 @dataclass
@@ -21,6 +22,9 @@ class CatalogStores:
     layer), the runs store (run records, outcome ledger, notifications, idempotency keys: the
     notifier and the application layer), the scheduling store (the scheduler) and the extraction
     store (the extractor's checkpoints and watermarks).
+
+    ``cipher`` encrypts the literal secrets of connection profiles at rest: the composition roots that
+    read or write profiles (admin API, dispatcher, exportctl) give it; the other services read no secret.
     """
 
     database: CatalogDatabase
@@ -31,17 +35,20 @@ class CatalogStores:
     #: Days the audit log keeps an entry.
     audit_retention_days: int = 365
     audit: SqlAuditLog = field(init=False)
+    cipher: SecretCipher | None = None
 
     def __post_init__(self) -> None:
-        self.definitions = SqlDefinitionsStore(self.database)
+        self.definitions = SqlDefinitionsStore(self.database, self.cipher)
         self.runs = SqlRunsStore(self.database)
         self.scheduling = SqlSchedulingStore(self.database)
         self.extraction = SqlExtractionStore(self.database)
         self.audit = SqlAuditLog(self.database, self.audit_retention_days)
 
     @classmethod
-    def from_url(cls, url: str, *, migrate: bool = False, audit_retention_days: int = 365) -> CatalogStores:
-        """The stores of the catalog at ``url``.
+    def from_url(
+        cls, url: str, *, migrate: bool = False, audit_retention_days: int = 365, cipher: SecretCipher | None = None
+    ) -> CatalogStores:
+        """The stores of the catalog at ``url``; ``cipher`` for secrets at rest (``settings.secret_cipher()``).
 
         ``migrate=True`` creates or upgrades the schema first (tests, the local demo); services and
         exportctl instead refuse an old schema (``shared.catalog.schema.require_current``) and leave
@@ -52,7 +59,7 @@ class CatalogStores:
             from shared.catalog.schema import upgrade
 
             upgrade(database.engine)
-        return cls(database, audit_retention_days=audit_retention_days)
+        return cls(database, audit_retention_days=audit_retention_days, cipher=cipher)
 
     def close(self) -> None:
         """Close the catalog's database connections."""

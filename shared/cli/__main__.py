@@ -18,7 +18,7 @@ import yaml
 from shared.application import objects as object_use_cases
 from shared.application import runs as run_use_cases
 from shared.application.dry_run import dry_run
-from shared.cli import audit_commands, database_commands, dead_letters
+from shared.cli import audit_commands, database_commands, dead_letters, secret_commands
 from shared.cli.api import ALIASES, AdminApi
 from shared.cli.api_commands import API_COMMANDS, print_dry_run, run_api_command
 from shared.cli.common import CliSettings, fail, parse_params, run_line, summary, wait_for_run
@@ -258,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     dead_letters.add_commands(commands)
     database_commands.add_commands(commands)
     audit_commands.add_commands(commands)
+    secret_commands.add_commands(commands)
 
     # Commands of the admin API only (EXPORT_API_URL).
     listing = commands.add_parser("list", help="(admin API) list objects of a kind")

@@ -17,11 +17,12 @@ from shared.catalog import CatalogStores, make_engine
 from shared.catalog.schema import SchemaOutdated, require_current
 from shared.cli.common import CliSettings, fail
 from shared.domain.destinations import DestinationPolicy
-from shared.errors import NotFound
+from shared.errors import NotFound, StoredObjectInvalid
 from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait
 from shared.kafka.event_publisher import KafkaEventPublisher
 from shared.name_resolution import resolve_host
 from shared.querystore import MemberReader
+from shared.secrets_at_rest import SecretsUnreadable
 
 
 class CatalogUnusable(RuntimeError):
@@ -41,7 +42,9 @@ class Direct:
 
     def members(self) -> MemberReader:
         if self._members is None:
-            self._members = MemberReader.from_url(self.settings.query_store_url)
+            self._members = MemberReader.from_url(
+                self.settings.query_store_url, timeout_seconds=self.settings.extractor_query_timeout_seconds
+            )
             self._resources.callback(self._members.close)
         return self._members
 
@@ -51,6 +54,8 @@ class Direct:
             policy=DestinationPolicy.parse(self.settings.allowed_destinations),
             resolve_host=resolve_host,
             members=self.members() if discover else None,
+            query_timeout_limit_seconds=self.settings.extractor_query_timeout_seconds,
+            secret_references=self.settings.secret_references,
         )
 
     def publisher(self) -> KafkaEventPublisher:
@@ -75,7 +80,13 @@ def direct(settings: CliSettings) -> Iterator[Direct]:
         raise CatalogUnusable(str(exc)) from None
     finally:
         engine.dispose()
-    stores = CatalogStores.from_url(settings.catalog_url, audit_retention_days=settings.audit_retention_days)
+    try:
+        cipher = settings.secret_cipher()
+    except ValueError as exc:  # a malformed key: said without the key
+        raise CatalogUnusable(str(exc)) from None
+    stores = CatalogStores.from_url(
+        settings.catalog_url, audit_retention_days=settings.audit_retention_days, cipher=cipher
+    )
     context = Direct(settings, stores, local_operator(getpass.getuser()))
     try:
         yield context
@@ -91,5 +102,5 @@ def on_catalog(settings: CliSettings, command: Callable[[Direct], int]) -> int:
             return command(context)
     except Refused as exc:
         return fail(exc.problems[0] if len(exc.problems) == 1 else "refused\n  " + "\n  ".join(exc.problems))
-    except (CatalogUnusable, NotFound) as exc:
+    except (CatalogUnusable, NotFound, StoredObjectInvalid, SecretsUnreadable) as exc:
         return fail(str(exc))

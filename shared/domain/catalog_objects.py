@@ -7,24 +7,31 @@ admin API all validate through these classes, so one set of rules holds everywhe
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import to_jsonable_python
 
+from shared.domain.http_fields import header_name_problem, source_problem
 from shared.domain.names import Name
 from shared.domain.query_parameters import RESERVED_PREFIX, QueryParameter, bind_names
+from shared.domain.query_sql import check_select
 from shared.domain.schedule import Schedule
+from shared.domain.secret_references import is_reference
 
 # The wire contract owns the enum (batches carry it); re-exported here for the domain's importers.
 from shared.events import Priority as Priority
@@ -42,12 +49,45 @@ def _plain_column(column: str) -> str:
 ColumnName = Annotated[str, AfterValidator(_plain_column)]
 
 
+#: How the catalog stores a literal secret encrypted at rest: ``{"encrypted": "<token>"}`` (see :func:`stored_form`).
+ENCRYPTED = "encrypted"
+#: The validation context entry holding the function that decrypts such a value (given by the catalog's store).
+DECRYPT_SECRET = "decrypt_secret"  # noqa: S105 - a context key, not a secret
+
+
+def _decrypt_stored(value: Any, info: ValidationInfo) -> Any:
+    """A secret stored encrypted is decrypted by the function the validation context gives, if any.
+
+    Without one (any input but the catalog's own rows), ``{"encrypted": …}`` is not a string and is refused.
+    """
+    decrypt = info.context.get(DECRYPT_SECRET) if isinstance(info.context, dict) else None
+    if (
+        decrypt is not None
+        and isinstance(value, dict)
+        and set(value) == {ENCRYPTED}
+        and isinstance(value[ENCRYPTED], str)
+    ):
+        return decrypt(value[ENCRYPTED])
+    return value
+
+
 #: A credential: a literal (write-only) or an ``env:``/``file:`` reference. Answered masked by the admin API
 #: (so not ``writeOnly`` in its schema: the mask is in every response, and may be sent back to keep it).
 Secret = Annotated[
     SecretStr,
+    BeforeValidator(_decrypt_stored),
     WithJsonSchema({"type": "string", "description": "a secret or an env:/file: reference; answered masked"}),
 ]
+
+
+def _without_credentials(url: str) -> str:
+    # Never the URL in the message: its user information is a credential.
+    if "@" in urlsplit(url).netloc:
+        raise ValueError(
+            "must not hold credentials (user:password@host): give them in the profile's auth "
+            "(basic, bearer, api_key or oauth2_client_credentials), where they are stored as secrets"
+        )
+    return url
 
 
 class _Spec(BaseModel):
@@ -84,7 +124,7 @@ class OAuth2ClientCredentials(_Spec):
     """OAuth 2.0 client credentials; stored now, exchanged for tokens by the dispatcher (issue 5)."""
 
     type: Literal["oauth2_client_credentials"]
-    token_url: str
+    token_url: Annotated[str, AfterValidator(_without_credentials)]
     client_id: str
     client_secret: Secret
     scope: str | None = None
@@ -112,11 +152,17 @@ class RateLimit(_Spec):
 
 
 class ConnectionProfile(_Spec):
-    """Where and how to reach a partner API: a base URL and its authentication."""
+    """Where and how to reach a partner API: a base URL and its authentication.
+
+    Validation errors never echo their input (a profile holds credentials); URLs may not carry user
+    information (``user:password@``): credentials belong in ``auth``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     name: Name
     label: str | None = Field(default=None, max_length=200)
-    base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$"), AfterValidator(_without_credentials)]
     auth: Auth = NoAuth()
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 30.0
     #: Standard Webhooks signing secret (``whsec_…``, or an ``env:``/``file:`` reference to one): when set,
@@ -144,6 +190,10 @@ class HttpTemplate(_Spec):
     column→value mappings), ``member`` (its first member, for a batch size of 1) and ``run`` (run
     metadata); ``query_string`` values are URL-encoded; the body must render JSON. Without a body, the
     batch is sent as a JSON array of members.
+
+    ``headers`` may not set the framing headers (``Host``, ``Content-Length``, ``Transfer-Encoding``…),
+    credentials (``Authorization``, ``Cookie``: they come from the profile) or the dispatcher's own
+    (``Idempotency-Key``, ``webhook-*``), in any case (``shared.domain.http_fields``).
     """
 
     name: Name
@@ -163,7 +213,26 @@ class HttpTemplate(_Spec):
     def _path_is_relative(cls, path: str) -> str:
         if not path.startswith("/"):
             raise ValueError("must start with '/': it is appended to the connection profile's base URL")
+        problem = source_problem(path)
+        if problem is not None:
+            raise ValueError(f"{problem}: a path is one line of text")
         return path
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_a_template_may_set(cls, headers: dict[str, str]) -> dict[str, str]:
+        """Not the framing headers, nor credentials, nor the dispatcher's own (case-insensitively); once each."""
+        seen: set[str] = set()
+        for name, value in headers.items():
+            problem = header_name_problem(name)
+            if problem is None and name.lower() in seen:
+                problem = f"header '{name}' is given twice (header names are case-insensitive)"
+            if problem is None and (value_problem := source_problem(value)) is not None:
+                problem = f"header '{name}' {value_problem}: a header value is one line of text"
+            if problem is not None:
+                raise ValueError(problem)
+            seen.add(name.lower())
+        return headers
 
 
 # --- Saved queries ---------------------------------------------------------------------------------
@@ -175,7 +244,12 @@ class SavedQuery(_Spec):
     ``key_column`` is unique and sortable (the member id): the extractor pages by it. ``parameters``
     declares the query's ``:name`` bind parameters and their types. ``columns`` is what the query
     returns, discovered from the query store when the query is saved (``exportctl apply``), so that
-    templates can be checked against it. ``timeout_seconds`` overrides the extractor's page timeout.
+    templates can be checked against it. ``timeout_seconds`` can only shorten the operator's page
+    timeout (``EXPORT_EXTRACTOR_QUERY_TIMEOUT_SECONDS``): a query runs with the smaller of the two.
+
+    ``sql`` is read by a SQL parser (:func:`shared.domain.query_sql.check_select`): one read-only
+    ``SELECT`` (``WITH … SELECT``, ``UNION`` …), no comments, no positional placeholders, only ``:name``
+    parameters, each declared under ``parameters``.
     """
 
     name: Name
@@ -190,12 +264,7 @@ class SavedQuery(_Spec):
     @field_validator("sql")
     @classmethod
     def _single_select(cls, sql: str) -> str:
-        stripped = sql.strip().rstrip(";").strip()
-        if ";" in stripped:
-            raise ValueError("must be a single statement")
-        if not re.match(r"(?is)^(select|with)\b", stripped):
-            raise ValueError("must be a SELECT query")
-        return stripped
+        return check_select(sql).sql  # UnsafeSql is a ValueError: refused naming the field and the reason
 
     @field_validator("parameters")
     @classmethod
@@ -218,6 +287,23 @@ class SavedQuery(_Spec):
                 + "; declare them under 'parameters' with their type"
             )
         return self
+
+    def effective_timeout(self, limit_seconds: float) -> float:
+        """The page timeout this query runs with: its ``timeout_seconds``, never above the operator's limit."""
+        return limit_seconds if self.timeout_seconds is None else min(self.timeout_seconds, limit_seconds)
+
+    def timeout_problem(self, limit_seconds: float) -> str | None:
+        """Why ``timeout_seconds`` is refused under the operator's ``limit_seconds`` (None when it is not).
+
+        For the save-time checks, which name the field (``timeout_seconds``) before the reason; a larger
+        value stored earlier is not refused but has no effect (:meth:`effective_timeout`).
+        """
+        if self.timeout_seconds is None or self.timeout_seconds <= limit_seconds:
+            return None
+        return (
+            f"{self.timeout_seconds:g} s is above the operator's query timeout of {limit_seconds:g} s "
+            f"(EXPORT_EXTRACTOR_QUERY_TIMEOUT_SECONDS): set at most {limit_seconds:g}, or leave it out"
+        )
 
 
 class Incremental(_Spec):
@@ -302,12 +388,18 @@ def kind_of(obj: CatalogObject) -> str:
     return type(obj).__name__
 
 
-def stored_form(obj: CatalogObject) -> dict[str, Any]:
-    """The JSON the catalog stores: secrets included, as written (a literal or a reference)."""
+def stored_form(obj: CatalogObject, encrypt: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """The JSON the catalog stores: secrets included, as written (a literal or a reference).
+
+    With ``encrypt``, each literal secret is stored as ``{"encrypted": encrypt(literal)}`` instead
+    (references are names, not secrets, and stay readable); validating that JSON with the matching
+    ``decrypt`` in the context (``{DECRYPT_SECRET: decrypt}``) gives the object back.
+    """
 
     def reveal(value: Any) -> Any:
         if isinstance(value, SecretStr):
-            return value.get_secret_value()
+            secret = value.get_secret_value()
+            return {ENCRYPTED: encrypt(secret)} if encrypt is not None and not is_reference(secret) else secret
         if isinstance(value, dict):
             return {k: reveal(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -316,6 +408,20 @@ def stored_form(obj: CatalogObject) -> dict[str, Any]:
 
     stored: dict[str, Any] = to_jsonable_python(reveal(obj.model_dump(mode="python")))
     return stored
+
+
+def secret_fields(obj: CatalogObject) -> Iterator[tuple[str, SecretStr]]:
+    """Every secret of ``obj`` with its field's dotted path (``auth.token``, ``signing_secret``)."""
+
+    def walk(model: BaseModel, prefix: str) -> Iterator[tuple[str, SecretStr]]:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, SecretStr):
+                yield prefix + name, value
+            elif isinstance(value, BaseModel):
+                yield from walk(value, f"{prefix}{name}.")
+
+    return walk(obj, "")
 
 
 def query_consistency_problems(definition: ExportDefinition, query: SavedQuery) -> list[str]:

@@ -18,7 +18,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter, Validati
 
 #: Bind names the extractor uses for paging; a saved query may not declare these.
 RESERVED_PREFIX = "_export_"
-_BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
+#: What SQLAlchemy's ``text()`` binds (its ``_bind_params_regex``): ``:name`` not in a ``::`` cast, not
+#: after a backslash, and only a whole name (``:since::date`` binds nothing, not ``:sinc``).
+_BIND = re.compile(r"(?<![:\w\\]):(\w+)(?![:\w])")
 
 
 class ParameterType(StrEnum):

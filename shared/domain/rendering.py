@@ -1,4 +1,11 @@
-"""Render a member batch into an HTTP request with the template (sandboxed Jinja2). Pure: no I/O."""
+"""Render a member batch into an HTTP request with the template (sandboxed Jinja2). Pure: no I/O.
+
+A member's data never changes the request's shape: each ``{{ … }}`` value in ``path`` is one path
+segment (``request_target``); ``query_string`` values are URL-encoded; a header value that HTTP cannot
+carry is refused (``http_fields``); in ``body``, every value but ``tojson``'s output (and what ``safe``
+marks) is escaped as JSON string content, so ``"{{ member.name }}"`` is a JSON string whatever the name
+holds. Rendering is bounded by :class:`RenderLimits` (CPU time, bytes: ``template_sandbox``).
+"""
 
 from __future__ import annotations
 
@@ -10,14 +17,18 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import Template, TemplateError
+from markupsafe import Markup
 
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
+from shared.domain.http_fields import header_value_problem
+from shared.domain.render_budget import DEFAULT_LIMITS, RenderLimits, current_budget, rendering_within
+from shared.domain.request_target import path_problem, path_segment
+from shared.domain.template_sandbox import BoundedSandbox, TemplateText, render_bounded
 from shared.errors import PermanentError
 from shared.events import MemberBatch
 
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+__all__ = ["DEFAULT_LIMITS", "RenderLimits", "RenderedRequest", "TemplateRenderError", "render_request"]
 
 
 class TemplateRenderError(PermanentError):
@@ -32,21 +43,41 @@ class RenderedRequest:
     content: bytes
 
 
-@lru_cache(maxsize=256)
-def _compile(source: str) -> Any:
-    return _ENV.from_string(source)
+def json_string_content(value: Any) -> Any:
+    """A body's ``{{ … }}`` value: JSON-escaped text (no quotes added), unless the template made it JSON.
+
+    ``tojson``'s output (and what ``safe`` marks), a macro's output and a captured block (whose values were
+    escaped when they were written) and numbers are written as they are; anything else as its text,
+    escaped: quotes, backslashes and control characters cannot end a JSON string or add a key, and a bare
+    ``{{ member.name }}`` outside quotes is invalid JSON (refused) instead of JSON of the member's choosing.
+    """
+    if isinstance(value, Markup | TemplateText | int | float):
+        return value
+    return json.encoder.encode_basestring(str(value))[1:-1]
 
 
-def _render(source: str, context: dict[str, Any], what: str) -> str:
+_ENVIRONMENTS = {
+    "text": BoundedSandbox(),
+    "path": BoundedSandbox(convert=path_segment),
+    "body": BoundedSandbox(convert=json_string_content),
+}
+
+
+@lru_cache(maxsize=768)
+def _compile(kind: str, source: str) -> Template:
+    return _ENVIRONMENTS[kind].from_string(source)
+
+
+def _render(source: str, context: dict[str, Any], what: str, kind: str = "text") -> str:
     try:
-        return str(_compile(source).render(context))
-    except TemplateError as exc:
+        return render_bounded(_compile(kind, source), context, current_budget())
+    except TemplateError as exc:  # a syntax error, an undefined variable, a sandbox refusal, a render limit
         lineno = getattr(exc, "lineno", None) or _template_line(exc.__traceback__)
         line = f" (line {lineno})" if lineno else ""
         raise TemplateRenderError(f"template {what}{line}: {exc.message or exc}") from None
     except Exception as exc:  # noqa: BLE001 - whatever a template raises is the template's failure, never ours
         # E.g. an unknown column piped into a filter (StrictUndefined reaches json.dumps as a value), a
-        # division by zero, a range too large for the sandbox.
+        # division by zero, a range too large for the sandbox, a recursive macro.
         hint = " (an undefined variable: is the column in the query?)" if "Undefined" in str(exc) else ""
         lineno = _template_line(exc.__traceback__)
         line = f" (line {lineno})" if lineno else ""
@@ -63,42 +94,62 @@ def _template_line(trace: TracebackType | None) -> int | None:
     return line
 
 
-def render_request(template: HttpTemplate, profile: ConnectionProfile, batch: MemberBatch) -> RenderedRequest:
+def render_request(
+    template: HttpTemplate, profile: ConnectionProfile, batch: MemberBatch, limits: RenderLimits = DEFAULT_LIMITS
+) -> RenderedRequest:
     """The request for ``batch``: URL from the profile's base URL, the template's path and query string; JSON body.
 
     Templates see ``members`` (the batch), ``member`` (its first member, handy when the batch size is 1)
-    and ``run`` (``id``, ``definition``, ``batch_index``).
+    and ``run`` (``id``, ``definition``, ``batch_index``). All of it renders within ``limits``, on the
+    calling thread's CPU clock; TemplateRenderError says what went wrong, and where.
     """
     context = {
         "members": batch.members,
         "member": batch.members[0] if batch.members else {},
         "run": {"id": str(batch.run_id), "definition": batch.definition, "batch_index": batch.batch_index},
     }
-    url = profile.base_url.rstrip("/") + _render(template.path, context, "path")
-    if template.query_string:
-        parameters = {
-            name: _render(value, context, f"query_string {name}") for name, value in template.query_string.items()
-        }
-        url += ("&" if "?" in url else "?") + urlencode(parameters)
-    headers = {name: _render(value, context, f"header {name}") for name, value in template.headers.items()}
-    if template.body is None:
-        content = _members_json(batch.members)
-    else:
-        body = _render(template.body, context, "body")
-        try:
-            json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise TemplateRenderError(
-                f"template body renders invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-            ) from None
-        content = body.encode()
-    headers.setdefault("Content-Type", "application/json")
+    with rendering_within(limits):
+        path = _render(template.path, context, "path", "path")
+        problem = path_problem(path)
+        if problem is not None:
+            raise TemplateRenderError(f"template path: the rendered path {problem}")
+        url = profile.base_url.rstrip("/") + path
+        if template.query_string:
+            parameters = {
+                name: _render(value, context, f"query_string {name}") for name, value in template.query_string.items()
+            }
+            url += ("&" if "?" in url else "?") + urlencode(parameters)
+        headers = {}
+        for name, value in template.headers.items():
+            headers[name] = rendered = _render(value, context, f"header {name}")
+            problem = header_value_problem(rendered)
+            if problem is not None:
+                raise TemplateRenderError(f"template header {name}: the rendered value {problem}")
+        content = _members_json(batch.members) if template.body is None else _json_body(template.body, context)
+    if not any(name.lower() == "content-type" for name in headers):
+        headers["Content-Type"] = "application/json"
     return RenderedRequest(template.method.value, url, headers, content)
+
+
+def _json_body(source: str, context: dict[str, Any]) -> bytes:
+    body = _render(source, context, "body", "body")
+    try:
+        json.loads(body)
+        return body.encode()
+    except json.JSONDecodeError as exc:
+        raise TemplateRenderError(
+            f"template body renders invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg} (values are "
+            "written as JSON string content: put quotes around them, or write {{ value | tojson }})"
+        ) from None
+    except UnicodeEncodeError:
+        raise TemplateRenderError(
+            "template body: a value holds a lone UTF-16 surrogate, which UTF-8 cannot carry (write it with | tojson)"
+        ) from None
 
 
 def _members_json(members: list[dict[str, Any]]) -> bytes:
     """The batch as a compact JSON array, UTF-8. orjson: 0.23 ms for 500 members against 3.6 ms for json."""
     try:
         return orjson.dumps(members)
-    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits, which json can write
-        return json.dumps(members, separators=(",", ":"), ensure_ascii=False).encode()
+    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits, or a lone surrogate, which json can write
+        return json.dumps(members, separators=(",", ":")).encode()

@@ -1,4 +1,10 @@
-"""Keyset paging over a saved query: pure SQL construction and value conversion."""
+"""Keyset paging over a saved query: the statements built around it, and value conversion.
+
+The saved query is one SQLAlchemy ``text()`` clause, the subquery ``q`` of statements built with
+SQLAlchemy's constructs (never by pasting strings together): its ``:name`` parameters are bound, its
+text is never edited, and it was checked by a SQL parser to be one self-contained, comment-free SELECT
+(:func:`shared.domain.query_sql.check_select`) so that nothing in it can reach the statement around it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,20 @@ import decimal
 import uuid
 from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    Subquery,
+    bindparam,
+    column,
+    false,
+    func,
+    literal_column,
+    select,
+    text,
+)
 
 from shared.domain.query_parameters import RESERVED_PREFIX
 
@@ -26,44 +46,57 @@ class Window:
     until: Any
 
 
-def _window_conditions(quoted_column: str | None, window: Window | None) -> list[str]:
-    if window is None or quoted_column is None:
+def saved_query(query_sql: str, *columns: str) -> Subquery:
+    """The saved query as the subquery ``q``, with the ``columns`` the statement around it refers to.
+
+    Column names are quoted by the dialect where they need it. The text starts and ends on a line of its
+    own: were a line comment ever to get past the parser, it could not reach the statement around it.
+    """
+    clause = text(f"\n{query_sql}\n").columns(*(column(name) for name in dict.fromkeys(columns)))
+    return clause.subquery("q")
+
+
+def _window_conditions(q: Subquery, window: Window | None) -> list[ColumnElement[bool]]:
+    if window is None:
         return []
-    conditions = [f"q.{quoted_column} <= :{UNTIL}"]
+    watermark = q.c[window.column]
+    conditions = [watermark <= bindparam(UNTIL)]
     if window.since is not None:
-        conditions.insert(0, f"q.{quoted_column} > :{SINCE}")
+        conditions.insert(0, watermark > bindparam(SINCE))
     return conditions
 
 
-def keyset_page_sql(
-    query_sql: str,
-    quoted_key: str,
-    *,
-    first: bool,
-    window: Window | None = None,
-    quoted_watermark: str | None = None,
-) -> str:
-    """The SQL of one page: the saved query wrapped, filtered after the last key, ordered by key.
+def keyset_page(query_sql: str, key_column: str, *, first: bool, window: Window | None = None) -> Select[Any]:
+    """One page: the saved query's rows after ``:_export_last_key`` (not on the first page), by key.
 
     Keyset (``WHERE key > :last_key``), never OFFSET: each page costs the same however deep the run is.
-    Identifiers must already be quoted for the engine's dialect.
+    Bind ``LIMIT`` (and ``LAST_KEY``, and the window's values: :func:`window_params`) when executing.
     """
-    conditions = _window_conditions(quoted_watermark, window)
+    q = saved_query(query_sql, key_column, *([window.column] if window else []))
+    key = q.c[key_column]
+    conditions = _window_conditions(q, window)
     if not first:
-        conditions.append(f"q.{quoted_key} > :{LAST_KEY}")
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    return f"SELECT * FROM ({query_sql}) AS q{where} ORDER BY q.{quoted_key} LIMIT :{LIMIT}"  # noqa: S608
+        conditions.append(key > bindparam(LAST_KEY))
+    return (
+        select(literal_column("*"))
+        .select_from(q)
+        .where(*conditions)
+        .order_by(key)
+        .limit(bindparam(LIMIT, type_=Integer))
+    )
 
 
-def columns_sql(query_sql: str) -> str:
-    """SQL returning no rows but the saved query's columns (discovery at save time)."""
-    return f"SELECT * FROM ({query_sql}) AS q WHERE 1 = 0"  # noqa: S608
+def columns_probe(query_sql: str) -> Select[Any]:
+    """No rows but the saved query's columns (discovery at save time)."""
+    return select(literal_column("*")).select_from(saved_query(query_sql)).where(false())
 
 
-def high_watermark_sql(query_sql: str, quoted_watermark: str, *, since: bool) -> str:
-    """SQL of the highest watermark value the query has now (after ``since`` when given)."""
-    where = f" WHERE q.{quoted_watermark} > :{SINCE}" if since else ""
-    return f"SELECT MAX(q.{quoted_watermark}) FROM ({query_sql}) AS q{where}"  # noqa: S608
+def high_watermark(query_sql: str, watermark_column: str, *, since: bool) -> Select[Any]:
+    """The highest watermark value the query has now (after ``:_export_since`` when ``since``)."""
+    q = saved_query(query_sql, watermark_column)
+    watermark = q.c[watermark_column]
+    statement = select(func.max(watermark)).select_from(q)
+    return statement.where(watermark > bindparam(SINCE)) if since else statement
 
 
 def window_params(window: Window | None) -> dict[str, Any]:

@@ -8,25 +8,40 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from shared.catalog.engine import make_engine
 from shared.domain.catalog_objects import SavedQuery
+from shared.domain.query_sql import UnsafeSql, check_select
 from shared.errors import PermanentError
 from shared.querystore.paging import (
     LAST_KEY,
     LIMIT,
     SINCE,
     Window,
-    columns_sql,
-    high_watermark_sql,
+    columns_probe,
+    high_watermark,
     jsonable,
-    keyset_page_sql,
+    keyset_page,
     window_params,
 )
 
+#: The longest a query page may run when the reader is given no limit (the extractor's default); a saved
+#: query's ``timeout_seconds`` can only shorten it.
 DEFAULT_TIMEOUT_SECONDS = 300.0
+
+#: SQLAlchemy's dialect names → the SQL parser's (sqlglot), to read saved queries as the member store does.
+_PARSER_DIALECTS = {
+    "postgresql": "postgres",
+    "sqlite": "sqlite",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "mssql": "tsql",
+    "oracle": "oracle",
+}
 
 
 class QueryError(PermanentError):
@@ -52,41 +67,60 @@ class Page:
 
 
 class _DriverStatement:
-    """A SQL text compiled once for the engine's driver, executed on the raw DB-API cursor.
+    """A statement compiled once to the driver's SQL and parameters, executed on the raw DB-API cursor.
 
     SQLAlchemy's result rows cost about a fifth of a page's read time; the driver's tuples do not.
     """
 
-    def __init__(self, engine: Engine, sql: str) -> None:
-        compiled = text(sql).compile(dialect=engine.dialect)
+    def __init__(self, engine: Engine, statement: ClauseElement) -> None:
+        compiled = statement.compile(dialect=engine.dialect)
+        assert isinstance(compiled, SQLCompiler), "a SELECT compiles with the SQL compiler"
         self.sql = compiled.string
         self._compiled = compiled
         self._positional = engine.dialect.positional
 
     def params(self, values: Mapping[str, Any]) -> Any:
-        params = self._compiled.construct_params(dict(values))
+        params = self._compiled.construct_params(dict(values)) or {}
         if self._positional:
             return tuple(params[name] for name in self._compiled.positiontup or [])
         return params
 
 
 class MemberReader:
-    """Pages through saved queries on one query store."""
+    """Pages through saved queries on one query store.
+
+    ``timeout_seconds`` is the operator's limit on one query page: a saved query's own
+    ``timeout_seconds`` can shorten it, never lengthen it. Every query's SQL is checked again, as the
+    store's dialect reads it, before it runs (it may have been saved by an older release).
+    """
 
     def __init__(self, engine: Engine, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self.engine = engine
         self.timeout_seconds = timeout_seconds
+        self._parser_dialect = _PARSER_DIALECTS.get(engine.dialect.name)
 
     @classmethod
     def from_url(cls, url: str, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> MemberReader:
+        """A reader of the query store at ``url`` (any SQLAlchemy URL)."""
         return cls(make_engine(url), timeout_seconds=timeout_seconds)
 
     def close(self) -> None:
         """Close the query store's connections."""
         self.engine.dispose()
 
-    def _quote(self, column: str) -> str:
-        return str(self.engine.dialect.identifier_preparer.quote(column))
+    def _checked_sql(self, query: SavedQuery) -> str:
+        """The query's SQL once the store's dialect reads it as one safe SELECT binding only declared names."""
+        try:
+            checked = check_select(query.sql, self._parser_dialect)
+        except UnsafeSql as exc:
+            raise QueryError(f"query '{query.name}' is refused: sql {exc}") from None
+        undeclared = [name for name in checked.bind_names if name not in query.parameters]
+        if undeclared:
+            raise QueryError(
+                f"query '{query.name}' is refused: sql uses undeclared parameter(s) "
+                + ", ".join(f":{name}" for name in undeclared)
+            )
+        return checked.sql
 
     def pages(
         self,
@@ -98,18 +132,9 @@ class MemberReader:
         window: Window | None = None,
     ) -> Iterator[Page]:
         """Yield pages of ``page_size`` members after key ``after`` (from the start when None)."""
-        quoted_watermark = self._quote(window.column) if window else None
+        sql = self._checked_sql(query)
         statements = {
-            first: _DriverStatement(
-                self.engine,
-                keyset_page_sql(
-                    query.sql,
-                    self._quote(query.key_column),
-                    first=first,
-                    window=window,
-                    quoted_watermark=quoted_watermark,
-                ),
-            )
+            first: _DriverStatement(self.engine, keyset_page(sql, query.key_column, first=first, window=window))
             for first in (True, False)
         }
         base = dict(parameters or {}) | window_params(window) | {LIMIT: page_size}
@@ -132,7 +157,7 @@ class MemberReader:
 
     def columns(self, query: SavedQuery, parameters: Mapping[str, Any] | None = None) -> list[str]:
         """The columns ``query`` returns (runs it for no rows); raises QueryError if it fails."""
-        statement = _DriverStatement(self.engine, columns_sql(query.sql))
+        statement = _DriverStatement(self.engine, columns_probe(self._checked_sql(query)))
         values = {name: parameters.get(name) if parameters else None for name in query.parameters}
         with self._cursor(query) as cursor:
             cursor.execute(statement.sql, statement.params(values))
@@ -143,7 +168,7 @@ class MemberReader:
     ) -> Any:
         """The highest value of ``column`` among the query's rows (after ``since``), or None if none."""
         statement = _DriverStatement(
-            self.engine, high_watermark_sql(query.sql, self._quote(column), since=since is not None)
+            self.engine, high_watermark(self._checked_sql(query), column, since=since is not None)
         )
         values = dict(parameters or {}) | ({SINCE: since} if since is not None else {})
         with self._cursor(query) as cursor:
@@ -153,8 +178,8 @@ class MemberReader:
 
     @contextmanager
     def _cursor(self, query: SavedQuery) -> Iterator[Any]:
-        """A read-only driver cursor whose statements are cancelled after the query's timeout."""
-        timeout = query.timeout_seconds or self.timeout_seconds
+        """A read-only driver cursor whose statements are cancelled after the query's timeout (capped)."""
+        timeout = query.effective_timeout(self.timeout_seconds)
         started = time.monotonic()
         try:
             with self.engine.connect() as connection:
@@ -175,10 +200,14 @@ class MemberReader:
     def _deadline(self, connection: Connection, seconds: float) -> Iterator[None]:
         # Read-only where the engine can enforce it (queries are validated as one SELECT too), and a
         # statement timeout: PostgreSQL cancels server-side; SQLite is interrupted from its VM loop.
+        # PostgreSQL reads strings as the SQL parser that checked the query does (a server configured
+        # with standard_conforming_strings off would read backslashes as escapes, and text the check
+        # saw inside a string as SQL).
         backend = self.engine.dialect.name
         if backend == "postgresql":
             connection.exec_driver_sql("SET TRANSACTION READ ONLY")
             connection.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int(seconds * 1000))}")
+            connection.exec_driver_sql("SET LOCAL standard_conforming_strings = on")
             yield
         elif backend == "sqlite":
             raw = connection.connection.driver_connection

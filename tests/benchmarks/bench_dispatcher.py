@@ -28,12 +28,10 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -46,14 +44,20 @@ from shared.events import MemberBatch
 from shared.kafka import ensure_topics, make_producer, produce_and_wait
 from shared.kafka.loop import Outgoing
 from shared.settings import CommonSettings
+from tests.benchmarks.common import (
+    HEADERS,
+    SINGLE_BODY,
+    current_rss_mb,
+    peak_rss_mb,
+    plain_aiohttp,
+    post_all,
+    receiver_rate,
+    receiver_stats,
+    reset_receiver,
+)
 from tests.benchmarks.lean_receiver import lean_receiver
 
 BATCH_SIZE = 500
-SINGLE_BODY = (
-    '{"id": {{ member.id }}, "email": {{ member.email | tojson }}, "first_name": {{ member.first_name | tojson }}, '
-    '"tier": {{ member.tier | tojson }}, "points": {{ member.points }}}'
-)
-HEADERS = {"Content-Type": "application/json"}
 
 
 def member(i: int) -> dict[str, Any]:
@@ -82,20 +86,6 @@ def batches(template: str, count: int, size: int) -> list[MemberBatch]:
         )
         for index in range(count)
     ]
-
-
-def receiver_stats(base_url: str) -> dict[str, Any]:
-    stats: dict[str, Any] = httpx.get(f"{base_url}/stats").json()
-    return stats
-
-
-def reset(base_url: str) -> None:
-    httpx.delete(f"{base_url}/stats").raise_for_status()
-
-
-def rate(stats: dict[str, Any], per_request: int = 1) -> float:
-    span = (stats["last"] or 0) - (stats["first"] or 0)
-    return float(stats["requests"] - 1) * per_request / span if span > 0 else 0.0
 
 
 class Bench:
@@ -149,7 +139,7 @@ class Bench:
     def run_dispatcher(self, base_url: str, records: list[MemberBatch]) -> tuple[dict[str, Any], float]:
         """Deliver ``records`` through the dispatcher; the receiver's stats and the peak RSS (MB)."""
         prefix, _ = self.load(records)
-        reset(base_url)
+        reset_receiver(base_url)
         pipeline = self.dispatcher(prefix)
         try:
             wait_until(
@@ -164,54 +154,17 @@ class Bench:
         return receiver_stats(base_url), peak
 
 
-def _status_mb(pid: int, field: str) -> float:
-    """A memory line of /proc/<pid>/status (``VmHWM``: peak resident set, ``VmRSS``: now), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_rss_mb(pid: int) -> float:
-    return _status_mb(pid, "VmHWM")
-
-
-def current_rss_mb(pid: int) -> float:
-    return _status_mb(pid, "VmRSS")
-
-
-async def _loop(bodies: list[bytes], concurrency: int, post: Callable[[bytes], Awaitable[None]]) -> None:
-    remaining = iter(bodies)
-
-    async def worker() -> None:
-        for body in remaining:
-            await post(body)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
-async def plain_aiohttp(url: str, bodies: list[bytes], concurrency: int) -> None:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-
-        async def post(body: bytes) -> None:
-            async with session.post(url, data=body, headers=HEADERS) as response:
-                response.raise_for_status()
-                await response.read()
-
-        await _loop(bodies, concurrency, post)
-
-
 async def plain_httpx_aiohttp(url: str, bodies: list[bytes], concurrency: int) -> None:
     async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
 
         async def post(body: bytes) -> None:
             (await client.post(url, content=body, headers=HEADERS)).raise_for_status()
 
-        await _loop(bodies, concurrency, post)
+        await post_all(bodies, concurrency, post)
 
 
 def baseline(base_url: str, bodies: list[bytes], concurrency: int, loop: Any) -> dict[str, Any]:
-    reset(base_url)
+    reset_receiver(base_url)
     asyncio.run(loop(f"{base_url}/members", bodies, concurrency))
     return receiver_stats(base_url)
 
@@ -225,10 +178,10 @@ def single(bench: Bench, base_url: str, count: int) -> None:
         ).content
         for b in records
     ]
-    raw = rate(baseline(base_url, bodies, c, plain_aiohttp))
-    same_client = rate(baseline(base_url, bodies, c, plain_httpx_aiohttp))
+    raw = receiver_rate(baseline(base_url, bodies, c, plain_aiohttp))
+    same_client = receiver_rate(baseline(base_url, bodies, c, plain_httpx_aiohttp))
     stats, peak = bench.run_dispatcher(base_url, records)
-    pipeline = rate(stats)
+    pipeline = receiver_rate(stats)
     print(f"single-member template, {count:,} batches of 1, concurrency {c}:", flush=True)
     print(f"  plain aiohttp loop (raw baseline)        {raw:>9,.0f} requests/s", flush=True)
     print(
@@ -246,9 +199,9 @@ def batch(bench: Bench, base_url: str, count: int) -> float:
     records = batches("batch", count, BATCH_SIZE)
     c = bench.concurrency
     bodies = [httpx.Request("POST", "http://x", json=b.members).content for b in records]
-    raw = rate(baseline(base_url, bodies, c, plain_aiohttp), BATCH_SIZE)
+    raw = receiver_rate(baseline(base_url, bodies, c, plain_aiohttp), BATCH_SIZE)
     stats, peak = bench.run_dispatcher(base_url, records)
-    pipeline = rate(stats, BATCH_SIZE)
+    pipeline = receiver_rate(stats, BATCH_SIZE)
     print(
         f"batch template, {count:,} batches of {BATCH_SIZE} ({count * BATCH_SIZE:,} members), concurrency {c}:",
         flush=True,

@@ -28,7 +28,6 @@ import sys
 import time
 import uuid
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -38,8 +37,8 @@ from devtools.postgres import LocalPostgres
 from shared.catalog import CatalogStores, make_engine
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.querystore.demo_data import create_demo_members
+from tests.benchmarks.common import bare_produce, member_batch_records, new_topic, sqlite_store
 
-CACHE = Path(".local/bench")
 BATCH_SIZE = 500
 PAGE_SIZE = 5_000
 
@@ -101,55 +100,23 @@ def _run_ids(catalog: CatalogStores) -> list[uuid.UUID]:
 
 def child_baseline(store_url: str, bootstrap: str) -> dict[str, Any]:
     """A plain cursor read of the rows, then a plain producer sending the same record bytes."""
-    from kafka import KafkaProducer
-    from kafka.admin import KafkaAdminClient, NewTopic
-
-    from shared.domain.catalog_objects import Priority
-    from shared.member_batches import BatchEncoder
-
     engine = make_engine(store_url)
     started = time.perf_counter()
     read = 0
     with engine.connect() as connection:
         cursor = connection.connection.driver_connection.cursor()
         cursor.execute("SELECT * FROM members ORDER BY id")
-        columns = [d[0] for d in cursor.description]
         while rows := cursor.fetchmany(PAGE_SIZE):
             read += len(rows)
     read_seconds = time.perf_counter() - started
 
     # Untimed: the same bytes the extractor sends.
-    encoder = BatchEncoder(
-        run_id=uuid.uuid4(),
-        definition="bench",
-        template="t",
-        priority=Priority.NORMAL,
-        batch_size=BATCH_SIZE,
-        max_record_bytes=900_000,
-        key_column="id",
-    )
-    records: list[tuple[bytes, bytes]] = []
     with engine.connect() as connection:
         cursor = connection.connection.driver_connection.cursor()
         cursor.execute("SELECT * FROM members ORDER BY id")
-        while rows := cursor.fetchmany(PAGE_SIZE):
-            for batch in encoder.encode_page(columns, rows, len(records)):
-                records.append((f"run:{batch.batch_index}".encode(), batch.value))
+        records = member_batch_records(cursor, template="t", batch_size=BATCH_SIZE, page_size=PAGE_SIZE)
     engine.dispose()
-    topic = f"bench-baseline-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, 6, 1)])
-    admin.close()
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", compression_type="lz4", max_request_size=4 * 1024 * 1024
-    )
-    producer.send(topic, b"warm-up").get(timeout=60)
-    started = time.perf_counter()
-    futures = [producer.send(topic, key=key, value=value) for key, value in records]
-    for future in futures:
-        future.get(timeout=120)
-    produce_seconds = time.perf_counter() - started
-    producer.close()
+    produce_seconds = bare_produce(bootstrap, new_topic(bootstrap), records)
     return {
         "members": read,
         "read_seconds": read_seconds,
@@ -168,22 +135,6 @@ def _child(*args: str) -> dict[str, Any]:
     ).stdout
     result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
     return result
-
-
-def sqlite_store(members: int) -> str:
-    """A cached SQLite file of ``members`` demo members (generated once)."""
-    path = CACHE / f"members-{members}.db"
-    if not path.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        partial.unlink(missing_ok=True)
-        engine = make_engine(f"sqlite:///{partial}")
-        create_demo_members(engine, members)
-        with engine.connect() as connection:  # fold the write-ahead log into the file before renaming it
-            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        engine.dispose()
-        partial.rename(path)
-    return f"sqlite:///{path.resolve()}"
 
 
 def postgres_store(server: Any, members: int) -> str:

@@ -25,7 +25,7 @@ MEMBERS = 10_000
 MANIFEST = """
 kind: ConnectionProfile
 name: good-partner
-spec: {{base_url: "{good}", auth: {{type: bearer, token: "env:E2E_PARTNER_TOKEN"}}}}
+spec: {{base_url: "{good}", auth: {{type: bearer, token: "env:PARTNER_E2E_TOKEN"}}}}
 ---
 kind: ConnectionProfile
 name: strict-partner
@@ -137,7 +137,7 @@ def pipeline(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
             # The receivers listen on loopback, which the SSRF guard refuses unless allowed.
             "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
             "EXPORT_DISPATCHER_BACKOFF_INITIAL_SECONDS": "0.05",
-            "E2E_PARTNER_TOKEN": SECRET_TOKEN,
+            "PARTNER_E2E_TOKEN": SECRET_TOKEN,
         }
         manifest = work_dir / "exports.yaml"
         manifest.write_text(MANIFEST.format(good=good.url, strict=strict.url))

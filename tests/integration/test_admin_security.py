@@ -202,3 +202,26 @@ def test_the_audit_log_records_each_change_with_secrets_masked_within_each_reade
     assert "admin" in direct
     assert "update  ConnectionProfile/partner (auth)" in direct
     assert PASSWORD not in direct
+
+
+def test_a_saved_query_may_not_ask_for_more_time_than_the_operator_allows(
+    admin: AdminServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    greedy = {"name": "greedy", "sql": "SELECT id FROM members", "timeout_seconds": 3_600}
+    with admin.client("editor") as api:
+        refused = api.post("/api/v1/saved-queries", json=greedy)
+    assert refused.status_code == 422
+    reason = refused.json()["detail"]
+    assert "field 'timeout_seconds'" in reason
+    assert "EXPORT_EXTRACTOR_QUERY_TIMEOUT_SECONDS" in reason
+    from shared.cli.__main__ import main
+
+    manifest = tmp_path / "greedy.yaml"
+    manifest.write_text(
+        "kind: SavedQuery\nname: greedy\nspec: {sql: 'SELECT id FROM members', timeout_seconds: 3600}\n"
+    )
+    monkeypatch.delenv("EXPORT_API_URL", raising=False)
+    monkeypatch.setenv("EXPORT_CATALOG_URL", admin.catalog_url)
+    monkeypatch.setenv("EXPORT_QUERY_STORE_URL", f"sqlite:///{tmp_path / 'members.db'}")
+    assert main(["apply", "-f", str(manifest)]) == 2
+    assert reason in capsys.readouterr().err  # the same refusal, the same reason

@@ -151,13 +151,13 @@ def test_basic_and_bearer_auth_come_from_secret_references(catalog, client, monk
 
 
 def test_a_missing_secret_fails_the_batch_without_revealing_anything(catalog, client, monkeypatch):
-    monkeypatch.delenv("ABSENT_TOKEN", raising=False)
+    monkeypatch.delenv("PARTNER_ABSENT_TOKEN", raising=False)
     with HttpReceiver() as receiver:
         _, outcome_out = dispatcher_for(
-            catalog, client, receiver, auth={"type": "bearer", "token": "env:ABSENT_TOKEN"}
+            catalog, client, receiver, auth={"type": "bearer", "token": "env:PARTNER_ABSENT_TOKEN"}
         ).handle(batch())
     outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
-    assert outcome.error == "secret reference env:ABSENT_TOKEN names an unset environment variable"
+    assert outcome.error == "secret reference env:PARTNER_ABSENT_TOKEN names an unset environment variable"
     assert receiver.receipts() == []
 
 

@@ -1,12 +1,14 @@
 """Keyset paging over SQLite and a real PostgreSQL."""
 
+import time
 from collections.abc import Iterator
 
 import pytest
+from pydantic import ValidationError
 
 from shared.catalog import make_engine
 from shared.domain.catalog_objects import SavedQuery
-from shared.querystore import MemberReader, QueryError
+from shared.querystore import MemberReader, QueryError, QueryTimeout
 from shared.querystore.demo_data import create_demo_members
 
 pytestmark = pytest.mark.integration
@@ -61,11 +63,34 @@ def test_a_query_without_its_key_column_is_refused(reader: MemberReader):
 
 
 def test_queries_run_read_only(reader: MemberReader):
-    # Validation refuses non-SELECT text; the engine refuses writes hidden in a CTE as well.
-    sneaky = SavedQuery(name="sneaky", sql="WITH gone AS (DELETE FROM members RETURNING id) SELECT id FROM gone")
-    with pytest.raises(QueryError):
-        list(reader.pages(sneaky, page_size=10))
-    survivors = [
-        m for p in reader.pages(SavedQuery(name="all", sql="SELECT id FROM members"), page_size=5000) for m in p.members
-    ]
+    # The parser refuses a write hidden in a CTE at save, and the reader before it runs (a query saved by an
+    # older release); the engine refuses writes on the reader's connections as well.
+    sneaky_sql = "WITH gone AS (DELETE FROM members RETURNING id) SELECT id FROM gone"
+    with pytest.raises(ValidationError, match="it changes data"):
+        SavedQuery(name="sneaky", sql=sneaky_sql)
+    with pytest.raises(QueryError, match="query 'sneaky' is refused: sql must only read members"):
+        list(reader.pages(SavedQuery.model_construct(name="sneaky", sql=sneaky_sql), page_size=10))
+    every = SavedQuery(name="all", sql="SELECT id FROM members")
+    with reader._cursor(every) as cursor, pytest.raises(reader.engine.dialect.loaded_dbapi.Error):
+        cursor.execute("DELETE FROM members")
+    survivors = [m for p in reader.pages(every, page_size=5000) for m in p.members]
     assert len(survivors) == 2_345
+
+
+def test_a_query_cannot_run_longer_than_the_operators_timeout(database_url: str):
+    # Issue 12, finding 8: an editor's timeout_seconds (up to a day) used to replace the operator's.
+    # Counting to 20 million takes seconds on either engine; the operator allows half a second.
+    slow = SavedQuery(
+        name="slow",
+        sql="WITH RECURSIVE c(id) AS (SELECT 1 UNION ALL SELECT id + 1 FROM c WHERE id < 20000000) "
+        "SELECT id FROM c WHERE id < 0",
+        timeout_seconds=86_400,
+    )
+    reader = MemberReader.from_url(database_url, timeout_seconds=0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(QueryTimeout, match=r"^query 'slow' timed out after 0\.5 s$"):
+            list(reader.pages(slow, page_size=10))
+    finally:
+        reader.close()
+    assert time.monotonic() - started < 3

@@ -87,6 +87,7 @@ def test_references_name_the_objects_a_definition_needs():
 
 def test_secret_references_resolve_from_env_and_file(monkeypatch, tmp_path):
     monkeypatch.setenv("PARTNER_TOKEN", "from-env")
+    monkeypatch.setenv("EXPORT_ALLOWED_SECRET_DIRS", str(tmp_path))  # files only from allowed directories
     secret_file = tmp_path / "token"
     secret_file.write_text("from-file\n")
     assert resolve_secret(SecretStr("env:PARTNER_TOKEN")) == "from-env"

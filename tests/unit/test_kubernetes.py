@@ -12,6 +12,7 @@ from services.dispatcher.settings import DispatcherSettings
 from services.extractor.settings import ExtractorSettings
 from services.notifier.settings import NotifierSettings
 from services.scheduler.settings import SchedulerSettings
+from shared.domain.secret_references import DEFAULT_DIRECTORIES
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -40,6 +41,22 @@ def _deployments() -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in _documents() if d["kind"] == "Deployment"}
 
 
+def _keys(kind: str, name: str) -> set[str]:
+    [document] = [d for d in _documents() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return set(document.get("data") or document.get("stringData") or {})
+
+
+def _secret_variables(deployment: dict[str, Any]) -> set[str]:
+    """The variables a deployment's container gets from Secrets."""
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return {
+        key
+        for source in container.get("envFrom", [])
+        if "secretRef" in source
+        for key in _keys("Secret", source["secretRef"]["name"])
+    }
+
+
 def test_every_service_has_a_deployment_that_runs_it():
     deployments = _deployments()
     assert set(deployments) == {f"member-export-{service}" for service in SETTINGS}
@@ -55,13 +72,7 @@ def test_every_service_has_a_deployment_that_runs_it():
 
 
 def test_every_variable_the_manifests_set_is_a_setting_of_the_service_that_reads_it():
-    documents = _documents()
-    shared = {
-        key
-        for d in documents
-        if d["kind"] in ("ConfigMap", "Secret") and d["metadata"]["name"] == "member-export"
-        for key in (d.get("data") or d.get("stringData") or {})
-    }
+    shared = _keys("ConfigMap", "member-export")
     known_anywhere = set().union(*(_variables(s) for s in SETTINGS.values()))
     assert shared - known_anywhere == set()  # a typo would be silently ignored by pydantic-settings
     for name, deployment in _deployments().items():
@@ -69,6 +80,43 @@ def test_every_variable_the_manifests_set_is_a_setting_of_the_service_that_reads
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         own = {variable["name"] for variable in container.get("env", [])}
         assert own - _variables(SETTINGS[service]) == set(), name
+
+
+def test_each_service_gets_only_the_secrets_it_reads():
+    """A secret goes only where it is a setting: the dispatcher, whose requests a profile's references shape,
+    holds no member-store or SMTP credentials for a reference to reach (issue 12, finding 9)."""
+    deployments = _deployments()
+    for name, deployment in deployments.items():
+        service = name.removeprefix("member-export-")
+        assert _secret_variables(deployment) - _variables(SETTINGS[service]) == set(), name
+    assert _secret_variables(deployments["member-export-dispatcher"]) == {
+        "EXPORT_CATALOG_URL",
+        "EXPORT_CATALOG_ENCRYPTION_KEYS",
+    }
+    holding_keys = {n for n, d in deployments.items() if "EXPORT_CATALOG_ENCRYPTION_KEYS" in _secret_variables(d)}
+    assert holding_keys == {"member-export-admin", "member-export-dispatcher"}  # the services reading profiles
+
+
+def test_partner_secrets_are_files_of_the_dispatcher_alone_in_the_allowed_directory():
+    [config] = [d for d in _documents() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "member-export"]
+    directories = config["data"].get("EXPORT_ALLOWED_SECRET_DIRS", DEFAULT_DIRECTORIES).split(",")
+    mounting = {}
+    for name, deployment in _deployments().items():
+        pod = deployment["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        [container] = pod["containers"]
+        for mount in container.get("volumeMounts", []):
+            if volumes[mount["name"]].get("secret", {}).get("secretName") == "member-export-partner-secrets":
+                mounting[name] = mount
+    assert list(mounting) == ["member-export-dispatcher"]
+    mount = mounting["member-export-dispatcher"]
+    assert mount["readOnly"] is True
+    assert mount["mountPath"] in directories
+
+
+def test_no_pod_holds_a_service_account_token():
+    for name, deployment in _deployments().items():
+        assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False, name
 
 
 def test_ports_probes_and_scrape_annotations_agree():

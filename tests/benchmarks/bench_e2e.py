@@ -1,0 +1,553 @@
+"""End-to-end benchmark (issue 18): the whole pipeline, as processes on real Kafka, beside its raw ceilings and
+the naive script a user would write, all measured in the same run against the same receiver.
+
+Two scenarios, each with its own SQLite member store (demo members, cached under .local/bench), its own
+catalog set up as a user would (``exportctl db upgrade``, then ``exportctl apply -f`` a manifest whose
+profile points at the lean receiver, tests/benchmarks/lean_receiver.py, its own process on 127.0.0.1) and
+its own topics:
+
+- **batch**: N members (``--members``, default 1,000,000), a template of 500 members a request whose Jinja
+  body writes five columns of each member (``{"members": [{"id": …, "email": …}, …]}``);
+- **single**: M members (``--single-members``, default 100,000), a one-member template (batch size 1, a
+  Jinja body of the same five columns).
+
+For each scenario, one after the other (nothing else of the benchmark runs meanwhile):
+
+- **pipeline**: the four services as processes (scheduler idle, extractor, dispatcher, notifier). After a
+  warm-up run of 1,000 members (consumer groups joined, code warm), ``exportctl run`` is started and the
+  clock stops when the catalog records the run final (polled every 0.1 s); exportctl's own start-up is
+  inside that time. Also the receiver's rate for the pipeline (its first to its last request: throughput
+  without the fixed start and end costs) and each service's peak RSS (VmHWM, start-up and warm-up included).
+- **raw ceilings**: (1) a plain script reading the same rows (sqlite3) and posting the same bodies with
+  aiohttp at the dispatcher's concurrency: ``json.dumps`` writes byte for byte what the template renders (the
+  receiver's byte counts show it); (2) bare kafka-python producing the member-batch records the extractor
+  sends (the same bytes, encoded beforehand, untimed), acks=all and lz4 as the services, then a bare
+  consumer (no group) reading them back.
+- **naive script**: read the rows, one blocking POST at a time with ``requests`` (one Session, keep-alive).
+
+Prints one table (members/s, requests/s, seconds, peak RSS per service, ratios to the slowest raw stage
+and to the naive script), writes a bar chart of throughput per stage (``<out>/e2e.png``) and the table
+with the machine it ran on (``<out>/e2e.md``). Figures only: nothing here passes or fails on a timing.
+
+    .venv/bin/python -m tests.benchmarks.bench_e2e [--members 1000000] [--single-members 100000]
+        [--concurrency 8] [--timeout 1800] [--out docs/benchmarks]
+
+``KAFKA_BOOTSTRAP_SERVERS`` reuses a running broker; otherwise a local one is started. Catalogs, manifests
+and service logs of the last run stay in .local/bench/e2e.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from devtools.kafka_broker import LocalKafka
+from devtools.pipeline import LocalPipeline
+from shared.catalog import CatalogStores
+from shared.domain.runs import RunRecord
+from tests.benchmarks.common import (
+    CACHE,
+    HEADERS,
+    SINGLE_BODY,
+    bare_consume,
+    bare_produce,
+    cpu_seconds,
+    member_batch_records,
+    new_topic,
+    peak_rss_mb,
+    plain_aiohttp,
+    receiver_rate,
+    receiver_stats,
+    reset_receiver,
+    sqlite_store,
+)
+from tests.benchmarks.lean_receiver import lean_receiver
+
+EXPORTCTL = [sys.executable, "-m", "shared.cli"]
+WORK_DIR = CACHE / "e2e"
+BATCH_SIZE = 500
+PAGE_SIZE = 5_000  # the extractor's default page; a whole number of batches of 500 and of 1
+WARM_UP_MEMBERS = 1_000
+#: What the saved query returns (the demo export's columns) and what the bodies write of each member.
+COLUMNS = ("id", "email", "first_name", "last_name", "tier", "points", "locale", "consent_email")
+BODY_COLUMNS = ("id", "email", "first_name", "tier", "points")
+SELECT = f"SELECT {', '.join(COLUMNS)} FROM members"
+#: The batch body: the single-member body for each member of the batch, as ``json.dumps`` writes a list.
+BATCH_BODY = '{"members": [{% for member in members %}' + SINGLE_BODY + '{{ ", " if not loop.last }}{% endfor %}]}'
+SERVICE_ABBREVIATIONS = {"scheduler": "sch", "extractor": "ext", "dispatcher": "dis", "notifier": "not"}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str  # also the template's and the definition's name
+    title: str
+    members: int
+    batch_size: int
+
+    @property
+    def body(self) -> str:
+        return SINGLE_BODY if self.batch_size == 1 else BATCH_BODY
+
+    @property
+    def requests(self) -> int:
+        return -(-self.members // self.batch_size)
+
+    def raw_body(self, rows: Sequence[Sequence[Any]]) -> bytes:
+        """What the template renders for ``rows``, written by hand: the same bytes."""
+        positions = [COLUMNS.index(c) for c in BODY_COLUMNS]
+        members = [{c: row[p] for c, p in zip(BODY_COLUMNS, positions, strict=True)} for row in rows]
+        return json.dumps(members[0] if self.batch_size == 1 else {"members": members}).encode()
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a contender of a scenario."""
+
+    scenario: Scenario
+    kind: str  # pipeline, raw or naive
+    label: str
+    members_per_second: float
+    requests_per_second: float
+    seconds: float
+    rss: str = ""
+
+
+# --- the contenders -------------------------------------------------------------------------------------------
+
+
+def read_rows(store: Path, page_size: int = PAGE_SIZE) -> Iterator[list[tuple[Any, ...]]]:
+    """The query's rows in key order, a page at a time, with plain sqlite3."""
+    connection = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        cursor = connection.execute(f"{SELECT} ORDER BY id")
+        while rows := cursor.fetchmany(page_size):
+            yield rows
+    finally:
+        connection.close()
+
+
+def bodies(store: Path, scenario: Scenario) -> Iterator[bytes]:
+    """The request bodies, read and written as the plain scripts go (lazily: memory stays flat)."""
+    for rows in read_rows(store):
+        for start in range(0, len(rows), scenario.batch_size):
+            yield scenario.raw_body(rows[start : start + scenario.batch_size])
+
+
+def raw_http(store: Path, scenario: Scenario, base_url: str, concurrency: int, timeout: float) -> dict[str, Any]:
+    """Raw ceiling (1): read the rows and post the bodies with a plain aiohttp loop; the receiver's stats and
+    the script's seconds."""
+    reset_receiver(base_url)
+    started = time.perf_counter()
+    posting = plain_aiohttp(f"{base_url}/members", bodies(store, scenario), concurrency)
+    asyncio.run(asyncio.wait_for(posting, timeout))
+    return receiver_stats(base_url) | {"seconds": time.perf_counter() - started}
+
+
+def naive_script(store: Path, scenario: Scenario, base_url: str, timeout: float) -> dict[str, Any]:
+    """The script a user would write first: read the rows, one blocking POST at a time (requests)."""
+    reset_receiver(base_url)
+    started = time.perf_counter()
+    with requests.Session() as session:
+        for body in bodies(store, scenario):
+            session.post(f"{base_url}/members", data=body, headers=HEADERS, timeout=60).raise_for_status()
+            if time.perf_counter() - started > timeout:
+                raise TimeoutError(f"the naive script did not finish within {timeout:.0f} s")
+    return receiver_stats(base_url) | {"seconds": time.perf_counter() - started}
+
+
+def raw_kafka(store: Path, scenario: Scenario, bootstrap: str, timeout: float) -> dict[str, Any]:
+    """Raw ceiling (2): the extractor's records for these rows (encoded untimed), produced then consumed bare."""
+    connection = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        cursor = connection.execute(f"{SELECT} ORDER BY id")
+        records = member_batch_records(
+            cursor,
+            definition=scenario.name,
+            template=scenario.name,
+            batch_size=scenario.batch_size,
+            page_size=PAGE_SIZE,
+        )
+    finally:
+        connection.close()
+    topic = new_topic(bootstrap)
+    produce_seconds = bare_produce(bootstrap, topic, records, timeout)
+    read, consume_seconds = bare_consume(bootstrap, topic, timeout)
+    return {
+        "records": len(records),
+        "bytes": sum(len(v) for _, v in records),
+        "produce_seconds": produce_seconds,
+        "consume_seconds": consume_seconds,
+        "read": read,
+    }
+
+
+class PipelineRun:
+    """One scenario's catalog (set up with exportctl) and its four services as processes."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        store_url: str,
+        bootstrap: str,
+        base_url: str,
+        concurrency: int,
+        broker_pid: int | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.broker_pid = broker_pid
+        self.work_dir = WORK_DIR / scenario.name
+        self.catalog_url = f"sqlite:///{(self.work_dir / 'catalog.db').resolve()}"
+        self.env = {
+            "EXPORT_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "EXPORT_TOPIC_PREFIX": f"e2e{uuid.uuid4().hex[:8]}.",
+            "EXPORT_TOPIC_PARTITIONS": "6",
+            "EXPORT_CATALOG_URL": self.catalog_url,
+            "EXPORT_QUERY_STORE_URL": store_url,
+            "EXPORT_METRICS_PORT": "0",
+            # The receiver listens on loopback, which the SSRF guard refuses unless allowed.
+            "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
+            "EXPORT_DISPATCHER_CONCURRENCY": str(concurrency),
+        }
+        self.base_url = base_url
+
+    def manifest(self) -> list[dict[str, Any]]:
+        documents: list[dict[str, Any]] = [
+            {"kind": "ConnectionProfile", "name": "lean-receiver", "spec": {"base_url": self.base_url}},
+            {"kind": "SavedQuery", "name": "members", "spec": {"sql": SELECT, "key_column": "id"}},
+            {
+                "kind": "SavedQuery",
+                "name": "warm-up-members",
+                "spec": {"sql": f"{SELECT} WHERE id <= {WARM_UP_MEMBERS}", "key_column": "id"},
+            },
+        ]
+        for name, query in ((self.scenario.name, "members"), (f"{self.scenario.name}-warm-up", "warm-up-members")):
+            template = {
+                "query": query,
+                "profile": "lean-receiver",
+                "method": "POST",
+                "path": "/members",
+                "body": self.scenario.body,
+                "batch_size": self.scenario.batch_size,
+            }
+            documents.append({"kind": "HttpTemplate", "name": name, "spec": template})
+            documents.append({"kind": "ExportDefinition", "name": name, "spec": {"query": query, "template": name}})
+        return documents
+
+    def exportctl(self, *args: str, timeout: float) -> str:
+        done = subprocess.run(
+            [*EXPORTCTL, *args],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"exportctl {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+        return done.stdout
+
+    def set_up(self) -> None:
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        self.work_dir.mkdir(parents=True)
+        manifest = self.work_dir / "manifest.yaml"
+        manifest.write_text(yaml.safe_dump_all(self.manifest(), sort_keys=False, allow_unicode=True))
+        self.exportctl("db", "upgrade", timeout=120)
+        self.exportctl("apply", "-f", str(manifest), timeout=120)
+
+    def run(self, timeout: float) -> dict[str, Any]:
+        """Warm up, then time ``exportctl run`` until the run is recorded final; stop the services."""
+        catalog = CatalogStores.from_url(self.catalog_url)
+        try:
+            with LocalPipeline(self.env, self.work_dir / "logs") as pipeline:
+                warm_up, _, _ = self._run_and_wait(f"{self.scenario.name}-warm-up", catalog, pipeline, timeout)
+                reset_receiver(self.base_url)
+                pids = {name: process.pid for name, process in pipeline.processes.items()}
+                if self.broker_pid is not None:
+                    pids["broker"] = self.broker_pid
+                cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                seconds, published, record = self._run_and_wait(self.scenario.name, catalog, pipeline, timeout)
+                cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+                peaks = {name: peak_rss_mb(process.pid) for name, process in pipeline.processes.items()}
+                stats = receiver_stats(self.base_url)
+        finally:
+            catalog.close()
+        return {
+            "seconds": seconds,
+            "published": published,
+            "warm_up": warm_up,
+            "record": record,
+            "peaks": peaks,
+            "cpu": cpu,
+            "stats": stats,
+        }
+
+    def _run_and_wait(
+        self, definition: str, catalog: CatalogStores, pipeline: LocalPipeline, timeout: float
+    ) -> tuple[float, float, RunRecord]:
+        started = time.monotonic()
+        output = self.exportctl("run", definition, timeout=timeout)
+        published = time.monotonic() - started
+        found = re.search(r"run ([0-9a-f-]{36}) requested", output)
+        if found is None:
+            raise RuntimeError(f"exportctl run {definition} printed no run id: {output!r}")
+        run_id = uuid.UUID(found.group(1))
+        while True:
+            record = catalog.runs.get_run(run_id)
+            if record is not None and record.status.is_final:
+                return time.monotonic() - started, published, record
+            if dead := pipeline.dead():
+                raise RuntimeError(f"service(s) {', '.join(dead)} exited; logs in {self.work_dir / 'logs'}")
+            if time.monotonic() - started > timeout:
+                status = record.status.value if record else "not recorded"
+                raise TimeoutError(f"run {run_id} of {definition} not final after {timeout:.0f} s ({status})")
+            time.sleep(0.1)
+
+
+def timed(scenario: Scenario, kind: str, label: str, requests: int, seconds: float, rss: str = "") -> Row:
+    """The row of a contender that moved the scenario's members in ``requests`` requests (or records)."""
+    return Row(scenario, kind, label, scenario.members / seconds, requests / seconds, seconds, rss)
+
+
+# --- one scenario -----------------------------------------------------------------------------------------------
+
+
+def warm_page_cache(store: Path) -> None:
+    """Read the store's file once, so that every contender finds it in the page cache."""
+    with store.open("rb") as file:
+        while file.read(1 << 20):
+            pass
+
+
+def measure(
+    scenario: Scenario, bootstrap: str, base_url: str, concurrency: int, timeout: float, broker_pid: int | None
+) -> tuple[list[Row], list[str]]:
+    """Every contender of ``scenario``: the table's rows and notes."""
+    say(f"{scenario.title}: member store")
+    store_url = sqlite_store(scenario.members)
+    store = Path(store_url.removeprefix("sqlite:///"))
+    warm_page_cache(store)
+    pipeline = PipelineRun(scenario, store_url, bootstrap, base_url, concurrency, broker_pid)
+    pipeline.set_up()
+    say(f"{scenario.title}: pipeline (warm-up run, then the timed run)")
+    run = pipeline.run(timeout)
+    say(f"{scenario.title}: raw aiohttp script")
+    raw = raw_http(store, scenario, base_url, concurrency, timeout)
+    say(f"{scenario.title}: naive requests script")
+    naive = naive_script(store, scenario, base_url, timeout)
+    say(f"{scenario.title}: bare kafka-python produce and consume")
+    kafka = raw_kafka(store, scenario, bootstrap, timeout)
+
+    stats = run["stats"]
+    per_request = scenario.members / max(stats["requests"], 1)
+    rss = " ".join(f"{SERVICE_ABBREVIATIONS.get(k, k)} {v:.0f}" for k, v in run["peaks"].items())
+    span = (stats["last"] or 0) - (stats["first"] or 0)
+    records = kafka["records"]
+    rows = [
+        timed(scenario, "pipeline", "pipeline: exportctl run → recorded", stats["requests"], run["seconds"], rss),
+        Row(
+            scenario,
+            "pipeline",
+            "pipeline: receiver first → last",
+            receiver_rate(stats, per_request),
+            receiver_rate(stats),
+            span,
+        ),
+        timed(scenario, "raw", f"raw: sqlite3 + aiohttp (C={concurrency})", raw["requests"], raw["seconds"]),
+        timed(scenario, "raw", "raw: kafka-python produce", records, kafka["produce_seconds"]),
+        timed(scenario, "raw", "raw: kafka-python consume", records, kafka["consume_seconds"]),
+        timed(scenario, "naive", "naive: sqlite3 + requests, 1 at a time", naive["requests"], naive["seconds"]),
+    ]
+    record: RunRecord = run["record"]
+    notes = [
+        f"{scenario.title}: run {record.status.value}, extracted {record.extracted:,}, delivered "
+        f"{record.delivered:,}, failed {record.failed:,}; exportctl run returned after {run['published']:.1f} s; "
+        f"the run's own duration (started → finished) {record.duration_seconds or 0:.1f} s; the warm-up run "
+        f"({WARM_UP_MEMBERS:,} members, services just started) recorded {run['warm_up']:.1f} s after exportctl run",
+        f"{scenario.title}: CPU seconds during the timed run: "
+        + ", ".join(f"{name} {seconds:.1f}" for name, seconds in run["cpu"].items()),
+        f"{scenario.title}: the receiver got {stats['requests']:,} requests / {stats['bytes']:,} bytes from the "
+        f"pipeline, {raw['requests']:,} / {raw['bytes']:,} from the raw script, {naive['requests']:,} / "
+        f"{naive['bytes']:,} from the naive script; Kafka: {records:,} records, {kafka['bytes'] / 1e6:.1f} MB",
+    ]
+    return rows, notes
+
+
+# --- report -------------------------------------------------------------------------------------------------------
+
+HEADER = (
+    f"{'scenario':<8} {'stage':<41} {'members/s':>10} {'requests/s':>10} {'seconds':>8} "
+    f"{'x slowest raw':>13} {'x naive':>7}  peak RSS MB"
+)
+
+
+def table(rows: list[Row]) -> list[str]:
+    lines = [HEADER, "-" * len(HEADER)]
+    for row in rows:
+        slowest = min(r.members_per_second for r in rows if r.scenario == row.scenario and r.kind == "raw")
+        naive = next(r.members_per_second for r in rows if r.scenario == row.scenario and r.kind == "naive")
+        lines.append(
+            f"{row.scenario.name.removeprefix('e2e-'):<8} {row.label:<41} {row.members_per_second:>10,.0f} "
+            f"{row.requests_per_second:>10,.0f} {row.seconds:>8.2f} {row.members_per_second / slowest:>12.2f}x "
+            f"{row.members_per_second / naive:>6.2f}x  {row.rss}".rstrip()
+        )
+    return lines
+
+
+def machine() -> dict[str, str]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    memory = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
+    return {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "cpu": found.group(1).strip() if found else platform.processor() or "unknown",
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "memory": f"{int(memory.group(1)) / 1024**2:.0f} GiB" if memory else "unknown",
+    }
+
+
+def chart(rows: list[Row], scenarios: list[Scenario], host: dict[str, str], path: Path) -> None:
+    """Horizontal bars of members/s per stage on a log scale, one panel per scenario; the dashed line is the
+    slowest raw stage (the ceiling), the dotted one the naive script."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    colours = {"pipeline": "#d62728", "raw": "#1f77b4", "naive": "#7f7f7f"}
+    figure, axes = plt.subplots(len(scenarios), 1, figsize=(11, 3.3 * len(scenarios)), squeeze=False)
+    for axis, scenario in zip(axes[:, 0], scenarios, strict=True):
+        mine = [r for r in rows if r.scenario == scenario][::-1]  # the first row on top
+        slowest = min(r.members_per_second for r in mine if r.kind == "raw")
+        naive = next(r.members_per_second for r in mine if r.kind == "naive")
+        values = [r.members_per_second for r in mine]
+        axis.barh([r.label for r in mine], values, color=[colours[r.kind] for r in mine])
+        axis.axvline(slowest, color=colours["raw"], linestyle="--", linewidth=1)
+        axis.axvline(naive, color=colours["naive"], linestyle=":", linewidth=1.5)
+        for y, row in enumerate(mine):
+            text = f" {row.members_per_second:,.0f}/s"
+            if row.kind == "pipeline":
+                ratios = row.members_per_second / slowest, row.members_per_second / naive
+                text += f"  {ratios[0]:.2f}x slowest raw, {ratios[1]:.2f}x naive"
+            axis.text(
+                row.members_per_second,
+                y,
+                text,
+                va="center",
+                fontsize=8,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8},
+            )
+        axis.set_xscale("log")
+        axis.set_xlim(min(values) / 2, max(values) * 8)
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        axis.set_title(scenario.title, fontsize=10, loc="left")
+        axis.set_xlabel("members/s, log scale" + (" (= requests/s)" if scenario.batch_size == 1 else ""))
+        axis.tick_params(axis="y", labelsize=8)
+    figure.suptitle(
+        "member-export end to end: throughput per stage, same run "
+        "(red: the pipeline; blue: raw stages, dashed: the slowest; grey, dotted: the naive script)\n"
+        f"nproc {host['nproc']}, {host['cpu']}, Python {host['python']}",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def say(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--members", type=int, default=1_000_000, help="members of the batch-of-500 scenario")
+    parser.add_argument("--single-members", type=int, default=100_000, help="members of the one-member scenario")
+    parser.add_argument("--concurrency", type=int, default=8, help="the dispatcher's and the raw loop's")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds each contender may take")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="where e2e.png and e2e.md go")
+    args = parser.parse_args()
+    began = time.monotonic()
+    scenarios = [
+        Scenario("e2e-batch", f"batch: {args.members:,} members, template of {BATCH_SIZE}", args.members, BATCH_SIZE),
+        Scenario("e2e-single", f"single: {args.single_members:,} members, one-member template", args.single_members, 1),
+    ]
+    rows: list[Row] = []
+    notes: list[str] = []
+    with ExitStack() as stack:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        broker_pid = None
+        if not bootstrap:
+            say("starting a local Kafka broker")
+            broker = stack.enter_context(LocalKafka())
+            bootstrap, broker_pid = broker.bootstrap_servers, broker.process.pid if broker.process else None
+        base_url = stack.enter_context(lean_receiver())
+        for scenario in scenarios:
+            scenario_rows, scenario_notes = measure(
+                scenario, bootstrap, base_url, args.concurrency, args.timeout, broker_pid
+            )
+            rows += scenario_rows
+            notes += scenario_notes
+    host = machine()
+    lines = table(rows)
+    command = (
+        f"python -m tests.benchmarks.bench_e2e --members {args.members} --single-members {args.single_members} "
+        f"--concurrency {args.concurrency}"
+    )
+    kafka = f"the broker at {bootstrap}" if broker_pid is None else "a local single-node broker (KRaft)"
+    machine_line = (
+        f"machine: nproc {host['nproc']}, {host['cpu']}, {host['memory']} RAM, {host['system']}, "
+        f"Python {host['python']}; Kafka: {kafka}"
+    )
+    print()
+    print("\n".join(lines))
+    print()
+    for note in [*notes, machine_line, f"benchmark wall clock: {(time.monotonic() - began) / 60:.1f} min"]:
+        print(note)
+    args.out.mkdir(parents=True, exist_ok=True)
+    chart(rows, scenarios, host, args.out / "e2e.png")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    (args.out / "e2e.md").write_text(
+        "\n".join(
+            [
+                "# End-to-end benchmark (`make bench-e2e`)",
+                "",
+                f"{when}: `{command}`",
+                "",
+                machine_line,
+                "",
+                "![throughput per stage](e2e.png)",
+                "",
+                "```text",
+                *lines,
+                "```",
+                "",
+                *[f"- {note}" for note in notes],
+                "",
+            ]
+        )
+    )
+    print(f"chart and table written to {args.out / 'e2e.png'} and {args.out / 'e2e.md'}")
+
+
+if __name__ == "__main__":
+    main()
