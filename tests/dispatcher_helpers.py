@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -14,6 +15,7 @@ from services.dispatcher.dispatching import CatalogCache, Dispatcher
 from services.dispatcher.http_client import guarded_client
 from services.dispatcher.partner_auth import OAuthTokenCache
 from shared.catalog import CatalogStores
+from shared.domain.catalog_objects import CatalogObject, SavedQuery
 from shared.domain.destinations import DestinationPolicy
 from shared.events import MemberBatch
 from shared.kafka import Outgoing
@@ -67,3 +69,16 @@ def blocking_dispatcher(
         topics=topics,
     )
     return BlockingDispatcher(dispatcher, http.portal)
+
+
+@contextmanager
+def dispatch_catalog(tmp_path: Path, *objects: CatalogObject) -> Iterator[CatalogStores]:
+    """A SQLite catalog holding saved query ``q`` (``select 1 as id``) and ``objects``, for dispatcher tests."""
+    catalog = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+    catalog.definitions.apply(SavedQuery(name="q", sql="select 1 as id"))
+    for obj in objects:
+        catalog.definitions.apply(obj)
+    try:
+        yield catalog
+    finally:
+        catalog.close()

@@ -27,6 +27,7 @@ from shared.cli.manifests import ManifestError, load_manifests
 from shared.domain.catalog_objects import KINDS, CatalogObject, ExportDefinition
 from shared.domain.schedule import composer_of, next_fire_times
 from shared.events import json_schemas
+from shared.log import configure_logging
 
 
 def cmd_apply(settings: CliSettings, args: argparse.Namespace) -> int:
@@ -298,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = CliSettings()
+    # Warnings of the library (a plain-text secret, an unreachable broker) go to stderr, as a human reads
+    # them: stdout is the command's answer, which scripts parse.
+    configure_logging("WARNING", "console", "exportctl")
     if settings.api_url and args.command in API_COMMANDS:
         return run_api_command(AdminApi(settings.api_url, settings.api_token), args.command, args)
     if args.func is None:

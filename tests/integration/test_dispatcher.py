@@ -16,10 +16,10 @@ from devtools.processes import free_port
 from services.dispatcher.delivery import RetryBudget
 from services.dispatcher.dispatching import RATE_LIMIT_RATE
 from shared.catalog import CatalogStores
-from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, DeadLetter, MemberBatch, RunCancelled
 from shared.topics import Topics
-from tests.dispatcher_helpers import BlockingDispatcher, Http, blocking_dispatcher, http_on_loop
+from tests.dispatcher_helpers import BlockingDispatcher, Http, blocking_dispatcher, dispatch_catalog, http_on_loop
 
 pytestmark = pytest.mark.integration
 TOPICS = Topics("x.")
@@ -27,10 +27,8 @@ TOPICS = Topics("x.")
 
 @pytest.fixture
 def catalog(tmp_path) -> Iterator[CatalogStores]:
-    catalog = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
-    catalog.definitions.apply(SavedQuery(name="q", sql="select 1 as id"))
-    yield catalog
-    catalog.close()
+    with dispatch_catalog(tmp_path) as catalog:
+        yield catalog
 
 
 @pytest.fixture

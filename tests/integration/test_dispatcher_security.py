@@ -19,12 +19,12 @@ from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
 from services.dispatcher.partner_auth import OAuthTokenCache
 from shared.catalog import CatalogStores
-from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
 from shared.domain.rendering import DEFAULT_LIMITS, RenderLimits
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, DeadLetter, MemberBatch
 from shared.kafka import Outgoing
 from shared.topics import Topics
-from tests.dispatcher_helpers import BlockingDispatcher, Http, http_on_loop
+from tests.dispatcher_helpers import BlockingDispatcher, Http, dispatch_catalog, http_on_loop
 
 pytestmark = pytest.mark.integration
 TOPICS = Topics("x.")
@@ -33,10 +33,8 @@ QUICK_RETRIES = RetryBudget(max_attempts=3, max_seconds=10, initial_backoff=0.01
 
 @pytest.fixture
 def catalog(tmp_path) -> Iterator[CatalogStores]:
-    catalog = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
-    catalog.definitions.apply(SavedQuery(name="q", sql="select 1 as id"))
-    yield catalog
-    catalog.close()
+    with dispatch_catalog(tmp_path) as catalog:
+        yield catalog
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from devtools.http_receiver import HttpReceiver
 from services.dispatcher.delivery import RetryBudget
 from shared.catalog import CatalogStores
 from shared.cli.__main__ import main as exportctl
-from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, MemberBatch
 from shared.topics import Topics
-from tests.dispatcher_helpers import Http, blocking_dispatcher, http_on_loop
+from tests.dispatcher_helpers import Http, blocking_dispatcher, dispatch_catalog, http_on_loop
 
 pytestmark = pytest.mark.integration
 CATALOG_PASSWORD = "catalog-pw-7731"
@@ -25,11 +25,8 @@ CATALOG_PASSWORD = "catalog-pw-7731"
 
 @pytest.fixture
 def catalog(tmp_path) -> Iterator[CatalogStores]:
-    catalog = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
-    catalog.definitions.apply(SavedQuery(name="q", sql="select 1 as id"))
-    catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
-    yield catalog
-    catalog.close()
+    with dispatch_catalog(tmp_path, HttpTemplate(name="t", query="q", profile="p", path="/members")) as catalog:
+        yield catalog
 
 
 @pytest.fixture
