@@ -17,8 +17,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from shared.cli.api import AdminApi, ApiError, collection_of, record_of
 from shared.cli.audit_commands import filters, print_entries
 from shared.cli.common import fail, parse_params, run_line, summary
-from shared.cli.manifests import ManifestError, parse_documents
-from shared.domain.catalog_objects import kind_of, stored_form
 
 
 def cmd_list(api: AdminApi, args: argparse.Namespace) -> int:
@@ -137,6 +135,9 @@ def cmd_apply(api: AdminApi, args: argparse.Namespace) -> int:
     """Apply every manifest object through the API at once (all or nothing); print what changes.
 
     ``--diff`` only prints what would change."""
+    from shared.cli.manifests import ManifestError, parse_documents  # loaded when used (start-up time)
+    from shared.domain.catalog_objects import kind_of, stored_form
+
     if args.skip_discovery:
         return fail("--skip-discovery works on the catalog directly only: the admin API always discovers columns")
     documents = []

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from shared.application.audit import read_audit
 from shared.cli.common import CliSettings, fail
-from shared.cli.direct import Direct, on_catalog
+
+if TYPE_CHECKING:
+    from shared.cli.direct import Direct
 
 
 def print_entries(entries: list[dict[str, Any]], details: bool) -> None:
@@ -37,6 +38,10 @@ def cmd_audit(settings: CliSettings, args: argparse.Namespace) -> int:
         since = datetime.fromisoformat(args.since) if args.since else None
     except ValueError:
         return fail(f"--since '{args.since}': expected an ISO date or date-time")
+
+    # Imported here: exportctl through the admin API never loads the catalog (start-up time).
+    from shared.application.audit import read_audit
+    from shared.cli.direct import on_catalog
 
     def show(context: Direct) -> int:
         entries = read_audit(

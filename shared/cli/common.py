@@ -5,12 +5,15 @@ from __future__ import annotations
 import sys
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from shared.application.ports import RunsReader
 from shared.domain.runs import RunRecord
 from shared.settings import CommonSettings
+
+if TYPE_CHECKING:
+    from shared.application.ports import RunsReader
 
 
 class CliSettings(CommonSettings):

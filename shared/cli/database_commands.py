@@ -10,12 +10,6 @@ import argparse
 import sys
 from typing import Protocol
 
-from alembic.util import CommandError
-from sqlalchemy.engine import make_url
-
-from shared.catalog.engine import make_engine
-from shared.catalog.schema import HEAD, SchemaOutdated, downgrade, outdated_message, schema_state, upgrade
-
 
 class CatalogSettings(Protocol):
     """What these commands need of the settings: where the catalog is."""
@@ -31,11 +25,18 @@ def _fail(message: str) -> int:
 
 def _print_catalog(url: str) -> None:
     """Which catalog (password hidden): the default URL is a local SQLite file, easy to upgrade by mistake."""
+    from sqlalchemy.engine import make_url  # loaded when used: exportctl's other commands start faster
+
     print(f"catalog: {make_url(url).render_as_string(hide_password=True)}")
 
 
 def cmd_upgrade(settings: CatalogSettings, args: argparse.Namespace) -> int:
     """Upgrade the catalog to ``--revision`` (default: this release's head)."""
+    from alembic.util import CommandError
+
+    from shared.catalog.engine import make_engine
+    from shared.catalog.schema import SchemaOutdated, schema_state, upgrade
+
     _print_catalog(settings.catalog_url)
     engine = make_engine(settings.catalog_url)
     try:
@@ -56,6 +57,9 @@ def cmd_upgrade(settings: CatalogSettings, args: argparse.Namespace) -> int:
 
 def cmd_current(settings: CatalogSettings, args: argparse.Namespace) -> int:
     """Print the catalog's revision and whether it is this release's head; exit 1 when it is not."""
+    from shared.catalog.engine import make_engine
+    from shared.catalog.schema import HEAD, outdated_message, schema_state
+
     _print_catalog(settings.catalog_url)
     engine = make_engine(settings.catalog_url)
     try:
@@ -73,6 +77,11 @@ def cmd_current(settings: CatalogSettings, args: argparse.Namespace) -> int:
 
 def cmd_downgrade(settings: CatalogSettings, args: argparse.Namespace) -> int:
     """Take the catalog back to ``revision`` (rolling back a release)."""
+    from alembic.util import CommandError
+
+    from shared.catalog.engine import make_engine
+    from shared.catalog.schema import downgrade, schema_state
+
     _print_catalog(settings.catalog_url)
     engine = make_engine(settings.catalog_url)
     try:
@@ -95,7 +104,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Register ``db upgrade``, ``db current`` and ``db downgrade``."""
     parser = commands.add_parser("db", help="the catalog's schema: upgrade it, or see its revision")
     sub = parser.add_subparsers(dest="db_command", required=True)
-    upgrading = sub.add_parser("upgrade", help=f"migrate the catalog to this release's schema ({HEAD})")
+    upgrading = sub.add_parser("upgrade", help="migrate the catalog to this release's schema")
     upgrading.add_argument("--revision", default="head", help="the revision to upgrade to (default: head)")
     upgrading.set_defaults(func=cmd_upgrade)
     current = sub.add_parser("current", help="the catalog's revision; exit status 1 when it is not head")

@@ -10,15 +10,18 @@ from __future__ import annotations
 import argparse
 import uuid
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from shared.application.replay import replay_dead_letters
 from shared.cli.common import CliSettings, fail, wait_for_run
-from shared.cli.direct import Direct, on_catalog
-from shared.kafka.event_publisher import KafkaDeadLetters
+
+if TYPE_CHECKING:
+    from shared.cli.direct import Direct
 
 
 def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
     """Dead letters grouped by run and reason, with member counts."""
+    from shared.kafka.event_publisher import KafkaDeadLetters  # loaded when used (exportctl's start-up)
+
     groups: Counter[tuple[str, str, str]] = Counter()
     letters = 0
     for letter in KafkaDeadLetters(settings).dead_letters():
@@ -37,6 +40,10 @@ def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
 
 def cmd_replay(settings: CliSettings, args: argparse.Namespace) -> int:
     """Start a replay run of a run's dead-lettered members."""
+    from shared.application.replay import replay_dead_letters  # loaded when used (exportctl's start-up)
+    from shared.cli.direct import on_catalog
+    from shared.kafka.event_publisher import KafkaDeadLetters
+
     try:
         original = uuid.UUID(args.run)
     except ValueError:

@@ -14,9 +14,8 @@ from typing import Protocol
 
 from pydantic import SecretStr
 
-from shared.catalog import CatalogStores, make_engine
-from shared.catalog.schema import SchemaOutdated, require_current
-from shared.secrets_at_rest import KEYS_VARIABLE, SecretCipher, SecretsUnreadable
+#: The setting holding the keys (named here so the parser does not load the cipher: exportctl's start-up).
+KEYS_VARIABLE = "EXPORT_CATALOG_ENCRYPTION_KEYS"
 
 
 class SecretSettings(Protocol):
@@ -36,6 +35,10 @@ def _fail(message: str) -> int:
 
 def cmd_rotate(settings: SecretSettings, args: argparse.Namespace) -> int:
     """Encrypt every literal secret in the catalog again with the first key; exit 2 if it cannot be done."""
+    from shared.catalog import CatalogStores, make_engine
+    from shared.catalog.schema import SchemaOutdated, require_current
+    from shared.secrets_at_rest import SecretCipher, SecretsUnreadable
+
     try:
         cipher = SecretCipher.from_setting(settings.catalog_encryption_keys)
     except ValueError as exc:
@@ -65,6 +68,8 @@ def cmd_rotate(settings: SecretSettings, args: argparse.Namespace) -> int:
 
 def cmd_generate_key(settings: SecretSettings, args: argparse.Namespace) -> int:
     """Print a new random key for ``EXPORT_CATALOG_ENCRYPTION_KEYS``."""
+    from shared.secrets_at_rest import SecretCipher
+
     print(SecretCipher.generate_key())
     return 0
 
