@@ -194,7 +194,8 @@ RUN_EVENT_ADAPTER: TypeAdapter[AnyRunEvent] = TypeAdapter(RunEvent)
 class DeadLetter(Event):
     """Something that could not be processed or delivered, with the reason, kept for inspection and replay.
 
-    Either a raw record that did not parse (``payload`` holds it as text) or members that the
+    Either a raw record that could not be decoded or handled (``payload`` holds it as text, at most
+    64 KiB of it, with the whole value's ``payload_size`` and ``payload_sha256``) or members that the
     destination rejected (``members``, ``last_status``, ``attempts``).
     """
 
@@ -210,7 +211,20 @@ class DeadLetter(Event):
     members: list[dict[str, Any]] | None = None
     last_status: int | None = None
     attempts: int | None = None
-    payload: str | None = None
+    payload: str | None = Field(
+        default=None,
+        description="The source record's value as UTF-8 text (invalid bytes replaced), at most 64 KiB of its "
+        "JSON encoding: a larger value is cut (payload_truncated).",
+    )
+    payload_size: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="The size in bytes of the source record's whole value."
+    )
+    payload_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = Field(
+        default=None, description="The SHA-256 (hex) of the source record's whole value."
+    )
+    payload_truncated: bool = Field(
+        default=False, description="True when payload holds only the beginning of the value, or none of it."
+    )
     at: AwareDatetime = Field(default_factory=utc_now)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
 from kafka.structs import TopicPartition
 
 
@@ -16,6 +17,56 @@ def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]]) -> Non
             producer.send(topic, key=key.encode(), value=value).get(timeout=30)
     finally:
         producer.close()
+
+
+def produce_with_headers(
+    bootstrap: str, topic: str, records: list[tuple[str, bytes, list[tuple[str, bytes]]]]
+) -> list[tuple[int, int]]:
+    """Produce ``(key, value, headers)`` records in order; return each one's (partition, offset)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=2 * 1024 * 1024)
+    try:
+        placed = []
+        for key, value, headers in records:
+            metadata = producer.send(topic, key=key.encode(), value=value, headers=headers).get(timeout=30)
+            placed.append((metadata.partition, metadata.offset))
+        return placed
+    finally:
+        producer.close()
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int = 1, config: dict[str, str] | None = None) -> None:
+    """Create ``topic`` with topic-level ``config`` (e.g. ``{"max.message.bytes": "2000"}``)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="test-create-topic")
+    try:
+        admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=config or {})], wait_for_metadata=True)
+    finally:
+        admin.close()
+
+
+def read_to_end(bootstrap: str, topic: str, *, timeout: float = 60.0) -> list[bytes]:
+    """Every record value of ``topic`` up to its end offsets as of now (use it once the records are acked)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: no partitions known within {timeout}s")
+            consumer.poll(timeout_ms=100)
+            partitions = consumer.partitions_for_topic(topic)
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(assigned)
+        while any(consumer.position(p) < ends[p] for p in assigned):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: not read to its end within {timeout}s; read {len(values)} records")
+            for records in consumer.poll(timeout_ms=250).values():
+                values.extend(record.value for record in records)
+    finally:
+        consumer.close()
+    return values
 
 
 def read_until(

@@ -20,8 +20,17 @@ def now() -> datetime:
 
 
 def as_utc(value: datetime | None) -> datetime | None:
-    """An instant converted to UTC for storing: SQLite stores the wall time without its offset."""
-    return value.astimezone(UTC) if value is not None else None
+    """An instant converted to UTC for storing: SQLite stores the wall time without its offset.
+
+    An instant within a day of datetime's range whose UTC form falls outside it (``0001-01-01T00:00+14:00``,
+    a filter meaning "since the beginning") becomes the first or last representable instant.
+    """
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return (datetime.min if value.year == datetime.min.year else datetime.max).replace(tzinfo=UTC)
 
 
 def aware(value: datetime | None) -> datetime | None:

@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     SecretStr,
     ValidationInfo,
     WithJsonSchema,
@@ -27,6 +28,7 @@ from pydantic import (
 from pydantic_core import to_jsonable_python
 
 from shared.domain.http_fields import header_name_problem, source_problem
+from shared.domain.json_structure import compiled
 from shared.domain.names import Name
 from shared.domain.query_parameters import RESERVED_PREFIX, QueryParameter, bind_names
 from shared.domain.query_sql import check_select
@@ -188,8 +190,10 @@ class HttpTemplate(_Spec):
     ``path`` is appended to the profile's base URL. ``path``, each ``query_string`` value, each header
     value and ``body`` are sandboxed Jinja2 templates rendered with ``members`` (the batch, a list of
     column→value mappings), ``member`` (its first member, for a batch size of 1) and ``run`` (run
-    metadata); ``query_string`` values are URL-encoded; the body must render JSON. Without a body, the
-    batch is sent as a JSON array of members.
+    metadata); ``query_string`` values are URL-encoded; the body must render JSON. ``json_body`` is the
+    body written as a JSON structure instead, with Jinja in its leaf strings and ``$each`` for one
+    element per member (``shared.domain.json_structure``): one or the other, not both. Without either,
+    the batch is sent as a JSON array of members.
 
     ``headers`` may not set the framing headers (``Host``, ``Content-Length``, ``Transfer-Encoding``…),
     credentials (``Authorization``, ``Cookie``: they come from the profile) or the dispatcher's own
@@ -205,6 +209,7 @@ class HttpTemplate(_Spec):
     query_string: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     body: str | None = None
+    json_body: JsonValue = None
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
     success_statuses: list[Annotated[int, Field(ge=100, le=599)]] | None = None
 
@@ -233,6 +238,20 @@ class HttpTemplate(_Spec):
                 raise ValueError(problem)
             seen.add(name.lower())
         return headers
+
+    @field_validator("json_body")
+    @classmethod
+    def _json_body_compiles(cls, json_body: JsonValue) -> JsonValue:
+        """Each leaf parses, each ``$each`` is well formed (the message names the place in the structure)."""
+        if json_body is not None:
+            compiled(json_body)  # StructureError (a ValueError) says where and why
+        return json_body
+
+    @model_validator(mode="after")
+    def _one_body(self) -> HttpTemplate:
+        if self.body is not None and self.json_body is not None:
+            raise ValueError("give the body either as text (body) or as a structure (json_body), not both")
+        return self
 
 
 # --- Saved queries ---------------------------------------------------------------------------------

@@ -96,6 +96,10 @@ def check_select(sql: str, dialect: str | None = None) -> CheckedSql:
     text = normalized(sql)
     if not text:
         raise UnsafeSql("must be a SELECT query, not empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800" in JSON): no database takes it
+        raise UnsafeSql(f"is not valid Unicode at character {exc.start + 1} (a lone surrogate)") from None
     first_error: _Unreadable | None = None
     for name in (dialect,) if dialect is not None else SAVE_DIALECTS:
         try:

@@ -2,9 +2,11 @@
 
 A member's data never changes the request's shape: each ``{{ … }}`` value in ``path`` is one path
 segment (``request_target``); ``query_string`` values are URL-encoded; a header value that HTTP cannot
-carry is refused (``http_fields``); in ``body``, every value but ``tojson``'s output (and what ``safe``
-marks) is escaped as JSON string content, so ``"{{ member.name }}"`` is a JSON string whatever the name
-holds. Rendering is bounded by :class:`RenderLimits` (CPU time, bytes: ``template_sandbox``).
+carry is refused (``http_fields``); a ``json_body`` is a structure whose keys are the template's and whose
+values orjson encodes (``json_structure``); in a text ``body``, every value but ``tojson``'s output (and
+what ``safe`` marks) is escaped as JSON string content, so ``"{{ member.name }}"`` is a JSON string
+whatever the name holds. Rendering is bounded by :class:`RenderLimits` (CPU time, bytes:
+``template_sandbox``). Templates are compiled once per source (cached), a ``json_body`` once per content.
 """
 
 from __future__ import annotations
@@ -17,12 +19,19 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from jinja2 import Template, TemplateError
+from jinja2 import Template, TemplateError, UndefinedError
 from markupsafe import Markup
 
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
 from shared.domain.http_fields import header_value_problem
-from shared.domain.render_budget import DEFAULT_LIMITS, RenderLimits, current_budget, rendering_within
+from shared.domain.json_structure import LeafError, StructureError, render_structure
+from shared.domain.render_budget import (
+    DEFAULT_LIMITS,
+    RenderLimitExceeded,
+    RenderLimits,
+    current_budget,
+    rendering_within,
+)
 from shared.domain.request_target import path_problem, path_segment
 from shared.domain.template_sandbox import BoundedSandbox, TemplateText, render_bounded
 from shared.errors import PermanentError
@@ -74,14 +83,21 @@ def _render(source: str, context: dict[str, Any], what: str, kind: str = "text")
     except TemplateError as exc:  # a syntax error, an undefined variable, a sandbox refusal, a render limit
         lineno = getattr(exc, "lineno", None) or _template_line(exc.__traceback__)
         line = f" (line {lineno})" if lineno else ""
-        raise TemplateRenderError(f"template {what}{line}: {exc.message or exc}") from None
+        raise TemplateRenderError(f"template {what}{line}: {_reason(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - whatever a template raises is the template's failure, never ours
-        # E.g. an unknown column piped into a filter (StrictUndefined reaches json.dumps as a value), a
-        # division by zero, a range too large for the sandbox, a recursive macro.
-        hint = " (an undefined variable: is the column in the query?)" if "Undefined" in str(exc) else ""
         lineno = _template_line(exc.__traceback__)
         line = f" (line {lineno})" if lineno else ""
-        raise TemplateRenderError(f"template {what}{line}: {type(exc).__name__}: {exc}{hint}") from None
+        raise TemplateRenderError(f"template {what}{line}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a template failed: Jinja's message, or (for any other exception) its type and message."""
+    if isinstance(exc, TemplateError):
+        return exc.message or str(exc)
+    # E.g. an unknown column piped into a filter (StrictUndefined reaches json.dumps as a value), a
+    # division by zero, a range too large for the sandbox, a recursive macro.
+    hint = " (an undefined variable: is the column in the query?)" if "Undefined" in str(exc) else ""
+    return f"{type(exc).__name__}: {exc}{hint}"
 
 
 def _template_line(trace: TracebackType | None) -> int | None:
@@ -100,8 +116,9 @@ def render_request(
     """The request for ``batch``: URL from the profile's base URL, the template's path and query string; JSON body.
 
     Templates see ``members`` (the batch), ``member`` (its first member, handy when the batch size is 1)
-    and ``run`` (``id``, ``definition``, ``batch_index``). All of it renders within ``limits``, on the
-    calling thread's CPU clock; TemplateRenderError says what went wrong, and where.
+    and ``run`` (``id``, ``definition``, ``batch_index``). The body is the ``json_body`` structure, else the
+    text ``body``, else the batch as a JSON array. All of it renders within ``limits``, on the calling
+    thread's CPU clock; TemplateRenderError says what went wrong, and where.
     """
     context = {
         "members": batch.members,
@@ -125,7 +142,12 @@ def render_request(
             problem = header_value_problem(rendered)
             if problem is not None:
                 raise TemplateRenderError(f"template header {name}: the rendered value {problem}")
-        content = _members_json(batch.members) if template.body is None else _json_body(template.body, context)
+        if template.json_body is not None:
+            content = _structured_body(template.json_body, context)
+        elif template.body is not None:
+            content = _json_body(template.body, context)
+        else:
+            content = _members_json(batch.members)
     if not any(name.lower() == "content-type" for name in headers):
         headers["Content-Type"] = "application/json"
     return RenderedRequest(template.method.value, url, headers, content)
@@ -145,6 +167,18 @@ def _json_body(source: str, context: dict[str, Any]) -> bytes:
         raise TemplateRenderError(
             "template body: a value holds a lone UTF-16 surrogate, which UTF-8 cannot carry (write it with | tojson)"
         ) from None
+
+
+def _structured_body(structure: Any, context: dict[str, Any]) -> bytes:
+    """A ``json_body``'s bytes; a failure names the leaf, with the element of each ``$each`` it was in."""
+    try:
+        return render_structure(structure, context)
+    except LeafError as exc:
+        at = f" (at {exc.path})" if exc.path else ""
+        hint = " (is the column in the query?)" if isinstance(exc.cause, UndefinedError) else ""
+        raise TemplateRenderError(f"template json_body{at}: {_reason(exc.cause)}{hint}") from None
+    except (RenderLimitExceeded, StructureError) as exc:
+        raise TemplateRenderError(f"template json_body: {exc}") from None
 
 
 def _members_json(members: list[dict[str, Any]]) -> bytes:

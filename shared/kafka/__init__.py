@@ -9,14 +9,18 @@ from shared.kafka.clients import (
     produce_and_wait,
     read_whole_topic,
 )
-from shared.kafka.loop import ConsumerLoop, value_decoder
-from shared.kafka.records import Headers, Outgoing
+from shared.kafka.loop import ConsumerLoop, Rejection, dead_letter_record, decode_record, value_decoder
+from shared.kafka.records import Consumed, Headers, Outgoing
 
 __all__ = [
+    "Consumed",
     "ConsumerLoop",
     "Headers",
     "InFlight",
     "Outgoing",
+    "Rejection",
+    "dead_letter_record",
+    "decode_record",
     "ensure_topics",
     "make_consumer",
     "make_producer",

@@ -28,6 +28,11 @@ def make_producer(settings: CommonSettings, client_id: str) -> KafkaProducer:
         max_in_flight_requests_per_connection=1,
         retries=10,
         max_request_size=4 * 1024 * 1024,
+        # kafka-python 3 makes a producer idempotent by default, and an idempotent producer whose record
+        # the broker refuses (MessageSizeTooLargeError) fails every later send, to any topic, for good: one
+        # oversized record would silence the service. Not needed here: one request in flight keeps the
+        # order, and consumers deduplicate what a retried send may write twice (at least once).
+        enable_idempotence=False,
     )
 
 

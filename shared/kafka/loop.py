@@ -3,28 +3,46 @@
 A handler receives one decoded record and returns the records to produce (or, with ``handle_round``, a
 poll's decoded records at once, to handle them concurrently). The loop commits a record's
 offset only after everything the handler produced for it has been acknowledged by the broker, so a
-crash at any point redelivers rather than loses. A record that cannot be decoded, or whose handler
-raises, is sent to the dead-letter topic with the reason, and the loop goes on: one bad record never
-stops a consumer.
+crash at any point redelivers rather than loses.
+
+No record stops a consumer. A record that cannot be decoded (whatever the decoder raises: invalid JSON,
+``RecursionError`` on deep nesting, ``MemoryError``), whose handler raises, or whose outcome the broker
+refuses as a record (too large), is sent to the dead-letter topic with the reason: its value cut to
+:data:`DEAD_LETTER_PAYLOAD_BYTES` with its size and SHA-256. A dead letter that cannot be produced is
+retried, then logged and counted (``export_dead_letter_failures_total``), and the offset moves on.
+Only the rest of ``BaseException`` (``KeyboardInterrupt``, ``SystemExit``, cancellation) and an
+unreachable broker (past the producer's own retries) leave the loop: the record is redelivered then.
 """
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import orjson
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import (
+    CorruptRecordError,
+    InvalidRecordError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
+from prometheus_client import Counter
 from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from shared.errors import InvalidInput, RetryableError
 from shared.events import DeadLetter
-from shared.kafka.clients import InFlight, produce, produce_and_wait
+from shared.kafka.clients import PRODUCE_TIMEOUT_SECONDS, InFlight, produce, produce_and_wait
+from shared.kafka.records import Consumed as Consumed
 from shared.kafka.records import Headers as Headers
 from shared.kafka.records import Outgoing as Outgoing
 from shared.metrics import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
@@ -34,11 +52,146 @@ log = structlog.get_logger(__name__)
 
 #: A poll's events handled at once: per event, the records to produce or the exception it raised.
 RoundHandler = Callable[[list[E]], Sequence["list[Outgoing] | BaseException"]]
+#: A record's decoder: its value and headers in, its event out; raises when the record is not one.
+Decoder = Callable[[bytes, Headers], E]
+
+#: The most of a source record's value a dead letter carries, in bytes of its JSON text (the whole
+#: value's size and SHA-256 are always there): a dead letter stays far below the broker's record limit.
+DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
+#: The longest reason a dead letter carries, in characters (a longer one is cut, saying how much).
+REASON_MAX_CHARS = 4000
+#: The longest dead-letter key, in bytes (the source record's key, cut).
+KEY_MAX_BYTES = 1024
+#: Attempts at producing a dead letter before it is given up (logged and counted), the first included.
+DEAD_LETTER_ATTEMPTS = 3
+#: The wait before the second attempt at a dead letter, doubling with each further one.
+DEAD_LETTER_BACKOFF_SECONDS = 0.5
+
+#: Errors with which the producer or the broker refuses a record itself: sending it again fails again.
+_RECORD_REFUSED: tuple[type[Exception], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    InvalidRecordError,
+    CorruptRecordError,
+    ValueError,  # send(): a key or value the client cannot encode
+    TypeError,
+)
+
+DEAD_LETTER_FAILURES = Counter(
+    "export_dead_letter_failures_total",
+    "Dead letters that could not be produced after their retries (logged; the record's offset moved on), by service.",
+    ["service"],
+)
 
 
-def value_decoder(parse: Callable[[bytes], E]) -> Callable[[bytes, Headers], E]:
+@dataclass(frozen=True)
+class Rejection:
+    """A record that will not be handled: the reason its dead letter gives."""
+
+    reason: str
+
+
+def value_decoder(parse: Callable[[bytes], E]) -> Decoder[E]:
     """A decoder that reads the record's value only (most topics carry plain JSON events)."""
     return lambda value, _headers: parse(value)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text``, or its beginning saying how many characters more there were: ``limit`` characters in all
+    (so cutting again changes nothing)."""
+    if len(text) <= limit:
+        return text
+    kept = limit - 40  # room for the note
+    return f"{text[:kept]}… ({len(text) - kept} more characters)"
+
+
+def bounded_reason(reason: str) -> str:
+    """A reason fit for a dead letter: at most :data:`REASON_MAX_CHARS` characters (a longer one is cut,
+    saying so) and valid UTF-8 (a lone surrogate, which JSON cannot carry, becomes ``?``)."""
+    return _cut(reason, REASON_MAX_CHARS).encode("utf-8", errors="replace").decode("utf-8") or "(no reason given)"
+
+
+def decode_record(decode: Decoder[E], value: bytes | None, headers: Headers | None) -> E | Rejection:
+    """The record's event, or why it is not one. Never raises an ``Exception``.
+
+    Every ``Exception`` a decoder raises is a reason, deliberately: besides invalid input (pydantic's
+    ``ValidationError``, ``ValueError``), ``RecursionError`` (deeply nested JSON in a parser that
+    recurses) and ``MemoryError`` (a value too large to decode) are the record's fault, and a decoder's
+    own bug must not stop the consumer either. The rest of ``BaseException`` (``KeyboardInterrupt``,
+    ``SystemExit``, cancellation) is not about the record and stops the loop as it should.
+    """
+    if value is None:
+        return Rejection("invalid event: the record has no value (a tombstone)")
+    try:
+        return decode(value, headers or [])
+    except ValidationError as exc:
+        return Rejection(bounded_reason(f"invalid event: {describe_validation_error(exc)}"))
+    except ValueError as exc:  # UnicodeDecodeError and json's JSONDecodeError included
+        return Rejection(bounded_reason(f"invalid event: {exc}"))
+    except Exception as exc:  # noqa: BLE001 - RecursionError, MemoryError, a decoder's bug: see the docstring
+        return Rejection(bounded_reason(f"invalid event: {type(exc).__name__}: {exc}"))
+
+
+def _utf8_text(data: bytes, limit: int) -> tuple[str, bool]:
+    """At most ``limit`` bytes of ``data`` as text (invalid bytes replaced), and whether it was cut."""
+    cut = len(data) > limit
+    # Incremental: a multi-byte character split by the cut is dropped rather than shown as U+FFFD.
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    return decoder.decode(data[:limit], final=not cut), cut
+
+
+def bounded_payload(value: bytes, limit: int = DEAD_LETTER_PAYLOAD_BYTES) -> tuple[str, bool]:
+    """The beginning of ``value`` as text whose JSON encoding takes at most ``limit`` bytes, and whether it
+    was cut. Invalid UTF-8 becomes U+FFFD (3 bytes) and control characters ``\\uXXXX`` (6): when these
+    make the text's JSON longer than the bytes it came from, it is cut further, in proportion (a few
+    encodings, not a search: the result fits, close to the bound)."""
+    text, cut = _utf8_text(value, limit)
+    size = len(orjson.dumps(text))
+    while size > limit and text:
+        text, cut = text[: max(0, min(len(text) - 1, int(len(text) * (limit - 2) / size)))], True
+        size = len(orjson.dumps(text))
+    return text, cut
+
+
+def dead_letter_record(
+    record: Consumed,
+    reason: str,
+    *,
+    service: str,
+    dead_letter_topic: str,
+    payload_bytes: int = DEAD_LETTER_PAYLOAD_BYTES,
+) -> Outgoing:
+    """The dead letter of ``record``, bounded whatever the record: the reason cut to
+    :data:`REASON_MAX_CHARS`, the payload to ``payload_bytes`` of JSON (``0``: none), the key to
+    :data:`KEY_MAX_BYTES`; the value's size and SHA-256 always. Never raises an ``Exception``."""
+    value = record.value
+    payload: str | None = None
+    truncated = False
+    if value is not None and payload_bytes > 0:
+        payload, truncated = bounded_payload(value, payload_bytes)
+    elif value:
+        truncated = True
+    common: dict[str, Any] = {
+        "source_topic": record.topic,
+        "source_partition": record.partition,
+        "source_offset": record.offset,
+        "service": service,
+        "payload_size": None if value is None else len(value),
+        "payload_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
+    }
+    try:
+        letter = DeadLetter(
+            reason=bounded_reason(reason), payload=payload, payload_truncated=truncated, **common
+        ).to_bytes()
+    except Exception as exc:  # noqa: BLE001 - the last resort: a letter without the parts that would not encode
+        letter = DeadLetter(
+            reason=f"(the reason could not be encoded: {type(exc).__name__})", payload_truncated=True, **common
+        ).to_bytes()
+    if record.key:
+        key, _ = _utf8_text(record.key, KEY_MAX_BYTES)
+    else:
+        key = f"{record.topic}:{record.offset}"
+    return Outgoing(dead_letter_topic, key, letter)
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -50,9 +203,24 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+@dataclass
+class _Letter:
+    """A record to dead-letter instead of handling, and why (logged and counted when decided)."""
+
+    record: Any
+    reason: str
+    #: How much of the value it carries; 0 once the broker refused it as too large.
+    payload_bytes: int = DEAD_LETTER_PAYLOAD_BYTES
+
+
 class ConsumerLoop(Generic[E]):
     """Consume ``consumer``'s topics, handling each record at least once: one by one with ``handler``, or a
-    poll's records at once with ``handle_round`` (exactly one of the two)."""
+    poll's records at once with ``handle_round`` (exactly one of the two).
+
+    A record that cannot be decoded or handled becomes a dead letter on ``dead_letter_topic`` (at most
+    ``dead_letter_payload_bytes`` of its value); producing a dead letter is attempted
+    ``dead_letter_attempts`` times, ``dead_letter_backoff_seconds`` apart (doubling), then given up.
+    """
 
     def __init__(
         self,
@@ -60,7 +228,7 @@ class ConsumerLoop(Generic[E]):
         service: str,
         consumer: KafkaConsumer,
         producer: KafkaProducer,
-        decode: Callable[[bytes, Headers], E],
+        decode: Decoder[E],
         dead_letter_topic: str,
         handler: Callable[[E], list[Outgoing]] | None = None,
         retry_attempts: int = 5,
@@ -70,6 +238,9 @@ class ConsumerLoop(Generic[E]):
         periodic_seconds: float = 30.0,
         handle_round: RoundHandler[E] | None = None,
         priority_topics: list[str] | None = None,
+        dead_letter_payload_bytes: int = DEAD_LETTER_PAYLOAD_BYTES,
+        dead_letter_attempts: int = DEAD_LETTER_ATTEMPTS,
+        dead_letter_backoff_seconds: float = DEAD_LETTER_BACKOFF_SECONDS,
     ) -> None:
         if (handler is None) == (handle_round is None):
             raise ValueError("give a consumer loop exactly one of handler and handle_round")
@@ -79,6 +250,9 @@ class ConsumerLoop(Generic[E]):
         self.decode = decode
         self.handler = handler
         self.dead_letter_topic = dead_letter_topic
+        self.dead_letter_payload_bytes = dead_letter_payload_bytes
+        self.dead_letter_attempts = max(1, dead_letter_attempts)
+        self.dead_letter_backoff_seconds = dead_letter_backoff_seconds
         # Built once: the policy is the same for every record (and the loop is single-threaded).
         self._retrying = Retrying(
             retry=retry_if_exception_type(RetryableError),
@@ -139,7 +313,7 @@ class ConsumerLoop(Generic[E]):
                     # Hand the rest back: seek so that the next owner (or we, on restart) gets them.
                     self.consumer.seek(partition, record.offset)
                     break
-                self.send_all(self._outcome(record))
+                self._settle([(record, self._outcome(record))])
                 done[partition] = record.offset + 1
                 processed += 1
         self._commit(done)
@@ -186,43 +360,56 @@ class ConsumerLoop(Generic[E]):
                     self.consumer.seek(partition, records[0].offset)
             return 0
         records = [record for batch in polled.values() for record in batch]
-        outcomes: list[list[Outgoing]] = [[] for _ in records]
+        outcomes: list[list[Outgoing] | _Letter] = [[] for _ in records]
         decoded: list[tuple[int, E]] = []
         for index, record in enumerate(records):
             event = self._decode(record)
-            if isinstance(event, Outgoing):
-                outcomes[index] = [event]
+            if isinstance(event, _Letter):
+                outcomes[index] = event
             else:
                 decoded.append((index, event))
-        results = handle_round([event for _, event in decoded]) if decoded else []
-        for (index, _), result in zip(decoded, results, strict=True):
-            outcomes[index] = [self._failure(records[index], result)] if isinstance(result, BaseException) else result
-        self.send_all([o for outcome in outcomes for o in outcome])
+        if decoded:
+            results = self._round_results(handle_round, [event for _, event in decoded])
+            for (index, _), result in zip(decoded, results, strict=True):
+                outcomes[index] = self._failure(records[index], result) if isinstance(result, BaseException) else result
+        self._settle(list(zip(records, outcomes, strict=True)))
         self._commit({partition: batch[-1].offset + 1 for partition, batch in polled.items() if batch})
         return len(records)
 
-    def _decode(self, record: Any) -> E | Outgoing:
-        """The record's event, or its dead letter when it does not decode."""
-        RECORDS_CONSUMED.labels(service=self.service, topic=record.topic).inc()
+    @staticmethod
+    def _round_results(handle_round: RoundHandler[E], events: list[E]) -> Sequence[list[Outgoing] | BaseException]:
+        """``handle_round``'s result per event; when it raises, or answers for another number of events,
+        that failure is every event's (each is dead-lettered with it rather than the loop stopping)."""
         try:
-            return self.decode(record.value, record.headers or [])
-        except ValidationError as exc:
-            return self._dead_letter(record, f"invalid event: {describe_validation_error(exc)}")
-        except (ValueError, UnicodeDecodeError) as exc:
-            return self._dead_letter(record, f"invalid event: {exc}")
+            results = handle_round(events)
+        except Exception as exc:  # noqa: BLE001 - the round's failure becomes each of its records' dead letter
+            return [exc] * len(events)
+        if len(results) != len(events):
+            return [RuntimeError(f"the round handler gave {len(results)} results for {len(events)} records")] * len(
+                events
+            )
+        return results
 
-    def _outcome(self, record: Any) -> list[Outgoing]:
-        """What to produce for one record: the handler's records, or a dead letter. Never raises."""
+    def _decode(self, record: Any) -> E | _Letter:
+        """The record's event, or its dead letter when it does not decode (never raises an ``Exception``)."""
+        RECORDS_CONSUMED.labels(service=self.service, topic=record.topic).inc()
+        decoded = decode_record(self.decode, record.value, record.headers)
+        if isinstance(decoded, Rejection):
+            return self._dead_letter(record, decoded.reason)
+        return decoded
+
+    def _outcome(self, record: Any) -> list[Outgoing] | _Letter:
+        """What to produce for one record: the handler's records, or a dead letter. Never raises an ``Exception``."""
         event = self._decode(record)
-        if isinstance(event, Outgoing):
-            return [event]
+        if isinstance(event, _Letter):
+            return event
         try:
             assert self.handler is not None  # one-by-one mode
             return self._retrying(self.handler, event)
         except Exception as exc:  # noqa: BLE001 - any failure of one record becomes its dead letter (logged there)
-            return [self._failure(record, exc)]
+            return self._failure(record, exc)
 
-    def _failure(self, record: Any, exc: BaseException) -> Outgoing:
+    def _failure(self, record: Any, exc: BaseException) -> _Letter:
         """The dead letter of a record whose handling raised ``exc``."""
         if isinstance(exc, InvalidInput):
             return self._dead_letter(record, str(exc))
@@ -235,6 +422,111 @@ class ConsumerLoop(Generic[E]):
         )
         return self._dead_letter(record, f"{type(exc).__name__}: {exc}")
 
+    def _dead_letter(self, record: Any, reason: str) -> _Letter:
+        """Decide that ``record`` is dead-lettered (counted and logged here; produced by :meth:`_settle`)."""
+        reason = bounded_reason(reason)
+        RECORDS_DEAD_LETTERED.labels(service=self.service, topic=record.topic).inc()
+        log.warning(
+            "record dead-lettered", service=self.service, topic=record.topic, offset=record.offset, reason=reason
+        )
+        return _Letter(record, reason, self.dead_letter_payload_bytes)
+
+    def _settle(self, outcomes: list[tuple[Any, list[Outgoing] | _Letter]]) -> None:
+        """Produce every record's outcome and return once the broker has acknowledged it (the offsets may then
+        be committed).
+
+        A record whose own records the producer or the broker refuses (too large, invalid) is dead-lettered
+        in their place; dead letters are produced by :meth:`_deliver_dead_letters`, which never raises.
+        Any other failure of the handler's records (the broker unreachable past the producer's retries)
+        raises before anything is committed, so that they are produced again after a restart, not lost.
+        """
+        produced = [(record, self._send_each(outcome)) for record, outcome in outcomes if isinstance(outcome, list)]
+        letters = [outcome for _, outcome in outcomes if isinstance(outcome, _Letter)]
+        for record, flights in produced:
+            errors = [error for error in map(self._wait, flights) if error is not None]
+            if not errors:
+                continue
+            unavailable = next((error for error in errors if not isinstance(error, _RECORD_REFUSED)), None)
+            if unavailable is not None:
+                raise unavailable
+            refused = errors[0]
+            letters.append(
+                self._dead_letter(record, f"its outcome could not be produced: {type(refused).__name__}: {refused}")
+            )
+        if letters:
+            self._deliver_dead_letters(letters)
+
+    def _deliver_dead_letters(self, letters: list[_Letter]) -> None:
+        """Produce dead letters, each attempted up to ``dead_letter_attempts`` times (one the broker refuses
+        as too large is sent again without its payload); one that still fails is logged and counted in
+        ``export_dead_letter_failures_total``, and its record's offset moves on all the same."""
+        pending: list[tuple[_Letter, Exception]] = []
+        for attempt in range(self.dead_letter_attempts):
+            if attempt:
+                time.sleep(self.dead_letter_backoff_seconds * 2 ** (attempt - 1))
+            flights = [(letter, self._send_each([self._letter_record(letter)])[0]) for letter in letters]
+            pending = [(letter, error) for letter, flight in flights if (error := self._wait(flight)) is not None]
+            if not pending:
+                return
+            for letter, error in pending:
+                log.warning(
+                    "dead letter not produced",
+                    service=self.service,
+                    topic=letter.record.topic,
+                    offset=letter.record.offset,
+                    attempt=attempt + 1,
+                    error=f"{type(error).__name__}: {error}",
+                )
+                if isinstance(error, _RECORD_REFUSED):
+                    letter.payload_bytes = 0
+            letters = [letter for letter, _ in pending]
+        for letter, error in pending:
+            DEAD_LETTER_FAILURES.labels(service=self.service).inc()
+            value = letter.record.value
+            log.error(
+                "dead letter given up: the record is skipped",
+                service=self.service,
+                topic=letter.record.topic,
+                partition=letter.record.partition,
+                offset=letter.record.offset,
+                reason=letter.reason,
+                payload_size=None if value is None else len(value),
+                payload_sha256=None if value is None else hashlib.sha256(value).hexdigest(),
+                attempts=self.dead_letter_attempts,
+                error=f"{type(error).__name__}: {error}",
+            )
+
+    def _letter_record(self, letter: _Letter) -> Outgoing:
+        return dead_letter_record(
+            letter.record,
+            letter.reason,
+            service=self.service,
+            dead_letter_topic=self.dead_letter_topic,
+            payload_bytes=letter.payload_bytes,
+        )
+
+    def _send_each(self, outgoing: list[Outgoing]) -> list[Any]:
+        """Hand each record to the producer: its future, or what ``send()`` raised at once (a record over the
+        producer's ``max_request_size``, a key it cannot encode, no metadata in time)."""
+        flights: list[Any] = []
+        for record in outgoing:
+            try:
+                flights.append(self.producer.send(record.topic, key=record.key.encode(), value=record.value))
+            except Exception as exc:  # noqa: BLE001 - judged by the caller, per record
+                flights.append(exc)
+        return flights
+
+    @staticmethod
+    def _wait(flight: Any) -> Exception | None:
+        """None once the broker has acknowledged the record, else why it was not."""
+        if isinstance(flight, Exception):
+            return flight
+        try:
+            flight.get(timeout=PRODUCE_TIMEOUT_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - judged by the caller
+            return exc
+        return None
+
     def send_all(self, outgoing: list[Outgoing]) -> None:
         """Produce records and return once the broker has acknowledged every one."""
         produce_and_wait(self.producer, outgoing)
@@ -242,23 +534,6 @@ class ConsumerLoop(Generic[E]):
     def send(self, outgoing: list[Outgoing]) -> InFlight:
         """Hand records to the producer and return at once; ``.wait()`` for their acknowledgements."""
         return produce(self.producer, outgoing)
-
-    def _dead_letter(self, record: Any, reason: str) -> Outgoing:
-        """The dead letter of a record that could not be processed (counted and logged here)."""
-        RECORDS_DEAD_LETTERED.labels(service=self.service, topic=record.topic).inc()
-        log.warning(
-            "record dead-lettered", service=self.service, topic=record.topic, offset=record.offset, reason=reason
-        )
-        letter = DeadLetter(
-            reason=reason,
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
-            service=self.service,
-            payload=record.value.decode("utf-8", errors="replace") if record.value is not None else None,
-        )
-        key = record.key.decode("utf-8", errors="replace") if record.key else f"{record.topic}:{record.offset}"
-        return Outgoing(self.dead_letter_topic, key, letter.to_bytes())
 
     def _commit(self, next_offsets: dict[TopicPartition, int]) -> None:
         """Commit every partition's next offset in one request (a round trip per partition adds up)."""

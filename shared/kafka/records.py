@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 #: A record's headers, as kafka-python gives them.
 Headers = Sequence[tuple[str, bytes]]
@@ -20,3 +21,28 @@ class Outgoing:
     topic: str
     key: str
     value: bytes
+
+
+class Consumed(Protocol):
+    """What the consumer loop reads of a consumed record (kafka-python's ``ConsumerRecord`` has it all).
+
+    ``value`` is None for a tombstone; ``headers`` may be empty or None.
+    """
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Headers | None: ...

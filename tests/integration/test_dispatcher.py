@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import orjson
 import pytest
 from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -337,3 +338,19 @@ def test_a_cancelled_runs_batches_are_dropped_unsent(catalog, client):
         assert dispatcher.handle(doomed) == []  # no request, no outcome: the run's record is final
         assert len(dispatcher.handle(other)) == 1
     assert [r.headers["Idempotency-Key"] for r in receiver.receipts()] == [other.identity]
+
+
+def test_a_json_body_structure_is_sent_as_its_encoded_bytes(catalog, client):
+    json_body = {
+        "run": "{{ run.id }}",
+        "members": {"$each": "members", "as": "m", "item": {"id": "{{ m.id }}", "email": "{{ m.email }}"}},
+    }
+    sent = batch(2)
+    sent.members[1]["email"] = 'x", "admin": true, "y": "'  # a member's value stays one string
+    with HttpReceiver() as receiver:
+        [outgoing] = dispatcher_for(catalog, client, receiver, json_body=json_body).handle(sent)
+    outcome = RUN_EVENT_ADAPTER.validate_json(outgoing.value)
+    assert (outcome.delivered, outcome.failed) == (2, 0)
+    [receipt] = receiver.receipts()
+    assert receipt.raw == orjson.dumps({"run": str(sent.run_id), "members": sent.members})
+    assert receipt.headers["Content-Type"] == "application/json"
