@@ -64,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         one, poll = measure(lambda: f"sqlite:///{Path(work) / uuid.uuid4().hex}.db", events)
         report("SQLite", one, poll)
-        with LocalPostgres(Path(work) / "pg") as server:
+        with LocalPostgres() as server:
             one, poll = measure(lambda: server.create_database(f"b{uuid.uuid4().hex[:8]}"), events)
             report("PostgreSQL", one, poll)
 
