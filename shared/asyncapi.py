@@ -19,6 +19,7 @@ from shared.events import (
     Event,
     ExtractionCompleted,
     MemberBatch,
+    RangeRequested,
     RunCancelled,
     RunFailed,
     RunMissed,
@@ -29,7 +30,12 @@ from shared.events import (
 
 #: channel id → (topic, key, description, message models)
 CHANNELS: dict[str, tuple[str, str, str, list[type[Event]]]] = {
-    "runRequests": (topics.RUN_REQUESTS, "run id", "Requests to start an export run.", [RunRequested]),
+    "runRequests": (
+        topics.RUN_REQUESTS,
+        "run id (a range request: <run id>:<range>:<n>)",
+        "Requests to start an export run, and the key ranges of a run split across extractor replicas.",
+        [RunRequested, RangeRequested],
+    ),
     "memberBatches": (topics.MEMBER_BATCHES, "<run id>:<batch index>", "Batches of members to deliver.", [MemberBatch]),
     "runEvents": (
         topics.RUN_EVENTS,

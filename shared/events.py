@@ -11,6 +11,7 @@ Topics and keys (names in :mod:`shared.topics`):
 topic                     record                       key
 ========================  ===========================  =====================================
 run-requests              :class:`RunRequested`        run id
+run-requests              :class:`RangeRequested`      ``<run id>:<range>:<n>`` (placed)
 member-batches            :class:`MemberBatch`         ``<run id>:<batch index>`` (spreads)
 run-events                :data:`RunEvent` (union)     run id (a run's events stay in order)
 dead-letters              :class:`DeadLetter`          run id, or the source record's key
@@ -76,6 +77,28 @@ class RunRequested(Event):
     requested_by: str | None = None
     scheduled_for: AwareDatetime | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class RangeRequested(Event):
+    """Extract one key range of a run split across extractor replicas. Published by the extractor that
+    took the run's :class:`RunRequested`, one for each of the run's ``ranges`` ranges, on the same topic;
+    any extractor replica takes it. The range's bounds and batch indexes are in the extraction store.
+
+    ``parameters`` are the run request's. Only extractors of this release or later read this record: roll
+    every extractor out before runs are split (``EXPORT_EXTRACTOR_RANGE_MEMBERS``).
+    """
+
+    type: Literal["run.range_requested"] = "run.range_requested"
+    run_id: uuid.UUID
+    definition: str
+    range_index: Annotated[int, Field(ge=0)]
+    ranges: Annotated[int, Field(ge=2)]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    at: AwareDatetime = Field(default_factory=utc_now)
+
+
+#: Any record of the run-requests topic (an extractor's own range requests besides run requests).
+AnyRunRequest = RunRequested | RangeRequested
 
 
 #: The CloudEvents ``type`` of a run request published as a CloudEvent (structured or binary mode).
@@ -232,6 +255,7 @@ def json_schemas() -> dict[str, Any]:
     """The JSON Schema of every event, by event type."""
     models: list[type[Event]] = [
         RunRequested,
+        RangeRequested,
         MemberBatch,
         RunStarted,
         ExtractionCompleted,

@@ -1,17 +1,22 @@
 """Encode members as member-batch records: template-sized, bounded in bytes, fast (the extractor and replays).
 
-The bytes are exactly the :class:`shared.events.MemberBatch` contract (a unit test holds the two
-equal), written with orjson straight from the driver's rows: building and validating a pydantic model
-per batch cost more than reading the rows. A batch whose record would exceed the byte bound is split
-in halves, recursively, so the split is the same every time the same page is encoded (a resumed run
-re-creates the same batch identities).
+The bytes are exactly the :class:`shared.events.MemberBatch` contract (unit tests hold the two equal),
+written with orjson straight from the driver's rows (:meth:`BatchEncoder.encode_page`), or spliced from
+each member's JSON object as the database wrote it (:meth:`BatchEncoder.encode_json_page`, see
+:mod:`shared.querystore.member_json`): building and validating a pydantic model per batch cost more
+than reading the rows. A batch whose record would exceed the byte bound is split in halves,
+recursively, so the split is the same every time the same page is encoded (a resumed run re-creates
+the same batch identities).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import json
+import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,39 +69,134 @@ class BatchEncoder:
         self, columns: Sequence[str], rows: Sequence[Sequence[Any]], first_index: int
     ) -> list[EncodedBatch]:
         """The page's batches, numbered on from ``first_index``; raises MemberTooLarge naming the member."""
+        key = list(columns).index(self.key_column) if self.key_column in columns else None
+        return self._batches(
+            rows,
+            first_index,
+            lambda members, index: self.encode(columns, members, index),
+            lambda row: "?" if key is None else row[key],
+        )
+
+    def encode_json_page(self, members: Sequence[bytes], first_index: int) -> list[EncodedBatch]:
+        """The batches of a page of members' JSON objects, numbered on from ``first_index``.
+
+        The same records as :meth:`encode_page` of the same members: the objects are spliced as they are.
+        A member too large for a record raises MemberTooLarge without its key (which only rows hold).
+        """
+        return self._batches(members, first_index, self.encode_json, lambda _: "?")
+
+    def _batches(
+        self,
+        members: Sequence[Any],
+        first_index: int,
+        encode: Callable[[Sequence[Any], int], bytes],
+        key_of: Callable[[Any], Any],
+    ) -> list[EncodedBatch]:
         batches: list[EncodedBatch] = []
-        for start in range(0, len(rows), self.batch_size):
-            self._encode_bounded(columns, rows[start : start + self.batch_size], first_index, batches)
+        for start in range(0, len(members), self.batch_size):
+            self._encode_bounded(members[start : start + self.batch_size], first_index, batches, encode, key_of)
         return batches
 
     def _encode_bounded(
-        self, columns: Sequence[str], rows: Sequence[Sequence[Any]], first_index: int, out: list[EncodedBatch]
+        self,
+        members: Sequence[Any],
+        first_index: int,
+        out: list[EncodedBatch],
+        encode: Callable[[Sequence[Any], int], bytes],
+        key_of: Callable[[Any], Any],
     ) -> None:
         # Batches are numbered consecutively: the next one is always first_index + len(out).
         index = first_index + len(out)
-        value = self.encode(columns, rows, index)
+        value = encode(members, index)
         if len(value) <= self.max_record_bytes:
-            out.append(EncodedBatch(index, len(rows), value))
+            out.append(EncodedBatch(index, len(members), value))
             return
-        if len(rows) == 1:
-            key = rows[0][list(columns).index(self.key_column)] if self.key_column in columns else "?"
+        if len(members) == 1:
             raise MemberTooLarge(
-                f"member {self.key_column}={key} encodes to {len(value)} bytes, over the record limit of "
-                f"{self.max_record_bytes} bytes (EXPORT_EXTRACTOR_MAX_RECORD_BYTES)"
+                f"member {self.key_column}={key_of(members[0])} encodes to {len(value)} bytes, over the record "
+                f"limit of {self.max_record_bytes} bytes (EXPORT_EXTRACTOR_MAX_RECORD_BYTES)"
             )
-        half = len(rows) // 2
-        self._encode_bounded(columns, rows[:half], first_index, out)
-        self._encode_bounded(columns, rows[half:], first_index, out)
+        half = len(members) // 2
+        self._encode_bounded(members[:half], first_index, out, encode, key_of)
+        self._encode_bounded(members[half:], first_index, out, encode, key_of)
 
     def encode(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], batch_index: int) -> bytes:
         """One batch's record value."""
+        rows = _as_isoformat(rows)
         document: dict[str, Any] = self._header | {
             "batch_index": batch_index,
             "members": [dict(zip(columns, row, strict=True)) for row in rows],
         }
         try:
-            return orjson.dumps(document, default=jsonable)
+            return orjson.dumps(document, default=_member_value)
         except orjson.JSONEncodeError:
             # What orjson refuses (integers beyond 64 bits, say) the standard library writes.
-            document["members"] = [{c: jsonable(v) for c, v in member.items()} for member in document["members"]]
+            document["members"] = [
+                {c: _finite(_member_value(v)) for c, v in member.items()} for member in document["members"]
+            ]
             return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def encode_json(self, members: Sequence[bytes], batch_index: int) -> bytes:
+        """One batch's record value, from its members' JSON objects."""
+        head = orjson.dumps(self._header | {"batch_index": batch_index})
+        return b"".join((head[:-1], b',"members":[', b",".join(members), b"]}"))
+
+
+#: Before this year, zones had offsets with seconds (local mean time; Liberia's -00:44:30 until 1972).
+_WHOLE_MINUTE_OFFSETS_SINCE = 1973
+
+
+def _as_isoformat(rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
+    """The rows, with the values orjson writes otherwise than ``isoformat`` (the contract) already written.
+
+    orjson 3.13 writes a time of day whose microseconds are 10,000 to 99,999 with five digits
+    (``00:00:00.10967`` for ``00:00:00.010967``), and an offset with seconds without them (``+00:09``
+    for Paris's ``+00:09:21`` before 1911: another instant). Columns are judged by their first value (a
+    driver gives a column one type; SQLite's values, which have types of their own, are never times).
+    """
+    if not rows:
+        return rows
+    convert: set[int] = set()
+    for index in range(len(rows[0])):
+        first = next((row[index] for row in rows if row[index] is not None), None)
+        if isinstance(first, dt.datetime):
+            if _may_have_offsets_with_seconds(first.tzinfo) and any(
+                isinstance(v := row[index], dt.datetime) and v.year < _WHOLE_MINUTE_OFFSETS_SINCE for row in rows
+            ):
+                convert.add(index)
+        elif isinstance(first, dt.time):
+            convert.add(index)
+    if not convert:
+        return rows
+    return [tuple(_isoformat(v) if i in convert else v for i, v in enumerate(row)) for row in rows]
+
+
+#: Zones whose offset is always zero (a driver's datetimes are in the session's zone, UTC on most servers).
+_UTC_ZONES = {"UTC", "Etc/UTC", "Etc/Universal", "Universal", "Zulu", "Etc/Zulu", "GMT", "Etc/GMT", "Etc/Greenwich"}
+
+
+def _may_have_offsets_with_seconds(zone: dt.tzinfo | None) -> bool:
+    if zone is None:
+        return False
+    if isinstance(zone, dt.timezone):
+        offset = zone.utcoffset(None)
+        return offset is not None and offset.seconds % 60 != 0
+    return getattr(zone, "key", None) not in _UTC_ZONES
+
+
+def _isoformat(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, dt.time | dt.datetime) else value
+
+
+def _member_value(value: Any) -> Any:
+    """What orjson cannot write itself: as ``jsonable``, with a decimal NaN or infinity as null (as a float's)."""
+    if isinstance(value, decimal.Decimal) and not value.is_finite():
+        return None
+    if isinstance(value, dict | list):
+        return value  # a JSON column's value: the standard library writes it as it is
+    return jsonable(value)
+
+
+def _finite(value: Any) -> Any:
+    """The standard library writes NaN and Infinity (not JSON); orjson writes null: so do we."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value

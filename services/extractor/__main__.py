@@ -26,6 +26,10 @@ def main() -> None:
         max_poll_interval_ms=3_600_000,
     )
     stores = CatalogStores.from_url(settings.catalog_url)
+
+    def run_request_partitions() -> int:
+        return len(loop.consumer.partitions_for_topic(settings.topics.run_requests) or ()) or settings.topic_partitions
+
     extractor = Extractor(
         definitions=stores.definitions,
         runs=stores.runs,
@@ -37,6 +41,11 @@ def main() -> None:
         send=loop.send,
         page_size=settings.extractor_page_size,
         max_record_bytes=settings.extractor_max_record_bytes,
+        database_json=settings.extractor_database_json,
+        range_members=settings.extractor_range_members,
+        run_request_partitions=run_request_partitions,
+        # Holding every partition, this replica is the only one at work (or the others are idle).
+        other_replicas=lambda: len(loop.consumer.assignment()) < run_request_partitions(),
     )
     loop.install_signal_handlers()
     loop.run()

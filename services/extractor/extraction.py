@@ -3,30 +3,43 @@
 Pages are pipelined: page N's records are in flight to Kafka while page N+1 is read, and page N's
 checkpoint is saved only once the broker has acknowledged all of its records. A crash therefore
 repeats at most the pages after the last checkpoint, with the same batch identities.
+
+A large run is split into key ranges that several replicas extract at once (see
+:mod:`services.extractor.ranges`): the replica that takes the run request plans the ranges and publishes
+a :class:`RangeRequested` for each; whichever replica takes one extracts that range, with a checkpoint
+of its own, and the one that extracts the last range says the run's extraction is complete, with the
+members and batches of all ranges.
 """
 
 from __future__ import annotations
 
 import math
-import time
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.extractor.ports import ExtractionStore
+from services.extractor.ranges import (
+    BATCH_INDEX_LIMIT,
+    boundary_ranks,
+    index_spaces,
+    placed_keys,
+    range_count,
+)
 from shared.application.ports import DefinitionsReader, RunsReader
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
-from shared.domain.checkpoints import Checkpoint
+from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.runs import RunStatus
 from shared.errors import NotFound, StoredObjectInvalid
-from shared.events import ExtractionCompleted, RunFailed, RunRequested, RunStarted
+from shared.events import ExtractionCompleted, RangeRequested, RunFailed, RunRequested, RunStarted
 from shared.kafka import InFlight, Outgoing
-from shared.member_batches import BatchEncoder, MemberTooLarge
-from shared.querystore import MemberReader, Page, QueryError, QueryTimeout
+from shared.member_batches import BatchEncoder, EncodedBatch, MemberTooLarge
+from shared.querystore import JsonPage, MemberPages, MemberReader, Page, QueryError, QueryTimeout
 from shared.querystore.paging import Window
 from shared.topics import Topics
 
@@ -34,13 +47,18 @@ log = structlog.get_logger(__name__)
 
 MEMBERS_EXTRACTED = Counter("export_extractor_members_extracted_total", "Members read from the query store.")
 PAGES_READ = Counter("export_extractor_pages_total", "Query pages read.")
+ROW_PAGES = Counter(
+    "export_extractor_row_pages_total",
+    "Pages encoded from driver rows although the database writes the query's JSON (a value it cannot write exactly).",
+)
 RUNS_FAILED = Counter("export_extractor_runs_failed_total", "Runs the extractor failed, by reason.", ["reason"])
+RUNS_SPLIT = Counter("export_extractor_runs_split_total", "Runs split into key ranges for several replicas.")
 QUERY_SECONDS = Histogram(
     "export_extractor_query_duration_seconds",
     "Time the query store took to return one page (or a watermark).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
-ACTIVE_RUNS = Gauge("export_extractor_active_runs", "Runs being extracted now.")
+ACTIVE_RUNS = Gauge("export_extractor_active_runs", "Runs (or key ranges of split runs) being extracted now.")
 
 DEFAULT_MAX_RECORD_BYTES = 900_000
 
@@ -51,7 +69,7 @@ def page_size_for(batch_size: int, configured_page_size: int) -> int:
 
 
 class _RunCancelled(Exception):
-    """The run was cancelled while it was being extracted."""
+    """The run was cancelled (or, for a key range, failed elsewhere) while it was being extracted."""
 
 
 class _RunFailure(Exception):
@@ -62,11 +80,40 @@ class _RunFailure(Exception):
         self.reason, self.label = reason, label
 
 
+@dataclass(frozen=True)
+class _Progress:
+    """Where a run (or one of its ranges) stands: resume after ``last_key`` with batch ``next_batch_index``."""
+
+    last_key: Any
+    next_batch_index: int
+    members: int
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What to extract: the pages' bounds and batch indexes, where to save progress, when to stop."""
+
+    run_id: uuid.UUID
+    definition: ExportDefinition
+    query: SavedQuery
+    template: HttpTemplate
+    parameters: dict[str, Any]
+    window: Window | None
+    start: _Progress
+    save: Callable[[_Progress], None]
+    until: Any = None  # a range's last key (None: the query's last)
+    end_batch_index: int = BATCH_INDEX_LIMIT
+    stop_on: frozenset[RunStatus] = frozenset({RunStatus.CANCELLED})
+    what: str = "run"
+
+
 class Extractor:
-    """Handles run requests.
+    """Handles run requests, and requests for key ranges of split runs.
 
     ``send`` hands records to the producer and returns at once; its result's ``wait()`` blocks until
-    the broker has acknowledged them all.
+    the broker has acknowledged them all. ``range_members`` > 0 splits runs of at least twice as many
+    members into ranges (``run_request_partitions()``: the run-requests topic's partitions, at most one
+    range each) when ``other_replicas()`` says there are replicas to share them with; 0 never splits.
     """
 
     def __init__(
@@ -80,6 +127,10 @@ class Extractor:
         send: Callable[[list[Outgoing]], InFlight],
         page_size: int,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        database_json: bool = True,
+        range_members: int = 0,
+        run_request_partitions: Callable[[], int] = lambda: 1,
+        other_replicas: Callable[[], bool] = lambda: True,
     ) -> None:
         self.definitions, self.runs, self.extraction = definitions, runs, extraction
         self.reader = reader
@@ -87,6 +138,14 @@ class Extractor:
         self.send = send
         self.page_size = page_size
         self.max_record_bytes = max_record_bytes
+        #: Members' JSON written by the database where it can be (EXPORT_EXTRACTOR_DATABASE_JSON).
+        self.database_json = database_json
+        #: Members a key range should have at least (EXPORT_EXTRACTOR_RANGE_MEMBERS); 0: runs are not split.
+        self.range_members = range_members
+        self.run_request_partitions = run_request_partitions
+        #: Whether other replicas hold partitions of the run-requests topic: alone, a replica splits nothing
+        #: (ranges would cost a pass over the keys and a round trip through Kafka each, for no gain).
+        self.other_replicas = other_replicas
 
     def publish(self, outgoing: list[Outgoing]) -> None:
         """Send records and return once the broker has acknowledged them all."""
@@ -95,8 +154,11 @@ class Extractor:
     def _event(self, run_id: str, event: RunStarted | ExtractionCompleted | RunFailed) -> Outgoing:
         return Outgoing(self.topics.run_events, run_id, event.to_bytes())
 
-    def handle(self, request: RunRequested) -> list[Outgoing]:
-        """Extract the requested run (or nothing, if it was extracted before); return its last events."""
+    def handle(self, request: RunRequested | RangeRequested) -> list[Outgoing]:
+        """Extract the requested run or range (or nothing, if it was done before); return the records to publish
+        after it (its last events, or the range requests of a run it split)."""
+        if isinstance(request, RangeRequested):
+            return self.handle_range(request)
         ACTIVE_RUNS.inc()
         checkpoint: Checkpoint | None = None
         try:
@@ -108,7 +170,7 @@ class Extractor:
             if checkpoint.completed:
                 log.info("run already extracted; request ignored", run_id=str(request.run_id))
                 return []
-            self._stop_if_cancelled(request)
+            self._stop_if(request.run_id, {RunStatus.CANCELLED})
             return self._run(request, definition, checkpoint)
         except _RunCancelled:
             log.info("run cancelled; extraction stopped", run_id=str(request.run_id))
@@ -116,21 +178,27 @@ class Extractor:
                 self.extraction.save_checkpoint(replace(checkpoint, completed=True))
             return []
         except _RunFailure as failure:
-            return self._fail(request, failure, checkpoint)
+            return self._fail(request.run_id, request.definition, failure, checkpoint)
         finally:
             ACTIVE_RUNS.dec()
 
-    def _run(self, request: RunRequested, definition: ExportDefinition, checkpoint: Checkpoint) -> list[Outgoing]:
-        run_id = str(request.run_id)
+    def _objects(
+        self, definition: ExportDefinition, requested: dict[str, Any]
+    ) -> tuple[SavedQuery, HttpTemplate, dict[str, Any]]:
         try:
             query = self.definitions.get(SavedQuery, definition.query)
             template = self.definitions.get(HttpTemplate, definition.template)
         except (NotFound, StoredObjectInvalid) as exc:
             raise _RunFailure(str(exc), "missing_object") from None
         try:
-            parameters = bind_values(query.parameters, request.parameters, definition.parameters)
+            parameters = bind_values(query.parameters, requested, definition.parameters)
         except ParameterError as exc:
             raise _RunFailure(f"invalid parameters: {exc}", "invalid_parameters") from None
+        return query, template, parameters
+
+    def _run(self, request: RunRequested, definition: ExportDefinition, checkpoint: Checkpoint) -> list[Outgoing]:
+        run_id = str(request.run_id)
+        query, template, parameters = self._objects(definition, request.parameters)
         checkpoint = self._fix_window(definition, query, parameters, checkpoint)
         self.publish(
             [
@@ -155,25 +223,22 @@ class Extractor:
             watermark_since=checkpoint.watermark_since,
             watermark_until=checkpoint.watermark_until,
         )
-        checkpoint = self._extract(request, definition, query, template, parameters, checkpoint)
+        window = self._window(definition, checkpoint)
+        if not (definition.incremental is not None and window is None):  # else nothing moved since the last run
+            plan = self._split(request, definition, query, template, parameters, window, checkpoint)
+            if plan is not None:
+                return self._range_requests(request, definition, plan, checkpoint)
+            checkpoint = self._extract_run(request, definition, query, template, parameters, window, checkpoint)
+        self._complete(request.run_id, definition.name, checkpoint, checkpoint.members, checkpoint.next_batch_index)
+        return []
+
+    def _complete(self, run_id: uuid.UUID, definition: str, checkpoint: Checkpoint, members: int, batches: int) -> None:
         # The completion event is acknowledged before the checkpoint says "completed": a crash in
         # between redelivers the request, which finds no page after the last key and says it again.
-        self.publish(
-            [
-                self._event(
-                    run_id,
-                    ExtractionCompleted(
-                        run_id=request.run_id,
-                        definition=definition.name,
-                        members=checkpoint.members,
-                        batches=checkpoint.next_batch_index,
-                    ),
-                )
-            ]
-        )
-        self.extraction.save_checkpoint(replace(checkpoint, completed=True))
-        log.info("extraction completed", run_id=run_id, members=checkpoint.members, batches=checkpoint.next_batch_index)
-        return []
+        completed = ExtractionCompleted(run_id=run_id, definition=definition, members=members, batches=batches)
+        self.publish([self._event(str(run_id), completed)])
+        self.extraction.save_checkpoint(replace(checkpoint, members=members, completed=True))
+        log.info("extraction completed", run_id=str(run_id), members=members, batches=batches)
 
     def _fix_window(
         self, definition: ExportDefinition, query: SavedQuery, parameters: dict[str, Any], checkpoint: Checkpoint
@@ -189,81 +254,310 @@ class Extractor:
         self.extraction.save_checkpoint(checkpoint)
         return checkpoint
 
-    def _extract(
+    @staticmethod
+    def _window(definition: ExportDefinition, checkpoint: Checkpoint) -> Window | None:
+        """Incremental mode's slice (None for a full run, and for an incremental run with nothing new)."""
+        if definition.incremental is None or checkpoint.watermark_until is None:
+            return None
+        column = definition.incremental.watermark_column
+        return Window(column, checkpoint.watermark_since, checkpoint.watermark_until)
+
+    def _extract_run(
         self,
         request: RunRequested,
         definition: ExportDefinition,
         query: SavedQuery,
         template: HttpTemplate,
         parameters: dict[str, Any],
+        window: Window | None,
         checkpoint: Checkpoint,
     ) -> Checkpoint:
-        if definition.incremental is not None and checkpoint.watermark_until is None:
-            return checkpoint  # nothing moved since the last successful run
-        window = (
-            Window(definition.incremental.watermark_column, checkpoint.watermark_since, checkpoint.watermark_until)
-            if definition.incremental
-            else None
-        )
-        encoder = BatchEncoder(
-            run_id=request.run_id,
-            definition=definition.name,
-            template=template.name,
-            priority=definition.priority,
-            batch_size=template.batch_size,
-            max_record_bytes=self.max_record_bytes,
-            key_column=query.key_column,
-        )
-        pages = self.reader.pages(
-            query,
-            page_size=page_size_for(template.batch_size, self.page_size),
-            after=checkpoint.last_key,
-            parameters=parameters,
-            window=window,
-        )
-        batch_topic = self.topics.member_batches_for(definition.priority.value)
-        in_flight: tuple[InFlight, Checkpoint] | None = None
-        for page in self._timed(pages):
-            try:
-                batches = encoder.encode_page(page.columns, page.rows, checkpoint.next_batch_index)
-            except MemberTooLarge as exc:
-                raise _RunFailure(str(exc), "member_too_large") from None
-            sent = self.send([Outgoing(batch_topic, f"{request.run_id}:{b.batch_index}", b.value) for b in batches])
+        def save(progress: _Progress) -> None:
+            nonlocal checkpoint
             checkpoint = replace(
                 checkpoint,
-                last_key=page.last_key,
-                next_batch_index=checkpoint.next_batch_index + len(batches),
-                members=checkpoint.members + len(page.rows),
+                last_key=progress.last_key,
+                next_batch_index=progress.next_batch_index,
+                members=progress.members,
             )
+            self.extraction.save_checkpoint(checkpoint)
+
+        start = _Progress(checkpoint.last_key, checkpoint.next_batch_index, checkpoint.members)
+        job = _Job(request.run_id, definition, query, template, parameters, window, start, save)
+        progress = self._extract(job)
+        return replace(
+            checkpoint,
+            last_key=progress.last_key,
+            next_batch_index=progress.next_batch_index,
+            members=progress.members,
+        )
+
+    # --- a run split into key ranges ---------------------------------------------------------------------------
+
+    def _split(
+        self,
+        request: RunRequested,
+        definition: ExportDefinition,
+        query: SavedQuery,
+        template: HttpTemplate,
+        parameters: dict[str, Any],
+        window: Window | None,
+        checkpoint: Checkpoint,
+    ) -> list[RangeCheckpoint] | None:
+        """The run's key ranges: planned before (a redelivered request), planned now (a large run that has not
+        started), or None (extract the run in one piece)."""
+        if checkpoint.ranges is not None:
+            return self.extraction.run_ranges(request.run_id)
+        fresh = checkpoint.last_key is None and checkpoint.next_batch_index == 0 and checkpoint.members == 0
+        if self.range_members <= 0 or not fresh or not self.other_replicas():
+            return None
+        partitions = self.run_request_partitions()
+        with QUERY_SECONDS.time():
+            members = self._query(lambda: self.reader.count(query, parameters=parameters, window=window))
+        ranges = range_count(members, range_members=self.range_members, partitions=partitions)
+        if ranges < 2:
+            return None
+        ranks = boundary_ranks(members, ranges)
+        with QUERY_SECONDS.time():
+            found = self._query(lambda: self.reader.key_boundaries(query, ranks, parameters=parameters, window=window))
+        boundaries = list(dict.fromkeys(found))  # keys are unique; were they not, no range would be empty twice
+        if not boundaries:
+            return None
+        spaces = index_spaces(len(boundaries) + 1, math.ceil(members / template.batch_size))
+        lowers, uppers = [None, *boundaries], [*boundaries, None]
+        plan = [
+            RangeCheckpoint.planned(request.run_id, index, lowers[index], uppers[index], *spaces[index])
+            for index in range(len(spaces))
+        ]
+        RUNS_SPLIT.inc()
+        log.info(
+            "run split into key ranges",
+            run_id=str(request.run_id),
+            definition=definition.name,
+            members=members,
+            ranges=len(plan),
+            partitions=partitions,
+        )
+        return self.extraction.plan_ranges(request.run_id, plan)
+
+    def _range_requests(
+        self, request: RunRequested, definition: ExportDefinition, plan: list[RangeCheckpoint], checkpoint: Checkpoint
+    ) -> list[Outgoing]:
+        """One request a range still to extract, placed on partitions spread evenly (published by the loop
+        before it commits the run request); the run's completion if every range was extracted already."""
+        pending = [r for r in plan if r.state is RangeState.EXTRACTING]
+        if not pending:
+            if all(r.state is RangeState.EXTRACTED for r in plan):
+                self._complete_split(plan[-1], definition.name, checkpoint)
+            return []
+        keys = placed_keys(request.run_id, len(plan), max(1, self.run_request_partitions()))
+        return [
+            Outgoing(
+                self.topics.run_requests,
+                keys[r.range_index],
+                RangeRequested(
+                    run_id=request.run_id,
+                    definition=definition.name,
+                    range_index=r.range_index,
+                    ranges=len(plan),
+                    parameters=request.parameters,
+                ).to_bytes(),
+            )
+            for r in pending
+        ]
+
+    def handle_range(self, task: RangeRequested) -> list[Outgoing]:
+        """Extract one key range of a split run; say the run's extraction is complete when it was the last."""
+        ACTIVE_RUNS.inc()
+        run_id = str(task.run_id)
+        stored = self.extraction.range_checkpoint(task.run_id, task.range_index)
+        if stored is None:
+            ACTIVE_RUNS.dec()
+            log.warning("range of an unknown run; request ignored", run_id=run_id, range=task.range_index)
+            return []
+        range_checkpoint: RangeCheckpoint = stored
+        checkpoint = self.extraction.claim_extraction(task.run_id, task.definition)
+        try:
+            if checkpoint.completed or range_checkpoint.state is RangeState.STOPPED:
+                log.info("range of a finished run; request ignored", run_id=run_id, range=task.range_index)
+                if range_checkpoint.state is RangeState.EXTRACTING:  # the run failed or was cancelled
+                    self.extraction.finish_range(range_checkpoint, RangeState.STOPPED)
+                return []
+            if range_checkpoint.state is RangeState.EXTRACTING:
+                self._stop_if(task.run_id, {RunStatus.CANCELLED, RunStatus.FAILED})
+                range_checkpoint = self._extract_range(task, checkpoint, range_checkpoint)
+            self._complete_split(range_checkpoint, task.definition, checkpoint)
+            return []
+        except _RunCancelled:
+            log.info("run cancelled or failed; range extraction stopped", run_id=run_id, range=task.range_index)
+            self.extraction.finish_range(range_checkpoint, RangeState.STOPPED)
+            self.extraction.save_checkpoint(replace(checkpoint, completed=True))
+            return []
+        except _RunFailure as failure:
+            self.extraction.finish_range(range_checkpoint, RangeState.STOPPED)
+            return self._fail(task.run_id, task.definition, failure, checkpoint)
+        finally:
+            ACTIVE_RUNS.dec()
+
+    def _extract_range(
+        self, task: RangeRequested, checkpoint: Checkpoint, range_checkpoint: RangeCheckpoint
+    ) -> RangeCheckpoint:
+        try:
+            definition = self.definitions.get(ExportDefinition, task.definition)
+        except (NotFound, StoredObjectInvalid) as exc:
+            raise _RunFailure(f"unknown definition: {exc}", "unknown_definition") from None
+        query, template, parameters = self._objects(definition, task.parameters)
+        window = self._window(definition, checkpoint)
+        log.info(
+            "range extraction started",
+            run_id=str(task.run_id),
+            range=task.range_index,
+            ranges=task.ranges,
+            resume_after=range_checkpoint.resume_after,
+            until=range_checkpoint.upper,
+            next_batch=range_checkpoint.next_batch_index,
+        )
+
+        def save(progress: _Progress) -> None:
+            nonlocal range_checkpoint
+            range_checkpoint = replace(
+                range_checkpoint,
+                last_key=progress.last_key,
+                next_batch_index=progress.next_batch_index,
+                members=progress.members,
+            )
+            self.extraction.save_range(range_checkpoint)
+
+        job = _Job(
+            task.run_id,
+            definition,
+            query,
+            template,
+            parameters,
+            window,
+            _Progress(range_checkpoint.resume_after, range_checkpoint.next_batch_index, range_checkpoint.members),
+            save,
+            until=range_checkpoint.upper,
+            end_batch_index=range_checkpoint.end_batch_index,
+            stop_on=frozenset({RunStatus.CANCELLED, RunStatus.FAILED}),
+            what=f"range {task.range_index} of the run",
+        )
+        progress = self._extract(job)
+        return replace(
+            range_checkpoint,
+            last_key=progress.last_key,
+            next_batch_index=progress.next_batch_index,
+            members=progress.members,
+        )
+
+    def _complete_split(self, range_checkpoint: RangeCheckpoint, definition: str, checkpoint: Checkpoint) -> None:
+        """End an extracted range; if it was the last, say the run's extraction is complete (with every range's
+        members and batches). Said again by a redelivered request: the notifier's fold takes it as the same."""
+        totals = self.extraction.finish_range(range_checkpoint, RangeState.EXTRACTED)
+        log.info(
+            "range extracted",
+            run_id=str(range_checkpoint.run_id),
+            range=range_checkpoint.range_index,
+            members=range_checkpoint.members,
+            batches=range_checkpoint.batches,
+            last=totals is not None,
+        )
+        if totals is not None:
+            self._complete(range_checkpoint.run_id, definition, checkpoint, totals.members, totals.batches)
+
+    # --- pages ---------------------------------------------------------------------------------------------------
+
+    def _extract(self, job: _Job) -> _Progress:
+        encoder = BatchEncoder(
+            run_id=job.run_id,
+            definition=job.definition.name,
+            template=job.template.name,
+            priority=job.definition.priority,
+            batch_size=job.template.batch_size,
+            max_record_bytes=self.max_record_bytes,
+            key_column=job.query.key_column,
+        )
+        pages: MemberPages = self._query(
+            lambda: self.reader.member_pages(
+                job.query,
+                page_size=page_size_for(job.template.batch_size, self.page_size),
+                after=job.start.last_key,
+                until=job.until,
+                parameters=job.parameters,
+                window=job.window,
+                database_json=self.database_json,
+            )
+        )
+        if self.database_json and not pages.json:
+            log.info(
+                "members encoded from driver rows", run_id=str(job.run_id), query=job.query.name, reason=pages.reason
+            )
+        with pages:
+            return self._publish_pages(job, encoder, pages)
+
+    def _publish_pages(self, job: _Job, encoder: BatchEncoder, pages: MemberPages) -> _Progress:
+        batch_topic = self.topics.member_batches_for(job.definition.priority.value)
+        progress = job.start
+        in_flight: tuple[InFlight, _Progress] | None = None
+        for page in self._timed(pages):
+            batches = self._encode(encoder, pages, page, progress.next_batch_index)
+            next_batch_index = progress.next_batch_index + len(batches)
+            if next_batch_index > job.end_batch_index:
+                raise _RunFailure(
+                    f"{job.what} has more batches than its batch indexes allow (up to {job.end_batch_index - 1})",
+                    "batch_indexes_exhausted",
+                )
+            sent = self.send([Outgoing(batch_topic, f"{job.run_id}:{b.batch_index}", b.value) for b in batches])
+            progress = _Progress(page.last_key, next_batch_index, progress.members + len(page))
             # Page N is in flight while page N+1 is read; N is checkpointed once acknowledged.
             if in_flight is not None:
-                self._settle(*in_flight)
-            in_flight = (sent, checkpoint)
-            self._stop_if_cancelled(request)
-            MEMBERS_EXTRACTED.inc(len(page.rows))
+                self._settle(job, *in_flight)
+            in_flight = (sent, progress)
+            self._stop_if(job.run_id, job.stop_on)
+            MEMBERS_EXTRACTED.inc(len(page))
             PAGES_READ.inc()
+            if pages.json and isinstance(page, Page):
+                ROW_PAGES.inc()
         if in_flight is not None:
-            self._settle(*in_flight)
-        return checkpoint
+            self._settle(job, *in_flight)
+        return progress
 
-    def _stop_if_cancelled(self, request: RunRequested) -> None:
-        """Stop at a page boundary when the run was cancelled (one catalog read per page)."""
-        record = self.runs.get_run(request.run_id)
-        if record is not None and record.status is RunStatus.CANCELLED:
+    def _encode(
+        self, encoder: BatchEncoder, pages: MemberPages, page: Page | JsonPage, first_index: int
+    ) -> list[EncodedBatch]:
+        """The page's batch records; a member too large for a record fails the run, naming it."""
+        try:
+            if isinstance(page, Page):
+                return encoder.encode_page(page.columns, page.rows, first_index)
+            try:
+                return encoder.encode_json_page(page.members, first_index)
+            except MemberTooLarge:
+                # Only the rows hold the member's key: read the page again as rows, to name it.
+                rows = self._query(lambda: pages.as_rows(page))
+                if rows is None:
+                    raise
+                return encoder.encode_page(rows.columns, rows.rows, first_index)
+        except MemberTooLarge as exc:
+            raise _RunFailure(str(exc), "member_too_large") from None
+
+    def _stop_if(self, run_id: uuid.UUID, statuses: set[RunStatus] | frozenset[RunStatus]) -> None:
+        """Stop at a page boundary when the run was cancelled (one catalog read per page); a range also stops
+        when its run failed (another range's query failed, say)."""
+        record = self.runs.get_run(run_id)
+        if record is not None and record.status in statuses:
             raise _RunCancelled
 
-    def _settle(self, sent: InFlight, checkpoint: Checkpoint) -> None:
+    def _settle(self, job: _Job, sent: InFlight, progress: _Progress) -> None:
         sent.wait()
-        self.extraction.save_checkpoint(checkpoint)
+        job.save(progress)
 
-    def _timed(self, pages: Iterator[Page]) -> Iterator[Page]:
-        """The pages, each one's read time observed, query errors turned into run failures."""
+    def _timed(self, pages: MemberPages) -> Iterator[Page | JsonPage]:
+        """The pages, each one's query time observed, query errors turned into run failures."""
         while True:
-            started = time.perf_counter()
             page = self._query(lambda: next(pages, None))
-            QUERY_SECONDS.observe(time.perf_counter() - started)
             if page is None:
                 return
+            QUERY_SECONDS.observe(pages.read_seconds)
             yield page
 
     @staticmethod
@@ -275,10 +569,12 @@ class Extractor:
         except QueryError as exc:
             raise _RunFailure(str(exc), "query_error") from None
 
-    def _fail(self, request: RunRequested, failure: _RunFailure, checkpoint: Checkpoint | None) -> list[Outgoing]:
+    def _fail(
+        self, run_id: uuid.UUID, definition: str, failure: _RunFailure, checkpoint: Checkpoint | None
+    ) -> list[Outgoing]:
         RUNS_FAILED.labels(reason=failure.label).inc()
-        log.warning("run failed", run_id=str(request.run_id), definition=request.definition, reason=failure.reason)
+        log.warning("run failed", run_id=str(run_id), definition=definition, reason=failure.reason)
         if checkpoint is not None:
             self.extraction.save_checkpoint(replace(checkpoint, completed=True))
-        failed = RunFailed(run_id=request.run_id, definition=request.definition, reason=failure.reason)
-        return [self._event(str(request.run_id), failed)]
+        failed = RunFailed(run_id=run_id, definition=definition, reason=failure.reason)
+        return [self._event(str(run_id), failed)]

@@ -17,13 +17,15 @@ from typing import Any
 from cloudevents.core.bindings.kafka import KafkaMessage, from_kafka
 from cloudevents.core.formats.json import JSONFormat
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import from_json
 
-from shared.events import RUN_REQUESTED_CLOUDEVENT_TYPE, RunRequested, Trigger, utc_now
+from shared.events import RUN_REQUESTED_CLOUDEVENT_TYPE, RangeRequested, RunRequested, Trigger, utc_now
 from shared.kafka import Headers
 
 #: Namespace of run ids derived from a CloudEvent's (source, id).
 CLOUDEVENT_RUN_NAMESPACE = uuid.UUID("6f1c43c6-2a8f-4c5e-9a43-0d4f3f2f6c1e")
 _STRUCTURED = "application/cloudevents"
+RANGE_REQUESTED = RangeRequested.model_fields["type"].default
 
 
 class CloudEventRunData(BaseModel):
@@ -35,6 +37,17 @@ class CloudEventRunData(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     run_id: uuid.UUID | None = None
     requested_by: str | None = None
+
+
+def _is_range_request(value: bytes) -> bool:
+    """Whether the record says it is a range request (our run requests may leave their ``type`` out)."""
+    if RANGE_REQUESTED.encode() not in value:
+        return False
+    try:
+        data = from_json(value)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("type") == RANGE_REQUESTED
 
 
 def _header(headers: Headers, name: str) -> bytes | None:
@@ -49,12 +62,15 @@ def is_cloudevent(value: bytes, headers: Headers) -> bool:
     return content_type is not None and content_type.decode("latin-1").startswith(_STRUCTURED)
 
 
-def decode_run_request(value: bytes, headers: Headers) -> RunRequested:
-    """A run request from a record; ValueError (or pydantic's ValidationError) says what is wrong.
+def decode_run_request(value: bytes, headers: Headers) -> RunRequested | RangeRequested:
+    """A run request (or an extractor's request for one key range of a split run) from a record;
+    ValueError (or pydantic's ValidationError) says what is wrong.
 
     Whatever the record (any bytes, any headers, JSON nested to any depth), nothing else is raised.
     """
     if not is_cloudevent(value, headers):
+        if _is_range_request(value):
+            return RangeRequested.model_validate_json(value)
         return RunRequested.model_validate_json(value)
     message = KafkaMessage(headers={k: v for k, v in headers}, key=None, value=value)
     try:

@@ -22,4 +22,16 @@ class ExtractorSettings(CommonSettings):
         description="Largest member-batch record, in bytes; bigger batches are split (keep under the "
         "broker's message.max.bytes, 1 MiB by default).",
     )
+    extractor_database_json: bool = Field(
+        default=True,
+        description="Have the member store write each member's JSON (PostgreSQL, SQLite), where it writes every "
+        "column as the extractor would; false reads every query as driver rows.",
+    )
+    extractor_range_members: int = Field(
+        default=250_000,
+        ge=0,
+        description="Split a run of at least twice this many members into key ranges (at least this many members "
+        "each, at most one per partition of the run-requests topic) that every extractor replica takes part in; "
+        "0 never splits.",
+    )
     metrics_port: int = Field(default=9402, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

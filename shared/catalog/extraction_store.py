@@ -1,13 +1,22 @@
-"""The extraction store: each run's extraction checkpoint, and incremental definitions' watermarks."""
+"""The extraction store: each run's extraction checkpoint (and its key ranges' when the run is split across
+extractor replicas), and incremental definitions' watermarks."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
+from sqlalchemy import select, update
+
 from shared.catalog.database import CatalogDatabase, now
-from shared.catalog.tables import ExtractionCheckpointRow, WatermarkRow
-from shared.domain.checkpoints import Checkpoint, watermark_after_success
+from shared.catalog.tables import ExtractionCheckpointRow, ExtractionRangeRow, WatermarkRow
+from shared.domain.checkpoints import (
+    Checkpoint,
+    RangeCheckpoint,
+    RangeState,
+    RunTotals,
+    watermark_after_success,
+)
 
 
 class SqlExtractionStore:
@@ -42,19 +51,131 @@ class SqlExtractionStore:
                 row.completed,
                 row.watermark_since,
                 row.watermark_until,
+                row.ranges,
             )
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Save where the run stands: one UPDATE (the extractor saves one a page, so no ORM load first)."""
+        statement = (
+            update(ExtractionCheckpointRow)
+            .where(ExtractionCheckpointRow.run_id == str(checkpoint.run_id))
+            .values(
+                last_key=checkpoint.last_key,
+                next_batch_index=checkpoint.next_batch_index,
+                members=checkpoint.members,
+                completed=checkpoint.completed,
+                watermark_since=checkpoint.watermark_since,
+                watermark_until=checkpoint.watermark_until,
+                updated_at=now(),
+            )
+        )
+        with self.database.engine.begin() as connection:
+            updated = connection.execute(statement).rowcount
+        assert updated == 1, "save_checkpoint before claim_extraction"
+
+    def plan_ranges(self, run_id: uuid.UUID, ranges: list[RangeCheckpoint]) -> list[RangeCheckpoint]:
+        """Split the run into ``ranges``, unless it was split before: the run's ranges as stored (one plan a run,
+        whoever asks twice)."""
         with self.database.transaction() as session:
-            row = session.get(ExtractionCheckpointRow, str(checkpoint.run_id), with_for_update=True)
-            assert row is not None, "save_checkpoint before claim_extraction"
-            row.last_key = checkpoint.last_key
-            row.next_batch_index = checkpoint.next_batch_index
-            row.members = checkpoint.members
-            row.completed = checkpoint.completed
-            row.watermark_since = checkpoint.watermark_since
-            row.watermark_until = checkpoint.watermark_until
-            row.updated_at = now()
+            run = session.get(ExtractionCheckpointRow, str(run_id), with_for_update=True)
+            assert run is not None, "plan_ranges before claim_extraction"
+            if run.ranges is None:
+                run.ranges, run.updated_at = len(ranges), now()
+                session.add_all(
+                    ExtractionRangeRow(
+                        run_id=str(run_id),
+                        range_index=r.range_index,
+                        lower=r.lower,
+                        upper=r.upper,
+                        first_batch_index=r.first_batch_index,
+                        end_batch_index=r.end_batch_index,
+                        last_key=r.last_key,
+                        next_batch_index=r.next_batch_index,
+                        members=r.members,
+                        state=r.state.value,
+                        updated_at=now(),
+                    )
+                    for r in ranges
+                )
+                session.flush()
+            rows = session.scalars(
+                select(ExtractionRangeRow)
+                .where(ExtractionRangeRow.run_id == str(run_id))
+                .order_by(ExtractionRangeRow.range_index)
+            ).all()
+            return [_range(row) for row in rows]
+
+    def run_ranges(self, run_id: uuid.UUID) -> list[RangeCheckpoint]:
+        """The key ranges of a split run, in key order (none when it was not split)."""
+        with self.database.transaction() as session:
+            rows = session.scalars(
+                select(ExtractionRangeRow)
+                .where(ExtractionRangeRow.run_id == str(run_id))
+                .order_by(ExtractionRangeRow.range_index)
+            ).all()
+            return [_range(row) for row in rows]
+
+    def range_checkpoint(self, run_id: uuid.UUID, range_index: int) -> RangeCheckpoint | None:
+        """Where one range of a split run stands (None: no such range)."""
+        with self.database.transaction() as session:
+            row = session.get(ExtractionRangeRow, (str(run_id), range_index))
+            return _range(row) if row is not None else None
+
+    def save_range(self, checkpoint: RangeCheckpoint) -> bool:
+        """Save a range's progress, only forward: a second extractor of the same range (a redelivered task)
+        never moves it back, nor reopens a range that is over. False when nothing was saved."""
+        statement = (
+            update(ExtractionRangeRow)
+            .where(
+                ExtractionRangeRow.run_id == str(checkpoint.run_id),
+                ExtractionRangeRow.range_index == checkpoint.range_index,
+                ExtractionRangeRow.state == RangeState.EXTRACTING.value,
+                ExtractionRangeRow.next_batch_index <= checkpoint.next_batch_index,
+            )
+            .values(
+                last_key=checkpoint.last_key,
+                next_batch_index=checkpoint.next_batch_index,
+                members=checkpoint.members,
+                updated_at=now(),
+            )
+        )
+        with self.database.engine.begin() as connection:
+            return bool(connection.execute(statement).rowcount)
+
+    def finish_range(self, checkpoint: RangeCheckpoint, state: RangeState) -> RunTotals | None:
+        """End a range (``extracted`` or ``stopped``); the run's totals when this makes every range extracted.
+
+        One transaction, the range written first and the run's row locked before the ranges are read: two
+        ranges ending at once cannot both miss that the other one ended. Ending a range again is harmless
+        (a redelivered task): an extracted range stays extracted, and the totals are told again.
+        """
+        with self.database.transaction() as session:
+            values: dict[str, Any] = {"state": state.value, "updated_at": now()}
+            if state is RangeState.EXTRACTED:
+                values |= {
+                    "last_key": checkpoint.last_key,
+                    "next_batch_index": checkpoint.next_batch_index,
+                    "members": checkpoint.members,
+                }
+            session.execute(
+                update(ExtractionRangeRow)
+                .where(
+                    ExtractionRangeRow.run_id == str(checkpoint.run_id),
+                    ExtractionRangeRow.range_index == checkpoint.range_index,
+                    ExtractionRangeRow.state == RangeState.EXTRACTING.value,
+                )
+                .values(**values)
+            )
+            session.get(ExtractionCheckpointRow, str(checkpoint.run_id), with_for_update=True)
+            rows = session.scalars(
+                select(ExtractionRangeRow).where(ExtractionRangeRow.run_id == str(checkpoint.run_id))
+            ).all()
+            if not rows or any(row.state != RangeState.EXTRACTED.value for row in rows):
+                return None
+            return RunTotals(
+                members=sum(row.members for row in rows),
+                batches=sum(row.next_batch_index - row.first_batch_index for row in rows),
+            )
 
     def watermark(self, definition: str) -> Any:
         """An incremental definition's watermark (None before its first successful run)."""
@@ -90,3 +211,18 @@ class SqlExtractionStore:
             else:
                 current.value, current.run_id, current.updated_at = move.value, str(run_id), now()
             return True
+
+
+def _range(row: ExtractionRangeRow) -> RangeCheckpoint:
+    return RangeCheckpoint(
+        run_id=uuid.UUID(row.run_id),
+        range_index=row.range_index,
+        lower=row.lower,
+        upper=row.upper,
+        first_batch_index=row.first_batch_index,
+        end_batch_index=row.end_batch_index,
+        next_batch_index=row.next_batch_index,
+        last_key=row.last_key,
+        members=row.members,
+        state=RangeState(row.state),
+    )

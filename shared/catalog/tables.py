@@ -86,6 +86,29 @@ class ExtractionCheckpointRow(Base):
     watermark_since: Mapped[Any] = mapped_column(JSON, nullable=True)
     watermark_until: Mapped[Any] = mapped_column(JSON, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: A run split into key ranges (extracted by several replicas at once): how many; null when not split.
+    ranges: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class ExtractionRangeRow(Base):
+    """One key range of a split run: its bounds, its batch indexes, and where its extraction stands."""
+
+    __tablename__ = "extraction_ranges"
+
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    range_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: Keys after ``lower`` (null: from the first) up to ``upper`` included (null: to the last).
+    lower: Mapped[Any] = mapped_column(JSON, nullable=True)
+    upper: Mapped[Any] = mapped_column(JSON, nullable=True)
+    #: The range's batch indexes are [first_batch_index, end_batch_index): disjoint from the other ranges'.
+    first_batch_index: Mapped[int] = mapped_column(Integer)
+    end_batch_index: Mapped[int] = mapped_column(Integer)
+    last_key: Mapped[Any] = mapped_column(JSON, nullable=True)
+    next_batch_index: Mapped[int] = mapped_column(Integer)
+    members: Mapped[int] = mapped_column(Integer)
+    #: extracting, extracted (every member published), stopped (the run failed or was cancelled).
+    state: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class WatermarkRow(Base):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 
@@ -18,6 +19,55 @@ class Checkpoint:
     completed: bool
     watermark_since: Any = None
     watermark_until: Any = None
+    #: How many key ranges the run was split into (extracted by several replicas); None when not split.
+    ranges: int | None = None
+
+
+class RangeState(StrEnum):
+    EXTRACTING = "extracting"
+    EXTRACTED = "extracted"  # every member of the range published
+    STOPPED = "stopped"  # the run failed or was cancelled
+
+
+@dataclass(frozen=True)
+class RangeCheckpoint:
+    """One key range of a split run: keys after ``lower`` (None: from the first) up to ``upper`` (None: to the
+    last), batch indexes from ``first_batch_index`` up to ``end_batch_index`` (excluded), and its progress."""
+
+    run_id: uuid.UUID
+    range_index: int
+    lower: Any
+    upper: Any
+    first_batch_index: int
+    end_batch_index: int
+    next_batch_index: int
+    last_key: Any = None
+    members: int = 0
+    state: RangeState = RangeState.EXTRACTING
+
+    @classmethod
+    def planned(
+        cls, run_id: uuid.UUID, range_index: int, lower: Any, upper: Any, first_batch_index: int, end_batch_index: int
+    ) -> RangeCheckpoint:
+        """A range not extracted yet."""
+        return cls(run_id, range_index, lower, upper, first_batch_index, end_batch_index, first_batch_index)
+
+    @property
+    def batches(self) -> int:
+        return self.next_batch_index - self.first_batch_index
+
+    @property
+    def resume_after(self) -> Any:
+        """The key the range's next page starts after."""
+        return self.lower if self.last_key is None else self.last_key
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """What a split run published, once every range is extracted."""
+
+    members: int
+    batches: int
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,15 +27,19 @@ from sqlalchemy import (
     literal_column,
     select,
     text,
+    true,
 )
 
 from shared.domain.query_parameters import RESERVED_PREFIX
+from shared.querystore.member_json import MemberJson, ResultColumn, member_json
 
 #: The extractor's own bind names; saved queries may not declare names with this prefix.
 LAST_KEY = f"{RESERVED_PREFIX}last_key"
 LIMIT = f"{RESERVED_PREFIX}limit"
 SINCE = f"{RESERVED_PREFIX}since"
 UNTIL = f"{RESERVED_PREFIX}until"
+UPPER = f"{RESERVED_PREFIX}upper"
+OFFSET = f"{RESERVED_PREFIX}offset"
 
 
 @dataclass(frozen=True)
@@ -66,24 +71,83 @@ def _window_conditions(q: Subquery, window: Window | None) -> list[ColumnElement
     return conditions
 
 
-def keyset_page(query_sql: str, key_column: str, *, first: bool, window: Window | None = None) -> Select[Any]:
+def keyset_page(
+    query_sql: str, key_column: str, *, first: bool, window: Window | None = None, bounded: bool = False
+) -> Select[Any]:
     """One page: the saved query's rows after ``:_export_last_key`` (not on the first page), by key.
 
     Keyset (``WHERE key > :last_key``), never OFFSET: each page costs the same however deep the run is.
-    Bind ``LIMIT`` (and ``LAST_KEY``, and the window's values: :func:`window_params`) when executing.
+    ``bounded``: only keys up to ``:_export_upper`` (a key range of a run split across extractors).
+    Bind ``LIMIT`` (and ``LAST_KEY``, ``UPPER`` and the window's values: :func:`window_params`) when executing.
     """
     q = saved_query(query_sql, key_column, *([window.column] if window else []))
+    return _keyset(
+        select(literal_column("*")).select_from(q), q, key_column, first=first, window=window, bounded=bounded
+    )
+
+
+def member_json_page(
+    query_sql: str,
+    key_column: str,
+    columns: Sequence[ResultColumn],
+    dialect: str,
+    *,
+    first: bool,
+    window: Window | None = None,
+    bounded: bool = False,
+    sqlite_math: bool = True,
+) -> tuple[Select[Any] | None, MemberJson]:
+    """The page of :func:`keyset_page` as one row: its last key, its member count, and its members' JSON
+    objects written by the database, in key order, joined by
+    :data:`~shared.querystore.member_json.MEMBER_SEPARATOR` (bytes).
+
+    None (and the reason in the :class:`MemberJson`) when the database cannot write these columns as
+    the row path does: see :mod:`shared.querystore.member_json`.
+    """
+    names = [c.name for c in columns]
+    q = saved_query(query_sql, key_column, *names, *([window.column] if window else []))
+    member = member_json(dialect, q, key_column, columns, sqlite_math=sqlite_math)
+    if member.member is None:
+        return None, member
+    source = q.join(member.lateral, true()) if member.lateral is not None else q
+    page = _keyset(
+        select(q.c[key_column].label("k"), member.member.label("m")).select_from(source),
+        q,
+        key_column,
+        first=first,
+        window=window,
+        bounded=bounded,
+    ).subquery("p")
+    return select(func.max(page.c.k), func.count(), member.joined(page.c.m, page.c.k)), member
+
+
+def _keyset(
+    statement: Select[Any], q: Subquery, key_column: str, *, first: bool, window: Window | None, bounded: bool = False
+) -> Select[Any]:
     key = q.c[key_column]
     conditions = _window_conditions(q, window)
     if not first:
         conditions.append(key > bindparam(LAST_KEY))
-    return (
-        select(literal_column("*"))
-        .select_from(q)
-        .where(*conditions)
-        .order_by(key)
-        .limit(bindparam(LIMIT, type_=Integer))
-    )
+    if bounded:
+        conditions.append(key <= bindparam(UPPER))
+    return statement.where(*conditions).order_by(key).limit(bindparam(LIMIT, type_=Integer))
+
+
+def member_count(query_sql: str, key_column: str, window: Window | None = None) -> Select[Any]:
+    """How many members the query has now (in the window): to split a large run into key ranges."""
+    q = saved_query(query_sql, key_column, *([window.column] if window else []))
+    return select(func.count()).select_from(q).where(*_window_conditions(q, window))
+
+
+def key_after(query_sql: str, key_column: str, *, first: bool, window: Window | None = None) -> Select[Any]:
+    """The key ``:_export_offset`` keys after ``:_export_last_key`` (after none on the ``first``), in key order:
+    where a run's key ranges end, found one after the other (each key read once, no window function).
+
+    Planning only: pages never use OFFSET. Bind ``LIMIT`` to 1.
+    """
+    q = saved_query(query_sql, key_column, *([window.column] if window else []))
+    statement = _keyset(select(q.c[key_column]).select_from(q), q, key_column, first=first, window=window)
+    return statement.offset(bindparam(OFFSET, type_=Integer))
 
 
 def columns_probe(query_sql: str) -> Select[Any]:

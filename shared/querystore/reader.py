@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -17,17 +19,26 @@ from shared.catalog.engine import make_engine
 from shared.domain.catalog_objects import SavedQuery
 from shared.domain.query_sql import UnsafeSql, check_select
 from shared.errors import PermanentError
+from shared.querystore.member_json import MEMBER_SEPARATOR, ROW_PATH_MARKER_JSON, ResultColumn
 from shared.querystore.paging import (
     LAST_KEY,
     LIMIT,
+    OFFSET,
     SINCE,
+    UPPER,
     Window,
     columns_probe,
     high_watermark,
     jsonable,
+    key_after,
     keyset_page,
+    member_count,
+    member_json_page,
     window_params,
 )
+
+_MARKER = ROW_PATH_MARKER_JSON
+_SEPARATOR = MEMBER_SEPARATOR.encode()
 
 #: The longest a query page may run when the reader is given no limit (the extractor's default); a saved
 #: query's ``timeout_seconds`` can only shorten it.
@@ -65,6 +76,118 @@ class Page:
         """The rows as column→JSON value mappings (convenient; the extractor encodes rows directly)."""
         return [{c: jsonable(v) for c, v in zip(self.columns, row, strict=True)} for row in self.rows]
 
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass(frozen=True)
+class JsonPage:
+    """One page of members in key order, each one's JSON object as the database wrote it.
+
+    It starts after key ``after`` (None: the first page); ``last_key`` is where the next page starts.
+    """
+
+    members: list[bytes]
+    after: Any
+    last_key: Any
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+
+class MemberPages(Iterator[Page | JsonPage]):
+    """A run's pages: :class:`JsonPage` s when the database writes the members' JSON, else :class:`Page` s.
+
+    ``json`` says which, ``reason`` why not (a column type, a setting). A JSON page holding a value the
+    database cannot write exactly comes as a row :class:`Page` instead; :meth:`as_rows` reads a JSON
+    page again as rows (to name a member, say).
+
+    The pages are read ahead on a thread of their own: the database works on the next page while the
+    caller encodes, sends and checkpoints this one (SQLite and the PostgreSQL driver's waits let go of
+    the GIL). ``read_seconds`` is how long the last page's query took; :meth:`close` stops reading.
+    """
+
+    def __init__(
+        self,
+        pages: Iterator[Page | JsonPage],
+        *,
+        json: bool,
+        reason: str | None,
+        as_rows: Callable[[JsonPage], Page | None] | None = None,
+    ) -> None:
+        self.json, self.reason = json, reason
+        self._as_rows = as_rows
+        self.read_seconds = 0.0
+        self._ahead = _ReadAhead(pages)
+
+    def __next__(self) -> Page | JsonPage:
+        page, self.read_seconds = next(self._ahead)
+        return page
+
+    def as_rows(self, page: JsonPage) -> Page | None:
+        """The same page (after the same key, as long) read as driver rows."""
+        assert self._as_rows is not None, "JSON pages come with a way to read them as rows"
+        return self._as_rows(page)
+
+    def close(self) -> None:
+        """Stop reading ahead (a query under way finishes on its own; its page is dropped)."""
+        self._ahead.close()
+
+    def __enter__(self) -> MemberPages:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class _ReadAhead(Iterator[tuple[Page | JsonPage, float]]):
+    """Runs a page iterator on a thread, one page ahead: (page, seconds its read took), or its exception."""
+
+    def __init__(self, pages: Iterator[Page | JsonPage]) -> None:
+        self._pages = pages
+        self._queue: queue.Queue[tuple[str, Any, float]] = queue.Queue(maxsize=1)
+        self._stopping = threading.Event()
+        self._done = False
+        self._thread: threading.Thread | None = None  # started by the first page asked for
+
+    def _read(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                started = time.perf_counter()
+                page = next(self._pages, None)
+                if page is None:
+                    self._put(("end", None, 0.0))
+                    return
+                self._put(("page", page, time.perf_counter() - started))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+            self._put(("error", exc, 0.0))
+
+    def _put(self, item: tuple[str, Any, float]) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __next__(self) -> tuple[Page | JsonPage, float]:
+        if self._done:
+            raise StopIteration
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._read, name="member-pages", daemon=True)
+            self._thread.start()
+        kind, value, seconds = self._queue.get()
+        if kind == "page":
+            return value, seconds
+        self._done = True
+        if kind == "error":
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        self._done = True
+        self._stopping.set()
+
 
 class _DriverStatement:
     """A statement compiled once to the driver's SQL and parameters, executed on the raw DB-API cursor.
@@ -72,12 +195,20 @@ class _DriverStatement:
     SQLAlchemy's result rows cost about a fifth of a page's read time; the driver's tuples do not.
     """
 
-    def __init__(self, engine: Engine, statement: ClauseElement) -> None:
+    def __init__(self, engine: Engine, statement: ClauseElement, *, binary: bool = False) -> None:
         compiled = statement.compile(dialect=engine.dialect)
         assert isinstance(compiled, SQLCompiler), "a SELECT compiles with the SQL compiler"
         self.sql = compiled.string
         self._compiled = compiled
         self._positional = engine.dialect.positional
+        #: psycopg: results in binary format (bytea as bytes as they are, no text decoding).
+        self.binary = binary
+
+    def execute(self, cursor: Any, values: Mapping[str, Any]) -> None:
+        if self.binary:
+            cursor.execute(self.sql, self.params(values), binary=True)
+        else:
+            cursor.execute(self.sql, self.params(values))
 
     def params(self, values: Mapping[str, Any]) -> Any:
         params = self._compiled.construct_params(dict(values)) or {}
@@ -98,6 +229,7 @@ class MemberReader:
         self.engine = engine
         self.timeout_seconds = timeout_seconds
         self._parser_dialect = _PARSER_DIALECTS.get(engine.dialect.name)
+        self._has_sqlite_math: bool | None = None
 
     @classmethod
     def from_url(cls, url: str, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> MemberReader:
@@ -131,37 +263,216 @@ class MemberReader:
         parameters: Mapping[str, Any] | None = None,
         window: Window | None = None,
     ) -> Iterator[Page]:
-        """Yield pages of ``page_size`` members after key ``after`` (from the start when None)."""
-        sql = self._checked_sql(query)
-        statements = {
-            first: _DriverStatement(self.engine, keyset_page(sql, query.key_column, first=first, window=window))
-            for first in (True, False)
-        }
+        """Yield pages of ``page_size`` members after key ``after`` (from the start when None), as driver rows."""
+        rows = self._row_statements(query, self._checked_sql(query), window)
         base = dict(parameters or {}) | window_params(window) | {LIMIT: page_size}
         last_key = after
         while True:
-            statement = statements[last_key is None]
-            values = base if last_key is None else base | {LAST_KEY: last_key}
+            page = self._row_page(query, rows[last_key is None], base, last_key)
+            if page is None:
+                return
+            last_key = page.last_key
+            yield page
+            if len(page) < page_size:
+                return
+
+    def member_pages(
+        self,
+        query: SavedQuery,
+        *,
+        page_size: int,
+        after: Any = None,
+        until: Any = None,
+        parameters: Mapping[str, Any] | None = None,
+        window: Window | None = None,
+        database_json: bool = True,
+    ) -> MemberPages:
+        """The pages of :meth:`pages`, each member's JSON written by the database where it can be.
+
+        With ``database_json`` (and a query whose every column the database writes as the row path
+        does: :mod:`shared.querystore.member_json`) the pages are :class:`JsonPage` s; a page holding a
+        value the database cannot write exactly is read again as rows. Runs the query once for no rows
+        first, to learn its columns. ``until``: only keys up to this one (a key range of a split run).
+        """
+        sql = self._checked_sql(query)
+        bounded = until is not None
+        rows = self._row_statements(query, sql, window, bounded)
+        base = dict(parameters or {}) | window_params(window) | {LIMIT: page_size} | ({UPPER: until} if bounded else {})
+        if not database_json:
+            return MemberPages(self._pages(query, rows, None, base, after, page_size), json=False, reason="turned off")
+        columns = self._result_columns(query, sql, parameters)
+        built = {
+            first: member_json_page(
+                sql,
+                query.key_column,
+                columns,
+                self.engine.dialect.name,
+                first=first,
+                window=window,
+                bounded=bounded,
+                sqlite_math=self._sqlite_math(),
+            )
+            for first in (True, False)
+        }
+        member = built[True][1]
+        if member.member is None:
+            return MemberPages(self._pages(query, rows, None, base, after, page_size), json=False, reason=member.reason)
+        json_statements = {
+            first: _DriverStatement(self.engine, statement, binary=member.binary)
+            for first, (statement, _) in built.items()
+            if statement is not None
+        }
+        pages = self._pages(query, rows, json_statements, base, after, page_size, check_utf8=member.check_utf8)
+
+        def as_rows(page: JsonPage) -> Page | None:
+            return self._row_page(query, rows[page.after is None], base | {LIMIT: len(page)}, page.after)
+
+        return MemberPages(pages, json=True, reason=None, as_rows=as_rows)
+
+    def count(
+        self, query: SavedQuery, *, parameters: Mapping[str, Any] | None = None, window: Window | None = None
+    ) -> int:
+        """How many members the query has now (in the window)."""
+        statement = _DriverStatement(self.engine, member_count(self._checked_sql(query), query.key_column, window))
+        with self._cursor(query) as cursor:
+            statement.execute(cursor, dict(parameters or {}) | window_params(window))
+            row = cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    def key_boundaries(
+        self,
+        query: SavedQuery,
+        ranks: Sequence[int],
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        window: Window | None = None,
+    ) -> list[Any]:
+        """The keys at ``ranks`` (1 = the first, increasing) in key order, as JSON values (fewer if the query has
+        fewer rows): each found from the previous one, so the keys are read once in all."""
+        sql = self._checked_sql(query)
+        statements = {
+            first: _DriverStatement(self.engine, key_after(sql, query.key_column, first=first, window=window))
+            for first in (True, False)
+        }
+        base = dict(parameters or {}) | window_params(window) | {LIMIT: 1}
+        keys: list[Any] = []
+        previous_rank, last_key = 0, None
+        for rank in ranks:
+            values = base | {OFFSET: rank - previous_rank - 1}
             with self._cursor(query) as cursor:
-                cursor.execute(statement.sql, statement.params(values))
-                columns = tuple(d[0] for d in cursor.description)
-                rows = cursor.fetchall()
-            if not rows:
+                statements[last_key is None].execute(
+                    cursor, values if last_key is None else values | {LAST_KEY: last_key}
+                )
+                row = cursor.fetchone()
+            if row is None:
+                break
+            last_key, previous_rank = jsonable(row[0]), rank
+            keys.append(last_key)
+        return keys
+
+    def _row_statements(
+        self, query: SavedQuery, sql: str, window: Window | None, bounded: bool = False
+    ) -> dict[bool, _DriverStatement]:
+        return {
+            first: _DriverStatement(
+                self.engine, keyset_page(sql, query.key_column, first=first, window=window, bounded=bounded)
+            )
+            for first in (True, False)
+        }
+
+    def _pages(
+        self,
+        query: SavedQuery,
+        rows: dict[bool, _DriverStatement],
+        members: dict[bool, _DriverStatement] | None,
+        base: dict[str, Any],
+        after: Any,
+        page_size: int,
+        *,
+        check_utf8: bool = False,
+    ) -> Iterator[Page | JsonPage]:
+        last_key = after
+        while True:
+            page: Page | JsonPage | None = None
+            if members is not None:
+                page = self._json_page(query, members[last_key is None], base, last_key, check_utf8)
+            if page is None:
+                page = self._row_page(query, rows[last_key is None], base, last_key)
+            if page is None or not len(page):
                 return
-            if query.key_column not in columns:
-                raise QueryError(f"query '{query.name}' does not return its key column '{query.key_column}'")
-            last_key = jsonable(rows[-1][columns.index(query.key_column)])
-            yield Page(columns, rows, last_key)
-            if len(rows) < page_size:
+            last_key = page.last_key
+            yield page
+            if len(page) < page_size:
                 return
+
+    def _values(self, base: dict[str, Any], last_key: Any) -> dict[str, Any]:
+        return base if last_key is None else base | {LAST_KEY: last_key}
+
+    def _row_page(
+        self, query: SavedQuery, statement: _DriverStatement, base: dict[str, Any], last_key: Any
+    ) -> Page | None:
+        """The page after ``last_key`` as driver rows, or None when there is none."""
+        with self._cursor(query) as cursor:
+            statement.execute(cursor, self._values(base, last_key))
+            columns = tuple(d[0] for d in cursor.description)
+            rows = cursor.fetchall()
+        if not rows:
+            return None
+        if query.key_column not in columns:
+            raise QueryError(f"query '{query.name}' does not return its key column '{query.key_column}'")
+        return Page(columns, rows, jsonable(rows[-1][columns.index(query.key_column)]))
+
+    def _json_page(
+        self, query: SavedQuery, statement: _DriverStatement, base: dict[str, Any], last_key: Any, check_utf8: bool
+    ) -> JsonPage | None:
+        """The page after ``last_key`` as members' JSON; None when it must be read as rows instead."""
+        try:
+            with self._cursor(query) as cursor:
+                statement.execute(cursor, self._values(base, last_key))
+                page_last_key, count, joined = cursor.fetchone()
+        except QueryTimeout:
+            raise
+        except QueryError:
+            # The rows say what is wrong (the same error) or hold what the JSON could not (a SQLite blob).
+            return None
+        if not count:
+            return JsonPage([], last_key, last_key)
+        if _MARKER in joined:
+            return None
+        if check_utf8:
+            try:
+                joined.decode()
+            except UnicodeDecodeError:
+                return None  # the row path fails with the driver's own message, as it always did
+        members = joined.split(_SEPARATOR)
+        if len(members) != count:
+            return None  # not one object a member: never seen, but rows are always right
+        return JsonPage(members, last_key, jsonable(page_last_key))
+
+    def _result_columns(self, query: SavedQuery, sql: str, parameters: Mapping[str, Any] | None) -> list[ResultColumn]:
+        """The query's columns and the driver's type codes (runs it for no rows)."""
+        statement = _DriverStatement(self.engine, columns_probe(sql))
+        values = {name: (parameters or {}).get(name) for name in query.parameters}
+        with self._cursor(query) as cursor:
+            statement.execute(cursor, values)
+            return [ResultColumn(d[0], d[1]) for d in cursor.description]
+
+    def _sqlite_math(self) -> bool:
+        """Whether SQLite has its math functions (atan2 tells a negative zero apart); True elsewhere."""
+        if self.engine.dialect.name != "sqlite":
+            return True
+        if self._has_sqlite_math is None:
+            with self.engine.connect() as connection:
+                try:
+                    connection.exec_driver_sql("SELECT atan2(0.0, -1.0)")
+                    self._has_sqlite_math = True
+                except SQLAlchemyError:
+                    self._has_sqlite_math = False
+        return self._has_sqlite_math
 
     def columns(self, query: SavedQuery, parameters: Mapping[str, Any] | None = None) -> list[str]:
         """The columns ``query`` returns (runs it for no rows); raises QueryError if it fails."""
-        statement = _DriverStatement(self.engine, columns_probe(self._checked_sql(query)))
-        values = {name: parameters.get(name) if parameters else None for name in query.parameters}
-        with self._cursor(query) as cursor:
-            cursor.execute(statement.sql, statement.params(values))
-            return [d[0] for d in cursor.description]
+        return [column.name for column in self._result_columns(query, self._checked_sql(query), parameters)]
 
     def high_watermark(
         self, query: SavedQuery, column: str, *, since: Any, parameters: Mapping[str, Any] | None = None

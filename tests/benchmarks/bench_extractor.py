@@ -1,17 +1,28 @@
 """Extractor benchmark: N members from SQLite and from PostgreSQL to real Kafka, beside a raw baseline.
 
-For each store and size, in separate child processes (so each peak RSS is its own):
+For each store and size, in separate child processes (so each peak RSS is its own), ``--rounds``
+times, in a rotating order (the machine's load drifts; each round has its own baseline):
 
-- **extractor**: ``Extractor.handle`` of one run over ``SELECT * FROM members`` (11 columns), batch
-  size 500, page 5,000, every record acknowledged (acks=all) and every page checkpointed.
+- **extractor, JSON**: ``Extractor.handle`` of one run over ``SELECT * FROM members`` (11 columns),
+  batch size 500, page 5,000, every record acknowledged (acks=all) and every page checkpointed, the
+  members' JSON written by the database (``EXPORT_EXTRACTOR_DATABASE_JSON``, the default);
+- **extractor, rows**: the same with driver rows encoded by orjson (the setting off);
 - **baseline**: a plain DB-API cursor reading the same rows (``fetchmany``), plus a plain kafka-python
   producer (same acks and compression) sending the same record bytes, prepared beforehand untimed.
   Baseline time = read time + produce time.
 
-Prints members/s, the ratio extractor/baseline, and peak RSS. Targets (issue 4): >= 100,000
-members/s, >= 0.5x the baseline, peak RSS <= 250 MB and flat from 1M to 3M members.
+Prints, per round and as medians, members/s, the ratio to the round's baseline, and peak RSS.
 
-    .venv/bin/python -m tests.benchmarks.bench_extractor [--members 1000000 3000000] [--store both]
+With ``--replicas 1 2``: one run through extractor *processes* instead, 1 then 2 of them in one consumer
+group (6 partitions; a run split into key ranges when more than one replica holds partitions, at least
+``--range-members`` members a range), timed from publishing the run request to the ExtractionCompleted
+event (a warm-up run first, once the group is stable), beside the same round's raw baseline.
+
+Targets (issue 18): extraction >= 0.8x the baseline; 2 extractors on one run >= 1.6x one extractor's rate
+where cores allow (the machine's core count is printed); peak RSS <= 250 MB and flat from 1M to 3M.
+
+    .venv/bin/python -m tests.benchmarks.bench_extractor [--members 1000000 3000000] [--store both] [--rounds 1]
+    .venv/bin/python -m tests.benchmarks.bench_extractor --members 500000 --replicas 1 2 --rounds 3
 
 ``KAFKA_BOOTSTRAP_SERVERS`` / ``EXPORT_TEST_POSTGRES_URL`` reuse running servers; otherwise a local
 broker and a throwaway PostgreSQL are started. Generated SQLite stores are cached under ``.local/bench``.
@@ -23,11 +34,15 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -37,7 +52,7 @@ from devtools.postgres import LocalPostgres
 from shared.catalog import CatalogStores, make_engine
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.querystore.demo_data import create_demo_members
-from tests.benchmarks.common import bare_produce, member_batch_records, new_topic, sqlite_store
+from tests.benchmarks.common import bare_produce, cpu_seconds, member_batch_records, new_topic, sqlite_store
 
 BATCH_SIZE = 500
 PAGE_SIZE = 5_000
@@ -53,8 +68,8 @@ def _settings(bootstrap: str, prefix: str) -> Any:
     return CommonSettings(kafka_bootstrap_servers=bootstrap, topic_prefix=prefix, topic_partitions=6)
 
 
-def child_extractor(store_url: str, bootstrap: str, workdir: str) -> dict[str, Any]:
-    """One run through the real extractor; returns members, seconds, peak RSS."""
+def child_extractor(store_url: str, bootstrap: str, workdir: str, encoding: str = "json") -> dict[str, Any]:
+    """One run through the real extractor (``encoding``: ``json`` or ``rows``); returns members, seconds, peak RSS."""
     from services.extractor.extraction import Extractor
     from shared.events import RunRequested
     from shared.kafka import ensure_topics, make_producer, produce
@@ -78,6 +93,7 @@ def child_extractor(store_url: str, bootstrap: str, workdir: str) -> dict[str, A
         topics=settings.topics,
         send=lambda out: produce(producer, out),
         page_size=PAGE_SIZE,
+        database_json=encoding == "json",
     )
     rss_before = _peak_rss_mb()
     started = time.perf_counter()
@@ -153,14 +169,33 @@ def postgres_store(server: Any, members: int) -> str:
     return url
 
 
-def report(store: str, members: int, extractor: dict[str, Any], baseline: dict[str, Any]) -> None:
-    rate = extractor["members"] / extractor["seconds"]
-    base_rate = baseline["members"] / baseline["seconds"]
+VARIANTS = ("baseline", "rows", "json")
+
+
+def report(store: str, members: int, rounds: list[dict[str, dict[str, Any]]]) -> None:
+    def rate(result: dict[str, Any]) -> float:
+        return float(result["members"] / result["seconds"])
+
+    for number, results in enumerate(rounds, 1):
+        baseline = results["baseline"]
+        base = rate(baseline)
+        print(
+            f"{store:<10} {members:>9,} members  round {number}: baseline {base:>9,.0f} members/s "
+            f"(read {baseline['read_seconds']:.1f} s + produce {baseline['produce_seconds']:.1f} s, "
+            f"{baseline['bytes'] / 1e6:.0f} MB)  "
+            + "  ".join(
+                f"extractor {v} {rate(results[v]):>9,.0f} ({rate(results[v]) / base:.2f}x, "
+                f"RSS {results[v]['peak_rss_mb']:.0f} MB)"
+                for v in ("rows", "json")
+            ),
+            flush=True,
+        )
+    medians = {v: statistics.median(rate(r[v]) for r in rounds) for v in VARIANTS}
+    ratios = {v: statistics.median(rate(r[v]) / rate(r["baseline"]) for r in rounds) for v in ("rows", "json")}
     print(
-        f"{store:<10} {members:>9,} members  extractor {rate:>9,.0f} members/s ({extractor['seconds']:.1f} s, "
-        f"peak RSS {extractor['peak_rss_mb']:.0f} MB)  baseline {base_rate:>9,.0f} members/s "
-        f"(read {baseline['read_seconds']:.1f} s + produce {baseline['produce_seconds']:.1f} s, "
-        f"{baseline['bytes'] / 1e6:.0f} MB)  ratio {rate / base_rate:.2f}x",
+        f"{store:<10} {members:>9,} members  median of {len(rounds)}: baseline {medians['baseline']:>9,.0f} members/s  "
+        f"extractor rows {medians['rows']:>9,.0f} ({ratios['rows']:.2f}x)  "
+        f"extractor json {medians['json']:>9,.0f} ({ratios['json']:.2f}x)  [nproc {os.cpu_count()}]",
         flush=True,
     )
 
@@ -169,6 +204,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, nargs="+", default=[1_000_000, 3_000_000])
     parser.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds (the README's figures: 3)")
+    parser.add_argument("--replicas", type=int, nargs="+", help="extractor processes on one run, e.g. 1 2")
+    parser.add_argument("--range-members", type=int, default=250_000, help="EXPORT_EXTRACTOR_RANGE_MEMBERS")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -189,10 +227,117 @@ def main() -> None:
         for store in stores:
             for members in args.members:
                 url = sqlite_store(members) if store == "sqlite" else postgres_store(postgres, members)
-                workdir = stack.enter_context(__import__("tempfile").TemporaryDirectory())
-                extractor = _child("extractor", url, bootstrap, workdir)
-                baseline = _child("baseline", url, bootstrap)
-                report(store, members, extractor, baseline)
+                if args.replicas:
+                    replica_rounds(store, members, url, bootstrap, args)
+                    continue
+                rounds = []
+                for number in range(args.rounds):
+                    results: dict[str, dict[str, Any]] = {}
+                    for variant in VARIANTS[number % 3 :] + VARIANTS[: number % 3]:
+                        if variant == "baseline":
+                            results[variant] = _child("baseline", url, bootstrap)
+                        else:
+                            workdir = stack.enter_context(tempfile.TemporaryDirectory())
+                            results[variant] = _child("extractor", url, bootstrap, workdir, variant)
+                    rounds.append(results)
+                report(store, members, rounds)
+
+
+def replicas_run(url: str, bootstrap: str, replicas: int, range_members: int) -> dict[str, Any]:
+    """One run through ``replicas`` extractor processes: seconds from the request to ExtractionCompleted."""
+    from shared.events import RunRequested
+    from tests.extractor_replicas import ExtractorReplicas, wait_for_extraction
+    from tests.kafka_helpers import produce
+
+    with tempfile.TemporaryDirectory() as workdir:
+        catalog_url = f"sqlite:///{workdir}/catalog.db"
+        catalog = CatalogStores.from_url(catalog_url, migrate=True)
+        catalog.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
+        catalog.definitions.apply(SavedQuery(name="all", sql="SELECT * FROM members"))
+        catalog.definitions.apply(SavedQuery(name="few", sql="SELECT * FROM members WHERE id <= 1000"))
+        catalog.definitions.apply(HttpTemplate(name="t", query="all", profile="p", batch_size=BATCH_SIZE))
+        catalog.definitions.apply(HttpTemplate(name="t-few", query="few", profile="p", batch_size=BATCH_SIZE))
+        catalog.definitions.apply(ExportDefinition(name="bench", query="all", template="t"))
+        catalog.definitions.apply(ExportDefinition(name="warm-up", query="few", template="t-few"))
+        prefix = f"bench{uuid.uuid4().hex[:8]}."
+        settings = _settings(bootstrap, prefix)
+        env = {
+            "EXPORT_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "EXPORT_TOPIC_PREFIX": prefix,
+            "EXPORT_TOPIC_PARTITIONS": "6",
+            "EXPORT_CATALOG_URL": catalog_url,
+            "EXPORT_QUERY_STORE_URL": url,
+            "EXPORT_EXTRACTOR_PAGE_SIZE": str(PAGE_SIZE),
+            "EXPORT_EXTRACTOR_RANGE_MEMBERS": str(range_members),
+            "EXPORT_LOG_LEVEL": "WARNING",
+        }
+        processes = ExtractorReplicas(env, replicas, Path(workdir) / "logs").start()
+        try:
+            processes.wait_joined(bootstrap, prefix)
+            for definition in ("warm-up", "bench"):
+                request = RunRequested(definition=definition)
+                cpu_before = [cpu_seconds(p.pid) for p in processes.processes]
+                machine_before = _machine_cpu()
+                started = datetime.now(UTC)
+                produce(bootstrap, settings.topics.run_requests, [(str(request.run_id), request.to_bytes())])
+                completed = wait_for_extraction(bootstrap, settings.topics.run_events, request.run_id, timeout=900)
+                machine = [after - before for before, after in zip(machine_before, _machine_cpu(), strict=True)]
+                cpu = sum(
+                    cpu_seconds(p.pid) - before for p, before in zip(processes.processes, cpu_before, strict=True)
+                )
+            ranges = len(catalog.extraction.run_ranges(request.run_id))
+        finally:
+            processes.stop()
+            catalog.close()
+    return {
+        "members": completed.members,
+        "seconds": (completed.at - started).total_seconds(),
+        "ranges": ranges,
+        "extractor_cpu_seconds": cpu,
+        "machine_busy": machine[0] / machine[1] if machine[1] else 0.0,
+    }
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat (every core)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return float(sum(fields) - idle), float(sum(fields))
+
+
+def replica_rounds(store: str, members: int, url: str, bootstrap: str, args: argparse.Namespace) -> None:
+    """``--rounds`` rounds of: the raw baseline, then each replica count on one run; the ratios to 1 replica."""
+    rates: dict[int, list[float]] = {n: [] for n in args.replicas}
+    for number in range(1, args.rounds + 1):
+        baseline = _child("baseline", url, bootstrap)
+        base = baseline["members"] / baseline["seconds"]
+        line = [f"{store:<10} {members:>9,} members  round {number}: baseline {base:>9,.0f} members/s"]
+        for replicas in args.replicas:
+            result = replicas_run(url, bootstrap, replicas, args.range_members)
+            rate = result["members"] / result["seconds"]
+            rates[replicas].append(rate)
+            line.append(
+                f"{replicas} extractor{'s' if replicas > 1 else ''} {rate:>9,.0f} members/s "
+                f"({result['seconds']:.1f} s, {result['ranges'] or 'not'} split, {rate / base:.2f}x baseline; "
+                f"extractor CPU {result['extractor_cpu_seconds']:.1f} s, "
+                f"machine {100 * result['machine_busy']:.0f}% busy)"
+            )
+        print("  ".join(line), flush=True)
+    medians = {n: statistics.median(r) for n, r in rates.items()}
+    fewest = min(rates)
+    # Each round's ratio to its own run with the fewest replicas (the load of a shared machine drifts).
+    paired = {n: [a / b for a, b in zip(r, rates[fewest], strict=True)] for n, r in rates.items()}
+    print(
+        f"{store:<10} {members:>9,} members  median of {args.rounds}: "
+        + "  ".join(
+            f"{n} extractor(s) {m:>9,.0f} members/s ({statistics.median(paired[n]):.2f}x {fewest} in the same round: "
+            + ", ".join(f"{x:.2f}" for x in paired[n])
+            + ")"
+            for n, m in medians.items()
+        )
+        + f"  [nproc {os.cpu_count()}: the extractors, the broker and the database share them]",
+        flush=True,
+    )
 
 
 def _database_on(server_url: str) -> Any:

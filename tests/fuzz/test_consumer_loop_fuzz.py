@@ -19,7 +19,7 @@ from kafka.errors import MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 
 from services.extractor.run_request_decoding import decode_run_request
-from shared.events import DeadLetter, RunRequested
+from shared.events import AnyRunRequest, DeadLetter, RunRequested
 from shared.kafka import ConsumerLoop, Outgoing
 from shared.kafka.loop import Rejection, decode_record
 from tests.fuzz.records import run_request_record
@@ -100,18 +100,18 @@ def test_no_poll_stops_the_loop(rounds: bool):
         records = _poll_of(seed)
         handled: list[str] = []
 
-        def handler(request: RunRequested) -> list[Outgoing]:
+        def handler(request: AnyRunRequest) -> list[Outgoing]:
             handled.append(request.definition)
             if _refused(request.definition):
                 # Now and then an outcome the broker refuses: the record is dead-lettered in its place.
                 return [Outgoing("exports.run-events", "k", random.Random(seed).randbytes(BROKER_MAX_BYTES + 1))]
             return [Outgoing("exports.run-events", "k", b"{}")]
 
-        def handle_round(requests: list[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        def handle_round(requests: list[AnyRunRequest]) -> list[list[Outgoing] | BaseException]:
             return [handler(request) for request in requests]
 
         consumer, producer = Consumer(records), Producer()
-        loop: ConsumerLoop[RunRequested] = ConsumerLoop(
+        loop: ConsumerLoop[AnyRunRequest] = ConsumerLoop(
             service="fuzz",
             consumer=consumer,
             producer=producer,

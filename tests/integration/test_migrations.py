@@ -37,6 +37,8 @@ pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2025, 5, 1, 8, 30, tzinfo=UTC)
 NEW_RUN_COLUMNS = {"definition_id", "business_unit"}
+#: Columns later revisions add to baseline tables (0002: the runs' scope; 0004: split runs' range count).
+LATER_COLUMNS = {"runs": NEW_RUN_COLUMNS, "extraction_checkpoints": {"ranges"}}
 
 PROFILE_ID, QUERY_ID, TEMPLATE_ID = (str(uuid.uuid4()) for _ in range(3))
 NIGHTLY_ID, WEEKLY_ID = str(uuid.uuid4()), str(uuid.uuid4())
@@ -224,8 +226,7 @@ def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
             table = tables[name]
             rows = connection.execute(sa.select(table).order_by(*table.primary_key.columns)).mappings()
             result[name] = [
-                {key: value for key, value in row.items() if not (name == "runs" and key in NEW_RUN_COLUMNS)}
-                for row in rows
+                {key: value for key, value in row.items() if key not in LATER_COLUMNS.get(name, set())} for row in rows
             ]
     return result
 
@@ -367,9 +368,12 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
 
     lines = drift(engine)
 
-    # What 0002 and 0003 add: the runs' scope columns and their index, the audit log and its indexes.
-    assert len(lines) == 7, lines
+    # What 0002, 0003 and 0004 add: the runs' scope columns and their index, the audit log and its indexes,
+    # split runs' range count and their ranges.
+    assert len(lines) == 9, lines
     assert "table audit_log is missing from the database" in lines
+    assert "table extraction_ranges is missing from the database" in lines
+    assert any("extraction_checkpoints.ranges" in line and "missing from the database" in line for line in lines)
     assert any("runs.definition_id" in line and "missing from the database" in line for line in lines)
     assert any("runs.business_unit" in line and "missing from the database" in line for line in lines)
     assert any("ix_runs_definition_id" in line for line in lines)

@@ -1,5 +1,6 @@
 """Keyset paging over SQLite and a real PostgreSQL."""
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -8,7 +9,7 @@ from pydantic import ValidationError
 
 from shared.catalog import make_engine
 from shared.domain.catalog_objects import SavedQuery
-from shared.querystore import MemberReader, QueryError, QueryTimeout
+from shared.querystore import JsonPage, MemberReader, Page, QueryError, QueryTimeout
 from shared.querystore.demo_data import create_demo_members
 
 pytestmark = pytest.mark.integration
@@ -94,3 +95,20 @@ def test_a_query_cannot_run_longer_than_the_operators_timeout(database_url: str)
     finally:
         reader.close()
     assert time.monotonic() - started < 3
+
+
+def test_key_ranges_of_a_split_run_are_counted_cut_and_read_within_their_bounds(reader: MemberReader):
+    # A filtering query: ranks are over its rows, not the table's.
+    query = SavedQuery(name="gold", sql="SELECT id, tier FROM members WHERE tier = 'gold'")
+    every = [m["id"] for page in reader.pages(query, page_size=10_000) for m in page.members]
+    assert reader.count(query) == len(every)
+    ranks = [len(every) // 3, 2 * len(every) // 3]
+    lower, upper = reader.key_boundaries(query, ranks)
+    assert [lower, upper] == [every[rank - 1] for rank in ranks]
+    assert reader.key_boundaries(query, [len(every) + 5]) == []  # fewer rows than the rank: no key
+    with reader.member_pages(query, page_size=7, after=lower, until=upper) as pages:
+        written = [page for page in pages if isinstance(page, JsonPage)]
+    assert [json.loads(m)["id"] for page in written for m in page.members] == every[ranks[0] : ranks[1]]
+    with reader.member_pages(query, page_size=7, after=lower, until=upper, database_json=False) as pages:
+        read = list(pages)
+    assert [m["id"] for page in read if isinstance(page, Page) for m in page.members] == every[ranks[0] : ranks[1]]

@@ -54,6 +54,7 @@ def test_every_event_type_has_a_json_schema():
     schemas = json_schemas()
     assert set(schemas) == {
         "run.requested",
+        "run.range_requested",
         "member.batch",
         "run.started",
         "run.extraction_completed",

@@ -4,6 +4,7 @@ import datetime as dt
 import decimal
 import json
 import uuid
+import zoneinfo
 
 import pytest
 from cloudevents.core.bindings.kafka import to_binary, to_structured
@@ -101,6 +102,8 @@ values = st.one_of(
     st.uuids(),
     st.binary(max_size=8),
 )
+#: A driver gives a column one type (SQLite's values have their own, but it never gives times of day).
+times = st.none() | st.times() | st.times(timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=-4))]))
 
 
 def _encoder(batch_size=3, max_record_bytes=1_000_000):
@@ -124,6 +127,83 @@ def test_fast_encoding_is_the_member_batch_contract(rows):
         expected = [{c: jsonable(v) for c, v in zip(COLUMNS, row, strict=True)} for row in rows[start : start + 3]]
         assert decoded.members == json.loads(json.dumps(expected))
         assert (decoded.run_id, decoded.priority, decoded.template) == (uuid.UUID(int=7), Priority.HIGH, "t")
+
+
+@given(st.lists(st.tuples(*([values] * len(COLUMNS))), min_size=1, max_size=12), st.integers(1, 5))
+def test_members_json_spliced_is_the_same_record_as_the_rows(rows, batch_size):
+    """The database-written path: each member's JSON object spliced gives the row path's very bytes."""
+    rows = [(i, *row[1:]) for i, row in enumerate(rows)]
+    encoder = _encoder(batch_size)
+    members = [
+        MemberBatch.model_validate_json(b.value).members for b in encoder.encode_page(COLUMNS, rows, first_index=2)
+    ]
+    member_json = [json.dumps(m, separators=(",", ":"), ensure_ascii=False).encode() for ms in members for m in ms]
+    spliced = encoder.encode_json_page(member_json, first_index=2)
+    assert [b.value for b in spliced] == [
+        json.dumps(json.loads(b.value), separators=(",", ":"), ensure_ascii=False).encode()
+        for b in encoder.encode_page(COLUMNS, rows, first_index=2)
+    ]
+    assert [(b.batch_index, b.members) for b in spliced] == [
+        (b.batch_index, b.members) for b in encoder.encode_page(COLUMNS, rows, first_index=2)
+    ]
+
+
+@given(st.lists(st.tuples(values, times), min_size=1, max_size=10))
+def test_times_of_day_are_the_member_batch_contract(rows):
+    rows = [(i, *row) for i, row in enumerate(rows)]
+    columns = ("id", "other", "at")
+    for batch in _encoder().encode_page(columns, rows, first_index=0):
+        decoded = MemberBatch.model_validate_json(batch.value)
+        start = batch.batch_index * 3
+        expected = [{c: jsonable(v) for c, v in zip(columns, row, strict=True)} for row in rows[start : start + 3]]
+        assert decoded.members == json.loads(json.dumps(expected))
+
+
+def test_times_of_day_keep_their_microseconds():
+    # orjson 3.13 writes 00:00:00.010967 as "00:00:00.10967" (a tenth of a second): not through us.
+    rows = [(1, dt.time(0, 0, 0, 10967)), (2, None), (3, dt.time(12, 5, 7, 99999))]
+    members = MemberBatch.model_validate_json(_encoder().encode(("id", "at"), rows, 0)).members
+    assert [m["at"] for m in members] == ["00:00:00.010967", None, "12:05:07.099999"]
+
+
+def test_offsets_with_seconds_keep_them():
+    # orjson 3.13 writes Paris's local mean time (+00:09:21) as +00:09: another instant.
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    rows = [
+        (1, dt.datetime(1850, 1, 1, 12, 9, 21, tzinfo=paris)),
+        (2, dt.datetime(2026, 7, 1, 14, 0, tzinfo=paris)),
+        (3, dt.datetime(1850, 1, 1, 12, 0, tzinfo=dt.timezone(dt.timedelta(minutes=9, seconds=21)))),
+    ]
+    members = MemberBatch.model_validate_json(_encoder().encode(("id", "at"), rows, 0)).members
+    assert [m["at"] for m in members] == [
+        "1850-01-01T12:09:21+00:09:21",
+        "2026-07-01T14:00:00+02:00",
+        "1850-01-01T12:00:00+00:09:21",
+    ]
+
+
+def test_a_json_column_stays_json_beside_an_integer_beyond_64_bits():
+    rows = [(1, 2**70, {"tags": ["a"], "n": 1.5})]
+    member = MemberBatch.model_validate_json(_encoder().encode(("id", "big", "doc"), rows, 0)).members[0]
+    assert member == {"id": 1, "big": 2**70, "doc": {"tags": ["a"], "n": 1.5}}
+
+
+@given(st.lists(st.text(max_size=300), min_size=1, max_size=60), st.integers(1, 20))
+def test_spliced_members_split_by_bytes_as_rows_do(texts, batch_size):
+    rows = [(i, text) for i, text in enumerate(texts)]
+    bound = 1_500
+    by_rows = _encoder(batch_size, bound).encode_page(("id", "note"), rows, first_index=10)
+    spliced = [json.dumps({"id": i, "note": t}, separators=(",", ":"), ensure_ascii=False).encode() for i, t in rows]
+    by_json = _encoder(batch_size, bound).encode_json_page(spliced, first_index=10)
+    assert [(b.batch_index, b.members) for b in by_json] == [(b.batch_index, b.members) for b in by_rows]
+    assert [MemberBatch.model_validate_json(b.value) for b in by_json] == [
+        MemberBatch.model_validate_json(b.value) for b in by_rows
+    ]
+
+
+def test_a_spliced_member_larger_than_a_record_fails():
+    with pytest.raises(MemberTooLarge, match=r"member id=\? encodes to .* over the record limit of 200 bytes"):
+        _encoder(10, 200).encode_json_page([b'{"id":41}', b'{"id":42,"note":"' + b"y" * 500 + b'"}'], 0)
 
 
 def test_integers_beyond_64_bits_and_decimals_still_encode():

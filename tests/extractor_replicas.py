@@ -1,0 +1,102 @@
+"""Extractor replicas as real processes, in one consumer group: started, joined, killed, stopped (tests, benchmarks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer
+
+from shared.events import RUN_EVENT_ADAPTER, ExtractionCompleted, RunFailed
+
+
+class ExtractorReplicas:
+    """``count`` processes of ``python -m services.extractor`` with ``env``, logging to ``log_dir``/extractor-N.log."""
+
+    def __init__(self, env: dict[str, str], count: int, log_dir: Path) -> None:
+        self.env = {**os.environ, **env, "EXPORT_METRICS_PORT": "0"}
+        self.count = count
+        self.log_dir = log_dir
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> ExtractorReplicas:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for index in range(self.count):
+            with self.log_path(index).open("ab") as log:
+                self.processes.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "services.extractor"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+                    )
+                )
+        return self
+
+    def log_path(self, index: int) -> Path:
+        return self.log_dir / f"extractor-{index}.log"
+
+    def log_lines(self, index: int) -> list[dict[str, Any]]:
+        """The replica's JSON log lines."""
+        lines = []
+        for line in self.log_path(index).read_text(errors="replace").splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue
+        return lines
+
+    def wait_joined(self, bootstrap: str, topic_prefix: str, timeout: float = 90) -> None:
+        """Until every replica holds partitions of the run-requests topic (a stable group of ``count``)."""
+        group = f"{topic_prefix}member-export-extractor"
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                dead = [p.args for p in self.processes if p.poll() is not None]
+                if dead:
+                    raise RuntimeError(f"an extractor exited: see {self.log_dir}")
+                described = admin.describe_groups([group]).get(group, {})
+                members = described.get("members") or []
+                if described.get("group_state") == "Stable" and len(members) == self.count:
+                    return
+                time.sleep(0.25)
+        finally:
+            admin.close()
+        raise TimeoutError(f"{self.count} extractors did not join group {group} in {timeout:.0f} s")
+
+    def kill(self, index: int) -> None:
+        """SIGKILL one replica, as a crash would."""
+        self.processes[index].kill()
+        self.processes[index].wait()
+
+    def stop(self, timeout: float = 30) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_for_extraction(bootstrap: str, run_events_topic: str, run_id: uuid.UUID, timeout: float = 300) -> Any:
+    """The run's ExtractionCompleted (or RunFailed) from the run-events topic, read from its beginning."""
+    consumer = KafkaConsumer(run_events_topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=100).values():
+                for record in records:
+                    event = RUN_EVENT_ADAPTER.validate_json(record.value)
+                    if event.run_id == run_id and isinstance(event, ExtractionCompleted | RunFailed):
+                        return event
+    finally:
+        consumer.close()
+    raise TimeoutError(f"run {run_id} not extracted in {timeout:.0f} s")
