@@ -14,6 +14,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer
 
+from devtools.processes import wait_until
 from shared.events import RUN_EVENT_ADAPTER, ExtractionCompleted, RunFailed
 
 
@@ -54,20 +55,17 @@ class ExtractorReplicas:
         """Until every replica holds partitions of the run-requests topic (a stable group of ``count``)."""
         group = f"{topic_prefix}member-export-extractor"
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        deadline = time.monotonic() + timeout
+
+        def joined() -> bool:
+            if any(p.poll() is not None for p in self.processes):
+                raise RuntimeError(f"an extractor exited: see {self.log_dir}")
+            described = admin.describe_groups([group]).get(group, {})
+            return described.get("group_state") == "Stable" and len(described.get("members") or []) == self.count
+
         try:
-            while time.monotonic() < deadline:
-                dead = [p.args for p in self.processes if p.poll() is not None]
-                if dead:
-                    raise RuntimeError(f"an extractor exited: see {self.log_dir}")
-                described = admin.describe_groups([group]).get(group, {})
-                members = described.get("members") or []
-                if described.get("group_state") == "Stable" and len(members) == self.count:
-                    return
-                time.sleep(0.25)
+            wait_until(joined, timeout=timeout, interval=0.25, what=f"{self.count} extractors in group {group}")
         finally:
             admin.close()
-        raise TimeoutError(f"{self.count} extractors did not join group {group} in {timeout:.0f} s")
 
     def kill(self, index: int) -> None:
         """SIGKILL one replica, as a crash would."""

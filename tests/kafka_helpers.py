@@ -43,21 +43,27 @@ def create_topic(bootstrap: str, topic: str, partitions: int = 1, config: dict[s
         admin.close()
 
 
+def _from_the_beginning(consumer: KafkaConsumer, topic: str, deadline: float, timeout: float) -> list[TopicPartition]:
+    """Assign every partition of ``topic`` by hand (no group to rebalance) and seek to their beginning."""
+    partitions = consumer.partitions_for_topic(topic)
+    while not partitions:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{topic}: no partitions known within {timeout}s")
+        consumer.poll(timeout_ms=100)
+        partitions = consumer.partitions_for_topic(topic)
+    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(assigned)
+    consumer.seek_to_beginning()
+    return assigned
+
+
 def read_to_end(bootstrap: str, topic: str, *, timeout: float = 60.0) -> list[bytes]:
     """Every record value of ``topic`` up to its end offsets as of now (use it once the records are acked)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     values: list[bytes] = []
     deadline = time.monotonic() + timeout
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        while not partitions:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{topic}: no partitions known within {timeout}s")
-            consumer.poll(timeout_ms=100)
-            partitions = consumer.partitions_for_topic(topic)
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        consumer.seek_to_beginning()
+        assigned = _from_the_beginning(consumer, topic, deadline, timeout)
         ends = consumer.end_offsets(assigned)
         while any(consumer.position(p) < ends[p] for p in assigned):
             if time.monotonic() > deadline:
@@ -84,14 +90,7 @@ def read_until(
     values: list[bytes] = []
     deadline = time.monotonic() + timeout
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        while not partitions:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{topic}: no partitions known within {timeout}s")
-            consumer.poll(timeout_ms=100)
-            partitions = consumer.partitions_for_topic(topic)
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
-        consumer.seek_to_beginning()
+        _from_the_beginning(consumer, topic, deadline, timeout)
         while not done(values):
             if time.monotonic() > deadline:
                 raise AssertionError(f"{topic}: condition not met within {timeout}s; read {len(values)} records")

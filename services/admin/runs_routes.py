@@ -206,8 +206,7 @@ def list_runs(
     operation_id="list_runs_of_ExportDefinition",
 )
 def list_definition_runs(context: Context, caller: Reader, name: str, filters: Filters) -> list[RunView]:
-    object_use_cases.visible(caller, context.definitions, ExportDefinition, name)
-    definition_id, _, _ = context.definitions.get_versioned(ExportDefinition, name)
+    definition_id, _ = object_use_cases.visible_with_id(caller, context.definitions, ExportDefinition, name)
     # By id: a renamed definition keeps its history, a re-created name starts a new one.
     return filters.runs(context, definition_id=definition_id, business_units=use_cases.units_in_scope(caller))
 

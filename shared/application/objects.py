@@ -6,6 +6,7 @@ the catalog as it was.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -80,6 +81,16 @@ def visible(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> 
     obj = existing(store, kind, name)
     in_scope(actor, obj)
     return obj
+
+
+def visible_with_id(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> tuple[uuid.UUID, T]:
+    """The object and its stable id (one read), if it exists and is in the actor's scope."""
+    try:
+        id_, _, obj = store.get_versioned(kind, name)
+    except NotFound as exc:
+        raise Missing(str(exc)) from None
+    in_scope(actor, obj)
+    return id_, obj
 
 
 def refuse_taken(store: DefinitionsStore, kind: type[Any], name: str) -> None:

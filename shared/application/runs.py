@@ -7,7 +7,7 @@ from typing import Any
 
 from shared.application.actors import Actor, Permission, authorise
 from shared.application.errors import Conflict, Invalid, Missing
-from shared.application.objects import existing, visible
+from shared.application.objects import existing, visible_with_id
 from shared.application.ports import DefinitionsStore, EventPublisher, RunsReader, RunsStore
 from shared.domain.catalog_objects import ExportDefinition, SavedQuery
 from shared.domain.query_parameters import ParameterError, bind_values
@@ -44,8 +44,7 @@ def request_run(
     an ``idempotency_key``, a retried request returns the run the first one started and publishes nothing.
     """
     authorise(actor, Permission.RUN)
-    definition = visible(actor, store, ExportDefinition, name)
-    definition_id, _, _ = store.get_versioned(ExportDefinition, definition.name)
+    definition_id, definition = visible_with_id(actor, store, ExportDefinition, name)
     parameters = validated_parameters(definition, store, parameters or {})
     run_id = uuid.uuid4()
     if idempotency_key:
