@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.errors import CoordinatorNotAvailableError
 
 from devtools.processes import wait_until
 from shared.events import RUN_EVENT_ADAPTER, ExtractionCompleted, RunFailed
@@ -59,7 +60,10 @@ class ExtractorReplicas:
         def joined() -> bool:
             if any(p.poll() is not None for p in self.processes):
                 raise RuntimeError(f"an extractor exited: see {self.log_dir}")
-            described = admin.describe_groups([group]).get(group, {})
+            try:
+                described = admin.describe_groups([group]).get(group, {})
+            except CoordinatorNotAvailableError:  # a fresh broker: the group coordinator is not up yet
+                return False
             return described.get("group_state") == "Stable" and len(described.get("members") or []) == self.count
 
         try:
