@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint unit integration e2e bench bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
+.PHONY: demo test lint unit integration e2e chaos bench bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ integration: prerequisites
 
 e2e: prerequisites
 	$(BIN)/pytest tests/e2e
+
+## Every fault of the chaos suite (broker kill/pause/latency, catalog and member-store outages, partner resets,
+## SIGKILL per service) on 200,000 members a run; prints the table and writes docs/chaos.md. CI runs a bounded
+## selection (tests/chaos). Smaller: CHAOS_ARGS="--members 20000", one fault: CHAOS_ARGS="--only paused".
+chaos: prerequisites
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 ## Benchmarks: they print figures and ratios to a baseline measured in the same run (never pass/fail).
 bench: prerequisites

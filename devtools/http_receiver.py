@@ -39,6 +39,8 @@ class Receipt:
     body: Any
     status: int
     raw: bytes = b""
+    #: When it arrived (wall clock, seconds since the epoch).
+    received_at: float = field(default_factory=time.time)
 
     @property
     def members(self) -> list[dict[str, Any]]:

@@ -51,15 +51,16 @@ def fetch_kafka_jars() -> Path:
     return libs
 
 
-def server_properties(*, port: int, controller_port: int, log_dir: Path) -> str:
-    """The broker configuration of a single-node combined broker+controller on 127.0.0.1."""
+def server_properties(*, port: int, controller_port: int, log_dir: Path, advertised_port: int | None = None) -> str:
+    """The broker configuration of a single-node combined broker+controller on 127.0.0.1; clients are told to
+    connect to ``advertised_port`` (a proxy in front of it, in the chaos suite) when given."""
     return "\n".join(
         [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
             f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{advertised_port or port}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -81,31 +82,30 @@ def server_properties(*, port: int, controller_port: int, log_dir: Path) -> str:
 class LocalKafka(Managed):
     """A broker process owned by this object: ``start()`` returns once it accepts clients."""
 
-    def __init__(self, work_dir: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, work_dir: Path | None = None, port: int | None = None, advertised_port: int | None = None
+    ) -> None:
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="kafka-"))
         self.port = port or free_port()
         self.controller_port = free_port()
+        #: Where clients are told to connect (a proxy in front of the broker), if not to the broker's own port.
+        self.advertised_port = advertised_port
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port or self.port}"
 
     @property
     def log_file(self) -> Path:
         return self.work_dir / "broker.log"
 
-    def start(self, timeout: float = 120.0) -> LocalKafka:
+    def start(self, timeout: float = 120.0, *, keep_data: bool = False) -> LocalKafka:
+        """Start the broker and return once it accepts clients. ``keep_data``: start again on the data this
+        object's broker left (a restart after :meth:`kill`, same ports); otherwise on a fresh data directory."""
         java, _ = require_java_and_maven()
         libs = fetch_kafka_jars()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        # A fresh broker every start: a data directory formatted by an earlier one (another cluster id and
-        # controller port) would make the format below fail.
-        shutil.rmtree(self.work_dir / "data", ignore_errors=True)
-        props = self.work_dir / "server.properties"
-        props.write_text(
-            server_properties(port=self.port, controller_port=self.controller_port, log_dir=self.work_dir / "data")
-        )
         base = [
             java,
             "-Xms256m",
@@ -114,6 +114,24 @@ class LocalKafka(Managed):
             "-cp",
             f"{libs}/*",
         ]
+        if not (keep_data and (self.work_dir / "data" / "meta.properties").exists()):
+            self._format(base)
+        self._launch(base, timeout)
+        return self
+
+    def _format(self, base: list[str]) -> None:
+        # A fresh broker: a data directory formatted by an earlier one (another cluster id and controller
+        # port) would make the format below fail.
+        shutil.rmtree(self.work_dir / "data", ignore_errors=True)
+        props = self.work_dir / "server.properties"
+        props.write_text(
+            server_properties(
+                port=self.port,
+                controller_port=self.controller_port,
+                log_dir=self.work_dir / "data",
+                advertised_port=self.advertised_port,
+            )
+        )
         cluster_id = (
             subprocess.run(
                 [*base, "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True
@@ -126,7 +144,11 @@ class LocalKafka(Managed):
             check=True,
             capture_output=True,
         )
-        with self.log_file.open("wb") as log:  # the child keeps its own descriptor
+
+    def _launch(self, base: list[str], timeout: float) -> None:
+        props = self.work_dir / "server.properties"
+        started_at = self.log_file.stat().st_size if self.log_file.exists() else 0
+        with self.log_file.open("ab") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
                 [*base, "kafka.Kafka", str(props)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
@@ -135,14 +157,33 @@ class LocalKafka(Managed):
         def ready() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"Kafka broker exited early; see {self.log_file}")
-            return READY_LINE in self.log_file.read_text(errors="replace") and port_open(self.port)
+            with self.log_file.open("rb") as log:
+                log.seek(started_at)  # this start's lines only (a restart appends to the same log)
+                started = READY_LINE.encode() in log.read()
+            return started and port_open(self.port)
 
         wait_until(ready, timeout=timeout, interval=0.25, what=f"Kafka on {self.bootstrap_servers}")
-        return self
+
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash or an evicted pod would end it (its data stays for a restart)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP the broker: it holds its connections but answers nothing (a long GC pause, a frozen VM)."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused broker."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        self.process.send_signal(signal.SIGCONT)  # a paused broker would not see the SIGTERM
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout)

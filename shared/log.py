@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+import threading
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -54,6 +56,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json", service: str | Non
             ],
         )
     )
+    # While the broker is away, kafka-python logs every reconnection attempt at ERROR: thousands of lines a
+    # minute that bury the service's own "poll interrupted" warnings. One line per message a window.
+    handler.addFilter(RepeatedLinesFilter(prefix="kafka", window_seconds=30.0))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -63,3 +68,33 @@ def configure_logging(level: str = "INFO", fmt: str = "json", service: str | Non
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if service:
         structlog.contextvars.bind_contextvars(service=service)
+
+
+class RepeatedLinesFilter(logging.Filter):
+    """Lets through one record per message template (and logger) per ``window_seconds`` from the loggers
+    under ``prefix``; the next one let through says how many were held back meanwhile."""
+
+    def __init__(self, prefix: str, window_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.window_seconds = window_seconds
+        self.clock = clock
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (record.name == self.prefix or record.name.startswith(self.prefix + ".")):
+            return True
+        key = (record.name, str(record.msg))
+        now = self.clock()
+        with self._lock:
+            last, held = self._seen.get(key, (float("-inf"), 0))
+            if now - last < self.window_seconds:
+                self._seen[key] = (last, held + 1)
+                return False
+            if len(self._seen) > 10_000:  # a bound, whatever the client logs
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} similar lines held back in the last {self.window_seconds:g} s)"
+        return True

@@ -8,25 +8,33 @@ from typing import Any, TypeVar
 import structlog
 
 from shared.catalog.schema import check_catalog_schema
+from shared.health import Health, serve_health_and_metrics
 from shared.kafka import ConsumerLoop, Headers, Outgoing, ensure_topics, make_consumer, make_producer
+from shared.kafka.clients import DEFAULT_MAX_POLL_INTERVAL_MS
 from shared.kafka.loop import RoundHandler
 from shared.log import configure_logging
-from shared.metrics import serve_metrics
 from shared.settings import CommonSettings
 
 E = TypeVar("E")
 
 
-def start_service(settings: CommonSettings, service: str) -> None:
-    """Configure logging, exit unless the catalog is at this release's schema, start metrics and make
-    sure the topics exist."""
+#: Liveness allows a loop this long beyond its own bound (a poll's timeout, a sweep) before it calls it stalled.
+STALL_MARGIN_SECONDS = 60.0
+
+
+def start_service(settings: CommonSettings, service: str) -> Health:
+    """Configure logging, exit unless the catalog is at this release's schema, serve /metrics, /livez and
+    /readyz, and make sure the topics exist; return the health the service's loop reports to."""
     configure_logging(settings.log_level, settings.log_format, service)
     check_catalog_schema(settings.catalog_url)
-    serve_metrics(settings.metrics_port)
+    health = Health(stall_seconds=DEFAULT_MAX_POLL_INTERVAL_MS / 1000 + STALL_MARGIN_SECONDS)
+    if settings.metrics_port:
+        serve_health_and_metrics(settings.metrics_port, health)
     ensure_topics(settings)
     structlog.get_logger(service).info(
         "service starting", kafka=settings.kafka_bootstrap_servers, topic_prefix=settings.topic_prefix
     )
+    return health
 
 
 def build_loop(
@@ -40,12 +48,17 @@ def build_loop(
     periodic_seconds: float = 30.0,
     handle_round: RoundHandler[E] | None = None,
     priority_topics: list[str] | None = None,
+    health: Health | None = None,
     **consumer_overrides: Any,
 ) -> ConsumerLoop[E]:
     """A consumer loop for ``service`` on ``topic`` (or topics), in the consumer group named after the service.
 
     ``handler`` handles records one by one; ``handle_round`` a poll's records at once (give one of them).
+    ``health`` (from :func:`start_service`) is told when the loop comes round and when it waits out an outage;
+    its stall bound follows the consumer's ``max_poll_interval_ms``.
     """
+    if health is not None and "max_poll_interval_ms" in consumer_overrides:
+        health.stall_seconds = consumer_overrides["max_poll_interval_ms"] / 1000 + STALL_MARGIN_SECONDS
     return ConsumerLoop(
         service=service,
         consumer=make_consumer(
@@ -62,4 +75,5 @@ def build_loop(
         periodic_seconds=periodic_seconds,
         handle_round=handle_round,
         priority_topics=priority_topics,
+        health=health,
     )

@@ -33,6 +33,13 @@ class CommonSettings(BaseSettings):
         le=300_000,
         description="How long a silent consumer keeps its partitions: a crashed replica's work moves on after this.",
     )
+    kafka_delivery_timeout_ms: int = Field(
+        default=120_000,
+        ge=31_000,  # the client's request timeout (30 s) and linger: it refuses a shorter one
+        le=900_000,
+        description="How long a produced record may wait for the broker (restarting, unreachable) before its send "
+        "fails; the records of a poll whose outcome could not be produced are handled again after it.",
+    )
     kafka_compression: Literal["lz4", "gzip", "snappy", "zstd", "none"] = Field(
         default="lz4",
         description="Compression of produced records (lz4 measured 4x faster than gzip here; see README).",

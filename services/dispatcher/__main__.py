@@ -20,7 +20,7 @@ SERVICE = "dispatcher"
 
 def main() -> None:
     settings = DispatcherSettings()
-    start_service(settings, SERVICE)
+    health = start_service(settings, SERVICE)
     client = guarded_client(
         DestinationPolicy.parse(settings.allowed_destinations),
         max_connections=max(100, settings.dispatcher_concurrency),
@@ -47,6 +47,7 @@ def main() -> None:
         loop = build_loop(
             settings,
             service=SERVICE,
+            health=health,
             topic=settings.topics.member_batch_topics(),
             priority_topics=settings.topics.member_batch_topics(),
             decode=value_decoder(MemberBatch.model_validate_json),

@@ -34,6 +34,7 @@ from shared.domain.runs import RunStatus
 from shared.errors import ExportError, PermanentError
 from shared.events import BatchOutcome, DeadLetter, MemberBatch
 from shared.kafka import Outgoing
+from shared.outages import is_outage
 from shared.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -169,12 +170,15 @@ class Dispatcher:
 
         Every batch gets an outcome: whatever fails while handling it (a template that does not render, a
         request that cannot be made, a template or profile that is missing or no longer valid, an error of
-        ours) fails its members with the reason, and they are dead-lettered.
+        ours) fails its members with the reason, and they are dead-lettered. Only an outage of the catalog is
+        raised (:func:`shared.outages.is_outage`): the consumer loop hands the batch back and handles it again.
         A cancelled run's batches are dropped: nothing is sent, no outcome (the run's record is final).
         """
         try:
             return await self._handle(batch)
         except Exception as exc:  # the batch's failure, never the consumer's
+            if is_outage(exc):
+                raise  # the catalog is away: the consumer hands the batch back and handles it again later
             log.exception("batch handling failed", run_id=str(batch.run_id), batch_index=batch.batch_index)
             return self._failed(batch, f"the dispatcher could not handle the batch: {type(exc).__name__}: {exc}")
 
@@ -198,6 +202,8 @@ class Dispatcher:
             except ExportError as exc:
                 return DeliveryResult(success=False, status=None, attempts=0, error=str(exc))
             except Exception as exc:  # this request's failure: its members are dead-lettered
+                if is_outage(exc):
+                    raise
                 log.exception("request failed", run_id=str(batch.run_id), batch_index=batch.batch_index)
                 return DeliveryResult(success=False, status=None, attempts=0, error=f"{type(exc).__name__}: {exc}")
 

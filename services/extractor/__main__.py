@@ -14,10 +14,11 @@ SERVICE = "extractor"
 
 def main() -> None:
     settings = ExtractorSettings()
-    start_service(settings, SERVICE)
+    health = start_service(settings, SERVICE)
     loop = build_loop(
         settings,
         service=SERVICE,
+        health=health,
         topic=settings.topics.run_requests,
         decode=decode_run_request,
         handler=lambda request: extractor.handle(request),
@@ -46,6 +47,7 @@ def main() -> None:
         run_request_partitions=run_request_partitions,
         # Holding every partition, this replica is the only one at work (or the others are idle).
         other_replicas=lambda: len(loop.consumer.assignment()) < run_request_partitions(),
+        store_retry_seconds=settings.extractor_store_retry_seconds,
     )
     loop.install_signal_handlers()
     loop.run()

@@ -14,6 +14,7 @@ members and batches of all ranges.
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -39,7 +40,8 @@ from shared.errors import NotFound, StoredObjectInvalid
 from shared.events import ExtractionCompleted, RangeRequested, RunFailed, RunRequested, RunStarted
 from shared.kafka import InFlight, Outgoing
 from shared.member_batches import BatchEncoder, EncodedBatch, MemberTooLarge
-from shared.querystore import JsonPage, MemberPages, MemberReader, Page, QueryError, QueryTimeout
+from shared.outages import DependencyUnavailable
+from shared.querystore import JsonPage, MemberPages, MemberReader, Page, QueryError, QueryTimeout, StoreUnavailable
 from shared.querystore.paging import Window
 from shared.topics import Topics
 
@@ -131,6 +133,8 @@ class Extractor:
         range_members: int = 0,
         run_request_partitions: Callable[[], int] = lambda: 1,
         other_replicas: Callable[[], bool] = lambda: True,
+        store_retry_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.definitions, self.runs, self.extraction = definitions, runs, extraction
         self.reader = reader
@@ -146,6 +150,11 @@ class Extractor:
         #: Whether other replicas hold partitions of the run-requests topic: alone, a replica splits nothing
         #: (ranges would cost a pass over the keys and a round trip through Kafka each, for no gain).
         self.other_replicas = other_replicas
+        #: How long a run waits for an unreachable member store (EXPORT_EXTRACTOR_STORE_RETRY_SECONDS).
+        self.store_retry_seconds = store_retry_seconds
+        self.clock = clock
+        #: Since when each run has met an unreachable member store without a page read since.
+        self._store_down_since: dict[uuid.UUID, float] = {}
 
     def publish(self, outgoing: list[Outgoing]) -> None:
         """Send records and return once the broker has acknowledged them all."""
@@ -156,7 +165,35 @@ class Extractor:
 
     def handle(self, request: RunRequested | RangeRequested) -> list[Outgoing]:
         """Extract the requested run or range (or nothing, if it was done before); return the records to publish
-        after it (its last events, or the range requests of a run it split)."""
+        after it (its last events, or the range requests of a run it split).
+
+        An unreachable member store is waited out: :class:`DependencyUnavailable` hands the request back to
+        the consumer loop, which handles it again later, resuming from the checkpoint of the last page
+        acknowledged; after ``store_retry_seconds`` without a page read, the run fails with the reason.
+        """
+        try:
+            outgoing = self._handle(request)
+        except StoreUnavailable as exc:
+            return self._store_unavailable(request, exc)
+        self._store_down_since.pop(request.run_id, None)
+        return outgoing
+
+    def _store_unavailable(self, request: RunRequested | RangeRequested, error: StoreUnavailable) -> list[Outgoing]:
+        since = self._store_down_since.setdefault(request.run_id, self.clock())
+        waited = self.clock() - since
+        if waited < self.store_retry_seconds:
+            log.warning("member store unreachable; the run waits", run_id=str(request.run_id), error=str(error))
+            raise DependencyUnavailable(f"{error}: the run resumes from its last checkpoint") from error
+        self._store_down_since.pop(request.run_id, None)
+        failure = _RunFailure(f"{error} for {waited:.0f} s: the run gave up", "store_unreachable")
+        if isinstance(request, RangeRequested):
+            stored = self.extraction.range_checkpoint(request.run_id, request.range_index)
+            if stored is not None:
+                self.extraction.finish_range(stored, RangeState.STOPPED)
+        checkpoint = self.extraction.claim_extraction(request.run_id, request.definition)
+        return self._fail(request.run_id, request.definition, failure, checkpoint)
+
+    def _handle(self, request: RunRequested | RangeRequested) -> list[Outgoing]:
         if isinstance(request, RangeRequested):
             return self.handle_range(request)
         ACTIVE_RUNS.inc()
@@ -550,6 +587,7 @@ class Extractor:
     def _settle(self, job: _Job, sent: InFlight, progress: _Progress) -> None:
         sent.wait()
         job.save(progress)
+        self._store_down_since.pop(job.run_id, None)  # a page was read: the store answers again
 
     def _timed(self, pages: MemberPages) -> Iterator[Page | JsonPage]:
         """The pages, each one's query time observed, query errors turned into run failures."""
@@ -564,6 +602,8 @@ class Extractor:
     def _query(read: Callable[[], Any]) -> Any:
         try:
             return read()
+        except StoreUnavailable:
+            raise  # waited out by the handler (see _wait_for_store), not the query's failure
         except QueryTimeout as exc:
             raise _RunFailure(str(exc), "query_timeout") from None
         except QueryError as exc:

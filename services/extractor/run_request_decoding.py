@@ -55,11 +55,26 @@ def _header(headers: Headers, name: str) -> bytes | None:
 
 
 def is_cloudevent(value: bytes, headers: Headers) -> bool:
-    """Binary mode (a ``ce_specversion`` header) or structured mode (the CloudEvents content type)."""
+    """Binary mode (a ``ce_specversion`` header) or structured mode (the CloudEvents content type, or a JSON
+    object with a ``specversion`` under ``application/json`` or no content type: what some SDKs send)."""
     if _header(headers, "ce_specversion") is not None:
         return True
     content_type = _header(headers, "content-type")
-    return content_type is not None and content_type.decode("latin-1").startswith(_STRUCTURED)
+    if content_type is not None and content_type.decode("latin-1").startswith(_STRUCTURED):
+        return True
+    return _is_structured_json(value, content_type)
+
+
+def _is_structured_json(value: bytes, content_type: bytes | None) -> bool:
+    if content_type is not None and not content_type.decode("latin-1").lower().startswith("application/json"):
+        return False
+    if b'"specversion"' not in value:
+        return False
+    try:
+        data = from_json(value)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "specversion" in data
 
 
 def decode_run_request(value: bytes, headers: Headers) -> RunRequested | RangeRequested:
@@ -72,7 +87,12 @@ def decode_run_request(value: bytes, headers: Headers) -> RunRequested | RangeRe
         if _is_range_request(value):
             return RangeRequested.model_validate_json(value)
         return RunRequested.model_validate_json(value)
-    message = KafkaMessage(headers={k: v for k, v in headers}, key=None, value=value)
+    message_headers = {k: v for k, v in headers}
+    if _header(headers, "ce_specversion") is None:
+        # Structured mode whatever content type it came with: the SDK reads it by its CloudEvents type.
+        message_headers = {k: v for k, v in message_headers.items() if k.lower() != "content-type"}
+        message_headers["content-type"] = b"application/cloudevents+json"
+    message = KafkaMessage(headers=message_headers, key=None, value=value)
     try:
         event = from_kafka(message, JSONFormat())
     except Exception as exc:  # noqa: BLE001 - the SDK raises several types; all mean "not a valid CloudEvent"

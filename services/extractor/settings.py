@@ -34,4 +34,10 @@ class ExtractorSettings(CommonSettings):
         "each, at most one per partition of the run-requests topic) that every extractor replica takes part in; "
         "0 never splits.",
     )
+    extractor_store_retry_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a run waits for an unreachable member store (its pages read again from the last "
+        "checkpoint once it answers) before it fails with the reason.",
+    )
     metrics_port: int = Field(default=9402, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

@@ -15,7 +15,7 @@ SERVICE = "notifier"
 
 def main() -> None:
     settings = NotifierSettings()
-    start_service(settings, SERVICE)
+    health = start_service(settings, SERVICE)
     stores = CatalogStores.from_url(settings.catalog_url)
     notifier = Notifier(
         definitions=stores.definitions,
@@ -39,6 +39,7 @@ def main() -> None:
     loop = build_loop(
         settings,
         service=SERVICE,
+        health=health,
         topic=settings.topics.run_events,
         decode=value_decoder(RUN_EVENT_ADAPTER.validate_json),
         # A poll's events are folded in one transaction (one commit per poll, not per event).

@@ -14,14 +14,18 @@ from services.scheduler.scheduling import LEASE_NAME, Scheduler
 from services.scheduler.settings import SchedulerSettings
 from shared.catalog import CatalogStores
 from shared.kafka import make_producer, produce_and_wait
-from shared.runtime import start_service
+from shared.kafka.loop import is_interruption
+from shared.outages import describe, is_outage
+from shared.runtime import STALL_MARGIN_SECONDS, start_service
 
 SERVICE = "scheduler"
 
 
 def main() -> None:
     settings = SchedulerSettings()
-    start_service(settings, SERVICE)
+    health = start_service(settings, SERVICE)
+    # A tick waits at most for its runs' acknowledgements (the producer's delivery timeout).
+    health.stall_seconds = settings.kafka_delivery_timeout_ms / 1000 + STALL_MARGIN_SECONDS
     log = structlog.get_logger(SERVICE)
     producer = make_producer(settings, SERVICE)
 
@@ -42,10 +46,17 @@ def main() -> None:
         signal.signal(sig, lambda *_: stopping.set())
     log.info("scheduler started", tick_seconds=settings.scheduler_tick_seconds, replica=settings.scheduler_replica_id)
     while not stopping.is_set():
+        health.beat()
         try:
             scheduler.tick()
-        except Exception:
-            log.exception("scheduler tick failed")
+        except Exception as exc:
+            if is_outage(exc) or is_interruption(exc):  # the catalog or the broker away: the next tick catches up
+                log.warning("scheduler tick interrupted: a dependency is away", error=describe(exc))
+                health.waiting(describe(exc))
+            else:
+                log.exception("scheduler tick failed")
+        else:
+            health.recovered()
         stopping.wait(settings.scheduler_tick_seconds)
     stores.scheduling.release_lease(LEASE_NAME, settings.scheduler_replica_id)
     producer.flush()

@@ -14,7 +14,19 @@ from kafka.structs import TopicPartition
 from shared.kafka.records import Outgoing
 from shared.settings import CommonSettings
 
-PRODUCE_TIMEOUT_SECONDS = 60.0
+#: How much longer than the producer's delivery timeout a caller waits for an acknowledgement: the producer
+#: reports a record it gave up on at that timeout, so the wait never ends before the producer has decided.
+ACK_WAIT_MARGIN_SECONDS = 5.0
+#: How long a consumer may take between polls before the group gives its partitions away (services override).
+DEFAULT_MAX_POLL_INTERVAL_MS = 600_000
+#: kafka-python's own default delivery timeout.
+DEFAULT_DELIVERY_TIMEOUT_MS = 120_000
+
+
+def produce_timeout_seconds(producer: KafkaProducer) -> float:
+    """How long to wait for a record's acknowledgement from ``producer``: its delivery timeout and a margin."""
+    config = getattr(producer, "config", None) or {}  # a test's stand-in producer may have none
+    return float(config.get("delivery_timeout_ms", DEFAULT_DELIVERY_TIMEOUT_MS)) / 1000 + ACK_WAIT_MARGIN_SECONDS
 
 
 def make_producer(settings: CommonSettings, client_id: str) -> KafkaProducer:
@@ -26,7 +38,9 @@ def make_producer(settings: CommonSettings, client_id: str) -> KafkaProducer:
         linger_ms=5,
         compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
         max_in_flight_requests_per_connection=1,
-        retries=10,
+        # Retries are bounded by time, not count: a broker away (restarting, a leader moving) for less than
+        # the delivery timeout is waited out; past it the send fails and the caller decides (never silent).
+        delivery_timeout_ms=settings.kafka_delivery_timeout_ms,
         max_request_size=4 * 1024 * 1024,
         # kafka-python 3 makes a producer idempotent by default, and an idempotent producer whose record
         # the broker refuses (MessageSizeTooLargeError) fails every later send, to any topic, for good: one
@@ -44,7 +58,7 @@ def make_consumer(settings: CommonSettings, group_id: str, topics: list[str], **
         "client_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
-        "max_poll_interval_ms": 600_000,
+        "max_poll_interval_ms": DEFAULT_MAX_POLL_INTERVAL_MS,
         # kafka-python 3 defaults to 45 s: a killed replica's partitions would wait that long.
         "session_timeout_ms": settings.kafka_session_timeout_ms,
     }
@@ -72,18 +86,20 @@ def ensure_topics(settings: CommonSettings, topics: list[str] | None = None) -> 
 class InFlight:
     """Records handed to the producer; :meth:`wait` returns once the broker has acknowledged them all."""
 
-    def __init__(self, futures: list[Any]) -> None:
+    def __init__(self, futures: list[Any], timeout_seconds: float) -> None:
         self._futures = futures
+        self._timeout_seconds = timeout_seconds
 
     def wait(self) -> None:
         """Block until every record is acknowledged; raise the first failure."""
         for future in self._futures:
-            future.get(timeout=PRODUCE_TIMEOUT_SECONDS)
+            future.get(timeout=self._timeout_seconds)
 
 
 def produce(producer: KafkaProducer, outgoing: list[Outgoing]) -> InFlight:
     """Hand records to the producer without waiting (the caller overlaps other work, then waits)."""
-    return InFlight([producer.send(o.topic, key=o.key.encode(), value=o.value) for o in outgoing])
+    futures = [producer.send(o.topic, key=o.key.encode(), value=o.value) for o in outgoing]
+    return InFlight(futures, produce_timeout_seconds(producer))
 
 
 def produce_and_wait(producer: KafkaProducer, outgoing: list[Outgoing]) -> None:

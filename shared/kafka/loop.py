@@ -10,8 +10,15 @@ No record stops a consumer. A record that cannot be decoded (whatever the decode
 refuses as a record (too large), is sent to the dead-letter topic with the reason: its value cut to
 :data:`DEAD_LETTER_PAYLOAD_BYTES` with its size and SHA-256. A dead letter that cannot be produced is
 retried, then logged and counted (``export_dead_letter_failures_total``), and the offset moves on.
-Only the rest of ``BaseException`` (``KeyboardInterrupt``, ``SystemExit``, cancellation) and an
-unreachable broker (past the producer's own retries) leave the loop: the record is redelivered then.
+No dependency stops a consumer either. A handler that meets an outage (the catalog or member database
+unreachable: :func:`shared.outages.is_outage`; the broker unreachable past the producer's delivery timeout)
+hands its record back instead of dead-lettering it: what was settled before it is committed, it and the
+records after it are sought back to, and the loop waits (backing off up to
+:data:`MAX_INTERRUPTION_BACKOFF_SECONDS`) and polls them again. A commit the group refuses (the consumer was
+dropped while the broker was away, a rebalance) is the normal "these records are redelivered" case: logged
+and counted, and the consumer rejoins at its next poll. Only a Kafka configuration error (authentication,
+authorization, an unsupported version or codec) and the rest of ``BaseException`` (``KeyboardInterrupt``,
+``SystemExit``, cancellation) end the loop.
 """
 
 from __future__ import annotations
@@ -29,23 +36,32 @@ import orjson
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import (
+    AuthorizationError,
     CorruptRecordError,
     InvalidRecordError,
+    KafkaConfigurationError,
+    KafkaError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
+    SaslAuthenticationFailedError,
+    UnsupportedCodecError,
+    UnsupportedSaslMechanismError,
+    UnsupportedVersionError,
 )
 from kafka.structs import OffsetAndMetadata, TopicPartition
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from shared.errors import InvalidInput, RetryableError
 from shared.events import DeadLetter
-from shared.kafka.clients import PRODUCE_TIMEOUT_SECONDS, InFlight, produce, produce_and_wait
+from shared.health import Health
+from shared.kafka.clients import InFlight, produce, produce_and_wait, produce_timeout_seconds
 from shared.kafka.records import Consumed as Consumed
 from shared.kafka.records import Headers as Headers
 from shared.kafka.records import Outgoing as Outgoing
 from shared.metrics import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
+from shared.outages import describe, is_outage
 
 E = TypeVar("E")
 log = structlog.get_logger(__name__)
@@ -77,6 +93,37 @@ _RECORD_REFUSED: tuple[type[Exception], ...] = (
     TypeError,
 )
 
+#: Errors that no wait will cure: the process is misconfigured (credentials, ACLs, versions, codecs).
+FATAL_KAFKA_ERRORS: tuple[type[Exception], ...] = (
+    AuthorizationError,
+    SaslAuthenticationFailedError,
+    UnsupportedSaslMechanismError,
+    KafkaConfigurationError,
+    UnsupportedVersionError,
+    UnsupportedCodecError,
+)
+#: The first wait after an interrupted round, doubling with each interruption in a row up to the maximum.
+INTERRUPTION_BACKOFF_SECONDS = 0.5
+MAX_INTERRUPTION_BACKOFF_SECONDS = 30.0
+
+ROUNDS_INTERRUPTED = Counter(
+    "export_consumer_rounds_interrupted_total",
+    "Polls whose records were handed back to be handled again (a dependency away, the broker unreachable), "
+    "by service and cause (the error's type).",
+    ["service", "cause"],
+)
+COMMITS_REFUSED = Counter(
+    "export_consumer_commits_refused_total",
+    "Offset commits that failed (the group moved on, the coordinator away): the records are redelivered, by "
+    "service and cause.",
+    ["service", "cause"],
+)
+INTERRUPTED = Gauge(
+    "export_consumer_interrupted",
+    "1 while the service's consumer is waiting out a dependency (its last poll was handed back), else 0.",
+    ["service"],
+)
+
 DEAD_LETTER_FAILURES = Counter(
     "export_dead_letter_failures_total",
     "Dead letters that could not be produced after their retries (logged; the record's offset moved on), by service.",
@@ -89,6 +136,34 @@ class Rejection:
     """A record that will not be handled: the reason its dead letter gives."""
 
     reason: str
+
+
+def is_fatal(error: BaseException) -> bool:
+    """True when ``error`` means the process cannot work as configured (waiting will not help)."""
+    return isinstance(error, FATAL_KAFKA_ERRORS)
+
+
+def is_interruption(error: BaseException) -> bool:
+    """True when ``error`` means a dependency is away rather than that the record is wrong: a database outage,
+    or a Kafka error the client calls retriable (the broker unreachable, a leader moving)."""
+    if is_outage(error):
+        return True
+    return isinstance(error, KafkaError) and bool(getattr(error, "retriable", False)) and not is_fatal(error)
+
+
+def interruption_backoff(interruptions: int) -> float:
+    """The wait after ``interruptions`` interrupted rounds in a row (1 or more): doubling from
+    :data:`INTERRUPTION_BACKOFF_SECONDS`, capped at :data:`MAX_INTERRUPTION_BACKOFF_SECONDS`."""
+    exponent = min(max(interruptions, 1) - 1, 16)  # 2**16 * 0.5 s is far past the cap: no overflow
+    return min(MAX_INTERRUPTION_BACKOFF_SECONDS, INTERRUPTION_BACKOFF_SECONDS * float(2**exponent))
+
+
+class RoundInterrupted(Exception):
+    """Some of a poll's records met an outage and were handed back (sought to) to be handled again."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
 
 
 def value_decoder(parse: Callable[[bytes], E]) -> Decoder[E]:
@@ -241,6 +316,7 @@ class ConsumerLoop(Generic[E]):
         dead_letter_payload_bytes: int = DEAD_LETTER_PAYLOAD_BYTES,
         dead_letter_attempts: int = DEAD_LETTER_ATTEMPTS,
         dead_letter_backoff_seconds: float = DEAD_LETTER_BACKOFF_SECONDS,
+        health: Health | None = None,
     ) -> None:
         if (handler is None) == (handle_round is None):
             raise ValueError("give a consumer loop exactly one of handler and handle_round")
@@ -270,6 +346,10 @@ class ConsumerLoop(Generic[E]):
         self.priority_topics = priority_topics or []
         # A poll's records handled together, concurrently (the dispatcher's HTTP calls), instead of one by one.
         self.handle_round = handle_round
+        #: True while the loop waits out a dependency (its last poll was handed back).
+        self.interrupted = False
+        #: Told when the loop comes round and when it waits out a dependency (the /livez and /readyz probes).
+        self.health = health or Health(stall_seconds=float("inf"))
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT finish the record in hand, commit, and stop the loop."""
@@ -277,16 +357,55 @@ class ConsumerLoop(Generic[E]):
             signal.signal(sig, lambda *_: self.stopping.set())
 
     def run(self) -> None:
+        """Poll and handle until stopped. A poll interrupted by an outage is waited out (backing off) and its
+        records handled again; only a fatal Kafka error (see :func:`is_fatal`) raises, with its reason logged."""
         log.info("consumer loop started", service=self.service, topics=sorted(self.consumer.subscription() or []))
+        interruptions = 0
         try:
             while not self.stopping.is_set():
-                self.poll_once()
+                self.health.beat()
+                try:
+                    self.poll_once()
+                except Exception as exc:
+                    if is_fatal(exc):
+                        log.error(
+                            "consumer stopped: Kafka refuses this configuration",
+                            service=self.service,
+                            error=f"{type(exc).__name__}: {exc}",
+                        )
+                        raise
+                    interruptions += 1
+                    self._wait_out(exc, interruptions)
+                else:
+                    if interruptions:
+                        log.info("consumer resumed", service=self.service, after_interruptions=interruptions)
+                        INTERRUPTED.labels(service=self.service).set(0)
+                        self.interrupted = False
+                        self.health.recovered()
+                    interruptions = 0
                 self.run_periodic()
         finally:
             self.consumer.close()
             self.producer.flush()
             self.producer.close()
             log.info("consumer loop stopped", service=self.service)
+
+    def _wait_out(self, error: BaseException, interruptions: int) -> None:
+        """Log and count an interrupted poll, then wait before the next (the records were handed back)."""
+        cause = error.cause if isinstance(error, RoundInterrupted) else error
+        delay = interruption_backoff(interruptions)
+        ROUNDS_INTERRUPTED.labels(service=self.service, cause=type(cause).__name__).inc()
+        INTERRUPTED.labels(service=self.service).set(1)
+        self.interrupted = True
+        self.health.waiting(describe(cause))
+        log.warning(
+            "poll interrupted: its records will be handled again",
+            service=self.service,
+            error=describe(cause),
+            in_a_row=interruptions,
+            retry_in_seconds=delay,
+        )
+        self.stopping.wait(delay)
 
     def run_periodic(self, *, force: bool = False) -> None:
         """Run the periodic task if it is due (or ``force``); its failure is logged, never fatal."""
@@ -299,7 +418,11 @@ class ConsumerLoop(Generic[E]):
             log.exception("periodic task failed", service=self.service)
 
     def poll_once(self) -> int:
-        """Poll, process and commit one batch of records; return how many were processed."""
+        """Poll, process and commit one batch of records; return how many were processed.
+
+        Raises :class:`RoundInterrupted` (or the error itself) when an outage stopped the poll midway: what
+        was settled is committed, the rest handed back for the next poll.
+        """
         polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
         if self.priority_topics:
             self._give_way(polled)
@@ -307,15 +430,20 @@ class ConsumerLoop(Generic[E]):
             return self._process_round(polled, self.handle_round)
         processed = 0
         done: dict[TopicPartition, int] = {}
-        for partition, records in polled.items():
-            for record in records:
-                if self.stopping.is_set():
-                    # Hand the rest back: seek so that the next owner (or we, on restart) gets them.
-                    self.consumer.seek(partition, record.offset)
-                    break
-                self._settle([(record, self._outcome(record))])
-                done[partition] = record.offset + 1
-                processed += 1
+        try:
+            for partition, records in polled.items():
+                for record in records:
+                    if self.stopping.is_set():
+                        # Hand the rest back: seek so that the next owner (or we, on restart) gets them.
+                        self.consumer.seek(partition, record.offset)
+                        break
+                    self._settle([(record, self._outcome(record))])
+                    done[partition] = record.offset + 1
+                    processed += 1
+        except BaseException:
+            self._hand_back({p: done.get(p, batch[0].offset) for p, batch in polled.items() if batch})
+            self._commit(done)
+            raise
         self._commit(done)
         return processed
 
@@ -360,7 +488,7 @@ class ConsumerLoop(Generic[E]):
                     self.consumer.seek(partition, records[0].offset)
             return 0
         records = [record for batch in polled.values() for record in batch]
-        outcomes: list[list[Outgoing] | _Letter] = [[] for _ in records]
+        outcomes: list[list[Outgoing] | _Letter | BaseException] = [[] for _ in records]
         decoded: list[tuple[int, E]] = []
         for index, record in enumerate(records):
             event = self._decode(record)
@@ -371,10 +499,35 @@ class ConsumerLoop(Generic[E]):
         if decoded:
             results = self._round_results(handle_round, [event for _, event in decoded])
             for (index, _), result in zip(decoded, results, strict=True):
-                outcomes[index] = self._failure(records[index], result) if isinstance(result, BaseException) else result
-        self._settle(list(zip(records, outcomes, strict=True)))
-        self._commit({partition: batch[-1].offset + 1 for partition, batch in polled.items() if batch})
-        return len(records)
+                outcomes[index] = result
+        # A record that met an outage is handed back with every later record of its partition (offsets are
+        # committed in order); the others are settled as usual.
+        handed_back: dict[TopicPartition, int] = {}
+        outage: BaseException | None = None
+        for record, outcome in zip(records, outcomes, strict=True):
+            if isinstance(outcome, BaseException) and is_interruption(outcome):
+                partition = TopicPartition(record.topic, record.partition)
+                handed_back[partition] = min(handed_back.get(partition, record.offset), record.offset)
+                outage = outage or outcome
+        settled: list[tuple[Any, list[Outgoing] | _Letter]] = []
+        for record, outcome in zip(records, outcomes, strict=True):
+            first_back = handed_back.get(TopicPartition(record.topic, record.partition))
+            if first_back is not None and record.offset >= first_back:
+                continue
+            settled.append((record, self._failure(record, outcome) if isinstance(outcome, BaseException) else outcome))
+        try:
+            self._settle(settled)
+        except BaseException:
+            self._hand_back({partition: batch[0].offset for partition, batch in polled.items() if batch})
+            raise
+        done: dict[TopicPartition, int] = {}
+        for record, _ in settled:
+            done[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        self._hand_back(handed_back)
+        self._commit(done)
+        if outage is not None:
+            raise RoundInterrupted(outage)
+        return len(settled)
 
     @staticmethod
     def _round_results(handle_round: RoundHandler[E], events: list[E]) -> Sequence[list[Outgoing] | BaseException]:
@@ -399,14 +552,17 @@ class ConsumerLoop(Generic[E]):
         return decoded
 
     def _outcome(self, record: Any) -> list[Outgoing] | _Letter:
-        """What to produce for one record: the handler's records, or a dead letter. Never raises an ``Exception``."""
+        """What to produce for one record: the handler's records, or a dead letter. Raises only
+        :class:`RoundInterrupted`, when the handler met an outage (the record is then handed back)."""
         event = self._decode(record)
         if isinstance(event, _Letter):
             return event
         try:
             assert self.handler is not None  # one-by-one mode
             return self._retrying(self.handler, event)
-        except Exception as exc:  # noqa: BLE001 - any failure of one record becomes its dead letter (logged there)
+        except Exception as exc:  # any other failure of one record becomes its dead letter (logged there)
+            if is_interruption(exc):
+                raise RoundInterrupted(exc) from exc  # a dependency is away: handed back, not dead-lettered
             return self._failure(record, exc)
 
     def _failure(self, record: Any, exc: BaseException) -> _Letter:
@@ -516,13 +672,12 @@ class ConsumerLoop(Generic[E]):
                 flights.append(exc)
         return flights
 
-    @staticmethod
-    def _wait(flight: Any) -> Exception | None:
+    def _wait(self, flight: Any) -> Exception | None:
         """None once the broker has acknowledged the record, else why it was not."""
         if isinstance(flight, Exception):
             return flight
         try:
-            flight.get(timeout=PRODUCE_TIMEOUT_SECONDS)
+            flight.get(timeout=produce_timeout_seconds(self.producer))
         except Exception as exc:  # noqa: BLE001 - judged by the caller
             return exc
         return None
@@ -535,7 +690,43 @@ class ConsumerLoop(Generic[E]):
         """Hand records to the producer and return at once; ``.wait()`` for their acknowledgements."""
         return produce(self.producer, outgoing)
 
+    def _hand_back(self, first_offsets: dict[TopicPartition, int]) -> None:
+        """Seek each partition still owned back to the first of its records not settled, so that the next poll
+        returns them again (a partition that moved on is read by its new owner from the committed offset)."""
+        if not first_offsets:
+            return
+        try:
+            owned = self.consumer.assignment()
+        except Exception:  # noqa: BLE001 - the consumer is closing: nothing to hand back to
+            return
+        for partition, offset in first_offsets.items():
+            if partition in owned:
+                try:
+                    self.consumer.seek(partition, offset)
+                except Exception as exc:  # noqa: BLE001 - revoked meanwhile: its new owner reads it
+                    log.info(
+                        "partition not handed back", service=self.service, partition=str(partition), error=str(exc)
+                    )
+
     def _commit(self, next_offsets: dict[TopicPartition, int]) -> None:
-        """Commit every partition's next offset in one request (a round trip per partition adds up)."""
-        if next_offsets:
+        """Commit every partition's next offset in one request (a round trip per partition adds up).
+
+        A commit that fails is not an error of the records: they were handled and their outcomes produced;
+        the group moved on (this member was dropped while the broker was away, a rebalance) or the
+        coordinator is away. Their partitions' next owner reads them again from the last committed offset,
+        and the consumer rejoins at its next poll. Only a fatal configuration error raises.
+        """
+        if not next_offsets:
+            return
+        try:
             self.consumer.commit({p: OffsetAndMetadata(o, None, -1) for p, o in next_offsets.items()})
+        except Exception as exc:
+            if is_fatal(exc) or not isinstance(exc, KafkaError):
+                raise
+            COMMITS_REFUSED.labels(service=self.service, cause=type(exc).__name__).inc()
+            log.warning(
+                "commit refused: these records will be redelivered",
+                service=self.service,
+                partitions=len(next_offsets),
+                error=f"{type(exc).__name__}: {exc}",
+            )

@@ -19,6 +19,7 @@ from shared.catalog.engine import make_engine
 from shared.domain.catalog_objects import SavedQuery
 from shared.domain.query_sql import UnsafeSql, check_select
 from shared.errors import PermanentError
+from shared.outages import is_outage
 from shared.querystore.member_json import MEMBER_SEPARATOR, ROW_PATH_MARKER_JSON, ResultColumn
 from shared.querystore.paging import (
     LAST_KEY,
@@ -61,6 +62,11 @@ class QueryError(PermanentError):
 
 class QueryTimeout(QueryError):
     """The saved query ran longer than its timeout and was cancelled."""
+
+
+class StoreUnavailable(QueryError):
+    """The member store did not answer (connection refused or lost, the server shutting down): not the
+    query's fault, and a later read may succeed."""
 
 
 @dataclass(frozen=True)
@@ -430,7 +436,7 @@ class MemberReader:
             with self._cursor(query) as cursor:
                 statement.execute(cursor, self._values(base, last_key))
                 page_last_key, count, joined = cursor.fetchone()
-        except QueryTimeout:
+        except (QueryTimeout, StoreUnavailable):
             raise
         except QueryError:
             # The rows say what is wrong (the same error) or hold what the JSON could not (a SQLite blob).
@@ -505,6 +511,8 @@ class MemberReader:
             if time.monotonic() - started >= timeout:
                 raise QueryTimeout(f"query '{query.name}' timed out after {timeout:g} s") from exc
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            if is_outage(exc):
+                raise StoreUnavailable(f"the member store is unreachable ({reason})") from exc
             raise QueryError(f"query '{query.name}' failed: {reason}") from exc
 
     @contextmanager

@@ -253,6 +253,20 @@ def test_a_cloudevent_run_request_is_accepted_in_both_modes(binding):
     assert again.run_id == request.run_id  # a republished event is the same run
 
 
+@pytest.mark.parametrize("content_type", [b"application/json", b"application/json; charset=utf-8", None])
+def test_a_structured_cloudevent_sent_as_plain_json_is_accepted_with_its_time(content_type):
+    # What the older v1 SDK API (and many hand-written producers) send: the structured event's JSON under
+    # application/json, or with no content type at all.
+    event = _cloudevent(
+        {"definition": "vip"}, time=dt.datetime(2026, 11, 30, 8, 15, tzinfo=dt.UTC), datacontenttype="application/json"
+    )
+    message = to_structured(event, JSONFormat())
+    headers = [("content-type", content_type)] if content_type is not None else []
+    request = decode_run_request(message.value, headers)
+    assert (request.definition, request.trigger, request.requested_by) == ("vip", Trigger.EVENT, "/crm/segments")
+    assert request.requested_at == dt.datetime(2026, 11, 30, 8, 15, tzinfo=dt.UTC)
+
+
 def test_a_cloudevent_may_name_its_run_id():
     run_id = uuid.uuid4()
     message = to_structured(_cloudevent({"definition": "vip", "run_id": str(run_id)}), JSONFormat())

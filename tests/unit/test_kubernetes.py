@@ -133,6 +133,15 @@ def test_ports_probes_and_scrape_annotations_agree():
         assert template["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
+def test_consumers_are_restarted_when_wedged_and_unready_while_waiting_out_a_dependency():
+    # Liveness and readiness are different questions (shared/health.py): a service riding out a catalog
+    # outage must not be restarted, and a wedged loop must be, whatever /metrics answers.
+    for name in ("scheduler", "extractor", "dispatcher", "notifier"):
+        [container] = _deployments()[f"member-export-{name}"]["spec"]["template"]["spec"]["containers"]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/livez", name
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+
+
 def test_the_image_runs_as_the_user_the_manifests_require():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "USER 10001" in dockerfile

@@ -1,0 +1,144 @@
+"""The consumer loop rides out its dependencies on a real broker: a record that meets a database outage is
+handed back and handled once the database answers (never dead-lettered), and a refused commit is not fatal."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from kafka.errors import CommitFailedError
+from prometheus_client import REGISTRY
+
+from shared.events import RunRequested
+from shared.kafka import ConsumerLoop, Outgoing, ensure_topics
+from shared.settings import CommonSettings
+from tests.integration.test_consumer_loop import _loop
+from tests.kafka_helpers import produce, read_to_end
+
+pytestmark = pytest.mark.integration
+
+
+class LockedDatabase:
+    """A real SQLite database another connection holds an exclusive lock on until :meth:`release`."""
+
+    def __init__(self, path: Path) -> None:
+        self.engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.05})
+        with self.engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE handled (definition TEXT)")
+        self._reader = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 10})  # waits for the loop
+        self._blocker = sqlite3.connect(path, isolation_level=None)
+        self._blocker.execute("BEGIN EXCLUSIVE")
+        self.locked = True
+
+    def release(self) -> None:
+        self._blocker.execute("ROLLBACK")
+        self.locked = False
+
+    def close(self) -> None:
+        self._blocker.close()
+        self.engine.dispose()
+        self._reader.dispose()
+
+    def handled(self) -> list[str]:
+        with self._reader.connect() as connection:
+            return [row[0] for row in connection.exec_driver_sql("SELECT definition FROM handled ORDER BY rowid")]
+
+
+@contextmanager
+def _running(loop: ConsumerLoop[RunRequested]) -> Iterator[None]:
+    thread = threading.Thread(target=loop.run, name="loop", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        loop.stopping.set()
+        thread.join(30)
+        assert not thread.is_alive()
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the loop did not reach the expected state in time"
+        time.sleep(0.02)
+
+
+def _interruptions(service: str) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "export_consumer_rounds_interrupted_total", {"service": service, "cause": "OperationalError"}
+        )
+        or 0.0
+    )
+
+
+@pytest.mark.parametrize("rounds", [False, True], ids=["one-by-one", "rounds"])
+def test_records_meeting_a_database_outage_are_handled_in_order_once_it_answers_and_none_is_dead_lettered(
+    settings: CommonSettings, tmp_path: Path, rounds: bool
+):
+    ensure_topics(settings)
+    topics = settings.topics
+    database = LockedDatabase(tmp_path / "catalog.db")
+    service = f"outage-{rounds}"
+
+    def handler(request: RunRequested) -> list[Outgoing]:
+        with database.engine.begin() as connection:  # raises "database is locked" while the lock is held
+            connection.exec_driver_sql("INSERT INTO handled VALUES (?)", (request.definition,))
+        return []
+
+    definitions = [f"d{i}" for i in range(6)]
+    # One key: one partition, so the order of handling is the order of the records.
+    produce(
+        settings.kafka_bootstrap_servers,
+        topics.run_requests,
+        [("one-key", RunRequested(definition=d).to_bytes()) for d in definitions],
+    )
+    loop = _loop(settings, handler, rounds=rounds, service=service)
+    try:
+        with _running(loop):
+            _wait(lambda: _interruptions(service) >= 2)
+            assert loop.interrupted, "the loop says it is waiting out a dependency (readiness reads it)"
+            database.release()
+            _wait(lambda: database.handled() == definitions)
+            _wait(lambda: not loop.interrupted)
+    finally:
+        database.close()
+    assert read_to_end(settings.kafka_bootstrap_servers, topics.dead_letters) == []
+
+
+def test_a_commit_the_group_refuses_is_counted_and_the_loop_goes_on(settings: CommonSettings):
+    ensure_topics(settings)
+    topics = settings.topics
+    handled: list[str] = []
+
+    def handler(request: RunRequested) -> list[Outgoing]:
+        handled.append(request.definition)
+        return []
+
+    loop = _loop(settings, handler, service="commit-refused")
+    commit = loop.consumer.commit
+    refusals = [CommitFailedError("[Error 25] UnknownMemberIdError: the group moved on")]
+
+    def refusing_commit(*args, **kwargs):
+        if refusals:
+            raise refusals.pop()
+        return commit(*args, **kwargs)
+
+    loop.consumer.commit = refusing_commit
+    produce(settings.kafka_bootstrap_servers, topics.run_requests, [("k", RunRequested(definition="first").to_bytes())])
+    with _running(loop):
+        _wait(lambda: handled == ["first"] and not refusals)
+        produce(
+            settings.kafka_bootstrap_servers, topics.run_requests, [("k", RunRequested(definition="second").to_bytes())]
+        )
+        _wait(lambda: "second" in handled)
+    refused = REGISTRY.get_sample_value(
+        "export_consumer_commits_refused_total", {"service": "commit-refused", "cause": "CommitFailedError"}
+    )
+    assert refused == 1
