@@ -47,6 +47,7 @@ chaos: prerequisites
 
 ## Benchmarks: they print figures and ratios to a baseline measured in the same run (never pass/fail).
 bench: prerequisites
+	$(BIN)/python -m tests.benchmarks.bench_cli_startup
 	$(BIN)/python -m tests.benchmarks.bench_scheduler
 	$(BIN)/python -m tests.benchmarks.bench_extractor
 	$(BIN)/python -m tests.benchmarks.bench_http_clients

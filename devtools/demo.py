@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import string
 import subprocess
 import sys
 import time
@@ -67,13 +66,13 @@ def run_demo(members: int, work_dir: Path) -> int:
             "EXPORT_TOPIC_PREFIX": f"demo{int(time.time())}.",
             "PARTNER_DEMO_RECEIVER_TOKEN": "demo-token-not-a-real-secret",  # env: references need PARTNER_
         }
-        manifest = work_dir / "demo-export.yaml"
-        manifest.write_text(string.Template(MANIFEST.read_text()).safe_substitute(RECEIVER_URL=receiver.url))
         exportctl = [sys.executable, "-m", "shared.cli"]
         child_env = {**os.environ, **env}
         # What an operator does first, and after every release: bring the catalog's schema up to date.
         subprocess.run([*exportctl, "db", "upgrade"], env=child_env, check=True)
-        subprocess.run([*exportctl, "apply", "-f", str(manifest)], env=child_env, check=True)
+        # As an operator would apply the shipped manifest: its variable given on the command line.
+        apply = [*exportctl, "apply", "-f", str(MANIFEST), "--var", f"RECEIVER_URL={receiver.url}"]
+        subprocess.run(apply, env=child_env, check=True)
 
         pipeline = stack.enter_context(LocalPipeline(env, work_dir / "logs"))
         _say(f"services started: {', '.join(pipeline.services)} (logs in {work_dir / 'logs'})")

@@ -134,6 +134,8 @@ class RunStarted(Event):
     definition: str
     trigger: Trigger
     requested_by: str | None = None
+    #: The request's own time (its ``requested_at``: a CloudEvent's ``time``), kept in the run's record.
+    requested_at: AwareDatetime | None = None
     scheduled_for: AwareDatetime | None = None
     #: A replay run (``exportctl dead-letters replay``) names the run whose dead letters it re-sends.
     replay_of: uuid.UUID | None = None

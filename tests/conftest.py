@@ -32,6 +32,12 @@ def _docker_answers() -> bool:
         return sock.connect_ex(sock_path) == 0
 
 
+@pytest.fixture(autouse=True)
+def _no_exportctl_contexts(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """exportctl run in-process (or by a test's subprocess) never reads the developer's own contexts."""
+    monkeypatch.setenv("EXPORTCTL_CONFIG", str(tmp_path_factory.getbasetemp() / "no-exportctl-config.yaml"))
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """host:port of a real Kafka broker."""

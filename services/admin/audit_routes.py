@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from services.admin.dependencies import Context, Reader
 from shared.application.audit import read_audit
+from shared.domain.strict_values import IsoDateTime
 
 router = APIRouter(tags=["Audit"])
 
@@ -37,7 +38,7 @@ def audit(
     object: Annotated[str | None, Query(max_length=100, description="an object's name")] = None,
     kind: Annotated[str | None, Query(max_length=40)] = None,
     actor: Annotated[str | None, Query(max_length=200, description="who made the change")] = None,
-    since: datetime | None = None,
+    since: IsoDateTime | None = None,
     limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[AuditView]:

@@ -26,6 +26,7 @@ from shared.domain.catalog_objects import (
 )
 from shared.domain.names import Name
 from shared.domain.schedule import Schedule, next_fire_times
+from shared.domain.strict_values import BoolText
 
 T = TypeVar("T", bound=CatalogObject)
 router = APIRouter()
@@ -156,7 +157,7 @@ def search_definitions(
     name_contains: Annotated[str | None, Query(max_length=200, description="in the name or the label")] = None,
     business_unit: Annotated[str | None, Query(max_length=200)] = None,
     priority: Priority | None = None,
-    enabled: Annotated[bool | None, Query(description="the schedule is enabled")] = None,
+    enabled: Annotated[BoolText | None, Query(description="the schedule is enabled")] = None,
     template: Annotated[str | None, Query(max_length=100)] = None,
     query: Annotated[str | None, Query(max_length=100)] = None,
     sort: Literal["name", "-name", "priority", "-priority", "business_unit", "-business_unit"] = "name",
@@ -339,7 +340,7 @@ def apply_objects(
     context: Context,
     caller: Editor,
     request: ApplyRequest,
-    dry_run: Annotated[bool, Query(description="say what would change, change nothing")] = False,
+    dry_run: Annotated[BoolText, Query(description="say what would change, change nothing")] = False,
 ) -> ApplyResponse:
     objects = parse_object_documents([document.model_dump() for document in request.objects], "body")
     changes = use_cases.apply_objects(

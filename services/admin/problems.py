@@ -6,15 +6,19 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from shared.application.errors import Refused
 from shared.errors import StoredObjectInvalid
 from shared.secrets_at_rest import SecretsUnreadable
 
 PROBLEM_TYPE_BASE = "https://member-export.dev/problems/"
+#: The media type of every error answer (RFC 9457), and the one the OpenAPI document declares them under.
+PROBLEM_MEDIA_TYPE = "application/problem+json"
 TITLES = {
     400: "Bad request",
     401: "Unauthorized",
@@ -63,7 +67,9 @@ def problem_response(
     *,
     slug: str | None = None,
     errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
+    """``status`` as problem details; ``headers`` are kept (a 405's ``Allow``), a 401 says ``WWW-Authenticate``."""
     problem = Problem(
         type=PROBLEM_TYPE_BASE + slug if slug else "about:blank",
         title=TITLES.get(status, "Error"),
@@ -72,12 +78,14 @@ def problem_response(
         instance=request.url.path,
         errors=errors,
     )
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(
         problem.model_dump(exclude_none=True),
         status_code=status,
-        media_type="application/problem+json",
-        headers=headers,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers or None,
     )
 
 
@@ -128,7 +136,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(request, exc.status_code, str(exc.detail))
+        # The exception's headers are part of the answer: a 405 says which methods the path has (Allow).
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+        return problem_response(request, exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -136,9 +148,82 @@ def install(app: FastAPI) -> None:
         return problem_response(request, 500, "unexpected error; see the admin API's log")
 
 
+#: The methods a 405's ``Allow`` may name.
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` of a 405: every method some route of the path takes (Starlette names only one route's).
+
+    Asked of the routes themselves (``matches``), with a fresh scope per method: the public routing API.
+    """
+    allowed = []
+    for method in _METHODS:
+        scope = {"type": "http", "path": request.scope["path"], "root_path": request.scope.get("root_path", "")}
+        scope["method"] = method
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` documenting these statuses as problem details."""
+    """OpenAPI ``responses`` documenting these statuses as problem details (under ``application/problem+json``)."""
     return {
-        status: {"model": Problem, "content": {"application/problem+json": {}}, "description": TITLES[status]}
+        status: {"description": TITLES[status], "content": {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_REF}}}
         for status in statuses
     }
+
+
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+#: FastAPI's own 422 body, which this API never sends (its 422 is a problem): taken out of the document.
+_FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def openapi_with_problems(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document of ``app`` with every error answer declared as the server sends it.
+
+    Statuses every operation of a kind can answer are added here, in one place: 401 and 403 where a
+    bearer token is needed (``security``), 422 where there is a parameter or a body to refuse, 400 and
+    413 where there is a body to decode and bound. Each error response has the Problem schema under
+    ``application/problem+json`` and nothing else.
+    """
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes, tags=app.openapi_tags
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(problem.pop("$defs", {}))
+    components["Problem"] = problem
+    for name in _FASTAPI_VALIDATION_SCHEMAS:
+        components.pop(name, None)
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            wanted = [status for status, applies in _COMMON_STATUSES if applies(operation)]
+            for status in wanted:
+                responses.setdefault(str(status), {"description": TITLES[status]})
+            for status, response in responses.items():
+                if status[:1] in {"4", "5"}:
+                    response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_REF}}
+                    if status == "422":
+                        response["description"] = TITLES[422] + ": `errors` names each invalid field"
+    app.openapi_schema = schema
+    return schema
+
+
+def _with_token(operation: dict[str, Any]) -> bool:
+    return bool(operation.get("security"))
+
+
+def _with_input(operation: dict[str, Any]) -> bool:
+    return bool(operation.get("parameters") or operation.get("requestBody"))
+
+
+def _with_body(operation: dict[str, Any]) -> bool:
+    return "requestBody" in operation
+
+
+#: 400 where a body may not even be decoded (not UTF-8); 422 is for a body that is JSON but invalid.
+_COMMON_STATUSES = [(400, _with_body), (401, _with_token), (403, _with_token), (413, _with_body), (422, _with_input)]

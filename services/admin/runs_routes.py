@@ -17,6 +17,7 @@ from shared.application import runs as use_cases
 from shared.application.dry_run import dry_run as render_dry_run
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.runs import RunRecord, RunStatus
+from shared.domain.strict_values import IsoDateTime
 
 router = APIRouter(tags=["Runs"])
 ERRORS = problem_responses(404, 409, 422)
@@ -30,6 +31,7 @@ class RunView(BaseModel):
     status: RunStatus
     trigger: str | None
     requested_by: str | None
+    requested_at: datetime | None
     scheduled_for: datetime | None
     replay_of: uuid.UUID | None
     started_at: datetime | None
@@ -53,6 +55,7 @@ class RunView(BaseModel):
             status=record.status,
             trigger=record.trigger,
             requested_by=record.requested_by,
+            requested_at=record.requested_at,
             scheduled_for=record.scheduled_for,
             replay_of=record.replay_of,
             started_at=record.started_at,
@@ -160,8 +163,8 @@ class RunFilter:
     """The filters of a run list (query parameters), most recent runs first."""
 
     status: Annotated[list[RunStatus] | None, Query()] = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: IsoDateTime | None = None
+    until: IsoDateTime | None = None
     limit: Annotated[int, Query(ge=1, le=500)] = 50
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0
 

@@ -246,6 +246,7 @@ class Extractor:
                         definition=definition.name,
                         trigger=request.trigger,
                         requested_by=request.requested_by,
+                        requested_at=request.requested_at,
                         scheduled_for=request.scheduled_for,
                     ),
                 )

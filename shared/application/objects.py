@@ -16,7 +16,7 @@ from shared.application.actors import Actor, Permission, authorise
 from shared.application.audit import change
 from shared.application.checks import ObjectChecks, checked
 from shared.application.errors import Conflict, Forbidden, Invalid, Missing
-from shared.application.masked_secrets import keep_masked_secrets
+from shared.application.masked_secrets import MASK, keep_masked_secrets
 from shared.application.ports import DefinitionsStore
 from shared.domain.catalog_objects import (
     KINDS,
@@ -183,6 +183,8 @@ def apply_objects(
         if current is not None:
             in_scope(actor, current)  # no taking over another unit's definition by name
             covers_dependents(actor, store, current)
+    # A manifest written from `get -o yaml` carries secrets masked: a mask means "keep the stored one".
+    objects = [_keeping_masked_secrets(obj, store.find(type(obj), obj.name)) for obj in objects]
     objects = checked(objects, store, checks)
     changes, writes, audit = [], [], []
     for obj in objects:
@@ -200,6 +202,17 @@ def apply_objects(
     if writes and not dry_run:
         store.apply_all(writes, audit=audit)
     return changes
+
+
+def _keeping_masked_secrets(obj: T, current: T | None) -> T:
+    """``obj`` with every masked secret (``**********``, as reads answer) replaced by ``current``'s value."""
+    if current is None:
+        return obj
+    wanted = stored_form(obj)
+    if MASK not in str(wanted):  # nothing masked: the object as given (no needless round trip)
+        return obj
+    kept: T = type(obj).model_validate(keep_masked_secrets(wanted, current))  # type: ignore[assignment]
+    return kept
 
 
 def _from_body(store: DefinitionsStore, kind: type[T], body: dict[str, Any], old: T | None = None) -> T:

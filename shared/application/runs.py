@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from typing import Any
 
@@ -41,23 +43,26 @@ def request_run(
 
     Recorded before it is published: the run is visible (queued) at once, and a crash between the two
     leaves a queued run the notifier's sweep fails as stuck rather than a run nobody knows about. With
-    an ``idempotency_key``, a retried request returns the run the first one started and publishes nothing.
+    an ``idempotency_key``, a retried request returns the run the first one started and publishes nothing;
+    the key reused for a different request is :class:`Invalid` (see :func:`claim_idempotency_key`).
     """
     authorise(actor, Permission.RUN)
     definition_id, definition = visible_with_id(actor, store, ExportDefinition, name)
     parameters = validated_parameters(definition, store, parameters or {})
     run_id = uuid.uuid4()
     if idempotency_key:
-        run_id = runs.claim_idempotency_key(actor.name, definition.name, idempotency_key, run_id)
+        run_id = claim_idempotency_key(actor, idempotency_key, definition.name, parameters, runs=runs, run_id=run_id)
         known = runs.get_run(run_id)
         if known is not None:
             return known
+    requested_at = utc_now()
     record = RunRecord(
         run_id=run_id,
         definition=definition.name,
         trigger=Trigger.MANUAL.value,
         requested_by=actor.name,
-        last_event_at=utc_now(),
+        requested_at=requested_at,
+        last_event_at=requested_at,
         definition_id=definition_id,
         business_unit=definition.business_unit,
     )
@@ -68,10 +73,43 @@ def request_run(
             definition=definition.name,
             trigger=Trigger.MANUAL,
             requested_by=actor.name,
+            requested_at=requested_at,
             parameters=parameters,
         )
     )
     return record
+
+
+def request_fingerprint(definition: str, parameters: dict[str, Any]) -> str:
+    """What identifies a run request under an idempotency key: the definition and the parameters as sent."""
+    canonical = json.dumps({"definition": definition, "parameters": parameters}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def claim_idempotency_key(
+    actor: Actor, key: str, definition: str, parameters: dict[str, Any], *, runs: RunsStore, run_id: uuid.UUID
+) -> uuid.UUID:
+    """The run of the caller's ``key``: ``run_id`` when the key is new, the earlier run when the same request
+    was made with it before; :class:`Invalid` when it was used for a different request.
+
+    As the IETF Idempotency-Key draft says, a key names one request: reusing it with another definition or
+    other parameters is a client error (422), not the earlier run (which would hide that nothing started).
+    Two claims, each atomic in the store: first the request's (key and fingerprint) gets a run, then the
+    key alone is bound to that run. Whichever request binds the key first owns it; any other request
+    under it finds the key bound to another run. Two concurrent retries of one request find the same run
+    in both claims, so neither is refused.
+    """
+    fingerprint = request_fingerprint(definition, parameters)
+    request_run_id = runs.claim_idempotency_key(actor.name, f"request:{fingerprint}", key, run_id)
+    # The key alone, scoped by caller only (the definition is part of the request): "" is no definition name.
+    key_run_id = runs.claim_idempotency_key(actor.name, "", key, request_run_id)
+    if key_run_id != request_run_id:
+        raise Invalid(
+            f"Idempotency-Key '{key}' was already used for a different request (another definition or other "
+            "parameters): use a new key for a new request, the same key only to retry the same request",
+            slug="idempotency-key-reused",
+        )
+    return key_run_id
 
 
 def visible_run(actor: Actor, run_id: uuid.UUID, *, runs: RunsReader) -> RunRecord:

@@ -228,7 +228,12 @@ class SqlRunsStore:
     # --- idempotency keys ----------------------------------------------------------------------------
 
     def claim_idempotency_key(self, caller: str, definition: str, key: str, run_id: uuid.UUID) -> uuid.UUID:
-        """The run of an ``Idempotency-Key``: ``run_id`` when the key is new, else the run it started before."""
+        """The run of an ``Idempotency-Key``: ``run_id`` when the key is new, else the run it started before.
+
+        One atomic claim of (caller, definition, key). The use case (``shared.application.runs``) claims the
+        key twice through it: with the request's fingerprint in place of ``definition``, then with "" for
+        the key alone, so that a key reused for a different request is told apart from a retry.
+        """
         scope = hashlib.sha256(f"{caller}\0{definition}\0{key}".encode()).hexdigest()
         with self.database.transaction() as session:
             values = {"scope": scope, "run_id": str(run_id), "created_at": now()}
@@ -288,6 +293,7 @@ _FROM_COLUMN: dict[str, Any] = {
     "definition_id": lambda value: uuid.UUID(value) if value else None,
     "terminal_status": lambda value: RunStatus(value) if value else None,
     "error_samples": lambda value: tuple(value or ()),
+    "requested_at": aware,
     "scheduled_for": aware,
     "started_at": aware,
     "last_event_at": aware,

@@ -38,6 +38,7 @@ class RunRow(Base):
     status: Mapped[str] = mapped_column(String(32), index=True)
     trigger: Mapped[str | None] = mapped_column(String(16))
     requested_by: Mapped[str | None] = mapped_column(String(200))
+    requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     scheduled_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     replay_of: Mapped[str | None] = mapped_column(String(36), index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -6,16 +6,24 @@ import argparse
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from shared.cli.common import CliSettings, fail
+from shared.cli.exits import CliError, fail
+from shared.cli.kinds import KIND_HELP, canonical_kind
+from shared.cli.output import dump, output_option
 
 if TYPE_CHECKING:
+    from shared.cli.common import CliSettings
     from shared.cli.direct import Direct
 
 
-def print_entries(entries: list[dict[str, Any]], details: bool) -> None:
-    """One line per change (the fields it changed); with ``details``, the object before and after."""
+def print_entries(entries: list[dict[str, Any]], details: bool, fmt: str = "table") -> None:
+    """One line per change (the fields it changed); with ``details``, the object before and after.
+
+    ``-o yaml`` or ``json``: the entries as they are (before and after included)."""
+    if fmt != "table":
+        dump(entries, fmt)
+        return
+    import yaml
+
     for entry in entries:
         before, after = entry.get("before") or {}, entry.get("after") or {}
         fields = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
@@ -68,19 +76,31 @@ def cmd_audit(settings: CliSettings, args: argparse.Namespace) -> int:
                 for e in entries
             ],
             args.details,
+            args.output,
         )
         return 0
 
     return on_catalog(settings, show)
 
 
-def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``audit``."""
-    audit = commands.add_parser("audit", help="who changed what in the catalog, newest first")
-    audit.add_argument("--object", help="an object's name")
-    audit.add_argument("--kind", help="ConnectionProfile, HttpTemplate, SavedQuery or ExportDefinition")
-    audit.add_argument("--actor", help="who made the change")
-    audit.add_argument("--since", help="ISO date or date-time")
-    audit.add_argument("--limit", type=int, default=50)
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser] | None = None
+) -> None:
+    """Register ``audit`` (both modes)."""
+    audit = commands.add_parser("audit", help="who changed what in the catalog, newest first", parents=parents or [])
+    audit.add_argument("--object", metavar="NAME", help="only changes of the object of this name")
+    audit.add_argument("--kind", type=_kind, help=f"only changes of this kind: {KIND_HELP}")
+    audit.add_argument("--actor", help="only changes made by this actor")
+    audit.add_argument("--since", help="only changes from this ISO date or date-time on")
+    audit.add_argument("--limit", type=int, default=50, help="at most this many changes (default: 50)")
     audit.add_argument("--details", action="store_true", help="print each object before and after (secrets masked)")
-    audit.set_defaults(func=cmd_audit)
+    output_option(audit, "table")
+    audit.set_defaults(func=cmd_audit, api="cmd_audit", catalog="needs", local=None)
+
+
+def _kind(name: str) -> str:
+    """An argparse type: a kind's name or alias, as the kind's own name."""
+    try:
+        return canonical_kind(name)
+    except CliError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None

@@ -1,19 +1,16 @@
-"""What exportctl's commands share: its settings, failing with a message, following a run."""
+"""What exportctl's direct-mode commands share: its settings, and the run view of a run record."""
 
 from __future__ import annotations
 
-import sys
-import time
-import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from shared.domain.runs import RunRecord
+from shared.cli.exits import USAGE, CliError
 from shared.settings import CommonSettings
 
 if TYPE_CHECKING:
-    from shared.application.ports import RunsReader
+    from shared.domain.runs import RunRecord
 
 
 class CliSettings(CommonSettings):
@@ -25,8 +22,8 @@ class CliSettings(CommonSettings):
     )
     api_url: str = Field(
         default="",
-        description="The admin API (e.g. http://export-admin:8080): when set, exportctl works through it "
-        "(list, search, describe, apply, delete, copy, run, runs, dry-run); else on the catalog directly.",
+        description="The admin API (e.g. http://export-admin:8080, /api/v1 optional): when set, exportctl works "
+        "through it; else on the catalog directly. --api-url and contexts (exportctl config) also set it.",
     )
     api_token: str = Field(default="", description="exportctl's bearer token for the admin API.")
     extractor_max_record_bytes: int = Field(
@@ -36,59 +33,42 @@ class CliSettings(CommonSettings):
     )
 
 
-def fail(message: str) -> int:
-    """Print ``exportctl: message`` to stderr; return the usage-error exit code."""
-    print(f"exportctl: {message}", file=sys.stderr)
-    return 2
+def settings_or_refusal() -> CliSettings:
+    """The settings from the environment; :class:`CliError` (usage) naming each invalid one."""
+    try:
+        return CliSettings()
+    except ValidationError as exc:
+        problems = [
+            f"EXPORT_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        raise CliError("invalid setting(s)\n  " + "\n  ".join(problems), USAGE) from None
 
 
-def summary(record: RunRecord) -> str:
-    """A run's outcome in a few lines (status, counts, duration, error samples, replay link)."""
-    duration = f"{record.duration_seconds:.1f}s" if record.duration_seconds is not None else "-"
-    lines = [
-        f"run {record.run_id} of '{record.definition}': {record.status.value}",
-        f"  read: {record.extracted}  delivered: {record.delivered}  failed: {record.failed}  duration: {duration}",
-    ]
-    if record.replay_of is not None:
-        lines.append(f"  replay of run {record.replay_of}")
-    lines += [f"  error: {error}" for error in record.error_samples]
-    return "\n".join(lines)
+def view_of(record: RunRecord) -> dict[str, Any]:
+    """A run record as the admin API shows a run (its JSON view), for the printing both modes share."""
 
+    def when(value: Any) -> str | None:
+        return value.isoformat() if value is not None else None
 
-def run_line(record: RunRecord) -> str:
-    """One run on one line, for run lists."""
-    started = record.started_at.isoformat(timespec="seconds") if record.started_at else "-"
-    return (
-        f"{record.run_id}  {record.definition:<30} {record.status.value:<22} {started}  "
-        f"read {record.extracted} delivered {record.delivered} failed {record.failed}"
-    )
-
-
-def parse_params(pairs: list[str] | None) -> dict[str, str]:
-    """``--param NAME=VALUE`` options as a mapping; ValueError naming a malformed one."""
-    parameters = {}
-    for pair in pairs or []:
-        name, equals, value = pair.partition("=")
-        if not equals:
-            raise ValueError(f"--param '{pair}': expected NAME=VALUE")
-        parameters[name] = value
-    return parameters
-
-
-def wait_for_run(runs: RunsReader, run_id: uuid.UUID, timeout: float) -> int:
-    """Follow a run until it is final; print its summary; exit 0 only if it succeeded."""
-    deadline = time.monotonic() + timeout
-    shown = ""
-    while time.monotonic() < deadline:
-        record = runs.get_run(run_id)
-        if record is not None:
-            total = str(record.extracted) if record.extraction_complete else "?"
-            line = f"  {record.status.value}: delivered {record.delivered} / {total}, failed {record.failed}"
-            if line != shown and sys.stdout.isatty():
-                print(line, flush=True)
-                shown = line
-            if record.status.is_final:
-                print(summary(record))
-                return 0 if record.status.value == "succeeded" else 1
-        time.sleep(0.25)
-    return fail(f"run {run_id} did not finish within {timeout:.0f}s")
+    return {
+        "run_id": str(record.run_id),
+        "definition": record.definition,
+        "status": record.status.value,
+        "trigger": record.trigger,
+        "requested_by": record.requested_by,
+        "requested_at": when(record.requested_at),
+        "scheduled_for": when(record.scheduled_for),
+        "replay_of": str(record.replay_of) if record.replay_of else None,
+        "started_at": when(record.started_at),
+        "finished_at": when(record.finished_at),
+        "duration_seconds": record.duration_seconds,
+        "extraction_complete": record.extraction_complete,
+        "extracted": record.extracted,
+        "batches_expected": record.batches_expected,
+        "batches_done": record.batches_done,
+        "delivered": record.delivered,
+        "failed": record.failed,
+        "failure_reason": record.failure_reason,
+        "error_samples": list(record.error_samples),
+    }

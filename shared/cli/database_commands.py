@@ -10,17 +10,14 @@ import argparse
 import sys
 from typing import Protocol
 
+from shared.cli.exits import fail as _fail
+
 
 class CatalogSettings(Protocol):
     """What these commands need of the settings: where the catalog is."""
 
     @property
     def catalog_url(self) -> str: ...
-
-
-def _fail(message: str) -> int:
-    print(f"exportctl: {message}", file=sys.stderr)
-    return 2
 
 
 def _print_catalog(url: str) -> None:
@@ -100,13 +97,18 @@ def cmd_downgrade(settings: CatalogSettings, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``db upgrade``, ``db current`` and ``db downgrade``."""
-    parser = commands.add_parser("db", help="the catalog's schema: upgrade it, or see its revision")
-    sub = parser.add_subparsers(dest="db_command", required=True)
-    upgrading = sub.add_parser("upgrade", help="migrate the catalog to this release's schema")
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser] | None = None
+) -> None:
+    """Register ``db upgrade``, ``db current`` and ``db downgrade`` (on the catalog directly, in every mode)."""
+    parser = commands.add_parser(
+        "db", help="(catalog) the catalog's schema: upgrade it, or see its revision", parents=parents or []
+    )
+    parser.set_defaults(api=None, catalog="needs", local=None)
+    sub = parser.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
+    upgrading = sub.add_parser("upgrade", help="migrate the catalog to this release's schema (creates it if new)")
     upgrading.add_argument("--revision", default="head", help="the revision to upgrade to (default: head)")
-    upgrading.set_defaults(func=cmd_upgrade)
+    upgrading.set_defaults(func=cmd_upgrade, catalog="creates")
     current = sub.add_parser("current", help="the catalog's revision; exit status 1 when it is not head")
     current.set_defaults(func=cmd_current)
     downgrading = sub.add_parser(

@@ -2,7 +2,8 @@
 
 A replay is a run of its own (trigger ``replay``, ``replay_of`` the original run), so it has its own
 counts, emails and history; its batches go through the definition's *current* template and profile,
-which is the point: replay once the endpoint or the template is fixed.
+which is the point: replay once the endpoint or the template is fixed. Both read the dead-letter topic,
+hence need Kafka (and the replay the catalog): a broker that cannot be reached is said at once.
 """
 
 from __future__ import annotations
@@ -12,16 +13,21 @@ import uuid
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from shared.cli.common import CliSettings, fail, wait_for_run
+from shared.cli.argtypes import positive_float
+from shared.cli.exits import OK, USAGE, CliError
+from shared.cli.output import dump, output_option, table
 
 if TYPE_CHECKING:
+    from shared.cli.common import CliSettings
     from shared.cli.direct import Direct
 
 
 def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
     """Dead letters grouped by run and reason, with member counts."""
-    from shared.kafka.event_publisher import KafkaDeadLetters  # loaded when used (exportctl's start-up)
+    from shared.cli.reachability import require_kafka  # loaded when used (exportctl's start-up)
+    from shared.kafka.event_publisher import KafkaDeadLetters
 
+    require_kafka(settings.kafka_bootstrap_servers)
     groups: Counter[tuple[str, str, str]] = Counter()
     letters = 0
     for letter in KafkaDeadLetters(settings).dead_letters():
@@ -32,22 +38,27 @@ def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
         letters += 1
         run = str(letter.run_id) if letter.run_id else f"({letter.service}: unreadable record)"
         groups[(run, letter.definition or "-", letter.reason[:100])] += len(letter.members or []) or 1
-    for (run, definition, reason), members in sorted(groups.items()):
-        print(f"{run}  {definition:<30} {members:>7} member(s)  {reason}")
+    rows = [(run, definition, members, reason) for (run, definition, reason), members in sorted(groups.items())]
+    if args.output != "table":
+        dump([{"run": r, "definition": d, "members": m, "reason": why} for r, d, m, why in rows], args.output)
+        return OK
+    table(("RUN", "DEFINITION", "MEMBERS", "REASON"), rows)
     print(f"{letters} dead letter(s)")
-    return 0
+    return OK
 
 
 def cmd_replay(settings: CliSettings, args: argparse.Namespace) -> int:
     """Start a replay run of a run's dead-lettered members."""
     from shared.application.replay import replay_dead_letters  # loaded when used (exportctl's start-up)
-    from shared.cli.direct import on_catalog
+    from shared.cli.direct import on_catalog, wait_for_run
+    from shared.cli.reachability import require_kafka
     from shared.kafka.event_publisher import KafkaDeadLetters
 
     try:
         original = uuid.UUID(args.run)
     except ValueError:
-        return fail(f"'{args.run}' is not a run id")
+        raise CliError(f"'{args.run}' is not a run id", USAGE) from None
+    require_kafka(settings.kafka_bootstrap_servers)
 
     def replay(context: Direct) -> int:
         started = replay_dead_letters(
@@ -62,21 +73,29 @@ def cmd_replay(settings: CliSettings, args: argparse.Namespace) -> int:
         print(
             f"run {started.run_id} replays {started.members} member(s) of run {original} in {started.batches} batch(es)"
         )
-        return wait_for_run(context.stores.runs, started.run_id, args.timeout) if args.wait else 0
+        return wait_for_run(context, started.run_id, args.timeout) if args.wait else OK
 
     return on_catalog(settings, replay)
 
 
-def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``dead-letters list`` and ``dead-letters replay``."""
-    parser = commands.add_parser("dead-letters", help="list dead letters, or replay a run's")
-    sub = parser.add_subparsers(dest="dead_letters_command", required=True)
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser] | None = None
+) -> None:
+    """Register ``dead-letters list`` and ``dead-letters replay`` (on Kafka and the catalog directly)."""
+    parser = commands.add_parser(
+        "dead-letters", help="(catalog, Kafka) list dead letters, or replay a run's", parents=parents or []
+    )
+    parser.set_defaults(api=None, catalog="needs", local=None)
+    sub = parser.add_subparsers(dest="dead_letters_command", required=True, metavar="SUBCOMMAND")
     listing = sub.add_parser("list", help="dead letters by run and reason")
-    listing.add_argument("--run", help="only this run id")
-    listing.add_argument("--definition", help="only this definition")
-    listing.set_defaults(func=cmd_list)
+    listing.add_argument("--run", metavar="RUN_ID", help="only this run's")
+    listing.add_argument("--definition", metavar="NAME", help="only this definition's")
+    output_option(listing, "table")
+    listing.set_defaults(func=cmd_list, catalog="none")
     replay = sub.add_parser("replay", help="send a run's dead-lettered members again, as a replay run")
     replay.add_argument("run", help="the run id whose dead letters to replay")
     replay.add_argument("--wait", action="store_true", help="follow the replay run and print its summary")
-    replay.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
+    replay.add_argument(
+        "--timeout", type=positive_float, default=600.0, metavar="SECONDS", help="seconds to wait with --wait"
+    )
     replay.set_defaults(func=cmd_replay)

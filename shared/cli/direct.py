@@ -4,18 +4,25 @@ the member store and Kafka, acting as the local operator."""
 from __future__ import annotations
 
 import getpass
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from sqlalchemy.exc import OperationalError
 
 from shared.application.actors import Actor, local_operator
 from shared.application.checks import ObjectChecks
 from shared.application.errors import Refused
 from shared.catalog import CatalogStores, make_engine
 from shared.catalog.schema import SchemaOutdated, require_current
-from shared.cli.common import CliSettings, fail
+from shared.cli.common import CliSettings, view_of
+from shared.cli.exits import NOT_FOUND, REFUSED, UNREACHABLE, USAGE, CliError, code_of_refusal
+from shared.cli.progress import follow
+from shared.cli.reachability import require_kafka
+from shared.cli.run_views import View
 from shared.domain.destinations import DestinationPolicy
 from shared.errors import NotFound, StoredObjectInvalid
 from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait
@@ -64,6 +71,7 @@ class Direct:
 
     def _send(self, outgoing: list[Outgoing]) -> None:
         if self._producer is None:
+            require_kafka(self.settings.kafka_bootstrap_servers)
             ensure_topics(self.settings)
             self._producer = make_producer(self.settings, "exportctl")
             self._resources.callback(self._producer.close)
@@ -96,11 +104,34 @@ def direct(settings: CliSettings) -> Iterator[Direct]:
 
 
 def on_catalog(settings: CliSettings, command: Callable[[Direct], int]) -> int:
-    """Run a direct-mode command; a refusal or an unusable catalog becomes its reason on stderr (exit 2)."""
+    """Run a direct-mode command; a refusal or an unusable catalog becomes a :class:`CliError` with its code.
+
+    A refusal reads as the admin API's ``detail`` does, and exits with the code of its status (404: 3,
+    else 4); a catalog or broker that cannot be reached exits 5.
+    """
     try:
         with direct(settings) as context:
             return command(context)
     except Refused as exc:
-        return fail(exc.problems[0] if len(exc.problems) == 1 else "refused\n  " + "\n  ".join(exc.problems))
-    except (CatalogUnusable, NotFound, StoredObjectInvalid, SecretsUnreadable) as exc:
-        return fail(str(exc))
+        message = exc.problems[0] if len(exc.problems) == 1 else "refused\n  " + "\n  ".join(exc.problems)
+        raise CliError(message, code_of_refusal(exc)) from None
+    except NotFound as exc:
+        raise CliError(str(exc), NOT_FOUND) from None
+    except StoredObjectInvalid as exc:
+        raise CliError(str(exc), REFUSED) from None
+    except (CatalogUnusable, SecretsUnreadable) as exc:  # the settings do not fit the catalog
+        raise CliError(str(exc), USAGE) from None
+    except OperationalError as exc:
+        raise CliError(f"the catalog cannot be used: {exc.orig or exc}", UNREACHABLE) from None
+    except KafkaError as exc:
+        raise CliError(f"Kafka: {type(exc).__name__}: {exc}", UNREACHABLE) from None
+
+
+def wait_for_run(context: Direct, run_id: uuid.UUID, timeout: float) -> int:
+    """Follow a run in the catalog with a progress bar until it is final; its summary (exit 0 if it succeeded)."""
+
+    def fetch() -> View | None:
+        record = context.stores.runs.get_run(run_id)
+        return view_of(record) if record is not None else None
+
+    return follow(fetch, str(run_id), timeout, poll_seconds=0.25)

@@ -1,7 +1,8 @@
-"""exportctl's commands on the catalog directly (no ``EXPORT_API_URL``): each a thin caller of a use case.
+"""exportctl's commands on the catalog directly (no admin API configured): each a thin caller of a use case.
 
 Imported only when one of them runs, so that exportctl through the admin API starts without loading the
-catalog, SQLAlchemy, Alembic or the SQL parser.
+catalog, SQLAlchemy, Alembic or the SQL parser. They print what their API twins in
+:mod:`shared.cli.api_commands` print, through the same views.
 """
 
 from __future__ import annotations
@@ -10,29 +11,40 @@ import argparse
 import json
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
-
-import yaml
+from typing import Any
 
 from shared.application import objects as object_use_cases
 from shared.application import runs as run_use_cases
 from shared.application.dry_run import dry_run
-from shared.cli.api import ALIASES
-from shared.cli.api_commands import print_dry_run
-from shared.cli.common import CliSettings, fail, parse_params, run_line, summary, wait_for_run
-from shared.cli.direct import Direct, on_catalog
+from shared.cli.common import CliSettings, view_of
+from shared.cli.direct import Direct, on_catalog, wait_for_run
+from shared.cli.exits import NOT_FOUND, OK, REFUSED, CliError
+from shared.cli.kinds import canonical_kind
 from shared.cli.manifests import ManifestError, load_manifests
+from shared.cli.object_views import print_changes, print_dry_run, print_objects, print_schedule, schedule_preview
+from shared.cli.run_views import parse_run_id, print_run, print_runs
+from shared.cli.variables import parse_assignments
 from shared.domain.catalog_objects import KINDS, CatalogObject, ExportDefinition
-from shared.domain.schedule import composer_of, next_fire_times
+from shared.domain.schedule import next_fire_times
 from shared.events import json_schemas
+
+
+def _kind(name: str) -> type[CatalogObject]:
+    return KINDS[canonical_kind(name)]
+
+
+def _spec(obj: CatalogObject) -> dict[str, Any]:
+    """An object as the admin API shows it (secrets masked): a manifest's ``spec``."""
+    spec: dict[str, Any] = obj.model_dump(mode="json")
+    return spec
 
 
 def cmd_apply(settings: CliSettings, args: argparse.Namespace) -> int:
     try:
-        objects = load_manifests(args.file)
+        objects = load_manifests(args.file, parse_assignments(args.var, "--var"))
     except ManifestError as exc:
-        return fail("invalid manifest\n  " + "\n  ".join(exc.problems))
+        raise CliError("invalid manifest\n  " + "\n  ".join(exc.problems), REFUSED) from None
 
     def apply(context: Direct) -> int:
         checks = context.checks(discover=not args.skip_discovery)
@@ -41,21 +53,10 @@ def cmd_apply(settings: CliSettings, args: argparse.Namespace) -> int:
         )
         for warning in checks.warnings:
             print(f"exportctl: warning: {warning}", file=sys.stderr)
-        for change in changes:
-            would = "would be " if args.diff and change.change != "unchanged" else ""
-            print(f"{change.kind}/{change.name} {would}{change}")
-        return 0
+        print_changes([vars(change) for change in changes], args.diff)
+        return OK
 
     return on_catalog(settings, apply)
-
-
-def _kind(name: str) -> type[CatalogObject]:
-    """A kind by name, plural or short alias (``query``, ``definition``…), as in API mode."""
-    name = ALIASES.get(name.lower().rstrip("s"), name)
-    for kind, model in KINDS.items():
-        if name.lower() in {kind.lower(), kind.lower() + "s"}:
-            return model
-    raise SystemExit(fail(f"unknown kind '{name}'; kinds: {', '.join(KINDS)}"))
 
 
 def cmd_get(settings: CliSettings, args: argparse.Namespace) -> int:
@@ -64,11 +65,34 @@ def cmd_get(settings: CliSettings, args: argparse.Namespace) -> int:
     def get(context: Direct) -> int:
         store = context.stores.definitions
         objects = [store.get(kind, args.name)] if args.name else store.list_objects(kind)
-        documents = [{"kind": kind.__name__, "spec": obj.model_dump(mode="json")} for obj in objects]
-        yaml.safe_dump_all(documents, sys.stdout, sort_keys=False, allow_unicode=True)
-        return 0
+        print_objects(kind.__name__, [_spec(obj) for obj in objects], args.output)
+        return OK
 
     return on_catalog(settings, get)
+
+
+def cmd_describe(settings: CliSettings, args: argparse.Namespace) -> int:
+    kind = _kind(args.kind)
+
+    def describe(context: Direct) -> int:
+        obj = context.stores.definitions.get(kind, args.name)
+        print_objects(kind.__name__, [_spec(obj)], "json" if args.output == "json" else "yaml")
+        if isinstance(obj, ExportDefinition) and args.output != "json" and obj.schedule.repeat is not None:
+            upcoming = ", ".join(t.isoformat() for t in next_fire_times(obj.schedule, datetime.now(UTC), 3))
+            print(f"# schedule: cron '{obj.schedule.repeat.expression}' ({obj.schedule.timezone}), next: {upcoming}")
+        return OK
+
+    return on_catalog(settings, describe)
+
+
+def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
+    kind = _kind(args.kind)
+
+    def listing(context: Direct) -> int:
+        print_objects(kind.__name__, [_spec(obj) for obj in context.stores.definitions.list_objects(kind)], args.output)
+        return OK
+
+    return on_catalog(settings, listing)
 
 
 def cmd_delete(settings: CliSettings, args: argparse.Namespace) -> int:
@@ -77,7 +101,7 @@ def cmd_delete(settings: CliSettings, args: argparse.Namespace) -> int:
     def delete(context: Direct) -> int:
         object_use_cases.delete_object(context.actor, kind, args.name, store=context.stores.definitions)
         print(f"{kind.__name__}/{args.name} deleted")
-        return 0
+        return OK
 
     return on_catalog(settings, delete)
 
@@ -89,19 +113,17 @@ def cmd_copy(settings: CliSettings, args: argparse.Namespace) -> int:
         made = object_use_cases.copy_object(
             context.actor, kind, args.name, store=context.stores.definitions, label=args.label, new_name=args.new_name
         )
-        print(f'{args.kind}/{made.name} created ("{getattr(made, "label", None)}")')
-        return 0
+        print(f'{kind.__name__}/{made.name} created ("{getattr(made, "label", None)}")')
+        return OK
 
     return on_catalog(settings, copy)
 
 
 def cmd_run(settings: CliSettings, args: argparse.Namespace) -> int:
-    try:
-        parameters = parse_params(args.param)
-    except ValueError as exc:
-        return fail(str(exc))
+    parameters = parse_assignments(args.param, "--param")
 
     def run(context: Direct) -> int:
+        # The same use case as the admin API: a reused key returns its run, or is refused (other parameters).
         record = run_use_cases.request_run(
             context.actor,
             args.definition,
@@ -112,7 +134,7 @@ def cmd_run(settings: CliSettings, args: argparse.Namespace) -> int:
             idempotency_key=args.idempotency_key,
         )
         print(f"run {record.run_id} requested for '{args.definition}'", flush=True)
-        return wait_for_run(context.stores.runs, record.run_id, args.timeout) if args.wait else 0
+        return wait_for_run(context, record.run_id, args.timeout) if args.wait else OK
 
     return on_catalog(settings, run)
 
@@ -138,25 +160,25 @@ def cmd_dry_run(settings: CliSettings, args: argparse.Namespace) -> int:
                 for r, count in result.requests
             ]
         )
-        return 0
+        return OK
 
     return on_catalog(settings, render)
 
 
 def cmd_runs(settings: CliSettings, args: argparse.Namespace) -> int:
+    run_id = parse_run_id(args.id) if args.id else None
+
     def runs(context: Direct) -> int:
         store = context.stores.runs
-        if args.id:
-            record = store.get_run(uuid.UUID(args.id))
+        if run_id is not None:
+            record = store.get_run(run_id)
             if record is None:
-                return fail(f"run {args.id} is not known (yet)")
-            print(summary(record))
-            for replay in store.replays_of(record.run_id):
-                print(f"  replayed by run {replay.run_id}: {replay.status.value}, delivered {replay.delivered}")
-            return 0
-        for record in store.list_runs(args.definition, args.limit):
-            print(run_line(record))
-        return 0
+                raise CliError(f"run {run_id} does not exist", NOT_FOUND)
+            print_run(view_of(record), [view_of(replay) for replay in store.replays_of(run_id)], args.output)
+            return OK
+        views = [view_of(record) for record in store.list_runs(args.definition, args.limit)]
+        print_runs(views, args.output)
+        return OK
 
     return on_catalog(settings, runs)
 
@@ -169,33 +191,23 @@ def cmd_demo_data(settings: CliSettings, args: argparse.Namespace) -> int:
     started = time.perf_counter()
     count = create_demo_members(make_engine(url), args.members, seed=args.seed)
     print(f"{count} demo members written to {url} in {time.perf_counter() - started:.1f}s")
-    return 0
+    return OK
 
 
 def cmd_next_runs(settings: CliSettings, args: argparse.Namespace) -> int:
-    return on_catalog(settings, lambda context: _print_next_runs(context, args))
+    def preview(context: Direct) -> int:
+        definition = context.stores.definitions.get(ExportDefinition, args.definition)
+        schedule = definition.schedule
+        fire_times = next_fire_times(schedule, datetime.now(UTC), args.count)
+        cron = schedule.repeat.expression if schedule.repeat is not None else None
+        times = [t.astimezone(UTC).isoformat() for t in fire_times]
+        print_schedule(schedule_preview(definition.name, schedule.model_dump(mode="json"), cron, times), args.output)
+        return OK
 
-
-def _print_next_runs(context: Direct, args: argparse.Namespace) -> int:
-    definition = context.stores.definitions.get(ExportDefinition, args.definition)
-    schedule = definition.schedule
-    if schedule.once is not None:
-        print(f"once on {schedule.once.date} at {schedule.once.time:%H:%M} ({schedule.timezone})")
-    elif schedule.repeat is not None:
-        shape = composer_of(schedule.repeat.expression)
-        described = shape.model_dump(exclude_none=True, mode="json") if shape else "advanced mode"
-        print(f"cron '{schedule.repeat.expression}' ({schedule.timezone}): {described}")
-    else:
-        print("no recurrence")
-    if not schedule.enabled:
-        print("schedule disabled: it will not fire; the times it would fire:")
-    for instant in next_fire_times(schedule, datetime.now(UTC), args.count):
-        local = instant.astimezone(schedule.zone)
-        print(f"  {local:%Y-%m-%d %H:%M %Z}  ({instant:%Y-%m-%d %H:%M} UTC)")
-    return 0
+    return on_catalog(settings, preview)
 
 
 def cmd_schemas(_settings: CliSettings, _args: argparse.Namespace) -> int:
     json.dump(json_schemas(), sys.stdout, indent=2)
     print()
-    return 0
+    return OK

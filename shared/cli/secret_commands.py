@@ -9,10 +9,12 @@ encrypted again with the new key), then remove the old keys. Works on the catalo
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from pydantic import SecretStr
+from shared.cli.exits import fail as _fail
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
 
 #: The setting holding the keys (named here so the parser does not load the cipher: exportctl's start-up).
 KEYS_VARIABLE = "EXPORT_CATALOG_ENCRYPTION_KEYS"
@@ -26,11 +28,6 @@ class SecretSettings(Protocol):
 
     @property
     def catalog_encryption_keys(self) -> SecretStr: ...
-
-
-def _fail(message: str) -> int:
-    print(f"exportctl: {message}", file=sys.stderr)
-    return 2
 
 
 def cmd_rotate(settings: SecretSettings, args: argparse.Namespace) -> int:
@@ -74,13 +71,18 @@ def cmd_generate_key(settings: SecretSettings, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser] | None = None
+) -> None:
     """Register ``secrets rotate`` and ``secrets generate-key``."""
-    parser = commands.add_parser("secrets", help="(direct) the keys of the secrets encrypted in the catalog")
-    sub = parser.add_subparsers(dest="secrets_command", required=True)
+    parser = commands.add_parser(
+        "secrets", help="(catalog) the keys of the secrets encrypted in the catalog", parents=parents or []
+    )
+    parser.set_defaults(api=None, catalog="needs", local=None)
+    sub = parser.add_subparsers(dest="secrets_command", required=True, metavar="SUBCOMMAND")
     rotate = sub.add_parser(
         "rotate", help=f"encrypt every stored secret again with the first key of {KEYS_VARIABLE} (after a new key)"
     )
     rotate.set_defaults(func=cmd_rotate)
     generate = sub.add_parser("generate-key", help=f"print a new key for {KEYS_VARIABLE}")
-    generate.set_defaults(func=cmd_generate_key)
+    generate.set_defaults(func=cmd_generate_key, catalog="none")

@@ -34,6 +34,7 @@ from shared.domain.query_parameters import RESERVED_PREFIX, QueryParameter, bind
 from shared.domain.query_sql import check_select
 from shared.domain.schedule import Schedule
 from shared.domain.secret_references import is_reference
+from shared.domain.strict_values import StrictBool
 
 # The wire contract owns the enum (batches carry it); re-exported here for the domain's importers.
 from shared.events import Priority as Priority
@@ -142,6 +143,16 @@ class RateLimit(_Spec):
     ``max_in_flight`` bounds the batches being delivered to the profile at once (retries included).
     """
 
+    # The schema says what _something_is_limited enforces, so that clients can check before sending.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["requests_per_second"], "properties": {"requests_per_second": {"type": "number"}}},
+                {"required": ["max_in_flight"], "properties": {"max_in_flight": {"type": "integer"}}},
+            ]
+        }
+    )
+
     requests_per_second: Annotated[float, Field(gt=0, le=100_000)] | None = None
     burst: Annotated[int, Field(ge=1, le=10_000)] = 1
     max_in_flight: Annotated[int, Field(ge=1, le=1_000)] | None = None
@@ -205,7 +216,8 @@ class HttpTemplate(_Spec):
     query: Name
     profile: Name
     method: HttpMethod = HttpMethod.POST
-    path: str = "/"
+    # The pattern says in the schema what _path_is_relative enforces (a leading "/", no control character).
+    path: str = Field(default="/", json_schema_extra={"pattern": r"^/[^\u0000-\u0008\u000a-\u001f\u007f]*$"})
     query_string: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     body: str | None = None
@@ -274,7 +286,7 @@ class SavedQuery(_Spec):
     name: Name
     label: str | None = Field(default=None, max_length=200)
     description: str | None = Field(default=None, max_length=2_000)
-    sql: str
+    sql: str = Field(json_schema_extra={"minLength": 1})  # the parser refuses an empty query; the schema says so
     key_column: ColumnName = "id"
     parameters: dict[str, QueryParameter] = Field(default_factory=dict)
     columns: list[str] = Field(default_factory=list)
@@ -339,7 +351,19 @@ Email = Annotated[str, Field(pattern=EMAIL_PATTERN)]
 
 
 class Notification(_Spec):
-    enabled: bool = False
+    """One toggle of step 4 and who is told: at least one recipient when it is on."""
+
+    # The schema says what _enabled_needs_recipients enforces: off, or at least one recipient.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"enabled": {"const": False}}},
+                {"required": ["recipients"], "properties": {"recipients": {"minItems": 1}}},
+            ]
+        }
+    )
+
+    enabled: StrictBool = False
     recipients: list[Email] = Field(default_factory=list)
 
     @model_validator(mode="after")

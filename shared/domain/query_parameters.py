@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
 
+from shared.domain.strict_values import StrictBool
+
 #: Bind names the extractor uses for paging; a saved query may not declare these.
 RESERVED_PREFIX = "_export_"
 #: What SQLAlchemy's ``text()`` binds (its ``_bind_params_regex``): ``:name`` not in a ``::`` cast, not
@@ -52,7 +54,7 @@ class QueryParameter(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: ParameterType = ParameterType.STRING
-    required: bool = False
+    required: StrictBool = False
     default: Any = None
     description: str | None = None
 

@@ -49,6 +49,8 @@ class RunRecord:
     definition: str
     trigger: str | None = None
     requested_by: str | None = None
+    #: When the run was asked for: the request's time (a CloudEvent's ``time``, a scheduler's fire, the API call).
+    requested_at: datetime | None = None
     scheduled_for: datetime | None = None
     replay_of: uuid.UUID | None = None
     started_at: datetime | None = None
@@ -111,6 +113,7 @@ def fold(
             record,
             trigger=record.trigger or event.trigger.value,
             requested_by=record.requested_by or event.requested_by,
+            requested_at=record.requested_at or event.requested_at,
             scheduled_for=record.scheduled_for or event.scheduled_for,
             replay_of=record.replay_of or event.replay_of,
             started_at=min(filter(None, [record.started_at, event.at])),

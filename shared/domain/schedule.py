@@ -22,11 +22,10 @@ import datetime as dt
 import re
 import zoneinfo
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from cronsim import CronSim, CronSimError
 from pydantic import (
-    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,6 +34,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from shared.domain.strict_values import IsoDate, StrictBool
 
 UTC = dt.UTC
 
@@ -224,7 +225,7 @@ class Once(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    date: dt.date
+    date: IsoDate
     time: LocalTime
 
 
@@ -235,17 +236,32 @@ class Overlap(StrEnum):
     ALLOW = "allow"
 
 
+#: The names the schedule's bounds had before they were written as on the reference platform's screen.
+_RENAMED = {"start_date": "from", "end_date": "to"}
+
+
 class Schedule(BaseModel):
-    """Step 3, *Schedule*."""
+    """Step 3, *Schedule*.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    ``from`` and ``to`` (the screen's From and To dates) are the bounds' only names, on input and output;
+    in Python they are the attributes ``start_date`` and ``end_date`` (``from`` is a keyword).
+    """
 
-    enabled: bool = False
+    # Aliases only: the JSON names are "from" and "to" everywhere (API, manifests, the catalog's rows).
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=False, validate_by_alias=True, serialize_by_alias=True
+    )
+
+    enabled: StrictBool = False
     timezone: str = "UTC"
     repeat: Repeat | None = None
     once: Once | None = None
-    start_date: dt.date | None = Field(default=None, validation_alias=AliasChoices("from", "start_date"))
-    end_date: dt.date | None = Field(default=None, validation_alias=AliasChoices("to", "end_date"))
+    start_date: IsoDate | None = Field(
+        default=None, alias="from", description="the first local date it may fire on (inclusive; none: no start)"
+    )
+    end_date: IsoDate | None = Field(
+        default=None, alias="to", description="the last local date it may fire on (inclusive; none: forever)"
+    )
     overlap: Overlap = Overlap.SKIP
     cron: str | None = Field(
         default=None,
@@ -253,6 +269,16 @@ class Schedule(BaseModel):
         description="The CRON expression of a repeating schedule. On input, `cron: ...` is short for "
         "`repeat: {cron: ...}` (Advanced mode); it is always filled in from `repeat`.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data: Any) -> Any:
+        # Said by name rather than as an unknown field: an older release answered with these names.
+        if isinstance(data, dict) and (renamed := sorted(_RENAMED.keys() & data.keys())):
+            raise ValueError(
+                "; ".join(f"'{old}' is not a field: the schedule's bound is '{_RENAMED[old]}'" for old in renamed)
+            )
+        return data
 
     @field_validator("cron")
     @classmethod

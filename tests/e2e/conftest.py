@@ -138,6 +138,7 @@ def pipeline(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
             "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
             "EXPORT_DISPATCHER_BACKOFF_INITIAL_SECONDS": "0.05",
             "PARTNER_E2E_TOKEN": SECRET_TOKEN,
+            "EXPORTCTL_CONFIG": str(work_dir / "no-exportctl-config.yaml"),  # never the developer's contexts
         }
         manifest = work_dir / "exports.yaml"
         manifest.write_text(MANIFEST.format(good=good.url, strict=strict.url))

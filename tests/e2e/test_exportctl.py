@@ -1,13 +1,19 @@
-"""exportctl as a user runs it."""
+"""exportctl on the catalog directly, as a user runs it: exit codes, messages, formats (the CLI reference)."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 import yaml
 
-from shared.catalog import make_engine
+from shared.catalog import CatalogStores, make_engine
+from shared.domain.catalog_objects import BearerAuth, ConnectionProfile
 from shared.querystore.demo_data import create_demo_members
 
 pytestmark = pytest.mark.e2e
@@ -19,6 +25,7 @@ def exportctl(tmp_path, *args: str, env: dict[str, str] | None = None) -> subpro
         "EXPORT_CATALOG_URL": f"sqlite:///{tmp_path / 'catalog.db'}",
         "EXPORT_QUERY_STORE_URL": f"sqlite:///{tmp_path / 'no-members.db'}",
         "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
+        "EXPORTCTL_CONFIG": str(tmp_path / "no-config.yaml"),  # never the user's contexts
         **(env or {}),
     }
     if not (tmp_path / "catalog.db").exists():
@@ -36,7 +43,7 @@ def test_apply_names_the_file_the_object_and_the_field_of_a_bad_manifest(tmp_pat
         "  schedule: {enabled: true, cron: '99 * * * *'}\n"
     )
     result = exportctl(tmp_path, "apply", "-f", str(manifest))
-    assert result.returncode == 2
+    assert result.returncode == 4
     assert (
         f"{manifest}: document 1 (ExportDefinition 'nightly'): field 'schedule.cron': "
         "Value error, '99 * * * *' is not a valid CRON expression"
@@ -48,7 +55,7 @@ def test_apply_refuses_references_to_objects_that_do_not_exist(tmp_path):
     manifest = tmp_path / "dangling.yaml"
     manifest.write_text("kind: ExportDefinition\nname: nightly\nspec: {query: gold, template: partner}\n")
     result = exportctl(tmp_path, "apply", "-f", str(manifest))
-    assert result.returncode == 2
+    assert result.returncode == 4
     assert "ExportDefinition 'nightly': field 'query': SavedQuery 'gold' does not exist" in result.stderr
 
 
@@ -63,11 +70,23 @@ def test_apply_is_idempotent_and_get_masks_secrets(tmp_path):
     shown = exportctl(tmp_path, "get", "ConnectionProfile", "partner").stdout
     assert "very-secret-token" not in shown
     assert "base_url: https://api.example.com" in shown
+    # What get printed (the token masked) applies back unchanged, and the stored token is kept, not masked.
+    (tmp_path / "shown.yaml").write_text(shown)
+    assert exportctl(tmp_path, "apply", "-f", str(tmp_path / "shown.yaml")).stdout == (
+        "ConnectionProfile/partner unchanged\n"
+    )
+    catalog = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}")
+    try:
+        profile = catalog.definitions.get(ConnectionProfile, "partner")
+    finally:
+        catalog.close()
+    assert isinstance(profile.auth, BearerAuth)
+    assert profile.auth.token.get_secret_value() == "very-secret-token"
 
 
 def test_run_of_an_unknown_definition_is_refused_before_anything_is_published(tmp_path):
     result = exportctl(tmp_path, "run", "nope")
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert "ExportDefinition 'nope' does not exist" in result.stderr
 
 
@@ -84,9 +103,13 @@ def test_next_runs_previews_the_schedule_in_its_time_zone(tmp_path):
     result = exportctl(tmp_path, "next-runs", "nightly", "-n", "3")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "cron '30 2 * * *' (Asia/Kolkata): {'every': 'day', 'time': '02:30'}"
-    assert len(lines) == 4
-    assert all(line.strip().endswith("21:00 UTC)") and " 02:30 IST " in line for line in lines[1:])
+    assert lines[0] == "cron '30 2 * * *' (Asia/Kolkata): every day, time 02:30"
+    assert lines[1].split() == ["LOCAL", "TIME", "UTC"]
+    assert len(lines) == 5
+    assert all(line.endswith("21:00 UTC") and " 02:30 IST " in line for line in lines[2:])
+    as_json = json.loads(exportctl(tmp_path, "next-runs", "nightly", "-n", "2", "-o", "json").stdout)
+    assert as_json["shape"] == {"every": "day", "time": "02:30"}
+    assert [t[11:] for t in as_json["fire_times"]] == ["21:00:00+00:00"] * 2
 
 
 def _store(tmp_path) -> str:
@@ -123,7 +146,7 @@ def test_apply_refuses_a_query_the_store_cannot_run_or_that_lacks_its_key(tmp_pa
         "kind: SavedQuery\nname: keyless\nspec: {sql: 'SELECT email FROM members'}\n"
     )
     result = exportctl(tmp_path, "apply", "-f", str(manifest), env={"EXPORT_QUERY_STORE_URL": _store(tmp_path)})
-    assert result.returncode == 2
+    assert result.returncode == 4
     assert "SavedQuery 'typo': field 'sql': query 'typo' failed: no such table: memberz" in result.stderr
     assert (
         "SavedQuery 'keyless': field 'key_column': the query returns no column 'id' (it returns: email)"
@@ -141,7 +164,7 @@ def test_apply_refuses_a_definition_that_does_not_fit_its_query(tmp_path):
         + "  parameters: {tier: gold, country: FR}\n  incremental: {watermark_column: modified_at}\n"
     )
     result = exportctl(tmp_path, "apply", "-f", str(manifest), env={"EXPORT_QUERY_STORE_URL": _store(tmp_path)})
-    assert result.returncode == 2
+    assert result.returncode == 4
     assert (
         "ExportDefinition 'changed-gold': field 'parameters.country': query 'by-tier' declares no such parameter"
         in (result.stderr)
@@ -161,7 +184,7 @@ def test_run_refuses_a_parameter_of_the_wrong_type_before_publishing(tmp_path):
     store = {"EXPORT_QUERY_STORE_URL": _store(tmp_path)}
     assert exportctl(tmp_path, "apply", "-f", str(manifest), env=store).returncode == 0
     result = exportctl(tmp_path, "run", "rich-members", "--param", "min_points=lots", env=store)
-    assert result.returncode == 2
+    assert result.returncode == 4
     assert "parameter 'min_points': expected integer" in result.stderr
 
 
@@ -172,7 +195,7 @@ def test_apply_refuses_a_profile_pointing_at_a_private_or_metadata_address(tmp_p
         "kind: ConnectionProfile\nname: intranet\nspec: {base_url: 'http://10.1.2.3'}\n"
     )
     result = exportctl(tmp_path, "apply", "-f", str(manifest), env={"EXPORT_ALLOWED_DESTINATIONS": ""})
-    assert result.returncode == 2
+    assert result.returncode == 4
     assert (
         "ConnectionProfile 'metadata': field 'base_url': destination 169.254.169.254 (169.254.169.254) is a "
         "link-local (cloud metadata) address; allow it explicitly in EXPORT_ALLOWED_DESTINATIONS"
@@ -195,7 +218,7 @@ def test_apply_refuses_a_template_that_does_not_render_for_the_querys_members(tm
         "  body: '{\"nick\": {{ member.nickname | tojson }}}'\n"
     )
     result = exportctl(tmp_path, "apply", "-f", str(manifest), env={"EXPORT_QUERY_STORE_URL": _store(tmp_path)})
-    assert result.returncode == 2
+    assert result.returncode == 4
     assert (
         "HttpTemplate 'unquoted': field 'body': template body renders invalid JSON at line 2, column" in result.stderr
     )
@@ -203,3 +226,211 @@ def test_apply_refuses_a_template_that_does_not_render_for_the_querys_members(tm
         "HttpTemplate 'unknown-column': field 'query': template 'unknown-column' uses column(s) nickname "
         "that query 'few' does not return"
     ) in result.stderr
+
+
+# --- the CLI reference: errors without tracebacks, exit codes, kinds, formats, variables -------------
+
+SET = """
+kind: SavedQuery
+name: q
+spec: {sql: 'select 1 as id'}
+---
+kind: ConnectionProfile
+name: p
+spec: {base_url: '${PARTNER_URL}'}
+---
+kind: HttpTemplate
+name: t
+spec: {query: q, profile: p, path: /v1/members}
+---
+kind: ExportDefinition
+name: nightly
+spec:
+  query: q
+  template: t
+  schedule: {enabled: true, timezone: Europe/Paris, cron: '0 3 * * *'}
+"""
+
+
+def _applied(tmp_path) -> None:
+    manifest = tmp_path / "set.yaml"
+    manifest.write_text(SET)
+    result = exportctl(tmp_path, "apply", "-f", str(manifest), "--var", "PARTNER_URL=https://api.example.com")
+    assert result.returncode == 0, result.stderr
+
+
+def _refused(result: subprocess.CompletedProcess[str], code: int, message: str) -> None:
+    assert "Traceback" not in result.stderr
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+
+
+def test_manifest_variables_come_from_var_or_the_environment_and_an_unset_one_is_named(tmp_path):
+    manifest = tmp_path / "set.yaml"
+    manifest.write_text(SET)
+    _refused(
+        exportctl(tmp_path, "apply", "-f", str(manifest)),
+        4,
+        f"{manifest}: variable(s) PARTNER_URL not set: give --var NAME=VALUE or set them in the environment",
+    )
+    from_env = exportctl(tmp_path, "apply", "-f", str(manifest), "--diff", env={"PARTNER_URL": "https://a.example"})
+    assert from_env.returncode == 0, from_env.stderr
+    assert "ConnectionProfile/p would be created" in from_env.stdout
+    _refused(
+        exportctl(tmp_path, "apply", "-f", str(manifest), "--var", "PARTNER_URL=a", "--var", "PARTNER_URL=b"),
+        2,
+        "--var PARTNER_URL is given twice",
+    )
+    applied = exportctl(tmp_path, "apply", "-f", str(manifest), "--var", "PARTNER_URL=https://b.example")
+    assert applied.returncode == 0, applied.stderr
+    shown = yaml.safe_load(exportctl(tmp_path, "get", "profile", "p").stdout)
+    assert shown["spec"]["base_url"] == "https://b.example"
+
+
+def test_the_demo_manifest_applies_with_its_receiver_url_given(tmp_path):
+    demo = Path(__file__).resolve().parents[2] / "deploy" / "local" / "demo" / "demo-export.yaml"
+    unset = exportctl(tmp_path, "apply", "-f", str(demo), "--skip-discovery")
+    _refused(unset, 4, "variable(s) RECEIVER_URL not set")
+    given = exportctl(
+        tmp_path,
+        "apply",
+        "-f",
+        str(demo),
+        "--skip-discovery",
+        "--diff",
+        "--var",
+        "RECEIVER_URL=http://127.0.0.1:9",
+    )
+    assert given.returncode == 0, given.stderr
+    assert "ConnectionProfile/" in given.stdout
+
+
+@pytest.mark.parametrize("kind", ["ExportDefinition", "definition", "definitions", "def", "export-definitions"])
+def test_one_set_of_kind_names_in_every_command(tmp_path, kind):
+    _applied(tmp_path)
+    got = exportctl(tmp_path, "get", kind, "nightly")
+    assert got.returncode == 0, got.stderr
+    assert yaml.safe_load(got.stdout)["kind"] == "ExportDefinition"
+    assert exportctl(tmp_path, "describe", kind, "nightly").returncode == 0
+    assert "nightly" in exportctl(tmp_path, "list", kind).stdout
+    copied = exportctl(tmp_path, "copy", kind, "nightly", "--name", "nightly-copy")
+    assert copied.stdout.strip() == 'ExportDefinition/nightly-copy created ("Copy of nightly")', copied.stderr
+    deleted = exportctl(tmp_path, "delete", kind, "nightly-copy")
+    assert deleted.stdout.strip() == "ExportDefinition/nightly-copy deleted", deleted.stderr
+    _refused(exportctl(tmp_path, "get", "widgets"), 2, "unknown kind 'widgets'")
+
+
+def test_what_get_and_describe_print_applies_back_unchanged(tmp_path):
+    _applied(tmp_path)
+    for index, argv in enumerate(
+        [
+            ("get", "definition", "-o", "yaml"),
+            ("get", "template", "-o", "json"),
+            ("get", "query"),
+            ("describe", "def", "nightly"),
+            ("describe", "profile", "p", "-o", "json"),
+        ]
+    ):
+        shown = exportctl(tmp_path, *argv)
+        assert shown.returncode == 0, shown.stderr
+        manifest = tmp_path / f"shown-{index}.yaml"
+        manifest.write_text(shown.stdout)
+        applied = exportctl(tmp_path, "apply", "-f", str(manifest))
+        assert applied.returncode == 0, (argv, applied.stderr)
+        assert applied.stdout.splitlines()
+        assert all(line.endswith(" unchanged") for line in applied.stdout.splitlines())
+    described = exportctl(tmp_path, "describe", "def", "nightly").stdout
+    assert "# schedule: cron '0 3 * * *' (Europe/Paris), next: " in described
+
+
+def test_bad_input_is_a_message_and_an_exit_code_never_a_traceback(tmp_path):
+    _applied(tmp_path)
+    _refused(exportctl(tmp_path, "runs", "--id", "nope"), 2, "'nope' is not a run id")
+    _refused(exportctl(tmp_path, "runs", "--id", str(uuid.uuid4())), 3, "does not exist")
+    _refused(exportctl(tmp_path, "apply", "-f", "/nonexistent.yaml"), 4, "/nonexistent.yaml: cannot be read")
+    _refused(exportctl(tmp_path, "demo-data", "--members", "-5"), 2, "must be at least 1, not -5")
+    _refused(exportctl(tmp_path, "run", "nightly", "--param", "a=1", "--param", "a=2"), 2, "--param a is given twice")
+    _refused(exportctl(tmp_path, "run", "nightly", "--wait", "--timeout", "0"), 2, "must be a finite number above 0")
+    _refused(exportctl(tmp_path, "describe", "def", "nope"), 3, "ExportDefinition 'nope' does not exist")
+    _refused(exportctl(tmp_path, "search"), 2, "'search' works through the admin API")
+    _refused(exportctl(tmp_path, "delete", "query", "q"), 4, "")  # in use by the template
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    environment = {**os.environ, "EXPORT_CATALOG_URL": f"sqlite:///{tmp_path / 'none.db'}"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "schemas"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environment,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.read(10)  # like `| head`: read a little, then go away
+        process.stdout.close()
+        stderr = process.stderr.read().decode()
+        assert process.wait(60) == 0, stderr
+    assert "Traceback" not in stderr
+    assert "BrokenPipe" not in stderr
+
+
+def test_dead_letters_without_a_reachable_kafka_fail_fast(tmp_path):
+    with socket.socket() as unused:  # a port nobody listens on (bound, not listening)
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+        started = time.monotonic()
+        result = exportctl(
+            tmp_path, "dead-letters", "list", env={"EXPORT_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}
+        )
+        elapsed = time.monotonic() - started
+    _refused(result, 5, f"Kafka is unreachable (127.0.0.1:{port}: Connection refused)")
+    assert elapsed < 15, f"took {elapsed:.1f}s"
+
+
+def test_without_a_catalog_nothing_is_created_and_the_message_says_what_to_set(tmp_path):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("EXPORT_")}
+    environment["EXPORTCTL_CONFIG"] = str(tmp_path / "no-config.yaml")
+    for argv in (["get", "def"], ["runs"], ["next-runs", "x"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "shared.cli", *argv],
+            env=environment,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        _refused(result, 2, "no catalog at sqlite:///.local/catalog.db: set EXPORT_API_URL")
+    api_only = environment | {"EXPORT_API_URL": "http://127.0.0.1:9/api/v1"}
+    for argv, command in ((["db", "current"], "db current"), (["dead-letters", "replay", str(uuid.uuid4())], "")):
+        result = subprocess.run(
+            [sys.executable, "-m", "shared.cli", *argv],
+            env=api_only,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        _refused(result, 2, f"'{command or 'dead-letters replay'}' works on the catalog directly")
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "get", "def"],
+        env=api_only,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    _refused(unreachable, 5, "the admin API at http://127.0.0.1:9 is unreachable")
+    assert not (tmp_path / ".local").exists()
+
+
+def test_version_and_completion_need_nothing(tmp_path):
+    from importlib.metadata import version
+
+    shown = exportctl(tmp_path, "--version")
+    assert shown.returncode == 0
+    assert shown.stdout == f"exportctl {version('member-export')}\n"
+    bash = exportctl(tmp_path, "completion", "bash")
+    assert bash.returncode == 0, bash.stderr
+    assert subprocess.run(["bash", "-n"], input=bash.stdout, text=True, check=False).returncode == 0
+    zsh = exportctl(tmp_path, "completion", "zsh")
+    assert zsh.stdout.startswith("#compdef exportctl")

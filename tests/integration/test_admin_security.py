@@ -223,5 +223,5 @@ def test_a_saved_query_may_not_ask_for_more_time_than_the_operator_allows(
     monkeypatch.delenv("EXPORT_API_URL", raising=False)
     monkeypatch.setenv("EXPORT_CATALOG_URL", admin.catalog_url)
     monkeypatch.setenv("EXPORT_QUERY_STORE_URL", f"sqlite:///{tmp_path / 'members.db'}")
-    assert main(["apply", "-f", str(manifest)]) == 2
+    assert main(["apply", "-f", str(manifest)]) == 4  # refused or invalid (issue 20 exit codes)
     assert reason in capsys.readouterr().err  # the same refusal, the same reason

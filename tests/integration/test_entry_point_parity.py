@@ -3,7 +3,8 @@ the API, on one catalog (SQLite, then PostgreSQL), a real member store and real 
 
 The same operation must leave the same state, and the same refusal must read the same: the API's problem
 ``detail`` is the refusal's reason, exportctl prints ``exportctl: <reason>`` (on the catalog) or
-``exportctl: <status>: <reason>`` (through the API) and exits 2, and a refusal changes nothing.
+``exportctl: <status>: <reason>`` (through the API) and exits 3 (not found) or 4 (refused or invalid), and a
+refusal changes nothing.
 
 One admin API per backend for the whole module: tests share its catalog, each with names of its own.
 """
@@ -175,12 +176,17 @@ class Refusals:
     via_api: Outcome
 
     def assert_same(self, status: int, reason: str) -> None:
-        """All three refused with ``status`` (exit 2 for exportctl) and exactly ``reason``."""
+        """All three refused with ``status`` (exportctl: exit 3 for a 404, else 4) and exactly ``reason``."""
+        code = 3 if status == 404 else 4
         assert self.api.status_code == status, self.api.text
         assert self.api.headers["content-type"] == "application/problem+json"
         assert self.api.json()["detail"] == reason
-        assert (self.direct.code, self.direct.err, self.direct.out) == (2, f"exportctl: {reason}\n", "")
-        assert (self.via_api.code, self.via_api.err, self.via_api.out) == (2, f"exportctl: {status}: {reason}\n", "")
+        assert (self.direct.code, self.direct.err, self.direct.out) == (code, f"exportctl: {reason}\n", "")
+        assert (self.via_api.code, self.via_api.err, self.via_api.out) == (
+            code,
+            f"exportctl: {status}: {reason}\n",
+            "",
+        )
 
 
 @pytest.fixture

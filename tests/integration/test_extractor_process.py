@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from shared.events import (
     DeadLetter,
     ExtractionCompleted,
     RunRequested,
+    RunStarted,
 )
 from shared.querystore.demo_data import create_demo_members
 from shared.topics import Topics
@@ -132,12 +134,17 @@ def test_a_run_killed_half_way_resumes_and_loses_no_member(extractor_process: Ru
     assert records - len(batches) <= 2 * 1000 // 500, "more than the in-flight pages were published twice"
 
 
+#: The ``time`` of the CloudEvents sent: the run's ``requested_at``.
+EVENT_TIME = datetime(2026, 11, 30, 8, 15, 42, tzinfo=UTC)
+
+
 def _cloudevent(**data: Any) -> CloudEvent:
     return CloudEvent(
         attributes={
             "type": RUN_REQUESTED_CLOUDEVENT_TYPE,
             "source": "/crm/campaigns",
             "id": uuid.uuid4().hex,
+            "time": EVENT_TIME,
             "datacontenttype": "application/json",
         },
         data=data,
@@ -168,6 +175,8 @@ def test_runs_requested_as_cloudevents_happen_in_both_modes(extractor_process: R
     for event in events:
         if isinstance(event, ExtractionCompleted) and event.run_id in expected:
             assert (event.definition, event.members, event.batches) == ("a-few", 250, 3)
+    started = {event.run_id: event.requested_at for event in events if isinstance(event, RunStarted)}
+    assert {started.get(run_id) for run_id in expected} == {EVENT_TIME}, "the CloudEvent's time is the run's"
     [letter] = [
         DeadLetter.model_validate_json(v)
         for v in read_until(running.bootstrap, running.topics.dead_letters, lambda vs: len(vs) >= 1)

@@ -36,8 +36,9 @@ pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2025, 5, 1, 8, 30, tzinfo=UTC)
-NEW_RUN_COLUMNS = {"definition_id", "business_unit"}
-#: Columns later revisions add to baseline tables (0002: the runs' scope; 0004: split runs' range count).
+NEW_RUN_COLUMNS = {"definition_id", "business_unit", "requested_at"}
+#: Columns later revisions add to baseline tables (0002: the runs' scope; 0004: split runs' range count;
+#: 0006: when a run was requested).
 LATER_COLUMNS = {"runs": NEW_RUN_COLUMNS, "extraction_checkpoints": {"ranges"}}
 
 PROFILE_ID, QUERY_ID, TEMPLATE_ID = (str(uuid.uuid4()) for _ in range(3))
@@ -318,7 +319,7 @@ def test_a_failed_upgrade_leaves_the_catalog_as_it_was_and_can_be_run_again(engi
     assert current_revision(engine) == BASELINE
     assert snapshot(engine) == before
     # Neither column added: refused before changing anything.
-    assert sum("runs." in line or "ix_runs_definition_id" in line for line in drift(engine)) == 3
+    assert sum("runs." in line or "ix_runs_definition_id" in line for line in drift(engine)) == 4
     with engine.begin() as connection:
         connection.execute(
             sa.text("UPDATE catalog_objects SET spec = :spec WHERE id = :id").bindparams(
@@ -357,6 +358,23 @@ def test_downgrading_to_the_baseline_keeps_the_rows_and_upgrading_again_restores
     assert run_scopes(engine) == EXPECTED_SCOPES
 
 
+def test_runs_recorded_before_0006_keep_their_rows_without_a_request_time(engine: Engine) -> None:
+    upgrade(engine, "0005")
+    fill_baseline(engine)
+    before = snapshot(engine)
+
+    upgrade(engine)
+
+    assert snapshot(engine) == before
+    with engine.connect() as connection:
+        times = connection.execute(sa.text("SELECT requested_at FROM runs")).scalars().all()
+    assert len(times) == len(BASELINE_ROWS["runs"])
+    assert set(times) == {None}
+    downgrade(engine, "0005")
+    assert "requested_at" not in _tables(engine).tables["runs"].columns
+    assert snapshot(engine) == before
+
+
 def test_the_models_and_the_migrations_agree_at_head(engine: Engine) -> None:
     upgrade(engine)
 
@@ -368,9 +386,10 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
 
     lines = drift(engine)
 
-    # What 0002, 0003 and 0004 add: the runs' scope columns and their index, the audit log and its indexes,
-    # split runs' range count and their ranges.
-    assert len(lines) == 9, lines
+    # What 0002, 0003, 0004 and 0006 add: the runs' scope columns and their index, the audit log and its
+    # indexes, split runs' range count and their ranges, the runs' request time.
+    assert len(lines) == 10, lines
+    assert any("runs.requested_at" in line and "missing from the database" in line for line in lines)
     assert "table audit_log is missing from the database" in lines
     assert "table extraction_ranges is missing from the database" in lines
     assert any("extraction_checkpoints.ranges" in line and "missing from the database" in line for line in lines)

@@ -86,7 +86,7 @@ def test_exportctl_apply_refuses_a_forbidden_reference_naming_the_field(tmp_path
         "kind: ConnectionProfile\nname: p\n"
         "spec: {base_url: 'https://203.0.113.10', auth: {type: bearer, token: 'env:EXPORT_CATALOG_URL'}}\n"
     )
-    assert exportctl(["apply", "-f", str(manifest), "--skip-discovery"]) == 2
+    assert exportctl(["apply", "-f", str(manifest), "--skip-discovery"]) == 4  # refused or invalid
     error = capsys.readouterr().err
     assert (
         "exportctl: ConnectionProfile 'p': field 'auth.token': secret reference env:EXPORT_CATALOG_URL is not allowed"

@@ -1,8 +1,10 @@
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
 
+from shared.domain.runs import RunRecord, fold
 from shared.events import (
     RUN_EVENT_ADAPTER,
     BatchOutcome,
@@ -63,3 +65,13 @@ def test_every_event_type_has_a_json_schema():
         "dead_letter",
     }
     assert "definition" in schemas["run.requested"]["properties"]
+
+
+def test_a_runs_record_keeps_the_time_it_was_requested():
+    requested = datetime(2026, 11, 30, 8, 15, tzinfo=UTC)
+    run_id = uuid.uuid4()
+    started = RunStarted(run_id=run_id, definition="vip", trigger=Trigger.EVENT, requested_at=requested)
+    record = fold(RunRecord(run_id=run_id, definition="vip"), started)
+    assert record.requested_at == requested
+    earlier = RunRecord(run_id=run_id, definition="vip", requested_at=requested - timedelta(seconds=1))
+    assert fold(earlier, started).requested_at == earlier.requested_at, "the first known time stays"

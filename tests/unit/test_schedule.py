@@ -141,7 +141,7 @@ def test_from_and_to_are_inclusive_local_dates(repeat: Repeat, zone: str, data):
     local_start = after.astimezone(zoneinfo.ZoneInfo(zone)).date()
     start = local_start + dt.timedelta(days=data.draw(st.integers(0, 1)))
     end = start + dt.timedelta(days=data.draw(st.integers(0, 1)))
-    schedule = Schedule(enabled=True, timezone=zone, repeat=repeat, start_date=start, end_date=end)
+    schedule = Schedule(enabled=True, timezone=zone, repeat=repeat, **{"from": start, "to": end})
     fires = fire_times(schedule, after, until)
     assert fires == oracle(schedule, after, until)
     assert all(start <= f.astimezone(schedule.zone).date() <= end for f in fires)
