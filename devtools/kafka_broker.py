@@ -4,6 +4,11 @@ No Docker engine and no Apache download site are needed: ``mvn dependency:copy-d
 ``org.apache.kafka:kafka_2.13`` and a log4j2 binding once into a cache directory, then the broker runs
 as a plain ``java`` process bound to 127.0.0.1.
 
+Besides its PLAINTEXT listener (what the demo and most tests use), a broker may be given secured ones:
+an SSL listener that requires a client certificate (mutual TLS), and SASL_SSL and SASL_PLAINTEXT
+listeners whose users (SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN) are created when it is formatted. The
+controller and inter-broker traffic stay on PLAINTEXT, 127.0.0.1 only.
+
 Command line (used by ``deploy/local/kafka.sh``)::
 
     python -m devtools.kafka_broker start --port 9092 --dir .local/kafka
@@ -20,7 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from devtools.prerequisites import require_java_and_maven
 from devtools.processes import Managed, free_port, port_open, wait_until
@@ -51,19 +59,114 @@ def fetch_kafka_jars() -> Path:
     return libs
 
 
-def server_properties(*, port: int, controller_port: int, log_dir: Path, advertised_port: int | None = None) -> str:
+#: The SASL mechanisms the secured listeners offer; every user gets credentials for each.
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+SASL_MECHANISMS = (*SCRAM_MECHANISMS, "PLAIN")
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """The broker's TLS identity (PEM files) and the CA that signs the client certificates it accepts."""
+
+    certificate_chain: Path
+    key: Path  #: PKCS#8, unencrypted
+    client_ca: Path
+    #: Whether the SSL listener demands a client certificate (``ssl.client.auth``); SASL_SSL never does.
+    client_auth: Literal["required", "requested", "none"] = "required"
+
+
+@dataclass(frozen=True)
+class SaslUser:
+    """A user the SASL listeners accept, with one password for every mechanism."""
+
+    name: str
+    password: str
+
+    def __post_init__(self) -> None:
+        # Written into the storage tool's --add-scram argument and a JAAS line, both without an escape.
+        if any(c in self.name + self.password for c in '"\\[],= \n'):
+            raise ValueError("SASL test users' names and passwords may not hold quotes, brackets, commas or spaces")
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """The ports of the broker's listeners; a secured one is None when the broker does not have it."""
+
+    plaintext: int
+    controller: int
+    ssl: int | None = None
+    sasl_ssl: int | None = None
+    sasl_plaintext: int | None = None
+
+    def secured(self) -> dict[str, int]:
+        """The secured listeners by name (the name is also their security protocol)."""
+        ports = {"SSL": self.ssl, "SASL_SSL": self.sasl_ssl, "SASL_PLAINTEXT": self.sasl_plaintext}
+        return {name: port for name, port in ports.items() if port is not None}
+
+
+def _security_properties(tls: BrokerTls | None, users: Sequence[SaslUser], keystore: Path) -> list[str]:
+    """The properties of the secured listeners: the PEM key and trust stores, client auth, SASL's JAAS lines."""
+    lines = []
+    if tls is not None:
+        lines += [
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={keystore}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={tls.client_ca}",
+            f"listener.name.ssl.ssl.client.auth={tls.client_auth}",
+            "listener.name.sasl_ssl.ssl.client.auth=none",
+        ]
+    if users:
+        lines.append(f"sasl.enabled.mechanisms={','.join(SASL_MECHANISMS)}")
+        plain_users = " ".join(f'user_{u.name}="{u.password}"' for u in users)
+        for listener in ("sasl_ssl", "sasl_plaintext"):
+            for mechanism in SCRAM_MECHANISMS:
+                lines.append(
+                    f"listener.name.{listener}.{mechanism.lower()}.sasl.jaas.config="
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                )
+            lines.append(
+                f"listener.name.{listener}.plain.sasl.jaas.config="
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+            )
+    return lines
+
+
+def server_properties(
+    *,
+    port: int,
+    controller_port: int,
+    log_dir: Path,
+    advertised_port: int | None = None,
+    listeners: Listeners | None = None,
+    tls: BrokerTls | None = None,
+    sasl_users: Sequence[SaslUser] = (),
+    keystore: Path | None = None,
+) -> str:
     """The broker configuration of a single-node combined broker+controller on 127.0.0.1; clients are told to
-    connect to ``advertised_port`` (a proxy in front of it, in the chaos suite) when given."""
+    connect to ``advertised_port`` (a proxy in front of it, in the chaos suite) when given. ``listeners``
+    adds the secured listeners it has ports for, configured by ``tls`` (its PEM ``keystore``) and
+    ``sasl_users``."""
+    listeners = listeners or Listeners(plaintext=port, controller=controller_port)
+    secured = listeners.secured()
+    bound = [f"PLAINTEXT://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{controller_port}"]
+    advertised = [f"PLAINTEXT://127.0.0.1:{advertised_port or port}"]
+    protocols = ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"]
+    for name, secured_port in secured.items():
+        bound.append(f"{name}://127.0.0.1:{secured_port}")
+        advertised.append(f"{name}://127.0.0.1:{secured_port}")
+        protocols.append(f"{name}:{name}")
     return "\n".join(
         [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{advertised_port or port}",
+            f"listeners={','.join(bound)}",
+            f"advertised.listeners={','.join(advertised)}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"listener.security.protocol.map={','.join(protocols)}",
+            *(_security_properties(tls, sasl_users, keystore or log_dir / "keystore.pem") if secured else []),
             f"log.dirs={log_dir}",
             "num.partitions=6",
             "offsets.topic.replication.factor=1",
@@ -80,21 +183,49 @@ def server_properties(*, port: int, controller_port: int, log_dir: Path, adverti
 
 
 class LocalKafka(Managed):
-    """A broker process owned by this object: ``start()`` returns once it accepts clients."""
+    """A broker process owned by this object: ``start()`` returns once it accepts clients.
+
+    ``tls`` adds an SSL listener (client certificates as ``tls.client_auth`` says); ``sasl_users`` adds a
+    SASL_PLAINTEXT listener, and with ``tls`` a SASL_SSL one too, that accept these users.
+    """
 
     def __init__(
-        self, work_dir: Path | None = None, port: int | None = None, advertised_port: int | None = None
+        self,
+        work_dir: Path | None = None,
+        port: int | None = None,
+        advertised_port: int | None = None,
+        *,
+        tls: BrokerTls | None = None,
+        sasl_users: Sequence[SaslUser] = (),
     ) -> None:
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="kafka-"))
         self.port = port or free_port()
         self.controller_port = free_port()
         #: Where clients are told to connect (a proxy in front of the broker), if not to the broker's own port.
         self.advertised_port = advertised_port
+        self.tls = tls
+        self.sasl_users = tuple(sasl_users)
+        self.listeners = Listeners(
+            plaintext=self.port,
+            controller=self.controller_port,
+            ssl=free_port() if tls else None,
+            sasl_ssl=free_port() if tls and sasl_users else None,
+            sasl_plaintext=free_port() if sasl_users else None,
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.advertised_port or self.port}"
+
+    def bootstrap_servers_for(self, protocol: str) -> str:
+        """The bootstrap address of the listener of ``protocol`` (PLAINTEXT, SSL, SASL_SSL, SASL_PLAINTEXT)."""
+        if protocol == "PLAINTEXT":
+            return self.bootstrap_servers
+        port = self.listeners.secured().get(protocol)
+        if port is None:
+            raise ValueError(f"this broker has no {protocol} listener")
+        return f"127.0.0.1:{port}"
 
     @property
     def log_file(self) -> Path:
@@ -123,6 +254,11 @@ class LocalKafka(Managed):
         # A fresh broker: a data directory formatted by an earlier one (another cluster id and controller
         # port) would make the format below fail.
         shutil.rmtree(self.work_dir / "data", ignore_errors=True)
+        keystore = self.work_dir / "keystore.pem"
+        if self.tls is not None:
+            # A PEM key store is one file holding the private key and the certificate chain.
+            keystore.write_bytes(self.tls.key.read_bytes() + self.tls.certificate_chain.read_bytes())
+            keystore.chmod(0o600)
         props = self.work_dir / "server.properties"
         props.write_text(
             server_properties(
@@ -130,6 +266,10 @@ class LocalKafka(Managed):
                 controller_port=self.controller_port,
                 log_dir=self.work_dir / "data",
                 advertised_port=self.advertised_port,
+                listeners=self.listeners,
+                tls=self.tls,
+                sasl_users=self.sasl_users,
+                keystore=keystore,
             )
         )
         cluster_id = (
@@ -139,8 +279,15 @@ class LocalKafka(Managed):
             .stdout.strip()
             .splitlines()[-1]
         )
+        # SCRAM credentials live in the cluster metadata: the storage tool writes them at format time.
+        scram = [
+            arg
+            for user in self.sasl_users
+            for mechanism in SCRAM_MECHANISMS
+            for arg in ("--add-scram", f"{mechanism}=[name={user.name},password={user.password}]")
+        ]
         subprocess.run(
-            [*base, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props)],
+            [*base, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props), *scram],
             check=True,
             capture_output=True,
         )

@@ -9,7 +9,7 @@ import structlog
 
 from shared.catalog.schema import check_catalog_schema
 from shared.health import Health, serve_health_and_metrics
-from shared.kafka import ConsumerLoop, Headers, Outgoing, ensure_topics, make_consumer, make_producer
+from shared.kafka import ConsumerLoop, Headers, Outgoing, make_consumer, make_producer, prepare_kafka
 from shared.kafka.clients import DEFAULT_MAX_POLL_INTERVAL_MS
 from shared.kafka.loop import RoundHandler
 from shared.log import configure_logging
@@ -30,7 +30,9 @@ def start_service(settings: CommonSettings, service: str) -> Health:
     health = Health(stall_seconds=DEFAULT_MAX_POLL_INTERVAL_MS / 1000 + STALL_MARGIN_SECONDS)
     if settings.metrics_port:
         serve_health_and_metrics(settings.metrics_port, health)
-    ensure_topics(settings)
+    # Exits naming the setting when Kafka refuses the credentials or certificates, or when topics owned by ops
+    # are missing (EXPORT_TOPICS_CREATE=false); creates the missing topics otherwise.
+    prepare_kafka(settings)
     structlog.get_logger(service).info(
         "service starting", kafka=settings.kafka_bootstrap_servers, topic_prefix=settings.topic_prefix
     )

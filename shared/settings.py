@@ -9,24 +9,30 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from shared.domain.secret_references import DEFAULT_DIRECTORIES, DEFAULT_ENV_PREFIXES, SecretReferencePolicy
+from shared.kafka_settings import KafkaConnectionSettings
 from shared.secrets_at_rest import SecretCipher
 from shared.topics import Topics
 
 
-class CommonSettings(BaseSettings):
-    """What all services share: Kafka, the catalog, topics, logging and metrics."""
+class CommonSettings(KafkaConnectionSettings):
+    """What all services share: Kafka (how to reach it comes from :class:`KafkaConnectionSettings`), the
+    catalog, topics, logging and metrics."""
 
-    model_config = SettingsConfigDict(env_prefix="EXPORT_", extra="ignore")
+    # hide_input_in_errors: a refused value may be a password or a URL holding one; the message names the
+    # variable and the reason, never the value.
+    model_config = SettingsConfigDict(env_prefix="EXPORT_", extra="ignore", hide_input_in_errors=True)
 
-    kafka_bootstrap_servers: str = Field(
-        default="127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port."
-    )
     topic_prefix: str = Field(default="", description="Prefix applied to every topic name.")
     topic_partitions: int = Field(default=6, ge=1, description="Partitions of topics the services create.")
     topic_replication_factor: int = Field(default=1, ge=1, description="Replication of created topics.")
+    topics_create: bool = Field(
+        default=True,
+        description="Create missing topics at start; false: only check that they exist and refuse to start "
+        "naming the missing ones (topics owned by ops, e.g. Strimzi KafkaTopic resources; no CREATE ACL needed).",
+    )
     kafka_session_timeout_ms: int = Field(
         default=10_000,
         ge=6_000,

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 RUN_REQUESTS = "exports.run-requests"
 MEMBER_BATCHES = "exports.member-batches"
 RUN_EVENTS = "exports.run-events"
 DEAD_LETTERS = "exports.dead-letters"
+
+
+#: Topic-level configs the services set when they create a topic (none today: the broker's defaults apply).
+#: Ops who own the topics give theirs the same (the chart's KafkaTopic resources are tested against them).
+TOPIC_CONFIGS: Mapping[str, str] = {}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic as the services would create it: what ops create instead when they own the topics."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -42,3 +58,7 @@ class Topics:
 
     def all(self) -> list[str]:
         return [self.run_requests, *self.member_batch_topics(), self.run_events, self.dead_letters]
+
+    def specs(self, partitions: int, replication_factor: int) -> list[TopicSpec]:
+        """Every topic with the partitions, replication factor and configs it is created with."""
+        return [TopicSpec(name, partitions, replication_factor, dict(TOPIC_CONFIGS)) for name in self.all()]

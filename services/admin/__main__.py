@@ -13,7 +13,7 @@ from services.admin.settings import AdminSettings
 from shared.catalog import CatalogStores
 from shared.catalog.schema import check_catalog_schema
 from shared.domain.destinations import DestinationPolicy
-from shared.kafka import ensure_topics, make_producer
+from shared.kafka import make_producer, prepare_kafka
 from shared.kafka.event_publisher import KafkaEventPublisher
 from shared.log import configure_logging
 from shared.querystore import MemberReader
@@ -25,7 +25,7 @@ def main() -> None:
     settings = AdminSettings()
     configure_logging(settings.log_level, settings.log_format, SERVICE)
     check_catalog_schema(settings.catalog_url)
-    ensure_topics(settings)
+    prepare_kafka(settings)  # exits naming the setting when Kafka refuses the connection settings
     producer = make_producer(settings, SERVICE)
     stores = CatalogStores.from_url(
         settings.catalog_url, audit_retention_days=settings.audit_retention_days, cipher=settings.secret_cipher()

@@ -25,7 +25,7 @@ from shared.cli.reachability import require_kafka
 from shared.cli.run_views import View
 from shared.domain.destinations import DestinationPolicy
 from shared.errors import NotFound, StoredObjectInvalid
-from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait
+from shared.kafka import Outgoing, check_kafka_connection, ensure_topics, make_producer, produce_and_wait
 from shared.kafka.event_publisher import KafkaEventPublisher
 from shared.name_resolution import resolve_host
 from shared.querystore import MemberReader
@@ -72,6 +72,7 @@ class Direct:
     def _send(self, outgoing: list[Outgoing]) -> None:
         if self._producer is None:
             require_kafka(self.settings.kafka_bootstrap_servers)
+            check_kafka_connection(self.settings)  # a refused TLS/SASL setting is named, not retried
             ensure_topics(self.settings)
             self._producer = make_producer(self.settings, "exportctl")
             self._resources.callback(self._producer.close)

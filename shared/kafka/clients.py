@@ -1,16 +1,15 @@
-"""Kafka clients (kafka-python 3.x) configured for at-least-once delivery."""
+"""Kafka clients (kafka-python 3.x) configured for at-least-once delivery, connected as the settings say
+(:func:`shared.kafka.client_config.kafka_client_config`: TLS, SASL)."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
+from shared.kafka.client_config import kafka_client_config
 from shared.kafka.records import Outgoing
 from shared.settings import CommonSettings
 
@@ -32,7 +31,7 @@ def produce_timeout_seconds(producer: KafkaProducer) -> float:
 def make_producer(settings: CommonSettings, client_id: str) -> KafkaProducer:
     """A producer that waits for all in-sync replicas and does not reorder retried sends."""
     return KafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+        **kafka_client_config(settings),
         client_id=client_id,
         acks="all",
         linger_ms=5,
@@ -53,7 +52,7 @@ def make_producer(settings: CommonSettings, client_id: str) -> KafkaProducer:
 def make_consumer(settings: CommonSettings, group_id: str, topics: list[str], **overrides: Any) -> KafkaConsumer:
     """A consumer in ``group_id`` that never commits on its own: the loop commits after the outcome."""
     config: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+        **kafka_client_config(settings),
         "group_id": group_id,
         "client_id": group_id,
         "enable_auto_commit": False,
@@ -65,22 +64,6 @@ def make_consumer(settings: CommonSettings, group_id: str, topics: list[str], **
     consumer = KafkaConsumer(**(config | overrides))
     consumer.subscribe(topics)
     return consumer
-
-
-def ensure_topics(settings: CommonSettings, topics: list[str] | None = None) -> None:
-    """Create the topics that are missing (idempotent; several services may race to do it)."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), client_id="ensure-topics")
-    try:
-        existing = set(admin.list_topics())
-        missing = [t for t in (topics or settings.topics.all()) if t not in existing]
-        for topic in missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics(
-                    [NewTopic(topic, settings.topic_partitions, settings.topic_replication_factor)],
-                    wait_for_metadata=True,
-                )
-    finally:
-        admin.close()
 
 
 class InFlight:
@@ -109,9 +92,7 @@ def produce_and_wait(producer: KafkaProducer, outgoing: list[Outgoing]) -> None:
 
 def read_whole_topic(settings: CommonSettings, topic: str, timeout: float = 60.0) -> list[bytes]:
     """Every record value of ``topic`` as of now, from the beginning (no consumer group, nothing committed)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers.split(","), group_id=None, enable_auto_commit=False
-    )
+    consumer = KafkaConsumer(**kafka_client_config(settings), group_id=None, enable_auto_commit=False)
     values: list[bytes] = []
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]

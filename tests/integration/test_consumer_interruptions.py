@@ -10,12 +10,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from kafka.errors import CommitFailedError
 from prometheus_client import REGISTRY
 
+from devtools.processes import free_port
 from shared.events import RunRequested
+from shared.health import Health, serve_health_and_metrics
 from shared.kafka import ConsumerLoop, Outgoing, ensure_topics
 from shared.settings import CommonSettings
 from tests.integration.test_consumer_loop import _loop
@@ -103,10 +106,12 @@ def test_records_meeting_a_database_outage_are_handled_in_order_once_it_answers_
     try:
         with _running(loop):
             _wait(lambda: _interruptions(service) >= 2)
-            assert loop.interrupted, "the loop says it is waiting out a dependency (readiness reads it)"
+            assert loop.interrupted, "the loop says it is waiting out a dependency"
+            assert loop.health.live()[0], "an outage is no reason to restart the pod"
+            assert loop.health.ready() == (False, "waiting out a dependency: OperationalError: database is locked")
             database.release()
             _wait(lambda: database.handled() == definitions)
-            _wait(lambda: not loop.interrupted)
+            _wait(lambda: not loop.interrupted and loop.health.ready()[0])
     finally:
         database.close()
     assert read_to_end(settings.kafka_bootstrap_servers, topics.dead_letters) == []
@@ -142,3 +147,37 @@ def test_a_commit_the_group_refuses_is_counted_and_the_loop_goes_on(settings: Co
         "export_consumer_commits_refused_total", {"service": "commit-refused", "cause": "CommitFailedError"}
     )
     assert refused == 1
+
+
+def test_a_wedged_loop_is_not_live_until_it_comes_round_again(settings: CommonSettings, tmp_path: Path):
+    ensure_topics(settings)
+    topics = settings.topics
+    release = threading.Event()
+
+    def handler(request: RunRequested) -> list[Outgoing]:
+        if request.definition == "wedges":
+            release.wait(60)  # a handler stuck on a call that never answers
+        return []
+
+    health = Health(stall_seconds=2)
+    loop = _loop(settings, handler, service="wedged")
+    loop.health = health
+    port = free_port()
+    server = serve_health_and_metrics(port, health)
+    probe = f"http://127.0.0.1:{port}"
+    try:
+        with _running(loop):
+            _wait(lambda: httpx.get(f"{probe}/readyz").status_code == 200)
+            produce(
+                settings.kafka_bootstrap_servers,
+                topics.run_requests,
+                [("k", RunRequested(definition="wedges").to_bytes())],
+            )
+            _wait(lambda: httpx.get(f"{probe}/livez").status_code == 503)
+            assert "has not come round" in httpx.get(f"{probe}/livez").text
+            release.set()
+            _wait(lambda: httpx.get(f"{probe}/livez").status_code == 200)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,140 @@
+"""The Kafka security settings: read from the environment, refused with the variable named (never a
+secret), and turned into the one kafka-python configuration every client is built from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from shared.kafka import kafka_client_config
+from shared.settings import CommonSettings
+
+SASL = {
+    "EXPORT_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "EXPORT_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "EXPORT_KAFKA_SASL_USERNAME": "exporter",
+    "EXPORT_KAFKA_SASL_PASSWORD": "hunter2-secret",
+}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch):
+    def set_env(values: dict[str, str]) -> CommonSettings:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        return CommonSettings()
+
+    return set_env
+
+
+def refusal(env, values: dict[str, str]) -> str:
+    with pytest.raises(ValidationError) as refused:
+        env(values)
+    return str(refused.value)
+
+
+def test_the_default_is_plaintext_to_the_bootstrap_servers(env):
+    settings = env({"EXPORT_KAFKA_BOOTSTRAP_SERVERS": "a:9092, b:9093"})
+    assert kafka_client_config(settings) == {
+        "bootstrap_servers": ["a:9092", "b:9093"],
+        "security_protocol": "PLAINTEXT",
+    }
+    assert settings.topics_create is True
+
+
+def test_sasl_ssl_with_scram_becomes_the_client_configuration(env, tmp_path: Path):
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = env({**SASL, "EXPORT_KAFKA_SSL_CA_FILE": str(ca), "EXPORT_KAFKA_SSL_CHECK_HOSTNAME": "false"})
+    config = kafka_client_config(settings)
+    assert config["security_protocol"] == "SASL_SSL"
+    assert config["ssl_cafile"] == str(ca)
+    assert config["ssl_check_hostname"] is False
+    assert (config["sasl_mechanism"], config["sasl_plain_username"], config["sasl_plain_password"]) == (
+        "SCRAM-SHA-512",
+        "exporter",
+        "hunter2-secret",
+    )
+    assert "hunter2-secret" not in repr(settings)
+
+
+def test_the_password_may_come_from_a_file_without_its_final_line_break(env, tmp_path: Path):
+    secret = tmp_path / "password"
+    secret.write_text("from-a-file\n")
+    values = {**SASL, "EXPORT_KAFKA_SASL_PASSWORD": "", "EXPORT_KAFKA_SASL_PASSWORD_FILE": str(secret)}
+    assert kafka_client_config(env(values))["sasl_plain_password"] == "from-a-file"
+
+
+def test_mutual_tls_passes_the_client_certificate_and_key_password(env, tmp_path: Path):
+    for name in ("client.crt", "client.key"):
+        (tmp_path / name).write_text("pem")
+    config = kafka_client_config(
+        env(
+            {
+                "EXPORT_KAFKA_SECURITY_PROTOCOL": "SSL",
+                "EXPORT_KAFKA_SSL_CERT_FILE": str(tmp_path / "client.crt"),
+                "EXPORT_KAFKA_SSL_KEY_FILE": str(tmp_path / "client.key"),
+                "EXPORT_KAFKA_SSL_KEY_PASSWORD": "key-pass",
+            }
+        )
+    )
+    assert config["ssl_certfile"] == str(tmp_path / "client.crt")
+    assert config["ssl_keyfile"] == str(tmp_path / "client.key")
+    assert config["ssl_password"] == "key-pass"
+    assert "ssl_cafile" not in config  # the system's CAs
+    assert "sasl_mechanism" not in config
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({**SASL, "EXPORT_KAFKA_SASL_MECHANISM": ""}, "EXPORT_KAFKA_SASL_MECHANISM is required"),
+        ({**SASL, "EXPORT_KAFKA_SASL_USERNAME": ""}, "EXPORT_KAFKA_SASL_USERNAME is required"),
+        (
+            {**SASL, "EXPORT_KAFKA_SASL_PASSWORD": ""},
+            "EXPORT_KAFKA_SASL_PASSWORD or EXPORT_KAFKA_SASL_PASSWORD_FILE is",
+        ),
+        (
+            {**SASL, "EXPORT_KAFKA_SASL_PASSWORD_FILE": "/etc/hostname"},
+            "give EXPORT_KAFKA_SASL_PASSWORD or EXPORT_KAFKA_SASL_PASSWORD_FILE, not both",
+        ),
+        (
+            {**SASL, "EXPORT_KAFKA_SASL_PASSWORD": "", "EXPORT_KAFKA_SASL_PASSWORD_FILE": "/no/such/file"},
+            "EXPORT_KAFKA_SASL_PASSWORD_FILE: /no/such/file does not exist",
+        ),
+        ({**SASL, "EXPORT_KAFKA_SSL_CA_FILE": "/no/ca.crt"}, "EXPORT_KAFKA_SSL_CA_FILE: /no/ca.crt does not exist"),
+        ({**SASL, "EXPORT_KAFKA_SASL_MECHANISM": "OAUTHBEARER"}, "kafka_sasl_mechanism"),
+        (
+            {"EXPORT_KAFKA_SSL_CA_FILE": "/etc/hostname"},
+            "EXPORT_KAFKA_SSL_CA_FILE is set but EXPORT_KAFKA_SECURITY_PROTOCOL is PLAINTEXT",
+        ),
+        (
+            {**SASL, "EXPORT_KAFKA_SECURITY_PROTOCOL": "SSL"},
+            "EXPORT_KAFKA_SASL_MECHANISM is set but EXPORT_KAFKA_SECURITY_PROTOCOL is SSL",
+        ),
+        (
+            {"EXPORT_KAFKA_SECURITY_PROTOCOL": "SSL", "EXPORT_KAFKA_SSL_KEY_FILE": "/etc/hostname"},
+            "EXPORT_KAFKA_SSL_KEY_FILE is set without EXPORT_KAFKA_SSL_CERT_FILE",
+        ),
+        ({"EXPORT_KAFKA_SECURITY_PROTOCOL": "TLS"}, "kafka_security_protocol"),
+    ],
+    ids=[
+        "no-mechanism",
+        "no-username",
+        "no-password",
+        "two-passwords",
+        "missing-password-file",
+        "missing-ca",
+        "oauthbearer",
+        "tls-file-without-tls",
+        "sasl-without-sasl",
+        "key-without-certificate",
+        "unknown-protocol",
+    ],
+)
+def test_inconsistent_settings_are_refused_naming_the_variable_and_never_the_secret(env, values, message):
+    said = refusal(env, values)
+    assert message in said
+    assert "hunter2-secret" not in said
