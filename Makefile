@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint unit integration e2e chaos bench bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
+.PHONY: deploy-tools demo test lint unit integration e2e chaos bench bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,12 +15,16 @@ $(STAMP): pyproject.toml
 prerequisites: $(STAMP)
 	$(BIN)/python -m devtools.prerequisites
 
+## helm, kubeconform and kube-score, built once from the Go module proxy (the chart's tests use them).
+deploy-tools: prerequisites
+	$(BIN)/python -m devtools.prerequisites deploy-tools
+
 ## A local end-to-end export of 10,000 demo members on real Kafka, HTTP and SMTP servers.
 demo: prerequisites
 	$(BIN)/python -m devtools.demo
 
 ## Lint, type-check and run the whole suite (unit, integration, e2e) on real infrastructure.
-test: prerequisites lint
+test: prerequisites deploy-tools lint
 	$(BIN)/python -m devtools.kafka_broker fetch >/dev/null
 	$(BIN)/pytest
 

@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 
@@ -77,8 +79,17 @@ def postgres_bin_dir() -> Path:
     return found
 
 
-def main() -> int:
-    """Check (and on Debian as root, install) everything the demo and the tests need."""
+def main(argv: list[str] | None = None) -> int:
+    """Check (and on Debian as root, install) everything the demo and the tests need; with ``deploy-tools``,
+    build (once) the chart's tools and print where they are."""
+    if (sys.argv[1:] if argv is None else argv) == ["deploy-tools"]:
+        try:
+            for name, path in deploy_tools().items():
+                print(f"{name}: {path}")
+        except MissingPrerequisite as exc:
+            print(f"missing prerequisite: {exc}")
+            return 1
+        return 0
     try:
         java, mvn = require_java_and_maven()
         print(f"java {java_major_version(java)}: {java}; maven: {mvn}")
@@ -87,6 +98,87 @@ def main() -> int:
         print(f"missing prerequisite: {exc}")
         return 1
     return 0
+
+
+# --- Deploy tooling: helm, kubeconform, kube-score, and the Kubernetes JSON schemas, all local -------------------
+
+#: The cache the Kafka jars and toxiproxy use too (devtools/kafka_broker.py, devtools/toxiproxy.py).
+CACHE_DIR = Path(os.environ.get("MEMBER_EXPORT_CACHE", Path.home() / ".cache" / "member-export"))
+
+#: Go programs built once from the Go module proxy (``go install`` checks them against the Go checksum database)
+#: into ``CACHE_DIR/bin/<name>-<version>``.
+GO_TOOLS = {
+    "helm": ("helm.sh/helm/v4/cmd/helm", "v4.3.2"),
+    "kubeconform": ("github.com/yannh/kubeconform/cmd/kubeconform", "v0.8.0"),
+    "kube-score": ("github.com/zegl/kube-score/cmd/kube-score", "v1.20.0"),
+}
+
+
+def go_tool(name: str) -> Path:
+    """The binary of one of :data:`GO_TOOLS`, built with ``go install`` the first time (Debian's Go when none)."""
+    module, version = GO_TOOLS[name]
+    binary = CACHE_DIR / "bin" / f"{name}-{version.removeprefix('v')}"
+    if binary.exists():
+        return binary
+    if shutil.which("go") is None:
+        if not _is_debian_root():
+            raise MissingPrerequisite(
+                f"building {name} needs Go: install it (Debian/Ubuntu: apt-get install golang-go)"
+            )
+        apt_install("golang-go")
+    with tempfile.TemporaryDirectory(prefix=f"{name}-build-") as build:
+        env = {**os.environ, "GOBIN": build, "GOFLAGS": "-mod=mod"}
+        done = subprocess.run(["go", "install", f"{module}@{version}"], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise MissingPrerequisite(f"go install {module}@{version} failed: {done.stderr[-2000:]}")
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(Path(build) / name), binary.with_suffix(".part"))
+        binary.with_suffix(".part").replace(binary)  # atomic: a concurrent run sees the whole binary or none
+    return binary
+
+
+_SCHEMA_REF = re.compile(r'"/api/_definitions\.json#')
+
+
+def kubernetes_schemas(version: str, kinds: dict[str, str]) -> Path:
+    """A kubeconform schema directory for Kubernetes ``version`` (e.g. ``1.27.0``) holding ``kinds``
+    (file stem, e.g. ``deployment-apps-v1``, to kind), made from the kubernetes-validate package's schemas.
+
+    That package's schemas refer to one shared definitions file by an absolute path only its own resolver
+    knows; each schema here carries the definitions it needs inline (``$defs``), so kubeconform reads it
+    alone, from disk, with no network. Returns the directory; kubeconform's ``-schema-location`` is
+    ``<dir>/{{.ResourceKind}}{{.KindSuffix}}.json``.
+    """
+    import importlib.util
+    import json
+
+    package = importlib.util.find_spec("kubernetes_validate")
+    if package is None or not package.submodule_search_locations:
+        raise MissingPrerequisite("the Kubernetes schemas come from kubernetes-validate: pip install -e '.[dev]'")
+    source = Path(package.submodule_search_locations[0]) / "kubernetes-json-schema" / f"v{version}-local-strict"
+    if not source.is_dir():
+        raise MissingPrerequisite(f"kubernetes-validate has no schemas for Kubernetes {version}")
+    target = CACHE_DIR / "kubernetes-json-schema" / f"v{version}-standalone-strict"
+    target.mkdir(parents=True, exist_ok=True)
+    definitions: dict[str, object] | None = None
+    for stem in kinds:
+        schema_file = target / f"{stem}.json"
+        if schema_file.exists():
+            continue
+        if definitions is None:
+            text = _SCHEMA_REF.sub('"#', (source / "_definitions.json").read_text())
+            definitions = json.loads(text)["$defs"]
+        schema = json.loads(_SCHEMA_REF.sub('"#', (source / f"{stem}.json").read_text()))
+        schema["$defs"] = definitions
+        partial = schema_file.with_suffix(".part")
+        partial.write_text(json.dumps(schema))
+        partial.replace(schema_file)
+    return target
+
+
+def deploy_tools() -> dict[str, Path]:
+    """Build (once) and return helm, kubeconform and kube-score."""
+    return {name: go_tool(name) for name in GO_TOOLS}
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 def serve_health_and_metrics(port: int, health: Health) -> WSGIServer:
     """Serve ``/metrics``, ``/livez`` and ``/readyz`` on ``port`` (all interfaces, for the kubelet and the
-    scraper) from a daemon thread; the probes answer 200 or 503 with the reason as text."""
+    scraper) from a daemon thread; the probes answer 200 or 503 with the reason as text, any other path 404."""
     metrics = make_wsgi_app()
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -78,7 +78,11 @@ def serve_health_and_metrics(port: int, health: Health) -> WSGIServer:
             ok, reason = health.live() if path == "/livez" else health.ready()
             start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
             return [reason.encode() + b"\n"]
-        return metrics(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/metrics":
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+        # Anything else is not here: a probe configured with a wrong path must fail, not read metrics as "ok".
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: the paths are /metrics, /livez and /readyz\n"]
 
     server = make_server("0.0.0.0", port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)  # noqa: S104 - probed from outside the pod
     threading.Thread(target=server.serve_forever, name="health-and-metrics", daemon=True).start()

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.admin import audit_routes, objects_routes, problems, runs_routes
+from services.admin import audit_routes, docs_assets, objects_routes, problems, runs_routes
 from services.admin.dependencies import AdminContext
 from services.admin.request_limits import RequestLimits
 
@@ -22,9 +22,13 @@ def create_app(context: AdminContext, *, max_body_bytes: int = 1_048_576) -> Fas
 
     app = FastAPI(
         title="member-export admin API",
+        # Swagger UI and ReDoc come from docs_assets: their assets are served here, not loaded from a CDN.
+        docs_url=None,
+        redoc_url=None,
         version="1",
         description="Manage connection profiles, HTTP API templates, saved queries and export definitions; "
-        "run exports on demand; follow their runs. Every route needs a bearer token except /healthz and /metrics. "
+        "run exports on demand; follow their runs. Every route needs a bearer token except /livez, /healthz, "
+        "/metrics and the documentation (/docs, /redoc, /openapi.json). "
         "Errors are RFC 9457 problem details (application/problem+json).",
     )
     app.state.context = context
@@ -32,7 +36,12 @@ def create_app(context: AdminContext, *, max_body_bytes: int = 1_048_576) -> Fas
     problems.install(app)
     app.openapi = lambda: problems.openapi_with_problems(app)  # type: ignore[method-assign]
 
-    @app.get("/healthz", tags=["operations"], summary="Liveness and catalog reachability")
+    @app.get("/livez", tags=["operations"], summary="Liveness: the server answers (no dependency is asked)")
+    def livez() -> dict[str, Any]:
+        # The kubelet's liveness probe: a catalog outage must not restart every admin pod (readiness says it).
+        return {"status": "ok"}
+
+    @app.get("/healthz", tags=["operations"], summary="Readiness: the catalog is reachable")
     def healthz() -> dict[str, Any]:
         context.runs.list_runs(limit=1)  # raises (500) when the catalog is unreachable
         return {"status": "ok"}
@@ -41,6 +50,7 @@ def create_app(context: AdminContext, *, max_body_bytes: int = 1_048_576) -> Fas
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    docs_assets.install(app)
     app.include_router(objects_routes.router, prefix=API_PREFIX)
     app.include_router(runs_routes.router, prefix=API_PREFIX)
     app.include_router(audit_routes.router, prefix=API_PREFIX)

@@ -48,6 +48,7 @@ def test_the_probes_and_the_metrics_are_served_over_http():
         assert httpx.get(f"{base}/readyz").status_code == 200
         RECORDS_CONSUMED.labels(service="health-test", topic="t").inc()
         assert 'export_records_consumed_total{service="health-test",topic="t"} 1.0' in httpx.get(f"{base}/metrics").text
+        assert httpx.get(f"{base}/ready").status_code == 404, "a probe with a wrong path fails"
     finally:
         server.shutdown()
         server.server_close()

@@ -1,0 +1,159 @@
+{{/* The services, in start order, and what each one reads. */}}
+{{- define "member-export.services" -}}
+scheduler extractor dispatcher notifier admin
+{{- end -}}
+
+{{- define "member-export.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "member-export.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "member-export.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "member-export.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: member-export
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "dispatcher"). */}}
+{{- define "member-export.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "member-export.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "member-export.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Kafka user a service authenticates as (its own KafkaUser when the chart makes them). */}}
+{{- define "member-export.kafkaUser" -}}
+{{- printf "%s-%s" (include "member-export.fullname" .root) .service | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Fail early on Kafka security values that cannot work. */}}
+{{- define "member-export.validate" -}}
+{{- $k := .Values.kafka -}}
+{{- if not (has $k.securityProtocol (list "PLAINTEXT" "SSL" "SASL_SSL" "SASL_PLAINTEXT")) -}}
+{{- fail (printf "kafka.securityProtocol must be PLAINTEXT, SSL, SASL_SSL or SASL_PLAINTEXT, not %q" $k.securityProtocol) -}}
+{{- end -}}
+{{- if hasPrefix "SASL_" $k.securityProtocol -}}
+{{- if not (has $k.sasl.mechanism (list "PLAIN" "SCRAM-SHA-256" "SCRAM-SHA-512")) -}}
+{{- fail (printf "kafka.sasl.mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with %s" $k.securityProtocol) -}}
+{{- end -}}
+{{- if and (not .Values.strimzi.users.enabled) (or (not $k.sasl.username) (not $k.sasl.passwordSecret.name)) -}}
+{{- fail "kafka.sasl.username and kafka.sasl.passwordSecret.name are required with SASL" -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.strimzi.users.enabled -}}
+{{- if and (eq .Values.strimzi.users.authentication "tls") (ne $k.securityProtocol "SSL") -}}
+{{- fail "strimzi.users.authentication=tls needs kafka.securityProtocol=SSL" -}}
+{{- end -}}
+{{- if and (hasPrefix "scram" .Values.strimzi.users.authentication) (not (hasPrefix "SASL_" $k.securityProtocol)) -}}
+{{- fail "strimzi.users.authentication=scram-sha-512 needs kafka.securityProtocol SASL_SSL (or SASL_PLAINTEXT)" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.strimzi.topics.enabled .Values.topics.create -}}
+{{- fail "strimzi.topics.enabled: the KafkaTopics own the topics, set topics.create=false" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Kafka security environment of one service: (dict "root" $ "service" "dispatcher"). */}}
+{{- define "member-export.kafkaEnv" -}}
+{{- $v := .root.Values -}}
+{{- $k := $v.kafka -}}
+{{- $dir := $k.credentialsDir -}}
+{{- $own := $v.strimzi.users.enabled -}}
+- {name: EXPORT_KAFKA_SECURITY_PROTOCOL, value: {{ $k.securityProtocol | quote }}}
+{{- if ne $k.securityProtocol "PLAINTEXT" }}
+{{- if and (hasSuffix "SSL" $k.securityProtocol) $k.tls.caSecret.name }}
+- {name: EXPORT_KAFKA_SSL_CA_FILE, value: {{ printf "%s/ca.crt" $dir | quote }}}
+{{- end }}
+{{- if or $k.tls.clientCertSecret.name (and $own (eq $v.strimzi.users.authentication "tls")) }}
+- {name: EXPORT_KAFKA_SSL_CERT_FILE, value: {{ printf "%s/client.crt" $dir | quote }}}
+- {name: EXPORT_KAFKA_SSL_KEY_FILE, value: {{ printf "%s/client.key" $dir | quote }}}
+{{- end }}
+{{- if hasPrefix "SASL_" $k.securityProtocol }}
+- {name: EXPORT_KAFKA_SASL_MECHANISM, value: {{ $k.sasl.mechanism | quote }}}
+- {name: EXPORT_KAFKA_SASL_USERNAME, value: {{ ternary (include "member-export.kafkaUser" .) $k.sasl.username $own | quote }}}
+- {name: EXPORT_KAFKA_SASL_PASSWORD_FILE, value: {{ printf "%s/sasl-password" $dir | quote }}}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The projected volume of one service's Kafka credentials (nothing with PLAINTEXT and no secret). */}}
+{{- define "member-export.kafkaVolumeSources" -}}
+{{- $v := .root.Values -}}
+{{- $k := $v.kafka -}}
+{{- $own := $v.strimzi.users.enabled -}}
+{{- $user := include "member-export.kafkaUser" . -}}
+{{- if ne $k.securityProtocol "PLAINTEXT" }}
+{{- if and (hasSuffix "SSL" $k.securityProtocol) $k.tls.caSecret.name }}
+- secret:
+    name: {{ $k.tls.caSecret.name }}
+    items: [{key: {{ $k.tls.caSecret.key }}, path: ca.crt}]
+{{- end }}
+{{- if and $own (eq $v.strimzi.users.authentication "tls") }}
+- secret:
+    name: {{ $user }}
+    items: [{key: user.crt, path: client.crt}, {key: user.key, path: client.key}]
+{{- else if $k.tls.clientCertSecret.name }}
+- secret:
+    name: {{ $k.tls.clientCertSecret.name }}
+    items: [{key: {{ $k.tls.clientCertSecret.certKey }}, path: client.crt}, {key: {{ $k.tls.clientCertSecret.keyKey }}, path: client.key}]
+{{- end }}
+{{- if hasPrefix "SASL_" $k.securityProtocol }}
+- secret:
+    name: {{ ternary $user $k.sasl.passwordSecret.name $own }}
+    items: [{key: {{ ternary "password" $k.sasl.passwordSecret.key $own }}, path: sasl-password}]
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* An egress rule from a {cidrs, peers, ports} value; nothing when it names no destination. */}}
+{{- define "member-export.egressRule" -}}
+{{- if or .cidrs .peers }}
+- to:
+    {{- range .cidrs }}
+    - ipBlock: {cidr: {{ . }}}
+    {{- end }}
+    {{- with .peers }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    {{- range .ports }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The topics the code uses (shared/topics.py, Topics(prefix).all(); tests/unit/test_helm_chart.py holds them
+equal): run-requests, member-batches by priority, run-events, dead-letters. */}}
+{{- define "member-export.topicNames" -}}
+{{- $p := .Values.topics.prefix -}}
+{{- $names := list (print $p "exports.run-requests") (print $p "exports.member-batches.high") (print $p "exports.member-batches") (print $p "exports.member-batches.low") (print $p "exports.run-events") (print $p "exports.dead-letters") -}}
+{{- join " " $names -}}
+{{- end -}}
+
+{{/* The consumer group of a service (shared/runtime.py: <prefix>member-export-<service>). */}}
+{{- define "member-export.consumerGroup" -}}
+{{- printf "%smember-export-%s" .root.Values.topics.prefix .service -}}
+{{- end -}}

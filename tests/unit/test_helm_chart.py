@@ -1,0 +1,383 @@
+"""The Helm chart, as a cluster and its operators would see it: it lints, its manifests pass the Kubernetes
+schemas (kubeconform, local schemas, no network), kube-score finds nothing critical on production-like values,
+and what it says about Kafka (topics, users, ACLs, consumer groups, credentials) is what the code does.
+
+The other half, the chart's commands, variables, ports and probes actually running an export, is
+tests/e2e/test_chart_run.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from devtools.prerequisites import go_tool, kubernetes_schemas
+from shared.topics import Topics
+from tests.chart import CHART, CI_VALUES, SERVICES, Rendered, helm, render
+
+#: Kubernetes versions the manifests are validated against: the chart's kubeVersion floor and a recent one.
+KUBERNETES_VERSIONS = ("1.27.0", "1.35.0")
+#: The built-in kinds the chart makes (schema file stem → kind); a new kind must be added here to be validated.
+BUILT_IN_KINDS = {
+    "configmap-v1": "ConfigMap",
+    "deployment-apps-v1": "Deployment",
+    "service-v1": "Service",
+    "poddisruptionbudget-policy-v1": "PodDisruptionBudget",
+    "networkpolicy-networking-v1": "NetworkPolicy",
+    "job-batch-v1": "Job",
+}
+#: Operators' custom resources: their structure is held by the tests below, not by a schema.
+CUSTOM_KINDS = ("KafkaTopic", "KafkaUser", "PodMonitor", "ScaledObject")
+
+
+@pytest.fixture(scope="module")
+def renders() -> dict[str, Rendered]:
+    return {name: render(path) for name, path in CI_VALUES.items()}
+
+
+def test_the_ci_values_files_are_the_three_the_chart_promises() -> None:
+    assert set(CI_VALUES) == {"default", "production", "strimzi"}
+
+
+@pytest.mark.parametrize("values", sorted(CI_VALUES))
+def test_helm_lint_is_clean(values: str) -> None:
+    linted = helm("lint", "--strict", str(CHART), "-f", str(CI_VALUES[values]), check=False)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+def test_every_kind_rendered_is_validated_or_a_known_custom_resource(renders: dict[str, Rendered]) -> None:
+    kinds = {d["kind"] for rendered in renders.values() for d in rendered.documents}
+    assert kinds == set(BUILT_IN_KINDS.values()) | set(CUSTOM_KINDS)
+    assert not any(r.of_kind("Secret") for r in renders.values()), "the chart never renders a Secret"
+
+
+def _kubeconform(version: str, manifests: Path) -> subprocess.CompletedProcess[str]:
+    schemas = kubernetes_schemas(version, BUILT_IN_KINDS)
+    return subprocess.run(
+        [
+            str(go_tool("kubeconform")),
+            "-strict",
+            "-summary",
+            "-schema-location",
+            f"{schemas}/{{{{.ResourceKind}}}}{{{{.KindSuffix}}}}.json",
+            "-skip",
+            ",".join(CUSTOM_KINDS),
+            str(manifests),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("values", sorted(CI_VALUES))
+def test_manifests_pass_the_kubernetes_schemas(
+    renders: dict[str, Rendered], values: str, version: str, tmp_path: Path
+) -> None:
+    manifests = tmp_path / "manifests.yaml"
+    manifests.write_text(renders[values].text)
+    validated = _kubeconform(version, manifests)
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    assert "Invalid: 0, Errors: 0" in validated.stdout
+
+
+def test_the_schema_check_does_catch_a_wrong_field(renders: dict[str, Rendered], tmp_path: Path) -> None:
+    deployment = renders["default"].deployments()["dispatcher"]
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["paht"] = "/livez"
+    manifests = tmp_path / "wrong.yaml"
+    manifests.write_text(yaml.safe_dump(deployment))
+    validated = _kubeconform(KUBERNETES_VERSIONS[0], manifests)
+    assert validated.returncode != 0
+    assert "paht" in validated.stdout
+
+
+def _kube_score(manifests: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(go_tool("kube-score")), "score", "--output-format", "ci", str(manifests)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_kube_score_finds_nothing_critical_on_production_values(renders: dict[str, Rendered], tmp_path: Path) -> None:
+    manifests = tmp_path / "production.yaml"
+    manifests.write_text(renders["production"].text)
+    scored = _kube_score(manifests)
+    findings = [line for line in scored.stdout.splitlines() if line.startswith(("[CRITICAL]", "[WARNING]"))]
+    assert findings == []
+    assert scored.returncode == 0, scored.stdout + scored.stderr
+    assert scored.stdout.count("[OK]") > 50  # it did score every object
+
+
+def test_kube_score_does_flag_what_production_values_fix(renders: dict[str, Rendered], tmp_path: Path) -> None:
+    """The defaults have no NetworkPolicy (no egress list to write it from): kube-score says so."""
+    manifests = tmp_path / "default.yaml"
+    manifests.write_text(renders["default"].text)
+    scored = _kube_score(manifests)
+    assert scored.returncode != 0
+    assert "does not have a matching NetworkPolicy" in scored.stdout
+
+
+# --- The pods ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", sorted(CI_VALUES))
+def test_every_pod_is_non_root_read_only_tokenless_and_bounded(renders: dict[str, Rendered], values: str) -> None:
+    for name, pod in renders[values].pod_specs().items():
+        assert pod["automountServiceAccountToken"] is False, name
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] > 10000, name
+        assert pod["securityContext"]["runAsGroup"] > 10000, name
+        [container] = pod["containers"]
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True, name
+        assert security["allowPrivilegeEscalation"] is False, name
+        assert security["capabilities"]["drop"] == ["ALL"], name
+        assert security["runAsUser"] > 10000, name
+        assert security["runAsGroup"] > 10000, name
+        for bound in ("requests", "limits"):
+            assert {"cpu", "memory", "ephemeral-storage"} <= set(container["resources"][bound]), (name, bound)
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"], name
+
+
+def test_probes_ask_the_right_questions(renders: dict[str, Rendered]) -> None:
+    """Workers: liveness /livez, readiness /readyz, on their metrics port. The admin API: liveness /livez (no
+    dependency asked: a catalog outage must not restart it), readiness /healthz (the catalog). All: a startup
+    probe, and liveness is never readiness."""
+    rendered = renders["production"]
+    for service in SERVICES:
+        container = rendered.container(service)
+        port = container["ports"][0]["name"]
+        probes = {kind: container[f"{kind}Probe"]["httpGet"] for kind in ("startup", "liveness", "readiness")}
+        assert {probe["port"] for probe in probes.values()} == {port}
+        expected_readiness = "/healthz" if service == "admin" else "/readyz"
+        assert probes["liveness"]["path"] == "/livez", service
+        assert probes["startup"]["path"] == "/livez", service
+        assert probes["readiness"]["path"] == expected_readiness, service
+
+
+def test_replicas_spread_over_nodes_and_zones_with_a_disruption_budget(renders: dict[str, Rendered]) -> None:
+    rendered = renders["production"]
+    budgets = {
+        d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
+        for d in rendered.of_kind("PodDisruptionBudget")
+    }
+    assert budgets == set(SERVICES)
+    for service, deployment in rendered.deployments().items():
+        spec = deployment["spec"]["template"]["spec"]
+        keys = {c["topologyKey"] for c in spec["topologySpreadConstraints"]}
+        assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}, service
+        for constraint in spec["topologySpreadConstraints"]:
+            assert constraint["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_network_policies_let_in_only_the_api_and_the_monitoring_namespace(renders: dict[str, Rendered]) -> None:
+    rendered = renders["production"]
+    policies = {
+        d["metadata"]["name"].removeprefix("member-export-"): d["spec"] for d in rendered.of_kind("NetworkPolicy")
+    }
+    assert set(policies) == {*SERVICES, "migrations"}
+    for name, spec in policies.items():
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        if name == "admin":
+            assert [rule["ports"] for rule in spec["ingress"]] == [[{"protocol": "TCP", "port": "http"}]]
+        elif name == "migrations":
+            assert spec["ingress"] == []
+        else:
+            [rule] = spec["ingress"]
+            assert rule["ports"] == [{"protocol": "TCP", "port": "metrics"}]
+            assert rule["from"] == [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+            ]
+
+    def destinations(name: str) -> set[str]:
+        return {peer["ipBlock"]["cidr"] for rule in policies[name]["egress"] for peer in rule.get("to", [])}
+
+    values = yaml.safe_load(CI_VALUES["production"].read_text())["networkPolicy"]["egress"]
+    kafka, catalog = set(values["kafka"]["cidrs"]), set(values["catalog"]["cidrs"])
+    store, smtp, partners = (set(values[k]["cidrs"]) for k in ("queryStore", "smtp", "partners"))
+    assert destinations("dispatcher") == kafka | catalog | partners  # partners: the dispatcher alone
+    assert destinations("notifier") == kafka | catalog | smtp
+    assert destinations("extractor") == kafka | catalog | store
+    assert destinations("admin") == kafka | catalog | store
+    assert destinations("scheduler") == kafka | catalog
+    assert destinations("migrations") == catalog
+
+
+def test_the_migration_job_upgrades_the_catalog_before_an_install_or_upgrade(renders: dict[str, Rendered]) -> None:
+    for rendered in renders.values():
+        [job] = rendered.of_kind("Job")
+        assert set(job["metadata"]["annotations"]["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
+        [container] = job["spec"]["template"]["spec"]["containers"]
+        assert container["command"] + container["args"] == ["exportctl", "db", "upgrade"]
+        assert next(e["name"] for e in container["env"]) == "EXPORT_CATALOG_URL"
+
+
+# --- Kafka: what the chart says is what the code does -------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["", "prod."])
+def test_kafka_topics_are_the_code_topics_with_their_partitions_and_configs(prefix: str, tmp_path: Path) -> None:
+    rendered = render(CI_VALUES["strimzi"], values={"topics": {"prefix": prefix, "partitions": 7}}, tmp_dir=tmp_path)
+    topics = {t["spec"]["topicName"]: t["spec"] for t in rendered.of_kind("KafkaTopic")}
+    specs = Topics(prefix).specs(partitions=7, replication_factor=3)
+    assert list(topics) == [spec.name for spec in specs] == Topics(prefix).all()
+    for spec in specs:
+        assert topics[spec.name]["partitions"] == spec.partitions
+        assert topics[spec.name]["replicas"] == spec.replication_factor
+        assert topics[spec.name].get("config", {}) == dict(spec.configs)
+    config = rendered.named("ConfigMap", "member-export")["data"]
+    assert config["EXPORT_TOPICS_CREATE"] == "false"  # the KafkaTopics own them: the services only check
+    assert (config["EXPORT_TOPIC_PREFIX"], config["EXPORT_TOPIC_PARTITIONS"]) == (prefix, "7")
+    for topic in rendered.of_kind("KafkaTopic"):
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "events"
+
+
+def test_kafka_topics_owned_by_strimzi_refuse_services_that_would_create_them(tmp_path: Path) -> None:
+    refused = helm(
+        "template", "x", str(CHART), "-f", str(CI_VALUES["strimzi"]), "--set", "topics.create=true", check=False
+    )
+    assert refused.returncode != 0
+    assert "set topics.create=false" in refused.stderr
+
+
+def _acls(user: dict[str, Any]) -> dict[str, set[str]]:
+    """``operation → resources`` of a KafkaUser (topics by name, groups as ``group:<name>``)."""
+    granted: dict[str, set[str]] = {}
+    for acl in user["spec"]["authorization"]["acls"]:
+        resource = acl["resource"]
+        name = resource["name"] if resource["type"] == "topic" else f"{resource['type']}:{resource['name']}"
+        for operation in acl["operations"]:
+            granted.setdefault(operation, set()).add(name)
+    return granted
+
+
+def test_each_service_kafka_user_has_exactly_the_acls_it_needs(renders: dict[str, Rendered]) -> None:
+    topics = Topics("")
+    batches = set(topics.member_batch_topics())
+    users = {u["metadata"]["name"].removeprefix("member-export-"): u for u in renders["strimzi"].of_kind("KafkaUser")}
+    assert set(users) == set(SERVICES)
+    reads = {
+        "scheduler": set(),
+        "extractor": {topics.run_requests},
+        "dispatcher": batches,
+        "notifier": {topics.run_events},
+        "admin": {topics.dead_letters},  # dead-letter replay reads the topic without a group
+    }
+    writes = {
+        "scheduler": {topics.run_requests, topics.run_events},
+        "extractor": {topics.run_requests, topics.run_events, topics.dead_letters} | batches,
+        "dispatcher": {topics.run_events, topics.dead_letters},
+        "notifier": {topics.run_events, topics.dead_letters},
+        "admin": {topics.run_requests, topics.run_events} | batches,
+    }
+    for service, user in users.items():
+        granted = _acls(user)
+        assert user["spec"]["authentication"]["type"] == "tls"
+        assert granted["Describe"] - {g for g in granted["Describe"] if g.startswith("group:")} == set(topics.all())
+        assert "Create" not in granted, service  # topics.create=false: no Create ACL
+        groups = {g for g in granted.get("Read", set()) if g.startswith("group:")}
+        assert granted.get("Read", set()) - groups == reads[service], service
+        assert granted["Write"] == writes[service], service
+        consumer = service in ("extractor", "dispatcher", "notifier")
+        assert groups == ({f"group:member-export-{service}"} if consumer else set()), service
+        assert not set(granted) - {"Describe", "Read", "Write"}, service
+
+
+def test_services_authenticate_with_their_own_strimzi_user_certificate(renders: dict[str, Rendered]) -> None:
+    rendered = renders["strimzi"]
+    for service in SERVICES:
+        container = rendered.container(service)
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["EXPORT_KAFKA_SECURITY_PROTOCOL"] == "SSL"
+        files = {env[f"EXPORT_KAFKA_SSL_{what}_FILE"] for what in ("CA", "CERT", "KEY")}
+        volume = _kafka_volume(rendered, service)
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "kafka-credentials")
+        projected = {
+            f"{mount['mountPath']}/{item['path']}": (source["secret"]["name"], item["key"])
+            for source in volume["projected"]["sources"]
+            for item in source["secret"]["items"]
+        }
+        assert set(projected) == files
+        assert projected[env["EXPORT_KAFKA_SSL_CERT_FILE"]] == (f"member-export-{service}", "user.crt")
+        assert projected[env["EXPORT_KAFKA_SSL_KEY_FILE"]] == (f"member-export-{service}", "user.key")
+        assert projected[env["EXPORT_KAFKA_SSL_CA_FILE"]] == ("events-cluster-ca-cert", "ca.crt")
+
+
+def _kafka_volume(rendered: Rendered, service: str) -> dict[str, Any]:
+    pod = rendered.deployments()[service]["spec"]["template"]["spec"]
+    return next(v for v in pod["volumes"] if v["name"] == "kafka-credentials")
+
+
+def test_sasl_credentials_are_mounted_files_the_settings_point_at(renders: dict[str, Rendered]) -> None:
+    rendered = renders["production"]
+    for service in SERVICES:
+        env = {e["name"]: e.get("value") for e in rendered.container(service)["env"]}
+        assert env["EXPORT_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert env["EXPORT_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+        assert env["EXPORT_KAFKA_SASL_USERNAME"] == "member-export"
+        assert "EXPORT_KAFKA_SASL_PASSWORD" not in env  # never a variable: a file, readable by the group only
+        volume = _kafka_volume(rendered, service)
+        assert volume["projected"]["defaultMode"] == 0o440
+        items = {
+            item["path"]: (source["secret"]["name"], item["key"])
+            for source in volume["projected"]["sources"]
+            for item in source["secret"]["items"]
+        }
+        assert items == {"ca.crt": ("kafka-ca", "ca.crt"), "sasl-password": ("member-export-kafka", "password")}
+        assert env["EXPORT_KAFKA_SASL_PASSWORD_FILE"] == "/etc/member-export/kafka/sasl-password"
+        assert env["EXPORT_KAFKA_SSL_CA_FILE"] == "/etc/member-export/kafka/ca.crt"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"kafka": {"securityProtocol": "SASL_SSL"}}, "kafka.sasl.mechanism must be"),
+        ({"kafka": {"securityProtocol": "TLS"}}, "kafka.securityProtocol must be"),
+        (
+            {"kafka": {"securityProtocol": "SASL_SSL", "sasl": {"mechanism": "PLAIN"}}},
+            "kafka.sasl.username and kafka.sasl.passwordSecret.name are required",
+        ),
+    ],
+)
+def test_kafka_security_values_that_cannot_work_fail_the_render(
+    values: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(values))
+    refused = helm("template", "x", str(CHART), "-f", str(path), check=False)
+    assert refused.returncode != 0
+    assert message in refused.stderr
+
+
+def test_keda_scales_extractor_and_dispatcher_on_their_own_consumer_groups(renders: dict[str, Rendered]) -> None:
+    rendered = renders["production"]
+    topics = Topics("prod.")
+    expected = {"extractor": [topics.run_requests], "dispatcher": topics.member_batch_topics()}
+    scaled = {
+        d["spec"]["scaleTargetRef"]["name"].removeprefix("member-export-"): d for d in rendered.of_kind("ScaledObject")
+    }
+    assert set(scaled) == set(expected)
+    for service, scaled_object in scaled.items():
+        triggers = scaled_object["spec"]["triggers"]
+        assert [t["metadata"]["topic"] for t in triggers] == expected[service]
+        assert {t["metadata"]["consumerGroup"] for t in triggers} == {f"prod.member-export-{service}"}
+        assert "replicas" not in rendered.deployments()[service]["spec"]  # KEDA's HPA owns the count
+    assert "replicas" in rendered.deployments()["notifier"]["spec"]
+
+
+def test_the_pod_monitor_scrapes_every_service_metrics_port(renders: dict[str, Rendered]) -> None:
+    rendered = renders["production"]
+    [monitor] = rendered.of_kind("PodMonitor")
+    ports = {endpoint["port"] for endpoint in monitor["spec"]["podMetricsEndpoints"]}
+    for service in SERVICES:
+        labels = rendered.deployments()[service]["spec"]["template"]["metadata"]["labels"]
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert rendered.container(service)["ports"][0]["name"] in ports
+        assert {e["path"] for e in monitor["spec"]["podMetricsEndpoints"]} == {"/metrics"}
