@@ -2,8 +2,9 @@
 
 Live: the service's main loop has come round within ``stall_seconds`` (a wedged loop is restarted; the bound
 is the consumer's ``max.poll.interval``, past which Kafka gives its partitions away anyway). Ready: live,
-and not waiting out a dependency (the broker, the catalog, the member store): a service that is riding out
-an outage says so without being restarted, and says ready again once the dependency answers.
+in its consumer group (a heartbeat to the group coordinator within the session timeout: the broker reached,
+the group joined), and not waiting out a dependency (the broker, the catalog, the member store): a service
+riding out an outage says so without being restarted, and says ready again once the dependency answers.
 """
 
 from __future__ import annotations
@@ -17,28 +18,34 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 
+#: The condition an interrupted loop sets (a dependency away) and clears (it answers again).
+DEPENDENCY = "dependency"
+#: The condition a consumer sets while it is not in its group (not joined yet, or the broker unreachable).
+GROUP = "group"
+
 
 class Health:
-    """What the probes read; the service's loop calls :meth:`beat` each time round and :meth:`waiting` /
-    :meth:`recovered` around an outage."""
+    """What the probes read; the service's loop calls :meth:`beat` each time round, and sets and clears
+    named conditions that make it not ready (:meth:`waiting` / :meth:`recovered`)."""
 
     def __init__(self, stall_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.stall_seconds = stall_seconds
         self.clock = clock
         self._last_beat = clock()
-        self._waiting_for: str | None = None
+        self._conditions: dict[str, str] = {}
 
     def beat(self) -> None:
         """The loop came round."""
         self._last_beat = self.clock()
 
-    def waiting(self, reason: str) -> None:
-        """The loop is waiting out a dependency (``reason`` names it, without secrets)."""
-        self._waiting_for = reason
+    def waiting(self, reason: str, condition: str = DEPENDENCY) -> None:
+        """Not ready while ``condition`` holds (``reason`` says why, without secrets)."""
+        self._conditions[condition] = reason
         self.beat()
 
-    def recovered(self) -> None:
-        self._waiting_for = None
+    def recovered(self, condition: str = DEPENDENCY) -> None:
+        """``condition`` no longer holds."""
+        self._conditions.pop(condition, None)
         self.beat()
 
     def live(self) -> tuple[bool, str]:
@@ -51,8 +58,10 @@ class Health:
         live, reason = self.live()
         if not live:
             return False, reason
-        if self._waiting_for is not None:
-            return False, f"waiting out a dependency: {self._waiting_for}"
+        if DEPENDENCY in self._conditions:
+            return False, f"waiting out a dependency: {self._conditions[DEPENDENCY]}"
+        if self._conditions:
+            return False, "; ".join(self._conditions.values())
         return True, "ok"
 
 

@@ -55,7 +55,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from shared.errors import InvalidInput, RetryableError
 from shared.events import DeadLetter
-from shared.health import Health
+from shared.health import GROUP, Health
 from shared.kafka.clients import InFlight, produce, produce_and_wait, produce_timeout_seconds
 from shared.kafka.records import Consumed as Consumed
 from shared.kafka.records import Headers as Headers
@@ -149,6 +149,26 @@ def is_interruption(error: BaseException) -> bool:
     if is_outage(error):
         return True
     return isinstance(error, KafkaError) and bool(getattr(error, "retriable", False)) and not is_fatal(error)
+
+
+#: How often the loop reads the consumer's heartbeat age for the readiness probe.
+GROUP_CHECK_SECONDS = 2.0
+#: Why a consumer is not ready while outside its group (not joined yet, or the broker unreachable).
+NOT_IN_GROUP = "not in its consumer group: no heartbeat answered within the session timeout"
+
+
+def heartbeat_silence_seconds(consumer: Any) -> float | None:
+    """Seconds since the consumer's group coordinator last answered one of its heartbeats (infinite before the
+    first), or None when the client does not say.
+
+    Read from kafka-python's heartbeat state: its ``last-heartbeat-seconds-ago`` metric subtracts a monotonic
+    instant from wall-clock time (kafka-python 3.0), so it is no use here.
+    """
+    heartbeat = getattr(getattr(consumer, "_coordinator", None), "heartbeat", None)
+    last_receive = getattr(heartbeat, "last_receive", None)
+    if not isinstance(last_receive, int | float):
+        return None
+    return time.monotonic() - float(last_receive)
 
 
 def interruption_backoff(interruptions: int) -> float:
@@ -348,6 +368,7 @@ class ConsumerLoop(Generic[E]):
         self.handle_round = handle_round
         #: True while the loop waits out a dependency (its last poll was handed back).
         self.interrupted = False
+        self._next_group_check = 0.0
         #: Told when the loop comes round and when it waits out a dependency (the /livez and /readyz probes).
         self.health = health or Health(stall_seconds=float("inf"))
 
@@ -361,9 +382,11 @@ class ConsumerLoop(Generic[E]):
         records handled again; only a fatal Kafka error (see :func:`is_fatal`) raises, with its reason logged."""
         log.info("consumer loop started", service=self.service, topics=sorted(self.consumer.subscription() or []))
         interruptions = 0
+        self.health.waiting(NOT_IN_GROUP, GROUP)  # until a heartbeat is answered (see _check_group)
         try:
             while not self.stopping.is_set():
                 self.health.beat()
+                self._check_group()
                 try:
                     self.poll_once()
                 except Exception as exc:
@@ -389,6 +412,25 @@ class ConsumerLoop(Generic[E]):
             self.producer.flush()
             self.producer.close()
             log.info("consumer loop stopped", service=self.service)
+
+    def _check_group(self) -> None:
+        """Every :data:`GROUP_CHECK_SECONDS`, tell the health whether the consumer is in its group: a heartbeat
+        answered by the group coordinator within the session timeout (none yet: not joined; none for longer:
+        the broker is unreachable or the group is rebalancing)."""
+        now = time.monotonic()
+        if now < self._next_group_check:
+            return
+        self._next_group_check = now + GROUP_CHECK_SECONDS
+        silent = heartbeat_silence_seconds(self.consumer)
+        if silent is None:
+            self.health.recovered(GROUP)  # the client does not say: no evidence against it
+            return
+        session = float(getattr(self.consumer, "config", {}).get("session_timeout_ms", 10_000)) / 1000
+        if silent > session:
+            # kafka-python forgets the last answer when it loses the coordinator: one reason for both cases.
+            self.health.waiting(NOT_IN_GROUP, GROUP)
+        else:
+            self.health.recovered(GROUP)
 
     def _wait_out(self, error: BaseException, interruptions: int) -> None:
         """Log and count an interrupted poll, then wait before the next (the records were handed back)."""

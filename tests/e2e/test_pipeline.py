@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import Counter
 
@@ -154,8 +155,10 @@ def test_dead_letters_are_replayed_once_the_endpoint_is_fixed_and_the_history_li
 
     read_until(pipeline.bootstrap, pipeline.topics.dead_letters, lambda vs: dead_lettered(vs) >= 100)
     listed = pipeline.exportctl("dead-letters", "list", "--run", str(original))
-    assert f"{original}  small-to-strict-partner" in listed.stdout
-    assert "100 member(s)  HTTP 400" in listed.stdout
+    # One row: the run, its definition, its 100 refused members and the reason.
+    assert re.search(rf"^{original}\s+small-to-strict-partner\s+100\s+HTTP 400", listed.stdout, re.MULTILINE), (
+        listed.stdout
+    )
 
     reject_status, pipeline.strict.state.reject_status = pipeline.strict.state.reject_status, None  # fixed
     try:
