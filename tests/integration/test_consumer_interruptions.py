@@ -188,24 +188,28 @@ def test_a_wedged_loop_is_not_live_until_it_comes_round_again(settings: CommonSe
 def test_a_consumer_is_ready_once_in_its_group_and_not_ready_while_its_broker_is_down(tmp_path: Path):
     # A broker of the test's own, to stop and start again on its data.
     with LocalKafka(tmp_path / "kafka") as broker:
-        settings = CommonSettings(
-            kafka_bootstrap_servers=broker.bootstrap_servers,
-            topic_prefix="ready.",
-            topic_partitions=1,
-            catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}",
-            metrics_port=0,
-        )
-        ensure_topics(settings)
-        health = Health(stall_seconds=600)
-        loop = _loop(settings, lambda request: [], service="ready")
-        loop.health = health
-        with _running(loop):
-            _wait(lambda: health.ready()[0], timeout=60)
-            broker.kill()
-            _wait(lambda: not health.ready()[0], timeout=60)
-            reason = health.ready()[1]
-            # Whichever it notices first: the heartbeats going unanswered, or a poll failing to connect.
-            assert reason == NOT_IN_GROUP or "KafkaConnectionError" in reason, reason
-            assert health.live()[0], "a broker away is no reason to restart the pod"
-            broker.start(keep_data=True)
-            _wait(lambda: health.ready()[0], timeout=90)
+        _ready_across_a_broker_restart(broker, tmp_path)
+
+
+def _ready_across_a_broker_restart(broker: LocalKafka, tmp_path: Path) -> None:
+    settings = CommonSettings(
+        kafka_bootstrap_servers=broker.bootstrap_servers,
+        topic_prefix="ready.",
+        topic_partitions=1,
+        catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}",
+        metrics_port=0,
+    )
+    ensure_topics(settings)
+    health = Health(stall_seconds=600)
+    loop = _loop(settings, lambda request: [], service="ready")
+    loop.health = health
+    with _running(loop):
+        _wait(lambda: health.ready()[0], timeout=60)
+        broker.kill()
+        _wait(lambda: not health.ready()[0], timeout=60)
+        reason = health.ready()[1]
+        # Whichever it notices first: the heartbeats going unanswered, or a poll failing to connect.
+        assert reason == NOT_IN_GROUP or "KafkaConnectionError" in reason, reason
+        assert health.live()[0], "a broker away is no reason to restart the pod"
+        broker.start(keep_data=True)
+        _wait(lambda: health.ready()[0], timeout=90)
