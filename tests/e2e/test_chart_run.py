@@ -35,6 +35,7 @@ from devtools.http_receiver import HttpReceiver
 from devtools.processes import free_port, wait_until
 from devtools.smtp_sink import SmtpSink
 from shared.catalog import make_engine
+from shared.domain.runs import RunStatus
 from shared.querystore.demo_data import create_demo_members
 from tests.chart import ROOT, SERVICES, Rendered, render
 
@@ -317,7 +318,7 @@ def test_the_chart_run_as_processes_exports_end_to_end(
 
             def finished() -> bool:
                 record.update(api.get(f"/runs/{run_id}").json())
-                return record["status"] not in ("queued", "running")
+                return RunStatus(record["status"]).is_final  # "extracting" and "dispatching" are not
 
             wait_until(finished, timeout=180, interval=0.5, what="the run to finish")
         assert record["status"] == "succeeded", (record, {s: p.log() for s, p in pods.items()})
