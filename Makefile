@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: deploy-tools demo test lint unit integration e2e chaos bench bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
+.PHONY: deploy-tools demo up test lint unit integration e2e chaos bench bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ deploy-tools: prerequisites
 ## A local end-to-end export of 10,000 demo members on real Kafka, HTTP and SMTP servers.
 demo: prerequisites
 	$(BIN)/python -m devtools.demo
+
+## The whole local stack with demo data, kept running for the web console (its URL and demo tokens printed) until Ctrl-C.
+up: prerequisites
+	$(BIN)/python -m devtools.up $(UP_ARGS)
 
 ## Lint, type-check and run the whole suite (unit, integration, e2e) on real infrastructure.
 test: prerequisites deploy-tools lint

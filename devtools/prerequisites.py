@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         java, mvn = require_java_and_maven()
         print(f"java {java_major_version(java)}: {java}; maven: {mvn}")
         print(f"PostgreSQL server binaries: {postgres_bin_dir()}")
+        from devtools.browser import chromium_path  # here: devtools.browser imports this module
+
+        print(f"Chromium (the console's browser tests): {chromium_path()}")
     except MissingPrerequisite as exc:
         print(f"missing prerequisite: {exc}")
         return 1

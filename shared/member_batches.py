@@ -26,6 +26,16 @@ from shared.events import SCHEMA_VERSION, Priority
 from shared.querystore.paging import jsonable
 
 
+def members_per_record(batch_size: int, record_members: int) -> int:
+    """Members per record: whole requests of ``batch_size`` members, at least ``record_members`` where that fits.
+
+    A template of 500 gets one request per record; a one-member template gets ``record_members`` requests per
+    record (the dispatcher sends them concurrently), so the per-record costs of Kafka, decoding, the outcome
+    event and the run's ledger are not paid once per member.
+    """
+    return batch_size * max(1, record_members // batch_size)
+
+
 class MemberTooLarge(ValueError):
     """One member alone encodes to more bytes than a record may hold."""
 

@@ -13,6 +13,7 @@ from shared.kafka import ConsumerLoop, Headers, Outgoing, make_consumer, make_pr
 from shared.kafka.clients import DEFAULT_MAX_POLL_INTERVAL_MS
 from shared.kafka.loop import RoundHandler
 from shared.log import configure_logging
+from shared.metrics import record_build_info
 from shared.settings import CommonSettings
 
 E = TypeVar("E")
@@ -23,9 +24,11 @@ STALL_MARGIN_SECONDS = 60.0
 
 
 def start_service(settings: CommonSettings, service: str) -> Health:
-    """Configure logging, exit unless the catalog is at this release's schema, serve /metrics, /livez and
-    /readyz, and make sure the topics exist; return the health the service's loop reports to."""
+    """Configure logging, exit unless the catalog is at this release's schema, serve /metrics (with
+    ``member_export_build_info`` set), /livez and /readyz, and make sure the topics exist; return the health
+    the service's loop reports to."""
     configure_logging(settings.log_level, settings.log_format, service)
+    record_build_info(service)
     check_catalog_schema(settings.catalog_url)
     health = Health(stall_seconds=DEFAULT_MAX_POLL_INTERVAL_MS / 1000 + STALL_MARGIN_SECONDS)
     if settings.metrics_port:

@@ -14,6 +14,7 @@ from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
 from services.dispatcher.http_client import guarded_client
 from services.dispatcher.partner_auth import OAuthTokenCache
+from services.dispatcher.partner_http import AiohttpPartnerHttp
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import CatalogObject, SavedQuery
 from shared.domain.destinations import DestinationPolicy
@@ -28,16 +29,19 @@ class Http:
 
     portal: BlockingPortal
     client: httpx.AsyncClient
+    partners: AiohttpPartnerHttp
 
 
 @contextmanager
 def http_on_loop(allowlist: str = "127.0.0.1") -> Iterator[Http]:
     """A guarded client (allowing ``allowlist``) on a new event loop thread."""
     with start_blocking_portal() as portal:
-        http = Http(portal, guarded_client(DestinationPolicy.parse(allowlist)))
+        policy = DestinationPolicy.parse(allowlist)
+        http = Http(portal, guarded_client(policy), AiohttpPartnerHttp(policy))
         try:
             yield http
         finally:
+            portal.call(http.partners.aclose)
             portal.call(http.client.aclose)
 
 
@@ -64,7 +68,7 @@ def blocking_dispatcher(
 ) -> BlockingDispatcher:
     dispatcher = Dispatcher(
         objects=CatalogCache(catalog.definitions, catalog.runs, ttl=cache_seconds),
-        deliverer=Deliverer(http.client, policy),
+        deliverer=Deliverer(http.partners, policy),
         tokens=OAuthTokenCache(http.client),
         topics=topics,
     )

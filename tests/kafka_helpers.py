@@ -57,6 +57,15 @@ def _from_the_beginning(consumer: KafkaConsumer, topic: str, deadline: float, ti
     return assigned
 
 
+def partitions_of(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[int]:
+    """The partition numbers of ``topic`` (a topic the broker auto-created has its default count, not ours)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        return [p.partition for p in _from_the_beginning(consumer, topic, time.monotonic() + timeout, timeout)]
+    finally:
+        consumer.close()
+
+
 def read_to_end(bootstrap: str, topic: str, *, timeout: float = 60.0) -> list[bytes]:
     """Every record value of ``topic`` up to its end offsets as of now (use it once the records are acked)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)

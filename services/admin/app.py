@@ -9,9 +9,10 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.admin import audit_routes, docs_assets, objects_routes, problems, runs_routes
+from services.admin import audit_routes, console, docs_assets, objects_routes, problems, runs_routes
 from services.admin.dependencies import AdminContext
 from services.admin.request_limits import RequestLimits
+from services.admin.request_metrics import install as install_request_metrics
 
 log = structlog.get_logger(__name__)
 API_PREFIX = "/api/v1"
@@ -33,6 +34,8 @@ def create_app(context: AdminContext, *, max_body_bytes: int = 1_048_576) -> Fas
     )
     app.state.context = context
     app.add_middleware(RequestLimits, authenticate=context.tokens.authenticate, max_body_bytes=max_body_bytes)
+    console.install(app, context)  # the web console under /console: outside RequestLimits (it has its own sessions)
+    install_request_metrics(app)  # added last: the outermost middleware, it counts what RequestLimits refuses
     problems.install(app)
     app.openapi = lambda: problems.openapi_with_problems(app)  # type: ignore[method-assign]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from shared.settings import CommonSettings
 
@@ -31,4 +31,27 @@ class AdminSettings(CommonSettings):
     )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Unused by the admin API: /metrics is on its port."
+    )
+    # --- the web console (services/admin/console), served under /console by the same process ---
+    console_session_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="Key encrypting and signing the console's session cookies (any long random string; give every "
+        "admin replica the same one, e.g. from a Kubernetes Secret). Empty: a random key per process, so sessions "
+        "end when it restarts and hold only on the replica that signed them.",
+    )
+    console_session_minutes: int = Field(
+        default=480,
+        ge=5,
+        le=10_080,
+        description="How long a console session lasts after sign-in (then the token is asked again).",
+    )
+    console_secure_cookies: bool = Field(
+        default=True,
+        description="Send the console's cookies with Secure (HTTPS only); false only for plain http on localhost "
+        "(`make up`, tests).",
+    )
+    extractor_max_record_bytes: int = Field(
+        default=900_000,
+        ge=10_000,
+        description="The record byte bound of a dead-letter replay started from the console (the extractor's setting).",
     )

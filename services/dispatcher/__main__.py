@@ -8,6 +8,7 @@ from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
 from services.dispatcher.http_client import guarded_client
 from services.dispatcher.partner_auth import OAuthTokenCache
+from services.dispatcher.partner_http import AiohttpPartnerHttp
 from services.dispatcher.settings import DispatcherSettings
 from shared.catalog import CatalogStores
 from shared.domain.destinations import DestinationPolicy
@@ -21,10 +22,9 @@ SERVICE = "dispatcher"
 def main() -> None:
     settings = DispatcherSettings()
     health = start_service(settings, SERVICE)
-    client = guarded_client(
-        DestinationPolicy.parse(settings.allowed_destinations),
-        max_connections=max(100, settings.dispatcher_concurrency),
-    )
+    destinations = DestinationPolicy.parse(settings.allowed_destinations)
+    partners = AiohttpPartnerHttp(destinations, max_connections=max(100, settings.dispatcher_concurrency))
+    client = guarded_client(destinations)  # token requests
     stores = CatalogStores.from_url(settings.catalog_url, cipher=settings.secret_cipher())
     policy = RetryBudget(
         max_attempts=settings.dispatcher_max_attempts,
@@ -34,11 +34,13 @@ def main() -> None:
     )
     dispatcher = Dispatcher(
         objects=CatalogCache(stores.definitions, stores.runs, settings.dispatcher_catalog_cache_seconds),
-        deliverer=Deliverer(client, policy),
+        deliverer=Deliverer(partners, policy),
         tokens=OAuthTokenCache(client),
         topics=settings.topics,
         split_budget=settings.dispatcher_split_budget,
         concurrency=settings.dispatcher_concurrency,
+        round_requests=settings.dispatcher_round_requests,
+        max_round_records=settings.dispatcher_poll_records,
         render_limits=settings.render_limits,
     )
     # The HTTP requests run on one asyncio event loop on its own thread (anyio's blocking portal); the
@@ -57,10 +59,12 @@ def main() -> None:
             max_poll_records=settings.dispatcher_poll_records,
             max_poll_interval_ms=settings.max_poll_interval_ms,
         )
+        loop.poll_records = dispatcher.next_poll_records
         loop.install_signal_handlers()
         try:
             loop.run()
         finally:
+            portal.call(partners.aclose)
             portal.call(client.aclose)
             dispatcher.renderer.close()
 

@@ -8,17 +8,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import httpx
-from prometheus_client import Counter, Histogram
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt, stop_after_delay
 
+from services.dispatcher.metrics import REQUEST_SECONDS, REQUESTS, RETRIES, status_class
+from services.dispatcher.partner_http import NoAnswer, PartnerHttp
 from services.dispatcher.retry_decisions import is_retryable, is_success, parse_retry_after
 from shared.domain.rendering import RenderedRequest
 from shared.errors import ExportError, RetryableError
-
-REQUESTS = Counter("export_dispatcher_requests_total", "HTTP requests sent, by status class.", ["status_class"])
-REQUEST_SECONDS = Histogram("export_dispatcher_request_seconds", "HTTP request duration.")
-RETRIES = Counter("export_dispatcher_retries_total", "HTTP requests retried.")
 
 SNIPPET_CHARS = 300
 
@@ -79,57 +75,48 @@ class RetryBudget:
         return delay
 
 
-def describe_transport_error(exc: httpx.TransportError) -> str:
-    """The network failure as the client library underneath saw it (httpx-aiohttp maps, e.g., a refused
-    connection to ``ConnectTimeout``; aiohttp's own exception says what happened)."""
-    cause = exc.__cause__ or exc
-    return f"{type(cause).__name__}: {exc}"[:SNIPPET_CHARS]
-
-
-def _status_class(status: int | None) -> str:
-    return f"{status // 100}xx" if status else "error"
-
-
 class Deliverer:
-    """Sends rendered requests with ``client``, retrying per ``policy``."""
+    """Sends rendered requests with ``partners``, retrying per ``policy``."""
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        partners: PartnerHttp,
         policy: RetryBudget,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.client = client
+        self.partners = partners
         self.policy = policy
         self.sleep = sleep
 
     async def attempt(
-        self, request: RenderedRequest, timeout: float, success_statuses: list[int] | None
+        self,
+        request: RenderedRequest,
+        timeout: float,
+        success_statuses: list[int] | None,
+        labels: tuple[str, str] = ("", ""),
     ) -> AttemptResult:
         """Send once; never raises for HTTP or network failures, nor for a request that cannot be sent: it
-        describes them."""
+        describes them. ``labels``: the definition and profile the metrics count it under."""
         started = time.perf_counter()
         try:
-            response = await self.client.request(
-                request.method, request.url, headers=request.headers, content=request.content, timeout=timeout
-            )
-        except httpx.TransportError as exc:
-            REQUESTS.labels(status_class="error").inc()
-            return AttemptResult(status=None, success=False, error=describe_transport_error(exc))
+            answer = await self.partners.send(request, timeout)
+        except NoAnswer as exc:
+            REQUESTS.labels(*labels, "error").inc()
+            return AttemptResult(status=None, success=False, error=str(exc)[:SNIPPET_CHARS])
         except Exception as exc:  # noqa: BLE001 - an invalid URL or header, a refused destination: this batch's failure
-            REQUESTS.labels(status_class="error").inc()
+            REQUESTS.labels(*labels, "error").inc()
             return failed_attempt(exc)
         finally:
-            REQUEST_SECONDS.observe(time.perf_counter() - started)
-        status = response.status_code
-        REQUESTS.labels(status_class=_status_class(status)).inc()
+            REQUEST_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+        status = answer.status
+        REQUESTS.labels(*labels, status_class(status)).inc()
         if is_success(status, success_statuses):
             return AttemptResult(status=status, success=True)
         return AttemptResult(
             status=status,
             success=False,
-            retry_after=parse_retry_after(response.headers.get("Retry-After"), time.time()),
-            error=f"HTTP {status}: {response.text[:SNIPPET_CHARS]}",
+            retry_after=parse_retry_after(answer.retry_after, time.time()),
+            error=f"HTTP {status}: {answer.text(SNIPPET_CHARS)}",
         )
 
     async def deliver(
@@ -138,9 +125,11 @@ class Deliverer:
         timeout: float,
         success_statuses: list[int] | None = None,
         on_attempt: Callable[[AttemptResult], None] | None = None,
+        labels: tuple[str, str] = ("", ""),
     ) -> DeliveryResult:
         """Deliver with retries. ``make_request`` is called per attempt so headers (tokens) stay fresh;
-        ``on_attempt`` hears each attempt's result (the rate limiter adapts to it)."""
+        ``on_attempt`` hears each attempt's result (the rate limiter adapts to it); ``labels`` are the
+        definition and profile the metrics count the attempts under."""
 
         attempts = 0
 
@@ -152,7 +141,7 @@ class Deliverer:
             except Exception as exc:  # noqa: BLE001 - e.g. a token endpoint's failure: this attempt's failure
                 result = failed_attempt(exc)
             else:
-                result = await self.attempt(request, timeout, success_statuses)
+                result = await self.attempt(request, timeout, success_statuses, labels)
             if on_attempt is not None:
                 on_attempt(result)
             return result
@@ -168,7 +157,7 @@ class Deliverer:
             return handed_over.pop() if handed_over else await once()
 
         def before_sleep(state: RetryCallState) -> None:
-            RETRIES.inc()
+            RETRIES.labels(*labels).inc()
 
         retrying = AsyncRetrying(
             retry=retry_if_result(lambda result: result.retryable),

@@ -12,14 +12,23 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
-from prometheus_client import Counter, Gauge
 
 from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
+from services.dispatcher.metrics import (
+    BATCHES_OF_CANCELLED_RUNS,
+    DEAD_LETTERS,
+    IN_FLIGHT,
+    MEMBERS_DELIVERED,
+    MEMBERS_FAILED,
+    RATE_LIMIT_RATE,
+    RATE_LIMIT_WAIT_SECONDS,
+    RATE_LIMIT_WAITS,
+)
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
 from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
 from services.dispatcher.render_offload import Renderer
 from services.dispatcher.signing import signature_headers
-from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_isolating
+from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_in_requests
 from shared.application.ports import DefinitionsReader, RunsReader
 from shared.domain.catalog_objects import (
     CatalogObject,
@@ -40,26 +49,8 @@ from shared.topics import Topics
 log = structlog.get_logger(__name__)
 T = TypeVar("T", bound=CatalogObject)
 
-MEMBERS_DELIVERED = Counter("export_dispatcher_members_delivered_total", "Members delivered.")
-MEMBERS_FAILED = Counter("export_dispatcher_members_failed_total", "Members that could not be delivered.")
-BATCHES_OF_CANCELLED_RUNS = Counter(
-    "export_dispatcher_cancelled_batches_total", "Batches dropped because their run was cancelled."
-)
-DEAD_LETTERS = Counter("export_dispatcher_dead_letters_total", "Dead letters of undeliverable members.")
-RATE_LIMIT_WAITS = Counter(
-    "export_dispatcher_rate_limit_waits_total", "Requests held back by a profile's rate limit.", ["profile"]
-)
-IN_FLIGHT = Gauge("export_dispatcher_in_flight", "Batches being delivered now, by profile.", ["profile"])
-RATE_LIMIT_RATE = Gauge(
-    "export_dispatcher_rate_limit_requests_per_second",
-    "A rate-limited profile's current rate (below its limit while the partner throttles; learned from 429s "
-    "for a profile without one, absent while it has none).",
-    ["profile"],
-)
-RATE_LIMIT_WAIT_SECONDS = Counter(
-    "export_dispatcher_rate_limit_wait_seconds_total", "Time requests waited for a profile's rate limit.", ["profile"]
-)
-
+#: The ``profile`` label of a batch whose template or profile could not be read (missing, or invalid now).
+UNKNOWN_PROFILE = "(unknown)"
 #: Extra requests a batch may spend isolating refused members (about 2 log2(batch size) per member).
 DEFAULT_SPLIT_BUDGET = 64
 
@@ -136,6 +127,8 @@ class Dispatcher:
         topics: Topics,
         split_budget: int = DEFAULT_SPLIT_BUDGET,
         concurrency: int = 8,
+        round_requests: int = 256,
+        max_round_records: int = 64,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         render_limits: RenderLimits = DEFAULT_LIMITS,
     ) -> None:
@@ -148,6 +141,16 @@ class Dispatcher:
         self.sleep = sleep
         self._limits: dict[str, _ProfileLimits] = {}
         self._concurrency = asyncio.Semaphore(concurrency)
+        self.round_requests, self.max_round_records = round_requests, max_round_records
+        # Requests per record, at most, in the last round; until a round was seen, assume records are full.
+        self._record_requests = round_requests
+        self._round_record_requests = 1
+
+    def next_poll_records(self) -> int:
+        """Records the next poll may take: about ``round_requests`` requests' worth, judged by the last round's
+        records (a one-member template's record carries dozens of requests, a batch template's one), so a round
+        stays bounded in requests, hence in time when every request spends its retry budget."""
+        return max(1, min(self.max_round_records, self.round_requests // self._record_requests))
 
     def _limits_of(self, profile: ConnectionProfile) -> _ProfileLimits:
         """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited."""
@@ -157,13 +160,13 @@ class Dispatcher:
         return known
 
     async def handle_all(self, batches: list[MemberBatch]) -> list[list[Outgoing] | BaseException]:
-        """Deliver a poll's batches, ``concurrency`` at a time; per batch its records, or what it raised."""
-
-        async def bounded(batch: MemberBatch) -> list[Outgoing]:
-            async with self._concurrency:
-                return await self.handle(batch)
-
-        return await asyncio.gather(*(bounded(batch) for batch in batches), return_exceptions=True)
+        """Deliver a poll's batches, their requests ``concurrency`` at a time; per batch its records, or what it
+        raised."""
+        self._round_record_requests = 1
+        try:
+            return await asyncio.gather(*(self.handle(batch) for batch in batches), return_exceptions=True)
+        finally:
+            self._record_requests = self._round_record_requests
 
     async def handle(self, batch: MemberBatch) -> list[Outgoing]:
         """Deliver a batch (isolating refused members) and return its outcome and dead letters.
@@ -182,9 +185,11 @@ class Dispatcher:
             log.exception("batch handling failed", run_id=str(batch.run_id), batch_index=batch.batch_index)
             return self._failed(batch, f"the dispatcher could not handle the batch: {type(exc).__name__}: {exc}")
 
-    def _failed(self, batch: MemberBatch, reason: str) -> list[Outgoing]:
+    def _failed(self, batch: MemberBatch, reason: str, profile: str = UNKNOWN_PROFILE) -> list[Outgoing]:
         failed = DeliveryResult(success=False, status=None, attempts=0, error=reason)
-        return self._outcome(batch, IsolationResult(0, [Refused(Slice(0, len(batch.members)), failed)], 0, failed))
+        return self._outcome(
+            batch, IsolationResult(0, [Refused(Slice(0, len(batch.members)), failed)], 0, failed), profile
+        )
 
     async def _handle(self, batch: MemberBatch) -> list[Outgoing]:
         if self.objects.cancelled(batch.run_id):
@@ -198,7 +203,10 @@ class Dispatcher:
 
         async def send(part: Slice) -> DeliveryResult:
             try:
-                return await self._deliver(batch, part, template, profile)
+                # Bounds requests (rendering included, so rendered bodies in memory too), whatever the record
+                # they come from: one record may carry many one-member requests.
+                async with self._concurrency:
+                    return await self._deliver(batch, part, template, profile)
             except ExportError as exc:
                 return DeliveryResult(success=False, status=None, attempts=0, error=str(exc))
             except Exception as exc:  # this request's failure: its members are dead-lettered
@@ -207,8 +215,12 @@ class Dispatcher:
                 log.exception("request failed", run_id=str(batch.run_id), batch_index=batch.batch_index)
                 return DeliveryResult(success=False, status=None, attempts=0, error=f"{type(exc).__name__}: {exc}")
 
-        isolated = await deliver_isolating(len(batch.members), send, split_budget=self.split_budget)
-        return self._outcome(batch, isolated)
+        requests = -(-len(batch.members) // template.batch_size)
+        self._round_record_requests = max(self._round_record_requests, requests)
+        isolated = await deliver_in_requests(
+            len(batch.members), template.batch_size, send, split_budget=self.split_budget, gather=asyncio.gather
+        )
+        return self._outcome(batch, isolated, profile.name)
 
     async def _deliver(
         self, batch: MemberBatch, part: Slice, template: HttpTemplate, profile: ConnectionProfile
@@ -256,7 +268,11 @@ class Dispatcher:
 
         async def deliver() -> DeliveryResult:
             return await self.deliverer.deliver(
-                make_request, profile.timeout_seconds, template.success_statuses, on_attempt=adapt
+                make_request,
+                profile.timeout_seconds,
+                template.success_statuses,
+                on_attempt=adapt,
+                labels=(batch.definition, profile.name),
             )
 
         async with limits.in_flight:
@@ -271,7 +287,7 @@ class Dispatcher:
                 IN_FLIGHT.labels(profile=profile.name).dec()
         return result
 
-    def _outcome(self, batch: MemberBatch, result: IsolationResult[DeliveryResult]) -> list[Outgoing]:
+    def _outcome(self, batch: MemberBatch, result: IsolationResult[DeliveryResult], profile: str) -> list[Outgoing]:
         count = len(batch.members)
         run_key = str(batch.run_id)
         failed = sum(refused.slice.size for refused in result.refused)
@@ -289,14 +305,14 @@ class Dispatcher:
             error=error,
             attempts=max(result.requests, result.first.attempts),
         )
-        MEMBERS_DELIVERED.inc(result.delivered)
+        MEMBERS_DELIVERED.labels(batch.definition, profile).inc(result.delivered)
         outgoing = [Outgoing(self.topics.run_events, run_key, outcome.to_bytes())]
         if not result.refused:
             return outgoing
-        MEMBERS_FAILED.inc(failed)
+        MEMBERS_FAILED.labels(batch.definition, profile).inc(failed)
         letters = []
         for refused in result.refused:
-            DEAD_LETTERS.inc()
+            DEAD_LETTERS.labels(batch.definition).inc()
             log.warning(
                 "members refused",
                 run_id=run_key,

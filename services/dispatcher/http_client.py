@@ -1,14 +1,16 @@
-"""The dispatcher's HTTP client: httpx's API on aiohttp's transport, with the SSRF guard at connect time.
+"""The dispatcher's HTTP clients and their one SSRF guard, applied at connect time.
 
-Why aiohttp underneath: ``tests/benchmarks/bench_http_clients.py`` measured httpx's own transport far
-behind under concurrency (encode/httpx#3215); httpx-aiohttp's transport keeps httpx's API at about
-three times the requests/s here (README, Performance).
+Partner requests (the hot path) go straight through aiohttp (:mod:`services.dispatcher.partner_http`):
+httpx's own per-request handling (request and URL models, cookies, response streams) was measured at about
+a third of the dispatcher's event-loop CPU for one-member requests (README, Performance). Token requests
+keep httpx's API, on aiohttp's transport (httpx's own transport was far behind under concurrency,
+encode/httpx#3215). Both connect through :func:`guarded_connector`.
 
 The guard: every host name is resolved by :class:`GuardedResolver`, which drops the addresses the
 :class:`~shared.domain.destinations.DestinationPolicy` refuses, so aiohttp only ever connects to a
 checked address (a DNS answer cannot change between the check and the connection; TLS still verifies
 the certificate against the host name). aiohttp does not consult a resolver for IP literals, so
-:class:`GuardedTransport` checks those before the request leaves. Both ask
+:func:`refuse_ip_literal` checks those before a request leaves. Both ask
 :meth:`DestinationPolicy.refusal`, the function the save-time check asks too, which judges an IPv6
 address carrying an IPv4 address (mapped, translated, compatible, 6to4, NAT64, Teredo) by that IPv4.
 """
@@ -59,6 +61,25 @@ class GuardedResolver(AbstractResolver):
         await self.inner.close()
 
 
+def refuse_ip_literal(policy: DestinationPolicy, host: str) -> None:
+    """Raise DestinationRefused for an IP-literal host the policy refuses (a name: GuardedResolver checks
+    what it resolves to; aiohttp does not consult the resolver for literals)."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return
+    refusal = policy.refusal(host, address)
+    if refusal is not None:
+        raise DestinationRefused(refusal)
+
+
+def guarded_connector(
+    policy: DestinationPolicy, *, max_connections: int, ssl_context: ssl.SSLContext
+) -> aiohttp.TCPConnector:
+    """An aiohttp connector that only connects to addresses the policy allows (build it inside the loop)."""
+    return aiohttp.TCPConnector(limit=max_connections, ssl=ssl_context, resolver=GuardedResolver(policy))
+
+
 class GuardedTransport(httpx.AsyncBaseTransport):
     """Checks IP-literal destinations (host names are checked by the resolver), then sends with ``inner``."""
 
@@ -67,15 +88,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         self.inner = inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            address = None  # a name: GuardedResolver checks what it resolves to
-        if address is not None:
-            refusal = self.policy.refusal(host, address)
-            if refusal is not None:
-                raise DestinationRefused(refusal)
+        refuse_ip_literal(self.policy, request.url.host)
         return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:
@@ -85,7 +98,8 @@ class GuardedTransport(httpx.AsyncBaseTransport):
 def guarded_client(
     policy: DestinationPolicy, *, max_connections: int = 100, verify: ssl.SSLContext | bool = True, **options: Any
 ) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` on aiohttp whose every connection passes the SSRF guard.
+    """An ``httpx.AsyncClient`` on aiohttp whose every connection passes the SSRF guard (the dispatcher's
+    token requests; partner requests go through :class:`services.dispatcher.partner_http.AiohttpPartnerHttp`).
 
     Create and use it on one event loop (aiohttp's session is bound to the loop it starts on).
     """
@@ -93,7 +107,7 @@ def guarded_client(
 
     def session() -> aiohttp.ClientSession:
         # Built lazily by the transport, inside the running loop, as aiohttp requires.
-        connector = aiohttp.TCPConnector(limit=max_connections, ssl=ssl_context, resolver=GuardedResolver(policy))
+        connector = guarded_connector(policy, max_connections=max_connections, ssl_context=ssl_context)
         return aiohttp.ClientSession(connector=connector)
 
     transport = GuardedTransport(policy, AiohttpTransport(client=session))

@@ -35,8 +35,17 @@ class DispatcherSettings(CommonSettings):
         default=64,
         ge=1,
         le=10_000,
-        description="Batches taken per poll: delivered `concurrency` at a time, all outcomes produced and "
-        "committed before the next poll (memory holds at most this many batches).",
+        description="Batches (records) taken per poll at most: their requests delivered `concurrency` at a time, "
+        "all outcomes produced and committed before the next poll (memory holds at most this many batches).",
+    )
+    # 256: measured 2,254 one-member requests/s against 1,351 with 64 (a round's produce, flush and commit cost
+    # ~25 ms here, paid per round); the price is a longer poll interval, below.
+    dispatcher_round_requests: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Requests one poll's records should hold at most: fewer records are polled when each carries "
+        "several requests (a one-member template's records), so a round's time stays bounded.",
     )
 
     @property
@@ -46,7 +55,8 @@ class DispatcherSettings(CommonSettings):
         A consumer that does not poll within it leaves its group (its partitions move, batches are sent twice),
         so it follows the settings instead of failing them: at least the usual 10 minutes.
         """
-        waves = -(-self.dispatcher_poll_records // self.dispatcher_concurrency)
+        requests = max(self.dispatcher_poll_records, self.dispatcher_round_requests)
+        waves = -(-requests // self.dispatcher_concurrency)
         return max(600_000, int(waves * (self.dispatcher_max_retry_seconds + 60) * 1.5 * 1000))
 
     dispatcher_split_budget: int = Field(

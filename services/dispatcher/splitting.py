@@ -95,3 +95,41 @@ async def deliver_isolating(
         pending.extend(reversed(results))  # pop() takes the left half first: members stay in order
     refused.sort(key=lambda r: r.slice.start)
     return IsolationResult(delivered=delivered, refused=refused, requests=requests, first=first)
+
+
+async def deliver_in_requests(
+    size: int,
+    request_size: int,
+    send: Callable[[Slice], Awaitable[R]],
+    *,
+    split_budget: int,
+    gather: Callable[..., Awaitable[list[IsolationResult[R]]]],
+) -> IsolationResult[R]:
+    """Deliver members ``0..size`` as requests of ``request_size`` members, all at once, each isolating its
+    refused members (:func:`deliver_isolating`, ``split_budget`` extra requests each), as one result.
+
+    A record may carry many requests (a one-member template's record holds dozens of members): they are
+    started together and ``send`` bounds how many are in flight. ``gather`` is ``asyncio.gather`` (given,
+    so this stays free of an event loop). The merged result's ``first`` is the first request's.
+    """
+    parts = [Slice(start, min(start + request_size, size)) for start in range(0, size, request_size)]
+    if len(parts) <= 1:
+        return await deliver_isolating(size, send, split_budget=split_budget)
+
+    def shifted(part: Slice) -> Callable[[Slice], Awaitable[R]]:
+        return lambda piece: send(Slice(part.start + piece.start, part.start + piece.stop))
+
+    results: list[IsolationResult[R]] = await gather(
+        *(deliver_isolating(part.size, shifted(part), split_budget=split_budget) for part in parts)
+    )
+    refused = [
+        Refused(Slice(part.start + r.slice.start, part.start + r.slice.stop), r.outcome)
+        for part, result in zip(parts, results, strict=True)
+        for r in result.refused
+    ]
+    return IsolationResult(
+        delivered=sum(result.delivered for result in results),
+        refused=refused,
+        requests=sum(result.requests for result in results),
+        first=results[0].first,
+    )

@@ -42,6 +42,7 @@ def main() -> None:
         send=loop.send,
         page_size=settings.extractor_page_size,
         max_record_bytes=settings.extractor_max_record_bytes,
+        record_members=settings.extractor_record_members,
         database_json=settings.extractor_database_json,
         range_members=settings.extractor_range_members,
         run_request_partitions=run_request_partitions,

@@ -39,7 +39,8 @@ from shared.domain.runs import RunStatus
 from shared.errors import NotFound, StoredObjectInvalid
 from shared.events import ExtractionCompleted, RangeRequested, RunFailed, RunRequested, RunStarted
 from shared.kafka import InFlight, Outgoing
-from shared.member_batches import BatchEncoder, EncodedBatch, MemberTooLarge
+from shared.member_batches import BatchEncoder, EncodedBatch, MemberTooLarge, members_per_record
+from shared.metrics import UNKNOWN_DEFINITION
 from shared.outages import DependencyUnavailable
 from shared.querystore import JsonPage, MemberPages, MemberReader, Page, QueryError, QueryTimeout, StoreUnavailable
 from shared.querystore.paging import Window
@@ -47,22 +48,29 @@ from shared.topics import Topics
 
 log = structlog.get_logger(__name__)
 
-MEMBERS_EXTRACTED = Counter("export_extractor_members_extracted_total", "Members read from the query store.")
-PAGES_READ = Counter("export_extractor_pages_total", "Query pages read.")
+MEMBERS_EXTRACTED = Counter(
+    "member_export_extractor_members_total", "Members read from the query store, by definition.", ["definition"]
+)
+PAGES_READ = Counter("member_export_extractor_pages_total", "Query pages read.")
 ROW_PAGES = Counter(
-    "export_extractor_row_pages_total",
+    "member_export_extractor_row_pages_total",
     "Pages encoded from driver rows although the database writes the query's JSON (a value it cannot write exactly).",
 )
-RUNS_FAILED = Counter("export_extractor_runs_failed_total", "Runs the extractor failed, by reason.", ["reason"])
-RUNS_SPLIT = Counter("export_extractor_runs_split_total", "Runs split into key ranges for several replicas.")
+RUNS_FAILED = Counter(
+    "member_export_extractor_runs_failed_total",
+    "Runs the extractor failed, by definition and reason.",
+    ["definition", "reason"],
+)
+RUNS_SPLIT = Counter("member_export_extractor_runs_split_total", "Runs split into key ranges for several replicas.")
 QUERY_SECONDS = Histogram(
-    "export_extractor_query_duration_seconds",
+    "member_export_extractor_query_duration_seconds",
     "Time the query store took to return one page (or a watermark).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
-ACTIVE_RUNS = Gauge("export_extractor_active_runs", "Runs (or key ranges of split runs) being extracted now.")
+ACTIVE_RUNS = Gauge("member_export_extractor_runs_active", "Runs (or key ranges of split runs) being extracted now.")
 
 DEFAULT_MAX_RECORD_BYTES = 900_000
+DEFAULT_RECORD_MEMBERS = 64
 
 
 def page_size_for(batch_size: int, configured_page_size: int) -> int:
@@ -129,6 +137,7 @@ class Extractor:
         send: Callable[[list[Outgoing]], InFlight],
         page_size: int,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        record_members: int = DEFAULT_RECORD_MEMBERS,
         database_json: bool = True,
         range_members: int = 0,
         run_request_partitions: Callable[[], int] = lambda: 1,
@@ -142,6 +151,7 @@ class Extractor:
         self.send = send
         self.page_size = page_size
         self.max_record_bytes = max_record_bytes
+        self.record_members = record_members
         #: Members' JSON written by the database where it can be (EXPORT_EXTRACTOR_DATABASE_JSON).
         self.database_json = database_json
         #: Members a key range should have at least (EXPORT_EXTRACTOR_RANGE_MEMBERS); 0: runs are not split.
@@ -361,7 +371,8 @@ class Extractor:
         boundaries = list(dict.fromkeys(found))  # keys are unique; were they not, no range would be empty twice
         if not boundaries:
             return None
-        spaces = index_spaces(len(boundaries) + 1, math.ceil(members / template.batch_size))
+        record_size = members_per_record(template.batch_size, self.record_members)
+        spaces = index_spaces(len(boundaries) + 1, math.ceil(members / record_size))
         lowers, uppers = [None, *boundaries], [*boundaries, None]
         plan = [
             RangeCheckpoint.planned(request.run_id, index, lowers[index], uppers[index], *spaces[index])
@@ -506,19 +517,20 @@ class Extractor:
     # --- pages ---------------------------------------------------------------------------------------------------
 
     def _extract(self, job: _Job) -> _Progress:
+        record_size = members_per_record(job.template.batch_size, self.record_members)
         encoder = BatchEncoder(
             run_id=job.run_id,
             definition=job.definition.name,
             template=job.template.name,
             priority=job.definition.priority,
-            batch_size=job.template.batch_size,
+            batch_size=record_size,
             max_record_bytes=self.max_record_bytes,
             key_column=job.query.key_column,
         )
         pages: MemberPages = self._query(
             lambda: self.reader.member_pages(
                 job.query,
-                page_size=page_size_for(job.template.batch_size, self.page_size),
+                page_size=page_size_for(record_size, self.page_size),
                 after=job.start.last_key,
                 until=job.until,
                 parameters=job.parameters,
@@ -552,7 +564,7 @@ class Extractor:
                 self._settle(job, *in_flight)
             in_flight = (sent, progress)
             self._stop_if(job.run_id, job.stop_on)
-            MEMBERS_EXTRACTED.inc(len(page))
+            MEMBERS_EXTRACTED.labels(definition=job.definition.name).inc(len(page))
             PAGES_READ.inc()
             if pages.json and isinstance(page, Page):
                 ROW_PAGES.inc()
@@ -613,7 +625,9 @@ class Extractor:
     def _fail(
         self, run_id: uuid.UUID, definition: str, failure: _RunFailure, checkpoint: Checkpoint | None
     ) -> list[Outgoing]:
-        RUNS_FAILED.labels(reason=failure.label).inc()
+        # A run request naming no catalog definition is labelled as such: its name is whatever the record said.
+        known = failure.label != "unknown_definition"
+        RUNS_FAILED.labels(definition=definition if known else UNKNOWN_DEFINITION, reason=failure.label).inc()
         log.warning("run failed", run_id=str(run_id), definition=definition, reason=failure.reason)
         if checkpoint is not None:
             self.extraction.save_checkpoint(replace(checkpoint, completed=True))

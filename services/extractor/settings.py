@@ -22,6 +22,14 @@ class ExtractorSettings(CommonSettings):
         description="Largest member-batch record, in bytes; bigger batches are split (keep under the "
         "broker's message.max.bytes, 1 MiB by default).",
     )
+    extractor_record_members: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description="Members per member-batch record at least, in whole requests of the template's batch size: a "
+        "one-member template's record carries this many requests, so Kafka, outcome and ledger costs are paid once "
+        "per record, not per member (a template of this size or more: one request per record).",
+    )
     extractor_database_json: bool = Field(
         default=True,
         description="Have the member store write each member's JSON (PostgreSQL, SQLite), where it writes every "

@@ -26,18 +26,35 @@ from shared.domain.runs import (
 from shared.errors import StoredObjectInvalid
 from shared.events import AnyRunEvent, RunFailed
 from shared.kafka import Outgoing
+from shared.metrics import UNKNOWN_DEFINITION
 from shared.topics import Topics
 
 log = structlog.get_logger(__name__)
 
-RUNS_FINISHED = Counter("export_runs_finished_total", "Runs finished, by final status.", ["status"])
-RUN_SECONDS = Histogram(
-    "export_run_duration_seconds", "Duration of finished runs.", buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
+RUNS_FINISHED = Counter(
+    "member_export_runs_finished_total", "Runs finished, by definition and final status.", ["definition", "status"]
 )
-EMAILS_SENT = Counter("export_notifier_emails_sent_total", "Notification emails sent, by kind.", ["kind"])
-EMAIL_FAILURES = Counter("export_notifier_email_failures_total", "Emails that could not be sent, by kind.", ["kind"])
-ACTIVE_RUNS = Gauge("export_runs_active", "Runs started and not finished (as of the last sweep).")
-SCHEDULES_PAUSED = Counter("export_notifier_schedules_paused_total", "Schedules paused after consecutive failed runs.")
+RUN_SECONDS = Histogram(
+    "member_export_run_duration_seconds",
+    "Duration of finished runs, by definition.",
+    ["definition"],
+    buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600),
+)
+EMAILS_SENT = Counter("member_export_notifier_emails_sent_total", "Notification emails sent, by kind.", ["kind"])
+EMAIL_FAILURES = Counter(
+    "member_export_notifier_emails_failed_total", "Emails that could not be sent, by kind.", ["kind"]
+)
+ACTIVE_RUNS = Gauge("member_export_runs_active", "Runs started and not finished (as of the last sweep).")
+STUCK_RUNS = Gauge(
+    "member_export_runs_stuck",
+    "Unfinished runs the last sweep found with no event for longer than EXPORT_NOTIFIER_STUCK_AFTER_SECONDS "
+    "(it fails them: a value that stays above 0 means their failure is not being recorded).",
+)
+SCHEDULES_PAUSED = Counter(
+    "member_export_notifier_schedules_paused_total",
+    "Schedules paused after consecutive failed runs, by definition.",
+    ["definition"],
+)
 
 
 class Notifier:
@@ -111,9 +128,11 @@ class Notifier:
                 )
             self._maybe_pause(definition, after)
         if newly_final:
-            RUNS_FINISHED.labels(status=after.status.value).inc()
+            # A run of no catalog definition (its request named none) is labelled as such: bounded series.
+            label = after.definition if definition is not None else UNKNOWN_DEFINITION
+            RUNS_FINISHED.labels(definition=label, status=after.status.value).inc()
             if after.duration_seconds is not None:
-                RUN_SECONDS.observe(after.duration_seconds)
+                RUN_SECONDS.labels(definition=label).observe(after.duration_seconds)
             log.info(
                 "run finished",
                 run_id=str(after.run_id),
@@ -133,12 +152,15 @@ class Notifier:
         outgoing = []
         unfinished = self.runs.unfinished_runs()
         ACTIVE_RUNS.set(len(unfinished))
+        stuck = 0
         for record in unfinished:
             reason = stuck_reason(record, now, self.stuck_after_seconds)
             if reason is not None:
+                stuck += 1
                 log.warning("run stuck", run_id=str(record.run_id), definition=record.definition, reason=reason)
                 failed = RunFailed(run_id=record.run_id, definition=record.definition, reason=reason, at=now)
                 outgoing.append(Outgoing(self.topics.run_events, str(record.run_id), failed.to_bytes()))
+        STUCK_RUNS.set(stuck)
         for run_id, _kind in self.runs.unsent_notifications():
             finished = self.runs.get_run(run_id)
             if finished is not None and finished.status.is_final:
@@ -160,7 +182,7 @@ class Notifier:
         if self._consecutive_failures(definition.name, limit) < limit:
             return
         if pause_schedule(definition.name, store=self.definitions):
-            SCHEDULES_PAUSED.inc()
+            SCHEDULES_PAUSED.labels(definition=definition.name).inc()
             log.warning("schedule paused", definition=definition.name, consecutive_failed_runs=limit)
 
     def _paused_after(self, definition: ExportDefinition, record: RunRecord) -> int | None:

@@ -22,18 +22,24 @@ log = structlog.get_logger(__name__)
 
 LEASE_NAME = "scheduler"
 
-FIRES = Counter("export_scheduler_fires_total", "Scheduled runs requested.")
+FIRES = Counter("member_export_scheduler_runs_fired_total", "Scheduled runs requested, by definition.", ["definition"])
 FIRE_DELAY = Histogram(
-    "export_scheduler_fire_delay_seconds",
+    "member_export_scheduler_fire_delay_seconds",
     "From a run's due instant to its request being published.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
 )
-MISSED = Counter("export_scheduler_missed_total", "Scheduled runs recorded as missed.")
-SKIPPED = Counter("export_scheduler_skipped_total", "Scheduled runs skipped: the previous run was active.")
-SCHEDULED_DEFINITIONS = Gauge(
-    "export_scheduler_definitions", "Definitions with an enabled schedule that has an instant ahead."
+MISSED = Counter(
+    "member_export_scheduler_runs_missed_total", "Scheduled runs recorded as missed, by definition.", ["definition"]
 )
-LEADER = Gauge("export_scheduler_leader", "1 while this replica holds the scheduling lease.")
+SKIPPED = Counter(
+    "member_export_scheduler_runs_skipped_total",
+    "Scheduled runs skipped (the previous run was active), by definition.",
+    ["definition"],
+)
+SCHEDULED_DEFINITIONS = Gauge(
+    "member_export_scheduler_definitions", "Definitions with an enabled schedule that has an instant ahead."
+)
+LEADER = Gauge("member_export_scheduler_leader", "1 while this replica holds the scheduling lease.")
 
 
 class Scheduler:
@@ -117,7 +123,7 @@ class Scheduler:
         for request in fired:
             assert request.scheduled_for is not None
             FIRE_DELAY.observe(max(0.0, (published_at - request.scheduled_for).total_seconds()))
-        FIRES.inc(len(fired))
+            FIRES.labels(definition=request.definition).inc()
 
     def _sync(self, now: datetime) -> None:
         """(Re)compute the next due instant of new and edited definitions (skipped when none changed)."""
@@ -163,7 +169,7 @@ class Scheduler:
                 f"(catch-up window {self.catch_up.total_seconds():.0f}s)",
             )
             records.append(Outgoing(self.topics.run_events, str(run_id), missed.to_bytes()))
-            MISSED.inc()
+            MISSED.labels(definition=definition.name).inc()
         if decision.missed:
             log.warning("scheduled runs missed", definition=definition.name, missed=len(decision.missed))
         if decision.fire is None:
@@ -176,7 +182,7 @@ class Scheduler:
                 scheduled_for=decision.fire,
                 reason=f"previous run {active} was still active",
             )
-            SKIPPED.inc()
+            SKIPPED.labels(definition=definition.name).inc()
             log.info("scheduled run skipped", definition=definition.name, run_id=str(run_id), active_run=str(active))
             return [], [*records, Outgoing(self.topics.run_events, str(run_id), skipped.to_bytes())]
         request = RunRequested(

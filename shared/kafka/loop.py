@@ -9,7 +9,7 @@ No record stops a consumer. A record that cannot be decoded (whatever the decode
 ``RecursionError`` on deep nesting, ``MemoryError``), whose handler raises, or whose outcome the broker
 refuses as a record (too large), is sent to the dead-letter topic with the reason: its value cut to
 :data:`DEAD_LETTER_PAYLOAD_BYTES` with its size and SHA-256. A dead letter that cannot be produced is
-retried, then logged and counted (``export_dead_letter_failures_total``), and the offset moves on.
+retried, then logged and counted (``member_export_consumer_dead_letter_failures_total``), and the offset moves on.
 No dependency stops a consumer either. A handler that meets an outage (the catalog or member database
 unreachable: :func:`shared.outages.is_outage`; the broker unreachable past the producer's delivery timeout)
 hands its record back instead of dead-lettering it: what was settled before it is committed, it and the
@@ -60,7 +60,7 @@ from shared.kafka.clients import InFlight, produce, produce_and_wait, produce_ti
 from shared.kafka.records import Consumed as Consumed
 from shared.kafka.records import Headers as Headers
 from shared.kafka.records import Outgoing as Outgoing
-from shared.metrics import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
+from shared.metrics import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED, ConsumerLagSeries, partition_lag
 from shared.outages import describe, is_outage
 
 E = TypeVar("E")
@@ -107,25 +107,25 @@ INTERRUPTION_BACKOFF_SECONDS = 0.5
 MAX_INTERRUPTION_BACKOFF_SECONDS = 30.0
 
 ROUNDS_INTERRUPTED = Counter(
-    "export_consumer_rounds_interrupted_total",
+    "member_export_consumer_rounds_interrupted_total",
     "Polls whose records were handed back to be handled again (a dependency away, the broker unreachable), "
     "by service and cause (the error's type).",
     ["service", "cause"],
 )
 COMMITS_REFUSED = Counter(
-    "export_consumer_commits_refused_total",
+    "member_export_consumer_commits_refused_total",
     "Offset commits that failed (the group moved on, the coordinator away): the records are redelivered, by "
     "service and cause.",
     ["service", "cause"],
 )
 INTERRUPTED = Gauge(
-    "export_consumer_interrupted",
+    "member_export_consumer_interrupted",
     "1 while the service's consumer is waiting out a dependency (its last poll was handed back), else 0.",
     ["service"],
 )
 
 DEAD_LETTER_FAILURES = Counter(
-    "export_dead_letter_failures_total",
+    "member_export_consumer_dead_letter_failures_total",
     "Dead letters that could not be produced after their retries (logged; the record's offset moved on), by service.",
     ["service"],
 )
@@ -341,6 +341,9 @@ class ConsumerLoop(Generic[E]):
         if (handler is None) == (handle_round is None):
             raise ValueError("give a consumer loop exactly one of handler and handle_round")
         self.service = service
+        #: Records the next poll may take (None: the consumer's ``max_poll_records``); a round handler whose
+        #: records vary in cost sets it (the dispatcher: records carry one request or dozens).
+        self.poll_records: Callable[[], int] | None = None
         self.consumer = consumer
         self.producer = producer
         self.decode = decode
@@ -371,6 +374,8 @@ class ConsumerLoop(Generic[E]):
         self._next_group_check = 0.0
         #: Told when the loop comes round and when it waits out a dependency (the /livez and /readyz probes).
         self.health = health or Health(stall_seconds=float("inf"))
+        group = getattr(consumer, "config", {}).get("group_id") or ""
+        self._lag = ConsumerLagSeries(service, str(group))
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT finish the record in hand, commit, and stop the loop."""
@@ -408,6 +413,7 @@ class ConsumerLoop(Generic[E]):
                     interruptions = 0
                 self.run_periodic()
         finally:
+            self._lag.clear()
             self.consumer.close()
             self.producer.flush()
             self.producer.close()
@@ -460,12 +466,35 @@ class ConsumerLoop(Generic[E]):
             log.exception("periodic task failed", service=self.service)
 
     def poll_once(self) -> int:
-        """Poll, process and commit one batch of records; return how many were processed.
+        """Poll, process and commit one batch of records; return how many were processed. The consumer's lag
+        per assigned partition is recorded after the round, however it ended.
 
         Raises :class:`RoundInterrupted` (or the error itself) when an outage stopped the poll midway: what
         was settled is committed, the rest handed back for the next poll.
         """
-        polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
+        try:
+            return self._poll_round()
+        finally:
+            self._record_lag()
+
+    def _record_lag(self) -> None:
+        """Set ``member_export_consumer_lag`` for each assigned partition from what the consumer already knows:
+        the high-water mark its last fetch response brought, and its position (no request is sent: the
+        position is only read where a fetch answered, which needs a position). Never raises an ``Exception``:
+        a metric must not stop the loop."""
+        try:
+            lags: dict[tuple[str, int], int | None] = {}
+            for partition in self.consumer.assignment():
+                highwater = self.consumer.highwater(partition)
+                position = None if highwater is None else self.consumer.position(partition, timeout_ms=0)
+                lags[(partition.topic, partition.partition)] = partition_lag(highwater, position)
+            self._lag.update(lags)
+        except Exception as exc:  # noqa: BLE001 - revoked meanwhile, or closing: the next round tells again
+            log.debug("consumer lag not recorded", service=self.service, error=f"{type(exc).__name__}: {exc}")
+
+    def _poll_round(self) -> int:
+        limit = self.poll_records() if self.poll_records is not None else None
+        polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=limit)
         if self.priority_topics:
             self._give_way(polled)
         if self.handle_round is not None:
@@ -657,7 +686,7 @@ class ConsumerLoop(Generic[E]):
     def _deliver_dead_letters(self, letters: list[_Letter]) -> None:
         """Produce dead letters, each attempted up to ``dead_letter_attempts`` times (one the broker refuses
         as too large is sent again without its payload); one that still fails is logged and counted in
-        ``export_dead_letter_failures_total``, and its record's offset moves on all the same."""
+        ``member_export_consumer_dead_letter_failures_total``, and its record's offset moves on all the same."""
         pending: list[tuple[_Letter, Exception]] = []
         for attempt in range(self.dead_letter_attempts):
             if attempt:

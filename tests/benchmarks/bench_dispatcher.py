@@ -5,7 +5,8 @@ Every rate is measured by the receiver, from its first request to its last, so t
 and group join are not counted, and every contender is timed by the same clock. C is the concurrency:
 ``EXPORT_DISPATCHER_CONCURRENCY`` for the dispatcher, tasks for the baselines.
 
-- **single**: N batches of one member; the template renders each body with Jinja (five columns).
+- **single**: N one-member requests, in records of 64 (as the extractor writes them); the template renders
+  each body with Jinja (five columns).
   Baselines: a plain aiohttp loop of C tasks posting the same bodies, rendered beforehand (the raw
   baseline); and the same loop on httpx with httpx-aiohttp's transport (the dispatcher's client, no
   pipeline). Target: >= 0.6x the raw baseline's requests/s.
@@ -38,6 +39,7 @@ from httpx_aiohttp import AiohttpTransport
 from devtools.kafka_broker import LocalKafka
 from devtools.pipeline import LocalPipeline
 from devtools.processes import wait_until
+from services.extractor.extraction import DEFAULT_RECORD_MEMBERS
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
 from shared.events import MemberBatch
@@ -136,14 +138,18 @@ class Bench:
         }
         return LocalPipeline(env=env, log_dir=self.workdir / f"logs-{prefix}", services=("dispatcher",)).start()
 
-    def run_dispatcher(self, base_url: str, records: list[MemberBatch]) -> tuple[dict[str, Any], float]:
-        """Deliver ``records`` through the dispatcher; the receiver's stats and the peak RSS (MB)."""
+    def run_dispatcher(
+        self, base_url: str, records: list[MemberBatch], requests: int | None = None
+    ) -> tuple[dict[str, Any], float]:
+        """Deliver ``records`` (``requests`` requests, one per record by default) through the dispatcher; the
+        receiver's stats and the peak RSS (MB)."""
+        expected = len(records) if requests is None else requests
         prefix, _ = self.load(records)
         reset_receiver(base_url)
         pipeline = self.dispatcher(prefix)
         try:
             wait_until(
-                lambda: receiver_stats(base_url)["requests"] >= len(records),
+                lambda: receiver_stats(base_url)["requests"] >= expected,
                 timeout=900,
                 interval=0.2,
                 what="every batch delivered",
@@ -170,19 +176,22 @@ def baseline(base_url: str, bodies: list[bytes], concurrency: int, loop: Any) ->
 
 
 def single(bench: Bench, base_url: str, count: int) -> None:
-    records = batches("single", count, 1)
+    # As the extractor writes them: records of whole requests, 64 one-member requests each.
+    records = batches("single", -(-count // DEFAULT_RECORD_MEMBERS), DEFAULT_RECORD_MEMBERS)
     c = bench.concurrency
     bodies = [
         httpx.Request(
-            "POST", "http://x", json={k: b.members[0][k] for k in ("id", "email", "first_name", "tier", "points")}
+            "POST", "http://x", json={k: member[k] for k in ("id", "email", "first_name", "tier", "points")}
         ).content
         for b in records
+        for member in b.members
     ]
+    count = len(bodies)
     raw = receiver_rate(baseline(base_url, bodies, c, plain_aiohttp))
     same_client = receiver_rate(baseline(base_url, bodies, c, plain_httpx_aiohttp))
-    stats, peak = bench.run_dispatcher(base_url, records)
+    stats, peak = bench.run_dispatcher(base_url, records, count)
     pipeline = receiver_rate(stats)
-    print(f"single-member template, {count:,} batches of 1, concurrency {c}:", flush=True)
+    print(f"single-member template, {count:,} requests in records of 64, concurrency {c}:", flush=True)
     print(f"  plain aiohttp loop (raw baseline)        {raw:>9,.0f} requests/s", flush=True)
     print(
         f"  plain httpx + aiohttp transport loop     {same_client:>9,.0f} requests/s  {same_client / raw:.2f}x",

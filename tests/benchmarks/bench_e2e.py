@@ -6,10 +6,13 @@ catalog set up as a user would (``exportctl db upgrade``, then ``exportctl apply
 profile points at the lean receiver, tests/benchmarks/lean_receiver.py, its own process on 127.0.0.1) and
 its own topics:
 
-- **batch**: N members (``--members``, default 1,000,000), a template of 500 members a request whose Jinja
-  body writes five columns of each member (``{"members": [{"id": …, "email": …}, …]}``);
+- **batch**: N members (``--members``, default 1,000,000), a template of 500 members a request whose body
+  writes five columns of each member (``{"members": [{"id": …, "email": …}, …]}``);
 - **single**: M members (``--single-members``, default 100,000), a one-member template (batch size 1, a
-  Jinja body of the same five columns).
+  body of the same five columns).
+
+The bodies are ``json_body`` structures (``--body json``, the default: what the README recommends for
+speed) or Jinja text (``--body text``).
 
 For each scenario, one after the other (nothing else of the benchmark runs meanwhile):
 
@@ -19,10 +22,11 @@ For each scenario, one after the other (nothing else of the benchmark runs meanw
   inside that time. Also the receiver's rate for the pipeline (its first to its last request: throughput
   without the fixed start and end costs) and each service's peak RSS (VmHWM, start-up and warm-up included).
 - **raw ceilings**: (1) a plain script reading the same rows (sqlite3) and posting the same bodies with
-  aiohttp at the dispatcher's concurrency: ``json.dumps`` writes byte for byte what the template renders (the
-  receiver's byte counts show it); (2) bare kafka-python producing the member-batch records the extractor
-  sends (the same bytes, encoded beforehand, untimed), acks=all and lz4 as the services, then a bare
-  consumer (no group) reading them back.
+  aiohttp at the dispatcher's concurrency: the bytes the template renders (orjson for a ``json_body``,
+  ``json.dumps`` for a text body; the receiver's byte counts show they are the same); (2) bare
+  kafka-python producing the member-batch records the extractor sends (the same bytes, encoded
+  beforehand, untimed: whole requests, 64 members a record at least), acks=all and lz4 as the services,
+  then a bare consumer (no group) reading them back.
 - **naive script**: read the rows, one blocking POST at a time with ``requests`` (one Session, keep-alive).
 
 Prints one table (members/s, requests/s, seconds, peak RSS per service, ratios to the slowest raw stage
@@ -30,7 +34,7 @@ and to the naive script), writes a bar chart of throughput per stage (``<out>/e2
 with the machine it ran on (``<out>/e2e.md``). Figures only: nothing here passes or fails on a timing.
 
     .venv/bin/python -m tests.benchmarks.bench_e2e [--members 1000000] [--single-members 100000]
-        [--concurrency 8] [--timeout 1800] [--out docs/benchmarks]
+        [--concurrency 8] [--timeout 1800] [--body json|text] [--out docs/benchmarks]
 
 ``KAFKA_BOOTSTRAP_SERVERS`` reuses a running broker; otherwise a local one is started. Catalogs, manifests
 and service logs of the last run stay in .local/bench/e2e.
@@ -57,13 +61,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import requests
 import yaml
 
 from devtools.kafka_broker import LocalKafka
 from devtools.pipeline import LocalPipeline
+from services.extractor.extraction import DEFAULT_RECORD_MEMBERS
 from shared.catalog import CatalogStores
 from shared.domain.runs import RunRecord
+from shared.member_batches import members_per_record
 from tests.benchmarks.common import (
     CACHE,
     HEADERS,
@@ -102,10 +109,17 @@ class Scenario:
     title: str
     members: int
     batch_size: int
+    body_kind: str = "json"  # json: the template's json_body structure; text: a Jinja text body
 
     @property
-    def body(self) -> str:
-        return SINGLE_BODY if self.batch_size == 1 else BATCH_BODY
+    def body(self) -> dict[str, Any]:
+        """The template's body, either way (the same bytes reach the partner)."""
+        if self.body_kind == "text":
+            return {"body": SINGLE_BODY if self.batch_size == 1 else BATCH_BODY}
+        single = {column: f"{{{{ member.{column} }}}}" for column in BODY_COLUMNS}
+        if self.batch_size == 1:
+            return {"json_body": single}
+        return {"json_body": {"members": {"$each": "members", "columns": list(BODY_COLUMNS)}}}
 
     @property
     def requests(self) -> int:
@@ -115,7 +129,9 @@ class Scenario:
         """What the template renders for ``rows``, written by hand: the same bytes."""
         positions = [COLUMNS.index(c) for c in BODY_COLUMNS]
         members = [{c: row[p] for c, p in zip(BODY_COLUMNS, positions, strict=True)} for row in rows]
-        return json.dumps(members[0] if self.batch_size == 1 else {"members": members}).encode()
+        body = members[0] if self.batch_size == 1 else {"members": members}
+        # A json_body is encoded by orjson (compact); a text body writes what json.dumps writes.
+        return orjson.dumps(body) if self.body_kind == "json" else json.dumps(body).encode()
 
 
 @dataclass(frozen=True)
@@ -183,7 +199,8 @@ def raw_kafka(store: Path, scenario: Scenario, bootstrap: str, timeout: float) -
             cursor,
             definition=scenario.name,
             template=scenario.name,
-            batch_size=scenario.batch_size,
+            # The extractor's records: whole requests, at least its default members per record.
+            batch_size=members_per_record(scenario.batch_size, DEFAULT_RECORD_MEMBERS),
             page_size=PAGE_SIZE,
         )
     finally:
@@ -245,7 +262,7 @@ class PipelineRun:
                 "profile": "lean-receiver",
                 "method": "POST",
                 "path": "/members",
-                "body": self.scenario.body,
+                **self.scenario.body,
                 "batch_size": self.scenario.batch_size,
             }
             documents.append({"kind": "HttpTemplate", "name": name, "spec": template})
@@ -484,12 +501,30 @@ def main() -> None:
     parser.add_argument("--single-members", type=int, default=100_000, help="members of the one-member scenario")
     parser.add_argument("--concurrency", type=int, default=8, help="the dispatcher's and the raw loop's")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds each contender may take")
+    parser.add_argument(
+        "--body",
+        choices=("json", "text"),
+        default="json",
+        help="templates written as a json_body structure (the fast way) or as Jinja text",
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="where e2e.png and e2e.md go")
     args = parser.parse_args()
     began = time.monotonic()
     scenarios = [
-        Scenario("e2e-batch", f"batch: {args.members:,} members, template of {BATCH_SIZE}", args.members, BATCH_SIZE),
-        Scenario("e2e-single", f"single: {args.single_members:,} members, one-member template", args.single_members, 1),
+        Scenario(
+            "e2e-batch",
+            f"batch: {args.members:,} members, template of {BATCH_SIZE} ({args.body} body)",
+            args.members,
+            BATCH_SIZE,
+            args.body,
+        ),
+        Scenario(
+            "e2e-single",
+            f"single: {args.single_members:,} members, one-member template ({args.body} body)",
+            args.single_members,
+            1,
+            args.body,
+        ),
     ]
     rows: list[Row] = []
     notes: list[str] = []

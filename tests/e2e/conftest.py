@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from devtools.http_receiver import HttpReceiver
-from devtools.pipeline import LocalPipeline
+from devtools.pipeline import SERVICES, LocalPipeline
 from devtools.processes import free_port
 from devtools.smtp_sink import SmtpSink
 from shared.catalog import CatalogStores, make_engine
@@ -103,6 +103,8 @@ class Pipeline:
     services: LocalPipeline
     work_dir: Path
     dispatcher_metrics_port: int
+    #: Each service's /metrics port.
+    metrics_ports: dict[str, int]
 
     def exportctl(
         self, *args: str, timeout: float = 300, env: dict[str, str] | None = None
@@ -159,11 +161,21 @@ def pipeline(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
         )
         assert result.returncode == 0, result.stderr
         catalog = CatalogStores.from_url(env["EXPORT_CATALOG_URL"], migrate=True)
-        metrics_port = free_port()
-        service_env = {"dispatcher": {"EXPORT_METRICS_PORT": str(metrics_port)}}
+        metrics_ports = {name: free_port() for name in SERVICES}
+        service_env = {name: {"EXPORT_METRICS_PORT": str(port)} for name, port in metrics_ports.items()}
         with LocalPipeline(env, work_dir / "logs", service_env=service_env) as services:
             yield Pipeline(
-                env, Topics(prefix), kafka_bootstrap, catalog, good, strict, sink, services, work_dir, metrics_port
+                env,
+                Topics(prefix),
+                kafka_bootstrap,
+                catalog,
+                good,
+                strict,
+                sink,
+                services,
+                work_dir,
+                metrics_ports["dispatcher"],
+                metrics_ports,
             )
             exit_codes = services.stop()
         catalog.close()

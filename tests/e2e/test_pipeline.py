@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections import Counter
+from importlib.metadata import version
 
 import httpx
 import pytest
@@ -13,7 +14,8 @@ from devtools.processes import wait_until
 from shared.domain.runs import RunStatus
 from shared.events import DeadLetter
 from tests.e2e.conftest import MEMBERS, SECRET_TOKEN, Pipeline
-from tests.kafka_helpers import produce, read_until
+from tests.kafka_helpers import partitions_of, produce, read_until
+from tests.metrics_helpers import created_series, parse, scrape, values
 
 pytestmark = pytest.mark.e2e
 
@@ -111,15 +113,68 @@ def test_the_dispatcher_exposes_prometheus_metrics(pipeline: Pipeline):
     result = pipeline.exportctl("run", "small-to-good-partner", "--wait", "--timeout", "120")
     assert result.returncode == 0, result.stdout + result.stderr
     metrics = httpx.get(f"http://127.0.0.1:{pipeline.dispatcher_metrics_port}/metrics").text
-    samples = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in metrics.splitlines()
-        if line and not line.startswith("#")
-    }
-    assert samples["export_dispatcher_members_delivered_total"] >= 100
-    assert samples['export_dispatcher_requests_total{status_class="2xx"}'] >= 2
-    assert "export_dispatcher_request_seconds_bucket" in metrics
+    samples = parse(metrics)
+    export = {"definition": "small-to-good-partner", "profile": "good-partner"}
+    [(_, delivered)] = values(samples, "member_export_dispatcher_members_delivered_total", **export)
+    assert delivered >= 100
+    [(_, answered)] = values(samples, "member_export_dispatcher_requests_total", **export, status_class="2xx")
+    assert answered >= 2
+    assert values(samples, "member_export_dispatcher_request_duration_seconds_bucket", **export)
     assert SECRET_TOKEN not in metrics
+
+
+def test_every_service_exposes_its_build_its_lag_per_partition_and_per_export_series(pipeline: Pipeline):
+    result = pipeline.exportctl("run", "small-to-good-partner", "--wait", "--timeout", "120")
+    assert result.returncode == 0, result.stdout + result.stderr
+    scraped = {name: scrape(port) for name, port in pipeline.metrics_ports.items()}
+    for name, samples in scraped.items():
+        build = values(samples, "member_export_build_info", service=name)
+        assert [(labels["version"], value) for labels, value in build] == [(version("member-export"), 1.0)], name
+        assert created_series(samples) == [], f"{name} exposes _created series"
+
+    topics = pipeline.topics
+    consumed = {
+        "extractor": [topics.run_requests],
+        "dispatcher": topics.member_batch_topics(),
+        "notifier": [topics.run_events],
+    }
+    # Every partition of every topic each consumer reads, in its own group.
+    partitions = {topic: partitions_of(pipeline.bootstrap, topic) for names in consumed.values() for topic in names}
+    expected = {
+        name: {(f"{topics.prefix}member-export-{name}", topic, str(p)) for topic in names for p in partitions[topic]}
+        for name, names in consumed.items()
+    }
+
+    def lag_series() -> dict[str, set[tuple[str, str, str]]]:
+        found = {}
+        for name in consumed:
+            lag = values(scrape(pipeline.metrics_ports[name]), "member_export_consumer_lag", service=name)
+            assert all(value >= 0 for _, value in lag), lag
+            found[name] = {(labels["group"], labels["topic"], labels["partition"]) for labels, _ in lag}
+        return found
+
+    # A partition's series appears once a fetch has answered for it (just after a service starts, not all have).
+    try:
+        wait_until(lambda: lag_series() == expected, timeout=60, what="lag series of every partition")
+    except TimeoutError:
+        assert lag_series() == expected  # says which are missing
+
+    [(_, extracted)] = values(
+        scraped["extractor"], "member_export_extractor_members_total", definition="small-to-good-partner"
+    )
+    assert extracted >= 100
+
+    def run_counted() -> bool:
+        finished = values(
+            scrape(pipeline.metrics_ports["notifier"]),
+            "member_export_runs_finished_total",
+            definition="small-to-good-partner",
+            status="succeeded",
+        )
+        return bool(finished) and finished[0][1] >= 1
+
+    # The notifier counts the run as it records it final: exportctl may have seen the status first.
+    wait_until(run_counted, timeout=30, what="the notifier to count the finished run")
 
 
 def test_the_scheduler_process_fires_a_cron_schedule(pipeline: Pipeline, tmp_path):

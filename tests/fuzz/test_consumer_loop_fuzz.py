@@ -64,7 +64,7 @@ class Consumer:
             self.polled.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
         self.committed: dict[TopicPartition, int] = {}
 
-    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Any]]:
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
         polled, self.polled = self.polled, {}
         return polled
 

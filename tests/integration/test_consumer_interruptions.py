@@ -77,7 +77,7 @@ def _wait(condition: Callable[[], bool], timeout: float = 60.0) -> None:
 def _interruptions(service: str) -> float:
     return (
         REGISTRY.get_sample_value(
-            "export_consumer_rounds_interrupted_total", {"service": service, "cause": "OperationalError"}
+            "member_export_consumer_rounds_interrupted_total", {"service": service, "cause": "OperationalError"}
         )
         or 0.0
     )
@@ -146,7 +146,7 @@ def test_a_commit_the_group_refuses_is_counted_and_the_loop_goes_on(settings: Co
         )
         _wait(lambda: "second" in handled)
     refused = REGISTRY.get_sample_value(
-        "export_consumer_commits_refused_total", {"service": "commit-refused", "cause": "CommitFailedError"}
+        "member_export_consumer_commits_refused_total", {"service": "commit-refused", "cause": "CommitFailedError"}
     )
     assert refused == 1
 

@@ -286,7 +286,7 @@ def _dead_letters(settings: CommonSettings) -> list[DeadLetter]:
 
 
 def _failures(service: str) -> float:
-    return REGISTRY.get_sample_value("export_dead_letter_failures_total", {"service": service}) or 0.0
+    return REGISTRY.get_sample_value("member_export_consumer_dead_letter_failures_total", {"service": service}) or 0.0
 
 
 @pytest.mark.parametrize("rounds", [False, True], ids=["one-by-one", "rounds"])

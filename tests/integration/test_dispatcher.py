@@ -15,7 +15,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from devtools.http_receiver import HttpReceiver
 from devtools.processes import free_port
 from services.dispatcher.delivery import RetryBudget
-from services.dispatcher.dispatching import RATE_LIMIT_RATE
+from services.dispatcher.metrics import RATE_LIMIT_RATE
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, DeadLetter, MemberBatch, RunCancelled
@@ -288,7 +288,7 @@ def test_a_profiles_rate_limit_spaces_its_requests(catalog, client):
 
 
 def rate() -> float | None:
-    return REGISTRY.get_sample_value("export_dispatcher_rate_limit_requests_per_second", {"profile": "p"})
+    return REGISTRY.get_sample_value("member_export_dispatcher_rate_limit_requests_per_second", {"profile": "p"})
 
 
 def test_a_rate_limited_profile_slows_down_on_429_and_recovers(catalog, client):
@@ -354,3 +354,20 @@ def test_a_json_body_structure_is_sent_as_its_encoded_bytes(catalog, client):
     [receipt] = receiver.receipts()
     assert receipt.raw == orjson.dumps({"run": str(sent.run_id), "members": sent.members})
     assert receipt.headers["Content-Type"] == "application/json"
+
+
+def test_a_record_of_one_member_requests_sends_each_member_concurrently_and_accounts_for_each(catalog, client):
+    sent = batch(20, index=7)
+    with HttpReceiver(reject_members=frozenset({3, 11}), delay=0.05) as receiver:
+        dispatcher = dispatcher_for(catalog, client, receiver, batch_size=1)
+        [[*letters_out, outcome_out]] = dispatcher.handle_all([sent])  # a round of one record
+    receipts = receiver.receipts()
+    assert sorted(m["id"] for r in receipts for m in r.members) == list(range(20))  # one request each, no retry
+    assert {r.headers["Idempotency-Key"] for r in receipts} == {f"{sent.run_id}:7:{i}-{i + 1}" for i in range(20)}
+    assert receiver.state.max_active > 1  # the record's requests went out together
+    letters = [DeadLetter.model_validate_json(o.value) for o in letters_out]
+    assert [[m["id"] for m in letter.members or []] for letter in letters] == [[3], [11]]
+    outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
+    assert (outcome.batch_index, outcome.delivered, outcome.failed) == (7, 18, 2)
+    # The next poll takes fewer records: one of these carries 20 requests (256 requests a round by default).
+    assert dispatcher.dispatcher.next_poll_records() == 256 // 20

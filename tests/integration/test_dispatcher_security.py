@@ -4,6 +4,7 @@ Every batch gets an outcome (its members dead-lettered with the reason when they
 reaches the partner is the request the template describes, whatever the members hold.
 """
 
+import contextlib
 import json
 import threading
 import uuid
@@ -46,7 +47,7 @@ def http() -> Iterator[Http]:
 def dispatcher(catalog: CatalogStores, http: Http, limits: RenderLimits = DEFAULT_LIMITS) -> BlockingDispatcher:
     handler = Dispatcher(
         objects=CatalogCache(catalog.definitions, catalog.runs, ttl=0),
-        deliverer=Deliverer(http.client, QUICK_RETRIES),
+        deliverer=Deliverer(http.partners, QUICK_RETRIES),
         tokens=OAuthTokenCache(http.client),
         topics=TOPICS,
         render_limits=limits,
@@ -161,7 +162,7 @@ def test_a_template_that_raises_fails_the_batch_with_the_reason(catalog, http, b
 class TokenEndpoint:
     """An OAuth token endpoint on 127.0.0.1 answering each POST with the next of ``answers`` (the last repeats)."""
 
-    def __init__(self, *answers: tuple[int, str, bytes]) -> None:
+    def __init__(self, *answers: tuple[int, str, bytes], location: str | None = None) -> None:
         self.answers = list(answers)
         self.calls = 0
         endpoint = self
@@ -174,8 +175,11 @@ class TokenEndpoint:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                if location is not None:
+                    self.send_header("Location", location)
                 self.end_headers()
-                self.wfile.write(body)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client read enough, hung up
+                    self.wfile.write(body)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -219,6 +223,23 @@ def test_a_token_endpoint_that_is_briefly_unavailable_is_retried(catalog, http):
     assert (outcome.delivered, outcome.attempts) == (1, 2)
     [received] = receiver.receipts()
     assert received.headers["Authorization"] == "Bearer tok-1"
+
+
+def test_a_partners_redirect_is_its_answer_not_followed(catalog, http):
+    with HttpReceiver() as elsewhere, TokenEndpoint((307, "text/plain", b"moved"), location=elsewhere.url) as partner:
+        profile_and_template(catalog, partner.url.removesuffix("/oauth/token"))
+        outcome, _ = outcome_and_letters(dispatcher(catalog, http).handle(batch({"id": 1})))
+    assert elsewhere.receipts() == []  # the SSRF guard's decision is never bypassed by a Location header
+    assert (outcome.failed, outcome.status_code) == (1, 307)
+
+
+def test_a_partners_huge_error_body_is_quoted_short_and_read_bounded(catalog, http):
+    with TokenEndpoint((422, "text/plain", b"e" * 20_000_000)) as partner:
+        profile_and_template(catalog, partner.url.removesuffix("/oauth/token"))
+        outcome, letters = outcome_and_letters(dispatcher(catalog, http).handle(batch({"id": 1})))
+    assert (outcome.failed, outcome.status_code) == (1, 422)
+    assert outcome.error == "HTTP 422: " + "e" * 300
+    assert [letter.reason for letter in letters] == [outcome.error]
 
 
 # --- 6. A runaway template is stopped, and the other batches go on -------------------------------------

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from services.extractor.extraction import Extractor
@@ -152,19 +153,30 @@ def test_a_repeated_run_request_is_not_extracted_twice(extractor: Extractor, set
     assert extractor.extraction.claim_extraction(request.run_id, "export-all").completed
 
 
+def _runs_failed(definition: str, reason: str) -> float:
+    labels = {"definition": definition, "reason": reason}
+    return REGISTRY.get_sample_value("member_export_extractor_runs_failed_total", labels) or 0.0
+
+
 def test_an_unknown_definition_fails_the_run_with_the_reason(extractor: Extractor):
+    before = _runs_failed("(unknown)", "unknown_definition")
     [outgoing] = extractor.handle(RunRequested(definition="no-such-export"))
     failed = RUN_EVENT_ADAPTER.validate_json(outgoing.value)
     assert isinstance(failed, RunFailed)
     assert failed.reason == "unknown definition: ExportDefinition 'no-such-export' does not exist"
+    # Counted without the name the request gave: only catalog names become label values.
+    assert _runs_failed("(unknown)", "unknown_definition") == before + 1
+    assert _runs_failed("no-such-export", "unknown_definition") == 0
 
 
 def test_a_query_error_fails_the_run_with_the_reason(extractor: Extractor, settings: CommonSettings):
+    before = _runs_failed("export-broken", "query_error")
     [outgoing] = extractor.handle(RunRequested(definition="export-broken"))
     failed = RUN_EVENT_ADAPTER.validate_json(outgoing.value)
     assert isinstance(failed, RunFailed)
     assert failed.reason.startswith("query 'broken' failed:")
     assert "missing_table" in failed.reason
+    assert _runs_failed("export-broken", "query_error") == before + 1
 
 
 def test_a_run_resumes_from_its_checkpoint_with_the_same_batch_identities(

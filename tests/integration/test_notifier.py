@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trustme
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from devtools.smtp_sink import SmtpSink
@@ -219,16 +220,21 @@ def test_a_run_without_progress_is_failed_as_stuck_by_the_sweep(catalog: Catalog
         stuck_after_seconds=3600,
         clock=lambda: later,
     )
+    finished = {"definition": "nightly", "status": "failed"}
+    failed_before = REGISTRY.get_sample_value("member_export_runs_finished_total", finished) or 0.0
     started = RunStarted(run_id=uuid.uuid4(), definition="nightly", trigger=Trigger.MANUAL)
     notifier.handle(started)
     [outgoing] = notifier.sweep()
+    assert REGISTRY.get_sample_value("member_export_runs_stuck") == 1
     failed = RunFailed.model_validate_json(outgoing.value)
     assert failed.reason.startswith("stuck: no progress for 7")
     notifier.handle(failed)  # as the loop does with what the sweep publishes
     [mail] = sink.received()
     assert "nightly: failed" in mail.subject
     assert "stuck: no progress" in mail.text()
+    assert REGISTRY.get_sample_value("member_export_runs_finished_total", finished) == failed_before + 1
     assert notifier.sweep() == []
+    assert REGISTRY.get_sample_value("member_export_runs_stuck") == 0, "failed: no longer stuck"
 
 
 def test_the_sweep_sends_an_email_that_failed_earlier_once(catalog: CatalogStores, sink: SmtpSink, notifier: Notifier):

@@ -97,7 +97,7 @@ def test_a_daily_schedule_fires_at_local_time_with_deterministic_ids(
     run_for(scheduler, dt.timedelta(days=3), step=dt.timedelta(minutes=5))
     fired = [e for e in recorder.events() if isinstance(e, RunRequested)]
     definition_id, _ = catalog.definitions.get_with_id(ExportDefinition, "nightly")
-    assert REGISTRY.get_sample_value("export_scheduler_definitions") == 1  # "paused" is not counted
+    assert REGISTRY.get_sample_value("member_export_scheduler_definitions") == 1  # "paused" is not counted
     # 02:30 does not exist on 29 March in Paris: it fires at 03:00 CEST (01:00 UTC).
     expected = [
         dt.datetime(2026, 3, 29, 1, 0, tzinfo=UTC),
@@ -109,10 +109,17 @@ def test_a_daily_schedule_fires_at_local_time_with_deterministic_ids(
     assert {(r.definition, r.trigger) for r in fired} == {("nightly", Trigger.SCHEDULE)}
 
 
+def _counted(metric: str, definition: str) -> float:
+    """A scheduler counter's value for ``definition`` (0 before its first increment)."""
+    return REGISTRY.get_sample_value(metric, {"definition": definition}) or 0.0
+
+
 def test_missed_runs_beyond_the_window_are_recorded_and_the_latest_within_it_fires(
     scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder
 ):
     catalog.definitions.apply(definition("hourly", cron="0 * * * *"))
+    missed_before = _counted("member_export_scheduler_runs_missed_total", "hourly")
+    fired_before = _counted("member_export_scheduler_runs_fired_total", "hourly")
     scheduler.tick()  # seen at T0
     clock = scheduler.clock
     assert isinstance(clock, ManualClock)
@@ -123,6 +130,8 @@ def test_missed_runs_beyond_the_window_are_recorded_and_the_latest_within_it_fir
         T0 + dt.timedelta(hours=h) for h in (1, 2, 3)
     ]
     assert [e.scheduled_for for e in events if isinstance(e, RunRequested)] == [T0 + dt.timedelta(hours=4)]
+    assert _counted("member_export_scheduler_runs_missed_total", "hourly") - missed_before == 3
+    assert _counted("member_export_scheduler_runs_fired_total", "hourly") - fired_before == 1
 
 
 def test_a_run_due_while_the_previous_one_is_active_is_skipped(
@@ -138,10 +147,18 @@ def test_a_run_due_while_the_previous_one_is_active_is_skipped(
                 trigger=Trigger.SCHEDULE,
             )
         )
+    skipped_before = {
+        name: _counted("member_export_scheduler_runs_skipped_total", name) for name in ("busy", "parallel")
+    }
     scheduler.tick()
     run_for(scheduler, dt.timedelta(minutes=15))
     events = recorder.events()
     skipped = [e for e in events if isinstance(e, RunSkipped)]
+    skipped_counted = {
+        name: _counted("member_export_scheduler_runs_skipped_total", name) - before
+        for name, before in skipped_before.items()
+    }
+    assert skipped_counted == {"busy": 1, "parallel": 0}
     assert [e.definition for e in skipped] == ["busy"]
     assert skipped[0].reason.startswith("previous run ")
     assert [e.definition for e in events if isinstance(e, RunRequested)] == ["parallel"]

@@ -19,7 +19,7 @@ from services.extractor.run_request_decoding import decode_run_request
 from shared.domain.catalog_objects import Priority, SavedQuery
 from shared.domain.query_parameters import ParameterError, QueryParameter, bind_names, bind_values
 from shared.events import RUN_REQUESTED_CLOUDEVENT_TYPE, MemberBatch, RunRequested, Trigger
-from shared.member_batches import BatchEncoder, MemberTooLarge
+from shared.member_batches import BatchEncoder, MemberTooLarge, members_per_record
 from shared.querystore.paging import Window, high_watermark, jsonable, keyset_page
 
 # --- parameters ----------------------------------------------------------------------------------------
@@ -288,3 +288,13 @@ def test_a_cloudevent_without_a_definition_is_refused():
 def test_our_own_json_event_needs_no_headers():
     request = RunRequested(definition="vip", parameters={"tier": "gold"})
     assert decode_run_request(request.to_bytes(), []) == request
+
+
+@given(st.integers(1, 10_000), st.integers(1, 10_000))
+def test_a_record_holds_whole_requests_and_at_least_the_record_members_where_they_fit(batch_size, record_members):
+    size = members_per_record(batch_size, record_members)
+    assert size % batch_size == 0  # whole requests
+    if batch_size >= record_members:
+        assert size == batch_size  # one request per record
+    else:  # as many whole requests as fit in record_members
+        assert record_members - batch_size < size <= record_members

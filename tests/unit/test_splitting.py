@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.dispatcher.splitting import IsolationResult, Slice
+from services.dispatcher.splitting import deliver_in_requests as deliver_in_requests_async
 from services.dispatcher.splitting import deliver_isolating as deliver_isolating_async
 
 
@@ -72,3 +73,41 @@ def test_a_delivered_batch_is_one_request():
     send, sent = partner(set())
     result = deliver_isolating(500, send, split_budget=64)
     assert (result.delivered, result.refused, len(sent)) == (500, [], 1)
+
+
+def deliver_in_requests(size: int, request_size: int, send, *, split_budget: int) -> IsolationResult[Result]:
+    return asyncio.run(
+        deliver_in_requests_async(size, request_size, send, split_budget=split_budget, gather=asyncio.gather)
+    )
+
+
+@given(st.integers(1, 300), st.integers(1, 40), st.data(), st.integers(0, 20))
+def test_a_record_of_many_requests_accounts_for_every_member_once(size, request_size, data, budget):
+    bad = data.draw(st.sets(st.integers(0, size - 1)))
+    send, sent = partner(bad)
+    result = deliver_in_requests(size, request_size, send, split_budget=budget)
+    first_requests = [part for part in sent if part.size == request_size or part.stop == size]
+    # Every request of the record starts on a multiple of the request size and holds at most that many members.
+    assert {part.start for part in sent if part.start % request_size == 0} >= set(range(0, size, request_size))
+    assert all(part.size <= request_size for part in sent)
+    assert len(first_requests) >= -(-size // request_size)
+    covered = sorted(i for r in result.refused for i in range(r.slice.start, r.slice.stop))
+    assert len(covered) == len(set(covered))
+    assert set(covered) >= bad
+    assert result.delivered + len(covered) == size
+    assert result.requests == len(sent)
+
+
+def test_one_member_requests_refuse_exactly_the_bad_members():
+    send, sent = partner({3, 7}, status=422)
+    result = deliver_in_requests(10, 1, send, split_budget=64)
+    assert sorted((part.start, part.stop) for part in sent) == [(i, i + 1) for i in range(10)]
+    assert [(r.slice.start, r.slice.stop) for r in result.refused] == [(3, 4), (7, 8)]
+    assert result.delivered == 8
+
+
+def test_a_record_of_one_request_is_sent_whole():
+    send, sent = partner(set())
+    result = deliver_in_requests(500, 500, send, split_budget=64)
+    assert sent == [Slice(0, 500)]
+    assert (result.delivered, result.requests) == (500, 1)

@@ -15,9 +15,11 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from services.dispatcher.http_client import DestinationRefused, GuardedResolver, GuardedTransport
+from services.dispatcher.partner_http import AiohttpPartnerHttp
 from shared.application.checks import ObjectChecks, destination_problems
 from shared.domain.catalog_objects import ConnectionProfile
 from shared.domain.destinations import DestinationPolicy, embedded_ipv4
+from shared.domain.rendering import RenderedRequest
 
 PUBLIC_ONLY = DestinationPolicy()
 MASK32 = 0xFFFFFFFF
@@ -172,3 +174,18 @@ def test_the_dispatchers_transport_refuses_a_wrapped_loopback_literal_before_sen
     with pytest.raises(DestinationRefused, match="is a loopback address"):
         asyncio.run(post())
     assert sent == []
+
+
+@pytest.mark.parametrize("literal", ["[::127.0.0.1]", "[64:ff9b::7f00:1]", "127.0.0.1", "[::ffff:0:7f00:1]"])
+def test_the_partner_sender_refuses_a_loopback_literal_before_connecting(literal):
+    request = RenderedRequest("POST", f"http://{literal}:9/members", {"Content-Type": "application/json"}, b"[]")
+
+    async def send() -> None:
+        partners = AiohttpPartnerHttp(PUBLIC_ONLY)
+        try:
+            await partners.send(request, timeout=1)
+        finally:
+            await partners.aclose()
+
+    with pytest.raises(DestinationRefused, match=r"is a loopback address|carries IPv4 127"):
+        asyncio.run(send())

@@ -1,0 +1,70 @@
+"""The console's application: its routes, and refusals answered as pages (a use case's reason, unchanged)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.admin.console import (
+    auth_routes,
+    definition_routes,
+    exports_routes,
+    object_routes,
+    runs_routes,
+    schedule_routes,
+)
+from services.admin.console.context import ConsoleContext
+from services.admin.console.pages import Pages
+from services.admin.console.sessions import SessionCodec
+from services.admin.dependencies import AdminContext
+from services.admin.settings import AdminSettings
+from shared.application.errors import Refused
+from shared.errors import StoredObjectInvalid
+from shared.kafka.event_publisher import KafkaDeadLetters
+from shared.secrets_at_rest import SecretsUnreadable
+
+
+def create_console(context: AdminContext, settings: AdminSettings, codec: SessionCodec) -> FastAPI:
+    """The console over ``context`` (no OpenAPI document: its routes are pages, not the API)."""
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    pages = Pages()
+    app.state.codec = codec
+    app.state.console = ConsoleContext(
+        admin=context,
+        pages=pages,
+        dead_letters=lambda: KafkaDeadLetters(settings),
+        max_record_bytes=settings.extractor_max_record_bytes,
+        session_seconds=settings.console_session_minutes * 60,
+        secure_cookies=settings.console_secure_cookies,
+    )
+
+    def refusal_page(request: Request, status: int, reason: str) -> HTMLResponse:
+        return pages.render(request, "error.html", status=status, status_code=status, reason=reason)
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> HTMLResponse:
+        return refusal_page(request, exc.status, exc.reason)
+
+    @app.exception_handler(StoredObjectInvalid)
+    async def _stored_invalid(request: Request, exc: StoredObjectInvalid) -> HTMLResponse:
+        return refusal_page(request, 409, str(exc))
+
+    @app.exception_handler(SecretsUnreadable)
+    async def _secrets_unreadable(request: Request, exc: SecretsUnreadable) -> HTMLResponse:
+        return refusal_page(request, 503, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> HTMLResponse:
+        # A hand-edited address (``?page=x``): said as a page, naming the parameter, never its value.
+        where = "; ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors())
+        return refusal_page(request, 422, f"this address has a value the page does not take: {where}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> HTMLResponse:
+        return refusal_page(request, exc.status_code, str(exc.detail))
+
+    for module in (auth_routes, exports_routes, definition_routes, schedule_routes, runs_routes, object_routes):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,240 @@
+"""An export definition as the Details screen's fields, and those fields back as the API's bodies. Pure.
+
+The fields are flat (``query``, ``param.tier``, ``every``, ``time``, ``cron``, ``error_recipients``…); each
+step becomes the body its use case takes (``save_definition_step``), unvalidated: the domain's models
+validate it, and their messages are shown by the fields they name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.admin.console.forms import Form, Problems
+from shared.domain.catalog_objects import ExportDefinition, SavedQuery
+from shared.domain.query_parameters import ParameterType, coerce
+from shared.domain.schedule import Every, Repeat
+
+#: The composer's fields each interval shows (the domain's Repeat takes exactly these; a unit test holds it).
+COMPOSER_FIELDS: dict[str, tuple[str, ...]] = {
+    Every.QUARTER_HOUR.value: (),
+    Every.HALF_HOUR.value: (),
+    Every.HOUR.value: ("minute",),
+    Every.DAY.value: ("time",),
+    Every.WEEK.value: ("weekday", "time"),
+    Every.MONTH.value: ("day", "time"),
+    Every.YEAR.value: ("day", "month", "time"),
+}
+#: The steps, in order, with their tab titles; ``general`` is the name, unit and priority above them.
+STEPS = {"filter": "Filter", "destination": "Destination", "schedule": "Schedule", "notifications": "Notifications"}
+#: The checkboxes of each part (an unchecked box is absent from the form).
+CHECKBOXES = {
+    "general": (),
+    "filter": ("incremental",),
+    "destination": (),
+    "schedule": ("enabled", "advanced"),
+    "notifications": ("error_enabled", "success_enabled"),
+}
+#: The fields of each part, to keep what was typed when a save is refused.
+FIELDS = {
+    "general": ("label", "name", "business_unit", "priority", "max_failure_percent", "pause_after_failed_runs"),
+    "filter": ("query", "watermark_column"),
+    "destination": ("template",),
+    "schedule": (
+        "recurrence",
+        "once_date",
+        "once_time",
+        "every",
+        "minute",
+        "time",
+        "weekday",
+        "day",
+        "month",
+        "cron",
+        "from",
+        "to",
+        "timezone",
+        "overlap",
+    ),
+    "notifications": ("error_recipients", "success_recipients"),
+}
+DEFAULTS: dict[str, Any] = {
+    "priority": "normal",
+    "recurrence": "none",
+    "every": "day",
+    "minute": "0",
+    "time": "02:00",
+    "weekday": "mon",
+    "day": "1",
+    "month": "1",
+    "timezone": "UTC",
+    "overlap": "skip",
+}
+
+
+def values_of(definition: ExportDefinition | None) -> dict[str, Any]:
+    """The screen's fields for ``definition`` (the defaults of a new one for None)."""
+    values: dict[str, Any] = dict(DEFAULTS)
+    if definition is None:
+        return values
+    schedule, policy = definition.schedule, definition.failure_policy
+    values.update(
+        label=definition.label or "",
+        name=definition.name,
+        business_unit=definition.business_unit or "",
+        priority=definition.priority.value,
+        max_failure_percent=_text(policy.max_failure_percent),
+        pause_after_failed_runs=_text(policy.pause_after_failed_runs),
+        query=definition.query,
+        incremental=definition.incremental is not None,
+        watermark_column=definition.incremental.watermark_column if definition.incremental else "",
+        template=definition.template,
+        enabled=schedule.enabled,
+        timezone=schedule.timezone,
+        overlap=schedule.overlap.value,
+        error_enabled=definition.notifications.error.enabled,
+        error_recipients=", ".join(definition.notifications.error.recipients),
+        success_enabled=definition.notifications.success.enabled,
+        success_recipients=", ".join(definition.notifications.success.recipients),
+        **{"from": _text(schedule.start_date), "to": _text(schedule.end_date)},
+    )
+    values.update({f"param.{name}": _text(value) for name, value in definition.parameters.items()})
+    if schedule.once is not None:
+        values.update(recurrence="once", once_date=schedule.once.date.isoformat(), once_time=_hhmm(schedule.once.time))
+    elif schedule.repeat is not None:
+        values.update(recurrence="repeat", cron=schedule.repeat.expression, advanced=schedule.repeat.cron is not None)
+        if schedule.repeat.every is not None:
+            values.update(_composer_values(schedule.repeat))
+    return values
+
+
+def _composer_values(repeat: Repeat) -> dict[str, Any]:
+    assert repeat.every is not None
+    values: dict[str, Any] = {"every": repeat.every.value}
+    for name in COMPOSER_FIELDS[repeat.every.value]:
+        value = getattr(repeat, name)
+        values[name] = _hhmm(value) if name == "time" else (value.value if name == "weekday" else str(value))
+    return values
+
+
+def submitted(values: dict[str, Any], form: Form, part: str) -> dict[str, Any]:
+    """``values`` with one part's fields as the form sent them (to show again what was typed)."""
+    merged = dict(values)
+    merged.update({name: form.text(name) for name in FIELDS[part] if name in form.fields})
+    merged.update({name: form.flag(name) for name in CHECKBOXES[part]})
+    if part == "filter":
+        merged = {k: v for k, v in merged.items() if not k.startswith("param.")}
+        merged.update({name: form.text(name) for name in form.fields if name.startswith("param.")})
+    return merged
+
+
+def as_form(values: dict[str, Any]) -> Form:
+    """``values`` as the form that would send them (a checked box sends "on", an unchecked one nothing)."""
+    fields = {name: [value] for name, value in values.items() if isinstance(value, str)}
+    return Form(fields | {name: ["on"] for name, value in values.items() if value is True})
+
+
+# --- the fields back as bodies ------------------------------------------------------------------------
+
+
+def general_body(form: Form) -> dict[str, Any]:
+    """Label, name, business unit, priority and failure policy (validated by ExportDefinition)."""
+    body: dict[str, Any] = {
+        "label": form.optional("label"),
+        "business_unit": form.optional("business_unit"),
+        "priority": form.text("priority", "normal"),
+        "failure_policy": {
+            "max_failure_percent": form.optional("max_failure_percent"),
+            "pause_after_failed_runs": form.optional("pause_after_failed_runs"),
+        },
+    }
+    if form.optional("name"):
+        body["name"] = form.text("name")
+    return body
+
+
+def filter_body(form: Form, query: SavedQuery | None, problems: Problems) -> dict[str, Any]:
+    """Step 1: the query, its parameters typed as it declares them (a value that is not of its type is a
+    problem named ``parameters.<name>``), full or incremental."""
+    parameters: dict[str, Any] = {}
+    for name, declared in (query.parameters if query else {}).items():
+        text = form.text(f"param.{name}")
+        if not text:
+            continue  # the query's default, or the run request's value
+        try:
+            value = coerce(declared.type, text)
+        except ValueError as exc:
+            problems.add(f"parameters.{name}", str(exc))
+            continue
+        keep_text = declared.type in {ParameterType.STRING, ParameterType.DATE, ParameterType.DATETIME}
+        parameters[name] = text if keep_text else value
+    incremental = {"watermark_column": form.text("watermark_column")} if form.flag("incremental") else None
+    return {"query": form.text("query"), "parameters": parameters, "incremental": incremental}
+
+
+def destination_body(form: Form) -> dict[str, Any]:
+    """Step 2: the HTTP operation (template)."""
+    return {"template": form.text("template")}
+
+
+def schedule_body(form: Form) -> dict[str, Any]:
+    """Step 3: as the Schedule model reads it (``once``, the composer's ``repeat``, or Advanced mode's ``cron``)."""
+    schedule: dict[str, Any] = {
+        "enabled": form.flag("enabled"),
+        "timezone": form.text("timezone") or "UTC",
+        "overlap": form.text("overlap") or "skip",
+    }
+    for bound in ("from", "to"):
+        if form.optional(bound):
+            schedule[bound] = form.text(bound)
+    recurrence = form.text("recurrence")
+    if recurrence == "once":
+        schedule["once"] = {"date": form.text("once_date"), "time": form.text("once_time")}
+    elif recurrence == "repeat":
+        if form.flag("advanced"):
+            schedule["repeat"] = {"cron": form.text("cron")}
+        else:
+            every = form.text("every")
+            schedule["repeat"] = {"every": every} | {name: form.text(name) for name in COMPOSER_FIELDS.get(every, ())}
+    return schedule
+
+
+def notifications_body(form: Form) -> dict[str, Any]:
+    """Step 4: each toggle with its recipients (one a line, or comma-separated)."""
+    return {
+        kind: {"enabled": form.flag(f"{kind}_enabled"), "recipients": form.lines(f"{kind}_recipients")}
+        for kind in ("error", "success")
+    }
+
+
+def definition_body(form: Form, query: SavedQuery | None, problems: Problems) -> dict[str, Any]:
+    """A whole new definition: the general fields and the four steps."""
+    return (
+        general_body(form)
+        | filter_body(form, query, problems)
+        | destination_body(form)
+        | {"schedule": schedule_body(form), "notifications": notifications_body(form)}
+    )
+
+
+def step_of(problems: Problems) -> str:
+    """The first step a problem is in (to open its tab), ``general`` when none is."""
+    owners = {
+        "query": "filter", "parameters": "filter", "incremental": "filter", "template": "destination",
+        "schedule": "schedule", "notifications": "notifications",
+    }  # fmt: skip
+    for path in problems.by_field:
+        if (owner := owners.get(path.split(".")[0])) is not None:
+            return owner
+    return "general"
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _hhmm(value: Any) -> str:
+    return value.strftime("%H:%M") if value is not None else ""

@@ -1,0 +1,257 @@
+"""The Exports screen: search with filters, sort and pages; copy, delete and run now, each after a confirmation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import RedirectResponse, Response
+
+from services.admin import objects_routes
+from services.admin.console import schedule_view
+from services.admin.console.context import ConsoleContext, console_of
+from services.admin.console.forms import form_of
+from services.admin.console.gate import PREFIX
+from services.admin.console.pages import me_of
+from shared.application import objects as object_use_cases
+from shared.application import runs as run_use_cases
+from shared.application.errors import Refused
+from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, Priority, SavedQuery
+from shared.domain.query_parameters import ParameterError, bind_values
+from shared.domain.runs import RunRecord
+
+router = APIRouter(prefix=f"{PREFIX}/exports")
+PAGE_SIZE = 20
+Sort = Literal["name", "-name", "priority", "-priority", "business_unit", "-business_unit"]
+#: What a finished action says on the page it lands on (codes, never text taken from the address).
+NOTICES = {
+    "copied": "Copied: this is the copy, its schedule is off.",
+    "deleted": "The export definition was deleted.",
+    "created": "Created.",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One export definition as the list shows it."""
+
+    definition: ExportDefinition
+    schedule: str
+    next_run: dt.datetime | None
+    last_run: RunRecord | None
+
+
+def _rows(console: ConsoleContext, request: Request, definitions: list[ExportDefinition]) -> list[Row]:
+    me, store, now = me_of(request), console.admin.definitions, dt.datetime.now(dt.UTC)
+    rows = []
+    for definition in definitions:
+        definition_id, _, _ = store.get_versioned(ExportDefinition, definition.name)
+        last = console.admin.runs.list_runs(
+            limit=1, definition_id=definition_id, business_units=run_use_cases.units_in_scope(me.actor)
+        )
+        rows.append(
+            Row(
+                definition=definition,
+                schedule=schedule_view.summary(definition.schedule),
+                next_run=schedule_view.next_run(definition.schedule, now),
+                last_run=last[0] if last else None,
+            )
+        )
+    return rows
+
+
+@router.get("")
+def exports(
+    request: Request,
+    name_contains: Annotated[str, Query(max_length=200)] = "",
+    business_unit: Annotated[str, Query(max_length=100)] = "",
+    priority: Annotated[Priority | Literal[""], Query()] = "",
+    enabled: Annotated[Literal["", "true", "false"], Query()] = "",
+    template: Annotated[str, Query(max_length=100)] = "",
+    query: Annotated[str, Query(max_length=100)] = "",
+    sort: Sort = "name",
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    notice: Annotated[str, Query(max_length=20)] = "",
+) -> Response:
+    console, me = console_of(request), me_of(request)
+    # The API's own search: the same filters, sort and business-unit scope.
+    found = objects_routes.search_definitions(
+        console.admin,
+        me.actor,
+        name_contains=name_contains or None,
+        business_unit=business_unit or None,
+        priority=priority or None,
+        enabled=None if not enabled else enabled == "true",
+        template=template or None,
+        query=query or None,
+        sort=sort,
+        page=page,
+        page_size=PAGE_SIZE,
+    )
+    visible = [d for d in console.admin.definitions.list_objects(ExportDefinition) if me.actor.sees(d.business_unit)]
+    filters = {
+        "name_contains": name_contains,
+        "business_unit": business_unit,
+        "priority": priority,
+        "enabled": enabled,
+        "template": template,
+        "query": query,
+        "sort": sort,
+    }
+    return console.pages.render(
+        request,
+        "exports.html",
+        rows=_rows(console, request, found.items),
+        total=found.total,
+        page=page,
+        pages=max(1, -(-found.total // PAGE_SIZE)),
+        filters=filters,
+        business_units=sorted({d.business_unit for d in visible if d.business_unit}),
+        templates=sorted(t.name for t in console.admin.definitions.list_objects(HttpTemplate)),
+        queries=sorted(q.name for q in console.admin.definitions.list_objects(SavedQuery)),
+        notice=NOTICES.get(notice),
+    )
+
+
+# --- confirmations ----------------------------------------------------------------------------------
+
+
+def _confirm(request: Request, **values: Any) -> Response:
+    values.setdefault("error", None)
+    values.setdefault("hidden", {})
+    values.setdefault("facts", [])
+    return console_of(request).pages.render(request, "confirm.html", status=422 if values["error"] else 200, **values)
+
+
+def _definition(request: Request, name: str) -> ExportDefinition:
+    return object_use_cases.visible(me_of(request).actor, console_of(request).admin.definitions, ExportDefinition, name)
+
+
+@router.get("/{name}/copy")
+def copy_confirmation(request: Request, name: str) -> Response:
+    definition = _definition(request, name)
+    return _copy_page(request, definition)
+
+
+def _copy_page(request: Request, definition: ExportDefinition, error: str | None = None) -> Response:
+    return _confirm(
+        request,
+        title=f"Copy {definition.label or definition.name}",
+        message="The copy gets every step of this definition; its schedule is turned off until you enable it.",
+        facts=[("Copy's label", f"Copy of {definition.label or definition.name}")],
+        action=f"{PREFIX}/exports/{definition.name}/copy",
+        button="Copy",
+        style="primary",
+        back=f"{PREFIX}/exports/{definition.name}",
+        error=error,
+    )
+
+
+@router.post("/{name}/copy")
+def copy(request: Request, name: str) -> Response:
+    console, me = console_of(request), me_of(request)
+    try:
+        copied = object_use_cases.copy_object(me.actor, ExportDefinition, name, store=console.admin.definitions)
+    except Refused as refusal:
+        return _copy_page(request, _definition(request, name), refusal.reason)
+    return RedirectResponse(f"{PREFIX}/exports/{copied.name}?notice=copied", status_code=303)
+
+
+@router.get("/{name}/delete")
+def delete_confirmation(request: Request, name: str) -> Response:
+    return _delete_page(request, _definition(request, name))
+
+
+def _delete_page(request: Request, definition: ExportDefinition, error: str | None = None) -> Response:
+    return _confirm(
+        request,
+        title=f"Delete {definition.label or definition.name}",
+        message=f"Delete the export definition '{definition.name}'? Its runs stay in the history. "
+        "This cannot be undone.",
+        action=f"{PREFIX}/exports/{definition.name}/delete",
+        button="Delete",
+        style="danger",
+        back=f"{PREFIX}/exports",
+        error=error,
+    )
+
+
+@router.post("/{name}/delete")
+def delete(request: Request, name: str) -> Response:
+    console, me = console_of(request), me_of(request)
+    try:
+        object_use_cases.delete_object(me.actor, ExportDefinition, name, store=console.admin.definitions)
+    except Refused as refusal:
+        return _delete_page(request, _definition(request, name), refusal.reason)
+    return RedirectResponse(f"{PREFIX}/exports?notice=deleted", status_code=303)
+
+
+def run_facts(console: ConsoleContext, definition: ExportDefinition) -> tuple[list[tuple[str, str]], str | None]:
+    """What a run of ``definition`` does, said before it starts: query and parameters, destination, batches."""
+    store = console.admin.definitions
+    query = store.find(SavedQuery, definition.query)
+    template = store.find(HttpTemplate, definition.template)
+    profile = store.find(ConnectionProfile, template.profile) if template else None
+    error = None
+    parameters = "none"
+    if query is not None:
+        try:
+            values = bind_values(query.parameters, {}, definition.parameters)
+            parameters = ", ".join(f"{k} = {v!r}" for k, v in values.items()) or "none"
+        except ParameterError as exc:
+            error = f"parameters: {exc}"
+    facts = [
+        ("Export", f"{_titled(definition)}, priority {definition.priority.value}"),
+        ("Members", f"query '{definition.query}'" + (" (incremental)" if definition.incremental else " (all)")),
+        ("Parameters", parameters),
+    ]
+    if template is not None:
+        url = (profile.base_url.rstrip("/") if profile else "") + template.path
+        facts.append(("Destination", f"{template.method.value} {url}, {template.batch_size} members per request"))
+    return facts, error
+
+
+def _titled(definition: ExportDefinition) -> str:
+    return f"{definition.label} ({definition.name})" if definition.label else definition.name
+
+
+@router.get("/{name}/run")
+def run_confirmation(request: Request, name: str) -> Response:
+    return _run_page(request, _definition(request, name))
+
+
+def _run_page(request: Request, definition: ExportDefinition, error: str | None = None) -> Response:
+    facts, problem = run_facts(console_of(request), definition)
+    return _confirm(
+        request,
+        title=f"Run {definition.label or definition.name} now",
+        message="This starts a run now (trigger: manual) and sends the members below to the destination.",
+        facts=facts,
+        action=f"{PREFIX}/exports/{definition.name}/run",
+        button="Run now",
+        style="primary",
+        back=f"{PREFIX}/exports",
+        # A resubmitted form (a double click, a reload) finds the run the first one started.
+        hidden={"idempotency_key": f"console-{uuid.uuid4()}"},
+        error=error or problem,
+    )
+
+
+@router.post("/{name}/run")
+def run(request: Request, name: str) -> Response:
+    console, me, form = console_of(request), me_of(request), form_of(request)
+    try:
+        record = run_use_cases.request_run(
+            me.actor,
+            name,
+            store=console.admin.definitions,
+            runs=console.admin.runs,
+            publisher=console.admin.publisher,
+            idempotency_key=form.optional("idempotency_key"),
+        )
+    except Refused as refusal:
+        return _run_page(request, _definition(request, name), refusal.reason)
+    return RedirectResponse(f"{PREFIX}/runs/{record.run_id}", status_code=303)

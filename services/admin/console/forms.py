@@ -1,0 +1,96 @@
+"""Forms as the gate parsed them, and refusals as messages placed next to the fields they name.
+
+A refusal reads the same here as in the API's problem details: a pydantic error names its field by its
+location (as the API's ``errors`` do), a use case's :class:`~shared.application.errors.Refused` names it in
+its reason (``field 'schedule.cron': …``); the console shows each message inline, by the field it names,
+and all of them in a summary at the top of the form.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+from starlette.requests import Request
+
+from shared.application.errors import Refused
+
+_NAMED_FIELD = re.compile(r"field '([^']+)'")
+_TRUE = {"on", "yes", "true", "1"}
+
+
+class Form:
+    """The fields of a submitted form (the gate parsed and bounded it)."""
+
+    def __init__(self, fields: dict[str, list[str]]) -> None:
+        self.fields = fields
+
+    def text(self, name: str, default: str = "") -> str:
+        """The field's value, stripped (``default`` when absent)."""
+        values = self.fields.get(name)
+        return values[-1].strip() if values else default
+
+    def optional(self, name: str) -> str | None:
+        """The field's value, or None when it is absent or blank."""
+        return self.text(name) or None
+
+    def flag(self, name: str) -> bool:
+        """A checkbox or a yes/no choice."""
+        return self.text(name).lower() in _TRUE
+
+    def values(self, name: str) -> list[str]:
+        return [value.strip() for value in self.fields.get(name, []) if value.strip()]
+
+    def lines(self, name: str) -> list[str]:
+        """A text area's entries, one a line or separated by commas."""
+        return [item.strip() for item in re.split(r"[,\n;]", self.text(name)) if item.strip()]
+
+
+def form_of(request: Request) -> Form:
+    """The form of a POST (parsed by the gate); empty for a GET."""
+    return Form(getattr(request.state, "console_form", {}))
+
+
+@dataclass
+class Problems:
+    """Messages by the field they name (a dotted path), in order; ``summary`` has every one of them."""
+
+    by_field: dict[str, list[str]] = field(default_factory=dict)
+    summary: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.summary)
+
+    def add(self, path: str | None, message: str) -> None:
+        self.summary.append(f"{path}: {message}" if path else message)
+        if path:
+            self.by_field.setdefault(path, []).append(message)
+
+    def at(self, *paths: str) -> list[str]:
+        """The messages about any of ``paths`` or a field inside one of them."""
+        return [
+            message
+            for where, messages in self.by_field.items()
+            if any(where == path or where.startswith(path + ".") for path in paths)
+            for message in messages
+        ]
+
+    @classmethod
+    def of(cls, error: ValidationError | Refused, *, prefix: str = "") -> Problems:
+        """The messages of a validation error or a use case's refusal (``prefix`` places a model's fields)."""
+        problems = cls()
+        if isinstance(error, ValidationError):
+            for item in error.errors(include_url=False, include_input=False):
+                path = ".".join(str(part) for part in item.get("loc", ()))
+                message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+                problems.add(f"{prefix}{path}" if path else prefix.rstrip(".") or None, message)
+            return problems
+        for reason in error.problems:
+            named = _NAMED_FIELD.search(reason)
+            if named is None:
+                problems.add(None, reason)
+                continue
+            message = reason[named.end() :].lstrip(": ") or reason
+            problems.add(f"{prefix}{named.group(1)}", message)
+        return problems

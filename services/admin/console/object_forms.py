@@ -1,0 +1,191 @@
+"""Connection profiles, HTTP API templates and saved queries as form fields, and back as the API's bodies. Pure.
+
+Secrets are write-only: a profile's form never holds one; a blank secret field sends the API's mask, which the
+use case reads as "keep the stored secret". Maps (headers, query string, parameters) and a ``json_body`` are
+written as YAML (JSON is YAML too), as in a manifest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from services.admin.console.forms import Form, Problems
+from shared.application.masked_secrets import MASK
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
+
+#: Each authentication type's fields, and which of them are secrets.
+AUTH_FIELDS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "basic": ("username", "password"),
+    "bearer": ("token",),
+    "api_key": ("header", "key"),
+    "oauth2_client_credentials": ("token_url", "client_id", "client_secret", "scope"),
+}
+SECRETS = frozenset({"password", "token", "key", "client_secret"})
+
+
+def _yaml(value: Any) -> str:
+    if value in (None, {}, []):
+        return ""
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=False).strip()
+
+
+def _parsed(form: Form, name: str, problems: Problems, *, mapping: bool = True) -> Any:
+    text = form.fields.get(name, [""])[-1]
+    if not text.strip():
+        return {} if mapping else None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problems.add(name, f"not valid YAML or JSON{line}")
+        return {} if mapping else None
+    if mapping and not isinstance(value, dict):
+        problems.add(name, "must be a mapping (name: value, one a line)")
+        return {}
+    return value
+
+
+def _named(form: Form, body: dict[str, Any]) -> dict[str, Any]:
+    if form.optional("name"):
+        body["name"] = form.text("name")
+    return body
+
+
+# --- connection profiles ------------------------------------------------------------------------------
+
+
+def profile_values(profile: ConnectionProfile | None) -> dict[str, Any]:
+    """A profile's fields, its secrets left out (the form says whether one is stored)."""
+    if profile is None:
+        return {"auth_type": "none", "timeout_seconds": "30", "burst": "1", "stored_secrets": []}
+    auth = profile.auth.model_dump(mode="json")
+    values: dict[str, Any] = {
+        "label": profile.label or "",
+        "name": profile.name,
+        "base_url": profile.base_url,
+        "auth_type": auth.get("type", "none"),
+        "timeout_seconds": f"{profile.timeout_seconds:g}",
+        "stored_secrets": [name for name in AUTH_FIELDS.get(auth.get("type", "none"), ()) if name in SECRETS]
+        + (["signing_secret"] if profile.signing_secret else []),
+    }
+    values |= {name: str(value) for name, value in auth.items() if name not in SECRETS and value is not None}
+    limit = profile.rate_limit
+    values |= {
+        "requests_per_second": f"{limit.requests_per_second:g}" if limit and limit.requests_per_second else "",
+        "burst": str(limit.burst) if limit else "1",
+        "max_in_flight": str(limit.max_in_flight) if limit and limit.max_in_flight else "",
+    }
+    return values
+
+
+def profile_body(form: Form, current: ConnectionProfile | None) -> dict[str, Any]:
+    """The profile as the API takes it; a blank secret keeps the stored one (the mask), else is left out."""
+    kind = form.text("auth_type", "none")
+    same_type = current is not None and current.auth.type == kind
+    auth: dict[str, Any] = {"type": kind}
+    for name in AUTH_FIELDS.get(kind, ()):
+        value = form.optional(f"auth_{name}")
+        if value is None and name in SECRETS and same_type:
+            value = MASK
+        if value is not None:
+            auth[name] = value
+    body: dict[str, Any] = {
+        "label": form.optional("label"),
+        "base_url": form.text("base_url"),
+        "auth": auth,
+        "timeout_seconds": form.optional("timeout_seconds") or 30,
+    }
+    signing = form.optional("signing_secret")
+    if (
+        signing is None
+        and current is not None
+        and current.signing_secret is not None
+        and not form.flag("clear_signing")
+    ):
+        signing = MASK
+    body["signing_secret"] = signing
+    if form.optional("requests_per_second") or form.optional("max_in_flight"):
+        body["rate_limit"] = {
+            "requests_per_second": form.optional("requests_per_second"),
+            "burst": form.optional("burst") or 1,
+            "max_in_flight": form.optional("max_in_flight"),
+        }
+    return _named(form, body)
+
+
+# --- HTTP API templates ---------------------------------------------------------------------------------
+
+
+def template_values(template: HttpTemplate | None) -> dict[str, Any]:
+    if template is None:
+        return {"method": "POST", "path": "/", "batch_size": "500", "body_kind": "none"}
+    body_kind = "json_body" if template.json_body is not None else ("body" if template.body is not None else "none")
+    return {
+        "label": template.label or "",
+        "name": template.name,
+        "query": template.query,
+        "profile": template.profile,
+        "method": template.method.value,
+        "path": template.path,
+        "query_string": _yaml(template.query_string),
+        "headers": _yaml(template.headers),
+        "body_kind": body_kind,
+        "body": template.body or "",
+        "json_body": _yaml(template.json_body) if template.json_body is not None else "",
+        "batch_size": str(template.batch_size),
+        "success_statuses": ", ".join(str(s) for s in template.success_statuses or []),
+    }
+
+
+def template_body(form: Form, problems: Problems) -> dict[str, Any]:
+    kind = form.text("body_kind", "none")
+    statuses = form.lines("success_statuses")
+    body: dict[str, Any] = {
+        "label": form.optional("label"),
+        "query": form.text("query"),
+        "profile": form.text("profile"),
+        "method": form.text("method", "POST"),
+        "path": form.text("path") or "/",
+        "query_string": _parsed(form, "query_string", problems),
+        "headers": _parsed(form, "headers", problems),
+        "body": form.fields.get("body", [""])[-1] if kind == "body" else None,
+        "json_body": _parsed(form, "json_body", problems, mapping=False) if kind == "json_body" else None,
+        "batch_size": form.optional("batch_size") or 500,
+        "success_statuses": statuses or None,
+    }
+    return _named(form, body)
+
+
+# --- saved queries ---------------------------------------------------------------------------------------
+
+
+def query_values(query: SavedQuery | None) -> dict[str, Any]:
+    if query is None:
+        return {"key_column": "id", "columns": []}
+    parameters = {name: p.model_dump(mode="json", exclude_defaults=True) for name, p in query.parameters.items()}
+    return {
+        "label": query.label or "",
+        "name": query.name,
+        "description": query.description or "",
+        "sql": query.sql,
+        "key_column": query.key_column,
+        "parameters": _yaml(parameters),
+        "timeout_seconds": f"{query.timeout_seconds:g}" if query.timeout_seconds else "",
+        "columns": query.columns,
+    }
+
+
+def query_body(form: Form, problems: Problems) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "label": form.optional("label"),
+        "description": form.optional("description"),
+        "sql": form.fields.get("sql", [""])[-1].strip(),
+        "key_column": form.text("key_column") or "id",
+        "parameters": _parsed(form, "parameters", problems),
+        "timeout_seconds": form.optional("timeout_seconds"),
+    }
+    return _named(form, body)

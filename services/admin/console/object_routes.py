@@ -1,0 +1,224 @@
+"""The other objects: connection profiles (admins only; secrets write-only), HTTP API templates (with a render
+check) and saved queries (their discovered columns shown). Saved with ``create_object`` and ``replace_object``,
+deleted and copied with ``delete_object`` and ``copy_object``, as the API does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
+
+from services.admin.console import object_forms
+from services.admin.console.context import console_of
+from services.admin.console.forms import Form, Problems, form_of
+from services.admin.console.gate import PREFIX
+from services.admin.console.pages import me_of
+from shared.application import objects as use_cases
+from shared.application.errors import Forbidden, Missing, Refused
+from shared.domain.catalog_objects import CatalogObject, ConnectionProfile, HttpTemplate, SavedQuery
+
+router = APIRouter(prefix=PREFIX)
+NOTICES = {"saved": "Saved.", "created": "Created.", "copied": "Copied.", "deleted": "Deleted."}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one kind of object appears in the console."""
+
+    model: type[Any]
+    collection: str
+    title: str
+    singular: str
+    page: str
+    values: Callable[[Any], dict[str, Any]]
+    admins_only: bool = False
+
+
+KINDS = {
+    "profiles": Kind(
+        ConnectionProfile, "profiles", "Connection profiles", "connection profile", "profile.html",
+        object_forms.profile_values, admins_only=True,
+    ),
+    "templates": Kind(
+        HttpTemplate, "templates", "HTTP operations", "HTTP operation", "template.html", object_forms.template_values
+    ),
+    "queries": Kind(SavedQuery, "queries", "Queries", "query", "query.html", object_forms.query_values),
+}  # fmt: skip
+
+
+def _kind(request: Request, collection: str) -> Kind:
+    kind = KINDS.get(collection)
+    if kind is None:
+        raise Missing(f"no such page: {collection}")
+    if kind.admins_only and not me_of(request).may_manage_profiles:
+        # Profiles hold partners' credentials: the console shows them to admins only (masked even then).
+        raise Forbidden(
+            f"{kind.title.lower()} are for admins: role '{me_of(request).actor.role.value}' may not open them"
+        )
+    return kind
+
+
+def _body(kind: Kind, form: Form, current: Any, problems: Problems) -> dict[str, Any]:
+    if kind.model is ConnectionProfile:
+        return object_forms.profile_body(form, current)
+    if kind.model is HttpTemplate:
+        return object_forms.template_body(form, problems)
+    return object_forms.query_body(form, problems)
+
+
+def _page(
+    request: Request,
+    kind: Kind,
+    obj: CatalogObject | None,
+    values: dict[str, Any],
+    *,
+    problems: Problems | None = None,
+    notice: str | None = None,
+    check: str | None = None,
+) -> Response:
+    console = console_of(request)
+    store = console.admin.definitions
+    queries = sorted(store.list_objects(SavedQuery), key=lambda q: q.name)
+    chosen = (
+        store.find(SavedQuery, values.get("query", "")) if kind.model is HttpTemplate and values.get("query") else None
+    )
+    return console.pages.render(
+        request,
+        kind.page,
+        status=422 if problems else 200,
+        kind=kind,
+        obj=obj,
+        v=values,
+        problems=problems or Problems(),
+        notice=notice,
+        check=check,
+        queries=queries,
+        query_columns=chosen.columns if chosen else [],
+        profiles=sorted(p.name for p in store.list_objects(ConnectionProfile))
+        if me_of(request).may_manage_profiles or kind.model is HttpTemplate
+        else [],
+        auth_fields=object_forms.AUTH_FIELDS,
+        secrets=object_forms.SECRETS,
+    )
+
+
+@router.get("/{collection}")
+def listing(request: Request, collection: str, notice: Annotated[str, Query(max_length=20)] = "") -> Response:
+    console, kind = console_of(request), _kind(request, collection)
+    objects = sorted(console.admin.definitions.list_objects(kind.model), key=lambda o: o.name)
+    return console.pages.render(request, "objects.html", kind=kind, objects=objects, notice=NOTICES.get(notice))
+
+
+@router.get("/{collection}/new")
+def new(request: Request, collection: str) -> Response:
+    kind = _kind(request, collection)
+    return _page(request, kind, None, kind.values(None))
+
+
+@router.post("/{collection}/new")
+def create(request: Request, collection: str) -> Response:
+    console, me, form, kind = console_of(request), me_of(request), form_of(request), _kind(request, collection)
+    problems = Problems()
+    body = _body(kind, form, None, problems)
+    if not problems:
+        try:
+            created = use_cases.create_object(
+                me.actor, kind.model, body, store=console.admin.definitions, checks=console.admin.checks()
+            )
+        except (ValidationError, Refused) as error:
+            problems = Problems.of(error)
+        else:
+            return RedirectResponse(f"{PREFIX}/{collection}/{created.name}?notice=created", status_code=303)
+    return _page(request, kind, None, kind.values(None) | _typed(form), problems=problems)
+
+
+def _typed(form: Form) -> dict[str, Any]:
+    """What was typed, to show it again (secrets never: they are not put back in the page)."""
+    return {name: values[-1] for name, values in form.fields.items() if name not in _WRITE_ONLY}
+
+
+_WRITE_ONLY = {f"auth_{name}" for name in object_forms.SECRETS} | {"signing_secret", "csrf_token"}
+
+
+@router.get("/{collection}/{name}")
+def details(
+    request: Request, collection: str, name: str, notice: Annotated[str, Query(max_length=20)] = ""
+) -> Response:
+    kind = _kind(request, collection)
+    obj = use_cases.visible(me_of(request).actor, console_of(request).admin.definitions, kind.model, name)
+    return _page(request, kind, obj, kind.values(obj), notice=NOTICES.get(notice))
+
+
+@router.post("/{collection}/{name}")
+def save(request: Request, collection: str, name: str) -> Response:
+    console, me, form, kind = console_of(request), me_of(request), form_of(request), _kind(request, collection)
+    current = use_cases.visible(me.actor, console.admin.definitions, kind.model, name)
+    problems = Problems()
+    body = _body(kind, form, current, problems)
+    if not problems:
+        try:
+            if form.text("action") == "check":
+                # The render check: every check a save makes (the template rendered with the query's first
+                # members), nothing written.
+                obj = kind.model.model_validate(body | {"name": body.get("name", name)})
+                use_cases.apply_objects(
+                    me.actor, [obj], store=console.admin.definitions, checks=console.admin.checks(), dry_run=True
+                )
+                check = "It renders: every check of a save passes with the query's first members."
+                return _page(request, kind, current, kind.values(current) | _typed(form), check=check)
+            saved = use_cases.replace_object(
+                me.actor, kind.model, name, body, store=console.admin.definitions, checks=console.admin.checks()
+            )
+        except (ValidationError, Refused) as error:
+            problems = Problems.of(error)
+        else:
+            return RedirectResponse(f"{PREFIX}/{collection}/{saved.name}?notice=saved", status_code=303)
+    return _page(request, kind, current, kind.values(current) | _typed(form), problems=problems)
+
+
+def _confirm(request: Request, kind: Kind, name: str, action: str, error: str | None = None) -> Response:
+    deleting = action == "delete"
+    return console_of(request).pages.render(
+        request,
+        "confirm.html",
+        status=422 if error else 200,
+        title=f"{'Delete' if deleting else 'Copy'} the {kind.singular} {name}",
+        message=f"Delete the {kind.singular} '{name}'? This cannot be undone."
+        if deleting
+        else f"Make a copy of the {kind.singular} '{name}' (named \"Copy of …\").",
+        facts=[],
+        hidden={},
+        action=f"{PREFIX}/{kind.collection}/{name}/{action}",
+        button="Delete" if deleting else "Copy",
+        style="danger" if deleting else "primary",
+        back=f"{PREFIX}/{kind.collection}/{name}",
+        error=error,
+    )
+
+
+@router.get("/{collection}/{name}/{action}")
+def confirmation(request: Request, collection: str, name: str, action: str) -> Response:
+    kind = _kind(request, collection)
+    use_cases.visible(me_of(request).actor, console_of(request).admin.definitions, kind.model, name)
+    if action not in {"delete", "copy"}:
+        raise Missing(f"no such action: {action}")
+    return _confirm(request, kind, name, action)
+
+
+@router.post("/{collection}/{name}/{action}")
+def act(request: Request, collection: str, name: str, action: str) -> Response:
+    console, me, kind = console_of(request), me_of(request), _kind(request, collection)
+    try:
+        if action == "delete":
+            use_cases.delete_object(me.actor, kind.model, name, store=console.admin.definitions)
+            return RedirectResponse(f"{PREFIX}/{collection}?notice=deleted", status_code=303)
+        if action == "copy":
+            copied = use_cases.copy_object(me.actor, kind.model, name, store=console.admin.definitions)
+            return RedirectResponse(f"{PREFIX}/{collection}/{copied.name}?notice=copied", status_code=303)
+    except Refused as refusal:
+        return _confirm(request, kind, name, action, refusal.reason)
+    raise Missing(f"no such action: {action}")

@@ -1,0 +1,97 @@
+"""Server-rendered pages: the Jinja2 environment (autoescaped, strict), what every page knows, and the headers.
+
+Every page gets ``me`` (the signed-in actor, what their role may do, the CSRF token), so that a template
+offers only what the token may do; the use cases still refuse anything else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+
+from services.admin.console.sessions import Session
+from shared.application.actors import Actor, Permission
+
+#: The console loads only its own files: no inline script or style, no other origin, no framing.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass(frozen=True)
+class Me:
+    """The signed-in actor as the templates see it."""
+
+    actor: Actor
+    csrf: str
+
+    @property
+    def may_write(self) -> bool:
+        return self.actor.may(Permission.WRITE)
+
+    @property
+    def may_run(self) -> bool:
+        return self.actor.may(Permission.RUN)
+
+    @property
+    def may_dry_run(self) -> bool:
+        return self.actor.may(Permission.DRY_RUN)
+
+    @property
+    def may_manage_profiles(self) -> bool:
+        return self.actor.may(Permission.WRITE_PROFILES)
+
+
+def me_of(request: Request) -> Me:
+    """The signed-in actor of a request (the gate put it in the request's state)."""
+    actor: Actor = request.state.console_actor
+    session: Session = request.state.console_session
+    return Me(actor=actor, csrf=session.csrf)
+
+
+def _when(value: dt.datetime | None, zone: dt.tzinfo | None = None) -> str:
+    if value is None:
+        return "—"
+    shown = value.astimezone(zone or dt.UTC)
+    return shown.strftime("%Y-%m-%d %H:%M") + (f" {shown.tzname()}" if shown.tzname() else "")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+class Pages:
+    """Renders the console's templates into responses with the security headers."""
+
+    def __init__(self) -> None:
+        self.env = Environment(
+            loader=PackageLoader("services.admin.console", "templates"),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters["when"] = _when
+        self.env.filters["duration"] = _duration
+
+    def render(self, request: Request, template: str, *, status: int = 200, **values: Any) -> HTMLResponse:
+        """``template`` rendered with ``values``, the signed-in actor (``me``, None on the sign-in page) and the
+        path (``here``)."""
+        me = me_of(request) if getattr(request.state, "console_actor", None) is not None else None
+        html = self.env.get_template(template).render(me=me, here=request.url.path, **values)
+        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)

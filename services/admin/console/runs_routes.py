@@ -1,0 +1,188 @@
+"""Runs: the history (all, or a definition's), a run's page that follows it live, its dead letters by reason with a
+replay, and cancelling it; each action after a confirmation."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import RedirectResponse, Response
+from kafka.errors import KafkaError
+
+from services.admin.console.context import console_of
+from services.admin.console.gate import PREFIX
+from services.admin.console.pages import me_of
+from shared.application import objects as object_use_cases
+from shared.application import runs as use_cases
+from shared.application.errors import Refused
+from shared.application.replay import replay_dead_letters
+from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.runs import RunRecord, RunStatus
+
+router = APIRouter(prefix=f"{PREFIX}/runs")
+PAGE_SIZE = 25
+
+
+def _progress(record: RunRecord) -> dict[str, Any]:
+    """Delivered and failed out of read, as the live progress shows them."""
+    done = record.delivered + record.failed
+    return {"done": done, "of": max(record.extracted, done), "final": record.status.is_final}
+
+
+@router.get("")
+def runs(
+    request: Request,
+    definition: Annotated[str, Query(max_length=100)] = "",
+    status: Annotated[RunStatus | None, Query()] = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> Response:
+    console, me = console_of(request), me_of(request)
+    definition_id = None
+    if definition:
+        # By id: a renamed definition keeps its history, a re-created name starts a new one.
+        definition_id, _ = object_use_cases.visible_with_id(
+            me.actor, console.admin.definitions, ExportDefinition, definition
+        )
+    records = console.admin.runs.list_runs(
+        limit=PAGE_SIZE + 1,
+        offset=(page - 1) * PAGE_SIZE,
+        definition_id=definition_id,
+        statuses=[status] if status else None,
+        business_units=use_cases.units_in_scope(me.actor),
+    )
+    shown = records[:PAGE_SIZE]
+    return console.pages.render(
+        request,
+        "runs.html",
+        runs=[(record, _progress(record)) for record in shown],
+        live=any(not record.status.is_final for record in shown),
+        definition=definition,
+        status_filter=status.value if status else "",
+        statuses=[s.value for s in RunStatus],
+        page=page,
+        more=len(records) > PAGE_SIZE,
+    )
+
+
+def _run(request: Request, run_id: uuid.UUID) -> RunRecord:
+    return use_cases.visible_run(me_of(request).actor, run_id, runs=console_of(request).admin.runs)
+
+
+@router.get("/{run_id}")
+def run_page(request: Request, run_id: uuid.UUID) -> Response:
+    console, record = console_of(request), _run(request, run_id)
+    return console.pages.render(
+        request,
+        "run.html",
+        run=record,
+        progress=_progress(record),
+        replays=console.admin.runs.replays_of(run_id),
+    )
+
+
+@router.get("/{run_id}/dead-letters")
+def dead_letters(request: Request, run_id: uuid.UUID) -> Response:
+    """The run's dead letters grouped by reason, with their member counts (read from the dead-letter topic)."""
+    console, record = console_of(request), _run(request, run_id)
+    try:
+        letters = [letter for letter in console.dead_letters().dead_letters() if letter.run_id == run_id]
+    except (KafkaError, TimeoutError, OSError) as exc:
+        return console.pages.render(
+            request, "dead_letters.html", run=record, reasons=[], error=f"the dead letters cannot be read now: {exc}"
+        )
+    reasons: Counter[str] = Counter()
+    for letter in letters:
+        reasons[letter.reason] += len(letter.members or []) or 1
+    return console.pages.render(request, "dead_letters.html", run=record, reasons=reasons.most_common(), error=None)
+
+
+def _confirm(request: Request, **values: Any) -> Response:
+    values.setdefault("error", None)
+    values.setdefault("hidden", {})
+    values.setdefault("facts", [])
+    return console_of(request).pages.render(request, "confirm.html", status=422 if values["error"] else 200, **values)
+
+
+def _run_facts(record: RunRecord) -> list[tuple[str, str]]:
+    return [
+        ("Run", str(record.run_id)),
+        ("Export", record.definition),
+        ("Status", record.status.value.replace("_", " ")),
+        ("Counts", f"{record.delivered} delivered, {record.failed} failed of {record.extracted} read"),
+    ]
+
+
+@router.get("/{run_id}/cancel")
+def cancel_confirmation(request: Request, run_id: uuid.UUID) -> Response:
+    return _cancel_page(request, _run(request, run_id))
+
+
+def _cancel_page(request: Request, record: RunRecord, error: str | None = None) -> Response:
+    return _confirm(
+        request,
+        title="Cancel this run",
+        message="Extraction stops at its next page and the batches not yet delivered are not sent. "
+        "What was delivered stays delivered.",
+        facts=_run_facts(record),
+        action=f"{PREFIX}/runs/{record.run_id}/cancel",
+        button="Cancel the run",
+        style="danger",
+        back=f"{PREFIX}/runs/{record.run_id}",
+        error=error,
+    )
+
+
+@router.post("/{run_id}/cancel")
+def cancel(request: Request, run_id: uuid.UUID) -> Response:
+    console, me = console_of(request), me_of(request)
+    try:
+        use_cases.cancel_run(
+            me.actor,
+            run_id,
+            store=console.admin.definitions,
+            runs=console.admin.runs,
+            publisher=console.admin.publisher,
+        )
+    except Refused as refusal:
+        return _cancel_page(request, _run(request, run_id), refusal.reason)
+    return RedirectResponse(f"{PREFIX}/runs/{run_id}", status_code=303)
+
+
+@router.get("/{run_id}/replay")
+def replay_confirmation(request: Request, run_id: uuid.UUID) -> Response:
+    return _replay_page(request, _run(request, run_id))
+
+
+def _replay_page(request: Request, record: RunRecord, error: str | None = None) -> Response:
+    return _confirm(
+        request,
+        title="Replay the dead letters",
+        message="This starts a replay run: the members the partner refused in this run are sent again, through the "
+        "definition's current HTTP operation and connection profile.",
+        facts=_run_facts(record),
+        action=f"{PREFIX}/runs/{record.run_id}/replay",
+        button="Replay",
+        style="primary",
+        back=f"{PREFIX}/runs/{record.run_id}",
+        error=error,
+    )
+
+
+@router.post("/{run_id}/replay")
+def replay(request: Request, run_id: uuid.UUID) -> Response:
+    console, me = console_of(request), me_of(request)
+    try:
+        started = replay_dead_letters(
+            me.actor,
+            run_id,
+            store=console.admin.definitions,
+            runs=console.admin.runs,
+            letters=console.dead_letters(),
+            publisher=console.admin.publisher,
+            max_record_bytes=console.max_record_bytes,
+        )
+    except Refused as refusal:
+        return _replay_page(request, _run(request, run_id), refusal.reason)
+    return RedirectResponse(f"{PREFIX}/runs/{started.run_id}", status_code=303)

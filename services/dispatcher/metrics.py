@@ -1,0 +1,75 @@
+"""The dispatcher's Prometheus metrics (names, types and labels of the README's metrics table).
+
+Members and requests are counted by ``definition`` (the export definition's name) and ``profile`` (the
+connection profile's name): both bounded by the catalog, never a run id or a member. A request's
+``status_class`` is one of ``2xx``, ``3xx``, ``4xx``, ``5xx``, ``429`` (its own class, so that a throttling
+partner shows without a regex) and ``error`` (no answer): see :func:`status_class`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MEMBERS_DELIVERED = Counter(
+    "member_export_dispatcher_members_delivered_total",
+    "Members delivered, by definition and profile.",
+    ["definition", "profile"],
+)
+MEMBERS_FAILED = Counter(
+    "member_export_dispatcher_members_failed_total",
+    "Members that could not be delivered, by definition and profile.",
+    ["definition", "profile"],
+)
+REQUESTS = Counter(
+    "member_export_dispatcher_requests_total",
+    "HTTP requests sent to partners, by definition, profile and status class (2xx, 3xx, 4xx, 5xx, 429, error).",
+    ["definition", "profile", "status_class"],
+)
+REQUEST_SECONDS = Histogram(
+    "member_export_dispatcher_request_duration_seconds",
+    "HTTP request duration (until the answer, or the failure to get one), by definition and profile.",
+    ["definition", "profile"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+RETRIES = Counter(
+    "member_export_dispatcher_retries_total",
+    "HTTP requests retried, by definition and profile.",
+    ["definition", "profile"],
+)
+DEAD_LETTERS = Counter(
+    "member_export_dispatcher_dead_letters_total",
+    "Dead letters of undeliverable members, by definition.",
+    ["definition"],
+)
+BATCHES_OF_CANCELLED_RUNS = Counter(
+    "member_export_dispatcher_cancelled_batches_total", "Batches dropped because their run was cancelled."
+)
+IN_FLIGHT = Gauge(
+    "member_export_dispatcher_in_flight_requests",
+    "Requests being delivered now (a request in retry backoff included), by profile.",
+    ["profile"],
+)
+RATE_LIMIT_RATE = Gauge(
+    "member_export_dispatcher_rate_limit_requests_per_second",
+    "A rate-limited profile's current rate (below its limit while the partner throttles; learned from 429s "
+    "for a profile without one, absent while it has none).",
+    ["profile"],
+)
+RATE_LIMIT_WAITS = Counter(
+    "member_export_dispatcher_rate_limit_waits_total", "Requests held back by a profile's rate limit.", ["profile"]
+)
+RATE_LIMIT_WAIT_SECONDS = Counter(
+    "member_export_dispatcher_rate_limit_wait_seconds_total",
+    "Time requests waited for a profile's rate limit.",
+    ["profile"],
+)
+
+
+def status_class(status: int | None) -> str:
+    """The ``status_class`` label of an answer's status: ``429`` on its own, else ``2xx``..``5xx``; ``error``
+    when there was no answer (``None``)."""
+    if not status:
+        return "error"
+    if status == 429:
+        return "429"
+    return f"{status // 100}xx"

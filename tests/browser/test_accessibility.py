@@ -1,0 +1,78 @@
+"""axe-core finds no serious or critical accessibility violation on any page of the console."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import Page, expect
+
+from devtools.up import ConsoleStack
+
+pytestmark = pytest.mark.e2e
+
+PAGES = [
+    "/exports",
+    "/exports?name_contains=gold&priority=high",
+    "/exports/new",
+    "/exports/nightly-gold?step=filter",
+    "/exports/nightly-gold?step=destination",
+    "/exports/nightly-gold?step=schedule",
+    "/exports/nightly-gold?step=notifications",
+    "/exports/nightly-gold/run",
+    "/exports/nightly-gold/copy",
+    "/exports/nightly-gold/delete",
+    "/runs",
+    "/templates",
+    "/templates/tier-upsert",
+    "/templates/new",
+    "/queries",
+    "/queries/members-of-tier",
+    "/queries/new",
+    "/profiles",
+    "/profiles/demo-receiver",
+    "/profiles/new",
+    "/no-such-page",
+]
+
+
+def serious(page: Page, axe: Axe) -> list[str]:
+    """The serious and critical violations axe-core finds on the page as it is now."""
+    found: list[dict[str, Any]] = axe.run(page).response["violations"]
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} — {[node['target'] for node in v['nodes']][:3]}"
+        for v in found
+        if v["impact"] in {"serious", "critical"}
+    ]
+
+
+def test_no_page_has_a_serious_or_critical_violation(as_role, stack: ConsoleStack, axe: Axe):
+    problems: dict[str, list[str]] = {}
+    control = as_role("viewer").context.new_page()
+    control.set_content('<html lang="en"><title>t</title><body><main><img src="data:,"></main></body></html>')
+    assert any(found.startswith("image-alt") for found in serious(control, axe)), "axe-core runs and finds one"
+    sign_in_page = control.context.new_page()
+    sign_in_page.goto(f"{stack.console_url}/sign-in")
+    problems["/sign-in"] = serious(sign_in_page, axe)
+
+    page = as_role("admin")
+    for path in PAGES:
+        page.goto(f"{stack.console_url}{path}")
+        page.wait_for_load_state("networkidle")
+        problems[path] = serious(page, axe)
+
+    # A page with refusals shown inline, and a run's page.
+    page.goto(f"{stack.console_url}/exports/nightly-gold?step=schedule")
+    page.get_by_label("Advanced Mode").check()
+    page.get_by_label("CRON Expression", exact=True).fill("99 * * * *")
+    page.get_by_role("tabpanel", name="3. Schedule").get_by_role("button", name="Save").click()
+    expect(page.locator("#cron-error")).to_be_visible()
+    problems["/exports/nightly-gold (refused save)"] = serious(page, axe)
+    page.goto(f"{stack.console_url}/exports/christmas-bronze/run")
+    page.get_by_role("button", name="Run now").click()
+    expect(page.get_by_role("heading", name="Run")).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    problems["/runs/<id>"] = serious(page, axe)
+
+    assert {path: found for path, found in problems.items() if found} == {}
