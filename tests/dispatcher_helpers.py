@@ -12,14 +12,14 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
-from services.dispatcher.http_client import guarded_client
 from services.dispatcher.partner_auth import OAuthTokenCache
-from services.dispatcher.partner_http import AiohttpPartnerHttp
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import CatalogObject, SavedQuery
 from shared.domain.destinations import DestinationPolicy
 from shared.events import MemberBatch
 from shared.kafka import Outgoing
+from shared.outbound.guard import guarded_client
+from shared.outbound.partner_http import AiohttpPartnerHttp
 from shared.topics import Topics
 
 

@@ -6,14 +6,14 @@ from anyio.from_thread import start_blocking_portal
 
 from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
-from services.dispatcher.http_client import guarded_client
 from services.dispatcher.partner_auth import OAuthTokenCache
-from services.dispatcher.partner_http import AiohttpPartnerHttp
 from services.dispatcher.settings import DispatcherSettings
 from shared.catalog import CatalogStores
 from shared.domain.destinations import DestinationPolicy
 from shared.events import MemberBatch
 from shared.kafka import value_decoder
+from shared.outbound.guard import guarded_client
+from shared.outbound.partner_http import AiohttpPartnerHttp
 from shared.runtime import build_loop, start_service
 
 SERVICE = "dispatcher"

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt, stop_after_delay
 
 from services.dispatcher.metrics import REQUEST_SECONDS, REQUESTS, RETRIES, status_class
-from services.dispatcher.partner_http import NoAnswer, PartnerHttp
-from services.dispatcher.retry_decisions import is_retryable, is_success, parse_retry_after
 from shared.domain.rendering import RenderedRequest
 from shared.errors import ExportError, RetryableError
+from shared.outbound.partner_http import NoAnswer, PartnerHttp
+from shared.outbound.retry_decisions import is_retryable, is_success, parse_retry_after
 
 SNIPPET_CHARS = 300
 

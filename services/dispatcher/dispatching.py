@@ -27,7 +27,6 @@ from services.dispatcher.metrics import (
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
 from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
 from services.dispatcher.render_offload import Renderer
-from services.dispatcher.signing import signature_headers
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_in_requests
 from shared.application.ports import DefinitionsReader, RunsReader
 from shared.domain.catalog_objects import (
@@ -44,6 +43,7 @@ from shared.errors import ExportError, PermanentError
 from shared.events import BatchOutcome, DeadLetter, MemberBatch
 from shared.kafka import Outgoing
 from shared.outages import is_outage
+from shared.outbound.signing import signature_headers
 from shared.topics import Topics
 
 log = structlog.get_logger(__name__)

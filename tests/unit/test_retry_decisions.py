@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.dispatcher.delivery import AttemptResult, RetryBudget
-from services.dispatcher.retry_decisions import is_retryable, is_success, parse_retry_after
+from shared.outbound.retry_decisions import is_retryable, is_success, parse_retry_after
 
 
 @pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504])

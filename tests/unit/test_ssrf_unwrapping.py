@@ -14,12 +14,12 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from services.dispatcher.http_client import DestinationRefused, GuardedResolver, GuardedTransport
-from services.dispatcher.partner_http import AiohttpPartnerHttp
 from shared.application.checks import ObjectChecks, destination_problems
 from shared.domain.catalog_objects import ConnectionProfile
 from shared.domain.destinations import DestinationPolicy, embedded_ipv4
 from shared.domain.rendering import RenderedRequest
+from shared.outbound.guard import DestinationRefused, GuardedResolver, GuardedTransport
+from shared.outbound.partner_http import AiohttpPartnerHttp
 
 PUBLIC_ONLY = DestinationPolicy()
 MASK32 = 0xFFFFFFFF

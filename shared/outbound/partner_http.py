@@ -1,9 +1,9 @@
 """Partner requests on aiohttp directly: the dispatcher's HTTP-client port and its implementation.
 
-The port (:class:`PartnerHttp`) is what :class:`~services.dispatcher.delivery.Deliverer` needs: send a rendered
+The port (:class:`PartnerHttp`) is what the dispatcher's ``Deliverer`` (and a webhook sender) needs: send a rendered
 request, get the status, the ``Retry-After`` header and a bounded start of the body, or an error saying why
 no answer came. :class:`AiohttpPartnerHttp` connects through the SSRF guard of
-:mod:`services.dispatcher.http_client` (the resolver for names, :func:`refuse_ip_literal` for IP literals),
+:mod:`shared.outbound.guard` (the resolver for names, :func:`refuse_ip_literal` for IP literals),
 follows no redirect (a redirect is the partner's answer, as it was with httpx), and reads at most
 ``max_body_bytes`` of an answer: a partner cannot make the dispatcher hold an unbounded body.
 """
@@ -17,9 +17,9 @@ from typing import Protocol
 import aiohttp
 from yarl import URL
 
-from services.dispatcher.http_client import guarded_connector, refuse_ip_literal
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.rendering import RenderedRequest
+from shared.outbound.guard import guarded_connector, refuse_ip_literal
 
 #: The most of an answer's body read (it is only ever quoted in an error); a longer body is left unread and
 #: its connection closed instead of reused.

@@ -1,6 +1,6 @@
-"""The dispatcher's HTTP clients and their one SSRF guard, applied at connect time.
+"""The SSRF guard at connect time, and the httpx client on it (token requests).
 
-Partner requests (the hot path) go straight through aiohttp (:mod:`services.dispatcher.partner_http`):
+Partner requests (the hot path) go straight through aiohttp (:mod:`shared.outbound.partner_http`):
 httpx's own per-request handling (request and URL models, cookies, response streams) was measured at about
 a third of the dispatcher's event-loop CPU for one-member requests (README, Performance). Token requests
 keep httpx's API, on aiohttp's transport (httpx's own transport was far behind under concurrency,
@@ -99,7 +99,7 @@ def guarded_client(
     policy: DestinationPolicy, *, max_connections: int = 100, verify: ssl.SSLContext | bool = True, **options: Any
 ) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` on aiohttp whose every connection passes the SSRF guard (the dispatcher's
-    token requests; partner requests go through :class:`services.dispatcher.partner_http.AiohttpPartnerHttp`).
+    token requests; partner requests go through :class:`shared.outbound.partner_http.AiohttpPartnerHttp`).
 
     Create and use it on one event loop (aiohttp's session is bound to the loop it starts on).
     """
