@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: deploy-tools demo up test lint unit integration e2e chaos bench bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
+.PHONY: deploy-tools demo up dashboard-picture test lint unit integration e2e chaos bench bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ bench: prerequisites
 ## and a naive script, same run; writes docs/benchmarks/e2e.{png,md}. Smaller: BENCH_E2E_ARGS="--members 20000".
 bench-e2e: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_e2e $(BENCH_E2E_ARGS)
+
+## docs/dashboard.png: the Grafana dashboard's panels drawn from the Prometheus of the e2e test (tests/e2e/test_prometheus_dashboards.py).
+dashboard-picture: prerequisites
+	MEMBER_EXPORT_DASHBOARD_PICTURE=docs/dashboard.png $(BIN)/pytest tests/e2e/test_prometheus_dashboards.py -q -k picture
 
 ## Long-lived local infrastructure for working by hand (ports 9092 and 5433).
 kafka-up: prerequisites

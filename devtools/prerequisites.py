@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         from devtools.browser import chromium_path  # here: devtools.browser imports this module
 
         print(f"Chromium (the console's browser tests): {chromium_path()}")
+        from devtools.prometheus import require_prometheus  # here: devtools.prometheus imports this module
+
+        require_prometheus()
     except MissingPrerequisite as exc:
         print(f"missing prerequisite: {exc}")
         return 1

@@ -23,6 +23,8 @@ from services.dispatcher.metrics import (
     RATE_LIMIT_RATE,
     RATE_LIMIT_WAIT_SECONDS,
     RATE_LIMIT_WAITS,
+    REQUESTS,
+    STATUS_CLASSES,
 )
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
 from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
@@ -118,6 +120,9 @@ class _ProfileLimits:
 class Dispatcher:
     """Handles member batches, on one asyncio event loop (its client and limits belong to that loop)."""
 
+    #: (definition, profile) pairs whose series are started at 0 (the catalog bounds them; this bounds memory).
+    MAX_COUNTED = 100_000
+
     def __init__(
         self,
         *,
@@ -140,6 +145,7 @@ class Dispatcher:
         self.split_budget = split_budget
         self.sleep = sleep
         self._limits: dict[str, _ProfileLimits] = {}
+        self._counted: set[tuple[str, str]] = set()  # (definition, profile) whose series exist
         self._concurrency = asyncio.Semaphore(concurrency)
         self.round_requests, self.max_round_records = round_requests, max_round_records
         # Requests per record, at most, in the last round; until a round was seen, assume records are full.
@@ -151,6 +157,18 @@ class Dispatcher:
         records (a one-member template's record carries dozens of requests, a batch template's one), so a round
         stays bounded in requests, hence in time when every request spends its retry budget."""
         return max(1, min(self.max_round_records, self.round_requests // self._record_requests))
+
+    def _start_series(self, definition: str, profile: str) -> None:
+        """A (definition, profile) seen for the first time gets its failure series at 0 before its first
+        request: a counter series that first appears at 1 is invisible to ``increase()`` and its alerts."""
+        if (definition, profile) in self._counted or len(self._counted) >= self.MAX_COUNTED:
+            return
+        self._counted.add((definition, profile))
+        MEMBERS_DELIVERED.labels(definition, profile)
+        MEMBERS_FAILED.labels(definition, profile)
+        DEAD_LETTERS.labels(definition)
+        for status_class in STATUS_CLASSES:
+            REQUESTS.labels(definition, profile, status_class)
 
     def _limits_of(self, profile: ConnectionProfile) -> _ProfileLimits:
         """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited."""
@@ -215,6 +233,7 @@ class Dispatcher:
                 log.exception("request failed", run_id=str(batch.run_id), batch_index=batch.batch_index)
                 return DeliveryResult(success=False, status=None, attempts=0, error=f"{type(exc).__name__}: {exc}")
 
+        self._start_series(batch.definition, profile.name)
         requests = -(-len(batch.members) // template.batch_size)
         self._round_record_requests = max(self._round_record_requests, requests)
         isolated = await deliver_in_requests(

@@ -65,6 +65,10 @@ RATE_LIMIT_WAIT_SECONDS = Counter(
 )
 
 
+#: Every ``status_class`` value (their series are started at 0 when a definition and profile are first seen).
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "429", "error")
+
+
 def status_class(status: int | None) -> str:
     """The ``status_class`` label of an answer's status: ``429`` on its own, else ``2xx``..``5xx``; ``error``
     when there was no answer (``None``)."""

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.notifier.emails import compose, kinds_due, recipients_for
+from services.notifier.emails import ERROR, SUCCESS, compose, kinds_due, recipients_for
 from services.notifier.mailer import SmtpMailer
 from services.notifier.ports import NotifierRuns
 from shared.application.ports import DefinitionsStore, WatermarkStore
@@ -80,6 +80,9 @@ class Notifier:
         self.topics = topics or Topics()
         self.stuck_after_seconds = stuck_after_seconds
         self.clock = clock
+        for kind in (SUCCESS, ERROR):  # every series exists from the start: increase() sees the first one
+            EMAILS_SENT.labels(kind=kind)
+            EMAIL_FAILURES.labels(kind=kind)
 
     def handle(self, event: AnyRunEvent) -> list[Outgoing]:
         """Fold the event into its run; when the run has finished, apply the failure policy and send emails."""
@@ -113,6 +116,8 @@ class Notifier:
 
     def _after_fold(self, before: RunRecord | None, after: RunRecord, at: datetime) -> None:
         """Once a run is final: the failure policy (threshold, auto-pause), metrics, log, and due emails."""
+        if before is None and not after.status.is_final:
+            self._start_series(after.definition)
         if not after.status.is_final:
             return
         newly_final = before is None or not before.status.is_final
@@ -145,6 +150,16 @@ class Notifier:
         # Checked on every event of a final run, not only on the one that finished it, so an email
         # whose sending was interrupted (crash, SMTP down) goes out when the next event comes.
         self._send_due_emails(after, definition)
+
+    def _start_series(self, name: str) -> None:
+        """A new run's definition gets its finished-runs series at 0 now, before the run finishes: a counter
+        series that first appears at 1 is invisible to ``increase()`` (its first failure would raise no
+        alert). Only catalog definitions (a name from a topic must not create series)."""
+        if self._definition(name) is None:
+            return
+        for status in RunStatus:
+            if status.is_final:
+                RUNS_FINISHED.labels(definition=name, status=status.value)
 
     def sweep(self) -> list[Outgoing]:
         """Fail runs that made no progress for too long (as run.failed events); retry unsent emails."""

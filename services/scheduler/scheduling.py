@@ -132,6 +132,8 @@ class Scheduler:
             return
         states = []
         for sync in self.scheduling.schedules_to_sync():
+            for counter in (FIRES, MISSED, SKIPPED):  # at 0 from the start: increase() sees the first one
+                counter.labels(definition=sync.definition.name)
             anchor = anchor_for(sync.handled_until, sync.updated_at, now)
             schedule = sync.definition.schedule
             upcoming = next_due_after(schedule, anchor)

@@ -376,6 +376,11 @@ class ConsumerLoop(Generic[E]):
         self.health = health or Health(stall_seconds=float("inf"))
         group = getattr(consumer, "config", {}).get("group_id") or ""
         self._lag = ConsumerLagSeries(service, str(group))
+        # Every series at 0 from the start: a counter that first appears at 1 is invisible to increase().
+        DEAD_LETTER_FAILURES.labels(service=service)
+        subscribed = getattr(consumer, "subscription", lambda: None)()
+        for topic in subscribed or ():
+            RECORDS_DEAD_LETTERED.labels(service=service, topic=topic)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT finish the record in hand, commit, and stop the loop."""

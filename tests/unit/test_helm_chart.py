@@ -381,3 +381,34 @@ def test_the_pod_monitor_scrapes_every_service_metrics_port(renders: dict[str, R
         assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
         assert rendered.container(service)["ports"][0]["name"] in ports
         assert {e["path"] for e in monitor["spec"]["podMetricsEndpoints"]} == {"/metrics"}
+
+
+def test_the_pod_monitor_gives_the_target_labels_the_service_alerts_select(renders: dict[str, Rendered]) -> None:
+    """The Prometheus Operator labels a PodMonitor's targets job="<namespace>/<PodMonitor name>" and container="<the
+    container's name>": the service-down alerts (files/alerts.yaml) select this release's targets by that job and
+    name the service by that container."""
+    import re
+
+    from tests.observability import alerts, selector_labels, vector_selectors
+
+    rendered = renders["production"]
+    [monitor] = rendered.of_kind("PodMonitor")
+    job = f"member-export/{monitor['metadata']['name']}"
+    selectors = [selector_labels(s) for a in alerts() for s in vector_selectors(a["expr"]) if s.name == "up"]
+    assert selectors, "no alert on up"
+    for labels in selectors:
+        operator, _, pattern = labels["job"].partition('"')
+        assert operator == "=~"
+        assert re.fullmatch(pattern.removesuffix('"'), job), f"{labels['job']} does not select job {job}"
+    for service in SERVICES:
+        assert rendered.container(service)["name"] == service
+
+
+def test_the_dashboard_config_map_passes_the_kubernetes_schemas(tmp_path: Path) -> None:
+    rendered = render(values={"grafanaDashboard": {"enabled": True}}, tmp_dir=tmp_path)
+    manifests = tmp_path / "dashboard.yaml"
+    manifests.write_text(yaml.safe_dump(rendered.named("ConfigMap", "member-export-dashboard")))
+    for version in KUBERNETES_VERSIONS:
+        validated = _kubeconform(version, manifests)
+        assert validated.returncode == 0, validated.stdout + validated.stderr
+        assert "Valid: 1, Invalid: 0, Errors: 0" in validated.stdout
