@@ -45,7 +45,14 @@ from shared.catalog import make_engine
 from tests.admin_server import AdminServer, admin_server
 from tests.e2e.conftest import Pipeline
 from tests.kafka_helpers import produce
-from tests.observability import ALERTS, alerts, grouped_aggregations, vector_selectors, without_thresholds
+from tests.observability import (
+    ALERTS,
+    alerts,
+    grouped_aggregations,
+    selector_labels,
+    vector_selectors,
+    without_thresholds,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -333,7 +340,10 @@ def _assert_selectors_match(observed: Observed, where: str, expr: str) -> None:
             if matcher.name != "__name__":
                 labelled = observed.series(f'{name}{{{matcher.name}!=""}}')
                 assert labelled, f"{where}: no series of {name} has a label {matcher.name!r}"
-        assert observed.series(str(selector)), f"{where}: no series matches {selector}"
+        # Without its offset (the series API takes selectors only): ``x offset 1h`` names the series of ``x``.
+        matchers = ", ".join(f"{label}{matcher}" for label, matcher in selector_labels(selector).items())
+        plain = f"{name}{{{matchers}}}"
+        assert observed.series(plain), f"{where}: no series matches {plain}"
 
 
 def _assert_grouping_labels_present(where: str, expr: str, evaluate: Any) -> None:
