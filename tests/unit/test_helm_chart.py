@@ -335,6 +335,19 @@ def test_sasl_credentials_are_mounted_files_the_settings_point_at(renders: dict[
         assert env["EXPORT_KAFKA_SSL_CA_FILE"] == "/etc/member-export/kafka/ca.crt"
 
 
+def test_the_console_session_key_comes_from_a_secret_to_the_admin_api_only(renders: dict[str, Rendered]) -> None:
+    rendered = renders["production"]
+    for service in SERVICES:
+        env = {e["name"]: e for e in rendered.container(service)["env"]}
+        if service == "admin":
+            secret = env["EXPORT_CONSOLE_SESSION_KEY"]["valueFrom"]["secretKeyRef"]
+            assert secret == {"name": "member-export-console", "key": "session-key"}
+        else:
+            assert "EXPORT_CONSOLE_SESSION_KEY" not in env
+    default_admin = {e["name"] for e in renders["default"].container("admin")["env"]}
+    assert "EXPORT_CONSOLE_SESSION_KEY" not in default_admin  # no Secret named: a random key per pod
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
