@@ -5,7 +5,9 @@ request holding one of some members (``reject_members``, ids), or the first N wi
 (``fail_first``, optionally with ``Retry-After``), the first N with 429 (``throttle_first``), a share
 of requests with 503/429 (``share_503``, ``share_429``), or act as an OAuth token endpoint plus a
 resource server checking the token (``oauth_client``), so tests can check what the pipeline does with a
-partner API that refuses or stumbles. Receipts are kept member by member.
+partner API that refuses or stumbles. Receipts are kept member by member. Given an ``ssl_context``, it
+speaks HTTPS (requiring a client certificate if the context does: each receipt then holds the client's
+certificate, and failed handshakes are counted); a receipt parses form and XML bodies too.
 
     python -m devtools.http_receiver --port 8080 [--reject-status 400]
 """
@@ -16,6 +18,7 @@ import argparse
 import contextlib
 import json
 import random
+import ssl
 import threading
 import time
 from collections import Counter
@@ -23,8 +26,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
+from xml.etree.ElementTree import Element
 
 import httpx
+from defusedxml.ElementTree import fromstring
 
 from devtools.processes import Managed
 
@@ -41,6 +46,17 @@ class Receipt:
     raw: bytes = b""
     #: When it arrived (wall clock, seconds since the epoch).
     received_at: float = field(default_factory=time.time)
+    #: Over HTTPS with a client certificate: the certificate's subject, as ``ssl`` gives it (else None).
+    client_certificate: dict[str, Any] | None = None
+
+    def form(self) -> dict[str, list[str]]:
+        """The body parsed as ``application/x-www-form-urlencoded`` (ValueError if it is not), fields in order."""
+        return parse_qs(self.raw.decode("ascii"), keep_blank_values=True, strict_parsing=True)
+
+    def xml(self) -> Element:
+        """The body parsed as XML, without DTD or entities (a ParseError if it is not well-formed)."""
+        root: Element = fromstring(self.raw, forbid_dtd=True)
+        return root
 
     @property
     def members(self) -> list[dict[str, Any]]:
@@ -72,6 +88,8 @@ class ReceiverState:
     active: int = 0
     max_active: int = 0
     receipts: list[Receipt] = field(default_factory=list)
+    #: HTTPS: handshakes that failed (no client certificate, an untrusted one, a client refusing ours).
+    failed_handshakes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def issue_token(self, form: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
@@ -98,7 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             body = json.loads(raw) if raw else None
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not even UTF-8 (json.JSONDecodeError and UnicodeDecodeError both are)
             body = raw.decode("utf-8", errors="replace")
         state = self.server.state
         if state.delay:
@@ -132,6 +150,9 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 status = state.reject_status or 200
             receipt = Receipt(self.command, self.path, httpx.Headers(self.headers.items()), body, 0, raw)
+            if isinstance(self.connection, ssl.SSLSocket):
+                peer = self.connection.getpeercert()
+                receipt.client_certificate = dict(peer) if peer else None
             if status < 300 and any(m.get("id") in state.reject_members for m in receipt.members):
                 status = 400
             receipt.status = status
@@ -157,9 +178,29 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, state: ReceiverState) -> None:
+    def __init__(self, port: int, state: ReceiverState, ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.state = state
+        self.ssl_context = ssl_context
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # On the request's own thread: a slow or failing TLS handshake does not hold up the accepting one.
+        if self.ssl_context is not None:
+            try:
+                request.settimeout(10)
+                request = self.ssl_context.wrap_socket(request, server_side=True)
+            except (OSError, ValueError):
+                with self.state.lock:
+                    self.state.failed_handshakes += 1
+                return
+            try:
+                super().finish_request(request, client_address)
+            finally:
+                # The wrapped socket replaced (detached) the accepted one, which the server closes: close this.
+                with contextlib.suppress(OSError):
+                    request.close()
+            return
+        super().finish_request(request, client_address)
 
 
 class HttpReceiver(Managed):
@@ -177,6 +218,7 @@ class HttpReceiver(Managed):
         oauth_client: tuple[str, str] | None = None,
         throttle_first: int = 0,
         delay: float = 0.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.state = ReceiverState(
             reject_status=reject_status,
@@ -189,7 +231,7 @@ class HttpReceiver(Managed):
             oauth_client=oauth_client,
             delay=delay,
         )
-        self._server = _Server(port, self.state)
+        self._server = _Server(port, self.state, ssl_context)
         self._thread = threading.Thread(target=self._server.serve_forever, name="http-receiver", daemon=True)
 
     @property
@@ -198,7 +240,8 @@ class HttpReceiver(Managed):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self._server.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> HttpReceiver:
         self._thread.start()

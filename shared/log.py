@@ -1,7 +1,8 @@
 """Structured logging (structlog): one JSON line per event on stderr, secrets redacted.
 
 Records from the standard library (kafka-python, httpx, SQLAlchemy) go through the same processors,
-so every line a service writes has the same shape.
+so every line a service writes has the same shape. A line logged inside a trace (a run's extraction, a batch's
+delivery: :mod:`shared.tracing`) carries its ``trace_id`` and ``span_id``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 _SECRET_KEYS = re.compile(r"(?i)(password|secret|token|authorization|api[_-]?key|credential)")
 REDACTED = "[redacted]"
@@ -28,6 +30,16 @@ def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, A
     return event_dict
 
 
+def add_trace_ids(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Add the current span's ``trace_id`` (32 hex digits, as in the W3C ``traceparent``) and ``span_id`` (16) to
+    a line logged inside a trace; nothing outside one."""
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        event_dict.setdefault("trace_id", f"{span_context.trace_id:032x}")
+        event_dict.setdefault("span_id", f"{span_context.span_id:016x}")
+    return event_dict
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json", service: str | None = None) -> None:
     """Configure structlog and the standard library to write one line per event to stderr."""
     shared: list[Any] = [
@@ -35,6 +47,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", service: str | Non
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,
         redact_secrets,
     ]
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()

@@ -15,6 +15,7 @@ from shared.kafka.loop import RoundHandler
 from shared.log import configure_logging
 from shared.metrics import record_build_info
 from shared.settings import CommonSettings
+from shared.tracing import install as install_tracing
 
 E = TypeVar("E")
 
@@ -28,6 +29,7 @@ def start_service(settings: CommonSettings, service: str) -> Health:
     ``member_export_build_info`` set), /livez and /readyz, and make sure the topics exist; return the health
     the service's loop reports to."""
     configure_logging(settings.log_level, settings.log_format, service)
+    install_tracing(service)  # spans named member-export-<service>; exported over OTLP only when configured
     record_build_info(service)
     check_catalog_schema(settings.catalog_url)
     health = Health(stall_seconds=DEFAULT_MAX_POLL_INTERVAL_MS / 1000 + STALL_MARGIN_SECONDS)

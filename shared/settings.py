@@ -59,6 +59,11 @@ class CommonSettings(KafkaConnectionSettings):
         description="SSRF guard exceptions: comma-separated hosts and CIDRs that exports may reach although "
         "they are not public addresses (e.g. 127.0.0.1, 10.0.0.0/8, partner.internal).",
     )
+    allowed_proxies: str = Field(
+        default="",
+        description="Comma-separated hosts and CIDRs of forward proxies a connection profile may name although "
+        "they are not public addresses (the proxy only: each partner behind it still passes the SSRF guard).",
+    )
     allowed_secret_env_prefixes: str = Field(
         default=DEFAULT_ENV_PREFIXES,
         description="Comma-separated prefixes of the environment variables that env: secret references may name "

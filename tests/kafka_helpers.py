@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
 
@@ -68,20 +69,25 @@ def partitions_of(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[
 
 def read_to_end(bootstrap: str, topic: str, *, timeout: float = 60.0) -> list[bytes]:
     """Every record value of ``topic`` up to its end offsets as of now (use it once the records are acked)."""
+    return [record.value for record in read_records_to_end(bootstrap, topic, timeout=timeout)]
+
+
+def read_records_to_end(bootstrap: str, topic: str, *, timeout: float = 60.0) -> list[ConsumerRecord]:
+    """Every record of ``topic`` (headers included) up to its end offsets as of now."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    values: list[bytes] = []
+    read: list[ConsumerRecord] = []
     deadline = time.monotonic() + timeout
     try:
         assigned = _from_the_beginning(consumer, topic, deadline, timeout)
         ends = consumer.end_offsets(assigned)
         while any(consumer.position(p) < ends[p] for p in assigned):
             if time.monotonic() > deadline:
-                raise AssertionError(f"{topic}: not read to its end within {timeout}s; read {len(values)} records")
+                raise AssertionError(f"{topic}: not read to its end within {timeout}s; read {len(read)} records")
             for records in consumer.poll(timeout_ms=250).values():
-                values.extend(record.value for record in records)
+                read.extend(records)
     finally:
         consumer.close()
-    return values
+    return read
 
 
 def read_until(

@@ -17,6 +17,7 @@ from shared.kafka import make_producer, prepare_kafka
 from shared.kafka.event_publisher import KafkaEventPublisher
 from shared.log import configure_logging
 from shared.querystore import MemberReader
+from shared.tracing import install as install_tracing
 
 SERVICE = "admin"
 
@@ -24,6 +25,7 @@ SERVICE = "admin"
 def main() -> None:
     settings = AdminSettings()
     configure_logging(settings.log_level, settings.log_format, SERVICE)
+    install_tracing(SERVICE)  # runs requested here start their trace (spans named member-export-admin)
     check_catalog_schema(settings.catalog_url)
     prepare_kafka(settings)  # exits naming the setting when Kafka refuses the connection settings
     producer = make_producer(settings, SERVICE)

@@ -10,6 +10,7 @@ from services.dispatcher.partner_auth import OAuthTokenCache
 from services.dispatcher.settings import DispatcherSettings
 from shared.catalog import CatalogStores
 from shared.domain.destinations import DestinationPolicy
+from shared.domain.proxy_policy import allowed_proxies_setting, proxy_policy
 from shared.events import MemberBatch
 from shared.kafka import value_decoder
 from shared.outbound.guard import guarded_client
@@ -23,8 +24,12 @@ def main() -> None:
     settings = DispatcherSettings()
     health = start_service(settings, SERVICE)
     destinations = DestinationPolicy.parse(settings.allowed_destinations)
-    partners = AiohttpPartnerHttp(destinations, max_connections=max(100, settings.dispatcher_concurrency))
-    client = guarded_client(destinations)  # token requests
+    # A profile's proxy must be allowed like a destination, or listed in EXPORT_ALLOWED_PROXIES.
+    proxies = proxy_policy(destinations, allowed_proxies_setting())
+    partners = AiohttpPartnerHttp(
+        destinations, max_connections=max(100, settings.dispatcher_concurrency), proxies=proxies
+    )
+    client = guarded_client(destinations)  # token requests of profiles without tls/proxy settings
     stores = CatalogStores.from_url(settings.catalog_url, cipher=settings.secret_cipher())
     policy = RetryBudget(
         max_attempts=settings.dispatcher_max_attempts,
@@ -35,7 +40,7 @@ def main() -> None:
     dispatcher = Dispatcher(
         objects=CatalogCache(stores.definitions, stores.runs, settings.dispatcher_catalog_cache_seconds),
         deliverer=Deliverer(partners, policy),
-        tokens=OAuthTokenCache(client),
+        tokens=OAuthTokenCache(client, clients=partners.token_client),
         topics=settings.topics,
         split_budget=settings.dispatcher_split_budget,
         concurrency=settings.dispatcher_concurrency,
@@ -60,6 +65,7 @@ def main() -> None:
             max_poll_interval_ms=settings.max_poll_interval_ms,
         )
         loop.poll_records = dispatcher.next_poll_records
+        dispatcher.stopping = loop.stopping  # SIGTERM abandons the round in progress (its batches handed back)
         loop.install_signal_handlers()
         try:
             loop.run()

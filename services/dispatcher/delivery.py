@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,7 +12,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_
 from services.dispatcher.metrics import REQUEST_SECONDS, REQUESTS, RETRIES, status_class
 from shared.domain.rendering import RenderedRequest
 from shared.errors import ExportError, RetryableError
+from shared.outbound.backoff import Backoff
 from shared.outbound.partner_http import NoAnswer, PartnerHttp
+from shared.outbound.partner_network import PartnerNetwork
 from shared.outbound.retry_decisions import is_retryable, is_success, parse_retry_after
 
 SNIPPET_CHARS = 300
@@ -64,15 +65,12 @@ class RetryBudget:
     max_backoff: float = 30.0
 
     def wait(self, state: RetryCallState) -> float:
-        """Full-jitter exponential backoff, or the server's Retry-After when it asks for longer."""
-        ceiling = min(self.max_backoff, self.initial_backoff * 2 ** (state.attempt_number - 1))
-        delay = random.uniform(0, ceiling)
+        """Full-jitter exponential backoff, or the server's Retry-After when it asks for longer (the notifier's
+        webhook retries wait the same way: :class:`shared.outbound.backoff.Backoff`)."""
         outcome = state.outcome
-        if outcome is not None and not outcome.failed:
-            retry_after = outcome.result().retry_after
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, self.max_seconds))
-        return delay
+        retry_after = outcome.result().retry_after if outcome is not None and not outcome.failed else None
+        backoff = Backoff(self.initial_backoff, self.max_backoff, self.max_seconds)
+        return backoff.delay(state.attempt_number, retry_after)
 
 
 class Deliverer:
@@ -94,12 +92,14 @@ class Deliverer:
         timeout: float,
         success_statuses: list[int] | None,
         labels: tuple[str, str] = ("", ""),
+        network: PartnerNetwork | None = None,
     ) -> AttemptResult:
         """Send once; never raises for HTTP or network failures, nor for a request that cannot be sent: it
-        describes them. ``labels``: the definition and profile the metrics count it under."""
+        describes them. ``labels``: the definition and profile the metrics count it under; ``network``: the
+        profile's TLS and proxy settings (None: the default session)."""
         started = time.perf_counter()
         try:
-            answer = await self.partners.send(request, timeout)
+            answer = await self.partners.send(request, timeout, network)
         except NoAnswer as exc:
             REQUESTS.labels(*labels, "error").inc()
             return AttemptResult(status=None, success=False, error=str(exc)[:SNIPPET_CHARS])
@@ -126,10 +126,11 @@ class Deliverer:
         success_statuses: list[int] | None = None,
         on_attempt: Callable[[AttemptResult], None] | None = None,
         labels: tuple[str, str] = ("", ""),
+        network: PartnerNetwork | None = None,
     ) -> DeliveryResult:
         """Deliver with retries. ``make_request`` is called per attempt so headers (tokens) stay fresh;
         ``on_attempt`` hears each attempt's result (the rate limiter adapts to it); ``labels`` are the
-        definition and profile the metrics count the attempts under."""
+        definition and profile the metrics count the attempts under; ``network`` the profile's TLS and proxy."""
 
         attempts = 0
 
@@ -141,7 +142,7 @@ class Deliverer:
             except Exception as exc:  # noqa: BLE001 - e.g. a token endpoint's failure: this attempt's failure
                 result = failed_attempt(exc)
             else:
-                result = await self.attempt(request, timeout, success_statuses, labels)
+                result = await self.attempt(request, timeout, success_statuses, labels, network)
             if on_attempt is not None:
                 on_attempt(result)
             return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable
@@ -12,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 
 from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
 from services.dispatcher.metrics import (
@@ -44,9 +47,12 @@ from shared.domain.runs import RunStatus
 from shared.errors import ExportError, PermanentError
 from shared.events import BatchOutcome, DeadLetter, MemberBatch
 from shared.kafka import Outgoing
-from shared.outages import is_outage
+from shared.kafka.records import round_contexts
+from shared.outages import DependencyUnavailable, is_outage
+from shared.outbound.partner_network import PartnerNetwork
 from shared.outbound.signing import signature_headers
 from shared.topics import Topics
+from shared.tracing import annotate, attached, current_http_headers, exported_span, record_http_result
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T", bound=CatalogObject)
@@ -97,6 +103,10 @@ class CatalogCache:
         return value
 
 
+class Stopping(DependencyUnavailable):
+    """The dispatcher stopped before the batch was delivered: the consumer loop hands it back, uncommitted."""
+
+
 @dataclass(frozen=True)
 class _ProfileLimits:
     """A profile's rate limiter and in-flight bound, built from its ``rate_limit``.
@@ -120,6 +130,8 @@ class _ProfileLimits:
 class Dispatcher:
     """Handles member batches, on one asyncio event loop (its client and limits belong to that loop)."""
 
+    #: How often a round in progress checks whether the service is stopping (seconds).
+    STOP_CHECK_SECONDS = 0.2
     #: (definition, profile) pairs whose series are started at 0 (the catalog bounds them; this bounds memory).
     MAX_COUNTED = 100_000
 
@@ -147,6 +159,8 @@ class Dispatcher:
         self._limits: dict[str, _ProfileLimits] = {}
         self._counted: set[tuple[str, str]] = set()  # (definition, profile) whose series exist
         self._concurrency = asyncio.Semaphore(concurrency)
+        #: Set when the service stops (the consumer loop's event): rounds in progress are abandoned.
+        self.stopping = threading.Event()
         self.round_requests, self.max_round_records = round_requests, max_round_records
         # Requests per record, at most, in the last round; until a round was seen, assume records are full.
         self._record_requests = round_requests
@@ -179,12 +193,46 @@ class Dispatcher:
 
     async def handle_all(self, batches: list[MemberBatch]) -> list[list[Outgoing] | BaseException]:
         """Deliver a poll's batches, their requests ``concurrency`` at a time; per batch its records, or what it
-        raised."""
+        raised.
+
+        Once ``stopping`` is set (SIGTERM), the batches still being delivered are abandoned (their requests
+        cancelled, retries included) and answered :class:`Stopping`: the loop hands them back uncommitted,
+        for the next owner of their partition (a request cut short may be sent again: same Idempotency-Key).
+        """
         self._round_record_requests = 1
+        traced = zip(batches, round_contexts(batches), strict=True)
+        tasks = [asyncio.ensure_future(self._handle_in(batch, c)) for batch, c in traced]
         try:
-            return await asyncio.gather(*(self.handle(batch) for batch in batches), return_exceptions=True)
+            pending: set[asyncio.Future[list[Outgoing]]] = set(tasks)
+            while pending and not self.stopping.is_set():
+                _, pending = await asyncio.wait(pending, timeout=self.STOP_CHECK_SECONDS)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+            return [self._result_of(task) for task in tasks]
         finally:
             self._record_requests = self._round_record_requests
+
+    @staticmethod
+    def _result_of(task: asyncio.Future[list[Outgoing]]) -> list[Outgoing] | BaseException:
+        if task.cancelled():
+            return Stopping("the dispatcher is stopping: the batch is handed back for redelivery")
+        return task.exception() or task.result()
+
+    async def _handle_in(self, batch: MemberBatch, trace_context: Context | None) -> list[Outgoing]:
+        """:meth:`handle` in the batch's trace context (its record's span, told which batch it is): its task's
+        logs carry the trace's ids, its requests the trace's ``traceparent``."""
+        with attached(trace_context):
+            annotate(
+                trace_context,
+                {
+                    "member_export.run_id": str(batch.run_id),
+                    "member_export.definition": batch.definition,
+                    "member_export.batch_index": batch.batch_index,
+                },
+            )
+            return await self.handle(batch)
 
     async def handle(self, batch: MemberBatch) -> list[Outgoing]:
         """Deliver a batch (isolating refused members) and return its outcome and dead letters.
@@ -270,8 +318,10 @@ class Dispatcher:
             if profile.signing_secret is not None:
                 signature = signature_headers(profile.signing_secret, key, rendered.content, datetime.now(UTC))
             # The template cannot set these (refused when saved); a template saved before, or the profile's
-            # API key header, is overridden whatever the case of its name.
-            headers = merged_headers(rendered.headers, credentials, {"Idempotency-Key": key}, signature)
+            # API key header, is overridden whatever the case of its name. The run's traceparent comes last.
+            headers = merged_headers(
+                rendered.headers, credentials, {"Idempotency-Key": key}, signature, current_http_headers()
+            )
             return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
 
         def adapt(attempt: AttemptResult) -> None:
@@ -292,16 +342,21 @@ class Dispatcher:
                 template.success_statuses,
                 on_attempt=adapt,
                 labels=(batch.definition, profile.name),
+                network=PartnerNetwork.of(profile),
             )
 
         async with limits.in_flight:
             IN_FLIGHT.labels(profile=profile.name).inc()
             try:
-                result = await deliver()
-                if result.status == 401 and isinstance(profile.auth, OAuth2ClientCredentials):
-                    # A token may be revoked before its expiry: fetch a new one and try once more.
-                    self.tokens.forget(profile.name)
+                # A span per request only while spans are exported: its cost is no use otherwise (README, Tracing).
+                attributes = {"http.request.method": rendered.method, "member_export.profile": profile.name}
+                with exported_span(rendered.method, SpanKind.CLIENT, attributes) as span:
                     result = await deliver()
+                    if result.status == 401 and isinstance(profile.auth, OAuth2ClientCredentials):
+                        # A token may be revoked before its expiry: fetch a new one and try once more.
+                        self.tokens.forget(profile.name)
+                        result = await deliver()
+                    record_http_result(span, result.status, result.success, result.attempts, result.error)
             finally:
                 IN_FLIGHT.labels(profile=profile.name).dec()
         return result

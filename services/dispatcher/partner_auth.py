@@ -7,6 +7,7 @@ import base64
 import math
 import re
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import httpx
@@ -21,6 +22,7 @@ from shared.domain.catalog_objects import (
 )
 from shared.domain.secret_references import resolve_secret
 from shared.errors import PermanentError, RetryableError
+from shared.outbound.partner_network import PartnerNetwork
 
 # Refresh OAuth tokens this long before they expire, so a request never leaves with a dying token.
 _EXPIRY_MARGIN_SECONDS = 30.0
@@ -44,16 +46,33 @@ class TokenKey(NamedTuple):
 
 class OAuthTokenCache:
     """Client-credentials tokens per profile and destination (:class:`TokenKey`), cached until shortly before
-    they expire."""
+    they expire.
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    ``client`` sends the token requests of profiles without ``tls`` or ``proxy`` settings; ``clients`` gives
+    the client of a profile's network settings (its CA, client certificate and proxy, as its partner
+    requests use them: ``AiohttpPartnerHttp.token_client``).
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        clients: Callable[[PartnerNetwork], httpx.AsyncClient] | None = None,
+    ) -> None:
         self.client = client
+        self.clients = clients
         self._tokens: dict[TokenKey, tuple[str, float]] = {}
         # One fetch at a time: concurrent batches of a profile wait for the token the first one gets.
         self._lock = asyncio.Lock()
 
-    async def token(self, profile_name: str, auth: OAuth2ClientCredentials, base_url: str) -> str:
-        """A token for the profile's client at its token URL, to be sent to ``base_url``: cached, or fetched."""
+    async def token(
+        self,
+        profile_name: str,
+        auth: OAuth2ClientCredentials,
+        base_url: str,
+        network: PartnerNetwork | None = None,
+    ) -> str:
+        """A token for the profile's client at its token URL, to be sent to ``base_url``: cached, or fetched
+        (through ``network``, the profile's TLS and proxy settings, when it has some)."""
         key = TokenKey(profile_name, auth.token_url, auth.client_id, base_url, auth.scope)
         cached = self._tokens.get(key)
         if cached and cached[1] > time.monotonic():
@@ -70,7 +89,8 @@ class OAuthTokenCache:
             if auth.scope:
                 form["scope"] = auth.scope
             try:
-                response = await self.client.post(auth.token_url, data=form)
+                client = self.client if network is None or self.clients is None else self.clients(network)
+                response = await client.post(auth.token_url, data=form)
             except httpx.TransportError as exc:
                 raise RetryableError(f"OAuth token endpoint unreachable: {type(exc).__name__}") from None
             if response.status_code >= 500 or response.status_code == 429:
@@ -126,4 +146,5 @@ async def auth_headers(profile: ConnectionProfile, tokens: OAuthTokenCache) -> d
         return {"Authorization": "Bearer " + resolve_secret(auth.token)}
     if isinstance(auth, ApiKeyAuth):
         return {auth.header: resolve_secret(auth.key)}
-    return {"Authorization": "Bearer " + await tokens.token(profile.name, auth, profile.base_url)}
+    token = await tokens.token(profile.name, auth, profile.base_url, PartnerNetwork.of(profile))
+    return {"Authorization": "Bearer " + token}

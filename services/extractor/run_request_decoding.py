@@ -7,6 +7,10 @@ CloudEvents contract (``type`` = ``io.member-export.run.requested.v1``, JSON dat
 Without ``data.run_id`` the run id is derived from the event's ``source`` and ``id`` (which CloudEvents
 makes unique per event), so a republished event starts its run once. ``requested_by`` defaults to the
 ``source``; the trigger is ``event`` and ``requested_at`` the event's ``time`` (else now).
+
+Trace context: a CloudEvent's distributed-tracing extension (``traceparent``, ``tracestate``: ``ce_traceparent``
+headers in binary mode, attributes in structured mode) is the run's trace, unless the record's own
+``traceparent`` header names one (:mod:`shared.kafka.trace_context`); a malformed one is ignored.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pydantic_core import from_json
 
 from shared.events import RUN_REQUESTED_CLOUDEVENT_TYPE, RangeRequested, RunRequested, Trigger, utc_now
 from shared.kafka import Headers
+from shared.kafka.trace_context import event_carries
 
 #: Namespace of run ids derived from a CloudEvent's (source, id).
 CLOUDEVENT_RUN_NAMESPACE = uuid.UUID("6f1c43c6-2a8f-4c5e-9a43-0d4f3f2f6c1e")
@@ -97,6 +102,8 @@ def decode_run_request(value: bytes, headers: Headers) -> RunRequested | RangeRe
         event = from_kafka(message, JSONFormat())
     except Exception as exc:  # noqa: BLE001 - the SDK raises several types; all mean "not a valid CloudEvent"
         raise ValueError(f"not a valid CloudEvent: {exc}") from None
+    # Reported before the event is judged: its dead letter, if any, belongs to the sender's trace too.
+    event_carries(event.get_extension("traceparent"), event.get_extension("tracestate"))
     if event.get_type() != RUN_REQUESTED_CLOUDEVENT_TYPE:
         raise ValueError(
             f"unsupported CloudEvent type '{event.get_type()}'; expected '{RUN_REQUESTED_CLOUDEVENT_TYPE}'"

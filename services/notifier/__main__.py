@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from services.notifier.mailer import SmtpMailer
 from services.notifier.notifying import Notifier
 from services.notifier.settings import NotifierSettings
+from services.notifier.webhook_delivery import WebhookNotifications
+from services.notifier.webhook_sender import WebhookSender
 from shared.catalog import CatalogStores
+from shared.domain.destinations import DestinationPolicy
 from shared.events import RUN_EVENT_ADAPTER
 from shared.kafka import value_decoder
+from shared.outbound.backoff import Backoff
 from shared.runtime import build_loop, start_service
 
 SERVICE = "notifier"
@@ -17,6 +23,18 @@ def main() -> None:
     settings = NotifierSettings()
     health = start_service(settings, SERVICE)
     stores = CatalogStores.from_url(settings.catalog_url)
+    webhooks = WebhookNotifications(
+        stores.runs,
+        WebhookSender(DestinationPolicy.parse(settings.allowed_destinations)),
+        backoff=Backoff(
+            initial=settings.notifier_webhook_backoff_initial_seconds,
+            maximum=settings.notifier_webhook_backoff_max_seconds,
+            retry_after_cap=settings.notifier_webhook_backoff_max_seconds,
+        ),
+        max_attempts=settings.notifier_webhook_max_attempts,
+        link_base_url=settings.run_link_base_url,
+        clock=lambda: datetime.now(UTC),
+    )
     notifier = Notifier(
         definitions=stores.definitions,
         runs=stores.runs,
@@ -35,6 +53,9 @@ def main() -> None:
         link_base_url=settings.run_link_base_url,
         topics=settings.topics,
         stuck_after_seconds=settings.notifier_stuck_after_seconds,
+        webhooks=webhooks,
+        missed_digest_threshold=settings.notifier_missed_digest_threshold,
+        chain_runs=stores.runs,
     )
     loop = build_loop(
         settings,

@@ -11,6 +11,9 @@ from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.runs import RunRecord, RunStatus
 
 SUCCESS, ERROR = "success", "error"
+#: The notice that a definition succeeded after failed runs (to the error recipients).
+RECOVERED = "recovered"
+EMAIL_KINDS = frozenset({SUCCESS, ERROR, RECOVERED})
 
 
 def kinds_due(status: RunStatus) -> list[str]:
@@ -23,7 +26,8 @@ def kinds_due(status: RunStatus) -> list[str]:
 
 
 def recipients_for(definition: ExportDefinition, kind: str) -> list[str]:
-    """The recipients of ``kind`` per the definition's Notifications step (empty when the toggle is off)."""
+    """The recipients of ``kind`` per the definition's Notifications step (empty when the toggle is off); the
+    recovery notice goes to the error recipients, who heard of the failures."""
     setting = definition.notifications.success if kind == SUCCESS else definition.notifications.error
     return list(setting.recipients) if setting.enabled else []
 
@@ -47,7 +51,7 @@ def compose(
     """The email for ``record``: text and HTML parts, times in the definition's time zone."""
     zone = definition.schedule.timezone
     status = record.status.value.replace("_", " ")
-    subject = f"[member export] {definition.name}: {status}"
+    subject = f"[member export] {definition.name}: {'recovered' if kind == RECOVERED else status}"
     duration = record.duration_seconds
     lines = [
         ("Export", definition.name),
@@ -63,6 +67,8 @@ def compose(
     ]
     if link_base_url:
         lines.append(("Details", f"{link_base_url.rstrip('/')}/runs/{record.run_id}"))
+    if kind == RECOVERED:
+        lines.append(("Recovered", "this run succeeded after failed runs"))
     if paused_after is not None:
         lines.append(("Schedule", f"paused after {paused_after} consecutive failed runs; re-enable it once fixed"))
     errors = list(record.error_samples)
@@ -81,5 +87,34 @@ def compose(
     message.set_content(text + "\n")
     message.add_alternative(
         f"<html><body><h2>{html.escape(subject)}</h2><table>{rows}</table>{error_html}</body></html>", subtype="html"
+    )
+    return message
+
+
+def compose_digest(
+    *, definition: ExportDefinition, records: list[RunRecord], sender: str, recipients: list[str]
+) -> EmailMessage:
+    """One email listing runs missed at once (an outage of the scheduler), instead of one email each."""
+    zone = definition.schedule.timezone
+    ordered = sorted(records, key=lambda r: (r.scheduled_for is None, r.scheduled_for, str(r.run_id)))
+    subject = f"[member export] {definition.name}: {len(records)} scheduled runs missed"
+    rows = [(_local(r.scheduled_for, zone), str(r.run_id)) for r in ordered]
+    reason = next((r.failure_reason for r in ordered if r.failure_reason), None)
+    text = f"Export: {definition.name}\nMissed runs: {len(records)}\n"
+    if reason:
+        text += f"Reason: {reason}\n"
+    text += "\nScheduled for / Run\n" + "\n".join(f"- {when}  {run_id}" for when, run_id in rows)
+    table = "".join(f"<tr><td>{html.escape(w)}</td><td>{html.escape(i)}</td></tr>" for w, i in rows)
+    message = EmailMessage()
+    message["Subject"] = subject
+    message["From"] = sender
+    message["To"] = ", ".join(recipients)
+    message["X-Export-Missed-Runs"] = str(len(records))
+    message.set_content(text + "\n")
+    message.add_alternative(
+        f"<html><body><h2>{html.escape(subject)}</h2>"
+        f"{'<p>' + html.escape(reason) + '</p>' if reason else ''}"
+        f"<table><tr><th>Scheduled for</th><th>Run</th></tr>{table}</table></body></html>",
+        subtype="html",
     )
     return message

@@ -1,21 +1,34 @@
-"""Fold run events into run records and send each finished run's emails once."""
+"""Fold run events into run records; send each run's notifications (emails, webhooks) once; request chained runs."""
 
 from __future__ import annotations
 
 import smtplib
 from collections.abc import Callable
 from datetime import UTC, datetime
+from email.message import EmailMessage
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.notifier.emails import ERROR, SUCCESS, compose, kinds_due, recipients_for
+from services.notifier.emails import (
+    EMAIL_KINDS,
+    ERROR,
+    RECOVERED,
+    SUCCESS,
+    compose,
+    compose_digest,
+    kinds_due,
+    recipients_for,
+)
 from services.notifier.mailer import SmtpMailer
 from services.notifier.ports import NotifierRuns
-from shared.application.ports import DefinitionsStore, WatermarkStore
+from services.notifier.webhook_delivery import WebhookNotifications
+from services.notifier.webhook_messages import final_event, ledger_kind, parse_kind
+from shared.application.chains import request_following_runs
+from shared.application.ports import DefinitionsStore, RunsStore, WatermarkStore
 from shared.application.run_events import record_run_event, record_run_events
 from shared.application.schedules import pause_schedule
-from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.catalog_objects import ExportDefinition, WebhookEvent
 from shared.domain.runs import (
     RunRecord,
     RunStatus,
@@ -50,6 +63,11 @@ STUCK_RUNS = Gauge(
     "Unfinished runs the last sweep found with no event for longer than EXPORT_NOTIFIER_STUCK_AFTER_SECONDS "
     "(it fails them: a value that stays above 0 means their failure is not being recorded).",
 )
+DIGESTS_SENT = Counter(
+    "member_export_notifier_missed_digests_total",
+    "Digests sent instead of one notification per missed run (emails and webhooks), by definition.",
+    ["definition"],
+)
 SCHEDULES_PAUSED = Counter(
     "member_export_notifier_schedules_paused_total",
     "Schedules paused after consecutive failed runs, by definition.",
@@ -72,14 +90,26 @@ class Notifier:
         topics: Topics | None = None,
         stuck_after_seconds: float = 3600.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        webhooks: WebhookNotifications | None = None,
+        missed_digest_threshold: int = 3,
+        chain_runs: RunsStore | None = None,
     ) -> None:
         self.definitions, self.runs, self.watermarks = definitions, runs, watermarks
+        #: The runs store as run requests use it (idempotency keys): chained exports fire when given.
+        self.chain_runs = chain_runs
+        self.webhooks = webhooks
+        #: More missed runs of one definition than this in one poll (or one sweep): one digest instead.
+        self.missed_digest_threshold = missed_digest_threshold
+        #: Missed runs of the poll being handled whose notifications are claimed and wait for the digest
+        #: decision (taken once the whole poll is folded).
+        self._missed: list[RunRecord] = []
         self.mailer = mailer
         self.sender = sender
         self.link_base_url = link_base_url
         self.topics = topics or Topics()
         self.stuck_after_seconds = stuck_after_seconds
         self.clock = clock
+        self._series_started = False
         for kind in (SUCCESS, ERROR):  # every series exists from the start: increase() sees the first one
             EMAILS_SENT.labels(kind=kind)
             EMAIL_FAILURES.labels(kind=kind)
@@ -87,8 +117,10 @@ class Notifier:
     def handle(self, event: AnyRunEvent) -> list[Outgoing]:
         """Fold the event into its run; when the run has finished, apply the failure policy and send emails."""
         before, after = record_run_event(event, runs=self.runs, watermarks=self.watermarks)
-        self._after_fold(before, after, event.at)
-        return []
+        try:
+            return self._after_fold(before, after, event.at)
+        finally:
+            self._send_missed()
 
     def handle_all(self, events: list[AnyRunEvent]) -> list[list[Outgoing] | BaseException]:
         """A poll's events: folded in one transaction, then each run that changed is handled as :meth:`handle`
@@ -100,13 +132,20 @@ class Notifier:
             log.warning("folding a poll's events at once failed; folding them one by one", exc_info=True)
             return [self._handled_alone(event) for event in events]
         failures: dict[object, BaseException] = {}
+        produced: dict[object, list[Outgoing]] = {}
         latest = {event.run_id: event.at for event in events}
+        last = {event.run_id: index for index, event in enumerate(events)}
         for run_id, (before, after) in folded.items():
             try:
-                self._after_fold(before, after, latest[run_id])
+                produced[run_id] = self._after_fold(before, after, latest[run_id])
             except Exception as exc:  # noqa: BLE001 - this run's events get the failure, the others go on
                 failures[run_id] = exc
-        return [failures.get(event.run_id, []) for event in events]
+        self._send_missed()
+        # A run's records (chained run requests) go with its last event of the poll, once.
+        return [
+            failures.get(event.run_id) or (produced.get(event.run_id, []) if last[event.run_id] == index else [])
+            for index, event in enumerate(events)
+        ]
 
     def _handled_alone(self, event: AnyRunEvent) -> list[Outgoing] | BaseException:
         try:
@@ -114,12 +153,16 @@ class Notifier:
         except Exception as exc:  # noqa: BLE001 - the loop dead-letters the event with this failure
             return exc
 
-    def _after_fold(self, before: RunRecord | None, after: RunRecord, at: datetime) -> None:
-        """Once a run is final: the failure policy (threshold, auto-pause), metrics, log, and due emails."""
+    def _after_fold(self, before: RunRecord | None, after: RunRecord, at: datetime) -> list[Outgoing]:
+        """Once a run is final: the failure policy (threshold, auto-pause), metrics, log, chained runs, and due
+        notifications (emails, webhooks). The records to produce: the run requests of chained definitions."""
         if before is None and not after.status.is_final:
             self._start_series(after.definition)
+        if after.started_at is not None and (before is None or before.started_at is None):
+            # Also when the poll that started the run finished it too (a backlog, a restart).
+            self._notify_webhooks(after, WebhookEvent.STARTED)
         if not after.status.is_final:
-            return
+            return []
         newly_final = before is None or not before.status.is_final
         # Read only when there is something to decide or to send (a redelivered event of a finished
         # run whose emails are out needs nothing).
@@ -131,7 +174,8 @@ class Notifier:
                 _, after = self.runs.fold_run_event(
                     RunFailed(run_id=after.run_id, definition=after.definition, reason=reason, at=at)
                 )
-            self._maybe_pause(definition, after)
+            if self._maybe_pause(definition, after) and self.webhooks is not None:
+                self.webhooks.notify(definition, after, WebhookEvent.PAUSED)
         if newly_final:
             # A run of no catalog definition (its request named none) is labelled as such: bounded series.
             label = after.definition if definition is not None else UNKNOWN_DEFINITION
@@ -147,9 +191,37 @@ class Notifier:
                 delivered=after.delivered,
                 failed=after.failed,
             )
+        outgoing = self._chained_runs(after)
+        if after.status is RunStatus.MISSED:
+            # Claimed now, sent once the poll is folded: one digest if many runs were missed at once.
+            if newly_final and definition is not None:
+                self._claim_missed(definition, after)
+            return outgoing
+        if newly_final and definition is not None and self._recovered(after):
+            self._send_recovery(definition, after)
         # Checked on every event of a final run, not only on the one that finished it, so an email
         # whose sending was interrupted (crash, SMTP down) goes out when the next event comes.
         self._send_due_emails(after, definition)
+        event = final_event(after.status)
+        if newly_final and definition is not None and event is not None and self.webhooks is not None:
+            self.webhooks.notify(definition, after, event)
+        return outgoing
+
+    def _chained_runs(self, finished: RunRecord) -> list[Outgoing]:
+        """The run requests of the definitions chained after ``finished``. Asked on every event of a final run
+        (a redelivery repairs a request lost in a crash); idempotent per (finished run, follower)."""
+        if self.chain_runs is None:
+            return []
+        requests = request_following_runs(finished, store=self.definitions, runs=self.chain_runs)
+        for request in requests:
+            log.info(
+                "chained run requested",
+                run_id=str(request.run_id),
+                definition=request.definition,
+                after_run_id=str(finished.run_id),
+                after=finished.definition,
+            )
+        return [Outgoing(self.topics.run_requests, str(r.run_id), r.to_bytes()) for r in requests]
 
     def _start_series(self, name: str) -> None:
         """A new run's definition gets its finished-runs series at 0 now, before the run finishes: a counter
@@ -157,12 +229,31 @@ class Notifier:
         alert). Only catalog definitions (a name from a topic must not create series)."""
         if self._definition(name) is None:
             return
+        self._start_series_of(name)
+
+    @staticmethod
+    def _start_series_of(name: str) -> None:
         for status in RunStatus:
             if status.is_final:
                 RUNS_FINISHED.labels(definition=name, status=status.value)
 
+    def _start_every_definitions_series(self) -> None:
+        """Once, at the first sweep: every catalog definition's finished-runs series at 0, so that a run failing
+        faster than a scrape after a restart still shows as an increase."""
+        if self._series_started:
+            return
+        try:
+            names = [definition.name for definition in self.definitions.list_objects(ExportDefinition)]
+        except Exception:  # a convenience for the alerts: never the sweep's failure
+            log.warning("could not list the definitions to start their series", exc_info=True)
+            return
+        for name in names:
+            self._start_series_of(name)
+        self._series_started = True
+
     def sweep(self) -> list[Outgoing]:
-        """Fail runs that made no progress for too long (as run.failed events); retry unsent emails."""
+        """Fail runs that made no progress for too long (as run.failed events); retry unsent notifications."""
+        self._start_every_definitions_series()
         now = self.clock()
         outgoing = []
         unfinished = self.runs.unfinished_runs()
@@ -176,12 +267,37 @@ class Notifier:
                 failed = RunFailed(run_id=record.run_id, definition=record.definition, reason=reason, at=now)
                 outgoing.append(Outgoing(self.topics.run_events, str(record.run_id), failed.to_bytes()))
         STUCK_RUNS.set(stuck)
-        for run_id, _kind in self.runs.unsent_notifications():
-            finished = self.runs.get_run(run_id)
-            if finished is not None and finished.status.is_final:
-                # One attempt each: a sweep must not hold the loop through a long SMTP outage.
-                self._send_due_emails(finished, self._definition(finished.definition), attempts=1)
+        self._retry_unsent()
         return outgoing
+
+    def _retry_unsent(self) -> None:
+        """One attempt of each notification claimed and not sent (and due, for a webhook backing off); the
+        missed runs' grouped per definition and kind, as a digest when they are many."""
+        definitions: dict[str, ExportDefinition | None] = {}
+        missed: dict[tuple[str, str], list[RunRecord]] = {}
+        for run_id, kind in self.runs.unsent_notifications(limit=1_000):
+            record = self.runs.get_run(run_id)
+            # Emails are of final runs; a webhook may be of a running one (``started``).
+            if record is None or (not record.status.is_final and parse_kind(kind) is None):
+                continue
+            if record.definition not in definitions:
+                definitions[record.definition] = self._definition(record.definition)
+            definition = definitions[record.definition]
+            if definition is None:
+                continue
+            webhook = parse_kind(kind)
+            if record.status is RunStatus.MISSED and (kind == ERROR or (webhook and webhook[1] == "missed")):
+                missed.setdefault((record.definition, kind), []).append(record)
+            elif webhook is not None:
+                if self.webhooks is not None:
+                    self.webhooks.send_claimed(definition, record, *webhook)
+            elif kind in EMAIL_KINDS:
+                # One attempt each: a sweep must not hold the loop through a long SMTP outage.
+                self._mail(definition, record, kind, recipients_for(definition, kind), attempts=1)
+        for (name, kind), records in missed.items():
+            definition = definitions[name]
+            assert definition is not None
+            self._send_missed_group(definition, kind, records, attempts=1)
 
     def _definition(self, name: str) -> ExportDefinition | None:
         try:
@@ -190,15 +306,18 @@ class Notifier:
             log.error("definition unreadable: no one to notify", definition=name, error=str(exc))
             return None
 
-    def _maybe_pause(self, definition: ExportDefinition, record: RunRecord) -> None:
+    def _maybe_pause(self, definition: ExportDefinition, record: RunRecord) -> bool:
+        """Pause the schedule after too many failed runs in a row; True when this run paused it."""
         limit = definition.failure_policy.pause_after_failed_runs
         if limit is None or record.status is not RunStatus.FAILED:
-            return
+            return False
         if self._consecutive_failures(definition.name, limit) < limit:
-            return
+            return False
         if pause_schedule(definition.name, store=self.definitions):
             SCHEDULES_PAUSED.labels(definition=definition.name).inc()
             log.warning("schedule paused", definition=definition.name, consecutive_failed_runs=limit)
+            return True
+        return False
 
     def _paused_after(self, definition: ExportDefinition, record: RunRecord) -> int | None:
         """N when this failed run is one of N consecutive failures that paused the schedule (for the email)."""
@@ -230,24 +349,131 @@ class Notifier:
             return
         for kind in kinds:
             recipients = recipients_for(definition, kind)
-            if not recipients or not self.runs.claim_notification(record.run_id, kind, recipients):
-                continue
-            message = compose(
-                definition=definition,
-                record=record,
-                kind=kind,
-                sender=self.sender,
-                recipients=recipients,
-                link_base_url=self.link_base_url,
-                paused_after=self._paused_after(definition, record),
-            )
-            try:
-                self.mailer.send(message, max_attempts=attempts)
-            except (OSError, smtplib.SMTPException) as exc:
-                EMAIL_FAILURES.labels(kind=kind).inc()
+            if recipients and self.runs.claim_notification(record.run_id, kind, recipients):
+                self._mail(definition, record, kind, recipients, attempts)
+
+    def _mail(
+        self,
+        definition: ExportDefinition,
+        record: RunRecord,
+        kind: str,
+        recipients: list[str],
+        attempts: int | None = None,
+    ) -> None:
+        """Send a claimed email and mark it sent (or its error, for the sweep to try again)."""
+        if not recipients:  # the toggle was turned off since it was claimed
+            self.runs.mark_notification(record.run_id, kind, error="no recipients any more", give_up=True)
+            return
+        message = compose(
+            definition=definition,
+            record=record,
+            kind=kind,
+            sender=self.sender,
+            recipients=recipients,
+            link_base_url=self.link_base_url,
+            paused_after=self._paused_after(definition, record),
+        )
+        self._deliver_email(message, [record], kind, attempts)
+
+    def _deliver_email(
+        self, message: EmailMessage, records: list[RunRecord], kind: str, attempts: int | None = None
+    ) -> bool:
+        try:
+            self.mailer.send(message, max_attempts=attempts)
+        except (OSError, smtplib.SMTPException) as exc:
+            EMAIL_FAILURES.labels(kind=kind).inc()
+            for record in records:
                 self.runs.mark_notification(record.run_id, kind, error=f"{type(exc).__name__}: {exc}")
-                log.error("email could not be sent", run_id=str(record.run_id), kind=kind, error=type(exc).__name__)
-                continue
+            log.error("email could not be sent", runs=len(records), kind=kind, error=type(exc).__name__)
+            return False
+        for record in records:
             self.runs.mark_notification(record.run_id, kind)
-            EMAILS_SENT.labels(kind=kind).inc()
-            log.info("email sent", run_id=str(record.run_id), kind=kind, recipients=len(recipients))
+        EMAILS_SENT.labels(kind=kind).inc()
+        log.info("email sent", run_id=str(records[0].run_id), runs=len(records), kind=kind)
+        return True
+
+    # --- webhooks, recovery notices and missed-run digests ------------------------------------------
+
+    def _notify_webhooks(self, record: RunRecord, event: WebhookEvent) -> None:
+        if self.webhooks is None:
+            return
+        definition = self._definition(record.definition)
+        if definition is not None and definition.notifications.webhooks:
+            self.webhooks.notify(definition, record, event)
+
+    def _recovered(self, record: RunRecord) -> bool:
+        """A succeeded run whose definition's previous runs (skipped and missed ones aside) failed."""
+        if record.status is not RunStatus.SUCCEEDED:
+            return False
+        earlier = self.runs.recent_final_statuses(record.definition, 20)
+        # The run itself is recorded finished already: the series before it starts after it.
+        return consecutive_failures(earlier[1:]) > 0 if earlier and earlier[0] is RunStatus.SUCCEEDED else False
+
+    def _send_recovery(self, definition: ExportDefinition, record: RunRecord) -> None:
+        recipients = recipients_for(definition, RECOVERED)
+        if recipients and self.runs.claim_notification(record.run_id, RECOVERED, recipients):
+            self._mail(definition, record, RECOVERED, recipients)
+        if self.webhooks is not None:
+            self.webhooks.notify(definition, record, WebhookEvent.RECOVERED)
+
+    def _claim_missed(self, definition: ExportDefinition, record: RunRecord) -> None:
+        """Claim a missed run's error email and ``missed`` webhooks; sent by :meth:`_send_missed`."""
+        recipients = recipients_for(definition, ERROR)
+        claimed = bool(recipients) and self.runs.claim_notification(record.run_id, ERROR, recipients)
+        channels = self.webhooks.claim(definition, record, WebhookEvent.MISSED) if self.webhooks else []
+        if claimed or channels:
+            self._missed.append(record)
+
+    def _send_missed(self) -> None:
+        """The poll's missed runs: per definition, one notification each, or one digest when they are many.
+
+        A failure is logged, not raised: the claimed notifications stay unsent and the sweep sends them.
+        """
+        pending, self._missed = self._missed, []
+        if not pending:
+            return
+        try:
+            by_definition: dict[str, list[RunRecord]] = {}
+            for record in pending:
+                by_definition.setdefault(record.definition, []).append(record)
+            for name, records in by_definition.items():
+                definition = self._definition(name)
+                if definition is None:
+                    continue
+                kinds = [ERROR] + [ledger_kind(channel, "missed") for channel in definition.notifications.webhooks]
+                for kind in kinds:
+                    unsent = [r for r in records if self._unsent(r, kind)]
+                    if unsent:
+                        self._send_missed_group(definition, kind, unsent)
+        except Exception:  # the sweep sends what is still unsent
+            log.exception("sending missed-run notifications failed; the sweep will try again")
+
+    def _unsent(self, record: RunRecord, kind: str) -> bool:
+        sent = self.runs.notifications(record.run_id)
+        return kind in sent and sent[kind] is None
+
+    def _send_missed_group(
+        self, definition: ExportDefinition, kind: str, records: list[RunRecord], attempts: int | None = None
+    ) -> None:
+        """Missed runs' claimed notifications of one kind: one each, or one digest above the threshold."""
+        webhook = parse_kind(kind)
+        digest = len(records) > self.missed_digest_threshold
+        if digest:
+            DIGESTS_SENT.labels(definition=definition.name).inc()
+            log.info("missed runs sent as a digest", definition=definition.name, runs=len(records), kind=kind)
+        if webhook is not None:
+            if self.webhooks is None:
+                return
+            if digest:
+                self.webhooks.send_digest(definition, records, webhook[0])
+            else:
+                for record in records:
+                    self.webhooks.send_claimed(definition, record, *webhook)
+            return
+        recipients = recipients_for(definition, ERROR)
+        if not digest or not recipients:
+            for record in records:
+                self._mail(definition, record, ERROR, recipients, attempts)
+            return
+        message = compose_digest(definition=definition, records=records, sender=self.sender, recipients=recipients)
+        self._deliver_email(message, records, ERROR, attempts)

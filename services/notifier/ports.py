@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
 from shared.domain.runs import RunRecord, RunStatus
@@ -16,7 +17,7 @@ from shared.events import AnyRunEvent
 
 
 class NotifierRuns(Protocol):
-    """Run records, folded from events, and the ledger of emails."""
+    """Run records, folded from events, and the ledger of notifications (emails and webhooks)."""
 
     def fold_run_event(self, event: AnyRunEvent) -> tuple[RunRecord | None, RunRecord]: ...
     def fold_run_events(self, events: Sequence[AnyRunEvent]) -> dict[uuid.UUID, tuple[RunRecord | None, RunRecord]]: ...
@@ -25,4 +26,14 @@ class NotifierRuns(Protocol):
     def recent_final_statuses(self, definition: str, limit: int) -> list[RunStatus]: ...
     def unsent_notifications(self, limit: int = 100) -> list[tuple[uuid.UUID, str]]: ...
     def claim_notification(self, run_id: uuid.UUID, kind: str, recipients: list[str]) -> bool: ...
-    def mark_notification(self, run_id: uuid.UUID, kind: str, *, error: str | None = None) -> None: ...
+    def notification_attempts(self, run_id: uuid.UUID, kind: str) -> int: ...
+    def notifications(self, run_id: uuid.UUID) -> dict[str, datetime | None]: ...
+    def mark_notification(
+        self,
+        run_id: uuid.UUID,
+        kind: str,
+        *,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+        give_up: bool = False,
+    ) -> None: ...

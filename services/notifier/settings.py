@@ -32,4 +32,19 @@ class NotifierSettings(CommonSettings):
     notifier_sweep_seconds: float = Field(
         default=30.0, gt=0, description="How often stuck runs are looked for and unsent emails retried."
     )
+    notifier_missed_digest_threshold: int = Field(
+        default=3,
+        ge=1,
+        description="More missed runs of one definition than this at once (one poll or sweep): one digest email "
+        "and one missed_digest webhook event instead of one each.",
+    )
+    notifier_webhook_max_attempts: int = Field(
+        default=10, ge=1, description="Attempts per webhook notification before it is given up."
+    )
+    notifier_webhook_backoff_initial_seconds: float = Field(
+        default=5.0, gt=0, description="Longest wait before a failed webhook's 2nd attempt (doubling each time)."
+    )
+    notifier_webhook_backoff_max_seconds: float = Field(
+        default=900.0, gt=0, description="Longest wait between two attempts of a webhook notification."
+    )
     metrics_port: int = Field(default=9404, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

@@ -17,6 +17,7 @@ from shared.domain.schedule_state import DueSchedule, ScheduleAdvance, ScheduleS
 from shared.events import RunMissed, RunRequested, RunSkipped, Trigger
 from shared.kafka import Outgoing
 from shared.topics import Topics
+from shared.tracing import new_trace
 
 log = structlog.get_logger(__name__)
 
@@ -198,4 +199,14 @@ class Scheduler:
         log.debug(
             "run requested", definition=definition.name, run_id=str(run_id), scheduled_for=decision.fire.isoformat()
         )
-        return [request], [*records, Outgoing(self.topics.run_requests, str(run_id), request.to_bytes())]
+        # Each run its own trace, started here and carried by the request's traceparent header.
+        trace_headers = new_trace(
+            f"send {self.topics.run_requests}",
+            {
+                "member_export.run_id": str(run_id),
+                "member_export.definition": definition.name,
+                "member_export.trigger": "schedule",
+            },
+        )
+        outgoing = Outgoing(self.topics.run_requests, str(run_id), request.to_bytes(), trace_headers)
+        return [request], [*records, outgoing]

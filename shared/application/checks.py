@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from shared.application.chain_checks import chain_problems
 from shared.application.errors import Invalid
 from shared.application.ports import DefinitionsStore, MemberSource
+from shared.application.webhook_checks import webhook_problems
 from shared.domain.catalog_objects import (
     CatalogObject,
     ConnectionProfile,
@@ -31,9 +33,11 @@ from shared.domain.catalog_objects import (
     secret_fields,
 )
 from shared.domain.destinations import DestinationPolicy
+from shared.domain.pem import certificates_problem
+from shared.domain.proxy_policy import allowed_proxies_setting, proxy_policy
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.rendering import TemplateRenderError, render_request
-from shared.domain.secret_references import SecretReferencePolicy
+from shared.domain.secret_references import SecretReferencePolicy, is_reference
 from shared.domain.template_columns import used_columns
 from shared.errors import PermanentError
 from shared.events import MemberBatch
@@ -60,6 +64,8 @@ class ObjectChecks:
     query_timeout_limit_seconds: float | None = None
     #: Which env:/file: secret references profiles may hold (``settings.secret_references``).
     secret_references: SecretReferencePolicy = field(default_factory=SecretReferencePolicy.from_environment)
+    #: Proxies allowed besides the destinations (``EXPORT_ALLOWED_PROXIES``: hosts and CIDRs).
+    allowed_proxies: str = field(default_factory=allowed_proxies_setting)
 
 
 class Lookup(Protocol):
@@ -96,7 +102,14 @@ def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: Objec
     if missing:
         raise Invalid(missing, slug="invalid-reference")
     profiles = [obj for obj in objects if isinstance(obj, ConnectionProfile)]
-    problems = [p for obj in profiles for p in destination_problems(obj, checks) + secret_problems(obj, checks)]
+    problems = [
+        p
+        for obj in profiles
+        for p in destination_problems(obj, checks) + secret_problems(obj, checks) + tls_problems(obj, checks)
+    ]
+    # Definitions: their webhook channels (SSRF guard, secret allow-lists) and their chains (no cycle).
+    problems += [p for obj in objects if isinstance(obj, ExportDefinition) for p in webhook_problems(obj, checks)]
+    problems += chain_problems(objects, store)
     if checks.query_timeout_limit_seconds is not None:
         problems += [
             f"{where(obj, 'timeout_seconds')}: {problem}"
@@ -119,12 +132,15 @@ def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: Objec
 
 
 def destination_problems(profile: ConnectionProfile, checks: ObjectChecks) -> list[str]:
-    """The profile's base URL (and OAuth token URL) resolve only to allowed addresses (the SSRF guard at save)."""
-    urls = [("base_url", profile.base_url)]
+    """The profile's base URL (and OAuth token URL) resolve only to allowed addresses (the SSRF guard at save);
+    its proxy only to addresses allowed to a destination or listed in ``EXPORT_ALLOWED_PROXIES``."""
+    urls = [("base_url", profile.base_url, checks.policy)]
     if isinstance(profile.auth, OAuth2ClientCredentials):
-        urls.append(("auth.token_url", profile.auth.token_url))
+        urls.append(("auth.token_url", profile.auth.token_url, checks.policy))
+    if profile.proxy is not None:
+        urls.append(("proxy.url", profile.proxy.url, proxy_policy(checks.policy, checks.allowed_proxies)))
     problems = []
-    for field_name, url in urls:
+    for field_name, url, policy in urls:
         host = urlsplit(url).hostname or ""
         try:
             addresses = checks.resolve_host(host)
@@ -136,9 +152,10 @@ def destination_problems(profile: ConnectionProfile, checks: ObjectChecks) -> li
             checks.warnings.append(f"{where(profile, field_name)}: host {host} does not resolve from here")
             continue
         for address in sorted(set(addresses)):
-            refusal = checks.policy.refusal(host, ipaddress.ip_address(address.split("%")[0]))
+            refusal = policy.refusal(host, ipaddress.ip_address(address.split("%")[0]))
             if refusal is not None:
-                problems.append(f"{where(profile, field_name)}: {refusal}")
+                hint = " (or in EXPORT_ALLOWED_PROXIES, for a proxy only)" if field_name == "proxy.url" else ""
+                problems.append(f"{where(profile, field_name)}: {refusal}{hint}")
                 break
     return problems
 
@@ -150,6 +167,25 @@ def secret_problems(profile: ConnectionProfile, checks: ObjectChecks) -> list[st
         for path, secret in secret_fields(profile)
         if (refusal := checks.secret_references.refusal(secret.get_secret_value())) is not None
     ]
+
+
+def tls_problems(profile: ConnectionProfile, checks: ObjectChecks) -> list[str]:
+    """The profile's CA bundle and client certificate: allowed references, or PEM certificates that can be read.
+
+    (The client key is a secret: its reference is checked with the others; whether it matches the certificate
+    is known when the dispatcher loads it, which dead-letters the batch saying so.)
+    """
+    if profile.tls is None:
+        return []
+    problems = []
+    for field_name in ("ca_bundle", "client_certificate"):
+        value = getattr(profile.tls, field_name)
+        if value is None:
+            continue
+        problem = checks.secret_references.refusal(value) if is_reference(value) else certificates_problem(value)
+        if problem is not None:
+            problems.append(f"{where(profile, 'tls.' + field_name)}: {problem}")
+    return problems
 
 
 def discover_columns(objects: list[CatalogObject], members: MemberSource) -> tuple[list[CatalogObject], list[str]]:
@@ -195,7 +231,8 @@ def template_problems(template: HttpTemplate, lookup: Lookup, checks: ObjectChec
     try:
         render_request(template, profile, sample)
     except TemplateRenderError as exc:
-        return [f"{where(template, 'body')}: {exc} (rendered with the query's first members)"]
+        body_field = "form" if template.form else "body"
+        return [f"{where(template, body_field)}: {exc} (rendered with the query's first members)"]
     return []
 
 

@@ -301,6 +301,20 @@ def copy_object(
     return copy
 
 
+def _keeping_what_the_step_omits(
+    definition: ExportDefinition, field_name: str | None, given: set[str], values: dict[str, Any]
+) -> dict[str, Any]:
+    """A step that does not mention the webhooks (Notifications) or the chain (Schedule, with no other
+    recurrence) keeps the stored ones: the console's forms have no such fields yet. ``after: null`` (or
+    another recurrence) removes a chain; ``webhooks: {}`` removes the webhooks."""
+    stored = stored_form(definition)
+    if field_name == "notifications" and "webhooks" not in given:
+        return values | {"webhooks": stored["notifications"].get("webhooks", {})}
+    if field_name == "schedule" and not given & {"once", "repeat", "cron", "after"} and definition.schedule.after:
+        return values | {"after": stored["schedule"]["after"]}
+    return values
+
+
 def save_definition_step(
     actor: Actor,
     name: str,
@@ -313,7 +327,11 @@ def save_definition_step(
     """Save one step of a definition (Filter, Destination: their fields; Schedule, Notifications: ``field_name``)."""
     authorise(actor, Permission.WRITE)
     definition = visible(actor, store, ExportDefinition, name)
-    values = step.model_dump(mode="json") if isinstance(step, BaseModel) else dict(step)
+    if isinstance(step, BaseModel):
+        given, values = set(step.model_fields_set), step.model_dump(mode="json")
+    else:
+        given, values = set(step), dict(step)
+    values = _keeping_what_the_step_omits(definition, field_name, given, values)
     changes = {field_name: values} if field_name else values
     updated = ExportDefinition.model_validate(stored_form(definition) | changes)
     stored = checked([updated], store, checks)[0]

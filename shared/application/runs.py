@@ -38,8 +38,10 @@ def request_run(
     publisher: EventPublisher,
     parameters: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
+    trigger: Trigger = Trigger.MANUAL,
 ) -> RunRecord:
-    """Execute a definition now (trigger manual): parameters checked, the run recorded queued, then published.
+    """Execute a definition now (trigger manual, or ``event`` for a chained export): parameters checked, the run
+    recorded queued, then published.
 
     Recorded before it is published: the run is visible (queued) at once, and a crash between the two
     leaves a queued run the notifier's sweep fails as stuck rather than a run nobody knows about. With
@@ -59,7 +61,7 @@ def request_run(
     record = RunRecord(
         run_id=run_id,
         definition=definition.name,
-        trigger=Trigger.MANUAL.value,
+        trigger=trigger.value,
         requested_by=actor.name,
         requested_at=requested_at,
         last_event_at=requested_at,
@@ -71,7 +73,7 @@ def request_run(
         RunRequested(
             run_id=run_id,
             definition=definition.name,
-            trigger=Trigger.MANUAL,
+            trigger=trigger,
             requested_by=actor.name,
             requested_at=requested_at,
             parameters=parameters,

@@ -246,34 +246,59 @@ class SqlRunsStore:
     # --- notifications -------------------------------------------------------------------------------
 
     def unsent_notifications(self, limit: int = 100) -> list[tuple[uuid.UUID, str]]:
-        """(run id, kind) of emails claimed but not sent yet (a failed SMTP, a crash in between)."""
+        """(run id, kind) of notifications claimed but not sent yet (a failed SMTP or webhook, a crash in
+        between), oldest runs first; not those given up, nor those whose next attempt is not due yet."""
         with self.database.transaction() as session:
             rows = session.execute(
                 select(NotificationRow.run_id, NotificationRow.kind)
-                .where(NotificationRow.sent_at.is_(None))
+                .where(
+                    NotificationRow.sent_at.is_(None),
+                    NotificationRow.gave_up_at.is_(None),
+                    (NotificationRow.next_attempt_at.is_(None)) | (NotificationRow.next_attempt_at <= now()),
+                )
+                .order_by(NotificationRow.run_id, NotificationRow.kind)
                 .limit(limit)
             )
             return [(uuid.UUID(run_id), kind) for run_id, kind in rows]
 
     def claim_notification(self, run_id: uuid.UUID, kind: str, recipients: list[str]) -> bool:
-        """True when this (run, kind) email has not been sent yet: the caller should send it."""
+        """True when this (run, kind) notification has not been sent (nor given up) yet: the caller should send it."""
         with self.database.transaction() as session:
             self.database.insert_ignore(
                 session, NotificationRow, {"run_id": str(run_id), "kind": kind, "recipients": recipients}
             )
             row = session.get(NotificationRow, (str(run_id), kind))
-            return row is not None and row.sent_at is None
+            return row is not None and row.sent_at is None and row.gave_up_at is None
 
-    def mark_notification(self, run_id: uuid.UUID, kind: str, *, error: str | None = None) -> None:
-        """Record an email as sent, or the error of its last failed attempt."""
+    def notification_attempts(self, run_id: uuid.UUID, kind: str) -> int:
+        """How many attempts of this notification failed so far (0 when none or unknown)."""
+        with self.database.transaction() as session:
+            row = session.get(NotificationRow, (str(run_id), kind))
+            return 0 if row is None else row.attempts or 0
+
+    def mark_notification(
+        self,
+        run_id: uuid.UUID,
+        kind: str,
+        *,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+        give_up: bool = False,
+    ) -> None:
+        """Record a notification as sent, or the error of its last failed attempt: tried again at ``retry_at``
+        (None: at the next sweep), or never again with ``give_up``."""
         with self.database.transaction() as session:
             row = session.get(NotificationRow, (str(run_id), kind), with_for_update=True)
             if row is None:
                 return
             if error is None:
                 row.sent_at, row.last_error = now(), None
-            else:
-                row.last_error = error
+                return
+            row.last_error = error
+            row.attempts = (row.attempts or 0) + 1
+            row.next_attempt_at = as_utc(retry_at)
+            if give_up:
+                row.gave_up_at = now()
 
     def notifications(self, run_id: uuid.UUID) -> dict[str, datetime | None]:
         with self.database.transaction() as session:

@@ -124,15 +124,23 @@ class WatermarkRow(Base):
 
 
 class NotificationRow(Base):
-    """One row per (run, kind) of email: what makes each email go out once."""
+    """One row per (run, kind) of notification: what makes each email and webhook go out once.
+
+    ``kind`` is an email's (``success``, ``error``, ``recovered``) or ``webhook:<channel>:<event>``;
+    ``recipients`` the email's addresses or the webhook's channel. A webhook that failed is tried again
+    at ``next_attempt_at`` (its backoff), and given up (``gave_up_at``) when its retry budget is spent.
+    """
 
     __tablename__ = "notifications"
 
     run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(160), primary_key=True)
     recipients: Mapped[list[str]] = mapped_column(JSON)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    gave_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ScheduleRow(Base):

@@ -30,6 +30,7 @@ from shared.kafka.event_publisher import KafkaEventPublisher
 from shared.name_resolution import resolve_host
 from shared.querystore import MemberReader
 from shared.secrets_at_rest import SecretsUnreadable
+from shared.tracing import install as install_tracing
 
 
 class CatalogUnusable(RuntimeError):
@@ -67,6 +68,7 @@ class Direct:
 
     def publisher(self) -> KafkaEventPublisher:
         """Publishes on Kafka, connecting at the first publication (a refused command never connects)."""
+        install_tracing("exportctl")  # a run requested here starts its trace (spans named member-export-exportctl)
         return KafkaEventPublisher(self._send, self.settings.topics)
 
     def _send(self, outgoing: list[Outgoing]) -> None:

@@ -36,7 +36,9 @@ def _enabled(spec: dict[str, Any]) -> str | None:
     schedule = spec.get("schedule")
     if not isinstance(schedule, dict):
         return None
-    return "enabled" if schedule.get("enabled") else "disabled"
+    state = "enabled" if schedule.get("enabled") else "disabled"
+    after = schedule.get("after")
+    return f"{state}, after {after['definition']}" if isinstance(after, dict) else state
 
 
 def schedule_preview(name: str, schedule: dict[str, Any], cron: str | None, fire_times: list[str]) -> dict[str, Any]:
@@ -45,6 +47,7 @@ def schedule_preview(name: str, schedule: dict[str, Any], cron: str | None, fire
 
     shape = composer_of(cron) if cron else None
     once = schedule.get("once")
+    after = schedule.get("after")
     return {
         "definition": name,
         "enabled": schedule["enabled"],
@@ -52,6 +55,8 @@ def schedule_preview(name: str, schedule: dict[str, Any], cron: str | None, fire
         "cron": cron,
         "shape": shape.model_dump(mode="json", exclude_none=True) if shape else None,
         "once": f"{once['date']} at {str(once['time'])[:5]}" if once else None,
+        # A chained export: "after nightly (succeeded, completed_with_errors)"; it has no fire times.
+        "after": f"after {after['definition']} ({', '.join(after['statuses'])})" if after else None,
         "fire_times": fire_times,
     }
 
@@ -60,10 +65,16 @@ def print_schedule(preview: dict[str, Any], fmt: str) -> None:
     """A definition's schedule and its next fire times, in its zone and in UTC.
 
     ``preview``: ``definition``, ``enabled``, ``timezone``, ``cron``, ``shape`` (the composer's, or
-    None), ``once`` (``date time``, or None) and ``fire_times`` (ISO date-times in UTC).
+    None), ``once`` (``date time``, or None), ``after`` (a chained export's "after X (statuses)", or None)
+    and ``fire_times`` (ISO date-times in UTC).
     """
     if fmt != "table":
         dump(preview, fmt)
+        return
+    if preview.get("after"):
+        print(f"{preview['after']}: runs after each such run of that export, not by the clock")
+        if not preview["enabled"]:
+            print("schedule disabled: it will not run")
         return
     if preview["once"]:
         print(f"once on {preview['once']} ({preview['timezone']})")

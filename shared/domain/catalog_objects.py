@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import to_jsonable_python
 
+from shared.domain.body_types import BodyType, body_type_problem
 from shared.domain.http_fields import header_name_problem, source_problem
 from shared.domain.json_structure import compiled
 from shared.domain.names import Name
@@ -164,6 +165,86 @@ class RateLimit(_Spec):
         return self
 
 
+def _pem_or_reference(value: str) -> str:
+    # Certificates are public: the message may say what is wrong, but never quotes the value.
+    if is_reference(value):
+        return value
+    if "-----BEGIN CERTIFICATE-----" not in value:
+        raise ValueError("must be PEM certificate(s) (-----BEGIN CERTIFICATE-----) or an env:/file: reference")
+    return value
+
+
+#: How pydantic answers a ``SecretStr``: an update sending it back keeps the stored value (the admin API merges).
+_ANSWERED_MASK = "**********"
+
+
+def _private_key_or_reference(value: SecretStr) -> SecretStr:
+    raw = value.get_secret_value()
+    if raw == _ANSWERED_MASK:
+        return value
+    if not is_reference(raw) and ("-----BEGIN" not in raw or "PRIVATE KEY-----" not in raw):
+        raise ValueError("must be a PEM private key (-----BEGIN … PRIVATE KEY-----) or an env:/file: reference")
+    return value
+
+
+#: PEM text given inline, or an ``env:``/``file:`` reference to it (resolved by the dispatcher, like secrets).
+PemOrReference = Annotated[str, AfterValidator(_pem_or_reference)]
+
+
+class TlsSettings(_Spec):
+    """How the dispatcher speaks TLS to the partner (and to the profile's OAuth token endpoint).
+
+    ``ca_bundle``: the CA certificate(s) to trust instead of the system's (a partner's private CA);
+    ``client_certificate`` and ``client_key``: the certificate (chain) and private key presented for
+    mutual TLS, both or neither (the key is a secret: answered masked, stored encrypted when literal);
+    ``min_version``: the oldest TLS version accepted.
+    """
+
+    ca_bundle: PemOrReference | None = None
+    client_certificate: PemOrReference | None = None
+    client_key: Annotated[Secret, AfterValidator(_private_key_or_reference)] | None = None
+    min_version: Literal["TLS1.2", "TLS1.3"] = "TLS1.2"
+
+    @model_validator(mode="after")
+    def _certificate_with_key(self) -> TlsSettings:
+        if (self.client_certificate is None) != (self.client_key is None):
+            raise ValueError("client_certificate and client_key go together (mutual TLS needs both)")
+        return self
+
+
+class ProxySettings(_Spec):
+    """An HTTP(S) forward proxy the profile's requests go through (``CONNECT`` for ``https`` partners).
+
+    ``url`` is the proxy itself (``http://proxy.internal:3128``; partners on ``https`` are reached through a
+    ``CONNECT`` tunnel, TLS end to end with the partner), without credentials: ``username`` and
+    ``password`` (a secret) are sent as Basic proxy authentication.
+    The SSRF guard judges the partner's address before anything is sent through the proxy, and the proxy's
+    own address (allowed by ``EXPORT_ALLOWED_DESTINATIONS`` or ``EXPORT_ALLOWED_PROXIES``).
+    """
+
+    url: Annotated[str, Field(pattern=r"^http://[^\s/?#]+/?$"), AfterValidator(_without_credentials)]
+    username: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^:\s]+$")] | None = None
+    password: Secret | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _host_and_port(cls, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            port, parts = None, None
+        if parts is None or not parts.hostname or port is None:
+            raise ValueError("must be http://host:port (the proxy's host and port)")
+        return url
+
+    @model_validator(mode="after")
+    def _password_with_username(self) -> ProxySettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together (Basic proxy authentication)")
+        return self
+
+
 class ConnectionProfile(_Spec):
     """Where and how to reach a partner API: a base URL and its authentication.
 
@@ -182,6 +263,10 @@ class ConnectionProfile(_Spec):
     #: every request carries ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature``.
     signing_secret: Secret | None = None
     rate_limit: RateLimit | None = None
+    #: A custom CA, a client certificate for mutual TLS, a minimum TLS version (:class:`TlsSettings`).
+    tls: TlsSettings | None = None
+    #: The forward proxy requests go through (:class:`ProxySettings`).
+    proxy: ProxySettings | None = None
 
 
 # --- HTTP API templates ----------------------------------------------------------------------------
@@ -209,6 +294,11 @@ class HttpTemplate(_Spec):
     ``headers`` may not set the framing headers (``Host``, ``Content-Length``, ``Transfer-Encoding``…),
     credentials (``Authorization``, ``Cookie``: they come from the profile) or the dispatcher's own
     (``Idempotency-Key``, ``webhook-*``), in any case (``shared.domain.http_fields``).
+
+    ``content_type`` says what the body is (``shared.domain.bodies``): ``json`` (above); ``form``, an
+    ``application/x-www-form-urlencoded`` body from ``form`` (field name → template), each field once per
+    member of the request, in member order (one of each with a batch size of 1); ``xml``, the text ``body``
+    with values XML-escaped, refused unless well-formed; ``text``, the text ``body`` as rendered.
     """
 
     name: Name
@@ -222,6 +312,8 @@ class HttpTemplate(_Spec):
     headers: dict[str, str] = Field(default_factory=dict)
     body: str | None = None
     json_body: JsonValue = None
+    content_type: BodyType = BodyType.JSON
+    form: dict[Annotated[str, Field(min_length=1, max_length=200)], str] = Field(default_factory=dict)
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
     success_statuses: list[Annotated[int, Field(ge=100, le=599)]] | None = None
 
@@ -263,6 +355,9 @@ class HttpTemplate(_Spec):
     def _one_body(self) -> HttpTemplate:
         if self.body is not None and self.json_body is not None:
             raise ValueError("give the body either as text (body) or as a structure (json_body), not both")
+        problem = body_type_problem(self.content_type, self.body, self.json_body, self.form)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 
@@ -373,11 +468,77 @@ class Notification(_Spec):
         return self
 
 
+class WebhookEvent(StrEnum):
+    """The run lifecycle events a webhook channel may subscribe to (README, Notifications)."""
+
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    #: One missed run; after an outage, many at once are sent as one ``missed_digest`` event instead.
+    MISSED = "missed"
+    #: The run's failure paused the schedule (``failure_policy.pause_after_failed_runs``).
+    PAUSED = "paused"
+    #: The first successful run after one or more failed runs.
+    RECOVERED = "recovered"
+
+
+class WebhookFormat(StrEnum):
+    """``standard``: a JSON event (Standard Webhooks signed); ``slack``: a Slack incoming-webhook message."""
+
+    STANDARD = "standard"
+    SLACK = "slack"
+
+
+_REFERENCE_SCHEMA: dict[str, Any] = {
+    "pattern": r"^(env|file):\S+$",
+    "description": "env:NAME or file:PATH naming the whsec_ secret (never the secret itself)",
+}
+
+
+def _reference_only(value: str) -> str:
+    # Never the value in the message: it may be the very secret that does not belong here.
+    if not is_reference(value) or any(c.isspace() for c in value):
+        raise ValueError(
+            "give an env:NAME or file:PATH reference to the whsec_ secret, not the secret itself "
+            "(the notifier resolves it; the catalog does not store webhook secrets)"
+        )
+    return value
+
+
+class WebhookChannel(_Spec):
+    """An outgoing webhook for run lifecycle events, sent by the notifier (signed when ``signing_secret`` is set).
+
+    The URL passes the SSRF guard when the definition is saved and again at every connection.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$"), AfterValidator(_without_credentials)]
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: [WebhookEvent.FAILED, WebhookEvent.COMPLETED_WITH_ERRORS, WebhookEvent.RECOVERED],
+        min_length=1,
+    )
+    format: WebhookFormat = WebhookFormat.STANDARD
+    #: An ``env:NAME``/``file:PATH`` reference to the Standard Webhooks signing secret (``whsec_…``), resolved by
+    #: the notifier under the secret-reference allow-lists. A reference is a name, not a secret (shown as is):
+    #: the secret itself is never in the catalog, which every service reads definitions from.
+    signing_secret: (
+        Annotated[str, AfterValidator(_reference_only), Field(json_schema_extra=_REFERENCE_SCHEMA)] | None
+    ) = None
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
+
+
 class Notifications(_Spec):
-    """Step 4, *Notifications*: who hears about errors and about successes."""
+    """Step 4, *Notifications*: who hears about errors and about successes, and the webhooks told of run events.
+
+    The error recipients also get the recovery notice and the digest of runs missed during an outage.
+    """
 
     error: Notification = Notification()
     success: Notification = Notification()
+    webhooks: dict[Name, WebhookChannel] = Field(default_factory=dict)
 
 
 class FailurePolicy(_Spec):

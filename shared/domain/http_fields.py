@@ -28,7 +28,7 @@ FRAMING_HEADERS = frozenset(
 #: Credentials: only the connection profile's ``auth`` sets them.
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 #: Set by the dispatcher on every request: the idempotency key and the Standard Webhooks signature.
-DISPATCHER_HEADERS = frozenset({"idempotency-key"})
+DISPATCHER_HEADERS = frozenset({"idempotency-key", "traceparent", "tracestate"})
 DISPATCHER_HEADER_PREFIXES = ("webhook-",)
 
 
@@ -42,7 +42,10 @@ def header_name_problem(name: str) -> str | None:
     if lower in CREDENTIAL_HEADERS:
         return f"header '{name}' carries credentials, which come only from the connection profile's auth"
     if lower in DISPATCHER_HEADERS or lower.startswith(DISPATCHER_HEADER_PREFIXES):
-        return f"header '{name}' is set by the dispatcher (Idempotency-Key, the Standard Webhooks signature)"
+        return (
+            f"header '{name}' is set by the dispatcher (Idempotency-Key, the trace context's traceparent and "
+            "tracestate, the Standard Webhooks signature)"
+        )
     return None
 
 

@@ -5,8 +5,10 @@ segment (``request_target``); ``query_string`` values are URL-encoded; a header 
 carry is refused (``http_fields``); a ``json_body`` is a structure whose keys are the template's and whose
 values orjson encodes (``json_structure``); in a text ``body``, every value but ``tojson``'s output (and
 what ``safe`` marks) is escaped as JSON string content, so ``"{{ member.name }}"`` is a JSON string
-whatever the name holds. Rendering is bounded by :class:`RenderLimits` (CPU time, bytes:
-``template_sandbox``). Templates are compiled once per source (cached), a ``json_body`` once per content.
+whatever the name holds. A ``form`` body's fields are URL-encoded, an ``xml`` body's values XML-escaped and
+the result checked well-formed, a ``text`` body is sent as rendered (``bodies``). Rendering is bounded by
+:class:`RenderLimits` (CPU time, bytes: ``template_sandbox``). Templates are compiled once per source
+(cached), a ``json_body`` once per content.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import orjson
 from jinja2 import Template, TemplateError, UndefinedError
 from markupsafe import Markup
 
+from shared.domain.bodies import form_pairs, xml_problem, xml_text_content
+from shared.domain.body_types import DEFAULT_CONTENT_TYPES, BodyType
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
 from shared.domain.http_fields import header_value_problem
 from shared.domain.json_structure import LeafError, StructureError, render_structure
@@ -69,7 +73,11 @@ _ENVIRONMENTS = {
     "text": BoundedSandbox(),
     "path": BoundedSandbox(convert=path_segment),
     "body": BoundedSandbox(convert=json_string_content),
+    "xml": BoundedSandbox(convert=xml_text_content),
+    "plain": BoundedSandbox(),
 }
+# A text or XML body is sent as written: its final line break too (Jinja drops it by default).
+_ENVIRONMENTS["xml"].keep_trailing_newline = _ENVIRONMENTS["plain"].keep_trailing_newline = True
 
 
 @lru_cache(maxsize=768)
@@ -142,14 +150,16 @@ def render_request(
             problem = header_value_problem(rendered)
             if problem is not None:
                 raise TemplateRenderError(f"template header {name}: the rendered value {problem}")
-        if template.json_body is not None:
+        if template.content_type is not BodyType.JSON:
+            content = _other_body(template, context, batch.members)
+        elif template.json_body is not None:
             content = _structured_body(template.json_body, context)
         elif template.body is not None:
             content = _json_body(template.body, context)
         else:
             content = _members_json(batch.members)
     if not any(name.lower() == "content-type" for name in headers):
-        headers["Content-Type"] = "application/json"
+        headers["Content-Type"] = DEFAULT_CONTENT_TYPES[template.content_type]
     return RenderedRequest(template.method.value, url, headers, content)
 
 
@@ -167,6 +177,35 @@ def _json_body(source: str, context: dict[str, Any]) -> bytes:
         raise TemplateRenderError(
             "template body: a value holds a lone UTF-16 surrogate, which UTF-8 cannot carry (write it with | tojson)"
         ) from None
+
+
+def _other_body(template: HttpTemplate, context: dict[str, Any], members: list[dict[str, Any]]) -> bytes:
+    """A ``form``, ``xml`` or ``text`` body (the template's fields for its type are checked when it is saved)."""
+    try:
+        if template.content_type is BodyType.FORM:
+            # Each field once per member, ``member`` being that member (one of each for a batch size of 1).
+            fields = [
+                (name, _render(source, {**context, "member": member}, f"form {name}"))
+                for member in members or [{}]
+                for name, source in template.form.items()
+            ]
+            content = form_pairs(fields)
+            current_budget().allow(len(content), "the form body")
+            return content
+        body = _render(
+            template.body or "", context, "body", "xml" if template.content_type is BodyType.XML else "plain"
+        )
+        content = body.encode()
+    except UnicodeEncodeError:
+        raise TemplateRenderError(
+            f"template {template.content_type.value} body: a value holds a lone UTF-16 surrogate, which UTF-8 "
+            "cannot carry"
+        ) from None
+    except RenderLimitExceeded as exc:
+        raise TemplateRenderError(f"template {template.content_type.value} body: {exc}") from None
+    if template.content_type is BodyType.XML and (problem := xml_problem(content)) is not None:
+        raise TemplateRenderError(f"template body renders XML that is not well-formed: {problem}")
+    return content
 
 
 def _structured_body(structure: Any, context: dict[str, Any]) -> bytes:

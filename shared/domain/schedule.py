@@ -229,6 +229,32 @@ class Once(BaseModel):
     time: LocalTime
 
 
+class ChainStatus(StrEnum):
+    """The final statuses of a run a chained schedule can follow."""
+
+    SUCCEEDED = "succeeded"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class After(BaseModel):
+    """Fire after each run of another definition that finishes with one of ``statuses`` (a chained export)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    definition: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,98}[a-z0-9])?$")]
+    statuses: list[ChainStatus] = Field(default_factory=lambda: [ChainStatus.SUCCEEDED], min_length=1)
+
+    def follows(self, definition: str, status: str) -> bool:
+        """Whether a run of ``definition`` that finished ``status`` fires this schedule."""
+        return definition == self.definition and status in {s.value for s in self.statuses}
+
+    def summary(self) -> str:
+        """How previews say it: ``after nightly (succeeded, completed_with_errors)``."""
+        return f"after {self.definition} ({', '.join(s.value for s in self.statuses)})"
+
+
 class Overlap(StrEnum):
     """What to do when a run is due while the definition's previous run is still active."""
 
@@ -256,6 +282,8 @@ class Schedule(BaseModel):
     timezone: str = "UTC"
     repeat: Repeat | None = None
     once: Once | None = None
+    #: A chained export: fires after runs of another definition, not by the clock.
+    after: After | None = None
     start_date: IsoDate | None = Field(
         default=None, alias="from", description="the first local date it may fire on (inclusive; none: no start)"
     )
@@ -303,10 +331,10 @@ class Schedule(BaseModel):
             object.__setattr__(self, "repeat", Repeat(cron=self.cron))
         elif self.repeat is not None:
             object.__setattr__(self, "cron", self.repeat.expression)
-        if self.repeat is not None and self.once is not None:
-            raise ValueError("a schedule is either 'once' or 'repeat', not both")
-        if self.enabled and self.repeat is None and self.once is None:
-            raise ValueError("an enabled schedule needs 'once' or 'repeat'")
+        if sum(given is not None for given in (self.repeat, self.once, self.after)) > 1:
+            raise ValueError("a schedule is one of 'once', 'repeat' or 'after', not several")
+        if self.enabled and self.repeat is None and self.once is None and self.after is None:
+            raise ValueError("an enabled schedule needs 'once' or 'repeat' (or 'after': a chained export)")
         if self.start_date and self.end_date and self.start_date > self.end_date:
             raise ValueError("'from' must not be after 'to'")
         return self

@@ -22,6 +22,7 @@ def template_sources(template: HttpTemplate) -> list[tuple[str, frozenset[str]]]
     ``json_body``), each with the names that are a member of the batch where it is."""
     sources = [(source, _MEMBER) for source in (template.path, *template.query_string.values())]
     sources += [(source, _MEMBER) for source in (*template.headers.values(), template.body or "")]
+    sources += [(source, _MEMBER) for source in template.form.values()]
     program = _structure(template)
     return sources + (program.expressions() if program is not None else [])
 

@@ -10,8 +10,9 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from shared.kafka.client_config import kafka_client_config
-from shared.kafka.records import Outgoing
+from shared.kafka.records import Headers, Outgoing
 from shared.settings import CommonSettings
+from shared.tracing import current_kafka_headers, with_trace
 
 #: How much longer than the producer's delivery timeout a caller waits for an acknowledgement: the producer
 #: reports a record it gave up on at that timeout, so the wait never ends before the producer has decided.
@@ -79,9 +80,20 @@ class InFlight:
             future.get(timeout=self._timeout_seconds)
 
 
+def send_record(producer: KafkaProducer, record: Outgoing, trace_headers: Headers = ()) -> Any:
+    """Hand one record to the producer, with ``trace_headers`` unless it carries a ``traceparent`` of its own;
+    the producer's future for its acknowledgement."""
+    headers = with_trace(record.headers, trace_headers)
+    if headers:
+        return producer.send(record.topic, key=record.key.encode(), value=record.value, headers=list(headers))
+    return producer.send(record.topic, key=record.key.encode(), value=record.value)
+
+
 def produce(producer: KafkaProducer, outgoing: list[Outgoing]) -> InFlight:
-    """Hand records to the producer without waiting (the caller overlaps other work, then waits)."""
-    futures = [producer.send(o.topic, key=o.key.encode(), value=o.value) for o in outgoing]
+    """Hand records to the producer without waiting (the caller overlaps other work, then waits); each carries
+    the current trace context unless it has a ``traceparent`` of its own."""
+    trace_headers = current_kafka_headers()
+    futures = [send_record(producer, o, trace_headers) for o in outgoing]
     return InFlight(futures, produce_timeout_seconds(producer))
 
 

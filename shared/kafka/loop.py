@@ -19,6 +19,12 @@ dropped while the broker was away, a rebalance) is the normal "these records are
 and counted, and the consumer rejoins at its next poll. Only a Kafka configuration error (authentication,
 authorization, an unsupported version or codec) and the rest of ``BaseException`` (``KeyboardInterrupt``,
 ``SystemExit``, cancellation) end the loop.
+
+Each record is handled in a span of its own (``process <topic>``, a consumer span) that continues the record's
+trace (:mod:`shared.kafka.trace_context`: its ``traceparent`` header, or the context its event carries) or
+starts one: the handler runs in it (its logs carry the ids, what it produces the ``traceparent``), and so do
+the records produced for it, dead letters included. A round handler gets each event's context alongside it
+(:class:`shared.kafka.records.Round`).
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ from kafka.errors import (
     UnsupportedVersionError,
 )
 from kafka.structs import OffsetAndMetadata, TopicPartition
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
@@ -56,17 +64,21 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from shared.errors import InvalidInput, RetryableError
 from shared.events import DeadLetter
 from shared.health import GROUP, Health
-from shared.kafka.clients import InFlight, produce, produce_and_wait, produce_timeout_seconds
+from shared.kafka.clients import InFlight, produce, produce_and_wait, produce_timeout_seconds, send_record
 from shared.kafka.records import Consumed as Consumed
 from shared.kafka.records import Headers as Headers
 from shared.kafka.records import Outgoing as Outgoing
+from shared.kafka.records import Round
+from shared.kafka.trace_context import decoded_in_context
 from shared.metrics import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED, ConsumerLagSeries, partition_lag
 from shared.outages import describe, is_outage
+from shared.tracing import attached, in_span, kafka_headers, start_span
 
 E = TypeVar("E")
 log = structlog.get_logger(__name__)
 
-#: A poll's events handled at once: per event, the records to produce or the exception it raised.
+#: A poll's events handled at once (a :class:`Round`: a list, with each event's trace context): per event, the
+#: records to produce or the exception it raised.
 RoundHandler = Callable[[list[E]], Sequence["list[Outgoing] | BaseException"]]
 #: A record's decoder: its value and headers in, its event out; raises when the record is not one.
 Decoder = Callable[[bytes, Headers], E]
@@ -82,6 +94,8 @@ KEY_MAX_BYTES = 1024
 DEAD_LETTER_ATTEMPTS = 3
 #: The wait before the second attempt at a dead letter, doubling with each further one.
 DEAD_LETTER_BACKOFF_SECONDS = 0.5
+#: The most of a record's key a span tells, in bytes.
+SPAN_KEY_MAX_BYTES = 256
 
 #: Errors with which the producer or the broker refuses a record itself: sending it again fails again.
 _RECORD_REFUSED: tuple[type[Exception], ...] = (
@@ -306,6 +320,25 @@ class _Letter:
     reason: str
     #: How much of the value it carries; 0 once the broker refused it as too large.
     payload_bytes: int = DEAD_LETTER_PAYLOAD_BYTES
+    #: The headers carrying the trace of the record's handling (the letter continues it).
+    trace: Headers = ()
+
+
+class _RecordTrace:
+    """The span a record is handled in, its context, and (once asked) the headers that carry it."""
+
+    __slots__ = ("_headers", "context", "span")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.context = in_span(span)
+        self._headers: Headers | None = None
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = kafka_headers(self.span)
+        return self._headers
 
 
 class ConsumerLoop(Generic[E]):
@@ -376,6 +409,9 @@ class ConsumerLoop(Generic[E]):
         self.health = health or Health(stall_seconds=float("inf"))
         group = getattr(consumer, "config", {}).get("group_id") or ""
         self._lag = ConsumerLagSeries(service, str(group))
+        self._group = str(group)
+        #: The span of each record in hand (by the record's id), ended once its outcome is settled.
+        self._traces: dict[int, _RecordTrace] = {}
         # Every series at 0 from the start: a counter that first appears at 1 is invisible to increase().
         DEAD_LETTER_FAILURES.labels(service=service)
         subscribed = getattr(consumer, "subscription", lambda: None)()
@@ -480,6 +516,7 @@ class ConsumerLoop(Generic[E]):
         try:
             return self._poll_round()
         finally:
+            self._end_traces()
             self._record_lag()
 
     def _record_lag(self) -> None:
@@ -514,6 +551,7 @@ class ConsumerLoop(Generic[E]):
                         self.consumer.seek(partition, record.offset)
                         break
                     self._settle([(record, self._outcome(record))])
+                    self._end_traces(record)
                     done[partition] = record.offset + 1
                     processed += 1
         except BaseException:
@@ -573,7 +611,10 @@ class ConsumerLoop(Generic[E]):
             else:
                 decoded.append((index, event))
         if decoded:
-            results = self._round_results(handle_round, [event for _, event in decoded])
+            round_ = Round(
+                [event for _, event in decoded], [self._trace_context(records[index]) for index, _ in decoded]
+            )
+            results = self._round_results(handle_round, round_)
             for (index, _), result in zip(decoded, results, strict=True):
                 outcomes[index] = result
         # A record that met an outage is handed back with every later record of its partition (offsets are
@@ -620,9 +661,13 @@ class ConsumerLoop(Generic[E]):
         return results
 
     def _decode(self, record: Any) -> E | _Letter:
-        """The record's event, or its dead letter when it does not decode (never raises an ``Exception``)."""
+        """The record's event, or its dead letter when it does not decode (never raises an ``Exception``); either
+        way the record's span is started (see :meth:`_start_trace`)."""
         RECORDS_CONSUMED.labels(service=self.service, topic=record.topic).inc()
-        decoded = decode_record(self.decode, record.value, record.headers)
+        decoded, parent = decoded_in_context(
+            lambda: decode_record(self.decode, record.value, record.headers), record.headers
+        )
+        self._start_trace(record, parent)
         if isinstance(decoded, Rejection):
             return self._dead_letter(record, decoded.reason)
         return decoded
@@ -633,35 +678,83 @@ class ConsumerLoop(Generic[E]):
         event = self._decode(record)
         if isinstance(event, _Letter):
             return event
-        try:
-            assert self.handler is not None  # one-by-one mode
-            return self._retrying(self.handler, event)
-        except Exception as exc:  # any other failure of one record becomes its dead letter (logged there)
-            if is_interruption(exc):
-                raise RoundInterrupted(exc) from exc  # a dependency is away: handed back, not dead-lettered
-            return self._failure(record, exc)
+        with attached(self._trace_context(record)):
+            try:
+                assert self.handler is not None  # one-by-one mode
+                return self._retrying(self.handler, event)
+            except Exception as exc:  # any other failure of one record becomes its dead letter (logged there)
+                if is_interruption(exc):
+                    raise RoundInterrupted(exc) from exc  # a dependency is away: handed back, not dead-lettered
+                return self._failure(record, exc)
+
+    def _start_trace(self, record: Any, parent: Context | None) -> None:
+        """Start the span ``record`` is handled in: a consumer span continuing ``parent``'s trace (a new trace
+        without one), named and described as OpenTelemetry's messaging conventions say."""
+        key = _utf8_text(record.key, SPAN_KEY_MAX_BYTES)[0] if record.key else ""
+        span = start_span(
+            f"process {record.topic}",
+            parent=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": record.topic,
+                "messaging.destination.partition.id": str(record.partition),
+                "messaging.kafka.offset": record.offset,
+                "messaging.kafka.message.key": key,
+                "messaging.consumer.group.name": self._group,
+            },
+        )
+        self._traces[id(record)] = _RecordTrace(span)
+
+    def _trace_context(self, record: Any) -> Context | None:
+        """The context of the span ``record`` is handled in (None before it is decoded)."""
+        traced = self._traces.get(id(record))
+        return None if traced is None else traced.context
+
+    def _trace_headers(self, record: Any) -> Headers:
+        """The headers that carry the span ``record`` is handled in, for the records produced for it."""
+        traced = self._traces.get(id(record))
+        return () if traced is None else traced.headers
+
+    def _end_traces(self, record: Any | None = None) -> None:
+        """End the span of ``record``, or of every record in hand."""
+        if record is not None:
+            traced = self._traces.pop(id(record), None)
+            if traced is not None:
+                traced.span.end()
+            return
+        for traced in self._traces.values():
+            traced.span.end()
+        self._traces.clear()
 
     def _failure(self, record: Any, exc: BaseException) -> _Letter:
         """The dead letter of a record whose handling raised ``exc``."""
         if isinstance(exc, InvalidInput):
             return self._dead_letter(record, str(exc))
-        log.error(
-            "handler failed",
-            service=self.service,
-            topic=record.topic,
-            offset=record.offset,
-            exc_info=(type(exc), exc, exc.__traceback__),
-        )
+        with attached(self._trace_context(record)):
+            log.error(
+                "handler failed",
+                service=self.service,
+                topic=record.topic,
+                offset=record.offset,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
         return self._dead_letter(record, f"{type(exc).__name__}: {exc}")
 
     def _dead_letter(self, record: Any, reason: str) -> _Letter:
-        """Decide that ``record`` is dead-lettered (counted and logged here; produced by :meth:`_settle`)."""
+        """Decide that ``record`` is dead-lettered (counted and logged here, its span marked failed; produced by
+        :meth:`_settle`)."""
         reason = bounded_reason(reason)
         RECORDS_DEAD_LETTERED.labels(service=self.service, topic=record.topic).inc()
-        log.warning(
-            "record dead-lettered", service=self.service, topic=record.topic, offset=record.offset, reason=reason
-        )
-        return _Letter(record, reason, self.dead_letter_payload_bytes)
+        traced = self._traces.get(id(record))
+        if traced is not None:
+            traced.span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {_cut(reason, 200)}"))
+        with attached(self._trace_context(record)):
+            log.warning(
+                "record dead-lettered", service=self.service, topic=record.topic, offset=record.offset, reason=reason
+            )
+        return _Letter(record, reason, self.dead_letter_payload_bytes, self._trace_headers(record))
 
     def _settle(self, outcomes: list[tuple[Any, list[Outgoing] | _Letter]]) -> None:
         """Produce every record's outcome and return once the broker has acknowledged it (the offsets may then
@@ -672,7 +765,11 @@ class ConsumerLoop(Generic[E]):
         Any other failure of the handler's records (the broker unreachable past the producer's retries)
         raises before anything is committed, so that they are produced again after a restart, not lost.
         """
-        produced = [(record, self._send_each(outcome)) for record, outcome in outcomes if isinstance(outcome, list)]
+        produced = [
+            (record, self._send_each(outcome, self._trace_headers(record)))
+            for record, outcome in outcomes
+            if isinstance(outcome, list)
+        ]
         letters = [outcome for _, outcome in outcomes if isinstance(outcome, _Letter)]
         for record, flights in produced:
             errors = [error for error in map(self._wait, flights) if error is not None]
@@ -696,7 +793,7 @@ class ConsumerLoop(Generic[E]):
         for attempt in range(self.dead_letter_attempts):
             if attempt:
                 time.sleep(self.dead_letter_backoff_seconds * 2 ** (attempt - 1))
-            flights = [(letter, self._send_each([self._letter_record(letter)])[0]) for letter in letters]
+            flights = [(letter, self._send_each([self._letter_record(letter)], letter.trace)[0]) for letter in letters]
             pending = [(letter, error) for letter, flight in flights if (error := self._wait(flight)) is not None]
             if not pending:
                 return
@@ -737,13 +834,14 @@ class ConsumerLoop(Generic[E]):
             payload_bytes=letter.payload_bytes,
         )
 
-    def _send_each(self, outgoing: list[Outgoing]) -> list[Any]:
-        """Hand each record to the producer: its future, or what ``send()`` raised at once (a record over the
-        producer's ``max_request_size``, a key it cannot encode, no metadata in time)."""
+    def _send_each(self, outgoing: list[Outgoing], trace_headers: Headers = ()) -> list[Any]:
+        """Hand each record to the producer (with ``trace_headers`` unless it carries a trace of its own): its
+        future, or what ``send()`` raised at once (a record over the producer's ``max_request_size``, a key it
+        cannot encode, no metadata in time)."""
         flights: list[Any] = []
         for record in outgoing:
             try:
-                flights.append(self.producer.send(record.topic, key=record.key.encode(), value=record.value))
+                flights.append(send_record(self.producer, record, trace_headers))
             except Exception as exc:  # noqa: BLE001 - judged by the caller, per record
                 flights.append(exc)
         return flights

@@ -6,9 +6,13 @@ rather than on each other.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+from opentelemetry.context import Context
+
+E = TypeVar("E")
 
 #: A record's headers, as kafka-python gives them.
 Headers = Sequence[tuple[str, bytes]]
@@ -16,11 +20,33 @@ Headers = Sequence[tuple[str, bytes]]
 
 @dataclass(frozen=True)
 class Outgoing:
-    """A record to produce: topic, key and the encoded value."""
+    """A record to produce: topic, key, the encoded value and its headers.
+
+    Without a ``traceparent`` header of its own, a record is produced with the trace context of the work that
+    produced it (the record being handled, or the span current at :func:`shared.kafka.produce`).
+    """
 
     topic: str
     key: str
     value: bytes
+    headers: Headers = ()
+
+
+class Round(list[E]):
+    """A poll's decoded events as the consumer loop hands them to a round handler: a list, and ``contexts[i]``
+    the trace context of event ``i``'s record (its span current), to handle it in (``shared.tracing.attached``)."""
+
+    def __init__(self, events: Iterable[E], contexts: Sequence[Context | None]) -> None:
+        super().__init__(events)
+        self.contexts = contexts
+
+
+def round_contexts(events: Sequence[E]) -> Sequence[Context | None]:
+    """Each event's trace context when ``events`` is the loop's :class:`Round`; no context for each otherwise
+    (a round handed over by a test, say)."""
+    if isinstance(events, Round) and len(events.contexts) == len(events):
+        return events.contexts
+    return [None] * len(events)
 
 
 class Consumed(Protocol):

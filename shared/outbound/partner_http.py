@@ -5,7 +5,9 @@ request, get the status, the ``Retry-After`` header and a bounded start of the b
 no answer came. :class:`AiohttpPartnerHttp` connects through the SSRF guard of
 :mod:`shared.outbound.guard` (the resolver for names, :func:`refuse_ip_literal` for IP literals),
 follows no redirect (a redirect is the partner's answer, as it was with httpx), and reads at most
-``max_body_bytes`` of an answer: a partner cannot make the dispatcher hold an unbounded body.
+``max_body_bytes`` of an answer: a partner cannot make the dispatcher hold an unbounded body. A request of a
+profile with ``tls`` or ``proxy`` settings goes out on that configuration's own session
+(:mod:`shared.outbound.session_pool`), its destination judged before it is sent through a proxy.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+import httpx
 from yarl import URL
 
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.rendering import RenderedRequest
-from shared.outbound.guard import guarded_connector, refuse_ip_literal
+from shared.errors import PermanentError
+from shared.outbound.partner_network import PartnerNetwork
+from shared.outbound.session_pool import SessionPool
 
 #: The most of an answer's body read (it is only ever quoted in an error); a longer body is left unread and
 #: its connection closed instead of reused.
@@ -43,12 +48,30 @@ class NoAnswer(Exception):
     """The request got no answer: refused, reset, timed out, or a name that does not resolve."""
 
 
+_PROXY_407 = (
+    "the profile's proxy refused the request: 407 Proxy Authentication Required (check proxy.username and "
+    "proxy.password)"
+)
+
+
+class TlsRefused(PermanentError):
+    """The TLS handshake with the partner failed: an untrusted certificate, a client certificate refused or
+    missing, no TLS version in common. Not retried: it does not pass by itself."""
+
+
+class ProxyRefused(PermanentError):
+    """The profile's proxy refused its credentials."""
+
+
 class PartnerHttp(Protocol):
     """Sends rendered requests to partners."""
 
-    async def send(self, request: RenderedRequest, timeout: float) -> PartnerAnswer:
+    async def send(
+        self, request: RenderedRequest, timeout: float, network: PartnerNetwork | None = None
+    ) -> PartnerAnswer:
         """The partner's answer; NoAnswer when none came, DestinationRefused (a PermanentError) when the SSRF
-        guard refuses the destination, another exception for a request that cannot be made (e.g. a bad URL)."""
+        guard refuses the destination (or the proxy), NetworkSettingsError (a PermanentError) when the
+        profile's ``network`` settings cannot be used, another exception for a request that cannot be made."""
         ...
 
     async def aclose(self) -> None:
@@ -57,7 +80,8 @@ class PartnerHttp(Protocol):
 
 
 class AiohttpPartnerHttp:
-    """:class:`PartnerHttp` on one aiohttp session, created on first use inside the running event loop."""
+    """:class:`PartnerHttp` on aiohttp sessions (one per network configuration, :class:`SessionPool`), created
+    on first use inside the running event loop."""
 
     def __init__(
         self,
@@ -66,42 +90,56 @@ class AiohttpPartnerHttp:
         max_connections: int = 100,
         ssl_context: ssl.SSLContext | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        proxies: DestinationPolicy | None = None,
+        max_sessions: int = 32,
     ) -> None:
         self.policy = policy
-        self.max_connections = max_connections
-        self.ssl_context = ssl_context or ssl.create_default_context()
         self.max_body_bytes = max_body_bytes
-        self._session: aiohttp.ClientSession | None = None
+        #: The sessions; ``proxies``: the policy a proxy's address must pass (default: ``policy``).
+        self.sessions = SessionPool(
+            policy,
+            proxies=proxies,
+            max_connections=max_connections,
+            default_ssl=ssl_context,
+            max_sessions=max_sessions,
+        )
 
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = guarded_connector(
-                self.policy, max_connections=self.max_connections, ssl_context=self.ssl_context
-            )
-            # No cookie jar: a partner's cookies must not travel with another export's requests.
-            self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
-        return self._session
-
-    async def send(self, request: RenderedRequest, timeout: float) -> PartnerAnswer:
+    async def send(
+        self, request: RenderedRequest, timeout: float, network: PartnerNetwork | None = None
+    ) -> PartnerAnswer:
         url = URL(request.url, encoded=True)  # rendered URLs are already encoded: keep them byte for byte
-        refuse_ip_literal(self.policy, url.host or "")
+        route = self.sessions.route(network)
+        await self.sessions.check_destination(route, url.host or "", url.port or 443)
         try:
-            async with self._open().request(
+            async with route.session.request(
                 request.method,
                 url,
-                headers=request.headers,
+                headers=route.headers_for(url.scheme, request.headers),
                 data=request.content,
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
+                proxy_headers=route.proxy_headers,
             ) as response:
+                if route.proxied and response.status == 407:  # a plain http request: the proxy's own answer
+                    raise ProxyRefused(_PROXY_407)
                 body = await _read_at_most(response, self.max_body_bytes)
                 return PartnerAnswer(response.status, response.headers.get("Retry-After"), body)
+        except aiohttp.ClientHttpProxyError as exc:
+            if exc.status == 407:  # wrong proxy credentials: retrying will not help
+                raise ProxyRefused(_PROXY_407) from None
+            raise NoAnswer(f"the profile's proxy answered {exc.status} {exc.message}") from exc
         except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            tls = _tls_failure(exc)
+            if tls is not None:
+                raise TlsRefused(tls) from None
             raise NoAnswer(_describe(exc)) from exc
 
+    def token_client(self, network: PartnerNetwork | None) -> httpx.AsyncClient:
+        """The httpx client of ``network``'s session, for the profile's OAuth token requests."""
+        return self.sessions.token_client(network)
+
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.sessions.aclose()
 
 
 async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -114,6 +152,35 @@ async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """Why the TLS handshake failed, said for the profile's settings; None when ``exc`` is no TLS failure."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return (
+            f"TLS: the partner's certificate is not trusted ({exc.certificate_error}); "
+            "tls.ca_bundle must hold the CA that signed it"
+        )
+    reason = getattr(exc, "os_error", None) or exc.__cause__ or exc
+    if isinstance(reason, ssl.SSLError) or "[SSL:" in str(exc):
+        hint = ""
+        if "CERTIFICATE_REQUIRED" in str(exc) or "ALERT_BAD_CERTIFICATE" in str(exc) or "UNKNOWN_CA" in str(exc):
+            hint = " (the partner wants a client certificate it trusts: tls.client_certificate and tls.client_key)"
+        elif "HANDSHAKE_FAILURE" in str(exc):
+            hint = (
+                " (the partner refused the handshake: does it want a client certificate, tls.client_certificate "
+                "and tls.client_key, or a TLS version the profile does not offer, tls.min_version?)"
+            )
+        elif "VERSION" in str(exc):
+            hint = " (no TLS version both sides accept: tls.min_version)"
+        return f"TLS: the handshake with the partner failed: {_ssl_reason(exc)}{hint}"
+    return None
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    text = str(exc)
+    start = text.find("[SSL:")
+    return text[start:].split(" (_ssl.c")[0] if start >= 0 else f"{type(exc).__name__}: {text}"
 
 
 def _describe(exc: BaseException) -> str:

@@ -48,7 +48,7 @@ class Producer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
 
-    def send(self, topic: str, *, key: bytes, value: bytes) -> Acknowledgement:
+    def send(self, topic: str, *, key: bytes, value: bytes, headers: Any = None) -> Acknowledgement:
         if len(value) + len(key) > BROKER_MAX_BYTES:
             return Acknowledgement(MessageSizeTooLargeError("the record is larger than the broker accepts"))
         self.sent.append((topic, key, value))

@@ -74,3 +74,46 @@ def test_a_dispatcher_killed_mid_run_delivers_every_member_once_per_key(kafka_bo
         assert payload_by_key.setdefault(receipt.headers["Idempotency-Key"], body) == body
     deduplicated = [m["id"] for body in payload_by_key.values() for m in json.loads(body)]
     assert sorted(deduplicated) == list(range(1, MEMBERS + 1))
+
+
+def test_sigterm_during_retries_stops_the_dispatcher_at_once_and_its_batches_are_delivered_later(
+    kafka_bootstrap: str, tmp_path
+):
+    members = 300
+    store_url = f"sqlite:///{tmp_path / 'members.db'}"
+    engine = make_engine(store_url)
+    create_demo_members(engine, members)
+    engine.dispose()
+    catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    prefix = f"d{uuid.uuid4().hex[:10]}."
+    with HttpReceiver(reject_status=503) as receiver:  # down: every request is retried (120 s budget)
+        catalog = CatalogStores.from_url(catalog_url, migrate=True)
+        catalog.definitions.apply(ConnectionProfile(name="p", base_url=receiver.url))
+        catalog.definitions.apply(SavedQuery(name="all", sql="SELECT id, email FROM members"))
+        catalog.definitions.apply(HttpTemplate(name="t", query="all", profile="p", path="/members", batch_size=1))
+        catalog.definitions.apply(ExportDefinition(name="everyone", query="all", template="t"))
+        catalog.close()
+        pipeline = LocalPipeline(
+            env=service_env(kafka_bootstrap, prefix, catalog_url, store_url)
+            | {"EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1"},
+            log_dir=tmp_path / "logs",
+            services=("extractor", "dispatcher"),
+        ).start()
+        try:
+            request = RunRequested(definition="everyone")
+            produce(kafka_bootstrap, Topics(prefix).run_requests, [(str(request.run_id), request.to_bytes())])
+            wait_until(lambda: len(receiver.receipts()) >= 20, timeout=120, what="requests refused with 503")
+            dispatcher = pipeline.processes["dispatcher"]
+            dispatcher.terminate()
+            # Without abandoning the round, it would hold its batches through their 120 s retry budget.
+            assert dispatcher.wait(timeout=15) == 0
+            assert not receiver.accepted_member_ids()
+            receiver.state.reject_status = None  # the partner is back
+            pipeline.start_service("dispatcher")
+            wait_until(
+                lambda: len(set(receiver.accepted_member_ids())) == members,
+                timeout=180,
+                what="every member delivered by the restarted dispatcher (the abandoned batches were not committed)",
+            )
+        finally:
+            pipeline.stop()

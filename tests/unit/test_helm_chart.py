@@ -201,9 +201,9 @@ def test_network_policies_let_in_only_the_api_and_the_monitoring_namespace(rende
 
     values = yaml.safe_load(CI_VALUES["production"].read_text())["networkPolicy"]["egress"]
     kafka, catalog = set(values["kafka"]["cidrs"]), set(values["catalog"]["cidrs"])
-    store, smtp, partners = (set(values[k]["cidrs"]) for k in ("queryStore", "smtp", "partners"))
+    store, smtp, partners, webhooks = (set(values[k]["cidrs"]) for k in ("queryStore", "smtp", "partners", "webhooks"))
     assert destinations("dispatcher") == kafka | catalog | partners  # partners: the dispatcher alone
-    assert destinations("notifier") == kafka | catalog | smtp
+    assert destinations("notifier") == kafka | catalog | smtp | webhooks  # webhook notifications: the notifier
     assert destinations("extractor") == kafka | catalog | store
     assert destinations("admin") == kafka | catalog | store
     assert destinations("scheduler") == kafka | catalog

@@ -121,6 +121,9 @@ SCHEME = {
     "member_export_notifier_emails_sent_total": "counter",
     "member_export_notifier_emails_failed_total": "counter",
     "member_export_notifier_schedules_paused_total": "counter",
+    "member_export_notifier_webhooks_sent_total": "counter",
+    "member_export_notifier_webhooks_failed_total": "counter",
+    "member_export_notifier_missed_digests_total": "counter",
     "member_export_admin_http_requests_total": "counter",
     "member_export_admin_http_request_duration_seconds": "histogram",
 }

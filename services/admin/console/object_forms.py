@@ -108,6 +108,13 @@ def profile_body(form: Form, current: ConnectionProfile | None) -> dict[str, Any
     ):
         signing = MASK
     body["signing_secret"] = signing
+    if current is not None:
+        # Set in YAML or through the API (the form has no fields for them yet): kept as they are, their secrets
+        # masked as the API answers them (a mask sent back keeps the stored value).
+        for name in ("tls", "proxy"):
+            kept = getattr(current, name)
+            if kept is not None:
+                body[name] = kept.model_dump(mode="json", exclude_none=True)
     if form.optional("requests_per_second") or form.optional("max_in_flight"):
         body["rate_limit"] = {
             "requests_per_second": form.optional("requests_per_second"),
@@ -141,7 +148,7 @@ def template_values(template: HttpTemplate | None) -> dict[str, Any]:
     }
 
 
-def template_body(form: Form, problems: Problems) -> dict[str, Any]:
+def template_body(form: Form, problems: Problems, current: HttpTemplate | None = None) -> dict[str, Any]:
     kind = form.text("body_kind", "none")
     statuses = form.lines("success_statuses")
     body: dict[str, Any] = {
@@ -157,6 +164,11 @@ def template_body(form: Form, problems: Problems) -> dict[str, Any]:
         "batch_size": form.optional("batch_size") or 500,
         "success_statuses": statuses or None,
     }
+    if current is not None and current.content_type != "json":
+        # A form, XML or text body (set in YAML or through the API; the form edits JSON bodies only): kept.
+        body |= {"content_type": current.content_type.value, "form": current.form or {}}
+        if kind == "none":
+            body["body"] = current.body
     return _named(form, body)
 
 

@@ -66,7 +66,7 @@ def _body(kind: Kind, form: Form, current: Any, problems: Problems) -> dict[str,
     if kind.model is ConnectionProfile:
         return object_forms.profile_body(form, current)
     if kind.model is HttpTemplate:
-        return object_forms.template_body(form, problems)
+        return object_forms.template_body(form, problems, current)
     return object_forms.query_body(form, problems)
 
 

@@ -50,6 +50,8 @@ def summary(schedule: Schedule) -> str:
         text = f"Once on {schedule.once.date.isoformat()} at {schedule.once.time.strftime('%H:%M')}"
     elif schedule.repeat is not None:
         text = repeat_summary(schedule.repeat)
+    elif schedule.after is not None:
+        return schedule.after.summary().capitalize()  # a chained export: no zone, no bounds
     else:
         return "On demand only"
     bounds = ""

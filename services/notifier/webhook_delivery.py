@@ -1,0 +1,141 @@
+"""Webhook notifications through the ledger: claimed once per (run, channel, event), one attempt at a time.
+
+A failed attempt is recorded with its next attempt time (full-jitter exponential backoff, or the receiver's
+``Retry-After`` when longer); the notifier's sweep tries again once it is due, until the retry budget
+(``max_attempts``) is spent or the failure is permanent (a 4xx answer, a refused destination, a bad
+signing secret): then the notification is given up, and said so in the log and a metric. Nothing here
+blocks the consumer for longer than one attempt (at most the channel's ``timeout_seconds``).
+
+Exactly once per (run, channel, event) as far as the ledger can tell: a crash between a successful send
+and its mark sends it once more, with the same ``webhook-id``, which the receiver can drop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+import structlog
+from prometheus_client import Counter
+
+from services.notifier.ports import NotifierRuns
+from services.notifier.webhook_messages import (
+    MISSED_DIGEST,
+    WebhookMessage,
+    digest_message,
+    ledger_kind,
+    run_message,
+    subscribed,
+)
+from services.notifier.webhook_sender import WebhookSender
+from shared.domain.catalog_objects import ExportDefinition, WebhookChannel, WebhookEvent
+from shared.domain.runs import RunRecord
+from shared.outbound.backoff import Backoff
+
+log = structlog.get_logger(__name__)
+
+WEBHOOKS_SENT = Counter(
+    "member_export_notifier_webhooks_sent_total", "Webhook notifications delivered, by event.", ["event"]
+)
+WEBHOOK_FAILURES = Counter(
+    "member_export_notifier_webhooks_failed_total",
+    "Webhook attempts that failed, by event and outcome (retry: tried again later; given_up: not again).",
+    ["event", "outcome"],
+)
+
+
+class WebhookNotifications:
+    """Sends a definition's webhook notifications once each, retrying failures within a budget."""
+
+    def __init__(
+        self,
+        runs: NotifierRuns,
+        sender: WebhookSender,
+        *,
+        backoff: Backoff,
+        max_attempts: int,
+        link_base_url: str | None,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.runs, self.sender = runs, sender
+        self.backoff, self.max_attempts = backoff, max_attempts
+        self.link_base_url = link_base_url
+        self.clock = clock
+
+    def claim(self, definition: ExportDefinition, record: RunRecord, event: WebhookEvent) -> list[str]:
+        """Claim the notification of ``event`` for each subscribed channel; the channels still to send to."""
+        return [
+            name
+            for name in subscribed(definition, event)
+            if self.runs.claim_notification(record.run_id, ledger_kind(name, event.value), [name])
+        ]
+
+    def notify(self, definition: ExportDefinition, record: RunRecord, event: WebhookEvent) -> None:
+        """Claim and send (one attempt) ``event`` of ``record`` to every channel subscribed to it."""
+        for name in self.claim(definition, record, event):
+            self.send_claimed(definition, record, name, event.value)
+
+    def send_claimed(self, definition: ExportDefinition, record: RunRecord, name: str, event: str) -> None:
+        """One attempt of an already claimed notification (the sweep's retry, or the first send)."""
+        channel = definition.notifications.webhooks.get(name)
+        kind = ledger_kind(name, event)
+        if channel is None:
+            # The channel was removed (or renamed) since: nobody to tell any more.
+            self.runs.mark_notification(record.run_id, kind, error="the channel no longer exists", give_up=True)
+            return
+        message = run_message(
+            definition=definition,
+            channel_name=name,
+            channel=channel,
+            event=event,
+            record=record,
+            now=self.clock(),
+            link_base_url=self.link_base_url,
+        )
+        self._attempt(channel, message, [record], kind, event)
+
+    def send_digest(self, definition: ExportDefinition, records: Sequence[RunRecord], name: str) -> None:
+        """One ``missed_digest`` attempt for claimed ``missed`` notifications of ``records`` to channel ``name``."""
+        channel = definition.notifications.webhooks.get(name)
+        kind = ledger_kind(name, WebhookEvent.MISSED.value)
+        if channel is None:
+            for record in records:
+                self.runs.mark_notification(record.run_id, kind, error="the channel no longer exists", give_up=True)
+            return
+        message = digest_message(
+            definition=definition, channel_name=name, channel=channel, records=records, now=self.clock()
+        )
+        self._attempt(channel, message, records, kind, MISSED_DIGEST)
+
+    def _attempt(
+        self,
+        channel: WebhookChannel,
+        message: WebhookMessage,
+        records: Sequence[RunRecord],
+        kind: str,
+        event: str,
+    ) -> None:
+        now = self.clock()
+        result = self.sender.send(channel, message.id, message.body, now)
+        if result.delivered:
+            for record in records:
+                self.runs.mark_notification(record.run_id, kind)
+            WEBHOOKS_SENT.labels(event=event).inc()
+            log.info("webhook sent", runs=len(records), kind=kind, webhook_id=message.id)
+            return
+        attempts = self.runs.notification_attempts(records[0].run_id, kind) + 1
+        give_up = not result.retryable or attempts >= self.max_attempts
+        retry_at = None if give_up else now + timedelta(seconds=self.backoff.delay(attempts, result.retry_after))
+        for record in records:
+            self.runs.mark_notification(record.run_id, kind, error=result.error, retry_at=retry_at, give_up=give_up)
+        WEBHOOK_FAILURES.labels(event=event, outcome="given_up" if give_up else "retry").inc()
+        # The error names the status or the network failure, never a secret (URLs hold none: refused at save).
+        log.error(
+            "webhook not delivered",
+            kind=kind,
+            webhook_id=message.id,
+            error=result.error,
+            attempts=attempts,
+            given_up=give_up,
+            retry_at=retry_at.isoformat() if retry_at else None,
+        )

@@ -1,0 +1,82 @@
+"""The pure pieces of webhook notifications: ledger kinds, webhook ids, bodies, backoff."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from services.notifier.webhook_messages import digest_message, ledger_kind, message_id, parse_kind, run_message
+from shared.domain.catalog_objects import ExportDefinition, WebhookChannel
+from shared.domain.runs import RunRecord, RunStatus
+from shared.outbound.backoff import Backoff
+
+NOW = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
+DEFINITION = ExportDefinition.model_validate({"name": "nightly", "query": "q", "template": "t"})
+RUN = RunRecord(run_id=uuid.uuid4(), definition="nightly", failure_reason="boom", error_samples=("HTTP 400",))
+
+
+def test_a_ledger_kind_names_its_channel_and_event_and_an_email_kind_is_none():
+    assert parse_kind(ledger_kind("ops-chat", "completed_with_errors")) == ("ops-chat", "completed_with_errors")
+    assert parse_kind("error") is None
+    assert parse_kind("recovered") is None
+
+
+def test_the_webhook_id_is_stable_per_run_channel_and_event():
+    ids = {message_id([RUN.run_id], channel, event) for channel in ("a", "b") for event in ("failed", "missed")}
+    assert len(ids) == 4
+    assert message_id([RUN.run_id], "a", "failed") == message_id([RUN.run_id], "a", "failed")
+    other = uuid.uuid4()
+    assert message_id([RUN.run_id, other], "a", "x") == message_id([other, RUN.run_id], "a", "x")
+
+
+def test_a_standard_event_carries_the_run():
+    channel = WebhookChannel(url="https://hooks.example.com/x")
+    message = run_message(
+        definition=DEFINITION, channel_name="ops", channel=channel, event="failed", record=RUN, now=NOW
+    )
+    body = json.loads(message.body)
+    assert body["type"] == "member_export.run.failed"
+    assert body["timestamp"] == NOW.isoformat()
+    assert body["data"]["run_id"] == str(RUN.run_id)
+    assert body["data"]["errors"] == ["HTTP 400"]
+    assert message.id == message_id([RUN.run_id], "ops", "failed")
+
+
+def test_a_digest_lists_every_missed_run():
+    records = [RunRecord(run_id=uuid.uuid4(), definition="nightly", terminal_status=RunStatus.MISSED) for _ in range(5)]
+    channel = WebhookChannel(url="https://hooks.example.com/x", format="slack")
+    body = json.loads(
+        digest_message(definition=DEFINITION, channel_name="ops", channel=channel, records=records, now=NOW).body
+    )
+    assert body["text"] == "[member export] nightly: 5 scheduled runs missed"
+    assert [block["type"] for block in body["blocks"]] == ["header", "section"]
+
+
+def test_a_channel_url_may_not_hold_credentials_nor_subscribe_to_nothing():
+    with pytest.raises(ValidationError, match="must not hold credentials"):
+        WebhookChannel(url="https://user:pw@hooks.example.com/x")
+    with pytest.raises(ValidationError):
+        WebhookChannel(url="https://hooks.example.com/x", events=[])
+    with pytest.raises(ValidationError):
+        WebhookChannel(url="https://hooks.example.com/x", events=["exploded"])
+
+
+def test_a_signing_secret_is_a_reference_never_the_secret_itself():
+    with pytest.raises(ValidationError, match="give an env:NAME or file:PATH reference") as refused:
+        WebhookChannel(url="https://hooks.example.com/x", signing_secret="whsec_c2VjcmV0c2VjcmV0")
+    assert "c2VjcmV0c2VjcmV0" not in str(refused.value)
+    channel = WebhookChannel(url="https://hooks.example.com/x", signing_secret="env:PARTNER_HOOKS")
+    assert channel.signing_secret == "env:PARTNER_HOOKS"
+
+
+def test_backoff_grows_within_its_maximum_and_honours_retry_after_up_to_a_cap():
+    backoff = Backoff(initial=1, maximum=8, retry_after_cap=60)
+    widest = lambda low, high: high  # noqa: E731 - the upper end of the jitter
+    assert [backoff.delay(n, draw=widest) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 8]
+    assert backoff.delay(1, retry_after=30, draw=widest) == 30
+    assert backoff.delay(1, retry_after=3600, draw=widest) == 60
+    assert 0 <= backoff.delay(3) <= 4
