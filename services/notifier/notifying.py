@@ -110,6 +110,7 @@ class Notifier:
         self.stuck_after_seconds = stuck_after_seconds
         self.clock = clock
         self._series_started = False
+        self._start_every_definitions_series()  # now, not at the first sweep (30 s on): a fast run's failure counts
         for kind in (SUCCESS, ERROR):  # every series exists from the start: increase() sees the first one
             EMAILS_SENT.labels(kind=kind)
             EMAIL_FAILURES.labels(kind=kind)

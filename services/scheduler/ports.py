@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Protocol
 
+from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.schedule_state import DueSchedule, ScheduleAdvance, ScheduleState, ScheduleSync
 
 
@@ -22,9 +23,10 @@ class SchedulingStore(Protocol):
 
 
 class DefinitionsChanges(Protocol):
-    """Whether any definition changed since last asked."""
+    """Whether any definition changed since last asked; the definitions themselves (their series start at 0)."""
 
     def definitions_fingerprint(self) -> tuple[int, datetime | None]: ...
+    def list_objects(self, kind: type[ExportDefinition]) -> list[ExportDefinition]: ...
 
 
 class ActiveRuns(Protocol):

@@ -12,6 +12,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.scheduler.clock import Clock
 from services.scheduler.planning import Plan, anchor_for, fires_on_time, next_due_after, plan, scheduled_run_id
 from services.scheduler.ports import ActiveRuns, DefinitionsChanges, SchedulingStore
+from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.schedule import Overlap
 from shared.domain.schedule_state import DueSchedule, ScheduleAdvance, ScheduleState
 from shared.events import RunMissed, RunRequested, RunSkipped, Trigger
@@ -67,6 +68,23 @@ class Scheduler:
         self.lease_seconds = lease_seconds
         self.catch_up = catch_up
         self._fingerprint: tuple[int, datetime | None] | None = None
+        self._series_started = False
+
+    def _start_series(self) -> None:
+        """Once per process, when leading: every definition's fired, missed and skipped series at 0. A counter
+        series first seen above 0 is invisible to increase(), and after a restart the counters start again
+        (the schedules were synced before: _sync finds nothing new to name them)."""
+        if self._series_started:
+            return
+        try:
+            names = [definition.name for definition in self.definitions.list_objects(ExportDefinition)]
+        except Exception:  # a convenience for the alerts: never the tick's failure
+            log.warning("could not list the definitions to start their series", exc_info=True)
+            return
+        for name in names:
+            for counter in (FIRES, MISSED, SKIPPED):
+                counter.labels(definition=name)
+        self._series_started = True
 
     def tick(self) -> list[RunRequested]:
         """Fire what is due now, if this replica leads; return the requests published."""
@@ -76,6 +94,7 @@ class Scheduler:
         if not leading:
             self._fingerprint = None  # whoever leads may change the schedules: sync again when leading
             return []
+        self._start_series()
         self._sync(now)
         due = self.scheduling.due_schedules(now)
         busy = self.runs.active_runs([d.definition.name for d in due if d.definition.schedule.overlap == Overlap.SKIP])

@@ -30,14 +30,14 @@ MEMBERS = 2_000
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
     """``make up``'s stack: demo data, the four services and the admin API (with the console)."""
     with ConsoleStack(tmp_path_factory.mktemp("console"), bootstrap=kafka_bootstrap, members=MEMBERS) as running:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stored(stack: ConsoleStack) -> Iterator[CatalogStores]:
     """The stack's catalog, read directly to check what the console stored."""
     stores = CatalogStores.from_url(stack.env["EXPORT_CATALOG_URL"])
@@ -45,7 +45,9 @@ def stored(stack: ConsoleStack) -> Iterator[CatalogStores]:
     stores.close()
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API runs an event loop on this thread while it is open, which
+# would make every later test's asyncio.run() fail; the stack's processes stop with the browser tests too.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(chromium_path()), args=CHROMIUM_ARGS)
@@ -53,7 +55,7 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def axe() -> Axe:
     return Axe()
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.trace import SpanKind, StatusCode
+from pydantic import ValidationError
 
 from devtools.http_receiver import HttpReceiver
 from services.dispatcher.delivery import RetryBudget
@@ -175,22 +176,15 @@ def _batch(index: int, members: int = 4) -> MemberBatch:
     )
 
 
-def test_every_partner_request_carries_its_batch_s_trace_whatever_the_template_says(
+def test_every_partner_request_carries_its_batch_s_trace_and_a_template_may_not_set_it(
     catalog: CatalogStores, client: Http, monkeypatch: pytest.MonkeyPatch
 ):
-    other_trace = uuid.uuid4().hex
+    for name in ("traceparent", "TraceState"):
+        with pytest.raises(ValidationError, match="is set by the dispatcher"):
+            HttpTemplate(name="t", query="q", profile="p", path="/members", headers={name: "x"})
     with HttpReceiver(reject_members=frozenset({2})) as receiver:
         catalog.definitions.apply(ConnectionProfile(name="p", base_url=receiver.url))
-        catalog.definitions.apply(
-            HttpTemplate(
-                name="t",
-                query="q",
-                profile="p",
-                path="/members",
-                batch_size=2,
-                headers={"traceparent": f"00-{other_trace}-b7ad6b7169203331-01"},
-            )
-        )
+        catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p", path="/members", batch_size=2))
         dispatcher = blocking_dispatcher(catalog, client, RetryBudget(max_attempts=1), Topics("x."))
         monkeypatch.setattr(tracing, "_exporting", True)  # a span per request, as when exported
         with collected_spans() as spans:
