@@ -78,6 +78,9 @@ SCHEDULES_PAUSED = Counter(
 class Notifier:
     """Handles run events; ``sweep`` (now and then) fails stuck runs and retries unsent emails."""
 
+    #: Definition names remembered as started (bounds memory against names no catalog holds).
+    MAX_STARTED = 100_000
+
     def __init__(
         self,
         *,
@@ -110,6 +113,7 @@ class Notifier:
         self.stuck_after_seconds = stuck_after_seconds
         self.clock = clock
         self._series_started = False
+        self._started: set[str] = set()  # definitions whose series were started (by name)
         self._start_every_definitions_series()  # now, not at the first sweep (30 s on): a fast run's failure counts
         for kind in (SUCCESS, ERROR):  # every series exists from the start: increase() sees the first one
             EMAILS_SENT.labels(kind=kind)
@@ -157,7 +161,7 @@ class Notifier:
     def _after_fold(self, before: RunRecord | None, after: RunRecord, at: datetime) -> list[Outgoing]:
         """Once a run is final: the failure policy (threshold, auto-pause), metrics, log, chained runs, and due
         notifications (emails, webhooks). The records to produce: the run requests of chained definitions."""
-        if before is None and not after.status.is_final:
+        if not after.status.is_final and after.definition not in self._started:
             self._start_series(after.definition)
         if after.started_at is not None and (before is None or before.started_at is None):
             # Also when the poll that started the run finished it too (a backlog, a restart).
@@ -228,6 +232,8 @@ class Notifier:
         """A new run's definition gets its finished-runs series at 0 now, before the run finishes: a counter
         series that first appears at 1 is invisible to ``increase()`` (its first failure would raise no
         alert). Only catalog definitions (a name from a topic must not create series)."""
+        if len(self._started) < self.MAX_STARTED:  # remembered, catalog or not: one lookup per name
+            self._started.add(name)
         if self._definition(name) is None:
             return
         self._start_series_of(name)
