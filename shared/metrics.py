@@ -9,13 +9,17 @@ module turns them off for the whole process (every service imports it before it 
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
+import structlog
 from prometheus_client import Counter, Gauge, disable_created_metrics
 
 # Read at collection time by prometheus_client: every counter and histogram, whenever it was created, loses its
 # ``_created`` series (one per labelled child: noise in every dashboard query and in the TSDB).
+log = structlog.get_logger(__name__)
+
 disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
 #: The package whose version ``member_export_build_info`` reports.
@@ -43,6 +47,20 @@ CONSUMER_LAG = Gauge(
     "as of the consumer's last poll).",
     ["service", "group", "topic", "partition"],
 )
+
+
+def start_definitions_series(list_definitions: Callable[[], Iterable[Any]], start: Callable[[str], None]) -> bool:
+    """Start each catalog definition's labelled series at 0 (``start(name)``); False when the catalog could not be
+    listed (the caller tries again later). A counter series that first appears above 0 is invisible to
+    ``increase()``, and after a restart a process re-exposes no series until their events come again."""
+    try:
+        names = [definition.name for definition in list_definitions()]
+    except Exception:  # a convenience for the alerts: never the caller's failure
+        log.warning("could not list the definitions to start their series", exc_info=True)
+        return False
+    for name in names:
+        start(name)
+    return True
 
 
 def package_version() -> str:

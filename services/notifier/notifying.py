@@ -39,7 +39,7 @@ from shared.domain.runs import (
 from shared.errors import StoredObjectInvalid
 from shared.events import AnyRunEvent, RunFailed
 from shared.kafka import Outgoing
-from shared.metrics import UNKNOWN_DEFINITION
+from shared.metrics import UNKNOWN_DEFINITION, start_definitions_series
 from shared.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -245,18 +245,12 @@ class Notifier:
                 RUNS_FINISHED.labels(definition=name, status=status.value)
 
     def _start_every_definitions_series(self) -> None:
-        """Once, at the first sweep: every catalog definition's finished-runs series at 0, so that a run failing
-        faster than a scrape after a restart still shows as an increase."""
-        if self._series_started:
-            return
-        try:
-            names = [definition.name for definition in self.definitions.list_objects(ExportDefinition)]
-        except Exception:  # a convenience for the alerts: never the sweep's failure
-            log.warning("could not list the definitions to start their series", exc_info=True)
-            return
-        for name in names:
-            self._start_series_of(name)
-        self._series_started = True
+        """Once (at start, else at a sweep): every catalog definition's finished-runs series at 0, so that a run
+        failing faster than a scrape after a restart still shows as an increase."""
+        if not self._series_started:
+            self._series_started = start_definitions_series(
+                lambda: self.definitions.list_objects(ExportDefinition), self._start_series_of
+            )
 
     def sweep(self) -> list[Outgoing]:
         """Fail runs that made no progress for too long (as run.failed events); retry unsent notifications."""

@@ -17,6 +17,7 @@ from shared.domain.schedule import Overlap
 from shared.domain.schedule_state import DueSchedule, ScheduleAdvance, ScheduleState
 from shared.events import RunMissed, RunRequested, RunSkipped, Trigger
 from shared.kafka import Outgoing
+from shared.metrics import start_definitions_series
 from shared.topics import Topics
 from shared.tracing import new_trace
 
@@ -42,6 +43,11 @@ SCHEDULED_DEFINITIONS = Gauge(
     "member_export_scheduler_definitions", "Definitions with an enabled schedule that has an instant ahead."
 )
 LEADER = Gauge("member_export_scheduler_leader", "1 while this replica holds the scheduling lease.")
+
+
+def _start_series_of(definition: str) -> None:
+    for counter in (FIRES, MISSED, SKIPPED):
+        counter.labels(definition=definition)
 
 
 class Scheduler:
@@ -74,17 +80,10 @@ class Scheduler:
         """Once per process, when leading: every definition's fired, missed and skipped series at 0. A counter
         series first seen above 0 is invisible to increase(), and after a restart the counters start again
         (the schedules were synced before: _sync finds nothing new to name them)."""
-        if self._series_started:
-            return
-        try:
-            names = [definition.name for definition in self.definitions.list_objects(ExportDefinition)]
-        except Exception:  # a convenience for the alerts: never the tick's failure
-            log.warning("could not list the definitions to start their series", exc_info=True)
-            return
-        for name in names:
-            for counter in (FIRES, MISSED, SKIPPED):
-                counter.labels(definition=name)
-        self._series_started = True
+        if not self._series_started:
+            self._series_started = start_definitions_series(
+                lambda: self.definitions.list_objects(ExportDefinition), _start_series_of
+            )
 
     def tick(self) -> list[RunRequested]:
         """Fire what is due now, if this replica leads; return the requests published."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -27,29 +28,43 @@ MEMBERS = 20_000
 BATCH = 100
 
 
-def test_a_dispatcher_killed_mid_run_delivers_every_member_once_per_key(kafka_bootstrap: str, tmp_path):
+def _export_everyone(
+    kafka_bootstrap: str, tmp_path: Path, receiver: HttpReceiver, *, members: int, batch_size: int, columns: str
+) -> LocalPipeline:
+    """Demo members, a catalog exporting them all to ``receiver``, extractor and dispatcher started, and the
+    run requested."""
     store_url = f"sqlite:///{tmp_path / 'members.db'}"
     engine = make_engine(store_url)
-    create_demo_members(engine, MEMBERS)
+    create_demo_members(engine, members)
     engine.dispose()
     catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
     prefix = f"d{uuid.uuid4().hex[:10]}."
+    catalog = CatalogStores.from_url(catalog_url, migrate=True)
+    catalog.definitions.apply(ConnectionProfile(name="p", base_url=receiver.url))
+    catalog.definitions.apply(SavedQuery(name="all", sql=f"SELECT {columns} FROM members"))
+    catalog.definitions.apply(HttpTemplate(name="t", query="all", profile="p", path="/members", batch_size=batch_size))
+    catalog.definitions.apply(ExportDefinition(name="everyone", query="all", template="t"))
+    catalog.close()
+    pipeline = LocalPipeline(
+        env=service_env(kafka_bootstrap, prefix, catalog_url, store_url) | {"EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1"},
+        log_dir=tmp_path / "logs",
+        services=("extractor", "dispatcher"),
+    ).start()
+    try:
+        request = RunRequested(definition="everyone")
+        produce(kafka_bootstrap, Topics(prefix).run_requests, [(str(request.run_id), request.to_bytes())])
+    except BaseException:
+        pipeline.stop()
+        raise
+    return pipeline
+
+
+def test_a_dispatcher_killed_mid_run_delivers_every_member_once_per_key(kafka_bootstrap: str, tmp_path):
     with HttpReceiver() as receiver:
-        catalog = CatalogStores.from_url(catalog_url, migrate=True)
-        catalog.definitions.apply(ConnectionProfile(name="p", base_url=receiver.url))
-        catalog.definitions.apply(SavedQuery(name="all", sql="SELECT id, email, points FROM members"))
-        catalog.definitions.apply(HttpTemplate(name="t", query="all", profile="p", path="/members", batch_size=BATCH))
-        catalog.definitions.apply(ExportDefinition(name="everyone", query="all", template="t"))
-        catalog.close()
-        pipeline = LocalPipeline(
-            env=service_env(kafka_bootstrap, prefix, catalog_url, store_url)
-            | {"EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1"},
-            log_dir=tmp_path / "logs",
-            services=("extractor", "dispatcher"),
-        ).start()
+        pipeline = _export_everyone(
+            kafka_bootstrap, tmp_path, receiver, members=MEMBERS, batch_size=BATCH, columns="id, email, points"
+        )
         try:
-            request = RunRequested(definition="everyone")
-            produce(kafka_bootstrap, Topics(prefix).run_requests, [(str(request.run_id), request.to_bytes())])
             wait_until(
                 lambda: len(receiver.receipts()) >= (MEMBERS // BATCH) // 4,
                 timeout=180,
@@ -80,28 +95,11 @@ def test_sigterm_during_retries_stops_the_dispatcher_at_once_and_its_batches_are
     kafka_bootstrap: str, tmp_path
 ):
     members = 300
-    store_url = f"sqlite:///{tmp_path / 'members.db'}"
-    engine = make_engine(store_url)
-    create_demo_members(engine, members)
-    engine.dispose()
-    catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    prefix = f"d{uuid.uuid4().hex[:10]}."
     with HttpReceiver(reject_status=503) as receiver:  # down: every request is retried (120 s budget)
-        catalog = CatalogStores.from_url(catalog_url, migrate=True)
-        catalog.definitions.apply(ConnectionProfile(name="p", base_url=receiver.url))
-        catalog.definitions.apply(SavedQuery(name="all", sql="SELECT id, email FROM members"))
-        catalog.definitions.apply(HttpTemplate(name="t", query="all", profile="p", path="/members", batch_size=1))
-        catalog.definitions.apply(ExportDefinition(name="everyone", query="all", template="t"))
-        catalog.close()
-        pipeline = LocalPipeline(
-            env=service_env(kafka_bootstrap, prefix, catalog_url, store_url)
-            | {"EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1"},
-            log_dir=tmp_path / "logs",
-            services=("extractor", "dispatcher"),
-        ).start()
+        pipeline = _export_everyone(
+            kafka_bootstrap, tmp_path, receiver, members=members, batch_size=1, columns="id, email"
+        )
         try:
-            request = RunRequested(definition="everyone")
-            produce(kafka_bootstrap, Topics(prefix).run_requests, [(str(request.run_id), request.to_bytes())])
             wait_until(lambda: len(receiver.receipts()) >= 20, timeout=120, what="requests refused with 503")
             dispatcher = pipeline.processes["dispatcher"]
             dispatcher.terminate()
