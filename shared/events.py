@@ -105,12 +105,24 @@ AnyRunRequest = RunRequested | RangeRequested
 RUN_REQUESTED_CLOUDEVENT_TYPE = "io.member-export.run.requested.v1"
 
 
+class ChangeKind(StrEnum):
+    """How a member differs from its definition's last delivered snapshot (``sync: {mode: changes}``)."""
+
+    ADDED = "added"
+    CHANGED = "changed"
+    REMOVED = "removed"
+
+
 class MemberBatch(Event):
     """A chunk of a run's members, as many as the template's batch size.
 
     ``(run_id, batch_index)`` is the batch's identity: the same batch extracted twice (after a crash)
     has the same identity and the same members, so the dispatcher's Idempotency-Key and the notifier's
     accounting deduplicate it.
+
+    ``key_column`` names the member field that identifies a member (the saved query's key), so outcomes
+    can name the members they refused. ``change`` is set by change-mode runs (every member of the record
+    is of that kind); ``retry`` marks members re-sent because an earlier run's delivery of them failed.
     """
 
     type: Literal["member.batch"] = "member.batch"
@@ -120,6 +132,9 @@ class MemberBatch(Event):
     priority: Priority = Priority.NORMAL
     batch_index: Annotated[int, Field(ge=0)]
     members: list[dict[str, Any]]
+    key_column: str | None = None
+    change: ChangeKind | None = None
+    retry: bool = False
 
     @property
     def identity(self) -> str:
@@ -142,19 +157,53 @@ class RunStarted(Event):
     at: AwareDatetime = Field(default_factory=utc_now)
 
 
+class ChangeCounts(BaseModel):
+    """A change-mode run's members by kind (``unchanged`` ones were compared and not sent)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    added: Annotated[int, Field(ge=0)] = 0
+    changed: Annotated[int, Field(ge=0)] = 0
+    unchanged: Annotated[int, Field(ge=0)] = 0
+    removed: Annotated[int, Field(ge=0)] = 0
+
+
 class ExtractionCompleted(Event):
-    """Every member of the run has been published, in ``batches`` batches."""
+    """Every member of the run has been published, in ``batches`` batches.
+
+    ``changes`` counts a change-mode run's members by kind; ``retries`` is how many of ``members`` were
+    re-sent because an earlier run's delivery of them failed.
+    """
 
     type: Literal["run.extraction_completed"] = "run.extraction_completed"
     run_id: uuid.UUID
     definition: str
     members: Annotated[int, Field(ge=0)]
     batches: Annotated[int, Field(ge=0)]
+    changes: ChangeCounts | None = None
+    retries: Annotated[int, Field(ge=0)] = 0
     at: AwareDatetime = Field(default_factory=utc_now)
 
 
+class RefusedMember(BaseModel):
+    """One member a batch failed to deliver: its key, the partner's last status and the reason."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    key: str
+    status: int | None = None
+    reason: str
+    attempts: Annotated[int, Field(ge=0)] = 0
+
+
 class BatchOutcome(Event):
-    """What happened to one batch: members delivered and members failed (dead-lettered)."""
+    """What happened to one batch: members delivered and members failed (dead-lettered).
+
+    When the batch named its ``key_column``: ``member_keys`` lists every member's key in the batch's
+    order and ``refused`` the ones that failed (a subset, with status and reason), so per-member state
+    (the delivery log, the change snapshot, retries on the next run) follows exactly what was
+    delivered. ``change`` and ``retry`` echo the batch's own.
+    """
 
     type: Literal["run.batch_outcome"] = "run.batch_outcome"
     run_id: uuid.UUID
@@ -165,6 +214,10 @@ class BatchOutcome(Event):
     status_code: int | None = None
     error: str | None = None
     attempts: Annotated[int, Field(ge=0)] = 1
+    member_keys: list[str] | None = None
+    refused: list[RefusedMember] = Field(default_factory=list)
+    change: ChangeKind | None = None
+    retry: bool = False
     at: AwareDatetime = Field(default_factory=utc_now)
 
 

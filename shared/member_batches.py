@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from shared.events import SCHEMA_VERSION, Priority
+from shared.events import SCHEMA_VERSION, ChangeKind, Priority
 from shared.querystore.paging import jsonable
 
 
@@ -62,6 +62,8 @@ class BatchEncoder:
         batch_size: int,
         max_record_bytes: int,
         key_column: str,
+        change: ChangeKind | None = None,
+        retry: bool = False,
     ) -> None:
         self.batch_size = batch_size
         self.max_record_bytes = max_record_bytes
@@ -73,7 +75,13 @@ class BatchEncoder:
             "definition": definition,
             "template": template,
             "priority": priority.value,
+            "key_column": key_column,
         }
+        # Optional fields only when set: the records of full runs stay as they were.
+        if change is not None:
+            self._header["change"] = change.value
+        if retry:
+            self._header["retry"] = True
 
     def encode_page(
         self, columns: Sequence[str], rows: Sequence[Sequence[Any]], first_index: int

@@ -17,6 +17,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
 from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
+from services.dispatcher.member_outcomes import member_keys, refused_members
 from services.dispatcher.metrics import (
     BATCHES_OF_CANCELLED_RUNS,
     DEAD_LETTERS,
@@ -369,6 +370,7 @@ class Dispatcher:
         error = None
         if result.refused:
             error = last.error if failed == count else f"{failed} of {count} members refused; last: {last.error}"
+        keys = member_keys(batch)
         outcome = BatchOutcome(
             run_id=batch.run_id,
             definition=batch.definition,
@@ -378,6 +380,10 @@ class Dispatcher:
             status_code=last.status,
             error=error,
             attempts=max(result.requests, result.first.attempts),
+            member_keys=keys,
+            refused=refused_members(keys, result.refused),
+            change=batch.change,
+            retry=batch.retry,
         )
         MEMBERS_DELIVERED.labels(batch.definition, profile).inc(result.delivered)
         outgoing = [Outgoing(self.topics.run_events, run_key, outcome.to_bytes())]

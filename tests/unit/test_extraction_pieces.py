@@ -226,8 +226,8 @@ def test_byte_bounded_batches_hold_every_member_once_in_order(texts, batch_size)
 
 
 def test_a_member_larger_than_a_record_fails_naming_it():
-    with pytest.raises(MemberTooLarge, match=r"member id=42 encodes to .* over the record limit of 200 bytes"):
-        _encoder(10, 200).encode_page(("id", "note"), [(41, "x"), (42, "y" * 500)], 0)
+    with pytest.raises(MemberTooLarge, match=r"member id=42 encodes to .* over the record limit of 260 bytes"):
+        _encoder(10, 260).encode_page(("id", "note"), [(41, "x"), (42, "y" * 500)], 0)
 
 
 # --- run requests --------------------------------------------------------------------------------------
