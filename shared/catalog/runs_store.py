@@ -7,7 +7,7 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -21,11 +21,28 @@ from shared.events import AnyRunEvent, BatchOutcome
 UNFINISHED = [RunStatus.QUEUED.value, RunStatus.EXTRACTING.value, RunStatus.DISPATCHING.value]
 
 
+class OutcomeFollower(Protocol):
+    """Per-member state that follows batch outcomes (delivery log, change snapshot, next-run retries).
+
+    Called inside the fold's transaction with the outcomes the ledger counted for the first time, so
+    what it writes commits with the run's accounting, once per batch.
+    """
+
+    def follow(self, session: Session, outcomes: Sequence[BatchOutcome]) -> None:
+        """Write what ``outcomes`` (new to the ledger) change, in ``session``."""
+
+
 class SqlRunsStore:
     """What is known of every run, and the ledgers that make outcomes count and emails go out once."""
 
-    def __init__(self, database: CatalogDatabase) -> None:
+    def __init__(self, database: CatalogDatabase, followers: Sequence[OutcomeFollower] = ()) -> None:
         self.database = database
+        self.followers = list(followers)
+
+    def _follow(self, session: Session, outcomes: Sequence[BatchOutcome]) -> None:
+        if outcomes:
+            for follower in self.followers:
+                follower.follow(session, outcomes)
 
     # --- run records ---------------------------------------------------------------------------------
 
@@ -50,6 +67,8 @@ class SqlRunsStore:
                         "status_code": event.status_code,
                     },
                 )
+                if not duplicate:
+                    self._follow(session, [event])
             after = fold(before or self._new_record(session, event), event, duplicate=duplicate)
             if row is None:
                 row = RunRow(run_id=str(event.run_id))
@@ -77,6 +96,7 @@ class SqlRunsStore:
                     first_of.setdefault((str(event.run_id), event.batch_index), position)
             outcomes = [event for event in (events[p] for p in first_of.values()) if isinstance(event, BatchOutcome)]
             new_outcomes = self._record_outcomes(session, outcomes)
+            self._follow(session, [o for o in outcomes if (str(o.run_id), o.batch_index) in new_outcomes])
             results: dict[uuid.UUID, tuple[RunRecord | None, RunRecord]] = {}
             for position, event in enumerate(events):
                 key = str(event.run_id)
