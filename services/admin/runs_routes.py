@@ -45,6 +45,13 @@ class RunView(BaseModel):
     failed: int
     failure_reason: str | None
     error_samples: list[str]
+    #: Change-mode runs: members by kind (null otherwise).
+    added: int | None = None
+    changed: int | None = None
+    unchanged: int | None = None
+    removed: int | None = None
+    #: Members re-sent because an earlier run's delivery of them failed.
+    retried: int = 0
     url: str
 
     @classmethod
@@ -69,6 +76,11 @@ class RunView(BaseModel):
             failed=record.failed,
             failure_reason=record.failure_reason,
             error_samples=list(record.error_samples),
+            added=record.added,
+            changed=record.changed,
+            unchanged=record.unchanged,
+            removed=record.removed,
+            retried=record.retried,
             url=f"{public_url.rstrip('/')}/api/v1/runs/{record.run_id}",
         )
 

@@ -65,6 +65,11 @@ def compose(
         ("Delivered", str(record.delivered)),
         ("Failed", str(record.failed)),
     ]
+    if record.added is not None:
+        changes = f"{record.added} added, {record.changed or 0} changed, {record.removed or 0} removed"
+        lines.append(("Changes", f"{changes}; {record.unchanged or 0} unchanged (not sent)"))
+    if record.retried:
+        lines.append(("Retried", f"{record.retried} members whose delivery failed in earlier runs"))
     if link_base_url:
         lines.append(("Details", f"{link_base_url.rstrip('/')}/runs/{record.run_id}"))
     if kind == RECOVERED:

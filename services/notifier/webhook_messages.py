@@ -83,6 +83,15 @@ def _run_data(record: RunRecord, link_base_url: str | None) -> dict[str, object]
         "extracted": record.extracted,
         "delivered": record.delivered,
         "failed": record.failed,
+        "changes": None
+        if record.added is None
+        else {
+            "added": record.added,
+            "changed": record.changed,
+            "unchanged": record.unchanged,
+            "removed": record.removed,
+        },
+        "retried": record.retried,
         "errors": list(record.error_samples),
         "link": f"{link_base_url.rstrip('/')}/runs/{record.run_id}" if link_base_url else None,
     }

@@ -57,6 +57,12 @@ class RunRow(Base):
     #: filled them in for the runs before it (null where the definition was gone by then).
     definition_id: Mapped[str | None] = mapped_column(String(36), index=True)
     business_unit: Mapped[str | None] = mapped_column(String(100))
+    #: Change-mode counts (null for other runs) and members re-sent from earlier runs (migration 0008).
+    added: Mapped[int | None] = mapped_column(Integer)
+    changed: Mapped[int | None] = mapped_column(Integer)
+    unchanged: Mapped[int | None] = mapped_column(Integer)
+    removed: Mapped[int | None] = mapped_column(Integer)
+    retried: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class BatchOutcomeRow(Base):

@@ -71,4 +71,9 @@ def view_of(record: RunRecord) -> dict[str, Any]:
         "failed": record.failed,
         "failure_reason": record.failure_reason,
         "error_samples": list(record.error_samples),
+        "added": record.added,
+        "changed": record.changed,
+        "unchanged": record.unchanged,
+        "removed": record.removed,
+        "retried": record.retried,
     }

@@ -26,6 +26,11 @@ def summary(view: View, replays: list[View] | None = None) -> str:
         f"run {view['run_id']} of '{view['definition']}': {view['status']}",
         f"  read: {view['extracted']}  delivered: {view['delivered']}  failed: {view['failed']}  duration: {duration}",
     ]
+    if view.get("added") is not None:
+        kinds = ("added", "changed", "removed", "unchanged")
+        lines.append("  changes: " + "  ".join(f"{kind}: {view.get(kind) or 0}" for kind in kinds))
+    if view.get("retried"):
+        lines.append(f"  retried from earlier runs: {view['retried']}")
     if view.get("failure_reason"):
         lines.append(f"  reason: {view['failure_reason']}")
     if view.get("replay_of"):

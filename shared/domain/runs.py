@@ -69,6 +69,14 @@ class RunRecord:
     #: renamed or deleted definition keeps its history's scope and a re-created name inherits nothing.
     definition_id: uuid.UUID | None = None
     business_unit: str | None = None
+    #: A change-mode run's members by kind (None for full and incremental runs): ``unchanged`` ones were
+    #: compared with the last delivered snapshot and not sent.
+    added: int | None = None
+    changed: int | None = None
+    unchanged: int | None = None
+    removed: int | None = None
+    #: How many of ``extracted`` were re-sent because an earlier run's delivery of them failed.
+    retried: int = 0
 
     @property
     def status(self) -> RunStatus:
@@ -119,7 +127,18 @@ def fold(
             started_at=min(filter(None, [record.started_at, event.at])),
         )
     elif isinstance(event, ExtractionCompleted):
-        updated = replace(record, extraction_complete=True, extracted=event.members, batches_expected=event.batches)
+        changes = event.changes
+        updated = replace(
+            record,
+            extraction_complete=True,
+            extracted=event.members,
+            batches_expected=event.batches,
+            retried=event.retries,
+            added=changes.added if changes else None,
+            changed=changes.changed if changes else None,
+            unchanged=changes.unchanged if changes else None,
+            removed=changes.removed if changes else None,
+        )
     elif isinstance(event, BatchOutcome):
         if duplicate:
             return record

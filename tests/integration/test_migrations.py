@@ -36,9 +36,18 @@ pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2025, 5, 1, 8, 30, tzinfo=UTC)
-NEW_RUN_COLUMNS = {"definition_id", "business_unit", "requested_at"}
+NEW_RUN_COLUMNS = {
+    "definition_id",
+    "business_unit",
+    "requested_at",
+    "added",
+    "changed",
+    "unchanged",
+    "removed",
+    "retried",
+}
 #: Columns later revisions add to baseline tables (0002: the runs' scope; 0004: split runs' range count;
-#: 0006: when a run was requested).
+#: 0006: when a run was requested; 0008: change-mode counts and retried members).
 LATER_COLUMNS = {
     "runs": NEW_RUN_COLUMNS,
     "extraction_checkpoints": {"ranges"},
@@ -322,8 +331,8 @@ def test_a_failed_upgrade_leaves_the_catalog_as_it_was_and_can_be_run_again(engi
 
     assert current_revision(engine) == BASELINE
     assert snapshot(engine) == before
-    # Neither column added: refused before changing anything.
-    assert sum("runs." in line or "ix_runs_definition_id" in line for line in drift(engine)) == 4
+    # No column added: refused before changing anything (every later runs column, and the scope's index).
+    assert sum("runs." in line or "ix_runs_definition_id" in line for line in drift(engine)) == len(NEW_RUN_COLUMNS) + 1
     with engine.begin() as connection:
         connection.execute(
             sa.text("UPDATE catalog_objects SET spec = :spec WHERE id = :id").bindparams(
@@ -390,9 +399,10 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
 
     lines = drift(engine)
 
-    # What 0002, 0003, 0004 and 0006 add: the runs' scope columns and their index, the audit log and its
-    # indexes, split runs' range count and their ranges, the runs' request time.
-    assert len(lines) == 14, lines
+    # What 0002, 0003, 0004, 0006 and 0008 add: the runs' scope columns and their index, the audit log and
+    # its indexes, split runs' range count and their ranges, the runs' request time, change counts.
+    assert len(lines) == 19, lines
+    assert any("runs.retried" in line and "missing from the database" in line for line in lines)
     assert any("runs.requested_at" in line and "missing from the database" in line for line in lines)
     assert "table audit_log is missing from the database" in lines
     assert "table extraction_ranges is missing from the database" in lines

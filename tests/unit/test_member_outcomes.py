@@ -35,4 +35,4 @@ def test_refused_slices_name_each_member_with_the_last_status_reason_and_attempt
         ("2", 422, "invalid tier", 1),
         ("3", 422, "invalid tier", 1),
     ]
-    assert named[2].key == "4" and named[2].status is None and len(named[2].reason) == REASON_LIMIT
+    assert (named[2].key, named[2].status, len(named[2].reason)) == ("4", None, REASON_LIMIT)
