@@ -30,7 +30,7 @@ up: prerequisites
 ## Lint, type-check and run the whole suite (unit, integration, e2e) on real infrastructure.
 test: prerequisites deploy-tools lint
 	$(BIN)/python -m devtools.kafka_broker fetch >/dev/null
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=40
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,5 +1,5 @@
-"""The chaos suite's bounded selection, every CI run: a broker SIGKILLed and restarted on its data mid-dispatch
-and mid-extraction, the catalog's PostgreSQL stopped for 30 s mid-run, and each service SIGKILLed mid-run.
+"""The chaos suite's bounded selection, every CI run: a broker SIGKILLed and restarted on its data mid-dispatch,
+the catalog's PostgreSQL stopped for 30 s mid-run, and the extractor and the dispatcher SIGKILLed mid-run.
 
 Each fault lands in a run of its own on one shared pipeline; every promise is held for each (all members
 delivered, duplicates only under their Idempotency-Key, the run record exact, one email, no service exited).
