@@ -25,7 +25,7 @@ def view_of(attempt: CapturedAttempt) -> dict[str, Any]:
     """An attempt as the admin API answers it (JSON-ready)."""
     return {
         "id": attempt.id,
-        "at": attempt.at.isoformat(),
+        "at": attempt.at.isoformat().replace("+00:00", "Z"),  # as the API writes an instant in UTC
         "definition": attempt.definition,
         "profile": attempt.profile,
         "run_id": str(attempt.run_id),

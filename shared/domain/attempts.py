@@ -97,7 +97,8 @@ class Masking:
         return shown
 
     def url(self, url: str) -> str:
-        """The URL with the values of query parameters named like secrets masked, and secret values anywhere."""
+        """The URL with secret values masked anywhere, and the values of query parameters named like secrets."""
+        url = self.text(url)  # first: a secret holding '&' or '=' would otherwise be split before it is found
         parts = urllib.parse.urlsplit(url)
         if parts.query:
             pairs = []
@@ -106,7 +107,7 @@ class Masking:
                 plain = urllib.parse.unquote_plus(name)
                 pairs.append(f"{name}{sep}{MASK}" if sep and secret_name(plain) else field)
             url = urllib.parse.urlunsplit(parts._replace(query="&".join(pairs)))
-        return self.text(url)
+        return url
 
     def body(self, content: bytes, limit: int, size: int | None = None) -> str:
         """A body as text, masked and cut to ``limit`` characters (bytes, for ASCII); a binary body as a note.
