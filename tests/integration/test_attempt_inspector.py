@@ -26,8 +26,8 @@ from tests.dispatcher_helpers import blocking_dispatcher, dispatch_catalog, http
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "inspector-bearer-token-4711"  # noqa: S105 - a test secret
-PASSWORD = "france-basic-password-0815"  # noqa: S105
+TOKEN = "inspector-bearer-token-4711"
+PASSWORD = "france-basic-password-0815"
 SIGNING = "whsec_aW5zcGVjdG9yLXNpZ25pbmcta2V5"
 QUERY_SECRET = "qs-api-key-value-42"
 SECRETS = (TOKEN, PASSWORD, SIGNING, QUERY_SECRET)
@@ -53,7 +53,11 @@ def _objects(base_url: str) -> list[object]:
             }
         ),
         ConnectionProfile.model_validate(
-            {"name": "france-partner", "base_url": base_url, "auth": {"type": "basic", "username": "u", "password": PASSWORD}}
+            {
+                "name": "france-partner",
+                "base_url": base_url,
+                "auth": {"type": "basic", "username": "u", "password": PASSWORD},
+            }
         ),
         HttpTemplate(
             name="emea-t", query="q", profile="emea-partner", path="/v1/members", query_string={"api_key": QUERY_SECRET}
@@ -75,7 +79,9 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             dispatcher = blocking_dispatcher(catalog, http, QUICK, Topics("x."), inspector=inspector)
             for definition, template in (("emea-export", "emea-t"), ("france-export", "france-t")):
                 members = [{"id": 1, "email": f"amelie@{definition}.example"}]
-                batch = MemberBatch(run_id=RUN, definition=definition, template=template, batch_index=4, members=members)
+                batch = MemberBatch(
+                    run_id=RUN, definition=definition, template=template, batch_index=4, members=members
+                )
                 dispatcher.handle(batch)
         inspector.flush()
         catalog_url = f"sqlite:///{tmp / 'catalog.db'}"
@@ -101,7 +107,8 @@ def test_the_dispatcher_keeps_each_attempt_with_its_number_and_masks_every_secre
     assert json.loads(retried.request_body) == [{"id": 1, "email": "amelie@emea-export.example"}]
     assert retried.request_bytes == len(retried.request_body.encode())
     assert retried.response_headers["Content-Type"] == "application/json"
-    assert refused.response_body and refused.latency_ms > 0
+    assert refused.response_body
+    assert refused.latency_ms > 0
     [basic] = stack.catalog.attempts.attempts("france-export")
     assert basic.request_headers["Authorization"] == "***"
     # Nothing of a secret in the table, whatever the column.
@@ -116,13 +123,16 @@ def test_the_api_shows_a_definitions_attempts_within_the_readers_scope(stack: St
         assert [(a["attempt"], a["status"]) for a in answer.json()] == [(2, 200), (1, 503)]
         failed = api.get("/api/v1/export-definitions/emea-export/attempts", params={"failed": "true"}).json()
         assert [a["status"] for a in failed] == [503]
-        assert api.get("/api/v1/export-definitions/emea-export/attempts", params={"status": 200}).json()[0]["attempt"] == 2
+        assert (
+            api.get("/api/v1/export-definitions/emea-export/attempts", params={"status": 200}).json()[0]["attempt"] == 2
+        )
         assert api.get("/api/v1/export-definitions/emea-export/attempts", params={"profile": "other"}).json() == []
         other_unit = api.get("/api/v1/export-definitions/france-export/attempts")
         assert other_unit.status_code == 403
         assert api.get("/api/v1/export-definitions/nope/attempts").status_code == 404
         refused = api.get("/api/v1/export-definitions/emea-export/attempts", params={"limit": 0})
-        assert refused.status_code == 422 and "limit" in refused.text
+        assert refused.status_code == 422
+        assert "limit" in refused.text
         _no_secret_in(answer.text + other_unit.text)
     with stack.admin.client("viewer") as api:
         france = api.get("/api/v1/export-definitions/france-export/attempts")
@@ -138,7 +148,9 @@ def test_exportctl_attempts_through_the_api_and_on_the_catalog(
     monkeypatch.setenv("EXPORT_API_TOKEN", stack.admin.tokens["emea-viewer"])
     assert exportctl(["attempts", "emea-export"]) == 0
     table = capsys.readouterr().out
-    assert "emea-partner" in table and " 503 " in table and " 200 " in table
+    assert "emea-partner" in table
+    assert " 503 " in table
+    assert " 200 " in table
     assert exportctl(["attempts", "france-export"]) == 4  # out of the token's scope: refused
     assert "outside this token's scope" in capsys.readouterr().err
     assert exportctl(["attempts", "emea-export", "--failed", "-o", "json"]) == 0

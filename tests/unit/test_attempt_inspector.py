@@ -101,8 +101,12 @@ def test_every_secret_field_of_a_profile_is_found():
         {
             "name": "p",
             "base_url": "https://p.example",
-            "auth": {"type": "oauth2_client_credentials", "token_url": "https://t.example", "client_id": "c",
-                     "client_secret": "client-secret-1"},
+            "auth": {
+                "type": "oauth2_client_credentials",
+                "token_url": "https://t.example",
+                "client_id": "c",
+                "client_secret": "client-secret-1",
+            },
             "signing_secret": "whsec_c2lnbmluZy1zZWNyZXQ=",
             "proxy": {"url": "http://proxy.example:3128", "username": "u", "password": "proxy-pass-1"},
         }
