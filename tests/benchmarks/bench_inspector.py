@@ -1,6 +1,6 @@
 """Attempt inspector benchmark (issue 16): the dispatcher process with the inspector off, on with its default
-sampling, and on keeping every attempt (every request copied, masked and written to the catalog), in the same
-run, on the same Kafka and the same lean receiver, with the one-member template (one request per member: the
+sampling, on sampling every attempt (the newest 50 kept), and on keeping every attempt (every request copied,
+masked and written to the catalog: ``EXPORT_INSPECTOR_KEEP`` raised to 10,000), in the same run, on the same Kafka and the same lean receiver, with the one-member template (one request per member: the
 most attempts per member, the inspector's worst case). Rates are the receiver's (first request to last). Off
 runs first and again last: the gap between the two is the machine's noise.
 
@@ -29,6 +29,7 @@ OFF = {"EXPORT_INSPECTOR_ENABLED": "false"}
 CONTENDERS = [
     ("inspector off", OFF),
     ("inspector on, default sampling", {}),
+    ("inspector on, all sampled, 50 kept", {"EXPORT_INSPECTOR_SUCCESS_SAMPLE": "1.0"}),
     ("inspector on, every attempt kept", {"EXPORT_INSPECTOR_SUCCESS_SAMPLE": "1.0", "EXPORT_INSPECTOR_KEEP": "10000"}),
     ("inspector off (again)", OFF),
 ]
