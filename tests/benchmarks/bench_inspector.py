@@ -1,10 +1,11 @@
 """Attempt inspector benchmark (issue 16): the dispatcher process with the inspector off, on with its default
 sampling, on sampling every attempt (the newest 50 kept), and on keeping every attempt (every request copied,
-masked and written to the catalog: ``EXPORT_INSPECTOR_KEEP`` raised to 10,000), in the same run, on the same Kafka and the same lean receiver, with the one-member template (one request per member: the
-most attempts per member, the inspector's worst case). Rates are the receiver's (first request to last). Off
-runs first and again last: the gap between the two is the machine's noise.
+masked and written to the catalog: ``EXPORT_INSPECTOR_KEEP`` raised to 10,000), in the same run, on the same
+Kafka and the same lean receiver, with the one-member template (one request per member: the most attempts per
+member, the inspector's worst case). Rates are the receiver's (first request to last). Off runs first and
+again last: the gap between the two is the machine's noise.
 
-    .venv/bin/python -m tests.benchmarks.bench_inspector [--single 5000] [--concurrency 8]
+    .venv/bin/python -m tests.benchmarks.bench_inspector [--single 10000] [--concurrency 8]
 
 ``KAFKA_BOOTSTRAP_SERVERS`` reuses a running broker; otherwise a local one is started.
 """
@@ -45,7 +46,7 @@ def _kept(bench: Bench) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--single", type=int, default=5_000, help="one-member requests per contender")
+    parser.add_argument("--single", type=int, default=10_000, help="one-member requests per contender")
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     with ExitStack() as stack:
