@@ -226,7 +226,7 @@ class AttemptInspector:
             latency_ms=round(raw.seconds * 1000, 3),
             response_headers=masking.header_pairs(headers.items()),
             response_body=masking.body(raw.answer_body, self.body_bytes, len(answer.body)) if answer else "",
-            error=masking.text(result.error) if result.error and answer is None else None,
+            error=masking.reason(result.error) if result.error and answer is None else None,
         )
 
 

@@ -109,6 +109,10 @@ class Masking:
             url = urllib.parse.urlunsplit(parts._replace(query="&".join(pairs)))
         return url
 
+    def reason(self, text: str) -> str:
+        """A failure's reason (it may quote the URL): secret values and secret-named query values masked."""
+        return _QUERY_FIELD.sub(_masked_field, self.text(text))
+
     def body(self, content: bytes, limit: int, size: int | None = None) -> str:
         """A body as text, masked and cut to ``limit`` characters (bytes, for ASCII); a binary body as a note.
 
@@ -125,6 +129,14 @@ class Masking:
         if len(masked) > limit or total > len(content):
             return f"{masked[:limit]}… (truncated, {total} bytes)"
         return masked
+
+
+_QUERY_FIELD = re.compile(r"([?&])([^=&\s]+)=([^&\s#]*)")
+
+
+def _masked_field(match: re.Match[str]) -> str:
+    lead, name, _value = match.groups()
+    return f"{lead}{name}={MASK}" if secret_name(urllib.parse.unquote_plus(name)) else match.group(0)
 
 
 def window(limit: int) -> int:

@@ -74,6 +74,13 @@ def test_query_parameters_named_like_secrets_are_masked_others_kept():
     )
 
 
+def test_a_failure_reason_quoting_the_url_has_its_secret_named_query_values_masked():
+    reason = "InvalidURL: https://p.example/m?id=7&api_key=abc#x and ?token=t2 then s3cr3t"
+    assert Masking.of(["s3cr3t"]).reason(reason) == (
+        f"InvalidURL: https://p.example/m?id=7&api_key={MASK}#x and ?token={MASK} then {MASK}"
+    )
+
+
 def test_short_secrets_are_not_searched_for():
     assert Masking.of(["ab", ""]).text("a b ab abc") == "a b ab abc"
 
