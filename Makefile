@@ -62,6 +62,7 @@ bench: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_rendering
 	$(BIN)/python -m tests.benchmarks.bench_notifier_fold
 	$(BIN)/python -m tests.benchmarks.bench_dispatcher
+	$(BIN)/python -m tests.benchmarks.bench_inspector
 	$(BIN)/python -m tests.benchmarks.bench_e2e
 
 ## The whole pipeline end to end (1M members in batches of 500, 100k one-member requests) beside its raw ceilings

@@ -95,6 +95,7 @@ def in_process_api(directory: Path, *, members: int = 25) -> Iterator[InProcessA
         definitions=stores.definitions,
         runs=stores.runs,
         audit=stores.audit,
+        attempts=stores.attempts,
         tokens=TokenStore(entries),
         publisher=publisher,
         members=reader,

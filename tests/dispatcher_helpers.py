@@ -12,6 +12,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
+from services.dispatcher.inspector import AttemptInspector
 from services.dispatcher.partner_auth import OAuthTokenCache
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import CatalogObject, SavedQuery
@@ -64,13 +65,19 @@ class BlockingDispatcher:
 
 
 def blocking_dispatcher(
-    catalog: CatalogStores, http: Http, policy: RetryBudget, topics: Topics, cache_seconds: float = 0
+    catalog: CatalogStores,
+    http: Http,
+    policy: RetryBudget,
+    topics: Topics,
+    cache_seconds: float = 0,
+    inspector: AttemptInspector | None = None,
 ) -> BlockingDispatcher:
     dispatcher = Dispatcher(
         objects=CatalogCache(catalog.definitions, catalog.runs, ttl=cache_seconds),
         deliverer=Deliverer(http.partners, policy),
         tokens=OAuthTokenCache(http.client),
         topics=topics,
+        inspector=inspector,
     )
     return BlockingDispatcher(dispatcher, http.portal)
 

@@ -36,6 +36,7 @@ def main() -> None:
         definitions=stores.definitions,
         runs=stores.runs,
         audit=stores.audit,
+        attempts=stores.attempts,
         tokens=TokenStore.from_file(settings.admin_tokens_file),
         publisher=KafkaEventPublisher.over(producer, settings.topics),
         members=functools.cache(

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from services.admin.bearer_tokens import TokenStore
 from services.admin.problems import ApiProblem
 from shared.application.actors import Actor, Permission
+from shared.application.attempts import AttemptsReader
 from shared.application.checks import ObjectChecks
 from shared.application.ports import AuditLog, DefinitionsStore, EventPublisher, MemberSource, RunsStore
 from shared.domain.destinations import DestinationPolicy
@@ -38,6 +39,8 @@ class AdminContext:
     secret_references: SecretReferencePolicy = field(default_factory=SecretReferencePolicy.from_environment)
     #: Host resolution for the SSRF check at save (replaceable in tests).
     resolve_host: Callable[[str], list[str]] = resolve_host
+    #: The attempt inspector's captured attempts (None: not available, answered 503).
+    attempts: AttemptsReader | None = None
 
     def checks(self) -> ObjectChecks:
         """The checks of objects being written: destinations, secrets, query columns and timeout, rendering."""

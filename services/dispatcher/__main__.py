@@ -6,6 +6,7 @@ from anyio.from_thread import start_blocking_portal
 
 from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
+from services.dispatcher.inspector import inspector_of
 from services.dispatcher.partner_auth import OAuthTokenCache
 from services.dispatcher.settings import DispatcherSettings
 from shared.catalog import CatalogStores
@@ -37,6 +38,7 @@ def main() -> None:
         initial_backoff=settings.dispatcher_backoff_initial_seconds,
         max_backoff=settings.dispatcher_backoff_max_seconds,
     )
+    inspector = inspector_of(settings, stores.attempts)
     dispatcher = Dispatcher(
         objects=CatalogCache(stores.definitions, stores.runs, settings.dispatcher_catalog_cache_seconds),
         deliverer=Deliverer(partners, policy),
@@ -47,6 +49,7 @@ def main() -> None:
         round_requests=settings.dispatcher_round_requests,
         max_round_records=settings.dispatcher_poll_records,
         render_limits=settings.render_limits,
+        inspector=inspector,
     )
     # The HTTP requests run on one asyncio event loop on its own thread (anyio's blocking portal); the
     # consumer loop hands it each poll's batches and waits for their outcomes.
@@ -67,9 +70,13 @@ def main() -> None:
         loop.poll_records = dispatcher.next_poll_records
         dispatcher.stopping = loop.stopping  # SIGTERM abandons the round in progress (its batches handed back)
         loop.install_signal_handlers()
+        if inspector is not None:
+            inspector.start()
         try:
             loop.run()
         finally:
+            if inspector is not None:
+                inspector.close()  # what was captured last is written before the process ends
             portal.call(partners.aclose)
             portal.call(client.aclose)
             dispatcher.renderer.close()

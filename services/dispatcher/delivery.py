@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from services.dispatcher.metrics import REQUEST_SECONDS, REQUESTS, RETRIES, stat
 from shared.domain.rendering import RenderedRequest
 from shared.errors import ExportError, RetryableError
 from shared.outbound.backoff import Backoff
-from shared.outbound.partner_http import NoAnswer, PartnerHttp
+from shared.outbound.partner_http import NoAnswer, PartnerAnswer, PartnerHttp
 from shared.outbound.partner_network import PartnerNetwork
 from shared.outbound.retry_decisions import is_retryable, is_success, parse_retry_after
 
@@ -34,6 +35,25 @@ class AttemptResult:
     @property
     def retryable(self) -> bool:
         return not self.success and not self.final and (self.status is None or is_retryable(self.status))
+
+
+#: Hears an attempt that sent a request: its number (from 1, within the retries), the request, the answer
+#: (None when none came), the attempt's result and the seconds it took.
+AttemptWitness = Callable[[int, RenderedRequest, PartnerAnswer | None, AttemptResult, float], None]
+
+
+def _judged(answer: PartnerAnswer, success_statuses: list[int] | None, labels: tuple[str, str]) -> AttemptResult:
+    """An answer judged: a success, or a failure with its Retry-After and the start of the body."""
+    status = answer.status
+    REQUESTS.labels(*labels, status_class(status)).inc()
+    if is_success(status, success_statuses):
+        return AttemptResult(status=status, success=True)
+    return AttemptResult(
+        status=status,
+        success=False,
+        retry_after=parse_retry_after(answer.retry_after, time.time()),
+        error=f"HTTP {status}: {answer.text(SNIPPET_CHARS)}",
+    )
 
 
 def failed_attempt(exc: Exception) -> AttemptResult:
@@ -93,31 +113,30 @@ class Deliverer:
         success_statuses: list[int] | None,
         labels: tuple[str, str] = ("", ""),
         network: PartnerNetwork | None = None,
+        witness: Callable[[RenderedRequest, PartnerAnswer | None, AttemptResult, float], None] | None = None,
     ) -> AttemptResult:
         """Send once; never raises for HTTP or network failures, nor for a request that cannot be sent: it
         describes them. ``labels``: the definition and profile the metrics count it under; ``network``: the
-        profile's TLS and proxy settings (None: the default session)."""
+        profile's TLS and proxy settings (None: the default session); ``witness`` hears the request, the
+        answer (None when none came), the result and the seconds it took (the attempt inspector)."""
         started = time.perf_counter()
+        answer: PartnerAnswer | None = None
         try:
             answer = await self.partners.send(request, timeout, network)
         except NoAnswer as exc:
             REQUESTS.labels(*labels, "error").inc()
-            return AttemptResult(status=None, success=False, error=str(exc)[:SNIPPET_CHARS])
+            result = AttemptResult(status=None, success=False, error=str(exc)[:SNIPPET_CHARS])
         except Exception as exc:  # noqa: BLE001 - an invalid URL or header, a refused destination: this batch's failure
             REQUESTS.labels(*labels, "error").inc()
-            return failed_attempt(exc)
+            result = failed_attempt(exc)
+        else:
+            result = _judged(answer, success_statuses, labels)
         finally:
-            REQUEST_SECONDS.labels(*labels).observe(time.perf_counter() - started)
-        status = answer.status
-        REQUESTS.labels(*labels, status_class(status)).inc()
-        if is_success(status, success_statuses):
-            return AttemptResult(status=status, success=True)
-        return AttemptResult(
-            status=status,
-            success=False,
-            retry_after=parse_retry_after(answer.retry_after, time.time()),
-            error=f"HTTP {status}: {answer.text(SNIPPET_CHARS)}",
-        )
+            seconds = time.perf_counter() - started
+            REQUEST_SECONDS.labels(*labels).observe(seconds)
+        if witness is not None:
+            witness(request, answer, result, seconds)
+        return result
 
     async def deliver(
         self,
@@ -127,10 +146,12 @@ class Deliverer:
         on_attempt: Callable[[AttemptResult], None] | None = None,
         labels: tuple[str, str] = ("", ""),
         network: PartnerNetwork | None = None,
+        inspect: AttemptWitness | None = None,
     ) -> DeliveryResult:
         """Deliver with retries. ``make_request`` is called per attempt so headers (tokens) stay fresh;
         ``on_attempt`` hears each attempt's result (the rate limiter adapts to it); ``labels`` are the
-        definition and profile the metrics count the attempts under; ``network`` the profile's TLS and proxy."""
+        definition and profile the metrics count the attempts under; ``network`` the profile's TLS and proxy;
+        ``inspect`` hears each attempt that sent a request, with its number (the attempt inspector)."""
 
         attempts = 0
 
@@ -142,7 +163,8 @@ class Deliverer:
             except Exception as exc:  # noqa: BLE001 - e.g. a token endpoint's failure: this attempt's failure
                 result = failed_attempt(exc)
             else:
-                result = await self.attempt(request, timeout, success_statuses, labels, network)
+                witness = None if inspect is None else functools.partial(inspect, attempts)
+                result = await self.attempt(request, timeout, success_statuses, labels, network, witness)
             if on_attempt is not None:
                 on_attempt(result)
             return result

@@ -17,6 +17,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
 from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
+from services.dispatcher.inspector import AttemptInspector
 from services.dispatcher.member_outcomes import member_keys, refused_members
 from services.dispatcher.metrics import (
     BATCHES_OF_CANCELLED_RUNS,
@@ -149,8 +150,11 @@ class Dispatcher:
         max_round_records: int = 64,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         render_limits: RenderLimits = DEFAULT_LIMITS,
+        inspector: AttemptInspector | None = None,
     ) -> None:
         self.objects = objects
+        #: Keeps sampled attempts for ``exportctl attempts`` (None: nothing kept).
+        self.inspector = inspector
         self.renderer = Renderer(render_limits)
         self.deliverer = deliverer
         self.tokens = tokens
@@ -336,6 +340,10 @@ class Dispatcher:
             elif before is not None:  # a learned limit was dropped: the profile is unlimited again
                 RATE_LIMIT_RATE.remove(profile.name)
 
+        inspect = None
+        if self.inspector is not None:
+            inspect = self.inspector.watch(batch.definition, profile, batch.run_id, batch.batch_index)
+
         async def deliver() -> DeliveryResult:
             return await self.deliverer.deliver(
                 make_request,
@@ -344,6 +352,7 @@ class Dispatcher:
                 on_attempt=adapt,
                 labels=(batch.definition, profile.name),
                 network=PartnerNetwork.of(profile),
+                inspect=inspect,
             )
 
         async with limits.in_flight:

@@ -63,6 +63,10 @@ RATE_LIMIT_WAIT_SECONDS = Counter(
     "Time requests waited for a profile's rate limit.",
     ["profile"],
 )
+INSPECTOR_DROPPED = Counter(
+    "member_export_dispatcher_inspector_dropped_total",
+    "Attempts the attempt inspector sampled but could not keep (its buffer was full, or the catalog write failed).",
+)
 
 
 #: Every ``status_class`` value (their series are started at 0 when a definition and profile are first seen).

@@ -78,6 +78,34 @@ class DispatcherSettings(CommonSettings):
         description="Largest rendered body, path or header value (bytes); a rendering builds at most 8 times it.",
     )
 
+    # The attempt inspector (services/dispatcher/inspector.py): the last requests and answers per definition and
+    # profile, masked, for `exportctl attempts` and GET /export-definitions/{name}/attempts.
+    inspector_enabled: bool = Field(
+        default=True, description="Keep sampled HTTP attempts (masked, bodies cut) in the catalog for inspection."
+    )
+    inspector_keep: int = Field(
+        default=50, ge=1, le=10_000, description="Attempts kept per (definition, profile): the newest."
+    )
+    inspector_success_sample: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Share of successful attempts kept, beyond the first of each (definition, profile) per flush.",
+    )
+    inspector_failure_sample: float = Field(default=1.0, ge=0, le=1, description="Share of failed attempts kept.")
+    inspector_body_bytes: int = Field(
+        default=4096, ge=0, le=1_000_000, description="Bytes of a request or answer body kept (the rest is cut)."
+    )
+    inspector_retention_hours: float = Field(
+        default=72.0, gt=0, description="How long a kept attempt stays (bodies hold member data)."
+    )
+    inspector_flush_seconds: float = Field(
+        default=2.0, gt=0, le=300, description="How often captured attempts are written to the catalog."
+    )
+    inspector_buffer_attempts: int = Field(
+        default=2000, ge=1, le=1_000_000, description="Attempts held in memory between two flushes at most."
+    )
+
     @property
     def render_limits(self) -> RenderLimits:
         """The bounds every request's rendering is held to."""

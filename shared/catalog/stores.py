@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shared.catalog.attempts_store import SqlAttemptsStore
 from shared.catalog.audit_store import SqlAuditLog
 from shared.catalog.database import CatalogDatabase
 from shared.catalog.definitions_store import SqlDefinitionsStore
@@ -36,6 +37,8 @@ class CatalogStores:
     audit_retention_days: int = 365
     audit: SqlAuditLog = field(init=False)
     cipher: SecretCipher | None = None
+    #: The attempt inspector's captured requests (written by the dispatcher, read by the API and exportctl).
+    attempts: SqlAttemptsStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.definitions = SqlDefinitionsStore(self.database, self.cipher)
@@ -43,6 +46,7 @@ class CatalogStores:
         self.scheduling = SqlSchedulingStore(self.database)
         self.extraction = SqlExtractionStore(self.database)
         self.audit = SqlAuditLog(self.database, self.audit_retention_days)
+        self.attempts = SqlAttemptsStore(self.database)
 
     @classmethod
     def from_url(

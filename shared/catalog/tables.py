@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -196,3 +196,32 @@ class AuditRow(Base):
     business_units: Mapped[list[str]] = mapped_column(JSON, default=list)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class AttemptRow(Base):
+    """One HTTP attempt the dispatcher's inspector kept (``shared.domain.attempts``): masked, bodies cut.
+
+    The newest ``EXPORT_INSPECTOR_KEEP`` per (definition, profile) are kept, none older than the retention.
+    """
+
+    __tablename__ = "attempts"
+    __table_args__ = (Index("ix_attempts_pair", "definition", "profile", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    definition: Mapped[str] = mapped_column(String(100))
+    profile: Mapped[str] = mapped_column(String(100))
+    run_id: Mapped[str] = mapped_column(String(36))
+    batch_index: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    method: Mapped[str] = mapped_column(String(10))
+    url: Mapped[str] = mapped_column(Text)
+    request_headers: Mapped[dict[str, str]] = mapped_column(JSON)
+    request_body: Mapped[str] = mapped_column(Text)
+    request_bytes: Mapped[int] = mapped_column(Integer)
+    status: Mapped[int | None] = mapped_column(Integer)
+    success: Mapped[bool] = mapped_column(Boolean)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    response_headers: Mapped[dict[str, str]] = mapped_column(JSON)
+    response_body: Mapped[str] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shared.cli.api import AdminApi
+from shared.cli.attempts_commands import api_attempts
 from shared.cli.audit_commands import filters, print_entries
 from shared.cli.exits import OK, REFUSED, CliError
 from shared.cli.kinds import COLLECTIONS, canonical_kind
@@ -179,6 +180,7 @@ def cmd_audit(api: AdminApi, args: argparse.Namespace) -> int:
 
 API_COMMANDS: dict[str, Callable[[AdminApi, argparse.Namespace], int]] = {
     "cmd_apply": cmd_apply,
+    "cmd_attempts": api_attempts,
     "cmd_audit": cmd_audit,
     "cmd_copy": cmd_copy,
     "cmd_delete": cmd_delete,

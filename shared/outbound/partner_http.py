@@ -13,7 +13,8 @@ profile with ``tls`` or ``proxy`` settings goes out on that configuration's own 
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiohttp
@@ -33,11 +34,13 @@ MAX_BODY_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class PartnerAnswer:
-    """What a partner answered: the status, its ``Retry-After`` header and the start of the body."""
+    """What a partner answered: the status, its ``Retry-After`` header and the start of the body; ``headers``
+    all its headers (the attempt inspector shows them; a multi-dict's items repeat a repeated header)."""
 
     status: int
     retry_after: str | None
     body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def text(self, limit: int) -> str:
         """The body's first ``limit`` characters, as text (undecodable bytes replaced)."""
@@ -123,7 +126,7 @@ class AiohttpPartnerHttp:
                 if route.proxied and response.status == 407:  # a plain http request: the proxy's own answer
                     raise ProxyRefused(_PROXY_407)
                 body = await _read_at_most(response, self.max_body_bytes)
-                return PartnerAnswer(response.status, response.headers.get("Retry-After"), body)
+                return PartnerAnswer(response.status, response.headers.get("Retry-After"), body, response.headers)
         except aiohttp.ClientHttpProxyError as exc:
             if exc.status == 407:  # wrong proxy credentials: retrying will not help
                 raise ProxyRefused(_PROXY_407) from None

@@ -98,6 +98,8 @@ class Bench:
         self.workdir = workdir
         self.concurrency = concurrency
         self.catalog_url = f"sqlite:///{workdir / 'catalog.db'}"
+        #: More EXPORT_* settings of the dispatcher (the inspector benchmark's contenders).
+        self.extra_env: dict[str, str] = {}
 
     def point_templates_at(self, base_url: str) -> None:
         catalog = CatalogStores.from_url(self.catalog_url, migrate=True)
@@ -135,7 +137,7 @@ class Bench:
             "EXPORT_LOG_LEVEL": "WARNING",
             "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
             "EXPORT_DISPATCHER_CONCURRENCY": str(self.concurrency),
-        }
+        } | self.extra_env
         return LocalPipeline(env=env, log_dir=self.workdir / f"logs-{prefix}", services=("dispatcher",)).start()
 
     def run_dispatcher(

@@ -315,6 +315,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         definitions=stores.definitions,
         runs=stores.runs,
         audit=stores.audit,
+        attempts=stores.attempts,
         tokens=TokenStore([TokenEntry(name="fuzz-admin", sha256=token_hash(TOKEN), role=Role.ADMIN)]),
         publisher=NoPublisher(),
         members=reader,

@@ -114,6 +114,7 @@ SCHEME = {
     "member_export_dispatcher_rate_limit_requests_per_second": "gauge",
     "member_export_dispatcher_rate_limit_waits_total": "counter",
     "member_export_dispatcher_rate_limit_wait_seconds_total": "counter",
+    "member_export_dispatcher_inspector_dropped_total": "counter",
     "member_export_runs_finished_total": "counter",
     "member_export_run_duration_seconds": "histogram",
     "member_export_runs_active": "gauge",

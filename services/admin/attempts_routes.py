@@ -1,0 +1,97 @@
+"""The attempt inspector's route: a definition's last HTTP requests and answers (masked), within the scope."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from services.admin.dependencies import Context, Reader
+from services.admin.problems import ApiProblem, problem_responses
+from shared.application.attempts import read_attempts
+from shared.domain.attempts import CapturedAttempt
+from shared.domain.strict_values import BoolText
+
+router = APIRouter(tags=["ExportDefinition"])
+
+
+class AttemptView(BaseModel):
+    """One HTTP attempt the dispatcher kept: the request sent and the answer (credentials and secret values
+    masked as ``***``, bodies cut to the dispatcher's bound); ``status`` null when no answer came (``error``)."""
+
+    id: int | None
+    at: datetime
+    definition: str
+    profile: str
+    run_id: uuid.UUID
+    batch_index: int
+    attempt: int
+    method: str
+    url: str
+    request_headers: dict[str, str]
+    request_body: str
+    request_bytes: int
+    status: int | None
+    success: bool
+    latency_ms: float
+    response_headers: dict[str, str]
+    response_body: str
+    error: str | None
+
+    @classmethod
+    def of(cls, attempt: CapturedAttempt) -> AttemptView:
+        return cls(
+            id=attempt.id,
+            at=attempt.at,
+            definition=attempt.definition,
+            profile=attempt.profile,
+            run_id=attempt.run_id,
+            batch_index=attempt.batch_index,
+            attempt=attempt.attempt,
+            method=attempt.method,
+            url=attempt.url,
+            request_headers=dict(attempt.request_headers),
+            request_body=attempt.request_body,
+            request_bytes=attempt.request_bytes,
+            status=attempt.status,
+            success=attempt.success,
+            latency_ms=attempt.latency_ms,
+            response_headers=dict(attempt.response_headers),
+            response_body=attempt.response_body,
+            error=attempt.error,
+        )
+
+
+@router.get(
+    "/export-definitions/{name}/attempts",
+    summary="The definition's last HTTP attempts (requests and answers, secrets masked), newest first",
+    responses=problem_responses(404, 503),
+    operation_id="read_attempts_ExportDefinition",
+)
+def attempts(
+    context: Context,
+    caller: Reader,
+    name: str,
+    profile: Annotated[str | None, Query(max_length=100, description="only attempts through this profile")] = None,
+    failed: Annotated[BoolText | None, Query(description="only failed (true) or successful (false) attempts")] = None,
+    status: Annotated[int | None, Query(ge=100, le=599, description="only answers with this HTTP status")] = None,
+    run_id: Annotated[uuid.UUID | None, Query(description="only attempts of this run")] = None,
+    limit: Annotated[int, Query(ge=1, le=1_000)] = 50,
+) -> list[AttemptView]:
+    if context.attempts is None:
+        raise ApiProblem(503, "the attempt inspector's store is not configured", slug="attempts-unavailable")
+    found = read_attempts(
+        caller,
+        name,
+        store=context.definitions,
+        attempts=context.attempts,
+        profile=profile,
+        failed=failed,
+        status=status,
+        run_id=run_id,
+        limit=limit,
+    )
+    return [AttemptView.of(attempt) for attempt in found]
