@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import to_jsonable_python
 
+from shared.domain.circuit_breaker import CircuitBreakerSettings
 from shared.domain.body_types import BodyType, body_type_problem
 from shared.domain.http_fields import header_name_problem, source_problem
 from shared.domain.json_structure import compiled
@@ -263,6 +264,8 @@ class ConnectionProfile(_Spec):
     #: every request carries ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature``.
     signing_secret: Secret | None = None
     rate_limit: RateLimit | None = None
+    #: Pause deliveries while the partner fails (:mod:`shared.domain.circuit_breaker`); None: no breaker.
+    circuit_breaker: CircuitBreakerSettings | None = None
     #: A custom CA, a client certificate for mutual TLS, a minimum TLS version (:class:`TlsSettings`).
     tls: TlsSettings | None = None
     #: The forward proxy requests go through (:class:`ProxySettings`).
