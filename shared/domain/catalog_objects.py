@@ -27,8 +27,8 @@ from pydantic import (
 )
 from pydantic_core import to_jsonable_python
 
-from shared.domain.circuit_breaker import CircuitBreakerSettings
 from shared.domain.body_types import BodyType, body_type_problem
+from shared.domain.circuit_breaker import CircuitBreakerSettings
 from shared.domain.http_fields import header_name_problem, source_problem
 from shared.domain.json_structure import compiled
 from shared.domain.names import Name

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from pydantic import ValidationError
 
-from shared.domain.circuit_breaker import BreakerState, CircuitBreaker, CircuitBreakerSettings, Ticket
 from shared.domain.catalog_objects import ConnectionProfile
+from shared.domain.circuit_breaker import BreakerState, CircuitBreaker, CircuitBreakerSettings, Ticket
 
 SETTINGS = CircuitBreakerSettings(
     failure_rate=0.5, minimum_requests=4, window_seconds=10, open_seconds=5, half_open_probes=2
@@ -54,7 +54,10 @@ def test_an_open_breaker_admits_nothing_until_its_time_is_up_then_probes():
     breaker = _opened()
     assert breaker.admit(4.9) == 5.0
     first, second = breaker.admit(5.0), breaker.admit(5.0)
-    assert isinstance(first, Ticket) and first.probe and isinstance(second, Ticket) and second.probe
+    assert isinstance(first, Ticket)
+    assert first.probe
+    assert isinstance(second, Ticket)
+    assert second.probe
     assert breaker.admit(5.0) == 5.0  # every probe is out: the others wait for one to come back
     assert breaker.state_at(5.0) is BreakerState.HALF_OPEN
 
@@ -76,7 +79,8 @@ def test_a_failed_probe_opens_the_breaker_again_for_another_open_period():
     ticket = breaker.admit(6)
     assert isinstance(ticket, Ticket)
     breaker.record(7, ticket, failed=True)
-    assert breaker.state is BreakerState.OPEN and breaker.admit(7) == 12
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.admit(7) == 12
 
 
 def test_a_cancelled_probe_frees_its_slot():
