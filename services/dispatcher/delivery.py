@@ -127,15 +127,20 @@ class Deliverer:
         on_attempt: Callable[[AttemptResult], None] | None = None,
         labels: tuple[str, str] = ("", ""),
         network: PartnerNetwork | None = None,
+        before_attempt: Callable[[], Awaitable[None]] | None = None,
     ) -> DeliveryResult:
         """Deliver with retries. ``make_request`` is called per attempt so headers (tokens) stay fresh;
         ``on_attempt`` hears each attempt's result (the rate limiter adapts to it); ``labels`` are the
-        definition and profile the metrics count the attempts under; ``network`` the profile's TLS and proxy."""
+        definition and profile the metrics count the attempts under; ``network`` the profile's TLS and proxy;
+        ``before_attempt`` is awaited before each attempt (the circuit breaker's admission): what it, or
+        ``on_attempt``, raises ends the delivery (no retry)."""
 
         attempts = 0
 
         async def once() -> AttemptResult:
             nonlocal attempts
+            if before_attempt is not None:
+                await before_attempt()
             attempts += 1
             try:
                 request = await make_request()

@@ -16,6 +16,7 @@ import structlog
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
+from services.dispatcher.breakers import ProfileBreakers, gather_or_cancel
 from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
 from services.dispatcher.member_outcomes import member_keys, refused_members
 from services.dispatcher.metrics import (
@@ -42,12 +43,14 @@ from shared.domain.catalog_objects import (
     OAuth2ClientCredentials,
     RateLimit,
 )
+from shared.domain.circuit_breaker import Ticket
 from shared.domain.http_fields import header_value_problem, merged_headers
 from shared.domain.rendering import DEFAULT_LIMITS, RenderedRequest, RenderLimits
 from shared.domain.runs import RunStatus
 from shared.errors import ExportError, PermanentError
 from shared.events import BatchOutcome, DeadLetter, MemberBatch
 from shared.kafka import Outgoing
+from shared.kafka.held_records import HoldRecord
 from shared.kafka.records import round_contexts
 from shared.outages import DependencyUnavailable, is_outage
 from shared.outbound.partner_network import PartnerNetwork
@@ -149,8 +152,11 @@ class Dispatcher:
         max_round_records: int = 64,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         render_limits: RenderLimits = DEFAULT_LIMITS,
+        breakers: ProfileBreakers | None = None,
     ) -> None:
         self.objects = objects
+        #: The profiles' circuit breakers (a batch meeting an open one is held back: :mod:`.breakers`).
+        self.breakers = breakers or ProfileBreakers()
         self.renderer = Renderer(render_limits)
         self.deliverer = deliverer
         self.tokens = tokens
@@ -246,6 +252,8 @@ class Dispatcher:
         """
         try:
             return await self._handle(batch)
+        except HoldRecord:
+            raise  # its profile's circuit breaker is open: the consumer loop holds the batch back
         except Exception as exc:  # the batch's failure, never the consumer's
             if is_outage(exc):
                 raise  # the catalog is away: the consumer hands the batch back and handles it again later
@@ -267,6 +275,7 @@ class Dispatcher:
             profile = self.objects.get(ConnectionProfile, template.profile)
         except ExportError as exc:  # missing, or stored before a rule it now breaks
             return self._failed(batch, str(exc))
+        self.breakers.check(profile)
 
         async def send(part: Slice) -> DeliveryResult:
             try:
@@ -274,6 +283,8 @@ class Dispatcher:
                 # they come from: one record may carry many one-member requests.
                 async with self._concurrency:
                     return await self._deliver(batch, part, template, profile)
+            except HoldRecord:
+                raise
             except ExportError as exc:
                 return DeliveryResult(success=False, status=None, attempts=0, error=str(exc))
             except Exception as exc:  # this request's failure: its members are dead-lettered
@@ -286,7 +297,7 @@ class Dispatcher:
         requests = -(-len(batch.members) // template.batch_size)
         self._round_record_requests = max(self._round_record_requests, requests)
         isolated = await deliver_in_requests(
-            len(batch.members), template.batch_size, send, split_budget=self.split_budget, gather=asyncio.gather
+            len(batch.members), template.batch_size, send, split_budget=self.split_budget, gather=gather_or_cancel
         )
         return self._outcome(batch, isolated, profile.name)
 
@@ -325,7 +336,14 @@ class Dispatcher:
             )
             return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
 
+        ticket: list[Ticket | None] = [None]  # the circuit breaker's admission of the attempt under way
+
+        async def admit() -> None:
+            ticket[0] = await self.breakers.admit(profile)
+
         def adapt(attempt: AttemptResult) -> None:
+            admitted, ticket[0] = ticket[0], None
+            self.breakers.record(profile, admitted, attempt)  # raises the batch's hold when the breaker opens
             before = limiter.rate
             if attempt.status == 429:
                 limiter.throttled()
@@ -344,6 +362,7 @@ class Dispatcher:
                 on_attempt=adapt,
                 labels=(batch.definition, profile.name),
                 network=PartnerNetwork.of(profile),
+                before_attempt=admit,
             )
 
         async with limits.in_flight:
@@ -360,6 +379,7 @@ class Dispatcher:
                     record_http_result(span, result.status, result.success, result.attempts, result.error)
             finally:
                 IN_FLIGHT.labels(profile=profile.name).dec()
+                self.breakers.cancel(profile, ticket[0])  # admitted, never judged (cancelled): a probe slot back
         return result
 
     def _outcome(self, batch: MemberBatch, result: IsolationResult[DeliveryResult], profile: str) -> list[Outgoing]:

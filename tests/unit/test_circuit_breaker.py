@@ -34,9 +34,9 @@ def test_a_closed_breaker_opens_at_the_failure_rate_once_the_window_holds_enough
     breaker = CircuitBreaker(SETTINGS)
     for failed in (True, True, True):
         _attempt(breaker, 0, failed)
-    assert breaker.state is BreakerState.CLOSED  # 3 failures out of 3, but fewer than minimum_requests
+    assert breaker.state_at(1) is BreakerState.CLOSED  # 3 failures out of 3, but fewer than minimum_requests
     _attempt(breaker, 1, failed=False)  # 3 of 4 failed: 75 % >= 50 %
-    assert breaker.state is BreakerState.OPEN
+    assert breaker.state_at(1) is BreakerState.OPEN
     assert [(t.before, t.after) for t in breaker.changes()] == [(BreakerState.CLOSED, BreakerState.OPEN)]
 
 
@@ -115,7 +115,7 @@ def test_a_closed_breaker_opens_exactly_when_its_window_says_so(attempts):
     """Model: the breaker opens at the first attempt after which the window's attempts (at least
     ``minimum_requests``) fail at ``failure_rate`` or more; never before."""
     breaker = CircuitBreaker(SETTINGS)
-    now, window = 0.0, []
+    now, window = 0.0, list[tuple[float, bool]]()
     for gap, failed in attempts:
         now += gap
         ticket = breaker.admit(now)
