@@ -6,9 +6,11 @@ from anyio.from_thread import start_blocking_portal
 
 from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
+from services.dispatcher.fleet_limits import FleetLimits
 from services.dispatcher.partner_auth import OAuthTokenCache
 from services.dispatcher.settings import DispatcherSettings
 from shared.catalog import CatalogStores
+from shared.catalog.fleet_store import SqlFleetStore
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.proxy_policy import allowed_proxies_setting, proxy_policy
 from shared.events import MemberBatch
@@ -47,10 +49,16 @@ def main() -> None:
         round_requests=settings.dispatcher_round_requests,
         max_round_records=settings.dispatcher_poll_records,
         render_limits=settings.render_limits,
+        fleet=FleetLimits(
+            SqlFleetStore(stores.database) if settings.dispatcher_share_limits else None,
+            heartbeat_seconds=settings.dispatcher_heartbeat_seconds,
+            ttl_seconds=settings.dispatcher_replica_ttl_seconds,
+        ),
     )
     # The HTTP requests run on one asyncio event loop on its own thread (anyio's blocking portal); the
     # consumer loop hands it each poll's batches and waits for their outcomes.
     with start_blocking_portal() as portal:
+        heartbeats = portal.start_task_soon(dispatcher.fleet.run)  # this replica's share of the profiles' limits
         loop = build_loop(
             settings,
             service=SERVICE,
@@ -70,6 +78,8 @@ def main() -> None:
         try:
             loop.run()
         finally:
+            heartbeats.cancel()
+            dispatcher.fleet.leave()
             portal.call(partners.aclose)
             portal.call(client.aclose)
             dispatcher.renderer.close()

@@ -7,8 +7,6 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable
-from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -18,6 +16,7 @@ from opentelemetry.trace import SpanKind
 
 from services.dispatcher.breakers import ProfileBreakers, gather_or_cancel
 from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
+from services.dispatcher.fleet_limits import FleetLimits, ProfileLimits
 from services.dispatcher.member_outcomes import member_keys, refused_members
 from services.dispatcher.metrics import (
     BATCHES_OF_CANCELLED_RUNS,
@@ -32,7 +31,6 @@ from services.dispatcher.metrics import (
     STATUS_CLASSES,
 )
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
-from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
 from services.dispatcher.render_offload import Renderer
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_in_requests
 from shared.application.ports import DefinitionsReader, RunsReader
@@ -41,7 +39,6 @@ from shared.domain.catalog_objects import (
     ConnectionProfile,
     HttpTemplate,
     OAuth2ClientCredentials,
-    RateLimit,
 )
 from shared.domain.circuit_breaker import Ticket
 from shared.domain.http_fields import header_value_problem, merged_headers
@@ -111,26 +108,6 @@ class Stopping(DependencyUnavailable):
     """The dispatcher stopped before the batch was delivered: the consumer loop hands it back, uncommitted."""
 
 
-@dataclass(frozen=True)
-class _ProfileLimits:
-    """A profile's rate limiter and in-flight bound, built from its ``rate_limit``.
-
-    Without a configured rate, the limit is learned from the partner's 429s (and dropped again).
-    """
-
-    config: RateLimit | None
-    rate: AdaptiveRateLimiter | LearnedRateLimit
-    in_flight: AbstractAsyncContextManager[Any]
-
-    @classmethod
-    def of(cls, config: RateLimit | None) -> _ProfileLimits:
-        rate: AdaptiveRateLimiter | LearnedRateLimit = LearnedRateLimit()
-        if config is not None and config.requests_per_second is not None:
-            rate = AdaptiveRateLimiter(config.requests_per_second, float(config.burst))
-        bound = config.max_in_flight if config is not None else None
-        return cls(config, rate, asyncio.BoundedSemaphore(bound) if bound else nullcontext())
-
-
 class Dispatcher:
     """Handles member batches, on one asyncio event loop (its client and limits belong to that loop)."""
 
@@ -153,17 +130,19 @@ class Dispatcher:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         render_limits: RenderLimits = DEFAULT_LIMITS,
         breakers: ProfileBreakers | None = None,
+        fleet: FleetLimits | None = None,
     ) -> None:
         self.objects = objects
         #: The profiles' circuit breakers (a batch meeting an open one is held back: :mod:`.breakers`).
         self.breakers = breakers or ProfileBreakers()
+        #: The profiles' limits, at this replica's share of them when it has a fleet (:mod:`.fleet_limits`).
+        self.fleet = fleet or FleetLimits(None)
         self.renderer = Renderer(render_limits)
         self.deliverer = deliverer
         self.tokens = tokens
         self.topics = topics
         self.split_budget = split_budget
         self.sleep = sleep
-        self._limits: dict[str, _ProfileLimits] = {}
         self._counted: set[tuple[str, str]] = set()  # (definition, profile) whose series exist
         self._concurrency = asyncio.Semaphore(concurrency)
         #: Set when the service stops (the consumer loop's event): rounds in progress are abandoned.
@@ -191,12 +170,10 @@ class Dispatcher:
         for status_class in STATUS_CLASSES:
             REQUESTS.labels(definition, profile, status_class)
 
-    def _limits_of(self, profile: ConnectionProfile) -> _ProfileLimits:
-        """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited."""
-        known = self._limits.get(profile.name)
-        if known is None or known.config != profile.rate_limit:
-            known = self._limits[profile.name] = _ProfileLimits.of(profile.rate_limit)
-        return known
+    def _limits_of(self, profile: ConnectionProfile) -> ProfileLimits:
+        """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited;
+        raises the batch's hold while this replica's share of them is 0."""
+        return self.fleet.limits_of(profile.name, profile.rate_limit)
 
     async def handle_all(self, batches: list[MemberBatch]) -> list[list[Outgoing] | BaseException]:
         """Deliver a poll's batches, their requests ``concurrency`` at a time; per batch its records, or what it
@@ -365,7 +342,7 @@ class Dispatcher:
                 before_attempt=admit,
             )
 
-        async with limits.in_flight:
+        async with limits.in_flight(lambda: self.fleet.held(profile.name)):
             IN_FLIGHT.labels(profile=profile.name).inc()
             try:
                 # A span per request only while spans are exported: its cost is no use otherwise (README, Tracing).
