@@ -3,6 +3,7 @@ delivers them once it recovers; two dispatcher replicas hold a profile's max_in_
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,14 +41,42 @@ def slow() -> Iterator[HttpReceiver]:
 @pytest.fixture(scope="module")
 def applied(pipeline: Pipeline, failing: HttpReceiver, slow: HttpReceiver) -> Pipeline:
     documents = [
-        {"kind": "ConnectionProfile", "name": "breaker-partner", "spec": {"base_url": failing.url, "circuit_breaker": BREAKER}},
-        {"kind": "ConnectionProfile", "name": "narrow-partner", "spec": {"base_url": slow.url, "rate_limit": {"max_in_flight": 4}}},
-        {"kind": "SavedQuery", "name": "first-two-thousand", "spec": {"sql": "SELECT id, email FROM members WHERE id <= 2000", "key_column": "id"}},
-        {"kind": "HttpTemplate", "name": "breaker-t", "spec": {"query": "first-hundred", "profile": "breaker-partner", "path": "/m", "batch_size": 10}},
-        {"kind": "HttpTemplate", "name": "narrow-t", "spec": {"query": "first-two-thousand", "profile": "narrow-partner", "path": "/m", "batch_size": 20}},
-        {"kind": "ExportDefinition", "name": "to-breaker-partner", "spec": {"query": "first-hundred", "template": "breaker-t"}},
-        {"kind": "ExportDefinition", "name": "to-narrow-partner", "spec": {"query": "first-two-thousand", "template": "narrow-t"}},
-    ]  # fmt: skip
+        {
+            "kind": "ConnectionProfile",
+            "name": "breaker-partner",
+            "spec": {"base_url": failing.url, "circuit_breaker": BREAKER},
+        },
+        {
+            "kind": "ConnectionProfile",
+            "name": "narrow-partner",
+            "spec": {"base_url": slow.url, "rate_limit": {"max_in_flight": 4}},
+        },
+        {
+            "kind": "SavedQuery",
+            "name": "first-two-thousand",
+            "spec": {"sql": "SELECT id, email FROM members WHERE id <= 2000", "key_column": "id"},
+        },
+        {
+            "kind": "HttpTemplate",
+            "name": "breaker-t",
+            "spec": {"query": "first-hundred", "profile": "breaker-partner", "path": "/m", "batch_size": 10},
+        },
+        {
+            "kind": "HttpTemplate",
+            "name": "narrow-t",
+            "spec": {"query": "first-two-thousand", "profile": "narrow-partner", "path": "/m", "batch_size": 20},
+        },
+        {
+            "kind": "ExportDefinition",
+            "name": "to-breaker-partner",
+            "spec": {"query": "first-hundred", "template": "breaker-t"},
+        },
+        {
+            "kind": "ExportDefinition",
+            "name": "to-narrow-partner",
+            "spec": {"query": "first-two-thousand", "template": "narrow-t"},
+        },
+    ]
     manifest = Path(pipeline.work_dir) / "breaker.yaml"
     manifest.write_text(yaml.safe_dump_all(documents))
     result = pipeline.exportctl("apply", "-f", str(manifest))
@@ -139,8 +168,6 @@ def test_two_dispatcher_replicas_hold_a_profiles_max_in_flight_between_them(appl
 
 
 def _fresh_replicas(pipeline: Pipeline) -> int:
-    import time
-
     with pipeline.catalog.database.engine.connect() as connection:
         return int(
             connection.execute(
