@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from anyio.from_thread import start_blocking_portal
 
+from services.dispatcher.breaker_notices import ANNOUNCE_SECONDS, BreakerNotices
+from services.dispatcher.breakers import ProfileBreakers
 from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
 from services.dispatcher.fleet_limits import FleetLimits
@@ -33,6 +35,8 @@ def main() -> None:
     )
     client = guarded_client(destinations)  # token requests of profiles without tls/proxy settings
     stores = CatalogStores.from_url(settings.catalog_url, cipher=settings.secret_cipher())
+    fleet_store = SqlFleetStore(stores.database)
+    notices = BreakerNotices(fleet_store, settings.topics.run_events)  # breakers opening and closing, once
     policy = RetryBudget(
         max_attempts=settings.dispatcher_max_attempts,
         max_seconds=settings.dispatcher_max_retry_seconds,
@@ -49,8 +53,9 @@ def main() -> None:
         round_requests=settings.dispatcher_round_requests,
         max_round_records=settings.dispatcher_poll_records,
         render_limits=settings.render_limits,
+        breakers=ProfileBreakers(on_change=notices.on_change),
         fleet=FleetLimits(
-            SqlFleetStore(stores.database) if settings.dispatcher_share_limits else None,
+            fleet_store if settings.dispatcher_share_limits else None,
             heartbeat_seconds=settings.dispatcher_heartbeat_seconds,
             ttl_seconds=settings.dispatcher_replica_ttl_seconds,
         ),
@@ -71,6 +76,8 @@ def main() -> None:
             # the poll interval allows every wave of the round its whole retry budget.
             max_poll_records=settings.dispatcher_poll_records,
             max_poll_interval_ms=settings.max_poll_interval_ms,
+            periodic=notices.drain,
+            periodic_seconds=ANNOUNCE_SECONDS,
         )
         loop.poll_records = dispatcher.next_poll_records
         dispatcher.stopping = loop.stopping  # SIGTERM abandons the round in progress (its batches handed back)

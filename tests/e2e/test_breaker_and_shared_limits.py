@@ -23,6 +23,7 @@ from tests.metrics_helpers import scrape, values
 
 pytestmark = pytest.mark.e2e
 
+ONCALL = "breaker-oncall@example.com"
 BREAKER = {"minimum_requests": 4, "failure_rate": 0.5, "window_seconds": 30, "open_seconds": 2, "half_open_probes": 2}
 
 
@@ -69,7 +70,11 @@ def applied(pipeline: Pipeline, failing: HttpReceiver, slow: HttpReceiver) -> Pi
         {
             "kind": "ExportDefinition",
             "name": "to-breaker-partner",
-            "spec": {"query": "first-hundred", "template": "breaker-t"},
+            "spec": {
+                "query": "first-hundred",
+                "template": "breaker-t",
+                "notifications": {"error": {"enabled": True, "recipients": [ONCALL]}},
+            },
         },
         {
             "kind": "ExportDefinition",
@@ -132,6 +137,14 @@ def test_a_breaker_holds_batches_while_the_partner_fails_and_delivers_them_when_
     assert _metric(port, "member_export_circuit_state", profile="breaker-partner") == 0
     assert _metric(port, "member_export_circuit_transitions_total", profile="breaker-partner", state="closed") == 1
     assert _metric(port, "member_export_consumer_held_records", service="dispatcher") == 0
+
+    def circuit_mails() -> list[str]:
+        return [m.message["X-Export-Circuit"] for m in applied.sink.received() if m.message["X-Export-Circuit"]]
+
+    # One email when it opened (however many times it reopened after a failed probe), one when it closed.
+    wait_until(lambda: len(circuit_mails()) >= 2, timeout=30, what="the breaker's emails")
+    assert sorted(circuit_mails()) == ["breaker-partner; closed; 1", "breaker-partner; open; 1"]
+    assert all(m.message["To"] == ONCALL for m in applied.sink.received() if m.message["X-Export-Circuit"])
 
 
 def test_two_dispatcher_replicas_hold_a_profiles_max_in_flight_between_them(applied: Pipeline, slow: HttpReceiver):
