@@ -141,6 +141,7 @@ def test_every_metric_of_every_service_follows_the_naming_scheme():
         "services.dispatcher.dispatching",
         "services.dispatcher.delivery",
         "services.notifier.notifying",
+        "services.notifier.breaker_notices",
         "services.admin.request_metrics",
     ):
         importlib.import_module(module)
