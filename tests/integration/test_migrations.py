@@ -391,8 +391,11 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
     lines = drift(engine)
 
     # What 0002, 0003, 0004 and 0006 add: the runs' scope columns and their index, the audit log and its
-    # indexes, split runs' range count and their ranges, the runs' request time.
-    assert len(lines) == 14, lines
+    # indexes, split runs' range count and their ranges, the runs' request time; and what 0011 adds: the
+    # dispatcher replicas' heartbeats (and their index) and the shared circuit breakers.
+    assert len(lines) == 17, lines
+    assert "table dispatcher_replicas is missing from the database" in lines
+    assert "table circuit_breakers is missing from the database" in lines
     assert any("runs.requested_at" in line and "missing from the database" in line for line in lines)
     assert "table audit_log is missing from the database" in lines
     assert "table extraction_ranges is missing from the database" in lines

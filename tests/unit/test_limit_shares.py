@@ -83,7 +83,7 @@ def _fill(replica: FleetLimits) -> None:
 
 
 def _in_flight(*replicas: FleetLimits) -> int:
-    return sum(r.limits["p"].slots.in_use for r in replicas if "p" in r.limits and r.limits["p"].slots)  # type: ignore[union-attr]
+    return sum(r.limits["p"].slots.in_use for r in replicas if "p" in r.limits and r.limits["p"].slots)
 
 
 def test_a_replica_joining_takes_its_share_only_once_the_other_has_made_room():
@@ -102,7 +102,7 @@ def test_a_replica_joining_takes_its_share_only_once_the_other_has_made_room():
         assert _capacity(second) == 0
         assert _in_flight(first, second) <= 4
 
-    first.limits["p"].slots.in_use = 2  # type: ignore[union-attr] # two of its requests came back
+    first.limits["p"].slots.in_use = 2  # two of its requests came back
     asyncio.run(first.beat())  # within its share of the new view: it says so
     asyncio.run(second.beat())  # every replica within the view: the newcomer takes its share
     _fill(second)
@@ -126,4 +126,4 @@ def test_a_replica_that_cannot_beat_holds_its_limited_batches_back():
     lone = _replica(_Catalog(), "a")
     with pytest.raises(HoldRecord):
         lone.limits_of("p", LIMIT)  # never beaten: the others do not know it
-    assert FleetLimits(None).limits_of("p", LIMIT).slots.capacity == 4  # type: ignore[union-attr] # no fleet: whole
+    assert FleetLimits(None).limits_of("p", LIMIT).slots.capacity == 4  # no fleet: whole
