@@ -148,7 +148,8 @@ class FleetLimits:
     def limits_of(self, name: str, config: RateLimit | None) -> ProfileLimits:
         """The profile's limits at this replica's current share; raises the batch's hold when the share is 0."""
         known = self.limits.get(name)
-        if known is None or known.config != config:
+        # The catalog cache hands the same object until it expires: identity first, equality only then.
+        if known is None or (known.config is not config and known.config != config):
             known = self.limits[name] = ProfileLimits(config)
             if self.store is not None and config is not None:
                 known.in_flight_applied = known.rate_applied = None  # nothing applied yet: see effective()
