@@ -139,7 +139,7 @@ Auth = Annotated[NoAuth | BasicAuth | BearerAuth | ApiKeyAuth | OAuth2ClientCred
 
 
 class RateLimit(_Spec):
-    """How hard the partner may be called, per dispatcher replica.
+    """How hard the partner may be called, across all dispatcher replicas (each applies its share).
 
     ``requests_per_second`` (with ``burst``) is slowed down on 429 and recovered on success;
     ``max_in_flight`` bounds the batches being delivered to the profile at once (retries included).
