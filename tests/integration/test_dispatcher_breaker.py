@@ -19,7 +19,7 @@ from tests.integration.test_dispatcher import TOPICS, batch
 
 pytestmark = pytest.mark.integration
 
-BREAKER = {"minimum_requests": 3, "failure_rate": 0.5, "window_seconds": 30, "open_seconds": 0.5, "half_open_probes": 1}
+BREAKER = {"minimum_requests": 3, "failure_rate": 0.5, "window_seconds": 30, "open_seconds": 3, "half_open_probes": 1}
 
 
 @pytest.fixture
