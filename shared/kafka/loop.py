@@ -607,10 +607,11 @@ class ConsumerLoop(Generic[E]):
             return 0
         records = [record for batch in polled.values() for record in batch]
         records = self._with_held_due(records)
+        again = sum(1 for record in records if self.held.is_held(record))  # held ones first: consumed before
         outcomes: list[list[Outgoing] | _Letter | BaseException] = [[] for _ in records]
         decoded: list[tuple[int, E]] = []
         for index, record in enumerate(records):
-            event = self._decode(record)
+            event = self._decode(record, consumed=index >= again)
             if isinstance(event, _Letter):
                 outcomes[index] = event
             else:
@@ -698,10 +699,11 @@ class ConsumerLoop(Generic[E]):
             )
         return results
 
-    def _decode(self, record: Any) -> E | _Letter:
+    def _decode(self, record: Any, consumed: bool = True) -> E | _Letter:
         """The record's event, or its dead letter when it does not decode (never raises an ``Exception``); either
         way the record's span is started (see :meth:`_start_trace`)."""
-        RECORDS_CONSUMED.labels(service=self.service, topic=record.topic).inc()
+        if consumed:  # not a held record handed back again
+            RECORDS_CONSUMED.labels(service=self.service, topic=record.topic).inc()
         decoded, parent = decoded_in_context(
             lambda: decode_record(self.decode, record.value, record.headers), record.headers
         )

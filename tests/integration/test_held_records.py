@@ -2,9 +2,11 @@
 meanwhile, the held ones are neither dead-lettered nor committed past, and are handled once their time comes."""
 
 import time
+import uuid
 
 import pytest
 from kafka.structs import TopicPartition
+from prometheus_client import REGISTRY
 
 from shared.events import RunRequested
 from shared.kafka import Outgoing, ensure_topics
@@ -41,7 +43,8 @@ def test_a_held_record_waits_uncommitted_while_the_records_after_it_are_handled(
                 results.append([])
         return results
 
-    loop = _loop(settings, None, group="held-test", handle_round=handle_round)
+    service = f"held-{uuid.uuid4().hex[:6]}"
+    loop = _loop(settings, None, group="held-test", handle_round=handle_round, service=service)
     try:
         _run_until(loop, lambda: handled == ["a", "b"] and tries >= 3)  # handed to the handler again, and again
         (partition,) = [p for p in loop.consumer.assignment() if p.topic == topics.run_requests and _has(loop, p)]
@@ -54,6 +57,10 @@ def test_a_held_record_waits_uncommitted_while_the_records_after_it_are_handled(
         assert handled == ["a", "b", "paused"]
         assert loop.consumer.committed(partition) == first + 3  # past every record at once
         assert len(loop.held) == 0
+        consumed = REGISTRY.get_sample_value(
+            "member_export_consumer_records_total", {"service": service, "topic": topics.run_requests}
+        )
+        assert consumed == 3  # a held record handed back again is not consumed again
     finally:
         loop.consumer.close()
         loop.producer.close()
