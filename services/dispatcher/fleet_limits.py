@@ -136,11 +136,12 @@ class FleetLimits:
         ttl_seconds: float = 10.0,
         replica_id: str | None = None,
         wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.heartbeat_seconds, self.ttl_seconds = heartbeat_seconds, ttl_seconds
         self.replica_id = replica_id or uuid.uuid4().hex
-        self.wall_clock = wall_clock
+        self.wall_clock, self.clock = wall_clock, clock
         self._view: _View | None = None
         #: The profiles' limits this replica knows (the dispatcher's, by profile name).
         self.limits: dict[str, ProfileLimits] = {}
@@ -160,7 +161,7 @@ class FleetLimits:
     def held(self, name: str) -> HoldRecord:
         return HoldRecord(
             f"this dispatcher's share of connection profile {name!r}'s limits is 0 for now: the batch waits",
-            time.monotonic() + SHARE_WAIT_SECONDS,
+            self.clock() + SHARE_WAIT_SECONDS,
         )
 
     def _targets(self, name: str, config: RateLimit, view: _View) -> tuple[int | None, float | None, int]:
@@ -173,10 +174,16 @@ class FleetLimits:
     def _apply(self, name: str, limits: ProfileLimits) -> None:
         view = self._view
         assert limits.config is not None
-        if view is None or time.monotonic() > view.fresh_until:
+        if view is None or self.clock() > view.fresh_until:
+            # Not (or no longer) known to the others, who may have counted it out: no share to take, and none
+            # to keep once it beats again until every replica is within the view then (effective()).
             if limits.slots is not None:
                 limits.slots.resize(0)
-            raise self.held(name)  # not (or no longer) known to the others: no share to take
+                limits.in_flight_applied = 0
+            if limits.config.requests_per_second is not None:
+                limits.rate_applied = 0
+            limits.applied = None
+            raise self.held(name)
         if limits.applied != (view.view, view.all_drained):
             flights, rate, burst = self._targets(name, limits.config, view)
             if flights is not None:
@@ -211,7 +218,7 @@ class FleetLimits:
         current = self._view
         drained = current.view if current is not None and self._drained(current) else None
         now = self.wall_clock()
-        started = time.monotonic()
+        started = self.clock()
         beats = await asyncio.to_thread(self.store.beat, self.replica_id, now, self.ttl_seconds, drained)
         replicas = tuple(sorted(beat.replica_id for beat in beats))
         if self.replica_id not in replicas:  # pragma: no cover - it has just beaten: only with a stopped clock

@@ -122,6 +122,22 @@ def test_a_replica_leaving_gives_its_share_back_to_the_others():
     assert _capacity(first) == 4
 
 
+def test_a_replica_whose_heartbeat_is_stale_holds_back_until_every_replica_is_within_the_view_again():
+    catalog, now = _Catalog(), [0.0]
+    first = FleetLimits(catalog, replica_id="a", wall_clock=lambda: 1000.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    second = _replica(catalog, "b")
+    for _ in range(3):
+        asyncio.run(first.beat())
+        asyncio.run(second.beat())
+    assert _capacity(first) == 2
+    now[0] += first.ttl_seconds  # no heartbeat answered for a while (the catalog away)
+    assert _capacity(first) == 0
+    asyncio.run(first.beat())  # back: within the view again, but not sure the other still is
+    asyncio.run(second.beat())
+    asyncio.run(first.beat())
+    assert _capacity(first) == 2
+
+
 def test_a_replica_that_cannot_beat_holds_its_limited_batches_back():
     lone = _replica(_Catalog(), "a")
     with pytest.raises(HoldRecord):
