@@ -15,6 +15,7 @@ from shared import topics
 from shared.events import (
     SCHEMA_VERSION,
     BatchOutcome,
+    CircuitBreakerChanged,
     DeadLetter,
     Event,
     ExtractionCompleted,
@@ -39,9 +40,18 @@ CHANNELS: dict[str, tuple[str, str, str, list[type[Event]]]] = {
     "memberBatches": (topics.MEMBER_BATCHES, "<run id>:<batch index>", "Batches of members to deliver.", [MemberBatch]),
     "runEvents": (
         topics.RUN_EVENTS,
-        "run id",
-        "What happens to a run, in order per run.",
-        [RunStarted, ExtractionCompleted, BatchOutcome, RunFailed, RunSkipped, RunMissed, RunCancelled],
+        "run id (a circuit breaker's change: the profile's name)",
+        "What happens to a run, in order per run; and the connection profiles' circuit breakers opening and closing.",
+        [
+            RunStarted,
+            ExtractionCompleted,
+            BatchOutcome,
+            RunFailed,
+            RunSkipped,
+            RunMissed,
+            RunCancelled,
+            CircuitBreakerChanged,
+        ],
     ),
     "deadLetters": (topics.DEAD_LETTERS, "run id or source key", "What could not be processed, and why.", [DeadLetter]),
 }

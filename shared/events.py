@@ -264,6 +264,18 @@ class RunCancelled(Event):
 
 
 #: Any record of the run-events topic.
+class CircuitBreakerChanged(Event):
+    """A connection profile's circuit breaker opened (its deliveries pause: batches wait) or closed again
+    (they resume). Published once per change across the dispatcher replicas, keyed by the profile's name on
+    the run-events topic; ``episode`` counts the profile's openings (an opening and its closing share it)."""
+
+    type: Literal["circuit.changed"] = "circuit.changed"
+    profile: str
+    state: Literal["open", "closed"]
+    episode: int
+    at: AwareDatetime = Field(default_factory=utc_now)
+
+
 AnyRunEvent = RunStarted | ExtractionCompleted | BatchOutcome | RunFailed | RunSkipped | RunMissed | RunCancelled
 RunEvent = Annotated[AnyRunEvent, Field(discriminator="type")]
 RUN_EVENT_ADAPTER: TypeAdapter[AnyRunEvent] = TypeAdapter(RunEvent)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from anyio.from_thread import start_blocking_portal
 
+from services.dispatcher.breaker_notices import ANNOUNCE_SECONDS, BreakerNotices
+from services.dispatcher.breakers import ProfileBreakers
 from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
+from services.dispatcher.fleet_limits import FleetLimits
 from services.dispatcher.inspector import inspector_of
 from services.dispatcher.partner_auth import OAuthTokenCache
 from services.dispatcher.settings import DispatcherSettings
 from shared.catalog import CatalogStores
+from shared.catalog.fleet_store import SqlFleetStore
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.proxy_policy import allowed_proxies_setting, proxy_policy
 from shared.events import MemberBatch
@@ -32,6 +36,8 @@ def main() -> None:
     )
     client = guarded_client(destinations)  # token requests of profiles without tls/proxy settings
     stores = CatalogStores.from_url(settings.catalog_url, cipher=settings.secret_cipher())
+    fleet_store = SqlFleetStore(stores.database)
+    notices = BreakerNotices(fleet_store, settings.topics.run_events)  # breakers opening and closing, once
     policy = RetryBudget(
         max_attempts=settings.dispatcher_max_attempts,
         max_seconds=settings.dispatcher_max_retry_seconds,
@@ -50,10 +56,17 @@ def main() -> None:
         max_round_records=settings.dispatcher_poll_records,
         render_limits=settings.render_limits,
         inspector=inspector,
+        breakers=ProfileBreakers(on_change=notices.on_change),
+        fleet=FleetLimits(
+            fleet_store if settings.dispatcher_share_limits else None,
+            heartbeat_seconds=settings.dispatcher_heartbeat_seconds,
+            ttl_seconds=settings.dispatcher_replica_ttl_seconds,
+        ),
     )
     # The HTTP requests run on one asyncio event loop on its own thread (anyio's blocking portal); the
     # consumer loop hands it each poll's batches and waits for their outcomes.
     with start_blocking_portal() as portal:
+        heartbeats = portal.start_task_soon(dispatcher.fleet.run)  # this replica's share of the profiles' limits
         loop = build_loop(
             settings,
             service=SERVICE,
@@ -66,6 +79,8 @@ def main() -> None:
             # the poll interval allows every wave of the round its whole retry budget.
             max_poll_records=settings.dispatcher_poll_records,
             max_poll_interval_ms=settings.max_poll_interval_ms,
+            periodic=notices.drain,
+            periodic_seconds=ANNOUNCE_SECONDS,
         )
         loop.poll_records = dispatcher.next_poll_records
         dispatcher.stopping = loop.stopping  # SIGTERM abandons the round in progress (its batches handed back)
@@ -77,6 +92,8 @@ def main() -> None:
         finally:
             if inspector is not None:
                 inspector.close()  # what was captured last is written before the process ends
+            heartbeats.cancel()
+            dispatcher.fleet.leave()
             portal.call(partners.aclose)
             portal.call(client.aclose)
             dispatcher.renderer.close()

@@ -147,16 +147,21 @@ class Deliverer:
         labels: tuple[str, str] = ("", ""),
         network: PartnerNetwork | None = None,
         inspect: AttemptWitness | None = None,
+        before_attempt: Callable[[], Awaitable[None]] | None = None,
     ) -> DeliveryResult:
         """Deliver with retries. ``make_request`` is called per attempt so headers (tokens) stay fresh;
         ``on_attempt`` hears each attempt's result (the rate limiter adapts to it); ``labels`` are the
         definition and profile the metrics count the attempts under; ``network`` the profile's TLS and proxy;
-        ``inspect`` hears each attempt that sent a request, with its number (the attempt inspector)."""
+        ``inspect`` hears each attempt that sent a request, with its number (the attempt inspector);
+        ``before_attempt`` is awaited before each attempt (the circuit breaker's admission): what it, or
+        ``on_attempt``, raises ends the delivery (no retry)."""
 
         attempts = 0
 
         async def once() -> AttemptResult:
             nonlocal attempts
+            if before_attempt is not None:
+                await before_attempt()
             attempts += 1
             try:
                 request = await make_request()

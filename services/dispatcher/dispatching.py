@@ -7,8 +7,6 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable
-from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -16,7 +14,9 @@ import structlog
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
+from services.dispatcher.breakers import ProfileBreakers, gather_or_cancel
 from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
+from services.dispatcher.fleet_limits import FleetLimits, ProfileLimits
 from services.dispatcher.inspector import AttemptInspector
 from services.dispatcher.member_outcomes import member_keys, refused_members
 from services.dispatcher.metrics import (
@@ -32,7 +32,6 @@ from services.dispatcher.metrics import (
     STATUS_CLASSES,
 )
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
-from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
 from services.dispatcher.render_offload import Renderer
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_in_requests
 from shared.application.ports import DefinitionsReader, RunsReader
@@ -41,14 +40,15 @@ from shared.domain.catalog_objects import (
     ConnectionProfile,
     HttpTemplate,
     OAuth2ClientCredentials,
-    RateLimit,
 )
+from shared.domain.circuit_breaker import Ticket
 from shared.domain.http_fields import header_value_problem, merged_headers
 from shared.domain.rendering import DEFAULT_LIMITS, RenderedRequest, RenderLimits
 from shared.domain.runs import RunStatus
 from shared.errors import ExportError, PermanentError
 from shared.events import BatchOutcome, DeadLetter, MemberBatch
 from shared.kafka import Outgoing
+from shared.kafka.held_records import HoldRecord
 from shared.kafka.records import round_contexts
 from shared.outages import DependencyUnavailable, is_outage
 from shared.outbound.partner_network import PartnerNetwork
@@ -109,26 +109,6 @@ class Stopping(DependencyUnavailable):
     """The dispatcher stopped before the batch was delivered: the consumer loop hands it back, uncommitted."""
 
 
-@dataclass(frozen=True)
-class _ProfileLimits:
-    """A profile's rate limiter and in-flight bound, built from its ``rate_limit``.
-
-    Without a configured rate, the limit is learned from the partner's 429s (and dropped again).
-    """
-
-    config: RateLimit | None
-    rate: AdaptiveRateLimiter | LearnedRateLimit
-    in_flight: AbstractAsyncContextManager[Any]
-
-    @classmethod
-    def of(cls, config: RateLimit | None) -> _ProfileLimits:
-        rate: AdaptiveRateLimiter | LearnedRateLimit = LearnedRateLimit()
-        if config is not None and config.requests_per_second is not None:
-            rate = AdaptiveRateLimiter(config.requests_per_second, float(config.burst))
-        bound = config.max_in_flight if config is not None else None
-        return cls(config, rate, asyncio.BoundedSemaphore(bound) if bound else nullcontext())
-
-
 class Dispatcher:
     """Handles member batches, on one asyncio event loop (its client and limits belong to that loop)."""
 
@@ -151,17 +131,22 @@ class Dispatcher:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         render_limits: RenderLimits = DEFAULT_LIMITS,
         inspector: AttemptInspector | None = None,
+        breakers: ProfileBreakers | None = None,
+        fleet: FleetLimits | None = None,
     ) -> None:
         self.objects = objects
         #: Keeps sampled attempts for ``exportctl attempts`` (None: nothing kept).
         self.inspector = inspector
+        #: The profiles' circuit breakers (a batch meeting an open one is held back: :mod:`.breakers`).
+        self.breakers = breakers or ProfileBreakers()
+        #: The profiles' limits, at this replica's share of them when it has a fleet (:mod:`.fleet_limits`).
+        self.fleet = fleet or FleetLimits(None)
         self.renderer = Renderer(render_limits)
         self.deliverer = deliverer
         self.tokens = tokens
         self.topics = topics
         self.split_budget = split_budget
         self.sleep = sleep
-        self._limits: dict[str, _ProfileLimits] = {}
         self._counted: set[tuple[str, str]] = set()  # (definition, profile) whose series exist
         self._concurrency = asyncio.Semaphore(concurrency)
         #: Set when the service stops (the consumer loop's event): rounds in progress are abandoned.
@@ -189,12 +174,10 @@ class Dispatcher:
         for status_class in STATUS_CLASSES:
             REQUESTS.labels(definition, profile, status_class)
 
-    def _limits_of(self, profile: ConnectionProfile) -> _ProfileLimits:
-        """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited."""
-        known = self._limits.get(profile.name)
-        if known is None or known.config != profile.rate_limit:
-            known = self._limits[profile.name] = _ProfileLimits.of(profile.rate_limit)
-        return known
+    def _limits_of(self, profile: ConnectionProfile) -> ProfileLimits:
+        """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited;
+        raises the batch's hold while this replica's share of them is 0."""
+        return self.fleet.limits_of(profile.name, profile.rate_limit)
 
     async def handle_all(self, batches: list[MemberBatch]) -> list[list[Outgoing] | BaseException]:
         """Deliver a poll's batches, their requests ``concurrency`` at a time; per batch its records, or what it
@@ -250,6 +233,8 @@ class Dispatcher:
         """
         try:
             return await self._handle(batch)
+        except HoldRecord:
+            raise  # its profile's circuit breaker is open: the consumer loop holds the batch back
         except Exception as exc:  # the batch's failure, never the consumer's
             if is_outage(exc):
                 raise  # the catalog is away: the consumer hands the batch back and handles it again later
@@ -271,6 +256,7 @@ class Dispatcher:
             profile = self.objects.get(ConnectionProfile, template.profile)
         except ExportError as exc:  # missing, or stored before a rule it now breaks
             return self._failed(batch, str(exc))
+        self.breakers.check(profile)
 
         async def send(part: Slice) -> DeliveryResult:
             try:
@@ -278,6 +264,8 @@ class Dispatcher:
                 # they come from: one record may carry many one-member requests.
                 async with self._concurrency:
                     return await self._deliver(batch, part, template, profile)
+            except HoldRecord:
+                raise
             except ExportError as exc:
                 return DeliveryResult(success=False, status=None, attempts=0, error=str(exc))
             except Exception as exc:  # this request's failure: its members are dead-lettered
@@ -290,7 +278,7 @@ class Dispatcher:
         requests = -(-len(batch.members) // template.batch_size)
         self._round_record_requests = max(self._round_record_requests, requests)
         isolated = await deliver_in_requests(
-            len(batch.members), template.batch_size, send, split_budget=self.split_budget, gather=asyncio.gather
+            len(batch.members), template.batch_size, send, split_budget=self.split_budget, gather=gather_or_cancel
         )
         return self._outcome(batch, isolated, profile.name)
 
@@ -329,7 +317,14 @@ class Dispatcher:
             )
             return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
 
+        ticket: list[Ticket | None] = [None]  # the circuit breaker's admission of the attempt under way
+
+        async def admit() -> None:
+            ticket[0] = await self.breakers.admit(profile)
+
         def adapt(attempt: AttemptResult) -> None:
+            admitted, ticket[0] = ticket[0], None
+            self.breakers.record(profile, admitted, attempt)  # raises the batch's hold when the breaker opens
             before = limiter.rate
             if attempt.status == 429:
                 limiter.throttled()
@@ -353,9 +348,10 @@ class Dispatcher:
                 labels=(batch.definition, profile.name),
                 network=PartnerNetwork.of(profile),
                 inspect=inspect,
+                before_attempt=admit,
             )
 
-        async with limits.in_flight:
+        async with limits.in_flight(lambda: self.fleet.held(profile.name)):
             IN_FLIGHT.labels(profile=profile.name).inc()
             try:
                 # A span per request only while spans are exported: its cost is no use otherwise (README, Tracing).
@@ -369,6 +365,7 @@ class Dispatcher:
                     record_http_result(span, result.status, result.success, result.attempts, result.error)
             finally:
                 IN_FLIGHT.labels(profile=profile.name).dec()
+                self.breakers.cancel(profile, ticket[0])  # admitted, never judged (cancelled): a probe slot back
         return result
 
     def _outcome(self, batch: MemberBatch, result: IsolationResult[DeliveryResult], profile: str) -> list[Outgoing]:

@@ -81,3 +81,16 @@ def status_class(status: int | None) -> str:
     if status == 429:
         return "429"
     return f"{status // 100}xx"
+
+
+CIRCUIT_STATE = Gauge(
+    "member_export_circuit_state",
+    "A connection profile's circuit breaker in this dispatcher: 0 closed, 1 half-open (probing), 2 open "
+    "(its batches wait), by profile (profiles with a circuit_breaker setting only).",
+    ["profile"],
+)
+CIRCUIT_TRANSITIONS = Counter(
+    "member_export_circuit_transitions_total",
+    "Changes of a profile's circuit breaker, by profile and the state entered (closed, open, half_open).",
+    ["profile", "state"],
+)

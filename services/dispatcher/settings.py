@@ -64,6 +64,21 @@ class DispatcherSettings(CommonSettings):
         ge=0,
         description="Extra requests a batch may spend splitting a 400/413/422 refusal to isolate the refused members.",
     )
+    dispatcher_share_limits: bool = Field(
+        default=True,
+        description="Hold each profile's max_in_flight and requests_per_second across all dispatcher replicas "
+        "(each takes its share, through heartbeats in the catalog); false: each replica applies the whole limits.",
+    )
+    dispatcher_heartbeat_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="How often a replica beats in the catalog and re-reads its shares."
+    )
+    dispatcher_replica_ttl_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="A replica that has not beaten for this long is counted out (its share goes to the others); "
+        "one whose own last beat is older than half of it holds its limited batches back.",
+    )
     metrics_port: int = Field(default=9403, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")
     render_timeout_seconds: float = Field(
         default=1.0,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from services.notifier.breaker_notices import BreakerMails, decode, with_breaker_mails
 from services.notifier.mailer import SmtpMailer
 from services.notifier.notifying import Notifier
 from services.notifier.settings import NotifierSettings
 from services.notifier.webhook_delivery import WebhookNotifications
 from services.notifier.webhook_sender import WebhookSender
 from shared.catalog import CatalogStores
+from shared.catalog.fleet_store import SqlFleetStore
 from shared.domain.destinations import DestinationPolicy
-from shared.events import RUN_EVENT_ADAPTER
 from shared.kafka import value_decoder
 from shared.outbound.backoff import Backoff
 from shared.runtime import build_loop, start_service
@@ -62,9 +63,12 @@ def main() -> None:
         service=SERVICE,
         health=health,
         topic=settings.topics.run_events,
-        decode=value_decoder(RUN_EVENT_ADAPTER.validate_json),
+        decode=value_decoder(decode),  # run events, and circuit breakers' changes (breaker_notices)
         # A poll's events are folded in one transaction (one commit per poll, not per event).
-        handle_round=notifier.handle_all,
+        handle_round=with_breaker_mails(
+            notifier.handle_all,
+            BreakerMails(stores.definitions, SqlFleetStore(stores.database), notifier.mailer, notifier.sender),
+        ),
         periodic=notifier.sweep,
         periodic_seconds=settings.notifier_sweep_seconds,
     )

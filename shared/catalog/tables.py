@@ -225,3 +225,29 @@ class AttemptRow(Base):
     response_headers: Mapped[dict[str, str]] = mapped_column(JSON)
     response_body: Mapped[str] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class DispatcherReplicaRow(Base):
+    """A live dispatcher replica (its heartbeat): the replicas share each profile's limits (issue 17)."""
+
+    __tablename__ = "dispatcher_replicas"
+
+    replica_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: When it last beat, in Unix seconds (of its clock).
+    beat_at: Mapped[float] = mapped_column(Float, index=True)
+    #: The shares (membership) it has applied and is within: others take a larger share only once all have.
+    drained_view: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class CircuitBreakerRow(Base):
+    """A profile's circuit breaker across the dispatcher replicas: its state, how many times it opened, and
+    whether its last change was announced (what makes each opening and closing notified once)."""
+
+    __tablename__ = "circuit_breakers"
+
+    profile: Mapped[str] = mapped_column(String(100), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    episode: Mapped[int] = mapped_column(Integer, default=0)
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: The last change announced: 2 x episode for an opening, 2 x episode + 1 for its closing (None: none yet).
+    announced: Mapped[int | None] = mapped_column(Integer, nullable=True)

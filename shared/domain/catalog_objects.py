@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import to_jsonable_python
 
 from shared.domain.body_types import BodyType, body_type_problem
+from shared.domain.circuit_breaker import CircuitBreakerSettings
 from shared.domain.http_fields import header_name_problem, source_problem
 from shared.domain.json_structure import compiled
 from shared.domain.names import Name
@@ -138,7 +139,7 @@ Auth = Annotated[NoAuth | BasicAuth | BearerAuth | ApiKeyAuth | OAuth2ClientCred
 
 
 class RateLimit(_Spec):
-    """How hard the partner may be called, per dispatcher replica.
+    """How hard the partner may be called, across all dispatcher replicas (each applies its share).
 
     ``requests_per_second`` (with ``burst``) is slowed down on 429 and recovered on success;
     ``max_in_flight`` bounds the batches being delivered to the profile at once (retries included).
@@ -263,6 +264,8 @@ class ConnectionProfile(_Spec):
     #: every request carries ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature``.
     signing_secret: Secret | None = None
     rate_limit: RateLimit | None = None
+    #: Pause deliveries while the partner fails (:mod:`shared.domain.circuit_breaker`); None: no breaker.
+    circuit_breaker: CircuitBreakerSettings | None = None
     #: A custom CA, a client certificate for mutual TLS, a minimum TLS version (:class:`TlsSettings`).
     tls: TlsSettings | None = None
     #: The forward proxy requests go through (:class:`ProxySettings`).

@@ -65,6 +65,7 @@ from shared.errors import InvalidInput, RetryableError
 from shared.events import DeadLetter
 from shared.health import GROUP, Health
 from shared.kafka.clients import InFlight, produce, produce_and_wait, produce_timeout_seconds, send_record
+from shared.kafka.held_records import HeldRecords, HoldRecord
 from shared.kafka.records import Consumed as Consumed
 from shared.kafka.records import Headers as Headers
 from shared.kafka.records import Outgoing as Outgoing
@@ -402,6 +403,8 @@ class ConsumerLoop(Generic[E]):
         self.priority_topics = priority_topics or []
         # A poll's records handled together, concurrently (the dispatcher's HTTP calls), instead of one by one.
         self.handle_round = handle_round
+        #: Records the round handler held back (:class:`HoldRecord`), handled again when due.
+        self.held = HeldRecords(service)
         #: True while the loop waits out a dependency (its last poll was handed back).
         self.interrupted = False
         self._next_group_check = 0.0
@@ -539,6 +542,7 @@ class ConsumerLoop(Generic[E]):
         polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=limit)
         if self.priority_topics:
             self._give_way(polled)
+        self._restrain_while_holding()
         if self.handle_round is not None:
             return self._process_round(polled, self.handle_round)
         processed = 0
@@ -602,10 +606,12 @@ class ConsumerLoop(Generic[E]):
                     self.consumer.seek(partition, records[0].offset)
             return 0
         records = [record for batch in polled.values() for record in batch]
+        records = self._with_held_due(records)
+        again = sum(1 for record in records if self.held.is_held(record))  # held ones first: consumed before
         outcomes: list[list[Outgoing] | _Letter | BaseException] = [[] for _ in records]
         decoded: list[tuple[int, E]] = []
         for index, record in enumerate(records):
-            event = self._decode(record)
+            event = self._decode(record, consumed=index >= again)
             if isinstance(event, _Letter):
                 outcomes[index] = event
             else:
@@ -630,6 +636,10 @@ class ConsumerLoop(Generic[E]):
         for record, outcome in zip(records, outcomes, strict=True):
             first_back = handed_back.get(TopicPartition(record.topic, record.partition))
             if first_back is not None and record.offset >= first_back:
+                self.held.release([record])  # read again from the partition
+                continue
+            if isinstance(outcome, HoldRecord):
+                self.held.hold(record, outcome.until)
                 continue
             settled.append((record, self._failure(record, outcome) if isinstance(outcome, BaseException) else outcome))
         try:
@@ -639,12 +649,41 @@ class ConsumerLoop(Generic[E]):
             raise
         done: dict[TopicPartition, int] = {}
         for record, _ in settled:
-            done[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            partition = TopicPartition(record.topic, record.partition)
+            done[partition] = max(done.get(partition, 0), record.offset + 1)  # held ones come first, out of order
+        self.held.release([record for record, _ in settled])
         self._hand_back(handed_back)
-        self._commit(done)
+        self._commit(self.held.commit_offsets(done))
         if outage is not None:
             raise RoundInterrupted(outage)
         return len(settled)
+
+    def _with_held_due(self, polled: list[Any]) -> list[Any]:
+        """The held records whose time has come, then the polled ones (a polled record that is also held, its
+        partition read again from the committed offset, is no longer held: it is handled as polled)."""
+        if not len(self.held):
+            return polled
+        self.held.release([record for record in polled if self.held.is_held(record)])
+        try:
+            assigned = set(self.consumer.assignment())
+        except Exception:  # noqa: BLE001 - closing: nothing is due
+            return polled
+        return [*self.held.due(time.monotonic(), assigned), *polled]
+
+    def _restrain_while_holding(self) -> None:
+        """Pause every partition while the held records fill their bound; resume them once they do not."""
+        if not self.held.full and not self.held.restrained:
+            return
+        try:
+            assigned = self.consumer.assignment()
+            if self.held.full:
+                self.consumer.pause(*assigned)
+            else:
+                self.consumer.resume(*assigned)
+        except Exception as exc:  # noqa: BLE001 - a rebalance meanwhile: judged again next round
+            log.debug("partitions not paused", service=self.service, error=str(exc))
+            return
+        self.held.restrained = self.held.full
 
     @staticmethod
     def _round_results(handle_round: RoundHandler[E], events: list[E]) -> Sequence[list[Outgoing] | BaseException]:
@@ -660,10 +699,11 @@ class ConsumerLoop(Generic[E]):
             )
         return results
 
-    def _decode(self, record: Any) -> E | _Letter:
+    def _decode(self, record: Any, consumed: bool = True) -> E | _Letter:
         """The record's event, or its dead letter when it does not decode (never raises an ``Exception``); either
         way the record's span is started (see :meth:`_start_trace`)."""
-        RECORDS_CONSUMED.labels(service=self.service, topic=record.topic).inc()
+        if consumed:  # not a held record handed back again
+            RECORDS_CONSUMED.labels(service=self.service, topic=record.topic).inc()
         decoded, parent = decoded_in_context(
             lambda: decode_record(self.decode, record.value, record.headers), record.headers
         )

@@ -399,12 +399,15 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
 
     lines = drift(engine)
 
-    # What 0002, 0003, 0004, 0006, 0008 and 0010 add: the runs' scope columns and their index, the audit log
-    # and its indexes, split runs' range count and their ranges, the runs' request time, change counts; the
-    # attempts table and its two indexes.
-    assert len(lines) == 22, lines
+    # What 0002, 0003, 0004, 0006, 0008, 0010 and 0011 add: the runs' scope columns and their index, the audit
+    # log and its indexes, split runs' range count and their ranges, the runs' request time, change counts;
+    # the attempts table and its two indexes; the dispatcher replicas' heartbeats (and their index) and the
+    # shared circuit breakers.
+    assert len(lines) == 25, lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)
     assert "table attempts is missing from the database" in lines
+    assert "table dispatcher_replicas is missing from the database" in lines
+    assert "table circuit_breakers is missing from the database" in lines
     assert any("runs.requested_at" in line and "missing from the database" in line for line in lines)
     assert "table audit_log is missing from the database" in lines
     assert "table extraction_ranges is missing from the database" in lines

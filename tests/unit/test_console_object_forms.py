@@ -45,3 +45,11 @@ def test_saving_a_template_in_the_console_keeps_its_form_body():
     assert not problems
     assert (body["content_type"], body["form"]) == ("form", {"id": "{{ member.id }}"})
     assert HttpTemplate.model_validate({**body, "name": "t"}).content_type == current.content_type
+
+
+def test_saving_a_profile_in_the_console_keeps_its_circuit_breaker():
+    current = ConnectionProfile(
+        name="p", base_url="https://partner.example", circuit_breaker={"failure_rate": 0.25, "open_seconds": 60}
+    )
+    body = profile_body(_form(name="p", base_url="https://partner.example", auth_type="none"), current)
+    assert ConnectionProfile.model_validate(body).circuit_breaker == current.circuit_breaker

@@ -115,6 +115,10 @@ SCHEME = {
     "member_export_dispatcher_rate_limit_waits_total": "counter",
     "member_export_dispatcher_rate_limit_wait_seconds_total": "counter",
     "member_export_dispatcher_inspector_dropped_total": "counter",
+    "member_export_circuit_state": "gauge",
+    "member_export_circuit_transitions_total": "counter",
+    "member_export_consumer_held_records": "gauge",
+    "member_export_notifier_circuit_emails_total": "counter",
     "member_export_runs_finished_total": "counter",
     "member_export_run_duration_seconds": "histogram",
     "member_export_runs_active": "gauge",
@@ -138,6 +142,7 @@ def test_every_metric_of_every_service_follows_the_naming_scheme():
         "services.dispatcher.dispatching",
         "services.dispatcher.delivery",
         "services.notifier.notifying",
+        "services.notifier.breaker_notices",
         "services.admin.request_metrics",
     ):
         importlib.import_module(module)

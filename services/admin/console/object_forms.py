@@ -111,7 +111,7 @@ def profile_body(form: Form, current: ConnectionProfile | None) -> dict[str, Any
     if current is not None:
         # Set in YAML or through the API (the form has no fields for them yet): kept as they are, their secrets
         # masked as the API answers them (a mask sent back keeps the stored value).
-        for name in ("tls", "proxy"):
+        for name in ("tls", "proxy", "circuit_breaker"):
             kept = getattr(current, name)
             if kept is not None:
                 body[name] = kept.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,156 @@
+"""The dispatcher's circuit breakers, one per connection profile that has a ``circuit_breaker`` setting.
+
+Every attempt of a request to such a profile is admitted first (:meth:`ProfileBreakers.admit`) and its outcome
+recorded after (:meth:`ProfileBreakers.record`). While the breaker is open, the batch is held back
+(:class:`shared.kafka.held_records.HoldRecord`): the consumer loop keeps it uncommitted and hands it back
+once the breaker turns half-open; no attempt is spent, nothing is dead-lettered, and the batch's retry
+budget starts afresh when it is delivered again. A request whose attempt fails as the breaker opens is held
+back the same way instead of waiting out its retries. While half-open, the attempts beyond the probes wait
+(on the event loop, for a probe to come back) instead of being held.
+
+Each transition is counted (``member_export_circuit_transitions_total``), shown
+(``member_export_circuit_state``) and handed to ``on_change`` (the breaker notices).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import structlog
+
+from services.dispatcher.delivery import AttemptResult
+from services.dispatcher.metrics import CIRCUIT_STATE, CIRCUIT_TRANSITIONS
+from shared.domain.catalog_objects import ConnectionProfile
+from shared.domain.circuit_breaker import (
+    STATE_VALUES,
+    BreakerState,
+    CircuitBreaker,
+    CircuitBreakerSettings,
+    Ticket,
+    Transition,
+)
+from shared.kafka.held_records import HoldRecord
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+#: Longest wait for a probe to come back before asking the breaker again (seconds).
+PROBE_WAIT_SECONDS = 1.0
+
+
+@dataclass
+class _Entry:
+    settings: CircuitBreakerSettings
+    breaker: CircuitBreaker
+    #: Set (and replaced) whenever an outcome is recorded: what waiting attempts wake up on.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def held(profile: str, until: float) -> HoldRecord:
+    """The hold of a batch whose profile's breaker is open until ``until``."""
+    return HoldRecord(f"the circuit breaker of connection profile {profile!r} is open: the batch waits", until)
+
+
+class ProfileBreakers:
+    """The breakers of the profiles this dispatcher delivers to (kept across batches; rebuilt when edited)."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[str, Transition], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.on_change = on_change
+        self._entries: dict[str, _Entry] = {}
+
+    def _entry(self, profile: ConnectionProfile) -> _Entry | None:
+        settings = profile.circuit_breaker
+        if settings is None:
+            if self._entries.pop(profile.name, None) is not None:
+                CIRCUIT_STATE.remove(profile.name)
+            return None
+        entry = self._entries.get(profile.name)
+        if entry is None or entry.settings != settings:
+            entry = self._entries[profile.name] = _Entry(settings, CircuitBreaker(settings))
+            CIRCUIT_STATE.labels(profile=profile.name).set(STATE_VALUES[BreakerState.CLOSED])
+            for state in BreakerState:  # every series from 0: increase() sees the first opening
+                CIRCUIT_TRANSITIONS.labels(profile=profile.name, state=state.value)
+        return entry
+
+    def check(self, profile: ConnectionProfile) -> None:
+        """Raise the batch's hold when the profile's breaker is open (before rendering anything)."""
+        entry = self._entry(profile)
+        if entry is None:
+            return
+        now = self.clock()
+        state = entry.breaker.state_at(now)
+        self._publish(profile.name, entry)
+        if state is BreakerState.OPEN:
+            raise held(profile.name, entry.breaker.open_until)
+
+    async def admit(self, profile: ConnectionProfile) -> Ticket | None:
+        """A ticket for one attempt (None for a profile without a breaker); waits while the probes are out;
+        raises the batch's hold while the breaker is open."""
+        entry = self._entry(profile)
+        if entry is None:
+            return None
+        while True:
+            now = self.clock()
+            answer = entry.breaker.admit(now)
+            self._publish(profile.name, entry)
+            if isinstance(answer, Ticket):
+                return answer
+            if answer > now:
+                raise held(profile.name, answer)
+            with suppress(TimeoutError):  # half-open, every probe out: wait for one to come back
+                await asyncio.wait_for(entry.changed.wait(), PROBE_WAIT_SECONDS)
+
+    def record(self, profile: ConnectionProfile, ticket: Ticket | None, attempt: AttemptResult) -> None:
+        """Judge an attempt's outcome; raise the batch's hold when it failed and the breaker is (now) open."""
+        entry = self._entries.get(profile.name)
+        if ticket is None or entry is None:
+            return
+        failed = attempt.retryable
+        entry.breaker.record(self.clock(), ticket, failed)
+        self._publish(profile.name, entry)
+        self._wake(entry)
+        if failed and entry.breaker.state is BreakerState.OPEN:
+            raise held(profile.name, entry.breaker.open_until)
+
+    def cancel(self, profile: ConnectionProfile, ticket: Ticket | None) -> None:
+        """An admitted attempt that was not made (the batch held or abandoned)."""
+        entry = self._entries.get(profile.name)
+        if ticket is not None and entry is not None:
+            entry.breaker.cancel(ticket)
+            self._wake(entry)
+
+    @staticmethod
+    def _wake(entry: _Entry) -> None:
+        entry.changed.set()
+        entry.changed = asyncio.Event()
+
+    def _publish(self, profile: str, entry: _Entry) -> None:
+        for change in entry.breaker.changes():
+            CIRCUIT_STATE.labels(profile=profile).set(STATE_VALUES[change.after])
+            CIRCUIT_TRANSITIONS.labels(profile=profile, state=change.after.value).inc()
+            log.warning("circuit breaker", profile=profile, state=change.after.value, was=change.before.value)
+            if self.on_change is not None:
+                self.on_change(profile, change)
+
+
+async def gather_or_cancel(*awaitables: Awaitable[T]) -> list[T]:
+    """``asyncio.gather``, except that when one fails (a request held back by its breaker) the others are
+    cancelled instead of going on unheard: the batch is held back whole, and delivered again whole."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

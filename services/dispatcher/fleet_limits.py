@@ -1,0 +1,258 @@
+"""A profile's limits held across every dispatcher replica: each replica applies its share.
+
+The replicas beat in the catalog every ``heartbeat_seconds`` (:class:`shared.catalog.fleet_store.SqlFleetStore`)
+and divide each profile's ``max_in_flight`` and ``requests_per_second`` between the live ones
+(:mod:`shared.domain.limit_shares`). A request to a limited profile takes one of this replica's slots of the
+profile (waiting while they are all taken) and a token of its rate share. A replica whose share of a
+profile is 0 (a limit below the number of replicas, until its turn comes), or whose last heartbeat is older
+than half the TTL (it may have been counted out by the others), holds the batch back
+(:class:`shared.kafka.held_records.HoldRecord`) rather than overshoot: it is handed back a heartbeat later.
+
+Why quotas and not a lease per request: measured by ``tests/benchmarks/bench_fleet_limits.py`` (README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
+from shared.catalog.fleet_store import SqlFleetStore
+from shared.domain.catalog_objects import RateLimit
+from shared.domain.limit_shares import (
+    burst_share,
+    effective,
+    in_flight_share,
+    rate_share,
+    rotation_turn,
+    view_of,
+)
+from shared.kafka.held_records import HoldRecord
+
+log = structlog.get_logger(__name__)
+
+#: How long a batch held for want of a share waits before it is tried again (seconds).
+SHARE_WAIT_SECONDS = 1.0
+
+
+class Slots:
+    """A bound on requests in flight whose capacity may change while requests hold or wait for a slot."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self._freed = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def taken(self, held: Callable[[], HoldRecord]) -> AsyncIterator[None]:
+        """Hold a slot for the block; raise ``held()`` when the capacity drops to 0 while waiting."""
+        while self.in_use >= self.capacity:
+            if self.capacity <= 0:
+                raise held()
+            freed = self._freed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(freed.wait(), SHARE_WAIT_SECONDS)
+        self.in_use += 1
+        try:
+            yield
+        finally:
+            self.in_use -= 1
+            self._wake()
+
+    def resize(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._wake()
+
+    def _wake(self) -> None:
+        self._freed.set()
+        self._freed = asyncio.Event()
+
+
+@dataclass
+class ProfileLimits:
+    """One profile's limits in this replica: its rate limiter and in-flight slots, at this replica's share.
+
+    Without a configured rate, the rate is learned from the partner's 429s (and dropped again); without a
+    ``max_in_flight``, requests are not bounded per profile.
+    """
+
+    config: RateLimit | None
+    rate: AdaptiveRateLimiter | LearnedRateLimit = field(default_factory=LearnedRateLimit)
+    slots: Slots | None = None
+    #: The shares applied (None: never applied).
+    in_flight_applied: float | None = None
+    rate_applied: float | None = None
+    #: The view (and whether every replica was within it) the shares were computed for.
+    applied: tuple[str, bool] | None = None
+
+    def __post_init__(self) -> None:
+        if self.config is not None and self.config.max_in_flight is not None:
+            self.slots = Slots(self.config.max_in_flight)
+            self.in_flight_applied = self.config.max_in_flight
+        if self.config is not None and self.config.requests_per_second is not None:
+            self.rate = AdaptiveRateLimiter(self.config.requests_per_second, float(self.config.burst))
+            self.rate_applied = self.config.requests_per_second
+
+    @contextlib.asynccontextmanager
+    async def in_flight(self, held: Callable[[], HoldRecord]) -> AsyncIterator[None]:
+        """One request's slot (none needed without ``max_in_flight``)."""
+        if self.slots is None:
+            yield
+            return
+        async with self.slots.taken(held):
+            yield
+
+    @property
+    def limited(self) -> bool:
+        return self.config is not None
+
+
+@dataclass
+class _View:
+    replicas: tuple[str, ...]
+    view: str
+    turn: int
+    all_drained: bool
+    fresh_until: float
+
+
+class FleetLimits:
+    """This replica's membership of the dispatcher fleet, and its share of every profile's limits.
+
+    ``store`` None: a lone dispatcher (tests, a single replica by configuration) applies whole limits.
+    """
+
+    def __init__(
+        self,
+        store: SqlFleetStore | None,
+        *,
+        heartbeat_seconds: float = 2.0,
+        ttl_seconds: float = 10.0,
+        replica_id: str | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.heartbeat_seconds, self.ttl_seconds = heartbeat_seconds, ttl_seconds
+        self.replica_id = replica_id or uuid.uuid4().hex
+        self.wall_clock, self.clock = wall_clock, clock
+        self._view: _View | None = None
+        #: The profiles' limits this replica knows (the dispatcher's, by profile name).
+        self.limits: dict[str, ProfileLimits] = {}
+
+    def limits_of(self, name: str, config: RateLimit | None) -> ProfileLimits:
+        """The profile's limits at this replica's current share; raises the batch's hold when the share is 0."""
+        known = self.limits.get(name)
+        # The catalog cache hands the same object until it expires: identity first, equality only then.
+        if known is None or (known.config is not config and known.config != config):
+            known = self.limits[name] = ProfileLimits(config)
+            if self.store is not None and config is not None:
+                known.in_flight_applied = known.rate_applied = None  # nothing applied yet: see effective()
+        if self.store is not None and config is not None:
+            self._apply(name, known)
+        return known
+
+    def held(self, name: str) -> HoldRecord:
+        return HoldRecord(
+            f"this dispatcher's share of connection profile {name!r}'s limits is 0 for now: the batch waits",
+            self.clock() + SHARE_WAIT_SECONDS,
+        )
+
+    def _targets(self, name: str, config: RateLimit, view: _View) -> tuple[int | None, float | None, int]:
+        flights = None
+        if config.max_in_flight is not None:
+            flights = in_flight_share(config.max_in_flight, view.replicas, self.replica_id, name, view.turn)
+        rate = rate_share(config.requests_per_second, view.replicas) if config.requests_per_second else None
+        return flights, rate, burst_share(config.burst, view.replicas)
+
+    def _apply(self, name: str, limits: ProfileLimits) -> None:
+        view = self._view
+        assert limits.config is not None
+        if view is None or self.clock() > view.fresh_until:
+            # Not (or no longer) known to the others, who may have counted it out: no share to take, and none
+            # to keep once it beats again until every replica is within the view then (effective()).
+            if limits.slots is not None:
+                limits.slots.resize(0)
+                limits.in_flight_applied = 0
+            if limits.config.requests_per_second is not None:
+                limits.rate_applied = 0
+            limits.applied = None
+            raise self.held(name)
+        if limits.applied != (view.view, view.all_drained):
+            flights, rate, burst = self._targets(name, limits.config, view)
+            if flights is not None:
+                share = int(effective(limits.in_flight_applied, flights, view.all_drained))
+                limits.in_flight_applied = share
+                if limits.slots is None:
+                    limits.slots = Slots(share)
+                limits.slots.resize(share)
+            if rate is not None:
+                share_rate = effective(limits.rate_applied, rate, view.all_drained)
+                if share_rate > 0 and share_rate != limits.rate_applied:
+                    limits.rate = AdaptiveRateLimiter(share_rate, float(burst))
+                limits.rate_applied = share_rate
+            limits.applied = (view.view, view.all_drained)
+        if limits.in_flight_applied == 0 or limits.rate_applied == 0:
+            raise self.held(name)
+
+    def _drained(self, view: _View) -> bool:
+        """Whether this replica is within its share of ``view`` for every profile it knows."""
+        for name, limits in list(self.limits.items()):
+            if limits.config is None or limits.slots is None:
+                continue
+            flights, _, _ = self._targets(name, limits.config, view)
+            if flights is not None and limits.slots.in_use > flights:
+                return False
+        return True
+
+    async def beat(self) -> bool:
+        """One heartbeat: say which view this replica is within, read the live replicas, apply the new view.
+        True when the view changed (the next beat had better come at once: it acknowledges the new view)."""
+        assert self.store is not None
+        current = self._view
+        drained = current.view if current is not None and self._drained(current) else None
+        now = self.wall_clock()
+        started = self.clock()
+        beats = await asyncio.to_thread(self.store.beat, self.replica_id, now, self.ttl_seconds, drained)
+        replicas = tuple(sorted(beat.replica_id for beat in beats))
+        if self.replica_id not in replicas:  # pragma: no cover - it has just beaten: only with a stopped clock
+            return False
+        turn = rotation_turn(now)
+        view = view_of(replicas, turn)
+        all_drained = all(beat.drained_view == view for beat in beats if beat.replica_id != self.replica_id)
+        if current is None or current.view != view:
+            log.info("dispatcher fleet", replicas=len(replicas), view=view, all_drained=all_drained)
+        self._view = _View(replicas, view, turn, all_drained, started + self.ttl_seconds / 2)
+        for name, limits in list(self.limits.items()):
+            if limits.config is not None:
+                with contextlib.suppress(HoldRecord):
+                    self._apply(name, limits)
+        return current is None or current.view != view
+
+    async def run(self) -> None:
+        """Beat every ``heartbeat_seconds`` until cancelled (a failed beat is logged; the next one tries again)."""
+        if self.store is None:
+            return
+        while True:
+            changed = False
+            try:
+                changed = await self.beat()
+            except Exception as exc:  # noqa: BLE001 - the catalog away: shares go to 0 once the view is stale
+                log.warning("dispatcher heartbeat failed", error=f"{type(exc).__name__}: {exc}")
+            # A new view is acknowledged at the next beat: soon, so that the others may take their shares.
+            await asyncio.sleep(self.heartbeat_seconds / 10 if changed else self.heartbeat_seconds)
+
+    def leave(self) -> None:
+        """Remove this replica's row (on stop): the others take its share at their next heartbeat."""
+        if self.store is None:
+            return
+        try:
+            self.store.leave(self.replica_id)
+        except Exception as exc:  # noqa: BLE001 - the catalog away: the row expires after the TTL instead
+            log.warning("dispatcher could not leave the fleet", error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,79 @@
+"""The dispatcher's circuit breaker against real HTTP servers on 127.0.0.1: a failing partner's batches are held
+back (no dead letter, no retry budget spent), refusals do not open it, other profiles are not held."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from devtools.http_receiver import HttpReceiver
+from services.dispatcher.delivery import RetryBudget
+from shared.catalog import CatalogStores
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
+from shared.events import RUN_EVENT_ADAPTER, BatchOutcome
+from shared.kafka.held_records import HoldRecord
+from tests.dispatcher_helpers import BlockingDispatcher, Http, blocking_dispatcher, dispatch_catalog, http_on_loop
+from tests.integration.test_dispatcher import TOPICS, batch
+
+pytestmark = pytest.mark.integration
+
+BREAKER = {"minimum_requests": 3, "failure_rate": 0.5, "window_seconds": 30, "open_seconds": 3, "half_open_probes": 1}
+
+
+@pytest.fixture
+def catalog(tmp_path) -> Iterator[CatalogStores]:
+    with dispatch_catalog(tmp_path) as catalog:
+        yield catalog
+
+
+@pytest.fixture
+def client() -> Iterator[Http]:
+    with http_on_loop() as http:
+        yield http
+
+
+def _dispatcher(catalog: CatalogStores, client: Http, receiver: HttpReceiver) -> BlockingDispatcher:
+    catalog.definitions.apply(ConnectionProfile(name="p", base_url=receiver.url, circuit_breaker=BREAKER))
+    catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p", path="/m", batch_size=1))
+    policy = RetryBudget(max_attempts=10, max_seconds=60, initial_backoff=0.01, max_backoff=0.02)
+    return blocking_dispatcher(catalog, client, policy, TOPICS)
+
+
+def test_a_failing_partners_batch_is_held_back_before_its_retries_run_out_then_delivered(catalog, client):
+    with HttpReceiver() as receiver:
+        receiver.state.share_503 = 1.0
+        dispatcher = _dispatcher(catalog, client, receiver)
+        with pytest.raises(HoldRecord) as held:
+            dispatcher.handle(batch(2))  # two requests, each allowed 10 attempts
+        assert len(receiver.receipts()) < 10  # the breaker opened after 3 failures: no budget spent to the end
+        assert held.value.until > time.monotonic()
+        sent = len(receiver.receipts())
+        with pytest.raises(HoldRecord):
+            dispatcher.handle(batch(2, index=1))  # open: held at once
+        assert len(receiver.receipts()) == sent
+
+        with HttpReceiver() as healthy:  # another profile's batches go on meanwhile
+            catalog.definitions.apply(ConnectionProfile(name="p2", base_url=healthy.url, circuit_breaker=BREAKER))
+            catalog.definitions.apply(HttpTemplate(name="t2", query="q", profile="p2", path="/m"))
+            [other] = dispatcher.handle(batch(2).model_copy(update={"template": "t2"}))
+            assert RUN_EVENT_ADAPTER.validate_json(other.value).delivered == 2
+
+        receiver.state.share_503 = 0.0  # recovered
+        deadline = time.monotonic() + 10
+        while time.monotonic() < held.value.until:  # the loop hands it back once due
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        [outcome] = dispatcher.handle(batch(2))
+    delivered = RUN_EVENT_ADAPTER.validate_json(outcome.value)
+    assert isinstance(delivered, BatchOutcome)
+    assert (delivered.delivered, delivered.failed) == (2, 0)
+
+
+def test_refusals_do_not_open_the_breaker(catalog, client):
+    with HttpReceiver(reject_status=422) as receiver:
+        dispatcher = _dispatcher(catalog, client, receiver)
+        for index in range(3):
+            letters = dispatcher.handle(batch(2, index))  # refused, isolated and dead-lettered as before
+            assert RUN_EVENT_ADAPTER.validate_json(letters[-1].value).failed == 2

@@ -1,0 +1,145 @@
+"""Dividing a profile's limits between dispatcher replicas: the shares add up to the limit, and a replica
+joining or leaving never lets the replicas together exceed it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.dispatcher.fleet_limits import FleetLimits
+from shared.catalog.fleet_store import ReplicaBeat
+from shared.domain.catalog_objects import RateLimit
+from shared.domain.limit_shares import effective, in_flight_share, rate_share
+from shared.kafka.held_records import HoldRecord
+
+
+@given(
+    st.integers(1, 1000),
+    st.lists(st.text("abcdef0123", min_size=1, max_size=8), min_size=1, max_size=20, unique=True),
+    st.text(max_size=20),
+    st.integers(0, 10_000),
+)
+def test_the_shares_of_a_view_add_up_to_the_limit_and_differ_by_one_at_most(limit, replicas, profile, turn):
+    shares = [in_flight_share(limit, replicas, me, profile, turn) for me in replicas]
+    assert sum(shares) == limit
+    assert max(shares) - min(shares) <= 1
+    assert sum(rate_share(10.0, replicas) for _ in replicas) == pytest.approx(10.0)
+
+
+def test_the_remainder_moves_from_turn_to_turn():
+    replicas = ["a", "b", "c"]
+    holders = {turn: [me for me in replicas if in_flight_share(1, replicas, me, "p", turn)] for turn in range(3)}
+    assert sorted(h for (h,) in holders.values()) == replicas  # each replica's batches get their turn
+
+
+def test_a_growing_share_waits_until_every_replica_is_within_the_new_view():
+    assert effective(4, 2, all_drained=False) == 2  # shrinking: at once
+    assert effective(2, 4, all_drained=False) == 2  # growing: not yet
+    assert effective(2, 4, all_drained=True) == 4
+    assert effective(None, 3, all_drained=False) == 0  # a newcomer: nothing until the others made room
+
+
+class _Catalog:
+    """The fleet store's heartbeats, in memory (each replica's last beat)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, str | None] = {}
+
+    def beat(self, replica_id: str, at: float, ttl: float, drained_view: str | None) -> list[ReplicaBeat]:
+        self.rows[replica_id] = drained_view
+        return [ReplicaBeat(r, v) for r, v in sorted(self.rows.items())]
+
+    def leave(self, replica_id: str) -> None:
+        self.rows.pop(replica_id)
+
+
+LIMIT = RateLimit(max_in_flight=4)
+
+
+def _replica(catalog: _Catalog, name: str) -> FleetLimits:
+    return FleetLimits(catalog, replica_id=name, wall_clock=lambda: 1000.0)  # type: ignore[arg-type]
+
+
+def _capacity(replica: FleetLimits) -> int:
+    try:
+        slots = replica.limits_of("p", LIMIT).slots
+    except HoldRecord:
+        return 0
+    assert slots is not None
+    return slots.capacity
+
+
+def _fill(replica: FleetLimits) -> None:
+    """Take every free slot, as requests waiting for them would."""
+    try:
+        slots = replica.limits_of("p", LIMIT).slots
+    except HoldRecord:
+        return
+    assert slots is not None
+    slots.in_use = max(slots.in_use, slots.capacity)
+
+
+def _in_flight(*replicas: FleetLimits) -> int:
+    return sum(r.limits["p"].slots.in_use for r in replicas if "p" in r.limits and r.limits["p"].slots)
+
+
+def test_a_replica_joining_takes_its_share_only_once_the_other_has_made_room():
+    catalog = _Catalog()
+    first, second = _replica(catalog, "a"), _replica(catalog, "b")
+    asyncio.run(first.beat())
+    _fill(first)
+    assert _in_flight(first) == 4  # alone, the whole limit
+
+    for _ in range(3):  # the newcomer beats; the first sees it and shrinks, but 4 requests are still out
+        asyncio.run(second.beat())
+        asyncio.run(first.beat())
+        _fill(first)
+        _fill(second)
+        assert _capacity(first) == 2
+        assert _capacity(second) == 0
+        assert _in_flight(first, second) <= 4
+
+    first.limits["p"].slots.in_use = 2  # two of its requests came back
+    asyncio.run(first.beat())  # within its share of the new view: it says so
+    asyncio.run(second.beat())  # every replica within the view: the newcomer takes its share
+    _fill(second)
+    assert (_capacity(first), _capacity(second)) == (2, 2)
+    assert _in_flight(first, second) == 4
+
+
+def test_a_replica_leaving_gives_its_share_back_to_the_others():
+    catalog = _Catalog()
+    first, second = _replica(catalog, "a"), _replica(catalog, "b")
+    for _ in range(3):  # a view change is acknowledged in the beat after it is seen
+        asyncio.run(first.beat())
+        asyncio.run(second.beat())
+    assert (_capacity(first), _capacity(second)) == (2, 2)
+    second.leave()
+    asyncio.run(first.beat())
+    assert _capacity(first) == 4
+
+
+def test_a_replica_whose_heartbeat_is_stale_holds_back_until_every_replica_is_within_the_view_again():
+    catalog, now = _Catalog(), [0.0]
+    first = FleetLimits(catalog, replica_id="a", wall_clock=lambda: 1000.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    second = _replica(catalog, "b")
+    for _ in range(3):
+        asyncio.run(first.beat())
+        asyncio.run(second.beat())
+    assert _capacity(first) == 2
+    now[0] += first.ttl_seconds  # no heartbeat answered for a while (the catalog away)
+    assert _capacity(first) == 0
+    asyncio.run(first.beat())  # back: within the view again, but not sure the other still is
+    asyncio.run(second.beat())
+    asyncio.run(first.beat())
+    assert _capacity(first) == 2
+
+
+def test_a_replica_that_cannot_beat_holds_its_limited_batches_back():
+    lone = _replica(_Catalog(), "a")
+    with pytest.raises(HoldRecord):
+        lone.limits_of("p", LIMIT)  # never beaten: the others do not know it
+    assert FleetLimits(None).limits_of("p", LIMIT).slots.capacity == 4  # no fleet: whole
