@@ -5,10 +5,10 @@ request holding one of some members (``reject_members``, ids), or the first N wi
 (``fail_first``, optionally with ``Retry-After``), the first N with 429 (``throttle_first``), a share
 of requests with 503/429 (``share_503``, ``share_429``), or act as an OAuth token endpoint plus a
 resource server checking the token (``oauth_client``), or echo each request's headers back in its answer's
-body and its Authorization in an ``X-Echo-Authorization`` header (``echo_headers``), so tests can check what the pipeline does with a
-partner API that refuses or stumbles. Receipts are kept member by member. Given an ``ssl_context``, it
-speaks HTTPS (requiring a client certificate if the context does: each receipt then holds the client's
-certificate, and failed handshakes are counted); a receipt parses form and XML bodies too.
+body and its Authorization in an ``X-Echo-Authorization`` header (``echo_headers``), so tests can check
+what the pipeline does with a partner API that refuses or stumbles. Receipts are kept member by member.
+Given an ``ssl_context``, it speaks HTTPS (requiring a client certificate if the context does: each receipt
+then holds the client's certificate, and failed handshakes are counted); a receipt parses form and XML bodies too.
 
     python -m devtools.http_receiver --port 8080 [--reject-status 400]
 """
@@ -161,12 +161,12 @@ class _Handler(BaseHTTPRequestHandler):
             receipt.status = status
             state.receipts.append(receipt)
             echo = state.echo_headers
-        answer: dict[str, Any] = {"accepted": status < 300}
+        body_out: dict[str, Any] = {"accepted": status < 300}
         extra = {}
         if echo:
-            answer["headers"] = dict(self.headers.items())
+            body_out["headers"] = dict(self.headers.items())
             extra["X-Echo-Authorization"] = self.headers.get("Authorization", "")
-        self._answer(status, answer, retry_after if status in (429, 503) else None, extra)
+        self._answer(status, body_out, retry_after if status in (429, 503) else None, extra)
 
     def _answer(
         self, status: int, answer: dict[str, Any], retry_after: str | None = None, headers: dict[str, str] | None = None

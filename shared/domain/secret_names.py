@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 
 #: A field, header or query parameter whose name says it holds a credential: ``*auth*`` (``Authorization``,
-#: ``Proxy-Authorization``), ``*token*``, ``*secret*``, ``*passw*``/``pwd``, ``*signature*``, a name ending in ``sig`` (as ``key``),
-#: ``*api-key*``, a name ending in ``key`` after ``-``/``_`` or being ``key`` (``X-Functions-Key``,
-#: ``Ocp-Apim-Subscription-Key``, ``private_key``), ``*session*``, ``*cookie*``, ``*credential*``, ``*jwt*``.
+#: ``Proxy-Authorization``), ``*token*``, ``*secret*``, ``*passw*``/``pwd``, ``*signature*``, ``*api-key*``, a
+#: name that is or ends in ``key`` or ``sig`` after ``-``/``_`` (``X-Functions-Key``, ``Ocp-Apim-Subscription-Key``,
+#: ``private_key``, ``X-Sig``), ``*session*``, ``*cookie*``, ``*credential*``, ``*jwt*``.
 #: ``Idempotency-Key`` is the exception: not a secret, and what a partner's support asks for.
 _SECRET_NAME = re.compile(
     r"auth|token|secret|passw|pwd|signature|(^|[-_])(sig|key)$|api[-_]?key|session|cookie|credential|jwt",

@@ -92,8 +92,9 @@ def _objects(base_url: str, oauth_url: str) -> list[object]:
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("inspector")
-    receivers = HttpReceiver(fail_first=1, echo_headers=True), HttpReceiver(
-        oauth_client=("inspector-client", OAUTH_SECRET), echo_headers=True
+    receivers = (
+        HttpReceiver(fail_first=1, echo_headers=True),
+        HttpReceiver(oauth_client=("inspector-client", OAUTH_SECRET), echo_headers=True),
     )
     with (
         receivers[0] as receiver,

@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from shared.catalog.engine import make_engine
-from shared.catalog.schema import BASELINE, current_revision, downgrade, upgrade
 from shared.application.actors import Actor, Role
 from shared.application.attempts import read_attempts
 from shared.application.errors import Forbidden
+from shared.catalog.engine import make_engine
+from shared.catalog.schema import BASELINE, current_revision, downgrade, upgrade
 from shared.catalog.stores import CatalogStores
 from shared.domain.attempts import CapturedAttempt
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
@@ -129,7 +129,9 @@ def test_a_definition_recreated_elsewhere_never_shows_its_namesakes_attempts(cat
     shown = read_attempts(emea, "d", store=catalog.definitions, attempts=catalog.attempts)
     assert shown == [], "the deleted france definition's requests are not the new one's"
     catalog.attempts.add([attempt(2)], keep=5)
-    assert [a.batch_index for a in read_attempts(emea, "d", store=catalog.definitions, attempts=catalog.attempts)] == [2]
+    assert [a.batch_index for a in read_attempts(emea, "d", store=catalog.definitions, attempts=catalog.attempts)] == [
+        2
+    ]
     viewer = Actor(name="emea-viewer", role=Role.VIEWER, business_units=frozenset({"emea"}))
     with pytest.raises(Forbidden, match="dry_run"):
         read_attempts(viewer, "d", store=catalog.definitions, attempts=catalog.attempts)

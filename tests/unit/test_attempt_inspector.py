@@ -6,7 +6,7 @@ import json
 import re
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 import structlog
@@ -343,8 +343,10 @@ def test_the_credentials_a_request_was_sent_with_are_masked_in_every_form_the_an
     for value in values:
         for form in (value, quote(value, safe=""), lower_escapes(quote(value, safe="")), quote(value)):
             assert form not in shown
-    assert "pa\\/ss" not in body.replace(escaped, "") and "pa\\/ss" in escaped  # the form is in the answer
-    assert "ss w+rd" not in shown and "token+fetched" not in shown
+    assert "pa\\/ss" not in body.replace(escaped, "")
+    assert "pa\\/ss" in escaped
+    assert "ss w+rd" not in shown
+    assert "token+fetched" not in shown
 
 
 def test_a_secret_rotated_between_send_and_flush_is_masked_as_it_was_sent(monkeypatch: pytest.MonkeyPatch):
@@ -441,7 +443,12 @@ def test_close_waits_a_bounded_time_for_a_slow_catalog():
     inspector.start()
     inspector.watch("d", PROFILE, uuid.uuid4(), 0)(1, request(), answer(503), REFUSED, 0.01)
     closed = threading.Event()
-    threading.Thread(target=lambda: (inspector.close(timeout=0.1), closed.set()), daemon=True).start()
+
+    def close() -> None:
+        inspector.close(timeout=0.1)
+        closed.set()
+
+    threading.Thread(target=close, daemon=True).start()
     try:
         assert closed.wait(10), "close() waited for the catalog"
     finally:
@@ -463,17 +470,19 @@ def test_a_no_answer_reason_is_cut_after_masking():
 
     store = RecordingStore()
     inspector = AttemptInspector(store)
-    deliverer = Deliverer(Refusing(), RetryBudget(max_attempts=1))  # type: ignore[arg-type]
+    deliverer = Deliverer(Refusing(), RetryBudget(max_attempts=1))
 
     async def make_request() -> RenderedRequest:
         return request()
 
     inspect = inspector.watch("d", PROFILE, uuid.uuid4(), 0)
     result = asyncio.run(deliverer.deliver(make_request, 1.0, inspect=inspect))
-    assert result.error is not None and len(result.error) == SNIPPET_CHARS
+    assert result.error is not None
+    assert len(result.error) == SNIPPET_CHARS
     inspector.flush()
     [kept] = store.added
-    assert kept.error is not None and SECRET[:5] not in kept.error
+    assert kept.error is not None
+    assert SECRET[:5] not in kept.error
     assert kept.error.startswith("x" * (SNIPPET_CHARS - 5) + MASK)
 
 
@@ -497,8 +506,57 @@ def test_an_inspector_error_never_changes_a_deliverys_outcome():
 
     dropped = INSPECTOR_DROPPED._value.get()
     with structlog.testing.capture_logs() as logs:
-        result = asyncio.run(Deliverer(Accepting(), RetryBudget()).deliver(make_request, 1.0, inspect=broken))  # type: ignore[arg-type]
+        result = asyncio.run(Deliverer(Accepting(), RetryBudget()).deliver(make_request, 1.0, inspect=broken))
     assert (result.success, result.status, result.attempts) == (True, 200, 1)
     assert INSPECTOR_DROPPED._value.get() - dropped == 1
     assert [line["error"] for line in logs] == ["RuntimeError"]
     assert SECRET not in repr(logs)
+
+
+def test_exportctl_details_escape_control_characters_but_keep_lines_and_tabs(capsys: pytest.CaptureFixture[str]):
+    from shared.application.attempts import attempt_view
+    from shared.cli.attempts_commands import print_attempts
+
+    kept = CapturedAttempt(
+        definition="d",
+        profile="p",
+        run_id=uuid.uuid4(),
+        batch_index=0,
+        attempt=1,
+        at=datetime(2026, 12, 3, tzinfo=UTC),
+        method="POST",
+        url="https://p.example/m",
+        request_headers={"X-Note": "a\rb"},
+        request_body="[]",
+        request_bytes=2,
+        status=400,
+        success=False,
+        latency_ms=1.0,
+        response_headers={},
+        response_body="line 1\n\tline 2 \x1b[2J\x1b]0;owned\x07 \x9b",
+    )
+    print_attempts([attempt_view(kept)], details=True)
+    shown = capsys.readouterr().out
+    assert "\x1b" not in shown
+    assert "\x07" not in shown
+    assert "\r" not in shown
+    assert "\x9b" not in shown
+    assert "line 1\n\tline 2 \\x1b[2J\\x1b]0;owned\\x07 \\x9b" in shown
+    assert "> X-Note: a\\rb" in shown
+
+
+@pytest.mark.parametrize(
+    ("args", "refusal"),
+    [(["--limit", "0"], "must be at least 1, not 0"), (["--run", "nope"], "'nope' is not a run id")],
+)
+def test_exportctl_attempts_refuses_a_bad_limit_or_run_id(
+    args: list[str], refusal: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    from shared.cli.__main__ import main as exportctl
+
+    # Through the admin API (nothing listens there): refused before any request is made.
+    monkeypatch.delenv("EXPORT_CATALOG_URL", raising=False)
+    monkeypatch.setenv("EXPORT_API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("EXPORT_API_TOKEN", "t")
+    assert exportctl(["attempts", "d", *args]) == 2
+    assert refusal in capsys.readouterr().err
