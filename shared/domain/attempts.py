@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 import urllib.parse
@@ -36,11 +37,15 @@ MIN_SEARCHED = 4
 #: Answer headers that hold a URL (or several): their secret-named query values are masked.
 _URL_HEADERS = frozenset({"location", "content-location", "link"})
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]*")
 
 
-def _forms(secret: str) -> set[str]:
+@functools.lru_cache(maxsize=4096)  # the same credentials come back attempt after attempt
+def _forms(secret: str) -> frozenset[str]:
     """The ways ``secret`` can appear in a request or an answer: raw, percent-encoded (wholly, keeping ``/`` as
     ``quote`` does, or as a form value; escapes in upper or lower case), JSON-escaped (``/`` as is or ``\\/``)."""
+    if _UNRESERVED.fullmatch(secret):  # no character any encoding changes (a hex signature, most tokens)
+        return frozenset({secret})
     encoded = {
         urllib.parse.quote(secret, safe=""),
         urllib.parse.quote(secret),
@@ -48,7 +53,7 @@ def _forms(secret: str) -> set[str]:
     }
     lowered = {_PERCENT_ESCAPE.sub(lambda match: match.group(0).lower(), form) for form in encoded}
     escaped = {json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
-    return {secret, *escaped, *(form.replace("/", "\\/") for form in escaped), *encoded, *lowered}
+    return frozenset({secret, *escaped, *(form.replace("/", "\\/") for form in escaped), *encoded, *lowered})
 
 
 def credential_values(value: str) -> Iterator[str]:
@@ -91,7 +96,7 @@ class Masking:
     def plus(self, secrets: Iterable[str], headers: Iterable[str] = ()) -> Masking:
         """This masking and more values (e.g. the credentials a request was sent with) and header names."""
         forms = set(self.secrets)
-        for secret in secrets:
+        for secret in set(secrets):
             if len(secret) >= MIN_SEARCHED:
                 forms |= _forms(secret)
         # Longest first: a secret containing another is masked whole.

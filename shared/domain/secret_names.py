@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 #: A field, header or query parameter whose name says it holds a credential: ``*auth*`` (``Authorization``,
@@ -22,6 +23,7 @@ _NOT_SECRET = re.compile(r"^idempotency[-_]key$", re.IGNORECASE)
 _SECRET_QUERY_NAMES = frozenset({"code"})
 
 
+@functools.lru_cache(maxsize=1024)  # the same header and field names, over and over
 def secret_name(name: str) -> bool:
     """Whether a log field, HTTP header or query parameter of this name holds a credential, by its name."""
     return _SECRET_NAME.search(name) is not None and _NOT_SECRET.match(name) is None
