@@ -4,10 +4,11 @@ It can be told to answer every request with a given status (``reject_status``), 
 request holding one of some members (``reject_members``, ids), or the first N with 503
 (``fail_first``, optionally with ``Retry-After``), the first N with 429 (``throttle_first``), a share
 of requests with 503/429 (``share_503``, ``share_429``), or act as an OAuth token endpoint plus a
-resource server checking the token (``oauth_client``), so tests can check what the pipeline does with a
-partner API that refuses or stumbles. Receipts are kept member by member. Given an ``ssl_context``, it
-speaks HTTPS (requiring a client certificate if the context does: each receipt then holds the client's
-certificate, and failed handshakes are counted); a receipt parses form and XML bodies too.
+resource server checking the token (``oauth_client``), or echo each request's headers back in its answer's
+body and its Authorization in an ``X-Echo-Authorization`` header (``echo_headers``), so tests can check
+what the pipeline does with a partner API that refuses or stumbles. Receipts are kept member by member.
+Given an ``ssl_context``, it speaks HTTPS (requiring a client certificate if the context does: each receipt
+then holds the client's certificate, and failed handshakes are counted); a receipt parses form and XML bodies too.
 
     python -m devtools.http_receiver --port 8080 [--reject-status 400]
 """
@@ -83,6 +84,8 @@ class ReceiverState:
     oauth_client: tuple[str, str] | None = None
     live_tokens: set[str] = field(default_factory=set)
     tokens_issued: int = 0
+    #: Echo mode: each answer's body holds the request's headers, as a careless partner's error page does.
+    echo_headers: bool = False
     #: Seconds each request is held before it is answered (a slow partner), and the concurrency seen.
     delay: float = 0.0
     active: int = 0
@@ -157,13 +160,23 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 400
             receipt.status = status
             state.receipts.append(receipt)
-        self._answer(status, {"accepted": status < 300}, retry_after if status in (429, 503) else None)
+            echo = state.echo_headers
+        body_out: dict[str, Any] = {"accepted": status < 300}
+        extra = {}
+        if echo:
+            body_out["headers"] = dict(self.headers.items())
+            extra["X-Echo-Authorization"] = self.headers.get("Authorization", "")
+        self._answer(status, body_out, retry_after if status in (429, 503) else None, extra)
 
-    def _answer(self, status: int, answer: dict[str, Any], retry_after: str | None = None) -> None:
+    def _answer(
+        self, status: int, answer: dict[str, Any], retry_after: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         payload = json.dumps(answer).encode()
         self.send_response(status)
         if retry_after is not None:
             self.send_header("Retry-After", retry_after)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
@@ -219,6 +232,7 @@ class HttpReceiver(Managed):
         throttle_first: int = 0,
         delay: float = 0.0,
         ssl_context: ssl.SSLContext | None = None,
+        echo_headers: bool = False,
     ) -> None:
         self.state = ReceiverState(
             reject_status=reject_status,
@@ -230,6 +244,7 @@ class HttpReceiver(Managed):
             share_429=share_429,
             oauth_client=oauth_client,
             delay=delay,
+            echo_headers=echo_headers,
         )
         self._server = _Server(port, self.state, ssl_context)
         self._thread = threading.Thread(target=self._server.serve_forever, name="http-receiver", daemon=True)

@@ -8,7 +8,6 @@ delivery: :mod:`shared.tracing`) carries its ``trace_id`` and ``span_id``.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
 import time
@@ -18,14 +17,16 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
-_SECRET_KEYS = re.compile(r"(?i)(password|secret|token|authorization|api[_-]?key|credential)")
+from shared.domain.secret_names import secret_name
+
 REDACTED = "[redacted]"
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Replace the value of any field whose name suggests a secret."""
+    """Replace the value of any field whose name suggests a secret (:func:`shared.domain.secret_names.secret_name`:
+    the rule the attempt inspector masks headers and query parameters by)."""
     for key in list(event_dict):
-        if _SECRET_KEYS.search(key):
+        if secret_name(key):
             event_dict[key] = REDACTED
     return event_dict
 

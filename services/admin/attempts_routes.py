@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from services.admin.dependencies import Context, Reader
 from services.admin.problems import ApiProblem, problem_responses
-from shared.application.attempts import read_attempts
+from shared.application.attempts import attempt_view, read_attempts
 from shared.domain.attempts import CapturedAttempt
 from shared.domain.strict_values import BoolText
 
@@ -43,32 +43,17 @@ class AttemptView(BaseModel):
 
     @classmethod
     def of(cls, attempt: CapturedAttempt) -> AttemptView:
-        return cls(
-            id=attempt.id,
-            at=attempt.at,
-            definition=attempt.definition,
-            profile=attempt.profile,
-            run_id=attempt.run_id,
-            batch_index=attempt.batch_index,
-            attempt=attempt.attempt,
-            method=attempt.method,
-            url=attempt.url,
-            request_headers=dict(attempt.request_headers),
-            request_body=attempt.request_body,
-            request_bytes=attempt.request_bytes,
-            status=attempt.status,
-            success=attempt.success,
-            latency_ms=attempt.latency_ms,
-            response_headers=dict(attempt.response_headers),
-            response_body=attempt.response_body,
-            error=attempt.error,
-        )
+        return cls.model_validate(attempt_view(attempt))  # the shape exportctl prints too
 
 
 @router.get(
     "/export-definitions/{name}/attempts",
     summary="The definition's last HTTP attempts (requests and answers, secrets masked), newest first",
-    responses=problem_responses(404, 503),
+    description=(
+        "Needs the dry_run permission (editor, operator, admin: the attempts show the requests as sent, member "
+        "data included) and the definition's business unit in the token's scope."
+    ),
+    responses=problem_responses(403, 404, 503),
     operation_id="read_attempts_ExportDefinition",
 )
 def attempts(

@@ -12,9 +12,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from services.admin.bearer_tokens import TokenStore
 from services.admin.problems import ApiProblem
 from shared.application.actors import Actor, Permission
-from shared.application.attempts import AttemptsReader
 from shared.application.checks import ObjectChecks
-from shared.application.ports import AuditLog, DefinitionsStore, EventPublisher, MemberSource, RunsStore
+from shared.application.ports import AttemptsReader, AuditLog, DefinitionsStore, EventPublisher, MemberSource, RunsStore
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.secret_references import SecretReferencePolicy
 from shared.name_resolution import resolve_host

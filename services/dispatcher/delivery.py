@@ -6,17 +6,20 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt, stop_after_delay
 
-from services.dispatcher.metrics import REQUEST_SECONDS, REQUESTS, RETRIES, status_class
+from services.dispatcher.metrics import INSPECTOR_DROPPED, REQUEST_SECONDS, REQUESTS, RETRIES, status_class
 from shared.domain.rendering import RenderedRequest
 from shared.errors import ExportError, RetryableError
 from shared.outbound.backoff import Backoff
 from shared.outbound.partner_http import NoAnswer, PartnerAnswer, PartnerHttp
 from shared.outbound.partner_network import PartnerNetwork
 from shared.outbound.retry_decisions import is_retryable, is_success, parse_retry_after
+
+log = structlog.get_logger(__name__)
 
 SNIPPET_CHARS = 300
 
@@ -31,6 +34,9 @@ class AttemptResult:
     retry_after: float | None = None
     error: str | None = None
     final: bool = False
+    #: ``error`` before it was cut to :data:`SNIPPET_CHARS` (when it was): the attempt inspector masks this,
+    #: then cuts, so that a secret across the cut cannot leave its start behind.
+    uncut_error: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def retryable(self) -> bool:
@@ -64,7 +70,7 @@ def failed_attempt(exc: Exception) -> AttemptResult:
     if isinstance(exc, ExportError):  # e.g. a destination the SSRF guard refuses, an unresolvable secret
         return AttemptResult(status=None, success=False, error=str(exc), final=True)
     reason = f"the request could not be sent: {type(exc).__name__}: {exc}"
-    return AttemptResult(status=None, success=False, error=reason[:SNIPPET_CHARS], final=True)
+    return AttemptResult(status=None, success=False, error=reason[:SNIPPET_CHARS], final=True, uncut_error=reason)
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,8 @@ class Deliverer:
             answer = await self.partners.send(request, timeout, network)
         except NoAnswer as exc:
             REQUESTS.labels(*labels, "error").inc()
-            result = AttemptResult(status=None, success=False, error=str(exc)[:SNIPPET_CHARS])
+            reason = str(exc)
+            result = AttemptResult(status=None, success=False, error=reason[:SNIPPET_CHARS], uncut_error=reason)
         except Exception as exc:  # noqa: BLE001 - an invalid URL or header, a refused destination: this batch's failure
             REQUESTS.labels(*labels, "error").inc()
             result = failed_attempt(exc)
@@ -135,7 +142,11 @@ class Deliverer:
             seconds = time.perf_counter() - started
             REQUEST_SECONDS.labels(*labels).observe(seconds)
         if witness is not None:
-            witness(request, answer, result, seconds)
+            try:
+                witness(request, answer, result, seconds)
+            except Exception as exc:  # noqa: BLE001 - the inspector never changes a delivery's outcome
+                INSPECTOR_DROPPED.inc()
+                log.warning("the attempt inspector failed on an attempt", error=type(exc).__name__)
         return result
 
     async def deliver(

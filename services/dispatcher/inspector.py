@@ -2,12 +2,15 @@
 
 The deliverer's retry loop hands each attempt that sent a request to :meth:`AttemptInspector.watch`'s
 witness. On the event loop (the hot path) it only decides whether to keep the attempt (sampling first:
-an attempt not kept is never copied) and, if so, keeps references and bounded slices of the bodies in a
-bounded buffer: at most ``keep`` attempts per (definition, profile), the newest, and ``max_buffered`` in
-all (the rest are dropped and counted). A background thread drains the buffer every ``flush_seconds``:
-it masks (:class:`shared.domain.attempts.Masking`, with the profile's secrets resolved there, off the
-loop), writes the round's attempts in one statement, forgets each pair's rows beyond the newest
-``keep`` in the same transaction, and applies the retention about once a minute.
+an attempt not kept is never copied) and, if so, keeps what will be shown of it (method, URL, headers, the
+bodies' sizes and bounded slices: never the request or the answer themselves) in a bounded buffer: at most
+``keep`` failed and ``keep`` successful attempts per (definition, profile), the newest, and ``max_buffered``
+in all, of which successes may take half (so a stream of successes never crowds failures out; the rest are
+dropped and counted). A background thread drains the buffer every ``flush_seconds``: it masks
+(:class:`shared.domain.attempts.Masking`, with the profile's secrets resolved there, off the loop, and the
+credentials each request was sent with), writes the round's attempts in one statement, forgets each
+(definition, profile, outcome)'s rows beyond the newest ``keep`` in the same transaction, and applies the
+retention about once a minute.
 
 Sampling: every failed attempt (``failure_sample``, 1.0 by default), the first successful attempt of each
 (definition, profile) in each flush interval, and a share ``success_sample`` of the other successes.
@@ -27,11 +30,11 @@ from typing import Protocol
 
 import structlog
 
-from services.dispatcher.delivery import AttemptResult, AttemptWitness
+from services.dispatcher.delivery import SNIPPET_CHARS, AttemptResult, AttemptWitness
 from services.dispatcher.metrics import INSPECTOR_DROPPED
 from services.dispatcher.settings import DispatcherSettings
-from shared.domain.attempts import CapturedAttempt, Masking, profile_secrets, window
-from shared.domain.catalog_objects import ApiKeyAuth, ConnectionProfile
+from shared.domain.attempts import CapturedAttempt, Masking, window
+from shared.domain.catalog_objects import ApiKeyAuth, ConnectionProfile, secret_fields
 from shared.domain.rendering import RenderedRequest
 from shared.domain.secret_references import resolve_secret
 from shared.errors import ExportError
@@ -40,6 +43,8 @@ from shared.outbound.partner_http import PartnerAnswer
 log = structlog.get_logger(__name__)
 
 Pair = tuple[str, str]
+#: A pair and whether the attempts succeeded: failures and successes are capped apart.
+Slot = tuple[str, str, bool]
 
 
 class AttemptsWriter(Protocol):
@@ -51,7 +56,10 @@ class AttemptsWriter(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class _Raw:
-    """An attempt kept on the hot path: references and bounded slices, nothing masked or decoded yet."""
+    """An attempt kept on the hot path: what will be shown of it, bodies as bounded slices, nothing masked yet.
+
+    Never the :class:`RenderedRequest` or :class:`PartnerAnswer` themselves: their whole bodies would stay
+    in memory until the flush. ``headers`` is the mapping the request was sent with (built per request)."""
 
     definition: str
     profile: ConnectionProfile
@@ -59,11 +67,19 @@ class _Raw:
     batch_index: int
     attempt: int
     at: float
-    request: RenderedRequest
+    method: str
+    url: str
+    headers: Mapping[str, str]
     body: bytes
-    answer: PartnerAnswer | None
+    body_bytes: int
+    status: int | None
+    success: bool
+    error: str | None
+    #: Whether ``error`` is the whole reason (else its start).
+    error_whole: bool
+    answer_headers: Mapping[str, str] | None
     answer_body: bytes
-    result: AttemptResult
+    answer_bytes: int
     seconds: float
 
 
@@ -72,6 +88,10 @@ class AttemptInspector:
 
     #: How often the retention is applied (seconds): an indexed delete, not worth doing every flush.
     PRUNE_EVERY_SECONDS = 60.0
+    #: How long :meth:`close` waits for the last write, at most (seconds): a slow catalog must not hold the
+    #: process past its termination grace period (Kubernetes: 30 s by default, shared with the rest of the
+    #: shutdown).
+    CLOSE_SECONDS = 5.0
 
     def __init__(
         self,
@@ -93,8 +113,9 @@ class AttemptInspector:
         self._chance = chance
         self._window = window(body_bytes)
         self._lock = threading.Lock()
-        self._pending: dict[Pair, deque[_Raw]] = {}
-        self._buffered = 0
+        self._pending: dict[Slot, deque[_Raw]] = {}
+        #: Attempts buffered, by success: successes may fill half the buffer, failures all of it.
+        self._buffered = {False: 0, True: 0}
         #: Pairs whose first success of this flush interval was kept.
         self._succeeded: set[Pair] = set()
         self._stop = threading.Event()
@@ -117,6 +138,7 @@ class AttemptInspector:
             if not self._keeps(pair, result.success):
                 return  # decided before anything is copied
             size = self._window
+            error = result.uncut_error or result.error
             raw = _Raw(
                 definition,
                 profile,
@@ -124,14 +146,21 @@ class AttemptInspector:
                 batch_index,
                 attempt,
                 time.time(),
-                request,
+                request.method,
+                request.url,
+                request.headers,
                 request.content[:size],
-                answer,
+                len(request.content),
+                result.status,
+                result.success,
+                error[:size] if error is not None else None,
+                error is None or len(error) <= size,
+                answer.headers if answer is not None else None,
                 answer.body[:size] if answer is not None else b"",
-                result,
+                len(answer.body) if answer is not None else 0,
                 seconds,
             )
-            self._buffer(pair, raw)
+            self._buffer((definition, profile.name, result.success), raw)
 
         return witness
 
@@ -143,19 +172,21 @@ class AttemptInspector:
             return True
         return self.success_sample > 0 and self._chance() < self.success_sample
 
-    def _buffer(self, pair: Pair, raw: _Raw) -> None:
+    def _buffer(self, slot: Slot, raw: _Raw) -> None:
+        success = slot[2]
         with self._lock:
-            attempts = self._pending.get(pair)
+            attempts = self._pending.get(slot)
             if attempts is not None and len(attempts) == self.keep:
-                attempts.append(raw)  # the pair's oldest makes room: the store keeps the newest anyway
+                attempts.append(raw)  # the slot's oldest makes room: the store keeps the newest anyway
                 return
-            if self._buffered >= self.max_buffered:
+            room = self.max_buffered // 2 if success else self.max_buffered - self._buffered[True]
+            if self._buffered[success] >= room:
                 INSPECTOR_DROPPED.inc()
                 return
             if attempts is None:
-                attempts = self._pending[pair] = deque(maxlen=self.keep)
+                attempts = self._pending[slot] = deque(maxlen=self.keep)
             attempts.append(raw)
-            self._buffered += 1
+            self._buffered[success] += 1
 
     # --- the background flush ----------------------------------------------------------------------------
 
@@ -164,51 +195,69 @@ class AttemptInspector:
         self._thread = threading.Thread(target=self._run, name="attempt-inspector", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        """Stop the background thread, and write what is still buffered."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the background thread after it wrote what is still buffered, waiting ``timeout`` seconds at most
+        (:attr:`CLOSE_SECONDS` by default): past it the process may end, the last attempts unwritten."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.flush()
+        thread = self._thread
+        if thread is None:  # never started: the last write on a thread of its own, to bound it the same way
+            thread = threading.Thread(target=self.flush, name="attempt-inspector-close", daemon=True)
+            thread.start()
+        thread.join(self.CLOSE_SECONDS if timeout is None else timeout)
+        if thread.is_alive():
+            log.warning("the attempt inspector's last write did not finish in time; its attempts are lost")
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_seconds):
             self.flush()
+        self.flush()  # the last write, on this thread: close() bounds its wait
 
     def flush(self) -> int:
         """Write the buffered attempts (masked) and prune; how many were written. Never raises: a catalog that
         cannot be written loses this round's attempts (counted), not the dispatcher."""
         with self._lock:
-            pending, self._pending, self._buffered = self._pending, {}, 0
+            pending, self._pending, self._buffered = self._pending, {}, {False: 0, True: 0}
             self._succeeded = set()
         raws = [raw for attempts in pending.values() for raw in attempts]
-        try:
-            written = 0
-            if raws:
+        written = 0
+        if raws:
+            try:
                 self.store.add(self._masked(raws), keep=self.keep)
                 written = len(raws)
-            if time.monotonic() - self._pruned_at >= self.PRUNE_EVERY_SECONDS:
+            except Exception as exc:  # noqa: BLE001 - never the dispatcher's failure; never the message (it may quote rows)
+                INSPECTOR_DROPPED.inc(len(raws))
+                log.warning("captured attempts could not be written", error=type(exc).__name__, attempts=len(raws))
+        if time.monotonic() - self._pruned_at >= self.PRUNE_EVERY_SECONDS:
+            # Apart from the write: the attempts written above are kept even when the retention fails.
+            try:
                 self.store.prune(datetime.now(UTC) - self.retention)
                 self._pruned_at = time.monotonic()
-            return written
-        except Exception as exc:  # noqa: BLE001 - never the dispatcher's failure; never the message (it may quote rows)
-            INSPECTOR_DROPPED.inc(len(raws))
-            log.warning("captured attempts could not be written", error=type(exc).__name__, attempts=len(raws))
-            return 0
+            except Exception as exc:  # noqa: BLE001 - as above
+                log.warning("the attempts retention could not be applied", error=type(exc).__name__)
+        return written
 
     def _masked(self, raws: list[_Raw]) -> list[CapturedAttempt]:
-        maskings: dict[int, Masking] = {}
+        profiles: dict[int, Masking] = {}
+        maskings: dict[tuple[int, tuple[str, ...]], Masking] = {}
         captured = []
         for raw in raws:
-            masking = maskings.get(id(raw.profile))
+            base = profiles.get(id(raw.profile))
+            if base is None:
+                base = profiles[id(raw.profile)] = masking_of(raw.profile)
+            # The credentials the request was sent with: an OAuth token fetched at run time, a secret read
+            # from a file since rotated... whatever the profile's secrets resolve to now.
+            sent = tuple(base.sent_credentials(raw.headers.items()))
+            masking = maskings.get((id(raw.profile), sent))
             if masking is None:
-                masking = maskings[id(raw.profile)] = masking_of(raw.profile)
+                masking = maskings[(id(raw.profile), sent)] = base.plus(sent)
             captured.append(self._captured(raw, masking))
         return captured
 
     def _captured(self, raw: _Raw, masking: Masking) -> CapturedAttempt:
-        answer, result, request = raw.answer, raw.result, raw.request
-        headers: Mapping[str, str] = answer.headers if answer is not None else {}
+        answered = raw.answer_headers is not None
+        error = None
+        if raw.error and not answered:  # cut after masking: a secret across the cut is masked whole
+            error = masking.reason(raw.error, SNIPPET_CHARS, partial=not raw.error_whole)
         return CapturedAttempt(
             definition=raw.definition,
             profile=raw.profile.name,
@@ -216,17 +265,17 @@ class AttemptInspector:
             batch_index=raw.batch_index,
             attempt=raw.attempt,
             at=datetime.fromtimestamp(raw.at, UTC),
-            method=request.method,
-            url=masking.url(request.url),
-            request_headers=masking.header_pairs(request.headers.items()),
-            request_body=masking.body(raw.body, self.body_bytes, len(request.content)),
-            request_bytes=len(request.content),
-            status=result.status,
-            success=result.success,
+            method=raw.method,
+            url=masking.url(raw.url),
+            request_headers=masking.header_pairs(raw.headers.items()),
+            request_body=masking.body(raw.body, self.body_bytes, raw.body_bytes),
+            request_bytes=raw.body_bytes,
+            status=raw.status,
+            success=raw.success,
             latency_ms=round(raw.seconds * 1000, 3),
-            response_headers=masking.header_pairs(headers.items()),
-            response_body=masking.body(raw.answer_body, self.body_bytes, len(answer.body)) if answer else "",
-            error=masking.reason(result.error) if result.error and answer is None else None,
+            response_headers=masking.header_pairs((raw.answer_headers or {}).items()),
+            response_body=masking.body(raw.answer_body, self.body_bytes, raw.answer_bytes) if answered else "",
+            error=error,
         )
 
 
@@ -234,7 +283,7 @@ def masking_of(profile: ConnectionProfile) -> Masking:
     """The masking of ``profile``'s attempts: its secrets resolved (one that does not resolve was not sent
     either), and its API-key header."""
     values = []
-    for secret in profile_secrets(profile):
+    for _field, secret in secret_fields(profile):
         try:
             values.append(resolve_secret(secret))
         except ExportError:

@@ -65,7 +65,7 @@ RATE_LIMIT_WAIT_SECONDS = Counter(
 )
 INSPECTOR_DROPPED = Counter(
     "member_export_dispatcher_inspector_dropped_total",
-    "Attempts the attempt inspector sampled but could not keep (its buffer was full, or the catalog write failed).",
+    "Attempts the attempt inspector could not keep (its buffer was full, the catalog write failed, or it failed).",
 )
 
 

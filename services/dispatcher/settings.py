@@ -99,7 +99,10 @@ class DispatcherSettings(CommonSettings):
         default=True, description="Keep sampled HTTP attempts (masked, bodies cut) in the catalog for inspection."
     )
     inspector_keep: int = Field(
-        default=50, ge=1, le=10_000, description="Attempts kept per (definition, profile): the newest."
+        default=50,
+        ge=1,
+        le=10_000,
+        description="Failed attempts kept per (definition, profile), and as many successful: the newest.",
     )
     inspector_success_sample: float = Field(
         default=0.01,
@@ -109,7 +112,10 @@ class DispatcherSettings(CommonSettings):
     )
     inspector_failure_sample: float = Field(default=1.0, ge=0, le=1, description="Share of failed attempts kept.")
     inspector_body_bytes: int = Field(
-        default=4096, ge=0, le=1_000_000, description="Bytes of a request or answer body kept (the rest is cut)."
+        default=4096,
+        ge=0,
+        le=1_000_000,
+        description="Characters of a request or answer body kept (the rest is cut, after masking).",
     )
     inspector_retention_hours: float = Field(
         default=72.0, gt=0, description="How long a kept attempt stays (bodies hold member data)."
@@ -118,7 +124,10 @@ class DispatcherSettings(CommonSettings):
         default=2.0, gt=0, le=300, description="How often captured attempts are written to the catalog."
     )
     inspector_buffer_attempts: int = Field(
-        default=2000, ge=1, le=1_000_000, description="Attempts held in memory between two flushes at most."
+        default=2000,
+        ge=1,
+        le=1_000_000,
+        description="Attempts held in memory between two flushes at most (successes: half of them at most).",
     )
 
     @property

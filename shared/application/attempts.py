@@ -1,35 +1,24 @@
 """Reading the attempt inspector: a definition's last HTTP attempts, within the reader's scope.
 
-The attempts are stored masked by the dispatcher (``services/dispatcher/inspector.py``); reading them is
-a read of the definition: the reader's role must grant ``read`` and the definition's business unit must be
-in the reader's scope (403 otherwise, 404 for a definition that does not exist, as for the definition).
+The attempts are stored masked by the dispatcher (``services/dispatcher/inspector.py``), but they are the
+requests as sent, member data included (bodies, and URLs and headers a template fills from query columns):
+reading them needs what a dry run needs, the ``dry_run`` permission (editor, operator, admin; a viewer is
+refused, 403), and the definition's business unit in the reader's scope (403 otherwise, 404 for a definition
+that does not exist). A definition's attempts are the rows written under its id: those of a deleted
+definition are never shown for one of the same name created later.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Protocol
+from typing import Any
 
-from shared.application.actors import Actor, Permission, authorise
-from shared.application.objects import visible
-from shared.application.ports import DefinitionsStore
+from shared.application.actors import Actor, Permission
+from shared.application.errors import Forbidden
+from shared.application.objects import visible_with_id
+from shared.application.ports import AttemptsReader, DefinitionsStore
 from shared.domain.attempts import CapturedAttempt
 from shared.domain.catalog_objects import ExportDefinition
-
-
-class AttemptsReader(Protocol):
-    """The captured attempts, read (the catalog's attempts store)."""
-
-    def attempts(
-        self,
-        definition: str,
-        *,
-        profile: str | None = None,
-        failed: bool | None = None,
-        status: int | None = None,
-        run_id: uuid.UUID | None = None,
-        limit: int = 50,
-    ) -> list[CapturedAttempt]: ...
 
 
 def read_attempts(
@@ -45,6 +34,34 @@ def read_attempts(
     limit: int = 50,
 ) -> list[CapturedAttempt]:
     """The definition's captured attempts, newest first (filtered by profile, failure, status, run)."""
-    authorise(actor, Permission.READ)
-    visible(actor, store, ExportDefinition, definition)
-    return attempts.attempts(definition, profile=profile, failed=failed, status=status, run_id=run_id, limit=limit)
+    if not actor.may(Permission.DRY_RUN):
+        raise Forbidden(
+            f"role '{actor.role.value}' may not read attempts: they show the requests as sent, member data "
+            "included, which needs the dry_run permission (editor, operator or admin)"
+        )
+    definition_id, _ = visible_with_id(actor, store, ExportDefinition, definition)
+    return attempts.attempts(definition_id, profile=profile, failed=failed, status=status, run_id=run_id, limit=limit)
+
+
+def attempt_view(attempt: CapturedAttempt) -> dict[str, Any]:
+    """An attempt as the admin API answers it and exportctl prints it (JSON-ready; one shape for both)."""
+    return {
+        "id": attempt.id,
+        "at": attempt.at.isoformat().replace("+00:00", "Z"),  # as the API writes an instant in UTC
+        "definition": attempt.definition,
+        "profile": attempt.profile,
+        "run_id": str(attempt.run_id),
+        "batch_index": attempt.batch_index,
+        "attempt": attempt.attempt,
+        "method": attempt.method,
+        "url": attempt.url,
+        "request_headers": dict(attempt.request_headers),
+        "request_body": attempt.request_body,
+        "request_bytes": attempt.request_bytes,
+        "status": attempt.status,
+        "success": attempt.success,
+        "latency_ms": attempt.latency_ms,
+        "response_headers": dict(attempt.response_headers),
+        "response_body": attempt.response_body,
+        "error": attempt.error,
+    }

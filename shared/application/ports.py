@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
 
+from shared.domain.attempts import CapturedAttempt
 from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import CatalogObject, Priority, SavedQuery
 from shared.domain.runs import RunRecord, RunStatus
@@ -32,6 +33,21 @@ class AuditLog(Protocol):
         offset: int = 0,
     ) -> list[AuditEntry]: ...
     def prune(self) -> int: ...
+
+
+class AttemptsReader(Protocol):
+    """The attempt inspector's captured attempts, read (the catalog's attempts store)."""
+
+    def attempts(
+        self,
+        definition_id: uuid.UUID,
+        *,
+        profile: str | None = None,
+        failed: bool | None = None,
+        status: int | None = None,
+        run_id: uuid.UUID | None = None,
+        limit: int = 50,
+    ) -> list[CapturedAttempt]: ...
 
 
 class DefinitionsReader(Protocol):

@@ -3,32 +3,37 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
-from shared.catalog.tables import AttemptRow
+from shared.catalog.tables import AttemptRow, CatalogObjectRow, RunRow
 from shared.domain.attempts import CapturedAttempt
+from shared.domain.catalog_objects import ExportDefinition
 
 
 class SqlAttemptsStore:
-    """Captured HTTP attempts, newest first, at most ``keep`` per (definition, profile)."""
+    """Captured HTTP attempts, newest first, at most ``keep`` failed and ``keep`` successful per (definition,
+    profile); each row under its definition's id, which readers select by."""
 
     def __init__(self, database: CatalogDatabase) -> None:
         self.database = database
 
     def add(self, attempts: Sequence[CapturedAttempt], *, keep: int) -> int:
-        """Insert ``attempts`` in one statement, then forget each of their (definition, profile) pairs' rows
-        beyond the newest ``keep``, in the same transaction; how many rows were forgotten."""
+        """Insert ``attempts`` in one statement (each under its definition's id: its run's, else the one of that
+        name now), then forget the rows of each of their (definition, profile, success) beyond the newest
+        ``keep``, in the same transaction; how many rows were forgotten."""
         if not attempts:
             return 0
         with self.database.transaction() as session:
-            session.execute(insert(AttemptRow), [_row(attempt) for attempt in attempts])
-            pairs = {(attempt.definition, attempt.profile) for attempt in attempts}
-            return sum(_keep_newest(session, definition, profile, keep) for definition, profile in sorted(pairs))
+            ids = _definition_ids(session, attempts)
+            rows = [_row(attempt) | {"definition_id": ids(attempt)} for attempt in attempts]
+            session.execute(insert(AttemptRow), rows)
+            slots = {(attempt.definition, attempt.profile, attempt.success) for attempt in attempts}
+            return sum(_keep_newest(session, *slot, keep) for slot in sorted(slots))
 
     def prune(self, before: datetime) -> int:
         """Forget the attempts made before ``before`` (the retention); how many went (an indexed delete)."""
@@ -38,7 +43,7 @@ class SqlAttemptsStore:
 
     def attempts(
         self,
-        definition: str,
+        definition_id: uuid.UUID,
         *,
         profile: str | None = None,
         failed: bool | None = None,
@@ -46,9 +51,9 @@ class SqlAttemptsStore:
         run_id: uuid.UUID | None = None,
         limit: int = 50,
     ) -> list[CapturedAttempt]:
-        """A definition's attempts, newest first: of ``profile``, failed (or succeeded) only, with ``status``,
-        of ``run_id``, when given."""
-        query = select(AttemptRow).where(AttemptRow.definition == definition)
+        """The attempts of the definition of id ``definition_id``, newest first: of ``profile``, failed (or
+        succeeded) only, with ``status``, of ``run_id``, when given."""
+        query = select(AttemptRow).where(AttemptRow.definition_id == str(definition_id))
         if profile is not None:
             query = query.where(AttemptRow.profile == profile)
         if failed is not None:
@@ -62,8 +67,30 @@ class SqlAttemptsStore:
             return [_attempt_of(row) for row in rows]
 
 
-def _keep_newest(session: Session, definition: str, profile: str, keep: int) -> int:
-    pair = (AttemptRow.definition == definition, AttemptRow.profile == profile)
+def _definition_ids(session: Session, attempts: Sequence[CapturedAttempt]) -> Callable[[CapturedAttempt], str | None]:
+    """Each attempt's definition id: its run's (the definition the run was of, even if one of the same name was
+    created since), else the id of the definition of that name (a run not recorded yet), else None (gone)."""
+    runs = {str(attempt.run_id) for attempt in attempts}
+    names = {attempt.definition for attempt in attempts}
+    by_run: dict[str, str | None] = {
+        run_id: definition_id
+        for run_id, definition_id in session.execute(
+            select(RunRow.run_id, RunRow.definition_id).where(RunRow.run_id.in_(runs), RunRow.definition_id.isnot(None))
+        )
+    }
+    by_name: dict[str, str] = {
+        name: id_
+        for name, id_ in session.execute(
+            select(CatalogObjectRow.name, CatalogObjectRow.id).where(
+                CatalogObjectRow.kind == ExportDefinition.__name__, CatalogObjectRow.name.in_(names)
+            )
+        )
+    }
+    return lambda attempt: by_run.get(str(attempt.run_id)) or by_name.get(attempt.definition)
+
+
+def _keep_newest(session: Session, definition: str, profile: str, success: bool, keep: int) -> int:
+    pair = (AttemptRow.definition == definition, AttemptRow.profile == profile, AttemptRow.success.is_(success))
     # The id of the newest row past the ``keep`` newest (NULL when there are not that many: nothing goes).
     oldest_kept = select(AttemptRow.id).where(*pair).order_by(AttemptRow.id.desc()).offset(keep).limit(1)
     result = session.execute(delete(AttemptRow).where(*pair, AttemptRow.id <= oldest_kept.scalar_subquery()))
@@ -95,6 +122,7 @@ def _row(attempt: CapturedAttempt) -> dict[str, object]:
 def _attempt_of(row: AttemptRow) -> CapturedAttempt:
     return CapturedAttempt(
         definition=row.definition,
+        definition_id=uuid.UUID(row.definition_id) if row.definition_id else None,
         profile=row.profile,
         run_id=uuid.UUID(row.run_id),
         batch_index=row.batch_index,

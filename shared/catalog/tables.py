@@ -201,14 +201,20 @@ class AuditRow(Base):
 class AttemptRow(Base):
     """One HTTP attempt the dispatcher's inspector kept (``shared.domain.attempts``): masked, bodies cut.
 
-    The newest ``EXPORT_INSPECTOR_KEEP`` per (definition, profile) are kept, none older than the retention.
+    The newest ``EXPORT_INSPECTOR_KEEP`` failed and as many successful per (definition, profile) are kept, none
+    older than the retention. ``definition_id``: the definition's stable id when the row was written (its run's,
+    else the one of that name): readers see a definition's rows by it, never a deleted namesake's.
     """
 
     __tablename__ = "attempts"
-    __table_args__ = (Index("ix_attempts_pair", "definition", "profile", "id"),)
+    __table_args__ = (
+        Index("ix_attempts_pair", "definition", "profile", "success", "id"),
+        Index("ix_attempts_definition", "definition_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     definition: Mapped[str] = mapped_column(String(100))
+    definition_id: Mapped[str | None] = mapped_column(String(36))
     profile: Mapped[str] = mapped_column(String(100))
     run_id: Mapped[str] = mapped_column(String(36))
     batch_index: Mapped[int] = mapped_column(Integer)

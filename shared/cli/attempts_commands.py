@@ -7,42 +7,28 @@ API (``GET /export-definitions/{name}/attempts``, within the token's scope); bot
 from __future__ import annotations
 
 import argparse
+import re
 import urllib.parse
-import uuid
 from typing import TYPE_CHECKING, Any
 
-from shared.cli.exits import OK, CliError
+from shared.cli.argtypes import positive_int
+from shared.cli.exits import OK
 from shared.cli.output import dump, output_option, table
+from shared.cli.run_views import parse_run_id
 
 if TYPE_CHECKING:
     from shared.cli.api import AdminApi
     from shared.cli.common import CliSettings
     from shared.cli.direct import Direct
-    from shared.domain.attempts import CapturedAttempt
+
+#: Control characters a partner's answer may hold (an escape sequence rewriting the terminal...): shown
+#: escaped in ``--details``, all but line feed and tab.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def view_of(attempt: CapturedAttempt) -> dict[str, Any]:
-    """An attempt as the admin API answers it (JSON-ready)."""
-    return {
-        "id": attempt.id,
-        "at": attempt.at.isoformat().replace("+00:00", "Z"),  # as the API writes an instant in UTC
-        "definition": attempt.definition,
-        "profile": attempt.profile,
-        "run_id": str(attempt.run_id),
-        "batch_index": attempt.batch_index,
-        "attempt": attempt.attempt,
-        "method": attempt.method,
-        "url": attempt.url,
-        "request_headers": dict(attempt.request_headers),
-        "request_body": attempt.request_body,
-        "request_bytes": attempt.request_bytes,
-        "status": attempt.status,
-        "success": attempt.success,
-        "latency_ms": attempt.latency_ms,
-        "response_headers": dict(attempt.response_headers),
-        "response_body": attempt.response_body,
-        "error": attempt.error,
-    }
+def printable(text: str) -> str:
+    """``text`` with its control characters (other than ``\\n`` and ``\\t``) escaped: ``\\x1b``, ``\\r``..."""
+    return _CONTROL.sub(lambda match: match.group(0).encode("unicode_escape").decode("ascii"), text)
 
 
 def print_attempts(attempts: list[dict[str, Any]], details: bool, fmt: str = "table") -> None:
@@ -72,19 +58,19 @@ def print_attempts(attempts: list[dict[str, Any]], details: bool, fmt: str = "ta
         return
     for attempt, row in zip(attempts, rows, strict=True):
         print(f"--- {row[0]}  {attempt['profile']}  run {attempt['run_id']} batch {row[3]} attempt {row[4]}")
-        print(f"> {attempt['method']} {attempt['url']}")
-        for name, value in attempt["request_headers"].items():
-            print(f"> {name}: {value}")
+        lines = [f"> {attempt['method']} {attempt['url']}"]
+        lines += [f"> {name}: {value}" for name, value in attempt["request_headers"].items()]
         if attempt["request_body"]:
-            print(f">\n{attempt['request_body']}")
+            lines.append(f">\n{attempt['request_body']}")
         if attempt["status"] is None:
-            print(f"< no answer: {attempt['error']}  ({row[7]} ms)")
-            continue
-        print(f"< {attempt['status']}  ({row[7]} ms)")
-        for name, value in attempt["response_headers"].items():
-            print(f"< {name}: {value}")
-        if attempt["response_body"]:
-            print(f"<\n{attempt['response_body']}")
+            lines.append(f"< no answer: {attempt['error']}  ({row[7]} ms)")
+        else:
+            lines.append(f"< {attempt['status']}  ({row[7]} ms)")
+            lines += [f"< {name}: {value}" for name, value in attempt["response_headers"].items()]
+            if attempt["response_body"]:
+                lines.append(f"<\n{attempt['response_body']}")
+        # What the partner answered is shown as data, never as terminal control sequences.
+        print(printable("\n".join(lines)))
 
 
 def filters(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,19 +85,10 @@ def filters(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def _run_id(text: str | None) -> uuid.UUID | None:
-    if text is None:
-        return None
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise CliError(f"--run '{text}': not a run id") from None
-
-
 def cmd_attempts(settings: CliSettings, args: argparse.Namespace) -> int:
-    run_id = _run_id(args.run)
+    run_id = None if args.run is None else parse_run_id(args.run)
     # Imported here: exportctl through the admin API never loads the catalog (start-up time).
-    from shared.application.attempts import read_attempts
+    from shared.application.attempts import attempt_view, read_attempts
     from shared.cli.direct import on_catalog
 
     def show(context: Direct) -> int:
@@ -126,7 +103,7 @@ def cmd_attempts(settings: CliSettings, args: argparse.Namespace) -> int:
             run_id=run_id,
             limit=args.limit,
         )
-        print_attempts([view_of(a) for a in found], args.details, args.output)
+        print_attempts([attempt_view(a) for a in found], args.details, args.output)
         return OK
 
     return on_catalog(settings, show)
@@ -134,7 +111,8 @@ def cmd_attempts(settings: CliSettings, args: argparse.Namespace) -> int:
 
 def api_attempts(api: AdminApi, args: argparse.Namespace) -> int:
     """``attempts`` through the admin API."""
-    _run_id(args.run)
+    if args.run is not None:
+        parse_run_id(args.run)  # refused here, as on the catalog, rather than by the API
     path = f"/export-definitions/{urllib.parse.quote(args.definition, safe='')}/attempts"
     print_attempts(api.call("GET", path, params=filters(args)), args.details, args.output)
     return OK
@@ -154,7 +132,7 @@ def add_commands(
     attempts.add_argument("--failed", action="store_true", help="only failed attempts")
     attempts.add_argument("--status", type=int, help="only answers with this HTTP status")
     attempts.add_argument("--run", metavar="RUN_ID", help="only attempts of this run")
-    attempts.add_argument("--limit", type=int, default=20, help="at most this many attempts (default: 20)")
+    attempts.add_argument("--limit", type=positive_int, default=20, help="at most this many attempts (default: 20)")
     attempts.add_argument("--details", action="store_true", help="print each request and answer in full (as kept)")
     output_option(attempts, "table")
     attempts.set_defaults(func=cmd_attempts, api="cmd_attempts", catalog="needs", local=None)

@@ -3,65 +3,87 @@
 A captured attempt is a request the dispatcher sent and what the partner answered (or why nothing came),
 kept so that "what exactly did we send, and what did they say?" has an answer. Before anything is stored
 it goes through :class:`Masking`: the headers the profile's authentication or signing sets and any header
-named like a credential become :data:`MASK`, as does every value of the profile's secrets wherever it
-appears (URL, headers, bodies; raw, URL-encoded or JSON-escaped) and every query-string parameter named
-like a secret; bodies are cut to a bound and kept as text (a binary body as a note saying so).
+named like a credential (:func:`shared.domain.secret_names.secret_name`) become :data:`MASK`; every value of
+the profile's secrets, and every credential the request carried in such a header (the token after
+``Bearer``, a Basic pair decoded, an OAuth access token fetched at run time), is masked wherever it appears
+(URL, headers, bodies, the no-answer reason; raw, percent-encoded in any case or partly, JSON-escaped with or
+without ``\\/``); so is every query-string value named like a secret (in the URL and in the answer's
+``Location``, ``Content-Location`` and ``Link``); bodies are cut to a bound and kept as text (a binary body
+as a note saying so).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import json
 import re
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydantic import BaseModel, SecretStr
+from shared.domain.secret_names import secret_name, secret_query_name
 
 #: What a masked value reads as.
 MASK = "***"
-
-#: Header names that carry credentials whatever the profile: masked in requests and answers.
-_CREDENTIAL_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "set-cookie", "webhook-signature", "x-api-key"}
-)
-#: A header or query parameter whose name says it holds a credential (``Idempotency-Key`` does not match).
-_SECRET_NAME = re.compile(
-    r"(auth|token|secret|passw|pwd|signature|^sig$|api[-_]?key|^key$|access[-_]?key|session|cookie|credential)",
-    re.IGNORECASE,
-)
 #: Bytes of a body read past the bound, so that a secret that starts before the cut is masked whole.
 _SECRET_MARGIN = 1024
+#: Values shorter than this are not searched for (they would mask half the body); a header that carries one
+#: is still masked whole by its name.
+MIN_SEARCHED = 4
+#: Answer headers that hold a URL (or several): their secret-named query values are masked.
+_URL_HEADERS = frozenset({"location", "content-location", "link"})
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]*")
 
 
-def secret_name(name: str) -> bool:
-    """Whether a header or query parameter of this name holds a credential, by its name alone."""
-    return name.lower() in _CREDENTIAL_HEADERS or _SECRET_NAME.search(name) is not None
+@functools.lru_cache(maxsize=4096)  # the same credentials come back attempt after attempt
+def _forms(secret: str) -> frozenset[str]:
+    """The ways ``secret`` can appear in a request or an answer: raw, percent-encoded (wholly, keeping ``/`` as
+    ``quote`` does, or as a form value; escapes in upper or lower case), JSON-escaped (``/`` as is or ``\\/``)."""
+    if _UNRESERVED.fullmatch(secret):  # no character any encoding changes (a hex signature, most tokens)
+        return frozenset({secret})
+    encoded = {
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote(secret),
+        urllib.parse.quote_plus(secret, safe=""),
+    }
+    lowered = {_PERCENT_ESCAPE.sub(lambda match: match.group(0).lower(), form) for form in encoded}
+    escaped = {json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    return frozenset({secret, *escaped, *(form.replace("/", "\\/") for form in escaped), *encoded, *lowered})
 
 
-def profile_secrets(profile: BaseModel) -> list[SecretStr]:
-    """Every secret field of a connection profile (auth, signing, proxy, TLS key), as stored (unresolved)."""
-    found: list[SecretStr] = []
-
-    def walk(value: object) -> None:
-        if isinstance(value, SecretStr):
-            found.append(value)
-        elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                walk(getattr(value, name))
-
-    walk(profile)
-    return found
+def credential_values(value: str) -> Iterator[str]:
+    """What a credential header's value holds that may be echoed elsewhere: the value, the token after its
+    scheme (``Bearer``, ``Basic``...), a Basic pair decoded (``user:pass``) and its password, each cookie's value
+    and each signature after its version (``v1,<signature>``)."""
+    yield value
+    scheme, _, rest = value.strip().partition(" ")
+    if rest and scheme.isalpha():
+        yield rest.strip()
+        if scheme.lower() == "basic":
+            try:
+                pair = base64.b64decode(rest.strip(), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                pair = ""
+            if pair:
+                yield pair
+                yield pair.partition(":")[2]
+    for part in value.split(";"):
+        yield part.strip().partition("=")[2]
+    for part in value.split():
+        yield part.partition(",")[2]
 
 
 @dataclass(frozen=True)
 class Masking:
     """How one profile's attempts are masked: its secrets' values and the headers its auth sets.
 
-    ``secrets``: the resolved values (empty strings and values under 4 characters are not searched for: they
-    would mask half the body); ``headers``: extra header names to mask (an API-key profile's header).
+    ``secrets``: the forms searched for, longest first (values under :data:`MIN_SEARCHED` characters are not
+    searched for); ``headers``: extra header names to mask (an API-key profile's header).
     """
 
     secrets: tuple[str, ...] = ()
@@ -69,16 +91,30 @@ class Masking:
 
     @classmethod
     def of(cls, secrets: Iterable[str], headers: Iterable[str] = ()) -> Masking:
-        forms: set[str] = set()
-        for secret in secrets:
-            if len(secret) < 4:
-                continue
-            forms.add(secret)
-            forms.add(urllib.parse.quote(secret, safe=""))
-            forms.add(urllib.parse.quote_plus(secret, safe=""))
-            forms.add(json.dumps(secret)[1:-1])
+        return cls().plus(secrets, headers)
+
+    def plus(self, secrets: Iterable[str], headers: Iterable[str] = ()) -> Masking:
+        """This masking and more values (e.g. the credentials a request was sent with) and header names."""
+        forms = set(self.secrets)
+        for secret in set(secrets):
+            if len(secret) >= MIN_SEARCHED:
+                forms |= _forms(secret)
         # Longest first: a secret containing another is masked whole.
-        return cls(tuple(sorted(forms, key=len, reverse=True)), frozenset(h.lower() for h in headers))
+        ordered = tuple(sorted(forms, key=lambda form: (-len(form), form)))
+        return Masking(ordered, self.headers | {h.lower() for h in headers})
+
+    @property
+    def longest(self) -> int:
+        """The length of the longest value searched for (0 when none is)."""
+        return len(self.secrets[0]) if self.secrets else 0
+
+    def masks_header(self, name: str) -> bool:
+        """Whether a header of this name is masked whole (the profile's API-key header, or named like a secret)."""
+        return name.lower() in self.headers or secret_name(name)
+
+    def sent_credentials(self, headers: Iterable[tuple[str, str]]) -> list[str]:
+        """The values the headers masked by name carried (:func:`credential_values`): to be searched for too."""
+        return [found for name, value in headers if self.masks_header(name) for found in credential_values(value)]
 
     def text(self, value: str) -> str:
         """``value`` with every secret value in it masked."""
@@ -89,10 +125,15 @@ class Masking:
 
     def header_pairs(self, headers: Iterable[tuple[str, str]]) -> dict[str, str]:
         """Headers as a mapping (repeated names joined with ``, ``): credential headers masked whole, secret
-        values masked in the others."""
+        values masked in the others, and secret-named query values in those holding URLs."""
         shown: dict[str, str] = {}
         for name, value in headers:
-            masked = MASK if name.lower() in self.headers or secret_name(name) else self.text(value)
+            if self.masks_header(name):
+                masked = MASK
+            elif name.lower() in _URL_HEADERS:
+                masked = self.reason(value)
+            else:
+                masked = self.text(value)
             shown[name] = f"{shown[name]}, {masked}" if name in shown else masked
         return shown
 
@@ -105,19 +146,25 @@ class Masking:
             for field in parts.query.split("&"):
                 name, sep, _value = field.partition("=")
                 plain = urllib.parse.unquote_plus(name)
-                pairs.append(f"{name}{sep}{MASK}" if sep and secret_name(plain) else field)
+                pairs.append(f"{name}{sep}{MASK}" if sep and secret_query_name(plain) else field)
             url = urllib.parse.urlunsplit(parts._replace(query="&".join(pairs)))
         return url
 
-    def reason(self, text: str) -> str:
-        """A failure's reason (it may quote the URL): secret values and secret-named query values masked."""
-        return _QUERY_FIELD.sub(_masked_field, self.text(text))
+    def reason(self, text: str, limit: int | None = None, *, partial: bool = False) -> str:
+        """A text that may quote URLs (a failure's reason, a ``Link`` header): secret values and secret-named
+        query values masked, then cut to ``limit`` characters when given (``partial``: ``text`` is the start of a
+        longer one, see :meth:`body`)."""
+        masked = _QUERY_FIELD.sub(_masked_field, self.text(self._trimmed(text, partial)))
+        if limit is not None and (len(masked) > limit or partial):
+            return f"{masked[:limit]}…"
+        return masked
 
     def body(self, content: bytes, limit: int, size: int | None = None) -> str:
-        """A body as text, masked and cut to ``limit`` characters (bytes, for ASCII); a binary body as a note.
+        """A body as text, masked and cut to ``limit`` characters; a binary body as a note.
 
         ``content`` may be the start of a longer body (``size`` bytes in all): it should hold ``limit`` plus
-        :data:`_SECRET_MARGIN` bytes, so that a secret starting before the cut is masked whole.
+        :data:`_SECRET_MARGIN` bytes. The start of a secret cut off at the slice's end could not be found, so a
+        partial slice loses its last (longest value searched for - 1) characters before it is masked.
         """
         total = len(content) if size is None else size
         if not content:
@@ -125,18 +172,29 @@ class Masking:
         text = decoded(content)
         if text is None:
             return f"(binary body, {total} bytes)"
-        masked = self.text(text)
-        if len(masked) > limit or total > len(content):
-            return f"{masked[:limit]}… (truncated, {total} bytes)"
+        return self.cut(text, limit, partial=total > len(content), size=total)
+
+    def cut(self, text: str, limit: int, *, partial: bool = False, size: int | None = None) -> str:
+        """``text`` masked, then cut to ``limit`` characters (saying so, with ``size`` bytes in all when given).
+        ``partial``: ``text`` is the start of a longer one (see :meth:`body`)."""
+        masked = self.text(self._trimmed(text, partial))
+        if len(masked) > limit or partial:
+            return f"{masked[:limit]}… (truncated{f', {size} bytes' if size is not None else ''})"
         return masked
 
+    def _trimmed(self, text: str, partial: bool) -> str:
+        # The start of a secret cut off at the end of a partial text cannot be found: drop what could be one.
+        if partial and self.longest > 1:
+            return text[: max(0, len(text) - (self.longest - 1))]
+        return text
 
-_QUERY_FIELD = re.compile(r"([?&])([^=&\s]+)=([^&\s#]*)")
+
+_QUERY_FIELD = re.compile(r"([?&])([^=&\s]+)=([^&\s#>\"]*)")
 
 
 def _masked_field(match: re.Match[str]) -> str:
     lead, name, _value = match.groups()
-    return f"{lead}{name}={MASK}" if secret_name(urllib.parse.unquote_plus(name)) else match.group(0)
+    return f"{lead}{name}={MASK}" if secret_query_name(urllib.parse.unquote_plus(name)) else match.group(0)
 
 
 def window(limit: int) -> int:
@@ -184,3 +242,5 @@ class CapturedAttempt:
     error: str | None = None
     #: The store's id (newest is highest); None before it is stored.
     id: int | None = None
+    #: The definition's stable id, as the store recorded it (None before it is stored, or if it was gone).
+    definition_id: uuid.UUID | None = None

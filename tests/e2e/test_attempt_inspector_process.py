@@ -53,7 +53,10 @@ def test_the_dispatcher_process_keeps_each_attempt_and_exportctl_shows_the_pair(
         with LocalPipeline(env=env, log_dir=tmp_path / "logs", services=("dispatcher",)) as pipeline:
             produce(kafka_bootstrap, settings.topics.member_batches, [(batch.identity, batch.to_bytes())])
             try:
-                wait_until(lambda: len(catalog.attempts.attempts("d")) == 2, timeout=60, what="both attempts kept")
+                definition_id = catalog.definitions.get_versioned(ExportDefinition, "d")[0]
+                wait_until(
+                    lambda: len(catalog.attempts.attempts(definition_id)) == 2, timeout=60, what="both attempts kept"
+                )
             finally:
                 codes = pipeline.stop()
         catalog.close()

@@ -24,6 +24,9 @@ def upgrade() -> None:
         "attempts",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
         sa.Column("definition", sa.String(100), nullable=False),
+        # The definition's id when the row was written: a deleted definition's rows are never shown for a
+        # namesake created later (null: no such definition any more).
+        sa.Column("definition_id", sa.String(36), nullable=True),
         sa.Column("profile", sa.String(100), nullable=False),
         sa.Column("run_id", sa.String(36), nullable=False),
         sa.Column("batch_index", sa.Integer(), nullable=False),
@@ -41,11 +44,14 @@ def upgrade() -> None:
         sa.Column("response_body", sa.Text(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
     )
-    op.create_index("ix_attempts_pair", "attempts", ["definition", "profile", "id"])
+    # The cap: failed and successful attempts of a (definition, profile) are kept apart.
+    op.create_index("ix_attempts_pair", "attempts", ["definition", "profile", "success", "id"])
+    op.create_index("ix_attempts_definition", "attempts", ["definition_id", "id"])
     op.create_index("ix_attempts_at", "attempts", ["at"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_attempts_at", table_name="attempts")
+    op.drop_index("ix_attempts_definition", table_name="attempts")
     op.drop_index("ix_attempts_pair", table_name="attempts")
     op.drop_table("attempts")
