@@ -399,9 +399,11 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
 
     lines = drift(engine)
 
-    # What 0002, 0003, 0004, 0006 and 0008 add: the runs' scope columns and their index, the audit log and
-    # its indexes, split runs' range count and their ranges, the runs' request time, change counts.
-    assert len(lines) == 19, lines
+    # What 0002, 0003, 0004, 0006, 0008 and 0009 add: the runs' scope columns and their index, the audit log and
+    # its indexes, split runs' range count and their ranges, the runs' request time, change counts, change-mode
+    # snapshots (three tables, two indexes).
+    assert len(lines) == 24, lines
+    assert "table change_members is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)
     assert any("runs.requested_at" in line and "missing from the database" in line for line in lines)
     assert "table audit_log is missing from the database" in lines
