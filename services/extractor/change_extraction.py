@@ -3,9 +3,10 @@ the definition's last delivered snapshot, each kind with its own template.
 
 1. The snapshot is loaded into memory (:class:`~shared.domain.change_index.ChangeIndex`, ~18 bytes a member).
 2. Every page of the query is read (as rows) and each member fingerprinted (:mod:`shared.member_fingerprints`)
-   and classified. Members to send wait in a buffer per kind; a full buffer becomes that kind's batch. The
-   batch's members are *staged* in the snapshot (new values pending, with the batch index) before the batch is
-   published, and the checkpoint moves once the broker has acknowledged the page's batches.
+   and classified (~2 us a member; the classification itself ~0.15 us). Members to send wait in a buffer per
+   kind; a full buffer becomes that kind's batch. The batch's members are *staged* in the snapshot (new values
+   pending, with the batch index) before the batch is published, and the checkpoint moves once the broker has
+   acknowledged the page's batches.
 3. After the last page, the snapshot's members not seen are the removed ones: their last delivered values are
    read back and sent with the removed kind's template.
 
@@ -34,13 +35,13 @@ from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQ
 from shared.domain.change_index import ChangeIndex, Kind
 from shared.domain.change_staging import SnapshotRun, StagedMember, Staging
 from shared.domain.checkpoints import Checkpoint
-from shared.domain.member_hashes import hash64, key_hash, key_text
+from shared.domain.member_hashes import key_hash, key_text
 from shared.domain.runs import RunStatus
 from shared.errors import NotFound, StoredObjectInvalid
 from shared.events import ChangeCounts, ChangeKind
 from shared.kafka import InFlight, Outgoing
 from shared.member_batches import BatchEncoder, EncodedBatch, MemberTooLarge, members_per_record
-from shared.member_fingerprints import canonical_json
+from shared.member_fingerprints import Fingerprints, canonical_json
 from shared.querystore import JsonPage, MemberPages, MemberReader, Page
 from shared.topics import Topics
 
@@ -190,9 +191,9 @@ class ChangeRun:
             raise self.fail(f"query '{self.query.name}' returns no key column '{self.query.key_column}'", "query_error")
         at = columns.index(self.query.key_column)
         keys = [key_text(row[at]) for row in page.rows]
-        values = [canonical_json(columns, row) for row in page.rows]
         hashes = np.fromiter((key_hash(k) for k in keys), dtype=np.int64, count=len(keys))
-        fingerprints = np.fromiter((hash64(v) for v in values), dtype=np.int64, count=len(values))
+        fingerprint = Fingerprints(columns)
+        fingerprints = np.fromiter((fingerprint(row) for row in page.rows), dtype=np.int64, count=len(keys))
         kinds = index.classify(hashes, fingerprints)
         tally = np.bincount(kinds, minlength=3)
         self.counts["unchanged"] += int(tally[Kind.UNCHANGED])
@@ -202,7 +203,8 @@ class ChangeRun:
         unsent: dict[ChangeKind, list[StagedMember]] = {ChangeKind.ADDED: [], ChangeKind.CHANGED: []}
         for position in np.flatnonzero(kinds != Kind.UNCHANGED).tolist():
             kind = ChangeKind.ADDED if kinds[position] == Kind.ADDED else ChangeKind.CHANGED
-            member = StagedMember(int(hashes[position]), keys[position], int(fingerprints[position]), values[position])
+            values = canonical_json(columns, page.rows[position])  # only for the members sent
+            member = StagedMember(int(hashes[position]), keys[position], int(fingerprints[position]), values)
             sender = senders[kind]
             if sender is None:
                 unsent[kind].append(member)

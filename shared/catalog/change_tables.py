@@ -48,7 +48,7 @@ class ChangeMemberRow(Base):
             "run_serial",
             "batch_index",
             postgresql_where=text("awaiting"),
-            sqlite_where=text("awaiting"),
+            sqlite_where=text("awaiting = 1"),
         ),
     )
 

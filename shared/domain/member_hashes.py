@@ -11,10 +11,13 @@ from __future__ import annotations
 from hashlib import blake2b
 from typing import Any
 
+#: 64 bits: a BIGINT column and a numpy int64.
+HASH_BYTES = 8
+
 
 def hash64(data: bytes) -> int:
     """A stable signed 64-bit hash (fits a BIGINT column and a numpy int64)."""
-    return int.from_bytes(blake2b(data, digest_size=8).digest(), "little", signed=True)
+    return int.from_bytes(blake2b(data, digest_size=HASH_BYTES).digest(), "little", signed=True)
 
 
 def key_text(value: Any) -> str:

@@ -51,7 +51,7 @@ def upgrade() -> None:
         "change_members",
         ["snapshot_id", "run_serial", "batch_index"],
         postgresql_where=sa.text("awaiting"),
-        sqlite_where=sa.text("awaiting"),
+        sqlite_where=sa.text("awaiting = 1"),
     )
 
 
