@@ -213,6 +213,12 @@ class ChangeSnapshotFollower:
                 member.batch_index == outcome.batch_index,
                 member.awaiting == true(),  # as the partial index says it (SQLite matches it by its terms)
             )
+            if outcome.member_keys is None or len(outcome.refused) < outcome.failed:
+                # Failures it cannot name: none of the batch is taken as delivered (sent again next run).
+                session.execute(
+                    update(member).where(batch).values(awaiting=False, staged_fingerprint=None, staged_values=None)
+                )
+                continue
             refused = [key_hash(r.key) for r in outcome.refused]
             for chunk in _chunks(refused):
                 session.execute(

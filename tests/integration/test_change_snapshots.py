@@ -93,6 +93,19 @@ def test_the_snapshot_moves_only_for_delivered_members_and_forgets_delivered_rem
     assert key_hash("c") not in _states(snapshots, run3)
 
 
+def test_an_outcome_that_cannot_name_its_failures_moves_nothing(catalog: CatalogStores):
+    snapshots = SqlChangeSnapshots(catalog.database)
+    runs = SqlRunsStore(catalog.database, followers=[ChangeSnapshotFollower()])
+    run_id = uuid.uuid4()
+    runs.fold_run_event(RunStarted(run_id=run_id, definition="vague", trigger=Trigger.MANUAL))
+    run = snapshots.begin("vague", str(run_id))
+    snapshots.stage(run, [Staging(ChangeKind.ADDED, 0, [_member("a", 1), _member("b", 2)])])
+    vague = _outcome(run_id, 0, ["a", "b"], [], ChangeKind.ADDED).model_copy(update={"delivered": 1, "failed": 1})
+    runs.fold_run_event(vague)
+    next_run = snapshots.begin("vague", str(uuid.uuid4()))
+    assert {s for _, s in _states(snapshots, next_run).values()} == {MemberState.UNDELIVERED}
+
+
 def test_kinds_not_sent_move_the_snapshot_at_once(catalog: CatalogStores):
     snapshots = SqlChangeSnapshots(catalog.database)
     run = snapshots.begin("quiet", str(uuid.uuid4()))
