@@ -94,3 +94,19 @@ def test_key_hashes_are_stable_and_follow_the_key_as_outcomes_name_it(value):
 def test_hashes_do_not_depend_on_the_process():
     # BLAKE2b, not Python's salted hash(): the value is the same in every process and release.
     assert hash64(b"member-42") == 5332304799599907979
+
+
+def test_fingerprints_follow_the_values_and_the_columns_and_write_what_orjson_cannot():
+    import datetime as dt
+    from decimal import Decimal
+
+    from shared.member_fingerprints import Fingerprints, canonical_json
+
+    columns = ["id", "points", "joined"]
+    row = (1, Decimal("12.50"), dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+    fingerprint = Fingerprints(columns)
+    assert fingerprint(row) == Fingerprints(list(columns))(list(row)), "stable, whatever the sequence type"
+    assert fingerprint(row) != fingerprint((1, Decimal("12.51"), row[2]))
+    assert fingerprint(row) != Fingerprints(["id", "score", "joined"])(row), "keyed by the column names"
+    assert fingerprint((2**70, None, None)) != fingerprint((2**70 + 1, None, None)), "beyond 64-bit integers"
+    assert canonical_json(["b", "a"], [2, 1]) == b'{"a":1,"b":2}'
