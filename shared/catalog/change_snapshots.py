@@ -89,10 +89,10 @@ class SqlChangeSnapshots:
             (member.fingerprint.is_(None), int(MemberState.UNDELIVERED)),
             else_=int(MemberState.DELIVERED),
         )
-        statement = (
-            select(member.key_hash, func.coalesce(member.fingerprint, 0), state)
-            .where(member.snapshot_id == run.snapshot_id)
-            .order_by(member.key_hash)
+        # In table order, not key order: following the primary key's index would read the rows at random (the
+        # index is sorted in memory: ~0.1 s for 1M members).
+        statement = select(member.key_hash, func.coalesce(member.fingerprint, 0), state).where(
+            member.snapshot_id == run.snapshot_id
         )
         keys, fingerprints, states = [], [], []
         with self.database.engine.connect() as connection:

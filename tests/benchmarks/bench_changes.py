@@ -114,6 +114,7 @@ def child_run(store_url: str, bootstrap: str, catalog_url: str, definition: str,
                 delivered=1,
                 failed=0,
                 change=ChangeKind.ADDED,
+                member_keys=[],  # the follower reads only the refused keys (none here)
             )
             for index in range(checkpoint.next_batch_index)
         ]
@@ -224,7 +225,8 @@ def main() -> None:
         full = _child(store_url, bootstrap, catalogs["sqlite"], "full", "-")
         print(
             f"full run      {members:>9,} members: {full['seconds']:6.1f} s  "
-            f"{members / full['seconds']:>9,.0f} members/s  peak RSS {full['peak_rss_mb']:.0f} MB",
+            f"{members / full['seconds']:>9,.0f} members/s  peak RSS {full['peak_rss_mb']:.0f} MB "
+            f"(before the run: {full['rss_at_start_mb']:.0f} MB)",
             flush=True,
         )
         for backend, catalog_url in catalogs.items():
@@ -245,6 +247,7 @@ def main() -> None:
                 f"[{backend} snapshot] change run, {changed:,} changed ({changed / members:.0%}): "
                 f"{run['seconds']:6.1f} s ({run['seconds'] / full['seconds']:.2f}x the full run's time), "
                 f"{run['members']:,} published, peak RSS {run['peak_rss_mb']:.0f} MB "
+                f"(before the run: {run['rss_at_start_mb']:.0f} MB) "
                 f"({run['peak_rss_mb'] / full['peak_rss_mb']:.2f}x the full run's)",
                 flush=True,
             )
