@@ -49,10 +49,24 @@ BATCH_SIZE = 500
 PAGE_SIZE = 5_000
 
 
-def _peak_rss_mb() -> float:
-    import resource
+def _reset_peak_rss() -> None:
+    """Start the process's peak RSS (VmHWM) over from its current RSS (Linux: ``/proc/self/clear_refs``), so the
+    peak measured is the run's, not the set-up's (imports, migrations)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def _catalog(catalog_url: str) -> CatalogStores:
@@ -97,12 +111,14 @@ def child_run(store_url: str, bootstrap: str, catalog_url: str, definition: str,
         snapshots=SqlChangeSnapshots(catalog.database),
     )
     request = RunRequested(definition=definition)
-    rss_before = _peak_rss_mb()
+    _reset_peak_rss()
+    rss_before = _rss_mb()
     started = time.perf_counter()
     extractor.handle(request)
     seconds = time.perf_counter() - started
     checkpoint = catalog.extraction.claim_extraction(request.run_id, definition)
     producer.close()
+    peak = _peak_rss_mb()
     confirm_seconds = 0.0
     if confirm == "confirm":
         started = time.perf_counter()
@@ -127,7 +143,7 @@ def child_run(store_url: str, bootstrap: str, catalog_url: str, definition: str,
         "batches": checkpoint.next_batch_index,
         "seconds": seconds,
         "confirm_seconds": confirm_seconds,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak,
         "rss_at_start_mb": rss_before,
     }
 
@@ -226,7 +242,7 @@ def main() -> None:
         print(
             f"full run      {members:>9,} members: {full['seconds']:6.1f} s  "
             f"{members / full['seconds']:>9,.0f} members/s  peak RSS {full['peak_rss_mb']:.0f} MB "
-            f"(before the run: {full['rss_at_start_mb']:.0f} MB)",
+            f"(RSS when it started: {full['rss_at_start_mb']:.0f} MB)",
             flush=True,
         )
         for backend, catalog_url in catalogs.items():
@@ -247,7 +263,7 @@ def main() -> None:
                 f"[{backend} snapshot] change run, {changed:,} changed ({changed / members:.0%}): "
                 f"{run['seconds']:6.1f} s ({run['seconds'] / full['seconds']:.2f}x the full run's time), "
                 f"{run['members']:,} published, peak RSS {run['peak_rss_mb']:.0f} MB "
-                f"(before the run: {run['rss_at_start_mb']:.0f} MB) "
+                f"(RSS when it started: {run['rss_at_start_mb']:.0f} MB) "
                 f"({run['peak_rss_mb'] / full['peak_rss_mb']:.2f}x the full run's)",
                 flush=True,
             )
