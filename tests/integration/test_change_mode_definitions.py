@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from shared.application.errors import Conflict, Invalid
-from shared.application.objects import apply_objects, delete_object
+from shared.application.objects import apply_objects, delete_object, save_definition_step
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import HttpTemplate
 from shared.domain.sync_mode import Sync
@@ -67,3 +67,19 @@ def test_kinds_default_to_the_destination_except_removed_and_false_sends_none():
     assert sync.template_for(ChangeKind.ADDED, "dest") == "dest"
     assert sync.template_for(ChangeKind.CHANGED, "dest") is None
     assert sync.template_for(ChangeKind.REMOVED, "dest") is None
+
+
+def test_saving_the_filter_step_keeps_the_sync_setting(catalog: CatalogStores):
+    save(catalog, *BASE, PATCH, export("sync", sync={"mode": "changes", "changed": "t-patch"}))
+    saved = save_definition_step(
+        ADMIN, "sync", {"query": "q", "parameters": {}}, store=catalog.definitions, checks=checks()
+    )
+    assert saved.sync == Sync.model_validate({"mode": "changes", "changed": "t-patch"})
+    with pytest.raises(Invalid, match=r"field 'sync\.mode'"):
+        save_definition_step(
+            ADMIN,
+            "sync",
+            {"query": "q", "incremental": {"watermark_column": "id"}},
+            store=catalog.definitions,
+            checks=checks(),
+        )
