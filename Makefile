@@ -58,6 +58,7 @@ bench: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_cli_startup
 	$(BIN)/python -m tests.benchmarks.bench_scheduler
 	$(BIN)/python -m tests.benchmarks.bench_extractor
+	$(BIN)/python -m tests.benchmarks.bench_changes
 	$(BIN)/python -m tests.benchmarks.bench_http_clients
 	$(BIN)/python -m tests.benchmarks.bench_rendering
 	$(BIN)/python -m tests.benchmarks.bench_notifier_fold

@@ -6,6 +6,7 @@ from services.extractor.extraction import Extractor
 from services.extractor.run_request_decoding import decode_run_request
 from services.extractor.settings import ExtractorSettings
 from shared.catalog import CatalogStores
+from shared.catalog.change_snapshots import SqlChangeSnapshots
 from shared.querystore import MemberReader
 from shared.runtime import build_loop, start_service
 
@@ -49,6 +50,7 @@ def main() -> None:
         # Holding every partition, this replica is the only one at work (or the others are idle).
         other_replicas=lambda: len(loop.consumer.assignment()) < run_request_partitions(),
         store_retry_seconds=settings.extractor_store_retry_seconds,
+        snapshots=SqlChangeSnapshots(stores.database),
     )
     loop.install_signal_handlers()
     loop.run()

@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.extractor.change_extraction import ChangeRun, ChangeSnapshots
 from services.extractor.ports import ExtractionStore
 from services.extractor.ranges import (
     BATCH_INDEX_LIMIT,
@@ -36,8 +37,9 @@ from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQ
 from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.runs import RunStatus
+from shared.domain.sync_mode import SyncMode
 from shared.errors import NotFound, StoredObjectInvalid
-from shared.events import ExtractionCompleted, RangeRequested, RunFailed, RunRequested, RunStarted
+from shared.events import ChangeCounts, ExtractionCompleted, RangeRequested, RunFailed, RunRequested, RunStarted
 from shared.kafka import InFlight, Outgoing
 from shared.member_batches import BatchEncoder, EncodedBatch, MemberTooLarge, members_per_record
 from shared.metrics import UNKNOWN_DEFINITION
@@ -144,6 +146,7 @@ class Extractor:
         other_replicas: Callable[[], bool] = lambda: True,
         store_retry_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        snapshots: ChangeSnapshots | None = None,
     ) -> None:
         self.definitions, self.runs, self.extraction = definitions, runs, extraction
         self.reader = reader
@@ -163,6 +166,8 @@ class Extractor:
         #: How long a run waits for an unreachable member store (EXPORT_EXTRACTOR_STORE_RETRY_SECONDS).
         self.store_retry_seconds = store_retry_seconds
         self.clock = clock
+        #: Change-mode definitions' snapshots (shared/catalog/change_snapshots.py); None: change mode fails runs.
+        self.snapshots = snapshots
         #: Since when each run has met an unreachable member store without a page read since.
         self._store_down_since: dict[uuid.UUID, float] = {}
 
@@ -271,6 +276,12 @@ class Extractor:
             watermark_since=checkpoint.watermark_since,
             watermark_until=checkpoint.watermark_until,
         )
+        if definition.sync.mode is SyncMode.CHANGES:  # never split, no watermark: see change_extraction.py
+            checkpoint, changes = self._changes(request.run_id, definition, query, parameters, checkpoint)
+            self._complete(
+                request.run_id, definition.name, checkpoint, checkpoint.members, checkpoint.next_batch_index, changes
+            )
+            return []
         window = self._window(definition, checkpoint)
         if not (definition.incremental is not None and window is None):  # else nothing moved since the last run
             plan = self._split(request, definition, query, template, parameters, window, checkpoint)
@@ -280,10 +291,42 @@ class Extractor:
         self._complete(request.run_id, definition.name, checkpoint, checkpoint.members, checkpoint.next_batch_index)
         return []
 
-    def _complete(self, run_id: uuid.UUID, definition: str, checkpoint: Checkpoint, members: int, batches: int) -> None:
+    def _changes(
+        self,
+        run_id: uuid.UUID,
+        definition: ExportDefinition,
+        query: SavedQuery,
+        parameters: dict[str, Any],
+        checkpoint: Checkpoint,
+    ) -> tuple[Checkpoint, ChangeCounts]:
+        if self.snapshots is None:
+            raise _RunFailure("change mode needs the snapshot store (not given to this extractor)", "invalid_sync")
+        run = ChangeRun(
+            self,
+            self.snapshots,
+            run_id=run_id,
+            definition=definition,
+            query=query,
+            parameters=parameters,
+            save=self.extraction.save_checkpoint,
+            fail=_RunFailure,
+        )
+        return run.extract(checkpoint)
+
+    def _complete(
+        self,
+        run_id: uuid.UUID,
+        definition: str,
+        checkpoint: Checkpoint,
+        members: int,
+        batches: int,
+        changes: ChangeCounts | None = None,
+    ) -> None:
         # The completion event is acknowledged before the checkpoint says "completed": a crash in
         # between redelivers the request, which finds no page after the last key and says it again.
-        completed = ExtractionCompleted(run_id=run_id, definition=definition, members=members, batches=batches)
+        completed = ExtractionCompleted(
+            run_id=run_id, definition=definition, members=members, batches=batches, changes=changes
+        )
         self.publish([self._event(str(run_id), completed)])
         self.extraction.save_checkpoint(replace(checkpoint, members=members, completed=True))
         log.info("extraction completed", run_id=str(run_id), members=members, batches=batches)

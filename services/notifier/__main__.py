@@ -11,6 +11,7 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.webhook_delivery import WebhookNotifications
 from services.notifier.webhook_sender import WebhookSender
 from shared.catalog import CatalogStores
+from shared.catalog.change_snapshots import ChangeSnapshotFollower
 from shared.catalog.fleet_store import SqlFleetStore
 from shared.domain.destinations import DestinationPolicy
 from shared.kafka import value_decoder
@@ -24,6 +25,7 @@ def main() -> None:
     settings = NotifierSettings()
     health = start_service(settings, SERVICE)
     stores = CatalogStores.from_url(settings.catalog_url)
+    stores.runs.followers.append(ChangeSnapshotFollower())  # change-mode snapshots move with delivered batches
     webhooks = WebhookNotifications(
         stores.runs,
         WebhookSender(DestinationPolicy.parse(settings.allowed_destinations)),

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from shared.application.chain_checks import chain_problems
 from shared.application.errors import Invalid
 from shared.application.ports import DefinitionsStore, MemberSource
+from shared.application.sync_checks import kind_templates, sync_definition_problems
 from shared.application.webhook_checks import webhook_problems
 from shared.domain.catalog_objects import (
     CatalogObject,
@@ -256,5 +257,11 @@ def definition_problems(definition: ExportDefinition, lookup: Lookup) -> list[st
     assert template is not None, "references are checked first"
     problems = [
         f"{kind_of(definition)} '{definition.name}': {p}" for p in query_consistency_problems(definition, query)
+    ]
+    problems += sync_definition_problems(definition)
+    problems += [
+        p
+        for kind_template, at in kind_templates(definition, lookup)
+        for p in columns_problems(kind_template, query, at)
     ]
     return problems + columns_problems(template, query, where(definition, "template"))

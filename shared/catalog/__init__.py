@@ -1,5 +1,6 @@
 """The catalog: its stores (definitions, runs, scheduling, extraction) in SQLAlchemy over SQLite or PostgreSQL."""
 
+from shared.catalog.change_snapshots import ChangeSnapshotFollower, SqlChangeSnapshots
 from shared.catalog.database import CatalogDatabase
 from shared.catalog.definitions_store import ApplyResult, SqlDefinitionsStore
 from shared.catalog.engine import make_engine
@@ -13,7 +14,9 @@ __all__ = [
     "ApplyResult",
     "CatalogDatabase",
     "CatalogStores",
+    "ChangeSnapshotFollower",
     "NotFound",
+    "SqlChangeSnapshots",
     "SqlDefinitionsStore",
     "SqlExtractionStore",
     "SqlRunsStore",

@@ -37,6 +37,7 @@ from shared.domain.query_sql import check_select
 from shared.domain.schedule import Schedule
 from shared.domain.secret_references import is_reference
 from shared.domain.strict_values import StrictBool
+from shared.domain.sync_mode import Sync
 
 # The wire contract owns the enum (batches carry it); re-exported here for the domain's importers.
 from shared.events import Priority as Priority
@@ -565,6 +566,8 @@ class ExportDefinition(_Spec):
     template: Name
     parameters: dict[str, Any] = Field(default_factory=dict)
     incremental: Incremental | None = None
+    #: Full or change-based sync, and change mode's templates per kind (shared/domain/sync_mode.py).
+    sync: Sync = Sync()
     schedule: Schedule = Schedule()
     notifications: Notifications = Notifications()
     failure_policy: FailurePolicy = FailurePolicy()
@@ -586,7 +589,8 @@ def references(obj: CatalogObject) -> list[tuple[type[CatalogObject], str, str]]
     if isinstance(obj, HttpTemplate):
         return [(SavedQuery, obj.query, "query"), (ConnectionProfile, obj.profile, "profile")]
     if isinstance(obj, ExportDefinition):
-        return [(SavedQuery, obj.query, "query"), (HttpTemplate, obj.template, "template")]
+        named = [(HttpTemplate, name, field) for name, field in obj.sync.named_templates()]
+        return [(SavedQuery, obj.query, "query"), (HttpTemplate, obj.template, "template"), *named]
     return []
 
 

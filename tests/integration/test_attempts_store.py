@@ -69,7 +69,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 def test_0010_adds_the_attempts_table_to_a_catalog_with_data_and_takes_it_away_again(engine: Engine, database_url: str):
     upgrade(engine, BASELINE)
     fill_baseline(engine)
-    upgrade(engine, "0008")
+    upgrade(engine, "0009")
     upgrade(engine, "0010")
     catalog = CatalogStores.from_url(database_url)
     try:
@@ -79,8 +79,8 @@ def test_0010_adds_the_attempts_table_to_a_catalog_with_data_and_takes_it_away_a
         assert [a.batch_index for a in catalog.attempts.attempts(d)] == [1]
     finally:
         catalog.close()
-    downgrade(engine, "0008")
-    assert current_revision(engine) == "0008"
+    downgrade(engine, "0009")
+    assert current_revision(engine) == "0009"
     assert "attempts" not in sa.inspect(engine).get_table_names()
     with engine.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM runs")).scalar_one() > 0

@@ -1,0 +1,144 @@
+"""The change-mode snapshot store on SQLite and PostgreSQL: staging, the outcome follower, removals, migration 0009."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from shared.catalog.change_snapshots import ChangeSnapshotFollower, SqlChangeSnapshots
+from shared.catalog.engine import make_engine
+from shared.catalog.runs_store import SqlRunsStore
+from shared.catalog.schema import BASELINE, current_revision, downgrade, upgrade
+from shared.catalog.stores import CatalogStores
+from shared.domain.change_index import Kind, MemberState
+from shared.domain.change_staging import StagedMember, Staging
+from shared.domain.member_hashes import key_hash
+from shared.events import BatchOutcome, ChangeKind, RefusedMember, RunStarted, Trigger
+from tests.integration.test_migrations import fill_baseline
+
+pytestmark = pytest.mark.integration
+
+
+def _member(key: str, fingerprint: int) -> StagedMember:
+    return StagedMember(key_hash(key), key, fingerprint, f'{{"id":"{key}","v":{fingerprint}}}'.encode())
+
+
+def _outcome(run_id: uuid.UUID, batch: int, keys: list[str], refused: list[str], change: ChangeKind) -> BatchOutcome:
+    return BatchOutcome(
+        run_id=run_id,
+        definition="sync",
+        batch_index=batch,
+        delivered=len(keys) - len(refused),
+        failed=len(refused),
+        member_keys=keys,
+        refused=[RefusedMember(key=k, status=422, reason="invalid") for k in refused],
+        change=change,
+    )
+
+
+def _states(snapshots: SqlChangeSnapshots, run) -> dict[int, tuple[int, int]]:
+    index = snapshots.load(run)
+    return {
+        k: (f, s)
+        for k, f, s in zip(index.keys.tolist(), index.fingerprints.tolist(), index.states.tolist(), strict=True)
+    }
+
+
+def test_the_snapshot_moves_only_for_delivered_members_and_forgets_delivered_removals(catalog: CatalogStores):
+    snapshots = SqlChangeSnapshots(catalog.database)
+    runs = SqlRunsStore(catalog.database, followers=[ChangeSnapshotFollower()])
+    first = uuid.uuid4()
+    runs.fold_run_event(RunStarted(run_id=first, definition="sync", trigger=Trigger.MANUAL))
+    run = snapshots.begin("sync", str(first))
+    assert snapshots.begin("sync", str(first)) == run, "a resumed run keeps its serial"
+    assert len(snapshots.load(run)) == 0
+    snapshots.stage(run, [Staging(ChangeKind.ADDED, 0, [_member("a", 1), _member("b", 2), _member("c", 3)])])
+    # Staged, not delivered: a resumed run sees them as added by this run.
+    assert {s for _, s in _states(snapshots, run).values()} == {MemberState.ADDED_IN_RUN}
+    runs.fold_run_event(_outcome(first, 0, ["a", "b", "c"], ["c"], ChangeKind.ADDED))
+
+    second = uuid.uuid4()
+    runs.fold_run_event(RunStarted(run_id=second, definition="sync", trigger=Trigger.MANUAL))
+    run2 = snapshots.begin("sync", str(second))
+    assert run2.serial == run.serial + 1
+    states = _states(snapshots, run2)
+    assert states[key_hash("a")] == (1, MemberState.DELIVERED)
+    assert states[key_hash("b")] == (2, MemberState.DELIVERED)
+    assert states[key_hash("c")][1] == MemberState.UNDELIVERED, "the refused member is added again next run"
+    index = snapshots.load(run2)
+    # a changed, c added again, b not seen: removed.
+    kinds = index.classify(np.array([key_hash("a"), key_hash("c")]), np.array([10, 3]))
+    assert kinds.tolist() == [Kind.CHANGED, Kind.ADDED]
+    assert index.removed().tolist() == [key_hash("b")]
+    assert snapshots.last_values(run2, [key_hash("b")]) == {key_hash("b"): b'{"id":"b","v":2}'}
+    snapshots.stage(run2, [Staging(ChangeKind.CHANGED, 0, [_member("a", 10)])])
+    snapshots.stage_removed(run2, 1, [key_hash("b")])
+    runs.fold_run_event(_outcome(second, 0, ["a"], [], ChangeKind.CHANGED))
+    runs.fold_run_event(_outcome(second, 1, ["b"], [], ChangeKind.REMOVED))
+    # The same outcome again (a redelivery) is not followed twice: the ledger counted it once.
+    runs.fold_run_event(_outcome(second, 1, ["b"], [], ChangeKind.REMOVED))
+    resumed = _states(snapshots, run2)
+    assert resumed[key_hash("a")] == (10, MemberState.CHANGED_IN_RUN)
+    assert resumed[key_hash("b")][1] == MemberState.REMOVED_IN_RUN, "a resumed run sends the same removal batch"
+
+    third = uuid.uuid4()
+    run3 = snapshots.begin("sync", str(third))
+    states = _states(snapshots, run3)
+    assert key_hash("b") not in states, "a delivered removal is forgotten by the next run"
+    assert states[key_hash("a")] == (10, MemberState.DELIVERED)
+    snapshots.forget(run3, [key_hash("c")])
+    assert key_hash("c") not in _states(snapshots, run3)
+
+
+def test_an_outcome_that_cannot_name_its_failures_moves_nothing(catalog: CatalogStores):
+    snapshots = SqlChangeSnapshots(catalog.database)
+    runs = SqlRunsStore(catalog.database, followers=[ChangeSnapshotFollower()])
+    run_id = uuid.uuid4()
+    runs.fold_run_event(RunStarted(run_id=run_id, definition="vague", trigger=Trigger.MANUAL))
+    run = snapshots.begin("vague", str(run_id))
+    snapshots.stage(run, [Staging(ChangeKind.ADDED, 0, [_member("a", 1), _member("b", 2)])])
+    vague = _outcome(run_id, 0, ["a", "b"], [], ChangeKind.ADDED).model_copy(update={"delivered": 1, "failed": 1})
+    runs.fold_run_event(vague)
+    next_run = snapshots.begin("vague", str(uuid.uuid4()))
+    assert {s for _, s in _states(snapshots, next_run).values()} == {MemberState.UNDELIVERED}
+
+
+def test_kinds_not_sent_move_the_snapshot_at_once(catalog: CatalogStores):
+    snapshots = SqlChangeSnapshots(catalog.database)
+    run = snapshots.begin("quiet", str(uuid.uuid4()))
+    snapshots.stage(run, [Staging(ChangeKind.ADDED, None, [_member("x", 5)])])
+    snapshots.stage_removed(run, None, [key_hash("x")])
+    next_run = snapshots.begin("quiet", str(uuid.uuid4()))
+    assert len(snapshots.load(next_run)) == 0
+
+
+def test_migration_0009_adds_the_snapshot_tables_to_a_catalog_with_data(database_url: str):
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine, BASELINE)
+        fill_baseline(engine)
+        upgrade(engine, "0008")
+        with engine.connect() as connection:
+            before = connection.execute(sa.text("SELECT run_id, delivered FROM runs ORDER BY run_id")).all()
+        upgrade(engine, "0009")
+        upgrade(engine)
+        catalog = CatalogStores.from_url(database_url)
+        try:
+            snapshots = SqlChangeSnapshots(catalog.database)
+            run = snapshots.begin("nightly", str(uuid.uuid4()))
+            snapshots.stage(run, [Staging(ChangeKind.ADDED, None, [_member("m", 1)])])
+            assert len(snapshots.load(run)) == 1
+            assert catalog.runs.get_run(uuid.UUID(before[0][0])) is not None
+        finally:
+            catalog.close()
+        downgrade(engine, "0008")
+        assert current_revision(engine) == "0008"
+        with engine.connect() as connection:
+            assert "change_members" not in sa.inspect(connection).get_table_names()
+            after = connection.execute(sa.text("SELECT run_id, delivered FROM runs ORDER BY run_id")).all()
+        assert set(before) <= set(after)
+    finally:
+        engine.dispose()
