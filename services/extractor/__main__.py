@@ -49,6 +49,7 @@ def main() -> None:
         # Holding every partition, this replica is the only one at work (or the others are idle).
         other_replicas=lambda: len(loop.consumer.assignment()) < run_request_partitions(),
         store_retry_seconds=settings.extractor_store_retry_seconds,
+        retries=stores.retries,
     )
     loop.install_signal_handlers()
     loop.run()

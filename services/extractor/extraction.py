@@ -31,6 +31,7 @@ from services.extractor.ranges import (
     placed_keys,
     range_count,
 )
+from services.extractor.retry_members import Retried, RetryJob, RetryScope, RetryStore, send_retries
 from shared.application.ports import DefinitionsReader, RunsReader
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState
@@ -144,6 +145,7 @@ class Extractor:
         other_replicas: Callable[[], bool] = lambda: True,
         store_retry_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        retries: RetryStore | None = None,
     ) -> None:
         self.definitions, self.runs, self.extraction = definitions, runs, extraction
         self.reader = reader
@@ -163,6 +165,8 @@ class Extractor:
         #: How long a run waits for an unreachable member store (EXPORT_EXTRACTOR_STORE_RETRY_SECONDS).
         self.store_retry_seconds = store_retry_seconds
         self.clock = clock
+        #: Members refused by earlier runs, sent again (None: not at all; see services.extractor.retry_members).
+        self.retries = retries
         #: Since when each run has met an unreachable member store without a page read since.
         self._store_down_since: dict[uuid.UUID, float] = {}
 
@@ -247,6 +251,8 @@ class Extractor:
         run_id = str(request.run_id)
         query, template, parameters = self._objects(definition, request.parameters)
         checkpoint = self._fix_window(definition, query, parameters, checkpoint)
+        if self.retries is not None:  # fixed at the run's first start: a resume takes the same
+            self.retries.take_retries(request.run_id, definition.name)
         self.publish(
             [
                 self._event(
@@ -277,16 +283,77 @@ class Extractor:
             if plan is not None:
                 return self._range_requests(request, definition, plan, checkpoint)
             checkpoint = self._extract_run(request, definition, query, template, parameters, window, checkpoint)
-        self._complete(request.run_id, definition.name, checkpoint, checkpoint.members, checkpoint.next_batch_index)
+        self._complete(
+            request.run_id,
+            definition.name,
+            checkpoint,
+            checkpoint.members,
+            checkpoint.next_batch_index,
+            parameters=request.parameters,
+            retry_index=checkpoint.next_batch_index,
+        )
         return []
 
-    def _complete(self, run_id: uuid.UUID, definition: str, checkpoint: Checkpoint, members: int, batches: int) -> None:
+    def _complete(
+        self,
+        run_id: uuid.UUID,
+        definition: str,
+        checkpoint: Checkpoint,
+        members: int,
+        batches: int,
+        *,
+        parameters: dict[str, Any],
+        retry_index: int,
+    ) -> None:
         # The completion event is acknowledged before the checkpoint says "completed": a crash in
-        # between redelivers the request, which finds no page after the last key and says it again.
-        completed = ExtractionCompleted(run_id=run_id, definition=definition, members=members, batches=batches)
+        # between redelivers the request, which finds no page after the last key and says it again
+        # (after the same retry batches, with the same indexes from ``retry_index``).
+        retried = self._send_retries(run_id, definition, checkpoint, parameters, retry_index)
+        completed = ExtractionCompleted(
+            run_id=run_id,
+            definition=definition,
+            members=members + retried.members,
+            batches=batches + retried.batches,
+            retries=retried.retries,
+        )
         self.publish([self._event(str(run_id), completed)])
         self.extraction.save_checkpoint(replace(checkpoint, members=members, completed=True))
         log.info("extraction completed", run_id=str(run_id), members=members, batches=batches)
+
+    def _send_retries(
+        self, run_id: uuid.UUID, name: str, checkpoint: Checkpoint, parameters: dict[str, Any], first_index: int
+    ) -> Retried:
+        """Publish the run's retries its pages did not carry (services.extractor.retry_members)."""
+        store = self.retries
+        keys = store.take_retries(run_id, name) if store is not None else []
+        if store is None or not keys:
+            return Retried()
+        try:
+            definition = self.definitions.get(ExportDefinition, name)
+        except (NotFound, StoredObjectInvalid) as exc:
+            raise _RunFailure(f"unknown definition: {exc}", "unknown_definition") from None
+        query, template, bound = self._objects(definition, parameters)
+        window = self._window(definition, checkpoint)
+        job = RetryJob(
+            run_id,
+            definition,
+            query,
+            template,
+            bound,
+            RetryScope(full=definition.incremental is None, window=window),
+            first_index,
+            members_per_record(template.batch_size, self.record_members),
+            self.max_record_bytes,
+        )
+        try:
+            retried: Retried = self._query(
+                lambda: send_retries(
+                    job, keys, reader=self.reader, store=store, topics=self.topics, publish=self.publish
+                )
+            )
+            return retried
+        except MemberTooLarge as exc:
+            raise _RunFailure(str(exc), "member_too_large") from None
 
     def _fix_window(
         self, definition: ExportDefinition, query: SavedQuery, parameters: dict[str, Any], checkpoint: Checkpoint
@@ -397,7 +464,7 @@ class Extractor:
         pending = [r for r in plan if r.state is RangeState.EXTRACTING]
         if not pending:
             if all(r.state is RangeState.EXTRACTED for r in plan):
-                self._complete_split(plan[-1], definition.name, checkpoint)
+                self._complete_split(plan[-1], definition.name, checkpoint, request.parameters)
             return []
         keys = placed_keys(request.run_id, len(plan), max(1, self.run_request_partitions()))
         return [
@@ -435,7 +502,7 @@ class Extractor:
             if range_checkpoint.state is RangeState.EXTRACTING:
                 self._stop_if(task.run_id, {RunStatus.CANCELLED, RunStatus.FAILED})
                 range_checkpoint = self._extract_range(task, checkpoint, range_checkpoint)
-            self._complete_split(range_checkpoint, task.definition, checkpoint)
+            self._complete_split(range_checkpoint, task.definition, checkpoint, task.parameters)
             return []
         except _RunCancelled:
             log.info("run cancelled or failed; range extraction stopped", run_id=run_id, range=task.range_index)
@@ -499,7 +566,9 @@ class Extractor:
             members=progress.members,
         )
 
-    def _complete_split(self, range_checkpoint: RangeCheckpoint, definition: str, checkpoint: Checkpoint) -> None:
+    def _complete_split(
+        self, range_checkpoint: RangeCheckpoint, definition: str, checkpoint: Checkpoint, parameters: dict[str, Any]
+    ) -> None:
         """End an extracted range; if it was the last, say the run's extraction is complete (with every range's
         members and batches). Said again by a redelivered request: the notifier's fold takes it as the same."""
         totals = self.extraction.finish_range(range_checkpoint, RangeState.EXTRACTED)
@@ -512,7 +581,17 @@ class Extractor:
             last=totals is not None,
         )
         if totals is not None:
-            self._complete(range_checkpoint.run_id, definition, checkpoint, totals.members, totals.batches)
+            # Retry batches go after the last range's own (its index space runs to the ledger's limit).
+            last = self.extraction.run_ranges(range_checkpoint.run_id)[-1]
+            self._complete(
+                range_checkpoint.run_id,
+                definition,
+                checkpoint,
+                totals.members,
+                totals.batches,
+                parameters=parameters,
+                retry_index=last.next_batch_index,
+            )
 
     # --- pages ---------------------------------------------------------------------------------------------------
 

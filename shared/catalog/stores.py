@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from shared.catalog.audit_store import SqlAuditLog
 from shared.catalog.database import CatalogDatabase
 from shared.catalog.definitions_store import SqlDefinitionsStore
+from shared.catalog.delivery_log_store import SqlDeliveryLog
 from shared.catalog.extraction_store import SqlExtractionStore
+from shared.catalog.member_retries_store import SqlMemberRetries
 from shared.catalog.runs_store import SqlRunsStore
 from shared.catalog.scheduling_store import SqlSchedulingStore
 from shared.secrets_at_rest import SecretCipher
@@ -36,6 +38,9 @@ class CatalogStores:
     audit_retention_days: int = 365
     audit: SqlAuditLog = field(init=False)
     cipher: SecretCipher | None = None
+    #: Per-member state: refused members retried by the next runs, and the member delivery log.
+    retries: SqlMemberRetries = field(init=False)
+    deliveries: SqlDeliveryLog = field(init=False)
 
     def __post_init__(self) -> None:
         self.definitions = SqlDefinitionsStore(self.database, self.cipher)
@@ -43,6 +48,8 @@ class CatalogStores:
         self.scheduling = SqlSchedulingStore(self.database)
         self.extraction = SqlExtractionStore(self.database)
         self.audit = SqlAuditLog(self.database, self.audit_retention_days)
+        self.retries = SqlMemberRetries(self.database)
+        self.deliveries = SqlDeliveryLog(self.database)
 
     @classmethod
     def from_url(
