@@ -36,6 +36,8 @@ def main() -> None:
         definitions=stores.definitions,
         runs=stores.runs,
         audit=stores.audit,
+        deliveries=stores.deliveries,
+        retries=stores.retries,
         tokens=TokenStore.from_file(settings.admin_tokens_file),
         publisher=KafkaEventPublisher.over(producer, settings.topics),
         members=functools.cache(

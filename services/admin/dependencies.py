@@ -13,6 +13,7 @@ from services.admin.bearer_tokens import TokenStore
 from services.admin.problems import ApiProblem
 from shared.application.actors import Actor, Permission
 from shared.application.checks import ObjectChecks
+from shared.application.member_deliveries import DeliveryLogReader, RetryStates
 from shared.application.ports import AuditLog, DefinitionsStore, EventPublisher, MemberSource, RunsStore
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.secret_references import SecretReferencePolicy
@@ -38,6 +39,9 @@ class AdminContext:
     secret_references: SecretReferencePolicy = field(default_factory=SecretReferencePolicy.from_environment)
     #: Host resolution for the SSRF check at save (replaceable in tests).
     resolve_host: Callable[[str], list[str]] = resolve_host
+    #: The member delivery log and refused members' retry states (None: not served).
+    deliveries: DeliveryLogReader | None = None
+    retries: RetryStates | None = None
 
     def checks(self) -> ObjectChecks:
         """The checks of objects being written: destinations, secrets, query columns and timeout, rendering."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from services.notifier.delivery_log_sweep import outcome_followers, with_log_retention
 from services.notifier.mailer import SmtpMailer
 from services.notifier.notifying import Notifier
 from services.notifier.settings import NotifierSettings
@@ -23,6 +24,7 @@ def main() -> None:
     settings = NotifierSettings()
     health = start_service(settings, SERVICE)
     stores = CatalogStores.from_url(settings.catalog_url)
+    stores.runs.followers.extend(outcome_followers(stores, settings.notifier_delivery_log_days))
     webhooks = WebhookNotifications(
         stores.runs,
         WebhookSender(DestinationPolicy.parse(settings.allowed_destinations)),
@@ -65,7 +67,7 @@ def main() -> None:
         decode=value_decoder(RUN_EVENT_ADAPTER.validate_json),
         # A poll's events are folded in one transaction (one commit per poll, not per event).
         handle_round=notifier.handle_all,
-        periodic=notifier.sweep,
+        periodic=with_log_retention(notifier.sweep, stores, settings.notifier_delivery_log_days),
         periodic_seconds=settings.notifier_sweep_seconds,
     )
     loop.install_signal_handlers()

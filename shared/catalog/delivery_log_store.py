@@ -9,7 +9,6 @@ than the retention are pruned by the notifier's sweep.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, insert, select
@@ -18,27 +17,11 @@ from sqlalchemy.orm import Session
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.member_tables import DeliveryBatchRow, DeliveryRefusalRow
 from shared.domain.key_packing import holds_key, pack_keys
+from shared.domain.member_deliveries import MemberDelivery
 from shared.events import BatchOutcome
 
 #: Batch rows read at a time while looking a key up (newest first).
 SCAN_CHUNK = 256
-
-
-@dataclass(frozen=True)
-class MemberDelivery:
-    """A member's last delivery: delivered, or failed with the partner's status and reason."""
-
-    definition: str
-    key: str
-    delivered: bool
-    run_id: str
-    batch_index: int
-    at: datetime
-    attempts: int
-    status: int | None
-    reason: str | None
-    #: Sent again because an earlier run's delivery of it failed.
-    retry: bool
 
 
 class SqlDeliveryLog:

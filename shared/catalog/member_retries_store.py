@@ -6,13 +6,11 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from shared.catalog.database import CatalogDatabase, aware, now
+from shared.catalog.database import CatalogDatabase, now
 from shared.catalog.member_tables import MemberRetryRow, RunRetryRow
 from shared.catalog.tables import CatalogObjectRow
 from shared.domain.member_retries import (
@@ -27,19 +25,6 @@ from shared.events import BatchOutcome
 
 #: Keys per ``IN (...)`` list: well under every driver's bound on parameters.
 CHUNK = 500
-
-
-@dataclass(frozen=True)
-class RetryView:
-    """A member's retry state as readers see it (``exportctl dead-letters``)."""
-
-    key: str
-    state: RetryState
-    failed_runs: int
-    last_run: str
-    status: int | None
-    reason: str
-    updated_at: datetime | None
 
 
 def _chunks(keys: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -179,9 +164,9 @@ class SqlMemberRetries:
 
     # --- readers --------------------------------------------------------------------------------------------
 
-    def states(self, definition: str, keys: Sequence[str]) -> dict[str, RetryView]:
+    def states(self, definition: str, keys: Sequence[str]) -> dict[str, MemberRetry]:
         """The retry state of each of ``keys`` the definition has one for."""
-        found: dict[str, RetryView] = {}
+        found: dict[str, MemberRetry] = {}
         with self.database.transaction() as session:
             for chunk in _chunks(sorted(set(keys))):
                 for row in session.scalars(
@@ -189,13 +174,5 @@ class SqlMemberRetries:
                         MemberRetryRow.definition == definition, MemberRetryRow.member_key.in_(chunk)
                     )
                 ):
-                    found[row.member_key] = RetryView(
-                        row.member_key,
-                        RetryState(row.state),
-                        row.failed_runs,
-                        row.last_run_id,
-                        row.status,
-                        row.reason,
-                        aware(row.updated_at),
-                    )
+                    found[row.member_key] = _retry_of(row)
         return found
