@@ -25,6 +25,8 @@ from shared.events import BatchOutcome
 
 #: Keys per ``IN (...)`` list: well under every driver's bound on parameters.
 CHUNK = 500
+#: The states a delivery resolves.
+OPEN = (RetryState.PENDING.value, RetryState.GIVEN_UP.value)
 
 
 def _chunks(keys: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -63,15 +65,16 @@ class SqlMemberRetries:
 
     def _follow_definition(self, session: Session, definition: str, outcomes: list[BatchOutcome]) -> None:
         refused = [(str(o.run_id), member) for o in outcomes for member in o.refused]
-        pending = session.scalar(
+        # Open: pending (a next run sends it again) or given up (a full run may still deliver it).
+        open_ = session.scalar(
             select(MemberRetryRow.member_key)
-            .where(MemberRetryRow.definition == definition, MemberRetryRow.state == RetryState.PENDING.value)
+            .where(MemberRetryRow.definition == definition, MemberRetryRow.state.in_(OPEN))
             .limit(1)
         )
-        if not refused and pending is None:
+        if not refused and open_ is None:
             return  # the common case: nothing refused, nothing waiting for a delivery (one indexed probe)
         delivered: dict[str, str] = {}
-        if pending is not None:
+        if open_ is not None:
             for outcome in outcomes:
                 refused_keys = {member.key for member in outcome.refused}
                 for key in outcome.member_keys or ():
@@ -88,7 +91,7 @@ class SqlMemberRetries:
                 rows[row.member_key] = row
         for key, run_id in delivered.items():
             pending_row = rows.get(key)
-            if pending_row is not None and pending_row.state == RetryState.PENDING.value:
+            if pending_row is not None and pending_row.state in OPEN:
                 self._write(pending_row, after_delivery(_retry_of(pending_row), run_id))
         policy = self._policy(session, definition) if refused else RetryRejected()
         for run_id, member in refused:

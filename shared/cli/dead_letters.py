@@ -45,7 +45,7 @@ def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
     # Where each group's members stand now: retried by the next run, given up, delivered since (the catalog says).
     retries = retry_cells(settings.catalog_url, members)
     rows = [
-        (run, definition, count, retries.get((run, definition, reason), ""), reason)
+        (run, definition, count, reason, retries.get((run, definition, reason), ""))
         for (run, definition, reason), count in sorted(groups.items())
     ]
     if args.output != "table":
@@ -57,7 +57,7 @@ def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
             args.output,
         )
         return OK
-    table(("RUN", "DEFINITION", "MEMBERS", "RETRY", "REASON"), rows)
+    table(("RUN", "DEFINITION", "MEMBERS", "REASON", "RETRY"), rows)
     print(f"{letters} dead letter(s)")
     return OK
 

@@ -87,18 +87,21 @@ def after_refusal(
 ) -> MemberRetry:
     """The member's state once ``run_id`` refused it.
 
-    A member still pending counts one more failed run; any other (new, delivered, given up or gone before)
-    starts again at one. It stays pending while the runs that sent it again are fewer than its kind's
-    budget, else it is given up. A run that refuses a member twice (two batches) counts once.
+    A member pending or given up counts one more failed run; one delivered or gone since (or new) starts
+    again at one. It stays pending while the runs that sent it again are fewer than its kind's budget,
+    else it is given up, and stays so (a full run sending it anyway does not make it a retry again) until
+    a delivery. A run that refuses a member twice (two batches) counts once.
     """
     kind = classify(status)
-    if current is not None and current.last_run == run_id and current.state is not RetryState.DELIVERED:
+    open_ = current is not None and current.state in (RetryState.PENDING, RetryState.GIVEN_UP)
+    if current is not None and open_ and current.last_run == run_id:
         failed = current.failed_runs
-    elif current is not None and current.state is RetryState.PENDING:
+    elif current is not None and open_:
         failed = current.failed_runs + 1
     else:
         failed = 1
-    state = RetryState.PENDING if failed - 1 < policy.budget(kind) else RetryState.GIVEN_UP
+    given_up = current is not None and open_ and current.state is RetryState.GIVEN_UP
+    state = RetryState.PENDING if failed - 1 < policy.budget(kind) and not given_up else RetryState.GIVEN_UP
     return MemberRetry(key, status, reason, kind, failed, state, run_id)
 
 
