@@ -51,8 +51,8 @@ def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
     if args.output != "table":
         dump(
             [
-                {"run": r, "definition": d, "members": m, "retry": rs or None, "reason": why}
-                for r, d, m, rs, why in rows
+                {"run": r, "definition": d, "members": m, "reason": why, "retry": state or None}
+                for r, d, m, why, state in rows
             ],
             args.output,
         )
