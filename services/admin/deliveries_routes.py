@@ -83,7 +83,7 @@ class MemberDeliveryView(BaseModel):
 @router.get(
     "/export-definitions/{name}/members/{key:path}/deliveries",
     summary="A member's last delivery (delivered, or failed with status and reason) and retry state, by its key",
-    responses=problem_responses(404, 422),
+    responses=problem_responses(403, 404, 422),
     operation_id="read_member_delivery",
 )
 def read_member_delivery(context: Context, caller: Reader, name: str, key: str) -> MemberDeliveryView:

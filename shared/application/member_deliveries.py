@@ -46,8 +46,9 @@ def member_delivery(
     log: DeliveryLogReader,
     retries: RetryStates,
 ) -> MemberDeliveryAnswer:
-    """A member's last delivery by its key; :class:`Missing` for a definition out of the actor's scope (as if it
-    did not exist) and for a key the log knows nothing of; :class:`Invalid` for an empty or overlong key."""
+    """A member's last delivery by its key, within the actor's scope: :class:`Forbidden` for a definition of
+    another business unit (as every definition route), :class:`Missing` for a definition or key the log
+    knows nothing of, :class:`Invalid` for an empty or overlong key."""
     authorise(actor, Permission.READ)
     if not key or len(key) > MAX_KEY_LENGTH:
         raise Invalid(f"key: give a member key of 1 to {MAX_KEY_LENGTH} characters", slug="invalid-member-key")

@@ -143,8 +143,8 @@ def test_the_delivery_log_answers_for_delivered_and_failed_members_within_scopes
         assert (last["outcome"], last["status"], last["run_id"]) == ("failed", 422, str(last_422.run_id))
         assert "422" in last["reason"]
         assert failed.json()["retry"]["state"] == "given_up"
-        # Another unit's definition is not there for a scoped caller; an unknown key is not found either.
-        assert emea.get(f"/api/v1/export-definitions/retried-422/members/{INVALID}/deliveries").status_code == 404
+        # Another unit's definition is refused to a scoped caller (as on its other routes); an unknown key: 404.
+        assert emea.get(f"/api/v1/export-definitions/retried-422/members/{INVALID}/deliveries").status_code == 403
         assert viewer.get("/api/v1/export-definitions/retried-503/members/999999/deliveries").status_code == 404
         answers = [delivered.text, failed.text]
     direct = pipeline.exportctl("deliveries", "retried-422", str(INVALID))
@@ -154,7 +154,8 @@ def test_the_delivery_log_answers_for_delivered_and_failed_members_within_scopes
     assert "last delivery: failed (422: " in direct.stdout
     assert str(last_422.run_id) in direct.stdout
     scoped = pipeline.exportctl("deliveries", "retried-422", str(INVALID), env=as_(admin, "emea-viewer"))
-    assert scoped.returncode == 3, scoped.stdout + scoped.stderr
+    assert scoped.returncode == 4, scoped.stdout + scoped.stderr
+    assert "business unit" in scoped.stderr
     delivered_cli = pipeline.exportctl("deliveries", "retried-503", "5", "-o", "json", env=as_(admin, "emea-viewer"))
     assert json.loads(delivered_cli.stdout)["last"]["outcome"] == "delivered"
     for answer in [*answers, direct.stdout, through_api.stdout, delivered_cli.stdout]:

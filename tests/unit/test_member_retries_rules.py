@@ -67,26 +67,31 @@ def test_one_run_refusing_a_member_twice_counts_one_failed_run():
     policy = RetryRejected(runs=1)
     once = after_refusal(None, key="k", status=503, reason="r", run_id="a", policy=policy)
     twice = after_refusal(once, key="k", status=503, reason="r", run_id="a", policy=policy)
-    assert twice.failed_runs == 1 and twice.state is RetryState.PENDING
+    assert twice.failed_runs == 1
+    assert twice.state is RetryState.PENDING
 
 
 @given(st.integers(1, 5))
 def test_a_delivery_resolves_a_member_and_a_later_refusal_starts_again(failures):
     policy = RetryRejected(runs=10)
     delivered = after_delivery(_refused_in_runs(failures, 503, policy), "later")
-    assert delivered.state is RetryState.DELIVERED and delivered.last_run == "later"
+    assert delivered.state is RetryState.DELIVERED
+    assert delivered.last_run == "later"
     again = after_refusal(delivered, key="k", status=503, reason="r", run_id="next", policy=policy)
-    assert again.failed_runs == 1 and again.state is RetryState.PENDING
+    assert again.failed_runs == 1
+    assert again.state is RetryState.PENDING
 
 
 def test_a_given_up_member_stays_given_up_when_refused_again_until_a_delivery():
     policy = RetryRejected(runs=0, invalid_runs=0)
     given_up = _refused_in_runs(1, 422, policy)
     again = after_refusal(given_up, key="k", status=503, reason="r", run_id="x", policy=RetryRejected(runs=5))
-    assert again.state is RetryState.GIVEN_UP and again.failed_runs == 2
+    assert again.state is RetryState.GIVEN_UP
+    assert again.failed_runs == 2
     delivered = after_delivery(again, "y")
     fresh = after_refusal(delivered, key="k", status=503, reason="r", run_id="z", policy=RetryRejected(runs=5))
-    assert fresh.state is RetryState.PENDING and fresh.failed_runs == 1
+    assert fresh.state is RetryState.PENDING
+    assert fresh.failed_runs == 1
 
 
 def test_a_definitions_retry_budget_has_a_default_and_is_validated_naming_the_field():
@@ -107,7 +112,7 @@ def test_a_packed_batch_holds_exactly_its_keys(keys, probe):
         assert holds_key(packed, key)
 
 
-@given(st.lists(st.sampled_from(['a', '"', "\\", ",", "[", "]", 'a"', '",', '","a']), min_size=1, max_size=8))
+@given(st.lists(st.sampled_from(["a", '"', "\\", ",", "[", "]", 'a"', '",', '","a']), min_size=1, max_size=8))
 def test_keys_made_of_json_punctuation_are_told_apart(parts):
     keys = ["".join(parts), "".join(reversed(parts))]
     packed = pack_keys(keys[:1])
