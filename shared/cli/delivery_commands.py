@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import urllib.parse
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.cli.output import dump, output_option
@@ -28,7 +29,7 @@ def answer_view(answer: MemberDeliveryAnswer) -> dict[str, Any]:
             "outcome": last.outcome,
             "run_id": last.run_id,
             "batch_index": last.batch_index,
-            "at": last.at.isoformat(),
+            "at": last.at.isoformat().replace("+00:00", "Z"),  # as the API writes it
             "attempts": last.attempts,
             "status": last.status,
             "reason": last.reason,
@@ -62,7 +63,7 @@ def print_delivery(view: dict[str, Any], fmt: str) -> None:
             outcome += f" ({last['status'] if last['status'] is not None else 'no answer'}: {last['reason']})"
         print(f"  last delivery: {outcome}")
         print(f"  run:           {last['run_id']} (batch {last['batch_index']}{', a retry' if last['retry'] else ''})")
-        print(f"  at:            {last['at']}")
+        print(f"  at:            {datetime.fromisoformat(last['at']).isoformat(timespec='seconds')}")
         print(f"  attempts:      {last['attempts']}")
     retry = view.get("retry")
     if retry is not None:
