@@ -6,8 +6,9 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, now
@@ -65,51 +66,89 @@ class SqlMemberRetries:
 
     def _follow_definition(self, session: Session, definition: str, outcomes: list[BatchOutcome]) -> None:
         refused = [(str(o.run_id), member) for o in outcomes for member in o.refused]
-        # Open: pending (a next run sends it again) or given up (a full run may still deliver it).
-        open_ = session.scalar(
-            select(MemberRetryRow.member_key)
-            .where(MemberRetryRow.definition == definition, MemberRetryRow.state.in_(OPEN))
-            .limit(1)
+        # Open members: pending (a next run sends them again) or given up (a full run may still deliver them).
+        # Few (the members failing now), read once a fold: a batch's delivered members are matched in memory,
+        # not by a query a batch.
+        open_keys = set(
+            session.scalars(
+                select(MemberRetryRow.member_key).where(
+                    MemberRetryRow.definition == definition, MemberRetryRow.state.in_(OPEN)
+                )
+            )
         )
-        if not refused and open_ is None:
-            return  # the common case: nothing refused, nothing waiting for a delivery (one indexed probe)
+        if not refused and not open_keys:
+            return  # the common case: nothing refused, nothing waiting for a delivery (one indexed read)
         delivered: dict[str, str] = {}
-        if open_ is not None:
-            for outcome in outcomes:
+        for outcome in outcomes:
+            if open_keys:
                 refused_keys = {member.key for member in outcome.refused}
-                for key in outcome.member_keys or ():
+                for key in open_keys.intersection(outcome.member_keys or ()):
                     if key not in refused_keys:
                         delivered[key] = str(outcome.run_id)
-        keys = sorted({member.key for _, member in refused} | delivered.keys())
-        rows: dict[str, MemberRetryRow] = {}
+        current = self._current(session, definition, sorted({m.key for _, m in refused} | delivered.keys()))
+        changed: dict[str, MemberRetry] = {}
+        for key, run_id in delivered.items():
+            if key in current:
+                changed[key] = after_delivery(current[key], run_id)
+        policy = self._policy(session, definition) if refused else RetryRejected()
+        for run_id, member in refused:
+            changed[member.key] = after_refusal(
+                changed.get(member.key) or current.get(member.key),
+                key=member.key,
+                status=member.status,
+                reason=member.reason,
+                run_id=run_id,
+                policy=policy,
+            )
+        self._write(session, definition, changed, current)
+
+    @staticmethod
+    def _current(session: Session, definition: str, keys: Sequence[str]) -> dict[str, MemberRetry]:
+        current: dict[str, MemberRetry] = {}
         for chunk in _chunks(keys):
             for row in session.scalars(
                 select(MemberRetryRow).where(
                     MemberRetryRow.definition == definition, MemberRetryRow.member_key.in_(chunk)
                 )
             ):
-                rows[row.member_key] = row
-        for key, run_id in delivered.items():
-            pending_row = rows.get(key)
-            if pending_row is not None and pending_row.state in OPEN:
-                self._write(pending_row, after_delivery(_retry_of(pending_row), run_id))
-        policy = self._policy(session, definition) if refused else RetryRejected()
-        for run_id, member in refused:
-            found = rows.get(member.key)
-            current = _retry_of(found) if found is not None else None
-            state = after_refusal(
-                current, key=member.key, status=member.status, reason=member.reason, run_id=run_id, policy=policy
-            )
-            if found is None:
-                found = rows[member.key] = MemberRetryRow(definition=definition, member_key=member.key)
-                session.add(found)
-            self._write(found, state)
+                current[row.member_key] = _retry_of(row)
+        return current
 
     @staticmethod
-    def _write(row: MemberRetryRow, state: MemberRetry) -> None:
-        row.status, row.reason, row.kind = state.status, state.reason, state.kind.value
-        row.failed_runs, row.state, row.last_run_id = state.failed_runs, state.state.value, state.last_run
-        row.updated_at = now()
+    def _write(
+        session: Session, definition: str, changed: dict[str, MemberRetry], current: dict[str, MemberRetry]
+    ) -> None:
+        """New rows in one INSERT, changed ones in one UPDATE (executemany by primary key)."""
+        at = now()
+
+        def values(state: MemberRetry) -> dict[str, object]:
+            return {
+                "status": state.status,
+                "reason": state.reason,
+                "kind": state.kind.value,
+                "failed_runs": state.failed_runs,
+                "state": state.state.value,
+                "last_run_id": state.last_run,
+                "updated_at": at,
+            }
+
+        table = cast(Table, MemberRetryRow.__table__)
+        new = [{"definition": definition, "member_key": k} | values(s) for k, s in changed.items() if k not in current]
+        if new:
+            session.execute(insert(table), new)
+        updated = [
+            {"b_definition": definition, "b_key": k} | {f"b_{name}": v for name, v in values(s).items()}
+            for k, s in changed.items()
+            if k in current
+        ]
+        if updated:
+            columns = table.c
+            statement = (
+                update(table)
+                .where(columns.definition == bindparam("b_definition"), columns.member_key == bindparam("b_key"))
+                .values({name: bindparam(f"b_{name}") for name in values(next(iter(changed.values())))})
+            )
+            session.execute(statement, updated)
 
     @staticmethod
     def _policy(session: Session, definition: str) -> RetryRejected:

@@ -43,7 +43,8 @@ class RunRetryRow(Base):
 
 
 class DeliveryBatchRow(Base):
-    """The delivery log's row of one batch outcome: its members' keys packed (shared.domain.key_packing)."""
+    """The delivery log's row of one batch outcome: its members' keys, and its refused members (key, status,
+    reason, attempts), each packed (shared.domain.key_packing)."""
 
     __tablename__ = "delivery_batches"
     __table_args__ = (Index("ix_delivery_batches_definition_at", "definition", "at"),)
@@ -57,19 +58,4 @@ class DeliveryBatchRow(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     retry: Mapped[bool] = mapped_column(Boolean, default=False)
     keys: Mapped[bytes] = mapped_column(LargeBinary)
-
-
-class DeliveryRefusalRow(Base):
-    """The delivery log's row of one refused member of a batch: status, reason, attempts."""
-
-    __tablename__ = "delivery_refusals"
-    __table_args__ = (Index("ix_delivery_refusals_member", "definition", "member_key"),)
-
-    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    batch_index: Mapped[int] = mapped_column(Integer, primary_key=True)
-    member_key: Mapped[str] = mapped_column(Text, primary_key=True)
-    definition: Mapped[str] = mapped_column(String(100))
-    status: Mapped[int | None] = mapped_column(Integer)
-    reason: Mapped[str] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(Integer)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    refused: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)

@@ -82,40 +82,52 @@ def keyed_events(count: int, members: int, runs: int = 10) -> list[AnyRunEvent]:
     return events
 
 
-def measure_log(new_catalog: Callable[[], str], events: list[AnyRunEvent]) -> dict[str, float]:
-    """Events/s a poll at a time without and with the per-member followers, on fresh catalogs; lookup times."""
-    figures: dict[str, float] = {}
-    for name in ("without", "delivery log", "log + retries"):
-        stores = CatalogStores.from_url(new_catalog(), migrate=True)
-        if name != "without":
-            stores.runs.followers.append(stores.deliveries)
-        if name == "log + retries":
-            stores.runs.followers.append(stores.retries)
-        started = time.perf_counter()
-        for start in range(0, len(events), POLL):
-            stores.runs.fold_run_events(events[start : start + POLL])
-        figures[name] = len(events) / (time.perf_counter() - started)
-        if name == "delivery log":
-            outcomes = [e for e in events if isinstance(e, BatchOutcome)]
-            probes = {
-                "newest": (outcomes[-1].member_keys or [""])[0],
-                "oldest": (outcomes[0].member_keys or [""])[0],
-                "absent": "no-such-member",
-            }
-            for probe, key in probes.items():
-                started = time.perf_counter()
-                stores.deliveries.last_delivery("bench", key)
-                figures[f"lookup {probe}"] = (time.perf_counter() - started) * 1000
-        stores.close()
+LOG_CONFIGS = ("without", "delivery log", "log + retries")
+
+
+def measure_log(new_catalog: Callable[[], str], events: list[AnyRunEvent], rounds: int) -> dict[str, float]:
+    """Events/s a poll at a time without and with the per-member followers, on fresh catalogs, the configurations
+    taking turns ``rounds`` times (the best of each: the machine is shared); the log's lookup times."""
+    figures: dict[str, float] = dict.fromkeys(LOG_CONFIGS, 0.0)
+    for _ in range(rounds):
+        for name in LOG_CONFIGS:
+            stores = CatalogStores.from_url(new_catalog(), migrate=True)
+            if name != "without":
+                stores.runs.followers.append(stores.deliveries)
+            if name == "log + retries":
+                stores.runs.followers.append(stores.retries)
+            started = time.perf_counter()
+            for start in range(0, len(events), POLL):
+                stores.runs.fold_run_events(events[start : start + POLL])
+            figures[name] = max(figures[name], len(events) / (time.perf_counter() - started))
+            if name == "delivery log":
+                outcomes = [e for e in events if isinstance(e, BatchOutcome)]
+                probes = {
+                    "newest": (outcomes[-1].member_keys or [""])[0],
+                    "oldest": (outcomes[0].member_keys or [""])[0],
+                    "absent": "no-such-member",
+                }
+                for probe, key in probes.items():
+                    started = time.perf_counter()
+                    stores.deliveries.last_delivery("bench", key)
+                    elapsed = (time.perf_counter() - started) * 1000
+                    figures[f"lookup {probe}"] = min(figures.get(f"lookup {probe}", elapsed), elapsed)
+            stores.close()
     return figures
 
 
-def report_log(backend: str, figures: dict[str, float]) -> None:
+def report_log(backend: str, figures: dict[str, float], members: int) -> None:
     base = figures["without"]
     print(
         f"  {backend + ':':<12}without {base:7.0f} events/s   delivery log {figures['delivery log']:7.0f} events/s "
         f"({figures['delivery log'] / base:4.2f}x)   log + retries {figures['log + retries']:7.0f} events/s "
         f"({figures['log + retries'] / base:4.2f}x)"
+    )
+    # What the fold's figure means for a run: the log's added time a member, against a pipeline's time a member.
+    added = (1 / figures["delivery log"] - 1 / base) / members * 1e6
+    print(
+        f"  {'':<12}the log adds {added:5.2f} us a member to the fold ({added:4.2f} s a 1M-member run; the pipeline "
+        "spends about 11 us a member end to end, docs/benchmarks/e2e.md)"
     )
     print(
         f"  {'':<12}lookup: newest batch {figures['lookup newest']:6.1f} ms   oldest batch "
@@ -131,9 +143,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=5_000)
     parser.add_argument("--members", type=int, default=500, help="members a batch outcome names (default: 500)")
+    parser.add_argument("--log-events", type=int, default=2_000, help="batch outcomes of the delivery log's folds")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of the delivery log's configurations")
     args = parser.parse_args()
     events = run_events(args.events)
-    keyed = keyed_events(args.events, args.members)
+    keyed = keyed_events(args.log_events, args.members)
     print(f"notifier fold, {len(events)} run events (batch outcomes of 10 runs), polls of {POLL}")
     with tempfile.TemporaryDirectory() as work:
         one, poll = measure(lambda: f"sqlite:///{Path(work) / uuid.uuid4().hex}.db", events)
@@ -143,11 +157,14 @@ def main() -> None:
             report("PostgreSQL", one, poll)
         print(
             f"member delivery log: the same folds of {len(keyed)} events naming {args.members} members a batch "
-            f"({args.events * args.members} members, 1% refused), without and with the log in the fold"
+            f"({args.log_events * args.members} members, 1% refused), without and with the log in the fold "
+            f"(best of {args.rounds} rounds taking turns)"
         )
-        report_log("SQLite", measure_log(lambda: f"sqlite:///{Path(work) / uuid.uuid4().hex}.db", keyed))
+        sqlite = measure_log(lambda: f"sqlite:///{Path(work) / uuid.uuid4().hex}.db", keyed, args.rounds)
+        report_log("SQLite", sqlite, args.members)
         with LocalPostgres() as server:
-            report_log("PostgreSQL", measure_log(lambda: server.create_database(f"b{uuid.uuid4().hex[:8]}"), keyed))
+            new_database = lambda: server.create_database(f"b{uuid.uuid4().hex[:8]}")  # noqa: E731
+            report_log("PostgreSQL", measure_log(new_database, keyed, args.rounds), args.members)
 
 
 if __name__ == "__main__":

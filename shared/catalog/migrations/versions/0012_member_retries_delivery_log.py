@@ -1,5 +1,5 @@
 """Refused members retried by the next runs (member_retries, run_retries) and the member delivery log
-(delivery_batches: one row per batch outcome with its keys packed; delivery_refusals: one per refused member).
+(delivery_batches: one row per batch outcome, its members' keys and its refused members packed).
 
 Revision ID: 0012
 Revises: 0008
@@ -50,24 +50,12 @@ def upgrade() -> None:
         sa.Column("status_code", sa.Integer(), nullable=True),
         sa.Column("retry", sa.Boolean(), nullable=False),
         sa.Column("keys", sa.LargeBinary(), nullable=False),
+        sa.Column("refused", sa.LargeBinary(), nullable=True),
     )
     op.create_index("ix_delivery_batches_definition_at", "delivery_batches", ["definition", "at"])
     op.create_index("ix_delivery_batches_at", "delivery_batches", ["at"])
-    op.create_table(
-        "delivery_refusals",
-        sa.Column("run_id", sa.String(36), primary_key=True),
-        sa.Column("batch_index", sa.Integer(), primary_key=True),
-        sa.Column("member_key", sa.Text(), primary_key=True),
-        sa.Column("definition", sa.String(100), nullable=False),
-        sa.Column("status", sa.Integer(), nullable=True),
-        sa.Column("reason", sa.Text(), nullable=False),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-    )
-    op.create_index("ix_delivery_refusals_member", "delivery_refusals", ["definition", "member_key"])
-    op.create_index("ix_delivery_refusals_at", "delivery_refusals", ["at"])
 
 
 def downgrade() -> None:
-    for table in ("delivery_refusals", "delivery_batches", "run_retries", "member_retries"):
+    for table in ("delivery_batches", "run_retries", "member_retries"):
         op.drop_table(table)
