@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from shared.domain.catalog_objects import ExportDefinition
-from shared.domain.key_packing import holds_key, pack_keys, unpack_keys
+from shared.domain.key_packing import holds_key, pack_keys, pack_refused, refusal_of, unpack_keys
 from shared.domain.member_retries import (
     RefusalKind,
     RetryRejected,
@@ -121,3 +121,22 @@ def test_keys_made_of_json_punctuation_are_told_apart(parts):
     for cut in range(1, len(keys[0])):
         assert holds_key(packed, keys[0][:cut]) is False
         assert holds_key(packed, keys[0][cut:]) is False
+
+
+refusals = st.lists(
+    st.tuples(
+        st.text(max_size=8), st.one_of(st.none(), st.integers(100, 599)), st.text(max_size=20), st.integers(0, 9)
+    ),
+    max_size=10,
+    unique_by=lambda member: member[0],
+)
+
+
+@given(refusals, st.text(max_size=8))
+def test_a_batchs_packed_refusals_answer_for_exactly_its_refused_members(refused, probe):
+    packed = pack_refused(refused)
+    assert (packed is None) == (not refused)
+    by_key = {key: (status, reason, attempts) for key, status, reason, attempts in refused}
+    assert refusal_of(packed, probe) == by_key.get(probe)
+    for key, status, reason, attempts in refused:
+        assert refusal_of(packed, key) == (status, reason, attempts)
