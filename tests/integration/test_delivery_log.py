@@ -4,6 +4,7 @@ chunks of batch rows (newest first), its refusal's status and reason, and retent
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
 
 
-def _outcome(run_id: uuid.UUID, index: int, keys: list[str], at: datetime, refused: list[str] = ()) -> BatchOutcome:
+def _outcome(run_id: uuid.UUID, index: int, keys: list[str], at: datetime, refused: Sequence[str] = ()) -> BatchOutcome:
     return BatchOutcome(
         run_id=run_id,
         definition="log",

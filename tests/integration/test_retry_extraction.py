@@ -67,7 +67,7 @@ def test_an_incremental_run_sends_the_retries_its_window_lacks_by_key_once_acros
 
     second = RunRequested(definition="export-changed")
     saved = catalog.extraction.save_checkpoint
-    crashes = []
+    crashes: list[object] = []
 
     def crash_before_completed(checkpoint):
         if checkpoint.completed and not crashes:
