@@ -27,7 +27,8 @@ class DriverInsert:
         if found is None:
             compiled = insert(self.table).compile(dialect=dialect, column_keys=self.columns)
             names = list(compiled.positiontup or []) if dialect.positional else self.columns
-            processors = [self.table.c[name].type.bind_processor(dialect) for name in names]
+            # The dialect's own type (SQLite's DATETIME writes the text SQLAlchemy reads back), not the generic one.
+            processors = [self.table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
             found = self._compiled[dialect.name] = (compiled.string, names, processors, dialect.positional)
         return found
 

@@ -12,6 +12,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, now
+from shared.catalog.driver_inserts import DriverInsert
 from shared.catalog.member_tables import MemberRetryRow, RunRetryRow
 from shared.catalog.tables import CatalogObjectRow
 from shared.domain.member_retries import (
@@ -26,6 +27,8 @@ from shared.events import BatchOutcome
 
 #: Keys per ``IN (...)`` list: well under every driver's bound on parameters.
 CHUNK = 500
+_COLUMNS = ["definition", "member_key", "status", "reason", "kind", "failed_runs", "state", "last_run_id", "updated_at"]
+_INSERT = DriverInsert(cast(Table, MemberRetryRow.__table__), _COLUMNS)
 #: The states a delivery resolves.
 OPEN = (RetryState.PENDING.value, RetryState.GIVEN_UP.value)
 
@@ -65,7 +68,9 @@ class SqlMemberRetries:
             self._follow_definition(session, definition, group)
 
     def _follow_definition(self, session: Session, definition: str, outcomes: list[BatchOutcome]) -> None:
-        refused = [(str(o.run_id), member) for o in outcomes for member in o.refused]
+        refused = [
+            (run_id, member) for o in outcomes if o.refused for run_id in [str(o.run_id)] for member in o.refused
+        ]
         # Open members: pending (a next run sends them again) or given up (a full run may still deliver them).
         # Few (the members failing now), read once a fold: a batch's delivered members are matched in memory,
         # not by a query a batch.
@@ -133,9 +138,10 @@ class SqlMemberRetries:
             }
 
         table = cast(Table, MemberRetryRow.__table__)
-        new = [{"definition": definition, "member_key": k} | values(s) for k, s in changed.items() if k not in current]
-        if new:
-            session.execute(insert(table), new)
+        _INSERT.execute(
+            session,
+            [{"definition": definition, "member_key": k} | values(s) for k, s in changed.items() if k not in current],
+        )
         updated = [
             {"b_definition": definition, "b_key": k} | {f"b_{name}": v for name, v in values(s).items()}
             for k, s in changed.items()

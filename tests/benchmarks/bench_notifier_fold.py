@@ -10,11 +10,13 @@ test: figures only. ``python -m tests.benchmarks.bench_notifier_fold [--events N
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from devtools.postgres import LocalPostgres
 from shared.catalog import CatalogStores
@@ -85,10 +87,12 @@ def keyed_events(count: int, members: int, runs: int = 10) -> list[AnyRunEvent]:
 LOG_CONFIGS = ("without", "delivery log", "log + retries")
 
 
-def measure_log(new_catalog: Callable[[], str], events: list[AnyRunEvent], rounds: int) -> dict[str, float]:
+def measure_log(new_catalog: Callable[[], str], events: list[AnyRunEvent], rounds: int) -> dict[str, Any]:
     """Events/s a poll at a time without and with the per-member followers, on fresh catalogs, the configurations
-    taking turns ``rounds`` times (the best of each: the machine is shared); the log's lookup times."""
-    figures: dict[str, float] = dict.fromkeys(LOG_CONFIGS, 0.0)
+    taking turns ``rounds`` times; each round's ratios to its own baseline (the machine is shared: a round's
+    three folds run back to back, under the same load); the log's lookup times (the fastest of the rounds)."""
+    rates: dict[str, list[float]] = {name: [] for name in LOG_CONFIGS}
+    lookups: dict[str, float] = {}
     for _ in range(rounds):
         for name in LOG_CONFIGS:
             stores = CatalogStores.from_url(new_catalog(), migrate=True)
@@ -99,7 +103,7 @@ def measure_log(new_catalog: Callable[[], str], events: list[AnyRunEvent], round
             started = time.perf_counter()
             for start in range(0, len(events), POLL):
                 stores.runs.fold_run_events(events[start : start + POLL])
-            figures[name] = max(figures[name], len(events) / (time.perf_counter() - started))
+            rates[name].append(len(events) / (time.perf_counter() - started))
             if name == "delivery log":
                 outcomes = [e for e in events if isinstance(e, BatchOutcome)]
                 probes = {
@@ -111,27 +115,33 @@ def measure_log(new_catalog: Callable[[], str], events: list[AnyRunEvent], round
                     started = time.perf_counter()
                     stores.deliveries.last_delivery("bench", key)
                     elapsed = (time.perf_counter() - started) * 1000
-                    figures[f"lookup {probe}"] = min(figures.get(f"lookup {probe}", elapsed), elapsed)
+                    lookups[probe] = min(lookups.get(probe, elapsed), elapsed)
             stores.close()
-    return figures
+    ratios = {
+        name: statistics.median(r / base for r, base in zip(rates[name], rates["without"], strict=True))
+        for name in LOG_CONFIGS
+    }
+    return {"rates": {name: statistics.median(values) for name, values in rates.items()}, "ratios": ratios} | {
+        "lookups": lookups
+    }
 
 
-def report_log(backend: str, figures: dict[str, float], members: int) -> None:
-    base = figures["without"]
+def report_log(backend: str, figures: dict[str, Any], members: int) -> None:
+    rates, ratios, lookups = figures["rates"], figures["ratios"], figures["lookups"]
     print(
-        f"  {backend + ':':<12}without {base:7.0f} events/s   delivery log {figures['delivery log']:7.0f} events/s "
-        f"({figures['delivery log'] / base:4.2f}x)   log + retries {figures['log + retries']:7.0f} events/s "
-        f"({figures['log + retries'] / base:4.2f}x)"
+        f"  {backend + ':':<12}without {rates['without']:7.0f} events/s   delivery log {rates['delivery log']:7.0f} "
+        f"events/s ({ratios['delivery log']:4.2f}x)   log + retries {rates['log + retries']:7.0f} events/s "
+        f"({ratios['log + retries']:4.2f}x)   (medians: rates, and each round's ratio to its own baseline)"
     )
-    # What the fold's figure means for a run: the log's added time a member, against a pipeline's time a member.
-    added = (1 / figures["delivery log"] - 1 / base) / members * 1e6
+    # What the fold's ratio means for a run: the log's added time a member, against a pipeline's time a member.
+    added = (1 / ratios["delivery log"] - 1) / rates["without"] / members * 1e6
     print(
         f"  {'':<12}the log adds {added:5.2f} us a member to the fold ({added:4.2f} s a 1M-member run; the pipeline "
         "spends about 11 us a member end to end, docs/benchmarks/e2e.md)"
     )
     print(
-        f"  {'':<12}lookup: newest batch {figures['lookup newest']:6.1f} ms   oldest batch "
-        f"{figures['lookup oldest']:6.1f} ms   absent key {figures['lookup absent']:6.1f} ms"
+        f"  {'':<12}lookup: newest batch {lookups['newest']:6.1f} ms   oldest batch "
+        f"{lookups['oldest']:6.1f} ms   absent key {lookups['absent']:6.1f} ms"
     )
 
 
@@ -144,7 +154,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5_000)
     parser.add_argument("--members", type=int, default=500, help="members a batch outcome names (default: 500)")
     parser.add_argument("--log-events", type=int, default=2_000, help="batch outcomes of the delivery log's folds")
-    parser.add_argument("--rounds", type=int, default=3, help="turns of the delivery log's configurations")
+    parser.add_argument("--rounds", type=int, default=5, help="turns of the delivery log's configurations")
     args = parser.parse_args()
     events = run_events(args.events)
     keyed = keyed_events(args.log_events, args.members)
@@ -158,7 +168,7 @@ def main() -> None:
         print(
             f"member delivery log: the same folds of {len(keyed)} events naming {args.members} members a batch "
             f"({args.log_events * args.members} members, 1% refused), without and with the log in the fold "
-            f"(best of {args.rounds} rounds taking turns)"
+            f"({args.rounds} rounds taking turns)"
         )
         sqlite = measure_log(lambda: f"sqlite:///{Path(work) / uuid.uuid4().hex}.db", keyed, args.rounds)
         report_log("SQLite", sqlite, args.members)

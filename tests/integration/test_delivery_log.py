@@ -75,3 +75,15 @@ def test_the_sweep_prunes_batches_older_than_the_retention(catalog: CatalogStore
     assert catalog.deliveries.prune(30) == 1
     assert catalog.deliveries.last_delivery("log", "old") is None
     assert catalog.deliveries.last_delivery("log", "recent") is not None
+
+
+def test_a_lookup_pages_through_batches_of_the_same_instant(catalog: CatalogStores):
+    """More batch rows at one instant than a scan chunk: the keyset goes on by run and batch index."""
+    catalog.runs.followers.append(catalog.deliveries)
+    run_id = uuid.uuid4()
+    outcomes = [_outcome(run_id, i, [f"k{i}"], T0, refused=["k0"] if i == 0 else []) for i in range(SCAN_CHUNK * 2)]
+    catalog.runs.fold_run_events(outcomes)
+    first = catalog.deliveries.last_delivery("log", "k0")
+    assert first is not None
+    assert (first.batch_index, first.delivered, first.status) == (0, False, 422)
+    assert catalog.deliveries.last_delivery("log", f"k{SCAN_CHUNK + 3}") is not None
