@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import cast
 
+from pydantic import ValidationError
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
@@ -15,6 +16,7 @@ from shared.catalog.database import CatalogDatabase, now
 from shared.catalog.driver_inserts import DriverInsert
 from shared.catalog.member_tables import MemberRetryRow, RunRetryRow
 from shared.catalog.tables import CatalogObjectRow
+from shared.domain.member_deliveries import MAX_KEY_LENGTH
 from shared.domain.member_retries import (
     MemberRetry,
     RefusalKind,
@@ -68,8 +70,14 @@ class SqlMemberRetries:
             self._follow_definition(session, definition, group)
 
     def _follow_definition(self, session: Session, definition: str, outcomes: list[BatchOutcome]) -> None:
+        # A key longer than a lookup takes cannot be retried by key (nor indexed everywhere): left to the log.
         refused = [
-            (run_id, member) for o in outcomes if o.refused for run_id in [str(o.run_id)] for member in o.refused
+            (run_id, member)
+            for o in outcomes
+            if o.refused
+            for run_id in [str(o.run_id)]
+            for member in o.refused
+            if len(member.key) <= MAX_KEY_LENGTH
         ]
         # Open members: pending (a next run sends them again) or given up (a full run may still deliver them).
         # Few (the members failing now), read once a fold: a batch's delivered members are matched in memory,
@@ -164,7 +172,10 @@ class SqlMemberRetries:
                 CatalogObjectRow.kind == "ExportDefinition", CatalogObjectRow.name == definition
             )
         )
-        return RetryRejected.model_validate((spec or {}).get("retry_rejected") or {})
+        try:
+            return RetryRejected.model_validate((spec or {}).get("retry_rejected") or {})
+        except ValidationError:  # saved by another release, say: the defaults, never a fold that cannot go on
+            return RetryRejected()
 
     # --- the extractor ------------------------------------------------------------------------------------
 
