@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from services.notifier.delivery_log_sweep import outcome_followers, with_log_retention
-
 from shared.catalog import CatalogStores
 from shared.events import BatchOutcome
 from shared.kafka import Outgoing
@@ -46,6 +45,6 @@ def test_each_sweep_prunes_the_log_and_keeps_its_own_records(tmp_path: Path):
     def unreachable(days: float) -> int:
         raise OSError("the catalog is unreachable")
 
-    stores.deliveries.prune = unreachable  # type: ignore[method-assign]
+    stores.deliveries.prune = unreachable  # type: ignore[method-assign,assignment]
     assert sweep() == swept  # logged, and the sweep's own records still go out
     stores.close()
