@@ -37,8 +37,8 @@ def summary(keys: list[str], states: Mapping[str, MemberRetry]) -> str:
 
 
 def retry_cells(catalog_url: str, groups: Mapping[G, tuple[str, list[dict[str, Any]]]]) -> dict[G, str]:
-    """Each group's (definition, members) retry summary; a group whose definition the catalog cannot say
-    (no catalog, a definition gone) has none."""
+    """Each group's (definition, members) retry summary; none for a group whose definition the catalog cannot
+    say (a definition gone), nor at all without a readable catalog (the listing is of Kafka's dead letters)."""
     from shared.catalog import CatalogStores, NotFound
     from shared.cli.exits import CliError
     from shared.cli.modes import refuse_missing_catalog
@@ -49,6 +49,8 @@ def retry_cells(catalog_url: str, groups: Mapping[G, tuple[str, list[dict[str, A
         refuse_missing_catalog(catalog_url)
     except CliError:
         return {}
+    from sqlalchemy.exc import SQLAlchemyError
+
     cells: dict[G, str] = {}
     stores = CatalogStores.from_url(catalog_url)
     try:
@@ -67,6 +69,8 @@ def retry_cells(catalog_url: str, groups: Mapping[G, tuple[str, list[dict[str, A
                 continue
             keys = member_keys(members, column)
             cells[group] = summary(keys, stores.retries.states(definition, keys))
+    except SQLAlchemyError:  # a catalog that cannot be read (or is at an older revision): no RETRY column
+        return {}
     finally:
         stores.close()
     return cells
