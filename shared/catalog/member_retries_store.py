@@ -31,6 +31,8 @@ from shared.events import BatchOutcome
 CHUNK = 500
 _COLUMNS = ["definition", "member_key", "status", "reason", "kind", "failed_runs", "state", "last_run_id", "updated_at"]
 _INSERT = DriverInsert(cast(Table, MemberRetryRow.__table__), _COLUMNS)
+#: Open members of a definition matched in memory at most (beyond: by each batch's keys).
+OPEN_IN_MEMORY = 50_000
 #: The states a delivery resolves.
 OPEN = (RetryState.PENDING.value, RetryState.GIVEN_UP.value)
 
@@ -80,22 +82,24 @@ class SqlMemberRetries:
             if len(member.key) <= MAX_KEY_LENGTH
         ]
         # Open members: pending (a next run sends them again) or given up (a full run may still deliver them).
-        # Few (the members failing now), read once a fold: a batch's delivered members are matched in memory,
-        # not by a query a batch.
+        # Usually few (the members failing now): read once a fold, so a batch's delivered members are matched in
+        # memory, not by a query a batch; past OPEN_IN_MEMORY, by the batch's keys instead (bounded memory).
         open_keys = set(
             session.scalars(
-                select(MemberRetryRow.member_key).where(
-                    MemberRetryRow.definition == definition, MemberRetryRow.state.in_(OPEN)
-                )
+                select(MemberRetryRow.member_key)
+                .where(MemberRetryRow.definition == definition, MemberRetryRow.state.in_(OPEN))
+                .limit(OPEN_IN_MEMORY + 1)
             )
         )
         if not refused and not open_keys:
             return  # the common case: nothing refused, nothing waiting for a delivery (one indexed read)
+        many = len(open_keys) > OPEN_IN_MEMORY
         delivered: dict[str, str] = {}
         for outcome in outcomes:
             if open_keys:
                 refused_keys = {member.key for member in outcome.refused}
-                for key in open_keys.intersection(outcome.member_keys or ()):
+                keys = outcome.member_keys or []
+                for key in self._open_among(session, definition, keys) if many else open_keys.intersection(keys):
                     if key not in refused_keys:
                         delivered[key] = str(outcome.run_id)
         current = self._current(session, definition, sorted({m.key for _, m in refused} | delivered.keys()))
@@ -114,6 +118,22 @@ class SqlMemberRetries:
                 policy=policy,
             )
         self._write(session, definition, changed, current)
+
+    @staticmethod
+    def _open_among(session: Session, definition: str, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` are open (read by key, in chunks)."""
+        found: set[str] = set()
+        for chunk in _chunks(keys):
+            found.update(
+                session.scalars(
+                    select(MemberRetryRow.member_key).where(
+                        MemberRetryRow.definition == definition,
+                        MemberRetryRow.member_key.in_(chunk),
+                        MemberRetryRow.state.in_(OPEN),
+                    )
+                )
+            )
+        return found
 
     @staticmethod
     def _current(session: Session, definition: str, keys: Sequence[str]) -> dict[str, MemberRetry]:
