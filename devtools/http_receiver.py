@@ -2,7 +2,8 @@
 
 It can be told to answer every request with a given status (``reject_status``), to answer 400 to any
 request holding one of some members (``reject_members``, ids), or the first N with 503
-(``fail_first``, optionally with ``Retry-After``), the first N with 429 (``throttle_first``), a share
+(``fail_first``, optionally with ``Retry-After``), a status of its own to any request holding one of some
+members (``member_statuses``), the first N with 429 (``throttle_first``), a share
 of requests with 503/429 (``share_503``, ``share_429``), or act as an OAuth token endpoint plus a
 resource server checking the token (``oauth_client``), or echo each request's headers back in its answer's
 body and its Authorization in an ``X-Echo-Authorization`` header (``echo_headers``), so tests can check
@@ -73,6 +74,8 @@ class Receipt:
 class ReceiverState:
     reject_status: int | None = None
     reject_members: frozenset[Any] = frozenset()
+    #: A request holding one of these members (ids) is answered with its status (e.g. 503 or 422).
+    member_statuses: dict[Any, int] = field(default_factory=dict)
     fail_first: int = 0
     throttle_first: int = 0
     retry_after: str | None = None
@@ -158,6 +161,11 @@ class _Handler(BaseHTTPRequestHandler):
                 receipt.client_certificate = dict(peer) if peer else None
             if status < 300 and any(m.get("id") in state.reject_members for m in receipt.members):
                 status = 400
+            if status < 300 and state.member_statuses:
+                status = next(
+                    (state.member_statuses[i] for m in receipt.members if (i := m.get("id")) in state.member_statuses),
+                    status,
+                )
             receipt.status = status
             state.receipts.append(receipt)
             echo = state.echo_headers

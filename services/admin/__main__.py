@@ -37,6 +37,8 @@ def main() -> None:
         runs=stores.runs,
         audit=stores.audit,
         attempts=stores.attempts,
+        deliveries=stores.deliveries,
+        retries=stores.retries,
         tokens=TokenStore.from_file(settings.admin_tokens_file),
         publisher=KafkaEventPublisher.over(producer, settings.topics),
         members=functools.cache(

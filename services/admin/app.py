@@ -9,7 +9,16 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.admin import attempts_routes, audit_routes, console, docs_assets, objects_routes, problems, runs_routes
+from services.admin import (
+    attempts_routes,
+    audit_routes,
+    console,
+    deliveries_routes,
+    docs_assets,
+    objects_routes,
+    problems,
+    runs_routes,
+)
 from services.admin.dependencies import AdminContext
 from services.admin.request_limits import RequestLimits
 from services.admin.request_metrics import install as install_request_metrics
@@ -58,4 +67,5 @@ def create_app(context: AdminContext, *, max_body_bytes: int = 1_048_576) -> Fas
     app.include_router(runs_routes.router, prefix=API_PREFIX)
     app.include_router(audit_routes.router, prefix=API_PREFIX)
     app.include_router(attempts_routes.router, prefix=API_PREFIX)
+    app.include_router(deliveries_routes.router, prefix=API_PREFIX)
     return app

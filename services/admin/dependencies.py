@@ -13,6 +13,7 @@ from services.admin.bearer_tokens import TokenStore
 from services.admin.problems import ApiProblem
 from shared.application.actors import Actor, Permission
 from shared.application.checks import ObjectChecks
+from shared.application.member_deliveries import DeliveryLogReader, RetryStates
 from shared.application.ports import AttemptsReader, AuditLog, DefinitionsStore, EventPublisher, MemberSource, RunsStore
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.secret_references import SecretReferencePolicy
@@ -40,6 +41,9 @@ class AdminContext:
     resolve_host: Callable[[str], list[str]] = resolve_host
     #: The attempt inspector's captured attempts (None: not available, answered 503).
     attempts: AttemptsReader | None = None
+    #: The member delivery log and refused members' retry states (None: not served).
+    deliveries: DeliveryLogReader | None = None
+    retries: RetryStates | None = None
 
     def checks(self) -> ObjectChecks:
         """The checks of objects being written: destinations, secrets, query columns and timeout, rendering."""

@@ -51,6 +51,7 @@ def main() -> None:
         other_replicas=lambda: len(loop.consumer.assignment()) < run_request_partitions(),
         store_retry_seconds=settings.extractor_store_retry_seconds,
         snapshots=SqlChangeSnapshots(stores.database),
+        retries=stores.retries,
     )
     loop.install_signal_handlers()
     loop.run()

@@ -32,6 +32,7 @@ from services.extractor.ranges import (
     placed_keys,
     range_count,
 )
+from services.extractor.retry_members import Retried, RetryJob, RetryScope, RetryStore, send_retries
 from shared.application.ports import DefinitionsReader, RunsReader
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState
@@ -147,6 +148,7 @@ class Extractor:
         store_retry_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         snapshots: ChangeSnapshots | None = None,
+        retries: RetryStore | None = None,
     ) -> None:
         self.definitions, self.runs, self.extraction = definitions, runs, extraction
         self.reader = reader
@@ -168,6 +170,8 @@ class Extractor:
         self.clock = clock
         #: Change-mode definitions' snapshots (shared/catalog/change_snapshots.py); None: change mode fails runs.
         self.snapshots = snapshots
+        #: Members refused by earlier runs, sent again (None: not at all; see services.extractor.retry_members).
+        self.retries = retries
         #: Since when each run has met an unreachable member store without a page read since.
         self._store_down_since: dict[uuid.UUID, float] = {}
 
@@ -252,6 +256,9 @@ class Extractor:
         run_id = str(request.run_id)
         query, template, parameters = self._objects(definition, request.parameters)
         checkpoint = self._fix_window(definition, query, parameters, checkpoint)
+        changes_mode = definition.sync.mode is SyncMode.CHANGES
+        if self.retries is not None and not changes_mode:  # fixed at the run's first start: a resume takes the same
+            self.retries.take_retries(request.run_id, definition.name)
         self.publish(
             [
                 self._event(
@@ -276,10 +283,17 @@ class Extractor:
             watermark_since=checkpoint.watermark_since,
             watermark_until=checkpoint.watermark_until,
         )
-        if definition.sync.mode is SyncMode.CHANGES:  # never split, no watermark: see change_extraction.py
+        if changes_mode:  # never split, no watermark: see change_extraction.py
             checkpoint, changes = self._changes(request.run_id, definition, query, parameters, checkpoint)
             self._complete(
-                request.run_id, definition.name, checkpoint, checkpoint.members, checkpoint.next_batch_index, changes
+                request.run_id,
+                definition.name,
+                checkpoint,
+                checkpoint.members,
+                checkpoint.next_batch_index,
+                changes,
+                parameters=request.parameters,
+                retry_index=None,
             )
             return []
         window = self._window(definition, checkpoint)
@@ -288,7 +302,15 @@ class Extractor:
             if plan is not None:
                 return self._range_requests(request, definition, plan, checkpoint)
             checkpoint = self._extract_run(request, definition, query, template, parameters, window, checkpoint)
-        self._complete(request.run_id, definition.name, checkpoint, checkpoint.members, checkpoint.next_batch_index)
+        self._complete(
+            request.run_id,
+            definition.name,
+            checkpoint,
+            checkpoint.members,
+            checkpoint.next_batch_index,
+            parameters=request.parameters,
+            retry_index=checkpoint.next_batch_index,
+        )
         return []
 
     def _changes(
@@ -321,15 +343,66 @@ class Extractor:
         members: int,
         batches: int,
         changes: ChangeCounts | None = None,
+        *,
+        parameters: dict[str, Any],
+        retry_index: int | None,
     ) -> None:
         # The completion event is acknowledged before the checkpoint says "completed": a crash in
-        # between redelivers the request, which finds no page after the last key and says it again.
+        # between redelivers the request, which finds no page after the last key and says it again
+        # (after the same retry batches, with the same indexes from ``retry_index``). Change-mode runs
+        # (``retry_index`` None) send no retries of their own: a refused member's snapshot did not move,
+        # so it is a change again.
+        retried = (
+            Retried()
+            if retry_index is None
+            else self._send_retries(run_id, definition, checkpoint, parameters, retry_index)
+        )
         completed = ExtractionCompleted(
-            run_id=run_id, definition=definition, members=members, batches=batches, changes=changes
+            run_id=run_id,
+            definition=definition,
+            members=members + retried.members,
+            batches=batches + retried.batches,
+            changes=changes,
+            retries=retried.retries,
         )
         self.publish([self._event(str(run_id), completed)])
         self.extraction.save_checkpoint(replace(checkpoint, members=members, completed=True))
         log.info("extraction completed", run_id=str(run_id), members=members, batches=batches)
+
+    def _send_retries(
+        self, run_id: uuid.UUID, name: str, checkpoint: Checkpoint, parameters: dict[str, Any], first_index: int
+    ) -> Retried:
+        """Publish the run's retries its pages did not carry (services.extractor.retry_members)."""
+        store = self.retries
+        keys = store.take_retries(run_id, name) if store is not None else []
+        if store is None or not keys:
+            return Retried()
+        try:
+            definition = self.definitions.get(ExportDefinition, name)
+        except (NotFound, StoredObjectInvalid) as exc:
+            raise _RunFailure(f"unknown definition: {exc}", "unknown_definition") from None
+        query, template, bound = self._objects(definition, parameters)
+        window = self._window(definition, checkpoint)
+        job = RetryJob(
+            run_id,
+            definition,
+            query,
+            template,
+            bound,
+            RetryScope(full=definition.incremental is None, window=window),
+            first_index,
+            members_per_record(template.batch_size, self.record_members),
+            self.max_record_bytes,
+        )
+        try:
+            retried: Retried = self._query(
+                lambda: send_retries(
+                    job, keys, reader=self.reader, store=store, topics=self.topics, publish=self.publish
+                )
+            )
+            return retried
+        except MemberTooLarge as exc:
+            raise _RunFailure(str(exc), "member_too_large") from None
 
     def _fix_window(
         self, definition: ExportDefinition, query: SavedQuery, parameters: dict[str, Any], checkpoint: Checkpoint
@@ -440,7 +513,7 @@ class Extractor:
         pending = [r for r in plan if r.state is RangeState.EXTRACTING]
         if not pending:
             if all(r.state is RangeState.EXTRACTED for r in plan):
-                self._complete_split(plan[-1], definition.name, checkpoint)
+                self._complete_split(plan[-1], definition.name, checkpoint, request.parameters)
             return []
         keys = placed_keys(request.run_id, len(plan), max(1, self.run_request_partitions()))
         return [
@@ -478,7 +551,7 @@ class Extractor:
             if range_checkpoint.state is RangeState.EXTRACTING:
                 self._stop_if(task.run_id, {RunStatus.CANCELLED, RunStatus.FAILED})
                 range_checkpoint = self._extract_range(task, checkpoint, range_checkpoint)
-            self._complete_split(range_checkpoint, task.definition, checkpoint)
+            self._complete_split(range_checkpoint, task.definition, checkpoint, task.parameters)
             return []
         except _RunCancelled:
             log.info("run cancelled or failed; range extraction stopped", run_id=run_id, range=task.range_index)
@@ -542,7 +615,9 @@ class Extractor:
             members=progress.members,
         )
 
-    def _complete_split(self, range_checkpoint: RangeCheckpoint, definition: str, checkpoint: Checkpoint) -> None:
+    def _complete_split(
+        self, range_checkpoint: RangeCheckpoint, definition: str, checkpoint: Checkpoint, parameters: dict[str, Any]
+    ) -> None:
         """End an extracted range; if it was the last, say the run's extraction is complete (with every range's
         members and batches). Said again by a redelivered request: the notifier's fold takes it as the same."""
         totals = self.extraction.finish_range(range_checkpoint, RangeState.EXTRACTED)
@@ -555,7 +630,17 @@ class Extractor:
             last=totals is not None,
         )
         if totals is not None:
-            self._complete(range_checkpoint.run_id, definition, checkpoint, totals.members, totals.batches)
+            # Retry batches go after the last range's own (its index space runs to the ledger's limit).
+            last = self.extraction.run_ranges(range_checkpoint.run_id)[-1]
+            self._complete(
+                range_checkpoint.run_id,
+                definition,
+                checkpoint,
+                totals.members,
+                totals.batches,
+                parameters=parameters,
+                retry_index=last.next_batch_index,
+            )
 
     # --- pages ---------------------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from services.notifier.breaker_notices import BreakerMails, decode, with_breaker_mails
+from services.notifier.delivery_log_sweep import outcome_followers, with_log_retention
 from services.notifier.mailer import SmtpMailer
 from services.notifier.notifying import Notifier
 from services.notifier.settings import NotifierSettings
@@ -26,6 +27,7 @@ def main() -> None:
     health = start_service(settings, SERVICE)
     stores = CatalogStores.from_url(settings.catalog_url)
     stores.runs.followers.append(ChangeSnapshotFollower())  # change-mode snapshots move with delivered batches
+    stores.runs.followers.extend(outcome_followers(stores, settings.notifier_delivery_log_days))
     webhooks = WebhookNotifications(
         stores.runs,
         WebhookSender(DestinationPolicy.parse(settings.allowed_destinations)),
@@ -71,7 +73,7 @@ def main() -> None:
             notifier.handle_all,
             BreakerMails(stores.definitions, SqlFleetStore(stores.database), notifier.mailer, notifier.sender),
         ),
-        periodic=notifier.sweep,
+        periodic=with_log_retention(notifier.sweep, stores, settings.notifier_delivery_log_days),
         periodic_seconds=settings.notifier_sweep_seconds,
     )
     loop.install_signal_handlers()

@@ -47,4 +47,9 @@ class NotifierSettings(CommonSettings):
     notifier_webhook_backoff_max_seconds: float = Field(
         default=900.0, gt=0, description="Longest wait between two attempts of a webhook notification."
     )
+    notifier_delivery_log_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="Days the member delivery log keeps a batch's outcome (pruned by the sweep); 0 turns the log off.",
+    )
     metrics_port: int = Field(default=9404, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

@@ -8,7 +8,9 @@ from shared.catalog.attempts_store import SqlAttemptsStore
 from shared.catalog.audit_store import SqlAuditLog
 from shared.catalog.database import CatalogDatabase
 from shared.catalog.definitions_store import SqlDefinitionsStore
+from shared.catalog.delivery_log_store import SqlDeliveryLog
 from shared.catalog.extraction_store import SqlExtractionStore
+from shared.catalog.member_retries_store import SqlMemberRetries
 from shared.catalog.runs_store import SqlRunsStore
 from shared.catalog.scheduling_store import SqlSchedulingStore
 from shared.secrets_at_rest import SecretCipher
@@ -39,6 +41,9 @@ class CatalogStores:
     cipher: SecretCipher | None = None
     #: The attempt inspector's captured requests (written by the dispatcher, read by the API and exportctl).
     attempts: SqlAttemptsStore = field(init=False)
+    #: Per-member state: refused members retried by the next runs, and the member delivery log.
+    retries: SqlMemberRetries = field(init=False)
+    deliveries: SqlDeliveryLog = field(init=False)
 
     def __post_init__(self) -> None:
         self.definitions = SqlDefinitionsStore(self.database, self.cipher)
@@ -47,6 +52,8 @@ class CatalogStores:
         self.extraction = SqlExtractionStore(self.database)
         self.audit = SqlAuditLog(self.database, self.audit_retention_days)
         self.attempts = SqlAttemptsStore(self.database)
+        self.retries = SqlMemberRetries(self.database)
+        self.deliveries = SqlDeliveryLog(self.database)
 
     @classmethod
     def from_url(

@@ -15,6 +15,7 @@ from typing import Any
 from shared.cli.api import AdminApi
 from shared.cli.attempts_commands import api_attempts
 from shared.cli.audit_commands import filters, print_entries
+from shared.cli.delivery_commands import cmd_deliveries_api
 from shared.cli.exits import OK, REFUSED, CliError
 from shared.cli.kinds import COLLECTIONS, canonical_kind
 from shared.cli.object_views import print_changes, print_dry_run, print_objects, print_schedule, schedule_preview
@@ -184,6 +185,7 @@ API_COMMANDS: dict[str, Callable[[AdminApi, argparse.Namespace], int]] = {
     "cmd_audit": cmd_audit,
     "cmd_copy": cmd_copy,
     "cmd_delete": cmd_delete,
+    "cmd_deliveries": cmd_deliveries_api,
     "cmd_describe": cmd_describe,
     "cmd_dry_run": cmd_dry_run,
     "cmd_get": cmd_get,

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import uuid
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.cli.argtypes import positive_float
+from shared.cli.dead_letter_retries import retry_cells
 from shared.cli.exits import OK, USAGE, CliError
 from shared.cli.output import dump, output_option, table
 
@@ -29,6 +30,7 @@ def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
 
     require_kafka(settings.kafka_bootstrap_servers)
     groups: Counter[tuple[str, str, str]] = Counter()
+    members: dict[tuple[str, str, str], tuple[str, list[dict[str, Any]]]] = {}
     letters = 0
     for letter in KafkaDeadLetters(settings).dead_letters():
         if args.run and str(letter.run_id) != args.run:
@@ -37,12 +39,25 @@ def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
             continue
         letters += 1
         run = str(letter.run_id) if letter.run_id else f"({letter.service}: unreadable record)"
-        groups[(run, letter.definition or "-", letter.reason[:100])] += len(letter.members or []) or 1
-    rows = [(run, definition, members, reason) for (run, definition, reason), members in sorted(groups.items())]
+        group = (run, letter.definition or "-", letter.reason[:100])
+        groups[group] += len(letter.members or []) or 1
+        members.setdefault(group, (letter.definition or "", []))[1].extend(letter.members or [])
+    # Where each group's members stand now: retried by the next run, given up, delivered since (the catalog says).
+    retries = retry_cells(settings.catalog_url, members)
+    rows = [
+        (run, definition, count, reason, retries.get((run, definition, reason), ""))
+        for (run, definition, reason), count in sorted(groups.items())
+    ]
     if args.output != "table":
-        dump([{"run": r, "definition": d, "members": m, "reason": why} for r, d, m, why in rows], args.output)
+        dump(
+            [
+                {"run": r, "definition": d, "members": m, "reason": why, "retry": state or None}
+                for r, d, m, why, state in rows
+            ],
+            args.output,
+        )
         return OK
-    table(("RUN", "DEFINITION", "MEMBERS", "REASON"), rows)
+    table(("RUN", "DEFINITION", "MEMBERS", "REASON", "RETRY"), rows)
     print(f"{letters} dead letter(s)")
     return OK
 

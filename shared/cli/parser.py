@@ -13,7 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shared.cli import attempts_commands, audit_commands, database_commands, dead_letters, secret_commands
+from shared.cli import (
+    attempts_commands,
+    audit_commands,
+    database_commands,
+    dead_letters,
+    delivery_commands,
+    secret_commands,
+)
 from shared.cli.argtypes import positive_float, positive_int
 from shared.cli.exits import DOCUMENTED
 from shared.cli.kinds import KIND_HELP
@@ -110,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     database_commands.add_commands(commands, [common])
     audit_commands.add_commands(commands, [common])
     attempts_commands.add_commands(commands, [common])
+    delivery_commands.add_commands(commands, [common])
     secret_commands.add_commands(commands, [common])
     _local(command)
     return parser

@@ -31,6 +31,7 @@ from shared.domain.body_types import BodyType, body_type_problem
 from shared.domain.circuit_breaker import CircuitBreakerSettings
 from shared.domain.http_fields import header_name_problem, source_problem
 from shared.domain.json_structure import compiled
+from shared.domain.member_retries import RetryRejected
 from shared.domain.names import Name
 from shared.domain.query_parameters import RESERVED_PREFIX, QueryParameter, bind_names
 from shared.domain.query_sql import check_select
@@ -571,6 +572,8 @@ class ExportDefinition(_Spec):
     schedule: Schedule = Schedule()
     notifications: Notifications = Notifications()
     failure_policy: FailurePolicy = FailurePolicy()
+    #: Members the partner refused, sent again by the next runs (shared.domain.member_retries).
+    retry_rejected: RetryRejected = RetryRejected()
 
 
 CatalogObject = ConnectionProfile | HttpTemplate | SavedQuery | ExportDefinition

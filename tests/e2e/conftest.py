@@ -119,7 +119,15 @@ class Pipeline:
 
 
 @pytest.fixture(scope="module")
-def pipeline(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+def pipeline_settings() -> dict[str, str]:
+    """Settings (``EXPORT_*``) a test module gives its pipeline's services on top of the defaults: override it."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, pipeline_settings: dict[str, str]
+) -> Iterator[Pipeline]:
     work_dir = tmp_path_factory.mktemp("e2e")
     store_url = f"sqlite:///{work_dir / 'members.db'}"
     engine = make_engine(store_url)
@@ -141,6 +149,7 @@ def pipeline(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
             "EXPORT_DISPATCHER_BACKOFF_INITIAL_SECONDS": "0.05",
             "PARTNER_E2E_TOKEN": SECRET_TOKEN,
             "EXPORTCTL_CONFIG": str(work_dir / "no-exportctl-config.yaml"),  # never the developer's contexts
+            **pipeline_settings,
         }
         manifest = work_dir / "exports.yaml"
         manifest.write_text(MANIFEST.format(good=good.url, strict=strict.url))

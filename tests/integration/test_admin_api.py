@@ -311,6 +311,8 @@ REQUIRED_ROLE: dict[str, str] = {
     "cancel_run": "operator",
     "apply_objects": "editor",
     "read_audit": "viewer",
+    "read_member_delivery": "viewer",
+    "read_attempts_ExportDefinition": "editor",  # attempts are member data as sent: the dry-run permission
 }
 #: A role that lacks the permission, for each required role.
 WRONG_ROLE = {"viewer": None, "editor": "viewer", "operator": "editor", "admin": "editor"}

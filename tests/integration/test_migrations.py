@@ -399,12 +399,14 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
 
     lines = drift(engine)
 
-    # What 0002, 0003, 0004, 0006, 0008, 0009, 0010 and 0011 add: the runs' scope columns and their index, the
-    # audit log and its indexes, split runs' range count and their ranges, the runs' request time, change counts;
-    # change-mode snapshots (three tables, two indexes); the attempts table and its three indexes; the
-    # dispatcher replicas' heartbeats (and their index) and the shared circuit breakers.
-    assert len(lines) == 31, lines
+    # What 0002, 0003, 0004, 0006, 0008, 0009, 0010, 0011 and 0012 add: the runs' scope columns and their index,
+    # the audit log and its indexes, split runs' range count and their ranges, the runs' request time, change
+    # counts; change-mode snapshots (three tables, two indexes); the attempts table and its three indexes; the
+    # dispatcher replicas' heartbeats (and their index) and the shared circuit breakers; the tables of next-run
+    # retries and of the member delivery log (3) and their indexes (3).
+    assert len(lines) == 37, lines
     assert "table change_members is missing from the database" in lines
+    assert "table delivery_batches is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)
     assert "table attempts is missing from the database" in lines
     assert "table dispatcher_replicas is missing from the database" in lines

@@ -11,6 +11,7 @@ from services.admin.console import (
     auth_routes,
     definition_routes,
     exports_routes,
+    member_routes,
     object_routes,
     runs_routes,
     schedule_routes,
@@ -65,6 +66,14 @@ def create_console(context: AdminContext, settings: AdminSettings, codec: Sessio
     async def _http(request: Request, exc: StarletteHTTPException) -> HTMLResponse:
         return refusal_page(request, exc.status_code, str(exc.detail))
 
-    for module in (auth_routes, exports_routes, definition_routes, schedule_routes, runs_routes, object_routes):
+    for module in (
+        auth_routes,
+        exports_routes,
+        definition_routes,
+        schedule_routes,
+        runs_routes,
+        member_routes,
+        object_routes,
+    ):
         app.include_router(module.router)
     return app
