@@ -206,6 +206,11 @@ def _isoformat(value: Any) -> Any:
     return value.isoformat() if isinstance(value, dt.time | dt.datetime) else value
 
 
+def member_value(raw: Any) -> Any:
+    """One driver value as a member-batch record writes it (a JSON-ready value): the records' contract."""
+    return _finite(_member_value(_isoformat(raw)))
+
+
 def _member_value(value: Any) -> Any:
     """What orjson cannot write itself: as ``jsonable``, with a decimal NaN or infinity as null (as a float's)."""
     if isinstance(value, decimal.Decimal) and not value.is_finite():

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from services.dispatcher.delivery import DeliveryResult
 from services.dispatcher.splitting import Refused
 from shared.events import MemberBatch, RefusedMember
+from shared.member_keys import outcome_key
 
 #: A refused member's reason is cut to this many characters in the outcome (the dead letter has it whole).
 REASON_LIMIT = 500
@@ -21,7 +22,7 @@ def member_keys(batch: MemberBatch) -> list[str] | None:
     column = batch.key_column
     if column is None:
         return None
-    return ["" if (value := member.get(column)) is None else str(value) for member in batch.members]
+    return [outcome_key(member.get(column)) for member in batch.members]
 
 
 def refused_members(keys: list[str] | None, refused: Sequence[Refused[DeliveryResult]]) -> list[RefusedMember]:

@@ -7,6 +7,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shared.member_keys import outcome_key
+
 if TYPE_CHECKING:
     from shared.domain.member_retries import MemberRetry
 
@@ -15,7 +17,7 @@ G = TypeVar("G")
 
 def member_keys(members: Iterable[dict[str, Any]], key_column: str) -> list[str]:
     """The members' keys as text, as batch outcomes name them."""
-    return ["" if (value := member.get(key_column)) is None else str(value) for member in members]
+    return [outcome_key(member.get(key_column)) for member in members]
 
 
 def summary(keys: list[str], states: Mapping[str, MemberRetry]) -> str:
