@@ -257,6 +257,7 @@ class Dispatcher:
         except ExportError as exc:  # missing, or stored before a rule it now breaks
             return self._failed(batch, str(exc))
         self.breakers.check(profile)
+        self._limits_of(profile)  # a share of 0 holds the batch back here, before anything is rendered
 
         async def send(part: Slice) -> DeliveryResult:
             try:

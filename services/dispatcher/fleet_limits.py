@@ -37,7 +37,7 @@ from shared.kafka.held_records import HoldRecord
 
 log = structlog.get_logger(__name__)
 
-#: How long a batch held for want of a share waits before it is tried again (seconds).
+#: How long a batch held for want of a share waits at least before it is tried again (seconds; else a heartbeat).
 SHARE_WAIT_SECONDS = 1.0
 
 
@@ -159,9 +159,11 @@ class FleetLimits:
         return known
 
     def held(self, name: str) -> HoldRecord:
+        """The hold of a batch while this replica's share of the profile is 0: until the next heartbeat, the
+        first moment the share may have changed (a batch handed back sooner would be held again at once)."""
         return HoldRecord(
             f"this dispatcher's share of connection profile {name!r}'s limits is 0 for now: the batch waits",
-            self.clock() + SHARE_WAIT_SECONDS,
+            self.clock() + max(SHARE_WAIT_SECONDS, self.heartbeat_seconds),
         )
 
     def _targets(self, name: str, config: RateLimit, view: _View) -> tuple[int | None, float | None, int]:

@@ -10,8 +10,9 @@ import pytest
 
 from devtools.http_receiver import HttpReceiver
 from services.dispatcher.delivery import RetryBudget
+from services.dispatcher.fleet_limits import FleetLimits
 from shared.catalog import CatalogStores
-from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, RateLimit
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome
 from shared.kafka.held_records import HoldRecord
 from tests.dispatcher_helpers import BlockingDispatcher, Http, blocking_dispatcher, dispatch_catalog, http_on_loop
@@ -77,3 +78,33 @@ def test_refusals_do_not_open_the_breaker(catalog, client):
         for index in range(3):
             letters = dispatcher.handle(batch(2, index))  # refused, isolated and dead-lettered as before
             assert RUN_EVENT_ADAPTER.validate_json(letters[-1].value).failed == 2
+
+
+def test_a_batch_without_a_share_of_its_profiles_limits_is_held_before_rendering_until_the_next_heartbeat(
+    catalog, client
+):
+    with HttpReceiver() as receiver:
+        dispatcher = _dispatcher(catalog, client, receiver)
+        catalog.definitions.apply(
+            ConnectionProfile(name="p", base_url=receiver.url, rate_limit=RateLimit(max_in_flight=1))
+        )
+        # A replica of a fleet that has not beaten yet: it may have no share, so it takes none.
+        fleet = FleetLimits(_NoBeats(), heartbeat_seconds=5.0, clock=lambda: 100.0)  # type: ignore[arg-type]
+        dispatcher.dispatcher.fleet = fleet
+        rendered = []
+        render = dispatcher.dispatcher.renderer.render
+
+        async def counted(*args, **kwargs):
+            rendered.append(args)
+            return await render(*args, **kwargs)
+
+        dispatcher.dispatcher.renderer.render = counted  # type: ignore[method-assign]
+        with pytest.raises(HoldRecord) as held:
+            dispatcher.handle(batch(2))
+        assert rendered == []  # held before any work: it comes back until the share is there
+        assert held.value.until == 105.0  # at the next heartbeat, not every second
+        assert receiver.receipts() == []
+
+
+class _NoBeats:
+    """A fleet store this test never beats in."""
