@@ -14,7 +14,7 @@ import structlog
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
-from services.dispatcher.breakers import ProfileBreakers, gather_or_cancel
+from services.dispatcher.breakers import Admission, ProfileBreakers, gather_or_cancel
 from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
 from services.dispatcher.fleet_limits import FleetLimits, ProfileLimits
 from services.dispatcher.inspector import AttemptInspector
@@ -41,7 +41,6 @@ from shared.domain.catalog_objects import (
     HttpTemplate,
     OAuth2ClientCredentials,
 )
-from shared.domain.circuit_breaker import Ticket
 from shared.domain.http_fields import header_value_problem, merged_headers
 from shared.domain.rendering import DEFAULT_LIMITS, RenderedRequest, RenderLimits
 from shared.domain.runs import RunStatus
@@ -318,7 +317,7 @@ class Dispatcher:
             )
             return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
 
-        ticket: list[Ticket | None] = [None]  # the circuit breaker's admission of the attempt under way
+        ticket: list[Admission | None] = [None]  # the circuit breaker's admission of the attempt under way
 
         async def admit() -> None:
             ticket[0] = await self.breakers.admit(profile)
