@@ -40,7 +40,8 @@ async def _half_open_with_its_probe_out(
         breakers.record(profile, await breakers.admit(profile), FAILED)  # 2 of 2 failed: open
     clock.now += 5
     probe = await breakers.admit(profile)
-    assert probe is not None and probe.ticket.probe
+    assert probe is not None
+    assert probe.ticket.probe
     return probe
 
 
@@ -57,7 +58,8 @@ def test_an_attempt_waiting_for_a_probe_is_admitted_by_the_breaker_of_the_edited
         edited = _profile(open_seconds=60)
         breakers.check(edited)  # a later batch reads the edited profile: a new breaker, closed
         admission = await asyncio.wait_for(waiter, DEADLINE)
-        assert admission is not None and not admission.ticket.probe  # admitted by the new, closed breaker
+        assert admission is not None
+        assert not admission.ticket.probe
 
         breakers.record(before, probe, OK)  # the old probe comes back: judged by the old breaker, harmlessly
         assert breakers._entries["p"].breaker.state is BreakerState.CLOSED
@@ -89,7 +91,8 @@ def test_a_cancelled_probe_lets_a_waiting_attempt_probe_in_its_place():
         await asyncio.sleep(0)
         breakers.cancel(profile, probe)  # the batch was abandoned: its probe never went
         admission = await asyncio.wait_for(waiter, DEADLINE)
-        assert admission is not None and admission.ticket.probe
+        assert admission is not None
+        assert admission.ticket.probe
 
     asyncio.run(scenario())
 
