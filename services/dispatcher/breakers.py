@@ -88,13 +88,13 @@ class ProfileBreakers:
             dropped = self._entries.pop(profile.name, None)
             if dropped is not None:
                 CIRCUIT_STATE.remove(profile.name)
-                self._wake(dropped)  # its waiters look again: no breaker now
+                self._retire(profile.name, dropped)
             return None
         entry = self._entries.get(profile.name)
         # The catalog cache hands the same object until it expires: identity first, equality only then.
         if entry is None or (entry.settings is not settings and entry.settings != settings):
             if entry is not None:
-                self._wake(entry)  # its waiters look again, at the new breaker
+                self._retire(profile.name, entry)
             entry = self._entries[profile.name] = _Entry(settings, CircuitBreaker(settings))
             CIRCUIT_STATE.labels(profile=profile.name).set(STATE_VALUES[BreakerState.CLOSED])
             for state in BreakerState:  # every series from 0: increase() sees the first opening
@@ -152,6 +152,14 @@ class ProfileBreakers:
         if admission is not None:
             admission.entry.breaker.cancel(admission.ticket)
             self._wake(admission.entry)
+
+    def _retire(self, profile: str, entry: _Entry) -> None:
+        """A breaker replaced (settings edited) or removed: its waiters look again; if it held batches back,
+        it no longer does (told as a closing, without counting it as one)."""
+        self._wake(entry)
+        state = entry.breaker.state
+        if state is not BreakerState.CLOSED and self.on_change is not None:
+            self.on_change(profile, Transition(state, BreakerState.CLOSED, self.clock()))
 
     @staticmethod
     def _wake(entry: _Entry) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
-from shared.catalog.fleet_store import SqlFleetStore
+from shared.catalog.fleet_store import ReplicaBeat, SqlFleetStore
 from shared.domain.catalog_objects import RateLimit
 from shared.domain.limit_shares import (
     burst_share,
@@ -143,6 +144,8 @@ class FleetLimits:
         self.replica_id = replica_id or uuid.uuid4().hex
         self.wall_clock, self.clock = wall_clock, clock
         self._view: _View | None = None
+        self._store_lock = threading.Lock()  # a beat (worker thread) and leave (main thread) one at a time
+        self._left = False
         #: The profiles' limits this replica knows (the dispatcher's, by profile name).
         self.limits: dict[str, ProfileLimits] = {}
 
@@ -221,9 +224,9 @@ class FleetLimits:
         drained = current.view if current is not None and self._drained(current) else None
         now = self.wall_clock()
         started = self.clock()
-        beats = await asyncio.to_thread(self.store.beat, self.replica_id, now, self.ttl_seconds, drained)
+        beats = await asyncio.to_thread(self._beat, now, drained)
         replicas = tuple(sorted(beat.replica_id for beat in beats))
-        if self.replica_id not in replicas:  # pragma: no cover - it has just beaten: only with a stopped clock
+        if self.replica_id not in replicas:  # left, or a stopped clock
             return False
         turn = rotation_turn(now)
         view = view_of(replicas, turn)
@@ -250,11 +253,20 @@ class FleetLimits:
             # A new view is acknowledged at the next beat: soon, so that the others may take their shares.
             await asyncio.sleep(self.heartbeat_seconds / 10 if changed else self.heartbeat_seconds)
 
+    def _beat(self, now: float, drained: str | None) -> list[ReplicaBeat]:
+        """The catalog side of a heartbeat (on a worker thread); nothing once this replica has left."""
+        assert self.store is not None
+        with self._store_lock:
+            return [] if self._left else self.store.beat(self.replica_id, now, self.ttl_seconds, drained)
+
     def leave(self) -> None:
-        """Remove this replica's row (on stop): the others take its share at their next heartbeat."""
+        """Remove this replica's row (on stop): the others take its share at their next heartbeat. A beat under
+        way is waited for (it would write the row again), and no beat writes it after."""
         if self.store is None:
             return
         try:
-            self.store.leave(self.replica_id)
+            with self._store_lock:
+                self._left = True
+                self.store.leave(self.replica_id)
         except Exception as exc:  # noqa: BLE001 - the catalog away: the row expires after the TTL instead
             log.warning("dispatcher could not leave the fleet", error=f"{type(exc).__name__}: {exc}")

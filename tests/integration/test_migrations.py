@@ -402,12 +402,14 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
     # What 0002, 0003, 0004, 0006, 0008, 0010 and 0011 add: the runs' scope columns and their index, the audit
     # log and its indexes, split runs' range count and their ranges, the runs' request time, change counts;
     # the attempts table and its two indexes; the dispatcher replicas' heartbeats (and their index) and the
-    # shared circuit breakers.
-    assert len(lines) == 25, lines
+    # shared circuit breakers, the breakers open at each replica (and their index), the breaker emails' outbox.
+    assert len(lines) == 28, lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)
     assert "table attempts is missing from the database" in lines
     assert "table dispatcher_replicas is missing from the database" in lines
     assert "table circuit_breakers is missing from the database" in lines
+    assert "table open_breakers is missing from the database" in lines
+    assert "table circuit_breaker_mails is missing from the database" in lines
     assert any("runs.requested_at" in line and "missing from the database" in line for line in lines)
     assert "table audit_log is missing from the database" in lines
     assert "table extraction_ranges is missing from the database" in lines
