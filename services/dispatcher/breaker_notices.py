@@ -20,8 +20,9 @@ from collections.abc import Callable
 
 import structlog
 
-from shared.catalog.fleet_store import BreakerChange, SqlFleetStore
+from shared.application.ports import FleetBreakers
 from shared.domain.circuit_breaker import BreakerState, Transition
+from shared.domain.fleet import BreakerChange
 from shared.events import CircuitBreakerChanged
 from shared.kafka import Outgoing
 
@@ -36,7 +37,7 @@ class BreakerNotices:
 
     def __init__(
         self,
-        store: SqlFleetStore,
+        store: FleetBreakers,
         topic: str,
         replica_id: str,
         *,

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
-from shared.catalog.fleet_store import ReplicaBeat, SqlFleetStore
+from shared.application.ports import FleetHeartbeats
 from shared.domain.catalog_objects import RateLimit
+from shared.domain.fleet import ReplicaBeat
 from shared.domain.limit_shares import (
     burst_share,
     effective,
@@ -131,7 +132,7 @@ class FleetLimits:
 
     def __init__(
         self,
-        store: SqlFleetStore | None,
+        store: FleetHeartbeats | None,
         *,
         heartbeat_seconds: float = 2.0,
         ttl_seconds: float = 10.0,

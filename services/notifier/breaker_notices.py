@@ -21,10 +21,9 @@ from pydantic import Field, TypeAdapter
 
 from services.notifier.emails import ERROR, recipients_for
 from services.notifier.mailer import SmtpMailer
-from shared.application.ports import DefinitionsStore
-from shared.catalog.breaker_mail_store import SqlBreakerMailStore
-from shared.catalog.fleet_store import BreakerChange
+from shared.application.ports import BreakerMailOutbox, DefinitionsStore
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate
+from shared.domain.fleet import BreakerChange
 from shared.errors import StoredObjectInvalid
 from shared.events import AnyRunEvent, CircuitBreakerChanged
 from shared.kafka import Outgoing
@@ -82,7 +81,7 @@ class BreakerMails:
     (:mod:`shared.catalog.breaker_mail_store`)."""
 
     def __init__(
-        self, definitions: DefinitionsStore, outbox: SqlBreakerMailStore, mailer: SmtpMailer, sender: str
+        self, definitions: DefinitionsStore, outbox: BreakerMailOutbox, mailer: SmtpMailer, sender: str
     ) -> None:
         self.definitions, self.outbox, self.mailer, self.sender = definitions, outbox, mailer, sender
 

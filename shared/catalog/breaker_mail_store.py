@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from shared.catalog.database import CatalogDatabase, aware
-from shared.catalog.fleet_store import BreakerChange
 from shared.catalog.tables import BreakerMailRow
+from shared.domain.fleet import BreakerChange
 
 
 def _change(row: BreakerMailRow) -> BreakerChange:

@@ -60,7 +60,7 @@ LIMIT = RateLimit(max_in_flight=4)
 
 
 def _replica(catalog: _Catalog, name: str) -> FleetLimits:
-    return FleetLimits(catalog, replica_id=name, wall_clock=lambda: 1000.0)  # type: ignore[arg-type]
+    return FleetLimits(catalog, replica_id=name, wall_clock=lambda: 1000.0)
 
 
 def _capacity(replica: FleetLimits) -> int:
@@ -124,7 +124,7 @@ def test_a_replica_leaving_gives_its_share_back_to_the_others():
 
 def test_a_replica_whose_heartbeat_is_stale_holds_back_until_every_replica_is_within_the_view_again():
     catalog, now = _Catalog(), [0.0]
-    first = FleetLimits(catalog, replica_id="a", wall_clock=lambda: 1000.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    first = FleetLimits(catalog, replica_id="a", wall_clock=lambda: 1000.0, clock=lambda: now[0])
     second = _replica(catalog, "b")
     for _ in range(3):
         asyncio.run(first.beat())
