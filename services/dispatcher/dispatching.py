@@ -176,7 +176,7 @@ class Dispatcher:
     def _limits_of(self, profile: ConnectionProfile) -> ProfileLimits:
         """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited;
         raises the batch's hold while this replica's share of them is 0."""
-        return self.fleet.limits_of(profile.name, profile.rate_limit)
+        return self.fleet.limits_of(profile.name, profile.rate_limit, profile.timeout_seconds)
 
     async def handle_all(self, batches: list[MemberBatch]) -> list[list[Outgoing] | BaseException]:
         """Deliver a poll's batches, their requests ``concurrency`` at a time; per batch its records, or what it
@@ -320,6 +320,7 @@ class Dispatcher:
         ticket: list[Admission | None] = [None]  # the circuit breaker's admission of the attempt under way
 
         async def admit() -> None:
+            self.fleet.before_attempt(profile.name)  # counted out meanwhile, or its share shrunk: the batch waits
             ticket[0] = await self.breakers.admit(profile)
 
         def adapt(attempt: AttemptResult) -> None:

@@ -145,13 +145,18 @@ class FleetLimits:
         self.replica_id = replica_id or uuid.uuid4().hex
         self.wall_clock, self.clock = wall_clock, clock
         self._view: _View | None = None
+        #: The request timeout of each limited profile: others count a silent replica for as long again.
+        self._timeouts: dict[str, float] = {}
         self._store_lock = threading.Lock()  # a beat (worker thread) and leave (main thread) one at a time
         self._left = False
         #: The profiles' limits this replica knows (the dispatcher's, by profile name).
         self.limits: dict[str, ProfileLimits] = {}
 
-    def limits_of(self, name: str, config: RateLimit | None) -> ProfileLimits:
-        """The profile's limits at this replica's current share; raises the batch's hold when the share is 0."""
+    def limits_of(self, name: str, config: RateLimit | None, timeout_seconds: float = 0.0) -> ProfileLimits:
+        """The profile's limits at this replica's current share; raises the batch's hold when the share is 0.
+        ``timeout_seconds``: the profile's request timeout (how long an attempt may outlast a heartbeat)."""
+        if config is not None:
+            self._timeouts[name] = timeout_seconds
         known = self.limits.get(name)
         # The catalog cache hands the same object until it expires: identity first, equality only then.
         if known is None or (known.config is not config and known.config != config):
@@ -254,11 +259,31 @@ class FleetLimits:
             # A new view is acknowledged at the next beat: soon, so that the others may take their shares.
             await asyncio.sleep(self.heartbeat_seconds / 10 if changed else self.heartbeat_seconds)
 
+    @property
+    def live_seconds(self) -> float:
+        """How long a silent replica is still counted (its share kept from the others): the TTL, and the longest
+        request timeout of the limited profiles, since an attempt started just before the replica went stale
+        (it starts none after: :meth:`before_attempt`) may last that long."""
+        return self.ttl_seconds + max(self._timeouts.values(), default=0.0)
+
+    def before_attempt(self, name: str) -> None:
+        """Raise the batch's hold before an attempt (a retry included) when this replica may have been counted
+        out by the others (its view stale), or its share of the profile's requests in flight dropped below what
+        it has in flight (this one gives its slot back): requests held across retries never overshoot."""
+        limits = self.limits.get(name)
+        if self.store is None or limits is None or limits.config is None:
+            return
+        view = self._view
+        if view is None or self.clock() > view.fresh_until:
+            raise self.held(name)
+        if limits.slots is not None and limits.slots.in_use > limits.slots.capacity:
+            raise self.held(name)
+
     def _beat(self, now: float, drained: str | None) -> list[ReplicaBeat]:
         """The catalog side of a heartbeat (on a worker thread); nothing once this replica has left."""
         assert self.store is not None
         with self._store_lock:
-            return [] if self._left else self.store.beat(self.replica_id, now, self.ttl_seconds, drained)
+            return [] if self._left else self.store.beat(self.replica_id, now, self.live_seconds, drained)
 
     def leave(self) -> None:
         """Remove this replica's row (on stop): the others take its share at their next heartbeat. A beat under

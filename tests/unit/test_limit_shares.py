@@ -4,6 +4,7 @@ joining or leaving never lets the replicas together exceed it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from hypothesis import given
@@ -43,14 +44,16 @@ def test_a_growing_share_waits_until_every_replica_is_within_the_new_view():
 
 
 class _Catalog:
-    """The fleet store's heartbeats, in memory (each replica's last beat)."""
+    """The fleet store's heartbeats, in memory: each replica's last beat, live within ``ttl`` of the beat."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, str | None] = {}
+        self.rows: dict[str, tuple[float, str | None]] = {}
+        self.ttls: list[float] = []
 
     def beat(self, replica_id: str, at: float, ttl: float, drained_view: str | None) -> list[ReplicaBeat]:
-        self.rows[replica_id] = drained_view
-        return [ReplicaBeat(r, v) for r, v in sorted(self.rows.items())]
+        self.rows[replica_id] = (at, drained_view)
+        self.ttls.append(ttl)
+        return [ReplicaBeat(r, v) for r, (beat_at, v) in sorted(self.rows.items()) if beat_at >= at - ttl]
 
     def leave(self, replica_id: str) -> None:
         self.rows.pop(replica_id)
@@ -143,3 +146,50 @@ def test_a_replica_that_cannot_beat_holds_its_limited_batches_back():
     with pytest.raises(HoldRecord):
         lone.limits_of("p", LIMIT)  # never beaten: the others do not know it
     assert FleetLimits(None).limits_of("p", LIMIT).slots.capacity == 4  # no fleet: whole
+
+
+def test_others_count_a_silent_replica_for_the_ttl_and_the_profiles_timeout_before_taking_its_share():
+    catalog, wall = _Catalog(), [1000.0]
+    first = FleetLimits(catalog, replica_id="a", ttl_seconds=10, wall_clock=lambda: wall[0])
+    second = FleetLimits(catalog, replica_id="b", ttl_seconds=10, wall_clock=lambda: wall[0])
+    for _ in range(3):
+        asyncio.run(first.beat())
+        asyncio.run(second.beat())
+        for replica in (first, second):
+            with contextlib.suppress(HoldRecord):  # the newcomer's share is 0 until the other made room
+                replica.limits_of("p", LIMIT, timeout_seconds=30)
+    assert first.limits["p"].slots.capacity == 2
+    wall[0] += 15  # b went silent 15 s ago: past the TTL, but an attempt of its may still be out for 30 s
+    asyncio.run(first.beat())
+    assert catalog.ttls[-1] == 40
+    assert _capacity(first) == 2  # b's share is not taken yet
+    wall[0] += 26  # 41 s: no attempt of b's can still be out
+    asyncio.run(first.beat())
+    asyncio.run(first.beat())
+    assert _capacity(first) == 4
+
+
+def test_a_request_is_held_at_its_next_attempt_once_its_replica_may_have_been_counted_out():
+    catalog, now = _Catalog(), [0.0]
+    replica = FleetLimits(catalog, replica_id="a", ttl_seconds=10, wall_clock=lambda: 1000.0, clock=lambda: now[0])
+    asyncio.run(replica.beat())
+    replica.limits_of("p", LIMIT)
+    replica.before_attempt("p")  # fresh: the attempt goes
+    now[0] += 6  # no heartbeat answered for over half the TTL: the others may count it out
+    with pytest.raises(HoldRecord):
+        replica.before_attempt("p")
+    replica.before_attempt("unlimited")  # a profile without limits is not concerned
+
+
+def test_a_request_is_held_at_its_next_attempt_while_its_replicas_share_is_below_what_it_has_in_flight():
+    catalog = _Catalog()
+    first, second = _replica(catalog, "a"), _replica(catalog, "b")
+    asyncio.run(first.beat())
+    _fill(first)  # 4 requests out, retrying
+    asyncio.run(second.beat())
+    asyncio.run(first.beat())  # b joined: a's share is 2, 4 still out
+    assert _capacity(first) == 2
+    with pytest.raises(HoldRecord):
+        first.before_attempt("p")  # their next attempts give slots back instead of going
+    first.limits["p"].slots.in_use = 2
+    first.before_attempt("p")
