@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from services.dispatcher.fleet_limits import FleetLimits
 from shared.catalog.fleet_store import ReplicaBeat
 from shared.domain.catalog_objects import RateLimit
-from shared.domain.limit_shares import effective, in_flight_share, rate_share
+from shared.domain.limit_shares import ROTATION_SECONDS, effective, in_flight_share, rate_share
 from shared.kafka.held_records import HoldRecord
 
 
@@ -193,3 +193,35 @@ def test_a_request_is_held_at_its_next_attempt_while_its_replicas_share_is_below
         first.before_attempt("p")  # their next attempts give slots back instead of going
     first.limits["p"].slots.in_use = 2
     first.before_attempt("p")
+
+
+def test_the_turn_of_a_limit_below_the_replicas_moves_on_though_the_holder_retries():
+    """max_in_flight 1 between two replicas: the holder's request, retrying, gives its slot back at its next
+    attempt once the turn moved on, so the other replica gets the turn instead of it coming back to the holder."""
+    catalog, wall = _Catalog(), [0.0]
+    one = RateLimit(max_in_flight=1)
+    replicas = {name: FleetLimits(catalog, replica_id=name, wall_clock=lambda: wall[0]) for name in ("a", "b")}
+    turn = next(t for t in range(10) if in_flight_share(1, ["a", "b"], "a", "p", t) == 1)
+    wall[0] = turn * ROTATION_SECONDS
+    for _ in range(3):
+        for replica in replicas.values():
+            asyncio.run(replica.beat())
+            with contextlib.suppress(HoldRecord):
+                replica.limits_of("p", one)
+    holder, other = replicas["a"], replicas["b"]
+    slots = holder.limits["p"].slots
+    assert slots is not None
+    assert slots.capacity == 1
+    slots.in_use = 1  # a request out, retrying for minutes
+
+    for _ in range(int(ROTATION_SECONDS // 5)):  # both beating every 5 s until the next turn: b's
+        wall[0] += 5
+        for replica in (holder, other):
+            asyncio.run(replica.beat())
+    assert slots.capacity == 0
+    with pytest.raises(HoldRecord):
+        holder.before_attempt("p")  # its next attempt: held, the slot given back
+    slots.in_use = 0
+    for replica in (holder, other, holder, other):
+        asyncio.run(replica.beat())
+    assert other.limits_of("p", one).slots.capacity == 1
