@@ -3,6 +3,7 @@ replicas' reports, each change pending until announced; and migration 0011 on a 
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -93,3 +94,21 @@ def test_migration_0011_adds_the_fleet_tables_to_a_catalog_with_data_and_removes
     assert not tables & set(sa.inspect(engine).get_table_names())
     with engine.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM runs")).scalar_one() > 0
+
+
+def test_replicas_reporting_at_once_make_one_change(fleet: SqlFleetStore):
+    start = threading.Barrier(4)
+    results: list[list[BreakerChange]] = []
+
+    def report(replica: str) -> None:
+        start.wait(timeout=10)
+        results.append(fleet.report_breakers(replica, ["p"], 100.0, 10))
+
+    threads = [threading.Thread(target=report, args=(name,)) for name in "abcd"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(results) == 4
+    assert {tuple(_pending(r)) for r in results} == {(("p", "open", 1),)}  # one opening, seen by all
+    assert _pending(fleet.report_breakers("a", ["p"], 101.0, 10)) == [("p", "open", 1)]
