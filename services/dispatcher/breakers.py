@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -25,6 +24,7 @@ import structlog
 
 from services.dispatcher.delivery import AttemptResult
 from services.dispatcher.metrics import CIRCUIT_STATE, CIRCUIT_TRANSITIONS
+from services.dispatcher.wakeup import Wakeup
 from shared.domain.catalog_objects import ConnectionProfile
 from shared.domain.circuit_breaker import (
     STATE_VALUES,
@@ -50,7 +50,7 @@ class _Entry:
     settings: CircuitBreakerSettings
     breaker: CircuitBreaker
     #: Set (and replaced) whenever an outcome is recorded: what waiting attempts wake up on.
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: Wakeup = field(default_factory=Wakeup)
 
 
 @dataclass(frozen=True)
@@ -130,8 +130,7 @@ class ProfileBreakers:
                 raise held(profile.name, answer)
             if now >= deadline:  # the probes do not come back: the batch waits its turn in the consumer loop
                 raise held(profile.name, now + PROBE_WAIT_SECONDS)
-            with suppress(TimeoutError):  # half-open, every probe out: wait for one to come back
-                await asyncio.wait_for(entry.changed.wait(), PROBE_WAIT_SECONDS)
+            await entry.changed.wait(PROBE_WAIT_SECONDS)  # half-open, every probe out: wait for one to come back
             # The profile's breaker now (by name: this batch's profile may be older than the one that rebuilt it).
             entry = self._entries.get(profile.name)
 
@@ -163,8 +162,7 @@ class ProfileBreakers:
 
     @staticmethod
     def _wake(entry: _Entry) -> None:
-        entry.changed.set()
-        entry.changed = asyncio.Event()
+        entry.changed.notify()
 
     def _publish(self, profile: str, entry: _Entry) -> None:
         for change in entry.breaker.changes():
@@ -177,12 +175,15 @@ class ProfileBreakers:
 
 async def gather_or_cancel(*awaitables: Awaitable[T]) -> list[T]:
     """``asyncio.gather``, except that when one fails (a request held back by its breaker) the others are
-    cancelled instead of going on unheard: the batch is held back whole, and delivered again whole."""
-    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    cancelled instead of going on unheard (an :class:`asyncio.TaskGroup`): the batch is held back whole, and
+    delivered again whole. The first failure is raised as itself, not in an exception group."""
     try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_awaited(awaitable)) for awaitable in awaitables]
+    except BaseExceptionGroup as failures:
+        raise failures.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
+from services.dispatcher.wakeup import Wakeup
 from shared.application.ports import FleetHeartbeats
 from shared.domain.catalog_objects import RateLimit
 from shared.domain.fleet import ReplicaBeat
@@ -49,7 +50,7 @@ class Slots:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.in_use = 0
-        self._freed = asyncio.Event()
+        self._freed = Wakeup()
 
     @contextlib.asynccontextmanager
     async def taken(self, held: Callable[[], HoldRecord]) -> AsyncIterator[None]:
@@ -57,9 +58,7 @@ class Slots:
         while self.in_use >= self.capacity:
             if self.capacity <= 0:
                 raise held()
-            freed = self._freed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(freed.wait(), SHARE_WAIT_SECONDS)
+            await self._freed.wait(SHARE_WAIT_SECONDS)
         self.in_use += 1
         try:
             yield
@@ -72,8 +71,7 @@ class Slots:
         self._wake()
 
     def _wake(self) -> None:
-        self._freed.set()
-        self._freed = asyncio.Event()
+        self._freed.notify()
 
 
 @dataclass

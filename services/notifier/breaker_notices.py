@@ -13,11 +13,9 @@ import html
 import smtplib
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
-from typing import Annotated
 
 import structlog
 from prometheus_client import Counter
-from pydantic import Field, TypeAdapter
 
 from services.notifier.emails import ERROR, recipients_for
 from services.notifier.mailer import SmtpMailer
@@ -25,7 +23,7 @@ from shared.application.ports import BreakerMailOutbox, DefinitionsStore
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate
 from shared.domain.fleet import BreakerChange
 from shared.errors import StoredObjectInvalid
-from shared.events import AnyRunEvent, CircuitBreakerChanged
+from shared.events import RUN_EVENTS_RECORD_ADAPTER, AnyRunEvent, AnyRunEventsRecord, CircuitBreakerChanged
 from shared.kafka import Outgoing
 
 log = structlog.get_logger(__name__)
@@ -38,15 +36,12 @@ BREAKER_EMAILS = Counter(
 for _state in ("open", "closed"):
     BREAKER_EMAILS.labels(state=_state)
 
-NotifierEvent = AnyRunEvent | CircuitBreakerChanged
-
-
-_NOTIFIER_EVENT: TypeAdapter[NotifierEvent] = TypeAdapter(Annotated[NotifierEvent, Field(discriminator="type")])
+NotifierEvent = AnyRunEventsRecord
 
 
 def decode(value: bytes) -> NotifierEvent:
     """A run-events record: a circuit breaker's change, or a run event (one parse, by its ``type``)."""
-    return _NOTIFIER_EVENT.validate_json(value)
+    return RUN_EVENTS_RECORD_ADAPTER.validate_json(value)
 
 
 def compose(change: CircuitBreakerChanged, definition: ExportDefinition, sender: str) -> EmailMessage:
