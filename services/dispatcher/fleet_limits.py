@@ -158,7 +158,12 @@ class FleetLimits:
         known = self.limits.get(name)
         # The catalog cache hands the same object until it expires: identity first, equality only then.
         if known is None or (known.config is not config and known.config != config):
-            known = self.limits[name] = ProfileLimits(config)
+            previous, known = known, ProfileLimits(config)
+            self.limits[name] = known
+            if previous is not None and previous.slots is not None and known.slots is not None:
+                # The limit edited: the requests in flight hold slots of the old one; they keep counting.
+                previous.slots.resize(known.slots.capacity)
+                known.slots = previous.slots
             if self.store is not None and config is not None:
                 known.in_flight_applied = known.rate_applied = None  # nothing applied yet: see effective()
         if self.store is not None and config is not None:

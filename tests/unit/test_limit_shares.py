@@ -225,3 +225,13 @@ def test_the_turn_of_a_limit_below_the_replicas_moves_on_though_the_holder_retri
     for replica in (holder, other, holder, other):
         asyncio.run(replica.beat())
     assert other.limits_of("p", one).slots.capacity == 1
+
+
+def test_the_requests_in_flight_count_against_an_edited_limit():
+    lone = FleetLimits(None)
+    slots = lone.limits_of("p", RateLimit(max_in_flight=4)).slots
+    assert slots is not None
+    slots.in_use = 3  # three requests out
+    edited = lone.limits_of("p", RateLimit(max_in_flight=2)).slots
+    assert edited is not None
+    assert (edited.in_use, edited.capacity) == (3, 2)  # no new request until one of the three comes back
