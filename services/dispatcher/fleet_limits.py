@@ -7,6 +7,9 @@ profile (waiting while they are all taken) and a token of its rate share. A repl
 profile is 0 (a limit below the number of replicas, until its turn comes), or whose last heartbeat is older
 than half the TTL (it may have been counted out by the others), holds the batch back
 (:class:`shared.kafka.held_records.HoldRecord`) rather than overshoot: it is handed back a heartbeat later.
+The same holds before every attempt, retries included (:meth:`FleetLimits.before_attempt`), and a request
+whose replica's share dropped below what it has in flight gives its slot back there; the others count a
+silent replica for the TTL plus the longest request timeout before taking its share.
 
 Why quotas and not a lease per request: measured by ``tests/benchmarks/bench_fleet_limits.py`` (README).
 """
