@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 
 import pytest
 from hypothesis import given
@@ -235,3 +236,32 @@ def test_the_requests_in_flight_count_against_an_edited_limit():
     edited = lone.limits_of("p", RateLimit(max_in_flight=2)).slots
     assert edited is not None
     assert (edited.in_use, edited.capacity) == (3, 2)  # no new request until one of the three comes back
+
+
+class _SlowCatalog(_Catalog):
+    """A catalog whose heartbeat write waits until the test lets it finish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing, self.finish = threading.Event(), threading.Event()
+
+    def beat(self, replica_id: str, at: float, ttl: float, drained_view: str | None) -> list[ReplicaBeat]:
+        self.writing.set()
+        assert self.finish.wait(timeout=10)
+        return super().beat(replica_id, at, ttl, drained_view)
+
+
+def test_leaving_waits_for_a_heartbeat_under_way_and_no_heartbeat_writes_after():
+    catalog = _SlowCatalog()
+    replica = _replica(catalog, "a")
+    beating = threading.Thread(target=lambda: asyncio.run(replica.beat()))
+    beating.start()
+    assert catalog.writing.wait(timeout=10)
+    leaving = threading.Thread(target=replica.leave)  # the service stops while a heartbeat is being written
+    leaving.start()
+    catalog.finish.set()
+    beating.join(timeout=10)
+    leaving.join(timeout=10)
+    assert catalog.rows == {}  # the row written by that heartbeat is deleted, not left to linger for the TTL
+    asyncio.run(replica.beat())
+    assert catalog.rows == {}
