@@ -77,6 +77,13 @@ class Slots:
         self._freed.notify()
 
 
+def _limiter(current: AdaptiveRateLimiter | LearnedRateLimit, rate: float, burst: float) -> AdaptiveRateLimiter:
+    """A limiter at ``rate``, continuing ``current`` when it was one (not starting with a full burst)."""
+    if isinstance(current, AdaptiveRateLimiter):
+        return current.resized(rate, burst)
+    return AdaptiveRateLimiter(rate, burst)
+
+
 @dataclass
 class ProfileLimits:
     """One profile's limits in this replica: its rate limiter and in-flight slots, at this replica's share.
@@ -163,6 +170,8 @@ class FleetLimits:
         if known is None or (known.config is not config and known.config != config):
             previous, known = known, ProfileLimits(config)
             self.limits[name] = known
+            if previous is not None and isinstance(known.rate, AdaptiveRateLimiter):
+                known.rate = _limiter(previous.rate, known.rate.max_rate, known.rate.burst)
             if previous is not None and previous.slots is not None and known.slots is not None:
                 # The limit edited: the requests in flight hold slots of the old one; they keep counting.
                 previous.slots.resize(known.slots.capacity)
@@ -212,7 +221,7 @@ class FleetLimits:
             if rate is not None:
                 share_rate = effective(limits.rate_applied, rate, view.all_drained)
                 if share_rate > 0 and share_rate != limits.rate_applied:
-                    limits.rate = AdaptiveRateLimiter(share_rate, float(burst))
+                    limits.rate = _limiter(limits.rate, share_rate, float(burst))
                 limits.rate_applied = share_rate
             limits.applied = (view.view, view.all_drained)
         if limits.in_flight_applied == 0 or limits.rate_applied == 0:

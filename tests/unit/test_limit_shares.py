@@ -265,3 +265,12 @@ def test_leaving_waits_for_a_heartbeat_under_way_and_no_heartbeat_writes_after()
     assert catalog.rows == {}  # the row written by that heartbeat is deleted, not left to linger for the TTL
     asyncio.run(replica.beat())
     assert catalog.rows == {}
+
+
+def test_a_rate_share_rebuilt_goes_on_from_the_tokens_spent_instead_of_a_full_burst():
+    lone = FleetLimits(None)
+    limiter = lone.limits_of("p", RateLimit(requests_per_second=10, burst=5)).rate
+    for _ in range(5):
+        assert limiter.reserve(100.0) == 0  # the burst, spent
+    edited = lone.limits_of("p", RateLimit(requests_per_second=20, burst=5)).rate
+    assert edited.reserve(100.0) == pytest.approx(1 / 20)  # the next token at the new rate, not a new burst
