@@ -141,6 +141,9 @@ class ProfileBreakers:
         entry = admission.entry
         failed = attempt.retryable
         entry.breaker.record(self.clock(), admission.ticket, failed)
+        if self._entries.get(profile.name) is not entry:
+            entry.breaker.changes()  # a retired breaker's news is no one's: the profile's breaker is another now
+            return
         self._publish(profile.name, entry)
         self._wake(entry)
         if failed and entry.breaker.state is BreakerState.OPEN:

@@ -108,3 +108,20 @@ def test_an_attempt_does_not_wait_for_probes_longer_than_its_bound():
         assert held.value.until > clock.now  # its batch is held back, handed back later
 
     asyncio.run(scenario())
+
+
+def test_a_probe_of_a_retired_breaker_failing_neither_holds_its_batch_nor_reopens_anything():
+    async def scenario() -> None:
+        clock = Clock()
+        changes: list[tuple[str, BreakerState]] = []
+        breakers = ProfileBreakers(clock=clock, on_change=lambda name, t: changes.append((name, t.after)))
+        before = _profile()
+        probe = await _half_open_with_its_probe_out(breakers, clock, before)
+        breakers.check(_profile(open_seconds=60))  # edited: a new breaker, closed (the old one is retired)
+        assert changes[-1] == ("p", BreakerState.CLOSED)
+        changes.clear()
+        breakers.record(before, probe, FAILED)  # the old probe fails: no hold, no opening told
+        assert changes == []
+        assert breakers._entries["p"].breaker.state is BreakerState.CLOSED
+
+    asyncio.run(scenario())
