@@ -91,7 +91,15 @@ class BreakerMails:
                 self._send(claimed, definition, attempts=None)
 
     def retry_unsent(self) -> list[Outgoing]:
-        """One attempt of each email claimed and not sent (the notifier's sweep); nothing to produce."""
+        """One attempt of each email claimed and not sent (the notifier's sweep); nothing to produce. Never
+        raises (the catalog away: the next sweep tries again), so as not to lose what the sweep produces."""
+        try:
+            self._retry_unsent()
+        except Exception as exc:  # noqa: BLE001 - logged; the emails stay unsent in the outbox
+            log.warning("circuit breaker emails not retried", error=f"{type(exc).__name__}: {exc}")
+        return []
+
+    def _retry_unsent(self) -> None:
         for change, name in self.outbox.unsent():
             try:
                 definition = self.definitions.find(ExportDefinition, name)
@@ -101,7 +109,6 @@ class BreakerMails:
                 self.outbox.mark(change, name, error="no recipients any more", give_up=True)
                 continue
             self._send(change, definition, attempts=1)  # one each: a sweep must not wait out an SMTP outage
-        return []
 
     def _send(self, change: BreakerChange, definition: ExportDefinition, attempts: int | None) -> None:
         event = CircuitBreakerChanged(
