@@ -263,11 +263,12 @@ class RunCancelled(Event):
     at: AwareDatetime = Field(default_factory=utc_now)
 
 
-#: Any record of the run-events topic.
 class CircuitBreakerChanged(Event):
-    """A connection profile's circuit breaker opened (its deliveries pause: batches wait) or closed again
-    (they resume). Published once per change across the dispatcher replicas, keyed by the profile's name on
-    the run-events topic; ``episode`` counts the profile's openings (an opening and its closing share it)."""
+    """A connection profile's circuit breaker opened for the dispatcher fleet (its deliveries pause: batches
+    wait) or closed again (they resume). Published at least once per change across the dispatcher replicas
+    (again until a publication succeeds: consumers deduplicate by profile, state and episode), keyed by the
+    profile's name on the run-events topic; ``episode`` counts the profile's openings (an opening and its
+    closing share it)."""
 
     type: Literal["circuit.changed"] = "circuit.changed"
     profile: str
@@ -276,9 +277,15 @@ class CircuitBreakerChanged(Event):
     at: AwareDatetime = Field(default_factory=utc_now)
 
 
+#: Any event of a run (what the run's record is folded from).
 AnyRunEvent = RunStarted | ExtractionCompleted | BatchOutcome | RunFailed | RunSkipped | RunMissed | RunCancelled
 RunEvent = Annotated[AnyRunEvent, Field(discriminator="type")]
 RUN_EVENT_ADAPTER: TypeAdapter[AnyRunEvent] = TypeAdapter(RunEvent)
+#: Any record of the run-events topic: a run's event, or a circuit breaker's change.
+AnyRunEventsRecord = AnyRunEvent | CircuitBreakerChanged
+RUN_EVENTS_RECORD_ADAPTER: TypeAdapter[AnyRunEventsRecord] = TypeAdapter(
+    Annotated[AnyRunEventsRecord, Field(discriminator="type")]
+)
 
 
 class DeadLetter(Event):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+
 from anyio.from_thread import start_blocking_portal
 
-from services.dispatcher.breaker_notices import ANNOUNCE_SECONDS, BreakerNotices
+from services.dispatcher.breaker_notices import BreakerNotices
 from services.dispatcher.breakers import ProfileBreakers
 from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
@@ -37,7 +39,10 @@ def main() -> None:
     client = guarded_client(destinations)  # token requests of profiles without tls/proxy settings
     stores = CatalogStores.from_url(settings.catalog_url, cipher=settings.secret_cipher())
     fleet_store = SqlFleetStore(stores.database)
-    notices = BreakerNotices(fleet_store, settings.topics.run_events)  # breakers opening and closing, once
+    replica_id = uuid.uuid4().hex
+    notices = BreakerNotices(  # breakers opening and closing across the replicas, announced once
+        fleet_store, settings.topics.run_events, replica_id, ttl_seconds=settings.dispatcher_replica_ttl_seconds
+    )
     policy = RetryBudget(
         max_attempts=settings.dispatcher_max_attempts,
         max_seconds=settings.dispatcher_max_retry_seconds,
@@ -61,12 +66,14 @@ def main() -> None:
             fleet_store if settings.dispatcher_share_limits else None,
             heartbeat_seconds=settings.dispatcher_heartbeat_seconds,
             ttl_seconds=settings.dispatcher_replica_ttl_seconds,
+            replica_id=replica_id,
         ),
     )
     # The HTTP requests run on one asyncio event loop on its own thread (anyio's blocking portal); the
     # consumer loop hands it each poll's batches and waits for their outcomes.
     with start_blocking_portal() as portal:
         heartbeats = portal.start_task_soon(dispatcher.fleet.run)  # this replica's share of the profiles' limits
+        announcements = portal.start_task_soon(notices.run)  # its open breakers reported, the fleet's announced
         loop = build_loop(
             settings,
             service=SERVICE,
@@ -79,10 +86,9 @@ def main() -> None:
             # the poll interval allows every wave of the round its whole retry budget.
             max_poll_records=settings.dispatcher_poll_records,
             max_poll_interval_ms=settings.max_poll_interval_ms,
-            periodic=notices.drain,
-            periodic_seconds=ANNOUNCE_SECONDS,
         )
         loop.poll_records = dispatcher.next_poll_records
+        notices.publish = loop.send_all
         dispatcher.stopping = loop.stopping  # SIGTERM abandons the round in progress (its batches handed back)
         loop.install_signal_handlers()
         if inspector is not None:
@@ -93,7 +99,9 @@ def main() -> None:
             if inspector is not None:
                 inspector.close()  # what was captured last is written before the process ends
             heartbeats.cancel()
-            dispatcher.fleet.leave()
+            announcements.cancel()
+            dispatcher.fleet.leave()  # after any beat in progress (it waits for it), never before
+            notices.leave()
             portal.call(partners.aclose)
             portal.call(client.aclose)
             dispatcher.renderer.close()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -25,6 +24,7 @@ import structlog
 
 from services.dispatcher.delivery import AttemptResult
 from services.dispatcher.metrics import CIRCUIT_STATE, CIRCUIT_TRANSITIONS
+from services.dispatcher.wakeup import Wakeup
 from shared.domain.catalog_objects import ConnectionProfile
 from shared.domain.circuit_breaker import (
     STATE_VALUES,
@@ -41,6 +41,8 @@ T = TypeVar("T")
 
 #: Longest wait for a probe to come back before asking the breaker again (seconds).
 PROBE_WAIT_SECONDS = 1.0
+#: Longest wait of an attempt for the probes of a half-open breaker, after which its batch is held back.
+MAX_PROBE_WAIT_SECONDS = 60.0
 
 
 @dataclass
@@ -48,7 +50,16 @@ class _Entry:
     settings: CircuitBreakerSettings
     breaker: CircuitBreaker
     #: Set (and replaced) whenever an outcome is recorded: what waiting attempts wake up on.
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: Wakeup = field(default_factory=Wakeup)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An attempt admitted by a breaker: its outcome is recorded against that very breaker (the profile's
+    breaker may have been rebuilt meanwhile, its settings edited: the old one's probes still come back)."""
+
+    ticket: Ticket
+    entry: _Entry
 
 
 def held(profile: str, until: float) -> HoldRecord:
@@ -63,19 +74,27 @@ class ProfileBreakers:
         self,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[str, Transition], None] | None = None,
+        max_wait_seconds: float = MAX_PROBE_WAIT_SECONDS,
     ) -> None:
         self.clock = clock
         self.on_change = on_change
+        #: Longest wait of an attempt for a half-open breaker's probes to come back (seconds).
+        self.max_wait_seconds = max_wait_seconds
         self._entries: dict[str, _Entry] = {}
 
     def _entry(self, profile: ConnectionProfile) -> _Entry | None:
         settings = profile.circuit_breaker
         if settings is None:
-            if self._entries.pop(profile.name, None) is not None:
+            dropped = self._entries.pop(profile.name, None)
+            if dropped is not None:
                 CIRCUIT_STATE.remove(profile.name)
+                self._retire(profile.name, dropped)
             return None
         entry = self._entries.get(profile.name)
-        if entry is None or entry.settings != settings:
+        # The catalog cache hands the same object until it expires: identity first, equality only then.
+        if entry is None or (entry.settings is not settings and entry.settings != settings):
+            if entry is not None:
+                self._retire(profile.name, entry)
             entry = self._entries[profile.name] = _Entry(settings, CircuitBreaker(settings))
             CIRCUIT_STATE.labels(profile=profile.name).set(STATE_VALUES[BreakerState.CLOSED])
             for state in BreakerState:  # every series from 0: increase() sees the first opening
@@ -93,46 +112,60 @@ class ProfileBreakers:
         if state is BreakerState.OPEN:
             raise held(profile.name, entry.breaker.open_until)
 
-    async def admit(self, profile: ConnectionProfile) -> Ticket | None:
-        """A ticket for one attempt (None for a profile without a breaker); waits while the probes are out;
-        raises the batch's hold while the breaker is open."""
+    async def admit(self, profile: ConnectionProfile) -> Admission | None:
+        """An admission for one attempt (None for a profile without a breaker); waits while the probes are out,
+        ``max_wait_seconds`` at most (then the batch is held back); raises the batch's hold while the breaker is
+        open. The breaker is looked up again after each wait: its settings may have been edited or removed."""
+        deadline = self.clock() + self.max_wait_seconds
         entry = self._entry(profile)
-        if entry is None:
-            return None
         while True:
+            if entry is None:
+                return None
             now = self.clock()
             answer = entry.breaker.admit(now)
             self._publish(profile.name, entry)
             if isinstance(answer, Ticket):
-                return answer
+                return Admission(answer, entry)
             if answer > now:
                 raise held(profile.name, answer)
-            with suppress(TimeoutError):  # half-open, every probe out: wait for one to come back
-                await asyncio.wait_for(entry.changed.wait(), PROBE_WAIT_SECONDS)
+            if now >= deadline:  # the probes do not come back: the batch waits its turn in the consumer loop
+                raise held(profile.name, now + PROBE_WAIT_SECONDS)
+            await entry.changed.wait(PROBE_WAIT_SECONDS)  # half-open, every probe out: wait for one to come back
+            # The profile's breaker now (by name: this batch's profile may be older than the one that rebuilt it).
+            entry = self._entries.get(profile.name)
 
-    def record(self, profile: ConnectionProfile, ticket: Ticket | None, attempt: AttemptResult) -> None:
+    def record(self, profile: ConnectionProfile, admission: Admission | None, attempt: AttemptResult) -> None:
         """Judge an attempt's outcome; raise the batch's hold when it failed and the breaker is (now) open."""
-        entry = self._entries.get(profile.name)
-        if ticket is None or entry is None:
+        if admission is None:
             return
+        entry = admission.entry
         failed = attempt.retryable
-        entry.breaker.record(self.clock(), ticket, failed)
+        entry.breaker.record(self.clock(), admission.ticket, failed)
+        if self._entries.get(profile.name) is not entry:
+            entry.breaker.changes()  # a retired breaker's news is no one's: the profile's breaker is another now
+            return
         self._publish(profile.name, entry)
         self._wake(entry)
         if failed and entry.breaker.state is BreakerState.OPEN:
             raise held(profile.name, entry.breaker.open_until)
 
-    def cancel(self, profile: ConnectionProfile, ticket: Ticket | None) -> None:
-        """An admitted attempt that was not made (the batch held or abandoned)."""
-        entry = self._entries.get(profile.name)
-        if ticket is not None and entry is not None:
-            entry.breaker.cancel(ticket)
-            self._wake(entry)
+    def cancel(self, profile: ConnectionProfile, admission: Admission | None) -> None:
+        """An admitted attempt that was not made (the batch held or abandoned): its probe slot is free again."""
+        if admission is not None:
+            admission.entry.breaker.cancel(admission.ticket)
+            self._wake(admission.entry)
+
+    def _retire(self, profile: str, entry: _Entry) -> None:
+        """A breaker replaced (settings edited) or removed: its waiters look again; if it held batches back,
+        it no longer does (told as a closing, without counting it as one)."""
+        self._wake(entry)
+        state = entry.breaker.state
+        if state is not BreakerState.CLOSED and self.on_change is not None:
+            self.on_change(profile, Transition(state, BreakerState.CLOSED, self.clock()))
 
     @staticmethod
     def _wake(entry: _Entry) -> None:
-        entry.changed.set()
-        entry.changed = asyncio.Event()
+        entry.changed.notify()
 
     def _publish(self, profile: str, entry: _Entry) -> None:
         for change in entry.breaker.changes():
@@ -145,12 +178,15 @@ class ProfileBreakers:
 
 async def gather_or_cancel(*awaitables: Awaitable[T]) -> list[T]:
     """``asyncio.gather``, except that when one fails (a request held back by its breaker) the others are
-    cancelled instead of going on unheard: the batch is held back whole, and delivered again whole."""
-    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    cancelled instead of going on unheard (an :class:`asyncio.TaskGroup`): the batch is held back whole, and
+    delivered again whole. The first failure is raised as itself, not in an exception group."""
     try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_awaited(awaitable)) for awaitable in awaitables]
+    except BaseExceptionGroup as failures:
+        raise failures.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable

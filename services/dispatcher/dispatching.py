@@ -14,7 +14,7 @@ import structlog
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
-from services.dispatcher.breakers import ProfileBreakers, gather_or_cancel
+from services.dispatcher.breakers import Admission, ProfileBreakers, gather_or_cancel
 from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
 from services.dispatcher.fleet_limits import FleetLimits, ProfileLimits
 from services.dispatcher.inspector import AttemptInspector
@@ -41,7 +41,6 @@ from shared.domain.catalog_objects import (
     HttpTemplate,
     OAuth2ClientCredentials,
 )
-from shared.domain.circuit_breaker import Ticket
 from shared.domain.http_fields import header_value_problem, merged_headers
 from shared.domain.rendering import DEFAULT_LIMITS, RenderedRequest, RenderLimits
 from shared.domain.runs import RunStatus
@@ -177,7 +176,7 @@ class Dispatcher:
     def _limits_of(self, profile: ConnectionProfile) -> ProfileLimits:
         """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited;
         raises the batch's hold while this replica's share of them is 0."""
-        return self.fleet.limits_of(profile.name, profile.rate_limit)
+        return self.fleet.limits_of(profile.name, profile.rate_limit, profile.timeout_seconds)
 
     async def handle_all(self, batches: list[MemberBatch]) -> list[list[Outgoing] | BaseException]:
         """Deliver a poll's batches, their requests ``concurrency`` at a time; per batch its records, or what it
@@ -257,6 +256,7 @@ class Dispatcher:
         except ExportError as exc:  # missing, or stored before a rule it now breaks
             return self._failed(batch, str(exc))
         self.breakers.check(profile)
+        self._limits_of(profile)  # a share of 0 holds the batch back here, before anything is rendered
 
         async def send(part: Slice) -> DeliveryResult:
             try:
@@ -317,9 +317,10 @@ class Dispatcher:
             )
             return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
 
-        ticket: list[Ticket | None] = [None]  # the circuit breaker's admission of the attempt under way
+        ticket: list[Admission | None] = [None]  # the circuit breaker's admission of the attempt under way
 
         async def admit() -> None:
+            self.fleet.before_attempt(profile.name)  # counted out meanwhile, or its share shrunk: the batch waits
             ticket[0] = await self.breakers.admit(profile)
 
         def adapt(attempt: AttemptResult) -> None:

@@ -7,6 +7,9 @@ profile (waiting while they are all taken) and a token of its rate share. A repl
 profile is 0 (a limit below the number of replicas, until its turn comes), or whose last heartbeat is older
 than half the TTL (it may have been counted out by the others), holds the batch back
 (:class:`shared.kafka.held_records.HoldRecord`) rather than overshoot: it is handed back a heartbeat later.
+The same holds before every attempt, retries included (:meth:`FleetLimits.before_attempt`), and a request
+whose replica's share dropped below what it has in flight gives its slot back there; the others count a
+silent replica for the TTL plus the longest request timeout before taking its share.
 
 Why quotas and not a lease per request: measured by ``tests/benchmarks/bench_fleet_limits.py`` (README).
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,8 +27,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
-from shared.catalog.fleet_store import SqlFleetStore
+from services.dispatcher.wakeup import Wakeup
+from shared.application.ports import FleetHeartbeats
 from shared.domain.catalog_objects import RateLimit
+from shared.domain.fleet import ReplicaBeat
 from shared.domain.limit_shares import (
     burst_share,
     effective,
@@ -37,7 +43,7 @@ from shared.kafka.held_records import HoldRecord
 
 log = structlog.get_logger(__name__)
 
-#: How long a batch held for want of a share waits before it is tried again (seconds).
+#: How long a batch held for want of a share waits at least before it is tried again (seconds; else a heartbeat).
 SHARE_WAIT_SECONDS = 1.0
 
 
@@ -47,7 +53,7 @@ class Slots:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.in_use = 0
-        self._freed = asyncio.Event()
+        self._freed = Wakeup()
 
     @contextlib.asynccontextmanager
     async def taken(self, held: Callable[[], HoldRecord]) -> AsyncIterator[None]:
@@ -55,9 +61,7 @@ class Slots:
         while self.in_use >= self.capacity:
             if self.capacity <= 0:
                 raise held()
-            freed = self._freed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(freed.wait(), SHARE_WAIT_SECONDS)
+            await self._freed.wait(SHARE_WAIT_SECONDS)
         self.in_use += 1
         try:
             yield
@@ -70,8 +74,14 @@ class Slots:
         self._wake()
 
     def _wake(self) -> None:
-        self._freed.set()
-        self._freed = asyncio.Event()
+        self._freed.notify()
+
+
+def _limiter(current: AdaptiveRateLimiter | LearnedRateLimit, rate: float, burst: float) -> AdaptiveRateLimiter:
+    """A limiter at ``rate``, continuing ``current`` when it was one (not starting with a full burst)."""
+    if isinstance(current, AdaptiveRateLimiter):
+        return current.resized(rate, burst)
+    return AdaptiveRateLimiter(rate, burst)
 
 
 @dataclass
@@ -130,7 +140,7 @@ class FleetLimits:
 
     def __init__(
         self,
-        store: SqlFleetStore | None,
+        store: FleetHeartbeats | None,
         *,
         heartbeat_seconds: float = 2.0,
         ttl_seconds: float = 10.0,
@@ -143,15 +153,29 @@ class FleetLimits:
         self.replica_id = replica_id or uuid.uuid4().hex
         self.wall_clock, self.clock = wall_clock, clock
         self._view: _View | None = None
+        #: The request timeout of each limited profile: others count a silent replica for as long again.
+        self._timeouts: dict[str, float] = {}
+        self._store_lock = threading.Lock()  # a beat (worker thread) and leave (main thread) one at a time
+        self._left = False
         #: The profiles' limits this replica knows (the dispatcher's, by profile name).
         self.limits: dict[str, ProfileLimits] = {}
 
-    def limits_of(self, name: str, config: RateLimit | None) -> ProfileLimits:
-        """The profile's limits at this replica's current share; raises the batch's hold when the share is 0."""
+    def limits_of(self, name: str, config: RateLimit | None, timeout_seconds: float = 0.0) -> ProfileLimits:
+        """The profile's limits at this replica's current share; raises the batch's hold when the share is 0.
+        ``timeout_seconds``: the profile's request timeout (how long an attempt may outlast a heartbeat)."""
+        if config is not None:
+            self._timeouts[name] = timeout_seconds
         known = self.limits.get(name)
         # The catalog cache hands the same object until it expires: identity first, equality only then.
         if known is None or (known.config is not config and known.config != config):
-            known = self.limits[name] = ProfileLimits(config)
+            previous, known = known, ProfileLimits(config)
+            self.limits[name] = known
+            if previous is not None and isinstance(known.rate, AdaptiveRateLimiter):
+                known.rate = _limiter(previous.rate, known.rate.max_rate, known.rate.burst)
+            if previous is not None and previous.slots is not None and known.slots is not None:
+                # The limit edited: the requests in flight hold slots of the old one; they keep counting.
+                previous.slots.resize(known.slots.capacity)
+                known.slots = previous.slots
             if self.store is not None and config is not None:
                 known.in_flight_applied = known.rate_applied = None  # nothing applied yet: see effective()
         if self.store is not None and config is not None:
@@ -159,9 +183,11 @@ class FleetLimits:
         return known
 
     def held(self, name: str) -> HoldRecord:
+        """The hold of a batch while this replica's share of the profile is 0: until the next heartbeat, the
+        first moment the share may have changed (a batch handed back sooner would be held again at once)."""
         return HoldRecord(
             f"this dispatcher's share of connection profile {name!r}'s limits is 0 for now: the batch waits",
-            self.clock() + SHARE_WAIT_SECONDS,
+            self.clock() + max(SHARE_WAIT_SECONDS, self.heartbeat_seconds),
         )
 
     def _targets(self, name: str, config: RateLimit, view: _View) -> tuple[int | None, float | None, int]:
@@ -195,7 +221,7 @@ class FleetLimits:
             if rate is not None:
                 share_rate = effective(limits.rate_applied, rate, view.all_drained)
                 if share_rate > 0 and share_rate != limits.rate_applied:
-                    limits.rate = AdaptiveRateLimiter(share_rate, float(burst))
+                    limits.rate = _limiter(limits.rate, share_rate, float(burst))
                 limits.rate_applied = share_rate
             limits.applied = (view.view, view.all_drained)
         if limits.in_flight_applied == 0 or limits.rate_applied == 0:
@@ -219,9 +245,9 @@ class FleetLimits:
         drained = current.view if current is not None and self._drained(current) else None
         now = self.wall_clock()
         started = self.clock()
-        beats = await asyncio.to_thread(self.store.beat, self.replica_id, now, self.ttl_seconds, drained)
+        beats = await asyncio.to_thread(self._beat, now, drained)
         replicas = tuple(sorted(beat.replica_id for beat in beats))
-        if self.replica_id not in replicas:  # pragma: no cover - it has just beaten: only with a stopped clock
+        if self.replica_id not in replicas:  # left, or a stopped clock
             return False
         turn = rotation_turn(now)
         view = view_of(replicas, turn)
@@ -248,11 +274,40 @@ class FleetLimits:
             # A new view is acknowledged at the next beat: soon, so that the others may take their shares.
             await asyncio.sleep(self.heartbeat_seconds / 10 if changed else self.heartbeat_seconds)
 
+    @property
+    def live_seconds(self) -> float:
+        """How long a silent replica is still counted (its share kept from the others): the TTL, and the longest
+        request timeout of the limited profiles, since an attempt started just before the replica went stale
+        (it starts none after: :meth:`before_attempt`) may last that long."""
+        return self.ttl_seconds + max(self._timeouts.values(), default=0.0)
+
+    def before_attempt(self, name: str) -> None:
+        """Raise the batch's hold before an attempt (a retry included) when this replica may have been counted
+        out by the others (its view stale), or its share of the profile's requests in flight dropped below what
+        it has in flight (this one gives its slot back): requests held across retries never overshoot."""
+        limits = self.limits.get(name)
+        if self.store is None or limits is None or limits.config is None:
+            return
+        view = self._view
+        if view is None or self.clock() > view.fresh_until:
+            raise self.held(name)
+        if limits.slots is not None and limits.slots.in_use > limits.slots.capacity:
+            raise self.held(name)
+
+    def _beat(self, now: float, drained: str | None) -> list[ReplicaBeat]:
+        """The catalog side of a heartbeat (on a worker thread); nothing once this replica has left."""
+        assert self.store is not None
+        with self._store_lock:
+            return [] if self._left else self.store.beat(self.replica_id, now, self.live_seconds, drained)
+
     def leave(self) -> None:
-        """Remove this replica's row (on stop): the others take its share at their next heartbeat."""
+        """Remove this replica's row (on stop): the others take its share at their next heartbeat. A beat under
+        way is waited for (it would write the row again), and no beat writes it after."""
         if self.store is None:
             return
         try:
-            self.store.leave(self.replica_id)
+            with self._store_lock:
+                self._left = True
+                self.store.leave(self.replica_id)
         except Exception as exc:  # noqa: BLE001 - the catalog away: the row expires after the TTL instead
             log.warning("dispatcher could not leave the fleet", error=f"{type(exc).__name__}: {exc}")

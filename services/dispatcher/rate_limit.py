@@ -40,6 +40,15 @@ class AdaptiveRateLimiter:
         # A negative balance is a debt paid by waiting: later callers queue up behind it.
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
+    def resized(self, max_rate: float, burst: float) -> AdaptiveRateLimiter:
+        """This limiter at another rate and burst (a new share, an edited limit), keeping its state: the tokens
+        spent (a new limiter would start with a full burst: sent at once on top of what just went) and how far
+        it has slowed down for the partner's 429s."""
+        resized = AdaptiveRateLimiter(max_rate, burst, self.floor_share)
+        resized.rate = max(max_rate * self.floor_share, max_rate * self.rate / self.max_rate)
+        resized._tokens, resized._last = min(burst, self._tokens), self._last
+        return resized
+
     def throttled(self) -> None:
         """The partner answered 429: halve the rate (multiplicative decrease)."""
         self.rate = max(self.max_rate * self.floor_share, self.rate / 2)

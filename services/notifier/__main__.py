@@ -12,8 +12,8 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.webhook_delivery import WebhookNotifications
 from services.notifier.webhook_sender import WebhookSender
 from shared.catalog import CatalogStores
+from shared.catalog.breaker_mail_store import SqlBreakerMailStore
 from shared.catalog.change_snapshots import ChangeSnapshotFollower
-from shared.catalog.fleet_store import SqlFleetStore
 from shared.domain.destinations import DestinationPolicy
 from shared.kafka import value_decoder
 from shared.outbound.backoff import Backoff
@@ -62,6 +62,8 @@ def main() -> None:
         missed_digest_threshold=settings.notifier_missed_digest_threshold,
         chain_runs=stores.runs,
     )
+    mails = BreakerMails(stores.definitions, SqlBreakerMailStore(stores.database), notifier.mailer, notifier.sender)
+    sweep = with_log_retention(notifier.sweep, stores, settings.notifier_delivery_log_days)
     loop = build_loop(
         settings,
         service=SERVICE,
@@ -69,11 +71,8 @@ def main() -> None:
         topic=settings.topics.run_events,
         decode=value_decoder(decode),  # run events, and circuit breakers' changes (breaker_notices)
         # A poll's events are folded in one transaction (one commit per poll, not per event).
-        handle_round=with_breaker_mails(
-            notifier.handle_all,
-            BreakerMails(stores.definitions, SqlFleetStore(stores.database), notifier.mailer, notifier.sender),
-        ),
-        periodic=with_log_retention(notifier.sweep, stores, settings.notifier_delivery_log_days),
+        handle_round=with_breaker_mails(notifier.handle_all, mails),
+        periodic=lambda: [*sweep(), *mails.retry_unsent()],
         periodic_seconds=settings.notifier_sweep_seconds,
     )
     loop.install_signal_handlers()

@@ -1,27 +1,29 @@
 """Mail a connection profile's circuit breaker opening and closing to the failure recipients of the
 definitions that use the profile: once per change (:class:`shared.events.CircuitBreakerChanged`).
 
-The change is claimed in the catalog before its emails go (:meth:`SqlFleetStore.claim_announcement`): a
-redelivered event, or one published twice, sends nothing more. One email per definition (its own error
-recipients, the definition named in it), only for definitions whose error notifications are on.
+Each email (one per definition: its own error recipients, the definition named in it, only for definitions
+whose error notifications are on) goes through an outbox in the catalog: claimed before it is sent, marked
+sent after; an event redelivered or published twice sends nothing more, and an email whose SMTP attempt
+failed (or whose notifier crashed in between) is tried again by the notifier's sweep.
 """
 
 from __future__ import annotations
 
 import html
+import smtplib
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 
-import orjson
 import structlog
 from prometheus_client import Counter
 
 from services.notifier.emails import ERROR, recipients_for
 from services.notifier.mailer import SmtpMailer
-from shared.application.ports import DefinitionsStore
-from shared.catalog.fleet_store import BreakerChange, SqlFleetStore
+from shared.application.ports import BreakerMailOutbox, DefinitionsStore
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate
-from shared.events import RUN_EVENT_ADAPTER, AnyRunEvent, CircuitBreakerChanged
+from shared.domain.fleet import BreakerChange
+from shared.errors import StoredObjectInvalid
+from shared.events import RUN_EVENTS_RECORD_ADAPTER, AnyRunEvent, AnyRunEventsRecord, CircuitBreakerChanged
 from shared.kafka import Outgoing
 
 log = structlog.get_logger(__name__)
@@ -34,14 +36,12 @@ BREAKER_EMAILS = Counter(
 for _state in ("open", "closed"):
     BREAKER_EMAILS.labels(state=_state)
 
-NotifierEvent = AnyRunEvent | CircuitBreakerChanged
+NotifierEvent = AnyRunEventsRecord
 
 
 def decode(value: bytes) -> NotifierEvent:
-    """A run-events record: a circuit breaker's change, or a run event."""
-    if b"circuit.changed" in value and orjson.loads(value).get("type") == "circuit.changed":
-        return CircuitBreakerChanged.model_validate_json(value)
-    return RUN_EVENT_ADAPTER.validate_json(value)
+    """A run-events record: a circuit breaker's change, or a run event (one parse, by its ``type``)."""
+    return RUN_EVENTS_RECORD_ADAPTER.validate_json(value)
 
 
 def compose(change: CircuitBreakerChanged, definition: ExportDefinition, sender: str) -> EmailMessage:
@@ -72,27 +72,59 @@ def compose(change: CircuitBreakerChanged, definition: ExportDefinition, sender:
 
 
 class BreakerMails:
-    """Sends the emails of each circuit breaker change once."""
+    """Sends the emails of each circuit breaker change once, through the outbox
+    (:mod:`shared.catalog.breaker_mail_store`)."""
 
-    def __init__(self, definitions: DefinitionsStore, fleet: SqlFleetStore, mailer: SmtpMailer, sender: str) -> None:
-        self.definitions, self.fleet, self.mailer, self.sender = definitions, fleet, mailer, sender
+    def __init__(
+        self, definitions: DefinitionsStore, outbox: BreakerMailOutbox, mailer: SmtpMailer, sender: str
+    ) -> None:
+        self.definitions, self.outbox, self.mailer, self.sender = definitions, outbox, mailer, sender
 
     def handle(self, change: CircuitBreakerChanged) -> None:
-        """Claim the change and mail it (nothing when it was claimed before)."""
-        if not self.fleet.claim_announcement(BreakerChange(change.profile, change.state, change.episode)):
-            return
+        """Claim and send the change's email to each definition using the profile (those sent before: nothing)."""
+        claimed = BreakerChange(change.profile, change.state, change.episode, change.at)
         templates = {t.name for t in self.definitions.list_objects(HttpTemplate) if t.profile == change.profile}
         for definition in self.definitions.list_objects(ExportDefinition):
             if definition.template not in templates or not recipients_for(definition, ERROR):
                 continue
+            if self.outbox.claim(claimed, definition.name):
+                self._send(claimed, definition, attempts=None)
+
+    def retry_unsent(self) -> list[Outgoing]:
+        """One attempt of each email claimed and not sent (the notifier's sweep); nothing to produce. Never
+        raises (the catalog away: the next sweep tries again), so as not to lose what the sweep produces."""
+        try:
+            self._retry_unsent()
+        except Exception as exc:  # noqa: BLE001 - logged; the emails stay unsent in the outbox
+            log.warning("circuit breaker emails not retried", error=f"{type(exc).__name__}: {exc}")
+        return []
+
+    def _retry_unsent(self) -> None:
+        for change, name in self.outbox.unsent():
             try:
-                self.mailer.send(compose(change, definition, self.sender))
-            except Exception as exc:  # noqa: BLE001 - claimed: this email is given up (logged), the others go
-                log.error(
-                    "circuit breaker email not sent", profile=change.profile, definition=definition.name, error=str(exc)
-                )
+                definition = self.definitions.find(ExportDefinition, name)
+            except StoredObjectInvalid:  # saved by an older release: no one to notify (as for runs)
+                definition = None
+            if definition is None or not recipients_for(definition, ERROR):
+                self.outbox.mark(change, name, error="no recipients any more", give_up=True)
                 continue
-            BREAKER_EMAILS.labels(state=change.state).inc()
+            self._send(change, definition, attempts=1)  # one each: a sweep must not wait out an SMTP outage
+
+    def _send(self, change: BreakerChange, definition: ExportDefinition, attempts: int | None) -> None:
+        event = CircuitBreakerChanged(
+            profile=change.profile,
+            state="open" if change.state == "open" else "closed",
+            episode=change.episode,
+            **({"at": change.at} if change.at is not None else {}),
+        )
+        try:
+            self.mailer.send(compose(event, definition, self.sender), max_attempts=attempts)
+        except (OSError, smtplib.SMTPException) as exc:  # marked: the sweep tries again
+            self.outbox.mark(change, definition.name, error=f"{type(exc).__name__}: {exc}")
+            log.error("circuit breaker email not sent", profile=change.profile, definition=definition.name)
+            return
+        self.outbox.mark(change, definition.name)
+        BREAKER_EMAILS.labels(state=change.state).inc()
 
 
 def with_breaker_mails(

@@ -4,13 +4,14 @@ shared/querystore implement them, and each composition root hands over only what
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
 
 from shared.domain.attempts import CapturedAttempt
 from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import CatalogObject, Priority, SavedQuery
+from shared.domain.fleet import BreakerChange, ReplicaBeat
 from shared.domain.runs import RunRecord, RunStatus
 from shared.events import AnyRunEvent, DeadLetter, RunRequested
 
@@ -144,3 +145,28 @@ class MemberSource(Protocol):
     def pages(
         self, query: SavedQuery, *, page_size: int, parameters: dict[str, Any] | None = None
     ) -> Iterator[MemberPage]: ...
+
+
+class FleetHeartbeats(Protocol):
+    """The dispatcher replicas' heartbeats (shares of the profiles' limits)."""
+
+    def beat(self, replica_id: str, at: float, ttl: float, drained_view: str | None) -> list[ReplicaBeat]: ...
+    def leave(self, replica_id: str) -> None: ...
+
+
+class FleetBreakers(Protocol):
+    """The breakers open at each dispatcher replica, and the fleet's changes to announce."""
+
+    def report_breakers(
+        self, replica_id: str, open_profiles: Iterable[str], at: float, ttl: float
+    ) -> list[BreakerChange]: ...
+    def mark_announced(self, changes: Iterable[BreakerChange]) -> None: ...
+    def forget_breakers(self, replica_id: str) -> None: ...
+
+
+class BreakerMailOutbox(Protocol):
+    """The circuit breaker emails: claimed, marked sent or failed, the unsent ones listed for the sweep."""
+
+    def claim(self, change: BreakerChange, definition: str) -> bool: ...
+    def mark(self, change: BreakerChange, definition: str, error: str | None = None, give_up: bool = False) -> None: ...
+    def unsent(self, limit: int = 100) -> list[tuple[BreakerChange, str]]: ...

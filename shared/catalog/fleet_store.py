@@ -1,42 +1,28 @@
 """The dispatcher fleet's shared state: the replicas' heartbeats and the profiles' circuit breakers.
 
 Heartbeats: each replica writes its row every few seconds and reads the live ones (one short transaction);
-the replicas divide each profile's limits between them (:mod:`shared.domain.limit_shares`). Circuit
-breakers: a replica whose own breaker opens or closes moves the profile's shared row with a conditional
-update; the one whose update takes announces the change, so that each opening and closing is announced once
-whatever the number of replicas.
+the replicas divide each profile's limits between them (:mod:`shared.domain.limit_shares`).
+
+Circuit breakers: each replica reports, every second or so, the profiles whose breaker is open (or half-open)
+at it (:meth:`SqlFleetStore.report_breakers`); a report unrenewed for the TTL no longer counts (a replica that
+crashed or was scaled down). A profile's breaker is open for the fleet while a live replica's is; the report
+moves the profile's shared row when that changes (conditional updates: one change whatever the number of
+replicas reporting at once) and returns the changes not announced yet, which the reporter publishes and then
+marks announced: a change is announced at least once, by whichever replica reports next should the
+publication fail.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 from sqlalchemy import delete, select, update
 
-from shared.catalog.database import CatalogDatabase, now
-from shared.catalog.tables import CircuitBreakerRow, DispatcherReplicaRow
+from shared.catalog.database import CatalogDatabase, aware, now
+from shared.catalog.tables import CircuitBreakerRow, DispatcherReplicaRow, OpenBreakerRow
+from shared.domain.fleet import BreakerChange, ReplicaBeat
 
-
-@dataclass(frozen=True)
-class ReplicaBeat:
-    """A live replica: its id and the view (shares) it has drained to."""
-
-    replica_id: str
-    drained_view: str | None
-
-
-@dataclass(frozen=True)
-class BreakerChange:
-    """A change of a profile's shared breaker to announce: ``state`` (open or closed) in its ``episode``."""
-
-    profile: str
-    state: str
-    episode: int
-
-    @property
-    def ordinal(self) -> int:
-        """Its place among the profile's changes: an episode's opening, then its closing."""
-        return 2 * self.episode + (1 if self.state == "closed" else 0)
+__all__ = ["BreakerChange", "ReplicaBeat", "SqlFleetStore"]
 
 
 class SqlFleetStore:
@@ -73,33 +59,67 @@ class SqlFleetStore:
         with self.database.transaction() as session:
             session.execute(delete(DispatcherReplicaRow).where(DispatcherReplicaRow.replica_id == replica_id))
 
-    def change_breaker(self, profile: str, state: str) -> BreakerChange | None:
-        """Move ``profile``'s shared breaker to ``state`` (``open`` or ``closed``); the change to announce when
-        this call made it (an opening starts a new episode), None when it was in that state already."""
+    def report_breakers(
+        self, replica_id: str, open_profiles: Iterable[str], at: float, ttl: float
+    ) -> list[BreakerChange]:
+        """Record that ``open_profiles`` are the profiles whose breaker is open at ``replica_id`` at ``at`` (Unix
+        seconds); move the fleet's breakers accordingly (open while a replica that reported within ``ttl``
+        seconds has it open); return the changes not announced yet, oldest profile first."""
+        reported = set(open_profiles)
         with self.database.transaction() as session:
-            self.database.insert_ignore(
-                session, CircuitBreakerRow, {"profile": profile, "state": "closed", "episode": 0, "changed_at": now()}
-            )
-            episode = CircuitBreakerRow.episode + 1 if state == "open" else CircuitBreakerRow.episode
-            changed = session.execute(
-                update(CircuitBreakerRow)
-                .where(CircuitBreakerRow.profile == profile, CircuitBreakerRow.state != state)
-                .values(state=state, episode=episode, changed_at=now())
-                .returning(CircuitBreakerRow.episode)
-            ).first()
-        return None if changed is None else BreakerChange(profile, state, changed.episode)
-
-    def claim_announcement(self, change: BreakerChange) -> bool:
-        """True once per change (the notifier sends its notices then); False when it, or a later change of the
-        profile, was claimed before."""
-        with self.database.transaction() as session:
-            claimed = session.execute(
-                update(CircuitBreakerRow)
-                .where(
-                    CircuitBreakerRow.profile == change.profile,
-                    (CircuitBreakerRow.announced.is_(None)) | (CircuitBreakerRow.announced < change.ordinal),
+            session.execute(
+                delete(OpenBreakerRow).where(
+                    OpenBreakerRow.replica_id == replica_id, OpenBreakerRow.profile.not_in(reported)
                 )
-                .values(announced=change.ordinal)
-                .returning(CircuitBreakerRow.profile)
-            ).first()
-        return claimed is not None
+            )
+            for profile in sorted(reported):
+                values = {"replica_id": replica_id, "profile": profile, "seen_at": at}
+                if not self.database.insert_ignore(session, OpenBreakerRow, values):
+                    session.execute(
+                        update(OpenBreakerRow)
+                        .where(OpenBreakerRow.replica_id == replica_id, OpenBreakerRow.profile == profile)
+                        .values(seen_at=at)
+                    )
+            session.execute(delete(OpenBreakerRow).where(OpenBreakerRow.seen_at < at - ttl * self.FORGET_AFTER_TTLS))
+            fleet_open = set(
+                session.scalars(select(OpenBreakerRow.profile).where(OpenBreakerRow.seen_at >= at - ttl).distinct())
+            )
+            for profile in sorted(fleet_open):
+                self.database.insert_ignore(
+                    session,
+                    CircuitBreakerRow,
+                    {"profile": profile, "state": "closed", "episode": 0, "changed_at": now()},
+                )
+                session.execute(
+                    update(CircuitBreakerRow)
+                    .where(CircuitBreakerRow.profile == profile, CircuitBreakerRow.state != "open")
+                    .values(state="open", episode=CircuitBreakerRow.episode + 1, changed_at=now())
+                )
+            session.execute(
+                update(CircuitBreakerRow)
+                .where(CircuitBreakerRow.state == "open", CircuitBreakerRow.profile.not_in(fleet_open))
+                .values(state="closed", changed_at=now())
+            )
+            rows = session.scalars(
+                select(CircuitBreakerRow).where(CircuitBreakerRow.episode > 0).order_by(CircuitBreakerRow.profile)
+            ).all()
+            changes = [BreakerChange(row.profile, row.state, row.episode, aware(row.changed_at)) for row in rows]
+            return [c for row, c in zip(rows, changes, strict=True) if (row.announced or -1) < c.ordinal]
+
+    def mark_announced(self, changes: Iterable[BreakerChange]) -> None:
+        """Record ``changes`` as published (a later change of a profile stays pending)."""
+        with self.database.transaction() as session:
+            for change in changes:
+                session.execute(
+                    update(CircuitBreakerRow)
+                    .where(
+                        CircuitBreakerRow.profile == change.profile,
+                        (CircuitBreakerRow.announced.is_(None)) | (CircuitBreakerRow.announced < change.ordinal),
+                    )
+                    .values(announced=change.ordinal)
+                )
+
+    def forget_breakers(self, replica_id: str) -> None:
+        """The replica stops: its open breakers no longer count (the fleet's close once no other has them)."""
+        with self.database.transaction() as session:
+            session.execute(delete(OpenBreakerRow).where(OpenBreakerRow.replica_id == replica_id))

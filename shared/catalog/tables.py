@@ -257,3 +257,30 @@ class CircuitBreakerRow(Base):
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     #: The last change announced: 2 x episode for an opening, 2 x episode + 1 for its closing (None: none yet).
     announced: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class OpenBreakerRow(Base):
+    """A profile whose breaker is open (or half-open) at one dispatcher replica, as it last reported it: the
+    fleet's breaker is open while a live replica's is (a row unreported for the TTL no longer counts)."""
+
+    __tablename__ = "open_breakers"
+
+    replica_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    profile: Mapped[str] = mapped_column(String(100), primary_key=True)
+    #: When the replica last said so, in Unix seconds (of its clock).
+    seen_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class BreakerMailRow(Base):
+    """The email of one breaker change to one definition's error recipients: sent once, retried until sent."""
+
+    __tablename__ = "circuit_breaker_mails"
+
+    profile: Mapped[str] = mapped_column(String(100), primary_key=True)
+    #: The change (see CircuitBreakerRow.announced).
+    ordinal: Mapped[int] = mapped_column(Integer, primary_key=True)
+    definition: Mapped[str] = mapped_column(String(100), primary_key=True)
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -17,9 +17,12 @@ fetching new records (every partition paused) until held ones are settled.
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from kafka import ConsumerRebalanceListener
 from kafka.structs import TopicPartition
 from prometheus_client import Gauge
 
@@ -49,12 +52,24 @@ def _key(record: Any) -> tuple[TopicPartition, int]:
 
 
 class HeldRecords:
-    """The records held back by one consumer loop, and the commit offsets they allow."""
+    """The records held back by one consumer loop, and the commit offsets they allow.
+
+    Every operation costs O(log H) per record concerned (H: records held), never a scan of them all: a heap of
+    held offsets per partition (its first held record) and a heap by due time, both forgetting lazily the
+    entries of records released or held again since.
+    """
+
+    #: Stale heap entries tolerated beyond the records held before the heaps are rebuilt.
+    COMPACT_SLACK = 1024
 
     def __init__(self, service: str, *, max_records: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.service = service
         self.max_records, self.max_bytes = max_records, max_bytes
         self._held: dict[tuple[TopicPartition, int], _Held] = {}
+        #: Per partition, the offsets held (a heap; an offset no longer held is dropped when it comes first).
+        self._offsets: dict[TopicPartition, list[int]] = {}
+        #: (until, partition, offset) of every hold (a heap; a stale entry is dropped when it comes first).
+        self._due: list[tuple[float, str, int, int]] = []
         #: Per partition, the next offset after the records settled while a record before them was held.
         self._settled_past: dict[TopicPartition, int] = {}
         self._bytes = 0
@@ -74,7 +89,9 @@ class HeldRecords:
         key = _key(record)
         if key not in self._held:
             self._bytes += len(record.value or b"")
+            heapq.heappush(self._offsets.setdefault(key[0], []), key[1])
         self._held[key] = _Held(record, until)
+        heapq.heappush(self._due, (until, key[0].topic, key[0].partition, key[1]))
         self._count()
 
     def release(self, records: list[Any]) -> None:
@@ -83,19 +100,44 @@ class HeldRecords:
             held = self._held.pop(_key(record), None)
             if held is not None:
                 self._bytes -= len(record.value or b"")
+        if len(self._due) > 2 * len(self._held) + self.COMPACT_SLACK:
+            self._compact()
         self._count()
 
     def is_held(self, record: Any) -> bool:
         return _key(record) in self._held
 
-    def due(self, now: float, assigned: set[TopicPartition]) -> list[Any]:
-        """The held records whose time has come, in offset order (they stay held until released). Records of
-        partitions no longer assigned are forgotten: their new owner reads them from the committed offset."""
-        for key in [key for key in self._held if key[0] not in assigned]:
-            self.release([self._held[key].record])
-        for partition in [p for p in self._settled_past if p not in assigned]:
-            del self._settled_past[partition]
-        return [held.record for key, held in sorted(self._held.items()) if held.until <= now]
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Forget everything about ``partitions`` (revoked: their new owner reads them from the committed offset,
+        and should they come back, they are read from there again: nothing held may stop their commits)."""
+        for partition in set(partitions):
+            for offset in self._offsets.pop(partition, []):
+                held = self._held.pop((partition, offset), None)
+                if held is not None:
+                    self._bytes -= len(held.record.value or b"")
+            self._settled_past.pop(partition, None)
+        self._count()
+
+    def due(self, now: float, assigned: set[TopicPartition], limit: int | None = None) -> list[Any]:
+        """The held records whose time has come, at most ``limit`` of them (those due the longest first), in
+        offset order (they stay held until released). Records of partitions no longer assigned are forgotten:
+        their new owner reads them from the committed offset."""
+        self.forget([partition for partition in self._offsets if partition not in assigned])
+        self.forget([partition for partition in self._settled_past if partition not in assigned])
+        picked: dict[tuple[TopicPartition, int], _Held] = {}
+        deferred = []
+        while self._due and self._due[0][0] <= now and (limit is None or len(picked) < limit):
+            entry = heapq.heappop(self._due)
+            until, topic, number, offset = entry
+            key = (TopicPartition(topic, number), offset)
+            held = self._held.get(key)
+            if held is None or held.until != until or key in picked:
+                continue  # released, or held again since (a later entry stands for it)
+            picked[key] = held
+            deferred.append(entry)  # still held until released: due again should it be handed back unsettled
+        for entry in deferred:
+            heapq.heappush(self._due, entry)
+        return [picked[key].record for key in sorted(picked)]
 
     def commit_offsets(self, settled: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """The offsets that may be committed after a round settled records up to ``settled`` (next offsets): no
@@ -103,7 +145,7 @@ class HeldRecords:
         offsets = {}
         for partition, offset in settled.items():
             past = max(offset, self._settled_past.get(partition, offset))
-            first_held = min((o for (p, o) in self._held if p == partition), default=None)
+            first_held = self._first_held(partition)
             if first_held is None:
                 self._settled_past.pop(partition, None)
                 offsets[partition] = past
@@ -112,5 +154,39 @@ class HeldRecords:
                 offsets[partition] = min(first_held, offset)
         return offsets
 
+    def _first_held(self, partition: TopicPartition) -> int | None:
+        heap = self._offsets.get(partition)
+        while heap and (partition, heap[0]) not in self._held:
+            heapq.heappop(heap)
+        if not heap:
+            self._offsets.pop(partition, None)
+            return None
+        return heap[0]
+
+    def _compact(self) -> None:
+        """Rebuild both heaps from the records held (their stale entries pile up as records are released)."""
+        self._due = [(held.until, key[0].topic, key[0].partition, key[1]) for key, held in self._held.items()]
+        heapq.heapify(self._due)
+        self._offsets = {}
+        for partition, offset in self._held:
+            self._offsets.setdefault(partition, []).append(offset)
+        for heap in self._offsets.values():
+            heapq.heapify(heap)
+
     def _count(self) -> None:
         HELD_RECORDS.labels(service=self.service).set(len(self._held))
+
+
+class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Forgets the held records of revoked partitions as the rebalance happens (during the poll): should a
+    partition leave and come back within one poll, its old holds would otherwise cap its commits below what the
+    interim owner committed, and the records between be read again."""
+
+    def __init__(self, held: HeldRecords) -> None:
+        self.held = held
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self.held.forget(revoked)
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Nothing to do: a partition assigned is read from its committed offset."""

@@ -65,7 +65,7 @@ from shared.errors import InvalidInput, RetryableError
 from shared.events import DeadLetter
 from shared.health import GROUP, Health
 from shared.kafka.clients import InFlight, produce, produce_and_wait, produce_timeout_seconds, send_record
-from shared.kafka.held_records import HeldRecords, HoldRecord
+from shared.kafka.held_records import ForgetRevoked, HeldRecords, HoldRecord
 from shared.kafka.records import Consumed as Consumed
 from shared.kafka.records import Headers as Headers
 from shared.kafka.records import Outgoing as Outgoing
@@ -420,6 +420,9 @@ class ConsumerLoop(Generic[E]):
         subscribed = getattr(consumer, "subscription", lambda: None)()
         for topic in subscribed or ():
             RECORDS_DEAD_LETTERED.labels(service=service, topic=topic)
+        if handle_round is not None and subscribed:
+            # The holds of a revoked partition are forgotten as it is revoked (the subscription is unchanged).
+            consumer.subscribe(topics=sorted(subscribed), listener=ForgetRevoked(self.held))
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT finish the record in hand, commit, and stop the loop."""
@@ -539,12 +542,19 @@ class ConsumerLoop(Generic[E]):
 
     def _poll_round(self) -> int:
         limit = self.poll_records() if self.poll_records is not None else None
-        polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=limit)
+        size = limit or int(getattr(self.consumer, "config", {}).get("max_poll_records", 500))
+        # The held records due count in the round's size, leaving the poll one record at least (it must be
+        # called): a round of ``size`` records (two when ``size`` is 1) however many are due at once.
+        due = self._held_due(max(1, size - 1)) if self.handle_round is not None else []
+        if due:
+            polled = self.consumer.poll(timeout_ms=0, max_records=max(1, size - len(due)))
+        else:
+            polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=limit)
         if self.priority_topics:
             self._give_way(polled)
         self._restrain_while_holding()
         if self.handle_round is not None:
-            return self._process_round(polled, self.handle_round)
+            return self._process_round(polled, self.handle_round, due)
         processed = 0
         done: dict[TopicPartition, int] = {}
         try:
@@ -594,7 +604,9 @@ class ConsumerLoop(Generic[E]):
         except Exception:  # noqa: BLE001 - position unknown yet (just assigned): no evidence of a backlog
             return False
 
-    def _process_round(self, polled: dict[TopicPartition, list[Any]], handle_round: RoundHandler[E]) -> int:
+    def _process_round(
+        self, polled: dict[TopicPartition, list[Any]], handle_round: RoundHandler[E], due: list[Any] | None = None
+    ) -> int:
         """Hand a poll's decoded records to ``handle_round`` at once, produce every result, then commit them all.
 
         The poll is the unit of backpressure: the next poll waits until this one's records all have
@@ -605,8 +617,7 @@ class ConsumerLoop(Generic[E]):
                 if records:
                     self.consumer.seek(partition, records[0].offset)
             return 0
-        records = [record for batch in polled.values() for record in batch]
-        records = self._with_held_due(records)
+        records = self._with_held_due(due or [], [record for batch in polled.values() for record in batch])
         again = sum(1 for record in records if self.held.is_held(record))  # held ones first: consumed before
         outcomes: list[list[Outgoing] | _Letter | BaseException] = [[] for _ in records]
         decoded: list[tuple[int, E]] = []
@@ -658,17 +669,25 @@ class ConsumerLoop(Generic[E]):
             raise RoundInterrupted(outage)
         return len(settled)
 
-    def _with_held_due(self, polled: list[Any]) -> list[Any]:
-        """The held records whose time has come, then the polled ones (a polled record that is also held, its
-        partition read again from the committed offset, is no longer held: it is handled as polled)."""
+    def _held_due(self, limit: int | None) -> list[Any]:
+        """The held records whose time has come, at most ``limit`` (those due the longest first): a breaker
+        turning half-open makes thousands due at once, and a round must stay within the poll interval."""
         if not len(self.held):
-            return polled
-        self.held.release([record for record in polled if self.held.is_held(record)])
+            return []
         try:
             assigned = set(self.consumer.assignment())
         except Exception:  # noqa: BLE001 - closing: nothing is due
+            return []
+        return self.held.due(time.monotonic(), assigned, limit)
+
+    def _with_held_due(self, due: list[Any], polled: list[Any]) -> list[Any]:
+        """The held records due, then the polled ones (a polled record that is also held, its partition read
+        again from the committed offset, is no longer held: it is handled as polled)."""
+        if not len(self.held):
             return polled
-        return [*self.held.due(time.monotonic(), assigned), *polled]
+        self.held.release([record for record in polled if self.held.is_held(record)])
+        # Still held: not polled again, nor forgotten by a rebalance during the poll (see _Revoked).
+        return [*(record for record in due if self.held.is_held(record)), *polled]
 
     def _restrain_while_holding(self) -> None:
         """Pause every partition while the held records fill their bound; resume them once they do not."""

@@ -168,15 +168,24 @@ def test_two_dispatcher_replicas_hold_a_profiles_max_in_flight_between_them(appl
         wait_until(second_consumes, timeout=90, what="the second dispatcher to take partitions")
         wait_until(lambda: _fresh_replicas(applied) == 2, timeout=30, what="both replicas to beat in the catalog")
 
-        result = applied.exportctl("run", "to-narrow-partner", "--wait", "--timeout", "180")
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "read: 2000  delivered: 2000  failed: 0" in result.stdout
-        delivered = [
-            _metric(p, "member_export_dispatcher_members_delivered_total", definition="to-narrow-partner")
-            for p in (applied.dispatcher_metrics_port, second_port)
-        ]
-        assert all(count > 0 for count in delivered), delivered  # both replicas delivered, at the same time
-        assert 2 <= slow.state.max_active <= 4
+        run_id = _start(applied, "to-narrow-partner")
+        ports = (applied.dispatcher_metrics_port, second_port)
+
+        def both_in_flight() -> bool:  # both replicas delivering to the profile at the same moment
+            in_flight = "member_export_dispatcher_in_flight_requests"
+            return all(_metric(p, in_flight, profile="narrow-partner") > 0 for p in ports)
+
+        wait_until(both_in_flight, timeout=60, interval=0.05, what="both replicas to deliver at once")
+
+        def finished() -> bool:
+            record = applied.catalog.runs.get_run(run_id)
+            return record is not None and record.finished_at is not None
+
+        wait_until(finished, timeout=180, what="the run to finish")
+        run = applied.catalog.runs.get_run(run_id)
+        assert run is not None
+        assert (run.status, run.delivered, run.failed) == (RunStatus.SUCCEEDED, 2000, 0)
+        assert 2 <= slow.state.max_active <= 4  # together, never past the profile's max_in_flight
         assert extra.stop() == {"dispatcher": 0}
 
 

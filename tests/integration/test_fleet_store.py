@@ -1,8 +1,9 @@
-"""The dispatcher fleet's shared state on SQLite and PostgreSQL: heartbeats, breakers changed and announced
-once; and migration 0011 on a catalog with data."""
+"""The dispatcher fleet's shared state on SQLite and PostgreSQL: heartbeats, the fleet's breakers from the
+replicas' reports, each change pending until announced; and migration 0011 on a catalog with data."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -10,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from shared.catalog.breaker_mail_store import SqlBreakerMailStore
 from shared.catalog.engine import make_engine
 from shared.catalog.fleet_store import BreakerChange, SqlFleetStore
 from shared.catalog.schema import BASELINE, current_revision, downgrade, upgrade
@@ -32,18 +34,34 @@ def test_replicas_that_beat_within_the_ttl_are_live_and_one_leaving_is_gone(flee
     assert [b.replica_id for b in fleet.beat("c", 112.0, 10, None)] == ["c"]  # b silent for 12 s
 
 
-def test_each_opening_and_closing_of_a_shared_breaker_is_made_and_announced_once(fleet: SqlFleetStore):
-    opened = fleet.change_breaker("p", "open")
-    assert opened == BreakerChange("p", "open", 1)
-    assert fleet.change_breaker("p", "open") is None  # a second replica opening it: nothing to announce
-    closed = fleet.change_breaker("p", "closed")
-    assert closed == BreakerChange("p", "closed", 1)
-    assert fleet.change_breaker("p", "closed") is None
-    assert fleet.claim_announcement(opened)
-    assert fleet.claim_announcement(closed)
-    assert not fleet.claim_announcement(closed)  # redelivered
-    assert not fleet.claim_announcement(opened)  # late: its closing was announced already
-    assert fleet.change_breaker("p", "open") == BreakerChange("p", "open", 2)
+def _pending(changes: list[BreakerChange]) -> list[tuple[str, str, int]]:
+    return [(c.profile, c.state, c.episode) for c in changes]
+
+
+def test_the_fleets_breaker_is_open_while_any_live_replica_has_it_open(fleet: SqlFleetStore):
+    assert fleet.report_breakers("a", [], 100.0, 10) == []  # nothing ever opened: nothing to announce
+    opened = fleet.report_breakers("a", ["p"], 101.0, 10)
+    assert _pending(opened) == [("p", "open", 1)]
+    assert _pending(fleet.report_breakers("b", ["p"], 101.5, 10)) == [("p", "open", 1)]  # not announced yet
+    fleet.mark_announced(opened)
+    assert fleet.report_breakers("b", ["p"], 102.0, 10) == []  # a second replica opening it: no news
+    assert fleet.report_breakers("a", [], 103.0, 10) == []  # a closed it, b still holds batches: still open
+    closed = fleet.report_breakers("b", [], 104.0, 10)
+    assert _pending(closed) == [("p", "closed", 1)]  # the last one closed it
+    fleet.mark_announced(opened)  # a late mark of the opening does not hide the closing
+    assert _pending(fleet.report_breakers("a", [], 105.0, 10)) == [("p", "closed", 1)]
+    fleet.mark_announced(closed)
+    assert fleet.report_breakers("a", [], 106.0, 10) == []
+    assert _pending(fleet.report_breakers("a", ["p"], 107.0, 10)) == [("p", "open", 2)]  # a new episode
+
+
+def test_a_replica_that_stops_reporting_no_longer_holds_the_fleets_breaker_open(fleet: SqlFleetStore):
+    fleet.mark_announced(fleet.report_breakers("a", ["p", "q"], 100.0, 10))  # then a crashes
+    assert fleet.report_breakers("b", [], 109.0, 10) == []  # within the TTL: still open
+    assert _pending(fleet.report_breakers("b", [], 111.0, 10)) == [("p", "closed", 1), ("q", "closed", 1)]
+    fleet.mark_announced(fleet.report_breakers("b", ["p"], 112.0, 10))
+    fleet.forget_breakers("b")  # b stops
+    assert _pending(fleet.report_breakers("c", [], 112.5, 10)) == [("p", "closed", 2)]
 
 
 @pytest.fixture
@@ -65,11 +83,32 @@ def test_migration_0011_adds_the_fleet_tables_to_a_catalog_with_data_and_removes
         assert catalog.runs.get_run(uuid.UUID(RUN_NIGHTLY)) is not None  # the data is still there
         fleet = SqlFleetStore(catalog.database)
         assert [b.replica_id for b in fleet.beat("a", 1.0, 10, None)] == ["a"]
-        assert fleet.change_breaker("p", "open") == BreakerChange("p", "open", 1)
+        assert _pending(fleet.report_breakers("a", ["p"], 1.0, 10)) == [("p", "open", 1)]
+        outbox = SqlBreakerMailStore(catalog.database)
+        assert outbox.claim(BreakerChange("p", "open", 1), "nightly")
     finally:
         catalog.close()
     downgrade(engine, "0010")
     assert current_revision(engine) == "0010"
-    assert not {"dispatcher_replicas", "circuit_breakers"} & set(sa.inspect(engine).get_table_names())
+    tables = {"dispatcher_replicas", "circuit_breakers", "open_breakers", "circuit_breaker_mails"}
+    assert not tables & set(sa.inspect(engine).get_table_names())
     with engine.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM runs")).scalar_one() > 0
+
+
+def test_replicas_reporting_at_once_make_one_change(fleet: SqlFleetStore):
+    start = threading.Barrier(4)
+    results: list[list[BreakerChange]] = []
+
+    def report(replica: str) -> None:
+        start.wait(timeout=10)
+        results.append(fleet.report_breakers(replica, ["p"], 100.0, 10))
+
+    threads = [threading.Thread(target=report, args=(name,)) for name in "abcd"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(results) == 4
+    assert {tuple(_pending(r)) for r in results} == {(("p", "open", 1),)}  # one opening, seen by all
+    assert _pending(fleet.report_breakers("a", ["p"], 101.0, 10)) == [("p", "open", 1)]

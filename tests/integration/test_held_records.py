@@ -73,3 +73,41 @@ def _has(loop, partition: TopicPartition) -> bool:
 
 def _first_offset(loop, partition: TopicPartition) -> int:
     return loop.consumer.beginning_offsets([partition])[partition]
+
+
+def test_held_records_due_at_once_share_the_round_size_with_the_poll(settings: CommonSettings):
+    """Thousands of held records may come due at once (a breaker turning half-open): a round takes no more
+    records than the loop's round size, held ones included, so that it stays within the poll interval."""
+    ensure_topics(settings)
+    topics = settings.topics
+    names = [f"d{i}" for i in range(12)]
+    produce(
+        settings.kafka_bootstrap_servers,
+        topics.run_requests,
+        [("same", RunRequested(definition=name).to_bytes()) for name in names],
+    )
+    seen: set[str] = set()
+    handled: list[str] = []
+    rounds: list[int] = []
+
+    def handle_round(events: list[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        rounds.append(len(events))
+        results: list[list[Outgoing] | BaseException] = []
+        for event in events:
+            if event.definition not in seen:  # held once, due at once
+                seen.add(event.definition)
+                results.append(HoldRecord("the partner's breaker is open", time.monotonic()))
+            else:
+                handled.append(event.definition)
+                results.append([])
+        return results
+
+    loop = _loop(settings, None, group="held-cap", handle_round=handle_round, service="held-cap")
+    loop.poll_records = lambda: 4
+    try:
+        _run_until(loop, lambda: len(handled) == len(names))
+    finally:
+        loop.consumer.close()
+        loop.producer.close()
+    assert sorted(handled) == sorted(names)
+    assert max(rounds) <= 4, rounds

@@ -1,0 +1,129 @@
+"""HeldRecords: the records a round handler holds back, which of them are due, and the offsets they allow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kafka.structs import TopicPartition
+
+from shared.kafka import ConsumerLoop
+from shared.kafka.held_records import HeldRecords
+
+P0, P1 = TopicPartition("batches", 0), TopicPartition("batches", 1)
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes = b"x"
+
+
+def record(partition: TopicPartition, offset: int) -> Record:
+    return Record(partition.topic, partition.partition, offset)
+
+
+def test_due_records_are_capped_those_due_longest_first_then_in_offset_order():
+    held = HeldRecords("test-due")
+    for offset in range(100):
+        held.hold(record(P0, offset), until=1000.0 - offset)  # the later the offset, the earlier it is due
+    due = held.due(now=2000.0, assigned={P0}, limit=10)
+    assert [r.offset for r in due] == list(range(90, 100))
+    assert len(held) == 100  # still held until released
+    held.release(due)
+    assert [r.offset for r in held.due(now=2000.0, assigned={P0}, limit=3)] == [87, 88, 89]
+    assert held.due(now=0.0, assigned={P0}) == []  # none due yet
+
+
+def test_a_record_held_again_is_due_at_its_new_time_only():
+    held = HeldRecords("test-again")
+    held.hold(record(P0, 1), until=10.0)
+    held.hold(record(P0, 1), until=50.0)
+    assert held.due(now=20.0, assigned={P0}) == []
+    assert [r.offset for r in held.due(now=60.0, assigned={P0})] == [1]
+    assert [r.offset for r in held.due(now=60.0, assigned={P0})] == [1]  # not settled: due again
+
+
+def test_a_forgotten_partition_no_longer_caps_its_commits():
+    held = HeldRecords("test-forget")
+    held.hold(record(P0, 3), until=0.0)
+    assert held.commit_offsets({P0: 7}) == {P0: 3}  # records 4 to 6 settled past the held one
+    held.forget([P0])  # revoked
+    assert len(held) == 0
+    # Back again, read from the committed offset by now: nothing of before limits (or lifts) its commits.
+    assert held.commit_offsets({P0: 5}) == {P0: 5}
+
+
+class _Consumer:
+    """Just enough of a KafkaConsumer for the loop's constructor."""
+
+    config: dict[str, Any] = {"group_id": "g"}
+
+    def __init__(self) -> None:
+        self.listener: Any = None
+
+    def subscription(self) -> set[str]:
+        return {"batches"}
+
+    def subscribe(self, topics: list[str], listener: Any = None) -> None:
+        self.listener = listener
+
+
+def test_the_loop_forgets_the_holds_of_a_partition_as_it_is_revoked():
+    consumer = _Consumer()
+    loop: ConsumerLoop[Any] = ConsumerLoop(
+        service="test-revoked",
+        consumer=consumer,
+        producer=None,
+        decode=lambda value, headers: value,
+        dead_letter_topic="letters",
+        handle_round=lambda events: [[] for _ in events],
+    )
+    loop.held.hold(record(P0, 3), until=0.0)
+    loop.held.hold(record(P1, 8), until=0.0)
+    consumer.listener.on_partitions_revoked([P0])
+    assert not loop.held.is_held(record(P0, 3))
+    assert loop.held.is_held(record(P1, 8))
+
+
+#: One step on one partition: a new record "held" or "settled", or the n-th record held (modulo) settled.
+steps = st.lists(
+    st.tuples(st.sampled_from([P0, P1]), st.one_of(st.sampled_from(["held", "settled"]), st.integers(0, 7))),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rounds=st.lists(steps, max_size=12))
+def test_commit_offsets_never_pass_a_held_record_and_catch_up_once_none_is(rounds):
+    held = HeldRecords("test-commit")
+    next_offset = {P0: 0, P1: 0}
+    waiting: dict[TopicPartition, list[int]] = {P0: [], P1: []}  # held, in offset order
+    committed = {P0: 0, P1: 0}
+    for steps_of_round in rounds:
+        done: dict[TopicPartition, int] = {}
+        for partition, action in steps_of_round:
+            if isinstance(action, int):
+                if not waiting[partition]:
+                    continue
+                offset = waiting[partition].pop(action % len(waiting[partition]))
+                held.release([record(partition, offset)])
+            else:
+                offset = next_offset[partition]
+                next_offset[partition] += 1
+                if action == "held":
+                    held.hold(record(partition, offset), until=0.0)
+                    waiting[partition].append(offset)
+                    continue
+            done[partition] = max(done.get(partition, 0), offset + 1)
+        for partition, offset in held.commit_offsets(done).items():
+            assert offset >= committed[partition]  # never backwards
+            if waiting[partition]:
+                assert offset <= min(waiting[partition])  # never past a held record
+            else:
+                assert offset == next_offset[partition]  # past every record settled, at once
+            committed[partition] = offset
