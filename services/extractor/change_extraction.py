@@ -23,7 +23,7 @@ one process reading every page knows (and the in-memory index is per process).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -35,13 +35,14 @@ from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQ
 from shared.domain.change_index import ChangeIndex, Kind
 from shared.domain.change_staging import SnapshotRun, StagedMember, Staging
 from shared.domain.checkpoints import Checkpoint
-from shared.domain.member_hashes import key_hash, key_text
+from shared.domain.member_hashes import key_hash
 from shared.domain.runs import RunStatus
 from shared.errors import NotFound, StoredObjectInvalid
 from shared.events import ChangeCounts, ChangeKind
 from shared.kafka import InFlight, Outgoing
 from shared.member_batches import BatchEncoder, EncodedBatch, MemberTooLarge, members_per_record
 from shared.member_fingerprints import Fingerprints, canonical_json
+from shared.member_keys import row_key
 from shared.querystore import JsonPage, MemberPages, MemberReader, Page
 from shared.topics import Topics
 
@@ -77,6 +78,12 @@ class Host(Protocol):
 
 #: Removed members whose last values one read fetches.
 _REMOVED_READ = 5_000
+
+
+def page_keys(rows: Sequence[Sequence[Any]], at: int) -> list[str]:
+    """The keys of a page's members (column ``at``) as their batch outcomes will name them
+    (:func:`shared.member_keys.row_key`): a refused member's key must find its snapshot row."""
+    return [row_key(row[at]) for row in rows]
 
 
 @dataclass
@@ -190,7 +197,7 @@ class ChangeRun:
         if self.query.key_column not in columns:
             raise self.fail(f"query '{self.query.name}' returns no key column '{self.query.key_column}'", "query_error")
         at = columns.index(self.query.key_column)
-        keys = [key_text(row[at]) for row in page.rows]
+        keys = page_keys(page.rows, at)
         hashes = np.fromiter((key_hash(k) for k in keys), dtype=np.int64, count=len(keys))
         fingerprint = Fingerprints(columns)
         fingerprints = np.fromiter((fingerprint(row) for row in page.rows), dtype=np.int64, count=len(keys))

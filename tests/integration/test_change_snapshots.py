@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import decimal
 import uuid
 
 import numpy as np
+import orjson
 import pytest
 import sqlalchemy as sa
 
+from services.extractor.change_extraction import page_keys
 from shared.catalog.change_snapshots import ChangeSnapshotFollower, SqlChangeSnapshots
 from shared.catalog.engine import make_engine
 from shared.catalog.runs_store import SqlRunsStore
@@ -17,6 +20,8 @@ from shared.domain.change_index import Kind, MemberState
 from shared.domain.change_staging import StagedMember, Staging
 from shared.domain.member_hashes import key_hash
 from shared.events import BatchOutcome, ChangeKind, RefusedMember, RunStarted, Trigger
+from shared.member_fingerprints import canonical_json
+from shared.member_keys import outcome_key
 from tests.integration.test_migrations import fill_baseline
 
 pytestmark = pytest.mark.integration
@@ -113,6 +118,26 @@ def test_kinds_not_sent_move_the_snapshot_at_once(catalog: CatalogStores):
     snapshots.stage_removed(run, None, [key_hash("x")])
     next_run = snapshots.begin("quiet", str(uuid.uuid4()))
     assert len(snapshots.load(next_run)) == 0
+
+
+def test_a_refused_member_with_a_numeric_key_is_sent_again_next_run(catalog: CatalogStores):
+    # A NUMERIC(12,2) key: the driver gives Decimal('1042.00'), the record writes 1042, the outcome names "1042".
+    snapshots = SqlChangeSnapshots(catalog.database)
+    runs = SqlRunsStore(catalog.database, followers=[ChangeSnapshotFollower()])
+    run_id = uuid.uuid4()
+    runs.fold_run_event(RunStarted(run_id=run_id, definition="numeric", trigger=Trigger.MANUAL))
+    run = snapshots.begin("numeric", str(run_id))
+    rows = [(decimal.Decimal("1042.00"), "gold"), (decimal.Decimal("7.50"), "gold")]
+    staged = [
+        StagedMember(key_hash(k), k, 5, canonical_json(["id", "tier"], row))
+        for k, row in zip(page_keys(rows, 0), rows, strict=True)
+    ]
+    snapshots.stage(run, [Staging(ChangeKind.ADDED, 0, staged)])
+    named = [outcome_key(orjson.loads(m.values)["id"]) for m in staged]  # as the dispatcher names them
+    runs.fold_run_event(_outcome(run_id, 0, named, named[:1], ChangeKind.ADDED))
+    states = _states(snapshots, snapshots.begin("numeric", str(uuid.uuid4())))
+    assert states[staged[0].key_hash][1] == MemberState.UNDELIVERED, "refused: added again by the next run"
+    assert states[staged[1].key_hash] == (5, MemberState.DELIVERED)
 
 
 def test_migration_0009_adds_the_snapshot_tables_to_a_catalog_with_data(database_url: str):
