@@ -53,9 +53,13 @@ def upgrade() -> None:
         postgresql_where=sa.text("awaiting"),
         sqlite_where=sa.text("awaiting = 1"),
     )
+    # A run's sync mode and retry scope fixed at its first start, and a change run's counts (a resume keeps them).
+    op.add_column("extraction_checkpoints", sa.Column("sync", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("extraction_checkpoints") as batch:
+        batch.drop_column("sync")
     op.drop_index("ix_change_members_awaiting", table_name="change_members")
     op.drop_table("change_members")
     op.drop_index("ix_change_runs_snapshot_id", table_name="change_runs")
