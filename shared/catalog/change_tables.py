@@ -63,3 +63,6 @@ class ChangeMemberRow(Base):
     awaiting: Mapped[bool] = mapped_column(Boolean, default=False)
     staged_fingerprint: Mapped[int | None] = mapped_column(BigInteger)
     staged_values: Mapped[str | None] = mapped_column(Text)
+    #: Change runs in a row that sent the member and were refused (``retry_rejected`` gives it up past its
+    #: budget: its staged values are then taken as delivered, so it is sent again only when they change).
+    refused_runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

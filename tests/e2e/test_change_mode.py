@@ -58,6 +58,7 @@ spec:
   query: members
   template: add-members
   sync: {{mode: changes, changed: patch-members, removed: delete-members}}
+  retry_rejected: {{invalid_runs: 1}}
 """
 
 
@@ -189,7 +190,8 @@ def test_runs_send_only_what_changed_each_kind_with_its_template(stack: ChangeSt
     deleted = {m["id"]: m for r in stack.accepted(second) if r.method == "DELETE" for m in r.members}
     assert deleted[980] == {"id": 980, "email": "m980@example.com", "tier": "silver", "points": 980}, "last values"
 
-    # The partner refuses 10 of 40 changed members: the next run sends exactly those 10, alone.
+    # The partner refuses 10 of 40 changed members (400, invalid; retry_rejected.invalid_runs 1): the next run
+    # sends exactly those 10, alone.
     stack.execute("UPDATE members SET tier = 'gold' WHERE id BETWEEN 201 AND 240")
     stack.receiver.state.reject_members = frozenset(range(231, 241))
     refused_run, record = stack.run()

@@ -16,6 +16,7 @@ from shared.catalog.engine import make_engine
 from shared.catalog.runs_store import SqlRunsStore
 from shared.catalog.schema import BASELINE, current_revision, downgrade, upgrade
 from shared.catalog.stores import CatalogStores
+from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.change_index import Kind, MemberState
 from shared.domain.change_staging import StagedMember, Staging
 from shared.domain.member_hashes import key_hash
@@ -31,7 +32,9 @@ def _member(key: str, fingerprint: int) -> StagedMember:
     return StagedMember(key_hash(key), key, fingerprint, f'{{"id":"{key}","v":{fingerprint}}}'.encode())
 
 
-def _outcome(run_id: uuid.UUID, batch: int, keys: list[str], refused: list[str], change: ChangeKind) -> BatchOutcome:
+def _outcome(
+    run_id: uuid.UUID, batch: int, keys: list[str], refused: list[str], change: ChangeKind, status: int = 503
+) -> BatchOutcome:
     return BatchOutcome(
         run_id=run_id,
         definition="sync",
@@ -39,7 +42,7 @@ def _outcome(run_id: uuid.UUID, batch: int, keys: list[str], refused: list[str],
         delivered=len(keys) - len(refused),
         failed=len(refused),
         member_keys=keys,
-        refused=[RefusedMember(key=k, status=422, reason="invalid") for k in refused],
+        refused=[RefusedMember(key=k, status=status, reason="refused") for k in refused],
         change=change,
     )
 
@@ -138,6 +141,37 @@ def test_a_refused_member_with_a_numeric_key_is_sent_again_next_run(catalog: Cat
     states = _states(snapshots, snapshots.begin("numeric", str(uuid.uuid4())))
     assert states[staged[0].key_hash][1] == MemberState.UNDELIVERED, "refused: added again by the next run"
     assert states[staged[1].key_hash] == (5, MemberState.DELIVERED)
+
+
+def test_a_member_retry_rejected_gives_up_is_sent_again_only_when_its_values_change(catalog: CatalogStores):
+    catalog.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
+    catalog.definitions.apply(SavedQuery(name="q", sql="SELECT id FROM members"))
+    catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p"))
+    catalog.definitions.apply(
+        ExportDefinition(name="picky", query="q", template="t", sync={"mode": "changes"}, retry_rejected={"runs": 1})
+    )
+    snapshots = SqlChangeSnapshots(catalog.database)
+    runs = SqlRunsStore(catalog.database, followers=[ChangeSnapshotFollower()])
+
+    def refused_run() -> dict[int, tuple[int, int]]:
+        """A run sending a (fingerprint 1), b and c (2), refused a with 503 and b with 422: the next run's view."""
+        run_id = uuid.uuid4()
+        runs.fold_run_event(RunStarted(run_id=run_id, definition="picky", trigger=Trigger.MANUAL))
+        run = snapshots.begin("picky", str(run_id))
+        snapshots.stage(run, [Staging(ChangeKind.ADDED, 0, [_member("a", 1), _member("b", 2), _member("c", 2)])])
+        outcome = _outcome(run_id, 0, ["a", "b", "c"], ["a", "b"], ChangeKind.ADDED).model_copy(
+            update={"definition": "picky"}
+        )
+        outcome.refused[1] = RefusedMember(key="b", status=422, reason="invalid")
+        runs.fold_run_event(outcome)
+        return _states(snapshots, snapshots.begin("picky", str(uuid.uuid4())))
+
+    first = refused_run()
+    assert first[key_hash("a")][1] == MemberState.UNDELIVERED, "503, within retry_rejected.runs: sent again"
+    assert first[key_hash("b")] == (2, MemberState.DELIVERED), "422 (invalid_runs 0): given up, taken as it is"
+    assert first[key_hash("c")] == (2, MemberState.DELIVERED)
+    second = refused_run()
+    assert second[key_hash("a")] == (1, MemberState.DELIVERED), "refused again past its budget: given up"
 
 
 def test_migration_0009_adds_the_snapshot_tables_to_a_catalog_with_data(database_url: str):

@@ -45,6 +45,7 @@ def upgrade() -> None:
         sa.Column("awaiting", sa.Boolean(), nullable=False),
         sa.Column("staged_fingerprint", sa.BigInteger(), nullable=True),
         sa.Column("staged_values", sa.Text(), nullable=True),
+        sa.Column("refused_runs", sa.Integer(), nullable=False, server_default="0"),
     )
     op.create_index(
         "ix_change_members_awaiting",
