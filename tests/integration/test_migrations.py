@@ -401,9 +401,9 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
 
     # What 0002, 0003, 0004, 0006, 0008, 0009, 0010, 0011 and 0012 add: the runs' scope columns and their index,
     # the audit log and its indexes, split runs' range count and their ranges, the runs' request time, change
-    # counts; change-mode snapshots (three tables, two indexes) and the checkpoints' fixed sync; the attempts table and its three indexes; the
-    # dispatcher replicas' heartbeats (and their index) and the shared circuit breakers; the tables of next-run
-    # retries and of the member delivery log (3) and their indexes (3).
+    # counts; change-mode snapshots (three tables, two indexes) and the checkpoints' fixed sync; the attempts
+    # table and its three indexes; the dispatcher replicas' heartbeats (and their index) and the shared circuit
+    # breakers; the tables of next-run retries and of the member delivery log (3) and their indexes (3).
     assert len(lines) == 38, lines
     assert "table change_members is missing from the database" in lines
     assert "table delivery_batches is missing from the database" in lines
