@@ -25,10 +25,13 @@ from sqlalchemy.orm import Session
 from shared.catalog.change_tables import ChangeMemberRow, ChangeRunRow, ChangeSnapshotRow
 from shared.catalog.database import CatalogDatabase
 from shared.catalog.saved_retry_policy import saved_retry_policy
+from shared.catalog.tables import CatalogObjectRow
+from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.change_index import ChangeIndex, MemberState
 from shared.domain.change_staging import SnapshotRun, Staging
 from shared.domain.member_hashes import key_hash
 from shared.domain.member_retries import MemberRetry, RetryState, after_refusal, classify
+from shared.errors import NotFound
 from shared.events import BatchOutcome, ChangeKind
 
 #: Keys a statement names at most (SQLite allows 32,766 bound values; PostgreSQL more).
@@ -63,13 +66,21 @@ class SqlChangeSnapshots:
 
     def begin(self, definition: str, run_id: str) -> SnapshotRun:
         """The run's serial in its definition's snapshot (the same for a resumed run); forgets the members whose
-        removal an earlier run delivered."""
+        removal an earlier run delivered. The snapshot is the one of the definition's id; :class:`NotFound` when
+        there is no such definition (deleted since)."""
         with self.database.transaction() as session:
+            definition_id = session.scalar(
+                select(CatalogObjectRow.id).where(
+                    CatalogObjectRow.kind == ExportDefinition.__name__, CatalogObjectRow.name == definition
+                )
+            )
+            if definition_id is None:
+                raise NotFound(ExportDefinition.__name__, definition)
             snapshot = session.scalars(
-                select(ChangeSnapshotRow).where(ChangeSnapshotRow.definition == definition).with_for_update()
+                select(ChangeSnapshotRow).where(ChangeSnapshotRow.definition_id == definition_id).with_for_update()
             ).first()
             if snapshot is None:
-                snapshot = ChangeSnapshotRow(definition=definition, last_serial=0)
+                snapshot = ChangeSnapshotRow(definition_id=definition_id, last_serial=0)
                 session.add(snapshot)
                 session.flush()
             known = session.get(ChangeRunRow, run_id)
@@ -230,6 +241,17 @@ def _sent_again(session: Session, outcome: BatchOutcome, batch: Any) -> dict[int
             if state.state is RetryState.PENDING:
                 pending[state.failed_runs].append(hashed)
     return pending
+
+
+def drop_snapshot(session: Session, definition_id: str) -> None:
+    """Drop a definition's snapshot (its members and runs): the definition is deleted, in ``session``'s
+    transaction (:meth:`shared.catalog.definitions_store.SqlDefinitionsStore.delete`)."""
+    snapshot_id = session.scalar(select(ChangeSnapshotRow.id).where(ChangeSnapshotRow.definition_id == definition_id))
+    if snapshot_id is None:
+        return
+    session.execute(delete(ChangeMemberRow).where(ChangeMemberRow.snapshot_id == snapshot_id))
+    session.execute(delete(ChangeRunRow).where(ChangeRunRow.snapshot_id == snapshot_id))
+    session.execute(delete(ChangeSnapshotRow).where(ChangeSnapshotRow.id == snapshot_id))
 
 
 class ChangeSnapshotFollower:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import decimal
 import uuid
+from typing import Any
 
 import numpy as np
 import orjson
@@ -20,6 +21,7 @@ from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, H
 from shared.domain.change_index import Kind, MemberState
 from shared.domain.change_staging import StagedMember, Staging
 from shared.domain.member_hashes import key_hash
+from shared.errors import NotFound
 from shared.events import BatchOutcome, ChangeKind, RefusedMember, RunStarted, Trigger
 from shared.member_fingerprints import canonical_json
 from shared.member_keys import outcome_key
@@ -47,6 +49,14 @@ def _outcome(
     )
 
 
+def _definition(catalog: CatalogStores, name: str, **fields: Any) -> None:
+    """A change-mode definition (snapshots are its id's)."""
+    catalog.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
+    catalog.definitions.apply(SavedQuery(name="q", sql="SELECT id FROM members"))
+    catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p"))
+    catalog.definitions.apply(ExportDefinition(name=name, query="q", template="t", sync={"mode": "changes"}, **fields))
+
+
 def _states(snapshots: SqlChangeSnapshots, run) -> dict[int, tuple[int, int]]:
     index = snapshots.load(run)
     return {
@@ -56,6 +66,7 @@ def _states(snapshots: SqlChangeSnapshots, run) -> dict[int, tuple[int, int]]:
 
 
 def test_the_snapshot_moves_only_for_delivered_members_and_forgets_delivered_removals(catalog: CatalogStores):
+    _definition(catalog, "sync")
     snapshots = SqlChangeSnapshots(catalog.database)
     runs = SqlRunsStore(catalog.database, followers=[ChangeSnapshotFollower()])
     first = uuid.uuid4()
@@ -102,6 +113,7 @@ def test_the_snapshot_moves_only_for_delivered_members_and_forgets_delivered_rem
 
 
 def test_an_outcome_that_cannot_name_its_failures_moves_nothing(catalog: CatalogStores):
+    _definition(catalog, "vague")
     snapshots = SqlChangeSnapshots(catalog.database)
     runs = SqlRunsStore(catalog.database, followers=[ChangeSnapshotFollower()])
     run_id = uuid.uuid4()
@@ -115,6 +127,7 @@ def test_an_outcome_that_cannot_name_its_failures_moves_nothing(catalog: Catalog
 
 
 def test_kinds_not_sent_move_the_snapshot_at_once(catalog: CatalogStores):
+    _definition(catalog, "quiet")
     snapshots = SqlChangeSnapshots(catalog.database)
     run = snapshots.begin("quiet", str(uuid.uuid4()))
     snapshots.stage(run, [Staging(ChangeKind.ADDED, None, [_member("x", 5)])])
@@ -124,6 +137,7 @@ def test_kinds_not_sent_move_the_snapshot_at_once(catalog: CatalogStores):
 
 
 def test_a_refused_member_with_a_numeric_key_is_sent_again_next_run(catalog: CatalogStores):
+    _definition(catalog, "numeric")
     # A NUMERIC(12,2) key: the driver gives Decimal('1042.00'), the record writes 1042, the outcome names "1042".
     snapshots = SqlChangeSnapshots(catalog.database)
     runs = SqlRunsStore(catalog.database, followers=[ChangeSnapshotFollower()])
@@ -144,12 +158,7 @@ def test_a_refused_member_with_a_numeric_key_is_sent_again_next_run(catalog: Cat
 
 
 def test_a_member_retry_rejected_gives_up_is_sent_again_only_when_its_values_change(catalog: CatalogStores):
-    catalog.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
-    catalog.definitions.apply(SavedQuery(name="q", sql="SELECT id FROM members"))
-    catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p"))
-    catalog.definitions.apply(
-        ExportDefinition(name="picky", query="q", template="t", sync={"mode": "changes"}, retry_rejected={"runs": 1})
-    )
+    _definition(catalog, "picky", retry_rejected={"runs": 1})
     snapshots = SqlChangeSnapshots(catalog.database)
     runs = SqlRunsStore(catalog.database, followers=[ChangeSnapshotFollower()])
 
@@ -174,6 +183,21 @@ def test_a_member_retry_rejected_gives_up_is_sent_again_only_when_its_values_cha
     assert second[key_hash("a")] == (1, MemberState.DELIVERED), "refused again past its budget: given up"
 
 
+def test_a_snapshot_is_its_definitions_and_goes_with_it(catalog: CatalogStores):
+    _definition(catalog, "gone")
+    snapshots = SqlChangeSnapshots(catalog.database)
+    run = snapshots.begin("gone", str(uuid.uuid4()))
+    snapshots.stage(run, [Staging(ChangeKind.ADDED, None, [_member("x", 5)])])
+    catalog.definitions.delete(ExportDefinition, "gone")
+    with catalog.database.engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT COUNT(*) FROM change_members")).scalar() == 0, "dropped"
+    with pytest.raises(NotFound):
+        snapshots.begin("gone", str(uuid.uuid4()))
+    # Created again under the same name (for another partner, say): it starts from no snapshot, all added.
+    _definition(catalog, "gone")
+    assert len(snapshots.load(snapshots.begin("gone", str(uuid.uuid4())))) == 0
+
+
 def test_migration_0009_adds_the_snapshot_tables_to_a_catalog_with_data(database_url: str):
     engine = make_engine(database_url)
     try:
@@ -187,7 +211,7 @@ def test_migration_0009_adds_the_snapshot_tables_to_a_catalog_with_data(database
         catalog = CatalogStores.from_url(database_url)
         try:
             snapshots = SqlChangeSnapshots(catalog.database)
-            run = snapshots.begin("nightly", str(uuid.uuid4()))
+            run = snapshots.begin("nightly-gold", str(uuid.uuid4()))
             snapshots.stage(run, [Staging(ChangeKind.ADDED, None, [_member("m", 1)])])
             assert len(snapshots.load(run)) == 1
             assert catalog.runs.get_run(uuid.UUID(before[0][0])) is not None

@@ -22,7 +22,7 @@ def upgrade() -> None:
     op.create_table(
         "change_snapshots",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
-        sa.Column("definition", sa.String(100), nullable=False, unique=True),
+        sa.Column("definition_id", sa.String(36), nullable=False, unique=True),
         sa.Column("last_serial", sa.Integer(), nullable=False),
     )
     op.create_table(
