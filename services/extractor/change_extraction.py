@@ -161,11 +161,7 @@ class ChangeRun:
         if _REMOVALS_FROM not in saved:  # else every page was read (members selected since: the next run's)
             state = self._pages(run, index, senders, state)
         state, resume_from = self._removal_phase(state, saved)
-        out = _Page()
-        self._removed(run, index, senders[ChangeKind.REMOVED], out)
-        state, in_flight = self._publish(run, out, state, None, resume_from, state.last_key)
-        if in_flight is not None:
-            state = self._settle(*in_flight, state)
+        state = self._removed(run, index, senders[ChangeKind.REMOVED], state, resume_from)
         counts = ChangeCounts(**self.counts)
         log.info("change run classified", run_id=str(self.run_id), **self.counts, published=self.published)
         return replace(state, next_batch_index=self.next_index, members=self.published), counts
@@ -288,26 +284,33 @@ class ChangeRun:
         out.stagings += [Staging(kind, None, members) for kind, members in unsent.items() if members]
         return out
 
-    def _removed(self, run: SnapshotRun, index: ChangeIndex, sender: _Sender | None, out: _Page) -> None:
+    def _removed(
+        self, run: SnapshotRun, index: ChangeIndex, sender: _Sender | None, state: Checkpoint, resume_from: int
+    ) -> Checkpoint:
         """The snapshot's members not seen: removed (sent if the kind has a template); the never-delivered ones
-        no longer selected are forgotten."""
-        forgotten = index.forgotten().tolist()
-        if forgotten:
-            self.snapshots.forget(run, forgotten)
-        removed = index.removed().tolist()
+        no longer selected are forgotten. A chunk of removed members at a time (their last values read, their
+        batches staged, published and checkpointed), so that a run removing millions holds a chunk's values."""
+        forgotten = index.forgotten()
+        for start in range(0, len(forgotten), _REMOVED_READ):
+            self.snapshots.forget(run, forgotten[start : start + _REMOVED_READ].tolist())
+        removed = index.removed()  # a numpy array: 8 bytes a member
         self.counts["removed"] = len(removed)
-        if sender is None:
-            if removed:
-                self.snapshots.stage_removed(run, None, removed)
-            return
+        in_flight: tuple[list[InFlight], Checkpoint] | None = None
         for start in range(0, len(removed), _REMOVED_READ):
-            chunk = removed[start : start + _REMOVED_READ]
+            chunk = removed[start : start + _REMOVED_READ].tolist()
+            if sender is None:
+                self.snapshots.stage_removed(run, None, chunk)
+                continue
+            out = _Page()
             values = self.snapshots.last_values(run, chunk)
             for h in chunk:
                 sender.waiting.append(StagedMember(h, "", 0, values.get(h, b"{}")))
                 if len(sender.waiting) >= sender.size:
                     self._flush(sender, out)
-        self._flush(sender, out)
+            if start + _REMOVED_READ >= len(removed):
+                self._flush(sender, out)
+            state, in_flight = self._publish(run, out, state, in_flight, resume_from, state.last_key)
+        return state if in_flight is None else self._settle(*in_flight, state)
 
     def _flush(self, sender: _Sender, out: _Page) -> None:
         """The waiting members of ``sender`` as that kind's batches, numbered on from ``next_index``."""
