@@ -4,16 +4,18 @@ the definition's last delivered snapshot, each kind with its own template.
 1. The snapshot is loaded into memory (:class:`~shared.domain.change_index.ChangeIndex`, ~18 bytes a member).
 2. Every page of the query is read (as rows) and each member fingerprinted (:mod:`shared.member_fingerprints`)
    and classified (~2 us a member; the classification itself ~0.15 us). Members to send wait in a buffer per
-   kind; a full buffer becomes that kind's batch. The batch's members are *staged* in the snapshot (new values
-   pending, with the batch index) before the batch is published, and the checkpoint moves once the broker has
+   kind; a full buffer becomes that kind's batch, and every buffer is flushed at the page's end (batches never
+   span pages). The batch's members are *staged* in the snapshot (new values pending, with the batch index)
+   before the batch is published, and the checkpoint (with the counts so far) moves once the broker has
    acknowledged the page's batches.
 3. After the last page, the snapshot's members not seen are the removed ones: their last delivered values are
-   read back and sent with the removed kind's template.
+   read back and sent with the removed kind's template (the checkpoint records where their batches start).
 
-Batch indexes are numbered in that one deterministic order. A resumed run (after a crash) reads every page
-again from the first, classifies them the same way (a member this run staged keeps its staged kind), and
-publishes only the batches from the checkpoint's ``next_batch_index`` on: the pages before it only rebuild
-the seen set and the counts. So nothing is lost, and a batch published twice has the same identity (the
+A resumed run (after a crash) reads the pages up to the checkpoint's last key only to mark their members seen
+(not removed), sending and counting nothing: their batches were published and counted before the checkpoint,
+even if the member store changed since. It goes on from the checkpoint's counts and ``next_batch_index`` with
+the pages after that key. A resume in the removal phase numbers the removals' batches as before and publishes
+those from ``next_batch_index`` on. So nothing is lost, and a batch published twice has the same identity (the
 dispatcher's Idempotency-Key, the notifier's ledger).
 
 Change-mode runs are never split into key ranges: removals are the snapshot members no range saw, which only
@@ -23,7 +25,7 @@ one process reading every page knows (and the in-memory index is per process).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -34,14 +36,16 @@ from shared.application.ports import DefinitionsReader
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.change_index import ChangeIndex, Kind
 from shared.domain.change_staging import SnapshotRun, StagedMember, Staging
-from shared.domain.checkpoints import Checkpoint
-from shared.domain.member_hashes import key_hash, key_text
+from shared.domain.checkpoints import Checkpoint, RunSync
+from shared.domain.member_hashes import key_hash
 from shared.domain.runs import RunStatus
+from shared.domain.sync_mode import SyncMode
 from shared.errors import NotFound, StoredObjectInvalid
 from shared.events import ChangeCounts, ChangeKind
 from shared.kafka import InFlight, Outgoing
 from shared.member_batches import BatchEncoder, EncodedBatch, MemberTooLarge, members_per_record
 from shared.member_fingerprints import Fingerprints, canonical_json
+from shared.member_keys import row_key
 from shared.querystore import JsonPage, MemberPages, MemberReader, Page
 from shared.topics import Topics
 
@@ -77,6 +81,14 @@ class Host(Protocol):
 
 #: Removed members whose last values one read fetches.
 _REMOVED_READ = 5_000
+#: What a change run's checkpoint keeps besides its counts, once its removal phase starts.
+_REMOVALS_FROM, _MEMBERS_BEFORE_REMOVALS = "removals_from", "members_before_removals"
+
+
+def page_keys(rows: Sequence[Sequence[Any]], at: int) -> list[str]:
+    """The keys of a page's members (column ``at``) as their batch outcomes will name them
+    (:func:`shared.member_keys.row_key`): a refused member's key must find its snapshot row."""
+    return [row_key(row[at]) for row in rows]
 
 
 @dataclass
@@ -126,41 +138,93 @@ class ChangeRun:
         if self.definition.incremental is not None:
             raise self.fail("change mode cannot be combined with 'incremental' (field 'sync.mode')", "invalid_sync")
         senders = {kind: self._sender(kind) for kind in ChangeKind}
-        run = self.snapshots.begin(self.definition.name, str(self.run_id))
+        try:
+            run = self.snapshots.begin(self.definition.name, str(self.run_id))
+        except NotFound as exc:  # deleted since the run started: its snapshot went with it
+            raise self.fail(f"unknown definition: {exc}", "unknown_definition") from None
         index = self.snapshots.load(run)
-        resume_from = checkpoint.next_batch_index
+        saved = dict(checkpoint.sync.counts or {}) if checkpoint.sync is not None else {}
+        self.counts |= {kind: saved.get(kind, 0) for kind in self.counts}
+        self.next_index, self.published = checkpoint.next_batch_index, checkpoint.members
         log.info(
             "change run: snapshot loaded",
             run_id=str(self.run_id),
             definition=self.definition.name,
             snapshot_members=len(index),
             snapshot_bytes=index.nbytes,
-            resume_from_batch=resume_from,
+            resume_after=checkpoint.last_key,
+            resume_from_batch=checkpoint.next_batch_index,
         )
+        if checkpoint.last_key is not None:
+            self._see(index, checkpoint.last_key)
         state = checkpoint
+        if _REMOVALS_FROM not in saved:  # else every page was read (members selected since: the next run's)
+            state = self._pages(run, index, senders, state)
+        state, resume_from = self._removal_phase(state, saved)
+        state = self._removed(run, index, senders[ChangeKind.REMOVED], state, resume_from)
+        counts = ChangeCounts(**self.counts)
+        log.info("change run classified", run_id=str(self.run_id), **self.counts, published=self.published)
+        return replace(state, next_batch_index=self.next_index, members=self.published), counts
+
+    def _pages(
+        self, run: SnapshotRun, index: ChangeIndex, senders: dict[ChangeKind, _Sender | None], state: Checkpoint
+    ) -> Checkpoint:
+        """Classify and publish the pages after the checkpoint's last key; the checkpoint after the last one."""
         in_flight: tuple[list[InFlight], Checkpoint] | None = None
         pages: MemberPages = self.host._query(
             lambda: self.host.reader.member_pages(
-                self.query, page_size=self.host.page_size, parameters=self.parameters, database_json=False
+                self.query,
+                page_size=self.host.page_size,
+                after=state.last_key,
+                parameters=self.parameters,
+                database_json=False,
             )
         )
         with pages:
             for page in self.host._timed(pages):
                 assert isinstance(page, Page), "change runs read rows"
                 out = self._classify(index, page, senders)
-                state, in_flight = self._publish(run, out, state, in_flight, resume_from, page.last_key)
+                for sender in senders.values():  # batches never span pages: a resume starts at a page's end
+                    if sender is not None and sender.kind is not ChangeKind.REMOVED:
+                        self._flush(sender, out)
+                state, in_flight = self._publish(run, out, state, in_flight, 0, page.last_key)
                 self.host._stop_if(self.run_id, {RunStatus.CANCELLED})
-        out = _Page()
-        for sender in senders.values():
-            if sender is not None and sender.kind is not ChangeKind.REMOVED:
-                self._flush(sender, out)
-        self._removed(run, index, senders[ChangeKind.REMOVED], out)
-        state, in_flight = self._publish(run, out, state, in_flight, resume_from, state.last_key)
-        if in_flight is not None:
-            state = self._settle(*in_flight, state)
-        counts = ChangeCounts(**self.counts)
-        log.info("change run classified", run_id=str(self.run_id), **self.counts, published=self.published)
-        return replace(state, next_batch_index=self.next_index, members=self.published), counts
+        return state if in_flight is None else self._settle(*in_flight, state)
+
+    def _see(self, index: ChangeIndex, last_key: Any) -> None:
+        """A resumed run: mark the members up to ``last_key`` seen (not removed), sending and counting nothing:
+        the batches of those pages were published and counted before the checkpoint."""
+        pages: MemberPages = self.host._query(
+            lambda: self.host.reader.member_pages(
+                self.query,
+                page_size=self.host.page_size,
+                until=last_key,
+                parameters=self.parameters,
+                database_json=False,
+            )
+        )
+        with pages:
+            for page in self.host._timed(pages):
+                assert isinstance(page, Page), "change runs read rows"
+                at = self._key_at(page)
+                hashes = np.fromiter((key_hash(k) for k in page_keys(page.rows, at)), dtype=np.int64)
+                index.classify(hashes, np.zeros(len(hashes), dtype=np.int64))
+
+    def _removal_phase(self, state: Checkpoint, saved: dict[str, int]) -> tuple[Checkpoint, int]:
+        """Where the removals' batches start (recorded once, so a resume in the removal phase numbers them the
+        same way), and the first one not published yet."""
+        if _REMOVALS_FROM in saved:
+            self.next_index, self.published = saved[_REMOVALS_FROM], saved[_MEMBERS_BEFORE_REMOVALS]
+            return state, state.next_batch_index
+        marks = {_REMOVALS_FROM: self.next_index, _MEMBERS_BEFORE_REMOVALS: self.published}
+        state = replace(state, sync=self._sync(state, marks))
+        self.save(state)
+        return state, 0
+
+    def _sync(self, state: Checkpoint, extra: dict[str, int] | None = None) -> RunSync:
+        sync = state.sync if state.sync is not None else RunSync(SyncMode.CHANGES, full_scope=True)
+        marks = {k: v for k, v in (sync.counts or {}).items() if k not in self.counts}
+        return replace(sync, counts=dict(self.counts) | marks | (extra or {}))
 
     # --- classification -------------------------------------------------------------------------------------
 
@@ -185,12 +249,16 @@ class ChangeRun:
         )
         return _Sender(kind, encoder, size)
 
-    def _classify(self, index: ChangeIndex, page: Page, senders: dict[ChangeKind, _Sender | None]) -> _Page:
+    def _key_at(self, page: Page) -> int:
         columns = list(page.columns)
         if self.query.key_column not in columns:
             raise self.fail(f"query '{self.query.name}' returns no key column '{self.query.key_column}'", "query_error")
-        at = columns.index(self.query.key_column)
-        keys = [key_text(row[at]) for row in page.rows]
+        return columns.index(self.query.key_column)
+
+    def _classify(self, index: ChangeIndex, page: Page, senders: dict[ChangeKind, _Sender | None]) -> _Page:
+        columns = list(page.columns)
+        at = self._key_at(page)
+        keys = page_keys(page.rows, at)
         hashes = np.fromiter((key_hash(k) for k in keys), dtype=np.int64, count=len(keys))
         fingerprint = Fingerprints(columns)
         fingerprints = np.fromiter((fingerprint(row) for row in page.rows), dtype=np.int64, count=len(keys))
@@ -216,26 +284,33 @@ class ChangeRun:
         out.stagings += [Staging(kind, None, members) for kind, members in unsent.items() if members]
         return out
 
-    def _removed(self, run: SnapshotRun, index: ChangeIndex, sender: _Sender | None, out: _Page) -> None:
+    def _removed(
+        self, run: SnapshotRun, index: ChangeIndex, sender: _Sender | None, state: Checkpoint, resume_from: int
+    ) -> Checkpoint:
         """The snapshot's members not seen: removed (sent if the kind has a template); the never-delivered ones
-        no longer selected are forgotten."""
-        forgotten = index.forgotten().tolist()
-        if forgotten:
-            self.snapshots.forget(run, forgotten)
-        removed = index.removed().tolist()
+        no longer selected are forgotten. A chunk of removed members at a time (their last values read, their
+        batches staged, published and checkpointed), so that a run removing millions holds a chunk's values."""
+        forgotten = index.forgotten()
+        for start in range(0, len(forgotten), _REMOVED_READ):
+            self.snapshots.forget(run, forgotten[start : start + _REMOVED_READ].tolist())
+        removed = index.removed()  # a numpy array: 8 bytes a member
         self.counts["removed"] = len(removed)
-        if sender is None:
-            if removed:
-                self.snapshots.stage_removed(run, None, removed)
-            return
+        in_flight: tuple[list[InFlight], Checkpoint] | None = None
         for start in range(0, len(removed), _REMOVED_READ):
-            chunk = removed[start : start + _REMOVED_READ]
+            chunk = removed[start : start + _REMOVED_READ].tolist()
+            if sender is None:
+                self.snapshots.stage_removed(run, None, chunk)
+                continue
+            out = _Page()
             values = self.snapshots.last_values(run, chunk)
             for h in chunk:
                 sender.waiting.append(StagedMember(h, "", 0, values.get(h, b"{}")))
                 if len(sender.waiting) >= sender.size:
                     self._flush(sender, out)
-        self._flush(sender, out)
+            if start + _REMOVED_READ >= len(removed):
+                self._flush(sender, out)
+            state, in_flight = self._publish(run, out, state, in_flight, resume_from, state.last_key)
+        return state if in_flight is None else self._settle(*in_flight, state)
 
     def _flush(self, sender: _Sender, out: _Page) -> None:
         """The waiting members of ``sender`` as that kind's batches, numbered on from ``next_index``."""
@@ -280,7 +355,13 @@ class ChangeRun:
         for batch_index, hashes in removals:
             self.snapshots.stage_removed(run, batch_index, hashes)
         sent = [self.host.send(records)] if records else []
-        reached = replace(state, last_key=last_key, next_batch_index=self.next_index, members=self.published)
+        reached = replace(
+            state,
+            last_key=last_key,
+            next_batch_index=self.next_index,
+            members=self.published,
+            sync=self._sync(state),
+        )
         if in_flight is not None:
             state = self._settle(*in_flight, state)
         return state, (sent, reached)
@@ -288,7 +369,6 @@ class ChangeRun:
     def _settle(self, sent: list[InFlight], reached: Checkpoint, state: Checkpoint) -> Checkpoint:
         for records in sent:
             records.wait()
-        if reached.next_batch_index > state.next_batch_index:
+        if reached != state:  # a page of unchanged members moves the checkpoint too (its counts, its last key)
             self.save(reached)
-            return reached
-        return state
+        return reached

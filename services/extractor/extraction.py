@@ -33,6 +33,7 @@ from services.extractor.ranges import (
     range_count,
 )
 from services.extractor.retry_members import Retried, RetryJob, RetryScope, RetryStore, send_retries
+from services.extractor.run_sync import fixed_sync, run_sync
 from shared.application.ports import DefinitionsReader, RunsReader
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState
@@ -255,8 +256,9 @@ class Extractor:
     def _run(self, request: RunRequested, definition: ExportDefinition, checkpoint: Checkpoint) -> list[Outgoing]:
         run_id = str(request.run_id)
         query, template, parameters = self._objects(definition, request.parameters)
+        checkpoint = fixed_sync(definition, checkpoint, self.extraction.save_checkpoint)  # a resume keeps it
         checkpoint = self._fix_window(definition, query, parameters, checkpoint)
-        changes_mode = definition.sync.mode is SyncMode.CHANGES
+        changes_mode = run_sync(checkpoint).mode is SyncMode.CHANGES
         if self.retries is not None and not changes_mode:  # fixed at the run's first start: a resume takes the same
             self.retries.take_retries(request.run_id, definition.name)
         self.publish(
@@ -389,7 +391,7 @@ class Extractor:
             query,
             template,
             bound,
-            RetryScope(full=definition.incremental is None, window=window),
+            RetryScope(full=run_sync(checkpoint).full_scope, window=window),
             first_index,
             members_per_record(template.batch_size, self.record_members),
             self.max_record_bytes,

@@ -5,11 +5,14 @@ stages the members it sends (their new fingerprint and values, pending, with the
 before its checkpoint moves, and reads the last values of the removed ones. The
 :class:`ChangeSnapshotFollower` moves the snapshot when a batch's outcome is folded: the staged values of
 its delivered members become the delivered ones (a delivered removal leaves a tombstone the next run
-forgets); its refused members keep their old values, so they are a change again next run.
+forgets); its refused members keep their old values, so they are a change again next run, until the
+definition's ``retry_rejected`` gives them up (an invalid refusal such as 422 at once, by default): their staged
+values are then taken as delivered, and they are sent again only once their values change.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from itertools import chain
 from typing import Any
@@ -21,9 +24,14 @@ from sqlalchemy.orm import Session
 
 from shared.catalog.change_tables import ChangeMemberRow, ChangeRunRow, ChangeSnapshotRow
 from shared.catalog.database import CatalogDatabase
+from shared.catalog.saved_retry_policy import saved_retry_policy
+from shared.catalog.tables import CatalogObjectRow
+from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.change_index import ChangeIndex, MemberState
 from shared.domain.change_staging import SnapshotRun, Staging
 from shared.domain.member_hashes import key_hash
+from shared.domain.member_retries import MemberRetry, RetryState, after_refusal, classify
+from shared.errors import NotFound
 from shared.events import BatchOutcome, ChangeKind
 
 #: Keys a statement names at most (SQLite allows 32,766 bound values; PostgreSQL more).
@@ -58,13 +66,21 @@ class SqlChangeSnapshots:
 
     def begin(self, definition: str, run_id: str) -> SnapshotRun:
         """The run's serial in its definition's snapshot (the same for a resumed run); forgets the members whose
-        removal an earlier run delivered."""
+        removal an earlier run delivered. The snapshot is the one of the definition's id; :class:`NotFound` when
+        there is no such definition (deleted since)."""
         with self.database.transaction() as session:
+            definition_id = session.scalar(
+                select(CatalogObjectRow.id).where(
+                    CatalogObjectRow.kind == ExportDefinition.__name__, CatalogObjectRow.name == definition
+                )
+            )
+            if definition_id is None:
+                raise NotFound(ExportDefinition.__name__, definition)
             snapshot = session.scalars(
-                select(ChangeSnapshotRow).where(ChangeSnapshotRow.definition == definition).with_for_update()
+                select(ChangeSnapshotRow).where(ChangeSnapshotRow.definition_id == definition_id).with_for_update()
             ).first()
             if snapshot is None:
-                snapshot = ChangeSnapshotRow(definition=definition, last_serial=0)
+                snapshot = ChangeSnapshotRow(definition_id=definition_id, last_serial=0)
                 session.add(snapshot)
                 session.flush()
             known = session.get(ChangeRunRow, run_id)
@@ -194,6 +210,50 @@ class SqlChangeSnapshots:
         return postgresql.insert if self.database.engine.dialect.name == "postgresql" else sqlite.insert
 
 
+def _sent_again(session: Session, outcome: BatchOutcome, batch: Any) -> dict[int, list[int]]:
+    """The batch's refused members that the definition's ``retry_rejected`` does not give up (so the next run
+    sends them again), by the count of runs in a row that were refused: their key hashes."""
+    refused = {key_hash(r.key): r for r in outcome.refused}
+    if not refused:
+        return {}
+    policy = saved_retry_policy(session, outcome.definition)
+    member = ChangeMemberRow
+    pending: dict[int, list[int]] = defaultdict(list)
+    for chunk in _chunks(list(refused)):
+        rows = session.execute(
+            select(member.key_hash, member.member_key, member.refused_runs).where(batch, member.key_hash.in_(chunk))
+        )
+        for hashed, key, refused_runs in rows:
+            refusal = refused[hashed]
+            current = (
+                MemberRetry(key, refusal.status, "", classify(refusal.status), refused_runs, RetryState.PENDING, "")
+                if refused_runs
+                else None
+            )
+            state = after_refusal(
+                current,
+                key=key,
+                status=refusal.status,
+                reason=refusal.reason,
+                run_id=str(outcome.run_id),
+                policy=policy,
+            )
+            if state.state is RetryState.PENDING:
+                pending[state.failed_runs].append(hashed)
+    return pending
+
+
+def drop_snapshot(session: Session, definition_id: str) -> None:
+    """Drop a definition's snapshot (its members and runs): the definition is deleted, in ``session``'s
+    transaction (:meth:`shared.catalog.definitions_store.SqlDefinitionsStore.delete`)."""
+    snapshot_id = session.scalar(select(ChangeSnapshotRow.id).where(ChangeSnapshotRow.definition_id == definition_id))
+    if snapshot_id is None:
+        return
+    session.execute(delete(ChangeMemberRow).where(ChangeMemberRow.snapshot_id == snapshot_id))
+    session.execute(delete(ChangeRunRow).where(ChangeRunRow.snapshot_id == snapshot_id))
+    session.execute(delete(ChangeSnapshotRow).where(ChangeSnapshotRow.id == snapshot_id))
+
+
 class ChangeSnapshotFollower:
     """Moves snapshots as change-mode batch outcomes are folded (a :class:`~shared.catalog.runs_store.OutcomeFollower`).
 
@@ -223,14 +283,7 @@ class ChangeSnapshotFollower:
                     update(member).where(batch).values(awaiting=False, staged_fingerprint=None, staged_values=None)
                 )
                 continue
-            refused = [key_hash(r.key) for r in outcome.refused]
-            for chunk in _chunks(refused):
-                session.execute(
-                    update(member)
-                    .where(batch, member.key_hash.in_(chunk))
-                    .values(awaiting=False, staged_fingerprint=None, staged_values=None)
-                )
-            delivered: dict[str, Any] = {"awaiting": False}
+            delivered: dict[str, Any] = {"awaiting": False, "refused_runs": 0}
             if outcome.change is ChangeKind.REMOVED:
                 delivered["fingerprint"] = None  # a tombstone: its values stay for a resumed run
             else:
@@ -240,4 +293,13 @@ class ChangeSnapshotFollower:
                     "staged_fingerprint": None,
                     "staged_values": None,
                 }
+            for failed_runs, hashes in _sent_again(session, outcome, batch).items():
+                for chunk in _chunks(hashes):
+                    session.execute(
+                        update(member)
+                        .where(batch, member.key_hash.in_(chunk))
+                        .values(awaiting=False, staged_fingerprint=None, staged_values=None, refused_runs=failed_runs)
+                    )
+            # The rest, given up members included, are taken as delivered: a member given up is sent again once
+            # its values change, not by every run (``retry_rejected`` applies to change mode as to the others).
             session.execute(update(member).where(batch).values(**delivered))

@@ -9,12 +9,13 @@ from shared.catalog.tables import Base
 
 
 class ChangeSnapshotRow(Base):
-    """A change-mode definition's snapshot (by definition name), and its runs' serial numbers."""
+    """A change-mode definition's snapshot (by the definition's id: a definition deleted and created again under
+    the same name starts from none; a renamed one keeps its own), and its runs' serial numbers."""
 
     __tablename__ = "change_snapshots"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    definition: Mapped[str] = mapped_column(String(100), unique=True)
+    definition_id: Mapped[str] = mapped_column(String(36), unique=True)
     #: The serial number of the snapshot's last run (members name the run that staged them by it: 4 bytes,
     #: not a 36-character run id on each of millions of rows).
     last_serial: Mapped[int] = mapped_column(Integer, default=0)
@@ -63,3 +64,6 @@ class ChangeMemberRow(Base):
     awaiting: Mapped[bool] = mapped_column(Boolean, default=False)
     staged_fingerprint: Mapped[int | None] = mapped_column(BigInteger)
     staged_values: Mapped[str | None] = mapped_column(Text)
+    #: Change runs in a row that sent the member and were refused (``retry_rejected`` gives it up past its
+    #: budget: its staged values are then taken as delivered, so it is sent again only when they change).
+    refused_runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.catalog.audit_store import write_entries
+from shared.catalog.change_snapshots import drop_snapshot
 from shared.catalog.database import CatalogDatabase, aware, now
 from shared.catalog.tables import CatalogObjectRow
 from shared.domain.audit import AuditEntry
@@ -177,6 +178,8 @@ class SqlDefinitionsStore:
             row = self._row(session, kind.__name__, name, for_update=True)
             if row is None:
                 raise NotFound(kind.__name__, name)
+            if kind is ExportDefinition:
+                drop_snapshot(session, row.id)  # its change-mode snapshot goes with it (a new one starts afresh)
             session.delete(row)
 
     def reencrypt_secrets(self) -> tuple[int, int]:

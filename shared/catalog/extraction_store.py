@@ -14,6 +14,7 @@ from shared.domain.checkpoints import (
     Checkpoint,
     RangeCheckpoint,
     RangeState,
+    RunSync,
     RunTotals,
     watermark_after_success,
 )
@@ -52,6 +53,7 @@ class SqlExtractionStore:
                 row.watermark_since,
                 row.watermark_until,
                 row.ranges,
+                RunSync.of_json(row.sync),
             )
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
@@ -66,6 +68,7 @@ class SqlExtractionStore:
                 completed=checkpoint.completed,
                 watermark_since=checkpoint.watermark_since,
                 watermark_until=checkpoint.watermark_until,
+                sync=None if checkpoint.sync is None else checkpoint.sync.as_json(),
                 updated_at=now(),
             )
         )

@@ -95,6 +95,8 @@ class ExtractionCheckpointRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     #: A run split into key ranges (extracted by several replicas at once): how many; null when not split.
     ranges: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: The run's sync mode and retry scope, fixed at its first start, and a change run's counts (RunSync).
+    sync: Mapped[Any] = mapped_column(JSON, nullable=True)
 
 
 class ExtractionRangeRow(Base):

@@ -7,6 +7,31 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from shared.domain.sync_mode import SyncMode
+
+
+@dataclass(frozen=True)
+class RunSync:
+    """How a run syncs, fixed at its first start: a resumed run keeps it though its definition changed since."""
+
+    mode: SyncMode
+    #: Retries of refused members look for them in the whole query (False: the incremental run's window).
+    full_scope: bool
+    #: A change run's counts as of its checkpoint (added, changed, unchanged, removed): a resume goes on from
+    #: them rather than counting the pages before the checkpoint again.
+    counts: dict[str, int] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """As the checkpoint row keeps it."""
+        return {"mode": self.mode.value, "full_scope": self.full_scope, "counts": self.counts}
+
+    @classmethod
+    def of_json(cls, value: Any) -> RunSync | None:
+        """From the checkpoint row (None: not fixed yet, e.g. a run started before this was recorded)."""
+        if not isinstance(value, dict):
+            return None
+        return cls(SyncMode(value["mode"]), bool(value["full_scope"]), value.get("counts"))
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -21,6 +46,8 @@ class Checkpoint:
     watermark_until: Any = None
     #: How many key ranges the run was split into (extracted by several replicas); None when not split.
     ranges: int | None = None
+    #: The run's sync mode and retry scope (fixed at its first start), and a change run's counts.
+    sync: RunSync | None = None
 
 
 class RangeState(StrEnum):

@@ -1,7 +1,7 @@
 """Stable 64-bit hashes for change mode's snapshot: a member's key, and its values' canonical JSON. Pure.
 
-The key hash is the hash of the key as text, as batch outcomes name members (``str(value)``), so an
-outcome's refused keys find their snapshot rows. BLAKE2b cut to 8 bytes: stable across processes and
+The key hash is the hash of the key as text, as batch outcomes name members (``shared.member_keys``), so
+an outcome's refused keys find their snapshot rows. BLAKE2b cut to 8 bytes: stable across processes and
 releases (unlike Python's ``hash``); at 10M members the chance of two keys sharing a hash is about 3 in a
 million.
 """
@@ -9,7 +9,6 @@ million.
 from __future__ import annotations
 
 from hashlib import blake2b
-from typing import Any
 
 #: 64 bits: a BIGINT column and a numpy int64.
 HASH_BYTES = 8
@@ -18,11 +17,6 @@ HASH_BYTES = 8
 def hash64(data: bytes) -> int:
     """A stable signed 64-bit hash (fits a BIGINT column and a numpy int64)."""
     return int.from_bytes(blake2b(data, digest_size=HASH_BYTES).digest(), "little", signed=True)
-
-
-def key_text(value: Any) -> str:
-    """A key as batch outcomes name it."""
-    return "" if value is None else str(value)
 
 
 def key_hash(key: str) -> int:

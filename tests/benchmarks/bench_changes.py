@@ -184,8 +184,9 @@ def snapshot_bytes(catalog_url: str) -> tuple[int, int]:
 
 def fingerprint_cost(store_url: str, members: int = 100_000) -> tuple[float, float]:
     """Microseconds a member: canonical JSON + hash (key and values), and classification against a snapshot."""
+    from services.extractor.change_extraction import page_keys
     from shared.domain.change_index import ChangeIndex
-    from shared.domain.member_hashes import key_hash, key_text
+    from shared.domain.member_hashes import key_hash
     from shared.member_fingerprints import Fingerprints
 
     engine = make_engine(store_url)
@@ -194,7 +195,7 @@ def fingerprint_cost(store_url: str, members: int = 100_000) -> tuple[float, flo
         columns, rows = list(result.keys()), result.all()
     engine.dispose()
     started = time.perf_counter()
-    keys = np.fromiter((key_hash(key_text(row[0])) for row in rows), dtype=np.int64, count=len(rows))
+    keys = np.fromiter((key_hash(k) for k in page_keys(rows, 0)), dtype=np.int64, count=len(rows))
     fingerprint = Fingerprints(columns)
     prints = np.fromiter((fingerprint(row) for row in rows), dtype=np.int64, count=len(rows))
     hashing = (time.perf_counter() - started) / len(rows) * 1e6

@@ -13,6 +13,8 @@ from services.extractor.extraction import Extractor
 from shared.application.run_events import record_run_event
 from shared.catalog import CatalogStores, make_engine
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
+from shared.domain.checkpoints import Checkpoint, RunSync
+from shared.domain.sync_mode import SyncMode
 from shared.events import (
     RUN_EVENT_ADAPTER,
     AnyRunEvent,
@@ -199,6 +201,24 @@ def test_a_run_resumes_from_its_checkpoint_with_the_same_batch_identities(
     assert sorted(m["id"] for b in batches for m in b.members) == list(range(2001, MEMBERS + 1))
     completed = [e for e in _run_events(settings, 2) if isinstance(e, ExtractionCompleted)]
     assert (completed[0].members, completed[0].batches) == (MEMBERS, 33)
+
+
+def test_a_resumed_run_keeps_the_sync_mode_it_started_with(
+    extractor: Extractor, extractor_stores: CatalogStores, settings: CommonSettings
+):
+    run_id = uuid.uuid4()
+    extractor.extraction.claim_extraction(run_id, "export-all")
+    # A full run crashed after two pages; its definition switched to change mode since.
+    started = Checkpoint(run_id, 2000, 20, 2000, completed=False, sync=RunSync(SyncMode.FULL, full_scope=True))
+    extractor.extraction.save_checkpoint(started)
+    extractor_stores.definitions.apply(
+        ExportDefinition(name="export-all", query="all", template="t", priority="high", sync={"mode": "changes"})
+    )
+    extractor.handle(RunRequested(run_id=run_id, definition="export-all"))
+    completed = [e for e in _run_events(settings, 2) if isinstance(e, (ExtractionCompleted, RunFailed))]
+    assert isinstance(completed[0], ExtractionCompleted), completed[0]
+    assert (completed[0].members, completed[0].batches, completed[0].changes) == (MEMBERS, 33, None)
+    assert extractor.extraction.claim_extraction(run_id, "export-all").sync == started.sync
 
 
 def test_a_run_request_gives_the_query_its_parameters(

@@ -47,10 +47,10 @@ NEW_RUN_COLUMNS = {
     "retried",
 }
 #: Columns later revisions add to baseline tables (0002: the runs' scope; 0004: split runs' range count;
-#: 0006: when a run was requested; 0008: change-mode counts and retried members).
+#: 0006: when a run was requested; 0008: change-mode counts and retried members; 0009: a run's fixed sync).
 LATER_COLUMNS = {
     "runs": NEW_RUN_COLUMNS,
-    "extraction_checkpoints": {"ranges"},
+    "extraction_checkpoints": {"ranges", "sync"},
     "notifications": {"attempts", "next_attempt_at", "gave_up_at"},
 }
 
@@ -401,11 +401,11 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
 
     # What 0002, 0003, 0004, 0006, 0008, 0009, 0010, 0011 and 0012 add: the runs' scope columns and their index,
     # the audit log and its indexes, split runs' range count and their ranges, the runs' request time, change
-    # counts; change-mode snapshots (three tables, two indexes); the attempts table and its three indexes; the
-    # dispatcher replicas' heartbeats (and their index), the shared circuit breakers, the breakers open at each
-    # replica (and their index) and the breaker emails' outbox; the tables of next-run retries and of the member
-    # delivery log (3) and their indexes (3).
-    assert len(lines) == 40, lines
+    # counts; change-mode snapshots (three tables, two indexes) and the checkpoints' fixed sync; the attempts
+    # table and its three indexes; the dispatcher replicas' heartbeats (and their index), the shared circuit
+    # breakers, the breakers open at each replica (and their index) and the breaker emails' outbox; the tables
+    # of next-run retries and of the member delivery log (3) and their indexes (3).
+    assert len(lines) == 41, lines
     assert "table change_members is missing from the database" in lines
     assert "table delivery_batches is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)

@@ -22,7 +22,7 @@ def upgrade() -> None:
     op.create_table(
         "change_snapshots",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
-        sa.Column("definition", sa.String(100), nullable=False, unique=True),
+        sa.Column("definition_id", sa.String(36), nullable=False, unique=True),
         sa.Column("last_serial", sa.Integer(), nullable=False),
     )
     op.create_table(
@@ -45,6 +45,7 @@ def upgrade() -> None:
         sa.Column("awaiting", sa.Boolean(), nullable=False),
         sa.Column("staged_fingerprint", sa.BigInteger(), nullable=True),
         sa.Column("staged_values", sa.Text(), nullable=True),
+        sa.Column("refused_runs", sa.Integer(), nullable=False, server_default="0"),
     )
     op.create_index(
         "ix_change_members_awaiting",
@@ -53,9 +54,13 @@ def upgrade() -> None:
         postgresql_where=sa.text("awaiting"),
         sqlite_where=sa.text("awaiting = 1"),
     )
+    # A run's sync mode and retry scope fixed at its first start, and a change run's counts (a resume keeps them).
+    op.add_column("extraction_checkpoints", sa.Column("sync", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("extraction_checkpoints") as batch:
+        batch.drop_column("sync")
     op.drop_index("ix_change_members_awaiting", table_name="change_members")
     op.drop_table("change_members")
     op.drop_index("ix_change_runs_snapshot_id", table_name="change_runs")

@@ -1,0 +1,30 @@
+"""Fix a run's sync mode at its first start, so a resume extracts it the same way.
+
+A definition edited while its run is under way (``full`` to ``changes``, or to ``incremental``) would otherwise
+resume the run in the other mode: a full run's batch index taken as a change run's, a change run's last key as a
+full run's. The checkpoint keeps the mode (and the scope the run's retries look members up in) from the start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.checkpoints import Checkpoint, RunSync
+
+
+def fixed_sync(definition: ExportDefinition, checkpoint: Checkpoint, save: Callable[[Checkpoint], None]) -> Checkpoint:
+    """The checkpoint with the run's sync: as recorded, or (first start) the definition's, recorded now."""
+    if checkpoint.sync is not None:
+        return checkpoint
+    sync = RunSync(definition.sync.mode, full_scope=definition.incremental is None)
+    checkpoint = replace(checkpoint, sync=sync)
+    save(checkpoint)
+    return checkpoint
+
+
+def run_sync(checkpoint: Checkpoint) -> RunSync:
+    """The run's sync, once :func:`fixed_sync` recorded it."""
+    assert checkpoint.sync is not None, "fixed_sync first"
+    return checkpoint.sync
