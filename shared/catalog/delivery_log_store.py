@@ -2,7 +2,8 @@
 
 Written in the notifier's fold (an outcome follower), so it costs the pipeline one row per batch outcome,
 its members' keys and its refused members packed (:mod:`shared.domain.key_packing`); a lookup
-scans the definition's batch rows newest first and stops at the first that holds the key. Rows older
+scans the definition's batch rows newest first and stops at the first that holds the key (or after ``MAX_SCAN``
+rows: a key it does not hold is not searched through the whole retention). Rows older
 than the retention are pruned by the notifier's sweep.
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, select
+from sqlalchemy import Table, delete, select, tuple_
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
@@ -28,6 +29,12 @@ _INSERT = DriverInsert(
 )
 #: Batch rows read at a time while looking a key up (newest first).
 SCAN_CHUNK = 256
+#: Batch rows one lookup reads at most (newest first): a key the log does not hold must not scan the whole
+#: retention inside an API request. 20,000 rows are 10M member deliveries at 500 members a batch; a member
+#: last delivered before them is answered as not found.
+MAX_SCAN = 20_000
+#: Rows one delete of the prune takes at most (each its own transaction: never one long lock).
+PRUNE_BATCH = 5_000
 
 
 class SqlDeliveryLog:
@@ -87,7 +94,8 @@ class SqlDeliveryLog:
         )
         ordering = (DeliveryBatchRow.at.desc(), DeliveryBatchRow.run_id, DeliveryBatchRow.batch_index.desc())
         after: tuple[datetime, str, int] | None = None
-        while True:
+        scanned = 0
+        while scanned < MAX_SCAN:
             query = select(*columns).where(DeliveryBatchRow.definition == definition)
             if after is not None:
                 # Keyset over (at desc, run_id, batch_index desc): the next chunk starts where this one ended.
@@ -101,7 +109,8 @@ class SqlDeliveryLog:
                         & (DeliveryBatchRow.batch_index < index)
                     )
                 )
-            rows = session.execute(query.order_by(*ordering).limit(SCAN_CHUNK)).all()
+            rows = session.execute(query.order_by(*ordering).limit(min(SCAN_CHUNK, MAX_SCAN - scanned))).all()
+            scanned += len(rows)
             for row in rows:
                 if holds_key(row.keys, key):
                     return row
@@ -109,10 +118,19 @@ class SqlDeliveryLog:
                 return None
             last = rows[-1]
             after = (last.at, last.run_id, last.batch_index)
+        return None
 
-    def prune(self, retention_days: float) -> int:
-        """Drop the rows older than ``retention_days``; how many went."""
+    def prune(self, retention_days: float, *, batch: int = PRUNE_BATCH) -> int:
+        """Drop the rows older than ``retention_days``, ``batch`` rows a delete (each its own transaction);
+        how many went."""
         cutoff = now() - timedelta(days=retention_days)
-        with self.database.transaction() as session:
-            result = session.execute(delete(DeliveryBatchRow).where(DeliveryBatchRow.at < cutoff))
-            return int(getattr(result, "rowcount", 0) or 0)
+        pk = tuple_(DeliveryBatchRow.run_id, DeliveryBatchRow.batch_index)
+        old = select(DeliveryBatchRow.run_id, DeliveryBatchRow.batch_index).where(DeliveryBatchRow.at < cutoff)
+        gone = 0
+        while True:
+            with self.database.transaction() as session:
+                result = session.execute(delete(DeliveryBatchRow).where(pk.in_(old.limit(batch))))
+                went = int(getattr(result, "rowcount", 0) or 0)
+            gone += went
+            if went < batch:
+                return gone

@@ -18,7 +18,10 @@ class MemberRetryRow(Base):
     """A member of a definition the partner refused: its last refusal and where its retries stand."""
 
     __tablename__ = "member_retries"
-    __table_args__ = (Index("ix_member_retries_pending", "definition", "state"),)
+    __table_args__ = (
+        Index("ix_member_retries_pending", "definition", "state"),
+        Index("ix_member_retries_updated_at", "state", "updated_at"),
+    )
 
     definition: Mapped[str] = mapped_column(String(100), primary_key=True)
     member_key: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -40,6 +43,18 @@ class RunRetryRow(Base):
 
     run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     member_key: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
+class RunRetryClaimRow(Base):
+    """That a run took its share of the pending retries (``keys`` of them, maybe none): written at its first
+    start, only read after (a resumed run, and the run's end, find the same share)."""
+
+    __tablename__ = "run_retry_claims"
+
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    definition: Mapped[str] = mapped_column(String(100))
+    keys: Mapped[int] = mapped_column(Integer)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class DeliveryBatchRow(Base):

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.catalog import CatalogStores
+from shared.catalog import CatalogStores, delivery_log_store
 from shared.catalog.delivery_log_store import SCAN_CHUNK
 from shared.events import BatchOutcome, RefusedMember
 
@@ -75,6 +75,37 @@ def test_the_sweep_prunes_batches_older_than_the_retention(catalog: CatalogStore
     assert catalog.deliveries.prune(30) == 1
     assert catalog.deliveries.last_delivery("log", "old") is None
     assert catalog.deliveries.last_delivery("log", "recent") is not None
+
+
+def test_the_prune_deletes_in_bounded_batches_until_none_is_left(catalog: CatalogStores):
+    catalog.runs.followers.append(catalog.deliveries)
+    old = datetime.now(UTC) - timedelta(days=31)
+    run_id = uuid.uuid4()
+    catalog.runs.fold_run_events([_outcome(run_id, i, [f"k{i}"], old) for i in range(7)])
+    deletes: list[int] = []
+    transaction = catalog.database.transaction
+
+    def counted():  # each delete its own transaction: how many the prune opened
+        deletes.append(1)
+        return transaction()
+
+    catalog.database.transaction = counted  # type: ignore[method-assign]
+    assert catalog.deliveries.prune(30, batch=3) == 7
+    catalog.database.transaction = transaction  # type: ignore[method-assign]
+    assert len(deletes) == 3  # 3 + 3 + 1 rows: never one unbounded DELETE
+    assert all(catalog.deliveries.last_delivery("log", f"k{i}") is None for i in range(7))
+
+
+def test_a_lookup_of_a_key_the_log_lacks_reads_a_bounded_number_of_batch_rows(
+    catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    catalog.runs.followers.append(catalog.deliveries)
+    run_id = uuid.uuid4()
+    catalog.runs.fold_run_events([_outcome(run_id, i, [f"k{i}"], T0 + timedelta(seconds=i)) for i in range(10)])
+    monkeypatch.setattr(delivery_log_store, "SCAN_CHUNK", 2)
+    monkeypatch.setattr(delivery_log_store, "MAX_SCAN", 5)
+    assert catalog.deliveries.last_delivery("log", "k5") is not None  # among the 5 newest
+    assert catalog.deliveries.last_delivery("log", "k4") is None  # older than the bound: not searched
 
 
 def test_a_lookup_pages_through_batches_of_the_same_instant(catalog: CatalogStores):

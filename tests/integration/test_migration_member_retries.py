@@ -19,7 +19,7 @@ from tests.integration.test_migrations import RUN_NIGHTLY, fill_baseline
 
 pytestmark = pytest.mark.integration
 
-NEW_TABLES = {"member_retries", "run_retries", "delivery_batches"}
+NEW_TABLES = {"member_retries", "run_retries", "run_retry_claims", "delivery_batches"}
 
 
 @pytest.fixture

@@ -403,8 +403,8 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
     # the audit log and its indexes, split runs' range count and their ranges, the runs' request time, change
     # counts; change-mode snapshots (three tables, two indexes); the attempts table and its three indexes; the
     # dispatcher replicas' heartbeats (and their index) and the shared circuit breakers; the tables of next-run
-    # retries and of the member delivery log (3) and their indexes (3).
-    assert len(lines) == 37, lines
+    # retries (with runs' claims) and of the member delivery log (4) and their indexes (5).
+    assert len(lines) == 40, lines
     assert "table change_members is missing from the database" in lines
     assert "table delivery_batches is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)

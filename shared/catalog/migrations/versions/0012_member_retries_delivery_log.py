@@ -1,4 +1,4 @@
-"""Refused members retried by the next runs (member_retries, run_retries) and the member delivery log
+"""Refused members retried by the next runs (member_retries, run_retries, run_retry_claims) and the member delivery log
 (delivery_batches: one row per batch outcome, its members' keys and its refused members packed).
 
 Revision ID: 0012
@@ -40,6 +40,15 @@ def upgrade() -> None:
         sa.Column("member_key", sa.Text(), primary_key=True),
     )
     op.create_table(
+        "run_retry_claims",
+        sa.Column("run_id", sa.String(36), primary_key=True),
+        sa.Column("definition", sa.String(100), nullable=False),
+        sa.Column("keys", sa.Integer(), nullable=False),
+        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_run_retry_claims_claimed_at", "run_retry_claims", ["claimed_at"])
+    op.create_index("ix_member_retries_updated_at", "member_retries", ["state", "updated_at"])
+    op.create_table(
         "delivery_batches",
         sa.Column("run_id", sa.String(36), primary_key=True),
         sa.Column("batch_index", sa.Integer(), primary_key=True),
@@ -57,5 +66,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("delivery_batches", "run_retries", "member_retries"):
+    for table in ("delivery_batches", "run_retry_claims", "run_retries", "member_retries"):
         op.drop_table(table)
