@@ -33,7 +33,7 @@ class RetryStore(Protocol):
     def claim_retries(self, run_id: uuid.UUID, definition: str) -> int: ...
     def claimed(self, run_id: uuid.UUID) -> int: ...
     def claimed_keys(self, run_id: uuid.UUID) -> Iterator[list[str]]: ...
-    def resolve_gone(self, definition: str, keys: Sequence[str], run_id: uuid.UUID) -> None: ...
+    def resolve_gone(self, run_id: uuid.UUID, keys: Sequence[str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def send_retries(
         found_keys = {key for key, _ in named}
         gone = [key for key in keys if key not in found_keys]
         if gone:
-            store.resolve_gone(job.definition.name, gone, job.run_id)
+            store.resolve_gone(job.run_id, gone)
         if job.scope.full:
             carried += len(found_keys)  # the run's own pages sent them all
             continue

@@ -16,7 +16,8 @@ from shared.domain.member_retries import MemberRetry
 class RetryStates(Protocol):
     """Refused members' retry states (``shared.catalog.SqlMemberRetries``)."""
 
-    def states(self, definition: str, keys: Sequence[str]) -> dict[str, MemberRetry]: ...
+    def states(self, definition: str, keys: Sequence[str]) -> dict[str, MemberRetry]:
+        """By the definition's id."""
 
 
 def dead_letter_key_column(actor: Actor, definition: str, *, store: DefinitionsStore) -> str:
@@ -33,5 +34,5 @@ def dead_letter_retries(
 ) -> dict[str, MemberRetry]:
     """The retry state of each of ``keys`` the definition has one for, within the actor's scope."""
     authorise(actor, Permission.READ)
-    _, found = visible_with_id(actor, store, ExportDefinition, definition)
-    return retries.states(found.name, keys)
+    definition_id, _ = visible_with_id(actor, store, ExportDefinition, definition)
+    return retries.states(str(definition_id), keys)

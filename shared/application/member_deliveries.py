@@ -18,13 +18,15 @@ from shared.domain.member_retries import MemberRetry
 class DeliveryLogReader(Protocol):
     """The member delivery log (``shared.catalog.SqlDeliveryLog``)."""
 
-    def last_delivery(self, definition: str, key: str) -> MemberDelivery | None: ...
+    def last_delivery(self, definition: str, key: str) -> MemberDelivery | None:
+        """By the definition's id."""
 
 
 class RetryStates(Protocol):
     """Refused members' retry states (``shared.catalog.SqlMemberRetries``)."""
 
-    def states(self, definition: str, keys: Sequence[str]) -> dict[str, MemberRetry]: ...
+    def states(self, definition: str, keys: Sequence[str]) -> dict[str, MemberRetry]:
+        """By the definition's id."""
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,10 @@ def member_delivery(
     authorise(actor, Permission.READ)
     if not key or len(key) > MAX_KEY_LENGTH:
         raise Invalid(f"key: give a member key of 1 to {MAX_KEY_LENGTH} characters", slug="invalid-member-key")
-    _, found = visible_with_id(actor, store, ExportDefinition, definition)
-    last = log.last_delivery(found.name, key)
-    retry = retries.states(found.name, [key]).get(key)
+    definition_id, found = visible_with_id(actor, store, ExportDefinition, definition)
+    # By the definition's id: a namesake deleted before this one was created is none of its history.
+    last = log.last_delivery(str(definition_id), key)
+    retry = retries.states(str(definition_id), [key]).get(key)
     if last is None and retry is None:
         raise Missing(
             f"the delivery log of '{found.name}' holds no delivery of member '{key}' "

@@ -17,6 +17,7 @@ from sqlalchemy import Table, delete, select, tuple_
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
+from shared.catalog.definition_ids import outcome_definition_ids
 from shared.catalog.driver_inserts import DriverInsert
 from shared.catalog.member_tables import DeliveryBatchRow
 from shared.domain.key_packing import holds_key, pack_keys, pack_refused, refusal_of
@@ -25,7 +26,7 @@ from shared.events import BatchOutcome
 
 _INSERT = DriverInsert(
     cast(Table, DeliveryBatchRow.__table__),
-    ["run_id", "batch_index", "definition", "at", "members", "attempts", "status_code", "retry", "keys", "refused"],
+    ["run_id", "batch_index", "definition_id", "at", "members", "attempts", "status_code", "retry", "keys", "refused"],
 )
 #: Batch rows read at a time while looking a key up (newest first).
 SCAN_CHUNK = 256
@@ -44,12 +45,14 @@ class SqlDeliveryLog:
         self.database = database
 
     def follow(self, session: Session, outcomes: Sequence[BatchOutcome]) -> None:
-        """One row per outcome that names its members (one executemany INSERT for them all)."""
+        """One row per outcome that names its members (one executemany INSERT for them all), under its
+        definition's id (an outcome of a definition gone since is not kept)."""
+        ids = outcome_definition_ids(session, [o for o in outcomes if o.member_keys is not None])
         batches = [
             {
                 "run_id": str(outcome.run_id),
                 "batch_index": outcome.batch_index,
-                "definition": outcome.definition,
+                "definition_id": ids[str(outcome.run_id)],
                 "at": as_utc(outcome.at),
                 "members": len(outcome.member_keys),
                 "attempts": outcome.attempts,
@@ -59,12 +62,13 @@ class SqlDeliveryLog:
                 "refused": pack_refused([(m.key, m.status, m.reason, m.attempts) for m in outcome.refused]),
             }
             for outcome in outcomes
-            if outcome.member_keys is not None
+            if outcome.member_keys is not None and str(outcome.run_id) in ids
         ]
         _INSERT.execute(session, batches)
 
     def last_delivery(self, definition: str, key: str) -> MemberDelivery | None:
-        """The member's last delivery within the retention (None when the log holds none)."""
+        """The member's last delivery within the retention (None when the log holds none), by the definition's
+        id (never its name: a namesake re-created later sees nothing of the old one's)."""
         with self.database.transaction() as session:
             row = self._newest_batch_with(session, definition, key)
         if row is None:
@@ -96,7 +100,7 @@ class SqlDeliveryLog:
         after: tuple[datetime, str, int] | None = None
         scanned = 0
         while scanned < MAX_SCAN:
-            query = select(*columns).where(DeliveryBatchRow.definition == definition)
+            query = select(*columns).where(DeliveryBatchRow.definition_id == definition)
             if after is not None:
                 # Keyset over (at desc, run_id, batch_index desc): the next chunk starts where this one ended.
                 at, run_id, index = after

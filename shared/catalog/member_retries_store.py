@@ -10,12 +10,13 @@ from datetime import timedelta
 from typing import cast
 
 from pydantic import ValidationError
-from sqlalchemy import Table, delete, exists, func, insert, literal, select, tuple_, update
+from sqlalchemy import Table, and_, delete, exists, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, now
+from shared.catalog.definition_ids import definition_id_of_run, outcome_definition_ids
 from shared.catalog.member_tables import MemberRetryRow, RunRetryClaimRow, RunRetryRow
 from shared.catalog.tables import CatalogObjectRow
 from shared.domain.member_deliveries import MAX_KEY_LENGTH
@@ -31,7 +32,17 @@ from shared.events import BatchOutcome
 
 #: Keys per ``IN (...)`` list: well under every driver's bound on parameters.
 CHUNK = 500
-_COLUMNS = ["definition", "member_key", "status", "reason", "kind", "failed_runs", "state", "last_run_id", "updated_at"]
+_COLUMNS = [
+    "definition_id",
+    "member_key",
+    "status",
+    "reason",
+    "kind",
+    "failed_runs",
+    "state",
+    "last_run_id",
+    "updated_at",
+]
 #: Days a resolved member's row and a run's claim of retries are kept (the notifier's sweep prunes them).
 KEEP_DAYS = 7.0
 #: Rows one delete of the prune takes at most (each its own transaction).
@@ -67,10 +78,14 @@ class SqlMemberRetries:
 
     def follow(self, session: Session, outcomes: Sequence[BatchOutcome]) -> None:
         """Refused members become (or stay) pending, or are given up; pending members delivered are resolved."""
+        named = [outcome for outcome in outcomes if outcome.member_keys is not None]
+        if not named:
+            return
+        ids = outcome_definition_ids(session, named)
         by_definition: dict[str, list[BatchOutcome]] = defaultdict(list)
-        for outcome in outcomes:
-            if outcome.member_keys is not None:
-                by_definition[outcome.definition].append(outcome)
+        for outcome in named:
+            if (definition_id := ids.get(str(outcome.run_id))) is not None:  # None: the definition is gone
+                by_definition[definition_id].append(outcome)
         for definition, group in by_definition.items():
             self._follow_definition(session, definition, group)
 
@@ -89,7 +104,7 @@ class SqlMemberRetries:
         # looked up (in chunks): never the definition's whole open set.
         has_open = bool(
             session.scalar(
-                select(exists().where(MemberRetryRow.definition == definition, MemberRetryRow.state.in_(OPEN)))
+                select(exists().where(MemberRetryRow.definition_id == definition, MemberRetryRow.state.in_(OPEN)))
             )
         )
         if not refused and not has_open:
@@ -128,7 +143,7 @@ class SqlMemberRetries:
             found.update(
                 session.scalars(
                     select(MemberRetryRow.member_key).where(
-                        MemberRetryRow.definition == definition,
+                        MemberRetryRow.definition_id == definition,
                         MemberRetryRow.member_key.in_(chunk),
                         MemberRetryRow.state.in_(OPEN),
                     )
@@ -142,7 +157,7 @@ class SqlMemberRetries:
         for chunk in _chunks(keys):
             for row in session.scalars(
                 select(MemberRetryRow).where(
-                    MemberRetryRow.definition == definition, MemberRetryRow.member_key.in_(chunk)
+                    MemberRetryRow.definition_id == definition, MemberRetryRow.member_key.in_(chunk)
                 )
             ):
                 current[row.member_key] = _retry_of(row)
@@ -158,7 +173,7 @@ class SqlMemberRetries:
         at = now()
         rows = [
             {
-                "definition": definition,
+                "definition_id": definition,
                 "member_key": key,
                 "status": state.status,
                 "reason": state.reason,
@@ -174,19 +189,15 @@ class SqlMemberRetries:
         dialect = session.connection().dialect.name
         statement = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
         upsert = statement.on_conflict_do_update(
-            index_elements=[table.c.definition, table.c.member_key],
-            set_={name: statement.excluded[name] for name in _COLUMNS if name not in ("definition", "member_key")},
+            index_elements=[table.c.definition_id, table.c.member_key],
+            set_={name: statement.excluded[name] for name in _COLUMNS if name not in ("definition_id", "member_key")},
         )
         session.execute(upsert, rows)
 
     @staticmethod
     def _policy(session: Session, definition: str) -> RetryRejected:
         """The definition's ``retry_rejected`` as saved (the default when it is gone or holds none)."""
-        spec = session.scalar(
-            select(CatalogObjectRow.spec).where(
-                CatalogObjectRow.kind == "ExportDefinition", CatalogObjectRow.name == definition
-            )
-        )
+        spec = session.scalar(select(CatalogObjectRow.spec).where(CatalogObjectRow.id == definition))
         try:
             return RetryRejected.model_validate((spec or {}).get("retry_rejected") or {})
         except ValidationError:  # saved by another release, say: the defaults, never a fold that cannot go on
@@ -204,14 +215,15 @@ class SqlMemberRetries:
             claimed = session.get(RunRetryClaimRow, str(run_id))
             if claimed is not None:
                 return claimed.keys
+            definition_id = definition_id_of_run(session, str(run_id), definition) or ""  # "": gone, takes none
             pending = select(literal(str(run_id)), MemberRetryRow.member_key).where(
-                MemberRetryRow.definition == definition,
+                MemberRetryRow.definition_id == definition_id,
                 MemberRetryRow.state == RetryState.PENDING.value,
                 MemberRetryRow.last_run_id != str(run_id),
             )
             session.execute(insert(RunRetryRow).from_select(["run_id", "member_key"], pending))
             count = session.scalar(select(func.count()).where(RunRetryRow.run_id == str(run_id))) or 0
-            session.add(RunRetryClaimRow(run_id=str(run_id), definition=definition, keys=count, claimed_at=now()))
+            session.add(RunRetryClaimRow(run_id=str(run_id), definition_id=definition_id, keys=count, claimed_at=now()))
             return count
 
     def claimed(self, run_id: uuid.UUID) -> int:
@@ -234,14 +246,18 @@ class SqlMemberRetries:
             yield keys
             after = keys[-1]
 
-    def resolve_gone(self, definition: str, keys: Sequence[str], run_id: uuid.UUID) -> None:
-        """Pending members the definition's query no longer returns: nothing to send again."""
+    def resolve_gone(self, run_id: uuid.UUID, keys: Sequence[str]) -> None:
+        """Pending members the query of the run's definition no longer returns: nothing to send again."""
         with self.database.transaction() as session:
+            claim = session.get(RunRetryClaimRow, str(run_id))
+            if claim is None:
+                return
+            definition = claim.definition_id
             for chunk in _chunks(keys):
                 session.execute(
                     update(MemberRetryRow)
                     .where(
-                        MemberRetryRow.definition == definition,
+                        MemberRetryRow.definition_id == definition,
                         MemberRetryRow.member_key.in_(chunk),
                         MemberRetryRow.state == RetryState.PENDING.value,
                     )
@@ -251,13 +267,13 @@ class SqlMemberRetries:
     # --- readers --------------------------------------------------------------------------------------------
 
     def states(self, definition: str, keys: Sequence[str]) -> dict[str, MemberRetry]:
-        """The retry state of each of ``keys`` the definition has one for."""
+        """The retry state of each of ``keys`` the definition (by its id) has one for."""
         found: dict[str, MemberRetry] = {}
         with self.database.transaction() as session:
             for chunk in _chunks(sorted(set(keys))):
                 for row in session.scalars(
                     select(MemberRetryRow).where(
-                        MemberRetryRow.definition == definition, MemberRetryRow.member_key.in_(chunk)
+                        MemberRetryRow.definition_id == definition, MemberRetryRow.member_key.in_(chunk)
                     )
                 ):
                     found[row.member_key] = _retry_of(row)
@@ -266,20 +282,20 @@ class SqlMemberRetries:
     # --- retention (the notifier's sweep) --------------------------------------------------------------------
 
     def prune(self, keep_days: float = KEEP_DAYS, *, batch: int = PRUNE_BATCH) -> int:
-        """Drop what no run needs any more, older than ``keep_days``: resolved members (delivered or gone:
-        pending and given-up ones stay, they are the dead letters) and runs' claims with their keys. In
+        """Drop what no run needs any more: resolved members (delivered or gone: pending and given-up ones stay,
+        they are the dead letters) and runs' claims with their keys, older than ``keep_days``; every member of a
+        definition deleted since (its state is keyed by its id: a namesake re-created never reads it). In
         deletes of ``batch`` rows, each its own short transaction (never one long lock); how many rows went."""
         cutoff = now() - timedelta(days=keep_days)
         gone = 0
         resolved = (RetryState.DELIVERED.value, RetryState.GONE.value)
-        key = tuple_(MemberRetryRow.definition, MemberRetryRow.member_key)
+        key = tuple_(MemberRetryRow.definition_id, MemberRetryRow.member_key)
+        # Resolved long enough ago, or of a definition deleted since (orphans: no run reads them any more).
+        deleted = ~exists().where(CatalogObjectRow.id == MemberRetryRow.definition_id)
+        prunable = or_(and_(MemberRetryRow.state.in_(resolved), MemberRetryRow.updated_at < cutoff), deleted)
         while True:
             with self.database.transaction() as session:
-                some = (
-                    select(MemberRetryRow.definition, MemberRetryRow.member_key)
-                    .where(MemberRetryRow.state.in_(resolved), MemberRetryRow.updated_at < cutoff)
-                    .limit(batch)
-                )
+                some = select(MemberRetryRow.definition_id, MemberRetryRow.member_key).where(prunable).limit(batch)
                 went = _rowcount(session.execute(delete(MemberRetryRow).where(key.in_(some))))
             gone += went
             if went < batch:

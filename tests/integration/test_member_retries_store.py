@@ -11,11 +11,15 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import event, update
 
+from shared.application.actors import local_operator
+from shared.application.objects import delete_object
 from shared.catalog import CatalogStores, SqlMemberRetries
 from shared.catalog.database import now
 from shared.catalog.member_tables import MemberRetryRow, RunRetryClaimRow
+from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.member_retries import RetryState
 from shared.events import BatchOutcome, RefusedMember
+from tests.member_state_helpers import member_state_definition
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +37,22 @@ def _outcome(run_id: uuid.UUID, keys: list[str], refused: dict[str, int]) -> Bat
     )
 
 
+@pytest.fixture
+def d(catalog: CatalogStores) -> str:
+    """Definition "d" in the catalog: its id, which keys the retries."""
+    return member_state_definition(catalog, "d")
+
+
 def _taken(store: SqlMemberRetries, run_id: uuid.UUID, definition: str = "d") -> list[str]:
     store.claim_retries(run_id, definition)
     return [key for chunk in store.claimed_keys(run_id) for key in chunk]
 
 
-def test_refused_members_are_pending_then_resolved_by_a_later_delivery(catalog: CatalogStores):
+def test_refused_members_are_pending_then_resolved_by_a_later_delivery(catalog: CatalogStores, d: str):
     catalog.runs.followers.append(catalog.retries)
     first, second = uuid.uuid4(), uuid.uuid4()
     catalog.runs.fold_run_events([_outcome(first, ["1", "2", "3"], {"2": 503, "3": 422})])
-    states = catalog.retries.states("d", ["1", "2", "3"])
+    states = catalog.retries.states(d, ["1", "2", "3"])
     assert set(states) == {"2", "3"}
     assert states["2"].state is RetryState.PENDING
     assert states["3"].state is RetryState.GIVEN_UP  # invalid, and invalid_runs defaults to 0
@@ -50,14 +60,14 @@ def test_refused_members_are_pending_then_resolved_by_a_later_delivery(catalog: 
     assert _taken(catalog.retries, second) == ["2"]
     assert _taken(catalog.retries, first) == []  # a run never takes the members it refused itself
     catalog.runs.fold_run_events([_outcome(second, ["2", "3", "4"], {})])
-    states = catalog.retries.states("d", ["2", "3"])
+    states = catalog.retries.states(d, ["2", "3"])
     assert (states["2"].state, states["2"].last_run) == (RetryState.DELIVERED, str(second))
     assert (states["3"].state, states["3"].last_run) == (RetryState.DELIVERED, str(second))
     # Its share is fixed at its first start: the same after a resume, whatever became of the members.
     assert _taken(catalog.retries, second) == ["2"]
 
 
-def test_an_empty_claim_is_recorded_so_a_resume_never_claims_members_refused_since(catalog: CatalogStores):
+def test_an_empty_claim_is_recorded_so_a_resume_never_claims_members_refused_since(catalog: CatalogStores, d: str):
     catalog.runs.followers.append(catalog.retries)
     run = uuid.uuid4()
     assert catalog.retries.claim_retries(run, "d") == 0  # nothing pending at the run's start
@@ -68,7 +78,7 @@ def test_an_empty_claim_is_recorded_so_a_resume_never_claims_members_refused_sin
     assert catalog.retries.claimed(uuid.uuid4()) == 0  # a run that never claimed: none
 
 
-def test_a_claim_is_read_in_chunks_in_key_order(catalog: CatalogStores):
+def test_a_claim_is_read_in_chunks_in_key_order(catalog: CatalogStores, d: str):
     catalog.runs.followers.append(catalog.retries)
     keys = [f"m{i:02}" for i in range(7)]
     catalog.runs.fold_run_events([_outcome(uuid.uuid4(), keys, dict.fromkeys(keys, 503))])
@@ -92,33 +102,37 @@ def statements(catalog: CatalogStores) -> Iterator[list[str]]:
     event.remove(engine, "before_cursor_execute", record)
 
 
-def test_a_fold_looks_up_only_its_own_keys_among_the_open_members(catalog: CatalogStores, statements: list[str]):
+def test_a_fold_looks_up_only_its_own_keys_among_the_open_members(
+    catalog: CatalogStores, d: str, statements: list[str]
+):
     catalog.runs.followers.append(catalog.retries)
     many = [str(i) for i in range(40)]
     catalog.runs.fold_run_events([_outcome(uuid.uuid4(), many, dict.fromkeys(many, 503))])
     statements.clear()
     later = uuid.uuid4()
     catalog.runs.fold_run_events([_outcome(later, ["3", "999"], {})])
-    assert catalog.retries.states("d", ["3"])["3"].state is RetryState.DELIVERED
+    assert catalog.retries.states(d, ["3"])["3"].state is RetryState.DELIVERED
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT") and "member_retries" in s]
     # An EXISTS, then reads bound to the fold's keys: never the definition's whole open set.
     assert reads
     assert all("member_key IN" in s or "EXISTS" in s for s in reads), reads
 
 
-def test_two_folds_refusing_the_same_new_member_both_succeed(catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch):
+def test_two_folds_refusing_the_same_new_member_both_succeed(
+    catalog: CatalogStores, d: str, monkeypatch: pytest.MonkeyPatch
+):
     """A fold that read no row for a member another fold has written since (replicas, overlapping runs)."""
     catalog.runs.followers.append(catalog.retries)
     catalog.runs.fold_run_events([_outcome(uuid.uuid4(), ["k", "a"], {"k": 503, "a": 503})])
     monkeypatch.setattr(SqlMemberRetries, "_current", staticmethod(lambda session, definition, keys: {}))
     second = uuid.uuid4()
     catalog.runs.fold_run_events([_outcome(second, ["a", "k"], {"k": 500, "a": 502})])  # no unique violation
-    states = catalog.retries.states("d", ["k", "a"])
+    states = catalog.retries.states(d, ["k", "a"])
     assert (states["k"].status, states["k"].last_run) == (500, str(second))
     assert (states["a"].status, states["a"].last_run) == (502, str(second))
 
 
-def test_the_prune_drops_resolved_members_and_old_claims_in_bounded_batches(catalog: CatalogStores):
+def test_the_prune_drops_resolved_members_and_old_claims_in_bounded_batches(catalog: CatalogStores, d: str):
     catalog.runs.followers.append(catalog.retries)
     keys = [str(i) for i in range(5)]
     catalog.runs.fold_run_events([_outcome(uuid.uuid4(), keys, dict.fromkeys(keys, 503))])
@@ -132,8 +146,23 @@ def test_the_prune_drops_resolved_members_and_old_claims_in_bounded_batches(cata
         session.execute(update(RunRetryClaimRow).where(RunRetryClaimRow.run_id == str(old_run)).values(claimed_at=aged))
     # 3 resolved members (2 deletes of 2), the old run's 5 keys and its claim (3 deletes of 2): pending ones stay.
     assert catalog.retries.prune(7, batch=2) == 3 + 5 + 1
-    assert set(catalog.retries.states("d", keys)) == {"3", "4"}
+    assert set(catalog.retries.states(d, keys)) == {"3", "4"}
     assert catalog.retries.claimed(old_run) == 0
     assert list(catalog.retries.claimed_keys(old_run)) == []
     assert catalog.retries.claimed(new_run) == 2  # recent: kept
     assert catalog.retries.prune(7, batch=2) == 0
+
+
+def test_a_namesake_re_created_sees_nothing_of_the_deleted_definitions_members(catalog: CatalogStores, d: str):
+    catalog.runs.followers.extend([catalog.retries, catalog.deliveries])
+    catalog.runs.fold_run_events([_outcome(uuid.uuid4(), ["1", "2"], {"2": 503})])
+    assert catalog.deliveries.last_delivery(d, "1") is not None
+    delete_object(local_operator("ops"), ExportDefinition, "d", store=catalog.definitions)
+    again = member_state_definition(catalog, "d")  # another partner's, say, under the same name
+    assert again != d
+    assert catalog.retries.states(again, ["2"]) == {}
+    assert catalog.deliveries.last_delivery(again, "1") is None
+    assert catalog.retries.claim_retries(uuid.uuid4(), "d") == 0  # the old one's pending member is not its
+    # The old one's retries are orphans: the sweep's prune drops them, pending or not.
+    assert catalog.retries.prune() == 1
+    assert catalog.retries.states(d, ["2"]) == {}

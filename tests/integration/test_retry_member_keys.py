@@ -19,6 +19,7 @@ from shared.events import BatchOutcome, MemberBatch, RefusedMember
 from shared.kafka import Outgoing
 from shared.querystore import MemberReader
 from shared.topics import Topics
+from tests.member_state_helpers import member_state_definition
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +42,9 @@ def reader(database_url: str) -> Iterator[MemberReader]:
     found.close()
 
 
-def _refused(catalog: CatalogStores, keys: list[str]) -> None:
-    """An earlier run refused ``keys`` (named as the dispatcher names them) with a 503."""
+def _refused(catalog: CatalogStores, keys: list[str]) -> str:
+    """An earlier run refused ``keys`` (named as the dispatcher names them) with a 503; the definition's id."""
+    definition_id = member_state_definition(catalog, DEFINITION.name)
     outcome = BatchOutcome(
         run_id=uuid.uuid4(),
         definition=DEFINITION.name,
@@ -54,6 +56,7 @@ def _refused(catalog: CatalogStores, keys: list[str]) -> None:
     )
     with catalog.database.transaction() as session:
         catalog.retries.follow(session, [outcome])
+    return definition_id
 
 
 def _job(run_id: uuid.UUID, *, full: bool) -> RetryJob:
@@ -64,7 +67,7 @@ def test_decimal_keys_are_found_again_sent_in_chunks_and_only_missing_ones_are_g
     catalog: CatalogStores, reader: MemberReader, monkeypatch: pytest.MonkeyPatch
 ):
     # As the dispatcher names them from the batch's JSON: 1042.00 is 1042, 10.50 is 10.5.
-    _refused(catalog, ["10.5", "1042", "2000.25", "77.7"])
+    definition_id = _refused(catalog, ["10.5", "1042", "2000.25", "77.7"])
     run_id = uuid.uuid4()
     assert catalog.retries.claim_retries(run_id, DEFINITION.name) == 4
     chunks: list[list[str]] = []
@@ -87,7 +90,7 @@ def test_decimal_keys_are_found_again_sent_in_chunks_and_only_missing_ones_are_g
     assert all(b.retry for b in batches)
     assert [(m["code"], m["label"]) for b in batches for m in b.members] == [(10.5, "a"), (1042, "b"), (2000.25, "c")]
     assert (retried.members, retried.batches, retried.retries) == (3, 2, 3)
-    states = catalog.retries.states(DEFINITION.name, ["10.5", "1042", "2000.25", "77.7"])
+    states = catalog.retries.states(definition_id, ["10.5", "1042", "2000.25", "77.7"])
     assert states["77.7"].state is RetryState.GONE  # the only key the query no longer returns
     assert {states[k].state for k in ("10.5", "1042", "2000.25")} == {RetryState.PENDING}
 
@@ -95,7 +98,7 @@ def test_decimal_keys_are_found_again_sent_in_chunks_and_only_missing_ones_are_g
 def test_a_full_run_counts_the_decimal_keys_its_pages_carried_and_sends_none_by_key(
     catalog: CatalogStores, reader: MemberReader
 ):
-    _refused(catalog, ["1042", "3000", "5"])
+    definition_id = _refused(catalog, ["1042", "3000", "5"])
     run_id = uuid.uuid4()
     catalog.retries.claim_retries(run_id, DEFINITION.name)
     published: list[list[Outgoing]] = []
@@ -104,5 +107,5 @@ def test_a_full_run_counts_the_decimal_keys_its_pages_carried_and_sends_none_by_
     )
     assert published == []
     assert (retried.members, retried.batches, retried.retries) == (0, 0, 2)
-    assert catalog.retries.states(DEFINITION.name, ["5"])["5"].state is RetryState.GONE
-    assert catalog.retries.states(DEFINITION.name, ["1042"])["1042"].state is RetryState.PENDING
+    assert catalog.retries.states(definition_id, ["5"])["5"].state is RetryState.GONE
+    assert catalog.retries.states(definition_id, ["1042"])["1042"].state is RetryState.PENDING

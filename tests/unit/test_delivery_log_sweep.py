@@ -15,6 +15,7 @@ from shared.catalog.member_tables import MemberRetryRow
 from shared.domain.member_retries import RetryState
 from shared.events import BatchOutcome, RefusedMember
 from shared.kafka import Outgoing
+from tests.member_state_helpers import member_state_definition
 
 
 def _stores(tmp_path: Path) -> CatalogStores:
@@ -30,6 +31,7 @@ def test_the_log_is_a_follower_unless_its_retention_is_0(tmp_path: Path):
 
 def test_each_sweep_prunes_the_log_and_keeps_its_own_records(tmp_path: Path):
     stores = _stores(tmp_path)
+    d = member_state_definition(stores, "d")
     stores.runs.followers.append(stores.deliveries)
     old = BatchOutcome(
         run_id=uuid.uuid4(),
@@ -41,10 +43,11 @@ def test_each_sweep_prunes_the_log_and_keeps_its_own_records(tmp_path: Path):
         at=datetime.now(UTC) - timedelta(days=8),
     )
     stores.runs.fold_run_events([old])
+    assert stores.deliveries.last_delivery(d, "1") is not None
     swept = [Outgoing("t", "k", b"v")]
     sweep = with_log_retention(lambda: swept, stores, 7)
     assert sweep() == swept
-    assert stores.deliveries.last_delivery("d", "1") is None
+    assert stores.deliveries.last_delivery(d, "1") is None
 
     def unreachable(days: float) -> int:
         raise OSError("the catalog is unreachable")
@@ -56,6 +59,7 @@ def test_each_sweep_prunes_the_log_and_keeps_its_own_records(tmp_path: Path):
 
 def test_each_sweep_prunes_the_retries_no_run_needs(tmp_path: Path):
     stores = _stores(tmp_path)
+    d = member_state_definition(stores, "d")
     stores.runs.followers.append(stores.retries)
     refused = BatchOutcome(
         run_id=uuid.uuid4(),
@@ -71,9 +75,9 @@ def test_each_sweep_prunes_the_retries_no_run_needs(tmp_path: Path):
     )
     stores.runs.fold_run_events([refused])
     stores.runs.fold_run_events([delivered])
-    assert stores.retries.states("d", ["1"])["1"].state is RetryState.DELIVERED
+    assert stores.retries.states(d, ["1"])["1"].state is RetryState.DELIVERED
     with stores.database.transaction() as session:
         session.execute(update(MemberRetryRow).values(updated_at=datetime.now(UTC) - timedelta(days=8)))
     with_log_retention(list, stores, 30)()
-    assert stores.retries.states("d", ["1"]) == {}  # resolved 8 days ago: pruned
+    assert stores.retries.states(d, ["1"]) == {}  # resolved 8 days ago: pruned
     stores.close()
