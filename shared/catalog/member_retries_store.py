@@ -43,6 +43,8 @@ _COLUMNS = [
     "last_run_id",
     "updated_at",
 ]
+#: Open members of a definition read at once at most (beyond, or beyond the fold's keys: by the fold's keys).
+OPEN_IN_MEMORY = 50_000
 #: Days a resolved member's row and a run's claim of retries are kept (the notifier's sweep prunes them).
 KEEP_DAYS = 7.0
 #: Rows one delete of the prune takes at most (each its own transaction).
@@ -100,24 +102,28 @@ class SqlMemberRetries:
             if len(member.key) <= MAX_KEY_LENGTH
         ]
         # Open members: pending (a next run sends them again) or given up (a full run may still deliver them).
-        # One indexed EXISTS a fold in the common case (nothing open); else only the fold's own keys are
-        # looked up (in chunks): never the definition's whole open set.
-        has_open = bool(
-            session.scalar(
-                select(exists().where(MemberRetryRow.definition_id == definition, MemberRetryRow.state.in_(OPEN)))
+        # Matched against the fold's own keys at the cost of the smaller of the two: the open set is read (one
+        # query) when it holds no more keys than the fold names (and at most OPEN_IN_MEMORY), else only the
+        # fold's keys are looked up, in chunks. Never more rows read than the fold has keys.
+        limit = min(sum(len(outcome.member_keys or []) for outcome in outcomes), OPEN_IN_MEMORY)
+        open_keys = set(
+            session.scalars(
+                select(MemberRetryRow.member_key)
+                .where(MemberRetryRow.definition_id == definition, MemberRetryRow.state.in_(OPEN))
+                .limit(limit + 1)
             )
         )
-        if not refused and not has_open:
-            return  # the common case: nothing refused, nothing waiting for a delivery
-        delivered: dict[str, str] = {}
-        if has_open:
+        if not refused and not open_keys:
+            return  # the common case: nothing refused, nothing waiting for a delivery (one indexed read)
+        if len(open_keys) > limit:
             keys = sorted({key for outcome in outcomes for key in outcome.member_keys or []})
             open_keys = self._open_among(session, definition, keys)
-            for outcome in outcomes:
-                refused_keys = {member.key for member in outcome.refused}
-                for key in open_keys.intersection(outcome.member_keys or []):
-                    if key not in refused_keys:
-                        delivered[key] = str(outcome.run_id)
+        delivered: dict[str, str] = {}
+        for outcome in outcomes:
+            refused_keys = {member.key for member in outcome.refused}
+            for key in open_keys.intersection(outcome.member_keys or []):
+                if key not in refused_keys:
+                    delivered[key] = str(outcome.run_id)
         current = self._current(session, definition, sorted({m.key for _, m in refused} | delivered.keys()))
         changed: dict[str, MemberRetry] = {}
         for key, run_id in delivered.items():
