@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from services.admin.dependencies import Context, Reader
 from services.admin.problems import problem_responses
 from shared.application.errors import Missing
-from shared.application.member_deliveries import MemberDeliveryAnswer, member_delivery
+from shared.application.member_deliveries import delivery_view, member_delivery
 
 router = APIRouter(tags=["Runs"])
 
@@ -49,36 +49,6 @@ class MemberDeliveryView(BaseModel):
     last: LastDeliveryView | None
     retry: RetryStateView | None
 
-    @classmethod
-    def of(cls, answer: MemberDeliveryAnswer) -> MemberDeliveryView:
-        last, retry = answer.last, answer.retry
-        return cls(
-            definition=answer.definition,
-            key=answer.key,
-            last=None
-            if last is None
-            else LastDeliveryView(
-                outcome="delivered" if last.delivered else "failed",
-                run_id=last.run_id,
-                batch_index=last.batch_index,
-                at=last.at,
-                attempts=last.attempts,
-                status=last.status,
-                reason=last.reason,
-                retry=last.retry,
-            ),
-            retry=None
-            if retry is None
-            else RetryStateView(
-                state=retry.state.value,
-                kind=retry.kind.value,
-                failed_runs=retry.failed_runs,
-                last_run_id=retry.last_run,
-                status=retry.status,
-                reason=retry.reason,
-            ),
-        )
-
 
 @router.get(
     "/export-definitions/{name}/members/{key:path}/deliveries",
@@ -92,4 +62,4 @@ def read_member_delivery(context: Context, caller: Reader, name: str, key: str) 
     answer = member_delivery(
         caller, name, key, store=context.definitions, log=context.deliveries, retries=context.retries
     )
-    return MemberDeliveryView.of(answer)
+    return MemberDeliveryView.model_validate(delivery_view(answer))  # the shape exportctl prints too

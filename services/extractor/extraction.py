@@ -260,7 +260,7 @@ class Extractor:
         checkpoint = self._fix_window(definition, query, parameters, checkpoint)
         changes_mode = run_sync(checkpoint).mode is SyncMode.CHANGES
         if self.retries is not None and not changes_mode:  # fixed at the run's first start: a resume takes the same
-            self.retries.take_retries(request.run_id, definition.name)
+            self.retries.claim_retries(request.run_id, definition.name)
         self.publish(
             [
                 self._event(
@@ -376,8 +376,7 @@ class Extractor:
     ) -> Retried:
         """Publish the run's retries its pages did not carry (services.extractor.retry_members)."""
         store = self.retries
-        keys = store.take_retries(run_id, name) if store is not None else []
-        if store is None or not keys:
+        if store is None or not store.claimed(run_id):  # only read: the claim was recorded at the run's start
             return Retried()
         try:
             definition = self.definitions.get(ExportDefinition, name)
@@ -398,9 +397,7 @@ class Extractor:
         )
         try:
             retried: Retried = self._query(
-                lambda: send_retries(
-                    job, keys, reader=self.reader, store=store, topics=self.topics, publish=self.publish
-                )
+                lambda: send_retries(job, reader=self.reader, store=store, topics=self.topics, publish=self.publish)
             )
             return retried
         except MemberTooLarge as exc:

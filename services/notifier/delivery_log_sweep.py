@@ -24,10 +24,18 @@ def outcome_followers(stores: CatalogStores, delivery_log_days: float) -> list[O
 def with_log_retention(
     sweep: Callable[[], list[Outgoing]], stores: CatalogStores, delivery_log_days: float
 ) -> Callable[[], list[Outgoing]]:
-    """The sweep, then the delivery log's rows older than ``delivery_log_days`` pruned (every row when 0)."""
+    """The sweep, then the delivery log's rows older than ``delivery_log_days`` pruned (every row when 0), and
+    the retries no run needs any more (resolved members, runs' claims: ``SqlMemberRetries.prune``)."""
 
     def swept() -> list[Outgoing]:
         outgoing = sweep()
+        try:
+            retries = stores.retries.prune()
+        except Exception:  # as below: the next sweep prunes
+            log.exception("pruning the member retries failed")
+        else:
+            if retries:
+                log.info("member retries pruned", rows=retries)
         try:
             pruned = stores.deliveries.prune(delivery_log_days)
         except Exception:  # the next sweep prunes; a sweep's other work must not be lost to it

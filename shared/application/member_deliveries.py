@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from shared.application.actors import Actor, Permission, authorise
 from shared.application.errors import Invalid, Missing
@@ -18,13 +18,15 @@ from shared.domain.member_retries import MemberRetry
 class DeliveryLogReader(Protocol):
     """The member delivery log (``shared.catalog.SqlDeliveryLog``)."""
 
-    def last_delivery(self, definition: str, key: str) -> MemberDelivery | None: ...
+    def last_delivery(self, definition: str, key: str) -> MemberDelivery | None:
+        """By the definition's id."""
 
 
 class RetryStates(Protocol):
     """Refused members' retry states (``shared.catalog.SqlMemberRetries``)."""
 
-    def states(self, definition: str, keys: Sequence[str]) -> dict[str, MemberRetry]: ...
+    def states(self, definition: str, keys: Sequence[str]) -> dict[str, MemberRetry]:
+        """By the definition's id."""
 
 
 @dataclass(frozen=True)
@@ -52,13 +54,45 @@ def member_delivery(
     authorise(actor, Permission.READ)
     if not key or len(key) > MAX_KEY_LENGTH:
         raise Invalid(f"key: give a member key of 1 to {MAX_KEY_LENGTH} characters", slug="invalid-member-key")
-    _, found = visible_with_id(actor, store, ExportDefinition, definition)
-    last = log.last_delivery(found.name, key)
-    retry = retries.states(found.name, [key]).get(key)
+    definition_id, found = visible_with_id(actor, store, ExportDefinition, definition)
+    # By the definition's id: a namesake deleted before this one was created is none of its history.
+    last = log.last_delivery(str(definition_id), key)
+    retry = retries.states(str(definition_id), [key]).get(key)
     if last is None and retry is None:
         raise Missing(
             f"the delivery log of '{found.name}' holds no delivery of member '{key}' "
-            "(never sent, or before the log's retention)",
+            "(never sent, before the log's retention, or older than the newest batches a lookup reads)",
             slug="member-delivery-not-found",
         )
     return MemberDeliveryAnswer(found.name, key, last, retry)
+
+
+def delivery_view(answer: MemberDeliveryAnswer) -> dict[str, Any]:
+    """The answer as the admin API answers it and exportctl prints it (JSON-ready; one shape for both)."""
+    last, retry = answer.last, answer.retry
+    return {
+        "definition": answer.definition,
+        "key": answer.key,
+        "last": None
+        if last is None
+        else {
+            "outcome": last.outcome,
+            "run_id": last.run_id,
+            "batch_index": last.batch_index,
+            "at": last.at.isoformat().replace("+00:00", "Z"),  # as the API writes an instant in UTC
+            "attempts": last.attempts,
+            "status": last.status,
+            "reason": last.reason,
+            "retry": last.retry,
+        },
+        "retry": None
+        if retry is None
+        else {
+            "state": retry.state.value,
+            "kind": retry.kind.value,
+            "failed_runs": retry.failed_runs,
+            "last_run_id": retry.last_run,
+            "status": retry.status,
+            "reason": retry.reason,
+        },
+    }

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import timedelta
 from typing import cast
 
 from pydantic import ValidationError
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, and_, delete, exists, func, insert, literal, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, now
-from shared.catalog.driver_inserts import DriverInsert
-from shared.catalog.member_tables import MemberRetryRow, RunRetryRow
+from shared.catalog.definition_ids import definition_id_of_run, outcome_definition_ids
+from shared.catalog.member_tables import MemberRetryRow, RunRetryClaimRow, RunRetryRow
 from shared.catalog.tables import CatalogObjectRow
 from shared.domain.member_deliveries import MAX_KEY_LENGTH
 from shared.domain.member_retries import (
@@ -29,10 +32,23 @@ from shared.events import BatchOutcome
 
 #: Keys per ``IN (...)`` list: well under every driver's bound on parameters.
 CHUNK = 500
-_COLUMNS = ["definition", "member_key", "status", "reason", "kind", "failed_runs", "state", "last_run_id", "updated_at"]
-_INSERT = DriverInsert(cast(Table, MemberRetryRow.__table__), _COLUMNS)
-#: Open members of a definition matched in memory at most (beyond: by each batch's keys).
+_COLUMNS = [
+    "definition_id",
+    "member_key",
+    "status",
+    "reason",
+    "kind",
+    "failed_runs",
+    "state",
+    "last_run_id",
+    "updated_at",
+]
+#: Open members of a definition read at once at most (beyond, or beyond the fold's keys: by the fold's keys).
 OPEN_IN_MEMORY = 50_000
+#: Days a resolved member's row and a run's claim of retries are kept (the notifier's sweep prunes them).
+KEEP_DAYS = 7.0
+#: Rows one delete of the prune takes at most (each its own transaction).
+PRUNE_BATCH = 5_000
 #: The states a delivery resolves.
 OPEN = (RetryState.PENDING.value, RetryState.GIVEN_UP.value)
 
@@ -64,10 +80,15 @@ class SqlMemberRetries:
 
     def follow(self, session: Session, outcomes: Sequence[BatchOutcome]) -> None:
         """Refused members become (or stay) pending, or are given up; pending members delivered are resolved."""
+        # Change-mode refusals are counted in the change snapshot (retry_rejected applies there), not here.
+        named = [outcome for outcome in outcomes if outcome.member_keys is not None and outcome.change is None]
+        if not named:
+            return
+        ids = outcome_definition_ids(session, named)
         by_definition: dict[str, list[BatchOutcome]] = defaultdict(list)
-        for outcome in outcomes:
-            if outcome.member_keys is not None:
-                by_definition[outcome.definition].append(outcome)
+        for outcome in named:
+            if (definition_id := ids.get(str(outcome.run_id))) is not None:  # None: the definition is gone
+                by_definition[definition_id].append(outcome)
         for definition, group in by_definition.items():
             self._follow_definition(session, definition, group)
 
@@ -82,26 +103,28 @@ class SqlMemberRetries:
             if len(member.key) <= MAX_KEY_LENGTH
         ]
         # Open members: pending (a next run sends them again) or given up (a full run may still deliver them).
-        # Usually few (the members failing now): read once a fold, so a batch's delivered members are matched in
-        # memory, not by a query a batch; past OPEN_IN_MEMORY, by the batch's keys instead (bounded memory).
+        # Matched against the fold's own keys at the cost of the smaller of the two: the open set is read (one
+        # query) when it holds no more keys than the fold names (and at most OPEN_IN_MEMORY), else only the
+        # fold's keys are looked up, in chunks. Never more rows read than the fold has keys.
+        limit = min(sum(len(outcome.member_keys or []) for outcome in outcomes), OPEN_IN_MEMORY)
         open_keys = set(
             session.scalars(
                 select(MemberRetryRow.member_key)
-                .where(MemberRetryRow.definition == definition, MemberRetryRow.state.in_(OPEN))
-                .limit(OPEN_IN_MEMORY + 1)
+                .where(MemberRetryRow.definition_id == definition, MemberRetryRow.state.in_(OPEN))
+                .limit(limit + 1)
             )
         )
         if not refused and not open_keys:
             return  # the common case: nothing refused, nothing waiting for a delivery (one indexed read)
-        many = len(open_keys) > OPEN_IN_MEMORY
+        if len(open_keys) > limit:
+            keys = sorted({key for outcome in outcomes for key in outcome.member_keys or []})
+            open_keys = self._open_among(session, definition, keys)
         delivered: dict[str, str] = {}
         for outcome in outcomes:
-            if open_keys:
-                refused_keys = {member.key for member in outcome.refused}
-                keys = outcome.member_keys or []
-                for key in self._open_among(session, definition, keys) if many else open_keys.intersection(keys):
-                    if key not in refused_keys:
-                        delivered[key] = str(outcome.run_id)
+            refused_keys = {member.key for member in outcome.refused}
+            for key in open_keys.intersection(outcome.member_keys or []):
+                if key not in refused_keys:
+                    delivered[key] = str(outcome.run_id)
         current = self._current(session, definition, sorted({m.key for _, m in refused} | delivered.keys()))
         changed: dict[str, MemberRetry] = {}
         for key, run_id in delivered.items():
@@ -117,7 +140,7 @@ class SqlMemberRetries:
                 run_id=run_id,
                 policy=policy,
             )
-        self._write(session, definition, changed, current)
+        self._write(session, definition, changed)
 
     @staticmethod
     def _open_among(session: Session, definition: str, keys: Sequence[str]) -> set[str]:
@@ -127,7 +150,7 @@ class SqlMemberRetries:
             found.update(
                 session.scalars(
                     select(MemberRetryRow.member_key).where(
-                        MemberRetryRow.definition == definition,
+                        MemberRetryRow.definition_id == definition,
                         MemberRetryRow.member_key.in_(chunk),
                         MemberRetryRow.state.in_(OPEN),
                     )
@@ -141,21 +164,24 @@ class SqlMemberRetries:
         for chunk in _chunks(keys):
             for row in session.scalars(
                 select(MemberRetryRow).where(
-                    MemberRetryRow.definition == definition, MemberRetryRow.member_key.in_(chunk)
+                    MemberRetryRow.definition_id == definition, MemberRetryRow.member_key.in_(chunk)
                 )
             ):
                 current[row.member_key] = _retry_of(row)
         return current
 
     @staticmethod
-    def _write(
-        session: Session, definition: str, changed: dict[str, MemberRetry], current: dict[str, MemberRetry]
-    ) -> None:
-        """New rows in one INSERT, changed ones in one UPDATE (executemany by primary key)."""
+    def _write(session: Session, definition: str, changed: dict[str, MemberRetry]) -> None:
+        """Every changed row in one upsert (INSERT ... ON CONFLICT DO UPDATE), in key order: two folds that
+        refuse the same new member (notifier replicas, overlapping runs) both succeed, the last one's state
+        standing, and concurrent folds lock rows in the same order (no deadlock on PostgreSQL)."""
+        if not changed:
+            return
         at = now()
-
-        def values(state: MemberRetry) -> dict[str, object]:
-            return {
+        rows = [
+            {
+                "definition_id": definition,
+                "member_key": key,
                 "status": state.status,
                 "reason": state.reason,
                 "kind": state.kind.value,
@@ -164,34 +190,21 @@ class SqlMemberRetries:
                 "last_run_id": state.last_run,
                 "updated_at": at,
             }
-
-        table = cast(Table, MemberRetryRow.__table__)
-        _INSERT.execute(
-            session,
-            [{"definition": definition, "member_key": k} | values(s) for k, s in changed.items() if k not in current],
-        )
-        updated = [
-            {"b_definition": definition, "b_key": k} | {f"b_{name}": v for name, v in values(s).items()}
-            for k, s in changed.items()
-            if k in current
+            for key, state in sorted(changed.items())
         ]
-        if updated:
-            columns = table.c
-            statement = (
-                update(table)
-                .where(columns.definition == bindparam("b_definition"), columns.member_key == bindparam("b_key"))
-                .values({name: bindparam(f"b_{name}") for name in values(next(iter(changed.values())))})
-            )
-            session.execute(statement, updated)
+        table = cast(Table, MemberRetryRow.__table__)
+        dialect = session.connection().dialect.name
+        statement = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
+        upsert = statement.on_conflict_do_update(
+            index_elements=[table.c.definition_id, table.c.member_key],
+            set_={name: statement.excluded[name] for name in _COLUMNS if name not in ("definition_id", "member_key")},
+        )
+        session.execute(upsert, rows)
 
     @staticmethod
     def _policy(session: Session, definition: str) -> RetryRejected:
         """The definition's ``retry_rejected`` as saved (the default when it is gone or holds none)."""
-        spec = session.scalar(
-            select(CatalogObjectRow.spec).where(
-                CatalogObjectRow.kind == "ExportDefinition", CatalogObjectRow.name == definition
-            )
-        )
+        spec = session.scalar(select(CatalogObjectRow.spec).where(CatalogObjectRow.id == definition))
         try:
             return RetryRejected.model_validate((spec or {}).get("retry_rejected") or {})
         except ValidationError:  # saved by another release, say: the defaults, never a fold that cannot go on
@@ -199,42 +212,59 @@ class SqlMemberRetries:
 
     # --- the extractor ------------------------------------------------------------------------------------
 
-    def take_retries(self, run_id: uuid.UUID, definition: str) -> list[str]:
-        """The definition's pending retries this run sends again, in key order: taken at the run's first start,
-        the same set after a resume (a run never takes the members it refused itself)."""
+    def claim_retries(self, run_id: uuid.UUID, definition: str) -> int:
+        """Take the definition's pending retries for this run, at its first start; how many. Recorded even
+        when none (a resume, and the run's end, find the same share: never a second claim). The keys are
+        copied in the database (INSERT ... SELECT): none is held in memory, however many are pending; no cap
+        (a run after a long outage sends every pending member, read and published in chunks). A run never
+        takes the members it refused itself."""
         with self.database.transaction() as session:
-            taken = list(
-                session.scalars(
-                    select(RunRetryRow.member_key)
-                    .where(RunRetryRow.run_id == str(run_id))
-                    .order_by(RunRetryRow.member_key)
-                )
+            claimed = session.get(RunRetryClaimRow, str(run_id))
+            if claimed is not None:
+                return claimed.keys
+            definition_id = definition_id_of_run(session, str(run_id), definition) or ""  # "": gone, takes none
+            pending = select(literal(str(run_id)), MemberRetryRow.member_key).where(
+                MemberRetryRow.definition_id == definition_id,
+                MemberRetryRow.state == RetryState.PENDING.value,
+                MemberRetryRow.last_run_id != str(run_id),
             )
-            if taken:
-                return taken
-            keys = list(
-                session.scalars(
-                    select(MemberRetryRow.member_key)
-                    .where(
-                        MemberRetryRow.definition == definition,
-                        MemberRetryRow.state == RetryState.PENDING.value,
-                        MemberRetryRow.last_run_id != str(run_id),
-                    )
-                    .order_by(MemberRetryRow.member_key)
-                )
-            )
-            if keys:
-                session.execute(insert(RunRetryRow), [{"run_id": str(run_id), "member_key": key} for key in keys])
-            return keys
+            session.execute(insert(RunRetryRow).from_select(["run_id", "member_key"], pending))
+            count = session.scalar(select(func.count()).where(RunRetryRow.run_id == str(run_id))) or 0
+            session.add(RunRetryClaimRow(run_id=str(run_id), definition_id=definition_id, keys=count, claimed_at=now()))
+            return count
 
-    def resolve_gone(self, definition: str, keys: Sequence[str], run_id: uuid.UUID) -> None:
-        """Pending members the definition's query no longer returns: nothing to send again."""
+    def claimed(self, run_id: uuid.UUID) -> int:
+        """How many retries the run took at its start (0 when it took none, or never claimed)."""
         with self.database.transaction() as session:
+            found = session.get(RunRetryClaimRow, str(run_id))
+            return found.keys if found is not None else 0
+
+    def claimed_keys(self, run_id: uuid.UUID, chunk: int = CHUNK) -> Iterator[list[str]]:
+        """The keys the run took, in key order, ``chunk`` at a time (one short transaction each)."""
+        after: str | None = None
+        while True:
+            with self.database.transaction() as session:
+                statement = select(RunRetryRow.member_key).where(RunRetryRow.run_id == str(run_id))
+                if after is not None:
+                    statement = statement.where(RunRetryRow.member_key > after)
+                keys = list(session.scalars(statement.order_by(RunRetryRow.member_key).limit(chunk)))
+            if not keys:
+                return
+            yield keys
+            after = keys[-1]
+
+    def resolve_gone(self, run_id: uuid.UUID, keys: Sequence[str]) -> None:
+        """Pending members the query of the run's definition no longer returns: nothing to send again."""
+        with self.database.transaction() as session:
+            claim = session.get(RunRetryClaimRow, str(run_id))
+            if claim is None:
+                return
+            definition = claim.definition_id
             for chunk in _chunks(keys):
                 session.execute(
                     update(MemberRetryRow)
                     .where(
-                        MemberRetryRow.definition == definition,
+                        MemberRetryRow.definition_id == definition,
                         MemberRetryRow.member_key.in_(chunk),
                         MemberRetryRow.state == RetryState.PENDING.value,
                     )
@@ -244,14 +274,58 @@ class SqlMemberRetries:
     # --- readers --------------------------------------------------------------------------------------------
 
     def states(self, definition: str, keys: Sequence[str]) -> dict[str, MemberRetry]:
-        """The retry state of each of ``keys`` the definition has one for."""
+        """The retry state of each of ``keys`` the definition (by its id) has one for."""
         found: dict[str, MemberRetry] = {}
         with self.database.transaction() as session:
             for chunk in _chunks(sorted(set(keys))):
                 for row in session.scalars(
                     select(MemberRetryRow).where(
-                        MemberRetryRow.definition == definition, MemberRetryRow.member_key.in_(chunk)
+                        MemberRetryRow.definition_id == definition, MemberRetryRow.member_key.in_(chunk)
                     )
                 ):
                     found[row.member_key] = _retry_of(row)
         return found
+
+    # --- retention (the notifier's sweep) --------------------------------------------------------------------
+
+    def prune(self, keep_days: float = KEEP_DAYS, *, batch: int = PRUNE_BATCH) -> int:
+        """Drop what no run needs any more: resolved members (delivered or gone: pending and given-up ones stay,
+        they are the dead letters) and runs' claims with their keys, older than ``keep_days``; every member of a
+        definition deleted since (its state is keyed by its id: a namesake re-created never reads it). In
+        deletes of ``batch`` rows, each its own short transaction (never one long lock); how many rows went."""
+        cutoff = now() - timedelta(days=keep_days)
+        gone = 0
+        resolved = (RetryState.DELIVERED.value, RetryState.GONE.value)
+        key = tuple_(MemberRetryRow.definition_id, MemberRetryRow.member_key)
+        # Resolved long enough ago, or of a definition deleted since (orphans: no run reads them any more).
+        deleted = ~exists().where(CatalogObjectRow.id == MemberRetryRow.definition_id)
+        prunable = or_(and_(MemberRetryRow.state.in_(resolved), MemberRetryRow.updated_at < cutoff), deleted)
+        while True:
+            with self.database.transaction() as session:
+                some = select(MemberRetryRow.definition_id, MemberRetryRow.member_key).where(prunable).limit(batch)
+                went = _rowcount(session.execute(delete(MemberRetryRow).where(key.in_(some))))
+            gone += went
+            if went < batch:
+                break
+        while True:
+            with self.database.transaction() as session:
+                runs = list(
+                    session.scalars(
+                        select(RunRetryClaimRow.run_id).where(RunRetryClaimRow.claimed_at < cutoff).limit(CHUNK)
+                    )
+                )
+                if not runs:
+                    break
+                pk = tuple_(RunRetryRow.run_id, RunRetryRow.member_key)
+                keys = select(RunRetryRow.run_id, RunRetryRow.member_key).where(RunRetryRow.run_id.in_(runs))
+                went = _rowcount(session.execute(delete(RunRetryRow).where(pk.in_(keys.limit(batch)))))
+                if went < batch:  # the last of these runs' keys: their claims go too
+                    went += _rowcount(
+                        session.execute(delete(RunRetryClaimRow).where(RunRetryClaimRow.run_id.in_(runs)))
+                    )
+            gone += went
+        return gone
+
+
+def _rowcount(result: object) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -18,9 +18,13 @@ class MemberRetryRow(Base):
     """A member of a definition the partner refused: its last refusal and where its retries stand."""
 
     __tablename__ = "member_retries"
-    __table_args__ = (Index("ix_member_retries_pending", "definition", "state"),)
+    #: Keyed by the definition's stable id (not its name: a namesake re-created later sees none of these).
+    __table_args__ = (
+        Index("ix_member_retries_pending", "definition_id", "state"),
+        Index("ix_member_retries_updated_at", "state", "updated_at"),
+    )
 
-    definition: Mapped[str] = mapped_column(String(100), primary_key=True)
+    definition_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     member_key: Mapped[str] = mapped_column(Text, primary_key=True)
     status: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
@@ -42,16 +46,28 @@ class RunRetryRow(Base):
     member_key: Mapped[str] = mapped_column(Text, primary_key=True)
 
 
+class RunRetryClaimRow(Base):
+    """That a run took its share of the pending retries (``keys`` of them, maybe none): written at its first
+    start, only read after (a resumed run, and the run's end, find the same share)."""
+
+    __tablename__ = "run_retry_claims"
+
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    definition_id: Mapped[str] = mapped_column(String(36))
+    keys: Mapped[int] = mapped_column(Integer)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class DeliveryBatchRow(Base):
     """The delivery log's row of one batch outcome: its members' keys, and its refused members (key, status,
     reason, attempts), each packed (shared.domain.key_packing)."""
 
     __tablename__ = "delivery_batches"
-    __table_args__ = (Index("ix_delivery_batches_definition_at", "definition", "at"),)
+    __table_args__ = (Index("ix_delivery_batches_definition_at", "definition_id", "at"),)
 
     run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     batch_index: Mapped[int] = mapped_column(Integer, primary_key=True)
-    definition: Mapped[str] = mapped_column(String(100))
+    definition_id: Mapped[str] = mapped_column(String(36))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     members: Mapped[int] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer)

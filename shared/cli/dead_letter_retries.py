@@ -38,41 +38,70 @@ def summary(keys: list[str], states: Mapping[str, MemberRetry]) -> str:
     return ", ".join(f"{count} {what}" for what, count in sorted(counts.items()))
 
 
-def retry_cells(catalog_url: str, groups: Mapping[G, tuple[str, list[dict[str, Any]]]]) -> dict[G, str]:
-    """Each group's (definition, members) retry summary; none for a group whose definition the catalog cannot
-    say (a definition gone), nor at all without a readable catalog (the listing is of Kafka's dead letters)."""
-    from shared.catalog import CatalogStores, NotFound
-    from shared.cli.exits import CliError
-    from shared.cli.modes import refuse_missing_catalog
-    from shared.domain.catalog_objects import ExportDefinition, SavedQuery
-    from shared.errors import StoredObjectInvalid
+class RetryLookup:
+    """The catalog's view of dead letters' retries, as the local operator (through ``shared.application``):
+    opened once a listing, read-only; nothing at all without a readable catalog (the listing is of Kafka's
+    dead letters, and says what it can)."""
 
-    try:
-        refuse_missing_catalog(catalog_url)
-    except CliError:
-        return {}
-    from sqlalchemy.exc import SQLAlchemyError
+    def __init__(self, catalog_url: str) -> None:
+        import getpass
 
-    cells: dict[G, str] = {}
-    stores = CatalogStores.from_url(catalog_url)
-    try:
-        key_columns: dict[str, str | None] = {}
-        for group, (definition, members) in groups.items():
-            if definition not in key_columns:
-                try:
-                    query = stores.definitions.get(
-                        SavedQuery, stores.definitions.get(ExportDefinition, definition).query
-                    )
-                    key_columns[definition] = query.key_column
-                except (NotFound, StoredObjectInvalid):
-                    key_columns[definition] = None
-            column = key_columns[definition]
-            if column is None or not members:
+        from shared.application.actors import local_operator
+        from shared.cli.exits import CliError
+        from shared.cli.modes import refuse_missing_catalog
+
+        self._actor = local_operator(getpass.getuser())
+        self._columns: dict[str, str | None] = {}
+        self._stores: Any = None
+        try:
+            refuse_missing_catalog(catalog_url)
+        except CliError:
+            return
+        from shared.catalog import CatalogStores
+
+        self._stores = CatalogStores.from_url(catalog_url)
+
+    def key_column(self, definition: str) -> str | None:
+        """The column naming the definition's members; None when the catalog cannot say (a definition gone)."""
+        if self._stores is None or not definition:
+            return None
+        if definition not in self._columns:
+            from sqlalchemy.exc import SQLAlchemyError
+
+            from shared.application.dead_letter_retries import dead_letter_key_column
+            from shared.application.errors import Refused
+            from shared.errors import StoredObjectInvalid
+
+            try:
+                self._columns[definition] = dead_letter_key_column(
+                    self._actor, definition, store=self._stores.definitions
+                )
+            except (Refused, StoredObjectInvalid, SQLAlchemyError):  # gone, or a catalog it cannot read
+                self._columns[definition] = None
+        return self._columns[definition]
+
+    def cells(self, groups: Mapping[G, tuple[str, list[str]]]) -> dict[G, str]:
+        """Each group's (definition, member keys) retry summary; none for a group the catalog cannot say."""
+        if self._stores is None:
+            return {}
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from shared.application.dead_letter_retries import dead_letter_retries
+        from shared.application.errors import Refused
+
+        cells: dict[G, str] = {}
+        for group, (definition, keys) in groups.items():
+            if not keys or self.key_column(definition) is None:
                 continue
-            keys = member_keys(members, column)
-            cells[group] = summary(keys, stores.retries.states(definition, keys))
-    except SQLAlchemyError:  # a catalog that cannot be read (or is at an older revision): no RETRY column
-        return {}
-    finally:
-        stores.close()
-    return cells
+            try:
+                states = dead_letter_retries(
+                    self._actor, definition, keys, store=self._stores.definitions, retries=self._stores.retries
+                )
+            except (Refused, SQLAlchemyError):  # a catalog at an older revision, say: no RETRY cell
+                continue
+            cells[group] = summary(keys, states)
+        return cells
+
+    def close(self) -> None:
+        if self._stores is not None:
+            self._stores.close()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import uuid
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shared.cli.argtypes import positive_float
-from shared.cli.dead_letter_retries import retry_cells
+from shared.cli.dead_letter_retries import RetryLookup, member_keys
 from shared.cli.exits import OK, USAGE, CliError
 from shared.cli.output import dump, output_option, table
 
@@ -30,20 +30,29 @@ def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
 
     require_kafka(settings.kafka_bootstrap_servers)
     groups: Counter[tuple[str, str, str]] = Counter()
-    members: dict[tuple[str, str, str], tuple[str, list[dict[str, Any]]]] = {}
+    # Only each group's member keys are kept (not the letters' member values): where they stand now, retried by
+    # the next run, given up, delivered since, the catalog says.
+    keys: dict[tuple[str, str, str], tuple[str, list[str]]] = {}
     letters = 0
-    for letter in KafkaDeadLetters(settings).dead_letters():
-        if args.run and str(letter.run_id) != args.run:
-            continue
-        if args.definition and letter.definition != args.definition:
-            continue
-        letters += 1
-        run = str(letter.run_id) if letter.run_id else f"({letter.service}: unreadable record)"
-        group = (run, letter.definition or "-", letter.reason[:100])
-        groups[group] += len(letter.members or []) or 1
-        members.setdefault(group, (letter.definition or "", []))[1].extend(letter.members or [])
-    # Where each group's members stand now: retried by the next run, given up, delivered since (the catalog says).
-    retries = retry_cells(settings.catalog_url, members)
+    lookup = RetryLookup(settings.catalog_url)
+    try:
+        for letter in KafkaDeadLetters(settings).dead_letters():
+            if args.run and str(letter.run_id) != args.run:
+                continue
+            if args.definition and letter.definition != args.definition:
+                continue
+            letters += 1
+            run = str(letter.run_id) if letter.run_id else f"({letter.service}: unreadable record)"
+            group = (run, letter.definition or "-", letter.reason[:100])
+            groups[group] += len(letter.members or []) or 1
+            column = lookup.key_column(letter.definition or "")
+            if column is not None:
+                keys.setdefault(group, (letter.definition or "", []))[1].extend(
+                    member_keys(letter.members or [], column)
+                )
+        retries = lookup.cells(keys)
+    finally:
+        lookup.close()
     rows = [
         (run, definition, count, reason, retries.get((run, definition, reason), ""))
         for (run, definition, reason), count in sorted(groups.items())

@@ -11,41 +11,9 @@ from typing import TYPE_CHECKING, Any
 from shared.cli.output import dump, output_option
 
 if TYPE_CHECKING:
-    from shared.application.member_deliveries import MemberDeliveryAnswer
     from shared.cli.api import AdminApi
     from shared.cli.common import CliSettings
     from shared.cli.direct import Direct
-
-
-def answer_view(answer: MemberDeliveryAnswer) -> dict[str, Any]:
-    """The answer as the admin API shows it (the same fields in both modes)."""
-    last, retry = answer.last, answer.retry
-    return {
-        "definition": answer.definition,
-        "key": answer.key,
-        "last": None
-        if last is None
-        else {
-            "outcome": last.outcome,
-            "run_id": last.run_id,
-            "batch_index": last.batch_index,
-            "at": last.at.isoformat().replace("+00:00", "Z"),  # as the API writes it
-            "attempts": last.attempts,
-            "status": last.status,
-            "reason": last.reason,
-            "retry": last.retry,
-        },
-        "retry": None
-        if retry is None
-        else {
-            "state": retry.state.value,
-            "kind": retry.kind.value,
-            "failed_runs": retry.failed_runs,
-            "last_run_id": retry.last_run,
-            "status": retry.status,
-            "reason": retry.reason,
-        },
-    }
 
 
 def print_delivery(view: dict[str, Any], fmt: str) -> None:
@@ -73,7 +41,7 @@ def print_delivery(view: dict[str, Any], fmt: str) -> None:
 
 def cmd_deliveries(settings: CliSettings, args: argparse.Namespace) -> int:
     # Imported here: exportctl through the admin API never loads the catalog (start-up time).
-    from shared.application.member_deliveries import member_delivery
+    from shared.application.member_deliveries import delivery_view, member_delivery
     from shared.cli.direct import on_catalog
 
     def show(context: Direct) -> int:
@@ -85,7 +53,7 @@ def cmd_deliveries(settings: CliSettings, args: argparse.Namespace) -> int:
             log=context.stores.deliveries,
             retries=context.stores.retries,
         )
-        print_delivery(answer_view(answer), args.output)
+        print_delivery(delivery_view(answer), args.output)
         return 0
 
     return on_catalog(settings, show)

@@ -21,6 +21,7 @@ from typing import Any
 from devtools.postgres import LocalPostgres
 from shared.catalog import CatalogStores
 from shared.events import AnyRunEvent, BatchOutcome, ExtractionCompleted, RefusedMember, RunStarted, Trigger
+from tests.member_state_helpers import member_state_definition
 
 POLL = 500
 
@@ -96,6 +97,7 @@ def measure_log(new_catalog: Callable[[], str], events: list[AnyRunEvent], round
     for _ in range(rounds):
         for name in LOG_CONFIGS:
             stores = CatalogStores.from_url(new_catalog(), migrate=True)
+            bench_id = member_state_definition(stores, "bench")  # per-member state is keyed by its id
             if name != "without":
                 stores.runs.followers.append(stores.deliveries)
             if name == "log + retries":
@@ -113,7 +115,7 @@ def measure_log(new_catalog: Callable[[], str], events: list[AnyRunEvent], round
                 }
                 for probe, key in probes.items():
                     started = time.perf_counter()
-                    stores.deliveries.last_delivery("bench", key)
+                    stores.deliveries.last_delivery(bench_id, key)
                     elapsed = (time.perf_counter() - started) * 1000
                     lookups[probe] = min(lookups.get(probe, elapsed), elapsed)
             stores.close()

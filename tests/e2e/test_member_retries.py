@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from devtools.http_receiver import HttpReceiver
+from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.member_retries import RetryState
 from shared.domain.runs import RunRecord
 from tests.admin_server import AdminServer
@@ -96,6 +97,11 @@ def runs_422(pipeline: Pipeline, picky: HttpReceiver) -> list[RunRecord]:
         picky.state.member_statuses = {}
 
 
+def _id_of(pipeline: Pipeline, definition: str) -> str:
+    """The definition's stable id (per-member state is keyed by it)."""
+    return str(pipeline.catalog.definitions.get_versioned(ExportDefinition, definition)[0])
+
+
 def test_members_refused_with_503_are_delivered_by_the_next_run_and_counted_as_retries(
     pipeline: Pipeline, picky: HttpReceiver, runs_503: list[RunRecord]
 ):
@@ -105,7 +111,7 @@ def test_members_refused_with_503_are_delivered_by_the_next_run_and_counted_as_r
     assert (second.extracted, second.delivered, second.failed, second.retried) == (100, 100, 0, 10)
     accepted = picky.accepted_member_ids()
     assert all(accepted[member_id] == 1 for member_id in UNAVAILABLE)  # delivered once, by the second run
-    states = pipeline.catalog.retries.states("retried-503", [str(i) for i in UNAVAILABLE])
+    states = pipeline.catalog.retries.states(_id_of(pipeline, "retried-503"), [str(i) for i in UNAVAILABLE])
     assert {s.state for s in states.values()} == {RetryState.DELIVERED}
     assert {s.last_run for s in states.values()} == {str(second.run_id)}
     # The dead letters of the first run say where their members stand now.
@@ -118,7 +124,7 @@ def test_a_member_refused_as_invalid_is_not_retried_after_its_limit(pipeline: Pi
     assert [(r.extracted, r.delivered, r.failed) for r in runs_422] == [(50, 49, 1)] * 3
     # invalid_runs: 1: the second run sends it again (a retry), the third no more.
     assert [r.retried for r in runs_422] == [0, 1, 0]
-    state = pipeline.catalog.retries.states("retried-422", [str(INVALID)])[str(INVALID)]
+    state = pipeline.catalog.retries.states(_id_of(pipeline, "retried-422"), [str(INVALID)])[str(INVALID)]
     assert (state.state, state.status, state.failed_runs) == (RetryState.GIVEN_UP, 422, 3)
 
 

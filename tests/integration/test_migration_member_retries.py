@@ -16,10 +16,11 @@ from shared.catalog.stores import CatalogStores
 from shared.domain.member_retries import RetryState
 from shared.events import BatchOutcome, RefusedMember, RunStarted, Trigger
 from tests.integration.test_migrations import RUN_NIGHTLY, fill_baseline
+from tests.member_state_helpers import member_state_definition
 
 pytestmark = pytest.mark.integration
 
-NEW_TABLES = {"member_retries", "run_retries", "delivery_batches"}
+NEW_TABLES = {"member_retries", "run_retries", "run_retry_claims", "delivery_batches"}
 
 
 @pytest.fixture
@@ -41,6 +42,7 @@ def test_0012_keeps_the_runs_before_it_and_records_the_members_of_new_outcomes(e
     catalog.runs.followers.extend([catalog.retries, catalog.deliveries])
     try:
         assert catalog.runs.get_run(uuid.UUID(RUN_NIGHTLY)) is not None
+        nightly = member_state_definition(catalog, "nightly")  # per-member state is keyed by its id
         run_id = uuid.uuid4()
         catalog.runs.fold_run_event(RunStarted(run_id=run_id, definition="nightly", trigger=Trigger.MANUAL))
         refused = RefusedMember(key="2", status=503, reason="HTTP 503", attempts=2)
@@ -54,13 +56,13 @@ def test_0012_keeps_the_runs_before_it_and_records_the_members_of_new_outcomes(e
             refused=[refused],
         )
         catalog.runs.fold_run_event(outcome)
-        last = catalog.deliveries.last_delivery("nightly", "2")
+        last = catalog.deliveries.last_delivery(nightly, "2")
         assert last is not None
         assert (last.delivered, last.status, last.run_id) == (False, 503, str(run_id))
-        delivered = catalog.deliveries.last_delivery("nightly", "3")
+        delivered = catalog.deliveries.last_delivery(nightly, "3")
         assert delivered is not None
         assert delivered.delivered
-        assert catalog.retries.states("nightly", ["2"])["2"].state is RetryState.PENDING
+        assert catalog.retries.states(nightly, ["2"])["2"].state is RetryState.PENDING
     finally:
         catalog.close()
 

@@ -404,8 +404,8 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
     # counts; change-mode snapshots (three tables, two indexes) and the checkpoints' fixed sync; the attempts
     # table and its three indexes; the dispatcher replicas' heartbeats (and their index), the shared circuit
     # breakers, the breakers open at each replica (and their index) and the breaker emails' outbox; the tables
-    # of next-run retries and of the member delivery log (3) and their indexes (3).
-    assert len(lines) == 41, lines
+    # of next-run retries, their claims and the member delivery log (4) and their indexes (5).
+    assert len(lines) == 44, lines
     assert "table change_members is missing from the database" in lines
     assert "table delivery_batches is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)

@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from services.extractor.extraction import Extractor
 from shared.catalog import CatalogStores, make_engine
+from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.member_retries import RetryState
 from shared.events import BatchOutcome, ExtractionCompleted, MemberBatch, RefusedMember, RunRequested
 from shared.settings import CommonSettings
@@ -100,6 +101,7 @@ def test_an_incremental_run_sends_the_retries_its_window_lacks_by_key_once_acros
     ]
     # Said twice (the crash came after it was published), the same each time: 70 carried, 7 and 700 re-sent.
     assert {(e.members, e.batches, e.retries) for e in completed} == {(3, 2, 3)}
-    states = catalog.retries.states("export-changed", ["7", "70", "700", "999999", "5"])
+    definition_id, _, _ = catalog.definitions.get_versioned(ExportDefinition, "export-changed")
+    states = catalog.retries.states(str(definition_id), ["7", "70", "700", "999999", "5"])
     assert states["999999"].state is RetryState.GONE
     assert states["5"].state is RetryState.PENDING  # for the next run

@@ -1,0 +1,111 @@
+"""Retries of members whose key is not an integer (a NUMERIC(12,2) key), on SQLite and PostgreSQL: the
+dispatcher names a refused member by its key's JSON value (``1042`` for ``1042.00``), and the extractor finds
+it again by that name (read by key, compared as the column's type), sends it, and resolves only keys the query
+no longer returns as gone; the claim is read and published a chunk of keys at a time."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+
+from services.extractor.retry_members import RetryJob, RetryScope, send_retries
+from shared.catalog import CatalogStores, make_engine
+from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
+from shared.domain.member_retries import RetryState
+from shared.events import BatchOutcome, MemberBatch, RefusedMember
+from shared.kafka import Outgoing
+from shared.querystore import MemberReader
+from shared.topics import Topics
+from tests.member_state_helpers import member_state_definition
+
+pytestmark = pytest.mark.integration
+
+QUERY = SavedQuery(name="priced", sql="SELECT code, label FROM priced", key_column="code")
+DEFINITION = ExportDefinition(name="export-priced", query="priced", template="t-priced")
+TEMPLATE = HttpTemplate(name="t-priced", query="priced", profile="p", batch_size=100)
+
+
+@pytest.fixture
+def reader(database_url: str) -> Iterator[MemberReader]:
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE priced (code NUMERIC(12, 2) PRIMARY KEY, label VARCHAR(20))"))
+        connection.execute(
+            text("INSERT INTO priced VALUES (10.50, 'a'), (1042.00, 'b'), (2000.25, 'c'), (3000.00, 'd')")
+        )
+    engine.dispose()
+    found = MemberReader.from_url(database_url)
+    yield found
+    found.close()
+
+
+def _refused(catalog: CatalogStores, keys: list[str]) -> str:
+    """An earlier run refused ``keys`` (named as the dispatcher names them) with a 503; the definition's id."""
+    definition_id = member_state_definition(catalog, DEFINITION.name)
+    outcome = BatchOutcome(
+        run_id=uuid.uuid4(),
+        definition=DEFINITION.name,
+        batch_index=0,
+        delivered=0,
+        failed=len(keys),
+        member_keys=keys,
+        refused=[RefusedMember(key=key, status=503, reason="HTTP 503", attempts=1) for key in keys],
+    )
+    with catalog.database.transaction() as session:
+        catalog.retries.follow(session, [outcome])
+    return definition_id
+
+
+def _job(run_id: uuid.UUID, *, full: bool) -> RetryJob:
+    return RetryJob(run_id, DEFINITION, QUERY, TEMPLATE, {}, RetryScope(full=full), 5, 100, 1_000_000)
+
+
+def test_decimal_keys_are_found_again_sent_in_chunks_and_only_missing_ones_are_gone(
+    catalog: CatalogStores, reader: MemberReader, monkeypatch: pytest.MonkeyPatch
+):
+    # As the dispatcher names them from the batch's JSON: 1042.00 is 1042, 10.50 is 10.5.
+    definition_id = _refused(catalog, ["10.5", "1042", "2000.25", "77.7"])
+    run_id = uuid.uuid4()
+    assert catalog.retries.claim_retries(run_id, DEFINITION.name) == 4
+    chunks: list[list[str]] = []
+    claimed_keys = catalog.retries.claimed_keys
+
+    def in_twos(run: uuid.UUID) -> Iterator[list[str]]:
+        for chunk in claimed_keys(run, chunk=2):
+            chunks.append(chunk)
+            yield chunk
+
+    monkeypatch.setattr(catalog.retries, "claimed_keys", in_twos)
+    published: list[list[Outgoing]] = []
+    retried = send_retries(
+        _job(run_id, full=False), reader=reader, store=catalog.retries, topics=Topics(), publish=published.append
+    )
+    assert chunks == [["10.5", "1042"], ["2000.25", "77.7"]]
+    assert len(published) == 2  # each chunk encoded and published before the next is read
+    batches = [MemberBatch.model_validate_json(o.value) for out in published for o in out]
+    assert [b.batch_index for b in batches] == [5, 6]
+    assert all(b.retry for b in batches)
+    assert [(m["code"], m["label"]) for b in batches for m in b.members] == [(10.5, "a"), (1042, "b"), (2000.25, "c")]
+    assert (retried.members, retried.batches, retried.retries) == (3, 2, 3)
+    states = catalog.retries.states(definition_id, ["10.5", "1042", "2000.25", "77.7"])
+    assert states["77.7"].state is RetryState.GONE  # the only key the query no longer returns
+    assert {states[k].state for k in ("10.5", "1042", "2000.25")} == {RetryState.PENDING}
+
+
+def test_a_full_run_counts_the_decimal_keys_its_pages_carried_and_sends_none_by_key(
+    catalog: CatalogStores, reader: MemberReader
+):
+    definition_id = _refused(catalog, ["1042", "3000", "5"])
+    run_id = uuid.uuid4()
+    catalog.retries.claim_retries(run_id, DEFINITION.name)
+    published: list[list[Outgoing]] = []
+    retried = send_retries(
+        _job(run_id, full=True), reader=reader, store=catalog.retries, topics=Topics(), publish=published.append
+    )
+    assert published == []
+    assert (retried.members, retried.batches, retried.retries) == (0, 0, 2)
+    assert catalog.retries.states(definition_id, ["5"])["5"].state is RetryState.GONE
+    assert catalog.retries.states(definition_id, ["1042"])["1042"].state is RetryState.PENDING
