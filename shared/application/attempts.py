@@ -17,7 +17,7 @@ from shared.application.actors import Actor, Permission
 from shared.application.errors import Forbidden
 from shared.application.objects import visible_with_id
 from shared.application.ports import AttemptsReader, DefinitionsStore
-from shared.domain.attempts import CapturedAttempt
+from shared.domain.attempts import CapturedAttempt, attempt_fields
 from shared.domain.catalog_objects import ExportDefinition
 
 
@@ -47,21 +47,7 @@ def attempt_view(attempt: CapturedAttempt) -> dict[str, Any]:
     """An attempt as the admin API answers it and exportctl prints it (JSON-ready; one shape for both)."""
     return {
         "id": attempt.id,
+        **attempt_fields(attempt),
         "at": attempt.at.isoformat().replace("+00:00", "Z"),  # as the API writes an instant in UTC
-        "definition": attempt.definition,
-        "profile": attempt.profile,
         "run_id": str(attempt.run_id),
-        "batch_index": attempt.batch_index,
-        "attempt": attempt.attempt,
-        "method": attempt.method,
-        "url": attempt.url,
-        "request_headers": dict(attempt.request_headers),
-        "request_body": attempt.request_body,
-        "request_bytes": attempt.request_bytes,
-        "status": attempt.status,
-        "success": attempt.success,
-        "latency_ms": attempt.latency_ms,
-        "response_headers": dict(attempt.response_headers),
-        "response_body": attempt.response_body,
-        "error": attempt.error,
     }

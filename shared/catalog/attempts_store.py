@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.tables import AttemptRow, CatalogObjectRow, RunRow
-from shared.domain.attempts import CapturedAttempt
+from shared.domain.attempts import CapturedAttempt, attempt_fields
 from shared.domain.catalog_objects import ExportDefinition
 
 
@@ -98,25 +98,7 @@ def _keep_newest(session: Session, definition: str, profile: str, success: bool,
 
 
 def _row(attempt: CapturedAttempt) -> dict[str, object]:
-    return {
-        "definition": attempt.definition,
-        "profile": attempt.profile,
-        "run_id": str(attempt.run_id),
-        "batch_index": attempt.batch_index,
-        "attempt": attempt.attempt,
-        "at": as_utc(attempt.at),
-        "method": attempt.method,
-        "url": attempt.url,
-        "request_headers": dict(attempt.request_headers),
-        "request_body": attempt.request_body,
-        "request_bytes": attempt.request_bytes,
-        "status": attempt.status,
-        "success": attempt.success,
-        "latency_ms": attempt.latency_ms,
-        "response_headers": dict(attempt.response_headers),
-        "response_body": attempt.response_body,
-        "error": attempt.error,
-    }
+    return attempt_fields(attempt) | {"run_id": str(attempt.run_id), "at": as_utc(attempt.at)}
 
 
 def _attempt_of(row: AttemptRow) -> CapturedAttempt:

@@ -22,8 +22,9 @@ import re
 import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
 from shared.domain.secret_names import secret_name, secret_query_name
 
@@ -244,3 +245,15 @@ class CapturedAttempt:
     id: int | None = None
     #: The definition's stable id, as the store recorded it (None before it is stored, or if it was gone).
     definition_id: uuid.UUID | None = None
+
+
+#: What the store adds to a captured attempt: not part of what was sent and answered.
+_STORE_FIELDS = frozenset({"id", "definition_id"})
+
+
+def attempt_fields(attempt: CapturedAttempt) -> dict[str, Any]:
+    """What was sent and answered, field by field (headers as plain dicts): one map for the store and the views."""
+    values = {f.name: getattr(attempt, f.name) for f in fields(attempt) if f.name not in _STORE_FIELDS}
+    values["request_headers"] = dict(attempt.request_headers)
+    values["response_headers"] = dict(attempt.response_headers)
+    return values
