@@ -136,7 +136,8 @@ class MemberPages(Iterator[Page | JsonPage]):
         return self._as_rows(page)
 
     def close(self) -> None:
-        """Stop reading ahead (a query under way finishes on its own; its page is dropped)."""
+        """Stop reading ahead: a page read under way is waited for (its connection checked back in), then
+        dropped."""
         self._ahead.close()
 
     def __enter__(self) -> MemberPages:
@@ -191,8 +192,15 @@ class _ReadAhead(Iterator[tuple[Page | JsonPage, float]]):
         raise StopIteration
 
     def close(self) -> None:
+        """Stop reading ahead, and wait for a page read under way (bounded by the query's timeout).
+
+        Waiting matters: the read holds one of the engine's connections until it ends, and an engine
+        disposed before it is checked back in would leave that connection to the garbage collector.
+        """
         self._done = True
         self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 class _DriverStatement:
