@@ -65,6 +65,7 @@ bench: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_fleet_limits
 	$(BIN)/python -m tests.benchmarks.bench_dispatcher
 	$(BIN)/python -m tests.benchmarks.bench_inspector
+	$(BIN)/python -m tests.benchmarks.bench_reason_masking
 	$(BIN)/python -m tests.benchmarks.bench_e2e
 
 ## The whole pipeline end to end (1M members in batches of 500, 100k one-member requests) beside its raw ceilings
