@@ -286,7 +286,7 @@ class Extractor:
             watermark_until=checkpoint.watermark_until,
         )
         if changes_mode:  # never split, no watermark: see change_extraction.py
-            checkpoint, changes = self._changes(request.run_id, definition, query, parameters, checkpoint)
+            checkpoint, changes = self._changes(request, definition, query, parameters, checkpoint)
             self._complete(
                 request.run_id,
                 definition.name,
@@ -317,7 +317,7 @@ class Extractor:
 
     def _changes(
         self,
-        run_id: uuid.UUID,
+        request: RunRequested,
         definition: ExportDefinition,
         query: SavedQuery,
         parameters: dict[str, Any],
@@ -328,12 +328,13 @@ class Extractor:
         run = ChangeRun(
             self,
             self.snapshots,
-            run_id=run_id,
+            run_id=request.run_id,
             definition=definition,
             query=query,
             parameters=parameters,
             save=self.extraction.save_checkpoint,
             fail=_RunFailure,
+            allow_mass_removal=request.allow_mass_removal,
         )
         return run.extract(checkpoint)
 

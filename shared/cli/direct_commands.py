@@ -132,6 +132,7 @@ def cmd_run(settings: CliSettings, args: argparse.Namespace) -> int:
             publisher=context.publisher(),
             parameters=parameters,
             idempotency_key=args.idempotency_key,
+            allow_mass_removal=args.allow_mass_removal,
         )
         print(f"run {record.run_id} requested for '{args.definition}'", flush=True)
         return wait_for_run(context, record.run_id, args.timeout) if args.wait else OK

@@ -208,6 +208,11 @@ def _runs(command: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="KEY",
         help="a retried command with the same key and parameters returns the same run; other parameters: refused",
     )
+    run.add_argument(
+        "--allow-mass-removal",
+        action="store_true",
+        help="(change mode) this run may remove more members than the definition's sync.max_removed allows",
+    )
     run.set_defaults(func=direct("cmd_run"))
 
     runs = command("runs", "list recent runs, or show one with --id", api="cmd_runs")

@@ -156,6 +156,7 @@ DEFINITION_SEEDS: list[dict[str, Any]] = [
         "failure_policy": {"max_failure_percent": 5, "pause_after_failed_runs": 3},
     },
     {"label": "Plain", "query": QUERY, "template": TEMPLATE},
+    {"label": "Changes", "query": QUERY, "template": TEMPLATE, "sync": {"mode": "changes", "max_removed": "10%"}},
 ]
 #: Valid bodies per request-body schema (the fuzz mutates them, and puts hostile values into them).
 BODY_SEEDS: dict[str, list[dict[str, Any]]] = {
@@ -169,7 +170,8 @@ BODY_SEEDS: dict[str, list[dict[str, Any]]] = {
     "DestinationStep": [{"template": TEMPLATE}],
     "Schedule-Input": SCHEDULE_SEEDS,
     "Notifications": NOTIFICATION_SEEDS,
-    "RunRequest": [{"parameters": {"tier": "gold"}}, {}],
+    "RunRequest": [{"parameters": {"tier": "gold"}}, {}, {"allow_mass_removal": True}],
+    "DryRunRequest": [{"parameters": {"tier": "gold"}}, {}],
     "CopyRequest": [{"label": "Copy", "name": "fuzz-copy"}, {}],
     "ApplyRequest": [
         {"objects": [{"kind": "SavedQuery", "spec": QUERY_SEEDS[1] | {"name": "fuzz-applied"}}]},
