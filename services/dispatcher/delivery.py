@@ -17,6 +17,7 @@ from shared.domain.catalog_objects import ConnectionProfile
 from shared.domain.rendering import RenderedRequest
 from shared.errors import ExportError, RetryableError
 from shared.outbound.backoff import Backoff
+from shared.outbound.failure_reasons import REASON_CHARS, masked_reason
 from shared.outbound.partner_http import NoAnswer, PartnerAnswer, PartnerHttp
 from shared.outbound.partner_network import PartnerNetwork
 from shared.outbound.retry_decisions import is_retryable, is_success, parse_retry_after
@@ -24,8 +25,8 @@ from shared.outbound.retry_decisions import is_retryable, is_success, parse_retr
 log = structlog.get_logger(__name__)
 
 #: A failure's reason quotes at most this many characters of the partner's answer (after ``HTTP <status>: ``),
-#: or of the reason no answer came.
-SNIPPET_CHARS = 300
+#: or of the reason no answer came: the bound every failure's reason has (the notifier's webhooks' too).
+SNIPPET_CHARS = REASON_CHARS
 
 
 @dataclass(frozen=True)
@@ -229,13 +230,5 @@ class Deliverer:
         headers: Iterable[tuple[str, str]],
     ) -> AttemptResult:
         """``result`` (a failure) with its reason masked and cut: the answer's start, or its own whole reason."""
-        try:
-            masking = self.maskings.of(profile, headers)
-            if answer is not None:
-                error = masking.refusal(answer.status, answer.body, SNIPPET_CHARS)
-            else:
-                error = masking.reason(result.error or "the request failed", SNIPPET_CHARS)
-        except Exception as exc:  # noqa: BLE001 - a reason is never worth a delivery's outcome, nor a secret
-            log.warning("a failure's reason could not be masked: its status only is kept", error=type(exc).__name__)
-            error = f"HTTP {answer.status}" if answer is not None else "the request failed (reason withheld)"
+        error = masked_reason(lambda: self.maskings.of(profile, headers), answer, result.error, SNIPPET_CHARS)
         return replace(result, error=error)

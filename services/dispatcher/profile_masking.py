@@ -16,6 +16,7 @@ from shared.domain.catalog_objects import ApiKeyAuth, ConnectionProfile, secret_
 from shared.domain.masking import Masking
 from shared.domain.secret_references import resolve_secret
 from shared.errors import ExportError
+from shared.outbound.signing import quotable_values
 
 #: What a request without a profile is masked with: the credentials its headers carried, and shapes.
 _NO_PROFILE = Masking()
@@ -23,11 +24,11 @@ _NO_PROFILE = Masking()
 
 def masking_of(profile: ConnectionProfile) -> Masking:
     """The masking of ``profile``'s requests and answers: its secrets resolved (one that does not resolve was not
-    sent either), and its API-key header."""
+    sent either; a signing secret's key alone too), and its API-key header."""
     values = []
     for _field, secret in secret_fields(profile):
         try:
-            values.append(resolve_secret(secret))
+            values += quotable_values(resolve_secret(secret))  # a signing secret's key alone too
         except ExportError:
             continue
     headers = [profile.auth.header] if isinstance(profile.auth, ApiKeyAuth) else []

@@ -1,7 +1,8 @@
-"""One masking rule for what the dispatcher shows of a request and its answer. Pure.
+"""One masking rule for what is shown of an outgoing request and its answer. Pure.
 
-Used for failure reasons (outcome events, refused members, dead letters, log lines, run records, emails) and
-for the attempt inspector's captured attempts (:mod:`shared.domain.attempts`). :class:`Masking` holds one
+Used for failure reasons (the dispatcher's outcome events, refused members, dead letters, log lines, run
+records, emails; the notifier's webhook ledger and log: :mod:`shared.outbound.failure_reasons`) and for the
+attempt inspector's captured attempts (:mod:`shared.domain.attempts`). :class:`Masking` holds one
 profile's secret values (resolved) and the names of the headers its authentication sets; then:
 
 - headers named like a credential (:func:`shared.domain.secret_names.secret_name`) or set by the profile's
@@ -9,7 +10,8 @@ profile's secret values (resolved) and the names of the headers its authenticati
   pair decoded, each cookie value: :func:`credential_values`) are searched for like the profile's secrets;
 - every secret value is masked wherever it appears, in any case (``re.IGNORECASE``: a partner that upper-cases
   an echoed hex key still shows it), raw, percent-encoded (wholly or keeping ``/``, escapes in any case),
-  JSON-escaped (with or without ``\\/``); values shorter than :data:`MIN_SEARCHED` are not searched for;
+  JSON-escaped (with or without ``\\/``, and as Go and .NET escape more: ``\\u0026``, ``\\u002B``), HTML-escaped
+  (``&amp;``, ``&#39;``...); values shorter than :data:`MIN_SEARCHED` are not searched for;
 - in a reason and an answer's body, credentials are also masked by their shape
   (:mod:`shared.domain.credential_patterns`: ``Bearer <token>``, ``api_key=...``, ``"password": "..."``);
 - a text is masked before it is cut, so a secret across the cut never leaves its start behind.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import html
 import json
 import re
 import urllib.parse
@@ -53,8 +56,9 @@ _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]*")
 @functools.lru_cache(maxsize=4096)  # the same credentials come back attempt after attempt
 def _forms(secret: str) -> frozenset[str]:
     """The ways ``secret`` can appear in a request or an answer: raw, percent-encoded (wholly, keeping ``/`` as
-    ``quote`` does, or as a form value), JSON-escaped (``/`` as is or ``\\/``). Matched in any case, so escapes in
-    lower case (``%2f``) need no form of their own."""
+    ``quote`` does, or as a form value), JSON-escaped (``/`` as is or ``\\/``; also as the encoders that escape
+    more as ``\\u00XX`` write it: :func:`_json_forms`), HTML-escaped (:func:`_html_forms`). Matched in any case, so
+    escapes in lower case (``%2f``, ``\\u002b``) need no form of their own."""
     if _UNRESERVED.fullmatch(secret):  # no character any encoding changes (a hex signature, most tokens)
         return frozenset({secret})
     encoded = {
@@ -62,8 +66,41 @@ def _forms(secret: str) -> frozenset[str]:
         urllib.parse.quote(secret),
         urllib.parse.quote_plus(secret, safe=""),
     }
-    escaped = {json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
-    return frozenset({secret, *escaped, *(form.replace("/", "\\/") for form in escaped), *encoded})
+    escaped = {json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], *_json_forms(secret)}
+    return frozenset(
+        {secret, *escaped, *(form.replace("/", "\\/") for form in escaped), *encoded, *_html_forms(secret)}
+    )
+
+
+#: Characters JSON encoders write as ``\\u00XX`` to keep a document safe in HTML: Go's ``encoding/json`` and
+#: Rails escape these (and U+2028, U+2029)...
+_HTML_SAFE_JSON = frozenset("<>&\u2028\u2029")
+#: ... and .NET's ``System.Text.Json`` (its default encoder) these, and every character outside ASCII.
+_DOTNET_JSON = frozenset("<>&'\"+`")
+
+
+def _json_forms(secret: str) -> set[str]:
+    """``secret`` JSON-escaped as Go (and Rails) and .NET write it by default: a base64 token's ``+`` is
+    ``\\u002B`` in a .NET partner's echo."""
+    return {
+        "".join(_json_char(c, c in _HTML_SAFE_JSON) for c in secret),
+        "".join(_json_char(c, c in _DOTNET_JSON or not c.isascii()) for c in secret),
+    }
+
+
+def _json_char(char: str, as_code: bool) -> str:
+    if not as_code:
+        return json.dumps(char, ensure_ascii=False)[1:-1]
+    if char.isascii():
+        return f"\\u{ord(char):04x}"
+    return json.dumps(char)[1:-1]  # \uXXXX, or a surrogate pair beyond U+FFFF
+
+
+def _html_forms(secret: str) -> set[str]:
+    """``secret`` HTML-escaped, as an error page quotes it: ``&amp;``, ``&lt;``, ``&gt;``, and quotes as they
+    are, as ``&quot;``/``&#x27;`` (Python, Django) or as ``&#34;``/``&#39;`` (Go, Jinja)."""
+    text = html.escape(secret, quote=False)
+    return {text, html.escape(secret), text.replace('"', "&#34;").replace("'", "&#39;")}
 
 
 @functools.lru_cache(maxsize=256)  # one per profile and credentials sent: compiled once

@@ -187,3 +187,12 @@ def test_the_cache_keeps_the_newest_maskings_only():
     for profile in profiles:
         maskings.of(profile, [("Authorization", f"Bearer token-of-{profile.name}")])
     assert len(maskings._bases) == len(maskings._combined) == 2
+
+
+def test_a_signing_secrets_key_quoted_without_its_prefix_is_masked_too():
+    key = base64.b64encode(b"the key that signs our requests!").decode()
+    profile = ConnectionProfile.model_validate(
+        {"name": "s", "base_url": "https://p.example", "signing_secret": f"whsec_{key}"}
+    )
+    result = deliver(Echoing(401, f"no signature made with {key} matches".encode()), {}, profile)
+    assert result.error == f"HTTP 401: no signature made with {MASK} matches"

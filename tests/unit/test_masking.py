@@ -5,6 +5,7 @@ secrets is left as it is; credentials nobody told us about are masked by their s
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import string
@@ -23,7 +24,25 @@ from shared.domain.masking import MASK, MIN_SEARCHED, Masking, _forms
 TEXT = st.text(max_size=120)
 SECRET = st.text(min_size=MIN_SEARCHED, max_size=40)
 SECRETS = st.lists(SECRET, min_size=1, max_size=4)
-#: How a partner may echo a value: as is, percent-encoded (escapes in either case), as a form value, JSON-escaped.
+
+
+def go_json(value: str) -> str:
+    """JSON-escaped as Go's encoding/json (and Rails) write it: also '<', '>', '&' as ``\\u00XX``."""
+    escaped = json.dumps(value, ensure_ascii=False)[1:-1]
+    return escaped.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def dotnet_json(value: str) -> str:
+    """JSON-escaped as .NET's System.Text.Json writes it by default: also '<', '>', '&', quotes, '+' and '`', and
+    every character outside ASCII, as ``\\u00XX`` with its hex in upper case."""
+    return "".join(
+        f"\\u{ord(c):04X}" if c in "<>&'\"+`" else re.sub(r"[0-9a-f]{4}", lambda m: m[0].upper(), json.dumps(c)[1:-1])
+        for c in value
+    )
+
+
+#: How a partner may echo a value: as is, percent-encoded (escapes in either case), as a form value, JSON-escaped
+#: (as Python, PHP, Go and .NET write it), HTML-escaped (as Python, and as Go or Jinja, write it).
 ENCODINGS: list[Callable[[str], str]] = [
     lambda s: s,
     lambda s: urllib.parse.quote(s, safe=""),
@@ -32,6 +51,10 @@ ENCODINGS: list[Callable[[str], str]] = [
     lambda s: urllib.parse.quote_plus(s, safe=""),
     lambda s: json.dumps(s)[1:-1],
     lambda s: json.dumps(s, ensure_ascii=False)[1:-1].replace("/", "\\/"),
+    go_json,
+    dotnet_json,
+    html.escape,
+    lambda s: html.escape(s, quote=False).replace('"', "&#34;").replace("'", "&#39;"),
 ]
 
 
@@ -185,6 +208,13 @@ def test_a_secret_is_masked_in_any_case_because_its_case_changed_is_still_the_se
     masking = Masking.of(["9f86d081884c7d65", "pa/ss word"])
     echoed = "INVALID API KEY 9F86D081884C7D65 FOR PA%2FSS%20WORD"
     assert masking.reason(echoed) == f"INVALID API KEY {MASK} FOR {MASK}"
+
+
+def test_a_secret_is_masked_as_go_dotnet_and_html_error_pages_escape_it():
+    # A base64 token's '+' is \u002B in a .NET partner's JSON; a password's '&' is \u0026 in Go's, &amp; in HTML.
+    masking = Masking.of(["dG9r+ZW4/x==", "p&ss'w<rd"])
+    echoed = 'token "dG9r\\u002BZW4/x==", password "p\\u0026ss\\u0027w\\u003Crd" (p&amp;ss&#39;w&lt;rd)'
+    assert masking.reason(echoed) == f'token "{MASK}", password "{MASK}" ({MASK})'
 
 
 def test_over_masking_in_another_case_is_the_price_of_a_short_secret():
