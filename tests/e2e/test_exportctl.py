@@ -16,6 +16,7 @@ from shared.catalog import CatalogStores, make_engine
 from shared.domain.catalog_objects import BearerAuth, ConnectionProfile
 from shared.kafka import read_whole_topic
 from shared.querystore.demo_data import create_demo_members
+from tests.exportctl_modules import among, run_recording
 
 pytestmark = pytest.mark.e2e
 
@@ -94,16 +95,6 @@ def test_run_of_an_unknown_definition_is_refused_before_anything_is_published(tm
     assert "ExportDefinition 'nope' does not exist" in result.stderr
 
 
-#: Runs exportctl's main with the arguments after the first, then writes the modules it loaded to the first.
-RECORDING = (
-    "import json, sys\n"
-    "from shared.cli.__main__ import main\n"
-    "code = main(sys.argv[2:])\n"
-    "with open(sys.argv[1], 'w') as out:\n"
-    "    json.dump(sorted(sys.modules), out)\n"
-    "sys.exit(code)\n"
-)
-
 #: What requesting a run does not need, and its start-up would pay for: the admin API's framework, HTTP
 #: clients, migrations, change snapshots (numpy), manifests (YAML), the consumer loop (metrics, retries), the
 #: member store, PostgreSQL's driver (this catalog is SQLite), the object commands, the progress bar (no --wait).
@@ -145,22 +136,15 @@ def test_run_publishes_its_request_loading_only_what_requesting_a_run_needs(tmp_
         "EXPORT_TOPIC_PARTITIONS": str(settings.topic_partitions),
     }
     assert exportctl(tmp_path, "apply", "--skip-discovery", "-f", str(manifest)).returncode == 0
-    record = tmp_path / "modules.json"
-    result = subprocess.run(
-        [sys.executable, "-c", RECORDING, str(record), "run", "nightly"],
-        env={**os.environ, **_direct(tmp_path), **kafka},
-        capture_output=True,
-        text=True,
-        check=False,
+    result, code, modules = run_recording(
+        tmp_path / "modules.json", ["run", "nightly"], {**os.environ, **_direct(tmp_path), **kafka}
     )
-    assert result.returncode == 0, result.stderr
+    assert code == 0, result.stderr
     run_id = result.stdout.split()[1]
     assert result.stdout == f"run {run_id} requested for 'nightly'\n"
     published = [json.loads(value) for value in read_whole_topic(settings, settings.topics.run_requests)]
     assert [(request["run_id"], request["definition"]) for request in published] == [(run_id, "nightly")]
-    modules = json.loads(record.read_text())
-    loaded = sorted(m for m in modules if any(m == name or m.startswith(name + ".") for name in NOT_FOR_RUN))
-    assert loaded == []
+    assert among(modules, NOT_FOR_RUN) == []
 
 
 def test_next_runs_previews_the_schedule_in_its_time_zone(tmp_path):

@@ -5,23 +5,13 @@ heavy libraries. Read from a fresh interpreter's ``sys.modules`` after the comma
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-#: Runs exportctl's main with the arguments after the first, then writes the loaded modules to the first.
-RECORDING = (
-    "import json, sys\n"
-    "from shared.cli.__main__ import main\n"
-    "code = main(sys.argv[2:])\n"
-    "with open(sys.argv[1], 'w') as out:\n"
-    "    json.dump({'code': code, 'modules': sorted(sys.modules)}, out)\n"
-)
+from tests.exportctl_modules import among, run_recording
 
 #: What none of these commands needs: the catalog's and Kafka's clients, the models, templates, SQL parsing,
 #: logging and tracing, the admin API's framework, YAML (no config file here).
@@ -52,29 +42,16 @@ HEAVY = (
 
 def loaded_by(tmp_path: Path, *argv: str, env: dict[str, str] | None = None) -> tuple[int, set[str]]:
     """exportctl's exit code with ``argv`` in a fresh interpreter, and the modules it loaded."""
-    record = tmp_path / "modules.json"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("EXPORT_")}
     environment |= {"EXPORTCTL_CONFIG": str(tmp_path / "no-config.yaml"), **(env or {})}
-    done = subprocess.run(
-        [sys.executable, "-c", RECORDING, str(record), *argv],
-        env=environment,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert record.exists(), done.stderr
-    result = json.loads(record.read_text())
-    return result["code"], set(result["modules"])
-
-
-def heavy(modules: set[str]) -> list[str]:
-    return sorted(m for m in modules if any(m == name or m.startswith(name + ".") for name in HEAVY))
+    _, code, modules = run_recording(tmp_path / "modules.json", argv, environment)
+    return code, modules
 
 
 def test_help_loads_no_heavy_library(tmp_path: Path) -> None:
     code, modules = loaded_by(tmp_path, "--help")
     assert code == 0
-    assert heavy(modules) == []
+    assert among(modules, HEAVY) == []
 
 
 @pytest.mark.parametrize("argv", [["run", "nightly"], ["run", "nightly", "--wait"], ["runs"], ["get", "definitions"]])
@@ -84,4 +61,4 @@ def test_commands_through_the_admin_api_load_no_heavy_library(tmp_path: Path, ar
         url = f"http://127.0.0.1:{unused.getsockname()[1]}"
         code, modules = loaded_by(tmp_path, *argv, env={"EXPORT_API_URL": url})
     assert code == 5  # unreachable: the command was built and its call tried
-    assert heavy(modules) == []
+    assert among(modules, HEAVY) == []
