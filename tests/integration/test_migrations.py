@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from shared.catalog.engine import make_engine
@@ -23,6 +24,8 @@ from shared.catalog.schema import (
     BASELINE,
     HEAD,
     SchemaOutdated,
+    SchemaState,
+    alembic_config,
     current_revision,
     downgrade,
     drift,
@@ -392,6 +395,18 @@ def test_the_models_and_the_migrations_agree_at_head(engine: Engine) -> None:
     upgrade(engine)
 
     assert drift(engine) == []
+
+
+def test_the_revisions_read_without_alembic_are_alembics() -> None:
+    # Every service and exportctl command checks the catalog's revision at start, reading this release's
+    # revisions from the scripts without loading Alembic: they must be what Alembic reads.
+    scripts = ScriptDirectory.from_config(alembic_config())
+    assert scripts.get_current_head() == HEAD
+    for script in scripts.walk_revisions():
+        state = SchemaState(revision=script.revision, tables=frozenset())
+        assert not state.is_newer
+        assert state.is_head == (script.revision == HEAD)
+    assert SchemaState(revision="9999", tables=frozenset()).is_newer
 
 
 def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
