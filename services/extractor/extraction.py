@@ -335,6 +335,7 @@ class Extractor:
             save=self.extraction.save_checkpoint,
             fail=_RunFailure,
             allow_mass_removal=request.allow_mass_removal,
+            requested_parameters=request.parameters,
         )
         return run.extract(checkpoint)
 
