@@ -79,7 +79,7 @@ class Guarded:
             )
             for b in batches
         ]
-        SqlRunsStore(self.catalog.database, followers=[ChangeSnapshotFollower()]).fold_run_events(outcomes)
+        SqlRunsStore(self.catalog.database, followers=[ChangeSnapshotFollower()]).fold_run_events([*events, *outcomes])
         return batches, events[-1]
 
     def execute(self, statement: str) -> None:
@@ -163,6 +163,9 @@ def test_a_run_removing_most_members_sends_nothing_until_allowed_once(guarded: G
     assert (counts.added, counts.removed, counts.unchanged) == (3, 90, 10)
     removed = sorted(m["id"] for b in batches if b.change is ChangeKind.REMOVED for m in b.members)
     assert removed == list(range(11, MEMBERS + 1))
+    # The run records say which run was allowed the mass removal.
+    records = [guarded.catalog.runs.get_run(event.run_id) for event in (refused, last)]
+    assert [r.mass_removal_allowed for r in records if r is not None] == [False, True]
     # The next run is not allowed anything: the 13 members are the partner's now, and 7 leaving is over 50%.
     guarded.execute("DELETE FROM members WHERE id <= 7")
     assert isinstance(guarded.run("guarded")[1], RunFailed)
@@ -311,6 +314,14 @@ def test_the_setting_is_checked_when_saved_and_the_allowance_travels_with_the_ru
         plain = client.post("/api/v1/export-definitions/nightly/runs", json={})
         assert plain.status_code == 202
         assert [r.allow_mass_removal for r in api.publisher.run_requests] == [True, False]
+        views = [client.get(f"/api/v1/runs/{answer.json()['run_id']}").json() for answer in (allowed, plain)]
+        assert [view["mass_removal_allowed"] for view in views] == [True, False], "the run records say so at once"
+        # A strict boolean: "true", 1 or null are refused naming the field, and nothing is run.
+        for loose in ("true", 1, None):
+            refused = client.post("/api/v1/export-definitions/nightly/runs", json={"allow_mass_removal": loose})
+            assert refused.status_code == 422, refused.text
+            assert [e["field"] for e in refused.json()["errors"]] == ["body.allow_mass_removal"]
+        assert len(api.publisher.run_requests) == 2
 
         # exportctl in API mode: its flag reaches the run request (and without it, no field is sent).
         class _Api:

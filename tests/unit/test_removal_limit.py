@@ -109,7 +109,7 @@ PARAMETER_VALUES = st.one_of(
 )
 
 
-@settings(max_examples=200)
+@settings(max_examples=100, deadline=None)  # a shell a case: its start-up time varies on a busy machine
 @given(parameters=st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True), PARAMETER_VALUES, max_size=4))
 def test_the_way_through_is_the_refused_run_again_its_parameters_included(parameters):
     reason = refusal_reason(RemovalLimit.of(10), removed=11, delivered=20, definition="d-1", parameters=parameters)
