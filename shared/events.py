@@ -158,6 +158,8 @@ class RunStarted(Event):
     scheduled_for: AwareDatetime | None = None
     #: A replay run (``exportctl dead-letters replay``) names the run whose dead letters it re-sends.
     replay_of: uuid.UUID | None = None
+    #: The run request's ``allow_mass_removal``, kept in the run's record.
+    allow_mass_removal: bool = False
     at: AwareDatetime = Field(default_factory=utc_now)
 
 

@@ -52,6 +52,8 @@ class RunView(BaseModel):
     removed: int | None = None
     #: Members re-sent because an earlier run's delivery of them failed.
     retried: int = 0
+    #: The run's request allowed it to remove more members than the definition's sync.max_removed.
+    mass_removal_allowed: bool = False
     url: str
 
     @classmethod
@@ -81,6 +83,7 @@ class RunView(BaseModel):
             unchanged=record.unchanged,
             removed=record.removed,
             retried=record.retried,
+            mass_removal_allowed=record.mass_removal_allowed,
             url=f"{public_url.rstrip('/')}/api/v1/runs/{record.run_id}",
         )
 

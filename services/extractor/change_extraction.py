@@ -31,7 +31,7 @@ one process reading every page knows (and the in-memory index is per process).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -133,12 +133,16 @@ class ChangeRun:
         save: Callable[[Checkpoint], None],
         fail: Callable[[str, str], Exception],
         allow_mass_removal: bool = False,
+        requested_parameters: Mapping[str, Any] | None = None,
     ) -> None:
         self.host, self.snapshots = host, snapshots
         self.run_id, self.definition, self.query, self.parameters = run_id, definition, query, parameters
         self.save, self.fail = save, fail
         #: The run request lets this run remove more than ``sync.max_removed`` (once, on purpose).
         self.allow_mass_removal = allow_mass_removal
+        #: The parameters as the run was requested with them (``parameters`` binds the defaults too): a refusal's
+        #: way through repeats them, so that the run allowed is this one.
+        self.requested_parameters = dict(requested_parameters or {})
         self.topic = host.topics.member_batches_for(definition.priority.value)
         self.next_index = 0
         self.published = 0
@@ -248,7 +252,12 @@ class ChangeRun:
     def _refuse(self, index: ChangeIndex, removed: int) -> None:
         limit, delivered = self.definition.sync.removal_limit, partner_members(index)
         reason = refusal_reason(
-            limit, removed=removed, delivered=delivered, definition=self.definition.name, sent=self.published
+            limit,
+            removed=removed,
+            delivered=delivered,
+            definition=self.definition.name,
+            sent=self.published,
+            parameters=self.requested_parameters,
         )
         raise self.fail(reason, "mass_removal")
 

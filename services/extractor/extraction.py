@@ -272,6 +272,7 @@ class Extractor:
                         requested_by=request.requested_by,
                         requested_at=request.requested_at,
                         scheduled_for=request.scheduled_for,
+                        allow_mass_removal=request.allow_mass_removal,
                     ),
                 )
             ]
@@ -335,6 +336,7 @@ class Extractor:
             save=self.extraction.save_checkpoint,
             fail=_RunFailure,
             allow_mass_removal=request.allow_mass_removal,
+            requested_parameters=request.parameters,
         )
         return run.extract(checkpoint)
 

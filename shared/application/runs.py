@@ -77,6 +77,7 @@ def request_run(
         last_event_at=requested_at,
         definition_id=definition_id,
         business_unit=definition.business_unit,
+        mass_removal_allowed=allow_mass_removal,
     )
     runs.record_requested_run(record)
     publisher.publish_run_request(

@@ -3,7 +3,8 @@
 A change run's row serves two readers: the run itself when it resumes after a crash (its serial: the members it
 staged keep their kind), and the outcome follower confirming the members its batches staged. Neither needs it
 once the run has finished and its last outcomes are long in: a row goes when its run finished more than
-``keep_days`` ago and its extraction is over (a run failed as stuck while its extractor still resumes keeps it).
+``keep_days`` ago, had no event since (a run failed as stuck whose extractor resumed it later sent its batches
+then), and its extraction is over (a run failed as stuck while its extractor still resumes keeps it).
 An outcome later still (a batch held that long) is ignored: its members keep their last delivered values, so
 the next run sends them again. Without this, the table grows by a row a change run, forever.
 """
@@ -25,14 +26,20 @@ PRUNE_BATCH = 5_000
 
 
 def prune_change_runs(database: CatalogDatabase, keep_days: float = KEEP_DAYS, *, batch: int = PRUNE_BATCH) -> int:
-    """Drop the rows of change runs finished more than ``keep_days`` ago whose extraction is over; how many went."""
+    """Drop the rows of change runs finished, and without an event, for more than ``keep_days``, whose extraction
+    is over; how many went."""
     cutoff = now() - timedelta(days=keep_days)
     checkpoint = ExtractionCheckpointRow
     finished = (
         select(ChangeRunRow.run_id)
         .join(RunRow, RunRow.run_id == ChangeRunRow.run_id)
         .outerjoin(checkpoint, checkpoint.run_id == ChangeRunRow.run_id)
-        .where(RunRow.finished_at < cutoff, or_(checkpoint.run_id.is_(None), checkpoint.completed == true()))
+        .where(
+            RunRow.finished_at < cutoff,
+            # A final run's record still takes its events (a stuck run's extraction resumed, its outcomes).
+            RunRow.last_event_at < cutoff,
+            or_(checkpoint.run_id.is_(None), checkpoint.completed == true()),
+        )
         .limit(batch)
     )
     gone = 0

@@ -14,8 +14,10 @@ and is then let through once, on purpose. The arithmetic is exact (fractions): 1
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
@@ -27,6 +29,8 @@ FIELD = "sync.max_removed"
 #: A share from 0% to 100% (ASCII digits; spaces around allowed).
 PERCENT_PATTERN = r"^ *(100(?:\.0+)?|[0-9]{1,2}(?:\.[0-9]+)?) *% *$"
 _PERCENT = re.compile(PERCENT_PATTERN)
+#: What a shell takes as one word, unquoted.
+_SHELL_SAFE = re.compile(r"[\w@%+=:,./-]+", re.ASCII)
 _FORMS = "a share of the members the partner has from 0% to 100%, such as '10%', or a count of members, such as 5000"
 #: The setting's JSON Schema (what :func:`checked_max_removed` accepts).
 JSON_SCHEMA: dict[str, Any] = {
@@ -91,8 +95,18 @@ class RemovalLimit:
         return self.allowed(delivered) >= delivered
 
 
-def refusal_reason(limit: RemovalLimit, *, removed: int, delivered: int, definition: str, sent: int = 0) -> str:
-    """Why a run was refused: the counts, the setting, what was (not) sent, and the ways through."""
+def refusal_reason(
+    limit: RemovalLimit,
+    *,
+    removed: int,
+    delivered: int,
+    definition: str,
+    sent: int = 0,
+    parameters: Mapping[str, Any] | None = None,
+) -> str:
+    """Why a run was refused: the counts, the setting, what was (not) sent, and the ways through. ``parameters``:
+    those the refused run was requested with, which the way through repeats (without them the run allowed would
+    be another one: the definition's values and the defaults, other members, other removals)."""
     share = f"{100 * removed / delivered:.1f}%" if delivered else "-"
     setting = f"{FIELD} {limit.setting}" + (" (the default)" if limit.default else "")
     if sent:
@@ -101,9 +115,27 @@ def refusal_reason(limit: RemovalLimit, *, removed: int, delivered: int, definit
         outcome = f"its removals were not sent (its {sent} added and changed members were) and stay in the snapshot"
     else:
         outcome = "nothing was sent and the snapshot is unchanged"
+    given = dict(parameters or {})
+    options = "".join(f" --param {_shell_word(f'{name}={_text(value)}')}" for name, value in given.items())
+    body = '"allow_mass_removal": true'
+    if given:
+        body = "{" + f'"parameters": {json.dumps(given, default=str)}, {body}' + "}"
     return (
         f"mass removal refused: the run would remove {removed} of the {delivered} members the partner has "
         f"({share}), over {setting}, at most {limit.allowed(delivered)}: {outcome}. Check the query and its "
-        f"parameters; if the removals are right, run it once with 'exportctl run {definition} "
-        f'--allow-mass-removal\' (API: "allow_mass_removal": true), or raise {FIELD}'
+        f"parameters; if the removals are right, run it once with 'exportctl run {definition}{options} "
+        f"--allow-mass-removal' (API: {body}), or raise {FIELD}"
     )
+
+
+def _text(value: Any) -> str:
+    """A parameter's value as ``exportctl run --param`` takes it (a string as it is, anything else as JSON)."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _shell_word(word: str) -> str:
+    """``word`` as one shell word: as it is when safe, else in double quotes (the reason quotes the whole
+    command in single ones)."""
+    if _SHELL_SAFE.fullmatch(word):
+        return word
+    return '"' + re.sub(r'(["\\$`])', r"\\\1", word) + '"'

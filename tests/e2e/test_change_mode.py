@@ -221,7 +221,7 @@ def test_a_run_that_would_remove_most_members_fails_until_one_is_allowed_to(stac
         "DELETE FROM members WHERE id > 102",
     )
     refused, record = stack.run()
-    assert record.status is RunStatus.FAILED
+    assert (record.status, record.mass_removal_allowed) == (RunStatus.FAILED, False)
     reason = (
         f"mass removal refused: the run would remove {members - 102} of the {members} members the partner has "
         "(90.0%), over sync.max_removed 50% (the default), at most 510: nothing was sent and the snapshot is "
@@ -242,6 +242,7 @@ def test_a_run_that_would_remove_most_members_fails_until_one_is_allowed_to(stac
     # Allowed once: the removals the refused run held back go (the snapshot did not move).
     allowed, record = stack.run("--allow-mass-removal")
     assert (record.status, _counts(record)) == (RunStatus.SUCCEEDED, (0, 0, 102, members - 102))
+    assert record.mass_removal_allowed, "the run's record says its request allowed it"
     with stack.store.connect() as connection:
         hidden = [row[0] for row in connection.execute(sa.text("SELECT id FROM hidden"))]
     assert stack.sent(allowed) == {"DELETE": Counter(hidden)}

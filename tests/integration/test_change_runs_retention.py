@@ -19,7 +19,7 @@ from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, H
 from shared.domain.change_index import MemberState
 from shared.domain.change_staging import StagedMember, Staging
 from shared.domain.member_hashes import key_hash
-from shared.events import BatchOutcome, ChangeKind, RunFailed, RunStarted, Trigger
+from shared.events import BatchOutcome, ChangeKind, ExtractionCompleted, RunFailed, RunStarted, Trigger
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +63,9 @@ def test_the_sweep_prunes_the_change_runs_no_resume_or_confirmation_needs(change
     # Failed as stuck 10 days ago, its extractor still resuming it: its serial keeps its stagings' kinds.
     resuming = _run(changes, finished_days_ago=10, extraction_over=False)
     recent = _run(changes, finished_days_ago=6, extraction_over=True)  # its last outcomes may still come
+    # Failed as stuck 10 days ago, its extraction resumed and completed today: its batches' outcomes are to come.
+    resumed = _run(changes, finished_days_ago=10, extraction_over=True)
+    changes.runs.fold_run_events([ExtractionCompleted(run_id=resumed, definition="sync", members=1, batches=1)])
     running = _run(changes, finished_days_ago=None, extraction_over=False)
     unrecorded = uuid.uuid4()  # its run not folded yet
     snapshots = SqlChangeSnapshots(changes.database)
@@ -73,7 +76,7 @@ def test_the_sweep_prunes_the_change_runs_no_resume_or_confirmation_needs(change
 
     before = _change_runs(changes)
     with_log_retention(list, changes, 30)()
-    kept = [str(r) for r in (resuming, recent, running, unrecorded)]
+    kept = [str(r) for r in (resuming, recent, resumed, running, unrecorded)]
     assert _change_runs(changes) == {run_id: before[run_id] for run_id in kept}
     assert prune_change_runs(changes.database) == 0, "nothing more to prune"
 

@@ -9,6 +9,8 @@ guarded. The setting is checked when saved, and the allowance travels with the r
 
 from __future__ import annotations
 
+import json
+import shlex
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,11 +56,13 @@ class Guarded:
     topics: Topics
     records: list[Outgoing] = field(default_factory=list)
 
-    def run(self, definition: str, *, allow: bool = False) -> tuple[list[MemberBatch], Any]:
+    def run(
+        self, definition: str, *, allow: bool = False, parameters: dict[str, Any] | None = None
+    ) -> tuple[list[MemberBatch], Any]:
         """One run to its end: the member batches it published and its last event; every batch confirmed
         delivered (as the notifier's fold does), so the snapshot moves."""
         self.records.clear()
-        request = RunRequested(definition=definition, allow_mass_removal=allow)
+        request = RunRequested(definition=definition, allow_mass_removal=allow, parameters=parameters or {})
         returned = self.extractor.handle(request)
         records = [*self.records, *returned]
         batches = [MemberBatch.model_validate_json(r.value) for r in records if r.topic != self.topics.run_events]
@@ -75,7 +79,7 @@ class Guarded:
             )
             for b in batches
         ]
-        SqlRunsStore(self.catalog.database, followers=[ChangeSnapshotFollower()]).fold_run_events(outcomes)
+        SqlRunsStore(self.catalog.database, followers=[ChangeSnapshotFollower()]).fold_run_events([*events, *outcomes])
         return batches, events[-1]
 
     def execute(self, statement: str) -> None:
@@ -159,6 +163,9 @@ def test_a_run_removing_most_members_sends_nothing_until_allowed_once(guarded: G
     assert (counts.added, counts.removed, counts.unchanged) == (3, 90, 10)
     removed = sorted(m["id"] for b in batches if b.change is ChangeKind.REMOVED for m in b.members)
     assert removed == list(range(11, MEMBERS + 1))
+    # The run records say which run was allowed the mass removal.
+    records = [guarded.catalog.runs.get_run(event.run_id) for event in (refused, last)]
+    assert [r.mass_removal_allowed for r in records if r is not None] == [False, True]
     # The next run is not allowed anything: the 13 members are the partner's now, and 7 leaving is over 50%.
     guarded.execute("DELETE FROM members WHERE id <= 7")
     assert isinstance(guarded.run("guarded")[1], RunFailed)
@@ -219,6 +226,64 @@ def test_members_leaving_while_the_run_runs_fail_it_before_its_removals(
     assert _counts(last).removed == 80, "the removals stayed in the snapshot"
 
 
+def test_a_run_with_parameters_is_counted_from_every_key_page_and_its_way_through_is_the_same_run(
+    guarded: Guarded, monkeypatch: pytest.MonkeyPatch
+):
+    # A query whose parameter says which tier to leave out; a quarter of the members are gold.
+    guarded.execute("UPDATE members SET tier = 'gold' WHERE id % 4 = 0")
+    guarded.catalog.definitions.apply(
+        SavedQuery(
+            name="by-tier",
+            sql="SELECT id, tier FROM members WHERE tier <> :excluded",
+            parameters={"excluded": {"default": "none"}},
+        )
+    )
+    guarded.catalog.definitions.apply(HttpTemplate(name="t-tier", query="by-tier", profile="p", batch_size=10))
+    guarded.catalog.definitions.apply(
+        HttpTemplate(name="t-tier-delete", query="by-tier", profile="p", method="DELETE", batch_size=10)
+    )
+    sync = {"mode": "changes", "removed": "t-tier-delete"}
+    guarded.catalog.definitions.apply(ExportDefinition(name="tiers", query="by-tier", template="t-tier", sync=sync))
+    # The guard's pass reads 7 keys a page (20,000 in production): its later pages bind the last key read.
+    monkeypatch.setattr("services.extractor.change_extraction.KEY_PAGE", 7)
+    pages_read: list[int] = []
+    keys = MemberReader.key_pages
+
+    def counted(reader: MemberReader, *args: Any, **kwargs: Any) -> Iterator[list[Any]]:
+        for page in keys(reader, *args, **kwargs):
+            pages_read.append(len(page))
+            yield page
+
+    monkeypatch.setattr(MemberReader, "key_pages", counted)
+    assert _counts(guarded.run("tiers")[1]).added == MEMBERS
+
+    # Leaving the gold members out removes 25 of 100: under the bound.
+    batches, last = guarded.run("tiers", parameters={"excluded": "gold"})
+    assert _counts(last).removed == 25
+    assert sorted(m["id"] for b in batches if b.change is ChangeKind.REMOVED for m in b.members) == list(
+        range(4, MEMBERS + 1, 4)
+    )
+    # Read until the bound could no longer be reached: 50 of the partner's members seen, in 8 pages of 7 keys.
+    assert pages_read == [7] * 8
+
+    # Leaving the silver ones out would remove all 75 the partner has now: refused (the gold ones not added).
+    pages_read.clear()
+    batches, refused = guarded.run("tiers", parameters={"excluded": "silver"})
+    assert (batches, type(refused)) == ([], RunFailed)
+    assert "the run would remove 75 of the 75 members the partner has (100.0%)" in refused.reason
+    assert sum(pages_read) == 25, "a refusal counts every key the query selects"
+    # The way through is this run (its parameter), not one with the definition's values: run as it says.
+    command = refused.reason.split("run it once with '")[1].split("' (API: ")[0]
+    argv = shlex.split(command)
+    assert argv[:2] == ["exportctl", "run"]
+    args = build_parser().parse_args(argv[1:])
+    assert (args.definition, args.param, args.allow_mass_removal) == ("tiers", ["excluded=silver"], True)
+    body = json.loads(refused.reason.split("(API: ")[1].rsplit("), or raise", 1)[0])
+    assert body == {"parameters": {"excluded": "silver"}, "allow_mass_removal": True}
+    batches, last = guarded.run("tiers", parameters=body["parameters"], allow=body["allow_mass_removal"])
+    assert (_counts(last).removed, _counts(last).added) == (75, 25), "the silver ones go, the gold ones come back"
+
+
 def test_the_setting_is_checked_when_saved_and_the_allowance_travels_with_the_run_request(tmp_path: Path):
     with in_process_api(tmp_path) as api, api.client() as client:
         seed(client)
@@ -249,6 +314,14 @@ def test_the_setting_is_checked_when_saved_and_the_allowance_travels_with_the_ru
         plain = client.post("/api/v1/export-definitions/nightly/runs", json={})
         assert plain.status_code == 202
         assert [r.allow_mass_removal for r in api.publisher.run_requests] == [True, False]
+        views = [client.get(f"/api/v1/runs/{answer.json()['run_id']}").json() for answer in (allowed, plain)]
+        assert [view["mass_removal_allowed"] for view in views] == [True, False], "the run records say so at once"
+        # A strict boolean: "true", 1 or null are refused naming the field, and nothing is run.
+        for loose in ("true", 1, None):
+            refused = client.post("/api/v1/export-definitions/nightly/runs", json={"allow_mass_removal": loose})
+            assert refused.status_code == 422, refused.text
+            assert [e["field"] for e in refused.json()["errors"]] == ["body.allow_mass_removal"]
+        assert len(api.publisher.run_requests) == 2
 
         # exportctl in API mode: its flag reaches the run request (and without it, no field is sent).
         class _Api:

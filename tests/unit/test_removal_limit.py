@@ -3,6 +3,8 @@ refused run gives, and the pass over the query's keys, against plain reference m
 
 from __future__ import annotations
 
+import json
+import subprocess
 from fractions import Fraction
 
 import numpy as np
@@ -12,6 +14,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.extractor.removal_guard import removals_over_limit
+from shared.cli.parser import build_parser
+from shared.cli.variables import parse_assignments
 from shared.domain.change_index import ChangeIndex, MemberState
 from shared.domain.member_hashes import key_hash
 from shared.domain.removal_limit import RemovalLimit, refusal_reason
@@ -95,6 +99,34 @@ def test_the_reason_names_the_counts_the_setting_what_was_sent_and_the_ways_thro
     )
     late = refusal_reason(RemovalLimit.of(100), removed=101, delivered=200, definition="d", sent=7)
     assert "over sync.max_removed 100, at most 100: its removals were not sent (its 7 added and changed " in late
+
+
+PARAMETER_VALUES = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=12),
+    st.integers(),
+    st.booleans(),
+    st.sampled_from(["it's", 'say "hi"', "$HOME", "`id`", "a\\b", "50%", "2026-01-01T00:00:00+00:00"]),
+)
+
+
+@settings(max_examples=100, deadline=None)  # a shell a case: its start-up time varies on a busy machine
+@given(parameters=st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True), PARAMETER_VALUES, max_size=4))
+def test_the_way_through_is_the_refused_run_again_its_parameters_included(parameters):
+    reason = refusal_reason(RemovalLimit.of(10), removed=11, delivered=20, definition="d-1", parameters=parameters)
+    command = reason.split("run it once with '")[1].split("' (API: ")[0]
+    args = build_parser().parse_args(_words(command)[1:])
+    given_back = parse_assignments(args.param, "--param")
+    assert (args.definition, args.allow_mass_removal) == ("d-1", True)
+    assert given_back == {name: v if isinstance(v, str) else json.dumps(v) for name, v in parameters.items()}
+    api = json.loads(reason.split("(API: ")[1].rsplit("), or raise", 1)[0] if parameters else "{}")
+    assert api == ({"parameters": parameters, "allow_mass_removal": True} if parameters else {})
+
+
+def _words(command: str) -> list[str]:
+    """The words a POSIX shell makes of ``command`` (as an operator pasting it would run it)."""
+    script = f"set -- {command}; printf '%s\\0' \"$@\""
+    done = subprocess.run(["sh", "-c", script], capture_output=True, check=True)
+    return done.stdout.decode().split("\0")[:-1]
 
 
 # --- the pass over the query's keys ---------------------------------------------------------------------------
