@@ -8,8 +8,9 @@ catalog is seeded through the API with a profile, a query, a template and a defi
 the objects (and their runs) instead of stopping at 404s; the stateful phase follows the links between
 create, read, replace, copy and delete of the objects it makes.
 
-Bounded (``MAX_EXAMPLES`` per operation and phase) to a few minutes on two cores; ``SCHEMATHESIS_MAX_EXAMPLES``
-raises it for a longer run.
+Bounded per operation and phase: ``make test`` runs the admin token with :data:`CI_EXAMPLES` (seconds); the long
+form, every token with ``MAX_EXAMPLES`` (marked ``long``: ``make fuzz``, a few minutes on two cores), which
+``SCHEMATHESIS_MAX_EXAMPLES`` raises for a longer run.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from tests.admin_app import InProcessApi, in_process_api
 pytestmark = pytest.mark.fuzz
 
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "40"))
+#: The bounded form's examples per operation and phase: every phase and check still runs, on fewer cases.
+CI_EXAMPLES = 10
+ROLES = ["admin", "viewer", "emea-admin"]
 #: The name of every seeded object: a generated ``name`` path parameter set to it reaches them all.
 SEEDED = "fuzz"
 SEED_BODIES: list[tuple[str, dict[str, Any]]] = [
@@ -94,7 +98,7 @@ def _reseed(api: InProcessApi) -> None:
         assert client.post(f"/api/v1/export-definitions/{SEEDED}/runs").status_code == 202
 
 
-def _config(token: str) -> SchemathesisConfig:
+def _config(token: str, max_examples: int) -> SchemathesisConfig:
     checks: dict[str, Any] = {name: {"enabled": True} for name in ALL_CHECKS}
     # Valid data the server refuses for what no JSON Schema can say (a query that does not parse or run,
     # a reference to an object that does not exist, a destination the SSRF guard refuses) is a 422 on
@@ -104,7 +108,7 @@ def _config(token: str) -> SchemathesisConfig:
         {
             "seed": 20,
             "headers": {"Authorization": f"Bearer {token}"},
-            "generation": {"max-examples": MAX_EXAMPLES},
+            "generation": {"max-examples": max_examples},
             "checks": checks,
             "phases": {"stateful": {"max-steps": 10}},
             "parameters": {},
@@ -131,8 +135,8 @@ class Outcome:
     on_objects: Counter[tuple[str, int]] = field(default_factory=Counter)
 
 
-def _run(api: InProcessApi, who: str) -> Outcome:
-    schema = schemathesis.openapi.from_asgi("/openapi.json", api.app, config=_config(api.tokens[who]))
+def _run(api: InProcessApi, who: str, max_examples: int) -> Outcome:
+    schema = schemathesis.openapi.from_asgi("/openapi.json", api.app, config=_config(api.tokens[who], max_examples))
     outcome = Outcome()
     for event in from_schema(schema).execute():
         if isinstance(event, events.ScenarioFinished):
@@ -161,11 +165,17 @@ def _request(event: events.ScenarioFinished, case_id: str) -> str:
     return f"{request.method} {request.uri[:200]} {body!r} -> {interaction.response.status_code}"
 
 
-@pytest.mark.parametrize("who", ["admin", "viewer", "emea-admin"])
-def test_schemathesis_all_phases_pass(api: InProcessApi, who: str) -> None:
+@pytest.mark.parametrize(
+    ("who", "max_examples"),
+    [
+        pytest.param("admin", CI_EXAMPLES, id=f"admin-{CI_EXAMPLES}-examples"),
+        *(pytest.param(who, MAX_EXAMPLES, id=who, marks=pytest.mark.long) for who in ROLES),
+    ],
+)
+def test_schemathesis_all_phases_pass(api: InProcessApi, who: str, max_examples: int) -> None:
     _reseed(api)
     started = time.monotonic()
-    outcome = _run(api, who)
+    outcome = _run(api, who, max_examples)
     print(f"{who}: {sum(outcome.cases.values())} cases {dict(outcome.cases)} in {time.monotonic() - started:.0f} s")
     assert not outcome.failures, "\n".join(sorted(set(outcome.failures))[:60])
     # It ran what it should: every phase, the data and method checks, and reached objects past the 404s.
