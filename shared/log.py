@@ -1,4 +1,5 @@
-"""Structured logging (structlog): one JSON line per event on stderr, secrets redacted.
+"""Structured logging (structlog): one JSON line per event on stderr, secrets redacted (fields named like one),
+credentials in a logged exception masked by their shape.
 
 Records from the standard library (kafka-python, httpx, SQLAlchemy) go through the same processors,
 so every line a service writes has the same shape. A line logged inside a trace (a run's extraction, a batch's
@@ -17,9 +18,13 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
+from shared.domain.credential_patterns import mask_credential_shapes
+from shared.domain.masking import MASK
 from shared.domain.secret_names import secret_name
 
 REDACTED = "[redacted]"
+#: The longest rendered exception a log line carries: its end is kept (where it was raised, and what).
+EXCEPTION_CHARS = 16_000
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -28,6 +33,20 @@ def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, A
     for key in list(event_dict):
         if secret_name(key):
             event_dict[key] = REDACTED
+    return event_dict
+
+
+def mask_exception(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A rendered exception (``exception``: a traceback, its causes' messages too) with credentials masked by their
+    shape (:mod:`shared.domain.credential_patterns`: a connection URL's password, ``password=...``, ``Bearer
+    <token>``) and its end kept when longer than :data:`EXCEPTION_CHARS`. The messages in a traceback are not
+    masked by whoever logs it: this is the net under every ``log.exception``, the libraries' too."""
+    text = event_dict.get("exception")
+    if isinstance(text, str) and text:
+        masked = mask_credential_shapes(text, MASK)  # before the cut: a credential across it is masked whole
+        if len(masked) > EXCEPTION_CHARS:
+            masked = f"… ({len(masked) - EXCEPTION_CHARS} characters left out)\n{masked[-EXCEPTION_CHARS:]}"
+        event_dict["exception"] = masked
     return event_dict
 
 
@@ -66,6 +85,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", service: str | Non
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                mask_exception,
                 renderer,
             ],
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 import uuid
@@ -42,14 +43,17 @@ from shared.domain.catalog_objects import (
     OAuth2ClientCredentials,
 )
 from shared.domain.http_fields import header_value_problem, merged_headers
+from shared.domain.masking import Masking
 from shared.domain.rendering import DEFAULT_LIMITS, RenderedRequest, RenderLimits
 from shared.domain.runs import RunStatus
 from shared.errors import ExportError, PermanentError
 from shared.events import BatchOutcome, DeadLetter, MemberBatch
+from shared.exception_reasons import exception_reason, failure_fields
 from shared.kafka import Outgoing
 from shared.kafka.held_records import HoldRecord
 from shared.kafka.records import round_contexts
 from shared.outages import DependencyUnavailable, is_outage
+from shared.outbound.failure_reasons import masked_reason
 from shared.outbound.partner_network import PartnerNetwork
 from shared.outbound.signing import signature_headers
 from shared.topics import Topics
@@ -226,7 +230,9 @@ class Dispatcher:
 
         Every batch gets an outcome: whatever fails while handling it (a template that does not render, a
         request that cannot be made, a template or profile that is missing or no longer valid, an error of
-        ours) fails its members with the reason, and they are dead-lettered. Only an outage of the catalog is
+        ours) fails its members with the reason, and they are dead-lettered. The reason is masked (the profile's
+        secrets when it is known, credential shapes) and cut as a partner's refusal is, and so is what the log
+        line says of the exception (:mod:`shared.exception_reasons`). Only an outage of the catalog is
         raised (:func:`shared.outages.is_outage`): the consumer loop hands the batch back and handles it again.
         A cancelled run's batches are dropped: nothing is sent, no outcome (the run's record is final).
         """
@@ -237,8 +243,31 @@ class Dispatcher:
         except Exception as exc:  # the batch's failure, never the consumer's
             if is_outage(exc):
                 raise  # the catalog is away: the consumer hands the batch back and handles it again later
-            log.exception("batch handling failed", run_id=str(batch.run_id), batch_index=batch.batch_index)
-            return self._failed(batch, f"the dispatcher could not handle the batch: {type(exc).__name__}: {exc}")
+            # Its message may quote anything (a URL's token, a header, a profile's secret): masked and cut.
+            masking = functools.partial(self._masking, self._profile_of(batch))
+            reason = exception_reason(exc, masking, lead="the dispatcher could not handle the batch: ")
+            log.error(
+                "batch handling failed",
+                run_id=str(batch.run_id),
+                batch_index=batch.batch_index,
+                **failure_fields(exc, reason),
+            )
+            return self._failed(batch, reason)
+
+    def _profile_of(self, batch: MemberBatch) -> ConnectionProfile | None:
+        """The batch's profile, when it can be read (its secrets are masked in a failure's reason)."""
+        try:
+            return self.objects.get(ConnectionProfile, self.objects.get(HttpTemplate, batch.template).profile)
+        except Exception:  # noqa: BLE001 - not known: the reason is masked by credential shapes only
+            return None
+
+    def _masking(self, profile: ConnectionProfile | None) -> Masking:
+        """What a failure's reason is masked with: ``profile``'s secrets and the OAuth tokens cached for it (the
+        deliverer's maskings, cached), and credential shapes; shapes only without a profile."""
+        if profile is None:
+            return self.deliverer.maskings.of(None)
+        tokens = [("Authorization", f"Bearer {token}") for token in self.tokens.cached(profile.name)]
+        return self.deliverer.maskings.of(profile, tokens)
 
     def _failed(self, batch: MemberBatch, reason: str, profile: str = UNKNOWN_PROFILE) -> list[Outgoing]:
         failed = DeliveryResult(success=False, status=None, attempts=0, error=reason)
@@ -254,9 +283,10 @@ class Dispatcher:
             template = self.objects.get(HttpTemplate, batch.template)
             profile = self.objects.get(ConnectionProfile, template.profile)
         except ExportError as exc:  # missing, or stored before a rule it now breaks
-            return self._failed(batch, str(exc))
+            return self._failed(batch, masked_reason(Masking, None, str(exc)))
         self.breakers.check(profile)
         self._limits_of(profile)  # a share of 0 holds the batch back here, before anything is rendered
+        masking = functools.partial(self._masking, profile)
 
         async def send(part: Slice) -> DeliveryResult:
             try:
@@ -266,13 +296,20 @@ class Dispatcher:
                     return await self._deliver(batch, part, template, profile)
             except HoldRecord:
                 raise
-            except ExportError as exc:
-                return DeliveryResult(success=False, status=None, attempts=0, error=str(exc))
+            except ExportError as exc:  # e.g. a template that does not render: its reason may quote a secret
+                error = masked_reason(masking, None, str(exc))
+                return DeliveryResult(success=False, status=None, attempts=0, error=error)
             except Exception as exc:  # this request's failure: its members are dead-lettered
                 if is_outage(exc):
                     raise
-                log.exception("request failed", run_id=str(batch.run_id), batch_index=batch.batch_index)
-                return DeliveryResult(success=False, status=None, attempts=0, error=f"{type(exc).__name__}: {exc}")
+                error = exception_reason(exc, masking)
+                log.error(
+                    "request failed",
+                    run_id=str(batch.run_id),
+                    batch_index=batch.batch_index,
+                    **failure_fields(exc, error),
+                )
+                return DeliveryResult(success=False, status=None, attempts=0, error=error)
 
         self._start_series(batch.definition, profile.name)
         requests = -(-len(batch.members) // template.batch_size)

@@ -102,6 +102,10 @@ class OAuthTokenCache:
             self._tokens[key] = (token, time.monotonic() + max(0.0, lifetime - _EXPIRY_MARGIN_SECONDS))
             return token
 
+    def cached(self, profile_name: str) -> list[str]:
+        """The profile's tokens held now (expired ones too: a request may have carried one), to be masked."""
+        return [token for key, (token, _) in self._tokens.items() if key.profile == profile_name]
+
     def forget(self, profile_name: str) -> None:
         """Drop the profile's tokens (a 401 says the partner revoked one): the next request fetches anew."""
         for key in [key for key in self._tokens if key.profile == profile_name]:

@@ -24,6 +24,7 @@ from shared.domain.catalog_objects import ExportDefinition, HttpTemplate
 from shared.domain.fleet import BreakerChange
 from shared.errors import StoredObjectInvalid
 from shared.events import RUN_EVENTS_RECORD_ADAPTER, AnyRunEvent, AnyRunEventsRecord, CircuitBreakerChanged
+from shared.exception_reasons import failure_fields
 from shared.kafka import Outgoing
 
 log = structlog.get_logger(__name__)
@@ -96,7 +97,7 @@ class BreakerMails:
         try:
             self._retry_unsent()
         except Exception as exc:  # noqa: BLE001 - logged; the emails stay unsent in the outbox
-            log.warning("circuit breaker emails not retried", error=f"{type(exc).__name__}: {exc}")
+            log.warning("circuit breaker emails not retried", **failure_fields(exc))
         return []
 
     def _retry_unsent(self) -> None:
@@ -120,7 +121,7 @@ class BreakerMails:
         try:
             self.mailer.send(compose(event, definition, self.sender), max_attempts=attempts)
         except (OSError, smtplib.SMTPException) as exc:  # marked: the sweep tries again
-            self.outbox.mark(change, definition.name, error=f"{type(exc).__name__}: {exc}")
+            self.outbox.mark(change, definition.name, error=self.mailer.failure_reason(exc))
             log.error("circuit breaker email not sent", profile=change.profile, definition=definition.name)
             return
         self.outbox.mark(change, definition.name)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import smtplib
 import ssl
 from email.message import EmailMessage
 
 from pydantic import SecretStr
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from shared.domain.masking import Masking
+from shared.exception_reasons import exception_reason
 
 
 class SmtpMailer:
@@ -31,6 +35,20 @@ class SmtpMailer:
         self.timeout = timeout
         self.max_attempts, self.max_wait = max_attempts, max_wait
         self.ca_file = ca_file
+
+    def failure_reason(self, exc: BaseException) -> str:
+        """Why a send failed, for the run's notification ledger and the breaker mail outbox: the exception's type
+        and message, cut as every failure's reason is, with the SMTP password masked (a server's refusal may
+        quote the AUTH exchange: the password, or its base64 as AUTH PLAIN and LOGIN send it) and credentials
+        by their shape."""
+        return exception_reason(exc, self._masking)
+
+    def _masking(self) -> Masking:
+        if self.password is None:
+            return Masking()
+        password = self.password.get_secret_value()
+        sent = [f"\0{self.username or ''}\0{password}", password]  # AUTH PLAIN's and LOGIN's, base64-encoded
+        return Masking.of([password, *(base64.b64encode(value.encode()).decode() for value in sent)])
 
     def _send_once(self, message: EmailMessage) -> None:
         # Certificates are always verified: against the system's CAs, or the operator's own bundle.

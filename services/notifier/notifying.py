@@ -384,7 +384,7 @@ class Notifier:
         except (OSError, smtplib.SMTPException) as exc:
             EMAIL_FAILURES.labels(kind=kind).inc()
             for record in records:
-                self.runs.mark_notification(record.run_id, kind, error=f"{type(exc).__name__}: {exc}")
+                self.runs.mark_notification(record.run_id, kind, error=self.mailer.failure_reason(exc))
             log.error("email could not be sent", runs=len(records), kind=kind, error=type(exc).__name__)
             return False
         for record in records:

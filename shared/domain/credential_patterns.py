@@ -10,10 +10,12 @@ one of ours in a form no rule derives. This catches the common shapes:
 - ``name=value`` whose name says it is a credential (:func:`shared.domain.secret_names.secret_query_name`):
   a query string, a form body, ``client_secret=...`` in a message;
 - a quoted member whose name says so: ``"api_key": "..."`` (JSON), ``'password': '...'`` (a Python or JS
-  literal), or an unquoted value after it (``"pin_token": 1234``; ``null``, ``true`` and ``false`` are kept).
+  literal), or an unquoted value after it (``"pin_token": 1234``; ``null``, ``true`` and ``false`` are kept);
+- a URL's user information: the password of ``scheme://user:password@host`` (a database's connection URL in a
+  driver's error, a proxy's URL), or a user part that looks like a credential (``https://<token>@host``).
 
-Each masks the value only (``Bearer ***``, ``api_key=***``, ``"token": "***"``): the reader still sees which
-credential was refused. Masking a masked text changes nothing.
+Each masks the value only (``Bearer ***``, ``api_key=***``, ``"token": "***"``, ``postgresql://app:***@db``): the
+reader still sees which credential was refused. Masking a masked text changes nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ _TEXT_FIELD = re.compile(r"(^|[\s;,(])([A-Za-z_][A-Za-z0-9_.\-]*)=([^\s&#>\"';,)
 _MEMBER = re.compile(
     r"""(["'])([A-Za-z0-9_.\-]{1,64})\1(\s*:\s*)(?:(["'])((?:\\.|(?!\4)[^\\\n])*)(\4|$)|([^\s,}\]"']+))"""
 )
+#: A URL's authority up to its last ``@`` (a password may hold one): the user information before it.
+_USERINFO = re.compile(r"(://)([^\s/?#\"'<>]*)@")
 _LITERALS = frozenset({"null", "true", "false"})
 #: The schemes, in lower case, and a word every name :func:`secret_query_name` accepts holds (a cheap test).
 _SCHEMES = ("bearer", "basic", "token", "apikey", "api-key", "negotiate", "ntlm")
@@ -84,6 +88,8 @@ def mask_credential_shapes(text: str, mask: str) -> str:
     seen = folded(text)
     if any(scheme in seen for scheme in _SCHEMES):
         text = _SCHEME.sub(lambda m: f"{m.group(1)}{mask}" if looks_like_credential(m.group(2)) else m.group(0), text)
+    if "://" in text and "@" in text:
+        text = _USERINFO.sub(lambda m: _userinfo(m, mask), text)
     if "%" not in seen and not any(word in seen for word in _NAME_WORDS):
         return text  # no name says it holds a credential (a name percent-encoded is decoded before it is judged)
     if "=" in text:
@@ -98,6 +104,16 @@ def _field(match: re.Match[str], mask: str) -> str:
     lead, name, value = match.groups()
     if value and value != mask and secret_query_name(urllib.parse.unquote_plus(name)):
         return f"{lead}{name}={mask}"
+    return match.group(0)
+
+
+def _userinfo(match: re.Match[str], mask: str) -> str:
+    lead, info = match.groups()
+    user, colon, password = info.partition(":")
+    if colon and password and password != mask:
+        return f"{lead}{user}:{mask}@"
+    if not colon and info != mask and looks_like_credential(info):
+        return f"{lead}{mask}@"
     return match.group(0)
 
 

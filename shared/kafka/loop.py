@@ -63,6 +63,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from shared.errors import InvalidInput, RetryableError
 from shared.events import DeadLetter
+from shared.exception_reasons import exception_reason
 from shared.health import GROUP, Health
 from shared.kafka.clients import InFlight, produce, produce_and_wait, produce_timeout_seconds, send_record
 from shared.kafka.held_records import ForgetRevoked, HeldRecords, HoldRecord
@@ -799,7 +800,8 @@ class ConsumerLoop(Generic[E]):
                 offset=record.offset,
                 exc_info=(type(exc), exc, exc.__traceback__),
             )
-        return self._dead_letter(record, f"{type(exc).__name__}: {exc}")
+        # Its message may quote anything (a connection URL, a credential, a member's data): masked and cut.
+        return self._dead_letter(record, exception_reason(exc))
 
     def _dead_letter(self, record: Any, reason: str) -> _Letter:
         """Decide that ``record`` is dead-lettered (counted and logged here, its span marked failed; produced by

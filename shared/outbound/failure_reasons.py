@@ -10,11 +10,14 @@ across the cut never leaves its start behind.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
 from shared.domain.masking import Masking
-from shared.outbound.partner_http import PartnerAnswer
+
+if TYPE_CHECKING:  # not loaded for it: a reader of the member store masks its driver's errors without aiohttp
+    from shared.outbound.partner_http import PartnerAnswer
 
 log = structlog.get_logger(__name__)
 

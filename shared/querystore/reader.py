@@ -17,9 +17,11 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from shared.catalog.engine import make_engine
 from shared.domain.catalog_objects import SavedQuery
+from shared.domain.masking import Masking
 from shared.domain.query_sql import UnsafeSql, check_select
 from shared.errors import PermanentError
 from shared.outages import is_outage
+from shared.outbound.failure_reasons import masked_reason
 from shared.querystore.member_json import MEMBER_SEPARATOR, ROW_PATH_MARKER_JSON, ResultColumn
 from shared.querystore.paging import (
     LAST_KEY,
@@ -254,6 +256,12 @@ class MemberReader:
     def close(self) -> None:
         """Close the query store's connections."""
         self.engine.dispose()
+
+    def _masking(self) -> Masking:
+        """What a driver's error is masked with: the member store's password, and credential shapes (a URL's
+        password, ``password=...``)."""
+        password = self.engine.url.password
+        return Masking.of([password] if password else [])
 
     def _checked_sql(self, query: SavedQuery) -> str:
         """The query's SQL once the store's dialect reads it as one safe SELECT binding only declared names."""
@@ -542,7 +550,9 @@ class MemberReader:
         except (SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error) as exc:
             if time.monotonic() - started >= timeout:
                 raise QueryTimeout(f"query '{query.name}' timed out after {timeout:g} s") from exc
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            # A driver may quote its connection's parameters, the password too: masked, and cut.
+            first_line = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+            reason = masked_reason(self._masking, None, first_line)
             if is_outage(exc):
                 raise StoreUnavailable(f"the member store is unreachable ({reason})") from exc
             raise QueryError(f"query '{query.name}' failed: {reason}") from exc

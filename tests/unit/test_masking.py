@@ -192,6 +192,7 @@ def test_a_reason_without_secrets_or_credential_shapes_is_left_as_it_is(secrets:
         "Basic authentication is required; send a token please",
         '{"token": null, "api_key": "", "authenticated": false}',
         "see https://partner.example/docs?page=2&lang=en",
+        "sent as https://exporter@partner.example/v1 to https://partner.example/users/a@b.example",
     ],
 )
 def test_a_partners_message_without_credentials_is_kept_whole(message: str):
@@ -254,6 +255,10 @@ def test_the_forms_searched_for_are_few_and_case_free():
         ('{"headers": {"X-Api-Key": "k\\"q"}}', f'{{"headers": {{"X-Api-Key": "{MASK}"}}}}'),
         ('{"pin_token": 123456, "n": 1}', f'{{"pin_token": {MASK}, "n": 1}}'),
         ('cut here: {"password": "hunter2', f'cut here: {{"password": "{MASK}'),
+        # A URL's user information: the password (up to the authority's last '@'), or a token as the user.
+        ("to postgresql://app:pa@ss:w0rd@db:5432/m failed", f"to postgresql://app:{MASK}@db:5432/m failed"),
+        ("'redis://:hunter2@cache:6379/0'", f"'redis://:{MASK}@cache:6379/0'"),
+        ("clone https://ghp_16C7e42F292c6912E7710c8@github.com/o/r", f"clone https://{MASK}@github.com/o/r"),
     ],
 )
 def test_credentials_are_masked_by_their_shape_the_message_kept(text: str, masked: str):
