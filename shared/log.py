@@ -60,6 +60,10 @@ def add_trace_ids(_logger: Any, _method: str, event_dict: MutableMapping[str, An
     return event_dict
 
 
+#: The processors of every :func:`configure_logging` call, one list for the process (see there).
+_PROCESSORS: list[Any] = []
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json", service: str | None = None) -> None:
     """Configure structlog and the standard library to write one line per event to stderr."""
     shared: list[Any] = [
@@ -71,9 +75,13 @@ def configure_logging(level: str = "INFO", fmt: str = "json", service: str | Non
         redact_secrets,
     ]
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+    # Level filtering first: a debug line in a hot loop then costs a comparison, not a rendering. The list is
+    # replaced in place: a logger cached by an earlier call (cache_logger_on_first_use) holds this very list, so
+    # it follows a later call (exportctl run in-process again, structlog.testing.capture_logs) instead of
+    # keeping the processors it was first used with.
+    _PROCESSORS[:] = [structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
     structlog.configure(
-        # Level filtering first: a debug line in a hot loop then costs a comparison, not a rendering.
-        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=_PROCESSORS,
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
