@@ -35,6 +35,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -346,10 +347,37 @@ class _PendingRound(Generic[E]):
     #: Partitions revoked while the round was in flight: nothing of them is committed (their next owner reads
     #: them again from the committed offset).
     revoked: set[TopicPartition] = field(default_factory=set)
+    #: The handler's results, once handed to it on a worker thread (rounds in flight).
+    results: Future[Sequence[list[Outgoing] | BaseException]] | None = None
+    #: The records settled (their outcomes handed to the producer), and the producer's answers; None before, or
+    #: when the whole round is handed back.
+    settled: list[tuple[Any, list[Outgoing] | _Letter]] = field(default_factory=list)
+    sending: _Sending | None = None
 
     def held_keys(self) -> list[tuple[TopicPartition, int]]:
         """The held records handed to the handler again in this round."""
         return [(TopicPartition(r.topic, r.partition), r.offset) for r in self.records[: self.again]]
+
+    def first_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition polled, the round's first record (where to read again when it is handed back whole)."""
+        return {partition: batch[0].offset for partition, batch in self.polled.items() if batch}
+
+
+@dataclass
+class _Sending:
+    """Records' outcomes handed to the producer: per record, its records' futures (or what ``send()`` raised at
+    once); and the dead letters decided, produced once the others are acknowledged."""
+
+    produced: list[tuple[Any, list[Any]]]
+    letters: list[_Letter]
+
+    def answered(self) -> bool:
+        """Whether the broker has answered for every record (acknowledged or refused)."""
+        return all(
+            isinstance(flight, Exception) or bool(getattr(flight, "is_done", True))
+            for _, flights in self.produced
+            for flight in flights
+        )
 
 
 class _RecordTrace:
@@ -461,6 +489,9 @@ class ConsumerLoop(Generic[E]):
         self._handed_back: dict[TopicPartition, int] = {}
         self._interruption: BaseException | None = None
         self._produce_failed = False
+        #: With rounds in flight, commits are sent without waiting (the loop goes on); the offsets sent so, per
+        #: partition, committed again and waited for before the consumer closes.
+        self._committed_async: dict[TopicPartition, int] = {}
         # Every series at 0 from the start: a counter that first appears at 1 is invisible to increase().
         DEAD_LETTER_FAILURES.labels(service=service)
         subscribed = getattr(consumer, "subscription", lambda: None)()
@@ -511,6 +542,7 @@ class ConsumerLoop(Generic[E]):
                 if len(self._window):
                     self.stopping.set()  # the handler abandons what it still has (their records are read again)
                 self._window.close()
+                self._confirm_commits()
             self._lag.clear()
             self.consumer.close()
             self.producer.flush()
@@ -678,7 +710,8 @@ class ConsumerLoop(Generic[E]):
             return 0
         results = self._round_results(handle_round, pending.events) if pending.events is not None else []
         try:
-            settled = self._finish_round(pending, results)
+            self._send_round(pending, results)
+            settled = self._confirm_round(pending)
         except BaseException:
             self._end_interruption(raise_it=False)
             raise
@@ -686,24 +719,41 @@ class ConsumerLoop(Generic[E]):
         return settled
 
     def _pipeline_step(self, window: RoundWindow[_PendingRound[E]]) -> int:
-        """One turn of the loop with rounds in flight: settle the rounds done (oldest first; the oldest waited for
-        while the window is full, an interruption is being handed back, or the loop stops), then poll and start the
-        next round if the window has room. Returns how many records were settled.
+        """One turn of the loop with rounds in flight. Rounds move on in the order they were polled: a round whose
+        handling is done has its outcomes handed to the producer; the oldest, once the broker acknowledged them, is
+        committed (without waiting) and leaves the window. Nothing here waits, but for the oldest round while the
+        window is full, an interruption is handed back, or the loop stops. Then, if the window has room, the next
+        round is polled and handed to the handler. Returns how many records were settled.
 
         An interruption met by a round is raised once every round in flight has been settled (their records of the
         interrupted partitions after the first handed back are not settled: they are read again), with the records
         handed back sought to: no round commits past a record handed back.
         """
         settled = 0
-        while len(window) and (
-            window.full or window.oldest_done() or self._interruption is not None or self.stopping.is_set()
-        ):
-            settled += self._settle_oldest(window)
+        while (oldest := window.oldest()) is not None:
+            waiting = window.full or self._interruption is not None or self.stopping.is_set()
+            # The next round to send: the first still with the handler (those before it are sent).
+            unsent = next((pending for pending in window if pending.results is not None), None)
+            if unsent is not None and unsent.results is not None and (unsent.results.done() or unsent is oldest):
+                if not unsent.results.done() and not waiting:
+                    break
+                results, unsent.results = unsent.results.result(), None
+                self._send_round(unsent, results)
+                continue
+            if oldest.results is None and (waiting or oldest.sending is None or oldest.sending.answered()):
+                window.pop()
+                self._held_in_flight.difference_update(oldest.held_keys())
+                try:
+                    settled += self._confirm_round(oldest)
+                finally:
+                    self._end_traces_of(oldest.records)
+                continue
+            break
         if self._interruption is not None or self.stopping.is_set():
             if not len(window):
                 self._end_interruption()
             return settled
-        # While a round is in flight, poll briefly: the round done meanwhile is settled at the next turn.
+        # While a round is in flight, poll briefly: a round done meanwhile moves on at the next turn.
         timeout_ms = min(self.poll_timeout_ms, IN_FLIGHT_POLL_MS) if len(window) else self.poll_timeout_ms
         polled, due = self._poll(timeout_ms)
         pending = self._start_round(polled, due)
@@ -712,17 +762,10 @@ class ConsumerLoop(Generic[E]):
         handle_round, events = self.handle_round, pending.events
         assert handle_round is not None  # a window is built for round handlers only
         self._held_in_flight.update(pending.held_keys())
-        window.start(pending, lambda: self._round_results(handle_round, events) if events is not None else [])
+        pending.results = window.start(
+            pending, lambda: self._round_results(handle_round, events) if events is not None else []
+        )
         return settled
-
-    def _settle_oldest(self, window: RoundWindow[_PendingRound[E]]) -> int:
-        """Wait for the oldest round in flight, then produce its outcomes and commit it."""
-        pending, results = window.pop()
-        self._held_in_flight.difference_update(pending.held_keys())
-        try:
-            return self._finish_round(pending, results)
-        finally:
-            self._end_traces_of(pending.records)
 
     def _finish_in_flight(self) -> None:
         """The loop stops: settle the rounds still in flight (what their handler abandoned is handed back)."""
@@ -739,6 +782,8 @@ class ConsumerLoop(Generic[E]):
         """Partitions revoked during a poll: the rounds in flight commit nothing of them (a rebalance)."""
         for pending in self._window or ():
             pending.revoked.update(partitions)
+        for partition in partitions:
+            self._committed_async.pop(partition, None)
 
     def _start_round(self, polled: dict[TopicPartition, list[Any]], due: list[Any]) -> _PendingRound[E] | None:
         """Decode a poll's records (the held ones due first) into a round for the handler; None when there is
@@ -765,18 +810,16 @@ class ConsumerLoop(Generic[E]):
             events = Round([event for _, event in decoded], [self._trace_context(records[i]) for i, _ in decoded])
         return _PendingRound(polled, records, again, outcomes, events, [index for index, _ in decoded])
 
-    def _finish_round(self, pending: _PendingRound[E], results: Sequence[list[Outgoing] | BaseException]) -> int:
-        """Produce a round's outcomes, then commit it; returns how many records were settled.
+    def _send_round(self, pending: _PendingRound[E], results: Sequence[list[Outgoing] | BaseException]) -> None:
+        """Decide each of a round's records from the handler's results, and hand the outcomes to the producer.
 
         A record that met an outage is handed back with every later record of its partition (offsets are committed
         in order), and so are those of a later round in flight: they are noted (:meth:`_hand_back_later`) and sought
         to by :meth:`_end_interruption`. Once producing failed (the broker away), a later round produces nothing.
         """
-        records, outcomes = pending.records, pending.outcomes
-        firsts = {partition: batch[0].offset for partition, batch in pending.polled.items() if batch}
         if self._produce_failed:
-            self._hand_back_later(firsts)
-            return 0
+            return  # handed back whole by _confirm_round
+        records, outcomes = pending.records, pending.outcomes
         for index, result in zip(pending.indexes, results, strict=True):
             outcomes[index] = result
         for record, outcome in zip(records, outcomes, strict=True):
@@ -794,8 +837,19 @@ class ConsumerLoop(Generic[E]):
                 self.held.hold(record, outcome.until)
                 continue
             settled.append((record, self._failure(record, outcome) if isinstance(outcome, BaseException) else outcome))
+        pending.settled = settled
+        pending.sending = self._send(settled)
+
+    def _confirm_round(self, pending: _PendingRound[E]) -> int:
+        """Wait for the broker's acknowledgement of a round's outcomes (dead-lettering the records whose own it
+        refuses), then commit it; returns how many records were settled. A round after one whose outcomes could not
+        be produced (the broker away) is handed back whole, without waiting for its own."""
+        firsts = pending.first_offsets()
+        if self._produce_failed or pending.sending is None:
+            self._hand_back_later(firsts)
+            return 0
         try:
-            self._settle(settled)
+            self._confirm(pending.sending)
         except Exception as exc:  # noqa: BLE001 - the broker unreachable: raised once the rounds in flight are settled
             self._hand_back_later(firsts)
             self._interruption, self._produce_failed = exc, True  # raised in place of any outage: the broker's away
@@ -804,14 +858,14 @@ class ConsumerLoop(Generic[E]):
             self._hand_back(firsts)
             raise
         done: dict[TopicPartition, int] = {}
-        for record, _ in settled:
+        for record, _ in pending.settled:
             partition = TopicPartition(record.topic, record.partition)
             if partition in pending.revoked:
                 continue  # moved to another consumer meanwhile: it reads them again from the committed offset
             done[partition] = max(done.get(partition, 0), record.offset + 1)  # held ones come first, out of order
-        self.held.release([record for record, _ in settled])
-        self._commit(self.held.commit_offsets(done))
-        return len(settled)
+        self.held.release([record for record, _ in pending.settled])
+        self._commit(self.held.commit_offsets(done), wait=self._window is None)
+        return len(pending.settled)
 
     def _hand_back_later(self, first_offsets: dict[TopicPartition, int]) -> None:
         """Note records to read again from ``first_offsets`` (per partition, the first): sought to once the rounds
@@ -985,20 +1039,29 @@ class ConsumerLoop(Generic[E]):
 
     def _settle(self, outcomes: list[tuple[Any, list[Outgoing] | _Letter]]) -> None:
         """Produce every record's outcome and return once the broker has acknowledged it (the offsets may then
-        be committed).
+        be committed): :meth:`_confirm` of :meth:`_send`."""
+        self._confirm(self._send(outcomes))
+
+    def _send(self, outcomes: list[tuple[Any, list[Outgoing] | _Letter]]) -> _Sending:
+        """Hand every record's outcome to the producer, without waiting (dead letters wait for :meth:`_confirm`)."""
+        produced = [
+            (record, self._send_each(outcome, self._trace_headers(record)))
+            for record, outcome in outcomes
+            if isinstance(outcome, list)
+        ]
+        return _Sending(produced, [outcome for _, outcome in outcomes if isinstance(outcome, _Letter)])
+
+    def _confirm(self, sending: _Sending) -> None:
+        """Return once the broker has acknowledged the outcomes handed to it by :meth:`_send`, and the dead letters
+        are produced.
 
         A record whose own records the producer or the broker refuses (too large, invalid) is dead-lettered
         in their place; dead letters are produced by :meth:`_deliver_dead_letters`, which never raises.
         Any other failure of the handler's records (the broker unreachable past the producer's retries)
         raises before anything is committed, so that they are produced again after a restart, not lost.
         """
-        produced = [
-            (record, self._send_each(outcome, self._trace_headers(record)))
-            for record, outcome in outcomes
-            if isinstance(outcome, list)
-        ]
-        letters = [outcome for _, outcome in outcomes if isinstance(outcome, _Letter)]
-        for record, flights in produced:
+        letters = list(sending.letters)
+        for record, flights in sending.produced:
             errors = [error for error in map(self._wait, flights) if error is not None]
             if not errors:
                 continue
@@ -1109,8 +1172,10 @@ class ConsumerLoop(Generic[E]):
                         "partition not handed back", service=self.service, partition=str(partition), error=str(exc)
                     )
 
-    def _commit(self, next_offsets: dict[TopicPartition, int]) -> None:
-        """Commit every partition's next offset in one request (a round trip per partition adds up).
+    def _commit(self, next_offsets: dict[TopicPartition, int], *, wait: bool = True) -> None:
+        """Commit every partition's next offset in one request (a round trip per partition adds up); with ``wait``
+        false, send the commit and go on (its answer is told to :meth:`_commit_answered` at a later poll; the
+        offsets are committed again, waiting, before the consumer closes: :meth:`_confirm_commits`).
 
         A commit that fails is not an error of the records: they were handled and their outcomes produced;
         the group moved on (this member was dropped while the broker was away, a rebalance) or the
@@ -1119,15 +1184,38 @@ class ConsumerLoop(Generic[E]):
         """
         if not next_offsets:
             return
+        offsets = {p: OffsetAndMetadata(o, None, -1) for p, o in next_offsets.items()}
         try:
-            self.consumer.commit({p: OffsetAndMetadata(o, None, -1) for p, o in next_offsets.items()})
+            if wait:
+                self.consumer.commit(offsets)
+            else:
+                self.consumer.commit_async(offsets, callback=self._commit_answered)
+                self._committed_async.update(next_offsets)
         except Exception as exc:
             if is_fatal(exc) or not isinstance(exc, KafkaError):
                 raise
-            COMMITS_REFUSED.labels(service=self.service, cause=type(exc).__name__).inc()
-            log.warning(
-                "commit refused: these records will be redelivered",
-                service=self.service,
-                partitions=len(next_offsets),
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            self._commit_refused(exc, len(next_offsets))
+
+    def _commit_answered(self, offsets: dict[TopicPartition, Any], answer: Any) -> None:
+        """A commit sent without waiting was answered: a refusal is counted and logged as :meth:`_commit` does
+        (a later commit of the partitions covers it; their records may be redelivered meanwhile)."""
+        if isinstance(answer, Exception):
+            self._commit_refused(answer, len(offsets))
+
+    def _confirm_commits(self) -> None:
+        """Commit again, waiting, the offsets committed without waiting (the consumer closes after this: a commit
+        still in flight would be lost with it). Never raises an ``Exception``: the records are redelivered."""
+        offsets, self._committed_async = self._committed_async, {}
+        try:
+            self._commit(offsets)
+        except Exception as exc:  # noqa: BLE001 - closing: what is not committed is read again
+            log.warning("last commit not made", service=self.service, error=f"{type(exc).__name__}: {exc}")
+
+    def _commit_refused(self, exc: BaseException, partitions: int) -> None:
+        COMMITS_REFUSED.labels(service=self.service, cause=type(exc).__name__).inc()
+        log.warning(
+            "commit refused: these records will be redelivered",
+            service=self.service,
+            partitions=partitions,
+            error=f"{type(exc).__name__}: {exc}",
+        )

@@ -319,6 +319,7 @@ class PipelineRun:
             "published": published,
             "warm_up": warm_up,
             "record": record,
+            "extraction": extraction_times(self.work_dir / "logs" / "extractor.log", record.run_id),
             "peaks": peaks,
             "cpu": cpu,
             "stats": stats,
@@ -344,6 +345,36 @@ class PipelineRun:
                 status = record.status.value if record else "not recorded"
                 raise TimeoutError(f"run {run_id} of {definition} not final after {timeout:.0f} s ({status})")
             time.sleep(0.1)
+
+
+def extraction_times(log: Path, run_id: uuid.UUID) -> tuple[float, float] | None:
+    """When the extractor started and completed the run (its "extraction started" and "extraction completed" log
+    lines), on this machine's monotonic clock (the receiver's), or None when its log does not say: the pace the
+    dispatcher cannot outrun."""
+    times: dict[str, datetime] = {}
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if str(run_id) not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") in ("extraction started", "extraction completed"):
+            times[entry["event"]] = datetime.fromisoformat(entry["timestamp"])
+    if len(times) < 2:
+        return None
+    to_monotonic = time.monotonic() - time.time()
+    started, completed = times["extraction started"], times["extraction completed"]
+    return started.timestamp() + to_monotonic, completed.timestamp() + to_monotonic
+
+
+def extraction(run: dict[str, Any]) -> str:
+    """How long the extraction took, and how long after it the receiver got its last request."""
+    if run["extraction"] is None or not run["stats"]["last"]:
+        return "the extraction's time not logged"
+    started, completed = run["extraction"]
+    trailing = run["stats"]["last"] - completed
+    return f"its extraction {completed - started:.1f} s, the receiver's last request {trailing:.1f} s after it"
 
 
 def timed(scenario: Scenario, kind: str, label: str, requests: int, seconds: float, rss: str = "") -> Row:
@@ -458,7 +489,8 @@ def pipeline_results(scenario: Scenario, variant: Variant, run: dict[str, Any]) 
     notes = [
         f"{title}: run {record.status.value}, extracted {record.extracted:,}, delivered "
         f"{record.delivered:,}, failed {record.failed:,}; exportctl run returned after {run['published']:.1f} s; "
-        f"the run's own duration (started → finished) {record.duration_seconds or 0:.1f} s; the warm-up run "
+        f"the run's own duration (started → finished) {record.duration_seconds or 0:.1f} s, {extraction(run)}; "
+        "the warm-up run "
         f"({WARM_UP_MEMBERS:,} members, services just started) recorded {run['warm_up']:.1f} s after exportctl run",
         f"{title}: CPU seconds during the timed run: "
         + ", ".join(f"{name} {seconds:.1f}" for name, seconds in run["cpu"].items()),

@@ -34,26 +34,39 @@ DEADLINE_SECONDS = 30.0
 
 
 class Acknowledgement:
-    def __init__(self, error: Exception | None) -> None:
+    """The broker's answer to one record: given at once, or once ``answer`` is set."""
+
+    def __init__(self, error: Exception | None, answer: threading.Event | None = None) -> None:
         self.error = error
+        self.answer = answer
+
+    @property
+    def is_done(self) -> bool:
+        return self.answer is None or self.answer.is_set()
 
     def get(self, timeout: float | None = None) -> None:
+        if self.answer is not None:
+            assert self.answer.wait(DEADLINE_SECONDS), "the broker never answered"
         if self.error is not None:
             raise self.error
 
 
 class Producer:
-    """Keeps the values produced, in order; ``refusing`` makes every acknowledgement fail (the broker away)."""
+    """Keeps the values produced, in order; ``refusing`` makes every acknowledgement fail (the broker away);
+    ``answer`` (when given) holds every acknowledgement until it is set (a slow broker)."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
+        self.attempts = 0
         self.refusing = False
+        self.answer: threading.Event | None = None
 
     def send(self, topic: str, *, key: bytes, value: bytes, headers: Any = None) -> Acknowledgement:
+        self.attempts += 1
         if self.refusing:
-            return Acknowledgement(KafkaTimeoutError("the broker is unreachable"))
+            return Acknowledgement(KafkaTimeoutError("the broker is unreachable"), self.answer)
         self.sent.append((topic, value))
-        return Acknowledgement(None)
+        return Acknowledgement(None, self.answer)
 
     def outcomes(self) -> list[str]:
         return [value.decode() for topic, value in self.sent if topic == OUTCOMES]
@@ -114,8 +127,13 @@ class Consumer:
             done = {partition: meta.offset for partition, meta in offsets.items()}
             for partition, offset in done.items():
                 assert offset >= self.committed.get(partition, 0), "an offset committed backwards"
-            self.commits.append(done)
+            if done != {p: o for p, o in self.committed.items() if p in done}:  # the same again changes nothing
+                self.commits.append(done)
             self.committed.update(done)
+
+    def commit_async(self, offsets: dict[TopicPartition, Any], callback: Callable[..., None]) -> None:
+        self.commit(offsets)
+        callback(offsets, None)
 
     def assignment(self) -> set[TopicPartition]:
         return {P0, P1}
@@ -210,7 +228,7 @@ def test_an_outage_in_a_round_hands_back_its_partition_with_the_next_rounds_reco
     assert consumer.committed == {P0: 3, P1: 1}
 
 
-def test_the_broker_away_hands_back_the_rounds_in_flight_without_producing_them():
+def test_the_broker_away_hands_back_the_rounds_in_flight_and_commits_nothing():
     consumer, producer = Consumer(), Producer()
     consumer.add(P0, "a")
     next_round = threading.Event()
@@ -228,7 +246,8 @@ def test_the_broker_away_hands_back_the_rounds_in_flight_without_producing_them(
     producer.refusing = True
     with pytest.raises(KafkaTimeoutError):
         _step_until(loop, lambda: False)
-    # Round 1's outcome was refused; round 2 ("x", another partition) was not even attempted: both read again.
+    # Round 1's outcome was refused: round 2 ("x", another partition) is not committed either; both read again.
+    assert producer.attempts == 2
     assert producer.sent == []
     assert consumer.commits == []
     assert consumer.positions == {P0: 0, P1: 0}
@@ -236,6 +255,27 @@ def test_the_broker_away_hands_back_the_rounds_in_flight_without_producing_them(
     producer.refusing = False
     _step_until(loop, lambda: consumer.committed == {P0: 1, P1: 1})
     assert sorted(producer.outcomes()) == ["a", "x"]
+
+
+def test_the_next_round_is_polled_while_the_broker_has_not_acknowledged_the_last_and_nothing_is_committed_before():
+    consumer, producer = Consumer(), Producer()
+    consumer.add(P0, "a")
+    producer.answer = threading.Event()  # a slow broker: no acknowledgement until the test says
+    handled: list[str] = []
+
+    def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        handled.extend(request.definition for request in requests)
+        return [_outcome(request) for request in requests]
+
+    loop = _loop(consumer, producer, handle_round, rounds_in_flight=3)
+    _step_until(loop, lambda: producer.outcomes() == ["a"])  # round 1's outcome handed to the producer
+    consumer.add(P0, "b")
+    _step_until(loop, lambda: handled == ["a", "b"])  # round 2 polled and handled meanwhile
+    assert consumer.commits == []  # nothing committed before the broker acknowledged it
+    producer.answer.set()
+    _step_until(loop, lambda: consumer.committed.get(P0) == 2)
+    assert producer.outcomes() == ["a", "b"]
+    assert consumer.commits == [{P0: 1}, {P0: 2}]
 
 
 def test_a_held_record_is_not_handed_to_the_handler_again_while_its_round_is_in_flight():
