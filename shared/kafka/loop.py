@@ -864,7 +864,14 @@ class ConsumerLoop(Generic[E]):
                 continue  # moved to another consumer meanwhile: it reads them again from the committed offset
             done[partition] = max(done.get(partition, 0), record.offset + 1)  # held ones come first, out of order
         self.held.release([record for record, _ in pending.settled])
-        self._commit(self.held.commit_offsets(done), wait=self._window is None)
+        offsets = self.held.commit_offsets(done)
+        # A partition handed back is read again from its first record not settled: no commit passes it, even where
+        # the records settled before reach further (held records settled around it; a later round in flight that
+        # handed back, and so released, a held record before this round's records).
+        for partition, first_back in self._handed_back.items():
+            if partition in offsets:
+                offsets[partition] = min(offsets[partition], first_back)
+        self._commit(offsets, wait=self._window is None)
         return len(pending.settled)
 
     def _hand_back_later(self, first_offsets: dict[TopicPartition, int]) -> None:
@@ -923,13 +930,15 @@ class ConsumerLoop(Generic[E]):
 
     @staticmethod
     def _round_results(handle_round: RoundHandler[E], events: list[E]) -> Sequence[list[Outgoing] | BaseException]:
-        """``handle_round``'s result per event; when it raises, or answers for another number of events,
-        that failure is every event's (each is dead-lettered with it rather than the loop stopping)."""
+        """``handle_round``'s result per event; when it raises, answers with no sequence, or answers for another
+        number of events, that failure is every event's (each is dead-lettered with it rather than the loop
+        stopping, or, on a round's worker thread, the round never settling)."""
         try:
             results = handle_round(events)
+            count = len(results)
         except Exception as exc:  # noqa: BLE001 - the round's failure becomes each of its records' dead letter
             return [exc] * len(events)
-        if len(results) != len(events):
+        if count != len(events):
             return [RuntimeError(f"the round handler gave {len(results)} results for {len(events)} records")] * len(
                 events
             )

@@ -1,8 +1,10 @@
 """Rounds in flight (``ConsumerLoop(rounds_in_flight=2)``): the next round is polled while one is handled, and the
 loop's guarantees hold across rounds in flight: outcomes produced and offsets committed in poll order, an outage
 handing back its partition (a later round's records there included) while the other partitions' records settle,
-held records not handed to the handler twice at once, nothing committed of a partition revoked meanwhile, and
-the bound: no more than two rounds' records in hand, however slow the handler.
+held records not handed to the handler twice at once, no commit past a held record handed back (by a later round
+in flight, or beside records settled), nothing committed of a partition revoked meanwhile, a handler's bad answer
+dead-lettering its round rather than stalling the loop, and the bound: no more than two rounds' records in hand,
+however slow the handler.
 
 The Kafka clients are stand-ins that behave as the broker does where it matters here (positions, seeks, commits in
 order, acknowledgements), with the records each poll may return under the test's control. Nothing waits on time:
@@ -410,3 +412,112 @@ def test_more_than_one_round_in_flight_needs_a_round_handler():
             handler=lambda request: [],
             rounds_in_flight=2,
         )
+
+
+class WatchedConsumer(Consumer):
+    """A :class:`Consumer` that notes every commit passing a record whose outcome the producer has not got yet
+    (an offset committed before its record was settled: lost should the process stop there)."""
+
+    def __init__(self, producer: Producer) -> None:
+        super().__init__()
+        self.producer = producer
+        self.premature: list[tuple[TopicPartition, int, list[str]]] = []
+
+    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        produced = set(self.producer.outcomes())
+        for partition, meta in offsets.items():
+            passed = [RunRequested.model_validate_json(r.value).definition for r in self.log[partition][: meta.offset]]
+            missing = [name for name in passed if name not in produced]
+            if missing:
+                self.premature.append((partition, meta.offset, missing))
+        super().commit(offsets)
+
+
+def test_no_round_commits_past_a_held_record_that_a_later_round_in_flight_hands_back():
+    producer = Producer()
+    consumer = WatchedConsumer(producer)
+    consumer.add(P0, "held", "b")
+    calls: list[list[str]] = []
+
+    def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        calls.append([request.definition for request in requests])
+        if len(calls) == 1:  # the partner's breaker is open for "held" (due again at once); "b" is delivered
+            return [HoldRecord("the partner's breaker is open", time.monotonic()), _outcome(requests[1])]
+        if len(calls) == 2:  # "held" handed to the handler again while "b"'s round is in flight: the catalog is away
+            return [DependencyUnavailable("the catalog is unreachable")]
+        return [_outcome(request) for request in requests]
+
+    producer.answer = threading.Event()  # "b"'s outcome is acknowledged only once "held" was handed back
+    loop = _loop(consumer, producer, handle_round, rounds_in_flight=3)
+    thread = threading.Thread(target=loop.run, name="loop", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while not (len(calls) >= 2 and len(loop.held) == 0):  # the second round handed "held" back
+            assert time.monotonic() < deadline, "the held record was not handed back in time"
+            time.sleep(0.005)
+        producer.answer.set()
+        while consumer.committed.get(P0) != 2:
+            assert time.monotonic() < deadline, "the loop did not commit every record in time"
+            time.sleep(0.01)
+    finally:
+        loop.stopping.set()
+        producer.answer.set()
+        thread.join(DEADLINE_SECONDS)
+    assert not thread.is_alive()
+    assert calls[:2] == [["held", "b"], ["held"]]
+    # "b"'s round was committed after "held" was handed back: not past "held", which had no outcome yet.
+    assert consumer.premature == []
+    assert "held" in producer.outcomes()
+
+
+def test_one_round_at_a_time_commits_nothing_past_a_held_record_handed_back_beside_one_settled():
+    producer = Producer()
+    consumer = WatchedConsumer(producer)
+    consumer.add(P0, "h1", "h2", "b")
+    calls: list[list[str]] = []
+
+    def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        calls.append([request.definition for request in requests])
+        if len(calls) == 1:  # both held (their breaker open, due again at once); "b" delivered
+            due = time.monotonic()
+            return [HoldRecord("breaker open", due), HoldRecord("breaker open", due), _outcome(requests[2])]
+        if len(calls) == 2:  # handed again: "h1" delivered, "h2" meets a catalog outage
+            return [_outcome(requests[0]), DependencyUnavailable("the catalog is unreachable")]
+        return [_outcome(request) for request in requests]
+
+    loop = _loop(consumer, producer, handle_round, rounds_in_flight=1)
+    loop.poll_once()
+    with pytest.raises(RoundInterrupted):
+        loop.poll_once()
+    assert calls == [["h1", "h2", "b"], ["h1", "h2"]]
+    assert consumer.premature == []
+    assert consumer.committed.get(P0, 0) <= 1  # "h2" (offset 1) is read again: nothing committed past it
+    assert consumer.positions[P0] == 1
+    _step_until(loop, lambda: consumer.committed.get(P0) == 3)
+    assert consumer.premature == []
+    assert "h2" in producer.outcomes()
+
+
+@pytest.mark.parametrize("rounds_in_flight", [1, 2])
+def test_a_round_handler_answering_with_no_list_dead_letters_the_round_and_the_consumer_goes_on(rounds_in_flight):
+    consumer, producer = Consumer(), Producer()
+    consumer.add(P0, "a")
+    calls: list[list[str]] = []
+
+    def handle_round(requests: Sequence[RunRequested]) -> Any:
+        calls.append([request.definition for request in requests])
+        if len(calls) == 1:
+            return None  # a handler's bug: no results at all
+        return [_outcome(request) for request in requests]
+
+    loop = _loop(consumer, producer, handle_round, rounds_in_flight=rounds_in_flight)
+    _step_until(loop, lambda: consumer.committed.get(P0) == 1)
+    consumer.add(P0, "b")
+    _step_until(loop, lambda: consumer.committed.get(P0) == 2)
+    # "a" was dead-lettered with the handler's failure (not lost, not handled forever); "b" was delivered.
+    letters = [value for topic, value in producer.sent if topic == "exports.dead-letters"]
+    assert len(letters) == 1
+    assert b"TypeError" in letters[0]
+    assert producer.outcomes() == ["b"]
+    assert calls == [["a"], ["b"]]
