@@ -38,13 +38,16 @@ class DispatcherSettings(CommonSettings):
         description="Batches (records) taken per poll at most: their requests delivered `concurrency` at a time "
         "(memory holds at most this many batches per round in flight).",
     )
+    # 1: with 2, the end-to-end benchmark was no faster on 2 cores (one-member requests/s and batch members/s within
+    # the runs' spread, A/B in the same sittings); the dispatcher spent 5-15% more CPU, and its peak RSS with batches
+    # of 500 grew by 20-60 MB. The loop thread's polls and decoding compete with the event loop for the cores and GIL.
     dispatcher_rounds_in_flight: int = Field(
-        default=2,
+        default=1,
         ge=1,
         le=8,
-        description="Polls' rounds delivered at once: the next poll is decoded, and the last round's outcomes "
-        "produced and committed, while a round's requests are in flight (1: each round's outcomes committed "
-        "before the next poll). Offsets are committed in order whatever the setting.",
+        description="Polls' rounds delivered at once: with 2 or more, the next poll is decoded, and the last round's "
+        "outcomes produced and committed, while a round's requests are in flight (1, the default: each round's "
+        "outcomes committed before the next poll). Offsets are committed in order whatever the setting.",
     )
     # 256: measured 2,254 one-member requests/s against 1,351 with 64 (a round's produce, flush and commit cost
     # ~25 ms here, paid per round); the price is a longer poll interval, below.
