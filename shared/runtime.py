@@ -56,11 +56,13 @@ def build_loop(
     handle_round: RoundHandler[E] | None = None,
     priority_topics: list[str] | None = None,
     health: Health | None = None,
+    rounds_in_flight: int = 1,
     **consumer_overrides: Any,
 ) -> ConsumerLoop[E]:
     """A consumer loop for ``service`` on ``topic`` (or topics), in the consumer group named after the service.
 
-    ``handler`` handles records one by one; ``handle_round`` a poll's records at once (give one of them).
+    ``handler`` handles records one by one; ``handle_round`` a poll's records at once (give one of them), up to
+    ``rounds_in_flight`` polls' rounds at once (:class:`shared.kafka.ConsumerLoop`).
     ``health`` (from :func:`start_service`) is told when the loop comes round and when it waits out an outage;
     its stall bound follows the consumer's ``max_poll_interval_ms``.
     """
@@ -83,4 +85,5 @@ def build_loop(
         handle_round=handle_round,
         priority_topics=priority_topics,
         health=health,
+        rounds_in_flight=rounds_in_flight,
     )

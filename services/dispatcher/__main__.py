@@ -70,7 +70,7 @@ def main() -> None:
         ),
     )
     # The HTTP requests run on one asyncio event loop on its own thread (anyio's blocking portal); the
-    # consumer loop hands it each poll's batches and waits for their outcomes.
+    # consumer loop hands it each poll's batches (from its round threads) and waits for their outcomes.
     with start_blocking_portal() as portal:
         heartbeats = portal.start_task_soon(dispatcher.fleet.run)  # this replica's share of the profiles' limits
         announcements = portal.start_task_soon(notices.run)  # its open breakers reported, the fleet's announced
@@ -82,8 +82,10 @@ def main() -> None:
             priority_topics=settings.topics.member_batch_topics(),
             decode=value_decoder(MemberBatch.model_validate_json),
             handle_round=lambda batches: portal.call(dispatcher.handle_all, batches),
-            # One poll is one round of deliveries: the next poll waits for all its outcomes (backpressure);
-            # the poll interval allows every wave of the round its whole retry budget.
+            # One poll is one round of deliveries, up to `rounds_in_flight` rounds delivered at once: the next poll
+            # waits for the oldest round's outcomes (backpressure); the poll interval allows every wave of the
+            # rounds in flight its whole retry budget.
+            rounds_in_flight=settings.dispatcher_rounds_in_flight,
             max_poll_records=settings.dispatcher_poll_records,
             max_poll_interval_ms=settings.max_poll_interval_ms,
         )

@@ -157,7 +157,6 @@ class Dispatcher:
         self.round_requests, self.max_round_records = round_requests, max_round_records
         # Requests per record, at most, in the last round; until a round was seen, assume records are full.
         self._record_requests = round_requests
-        self._round_record_requests = 1
 
     def next_poll_records(self) -> int:
         """Records the next poll may take: about ``round_requests`` requests' worth, judged by the last round's
@@ -186,13 +185,16 @@ class Dispatcher:
         """Deliver a poll's batches, their requests ``concurrency`` at a time; per batch its records, or what it
         raised.
 
+        Rounds may be delivered at once (the consumer loop's rounds in flight): their requests share the
+        ``concurrency`` bound, the earlier round's first (the semaphore serves its waiters in order).
+
         Once ``stopping`` is set (SIGTERM), the batches still being delivered are abandoned (their requests
         cancelled, retries included) and answered :class:`Stopping`: the loop hands them back uncommitted,
         for the next owner of their partition (a request cut short may be sent again: same Idempotency-Key).
         """
-        self._round_record_requests = 1
+        record_requests = [1]  # this round's most requests in one record
         traced = zip(batches, round_contexts(batches), strict=True)
-        tasks = [asyncio.ensure_future(self._handle_in(batch, c)) for batch, c in traced]
+        tasks = [asyncio.ensure_future(self._handle_in(batch, c, record_requests)) for batch, c in traced]
         try:
             pending: set[asyncio.Future[list[Outgoing]]] = set(tasks)
             while pending and not self.stopping.is_set():
@@ -203,7 +205,7 @@ class Dispatcher:
                 await asyncio.wait(pending)
             return [self._result_of(task) for task in tasks]
         finally:
-            self._record_requests = self._round_record_requests
+            self._record_requests = record_requests[0]
 
     @staticmethod
     def _result_of(task: asyncio.Future[list[Outgoing]]) -> list[Outgoing] | BaseException:
@@ -211,9 +213,12 @@ class Dispatcher:
             return Stopping("the dispatcher is stopping: the batch is handed back for redelivery")
         return task.exception() or task.result()
 
-    async def _handle_in(self, batch: MemberBatch, trace_context: Context | None) -> list[Outgoing]:
+    async def _handle_in(
+        self, batch: MemberBatch, trace_context: Context | None, record_requests: list[int]
+    ) -> list[Outgoing]:
         """:meth:`handle` in the batch's trace context (its record's span, told which batch it is): its task's
-        logs carry the trace's ids, its requests the trace's ``traceparent``."""
+        logs carry the trace's ids, its requests the trace's ``traceparent``. ``record_requests[0]`` is raised to
+        the batch's request count."""
         with attached(trace_context):
             annotate(
                 trace_context,
@@ -223,9 +228,9 @@ class Dispatcher:
                     "member_export.batch_index": batch.batch_index,
                 },
             )
-            return await self.handle(batch)
+            return await self.handle(batch, record_requests)
 
-    async def handle(self, batch: MemberBatch) -> list[Outgoing]:
+    async def handle(self, batch: MemberBatch, record_requests: list[int] | None = None) -> list[Outgoing]:
         """Deliver a batch (isolating refused members) and return its outcome and dead letters.
 
         Every batch gets an outcome: whatever fails while handling it (a template that does not render, a
@@ -235,9 +240,10 @@ class Dispatcher:
         line says of the exception (:mod:`shared.exception_reasons`). Only an outage of the catalog is
         raised (:func:`shared.outages.is_outage`): the consumer loop hands the batch back and handles it again.
         A cancelled run's batches are dropped: nothing is sent, no outcome (the run's record is final).
+        ``record_requests[0]`` (its round's tally, :meth:`handle_all`) is raised to the batch's request count.
         """
         try:
-            return await self._handle(batch)
+            return await self._handle(batch, record_requests if record_requests is not None else [1])
         except HoldRecord:
             raise  # its profile's circuit breaker is open: the consumer loop holds the batch back
         except Exception as exc:  # the batch's failure, never the consumer's
@@ -275,7 +281,7 @@ class Dispatcher:
             batch, IsolationResult(0, [Refused(Slice(0, len(batch.members)), failed)], 0, failed), profile
         )
 
-    async def _handle(self, batch: MemberBatch) -> list[Outgoing]:
+    async def _handle(self, batch: MemberBatch, record_requests: list[int]) -> list[Outgoing]:
         if self.objects.cancelled(batch.run_id):
             BATCHES_OF_CANCELLED_RUNS.inc()
             return []
@@ -313,7 +319,7 @@ class Dispatcher:
 
         self._start_series(batch.definition, profile.name)
         requests = -(-len(batch.members) // template.batch_size)
-        self._round_record_requests = max(self._round_record_requests, requests)
+        record_requests[0] = max(record_requests[0], requests)
         isolated = await deliver_in_requests(
             len(batch.members), template.batch_size, send, split_budget=self.split_budget, gather=gather_or_cancel
         )

@@ -35,8 +35,19 @@ class DispatcherSettings(CommonSettings):
         default=64,
         ge=1,
         le=10_000,
-        description="Batches (records) taken per poll at most: their requests delivered `concurrency` at a time, "
-        "all outcomes produced and committed before the next poll (memory holds at most this many batches).",
+        description="Batches (records) taken per poll at most: their requests delivered `concurrency` at a time "
+        "(memory holds at most this many batches per round in flight).",
+    )
+    # 1: with 2, the end-to-end benchmark was no faster on 2 cores (one-member requests/s and batch members/s within
+    # the runs' spread, A/B in the same sittings); the dispatcher spent 5-15% more CPU, and its peak RSS with batches
+    # of 500 grew by 20-60 MB. The loop thread's polls and decoding compete with the event loop for the cores and GIL.
+    dispatcher_rounds_in_flight: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="Polls' rounds delivered at once: with 2 or more, the next poll is decoded, and the last round's "
+        "outcomes produced and committed, while a round's requests are in flight (1, the default: each round's "
+        "outcomes committed before the next poll). Offsets are committed in order whatever the setting.",
     )
     # 256: measured 2,254 one-member requests/s against 1,351 with 64 (a round's produce, flush and commit cost
     # ~25 ms here, paid per round); the price is a longer poll interval, below.
@@ -50,12 +61,13 @@ class DispatcherSettings(CommonSettings):
 
     @property
     def max_poll_interval_ms(self) -> int:
-        """Long enough for a poll's batches all to spend their retry budget, wave after wave.
+        """Long enough for the batches of the rounds in flight all to spend their retry budget, wave after wave.
 
         A consumer that does not poll within it leaves its group (its partitions move, batches are sent twice),
         so it follows the settings instead of failing them: at least the usual 10 minutes.
         """
-        requests = max(self.dispatcher_poll_records, self.dispatcher_round_requests)
+        # The rounds in flight share the concurrency: the oldest may wait behind the others' requests too.
+        requests = max(self.dispatcher_poll_records, self.dispatcher_round_requests) * self.dispatcher_rounds_in_flight
         waves = -(-requests // self.dispatcher_concurrency)
         return max(600_000, int(waves * (self.dispatcher_max_retry_seconds + 60) * 1.5 * 1000))
 

@@ -18,7 +18,7 @@ fetching new records (every partition paused) until held ones are settled.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,13 +180,18 @@ class HeldRecords:
 class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
     """Forgets the held records of revoked partitions as the rebalance happens (during the poll): should a
     partition leave and come back within one poll, its old holds would otherwise cap its commits below what the
-    interim owner committed, and the records between be read again."""
+    interim owner committed, and the records between be read again. ``also`` is told the revoked partitions
+    too (the consumer loop: its rounds in flight commit nothing of them)."""
 
-    def __init__(self, held: HeldRecords) -> None:
+    def __init__(self, held: HeldRecords, also: Callable[[set[TopicPartition]], None] | None = None) -> None:
         self.held = held
+        self.also = also
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self.held.forget(revoked)
+        partitions = set(revoked)
+        self.held.forget(partitions)
+        if self.also is not None:
+            self.also(partitions)
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         """Nothing to do: a partition assigned is read from its committed offset."""

@@ -35,7 +35,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -71,6 +72,7 @@ from shared.kafka.records import Consumed as Consumed
 from shared.kafka.records import Headers as Headers
 from shared.kafka.records import Outgoing as Outgoing
 from shared.kafka.records import Round
+from shared.kafka.round_window import RoundWindow
 from shared.kafka.trace_context import decoded_in_context
 from shared.metrics import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED, ConsumerLagSeries, partition_lag
 from shared.outages import describe, is_outage
@@ -118,6 +120,9 @@ FATAL_KAFKA_ERRORS: tuple[type[Exception], ...] = (
     UnsupportedVersionError,
     UnsupportedCodecError,
 )
+#: The longest poll while rounds are in flight (milliseconds): a round done meanwhile waits no longer than this
+#: for its outcomes to be produced and committed when no record comes.
+IN_FLIGHT_POLL_MS = 10
 #: The first wait after an interrupted round, doubling with each interruption in a row up to the maximum.
 INTERRUPTION_BACKOFF_SECONDS = 0.5
 MAX_INTERRUPTION_BACKOFF_SECONDS = 30.0
@@ -326,6 +331,56 @@ class _Letter:
     trace: Headers = ()
 
 
+@dataclass
+class _PendingRound(Generic[E]):
+    """A poll's records handed to the round handler, their outcomes not produced yet."""
+
+    polled: dict[TopicPartition, list[Any]]
+    #: The held records due (first), then the polled ones.
+    records: list[Any]
+    #: How many of ``records`` are held records handed to the handler again.
+    again: int
+    #: Per record: its dead letter when it did not decode; the handler's result is put in place of the others.
+    outcomes: list[list[Outgoing] | _Letter | BaseException]
+    #: The decoded events handed to the handler (None: none decoded), and the index of each one's record.
+    events: Round[E] | None
+    indexes: list[int]
+    #: Partitions revoked while the round was in flight: nothing of them is committed (their next owner reads
+    #: them again from the committed offset).
+    revoked: set[TopicPartition] = field(default_factory=set)
+    #: The handler's results, once handed to it on a worker thread (rounds in flight).
+    results: Future[Sequence[list[Outgoing] | BaseException]] | None = None
+    #: The records settled (their outcomes handed to the producer), and the producer's answers; None before, or
+    #: when the whole round is handed back.
+    settled: list[tuple[Any, list[Outgoing] | _Letter]] = field(default_factory=list)
+    sending: _Sending | None = None
+
+    def held_keys(self) -> list[tuple[TopicPartition, int]]:
+        """The held records handed to the handler again in this round."""
+        return [(TopicPartition(r.topic, r.partition), r.offset) for r in self.records[: self.again]]
+
+    def first_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition polled, the round's first record (where to read again when it is handed back whole)."""
+        return {partition: batch[0].offset for partition, batch in self.polled.items() if batch}
+
+
+@dataclass
+class _Sending:
+    """Records' outcomes handed to the producer: per record, its records' futures (or what ``send()`` raised at
+    once); and the dead letters decided, produced once the others are acknowledged."""
+
+    produced: list[tuple[Any, list[Any]]]
+    letters: list[_Letter]
+
+    def answered(self) -> bool:
+        """Whether the broker has answered for every record (acknowledged or refused)."""
+        return all(
+            isinstance(flight, Exception) or bool(getattr(flight, "is_done", True))
+            for _, flights in self.produced
+            for flight in flights
+        )
+
+
 class _RecordTrace:
     """The span a record is handled in, its context, and (once asked) the headers that carry it."""
 
@@ -350,6 +405,11 @@ class ConsumerLoop(Generic[E]):
     A record that cannot be decoded or handled becomes a dead letter on ``dead_letter_topic`` (at most
     ``dead_letter_payload_bytes`` of its value); producing a dead letter is attempted
     ``dead_letter_attempts`` times, ``dead_letter_backoff_seconds`` apart (doubling), then given up.
+
+    ``rounds_in_flight`` (round handlers only) is how many polls' rounds may be handled at once: with 2 or more,
+    ``handle_round`` runs on worker threads (it must allow concurrent calls) while the loop polls and decodes the
+    next round and produces and commits the last (:mod:`shared.kafka.round_window`); 1 handles a poll's round
+    before the next poll. Either way, outcomes are produced and offsets committed in the order of the polls.
     """
 
     def __init__(
@@ -372,9 +432,12 @@ class ConsumerLoop(Generic[E]):
         dead_letter_attempts: int = DEAD_LETTER_ATTEMPTS,
         dead_letter_backoff_seconds: float = DEAD_LETTER_BACKOFF_SECONDS,
         health: Health | None = None,
+        rounds_in_flight: int = 1,
     ) -> None:
         if (handler is None) == (handle_round is None):
             raise ValueError("give a consumer loop exactly one of handler and handle_round")
+        if rounds_in_flight < 1 or (handle_round is None and rounds_in_flight > 1):
+            raise ValueError("rounds_in_flight is 1, or more with a round handler")
         self.service = service
         #: Records the next poll may take (None: the consumer's ``max_poll_records``); a round handler whose
         #: records vary in cost sets it (the dispatcher: records carry one request or dozens).
@@ -416,6 +479,20 @@ class ConsumerLoop(Generic[E]):
         self._group = str(group)
         #: The span of each record in hand (by the record's id), ended once its outcome is settled.
         self._traces: dict[int, _RecordTrace] = {}
+        #: The rounds being handled while the loop polls the next (None: one round at a time).
+        self._window: RoundWindow[_PendingRound[E]] | None = None
+        if handle_round is not None and rounds_in_flight > 1:
+            self._window = RoundWindow(rounds_in_flight, f"{service}-rounds")
+        #: The held records in a round in flight (not handed to the handler twice at once).
+        self._held_in_flight: set[tuple[TopicPartition, int]] = set()
+        # An interruption met by a round, waiting for the rounds in flight after it to be settled: per partition,
+        # the first record to read again; the error to raise then; whether producing failed (the broker away).
+        self._handed_back: dict[TopicPartition, int] = {}
+        self._interruption: BaseException | None = None
+        self._produce_failed = False
+        #: With rounds in flight, commits are sent without waiting (the loop goes on); the offsets sent so, per
+        #: partition, committed again and waited for before the consumer closes.
+        self._committed_async: dict[TopicPartition, int] = {}
         # Every series at 0 from the start: a counter that first appears at 1 is invisible to increase().
         DEAD_LETTER_FAILURES.labels(service=service)
         subscribed = getattr(consumer, "subscription", lambda: None)()
@@ -423,7 +500,7 @@ class ConsumerLoop(Generic[E]):
             RECORDS_DEAD_LETTERED.labels(service=service, topic=topic)
         if handle_round is not None and subscribed:
             # The holds of a revoked partition are forgotten as it is revoked (the subscription is unchanged).
-            consumer.subscribe(topics=sorted(subscribed), listener=ForgetRevoked(self.held))
+            consumer.subscribe(topics=sorted(subscribed), listener=ForgetRevoked(self.held, self._revoked))
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT finish the record in hand, commit, and stop the loop."""
@@ -460,7 +537,13 @@ class ConsumerLoop(Generic[E]):
                         self.health.recovered()
                     interruptions = 0
                 self.run_periodic()
+            self._finish_in_flight()
         finally:
+            if self._window is not None:
+                if len(self._window):
+                    self.stopping.set()  # the handler abandons what it still has (their records are read again)
+                self._window.close()
+                self._confirm_commits()
             self._lag.clear()
             self.consumer.close()
             self.producer.flush()
@@ -520,6 +603,11 @@ class ConsumerLoop(Generic[E]):
         Raises :class:`RoundInterrupted` (or the error itself) when an outage stopped the poll midway: what
         was settled is committed, the rest handed back for the next poll.
         """
+        if self._window is not None:
+            try:
+                return self._pipeline_step(self._window)
+            finally:
+                self._record_lag()
         try:
             return self._poll_round()
         finally:
@@ -541,7 +629,8 @@ class ConsumerLoop(Generic[E]):
         except Exception as exc:  # noqa: BLE001 - revoked meanwhile, or closing: the next round tells again
             log.debug("consumer lag not recorded", service=self.service, error=f"{type(exc).__name__}: {exc}")
 
-    def _poll_round(self) -> int:
+    def _poll(self, timeout_ms: int) -> tuple[dict[TopicPartition, list[Any]], list[Any]]:
+        """Poll (waiting up to ``timeout_ms`` for records): the records polled, and the held records due."""
         limit = self.poll_records() if self.poll_records is not None else None
         size = limit or int(getattr(self.consumer, "config", {}).get("max_poll_records", 500))
         # The held records due count in the round's size, leaving the poll one record at least (it must be
@@ -550,10 +639,14 @@ class ConsumerLoop(Generic[E]):
         if due:
             polled = self.consumer.poll(timeout_ms=0, max_records=max(1, size - len(due)))
         else:
-            polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=limit)
+            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=limit)
         if self.priority_topics:
             self._give_way(polled)
         self._restrain_while_holding()
+        return polled, due
+
+    def _poll_round(self) -> int:
+        polled, due = self._poll(self.poll_timeout_ms)
         if self.handle_round is not None:
             return self._process_round(polled, self.handle_round, due)
         processed = 0
@@ -613,12 +706,97 @@ class ConsumerLoop(Generic[E]):
         The poll is the unit of backpressure: the next poll waits until this one's records all have
         their outcome, so a slow endpoint slows consumption instead of buffering the topic in memory.
         """
+        pending = self._start_round(polled, due or [])
+        if pending is None:
+            return 0
+        results = self._round_results(handle_round, pending.events) if pending.events is not None else []
+        try:
+            self._send_round(pending, results)
+            settled = self._confirm_round(pending)
+        except BaseException:
+            self._end_interruption(raise_it=False)
+            raise
+        self._end_interruption()
+        return settled
+
+    def _pipeline_step(self, window: RoundWindow[_PendingRound[E]]) -> int:
+        """One turn of the loop with rounds in flight. Rounds move on in the order they were polled: a round whose
+        handling is done has its outcomes handed to the producer; the oldest, once the broker acknowledged them, is
+        committed (without waiting) and leaves the window. Nothing here waits, but for the oldest round while the
+        window is full, an interruption is handed back, or the loop stops. Then, if the window has room, the next
+        round is polled and handed to the handler. Returns how many records were settled.
+
+        An interruption met by a round is raised once every round in flight has been settled (their records of the
+        interrupted partitions after the first handed back are not settled: they are read again), with the records
+        handed back sought to: no round commits past a record handed back.
+        """
+        settled = 0
+        while (oldest := window.oldest()) is not None:
+            waiting = window.full or self._interruption is not None or self.stopping.is_set()
+            # The next round to send: the first still with the handler (those before it are sent).
+            unsent = next((pending for pending in window if pending.results is not None), None)
+            if unsent is not None and unsent.results is not None and (unsent.results.done() or unsent is oldest):
+                if not unsent.results.done() and not waiting:
+                    break
+                results, unsent.results = unsent.results.result(), None
+                self._send_round(unsent, results)
+                continue
+            if oldest.results is None and (waiting or oldest.sending is None or oldest.sending.answered()):
+                window.pop()
+                self._held_in_flight.difference_update(oldest.held_keys())
+                try:
+                    settled += self._confirm_round(oldest)
+                finally:
+                    self._end_traces_of(oldest.records)
+                continue
+            break
+        if self._interruption is not None or self.stopping.is_set():
+            if not len(window):
+                self._end_interruption()
+            return settled
+        # While a round is in flight, poll briefly: a round done meanwhile moves on at the next turn.
+        timeout_ms = min(self.poll_timeout_ms, IN_FLIGHT_POLL_MS) if len(window) else self.poll_timeout_ms
+        polled, due = self._poll(timeout_ms)
+        pending = self._start_round(polled, due)
+        if pending is None:
+            return settled
+        handle_round, events = self.handle_round, pending.events
+        assert handle_round is not None  # a window is built for round handlers only
+        self._held_in_flight.update(pending.held_keys())
+        pending.results = window.start(
+            pending, lambda: self._round_results(handle_round, events) if events is not None else []
+        )
+        return settled
+
+    def _finish_in_flight(self) -> None:
+        """The loop stops: settle the rounds still in flight (what their handler abandoned is handed back)."""
+        if self._window is None or not len(self._window):
+            return
+        try:
+            self._pipeline_step(self._window)  # stopping: settles every round, polls none
+        except Exception as exc:
+            if is_fatal(exc):
+                raise
+            log.info("records handed back as the loop stops", service=self.service, error=describe(exc))
+
+    def _revoked(self, partitions: set[TopicPartition]) -> None:
+        """Partitions revoked during a poll: the rounds in flight commit nothing of them (a rebalance)."""
+        for pending in self._window or ():
+            pending.revoked.update(partitions)
+        for partition in partitions:
+            self._committed_async.pop(partition, None)
+
+    def _start_round(self, polled: dict[TopicPartition, list[Any]], due: list[Any]) -> _PendingRound[E] | None:
+        """Decode a poll's records (the held ones due first) into a round for the handler; None when there is
+        nothing to handle, or the loop is stopping (the records are then sought back to)."""
         if self.stopping.is_set():
             for partition, records in polled.items():
                 if records:
                     self.consumer.seek(partition, records[0].offset)
-            return 0
-        records = self._with_held_due(due or [], [record for batch in polled.values() for record in batch])
+            return None
+        records = self._with_held_due(due, [record for batch in polled.values() for record in batch])
+        if not records:
+            return None
         again = sum(1 for record in records if self.held.is_held(record))  # held ones first: consumed before
         outcomes: list[list[Outgoing] | _Letter | BaseException] = [[] for _ in records]
         decoded: list[tuple[int, E]] = []
@@ -628,25 +806,31 @@ class ConsumerLoop(Generic[E]):
                 outcomes[index] = event
             else:
                 decoded.append((index, event))
+        events = None
         if decoded:
-            round_ = Round(
-                [event for _, event in decoded], [self._trace_context(records[index]) for index, _ in decoded]
-            )
-            results = self._round_results(handle_round, round_)
-            for (index, _), result in zip(decoded, results, strict=True):
-                outcomes[index] = result
-        # A record that met an outage is handed back with every later record of its partition (offsets are
-        # committed in order); the others are settled as usual.
-        handed_back: dict[TopicPartition, int] = {}
-        outage: BaseException | None = None
+            events = Round([event for _, event in decoded], [self._trace_context(records[i]) for i, _ in decoded])
+        return _PendingRound(polled, records, again, outcomes, events, [index for index, _ in decoded])
+
+    def _send_round(self, pending: _PendingRound[E], results: Sequence[list[Outgoing] | BaseException]) -> None:
+        """Decide each of a round's records from the handler's results, and hand the outcomes to the producer.
+
+        A record that met an outage is handed back with every later record of its partition (offsets are committed
+        in order), and so are those of a later round in flight: they are noted (:meth:`_hand_back_later`) and sought
+        to by :meth:`_end_interruption`. Once producing failed (the broker away), a later round produces nothing.
+        """
+        if self._produce_failed:
+            return  # handed back whole by _confirm_round
+        records, outcomes = pending.records, pending.outcomes
+        for index, result in zip(pending.indexes, results, strict=True):
+            outcomes[index] = result
         for record, outcome in zip(records, outcomes, strict=True):
             if isinstance(outcome, BaseException) and is_interruption(outcome):
-                partition = TopicPartition(record.topic, record.partition)
-                handed_back[partition] = min(handed_back.get(partition, record.offset), record.offset)
-                outage = outage or outcome
+                self._hand_back_later({TopicPartition(record.topic, record.partition): record.offset})
+                if self._interruption is None:
+                    self._interruption = RoundInterrupted(outcome)
         settled: list[tuple[Any, list[Outgoing] | _Letter]] = []
         for record, outcome in zip(records, outcomes, strict=True):
-            first_back = handed_back.get(TopicPartition(record.topic, record.partition))
+            first_back = self._handed_back.get(TopicPartition(record.topic, record.partition))
             if first_back is not None and record.offset >= first_back:
                 self.held.release([record])  # read again from the partition
                 continue
@@ -654,32 +838,72 @@ class ConsumerLoop(Generic[E]):
                 self.held.hold(record, outcome.until)
                 continue
             settled.append((record, self._failure(record, outcome) if isinstance(outcome, BaseException) else outcome))
+        pending.settled = settled
+        pending.sending = self._send(settled)
+
+    def _confirm_round(self, pending: _PendingRound[E]) -> int:
+        """Wait for the broker's acknowledgement of a round's outcomes (dead-lettering the records whose own it
+        refuses), then commit it; returns how many records were settled. A round after one whose outcomes could not
+        be produced (the broker away) is handed back whole, without waiting for its own."""
+        firsts = pending.first_offsets()
+        if self._produce_failed or pending.sending is None:
+            self._hand_back_later(firsts)
+            return 0
         try:
-            self._settle(settled)
+            self._confirm(pending.sending)
+        except Exception as exc:  # noqa: BLE001 - the broker unreachable: raised once the rounds in flight are settled
+            self._hand_back_later(firsts)
+            self._interruption, self._produce_failed = exc, True  # raised in place of any outage: the broker's away
+            return 0
         except BaseException:
-            self._hand_back({partition: batch[0].offset for partition, batch in polled.items() if batch})
+            self._hand_back(firsts)
             raise
         done: dict[TopicPartition, int] = {}
-        for record, _ in settled:
+        for record, _ in pending.settled:
             partition = TopicPartition(record.topic, record.partition)
+            if partition in pending.revoked:
+                continue  # moved to another consumer meanwhile: it reads them again from the committed offset
             done[partition] = max(done.get(partition, 0), record.offset + 1)  # held ones come first, out of order
-        self.held.release([record for record, _ in settled])
+        self.held.release([record for record, _ in pending.settled])
+        offsets = self.held.commit_offsets(done)
+        # A partition handed back is read again from its first record not settled: no commit passes it, even where
+        # the records settled before reach further (held records settled around it; a later round in flight that
+        # handed back, and so released, a held record before this round's records).
+        for partition, first_back in self._handed_back.items():
+            if partition in offsets:
+                offsets[partition] = min(offsets[partition], first_back)
+        self._commit(offsets, wait=self._window is None)
+        return len(pending.settled)
+
+    def _hand_back_later(self, first_offsets: dict[TopicPartition, int]) -> None:
+        """Note records to read again from ``first_offsets`` (per partition, the first): sought to once the rounds
+        in flight are settled (:meth:`_end_interruption`)."""
+        for partition, offset in first_offsets.items():
+            self._handed_back[partition] = min(self._handed_back.get(partition, offset), offset)
+
+    def _end_interruption(self, *, raise_it: bool = True) -> None:
+        """Seek to the records handed back, then raise the interruption that handed them back (if ``raise_it``)."""
+        handed_back, interruption = self._handed_back, self._interruption
+        self._handed_back, self._interruption, self._produce_failed = {}, None, False
         self._hand_back(handed_back)
-        self._commit(self.held.commit_offsets(done))
-        if outage is not None:
-            raise RoundInterrupted(outage)
-        return len(settled)
+        if interruption is not None and raise_it:
+            raise interruption
 
     def _held_due(self, limit: int | None) -> list[Any]:
         """The held records whose time has come, at most ``limit`` (those due the longest first): a breaker
-        turning half-open makes thousands due at once, and a round must stay within the poll interval."""
+        turning half-open makes thousands due at once, and a round must stay within the poll interval. Those
+        in a round in flight are not due again before it is settled."""
         if not len(self.held):
             return []
         try:
             assigned = set(self.consumer.assignment())
         except Exception:  # noqa: BLE001 - closing: nothing is due
             return []
-        return self.held.due(time.monotonic(), assigned, limit)
+        if not self._held_in_flight:
+            return self.held.due(time.monotonic(), assigned, limit)
+        wanted = None if limit is None else limit + len(self._held_in_flight)
+        due = self.held.due(time.monotonic(), assigned, wanted)
+        return [r for r in due if (TopicPartition(r.topic, r.partition), r.offset) not in self._held_in_flight][:limit]
 
     def _with_held_due(self, due: list[Any], polled: list[Any]) -> list[Any]:
         """The held records due, then the polled ones (a polled record that is also held, its partition read
@@ -707,13 +931,15 @@ class ConsumerLoop(Generic[E]):
 
     @staticmethod
     def _round_results(handle_round: RoundHandler[E], events: list[E]) -> Sequence[list[Outgoing] | BaseException]:
-        """``handle_round``'s result per event; when it raises, or answers for another number of events,
-        that failure is every event's (each is dead-lettered with it rather than the loop stopping)."""
+        """``handle_round``'s result per event; when it raises, answers with no sequence, or answers for another
+        number of events, that failure is every event's (each is dead-lettered with it rather than the loop
+        stopping, or, on a round's worker thread, the round never settling)."""
         try:
             results = handle_round(events)
+            count = len(results)
         except Exception as exc:  # noqa: BLE001 - the round's failure becomes each of its records' dead letter
             return [exc] * len(events)
-        if len(results) != len(events):
+        if count != len(events):
             return [RuntimeError(f"the round handler gave {len(results)} results for {len(events)} records")] * len(
                 events
             )
@@ -777,6 +1003,11 @@ class ConsumerLoop(Generic[E]):
         traced = self._traces.get(id(record))
         return () if traced is None else traced.headers
 
+    def _end_traces_of(self, records: list[Any]) -> None:
+        """End the spans of ``records``."""
+        for record in records:
+            self._end_traces(record)
+
     def _end_traces(self, record: Any | None = None) -> None:
         """End the span of ``record``, or of every record in hand."""
         if record is not None:
@@ -819,20 +1050,29 @@ class ConsumerLoop(Generic[E]):
 
     def _settle(self, outcomes: list[tuple[Any, list[Outgoing] | _Letter]]) -> None:
         """Produce every record's outcome and return once the broker has acknowledged it (the offsets may then
-        be committed).
+        be committed): :meth:`_confirm` of :meth:`_send`."""
+        self._confirm(self._send(outcomes))
+
+    def _send(self, outcomes: list[tuple[Any, list[Outgoing] | _Letter]]) -> _Sending:
+        """Hand every record's outcome to the producer, without waiting (dead letters wait for :meth:`_confirm`)."""
+        produced = [
+            (record, self._send_each(outcome, self._trace_headers(record)))
+            for record, outcome in outcomes
+            if isinstance(outcome, list)
+        ]
+        return _Sending(produced, [outcome for _, outcome in outcomes if isinstance(outcome, _Letter)])
+
+    def _confirm(self, sending: _Sending) -> None:
+        """Return once the broker has acknowledged the outcomes handed to it by :meth:`_send`, and the dead letters
+        are produced.
 
         A record whose own records the producer or the broker refuses (too large, invalid) is dead-lettered
         in their place; dead letters are produced by :meth:`_deliver_dead_letters`, which never raises.
         Any other failure of the handler's records (the broker unreachable past the producer's retries)
         raises before anything is committed, so that they are produced again after a restart, not lost.
         """
-        produced = [
-            (record, self._send_each(outcome, self._trace_headers(record)))
-            for record, outcome in outcomes
-            if isinstance(outcome, list)
-        ]
-        letters = [outcome for _, outcome in outcomes if isinstance(outcome, _Letter)]
-        for record, flights in produced:
+        letters = list(sending.letters)
+        for record, flights in sending.produced:
             errors = [error for error in map(self._wait, flights) if error is not None]
             if not errors:
                 continue
@@ -943,8 +1183,10 @@ class ConsumerLoop(Generic[E]):
                         "partition not handed back", service=self.service, partition=str(partition), error=str(exc)
                     )
 
-    def _commit(self, next_offsets: dict[TopicPartition, int]) -> None:
-        """Commit every partition's next offset in one request (a round trip per partition adds up).
+    def _commit(self, next_offsets: dict[TopicPartition, int], *, wait: bool = True) -> None:
+        """Commit every partition's next offset in one request (a round trip per partition adds up); with ``wait``
+        false, send the commit and go on (its answer is told to :meth:`_commit_answered` at a later poll; the
+        offsets are committed again, waiting, before the consumer closes: :meth:`_confirm_commits`).
 
         A commit that fails is not an error of the records: they were handled and their outcomes produced;
         the group moved on (this member was dropped while the broker was away, a rebalance) or the
@@ -953,15 +1195,38 @@ class ConsumerLoop(Generic[E]):
         """
         if not next_offsets:
             return
+        offsets = {p: OffsetAndMetadata(o, None, -1) for p, o in next_offsets.items()}
         try:
-            self.consumer.commit({p: OffsetAndMetadata(o, None, -1) for p, o in next_offsets.items()})
+            if wait:
+                self.consumer.commit(offsets)
+            else:
+                self.consumer.commit_async(offsets, callback=self._commit_answered)
+                self._committed_async.update(next_offsets)
         except Exception as exc:
             if is_fatal(exc) or not isinstance(exc, KafkaError):
                 raise
-            COMMITS_REFUSED.labels(service=self.service, cause=type(exc).__name__).inc()
-            log.warning(
-                "commit refused: these records will be redelivered",
-                service=self.service,
-                partitions=len(next_offsets),
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            self._commit_refused(exc, len(next_offsets))
+
+    def _commit_answered(self, offsets: dict[TopicPartition, Any], answer: Any) -> None:
+        """A commit sent without waiting was answered: a refusal is counted and logged as :meth:`_commit` does
+        (a later commit of the partitions covers it; their records may be redelivered meanwhile)."""
+        if isinstance(answer, Exception):
+            self._commit_refused(answer, len(offsets))
+
+    def _confirm_commits(self) -> None:
+        """Commit again, waiting, the offsets committed without waiting (the consumer closes after this: a commit
+        still in flight would be lost with it). Never raises an ``Exception``: the records are redelivered."""
+        offsets, self._committed_async = self._committed_async, {}
+        try:
+            self._commit(offsets)
+        except Exception as exc:  # noqa: BLE001 - closing: what is not committed is read again
+            log.warning("last commit not made", service=self.service, error=f"{type(exc).__name__}: {exc}")
+
+    def _commit_refused(self, exc: BaseException, partitions: int) -> None:
+        COMMITS_REFUSED.labels(service=self.service, cause=type(exc).__name__).inc()
+        log.warning(
+            "commit refused: these records will be redelivered",
+            service=self.service,
+            partitions=partitions,
+            error=f"{type(exc).__name__}: {exc}",
+        )

@@ -29,12 +29,17 @@ For each scenario, one after the other (nothing else of the benchmark runs meanw
   then a bare consumer (no group) reading them back.
 - **naive script**: read the rows, one blocking POST at a time with ``requests`` (one Session, keep-alive).
 
+``--variant NAME=A,B`` runs the pipeline once per value of a setting of the services (an ``EXPORT_*``
+variable), in turn, ``--repeat`` times (A, B, A, B, ...): an A/B comparison in the same run, beside the same raw
+ceilings (the machine may be shared: alternate, and compare the ratios).
+
 Prints one table (members/s, requests/s, seconds, peak RSS per service, ratios to the slowest raw stage
 and to the naive script), writes a bar chart of throughput per stage (``<out>/e2e.png``) and the table
 with the machine it ran on (``<out>/e2e.md``). Figures only: nothing here passes or fails on a timing.
 
     .venv/bin/python -m tests.benchmarks.bench_e2e [--members 1000000] [--single-members 100000]
         [--concurrency 8] [--timeout 1800] [--body json|text] [--out docs/benchmarks]
+        [--variant EXPORT_DISPATCHER_ROUNDS_IN_FLIGHT=1,2 --repeat 2]
 
 ``KAFKA_BOOTSTRAP_SERVERS`` reuses a running broker; otherwise a local one is started. Catalogs, manifests
 and service logs of the last run stay in .local/bench/e2e.
@@ -228,6 +233,7 @@ class PipelineRun:
         base_url: str,
         concurrency: int,
         broker_pid: int | None = None,
+        variant: dict[str, str] | None = None,
     ) -> None:
         self.scenario = scenario
         self.broker_pid = broker_pid
@@ -243,6 +249,7 @@ class PipelineRun:
             # The receiver listens on loopback, which the SSRF guard refuses unless allowed.
             "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
             "EXPORT_DISPATCHER_CONCURRENCY": str(concurrency),
+            **(variant or {}),
         }
         self.base_url = base_url
 
@@ -312,6 +319,7 @@ class PipelineRun:
             "published": published,
             "warm_up": warm_up,
             "record": record,
+            "extraction": extraction_times(self.work_dir / "logs" / "extractor.log", record.run_id),
             "peaks": peaks,
             "cpu": cpu,
             "stats": stats,
@@ -339,6 +347,36 @@ class PipelineRun:
             time.sleep(0.1)
 
 
+def extraction_times(log: Path, run_id: uuid.UUID) -> tuple[float, float] | None:
+    """When the extractor started and completed the run (its "extraction started" and "extraction completed" log
+    lines), on this machine's monotonic clock (the receiver's), or None when its log does not say: the pace the
+    dispatcher cannot outrun."""
+    times: dict[str, datetime] = {}
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if str(run_id) not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") in ("extraction started", "extraction completed"):
+            times[entry["event"]] = datetime.fromisoformat(entry["timestamp"])
+    if len(times) < 2:
+        return None
+    to_monotonic = time.monotonic() - time.time()
+    started, completed = times["extraction started"], times["extraction completed"]
+    return started.timestamp() + to_monotonic, completed.timestamp() + to_monotonic
+
+
+def extraction(run: dict[str, Any]) -> str:
+    """How long the extraction took, and how long after it the receiver got its last request."""
+    if run["extraction"] is None or not run["stats"]["last"]:
+        return "the extraction's time not logged"
+    started, completed = run["extraction"]
+    trailing = run["stats"]["last"] - completed
+    return f"its extraction {completed - started:.1f} s, the receiver's last request {trailing:.1f} s after it"
+
+
 def timed(scenario: Scenario, kind: str, label: str, requests: int, seconds: float, rss: str = "") -> Row:
     """The row of a contender that moved the scenario's members in ``requests`` requests (or records)."""
     return Row(scenario, kind, label, scenario.members / seconds, requests / seconds, seconds, rss)
@@ -354,18 +392,57 @@ def warm_page_cache(store: Path) -> None:
             pass
 
 
+@dataclass(frozen=True)
+class Variant:
+    """The pipeline's settings in one of its runs: an ``EXPORT_*`` variable's value (none: the defaults)."""
+
+    env: dict[str, str]
+    repetition: int = 1  # which run of this value (A/B runs alternate)
+
+    @property
+    def label(self) -> str:
+        if not self.env:
+            return "pipeline"
+        setting = " ".join(f"{name.removeprefix('EXPORT_')}={value}" for name, value in self.env.items())
+        return f"pipeline {setting} #{self.repetition}"
+
+
+def variants(spec: str | None, repeat: int) -> list[Variant]:
+    """The pipeline runs ``--variant NAME=A,B`` and ``--repeat`` ask for, in the order to run them: A, B, A, B..."""
+    if not spec:
+        return [Variant({}, repetition) for repetition in range(1, repeat + 1)]
+    name, _, values = spec.partition("=")
+    if not name.startswith("EXPORT_") or not values:
+        raise SystemExit(f"--variant wants EXPORT_NAME=value,value...: {spec!r}")
+    return [
+        Variant({name: value.strip()}, repetition) for repetition in range(1, repeat + 1) for value in values.split(",")
+    ]
+
+
 def measure(
-    scenario: Scenario, bootstrap: str, base_url: str, concurrency: int, timeout: float, broker_pid: int | None
+    scenario: Scenario,
+    bootstrap: str,
+    base_url: str,
+    concurrency: int,
+    timeout: float,
+    broker_pid: int | None,
+    runs: Sequence[Variant] = (Variant({}),),
 ) -> tuple[list[Row], list[str]]:
-    """Every contender of ``scenario``: the table's rows and notes."""
+    """Every contender of ``scenario`` (the pipeline once per variant): the table's rows and notes."""
     say(f"{scenario.title}: member store")
     store_url = sqlite_store(scenario.members)
     store = Path(store_url.removeprefix("sqlite:///"))
     warm_page_cache(store)
-    pipeline = PipelineRun(scenario, store_url, bootstrap, base_url, concurrency, broker_pid)
-    pipeline.set_up()
-    say(f"{scenario.title}: pipeline (warm-up run, then the timed run)")
-    run = pipeline.run(timeout)
+    pipeline_rows: list[Row] = []
+    notes: list[str] = []
+    for variant in runs:
+        pipeline = PipelineRun(scenario, store_url, bootstrap, base_url, concurrency, broker_pid, variant.env)
+        pipeline.set_up()
+        say(f"{scenario.title}: {variant.label} (warm-up run, then the timed run)")
+        run = pipeline.run(timeout)
+        rows, run_notes = pipeline_results(scenario, variant, run)
+        pipeline_rows += rows
+        notes += run_notes
     say(f"{scenario.title}: raw aiohttp script")
     raw = raw_http(store, scenario, base_url, concurrency, timeout)
     say(f"{scenario.title}: naive requests script")
@@ -373,56 +450,70 @@ def measure(
     say(f"{scenario.title}: bare kafka-python produce and consume")
     kafka = raw_kafka(store, scenario, bootstrap, timeout)
 
-    stats = run["stats"]
-    per_request = scenario.members / max(stats["requests"], 1)
-    rss = " ".join(f"{SERVICE_ABBREVIATIONS.get(k, k)} {v:.0f}" for k, v in run["peaks"].items())
-    span = (stats["last"] or 0) - (stats["first"] or 0)
     records = kafka["records"]
     rows = [
-        timed(scenario, "pipeline", "pipeline: exportctl run → recorded", stats["requests"], run["seconds"], rss),
-        Row(
-            scenario,
-            "pipeline",
-            "pipeline: receiver first → last",
-            receiver_rate(stats, per_request),
-            receiver_rate(stats),
-            span,
-        ),
+        *pipeline_rows,
         timed(scenario, "raw", f"raw: sqlite3 + aiohttp (C={concurrency})", raw["requests"], raw["seconds"]),
         timed(scenario, "raw", "raw: kafka-python produce", records, kafka["produce_seconds"]),
         timed(scenario, "raw", "raw: kafka-python consume", records, kafka["consume_seconds"]),
         timed(scenario, "naive", "naive: sqlite3 + requests, 1 at a time", naive["requests"], naive["seconds"]),
     ]
+    notes.append(
+        f"{scenario.title}: the raw script sent {raw['requests']:,} requests / {raw['bytes']:,} bytes, the naive "
+        f"script {naive['requests']:,} / {naive['bytes']:,}; Kafka: {records:,} records, {kafka['bytes'] / 1e6:.1f} MB"
+    )
+    return rows, notes
+
+
+def pipeline_results(scenario: Scenario, variant: Variant, run: dict[str, Any]) -> tuple[list[Row], list[str]]:
+    """The table's rows and the notes of one pipeline run."""
+    stats = run["stats"]
+    per_request = scenario.members / max(stats["requests"], 1)
+    rss = " ".join(f"{SERVICE_ABBREVIATIONS.get(k, k)} {v:.0f}" for k, v in run["peaks"].items())
+    span = (stats["last"] or 0) - (stats["first"] or 0)
+    rows = [
+        timed(
+            scenario, "pipeline", f"{variant.label}: exportctl run → recorded", stats["requests"], run["seconds"], rss
+        ),
+        Row(
+            scenario,
+            "pipeline",
+            f"{variant.label}: receiver first → last",
+            receiver_rate(stats, per_request),
+            receiver_rate(stats),
+            span,
+        ),
+    ]
     record: RunRecord = run["record"]
+    title = f"{scenario.title}, {variant.label}"
     notes = [
-        f"{scenario.title}: run {record.status.value}, extracted {record.extracted:,}, delivered "
+        f"{title}: run {record.status.value}, extracted {record.extracted:,}, delivered "
         f"{record.delivered:,}, failed {record.failed:,}; exportctl run returned after {run['published']:.1f} s; "
-        f"the run's own duration (started → finished) {record.duration_seconds or 0:.1f} s; the warm-up run "
+        f"the run's own duration (started → finished) {record.duration_seconds or 0:.1f} s, {extraction(run)}; "
+        "the warm-up run "
         f"({WARM_UP_MEMBERS:,} members, services just started) recorded {run['warm_up']:.1f} s after exportctl run",
-        f"{scenario.title}: CPU seconds during the timed run: "
+        f"{title}: CPU seconds during the timed run: "
         + ", ".join(f"{name} {seconds:.1f}" for name, seconds in run["cpu"].items()),
-        f"{scenario.title}: the receiver got {stats['requests']:,} requests / {stats['bytes']:,} bytes from the "
-        f"pipeline, {raw['requests']:,} / {raw['bytes']:,} from the raw script, {naive['requests']:,} / "
-        f"{naive['bytes']:,} from the naive script; Kafka: {records:,} records, {kafka['bytes'] / 1e6:.1f} MB",
+        f"{title}: the receiver got {stats['requests']:,} requests / {stats['bytes']:,} bytes",
     ]
     return rows, notes
 
 
 # --- report -------------------------------------------------------------------------------------------------------
 
-HEADER = (
-    f"{'scenario':<8} {'stage':<41} {'members/s':>10} {'requests/s':>10} {'seconds':>8} "
-    f"{'x slowest raw':>13} {'x naive':>7}  peak RSS MB"
-)
-
 
 def table(rows: list[Row]) -> list[str]:
-    lines = [HEADER, "-" * len(HEADER)]
+    width = max(41, *(len(row.label) for row in rows))
+    header = (
+        f"{'scenario':<8} {'stage':<{width}} {'members/s':>10} {'requests/s':>10} {'seconds':>8} "
+        f"{'x slowest raw':>13} {'x naive':>7}  peak RSS MB"
+    )
+    lines = [header, "-" * len(header)]
     for row in rows:
         slowest = min(r.members_per_second for r in rows if r.scenario == row.scenario and r.kind == "raw")
         naive = next(r.members_per_second for r in rows if r.scenario == row.scenario and r.kind == "naive")
         lines.append(
-            f"{row.scenario.name.removeprefix('e2e-'):<8} {row.label:<41} {row.members_per_second:>10,.0f} "
+            f"{row.scenario.name.removeprefix('e2e-'):<8} {row.label:<{width}} {row.members_per_second:>10,.0f} "
             f"{row.requests_per_second:>10,.0f} {row.seconds:>8.2f} {row.members_per_second / slowest:>12.2f}x "
             f"{row.members_per_second / naive:>6.2f}x  {row.rss}".rstrip()
         )
@@ -508,7 +599,14 @@ def main() -> None:
         help="templates written as a json_body structure (the fast way) or as Jinja text",
     )
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="where e2e.png and e2e.md go")
+    parser.add_argument(
+        "--variant",
+        metavar="EXPORT_NAME=A,B",
+        help="run the pipeline once per value of this setting of the services, in turn (an A/B comparison)",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="pipeline runs per value (alternating: A, B, A, B)")
     args = parser.parse_args()
+    runs = variants(args.variant, max(1, args.repeat))
     began = time.monotonic()
     scenarios = [
         Scenario(
@@ -538,7 +636,7 @@ def main() -> None:
         base_url = stack.enter_context(lean_receiver())
         for scenario in scenarios:
             scenario_rows, scenario_notes = measure(
-                scenario, bootstrap, base_url, args.concurrency, args.timeout, broker_pid
+                scenario, bootstrap, base_url, args.concurrency, args.timeout, broker_pid, runs
             )
             rows += scenario_rows
             notes += scenario_notes
@@ -547,6 +645,8 @@ def main() -> None:
     command = (
         f"python -m tests.benchmarks.bench_e2e --members {args.members} --single-members {args.single_members} "
         f"--concurrency {args.concurrency}"
+        + (f" --variant {args.variant}" if args.variant else "")
+        + (f" --repeat {args.repeat}" if args.repeat > 1 else "")
     )
     kafka = f"the broker at {bootstrap}" if broker_pid is None else "a local single-node broker (KRaft)"
     machine_line = (

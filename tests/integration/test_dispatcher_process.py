@@ -29,10 +29,17 @@ BATCH = 100
 
 
 def _export_everyone(
-    kafka_bootstrap: str, tmp_path: Path, receiver: HttpReceiver, *, members: int, batch_size: int, columns: str
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    receiver: HttpReceiver,
+    *,
+    members: int,
+    batch_size: int,
+    columns: str,
+    env: dict[str, str] | None = None,
 ) -> LocalPipeline:
-    """Demo members, a catalog exporting them all to ``receiver``, extractor and dispatcher started, and the
-    run requested."""
+    """Demo members, a catalog exporting them all to ``receiver``, extractor and dispatcher started (with ``env``
+    added to their settings), and the run requested."""
     store_url = f"sqlite:///{tmp_path / 'members.db'}"
     engine = make_engine(store_url)
     create_demo_members(engine, members)
@@ -46,7 +53,9 @@ def _export_everyone(
     catalog.definitions.apply(ExportDefinition(name="everyone", query="all", template="t"))
     catalog.close()
     pipeline = LocalPipeline(
-        env=service_env(kafka_bootstrap, prefix, catalog_url, store_url) | {"EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1"},
+        env=service_env(kafka_bootstrap, prefix, catalog_url, store_url)
+        | {"EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1"}
+        | (env or {}),
         log_dir=tmp_path / "logs",
         services=("extractor", "dispatcher"),
     ).start()
@@ -91,13 +100,22 @@ def test_a_dispatcher_killed_mid_run_delivers_every_member_once_per_key(kafka_bo
     assert sorted(deduplicated) == list(range(1, MEMBERS + 1))
 
 
+# With rounds in flight (EXPORT_DISPATCHER_ROUNDS_IN_FLIGHT, off by default) both rounds are abandoned and neither is
+# committed past what was delivered.
+@pytest.mark.parametrize("rounds_in_flight", ["1", "2"])
 def test_sigterm_during_retries_stops_the_dispatcher_at_once_and_its_batches_are_delivered_later(
-    kafka_bootstrap: str, tmp_path
+    kafka_bootstrap: str, tmp_path, rounds_in_flight: str
 ):
     members = 300
     with HttpReceiver(reject_status=503) as receiver:  # down: every request is retried (120 s budget)
         pipeline = _export_everyone(
-            kafka_bootstrap, tmp_path, receiver, members=members, batch_size=1, columns="id, email"
+            kafka_bootstrap,
+            tmp_path,
+            receiver,
+            members=members,
+            batch_size=1,
+            columns="id, email",
+            env={"EXPORT_DISPATCHER_ROUNDS_IN_FLIGHT": rounds_in_flight},
         )
         try:
             wait_until(lambda: len(receiver.receipts()) >= 20, timeout=120, what="requests refused with 503")
