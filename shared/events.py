@@ -67,6 +67,13 @@ class RunRequested(Event):
     export definition's internal name. ``parameters`` gives values to the saved query's declared
     parameters (over the definition's values and the defaults). Also accepted as a CloudEvent of type
     :data:`RUN_REQUESTED_CLOUDEVENT_TYPE` (see ``services.extractor.run_request_decoding``).
+
+    ``scheduled_for`` is a scheduled run's due instant. A run request with a ``scheduled_for`` later than the
+    extractor's clock does not start before it (the scheduler publishes runs due within its lookahead ahead of
+    their instant, with ``requested_at`` before ``scheduled_for``); one due further ahead than the extractor
+    waits (``EXPORT_EXTRACTOR_MAX_START_WAIT_SECONDS``) starts when received. A scheduled run published ahead
+    is judged when it starts: not started if its definition was deleted, disabled or rescheduled meanwhile,
+    skipped if its overlap policy is skip and another of its runs is active.
     """
 
     type: Literal["run.requested"] = "run.requested"
@@ -232,7 +239,8 @@ class RunFailed(Event):
 
 
 class ScheduledRunNotStarted(Event):
-    """A scheduled run that the scheduler records without starting it, with the reason."""
+    """A scheduled run recorded without starting it, with the reason: by the scheduler, or by the extractor for a
+    run published ahead of its instant."""
 
     run_id: uuid.UUID
     definition: str

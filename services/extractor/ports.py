@@ -1,7 +1,6 @@
 """The extraction store as the extractor uses it (SQLAlchemy implementation in shared/catalog).
 
-The extractor also reads definitions and runs: :class:`shared.application.ports.DefinitionsReader`
-and :class:`shared.application.ports.RunsReader`.
+The extractor also reads definitions: :class:`shared.application.ports.DefinitionsReader`.
 """
 
 from __future__ import annotations
@@ -9,6 +8,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Protocol
 
+from shared.application.ports import RunsReader
 from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunTotals
 
 
@@ -23,3 +23,10 @@ class ExtractionStore(Protocol):
     def range_checkpoint(self, run_id: uuid.UUID, range_index: int) -> RangeCheckpoint | None: ...
     def save_range(self, checkpoint: RangeCheckpoint) -> bool: ...
     def finish_range(self, checkpoint: RangeCheckpoint, state: RangeState) -> RunTotals | None: ...
+
+
+class ExtractorRuns(RunsReader, Protocol):
+    """Run records: a run's (cancelled?), and which definitions have a run not finished (a scheduled run published
+    ahead with overlap ``skip`` is judged when it starts)."""
+
+    def active_runs(self, definitions: list[str]) -> dict[str, uuid.UUID]: ...
