@@ -10,7 +10,8 @@ scheduler) starts when received, with a warning: it is never held without bound.
 When such a run starts, it is judged as the scheduler would have judged it at its instant (:func:`withdrawal`,
 :func:`overlap_skip`): not started, and recorded nowhere, as if never fired, when its definition was deleted, its
 schedule disabled, or moved off that instant meanwhile; recorded as skipped when its overlap policy is ``skip``
-and another run of the definition is active.
+and another run of the definition is active (the scheduler publishes such a run ahead only while its definition
+has no run active: this catches a run started since).
 """
 
 from __future__ import annotations

@@ -100,19 +100,17 @@ class Scheduler:
         self._start_series()
         self._sync(now)
         due = self.scheduling.due_schedules(now + self.lookahead)
-        ahead = [d for d in due if d.next_due_at > now]
+        busy = self.runs.active_runs([d.definition.name for d in due if d.definition.schedule.overlap == Overlap.SKIP])
+        # A run that would be skipped were it due now is not published ahead: it waits for its instant and is judged
+        # then, as without lookahead (a run is published ahead at the first tick that finds its definition idle).
+        ahead = [d for d in due if d.next_due_at > now and d.definition.name not in busy]
         current = [d for d in due if d.next_due_at <= now]
-        # Only the runs due now are judged against the active ones here: the extractor judges those published ahead.
-        busy = self.runs.active_runs(
-            [d.definition.name for d in current if d.definition.schedule.overlap == Overlap.SKIP]
-        )
         on_time: list[DueSchedule] = []
         late: list[DueSchedule] = []
         for d in current:
             (on_time if fires_on_time(d.next_due_at, now, self.catch_up) else late).append(d)
         # On-time schedules fire first, before any schedule maths, to keep the fire delay short; so do the runs
-        # published ahead. Those are judged again by the extractor when they are due (their definition deleted,
-        # disabled or rescheduled meanwhile; with overlap "skip", whether the previous run is still active).
+        # published ahead. The extractor judges those again at their instant (services.extractor.scheduled_runs).
         fired, outgoing = self._act_all(
             [(d, Plan(fire=d.next_due_at, missed=[], next_due=None)) for d in on_time + ahead], busy
         )

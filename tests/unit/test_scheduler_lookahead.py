@@ -22,7 +22,7 @@ from services.scheduler.scheduling import Scheduler
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.schedule import fire_times
 from shared.domain.schedule_state import DueSchedule, ScheduleAdvance, ScheduleState, ScheduleSync
-from shared.events import RunMissed, RunRequested
+from shared.events import RUN_EVENT_ADAPTER, RunMissed, RunRequested, RunSkipped
 from shared.kafka import Outgoing
 from shared.topics import Topics
 
@@ -60,6 +60,7 @@ class MemoryStores:
         self.updated_at = dict.fromkeys(self.definitions, updated_at)
         self.states: dict[uuid.UUID, ScheduleState] = {}
         self.crash_next_advance = False
+        self.active: dict[str, uuid.UUID] = {}
 
     def edit(self, name: str, definition: ExportDefinition, at: dt.datetime) -> None:
         [definition_id] = [i for i, d in self.definitions.items() if d.name == name]
@@ -118,7 +119,7 @@ class MemoryStores:
 
     # ActiveRuns
     def active_runs(self, definitions: list[str]) -> dict[str, uuid.UUID]:
-        return {}
+        return {name: run for name, run in self.active.items() if name in definitions}
 
 
 class Published:
@@ -136,10 +137,10 @@ class Published:
                 fired = ("fired", request.definition, request.scheduled_for, request.run_id, request.requested_at)
                 self.records.append((self.clock.now(), *fired))
             else:
-                missed = RunMissed.model_validate_json(record.value)
-                self.records.append(
-                    (self.clock.now(), "missed", missed.definition, missed.scheduled_for, missed.run_id, None)
-                )
+                event = RUN_EVENT_ADAPTER.validate_json(record.value)
+                assert isinstance(event, RunMissed | RunSkipped)
+                kind = "missed" if isinstance(event, RunMissed) else "skipped"
+                self.records.append((self.clock.now(), kind, event.definition, event.scheduled_for, event.run_id, None))
 
 
 def scheduler(stores: MemoryStores, clock: ManualClock, published: Published, lookahead: float) -> Scheduler:
@@ -244,3 +245,27 @@ def test_an_edit_inside_the_window_does_not_fire_the_instant_again(lookahead: fl
         clock.advance(dt.timedelta(seconds=1))
         current.tick()
     assert [due for _, _, _, due, _, _ in published.records] == [dt.datetime(2026, 10, 25, 0, 15, tzinfo=UTC)]
+
+
+@pytest.mark.parametrize("ends_before_the_instant", [True, False])
+def test_a_definition_that_skips_overlaps_is_published_ahead_only_once_its_active_run_ended(
+    ends_before_the_instant: bool,
+):
+    start = dt.datetime(2026, 10, 25, 0, 14, 45, tzinfo=UTC)
+    instant = dt.datetime(2026, 10, 25, 0, 15, tzinfo=UTC)
+    stores = MemoryStores([definition("quarter-hour")], updated_at=start)
+    stores.active["quarter-hour"] = uuid.uuid4()
+    clock = ManualClock(start)
+    published = Published(clock)
+    current = scheduler(stores, clock, published, lookahead=10)
+    for _ in range(20):
+        clock.advance(dt.timedelta(seconds=1))
+        if ends_before_the_instant and clock.now() == instant - dt.timedelta(seconds=3):
+            del stores.active["quarter-hour"]
+        current.tick()
+    [(when, kind, _, due, _, _)] = published.records
+    assert due == instant
+    if ends_before_the_instant:
+        assert (kind, when) == ("fired", instant - dt.timedelta(seconds=3))
+    else:
+        assert (kind, when) == ("skipped", instant)  # judged at its instant, as without lookahead
