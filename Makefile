@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: deploy-tools demo up dashboard-picture test lint unit integration e2e chaos bench bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
+.PHONY: deploy-tools demo up dashboard-picture test lint unit integration e2e fuzz chaos bench bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,10 +27,13 @@ demo: prerequisites
 up: prerequisites
 	$(BIN)/python -m devtools.up $(UP_ARGS)
 
-## Lint, type-check and run the whole suite (unit, integration, e2e) on real infrastructure.
+# The long forms of tests CI runs bounded (marked `long`): `make fuzz` and `make chaos` run them.
+BOUNDED := -m "not long"
+
+## Lint, type-check and run the whole suite (unit, integration, e2e, the bounded fuzz and chaos) on real infrastructure.
 test: prerequisites deploy-tools lint
 	$(BIN)/python -m devtools.kafka_broker fetch >/dev/null
-	$(BIN)/pytest --durations=40
+	$(BIN)/pytest --durations=40 $(BOUNDED)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -39,18 +42,26 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 unit: $(STAMP)
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests/unit $(BOUNDED)
 
 integration: prerequisites
-	$(BIN)/pytest tests/integration
+	$(BIN)/pytest tests/integration $(BOUNDED)
 
 e2e: prerequisites
-	$(BIN)/pytest tests/e2e
+	$(BIN)/pytest tests/e2e $(BOUNDED)
+
+## The whole fuzz suite: what `make test` runs bounded (2,000 cases a property; Schemathesis with the admin token on
+## 10 examples, the coverage phase's valid values only) and the long forms (10,000 cases a property; Schemathesis
+## with every token on 40 examples and the whole coverage phase, in-process and over HTTP): about 8 minutes on 2 cores.
+fuzz: prerequisites
+	$(BIN)/pytest -m fuzz --durations=10
 
 ## Every fault of the chaos suite (broker kill/pause/latency, catalog and member-store outages, partner resets,
 ## SIGKILL per service) on 200,000 members a run; prints the table and writes docs/chaos.md. CI runs a bounded
 ## selection (tests/chaos). Smaller: CHAOS_ARGS="--members 20000", one fault: CHAOS_ARGS="--only paused".
+## First, the long forms of the outage tests CI runs shorter (the SMTP server down for 30 s).
 chaos: prerequisites
+	$(BIN)/pytest -m "long and not fuzz"
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 ## Benchmarks: they print figures and ratios to a baseline measured in the same run (never pass/fail).
@@ -65,6 +76,7 @@ bench: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_fleet_limits
 	$(BIN)/python -m tests.benchmarks.bench_dispatcher
 	$(BIN)/python -m tests.benchmarks.bench_inspector
+	$(BIN)/python -m tests.benchmarks.bench_reason_masking
 	$(BIN)/python -m tests.benchmarks.bench_e2e
 
 ## The whole pipeline end to end (1M members in batches of 500, 100k one-member requests) beside its raw ceilings

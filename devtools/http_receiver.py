@@ -6,7 +6,9 @@ request holding one of some members (``reject_members``, ids), or the first N wi
 members (``member_statuses``), the first N with 429 (``throttle_first``), a share
 of requests with 503/429 (``share_503``, ``share_429``), or act as an OAuth token endpoint plus a
 resource server checking the token (``oauth_client``), or echo each request's headers back in its answer's
-body and its Authorization in an ``X-Echo-Authorization`` header (``echo_headers``), so tests can check
+body and its Authorization in an ``X-Echo-Authorization`` header (``echo_headers``), or start each refusal's
+body with a message quoting some of the request's headers (``quote_headers``) and add a text of the test's to it
+(``refusal_detail``), so tests can check
 what the pipeline does with a partner API that refuses or stumbles. Receipts are kept member by member.
 Given an ``ssl_context``, it speaks HTTPS (requiring a client certificate if the context does: each receipt
 then holds the client's certificate, and failed handshakes are counted); a receipt parses form and XML bodies too.
@@ -89,6 +91,12 @@ class ReceiverState:
     tokens_issued: int = 0
     #: Echo mode: each answer's body holds the request's headers, as a careless partner's error page does.
     echo_headers: bool = False
+    #: Quote mode: a refusal's body starts with an ``error`` quoting these request headers (those sent), as a
+    #: partner saying which credential it refused does.
+    quote_headers: tuple[str, ...] = ()
+    #: A refusal's body also holds this text under ``detail`` (a careless receiver quoting, say, the signing
+    #: secret it verifies signatures with).
+    refusal_detail: str = ""
     #: Seconds each request is held before it is answered (a slow partner), and the concurrency seen.
     delay: float = 0.0
     active: int = 0
@@ -169,7 +177,13 @@ class _Handler(BaseHTTPRequestHandler):
             receipt.status = status
             state.receipts.append(receipt)
             echo = state.echo_headers
+            quoted = [(name, self.headers[name]) for name in state.quote_headers if name in self.headers]
+            detail = state.refusal_detail
         body_out: dict[str, Any] = {"accepted": status < 300}
+        if quoted and status >= 300:
+            body_out = {"error": "; ".join(f"{name} {value} is not accepted" for name, value in quoted), **body_out}
+        if detail and status >= 300:
+            body_out["detail"] = detail
         extra = {}
         if echo:
             body_out["headers"] = dict(self.headers.items())
@@ -241,6 +255,8 @@ class HttpReceiver(Managed):
         delay: float = 0.0,
         ssl_context: ssl.SSLContext | None = None,
         echo_headers: bool = False,
+        quote_headers: tuple[str, ...] = (),
+        refusal_detail: str = "",
     ) -> None:
         self.state = ReceiverState(
             reject_status=reject_status,
@@ -253,6 +269,8 @@ class HttpReceiver(Managed):
             oauth_client=oauth_client,
             delay=delay,
             echo_headers=echo_headers,
+            quote_headers=quote_headers,
+            refusal_detail=refusal_detail,
         )
         self._server = _Server(port, self.state, ssl_context)
         self._thread = threading.Thread(target=self._server.serve_forever, name="http-receiver", daemon=True)

@@ -16,8 +16,9 @@ SERVICES = ("scheduler", "extractor", "dispatcher", "notifier")
 class LocalPipeline(Managed):
     """The services, each ``python -m services.<name>`` with ``env`` added to this process's environment.
 
-    ``service_env`` adds variables for one service only (e.g. its metrics port). Each service's log goes
-    to ``<log_dir>/<name>.log``.
+    ``service_env`` adds variables for one service only (e.g. its metrics port); ``modules`` runs a service from
+    another module than ``services.<name>`` (a test's entry point giving the service a test double, e.g. a
+    clock). Each service's log goes to ``<log_dir>/<name>.log``.
     """
 
     def __init__(
@@ -26,11 +27,13 @@ class LocalPipeline(Managed):
         log_dir: Path,
         services: tuple[str, ...] = SERVICES,
         service_env: dict[str, dict[str, str]] | None = None,
+        modules: dict[str, str] | None = None,
     ) -> None:
         self.env = {**os.environ, **env}
         self.log_dir = log_dir
         self.services = services
         self.service_env = service_env or {}
+        self.modules = modules or {}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self) -> LocalPipeline:
@@ -42,7 +45,7 @@ class LocalPipeline(Managed):
     def start_service(self, name: str) -> subprocess.Popen[bytes]:
         with (self.log_dir / f"{name}.log").open("ab") as log:  # the child keeps its own descriptor
             process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"],
+                [sys.executable, "-m", self.modules.get(name, f"services.{name}")],
                 env={**self.env, **self.service_env.get(name, {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -65,7 +65,9 @@ class RunRequested(Event):
 
     ``run_id`` makes the request idempotent: a run id is extracted at most once. ``definition`` is the
     export definition's internal name. ``parameters`` gives values to the saved query's declared
-    parameters (over the definition's values and the defaults). Also accepted as a CloudEvent of type
+    parameters (over the definition's values and the defaults). ``allow_mass_removal`` lets a change-mode
+    run remove more of the partner's members than its definition's ``sync.max_removed`` allows (an operator's
+    deliberate choice: ``exportctl run --allow-mass-removal``). Also accepted as a CloudEvent of type
     :data:`RUN_REQUESTED_CLOUDEVENT_TYPE` (see ``services.extractor.run_request_decoding``).
 
     ``scheduled_for`` is a scheduled run's due instant. A run request with a ``scheduled_for`` later than the
@@ -84,6 +86,8 @@ class RunRequested(Event):
     requested_by: str | None = None
     scheduled_for: AwareDatetime | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
+    #: Let a change-mode run remove more members than its definition's ``sync.max_removed`` allows, this once.
+    allow_mass_removal: bool = False
 
 
 class RangeRequested(Event):
@@ -161,6 +165,8 @@ class RunStarted(Event):
     scheduled_for: AwareDatetime | None = None
     #: A replay run (``exportctl dead-letters replay``) names the run whose dead letters it re-sends.
     replay_of: uuid.UUID | None = None
+    #: The run request's ``allow_mass_removal``, kept in the run's record.
+    allow_mass_removal: bool = False
     at: AwareDatetime = Field(default_factory=utc_now)
 
 

@@ -17,7 +17,7 @@ from shared.application import runs as use_cases
 from shared.application.dry_run import dry_run as render_dry_run
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.runs import RunRecord, RunStatus
-from shared.domain.strict_values import IsoDateTime
+from shared.domain.strict_values import IsoDateTime, StrictBool
 
 router = APIRouter(tags=["Runs"])
 ERRORS = problem_responses(404, 409, 422)
@@ -52,6 +52,8 @@ class RunView(BaseModel):
     removed: int | None = None
     #: Members re-sent because an earlier run's delivery of them failed.
     retried: int = 0
+    #: The run's request allowed it to remove more members than the definition's sync.max_removed.
+    mass_removal_allowed: bool = False
     url: str
 
     @classmethod
@@ -81,15 +83,27 @@ class RunView(BaseModel):
             unchanged=record.unchanged,
             removed=record.removed,
             retried=record.retried,
+            mass_removal_allowed=record.mass_removal_allowed,
             url=f"{public_url.rstrip('/')}/api/v1/runs/{record.run_id}",
         )
 
 
-class RunRequest(BaseModel):
-    """Optional values of the saved query's parameters for this run (they override the definition's)."""
+class DryRunRequest(BaseModel):
+    """Optional values of the saved query's parameters (they override the definition's)."""
 
     model_config = ConfigDict(extra="forbid")
     parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunRequest(DryRunRequest):
+    """Optional values of the saved query's parameters for this run (they override the definition's), and whether
+    a change-mode run may remove more members than the definition's ``sync.max_removed`` allows (this run only)."""
+
+    allow_mass_removal: StrictBool = Field(
+        default=False,
+        description="Let this change-mode run remove more of the partner's members than the definition's "
+        "sync.max_removed allows (a run over it otherwise fails before sending anything).",
+    )
 
 
 @router.post(
@@ -106,14 +120,16 @@ def execute(
     request: Annotated[RunRequest | None, Body()] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> RunView:
+    body = request or RunRequest()
     record = use_cases.request_run(
         caller,
         name,
         store=context.definitions,
         runs=context.runs,
         publisher=context.publisher,
-        parameters=(request or RunRequest()).parameters,
+        parameters=body.parameters,
         idempotency_key=idempotency_key,
+        allow_mass_removal=body.allow_mass_removal,
     )
     return RunView.of(record, context.public_url)
 
@@ -147,7 +163,7 @@ def dry_run(
     caller: DryRunner,
     name: str,
     requests: Annotated[int, Query(ge=1, le=20)] = 3,
-    request: Annotated[RunRequest | None, Body()] = None,
+    request: Annotated[DryRunRequest | None, Body()] = None,
 ) -> DryRun:
     result = render_dry_run(
         caller,
@@ -155,7 +171,7 @@ def dry_run(
         store=context.definitions,
         members=context.members(),
         requests=requests,
-        parameters=(request or RunRequest()).parameters,
+        parameters=(request or DryRunRequest()).parameters,
     )
     previews = [
         RenderedPreview(

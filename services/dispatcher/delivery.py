@@ -5,38 +5,42 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
 
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt, stop_after_delay
 
 from services.dispatcher.metrics import INSPECTOR_DROPPED, REQUEST_SECONDS, REQUESTS, RETRIES, status_class
+from services.dispatcher.profile_masking import Maskings
+from shared.domain.catalog_objects import ConnectionProfile
 from shared.domain.rendering import RenderedRequest
 from shared.errors import ExportError, RetryableError
 from shared.outbound.backoff import Backoff
+from shared.outbound.failure_reasons import REASON_CHARS, masked_reason
 from shared.outbound.partner_http import NoAnswer, PartnerAnswer, PartnerHttp
 from shared.outbound.partner_network import PartnerNetwork
 from shared.outbound.retry_decisions import is_retryable, is_success, parse_retry_after
 
 log = structlog.get_logger(__name__)
 
-SNIPPET_CHARS = 300
+#: A failure's reason quotes at most this many characters of the partner's answer (after ``HTTP <status>: ``),
+#: or of the reason no answer came: the bound every failure's reason has (the notifier's webhooks' too).
+SNIPPET_CHARS = REASON_CHARS
 
 
 @dataclass(frozen=True)
 class AttemptResult:
     """One HTTP attempt: a status (with Retry-After and a body snippet), a transport error, or a request
-    that could not be made (``final``: retrying would not help, e.g. a header value HTTP cannot carry)."""
+    that could not be made (``final``: retrying would not help, e.g. a header value HTTP cannot carry).
+
+    A failure's ``error`` as :class:`Deliverer` gives it is masked and bounded (:meth:`Deliverer.attempt`)."""
 
     status: int | None
     success: bool
     retry_after: float | None = None
     error: str | None = None
     final: bool = False
-    #: ``error`` before it was cut to :data:`SNIPPET_CHARS` (when it was): the attempt inspector masks this,
-    #: then cuts, so that a secret across the cut cannot leave its start behind.
-    uncut_error: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def retryable(self) -> bool:
@@ -49,28 +53,26 @@ AttemptWitness = Callable[[int, RenderedRequest, PartnerAnswer | None, AttemptRe
 
 
 def _judged(answer: PartnerAnswer, success_statuses: list[int] | None, labels: tuple[str, str]) -> AttemptResult:
-    """An answer judged: a success, or a failure with its Retry-After and the start of the body."""
+    """An answer judged: a success, or a failure with its Retry-After (its reason, the start of the body, is
+    written masked: :meth:`Deliverer.attempt`)."""
     status = answer.status
     REQUESTS.labels(*labels, status_class(status)).inc()
     if is_success(status, success_statuses):
         return AttemptResult(status=status, success=True)
-    return AttemptResult(
-        status=status,
-        success=False,
-        retry_after=parse_retry_after(answer.retry_after, time.time()),
-        error=f"HTTP {status}: {answer.text(SNIPPET_CHARS)}",
-    )
+    return AttemptResult(status=status, success=False, retry_after=parse_retry_after(answer.retry_after, time.time()))
 
 
 def failed_attempt(exc: Exception) -> AttemptResult:
     """An attempt that raised before any answer: retried if the error may pass (``RetryableError``, e.g. an
-    OAuth token endpoint answering 503), final otherwise, with the reason either way."""
+    OAuth token endpoint answering 503), final otherwise, with the whole reason either way (the deliverer
+    masks and cuts it)."""
     if isinstance(exc, RetryableError):
         return AttemptResult(status=None, success=False, error=str(exc))
     if isinstance(exc, ExportError):  # e.g. a destination the SSRF guard refuses, an unresolvable secret
         return AttemptResult(status=None, success=False, error=str(exc), final=True)
-    reason = f"the request could not be sent: {type(exc).__name__}: {exc}"
-    return AttemptResult(status=None, success=False, error=reason[:SNIPPET_CHARS], final=True, uncut_error=reason)
+    return AttemptResult(
+        status=None, success=False, error=f"the request could not be sent: {type(exc).__name__}: {exc}", final=True
+    )
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class Deliverer:
         self.partners = partners
         self.policy = policy
         self.sleep = sleep
+        #: The maskings of failures' reasons, per profile and credentials sent (built by failures only).
+        self.maskings = Maskings()
 
     async def attempt(
         self,
@@ -120,19 +124,24 @@ class Deliverer:
         labels: tuple[str, str] = ("", ""),
         network: PartnerNetwork | None = None,
         witness: Callable[[RenderedRequest, PartnerAnswer | None, AttemptResult, float], None] | None = None,
+        secrets_of: ConnectionProfile | None = None,
     ) -> AttemptResult:
         """Send once; never raises for HTTP or network failures, nor for a request that cannot be sent: it
         describes them. ``labels``: the definition and profile the metrics count it under; ``network``: the
         profile's TLS and proxy settings (None: the default session); ``witness`` hears the request, the
-        answer (None when none came), the result and the seconds it took (the attempt inspector)."""
+        answer (None when none came), the result and the seconds it took (the attempt inspector).
+
+        A failure's reason (``HTTP <status>: `` and the start of the answer's body, or why no answer came) is
+        masked (:meth:`shared.domain.masking.Masking.reason`: the secrets of ``secrets_of``, the credentials the
+        request carried, credentials by their shape) and cut to :data:`SNIPPET_CHARS`; a success is not
+        touched."""
         started = time.perf_counter()
         answer: PartnerAnswer | None = None
         try:
             answer = await self.partners.send(request, timeout, network)
         except NoAnswer as exc:
             REQUESTS.labels(*labels, "error").inc()
-            reason = str(exc)
-            result = AttemptResult(status=None, success=False, error=reason[:SNIPPET_CHARS], uncut_error=reason)
+            result = AttemptResult(status=None, success=False, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - an invalid URL or header, a refused destination: this batch's failure
             REQUESTS.labels(*labels, "error").inc()
             result = failed_attempt(exc)
@@ -141,6 +150,8 @@ class Deliverer:
         finally:
             seconds = time.perf_counter() - started
             REQUEST_SECONDS.labels(*labels).observe(seconds)
+        if not result.success:  # only a failure has a reason: a success pays nothing for masking
+            result = self._reasoned(result, answer, secrets_of, request.headers.items())
         if witness is not None:
             try:
                 witness(request, answer, result, seconds)
@@ -159,13 +170,15 @@ class Deliverer:
         network: PartnerNetwork | None = None,
         inspect: AttemptWitness | None = None,
         before_attempt: Callable[[], Awaitable[None]] | None = None,
+        secrets_of: ConnectionProfile | None = None,
     ) -> DeliveryResult:
         """Deliver with retries. ``make_request`` is called per attempt so headers (tokens) stay fresh;
         ``on_attempt`` hears each attempt's result (the rate limiter adapts to it); ``labels`` are the
         definition and profile the metrics count the attempts under; ``network`` the profile's TLS and proxy;
         ``inspect`` hears each attempt that sent a request, with its number (the attempt inspector);
         ``before_attempt`` is awaited before each attempt (the circuit breaker's admission): what it, or
-        ``on_attempt``, raises ends the delivery (no retry)."""
+        ``on_attempt``, raises ends the delivery (no retry); ``secrets_of``: the profile whose secrets are masked
+        in a failure's reason (:meth:`attempt`)."""
 
         attempts = 0
 
@@ -177,10 +190,10 @@ class Deliverer:
             try:
                 request = await make_request()
             except Exception as exc:  # noqa: BLE001 - e.g. a token endpoint's failure: this attempt's failure
-                result = failed_attempt(exc)
+                result = self._reasoned(failed_attempt(exc), None, secrets_of, ())
             else:
                 witness = None if inspect is None else functools.partial(inspect, attempts)
-                result = await self.attempt(request, timeout, success_statuses, labels, network, witness)
+                result = await self.attempt(request, timeout, success_statuses, labels, network, witness, secrets_of)
             if on_attempt is not None:
                 on_attempt(result)
             return result
@@ -208,3 +221,14 @@ class Deliverer:
         )
         result: AttemptResult = await retrying(first_then_again)
         return DeliveryResult(success=result.success, status=result.status, attempts=attempts, error=result.error)
+
+    def _reasoned(
+        self,
+        result: AttemptResult,
+        answer: PartnerAnswer | None,
+        profile: ConnectionProfile | None,
+        headers: Iterable[tuple[str, str]],
+    ) -> AttemptResult:
+        """``result`` (a failure) with its reason masked and cut: the answer's start, or its own whole reason."""
+        error = masked_reason(lambda: self.maskings.of(profile, headers), answer, result.error, SNIPPET_CHARS)
+        return replace(result, error=error)

@@ -350,6 +350,7 @@ class Dispatcher:
                 network=PartnerNetwork.of(profile),
                 inspect=inspect,
                 before_attempt=admit,
+                secrets_of=profile,  # its secrets are masked in a failure's reason
             )
 
         async with limits.in_flight(lambda: self.fleet.held(profile.name)):

@@ -7,8 +7,9 @@ bodies' sizes and bounded slices: never the request or the answer themselves) in
 ``keep`` failed and ``keep`` successful attempts per (definition, profile), the newest, and ``max_buffered``
 in all, of which successes may take half (so a stream of successes never crowds failures out; the rest are
 dropped and counted). A background thread drains the buffer every ``flush_seconds``: it masks
-(:class:`shared.domain.attempts.Masking`, with the profile's secrets resolved there, off the loop, and the
-credentials each request was sent with), writes the round's attempts in one statement, forgets each
+(:class:`shared.domain.masking.Masking`, with the profile's secrets resolved there, off the loop, and the
+credentials each request was sent with: :mod:`.profile_masking`), writes the round's attempts in one statement,
+forgets each
 (definition, profile, outcome)'s rows beyond the newest ``keep`` in the same transaction, and applies the
 retention about once a minute.
 
@@ -30,14 +31,14 @@ from typing import Protocol
 
 import structlog
 
-from services.dispatcher.delivery import SNIPPET_CHARS, AttemptResult, AttemptWitness
+from services.dispatcher.delivery import AttemptResult, AttemptWitness
 from services.dispatcher.metrics import INSPECTOR_DROPPED
+from services.dispatcher.profile_masking import Maskings
 from services.dispatcher.settings import DispatcherSettings
-from shared.domain.attempts import CapturedAttempt, Masking, window
-from shared.domain.catalog_objects import ApiKeyAuth, ConnectionProfile, secret_fields
+from shared.domain.attempts import CapturedAttempt
+from shared.domain.catalog_objects import ConnectionProfile
+from shared.domain.masking import Masking, window
 from shared.domain.rendering import RenderedRequest
-from shared.domain.secret_references import resolve_secret
-from shared.errors import ExportError
 from shared.outbound.partner_http import PartnerAnswer
 
 log = structlog.get_logger(__name__)
@@ -74,9 +75,8 @@ class _Raw:
     body_bytes: int
     status: int | None
     success: bool
+    #: The deliverer's reason, masked and bounded already (:meth:`Deliverer.attempt`).
     error: str | None
-    #: Whether ``error`` is the whole reason (else its start).
-    error_whole: bool
     answer_headers: Mapping[str, str] | None
     answer_body: bytes
     answer_bytes: int
@@ -138,7 +138,6 @@ class AttemptInspector:
             if not self._keeps(pair, result.success):
                 return  # decided before anything is copied
             size = self._window
-            error = result.uncut_error or result.error
             raw = _Raw(
                 definition,
                 profile,
@@ -153,8 +152,7 @@ class AttemptInspector:
                 len(request.content),
                 result.status,
                 result.success,
-                error[:size] if error is not None else None,
-                error is None or len(error) <= size,
+                result.error,
                 answer.headers if answer is not None else None,
                 answer.body[:size] if answer is not None else b"",
                 len(answer.body) if answer is not None else 0,
@@ -237,27 +235,16 @@ class AttemptInspector:
         return written
 
     def _masked(self, raws: list[_Raw]) -> list[CapturedAttempt]:
-        profiles: dict[int, Masking] = {}
-        maskings: dict[tuple[int, tuple[str, ...]], Masking] = {}
-        captured = []
-        for raw in raws:
-            base = profiles.get(id(raw.profile))
-            if base is None:
-                base = profiles[id(raw.profile)] = masking_of(raw.profile)
-            # The credentials the request was sent with: an OAuth token fetched at run time, a secret read
-            # from a file since rotated... whatever the profile's secrets resolve to now.
-            sent = tuple(base.sent_credentials(raw.headers.items()))
-            masking = maskings.get((id(raw.profile), sent))
-            if masking is None:
-                masking = maskings[(id(raw.profile), sent)] = base.plus(sent)
-            captured.append(self._captured(raw, masking))
-        return captured
+        # A cache per flush: the profiles' secrets resolved as they are now, plus the credentials each request
+        # was sent with (an OAuth token fetched at run time, a secret read from a file since rotated...).
+        maskings = Maskings()
+        return [self._captured(raw, maskings.of(raw.profile, raw.headers.items())) for raw in raws]
 
     def _captured(self, raw: _Raw, masking: Masking) -> CapturedAttempt:
         answered = raw.answer_headers is not None
         error = None
-        if raw.error and not answered:  # cut after masking: a secret across the cut is masked whole
-            error = masking.reason(raw.error, SNIPPET_CHARS, partial=not raw.error_whole)
+        if raw.error and not answered:  # masked again: changes nothing, unless a secret was rotated meanwhile
+            error = masking.reason(raw.error)
         return CapturedAttempt(
             definition=raw.definition,
             profile=raw.profile.name,
@@ -274,22 +261,13 @@ class AttemptInspector:
             success=raw.success,
             latency_ms=round(raw.seconds * 1000, 3),
             response_headers=masking.header_pairs((raw.answer_headers or {}).items()),
-            response_body=masking.body(raw.answer_body, self.body_bytes, raw.answer_bytes) if answered else "",
+            response_body=self._answer_body(raw, masking) if answered else "",
             error=error,
         )
 
-
-def masking_of(profile: ConnectionProfile) -> Masking:
-    """The masking of ``profile``'s attempts: its secrets resolved (one that does not resolve was not sent
-    either), and its API-key header."""
-    values = []
-    for _field, secret in secret_fields(profile):
-        try:
-            values.append(resolve_secret(secret))
-        except ExportError:
-            continue
-    headers = [profile.auth.header] if isinstance(profile.auth, ApiKeyAuth) else []
-    return Masking.of(values, headers)
+    def _answer_body(self, raw: _Raw, masking: Masking) -> str:
+        # Credentials masked by their shape too: what a partner wrote may quote one no one told us about.
+        return masking.body(raw.answer_body, self.body_bytes, raw.answer_bytes, shapes=True)
 
 
 def inspector_of(settings: DispatcherSettings, store: AttemptsWriter) -> AttemptInspector | None:

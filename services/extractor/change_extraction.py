@@ -11,6 +11,12 @@ the definition's last delivered snapshot, each kind with its own template.
 3. After the last page, the snapshot's members not seen are the removed ones: their last delivered values are
    read back and sent with the removed kind's template (the checkpoint records where their batches start).
 
+A run whose removals are sent is held to the definition's ``sync.max_removed`` (unless its request allows a
+mass removal once): before its first page it counts its removals from the query's keys alone
+(:mod:`services.extractor.removal_guard`) and, over the limit, fails having sent nothing and changed nothing in
+the snapshot. After its last page it counts them again (exact, cheap): members that left while it ran (a table
+emptied under it) fail it there, its removals not sent.
+
 A resumed run (after a crash) reads the pages up to the checkpoint's last key only to mark their members seen
 (not removed), sending and counting nothing: their batches were published and counted before the checkpoint,
 even if the member store changed since. It goes on from the checkpoint's counts and ``next_batch_index`` with
@@ -25,19 +31,21 @@ one process reading every page knows (and the in-memory index is per process).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 import structlog
 
+from services.extractor.removal_guard import KEY_PAGE, partner_members, removals_over_limit
 from shared.application.ports import DefinitionsReader
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.change_index import ChangeIndex, Kind
 from shared.domain.change_staging import SnapshotRun, StagedMember, Staging
 from shared.domain.checkpoints import Checkpoint, RunSync
 from shared.domain.member_hashes import key_hash
+from shared.domain.removal_limit import refusal_reason
 from shared.domain.runs import RunStatus
 from shared.domain.sync_mode import SyncMode
 from shared.errors import NotFound, StoredObjectInvalid
@@ -124,10 +132,17 @@ class ChangeRun:
         parameters: dict[str, Any],
         save: Callable[[Checkpoint], None],
         fail: Callable[[str, str], Exception],
+        allow_mass_removal: bool = False,
+        requested_parameters: Mapping[str, Any] | None = None,
     ) -> None:
         self.host, self.snapshots = host, snapshots
         self.run_id, self.definition, self.query, self.parameters = run_id, definition, query, parameters
         self.save, self.fail = save, fail
+        #: The run request lets this run remove more than ``sync.max_removed`` (once, on purpose).
+        self.allow_mass_removal = allow_mass_removal
+        #: The parameters as the run was requested with them (``parameters`` binds the defaults too): a refusal's
+        #: way through repeats them, so that the run allowed is this one.
+        self.requested_parameters = dict(requested_parameters or {})
         self.topic = host.topics.member_batches_for(definition.priority.value)
         self.next_index = 0
         self.published = 0
@@ -155,11 +170,17 @@ class ChangeRun:
             resume_after=checkpoint.last_key,
             resume_from_batch=checkpoint.next_batch_index,
         )
+        guarded = senders[ChangeKind.REMOVED] is not None  # removals not sent remove nothing at the partner
+        fresh = checkpoint.last_key is None and checkpoint.next_batch_index == 0 and _REMOVALS_FROM not in saved
+        if guarded and fresh:  # a resumed run has sent pages: the check after its last page is what is left
+            self._guard_before_sending(index)
         if checkpoint.last_key is not None:
             self._see(index, checkpoint.last_key)
         state = checkpoint
         if _REMOVALS_FROM not in saved:  # else every page was read (members selected since: the next run's)
             state = self._pages(run, index, senders, state)
+            if guarded:
+                self._guard_removals(index)
         state, resume_from = self._removal_phase(state, saved)
         state = self._removed(run, index, senders[ChangeKind.REMOVED], state, resume_from)
         counts = ChangeCounts(**self.counts)
@@ -190,6 +211,55 @@ class ChangeRun:
                 state, in_flight = self._publish(run, out, state, in_flight, 0, page.last_key)
                 self.host._stop_if(self.run_id, {RunStatus.CANCELLED})
         return state if in_flight is None else self._settle(*in_flight, state)
+
+    # --- the guard against mass removals (sync.max_removed) -------------------------------------------------
+
+    def _guard_before_sending(self, index: ChangeIndex) -> None:
+        """Fail the run before it sends anything if its query's keys leave more of the partner's members out
+        than ``sync.max_removed`` allows (see :mod:`services.extractor.removal_guard`)."""
+        limit = self.definition.sync.removal_limit
+        if self.allow_mass_removal or limit.never_exceeded(partner_members(index)):
+            return
+        pages = self.host.reader.key_pages(self.query, page_size=KEY_PAGE, parameters=self.parameters)
+
+        def key_pages() -> Iterator[list[Any]]:
+            while (keys := self.host._query(lambda: next(pages, None))) is not None:
+                yield keys
+                self.host._stop_if(self.run_id, {RunStatus.CANCELLED})
+
+        removed = removals_over_limit(index, limit, key_pages())
+        if removed is not None:
+            self._refuse(index, removed)
+
+    def _guard_removals(self, index: ChangeIndex) -> None:
+        """After the last page, the exact count: over the limit (members that left while the run ran), the run
+        fails before its removals are sent (they stay in the snapshot)."""
+        delivered, removed = partner_members(index), len(index.removed())
+        if not self.definition.sync.removal_limit.exceeded(removed, delivered):
+            return
+        if self.allow_mass_removal:
+            log.warning(
+                "mass removal allowed by the run request",
+                run_id=str(self.run_id),
+                definition=self.definition.name,
+                removed=removed,
+                partner_members=delivered,
+                max_removed=self.definition.sync.removal_limit.setting,
+            )
+            return
+        self._refuse(index, removed)
+
+    def _refuse(self, index: ChangeIndex, removed: int) -> None:
+        limit, delivered = self.definition.sync.removal_limit, partner_members(index)
+        reason = refusal_reason(
+            limit,
+            removed=removed,
+            delivered=delivered,
+            definition=self.definition.name,
+            sent=self.published,
+            parameters=self.requested_parameters,
+        )
+        raise self.fail(reason, "mass_removal")
 
     def _see(self, index: ChangeIndex, last_key: Any) -> None:
         """A resumed run: mark the members up to ``last_key`` seen (not removed), sending and counting nothing:

@@ -312,6 +312,7 @@ class Extractor:
                         requested_by=request.requested_by,
                         requested_at=request.requested_at,
                         scheduled_for=request.scheduled_for,
+                        allow_mass_removal=request.allow_mass_removal,
                     ),
                 )
             ]
@@ -326,7 +327,7 @@ class Extractor:
             watermark_until=checkpoint.watermark_until,
         )
         if changes_mode:  # never split, no watermark: see change_extraction.py
-            checkpoint, changes = self._changes(request.run_id, definition, query, parameters, checkpoint)
+            checkpoint, changes = self._changes(request, definition, query, parameters, checkpoint)
             self._complete(
                 request.run_id,
                 definition.name,
@@ -357,7 +358,7 @@ class Extractor:
 
     def _changes(
         self,
-        run_id: uuid.UUID,
+        request: RunRequested,
         definition: ExportDefinition,
         query: SavedQuery,
         parameters: dict[str, Any],
@@ -368,12 +369,14 @@ class Extractor:
         run = ChangeRun(
             self,
             self.snapshots,
-            run_id=run_id,
+            run_id=request.run_id,
             definition=definition,
             query=query,
             parameters=parameters,
             save=self.extraction.save_checkpoint,
             fail=_RunFailure,
+            allow_mass_removal=request.allow_mass_removal,
+            requested_parameters=request.parameters,
         )
         return run.extract(checkpoint)
 

@@ -1,4 +1,4 @@
-"""The member delivery log's retention, kept by the notifier's sweep; the fold's per-member followers."""
+"""The retention of per-member and per-run state, kept by the notifier's sweep; the fold's per-member followers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable
 import structlog
 
 from shared.catalog import CatalogStores
+from shared.catalog.change_runs_retention import prune_change_runs
 from shared.catalog.runs_store import OutcomeFollower
 from shared.kafka import Outgoing
 
@@ -24,25 +25,30 @@ def outcome_followers(stores: CatalogStores, delivery_log_days: float) -> list[O
 def with_log_retention(
     sweep: Callable[[], list[Outgoing]], stores: CatalogStores, delivery_log_days: float
 ) -> Callable[[], list[Outgoing]]:
-    """The sweep, then the delivery log's rows older than ``delivery_log_days`` pruned (every row when 0), and
-    the retries no run needs any more (resolved members, runs' claims: ``SqlMemberRetries.prune``)."""
+    """The sweep, then the retries no run needs any more (resolved members, runs' claims:
+    ``SqlMemberRetries.prune``), the delivery log's rows older than ``delivery_log_days`` (every row when 0), and
+    the change runs finished long ago (``shared.catalog.change_runs_retention``) pruned. Each prune on its own:
+    one failing is logged, and neither the others nor the sweep's records are lost to it (the next sweep prunes)."""
+    prunes: list[tuple[str, Callable[[], int], dict[str, float]]] = [
+        ("member retries", stores.retries.prune, {}),
+        (
+            "member delivery log",
+            lambda: stores.deliveries.prune(delivery_log_days),
+            {"retention_days": delivery_log_days},
+        ),
+        ("change runs", lambda: prune_change_runs(stores.database), {}),
+    ]
 
     def swept() -> list[Outgoing]:
         outgoing = sweep()
-        try:
-            retries = stores.retries.prune()
-        except Exception:  # as below: the next sweep prunes
-            log.exception("pruning the member retries failed")
-        else:
-            if retries:
-                log.info("member retries pruned", rows=retries)
-        try:
-            pruned = stores.deliveries.prune(delivery_log_days)
-        except Exception:  # the next sweep prunes; a sweep's other work must not be lost to it
-            log.exception("pruning the member delivery log failed")
-        else:
-            if pruned:
-                log.info("member delivery log pruned", batches=pruned, retention_days=delivery_log_days)
+        for what, prune, context in prunes:
+            try:
+                pruned = prune()
+            except Exception:  # the next sweep prunes; a sweep's other work must not be lost to it
+                log.exception(f"pruning the {what} failed")
+            else:
+                if pruned:
+                    log.info(f"{what} pruned", rows=pruned, **context)
         return outgoing
 
     return swept

@@ -70,6 +70,9 @@ def compose(
         lines.append(("Changes", f"{changes}; {record.unchanged or 0} unchanged (not sent)"))
     if record.retried:
         lines.append(("Retried", f"{record.retried} members whose delivery failed in earlier runs"))
+    if record.mass_removal_allowed:
+        by = f" (requested by {record.requested_by})" if record.requested_by else ""
+        lines.append(("Mass removal", f"allowed by the run's request: sync.max_removed did not apply{by}"))
     if link_base_url:
         lines.append(("Details", f"{link_base_url.rstrip('/')}/runs/{record.run_id}"))
     if kind == RECOVERED:

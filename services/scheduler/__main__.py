@@ -9,7 +9,7 @@ from functools import partial
 
 import structlog
 
-from services.scheduler.clock import SystemClock
+from services.scheduler.clock import Clock, SystemClock
 from services.scheduler.scheduling import LEASE_NAME, Scheduler
 from services.scheduler.settings import SchedulerSettings
 from shared.catalog import CatalogStores
@@ -21,7 +21,8 @@ from shared.runtime import STALL_MARGIN_SECONDS, start_service
 SERVICE = "scheduler"
 
 
-def main() -> None:
+def main(clock: Clock | None = None) -> None:
+    """Run the scheduler until SIGTERM or SIGINT; ``clock`` is the real one unless a test gives its own."""
     settings = SchedulerSettings()
     health = start_service(settings, SERVICE)
     # A tick waits at most for its runs' acknowledgements (the producer's delivery timeout).
@@ -34,7 +35,7 @@ def main() -> None:
         scheduling=stores.scheduling,
         definitions=stores.definitions,
         runs=stores.runs,
-        clock=SystemClock(),
+        clock=clock or SystemClock(),
         topics=settings.topics,
         publish=partial(produce_and_wait, producer),
         replica_id=settings.scheduler_replica_id,

@@ -30,3 +30,14 @@ class ManualClock:
 
     def advance(self, delta: timedelta) -> None:
         self._now += delta
+
+
+class ShiftedClock:
+    """The real clock moved by ``offset``: the e2e tests run the scheduler process ahead of real time, so that a
+    schedule's next instant comes at once instead of at the turn of the minute."""
+
+    def __init__(self, offset: timedelta) -> None:
+        self.offset = offset
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset

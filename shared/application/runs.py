@@ -39,9 +39,11 @@ def request_run(
     parameters: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     trigger: Trigger = Trigger.MANUAL,
+    allow_mass_removal: bool = False,
 ) -> RunRecord:
     """Execute a definition now (trigger manual, or ``event`` for a chained export): parameters checked, the run
-    recorded queued, then published.
+    recorded queued, then published. ``allow_mass_removal``: a change-mode run may remove more members than the
+    definition's ``sync.max_removed`` allows (this run only).
 
     Recorded before it is published: the run is visible (queued) at once, and a crash between the two
     leaves a queued run the notifier's sweep fails as stuck rather than a run nobody knows about. With
@@ -53,7 +55,15 @@ def request_run(
     parameters = validated_parameters(definition, store, parameters or {})
     run_id = uuid.uuid4()
     if idempotency_key:
-        run_id = claim_idempotency_key(actor, idempotency_key, definition.name, parameters, runs=runs, run_id=run_id)
+        run_id = claim_idempotency_key(
+            actor,
+            idempotency_key,
+            definition.name,
+            parameters,
+            runs=runs,
+            run_id=run_id,
+            allow_mass_removal=allow_mass_removal,
+        )
         known = runs.get_run(run_id)
         if known is not None:
             return known
@@ -67,6 +77,7 @@ def request_run(
         last_event_at=requested_at,
         definition_id=definition_id,
         business_unit=definition.business_unit,
+        mass_removal_allowed=allow_mass_removal,
     )
     runs.record_requested_run(record)
     publisher.publish_run_request(
@@ -77,19 +88,31 @@ def request_run(
             requested_by=actor.name,
             requested_at=requested_at,
             parameters=parameters,
+            allow_mass_removal=allow_mass_removal,
         )
     )
     return record
 
 
-def request_fingerprint(definition: str, parameters: dict[str, Any]) -> str:
-    """What identifies a run request under an idempotency key: the definition and the parameters as sent."""
-    canonical = json.dumps({"definition": definition, "parameters": parameters}, sort_keys=True, default=str)
+def request_fingerprint(definition: str, parameters: dict[str, Any], *, allow_mass_removal: bool = False) -> str:
+    """What identifies a run request under an idempotency key: the definition, the parameters as sent, and a
+    mass removal allowed (only when it is: the keys of requests made before it existed stay the same)."""
+    request: dict[str, Any] = {"definition": definition, "parameters": parameters}
+    if allow_mass_removal:
+        request["allow_mass_removal"] = True
+    canonical = json.dumps(request, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def claim_idempotency_key(
-    actor: Actor, key: str, definition: str, parameters: dict[str, Any], *, runs: RunsStore, run_id: uuid.UUID
+    actor: Actor,
+    key: str,
+    definition: str,
+    parameters: dict[str, Any],
+    *,
+    runs: RunsStore,
+    run_id: uuid.UUID,
+    allow_mass_removal: bool = False,
 ) -> uuid.UUID:
     """The run of the caller's ``key``: ``run_id`` when the key is new, the earlier run when the same request
     was made with it before; :class:`Invalid` when it was used for a different request.
@@ -101,14 +124,15 @@ def claim_idempotency_key(
     under it finds the key bound to another run. Two concurrent retries of one request find the same run
     in both claims, so neither is refused.
     """
-    fingerprint = request_fingerprint(definition, parameters)
+    fingerprint = request_fingerprint(definition, parameters, allow_mass_removal=allow_mass_removal)
     request_run_id = runs.claim_idempotency_key(actor.name, f"request:{fingerprint}", key, run_id)
     # The key alone, scoped by caller only (the definition is part of the request): "" is no definition name.
     key_run_id = runs.claim_idempotency_key(actor.name, "", key, request_run_id)
     if key_run_id != request_run_id:
         raise Invalid(
-            f"Idempotency-Key '{key}' was already used for a different request (another definition or other "
-            "parameters): use a new key for a new request, the same key only to retry the same request",
+            f"Idempotency-Key '{key}' was already used for a different request (another definition, other "
+            "parameters, or a mass removal allowed or not): use a new key for a new request, the same key only "
+            "to retry the same request",
             slug="idempotency-key-reused",
         )
     return key_run_id

@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.catalog.audit_store import write_entries
-from shared.catalog.change_snapshots import drop_snapshot
 from shared.catalog.database import CatalogDatabase, aware, now
 from shared.catalog.tables import CatalogObjectRow
 from shared.domain.audit import AuditEntry
@@ -179,6 +178,9 @@ class SqlDefinitionsStore:
             if row is None:
                 raise NotFound(kind.__name__, name)
             if kind is ExportDefinition:
+                # Loaded here: the snapshots need numpy, which reading and writing objects do not.
+                from shared.catalog.change_snapshots import drop_snapshot
+
                 drop_snapshot(session, row.id)  # its change-mode snapshot goes with it (a new one starts afresh)
             session.delete(row)
 

@@ -10,26 +10,30 @@ are *assumed to have the baseline schema* (revision ``0001``, the last release w
 whose upgrade notes required recreating older catalogs): :func:`upgrade` stamps them at the baseline,
 then runs the later revisions. One made by ``create_all`` of *this* release's models (nothing to
 migrate: :func:`drift` is empty) is stamped at head instead.
+
+Checking a catalog's revision loads no Alembic: this release's revisions are read from the migration
+scripts' ``revision`` and ``down_revision`` assignments (:func:`_revisions`, held equal to Alembic's reading
+by a test), and Alembic is imported by the functions that migrate or compare. Every service and ``exportctl``
+command checks the revision at start; only ``exportctl db`` migrates.
 """
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, column, func, inspect, select, table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from shared.catalog.engine import make_engine
 from shared.catalog.tables import Base
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
 
@@ -62,6 +66,8 @@ _ADVISORY_LOCK_KEY: Final = 0x6D656D6265725F78  # "member_x"
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """Alembic's configuration for the catalog: the packaged script directory, and ``connection`` to migrate."""
+    from alembic.config import Config
+
     config = Config()
     # ConfigParser interpolates '%': a path containing one must not be read as a reference.
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
@@ -70,12 +76,38 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+def _assigned(script: Path) -> dict[str, Any]:
+    """The literal values a migration script assigns at its top level (``revision``, ``down_revision``...)."""
+    values: dict[str, Any] = {}
+    for node in ast.parse(script.read_text(encoding="utf-8"), str(script)).body:
+        target: ast.expr
+        if isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        else:
+            continue
+        if isinstance(target, ast.Name):
+            try:
+                values[target.id] = ast.literal_eval(value)
+            except ValueError:
+                continue  # not a literal: not one of the identifiers
+    return values
+
+
 def _revisions() -> tuple[str, frozenset[str]]:
-    scripts = ScriptDirectory.from_config(alembic_config())
-    head = scripts.get_current_head()
-    if head is None:  # pragma: no cover - the package always ships its revisions
-        raise RuntimeError(f"no catalog migrations found in {MIGRATIONS_DIR}")
-    return head, frozenset(script.revision for script in scripts.walk_revisions())
+    """This release's head revision and all its revisions, read from the scripts as Alembic links them (each
+    ``down_revision`` names its parent or parents), without importing Alembic or the scripts."""
+    parents: dict[str, tuple[str, ...]] = {}
+    for script in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        values = _assigned(script)
+        if isinstance(values.get("revision"), str):
+            down = values.get("down_revision")
+            parents[values["revision"]] = (down,) if isinstance(down, str) else tuple(down or ())
+    heads = set(parents) - {parent for linked in parents.values() for parent in linked}
+    if len(heads) != 1:  # pragma: no cover - the package always ships one line of revisions
+        raise RuntimeError(f"expected one head among the catalog migrations in {MIGRATIONS_DIR}, found {sorted(heads)}")
+    return heads.pop(), frozenset(parents)
 
 
 #: The revision this release's code needs the catalog at; and every revision this release knows (a
@@ -198,6 +230,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     :class:`SchemaOutdated` for a catalog newer than this release, or one from before migrations that
     lacks baseline tables; ``alembic.util.CommandError`` for an unknown ``revision``.
     """
+    from alembic import command
+
     with engine.begin() as connection:
         _begin_migration(connection)
         config = alembic_config(connection)
@@ -225,6 +259,8 @@ def downgrade(engine: Engine, revision: str) -> None:
     For rolling back a release: the older release then finds the schema it knows. Data in what the
     newer revisions added (columns, tables) is lost.
     """
+    from alembic import command
+
     with engine.begin() as connection:
         _begin_migration(connection)
         command.downgrade(alembic_config(connection), revision)
@@ -259,6 +295,9 @@ def _ours(name: str | None, type_: str, _parent_names: Any) -> bool:
 
 
 def _drift(connection: Connection, *, only_models: bool = False) -> list[str]:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
     opts: dict[str, Any] = {"compare_type": True}
     if only_models:
         opts["include_name"] = _ours

@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -63,6 +75,8 @@ class RunRow(Base):
     unchanged: Mapped[int | None] = mapped_column(Integer)
     removed: Mapped[int | None] = mapped_column(Integer)
     retried: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The run's request allowed it to remove more than ``sync.max_removed`` (migration 0013).
+    mass_removal_allowed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class BatchOutcomeRow(Base):

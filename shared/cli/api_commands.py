@@ -132,10 +132,12 @@ def cmd_runs(api: AdminApi, args: argparse.Namespace) -> int:
 def cmd_run(api: AdminApi, args: argparse.Namespace) -> int:
     parameters = parse_assignments(args.param, "--param")
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+    # The flag only when given: an admin API older than it refuses the field.
+    allow = {"allow_mass_removal": True} if args.allow_mass_removal else {}
     run = api.call(
         "POST",
         f"/export-definitions/{_path(args.definition)}/runs",
-        json_body={"parameters": parameters},
+        json_body={"parameters": parameters, **allow},
         headers=headers,
     )
     print(f"run {run['run_id']} requested for '{args.definition}'", flush=True)

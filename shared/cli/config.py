@@ -47,11 +47,17 @@ class Config:
         path = config_path(environment)
         if not path.exists():
             return cls(path, None, {})
-        import yaml  # only when there is a file (exportctl's start-up)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise CliError(f"config file {path} cannot be read: {exc}", USAGE) from None
+        if not text.strip():  # an empty file (or /dev/null) holds no context: no YAML parser to load
+            return cls(path, None, {})
+        import yaml  # only when there is something to read (exportctl's start-up)
 
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
             raise CliError(f"config file {path} cannot be read: {exc}", USAGE) from None
         contexts = data.get("contexts") if isinstance(data, dict) else None
         if not isinstance(data, dict) or not isinstance(contexts or {}, dict):

@@ -14,7 +14,6 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from shared.cli.argtypes import positive_float
-from shared.cli.dead_letter_retries import RetryLookup, member_keys
 from shared.cli.exits import OK, USAGE, CliError
 from shared.cli.output import dump, output_option, table
 
@@ -25,7 +24,10 @@ if TYPE_CHECKING:
 
 def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
     """Dead letters grouped by run and reason, with member counts."""
-    from shared.cli.reachability import require_kafka  # loaded when used (exportctl's start-up)
+    # Loaded when used: the retry lookup pulls in the member batches' encoding and the catalog, which
+    # every other command (and --help) would otherwise load at start.
+    from shared.cli.dead_letter_retries import RetryLookup, member_keys
+    from shared.cli.reachability import require_kafka
     from shared.kafka.event_publisher import KafkaDeadLetters
 
     require_kafka(settings.kafka_bootstrap_servers)

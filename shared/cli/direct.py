@@ -4,33 +4,36 @@ the member store and Kafka, acting as the local operator."""
 from __future__ import annotations
 
 import getpass
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
 from sqlalchemy.exc import OperationalError
 
 from shared.application.actors import Actor, local_operator
-from shared.application.checks import ObjectChecks
 from shared.application.errors import Refused
 from shared.catalog import CatalogStores, make_engine
 from shared.catalog.schema import SchemaOutdated, require_current
 from shared.cli.common import CliSettings, view_of
 from shared.cli.exits import NOT_FOUND, REFUSED, UNREACHABLE, USAGE, CliError, code_of_refusal
 from shared.cli.progress import follow
-from shared.cli.reachability import require_kafka
 from shared.cli.run_views import View
-from shared.domain.destinations import DestinationPolicy
 from shared.errors import NotFound, StoredObjectInvalid
-from shared.kafka import Outgoing, check_kafka_connection, ensure_topics, make_producer, produce_and_wait
-from shared.kafka.event_publisher import KafkaEventPublisher
-from shared.name_resolution import resolve_host
-from shared.querystore import MemberReader
 from shared.secrets_at_rest import SecretsUnreadable
-from shared.tracing import install as install_tracing
+
+if TYPE_CHECKING:
+    from kafka import KafkaProducer
+
+    from shared.application.checks import ObjectChecks
+    from shared.kafka.event_publisher import KafkaEventPublisher
+    from shared.kafka.records import Outgoing
+    from shared.querystore import MemberReader
+
+# The member store, the object checks and Kafka are imported by the methods that use them: a command loads
+# only what it needs (``exportctl run`` no member store, no SQL parser; ``get`` and ``list`` no Kafka client).
 
 
 class CatalogUnusable(RuntimeError):
@@ -50,6 +53,8 @@ class Direct:
 
     def members(self) -> MemberReader:
         if self._members is None:
+            from shared.querystore import MemberReader
+
             self._members = MemberReader.from_url(
                 self.settings.query_store_url, timeout_seconds=self.settings.extractor_query_timeout_seconds
             )
@@ -58,6 +63,10 @@ class Direct:
 
     def checks(self, *, discover: bool = True) -> ObjectChecks:
         """The checks of objects being written; without ``discover`` no query runs on the member store."""
+        from shared.application.checks import ObjectChecks
+        from shared.domain.destinations import DestinationPolicy
+        from shared.name_resolution import resolve_host
+
         return ObjectChecks(
             policy=DestinationPolicy.parse(self.settings.allowed_destinations),
             resolve_host=resolve_host,
@@ -68,16 +77,28 @@ class Direct:
 
     def publisher(self) -> KafkaEventPublisher:
         """Publishes on Kafka, connecting at the first publication (a refused command never connects)."""
+        from shared.kafka.event_publisher import KafkaEventPublisher
+        from shared.tracing import install as install_tracing
+
         install_tracing("exportctl")  # a run requested here starts its trace (spans named member-export-exportctl)
         return KafkaEventPublisher(self._send, self.settings.topics)
 
     def _send(self, outgoing: list[Outgoing]) -> None:
+        from shared.kafka.clients import make_producer, produce_and_wait
+
         if self._producer is None:
+            from shared.cli.reachability import require_kafka
+            from shared.kafka.connection_check import check_kafka_connection
+            from shared.kafka.topic_setup import ensure_topics
+
             require_kafka(self.settings.kafka_bootstrap_servers)
             check_kafka_connection(self.settings)  # a refused TLS/SASL setting is named, not retried
-            ensure_topics(self.settings)
+            # The producer first: its bootstrap reads the cluster's metadata for no topic (nothing is created),
+            # and kafka-python asks for the next metadata (the topic's, at the first send) no sooner than
+            # retry_backoff_ms (100 ms) after that. Ensuring the topics meanwhile costs that wait nothing.
             self._producer = make_producer(self.settings, "exportctl")
             self._resources.callback(self._producer.close)
+            ensure_topics(self.settings)
         produce_and_wait(self._producer, outgoing)
 
 
@@ -126,8 +147,17 @@ def on_catalog(settings: CliSettings, command: Callable[[Direct], int]) -> int:
         raise CliError(str(exc), USAGE) from None
     except OperationalError as exc:
         raise CliError(f"the catalog cannot be used: {exc.orig or exc}", UNREACHABLE) from None
-    except KafkaError as exc:
+    except Exception as exc:
+        if not _is_kafka_error(exc):
+            raise
         raise CliError(f"Kafka: {type(exc).__name__}: {exc}", UNREACHABLE) from None
+
+
+def _is_kafka_error(exc: Exception) -> bool:
+    """Whether ``exc`` is a Kafka client's error; one cannot be raised before the client is loaded, so a
+    command that never loads it (``get``, ``list``) does not load it to tell."""
+    errors = sys.modules.get("kafka.errors")
+    return errors is not None and isinstance(exc, errors.KafkaError)
 
 
 def wait_for_run(context: Direct, run_id: uuid.UUID, timeout: float) -> int:

@@ -1,4 +1,5 @@
 """exportctl's commands on the catalog directly (no admin API configured): each a thin caller of a use case.
+(``run`` and ``runs`` are in :mod:`shared.cli.direct_runs`.)
 
 Imported only when one of them runs, so that exportctl through the admin API starts without loading the
 catalog, SQLAlchemy, Alembic or the SQL parser. They print what their API twins in
@@ -15,15 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.application import objects as object_use_cases
-from shared.application import runs as run_use_cases
 from shared.application.dry_run import dry_run
-from shared.cli.common import CliSettings, view_of
-from shared.cli.direct import Direct, on_catalog, wait_for_run
-from shared.cli.exits import NOT_FOUND, OK, REFUSED, CliError
+from shared.cli.common import CliSettings
+from shared.cli.direct import Direct, on_catalog
+from shared.cli.exits import OK, REFUSED, CliError
 from shared.cli.kinds import canonical_kind
 from shared.cli.manifests import ManifestError, load_manifests
 from shared.cli.object_views import print_changes, print_dry_run, print_objects, print_schedule, schedule_preview
-from shared.cli.run_views import parse_run_id, print_run, print_runs
 from shared.cli.variables import parse_assignments
 from shared.domain.catalog_objects import KINDS, CatalogObject, ExportDefinition
 from shared.domain.schedule import next_fire_times
@@ -119,26 +118,6 @@ def cmd_copy(settings: CliSettings, args: argparse.Namespace) -> int:
     return on_catalog(settings, copy)
 
 
-def cmd_run(settings: CliSettings, args: argparse.Namespace) -> int:
-    parameters = parse_assignments(args.param, "--param")
-
-    def run(context: Direct) -> int:
-        # The same use case as the admin API: a reused key returns its run, or is refused (other parameters).
-        record = run_use_cases.request_run(
-            context.actor,
-            args.definition,
-            store=context.stores.definitions,
-            runs=context.stores.runs,
-            publisher=context.publisher(),
-            parameters=parameters,
-            idempotency_key=args.idempotency_key,
-        )
-        print(f"run {record.run_id} requested for '{args.definition}'", flush=True)
-        return wait_for_run(context, record.run_id, args.timeout) if args.wait else OK
-
-    return on_catalog(settings, run)
-
-
 def cmd_dry_run(settings: CliSettings, args: argparse.Namespace) -> int:
     def render(context: Direct) -> int:
         result = dry_run(
@@ -163,24 +142,6 @@ def cmd_dry_run(settings: CliSettings, args: argparse.Namespace) -> int:
         return OK
 
     return on_catalog(settings, render)
-
-
-def cmd_runs(settings: CliSettings, args: argparse.Namespace) -> int:
-    run_id = parse_run_id(args.id) if args.id else None
-
-    def runs(context: Direct) -> int:
-        store = context.stores.runs
-        if run_id is not None:
-            record = store.get_run(run_id)
-            if record is None:
-                raise CliError(f"run {run_id} does not exist", NOT_FOUND)
-            print_run(view_of(record), [view_of(replay) for replay in store.replays_of(run_id)], args.output)
-            return OK
-        views = [view_of(record) for record in store.list_runs(args.definition, args.limit)]
-        print_runs(views, args.output)
-        return OK
-
-    return on_catalog(settings, runs)
 
 
 def cmd_demo_data(settings: CliSettings, args: argparse.Namespace) -> int:

@@ -52,9 +52,9 @@ def lazy(module: str, name: str) -> Handler:
     return command
 
 
-def direct(name: str) -> Handler:
-    """A direct-mode command of :mod:`shared.cli.direct_commands`."""
-    return lazy("shared.cli.direct_commands", name)
+def direct(name: str, module: str = "shared.cli.direct_commands") -> Handler:
+    """A direct-mode command of :mod:`shared.cli.direct_commands` (or of ``module``)."""
+    return lazy(module, name)
 
 
 class VersionAction(argparse.Action):
@@ -208,14 +208,19 @@ def _runs(command: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="KEY",
         help="a retried command with the same key and parameters returns the same run; other parameters: refused",
     )
-    run.set_defaults(func=direct("cmd_run"))
+    run.add_argument(
+        "--allow-mass-removal",
+        action="store_true",
+        help="(change mode) this run may remove more members than the definition's sync.max_removed allows",
+    )
+    run.set_defaults(func=direct("cmd_run", "shared.cli.direct_runs"))
 
     runs = command("runs", "list recent runs, or show one with --id", api="cmd_runs")
     runs.add_argument("--definition", metavar="NAME", help="only this definition's runs")
     runs.add_argument("--id", metavar="RUN_ID", help="show this run: its summary, errors and replay links")
     runs.add_argument("--limit", type=positive_int, default=20, help="at most this many runs (default: 20)")
     output_option(runs, "table")
-    runs.set_defaults(func=direct("cmd_runs"))
+    runs.set_defaults(func=direct("cmd_runs", "shared.cli.direct_runs"))
 
     next_runs = command("next-runs", "preview the next fire times of a definition's schedule", api="cmd_next_runs")
     next_runs.add_argument("definition", help="the export definition")

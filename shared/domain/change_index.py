@@ -67,10 +67,7 @@ class ChangeIndex:
         kinds = np.full(len(keys), Kind.ADDED, dtype=np.int8)
         if len(self.keys) == 0 or len(keys) == 0:
             return kinds
-        positions = np.searchsorted(self.keys, keys)
-        clipped = np.minimum(positions, len(self.keys) - 1)
-        found = self.keys[clipped] == keys
-        at = clipped[found]
+        at, found = self.lookup(keys)
         self.seen[at] = True
         states = self.states[at]
         differs = self.fingerprints[at] != fingerprints[found]
@@ -85,6 +82,22 @@ class ChangeIndex:
         )
         kinds[found] = known
         return kinds
+
+    def lookup(self, keys: Int64s) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
+        """Where the snapshot holds ``keys``: the positions of those it holds, and which of ``keys`` they are."""
+        if len(self.keys) == 0:
+            return np.zeros(0, dtype=np.intp), np.zeros(len(keys), dtype=np.bool_)
+        clipped = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        found = self.keys[clipped] == keys
+        return clipped[found], found
+
+    def partner_has(self) -> npt.NDArray[np.bool_]:
+        """Which members the partner has: those last delivered as added or changed (a change or a removal this
+        run has pending included), not those never delivered."""
+        has: npt.NDArray[np.bool_] = np.isin(
+            self.states, (MemberState.DELIVERED, MemberState.CHANGED_IN_RUN, MemberState.REMOVED_IN_RUN)
+        )
+        return has
 
     def removed(self) -> Int64s:
         """The key hashes of the removed members, in key-hash order: delivered and not seen, and those this run

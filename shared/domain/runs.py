@@ -77,6 +77,9 @@ class RunRecord:
     removed: int | None = None
     #: How many of ``extracted`` were re-sent because an earlier run's delivery of them failed.
     retried: int = 0
+    #: The run's request allowed it to remove more of the partner's members than ``sync.max_removed`` (an
+    #: operator's ``exportctl run --allow-mass-removal``; its ``requested_by`` says who).
+    mass_removal_allowed: bool = False
 
     @property
     def status(self) -> RunStatus:
@@ -124,6 +127,7 @@ def fold(
             requested_at=record.requested_at or event.requested_at,
             scheduled_for=record.scheduled_for or event.scheduled_for,
             replay_of=record.replay_of or event.replay_of,
+            mass_removal_allowed=record.mass_removal_allowed or event.allow_mass_removal,
             started_at=min(filter(None, [record.started_at, event.at])),
         )
     elif isinstance(event, ExtractionCompleted):

@@ -1,7 +1,7 @@
 """Which names say that a value is a credential: one rule for log fields, HTTP headers and query parameters.
 
-:func:`shared.log.redact_secrets` redacts log fields by it; the attempt inspector
-(:mod:`shared.domain.attempts`) masks header values and query-string values by it. Pure.
+:func:`shared.log.redact_secrets` redacts log fields by it; :mod:`shared.domain.masking` masks header values,
+query-string values and credentials by their shape by it (failure reasons, the attempt inspector). Pure.
 """
 
 from __future__ import annotations

@@ -12,11 +12,14 @@ change mode (checked at save: :func:`sync_problems`).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
 
 from shared.domain.names import Name
+from shared.domain.removal_limit import FIELD as MAX_REMOVED_FIELD
+from shared.domain.removal_limit import JSON_SCHEMA as MAX_REMOVED_SCHEMA
+from shared.domain.removal_limit import RemovalLimit, checked_max_removed
 from shared.events import ChangeKind
 
 
@@ -29,7 +32,8 @@ class Sync(BaseModel):
     """A definition's ``sync`` setting: the mode, and change mode's template per kind.
 
     ``added``/``changed``/``removed``: a template's name, ``false`` (not sent), or omitted (added and changed:
-    the definition's ``template``; removed: not sent).
+    the definition's ``template``; removed: not sent). ``max_removed``: how many of the partner's members a
+    run may remove when removals are sent (:mod:`shared.domain.removal_limit`; omitted: half of them).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -38,6 +42,14 @@ class Sync(BaseModel):
     added: Name | Literal[False] | None = None
     changed: Name | Literal[False] | None = None
     removed: Name | Literal[False] | None = None
+    max_removed: Annotated[
+        int | str | None, BeforeValidator(checked_max_removed), WithJsonSchema(MAX_REMOVED_SCHEMA)
+    ] = None
+
+    @property
+    def removal_limit(self) -> RemovalLimit:
+        """The bound on a run's removals (``max_removed``, or the default)."""
+        return RemovalLimit.of(self.max_removed)
 
     def template_for(self, kind: ChangeKind, destination: str) -> str | None:
         """The template that sends members of ``kind`` (None: not sent)."""
@@ -64,6 +76,11 @@ def sync_problems(sync: Sync, *, incremental: bool) -> list[str]:
     if sync.mode is SyncMode.FULL and sync.named_templates():
         problems.append(
             f"field '{sync.named_templates()[0][1]}': templates per kind apply to sync mode 'changes' only "
+            "(set 'sync.mode: changes', or remove it)"
+        )
+    if sync.mode is SyncMode.FULL and sync.max_removed is not None:
+        problems.append(
+            f"field '{MAX_REMOVED_FIELD}': the bound on removals applies to sync mode 'changes' only "
             "(set 'sync.mode: changes', or remove it)"
         )
     return problems

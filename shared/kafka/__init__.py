@@ -1,5 +1,11 @@
 """Kafka wrapped once: clients built from settings (TLS, SASL), the start-up checks, topics ensured or
-checked, and the at-least-once consumer loop."""
+checked, and the at-least-once consumer loop.
+
+The consumer loop (and what only it needs: metrics, retries, the outage rules) is loaded on first use of
+one of its names, so a process that only produces (``exportctl run``) does not load it.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from shared.kafka.client_config import kafka_client_config
 from shared.kafka.clients import (
@@ -11,10 +17,24 @@ from shared.kafka.clients import (
     read_whole_topic,
 )
 from shared.kafka.connection_check import KafkaSetupError, check_kafka_connection
-from shared.kafka.loop import ConsumerLoop, Rejection, dead_letter_record, decode_record, value_decoder
 from shared.kafka.records import Consumed, Headers, Outgoing
 from shared.kafka.startup import prepare_kafka
 from shared.kafka.topic_setup import ensure_topics, topic_specs
+
+if TYPE_CHECKING:
+    from shared.kafka.loop import ConsumerLoop, Rejection, dead_letter_record, decode_record, value_decoder
+
+#: The names of :mod:`shared.kafka.loop`, imported when first used.
+_LOOP_NAMES = frozenset({"ConsumerLoop", "Rejection", "dead_letter_record", "decode_record", "value_decoder"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOOP_NAMES:
+        from shared.kafka import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Consumed",

@@ -18,6 +18,13 @@ from shared.errors import PermanentError
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 
 
+def quotable_values(secret: str) -> list[str]:
+    """What of a resolved secret a receiver may quote, to be masked: the secret, and for a ``whsec_<base64>``
+    signing secret also its key alone (what signs: as secret as the whole)."""
+    key = secret.removeprefix(SECRET_PREFIX)
+    return [secret, key] if key != secret else [secret]
+
+
 def signature_headers(secret: SecretStr, message_id: str, body: bytes, now: datetime) -> dict[str, str]:
     """The three Standard Webhooks headers for ``body``; PermanentError if the secret is not usable."""
     value = resolve_secret(secret)

@@ -32,6 +32,7 @@ from shared.querystore.paging import (
     high_watermark,
     jsonable,
     key_after,
+    key_page,
     keyset_page,
     member_count,
     member_json_page,
@@ -136,7 +137,8 @@ class MemberPages(Iterator[Page | JsonPage]):
         return self._as_rows(page)
 
     def close(self) -> None:
-        """Stop reading ahead (a query under way finishes on its own; its page is dropped)."""
+        """Stop reading ahead: a page read under way is waited for (its connection checked back in), then
+        dropped."""
         self._ahead.close()
 
     def __enter__(self) -> MemberPages:
@@ -191,8 +193,15 @@ class _ReadAhead(Iterator[tuple[Page | JsonPage, float]]):
         raise StopIteration
 
     def close(self) -> None:
+        """Stop reading ahead, and wait for a page read under way (bounded by the query's timeout).
+
+        Waiting matters: the read holds one of the engine's connections until it ends, and an engine
+        disposed before it is checked back in would leave that connection to the garbage collector.
+        """
         self._done = True
         self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 class _DriverStatement:
@@ -344,6 +353,29 @@ class MemberReader:
             statement.execute(cursor, dict(parameters or {}) | window_params(window))
             row = cursor.fetchone()
         return int(row[0]) if row else 0
+
+    def key_pages(
+        self, query: SavedQuery, *, page_size: int, parameters: Mapping[str, Any] | None = None
+    ) -> Iterator[list[Any]]:
+        """The query's keys in key order, ``page_size`` a page, as the driver returns them: the key column alone
+        (a pass over who the query selects, far cheaper than its members' values)."""
+        sql = self._checked_sql(query)
+        statements = {
+            first: _DriverStatement(self.engine, key_page(sql, query.key_column, first=first))
+            for first in (True, False)
+        }
+        base = dict(parameters or {}) | {LIMIT: page_size}
+        last_key = None
+        while True:
+            with self._cursor(query) as cursor:
+                statements[last_key is None].execute(cursor, self._values(base, last_key))
+                keys = [row[0] for row in cursor.fetchall()]
+            if not keys:
+                return
+            yield keys
+            if len(keys) < page_size:
+                return
+            last_key = jsonable(keys[-1])
 
     def key_boundaries(
         self,

@@ -10,6 +10,10 @@ In separate child processes (each peak RSS its own), on one SQLite member store 
 - **changes**: after 1% of the members changed (``points + 1`` on every hundredth), the change-mode run:
   snapshot loaded, every member read and fingerprinted, the 1% published and staged.
 
+- **guard**: the pass of the guard against mass removals (``sync.max_removed``) over the query's keys, which a
+  change run whose removals are sent makes before its first page: with the default bound (it stops once half of
+  the partner's members are seen) and reading every key (a bound of 0%), against the change run's time.
+
 The snapshot lives in the catalog: the seed and change runs are done once with a SQLite catalog and once with a
 PostgreSQL one, and the snapshot's storage (table and indexes) is reported per member for each. Also printed:
 the fingerprint's cost per member (canonical JSON + BLAKE2b-64) and the in-memory classification's.
@@ -207,6 +211,30 @@ def fingerprint_cost(store_url: str, members: int = 100_000) -> tuple[float, flo
     return hashing, classifying
 
 
+def guard_cost(store_url: str, catalog_url: str) -> tuple[float, float]:
+    """Seconds of the guard's pass over the query's keys against the definition's snapshot (loaded first, untimed:
+    the run loads it anyway): with the default bound, and reading every key."""
+    from services.extractor.removal_guard import KEY_PAGE, removals_over_limit
+    from shared.catalog import SqlChangeSnapshots
+    from shared.domain.removal_limit import RemovalLimit
+    from shared.querystore import MemberReader
+
+    catalog = CatalogStores.from_url(catalog_url)
+    snapshots = SqlChangeSnapshots(catalog.database)
+    index = snapshots.load(snapshots.begin("changes", str(uuid.uuid4())))
+    query = catalog.definitions.get(SavedQuery, "all")
+    reader = MemberReader.from_url(store_url)
+    seconds: dict[str | None, list[float]] = {None: [], "0%": []}
+    for setting in (None, "0%", None, "0%"):  # in turn, twice: the best of each
+        started = time.perf_counter()
+        over = removals_over_limit(index, RemovalLimit.of(setting), reader.key_pages(query, page_size=KEY_PAGE))
+        seconds[setting].append(time.perf_counter() - started)
+        assert over is None, "no member left"
+    reader.close()
+    catalog.close()
+    return min(seconds[None]), min(seconds["0%"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=1_000_000)
@@ -258,8 +286,9 @@ def main() -> None:
             )
         with make_engine(store_url).begin() as connection:
             changed = connection.execute(text("UPDATE members SET points = points + 1 WHERE id % 100 = 0")).rowcount
+        runs = {}
         for backend, catalog_url in catalogs.items():
-            run = _child(store_url, bootstrap, catalog_url, "changes", "-")
+            run = runs[backend] = _child(store_url, bootstrap, catalog_url, "changes", "-")
             print(
                 f"[{backend} snapshot] change run, {changed:,} changed ({changed / members:.0%}): "
                 f"{run['seconds']:6.1f} s ({run['seconds'] / full['seconds']:.2f}x the full run's time), "
@@ -268,6 +297,14 @@ def main() -> None:
                 f"({run['peak_rss_mb'] / full['peak_rss_mb']:.2f}x the full run's)",
                 flush=True,
             )
+        default, every_key = guard_cost(store_url, catalogs["sqlite"])
+        change_run = runs["sqlite"]["seconds"]
+        print(
+            f"[guard] pass over the keys before a change run sending removals: {default:.2f} s with the default "
+            f"bound (50%: stops at about half the keys) = {default / change_run:.1%} of the change run's time, "
+            f"{every_key:.2f} s reading every key = {every_key / change_run:.1%}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ processes, a receiver recording each request's method and members, and a SQLite 
 
 Run 1 adds every member (POST); after editing, adding and deleting members, run 2 sends exactly those, each kind
 with its template (PATCH, POST, DELETE); members the partner refuses are sent again by the next run, alone; a
+run whose query lost most members fails, sending nothing, until a run allowed the mass removal sends it; a
 kill -9 of the extractor mid-run loses and double-counts nothing, though members change before its restart.
 """
 
@@ -59,7 +60,10 @@ spec:
   template: add-members
   sync: {{mode: changes, changed: patch-members, removed: delete-members}}
   retry_rejected: {{invalid_runs: 1}}
+  notifications:
+    error: {{enabled: true, recipients: [{oncall}]}}
 """
+ONCALL = "oncall@example.com"
 
 
 @dataclass
@@ -70,9 +74,9 @@ class ChangeStack:
     store: sa.Engine
     receiver: HttpReceiver
 
-    def run(self) -> tuple[uuid.UUID, RunRecord]:
-        """Run the definition to its end; its id and record."""
-        result = self.pipeline.exportctl("run", "sync-members", "--wait", "--timeout", "120")
+    def run(self, *flags: str) -> tuple[uuid.UUID, RunRecord]:
+        """Run the definition to its end (``exportctl run`` with ``flags``); its id and record."""
+        result = self.pipeline.exportctl("run", "sync-members", "--wait", "--timeout", "120", *flags)
         run_id = uuid.UUID(result.stdout.splitlines()[0].split()[1])
         record = self.pipeline.catalog.runs.get_run(run_id)
         assert record is not None, result.stdout + result.stderr
@@ -145,7 +149,7 @@ def stack(
             "EXPORTCTL_CONFIG": str(work_dir / "no-exportctl-config.yaml"),
         }
         manifest = work_dir / "changes.yaml"
-        manifest.write_text(MANIFEST.format(url=receiver.url))
+        manifest.write_text(MANIFEST.format(url=receiver.url, oncall=ONCALL))
         catalog = CatalogStores.from_url(env["EXPORT_CATALOG_URL"], migrate=True)
         with LocalPipeline(env, work_dir / "logs", services=("extractor", "dispatcher", "notifier")) as services:
             pipeline = Pipeline(
@@ -207,6 +211,44 @@ def test_runs_send_only_what_changed_each_kind_with_its_template(stack: ChangeSt
     quiet, record = stack.run()
     assert (record.status, record.extracted, _counts(record)) == (RunStatus.SUCCEEDED, 0, (0, 0, MEMBERS + 20, 0))
     assert stack.sent(quiet) == {}
+
+
+def test_a_run_that_would_remove_most_members_fails_until_one_is_allowed_to(stack: ChangeStack):
+    # The query selects 102 of the partner's 1,020 members (a staging table half loaded, a wrong filter).
+    members = MEMBERS + 20
+    stack.execute(
+        "CREATE TABLE hidden AS SELECT * FROM members WHERE id > 102",
+        "DELETE FROM members WHERE id > 102",
+    )
+    refused, record = stack.run()
+    assert (record.status, record.mass_removal_allowed) == (RunStatus.FAILED, False)
+    reason = (
+        f"mass removal refused: the run would remove {members - 102} of the {members} members the partner has "
+        "(90.0%), over sync.max_removed 50% (the default), at most 510: nothing was sent and the snapshot is "
+        "unchanged."
+    )
+    assert record.failure_reason is not None
+    assert record.failure_reason.startswith(reason)
+    assert stack.sent(refused) == {}, "no DELETE (nor anything else) reached the partner"
+    wait_until(
+        lambda: any(m.message["X-Export-Run-Id"] == str(refused) for m in stack.pipeline.sink.received()),
+        timeout=30,
+        what="the refused run's error email",
+    )
+    mail = next(m for m in stack.pipeline.sink.received() if m.message["X-Export-Run-Id"] == str(refused))
+    assert mail.recipients == [ONCALL]
+    assert reason in " ".join(mail.text().split())
+
+    # Allowed once: the removals the refused run held back go (the snapshot did not move).
+    allowed, record = stack.run("--allow-mass-removal")
+    assert (record.status, _counts(record)) == (RunStatus.SUCCEEDED, (0, 0, 102, members - 102))
+    assert record.mass_removal_allowed, "the run's record says its request allowed it"
+    with stack.store.connect() as connection:
+        hidden = [row[0] for row in connection.execute(sa.text("SELECT id FROM hidden"))]
+    assert stack.sent(allowed) == {"DELETE": Counter(hidden)}
+
+    # The members come back (the next run adds them again): the store as the tests after this one expect it.
+    stack.execute("INSERT INTO members SELECT * FROM hidden", "DROP TABLE hidden")
 
 
 def _checkpoint(stack: ChangeStack) -> ExtractionCheckpointRow | None:

@@ -14,20 +14,25 @@ import yaml
 
 from shared.catalog import CatalogStores, make_engine
 from shared.domain.catalog_objects import BearerAuth, ConnectionProfile
+from shared.kafka import read_whole_topic
 from shared.querystore.demo_data import create_demo_members
+from tests.exportctl_modules import among, run_recording
 
 pytestmark = pytest.mark.e2e
 
 
-def exportctl(tmp_path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {
-        **os.environ,
+def _direct(tmp_path) -> dict[str, str]:
+    """exportctl on the catalog of ``tmp_path`` directly."""
+    return {
         "EXPORT_CATALOG_URL": f"sqlite:///{tmp_path / 'catalog.db'}",
         "EXPORT_QUERY_STORE_URL": f"sqlite:///{tmp_path / 'no-members.db'}",
         "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
         "EXPORTCTL_CONFIG": str(tmp_path / "no-config.yaml"),  # never the user's contexts
-        **(env or {}),
     }
+
+
+def exportctl(tmp_path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, **_direct(tmp_path), **(env or {})}
     if not (tmp_path / "catalog.db").exists():
         # An operator's first step on a new catalog (the services and exportctl refuse one without schema).
         subprocess.run([sys.executable, "-m", "shared.cli", "db", "upgrade"], env=environment, check=True)
@@ -88,6 +93,58 @@ def test_run_of_an_unknown_definition_is_refused_before_anything_is_published(tm
     result = exportctl(tmp_path, "run", "nope")
     assert result.returncode == 3
     assert "ExportDefinition 'nope' does not exist" in result.stderr
+
+
+#: What requesting a run does not need, and its start-up would pay for: the admin API's framework, HTTP
+#: clients, migrations, change snapshots (numpy), manifests (YAML), the consumer loop (metrics, retries), the
+#: member store, PostgreSQL's driver (this catalog is SQLite), the object commands, the progress bar (no --wait).
+NOT_FOR_RUN = (
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "aiohttp",
+    "alembic",
+    "mako",
+    "numpy",
+    "yaml",
+    "prometheus_client",
+    "tenacity",
+    "psycopg",
+    "shared.kafka.loop",
+    "shared.querystore",
+    "shared.catalog.change_snapshots",
+    "shared.application.dry_run",
+    "shared.cli.manifests",
+    "shared.cli.direct_commands",
+    "rich.progress",
+)
+
+
+def test_run_publishes_its_request_loading_only_what_requesting_a_run_needs(tmp_path, settings):
+    # What a user waits for when starting a run is mostly what exportctl loads: held here without timing.
+    manifest = tmp_path / "run.yaml"
+    manifest.write_text(
+        "kind: SavedQuery\nname: q\nspec: {sql: 'SELECT id FROM members', key_column: id}\n---\n"
+        "kind: ConnectionProfile\nname: p\nspec: {base_url: 'http://127.0.0.1:9'}\n---\n"
+        "kind: HttpTemplate\nname: t\nspec: {query: q, profile: p}\n---\n"
+        "kind: ExportDefinition\nname: nightly\nspec: {query: q, template: t}\n"
+    )
+    kafka = {
+        "EXPORT_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "EXPORT_TOPIC_PREFIX": settings.topic_prefix,
+        "EXPORT_TOPIC_PARTITIONS": str(settings.topic_partitions),
+    }
+    assert exportctl(tmp_path, "apply", "--skip-discovery", "-f", str(manifest)).returncode == 0
+    result, code, modules = run_recording(
+        tmp_path / "modules.json", ["run", "nightly"], {**os.environ, **_direct(tmp_path), **kafka}
+    )
+    assert code == 0, result.stderr
+    run_id = result.stdout.split()[1]
+    assert result.stdout == f"run {run_id} requested for 'nightly'\n"
+    published = [json.loads(value) for value in read_whole_topic(settings, settings.topics.run_requests)]
+    assert [(request["run_id"], request["definition"]) for request in published] == [(run_id, "nightly")]
+    assert among(modules, NOT_FOR_RUN) == []
 
 
 def test_next_runs_previews_the_schedule_in_its_time_zone(tmp_path):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from importlib.metadata import version
 
 import httpx
 import pytest
 
+from devtools.http_receiver import HttpReceiver
 from devtools.processes import wait_until
 from shared.domain.runs import RunStatus
 from shared.events import DeadLetter
@@ -18,6 +20,42 @@ from tests.kafka_helpers import partitions_of, produce, read_until
 from tests.metrics_helpers import created_series, parse, scrape, values
 
 pytestmark = pytest.mark.e2e
+
+
+#: A definition every minute, with a partner of its own (no other test sees its runs): the cron test's.
+EVERY_MINUTE = """
+kind: ConnectionProfile
+name: cron-partner
+spec: {{base_url: "{url}"}}
+---
+kind: HttpTemplate
+name: cron-small
+spec: {{query: first-hundred, profile: cron-partner, path: /v1/members, batch_size: 50}}
+---
+kind: ExportDefinition
+name: every-minute
+spec:
+  query: first-hundred
+  template: cron-small
+  schedule: {{enabled: {enabled}, cron: '* * * * *', timezone: Europe/Paris}}
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cron_partner(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpReceiver]:
+    """every-minute, scheduled before the module's first test: its first turn of the minute comes while the other
+    tests run, instead of while the cron test (the module's last) waits for it."""
+    manifest = tmp_path_factory.mktemp("cron") / "every-minute.yaml"
+    with HttpReceiver() as receiver:
+        manifest.write_text(EVERY_MINUTE.format(url=receiver.url, enabled="true"))
+        applied = pipeline.exportctl("apply", "-f", str(manifest))
+        assert applied.returncode == 0, applied.stderr
+        yield receiver
+        manifest.write_text(EVERY_MINUTE.format(url=receiver.url, enabled="false"))
+        assert pipeline.exportctl("apply", "-f", str(manifest)).returncode == 0
+        wait_until(
+            lambda: not pipeline.catalog.runs.active_runs(["every-minute"]), timeout=60, what="every-minute's last run"
+        )
 
 
 def _run_id(output: str) -> uuid.UUID:
@@ -177,28 +215,6 @@ def test_every_service_exposes_its_build_its_lag_per_partition_and_per_export_se
     wait_until(run_counted, timeout=30, what="the notifier to count the finished run")
 
 
-def test_the_scheduler_process_fires_a_cron_schedule(pipeline: Pipeline, tmp_path):
-    manifest = tmp_path / "scheduled.yaml"
-    spec = (
-        "kind: ExportDefinition\nname: every-minute\nspec:\n  query: first-hundred\n  template: good-small\n"
-        "  schedule: {{enabled: {enabled}, cron: '* * * * *', timezone: Europe/Paris}}\n"
-    )
-    manifest.write_text(spec.format(enabled="true"))
-    assert pipeline.exportctl("apply", "-f", str(manifest)).returncode == 0
-
-    def scheduled_run_succeeded() -> bool:
-        runs = pipeline.catalog.runs.list_runs("every-minute")
-        return any(r.trigger == "schedule" and r.status == RunStatus.SUCCEEDED for r in runs)
-
-    wait_until(scheduled_run_succeeded, timeout=150, interval=0.5, what="a scheduled run to succeed")
-    manifest.write_text(spec.format(enabled="false"))
-    assert pipeline.exportctl("apply", "-f", str(manifest)).returncode == 0
-    run = next(r for r in pipeline.catalog.runs.list_runs("every-minute") if r.status == RunStatus.SUCCEEDED)
-    assert run.scheduled_for is not None
-    assert run.scheduled_for.second == 0
-    assert (run.extracted, run.delivered) == (100, 100)
-
-
 def test_dead_letters_are_replayed_once_the_endpoint_is_fixed_and_the_history_links_the_runs(pipeline: Pipeline):
     failed = pipeline.exportctl("run", "small-to-strict-partner", "--wait", "--timeout", "120")
     assert failed.returncode == 1, failed.stdout + failed.stderr
@@ -235,3 +251,17 @@ def test_dead_letters_are_replayed_once_the_endpoint_is_fixed_and_the_history_li
     assert sorted(pipeline.strict.accepted_member_ids()) == list(range(1, 101))
     history = pipeline.exportctl("runs", "--id", str(original))
     assert f"replayed by run {replay_id}: succeeded, delivered 100" in history.stdout
+
+
+def test_the_scheduler_process_fires_a_cron_schedule(pipeline: Pipeline, cron_partner: HttpReceiver):
+    def scheduled_run_succeeded() -> bool:
+        runs = pipeline.catalog.runs.list_runs("every-minute")
+        return any(r.trigger == "schedule" and r.status == RunStatus.SUCCEEDED for r in runs)
+
+    wait_until(scheduled_run_succeeded, timeout=150, interval=0.5, what="a scheduled run to succeed")
+    run = next(r for r in pipeline.catalog.runs.list_runs("every-minute") if r.status == RunStatus.SUCCEEDED)
+    assert run.scheduled_for is not None
+    assert run.scheduled_for.second == 0
+    assert (run.extracted, run.delivered) == (100, 100)
+    received = [r for r in cron_partner.receipts() if r.headers["Idempotency-Key"].startswith(f"{run.run_id}:")]
+    assert sorted(member["id"] for receipt in received for member in receipt.members) == list(range(1, 101))

@@ -9,7 +9,8 @@ refuses a batch (retries, throttling, the rate limiter, failed members, dead let
 is gone (a failed run); a record no service can read (a consumer dead letter); the admin API called; two
 definitions scheduled every minute, one still running from a manual run when it is due (fired, skipped); then
 the scheduler restarted with no catch-up window and the notifier with an unreachable SMTP server (missed runs,
-failed emails).
+failed emails). The scheduler meets each of those turns of the minute as soon as it is restarted, its clock put
+just past the turn (:mod:`tests.e2e.scheduler_ahead`), instead of waiting up to a minute for each.
 
 How a query is judged (a panel or alert that names a metric or label nobody exposes fails):
 
@@ -30,6 +31,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,8 @@ from devtools.prometheus import PrometheusServer, prometheus_tools
 from shared.catalog import make_engine
 from tests.admin_server import AdminServer, admin_server
 from tests.e2e.conftest import Pipeline
+from tests.e2e.scheduler_ahead import AHEAD
+from tests.e2e.scheduler_ahead import MODULE as SCHEDULER_AHEAD
 from tests.kafka_helpers import produce
 from tests.observability import (
     ALERTS,
@@ -176,22 +180,39 @@ def _scrape_config(ports: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def _restart(pipeline: Pipeline, service: str, **env: str) -> None:
-    """Stop a service (SIGTERM, as a rollout does) and start it again with ``env`` added."""
-    process = pipeline.services.processes[service]
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(60) == 0, pipeline.services.log(service)[-3000:]
-    pipeline.services.service_env[service] = {**pipeline.services.service_env.get(service, {}), **env}
-    pipeline.services.start_service(service)
-    port = pipeline.metrics_ports[service]
+def _stop(pipeline: Pipeline, *services: str) -> None:
+    """Stop services with SIGTERM, as a rollout does: each must exit cleanly."""
+    for service in services:
+        pipeline.services.processes[service].send_signal(signal.SIGTERM)
+    for service in services:
+        assert pipeline.services.processes[service].wait(60) == 0, pipeline.services.log(service)[-3000:]
 
-    def ready() -> bool:
+
+def _start(pipeline: Pipeline, changes: dict[str, dict[str, str]]) -> None:
+    """Start stopped services again, each with its ``changes`` added to its environment; wait until all are ready."""
+    for service, env in changes.items():
+        pipeline.services.service_env[service] = {**pipeline.services.service_env.get(service, {}), **env}
+        pipeline.services.start_service(service)
+
+    def ready(service: str) -> bool:
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{pipeline.metrics_ports[service]}/readyz", timeout=2).status_code == 200
         except httpx.TransportError:
             return False
 
-    wait_until(ready, timeout=90, what=f"the restarted {service} to be ready")
+    wait_until(lambda: all(ready(s) for s in changes), timeout=90, what=f"the restarted {', '.join(changes)} ready")
+
+
+def _ahead_of_the_next_turn(pipeline: Pipeline) -> dict[str, str]:
+    """The environment of a scheduler whose clock starts one second past every-minute's next instant (read from
+    the catalog while no scheduler runs): it meets that turn of the minute at once instead of up to a minute
+    later. The clock never goes back behind what the previous scheduler handled: each instant read is the next one."""
+    [due] = [
+        d.next_due_at
+        for d in pipeline.catalog.scheduling.due_schedules(datetime.now(UTC) + timedelta(days=1))
+        if d.definition.name == "every-minute"
+    ]
+    return {AHEAD: f"{max(0.0, due.timestamp() + 1 - time.time()):.3f}"}
 
 
 def _scraped(prometheus: PrometheusServer, selector: str, samples: int = 3) -> bool:
@@ -207,17 +228,13 @@ def _exportctl_ok(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess
     return done
 
 
-def _next_minute(after: float) -> float:
-    return (int(after) // 60 + 1) * 60.0
-
-
 @pytest.fixture(scope="module")
 def observed(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     work = tmp_path_factory.mktemp("prometheus")
     start = time.time()
     with (
         HttpReceiver(fail_first=4, throttle_first=6, reject_members=frozenset({7})) as flaky,
-        HttpReceiver(delay=2.0) as slow,
+        HttpReceiver(delay=3.0) as slow,
         admin_server(
             tmp_path_factory.mktemp("admin"),
             pipeline.env["EXPORT_CATALOG_URL"],
@@ -274,27 +291,39 @@ def _schedules_fired_skipped_then_missed(pipeline: Pipeline, prometheus: Prometh
     """At one minute's turn every-minute fires and every-minute-slow, still running from a manual run, is skipped;
     then, with no catch-up window and no SMTP server, the next turn is missed by both and their error emails fail.
     Each step waits for Prometheus to hold what the step did before the next one restarts a service."""
-    due = _next_minute(time.time() + 15)
-    # The manual run (ten 2 s requests one at a time) must span the turn of the minute.
-    wait_until(lambda: time.time() >= due - 10, timeout=80, interval=0.2, what="ten seconds before the minute")
-    slow_run = _exportctl_ok(pipeline, "run", "every-minute-slow")
+    slow_run = _exportctl_ok(pipeline, "run", "every-minute-slow")  # ten 3 s requests one at a time
     assert slow_run.returncode == 0, slow_run.stderr
+    wait_until(
+        lambda: bool(pipeline.catalog.runs.active_runs(["every-minute-slow"])),
+        timeout=60,
+        what="the manual run of every-minute-slow under way",
+    )
+    _stop(pipeline, "scheduler")
+    pipeline.services.modules["scheduler"] = SCHEDULER_AHEAD
+    _start(pipeline, {"scheduler": _ahead_of_the_next_turn(pipeline)})
     wait_until(
         lambda: (
             _scraped(prometheus, 'member_export_scheduler_runs_fired_total{definition="every-minute"}')
             and _scraped(prometheus, 'member_export_scheduler_runs_skipped_total{definition="every-minute-slow"}')
         ),
-        timeout=due + 40 - time.time(),
+        timeout=60,
         what="every-minute fired and every-minute-slow skipped",
     )
-    _restart(pipeline, "scheduler", EXPORT_SCHEDULER_CATCH_UP_SECONDS="0")
-    _restart(pipeline, "notifier", EXPORT_SMTP_PORT=str(free_port()), EXPORT_SMTP_MAX_ATTEMPTS="1")
+    # Both stop before either starts: the missed runs' emails go to the notifier without an SMTP server.
+    _stop(pipeline, "notifier", "scheduler")
+    _start(
+        pipeline,
+        {
+            "notifier": {"EXPORT_SMTP_PORT": str(free_port()), "EXPORT_SMTP_MAX_ATTEMPTS": "1"},
+            "scheduler": {"EXPORT_SCHEDULER_CATCH_UP_SECONDS": "0", **_ahead_of_the_next_turn(pipeline)},
+        },
+    )
     wait_until(
         lambda: (
             _scraped(prometheus, 'member_export_scheduler_runs_missed_total{definition="every-minute"}', 5)
             and _scraped(prometheus, 'member_export_notifier_emails_failed_total{kind="error"}', 5)
         ),
-        timeout=_next_minute(time.time()) + 50 - time.time(),
+        timeout=90,
         what="every-minute missed and its error email failed",
     )
 

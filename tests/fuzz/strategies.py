@@ -16,10 +16,12 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-#: 10,000 cases per property, the same ones on every run (stable in CI): derandomized, no example database.
+#: The same cases on every run (stable in CI): derandomized, no example database; 10,000 cases unless a test
+#: gives its own count (:func:`budgets`).
 FUZZ = settings(
     max_examples=10_000,
     deadline=None,
@@ -197,6 +199,15 @@ def build(kind: str, rng: random.Random, seeds: Sequence[Mapping[str, Any]], pat
         return with_hostile_value(rng, seeds, paths)
     return oversized(rng)
 
+
+def budgets(ci: int, full: int) -> list[Any]:
+    """A fuzz test's case counts, as a parameter: ``ci`` cases in the bounded form ``make test`` runs, ``full`` in
+    the long form (marked ``long``: ``make fuzz`` runs both)."""
+    return [pytest.param(ci, id=f"{ci}-cases"), pytest.param(full, id=f"{full}-cases", marks=pytest.mark.long)]
+
+
+#: The case counts of a property: 2,000 in CI, 10,000 in ``make fuzz``.
+CASES = budgets(2_000, 10_000)
 
 #: A seed for :class:`random.Random`: the one draw of a fuzz case.
 random_seeds = st.integers(0, 2**64 - 1)

@@ -23,14 +23,15 @@ from shared.events import AnyRunRequest, DeadLetter, RunRequested
 from shared.kafka import ConsumerLoop, Outgoing
 from shared.kafka.loop import Rejection, decode_record
 from tests.fuzz.records import run_request_record
-from tests.fuzz.strategies import FUZZ, random_seeds
+from tests.fuzz.strategies import FUZZ, budgets, random_seeds
 
 pytestmark = pytest.mark.fuzz
 
 BROKER_MAX_BYTES = 1_048_576
 TOPIC = "exports.run-requests"
-#: Polls per mode (each of one to six records): a complement to the 10,000 cases per topic of the decoders.
-CASES = 1_000
+#: Polls per mode (each of one to six records), 200 in CI and 1,000 in ``make fuzz``: a complement to the cases per
+#: topic of the decoders.
+CASES = budgets(200, 1_000)
 
 
 class Acknowledgement:
@@ -88,11 +89,12 @@ def _poll_of(seed: int) -> list[Any]:
     return records
 
 
+@pytest.mark.parametrize("polls", CASES)
 @pytest.mark.parametrize("rounds", [False, True], ids=["one-by-one", "rounds"])
-def test_no_poll_stops_the_loop(rounds: bool):
+def test_no_poll_stops_the_loop(rounds: bool, polls: int):
     cases = 0
 
-    @settings(FUZZ, max_examples=CASES)
+    @settings(FUZZ, max_examples=polls)
     @given(seed=random_seeds)
     def fuzz(seed: int) -> None:
         nonlocal cases
@@ -142,7 +144,7 @@ def test_no_poll_stops_the_loop(rounds: bool):
         assert sum(letter.reason.startswith("its outcome could not be produced: ") for letter in letters) == refused
 
     fuzz()
-    assert cases >= CASES
+    assert cases >= polls
 
 
 def _refused(definition: str) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from kafka.consumer.fetcher import ConsumerRecord
 
 from services.extractor.run_request_decoding import decode_run_request
@@ -56,7 +56,7 @@ from tests.fuzz.records import (
     record_key,
     run_request_record,
 )
-from tests.fuzz.strategies import FUZZ, KINDS, build, random_seeds
+from tests.fuzz.strategies import CASES, FUZZ, KINDS, build, random_seeds
 
 pytestmark = pytest.mark.fuzz
 
@@ -132,28 +132,29 @@ def check_record(
         assert value[:DEAD_LETTER_PAYLOAD_BYTES].decode("utf-8", errors="replace").startswith(letter.payload)
 
 
-def _run(test: Callable[[], None], tally: Tally, topic: str) -> None:
+def _run(test: Callable[[], None], tally: Tally, topic: str, cases: int) -> None:
     test()
     print(tally.report(topic))
-    assert tally.cases >= 10_000
+    assert tally.cases >= cases
     assert tally.decoded > 0  # the fuzz reaches both sides
     assert tally.dead_lettered > 0
 
 
 # Each case is one drawn seed, from which the record is built: one draw is what keeps Hypothesis's own
-# cost per case low enough for 10,000 cases a topic; a failure prints the seed, which rebuilds the record.
+# cost per case low enough for 10,000 cases a topic (2,000 in CI); a failure prints the seed, which rebuilds the record.
 
 
-def test_run_requests_fuzzed_through_the_extractor_decoder():
+@pytest.mark.parametrize("cases", CASES)
+def test_run_requests_fuzzed_through_the_extractor_decoder(cases: int):
     tally = Tally()
 
-    @FUZZ
+    @settings(FUZZ, max_examples=cases)
     @given(seed=random_seeds)
     def fuzz(seed: int) -> None:
         value, headers, key = run_request_record(seed)
         check_record(decode_run_request, RunRequested, value, headers, key, tally)
 
-    _run(fuzz, tally, "run-requests")
+    _run(fuzz, tally, "run-requests", cases)
 
 
 # --- member batches (the dispatcher), run events (the notifier), dead letters (exportctl) --------------
@@ -176,12 +177,13 @@ JSON_TOPICS: dict[str, tuple[Decoder[Any], type | tuple[type, ...], list[dict[st
 }
 
 
+@pytest.mark.parametrize("cases", CASES)
 @pytest.mark.parametrize("topic", list(JSON_TOPICS))
-def test_json_topics_fuzzed_through_their_decoders(topic: str):
+def test_json_topics_fuzzed_through_their_decoders(topic: str, cases: int):
     decode, expected, seeds, paths = JSON_TOPICS[topic]
     tally = Tally()
 
-    @FUZZ
+    @settings(FUZZ, max_examples=cases)
     @given(seed=random_seeds)
     def fuzz(seed: int) -> None:
         rng = random.Random(seed)
@@ -189,7 +191,7 @@ def test_json_topics_fuzzed_through_their_decoders(topic: str):
         value = None if kind == "tombstone" else build(kind, rng, seeds, paths)
         check_record(decode, expected, value, [], key, tally)
 
-    _run(fuzz, tally, topic)
+    _run(fuzz, tally, topic, cases)
 
 
 # --- the records of the issue, every topic ------------------------------------------------------------

@@ -8,8 +8,10 @@ catalog is seeded through the API with a profile, a query, a template and a defi
 the objects (and their runs) instead of stopping at 404s; the stateful phase follows the links between
 create, read, replace, copy and delete of the objects it makes.
 
-Bounded (``MAX_EXAMPLES`` per operation and phase) to a few minutes on two cores; ``SCHEMATHESIS_MAX_EXAMPLES``
-raises it for a longer run.
+Bounded per operation and phase: ``make test`` runs the admin token on :data:`CI_EXAMPLES` examples with the
+coverage phase's valid values only (seconds); the long form, every token on ``MAX_EXAMPLES`` with the whole
+coverage phase (marked ``long``: ``make fuzz``, a few minutes on two cores), which ``SCHEMATHESIS_MAX_EXAMPLES``
+raises for a longer run.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ from tests.admin_app import InProcessApi, in_process_api
 pytestmark = pytest.mark.fuzz
 
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "40"))
+#: The bounded form: every phase and check still runs, on 10 examples per operation and phase, and the coverage
+#: phase (which max-examples does not bound) with its valid boundary values only: about 1,100 cases of its 3,800; the
+#: 2,700 invalid ones, most of its time, are the long form's (the fuzzing phase still sends invalid data).
+CI_EXAMPLES = 10
+CI_COVERAGE = "positive"
+ROLES = ["admin", "viewer", "emea-admin"]
 #: The name of every seeded object: a generated ``name`` path parameter set to it reaches them all.
 SEEDED = "fuzz"
 SEED_BODIES: list[tuple[str, dict[str, Any]]] = [
@@ -94,19 +102,21 @@ def _reseed(api: InProcessApi) -> None:
         assert client.post(f"/api/v1/export-definitions/{SEEDED}/runs").status_code == 202
 
 
-def _config(token: str) -> SchemathesisConfig:
+def _config(token: str, max_examples: int, coverage: str) -> SchemathesisConfig:
     checks: dict[str, Any] = {name: {"enabled": True} for name in ALL_CHECKS}
     # Valid data the server refuses for what no JSON Schema can say (a query that does not parse or run,
     # a reference to an object that does not exist, a destination the SSRF guard refuses) is a 422 on
     # writes; reads take every valid value.
     write_checks = {"positive_data_acceptance": {"expected-statuses": ["2xx", "401", "403", "404", "409", "422"]}}
+    # The coverage phase as Schemathesis has it (every mode), unless ``coverage`` names one.
+    coverage_phase = {} if coverage == "all" else {"coverage": {"generation": {"mode": coverage}}}
     return SchemathesisConfig.from_dict(
         {
             "seed": 20,
             "headers": {"Authorization": f"Bearer {token}"},
-            "generation": {"max-examples": MAX_EXAMPLES},
+            "generation": {"max-examples": max_examples},
             "checks": checks,
-            "phases": {"stateful": {"max-steps": 10}},
+            "phases": {"stateful": {"max-steps": 10}, **coverage_phase},
             "parameters": {},
             "operations": [{"include-method": ["POST", "PUT", "DELETE"], "checks": write_checks}],
         }
@@ -131,8 +141,9 @@ class Outcome:
     on_objects: Counter[tuple[str, int]] = field(default_factory=Counter)
 
 
-def _run(api: InProcessApi, who: str) -> Outcome:
-    schema = schemathesis.openapi.from_asgi("/openapi.json", api.app, config=_config(api.tokens[who]))
+def _run(api: InProcessApi, who: str, max_examples: int, coverage: str) -> Outcome:
+    config = _config(api.tokens[who], max_examples, coverage)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", api.app, config=config)
     outcome = Outcome()
     for event in from_schema(schema).execute():
         if isinstance(event, events.ScenarioFinished):
@@ -161,11 +172,17 @@ def _request(event: events.ScenarioFinished, case_id: str) -> str:
     return f"{request.method} {request.uri[:200]} {body!r} -> {interaction.response.status_code}"
 
 
-@pytest.mark.parametrize("who", ["admin", "viewer", "emea-admin"])
-def test_schemathesis_all_phases_pass(api: InProcessApi, who: str) -> None:
+@pytest.mark.parametrize(
+    ("who", "max_examples", "coverage"),
+    [
+        pytest.param("admin", CI_EXAMPLES, CI_COVERAGE, id="admin-bounded"),
+        *(pytest.param(who, MAX_EXAMPLES, "all", id=who, marks=pytest.mark.long) for who in ROLES),
+    ],
+)
+def test_schemathesis_all_phases_pass(api: InProcessApi, who: str, max_examples: int, coverage: str) -> None:
     _reseed(api)
     started = time.monotonic()
-    outcome = _run(api, who)
+    outcome = _run(api, who, max_examples, coverage)
     print(f"{who}: {sum(outcome.cases.values())} cases {dict(outcome.cases)} in {time.monotonic() - started:.0f} s")
     assert not outcome.failures, "\n".join(sorted(set(outcome.failures))[:60])
     # It ran what it should: every phase, the data and method checks, and reached objects past the 404s.

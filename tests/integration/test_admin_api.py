@@ -349,7 +349,16 @@ def test_auth_matrix_every_route_without_token_with_a_wrong_role_and_with_the_ri
             assert api.request(method, url, json=body).status_code not in (401, 403, 500), operation
 
 
-def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(admin_on_sqlite: AdminServer):
+@pytest.mark.parametrize(
+    "phases",
+    [
+        # The coverage phase (every operation's boundary and negative cases) is most of the time over HTTP: CI
+        # runs it in-process (tests/fuzz/test_schemathesis.py), `make fuzz` over HTTP too.
+        pytest.param("examples,fuzzing", id="examples-fuzzing"),
+        pytest.param("examples,coverage,fuzzing", id="all-phases", marks=[pytest.mark.long, pytest.mark.fuzz]),
+    ],
+)
+def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(admin_on_sqlite: AdminServer, phases: str):
     admin = admin_on_sqlite
     _seed(admin)
     result = subprocess.run(
@@ -364,7 +373,7 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(admin
             "--max-examples",
             "10",
             "--phases",
-            "examples,coverage,fuzzing",
+            phases,
             "--generation-deterministic",
             "--request-timeout",
             "20",

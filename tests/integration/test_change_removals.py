@@ -89,7 +89,13 @@ def leaving(catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch) -> CatalogS
     catalog.definitions.apply(SavedQuery(name="q", sql="SELECT id FROM members"))
     catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p", batch_size=2))
     catalog.definitions.apply(
-        ExportDefinition(name="leaving", query="q", template="t", sync={"mode": "changes", "removed": "t"})
+        # Every member leaves, on purpose: no bound on removals (see tests/integration/test_removal_guard.py).
+        ExportDefinition(
+            name="leaving",
+            query="q",
+            template="t",
+            sync={"mode": "changes", "removed": "t", "max_removed": "100%"},
+        )
     )
     snapshots = SqlChangeSnapshots(catalog.database)
     run = snapshots.begin("leaving", str(uuid.uuid4()))

@@ -198,6 +198,9 @@ def _ready_across_a_broker_restart(broker: LocalKafka, tmp_path: Path) -> None:
         topic_partitions=1,
         catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}",
         metrics_port=0,
+        # The least the broker allows (its group.min.session.timeout.ms): the unanswered heartbeats that make the
+        # consumer not ready take 6 s instead of the default 10 s.
+        kafka_session_timeout_ms=6_000,
     )
     ensure_topics(settings)
     health = Health(stall_seconds=600)

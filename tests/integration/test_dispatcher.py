@@ -218,6 +218,10 @@ def test_the_ssrf_guard_refuses_loopback_at_connect_time_unless_allowed(catalog,
         assert refusal in (outcome.error or "")
 
 
+#: How long the endpoint of test_an_endpoint_down_for_8_seconds_then_back_gets_every_member is down.
+OUTAGE_SECONDS = 8
+
+
 def _patient(catalog, client: Http, receiver_url: str, **profile) -> BlockingDispatcher:
     catalog.definitions.apply(ConnectionProfile(name="p", base_url=receiver_url, **profile))
     catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
@@ -237,17 +241,18 @@ def test_an_endpoint_answering_30_percent_503_and_some_429_gets_every_member(cat
     assert statuses.count(200) == 60
 
 
-def test_an_endpoint_down_for_20_seconds_then_back_gets_every_member(catalog, client):
+def test_an_endpoint_down_for_8_seconds_then_back_gets_every_member(catalog, client):
     port = free_port()
     back: list[HttpReceiver] = []
-    # The outage being simulated (nothing listens on the port for 20 s), not a synchronisation.
-    comeback = threading.Timer(20, lambda: back.append(HttpReceiver(port=port).start()))
+    # The outage being simulated (nothing listens on the port for 8 s: four times the patient profile's longest
+    # backoff, 2 s, well inside its 60 s budget), not a synchronisation.
+    comeback = threading.Timer(OUTAGE_SECONDS, lambda: back.append(HttpReceiver(port=port).start()))
     comeback.start()
     started = time.monotonic()
     try:
         dispatcher = _patient(catalog, client, f"http://127.0.0.1:{port}")
         outcomes = [RUN_EVENT_ADAPTER.validate_json(dispatcher.handle(batch(10, i))[-1].value) for i in range(5)]
-        assert time.monotonic() - started >= 20
+        assert time.monotonic() - started >= OUTAGE_SECONDS
         assert [o.delivered for o in outcomes] == [10] * 5
         assert outcomes[0].attempts > 1  # refused connections, retried
         assert sum(back[0].accepted_member_ids().values()) == 50

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from shared.catalog.engine import make_engine
@@ -23,6 +24,8 @@ from shared.catalog.schema import (
     BASELINE,
     HEAD,
     SchemaOutdated,
+    SchemaState,
+    alembic_config,
     current_revision,
     downgrade,
     drift,
@@ -45,9 +48,11 @@ NEW_RUN_COLUMNS = {
     "unchanged",
     "removed",
     "retried",
+    "mass_removal_allowed",
 }
 #: Columns later revisions add to baseline tables (0002: the runs' scope; 0004: split runs' range count;
-#: 0006: when a run was requested; 0008: change-mode counts and retried members; 0009: a run's fixed sync).
+#: 0006: when a run was requested; 0008: change-mode counts and retried members; 0009: a run's fixed sync;
+#: 0013: a mass removal allowed by the run's request).
 LATER_COLUMNS = {
     "runs": NEW_RUN_COLUMNS,
     "extraction_checkpoints": {"ranges", "sync"},
@@ -394,21 +399,35 @@ def test_the_models_and_the_migrations_agree_at_head(engine: Engine) -> None:
     assert drift(engine) == []
 
 
+def test_the_revisions_read_without_alembic_are_alembics() -> None:
+    # Every service and exportctl command checks the catalog's revision at start, reading this release's
+    # revisions from the scripts without loading Alembic: they must be what Alembic reads.
+    scripts = ScriptDirectory.from_config(alembic_config())
+    assert scripts.get_current_head() == HEAD
+    for script in scripts.walk_revisions():
+        state = SchemaState(revision=script.revision, tables=frozenset())
+        assert not state.is_newer
+        assert state.is_head == (script.revision == HEAD)
+    assert SchemaState(revision="9999", tables=frozenset()).is_newer
+
+
 def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
     upgrade(engine, BASELINE)
 
     lines = drift(engine)
 
-    # What 0002, 0003, 0004, 0006, 0008, 0009, 0010, 0011 and 0012 add: the runs' scope columns and their index,
+    # What 0002, 0003, 0004, 0006, 0008, 0009, 0010, 0011, 0012 and 0013 add: the runs' scope columns and their index,
     # the audit log and its indexes, split runs' range count and their ranges, the runs' request time, change
     # counts; change-mode snapshots (three tables, two indexes) and the checkpoints' fixed sync; the attempts
     # table and its three indexes; the dispatcher replicas' heartbeats (and their index), the shared circuit
     # breakers, the breakers open at each replica (and their index) and the breaker emails' outbox; the tables
-    # of next-run retries, their claims and the member delivery log (4) and their indexes (5).
-    assert len(lines) == 44, lines
+    # of next-run retries, their claims and the member delivery log (4) and their indexes (5); a mass removal
+    # allowed on the runs.
+    assert len(lines) == 45, lines
     assert "table change_members is missing from the database" in lines
     assert "table delivery_batches is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)
+    assert any("runs.mass_removal_allowed" in line and "missing from the database" in line for line in lines)
     assert "table attempts is missing from the database" in lines
     assert "table dispatcher_replicas is missing from the database" in lines
     assert "table circuit_breakers is missing from the database" in lines

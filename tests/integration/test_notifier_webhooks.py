@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import structlog
+from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
 from devtools.http_receiver import HttpReceiver, Receipt
@@ -24,8 +27,10 @@ from services.notifier.notifying import Notifier
 from services.notifier.webhook_delivery import WebhookNotifications
 from services.notifier.webhook_sender import WebhookSender
 from shared.catalog import CatalogStores
+from shared.catalog.tables import NotificationRow
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.destinations import DestinationPolicy
+from shared.domain.masking import MASK
 from shared.events import AnyRunEvent, BatchOutcome, ExtractionCompleted, RunFailed, RunMissed, RunStarted, Trigger
 from shared.outbound.backoff import Backoff
 
@@ -283,3 +288,53 @@ def test_a_digest_that_could_not_be_mailed_goes_out_once_with_the_sweep(
     notifier_on(catalog, sink).sweep()
     [digest] = sink.received()
     assert digest.subject == "[member export] nightly: 10 scheduled runs missed"
+
+
+def ledger_rows(catalog: CatalogStores) -> list[dict[str, Any]]:
+    """Every row of the notifications ledger, column by column."""
+    with catalog.database.transaction() as session:
+        rows = session.scalars(select(NotificationRow)).all()
+        return [{c.key: getattr(row, c.key) for c in NotificationRow.__table__.columns} for row in rows]
+
+
+@pytest.mark.parametrize("status", [401, 503])  # given up at once; retried by the sweep, then given up
+def test_a_receiver_quoting_the_signature_and_the_secret_leaves_them_in_no_ledger_row_or_log_line(
+    catalog: CatalogStores, sink: SmtpSink, status: int
+):
+    key = SECRET.removeprefix("whsec_")  # what signs: as secret as the whole
+    # A careless receiver: its refusal quotes the signature it got, the secret it verifies with (as is, and its
+    # key percent-encoded and upper-cased), the path it was called on, and all the request's headers.
+    detail = f"verified with {SECRET} = {urllib.parse.quote(key, safe='').upper()} at /hooks/ops"
+    with HttpReceiver(
+        reject_status=status, quote_headers=("webhook-signature",), refusal_detail=detail, echo_headers=True
+    ) as receiver:
+        catalog.definitions.apply(definition(receiver, events=["failed"]))
+        notifier = notifier_on(catalog, sink, max_attempts=2)
+        with structlog.testing.capture_logs() as logs:
+            notifier.handle(failed_run()[0])
+            # A 503 is tried again by the sweep once its backoff (milliseconds) is over: two attempts in all.
+            wait_until(
+                lambda: bool(notifier.sweep() or True) and any(line.get("given_up") for line in logs),
+                timeout=10,
+                what="the notification given up",
+            )
+        receipts = receiver.receipts()
+    assert len(receipts) == (1 if status == 401 else 2)
+    assert all(verified(r) for r in receipts)  # the receiver got, and quoted, real signatures
+    signatures = [r.headers["webhook-signature"] for r in receipts]
+
+    failures = [line for line in logs if line["event"] == "webhook not delivered"]
+    assert len(failures) == len(receipts)
+    rows = ledger_rows(catalog)  # the error email's, and the webhook's
+    [row] = [row for row in rows if row["kind"] == "webhook:ops:failed"]
+    # The ledger and the log say the status and what the receiver said; the signature, the secret and the
+    # channel's path are masked.
+    error = row["last_error"]
+    assert error == failures[-1]["error"]
+    assert error.startswith(f'HTTP {status}: {{"error": "webhook-signature {MASK} is not accepted", ')
+    assert f'"detail": "verified with {MASK} = {MASK} at {MASK}"' in error
+    for where, text in {"the ledger": repr(rows), "the log": repr(logs)}.items():
+        for secret in (SECRET, key, urllib.parse.quote(key, safe=""), "/hooks/ops", *signatures):
+            assert secret.lower() not in text.lower(), f"{secret} in {where}"
+        for signature in signatures:
+            assert signature.removeprefix("v1,") not in text, f"a signature in {where}"

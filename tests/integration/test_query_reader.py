@@ -1,6 +1,7 @@
 """Keyset paging over SQLite and a real PostgreSQL."""
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 
@@ -11,6 +12,7 @@ from shared.catalog import make_engine
 from shared.domain.catalog_objects import SavedQuery
 from shared.querystore import JsonPage, MemberReader, Page, QueryError, QueryTimeout
 from shared.querystore.demo_data import create_demo_members
+from shared.querystore.reader import MemberPages
 
 pytestmark = pytest.mark.integration
 
@@ -112,3 +114,32 @@ def test_key_ranges_of_a_split_run_are_counted_cut_and_read_within_their_bounds(
     with reader.member_pages(query, page_size=7, after=lower, until=upper, database_json=False) as pages:
         read = list(pages)
     assert [m["id"] for page in read if isinstance(page, Page) for m in page.members] == every[ranks[0] : ranks[1]]
+
+
+def test_closing_the_pages_waits_for_the_page_being_read_so_its_connection_is_checked_back_in(database_url: str):
+    """A run stopped while the next page is being read: once ``close()`` returns, that read's connection is
+    back in the engine's pool, so disposing of the engine closes it (else the garbage collector would)."""
+    engine = make_engine(database_url)
+    reading, release = threading.Event(), threading.Event()
+
+    def pages() -> Iterator[Page]:
+        yield Page(("id",), [(1,)], 1)
+        with engine.connect():  # the second page's read, under way when the run stops
+            reading.set()
+            release.wait(timeout=10)
+        yield Page(("id",), [(2,)], 2)
+
+    member_pages = MemberPages(pages(), json=False, reason=None)
+    assert len(next(member_pages)) == 1
+    assert reading.wait(timeout=10)
+
+    # The read ends a moment after the run asks it to stop (as a query under way does).
+    def end_the_read_once_asked_to_stop() -> None:
+        member_pages._ahead._stopping.wait(10)
+        release.set()
+
+    threading.Thread(target=end_the_read_once_asked_to_stop).start()
+    member_pages.close()
+    checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
+    engine.dispose()
+    assert checked_out == 0

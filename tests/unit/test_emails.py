@@ -1,4 +1,5 @@
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from services.notifier.emails import ERROR, SUCCESS, compose, kinds_due, recipients_for
@@ -74,3 +75,15 @@ def test_the_email_carries_counts_times_in_the_definitions_zone_and_errors():
     assert "https://exports.example.com/runs/22222222-2222-2222-2222-222222222222" in text
     html = message.get_body(("html",)).get_content()
     assert "<th align='left'>Failed</th><td>500</td>" in html
+
+
+def test_a_run_allowed_a_mass_removal_says_so_and_who_asked():
+    def text(record: RunRecord) -> str:
+        message = compose(definition=DEFINITION, record=record, kind=ERROR, sender="e@example.com", recipients=["o"])
+        return message.get_body(("plain",)).get_content()
+
+    allowed = replace(RECORD, requested_by="alice", mass_removal_allowed=True, removed=900)
+    assert "Mass removal: allowed by the run's request: sync.max_removed did not apply (requested by alice)" in text(
+        allowed
+    )
+    assert "Mass removal" not in text(RECORD)

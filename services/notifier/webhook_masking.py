@@ -1,0 +1,35 @@
+"""What a webhook channel's failure reasons are masked with (:class:`shared.domain.masking.Masking`).
+
+A receiver that refuses a notification may quote what it got: the ``webhook-signature`` (a signature verifying
+is one a replay could reuse), the signing secret it verifies with (a careless test receiver), the URL (an
+incoming-webhook URL, Slack's, holds its token in the path). The notifier's ledger and log say which status and
+what the receiver said, with these masked: built on a failure only, as the dispatcher's deliverer does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+from shared.domain.catalog_objects import WebhookChannel
+from shared.domain.masking import Masking
+from shared.domain.secret_references import resolve_secret
+from shared.errors import ExportError
+from shared.outbound.signing import quotable_values
+
+
+def channel_masking(channel: WebhookChannel, headers: Mapping[str, str]) -> Masking:
+    """The masking of a request to ``channel`` sent with ``headers``: the channel's signing secret resolved (and
+    its key alone), its URL and the URL's path and query (an incoming webhook's token), and the credentials the
+    headers carried (the ``webhook-signature``'s signatures: :meth:`Masking.sent_credentials`)."""
+    parts = urlsplit(channel.url)
+    values = [channel.url, parts.path, parts.query]  # a value under four characters is not searched for
+    if channel.signing_secret is not None:
+        # A reference that does not resolve signed nothing: nothing of it to mask.
+        with contextlib.suppress(ExportError):
+            values += quotable_values(resolve_secret(SecretStr(channel.signing_secret)))
+    known = Masking.of(values)
+    return known.plus(known.sent_credentials(headers.items()))

@@ -1,0 +1,113 @@
+"""Credentials recognised by their shape, for masking those no one told us about. Pure.
+
+:class:`shared.domain.masking.Masking` masks the values it knows (a profile's secrets, the credentials a request
+carried). A partner's answer may also quote a credential it does not know: another client's token, a proxy's,
+one of ours in a form no rule derives. This catches the common shapes:
+
+- an HTTP authentication scheme followed by a credential (``Bearer <token>``, ``Basic <base64>``, ``Token``,
+  ``ApiKey``, ``Negotiate``, ``NTLM``; the scheme in any case) when the credential looks like one (see
+  :func:`looks_like_credential`: ``Bearer token expired`` stays as it is);
+- ``name=value`` whose name says it is a credential (:func:`shared.domain.secret_names.secret_query_name`):
+  a query string, a form body, ``client_secret=...`` in a message;
+- a quoted member whose name says so: ``"api_key": "..."`` (JSON), ``'password': '...'`` (a Python or JS
+  literal), or an unquoted value after it (``"pin_token": 1234``; ``null``, ``true`` and ``false`` are kept).
+
+Each masks the value only (``Bearer ***``, ``api_key=***``, ``"token": "***"``): the reader still sees which
+credential was refused. Masking a masked text changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+
+from shared.domain.case_folding import folded
+from shared.domain.secret_names import secret_name, secret_query_name
+
+#: Schemes whose credential is one token (RFC 9110's token68, or an opaque key). Not an auth-param
+#: (``Bearer realm="x"``, ``error_uri=...``): a token followed by ``=`` and a value is a name, not a credential.
+_SCHEME = re.compile(
+    # The lookahead first: a character class the engine skips along quickly (twice as fast as without).
+    r"(?=[BbTtAaNn])\b((?i:bearer|basic|token|apikey|api-key|negotiate|ntlm)[ \t]+[\"']?)"
+    r"([A-Za-z0-9\-._~+/]++(?:==?(?![=A-Za-z0-9\-._~+/\"]))?)(?!=)"
+)
+#: ``name=value`` after the start, a space, ``;``, ``,`` or ``(`` (a message, a form body); the query string's
+#: own form (after ``?`` or ``&``) keeps every character up to the next field.
+_QUERY_FIELD = re.compile(r"([?&])([^=&\s]+)=([^&\s#>\"]*)")
+_TEXT_FIELD = re.compile(r"(^|[\s;,(])([A-Za-z_][A-Za-z0-9_.\-]*)=([^\s&#>\"';,)]+)")
+#: A quoted member name, its colon, then a quoted value (closed, or cut by the end of the text) or a bare one.
+_MEMBER = re.compile(
+    r"""(["'])([A-Za-z0-9_.\-]{1,64})\1(\s*:\s*)(?:(["'])((?:\\.|(?!\4)[^\\\n])*)(\4|$)|([^\s,}\]"']+))"""
+)
+_LITERALS = frozenset({"null", "true", "false"})
+#: The schemes, in lower case, and a word every name :func:`secret_query_name` accepts holds (a cheap test).
+_SCHEMES = ("bearer", "basic", "token", "apikey", "api-key", "negotiate", "ntlm")
+_NAME_WORDS = (
+    "auth",
+    "token",
+    "secret",
+    "passw",
+    "pwd",
+    "sig",
+    "key",
+    "session",
+    "cookie",
+    "credential",
+    "jwt",
+    "code",
+)
+#: Characters a word rarely holds but a credential usually does.
+_CREDENTIAL_MARKS = frozenset("0123456789+/=_~")
+#: A token no shorter than this is a credential when it holds a digit, one of ``+/=_~`` or mixed case ...
+MIN_CREDENTIAL = 6
+#: ... and one this long is, whatever it holds (a word is rarely longer).
+LONG_CREDENTIAL = 20
+
+
+def looks_like_credential(token: str) -> bool:
+    """Whether a token after an authentication scheme is a credential rather than a word: at least
+    :data:`MIN_CREDENTIAL` characters with a digit, one of ``+/=_~`` or an upper-case letter after the first, or
+    at least :data:`LONG_CREDENTIAL` characters."""
+    if len(token) >= LONG_CREDENTIAL:
+        return True
+    if len(token) < MIN_CREDENTIAL:
+        return False
+    return any(c in _CREDENTIAL_MARKS for c in token) or any(c.isupper() for c in token[1:])
+
+
+def mask_credential_shapes(text: str, mask: str) -> str:
+    """``text`` with the values of the credential shapes above replaced by ``mask``."""
+    if not text:
+        return text
+    # Cheap tests first (most reasons hold no credential): a scheme, or a word every credential name holds, in
+    # the text folded as the expressions' case-free matching folds it.
+    seen = folded(text)
+    if any(scheme in seen for scheme in _SCHEMES):
+        text = _SCHEME.sub(lambda m: f"{m.group(1)}{mask}" if looks_like_credential(m.group(2)) else m.group(0), text)
+    if "%" not in seen and not any(word in seen for word in _NAME_WORDS):
+        return text  # no name says it holds a credential (a name percent-encoded is decoded before it is judged)
+    if "=" in text:
+        text = _QUERY_FIELD.sub(lambda m: _field(m, mask), text)
+        text = _TEXT_FIELD.sub(lambda m: _field(m, mask), text)
+    if ":" in text:
+        text = _MEMBER.sub(lambda m: _member(m, mask), text)
+    return text
+
+
+def _field(match: re.Match[str], mask: str) -> str:
+    lead, name, value = match.groups()
+    if value and value != mask and secret_query_name(urllib.parse.unquote_plus(name)):
+        return f"{lead}{name}={mask}"
+    return match.group(0)
+
+
+def _member(match: re.Match[str], mask: str) -> str:
+    quote, name, colon, value_quote, quoted, closing, bare = match.groups()
+    if not secret_name(name):
+        return match.group(0)
+    head = f"{quote}{name}{quote}{colon}"
+    if bare is not None:
+        return match.group(0) if bare in _LITERALS else f"{head}{mask}"
+    if not quoted:
+        return match.group(0)  # an empty string: nothing to mask, and "no value" is worth reading
+    return f"{head}{value_quote}{mask}{closing}"

@@ -1,0 +1,322 @@
+"""One masking rule (shared.domain.masking, shared.domain.credential_patterns): a secret value, in any case and
+any encoding a partner may echo it in, never survives; masking a masked text changes nothing; a text without
+secrets is left as it is; credentials nobody told us about are masked by their shape, the partner's message kept.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import string
+import urllib.parse
+from collections.abc import Callable
+
+import pytest
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+
+from shared.domain.case_folding import SPECIAL_FOLDS, folded
+from shared.domain.credential_patterns import looks_like_credential, mask_credential_shapes
+from shared.domain.masking import MASK, MIN_SEARCHED, Masking, _forms
+
+#: Arbitrary text: any character a partner's body may hold (surrogates aside, which UTF-8 cannot carry).
+TEXT = st.text(max_size=120)
+SECRET = st.text(min_size=MIN_SEARCHED, max_size=40)
+SECRETS = st.lists(SECRET, min_size=1, max_size=4)
+
+
+def go_json(value: str) -> str:
+    """JSON-escaped as Go's encoding/json (and Rails) write it: also '<', '>', '&' as ``\\u00XX``."""
+    escaped = json.dumps(value, ensure_ascii=False)[1:-1]
+    return escaped.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def dotnet_json(value: str) -> str:
+    """JSON-escaped as .NET's System.Text.Json writes it by default: also '<', '>', '&', quotes, '+' and '`', and
+    every character outside ASCII, as ``\\u00XX`` with its hex in upper case."""
+    return "".join(
+        f"\\u{ord(c):04X}" if c in "<>&'\"+`" else re.sub(r"[0-9a-f]{4}", lambda m: m[0].upper(), json.dumps(c)[1:-1])
+        for c in value
+    )
+
+
+#: How a partner may echo a value: as is, percent-encoded (escapes in either case), as a form value, JSON-escaped
+#: (as Python, PHP, Go and .NET write it), HTML-escaped (as Python, and as Go or Jinja, write it).
+ENCODINGS: list[Callable[[str], str]] = [
+    lambda s: s,
+    lambda s: urllib.parse.quote(s, safe=""),
+    lambda s: urllib.parse.quote(s, safe="").lower(),
+    lambda s: urllib.parse.quote(s),
+    lambda s: urllib.parse.quote_plus(s, safe=""),
+    lambda s: json.dumps(s)[1:-1],
+    lambda s: json.dumps(s, ensure_ascii=False)[1:-1].replace("/", "\\/"),
+    go_json,
+    dotnet_json,
+    html.escape,
+    lambda s: html.escape(s, quote=False).replace('"', "&#34;").replace("'", "&#39;"),
+]
+
+
+def any_case(draw: st.DrawFn, value: str) -> str:
+    """``value`` with each character as is, or in upper, lower, swapped or title case (when that is one
+    character: ``ß`` upper-cased is ``SS``, another text)."""
+    out = []
+    for char in value:
+        variants = [v for v in (char, char.upper(), char.lower(), char.swapcase(), char.title()) if len(v) == 1]
+        out.append(draw(st.sampled_from(variants)))
+    return "".join(out)
+
+
+@st.composite
+def echoed(draw: st.DrawFn) -> tuple[list[str], str]:
+    """Secrets, and a text holding each of them somewhere, in some encoding and some case."""
+    secrets = draw(SECRETS)
+    parts = [draw(TEXT)]
+    for secret in draw(st.permutations(secrets)):
+        encode = draw(st.sampled_from(ENCODINGS))
+        parts += [any_case(draw, encode(secret)), draw(TEXT)]
+    return secrets, "".join(parts)
+
+
+def found(masking: Masking, text: str) -> list[str]:
+    """The secret forms still in ``text``, in any case."""
+    return [form for form in masking.secrets if re.search(re.escape(form), text, re.IGNORECASE)]
+
+
+# --- a secret value never survives -------------------------------------------------------------------------
+
+
+@given(echoed())
+@example((["Bearer-x1"], "HTTP 401: invalid token bEARER-X1"))
+@example((["abcd", "***e"], "abcde"))  # masking 'abcd' makes '***e', another secret: masked too
+@example((["s/ecret!"], "s%2Fecret%21 and s%2fecret%21 and s\\/ecret!"))
+@example((["kiss-me"], "\u212a\u0131\u017f\u017f-ME and K\u0130SS-me"))  # Kelvin sign, dotless i, long s, dotted I
+def test_a_secret_echoed_anywhere_in_any_case_and_encoding_never_survives(case: tuple[list[str], str]):
+    secrets, text = case
+    masking = Masking.of(secrets)
+    for masked in (masking.text(text), masking.reason(text), masking.reason(text, 50)):
+        assert found(masking, masked) == []
+        for secret in secrets:
+            assert secret.lower() not in masked.lower() or len(secret) < MIN_SEARCHED
+
+
+@given(echoed(), st.integers(min_value=1, max_value=400))
+def test_a_refusal_quotes_the_answer_bounded_and_without_its_secrets(case: tuple[list[str], str], limit: int):
+    secrets, text = case
+    masking = Masking.of(secrets)
+    reason = masking.refusal(422, text.encode(), limit)
+    assert reason.startswith("HTTP 422: ") or MASK in reason[:10]  # (unless a secret spans the status)
+    # The cut mark '…', and a value cut through masked whole again.
+    assert len(reason) <= len("HTTP 422: ") + limit + 1 + len(MASK)
+    assert found(masking, reason) == []
+
+
+@given(
+    st.text(alphabet="abcdef0123456789-", min_size=8, max_size=30),
+    st.integers(min_value=0, max_value=120),
+    st.integers(min_value=0, max_value=300),
+)
+def test_a_secret_across_the_reasons_cut_leaves_no_start_behind(secret: str, before: int, after: int):
+    limit = 100
+    masking = Masking.of([secret])
+    reason = masking.refusal(400, ("~" * before + secret + "~" * after).encode(), limit)
+    quoted = reason.removeprefix("HTTP 400: ")
+    if before < limit:  # the secret starts inside what is quoted: masked whole, wherever it ends
+        assert quoted.startswith("~" * before + "*")
+    assert not set(quoted) & set(secret)
+
+
+@given(
+    st.text(alphabet="abcdef0123456789", min_size=8, max_size=30),
+    st.integers(min_value=0, max_value=80),
+    st.integers(min_value=8, max_value=80),
+)
+def test_a_partial_body_never_shows_the_start_of_a_secret_it_holds_whole_or_in_part(
+    secret: str, before: int, other: int
+):
+    # The start of a longer body (multi-byte, so shorter than the bound) holding a secret whole, or cut by the
+    # slice's end. Another value searched for sets how much of the end is dropped: wherever that falls, even
+    # through the secret found whole, nothing of the secret shows.
+    masking = Masking.of([secret, "z" * other])
+    slice_ = "я" * before + secret + "я" * 40
+    for end in range(before, len(slice_) + 1):
+        shown = masking.cut(slice_[:end], 4096, partial=True)
+        assert shown.endswith("… (truncated)")
+        assert not set(shown.removesuffix("… (truncated)")) & set(secret), (end, shown)
+
+
+# --- idempotent, and a text without secrets is left as it is ----------------------------------------------
+
+
+@given(echoed(), TEXT)
+def test_masking_a_masked_text_changes_nothing(case: tuple[list[str], str], more: str):
+    secrets, text = case
+    masking = Masking.of(secrets)
+    for once in (masking.text(text), masking.reason(text + more)):
+        assert masking.text(once) == once if once is not None else True
+    once = masking.reason(text + more)
+    assert masking.reason(once) == once
+    refusal = masking.refusal(500, (text + more).encode(), 80)
+    assert masking.reason(refusal) == refusal
+
+
+@given(SECRETS, TEXT)
+def test_a_text_without_secrets_is_left_as_it_is(secrets: list[str], text: str):
+    masking = Masking.of(secrets)
+    assume(not found(masking, text))
+    assert masking.text(text) == text
+
+
+#: Text in which no credential shape can occur: no space, '=', ':' or quote.
+PLAIN = st.text(
+    alphabet=st.characters(exclude_categories=("Cs", "Zs", "Zl", "Zp", "Cc"), exclude_characters="=:\"'"),
+    max_size=120,
+)
+
+
+@given(SECRETS, PLAIN)
+def test_a_reason_without_secrets_or_credential_shapes_is_left_as_it_is(secrets: list[str], text: str):
+    masking = Masking.of(secrets)
+    assume(not found(masking, text))
+    assert masking.reason(text) == text
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        '{"error": "invalid_request", "message": "email is not a valid address", "field": "members[3].email"}',
+        "422 Unprocessable Entity: points must be >= 0",
+        '{"error": "invalid_token", "error_description": "The access token expired"}',
+        'Bearer realm="partner", error="invalid_token"',
+        "Basic authentication is required; send a token please",
+        '{"token": null, "api_key": "", "authenticated": false}',
+        "see https://partner.example/docs?page=2&lang=en",
+    ],
+)
+def test_a_partners_message_without_credentials_is_kept_whole(message: str):
+    masking = Masking.of(["some-secret-value"])
+    assert masking.reason(message) == message
+    assert masking.refusal(400, message.encode(), 300) == f"HTTP 400: {message}"
+
+
+# --- in any case: why, and what it costs -------------------------------------------------------------------
+
+
+def test_a_secret_is_masked_in_any_case_because_its_case_changed_is_still_the_secret():
+    # A hex key or a password upper-cased by a partner's error page tells as much as the key itself.
+    masking = Masking.of(["9f86d081884c7d65", "pa/ss word"])
+    echoed = "INVALID API KEY 9F86D081884C7D65 FOR PA%2FSS%20WORD"
+    assert masking.reason(echoed) == f"INVALID API KEY {MASK} FOR {MASK}"
+
+
+def test_a_secret_is_masked_as_go_dotnet_and_html_error_pages_escape_it():
+    # A base64 token's '+' is \u002B in a .NET partner's JSON; a password's '&' is \u0026 in Go's, &amp; in HTML.
+    masking = Masking.of(["dG9r+ZW4/x==", "p&ss'w<rd"])
+    echoed = 'token "dG9r\\u002BZW4/x==", password "p\\u0026ss\\u0027w\\u003Crd" (p&amp;ss&#39;w&lt;rd)'
+    assert masking.reason(echoed) == f'token "{MASK}", password "{MASK}" ({MASK})'
+
+
+def test_over_masking_in_another_case_is_the_price_of_a_short_secret():
+    # Values under four characters are never searched for; one of four may mask a word that spells it.
+    assert Masking.of(["abc"]).text("ABC abc") == "ABC abc"
+    assert Masking.of(["test"]).text("a Test of test") == f"a {MASK} of {MASK}"
+
+
+def test_a_secret_containing_another_is_masked_whole():
+    masking = Masking.of(["token", "token-and-more"])
+    assert masking.text("x token-and-more y token z") == f"x {MASK} y {MASK} z"
+
+
+def test_the_forms_searched_for_are_few_and_case_free():
+    # Escapes in lower case are matched by the case-insensitive search, not listed.
+    assert _forms("a/b c") == {"a/b c", "a\\/b c", "a%2Fb%20c", "a/b%20c", "a%2Fb+c"}
+
+
+# --- credentials by their shape ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig", f"Authorization: Bearer {MASK}"),
+        ("got 'basic dXNlcjpwYXNzd29yZA==' from you", f"got 'basic {MASK}' from you"),
+        ("invalid token abc123", f"invalid token {MASK}"),
+        ("BEARER AbCdEfGh is revoked", f"BEARER {MASK} is revoked"),
+        ("ApiKey 0123456789abcdef0123", f"ApiKey {MASK}"),
+        ("?id=7&api_key=k1&page=2", f"?id=7&api_key={MASK}&page=2"),
+        (
+            "refused: client_secret=s3 grant_type=client_credentials",
+            f"refused: client_secret={MASK} grant_type=client_credentials",
+        ),
+        ('{"api_key": "k-1", "error": "bad key"}', f'{{"api_key": "{MASK}", "error": "bad key"}}'),
+        ("{'Authorization': 'Bearer x', 'Accept': '*/*'}", f"{{'Authorization': '{MASK}', 'Accept': '*/*'}}"),
+        ('{"headers": {"X-Api-Key": "k\\"q"}}', f'{{"headers": {{"X-Api-Key": "{MASK}"}}}}'),
+        ('{"pin_token": 123456, "n": 1}', f'{{"pin_token": {MASK}, "n": 1}}'),
+        ('cut here: {"password": "hunter2', f'cut here: {{"password": "{MASK}'),
+    ],
+)
+def test_credentials_are_masked_by_their_shape_the_message_kept(text: str, masked: str):
+    assert mask_credential_shapes(text, MASK) == masked
+    assert Masking().reason(text) == masked
+    assert Masking().reason(masked) == masked
+
+
+@pytest.mark.parametrize(
+    ("token", "credential"),
+    [
+        ("token", False),
+        ("expired", False),
+        ("authentication", False),
+        ("abc123", True),
+        ("AbCdEf", True),
+        ("dXNlcjpwYXNz", True),
+        ("a_b_c_d", True),
+        ("internationalisations", True),  # 20 letters: long enough to be a key
+    ],
+)
+def test_a_token_after_a_scheme_is_a_credential_when_it_looks_like_one(token: str, credential: bool):
+    assert looks_like_credential(token) is credential
+
+
+@given(TEXT)
+def test_shapes_masked_once_stay_masked(text: str):
+    once = mask_credential_shapes(text, MASK)
+    assert Masking().reason(once) == Masking().reason(text)
+
+
+# --- the inspector's bodies: the same rule ------------------------------------------------------------------
+
+
+def test_an_answer_body_is_masked_by_shape_a_request_body_only_by_value():
+    masking = Masking.of(["s3cr3t-v"])
+    body = b'{"member_key": "M-1", "token": "unknown-T0KEN", "note": "S3CR3T-V"}'
+    assert masking.body(body, 4096) == '{"member_key": "M-1", "token": "unknown-T0KEN", "note": "***"}'
+    assert masking.body(body, 4096, shapes=True) == '{"member_key": "***", "token": "***", "note": "***"}'
+
+
+# --- case folding: str.find on a folded copy finds what re.IGNORECASE finds ----------------------------------
+
+
+def test_the_special_folds_are_every_character_outside_ascii_that_matches_an_ascii_letter_in_any_case():
+    found = {}
+    for code in range(0x80, 0x110000):
+        char = chr(code)
+        if not any(c in string.ascii_letters for c in char.lower() + char.upper()):
+            continue  # the cheap test first: re.IGNORECASE folds by these mappings
+        for letter in string.ascii_lowercase:
+            if re.fullmatch(re.escape(letter), char, re.IGNORECASE):
+                found[char] = letter
+    assert found == SPECIAL_FOLDS
+    assert [chr(c) for c in range(0x80, 0x110000) if len(chr(c).lower()) != 1] == ["\u0130"]
+
+
+@given(st.text(max_size=60), st.text(alphabet=string.printable, min_size=1, max_size=6))
+@example("xx\u0130\u212aSY", "iks")
+def test_a_folded_text_keeps_every_place_and_holds_an_ascii_word_where_the_case_free_search_finds_it(
+    text: str, word: str
+):
+    seen = folded(text)
+    assert len(seen) == len(text)
+    places = {m.start() for m in re.finditer(f"(?=({re.escape(word)}))", text, re.IGNORECASE)}
+    assert places == {m.start() for m in re.finditer(f"(?=({re.escape(word.lower())}))", seen)}
