@@ -75,7 +75,9 @@ class RunRequested(Event):
     their instant, with ``requested_at`` before ``scheduled_for``); one due further ahead than the extractor
     waits (``EXPORT_EXTRACTOR_MAX_START_WAIT_SECONDS``) starts when received. A scheduled run published ahead
     is judged when it starts: not started if its definition was deleted, disabled or rescheduled meanwhile,
-    skipped if its overlap policy is skip and another of its runs is active.
+    skipped if its overlap policy is skip and another of its runs is active. ``definition_id`` (set by the
+    scheduler) is the catalog id of that definition: the one it is judged against, under whatever name it has by
+    then (a rename keeps the id; a definition deleted and created again under the same name is another one).
     """
 
     type: Literal["run.requested"] = "run.requested"
@@ -85,6 +87,7 @@ class RunRequested(Event):
     requested_at: AwareDatetime = Field(default_factory=utc_now)
     requested_by: str | None = None
     scheduled_for: AwareDatetime | None = None
+    definition_id: uuid.UUID | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     #: Let a change-mode run remove more members than its definition's ``sync.max_removed`` allows, this once.
     allow_mass_removal: bool = False

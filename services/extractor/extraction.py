@@ -25,7 +25,7 @@ import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.extractor.change_extraction import ChangeRun, ChangeSnapshots
-from services.extractor.ports import ExtractionStore, ExtractorRuns
+from services.extractor.ports import ExtractionStore, ExtractorDefinitions, ExtractorRuns
 from services.extractor.ranges import (
     BATCH_INDEX_LIMIT,
     boundary_ranks,
@@ -36,7 +36,6 @@ from services.extractor.ranges import (
 from services.extractor.retry_members import Retried, RetryJob, RetryScope, RetryStore, send_retries
 from services.extractor.run_sync import fixed_sync, run_sync
 from services.extractor.scheduled_runs import StartTimes, overlap_skip, published_ahead, withdrawal, withdrawn
-from shared.application.ports import DefinitionsReader
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState
 from shared.domain.query_parameters import ParameterError, bind_values
@@ -137,7 +136,7 @@ class Extractor:
     def __init__(
         self,
         *,
-        definitions: DefinitionsReader,
+        definitions: ExtractorDefinitions,
         runs: ExtractorRuns,
         extraction: ExtractionStore,
         reader: MemberReader,
@@ -226,15 +225,9 @@ class Extractor:
         ACTIVE_RUNS.inc()
         checkpoint: Checkpoint | None = None
         try:
-            try:
-                definition: ExportDefinition | None = self.definitions.get(ExportDefinition, request.definition)
-            except NotFound as exc:
-                if not published_ahead(request):
-                    raise _RunFailure(f"unknown definition: {exc}", "unknown_definition") from None
-                definition = None  # deleted since the scheduler published it: withdrawn below
-            except StoredObjectInvalid as exc:
-                raise _RunFailure(f"unknown definition: {exc}", "unknown_definition") from None
-            checkpoint = self.extraction.claim_extraction(request.run_id, request.definition)
+            definition = self._definition(request)
+            name = definition.name if definition is not None else request.definition
+            checkpoint = self.extraction.claim_extraction(request.run_id, name)
             if checkpoint.completed:
                 log.info("run already extracted; request ignored", run_id=str(request.run_id))
                 return []
@@ -257,6 +250,21 @@ class Extractor:
         finally:
             ACTIVE_RUNS.dec()
 
+    def _definition(self, request: RunRequested) -> ExportDefinition | None:
+        """The run's definition. For a scheduled run published ahead: the one it was published for, by id when the
+        request names it (renamed since or not), and None when it is gone (the run is withdrawn at its start)."""
+        ahead = published_ahead(request)
+        try:
+            if ahead and request.definition_id is not None:
+                return self.definitions.find_by_id(ExportDefinition, request.definition_id)
+            return self.definitions.get(ExportDefinition, request.definition)
+        except NotFound as exc:
+            if ahead:
+                return None
+            raise _RunFailure(f"unknown definition: {exc}", "unknown_definition") from None
+        except StoredObjectInvalid as exc:
+            raise _RunFailure(f"unknown definition: {exc}", "unknown_definition") from None
+
     def _judge_scheduled(
         self, request: RunRequested, definition: ExportDefinition | None, checkpoint: Checkpoint
     ) -> list[Outgoing] | None:
@@ -267,7 +275,6 @@ class Extractor:
         reason = withdrawal(request, definition)
         if reason is not None:
             withdrawn(request, reason)
-            outgoing = []
         else:
             assert definition is not None
             skips = definition.schedule.overlap is Overlap.SKIP
@@ -275,9 +282,11 @@ class Extractor:
             skipped = overlap_skip(request, definition, active)
             if skipped is None:
                 return None
-            outgoing = [Outgoing(self.topics.run_events, str(request.run_id), skipped.to_bytes())]
+            # Acknowledged before the run is marked done: a crash in between publishes it again on redelivery
+            # (the run record folds it again to the same skipped run), never loses it.
+            self.publish([Outgoing(self.topics.run_events, str(request.run_id), skipped.to_bytes())])
         self.extraction.save_checkpoint(replace(checkpoint, completed=True))  # a redelivery starts nothing
-        return outgoing
+        return []
 
     def _objects(
         self, definition: ExportDefinition, requested: dict[str, Any]

@@ -1,14 +1,13 @@
-"""The extraction store as the extractor uses it (SQLAlchemy implementation in shared/catalog).
-
-The extractor also reads definitions: :class:`shared.application.ports.DefinitionsReader`.
-"""
+"""The extraction store, the definitions and the run records as the extractor uses them (SQLAlchemy
+implementations in shared/catalog)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any, Protocol
 
-from shared.application.ports import RunsReader
+from shared.application.ports import DefinitionsReader, RunsReader
+from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunTotals
 
 
@@ -30,3 +29,10 @@ class ExtractorRuns(RunsReader, Protocol):
     ahead with overlap ``skip`` is judged when it starts)."""
 
     def active_runs(self, definitions: list[str]) -> dict[str, uuid.UUID]: ...
+
+
+class ExtractorDefinitions(DefinitionsReader, Protocol):
+    """Catalog objects by name, and export definitions by id (a scheduled run published ahead is judged against
+    the definition the scheduler published it for, whatever its name by then)."""
+
+    def find_by_id(self, kind: type[ExportDefinition], object_id: uuid.UUID) -> ExportDefinition | None: ...

@@ -231,6 +231,7 @@ class Scheduler:
             requested_at=self.clock.now(),
             requested_by="scheduler",
             scheduled_for=decision.fire,
+            definition_id=due.definition_id,  # a run published ahead is judged against it (renamed or not)
         )
         # One debug line per run (an info line each cost ~25 µs x 4,000 at a burst); _publish logs the count.
         log.debug(

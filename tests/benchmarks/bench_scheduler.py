@@ -227,6 +227,7 @@ def main() -> None:
                     burst=args.burst,
                     extractors=args.extractors,
                     lookahead=max(args.lookaheads),
+                    definitions=args.definitions,
                 )
 
 

@@ -128,6 +128,8 @@ class Published:
     def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
         self.records: list[tuple[dt.datetime, str, str, dt.datetime, uuid.UUID, dt.datetime | None]] = []
+        #: The definition id each run request names (what the extractor judges a run published ahead against).
+        self.definition_ids: dict[uuid.UUID, uuid.UUID | None] = {}
 
     def __call__(self, outgoing: list[Outgoing]) -> None:
         for record in outgoing:
@@ -135,6 +137,7 @@ class Published:
                 request = RunRequested.model_validate_json(record.value)
                 assert request.scheduled_for is not None
                 fired = ("fired", request.definition, request.scheduled_for, request.run_id, request.requested_at)
+                self.definition_ids[request.run_id] = request.definition_id
                 self.records.append((self.clock.now(), *fired))
             else:
                 event = RUN_EVENT_ADAPTER.validate_json(record.value)
@@ -197,8 +200,10 @@ def test_every_instant_is_published_once_no_earlier_than_the_lookahead_and_a_cra
     assert expected <= set(accounted)
     assert all(due <= end + window for _, due in accounted)
     for when, kind, name, due, run_id, requested_at in published.records:
-        assert run_id == scheduled_run_id(uuid.uuid5(uuid.NAMESPACE_DNS, name), due)
+        definition_id = uuid.uuid5(uuid.NAMESPACE_DNS, name)
+        assert run_id == scheduled_run_id(definition_id, due)
         if kind == "fired":
+            assert published.definition_ids[run_id] == definition_id
             assert due - when <= window, "published further ahead than the lookahead"
             assert requested_at == when  # by the scheduler's clock: before the instant when published ahead
         else:
