@@ -23,6 +23,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaTimeoutError
 from kafka.structs import TopicPartition
 
+from devtools.processes import wait_until
 from shared.events import RunRequested
 from shared.kafka import ConsumerLoop, Outgoing, value_decoder
 from shared.kafka.held_records import HoldRecord
@@ -364,10 +365,7 @@ def test_a_slow_handler_holds_the_loop_to_two_rounds_of_records_in_hand():
             if index + 1 < 8:  # the next round is polled while this one is still in hand
                 assert started[index + 1].wait(DEADLINE_SECONDS)
             gates[index].set()
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while consumer.committed.get(P0) != 40:
-            assert time.monotonic() < deadline, "the loop did not commit every record in time"
-            time.sleep(0.01)
+        wait_until(lambda: consumer.committed.get(P0) == 40, timeout=DEADLINE_SECONDS, what="every record committed")
     finally:
         loop.stopping.set()
         for gate in gates:
@@ -452,14 +450,14 @@ def test_no_round_commits_past_a_held_record_that_a_later_round_in_flight_hands_
     thread = threading.Thread(target=loop.run, name="loop", daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while not (len(calls) >= 2 and len(loop.held) == 0):  # the second round handed "held" back
-            assert time.monotonic() < deadline, "the held record was not handed back in time"
-            time.sleep(0.005)
+        # The second round handed "held" back.
+        wait_until(
+            lambda: len(calls) >= 2 and len(loop.held) == 0,
+            timeout=DEADLINE_SECONDS,
+            what="the held record handed back",
+        )
         producer.answer.set()
-        while consumer.committed.get(P0) != 2:
-            assert time.monotonic() < deadline, "the loop did not commit every record in time"
-            time.sleep(0.01)
+        wait_until(lambda: consumer.committed.get(P0) == 2, timeout=DEADLINE_SECONDS, what="every record committed")
     finally:
         loop.stopping.set()
         producer.answer.set()
