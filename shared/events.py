@@ -69,6 +69,15 @@ class RunRequested(Event):
     run remove more of the partner's members than its definition's ``sync.max_removed`` allows (an operator's
     deliberate choice: ``exportctl run --allow-mass-removal``). Also accepted as a CloudEvent of type
     :data:`RUN_REQUESTED_CLOUDEVENT_TYPE` (see ``services.extractor.run_request_decoding``).
+
+    ``scheduled_for`` is a scheduled run's due instant. A run request with a ``scheduled_for`` later than the
+    extractor's clock does not start before it (the scheduler publishes runs due within its lookahead ahead of
+    their instant, with ``requested_at`` before ``scheduled_for``); one due further ahead than the extractor
+    waits (``EXPORT_EXTRACTOR_MAX_START_WAIT_SECONDS``) starts when received. A scheduled run published ahead
+    is judged when it starts: not started if its definition was deleted, disabled or rescheduled meanwhile,
+    skipped if its overlap policy is skip and another of its runs is active. ``definition_id`` (set by the
+    scheduler) is the catalog id of that definition: the one it is judged against, under whatever name it has by
+    then (a rename keeps the id; a definition deleted and created again under the same name is another one).
     """
 
     type: Literal["run.requested"] = "run.requested"
@@ -78,6 +87,7 @@ class RunRequested(Event):
     requested_at: AwareDatetime = Field(default_factory=utc_now)
     requested_by: str | None = None
     scheduled_for: AwareDatetime | None = None
+    definition_id: uuid.UUID | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     #: Let a change-mode run remove more members than its definition's ``sync.max_removed`` allows, this once.
     allow_mass_removal: bool = False
@@ -238,7 +248,8 @@ class RunFailed(Event):
 
 
 class ScheduledRunNotStarted(Event):
-    """A scheduled run that the scheduler records without starting it, with the reason."""
+    """A scheduled run recorded without starting it, with the reason: by the scheduler, or by the extractor for a
+    run published ahead of its instant."""
 
     run_id: uuid.UUID
     definition: str

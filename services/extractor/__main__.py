@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from services.extractor.extraction import Extractor
+from services.extractor.request_rounds import request_rounds
 from services.extractor.run_request_decoding import decode_run_request
+from services.extractor.scheduled_runs import StartTimes
 from services.extractor.settings import ExtractorSettings
 from shared.catalog import CatalogStores
 from shared.catalog.change_snapshots import SqlChangeSnapshots
@@ -11,22 +15,30 @@ from shared.querystore import MemberReader
 from shared.runtime import build_loop, start_service
 
 SERVICE = "extractor"
+#: The consumer's poll timeout, in ms (the loop's default is 500): how late at most a held run is handed back.
+HELD_RUN_POLL_MS = 100
 
 
 def main() -> None:
     settings = ExtractorSettings()
     health = start_service(settings, SERVICE)
+    start_times = StartTimes(max_wait=timedelta(seconds=settings.extractor_max_start_wait_seconds))
     loop = build_loop(
         settings,
         service=SERVICE,
         health=health,
         topic=settings.topics.run_requests,
         decode=decode_run_request,
-        handler=lambda request: extractor.handle(request),
+        # Scheduled runs published ahead of their instant are held back until it, the requests after them handled.
+        handle_round=request_rounds(
+            lambda request: extractor.handle(request), start_times.hold, lambda: loop.stopping.is_set()
+        ),
         # One run at a time: a run may take minutes, and its offset is committed only at its end.
         max_poll_records=1,
         max_poll_interval_ms=3_600_000,
     )
+    # A held run is handed back at the first poll after its instant: a short poll keeps that within 0.1 s.
+    loop.poll_timeout_ms = HELD_RUN_POLL_MS
     stores = CatalogStores.from_url(settings.catalog_url)
 
     def run_request_partitions() -> int:
@@ -52,6 +64,7 @@ def main() -> None:
         store_retry_seconds=settings.extractor_store_retry_seconds,
         snapshots=SqlChangeSnapshots(stores.database),
         retries=stores.retries,
+        start_times=start_times,
     )
     loop.install_signal_handlers()
     loop.run()

@@ -74,13 +74,15 @@ class ChangeSnapshots(Protocol):
 class Host(Protocol):
     """What a change run uses of the :class:`~services.extractor.extraction.Extractor` that runs it."""
 
-    definitions: DefinitionsReader
     reader: MemberReader
     topics: Topics
     send: Callable[[list[Outgoing]], InFlight]
     page_size: int
     max_record_bytes: int
     record_members: int
+
+    @property
+    def definitions(self) -> DefinitionsReader: ...  # read only: the extractor's may read more
 
     def _query(self, read: Callable[[], Any]) -> Any: ...
     def _stop_if(self, run_id: uuid.UUID, statuses: set[RunStatus] | frozenset[RunStatus]) -> None: ...

@@ -18,13 +18,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.extractor.change_extraction import ChangeRun, ChangeSnapshots
-from services.extractor.ports import ExtractionStore
+from services.extractor.ports import ExtractionStore, ExtractorDefinitions, ExtractorRuns
 from services.extractor.ranges import (
     BATCH_INDEX_LIMIT,
     boundary_ranks,
@@ -34,11 +35,12 @@ from services.extractor.ranges import (
 )
 from services.extractor.retry_members import Retried, RetryJob, RetryScope, RetryStore, send_retries
 from services.extractor.run_sync import fixed_sync, run_sync
-from shared.application.ports import DefinitionsReader, RunsReader
+from services.extractor.scheduled_runs import StartTimes, overlap_skip, published_ahead, withdrawal, withdrawn
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.runs import RunStatus
+from shared.domain.schedule import Overlap
 from shared.domain.sync_mode import SyncMode
 from shared.errors import NotFound, StoredObjectInvalid
 from shared.events import ChangeCounts, ExtractionCompleted, RangeRequested, RunFailed, RunRequested, RunStarted
@@ -74,6 +76,7 @@ QUERY_SECONDS = Histogram(
 ACTIVE_RUNS = Gauge("member_export_extractor_runs_active", "Runs (or key ranges of split runs) being extracted now.")
 
 DEFAULT_MAX_RECORD_BYTES = 900_000
+DEFAULT_MAX_START_WAIT_SECONDS = 60.0
 DEFAULT_RECORD_MEMBERS = 64
 
 
@@ -133,8 +136,8 @@ class Extractor:
     def __init__(
         self,
         *,
-        definitions: DefinitionsReader,
-        runs: RunsReader,
+        definitions: ExtractorDefinitions,
+        runs: ExtractorRuns,
         extraction: ExtractionStore,
         reader: MemberReader,
         topics: Topics,
@@ -150,6 +153,7 @@ class Extractor:
         clock: Callable[[], float] = time.monotonic,
         snapshots: ChangeSnapshots | None = None,
         retries: RetryStore | None = None,
+        start_times: StartTimes | None = None,
     ) -> None:
         self.definitions, self.runs, self.extraction = definitions, runs, extraction
         self.reader = reader
@@ -173,6 +177,8 @@ class Extractor:
         self.snapshots = snapshots
         #: Members refused by earlier runs, sent again (None: not at all; see services.extractor.retry_members).
         self.retries = retries
+        #: When scheduled runs may start, and their start delay (see services.extractor.scheduled_runs).
+        self.start_times = start_times or StartTimes(max_wait=timedelta(seconds=DEFAULT_MAX_START_WAIT_SECONDS))
         #: Since when each run has met an unreachable member store without a page read since.
         self._store_down_since: dict[uuid.UUID, float] = {}
 
@@ -219,15 +225,20 @@ class Extractor:
         ACTIVE_RUNS.inc()
         checkpoint: Checkpoint | None = None
         try:
-            try:
-                definition = self.definitions.get(ExportDefinition, request.definition)
-            except (NotFound, StoredObjectInvalid) as exc:
-                raise _RunFailure(f"unknown definition: {exc}", "unknown_definition") from None
-            checkpoint = self.extraction.claim_extraction(request.run_id, definition.name)
+            definition = self._definition(request)
+            name = definition.name if definition is not None else request.definition
+            checkpoint = self.extraction.claim_extraction(request.run_id, name)
             if checkpoint.completed:
                 log.info("run already extracted; request ignored", run_id=str(request.run_id))
                 return []
             self._stop_if(request.run_id, {RunStatus.CANCELLED})
+            if checkpoint.sync is None:  # its first start (a resume has its sync fixed)
+                not_started = self._judge_scheduled(request, definition, checkpoint)
+                if not_started is not None:
+                    return not_started
+                self.start_times.observe_start(request)
+            if definition is None:
+                raise _RunFailure(f"unknown definition: {request.definition}", "unknown_definition")
             return self._run(request, definition, checkpoint)
         except _RunCancelled:
             log.info("run cancelled; extraction stopped", run_id=str(request.run_id))
@@ -238,6 +249,44 @@ class Extractor:
             return self._fail(request.run_id, request.definition, failure, checkpoint)
         finally:
             ACTIVE_RUNS.dec()
+
+    def _definition(self, request: RunRequested) -> ExportDefinition | None:
+        """The run's definition. For a scheduled run published ahead: the one it was published for, by id when the
+        request names it (renamed since or not), and None when it is gone (the run is withdrawn at its start)."""
+        ahead = published_ahead(request)
+        try:
+            if ahead and request.definition_id is not None:
+                return self.definitions.find_by_id(ExportDefinition, request.definition_id)
+            return self.definitions.get(ExportDefinition, request.definition)
+        except NotFound as exc:
+            if ahead:
+                return None
+            raise _RunFailure(f"unknown definition: {exc}", "unknown_definition") from None
+        except StoredObjectInvalid as exc:
+            raise _RunFailure(f"unknown definition: {exc}", "unknown_definition") from None
+
+    def _judge_scheduled(
+        self, request: RunRequested, definition: ExportDefinition | None, checkpoint: Checkpoint
+    ) -> list[Outgoing] | None:
+        """For a run published ahead of its instant, at its first start: what to publish instead of starting it
+        (nothing when withdrawn, its skipped record on overlap), or None to start it. See scheduled_runs."""
+        if not published_ahead(request):
+            return None
+        reason = withdrawal(request, definition)
+        if reason is not None:
+            withdrawn(request, reason)
+        else:
+            assert definition is not None
+            skips = definition.schedule.overlap is Overlap.SKIP
+            active = self.runs.active_runs([definition.name]).get(definition.name) if skips else None
+            skipped = overlap_skip(request, definition, active)
+            if skipped is None:
+                return None
+            # Acknowledged before the run is marked done: a crash in between publishes it again on redelivery
+            # (the run record folds it again to the same skipped run), never loses it.
+            self.publish([Outgoing(self.topics.run_events, str(request.run_id), skipped.to_bytes())])
+        self.extraction.save_checkpoint(replace(checkpoint, completed=True))  # a redelivery starts nothing
+        return []
 
     def _objects(
         self, definition: ExportDefinition, requested: dict[str, Any]

@@ -1,14 +1,13 @@
-"""The extraction store as the extractor uses it (SQLAlchemy implementation in shared/catalog).
-
-The extractor also reads definitions and runs: :class:`shared.application.ports.DefinitionsReader`
-and :class:`shared.application.ports.RunsReader`.
-"""
+"""The extraction store, the definitions and the run records as the extractor uses them (SQLAlchemy
+implementations in shared/catalog)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any, Protocol
 
+from shared.application.ports import DefinitionsReader, RunsReader
+from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunTotals
 
 
@@ -23,3 +22,17 @@ class ExtractionStore(Protocol):
     def range_checkpoint(self, run_id: uuid.UUID, range_index: int) -> RangeCheckpoint | None: ...
     def save_range(self, checkpoint: RangeCheckpoint) -> bool: ...
     def finish_range(self, checkpoint: RangeCheckpoint, state: RangeState) -> RunTotals | None: ...
+
+
+class ExtractorRuns(RunsReader, Protocol):
+    """Run records: a run's (cancelled?), and which definitions have a run not finished (a scheduled run published
+    ahead with overlap ``skip`` is judged when it starts)."""
+
+    def active_runs(self, definitions: list[str]) -> dict[str, uuid.UUID]: ...
+
+
+class ExtractorDefinitions(DefinitionsReader, Protocol):
+    """Catalog objects by name, and export definitions by id (a scheduled run published ahead is judged against
+    the definition the scheduler published it for, whatever its name by then)."""
+
+    def find_by_id(self, kind: type[ExportDefinition], object_id: uuid.UUID) -> ExportDefinition | None: ...

@@ -48,4 +48,12 @@ class ExtractorSettings(CommonSettings):
         description="How long a run waits for an unreachable member store (its pages read again from the last "
         "checkpoint once it answers) before it fails with the reason.",
     )
+    extractor_max_start_wait_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="A scheduled run published ahead of its instant (EXPORT_SCHEDULER_LOOKAHEAD_SECONDS) is held back "
+        "until that instant, the requests after it handled meanwhile; one due further ahead than this (clocks out of "
+        "step, another publisher) starts when received, with a warning. 0 never waits.",
+    )
     metrics_port: int = Field(default=9402, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

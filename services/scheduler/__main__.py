@@ -41,11 +41,17 @@ def main(clock: Clock | None = None) -> None:
         replica_id=settings.scheduler_replica_id,
         lease_seconds=settings.scheduler_lease_seconds,
         catch_up=timedelta(seconds=settings.scheduler_catch_up_seconds),
+        lookahead=timedelta(seconds=settings.scheduler_lookahead_seconds),
     )
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
-    log.info("scheduler started", tick_seconds=settings.scheduler_tick_seconds, replica=settings.scheduler_replica_id)
+    log.info(
+        "scheduler started",
+        tick_seconds=settings.scheduler_tick_seconds,
+        lookahead_seconds=settings.scheduler_lookahead_seconds,
+        replica=settings.scheduler_replica_id,
+    )
     while not stopping.is_set():
         health.beat()
         try:

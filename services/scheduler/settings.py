@@ -17,6 +17,16 @@ class SchedulerSettings(CommonSettings):
     scheduler_catch_up_seconds: float = Field(
         default=3600.0, ge=0, description="A run missed by less than this still fires (the latest one only)."
     )
+    scheduler_lookahead_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        # At most a minute: schedules fire on whole minutes, so a window this short holds at most one instant of
+        # each schedule, and an edit made inside it cannot add an instant before the one already published.
+        le=60,
+        description="Runs due within this many seconds are published ahead, with their instant (scheduled_for): the "
+        "extractor starts them at that instant (at most EXPORT_EXTRACTOR_MAX_START_WAIT_SECONDS ahead). 0 publishes "
+        "each run when it is due.",
+    )
     scheduler_lease_seconds: float = Field(
         default=15.0, gt=0, description="Leadership lease; another replica takes over this long after a crash."
     )

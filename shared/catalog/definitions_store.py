@@ -137,6 +137,15 @@ class SqlDefinitionsStore:
         id_, _, obj = self.get_versioned(kind, name)
         return id_, obj
 
+    def find_by_id(self, kind: type[T], object_id: uuid.UUID) -> T | None:
+        """The object of that kind with that stable id, whatever its name now (None: deleted, or never was).
+
+        The extractor judges a scheduled run published ahead against its definition by id: a definition renamed
+        since is still that definition, and one deleted and created again under the same name is not."""
+        with self.database.transaction() as session:
+            row = session.get(CatalogObjectRow, str(object_id))
+            return self._load(kind, row) if row is not None and row.kind == kind.__name__ else None
+
     def get_versioned(self, kind: type[T], name: str) -> tuple[uuid.UUID, int, T]:
         """An object with its id and version (for a compare-and-set update)."""
         with self.database.transaction() as session:

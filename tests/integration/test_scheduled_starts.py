@@ -1,0 +1,429 @@
+"""Scheduled runs published ahead of their instant, on real Kafka and real catalogs (SQLite, PostgreSQL).
+
+The scheduler and the extractor share a clock shifted a few seconds before a whole minute (schedules fire on
+whole minutes), so a burst is due seconds after the test starts; the extractor's consumer loop runs on a thread
+as the service wires it (rounds of one request, scheduled runs held back until their instant).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from devtools.processes import wait_until
+from services.extractor.extraction import Extractor
+from services.extractor.request_rounds import Request, request_rounds
+from services.extractor.run_request_decoding import decode_run_request
+from services.extractor.scheduled_runs import StartTimes
+from services.scheduler.planning import scheduled_run_id
+from services.scheduler.scheduling import Scheduler
+from shared.catalog import CatalogStores, make_engine
+from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
+from shared.domain.checkpoints import RunSync
+from shared.domain.runs import RunStatus
+from shared.domain.schedule_state import ScheduleAdvance
+from shared.domain.sync_mode import SyncMode
+from shared.events import RUN_EVENT_ADAPTER, ExtractionCompleted, RunRequested, RunSkipped, RunStarted, Trigger
+from shared.kafka import ConsumerLoop, Outgoing, ensure_topics, make_consumer, make_producer, produce, produce_and_wait
+from shared.querystore import MemberReader
+from shared.querystore.demo_data import create_demo_members
+from shared.settings import CommonSettings
+from tests.kafka_helpers import read_to_end, read_until
+
+pytestmark = pytest.mark.integration
+
+UTC = dt.UTC
+#: The burst's instant, a whole minute; the shared clock reaches it LEAD seconds after the test starts.
+INSTANT = dt.datetime(2031, 5, 6, 7, 8, tzinfo=UTC)
+LEAD = dt.timedelta(seconds=6.5)
+LOOKAHEAD = dt.timedelta(seconds=5)
+BURST = 50
+
+
+class ShiftedClock:
+    """The real clock, shifted: it says ``start`` when created."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        self.offset = start - dt.datetime.now(UTC)
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(UTC) + self.offset
+
+
+@dataclass
+class Setup:
+    settings: CommonSettings
+    catalog: CatalogStores
+    store_url: str
+    clock: ShiftedClock
+
+    def definition(self, name: str, **schedule: object) -> ExportDefinition:
+        """A definition due once, at INSTANT (its run extracts a few members)."""
+        on = {"date": INSTANT.date().isoformat(), "time": INSTANT.strftime("%H:%M")}
+        return ExportDefinition.model_validate(
+            {"name": name, "query": "few", "template": "t", "schedule": {"enabled": True, "once": on, **schedule}}
+        )
+
+    def scheduler(self, publish: Callable[[list[Outgoing]], None], scheduling: object | None = None) -> Scheduler:
+        return Scheduler(
+            scheduling=scheduling or self.catalog.scheduling,  # type: ignore[arg-type]
+            definitions=self.catalog.definitions,
+            runs=self.catalog.runs,
+            clock=self.clock,
+            topics=self.settings.topics,
+            publish=publish,
+            lookahead=LOOKAHEAD,
+        )
+
+    def run_events(self, done: Callable[[list[Any]], bool], timeout: float = 120) -> list[Any]:
+        values = read_until(
+            self.settings.kafka_bootstrap_servers,
+            self.settings.topics.run_events,
+            lambda vs: done([RUN_EVENT_ADAPTER.validate_json(v) for v in vs]),
+            timeout=timeout,
+        )
+        return [RUN_EVENT_ADAPTER.validate_json(v) for v in values]
+
+    def all_run_events(self) -> list[Any]:
+        """Every run event published so far (each acknowledged before: none is still on its way)."""
+        values = read_to_end(self.settings.kafka_bootstrap_servers, self.settings.topics.run_events)
+        return [RUN_EVENT_ADAPTER.validate_json(v) for v in values]
+
+    @contextmanager
+    def extractor(self, clock: ShiftedClock | None = None) -> Iterator[ConsumerLoop[Request]]:
+        """The extractor's consumer loop on a thread, wired as the service wires it; stopped on leaving."""
+        start_times = StartTimes(max_wait=dt.timedelta(seconds=120), now=(clock or self.clock).now)
+        topics = self.settings.topics
+        consumer = make_consumer(
+            self.settings,
+            f"{self.settings.topic_prefix}member-export-extractor",
+            [topics.run_requests],
+            max_poll_records=1,
+        )
+        reader = MemberReader.from_url(self.store_url)
+        loop: ConsumerLoop[Request] = ConsumerLoop(
+            service="extractor",
+            consumer=consumer,
+            producer=make_producer(self.settings, "extractor"),
+            decode=decode_run_request,
+            dead_letter_topic=topics.dead_letters,
+            handle_round=request_rounds(
+                lambda request: extractor.handle(request), start_times.hold, lambda: loop.stopping.is_set()
+            ),
+            poll_timeout_ms=100,
+        )
+        extractor = Extractor(
+            definitions=self.catalog.definitions,
+            runs=self.catalog.runs,
+            extraction=self.catalog.extraction,
+            reader=reader,
+            topics=topics,
+            send=loop.send,
+            page_size=1_000,
+            start_times=start_times,
+        )
+        # The topic's partitions known before the group is joined: an assignment made without them is empty, and
+        # stays so until the consumer's next metadata refresh (minutes).
+        wait_until(
+            lambda: bool(consumer.partitions_for_topic(topics.run_requests)), timeout=30, what="the topic's partitions"
+        )
+        thread = threading.Thread(target=loop.run, name="extractor", daemon=True)
+        thread.start()
+        try:
+            yield loop
+        finally:
+            loop.stopping.set()
+            thread.join(30)
+            reader.close()
+            assert not thread.is_alive(), "the extractor did not stop"
+
+
+@pytest.fixture
+def setup(catalog: CatalogStores, kafka_bootstrap: str, tmp_path: Path) -> Setup:
+    settings = CommonSettings(
+        kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}.", topic_partitions=3
+    )
+    ensure_topics(settings)
+    store_url = f"sqlite:///{tmp_path / 'members.db'}"
+    engine = make_engine(store_url)
+    create_demo_members(engine, 20)
+    engine.dispose()
+    catalog.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
+    catalog.definitions.apply(SavedQuery(name="few", sql="SELECT id, email FROM members WHERE id <= 3"))
+    catalog.definitions.apply(HttpTemplate(name="t", query="few", profile="p", batch_size=100))
+    return Setup(settings, catalog, store_url, ShiftedClock(INSTANT - LEAD))
+
+
+class CrashAfterPublishing:
+    """The catalog's scheduling store, whose first advance fails: the scheduler dies between publishing its runs
+    and recording them."""
+
+    def __init__(self, store: object) -> None:
+        self.store = store
+        self.crashed = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    def advance_schedules(self, advances: list[ScheduleAdvance]) -> int:
+        if advances and not self.crashed:
+            self.crashed = True
+            raise ConnectionError("the scheduler died")
+        return self.store.advance_schedules(advances)  # type: ignore[attr-defined]
+
+
+def test_a_burst_published_ahead_starts_at_its_instant_once_though_a_crashed_scheduler_published_it_twice(
+    setup: Setup,
+):
+    names = [f"aligned-{i:03d}" for i in range(BURST)]
+    for name in names:
+        setup.catalog.definitions.apply(setup.definition(name))
+    producer = make_producer(setup.settings, "scheduler")
+    published: list[tuple[dt.datetime, RunRequested]] = []
+
+    def publish(outgoing: list[Outgoing]) -> None:
+        produce_and_wait(producer, outgoing)
+        published.extend((setup.clock.now(), RunRequested.model_validate_json(o.value)) for o in outgoing)
+
+    with setup.extractor():
+        crashing = setup.scheduler(publish, CrashAfterPublishing(setup.catalog.scheduling))
+        while not published:
+            try:
+                crashing.tick()
+            except ConnectionError:
+                break
+            time.sleep(0.2)
+        # A new scheduler (the same one restarted) ticks through the window and past the instant.
+        restarted = setup.scheduler(publish)
+        while setup.clock.now() < INSTANT + dt.timedelta(seconds=2):
+            restarted.tick()
+            time.sleep(0.5)
+        events = setup.run_events(lambda es: sum(isinstance(e, ExtractionCompleted) for e in es) >= BURST)
+    producer.close()
+
+    ids = {setup.catalog.definitions.get_with_id(ExportDefinition, n)[0]: n for n in names}
+    expected = {scheduled_run_id(definition_id, INSTANT) for definition_id in ids}
+    assert Counter(r.run_id for _, r in published) == dict.fromkeys(expected, 2), "published twice, by the crash"
+    assert all(when < INSTANT <= when + LOOKAHEAD for when, _ in published), "published ahead, within the window"
+    started = [e for e in events if isinstance(e, RunStarted)]
+    assert Counter(e.run_id for e in started) == dict.fromkeys(expected, 1), "each run started once"
+    assert all(e.at + setup.clock.offset >= INSTANT for e in started), "a run started before its instant"
+    assert {e.scheduled_for for e in started} == {INSTANT}
+
+
+def test_a_held_run_lets_later_requests_through_does_not_hold_up_a_stop_and_is_read_again(setup: Setup):
+    # Due a minute after the burst's instant: over a minute ahead, longer than the stop may take (30 s).
+    due = INSTANT + dt.timedelta(minutes=1)
+    setup.catalog.definitions.apply(
+        setup.definition("later", once={"date": due.date().isoformat(), "time": due.strftime("%H:%M")})
+    )
+    setup.catalog.definitions.apply(ExportDefinition(name="on-demand", query="few", template="t"))
+    later = RunRequested(
+        definition="later", trigger=Trigger.SCHEDULE, requested_at=setup.clock.now(), scheduled_for=due
+    )
+    now = RunRequested(definition="on-demand")
+    producer = make_producer(setup.settings, "test")
+    # The same key: one partition, the on-demand request behind the held one.
+    key, topic = str(later.run_id), setup.settings.topics.run_requests
+    produce_and_wait(producer, [Outgoing(topic, key, later.to_bytes()), Outgoing(topic, key, now.to_bytes())])
+    producer.close()
+
+    with setup.extractor():  # stopped on leaving, within 30 s: the held run does not hold the stop up
+        setup.run_events(lambda es: any(isinstance(e, RunStarted) and e.run_id == now.run_id for e in es))
+    stopped = dt.datetime.now(UTC)
+
+    # A replica whose clock has reached the instant reads the held request again (it was not committed).
+    with setup.extractor(ShiftedClock(due)):
+        events = setup.run_events(
+            lambda es: any(isinstance(e, ExtractionCompleted) and e.run_id == later.run_id for e in es)
+        )
+    started = {e.run_id: e.at for e in events if isinstance(e, RunStarted)}
+    assert len(started) == len([e for e in events if isinstance(e, RunStarted)]) == 2
+    assert started[now.run_id] < stopped < started[later.run_id]
+
+
+def published_ahead_request(setup: Setup, name: str) -> RunRequested:
+    """The request the scheduler publishes ahead for ``name``'s run at INSTANT."""
+    definition_id = setup.catalog.definitions.get_with_id(ExportDefinition, name)[0]
+    return RunRequested(
+        run_id=scheduled_run_id(definition_id, INSTANT),
+        definition=name,
+        trigger=Trigger.SCHEDULE,
+        requested_at=INSTANT - LOOKAHEAD,
+        requested_by="scheduler",
+        scheduled_for=INSTANT,
+        definition_id=definition_id,
+    )
+
+
+def extractor_of(setup: Setup, producer: Any, reader: MemberReader, extraction: Any = None) -> Extractor:
+    """An extractor handling requests directly (no consumer loop: they are due by the time they are handled)."""
+    return Extractor(
+        definitions=setup.catalog.definitions,
+        runs=setup.catalog.runs,
+        extraction=extraction or setup.catalog.extraction,
+        reader=reader,
+        topics=setup.settings.topics,
+        send=lambda out: produce(producer, out),
+        page_size=1_000,
+    )
+
+
+def test_a_run_published_ahead_is_withdrawn_or_skipped_when_its_definition_changed_meanwhile(setup: Setup):
+    names = ("still-due", "disabled", "rescheduled", "deleted", "replaced", "renamed", "busy")
+    for name in names:
+        setup.catalog.definitions.apply(setup.definition(name))
+    requests = {name: published_ahead_request(setup, name) for name in names}
+    # Meanwhile, between the publish and the instant:
+    setup.catalog.definitions.apply(setup.definition("disabled", enabled=False))
+    moved = {"date": INSTANT.date().isoformat(), "time": (INSTANT + dt.timedelta(minutes=1)).strftime("%H:%M")}
+    setup.catalog.definitions.apply(setup.definition("rescheduled", once=moved))
+    setup.catalog.definitions.delete(ExportDefinition, "deleted")
+    # Deleted and created again: another definition (its own schedule fires it under its own run id).
+    setup.catalog.definitions.delete(ExportDefinition, "replaced")
+    setup.catalog.definitions.apply(setup.definition("replaced"))
+    setup.catalog.definitions.rename("renamed", setup.definition("renamed-since"))  # the same definition
+    active = uuid.uuid4()
+    setup.catalog.runs.fold_run_event(RunStarted(run_id=active, definition="busy", trigger=Trigger.EVENT))
+
+    producer = make_producer(setup.settings, "test")
+    extractor = extractor_of(setup, producer, reader := MemberReader.from_url(setup.store_url))
+    outcomes = {name: extractor.handle(request) for name, request in requests.items()}
+    setup.catalog.definitions.apply(setup.definition("disabled"))  # enabled again: the request redelivered
+    again = extractor.handle(requests["disabled"])
+    producer.flush()
+
+    reader.close()
+    producer.close()
+    assert all(outcome == [] for outcome in outcomes.values()), outcomes  # the skip is published at once
+    assert again == []
+    events = setup.all_run_events()
+    assert sorted((type(e).__name__, e.definition, e.run_id) for e in events) == sorted(
+        [
+            ("RunStarted", "still-due", requests["still-due"].run_id),
+            ("ExtractionCompleted", "still-due", requests["still-due"].run_id),
+            ("RunStarted", "renamed-since", requests["renamed"].run_id),
+            ("ExtractionCompleted", "renamed-since", requests["renamed"].run_id),
+            ("RunSkipped", "busy", requests["busy"].run_id),
+        ]
+    )
+    [skipped] = [e for e in events if isinstance(e, RunSkipped)]
+    assert (skipped.scheduled_for, skipped.reason) == (INSTANT, f"previous run {active} was still active")
+
+
+class CrashMarkingDone:
+    """The catalog's extraction store, whose first save of a finished checkpoint fails: the extractor dies between
+    publishing what a run became and marking it done."""
+
+    def __init__(self, store: object) -> None:
+        self.store = store
+        self.crashed = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    def save_checkpoint(self, checkpoint: Any) -> None:
+        if checkpoint.completed and not self.crashed:
+            self.crashed = True
+            raise ConnectionError("the extractor died")
+        self.store.save_checkpoint(checkpoint)  # type: ignore[attr-defined]
+
+
+def test_a_skip_decided_at_the_instant_is_recorded_though_the_extractor_died_before_marking_the_run_done(
+    setup: Setup,
+):
+    setup.catalog.definitions.apply(setup.definition("busy"))
+    request = published_ahead_request(setup, "busy")
+    setup.catalog.runs.fold_run_event(RunStarted(run_id=uuid.uuid4(), definition="busy", trigger=Trigger.EVENT))
+    producer = make_producer(setup.settings, "test")
+    reader = MemberReader.from_url(setup.store_url)
+    with pytest.raises(ConnectionError):
+        extractor_of(setup, producer, reader, CrashMarkingDone(setup.catalog.extraction)).handle(request)
+    assert extractor_of(setup, producer, reader).handle(request) == []  # the request redelivered after the crash
+    assert extractor_of(setup, producer, reader).handle(request) == []  # and again: done by now, nothing sent
+    reader.close()
+    producer.close()
+    events = setup.all_run_events()
+    assert [type(e) for e in events] == [RunSkipped, RunSkipped]
+    for event in events:
+        setup.catalog.runs.fold_run_event(event)
+    record = setup.catalog.runs.get_run(request.run_id)
+    assert record is not None
+    assert (record.status, record.scheduled_for) == (RunStatus.SKIPPED, INSTANT)
+
+
+def test_a_run_published_ahead_and_started_is_resumed_not_judged_again(setup: Setup):
+    setup.catalog.definitions.apply(setup.definition("started"))
+    request = published_ahead_request(setup, "started")
+    # Its first start fixed its sync mode (its checkpoint says so); then the extractor died, and meanwhile its
+    # definition was disabled: the redelivered request resumes the run (a schedule change never stops a run).
+    checkpoint = setup.catalog.extraction.claim_extraction(request.run_id, "started")
+    setup.catalog.extraction.save_checkpoint(replace(checkpoint, sync=RunSync(SyncMode.FULL, full_scope=True)))
+    setup.catalog.definitions.apply(setup.definition("started", enabled=False))
+    delays = start_delays()
+    producer = make_producer(setup.settings, "test")
+    reader = MemberReader.from_url(setup.store_url)
+    extractor_of(setup, producer, reader).handle(request)
+    reader.close()
+    producer.close()
+    events = setup.all_run_events()
+    assert [(type(e), e.run_id) for e in events] == [
+        (RunStarted, request.run_id),
+        (ExtractionCompleted, request.run_id),
+    ]
+    assert start_delays() == delays, "a resume counted as a start"
+
+
+def start_delays() -> float:
+    return REGISTRY.get_sample_value("member_export_extractor_scheduled_start_delay_seconds_count") or 0.0
+
+
+def test_a_definition_renamed_or_replaced_after_its_run_was_published_ahead_fires_once_at_the_instant(
+    setup: Setup,
+):
+    for name in ("renamed", "replaced"):
+        setup.catalog.definitions.apply(setup.definition(name))
+    original = {
+        name: setup.catalog.definitions.get_with_id(ExportDefinition, name)[0] for name in ("renamed", "replaced")
+    }
+    producer = make_producer(setup.settings, "scheduler")
+    published: list[RunRequested] = []
+
+    def publish(outgoing: list[Outgoing]) -> None:
+        produce_and_wait(producer, outgoing)
+        published.extend(RunRequested.model_validate_json(o.value) for o in outgoing)
+
+    scheduler = setup.scheduler(publish)
+    with setup.extractor():
+        while len(published) < 2:
+            scheduler.tick()
+            time.sleep(0.2)
+        assert setup.clock.now() < INSTANT, "published when due, not ahead: the test's clock is too late"
+        setup.catalog.definitions.rename("renamed", setup.definition("renamed-since"))
+        setup.catalog.definitions.delete(ExportDefinition, "replaced")
+        setup.catalog.definitions.apply(setup.definition("replaced"))
+        while setup.clock.now() < INSTANT + dt.timedelta(seconds=2):
+            scheduler.tick()
+            time.sleep(0.5)
+        setup.run_events(lambda es: sum(isinstance(e, ExtractionCompleted) for e in es) >= 2)
+    producer.close()
+    events = setup.all_run_events()  # the extractor stopped: all it published
+
+    replaced = setup.catalog.definitions.get_with_id(ExportDefinition, "replaced")[0]
+    assert replaced != original["replaced"]
+    started = Counter((e.definition, e.run_id) for e in events if isinstance(e, RunStarted))
+    assert started == {
+        ("renamed-since", scheduled_run_id(original["renamed"], INSTANT)): 1,
+        ("replaced", scheduled_run_id(replaced, INSTANT)): 1,
+    }
