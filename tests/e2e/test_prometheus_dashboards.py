@@ -7,10 +7,12 @@ The scrape configuration gives the targets the labels the chart's PodMonitor giv
 The export is one of each thing the dashboard and the alerts watch: a partner that answers 503, then 429, then
 refuses a batch (retries, throttling, the rate limiter, failed members, dead letters); a saved query whose table
 is gone (a failed run); a record no service can read (a consumer dead letter); the admin API called; two
-definitions scheduled every minute, one still running from a manual run when it is due (fired, skipped); then
-the scheduler restarted with no catch-up window and the notifier with an unreachable SMTP server (missed runs,
-failed emails). The scheduler meets each of those turns of the minute as soon as it is restarted, its clock put
-just past the turn (:mod:`tests.e2e.scheduler_ahead`), instead of waiting up to a minute for each.
+definitions scheduled every minute, one still running from a manual run when it is due (fired, skipped; the
+extractor holds the fired run until its instant, then starts it: the start delay); then the scheduler restarted
+with no catch-up window and the notifier with an unreachable SMTP server (missed runs, failed emails). The scheduler
+meets each of those turns of the minute as soon as it is restarted, its clock put just past the turn
+(:mod:`tests.e2e.scheduler_ahead`), instead of waiting up to a minute for each; only the fired run's start waits
+for the real turn (up to a minute, while the later steps go on).
 
 How a query is judged (a panel or alert that names a metric or label nobody exposes fails):
 
@@ -318,13 +320,16 @@ def _schedules_fired_skipped_then_missed(pipeline: Pipeline, prometheus: Prometh
             "scheduler": {"EXPORT_SCHEDULER_CATCH_UP_SECONDS": "0", **_ahead_of_the_next_turn(pipeline)},
         },
     )
+    # The fired run of every-minute is due at the real turn of the minute (the scheduler's clock was ahead): the
+    # extractor holds it until then (at most a minute), and its start gives the start delay panel a value.
     wait_until(
         lambda: (
             _scraped(prometheus, 'member_export_scheduler_runs_missed_total{definition="every-minute"}', 5)
             and _scraped(prometheus, 'member_export_notifier_emails_failed_total{kind="error"}', 5)
+            and _scraped(prometheus, "member_export_extractor_scheduled_start_delay_seconds_count")
         ),
-        timeout=90,
-        what="every-minute missed and its error email failed",
+        timeout=120,
+        what="every-minute missed and its error email failed, and its fired run started at its instant",
     )
 
 
@@ -412,6 +417,15 @@ def test_every_dashboard_query_returns_series(observed: Observed, target: Any) -
 
 def _legend_labels(fmt: str) -> list[str]:
     return re.findall(r"\{\{\s*(\w+)\s*\}\}", fmt)
+
+
+def test_the_fire_delay_panel_shows_the_start_delay_of_the_fired_run(observed: Observed) -> None:
+    """The panel's first query is the delay users see, and it has a value: not only the NaN of empty buckets."""
+    [panel] = [p for p in load_dashboard()["panels"] if p["title"].startswith("Fire delay")]
+    started = panel["targets"][0]["expr"]
+    assert "member_export_extractor_scheduled_start_delay_seconds_bucket" in started
+    values = [float(v) for s in observed.query_range(expand(started, VARIABLES, RATE_INTERVAL)) for _, v in s["values"]]
+    assert any(v == v for v in values), f"{started} is NaN over the whole export"  # NaN != NaN
 
 
 def test_the_dashboard_variables_list_the_exports_and_partners_that_ran(observed: Observed) -> None:
