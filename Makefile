@@ -68,6 +68,7 @@ chaos: prerequisites
 bench: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_cli_startup
 	$(BIN)/python -m tests.benchmarks.bench_scheduler
+	$(BIN)/python -m tests.benchmarks.bench_run_start
 	$(BIN)/python -m tests.benchmarks.bench_extractor
 	$(BIN)/python -m tests.benchmarks.bench_changes
 	$(BIN)/python -m tests.benchmarks.bench_http_clients

@@ -22,7 +22,7 @@ from shared.domain.query_sql import UnsafeSql, check_select
 from shared.errors import PermanentError
 from shared.outages import is_outage
 from shared.outbound.failure_reasons import masked_reason
-from shared.querystore.member_json import MEMBER_SEPARATOR, ROW_PATH_MARKER_JSON, ResultColumn
+from shared.querystore.member_json import MEMBER_SEPARATOR, ROW_PATH_MARKER_JSON, MemberJson, ResultColumn
 from shared.querystore.paging import (
     LAST_KEY,
     LIMIT,
@@ -40,6 +40,7 @@ from shared.querystore.paging import (
     member_json_page,
     window_params,
 )
+from shared.querystore.statement_cache import StatementCache
 
 _MARKER = ROW_PATH_MARKER_JSON
 _SEPARATOR = MEMBER_SEPARATOR.encode()
@@ -247,6 +248,8 @@ class MemberReader:
         self.timeout_seconds = timeout_seconds
         self._parser_dialect = _PARSER_DIALECTS.get(engine.dialect.name)
         self._has_sqlite_math: bool | None = None
+        #: The statements built around saved queries, compiled for this engine (see statement_cache).
+        self._statements: StatementCache[Any] = StatementCache()
 
     @classmethod
     def from_url(cls, url: str, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> MemberReader:
@@ -324,6 +327,31 @@ class MemberReader:
         if not database_json:
             return MemberPages(self._pages(query, rows, None, base, after, page_size), json=False, reason="turned off")
         columns = self._result_columns(query, sql, parameters)
+        sqlite_math = self._sqlite_math()
+        key = ("json", sql, query.key_column, tuple(columns), _window_key(window), bounded, sqlite_math)
+        json_statements, member = self._statements.get(
+            key, lambda: self._json_statements(query, sql, columns, window, bounded, sqlite_math)
+        )
+        if member.member is None:
+            return MemberPages(self._pages(query, rows, None, base, after, page_size), json=False, reason=member.reason)
+        pages = self._pages(query, rows, json_statements, base, after, page_size, check_utf8=member.check_utf8)
+
+        def as_rows(page: JsonPage) -> Page | None:
+            return self._row_page(query, rows[page.after is None], base | {LIMIT: len(page)}, page.after)
+
+        return MemberPages(pages, json=True, reason=None, as_rows=as_rows)
+
+    def _json_statements(
+        self,
+        query: SavedQuery,
+        sql: str,
+        columns: list[ResultColumn],
+        window: Window | None,
+        bounded: bool,
+        sqlite_math: bool,
+    ) -> tuple[dict[bool, _DriverStatement], MemberJson]:
+        """The member-JSON page statements (first page, and after a key), compiled; none when the database cannot
+        write these columns (the reason in the :class:`MemberJson`)."""
         built = {
             first: member_json_page(
                 sql,
@@ -333,24 +361,19 @@ class MemberReader:
                 first=first,
                 window=window,
                 bounded=bounded,
-                sqlite_math=self._sqlite_math(),
+                sqlite_math=sqlite_math,
             )
             for first in (True, False)
         }
         member = built[True][1]
         if member.member is None:
-            return MemberPages(self._pages(query, rows, None, base, after, page_size), json=False, reason=member.reason)
-        json_statements = {
+            return {}, member
+        statements = {
             first: _DriverStatement(self.engine, statement, binary=member.binary)
             for first, (statement, _) in built.items()
             if statement is not None
         }
-        pages = self._pages(query, rows, json_statements, base, after, page_size, check_utf8=member.check_utf8)
-
-        def as_rows(page: JsonPage) -> Page | None:
-            return self._row_page(query, rows[page.after is None], base | {LIMIT: len(page)}, page.after)
-
-        return MemberPages(pages, json=True, reason=None, as_rows=as_rows)
+        return statements, member
 
     def count(
         self, query: SavedQuery, *, parameters: Mapping[str, Any] | None = None, window: Window | None = None
@@ -419,12 +442,18 @@ class MemberReader:
     def _row_statements(
         self, query: SavedQuery, sql: str, window: Window | None, bounded: bool = False
     ) -> dict[bool, _DriverStatement]:
-        return {
-            first: _DriverStatement(
-                self.engine, keyset_page(sql, query.key_column, first=first, window=window, bounded=bounded)
-            )
-            for first in (True, False)
-        }
+        def build() -> dict[bool, _DriverStatement]:
+            return {
+                first: _DriverStatement(
+                    self.engine, keyset_page(sql, query.key_column, first=first, window=window, bounded=bounded)
+                )
+                for first in (True, False)
+            }
+
+        statements: dict[bool, _DriverStatement] = self._statements.get(
+            ("rows", sql, query.key_column, _window_key(window), bounded), build
+        )
+        return statements
 
     def _pages(
         self,
@@ -497,7 +526,7 @@ class MemberReader:
 
     def _result_columns(self, query: SavedQuery, sql: str, parameters: Mapping[str, Any] | None) -> list[ResultColumn]:
         """The query's columns and the driver's type codes (runs it for no rows)."""
-        statement = _DriverStatement(self.engine, columns_probe(sql))
+        statement = self._statements.get(("probe", sql), lambda: _DriverStatement(self.engine, columns_probe(sql)))
         values = {name: (parameters or {}).get(name) for name in query.parameters}
         with self._cursor(query) as cursor:
             statement.execute(cursor, values)
@@ -582,3 +611,9 @@ class MemberReader:
                 connection.exec_driver_sql("PRAGMA query_only = OFF")
         else:
             yield
+
+
+def _window_key(window: Window | None) -> tuple[str, bool] | None:
+    """What of a window the statements around a query depend on: its column, and whether it has a lower bound (its
+    values are bound when the statement runs)."""
+    return None if window is None else (window.column, window.since is None)

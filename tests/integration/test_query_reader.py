@@ -4,9 +4,11 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from sqlalchemy import text
 
 from shared.catalog import make_engine
 from shared.domain.catalog_objects import SavedQuery
@@ -114,6 +116,37 @@ def test_key_ranges_of_a_split_run_are_counted_cut_and_read_within_their_bounds(
     with reader.member_pages(query, page_size=7, after=lower, until=upper, database_json=False) as pages:
         read = list(pages)
     assert [m["id"] for page in read if isinstance(page, Page) for m in page.members] == every[ranks[0] : ranks[1]]
+
+
+def _written(reader: MemberReader, query: SavedQuery, *, after: Any = None, until: Any = None) -> list[dict[str, Any]]:
+    """The members the reader writes as JSON (the extractor's path), in key order."""
+    with reader.member_pages(query, page_size=2, after=after, until=until) as pages:
+        read = list(pages)
+    assert all(isinstance(page, JsonPage) for page in read)
+    return [json.loads(m) for page in read if isinstance(page, JsonPage) for m in page.members]
+
+
+def test_a_query_edited_or_a_store_column_added_since_the_last_run_is_read_as_it_is_now(
+    reader: MemberReader, database_url: str
+):
+    """The statements built around a query are kept from run to run (a burst of small runs would build them once
+    a run): an edited query, a column added to the store, a range or a whole run read after one another are each
+    read as they are, never with another's statement."""
+    first = SavedQuery(name="few", sql="SELECT id, email FROM members WHERE id <= 3")
+    assert [sorted(m) for m in _written(reader, first)] == [["email", "id"]] * 3
+    edited = SavedQuery(name="few", sql="SELECT id, tier FROM members WHERE id <= 2")
+    assert [(m["id"], sorted(m)) for m in _written(reader, edited)] == [(1, ["id", "tier"]), (2, ["id", "tier"])]
+    assert [m["id"] for m in _written(reader, first, after=1, until=2)] == [2]
+    assert [m["id"] for m in _written(reader, first)] == [1, 2, 3]
+
+    everything = SavedQuery(name="all", sql="SELECT * FROM members WHERE id <= 2")
+    assert "note" not in _written(reader, everything)[0]
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE members ADD COLUMN note VARCHAR(20)"))
+        connection.execute(text("UPDATE members SET note = 'added'"))
+    engine.dispose()
+    assert [m["note"] for m in _written(reader, everything)] == ["added", "added"]
 
 
 def test_closing_the_pages_waits_for_the_page_being_read_so_its_connection_is_checked_back_in(database_url: str):
