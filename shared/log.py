@@ -23,6 +23,9 @@ from shared.domain.masking import MASK
 from shared.domain.secret_names import secret_name
 
 REDACTED = "[redacted]"
+#: kafka-python's loggers whose warnings the services log: the group coordinator (joins, heartbeats, members
+#: dropped) and the consumer (fetches, offsets).
+KAFKA_GROUP_LOGGERS = ("kafka.coordinator", "kafka.consumer")
 #: The longest rendered exception a log line carries: its end is kept (where it was raised, and what).
 EXCEPTION_CHARS = 16_000
 
@@ -104,8 +107,12 @@ def configure_logging(level: str = "INFO", fmt: str = "json", service: str | Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # kafka-python warns about its own event-loop timing and coordinator moves; neither is actionable.
+    # kafka-python warns about its own event-loop timing and connections (net): not actionable, kept at ERROR.
     logging.getLogger("kafka").setLevel(logging.ERROR)
+    # Its group coordinator and consumer warn when a member is dropped, a heartbeat fails or a join goes wrong: the
+    # only trace of a consumer stuck outside its group, so these reach the logs (the filter above bounds them).
+    for group_logger in KAFKA_GROUP_LOGGERS:
+        logging.getLogger(group_logger).setLevel(logging.WARNING)
     for noisy in ("httpx", "httpcore", "aiosmtpd"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if service:

@@ -15,6 +15,7 @@ from shared.kafka.loop import RoundHandler
 from shared.log import configure_logging
 from shared.metrics import record_build_info
 from shared.settings import CommonSettings
+from shared.stack_dumps import enable_stack_dumps
 from shared.tracing import install as install_tracing
 
 E = TypeVar("E")
@@ -25,10 +26,11 @@ STALL_MARGIN_SECONDS = 60.0
 
 
 def start_service(settings: CommonSettings, service: str) -> Health:
-    """Configure logging, exit unless the catalog is at this release's schema, serve /metrics (with
-    ``member_export_build_info`` set), /livez and /readyz, and make sure the topics exist; return the health
-    the service's loop reports to."""
+    """Configure logging (and every thread's stack on SIGUSR1), exit unless the catalog is at this release's
+    schema, serve /metrics (with ``member_export_build_info`` set), /livez and /readyz, and make sure the topics
+    exist; return the health the service's loop reports to."""
     configure_logging(settings.log_level, settings.log_format, service)
+    enable_stack_dumps()  # kill -USR1 <pid>: every thread's stack on stderr (a hang says where it waits)
     install_tracing(service)  # spans named member-export-<service>; exported over OTLP only when configured
     record_build_info(service)
     check_catalog_schema(settings.catalog_url)

@@ -17,6 +17,7 @@ from shared.kafka import make_producer, prepare_kafka
 from shared.kafka.event_publisher import KafkaEventPublisher
 from shared.log import configure_logging
 from shared.querystore import MemberReader
+from shared.stack_dumps import enable_stack_dumps
 from shared.tracing import install as install_tracing
 
 SERVICE = "admin"
@@ -25,6 +26,7 @@ SERVICE = "admin"
 def main() -> None:
     settings = AdminSettings()
     configure_logging(settings.log_level, settings.log_format, SERVICE)
+    enable_stack_dumps()  # kill -USR1 <pid>: every thread's stack on stderr
     install_tracing(SERVICE)  # runs requested here start their trace (spans named member-export-admin)
     check_catalog_schema(settings.catalog_url)
     prepare_kafka(settings)  # exits naming the setting when Kafka refuses the connection settings
