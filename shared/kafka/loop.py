@@ -67,6 +67,7 @@ from shared.events import DeadLetter
 from shared.exception_reasons import exception_reason
 from shared.health import GROUP, Health
 from shared.kafka.clients import InFlight, produce, produce_and_wait, produce_timeout_seconds, send_record
+from shared.kafka.group_rejoin import revive_lost_rejoin
 from shared.kafka.held_records import ForgetRevoked, HeldRecords, HoldRecord
 from shared.kafka.records import Consumed as Consumed
 from shared.kafka.records import Headers as Headers
@@ -631,6 +632,8 @@ class ConsumerLoop(Generic[E]):
 
     def _poll(self, timeout_ms: int) -> tuple[dict[TopicPartition, list[Any]], list[Any]]:
         """Poll (waiting up to ``timeout_ms`` for records): the records polled, and the held records due."""
+        # kafka-python 3.0 can finish a group join between two polls and never take it: asked for again here.
+        revive_lost_rejoin(self.consumer, self.service)
         limit = self.poll_records() if self.poll_records is not None else None
         size = limit or int(getattr(self.consumer, "config", {}).get("max_poll_records", 500))
         # The held records due count in the round's size, leaving the poll one record at least (it must be
