@@ -74,6 +74,7 @@ bench: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_http_clients
 	$(BIN)/python -m tests.benchmarks.bench_rendering
 	$(BIN)/python -m tests.benchmarks.bench_notifier_fold
+	$(BIN)/python -m tests.benchmarks.bench_round_acks
 	$(BIN)/python -m tests.benchmarks.bench_fleet_limits
 	$(BIN)/python -m tests.benchmarks.bench_dispatcher
 	$(BIN)/python -m tests.benchmarks.bench_inspector

@@ -46,6 +46,17 @@ class CommonSettings(KafkaConnectionSettings):
         description="How long a produced record may wait for the broker (restarting, unreachable) before its send "
         "fails; the records of a poll whose outcome could not be produced are handled again after it.",
     )
+    # 512 KiB: the dispatcher's outcomes of a round (64 batches of 500 members, ~5.5 KB each, one run's partition)
+    # went in ~20 batches of the client's default 16 KiB, one request at a time (one in flight, one batch per
+    # partition a request): ~0.25 s a round waiting for acks on a busy broker. Records bigger than this still go
+    # alone; below the broker's default message.max.bytes (1 MiB), which the client splits a refused batch under.
+    kafka_batch_bytes: int = Field(
+        default=524_288,
+        ge=16_384,
+        le=4 * 1024 * 1024,  # the producer's max_request_size
+        description="Bytes of records to one partition the producer sends as one batch (one request at a time "
+        "carries one batch per partition): a poll's outcomes to one run's partition go in one request.",
+    )
     kafka_compression: Literal["lz4", "gzip", "snappy", "zstd", "none"] = Field(
         default="lz4",
         description="Compression of produced records (lz4 measured 4x faster than gzip here; see README).",

@@ -36,6 +36,7 @@ def make_producer(settings: CommonSettings, client_id: str) -> KafkaProducer:
         client_id=client_id,
         acks="all",
         linger_ms=5,
+        batch_size=settings.kafka_batch_bytes,
         compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
         max_in_flight_requests_per_connection=1,
         # Retries are bounded by time, not count: a broker away (restarting, a leader moving) for less than

@@ -66,6 +66,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import requests
 import yaml
@@ -92,6 +93,7 @@ from tests.benchmarks.common import (
     reset_receiver,
     sqlite_store,
 )
+from tests.benchmarks.e2e_timeline import RunClock, describe, idle_gaps, timeline
 from tests.benchmarks.lean_receiver import lean_receiver
 
 EXPORTCTL = [sys.executable, "-m", "shared.cli"]
@@ -237,6 +239,9 @@ class PipelineRun:
     ) -> None:
         self.scenario = scenario
         self.broker_pid = broker_pid
+        self.bootstrap = bootstrap
+        #: When the last ``exportctl run`` was launched (the timeline's origin).
+        self.clock = RunClock(time.time(), time.monotonic())
         self.work_dir = WORK_DIR / scenario.name
         self.catalog_url = f"sqlite:///{(self.work_dir / 'catalog.db').resolve()}"
         self.env = {
@@ -314,7 +319,19 @@ class PipelineRun:
                 stats = receiver_stats(self.base_url)
         finally:
             catalog.close()
+        marks = timeline(
+            bootstrap=self.bootstrap,
+            topic_prefix=self.env["EXPORT_TOPIC_PREFIX"],
+            run_id=record.run_id,
+            clock=self.clock,
+            log_dir=self.work_dir / "logs",
+            receiver=stats,
+            exportctl_returned=published,
+            recorded=seconds,
+        )
+        marks |= idle_gaps(sorted(httpx.get(f"{self.base_url}/times").json()))
         return {
+            "timeline": marks,
             "seconds": seconds,
             "published": published,
             "warm_up": warm_up,
@@ -328,7 +345,8 @@ class PipelineRun:
     def _run_and_wait(
         self, definition: str, catalog: CatalogStores, pipeline: LocalPipeline, timeout: float
     ) -> tuple[float, float, RunRecord]:
-        started = time.monotonic()
+        self.clock = RunClock(time.time(), time.monotonic())
+        started = self.clock.monotonic
         output = self.exportctl("run", definition, timeout=timeout)
         published = time.monotonic() - started
         found = re.search(r"run ([0-9a-f-]{36}) requested", output)
@@ -495,6 +513,7 @@ def pipeline_results(scenario: Scenario, variant: Variant, run: dict[str, Any]) 
         f"{title}: CPU seconds during the timed run: "
         + ", ".join(f"{name} {seconds:.1f}" for name, seconds in run["cpu"].items()),
         f"{title}: the receiver got {stats['requests']:,} requests / {stats['bytes']:,} bytes",
+        f"{title}: timeline after exportctl run was launched:\n    " + "\n    ".join(describe(run["timeline"])),
     ]
     return rows, notes
 

@@ -2,7 +2,8 @@
 
 ``POST`` anything: answers 200 ``{"accepted": true}`` after ``delay`` seconds (a slow partner), and
 counts requests, bytes and the times of the first and the last one: ``GET /stats`` returns them, so
-every contender's rate is measured by the same clock, on the receiving side. ``DELETE /stats`` resets.
+every contender's rate is measured by the same clock, on the receiving side (``GET /times``: every request's
+time, to see where the sender paused). ``DELETE /stats`` resets.
 
     python -m tests.benchmarks.lean_receiver PORT [DELAY_SECONDS]
 """
@@ -31,6 +32,8 @@ class Stats:
         self.bytes = 0
         self.first: float | None = None
         self.last: float | None = None
+        #: Every request's time (``GET /times``): where the sender paused.
+        self.times: list[float] = []
 
     def as_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "bytes": self.bytes, "first": self.first, "last": self.last}
@@ -47,11 +50,15 @@ def application(delay: float) -> web.Application:
         stats.first = stats.first or now
         stats.last = now
         stats.requests += 1
+        stats.times.append(now)
         stats.bytes += len(body)
         return web.json_response({"accepted": True})
 
     async def read_stats(_: web.Request) -> web.Response:
         return web.json_response(stats.as_json())
+
+    async def read_times(_: web.Request) -> web.Response:
+        return web.json_response(stats.times)
 
     async def reset_stats(_: web.Request) -> web.Response:
         stats.reset()
@@ -59,6 +66,7 @@ def application(delay: float) -> web.Application:
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_get("/stats", read_stats)
+    app.router.add_get("/times", read_times)
     app.router.add_delete("/stats", reset_stats)
     app.router.add_route("*", "/{tail:.*}", receive)
     return app
