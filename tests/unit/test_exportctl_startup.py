@@ -101,3 +101,35 @@ def test_requesting_a_run_on_the_catalog_loads_neither_the_checks_nor_the_render
     assert "shared.catalog.runs_store" in modules
     assert "shared.domain.query_sql" in modules
     assert among(modules, NOT_FOR_A_RUN_REQUEST) == []
+
+
+def test_a_command_in_process_leaves_the_garbage_collector_as_it_found_it() -> None:
+    import gc
+
+    from shared.cli.__main__ import main
+
+    assert gc.isenabled()
+    assert main(["--version"]) == 0
+    assert gc.isenabled()
+
+
+def test_following_a_run_turns_the_garbage_collector_back_on() -> None:
+    import gc
+
+    from shared.cli.collector import paused
+    from shared.cli.progress import follow
+
+    final = {
+        "run_id": "run-1",
+        "definition": "nightly",
+        "status": "succeeded",
+        "extracted": 0,
+        "extraction_complete": True,
+        "delivered": 0,
+        "failed": 0,
+        "duration_seconds": 1.0,
+    }
+    with paused():
+        assert not gc.isenabled()
+        follow(lambda: dict(final), "run-1", timeout=5, poll_seconds=0.01)
+        assert gc.isenabled()
