@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
 from shared.application.actors import Actor, Permission, authorise
 from shared.application.audit import change
-from shared.application.checks import ObjectChecks, checked
 from shared.application.errors import Conflict, Forbidden, Invalid, Missing
 from shared.application.masked_secrets import MASK, keep_masked_secrets
 from shared.application.ports import DefinitionsStore
@@ -31,7 +30,18 @@ from shared.domain.catalog_objects import (
 from shared.domain.names import slugify
 from shared.errors import NotFound
 
+if TYPE_CHECKING:
+    from shared.application.checks import ObjectChecks
+
 T = TypeVar("T", bound=CatalogObject)
+
+
+def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: ObjectChecks) -> list[CatalogObject]:
+    """:func:`shared.application.checks.checked`, imported by the writes that run it: reading an object
+    (``exportctl run`` requesting a run) does not load the checks and the template renderer behind them."""
+    from shared.application import checks as object_checks
+
+    return object_checks.checked(objects, store, checks)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from shared.cli.collector import resume
 from shared.cli.exits import OK, RUN_FAILED, fail
 from shared.cli.run_views import ACTIVE, View, summary
 
@@ -27,6 +28,7 @@ def follow(fetch: Callable[[], View | None], run_id: str, timeout: float, poll_s
         TextColumn("[green]delivered {task.fields[delivered]}[/] [red]failed {task.fields[failed]}[/]"),
         TimeElapsedColumn(),
     )
+    resume()  # a wait of minutes or hours: the garbage collector back on (off while exportctl started)
     deadline = time.monotonic() + timeout
     view: View | None = None
     with Progress(*columns, transient=False) as progress:

@@ -30,7 +30,6 @@ from pydantic_core import to_jsonable_python
 from shared.domain.body_types import BodyType, body_type_problem
 from shared.domain.circuit_breaker import CircuitBreakerSettings
 from shared.domain.http_fields import header_name_problem, source_problem
-from shared.domain.json_structure import compiled
 from shared.domain.member_retries import RetryRejected
 from shared.domain.names import Name
 from shared.domain.query_parameters import RESERVED_PREFIX, QueryParameter, bind_names
@@ -353,6 +352,10 @@ class HttpTemplate(_Spec):
     def _json_body_compiles(cls, json_body: JsonValue) -> JsonValue:
         """Each leaf parses, each ``$each`` is well formed (the message names the place in the structure)."""
         if json_body is not None:
+            # Imported here, with the first template read: it loads Jinja, which reading a definition or a
+            # query (``exportctl run``) does not need.
+            from shared.domain.json_structure import compiled
+
             compiled(json_body)  # StructureError (a ValueError) says where and why
         return json_body
 

@@ -97,7 +97,8 @@ def test_run_of_an_unknown_definition_is_refused_before_anything_is_published(tm
 
 #: What requesting a run does not need, and its start-up would pay for: the admin API's framework, HTTP
 #: clients, migrations, change snapshots (numpy), manifests (YAML), the consumer loop (metrics, retries), the
-#: member store, PostgreSQL's driver (this catalog is SQLite), the object commands, the progress bar (no --wait).
+#: member store, PostgreSQL's driver (this catalog is SQLite), the object commands, the progress bar (no --wait),
+#: the object checks and the template renderer (Jinja, XML) that only writing objects runs.
 NOT_FOR_RUN = (
     "fastapi",
     "starlette",
@@ -118,6 +119,10 @@ NOT_FOR_RUN = (
     "shared.cli.manifests",
     "shared.cli.direct_commands",
     "rich.progress",
+    "jinja2",
+    "xml",
+    "shared.application.checks",
+    "shared.domain.rendering",
 )
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,72 @@ def test_commands_through_the_admin_api_load_no_heavy_library(tmp_path: Path, ar
         code, modules = loaded_by(tmp_path, *argv, env={"EXPORT_API_URL": url})
     assert code == 5  # unreachable: the command was built and its call tried
     assert among(modules, HEAVY) == []
+
+
+#: What requesting a run on the catalog directly does not need, though the catalog's write path does: the object
+#: checks and the template renderer behind them (Jinja, XML), which only writing a template runs.
+NOT_FOR_A_RUN_REQUEST = (
+    "jinja2",
+    "markupsafe",
+    "xml",
+    "shared.application.checks",
+    "shared.domain.rendering",
+    "shared.domain.json_structure",
+    "shared.domain.template_sandbox",
+)
+
+
+def test_requesting_a_run_on_the_catalog_loads_neither_the_checks_nor_the_renderer(tmp_path: Path) -> None:
+    manifest = tmp_path / "run.yaml"
+    manifest.write_text(
+        "kind: SavedQuery\nname: q\nspec: {sql: 'SELECT id FROM members', key_column: id}\n---\n"
+        "kind: ConnectionProfile\nname: p\nspec: {base_url: 'http://127.0.0.1:9'}\n---\n"
+        "kind: HttpTemplate\nname: t\n"
+        "spec: {query: q, profile: p, json_body: {ids: {$each: members, columns: [id]}}}\n---\n"
+        "kind: ExportDefinition\nname: nightly\nspec: {query: q, template: t}\n"
+    )
+    catalog = {"EXPORT_CATALOG_URL": f"sqlite:///{tmp_path / 'catalog.db'}", "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1"}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("EXPORT_")}
+    environment |= {"EXPORTCTL_CONFIG": str(tmp_path / "no-config.yaml"), **catalog}
+    for setup in (["db", "upgrade"], ["apply", "--skip-discovery", "-f", str(manifest)]):
+        subprocess.run([sys.executable, "-m", "shared.cli", *setup], env=environment, check=True, capture_output=True)
+    with socket.socket() as unused:  # a broker that refuses connections: the run is requested, then not published
+        unused.bind(("127.0.0.1", 0))
+        kafka = {"EXPORT_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{unused.getsockname()[1]}"}
+        code, modules = loaded_by(tmp_path, "run", "nightly", env={**catalog, **kafka})
+    assert code == 5  # Kafka unreachable: the definition and its query were read, the run recorded
+    assert "shared.catalog.runs_store" in modules
+    assert "shared.domain.query_sql" in modules
+    assert among(modules, NOT_FOR_A_RUN_REQUEST) == []
+
+
+def test_a_command_in_process_leaves_the_garbage_collector_as_it_found_it() -> None:
+    import gc
+
+    from shared.cli.__main__ import main
+
+    assert gc.isenabled()
+    assert main(["--version"]) == 0
+    assert gc.isenabled()
+
+
+def test_following_a_run_turns_the_garbage_collector_back_on() -> None:
+    import gc
+
+    from shared.cli.collector import paused
+    from shared.cli.progress import follow
+
+    final = {
+        "run_id": "run-1",
+        "definition": "nightly",
+        "status": "succeeded",
+        "extracted": 0,
+        "extraction_complete": True,
+        "delivered": 0,
+        "failed": 0,
+        "duration_seconds": 1.0,
+    }
+    with paused():
+        assert not gc.isenabled()
+        follow(lambda: dict(final), "run-1", timeout=5, poll_seconds=0.01)
+        assert gc.isenabled()
