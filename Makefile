@@ -75,6 +75,7 @@ bench: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_notifier_fold
 	$(BIN)/python -m tests.benchmarks.bench_fleet_limits
 	$(BIN)/python -m tests.benchmarks.bench_dispatcher
+	$(BIN)/python -m tests.benchmarks.bench_dispatcher_cpu
 	$(BIN)/python -m tests.benchmarks.bench_inspector
 	$(BIN)/python -m tests.benchmarks.bench_reason_masking
 	$(BIN)/python -m tests.benchmarks.bench_e2e
