@@ -77,6 +77,7 @@ bench: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_round_acks
 	$(BIN)/python -m tests.benchmarks.bench_fleet_limits
 	$(BIN)/python -m tests.benchmarks.bench_dispatcher
+	$(BIN)/python -m tests.benchmarks.bench_dispatcher_cpu
 	$(BIN)/python -m tests.benchmarks.bench_inspector
 	$(BIN)/python -m tests.benchmarks.bench_reason_masking
 	$(BIN)/python -m tests.benchmarks.bench_e2e

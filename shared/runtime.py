@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,19 @@ from shared.stack_dumps import enable_stack_dumps
 from shared.tracing import install as install_tracing
 
 E = TypeVar("E")
+
+
+def freeze_startup_objects() -> None:
+    """Move every object alive now (modules, schemas, clients: everything start-up built) out of the garbage
+    collector's reach, so that its full collections only traverse what the service built since.
+
+    The service's loop allocates briskly (a one-member request builds dozens of objects), which sets off a full
+    collection every few thousand requests; each one traversed the whole start-up heap (about 160,000 objects,
+    0.1-0.2 s on the event loop: 36 us a request in the dispatcher) and never found garbage there. Objects
+    frozen are still freed by reference counting; only cycles among them are never collected (start-up's cycles
+    live as long as the process anyway). Call it once, when start-up is done, just before the loop runs."""
+    gc.collect()  # start-up's own garbage goes first: what is frozen stays
+    gc.freeze()
 
 
 #: Liveness allows a loop this long beyond its own bound (a poll's timeout, a sweep) before it calls it stalled.

@@ -22,7 +22,7 @@ from shared.events import MemberBatch
 from shared.kafka import value_decoder
 from shared.outbound.guard import guarded_client
 from shared.outbound.partner_http import AiohttpPartnerHttp
-from shared.runtime import build_loop, start_service
+from shared.runtime import build_loop, freeze_startup_objects, start_service
 
 SERVICE = "dispatcher"
 
@@ -95,6 +95,7 @@ def main() -> None:
         loop.install_signal_handlers()
         if inspector is not None:
             inspector.start()
+        freeze_startup_objects()  # full collections skip the start-up heap (issue 18: 36 us a request)
         try:
             loop.run()
         finally:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt, stop_after_delay
 
-from services.dispatcher.metrics import INSPECTOR_DROPPED, REQUEST_SECONDS, REQUESTS, RETRIES, status_class
+from services.dispatcher.metrics import INSPECTOR_DROPPED, REQUEST_SECONDS, REQUESTS, RETRIES, child, status_class
 from services.dispatcher.profile_masking import Maskings
 from shared.domain.catalog_objects import ConnectionProfile
 from shared.domain.rendering import RenderedRequest
@@ -56,7 +56,7 @@ def _judged(answer: PartnerAnswer, success_statuses: list[int] | None, labels: t
     """An answer judged: a success, or a failure with its Retry-After (its reason, the start of the body, is
     written masked: :meth:`Deliverer.attempt`)."""
     status = answer.status
-    REQUESTS.labels(*labels, status_class(status)).inc()
+    child(REQUESTS, *labels, status_class(status)).inc()
     if is_success(status, success_statuses):
         return AttemptResult(status=status, success=True)
     return AttemptResult(status=status, success=False, retry_after=parse_retry_after(answer.retry_after, time.time()))
@@ -140,16 +140,16 @@ class Deliverer:
         try:
             answer = await self.partners.send(request, timeout, network)
         except NoAnswer as exc:
-            REQUESTS.labels(*labels, "error").inc()
+            child(REQUESTS, *labels, "error").inc()
             result = AttemptResult(status=None, success=False, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - an invalid URL or header, a refused destination: this batch's failure
-            REQUESTS.labels(*labels, "error").inc()
+            child(REQUESTS, *labels, "error").inc()
             result = failed_attempt(exc)
         else:
             result = _judged(answer, success_statuses, labels)
         finally:
             seconds = time.perf_counter() - started
-            REQUEST_SECONDS.labels(*labels).observe(seconds)
+            child(REQUEST_SECONDS, *labels).observe(seconds)
         if not result.success:  # only a failure has a reason: a success pays nothing for masking
             result = self._reasoned(result, answer, secrets_of, request.headers.items())
         if witness is not None:

@@ -31,6 +31,7 @@ from services.dispatcher.metrics import (
     RATE_LIMIT_WAITS,
     REQUESTS,
     STATUS_CLASSES,
+    child,
 )
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
 from services.dispatcher.render_offload import Renderer
@@ -397,7 +398,7 @@ class Dispatcher:
             )
 
         async with limits.in_flight(lambda: self.fleet.held(profile.name)):
-            IN_FLIGHT.labels(profile=profile.name).inc()
+            child(IN_FLIGHT, profile.name).inc()
             try:
                 # A span per request only while spans are exported: its cost is no use otherwise (README, Tracing).
                 attributes = {"http.request.method": rendered.method, "member_export.profile": profile.name}
@@ -409,7 +410,7 @@ class Dispatcher:
                         result = await deliver()
                     record_http_result(span, result.status, result.success, result.attempts, result.error)
             finally:
-                IN_FLIGHT.labels(profile=profile.name).dec()
+                child(IN_FLIGHT, profile.name).dec()
                 self.breakers.cancel(profile, ticket[0])  # admitted, never judged (cancelled): a probe slot back
         return result
 

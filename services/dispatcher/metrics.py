@@ -8,7 +8,10 @@ partner shows without a regex) and ``error`` (no answer): see :func:`status_clas
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 MEMBERS_DELIVERED = Counter(
     "member_export_dispatcher_members_delivered_total",
@@ -94,3 +97,20 @@ CIRCUIT_TRANSITIONS = Counter(
     "Changes of a profile's circuit breaker, by profile and the state entered (closed, open, half_open).",
     ["profile", "state"],
 )
+
+
+#: Children kept per metric at most by :func:`child` (the catalog bounds the labels; this bounds memory).
+MAX_CHILDREN = 10_000
+_CHILDREN: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
+
+
+def child(metric: MetricWrapperBase, *labels: str) -> Any:
+    """``metric.labels(*labels)``, remembered: ``labels()`` takes a lock and builds its key on every call, and a
+    request counts itself in four series. Only for series never removed (those of the requests)."""
+    key = (metric, labels)
+    found = _CHILDREN.get(key)
+    if found is None:
+        if len(_CHILDREN) >= MAX_CHILDREN:
+            _CHILDREN.clear()  # the series stay in the registry: they are only looked up again
+        found = _CHILDREN[key] = metric.labels(*labels)
+    return found

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from jinja2 import Template, TemplateError, UndefinedError
+from jinja2 import Template, TemplateError, UndefinedError, nodes
 from markupsafe import Markup
 
 from shared.domain.bodies import form_pairs, xml_problem, xml_text_content
@@ -37,7 +37,7 @@ from shared.domain.render_budget import (
     rendering_within,
 )
 from shared.domain.request_target import path_problem, path_segment
-from shared.domain.template_sandbox import BoundedSandbox, TemplateText, render_bounded
+from shared.domain.template_sandbox import BoundedSandbox, TemplateText, check_rendered_size, render_bounded
 from shared.errors import PermanentError
 from shared.events import MemberBatch
 
@@ -85,8 +85,30 @@ def _compile(kind: str, source: str) -> Template:
     return _ENVIRONMENTS[kind].from_string(source)
 
 
+@lru_cache(maxsize=768)
+def _constant_text(kind: str, source: str) -> str | None:
+    """What ``source`` renders to when it holds text only (no value, tag or comment: e.g. a path ``/members``, a
+    header ``application/json``), whatever the context; None when it holds anything else, or does not parse.
+
+    Read from the parsed template, so it is exactly what Jinja writes (its newline handling included): a constant
+    is returned as it is instead of being rendered, which saves a Jinja context a request for each such part."""
+    try:
+        tree = _ENVIRONMENTS[kind].parse(source)
+    except TemplateError:
+        return None  # rendered, so that the failure says where and why
+    parts = []
+    for node in tree.body:
+        if not isinstance(node, nodes.Output) or not all(isinstance(child, nodes.TemplateData) for child in node.nodes):
+            return None
+        parts += [child.data for child in node.nodes if isinstance(child, nodes.TemplateData)]
+    return "".join(parts)
+
+
 def _render(source: str, context: dict[str, Any], what: str, kind: str = "text") -> str:
     try:
+        constant = _constant_text(kind, source)
+        if constant is not None:
+            return check_rendered_size(constant, current_budget())
         return render_bounded(_compile(kind, source), context, current_budget())
     except TemplateError as exc:  # a syntax error, an undefined variable, a sandbox refusal, a render limit
         lineno = getattr(exc, "lineno", None) or _template_line(exc.__traceback__)

@@ -264,7 +264,12 @@ def render_bounded(template: Template, context: dict[str, Any], budget: RenderBu
             parts.append(block)
     except Exception:  # noqa: BLE001 - re-raised by Jinja, its traceback mapped to the template's lines
         template.environment.handle_exception()
-    text = "".join(parts)
-    if not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > limit:
-        raise RenderLimitExceeded(too_much)
+    return check_rendered_size("".join(parts), budget)
+
+
+def check_rendered_size(text: str, budget: RenderBudget) -> str:
+    """``text``, rendered within ``budget``: refused (RenderLimitExceeded) when its UTF-8 bytes are over the cap."""
+    limit = budget.limits.max_bytes
+    if len(text) > limit or (not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > limit):
+        raise RenderLimitExceeded(f"rendered more than {limit} bytes (EXPORT_RENDER_MAX_BYTES)")
     return text

@@ -34,7 +34,7 @@ from yarl import URL
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.secret_references import SecretReferencePolicy
 from shared.errors import RetryableError
-from shared.outbound.guard import DestinationRefused, GuardedResolver, refuse_ip_literal
+from shared.outbound.guard import DestinationRefused, GuardedResolver
 from shared.outbound.partner_network import PartnerNetwork, ResolvedNetwork, resolve, ssl_context_of
 
 #: How long a proxied destination's verdict is kept (aiohttp caches DNS answers 10 s too), and how many at most.
@@ -98,6 +98,8 @@ class SessionPool:
         self._resolver: aiohttp.abc.AbstractResolver | None = None  # built inside the loop, on first use
         #: Host -> (until when, refusal or None): destinations judged for proxied requests, briefly remembered.
         self._verdicts: dict[str, tuple[float, str | None]] = {}
+        #: Host -> (whether it is an IP literal, the policy's refusal of it as one): literals' verdicts (pure).
+        self._literals: dict[str, tuple[bool, str | None]] = {}
 
     def __len__(self) -> int:
         """The sessions of profiles' own network configurations currently open (the default one not counted)."""
@@ -159,8 +161,14 @@ class SessionPool:
     async def check_destination(self, route: Route, host: str, port: int) -> None:
         """Refuse (DestinationRefused) a destination the policy does not allow: an IP literal always, a host
         name when the route goes through a proxy (otherwise the connector's resolver checks what it connects to)."""
-        refuse_ip_literal(self.policy, host)
-        if not route.proxied or _is_literal(host):
+        literal = self._literals.get(host)
+        if literal is None:  # judged once per host: the policy does not change, parsing an address costs a request
+            literal = self._literals[host] = (_is_literal(host), _literal_refusal(self.policy, host))
+            if len(self._literals) > MAX_VERDICTS:
+                self._literals.pop(next(iter(self._literals)))
+        if literal[1] is not None:
+            raise DestinationRefused(literal[1])
+        if not route.proxied or literal[0]:
             return
         now = time.monotonic()
         known = self._verdicts.get(host)

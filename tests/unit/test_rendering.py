@@ -1,10 +1,12 @@
 import json
 import uuid
+from urllib.parse import urlencode
 
 import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
-from shared.domain.rendering import TemplateRenderError, render_request
+from shared.domain.rendering import RenderLimits, TemplateRenderError, render_request
 from shared.events import MemberBatch
 
 PROFILE = ConnectionProfile(name="p", base_url="https://api.example.com/base/")
@@ -91,3 +93,35 @@ def test_query_string_values_are_rendered_and_url_encoded():
 def test_a_query_string_value_that_does_not_render_names_the_parameter():
     with pytest.raises(TemplateRenderError, match="query_string tier"):
         render_request(template(query_string={"tier": "{{ member.tier }}"}), PROFILE, BATCH)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "/members",
+        "/members\n",
+        "/a\r\nb",
+        "/a\rb\n\n",
+        "{# a comment #}/members",
+        "{% raw %}/{{ member.id }}{% endraw %}",
+    ],
+)
+def test_a_part_without_values_is_sent_as_jinja_renders_it(source):
+    # Parts that hold text only are not rendered again for every request: what is sent must stay what Jinja
+    # writes for them (its newline handling, comments dropped, raw blocks kept as text).
+    expected = ImmutableSandboxedEnvironment().from_string(source).render()
+    request = render_request(template(path="/x", query_string={"q": source}), PROFILE, BATCH)
+    assert request.url == "https://api.example.com/base/x?" + urlencode({"q": expected})
+
+
+def test_a_header_without_values_is_sent_as_written():
+    request = render_request(template(path="/x", headers={"Accept": "application/json"}), PROFILE, BATCH)
+    assert request.headers["Accept"] == "application/json"
+
+
+def test_a_part_without_values_is_held_to_the_byte_cap_like_any_other():
+    limits = RenderLimits(max_bytes=20)
+    with pytest.raises(TemplateRenderError, match="query_string q: rendered more than 20 bytes"):
+        render_request(template(path="/x", query_string={"q": "é" * 11}), PROFILE, BATCH, limits)
+    request = render_request(template(path="/x", query_string={"q": "é" * 10}), PROFILE, BATCH, limits)
+    assert request.url == "https://api.example.com/base/x?" + urlencode({"q": "é" * 10})

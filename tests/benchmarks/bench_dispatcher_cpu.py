@@ -1,0 +1,180 @@
+"""The dispatcher's CPU per one-member request, in process, beside a plain aiohttp loop (issue 18).
+
+The :class:`~services.dispatcher.dispatching.Dispatcher` (no Kafka: a catalog in memory) delivers rounds of 4
+records of 64 members each, with a one-member ``json_body`` template (the end-to-end benchmark's), to the lean
+receiver (its own process, 127.0.0.1) at concurrency 8, as the service's event loop does; the plain loop posts
+the same number of bodies with aiohttp at the same concurrency. The two take turns ``--rounds`` times, and the
+process's CPU seconds (``time.process_time``: the receiver's are its own) are divided by the requests. The
+garbage collector's full collections during the dispatcher's turns are timed too (the service freezes its
+start-up objects out of their reach: ``--no-freeze`` shows the cost without).
+
+    .venv/bin/python -m tests.benchmarks.bench_dispatcher_cpu [--requests 10240] [--rounds 3] [--no-freeze]
+
+Figures only: nothing here passes or fails on a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import time
+import uuid
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+import orjson
+
+from services.dispatcher.delivery import Deliverer, RetryBudget
+from services.dispatcher.dispatching import CatalogCache, Dispatcher
+from services.dispatcher.partner_auth import OAuthTokenCache
+from shared.domain.catalog_objects import CatalogObject, ConnectionProfile, HttpTemplate
+from shared.domain.destinations import DestinationPolicy
+from shared.events import MemberBatch
+from shared.outbound.partner_http import AiohttpPartnerHttp
+from shared.runtime import freeze_startup_objects
+from shared.topics import Topics
+from tests.benchmarks.common import plain_aiohttp
+from tests.benchmarks.lean_receiver import lean_receiver
+
+BODY_COLUMNS = ("id", "email", "first_name", "tier", "points")
+RECORD_MEMBERS = 64
+RECORDS_PER_ROUND = 4
+CONCURRENCY = 8
+
+
+class MemoryCatalog:
+    """The template and profile the dispatcher reads (no run is ever cancelled)."""
+
+    def __init__(self, base_url: str) -> None:
+        template = HttpTemplate(
+            name="t",
+            query="q",
+            profile="p",
+            method="POST",
+            path="/members",
+            batch_size=1,
+            json_body={column: f"{{{{ member.{column} }}}}" for column in BODY_COLUMNS},
+        )
+        self.objects: dict[Hashable, CatalogObject] = {
+            ("HttpTemplate", "t"): template,
+            ("ConnectionProfile", "p"): ConnectionProfile(name="p", base_url=base_url),
+        }
+
+    def get(self, kind: type[CatalogObject], name: str) -> CatalogObject:
+        return self.objects[(kind.__name__, name)]
+
+    def get_run(self, run_id: uuid.UUID) -> None:
+        return None
+
+
+def member(number: int) -> dict[str, Any]:
+    return {
+        "id": number,
+        "email": f"m{number}@example.com",
+        "first_name": "Ann",
+        "last_name": "Lee",
+        "tier": "gold",
+        "points": number % 1000,
+        "locale": "en",
+        "consent_email": True,
+    }
+
+
+def rounds(requests: int) -> Iterator[list[MemberBatch]]:
+    """Rounds of records of one-member requests, ``requests`` in all (rounded up to whole rounds)."""
+    run_id = uuid.uuid4()
+    per_round = RECORD_MEMBERS * RECORDS_PER_ROUND
+    for start in range(0, requests, per_round):
+        yield [
+            MemberBatch(
+                run_id=run_id,
+                definition="d",
+                template="t",
+                batch_index=first,
+                members=[member(first + k) for k in range(RECORD_MEMBERS)],
+                key_column="id",
+            )
+            for first in range(start, start + per_round, RECORD_MEMBERS)
+        ]
+
+
+class FullCollections:
+    """Times the garbage collector's full (generation 2) collections while installed."""
+
+    def __init__(self) -> None:
+        self.seconds, self.count, self._began = 0.0, 0, 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._began
+            self.count += 1
+
+
+async def dispatcher_turn(base_url: str, requests: int) -> tuple[float, float, FullCollections]:
+    """CPU microseconds a request and requests/s of the dispatcher delivering ``requests`` requests."""
+    partners = AiohttpPartnerHttp(DestinationPolicy.parse("127.0.0.1"), max_connections=100)
+    catalog = MemoryCatalog(base_url)
+    dispatcher = Dispatcher(
+        objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
+        deliverer=Deliverer(partners, RetryBudget()),
+        tokens=OAuthTokenCache(None),  # type: ignore[arg-type]
+        topics=Topics(),
+        concurrency=CONCURRENCY,
+    )
+    work = list(rounds(requests))
+    await dispatcher.handle_all(work[0])  # warm: sessions open, template compiled
+    collections = FullCollections()
+    gc.callbacks.append(collections)
+    try:
+        cpu, wall = time.process_time(), time.perf_counter()
+        for batches in work:
+            for result in await dispatcher.handle_all(batches):
+                if isinstance(result, BaseException):
+                    raise result
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    finally:
+        gc.callbacks.remove(collections)
+        await partners.aclose()
+        dispatcher.renderer.close()
+    sent = len(work) * RECORD_MEMBERS * RECORDS_PER_ROUND
+    return cpu / sent * 1e6, sent / wall, collections
+
+
+async def plain_turn(base_url: str, requests: int) -> tuple[float, float]:
+    """CPU microseconds a request and requests/s of a plain aiohttp loop posting ``requests`` bodies."""
+    bodies = [orjson.dumps({column: member(n)[column] for column in BODY_COLUMNS}) for n in range(requests)]
+    cpu, wall = time.process_time(), time.perf_counter()
+    await plain_aiohttp(f"{base_url}/members", bodies, CONCURRENCY)
+    return (time.process_time() - cpu) / requests * 1e6, requests / (time.perf_counter() - wall)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=10_240)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-freeze", action="store_true", help="leave start-up objects to the collector")
+    args = parser.parse_args()
+    if not args.no_freeze:
+        freeze_startup_objects()  # as the service does
+    ratios = []
+    with lean_receiver() as base_url:
+        for turn in range(1, args.rounds + 1):
+            plain_cpu, plain_rate = asyncio.run(plain_turn(base_url, args.requests))
+            cpu, rate, full = asyncio.run(dispatcher_turn(base_url, args.requests))
+            ratios.append(cpu / plain_cpu)
+            print(
+                f"turn {turn}: dispatcher {cpu:.0f} us CPU a request ({rate:,.0f} requests/s; {full.count} full "
+                f"collections, {full.seconds * 1000:.0f} ms), plain aiohttp {plain_cpu:.0f} us ({plain_rate:,.0f} "
+                f"requests/s): {cpu / plain_cpu:.2f}x"
+            )
+    print(f"median: the dispatcher's CPU a request is {statistics.median(ratios):.2f}x the plain loop's")
+
+
+if __name__ == "__main__":
+    main()
