@@ -20,7 +20,6 @@ command checks the revision at start; only ``exportctl db`` migrates.
 from __future__ import annotations
 
 import ast
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -77,20 +76,14 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
-#: The start of a top-level statement assigning one of the identifiers that link the revisions. Only these
-#: statements are parsed, at the start of every process: whole scripts made tens of thousands of syntax-tree
-#: objects (about 7 ms, and often the full garbage collection they triggered: 50-70 ms more).
-_IDENTIFIER = re.compile(r"^(?:revision|down_revision)\b", re.MULTILINE)
-#: The most lines one such statement is read over (a ``down_revision`` tuple of a merge spans a few).
-_MAX_STATEMENT_LINES = 20
+#: The identifiers that link the revisions: the only assignments :func:`_assigned` keeps.
+_LINKS: Final = frozenset({"revision", "down_revision"})
 
 
 def _assigned(script: Path) -> dict[str, Any]:
     """The literal values a migration script assigns to ``revision`` and ``down_revision`` at its top level."""
-    text = script.read_text(encoding="utf-8")
     values: dict[str, Any] = {}
-    for found in _IDENTIFIER.finditer(text):
-        node = _statement_at(text[found.start() :], str(script))
+    for node in ast.parse(script.read_text(encoding="utf-8"), str(script)).body:
         target: ast.expr
         if isinstance(node, ast.AnnAssign) and node.value is not None:
             target, value = node.target, node.value
@@ -98,25 +91,12 @@ def _assigned(script: Path) -> dict[str, Any]:
             target, value = node.targets[0], node.value
         else:
             continue
-        if isinstance(target, ast.Name):
+        if isinstance(target, ast.Name) and target.id in _LINKS:
             try:
                 values[target.id] = ast.literal_eval(value)
             except ValueError:
                 continue  # not a literal: not one of the identifiers
     return values
-
-
-def _statement_at(text: str, filename: str) -> ast.stmt | None:
-    """The statement ``text`` starts with, read over as many of its first lines as it spans; None if there is none
-    (the line starts something else, a sentence of a docstring for instance)."""
-    lines = text.split("\n", _MAX_STATEMENT_LINES)[:_MAX_STATEMENT_LINES]
-    for count in range(1, len(lines) + 1):
-        try:
-            body = ast.parse("\n".join(lines[:count]), filename).body
-        except SyntaxError:
-            continue
-        return body[0] if len(body) == 1 else None
-    return None
 
 
 def _revisions() -> tuple[str, frozenset[str]]:
