@@ -118,15 +118,24 @@ def _lowered(forms: tuple[str, ...]) -> tuple[str, ...] | None:
 
 def _masked_ascii(value: str, lowered: tuple[str, ...]) -> str:
     """``value`` with every form of ``lowered`` (ASCII, lower case, longest first) masked in any case until none is
-    left: each found in ``value`` folded (:func:`folded`: same places), replaced there in ``value``."""
+    left: each found in ``value`` folded (:func:`folded`: same places), replaced there in ``value``.
+
+    A round takes the forms in turn, each masked wherever it occurs (left to right, not overlapping) and the text
+    built again once per form found, not once per occurrence: linear in the text however many times a value
+    repeats in it (a body quoting a token a thousand times)."""
     seen = folded(value)
-    while any(form in seen for form in lowered):  # a mask joined to its neighbours may complete another value
+    masked = True
+    while masked:  # a mask joined to its neighbours may complete another value: again until none is left
+        masked = False
         for form in lowered:
-            at = seen.find(form)
-            while at != -1:
-                end = at + len(form)
-                value, seen = value[:at] + MASK + value[end:], seen[:at] + MASK + seen[end:]
-                at = seen.find(form, at + len(MASK))
+            parts = seen.split(form)  # the same places as str.find from the end of each, in C
+            if len(parts) == 1:
+                continue
+            kept, at = [], 0
+            for part in parts:
+                kept.append(value[at : at + len(part)])
+                at += len(part) + len(form)
+            value, seen, masked = MASK.join(kept), MASK.join(parts), True
     return value
 
 

@@ -10,7 +10,8 @@ deliverer's own cost is all there is to see), contenders interleaved round after
   (the credentials the request carried only), and a mutual-TLS profile (its PEM private key is a secret too: the
   longest value searched for);
 
-then, for scale, one request to a lean aiohttp receiver on loopback (another process), sequentially.
+then, for scale, one request to a lean aiohttp receiver on loopback (another process), sequentially; and last
+a body repeating a secret, 4 KB to 64 KB, masked now and as before (``bench_masking_repeats``).
 
     .venv/bin/python -m tests.benchmarks.bench_reason_masking [--calls 20000] [--rounds 3]
 """
@@ -32,6 +33,7 @@ from shared.domain.catalog_objects import ConnectionProfile
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.rendering import RenderedRequest
 from shared.outbound.partner_http import AiohttpPartnerHttp, PartnerAnswer
+from tests.benchmarks.bench_masking_repeats import run as run_repeats
 from tests.benchmarks.lean_receiver import lean_receiver
 
 TOKEN = "bench-bearer-token-0123456789abcdef"
@@ -181,6 +183,7 @@ def main() -> None:
     with lean_receiver() as base_url:
         seconds = asyncio.run(_loopback(base_url, args.loopback))
     print(f"for scale: one request to a lean receiver on loopback, sequentially: {seconds:.0f} µs", flush=True)
+    run_repeats(max(args.rounds, 3))
 
 
 if __name__ == "__main__":

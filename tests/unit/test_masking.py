@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from shared.domain.case_folding import SPECIAL_FOLDS, folded
 from shared.domain.credential_patterns import looks_like_credential, mask_credential_shapes
-from shared.domain.masking import MASK, MIN_SEARCHED, Masking, _forms
+from shared.domain.masking import MASK, MIN_SEARCHED, Masking, _forms, _lowered, _masked_ascii
 
 #: Arbitrary text: any character a partner's body may hold (surrogates aside, which UTF-8 cannot carry).
 TEXT = st.text(max_size=120)
@@ -298,6 +298,63 @@ def test_an_answer_body_is_masked_by_shape_a_request_body_only_by_value():
     body = b'{"member_key": "M-1", "token": "unknown-T0KEN", "note": "S3CR3T-V"}'
     assert masking.body(body, 4096) == '{"member_key": "M-1", "token": "unknown-T0KEN", "note": "***"}'
     assert masking.body(body, 4096, shapes=True) == '{"member_key": "***", "token": "***", "note": "***"}'
+
+
+# --- linear in the text: the same result as the algorithm before, which rebuilt the text per occurrence ---------
+
+
+def masked_ascii_before(value: str, lowered: tuple[str, ...]) -> str:
+    """The oracle: ``_masked_ascii`` as it was, one rebuild of the whole text per occurrence (quadratic in a body
+    quoting a value many times). Also the baseline of ``tests.benchmarks.bench_masking_repeats``."""
+    seen = folded(value)
+    while any(form in seen for form in lowered):
+        for form in lowered:
+            at = seen.find(form)
+            while at != -1:
+                end = at + len(form)
+                value, seen = value[:at] + MASK + value[end:], seen[:at] + MASK + seen[end:]
+                at = seen.find(form, at + len(MASK))
+    return value
+
+
+#: Few characters, so that secrets overlap, contain one another and hold the mask's '*': the hard cases.
+_TIGHT = st.text(alphabet="abAB*-\u212a\u0131k", min_size=MIN_SEARCHED, max_size=8)
+
+
+@st.composite
+def repeated(draw: st.DrawFn) -> tuple[list[str], str]:
+    """ASCII secrets (some holding '*'), and a text of their pieces and copies in any case, repeated."""
+    secrets = draw(st.lists(st.text(alphabet="abAB*-", min_size=MIN_SEARCHED, max_size=8), min_size=1, max_size=4))
+    pieces = [*secrets, *(s[: len(s) // 2] for s in secrets), *(s[len(s) // 2 :] for s in secrets), MASK]
+    chosen = draw(st.lists(st.sampled_from(pieces) | _TIGHT, max_size=12))
+    return secrets, "".join(any_case(draw, piece) for piece in chosen) * draw(st.integers(1, 3))
+
+
+@given(repeated())
+@example((["abcd", "***e"], "abcde" * 3))  # masking 'abcd' makes '***e': masked in the next round
+@example((["xabc", "abcdef"], "xabcdef"))  # overlapping values: the longer masked first, as before
+@example((["x***", "abcd"], "xxxxabcd"))  # a chain: one 'x' a round
+def test_masking_repeated_values_gives_what_the_algorithm_before_gave(case: tuple[list[str], str]):
+    secrets, text = case
+    masking = Masking.of(secrets)
+    lowered = _lowered(masking.secrets)
+    assert lowered is not None
+    assert _masked_ascii(text, lowered) == masked_ascii_before(text, lowered)
+    assert masking.text(text) == masked_ascii_before(text, lowered)
+
+
+@given(echoed())
+def test_masking_any_echoed_ascii_secret_gives_what_the_algorithm_before_gave(case: tuple[list[str], str]):
+    secrets, text = case
+    # Its ASCII forms (the ASCII path's input): arbitrary text around them, values encoded and in any case.
+    lowered = tuple(form.lower() for form in Masking.of(secrets).secrets if form.isascii())
+    assert _masked_ascii(text, lowered) == masked_ascii_before(text, lowered)
+
+
+def test_a_body_quoting_a_token_thousands_of_times_is_masked_whole():
+    token = "tok-0123456789abcdef"
+    body = f'{{"sent": "{token.upper()}"}}, ' * 2000
+    assert Masking.of([token]).text(body) == f'{{"sent": "{MASK}"}}, ' * 2000
 
 
 # --- case folding: str.find on a folded copy finds what re.IGNORECASE finds ----------------------------------
