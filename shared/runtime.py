@@ -44,7 +44,7 @@ def start_service(settings: CommonSettings, service: str) -> Health:
     schema, serve /metrics (with ``member_export_build_info`` set), /livez and /readyz, and make sure the topics
     exist; return the health the service's loop reports to."""
     configure_logging(settings.log_level, settings.log_format, service)
-    enable_stack_dumps()  # kill -USR1 <pid>: every thread's stack on stderr (a hang says where it waits)
+    enable_stack_dumps()  # kill -USR1 <pid>: every thread's stack logged, a JSON line each (a hang says where it waits)
     install_tracing(service)  # spans named member-export-<service>; exported over OTLP only when configured
     record_build_info(service)
     check_catalog_schema(settings.catalog_url)

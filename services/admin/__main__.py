@@ -26,7 +26,7 @@ SERVICE = "admin"
 def main() -> None:
     settings = AdminSettings()
     configure_logging(settings.log_level, settings.log_format, SERVICE)
-    enable_stack_dumps()  # kill -USR1 <pid>: every thread's stack on stderr
+    enable_stack_dumps()  # kill -USR1 <pid>: every thread's stack logged, a JSON line each
     install_tracing(SERVICE)  # runs requested here start their trace (spans named member-export-admin)
     check_catalog_schema(settings.catalog_url)
     prepare_kafka(settings)  # exits naming the setting when Kafka refuses the connection settings
