@@ -7,13 +7,13 @@ per turn: runs started a second (first start to last), and the start delay after
 
 The variants take turns in the same run, each with an extractor process and topics of its own, on the same broker,
 SQLite catalog and member store: the extractor as it is with each of ``--rounds`` (``EXPORT_EXTRACTOR_START_ROUND``;
-1 is one request a round), and, with ``--before DIR``, the baseline: the extractor from a copy of the code before
-(``git archive <commit> services shared | tar -x -C DIR``), run with ``PYTHONPATH=DIR``.
+1 is one request a round), and, with ``--before DIR ...``, the baselines: the extractor from copies of the code
+before (``git archive <commit> services shared | tar -x -C DIR``), each run with ``PYTHONPATH=DIR``.
 The requests are manual runs with a ``scheduled_for`` (held the same way as scheduled ones, without the scheduled
 run's judgement at its start: one catalog read more a run, see ``bench_run_start``), so that a turn need not wait
 for a whole minute.
 
-    .venv/bin/python -m tests.benchmarks.bench_burst_start [--runs 1000] [--turns 2] [--rounds 1 32] [--before DIR]
+    .venv/bin/python -m tests.benchmarks.bench_burst_start [--runs 1000] [--turns 2] [--rounds 1 32] [--before DIR ...]
 """
 
 from __future__ import annotations
@@ -144,7 +144,9 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, nargs="+", default=[1, 32], help="EXPORT_EXTRACTOR_START_ROUND of each variant"
     )
-    parser.add_argument("--before", type=Path, help="a copy of the code before (services/, shared/): the baseline")
+    parser.add_argument(
+        "--before", type=Path, nargs="*", default=[], help="copies of the code before (services/, shared/): baselines"
+    )
     args = parser.parse_args()
     configure_logging("WARNING", "console")
     here = str(Path(__file__).resolve().parents[2])
@@ -152,8 +154,8 @@ def main() -> None:
     variants = {
         f"start round {size}": {"EXPORT_EXTRACTOR_START_ROUND": str(size), "PYTHONPATH": here} for size in args.rounds
     }
-    if args.before is not None:
-        variants = {"before (baseline)": {"PYTHONPATH": str(args.before.resolve())}, **variants}
+    before = {f"code in {tree.name}": {"PYTHONPATH": str(tree.resolve())} for tree in args.before}
+    variants = {**before, **variants}
     for env in variants.values():
         env["PYTHONSAFEPATH"] = "1"
     rates: dict[str, list[float]] = {v: [] for v in variants}
