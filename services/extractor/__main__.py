@@ -59,7 +59,7 @@ def main() -> None:
         ),
         topics=settings.topics,
         # Waited-for records sent at once, not after the producer's linger (see prompt_sends).
-        send=prompt_sends(loop.producer, loop.send),
+        send=prompt_sends(loop.producer),
         page_size=settings.extractor_page_size,
         max_record_bytes=settings.extractor_max_record_bytes,
         record_members=settings.extractor_record_members,

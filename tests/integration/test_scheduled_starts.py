@@ -140,7 +140,7 @@ class Setup:
             extraction=extraction or self.catalog.extraction,
             reader=reader,
             topics=topics,
-            send=prompt_sends(loop.producer, loop.send),
+            send=prompt_sends(loop.producer),
             page_size=1_000,
             start_times=start_times,
         )

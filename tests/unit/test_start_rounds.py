@@ -13,7 +13,7 @@ from services.extractor.prompt_sends import prompt_sends
 from services.extractor.request_rounds import request_rounds
 from services.extractor.scheduled_runs import StartTimes
 from shared.events import RangeRequested, RunRequested, Trigger
-from shared.kafka import InFlight, Outgoing
+from shared.kafka import Outgoing
 from shared.kafka.held_records import HoldRecord
 
 NOW = dt.datetime(2026, 3, 29, 0, 59, 50, tzinfo=dt.UTC)
@@ -125,23 +125,11 @@ def test_a_failed_request_stays_its_own_and_a_publish_the_broker_refuses_hands_t
     assert handler.journal == ["handled broken", "handled fine", "handled unlucky"]
 
 
-class Producer:
-    """A producer stand-in: what was flushed, and when."""
-
-    def __init__(self, flush_raises: Exception | None = None) -> None:
-        self.journal: list[str] = []
-        self.config = {"delivery_timeout_ms": 1000}
-        self.flush_raises = flush_raises
-
-    def flush(self, timeout: float | None = None) -> None:
-        self.journal.append("flush")
-        if self.flush_raises is not None:
-            raise self.flush_raises
-
-
 class Future:
+    """A record's future: answered once flushed (or when the test says)."""
+
     def __init__(self, journal: list[str], error: Exception | None = None) -> None:
-        self.journal, self.error = journal, error
+        self.journal, self.error, self.is_done = journal, error, False
 
     def get(self, timeout: float) -> Any:
         self.journal.append("acknowledged?")
@@ -149,19 +137,50 @@ class Future:
             raise self.error
 
 
-def test_waiting_for_records_sends_them_at_once_then_waits_for_their_acknowledgement():
+class Producer:
+    """A producer stand-in: the records sent, what was flushed and when."""
+
+    def __init__(self, flush_raises: Exception | None = None, error: Exception | None = None) -> None:
+        self.journal: list[str] = []
+        self.config = {"delivery_timeout_ms": 1000}
+        self.flush_raises, self.error = flush_raises, error
+        self.futures: list[Future] = []
+
+    def send(self, topic: str, key: bytes, value: bytes, headers: Any = None) -> Future:
+        self.journal.append(f"send {value.decode()}")
+        self.futures.append(Future(self.journal, self.error))
+        return self.futures[-1]
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.journal.append("flush")
+        if self.flush_raises is not None:
+            raise self.flush_raises
+        for future in self.futures:
+            future.is_done = True
+
+
+def test_waiting_for_records_not_acknowledged_yet_sends_them_at_once_then_waits_for_them():
     producer = Producer()
-    send = prompt_sends(producer, lambda outgoing: InFlight([Future(producer.journal)], 1.0))
-    sent = send([Outgoing("events", "k", b"v")])
-    assert producer.journal == []  # handed to the producer, not waited for yet
+    sent = prompt_sends(producer)([Outgoing("events", "k", b"started"), Outgoing("batches", "k:0", b"batch")])
+    assert producer.journal == ["send started", "send batch"]  # handed to the producer, not waited for yet
     sent.wait()
-    assert producer.journal == ["flush", "acknowledged?"]
+    assert producer.journal == ["send started", "send batch", "flush", "acknowledged?", "acknowledged?"]
+
+
+def test_records_acknowledged_already_are_not_flushed_for():
+    # A large run's page N, waited for once page N+1 is sent: its wait does not also wait for page N+1.
+    producer = Producer()
+    send = prompt_sends(producer)
+    page = send([Outgoing("batches", "k:0", b"page N")])
+    producer.futures[0].is_done = True
+    send([Outgoing("batches", "k:1", b"page N+1")])
+    page.wait()
+    assert producer.journal == ["send page N", "send page N+1", "acknowledged?"]
 
 
 def test_a_record_that_fails_raises_its_own_error_though_the_flush_timed_out():
-    producer = Producer(flush_raises=KafkaTimeoutError("flush timed out"))
-    refused = NodeNotReadyError("broker away")
-    send = prompt_sends(producer, lambda outgoing: InFlight([Future(producer.journal, refused)], 1.0))
+    producer = Producer(flush_raises=KafkaTimeoutError("flush timed out"), error=NodeNotReadyError("broker away"))
+    sent = prompt_sends(producer)([Outgoing("events", "k", b"v")])
     with pytest.raises(NodeNotReadyError):
-        send([Outgoing("events", "k", b"v")]).wait()
-    assert producer.journal == ["flush", "acknowledged?"]
+        sent.wait()
+    assert producer.journal == ["send v", "flush", "acknowledged?"]
