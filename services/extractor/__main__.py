@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from services.extractor.extraction import Extractor
+from services.extractor.prompt_sends import prompt_sends
 from services.extractor.request_rounds import request_rounds
 from services.extractor.run_request_decoding import decode_run_request
 from services.extractor.scheduled_runs import StartTimes
@@ -31,10 +32,15 @@ def main() -> None:
         decode=decode_run_request,
         # Scheduled runs published ahead of their instant are held back until it, the requests after them handled.
         handle_round=request_rounds(
-            lambda request: extractor.handle(request), start_times.hold, lambda: loop.stopping.is_set()
+            lambda request: extractor.handle(request),
+            start_times.hold,
+            lambda: loop.stopping.is_set(),
+            # A request's records published once it is handled: a long run after it in the round holds none up.
+            publish=lambda outgoing: extractor.publish(outgoing),
         ),
-        # One run at a time: a run may take minutes, and its offset is committed only at its end.
-        max_poll_records=1,
+        # Up to this many run requests a round, handled one after the other (see request_rounds: a round begins
+        # none after 2 s); a run may take minutes, and its offset is committed only at its round's end.
+        max_poll_records=settings.extractor_start_round,
         max_poll_interval_ms=3_600_000,
     )
     # A held run is handed back at the first poll after its instant: a short poll keeps that within 0.1 s.
@@ -52,7 +58,8 @@ def main() -> None:
             settings.query_store_url, timeout_seconds=settings.extractor_query_timeout_seconds
         ),
         topics=settings.topics,
-        send=loop.send,
+        # Waited-for records sent at once, not after the producer's linger (see prompt_sends).
+        send=prompt_sends(loop.producer),
         page_size=settings.extractor_page_size,
         max_record_bytes=settings.extractor_max_record_bytes,
         record_members=settings.extractor_record_members,

@@ -310,7 +310,9 @@ class Extractor:
         changes_mode = run_sync(checkpoint).mode is SyncMode.CHANGES
         if self.retries is not None and not changes_mode:  # fixed at the run's first start: a resume takes the same
             self.retries.claim_retries(request.run_id, definition.name)
-        self.publish(
+        # Acknowledged with the run's first records (waiting for them sends it too) and at the latest before its
+        # completion, range requests or failure are published: a wait of its own would cost a broker round trip.
+        started = self.send(
             [
                 self._event(
                     run_id,
@@ -326,6 +328,24 @@ class Extractor:
                 )
             ]
         )
+        try:
+            return self._started(request, definition, query, template, parameters, checkpoint, started)
+        finally:
+            started.wait()  # also when the run failed or stopped: its outcome is published after this
+
+    def _started(
+        self,
+        request: RunRequested,
+        definition: ExportDefinition,
+        query: SavedQuery,
+        template: HttpTemplate,
+        parameters: dict[str, Any],
+        checkpoint: Checkpoint,
+        started: InFlight,
+    ) -> list[Outgoing]:
+        """The run once its ``run.started`` is sent (``started``, waited for before the run's outcome is)."""
+        run_id = str(request.run_id)
+        changes_mode = run_sync(checkpoint).mode is SyncMode.CHANGES
         log.info(
             "extraction started",
             run_id=run_id,
@@ -337,6 +357,7 @@ class Extractor:
         )
         if changes_mode:  # never split, no watermark: see change_extraction.py
             checkpoint, changes = self._changes(request, definition, query, parameters, checkpoint)
+            started.wait()
             self._complete(
                 request.run_id,
                 definition.name,
@@ -352,8 +373,10 @@ class Extractor:
         if not (definition.incremental is not None and window is None):  # else nothing moved since the last run
             plan = self._split(request, definition, query, template, parameters, window, checkpoint)
             if plan is not None:
+                started.wait()
                 return self._range_requests(request, definition, plan, checkpoint)
             checkpoint = self._extract_run(request, definition, query, template, parameters, window, checkpoint)
+        started.wait()
         self._complete(
             request.run_id,
             definition.name,

@@ -2,12 +2,20 @@
 
 The extractor consumes as a round handler (``ConsumerLoop(handle_round=...)``) so that a scheduled run published
 ahead of its instant can be held back (:class:`shared.kafka.held_records.HoldRecord`): kept in memory,
-uncommitted, handed back when due, while the requests after it are handled. A round holds one request at most
-besides a held one come due (``max_poll_records=1``); its requests are handled one by one, each in its own trace.
+uncommitted, handed back when due, while the requests after it are handled. Its requests are handled one by one,
+each in its own trace.
+
+A round takes up to ``EXPORT_EXTRACTOR_START_ROUND`` requests (a burst of small runs then pays one poll and one
+offset commit a round, not a run). So that one long run does not hold up what the runs before it produced, each
+request's records are published (and acknowledged) as soon as it is handled (``publish``), not at the round's end;
+and once a round has taken ``round_seconds``, the requests it has not begun are handed back to the next round
+(held until now), so a round lasts at most that long plus one run, as a round of one did: the poll interval stays
+safe, and the offsets of the runs done are committed no later than that.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 from shared.events import RangeRequested, RunRequested
@@ -20,21 +28,33 @@ from shared.tracing import attached
 Request = RunRequested | RangeRequested
 Result = list[Outgoing] | BaseException
 
+#: How long a round goes on beginning requests (seconds): the requests not begun by then go to the next round.
+ROUND_SECONDS = 2.0
+
 
 def request_rounds(
     handle: Callable[[Request], list[Outgoing]],
     hold: Callable[[Request], HoldRecord | None],
     stopping: Callable[[], bool],
+    *,
+    publish: Callable[[list[Outgoing]], None] | None = None,
+    round_seconds: float = ROUND_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Callable[[Sequence[Request]], list[Result]]:
     """A round handler: each request held (``hold``), or handled (``handle``) in its record's trace context.
 
     A request whose handling meets an outage hands it and the rest of the round back (the loop polls them again
-    after a pause), as the one-by-one loop does; once ``stopping``, the requests not begun are held, so that they
-    are neither committed nor dead-lettered (the next owner of their partitions reads them again).
+    after a pause), as the one-by-one loop does; once ``stopping``, or once the round has taken ``round_seconds``,
+    the requests not begun are held (until now), so that they are neither committed nor dead-lettered (the next
+    round, or the next owner of their partitions, takes them). With ``publish``, the records a request's handling
+    returns are published (``publish`` returns once they are acknowledged) before the next request is begun, its
+    result then empty; a failure to publish is the request's (an outage hands it back).
     """
 
     def handle_round(requests: Sequence[Request]) -> list[Result]:
+        started = clock()
         results: list[Result] = []
+        begun = False
         for request, context in zip(requests, round_contexts(requests), strict=True):
             if results and isinstance(outage := results[-1], BaseException) and is_interruption(outage):
                 results.append(outage)
@@ -42,13 +62,21 @@ def request_rounds(
             if stopping():
                 results.append(HoldRecord("the extractor is stopping", until=0.0))
                 continue
+            if begun and clock() - started >= round_seconds:
+                results.append(HoldRecord("handed to the next round", until=0.0))
+                continue
             held = hold(request)
             if held is not None:
                 results.append(held)
                 continue
+            begun = True
             with attached(context):
                 try:
-                    results.append(handle(request))
+                    outgoing = handle(request)
+                    if publish is not None and outgoing:
+                        publish(outgoing)
+                        outgoing = []
+                    results.append(outgoing)
                 except Exception as exc:  # noqa: BLE001 - the loop dead-letters it, or hands it back on an outage
                     results.append(exc)
         return results

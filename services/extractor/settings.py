@@ -56,4 +56,13 @@ class ExtractorSettings(CommonSettings):
         "until that instant, the requests after it handled meanwhile; one due further ahead than this (clocks out of "
         "step, another publisher) starts when received, with a warning. 0 never waits.",
     )
+    extractor_start_round: int = Field(
+        default=32,
+        ge=1,
+        le=500,
+        description="Run requests a consumer round takes at most: a burst of small runs pays one poll and one offset "
+        "commit a round, not a run. A round begins no request after 2 s (those not begun go to the next round), and "
+        "what a request produces is published as soon as it is handled, so a long run holds up no other's records. "
+        "1: one request a round, as before.",
+    )
     metrics_port: int = Field(default=9402, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

@@ -1,7 +1,7 @@
 """The extractor on real Kafka, reading members from SQLite and from a real PostgreSQL."""
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +26,7 @@ from shared.events import (
     RunRequested,
     RunStarted,
 )
-from shared.kafka import ensure_topics, make_producer, produce
+from shared.kafka import InFlight, Outgoing, ensure_topics, make_producer, produce
 from shared.querystore import MemberReader
 from shared.querystore.demo_data import create_demo_members
 from shared.settings import CommonSettings
@@ -317,3 +317,48 @@ def test_a_cancelled_run_is_not_extracted(
     extractor.handle(later)
     events = _run_events(settings, 2)
     assert {e.run_id for e in events} == {later.run_id}  # nothing of the cancelled run was published
+
+
+class Journal:
+    """The extractor's sends, and its waits for their acknowledgement, in order: ``send <what>``,
+    ``acknowledged <what>`` (a run event by its type, a member batch as ``batch``)."""
+
+    def __init__(self, send: Callable[[list[Outgoing]], InFlight], settings: CommonSettings) -> None:
+        self._send, self.run_events = send, settings.topics.run_events
+        self.entries: list[str] = []
+
+    def __call__(self, outgoing: list[Outgoing]) -> InFlight:
+        kinds = {
+            type(RUN_EVENT_ADAPTER.validate_json(o.value)).__name__ if o.topic == self.run_events else "batch"
+            for o in outgoing
+        }
+        what = ",".join(sorted(kinds))
+        self.entries.append(f"send {what}")
+        return _Journaled(self._send(outgoing), lambda: self.entries.append(f"acknowledged {what}"))
+
+
+class _Journaled(InFlight):
+    def __init__(self, sent: InFlight, waited: Callable[[], None]) -> None:
+        super().__init__([], 1.0)
+        self._sent, self._waited = sent, waited
+
+    def wait(self) -> None:
+        self._sent.wait()
+        self._waited()
+
+
+def test_run_started_is_acknowledged_with_the_run_s_first_records_and_before_its_outcome(
+    extractor: Extractor, settings: CommonSettings
+):
+    journal = Journal(extractor.send, settings)
+    extractor.send = journal
+    extractor.handle(RunRequested(definition="export-all"))
+    entries = journal.entries
+    # No wait of its own (a broker round trip): the run's first page is sent before it is waited for.
+    assert entries[:2] == ["send RunStarted", "send batch"]
+    assert entries.index("acknowledged RunStarted") < entries.index("send ExtractionCompleted")
+
+    journal.entries.clear()
+    [outgoing] = extractor.handle(RunRequested(definition="export-broken"))  # fails once started
+    assert isinstance(RUN_EVENT_ADAPTER.validate_json(outgoing.value), RunFailed)
+    assert journal.entries == ["send RunStarted", "acknowledged RunStarted"]  # before the failure is published

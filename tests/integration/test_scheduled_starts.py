@@ -2,7 +2,8 @@
 
 The scheduler and the extractor share a clock shifted a few seconds before a whole minute (schedules fire on
 whole minutes), so a burst is due seconds after the test starts; the extractor's consumer loop runs on a thread
-as the service wires it (rounds of one request, scheduled runs held back until their instant).
+as the service wires it (rounds of up to EXPORT_EXTRACTOR_START_ROUND requests, each request's records published
+once it is handled, scheduled runs held back until their instant).
 """
 
 from __future__ import annotations
@@ -13,19 +14,23 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
 from prometheus_client import REGISTRY
 
 from devtools.processes import wait_until
 from services.extractor.extraction import Extractor
+from services.extractor.prompt_sends import prompt_sends
 from services.extractor.request_rounds import Request, request_rounds
 from services.extractor.run_request_decoding import decode_run_request
 from services.extractor.scheduled_runs import StartTimes
+from services.extractor.settings import ExtractorSettings
 from services.scheduler.planning import scheduled_run_id
 from services.scheduler.scheduling import Scheduler
 from shared.catalog import CatalogStores, make_engine
@@ -49,6 +54,8 @@ INSTANT = dt.datetime(2031, 5, 6, 7, 8, tzinfo=UTC)
 LEAD = dt.timedelta(seconds=6.5)
 LOOKAHEAD = dt.timedelta(seconds=5)
 BURST = 50
+#: Run requests a round takes, as the service's default.
+START_ROUND: int = ExtractorSettings.model_fields["extractor_start_round"].default
 
 
 class ShiftedClock:
@@ -101,15 +108,16 @@ class Setup:
         return [RUN_EVENT_ADAPTER.validate_json(v) for v in values]
 
     @contextmanager
-    def extractor(self, clock: ShiftedClock | None = None) -> Iterator[ConsumerLoop[Request]]:
-        """The extractor's consumer loop on a thread, wired as the service wires it; stopped on leaving."""
+    def extractor(self, clock: ShiftedClock | None = None, extraction: Any = None) -> Iterator[ConsumerLoop[Request]]:
+        """The extractor's consumer loop on a thread, wired as the service wires it (on ``extraction``, the catalog's
+        extraction store unless given); stopped on leaving."""
         start_times = StartTimes(max_wait=dt.timedelta(seconds=120), now=(clock or self.clock).now)
         topics = self.settings.topics
         consumer = make_consumer(
             self.settings,
             f"{self.settings.topic_prefix}member-export-extractor",
             [topics.run_requests],
-            max_poll_records=1,
+            max_poll_records=START_ROUND,
         )
         reader = MemberReader.from_url(self.store_url)
         loop: ConsumerLoop[Request] = ConsumerLoop(
@@ -119,17 +127,20 @@ class Setup:
             decode=decode_run_request,
             dead_letter_topic=topics.dead_letters,
             handle_round=request_rounds(
-                lambda request: extractor.handle(request), start_times.hold, lambda: loop.stopping.is_set()
+                lambda request: extractor.handle(request),
+                start_times.hold,
+                lambda: loop.stopping.is_set(),
+                publish=lambda outgoing: extractor.publish(outgoing),
             ),
             poll_timeout_ms=100,
         )
         extractor = Extractor(
             definitions=self.catalog.definitions,
             runs=self.catalog.runs,
-            extraction=self.catalog.extraction,
+            extraction=extraction or self.catalog.extraction,
             reader=reader,
             topics=topics,
-            send=loop.send,
+            send=prompt_sends(loop.producer),
             page_size=1_000,
             start_times=start_times,
         )
@@ -138,7 +149,7 @@ class Setup:
         wait_until(
             lambda: bool(consumer.partitions_for_topic(topics.run_requests)), timeout=30, what="the topic's partitions"
         )
-        thread = threading.Thread(target=loop.run, name="extractor", daemon=True)
+        thread = threading.Thread(target=run_until_it_dies, args=(loop,), name="extractor", daemon=True)
         thread.start()
         try:
             yield loop
@@ -147,6 +158,15 @@ class Setup:
             thread.join(30)
             reader.close()
             assert not thread.is_alive(), "the extractor did not stop"
+
+
+class Died(BaseException):
+    """The extractor process dying: nothing of it runs after this, nothing more is committed."""
+
+
+def run_until_it_dies(loop: ConsumerLoop[Request]) -> None:
+    with suppress(Died):  # what the loop did not commit is read again by the next extractor
+        loop.run()
 
 
 @pytest.fixture
@@ -427,3 +447,62 @@ def test_a_definition_renamed_or_replaced_after_its_run_was_published_ahead_fire
         ("renamed-since", scheduled_run_id(original["renamed"], INSTANT)): 1,
         ("replaced", scheduled_run_id(replaced, INSTANT)): 1,
     }
+
+
+class DyingAtClaim:
+    """The catalog's extraction store; the extractor dies as it claims the ``at``-th run (counting from 1)."""
+
+    def __init__(self, store: object, at: int) -> None:
+        self.store, self.at, self.claims = store, at, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    def claim_extraction(self, run_id: uuid.UUID, definition: str) -> Any:
+        self.claims += 1
+        if self.claims == self.at:
+            raise Died
+        return self.store.claim_extraction(run_id, definition)  # type: ignore[attr-defined]
+
+
+def committed_offsets(setup: Setup) -> int:
+    """How many run requests the extractor's group has committed, over the topic's partitions."""
+    group = f"{setup.settings.topic_prefix}member-export-extractor"
+    topic = setup.settings.topics.run_requests
+    # Not subscribed: it joins no group, it only asks the group's coordinator.
+    consumer = KafkaConsumer(bootstrap_servers=setup.settings.kafka_bootstrap_servers, group_id=group)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return sum(consumer.committed(p) or 0 for p in partitions)
+    finally:
+        consumer.close()
+
+
+def test_an_extractor_dying_mid_round_starts_no_run_twice_and_the_next_reads_the_round_again(setup: Setup):
+    # A burst of small runs on one partition (one key): rounds of several requests each; the extractor dies
+    # in the middle of its first round, the runs before it done (started, extracted) but none committed.
+    count, dies_at = 2 * START_ROUND + 5, START_ROUND // 2
+    names = [f"burst-{i:03d}" for i in range(count)]
+    setup.catalog.definitions.apply_all([ExportDefinition(name=n, query="few", template="t") for n in names])
+    requests = [RunRequested(definition=name) for name in names]
+    producer = make_producer(setup.settings, "test")
+    topic = setup.settings.topics.run_requests
+    produce_and_wait(producer, [Outgoing(topic, "one-partition", r.to_bytes()) for r in requests])
+    producer.close()
+
+    dying = DyingAtClaim(setup.catalog.extraction, dies_at)
+    with setup.extractor(extraction=dying):
+        wait_until(lambda: dying.claims >= dies_at, timeout=60, what="the extractor's death")
+    done_before = setup.all_run_events()
+    assert sum(isinstance(e, ExtractionCompleted) for e in done_before) == dies_at - 1
+    # Its round's requests, those of the runs done before it included, are not committed: read again.
+    assert committed_offsets(setup) < dies_at - 1
+
+    with setup.extractor():
+        events = setup.run_events(lambda es: sum(isinstance(e, ExtractionCompleted) for e in es) >= count)
+        wait_until(lambda: committed_offsets(setup) == count, timeout=30, what="every request committed")
+    ids = {r.run_id for r in requests}
+    started = Counter(e.run_id for e in events if isinstance(e, RunStarted))
+    completed = Counter(e.run_id for e in events if isinstance(e, ExtractionCompleted))
+    assert started == dict.fromkeys(ids, 1), "each run started once, though the first requests were read twice"
+    assert completed == dict.fromkeys(ids, 1)

@@ -1,0 +1,186 @@
+"""Rounds of several run requests (a burst of small runs): their records published as each is handled, a round
+cut short once it has taken its time, and the records the extractor waits for sent without lingering."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from kafka.errors import KafkaTimeoutError, NodeNotReadyError
+
+from services.extractor.prompt_sends import prompt_sends
+from services.extractor.request_rounds import request_rounds
+from services.extractor.scheduled_runs import StartTimes
+from shared.events import RangeRequested, RunRequested, Trigger
+from shared.kafka import Outgoing
+from shared.kafka.held_records import HoldRecord
+
+NOW = dt.datetime(2026, 3, 29, 0, 59, 50, tzinfo=dt.UTC)
+
+
+def start_times() -> StartTimes:
+    return StartTimes(max_wait=dt.timedelta(seconds=60), now=lambda: NOW, monotonic=lambda: 1000.0)
+
+
+class Clock:
+    """A monotonic clock, moved on by the handler (see Steps)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Steps:
+    """A handler taking ``seconds[name]`` of ``clock``'s time per request; ``journal`` says what happened when."""
+
+    def __init__(self, clock: Clock, seconds: dict[str, float] | None = None, fails: set[str] | None = None) -> None:
+        self.clock, self.seconds, self.fails = clock, seconds or {}, fails or set()
+        self.journal: list[str] = []
+
+    def __call__(self, request: RunRequested | RangeRequested) -> list[Outgoing]:
+        self.journal.append(f"handled {request.definition}")
+        self.clock.now += self.seconds.get(request.definition, 0.1)
+        if request.definition in self.fails:
+            raise ValueError(f"{request.definition} is broken")
+        return [Outgoing("events", str(request.run_id), request.definition.encode())]
+
+    def publish(self, outgoing: list[Outgoing]) -> None:
+        self.journal.extend(f"published {o.value.decode()}" for o in outgoing)
+
+
+def requests(*names: str) -> list[RunRequested]:
+    return [RunRequested(definition=name) for name in names]
+
+
+def test_each_request_s_records_are_published_before_the_next_request_is_begun():
+    clock = Clock()
+    handler = Steps(clock, {"long": 1.5})
+    results = request_rounds(handler, start_times().hold, lambda: False, publish=handler.publish, clock=clock)(
+        requests("failed-fast", "long", "after")
+    )
+    assert results == [[], [], []]  # published already: the loop has nothing left to produce for them
+    assert handler.journal == [
+        "handled failed-fast",
+        "published failed-fast",
+        "handled long",
+        "published long",
+        "handled after",
+        "published after",
+    ]
+
+
+def test_a_round_begins_no_request_after_its_time_and_hands_the_rest_to_the_next_round():
+    clock = Clock()
+    handler = Steps(clock, {"slow": 3.0})
+    handle_round = request_rounds(handler, start_times().hold, lambda: False, round_seconds=2.0, clock=clock)
+    first = handle_round(requests("a", "b"))
+    assert all(isinstance(r, list) for r in first)
+    # A round's first request is always begun, however long the round before took.
+    results = handle_round(requests("slow", "next", "last"))
+    assert isinstance(results[0], list)
+    assert all(isinstance(r, HoldRecord) and r.until == 0.0 for r in results[1:])  # handed back, due at once
+    assert handler.journal == ["handled a", "handled b", "handled slow"]
+
+
+def test_requests_held_until_their_instant_do_not_use_up_a_round_s_time():
+    clock = Clock()
+    handler = Steps(clock)
+    later = RunRequested(
+        definition="later",
+        trigger=Trigger.SCHEDULE,
+        requested_at=NOW,
+        scheduled_for=NOW + dt.timedelta(seconds=10),
+    )
+    clock.now = 5.0  # the round began long ago by this clock: only a handled request makes it time to stop
+    handle_round = request_rounds(handler, start_times().hold, lambda: False, round_seconds=2.0, clock=clock)
+    results = handle_round([later, *requests("now")])
+    assert isinstance(results[0], HoldRecord)
+    assert results[0].until > 1000.0
+    assert isinstance(results[1], list)
+    assert handler.journal == ["handled now"]
+
+
+def test_a_failed_request_stays_its_own_and_a_publish_the_broker_refuses_hands_the_rest_back():
+    clock = Clock()
+    handler = Steps(clock, fails={"broken"})
+    unavailable = NodeNotReadyError("broker away")
+    published: list[str] = []
+
+    def publish(outgoing: list[Outgoing]) -> None:
+        if outgoing[0].value == b"unlucky":
+            raise unavailable
+        published.extend(o.value.decode() for o in outgoing)
+
+    results = request_rounds(handler, start_times().hold, lambda: False, publish=publish, clock=clock)(
+        requests("broken", "fine", "unlucky", "after")
+    )
+    assert isinstance(results[0], ValueError)
+    assert results[1] == []
+    assert results[2] is unavailable
+    assert results[3] is unavailable
+    assert published == ["fine"]
+    assert handler.journal == ["handled broken", "handled fine", "handled unlucky"]
+
+
+class Future:
+    """A record's future: answered once flushed (or when the test says)."""
+
+    def __init__(self, journal: list[str], error: Exception | None = None) -> None:
+        self.journal, self.error, self.is_done = journal, error, False
+
+    def get(self, timeout: float) -> Any:
+        self.journal.append("acknowledged?")
+        if self.error is not None:
+            raise self.error
+
+
+class Producer:
+    """A producer stand-in: the records sent, what was flushed and when."""
+
+    def __init__(self, flush_raises: Exception | None = None, error: Exception | None = None) -> None:
+        self.journal: list[str] = []
+        self.config = {"delivery_timeout_ms": 1000}
+        self.flush_raises, self.error = flush_raises, error
+        self.futures: list[Future] = []
+
+    def send(self, topic: str, key: bytes, value: bytes, headers: Any = None) -> Future:
+        self.journal.append(f"send {value.decode()}")
+        self.futures.append(Future(self.journal, self.error))
+        return self.futures[-1]
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.journal.append("flush")
+        if self.flush_raises is not None:
+            raise self.flush_raises
+        for future in self.futures:
+            future.is_done = True
+
+
+def test_waiting_for_records_not_acknowledged_yet_sends_them_at_once_then_waits_for_them():
+    producer = Producer()
+    sent = prompt_sends(producer)([Outgoing("events", "k", b"started"), Outgoing("batches", "k:0", b"batch")])
+    assert producer.journal == ["send started", "send batch"]  # handed to the producer, not waited for yet
+    sent.wait()
+    assert producer.journal == ["send started", "send batch", "flush", "acknowledged?", "acknowledged?"]
+
+
+def test_records_acknowledged_already_are_not_flushed_for():
+    # A large run's page N, waited for once page N+1 is sent: its wait does not also wait for page N+1.
+    producer = Producer()
+    send = prompt_sends(producer)
+    page = send([Outgoing("batches", "k:0", b"page N")])
+    producer.futures[0].is_done = True
+    send([Outgoing("batches", "k:1", b"page N+1")])
+    page.wait()
+    assert producer.journal == ["send page N", "send page N+1", "acknowledged?"]
+
+
+def test_a_record_that_fails_raises_its_own_error_though_the_flush_timed_out():
+    producer = Producer(flush_raises=KafkaTimeoutError("flush timed out"), error=NodeNotReadyError("broker away"))
+    sent = prompt_sends(producer)([Outgoing("events", "k", b"v")])
+    with pytest.raises(NodeNotReadyError):
+        sent.wait()
+    assert producer.journal == ["send v", "flush", "acknowledged?"]
