@@ -69,12 +69,14 @@ bench: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_cli_startup
 	$(BIN)/python -m tests.benchmarks.bench_scheduler
 	$(BIN)/python -m tests.benchmarks.bench_run_start
+	$(BIN)/python -m tests.benchmarks.bench_burst_start --runs 300 --turns 1
 	$(BIN)/python -m tests.benchmarks.bench_extractor
 	$(BIN)/python -m tests.benchmarks.bench_changes
 	$(BIN)/python -m tests.benchmarks.bench_http_clients
 	$(BIN)/python -m tests.benchmarks.bench_rendering
 	$(BIN)/python -m tests.benchmarks.bench_notifier_fold
 	$(BIN)/python -m tests.benchmarks.bench_round_acks
+	$(BIN)/python -m tests.benchmarks.bench_batch_polls --repeat 1
 	$(BIN)/python -m tests.benchmarks.bench_fleet_limits
 	$(BIN)/python -m tests.benchmarks.bench_dispatcher
 	$(BIN)/python -m tests.benchmarks.bench_dispatcher_cpu
