@@ -11,7 +11,8 @@ nothing, silently, until it closes (its LeaveGroup then answered ``UnknownMember
 
 The shorter the poll's timeout, and the busier the machine, the likelier a join outlasts it: the extractor's
 100 ms polls met this a few times in CI. :func:`revive_lost_rejoin`, called before each poll, asks for the join
-again; the next poll sends it and, as with any join in flight, awaits it until it is taken.
+again; the next poll sends it and, as with any join in flight, awaits it until it is taken. Not fixed upstream
+as of 3.0.12 (the report, its reproduction and a proposed fix: docs/upstream/kafka-python-lost-join.md).
 """
 
 from __future__ import annotations
