@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import structlog
@@ -36,8 +37,8 @@ from services.extractor.ranges import (
 from services.extractor.retry_members import Retried, RetryJob, RetryScope, RetryStore, send_retries
 from services.extractor.run_sync import fixed_sync, run_sync
 from services.extractor.scheduled_runs import StartTimes, overlap_skip, published_ahead, withdrawal, withdrawn
-from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
-from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState
+from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, RunObjects, SavedQuery
+from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunClaim
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.runs import RunStatus
 from shared.domain.schedule import Overlap
@@ -85,6 +86,10 @@ def page_size_for(batch_size: int, configured_page_size: int) -> int:
     return max(1, math.ceil(configured_page_size / batch_size)) * batch_size
 
 
+#: A run's saved query, HTTP template and bound parameters.
+_Bound = tuple[SavedQuery, HttpTemplate, dict[str, Any]]
+
+
 class _RunCancelled(Exception):
     """The run was cancelled (or, for a key range, failed elsewhere) while it was being extracted."""
 
@@ -122,6 +127,8 @@ class _Job:
     end_batch_index: int = BATCH_INDEX_LIMIT
     stop_on: frozenset[RunStatus] = frozenset({RunStatus.CANCELLED})
     what: str = "run"
+    #: Whether the last page's progress is saved too (False: the caller saves it, with the run's completion).
+    save_last: bool = True
 
 
 class Extractor:
@@ -225,21 +232,39 @@ class Extractor:
         ACTIVE_RUNS.inc()
         checkpoint: Checkpoint | None = None
         try:
-            definition = self._definition(request)
+            objects = self._definition(request)
+            definition = objects.definition if objects is not None else None
             name = definition.name if definition is not None else request.definition
-            checkpoint = self.extraction.claim_extraction(request.run_id, name)
+            bound: _Bound | _RunFailure = _RunFailure("no definition", "unknown_definition")
+            if objects is not None:
+                try:
+                    bound = self._bound(objects, request.parameters)
+                except _RunFailure as failure:  # said once the run is known to run (not cancelled, not withdrawn)
+                    bound = failure
+            # A run published ahead is judged before its sync is fixed: its first start is told by a sync not fixed.
+            fix_now = definition is not None and not published_ahead(request)
+            claim = self._claim(request, name, definition if fix_now else None, bound)
+            checkpoint = claim.checkpoint
             if checkpoint.completed:
                 log.info("run already extracted; request ignored", run_id=str(request.run_id))
                 return []
-            self._stop_if(request.run_id, {RunStatus.CANCELLED})
-            if checkpoint.sync is None:  # its first start (a resume has its sync fixed)
+            if claim.status is RunStatus.CANCELLED:
+                raise _RunCancelled
+            if claim.first_start:  # a resume has its sync fixed
                 not_started = self._judge_scheduled(request, definition, checkpoint)
                 if not_started is not None:
                     return not_started
                 self.start_times.observe_start(request)
             if definition is None:
                 raise _RunFailure(f"unknown definition: {request.definition}", "unknown_definition")
-            return self._run(request, definition, checkpoint)
+            if checkpoint.sync is None:  # published ahead and judged: started, its sync fixed now
+                claim = self._claim(request, name, definition, bound)
+                checkpoint = claim.checkpoint
+                if claim.status is RunStatus.CANCELLED:
+                    raise _RunCancelled
+            if isinstance(bound, _RunFailure):
+                raise bound
+            return self._run(request, definition, bound, claim)
         except _RunCancelled:
             log.info("run cancelled; extraction stopped", run_id=str(request.run_id))
             if checkpoint is not None:
@@ -250,14 +275,30 @@ class Extractor:
         finally:
             ACTIVE_RUNS.dec()
 
-    def _definition(self, request: RunRequested) -> ExportDefinition | None:
-        """The run's definition. For a scheduled run published ahead: the one it was published for, by id when the
-        request names it (renamed since or not), and None when it is gone (the run is withdrawn at its start)."""
+    def _claim(
+        self, request: RunRequested, name: str, definition: ExportDefinition | None, bound: _Bound | _RunFailure
+    ) -> RunClaim:
+        """The run's claim (one catalog transaction): its checkpoint and status; with ``definition``, its sync fixed
+        at the first start and, unless it runs in change mode, the pending retries it takes (none for a run about
+        to fail: its objects are missing, or its parameters invalid)."""
+        retries = self.retries is not None and not isinstance(bound, _RunFailure)
+        return self.extraction.claim_run(
+            request.run_id,
+            name,
+            fix_sync=partial(fixed_sync, definition) if definition is not None else None,
+            # Fixed at the run's first start: a resume takes the same.
+            take_retries=(lambda c: run_sync(c).mode is not SyncMode.CHANGES) if retries else None,
+        )
+
+    def _definition(self, request: RunRequested) -> RunObjects | None:
+        """The run's definition, query and template (one catalog read). For a scheduled run published ahead: the
+        definition it was published for, by id when the request names it (renamed since or not), and None when
+        it is gone (the run is withdrawn at its start)."""
         ahead = published_ahead(request)
         try:
             if ahead and request.definition_id is not None:
-                return self.definitions.find_by_id(ExportDefinition, request.definition_id)
-            return self.definitions.get(ExportDefinition, request.definition)
+                return self.definitions.run_objects(definition_id=request.definition_id)
+            return self.definitions.run_objects(name=request.definition)
         except NotFound as exc:
             if ahead:
                 return None
@@ -296,20 +337,27 @@ class Extractor:
             template = self.definitions.get(HttpTemplate, definition.template)
         except (NotFound, StoredObjectInvalid) as exc:
             raise _RunFailure(str(exc), "missing_object") from None
+        return self._bound(RunObjects(definition, query, template), requested)
+
+    @staticmethod
+    def _bound(objects: RunObjects, requested: dict[str, Any]) -> _Bound:
+        """The run's query, template and parameters bound; the run's failure when an object is missing or a
+        parameter invalid."""
+        if objects.missing is not None or objects.query is None or objects.template is None:
+            raise _RunFailure(objects.missing or "missing object", "missing_object")
         try:
-            parameters = bind_values(query.parameters, requested, definition.parameters)
+            parameters = bind_values(objects.query.parameters, requested, objects.definition.parameters)
         except ParameterError as exc:
             raise _RunFailure(f"invalid parameters: {exc}", "invalid_parameters") from None
-        return query, template, parameters
+        return objects.query, objects.template, parameters
 
-    def _run(self, request: RunRequested, definition: ExportDefinition, checkpoint: Checkpoint) -> list[Outgoing]:
+    def _run(
+        self, request: RunRequested, definition: ExportDefinition, bound: _Bound, claim: RunClaim
+    ) -> list[Outgoing]:
         run_id = str(request.run_id)
-        query, template, parameters = self._objects(definition, request.parameters)
-        checkpoint = fixed_sync(definition, checkpoint, self.extraction.save_checkpoint)  # a resume keeps it
-        checkpoint = self._fix_window(definition, query, parameters, checkpoint)
-        changes_mode = run_sync(checkpoint).mode is SyncMode.CHANGES
-        if self.retries is not None and not changes_mode:  # fixed at the run's first start: a resume takes the same
-            self.retries.claim_retries(request.run_id, definition.name)
+        query, template, parameters = bound
+        # The claim fixed the run's sync (a resume keeps it) and took its retries (a resume takes the same).
+        checkpoint = self._fix_window(definition, query, parameters, claim.checkpoint)
         # Acknowledged with the run's first records (waiting for them sends it too) and at the latest before its
         # completion, range requests or failure are published: a wait of its own would cost a broker round trip.
         started = self.send(
@@ -329,7 +377,7 @@ class Extractor:
             ]
         )
         try:
-            return self._started(request, definition, query, template, parameters, checkpoint, started)
+            return self._started(request, definition, query, template, parameters, checkpoint, started, claim.retries)
         finally:
             started.wait()  # also when the run failed or stopped: its outcome is published after this
 
@@ -342,8 +390,10 @@ class Extractor:
         parameters: dict[str, Any],
         checkpoint: Checkpoint,
         started: InFlight,
+        retries: int | None,
     ) -> list[Outgoing]:
-        """The run once its ``run.started`` is sent (``started``, waited for before the run's outcome is)."""
+        """The run once its ``run.started`` is sent (``started``, waited for before the run's outcome is);
+        ``retries``: how many pending retries its claim took (None: none claimed)."""
         run_id = str(request.run_id)
         changes_mode = run_sync(checkpoint).mode is SyncMode.CHANGES
         log.info(
@@ -385,6 +435,7 @@ class Extractor:
             checkpoint.next_batch_index,
             parameters=request.parameters,
             retry_index=checkpoint.next_batch_index,
+            retries=retries or 0,
         )
         return []
 
@@ -423,16 +474,19 @@ class Extractor:
         *,
         parameters: dict[str, Any],
         retry_index: int | None,
+        retries: int | None = None,
     ) -> None:
-        # The completion event is acknowledged before the checkpoint says "completed": a crash in
-        # between redelivers the request, which finds no page after the last key and says it again
-        # (after the same retry batches, with the same indexes from ``retry_index``). Change-mode runs
+        # The completion event is acknowledged before the checkpoint says "completed" (with the last page's
+        # progress: a run's last page is not checkpointed on its own): a crash in between redelivers the
+        # request, which repeats the pages after the checkpoint saved before (the same batch identities) and
+        # says it again (after the same retry batches, with the same indexes from ``retry_index``). ``retries``:
+        # how many the run's claim took (None: read from the store). Change-mode runs
         # (``retry_index`` None) send no retries of their own: a refused member's snapshot did not move,
         # so it is a change again.
         retried = (
             Retried()
             if retry_index is None
-            else self._send_retries(run_id, definition, checkpoint, parameters, retry_index)
+            else self._send_retries(run_id, definition, checkpoint, parameters, retry_index, retries)
         )
         completed = ExtractionCompleted(
             run_id=run_id,
@@ -447,11 +501,21 @@ class Extractor:
         log.info("extraction completed", run_id=str(run_id), members=members, batches=batches)
 
     def _send_retries(
-        self, run_id: uuid.UUID, name: str, checkpoint: Checkpoint, parameters: dict[str, Any], first_index: int
+        self,
+        run_id: uuid.UUID,
+        name: str,
+        checkpoint: Checkpoint,
+        parameters: dict[str, Any],
+        first_index: int,
+        claimed: int | None,
     ) -> Retried:
         """Publish the run's retries its pages did not carry (services.extractor.retry_members)."""
         store = self.retries
-        if store is None or not store.claimed(run_id):  # only read: the claim was recorded at the run's start
+        if store is None:
+            return Retried()
+        if claimed is None:  # only read: the claim was recorded at the run's start
+            claimed = store.claimed(run_id)
+        if not claimed:
             return Retried()
         try:
             definition = self.definitions.get(ExportDefinition, name)
@@ -521,7 +585,8 @@ class Extractor:
             self.extraction.save_checkpoint(checkpoint)
 
         start = _Progress(checkpoint.last_key, checkpoint.next_batch_index, checkpoint.members)
-        job = _Job(request.run_id, definition, query, template, parameters, window, start, save)
+        # The last page's progress is saved with the run's completion (one write, not two).
+        job = _Job(request.run_id, definition, query, template, parameters, window, start, save, save_last=False)
         progress = self._extract(job)
         return replace(
             checkpoint,
@@ -752,6 +817,8 @@ class Extractor:
         progress = job.start
         in_flight: tuple[InFlight, _Progress] | None = None
         for page in self._timed(pages):
+            if in_flight is not None:  # the first page's check was the run's claim (a range's: before its read)
+                self._stop_if(job.run_id, job.stop_on)
             batches = self._encode(encoder, pages, page, progress.next_batch_index)
             next_batch_index = progress.next_batch_index + len(batches)
             if next_batch_index > job.end_batch_index:
@@ -765,13 +832,12 @@ class Extractor:
             if in_flight is not None:
                 self._settle(job, *in_flight)
             in_flight = (sent, progress)
-            self._stop_if(job.run_id, job.stop_on)
             MEMBERS_EXTRACTED.labels(definition=job.definition.name).inc(len(page))
             PAGES_READ.inc()
             if pages.json and isinstance(page, Page):
                 ROW_PAGES.inc()
         if in_flight is not None:
-            self._settle(job, *in_flight)
+            self._settle(job, *in_flight, save=job.save_last)
         return progress
 
     def _encode(
@@ -793,15 +859,17 @@ class Extractor:
             raise _RunFailure(str(exc), "member_too_large") from None
 
     def _stop_if(self, run_id: uuid.UUID, statuses: set[RunStatus] | frozenset[RunStatus]) -> None:
-        """Stop at a page boundary when the run was cancelled (one catalog read per page); a range also stops
-        when its run failed (another range's query failed, say)."""
+        """Stop at a page boundary when the run was cancelled (one catalog read a page but the first: a cancel
+        landing during a run's last page lets its extraction complete, the run staying cancelled); a range also
+        stops when its run failed (another range's query failed, say)."""
         record = self.runs.get_run(run_id)
         if record is not None and record.status in statuses:
             raise _RunCancelled
 
-    def _settle(self, job: _Job, sent: InFlight, progress: _Progress) -> None:
+    def _settle(self, job: _Job, sent: InFlight, progress: _Progress, *, save: bool = True) -> None:
         sent.wait()
-        job.save(progress)
+        if save:
+            job.save(progress)
         self._store_down_since.pop(job.run_id, None)  # a page was read: the store answers again
 
     def _timed(self, pages: MemberPages) -> Iterator[Page | JsonPage]:

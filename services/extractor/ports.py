@@ -4,17 +4,29 @@ implementations in shared/catalog)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from shared.application.ports import DefinitionsReader, RunsReader
-from shared.domain.catalog_objects import ExportDefinition
-from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunTotals
+from shared.domain.catalog_objects import ExportDefinition, RunObjects
+from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunClaim, RunTotals
+from shared.domain.runs import RunStatus
 
 
 class ExtractionStore(Protocol):
-    """Each run's checkpoint (and its key ranges' when split), and incremental definitions' watermarks."""
+    """Each run's checkpoint (and its key ranges' when split), and incremental definitions' watermarks; a run's
+    claim at its start (checkpoint, sync, status and retries in one transaction)."""
 
     def claim_extraction(self, run_id: uuid.UUID, definition: str) -> Checkpoint: ...
+    def claim_run(
+        self,
+        run_id: uuid.UUID,
+        definition: str,
+        *,
+        fix_sync: Callable[[Checkpoint, Callable[[Checkpoint], None]], Checkpoint] | None = None,
+        take_retries: Callable[[Checkpoint], bool] | None = None,
+        stop_on: frozenset[RunStatus] = frozenset({RunStatus.CANCELLED}),
+    ) -> RunClaim: ...
     def save_checkpoint(self, checkpoint: Checkpoint) -> None: ...
     def watermark(self, definition: str) -> Any: ...
     def plan_ranges(self, run_id: uuid.UUID, ranges: list[RangeCheckpoint]) -> list[RangeCheckpoint]: ...
@@ -33,6 +45,8 @@ class ExtractorRuns(RunsReader, Protocol):
 
 class ExtractorDefinitions(DefinitionsReader, Protocol):
     """Catalog objects by name, and export definitions by id (a scheduled run published ahead is judged against
-    the definition the scheduler published it for, whatever its name by then)."""
+    the definition the scheduler published it for, whatever its name by then); a run's definition, query and
+    template in one read."""
 
     def find_by_id(self, kind: type[ExportDefinition], object_id: uuid.UUID) -> ExportDefinition | None: ...
+    def run_objects(self, *, name: str | None = None, definition_id: uuid.UUID | None = None) -> RunObjects | None: ...

@@ -26,6 +26,9 @@ from shared.domain.catalog_objects import (
     CatalogObject,
     ConnectionProfile,
     ExportDefinition,
+    HttpTemplate,
+    RunObjects,
+    SavedQuery,
     kind_of,
     secret_fields,
     stored_form,
@@ -145,6 +148,38 @@ class SqlDefinitionsStore:
         with self.database.transaction() as session:
             row = session.get(CatalogObjectRow, str(object_id))
             return self._load(kind, row) if row is not None and row.kind == kind.__name__ else None
+
+    def run_objects(self, *, name: str | None = None, definition_id: uuid.UUID | None = None) -> RunObjects | None:
+        """An export definition (by ``name``, or by stable ``definition_id``) with its saved query and HTTP
+        template, read in one transaction (a run's start reads all three).
+
+        The definition as :meth:`get` (:class:`NotFound`, :class:`StoredObjectInvalid`) and :meth:`find_by_id`
+        (None) read it; the query's or template's problem (not found, invalid as stored) is kept in
+        ``missing``, worded as :meth:`get` words it, for the run to fail with once it knows it runs."""
+        assert (name is None) != (definition_id is None), "by name or by id"
+        with self.database.transaction() as session:
+            if definition_id is not None:
+                row = session.get(CatalogObjectRow, str(definition_id))
+                if row is None or row.kind != ExportDefinition.__name__:
+                    return None
+            else:
+                assert name is not None
+                row = self._row(session, ExportDefinition.__name__, name)
+                if row is None:
+                    raise NotFound(ExportDefinition.__name__, name)
+            definition = self._load(ExportDefinition, row)
+            try:
+                query = self._named(session, SavedQuery, definition.query)
+                template = self._named(session, HttpTemplate, definition.template)
+            except (NotFound, StoredObjectInvalid) as exc:
+                return RunObjects(definition, missing=str(exc))
+            return RunObjects(definition, query, template)
+
+    def _named(self, session: Session, kind: type[T], name: str) -> T:
+        row = self._row(session, kind.__name__, name)
+        if row is None:
+            raise NotFound(kind.__name__, name)
+        return self._load(kind, row)
 
     def get_versioned(self, kind: type[T], name: str) -> tuple[uuid.UUID, int, T]:
         """An object with its id and version (for a compare-and-set update)."""

@@ -4,20 +4,28 @@ extractor replicas), and incremental definitions' watermarks."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, now
-from shared.catalog.tables import ExtractionCheckpointRow, ExtractionRangeRow, WatermarkRow
+from shared.catalog.member_retries_store import claim_retries_in
+from shared.catalog.tables import ExtractionCheckpointRow, ExtractionRangeRow, RunRow, WatermarkRow
 from shared.domain.checkpoints import (
     Checkpoint,
     RangeCheckpoint,
     RangeState,
+    RunClaim,
     RunSync,
     RunTotals,
     watermark_after_success,
 )
+from shared.domain.runs import RunStatus
+
+#: How a run's sync is fixed at its first start: the checkpoint, and a save of it, to the checkpoint with its sync.
+SyncFix = Callable[[Checkpoint, Callable[[Checkpoint], None]], Checkpoint]
 
 
 class SqlExtractionStore:
@@ -29,48 +37,68 @@ class SqlExtractionStore:
     def claim_extraction(self, run_id: uuid.UUID, definition: str) -> Checkpoint:
         """The run's checkpoint, created at the start if new. ``completed`` means: do not extract again."""
         with self.database.transaction() as session:
-            self.database.insert_ignore(
-                session,
-                ExtractionCheckpointRow,
-                {
-                    "run_id": str(run_id),
-                    "definition": definition,
-                    "next_batch_index": 0,
-                    "members": 0,
-                    "completed": False,
-                    "updated_at": now(),
-                    "last_key": None,
-                },
-            )
-            row = session.get(ExtractionCheckpointRow, str(run_id))
-            assert row is not None
-            return Checkpoint(
-                run_id,
-                row.last_key,
-                row.next_batch_index,
-                row.members,
-                row.completed,
-                row.watermark_since,
-                row.watermark_until,
-                row.ranges,
-                RunSync.of_json(row.sync),
-            )
+            return _checkpoint(self._claimed_row(session, run_id, definition))
+
+    def claim_run(
+        self,
+        run_id: uuid.UUID,
+        definition: str,
+        *,
+        fix_sync: SyncFix | None = None,
+        take_retries: Callable[[Checkpoint], bool] | None = None,
+        stop_on: frozenset[RunStatus] = frozenset({RunStatus.CANCELLED}),
+    ) -> RunClaim:
+        """A run's start in one transaction: its checkpoint claimed (as :meth:`claim_extraction`), its run
+        record's status read, and, unless it is done or its status is in ``stop_on``: its sync fixed by
+        ``fix_sync`` (the extractor's rule, ``run_sync.fixed_sync``, given a save into this transaction) and,
+        once fixed, if ``take_retries`` says so for it, the definition's pending retries claimed (the retries
+        store's rule, :func:`claim_retries_in`: a resume reads the same share). Claiming again is harmless."""
+        with self.database.transaction() as session:
+            row = self._claimed_row(session, run_id, definition)
+            checkpoint = _checkpoint(row)
+            first_start = checkpoint.sync is None
+            if checkpoint.completed:
+                return RunClaim(checkpoint, first_start)
+            value = session.scalar(select(RunRow.status).where(RunRow.run_id == str(run_id)))
+            status = RunStatus(value) if value is not None else None
+            if status in stop_on:
+                return RunClaim(checkpoint, first_start, status)
+            if fix_sync is not None:
+
+                def save(fixed: Checkpoint) -> None:  # into the claim's transaction: the row it holds
+                    for column, value in _columns(fixed).items():
+                        setattr(row, column, value)
+
+                checkpoint = fix_sync(checkpoint, save)
+            retries = None
+            if checkpoint.sync is not None and take_retries is not None and take_retries(checkpoint):
+                retries = claim_retries_in(session, run_id, definition)
+            return RunClaim(checkpoint, first_start, status, retries)
+
+    def _claimed_row(self, session: Session, run_id: uuid.UUID, definition: str) -> ExtractionCheckpointRow:
+        self.database.insert_ignore(
+            session,
+            ExtractionCheckpointRow,
+            {
+                "run_id": str(run_id),
+                "definition": definition,
+                "next_batch_index": 0,
+                "members": 0,
+                "completed": False,
+                "updated_at": now(),
+                "last_key": None,
+            },
+        )
+        row = session.get(ExtractionCheckpointRow, str(run_id))
+        assert row is not None
+        return row
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Save where the run stands: one UPDATE (the extractor saves one a page, so no ORM load first)."""
         statement = (
             update(ExtractionCheckpointRow)
             .where(ExtractionCheckpointRow.run_id == str(checkpoint.run_id))
-            .values(
-                last_key=checkpoint.last_key,
-                next_batch_index=checkpoint.next_batch_index,
-                members=checkpoint.members,
-                completed=checkpoint.completed,
-                watermark_since=checkpoint.watermark_since,
-                watermark_until=checkpoint.watermark_until,
-                sync=None if checkpoint.sync is None else checkpoint.sync.as_json(),
-                updated_at=now(),
-            )
+            .values(**_columns(checkpoint))
         )
         with self.database.engine.begin() as connection:
             updated = connection.execute(statement).rowcount
@@ -229,3 +257,31 @@ def _range(row: ExtractionRangeRow) -> RangeCheckpoint:
         members=row.members,
         state=RangeState(row.state),
     )
+
+
+def _checkpoint(row: ExtractionCheckpointRow) -> Checkpoint:
+    return Checkpoint(
+        uuid.UUID(row.run_id),
+        row.last_key,
+        row.next_batch_index,
+        row.members,
+        row.completed,
+        row.watermark_since,
+        row.watermark_until,
+        row.ranges,
+        RunSync.of_json(row.sync),
+    )
+
+
+def _columns(checkpoint: Checkpoint) -> dict[str, Any]:
+    """What a checkpoint save writes."""
+    return {
+        "last_key": checkpoint.last_key,
+        "next_batch_index": checkpoint.next_batch_index,
+        "members": checkpoint.members,
+        "completed": checkpoint.completed,
+        "watermark_since": checkpoint.watermark_since,
+        "watermark_until": checkpoint.watermark_until,
+        "sync": None if checkpoint.sync is None else checkpoint.sync.as_json(),
+        "updated_at": now(),
+    }

@@ -213,25 +213,10 @@ class SqlMemberRetries:
     # --- the extractor ------------------------------------------------------------------------------------
 
     def claim_retries(self, run_id: uuid.UUID, definition: str) -> int:
-        """Take the definition's pending retries for this run, at its first start; how many. Recorded even
-        when none (a resume, and the run's end, find the same share: never a second claim). The keys are
-        copied in the database (INSERT ... SELECT): none is held in memory, however many are pending; no cap
-        (a run after a long outage sends every pending member, read and published in chunks). A run never
-        takes the members it refused itself."""
+        """Take the definition's pending retries for this run, at its first start; how many (see
+        :func:`claim_retries_in`, which the extraction store's ``claim_run`` calls in its own transaction)."""
         with self.database.transaction() as session:
-            claimed = session.get(RunRetryClaimRow, str(run_id))
-            if claimed is not None:
-                return claimed.keys
-            definition_id = definition_id_of_run(session, str(run_id), definition) or ""  # "": gone, takes none
-            pending = select(literal(str(run_id)), MemberRetryRow.member_key).where(
-                MemberRetryRow.definition_id == definition_id,
-                MemberRetryRow.state == RetryState.PENDING.value,
-                MemberRetryRow.last_run_id != str(run_id),
-            )
-            session.execute(insert(RunRetryRow).from_select(["run_id", "member_key"], pending))
-            count = session.scalar(select(func.count()).where(RunRetryRow.run_id == str(run_id))) or 0
-            session.add(RunRetryClaimRow(run_id=str(run_id), definition_id=definition_id, keys=count, claimed_at=now()))
-            return count
+            return claim_retries_in(session, run_id, definition)
 
     def claimed(self, run_id: uuid.UUID) -> int:
         """How many retries the run took at its start (0 when it took none, or never claimed)."""
@@ -329,3 +314,24 @@ class SqlMemberRetries:
 
 def _rowcount(result: object) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def claim_retries_in(session: Session, run_id: uuid.UUID, definition: str) -> int:
+    """Take the definition's pending retries for this run, at its first start; how many. Recorded even when
+    none (a resume, and the run's end, find the same share: never a second claim). The keys are copied in the
+    database (INSERT ... SELECT): none is held in memory, however many are pending; no cap (a run after a long
+    outage sends every pending member, read and published in chunks). A run never takes the members it
+    refused itself. In ``session``'s transaction (the run's claim takes them with its checkpoint)."""
+    claimed = session.get(RunRetryClaimRow, str(run_id))
+    if claimed is not None:
+        return claimed.keys
+    definition_id = definition_id_of_run(session, str(run_id), definition) or ""  # "": gone, takes none
+    pending = select(literal(str(run_id)), MemberRetryRow.member_key).where(
+        MemberRetryRow.definition_id == definition_id,
+        MemberRetryRow.state == RetryState.PENDING.value,
+        MemberRetryRow.last_run_id != str(run_id),
+    )
+    session.execute(insert(RunRetryRow).from_select(["run_id", "member_key"], pending))
+    count = session.scalar(select(func.count()).where(RunRetryRow.run_id == str(run_id))) or 0
+    session.add(RunRetryClaimRow(run_id=str(run_id), definition_id=definition_id, keys=count, claimed_at=now()))
+    return count

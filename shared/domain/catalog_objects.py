@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -658,3 +659,17 @@ def query_consistency_problems(definition: ExportDefinition, query: SavedQuery) 
             f"'{definition.incremental.watermark_column}' (it returns: {', '.join(query.columns)})"
         )
     return problems
+
+
+@dataclass(frozen=True)
+class RunObjects:
+    """An export definition with its saved query and HTTP template, as a run reads them (in one transaction).
+
+    ``missing`` says why the query or the template could not be read (not found, or invalid as stored: the
+    first of the two that failed), with ``query`` and ``template`` then None: the run fails with it, once it
+    knows it runs at all (a cancelled or withdrawn run fails for nothing)."""
+
+    definition: ExportDefinition
+    query: SavedQuery | None = None
+    template: HttpTemplate | None = None
+    missing: str | None = None

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from shared.domain.runs import RunStatus
 from shared.domain.sync_mode import SyncMode
 
 
@@ -48,6 +49,18 @@ class Checkpoint:
     ranges: int | None = None
     #: The run's sync mode and retry scope (fixed at its first start), and a change run's counts.
     sync: RunSync | None = None
+
+
+@dataclass(frozen=True)
+class RunClaim:
+    """A run's claim at its start, in one transaction: its checkpoint (created if new; its sync fixed at the
+    first start when the claim was asked to), whether this was its first start (no sync fixed before), its
+    run record's status (None: no record yet), and how many pending retries it holds (None: none claimed)."""
+
+    checkpoint: Checkpoint
+    first_start: bool
+    status: RunStatus | None = None
+    retries: int | None = None
 
 
 class RangeState(StrEnum):

@@ -458,11 +458,11 @@ class DyingAtClaim:
     def __getattr__(self, name: str) -> object:
         return getattr(self.store, name)
 
-    def claim_extraction(self, run_id: uuid.UUID, definition: str) -> Any:
+    def claim_run(self, run_id: uuid.UUID, definition: str, **how: Any) -> Any:
         self.claims += 1
         if self.claims == self.at:
             raise Died
-        return self.store.claim_extraction(run_id, definition)  # type: ignore[attr-defined]
+        return self.store.claim_run(run_id, definition, **how)  # type: ignore[attr-defined]
 
 
 def committed_offsets(setup: Setup) -> int:
