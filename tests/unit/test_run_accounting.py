@@ -183,3 +183,19 @@ def test_cancelling_stops_an_unfinished_run_and_is_too_late_for_a_finished_one()
     assert cancelled.error_samples == ("cancelled by ops",)
     done = fold(started, ExtractionCompleted(run_id=run_id, definition="d", members=0, batches=0))
     assert fold(done, RunCancelled(run_id=run_id, definition="d")).status is RunStatus.SUCCEEDED
+
+
+def test_a_cancelled_run_stays_cancelled_when_its_extraction_completes_after_the_cancel():
+    # The extractor checks for a cancel before each page but the first: a cancel landing during a run's last
+    # page lets its extraction.completed (and its batches' outcomes) follow the cancel.
+    run_id = uuid.uuid4()
+    started = fold(
+        RunRecord(run_id=run_id, definition="d"), RunStarted(run_id=run_id, definition="d", trigger="manual")
+    )
+    cancelled = fold(started, RunCancelled(run_id=run_id, definition="d", requested_by="ops"))
+    completed = fold(cancelled, ExtractionCompleted(run_id=run_id, definition="d", members=3, batches=1))
+    assert completed.status is RunStatus.CANCELLED
+    assert completed.finished_at == cancelled.finished_at
+    delivered = fold(completed, BatchOutcome(run_id=run_id, definition="d", batch_index=0, delivered=3, failed=0))
+    assert delivered.status is RunStatus.CANCELLED
+    assert (delivered.extracted, delivered.delivered, delivered.finished_at) == (3, 3, cancelled.finished_at)
