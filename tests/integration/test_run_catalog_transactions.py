@@ -232,7 +232,8 @@ def test_a_run_published_ahead_is_judged_before_its_sync_is_fixed(extractor: Ext
     assert transactions.of(lambda: extractor.handle(withdrawn)) == 3  # the read, the claim, marked done
     assert len(_sent(extractor).records) == sent_before
     checkpoint = small.extraction.claim_extraction(withdrawn.run_id, "due")
-    assert checkpoint.completed and checkpoint.sync is None
+    assert checkpoint.completed
+    assert checkpoint.sync is None
 
 
 def test_a_change_mode_run_claims_no_retries(extractor: Extractor, small: CatalogStores):
@@ -240,7 +241,8 @@ def test_a_change_mode_run_claims_no_retries(extractor: Extractor, small: Catalo
     request = RunRequested(definition="changes")
     count = transactions.of(lambda: extractor.handle(request))
     [completed] = _completed(_sent(extractor))
-    assert completed.changes is not None and completed.changes.added == 3
+    assert completed.changes is not None
+    assert completed.changes.added == 3
     # The read and the claim, the snapshot's own work (see change_extraction.py), the completion (fifteen before).
     assert count == 11
     assert small.retries.claimed(request.run_id) == 0  # no claim recorded
@@ -268,7 +270,8 @@ def test_a_cancel_during_a_run_s_last_page_lets_its_extraction_complete_and_the_
     for run_event in events:  # as the notifier folds them, after the cancel
         small.runs.fold_run_event(run_event)
     record = small.runs.get_run(request.run_id)
-    assert record is not None and record.status is RunStatus.CANCELLED
+    assert record is not None
+    assert record.status is RunStatus.CANCELLED
 
     # A cancel before a later page stops the run there: no completion.
     stopped = RunRequested(definition="paged")
