@@ -67,14 +67,15 @@ class CatalogDatabase:
         Uses ``ON CONFLICT DO NOTHING RETURNING``: whether a row comes back is the answer on every
         engine and driver (``rowcount`` is not reliable for ORM-enabled inserts).
         """
-        backend = self.engine.dialect.name
-        dialect_insert: Any
-        if backend == "postgresql":
-            dialect_insert = postgresql.insert
-        elif backend == "sqlite":
-            dialect_insert = sqlite.insert
-        else:  # pragma: no cover - other engines are not supported for the catalog
-            raise NotImplementedError(f"catalog on {backend} is not supported")
         key = next(iter(table.__table__.primary_key.columns))
-        stmt = dialect_insert(table.__table__).values(**values).on_conflict_do_nothing().returning(key)
+        stmt = self.dialect_insert(table.__table__).values(**values).on_conflict_do_nothing().returning(key)
         return session.execute(stmt).first() is not None
+
+    def dialect_insert(self, table: Any) -> Any:
+        """An INSERT into ``table`` in the engine's dialect (which has ``on_conflict_do_nothing``)."""
+        backend = self.engine.dialect.name
+        if backend == "postgresql":
+            return postgresql.insert(table)
+        if backend == "sqlite":
+            return sqlite.insert(table)
+        raise NotImplementedError(f"catalog on {backend} is not supported")  # pragma: no cover

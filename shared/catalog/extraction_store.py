@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Table, Update, select, update
 
 from shared.catalog.database import CatalogDatabase, now
 from shared.catalog.member_retries_store import claim_retries_in
@@ -24,6 +23,7 @@ from shared.domain.checkpoints import (
 )
 from shared.domain.runs import RunStatus
 
+_CHECKPOINTS = cast(Table, ExtractionCheckpointRow.__table__)
 #: How a run's sync is fixed at its first start: the checkpoint, and a save of it, to the checkpoint with its sync.
 SyncFix = Callable[[Checkpoint, Callable[[Checkpoint], None]], Checkpoint]
 
@@ -37,7 +37,7 @@ class SqlExtractionStore:
     def claim_extraction(self, run_id: uuid.UUID, definition: str) -> Checkpoint:
         """The run's checkpoint, created at the start if new. ``completed`` means: do not extract again."""
         with self.database.transaction() as session:
-            return _checkpoint(self._claimed_row(session, run_id, definition))
+            return self._claimed(session.connection(), run_id, definition)
 
     def claim_run(
         self,
@@ -52,22 +52,22 @@ class SqlExtractionStore:
         record's status read, and, unless it is done or its status is in ``stop_on``: its sync fixed by
         ``fix_sync`` (the extractor's rule, ``run_sync.fixed_sync``, given a save into this transaction) and,
         once fixed, if ``take_retries`` says so for it, the definition's pending retries claimed (the retries
-        store's rule, :func:`claim_retries_in`: a resume reads the same share). Claiming again is harmless."""
+        store's rule, :func:`claim_retries_in`: a resume reads the same share). Claiming again is harmless.
+        Core statements (no ORM objects): a burst of small runs spends its time in the catalog."""
         with self.database.transaction() as session:
-            row = self._claimed_row(session, run_id, definition)
-            checkpoint = _checkpoint(row)
+            connection = session.connection()
+            checkpoint = self._claimed(connection, run_id, definition)
             first_start = checkpoint.sync is None
             if checkpoint.completed:
                 return RunClaim(checkpoint, first_start)
-            value = session.scalar(select(RunRow.status).where(RunRow.run_id == str(run_id)))
+            value = connection.scalar(select(RunRow.status).where(RunRow.run_id == str(run_id)))
             status = RunStatus(value) if value is not None else None
             if status in stop_on:
                 return RunClaim(checkpoint, first_start, status)
             if fix_sync is not None:
 
-                def save(fixed: Checkpoint) -> None:  # into the claim's transaction: the row it holds
-                    for column, value in _columns(fixed).items():
-                        setattr(row, column, value)
+                def save(fixed: Checkpoint) -> None:  # in the claim's transaction
+                    connection.execute(_saved(fixed))
 
                 checkpoint = fix_sync(checkpoint, save)
             retries = None
@@ -75,33 +75,27 @@ class SqlExtractionStore:
                 retries = claim_retries_in(session, run_id, definition)
             return RunClaim(checkpoint, first_start, status, retries)
 
-    def _claimed_row(self, session: Session, run_id: uuid.UUID, definition: str) -> ExtractionCheckpointRow:
-        self.database.insert_ignore(
-            session,
-            ExtractionCheckpointRow,
-            {
-                "run_id": str(run_id),
-                "definition": definition,
-                "next_batch_index": 0,
-                "members": 0,
-                "completed": False,
-                "updated_at": now(),
-                "last_key": None,
-            },
-        )
-        row = session.get(ExtractionCheckpointRow, str(run_id))
-        assert row is not None
-        return row
+    def _claimed(self, connection: Connection, run_id: uuid.UUID, definition: str) -> Checkpoint:
+        """The run's checkpoint row, inserted if new (one statement then: the insert returns it)."""
+        values = {
+            "run_id": str(run_id),
+            "definition": definition,
+            "next_batch_index": 0,
+            "members": 0,
+            "completed": False,
+            "updated_at": now(),
+            "last_key": None,
+        }
+        insert = self.database.dialect_insert(_CHECKPOINTS).values(**values).on_conflict_do_nothing()
+        row = connection.execute(insert.returning(*_CHECKPOINTS.c)).first()
+        if row is None:
+            row = connection.execute(select(_CHECKPOINTS).where(_CHECKPOINTS.c.run_id == str(run_id))).one()
+        return _checkpoint(row)
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Save where the run stands: one UPDATE (the extractor saves one a page, so no ORM load first)."""
-        statement = (
-            update(ExtractionCheckpointRow)
-            .where(ExtractionCheckpointRow.run_id == str(checkpoint.run_id))
-            .values(**_columns(checkpoint))
-        )
         with self.database.engine.begin() as connection:
-            updated = connection.execute(statement).rowcount
+            updated = connection.execute(_saved(checkpoint)).rowcount
         assert updated == 1, "save_checkpoint before claim_extraction"
 
     def plan_ranges(self, run_id: uuid.UUID, ranges: list[RangeCheckpoint]) -> list[RangeCheckpoint]:
@@ -259,7 +253,8 @@ def _range(row: ExtractionRangeRow) -> RangeCheckpoint:
     )
 
 
-def _checkpoint(row: ExtractionCheckpointRow) -> Checkpoint:
+def _checkpoint(row: Any) -> Checkpoint:
+    """The checkpoint a row of ``extraction_checkpoints`` holds (an ORM object or a Core row)."""
     return Checkpoint(
         uuid.UUID(row.run_id),
         row.last_key,
@@ -273,15 +268,19 @@ def _checkpoint(row: ExtractionCheckpointRow) -> Checkpoint:
     )
 
 
-def _columns(checkpoint: Checkpoint) -> dict[str, Any]:
-    """What a checkpoint save writes."""
-    return {
-        "last_key": checkpoint.last_key,
-        "next_batch_index": checkpoint.next_batch_index,
-        "members": checkpoint.members,
-        "completed": checkpoint.completed,
-        "watermark_since": checkpoint.watermark_since,
-        "watermark_until": checkpoint.watermark_until,
-        "sync": None if checkpoint.sync is None else checkpoint.sync.as_json(),
-        "updated_at": now(),
-    }
+def _saved(checkpoint: Checkpoint) -> Update:
+    """The UPDATE that saves ``checkpoint``."""
+    return (
+        update(ExtractionCheckpointRow)
+        .where(ExtractionCheckpointRow.run_id == str(checkpoint.run_id))
+        .values(
+            last_key=checkpoint.last_key,
+            next_batch_index=checkpoint.next_batch_index,
+            members=checkpoint.members,
+            completed=checkpoint.completed,
+            watermark_since=checkpoint.watermark_since,
+            watermark_until=checkpoint.watermark_until,
+            sync=None if checkpoint.sync is None else checkpoint.sync.as_json(),
+            updated_at=now(),
+        )
+    )

@@ -322,16 +322,19 @@ def claim_retries_in(session: Session, run_id: uuid.UUID, definition: str) -> in
     database (INSERT ... SELECT): none is held in memory, however many are pending; no cap (a run after a long
     outage sends every pending member, read and published in chunks). A run never takes the members it
     refused itself. In ``session``'s transaction (the run's claim takes them with its checkpoint)."""
-    claimed = session.get(RunRetryClaimRow, str(run_id))
+    # Core statements on the session's connection (no ORM objects): a burst of small runs claims one a run.
+    connection = session.connection()
+    claimed = connection.scalar(select(RunRetryClaimRow.keys).where(RunRetryClaimRow.run_id == str(run_id)))
     if claimed is not None:
-        return claimed.keys
+        return int(claimed)
     definition_id = definition_id_of_run(session, str(run_id), definition) or ""  # "": gone, takes none
     pending = select(literal(str(run_id)), MemberRetryRow.member_key).where(
         MemberRetryRow.definition_id == definition_id,
         MemberRetryRow.state == RetryState.PENDING.value,
         MemberRetryRow.last_run_id != str(run_id),
     )
-    session.execute(insert(RunRetryRow).from_select(["run_id", "member_key"], pending))
-    count = session.scalar(select(func.count()).where(RunRetryRow.run_id == str(run_id))) or 0
-    session.add(RunRetryClaimRow(run_id=str(run_id), definition_id=definition_id, keys=count, claimed_at=now()))
-    return count
+    connection.execute(insert(RunRetryRow).from_select(["run_id", "member_key"], pending))
+    count = connection.scalar(select(func.count()).where(RunRetryRow.run_id == str(run_id))) or 0
+    claim = {"run_id": str(run_id), "definition_id": definition_id, "keys": count, "claimed_at": now()}
+    connection.execute(insert(RunRetryClaimRow).values(**claim))
+    return int(count)
