@@ -260,6 +260,8 @@ class Extractor:
             if checkpoint.sync is None:  # published ahead and judged: started, its sync fixed now
                 claim = self._claim(request, name, definition, bound)
                 checkpoint = claim.checkpoint
+                if checkpoint.completed:  # done meanwhile (a redelivery to another replica)
+                    return []
                 if claim.status is RunStatus.CANCELLED:
                     raise _RunCancelled
             if isinstance(bound, _RunFailure):
