@@ -1,8 +1,14 @@
 """Extract one run: look up its definition, page through its query, publish batches, checkpoint.
 
 Pages are pipelined: page N's records are in flight to Kafka while page N+1 is read, and page N's
-checkpoint is saved only once the broker has acknowledged all of its records. A crash therefore
-repeats at most the pages after the last checkpoint, with the same batch identities.
+checkpoint is saved only once the broker has acknowledged all of its records (a run's last page: with its
+completion, once ``extraction.completed`` is acknowledged). A crash therefore repeats at most the pages after
+the last checkpoint, with the same batch identities.
+
+A run's start costs the catalog two transactions: its definition, query and template in one read, and its
+claim (checkpoint, sync fixed at the first start, status, pending retries) in one transaction; a run published
+ahead of its instant is judged between a claim that leaves its sync alone and one that fixes it. A cancel is
+looked for before each page but the first (the claim read the status before the first).
 
 A large run is split into key ranges that several replicas extract at once (see
 :mod:`services.extractor.ranges`): the replica that takes the run request plans the ranges and publishes
