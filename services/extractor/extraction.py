@@ -443,7 +443,7 @@ class Extractor:
             checkpoint.next_batch_index,
             parameters=request.parameters,
             retry_index=checkpoint.next_batch_index,
-            retries=retries or 0,
+            retries=retries,
         )
         return []
 
