@@ -6,8 +6,9 @@ hold them until the instant, then start them. The requests are keyed by run id, 
 spread over the run-requests topic's partitions (``max(6, replicas)`` of them: every replica gets some).
 A run's start is its ``run.started`` event (its ``at``: the extractor stamps it once it has claimed the run). Printed
 per turn: runs started a second (first start to last), the start delay after the instant, p50 / p99 / max, and the
-CPU used from the instant until every start was read, in cores: the extractors', the broker's and the whole
-machine's (``/proc/stat``, this process's reading of the starts included; on 2 cores, 2.0 is every core busy).
+CPU used from the instant until every start was read, in cores: the extractors', this process's (reading the
+starts), the broker's, the PostgreSQL server's, the rest (others: other work on the machine) and the whole machine's
+(``/proc/stat``; on 2 cores, 2.0 is every core busy).
 
 The variants take turns in the same run, each with extractor processes and topics of their own, on the same broker,
 catalog (``--catalog``: SQLite, or a local PostgreSQL server; ``both``: each catalog in turn) and SQLite member
@@ -68,6 +69,30 @@ def machine_cpu() -> tuple[float, float]:
     return (sum(ticks) - idle) / hz, sum(ticks) / hz
 
 
+def children(parent: int) -> list[int]:
+    """The processes whose parent is ``parent`` (a PostgreSQL server's backends)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def cpu_of(pids: list[int]) -> dict[int, float]:
+    """CPU seconds so far of each of ``pids`` still running."""
+    seconds = {}
+    for pid in pids:
+        try:
+            seconds[pid] = cpu_seconds(pid)
+        except (OSError, IndexError):  # gone meanwhile
+            continue
+    return seconds
+
+
 class Turn:
     """What one turn measured."""
 
@@ -78,8 +103,12 @@ class Turn:
 class Setup:
     """The broker, catalog (with ``runs`` definitions) and member store every turn shares."""
 
-    def __init__(self, kafka: LocalKafka, workdir: Path, runs: int, catalog_url: str) -> None:
+    def __init__(
+        self, kafka: LocalKafka, workdir: Path, runs: int, catalog_url: str, postgres: LocalPostgres | None = None
+    ) -> None:
         self.bootstrap, self.workdir = kafka.bootstrap_servers, workdir
+        #: The PostgreSQL server's main process (its backends are the catalog's CPU), None for SQLite.
+        self.postmaster = int((postgres.data_dir / "postmaster.pid").read_text().split()[0]) if postgres else None
         self.broker_pid = kafka.process.pid if kafka.process is not None else None
         self.store_url = f"sqlite:///{workdir / 'members.db'}"
         if not (workdir / "members.db").exists():
@@ -120,7 +149,7 @@ class Setup:
             warm = [RunRequested(definition=self.names[0]) for _ in range(2 * partitions)]
             produce_and_wait(producer, [Outgoing(topic, str(w.run_id), w.to_bytes()) for w in warm])
             self._starts(settings, {w.run_id for w in warm})
-            pids = {"extractors": [p.pid for p in extractors.processes]}
+            pids = {"extractors": [p.pid for p in extractors.processes], "bench": [os.getpid()]}
             if self.broker_pid is not None:
                 pids["broker"] = [self.broker_pid]
             now = utc_now()
@@ -139,14 +168,21 @@ class Setup:
             published = (utc_now() - instant).total_seconds()
             # CPU from the instant on: the burst's starts, not the holding before (the starts are read afterwards).
             time.sleep(max(0.0, -published))
-            cpu_before = {name: sum(cpu_seconds(pid) for pid in group) for name, group in pids.items()}
+            if self.postmaster is not None:  # its backends: the extractors' connections are open by now
+                pids["postgresql"] = [self.postmaster, *children(self.postmaster)]
+            cpu_before = {name: cpu_of(group) for name, group in pids.items()}
             machine_before = machine_cpu()
             starts = self._starts(settings, {r.run_id for r in requests})
-            cpu = {name: sum(cpu_seconds(pid) for pid in group) - cpu_before[name] for name, group in pids.items()}
+            cpu_after = {name: cpu_of(group) for name, group in pids.items()}
             machine_after = machine_cpu()
         finally:
             producer.close()
             extractors.stop()
+        cpu = {
+            name: sum(seconds - cpu_before[name].get(pid, seconds) for pid, seconds in after.items())
+            for name, after in cpu_after.items()
+        }
+        cpu["others"] = machine_after[0] - machine_before[0] - sum(cpu.values())  # other work on the machine
         cpu["machine"] = machine_after[0] - machine_before[0]
         wall = (machine_after[1] - machine_before[1]) / (os.cpu_count() or 1)
         delays = [(s.at - instant).total_seconds() for s in starts]
@@ -225,7 +261,7 @@ def main() -> None:
                 catalog_url = postgres.create_database(f"burst_{uuid.uuid4().hex[:6]}")
             else:
                 catalog_url = f"sqlite:///{workdir / 'catalog.db'}"
-            setup = Setup(kafka, workdir, args.runs, catalog_url)
+            setup = Setup(kafka, workdir, args.runs, catalog_url, postgres if catalog == "postgresql" else None)
             print(
                 f"{args.runs} runs of 3 members due at one instant, {catalog} catalog, SQLite store, "
                 f"nproc {os.cpu_count()}",
