@@ -145,7 +145,7 @@ class Setup:
         topic = settings.topics.run_requests
         try:
             extractors.wait_joined(self.bootstrap, prefix)
-            # One warm-up run per partition (keys spread by run id): every replica has started a run before the burst.
+            # Twice as many warm-up runs as partitions, keyed by run id: every replica most likely starts one first.
             warm = [RunRequested(definition=self.names[0]) for _ in range(2 * partitions)]
             produce_and_wait(producer, [Outgoing(topic, str(w.run_id), w.to_bytes()) for w in warm])
             self._starts(settings, {w.run_id for w in warm})
