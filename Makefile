@@ -69,7 +69,7 @@ bench: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_cli_startup
 	$(BIN)/python -m tests.benchmarks.bench_scheduler
 	$(BIN)/python -m tests.benchmarks.bench_run_start
-	$(BIN)/python -m tests.benchmarks.bench_burst_start --runs 300 --turns 1
+	$(BIN)/python -m tests.benchmarks.bench_burst_start --runs 300 --turns 1 --extractors 1 2
 	$(BIN)/python -m tests.benchmarks.bench_extractor
 	$(BIN)/python -m tests.benchmarks.bench_changes
 	$(BIN)/python -m tests.benchmarks.bench_http_clients
