@@ -36,7 +36,8 @@ def test_batches_begin_while_they_fit_then_wait_for_requests_to_finish():
     assert not admission.ready  # 127 outstanding: a record of 64 does not fit yet
     for _ in range(63):
         admission.request_done(first)
-    assert admission.ready and admission.outstanding == 64
+    assert admission.ready
+    assert admission.outstanding == 64
     assert admission.verdict(64, 0.3) is Verdict.BEGIN
 
 
