@@ -55,7 +55,7 @@ def test_batches_not_begun_by_the_deadline_go_to_a_later_round_and_are_delivered
         dispatcher.dispatcher.admitted_requests = 2
         dispatcher.dispatcher.round_seconds = 0.2
 
-        def handle_round(events: Sequence[MemberBatch]) -> Sequence[list[Outgoing] | BaseException]:
+        def handle_round(events: list[MemberBatch]) -> Sequence[list[Outgoing] | BaseException]:
             rounds.append([batch.batch_index for batch in events])
             results = dispatcher.portal.call(dispatcher.dispatcher.handle_all, events)
             for batch, result in zip(events, results, strict=True):
