@@ -4,11 +4,17 @@ back, never both, never lost. Pure: the clock is a number the tests move."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.dispatcher.delivery import Deliverer, RetryBudget
+from services.dispatcher.dispatching import CatalogCache, Dispatcher, Stopping
+from services.dispatcher.partner_auth import OAuthTokenCache
 from services.dispatcher.round_admission import (
     MIN_ADMITTED_REQUESTS,
     RoundAdmission,
@@ -16,6 +22,12 @@ from services.dispatcher.round_admission import (
     admitted_requests,
 )
 from services.dispatcher.settings import DispatcherSettings
+from shared.domain.catalog_objects import CatalogObject, ConnectionProfile, HttpTemplate
+from shared.domain.rendering import RenderedRequest
+from shared.events import MemberBatch
+from shared.kafka.held_records import HoldRecord
+from shared.outbound.partner_http import PartnerAnswer
+from shared.topics import Topics
 
 
 def test_the_bound_is_sixteen_waves_of_the_concurrency_and_two_default_records_at_least():
@@ -151,3 +163,115 @@ def test_every_batch_is_begun_once_or_handed_back_within_the_bound(sizes, bound,
     assert not set(result.begun) & set(result.handed_back)
     assert result.begun == list(range(len(result.begun)))  # a prefix: the round's order is kept
     assert bool(sizes) <= bool(result.begun)  # a round with batches begins one at least
+
+
+# --- the dispatcher's rounds, driven by the admission (an in-memory partner, the clock moved by the test) -----------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Partner:
+    """Answers 200 to every request, keeping its Idempotency-Key; ``on_send`` runs as each request arrives."""
+
+    def __init__(self, on_send: Callable[[], None]) -> None:
+        self.keys: list[str] = []
+        self.on_send = on_send
+
+    async def send(self, request: RenderedRequest, timeout: float, network: object = None) -> PartnerAnswer:
+        self.keys.append(dict(request.headers)["Idempotency-Key"])
+        self.on_send()
+        await asyncio.sleep(0)
+        return PartnerAnswer(200, None, b"")
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Catalog:
+    """Template ``t`` (``batch_size`` members a request) of profile ``p``; no run cancelled."""
+
+    def __init__(self, batch_size: int) -> None:
+        profile = ConnectionProfile(name="p", base_url="https://partner.example")
+        template = HttpTemplate(name="t", query="q", profile="p", path="/m", batch_size=batch_size)
+        self.objects = {(ConnectionProfile, "p"): profile, (HttpTemplate, "t"): template}
+
+    def get(self, kind: type[CatalogObject], name: str) -> CatalogObject:
+        return self.objects[(kind, name)]
+
+    def get_run(self, run_id: uuid.UUID) -> None:
+        return None
+
+
+def round_dispatcher(partner: Partner, clock: Clock, batch_size: int = 500) -> Dispatcher:
+    catalog = Catalog(batch_size)
+    dispatcher = Dispatcher(
+        objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
+        deliverer=Deliverer(partner, RetryBudget(max_attempts=1)),  # type: ignore[arg-type]
+        tokens=OAuthTokenCache(None),  # type: ignore[arg-type]
+        topics=Topics(),
+        round_seconds=1.0,
+        clock=clock,
+    )
+    dispatcher.admitted_requests = 2
+    return dispatcher
+
+
+def batches(count: int, members: int = 1) -> list[MemberBatch]:
+    run_id = uuid.uuid4()
+    return [
+        MemberBatch(run_id=run_id, definition="d", template="t", batch_index=i, members=[{"id": 1}] * members)
+        for i in range(count)
+    ]
+
+
+def test_a_round_past_its_deadline_hands_back_the_batches_it_has_not_begun():
+    clock = Clock()
+
+    def late() -> None:
+        clock.now += 5.0  # each request takes the round past its 1 s deadline
+
+    partner = Partner(late)
+    dispatcher = round_dispatcher(partner, clock)
+    sent = batches(5)
+    results = asyncio.run(dispatcher.handle_all(sent))
+    # Two begun at once (the bound), delivered; the others handed back to the next round, nothing of theirs sent.
+    assert all(isinstance(result, list) and len(result) == 1 for result in results[:2])
+    assert all(isinstance(result, HoldRecord) and result.until == 0.0 for result in results[2:])
+    assert sorted(partner.keys) == sorted(b.identity for b in sent[:2])
+    # The next round (the loop hands them back first) begins where this one stopped.
+    clock.now = 100.0
+    again = asyncio.run(dispatcher.handle_all(sent[2:]))
+    assert isinstance(again[0], list)
+    assert sorted(partner.keys) == sorted(b.identity for b in sent[:2] + sent[2:4])
+
+
+def test_a_round_within_its_deadline_begins_every_batch_within_the_bound():
+    clock = Clock()
+    partner = Partner(lambda: None)
+    dispatcher = round_dispatcher(partner, clock, batch_size=1)
+    sent = batches(6, members=3)  # 3 requests a record: one record at a time within a bound of 2 (begun alone)
+    results = asyncio.run(dispatcher.handle_all(sent))
+    assert all(isinstance(result, list) for result in results)
+    assert len(partner.keys) == 18
+    assert dispatcher.next_poll_records() == min(64, dispatcher.round_requests // 3)
+
+
+def test_a_stop_hands_back_the_batches_not_begun_as_stopping():
+    clock = Clock()
+    dispatcher: Dispatcher
+
+    def stop() -> None:
+        dispatcher.stopping.set()
+
+    partner = Partner(stop)
+    dispatcher = round_dispatcher(partner, clock)
+    sent = batches(5)
+    results = asyncio.run(dispatcher.handle_all(sent))
+    assert all(isinstance(result, Stopping) for result in results[2:])  # read again by the partition's next owner
+    assert len(partner.keys) <= 2  # those not begun sent nothing
