@@ -199,7 +199,10 @@ class Catalog:
     def __init__(self, batch_size: int) -> None:
         profile = ConnectionProfile(name="p", base_url="https://partner.example")
         template = HttpTemplate(name="t", query="q", profile="p", path="/m", batch_size=batch_size)
-        self.objects = {(ConnectionProfile, "p"): profile, (HttpTemplate, "t"): template}
+        self.objects: dict[tuple[type[CatalogObject], str], CatalogObject] = {
+            (ConnectionProfile, "p"): profile,
+            (HttpTemplate, "t"): template,
+        }
 
     def get(self, kind: type[CatalogObject], name: str) -> CatalogObject:
         return self.objects[(kind, name)]
@@ -212,7 +215,7 @@ def round_dispatcher(partner: Partner, clock: Clock, batch_size: int = 500) -> D
     catalog = Catalog(batch_size)
     dispatcher = Dispatcher(
         objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
-        deliverer=Deliverer(partner, RetryBudget(max_attempts=1)),  # type: ignore[arg-type]
+        deliverer=Deliverer(partner, RetryBudget(max_attempts=1)),
         tokens=OAuthTokenCache(None),  # type: ignore[arg-type]
         topics=Topics(),
         round_seconds=1.0,
