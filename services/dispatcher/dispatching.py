@@ -138,7 +138,7 @@ class Dispatcher:
         topics: Topics,
         split_budget: int = DEFAULT_SPLIT_BUDGET,
         concurrency: int = 8,
-        round_requests: int = 256,
+        round_requests: int = 1024,
         max_round_records: int = 64,
         round_seconds: float = DEFAULT_ROUND_SECONDS,
         clock: Callable[[], float] = time.monotonic,
