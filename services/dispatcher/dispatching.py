@@ -243,6 +243,13 @@ class Dispatcher:
             if pending:
                 await asyncio.wait(pending)
             results: list[list[Outgoing] | BaseException] = [self._result_of(task) for task in tasks]
+            if len(tasks) < len(batches) and not self.stopping.is_set():
+                log.info(
+                    "round deadline passed: batches handed to the next round",
+                    begun=len(tasks),
+                    handed_back=len(batches) - len(tasks),
+                    round_seconds=self.round_seconds,
+                )
             return results + [self._not_begun() for _ in batches[len(tasks) :]]
         finally:
             self._record_requests = record_requests[0]
