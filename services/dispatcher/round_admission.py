@@ -93,13 +93,17 @@ class RoundAdmission:
         self.begun += 1
         return index
 
-    def request_done(self, index: int) -> None:
-        """One of batch ``index``'s requests finished (beyond those counted at its beginning: ignored)."""
+    def request_done(self, index: int) -> bool:
+        """One of batch ``index``'s requests finished (beyond those counted at its beginning: ignored); whether the
+        batch waiting to begin fits now (:attr:`ready`)."""
         left = self._open.get(index, 0)
         if left > 0:
             self._open[index] = left - 1
             self.outstanding -= 1
+        return self.waiting > 0 and self._fits(self.waiting)
 
-    def batch_done(self, index: int) -> None:
-        """Batch ``index`` ended: whatever it had not reported finished is no longer outstanding."""
+    def batch_done(self, index: int) -> bool:
+        """Batch ``index`` ended: whatever it had not reported finished is no longer outstanding; whether the batch
+        waiting to begin fits now (:attr:`ready`)."""
         self.outstanding -= self._open.pop(index, 0)
+        return self.waiting > 0 and self._fits(self.waiting)
