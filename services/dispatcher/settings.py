@@ -50,10 +50,11 @@ class DispatcherSettings(CommonSettings):
         "outcomes produced and committed, while a round's requests are in flight (1, the default: each round's "
         "outcomes committed before the next poll). Offsets are committed in order whatever the setting.",
     )
-    # 1,024: one-member requests/s end to end +11% and +26% against 256 (2026-12-04, two sittings, means of three
-    # turns each; the notifier's and broker's CPU less than halved): a round's poll, produce, flush and commit are
-    # paid per round. 256 had measured 2,254 against 1,351 with 64. A round's time no longer grows with it: the
-    # round's admission bounds it (round_seconds, below), so the poll interval does not either.
+    # 1,024: one-member requests/s end to end +14% against the former rounds of 256 (2026-12-04, three turns each;
+    # +11% and +26% against 256 with the round admission in two more sittings; the notifier's and broker's CPU
+    # less than halved): a round's poll, produce, flush and commit are paid per round. 256 had measured 2,254
+    # against 1,351 with 64. A round's time no longer grows with it: the round's admission bounds it
+    # (round_seconds, below), so the poll interval does not either.
     dispatcher_round_requests: int = Field(
         default=1024,
         ge=1,
