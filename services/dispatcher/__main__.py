@@ -59,6 +59,7 @@ def main() -> None:
         concurrency=settings.dispatcher_concurrency,
         round_requests=settings.dispatcher_round_requests,
         max_round_records=settings.dispatcher_poll_records,
+        round_seconds=settings.dispatcher_round_seconds,
         render_limits=settings.render_limits,
         inspector=inspector,
         breakers=ProfileBreakers(on_change=notices.on_change),
@@ -83,8 +84,8 @@ def main() -> None:
             decode=value_decoder(MemberBatch.model_validate_json),
             handle_round=lambda batches: portal.call(dispatcher.handle_all, batches),
             # One poll is one round of deliveries, up to `rounds_in_flight` rounds delivered at once: the next poll
-            # waits for the oldest round's outcomes (backpressure); the poll interval allows every wave of the
-            # rounds in flight its whole retry budget.
+            # waits for the oldest round's outcomes (backpressure). A round begins batches for `round_seconds` (the
+            # rest go to the next round); the poll interval allows the requests begun by then their retry budget.
             rounds_in_flight=settings.dispatcher_rounds_in_flight,
             max_poll_records=settings.dispatcher_poll_records,
             max_poll_interval_ms=settings.max_poll_interval_ms,

@@ -35,6 +35,7 @@ from services.dispatcher.metrics import (
 )
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
 from services.dispatcher.render_offload import Renderer
+from services.dispatcher.round_admission import RoundAdmission, Verdict, admitted_requests
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_in_requests
 from shared.application.ports import DefinitionsReader, RunsReader
 from shared.domain.catalog_objects import (
@@ -65,6 +66,8 @@ T = TypeVar("T", bound=CatalogObject)
 
 #: The ``profile`` label of a batch whose template or profile could not be read (missing, or invalid now).
 UNKNOWN_PROFILE = "(unknown)"
+#: How long a round goes on beginning batches (seconds): those not begun by then go to the next round.
+DEFAULT_ROUND_SECONDS = 10.0
 #: Extra requests a batch may spend isolating refused members (about 2 log2(batch size) per member).
 DEFAULT_SPLIT_BUDGET = 64
 
@@ -109,6 +112,35 @@ class CatalogCache:
         return value
 
 
+def _nothing() -> None:
+    """A request finished, and no round counts them."""
+
+
+class _Wakeup:
+    """One waiter at a time, woken by :meth:`wake` or at its timeout: cheaper than ``asyncio.wait_for`` on an
+    event (no task), which a round pays about once per record."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def wait(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._future = loop.create_future()
+        timer = loop.call_later(timeout, self.wake)
+        try:
+            await self._future
+        finally:
+            timer.cancel()
+            self._future = None
+
+
 class Stopping(DependencyUnavailable):
     """The dispatcher stopped before the batch was delivered: the consumer loop hands it back, uncommitted."""
 
@@ -130,8 +162,10 @@ class Dispatcher:
         topics: Topics,
         split_budget: int = DEFAULT_SPLIT_BUDGET,
         concurrency: int = 8,
-        round_requests: int = 256,
+        round_requests: int = 1024,
         max_round_records: int = 64,
+        round_seconds: float = DEFAULT_ROUND_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         render_limits: RenderLimits = DEFAULT_LIMITS,
         inspector: AttemptInspector | None = None,
@@ -156,13 +190,18 @@ class Dispatcher:
         #: Set when the service stops (the consumer loop's event): rounds in progress are abandoned.
         self.stopping = threading.Event()
         self.round_requests, self.max_round_records = round_requests, max_round_records
+        #: How long a round begins batches, and the requests it may have begun and not finished at once
+        #: (:mod:`.round_admission`): a round's time is bounded whatever its size.
+        self.round_seconds, self.clock = round_seconds, clock
+        self.admitted_requests = admitted_requests(concurrency)
         # Requests per record, at most, in the last round; until a round was seen, assume records are full.
         self._record_requests = round_requests
 
     def next_poll_records(self) -> int:
         """Records the next poll may take: about ``round_requests`` requests' worth, judged by the last round's
-        records (a one-member template's record carries dozens of requests, a batch template's one), so a round
-        stays bounded in requests, hence in time when every request spends its retry budget."""
+        records (a one-member template's record carries dozens of requests, a batch template's one). What a round
+        costs in polls, outcomes and commits is paid per round; its time is bounded by its admission
+        (:meth:`handle_all`), whatever its size."""
         return max(1, min(self.max_round_records, self.round_requests // self._record_requests))
 
     def _start_series(self, definition: str, profile: str) -> None:
@@ -183,20 +222,40 @@ class Dispatcher:
         return self.fleet.limits_of(profile.name, profile.rate_limit, profile.timeout_seconds)
 
     async def handle_all(self, batches: list[MemberBatch]) -> list[list[Outgoing] | BaseException]:
-        """Deliver a poll's batches, their requests ``concurrency`` at a time; per batch its records, or what it
-        raised.
+        """Deliver a poll's batches, their requests ``concurrency`` at a time; per batch its records, what it
+        raised, or :class:`HoldRecord` (until now) for a batch handed to the next round.
+
+        The batches are begun in order while the requests begun and not finished stay within
+        ``admitted_requests`` (:mod:`.round_admission`); once the round has run for ``round_seconds``, those not
+        begun are handed back: the consumer loop holds them uncommitted and hands them to its next round (none of
+        their requests was sent, and none is dead-lettered). A begun batch finishes normally, retries and all. So a
+        round's time is bounded whatever its size: ``round_seconds``, then the requests begun by then.
 
         Rounds may be delivered at once (the consumer loop's rounds in flight): their requests share the
         ``concurrency`` bound, the earlier round's first (the semaphore serves its waiters in order).
 
         Once ``stopping`` is set (SIGTERM), the batches still being delivered are abandoned (their requests
-        cancelled, retries included) and answered :class:`Stopping`: the loop hands them back uncommitted,
-        for the next owner of their partition (a request cut short may be sent again: same Idempotency-Key).
+        cancelled, retries included) and, with those not begun, answered :class:`Stopping`: the loop hands them
+        back uncommitted, for the next owner of their partition (a request cut short may be sent again: same
+        Idempotency-Key).
         """
         record_requests = [1]  # this round's most requests in one record
-        traced = zip(batches, round_contexts(batches), strict=True)
-        tasks = [asyncio.ensure_future(self._handle_in(batch, c, record_requests)) for batch, c in traced]
+        contexts = round_contexts(batches)
+        admission = RoundAdmission(self.admitted_requests, self.round_seconds, self.clock())
+        ready = _Wakeup()  # woken when the batch waiting to begin fits
+        tasks: list[asyncio.Future[list[Outgoing]]] = []
         try:
+            while len(tasks) < len(batches) and not self.stopping.is_set():
+                batch = batches[len(tasks)]
+                requests = self._requests_of(batch)
+                verdict = admission.verdict(requests, self.clock())
+                if verdict is Verdict.HAND_BACK:
+                    break
+                if verdict is Verdict.WAIT:
+                    await ready.wait(min(self.STOP_CHECK_SECONDS, admission.seconds_left(self.clock())))
+                    continue
+                index = admission.begin(requests)
+                tasks.append(self._begin(batch, contexts[index], record_requests, admission, index, ready))
             pending: set[asyncio.Future[list[Outgoing]]] = set(tasks)
             while pending and not self.stopping.is_set():
                 _, pending = await asyncio.wait(pending, timeout=self.STOP_CHECK_SECONDS)
@@ -204,9 +263,55 @@ class Dispatcher:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-            return [self._result_of(task) for task in tasks]
+            results: list[list[Outgoing] | BaseException] = [self._result_of(task) for task in tasks]
+            if len(tasks) < len(batches) and not self.stopping.is_set():
+                log.info(
+                    "round deadline passed: batches handed to the next round",
+                    begun=len(tasks),
+                    handed_back=len(batches) - len(tasks),
+                    round_seconds=self.round_seconds,
+                )
+            return results + [self._not_begun() for _ in batches[len(tasks) :]]
         finally:
             self._record_requests = record_requests[0]
+
+    def _begin(
+        self,
+        batch: MemberBatch,
+        context: Context | None,
+        record_requests: list[int],
+        admission: RoundAdmission,
+        index: int,
+        ready: _Wakeup,
+    ) -> asyncio.Future[list[Outgoing]]:
+        """Begin delivering ``batch`` (the round's ``index``-th), its requests counted off ``admission`` as they
+        finish; ``ready`` is woken when the batch waiting to begin fits."""
+
+        def request_done() -> None:
+            if admission.request_done(index):
+                ready.wake()
+
+        def batch_done(_: object) -> None:
+            if admission.batch_done(index):
+                ready.wake()
+
+        task = asyncio.ensure_future(self._handle_in(batch, context, record_requests, request_done))
+        task.add_done_callback(batch_done)
+        return task
+
+    def _requests_of(self, batch: MemberBatch) -> int:
+        """The requests ``batch`` will make (its isolating splits aside): 1 when its template cannot be read (it
+        fails at once, or is handed back on an outage)."""
+        try:
+            batch_size = self.objects.get(HttpTemplate, batch.template).batch_size
+        except Exception:  # noqa: BLE001 - its handling says why
+            return 1
+        return max(1, -(-len(batch.members) // batch_size))
+
+    def _not_begun(self) -> BaseException:
+        if self.stopping.is_set():
+            return Stopping("the dispatcher is stopping: the batch is handed back for redelivery")
+        return HoldRecord("the round's deadline passed before the batch began: handed to the next round", until=0.0)
 
     @staticmethod
     def _result_of(task: asyncio.Future[list[Outgoing]]) -> list[Outgoing] | BaseException:
@@ -215,7 +320,11 @@ class Dispatcher:
         return task.exception() or task.result()
 
     async def _handle_in(
-        self, batch: MemberBatch, trace_context: Context | None, record_requests: list[int]
+        self,
+        batch: MemberBatch,
+        trace_context: Context | None,
+        record_requests: list[int],
+        request_done: Callable[[], None] | None = None,
     ) -> list[Outgoing]:
         """:meth:`handle` in the batch's trace context (its record's span, told which batch it is): its task's
         logs carry the trace's ids, its requests the trace's ``traceparent``. ``record_requests[0]`` is raised to
@@ -229,9 +338,14 @@ class Dispatcher:
                     "member_export.batch_index": batch.batch_index,
                 },
             )
-            return await self.handle(batch, record_requests)
+            return await self.handle(batch, record_requests, request_done)
 
-    async def handle(self, batch: MemberBatch, record_requests: list[int] | None = None) -> list[Outgoing]:
+    async def handle(
+        self,
+        batch: MemberBatch,
+        record_requests: list[int] | None = None,
+        request_done: Callable[[], None] | None = None,
+    ) -> list[Outgoing]:
         """Deliver a batch (isolating refused members) and return its outcome and dead letters.
 
         Every batch gets an outcome: whatever fails while handling it (a template that does not render, a
@@ -241,10 +355,12 @@ class Dispatcher:
         line says of the exception (:mod:`shared.exception_reasons`). Only an outage of the catalog is
         raised (:func:`shared.outages.is_outage`): the consumer loop hands the batch back and handles it again.
         A cancelled run's batches are dropped: nothing is sent, no outcome (the run's record is final).
-        ``record_requests[0]`` (its round's tally, :meth:`handle_all`) is raised to the batch's request count.
+        ``record_requests[0]`` (its round's tally, :meth:`handle_all`) is raised to the batch's request count, and
+        ``request_done`` called as each of its requests finishes (the round's admission).
         """
         try:
-            return await self._handle(batch, record_requests if record_requests is not None else [1])
+            tally = record_requests if record_requests is not None else [1]
+            return await self._handle(batch, tally, request_done or _nothing)
         except HoldRecord:
             raise  # its profile's circuit breaker is open: the consumer loop holds the batch back
         except Exception as exc:  # the batch's failure, never the consumer's
@@ -282,7 +398,9 @@ class Dispatcher:
             batch, IsolationResult(0, [Refused(Slice(0, len(batch.members)), failed)], 0, failed), profile
         )
 
-    async def _handle(self, batch: MemberBatch, record_requests: list[int]) -> list[Outgoing]:
+    async def _handle(
+        self, batch: MemberBatch, record_requests: list[int], request_done: Callable[[], None]
+    ) -> list[Outgoing]:
         if self.objects.cancelled(batch.run_id):
             BATCHES_OF_CANCELLED_RUNS.inc()
             return []
@@ -317,6 +435,8 @@ class Dispatcher:
                     **failure_fields(exc, error),
                 )
                 return DeliveryResult(success=False, status=None, attempts=0, error=error)
+            finally:
+                request_done()  # however it ended: the round may begin its next batch
 
         self._start_series(batch.definition, profile.name)
         requests = -(-len(batch.members) // template.batch_size)

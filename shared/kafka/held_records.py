@@ -1,7 +1,9 @@
 """Records a round handler holds back: not handled yet, not dead-lettered, not committed; handled again later.
 
 A handler raises :class:`HoldRecord` for a record that cannot be handled now for a reason that concerns it
-alone (the dispatcher: its partner's circuit breaker is open) and says when to try again. The consumer loop
+alone (the dispatcher: its partner's circuit breaker is open) and says when to try again; or, with ``until=0.0``,
+for a record its round did not begin (the extractor's and the dispatcher's rounds past their deadline): it is
+handed to the next round. The consumer loop
 keeps the record in memory and hands it to the handler again once that time has come, while it goes on
 polling and handling the records after it: other partners keep being served.
 
@@ -28,7 +30,8 @@ from prometheus_client import Gauge
 
 HELD_RECORDS = Gauge(
     "member_export_consumer_held_records",
-    "Records a service holds back uncommitted to handle later (a partner's circuit breaker open), by service.",
+    "Records a service holds back uncommitted to handle later (a partner's circuit breaker open, a dispatcher round's "
+    "batches not begun by its deadline), by service.",
     ["service"],
 )
 

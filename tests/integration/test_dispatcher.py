@@ -374,5 +374,5 @@ def test_a_record_of_one_member_requests_sends_each_member_concurrently_and_acco
     assert [[m["id"] for m in letter.members or []] for letter in letters] == [[3], [11]]
     outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
     assert (outcome.batch_index, outcome.delivered, outcome.failed) == (7, 18, 2)
-    # The next poll takes fewer records: one of these carries 20 requests (256 requests a round by default).
-    assert dispatcher.dispatcher.next_poll_records() == 256 // 20
+    # The next poll takes fewer records: one of these carries 20 requests (1,024 requests a round by default).
+    assert dispatcher.dispatcher.next_poll_records() == 1024 // 20

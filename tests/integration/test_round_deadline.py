@@ -1,0 +1,106 @@
+"""A dispatcher round past its deadline (real Kafka, a slow HTTP receiver on 127.0.0.1): the batches it has not begun
+are handed back uncommitted and delivered in a later round, each exactly once, with nothing dead-lettered, and every
+offset committed in the end."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+
+import pytest
+
+from devtools.http_receiver import HttpReceiver
+from devtools.processes import wait_until
+from services.dispatcher.delivery import RetryBudget
+from shared.catalog import CatalogStores
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
+from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, MemberBatch
+from shared.kafka import ConsumerLoop, Outgoing, ensure_topics, make_consumer, make_producer, value_decoder
+from shared.kafka.held_records import HoldRecord
+from shared.settings import CommonSettings
+from tests.dispatcher_helpers import blocking_dispatcher, http_on_loop
+from tests.integration.test_rounds_in_flight import _committed
+from tests.kafka_helpers import produce, read_to_end, read_until
+
+pytestmark = pytest.mark.integration
+
+DEADLINE_SECONDS = 60.0
+BATCHES = 6
+
+
+@pytest.mark.parametrize("rounds_in_flight", [1, 2])
+def test_batches_not_begun_by_the_deadline_go_to_a_later_round_and_are_delivered_once(
+    settings: CommonSettings, tmp_path, rounds_in_flight: int
+):
+    topics = settings.topics
+    ensure_topics(settings)
+    run_id = uuid.uuid4()
+    batches = [
+        MemberBatch(run_id=run_id, definition="d", template="t", batch_index=i, members=[{"id": i}])
+        for i in range(BATCHES)
+    ]
+    # One key: one partition, so a batch handed back holds back the commits of those after it.
+    produce(settings.kafka_bootstrap_servers, topics.member_batches, [("one-key", b.to_bytes()) for b in batches])
+    catalog = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+    catalog.definitions.apply(SavedQuery(name="q", sql="select 1 as id"))
+    rounds: list[list[int]] = []  # each round's batches, as handed to the dispatcher
+    handed_back: list[int] = []
+    # A slow partner: each request takes 0.5 s, and a round begins 2 requests at once and none after 0.2 s.
+    with HttpReceiver(delay=0.5) as receiver, http_on_loop() as http:
+        catalog.definitions.apply(ConnectionProfile(name="p", base_url=receiver.url))
+        catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
+        dispatcher = blocking_dispatcher(catalog, http, RetryBudget(), topics, cache_seconds=60)
+        dispatcher.dispatcher.admitted_requests = 2
+        dispatcher.dispatcher.round_seconds = 0.2
+
+        def handle_round(events: list[MemberBatch]) -> Sequence[list[Outgoing] | BaseException]:
+            rounds.append([batch.batch_index for batch in events])
+            results = dispatcher.portal.call(dispatcher.dispatcher.handle_all, events)
+            for batch, result in zip(events, results, strict=True):
+                if isinstance(result, HoldRecord):
+                    handed_back.append(batch.batch_index)
+            return results
+
+        group = f"{settings.topic_prefix}dispatcher"
+        loop: ConsumerLoop[MemberBatch] = ConsumerLoop(
+            service="dispatcher-deadline-test",
+            consumer=make_consumer(settings, group, topics.member_batch_topics()),
+            producer=make_producer(settings, "dispatcher-deadline-test"),
+            decode=value_decoder(MemberBatch.model_validate_json),
+            handle_round=handle_round,
+            dead_letter_topic=topics.dead_letters,
+            rounds_in_flight=rounds_in_flight,
+        )
+        loop.poll_records = lambda: BATCHES  # the whole backlog in one round, were it all begun at once
+        thread = threading.Thread(target=loop.run, name="loop", daemon=True)
+        thread.start()
+        try:
+            outcomes = read_until(
+                settings.kafka_bootstrap_servers, topics.run_events, lambda values: len(values) >= BATCHES
+            )
+            wait_until(
+                lambda: _committed(settings, group, topics.member_batches) == BATCHES,
+                timeout=DEADLINE_SECONDS,
+                interval=0.05,
+                what="every record committed",
+            )
+        finally:
+            loop.stopping.set()
+            thread.join(DEADLINE_SECONDS)
+        assert not thread.is_alive()
+        keys = Counter(receipt.headers["Idempotency-Key"] for receipt in receiver.receipts())
+    catalog.close()
+    # Handed back, then delivered in a later round: the first round did not begin them all.
+    assert handed_back, rounds
+    assert len(rounds) >= 2, rounds
+    assert set(handed_back) <= {index for later in rounds[1:] for index in later}
+    # Each batch sent once, whichever round began it; its outcome produced once; nothing dead-lettered.
+    assert keys == Counter({batch.identity: 1 for batch in batches})
+    delivered = [RUN_EVENT_ADAPTER.validate_json(value) for value in outcomes]
+    assert sorted(o.batch_index for o in delivered if isinstance(o, BatchOutcome) and o.delivered == 1) == list(
+        range(BATCHES)
+    )
+    assert len(read_to_end(settings.kafka_bootstrap_servers, topics.run_events)) == BATCHES
+    assert read_to_end(settings.kafka_bootstrap_servers, topics.dead_letters) == []

@@ -1,0 +1,280 @@
+"""A dispatcher round's admission (services/dispatcher/round_admission.py): batches begun in order within a bound of
+requests begun and not finished, none begun after the round's deadline, every batch either begun once or handed
+back, never both, never lost. Pure: the clock is a number the tests move."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.dispatcher.delivery import Deliverer, RetryBudget
+from services.dispatcher.dispatching import CatalogCache, Dispatcher, Stopping
+from services.dispatcher.partner_auth import OAuthTokenCache
+from services.dispatcher.round_admission import (
+    MIN_ADMITTED_REQUESTS,
+    RoundAdmission,
+    Verdict,
+    admitted_requests,
+)
+from services.dispatcher.settings import DispatcherSettings
+from shared.domain.catalog_objects import CatalogObject, ConnectionProfile, HttpTemplate
+from shared.domain.rendering import RenderedRequest
+from shared.events import MemberBatch
+from shared.kafka.held_records import HoldRecord
+from shared.outbound.partner_http import PartnerAnswer
+from shared.topics import Topics
+
+
+def test_the_bound_is_sixteen_waves_of_the_concurrency_and_two_default_records_at_least():
+    assert admitted_requests(8) == 128 == MIN_ADMITTED_REQUESTS
+    assert admitted_requests(32) == 512
+    assert admitted_requests(1) == 128
+
+
+def test_batches_begin_while_they_fit_then_wait_for_requests_to_finish():
+    admission = RoundAdmission(bound=128, deadline=10.0, started=0.0)
+    assert admission.verdict(64, 0.0) is Verdict.BEGIN
+    first = admission.begin(64)
+    assert admission.verdict(64, 0.1) is Verdict.BEGIN
+    admission.begin(64)
+    assert admission.verdict(64, 0.2) is Verdict.WAIT
+    assert not admission.ready
+    admission.request_done(first)
+    assert not admission.ready  # 127 outstanding: a record of 64 does not fit yet
+    for _ in range(63):
+        admission.request_done(first)
+    assert admission.ready
+    assert admission.outstanding == 64
+    assert admission.verdict(64, 0.3) is Verdict.BEGIN
+
+
+def test_a_batch_larger_than_the_bound_begins_alone():
+    admission = RoundAdmission(bound=128, deadline=10.0, started=0.0)
+    admission.begin(1)
+    assert admission.verdict(500, 0.0) is Verdict.WAIT
+    admission.batch_done(0)
+    assert admission.verdict(500, 0.0) is Verdict.BEGIN
+
+
+def test_after_the_deadline_the_rest_of_the_round_is_handed_back_even_with_room():
+    admission = RoundAdmission(bound=128, deadline=10.0, started=100.0)
+    admission.begin(1)
+    admission.batch_done(0)
+    assert admission.verdict(1, 109.9) is Verdict.BEGIN
+    assert admission.verdict(1, 110.0) is Verdict.HAND_BACK
+    assert admission.verdict(1, 100.0) is Verdict.HAND_BACK  # once handing back, for the rest of the round
+
+
+def test_the_first_batch_begins_whatever_the_deadline():
+    admission = RoundAdmission(bound=128, deadline=0.5, started=0.0)
+    assert admission.verdict(1000, 60.0) is Verdict.BEGIN  # a round makes progress however late it starts
+    admission.begin(1000)
+    assert admission.verdict(1, 60.0) is Verdict.HAND_BACK
+
+
+def test_a_splits_extra_requests_are_not_counted_and_the_batch_end_releases_the_rest():
+    admission = RoundAdmission(bound=128, deadline=10.0, started=0.0)
+    index = admission.begin(2)
+    for _ in range(5):  # the request, then isolating splits
+        admission.request_done(index)
+    assert admission.outstanding == 0
+    other = admission.begin(10)
+    admission.request_done(other)
+    admission.batch_done(other)  # e.g. a breaker hold cancelled its other requests
+    admission.batch_done(other)
+    assert admission.outstanding == 0
+
+
+def test_the_poll_interval_is_the_deadline_and_the_admitted_requests_retry_budgets():
+    defaults = DispatcherSettings()
+    # 10 s, then 128 requests 8 at a time: 16 waves of (120 s + 60 s) with a 1.5 margin. 2.4 h before.
+    assert defaults.max_poll_interval_ms == (10 + 16 * 180 * 1.5) * 1000
+    assert defaults.max_poll_interval_ms < 2.4 * 3600 * 1000
+    # Independent of the round's size: 100,000 requests a round wait no longer.
+    assert DispatcherSettings(dispatcher_round_requests=100_000).max_poll_interval_ms == defaults.max_poll_interval_ms
+    assert DispatcherSettings(dispatcher_poll_records=10_000).max_poll_interval_ms == defaults.max_poll_interval_ms
+    # Each round in flight may have as many requests to finish; a longer deadline adds itself.
+    two = DispatcherSettings(dispatcher_rounds_in_flight=2)
+    assert two.max_poll_interval_ms == (10 + 32 * 180 * 1.5) * 1000
+    assert DispatcherSettings(dispatcher_round_seconds=70).max_poll_interval_ms == (70 + 16 * 180 * 1.5) * 1000
+    # The concurrency does not change the waves: 16 of them, 128 requests at least.
+    assert DispatcherSettings(dispatcher_concurrency=64).max_poll_interval_ms == defaults.max_poll_interval_ms
+
+
+@dataclass
+class Simulated:
+    """A round driven as the dispatcher drives it, each step chosen by the test."""
+
+    begun: list[int] = field(default_factory=list)
+    handed_back: list[int] = field(default_factory=list)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=300), max_size=40),
+    bound=st.integers(min_value=1, max_value=256),
+    deadline=st.floats(min_value=0.0, max_value=20.0),
+    steps=st.lists(st.tuples(st.integers(min_value=0, max_value=10_000), st.booleans(), st.floats(0.0, 3.0))),
+)
+def test_every_batch_is_begun_once_or_handed_back_within_the_bound(sizes, bound, deadline, steps):
+    """Whatever the sizes, bound, deadline and order in which requests and batches finish: every batch is begun once
+    or handed back (never both, none lost), the begun ones are the round's first, none begins after the deadline
+    (but the first), and the requests begun and not finished stay within the bound, or one batch begun alone."""
+    admission = RoundAdmission(bound=bound, deadline=deadline, started=0.0)
+    now, moves = 0.0, iter(steps)
+    open_batches: dict[int, int] = {}  # index -> its requests not finished
+    result = Simulated()
+    position = 0
+    while position < len(sizes):
+        verdict = admission.verdict(sizes[position], now)
+        if verdict is Verdict.HAND_BACK:
+            result.handed_back.extend(range(position, len(sizes)))
+            break
+        if verdict is Verdict.BEGIN:
+            assert position == 0 or now < deadline
+            index = admission.begin(sizes[position])
+            assert index == position
+            result.begun.append(index)
+            open_batches[index] = sizes[position]
+            assert admission.outstanding <= bound or admission.outstanding == sizes[position]
+            position += 1
+            continue
+        # WAIT: something finishes, or time passes (the driver wakes at the deadline at the latest).
+        assert open_batches, "a batch waits only behind requests outstanding"
+        pick, whole, elapsed = next(moves, (0, True, deadline + 1))
+        now += elapsed
+        index = sorted(open_batches)[pick % len(open_batches)]
+        if whole or open_batches[index] <= 1:
+            admission.batch_done(index)
+            del open_batches[index]
+        else:
+            admission.request_done(index)
+            open_batches[index] -= 1
+        assert admission.outstanding == sum(open_batches.values())
+    for index in list(open_batches):
+        admission.batch_done(index)
+    assert admission.outstanding == 0
+    assert sorted(result.begun + result.handed_back) == list(range(len(sizes)))
+    assert not set(result.begun) & set(result.handed_back)
+    assert result.begun == list(range(len(result.begun)))  # a prefix: the round's order is kept
+    assert bool(sizes) <= bool(result.begun)  # a round with batches begins one at least
+
+
+# --- the dispatcher's rounds, driven by the admission (an in-memory partner, the clock moved by the test) -----------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Partner:
+    """Answers 200 to every request, keeping its Idempotency-Key; ``on_send`` runs as each request arrives."""
+
+    def __init__(self, on_send: Callable[[], None]) -> None:
+        self.keys: list[str] = []
+        self.on_send = on_send
+
+    async def send(self, request: RenderedRequest, timeout: float, network: object = None) -> PartnerAnswer:
+        self.keys.append(dict(request.headers)["Idempotency-Key"])
+        self.on_send()
+        await asyncio.sleep(0)
+        return PartnerAnswer(200, None, b"")
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Catalog:
+    """Template ``t`` (``batch_size`` members a request) of profile ``p``; no run cancelled."""
+
+    def __init__(self, batch_size: int) -> None:
+        profile = ConnectionProfile(name="p", base_url="https://partner.example")
+        template = HttpTemplate(name="t", query="q", profile="p", path="/m", batch_size=batch_size)
+        self.objects: dict[tuple[type[CatalogObject], str], CatalogObject] = {
+            (ConnectionProfile, "p"): profile,
+            (HttpTemplate, "t"): template,
+        }
+
+    def get(self, kind: type[CatalogObject], name: str) -> CatalogObject:
+        return self.objects[(kind, name)]
+
+    def get_run(self, run_id: uuid.UUID) -> None:
+        return None
+
+
+def round_dispatcher(partner: Partner, clock: Clock, batch_size: int = 500) -> Dispatcher:
+    catalog = Catalog(batch_size)
+    dispatcher = Dispatcher(
+        objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
+        deliverer=Deliverer(partner, RetryBudget(max_attempts=1)),
+        tokens=OAuthTokenCache(None),  # type: ignore[arg-type]
+        topics=Topics(),
+        round_seconds=1.0,
+        clock=clock,
+    )
+    dispatcher.admitted_requests = 2
+    return dispatcher
+
+
+def batches(count: int, members: int = 1) -> list[MemberBatch]:
+    run_id = uuid.uuid4()
+    return [
+        MemberBatch(run_id=run_id, definition="d", template="t", batch_index=i, members=[{"id": 1}] * members)
+        for i in range(count)
+    ]
+
+
+def test_a_round_past_its_deadline_hands_back_the_batches_it_has_not_begun():
+    clock = Clock()
+
+    def late() -> None:
+        clock.now += 5.0  # each request takes the round past its 1 s deadline
+
+    partner = Partner(late)
+    dispatcher = round_dispatcher(partner, clock)
+    sent = batches(5)
+    results = asyncio.run(dispatcher.handle_all(sent))
+    # Two begun at once (the bound), delivered; the others handed back to the next round, nothing of theirs sent.
+    assert all(isinstance(result, list) and len(result) == 1 for result in results[:2])
+    assert all(isinstance(result, HoldRecord) and result.until == 0.0 for result in results[2:])
+    assert sorted(partner.keys) == sorted(b.identity for b in sent[:2])
+    # The next round (the loop hands them back first) begins where this one stopped.
+    clock.now = 100.0
+    again = asyncio.run(dispatcher.handle_all(sent[2:]))
+    assert isinstance(again[0], list)
+    assert sorted(partner.keys) == sorted(b.identity for b in sent[:2] + sent[2:4])
+
+
+def test_a_round_within_its_deadline_begins_every_batch_within_the_bound():
+    clock = Clock()
+    partner = Partner(lambda: None)
+    dispatcher = round_dispatcher(partner, clock, batch_size=1)
+    sent = batches(6, members=3)  # 3 requests a record: one record at a time within a bound of 2 (begun alone)
+    results = asyncio.run(dispatcher.handle_all(sent))
+    assert all(isinstance(result, list) for result in results)
+    assert len(partner.keys) == 18
+    assert dispatcher.next_poll_records() == min(64, dispatcher.round_requests // 3)
+
+
+def test_a_stop_hands_back_the_batches_not_begun_as_stopping():
+    clock = Clock()
+    dispatcher: Dispatcher
+
+    def stop() -> None:
+        dispatcher.stopping.set()
+
+    partner = Partner(stop)
+    dispatcher = round_dispatcher(partner, clock)
+    sent = batches(5)
+    results = asyncio.run(dispatcher.handle_all(sent))
+    assert all(isinstance(result, Stopping) for result in results[2:])  # read again by the partition's next owner
+    assert len(partner.keys) <= 2  # those not begun sent nothing
