@@ -30,6 +30,7 @@ from services.dispatcher.metrics import (
     RATE_LIMIT_WAIT_SECONDS,
     RATE_LIMIT_WAITS,
     REQUESTS,
+    ROUND_HANDED_BACK,
     STATUS_CLASSES,
     child,
 )
@@ -265,6 +266,7 @@ class Dispatcher:
                 await asyncio.wait(pending)
             results: list[list[Outgoing] | BaseException] = [self._result_of(task) for task in tasks]
             if len(tasks) < len(batches) and not self.stopping.is_set():
+                ROUND_HANDED_BACK.inc(len(batches) - len(tasks))
                 log.info(
                     "round deadline passed: batches handed to the next round",
                     begun=len(tasks),

@@ -47,6 +47,10 @@ DEAD_LETTERS = Counter(
 BATCHES_OF_CANCELLED_RUNS = Counter(
     "member_export_dispatcher_cancelled_batches_total", "Batches dropped because their run was cancelled."
 )
+ROUND_HANDED_BACK = Counter(
+    "member_export_dispatcher_round_handed_back_batches_total",
+    "Batches a round handed to the next one, not begun by its deadline (EXPORT_DISPATCHER_ROUND_SECONDS).",
+)
 IN_FLIGHT = Gauge(
     "member_export_dispatcher_in_flight_requests",
     "Requests being delivered now (a request in retry backoff included), by profile.",

@@ -113,6 +113,7 @@ SCHEME = {
     "member_export_dispatcher_retries_total": "counter",
     "member_export_dispatcher_dead_letters_total": "counter",
     "member_export_dispatcher_cancelled_batches_total": "counter",
+    "member_export_dispatcher_round_handed_back_batches_total": "counter",
     "member_export_dispatcher_in_flight_requests": "gauge",
     "member_export_dispatcher_rate_limit_requests_per_second": "gauge",
     "member_export_dispatcher_rate_limit_waits_total": "counter",

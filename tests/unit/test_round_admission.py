@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher, Stopping
@@ -233,6 +234,10 @@ def batches(count: int, members: int = 1) -> list[MemberBatch]:
     ]
 
 
+def handed_back_total() -> float:
+    return REGISTRY.get_sample_value("member_export_dispatcher_round_handed_back_batches_total") or 0.0
+
+
 def test_a_round_past_its_deadline_hands_back_the_batches_it_has_not_begun():
     clock = Clock()
 
@@ -242,7 +247,9 @@ def test_a_round_past_its_deadline_hands_back_the_batches_it_has_not_begun():
     partner = Partner(late)
     dispatcher = round_dispatcher(partner, clock)
     sent = batches(5)
+    handed_back_before = handed_back_total()
     results = asyncio.run(dispatcher.handle_all(sent))
+    assert handed_back_total() - handed_back_before == 3  # what an SRE's dashboard counts
     # Two begun at once (the bound), delivered; the others handed back to the next round, nothing of theirs sent.
     assert all(isinstance(result, list) and len(result) == 1 for result in results[:2])
     assert all(isinstance(result, HoldRecord) and result.until == 0.0 for result in results[2:])
@@ -275,6 +282,8 @@ def test_a_stop_hands_back_the_batches_not_begun_as_stopping():
     partner = Partner(stop)
     dispatcher = round_dispatcher(partner, clock)
     sent = batches(5)
+    handed_back_before = handed_back_total()
     results = asyncio.run(dispatcher.handle_all(sent))
     assert all(isinstance(result, Stopping) for result in results[2:])  # read again by the partition's next owner
+    assert handed_back_total() == handed_back_before  # nothing handed to a next round of this replica
     assert len(partner.keys) <= 2  # those not begun sent nothing
