@@ -36,6 +36,7 @@ from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wai
 from shared.log import configure_logging
 from shared.querystore.demo_data import create_demo_members
 from shared.settings import CommonSettings
+from tests.benchmarks.scheduler_starts import percentile, start_figures
 from tests.extractor_replicas import ExtractorReplicas
 from tests.kafka_helpers import read_until, service_env
 
@@ -43,11 +44,6 @@ from tests.kafka_helpers import read_until, service_env
 LEAD_SECONDS = 3.0
 LEAD_PER_RUN_SECONDS = 0.002
 WRITE_CHUNK = 500
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
 class Setup:
@@ -107,9 +103,7 @@ class Setup:
         finally:
             producer.close()
             extractors.stop()
-        delays = [(s.at - instant).total_seconds() for s in starts]
-        times = sorted(s.at for s in starts)
-        rate = (len(times) - 1) / max(1e-9, (times[-1] - times[0]).total_seconds())
+        delays, rate = start_figures(instant, starts)
         print(
             f"  [{label}] {len(starts)} runs: {rate:.1f} runs started a second; start delay after the instant "
             f"p50 {percentile(delays, 0.5):.2f} s, p99 {percentile(delays, 0.99):.2f} s, max {max(delays):.2f} s, "
