@@ -44,7 +44,7 @@ from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQ
 from shared.domain.change_index import ChangeIndex, Kind
 from shared.domain.change_staging import SnapshotRun, StagedMember, Staging
 from shared.domain.checkpoints import Checkpoint, RunSync
-from shared.domain.member_hashes import key_hash
+from shared.domain.member_hashes import key_hashes
 from shared.domain.removal_limit import refusal_reason
 from shared.domain.runs import RunStatus
 from shared.domain.sync_mode import SyncMode
@@ -279,7 +279,7 @@ class ChangeRun:
             for page in self.host._timed(pages):
                 assert isinstance(page, Page), "change runs read rows"
                 at = self._key_at(page)
-                hashes = np.fromiter((key_hash(k) for k in page_keys(page.rows, at)), dtype=np.int64)
+                hashes = key_hashes(page_keys(page.rows, at))
                 index.classify(hashes, np.zeros(len(hashes), dtype=np.int64))
 
     def _removal_phase(self, state: Checkpoint, saved: dict[str, int]) -> tuple[Checkpoint, int]:
@@ -331,7 +331,7 @@ class ChangeRun:
         columns = list(page.columns)
         at = self._key_at(page)
         keys = page_keys(page.rows, at)
-        hashes = np.fromiter((key_hash(k) for k in keys), dtype=np.int64, count=len(keys))
+        hashes = key_hashes(keys, count=len(keys))
         fingerprint = Fingerprints(columns)
         fingerprints = np.fromiter((fingerprint(row) for row in page.rows), dtype=np.int64, count=len(keys))
         kinds = index.classify(hashes, fingerprints)

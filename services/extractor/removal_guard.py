@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from shared.domain.change_index import ChangeIndex
-from shared.domain.member_hashes import key_hash
+from shared.domain.member_hashes import key_hashes
 from shared.domain.removal_limit import RemovalLimit
 from shared.member_keys import row_key
 
@@ -39,7 +39,7 @@ def removals_over_limit(index: ChangeIndex, limit: RemovalLimit, key_pages: Iter
     seen = np.zeros(len(index), dtype=np.bool_)
     kept = 0  # the partner's members the keys so far select
     for keys in key_pages:
-        hashes = np.fromiter((key_hash(row_key(k)) for k in keys), dtype=np.int64, count=len(keys))
+        hashes = key_hashes(map(row_key, keys), count=len(keys))
         at, _ = index.lookup(hashes)
         new = np.unique(at[~seen[at]])  # a key selected twice counts once
         seen[new] = True

@@ -8,7 +8,11 @@ million.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from hashlib import blake2b
+
+import numpy as np
+import numpy.typing as npt
 
 #: 64 bits: a BIGINT column and a numpy int64.
 HASH_BYTES = 8
@@ -22,3 +26,8 @@ def hash64(data: bytes) -> int:
 def key_hash(key: str) -> int:
     """The hash of a member's key (as text)."""
     return hash64(key.encode())
+
+
+def key_hashes(keys: Iterable[str], count: int = -1) -> npt.NDArray[np.int64]:
+    """The hashes of members' keys, in order, as a numpy int64 array (``count``: how many, when known)."""
+    return np.fromiter((key_hash(k) for k in keys), dtype=np.int64, count=count)

@@ -45,6 +45,7 @@ from shared.log import configure_logging
 from shared.querystore.demo_data import create_demo_members
 from shared.settings import CommonSettings
 from tests.benchmarks.common import cpu_seconds
+from tests.benchmarks.scheduler_starts import percentile, start_figures
 from tests.extractor_replicas import ExtractorReplicas
 from tests.kafka_helpers import read_until, service_env
 
@@ -54,11 +55,6 @@ LEAD_PER_RUN_SECONDS = 0.002
 WRITE_CHUNK = 500
 #: Partitions of a turn's topics at the least (as many as the services' default, EXPORT_TOPIC_PARTITIONS).
 MIN_PARTITIONS = 6
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -185,9 +181,7 @@ class Setup:
         cpu["others"] = machine_after[0] - machine_before[0] - sum(cpu.values())  # other work on the machine
         cpu["machine"] = machine_after[0] - machine_before[0]
         wall = (machine_after[1] - machine_before[1]) / (os.cpu_count() or 1)
-        delays = [(s.at - instant).total_seconds() for s in starts]
-        times = sorted(s.at for s in starts)
-        rate = (len(times) - 1) / max(1e-9, (times[-1] - times[0]).total_seconds())
+        delays, rate = start_figures(instant, starts)
         print(
             f"  [{label}] {len(starts)} runs: {rate:.1f} runs started a second; start delay after the instant "
             f"p50 {percentile(delays, 0.5):.2f} s, p99 {percentile(delays, 0.99):.2f} s, max {max(delays):.2f} s, "

@@ -56,6 +56,14 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
+def start_figures(instant: dt.datetime, starts: list[RunStarted]) -> tuple[list[float], float]:
+    """The runs due at ``instant``, from their ``run.started`` events: each one's start delay after the instant
+    (seconds), and the runs started a second (first start to last)."""
+    delays = [(s.at - instant).total_seconds() for s in starts]
+    times = sorted(s.at for s in starts)
+    return delays, (len(times) - 1) / max(1e-9, (times[-1] - times[0]).total_seconds())
+
+
 def next_minute(after: dt.datetime) -> dt.datetime:
     """The first whole minute after ``after``."""
     return after.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
@@ -200,9 +208,7 @@ def _tick_until(scheduler: Scheduler, stopping: threading.Event) -> None:
 
 
 def _line(label: str, what: str, instant: dt.datetime, starts: list[RunStarted], extra: str) -> None:
-    delays = [(s.at - instant).total_seconds() for s in starts]
-    times = sorted(s.at for s in starts)
-    rate = (len(times) - 1) / max(1e-9, (times[-1] - times[0]).total_seconds())
+    delays, rate = start_figures(instant, starts)
     print(
         f"[{label}] {what}: {len(starts)} runs due at one instant; fire delay (instant -> run started) "
         f"p50 {percentile(delays, 0.5):.2f} s, p99 {percentile(delays, 0.99):.2f} s, max {max(delays):.2f} s, "
