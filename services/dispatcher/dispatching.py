@@ -38,6 +38,7 @@ from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
 from services.dispatcher.render_offload import Renderer
 from services.dispatcher.round_admission import RoundAdmission, Verdict, admitted_requests
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_in_requests
+from services.dispatcher.wakeup import Wakeup
 from shared.application.ports import DefinitionsReader, RunsReader
 from shared.domain.catalog_objects import (
     CatalogObject,
@@ -115,31 +116,6 @@ class CatalogCache:
 
 def _nothing() -> None:
     """A request finished, and no round counts them."""
-
-
-class _Wakeup:
-    """One waiter at a time, woken by :meth:`wake` or at its timeout: cheaper than ``asyncio.wait_for`` on an
-    event (no task), which a round pays about once per record."""
-
-    __slots__ = ("_future",)
-
-    def __init__(self) -> None:
-        self._future: asyncio.Future[None] | None = None
-
-    def wake(self) -> None:
-        future = self._future
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    async def wait(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._future = loop.create_future()
-        timer = loop.call_later(timeout, self.wake)
-        try:
-            await self._future
-        finally:
-            timer.cancel()
-            self._future = None
 
 
 class Stopping(DependencyUnavailable):
@@ -243,7 +219,7 @@ class Dispatcher:
         record_requests = [1]  # this round's most requests in one record
         contexts = round_contexts(batches)
         admission = RoundAdmission(self.admitted_requests, self.round_seconds, self.clock())
-        ready = _Wakeup()  # woken when the batch waiting to begin fits
+        ready = Wakeup()  # woken when the batch waiting to begin fits
         tasks: list[asyncio.Future[list[Outgoing]]] = []
         try:
             while len(tasks) < len(batches) and not self.stopping.is_set():
@@ -284,18 +260,18 @@ class Dispatcher:
         record_requests: list[int],
         admission: RoundAdmission,
         index: int,
-        ready: _Wakeup,
+        ready: Wakeup,
     ) -> asyncio.Future[list[Outgoing]]:
         """Begin delivering ``batch`` (the round's ``index``-th), its requests counted off ``admission`` as they
         finish; ``ready`` is woken when the batch waiting to begin fits."""
 
         def request_done() -> None:
             if admission.request_done(index):
-                ready.wake()
+                ready.notify()
 
         def batch_done(_: object) -> None:
             if admission.batch_done(index):
-                ready.wake()
+                ready.notify()
 
         task = asyncio.ensure_future(self._handle_in(batch, context, record_requests, request_done))
         task.add_done_callback(batch_done)
