@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 from services.admin.console.forms import Form, Problems
 from shared.domain.catalog_objects import ExportDefinition, SavedQuery
 from shared.domain.query_parameters import ParameterType, coerce
@@ -38,7 +40,16 @@ CHECKBOXES = {
 FIELDS = {
     "general": ("label", "name", "business_unit", "priority", "max_failure_percent", "pause_after_failed_runs"),
     "filter": ("query", "watermark_column"),
-    "destination": ("template",),
+    "destination": (
+        "template",
+        "sync_mode",
+        "sync_added",
+        "sync_changed",
+        "sync_removed",
+        "sync_max_removed",
+        "retry_runs",
+        "retry_invalid_runs",
+    ),
     "schedule": (
         "recurrence",
         "once_date",
@@ -55,8 +66,12 @@ FIELDS = {
         "timezone",
         "overlap",
     ),
-    "notifications": ("error_recipients", "success_recipients"),
+    "notifications": ("error_recipients", "success_recipients", "webhooks"),
 }
+#: Change mode's kinds, each sent with a template of its own, the destination's (blank) or not at all.
+SYNC_KINDS = ("added", "changed", "removed")
+#: The choice "not sent" (``false``) of a kind's template: no name is "-" (a name starts with a letter or digit).
+NOT_SENT = "-"
 DEFAULTS: dict[str, Any] = {
     "priority": "normal",
     "recurrence": "none",
@@ -68,6 +83,9 @@ DEFAULTS: dict[str, Any] = {
     "month": "1",
     "timezone": "UTC",
     "overlap": "skip",
+    "sync_mode": "full",
+    "retry_runs": "3",
+    "retry_invalid_runs": "0",
 }
 
 
@@ -88,6 +106,9 @@ def values_of(definition: ExportDefinition | None) -> dict[str, Any]:
         incremental=definition.incremental is not None,
         watermark_column=definition.incremental.watermark_column if definition.incremental else "",
         template=definition.template,
+        **_sync_values(definition),
+        retry_runs=str(definition.retry_rejected.runs),
+        retry_invalid_runs=str(definition.retry_rejected.invalid_runs),
         enabled=schedule.enabled,
         timezone=schedule.timezone,
         overlap=schedule.overlap.value,
@@ -95,6 +116,7 @@ def values_of(definition: ExportDefinition | None) -> dict[str, Any]:
         error_recipients=", ".join(definition.notifications.error.recipients),
         success_enabled=definition.notifications.success.enabled,
         success_recipients=", ".join(definition.notifications.success.recipients),
+        webhooks=_webhooks_yaml(definition),
         **{"from": _text(schedule.start_date), "to": _text(schedule.end_date)},
     )
     values.update({f"param.{name}": _text(value) for name, value in definition.parameters.items()})
@@ -105,6 +127,26 @@ def values_of(definition: ExportDefinition | None) -> dict[str, Any]:
         if schedule.repeat.every is not None:
             values.update(_composer_values(schedule.repeat))
     return values
+
+
+def _sync_values(definition: ExportDefinition) -> dict[str, str]:
+    sync = definition.sync
+    values = {"sync_mode": sync.mode.value, "sync_max_removed": _text(sync.max_removed)}
+    for kind in SYNC_KINDS:
+        chosen = getattr(sync, kind)
+        values[f"sync_{kind}"] = NOT_SENT if chosen is False else (chosen or "")
+    return values
+
+
+def _webhooks_yaml(definition: ExportDefinition) -> str:
+    """The webhooks as YAML, one mapping per channel by its name (a ``signing_secret`` is a reference, shown)."""
+    hooks = {
+        name: channel.model_dump(mode="json", exclude_none=True)
+        for name, channel in definition.notifications.webhooks.items()
+    }
+    if not hooks:
+        return ""
+    return yaml.safe_dump(hooks, sort_keys=False, allow_unicode=True, default_flow_style=False).strip()
 
 
 def _composer_values(repeat: Repeat) -> dict[str, Any]:
@@ -172,8 +214,26 @@ def filter_body(form: Form, query: SavedQuery | None, problems: Problems) -> dic
 
 
 def destination_body(form: Form) -> dict[str, Any]:
-    """Step 2: the HTTP operation (template)."""
-    return {"template": form.text("template")}
+    """Step 2: the HTTP operation (template), the sync mode with change mode's templates per kind and its bound on
+    removals, and how many later runs send refused members again. A form without the sync or the retry fields
+    (an older page) leaves the stored settings as they are."""
+    body: dict[str, Any] = {"template": form.text("template")}
+    if "sync_mode" in form.fields:
+        sync: dict[str, Any] = {"mode": form.text("sync_mode") or "full"}
+        for kind in SYNC_KINDS:
+            chosen = form.text(f"sync_{kind}")
+            if chosen:
+                sync[kind] = False if chosen == NOT_SENT else chosen
+        limit = form.optional("sync_max_removed")
+        if limit is not None:
+            # A bare count is a number (the domain refuses the string "500": members or percent?).
+            sync["max_removed"] = int(limit) if limit.isascii() and limit.isdigit() else limit
+        body["sync"] = sync
+    if "retry_runs" in form.fields or "retry_invalid_runs" in form.fields:
+        retry = {"runs": form.optional("retry_runs"), "invalid_runs": form.optional("retry_invalid_runs")}
+        # Blank: the default (3 and 0).
+        body["retry_rejected"] = {name: value for name, value in retry.items() if value is not None}
+    return body
 
 
 def schedule_body(form: Form) -> dict[str, Any]:
@@ -198,12 +258,33 @@ def schedule_body(form: Form) -> dict[str, Any]:
     return schedule
 
 
-def notifications_body(form: Form) -> dict[str, Any]:
-    """Step 4: each toggle with its recipients (one a line, or comma-separated)."""
-    return {
+def notifications_body(form: Form, problems: Problems) -> dict[str, Any]:
+    """Step 4: each toggle with its recipients (one a line, or comma-separated), and the webhooks as YAML (blank:
+    none; a form without the field keeps the stored ones)."""
+    body: dict[str, Any] = {
         kind: {"enabled": form.flag(f"{kind}_enabled"), "recipients": form.lines(f"{kind}_recipients")}
         for kind in ("error", "success")
     }
+    if "webhooks" in form.fields:
+        body["webhooks"] = _webhooks(form.fields["webhooks"][-1], problems)
+    return body
+
+
+def _webhooks(text: str, problems: Problems) -> Any:
+    """The webhooks field's YAML (or JSON) as written; the domain validates the channels."""
+    if not text.strip():
+        return {}
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problems.add("notifications.webhooks", f"not valid YAML or JSON{line}")
+        return {}
+    if not isinstance(value, dict):
+        problems.add("notifications.webhooks", "must be a mapping: each webhook's name, then its url, events…")
+        return {}
+    return value
 
 
 def definition_body(form: Form, query: SavedQuery | None, problems: Problems) -> dict[str, Any]:
@@ -212,7 +293,7 @@ def definition_body(form: Form, query: SavedQuery | None, problems: Problems) ->
         general_body(form)
         | filter_body(form, query, problems)
         | destination_body(form)
-        | {"schedule": schedule_body(form), "notifications": notifications_body(form)}
+        | {"schedule": schedule_body(form), "notifications": notifications_body(form, problems)}
     )
 
 
@@ -220,6 +301,7 @@ def step_of(problems: Problems) -> str:
     """The first step a problem is in (to open its tab), ``general`` when none is."""
     owners = {
         "query": "filter", "parameters": "filter", "incremental": "filter", "template": "destination",
+        "sync": "destination", "retry_rejected": "destination",
         "schedule": "schedule", "notifications": "notifications",
     }  # fmt: skip
     for path in problems.by_field:

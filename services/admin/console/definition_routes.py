@@ -138,7 +138,7 @@ def save_step(request: Request, name: str, step: str) -> Response:
     elif step == "schedule":
         body, field_name = fields.schedule_body(form), "schedule"
     elif step == "notifications":
-        body, field_name = fields.notifications_body(form), "notifications"
+        body, field_name = fields.notifications_body(form, problems), "notifications"
     else:
         return RedirectResponse(f"{PREFIX}/exports/{name}", status_code=303)
     if not problems:

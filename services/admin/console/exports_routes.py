@@ -22,6 +22,7 @@ from shared.application.errors import Refused
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, Priority, SavedQuery
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.runs import RunRecord
+from shared.domain.sync_mode import SyncMode
 
 router = APIRouter(prefix=f"{PREFIX}/exports")
 PAGE_SIZE = 20
@@ -123,6 +124,7 @@ def _confirm(request: Request, **values: Any) -> Response:
     values.setdefault("error", None)
     values.setdefault("hidden", {})
     values.setdefault("facts", [])
+    values.setdefault("checkboxes", [])
     return console_of(request).pages.render(request, "confirm.html", status=422 if values["error"] else 200, **values)
 
 
@@ -189,6 +191,14 @@ def delete(request: Request, name: str) -> Response:
     return RedirectResponse(f"{PREFIX}/exports?notice=deleted", status_code=303)
 
 
+#: Run now's checkbox that lets a change-mode run remove more members than ``sync.max_removed`` allows, once.
+ALLOW_MASS_REMOVAL = "allow_mass_removal"
+_ALLOW_TEXT = (
+    "Allow a mass removal for this run only: it may remove more of the partner's members than the bound (%s) "
+    "allows. Leave it off unless a refused run's removals are right."
+)
+
+
 def run_facts(console: ConsoleContext, definition: ExportDefinition) -> tuple[list[tuple[str, str]], str | None]:
     """What a run of ``definition`` does, said before it starts: query and parameters, destination, batches."""
     store = console.admin.definitions
@@ -236,6 +246,10 @@ def _run_page(request: Request, definition: ExportDefinition, error: str | None 
         back=f"{PREFIX}/exports",
         # A resubmitted form (a double click, a reload) finds the run the first one started.
         hidden={"idempotency_key": f"console-{uuid.uuid4()}"},
+        # The removal guard's override, for this run only (change mode: exportctl run --allow-mass-removal).
+        checkboxes=[(ALLOW_MASS_REMOVAL, _ALLOW_TEXT % definition.sync.removal_limit.setting)]
+        if definition.sync.mode is SyncMode.CHANGES
+        else [],
         error=error or problem,
     )
 
@@ -251,6 +265,7 @@ def run(request: Request, name: str) -> Response:
             runs=console.admin.runs,
             publisher=console.admin.publisher,
             idempotency_key=form.optional("idempotency_key"),
+            allow_mass_removal=form.flag(ALLOW_MASS_REMOVAL),
         )
     except Refused as refusal:
         return _run_page(request, _definition(request, name), refusal.reason)

@@ -13,7 +13,7 @@ import yaml
 
 from services.admin.console.forms import Form, Problems
 from shared.application.masked_secrets import MASK
-from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery, TlsSettings
 
 #: Each authentication type's fields, and which of them are secrets.
 AUTH_FIELDS: dict[str, tuple[str, ...]] = {
@@ -24,6 +24,10 @@ AUTH_FIELDS: dict[str, tuple[str, ...]] = {
     "oauth2_client_credentials": ("token_url", "client_id", "client_secret", "scope"),
 }
 SECRETS = frozenset({"password", "token", "key", "client_secret"})
+#: The profile's secrets outside its auth, by their form fields (write-only, as the auth's).
+PROFILE_SECRETS = ("signing_secret", "tls_client_key", "proxy_password")
+#: The oldest TLS version accepted unless a profile says otherwise (TlsSettings' default).
+TLS_MIN_VERSION: str = TlsSettings.model_fields["min_version"].default
 
 
 def _yaml(value: Any) -> str:
@@ -61,7 +65,13 @@ def _named(form: Form, body: dict[str, Any]) -> dict[str, Any]:
 def profile_values(profile: ConnectionProfile | None) -> dict[str, Any]:
     """A profile's fields, its secrets left out (the form says whether one is stored)."""
     if profile is None:
-        return {"auth_type": "none", "timeout_seconds": "30", "burst": "1", "stored_secrets": []}
+        return {
+            "auth_type": "none",
+            "timeout_seconds": "30",
+            "burst": "1",
+            "tls_min_version": TLS_MIN_VERSION,
+            "stored_secrets": [],
+        }
     auth = profile.auth.model_dump(mode="json")
     values: dict[str, Any] = {
         "label": profile.label or "",
@@ -70,7 +80,18 @@ def profile_values(profile: ConnectionProfile | None) -> dict[str, Any]:
         "auth_type": auth.get("type", "none"),
         "timeout_seconds": f"{profile.timeout_seconds:g}",
         "stored_secrets": [name for name in AUTH_FIELDS.get(auth.get("type", "none"), ()) if name in SECRETS]
-        + (["signing_secret"] if profile.signing_secret else []),
+        + (["signing_secret"] if profile.signing_secret else [])
+        + (["tls_client_key"] if profile.tls and profile.tls.client_key else [])
+        + (["proxy_password"] if profile.proxy and profile.proxy.password else []),
+    }
+    tls, proxy = profile.tls, profile.proxy
+    values |= {
+        # Certificates are public (a CA bundle, the client's chain): shown; the client key never is.
+        "tls_ca_bundle": tls.ca_bundle or "" if tls else "",
+        "tls_client_certificate": tls.client_certificate or "" if tls else "",
+        "tls_min_version": tls.min_version if tls else TLS_MIN_VERSION,
+        "proxy_url": proxy.url if proxy else "",
+        "proxy_username": proxy.username or "" if proxy else "",
     }
     values |= {name: str(value) for name, value in auth.items() if name not in SECRETS and value is not None}
     limit = profile.rate_limit
@@ -108,12 +129,17 @@ def profile_body(form: Form, current: ConnectionProfile | None) -> dict[str, Any
     ):
         signing = MASK
     body["signing_secret"] = signing
+    if "tls_min_version" in form.fields:
+        body["tls"] = _tls(form, current)
+    if "proxy_url" in form.fields:
+        body["proxy"] = _proxy(form, current)
     if current is not None:
-        # Set in YAML or through the API (the form has no fields for them yet): kept as they are, their secrets
-        # masked as the API answers them (a mask sent back keeps the stored value).
+        # Set in YAML or through the API (the form has no fields for the breaker; a form without the TLS or proxy
+        # fields, an older page, keeps those): kept as they are, their secrets masked as the API answers them (a
+        # mask sent back keeps the stored value).
         for name in ("tls", "proxy", "circuit_breaker"):
             kept = getattr(current, name)
-            if kept is not None:
+            if kept is not None and name not in body:
                 body[name] = kept.model_dump(mode="json", exclude_none=True)
     if form.optional("requests_per_second") or form.optional("max_in_flight"):
         body["rate_limit"] = {
@@ -122,6 +148,51 @@ def profile_body(form: Form, current: ConnectionProfile | None) -> dict[str, Any
             "max_in_flight": form.optional("max_in_flight"),
         }
     return _named(form, body)
+
+
+def _pem(form: Form, name: str) -> str | None:
+    """A PEM text area's value (a browser sends CRLF line ends: PEM is written with LF), None when blank."""
+    value = form.optional(name)
+    return value.replace("\r\n", "\n") if value is not None else None
+
+
+def _tls(form: Form, current: ConnectionProfile | None) -> dict[str, Any] | None:
+    """The TLS settings; None (no settings) when every field is blank or the default.
+
+    The client key is write-only: blank keeps the stored one (the mask) while a client certificate is given;
+    blanking the certificate ends mutual TLS, the key with it (the two go together).
+    """
+    tls: dict[str, Any] = {
+        "ca_bundle": _pem(form, "tls_ca_bundle"),
+        "client_certificate": _pem(form, "tls_client_certificate"),
+        "client_key": _pem(form, "tls_client_key"),
+        "min_version": form.text("tls_min_version") or TLS_MIN_VERSION,
+    }
+    stored_key = current is not None and current.tls is not None and current.tls.client_key is not None
+    if tls["client_key"] is None and stored_key and tls["client_certificate"] is not None:
+        tls["client_key"] = MASK
+    if not any(tls[name] for name in ("ca_bundle", "client_certificate", "client_key")) and (
+        tls["min_version"] == TLS_MIN_VERSION
+    ):
+        return None
+    return {name: value for name, value in tls.items() if value is not None}
+
+
+def _proxy(form: Form, current: ConnectionProfile | None) -> dict[str, Any] | None:
+    """The forward proxy; None (no proxy) when its URL is blank. The password is write-only: blank keeps the
+    stored one (the mask) while a username is given; blanking the username ends proxy authentication."""
+    url = form.optional("proxy_url")
+    if url is None:
+        return None
+    proxy: dict[str, Any] = {
+        "url": url,
+        "username": form.optional("proxy_username"),
+        "password": form.optional("proxy_password"),
+    }
+    stored = current is not None and current.proxy is not None and current.proxy.password is not None
+    if proxy["password"] is None and stored and proxy["username"] is not None:
+        proxy["password"] = MASK
+    return {name: value for name, value in proxy.items() if value is not None}
 
 
 # --- HTTP API templates ---------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ def _typed(form: Form) -> dict[str, Any]:
     return {name: values[-1] for name, values in form.fields.items() if name not in _WRITE_ONLY}
 
 
-_WRITE_ONLY = {f"auth_{name}" for name in object_forms.SECRETS} | {"signing_secret", "csrf_token"}
+_WRITE_ONLY = {f"auth_{name}" for name in object_forms.SECRETS} | {*object_forms.PROFILE_SECRETS, "csrf_token"}
 
 
 @router.get("/{collection}/{name}")

@@ -1,5 +1,5 @@
 // The console's own script: step tabs (with the keyboard), Back/Next, the composer's fields, Advanced Mode,
-// inserting a query column into a template. Everything else is server-rendered; htmx does the live parts.
+// change mode's fields, inserting a query column into a template. Everything else is server-rendered; htmx does the live parts.
 (function () {
   "use strict";
 
@@ -57,6 +57,15 @@
     document.querySelectorAll("[data-auth]").forEach(function (box) { box.hidden = box.dataset.auth !== auth.value; });
   }
 
+  // Change mode's templates per kind and its bound on removals apply to change mode only: not sent in full mode.
+  function applySyncMode() {
+    const mode = document.getElementById("sync_mode");
+    const box = document.getElementById("sync-changes");
+    if (!mode || !box) return;
+    box.disabled = mode.value !== "changes";
+    box.hidden = mode.value !== "changes";
+  }
+
   document.addEventListener("click", function (event) {
     const tab = event.target.closest('[role="tab"][data-step]');
     if (tab) { event.preventDefault(); selectStep(tab.dataset.step, false); return; }
@@ -89,6 +98,7 @@
     if (event.target.id === "recurrence") showRecurrence();
     if (event.target.id === "advanced") applyAdvancedMode();
     if (event.target.id === "auth_type") showAuthFields();
+    if (event.target.id === "sync_mode") applySyncMode();
   });
 
   document.addEventListener("DOMContentLoaded", function () {
@@ -96,6 +106,7 @@
     showRecurrence();
     applyAdvancedMode();
     showAuthFields();
+    applySyncMode();
     const problems = document.getElementById("problems");
     if (problems) problems.focus();
   });

@@ -1,0 +1,481 @@
+"""The console's fields for settings the admin API and YAML already had: a definition's sync mode (with change mode's
+templates, its bound on removals and Run now's mass-removal override), its retries of refused members and its
+webhooks; a profile's TLS and forward proxy. Each is set, changed and cleared through the console's forms (the real
+app, in process, signed in with a token) and read back through the admin API; refusals are shown by the field they
+name; a stored secret is kept when its field is left blank and is never in a page.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from html import unescape
+from typing import Any
+
+import pytest
+from starlette.exceptions import StarletteDeprecationWarning
+
+from shared.domain.catalog_objects import ConnectionProfile
+from tests.admin_app import InProcessApi, in_process_api, seed
+from tests.partner_tls import partner_tls_material
+
+with warnings.catch_warnings():
+    # As tests.admin_app: Starlette 1.x would rather have httpx2; httpx (installed) works the same.
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+
+PROXY_PASSWORD = "proxy-pass-secret-5521"
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[InProcessApi]:
+    # Plain http in the test client: cookies without Secure (as `make up` and the browser tests run it).
+    monkeypatch_module.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")
+    with in_process_api(tmp_path_factory.mktemp("console-fields")) as in_process, in_process.client() as client:
+        seed(client)
+        # A second template, for change mode's templates per kind.
+        answer = client.post(
+            "/api/v1/http-templates",
+            json={"name": "remove", "query": "gold", "profile": "partner", "method": "DELETE", "path": "/members"},
+        )
+        assert answer.status_code == 201, answer.text
+        yield in_process
+
+
+@dataclass(frozen=True)
+class Pem:
+    ca: str
+    client_certificate: str
+    client_key: str
+    other_key: str
+
+    @staticmethod
+    def secret_line(key: str) -> str:
+        """A line of a private key's body (what must never be in a page)."""
+        return key.splitlines()[2]
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory: pytest.TempPathFactory) -> Pem:
+    material = partner_tls_material(tmp_path_factory.mktemp("pem"))
+    return Pem(
+        ca=material.ca.read_text().strip(),
+        client_certificate=material.client.certificate.read_text().strip(),
+        client_key=material.client.key.read_text().strip(),
+        other_key=material.server.key.read_text().strip(),
+    )
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+class Console:
+    """A signed-in console session: pages fetched, forms posted with their CSRF token."""
+
+    def __init__(self, client: TestClient, csrf: str) -> None:
+        self.client, self.csrf = client, csrf
+
+    def page(self, path: str) -> str:
+        answer = self.client.get(f"/console{path}")
+        assert answer.status_code == 200, answer.text
+        return answer.text
+
+    def post(self, path: str, fields: dict[str, str]) -> Any:
+        return self.client.post(f"/console{path}", data={"csrf_token": self.csrf, **fields}, follow_redirects=False)
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found is not None
+    return found.group(1)
+
+
+@pytest.fixture
+def console(api: InProcessApi) -> Iterator[Console]:
+    with TestClient(api.app, raise_server_exceptions=True) as client:
+        sign_in = client.get("/console/sign-in")
+        answer = client.post(
+            "/console/sign-in",
+            data={"csrf_token": _csrf(sign_in.text), "token": api.tokens["admin"]},
+            follow_redirects=False,
+        )
+        assert answer.status_code == 303, answer.text
+        yield Console(client, _csrf(client.get("/console/exports").text))
+
+
+def _read(api: InProcessApi, collection: str, name: str) -> dict[str, Any]:
+    with api.client() as client:
+        answer = client.get(f"/api/v1/{collection}/{name}")
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+
+def _set(answered: dict[str, Any]) -> dict[str, Any]:
+    """An API answer's fields that are set (it answers unset ones as null)."""
+    return {key: value for key, value in answered.items() if value is not None}
+
+
+def _field_error(html: str, field: str) -> str:
+    """The message shown beside ``field`` (its ``<id>-error`` paragraph)."""
+    found = re.search(rf'<p class="field-error" id="{re.escape(field)}-error">([^<]*)</p>', html)
+    assert found is not None, f"no message beside {field}"
+    return unescape(found.group(1))
+
+
+# --- export definitions ---------------------------------------------------------------------------------
+
+
+DESTINATION = {"step": "destination", "template": "upsert"}
+
+
+def test_sync_mode_with_templates_per_kind_and_removal_bound_is_set_changed_and_cleared(console: Console, api):
+    answer = console.post(
+        "/exports/nightly/steps/destination",
+        DESTINATION
+        | {
+            "sync_mode": "changes",
+            "sync_added": "",
+            "sync_changed": "-",
+            "sync_removed": "remove",
+            "sync_max_removed": "10%",
+            "retry_runs": "",
+            "retry_invalid_runs": "",
+        },
+    )
+    assert answer.status_code == 303, answer.text
+    sync = _read(api, "export-definitions", "nightly")["sync"]
+    assert (sync["mode"], sync.get("added"), sync["changed"], sync["removed"], sync["max_removed"]) == (
+        "changes",
+        None,
+        False,
+        "remove",
+        "10%",
+    )
+    page = console.page("/exports/nightly?step=destination")
+    assert '<option value="remove" selected>' in page
+    assert '<option value="-" selected>' in page
+    assert 'value="10%"' in page
+
+    # Changed: a count, removals back to not sent (the default).
+    answer = console.post(
+        "/exports/nightly/steps/destination",
+        DESTINATION | {"sync_mode": "changes", "sync_changed": "upsert", "sync_removed": "", "sync_max_removed": "500"},
+    )
+    assert answer.status_code == 303, answer.text
+    sync = _read(api, "export-definitions", "nightly")["sync"]
+    assert (sync["changed"], sync.get("removed"), sync["max_removed"]) == ("upsert", None, 500)
+
+    # Cleared: full mode, nothing of change mode left.
+    answer = console.post("/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "full"})
+    assert answer.status_code == 303, answer.text
+    sync = _read(api, "export-definitions", "nightly")["sync"]
+    assert sync["mode"] == "full"
+    assert not {key: value for key, value in sync.items() if key != "mode" and value is not None}
+
+
+def test_a_refused_sync_setting_is_shown_beside_its_field_and_nothing_is_saved(console: Console, api):
+    before = _read(api, "export-definitions", "nightly")
+    answer = console.post(
+        "/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "changes", "sync_max_removed": "500 members"}
+    )
+    assert answer.status_code == 422
+    assert "expected a share" in _field_error(answer.text, "sync_max_removed")
+    # Templates per kind in full mode: the application layer's refusal, by its field.
+    answer = console.post(
+        "/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "full", "sync_removed": "remove"}
+    )
+    assert answer.status_code == 422
+    assert "sync mode 'changes' only" in _field_error(answer.text, "sync_removed")
+    assert _read(api, "export-definitions", "nightly") == before
+
+
+def test_retry_rejected_is_set_changed_and_cleared_and_a_bad_value_is_shown_by_its_field(console: Console, api):
+    answer = console.post(
+        "/exports/nightly/steps/destination", DESTINATION | {"retry_runs": "5", "retry_invalid_runs": "2"}
+    )
+    assert answer.status_code == 303, answer.text
+    assert _read(api, "export-definitions", "nightly")["retry_rejected"] == {"runs": 5, "invalid_runs": 2}
+    assert 'id="retry_runs" name="retry_runs" type="number" min="0" max="100" value="5"' in console.page(
+        "/exports/nightly?step=destination"
+    )
+    answer = console.post("/exports/nightly/steps/destination", DESTINATION | {"retry_runs": "101"})
+    assert answer.status_code == 422
+    assert "less than or equal to 100" in _field_error(answer.text, "retry_runs")
+    # Blank: the defaults.
+    answer = console.post(
+        "/exports/nightly/steps/destination", DESTINATION | {"retry_runs": "", "retry_invalid_runs": ""}
+    )
+    assert answer.status_code == 303, answer.text
+    assert _read(api, "export-definitions", "nightly")["retry_rejected"] == {"runs": 3, "invalid_runs": 0}
+
+
+def test_a_destination_form_without_the_new_fields_keeps_the_stored_settings(console: Console, api):
+    console.post(
+        "/exports/nightly/steps/destination",
+        DESTINATION | {"sync_mode": "changes", "sync_max_removed": "7", "retry_runs": "4"},
+    )
+    answer = console.post("/exports/nightly/steps/destination", DESTINATION)
+    assert answer.status_code == 303, answer.text
+    stored = _read(api, "export-definitions", "nightly")
+    assert (stored["sync"]["mode"], stored["sync"]["max_removed"], stored["retry_rejected"]["runs"]) == (
+        "changes",
+        7,
+        4,
+    )
+    console.post("/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "full", "retry_runs": ""})
+
+
+NOTIFICATIONS = {"step": "notifications", "error_enabled": "on", "error_recipients": "ops@example.com"}
+
+
+def test_webhooks_are_set_changed_and_cleared_and_a_refusal_is_shown_beside_them(console: Console, api):
+    hooks = (
+        "ops-chat:\n  url: https://hooks.example.com/T1\n  format: slack\n  events: [failed, recovered]\n"
+        "audit:\n  url: https://audit.example.com/events\n  signing_secret: env:PARTNER_AUDIT_WHSEC\n"
+    )
+    answer = console.post("/exports/nightly/steps/notifications", NOTIFICATIONS | {"webhooks": hooks})
+    assert answer.status_code == 303, answer.text
+    webhooks = _read(api, "export-definitions", "nightly")["notifications"]["webhooks"]
+    assert set(webhooks) == {"ops-chat", "audit"}
+    assert (webhooks["ops-chat"]["format"], webhooks["ops-chat"]["events"]) == ("slack", ["failed", "recovered"])
+    assert webhooks["audit"]["signing_secret"] == "env:PARTNER_AUDIT_WHSEC"
+    page = console.page("/exports/nightly?step=notifications")
+    assert "https://hooks.example.com/T1" in page
+    assert "env:PARTNER_AUDIT_WHSEC" in page
+
+    # Saving the step without the field (an older page) keeps them; a refused channel is shown by the field.
+    answer = console.post("/exports/nightly/steps/notifications", NOTIFICATIONS)
+    assert answer.status_code == 303, answer.text
+    assert set(_read(api, "export-definitions", "nightly")["notifications"]["webhooks"]) == {"ops-chat", "audit"}
+    answer = console.post(
+        "/exports/nightly/steps/notifications",
+        NOTIFICATIONS | {"webhooks": "audit:\n  url: https://audit.example.com/e\n  signing_secret: whsec_literal\n"},
+    )
+    assert answer.status_code == 422
+    assert "env:NAME or file:PATH reference" in _field_error(answer.text, "webhooks")
+    assert "whsec_literal" in answer.text  # what was typed is shown again (a reference field, not a stored secret)
+    answer = console.post("/exports/nightly/steps/notifications", NOTIFICATIONS | {"webhooks": "[not a mapping"})
+    assert answer.status_code == 422
+    assert "not valid YAML or JSON" in _field_error(answer.text, "webhooks")
+
+    # Changed, then cleared.
+    answer = console.post(
+        "/exports/nightly/steps/notifications",
+        NOTIFICATIONS | {"webhooks": '{"audit": {"url": "https://audit.example.com/v2"}}'},
+    )
+    assert answer.status_code == 303, answer.text
+    webhooks = _read(api, "export-definitions", "nightly")["notifications"]["webhooks"]
+    assert list(webhooks) == ["audit"]
+    assert webhooks["audit"]["url"] == "https://audit.example.com/v2"
+    answer = console.post("/exports/nightly/steps/notifications", NOTIFICATIONS | {"webhooks": ""})
+    assert answer.status_code == 303, answer.text
+    assert _read(api, "export-definitions", "nightly")["notifications"]["webhooks"] == {}
+
+
+def test_run_now_offers_the_mass_removal_override_in_change_mode_and_the_run_carries_it(console: Console, api):
+    assert 'name="allow_mass_removal"' not in console.page("/exports/nightly/run")  # full mode: nothing to allow
+    console.post("/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "changes"})
+    try:
+        page = console.page("/exports/nightly/run")
+        assert 'name="allow_mass_removal"' in page
+        assert "(50%)" in page
+        for allowed in (True, False):
+            fields = {"idempotency_key": f"console-test-{allowed}"} | ({"allow_mass_removal": "on"} if allowed else {})
+            answer = console.post("/exports/nightly/run", fields)
+            assert answer.status_code == 303, answer.text
+            run_id = answer.headers["location"].rsplit("/", 1)[-1]
+            assert _read(api, "runs", run_id)["mass_removal_allowed"] is allowed
+            assert api.publisher.run_requests[-1].allow_mass_removal is allowed
+    finally:
+        console.post("/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "full"})
+
+
+def test_a_new_definition_takes_the_new_fields(console: Console, api):
+    answer = console.post(
+        "/exports/new",
+        {
+            "label": "Changes only",
+            "name": "changes-only",
+            "query": "gold",
+            "template": "upsert",
+            "sync_mode": "changes",
+            "sync_removed": "remove",
+            "retry_runs": "1",
+            "webhooks": "ops:\n  url: https://hooks.example.com/ops\n",
+            "step": "destination",
+        },
+    )
+    assert answer.status_code == 303, answer.text
+    stored = _read(api, "export-definitions", "changes-only")
+    assert (stored["sync"]["mode"], stored["sync"]["removed"], stored["retry_rejected"]["runs"]) == (
+        "changes",
+        "remove",
+        1,
+    )
+    assert list(stored["notifications"]["webhooks"]) == ["ops"]
+
+
+# --- connection profiles --------------------------------------------------------------------------------
+
+
+PROFILE = {"base_url": "https://partner.example.com/v2", "auth_type": "basic", "auth_username": "exporter"}
+
+
+def test_tls_is_set_changed_and_cleared_and_the_client_key_is_kept_when_left_blank_never_shown(
+    console: Console, api: InProcessApi, pem: Pem
+):
+    answer = console.post(
+        "/profiles/partner",
+        PROFILE
+        | {
+            "tls_ca_bundle": pem.ca.replace("\n", "\r\n"),
+            "tls_client_certificate": pem.client_certificate,
+            "tls_client_key": pem.client_key,
+            "tls_min_version": "TLS1.3",
+        },
+    )
+    assert answer.status_code == 303, answer.text
+    tls = _read(api, "connection-profiles", "partner")["tls"]
+    assert (tls["ca_bundle"], tls["client_certificate"], tls["min_version"]) == (
+        pem.ca,
+        pem.client_certificate,
+        "TLS1.3",
+    )
+    assert tls["client_key"] == "**********"
+    stored = api_profile(api)
+    assert stored.tls is not None
+    assert stored.tls.client_key is not None
+    assert stored.tls.client_key.get_secret_value() == pem.client_key
+    page = console.page("/profiles/partner")
+    assert pem.secret_line(pem.client_key) not in page
+    assert "stored (hidden): leave blank to keep it" in page
+    assert pem.ca.splitlines()[1] in page  # the pem.ca bundle is public: shown
+
+    # Changed, the key left blank: kept; then a new key.
+    answer = console.post(
+        "/profiles/partner",
+        PROFILE
+        | {
+            "tls_ca_bundle": "",
+            "tls_client_certificate": pem.client_certificate,
+            "tls_client_key": "",
+            "tls_min_version": "TLS1.2",
+        },
+    )
+    assert answer.status_code == 303, answer.text
+    stored = api_profile(api)
+    assert stored.tls is not None
+    assert stored.tls.ca_bundle is None
+    assert stored.tls.min_version == "TLS1.2"
+    assert stored.tls.client_key is not None
+    assert stored.tls.client_key.get_secret_value() == pem.client_key
+    answer = console.post(
+        "/profiles/partner",
+        PROFILE
+        | {
+            "tls_client_certificate": pem.client_certificate,
+            "tls_client_key": pem.other_key,
+            "tls_min_version": "TLS1.2",
+        },
+    )
+    assert answer.status_code == 303, answer.text
+    stored = api_profile(api)
+    assert stored.tls is not None
+    assert stored.tls.client_key is not None
+    assert stored.tls.client_key.get_secret_value() == pem.other_key
+
+    # A key that is not one: refused by its field, the typed key not put back in the page.
+    answer = console.post(
+        "/profiles/partner",
+        PROFILE
+        | {
+            "tls_client_certificate": pem.client_certificate,
+            "tls_client_key": "not-a-key-secret-8812",
+            "tls_min_version": "TLS1.2",
+        },
+    )
+    assert answer.status_code == 422
+    assert "PEM private key" in _field_error(answer.text, "tls_client_key")
+    assert "not-a-key-secret-8812" not in answer.text
+    # A profile page without the TLS fields keeps them.
+    answer = console.post("/profiles/partner", PROFILE)
+    assert answer.status_code == 303, answer.text
+    assert api_profile(api).tls == stored.tls
+
+    # Cleared: every field blank and the default version.
+    answer = console.post(
+        "/profiles/partner",
+        PROFILE
+        | {"tls_ca_bundle": "", "tls_client_certificate": "", "tls_client_key": "", "tls_min_version": "TLS1.2"},
+    )
+    assert answer.status_code == 303, answer.text
+    assert _read(api, "connection-profiles", "partner").get("tls") is None
+
+
+def test_proxy_is_set_changed_and_cleared_and_its_password_is_kept_when_left_blank_never_shown(console: Console, api):
+    proxy = {"proxy_url": "http://proxy.internal:3128", "proxy_username": "exporter"}
+    answer = console.post("/profiles/partner", PROFILE | proxy | {"proxy_password": PROXY_PASSWORD})
+    assert answer.status_code == 303, answer.text
+    read = _set(_read(api, "connection-profiles", "partner")["proxy"])
+    assert read == {"url": "http://proxy.internal:3128", "username": "exporter", "password": "**********"}
+    page = console.page("/profiles/partner")
+    assert PROXY_PASSWORD not in page
+    assert 'value="http://proxy.internal:3128"' in page
+
+    # Changed, the password left blank: kept.
+    answer = console.post(
+        "/profiles/partner", PROFILE | proxy | {"proxy_url": "http://proxy2.internal:8080", "proxy_password": ""}
+    )
+    assert answer.status_code == 303, answer.text
+    stored = api_profile(api).proxy
+    assert stored is not None
+    assert stored.url == "http://proxy2.internal:8080"
+    assert stored.password is not None
+    assert stored.password.get_secret_value() == PROXY_PASSWORD
+
+    # Refused by its field: no port.
+    answer = console.post("/profiles/partner", PROFILE | proxy | {"proxy_url": "http://proxy.internal"})
+    assert answer.status_code == 422
+    assert "host and port" in _field_error(answer.text, "proxy_url")
+    assert PROXY_PASSWORD not in answer.text
+
+    # Username blanked: no proxy authentication; then no proxy.
+    answer = console.post("/profiles/partner", PROFILE | proxy | {"proxy_username": ""})
+    assert answer.status_code == 303, answer.text
+    assert _set(_read(api, "connection-profiles", "partner")["proxy"]) == {"url": "http://proxy.internal:3128"}
+    answer = console.post("/profiles/partner", PROFILE | {"proxy_url": ""})
+    assert answer.status_code == 303, answer.text
+    assert _read(api, "connection-profiles", "partner").get("proxy") is None
+
+
+def test_a_new_profile_takes_tls_and_proxy(console: Console, api: InProcessApi, pem: Pem):
+    answer = console.post(
+        "/profiles/new",
+        {
+            "name": "tunnelled",
+            "base_url": "https://tunnelled.example.com",
+            "auth_type": "none",
+            "tls_ca_bundle": pem.ca,
+            "tls_min_version": "TLS1.2",
+            "proxy_url": "http://proxy.internal:3128",
+            "proxy_username": "exporter",
+            "proxy_password": PROXY_PASSWORD,
+        },
+    )
+    assert answer.status_code == 303, answer.text
+    read = _read(api, "connection-profiles", "tunnelled")
+    assert (read["tls"]["ca_bundle"], read["proxy"]["password"]) == (pem.ca, "**********")
+    assert PROXY_PASSWORD not in console.page("/profiles/tunnelled")
+
+
+def api_profile(api: InProcessApi) -> ConnectionProfile:
+    """The partner profile as stored (secrets readable): what the dispatcher gets."""
+    found = api.app.state.context.definitions.find(ConnectionProfile, "partner")
+    assert found is not None
+    return found
