@@ -315,8 +315,9 @@ def _keeping_what_the_step_omits(
     definition: ExportDefinition, field_name: str | None, given: set[str], values: dict[str, Any]
 ) -> dict[str, Any]:
     """A step that does not mention the webhooks (Notifications) or the chain (Schedule, with no other
-    recurrence) keeps the stored ones: the console's forms have no such fields yet. ``after: null`` (or
-    another recurrence) removes a chain; ``webhooks: {}`` removes the webhooks."""
+    recurrence) keeps the stored ones: an API client or a console page without those fields (the console has
+    no field for chains) changes only what it sends. ``after: null`` (or another recurrence) removes a chain;
+    ``webhooks: {}`` removes the webhooks."""
     stored = stored_form(definition)
     if field_name == "notifications" and "webhooks" not in given:
         return values | {"webhooks": stored["notifications"].get("webhooks", {})}

@@ -280,6 +280,7 @@ def test_webhooks_are_set_changed_and_cleared_and_a_refusal_is_shown_beside_them
 
 def test_run_now_offers_the_mass_removal_override_in_change_mode_and_the_run_carries_it(console: Console, api):
     assert 'name="allow_mass_removal"' not in console.page("/exports/nightly/run")  # full mode: nothing to allow
+    assert 'type="checkbox"' not in console.page("/profiles/partner/delete")
     console.post("/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "changes"})
     try:
         page = console.page("/exports/nightly/run")
@@ -292,6 +293,8 @@ def test_run_now_offers_the_mass_removal_override_in_change_mode_and_the_run_car
             run_id = answer.headers["location"].rsplit("/", 1)[-1]
             assert _read(api, "runs", run_id)["mass_removal_allowed"] is allowed
             assert api.publisher.run_requests[-1].allow_mass_removal is allowed
+            # The other confirmations (the same page) offer no checkbox.
+            assert 'type="checkbox"' not in console.page(f"/runs/{run_id}/cancel")
     finally:
         console.post("/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "full"})
 
