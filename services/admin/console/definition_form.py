@@ -15,6 +15,7 @@ from services.admin.console.forms import Form, Problems
 from shared.domain.catalog_objects import ExportDefinition, SavedQuery
 from shared.domain.query_parameters import ParameterType, coerce
 from shared.domain.schedule import Every, Repeat
+from shared.domain.secret_references import is_reference
 
 #: The composer's fields each interval shows (the domain's Repeat takes exactly these; a unit test holds it).
 COMPOSER_FIELDS: dict[str, tuple[str, ...]] = {
@@ -163,10 +164,36 @@ def submitted(values: dict[str, Any], form: Form, part: str) -> dict[str, Any]:
     merged = dict(values)
     merged.update({name: form.text(name) for name in FIELDS[part] if name in form.fields})
     merged.update({name: form.flag(name) for name in CHECKBOXES[part]})
+    if part == "notifications" and "webhooks" in merged:
+        merged["webhooks"] = without_literal_secrets(merged["webhooks"])
     if part == "filter":
         merged = {k: v for k, v in merged.items() if not k.startswith("param.")}
         merged.update({name: form.text(name) for name in form.fields if name.startswith("param.")})
     return merged
+
+
+def without_literal_secrets(webhooks: str) -> str:
+    """The webhooks as typed, to show again after a refusal, less any ``signing_secret`` that is not an ``env:`` or
+    ``file:`` reference: the domain refuses it because it may be the secret itself, which is never put in a page.
+
+    Such a value is blanked and the YAML written anew (its comments and layout are lost); text without one, or
+    that is not YAML, is shown as typed.
+    """
+    try:
+        hooks = yaml.safe_load(webhooks)
+    except yaml.YAMLError:
+        return webhooks
+    if not isinstance(hooks, dict):
+        return webhooks
+    literal = False
+    for channel in hooks.values():
+        secret = channel.get("signing_secret") if isinstance(channel, dict) else None
+        if secret is not None and not (isinstance(secret, str) and is_reference(secret)):
+            channel["signing_secret"] = ""
+            literal = True
+    if not literal:
+        return webhooks
+    return yaml.safe_dump(hooks, sort_keys=False, allow_unicode=True, default_flow_style=False).strip()
 
 
 def as_form(values: dict[str, Any]) -> Form:
