@@ -76,6 +76,16 @@ class Problems:
             for message in messages
         ]
 
+    def within(self, path: str) -> list[str]:
+        """The messages about ``path`` or a field inside it, each of the latter with its place in ``path``
+        (``ops.url: …`` within ``notifications.webhooks``): for a field holding a whole mapping."""
+        return [
+            message if where == path else f"{where.removeprefix(path + '.')}: {message}"
+            for where, messages in self.by_field.items()
+            if where == path or where.startswith(path + ".")
+            for message in messages
+        ]
+
     @classmethod
     def of(cls, error: ValidationError | Refused, *, prefix: str = "") -> Problems:
         """The messages of a validation error or a use case's refusal (``prefix`` places a model's fields)."""
