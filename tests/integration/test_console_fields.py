@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from html import unescape
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
+from services.admin.console.definition_form import STEPS
 from shared.domain.catalog_objects import ConnectionProfile
 from tests.admin_app import InProcessApi, in_process_api, seed
 from tests.partner_tls import partner_tls_material
@@ -95,17 +97,23 @@ def _csrf(html: str) -> str:
     return found.group(1)
 
 
-@pytest.fixture
-def console(api: InProcessApi) -> Iterator[Console]:
+@contextmanager
+def signed_in(api: InProcessApi, who: str) -> Iterator[Console]:
     with TestClient(api.app, raise_server_exceptions=True) as client:
         sign_in = client.get("/console/sign-in")
         answer = client.post(
             "/console/sign-in",
-            data={"csrf_token": _csrf(sign_in.text), "token": api.tokens["admin"]},
+            data={"csrf_token": _csrf(sign_in.text), "token": api.tokens[who]},
             follow_redirects=False,
         )
         assert answer.status_code == 303, answer.text
         yield Console(client, _csrf(client.get("/console/exports").text))
+
+
+@pytest.fixture
+def console(api: InProcessApi) -> Iterator[Console]:
+    with signed_in(api, "admin") as admin:
+        yield admin
 
 
 def _read(api: InProcessApi, collection: str, name: str) -> dict[str, Any]:
@@ -279,6 +287,30 @@ def test_webhooks_are_set_changed_and_cleared_and_a_refusal_is_shown_beside_them
     answer = console.post("/exports/nightly/steps/notifications", NOTIFICATIONS | {"webhooks": ""})
     assert answer.status_code == 303, answer.text
     assert _read(api, "export-definitions", "nightly")["notifications"]["webhooks"] == {}
+
+
+def test_a_viewer_sees_the_new_settings_read_only(console: Console, api: InProcessApi):
+    console.post(
+        "/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "changes", "sync_max_removed": "25%"}
+    )
+    console.post(
+        "/exports/nightly/steps/notifications",
+        NOTIFICATIONS | {"webhooks": "ops:\n  url: https://hooks.example.com/viewer\n"},
+    )
+    try:
+        with signed_in(api, "viewer") as viewer:
+            page = viewer.page("/exports/nightly?step=destination")
+            assert '<option value="changes" selected>' in page
+            assert 'value="25%"' in page
+            assert "https://hooks.example.com/viewer" in page
+            assert page.count('<fieldset disabled class="step">') == len(STEPS)
+            refused = viewer.post("/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "full"})
+            assert refused.status_code == 422
+            assert "may not write" in refused.text
+        assert _read(api, "export-definitions", "nightly")["sync"]["mode"] == "changes"
+    finally:
+        console.post("/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "full"})
+        console.post("/exports/nightly/steps/notifications", NOTIFICATIONS | {"webhooks": ""})
 
 
 def test_run_now_offers_the_mass_removal_override_in_change_mode_and_the_run_carries_it(console: Console, api):
