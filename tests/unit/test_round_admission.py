@@ -27,7 +27,7 @@ from services.dispatcher.round_admission import (
 from services.dispatcher.settings import DispatcherSettings
 from shared.domain.catalog_objects import CatalogObject, ConnectionProfile, HttpTemplate
 from shared.domain.rendering import RenderedRequest
-from shared.events import MemberBatch, Priority
+from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, MemberBatch, Priority
 from shared.kafka.held_records import HoldRecord
 from shared.outbound.partner_http import PartnerAnswer
 from shared.topics import Topics
@@ -351,3 +351,32 @@ def test_a_new_high_priority_batch_begins_ahead_of_normal_batches_handed_back():
     clock.now = 200.0
     asyncio.run(dispatcher.handle_all([*handed_back, *later]))
     assert partner.keys == [handed_back[0].identity, handed_back[1].identity]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    priorities=st.lists(st.sampled_from(list(Priority)), min_size=1, max_size=12),
+    step=st.sampled_from([0.0, 0.3, 5.0]),
+)
+def test_a_round_begins_a_priority_ordered_prefix_and_answers_in_the_rounds_order(priorities, step):
+    """Whatever the priorities and however fast the round runs out: each batch is begun (and sent) once or handed
+    back, never both; those begun are the first of the priority order; each result is its own batch's."""
+    clock = Clock()
+
+    def late() -> None:
+        clock.now += step
+
+    partner = Partner(late)
+    dispatcher = round_dispatcher(partner, clock)
+    plain = batches(len(priorities))
+    sent = [batch.model_copy(update={"priority": p}) for batch, p in zip(plain, priorities, strict=True)]
+    results = asyncio.run(dispatcher.handle_all(sent))
+    assert len(results) == len(sent)
+    begun = [i for i, result in enumerate(results) if isinstance(result, list)]
+    assert all(isinstance(results[i], HoldRecord) for i in range(len(sent)) if i not in begun)
+    assert set(begun) == set(admission_order(priorities)[: len(begun)])
+    assert begun  # a round begins one batch at least
+    assert sorted(partner.keys) == sorted(sent[i].identity for i in begun)
+    for i in begun:  # each begun batch's outcome is in its own place
+        outcomes = [RUN_EVENT_ADAPTER.validate_json(outgoing.value) for outgoing in results[i]]
+        assert [(o.batch_index, o.delivered) for o in outcomes if isinstance(o, BatchOutcome)] == [(i, 1)]
