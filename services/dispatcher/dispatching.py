@@ -36,7 +36,7 @@ from services.dispatcher.metrics import (
 )
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
 from services.dispatcher.render_offload import Renderer
-from services.dispatcher.round_admission import RoundAdmission, Verdict, admitted_requests
+from services.dispatcher.round_admission import RoundAdmission, Verdict, admission_order, admitted_requests
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_in_requests
 from services.dispatcher.wakeup import Wakeup
 from shared.application.ports import DefinitionsReader, RunsReader
@@ -202,7 +202,8 @@ class Dispatcher:
         """Deliver a poll's batches, their requests ``concurrency`` at a time; per batch its records, what it
         raised, or :class:`HoldRecord` (until now) for a batch handed to the next round.
 
-        The batches are begun in order while the requests begun and not finished stay within
+        The batches are begun in :func:`.round_admission.admission_order` (the most urgent priority first, the
+        round's order within a priority) while the requests begun and not finished stay within
         ``admitted_requests`` (:mod:`.round_admission`); once the round has run for ``round_seconds``, those not
         begun are handed back: the consumer loop holds them uncommitted and hands them to its next round (none of
         their requests was sent, and none is dead-lettered). A begun batch finishes normally, retries and all. So a
@@ -218,12 +219,13 @@ class Dispatcher:
         """
         record_requests = [1]  # this round's most requests in one record
         contexts = round_contexts(batches)
+        order = admission_order([batch.priority for batch in batches])  # positions in batches, begun in this order
         admission = RoundAdmission(self.admitted_requests, self.round_seconds, self.clock())
         ready = Wakeup()  # woken when the batch waiting to begin fits
         tasks: list[asyncio.Future[list[Outgoing]]] = []
         try:
             while len(tasks) < len(batches) and not self.stopping.is_set():
-                batch = batches[len(tasks)]
+                batch = batches[order[len(tasks)]]
                 requests = self._requests_of(batch)
                 verdict = admission.verdict(requests, self.clock())
                 if verdict is Verdict.HAND_BACK:
@@ -232,7 +234,7 @@ class Dispatcher:
                     await ready.wait(min(self.STOP_CHECK_SECONDS, admission.seconds_left(self.clock())))
                     continue
                 index = admission.begin(requests)
-                tasks.append(self._begin(batch, contexts[index], record_requests, admission, index, ready))
+                tasks.append(self._begin(batch, contexts[order[index]], record_requests, admission, index, ready))
             pending: set[asyncio.Future[list[Outgoing]]] = set(tasks)
             while pending and not self.stopping.is_set():
                 _, pending = await asyncio.wait(pending, timeout=self.STOP_CHECK_SECONDS)
@@ -240,7 +242,8 @@ class Dispatcher:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-            results: list[list[Outgoing] | BaseException] = [self._result_of(task) for task in tasks]
+            # Each begun batch's result, by its position in the round (the loop reads them in the round's order).
+            results = {position: self._result_of(task) for position, task in zip(order, tasks, strict=False)}
             if len(tasks) < len(batches) and not self.stopping.is_set():
                 ROUND_HANDED_BACK.inc(len(batches) - len(tasks))
                 log.info(
@@ -249,7 +252,7 @@ class Dispatcher:
                     handed_back=len(batches) - len(tasks),
                     round_seconds=self.round_seconds,
                 )
-            return results + [self._not_begun() for _ in batches[len(tasks) :]]
+            return [results[position] if position in results else self._not_begun() for position in range(len(batches))]
         finally:
             self._record_requests = record_requests[0]
 

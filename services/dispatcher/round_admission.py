@@ -1,11 +1,13 @@
 """Which of a round's batches the dispatcher begins, and when: a round bounded in time, whatever its size.
 
-A round's batches are begun in order while the requests begun and not finished (queued for a connection or in
-flight, retries included) stay within ``bound``; once the round has run for ``deadline`` seconds, the batches not
-begun yet are handed back (the consumer loop holds them, uncommitted, and hands them to the next round: no request
-of theirs was sent). A begun batch finishes normally. So a round lasts at most ``deadline`` plus the time the
-requests begun by then take, at most ``bound`` of them (or one batch of more, begun alone), whatever the number
-of records polled: :attr:`services.dispatcher.settings.DispatcherSettings.max_poll_interval_ms` follows from it.
+A round's batches are begun in :func:`admission_order` (the most urgent priority first, the round's order within a
+priority: a new high-priority batch goes ahead of normal ones handed back by the last round) while the requests
+begun and not finished (queued for a connection or in flight, retries included) stay within ``bound``; once the
+round has run for ``deadline`` seconds, the batches not begun yet are handed back (the consumer loop holds them,
+uncommitted, and hands them to the next round: no request of theirs was sent). A begun batch finishes normally. So
+a round lasts at most ``deadline`` plus the time the requests begun by then take, at most ``bound`` of them (or one
+batch of more, begun alone), whatever the number of records polled:
+:attr:`services.dispatcher.settings.DispatcherSettings.max_poll_interval_ms` follows from it.
 
 Pure bookkeeping (the clock is given), driven by :meth:`services.dispatcher.dispatching.Dispatcher.handle_all`.
 """
@@ -13,7 +15,10 @@ Pure bookkeeping (the clock is given), driven by :meth:`services.dispatcher.disp
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from shared.events import Priority
 
 #: Requests begun and not finished per round at most, in waves of ``concurrency``: enough queued behind the
 #: connections that none idles between two records (a record's requests are begun together).
@@ -26,6 +31,18 @@ MIN_ADMITTED_REQUESTS = 128
 def admitted_requests(concurrency: int) -> int:
     """The requests a round may have begun and not finished at once, with ``concurrency`` connections."""
     return max(ADMITTED_WAVES * concurrency, MIN_ADMITTED_REQUESTS)
+
+
+#: Each priority's rank, the most urgent first (the order the dispatcher's topics are drained in).
+PRIORITY_RANKS = {priority: rank for rank, priority in enumerate((Priority.HIGH, Priority.NORMAL, Priority.LOW))}
+
+
+def admission_order(priorities: Sequence[Priority]) -> list[int]:
+    """The positions of a round's batches (of ``priorities``) in the order they are offered to admission: the most
+    urgent priority first, the round's order within a priority (a stable sort). The loop puts the batches handed
+    back by the last round first, so they keep their place ahead of new batches of their priority, and the records
+    of one partition (one topic, so one priority) keep theirs."""
+    return sorted(range(len(priorities)), key=lambda position: PRIORITY_RANKS[priorities[position]])
 
 
 class Verdict(enum.Enum):

@@ -6,32 +6,40 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from shared.domain.catalog_objects import CatalogObject, stored_form
+from shared.domain.catalog_objects import CatalogObject, secret_fields, stored_form
 
 #: How pydantic writes a ``SecretStr`` in JSON, hence in every API response.
 MASK = "**********"
 
+#: A field's place in an object's JSON: its keys from the top (``("auth", "password")``).
+Path = tuple[str, ...]
+
 
 def keep_masked_secrets(new: dict[str, Any], old: CatalogObject | None) -> dict[str, Any]:
-    """``new`` (an incoming object, as JSON) with every masked value replaced by ``old``'s value there.
+    """``new`` (an incoming object, as JSON) with the mask replaced by ``old``'s value at each of ``old``'s secrets.
 
     An update may send back what a read returned: its secrets are masked, and must not become
-    ``**********``. A mask where ``old`` has no value is left for validation to refuse or keep.
+    ``**********``. Only a secret field's value is compared, and whole: a secret holding ``*`` or the mask
+    (``a**********b``) is a new value, and so is ``**********`` in any field that is not a secret (a
+    username, a label: a read answers them as they are). A mask where ``old`` has no secret is left for
+    validation to refuse or keep. The mask itself cannot be set as a new secret: sent where a secret is
+    stored, it keeps it (a read answers every secret so: nothing tells the two apart).
     """
     if old is None:
         return new
-    merged: dict[str, Any] = _merge(new, stored_form(old))
+    secrets = {tuple(path.split(".")) for path, _ in secret_fields(old)}
+    merged: dict[str, Any] = _merge(new, stored_form(old), (), secrets)
     return merged
 
 
-def _merge(new: Any, old: Any) -> Any:
+def _merge(new: Any, old: Any, path: Path, secrets: set[Path]) -> Any:
     if isinstance(new, SecretStr):
         new = new.get_secret_value()
-    if new == MASK and isinstance(old, str):
-        return old
+    if path in secrets:
+        return old if new == MASK and isinstance(old, str) else new
     if isinstance(new, dict) and isinstance(old, dict):
         # A changed auth type must not inherit the old type's secret under a shared field name.
         if "type" in new and new.get("type") != old.get("type"):
             return new
-        return {key: _merge(value, old.get(key)) for key, value in new.items()}
+        return {key: _merge(value, old.get(key), (*path, key), secrets) for key, value in new.items()}
     return new

@@ -222,21 +222,35 @@ class Masking:
                 masked = self.reason(value)
             else:
                 masked = self.text(value)
-            shown[name] = f"{shown[name]}, {masked}" if name in shown else masked
+            # Joined, two masks may read as a secret holding the mask and the separator (``*, *``): again.
+            shown[name] = self.text(f"{shown[name]}, {masked}") if name in shown else masked
         return shown
 
     def url(self, url: str) -> str:
-        """The URL with secret values masked anywhere, and the values of query parameters named like secrets."""
-        url = self.text(url)  # first: a secret holding '&' or '=' would otherwise be split before it is found
+        """The URL with secret values masked anywhere, and the values of query parameters named like secrets.
+
+        Again until nothing changes: a value masked by its name may read as a secret holding the mask
+        (``token=***``); a URL that does not settle within :data:`_MAX_ROUNDS` rounds is masked whole."""
+        for _ in range(_MAX_ROUNDS):
+            # Values first: a secret holding '&' or '=' would otherwise be split before it is found.
+            masked = self._query_masked(self.text(url))
+            if masked == url:
+                return masked
+            url = masked
+        return MASK
+
+    @staticmethod
+    def _query_masked(url: str) -> str:
+        """``url`` with the values of its query parameters named like secrets masked."""
         parts = urllib.parse.urlsplit(url)
-        if parts.query:
-            pairs = []
-            for field in parts.query.split("&"):
-                name, sep, _value = field.partition("=")
-                plain = urllib.parse.unquote_plus(name)
-                pairs.append(f"{name}{sep}{MASK}" if sep and secret_query_name(plain) else field)
-            url = urllib.parse.urlunsplit(parts._replace(query="&".join(pairs)))
-        return url
+        if not parts.query:
+            return url
+        pairs = []
+        for field in parts.query.split("&"):
+            name, sep, _value = field.partition("=")
+            plain = urllib.parse.unquote_plus(name)
+            pairs.append(f"{name}{sep}{MASK}" if sep and secret_query_name(plain) else field)
+        return urllib.parse.urlunsplit(parts._replace(query="&".join(pairs)))
 
     def reason(self, text: str, limit: int | None = None, *, partial: bool = False, lead: str = "") -> str:
         """A failure's reason, or any text a partner wrote (a ``Link`` header): secret values and credential

@@ -1,6 +1,6 @@
 """A dispatcher round past its deadline (real Kafka, a slow HTTP receiver on 127.0.0.1): the batches it has not begun
 are handed back uncommitted and delivered in a later round, each exactly once, with nothing dead-lettered, and every
-offset committed in the end."""
+offset committed in the end; high-priority batches arriving meanwhile begin ahead of the normal ones handed back."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from devtools.processes import wait_until
 from services.dispatcher.delivery import RetryBudget
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
-from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, MemberBatch
+from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, MemberBatch, Priority
 from shared.kafka import ConsumerLoop, Outgoing, ensure_topics, make_consumer, make_producer, value_decoder
 from shared.kafka.held_records import HoldRecord
 from shared.settings import CommonSettings
@@ -103,4 +103,90 @@ def test_batches_not_begun_by_the_deadline_go_to_a_later_round_and_are_delivered
         range(BATCHES)
     )
     assert len(read_to_end(settings.kafka_bootstrap_servers, topics.run_events)) == BATCHES
+    assert read_to_end(settings.kafka_bootstrap_servers, topics.dead_letters) == []
+
+
+URGENT = 2
+NORMAL = 10
+
+
+def test_high_priority_batches_begin_ahead_of_normal_batches_handed_back(settings: CommonSettings, tmp_path):
+    """Normal batches handed back by a round past its deadline are held and handed to the next rounds; high-priority
+    batches arriving meanwhile are begun ahead of them in the round they share, and every batch is delivered once."""
+    topics = settings.topics
+    ensure_topics(settings)
+    run_id, urgent_run = uuid.uuid4(), uuid.uuid4()
+    normal = [
+        MemberBatch(run_id=run_id, definition="d", template="t", batch_index=i, members=[{"id": i}])
+        for i in range(NORMAL)
+    ]
+    urgent = [
+        MemberBatch(
+            run_id=urgent_run, definition="d", template="t", priority=Priority.HIGH, batch_index=i, members=[{"id": i}]
+        )
+        for i in range(URGENT)
+    ]
+    produce(settings.kafka_bootstrap_servers, topics.member_batches, [("one-key", b.to_bytes()) for b in normal])
+    catalog = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+    catalog.definitions.apply(SavedQuery(name="q", sql="select 1 as id"))
+    # Each round: what it was handed, and which of them it began (by identity).
+    rounds: list[tuple[list[MemberBatch], set[str]]] = []
+    with HttpReceiver(delay=0.5) as receiver, http_on_loop() as http:
+        catalog.definitions.apply(ConnectionProfile(name="p", base_url=receiver.url))
+        catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))
+        dispatcher = blocking_dispatcher(catalog, http, RetryBudget(), topics, cache_seconds=60)
+        dispatcher.dispatcher.admitted_requests = 2
+        dispatcher.dispatcher.round_seconds = 0.2
+
+        def handle_round(events: list[MemberBatch]) -> Sequence[list[Outgoing] | BaseException]:
+            if not rounds:  # the urgent batches arrive while the first round hands normal ones back
+                produce(
+                    settings.kafka_bootstrap_servers,
+                    topics.member_batches_for("high"),
+                    [(b.identity, b.to_bytes()) for b in urgent],
+                )
+            results = dispatcher.portal.call(dispatcher.dispatcher.handle_all, events)
+            begun = {b.identity for b, r in zip(events, results, strict=True) if not isinstance(r, HoldRecord)}
+            rounds.append((list(events), begun))
+            return results
+
+        group = f"{settings.topic_prefix}dispatcher"
+        loop: ConsumerLoop[MemberBatch] = ConsumerLoop(
+            service="dispatcher-priority-deadline-test",
+            consumer=make_consumer(settings, group, topics.member_batch_topics()),
+            producer=make_producer(settings, "dispatcher-priority-deadline-test"),
+            decode=value_decoder(MemberBatch.model_validate_json),
+            handle_round=handle_round,
+            dead_letter_topic=topics.dead_letters,
+            priority_topics=topics.member_batch_topics(),
+        )
+        loop.poll_records = lambda: NORMAL
+        thread = threading.Thread(target=loop.run, name="loop", daemon=True)
+        thread.start()
+        try:
+            wait_until(
+                lambda: len(receiver.receipts()) >= NORMAL + URGENT,
+                timeout=DEADLINE_SECONDS,
+                interval=0.05,
+                what="every batch delivered",
+            )
+        finally:
+            loop.stopping.set()
+            thread.join(DEADLINE_SECONDS)
+        assert not thread.is_alive()
+        keys = Counter(receipt.headers["Idempotency-Key"] for receipt in receiver.receipts())
+    catalog.close()
+    assert keys == Counter({batch.identity: 1 for batch in normal + urgent})
+    urgent_keys = {b.identity for b in urgent}
+    shared = [
+        (events, begun)
+        for events, begun in rounds
+        if urgent_keys & {b.identity for b in events} and {b.identity for b in events} - urgent_keys
+    ]
+    # The urgent batches met held normal ones in a round (the first round handed back 8 of 10: ~4 rounds of them).
+    assert shared, [[b.priority.value for b in events] for events, _ in rounds]
+    for events, begun in shared:
+        # In a round both share, no normal batch begins while an urgent one waits for the next round.
+        handed_back_urgent = {b.identity for b in events} & urgent_keys - begun
+        assert not handed_back_urgent or not (begun - urgent_keys), rounds
     assert read_to_end(settings.kafka_bootstrap_servers, topics.dead_letters) == []

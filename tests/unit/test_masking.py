@@ -146,6 +146,46 @@ def test_a_partial_body_never_shows_the_start_of_a_secret_it_holds_whole_or_in_p
         assert not set(shown.removesuffix("… (truncated)")) & set(secret), (end, shown)
 
 
+#: Secrets and texts made of what a mask is made of: stars, the mask itself, and a few characters around them.
+STARRY = st.lists(st.one_of(st.text(alphabet="*ab=&/ ,", max_size=5), st.just(MASK)), min_size=1, max_size=5).map(
+    "".join
+)
+
+
+@given(
+    st.lists(STARRY.filter(lambda s: len(s) >= MIN_SEARCHED), min_size=1, max_size=3),
+    st.lists(STARRY, min_size=1, max_size=4),
+    st.integers(min_value=0, max_value=40),
+)
+@example(["****"], ["*"], 3)  # masked, the secret and the star after it read '****' again: masked again
+@example(["a***", "***b"], ["a", "b"], 10)  # one mask completes the other secret, on either side
+@example(["token=***"], ["?token="], 10)  # a query value masked by its name reads as the secret: masked again
+@example(["*, *"], ["a"], 10)  # a header's values masked, then joined, read as the secret: masked again
+def test_a_secret_of_stars_or_holding_the_mask_never_survives_however_masks_chain(
+    secrets: list[str], around: list[str], limit: int
+):
+    """A mask joined to what surrounds it (stars, or another mask) may read as a secret again: it is masked again
+    until none is left, by every way a text is shown; and showing it again changes nothing."""
+    masking = Masking.of(secrets)
+    text = around[0] + "".join(secret + more for secret, more in zip(secrets, [*around[1:], *around], strict=False))
+    text = text + secrets[0]
+    shown = {
+        "text": masking.text(text),
+        "reason": masking.reason(text),
+        "reason cut": masking.reason(text, limit),
+        "cut": masking.cut(text, limit),
+        "cut, partial": masking.cut(text, limit, partial=True),
+        "body": masking.body(text.encode(), limit, shapes=True),
+        "refusal": masking.refusal(400, text.encode(), limit),
+        "url": masking.url(f"https://p.example/{text}?x={text}&token={text}"),
+        "headers": ", ".join(masking.header_pairs([("X-Echo", text), ("X-Echo", text)]).values()),
+    }
+    for how, masked in shown.items():
+        assert found(masking, masked) == [], (how, masked)
+    assert masking.text(shown["text"]) == shown["text"]
+    assert masking.reason(shown["reason"]) == shown["reason"]
+
+
 # --- idempotent, and a text without secrets is left as it is ----------------------------------------------
 
 

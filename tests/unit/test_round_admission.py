@@ -18,14 +18,16 @@ from services.dispatcher.dispatching import CatalogCache, Dispatcher, Stopping
 from services.dispatcher.partner_auth import OAuthTokenCache
 from services.dispatcher.round_admission import (
     MIN_ADMITTED_REQUESTS,
+    PRIORITY_RANKS,
     RoundAdmission,
     Verdict,
+    admission_order,
     admitted_requests,
 )
 from services.dispatcher.settings import DispatcherSettings
 from shared.domain.catalog_objects import CatalogObject, ConnectionProfile, HttpTemplate
 from shared.domain.rendering import RenderedRequest
-from shared.events import MemberBatch
+from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, MemberBatch, Priority
 from shared.kafka.held_records import HoldRecord
 from shared.outbound.partner_http import PartnerAnswer
 from shared.topics import Topics
@@ -105,6 +107,29 @@ def test_the_poll_interval_is_the_deadline_and_the_admitted_requests_retry_budge
     assert DispatcherSettings(dispatcher_round_seconds=70).max_poll_interval_ms == (70 + 16 * 180 * 1.5) * 1000
     # The concurrency does not change the waves: 16 of them, 128 requests at least.
     assert DispatcherSettings(dispatcher_concurrency=64).max_poll_interval_ms == defaults.max_poll_interval_ms
+
+
+def test_the_most_urgent_priority_is_offered_first_and_the_rounds_order_kept_within_a_priority():
+    normal, high, low = Priority.NORMAL, Priority.HIGH, Priority.LOW
+    # Two normal batches handed back by the last round (first in the round), then new ones polled.
+    assert admission_order([normal, normal, low, high, normal, high]) == [3, 5, 0, 1, 4, 2]
+    assert admission_order([]) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(priorities=st.lists(st.sampled_from(list(Priority)), max_size=60))
+def test_admission_order_is_a_permutation_by_priority_stable_within_one(priorities):
+    """Every batch offered exactly once; never a less urgent one before a more urgent one; within a priority, the
+    round's order (the batches handed back, first in the round, stay ahead of new ones of their priority, and a
+    partition's records, all of one topic and so one priority, stay in offset order)."""
+    order = admission_order(priorities)
+    assert sorted(order) == list(range(len(priorities)))
+    ranks = [PRIORITY_RANKS[priorities[position]] for position in order]
+    assert ranks == sorted(ranks)
+    for priority in Priority:
+        assert [p for p in order if priorities[p] is priority] == [
+            p for p in range(len(priorities)) if priorities[p] is priority
+        ]
 
 
 @dataclass
@@ -226,10 +251,17 @@ def round_dispatcher(partner: Partner, clock: Clock, batch_size: int = 500) -> D
     return dispatcher
 
 
-def batches(count: int, members: int = 1) -> list[MemberBatch]:
+def batches(count: int, members: int = 1, priority: Priority = Priority.NORMAL) -> list[MemberBatch]:
     run_id = uuid.uuid4()
     return [
-        MemberBatch(run_id=run_id, definition="d", template="t", batch_index=i, members=[{"id": 1}] * members)
+        MemberBatch(
+            run_id=run_id,
+            definition="d",
+            template="t",
+            batch_index=i,
+            members=[{"id": 1}] * members,
+            priority=priority,
+        )
         for i in range(count)
     ]
 
@@ -287,3 +319,64 @@ def test_a_stop_hands_back_the_batches_not_begun_as_stopping():
     assert all(isinstance(result, Stopping) for result in results[2:])  # read again by the partition's next owner
     assert handed_back_total() == handed_back_before  # nothing handed to a next round of this replica
     assert len(partner.keys) <= 2  # those not begun sent nothing
+
+
+def test_a_new_high_priority_batch_begins_ahead_of_normal_batches_handed_back():
+    clock = Clock()
+
+    def late() -> None:
+        clock.now += 5.0  # each request takes the round past its 1 s deadline
+
+    partner = Partner(late)
+    dispatcher = round_dispatcher(partner, clock)
+    normal = batches(5)
+    first = asyncio.run(dispatcher.handle_all(normal))
+    handed_back = [batch for batch, result in zip(normal, first, strict=True) if isinstance(result, HoldRecord)]
+    assert handed_back == normal[2:]
+    # The next round: the loop hands the held batches first, then what it polled (high-priority batches among them).
+    urgent = batches(2, priority=Priority.HIGH)
+    later = batches(1)
+    partner.keys.clear()
+    clock.now = 100.0
+    round_two = [*handed_back, urgent[0], *later, urgent[1]]
+    results = asyncio.run(dispatcher.handle_all(round_two))
+    # Two begun (the bound), the high-priority ones, in their order; the rest handed back again, in the round's
+    # order, results given in the round's order whatever the order they were begun in.
+    assert partner.keys == [urgent[0].identity, urgent[1].identity]
+    begun = [batch for batch, result in zip(round_two, results, strict=True) if isinstance(result, list)]
+    assert begun == urgent
+    assert all(isinstance(results[i], HoldRecord) for i in (0, 1, 2, 4))
+    # Then the handed-back normal batches, ahead of the later normal one.
+    partner.keys.clear()
+    clock.now = 200.0
+    asyncio.run(dispatcher.handle_all([*handed_back, *later]))
+    assert partner.keys == [handed_back[0].identity, handed_back[1].identity]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    priorities=st.lists(st.sampled_from(list(Priority)), min_size=1, max_size=12),
+    step=st.sampled_from([0.0, 0.3, 5.0]),
+)
+def test_a_round_begins_a_priority_ordered_prefix_and_answers_in_the_rounds_order(priorities, step):
+    """Whatever the priorities and however fast the round runs out: each batch is begun (and sent) once or handed
+    back, never both; those begun are the first of the priority order; each result is its own batch's."""
+    clock = Clock()
+
+    def late() -> None:
+        clock.now += step
+
+    partner = Partner(late)
+    dispatcher = round_dispatcher(partner, clock)
+    plain = batches(len(priorities))
+    sent = [batch.model_copy(update={"priority": p}) for batch, p in zip(plain, priorities, strict=True)]
+    results = asyncio.run(dispatcher.handle_all(sent))
+    assert len(results) == len(sent)
+    begun = [i for i, result in enumerate(results) if isinstance(result, list)]
+    assert all(isinstance(results[i], HoldRecord) for i in range(len(sent)) if i not in begun)
+    assert set(begun) == set(admission_order(priorities)[: len(begun)])
+    assert begun  # a round begins one batch at least
+    assert sorted(partner.keys) == sorted(sent[i].identity for i in begun)
+    for i in begun:  # each begun batch's outcome is in its own place
+        outcomes = [RUN_EVENT_ADAPTER.validate_json(outgoing.value) for outgoing in results[i]]
+        assert [(o.batch_index, o.delivered) for o in outcomes if isinstance(o, BatchOutcome)] == [(i, 1)]
