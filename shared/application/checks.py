@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from shared.application.chain_checks import chain_problems
 from shared.application.errors import Invalid
+from shared.application.masked_secrets import UNKEPT_MASK, unkept_masks
 from shared.application.ports import DefinitionsStore, MemberSource
 from shared.application.sync_checks import kind_templates, sync_definition_problems
 from shared.application.webhook_checks import webhook_problems
@@ -106,7 +107,10 @@ def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: Objec
     problems = [
         p
         for obj in profiles
-        for p in destination_problems(obj, checks) + secret_problems(obj, checks) + tls_problems(obj, checks)
+        for p in mask_problems(obj)
+        + destination_problems(obj, checks)
+        + secret_problems(obj, checks)
+        + tls_problems(obj, checks)
     ]
     # Definitions: their webhook channels (SSRF guard, secret allow-lists) and their chains (no cycle).
     problems += [p for obj in objects if isinstance(obj, ExportDefinition) for p in webhook_problems(obj, checks)]
@@ -159,6 +163,11 @@ def destination_problems(profile: ConnectionProfile, checks: ObjectChecks) -> li
                 problems.append(f"{where(profile, field_name)}: {refusal}{hint}")
                 break
     return problems
+
+
+def mask_problems(profile: ConnectionProfile) -> list[str]:
+    """The profile's secrets still masked after the mask was merged with what is stored: none was stored to keep."""
+    return [f"{where(profile, path)}: {UNKEPT_MASK}" for path in unkept_masks(profile)]
 
 
 def secret_problems(profile: ConnectionProfile, checks: ObjectChecks) -> list[str]:

@@ -14,6 +14,12 @@ MASK = "**********"
 #: A field's place in an object's JSON: its keys from the top (``("auth", "password")``).
 Path = tuple[str, ...]
 
+#: Why a secret still masked after the merge is refused (the mask is not a secret: it may be quoted).
+UNKEPT_MASK = (
+    f"'{MASK}' stands for a stored secret, and none is stored here: give the secret itself "
+    "(or an env:/file: reference to it)"
+)
+
 
 def keep_masked_secrets(new: dict[str, Any], old: CatalogObject | None) -> dict[str, Any]:
     """``new`` (an incoming object, as JSON) with the mask replaced by ``old``'s value at each of ``old``'s secrets.
@@ -21,9 +27,9 @@ def keep_masked_secrets(new: dict[str, Any], old: CatalogObject | None) -> dict[
     An update may send back what a read returned: its secrets are masked, and must not become
     ``**********``. Only a secret field's value is compared, and whole: a secret holding ``*`` or the mask
     (``a**********b``) is a new value, and so is ``**********`` in any field that is not a secret (a
-    username, a label: a read answers them as they are). A mask where ``old`` has no secret is left for
-    validation to refuse or keep. The mask itself cannot be set as a new secret: sent where a secret is
-    stored, it keeps it (a read answers every secret so: nothing tells the two apart).
+    username, a label: a read answers them as they are). A mask where ``old`` has no secret is left as it is,
+    for the checks to refuse (:func:`unkept_masks`). The mask itself cannot be set as a new secret: sent where
+    a secret is stored, it keeps it (a read answers every secret so: nothing tells the two apart).
     """
     if old is None:
         return new
@@ -43,3 +49,12 @@ def _merge(new: Any, old: Any, path: Path, secrets: set[Path]) -> Any:
             return new
         return {key: _merge(value, old.get(key), (*path, key), secrets) for key, value in new.items()}
     return new
+
+
+def unkept_masks(obj: CatalogObject) -> list[str]:
+    """The dotted paths of ``obj``'s secrets that are still the mask (:data:`UNKEPT_MASK` says why each is refused).
+
+    Run on the merged object: a mask left there had no stored secret to keep (a new object, a manifest applied
+    under a new name, an auth type changed), and saved it would be sent to the partner as the credential.
+    """
+    return [path for path, secret in secret_fields(obj) if secret.get_secret_value() == MASK]

@@ -24,6 +24,7 @@ import yaml
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
+from shared.application.masked_secrets import MASK, UNKEPT_MASK
 from shared.catalog import CatalogStores, make_engine
 from shared.cli.__main__ import main as exportctl
 from shared.domain.catalog_objects import KINDS, stored_form
@@ -364,6 +365,68 @@ def test_a_profile_on_a_refused_destination_is_refused_alike(parity: Parity):
         ["apply", "-f", parity.manifest([{"kind": "ConnectionProfile", "spec": spec}])],
     )
     refusals.assert_same(422, f"ConnectionProfile '{name}': field 'base_url': {METADATA_REFUSAL}")
+
+
+def read_profile(parity: Parity, name: str) -> dict[str, Any]:
+    """A profile as the admin API answers it: its secrets masked."""
+    with parity.api() as api:
+        answer = api.get(f"/api/v1/connection-profiles/{name}")
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    assert body["auth"]["token"] == MASK
+    return body
+
+
+def test_a_profile_read_and_sent_under_a_new_name_is_refused_alike_as_no_secret_is_stored_there(parity: Parity):
+    """Before: the manifest of a profile, applied or created under a new name, stored the mask as its token."""
+    names = seeded(parity)
+    name = f"renamed-{parity.tag}"
+    spec = {key: value for key, value in read_profile(parity, names.profile).items() if value is not None}
+    spec["name"] = name
+    refusals = parity.refused_everywhere(
+        lambda api: api.post("/api/v1/connection-profiles", json=spec),
+        ["apply", "-f", parity.manifest([{"kind": "ConnectionProfile", "spec": spec}])],
+    )
+    refusals.assert_same(422, f"ConnectionProfile '{name}': field 'auth.token': {UNKEPT_MASK}")
+
+
+def test_a_masked_secret_under_a_changed_auth_type_is_refused_alike(parity: Parity):
+    """Before: changing a profile's auth type with the new type's secret masked stored the mask as the password."""
+    names = seeded(parity)
+    spec = {key: value for key, value in read_profile(parity, names.profile).items() if value is not None}
+    spec["auth"] = {"type": "basic", "username": "exporter", "password": MASK}
+    refusals = parity.refused_everywhere(
+        lambda api: api.put(f"/api/v1/connection-profiles/{names.profile}", json=spec),
+        ["apply", "-f", parity.manifest([{"kind": "ConnectionProfile", "spec": spec}])],
+    )
+    refusals.assert_same(422, f"ConnectionProfile '{names.profile}': field 'auth.password': {UNKEPT_MASK}")
+    assert "partner-s3cret" not in refusals.api.text + refusals.direct.err + refusals.via_api.err
+
+
+def test_a_profile_read_back_is_unchanged_and_a_copy_keeps_its_secret_through_each_entry_point(parity: Parity):
+    names = seeded(parity)
+    for run in (parity.direct, parity.via_api):
+        shown = run("get", "ConnectionProfile", names.profile, "-o", "yaml")
+        assert shown.code == 0, shown
+        assert MASK in shown.out
+        assert "partner-s3cret" not in shown.out
+        manifest = parity.directory / f"shown-{uuid.uuid4().hex[:8]}.yaml"
+        manifest.write_text(shown.out)
+        applied = run("apply", "-f", str(manifest))
+        assert (applied.code, applied.out) == (0, f"ConnectionProfile/{names.profile} unchanged\n"), applied
+    with parity.api() as api:
+        updated = api.put(f"/api/v1/connection-profiles/{names.profile}", json=read_profile(parity, names.profile))
+        assert updated.status_code == 200, updated.text
+        copied = api.post(f"/api/v1/connection-profiles/{names.profile}/copy", json={"name": f"copy-{parity.tag}"})
+        assert copied.status_code == 201, copied.text
+    copied_by_exportctl = parity.via_api("copy", "ConnectionProfile", names.profile, "--name", f"copy2-{parity.tag}")
+    assert copied_by_exportctl.code == 0, copied_by_exportctl
+    tokens = {
+        spec["name"]: spec["auth"]["token"]
+        for spec in parity.snapshot()["ConnectionProfile"]
+        if spec["name"] in {names.profile, f"copy-{parity.tag}", f"copy2-{parity.tag}"}
+    }
+    assert tokens == dict.fromkeys([names.profile, f"copy-{parity.tag}", f"copy2-{parity.tag}"], "partner-s3cret")
 
 
 def test_a_template_using_a_column_the_query_does_not_return_is_refused_alike(parity: Parity):

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from shared.application.masked_secrets import MASK, keep_masked_secrets
+from shared.application.masked_secrets import MASK, UNKEPT_MASK, keep_masked_secrets, unkept_masks
 from shared.domain.catalog_objects import ConnectionProfile
 
 #: Secrets and values made of what can be confused with a mask: stars, the mask, pydantic's and the masking's.
@@ -102,4 +102,66 @@ def test_a_mask_under_a_changed_auth_type_is_not_the_old_types_secret(secret: st
     body = answered(stored)
     body["auth"] = {"type": "bearer", "token": MASK}
     kept = updated(body, stored)
-    assert kept.auth.token.get_secret_value() == MASK  # left for validation, as before
+    assert kept.auth.token.get_secret_value() == MASK  # left as sent: the checks refuse it (below)
+
+
+# --- a mask with no stored secret to keep: refused, naming the field -------------------------------------
+
+KEY = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"
+CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+ALL_SECRETS = ["auth.password", "signing_secret", "tls.client_key", "proxy.password"]
+
+
+def full_profile(secret: str, *, name: str = "p") -> dict[str, Any]:
+    """A profile's JSON with every kind of secret it has set to ``secret``."""
+    return {
+        "name": name,
+        "base_url": "https://partner.example",
+        "auth": {"type": "basic", "username": MASK, "password": secret},
+        "signing_secret": secret,
+        "tls": {"client_certificate": CERT, "client_key": secret},
+        "proxy": {"url": "http://proxy.internal:3128", "username": "proxy-user", "password": secret},
+    }
+
+
+def test_a_new_object_holding_the_mask_has_every_masked_secret_named_and_nothing_else():
+    """Before: a profile created (or a manifest applied under a new name) with masked secrets stored the mask."""
+    new = ConnectionProfile.model_validate(keep_masked_secrets(full_profile(MASK), None))
+    assert unkept_masks(new) == ALL_SECRETS  # the username holding the mask is a username, not a secret
+
+
+@given(secret=SECRETS)
+@example(secret="*")
+@example(secret=MASK + "*")
+def test_what_a_read_answered_leaves_no_mask_where_the_same_object_is_stored_and_every_one_under_a_new_name(
+    secret: str,
+):
+    # A stored secret that is the mask itself (saved before the refusal) is not kept as a secret: it is refused too.
+    assume(secret != MASK)
+    spec = full_profile(secret) | {"tls": {"client_certificate": CERT, "client_key": KEY}}
+    stored = ConnectionProfile.model_validate(spec)
+    read = answered(stored)
+    assert unkept_masks(ConnectionProfile.model_validate(keep_masked_secrets(read, stored))) == []
+    # The same manifest under a new name: nothing stored there, every masked secret named.
+    copied = ConnectionProfile.model_validate(keep_masked_secrets(read | {"name": "other"}, None))
+    assert unkept_masks(copied) == ALL_SECRETS
+
+
+@given(secret=SECRETS)
+def test_a_mask_under_a_changed_auth_type_is_named(secret: str):
+    assume(secret != MASK)
+    stored = profile(secret)
+    body = answered(stored) | {"auth": {"type": "bearer", "token": MASK}}
+    assert unkept_masks(ConnectionProfile.model_validate(keep_masked_secrets(body, stored))) == ["auth.token"]
+
+
+def test_the_checks_refuse_each_unkept_mask_by_its_field_without_any_secret():
+    from shared.application.checks import mask_problems
+
+    new = ConnectionProfile.model_validate(full_profile(MASK) | {"signing_secret": "whsec_s3cret"})
+    problems = mask_problems(new)
+    assert problems == [
+        f"ConnectionProfile 'p': field '{path}': {UNKEPT_MASK}"
+        for path in ["auth.password", "tls.client_key", "proxy.password"]
+    ]
+    assert "s3cret" not in " ".join(problems)
