@@ -512,6 +512,43 @@ def test_a_new_profile_takes_tls_and_proxy(console: Console, api: InProcessApi, 
     assert PROXY_PASSWORD not in console.page("/profiles/tunnelled")
 
 
+def test_a_blank_secret_where_none_is_stored_is_never_saved_as_the_mask(console: Console, api: InProcessApi, pem: Pem):
+    """The forms send the mask only for a stored secret; where none is stored a blank secret field is refused by
+    its field, and the mask typed as a secret is refused beside it: the mask is never stored as a credential."""
+    cleared = {"tls_ca_bundle": "", "tls_client_certificate": "", "tls_client_key": "", "tls_min_version": "TLS1.2"}
+    answer = console.post("/profiles/partner", PROFILE | cleared | {"proxy_url": ""})
+    assert answer.status_code == 303, answer.text
+    before = api_profile(api)
+    assert (before.tls, before.proxy) == (None, None)
+
+    # A client certificate for the first time, the key left blank: no key is stored to keep.
+    answer = console.post("/profiles/partner", PROFILE | cleared | {"tls_client_certificate": pem.client_certificate})
+    assert answer.status_code == 422
+    assert "go together" in _field_error(answer.text, "tls")
+    # A proxy username with the password left blank, none stored.
+    proxy = {"proxy_url": "http://proxy.internal:3128", "proxy_username": "exporter", "proxy_password": ""}
+    answer = console.post("/profiles/partner", PROFILE | proxy)
+    assert answer.status_code == 422
+    assert "go together" in _field_error(answer.text, "proxy")
+    # Another auth type, its secret left blank: the old type's secret is not it.
+    answer = console.post("/profiles/partner", PROFILE | {"auth_type": "bearer", "auth_token": ""})
+    assert answer.status_code == 422
+    assert "auth.bearer.token: Field required" in unescape(answer.text)  # in the summary (pydantic's place)
+    assert api_profile(api) == before
+
+    # The mask typed as the secret: it stands for a stored secret, and none is stored there.
+    refusal = "stands for a stored secret, and none is stored here"
+    answer = console.post("/profiles/partner", PROFILE | proxy | {"proxy_password": "**********"})
+    assert answer.status_code == 422
+    assert refusal in _field_error(answer.text, "proxy_password")
+    new = {"name": "masked", "base_url": "https://masked.example.com", "auth_type": "basic", "auth_username": "u"}
+    answer = console.post("/profiles/new", new | {"auth_password": "**********"})
+    assert answer.status_code == 422
+    assert refusal in _field_error(answer.text, "auth_basic_password")
+    assert api_profile(api) == before
+    assert api.app.state.context.definitions.find(ConnectionProfile, "masked") is None
+
+
 def api_profile(api: InProcessApi) -> ConnectionProfile:
     """The partner profile as stored (secrets readable): what the dispatcher gets."""
     found = api.app.state.context.definitions.find(ConnectionProfile, "partner")
