@@ -492,6 +492,15 @@ def test_proxy_is_set_changed_and_cleared_and_its_password_is_kept_when_left_bla
     assert _read(api, "connection-profiles", "partner").get("proxy") is None
 
 
+def test_proxy_credentials_typed_without_a_url_are_refused_beside_the_url_not_dropped(console: Console, api):
+    typed = {"proxy_url": "", "proxy_username": "exporter", "proxy_password": "pw-typed-without-url"}
+    answer = console.post("/profiles/partner", PROFILE | typed)
+    assert answer.status_code == 422, answer.text
+    assert "pw-typed-without-url" not in answer.text
+    assert _field_error(answer.text, "proxy_url")
+    assert _read(api, "connection-profiles", "partner").get("proxy") is None
+
+
 def test_a_new_profile_takes_tls_and_proxy(console: Console, api: InProcessApi, pem: Pem):
     answer = console.post(
         "/profiles/new",

@@ -179,11 +179,17 @@ def _tls(form: Form, current: ConnectionProfile | None) -> dict[str, Any] | None
 
 
 def _proxy(form: Form, current: ConnectionProfile | None) -> dict[str, Any] | None:
-    """The forward proxy; None (no proxy) when its URL is blank. The password is write-only: blank keeps the
-    stored one (the mask) while a username is given; blanking the username ends proxy authentication."""
+    """The forward proxy; None (no proxy) when its URL is blank and no password is typed. The password is
+    write-only: blank keeps the stored one (the mask) while a username is given; blanking the username ends proxy
+    authentication."""
     url = form.optional("proxy_url")
     if url is None:
-        return None
+        password = form.optional("proxy_password")
+        if password is None:
+            return None
+        # A password typed without a URL is meant for a proxy: sent as it is, so the domain refuses it beside
+        # `proxy.url` instead of the console throwing the credentials away and answering "Saved".
+        return {"username": form.optional("proxy_username"), "password": password}
     proxy: dict[str, Any] = {
         "url": url,
         "username": form.optional("proxy_username"),
