@@ -450,3 +450,16 @@ def test_a_cancel_during_a_split_run_s_last_range_s_last_page_lets_it_complete_a
     assert record is not None
     assert record.status is RunStatus.CANCELLED
     assert small.extraction.claim_extraction(request.run_id, "paged").completed
+
+
+def test_a_run_cancelled_after_its_start_together_is_not_extracted(extractor: Extractor, small: CatalogStores):
+    request = RunRequested(definition="paged")
+    assert extractor.starts([request]) == 1
+    # Cancelled while it waits for its extraction (the runs before it on this replica being extracted).
+    small.runs.fold_run_event(RunCancelled(run_id=request.run_id, definition="paged", requested_by="ops"))
+    assert extractor.handle(request) == []
+    sent = _sent(extractor)
+    assert _started(sent) == {request.run_id: 1}
+    assert not sent.batches()
+    assert not _completed(sent)
+    assert small.extraction.claim_extraction(request.run_id, "paged").completed
