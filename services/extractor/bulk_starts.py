@@ -108,8 +108,8 @@ class BulkStarts:
         )
         chosen: list[tuple[RunRequested, RunObjects]] = []
         for request in requests:
-            ahead_by_id = published_ahead(request)
-            if ahead_by_id and request.definition_id is not None:
+            # As the one-by-one read: a run published ahead by the definition it was published for (by id).
+            if published_ahead(request) and request.definition_id is not None:
                 objects = identified.get(request.definition_id)
             else:
                 objects = named.get(request.definition)
