@@ -37,6 +37,8 @@ def main() -> None:
             lambda: loop.stopping.is_set(),
             # A request's records published once it is handled: a long run after it in the round holds none up.
             publish=lambda outgoing: extractor.publish(outgoing),
+            # The round's due requests started together first, their extraction following (see bulk_starts).
+            start=(lambda requests: extractor.starts(requests)) if settings.extractor_start_batch else None,
         ),
         # Up to this many run requests a round, handled one after the other (see request_rounds: a round begins
         # none after 2 s); a run may take minutes, and its offset is committed only at its round's end.
@@ -45,6 +47,10 @@ def main() -> None:
     )
     # A held run is handed back at the first poll after its instant: a short poll keeps that within 0.1 s.
     loop.poll_timeout_ms = HELD_RUN_POLL_MS
+    if settings.extractor_start_batch:
+        # Every held request due (up to this many) in one round, to be started together: those the round does not
+        # extract are handed back, and come first in the next.
+        loop.held_round_records = settings.extractor_start_batch
     stores = CatalogStores.from_url(settings.catalog_url)
 
     def run_request_partitions() -> int:

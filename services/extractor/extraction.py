@@ -8,7 +8,9 @@ the last checkpoint, with the same batch identities.
 A run's start costs the catalog two transactions: its definition, query and template in one read, and its
 claim (checkpoint, sync fixed at the first start, status, pending retries) in one transaction; a run published
 ahead of its instant is judged between a claim that leaves its sync alone and one that fixes it. A cancel is
-looked for before each page but the first (the claim read the status before the first).
+looked for before each page but the first (the claim read the status before the first). The runs a round is given
+may be started together before (:mod:`services.extractor.bulk_starts`: one claim for them all, their ``run.started``
+acknowledged as it commits): a run's claim then finds its sync announced, and its ``run.started`` is not said again.
 
 A large run is split into key ranges that several replicas extract at once (see
 :mod:`services.extractor.ranges`): the replica that takes the run request plans the ranges and publishes
@@ -31,6 +33,7 @@ from typing import Any
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.extractor.bulk_starts import BulkStarts, started_event
 from services.extractor.change_extraction import ChangeRun, ChangeSnapshots
 from services.extractor.ports import ExtractionStore, ExtractorDefinitions, ExtractorRuns
 from services.extractor.ranges import (
@@ -194,6 +197,15 @@ class Extractor:
         self.start_times = start_times or StartTimes(max_wait=timedelta(seconds=DEFAULT_MAX_START_WAIT_SECONDS))
         #: Since when each run has met an unreachable member store without a page read since.
         self._store_down_since: dict[uuid.UUID, float] = {}
+        #: A round's due run requests started together ahead of their extraction (see bulk_starts).
+        self.starts = BulkStarts(
+            definitions=definitions,
+            runs=runs,
+            extraction=extraction,
+            topics=topics,
+            publish=self.publish,
+            start_times=self.start_times,
+        )
 
     def publish(self, outgoing: list[Outgoing]) -> None:
         """Send records and return once the broker has acknowledged them all."""
@@ -282,6 +294,7 @@ class Extractor:
             return self._fail(request.run_id, request.definition, failure, checkpoint)
         finally:
             ACTIVE_RUNS.dec()
+            self.starts.handled(request.run_id)
 
     def _claim(
         self, request: RunRequested, name: str, definition: ExportDefinition | None, bound: _Bound | _RunFailure
@@ -362,27 +375,17 @@ class Extractor:
     def _run(
         self, request: RunRequested, definition: ExportDefinition, bound: _Bound, claim: RunClaim
     ) -> list[Outgoing]:
-        run_id = str(request.run_id)
         query, template, parameters = bound
         # The claim fixed the run's sync (a resume keeps it) and took its retries (a resume takes the same).
         checkpoint = self._fix_window(definition, query, parameters, claim.checkpoint)
         # Acknowledged with the run's first records (waiting for them sends it too) and at the latest before its
         # completion, range requests or failure are published: a wait of its own would cost a broker round trip.
-        started = self.send(
-            [
-                self._event(
-                    run_id,
-                    RunStarted(
-                        run_id=request.run_id,
-                        definition=definition.name,
-                        trigger=request.trigger,
-                        requested_by=request.requested_by,
-                        requested_at=request.requested_at,
-                        scheduled_for=request.scheduled_for,
-                        allow_mass_removal=request.allow_mass_removal,
-                    ),
-                )
-            ]
+        # A run started in bulk (its sync announced) had its run.started acknowledged then: none again.
+        announced = checkpoint.sync is not None and checkpoint.sync.announced
+        started = (
+            InFlight([], timeout_seconds=0.0)
+            if announced
+            else self.send([started_event(request, definition.name, self.topics.run_events)])
         )
         try:
             return self._started(request, definition, query, template, parameters, checkpoint, started, claim.retries)

@@ -4,12 +4,12 @@ implementations in shared/catalog)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from shared.application.ports import DefinitionsReader, RunsReader
 from shared.domain.catalog_objects import ExportDefinition, RunObjects
-from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunClaim, RunTotals
+from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunClaim, RunStart, RunTotals
 from shared.domain.runs import RunStatus
 
 
@@ -27,6 +27,13 @@ class ExtractionStore(Protocol):
         take_retries: Callable[[Checkpoint], bool] | None = None,
         stop_on: frozenset[RunStatus] = frozenset({RunStatus.CANCELLED}),
     ) -> RunClaim: ...
+    def start_runs(
+        self,
+        starts: Sequence[RunStart],
+        announce: Callable[[list[Checkpoint]], None],
+        *,
+        stop_on: frozenset[RunStatus] = frozenset({RunStatus.CANCELLED}),
+    ) -> list[Checkpoint]: ...
     def save_checkpoint(self, checkpoint: Checkpoint) -> None: ...
     def watermark(self, definition: str) -> Any: ...
     def plan_ranges(self, run_id: uuid.UUID, ranges: list[RangeCheckpoint]) -> list[RangeCheckpoint]: ...
@@ -50,3 +57,6 @@ class ExtractorDefinitions(DefinitionsReader, Protocol):
 
     def find_by_id(self, kind: type[ExportDefinition], object_id: uuid.UUID) -> ExportDefinition | None: ...
     def run_objects(self, *, name: str | None = None, definition_id: uuid.UUID | None = None) -> RunObjects | None: ...
+    def many_run_objects(
+        self, *, names: Sequence[str] = (), definition_ids: Sequence[uuid.UUID] = ()
+    ) -> tuple[dict[str, RunObjects], dict[uuid.UUID, RunObjects]]: ...

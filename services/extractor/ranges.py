@@ -16,8 +16,10 @@ import uuid
 
 from kafka.partitioner.default import murmur2
 
-#: Batch indexes are 32-bit in the catalog's ledger of outcomes: every range's fit below this.
-BATCH_INDEX_LIMIT = 2**31
+#: Batch indexes are 32-bit in the catalog's ledger of outcomes: every range's fit below this. The last range's end
+#: (exclusive) is stored too, in a 32-bit column: 2**31 itself would not fit it on PostgreSQL (a split run with a
+#: PostgreSQL catalog failed to plan its ranges).
+BATCH_INDEX_LIMIT = 2**31 - 1
 
 
 def range_count(members: int, *, range_members: int, partitions: int) -> int:

@@ -11,6 +11,12 @@ request's records are published (and acknowledged) as soon as it is handled (``p
 and once a round has taken ``round_seconds``, the requests it has not begun are handed back to the next round
 (held until now), so a round lasts at most that long plus one run, as a round of one did: the poll interval stays
 safe, and the offsets of the runs done are committed no later than that.
+
+The service also has a round start its due requests together before handling them (``start``: see
+:mod:`services.extractor.bulk_starts`), and hands it every held request due (``EXPORT_EXTRACTOR_START_BATCH``, the
+consumer loop's ``held_round_records``), not a round's worth: a burst due at one instant is started in a round or
+two, its extraction going on over the rounds after (the requests handed back come first in the next round, and
+are not started again).
 """
 
 from __future__ import annotations
@@ -18,12 +24,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+import structlog
+
 from shared.events import RangeRequested, RunRequested
 from shared.kafka import Outgoing
 from shared.kafka.held_records import HoldRecord
 from shared.kafka.loop import is_interruption
 from shared.kafka.records import round_contexts
 from shared.tracing import attached
+
+log = structlog.get_logger(__name__)
 
 Request = RunRequested | RangeRequested
 Result = list[Outgoing] | BaseException
@@ -38,6 +48,7 @@ def request_rounds(
     stopping: Callable[[], bool],
     *,
     publish: Callable[[list[Outgoing]], None] | None = None,
+    start: Callable[[Sequence[Request]], object] | None = None,
     round_seconds: float = ROUND_SECONDS,
     clock: Callable[[], float] = time.monotonic,
 ) -> Callable[[Sequence[Request]], list[Result]]:
@@ -49,13 +60,25 @@ def request_rounds(
     round, or the next owner of their partitions, takes them). With ``publish``, the records a request's handling
     returns are published (``publish`` returns once they are acknowledged) before the next request is begun, its
     result then empty; a failure to publish is the request's (an outage hands it back).
+
+    With ``start``, the requests due (not held) are first given to it together (the extractor starts them in
+    bulk, see bulk_starts), then handled one by one as above; should it fail, they are handled one by one all
+    the same (the outage, if it is one, met again there).
     """
 
     def handle_round(requests: Sequence[Request]) -> list[Result]:
         started = clock()
         results: list[Result] = []
         begun = False
-        for request, context in zip(requests, round_contexts(requests), strict=True):
+        holds = [hold(request) for request in requests]
+        if start is not None and not stopping():
+            due = [request for request, held in zip(requests, holds, strict=True) if held is None]
+            if due:
+                try:
+                    start(due)
+                except Exception as exc:  # noqa: BLE001 - each request is then handled (or handed back) on its own
+                    log.warning("run requests not started together", error=f"{type(exc).__name__}: {exc}")
+        for request, context, held in zip(requests, round_contexts(requests), holds, strict=True):
             if results and isinstance(outage := results[-1], BaseException) and is_interruption(outage):
                 results.append(outage)
                 continue
@@ -65,7 +88,6 @@ def request_rounds(
             if begun and clock() - started >= round_seconds:
                 results.append(HoldRecord("handed to the next round", until=0.0))
                 continue
-            held = hold(request)
             if held is not None:
                 results.append(held)
                 continue

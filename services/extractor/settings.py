@@ -65,4 +65,13 @@ class ExtractorSettings(CommonSettings):
         "what a request produces is published as soon as it is handled, so a long run holds up no other's records. "
         "1: one request a round, as before.",
     )
+    extractor_start_batch: int = Field(
+        default=5_000,
+        ge=0,
+        le=10_000,
+        description="Run requests due that a round starts together at most, ahead of their extraction: their claims in "
+        "one catalog transaction and their run.started published together (1,000 a transaction at most), then "
+        "extracted one by one over this round and the next (a burst of runs due at one instant starts in a round "
+        "or two, not as fast as runs are extracted). 0: each run started as its extraction begins, as before.",
+    )
     metrics_port: int = Field(default=9402, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

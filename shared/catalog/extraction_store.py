@@ -4,10 +4,11 @@ extractor replicas), and incremental definitions' watermarks."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, Update, select, update
+from sqlalchemy import Connection, Table, Update, bindparam, select, update
 
 from shared.catalog.database import CatalogDatabase, now
 from shared.catalog.member_retries_store import claim_retries_in
@@ -17,6 +18,7 @@ from shared.domain.checkpoints import (
     RangeCheckpoint,
     RangeState,
     RunClaim,
+    RunStart,
     RunSync,
     RunTotals,
     watermark_after_success,
@@ -74,6 +76,76 @@ class SqlExtractionStore:
             if checkpoint.sync is not None and take_retries is not None and take_retries(checkpoint):
                 retries = claim_retries_in(session, run_id, definition)
             return RunClaim(checkpoint, first_start, status, retries)
+
+    def start_runs(
+        self,
+        starts: Sequence[RunStart],
+        announce: Callable[[list[Checkpoint]], None],
+        *,
+        stop_on: frozenset[RunStatus] = frozenset({RunStatus.CANCELLED}),
+    ) -> list[Checkpoint]:
+        """Start many runs in one transaction (a burst's): each one's checkpoint claimed (as :meth:`claim_run`),
+        and those at their first start (no sync fixed), not done and whose run record's status is not in
+        ``stop_on`` get their sync fixed by their ``fix_sync`` (the rule :meth:`claim_run` applies), marked
+        ``announced``; ``announce`` is called with their checkpoints before the transaction commits (the
+        extractor publishes their ``run.started`` there and waits for the broker): a sync marked announced means
+        the start was acknowledged; should ``announce`` fail, nothing is recorded. The others are left as they
+        were, for the one-by-one claim to tell (a resume, a cancelled or finished run). Retries are not claimed
+        here: the run's claim when its extraction begins takes them, as it does for a resume.
+
+        Returns the checkpoints of the runs started. Four statements whatever the number of runs (Core, the
+        inserts and the updates each sent as one ``executemany``)."""
+        unique = list({start.run_id: start for start in starts}.values())
+        if not unique:
+            return []
+        ids = [str(start.run_id) for start in unique]
+        moment = now()
+        with self.database.transaction() as session:
+            connection = session.connection()
+            new = [
+                {
+                    "run_id": str(start.run_id),
+                    "definition": start.definition,
+                    "next_batch_index": 0,
+                    "members": 0,
+                    "completed": False,
+                    "updated_at": moment,
+                    "last_key": None,
+                }
+                for start in unique
+            ]
+            connection.execute(self.database.dialect_insert(_CHECKPOINTS).on_conflict_do_nothing(), new)
+            rows = connection.execute(select(_CHECKPOINTS).where(_CHECKPOINTS.c.run_id.in_(ids))).all()
+            checkpoints = {row.run_id: _checkpoint(row) for row in rows}
+            statuses = {
+                row.run_id: row.status
+                for row in connection.execute(select(RunRow.run_id, RunRow.status).where(RunRow.run_id.in_(ids)))
+            }
+            started: list[Checkpoint] = []
+            for start in unique:
+                checkpoint = checkpoints[str(start.run_id)]
+                status = statuses.get(str(start.run_id))
+                if checkpoint.completed or checkpoint.sync is not None:
+                    continue
+                if status is not None and RunStatus(status) in stop_on:
+                    continue
+                fixed = start.fix_sync(checkpoint, lambda _fixed: None)  # saved below, with all the others
+                if fixed.sync is None:
+                    continue
+                started.append(replace(fixed, sync=replace(fixed.sync, announced=True)))
+            if started:
+                connection.execute(
+                    update(_CHECKPOINTS)
+                    .where(_CHECKPOINTS.c.run_id == bindparam("started_run"))
+                    .values(sync=bindparam("started_sync", type_=_CHECKPOINTS.c.sync.type), updated_at=moment),
+                    [
+                        {"started_run": str(c.run_id), "started_sync": c.sync.as_json()}
+                        for c in started
+                        if c.sync is not None
+                    ],
+                )
+                announce(started)
+            return started
 
     def _claimed(self, connection: Connection, run_id: uuid.UUID, definition: str) -> Checkpoint:
         """The run's checkpoint row, inserted if new (one statement then: the insert returns it)."""

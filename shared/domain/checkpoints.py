@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -21,17 +22,25 @@ class RunSync:
     #: A change run's counts as of its checkpoint (added, changed, unchanged, removed): a resume goes on from
     #: them rather than counting the pages before the checkpoint again.
     counts: dict[str, int] | None = None
+    #: Whether the run's ``run.started`` was acknowledged before this sync was recorded (a run started in bulk,
+    #: ahead of its extraction): its extraction, and any later handling of its request, publish none.
+    announced: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        """As the checkpoint row keeps it."""
-        return {"mode": self.mode.value, "full_scope": self.full_scope, "counts": self.counts}
+        """As the checkpoint row keeps it (``announced`` only when set: rows of runs started one by one unchanged)."""
+        value: dict[str, Any] = {"mode": self.mode.value, "full_scope": self.full_scope, "counts": self.counts}
+        if self.announced:
+            value["announced"] = True
+        return value
 
     @classmethod
     def of_json(cls, value: Any) -> RunSync | None:
         """From the checkpoint row (None: not fixed yet, e.g. a run started before this was recorded)."""
         if not isinstance(value, dict):
             return None
-        return cls(SyncMode(value["mode"]), bool(value["full_scope"]), value.get("counts"))
+        return cls(
+            SyncMode(value["mode"]), bool(value["full_scope"]), value.get("counts"), bool(value.get("announced"))
+        )
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,16 @@ class RunClaim:
     first_start: bool
     status: RunStatus | None = None
     retries: int | None = None
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """A run to start in bulk (the extraction store's ``start_runs``): its id, its definition's name, and how its
+    sync is fixed at its first start (given the checkpoint and a save of it: the checkpoint with its sync)."""
+
+    run_id: uuid.UUID
+    definition: str
+    fix_sync: Callable[[Checkpoint, Callable[[Checkpoint], None]], Checkpoint]
 
 
 class RangeState(StrEnum):

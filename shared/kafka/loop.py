@@ -443,6 +443,10 @@ class ConsumerLoop(Generic[E]):
         #: Records the next poll may take (None: the consumer's ``max_poll_records``); a round handler whose
         #: records vary in cost sets it (the dispatcher: records carry one request or dozens).
         self.poll_records: Callable[[], int] | None = None
+        #: Held records due a round takes at most (None: the round's size less one, polled records making up the
+        #: rest); a round handler that starts its due records together and hands back what it has not finished
+        #: sets more (the extractor: a burst's runs due at one instant are started in a round or two).
+        self.held_round_records: int | None = None
         self.consumer = consumer
         self.producer = producer
         self.decode = decode
@@ -638,7 +642,8 @@ class ConsumerLoop(Generic[E]):
         size = limit or int(getattr(self.consumer, "config", {}).get("max_poll_records", 500))
         # The held records due count in the round's size, leaving the poll one record at least (it must be
         # called): a round of ``size`` records (two when ``size`` is 1) however many are due at once.
-        due = self._held_due(max(1, size - 1)) if self.handle_round is not None else []
+        due_limit = self.held_round_records if self.held_round_records is not None else max(1, size - 1)
+        due = self._held_due(due_limit) if self.handle_round is not None else []
         if due:
             polled = self.consumer.poll(timeout_ms=0, max_records=max(1, size - len(due)))
         else:

@@ -8,7 +8,10 @@ A run's start is its ``run.started`` event (its ``at``: the extractor stamps it 
 per turn: runs started a second (first start to last), the start delay after the instant, p50 / p99 / max, and the
 CPU used from the instant until every start was read, in cores: the extractors', this process's (reading the
 starts), the broker's, the PostgreSQL server's, the rest (others: other work on the machine) and the whole machine's
-(``/proc/stat``; on 2 cores, 2.0 is every core busy).
+(``/proc/stat``; on 2 cores, 2.0 is every core busy). Runs started together (issue 18's bulk start) carry
+nearly the same ``at``: "runs started a second" (first start to last) then says little, and the summary also
+gives the runs a second from the instant to the last start. With ``--extracted``, a turn also waits for every
+run's ``run.extraction_completed`` and prints the time from the instant to the last (the burst extracted).
 
 The variants take turns in the same run, each with extractor processes and topics of their own, on the same broker,
 catalog (``--catalog``: SQLite, or a local PostgreSQL server; ``both``: each catalog in turn) and SQLite member
@@ -20,7 +23,7 @@ without the scheduled run's judgement at its start: one catalog read more a run,
 turn need not wait for a whole minute.
 
     .venv/bin/python -m tests.benchmarks.bench_burst_start [--runs 1000] [--turns 2] [--rounds 1 32]
-        [--extractors 1 2] [--catalog sqlite|postgresql|both] [--before DIR ...]
+        [--extractors 1 2] [--catalog sqlite|postgresql|both] [--before DIR ...] [--extracted]
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from devtools.kafka_broker import LocalKafka
 from devtools.postgres import LocalPostgres
 from shared.catalog import CatalogStores, make_engine
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
-from shared.events import RUN_EVENT_ADAPTER, RunRequested, RunStarted, Trigger, utc_now
+from shared.events import RUN_EVENT_ADAPTER, ExtractionCompleted, RunRequested, RunStarted, Trigger, utc_now
 from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait
 from shared.log import configure_logging
 from shared.querystore.demo_data import create_demo_members
@@ -92,17 +95,26 @@ def cpu_of(pids: list[int]) -> dict[int, float]:
 class Turn:
     """What one turn measured."""
 
-    def __init__(self, rate: float, delays: list[float], cpu: dict[str, float]) -> None:
+    def __init__(self, rate: float, delays: list[float], cpu: dict[str, float], extracted: float | None = None) -> None:
         self.rate, self.delays, self.cpu = rate, delays, cpu
+        #: Seconds from the instant to the last run's extraction completed (with ``--extracted``).
+        self.extracted = extracted
 
 
 class Setup:
     """The broker, catalog (with ``runs`` definitions) and member store every turn shares."""
 
     def __init__(
-        self, kafka: LocalKafka, workdir: Path, runs: int, catalog_url: str, postgres: LocalPostgres | None = None
+        self,
+        kafka: LocalKafka,
+        workdir: Path,
+        runs: int,
+        catalog_url: str,
+        postgres: LocalPostgres | None = None,
+        extracted: bool = False,
     ) -> None:
         self.bootstrap, self.workdir = kafka.bootstrap_servers, workdir
+        self.extracted = extracted
         #: The PostgreSQL server's main process (its backends are the catalog's CPU), None for SQLite.
         self.postmaster = int((postgres.data_dir / "postmaster.pid").read_text().split()[0]) if postgres else None
         self.broker_pid = kafka.process.pid if kafka.process is not None else None
@@ -171,6 +183,7 @@ class Setup:
             starts = self._starts(settings, {r.run_id for r in requests})
             cpu_after = {name: cpu_of(group) for name, group in pids.items()}
             machine_after = machine_cpu()
+            completed = self._completions(settings, {r.run_id for r in requests}) if self.extracted else None
         finally:
             producer.close()
             extractors.stop()
@@ -182,16 +195,38 @@ class Setup:
         cpu["machine"] = machine_after[0] - machine_before[0]
         wall = (machine_after[1] - machine_before[1]) / (os.cpu_count() or 1)
         delays, rate = start_figures(instant, starts)
+        extracted = None if completed is None else (max(completed) - instant).total_seconds()
         print(
             f"  [{label}] {len(starts)} runs: {rate:.1f} runs started a second; start delay after the instant "
             f"p50 {percentile(delays, 0.5):.2f} s, p99 {percentile(delays, 0.99):.2f} s, max {max(delays):.2f} s, "
             f"first {min(delays):+.3f} s (last request acknowledged at the instant {published:+.2f} s); "
             f"CPU over the {wall:.1f} s from the instant until every start was read, in cores: "
             + ", ".join(f"{name} {seconds / wall:.2f}" for name, seconds in cpu.items())
-            + f"; load average {os.getloadavg()[0]:.2f}",
+            + f"; load average {os.getloadavg()[0]:.2f}"
+            + ("" if extracted is None else f"; every run extracted {extracted:.2f} s after the instant"),
             flush=True,
         )
-        return Turn(rate, delays, {name: seconds / wall for name, seconds in cpu.items()})
+        return Turn(rate, delays, {name: seconds / wall for name, seconds in cpu.items()}, extracted)
+
+    def _completions(
+        self, settings: CommonSettings, run_ids: set[uuid.UUID], timeout: float = 900
+    ) -> list[dt.datetime]:
+        """When each of ``run_ids`` was said extracted (its first ``run.extraction_completed``), once all were."""
+        firsts: dict[uuid.UUID, dt.datetime] = {}
+        seen = 0
+
+        def done(values: list[bytes]) -> bool:
+            nonlocal seen
+            for value in values[seen:]:
+                if b'"run.extraction_completed"' in value:
+                    event = RUN_EVENT_ADAPTER.validate_json(value)
+                    if isinstance(event, ExtractionCompleted) and event.run_id in run_ids:
+                        firsts.setdefault(event.run_id, event.at)
+            seen = len(values)
+            return len(firsts) >= len(run_ids)
+
+        read_until(self.bootstrap, settings.topics.run_events, done, timeout=timeout)
+        return list(firsts.values())
 
     def _starts(self, settings: CommonSettings, run_ids: set[uuid.UUID], timeout: float = 900) -> list[RunStarted]:
         """The first start of each of ``run_ids``, once every one has started."""
@@ -230,6 +265,9 @@ def main() -> None:
     parser.add_argument(
         "--before", type=Path, nargs="*", default=[], help="copies of the code before (services/, shared/): baselines"
     )
+    parser.add_argument(
+        "--extracted", action="store_true", help="also wait for every run's extraction, and time it from the instant"
+    )
     args = parser.parse_args()
     if min(args.extractors) < 1:
         parser.error("--extractors: 1 or more")
@@ -255,7 +293,9 @@ def main() -> None:
                 catalog_url = postgres.create_database(f"burst_{uuid.uuid4().hex[:6]}")
             else:
                 catalog_url = f"sqlite:///{workdir / 'catalog.db'}"
-            setup = Setup(kafka, workdir, args.runs, catalog_url, postgres if catalog == "postgresql" else None)
+            setup = Setup(
+                kafka, workdir, args.runs, catalog_url, postgres if catalog == "postgresql" else None, args.extracted
+            )
             print(
                 f"{args.runs} runs of 3 members due at one instant, {catalog} catalog, SQLite store, "
                 f"nproc {os.cpu_count()}",
@@ -271,11 +311,22 @@ def main() -> None:
     for (catalog, variant), turns in results.items():
         delays = [d for t in turns for d in t.delays]
         cpu = {name: statistics.median(t.cpu[name] for t in turns) for name in turns[0].cpu}
+        # From the instant to each turn's last start: what a burst's starts take, however close together.
+        since_instant = [len(t.delays) / max(1e-9, max(t.delays)) for t in turns]
+        extracted = [t.extracted for t in turns if t.extracted is not None]
         print(
             f"[{catalog}, {variant}] runs started a second: median {statistics.median(t.rate for t in turns):.1f} "
-            f"(turns: {', '.join(f'{t.rate:.1f}' for t in turns)}); start delay over all turns p50 "
+            f"(turns: {', '.join(f'{t.rate:.1f}' for t in turns)}); from the instant to the last start: median "
+            f"{statistics.median(since_instant):.1f} (turns: {', '.join(f'{r:.1f}' for r in since_instant)}); "
+            f"start delay over all turns p50 "
             f"{percentile(delays, 0.5):.2f} s, p99 {percentile(delays, 0.99):.2f} s; CPU in cores (median): "
             + ", ".join(f"{name} {value:.2f}" for name, value in cpu.items())
+            + (
+                f"; every run extracted after the instant: median {statistics.median(extracted):.1f} s "
+                f"(turns: {', '.join(f'{e:.1f}' for e in extracted)})"
+                if extracted
+                else ""
+            )
         )
 
 

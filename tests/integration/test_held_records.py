@@ -111,3 +111,37 @@ def test_held_records_due_at_once_share_the_round_size_with_the_poll(settings: C
         loop.producer.close()
     assert sorted(handled) == sorted(names)
     assert max(rounds) <= 4, rounds
+
+
+def test_a_loop_may_take_more_held_records_due_than_its_round_size(settings: CommonSettings):
+    """With ``held_round_records`` (the extractor: a burst's runs started together), every held record due, up to
+    that many, is handed to one round, though its polls take a few records at a time."""
+    ensure_topics(settings)
+    names = [f"d{i}" for i in range(12)]
+    produce(
+        settings.kafka_bootstrap_servers,
+        settings.topics.run_requests,
+        [("same", RunRequested(definition=name).to_bytes()) for name in names],
+    )
+    seen: set[str] = set()
+    handled: list[str] = []
+    rounds: list[int] = []
+
+    def handle_round(events: list[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        rounds.append(len(events))
+        seen.update(event.definition for event in events)
+        if len(seen) < len(names):  # held until every one has been read, then all due at once
+            return [HoldRecord("not yet", time.monotonic()) for _ in events]
+        handled.extend(event.definition for event in events)
+        return [[] for _ in events]
+
+    loop = _loop(settings, None, group="held-many", handle_round=handle_round, service="held-many")
+    loop.poll_records = lambda: 4
+    loop.held_round_records = 100
+    try:
+        _run_until(loop, lambda: len(handled) == len(names))
+    finally:
+        loop.consumer.close()
+        loop.producer.close()
+    assert sorted(handled) == sorted(names)
+    assert max(rounds) >= len(names), rounds

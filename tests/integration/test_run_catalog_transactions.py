@@ -1,6 +1,8 @@
 """A small run's catalog work in the extractor: how many catalog transactions each kind of start costs (counted
 on the catalog's engine, SQLite and PostgreSQL), and what folding the last page's checkpoint into the
-completion, and checking for a cancel before each page but the first, mean for a crash and a late cancel.
+completion, and checking for a cancel before each page but the first, mean for a crash and a late cancel; runs
+started together ahead of their extraction (services/extractor/bulk_starts.py): one claim for all, and one
+``run.started`` each however often and wherever their requests are handled after.
 
 The records the extractor sends are acknowledged at once (no Kafka): what is counted is the catalog's work."""
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +27,10 @@ from shared.events import (
     RUN_EVENT_ADAPTER,
     ExtractionCompleted,
     MemberBatch,
+    RangeRequested,
     RunCancelled,
     RunRequested,
+    RunSkipped,
     RunStarted,
     Trigger,
 )
@@ -113,23 +118,33 @@ def small(catalog: CatalogStores) -> CatalogStores:
     return catalog
 
 
-@pytest.fixture
-def extractor(small: CatalogStores, members_url: str) -> Iterator[Extractor]:
-    reader = MemberReader.from_url(members_url)
-    yield Extractor(
-        definitions=small.definitions,
-        runs=small.runs,
-        extraction=small.extraction,
+def _extractor(catalog: CatalogStores, reader: MemberReader, **options: Any) -> Extractor:
+    return Extractor(
+        definitions=catalog.definitions,
+        runs=catalog.runs,
+        extraction=catalog.extraction,
         reader=reader,
         topics=TOPICS,
         send=Sent(),
         page_size=100,
         record_members=10,
-        retries=small.retries,
-        snapshots=SqlChangeSnapshots(small.database),
+        retries=catalog.retries,
+        snapshots=SqlChangeSnapshots(catalog.database),
         start_times=StartTimes(max_wait=dt.timedelta(seconds=60), now=lambda: INSTANT),
+        **options,
     )
+
+
+@pytest.fixture
+def reader(members_url: str) -> Iterator[MemberReader]:
+    reader = MemberReader.from_url(members_url)
+    yield reader
     reader.close()
+
+
+@pytest.fixture
+def extractor(small: CatalogStores, reader: MemberReader) -> Extractor:
+    return _extractor(small, reader)
 
 
 def _sent(extractor: Extractor) -> Sent:
@@ -289,3 +304,162 @@ def test_a_cancel_during_a_run_s_last_page_lets_its_extraction_complete_and_the_
     assert not _completed(sent)
     assert pages == 1
     assert small.extraction.claim_extraction(stopped.run_id, "paged").completed
+
+
+def _due_request(catalog: CatalogStores) -> RunRequested:
+    """The run of ``due`` published ahead of INSTANT, as the scheduler publishes it."""
+    return RunRequested(
+        definition="due",
+        trigger=Trigger.SCHEDULE,
+        requested_at=INSTANT - dt.timedelta(seconds=5),
+        requested_by="scheduler",
+        scheduled_for=INSTANT,
+        definition_id=catalog.definitions.get_with_id(ExportDefinition, "due")[0],
+    )
+
+
+def _started(sent: Sent) -> Counter[uuid.UUID]:
+    return Counter(e.run_id for e in sent.events() if isinstance(e, RunStarted))
+
+
+def test_a_burst_is_started_in_one_claim_then_extracted_each_with_one_run_started(
+    extractor: Extractor, small: CatalogStores
+):
+    burst = [RunRequested(definition="few") for _ in range(6)] + [_due_request(small)]
+    cancelled = RunRequested(definition="few")
+    small.runs.fold_run_event(RunCancelled(run_id=cancelled.run_id, definition="few", requested_by="ops"))
+    transactions = Transactions(small)
+    # Every run's definition, query and template (one read); the other active runs of the scheduled run's
+    # definition (overlap ``skip``); every claim, run.started acknowledged before it commits (one transaction).
+    assert transactions.of(lambda: extractor.starts([*burst, cancelled])) == 3
+    sent = _sent(extractor)
+    assert _started(sent) == dict.fromkeys((r.run_id for r in burst), 1), "the cancelled run is not started"
+    assert len(sent.records) == len(burst)  # nothing else yet: no member read
+    # Given again (a later round, their requests handed back): nothing read, nothing claimed, nothing said.
+    assert transactions.of(lambda: extractor.starts(burst)) == 0
+
+    for request in burst:
+        # Its definition read, its claim (which finds it started: no judgement, no run.started), its completion.
+        assert transactions.of(lambda r=request: extractor.handle(r)) == 3
+    assert extractor.handle(cancelled) == []
+    assert _started(sent) == dict.fromkeys((r.run_id for r in burst), 1), "no second run.started"
+    completed = _completed(sent)
+    assert Counter(c.run_id for c in completed) == dict.fromkeys((r.run_id for r in burst), 1)
+    assert {(c.members, c.batches) for c in completed} == {(3, 1)}
+    assert small.extraction.claim_extraction(cancelled.run_id, "few").completed
+    # Handled again (a redelivery after the round's commit was lost): done, nothing said again.
+    before = len(sent.records)
+    for request in burst:
+        extractor.handle(request)
+    assert len(sent.records) == before
+
+
+def test_a_run_started_together_and_redelivered_to_another_extractor_resumes_without_a_second_start(
+    extractor: Extractor, small: CatalogStores, reader: MemberReader
+):
+    request = RunRequested(definition="paged")
+    assert extractor.starts([request]) == 1
+    # The extractor dies before extracting it; the request goes to another (which remembers nothing).
+    other = _extractor(small, reader)
+    transactions = Transactions(small)
+    assert other.starts([request]) == 0  # its claim again: started before, left to the one-by-one path
+    assert transactions.of(lambda: other.handle(request)) == 3 + 2 * 2
+    sent = _sent(other)
+    assert not _started(sent)
+    [completed] = _completed(sent)
+    assert (completed.members, completed.batches) == (250, 25)
+    assert _started(_sent(extractor)) == {request.run_id: 1}
+
+
+def test_a_start_together_whose_run_started_is_not_acknowledged_records_nothing(
+    extractor: Extractor, small: CatalogStores
+):
+    request = RunRequested(definition="few")
+    sent = _sent(extractor)
+
+    def broker_away(_outgoing: list[Outgoing]) -> None:
+        raise ConnectionError("the broker is away")
+
+    sent.hook = broker_away
+    with pytest.raises(ConnectionError):
+        extractor.starts([request])
+    assert small.extraction.claim_extraction(request.run_id, "few").sync is None  # the claim rolled back
+    sent.hook, sent.records = None, []
+    extractor.handle(request)  # started one by one, as the round does after a failed start together
+    assert _started(sent) == {request.run_id: 1}
+    assert len(_completed(sent)) == 1
+
+
+def test_scheduled_runs_not_to_start_are_left_to_the_one_by_one_judgement(extractor: Extractor, small: CatalogStores):
+    sent = _sent(extractor)
+    # Another run of ``due`` is active: overlap ``skip``: not started together, recorded skipped one by one.
+    other = uuid.uuid4()
+    small.runs.fold_run_event(RunStarted(run_id=other, definition="due", trigger=Trigger.MANUAL))
+    overlapping = _due_request(small)
+    assert extractor.starts([overlapping]) == 0
+    assert not sent.records
+    assert extractor.handle(overlapping) == []
+    [skipped] = sent.events()
+    assert isinstance(skipped, RunSkipped)
+    assert skipped.run_id == overlapping.run_id
+
+    # Disabled since it was published: withdrawn, nothing said, the run marked done with no sync fixed.
+    small.definitions.apply(
+        ExportDefinition.model_validate(
+            {"name": "due", "query": "few", "template": "t", "schedule": {"enabled": False}}
+        )
+    )
+    withdrawn = RunRequested(**(_due_request(small).model_dump() | {"run_id": uuid.uuid4()}))
+    sent.records = []
+    assert extractor.starts([withdrawn]) == 0
+    assert extractor.handle(withdrawn) == []
+    assert not sent.records
+    checkpoint = small.extraction.claim_extraction(withdrawn.run_id, "due")
+    assert checkpoint.completed
+    assert checkpoint.sync is None
+
+
+def test_a_cancel_during_a_split_run_s_last_range_s_last_page_lets_it_complete_and_the_run_stays_cancelled(
+    small: CatalogStores, reader: MemberReader
+):
+    # 250 members in two ranges (one a partition of the run-requests topic), pages of 100 members.
+    extractor = _extractor(small, reader, range_members=100, run_request_partitions=lambda: 2)
+    request = RunRequested(definition="paged")
+    ranges = [RangeRequested.model_validate_json(o.value) for o in extractor.handle(request)]
+    assert [r.range_index for r in ranges] == [0, 1]
+    sent = _sent(extractor)
+    first, last = ranges
+    extractor.handle(first)
+    pages = 0
+
+    def cancel_at_the_last_page(outgoing: list[Outgoing]) -> None:
+        nonlocal pages
+        if any(o.topic != TOPICS.run_events for o in outgoing):
+            pages += 1
+            if pages == 2:  # the last range's last page (of two) is on its way: an operator cancels the run
+                small.runs.fold_run_event(RunCancelled(run_id=request.run_id, definition="paged", requested_by="ops"))
+
+    sent.hook = cancel_at_the_last_page
+    extractor.handle(last)
+    assert pages == 2
+    [completed] = _completed(sent)  # no cancel check after a range's last page: its run's extraction completes
+    assert (completed.members, completed.batches) == (250, 26)  # 13 batches of 10 a range (125 members each)
+    for run_event in sent.events():  # as the notifier folds them, after the cancel
+        small.runs.fold_run_event(run_event)
+    record = small.runs.get_run(request.run_id)
+    assert record is not None
+    assert record.status is RunStatus.CANCELLED
+    assert small.extraction.claim_extraction(request.run_id, "paged").completed
+
+
+def test_a_run_cancelled_after_its_start_together_is_not_extracted(extractor: Extractor, small: CatalogStores):
+    request = RunRequested(definition="paged")
+    assert extractor.starts([request]) == 1
+    # Cancelled while it waits for its extraction (the runs before it on this replica being extracted).
+    small.runs.fold_run_event(RunCancelled(run_id=request.run_id, definition="paged", requested_by="ops"))
+    assert extractor.handle(request) == []
+    sent = _sent(extractor)
+    assert _started(sent) == {request.run_id: 1}
+    assert not sent.batches()
+    assert not _completed(sent)
+    assert small.extraction.claim_extraction(request.run_id, "paged").completed

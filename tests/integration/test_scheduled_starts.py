@@ -56,6 +56,8 @@ LOOKAHEAD = dt.timedelta(seconds=5)
 BURST = 50
 #: Run requests a round takes, as the service's default.
 START_ROUND: int = ExtractorSettings.model_fields["extractor_start_round"].default
+#: Due run requests a round starts together at most, as the service's default.
+START_BATCH: int = ExtractorSettings.model_fields["extractor_start_batch"].default
 
 
 class ShiftedClock:
@@ -108,9 +110,12 @@ class Setup:
         return [RUN_EVENT_ADAPTER.validate_json(v) for v in values]
 
     @contextmanager
-    def extractor(self, clock: ShiftedClock | None = None, extraction: Any = None) -> Iterator[ConsumerLoop[Request]]:
+    def extractor(
+        self, clock: ShiftedClock | None = None, extraction: Any = None, start_batch: int = START_BATCH
+    ) -> Iterator[ConsumerLoop[Request]]:
         """The extractor's consumer loop on a thread, wired as the service wires it (on ``extraction``, the catalog's
-        extraction store unless given); stopped on leaving."""
+        extraction store unless given; up to ``start_batch`` due requests started together, 0: none); stopped on
+        leaving."""
         start_times = StartTimes(max_wait=dt.timedelta(seconds=120), now=(clock or self.clock).now)
         topics = self.settings.topics
         consumer = make_consumer(
@@ -131,9 +136,12 @@ class Setup:
                 start_times.hold,
                 lambda: loop.stopping.is_set(),
                 publish=lambda outgoing: extractor.publish(outgoing),
+                start=(lambda requests: extractor.starts(requests)) if start_batch else None,
             ),
             poll_timeout_ms=100,
         )
+        if start_batch:
+            loop.held_round_records = start_batch
         extractor = Extractor(
             definitions=self.catalog.definitions,
             runs=self.catalog.runs,
@@ -216,6 +224,7 @@ def test_a_burst_published_ahead_starts_at_its_instant_once_though_a_crashed_sch
         produce_and_wait(producer, outgoing)
         published.extend((setup.clock.now(), RunRequested.model_validate_json(o.value)) for o in outgoing)
 
+    together = started_together()
     with setup.extractor():
         crashing = setup.scheduler(publish, CrashAfterPublishing(setup.catalog.scheduling))
         while not published:
@@ -240,6 +249,7 @@ def test_a_burst_published_ahead_starts_at_its_instant_once_though_a_crashed_sch
     assert Counter(e.run_id for e in started) == dict.fromkeys(expected, 1), "each run started once"
     assert all(e.at + setup.clock.offset >= INSTANT for e in started), "a run started before its instant"
     assert {e.scheduled_for for e in started} == {INSTANT}
+    assert started_together() - together == BURST, "started together, ahead of their extraction"
 
 
 def test_a_held_run_lets_later_requests_through_does_not_hold_up_a_stop_and_is_read_again(setup: Setup):
@@ -463,6 +473,40 @@ class DyingAtClaim:
         if self.claims == self.at:
             raise Died
         return self.store.claim_run(run_id, definition, **how)  # type: ignore[attr-defined]
+
+
+def started_together() -> float:
+    """How many runs extractors in this process started together (services/extractor/bulk_starts.py)."""
+    return REGISTRY.get_sample_value("member_export_extractor_runs_started_together_total") or 0.0
+
+
+def test_a_burst_started_together_is_extracted_after_the_extractor_died_with_no_second_start(setup: Setup):
+    names = [f"crash-{i:03d}" for i in range(BURST)]
+    setup.catalog.definitions.apply_all([setup.definition(name) for name in names])
+    requests = [published_ahead_request(setup, name) for name in names]
+    producer = make_producer(setup.settings, "test")
+    topic = setup.settings.topics.run_requests
+    produce_and_wait(producer, [Outgoing(topic, str(r.run_id), r.to_bytes()) for r in requests])
+    producer.close()
+
+    # Its first claim one by one is after the round's start together: it dies between the start and the extraction.
+    dying = DyingAtClaim(setup.catalog.extraction, 1)
+    with setup.extractor(extraction=dying):
+        wait_until(lambda: dying.claims >= 1, timeout=60, what="the extractor's death")
+    before = setup.all_run_events()
+    assert any(isinstance(e, RunStarted) for e in before), "started before it died"
+    assert not any(isinstance(e, ExtractionCompleted) for e in before)
+    assert committed_offsets(setup) == 0
+
+    with setup.extractor():
+        events = setup.run_events(lambda es: sum(isinstance(e, ExtractionCompleted) for e in es) >= BURST)
+    ids = {r.run_id for r in requests}
+    started = [e for e in events if isinstance(e, RunStarted)]
+    assert Counter(e.run_id for e in started) == dict.fromkeys(ids, 1), "each run started once"
+    assert all(e.at + setup.clock.offset >= INSTANT for e in started), "a run started before its instant"
+    completed = [e for e in events if isinstance(e, ExtractionCompleted)]
+    assert Counter(e.run_id for e in completed) == dict.fromkeys(ids, 1)
+    assert {(e.members, e.batches) for e in completed} == {(3, 1)}
 
 
 def committed_offsets(setup: Setup) -> int:

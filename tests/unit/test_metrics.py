@@ -101,6 +101,7 @@ SCHEME = {
     "member_export_extractor_row_pages_total": "counter",
     "member_export_extractor_runs_failed_total": "counter",
     "member_export_extractor_runs_split_total": "counter",
+    "member_export_extractor_runs_started_together_total": "counter",
     "member_export_extractor_query_duration_seconds": "histogram",
     "member_export_extractor_runs_active": "gauge",
     "member_export_extractor_scheduled_start_delay_seconds": "histogram",

@@ -184,3 +184,35 @@ def test_a_record_that_fails_raises_its_own_error_though_the_flush_timed_out():
     with pytest.raises(NodeNotReadyError):
         sent.wait()
     assert producer.journal == ["send v", "flush", "acknowledged?"]
+
+
+def test_a_round_s_due_requests_are_given_to_start_together_before_any_is_handled_held_ones_not():
+    clock = Clock()
+    handler = Steps(clock, {"a": 1.5, "b": 1.5})
+    later = RunRequested(
+        definition="later", trigger=Trigger.SCHEDULE, requested_at=NOW, scheduled_for=NOW + dt.timedelta(seconds=5)
+    )
+
+    def start(due: Any) -> None:
+        handler.journal.append("started " + " ".join(r.definition for r in due))
+
+    round_ = request_rounds(
+        handler, start_times().hold, lambda: False, publish=handler.publish, start=start, clock=clock
+    )
+    results = round_([*requests("a"), later, *requests("b", "c")])
+    # Started together first (the held one not); then extracted one by one until the round's 2 s are up.
+    assert handler.journal == ["started a b c", "handled a", "published a", "handled b", "published b"]
+    assert [type(r) for r in results] == [list, HoldRecord, list, HoldRecord]
+
+
+def test_a_round_whose_start_together_fails_handles_its_requests_one_by_one():
+    handler = Steps(Clock())
+
+    def start(_due: Any) -> None:
+        raise ConnectionError("the catalog is away")
+
+    results = request_rounds(handler, start_times().hold, lambda: False, publish=handler.publish, start=start)(
+        requests("a", "b")
+    )
+    assert handler.journal == ["handled a", "published a", "handled b", "published b"]
+    assert results == [[], []]
