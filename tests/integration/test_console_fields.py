@@ -456,6 +456,38 @@ def test_tls_is_set_changed_and_cleared_and_the_client_key_is_kept_when_left_bla
     assert _read(api, "connection-profiles", "partner").get("tls") is None
 
 
+@pytest.mark.parametrize("field", ["tls_ca_bundle", "tls_client_certificate"])
+def test_a_private_key_pasted_into_a_certificate_field_is_refused_by_the_field_and_never_shown_or_stored(
+    console: Console, api: InProcessApi, pem: Pem, field: str
+):
+    # A client.pem (certificate and key, as many partners send it) pasted whole: the key would be stored in a field
+    # that is not a secret (unencrypted, answered unmasked, put back in the text area).
+    before = _read(api, "connection-profiles", "partner")
+    bundle = f"{pem.client_certificate}\n{pem.client_key}"
+    typed = {"tls_client_certificate": pem.client_certificate, "tls_client_key": pem.client_key} | {field: bundle}
+    answer = console.post("/profiles/partner", PROFILE | typed | {"tls_min_version": "TLS1.2"})
+    assert answer.status_code == 422
+    assert _field_error(answer.text, field) == "holds a private key: a private key belongs in tls.client_key, not here"
+    assert pem.secret_line(pem.client_key) not in answer.text
+    assert _read(api, "connection-profiles", "partner") == before
+
+    # The admin API (and so YAML applied through it) refuses it too, by the field, the key not quoted.
+    spec = {
+        "name": "partner",
+        "base_url": "https://partner.example.com/v2",
+        "tls": {"client_certificate": pem.client_certificate, "client_key": pem.client_key}
+        | {field.removeprefix("tls_"): bundle},
+    }
+    with api.client() as client:
+        refused = client.put("/api/v1/connection-profiles/partner", json=spec)
+    assert refused.status_code == 422
+    assert f"tls.{field.removeprefix('tls_')}" in refused.text
+    assert "a private key belongs in tls.client_key" in refused.text
+    assert pem.secret_line(pem.client_key) not in refused.text
+    with api.client("viewer") as client:
+        assert pem.secret_line(pem.client_key) not in client.get("/api/v1/connection-profiles/partner").text
+
+
 def test_proxy_is_set_changed_and_cleared_and_its_password_is_kept_when_left_blank_never_shown(console: Console, api):
     proxy = {"proxy_url": "http://proxy.internal:3128", "proxy_username": "exporter"}
     answer = console.post("/profiles/partner", PROFILE | proxy | {"proxy_password": PROXY_PASSWORD})
