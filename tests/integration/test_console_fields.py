@@ -289,6 +289,32 @@ def test_webhooks_are_set_changed_and_cleared_and_a_refusal_is_shown_beside_them
     assert _read(api, "export-definitions", "nightly")["notifications"]["webhooks"] == {}
 
 
+@pytest.mark.parametrize(
+    ("typed", "message"),
+    [
+        # A manifest's webhooks: block pasted whole: the secret one level deeper than the field takes.
+        (
+            "webhooks:\n  ops:\n    url: https://hooks.example.com/x\n    signing_secret: whsec_LEAKED3\n",
+            "webhooks.url: Field required",
+        ),
+        (
+            "ops:\n  url: https://hooks.example.com/x\n  signing_secret: whsec_LEAKED3\n  events: [failed\n",
+            "not valid YAML or JSON",
+        ),
+    ],
+    ids=["manifest-block", "not-yaml"],
+)
+def test_a_refused_webhooks_text_never_shows_a_literal_signing_secret_again(
+    console: Console, api: InProcessApi, typed: str, message: str
+):
+    before = _read(api, "export-definitions", "nightly")["notifications"]
+    answer = console.post("/exports/nightly/steps/notifications", NOTIFICATIONS | {"webhooks": typed})
+    assert answer.status_code == 422
+    assert message in _field_error(answer.text, "webhooks")
+    assert "whsec_LEAKED3" not in answer.text
+    assert _read(api, "export-definitions", "nightly")["notifications"] == before
+
+
 def test_a_viewer_sees_the_new_settings_read_only(console: Console, api: InProcessApi):
     console.post(
         "/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "changes", "sync_max_removed": "25%"}

@@ -3,7 +3,10 @@ blank means, what a form without the fields leaves alone, and which stored secre
 
 from __future__ import annotations
 
+import pytest
+
 from services.admin.console.definition_form import (
+    NOT_SHOWN_AGAIN,
     destination_body,
     notifications_body,
     values_of,
@@ -86,6 +89,39 @@ def test_a_literal_webhook_secret_is_not_shown_again_a_reference_is():
     assert "https://h.example.com" in without_literal_secrets(typed)
     referenced = "ops:\n  url: https://h.example.com\n  signing_secret: env:PARTNER_X  # ours\n"
     assert without_literal_secrets(referenced) == referenced
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        # A manifest's webhooks: block pasted whole (one level deeper than the field takes).
+        "webhooks:\n  ops:\n    url: https://h.example.com\n    signing_secret: whsec_LEAKED\n",
+        "ops:\n  url: https://h.example.com\n  signing-secret: whsec_LEAKED\n",
+        "- ops: {signing_secret: whsec_LEAKED, url: https://h.example.com}\n",
+        "ops:\n  url: https://h.example.com\n  signing_secret: {value: whsec_LEAKED}\n",
+        "ops:\n  url: https://h.example.com\n  headers: ['signing_secret: whsec_LEAKED']\n",
+    ],
+    ids=["manifest-block", "hyphenated", "list", "nested-value", "quoted-whole"],
+)
+def test_a_literal_webhook_secret_is_not_shown_again_at_any_depth(typed: str):
+    shown = without_literal_secrets(typed)
+    assert "whsec_LEAKED" not in shown
+    assert "https://h.example.com" in shown
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "ops:\n  url: https://h.example.com\n  signing_secret: whsec_LEAKED\n  events: [failed\n",
+        "ops: {url: https://h.example.com, signing_secret: whsec_LEAKED",
+        "signing_secret whsec_LEAKED",
+    ],
+    ids=["unclosed-list", "unclosed-mapping", "not-a-mapping"],
+)
+def test_webhooks_text_that_is_not_a_yaml_mapping_and_mentions_a_signing_secret_is_not_shown_again(typed: str):
+    assert without_literal_secrets(typed) == NOT_SHOWN_AGAIN
+    # Without a signing secret it is shown as typed, to be corrected.
+    assert without_literal_secrets("ops: {url: https://h.example.com") == "ops: {url: https://h.example.com"
 
 
 def _profile(**settings: object) -> ConnectionProfile:
