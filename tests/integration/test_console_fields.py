@@ -550,6 +550,23 @@ def test_proxy_is_set_changed_and_cleared_and_its_password_is_kept_when_left_bla
     assert _read(api, "connection-profiles", "partner").get("proxy") is None
 
 
+def test_a_profile_post_without_the_rate_limit_fields_keeps_the_limit_and_blank_fields_remove_it(
+    console: Console, api: InProcessApi
+):
+    limit = {"requests_per_second": "5", "burst": "2", "max_in_flight": ""}
+    answer = console.post("/profiles/partner", PROFILE | limit)
+    assert answer.status_code == 303, answer.text
+    assert _set(_read(api, "connection-profiles", "partner")["rate_limit"]) == {"requests_per_second": 5, "burst": 2}
+    # A post without the fields at all (a script, an older page): kept.
+    answer = console.post("/profiles/partner", PROFILE)
+    assert answer.status_code == 303, answer.text
+    assert _set(_read(api, "connection-profiles", "partner")["rate_limit"]) == {"requests_per_second": 5, "burst": 2}
+    # The fields as the page shows them, blanked: removed.
+    answer = console.post("/profiles/partner", PROFILE | {"requests_per_second": "", "burst": "2", "max_in_flight": ""})
+    assert answer.status_code == 303, answer.text
+    assert _read(api, "connection-profiles", "partner").get("rate_limit") is None
+
+
 def test_a_new_profile_takes_tls_and_proxy(console: Console, api: InProcessApi, pem: Pem):
     answer = console.post(
         "/profiles/new",

@@ -141,6 +141,16 @@ def test_a_blank_client_key_keeps_the_stored_one_while_a_certificate_is_given():
     assert KEY not in str(profile_values(current))
 
 
+def test_a_profile_post_without_the_rate_limit_fields_keeps_the_limit_blank_fields_remove_it():
+    current = _profile(rate_limit={"requests_per_second": 5, "burst": 2})
+    assert profile_body(_form(**BASE), current)["rate_limit"] == {"requests_per_second": 5.0, "burst": 2}
+    blank = _form(**BASE, requests_per_second="", burst="1", max_in_flight="")
+    assert "rate_limit" not in profile_body(blank, current)
+    changed = profile_body(_form(**BASE, requests_per_second="", burst="1", max_in_flight="3"), current)
+    assert changed["rate_limit"] == {"requests_per_second": None, "burst": "1", "max_in_flight": "3"}
+    assert "rate_limit" not in profile_body(_form(**BASE), _profile())
+
+
 def test_a_pasted_pem_has_lf_line_ends():
     body = profile_body(
         _form(**BASE, tls_ca_bundle="-----BEGIN CERTIFICATE-----\r\nx\r\n", tls_min_version="TLS1.2"), None

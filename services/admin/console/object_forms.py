@@ -147,7 +147,15 @@ def profile_body(form: Form, current: ConnectionProfile | None) -> dict[str, Any
             "burst": form.optional("burst") or 1,
             "max_in_flight": form.optional("max_in_flight"),
         }
+    elif current is not None and current.rate_limit is not None and not _sends_rate_limit(form):
+        # The fields shown blank remove the limit; a post without them at all (a script, an older page) keeps it.
+        body["rate_limit"] = current.rate_limit.model_dump(mode="json", exclude_none=True)
     return _named(form, body)
+
+
+def _sends_rate_limit(form: Form) -> bool:
+    """Whether the form has the rate limit's fields (blank or not)."""
+    return any(name in form.fields for name in ("requests_per_second", "burst", "max_in_flight"))
 
 
 def _pem(form: Form, name: str) -> str | None:
