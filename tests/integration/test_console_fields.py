@@ -13,13 +13,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from html import unescape
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from services.admin.console.definition_form import STEPS
-from shared.domain.catalog_objects import ConnectionProfile
+from shared.domain.catalog_objects import ConnectionProfile, TlsSettings, WebhookChannel, WebhookEvent, WebhookFormat
 from tests.admin_app import InProcessApi, in_process_api, seed
 from tests.partner_tls import partner_tls_material
 
@@ -565,6 +566,25 @@ def test_a_profile_post_without_the_rate_limit_fields_keeps_the_limit_and_blank_
     answer = console.post("/profiles/partner", PROFILE | {"requests_per_second": "", "burst": "2", "max_in_flight": ""})
     assert answer.status_code == 303, answer.text
     assert _read(api, "connection-profiles", "partner").get("rate_limit") is None
+
+
+def test_the_pages_offer_the_domains_tls_versions_and_webhook_events_and_formats(console: Console):
+    # The lists come from the domain (the TLS version Literal, WebhookEvent, WebhookFormat, the channel's default
+    # events): the templates hold none of them, so that they cannot drift.
+    templates = Path(__file__).parents[2] / "services/admin/console/templates"
+    assert "TLS1.3" not in (templates / "profile.html").read_text()
+    assert "completed_with_errors" not in (templates / "step_notifications.html").read_text()
+    versions = get_args(TlsSettings.model_fields["min_version"].annotation)
+    offered = re.findall(r'<option value="(TLS[^"]*)"', console.page("/profiles/partner"))
+    assert tuple(offered) == versions
+    hint = re.search(r'<p class="hint" id="webhooks-hint">(.*?)</p>', console.page("/exports/nightly"), re.S)
+    assert hint is not None
+    events = ", ".join(event.value for event in WebhookEvent)
+    defaults = WebhookChannel.model_fields["events"].get_default(call_default_factory=True)
+    formats = " or ".join(kind.value for kind in WebhookFormat)
+    text = " ".join(unescape(hint.group(1)).split())
+    assert f"({events}; default: {', '.join(event.value for event in defaults)})" in text
+    assert f"<code>format</code> ({formats})" in text
 
 
 def test_a_new_profile_takes_tls_and_proxy(console: Console, api: InProcessApi, pem: Pem):

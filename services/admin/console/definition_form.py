@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from services.admin.console.forms import Form, Problems
-from shared.domain.catalog_objects import ExportDefinition, SavedQuery
+from shared.domain.catalog_objects import ExportDefinition, SavedQuery, WebhookChannel, WebhookEvent, WebhookFormat
 from shared.domain.query_parameters import ParameterType, coerce
 from shared.domain.schedule import Every, Repeat
 from shared.domain.secret_references import is_reference
@@ -26,6 +26,14 @@ COMPOSER_FIELDS: dict[str, tuple[str, ...]] = {
     Every.WEEK.value: ("weekday", "time"),
     Every.MONTH.value: ("day", "time"),
     Every.YEAR.value: ("day", "month", "time"),
+}
+#: What the webhooks field's hint lists, from the domain (so that it cannot drift from what a channel takes).
+WEBHOOK_HINT: dict[str, tuple[str, ...]] = {
+    "events": tuple(event.value for event in WebhookEvent),
+    "default_events": tuple(
+        event.value for event in WebhookChannel.model_fields["events"].get_default(call_default_factory=True)
+    ),
+    "formats": tuple(kind.value for kind in WebhookFormat),
 }
 #: The steps, in order, with their tab titles; ``general`` is the name, unit and priority above them.
 STEPS = {"filter": "Filter", "destination": "Destination", "schedule": "Schedule", "notifications": "Notifications"}

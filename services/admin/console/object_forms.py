@@ -7,7 +7,7 @@ written as YAML (JSON is YAML too), as in a manifest.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
@@ -28,6 +28,8 @@ SECRETS = frozenset({"password", "token", "key", "client_secret"})
 PROFILE_SECRETS = ("signing_secret", "tls_client_key", "proxy_password")
 #: The oldest TLS version accepted unless a profile says otherwise (TlsSettings' default).
 TLS_MIN_VERSION: str = TlsSettings.model_fields["min_version"].default
+#: The TLS versions a profile may name as its oldest (the domain's Literal: the select offers exactly these).
+TLS_VERSIONS: tuple[str, ...] = get_args(TlsSettings.model_fields["min_version"].annotation)
 
 
 def _yaml(value: Any) -> str:

@@ -104,6 +104,7 @@ def _page(
         else [],
         auth_fields=object_forms.AUTH_FIELDS,
         secrets=object_forms.SECRETS,
+        tls_versions=object_forms.TLS_VERSIONS,
     )
 
 
