@@ -180,7 +180,8 @@ def submitted(values: dict[str, Any], form: Form, part: str) -> dict[str, Any]:
     return merged
 
 
-#: Shown in place of webhooks text that is not YAML and mentions a signing secret (it cannot be shown safely).
+#: Shown in place of webhooks text that is not a YAML mapping or list and mentions a signing secret (it cannot be
+#: redacted reliably, so it is not shown at all).
 NOT_SHOWN_AGAIN = "# Not shown again: the text was not a YAML mapping and mentioned a signing secret. Type it again."
 
 
