@@ -33,6 +33,7 @@ from shared.domain.circuit_breaker import CircuitBreakerSettings
 from shared.domain.http_fields import header_name_problem, source_problem
 from shared.domain.member_retries import RetryRejected
 from shared.domain.names import Name
+from shared.domain.pem import PRIVATE_KEY_MISPLACED, holds_private_key
 from shared.domain.query_parameters import RESERVED_PREFIX, QueryParameter, bind_names
 from shared.domain.query_sql import check_select
 from shared.domain.schedule import Schedule
@@ -172,6 +173,10 @@ def _pem_or_reference(value: str) -> str:
     # Certificates are public: the message may say what is wrong, but never quotes the value.
     if is_reference(value):
         return value
+    if holds_private_key(value):
+        # A pasted client.pem (certificate and key): ssl would skip the key, but the field is not a secret, so the
+        # key would be stored unencrypted and answered unmasked.
+        raise ValueError(PRIVATE_KEY_MISPLACED)
     if "-----BEGIN CERTIFICATE-----" not in value:
         raise ValueError("must be PEM certificate(s) (-----BEGIN CERTIFICATE-----) or an env:/file: reference")
     return value

@@ -13,13 +13,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from html import unescape
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from services.admin.console.definition_form import STEPS
-from shared.domain.catalog_objects import ConnectionProfile
+from shared.domain.catalog_objects import ConnectionProfile, TlsSettings, WebhookChannel, WebhookEvent, WebhookFormat
 from tests.admin_app import InProcessApi, in_process_api, seed
 from tests.partner_tls import partner_tls_material
 
@@ -289,6 +290,32 @@ def test_webhooks_are_set_changed_and_cleared_and_a_refusal_is_shown_beside_them
     assert _read(api, "export-definitions", "nightly")["notifications"]["webhooks"] == {}
 
 
+@pytest.mark.parametrize(
+    ("typed", "message"),
+    [
+        # A manifest's webhooks: block pasted whole: the secret one level deeper than the field takes.
+        (
+            "webhooks:\n  ops:\n    url: https://hooks.example.com/x\n    signing_secret: whsec_LEAKED3\n",
+            "webhooks.url: Field required",
+        ),
+        (
+            "ops:\n  url: https://hooks.example.com/x\n  signing_secret: whsec_LEAKED3\n  events: [failed\n",
+            "not valid YAML or JSON",
+        ),
+    ],
+    ids=["manifest-block", "not-yaml"],
+)
+def test_a_refused_webhooks_text_never_shows_a_literal_signing_secret_again(
+    console: Console, api: InProcessApi, typed: str, message: str
+):
+    before = _read(api, "export-definitions", "nightly")["notifications"]
+    answer = console.post("/exports/nightly/steps/notifications", NOTIFICATIONS | {"webhooks": typed})
+    assert answer.status_code == 422
+    assert message in _field_error(answer.text, "webhooks")
+    assert "whsec_LEAKED3" not in answer.text
+    assert _read(api, "export-definitions", "nightly")["notifications"] == before
+
+
 def test_a_viewer_sees_the_new_settings_read_only(console: Console, api: InProcessApi):
     console.post(
         "/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "changes", "sync_max_removed": "25%"}
@@ -456,6 +483,38 @@ def test_tls_is_set_changed_and_cleared_and_the_client_key_is_kept_when_left_bla
     assert _read(api, "connection-profiles", "partner").get("tls") is None
 
 
+@pytest.mark.parametrize("field", ["tls_ca_bundle", "tls_client_certificate"])
+def test_a_private_key_pasted_into_a_certificate_field_is_refused_by_the_field_and_never_shown_or_stored(
+    console: Console, api: InProcessApi, pem: Pem, field: str
+):
+    # A client.pem (certificate and key, as many partners send it) pasted whole: the key would be stored in a field
+    # that is not a secret (unencrypted, answered unmasked, put back in the text area).
+    before = _read(api, "connection-profiles", "partner")
+    bundle = f"{pem.client_certificate}\n{pem.client_key}"
+    typed = {"tls_client_certificate": pem.client_certificate, "tls_client_key": pem.client_key} | {field: bundle}
+    answer = console.post("/profiles/partner", PROFILE | typed | {"tls_min_version": "TLS1.2"})
+    assert answer.status_code == 422
+    assert _field_error(answer.text, field) == "holds a private key: a private key belongs in tls.client_key, not here"
+    assert pem.secret_line(pem.client_key) not in answer.text
+    assert _read(api, "connection-profiles", "partner") == before
+
+    # The admin API (and so YAML applied through it) refuses it too, by the field, the key not quoted.
+    spec = {
+        "name": "partner",
+        "base_url": "https://partner.example.com/v2",
+        "tls": {"client_certificate": pem.client_certificate, "client_key": pem.client_key}
+        | {field.removeprefix("tls_"): bundle},
+    }
+    with api.client() as client:
+        refused = client.put("/api/v1/connection-profiles/partner", json=spec)
+    assert refused.status_code == 422
+    assert f"tls.{field.removeprefix('tls_')}" in refused.text
+    assert "a private key belongs in tls.client_key" in refused.text
+    assert pem.secret_line(pem.client_key) not in refused.text
+    with api.client("viewer") as client:
+        assert pem.secret_line(pem.client_key) not in client.get("/api/v1/connection-profiles/partner").text
+
+
 def test_proxy_is_set_changed_and_cleared_and_its_password_is_kept_when_left_blank_never_shown(console: Console, api):
     proxy = {"proxy_url": "http://proxy.internal:3128", "proxy_username": "exporter"}
     answer = console.post("/profiles/partner", PROFILE | proxy | {"proxy_password": PROXY_PASSWORD})
@@ -499,6 +558,42 @@ def test_proxy_credentials_typed_without_a_url_are_refused_beside_the_url_not_dr
     assert "pw-typed-without-url" not in answer.text
     assert _field_error(answer.text, "proxy_url")
     assert _read(api, "connection-profiles", "partner").get("proxy") is None
+
+
+def test_a_profile_post_without_the_rate_limit_fields_keeps_the_limit_and_blank_fields_remove_it(
+    console: Console, api: InProcessApi
+):
+    limit = {"requests_per_second": "5", "burst": "2", "max_in_flight": ""}
+    answer = console.post("/profiles/partner", PROFILE | limit)
+    assert answer.status_code == 303, answer.text
+    assert _set(_read(api, "connection-profiles", "partner")["rate_limit"]) == {"requests_per_second": 5, "burst": 2}
+    # A post without the fields at all (a script, an older page): kept.
+    answer = console.post("/profiles/partner", PROFILE)
+    assert answer.status_code == 303, answer.text
+    assert _set(_read(api, "connection-profiles", "partner")["rate_limit"]) == {"requests_per_second": 5, "burst": 2}
+    # The fields as the page shows them, blanked: removed.
+    answer = console.post("/profiles/partner", PROFILE | {"requests_per_second": "", "burst": "2", "max_in_flight": ""})
+    assert answer.status_code == 303, answer.text
+    assert _read(api, "connection-profiles", "partner").get("rate_limit") is None
+
+
+def test_the_pages_offer_the_domains_tls_versions_and_webhook_events_and_formats(console: Console):
+    # The lists come from the domain (the TLS version Literal, WebhookEvent, WebhookFormat, the channel's default
+    # events): the templates hold none of them, so that they cannot drift.
+    templates = Path(__file__).parents[2] / "services/admin/console/templates"
+    assert "TLS1.3" not in (templates / "profile.html").read_text()
+    assert "completed_with_errors" not in (templates / "step_notifications.html").read_text()
+    versions = get_args(TlsSettings.model_fields["min_version"].annotation)
+    offered = re.findall(r'<option value="(TLS[^"]*)"', console.page("/profiles/partner"))
+    assert tuple(offered) == versions
+    hint = re.search(r'<p class="hint" id="webhooks-hint">(.*?)</p>', console.page("/exports/nightly"), re.S)
+    assert hint is not None
+    events = ", ".join(event.value for event in WebhookEvent)
+    defaults = WebhookChannel.model_fields["events"].get_default(call_default_factory=True)
+    formats = " or ".join(kind.value for kind in WebhookFormat)
+    text = " ".join(unescape(hint.group(1)).split())
+    assert f"({events}; default: {', '.join(event.value for event in defaults)})" in text
+    assert f"<code>format</code> ({formats})" in text
 
 
 def test_a_new_profile_takes_tls_and_proxy(console: Console, api: InProcessApi, pem: Pem):

@@ -3,7 +3,10 @@ blank means, what a form without the fields leaves alone, and which stored secre
 
 from __future__ import annotations
 
+import pytest
+
 from services.admin.console.definition_form import (
+    NOT_SHOWN_AGAIN,
     destination_body,
     notifications_body,
     values_of,
@@ -88,6 +91,39 @@ def test_a_literal_webhook_secret_is_not_shown_again_a_reference_is():
     assert without_literal_secrets(referenced) == referenced
 
 
+@pytest.mark.parametrize(
+    "typed",
+    [
+        # A manifest's webhooks: block pasted whole (one level deeper than the field takes).
+        "webhooks:\n  ops:\n    url: https://h.example.com\n    signing_secret: whsec_LEAKED\n",
+        "ops:\n  url: https://h.example.com\n  signing-secret: whsec_LEAKED\n",
+        "- ops: {signing_secret: whsec_LEAKED, url: https://h.example.com}\n",
+        "ops:\n  url: https://h.example.com\n  signing_secret: {value: whsec_LEAKED}\n",
+        "ops:\n  url: https://h.example.com\n  headers: ['signing_secret: whsec_LEAKED']\n",
+    ],
+    ids=["manifest-block", "hyphenated", "list", "nested-value", "quoted-whole"],
+)
+def test_a_literal_webhook_secret_is_not_shown_again_at_any_depth(typed: str):
+    shown = without_literal_secrets(typed)
+    assert "whsec_LEAKED" not in shown
+    assert "https://h.example.com" in shown
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "ops:\n  url: https://h.example.com\n  signing_secret: whsec_LEAKED\n  events: [failed\n",
+        "ops: {url: https://h.example.com, signing_secret: whsec_LEAKED",
+        "signing_secret whsec_LEAKED",
+    ],
+    ids=["unclosed-list", "unclosed-mapping", "not-a-mapping"],
+)
+def test_webhooks_text_that_is_not_a_yaml_mapping_and_mentions_a_signing_secret_is_not_shown_again(typed: str):
+    assert without_literal_secrets(typed) == NOT_SHOWN_AGAIN
+    # Without a signing secret it is shown as typed, to be corrected.
+    assert without_literal_secrets("ops: {url: https://h.example.com") == "ops: {url: https://h.example.com"
+
+
 def _profile(**settings: object) -> ConnectionProfile:
     return ConnectionProfile.model_validate({"name": "p", "base_url": "https://partner.example"} | settings)
 
@@ -103,6 +139,16 @@ def test_a_blank_client_key_keeps_the_stored_one_while_a_certificate_is_given():
     assert profile_body(_form(**BASE, tls_client_certificate="", tls_min_version="TLS1.2"), current)["tls"] is None
     assert "tls_client_key" in profile_values(current)["stored_secrets"]
     assert KEY not in str(profile_values(current))
+
+
+def test_a_profile_post_without_the_rate_limit_fields_keeps_the_limit_blank_fields_remove_it():
+    current = _profile(rate_limit={"requests_per_second": 5, "burst": 2})
+    assert profile_body(_form(**BASE), current)["rate_limit"] == {"requests_per_second": 5.0, "burst": 2}
+    blank = _form(**BASE, requests_per_second="", burst="1", max_in_flight="")
+    assert "rate_limit" not in profile_body(blank, current)
+    changed = profile_body(_form(**BASE, requests_per_second="", burst="1", max_in_flight="3"), current)
+    assert changed["rate_limit"] == {"requests_per_second": None, "burst": "1", "max_in_flight": "3"}
+    assert "rate_limit" not in profile_body(_form(**BASE), _profile())
 
 
 def test_a_pasted_pem_has_lf_line_ends():

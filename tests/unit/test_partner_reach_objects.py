@@ -15,6 +15,7 @@ from devtools.certificates import make_tls_material
 from shared.application.checks import ObjectChecks, destination_problems, secret_problems, tls_problems
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, secret_fields, stored_form
 from shared.domain.destinations import DestinationPolicy
+from shared.domain.pem import certificates_problem
 from shared.domain.rendering import RenderLimits, TemplateRenderError, render_request
 from shared.domain.secret_references import SecretReferencePolicy
 from shared.events import MemberBatch
@@ -64,6 +65,27 @@ def test_tls_and_proxy_settings_are_refused_naming_the_field_without_echoing_val
     assert f"\n{field}\n" in message, message
     assert reason in message
     assert "hunter2" not in message
+
+
+@pytest.mark.parametrize("field", ["ca_bundle", "client_certificate"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "-----BEGIN PRIVATE KEY-----\nMIIBsecretbody\n-----END PRIVATE KEY-----\n",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIBsecretbody\n-----END RSA PRIVATE KEY-----\n",
+        "-----BEGIN EC PRIVATE KEY-----\nMIIBsecretbody\n-----END EC PRIVATE KEY-----\n",
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBsecretbody\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    ],
+    ids=["pkcs8", "rsa", "ec", "encrypted"],
+)
+def test_a_private_key_pasted_with_the_certificates_is_refused_naming_the_field_never_quoting_the_key(field, key):
+    # A client.pem holds the certificate and its key; ssl would skip the key, and the field is not a secret.
+    tls = {"client_certificate": CERT, "client_key": KEY} | {field: CERT + key}
+    message = refusal(ConnectionProfile, {"name": "p", "base_url": "https://partner.example", "tls": tls})
+    assert f"\ntls.{field}\n" in message, message
+    assert "a private key belongs in tls.client_key, not here" in message
+    assert "secretbody" not in message
+    assert certificates_problem(CERT + key) == "holds a private key: a private key belongs in tls.client_key, not here"
 
 
 def test_the_client_key_and_the_proxy_password_are_secrets_masked_in_answers_and_kept_when_stored():

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from services.admin.console.forms import Form, Problems
-from shared.domain.catalog_objects import ExportDefinition, SavedQuery
+from shared.domain.catalog_objects import ExportDefinition, SavedQuery, WebhookChannel, WebhookEvent, WebhookFormat
 from shared.domain.query_parameters import ParameterType, coerce
 from shared.domain.schedule import Every, Repeat
 from shared.domain.secret_references import is_reference
@@ -26,6 +26,14 @@ COMPOSER_FIELDS: dict[str, tuple[str, ...]] = {
     Every.WEEK.value: ("weekday", "time"),
     Every.MONTH.value: ("day", "time"),
     Every.YEAR.value: ("day", "month", "time"),
+}
+#: What the webhooks field's hint lists, from the domain (so that it cannot drift from what a channel takes).
+WEBHOOK_HINT: dict[str, tuple[str, ...]] = {
+    "events": tuple(event.value for event in WebhookEvent),
+    "default_events": tuple(
+        event.value for event in WebhookChannel.model_fields["events"].get_default(call_default_factory=True)
+    ),
+    "formats": tuple(kind.value for kind in WebhookFormat),
 }
 #: The steps, in order, with their tab titles; ``general`` is the name, unit and priority above them.
 STEPS = {"filter": "Filter", "destination": "Destination", "schedule": "Schedule", "notifications": "Notifications"}
@@ -172,28 +180,46 @@ def submitted(values: dict[str, Any], form: Form, part: str) -> dict[str, Any]:
     return merged
 
 
+#: Shown in place of webhooks text that is not a YAML mapping or list and mentions a signing secret (it cannot be
+#: redacted reliably, so it is not shown at all).
+NOT_SHOWN_AGAIN = "# Not shown again: the text was not a YAML mapping and mentioned a signing secret. Type it again."
+
+
 def without_literal_secrets(webhooks: str) -> str:
     """The webhooks as typed, to show again after a refusal, less any ``signing_secret`` that is not an ``env:`` or
     ``file:`` reference: the domain refuses it because it may be the secret itself, which is never put in a page.
 
-    Such a value is blanked and the YAML written anew (its comments and layout are lost); text without one, or
-    that is not YAML, is shown as typed.
+    Such a value is blanked wherever it is (a pasted manifest's ``webhooks:`` block nests the channels one level
+    deeper; ``signing-secret`` is caught too) and the YAML written anew (its comments and layout are lost); text
+    without one is shown as typed. Text that is not a YAML mapping or list cannot be redacted reliably: when it
+    mentions ``signing`` it is not shown again at all (a comment says why).
     """
     try:
         hooks = yaml.safe_load(webhooks)
     except yaml.YAMLError:
-        return webhooks
-    if not isinstance(hooks, dict):
-        return webhooks
-    literal = False
-    for channel in hooks.values():
-        secret = channel.get("signing_secret") if isinstance(channel, dict) else None
-        if secret is not None and not (isinstance(secret, str) and is_reference(secret)):
-            channel["signing_secret"] = ""
-            literal = True
-    if not literal:
+        hooks = None
+    if not isinstance(hooks, dict | list):
+        return NOT_SHOWN_AGAIN if "signing" in webhooks.lower() else webhooks
+    if not _blank_literal_secrets(hooks):
         return webhooks
     return yaml.safe_dump(hooks, sort_keys=False, allow_unicode=True, default_flow_style=False).strip()
+
+
+def _blank_literal_secrets(node: Any) -> bool:
+    """Blank, at any depth of ``node``, each value under a key naming a signing secret that is not a reference, and
+    each other text mentioning one (``"signing_secret: whsec_…"`` quoted whole); whether any was."""
+    blanked = False
+    items: Any = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in list(items):
+        named = isinstance(key, str) and "signing" in key.lower()
+        if isinstance(value, dict | list) and not named:
+            blanked = _blank_literal_secrets(value) or blanked
+        elif value in (None, "") or (isinstance(value, str) and is_reference(value)):
+            continue
+        elif named or (isinstance(value, str) and "signing" in value.lower()):
+            node[key] = ""
+            blanked = True
+    return blanked
 
 
 def as_form(values: dict[str, Any]) -> Form:

@@ -63,6 +63,7 @@ def _page(
         business_units=sorted(known_units),
         zones=zones(),
         composer_fields=fields.COMPOSER_FIELDS,
+        webhook_hint=fields.WEBHOOK_HINT,
         preview=preview_values(fields.as_form(values)),
     )
 

@@ -7,7 +7,7 @@ written as YAML (JSON is YAML too), as in a manifest.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
@@ -28,6 +28,8 @@ SECRETS = frozenset({"password", "token", "key", "client_secret"})
 PROFILE_SECRETS = ("signing_secret", "tls_client_key", "proxy_password")
 #: The oldest TLS version accepted unless a profile says otherwise (TlsSettings' default).
 TLS_MIN_VERSION: str = TlsSettings.model_fields["min_version"].default
+#: The TLS versions a profile may name as its oldest (the domain's Literal: the select offers exactly these).
+TLS_VERSIONS: tuple[str, ...] = get_args(TlsSettings.model_fields["min_version"].annotation)
 
 
 def _yaml(value: Any) -> str:
@@ -147,7 +149,15 @@ def profile_body(form: Form, current: ConnectionProfile | None) -> dict[str, Any
             "burst": form.optional("burst") or 1,
             "max_in_flight": form.optional("max_in_flight"),
         }
+    elif current is not None and current.rate_limit is not None and not _sends_rate_limit(form):
+        # The fields shown blank remove the limit; a post without them at all (a script, an older page) keeps it.
+        body["rate_limit"] = current.rate_limit.model_dump(mode="json", exclude_none=True)
     return _named(form, body)
+
+
+def _sends_rate_limit(form: Form) -> bool:
+    """Whether the form has the rate limit's fields (blank or not)."""
+    return any(name in form.fields for name in ("requests_per_second", "burst", "max_in_flight"))
 
 
 def _pem(form: Form, name: str) -> str | None:

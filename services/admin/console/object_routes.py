@@ -20,6 +20,7 @@ from services.admin.console.pages import me_of
 from shared.application import objects as use_cases
 from shared.application.errors import Forbidden, Missing, Refused
 from shared.domain.catalog_objects import CatalogObject, ConnectionProfile, HttpTemplate, SavedQuery
+from shared.domain.pem import holds_private_key
 
 router = APIRouter(prefix=PREFIX)
 NOTICES = {"saved": "Saved.", "created": "Created.", "copied": "Copied.", "deleted": "Deleted."}
@@ -103,6 +104,7 @@ def _page(
         else [],
         auth_fields=object_forms.AUTH_FIELDS,
         secrets=object_forms.SECRETS,
+        tls_versions=object_forms.TLS_VERSIONS,
     )
 
 
@@ -137,8 +139,16 @@ def create(request: Request, collection: str) -> Response:
 
 
 def _typed(form: Form) -> dict[str, Any]:
-    """What was typed, to show it again (secrets never: they are not put back in the page)."""
-    return {name: values[-1] for name, values in form.fields.items() if name not in _WRITE_ONLY}
+    """What was typed, to show it again (secrets never: they are not put back in the page).
+
+    Nor a private key pasted where it does not belong (a ``client.pem`` in a certificate field, refused): that
+    field comes back blank, the refusal beside it saying why.
+    """
+    return {
+        name: "" if holds_private_key(values[-1]) else values[-1]
+        for name, values in form.fields.items()
+        if name not in _WRITE_ONLY
+    }
 
 
 _WRITE_ONLY = {f"auth_{name}" for name in object_forms.SECRETS} | {*object_forms.PROFILE_SECRETS, "csrf_token"}
