@@ -397,13 +397,14 @@ class Dispatcher:
         self.breakers.check(profile)
         self._limits_of(profile)  # a share of 0 holds the batch back here, before anything is rendered
         masking = functools.partial(self._masking, profile)
+        identity = batch.identity  # once a batch, not once a request: it formats the run's UUID
 
         async def send(part: Slice) -> DeliveryResult:
             try:
                 # Bounds requests (rendering included, so rendered bodies in memory too), whatever the record
                 # they come from: one record may carry many one-member requests.
                 async with self._concurrency:
-                    return await self._deliver(batch, part, template, profile)
+                    return await self._deliver(batch, part, template, profile, identity)
             except HoldRecord:
                 raise
             except ExportError as exc:  # e.g. a template that does not render: its reason may quote a secret
@@ -432,13 +433,14 @@ class Dispatcher:
         return self._outcome(batch, isolated, profile.name)
 
     async def _deliver(
-        self, batch: MemberBatch, part: Slice, template: HttpTemplate, profile: ConnectionProfile
+        self, batch: MemberBatch, part: Slice, template: HttpTemplate, profile: ConnectionProfile, identity: str
     ) -> DeliveryResult:
+        """Deliver ``part`` of ``batch`` (whose :attr:`~shared.events.MemberBatch.identity` is ``identity``)."""
         whole = part.size == len(batch.members)
         members = batch if whole else batch.model_copy(update={"members": batch.members[part.start : part.stop]})
         rendered = await self.renderer.render(template, profile, members)
         # Stable across redeliveries: the split of a batch is the same every time, so is each key.
-        key = batch.identity if whole else f"{batch.identity}:{part.start}-{part.stop}"
+        key = identity if whole else f"{identity}:{part.start}-{part.stop}"
 
         limits = self._limits_of(profile)
         limiter = limits.rate
