@@ -58,7 +58,7 @@ def _judged(answer: PartnerAnswer, success_statuses: list[int] | None, labels: t
     status = answer.status
     child(REQUESTS, *labels, status_class(status)).inc()
     if is_success(status, success_statuses):
-        return AttemptResult(status=status, success=True)
+        return _succeeded(status)
     return AttemptResult(status=status, success=False, retry_after=parse_retry_after(answer.retry_after, time.time()))
 
 
@@ -75,6 +75,12 @@ def failed_attempt(exc: Exception) -> AttemptResult:
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _succeeded(status: int) -> AttemptResult:
+    """A successful attempt's result: immutable, so one per status serves every request (a request's CPU)."""
+    return AttemptResult(status=status, success=True)
+
+
 @dataclass(frozen=True)
 class DeliveryResult:
     """The final outcome of delivering one request, after retries."""
@@ -83,6 +89,12 @@ class DeliveryResult:
     status: int | None
     attempts: int
     error: str | None
+
+
+@functools.lru_cache(maxsize=1024)
+def _delivered_at_once(status: int | None) -> DeliveryResult:
+    """A delivery that succeeded at its first attempt: immutable, so one per status serves every request."""
+    return DeliveryResult(success=True, status=status, attempts=1, error=None)
 
 
 @dataclass(frozen=True)
@@ -202,6 +214,8 @@ class Deliverer:
         # which is handed that answer as its first attempt (numbering and backoff stay tenacity's).
         first = await once()
         if not first.retryable:
+            if first.success:
+                return _delivered_at_once(first.status)
             return DeliveryResult(success=first.success, status=first.status, attempts=1, error=first.error)
         handed_over = [first]
 

@@ -61,7 +61,14 @@ from shared.outbound.failure_reasons import masked_reason
 from shared.outbound.partner_network import PartnerNetwork
 from shared.outbound.signing import signature_headers
 from shared.topics import Topics
-from shared.tracing import annotate, attached, current_http_headers, exported_span, record_http_result
+from shared.tracing import (
+    annotate,
+    attached,
+    current_http_headers,
+    exported_span,
+    exporting,
+    record_http_result,
+)
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T", bound=CatalogObject)
@@ -393,13 +400,14 @@ class Dispatcher:
         self.breakers.check(profile)
         self._limits_of(profile)  # a share of 0 holds the batch back here, before anything is rendered
         masking = functools.partial(self._masking, profile)
+        identity = batch.identity  # once a batch, not once a request: it formats the run's UUID
 
         async def send(part: Slice) -> DeliveryResult:
             try:
                 # Bounds requests (rendering included, so rendered bodies in memory too), whatever the record
                 # they come from: one record may carry many one-member requests.
                 async with self._concurrency:
-                    return await self._deliver(batch, part, template, profile)
+                    return await self._deliver(batch, part, template, profile, identity)
             except HoldRecord:
                 raise
             except ExportError as exc:  # e.g. a template that does not render: its reason may quote a secret
@@ -428,13 +436,14 @@ class Dispatcher:
         return self._outcome(batch, isolated, profile.name)
 
     async def _deliver(
-        self, batch: MemberBatch, part: Slice, template: HttpTemplate, profile: ConnectionProfile
+        self, batch: MemberBatch, part: Slice, template: HttpTemplate, profile: ConnectionProfile, identity: str
     ) -> DeliveryResult:
+        """Deliver ``part`` of ``batch`` (whose :attr:`~shared.events.MemberBatch.identity` is ``identity``)."""
         whole = part.size == len(batch.members)
         members = batch if whole else batch.model_copy(update={"members": batch.members[part.start : part.stop]})
         rendered = await self.renderer.render(template, profile, members)
         # Stable across redeliveries: the split of a batch is the same every time, so is each key.
-        key = batch.identity if whole else f"{batch.identity}:{part.start}-{part.stop}"
+        key = identity if whole else f"{identity}:{part.start}-{part.stop}"
 
         limits = self._limits_of(profile)
         limiter = limits.rate
@@ -498,22 +507,41 @@ class Dispatcher:
                 secrets_of=profile,  # its secrets are masked in a failure's reason
             )
 
+        async def delivered() -> DeliveryResult:
+            result = await deliver()
+            if result.status == 401 and isinstance(profile.auth, OAuth2ClientCredentials):
+                # A token may be revoked before its expiry: fetch a new one and try once more.
+                self.tokens.forget(profile.name)
+                result = await deliver()
+            return result
+
+        if limits.slots is None:  # no max_in_flight: no slot to take (and no context manager to pay for)
+            return await self._in_flight(profile, rendered.method, delivered, ticket)
         async with limits.in_flight(lambda: self.fleet.held(profile.name)):
-            child(IN_FLIGHT, profile.name).inc()
-            try:
-                # A span per request only while spans are exported: its cost is no use otherwise (README, Tracing).
-                attributes = {"http.request.method": rendered.method, "member_export.profile": profile.name}
-                with exported_span(rendered.method, SpanKind.CLIENT, attributes) as span:
-                    result = await deliver()
-                    if result.status == 401 and isinstance(profile.auth, OAuth2ClientCredentials):
-                        # A token may be revoked before its expiry: fetch a new one and try once more.
-                        self.tokens.forget(profile.name)
-                        result = await deliver()
-                    record_http_result(span, result.status, result.success, result.attempts, result.error)
-            finally:
-                child(IN_FLIGHT, profile.name).dec()
-                self.breakers.cancel(profile, ticket[0])  # admitted, never judged (cancelled): a probe slot back
-        return result
+            return await self._in_flight(profile, rendered.method, delivered, ticket)
+
+    async def _in_flight(
+        self,
+        profile: ConnectionProfile,
+        method: str,
+        delivered: Callable[[], Awaitable[DeliveryResult]],
+        ticket: list[Admission | None],
+    ) -> DeliveryResult:
+        """``delivered()``, counted in flight, in a span of its own while spans are exported; the circuit breaker's
+        admission left in ``ticket`` (admitted, never judged: cancelled) gives its probe slot back."""
+        in_flight = child(IN_FLIGHT, profile.name)
+        in_flight.inc()
+        try:
+            if not exporting():  # a span per request only while spans are exported (README, Tracing)
+                return await delivered()
+            attributes = {"http.request.method": method, "member_export.profile": profile.name}
+            with exported_span(method, SpanKind.CLIENT, attributes) as span:
+                result = await delivered()
+                record_http_result(span, result.status, result.success, result.attempts, result.error)
+            return result
+        finally:
+            in_flight.dec()
+            self.breakers.cancel(profile, ticket[0])  # admitted, never judged (cancelled): a probe slot back
 
     def _outcome(self, batch: MemberBatch, result: IsolationResult[DeliveryResult], profile: str) -> list[Outgoing]:
         count = len(batch.members)

@@ -12,6 +12,7 @@ profile with ``tls`` or ``proxy`` settings goes out on that configuration's own 
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -119,7 +120,7 @@ class AiohttpPartnerHttp:
                 url,
                 headers=route.headers_for(url.scheme, request.headers),
                 data=request.content,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=_total_timeout(timeout),
                 allow_redirects=False,
                 proxy_headers=route.proxy_headers,
             ) as response:
@@ -143,6 +144,12 @@ class AiohttpPartnerHttp:
 
     async def aclose(self) -> None:
         await self.sessions.aclose()
+
+
+@functools.lru_cache(maxsize=256)
+def _total_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """A request's timeout, built once per value (it is immutable, and each request would build it again)."""
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
