@@ -48,7 +48,7 @@ from shared.domain.catalog_objects import (
 )
 from shared.domain.http_fields import header_value_problem, merged_headers
 from shared.domain.masking import Masking
-from shared.domain.rendering import DEFAULT_LIMITS, RenderedRequest, RenderLimits
+from shared.domain.rendering import DEFAULT_LIMITS, PreparedRequest, RenderedRequest, RenderLimits
 from shared.domain.runs import RunStatus
 from shared.errors import ExportError, PermanentError
 from shared.events import BatchOutcome, DeadLetter, MemberBatch
@@ -401,13 +401,15 @@ class Dispatcher:
         self._limits_of(profile)  # a share of 0 holds the batch back here, before anything is rendered
         masking = functools.partial(self._masking, profile)
         identity = batch.identity  # once a batch, not once a request: it formats the run's UUID
+        # Once a batch too: the URL, constant headers and run values its one-member requests share.
+        prepared = self.renderer.prepare(template, profile, batch)
 
         async def send(part: Slice) -> DeliveryResult:
             try:
                 # Bounds requests (rendering included, so rendered bodies in memory too), whatever the record
                 # they come from: one record may carry many one-member requests.
                 async with self._concurrency:
-                    return await self._deliver(batch, part, template, profile, identity)
+                    return await self._deliver(batch, part, template, profile, identity, prepared)
             except HoldRecord:
                 raise
             except ExportError as exc:  # e.g. a template that does not render: its reason may quote a secret
@@ -436,12 +438,19 @@ class Dispatcher:
         return self._outcome(batch, isolated, profile.name)
 
     async def _deliver(
-        self, batch: MemberBatch, part: Slice, template: HttpTemplate, profile: ConnectionProfile, identity: str
+        self,
+        batch: MemberBatch,
+        part: Slice,
+        template: HttpTemplate,
+        profile: ConnectionProfile,
+        identity: str,
+        prepared: PreparedRequest,
     ) -> DeliveryResult:
-        """Deliver ``part`` of ``batch`` (whose :attr:`~shared.events.MemberBatch.identity` is ``identity``)."""
+        """Deliver ``part`` of ``batch`` (whose :attr:`~shared.events.MemberBatch.identity` is ``identity``), rendered
+        with ``prepared`` (the batch's)."""
         whole = part.size == len(batch.members)
-        members = batch if whole else batch.model_copy(update={"members": batch.members[part.start : part.stop]})
-        rendered = await self.renderer.render(template, profile, members)
+        members = batch.members if whole else batch.members[part.start : part.stop]
+        rendered = await self.renderer.render(prepared, members)
         # Stable across redeliveries: the split of a batch is the same every time, so is each key.
         key = identity if whole else f"{identity}:{part.start}-{part.stop}"
 

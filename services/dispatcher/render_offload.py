@@ -16,9 +16,10 @@ import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
-from shared.domain.rendering import DEFAULT_LIMITS, RenderedRequest, RenderLimits, render_request
+from shared.domain.rendering import DEFAULT_LIMITS, PreparedRequest, RenderedRequest, RenderLimits, prepare_request
 from shared.events import MemberBatch
 
 
@@ -48,22 +49,28 @@ class Renderer:
         seconds, measured = known
         return seconds * max(1.0, members / measured)
 
-    async def render(self, template: HttpTemplate, profile: ConnectionProfile, batch: MemberBatch) -> RenderedRequest:
-        """The batch's request; TemplateRenderError (a PermanentError) when the template fails or is over a limit."""
-        expected = self.expected_seconds(template.name, len(batch.members))
-        if expected is not None and expected < self.INLINE_SECONDS:
-            return self._render(template, profile, batch)
-        return await asyncio.get_running_loop().run_in_executor(self._threads, self._render, template, profile, batch)
+    def prepare(self, template: HttpTemplate, profile: ConnectionProfile, batch: MemberBatch) -> PreparedRequest:
+        """What the requests of ``batch``'s slices share, done once a batch (``rendering.PreparedRequest``)."""
+        return prepare_request(template, profile, batch, self.limits)
 
-    def _render(self, template: HttpTemplate, profile: ConnectionProfile, batch: MemberBatch) -> RenderedRequest:
+    async def render(self, prepared: PreparedRequest, members: list[dict[str, Any]]) -> RenderedRequest:
+        """The request of ``members`` (a slice of the prepared batch's); TemplateRenderError (a PermanentError)
+        when the template fails or is over a limit."""
+        expected = self.expected_seconds(prepared.template.name, len(members))
+        if expected is not None and expected < self.INLINE_SECONDS:
+            return self._render(prepared, members)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, self._render, prepared, members)
+
+    def _render(self, prepared: PreparedRequest, members: list[dict[str, Any]]) -> RenderedRequest:
         started = time.thread_time()
         try:
-            return render_request(template, profile, batch, self.limits)
+            return prepared.render(members)
         finally:  # a failed render too: a template that ran into its deadline is not rendered on the loop again
-            cost = (time.thread_time() - started, max(1, len(batch.members)))
+            cost = (time.thread_time() - started, max(1, len(members)))
+            name = prepared.template.name
             with self._costs_lock:
-                self._costs.pop(template.name, None)
-                self._costs[template.name] = cost
+                self._costs.pop(name, None)
+                self._costs[name] = cost
                 if len(self._costs) > self.MAX_TEMPLATES:
                     self._costs.pop(next(iter(self._costs)))
 

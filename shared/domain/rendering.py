@@ -31,6 +31,7 @@ from shared.domain.http_fields import header_value_problem
 from shared.domain.json_structure import LeafError, StructureError, render_structure
 from shared.domain.render_budget import (
     DEFAULT_LIMITS,
+    RenderBudget,
     RenderLimitExceeded,
     RenderLimits,
     current_budget,
@@ -41,7 +42,15 @@ from shared.domain.template_sandbox import BoundedSandbox, TemplateText, check_r
 from shared.errors import PermanentError
 from shared.events import MemberBatch
 
-__all__ = ["DEFAULT_LIMITS", "RenderLimits", "RenderedRequest", "TemplateRenderError", "render_request"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "PreparedRequest",
+    "RenderLimits",
+    "RenderedRequest",
+    "TemplateRenderError",
+    "prepare_request",
+    "render_request",
+]
 
 
 class TemplateRenderError(PermanentError):
@@ -183,6 +192,137 @@ def render_request(
     if not any(name.lower() == "content-type" for name in headers):
         headers["Content-Type"] = DEFAULT_CONTENT_TYPES[template.content_type]
     return RenderedRequest(template.method.value, url, headers, content)
+
+
+class PreparedRequest:
+    """:func:`render_request` for slices of one batch, with what is the same for all of them done once.
+
+    A batch split into one-member requests renders the same path, query string and headers for each, and
+    the same ``run`` values: :func:`prepare_request` checks once each part that is text only (no ``{{ … }}``,
+    tag or comment, which no member can change), builds the URL when all of the path and query string are,
+    and formats the run's values; :meth:`render` renders the rest (the body, any part with an expression) for
+    the members of one request, within its own budget (:class:`RenderLimits`), in the same order and with the
+    same checks and reasons as :func:`render_request`. Its requests are byte for byte those of
+    :func:`render_request` on a batch holding the same members. A constant part that fails its check (too
+    long, a line break in a header) is not reported here: every request then renders as
+    :func:`render_request` would, and fails as it would. Immutable once made: shared by render threads.
+    """
+
+    __slots__ = (
+        "_batch",
+        "_constant_path",
+        "_content_type",
+        "_headers",
+        "_limits",
+        "_profile",
+        "_run",
+        "_template",
+        "_unprepared",
+        "_url",
+    )
+
+    def __init__(self, template: HttpTemplate, profile: ConnectionProfile, batch: MemberBatch, limits: RenderLimits):
+        self._template = template
+        self._profile = profile
+        self._batch = batch
+        self._limits = limits
+        self._run = {"id": str(batch.run_id), "definition": batch.definition, "batch_index": batch.batch_index}
+        self._unprepared = False
+        self._url: str | None = None
+        self._constant_path: str | None = None
+        #: Per header, in the template's order: its checked value when constant, else None (rendered each time).
+        self._headers: list[tuple[str, str, str | None]] = []
+        try:
+            self._prepare(template, profile, limits)
+        except Exception:  # noqa: BLE001 - e.g. a constant path too long: each request renders, and fails, as before
+            self._unprepared = True
+        add_type = not any(name.lower() == "content-type" for name in template.headers)
+        self._content_type = DEFAULT_CONTENT_TYPES[template.content_type] if add_type else None
+
+    def _prepare(self, template: HttpTemplate, profile: ConnectionProfile, limits: RenderLimits) -> None:
+        budget = RenderBudget(limits)  # only its byte cap is read: constants are checked, not rendered
+        path = _constant_text("path", template.path)
+        if path is not None:
+            check_rendered_size(path, budget)
+            if path_problem(path) is not None:
+                raise TemplateRenderError("a constant path that does not check: rendered (and refused) each time")
+            self._constant_path = path
+            query = {name: _constant_text("text", value) for name, value in template.query_string.items()}
+            if all(value is not None for value in query.values()):
+                url = profile.base_url.rstrip("/") + path
+                if query:
+                    for value in query.values():
+                        check_rendered_size(value or "", budget)
+                    url += ("&" if "?" in url else "?") + urlencode(query)
+                self._url = url
+        for name, source in template.headers.items():
+            value = _constant_text("text", source)
+            if value is not None:
+                check_rendered_size(value, budget)
+                if header_value_problem(value) is not None:
+                    raise TemplateRenderError("a constant header that does not check: rendered (and refused) each time")
+            self._headers.append((name, source, value))
+
+    @property
+    def template(self) -> HttpTemplate:
+        """The template the requests are rendered with."""
+        return self._template
+
+    def render(self, members: list[dict[str, Any]]) -> RenderedRequest:
+        """The request for ``members`` (a slice of the batch's): what :func:`render_request` makes of them."""
+        template = self._template
+        if self._unprepared:
+            batch = self._batch
+            part = batch if members is batch.members else batch.model_copy(update={"members": members})
+            return render_request(template, self._profile, part, self._limits)
+        context = {"members": members, "member": members[0] if members else {}, "run": self._run}
+        with rendering_within(self._limits):
+            url = self._url
+            if url is None:
+                url = self._url_for(context)
+            headers = {}
+            for name, source, value in self._headers:
+                if value is None:
+                    value = _render(source, context, f"header {name}")
+                    problem = header_value_problem(value)
+                    if problem is not None:
+                        raise TemplateRenderError(f"template header {name}: the rendered value {problem}")
+                headers[name] = value
+            if template.content_type is not BodyType.JSON:
+                content = _other_body(template, context, members)
+            elif template.json_body is not None:
+                content = _structured_body(template.json_body, context)
+            elif template.body is not None:
+                content = _json_body(template.body, context)
+            else:
+                content = _members_json(members)
+        if self._content_type is not None:
+            headers["Content-Type"] = self._content_type
+        return RenderedRequest(template.method.value, url, headers, content)
+
+    def _url_for(self, context: dict[str, Any]) -> str:
+        """The URL when the path or a query string value holds an expression: as :func:`render_request` builds it."""
+        template = self._template
+        path = self._constant_path
+        if path is None:
+            path = _render(template.path, context, "path", "path")
+            problem = path_problem(path)
+            if problem is not None:
+                raise TemplateRenderError(f"template path: the rendered path {problem}")
+        url = self._profile.base_url.rstrip("/") + path
+        if template.query_string:
+            parameters = {
+                name: _render(value, context, f"query_string {name}") for name, value in template.query_string.items()
+            }
+            url += ("&" if "?" in url else "?") + urlencode(parameters)
+        return url
+
+
+def prepare_request(
+    template: HttpTemplate, profile: ConnectionProfile, batch: MemberBatch, limits: RenderLimits = DEFAULT_LIMITS
+) -> PreparedRequest:
+    """What the requests of ``batch``'s slices share, done once (:class:`PreparedRequest`); nothing is refused here."""
+    return PreparedRequest(template, profile, batch, limits)
 
 
 def _json_body(source: str, context: dict[str, Any]) -> bytes:
