@@ -29,6 +29,7 @@ from shared.domain.body_types import DEFAULT_CONTENT_TYPES, BodyType
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
 from shared.domain.http_fields import header_value_problem
 from shared.domain.json_structure import LeafError, StructureError, render_structure
+from shared.domain.render_budget import _ACTIVE as _ACTIVE_BUDGET  # what rendering_within sets (see render)
 from shared.domain.render_budget import (
     DEFAULT_LIMITS,
     RenderBudget,
@@ -276,7 +277,9 @@ class PreparedRequest:
             part = batch if members is batch.members else batch.model_copy(update={"members": members})
             return render_request(template, self._profile, part, self._limits)
         context = {"members": members, "member": members[0] if members else {}, "run": self._run}
-        with rendering_within(self._limits):
+        # ``rendering_within`` without its generator (about 1.5 µs a request, a third of a one-member render).
+        token = _ACTIVE_BUDGET.set(RenderBudget(self._limits))
+        try:
             url = self._url
             if url is None:
                 url = self._url_for(context)
@@ -296,6 +299,8 @@ class PreparedRequest:
                 content = _json_body(template.body, context)
             else:
                 content = _members_json(members)
+        finally:
+            _ACTIVE_BUDGET.reset(token)
         if self._content_type is not None:
             headers["Content-Type"] = self._content_type
         return RenderedRequest(template.method.value, url, headers, content)
