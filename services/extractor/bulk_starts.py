@@ -14,13 +14,15 @@ rebalance, in another.
 Only the plain case is started here; whatever needs the one-by-one path's judgement is left to it, untouched:
 range requests, runs whose definition, query or template is missing or whose parameters do not bind (they fail
 there), scheduled runs withdrawn since they were published or skipped for an overlap (judged there, counted and
-recorded as before), runs cancelled, finished or started before (resumed there).
+recorded as before; of a skip-definition's scheduled runs in a bulk only the earliest is started, as one by one
+the next would find it active), runs cancelled, finished or started before (resumed there).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from functools import partial
 
 import structlog
@@ -85,11 +87,12 @@ class BulkStarts:
         self.publish = publish
         self.start_times = start_times
         self.chunk = max(1, chunk)
-        self.started: set[uuid.UUID] = set()
+        #: The runs started in bulk and not handled since, with their definition's name.
+        self.started: dict[uuid.UUID, str] = {}
 
     def handled(self, run_id: uuid.UUID) -> None:
         """The run's request was handled (extracted, or handed back): a later round may claim it again."""
-        self.started.discard(run_id)
+        self.started.pop(run_id, None)
 
     def __call__(self, requests: Sequence[RunRequested | RangeRequested]) -> int:
         """Start those of ``requests`` that the bulk path covers and that are not started yet; how many started."""
@@ -138,15 +141,19 @@ class BulkStarts:
         if len(self.started) + len(checkpoints) > REMEMBERED:
             self.started.clear()
         for checkpoint in checkpoints:
-            self.started.add(checkpoint.run_id)
+            self.started[checkpoint.run_id] = requested[checkpoint.run_id][1].definition.name
             self.start_times.observe_start(requested[checkpoint.run_id][0])
         STARTED_TOGETHER.inc(len(checkpoints))
         log.info("runs started together", runs=len(checkpoints), requests=len(requests))
         return len(checkpoints)
 
     def _without_overlaps(self, chosen: list[tuple[RunRequested, RunObjects]]) -> list[tuple[RunRequested, RunObjects]]:
-        """Without the scheduled runs another run of whose definition is active (overlap ``skip``): the one-by-one
-        path records them skipped. One read for all their definitions."""
+        """Without the scheduled runs of a definition with overlap ``skip`` that another run of it would make
+        wait: one active in the catalog (one read for all their definitions), one started in bulk and not
+        extracted yet (its run record may not be folded yet), or another of this bulk (one by one, the first
+        started would be active when the next is judged). Of a definition's scheduled runs in the bulk only the
+        earliest is kept, and none when the bulk has another run of it; the one-by-one path judges the rest (and
+        records them skipped)."""
         skipping = {
             objects.definition.name
             for request, objects in chosen
@@ -155,15 +162,34 @@ class BulkStarts:
         if not skipping:
             return chosen
         active = self.runs.active_runs(sorted(skipping))
+        started = {name for name in self.started.values() if name in skipping}
+        earliest: dict[str, RunRequested] = {}
+        others: set[str] = set()  # definitions with a run in the bulk not published ahead (a manual one, say)
+        for request, objects in chosen:
+            name = objects.definition.name
+            if name not in skipping:
+                continue
+            if not published_ahead(request):
+                others.add(name)
+            elif (first := earliest.get(name)) is None or _instant(request) < _instant(first):
+                earliest[name] = request
         return [
             (request, objects)
             for request, objects in chosen
-            if not (
-                published_ahead(request)
-                and objects.definition.name in skipping
-                and active.get(objects.definition.name) not in (None, request.run_id)
+            if not (published_ahead(request) and objects.definition.name in skipping)
+            or (
+                active.get(objects.definition.name) in (None, request.run_id)
+                and objects.definition.name not in started
+                and objects.definition.name not in others
+                and earliest[objects.definition.name] is request
             )
         ]
+
+
+def _instant(request: RunRequested) -> datetime:
+    """A run published ahead's instant."""
+    assert request.scheduled_for is not None
+    return request.scheduled_for
 
 
 def _binds(request: RunRequested, objects: RunObjects) -> bool:

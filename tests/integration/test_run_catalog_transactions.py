@@ -463,3 +463,43 @@ def test_a_run_cancelled_after_its_start_together_is_not_extracted(extractor: Ex
     assert not sent.batches()
     assert not _completed(sent)
     assert small.extraction.claim_extraction(request.run_id, "paged").completed
+
+
+def _every_minute(catalog: CatalogStores) -> uuid.UUID:
+    """A definition scheduled every minute (overlap ``skip``, the default): its id."""
+    catalog.definitions.apply(
+        ExportDefinition.model_validate(
+            {"name": "minutely", "query": "few", "template": "t", "schedule": {"enabled": True, "cron": "* * * * *"}}
+        )
+    )
+    return catalog.definitions.get_with_id(ExportDefinition, "minutely")[0]
+
+
+def _scheduled(definition_id: uuid.UUID, at: dt.datetime) -> RunRequested:
+    return RunRequested(
+        definition="minutely",
+        trigger=Trigger.SCHEDULE,
+        requested_at=at - dt.timedelta(seconds=5),
+        requested_by="scheduler",
+        scheduled_for=at,
+        definition_id=definition_id,
+    )
+
+
+def test_started_together_the_second_due_run_of_a_skip_definition_is_skipped_as_one_by_one(
+    extractor: Extractor, small: CatalogStores
+):
+    # Two instants of an every-minute schedule both due when the extractor reaches them (it was behind, or down):
+    # one by one, the second is judged with the first active, and skipped; started together, the same.
+    ident = _every_minute(small)
+    first, second = _scheduled(ident, INSTANT - dt.timedelta(minutes=1)), _scheduled(ident, INSTANT)
+    assert extractor.starts([second, first]) == 1  # the earliest only
+    assert extractor.starts([second]) == 0  # a later round: its first run started, not extracted yet
+    sent = _sent(extractor)
+    assert _started(sent) == {first.run_id: 1}
+    extractor.handle(first)
+    for run_event in sent.events():  # as the notifier folds them: the first run is dispatching, active
+        small.runs.fold_run_event(run_event)
+    extractor.handle(second)
+    assert [e.run_id for e in sent.events() if isinstance(e, RunSkipped)] == [second.run_id]
+    assert _started(sent) == {first.run_id: 1}
