@@ -36,7 +36,7 @@ from shared.domain.checkpoints import Checkpoint, RunStart
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.schedule import Overlap
 from shared.events import RangeRequested, RunRequested, RunStarted
-from shared.kafka import Outgoing
+from shared.kafka import InFlight, Outgoing
 from shared.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -48,6 +48,12 @@ STARTED_TOGETHER = Counter(
 
 #: Runs claimed in one transaction (and their run.started acknowledged together) at most.
 START_CHUNK = 1000
+#: How long the claims' transaction waits for the broker to acknowledge their run.started at most (seconds): it
+#: holds the catalog's write lock meanwhile (SQLite locks the whole database), and every other catalog writer (the
+#: API, the scheduler, the notifier, other replicas) waits for it up to SQLite's busy timeout (30 s, see
+#: shared.catalog.engine) before failing with "database is locked". Well below that, with margin: a start not
+#: acknowledged by then rolls back and its runs start one by one (their run.started then perhaps sent twice).
+START_ACK_SECONDS = 5.0
 #: Run ids remembered as started in bulk and not extracted yet, at most (forgotten beyond: a later round claims
 #: them again, which finds them started and leaves them).
 REMEMBERED = 100_000
@@ -78,13 +84,15 @@ class BulkStarts:
         runs: ExtractorRuns,
         extraction: ExtractionStore,
         topics: Topics,
-        publish: Callable[[list[Outgoing]], None],
+        send: Callable[[list[Outgoing]], InFlight],
         start_times: StartTimes,
         chunk: int = START_CHUNK,
+        ack_seconds: float = START_ACK_SECONDS,
     ) -> None:
         self.definitions, self.runs, self.extraction = definitions, runs, extraction
         self.topics = topics
-        self.publish = publish
+        self.send = send
+        self.ack_seconds = ack_seconds
         self.start_times = start_times
         self.chunk = max(1, chunk)
         #: The runs started in bulk and not handled since, with their definition's name.
@@ -131,11 +139,12 @@ class BulkStarts:
         ]
 
         def announce(done: list[Checkpoint]) -> None:
-            # Acknowledged before the claims commit: a sync marked announced means run.started was published.
+            # Acknowledged before the claims commit: a sync marked announced means run.started was published. Not
+            # waited for longer than ack_seconds: the transaction holds the catalog's write lock meanwhile.
             topic = self.topics.run_events
-            self.publish(
+            self.send(
                 [started_event(requested[c.run_id][0], requested[c.run_id][1].definition.name, topic) for c in done]
-            )
+            ).wait(timeout_seconds=self.ack_seconds)
 
         checkpoints = self.extraction.start_runs(starts, announce)
         if len(self.started) + len(checkpoints) > REMEMBERED:

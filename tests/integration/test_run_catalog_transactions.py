@@ -9,6 +9,7 @@ The records the extractor sends are acknowledged at once (no Kafka): what is cou
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from kafka.errors import KafkaTimeoutError
 from sqlalchemy import event
 
 from services.extractor.extraction import Extractor
@@ -503,3 +505,44 @@ def test_started_together_the_second_due_run_of_a_skip_definition_is_skipped_as_
     extractor.handle(second)
     assert [e.run_id for e in sent.events() if isinstance(e, RunSkipped)] == [second.run_id]
     assert _started(sent) == {first.run_id: 1}
+
+
+class _NeverAcknowledged:
+    """A record's future the broker never answers (an outage): ``get`` waits its timeout, then gives up."""
+
+    def get(self, timeout: float | None = None) -> None:
+        threading.Event().wait(60.0 if timeout is None else min(timeout, 60.0))
+        raise KafkaTimeoutError("no acknowledgement")
+
+
+def test_the_catalog_is_not_locked_for_the_broker_s_whole_wait_while_a_start_together_awaits_its_ack(
+    extractor: Extractor, small: CatalogStores
+):
+    # The broker is away: a start together's run.started is never acknowledged. Its claims' transaction (on SQLite,
+    # the whole catalog's write lock) waits for it a bounded time (well within another writer's busy timeout), not
+    # the delivery timeout: another catalog writer meanwhile (here the notifier folding a run event) proceeds.
+    request = RunRequested(definition="few")
+    outcome: list[BaseException | None] = []
+    writers: list[threading.Thread] = []
+
+    def write() -> None:
+        try:
+            small.runs.fold_run_event(RunStarted(run_id=uuid.uuid4(), definition="paged", trigger=Trigger.MANUAL))
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            outcome.append(exc)
+
+    def broker_away(outgoing: list[Outgoing]) -> InFlight:
+        writer = threading.Thread(target=write)
+        writer.start()  # while the claims' transaction is open
+        writers.append(writer)
+        return InFlight([_NeverAcknowledged()], timeout_seconds=125.0)  # the delivery timeout + 5 s
+
+    extractor.send = broker_away
+    with pytest.raises(KafkaTimeoutError):
+        extractor.starts([request])
+    [writer] = writers
+    writer.join(timeout=60.0)
+    assert not writer.is_alive()
+    assert outcome == [None], "another catalog writer was refused while the start waited for the broker"
+    assert small.extraction.claim_extraction(request.run_id, "few").sync is None  # the claim rolled back
