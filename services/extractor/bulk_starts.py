@@ -54,8 +54,8 @@ START_CHUNK = 1000
 #: shared.catalog.engine) before failing with "database is locked". Well below that, with margin: a start not
 #: acknowledged by then rolls back and its runs start one by one (their run.started then perhaps sent twice).
 START_ACK_SECONDS = 5.0
-#: Run ids remembered as started in bulk and not extracted yet, at most (forgotten beyond: a later round claims
-#: them again, which finds them started and leaves them).
+#: Run ids remembered as considered in bulk (started, or left to the one-by-one path) and not handled yet, at most
+#: (forgotten beyond: a later round reads and claims them again, which finds them started, or declines them again).
 REMEMBERED = 100_000
 
 
@@ -74,8 +74,9 @@ def started_event(request: RunRequested, definition: str, topic: str) -> Outgoin
 
 
 class BulkStarts:
-    """Starts run requests together (``__call__``); ``started`` holds the runs started and not handled since
-    (:meth:`handled` forgets one), so a round does not claim them again."""
+    """Starts run requests together (``__call__``); ``considered`` holds the runs it started or left to the
+    one-by-one path and not handled since (:meth:`handled` forgets one), so a round does not read and claim them
+    again; ``started`` those it started (their definitions: an overlap among them)."""
 
     def __init__(
         self,
@@ -97,14 +98,19 @@ class BulkStarts:
         self.chunk = max(1, chunk)
         #: The runs started in bulk and not handled since, with their definition's name.
         self.started: dict[uuid.UUID, str] = {}
+        #: The runs considered in bulk (started, or left to the one-by-one path: started before, elsewhere or one
+        #: by one, withdrawn, overlapping, failing) and not handled since: a later round does not read and claim
+        #: them again (the requests a round does not extract come back in the next, round after round).
+        self.considered: set[uuid.UUID] = set()
 
     def handled(self, run_id: uuid.UUID) -> None:
-        """The run's request was handled (extracted, or handed back): a later round may claim it again."""
+        """The run's request was handled (its extraction begun and over): a later round may consider it again."""
         self.started.pop(run_id, None)
+        self.considered.discard(run_id)
 
     def __call__(self, requests: Sequence[RunRequested | RangeRequested]) -> int:
         """Start those of ``requests`` that the bulk path covers and that are not started yet; how many started."""
-        pending = [r for r in requests if isinstance(r, RunRequested) and r.run_id not in self.started]
+        pending = [r for r in requests if isinstance(r, RunRequested) and r.run_id not in self.considered]
         started = 0
         for first in range(0, len(pending), self.chunk):
             started += self._start(pending[first : first + self.chunk])
@@ -130,6 +136,7 @@ class BulkStarts:
                 continue  # withdrawn: judged (and counted) by the one-by-one path
             chosen.append((request, objects))
         chosen = self._without_overlaps(chosen)
+        self._consider(requests)  # a chunk that fails (an outage) is not: a later round tries it again
         if not chosen:
             return 0
         requested = {request.run_id: (request, objects) for request, objects in chosen}
@@ -146,7 +153,11 @@ class BulkStarts:
                 [started_event(requested[c.run_id][0], requested[c.run_id][1].definition.name, topic) for c in done]
             ).wait(timeout_seconds=self.ack_seconds)
 
-        checkpoints = self.extraction.start_runs(starts, announce)
+        try:
+            checkpoints = self.extraction.start_runs(starts, announce)
+        except BaseException:
+            self.considered.difference_update(request.run_id for request, _objects in chosen)
+            raise
         if len(self.started) + len(checkpoints) > REMEMBERED:
             self.started.clear()
         for checkpoint in checkpoints:
@@ -155,6 +166,11 @@ class BulkStarts:
         STARTED_TOGETHER.inc(len(checkpoints))
         log.info("runs started together", runs=len(checkpoints), requests=len(requests))
         return len(checkpoints)
+
+    def _consider(self, requests: list[RunRequested]) -> None:
+        if len(self.considered) + len(requests) > REMEMBERED:
+            self.considered.clear()
+        self.considered.update(request.run_id for request in requests)
 
     def _without_overlaps(self, chosen: list[tuple[RunRequested, RunObjects]]) -> list[tuple[RunRequested, RunObjects]]:
         """Without the scheduled runs of a definition with overlap ``skip`` that another run of it would make

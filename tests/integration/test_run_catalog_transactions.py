@@ -546,3 +546,21 @@ def test_the_catalog_is_not_locked_for_the_broker_s_whole_wait_while_a_start_tog
     assert not writer.is_alive()
     assert outcome == [None], "another catalog writer was refused while the start waited for the broker"
     assert small.extraction.claim_extraction(request.run_id, "few").sync is None  # the claim rolled back
+
+
+def test_runs_the_bulk_left_are_not_read_and_claimed_again_at_every_round(
+    extractor: Extractor, small: CatalogStores, reader: MemberReader
+):
+    # Runs started by a replica before (it died, or the partitions moved): the next owner remembers nothing. Their
+    # requests come back round after round until each is extracted; only the first round reads and claims them.
+    burst = [RunRequested(definition="few") for _ in range(20)]
+    assert extractor.starts(burst) == len(burst)
+    other = _extractor(small, reader)
+    missing = RunRequested(definition="no-such-definition")  # fails one by one: left to that path
+    transactions = Transactions(small)
+    assert transactions.of(lambda: other.starts([*burst, missing])) == 2  # their objects; the claims
+    assert transactions.of(lambda: other.starts([*burst, missing])) == 0  # a later round: nothing again
+    for request in burst[:5]:
+        other.handle(request)  # extracted: forgotten, a redelivery is considered afresh
+    assert transactions.of(lambda: other.starts(burst[:5])) == 2
+    assert not _started(_sent(other)), "no second run.started"
