@@ -108,11 +108,17 @@ class BulkStarts:
         self.started.pop(run_id, None)
         self.considered.discard(run_id)
 
-    def __call__(self, requests: Sequence[RunRequested | RangeRequested]) -> int:
-        """Start those of ``requests`` that the bulk path covers and that are not started yet; how many started."""
+    def __call__(
+        self, requests: Sequence[RunRequested | RangeRequested], *, stopping: Callable[[], bool] = lambda: False
+    ) -> int:
+        """Start those of ``requests`` that the bulk path covers and that are not started yet; how many started.
+        Once ``stopping``, no further chunk is begun: the process may be killed soon, and killed between a chunk's
+        acknowledgement and its commit, that chunk's run.started are sent again by the runs' next claim."""
         pending = [r for r in requests if isinstance(r, RunRequested) and r.run_id not in self.considered]
         started = 0
         for first in range(0, len(pending), self.chunk):
+            if stopping():
+                break
             started += self._start(pending[first : first + self.chunk])
         return started
 

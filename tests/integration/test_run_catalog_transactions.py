@@ -564,3 +564,14 @@ def test_runs_the_bulk_left_are_not_read_and_claimed_again_at_every_round(
         other.handle(request)  # extracted: forgotten, a redelivery is considered afresh
     assert transactions.of(lambda: other.starts(burst[:5])) == 2
     assert not _started(_sent(other)), "no second run.started"
+
+
+def test_a_start_together_begins_no_further_chunk_once_the_extractor_is_stopping(
+    extractor: Extractor, small: CatalogStores
+):
+    burst = [RunRequested(definition="few") for _ in range(5)]
+    sent = _sent(extractor)
+    extractor.starts.chunk = 2
+    # A SIGTERM during the first chunk: the runs it started are extracted (or handed over), no more are started.
+    assert extractor.starts(burst, stopping=lambda: bool(sent.records)) == 2
+    assert set(_started(sent)) == {r.run_id for r in burst[:2]}
