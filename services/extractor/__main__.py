@@ -38,7 +38,12 @@ def main() -> None:
             # A request's records published once it is handled: a long run after it in the round holds none up.
             publish=lambda outgoing: extractor.publish(outgoing),
             # The round's due requests started together first, their extraction following (see bulk_starts).
-            start=(lambda requests: extractor.starts(requests)) if settings.extractor_start_batch else None,
+            start=(
+                (lambda requests: extractor.starts(requests, stopping=loop.stopping.is_set))
+                if settings.extractor_start_batch
+                else None
+            ),
+            pending=start_times.pending,
         ),
         # Up to this many run requests a round, handled one after the other (see request_rounds: a round begins
         # none after 2 s); a run may take minutes, and its offset is committed only at its round's end.

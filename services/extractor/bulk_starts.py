@@ -14,13 +14,15 @@ rebalance, in another.
 Only the plain case is started here; whatever needs the one-by-one path's judgement is left to it, untouched:
 range requests, runs whose definition, query or template is missing or whose parameters do not bind (they fail
 there), scheduled runs withdrawn since they were published or skipped for an overlap (judged there, counted and
-recorded as before), runs cancelled, finished or started before (resumed there).
+recorded as before; of a skip-definition's scheduled runs in a bulk only the earliest is started, as one by one
+the next would find it active), runs cancelled, finished or started before (resumed there).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from functools import partial
 
 import structlog
@@ -34,7 +36,7 @@ from shared.domain.checkpoints import Checkpoint, RunStart
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.schedule import Overlap
 from shared.events import RangeRequested, RunRequested, RunStarted
-from shared.kafka import Outgoing
+from shared.kafka import InFlight, Outgoing
 from shared.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -46,8 +48,14 @@ STARTED_TOGETHER = Counter(
 
 #: Runs claimed in one transaction (and their run.started acknowledged together) at most.
 START_CHUNK = 1000
-#: Run ids remembered as started in bulk and not extracted yet, at most (forgotten beyond: a later round claims
-#: them again, which finds them started and leaves them).
+#: How long the claims' transaction waits for the broker to acknowledge their run.started at most (seconds): it
+#: holds the catalog's write lock meanwhile (SQLite locks the whole database), and every other catalog writer (the
+#: API, the scheduler, the notifier, other replicas) waits for it up to SQLite's busy timeout (30 s, see
+#: shared.catalog.engine) before failing with "database is locked". Well below that, with margin: a start not
+#: acknowledged by then rolls back and its runs start one by one (their run.started then perhaps sent twice).
+START_ACK_SECONDS = 5.0
+#: Run ids remembered as considered in bulk (started, or left to the one-by-one path) and not handled yet, at most
+#: (forgotten beyond: a later round reads and claims them again, which finds them started, or declines them again).
 REMEMBERED = 100_000
 
 
@@ -66,8 +74,9 @@ def started_event(request: RunRequested, definition: str, topic: str) -> Outgoin
 
 
 class BulkStarts:
-    """Starts run requests together (``__call__``); ``started`` holds the runs started and not handled since
-    (:meth:`handled` forgets one), so a round does not claim them again."""
+    """Starts run requests together (``__call__``); ``considered`` holds the runs it started or left to the
+    one-by-one path and not handled since (:meth:`handled` forgets one), so a round does not read and claim them
+    again; ``started`` those it started (their definitions: an overlap among them)."""
 
     def __init__(
         self,
@@ -76,26 +85,40 @@ class BulkStarts:
         runs: ExtractorRuns,
         extraction: ExtractionStore,
         topics: Topics,
-        publish: Callable[[list[Outgoing]], None],
+        send: Callable[[list[Outgoing]], InFlight],
         start_times: StartTimes,
         chunk: int = START_CHUNK,
+        ack_seconds: float = START_ACK_SECONDS,
     ) -> None:
         self.definitions, self.runs, self.extraction = definitions, runs, extraction
         self.topics = topics
-        self.publish = publish
+        self.send = send
+        self.ack_seconds = ack_seconds
         self.start_times = start_times
         self.chunk = max(1, chunk)
-        self.started: set[uuid.UUID] = set()
+        #: The runs started in bulk and not handled since, with their definition's name.
+        self.started: dict[uuid.UUID, str] = {}
+        #: The runs considered in bulk (started, or left to the one-by-one path: started before, elsewhere or one
+        #: by one, withdrawn, overlapping, failing) and not handled since: a later round does not read and claim
+        #: them again (the requests a round does not extract come back in the next, round after round).
+        self.considered: set[uuid.UUID] = set()
 
     def handled(self, run_id: uuid.UUID) -> None:
-        """The run's request was handled (extracted, or handed back): a later round may claim it again."""
-        self.started.discard(run_id)
+        """The run's request was handled (its extraction begun and over): a later round may consider it again."""
+        self.started.pop(run_id, None)
+        self.considered.discard(run_id)
 
-    def __call__(self, requests: Sequence[RunRequested | RangeRequested]) -> int:
-        """Start those of ``requests`` that the bulk path covers and that are not started yet; how many started."""
-        pending = [r for r in requests if isinstance(r, RunRequested) and r.run_id not in self.started]
+    def __call__(
+        self, requests: Sequence[RunRequested | RangeRequested], *, stopping: Callable[[], bool] = lambda: False
+    ) -> int:
+        """Start those of ``requests`` that the bulk path covers and that are not started yet; how many started.
+        Once ``stopping``, no further chunk is begun: the process may be killed soon, and killed between a chunk's
+        acknowledgement and its commit, that chunk's run.started are sent again by the runs' next claim."""
+        pending = [r for r in requests if isinstance(r, RunRequested) and r.run_id not in self.considered]
         started = 0
         for first in range(0, len(pending), self.chunk):
+            if stopping():
+                break
             started += self._start(pending[first : first + self.chunk])
         return started
 
@@ -119,6 +142,7 @@ class BulkStarts:
                 continue  # withdrawn: judged (and counted) by the one-by-one path
             chosen.append((request, objects))
         chosen = self._without_overlaps(chosen)
+        self._consider(requests)  # a chunk that fails (an outage) is not: a later round tries it again
         if not chosen:
             return 0
         requested = {request.run_id: (request, objects) for request, objects in chosen}
@@ -128,25 +152,39 @@ class BulkStarts:
         ]
 
         def announce(done: list[Checkpoint]) -> None:
-            # Acknowledged before the claims commit: a sync marked announced means run.started was published.
+            # Acknowledged before the claims commit: a sync marked announced means run.started was published. Not
+            # waited for longer than ack_seconds: the transaction holds the catalog's write lock meanwhile.
             topic = self.topics.run_events
-            self.publish(
+            self.send(
                 [started_event(requested[c.run_id][0], requested[c.run_id][1].definition.name, topic) for c in done]
-            )
+            ).wait(timeout_seconds=self.ack_seconds)
 
-        checkpoints = self.extraction.start_runs(starts, announce)
+        try:
+            checkpoints = self.extraction.start_runs(starts, announce)
+        except BaseException:
+            self.considered.difference_update(request.run_id for request, _objects in chosen)
+            raise
         if len(self.started) + len(checkpoints) > REMEMBERED:
             self.started.clear()
         for checkpoint in checkpoints:
-            self.started.add(checkpoint.run_id)
+            self.started[checkpoint.run_id] = requested[checkpoint.run_id][1].definition.name
             self.start_times.observe_start(requested[checkpoint.run_id][0])
         STARTED_TOGETHER.inc(len(checkpoints))
         log.info("runs started together", runs=len(checkpoints), requests=len(requests))
         return len(checkpoints)
 
+    def _consider(self, requests: list[RunRequested]) -> None:
+        if len(self.considered) + len(requests) > REMEMBERED:
+            self.considered.clear()
+        self.considered.update(request.run_id for request in requests)
+
     def _without_overlaps(self, chosen: list[tuple[RunRequested, RunObjects]]) -> list[tuple[RunRequested, RunObjects]]:
-        """Without the scheduled runs another run of whose definition is active (overlap ``skip``): the one-by-one
-        path records them skipped. One read for all their definitions."""
+        """Without the scheduled runs of a definition with overlap ``skip`` that another run of it would make
+        wait: one active in the catalog (one read for all their definitions), one started in bulk and not
+        extracted yet (its run record may not be folded yet), or another of this bulk (one by one, the first
+        started would be active when the next is judged). Of a definition's scheduled runs in the bulk only the
+        earliest is kept, and none when the bulk has another run of it; the one-by-one path judges the rest (and
+        records them skipped)."""
         skipping = {
             objects.definition.name
             for request, objects in chosen
@@ -155,15 +193,34 @@ class BulkStarts:
         if not skipping:
             return chosen
         active = self.runs.active_runs(sorted(skipping))
+        started = {name for name in self.started.values() if name in skipping}
+        earliest: dict[str, RunRequested] = {}
+        others: set[str] = set()  # definitions with a run in the bulk not published ahead (a manual one, say)
+        for request, objects in chosen:
+            name = objects.definition.name
+            if name not in skipping:
+                continue
+            if not published_ahead(request):
+                others.add(name)
+            elif (first := earliest.get(name)) is None or _instant(request) < _instant(first):
+                earliest[name] = request
         return [
             (request, objects)
             for request, objects in chosen
-            if not (
-                published_ahead(request)
-                and objects.definition.name in skipping
-                and active.get(objects.definition.name) not in (None, request.run_id)
+            if not (published_ahead(request) and objects.definition.name in skipping)
+            or (
+                active.get(objects.definition.name) in (None, request.run_id)
+                and objects.definition.name not in started
+                and objects.definition.name not in others
+                and earliest[objects.definition.name] is request
             )
         ]
+
+
+def _instant(request: RunRequested) -> datetime:
+    """A run published ahead's instant."""
+    assert request.scheduled_for is not None
+    return request.scheduled_for
 
 
 def _binds(request: RunRequested, objects: RunObjects) -> bool:

@@ -203,7 +203,7 @@ class Extractor:
             runs=runs,
             extraction=extraction,
             topics=topics,
-            publish=self.publish,
+            send=lambda outgoing: self.send(outgoing),  # looked up at each call: tests replace it
             start_times=self.start_times,
         )
 

@@ -12,6 +12,7 @@ extractor's own, used by one thread: a flush holds up nothing else.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
@@ -32,13 +33,18 @@ class FlushedInFlight(InFlight):
         super().__init__(futures, produce_timeout_seconds(producer))
         self._producer = producer
 
-    def wait(self) -> None:
+    def wait(self, timeout_seconds: float | None = None) -> None:
         """Flush the producer unless every record was answered already, then wait for every acknowledgement;
-        raise the first failure."""
+        raise the first failure. With ``timeout_seconds``, that long at most in all."""
+        started = time.monotonic()
+        flush = self._timeout_seconds if timeout_seconds is None else min(timeout_seconds, self._timeout_seconds)
         if not all(getattr(future, "is_done", False) for future in self._futures):
             with suppress(KafkaTimeoutError):  # the records' own futures say what became of them
-                self._producer.flush(timeout=self._timeout_seconds)
-        super().wait()
+                self._producer.flush(timeout=flush)
+        if timeout_seconds is None:
+            super().wait()
+        else:
+            super().wait(max(0.0, timeout_seconds - (time.monotonic() - started)))
 
 
 def prompt_sends(producer: KafkaProducer) -> Callable[[list[Outgoing]], InFlight]:

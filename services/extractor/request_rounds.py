@@ -49,6 +49,7 @@ def request_rounds(
     *,
     publish: Callable[[list[Outgoing]], None] | None = None,
     start: Callable[[Sequence[Request]], object] | None = None,
+    pending: Callable[[Request], HoldRecord | None] | None = None,
     round_seconds: float = ROUND_SECONDS,
     clock: Callable[[], float] = time.monotonic,
 ) -> Callable[[Sequence[Request]], list[Result]]:
@@ -63,22 +64,24 @@ def request_rounds(
 
     With ``start``, the requests due (not held) are first given to it together (the extractor starts them in
     bulk, see bulk_starts), then handled one by one as above; should it fail, they are handled one by one all
-    the same (the outage, if it is one, met again there).
+    the same (the outage, if it is one, met again there). Which are due is told by ``pending`` (``hold`` without
+    its side effects, see ``StartTimes.pending``; ``hold`` itself when not given), so that ``hold`` is called
+    for a request only as it is reached, as without ``start``: a request handed back round after round (the
+    round's time up) is not counted as started early at each.
     """
 
     def handle_round(requests: Sequence[Request]) -> list[Result]:
         started = clock()
         results: list[Result] = []
         begun = False
-        holds = [hold(request) for request in requests]
         if start is not None and not stopping():
-            due = [request for request, held in zip(requests, holds, strict=True) if held is None]
+            due = [request for request in requests if (pending or hold)(request) is None]
             if due:
                 try:
                     start(due)
                 except Exception as exc:  # noqa: BLE001 - each request is then handled (or handed back) on its own
                     log.warning("run requests not started together", error=f"{type(exc).__name__}: {exc}")
-        for request, context, held in zip(requests, round_contexts(requests), holds, strict=True):
+        for request, context in zip(requests, round_contexts(requests), strict=True):
             if results and isinstance(outage := results[-1], BaseException) and is_interruption(outage):
                 results.append(outage)
                 continue
@@ -88,7 +91,7 @@ def request_rounds(
             if begun and clock() - started >= round_seconds:
                 results.append(HoldRecord("handed to the next round", until=0.0))
                 continue
-            if held is not None:
+            if (held := hold(request)) is not None:
                 results.append(held)
                 continue
             begun = True

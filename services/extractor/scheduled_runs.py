@@ -69,15 +69,23 @@ class StartTimes:
     now: Callable[[], datetime] = utc_now
     monotonic: Callable[[], float] = time.monotonic
 
+    def pending(self, request: RunRequested | RangeRequested) -> HoldRecord | None:
+        """What :meth:`hold` says, counting and logging nothing: to tell which requests are due ahead of
+        beginning them (a request handed back to later rounds would be counted again at each)."""
+        wait = self._wait(request)
+        if wait is None or wait > self.max_wait.total_seconds():
+            return None
+        return self._held(request, wait)
+
     def hold(self, request: RunRequested | RangeRequested) -> HoldRecord | None:
         """A hold until the request's instant when it is due later (and at most ``max_wait`` from now); None
-        when it may start now."""
-        if not isinstance(request, RunRequested) or request.scheduled_for is None:
-            return None
-        wait = (request.scheduled_for - self.now()).total_seconds()
-        if wait <= 0:
+        when it may start now. Called as the request is begun: a run started early is counted and logged."""
+        wait = self._wait(request)
+        if wait is None:
             return None
         if wait > self.max_wait.total_seconds():
+            assert isinstance(request, RunRequested)
+            assert request.scheduled_for is not None
             STARTED_EARLY.inc()
             log.warning(
                 "scheduled run started before its instant: scheduled_for is further ahead than the extractor waits",
@@ -87,7 +95,19 @@ class StartTimes:
                 max_wait_seconds=self.max_wait.total_seconds(),
             )
             return None
+        return self._held(request, wait)
+
+    def _held(self, request: RunRequested | RangeRequested, wait: float) -> HoldRecord:
+        assert isinstance(request, RunRequested)
+        assert request.scheduled_for is not None
         return HoldRecord(f"scheduled for {request.scheduled_for.isoformat()}", until=self.monotonic() + wait)
+
+    def _wait(self, request: RunRequested | RangeRequested) -> float | None:
+        """How long until a scheduled run's instant (seconds); None when it is not one, or is due."""
+        if not isinstance(request, RunRequested) or request.scheduled_for is None:
+            return None
+        wait = (request.scheduled_for - self.now()).total_seconds()
+        return wait if wait > 0 else None
 
     def observe_start(self, request: RunRequested) -> None:
         """Count a scheduled run's start delay (its first start only: a resume is not a fire)."""

@@ -75,10 +75,16 @@ class InFlight:
         self._futures = futures
         self._timeout_seconds = timeout_seconds
 
-    def wait(self) -> None:
-        """Block until every record is acknowledged; raise the first failure."""
+    def wait(self, timeout_seconds: float | None = None) -> None:
+        """Block until every record is acknowledged; raise the first failure. With ``timeout_seconds``, wait that
+        long at most in all (``KafkaTimeoutError`` then; the records may still be delivered later)."""
+        if timeout_seconds is None:
+            for future in self._futures:
+                future.get(timeout=self._timeout_seconds)
+            return
+        deadline = time.monotonic() + min(timeout_seconds, self._timeout_seconds)
         for future in self._futures:
-            future.get(timeout=self._timeout_seconds)
+            future.get(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def send_record(producer: KafkaProducer, record: Outgoing, trace_headers: Headers = ()) -> Any:

@@ -32,7 +32,7 @@ MEMBERS = 12
 
 
 class _Acknowledged:
-    def wait(self) -> None:
+    def wait(self, timeout_seconds: float | None = None) -> None:
         return None
 
 

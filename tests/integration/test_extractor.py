@@ -342,8 +342,8 @@ class _Journaled(InFlight):
         super().__init__([], 1.0)
         self._sent, self._waited = sent, waited
 
-    def wait(self) -> None:
-        self._sent.wait()
+    def wait(self, timeout_seconds: float | None = None) -> None:
+        self._sent.wait(timeout_seconds)
         self._waited()
 
 

@@ -9,6 +9,7 @@ The records the extractor sends are acknowledged at once (no Kafka): what is cou
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from kafka.errors import KafkaTimeoutError
 from sqlalchemy import event
 
 from services.extractor.extraction import Extractor
@@ -463,3 +465,113 @@ def test_a_run_cancelled_after_its_start_together_is_not_extracted(extractor: Ex
     assert not sent.batches()
     assert not _completed(sent)
     assert small.extraction.claim_extraction(request.run_id, "paged").completed
+
+
+def _every_minute(catalog: CatalogStores) -> uuid.UUID:
+    """A definition scheduled every minute (overlap ``skip``, the default): its id."""
+    catalog.definitions.apply(
+        ExportDefinition.model_validate(
+            {"name": "minutely", "query": "few", "template": "t", "schedule": {"enabled": True, "cron": "* * * * *"}}
+        )
+    )
+    return catalog.definitions.get_with_id(ExportDefinition, "minutely")[0]
+
+
+def _scheduled(definition_id: uuid.UUID, at: dt.datetime) -> RunRequested:
+    return RunRequested(
+        definition="minutely",
+        trigger=Trigger.SCHEDULE,
+        requested_at=at - dt.timedelta(seconds=5),
+        requested_by="scheduler",
+        scheduled_for=at,
+        definition_id=definition_id,
+    )
+
+
+def test_started_together_the_second_due_run_of_a_skip_definition_is_skipped_as_one_by_one(
+    extractor: Extractor, small: CatalogStores
+):
+    # Two instants of an every-minute schedule both due when the extractor reaches them (it was behind, or down):
+    # one by one, the second is judged with the first active, and skipped; started together, the same.
+    ident = _every_minute(small)
+    first, second = _scheduled(ident, INSTANT - dt.timedelta(minutes=1)), _scheduled(ident, INSTANT)
+    assert extractor.starts([second, first]) == 1  # the earliest only
+    assert extractor.starts([second]) == 0  # a later round: its first run started, not extracted yet
+    sent = _sent(extractor)
+    assert _started(sent) == {first.run_id: 1}
+    extractor.handle(first)
+    for run_event in sent.events():  # as the notifier folds them: the first run is dispatching, active
+        small.runs.fold_run_event(run_event)
+    extractor.handle(second)
+    assert [e.run_id for e in sent.events() if isinstance(e, RunSkipped)] == [second.run_id]
+    assert _started(sent) == {first.run_id: 1}
+
+
+class _NeverAcknowledged:
+    """A record's future the broker never answers (an outage): ``get`` waits its timeout, then gives up."""
+
+    def get(self, timeout: float | None = None) -> None:
+        threading.Event().wait(60.0 if timeout is None else min(timeout, 60.0))
+        raise KafkaTimeoutError("no acknowledgement")
+
+
+def test_the_catalog_is_not_locked_for_the_broker_s_whole_wait_while_a_start_together_awaits_its_ack(
+    extractor: Extractor, small: CatalogStores
+):
+    # The broker is away: a start together's run.started is never acknowledged. Its claims' transaction (on SQLite,
+    # the whole catalog's write lock) waits for it a bounded time (well within another writer's busy timeout), not
+    # the delivery timeout: another catalog writer meanwhile (here the notifier folding a run event) proceeds.
+    request = RunRequested(definition="few")
+    outcome: list[BaseException | None] = []
+    writers: list[threading.Thread] = []
+
+    def write() -> None:
+        try:
+            small.runs.fold_run_event(RunStarted(run_id=uuid.uuid4(), definition="paged", trigger=Trigger.MANUAL))
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            outcome.append(exc)
+
+    def broker_away(outgoing: list[Outgoing]) -> InFlight:
+        writer = threading.Thread(target=write)
+        writer.start()  # while the claims' transaction is open
+        writers.append(writer)
+        return InFlight([_NeverAcknowledged()], timeout_seconds=125.0)  # the delivery timeout + 5 s
+
+    extractor.send = broker_away
+    with pytest.raises(KafkaTimeoutError):
+        extractor.starts([request])
+    [writer] = writers
+    writer.join(timeout=60.0)
+    assert not writer.is_alive()
+    assert outcome == [None], "another catalog writer was refused while the start waited for the broker"
+    assert small.extraction.claim_extraction(request.run_id, "few").sync is None  # the claim rolled back
+
+
+def test_runs_the_bulk_left_are_not_read_and_claimed_again_at_every_round(
+    extractor: Extractor, small: CatalogStores, reader: MemberReader
+):
+    # Runs started by a replica before (it died, or the partitions moved): the next owner remembers nothing. Their
+    # requests come back round after round until each is extracted; only the first round reads and claims them.
+    burst = [RunRequested(definition="few") for _ in range(20)]
+    assert extractor.starts(burst) == len(burst)
+    other = _extractor(small, reader)
+    missing = RunRequested(definition="no-such-definition")  # fails one by one: left to that path
+    transactions = Transactions(small)
+    assert transactions.of(lambda: other.starts([*burst, missing])) == 2  # their objects; the claims
+    assert transactions.of(lambda: other.starts([*burst, missing])) == 0  # a later round: nothing again
+    for request in burst[:5]:
+        other.handle(request)  # extracted: forgotten, a redelivery is considered afresh
+    assert transactions.of(lambda: other.starts(burst[:5])) == 2
+    assert not _started(_sent(other)), "no second run.started"
+
+
+def test_a_start_together_begins_no_further_chunk_once_the_extractor_is_stopping(
+    extractor: Extractor, small: CatalogStores
+):
+    burst = [RunRequested(definition="few") for _ in range(5)]
+    sent = _sent(extractor)
+    extractor.starts.chunk = 2
+    # A SIGTERM during the first chunk: the runs it started are extracted (or handed over), no more are started.
+    assert extractor.starts(burst, stopping=lambda: bool(sent.records)) == 2
+    assert set(_started(sent)) == {r.run_id for r in burst[:2]}

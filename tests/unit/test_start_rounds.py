@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from kafka.errors import KafkaTimeoutError, NodeNotReadyError
+from prometheus_client import REGISTRY
 
 from services.extractor.prompt_sends import prompt_sends
 from services.extractor.request_rounds import request_rounds
@@ -216,3 +217,32 @@ def test_a_round_whose_start_together_fails_handles_its_requests_one_by_one():
     )
     assert handler.journal == ["handled a", "published a", "handled b", "published b"]
     assert results == [[], []]
+
+
+def _early_count() -> float:
+    return REGISTRY.get_sample_value("member_export_extractor_scheduled_runs_started_early_total") or 0.0
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_a_run_started_early_is_counted_once_though_handed_back_by_the_round_s_time(together: bool):
+    # Scheduled an hour ahead (further than the extractor waits): started when received, and counted as early
+    # once, when begun; not at each round it is handed back to (the round's 2 s taken by a long run before it).
+    clock = Clock()
+    handler = Steps(clock, {"slow": 3.0})
+    times = start_times()
+    started: list[str] = []
+    start = (lambda due: started.extend(r.definition for r in due)) if together else None
+    round_ = request_rounds(
+        handler, times.hold, lambda: False, publish=handler.publish, start=start, pending=times.pending, clock=clock
+    )
+    far = RunRequested(
+        definition="far", trigger=Trigger.SCHEDULE, requested_at=NOW, scheduled_for=NOW + dt.timedelta(hours=1)
+    )
+    before = _early_count()
+    first = round_([*requests("slow"), far])
+    assert isinstance(first[1], HoldRecord)  # handed to the next round
+    assert _early_count() == before
+    round_([far])
+    assert _early_count() - before == 1
+    assert handler.journal[-2:] == ["handled far", "published far"]
+    assert started == (["slow", "far", "far"] if together else [])
