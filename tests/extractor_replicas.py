@@ -71,6 +71,14 @@ class ExtractorReplicas:
         finally:
             admin.close()
 
+    def pause(self, index: int) -> None:
+        """SIGSTOP one replica: it writes nothing more (store, log, Kafka) until ``resume`` or ``kill``."""
+        self.processes[index].send_signal(signal.SIGSTOP)
+
+    def resume(self, index: int) -> None:
+        """SIGCONT a paused replica."""
+        self.processes[index].send_signal(signal.SIGCONT)
+
     def kill(self, index: int) -> None:
         """SIGKILL one replica, as a crash would."""
         self.processes[index].kill()
@@ -79,6 +87,7 @@ class ExtractorReplicas:
     def stop(self, timeout: float = 30) -> None:
         for process in self.processes:
             if process.poll() is None:
+                process.send_signal(signal.SIGCONT)  # a paused replica would not act on the SIGTERM
                 process.send_signal(signal.SIGTERM)
         for process in self.processes:
             try:

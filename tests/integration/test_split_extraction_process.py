@@ -66,16 +66,50 @@ def test_a_replica_killed_mid_range_is_taken_over_and_no_member_is_lost(
         request = RunRequested(definition="everyone")
         produce(kafka_bootstrap, topics.run_requests, [(str(request.run_id), request.to_bytes())])
 
-        def two_ranges_under_way() -> bool:
-            ranges = catalog.extraction.run_ranges(request.run_id)
-            working = [r for r in ranges if r.state is RangeState.EXTRACTING and r.members >= MEMBERS // 20]
-            return len(working) >= 2
+        def range_under_way(index: int) -> int | None:
+            """The range replica ``index`` says it is extracting (started, not said extracted), if any."""
+            current = None
+            for line in replicas.log_lines(index):
+                if line.get("run_id") != str(request.run_id):
+                    continue
+                if line.get("event") == "range extraction started":
+                    current = line["range"]
+                elif line.get("event") == "range extracted" and line["range"] == current:
+                    current = None
+            return current
 
-        # Two ranges under way at once are on both replicas (each extracts one range at a time).
-        wait_until(two_ranges_under_way, timeout=180, interval=0.02, what="two ranges under way")
-        replicas.kill(0)
+        def past_checkpoints(range_index: int) -> bool:
+            """The range is not finished and has checkpoints well into it (stays true until it is extracted)."""
+            stored = catalog.extraction.range_checkpoint(request.run_id, range_index)
+            assert stored is not None
+            return stored.state is RangeState.EXTRACTING and stored.members >= MEMBERS // 20
+
+        victim: tuple[int, int] | None = None  # (replica, range)
+
+        def kill_a_replica_mid_range() -> bool:
+            nonlocal victim
+            ranges = catalog.extraction.run_ranges(request.run_id)
+            assert not ranges or any(r.state is not RangeState.EXTRACTED for r in ranges), "run over before a kill"
+            for index in range(replicas.count):
+                range_index = range_under_way(index)
+                if range_index is None or not past_checkpoints(range_index):
+                    continue
+                # Frozen, the replica can neither finish the range nor log: checked again, the kill is mid-range.
+                replicas.pause(index)
+                if range_under_way(index) == range_index and past_checkpoints(range_index):
+                    replicas.kill(index)
+                    victim = (index, range_index)
+                    return True
+                replicas.resume(index)
+            return False
+
+        wait_until(kill_a_replica_mid_range, timeout=180, interval=0.02, what="a replica mid-range to kill")
+        assert victim is not None
+        killed, killed_range = victim
+        survivor = 1 - killed
         at_kill = {r.range_index: r for r in catalog.extraction.run_ranges(request.run_id)}
         assert len(at_kill) == 3
+        assert at_kill[killed_range].last_key is not None
 
         completed = wait_for_extraction(kafka_bootstrap, topics.run_events, request.run_id, timeout=240)
         assert isinstance(completed, ExtractionCompleted)
@@ -97,15 +131,16 @@ def test_a_replica_killed_mid_range_is_taken_over_and_no_member_is_lost(
         assert sorted(i for ids in batches.values() for i in ids) == list(range(1, MEMBERS + 1))
         assert records - len(batches) <= 2 * PAGE // BATCH, "more than the killed range's pages in flight, twice"
 
-        # The survivor resumed a range the killed replica had under way, from that range's checkpoint.
+        # The survivor resumed the killed replica's range from that range's checkpoint at the kill.
         resumed = [
             line
-            for line in replicas.log_lines(1)
+            for line in replicas.log_lines(survivor)
             if line.get("event") == "range extraction started"
-            and at_kill[line["range"]].last_key is not None
-            and line["resume_after"] not in (None, at_kill[line["range"]].lower)
+            and line["range"] == killed_range
+            and line["resume_after"] == at_kill[killed_range].last_key
+            and line["next_batch"] == at_kill[killed_range].next_batch_index
         ]
-        assert resumed, replicas.log_path(1).read_text()[-3000:]
+        assert resumed, replicas.log_path(survivor).read_text()[-3000:]
         assert all(r.state is RangeState.EXTRACTED for r in catalog.extraction.run_ranges(request.run_id))
     finally:
         replicas.stop()
