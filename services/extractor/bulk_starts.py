@@ -123,19 +123,14 @@ class BulkStarts:
         return started
 
     def _start(self, requests: list[RunRequested]) -> int:
-        by_id = [r for r in requests if published_ahead(r) and r.definition_id is not None]
-        by_name = [r for r in requests if not (published_ahead(r) and r.definition_id is not None)]
         named, identified = self.definitions.many_run_objects(
-            names=sorted({r.definition for r in by_name}),
-            definition_ids=sorted({r.definition_id for r in by_id if r.definition_id is not None}, key=str),
+            names=sorted({r.definition for r in requests if _definition_id(r) is None}),
+            definition_ids=sorted({i for r in requests if (i := _definition_id(r)) is not None}, key=str),
         )
         chosen: list[tuple[RunRequested, RunObjects]] = []
         for request in requests:
-            # As the one-by-one read: a run published ahead by the definition it was published for (by id).
-            if published_ahead(request) and request.definition_id is not None:
-                objects = identified.get(request.definition_id)
-            else:
-                objects = named.get(request.definition)
+            definition_id = _definition_id(request)
+            objects = named.get(request.definition) if definition_id is None else identified.get(definition_id)
             if objects is None or not _binds(request, objects):
                 continue
             if published_ahead(request) and withdrawal(request, objects.definition) is not None:
@@ -215,6 +210,12 @@ class BulkStarts:
                 and earliest[objects.definition.name] is request
             )
         ]
+
+
+def _definition_id(request: RunRequested) -> uuid.UUID | None:
+    """The id a run is read by, as the one-by-one read does: a run published ahead by the definition it was
+    published for (its id); None for the others, read by name."""
+    return request.definition_id if published_ahead(request) else None
 
 
 def _instant(request: RunRequested) -> datetime:

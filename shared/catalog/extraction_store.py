@@ -30,6 +30,19 @@ _CHECKPOINTS = cast(Table, ExtractionCheckpointRow.__table__)
 SyncFix = Callable[[Checkpoint, Callable[[Checkpoint], None]], Checkpoint]
 
 
+def _new_checkpoint_row(run_id: uuid.UUID, definition: str, moment: Any) -> dict[str, Any]:
+    """The checkpoint row of a run at its first claim: nothing read, no sync fixed."""
+    return {
+        "run_id": str(run_id),
+        "definition": definition,
+        "next_batch_index": 0,
+        "members": 0,
+        "completed": False,
+        "updated_at": moment,
+        "last_key": None,
+    }
+
+
 class SqlExtractionStore:
     """Where each run's extraction stands (the resume point, and run-request deduplication)."""
 
@@ -102,18 +115,7 @@ class SqlExtractionStore:
         moment = now()
         with self.database.transaction() as session:
             connection = session.connection()
-            new = [
-                {
-                    "run_id": str(start.run_id),
-                    "definition": start.definition,
-                    "next_batch_index": 0,
-                    "members": 0,
-                    "completed": False,
-                    "updated_at": moment,
-                    "last_key": None,
-                }
-                for start in unique
-            ]
+            new = [_new_checkpoint_row(start.run_id, start.definition, moment) for start in unique]
             connection.execute(self.database.dialect_insert(_CHECKPOINTS).on_conflict_do_nothing(), new)
             rows = connection.execute(select(_CHECKPOINTS).where(_CHECKPOINTS.c.run_id.in_(ids))).all()
             checkpoints = {row.run_id: _checkpoint(row) for row in rows}
@@ -149,15 +151,7 @@ class SqlExtractionStore:
 
     def _claimed(self, connection: Connection, run_id: uuid.UUID, definition: str) -> Checkpoint:
         """The run's checkpoint row, inserted if new (one statement then: the insert returns it)."""
-        values = {
-            "run_id": str(run_id),
-            "definition": definition,
-            "next_batch_index": 0,
-            "members": 0,
-            "completed": False,
-            "updated_at": now(),
-            "last_key": None,
-        }
+        values = _new_checkpoint_row(run_id, definition, now())
         insert = self.database.dialect_insert(_CHECKPOINTS).values(**values).on_conflict_do_nothing()
         row = connection.execute(insert.returning(*_CHECKPOINTS.c)).first()
         if row is None:
