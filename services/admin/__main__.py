@@ -60,6 +60,7 @@ def main() -> None:
             host=settings.admin_host,
             port=settings.admin_port,
             access_log=False,
+            loop="asyncio",  # uvicorn would take uvloop once installed (the dispatcher's): not measured here
             log_config=None,
         )
     finally:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 
+import structlog
 from anyio.from_thread import start_blocking_portal
 
 from services.dispatcher.breaker_notices import BreakerNotices
 from services.dispatcher.breakers import ProfileBreakers
 from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
+from services.dispatcher.event_loop import portal_options, running_loop_name
 from services.dispatcher.fleet_limits import FleetLimits
 from services.dispatcher.inspector import inspector_of
 from services.dispatcher.partner_auth import OAuthTokenCache
@@ -25,6 +27,7 @@ from shared.outbound.partner_http import AiohttpPartnerHttp
 from shared.runtime import build_loop, freeze_startup_objects, start_service
 
 SERVICE = "dispatcher"
+log = structlog.get_logger(__name__)
 
 
 def main() -> None:
@@ -72,7 +75,7 @@ def main() -> None:
     )
     # The HTTP requests run on one asyncio event loop on its own thread (anyio's blocking portal); the
     # consumer loop hands it each poll's batches (from its round threads) and waits for their outcomes.
-    with start_blocking_portal() as portal:
+    with start_blocking_portal(backend_options=portal_options(settings.dispatcher_event_loop)) as portal:
         heartbeats = portal.start_task_soon(dispatcher.fleet.run)  # this replica's share of the profiles' limits
         announcements = portal.start_task_soon(notices.run)  # its open breakers reported, the fleet's announced
         loop = build_loop(
@@ -96,6 +99,7 @@ def main() -> None:
         loop.install_signal_handlers()
         if inspector is not None:
             inspector.start()
+        log.info("dispatcher event loop", event_loop=portal.call(running_loop_name))
         freeze_startup_objects()  # full collections skip the start-up heap (issue 18: 36 us a request)
         try:
             loop.run()

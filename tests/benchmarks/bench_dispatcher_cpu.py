@@ -9,6 +9,10 @@ garbage collector's full collections during the dispatcher's turns are timed too
 start-up objects out of their reach: ``--no-freeze`` shows the cost without).
 
     .venv/bin/python -m tests.benchmarks.bench_dispatcher_cpu [--requests 10240] [--rounds 3] [--no-freeze]
+        [--loops asyncio uvloop]
+
+``--loops`` names the event loops each turn runs both contenders on (asyncio's default loop, uvloop's), in turn
+in the same sitting; the ratio is taken on the same loop.
 
 Figures only: nothing here passes or fails on a timing.
 """
@@ -21,10 +25,11 @@ import gc
 import statistics
 import time
 import uuid
-from collections.abc import Hashable, Iterator
-from typing import Any
+from collections.abc import Coroutine, Hashable, Iterator
+from typing import Any, TypeVar
 
 import orjson
+import uvloop
 
 from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
@@ -42,6 +47,7 @@ BODY_COLUMNS = ("id", "email", "first_name", "tier", "points")
 RECORD_MEMBERS = 64
 RECORDS_PER_ROUND = 4
 CONCURRENCY = 8
+T = TypeVar("T")
 
 
 class MemoryCatalog:
@@ -154,26 +160,41 @@ async def plain_turn(base_url: str, requests: int) -> tuple[float, float]:
     return (time.process_time() - cpu) / requests * 1e6, requests / (time.perf_counter() - wall)
 
 
+def run_on(loop: str, coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to its end on a new event loop of the kind ``loop`` names."""
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coroutine)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=10_240)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-freeze", action="store_true", help="leave start-up objects to the collector")
+    parser.add_argument("--loops", nargs="+", choices=("asyncio", "uvloop"), default=["asyncio"])
     args = parser.parse_args()
     if not args.no_freeze:
         freeze_startup_objects()  # as the service does
-    ratios = []
+    ratios: dict[str, list[float]] = {loop: [] for loop in args.loops}
+    plain_of: dict[str, list[float]] = {loop: [] for loop in args.loops}
     with lean_receiver() as base_url:
         for turn in range(1, args.rounds + 1):
-            plain_cpu, plain_rate = asyncio.run(plain_turn(base_url, args.requests))
-            cpu, rate, full = asyncio.run(dispatcher_turn(base_url, args.requests))
-            ratios.append(cpu / plain_cpu)
-            print(
-                f"turn {turn}: dispatcher {cpu:.0f} us CPU a request ({rate:,.0f} requests/s; {full.count} full "
-                f"collections, {full.seconds * 1000:.0f} ms), plain aiohttp {plain_cpu:.0f} us ({plain_rate:,.0f} "
-                f"requests/s): {cpu / plain_cpu:.2f}x"
-            )
-    print(f"median: the dispatcher's CPU a request is {statistics.median(ratios):.2f}x the plain loop's")
+            for loop in args.loops:
+                plain_cpu, plain_rate = run_on(loop, plain_turn(base_url, args.requests))
+                cpu, rate, full = run_on(loop, dispatcher_turn(base_url, args.requests))
+                ratios[loop].append(cpu / plain_cpu)
+                plain_of[loop].append(plain_cpu)
+                print(
+                    f"turn {turn}, {loop}: dispatcher {cpu:.0f} us CPU a request ({rate:,.0f} requests/s; "
+                    f"{full.count} full collections, {full.seconds * 1000:.0f} ms), plain aiohttp {plain_cpu:.0f} us "
+                    f"({plain_rate:,.0f} requests/s): {cpu / plain_cpu:.2f}x"
+                )
+    for loop in args.loops:
+        print(
+            f"median on {loop}: the dispatcher's CPU a request is {statistics.median(ratios[loop]):.2f}x the plain "
+            f"loop's (plain loop {statistics.median(plain_of[loop]):.0f} us a request)"
+        )
 
 
 if __name__ == "__main__":

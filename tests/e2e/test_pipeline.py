@@ -147,6 +147,12 @@ def test_secrets_never_reach_the_logs_or_the_emails(pipeline: Pipeline):
         assert SECRET_TOKEN not in mail.message.as_string()
 
 
+def test_the_dispatcher_sends_on_uvloop_by_default(pipeline: Pipeline):
+    started = [line for line in pipeline.services.log("dispatcher").splitlines() if "dispatcher event loop" in line]
+    assert started, "the dispatcher should log its event loop at start"
+    assert "uvloop" in started[0]
+
+
 def test_the_dispatcher_exposes_prometheus_metrics(pipeline: Pipeline):
     result = pipeline.exportctl("run", "small-to-good-partner", "--wait", "--timeout", "120")
     assert result.returncode == 0, result.stdout + result.stderr
