@@ -23,15 +23,18 @@ For each scenario, one after the other (nothing else of the benchmark runs meanw
   without the fixed start and end costs) and each service's peak RSS (VmHWM, start-up and warm-up included).
 - **raw ceilings**: (1) a plain script reading the same rows (sqlite3) and posting the same bodies with
   aiohttp at the dispatcher's concurrency: the bytes the template renders (orjson for a ``json_body``,
-  ``json.dumps`` for a text body; the receiver's byte counts show they are the same); (2) bare
+  ``json.dumps`` for a text body; the receiver's byte counts show they are the same), on asyncio's own event
+  loop as a user's script would be, and again on uvloop (the dispatcher's loop: the table's "x uvloop raw"
+  compares with that one too; the slowest raw stage stays the ceiling of the "x slowest raw" column); (2) bare
   kafka-python producing the member-batch records the extractor sends (the same bytes, encoded
   beforehand, untimed: whole requests, 64 members a record at least), acks=all and lz4 as the services,
   then a bare consumer (no group) reading them back.
 - **naive script**: read the rows, one blocking POST at a time with ``requests`` (one Session, keep-alive).
 
 ``--variant NAME=A,B`` runs the pipeline once per value of a setting of the services (an ``EXPORT_*``
-variable), in turn, ``--repeat`` times (A, B, A, B, ...): an A/B comparison in the same run, beside the same raw
-ceilings (the machine may be shared: alternate, and compare the ratios).
+variable, or ``BENCH_DISPATCHERS``: how many dispatcher processes run, in one consumer group), in turn,
+``--repeat`` times (A, B, A, B, ...): an A/B comparison in the same run, beside the same raw ceilings (the machine
+may be shared: alternate, and compare the ratios).
 
 Prints one table (members/s, requests/s, seconds, peak RSS per service, ratios to the slowest raw stage
 and to the naive script), writes a bar chart of throughput per stage (``<out>/e2e.png``) and the table
@@ -69,10 +72,11 @@ from typing import Any
 import httpx
 import orjson
 import requests
+import uvloop
 import yaml
 
 from devtools.kafka_broker import LocalKafka
-from devtools.pipeline import LocalPipeline
+from devtools.pipeline import SERVICES, LocalPipeline
 from services.extractor.extraction import DEFAULT_RECORD_MEMBERS
 from shared.catalog import CatalogStores
 from shared.domain.runs import RunRecord
@@ -101,6 +105,9 @@ WORK_DIR = CACHE / "e2e"
 BATCH_SIZE = 500
 PAGE_SIZE = 5_000  # the extractor's default page; a whole number of batches of 500 and of 1
 WARM_UP_MEMBERS = 1_000
+#: A variant's pseudo-setting: how many dispatcher processes the pipeline runs (the services never read it).
+DISPATCHERS = "BENCH_DISPATCHERS"
+UVLOOP_RAW = "raw on uvloop"  # the raw aiohttp script run on the event loop the dispatcher runs on
 #: What the saved query returns (the demo export's columns) and what the bodies write of each member.
 COLUMNS = ("id", "email", "first_name", "last_name", "tier", "points", "locale", "consent_email")
 BODY_COLUMNS = ("id", "email", "first_name", "tier", "points")
@@ -175,13 +182,18 @@ def bodies(store: Path, scenario: Scenario) -> Iterator[bytes]:
             yield scenario.raw_body(rows[start : start + scenario.batch_size])
 
 
-def raw_http(store: Path, scenario: Scenario, base_url: str, concurrency: int, timeout: float) -> dict[str, Any]:
-    """Raw ceiling (1): read the rows and post the bodies with a plain aiohttp loop; the receiver's stats and
-    the script's seconds."""
+def raw_http(
+    store: Path, scenario: Scenario, base_url: str, concurrency: int, timeout: float, loop: str = "asyncio"
+) -> dict[str, Any]:
+    """Raw ceiling (1): read the rows and post the bodies with a plain aiohttp loop, on asyncio's own event loop
+    (as a user's script would) or on uvloop (the dispatcher's default); the receiver's stats and the script's
+    seconds."""
     reset_receiver(base_url)
     started = time.perf_counter()
     posting = plain_aiohttp(f"{base_url}/members", bodies(store, scenario), concurrency)
-    asyncio.run(asyncio.wait_for(posting, timeout))
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(asyncio.wait_for(posting, timeout))
     return receiver_stats(base_url) | {"seconds": time.perf_counter() - started}
 
 
@@ -257,6 +269,8 @@ class PipelineRun:
             **(variant or {}),
         }
         self.base_url = base_url
+        #: Dispatcher processes (replicas in one consumer group): ``--variant BENCH_DISPATCHERS=1,2``.
+        self.dispatchers = int((variant or {}).get(DISPATCHERS, "1"))
 
     def manifest(self) -> list[dict[str, Any]]:
         documents: list[dict[str, Any]] = [
@@ -306,7 +320,14 @@ class PipelineRun:
         """Warm up, then time ``exportctl run`` until the run is recorded final; stop the services."""
         catalog = CatalogStores.from_url(self.catalog_url)
         try:
-            with LocalPipeline(self.env, self.work_dir / "logs") as pipeline:
+            replicas = tuple(f"dispatcher-{number}" for number in range(2, self.dispatchers + 1))
+            services = LocalPipeline(
+                self.env,
+                self.work_dir / "logs",
+                services=(*SERVICES, *replicas),
+                modules=dict.fromkeys(replicas, "services.dispatcher"),
+            )
+            with services as pipeline:
                 warm_up, _, _ = self._run_and_wait(f"{self.scenario.name}-warm-up", catalog, pipeline, timeout)
                 reset_receiver(self.base_url)
                 pids = {name: process.pid for name, process in pipeline.processes.items()}
@@ -430,8 +451,8 @@ def variants(spec: str | None, repeat: int) -> list[Variant]:
     if not spec:
         return [Variant({}, repetition) for repetition in range(1, repeat + 1)]
     name, _, values = spec.partition("=")
-    if not name.startswith("EXPORT_") or not values:
-        raise SystemExit(f"--variant wants EXPORT_NAME=value,value...: {spec!r}")
+    if not (name.startswith("EXPORT_") or name == DISPATCHERS) or not values:
+        raise SystemExit(f"--variant wants EXPORT_NAME=value,value... or {DISPATCHERS}=1,2: {spec!r}")
     return [
         Variant({name: value.strip()}, repetition) for repetition in range(1, repeat + 1) for value in values.split(",")
     ]
@@ -463,6 +484,8 @@ def measure(
         notes += run_notes
     say(f"{scenario.title}: raw aiohttp script")
     raw = raw_http(store, scenario, base_url, concurrency, timeout)
+    say(f"{scenario.title}: raw aiohttp script on uvloop")
+    raw_uvloop = raw_http(store, scenario, base_url, concurrency, timeout, loop="uvloop")
     say(f"{scenario.title}: naive requests script")
     naive = naive_script(store, scenario, base_url, timeout)
     say(f"{scenario.title}: bare kafka-python produce and consume")
@@ -472,6 +495,13 @@ def measure(
     rows = [
         *pipeline_rows,
         timed(scenario, "raw", f"raw: sqlite3 + aiohttp (C={concurrency})", raw["requests"], raw["seconds"]),
+        timed(
+            scenario,
+            "raw",
+            f"{UVLOOP_RAW}: sqlite3 + aiohttp (C={concurrency})",
+            raw_uvloop["requests"],
+            raw_uvloop["seconds"],
+        ),
         timed(scenario, "raw", "raw: kafka-python produce", records, kafka["produce_seconds"]),
         timed(scenario, "raw", "raw: kafka-python consume", records, kafka["consume_seconds"]),
         timed(scenario, "naive", "naive: sqlite3 + requests, 1 at a time", naive["requests"], naive["seconds"]),
@@ -525,16 +555,19 @@ def table(rows: list[Row]) -> list[str]:
     width = max(41, *(len(row.label) for row in rows))
     header = (
         f"{'scenario':<8} {'stage':<{width}} {'members/s':>10} {'requests/s':>10} {'seconds':>8} "
-        f"{'x slowest raw':>13} {'x naive':>7}  peak RSS MB"
+        f"{'x slowest raw':>13} {'x uvloop raw':>12} {'x naive':>7}  peak RSS MB"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
         slowest = min(r.members_per_second for r in rows if r.scenario == row.scenario and r.kind == "raw")
         naive = next(r.members_per_second for r in rows if r.scenario == row.scenario and r.kind == "naive")
+        uvloop_raw = next(
+            r.members_per_second for r in rows if r.scenario == row.scenario and r.label.startswith(UVLOOP_RAW)
+        )
         lines.append(
             f"{row.scenario.name.removeprefix('e2e-'):<8} {row.label:<{width}} {row.members_per_second:>10,.0f} "
             f"{row.requests_per_second:>10,.0f} {row.seconds:>8.2f} {row.members_per_second / slowest:>12.2f}x "
-            f"{row.members_per_second / naive:>6.2f}x  {row.rss}".rstrip()
+            f"{row.members_per_second / uvloop_raw:>11.2f}x {row.members_per_second / naive:>6.2f}x  {row.rss}".rstrip()
         )
     return lines
 
