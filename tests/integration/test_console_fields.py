@@ -637,7 +637,8 @@ def test_a_blank_secret_where_none_is_stored_is_never_saved_as_the_mask(console:
     # Another auth type, its secret left blank: the old type's secret is not it.
     answer = console.post("/profiles/partner", PROFILE | {"auth_type": "bearer", "auth_token": ""})
     assert answer.status_code == 422
-    assert "auth.bearer.token: Field required" in unescape(answer.text)  # in the summary (pydantic's place)
+    assert "auth.bearer.token: Field required" in unescape(answer.text)  # in the summary, as pydantic names it
+    assert _field_error(answer.text, "auth_bearer_token") == "Field required"  # and beside the field
     assert api_profile(api) == before
 
     # The mask typed as the secret: it stands for a stored secret, and none is stored there.
@@ -651,6 +652,56 @@ def test_a_blank_secret_where_none_is_stored_is_never_saved_as_the_mask(console:
     assert refusal in _field_error(answer.text, "auth_basic_password")
     assert api_profile(api) == before
     assert api.app.state.context.definitions.find(ConnectionProfile, "masked") is None
+
+
+#: Per auth type: a form switching a profile to it that the domain refuses, and the message beside each field.
+SWITCHES: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "bearer": ({"auth_token": ""}, {"token": "Field required"}),
+    "basic": ({"auth_username": "", "auth_password": ""}, {"username": "Field required", "password": "Field required"}),
+    "api_key": (
+        {"auth_header": "X Partner Key", "auth_key": ""},
+        {"header": "String should match pattern", "key": "Field required"},
+    ),
+    "oauth2_client_credentials": (
+        {"auth_token_url": "https://exporter@id.example.com/token", "auth_client_id": "", "auth_client_secret": ""},
+        {"token_url": "must not hold credentials", "client_id": "Field required", "client_secret": "Field required"},
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(SWITCHES))
+def test_a_refused_auth_type_change_is_shown_beside_each_field_of_the_new_type(
+    console: Console, api: InProcessApi, kind: str
+):
+    name = f"switch-{kind.replace('_', '-')}"
+    with api.client() as client:
+        answer = client.post(
+            "/api/v1/connection-profiles", json={"name": name, "base_url": "https://switch.example.com"}
+        )
+        assert answer.status_code == 201, answer.text
+    before = _read(api, "connection-profiles", name)
+    typed, expected = SWITCHES[kind]
+    page = {"base_url": "https://switch.example.com", "auth_type": kind}
+    answer = console.post(f"/profiles/{name}", page | typed)
+    assert answer.status_code == 422, answer.text
+    for field, message in expected.items():
+        assert message in _field_error(answer.text, f"auth_{kind}_{field}")
+    # Only the refused fields are marked invalid (not every type's secret), and what was typed is shown again.
+    marked = set(re.findall(r'id="(auth_[a-z0-9_]+)"[^>]*aria-invalid="true"', answer.text))
+    assert marked == {f"auth_{kind}_{field}" for field in expected}
+    if kind == "api_key":
+        assert 'value="X Partner Key"' in answer.text
+
+    # The mask typed as the new type's secret: no secret of that type is stored to keep, refused beside it.
+    secret = {"bearer": "token", "basic": "password", "api_key": "key"}.get(kind, "client_secret")
+    filled = {f"auth_{field}": "filled" for field in expected} | {
+        "auth_header": "X-Partner-Key",
+        "auth_token_url": "https://id.example.com/token",
+    }
+    answer = console.post(f"/profiles/{name}", page | filled | {f"auth_{secret}": "**********"})
+    assert answer.status_code == 422, answer.text
+    assert "stands for a stored secret" in _field_error(answer.text, f"auth_{kind}_{secret}")
+    assert _read(api, "connection-profiles", name) == before
 
 
 def api_profile(api: InProcessApi) -> ConnectionProfile:

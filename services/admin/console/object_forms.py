@@ -105,6 +105,16 @@ def profile_values(profile: ConnectionProfile | None) -> dict[str, Any]:
     return values
 
 
+def auth_paths(kind: str, name: str, chosen: str) -> list[str]:
+    """Where a refusal names auth type ``kind``'s field ``name``, for the form to show it beside that field.
+
+    Pydantic names it with its type, the auth union's tag (``auth.bearer.token``: a field missing or malformed);
+    a use case names it as the saved object holds it (``auth.token``: a mask with no secret stored to keep, a
+    reference not allowed), which is the type ``chosen`` in the form: that type's field only.
+    """
+    return [f"auth.{kind}.{name}", *([f"auth.{name}"] if kind == chosen else [])]
+
+
 def profile_body(form: Form, current: ConnectionProfile | None) -> dict[str, Any]:
     """The profile as the API takes it; a blank secret keeps the stored one (the mask), else is left out."""
     kind = form.text("auth_type", "none")

@@ -103,6 +103,7 @@ def _page(
         if me_of(request).may_manage_profiles or kind.model is HttpTemplate
         else [],
         auth_fields=object_forms.AUTH_FIELDS,
+        auth_paths=object_forms.auth_paths,
         secrets=object_forms.SECRETS,
         tls_versions=object_forms.TLS_VERSIONS,
     )
