@@ -1,8 +1,8 @@
 """The console's fields for settings the admin API and YAML already had: a definition's sync mode (with change mode's
 templates, its bound on removals and Run now's mass-removal override), its retries of refused members and its
-webhooks; a profile's TLS and forward proxy. Each is set, changed and cleared through the console's forms (the real
-app, in process, signed in with a token) and read back through the admin API; refusals are shown by the field they
-name; a stored secret is kept when its field is left blank and is never in a page.
+webhooks; a profile's TLS, forward proxy and circuit breaker. Each is set, changed and cleared through the console's
+forms (the real app, in process, signed in with a token) and read back through the admin API; refusals are shown by
+the field they name; a stored secret is kept when its field is left blank and is never in a page.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from services.admin.console.definition_form import STEPS
 from shared.domain.catalog_objects import ConnectionProfile, TlsSettings, WebhookChannel, WebhookEvent, WebhookFormat
+from shared.domain.circuit_breaker import CircuitBreakerSettings
 from tests.admin_app import InProcessApi, in_process_api, seed
 from tests.partner_tls import partner_tls_material
 
@@ -702,6 +703,83 @@ def test_a_refused_auth_type_change_is_shown_beside_each_field_of_the_new_type(
     assert answer.status_code == 422, answer.text
     assert "stands for a stored secret" in _field_error(answer.text, f"auth_{kind}_{secret}")
     assert _read(api, "connection-profiles", name) == before
+
+
+def _input_value(html: str, field: str) -> str:
+    """The value an input of the page holds."""
+    found = re.search(rf'<input id="{re.escape(field)}"[^>]*? value="([^"]*)"', html)
+    assert found is not None, f"no input {field}"
+    return unescape(found.group(1))
+
+
+BREAKER_DEFAULTS = CircuitBreakerSettings().model_dump()
+#: The breaker's fields as the page shows them, blank.
+BREAKER_BLANK = {f"circuit_breaker_{name}": "" for name in BREAKER_DEFAULTS}
+
+
+def test_the_circuit_breaker_is_set_changed_and_cleared_its_defaults_and_refusals_the_domains(
+    console: Console, api: InProcessApi
+):
+    assert _read(api, "connection-profiles", "partner").get("circuit_breaker") is None
+    page = console.page("/profiles/partner")
+    assert '<option value="off" selected>' in page
+    # Off, the fields show what "on" would take: the domain's defaults (the template holds none of them).
+    for name, default in BREAKER_DEFAULTS.items():
+        assert float(_input_value(page, f"circuit_breaker_{name}")) == default
+    template = Path(__file__).parents[2] / "services/admin/console/templates/profile.html"
+    assert "half_open_probes" not in template.read_text()
+
+    # Set: two settings given, the others left blank take the defaults.
+    typed = {"circuit_breaker_failure_rate": "0.25", "circuit_breaker_open_seconds": "90"}
+    answer = console.post("/profiles/partner", PROFILE | BREAKER_BLANK | typed | {"circuit_breaker": "on"})
+    assert answer.status_code == 303, answer.text
+    breaker = BREAKER_DEFAULTS | {"failure_rate": 0.25, "open_seconds": 90}
+    assert _read(api, "connection-profiles", "partner")["circuit_breaker"] == breaker
+    page = console.page("/profiles/partner")
+    assert '<option value="on" selected>' in page
+    assert (_input_value(page, "circuit_breaker_failure_rate"), _input_value(page, "circuit_breaker_open_seconds")) == (
+        "0.25",
+        "90",
+    )
+
+    # Changed, as the page posts it (every field filled in).
+    shown = {name: _input_value(page, name) for name in BREAKER_BLANK} | {"circuit_breaker": "on"}
+    answer = console.post(
+        "/profiles/partner",
+        PROFILE | shown | {"circuit_breaker_minimum_requests": "5", "circuit_breaker_failure_rate": ""},
+    )
+    assert answer.status_code == 303, answer.text
+    breaker |= {"minimum_requests": 5, "failure_rate": BREAKER_DEFAULTS["failure_rate"]}
+    assert _read(api, "connection-profiles", "partner")["circuit_breaker"] == breaker
+
+    # Refused by the domain, beside each field; nothing saved, what was typed shown again.
+    refused = {"circuit_breaker_failure_rate": "1.5", "circuit_breaker_half_open_probes": "0"}
+    answer = console.post("/profiles/partner", PROFILE | shown | refused)
+    assert answer.status_code == 422
+    assert "less than or equal to 1" in _field_error(answer.text, "circuit_breaker_failure_rate")
+    assert "greater than or equal to 1" in _field_error(answer.text, "circuit_breaker_half_open_probes")
+    assert _input_value(answer.text, "circuit_breaker_failure_rate") == "1.5"
+    assert _read(api, "connection-profiles", "partner")["circuit_breaker"] == breaker
+
+    # A post without the breaker's fields (a script, an older page) keeps it.
+    answer = console.post("/profiles/partner", PROFILE)
+    assert answer.status_code == 303, answer.text
+    assert _read(api, "connection-profiles", "partner")["circuit_breaker"] == breaker
+
+    # Cleared: off, the fields as the page shows them.
+    answer = console.post("/profiles/partner", PROFILE | shown | {"circuit_breaker": "off"})
+    assert answer.status_code == 303, answer.text
+    assert _read(api, "connection-profiles", "partner").get("circuit_breaker") is None
+    assert '<option value="off" selected>' in console.page("/profiles/partner")
+
+
+def test_a_new_profile_takes_a_circuit_breaker_of_defaults(console: Console, api: InProcessApi):
+    page = console.page("/profiles/new")
+    shown = {name: _input_value(page, name) for name in BREAKER_BLANK}
+    new = {"name": "guarded", "base_url": "https://guarded.example.com", "auth_type": "none"}
+    answer = console.post("/profiles/new", new | shown | {"circuit_breaker": "on"})
+    assert answer.status_code == 303, answer.text
+    assert _read(api, "connection-profiles", "guarded")["circuit_breaker"] == BREAKER_DEFAULTS
 
 
 def api_profile(api: InProcessApi) -> ConnectionProfile:

@@ -106,6 +106,7 @@ def _page(
         auth_paths=object_forms.auth_paths,
         secrets=object_forms.SECRETS,
         tls_versions=object_forms.TLS_VERSIONS,
+        breaker_fields=object_forms.BREAKER_FIELDS,
     )
 
 
