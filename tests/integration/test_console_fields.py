@@ -705,6 +705,34 @@ def test_a_refused_auth_type_change_is_shown_beside_each_field_of_the_new_type(
     assert _read(api, "connection-profiles", name) == before
 
 
+@pytest.mark.parametrize(
+    ("field", "typed"),
+    [
+        ("base_url", {"base_url": "https://exporter:pw-in-url-7731@partner.example.com/v2"}),
+        ("proxy_url", {"proxy_url": "http://exporter:pw-in-url-7731@proxy.internal:3128"}),
+        (
+            "auth_oauth2_client_credentials_token_url",
+            {
+                "auth_type": "oauth2_client_credentials",
+                "auth_token_url": "https://exporter:pw-in-url-7731@id.example.com/token",
+                "auth_client_id": "exporter",
+                "auth_client_secret": "env:PARTNER_SECRET",
+            },
+        ),
+    ],
+)
+def test_a_url_with_a_password_is_refused_beside_its_field_and_not_shown_again(
+    console: Console, api: InProcessApi, field: str, typed: dict[str, str]
+):
+    before = _read(api, "connection-profiles", "partner")
+    answer = console.post("/profiles/partner", PROFILE | typed)
+    assert answer.status_code == 422, answer.text
+    assert "must not hold credentials" in _field_error(answer.text, field)
+    assert "pw-in-url-7731" not in answer.text
+    assert _input_value(answer.text, field) == ""
+    assert _read(api, "connection-profiles", "partner") == before
+
+
 def _input_value(html: str, field: str) -> str:
     """The value an input of the page holds."""
     found = re.search(rf'<input id="{re.escape(field)}"[^>]*? value="([^"]*)"', html)

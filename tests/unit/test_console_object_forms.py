@@ -18,7 +18,7 @@ from services.admin.console.object_forms import (
 )
 from shared.application.errors import Refused
 from shared.application.masked_secrets import MASK
-from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, holds_credentials
 from shared.domain.circuit_breaker import CircuitBreakerSettings
 
 
@@ -139,3 +139,26 @@ def test_the_breaker_choice_and_its_settings_make_the_body(fields: dict[str, str
     current = ConnectionProfile(name="p", base_url="https://partner.example", circuit_breaker={"open_seconds": 5})
     body = profile_body(_form(name="p", base_url="https://partner.example", auth_type="none", **fields), current)
     assert body["circuit_breaker"] == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://partner.example/api",
+        "https://u:hunter2@partner.example/api",
+        "https://token@partner.example",
+        "https://partner.example/a@b",
+        "https://partner.example/?to=a@b",
+        "https://[::1/api",
+    ],
+)
+def test_a_url_the_console_does_not_show_again_is_one_the_domain_refuses_for_its_credentials(url: str):
+    try:
+        ConnectionProfile(name="p", base_url=url)
+    except ValidationError as refused:
+        refused_for_credentials = "must not hold credentials" in str(refused)
+    else:
+        refused_for_credentials = False
+    assert holds_credentials(url) is refused_for_credentials
+    assert not holds_credentials("not a url: a@b")
+    assert not holds_credentials("")
