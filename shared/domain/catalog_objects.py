@@ -88,6 +88,15 @@ Secret = Annotated[
 ]
 
 
+def holds_credentials(text: str) -> bool:
+    """Whether ``text`` is a URL with user information (``user:password@host``), which ``_without_credentials``
+    refuses: a credential, never to be shown again (text that is no URL holds none)."""
+    try:
+        return "@" in urlsplit(text.strip()).netloc
+    except ValueError:
+        return False
+
+
 def _without_credentials(url: str) -> str:
     # Never the URL in the message: its user information is a credential.
     if "@" in urlsplit(url).netloc:

@@ -1,8 +1,8 @@
 """The console's fields for settings the admin API and YAML already had: a definition's sync mode (with change mode's
 templates, its bound on removals and Run now's mass-removal override), its retries of refused members and its
-webhooks; a profile's TLS and forward proxy. Each is set, changed and cleared through the console's forms (the real
-app, in process, signed in with a token) and read back through the admin API; refusals are shown by the field they
-name; a stored secret is kept when its field is left blank and is never in a page.
+webhooks; a profile's TLS, forward proxy and circuit breaker. Each is set, changed and cleared through the console's
+forms (the real app, in process, signed in with a token) and read back through the admin API; refusals are shown by
+the field they name; a stored secret is kept when its field is left blank and is never in a page.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from services.admin.console.definition_form import STEPS
 from shared.domain.catalog_objects import ConnectionProfile, TlsSettings, WebhookChannel, WebhookEvent, WebhookFormat
+from shared.domain.circuit_breaker import CircuitBreakerSettings
 from tests.admin_app import InProcessApi, in_process_api, seed
 from tests.partner_tls import partner_tls_material
 
@@ -637,7 +638,8 @@ def test_a_blank_secret_where_none_is_stored_is_never_saved_as_the_mask(console:
     # Another auth type, its secret left blank: the old type's secret is not it.
     answer = console.post("/profiles/partner", PROFILE | {"auth_type": "bearer", "auth_token": ""})
     assert answer.status_code == 422
-    assert "auth.bearer.token: Field required" in unescape(answer.text)  # in the summary (pydantic's place)
+    assert "auth.bearer.token: Field required" in unescape(answer.text)  # in the summary, as pydantic names it
+    assert _field_error(answer.text, "auth_bearer_token") == "Field required"  # and beside the field
     assert api_profile(api) == before
 
     # The mask typed as the secret: it stands for a stored secret, and none is stored there.
@@ -651,6 +653,161 @@ def test_a_blank_secret_where_none_is_stored_is_never_saved_as_the_mask(console:
     assert refusal in _field_error(answer.text, "auth_basic_password")
     assert api_profile(api) == before
     assert api.app.state.context.definitions.find(ConnectionProfile, "masked") is None
+
+
+#: Per auth type: a form switching a profile to it that the domain refuses, and the message beside each field.
+SWITCHES: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "bearer": ({"auth_token": ""}, {"token": "Field required"}),
+    "basic": ({"auth_username": "", "auth_password": ""}, {"username": "Field required", "password": "Field required"}),
+    "api_key": (
+        {"auth_header": "X Partner Key", "auth_key": ""},
+        {"header": "String should match pattern", "key": "Field required"},
+    ),
+    "oauth2_client_credentials": (
+        {"auth_token_url": "https://exporter@id.example.com/token", "auth_client_id": "", "auth_client_secret": ""},
+        {"token_url": "must not hold credentials", "client_id": "Field required", "client_secret": "Field required"},
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(SWITCHES))
+def test_a_refused_auth_type_change_is_shown_beside_each_field_of_the_new_type(
+    console: Console, api: InProcessApi, kind: str
+):
+    name = f"switch-{kind.replace('_', '-')}"
+    with api.client() as client:
+        answer = client.post(
+            "/api/v1/connection-profiles", json={"name": name, "base_url": "https://switch.example.com"}
+        )
+        assert answer.status_code == 201, answer.text
+    before = _read(api, "connection-profiles", name)
+    typed, expected = SWITCHES[kind]
+    page = {"base_url": "https://switch.example.com", "auth_type": kind}
+    answer = console.post(f"/profiles/{name}", page | typed)
+    assert answer.status_code == 422, answer.text
+    for field, message in expected.items():
+        assert message in _field_error(answer.text, f"auth_{kind}_{field}")
+    # Only the refused fields are marked invalid (not every type's secret), and what was typed is shown again.
+    marked = set(re.findall(r'id="(auth_[a-z0-9_]+)"[^>]*aria-invalid="true"', answer.text))
+    assert marked == {f"auth_{kind}_{field}" for field in expected}
+    if kind == "api_key":
+        assert 'value="X Partner Key"' in answer.text
+
+    # The mask typed as the new type's secret: no secret of that type is stored to keep, refused beside it.
+    secret = {"bearer": "token", "basic": "password", "api_key": "key"}.get(kind, "client_secret")
+    filled = {f"auth_{field}": "filled" for field in expected} | {
+        "auth_header": "X-Partner-Key",
+        "auth_token_url": "https://id.example.com/token",
+    }
+    answer = console.post(f"/profiles/{name}", page | filled | {f"auth_{secret}": "**********"})
+    assert answer.status_code == 422, answer.text
+    assert "stands for a stored secret" in _field_error(answer.text, f"auth_{kind}_{secret}")
+    assert _read(api, "connection-profiles", name) == before
+
+
+@pytest.mark.parametrize(
+    ("field", "typed"),
+    [
+        ("base_url", {"base_url": "https://exporter:pw-in-url-7731@partner.example.com/v2"}),
+        ("proxy_url", {"proxy_url": "http://exporter:pw-in-url-7731@proxy.internal:3128"}),
+        (
+            "auth_oauth2_client_credentials_token_url",
+            {
+                "auth_type": "oauth2_client_credentials",
+                "auth_token_url": "https://exporter:pw-in-url-7731@id.example.com/token",
+                "auth_client_id": "exporter",
+                "auth_client_secret": "env:PARTNER_SECRET",
+            },
+        ),
+    ],
+)
+def test_a_url_with_a_password_is_refused_beside_its_field_and_not_shown_again(
+    console: Console, api: InProcessApi, field: str, typed: dict[str, str]
+):
+    before = _read(api, "connection-profiles", "partner")
+    answer = console.post("/profiles/partner", PROFILE | typed)
+    assert answer.status_code == 422, answer.text
+    assert "must not hold credentials" in _field_error(answer.text, field)
+    assert "pw-in-url-7731" not in answer.text
+    assert _input_value(answer.text, field) == ""
+    assert _read(api, "connection-profiles", "partner") == before
+
+
+def _input_value(html: str, field: str) -> str:
+    """The value an input of the page holds."""
+    found = re.search(rf'<input id="{re.escape(field)}"[^>]*? value="([^"]*)"', html)
+    assert found is not None, f"no input {field}"
+    return unescape(found.group(1))
+
+
+BREAKER_DEFAULTS = CircuitBreakerSettings().model_dump()
+#: The breaker's fields as the page shows them, blank.
+BREAKER_BLANK = {f"circuit_breaker_{name}": "" for name in BREAKER_DEFAULTS}
+
+
+def test_the_circuit_breaker_is_set_changed_and_cleared_its_defaults_and_refusals_the_domains(
+    console: Console, api: InProcessApi
+):
+    assert _read(api, "connection-profiles", "partner").get("circuit_breaker") is None
+    page = console.page("/profiles/partner")
+    assert '<option value="off" selected>' in page
+    # Off, the fields show what "on" would take: the domain's defaults (the template holds none of them).
+    for name, default in BREAKER_DEFAULTS.items():
+        assert float(_input_value(page, f"circuit_breaker_{name}")) == default
+    template = Path(__file__).parents[2] / "services/admin/console/templates/profile.html"
+    assert "half_open_probes" not in template.read_text()
+
+    # Set: two settings given, the others left blank take the defaults.
+    typed = {"circuit_breaker_failure_rate": "0.25", "circuit_breaker_open_seconds": "90"}
+    answer = console.post("/profiles/partner", PROFILE | BREAKER_BLANK | typed | {"circuit_breaker": "on"})
+    assert answer.status_code == 303, answer.text
+    breaker = BREAKER_DEFAULTS | {"failure_rate": 0.25, "open_seconds": 90}
+    assert _read(api, "connection-profiles", "partner")["circuit_breaker"] == breaker
+    page = console.page("/profiles/partner")
+    assert '<option value="on" selected>' in page
+    assert (_input_value(page, "circuit_breaker_failure_rate"), _input_value(page, "circuit_breaker_open_seconds")) == (
+        "0.25",
+        "90",
+    )
+
+    # Changed, as the page posts it (every field filled in).
+    shown = {name: _input_value(page, name) for name in BREAKER_BLANK} | {"circuit_breaker": "on"}
+    answer = console.post(
+        "/profiles/partner",
+        PROFILE | shown | {"circuit_breaker_minimum_requests": "5", "circuit_breaker_failure_rate": ""},
+    )
+    assert answer.status_code == 303, answer.text
+    breaker |= {"minimum_requests": 5, "failure_rate": BREAKER_DEFAULTS["failure_rate"]}
+    assert _read(api, "connection-profiles", "partner")["circuit_breaker"] == breaker
+
+    # Refused by the domain, beside each field; nothing saved, what was typed shown again.
+    refused = {"circuit_breaker_failure_rate": "1.5", "circuit_breaker_half_open_probes": "0"}
+    answer = console.post("/profiles/partner", PROFILE | shown | refused)
+    assert answer.status_code == 422
+    assert "less than or equal to 1" in _field_error(answer.text, "circuit_breaker_failure_rate")
+    assert "greater than or equal to 1" in _field_error(answer.text, "circuit_breaker_half_open_probes")
+    assert _input_value(answer.text, "circuit_breaker_failure_rate") == "1.5"
+    assert _read(api, "connection-profiles", "partner")["circuit_breaker"] == breaker
+
+    # A post without the breaker's fields (a script, an older page) keeps it.
+    answer = console.post("/profiles/partner", PROFILE)
+    assert answer.status_code == 303, answer.text
+    assert _read(api, "connection-profiles", "partner")["circuit_breaker"] == breaker
+
+    # Cleared: off, the fields as the page shows them.
+    answer = console.post("/profiles/partner", PROFILE | shown | {"circuit_breaker": "off"})
+    assert answer.status_code == 303, answer.text
+    assert _read(api, "connection-profiles", "partner").get("circuit_breaker") is None
+    assert '<option value="off" selected>' in console.page("/profiles/partner")
+
+
+def test_a_new_profile_takes_a_circuit_breaker_of_defaults(console: Console, api: InProcessApi):
+    page = console.page("/profiles/new")
+    shown = {name: _input_value(page, name) for name in BREAKER_BLANK}
+    new = {"name": "guarded", "base_url": "https://guarded.example.com", "auth_type": "none"}
+    answer = console.post("/profiles/new", new | shown | {"circuit_breaker": "on"})
+    assert answer.status_code == 303, answer.text
+    assert _read(api, "connection-profiles", "guarded")["circuit_breaker"] == BREAKER_DEFAULTS
 
 
 def api_profile(api: InProcessApi) -> ConnectionProfile:

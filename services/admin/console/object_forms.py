@@ -7,13 +7,17 @@ written as YAML (JSON is YAML too), as in a manifest.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, get_args
 
+import annotated_types
 import yaml
+from pydantic.fields import FieldInfo
 
 from services.admin.console.forms import Form, Problems
 from shared.application.masked_secrets import MASK
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery, TlsSettings
+from shared.domain.circuit_breaker import CircuitBreakerSettings
 
 #: Each authentication type's fields, and which of them are secrets.
 AUTH_FIELDS: dict[str, tuple[str, ...]] = {
@@ -30,6 +34,78 @@ PROFILE_SECRETS = ("signing_secret", "tls_client_key", "proxy_password")
 TLS_MIN_VERSION: str = TlsSettings.model_fields["min_version"].default
 #: The TLS versions a profile may name as its oldest (the domain's Literal: the select offers exactly these).
 TLS_VERSIONS: tuple[str, ...] = get_args(TlsSettings.model_fields["min_version"].annotation)
+
+
+@dataclass(frozen=True)
+class BreakerField:
+    """One of the circuit breaker's settings as the profile form shows it: its default and bounds are the domain's."""
+
+    name: str
+    label: str
+    default: str
+    #: What the domain accepts (``above 0, up to 1``), said beside the field.
+    bounds: str
+    #: The number input's step: ``any`` for a float, ``1`` for a count.
+    step: str
+
+    @property
+    def path(self) -> str:
+        """Where a refusal names it (``circuit_breaker.failure_rate``)."""
+        return f"circuit_breaker.{self.name}"
+
+    @property
+    def input(self) -> str:
+        """The form field's name (and its input's id)."""
+        return f"circuit_breaker_{self.name}"
+
+
+#: Each circuit breaker setting's label (the keys are the domain's fields: a new one needs a label).
+BREAKER_LABELS = {
+    "failure_rate": "Failure rate that opens it (share of attempts)",
+    "minimum_requests": "Attempts before the rate is judged",
+    "window_seconds": "Window (seconds)",
+    "open_seconds": "Open for (seconds) before probing",
+    "half_open_probes": "Probes that close it",
+}
+
+
+def _number(value: float) -> str:
+    """A number as a form shows it: the shortest text that reads back the same (``30``, ``0.25``)."""
+    text = repr(value)
+    return text.removesuffix(".0")
+
+
+def _bounds(info: FieldInfo) -> str:
+    """A field's numeric constraints in words (``above 0, up to 1``; ``1 to 100,000``)."""
+    low = high = ""
+    for item in info.metadata:
+        if isinstance(item, annotated_types.Gt):
+            low = f"above {item.gt:,}"
+        elif isinstance(item, annotated_types.Ge):
+            low = f"{item.ge:,}"
+        elif isinstance(item, annotated_types.Le):
+            high = f"{item.le:,}"
+    if low and high:
+        return f"{low}, up to {high}" if low.startswith("above") else f"{low} to {high}"
+    return low or (f"up to {high}" if high else "")
+
+
+def _breaker_fields() -> tuple[BreakerField, ...]:
+    defaults = CircuitBreakerSettings()
+    return tuple(
+        BreakerField(
+            name=name,
+            label=BREAKER_LABELS[name],
+            default=_number(getattr(defaults, name)),
+            bounds=_bounds(info),
+            step="1" if info.annotation is int else "any",
+        )
+        for name, info in CircuitBreakerSettings.model_fields.items()
+    )
+
+
+#: The circuit breaker's settings, in the domain's order.
+BREAKER_FIELDS = _breaker_fields()
 
 
 def _yaml(value: Any) -> str:
@@ -73,7 +149,7 @@ def profile_values(profile: ConnectionProfile | None) -> dict[str, Any]:
             "burst": "1",
             "tls_min_version": TLS_MIN_VERSION,
             "stored_secrets": [],
-        }
+        } | _breaker_values(None)
     auth = profile.auth.model_dump(mode="json")
     values: dict[str, Any] = {
         "label": profile.label or "",
@@ -102,7 +178,25 @@ def profile_values(profile: ConnectionProfile | None) -> dict[str, Any]:
         "burst": str(limit.burst) if limit else "1",
         "max_in_flight": str(limit.max_in_flight) if limit and limit.max_in_flight else "",
     }
-    return values
+    return values | _breaker_values(profile.circuit_breaker)
+
+
+def _breaker_values(breaker: CircuitBreakerSettings | None) -> dict[str, str]:
+    """The breaker's fields: on with its settings, or off with the domain's defaults (what "on" would take)."""
+    shown = breaker or CircuitBreakerSettings()
+    return {"circuit_breaker": "on" if breaker else "off"} | {
+        field.input: _number(getattr(shown, field.name)) for field in BREAKER_FIELDS
+    }
+
+
+def auth_paths(kind: str, name: str, chosen: str) -> list[str]:
+    """Where a refusal names auth type ``kind``'s field ``name``, for the form to show it beside that field.
+
+    Pydantic names it with its type, the auth union's tag (``auth.bearer.token``: a field missing or malformed);
+    a use case names it as the saved object holds it (``auth.token``: a mask with no secret stored to keep, a
+    reference not allowed), which is the type ``chosen`` in the form: that type's field only.
+    """
+    return [f"auth.{kind}.{name}", *([f"auth.{name}"] if kind == chosen else [])]
 
 
 def profile_body(form: Form, current: ConnectionProfile | None) -> dict[str, Any]:
@@ -135,10 +229,11 @@ def profile_body(form: Form, current: ConnectionProfile | None) -> dict[str, Any
         body["tls"] = _tls(form, current)
     if "proxy_url" in form.fields:
         body["proxy"] = _proxy(form, current)
+    if _sends(form, _BREAKER_NAMES):
+        body["circuit_breaker"] = _circuit_breaker(form)
     if current is not None:
-        # Set in YAML or through the API (the form has no fields for the breaker; a form without the TLS or proxy
-        # fields, an older page, keeps those): kept as they are, their secrets masked as the API answers them (a
-        # mask sent back keeps the stored value).
+        # A form without the TLS, proxy or breaker fields (an older page, a script) keeps those as they are, their
+        # secrets masked as the API answers them (a mask sent back keeps the stored value).
         for name in ("tls", "proxy", "circuit_breaker"):
             kept = getattr(current, name)
             if kept is not None and name not in body:
@@ -149,15 +244,31 @@ def profile_body(form: Form, current: ConnectionProfile | None) -> dict[str, Any
             "burst": form.optional("burst") or 1,
             "max_in_flight": form.optional("max_in_flight"),
         }
-    elif current is not None and current.rate_limit is not None and not _sends_rate_limit(form):
+    elif current is not None and current.rate_limit is not None and not _sends(form, _RATE_LIMIT_NAMES):
         # The fields shown blank remove the limit; a post without them at all (a script, an older page) keeps it.
         body["rate_limit"] = current.rate_limit.model_dump(mode="json", exclude_none=True)
     return _named(form, body)
 
 
-def _sends_rate_limit(form: Form) -> bool:
-    """Whether the form has the rate limit's fields (blank or not)."""
-    return any(name in form.fields for name in ("requests_per_second", "burst", "max_in_flight"))
+_RATE_LIMIT_NAMES = ("requests_per_second", "burst", "max_in_flight")
+_BREAKER_NAMES = ("circuit_breaker", *(field.input for field in BREAKER_FIELDS))
+
+
+def _sends(form: Form, names: tuple[str, ...]) -> bool:
+    """Whether the form has any of these fields (blank or not)."""
+    return any(name in form.fields for name in names)
+
+
+def _circuit_breaker(form: Form) -> dict[str, Any] | None:
+    """The breaker's settings, each blank one left to the domain's default; None (no breaker) when it is off.
+
+    Without the on/off choice (a script), a setting given means a breaker.
+    """
+    typed = {field.name: form.optional(field.input) for field in BREAKER_FIELDS}
+    choice = form.optional("circuit_breaker")
+    if not (form.flag("circuit_breaker") if choice is not None else any(typed.values())):
+        return None
+    return {name: value for name, value in typed.items() if value is not None}
 
 
 def _pem(form: Form, name: str) -> str | None:

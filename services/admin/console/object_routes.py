@@ -19,7 +19,13 @@ from services.admin.console.gate import PREFIX
 from services.admin.console.pages import me_of
 from shared.application import objects as use_cases
 from shared.application.errors import Forbidden, Missing, Refused
-from shared.domain.catalog_objects import CatalogObject, ConnectionProfile, HttpTemplate, SavedQuery
+from shared.domain.catalog_objects import (
+    CatalogObject,
+    ConnectionProfile,
+    HttpTemplate,
+    SavedQuery,
+    holds_credentials,
+)
 from shared.domain.pem import holds_private_key
 
 router = APIRouter(prefix=PREFIX)
@@ -103,8 +109,10 @@ def _page(
         if me_of(request).may_manage_profiles or kind.model is HttpTemplate
         else [],
         auth_fields=object_forms.AUTH_FIELDS,
+        auth_paths=object_forms.auth_paths,
         secrets=object_forms.SECRETS,
         tls_versions=object_forms.TLS_VERSIONS,
+        breaker_fields=object_forms.BREAKER_FIELDS,
     )
 
 
@@ -141,11 +149,12 @@ def create(request: Request, collection: str) -> Response:
 def _typed(form: Form) -> dict[str, Any]:
     """What was typed, to show it again (secrets never: they are not put back in the page).
 
-    Nor a private key pasted where it does not belong (a ``client.pem`` in a certificate field, refused): that
-    field comes back blank, the refusal beside it saying why.
+    Nor a private key pasted where it does not belong (a ``client.pem`` in a certificate field, refused), nor a
+    URL with user information (``https://user:password@host``, refused in every URL field): that field comes back
+    blank, the refusal beside it saying why.
     """
     return {
-        name: "" if holds_private_key(values[-1]) else values[-1]
+        name: "" if holds_private_key(values[-1]) or holds_credentials(values[-1]) else values[-1]
         for name, values in form.fields.items()
         if name not in _WRITE_ONLY
     }
