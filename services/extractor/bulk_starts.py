@@ -103,6 +103,22 @@ class BulkStarts:
         #: them again (the requests a round does not extract come back in the next, round after round).
         self.considered: set[uuid.UUID] = set()
 
+    def prepare(self, requests: Sequence[RunRequested | RangeRequested]) -> None:
+        """Read the definitions (and their queries and templates) of ``requests`` held until their instant, as
+        their start will: the store keeps what it validated (by row and version, see
+        :class:`~shared.catalog.validated_objects.ValidatedObjects`), so that at the instant their start only reads
+        them again. What is judged is not: the start reads every row again, and validates one changed since."""
+        held = [r for r in requests if isinstance(r, RunRequested) and r.run_id not in self.considered]
+        for first in range(0, len(held), self.chunk):
+            self._read(held[first : first + self.chunk])
+
+    def _read(self, requests: list[RunRequested]) -> tuple[dict[str, RunObjects], dict[uuid.UUID, RunObjects]]:
+        """The run objects of ``requests``' definitions: by name, and (a run published ahead) by id."""
+        return self.definitions.many_run_objects(
+            names=sorted({r.definition for r in requests if _definition_id(r) is None}),
+            definition_ids=sorted({i for r in requests if (i := _definition_id(r)) is not None}, key=str),
+        )
+
     def handled(self, run_id: uuid.UUID) -> None:
         """The run's request was handled (its extraction begun and over): a later round may consider it again."""
         self.started.pop(run_id, None)
@@ -123,10 +139,7 @@ class BulkStarts:
         return started
 
     def _start(self, requests: list[RunRequested]) -> int:
-        named, identified = self.definitions.many_run_objects(
-            names=sorted({r.definition for r in requests if _definition_id(r) is None}),
-            definition_ids=sorted({i for r in requests if (i := _definition_id(r)) is not None}, key=str),
-        )
+        named, identified = self._read(requests)
         chosen: list[tuple[RunRequested, RunObjects]] = []
         for request in requests:
             definition_id = _definition_id(request)
