@@ -15,8 +15,11 @@ from collections import OrderedDict
 
 from shared.domain.catalog_objects import CatalogObject
 
-#: Validated objects kept at most (issue 18's burst: 10,000 definitions, with their queries and templates).
-VALIDATED_OBJECTS = 12_000
+#: Validated objects kept at most: a round's burst started together (``EXPORT_EXTRACTOR_START_BATCH``, 5,000 by
+#: default) with their queries and templates, and a margin. About 6.5 KiB of memory each (an export definition as
+#: ``bench_burst_start`` writes it, measured as RSS): some 40 MiB when full. A burst of more distinct definitions
+#: than this is validated at its instant as before (the least recently used gone first, every one is missed).
+VALIDATED_OBJECTS = 6_000
 
 
 class ValidatedObjects:
