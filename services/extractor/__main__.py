@@ -44,6 +44,8 @@ def main() -> None:
                 else None
             ),
             pending=start_times.pending,
+            # Held requests' definitions read and validated ahead of their instant (see BulkStarts.prepare).
+            prepare=(lambda requests: extractor.starts.prepare(requests)) if settings.extractor_start_batch else None,
         ),
         # Up to this many run requests a round, handled one after the other (see request_rounds: a round begins
         # none after 2 s); a run may take minutes, and its offset is committed only at its round's end.

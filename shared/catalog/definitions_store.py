@@ -7,6 +7,7 @@ without one they are stored in plain text, and a warning says so.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -14,12 +15,14 @@ from typing import Any, Literal, TypeVar, cast
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Text, func, select
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from shared.catalog.audit_store import write_entries
 from shared.catalog.database import CatalogDatabase, aware, now
 from shared.catalog.tables import CatalogObjectRow
+from shared.catalog.validated_objects import VALIDATED_OBJECTS, ValidatedObjects
 from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import (
     DECRYPT_SECRET,
@@ -45,11 +48,15 @@ log = structlog.get_logger(__name__)
 class SqlDefinitionsStore:
     """Catalog objects by kind and name, each under a stable id and a version that grows with every change."""
 
-    def __init__(self, database: CatalogDatabase, cipher: SecretCipher | None = None) -> None:
+    def __init__(
+        self, database: CatalogDatabase, cipher: SecretCipher | None = None, *, validated: int = VALIDATED_OBJECTS
+    ) -> None:
         self.database = database
         self.cipher = cipher
         self._context: dict[str, Any] = {DECRYPT_SECRET: cipher.decrypt if cipher is not None else no_key}
         self._warned_plain = False
+        #: What :meth:`many_run_objects` validated, by row and version (``validated`` objects at most).
+        self.validated = ValidatedObjects(validated)
 
     def _stored(self, obj: CatalogObject) -> dict[str, Any]:
         """``obj``'s stored form: literal secrets encrypted when there is a key, else in plain text (with a warning)."""
@@ -62,10 +69,14 @@ class SqlDefinitionsStore:
 
     def _load(self, kind: type[T], row: CatalogObjectRow) -> T:
         """The object of ``row``, its secrets decrypted; :class:`SecretsUnreadable` naming it if they cannot be."""
+        return self._validate(kind, row.kind, row.name, row.spec)
+
+    def _validate(self, kind: type[T], row_kind: str, name: str, spec: Any) -> T:
+        """The object of stored ``spec`` (row ``row_kind``/``name``): as :meth:`_load` says."""
         try:
-            return cast(T, kind.model_validate(row.spec, context=self._context))
+            return cast(T, kind.model_validate(spec, context=self._context))
         except SecretsUnreadable as exc:
-            raise SecretsUnreadable(f"{row.kind} '{row.name}': {exc}") from None
+            raise SecretsUnreadable(f"{row_kind} '{name}': {exc}") from None
         except ValidationError as exc:
             # Saved by an older release whose rules were looser: said with its fields, never its values.
             problems = "; ".join(
@@ -73,7 +84,7 @@ class SqlDefinitionsStore:
                 for error in exc.errors(include_url=False, include_input=False)
             )
             raise StoredObjectInvalid(
-                f"{row.kind} '{row.name}' as stored breaks this release's rules ({problems}): apply it again, corrected"
+                f"{row_kind} '{name}' as stored breaks this release's rules ({problems}): apply it again, corrected"
             ) from None
 
     def _unchanged(self, row: CatalogObjectRow, obj: CatalogObject) -> bool:
@@ -181,44 +192,64 @@ class SqlDefinitionsStore:
         """The run objects of many definitions (a burst's runs) in one transaction (the definitions by name and by
         id, then their queries, then their templates: each read once): by name, and by id. Only the complete
         ones: a definition not found, or whose objects are missing or invalid as stored, is left out (the
-        one-by-one read, :meth:`run_objects`, says why for the run that needs it)."""
+        one-by-one read, :meth:`run_objects`, says why for the run that needs it).
+
+        Every row is read (its version with it), but validated only when :attr:`validated` does not hold it at
+        that version (issue 18: validating is a good part of a burst's start); a scheduled burst's definitions
+        read ahead of its instant (:meth:`services.extractor.bulk_starts.BulkStarts.prepare`) are then only
+        read at the instant."""
         with self.database.transaction() as session:
-            of_kind = select(CatalogObjectRow).where(CatalogObjectRow.kind == ExportDefinition.__name__)
-            rows = list(session.scalars(of_kind.where(CatalogObjectRow.name.in_(set(names))))) if names else []
+            definitions: dict[str, tuple[str, ExportDefinition]] = {}
+            if names:
+                definitions |= self._validated_many(session, ExportDefinition, CatalogObjectRow.name.in_(set(names)))
             if definition_ids:
-                rows += session.scalars(of_kind.where(CatalogObjectRow.id.in_({str(i) for i in definition_ids})))
-            definitions: dict[str, tuple[CatalogObjectRow, ExportDefinition]] = {}
-            for row in rows:
-                try:
-                    definitions[row.id] = (row, self._load(ExportDefinition, row))
-                except (StoredObjectInvalid, SecretsUnreadable):
-                    continue
+                by_ids = CatalogObjectRow.id.in_({str(i) for i in definition_ids})
+                definitions |= self._validated_many(session, ExportDefinition, by_ids)
             queries = self._loaded_many(session, SavedQuery, {d.query for _, d in definitions.values()})
             templates = self._loaded_many(session, HttpTemplate, {d.template for _, d in definitions.values()})
             by_name: dict[str, RunObjects] = {}
             by_id: dict[uuid.UUID, RunObjects] = {}
-            for row, definition in definitions.values():
+            for row_id, (_name, definition) in definitions.items():
                 query, template = queries.get(definition.query), templates.get(definition.template)
                 if query is None or template is None:
                     continue
                 objects = RunObjects(definition, query, template)
                 by_name[definition.name] = objects
-                by_id[uuid.UUID(row.id)] = objects
+                by_id[uuid.UUID(row_id)] = objects
             return by_name, by_id
 
     def _loaded_many(self, session: Session, kind: type[T], names: set[str]) -> dict[str, T]:
         """The objects of ``kind`` named ``names`` that are found and valid as stored, by name."""
         if not names:
             return {}
-        loaded: dict[str, T] = {}
-        rows = session.scalars(
-            select(CatalogObjectRow).where(CatalogObjectRow.kind == kind.__name__, CatalogObjectRow.name.in_(names))
+        return {
+            name: obj for name, obj in self._validated_many(session, kind, CatalogObjectRow.name.in_(names)).values()
+        }
+
+    def _validated_many(self, session: Session, kind: type[T], where: ColumnElement[bool]) -> dict[str, tuple[str, T]]:
+        """The objects of ``kind`` whose rows match ``where`` and are valid as stored, by row id (with the row's
+        name): each validated from its stored spec unless :attr:`validated` holds it at the row's version (the spec,
+        read as text, is then not even decoded)."""
+        rows = session.execute(
+            select(
+                CatalogObjectRow.id,
+                CatalogObjectRow.name,
+                CatalogObjectRow.version,
+                sql_cast(CatalogObjectRow.spec, Text),
+            ).where(CatalogObjectRow.kind == kind.__name__, where)
         )
-        for row in rows:
+        loaded: dict[str, tuple[str, T]] = {}
+        for row_id, name, version, spec in rows:
+            kept = self.validated.get(kind.__name__, row_id, version)
+            if kept is not None:
+                loaded[row_id] = (name, cast(T, kept))
+                continue
             try:
-                loaded[row.name] = self._load(kind, row)
+                obj = self._validate(kind, kind.__name__, name, json.loads(spec))
             except (StoredObjectInvalid, SecretsUnreadable):
                 continue
+            self.validated.put(kind.__name__, row_id, version, obj)
+            loaded[row_id] = (name, obj)
         return loaded
 
     def _named(self, session: Session, kind: type[T], name: str) -> T:

@@ -219,6 +219,35 @@ def test_a_round_whose_start_together_fails_handles_its_requests_one_by_one():
     assert results == [[], []]
 
 
+def test_a_round_s_held_requests_are_given_to_prepare_after_the_due_ones_start_and_its_failure_changes_nothing():
+    clock = Clock()
+    handler = Steps(clock)
+    later = RunRequested(
+        definition="later", trigger=Trigger.SCHEDULE, requested_at=NOW, scheduled_for=NOW + dt.timedelta(seconds=5)
+    )
+
+    def start(due: Any) -> None:
+        handler.journal.append("started " + " ".join(r.definition for r in due))
+
+    def prepare(held: Any) -> None:
+        handler.journal.append("prepared " + " ".join(r.definition for r in held))
+        raise ConnectionError("the catalog is away")
+
+    round_ = request_rounds(
+        handler,
+        start_times().hold,
+        lambda: False,
+        publish=handler.publish,
+        start=start,
+        pending=start_times().pending,
+        prepare=prepare,
+        clock=clock,
+    )
+    results = round_([*requests("a"), later, *requests("b")])
+    assert handler.journal == ["started a b", "prepared later", "handled a", "published a", "handled b", "published b"]
+    assert [type(r) for r in results] == [list, HoldRecord, list]
+
+
 def _early_count() -> float:
     return REGISTRY.get_sample_value("member_export_extractor_scheduled_runs_started_early_total") or 0.0
 

@@ -1,0 +1,54 @@
+"""The validated catalog objects a bulk read keeps: by kind, row id and version, bounded (issue 18)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.catalog.validated_objects import ValidatedObjects
+from shared.domain.catalog_objects import SavedQuery
+
+Key = tuple[str, str]
+keys = st.tuples(st.sampled_from(["ExportDefinition", "SavedQuery"]), st.sampled_from(["a", "b", "c", "d", "e"]))
+steps = st.lists(st.tuples(st.booleans(), keys, st.integers(1, 4)), max_size=60)
+
+
+def query(version: int) -> SavedQuery:
+    return SavedQuery(name=f"v{version}", sql="SELECT id FROM members")
+
+
+@given(steps=steps, size=st.integers(0, 6))
+def test_an_object_is_answered_only_at_the_version_it_was_kept_at_and_no_more_are_kept_than_the_bound(
+    steps: list[tuple[bool, Key, int]], size: int
+):
+    kept = ValidatedObjects(size)
+    model: dict[Key, int] = {}  # the version last kept of each key (the bound may have dropped it since)
+    for put, (kind, object_id), version in steps:
+        if put:
+            kept.put(kind, object_id, version, query(version))
+            model[(kind, object_id)] = version
+        else:
+            answer = kept.get(kind, object_id, version)
+            # Never another version's object, nor one never kept; a kept one may have been dropped by the bound.
+            assert answer is None or (model.get((kind, object_id)) == version and answer == query(version))
+        assert len(kept) <= size
+
+
+def test_the_objects_least_recently_used_are_dropped_first():
+    kept = ValidatedObjects(2)
+    kept.put("SavedQuery", "a", 1, query(1))
+    kept.put("SavedQuery", "b", 1, query(1))
+    assert kept.get("SavedQuery", "a", 1) == query(1)  # used: b is now the least recently used
+    kept.put("SavedQuery", "c", 1, query(1))
+    assert kept.get("SavedQuery", "b", 1) is None
+    assert kept.get("SavedQuery", "a", 1) == query(1)
+    assert kept.get("SavedQuery", "c", 1) == query(1)
+
+
+def test_a_newer_version_replaces_the_older_one():
+    kept = ValidatedObjects(4)
+    kept.put("SavedQuery", "a", 1, query(1))
+    kept.put("SavedQuery", "a", 2, query(2))
+    assert kept.get("SavedQuery", "a", 1) is None
+    assert kept.get("SavedQuery", "a", 2) == query(2)
+    assert len(kept) == 1
