@@ -15,7 +15,7 @@ import structlog
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
-from services.dispatcher.breakers import Admission, ProfileBreakers, gather_or_cancel
+from services.dispatcher.breakers import Admission, ProfileBreakers
 from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
 from services.dispatcher.fleet_limits import FleetLimits, ProfileLimits
 from services.dispatcher.inspector import AttemptInspector
@@ -36,6 +36,7 @@ from services.dispatcher.metrics import (
 )
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
 from services.dispatcher.render_offload import Renderer
+from services.dispatcher.request_workers import RequestWorkers
 from services.dispatcher.round_admission import RoundAdmission, Verdict, admission_order, admitted_requests
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_in_requests
 from services.dispatcher.wakeup import Wakeup
@@ -170,7 +171,9 @@ class Dispatcher:
         self.split_budget = split_budget
         self.sleep = sleep
         self._counted: set[tuple[str, str]] = set()  # (definition, profile) whose series exist
-        self._concurrency = asyncio.Semaphore(concurrency)
+        #: Every request (rendering included, so rendered bodies in memory too), whatever the record it comes from,
+        #: is handled by one of ``concurrency`` workers, in the order its batch submitted it (:mod:`.request_workers`).
+        self.workers = RequestWorkers(concurrency)
         #: Set when the service stops (the consumer loop's event): rounds in progress are abandoned.
         self.stopping = threading.Event()
         self.round_requests, self.max_round_records = round_requests, max_round_records
@@ -217,7 +220,8 @@ class Dispatcher:
         round's time is bounded whatever its size: ``round_seconds``, then the requests begun by then.
 
         Rounds may be delivered at once (the consumer loop's rounds in flight): their requests share the
-        ``concurrency`` bound, the earlier round's first (the semaphore serves its waiters in order).
+        ``concurrency`` bound, the earlier round's first (the workers take requests in the order they were
+        submitted: :mod:`.request_workers`).
 
         Once ``stopping`` is set (SIGTERM), the batches still being delivered are abandoned (their requests
         cancelled, retries included) and, with those not begun, answered :class:`Stopping`: the loop hands them
@@ -405,11 +409,8 @@ class Dispatcher:
         prepared = self.renderer.prepare(template, profile, batch)
 
         async def send(part: Slice) -> DeliveryResult:
-            try:
-                # Bounds requests (rendering included, so rendered bodies in memory too), whatever the record
-                # they come from: one record may carry many one-member requests.
-                async with self._concurrency:
-                    return await self._deliver(batch, part, template, profile, identity, prepared)
+            try:  # on one of the workers, which bound the requests handled at once (see __init__)
+                return await self._deliver(batch, part, template, profile, identity, prepared)
             except HoldRecord:
                 raise
             except ExportError as exc:  # e.g. a template that does not render: its reason may quote a secret
@@ -433,7 +434,7 @@ class Dispatcher:
         requests = -(-len(batch.members) // template.batch_size)
         record_requests[0] = max(record_requests[0], requests)
         isolated = await deliver_in_requests(
-            len(batch.members), template.batch_size, send, split_budget=self.split_budget, gather=gather_or_cancel
+            len(batch.members), template.batch_size, send, split_budget=self.split_budget, gather=self.workers.gather
         )
         return self._outcome(batch, isolated, profile.name)
 
