@@ -101,6 +101,11 @@ class ProfileBreakers:
                 CIRCUIT_TRANSITIONS.labels(profile=profile.name, state=state.value)
         return entry
 
+    def knows(self, name: str) -> bool:
+        """Whether a breaker is kept for profile ``name`` (one without ``circuit_breaker`` whose name is not known
+        here needs no :meth:`admit`: it would answer None)."""
+        return name in self._entries
+
     def check(self, profile: ConnectionProfile) -> None:
         """Raise the batch's hold when the profile's breaker is open (before rendering anything)."""
         entry = self._entry(profile)
