@@ -207,11 +207,13 @@ class Partner:
         self.status, self.turns = status, turns
         self.hang = False
         self.order: list[int] = []
+        self.authorizations: list[str | None] = []
         self.in_flight = self.most = 0
 
     async def send(self, request: RenderedRequest, timeout: float, network: object = None) -> PartnerAnswer:
         member = int(request.content.decode().split('"id":')[1].split(",")[0].split("}")[0])
         self.order.append(member)
+        self.authorizations.append(dict(request.headers).get("Authorization"))
         self.in_flight += 1
         self.most = max(self.most, self.in_flight)
         try:
@@ -229,12 +231,12 @@ class Partner:
 
 
 class Catalog:
-    def __init__(self) -> None:
+    def __init__(self, profile: ConnectionProfile | None = None) -> None:
         template = HttpTemplate(
             name="t", query="q", profile="p", path="/m", batch_size=1, json_body={"id": "{{ member.id }}"}
         )
         self.objects: dict[tuple[type[CatalogObject], str], CatalogObject] = {
-            (ConnectionProfile, "p"): ConnectionProfile(name="p", base_url="https://partner.example"),
+            (ConnectionProfile, "p"): profile or ConnectionProfile(name="p", base_url="https://partner.example"),
             (HttpTemplate, "t"): template,
         }
 
@@ -245,8 +247,8 @@ class Catalog:
         return None
 
 
-def dispatcher_of(partner: Partner, concurrency: int) -> Dispatcher:
-    catalog = Catalog()
+def dispatcher_of(partner: Partner, concurrency: int, profile: ConnectionProfile | None = None) -> Dispatcher:
+    catalog = Catalog(profile)
     return Dispatcher(
         objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
         deliverer=Deliverer(partner, RetryBudget(max_attempts=1)),
@@ -333,3 +335,37 @@ def test_a_refused_member_is_isolated_in_a_batch_of_several_requests_on_the_work
         assert outcome.delivered == 3
         assert outcome.failed == 1
     assert partner.most <= 2
+
+
+def bearer_profile() -> ConnectionProfile:
+    return ConnectionProfile.model_validate(
+        {"name": "p", "base_url": "https://partner.example", "auth": {"type": "bearer", "token": "env:PARTNER_TOKEN"}}
+    )
+
+
+def test_static_credentials_are_sent_on_every_request_and_read_again_for_the_next_batch(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    partner = Partner()
+    dispatcher = dispatcher_of(partner, concurrency=2, profile=bearer_profile())
+    monkeypatch.setenv("PARTNER_TOKEN", "before-rotation")
+    asyncio.run(dispatcher.handle_all(records(0, 1, 3)))
+    monkeypatch.setenv("PARTNER_TOKEN", "after-rotation")  # a batch begun after the rotation sends the new one
+    asyncio.run(dispatcher.handle_all(records(10, 1, 3)))
+    assert partner.authorizations == ["Bearer before-rotation"] * 3 + ["Bearer after-rotation"] * 3
+
+
+def test_credentials_that_make_an_invalid_header_fail_every_request_of_the_batch_without_quoting_them(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    partner = Partner()
+    dispatcher = dispatcher_of(partner, concurrency=2, profile=bearer_profile())
+    monkeypatch.setenv("PARTNER_TOKEN", "secret-with-newline\n")
+    [result] = asyncio.run(dispatcher.handle_all(records(0, 1, 3)))
+    assert isinstance(result, list)
+    outcome = RUN_EVENT_ADAPTER.validate_json(result[-1].value)
+    assert isinstance(outcome, BatchOutcome)
+    assert outcome.failed == 3
+    assert "invalid Authorization header" in (outcome.error or "")
+    assert "secret-with-newline" not in repr(result)
+    assert partner.order == []  # nothing was sent
