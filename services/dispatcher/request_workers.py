@@ -6,10 +6,11 @@ isolating splits included) and takes the next one: the earlier round's requests 
 ``concurrency`` are ever being handled at once. What it replaces, a task per request waiting on a semaphore, cost a
 task, its scheduling and a semaphore wait a request (README, "The one-member path").
 
-:meth:`RequestWorkers.gather` is ``asyncio.gather`` with :func:`services.dispatcher.breakers.gather_or_cancel`'s
-semantics: when one awaitable fails (a request held back by its breaker), the others are cancelled (those not
-begun are dropped, those being handled cancelled where they wait) and, once none of them runs any more, the first
-failure is raised as itself; when the caller is cancelled (the dispatcher stopping), so are they, the same way.
+:meth:`RequestWorkers.gather` is ``asyncio.gather``, except that it fails as an :class:`asyncio.TaskGroup` does
+(what the dispatcher's batches were gathered with before): when one awaitable fails (a request held back by its
+breaker), the others are cancelled (those not begun are dropped, those being handled cancelled where they wait)
+and, once none of them runs any more, the first failure is raised as itself; when the caller is cancelled (the
+dispatcher stopping), so are they, the same way.
 
 A worker handles each request in the trace context of the batch that submitted it (its ``traceparent``, its
 logs' trace ids): the only context a request reads. Workers live while there are requests queued; none lingers
