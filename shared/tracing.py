@@ -224,6 +224,19 @@ def attached(context: Context | None) -> Iterator[None]:
         otel_context.detach(token)
 
 
+def current_context() -> Context:
+    """The trace context current here (to be handed to :func:`switch_to` in another task)."""
+    return otel_context.get_current()
+
+
+def switch_to(context: Context) -> None:
+    """Make ``context`` current in this task from now on, without restoring the one before: for a task that
+    handles one piece of work after another, each in the context of whoever handed it over (the dispatcher's
+    request workers)."""
+    if otel_context.get_current() is not context:
+        otel_context.attach(context)
+
+
 @contextmanager
 def publishing(name: str, attributes: Mapping[str, Any]) -> Iterator[list[tuple[str, bytes]]]:
     """A producer span around publishing records, under the current trace or else a new one; yields the record

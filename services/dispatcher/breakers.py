@@ -14,11 +14,9 @@ Each transition is counted (``member_export_circuit_transitions_total``), shown
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import structlog
 
@@ -37,7 +35,6 @@ from shared.domain.circuit_breaker import (
 from shared.kafka.held_records import HoldRecord
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 #: Longest wait for a probe to come back before asking the breaker again (seconds).
 PROBE_WAIT_SECONDS = 1.0
@@ -100,6 +97,11 @@ class ProfileBreakers:
             for state in BreakerState:  # every series from 0: increase() sees the first opening
                 CIRCUIT_TRANSITIONS.labels(profile=profile.name, state=state.value)
         return entry
+
+    def knows(self, name: str) -> bool:
+        """Whether a breaker is kept for profile ``name`` (one without ``circuit_breaker`` whose name is not known
+        here needs no :meth:`admit`: it would answer None)."""
+        return name in self._entries
 
     def check(self, profile: ConnectionProfile) -> None:
         """Raise the batch's hold when the profile's breaker is open (before rendering anything)."""
@@ -174,19 +176,3 @@ class ProfileBreakers:
             log.warning("circuit breaker", profile=profile, state=change.after.value, was=change.before.value)
             if self.on_change is not None:
                 self.on_change(profile, change)
-
-
-async def gather_or_cancel(*awaitables: Awaitable[T]) -> list[T]:
-    """``asyncio.gather``, except that when one fails (a request held back by its breaker) the others are
-    cancelled instead of going on unheard (an :class:`asyncio.TaskGroup`): the batch is held back whole, and
-    delivered again whole. The first failure is raised as itself, not in an exception group."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_awaited(awaitable)) for awaitable in awaitables]
-    except BaseExceptionGroup as failures:
-        raise failures.exceptions[0] from None
-    return [task.result() for task in tasks]
-
-
-async def _awaited(awaitable: Awaitable[T]) -> T:
-    return await awaitable

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -15,8 +16,8 @@ import structlog
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
-from services.dispatcher.breakers import Admission, ProfileBreakers, gather_or_cancel
-from services.dispatcher.delivery import AttemptResult, Deliverer, DeliveryResult
+from services.dispatcher.breakers import Admission, ProfileBreakers
+from services.dispatcher.delivery import AttemptResult, AttemptWitness, Deliverer, DeliveryResult
 from services.dispatcher.fleet_limits import FleetLimits, ProfileLimits
 from services.dispatcher.inspector import AttemptInspector
 from services.dispatcher.member_outcomes import member_keys, refused_members
@@ -36,6 +37,7 @@ from services.dispatcher.metrics import (
 )
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
 from services.dispatcher.render_offload import Renderer
+from services.dispatcher.request_workers import RequestWorkers
 from services.dispatcher.round_admission import RoundAdmission, Verdict, admission_order, admitted_requests
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_in_requests
 from services.dispatcher.wakeup import Wakeup
@@ -125,6 +127,27 @@ def _nothing() -> None:
     """A request finished, and no round counts them."""
 
 
+@dataclass(slots=True)
+class _BatchRequests:
+    """What every request of one batch shares, made once a batch (:meth:`Dispatcher._deliver`)."""
+
+    batch: MemberBatch
+    template: HttpTemplate
+    profile: ConnectionProfile
+    #: The batch's :attr:`~shared.events.MemberBatch.identity` (the Idempotency-Key's stem).
+    identity: str
+    prepared: PreparedRequest
+    #: The definition and profile its requests are counted under.
+    labels: tuple[str, str]
+    network: PartnerNetwork | None
+    inspect: AttemptWitness | None
+    #: The profile's in-flight gauge (its series is never removed).
+    in_flight: Any
+    oauth: bool
+    #: The profile's authentication header once resolved and checked, unless it is an OAuth token (None: not yet).
+    credentials: dict[str, str] | None = None
+
+
 class Stopping(DependencyUnavailable):
     """The dispatcher stopped before the batch was delivered: the consumer loop hands it back, uncommitted."""
 
@@ -170,7 +193,9 @@ class Dispatcher:
         self.split_budget = split_budget
         self.sleep = sleep
         self._counted: set[tuple[str, str]] = set()  # (definition, profile) whose series exist
-        self._concurrency = asyncio.Semaphore(concurrency)
+        #: Every request (rendering included, so rendered bodies in memory too), whatever the record it comes from,
+        #: is handled by one of ``concurrency`` workers, in the order its batch submitted it (:mod:`.request_workers`).
+        self.workers = RequestWorkers(concurrency)
         #: Set when the service stops (the consumer loop's event): rounds in progress are abandoned.
         self.stopping = threading.Event()
         self.round_requests, self.max_round_records = round_requests, max_round_records
@@ -217,7 +242,8 @@ class Dispatcher:
         round's time is bounded whatever its size: ``round_seconds``, then the requests begun by then.
 
         Rounds may be delivered at once (the consumer loop's rounds in flight): their requests share the
-        ``concurrency`` bound, the earlier round's first (the semaphore serves its waiters in order).
+        ``concurrency`` bound, the earlier round's first (the workers take requests in the order they were
+        submitted: :mod:`.request_workers`).
 
         Once ``stopping`` is set (SIGTERM), the batches still being delivered are abandoned (their requests
         cancelled, retries included) and, with those not begun, answered :class:`Stopping`: the loop hands them
@@ -401,15 +427,28 @@ class Dispatcher:
         self._limits_of(profile)  # a share of 0 holds the batch back here, before anything is rendered
         masking = functools.partial(self._masking, profile)
         identity = batch.identity  # once a batch, not once a request: it formats the run's UUID
-        # Once a batch too: the URL, constant headers and run values its one-member requests share.
+        # Once a batch too: the URL, constant headers and run values its one-member requests share, and what its
+        # requests' delivery shares (labels, network settings, the inspector's witness, static credentials).
         prepared = self.renderer.prepare(template, profile, batch)
+        inspect = None
+        if self.inspector is not None:
+            inspect = self.inspector.watch(batch.definition, profile, batch.run_id, batch.batch_index)
+        shared = _BatchRequests(
+            batch=batch,
+            template=template,
+            profile=profile,
+            identity=identity,
+            prepared=prepared,
+            labels=(batch.definition, profile.name),
+            network=PartnerNetwork.of(profile),
+            inspect=inspect,
+            in_flight=child(IN_FLIGHT, profile.name),
+            oauth=isinstance(profile.auth, OAuth2ClientCredentials),
+        )
 
         async def send(part: Slice) -> DeliveryResult:
-            try:
-                # Bounds requests (rendering included, so rendered bodies in memory too), whatever the record
-                # they come from: one record may carry many one-member requests.
-                async with self._concurrency:
-                    return await self._deliver(batch, part, template, profile, identity, prepared)
+            try:  # on one of the workers, which bound the requests handled at once (see __init__)
+                return await self._deliver(shared, part)
             except HoldRecord:
                 raise
             except ExportError as exc:  # e.g. a template that does not render: its reason may quote a secret
@@ -433,43 +472,32 @@ class Dispatcher:
         requests = -(-len(batch.members) // template.batch_size)
         record_requests[0] = max(record_requests[0], requests)
         isolated = await deliver_in_requests(
-            len(batch.members), template.batch_size, send, split_budget=self.split_budget, gather=gather_or_cancel
+            len(batch.members), template.batch_size, send, split_budget=self.split_budget, gather=self.workers.gather
         )
         return self._outcome(batch, isolated, profile.name)
 
-    async def _deliver(
-        self,
-        batch: MemberBatch,
-        part: Slice,
-        template: HttpTemplate,
-        profile: ConnectionProfile,
-        identity: str,
-        prepared: PreparedRequest,
-    ) -> DeliveryResult:
-        """Deliver ``part`` of ``batch`` (whose :attr:`~shared.events.MemberBatch.identity` is ``identity``), rendered
-        with ``prepared`` (the batch's)."""
+    async def _deliver(self, shared: _BatchRequests, part: Slice) -> DeliveryResult:
+        """Deliver ``part`` of the batch whose requests share ``shared`` (made once a batch: its identity, prepared
+        renderer, metric labels, network settings, credentials when they are static)."""
+        batch, template, profile = shared.batch, shared.template, shared.profile
         whole = part.size == len(batch.members)
         members = batch.members if whole else batch.members[part.start : part.stop]
-        rendered = await self.renderer.render(prepared, members)
+        rendered = await self.renderer.render(shared.prepared, members)
         # Stable across redeliveries: the split of a batch is the same every time, so is each key.
-        key = identity if whole else f"{identity}:{part.start}-{part.stop}"
+        key = shared.identity if whole else f"{shared.identity}:{part.start}-{part.stop}"
 
         limits = self._limits_of(profile)
         limiter = limits.rate
 
-        async def make_request() -> RenderedRequest:
+        async def make_request() -> RenderedRequest:  # per attempt: the rate, a token, a signature, a traceparent
             wait = limiter.reserve(time.monotonic())
             if wait > 0:
                 RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
                 RATE_LIMIT_WAIT_SECONDS.labels(profile=profile.name).inc(wait)
                 await self.sleep(wait)
-            credentials = await auth_headers(profile, self.tokens)
-            for name, value in credentials.items():
-                if header_value_problem(value) is not None:  # never the value: it is a secret
-                    raise PermanentError(
-                        f"the connection profile's credentials make an invalid {name} header (a line break, "
-                        "control or non-ASCII character: a secret with a trailing newline?)"
-                    )
+            credentials = shared.credentials
+            if credentials is None:
+                credentials = await self._credentials(shared)
             signature = {}
             if profile.signing_secret is not None:
                 signature = signature_headers(profile.signing_secret, key, rendered.content, datetime.now(UTC))
@@ -484,7 +512,9 @@ class Dispatcher:
 
         async def admit() -> None:
             self.fleet.before_attempt(profile.name)  # counted out meanwhile, or its share shrunk: the batch waits
-            ticket[0] = await self.breakers.admit(profile)
+            # A profile without a breaker, and none known by its name, is admitted as is (no coroutine to pay for).
+            if profile.circuit_breaker is not None or self.breakers.knows(profile.name):
+                ticket[0] = await self.breakers.admit(profile)
 
         def adapt(attempt: AttemptResult) -> None:
             admitted, ticket[0] = ticket[0], None
@@ -499,46 +529,59 @@ class Dispatcher:
             elif before is not None:  # a learned limit was dropped: the profile is unlimited again
                 RATE_LIMIT_RATE.remove(profile.name)
 
-        inspect = None
-        if self.inspector is not None:
-            inspect = self.inspector.watch(batch.definition, profile, batch.run_id, batch.batch_index)
-
         async def deliver() -> DeliveryResult:
             return await self.deliverer.deliver(
                 make_request,
                 profile.timeout_seconds,
                 template.success_statuses,
                 on_attempt=adapt,
-                labels=(batch.definition, profile.name),
-                network=PartnerNetwork.of(profile),
-                inspect=inspect,
+                labels=shared.labels,
+                network=shared.network,
+                inspect=shared.inspect,
                 before_attempt=admit,
                 secrets_of=profile,  # its secrets are masked in a failure's reason
             )
 
         async def delivered() -> DeliveryResult:
             result = await deliver()
-            if result.status == 401 and isinstance(profile.auth, OAuth2ClientCredentials):
+            if result.status == 401:
                 # A token may be revoked before its expiry: fetch a new one and try once more.
                 self.tokens.forget(profile.name)
                 result = await deliver()
             return result
 
+        # Only an OAuth profile tries again after a 401 (no extra coroutine for the others).
+        delivery = delivered if shared.oauth else deliver
         if limits.slots is None:  # no max_in_flight: no slot to take (and no context manager to pay for)
-            return await self._in_flight(profile, rendered.method, delivered, ticket)
+            return await self._in_flight(shared, rendered.method, delivery, ticket)
         async with limits.in_flight(lambda: self.fleet.held(profile.name)):
-            return await self._in_flight(profile, rendered.method, delivered, ticket)
+            return await self._in_flight(shared, rendered.method, delivery, ticket)
+
+    async def _credentials(self, shared: _BatchRequests) -> dict[str, str]:
+        """The profile's authentication header, checked; kept for the batch's next requests unless it is an OAuth
+        token (fetched anew when it expires, or after a 401). A failure is not kept: each request meets it."""
+        credentials = await auth_headers(shared.profile, self.tokens)
+        for name, value in credentials.items():
+            if header_value_problem(value) is not None:  # never the value: it is a secret
+                raise PermanentError(
+                    f"the connection profile's credentials make an invalid {name} header (a line break, "
+                    "control or non-ASCII character: a secret with a trailing newline?)"
+                )
+        if not shared.oauth:
+            shared.credentials = credentials
+        return credentials
 
     async def _in_flight(
         self,
-        profile: ConnectionProfile,
+        shared: _BatchRequests,
         method: str,
         delivered: Callable[[], Awaitable[DeliveryResult]],
         ticket: list[Admission | None],
     ) -> DeliveryResult:
         """``delivered()``, counted in flight, in a span of its own while spans are exported; the circuit breaker's
         admission left in ``ticket`` (admitted, never judged: cancelled) gives its probe slot back."""
-        in_flight = child(IN_FLIGHT, profile.name)
+        profile = shared.profile
+        in_flight = shared.in_flight
         in_flight.inc()
         try:
             if not exporting():  # a span per request only while spans are exported (README, Tracing)

@@ -109,12 +109,13 @@ async def deliver_in_requests(
     refused members (:func:`deliver_isolating`, ``split_budget`` extra requests each), as one result.
 
     A record may carry many requests (a one-member template's record holds dozens of members): they are
-    started together and ``send`` bounds how many are in flight. ``gather`` is ``asyncio.gather`` (given,
-    so this stays free of an event loop). The merged result's ``first`` is the first request's.
+    started together, and ``gather`` (e.g. ``asyncio.gather``; given, so this stays free of an event loop) may bound
+    how many are in flight: a single request is gathered too. The merged result's ``first`` is the first request's.
     """
     parts = [Slice(start, min(start + request_size, size)) for start in range(0, size, request_size)]
-    if len(parts) <= 1:
-        return await deliver_isolating(size, send, split_budget=split_budget)
+    if len(parts) <= 1:  # gathered too: ``gather`` may be what bounds the requests in flight
+        (whole,) = await gather(deliver_isolating(size, send, split_budget=split_budget))
+        return whole
 
     def shifted(part: Slice) -> Callable[[Slice], Awaitable[R]]:
         return lambda piece: send(Slice(part.start + piece.start, part.start + piece.stop))
