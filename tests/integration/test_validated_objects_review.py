@@ -1,0 +1,71 @@
+"""Review probes of the validated objects a bulk read keeps (issue 18, s32-schedcache): what a row's ``version``
+does not tell."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from shared.catalog import CatalogStores
+from shared.catalog.definitions_store import SqlDefinitionsStore
+from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
+
+DEADLINE = 10.0  # seconds any one step may take before the test says it hung
+
+
+def definition(label: str) -> ExportDefinition:
+    return ExportDefinition(name="d", query="q", template="t", label=label)
+
+
+@pytest.fixture
+def stores(catalog: CatalogStores) -> CatalogStores:
+    catalog.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
+    catalog.definitions.apply(SavedQuery(name="q", sql="SELECT id, email FROM members"))
+    catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p", batch_size=100))
+    catalog.definitions.apply(definition("first"))
+    return catalog
+
+
+def test_two_edits_of_a_definition_at_once_never_leave_the_extractor_with_the_one_overwritten(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """On SQLite the row is not locked between an edit's read and its write (``FOR UPDATE`` is not SQLite's):
+    two edits at once both store version 2. The extractor that read the first edit at version 2 must still see
+    the second, as a fresh read does."""
+    if database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL locks the row FOR UPDATE: the second edit waits for the first and stores version 3")
+    extractor = SqlDefinitionsStore(stores.definitions.database, stores.definitions.cipher)
+    real_row = SqlDefinitionsStore._row
+    read, written = threading.Event(), threading.Event()
+
+    def row(*args: Any, **kwargs: Any) -> Any:
+        found = real_row(*args, **kwargs)
+        if threading.current_thread().name == "second edit" and kwargs.get("for_update"):
+            read.set()  # the row read (version 1): the first edit is stored before this one writes
+            assert written.wait(DEADLINE)
+        return found
+
+    monkeypatch.setattr(SqlDefinitionsStore, "_row", staticmethod(row))
+    failures: list[BaseException] = []
+
+    def second_edit() -> None:
+        try:
+            stores.definitions.apply(definition("second"))
+        except BaseException as exc:  # noqa: BLE001 - said by the test below
+            failures.append(exc)
+
+    editor = threading.Thread(target=second_edit, name="second edit")
+    editor.start()
+    assert read.wait(DEADLINE)
+    stores.definitions.apply(definition("first edit"))
+    assert extractor.many_run_objects(names=["d"])[0]["d"].definition.label == "first edit"
+    written.set()
+    editor.join(DEADLINE)
+    assert not editor.is_alive()
+    assert not failures
+
+    stored = SqlDefinitionsStore(stores.definitions.database, stores.definitions.cipher)
+    now = stored.many_run_objects(names=["d"])[0]["d"].definition.label
+    assert extractor.many_run_objects(names=["d"])[0]["d"].definition.label == now
