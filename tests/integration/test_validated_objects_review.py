@@ -136,3 +136,21 @@ def test_of_two_compare_and_set_updates_from_the_same_version_only_one_is_stored
     editor.join(DEADLINE)
     assert not editor.is_alive()
     assert sorted(answers) == [False, True]
+
+
+def test_a_definition_read_as_text_is_the_object_the_orm_reads(catalog: CatalogStores):
+    """The bulk read decodes ``CAST(spec AS TEXT)`` with ``json.loads``; the one-by-one read takes the ORM's JSON:
+    the same object on SQLite and PostgreSQL (unicode, escapes, numbers, key order)."""
+    catalog.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
+    catalog.definitions.apply(SavedQuery(name="q", sql="SELECT id, email FROM members"))
+    catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p"))
+    parameters = {"z": 1e2, "a": 0.1, "big": 2**63 + 1, "text": 'é ☃ 😀 "quoted" \\ \n\t', "nested": {"b": [1, None]}}
+    catalog.definitions.apply(
+        ExportDefinition(name="d", query="q", template="t", label="Zürich ☃ 😀", parameters=parameters)
+    )
+    fresh = SqlDefinitionsStore(catalog.definitions.database, catalog.definitions.cipher)
+    from_text = fresh.many_run_objects(names=["d"])[0]["d"].definition
+    from_orm = catalog.definitions.get(ExportDefinition, "d")
+    assert from_text == from_orm
+    assert list(from_text.parameters) == list(parameters)
+    assert type(from_text.parameters["z"]) is float
