@@ -16,9 +16,10 @@ The service also has a round start its due requests together before handling the
 :mod:`services.extractor.bulk_starts`), and hands it every held request due (``EXPORT_EXTRACTOR_START_BATCH``, the
 consumer loop's ``held_round_records``), not a round's worth: a burst due at one instant is started in a round or
 two, its extraction going on over the rounds after (the requests handed back come first in the next round, and
-are not started again). The requests a round holds are given to ``prepare``, after the due ones' start: the
-extractor reads and validates their definitions then, ahead of their instant, so that their start at the instant
-only reads them again (see ``BulkStarts.prepare``).
+are not started again). The requests a round holds are given to ``prepare`` at the round's end, once its requests
+are handled (a read ahead never takes the time of those due now): the extractor reads and validates their
+definitions then, ahead of their instant, so that their start at the instant only reads them again (see
+``BulkStarts.prepare``).
 """
 
 from __future__ import annotations
@@ -71,16 +72,17 @@ def request_rounds(
     its side effects, see ``StartTimes.pending``; ``hold`` itself when not given), so that ``hold`` is called
     for a request only as it is reached, as without ``start``: a request handed back round after round (the
     round's time up) is not counted as started early at each. With ``start`` and ``prepare``, the requests held
-    (due later) are then given to ``prepare`` together, once a round; should it fail, nothing else changes.
+    (due later) are given to ``prepare`` together, once a round, after its requests are handled (unless stopping);
+    should it fail, nothing else changes.
     """
 
     def handle_round(requests: Sequence[Request]) -> list[Result]:
         started = clock()
         results: list[Result] = []
         begun = False
+        later: list[Request] = []
         if start is not None and not stopping():
             due: list[Request] = []
-            later: list[Request] = []
             for request in requests:
                 (due if (pending or hold)(request) is None else later).append(request)
             if due:
@@ -88,11 +90,6 @@ def request_rounds(
                     start(due)
                 except Exception as exc:  # noqa: BLE001 - each request is then handled (or handed back) on its own
                     log.warning("run requests not started together", error=f"{type(exc).__name__}: {exc}")
-            if later and prepare is not None:
-                try:
-                    prepare(later)
-                except Exception as exc:  # noqa: BLE001 - only a read ahead: their start reads them again
-                    log.info("held run requests not prepared", error=f"{type(exc).__name__}: {exc}")
         for request, context in zip(requests, round_contexts(requests), strict=True):
             if results and isinstance(outage := results[-1], BaseException) and is_interruption(outage):
                 results.append(outage)
@@ -116,6 +113,12 @@ def request_rounds(
                     results.append(outgoing)
                 except Exception as exc:  # noqa: BLE001 - the loop dead-letters it, or hands it back on an outage
                     results.append(exc)
+        if later and prepare is not None and not stopping():
+            # After the round's requests, never before them: a read ahead must not take the time of those due now.
+            try:
+                prepare(later)
+            except Exception as exc:  # noqa: BLE001 - only a read ahead: their start reads them again
+                log.info("held run requests not prepared", error=f"{type(exc).__name__}: {exc}")
         return results
 
     return handle_round

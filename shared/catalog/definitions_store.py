@@ -228,8 +228,8 @@ class SqlDefinitionsStore:
 
     def _validated_many(self, session: Session, kind: type[T], where: ColumnElement[bool]) -> dict[str, tuple[str, T]]:
         """The objects of ``kind`` whose rows match ``where`` and are valid as stored, by row id (with the row's
-        name): each validated from its stored spec unless :attr:`validated` holds it at the row's version (the spec,
-        read as text, is then not even decoded)."""
+        name): each validated from its stored spec unless :attr:`validated` holds it at the row's version and with
+        the same stored text (the spec, read as text, is then not even decoded)."""
         rows = session.execute(
             select(
                 CatalogObjectRow.id,
@@ -240,7 +240,7 @@ class SqlDefinitionsStore:
         )
         loaded: dict[str, tuple[str, T]] = {}
         for row_id, name, version, spec in rows:
-            kept = self.validated.get(kind.__name__, row_id, version)
+            kept = self.validated.get(kind.__name__, row_id, version, spec)
             if kept is not None:
                 loaded[row_id] = (name, cast(T, kept))
                 continue
@@ -248,7 +248,7 @@ class SqlDefinitionsStore:
                 obj = self._validate(kind, kind.__name__, name, json.loads(spec))
             except (StoredObjectInvalid, SecretsUnreadable):
                 continue
-            self.validated.put(kind.__name__, row_id, version, obj)
+            self.validated.put(kind.__name__, row_id, version, spec, obj)
             loaded[row_id] = (name, obj)
         return loaded
 

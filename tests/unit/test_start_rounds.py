@@ -244,8 +244,37 @@ def test_a_round_s_held_requests_are_given_to_prepare_after_the_due_ones_start_a
         clock=clock,
     )
     results = round_([*requests("a"), later, *requests("b")])
-    assert handler.journal == ["started a b", "prepared later", "handled a", "published a", "handled b", "published b"]
+    assert handler.journal == ["started a b", "handled a", "published a", "handled b", "published b", "prepared later"]
     assert [type(r) for r in results] == [list, HoldRecord, list]
+
+
+def test_a_slow_read_ahead_of_held_requests_hands_back_none_of_the_round_s_due_requests():
+    """Reading ahead the definitions of runs due later (``prepare``) takes none of the round's time: the runs due
+    now are all handled in the round, however long the read ahead takes (review of s32-schedcache)."""
+    clock = Clock()
+    handler = Steps(clock)
+    later = RunRequested(
+        definition="later", trigger=Trigger.SCHEDULE, requested_at=NOW, scheduled_for=NOW + dt.timedelta(seconds=5)
+    )
+
+    def prepare(held: Any) -> None:
+        handler.journal.append("prepared " + " ".join(r.definition for r in held))
+        clock.now += 2.5  # longer than a round (a catalog under load, thousands of definitions)
+
+    round_ = request_rounds(
+        handler,
+        start_times().hold,
+        lambda: False,
+        publish=handler.publish,
+        start=lambda due: None,
+        pending=start_times().pending,
+        prepare=prepare,
+        round_seconds=2.0,
+        clock=clock,
+    )
+    results = round_([*requests("a"), later, *requests("b", "c")])
+    assert [type(r) for r in results] == [list, HoldRecord, list, list]
+    assert handler.journal[-1] == "prepared later"
 
 
 def _early_count() -> float:

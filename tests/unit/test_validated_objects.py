@@ -13,6 +13,11 @@ keys = st.tuples(st.sampled_from(["ExportDefinition", "SavedQuery"]), st.sampled
 steps = st.lists(st.tuples(st.booleans(), keys, st.integers(1, 4)), max_size=60)
 
 
+def text(version: int) -> str:
+    """The stored text of a row at ``version`` (as the store reads it)."""
+    return f'{{"name": "v{version}", "sql": "SELECT id FROM members"}}'
+
+
 def query(version: int) -> SavedQuery:
     return SavedQuery(name=f"v{version}", sql="SELECT id FROM members")
 
@@ -25,10 +30,10 @@ def test_an_object_is_answered_only_at_the_version_it_was_kept_at_and_no_more_ar
     model: dict[Key, int] = {}  # the version last kept of each key (the bound may have dropped it since)
     for put, (kind, object_id), version in steps:
         if put:
-            kept.put(kind, object_id, version, query(version))
+            kept.put(kind, object_id, version, text(version), query(version))
             model[(kind, object_id)] = version
         else:
-            answer = kept.get(kind, object_id, version)
+            answer = kept.get(kind, object_id, version, text(version))
             # Never another version's object, nor one never kept; a kept one may have been dropped by the bound.
             assert answer is None or (model.get((kind, object_id)) == version and answer == query(version))
         assert len(kept) <= size
@@ -36,19 +41,27 @@ def test_an_object_is_answered_only_at_the_version_it_was_kept_at_and_no_more_ar
 
 def test_the_objects_least_recently_used_are_dropped_first():
     kept = ValidatedObjects(2)
-    kept.put("SavedQuery", "a", 1, query(1))
-    kept.put("SavedQuery", "b", 1, query(1))
-    assert kept.get("SavedQuery", "a", 1) == query(1)  # used: b is now the least recently used
-    kept.put("SavedQuery", "c", 1, query(1))
-    assert kept.get("SavedQuery", "b", 1) is None
-    assert kept.get("SavedQuery", "a", 1) == query(1)
-    assert kept.get("SavedQuery", "c", 1) == query(1)
+    kept.put("SavedQuery", "a", 1, text(1), query(1))
+    kept.put("SavedQuery", "b", 1, text(1), query(1))
+    assert kept.get("SavedQuery", "a", 1, text(1)) == query(1)  # used: b is now the least recently used
+    kept.put("SavedQuery", "c", 1, text(1), query(1))
+    assert kept.get("SavedQuery", "b", 1, text(1)) is None
+    assert kept.get("SavedQuery", "a", 1, text(1)) == query(1)
+    assert kept.get("SavedQuery", "c", 1, text(1)) == query(1)
 
 
 def test_a_newer_version_replaces_the_older_one():
     kept = ValidatedObjects(4)
-    kept.put("SavedQuery", "a", 1, query(1))
-    kept.put("SavedQuery", "a", 2, query(2))
-    assert kept.get("SavedQuery", "a", 1) is None
-    assert kept.get("SavedQuery", "a", 2) == query(2)
+    kept.put("SavedQuery", "a", 1, text(1), query(1))
+    kept.put("SavedQuery", "a", 2, text(2), query(2))
+    assert kept.get("SavedQuery", "a", 1, text(1)) is None
+    assert kept.get("SavedQuery", "a", 2, text(2)) == query(2)
     assert len(kept) == 1
+
+
+def test_an_object_kept_is_not_answered_for_another_stored_text_at_the_same_version():
+    """Two edits at once on SQLite both store the next version: the text read tells them apart."""
+    kept = ValidatedObjects(4)
+    kept.put("SavedQuery", "a", 2, text(2), query(2))
+    assert kept.get("SavedQuery", "a", 2, text(3)) is None
+    assert kept.get("SavedQuery", "a", 2, text(2)) == query(2)
