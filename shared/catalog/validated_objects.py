@@ -7,13 +7,19 @@ object; otherwise it is validated again. The version alone does not say so: on S
 nothing) two edits at once both store the next version, and a data migration or ``exportctl secrets rotate``
 rewrites a spec without raising it. Comparing the text read anyway costs little next to validating it. The row is
 still read every time: a deleted object is not found, a changed one is never answered from its old copy.
-Bounded: the objects least recently used go first.
+Bounded, and resistant to bursts bigger than the bound: once full, the least recently used object makes room only
+if it has not been used for ``idle_seconds``. So a burst of more objects than the bound keeps the first ``size`` it
+read (and reuses them at its instant) instead of each object pushing out the one read just before it, which
+would leave none to reuse; objects of bursts long past (deleted rows among them) still make room for new ones.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from shared.domain.catalog_objects import CatalogObject
 
@@ -21,17 +27,34 @@ from shared.domain.catalog_objects import CatalogObject
 #: default) with their queries and templates, and a margin. About 6.5 KiB of memory each (an export definition as
 #: ``bench_burst_start`` writes it, measured as RSS), and the stored text kept with it (756 characters, about 0.8 KiB,
 #: for a definition with a daily schedule): some 45 MiB when full. A burst of more distinct definitions than this is
-#: validated at its instant as before (the least recently used gone first, every one is missed).
+#: reused up to this many objects (see the module's docstring), the rest validated at its instant as before.
 VALIDATED_OBJECTS = 6_000
+#: Seconds an object must go unused before a new one may take its place in a full store: more than a burst takes
+#: from its read-ahead to its start (seconds), less than the interval of most schedules.
+IDLE_SECONDS = 600.0
+
+
+@dataclass(slots=True)
+class _Kept:
+    version: int
+    spec: str
+    obj: CatalogObject
+    used_at: float
 
 
 class ValidatedObjects:
     """Validated objects by (kind, id), each with the version and stored text of the row it was validated from;
     thread-safe."""
 
-    def __init__(self, size: int = VALIDATED_OBJECTS) -> None:
-        self.size = size
-        self._objects: OrderedDict[tuple[str, str], tuple[int, str, CatalogObject]] = OrderedDict()
+    def __init__(
+        self,
+        size: int = VALIDATED_OBJECTS,
+        *,
+        idle_seconds: float = IDLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.size, self.idle_seconds, self.clock = size, idle_seconds, clock
+        self._objects: OrderedDict[tuple[str, str], _Kept] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
     def get(self, kind: str, object_id: str, version: int, spec: str) -> CatalogObject | None:
@@ -39,21 +62,27 @@ class ValidatedObjects:
         when there is none kept."""
         with self._lock:
             kept = self._objects.get((kind, object_id))
-            if kept is None or kept[0] != version or kept[1] != spec:
+            if kept is None or kept.version != version or kept.spec != spec:
                 return None
+            kept.used_at = self.clock()
             self._objects.move_to_end((kind, object_id))
-            return kept[2]
+            return kept.obj
 
     def put(self, kind: str, object_id: str, version: int, spec: str, obj: CatalogObject) -> None:
         """Keep ``obj`` as validated from row ``object_id`` of ``kind`` at ``version`` with stored text ``spec``
-        (replacing the one kept before)."""
+        (replacing the one kept before). In a full store it is kept only if the least recently used object has
+        gone unused for ``idle_seconds`` (which then makes room): the objects of a burst in progress stay."""
         if self.size <= 0:
             return
+        key, now = (kind, object_id), self.clock()
         with self._lock:
-            self._objects[(kind, object_id)] = (version, spec, obj)
-            self._objects.move_to_end((kind, object_id))
-            while len(self._objects) > self.size:
+            if key not in self._objects and len(self._objects) >= self.size:
+                oldest = next(iter(self._objects.values()))
+                if now - oldest.used_at < self.idle_seconds:
+                    return  # every object kept is in use: this one is validated again when next read
                 self._objects.popitem(last=False)
+            self._objects[key] = _Kept(version, spec, obj, now)
+            self._objects.move_to_end(key)
 
     def __len__(self) -> int:
         with self._lock:

@@ -39,15 +39,59 @@ def test_an_object_is_answered_only_at_the_version_it_was_kept_at_and_no_more_ar
         assert len(kept) <= size
 
 
-def test_the_objects_least_recently_used_are_dropped_first():
-    kept = ValidatedObjects(2)
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_objects_least_recently_used_are_dropped_first_once_idle():
+    clock = Clock()
+    kept = ValidatedObjects(2, idle_seconds=600, clock=clock)
     kept.put("SavedQuery", "a", 1, text(1), query(1))
     kept.put("SavedQuery", "b", 1, text(1), query(1))
+    clock.now = 1_000
     assert kept.get("SavedQuery", "a", 1, text(1)) == query(1)  # used: b is now the least recently used
     kept.put("SavedQuery", "c", 1, text(1), query(1))
     assert kept.get("SavedQuery", "b", 1, text(1)) is None
     assert kept.get("SavedQuery", "a", 1, text(1)) == query(1)
     assert kept.get("SavedQuery", "c", 1, text(1)) == query(1)
+
+
+def test_a_full_store_whose_objects_are_in_use_keeps_them_and_not_the_newcomer():
+    clock = Clock()
+    kept = ValidatedObjects(2, idle_seconds=600, clock=clock)
+    kept.put("SavedQuery", "a", 1, text(1), query(1))
+    kept.put("SavedQuery", "b", 1, text(1), query(1))
+    clock.now = 599
+    kept.put("SavedQuery", "c", 1, text(1), query(1))
+    assert kept.get("SavedQuery", "c", 1, text(1)) is None
+    assert kept.get("SavedQuery", "a", 1, text(1)) == query(1)
+    assert kept.get("SavedQuery", "b", 1, text(1)) == query(1)
+    kept.put("SavedQuery", "a", 2, text(2), query(2))  # a newer version of one kept still replaces it
+    assert kept.get("SavedQuery", "a", 2, text(2)) == query(2)
+
+
+@given(objects=st.integers(1, 40), size=st.integers(1, 20))
+def test_a_burst_of_more_objects_than_the_bound_reuses_as_many_as_the_bound_at_its_instant(objects: int, size: int):
+    """Read ahead, then read again at the instant (seconds later): least recently used first alone would reuse
+    none once the burst is bigger than the bound."""
+    clock = Clock()
+    kept = ValidatedObjects(size, idle_seconds=600, clock=clock)
+    for number in range(objects):  # the read-ahead: each object validated and kept
+        kept.put("SavedQuery", str(number), 1, text(1), query(1))
+    clock.now = 10
+    reused = 0
+    for number in range(objects):  # the instant: kept ones reused, the others validated and offered again
+        if kept.get("SavedQuery", str(number), 1, text(1)) is not None:
+            reused += 1
+        else:
+            kept.put("SavedQuery", str(number), 1, text(1), query(1))
+    assert reused == min(objects, size)
 
 
 def test_a_newer_version_replaces_the_older_one():
