@@ -33,7 +33,8 @@ For each scenario, one after the other (nothing else of the benchmark runs meanw
 - **naive script**: read the rows, one blocking POST at a time with ``requests`` (one Session, keep-alive).
 
 ``--variant NAME=A,B`` runs the pipeline once per value of a setting of the services (an ``EXPORT_*``
-variable, or ``BENCH_DISPATCHERS``: how many dispatcher processes run, in one consumer group), in turn,
+variable, or ``BENCH_DISPATCHERS``: how many dispatcher processes run, in one consumer group, sharing
+``--concurrency`` so the requests in flight stay the raw loop's), in turn,
 ``--repeat`` times (A, B, A, B, ...): an A/B comparison in the same run, beside the same raw ceilings (the machine
 may be shared: alternate, and compare the ratios).
 
@@ -108,6 +109,7 @@ PAGE_SIZE = 5_000  # the extractor's default page; a whole number of batches of 
 WARM_UP_MEMBERS = 1_000
 #: A variant's pseudo-setting: how many dispatcher processes the pipeline runs (the services never read it).
 DISPATCHERS = "BENCH_DISPATCHERS"
+DISPATCHER_CONCURRENCY = "EXPORT_DISPATCHER_CONCURRENCY"
 UVLOOP_RAW = "raw on uvloop"  # the raw aiohttp script run on the event loop the dispatcher runs on
 #: What the saved query returns (the demo export's columns) and what the bodies write of each member.
 COLUMNS = ("id", "email", "first_name", "last_name", "tier", "points", "locale", "consent_email")
@@ -266,12 +268,15 @@ class PipelineRun:
             "EXPORT_METRICS_PORT": "0",
             # The receiver listens on loopback, which the SSRF guard refuses unless allowed.
             "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
-            "EXPORT_DISPATCHER_CONCURRENCY": str(concurrency),
+            DISPATCHER_CONCURRENCY: str(concurrency),
             **(variant or {}),
         }
         self.base_url = base_url
-        #: Dispatcher processes (replicas in one consumer group): ``--variant BENCH_DISPATCHERS=1,2``.
+        #: Dispatcher processes (replicas in one consumer group): ``--variant BENCH_DISPATCHERS=1,2``. They share the
+        #: concurrency (each takes its part), so the requests in flight stay the raw loop's.
         self.dispatchers = int((variant or {}).get(DISPATCHERS, "1"))
+        if DISPATCHER_CONCURRENCY not in (variant or {}):
+            self.env[DISPATCHER_CONCURRENCY] = str(max(1, concurrency // self.dispatchers))
 
     def manifest(self) -> list[dict[str, Any]]:
         documents: list[dict[str, Any]] = [
