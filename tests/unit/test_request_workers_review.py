@@ -1,0 +1,97 @@
+"""Review probes of the dispatcher's request workers (services/dispatcher/request_workers.py): a worker must neither
+die on a request's own CancelledError (stranding the requests queued behind it) nor swallow the cancellation that
+ends it (going on with the next queued request)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.dispatcher.request_workers import RequestWorkers
+
+DEADLINE = 5.0  # seconds: a wait for a condition, never a pause
+
+
+async def cancelled_of_its_own() -> int:
+    """A request whose CancelledError comes from something it awaited (a future cancelled elsewhere), not from a
+    cancellation of the worker handling it."""
+    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    future.cancel()
+    return await future
+
+
+def test_a_request_cancelled_of_its_own_fails_its_batch_and_leaves_no_request_stranded_in_the_queue():
+    workers = RequestWorkers(1)
+    ran: list[int] = []
+
+    async def other(number: int) -> int:
+        ran.append(number)
+        return number
+
+    async def main() -> tuple[BaseException | None, list[int] | None, int]:
+        first = asyncio.ensure_future(workers.gather(cancelled_of_its_own(), other(1)))
+        second = asyncio.ensure_future(workers.gather(other(2)))
+        done, pending = await asyncio.wait({first, second}, timeout=DEADLINE)
+        for task in pending:  # stranded: what the old gather_or_cancel never left
+            task.cancel()
+        await asyncio.wait({first, second})
+        failure = first.exception() if first.done() and not first.cancelled() else None
+        if first.cancelled():
+            failure = asyncio.CancelledError()
+        return failure, (second.result() if second in done else None), len(pending)
+
+    failure, second, stranded = asyncio.run(main())
+    assert stranded == 0  # every gather answered (the old TaskGroup raised the CancelledError at once)
+    assert isinstance(failure, asyncio.CancelledError)  # the batch is not answered with a None result
+    assert second == [2]  # another batch's request queued behind it is still sent
+    assert workers.busy == 0
+
+
+def test_a_worker_cancelled_while_its_batch_cancels_its_request_ends_and_begins_no_other_request():
+    """The worker's own cancellation (its event loop ending) arriving while its group's cancellation is under way
+    must end it, not be spent as the group's: otherwise it goes on sending the next queued request."""
+    workers = RequestWorkers(1)
+    begun: list[str] = []
+    started = asyncio.Event
+
+    async def main() -> list[str]:
+        a_started = started()
+
+        async def waiting() -> None:
+            begun.append("a")
+            a_started.set()
+            await asyncio.Event().wait()
+
+        async def later() -> None:
+            begun.append("b")
+
+        batch_a = asyncio.ensure_future(workers.gather(waiting()))
+        batch_b = asyncio.ensure_future(workers.gather(later()))
+        await asyncio.wait_for(a_started.wait(), DEADLINE)
+        (worker,) = workers._workers  # noqa: SLF001 - the one worker
+        batch_a.cancel()  # the batch is abandoned: its request is cancelled (by _abandon, at its next step) ...
+        await asyncio.sleep(0)  # (a turn of the loop: batch_a's step runs _abandon; not a timed wait)
+        worker.cancel()  # ... and in the same turn the worker itself is cancelled (its event loop ends)
+        await asyncio.wait({worker}, timeout=DEADLINE)
+        batch_b.cancel()
+        await asyncio.wait({batch_a, batch_b}, timeout=DEADLINE)
+        return begun
+
+    begun_requests = asyncio.run(main())
+    assert begun_requests == ["a"]  # "b" must not be sent by a worker told to end
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_the_gather_after_a_request_cancelled_of_its_own_is_served(concurrency):
+    workers = RequestWorkers(concurrency)
+
+    async def answer(number: int) -> int:
+        return number
+
+    async def main() -> list[int]:
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(workers.gather(cancelled_of_its_own()), DEADLINE)
+        return await asyncio.wait_for(workers.gather(answer(1), answer(2), answer(3)), DEADLINE)
+
+    assert asyncio.run(main()) == [1, 2, 3]
