@@ -117,20 +117,27 @@ class RequestWorkers:
                 group.running.add(task)
                 try:
                     group.results[index] = await awaitable
-                except asyncio.CancelledError:
-                    if task not in self._cancelling:  # the worker itself is cancelled (its event loop ends)
-                        self._ended(task, group)
-                        raise
+                except asyncio.CancelledError as exc:
+                    if task not in self._cancelling and task.cancelling() == 0:  # the awaitable's own (a future it
+                        self._failed(group, exc)  # awaited was cancelled): its failure, raised as a TaskGroup did
+                    self._ended(task, group)  # (a cancellation its group asked for spent)
+                    if task.cancelling():  # the worker itself is cancelled (its event loop ends), even as its group
+                        raise  # cancelled its awaitable: it begins no other one
+                    continue
                 except BaseException as exc:
-                    if not group.closed:  # the first failure: the group's other awaitables are cancelled
-                        group.failure, group.closed = exc, True
-                        group.finish()
+                    self._failed(group, exc)
                     if not isinstance(exc, Exception):
                         self._ended(task, group)
                         raise
                 self._ended(task, group)
         finally:
             self._workers.discard(task)
+
+    @staticmethod
+    def _failed(group: _Group[Any], exc: BaseException) -> None:
+        if not group.closed:  # the first failure: the group's other awaitables are cancelled
+            group.failure, group.closed = exc, True
+            group.finish()
 
     def _ended(self, task: asyncio.Task[None], group: _Group[Any]) -> None:
         """``task`` is done with one of ``group``'s awaitables (a cancellation of it, asked by the group, spent)."""

@@ -53,10 +53,9 @@ def test_a_worker_cancelled_while_its_batch_cancels_its_request_ends_and_begins_
     must end it, not be spent as the group's: otherwise it goes on sending the next queued request."""
     workers = RequestWorkers(1)
     begun: list[str] = []
-    started = asyncio.Event
 
     async def main() -> list[str]:
-        a_started = started()
+        a_started = asyncio.Event()
 
         async def waiting() -> None:
             begun.append("a")
@@ -69,7 +68,7 @@ def test_a_worker_cancelled_while_its_batch_cancels_its_request_ends_and_begins_
         batch_a = asyncio.ensure_future(workers.gather(waiting()))
         batch_b = asyncio.ensure_future(workers.gather(later()))
         await asyncio.wait_for(a_started.wait(), DEADLINE)
-        (worker,) = workers._workers  # noqa: SLF001 - the one worker
+        (worker,) = workers._workers  # the one worker
         batch_a.cancel()  # the batch is abandoned: its request is cancelled (by _abandon, at its next step) ...
         await asyncio.sleep(0)  # (a turn of the loop: batch_a's step runs _abandon; not a timed wait)
         worker.cancel()  # ... and in the same turn the worker itself is cancelled (its event loop ends)
