@@ -8,7 +8,13 @@ import asyncio
 
 import pytest
 
+from services.dispatcher.dispatching import Stopping
 from services.dispatcher.request_workers import RequestWorkers
+from shared.domain.rendering import RenderedRequest
+from shared.events import RUN_EVENT_ADAPTER, BatchOutcome
+from shared.kafka import Outgoing
+from shared.outbound.partner_http import PartnerAnswer
+from tests.unit.test_request_workers import Partner, dispatcher_of, records
 
 DEADLINE = 5.0  # seconds: a wait for a condition, never a pause
 
@@ -94,3 +100,33 @@ def test_the_gather_after_a_request_cancelled_of_its_own_is_served(concurrency):
         return await asyncio.wait_for(workers.gather(answer(1), answer(2), answer(3)), DEADLINE)
 
     assert asyncio.run(main()) == [1, 2, 3]
+
+
+class CancelledPartner(Partner):
+    """Member 0's request meets a CancelledError of its own (a future the HTTP client awaited was cancelled)."""
+
+    async def send(self, request: RenderedRequest, timeout: float, network: object = None) -> PartnerAnswer:
+        if b'"id":0' in request.content:
+            await cancelled_of_its_own()
+        return await super().send(request, timeout, network)
+
+
+def test_a_dispatcher_request_cancelled_of_its_own_hands_its_batch_back_and_the_round_goes_on():
+    """On main the batch was dead-lettered ("could not handle the batch": a None result), or, with more requests
+    queued than workers, the round never answered; gather_or_cancel had handed it back (Stopping) at once."""
+    partner = CancelledPartner()
+    dispatcher = dispatcher_of(partner, concurrency=1)
+
+    async def main() -> list[list[Outgoing] | BaseException]:
+        return await asyncio.wait_for(dispatcher.handle_all(records(0, 3, 2)), DEADLINE)
+
+    first, *others = asyncio.run(main())
+    assert isinstance(first, Stopping)  # handed back uncommitted: no member dead-lettered
+    for result in others:
+        assert isinstance(result, list)
+        outcome = RUN_EVENT_ADAPTER.validate_json(result[0].value)
+        assert isinstance(outcome, BatchOutcome)
+        assert outcome.delivered == 2
+        assert outcome.failed == 0
+    assert dispatcher.workers.busy == 0
+    assert dispatcher.workers.queued == 0
