@@ -31,7 +31,7 @@ def uvloop_portal(*args: Any, **kwargs: Any) -> Iterator[BlockingPortal]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for module in {item.module for item in items if isinstance(item, pytest.Function) and item.module}:
         if getattr(module, "start_blocking_portal", None) is anyio_portal:
-            module.start_blocking_portal = uvloop_portal  # type: ignore[attr-defined]
+            module.start_blocking_portal = uvloop_portal
     helpers = sys.modules.get("tests.dispatcher_helpers")
     if helpers is not None and getattr(helpers, "start_blocking_portal", None) is anyio_portal:
         helpers.start_blocking_portal = uvloop_portal  # type: ignore[attr-defined]
