@@ -14,7 +14,10 @@ dispatcher stopping), so are they, the same way.
 
 A worker handles each request in the trace context of the batch that submitted it (its ``traceparent``, its
 logs' trace ids): the only context a request reads. Workers live while there are requests queued; none lingers
-between rounds, nor after its event loop. A request must not itself wait on :meth:`RequestWorkers.gather` (it would
+between rounds, nor after its event loop. A request's own CancelledError (a future it awaited was cancelled, not its
+worker) is its failure, raised by :meth:`RequestWorkers.gather` as a TaskGroup's caller met it, and the worker goes
+on; a worker cancelled itself (its event loop ends) ends, even when its group cancelled its request at once.
+A request must not itself wait on :meth:`RequestWorkers.gather` (it would
 wait for a worker while holding one).
 """
 
