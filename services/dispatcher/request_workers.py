@@ -17,8 +17,7 @@ logs' trace ids): the only context a request reads. Workers live while there are
 between rounds, nor after its event loop. A request's own CancelledError (a future it awaited was cancelled, not its
 worker) is its failure, raised by :meth:`RequestWorkers.gather` as a TaskGroup's caller met it, and the worker goes
 on; a worker cancelled itself (its event loop ends) ends, even when its group cancelled its request at once.
-A request must not itself wait on :meth:`RequestWorkers.gather` (it would
-wait for a worker while holding one).
+A request must not itself wait on :meth:`RequestWorkers.gather` (it would wait for a worker while holding one).
 """
 
 from __future__ import annotations
