@@ -14,8 +14,10 @@ dispatcher stopping), so are they, the same way.
 
 A worker handles each request in the trace context of the batch that submitted it (its ``traceparent``, its
 logs' trace ids): the only context a request reads. Workers live while there are requests queued; none lingers
-between rounds, nor after its event loop. A request must not itself wait on :meth:`RequestWorkers.gather` (it would
-wait for a worker while holding one).
+between rounds, nor after its event loop. A request's own CancelledError (a future it awaited was cancelled, not its
+worker) is its failure, raised by :meth:`RequestWorkers.gather` as a TaskGroup's caller met it, and the worker goes
+on; a worker cancelled itself (its event loop ends) ends, even when its group cancelled its request at once.
+A request must not itself wait on :meth:`RequestWorkers.gather` (it would wait for a worker while holding one).
 """
 
 from __future__ import annotations
@@ -117,20 +119,27 @@ class RequestWorkers:
                 group.running.add(task)
                 try:
                     group.results[index] = await awaitable
-                except asyncio.CancelledError:
-                    if task not in self._cancelling:  # the worker itself is cancelled (its event loop ends)
-                        self._ended(task, group)
-                        raise
+                except asyncio.CancelledError as exc:
+                    if task not in self._cancelling and task.cancelling() == 0:  # the awaitable's own (a future it
+                        self._failed(group, exc)  # awaited was cancelled): its failure, raised as a TaskGroup did
+                    self._ended(task, group)  # (a cancellation its group asked for spent)
+                    if task.cancelling():  # the worker itself is cancelled (its event loop ends), even as its group
+                        raise  # cancelled its awaitable: it begins no other one
+                    continue
                 except BaseException as exc:
-                    if not group.closed:  # the first failure: the group's other awaitables are cancelled
-                        group.failure, group.closed = exc, True
-                        group.finish()
+                    self._failed(group, exc)
                     if not isinstance(exc, Exception):
                         self._ended(task, group)
                         raise
                 self._ended(task, group)
         finally:
             self._workers.discard(task)
+
+    @staticmethod
+    def _failed(group: _Group[Any], exc: BaseException) -> None:
+        if not group.closed:  # the first failure: the group's other awaitables are cancelled
+            group.failure, group.closed = exc, True
+            group.finish()
 
     def _ended(self, task: asyncio.Task[None], group: _Group[Any]) -> None:
         """``task`` is done with one of ``group``'s awaitables (a cancellation of it, asked by the group, spent)."""
