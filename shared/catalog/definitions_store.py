@@ -149,7 +149,8 @@ class SqlDefinitionsStore:
         ``audit`` entries are written in the same transaction: a change is recorded, or not made. An edit of
         the object by another writer between this one's read and its write is never overwritten unseen: this
         one is read and judged again (:meth:`_retried`), the last one stored wins, as with one writer after
-        the other.
+        the other. Another writer creating the object first is not retried (``IntegrityError`` on its name):
+        the creates of the application layer (create, copy) must not take over an object created meanwhile.
         """
 
         def write() -> ApplyResult:
@@ -157,11 +158,12 @@ class SqlDefinitionsStore:
                 write_entries(session, audit)
                 return self._write(session, obj)
 
-        return self._retried(write, kind_of(obj), obj.name, created=True)
+        return self._retried(write, kind_of(obj), obj.name)
 
     def apply_all(self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = ()) -> list[ApplyResult]:
         """Create or update several objects in one transaction: all of them are written (and audited), or none
-        (a lost race to any of them: all tried again, as :meth:`apply` says)."""
+        (a lost race to any of them, including another writer creating one first: all read and judged again,
+        as :meth:`apply` says; a manifest says what the objects are, whoever wrote them before)."""
 
         def write() -> list[ApplyResult]:
             with self.database.transaction() as session:

@@ -37,6 +37,12 @@ def definition(label: str) -> ExportDefinition:
     return ExportDefinition(name="d", query="q", template="t", label=label)
 
 
+def alices_edit(stores: CatalogStores) -> ExportDefinition:
+    """Alice replaces definition ``d`` with her label (the admin API's ``PUT``)."""
+    body = {"query": "q", "template": "t", "label": "alice's"}
+    return replace_object(ALICE, ExportDefinition, "d", body, store=stores.definitions, checks=CHECKS)
+
+
 @pytest.fixture
 def stores(catalog: CatalogStores) -> CatalogStores:
     apply_objects(
@@ -90,14 +96,7 @@ def test_an_edit_made_while_another_is_stored_lands_on_top_of_it_and_both_are_au
         return result
 
     monkeypatch.setattr(SqlDefinitionsStore, "_write", write)
-    stored = replace_object(
-        ALICE,
-        ExportDefinition,
-        "d",
-        {"query": "q", "template": "t", "label": "alice's"},
-        store=stores.definitions,
-        checks=CHECKS,
-    )
+    stored = alices_edit(stores)
     assert stored.label == "alice's"
 
     version, now = stores.definitions.get_versioned(ExportDefinition, "d")[1:]
@@ -123,14 +122,7 @@ def test_an_edit_that_loses_every_try_is_refused_as_a_conflict_and_nothing_of_it
 
     monkeypatch.setattr(SqlDefinitionsStore, "_write", losing)
     with pytest.raises(Conflict) as refused:
-        replace_object(
-            ALICE,
-            ExportDefinition,
-            "d",
-            {"query": "q", "template": "t", "label": "alice's"},
-            store=stores.definitions,
-            checks=CHECKS,
-        )
+        alices_edit(stores)
 
     assert (refused.value.status, refused.value.slug, code_of_refusal(refused.value)) == (409, "edit-conflict", REFUSED)
     assert refused.value.reason == (
