@@ -20,6 +20,7 @@ from shared.cli.exits import REFUSED, code_of_refusal
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.secret_references import SecretReferencePolicy
+from shared.secrets_at_rest import SecretCipher
 
 pytestmark = pytest.mark.integration
 
@@ -134,3 +135,43 @@ def test_an_edit_that_loses_every_try_is_refused_as_a_conflict_and_nothing_of_it
     version, now = stores.definitions.get_versioned(ExportDefinition, "d")[1:]
     assert (version, now.label) == (1, "first")
     assert [e.action for e in stores.audit.entries(name="d")] == ["create"]
+
+
+def test_a_profile_edited_while_secrets_are_rotated_keeps_the_edit_readable_with_the_new_key_alone(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """``exportctl secrets rotate`` rewrites every profile with the new key while a service (already given the
+    new key) stores a new token for one of them. The edit is not overwritten by the rotation's copy of the
+    profile as it read it (on SQLite, which locks no row, the old code did: the new token was lost); the
+    rotation is done again on a fresh read, and the profile reads back edited, with only the new key."""
+    old_key, new_key = SecretCipher.generate_key(), SecretCipher.generate_key()
+    before = CatalogStores.from_url(database_url, migrate=True, cipher=SecretCipher([old_key]))
+    before.definitions.apply(
+        ConnectionProfile(name="p", base_url="https://a.example", auth={"type": "bearer", "token": "first-token"})
+    )
+    before.close()
+    stores = CatalogStores.from_url(database_url, cipher=SecretCipher([new_key, old_key]))
+    service = SqlDefinitionsStore(stores.database, SecretCipher([new_key, old_key]))
+    edited = ConnectionProfile(name="p", base_url="https://b.example", auth={"type": "bearer", "token": "second-token"})
+    editor = threading.Thread(target=service.apply, args=(edited,), name="service")
+    real_stored = SqlDefinitionsStore._stored
+
+    def stored(self: SqlDefinitionsStore, obj: Any) -> Any:
+        if threading.current_thread().name != "service" and editor.ident is None:
+            editor.start()  # the rotation has read the profile (PostgreSQL: and locked it), not yet written it
+            if not database_url.startswith("postgresql"):
+                editor.join(DEADLINE)  # on PostgreSQL the edit waits for the rotation's row lock instead
+        return real_stored(self, obj)
+
+    monkeypatch.setattr(SqlDefinitionsStore, "_stored", stored)
+    try:
+        assert stores.definitions.reencrypt_secrets() == (1, 1)
+        editor.join(DEADLINE)
+        assert not editor.is_alive()
+        monkeypatch.undo()
+        with_new_key_alone = SqlDefinitionsStore(stores.database, SecretCipher([new_key]))
+        profile = with_new_key_alone.get(ConnectionProfile, "p")
+        assert str(profile.base_url).rstrip("/") == "https://b.example"
+        assert profile.auth.token.get_secret_value() == "second-token"
+    finally:
+        stores.close()
