@@ -9,8 +9,10 @@
      │                     → retried with backoff; when retries run out, treated as permanent
      ├── PermanentError    will not succeed by retrying (a 4xx, a query error, an unknown definition)
      │                     → the run or batch fails with the reason; members are dead-lettered
-     └── NotFound          no catalog object of that kind and name (a PermanentError for a run)
-                           → 404 through the admin API, a refusal naming it in exportctl
+     ├── NotFound          no catalog object of that kind and name (a PermanentError for a run)
+     │                     → 404 through the admin API, a refusal naming it in exportctl
+     └── EditConflict      a catalog object changed by others at every one of a write's tries
+                           → 409 through the admin API (a Conflict), exit 4 in exportctl
 """
 
 from __future__ import annotations
@@ -42,3 +44,14 @@ class NotFound(PermanentError, LookupError):
 
 class StoredObjectInvalid(PermanentError):
     """A catalog object as stored breaks this release's rules (saved by an older release): apply it again."""
+
+
+class EditConflict(PermanentError):
+    """A catalog object kept changing under a write: other writes won each of its tries (nothing was written)."""
+
+    def __init__(self, kind: str, name: str, attempts: int) -> None:
+        super().__init__(
+            f"{kind} '{name}' was changed by others at each of {attempts} tries to write it: nothing was written, "
+            "try again"
+        )
+        self.kind, self.name = kind, name

@@ -7,6 +7,8 @@ the catalog as it was.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -28,12 +30,22 @@ from shared.domain.catalog_objects import (
     stored_form,
 )
 from shared.domain.names import slugify
-from shared.errors import NotFound
+from shared.errors import EditConflict, NotFound
 
 if TYPE_CHECKING:
     from shared.application.checks import ObjectChecks
 
 T = TypeVar("T", bound=CatalogObject)
+
+
+@contextmanager
+def edit_conflicts() -> Iterator[None]:
+    """A write that other writes of the same object beat at every try (the store tries again on a fresh read
+    first): :class:`Conflict`, as every entry point answers a conflict (409; exportctl exits 4)."""
+    try:
+        yield
+    except EditConflict as exc:
+        raise Conflict(str(exc), slug="edit-conflict") from None
 
 
 def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: ObjectChecks) -> list[CatalogObject]:
@@ -210,7 +222,8 @@ def apply_objects(
         else:
             changes.append(Change(kind_of(obj), obj.name, "unchanged"))
     if writes and not dry_run:
-        store.apply_all(writes, audit=audit)
+        with edit_conflicts():
+            store.apply_all(writes, audit=audit)
     return changes
 
 
@@ -249,7 +262,8 @@ def create_object(
     if body.get("name"):
         refuse_taken(store, kind, obj.name)
     stored = checked([obj], store, checks)[0]
-    store.apply(stored, audit=[change(actor.name, "create", store, after=stored)])
+    with edit_conflicts():
+        store.apply(stored, audit=[change(actor.name, "create", store, after=stored)])
     return stored  # type: ignore[return-value]
 
 
@@ -267,9 +281,11 @@ def replace_object(
         refuse_taken(store, kind, stored.name)
         if found := referrers(store, old, actor):
             raise Conflict(f"'{old.name}' is used by {', '.join(found)}: it cannot be renamed", slug="in-use")
-        store.rename(old.name, stored, audit=[change(actor.name, "rename", store, before=old, after=stored)])
+        with edit_conflicts():
+            store.rename(old.name, stored, audit=[change(actor.name, "rename", store, before=old, after=stored)])
     elif changed_fields(old, stored):
-        store.apply(stored, audit=[change(actor.name, "update", store, before=old, after=stored)])
+        with edit_conflicts():
+            store.apply(stored, audit=[change(actor.name, "update", store, before=old, after=stored)])
     return stored
 
 
@@ -281,7 +297,8 @@ def delete_object(actor: Actor, kind: type[Any], name: str, *, store: Definition
     if found := referrers(store, obj, actor):
         raise Conflict(f"'{name}' is used by {', '.join(found)}: delete those first", slug="in-use")
     try:
-        store.delete(kind, name, audit=[change(actor.name, "delete", store, before=obj)])
+        with edit_conflicts():
+            store.delete(kind, name, audit=[change(actor.name, "delete", store, before=obj)])
     except NotFound as exc:  # deleted by someone else in between
         raise Missing(str(exc)) from None
 
@@ -307,7 +324,8 @@ def copy_object(
     if isinstance(original, ExportDefinition):
         spec["schedule"] = original.schedule.model_copy(update={"enabled": False}).model_dump(mode="json")
     copy: T = kind.model_validate(spec)  # type: ignore[assignment]
-    store.apply(copy, audit=[change(actor.name, "copy", store, after=copy)])
+    with edit_conflicts():
+        store.apply(copy, audit=[change(actor.name, "copy", store, after=copy)])
     return copy
 
 
@@ -348,5 +366,6 @@ def save_definition_step(
     stored = checked([updated], store, checks)[0]
     assert isinstance(stored, ExportDefinition)
     if changed_fields(definition, stored):
-        store.apply(stored, audit=[change(actor.name, "update", store, before=definition, after=stored)])
+        with edit_conflicts():
+            store.apply(stored, audit=[change(actor.name, "update", store, before=definition, after=stored)])
     return stored

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Literal, TypeVar, cast
 
@@ -17,7 +17,9 @@ import structlog
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Text, func, select
 from sqlalchemy import cast as sql_cast
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from shared.catalog.audit_store import write_entries
 from shared.catalog.database import CatalogDatabase, aware, now
@@ -37,12 +39,17 @@ from shared.domain.catalog_objects import (
     stored_form,
 )
 from shared.domain.secret_references import is_reference
-from shared.errors import NotFound, StoredObjectInvalid
+from shared.errors import EditConflict, NotFound, StoredObjectInvalid
 from shared.secrets_at_rest import KEYS_VARIABLE, SecretCipher, SecretsUnreadable, no_key
 
 T = TypeVar("T", bound=CatalogObject)
+R = TypeVar("R")
 ApplyResult = Literal["created", "updated", "unchanged"]
 log = structlog.get_logger(__name__)
+
+#: How many times a write that lost a race to another (its row changed between its read and its write) is tried
+#: in all, each time on a fresh read, before :class:`EditConflict` says so. Concurrent edits of one object are rare.
+WRITE_ATTEMPTS = 5
 
 
 class SqlDefinitionsStore:
@@ -96,13 +103,28 @@ class SqlDefinitionsStore:
         return stored_form(current) == stored_form(obj)
 
     @staticmethod
-    def _row(session: Session, kind: str, name: str, *, for_update: bool = False) -> CatalogObjectRow | None:
-        query = select(CatalogObjectRow).where(CatalogObjectRow.kind == kind, CatalogObjectRow.name == name)
-        return session.scalar(query.with_for_update() if for_update else query)
+    def _row(session: Session, kind: str, name: str) -> CatalogObjectRow | None:
+        """The row of ``kind`` and ``name``, not locked: a write of it is conditional on the version read
+        (``CatalogObjectRow``'s ``version_id_col``), a lost race raises ``StaleDataError`` at the flush."""
+        return session.scalar(
+            select(CatalogObjectRow).where(CatalogObjectRow.kind == kind, CatalogObjectRow.name == name)
+        )
+
+    def _retried(self, write: Callable[[], R], kind: str, name: str, *, created: bool = False) -> R:
+        """``write`` (one transaction) done again on a fresh read while another write wins the race to its row
+        (``created``: also to create it, the name's unique key taken meanwhile); :class:`EditConflict` after
+        :data:`WRITE_ATTEMPTS` lost races. Each try is judged afresh: created, updated or unchanged."""
+        lost: tuple[type[Exception], ...] = (StaleDataError, IntegrityError) if created else (StaleDataError,)
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return write()
+            except lost:
+                log.info("catalog write lost a race, read again", kind=kind, name=name, attempt=attempt)
+        raise EditConflict(kind, name, WRITE_ATTEMPTS)
 
     def _write(self, session: Session, obj: CatalogObject) -> ApplyResult:
         spec = self._stored(obj)
-        row = SqlDefinitionsStore._row(session, kind_of(obj), obj.name, for_update=True)
+        row = SqlDefinitionsStore._row(session, kind_of(obj), obj.name)
         if row is None:
             moment = now()
             session.add(
@@ -124,17 +146,32 @@ class SqlDefinitionsStore:
     def apply(self, obj: CatalogObject, *, audit: Sequence[AuditEntry] = ()) -> ApplyResult:
         """Create or update an object by kind and name; say which (or that nothing changed).
 
-        ``audit`` entries are written in the same transaction: a change is recorded, or not made.
+        ``audit`` entries are written in the same transaction: a change is recorded, or not made. An edit of
+        the object by another writer between this one's read and its write is never overwritten unseen: this
+        one is read and judged again (:meth:`_retried`), the last one stored wins, as with one writer after
+        the other. Another writer creating the object first is not retried (``IntegrityError`` on its name):
+        the creates of the application layer (create, copy) must not take over an object created meanwhile.
         """
-        with self.database.transaction() as session:
-            write_entries(session, audit)
-            return self._write(session, obj)
+
+        def write() -> ApplyResult:
+            with self.database.transaction() as session:
+                write_entries(session, audit)
+                return self._write(session, obj)
+
+        return self._retried(write, kind_of(obj), obj.name)
 
     def apply_all(self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = ()) -> list[ApplyResult]:
-        """Create or update several objects in one transaction: all of them are written (and audited), or none."""
-        with self.database.transaction() as session:
-            write_entries(session, audit)
-            return [self._write(session, obj) for obj in objects]
+        """Create or update several objects in one transaction: all of them are written (and audited), or none
+        (a lost race to any of them, including another writer creating one first: all read and judged again,
+        as :meth:`apply` says; a manifest says what the objects are, whoever wrote them before)."""
+
+        def write() -> list[ApplyResult]:
+            with self.database.transaction() as session:
+                write_entries(session, audit)
+                return [self._write(session, obj) for obj in objects]
+
+        names = ", ".join(obj.name for obj in objects)
+        return self._retried(write, ", ".join(sorted({kind_of(obj) for obj in objects})), names, created=True)
 
     def get(self, kind: type[T], name: str) -> T:
         return self.get_versioned(kind, name)[2]
@@ -267,14 +304,21 @@ class SqlDefinitionsStore:
             return uuid.UUID(row.id), row.version, self._load(kind, row)
 
     def replace_if_version(self, obj: CatalogObject, version: int, *, audit: Sequence[AuditEntry] = ()) -> bool:
-        """Store ``obj`` only if its stored version is still ``version`` (compare and set); True when stored."""
-        with self.database.transaction() as session:
-            row = self._row(session, kind_of(obj), obj.name, for_update=True)
-            if row is None or row.version != version:
-                return False
-            write_entries(session, audit)
-            row.spec, row.version, row.updated_at = self._stored(obj), row.version + 1, now()
-            return True
+        """Store ``obj`` only if its stored version is still ``version`` (compare and set); True when stored.
+
+        The write itself is conditional on ``version``: of two updates from one version at once, one is stored
+        and the other answers False (never both)."""
+        try:
+            with self.database.transaction() as session:
+                row = self._row(session, kind_of(obj), obj.name)
+                if row is None or row.version != version:
+                    return False
+                write_entries(session, audit)
+                row.spec, row.version, row.updated_at = self._stored(obj), row.version + 1, now()
+                session.flush()
+                return True
+        except StaleDataError:  # another update stored since the read: this one lost
+            return False
 
     def list_objects(self, kind: type[T]) -> list[T]:
         with self.database.transaction() as session:
@@ -284,26 +328,36 @@ class SqlDefinitionsStore:
             return [self._load(kind, row) for row in rows]
 
     def rename(self, old_name: str, obj: CatalogObject, *, audit: Sequence[AuditEntry] = ()) -> None:
-        """Replace object ``old_name`` of ``obj``'s kind by ``obj`` under its new name, keeping its id."""
-        with self.database.transaction() as session:
-            write_entries(session, audit)
-            row = self._row(session, kind_of(obj), old_name, for_update=True)
-            if row is None:
-                raise NotFound(kind_of(obj), old_name)
-            row.name, row.spec, row.version, row.updated_at = obj.name, self._stored(obj), row.version + 1, now()
+        """Replace object ``old_name`` of ``obj``'s kind by ``obj`` under its new name, keeping its id (an edit
+        of it meanwhile: read again, as :meth:`apply` says)."""
+
+        def write() -> None:
+            with self.database.transaction() as session:
+                write_entries(session, audit)
+                row = self._row(session, kind_of(obj), old_name)
+                if row is None:
+                    raise NotFound(kind_of(obj), old_name)
+                row.name, row.spec, row.version, row.updated_at = obj.name, self._stored(obj), row.version + 1, now()
+
+        self._retried(write, kind_of(obj), old_name)
 
     def delete(self, kind: type[CatalogObject], name: str, *, audit: Sequence[AuditEntry] = ()) -> None:
-        with self.database.transaction() as session:
-            write_entries(session, audit)
-            row = self._row(session, kind.__name__, name, for_update=True)
-            if row is None:
-                raise NotFound(kind.__name__, name)
-            if kind is ExportDefinition:
-                # Loaded here: the snapshots need numpy, which reading and writing objects do not.
-                from shared.catalog.change_snapshots import drop_snapshot
+        """Delete an object (an edit of it meanwhile: read again and deleted; deleted meanwhile: NotFound)."""
 
-                drop_snapshot(session, row.id)  # its change-mode snapshot goes with it (a new one starts afresh)
-            session.delete(row)
+        def write() -> None:
+            with self.database.transaction() as session:
+                write_entries(session, audit)
+                row = self._row(session, kind.__name__, name)
+                if row is None:
+                    raise NotFound(kind.__name__, name)
+                if kind is ExportDefinition:
+                    # Loaded here: the snapshots need numpy, which reading and writing objects do not.
+                    from shared.catalog.change_snapshots import drop_snapshot
+
+                    drop_snapshot(session, row.id)  # its change-mode snapshot goes with it (a new one starts afresh)
+                session.delete(row)
+
+        self._retried(write, kind.__name__, name)
 
     def reencrypt_secrets(self) -> tuple[int, int]:
         """Encrypt every literal secret of every connection profile again, with the current key; (profiles, secrets).
@@ -315,22 +369,27 @@ class SqlDefinitionsStore:
         """
         if self.cipher is None:
             raise SecretsUnreadable(f"{KEYS_VARIABLE} is not set: there is no key to encrypt with")
-        profiles = secrets = 0
-        with self.database.transaction() as session:
-            query = select(CatalogObjectRow).where(CatalogObjectRow.kind == ConnectionProfile.__name__)
-            for row in list(session.scalars(query.with_for_update())):
-                try:
-                    profile = self._load(ConnectionProfile, row)
-                except ValidationError as exc:
-                    raise SecretsUnreadable(
-                        f"ConnectionProfile '{row.name}' is not valid ({exc.error_count()} error(s), e.g. in field "
-                        f"'{'.'.join(map(str, exc.errors()[0]['loc']))}'): apply it again corrected, then rotate"
-                    ) from None
-                literals = sum(not is_reference(s.get_secret_value()) for _, s in secret_fields(profile))
-                if literals:
-                    row.spec = self._stored(profile)
-                    profiles, secrets = profiles + 1, secrets + literals
-        return profiles, secrets
+
+        def write() -> tuple[int, int]:
+            profiles = secrets = 0
+            with self.database.transaction() as session:
+                query = select(CatalogObjectRow).where(CatalogObjectRow.kind == ConnectionProfile.__name__)
+                for row in list(session.scalars(query.with_for_update())):
+                    try:
+                        profile = self._load(ConnectionProfile, row)
+                    except ValidationError as exc:
+                        raise SecretsUnreadable(
+                            f"ConnectionProfile '{row.name}' is not valid ({exc.error_count()} error(s), e.g. in field "
+                            f"'{'.'.join(map(str, exc.errors()[0]['loc']))}'): apply it again corrected, then rotate"
+                        ) from None
+                    literals = sum(not is_reference(s.get_secret_value()) for _, s in secret_fields(profile))
+                    if literals:
+                        row.spec = self._stored(profile)
+                        profiles, secrets = profiles + 1, secrets + literals
+            return profiles, secrets
+
+        # A profile edited while rotating (SQLite locks no row): rotated again from a fresh read.
+        return self._retried(write, ConnectionProfile.__name__, "*")
 
     def scheduled_definitions(self) -> list[tuple[uuid.UUID, ExportDefinition]]:
         """Definitions whose schedule is enabled, with their ids."""

@@ -39,6 +39,11 @@ class CatalogObjectRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
+    # Every UPDATE and DELETE of a row loaded through the ORM carries ``WHERE version = <the version read>``
+    # (the store sets the next version itself): a write that lost a race to another raises ``StaleDataError``
+    # instead of overwriting it, on SQLite (which has no ``FOR UPDATE``) as on PostgreSQL.
+    __mapper_args__ = {"version_id_col": version, "version_id_generator": False}
+
 
 class RunRow(Base):
     """A run's record, written by the notifier from the run events."""
