@@ -61,8 +61,8 @@ class DispatcherSettings(CommonSettings):
     # 4,096: one-member requests/s end to end +4-6% against 1,024 (2026-12-04, 60,000 members, two turns each, load
     # 1.8-3; the receiver's pauses between rounds 1.3-1.4 s -> 0.5-0.6 s a run); with 64-request records a poll then
     # takes the 64 records `poll_records` allows, as a batch template's rounds do.
-    # 1,024 before: one-member requests/s end to end +14% against the former rounds of 256 (2026-12-04, three turns each;
-    # +11% and +26% against 256 with the round admission in two more sittings; the notifier's and broker's CPU
+    # 1,024 before: one-member requests/s end to end +14% against the former rounds of 256 (2026-12-04, three turns
+    # each; +11% and +26% against 256 with the round admission in two more sittings; the notifier's and broker's CPU
     # less than halved): a round's poll, produce, flush and commit are paid per round. 256 had measured 2,254
     # against 1,351 with 64. A round's time no longer grows with it: the round's admission bounds it
     # (round_seconds, below), so the poll interval does not either.
