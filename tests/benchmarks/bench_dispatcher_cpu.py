@@ -9,7 +9,7 @@ garbage collector's full collections during the dispatcher's turns are timed too
 start-up objects out of their reach: ``--no-freeze`` shows the cost without).
 
     .venv/bin/python -m tests.benchmarks.bench_dispatcher_cpu [--requests 10240] [--rounds 3] [--no-freeze]
-        [--loops asyncio uvloop]
+        [--loops asyncio uvloop] [--partner http|memory]
 
 ``--loops`` names the event loops each turn runs both contenders on (asyncio's default loop, uvloop's), in turn
 in the same sitting; the ratio is taken on the same loop.
@@ -37,7 +37,7 @@ from services.dispatcher.partner_auth import OAuthTokenCache
 from shared.domain.catalog_objects import CatalogObject, ConnectionProfile, HttpTemplate
 from shared.domain.destinations import DestinationPolicy
 from shared.events import MemberBatch
-from shared.outbound.partner_http import AiohttpPartnerHttp
+from shared.outbound.partner_http import AiohttpPartnerHttp, PartnerAnswer
 from shared.runtime import freeze_startup_objects
 from shared.topics import Topics
 from tests.benchmarks.common import plain_aiohttp
@@ -122,9 +122,25 @@ class FullCollections:
             self.count += 1
 
 
-async def dispatcher_turn(base_url: str, requests: int) -> tuple[float, float, FullCollections]:
-    """CPU microseconds a request and requests/s of the dispatcher delivering ``requests`` requests."""
-    partners = AiohttpPartnerHttp(DestinationPolicy.parse("127.0.0.1"), max_connections=100)
+class MemoryPartner:
+    """A partner answering 200 at once, in memory (``--partner memory``): the dispatcher's own CPU, no HTTP."""
+
+    ANSWER = PartnerAnswer(200, None, b"")
+
+    async def send(self, request: object, timeout: float, network: object = None) -> PartnerAnswer:
+        await asyncio.sleep(0)  # the event loop turns once, as it would for a reply
+        return self.ANSWER
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def dispatcher_turn(base_url: str, requests: int, partner: str = "http") -> tuple[float, float, FullCollections]:
+    """CPU microseconds a request and requests/s of the dispatcher delivering ``requests`` requests, to the lean
+    receiver over HTTP or to a partner in memory."""
+    partners: AiohttpPartnerHttp | MemoryPartner = MemoryPartner()
+    if partner == "http":
+        partners = AiohttpPartnerHttp(DestinationPolicy.parse("127.0.0.1"), max_connections=100)
     catalog = MemoryCatalog(base_url)
     dispatcher = Dispatcher(
         objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
@@ -173,6 +189,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-freeze", action="store_true", help="leave start-up objects to the collector")
     parser.add_argument("--loops", nargs="+", choices=("asyncio", "uvloop"), default=["asyncio"])
+    parser.add_argument(
+        "--partner",
+        choices=("http", "memory"),
+        default="http",
+        help="the lean receiver over HTTP (beside a plain aiohttp loop), or a partner in memory: the dispatcher's "
+        "own CPU a request, without the HTTP client's (no plain loop then)",
+    )
     args = parser.parse_args()
     if not args.no_freeze:
         freeze_startup_objects()  # as the service does
@@ -181,6 +204,13 @@ def main() -> None:
     with lean_receiver() as base_url:
         for turn in range(1, args.rounds + 1):
             for loop in args.loops:
+                if args.partner == "memory":
+                    cpu, rate, full = run_on(loop, dispatcher_turn(base_url, args.requests, "memory"))
+                    print(
+                        f"turn {turn}, {loop}: the dispatcher's own work {cpu:.1f} us CPU a request (partner in memory)"
+                    )
+                    plain_of[loop].append(cpu)
+                    continue
                 plain_cpu, plain_rate = run_on(loop, plain_turn(base_url, args.requests))
                 cpu, rate, full = run_on(loop, dispatcher_turn(base_url, args.requests))
                 ratios[loop].append(cpu / plain_cpu)
@@ -191,6 +221,9 @@ def main() -> None:
                     f"({plain_rate:,.0f} requests/s): {cpu / plain_cpu:.2f}x"
                 )
     for loop in args.loops:
+        if args.partner == "memory":
+            print(f"median on {loop}: the dispatcher's own work {statistics.median(plain_of[loop]):.1f} us a request")
+            continue
         print(
             f"median on {loop}: the dispatcher's CPU a request is {statistics.median(ratios[loop]):.2f}x the plain "
             f"loop's (plain loop {statistics.median(plain_of[loop]):.0f} us a request)"
