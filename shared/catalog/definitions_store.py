@@ -337,7 +337,7 @@ class SqlDefinitionsStore:
 
     def rename(self, old_name: str, obj: CatalogObject, *, audit: Sequence[AuditEntry] = ()) -> None:
         """Replace object ``old_name`` of ``obj``'s kind by ``obj`` under its new name, keeping its id (an edit
-        of it meanwhile: read again, as :meth:`apply` says)."""
+        of it meanwhile: read again, as :meth:`apply` says; the new name taken meanwhile: :class:`NameTaken`)."""
 
         def write() -> None:
             with self.database.transaction() as session:
@@ -347,7 +347,10 @@ class SqlDefinitionsStore:
                     raise NotFound(kind_of(obj), old_name)
                 row.name, row.spec, row.version, row.updated_at = obj.name, self._stored(obj), row.version + 1, now()
 
-        self._retried(write, kind_of(obj), old_name)
+        try:
+            self._retried(write, kind_of(obj), old_name)
+        except IntegrityError:  # the new name taken by another writer after it was checked
+            raise NameTaken(kind_of(obj), obj.name) from None
 
     def delete(self, kind: type[CatalogObject], name: str, *, audit: Sequence[AuditEntry] = ()) -> None:
         """Delete an object (an edit of it meanwhile: read again and deleted; deleted meanwhile: NotFound)."""

@@ -13,7 +13,7 @@ from shared.application import objects
 from shared.application.actors import Actor, Role
 from shared.application.checks import ObjectChecks
 from shared.application.errors import Conflict
-from shared.application.objects import copy_object, create_object
+from shared.application.objects import copy_object, create_object, replace_object
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import SavedQuery
 from shared.domain.destinations import DestinationPolicy
@@ -67,3 +67,24 @@ def test_a_copy_whose_name_is_taken_meanwhile_is_a_name_conflict(
 
     assert (refused.value.status, refused.value.slug) == (409, "name-conflict")
     assert catalog.definitions.get(SavedQuery, "q2") == BOBS
+
+
+def test_a_rename_to_a_name_taken_meanwhile_is_a_name_conflict_and_both_objects_stay(
+    catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    alices = SavedQuery(name="q", sql="SELECT id, email FROM members")
+    catalog.definitions.apply(alices)
+    real_referrers = objects.referrers
+
+    def referrers(*args: Any, **kwargs: Any) -> Any:
+        catalog.definitions.apply(BOBS)  # Bob creates q2 after Alice's rename of q to q2 checked the name
+        return real_referrers(*args, **kwargs)
+
+    monkeypatch.setattr(objects, "referrers", referrers)
+    body = {"name": "q2", "sql": "SELECT id, email FROM members"}
+    with pytest.raises(Conflict) as refused:
+        replace_object(ALICE, SavedQuery, "q", body, store=catalog.definitions, checks=CHECKS)
+
+    assert (refused.value.status, refused.value.slug) == (409, "name-conflict")
+    assert catalog.definitions.get(SavedQuery, "q2") == BOBS
+    assert catalog.definitions.get(SavedQuery, "q") == alices
