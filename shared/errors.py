@@ -11,7 +11,9 @@
      │                     → the run or batch fails with the reason; members are dead-lettered
      ├── NotFound          no catalog object of that kind and name (a PermanentError for a run)
      │                     → 404 through the admin API, a refusal naming it in exportctl
-     └── EditConflict      a catalog object changed by others at every one of a write's tries
+     ├── EditConflict      a catalog object changed by others at every one of a write's tries
+     │                     → 409 through the admin API (a Conflict), exit 4 in exportctl
+     └── NameTaken         a new catalog object's name taken by another writer meanwhile
                            → 409 through the admin API (a Conflict), exit 4 in exportctl
 """
 
@@ -54,4 +56,12 @@ class EditConflict(PermanentError):
             f"{kind} '{name}' was changed by others at each of {attempts} tries to write it: nothing was written, "
             "try again"
         )
+        self.kind, self.name = kind, name
+
+
+class NameTaken(PermanentError):
+    """A new catalog object's kind and name were taken by another writer after they were checked (nothing written)."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"{kind} '{name}' exists already")
         self.kind, self.name = kind, name

@@ -30,7 +30,7 @@ from shared.domain.catalog_objects import (
     stored_form,
 )
 from shared.domain.names import slugify
-from shared.errors import EditConflict, NotFound
+from shared.errors import EditConflict, NameTaken, NotFound
 
 if TYPE_CHECKING:
     from shared.application.checks import ObjectChecks
@@ -46,6 +46,8 @@ def edit_conflicts() -> Iterator[None]:
         yield
     except EditConflict as exc:
         raise Conflict(str(exc), slug="edit-conflict") from None
+    except NameTaken as exc:  # a create's name taken by another writer after it was checked
+        raise Conflict(str(exc), slug="name-conflict") from None
 
 
 def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: ObjectChecks) -> list[CatalogObject]:
@@ -263,7 +265,7 @@ def create_object(
         refuse_taken(store, kind, obj.name)
     stored = checked([obj], store, checks)[0]
     with edit_conflicts():
-        store.apply(stored, audit=[change(actor.name, "create", store, after=stored)])
+        store.apply(stored, audit=[change(actor.name, "create", store, after=stored)], new=True)
     return stored  # type: ignore[return-value]
 
 
@@ -325,7 +327,7 @@ def copy_object(
         spec["schedule"] = original.schedule.model_copy(update={"enabled": False}).model_dump(mode="json")
     copy: T = kind.model_validate(spec)  # type: ignore[assignment]
     with edit_conflicts():
-        store.apply(copy, audit=[change(actor.name, "copy", store, after=copy)])
+        store.apply(copy, audit=[change(actor.name, "copy", store, after=copy)], new=True)
     return copy
 
 

@@ -39,7 +39,7 @@ from shared.domain.catalog_objects import (
     stored_form,
 )
 from shared.domain.secret_references import is_reference
-from shared.errors import EditConflict, NotFound, StoredObjectInvalid
+from shared.errors import EditConflict, NameTaken, NotFound, StoredObjectInvalid
 from shared.secrets_at_rest import KEYS_VARIABLE, SecretCipher, SecretsUnreadable, no_key
 
 T = TypeVar("T", bound=CatalogObject)
@@ -143,22 +143,30 @@ class SqlDefinitionsStore:
         row.spec, row.version, row.updated_at = spec, row.version + 1, now()
         return "updated"
 
-    def apply(self, obj: CatalogObject, *, audit: Sequence[AuditEntry] = ()) -> ApplyResult:
+    def apply(self, obj: CatalogObject, *, audit: Sequence[AuditEntry] = (), new: bool = False) -> ApplyResult:
         """Create or update an object by kind and name; say which (or that nothing changed).
 
         ``audit`` entries are written in the same transaction: a change is recorded, or not made. An edit of
         the object by another writer between this one's read and its write is never overwritten unseen: this
         one is read and judged again (:meth:`_retried`), the last one stored wins, as with one writer after
         the other. Another writer creating the object first is not retried (``IntegrityError`` on its name):
-        the creates of the application layer (create, copy) must not take over an object created meanwhile.
+        the creates of the application layer (create, copy) must not take over an object created meanwhile:
+        with ``new``, an object of that kind and name stored by then (or at once) is :class:`NameTaken`.
         """
 
         def write() -> ApplyResult:
             with self.database.transaction() as session:
                 write_entries(session, audit)
+                if new and self._row(session, kind_of(obj), obj.name) is not None:
+                    raise NameTaken(kind_of(obj), obj.name)
                 return self._write(session, obj)
 
-        return self._retried(write, kind_of(obj), obj.name)
+        try:
+            return self._retried(write, kind_of(obj), obj.name)
+        except IntegrityError:
+            if new:  # created by another writer between this one's read and its insert
+                raise NameTaken(kind_of(obj), obj.name) from None
+            raise
 
     def apply_all(self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = ()) -> list[ApplyResult]:
         """Create or update several objects in one transaction: all of them are written (and audited), or none
@@ -329,7 +337,7 @@ class SqlDefinitionsStore:
 
     def rename(self, old_name: str, obj: CatalogObject, *, audit: Sequence[AuditEntry] = ()) -> None:
         """Replace object ``old_name`` of ``obj``'s kind by ``obj`` under its new name, keeping its id (an edit
-        of it meanwhile: read again, as :meth:`apply` says)."""
+        of it meanwhile: read again, as :meth:`apply` says; the new name taken meanwhile: :class:`NameTaken`)."""
 
         def write() -> None:
             with self.database.transaction() as session:
@@ -339,7 +347,10 @@ class SqlDefinitionsStore:
                     raise NotFound(kind_of(obj), old_name)
                 row.name, row.spec, row.version, row.updated_at = obj.name, self._stored(obj), row.version + 1, now()
 
-        self._retried(write, kind_of(obj), old_name)
+        try:
+            self._retried(write, kind_of(obj), old_name)
+        except IntegrityError:  # the new name taken by another writer after it was checked
+            raise NameTaken(kind_of(obj), obj.name) from None
 
     def delete(self, kind: type[CatalogObject], name: str, *, audit: Sequence[AuditEntry] = ()) -> None:
         """Delete an object (an edit of it meanwhile: read again and deleted; deleted meanwhile: NotFound)."""

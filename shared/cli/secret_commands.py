@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Protocol
 
+from shared.cli.exits import REFUSED
 from shared.cli.exits import fail as _fail
 
 if TYPE_CHECKING:
@@ -31,9 +32,11 @@ class SecretSettings(Protocol):
 
 
 def cmd_rotate(settings: SecretSettings, args: argparse.Namespace) -> int:
-    """Encrypt every literal secret in the catalog again with the first key; exit 2 if it cannot be done."""
+    """Encrypt every literal secret in the catalog again with the first key; exit 2 if it cannot be done, 4 if
+    profiles kept changing under it (a conflict: nothing was changed)."""
     from shared.catalog import CatalogStores, make_engine
     from shared.catalog.schema import SchemaOutdated, require_current
+    from shared.errors import EditConflict
     from shared.secrets_at_rest import SecretCipher, SecretsUnreadable
 
     try:
@@ -54,6 +57,11 @@ def cmd_rotate(settings: SecretSettings, args: argparse.Namespace) -> int:
         profiles, secrets = stores.definitions.reencrypt_secrets()
     except SecretsUnreadable as exc:
         return _fail(f"{exc}; nothing was changed")
+    except EditConflict:  # SQLite locks no row: profiles edited meanwhile at every try (as any edit conflict)
+        return _fail(
+            "connection profiles were changed by others at each try to rotate them: nothing was changed, try again",
+            REFUSED,
+        )
     finally:
         stores.close()
     print(
