@@ -52,6 +52,15 @@ log = structlog.get_logger(__name__)
 WRITE_ATTEMPTS = 5
 
 
+class _NothingWritten(Exception):
+    """Raised inside a write's transaction to roll back its audit entries: a retry found every object already as
+    it was to be written (another writer made the same edit), so no change of this writer's is recorded."""
+
+    def __init__(self, results: list[ApplyResult]) -> None:
+        super().__init__("nothing written")
+        self.results = results
+
+
 class SqlDefinitionsStore:
     """Catalog objects by kind and name, each under a stable id and a version that grows with every change."""
 
@@ -155,11 +164,17 @@ class SqlDefinitionsStore:
         """
 
         def write() -> ApplyResult:
-            with self.database.transaction() as session:
-                write_entries(session, audit)
-                if new and self._row(session, kind_of(obj), obj.name) is not None:
-                    raise NameTaken(kind_of(obj), obj.name)
-                return self._write(session, obj)
+            try:
+                with self.database.transaction() as session:
+                    write_entries(session, audit)
+                    if new and self._row(session, kind_of(obj), obj.name) is not None:
+                        raise NameTaken(kind_of(obj), obj.name)
+                    result = self._write(session, obj)
+                    if audit and result == "unchanged":
+                        raise _NothingWritten([result])  # the audit entries roll back with it
+                    return result
+            except _NothingWritten:
+                return "unchanged"
 
         try:
             return self._retried(write, kind_of(obj), obj.name)
@@ -174,9 +189,15 @@ class SqlDefinitionsStore:
         as :meth:`apply` says; a manifest says what the objects are, whoever wrote them before)."""
 
         def write() -> list[ApplyResult]:
-            with self.database.transaction() as session:
-                write_entries(session, audit)
-                return [self._write(session, obj) for obj in objects]
+            try:
+                with self.database.transaction() as session:
+                    write_entries(session, audit)
+                    results = [self._write(session, obj) for obj in objects]
+                    if audit and all(result == "unchanged" for result in results):
+                        raise _NothingWritten(results)  # the audit entries roll back with it
+                    return results
+            except _NothingWritten as nothing:
+                return nothing.results
 
         names = ", ".join(obj.name for obj in objects)
         return self._retried(write, ", ".join(sorted({kind_of(obj) for obj in objects})), names, created=True)
