@@ -1,0 +1,76 @@
+"""kafka-python's connects close their socket when they do not succeed (shared.kafka.connect_sockets)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import pytest
+from kafka.net.inet import KafkaNetSocket
+
+from shared.kafka.connect_sockets import close_sockets_of_failed_connects
+
+
+class _WaitingNet:
+    """kafka-python's network selector as a connect sees it: waiting for writability suspends the task."""
+
+    def wait_write(self, sock: socket.socket, timeout_at: float | None = None) -> Any:
+        return _Suspend()
+
+
+class _Suspend:
+    def __await__(self) -> Generator[str, None, None]:
+        yield "waiting for the socket to be writable"
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server
+
+
+def _nonblocking() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    return sock
+
+
+def test_a_connect_abandoned_by_its_closed_client_closes_its_socket(listener: socket.socket) -> None:
+    close_sockets_of_failed_connects()
+    sock = _nonblocking()
+    connect = KafkaNetSocket().sock_connect(_WaitingNet(), sock, listener.getsockname())
+    assert connect.send(None) == "waiting for the socket to be writable"
+    connect.close()  # what the selector does to the connecting task of a client being closed
+    assert sock.fileno() == -1, "the abandoned connect left its socket open"
+
+
+def test_a_refused_connect_closes_its_socket() -> None:
+    close_sockets_of_failed_connects()
+    with socket.create_server(("127.0.0.1", 0)) as closed_soon:
+        address = closed_soon.getsockname()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(5)  # blocking: the refusal is the connect's own answer, no selector needed
+    connect = KafkaNetSocket().sock_connect(_WaitingNet(), sock, address)
+    with pytest.raises(Exception, match="ECONNREFUSED"):
+        connect.send(None)
+    assert sock.fileno() == -1, "the refused connect left its socket open"
+
+
+def test_a_connect_that_succeeds_keeps_its_socket_open(listener: socket.socket) -> None:
+    close_sockets_of_failed_connects()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        connect = KafkaNetSocket().sock_connect(_WaitingNet(), sock, listener.getsockname())
+        with pytest.raises(StopIteration) as done:
+            connect.send(None)
+        assert done.value.value is sock
+        assert sock.fileno() != -1
+        assert sock.getpeername() == listener.getsockname()
+
+
+def test_the_fix_is_applied_once_however_often_it_is_asked_for() -> None:
+    close_sockets_of_failed_connects()
+    applied = KafkaNetSocket.sock_connect
+    close_sockets_of_failed_connects()
+    assert KafkaNetSocket.sock_connect is applied
