@@ -96,7 +96,7 @@ def main() -> None:
         )
         loop.poll_records = dispatcher.next_poll_records
         # A round's first batches begin while the rest are decoded (one round in flight: ConsumerLoop.round_stream).
-        feed_rounds(loop, portal, dispatcher, settings.dispatcher_concurrency)
+        feed_rounds(loop, portal, dispatcher.handle_feed, settings.dispatcher_concurrency)
         notices.publish = loop.send_all
         dispatcher.stopping = loop.stopping  # SIGTERM abandons the round in progress (its batches handed back)
         loop.install_signal_handlers()

@@ -8,7 +8,7 @@ for its last record to be decoded. With a feed, the consumer loop hands the roun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.context import Context
@@ -20,7 +20,6 @@ from shared.kafka.records import Round, round_contexts
 if TYPE_CHECKING:
     from anyio.from_thread import BlockingPortal
 
-    from services.dispatcher.dispatching import Dispatcher
     from shared.kafka.loop import ConsumerLoop
 
 
@@ -82,8 +81,14 @@ class PortalRoundStream:
         return results
 
 
-def feed_rounds(loop: ConsumerLoop[MemberBatch], portal: BlockingPortal, dispatcher: Dispatcher, records: int) -> None:
-    """Have ``loop`` hand its rounds to ``dispatcher`` (on ``portal``'s event loop) ``records`` batches at a time as
-    it decodes them (``ConsumerLoop.round_stream``), so that the first requests begin while the rest are decoded."""
-    loop.round_stream = lambda: PortalRoundStream(portal, dispatcher.handle_feed)
+def feed_rounds(
+    loop: ConsumerLoop[MemberBatch],
+    portal: BlockingPortal,
+    handle_feed: Callable[[RoundFeed], Awaitable[Sequence[list[Any] | BaseException]]],
+    records: int,
+) -> None:
+    """Have ``loop`` hand its rounds to ``handle_feed`` (the dispatcher's, on ``portal``'s event loop) ``records``
+    batches at a time as it decodes them (``ConsumerLoop.round_stream``), so that the first requests begin while the
+    rest are decoded."""
+    loop.round_stream = lambda: PortalRoundStream(portal, handle_feed)
     loop.stream_records = records

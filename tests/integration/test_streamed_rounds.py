@@ -95,7 +95,7 @@ def test_a_rounds_first_batches_reach_the_partner_while_its_last_records_are_dec
             dead_letter_topic=topics.dead_letters,
         )
         loop.poll_records = lambda: BATCHES
-        feed_rounds(loop, http.portal, dispatcher.dispatcher, CHUNK)  # as the service wires it
+        feed_rounds(loop, http.portal, dispatcher.dispatcher.handle_feed, CHUNK)  # as the service wires it
         production = loop.round_stream
         assert production is not None
 
@@ -171,7 +171,7 @@ def test_a_round_of_two_priorities_is_handed_over_whole_high_priority_first(sett
             dead_letter_topic=topics.dead_letters,
         )
         loop.poll_records = lambda: len(normal) + len(high)
-        feed_rounds(loop, http.portal, dispatcher.dispatcher, 1)
+        feed_rounds(loop, http.portal, dispatcher.dispatcher.handle_feed, 1)
         production = loop.round_stream
         assert production is not None
 
