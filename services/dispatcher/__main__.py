@@ -15,7 +15,6 @@ from services.dispatcher.event_loop import portal_options, running_loop_name
 from services.dispatcher.fleet_limits import FleetLimits
 from services.dispatcher.inspector import inspector_of
 from services.dispatcher.partner_auth import OAuthTokenCache
-from services.dispatcher.round_feed import feed_rounds
 from services.dispatcher.settings import DispatcherSettings
 from shared.catalog import CatalogStores
 from shared.catalog.fleet_store import SqlFleetStore
@@ -95,8 +94,6 @@ def main() -> None:
             max_poll_interval_ms=settings.max_poll_interval_ms,
         )
         loop.poll_records = dispatcher.next_poll_records
-        # A round's first batches begin while the rest are decoded (one round in flight: ConsumerLoop.round_stream).
-        feed_rounds(loop, portal, dispatcher.handle_feed, settings.dispatcher_concurrency)
         notices.publish = loop.send_all
         dispatcher.stopping = loop.stopping  # SIGTERM abandons the round in progress (its batches handed back)
         loop.install_signal_handlers()

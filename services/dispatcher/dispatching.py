@@ -39,7 +39,6 @@ from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
 from services.dispatcher.render_offload import Renderer
 from services.dispatcher.request_workers import RequestWorkers
 from services.dispatcher.round_admission import RoundAdmission, Verdict, admission_order, admitted_requests
-from services.dispatcher.round_feed import RoundFeed
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_in_requests
 from services.dispatcher.wakeup import Wakeup
 from shared.application.ports import DefinitionsReader, RunsReader
@@ -251,34 +250,15 @@ class Dispatcher:
         back uncommitted, for the next owner of their partition (a request cut short may be sent again: same
         Idempotency-Key).
         """
+        record_requests = [1]  # this round's most requests in one record
         contexts = round_contexts(batches)
         order = admission_order([batch.priority for batch in batches])  # positions in batches, begun in this order
-        offered = await self.handle_feed(
-            RoundFeed.of([batches[position] for position in order], [contexts[position] for position in order])
-        )
-        results: list[list[Outgoing] | BaseException] = [RuntimeError("no result")] * len(batches)
-        for result, position in zip(offered, order, strict=True):
-            results[position] = result
-        return results
-
-    async def handle_feed(self, feed: RoundFeed) -> list[list[Outgoing] | BaseException]:
-        """Deliver a round's batches as ``feed`` brings them (the consumer loop adds them as it decodes them:
-        :mod:`.round_feed`), begun in the order fed, as :meth:`handle_all` says; their results in that order once
-        the feed is closed and every batch begun has finished. A batch not begun by the round's deadline, or when
-        the service stops, is answered as :meth:`handle_all` answers it."""
-        record_requests = [1]  # this round's most requests in one record
         admission = RoundAdmission(self.admitted_requests, self.round_seconds, self.clock())
         ready = Wakeup()  # woken when the batch waiting to begin fits
         tasks: list[asyncio.Future[list[Outgoing]]] = []
         try:
-            while not self.stopping.is_set():
-                fed = feed.get(len(tasks))
-                if fed is None:
-                    if feed.closed:
-                        break
-                    await feed.wait(self.STOP_CHECK_SECONDS)  # the next batches are being decoded
-                    continue
-                batch, context = fed
+            while len(tasks) < len(batches) and not self.stopping.is_set():
+                batch = batches[order[len(tasks)]]
                 requests = self._requests_of(batch)
                 verdict = admission.verdict(requests, self.clock())
                 if verdict is Verdict.HAND_BACK:
@@ -287,7 +267,7 @@ class Dispatcher:
                     await ready.wait(min(self.STOP_CHECK_SECONDS, admission.seconds_left(self.clock())))
                     continue
                 index = admission.begin(requests)
-                tasks.append(self._begin(batch, context, record_requests, admission, index, ready))
+                tasks.append(self._begin(batch, contexts[order[index]], record_requests, admission, index, ready))
             pending: set[asyncio.Future[list[Outgoing]]] = set(tasks)
             while pending and not self.stopping.is_set():
                 _, pending = await asyncio.wait(pending, timeout=self.STOP_CHECK_SECONDS)
@@ -295,19 +275,17 @@ class Dispatcher:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-            while not feed.closed:  # the loop closes it once the round's records are all decoded
-                await feed.wait(self.STOP_CHECK_SECONDS)
-            if len(tasks) < len(feed) and not self.stopping.is_set():
-                ROUND_HANDED_BACK.inc(len(feed) - len(tasks))
+            # Each begun batch's result, by its position in the round (the loop reads them in the round's order).
+            results = {position: self._result_of(task) for position, task in zip(order, tasks, strict=False)}
+            if len(tasks) < len(batches) and not self.stopping.is_set():
+                ROUND_HANDED_BACK.inc(len(batches) - len(tasks))
                 log.info(
                     "round deadline passed: batches handed to the next round",
                     begun=len(tasks),
-                    handed_back=len(feed) - len(tasks),
+                    handed_back=len(batches) - len(tasks),
                     round_seconds=self.round_seconds,
                 )
-            return [self._result_of(task) for task in tasks] + [
-                self._not_begun() for _ in range(len(feed) - len(tasks))
-            ]
+            return [results[position] if position in results else self._not_begun() for position in range(len(batches))]
         finally:
             self._record_requests = record_requests[0]
 

@@ -36,7 +36,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -73,7 +72,7 @@ from shared.kafka.held_records import ForgetRevoked, HeldRecords, HoldRecord
 from shared.kafka.records import Consumed as Consumed
 from shared.kafka.records import Headers as Headers
 from shared.kafka.records import Outgoing as Outgoing
-from shared.kafka.records import Round, RoundStream
+from shared.kafka.records import Round
 from shared.kafka.round_window import RoundWindow
 from shared.kafka.trace_context import decoded_in_context
 from shared.metrics import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED, ConsumerLagSeries, partition_lag
@@ -356,8 +355,6 @@ class _PendingRound(Generic[E]):
     #: when the whole round is handed back.
     settled: list[tuple[Any, list[Outgoing] | _Letter]] = field(default_factory=list)
     sending: _Sending | None = None
-    #: The handler's stream when the round was handed to it as it was decoded (``ConsumerLoop.round_stream``).
-    stream: RoundStream[E] | None = None
 
     def held_keys(self) -> list[tuple[TopicPartition, int]]:
         """The held records handed to the handler again in this round."""
@@ -450,14 +447,6 @@ class ConsumerLoop(Generic[E]):
         #: rest); a round handler that starts its due records together and hands back what it has not finished
         #: sets more (the extractor: a burst's runs due at one instant are started in a round or two).
         self.held_round_records: int | None = None
-        #: Opens a stream to the round handler (:class:`~shared.kafka.records.RoundStream`), for a round handed over
-        #: ``stream_records`` events at a time as they are decoded instead of once the whole poll is (None: the
-        #: latter). Set by a round handler that can begin the first events while the rest are decoded (the
-        #: dispatcher: decoding 64 records of 500 members took a quarter of a batch run, no request in flight).
-        #: Only with one round in flight, and for a round whose records all come from one topic, so that the order
-        #: they are handed over in is the order to handle them (one priority: see ``priority_topics``).
-        self.round_stream: Callable[[], RoundStream[E]] | None = None
-        self.stream_records = 8
         self.consumer = consumer
         self.producer = producer
         self.decode = decode
@@ -725,14 +714,10 @@ class ConsumerLoop(Generic[E]):
         The poll is the unit of backpressure: the next poll waits until this one's records all have
         their outcome, so a slow endpoint slows consumption instead of buffering the topic in memory.
         """
-        pending = self._start_round(polled, due or [], streamed=self.round_stream is not None)
+        pending = self._start_round(polled, due or [])
         if pending is None:
             return 0
-        stream = pending.stream
-        if stream is not None:
-            results = self._round_results(lambda _: stream.close(), pending.events or Round([], []))
-        else:
-            results = self._round_results(handle_round, pending.events) if pending.events is not None else []
+        results = self._round_results(handle_round, pending.events) if pending.events is not None else []
         try:
             self._send_round(pending, results)
             settled = self._confirm_round(pending)
@@ -809,13 +794,9 @@ class ConsumerLoop(Generic[E]):
         for partition in partitions:
             self._committed_async.pop(partition, None)
 
-    def _start_round(
-        self, polled: dict[TopicPartition, list[Any]], due: list[Any], *, streamed: bool = False
-    ) -> _PendingRound[E] | None:
+    def _start_round(self, polled: dict[TopicPartition, list[Any]], due: list[Any]) -> _PendingRound[E] | None:
         """Decode a poll's records (the held ones due first) into a round for the handler; None when there is
-        nothing to handle, or the loop is stopping (the records are then sought back to). With ``streamed``, a round
-        whose records all come from one topic is handed to a stream of the handler's (``round_stream``) as it is
-        decoded, ``stream_records`` events at a time: the round's ``stream``."""
+        nothing to handle, or the loop is stopping (the records are then sought back to)."""
         if self.stopping.is_set():
             for partition, records in polled.items():
                 if records:
@@ -827,33 +808,16 @@ class ConsumerLoop(Generic[E]):
         again = sum(1 for record in records if self.held.is_held(record))  # held ones first: consumed before
         outcomes: list[list[Outgoing] | _Letter | BaseException] = [[] for _ in records]
         decoded: list[tuple[int, E]] = []
-        stream = None
-        if streamed and self.round_stream is not None and len({record.topic for record in records}) == 1:
-            stream = self.round_stream()
-        handed = 0  # the decoded events handed to the stream so far
-        try:
-            for index, record in enumerate(records):
-                event = self._decode(record, consumed=index >= again)
-                if isinstance(event, _Letter):
-                    outcomes[index] = event
-                else:
-                    decoded.append((index, event))
-                if stream is not None and len(decoded) - handed >= max(1, self.stream_records):
-                    stream.add(self._round_of(records, decoded[handed:]))
-                    handed = len(decoded)
-            if stream is not None and len(decoded) > handed:
-                stream.add(self._round_of(records, decoded[handed:]))
-        except BaseException:
-            if stream is not None:
-                with suppress(Exception):  # what it began finishes; the round is not settled: read again
-                    stream.close()
-            raise
-        events = self._round_of(records, decoded) if decoded else None
-        return _PendingRound(polled, records, again, outcomes, events, [index for index, _ in decoded], stream=stream)
-
-    def _round_of(self, records: list[Any], decoded: list[tuple[int, E]]) -> Round[E]:
-        """The decoded events (each with its record's index in ``records``) with their records' trace contexts."""
-        return Round([event for _, event in decoded], [self._trace_context(records[i]) for i, _ in decoded])
+        for index, record in enumerate(records):
+            event = self._decode(record, consumed=index >= again)
+            if isinstance(event, _Letter):
+                outcomes[index] = event
+            else:
+                decoded.append((index, event))
+        events = None
+        if decoded:
+            events = Round([event for _, event in decoded], [self._trace_context(records[i]) for i, _ in decoded])
+        return _PendingRound(polled, records, again, outcomes, events, [index for index, _ in decoded])
 
     def _send_round(self, pending: _PendingRound[E], results: Sequence[list[Outgoing] | BaseException]) -> None:
         """Decide each of a round's records from the handler's results, and hand the outcomes to the producer.

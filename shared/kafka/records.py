@@ -49,17 +49,6 @@ def round_contexts(events: Sequence[E]) -> Sequence[Context | None]:
     return [None] * len(events)
 
 
-class RoundStream(Protocol[E]):
-    """A round handed to its handler as the consumer loop decodes it (``ConsumerLoop.round_stream``): the
-    handler may begin the first events while the rest are decoded. :meth:`add` hands over the next events (a
-    :class:`Round`, in the order to handle them); :meth:`close` says there are no more and returns the result
-    of each event added, in the order added: its records to produce, or what it raised."""
-
-    def add(self, events: Round[E]) -> None: ...
-
-    def close(self) -> Sequence[list[Outgoing] | BaseException]: ...
-
-
 class Consumed(Protocol):
     """What the consumer loop reads of a consumed record (kafka-python's ``ConsumerRecord`` has it all).
 
