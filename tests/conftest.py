@@ -17,12 +17,12 @@ import pytest
 import sqlalchemy as sa
 
 from shared.catalog import CatalogStores
-from shared.kafka.connect_sockets import close_sockets_of_failed_connects
+from shared.kafka.socket_leaks import close_leaked_sockets
 from shared.settings import CommonSettings
 
-# The tests' own kafka-python clients too (some are built without shared.kafka): an abandoned or refused connect
-# must not leave a socket to be finalized, with a ResourceWarning, in whichever later test the collector runs.
-close_sockets_of_failed_connects()
+# The tests' own kafka-python clients too (some are built without shared.kafka): no socket of theirs may be left
+# to be finalized, with a ResourceWarning, in whichever later test the collector runs.
+close_leaked_sockets()
 
 
 def _docker_answers() -> bool:

@@ -16,13 +16,13 @@ from shared.kafka.clients import (
     produce_and_wait,
     read_whole_topic,
 )
-from shared.kafka.connect_sockets import close_sockets_of_failed_connects
 from shared.kafka.connection_check import KafkaSetupError, check_kafka_connection
 from shared.kafka.records import Consumed, Headers, Outgoing
+from shared.kafka.socket_leaks import close_leaked_sockets
 from shared.kafka.startup import prepare_kafka
 from shared.kafka.topic_setup import ensure_topics, topic_specs
 
-close_sockets_of_failed_connects()  # kafka-python 3.0's leak, fixed for every client of the process
+close_leaked_sockets()  # kafka-python 3.0's socket leaks, fixed for every client of the process
 
 if TYPE_CHECKING:
     from shared.kafka.loop import ConsumerLoop, Rejection, dead_letter_record, decode_record, value_decoder

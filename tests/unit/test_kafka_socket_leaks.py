@@ -1,4 +1,5 @@
-"""kafka-python's connects close their socket when they do not succeed (shared.kafka.connect_sockets)."""
+"""kafka-python leaves no socket to the garbage collector: failed connects and closed clients close theirs
+(shared.kafka.socket_leaks)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 
 import pytest
 from kafka.net.inet import KafkaNetSocket
+from kafka.net.selector import NetworkSelector
 
-from shared.kafka.connect_sockets import close_sockets_of_failed_connects
+from shared.kafka.socket_leaks import close_leaked_sockets
 
 
 class _WaitingNet:
@@ -37,7 +39,7 @@ def _nonblocking() -> socket.socket:
 
 
 def test_a_connect_abandoned_by_its_closed_client_closes_its_socket(listener: socket.socket) -> None:
-    close_sockets_of_failed_connects()
+    close_leaked_sockets()
     sock = _nonblocking()
     connect = KafkaNetSocket().sock_connect(_WaitingNet(), sock, listener.getsockname())
     assert connect.send(None) == "waiting for the socket to be writable"
@@ -46,7 +48,7 @@ def test_a_connect_abandoned_by_its_closed_client_closes_its_socket(listener: so
 
 
 def test_a_refused_connect_closes_its_socket() -> None:
-    close_sockets_of_failed_connects()
+    close_leaked_sockets()
     with socket.create_server(("127.0.0.1", 0)) as closed_soon:
         address = closed_soon.getsockname()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -58,7 +60,7 @@ def test_a_refused_connect_closes_its_socket() -> None:
 
 
 def test_a_connect_that_succeeds_keeps_its_socket_open(listener: socket.socket) -> None:
-    close_sockets_of_failed_connects()
+    close_leaked_sockets()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(5)
         connect = KafkaNetSocket().sock_connect(_WaitingNet(), sock, listener.getsockname())
@@ -70,7 +72,22 @@ def test_a_connect_that_succeeds_keeps_its_socket_open(listener: socket.socket) 
 
 
 def test_the_fix_is_applied_once_however_often_it_is_asked_for() -> None:
-    close_sockets_of_failed_connects()
+    close_leaked_sockets()
     applied = KafkaNetSocket.sock_connect
-    close_sockets_of_failed_connects()
+    close_leaked_sockets()
     assert KafkaNetSocket.sock_connect is applied
+
+
+def test_a_closed_client_closes_the_sockets_its_network_selector_still_watched(listener: socket.socket) -> None:
+    close_leaked_sockets()
+    net = NetworkSelector()
+    connection = socket.create_connection(listener.getsockname(), timeout=5)
+    connection.setblocking(False)
+
+    async def reading() -> None:  # a connection left open (its close deferred until its writes were flushed)
+        await net.wait_read(connection)
+
+    net.call_soon(reading())
+    net.poll(timeout_ms=0)
+    net.close()
+    assert connection.fileno() == -1, "the closed selector left a connection's socket open"
