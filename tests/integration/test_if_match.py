@@ -140,7 +140,7 @@ def test_two_saves_from_one_etag_at_once_store_exactly_one(api: InProcessApi, mo
     is stored (200), the other is refused (412), never both stored (with the old code both answered 200)."""
     etag, query = _read(api, QUERY)
     both_read = threading.Barrier(2, timeout=DEADLINE)
-    held = []
+    held: list[str] = []
     real_read = SqlDefinitionsStore.get_versioned
 
     def read_then_wait(self: SqlDefinitionsStore, kind: Any, name: str) -> Any:
