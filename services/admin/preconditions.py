@@ -12,16 +12,28 @@ from fastapi import Header, Response
 from services.admin.problems import ApiProblem
 from shared.application.objects import ExpectedVersion
 
-#: One element of an ``If-Match`` list: an entity-tag (``W/`` weak, or strong), or nothing (an empty element).
-_ELEMENT = re.compile(r'[ \t]*(?P<tag>(?P<weak>W/)?"(?P<opaque>[\x21\x23-\x7e\x80-\xff]*)")?[ \t]*(?P<end>,|\Z)')
+#: One element of an ``If-Match`` list: an entity-tag (``W/`` weak, or strong), or nothing (an empty element); the
+#: tags in visible ASCII (RFC 9110's obsolete ``obs-text`` is refused: the tags this API sends are digits).
+_ELEMENT = re.compile(r'[ \t]*(?P<tag>(?P<weak>W/)?"(?P<opaque>[!#-~]*)")?[ \t]*(?P<end>,|\Z)')
+#: The whole ``If-Match`` as :func:`expected_version` takes it (in the OpenAPI document: what a client may send).
+IF_MATCH_PATTERN = r'^[ \t]*(\*|(,[ \t]*)*(W/)?"[!#-~]*"([ \t]*,([ \t]*(W/)?"[!#-~]*")?)*)[ \t]*$'
 #: The opaque tags this API sends: a version (an ``ETag`` with more digits is none of ours).
 _VERSION = re.compile(r"[0-9]{1,18}")
+
+
+def _documented(schema: dict[str, Any]) -> None:
+    """The header in the OpenAPI document: a string that :data:`IF_MATCH_PATTERN` admits (absent when not sent; a
+    header is never JSON null, which the optional parameter's type would otherwise also allow)."""
+    schema.pop("anyOf", None)
+    schema.update(type="string", minLength=1, pattern=IF_MATCH_PATTERN)
+
 
 IfMatch = Annotated[
     str | None,
     Header(
         description='Only if the object is still at this version: its `ETag` as read (`"3"`), a list of them, or `*`'
         " (any version). Otherwise nothing is written and the answer is 412.",
+        json_schema_extra=lambda schema: _documented(schema),
     ),
 ]
 
