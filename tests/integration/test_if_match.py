@@ -270,3 +270,20 @@ def test_two_conditional_writes_that_both_read_the_version_store_one_and_refuse_
     _, version, stored = store.get_versioned(SavedQuery, "q")
     assert version == 2
     assert stored.label in {"a", "b"}
+
+
+def test_the_openapi_document_declares_if_match_its_412_and_400_and_the_etag_of_reads(tmp_path: Path):
+    with in_process_api(tmp_path) as api, api.client() as client:
+        paths = client.get("/openapi.json").json()["paths"]
+    conditional = [
+        ("put", "/api/v1/saved-queries/{name}"),
+        ("delete", "/api/v1/connection-profiles/{name}"),
+        ("put", "/api/v1/export-definitions/{name}/schedule"),
+    ]
+    for method, path in conditional:
+        operation = paths[path][method]
+        assert "if-match" in {parameter["name"].lower() for parameter in operation["parameters"]}, path
+        assert {"400", "412"} <= set(operation["responses"]), path
+        assert "application/problem+json" in operation["responses"]["412"]["content"]
+    read = paths["/api/v1/http-templates/{name}"]["get"]["responses"]["200"]
+    assert "ETag" in read["headers"]
