@@ -125,23 +125,25 @@ def visible(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> 
     return obj
 
 
-def visible_with_id(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> tuple[uuid.UUID, T]:
-    """The object and its stable id (one read), if it exists and is in the actor's scope."""
+def _visible_stored(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> tuple[uuid.UUID, int, T]:
+    """The object with its stable id and version (one read), if it exists and is in the actor's scope."""
     try:
-        id_, _, obj = store.get_versioned(kind, name)
+        id_, version, obj = store.get_versioned(kind, name)
     except NotFound as exc:
         raise Missing(str(exc)) from None
     in_scope(actor, obj)
+    return id_, version, obj
+
+
+def visible_with_id(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> tuple[uuid.UUID, T]:
+    """The object and its stable id (one read), if it exists and is in the actor's scope."""
+    id_, _, obj = _visible_stored(actor, store, kind, name)
     return id_, obj
 
 
 def visible_versioned(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> tuple[int, T]:
     """The object and its version (one read; its ``ETag``), if it exists and is in the actor's scope."""
-    try:
-        _, version, obj = store.get_versioned(kind, name)
-    except NotFound as exc:
-        raise Missing(str(exc)) from None
-    in_scope(actor, obj)
+    _, version, obj = _visible_stored(actor, store, kind, name)
     return version, obj
 
 
