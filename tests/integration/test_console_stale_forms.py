@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +90,49 @@ def test_a_delete_confirmed_from_a_page_older_than_the_objects_last_change_delet
     assert console.post("/queries/gold/delete", {"version": fresh}).status_code == 303
     with api.client() as client:
         assert client.get("/api/v1/saved-queries/gold").status_code == 404
+
+
+def _definition(api: InProcessApi) -> dict[str, Any]:
+    with api.client() as client:
+        definition: dict[str, Any] = client.get("/api/v1/export-definitions/nightly").json()
+        return definition
+
+
+def _someone_else_relabels(api: InProcessApi, label: str) -> None:
+    with api.client("editor") as client:
+        changed = client.put("/api/v1/export-definitions/nightly", json=_definition(api) | {"label": label})
+        assert changed.status_code == 200, changed.text
+
+
+def test_a_definitions_step_or_general_save_from_a_stale_page_writes_nothing_and_says_so(
+    api: InProcessApi, console: Console
+):
+    with api.client() as client:  # a second template to choose
+        assert client.post("/api/v1/http-templates/upsert/copy", json={"name": "other"}).status_code == 201
+    page = console.page("/exports/nightly?step=destination")
+    versions = set(re.findall(r'name="version" value="([0-9]+)"', page))
+    assert versions == {"1"}  # every form of the page: the general one and each step's
+    _someone_else_relabels(api, "Bob's label")
+    step = console.post("/exports/nightly/steps/destination", {"version": "1", "template": "other"})
+    assert step.status_code == 422
+    assert "Someone else changed this export definition since you" in unescape(step.text)
+    assert '<a href="/console/exports/nightly?step=destination">Reload it</a>' in unescape(step.text)
+    general = console.post("/exports/nightly/general", {"version": "1", "label": "Alice's label", "step": "filter"})
+    assert general.status_code == 422
+    assert 'value="Alice\'s label"' in unescape(general.text)
+    assert (_definition(api)["label"], _definition(api)["template"]) == ("Bob's label", "upsert")
+    fresh = _hidden_version(console.page("/exports/nightly?step=destination"))
+    saved = console.post("/exports/nightly/steps/destination", {"version": fresh, "template": "other"})
+    assert saved.status_code == 303
+    assert _definition(api)["template"] == "other"
+
+
+def test_a_definitions_delete_confirmed_from_a_stale_page_deletes_nothing(api: InProcessApi, console: Console):
+    version = _hidden_version(console.page("/exports/nightly/delete"))
+    _someone_else_relabels(api, "Relabelled while the delete was being confirmed")
+    stale = console.post("/exports/nightly/delete", {"version": version})
+    assert stale.status_code == 422
+    assert "was changed since it was read" in unescape(stale.text)
+    assert _definition(api)["label"] == "Relabelled while the delete was being confirmed"
+    fresh = _hidden_version(console.page("/exports/nightly/delete"))
+    assert console.post("/exports/nightly/delete", {"version": fresh}).status_code == 303

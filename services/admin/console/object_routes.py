@@ -14,11 +14,11 @@ from pydantic import ValidationError
 
 from services.admin.console import object_forms
 from services.admin.console.context import console_of
-from services.admin.console.forms import Form, Problems, form_of
+from services.admin.console.forms import Form, Problems, expecting, form_of, form_version
 from services.admin.console.gate import PREFIX
 from services.admin.console.pages import me_of
 from shared.application import objects as use_cases
-from shared.application.errors import Forbidden, Missing, Refused, Stale
+from shared.application.errors import Forbidden, Missing, Refused
 from shared.domain.catalog_objects import (
     CatalogObject,
     ConnectionProfile,
@@ -87,10 +87,8 @@ def _page(
     notice: str | None = None,
     check: str | None = None,
     version: int | None = None,
-    stale: bool = False,
 ) -> Response:
-    """An object's page; its form carries ``version`` (the object's, as the page was first rendered from it), and
-    ``stale`` says that a save of it was refused because someone else changed the object since."""
+    """An object's page; its form carries ``version`` (the object's, as the page was first rendered from it)."""
     console = console_of(request)
     store = console.admin.definitions
     queries = sorted(store.list_objects(SavedQuery), key=lambda q: q.name)
@@ -118,19 +116,7 @@ def _page(
         tls_versions=object_forms.TLS_VERSIONS,
         breaker_fields=object_forms.BREAKER_FIELDS,
         version=version,
-        stale=stale,
     )
-
-
-def form_version(form: Form) -> int | None:
-    """The version a form was rendered from (its hidden ``version``); none in a form without it."""
-    version = form.text("version")
-    return int(version) if version.isdigit() and len(version) <= 18 else None
-
-
-def expecting(version: int | None) -> use_cases.ExpectedVersion | None:
-    """A save or delete conditional on the form's ``version``; unconditional (as before) without one."""
-    return use_cases.ExpectedVersion.of(version) if version is not None else None
 
 
 @router.get("/{collection}")
@@ -196,7 +182,7 @@ def save(request: Request, collection: str, name: str) -> Response:
     console, me, form, kind = console_of(request), me_of(request), form_of(request), _kind(request, collection)
     current = use_cases.visible(me.actor, console.admin.definitions, kind.model, name)
     version = form_version(form)
-    problems, stale = Problems(), False
+    problems = Problems()
     body = _body(kind, form, current, problems)
     if not problems:
         try:
@@ -219,12 +205,12 @@ def save(request: Request, collection: str, name: str) -> Response:
                 expected_version=expecting(version),
             )
         except (ValidationError, Refused) as error:
-            problems, stale = Problems.of(error), isinstance(error, Stale)
+            problems = Problems.of(error)
         else:
             return RedirectResponse(f"{PREFIX}/{collection}/{saved.name}?notice=saved", status_code=303)
     # Shown again as typed, with the version it was first rendered from: a stale form stays stale until reloaded.
     values = kind.values(current) | _typed(form)
-    return _page(request, kind, current, values, problems=problems, version=version, stale=stale)
+    return _page(request, kind, current, values, problems=problems, version=version)
 
 
 def _confirm(
