@@ -132,7 +132,24 @@ def test_a_rename_from_an_old_etag_is_412_and_the_old_name_stays(api: InProcessA
         )
         assert renamed.status_code == 412, renamed.text
         assert client.get("/api/v1/http-templates/upsert-2").status_code == 404
-    assert _read(api, "/api/v1/http-templates/upsert")[1]["label"] == "Changed"
+        current, template = _read(api, "/api/v1/http-templates/upsert")
+        assert template["label"] == "Changed"
+        renamed = client.put(
+            "/api/v1/http-templates/upsert", json=template | {"name": "upsert-2"}, headers={"If-Match": current}
+        )
+    assert renamed.status_code == 409, renamed.text  # the current ETag passes; the template is still in use
+    assert renamed.json()["type"].endswith("/in-use")
+
+
+def test_a_rename_with_the_current_etag_renames_and_answers_the_next_version(api: InProcessApi):
+    with api.client() as client:
+        assert client.post("/api/v1/http-templates/upsert/copy", json={"name": "spare"}).status_code == 201
+        etag, spare = _read(api, "/api/v1/http-templates/spare")
+        renamed = client.put("/api/v1/http-templates/spare", json=spare | {"name": "kept"}, headers={"If-Match": etag})
+        assert renamed.status_code == 200, renamed.text
+        assert client.get("/api/v1/http-templates/spare").status_code == 404
+    assert renamed.headers["ETag"] == '"2"'
+    assert _read(api, "/api/v1/http-templates/kept")[0] == '"2"'
 
 
 def test_two_saves_from_one_etag_at_once_store_exactly_one(api: InProcessApi, monkeypatch: pytest.MonkeyPatch):
