@@ -13,11 +13,15 @@
      │                     → 404 through the admin API, a refusal naming it in exportctl
      ├── EditConflict      a catalog object changed by others at every one of a write's tries
      │                     → 409 through the admin API (a Conflict), exit 4 in exportctl
-     └── NameTaken         a new catalog object's name taken by another writer meanwhile
-                           → 409 through the admin API (a Conflict), exit 4 in exportctl
+     ├── NameTaken         a new catalog object's name taken by another writer meanwhile
+     │                     → 409 through the admin API (a Conflict), exit 4 in exportctl
+     └── VersionMismatch   a write conditional on the version read (If-Match) finds the object changed or gone
+                           → 412 through the admin API (a Stale), the console shows the form again
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 
 class ExportError(Exception):
@@ -65,3 +69,22 @@ class NameTaken(PermanentError):
     def __init__(self, kind: str, name: str) -> None:
         super().__init__(f"{kind} '{name}' exists already")
         self.kind, self.name = kind, name
+
+
+class VersionMismatch(PermanentError):
+    """A write conditional on the version of a catalog object its writer read (``If-Match``) found the object at
+    another version, or gone: nothing was written. Says by whom and when, as far as the catalog knows it."""
+
+    def __init__(
+        self, kind: str, name: str, *, version: int | None, by: str | None = None, at: datetime | None = None
+    ) -> None:
+        who = "".join(
+            (f" by {by}" if by else "", f" at {at.astimezone(UTC).isoformat(timespec='seconds')}" if at else "")
+        )
+        if version is not None:
+            last = f", last changed{who}" if who else ""
+            what = f"was changed since it was read (it is now at version {version}{last})"
+        else:
+            what = f"was deleted{who} since it was read" if who else "is gone (deleted, or never stored)"
+        super().__init__(f"{kind} '{name}' {what}: nothing was written; read it again and redo the change")
+        self.kind, self.name, self.version = kind, name, version

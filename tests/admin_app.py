@@ -77,13 +77,14 @@ class InProcessApi:
 
 
 @contextmanager
-def in_process_api(directory: Path, *, members: int = 25) -> Iterator[InProcessApi]:
-    """The admin API over SQLite stores in ``directory``; every host resolves to a public address."""
+def in_process_api(directory: Path, *, members: int = 25, catalog_url: str | None = None) -> Iterator[InProcessApi]:
+    """The admin API over SQLite stores in ``directory`` (or the catalog at ``catalog_url``); every host resolves
+    to a public address."""
     store_url = f"sqlite:///{directory / 'members.db'}"
     engine = make_engine(store_url)
     create_demo_members(engine, members)
     engine.dispose()
-    stores = CatalogStores.from_url(f"sqlite:///{directory / 'catalog.db'}", migrate=True)
+    stores = CatalogStores.from_url(catalog_url or f"sqlite:///{directory / 'catalog.db'}", migrate=True)
     reader = functools.cache(lambda: MemberReader.from_url(store_url, timeout_seconds=5))
     tokens = {who: f"tok-{who}-" + "7" * 40 for who in TOKENS}
     entries = [

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from services.admin.dependencies import Context, Editor, ProfileEditor, Reader
+from services.admin.preconditions import IfMatch, expected_version, tag_answer, with_etag
 from services.admin.problems import problem_responses
 from shared.application import objects as use_cases
 from shared.application.manifests import parse_object_documents
@@ -66,6 +67,7 @@ def _register(kind: type[T], writer: Any) -> None:
     body_model = _input_model(kind)
     tag = kind.__name__
     errors = problem_responses(404, 409, 422)
+    conditional_errors = problem_responses(400, 404, 409, 412, 422)
 
     if kind is not ExportDefinition:  # definitions are listed by their search
 
@@ -78,44 +80,67 @@ def _register(kind: type[T], writer: Any) -> None:
         status_code=201,
         tags=[tag],
         summary=f"Create a {kind.__name__}",
-        responses=errors,
+        responses=errors | with_etag(201),
         operation_id=f"create_{kind.__name__}",
     )
-    def create(context: Context, caller: writer, body: Annotated[body_model, Body()]) -> kind:  # type: ignore[valid-type]
+    def create(context: Context, caller: writer, body: Annotated[body_model, Body()], response: Response) -> kind:  # type: ignore[valid-type]
         values = body.model_dump(mode="python", exclude_unset=True)  # type: ignore[attr-defined]
-        return use_cases.create_object(caller, kind, values, store=context.definitions, checks=context.checks())
+        created = use_cases.create_object(caller, kind, values, store=context.definitions, checks=context.checks())
+        tag_answer(response, use_cases.version_of(context.definitions, created))
+        return created
 
     @router.get(
         f"/{collection}/{{name}}",
         tags=[tag],
         summary=f"Read a {kind.__name__}",
-        responses=errors,
+        responses=errors | with_etag(200),
         operation_id=f"read_{kind.__name__}",
     )
-    def read(context: Context, caller: Reader, name: str) -> kind:  # type: ignore[valid-type]
-        return use_cases.visible(caller, context.definitions, kind, name)
+    def read(context: Context, caller: Reader, name: str, response: Response) -> kind:  # type: ignore[valid-type]
+        version, obj = use_cases.visible_versioned(caller, context.definitions, kind, name)
+        tag_answer(response, version)
+        return obj
 
     @router.put(
         f"/{collection}/{{name}}",
         tags=[tag],
         summary=f"Replace a {kind.__name__} (a different name in the body renames it)",
-        responses=errors,
+        responses=conditional_errors | with_etag(200),
         operation_id=f"replace_{kind.__name__}",
     )
-    def replace(context: Context, caller: writer, name: str, body: Annotated[body_model, Body()]) -> kind:  # type: ignore[valid-type]
+    def replace(
+        context: Context,
+        caller: writer,
+        name: str,
+        body: Annotated[body_model, Body()],  # type: ignore[valid-type]
+        response: Response,
+        if_match: IfMatch = None,
+    ) -> kind:  # type: ignore[valid-type]
         values = body.model_dump(mode="python", exclude_unset=True)  # type: ignore[attr-defined]
-        return use_cases.replace_object(caller, kind, name, values, store=context.definitions, checks=context.checks())
+        stored = use_cases.replace_object(
+            caller,
+            kind,
+            name,
+            values,
+            store=context.definitions,
+            checks=context.checks(),
+            expected_version=expected_version(if_match),
+        )
+        tag_answer(response, use_cases.version_of(context.definitions, stored))
+        return stored
 
     @router.delete(
         f"/{collection}/{{name}}",
         status_code=204,
         tags=[tag],
         summary=f"Delete a {kind.__name__}",
-        responses=errors,
+        responses=conditional_errors,
         operation_id=f"delete_{kind.__name__}",
     )
-    def delete(context: Context, caller: writer, name: str) -> Response:
-        use_cases.delete_object(caller, kind, name, store=context.definitions)
+    def delete(context: Context, caller: writer, name: str, if_match: IfMatch = None) -> Response:
+        use_cases.delete_object(
+            caller, kind, name, store=context.definitions, expected_version=expected_version(if_match)
+        )
         return Response(status_code=204)
 
     @router.post(
@@ -123,14 +148,22 @@ def _register(kind: type[T], writer: Any) -> None:
         status_code=201,
         tags=[tag],
         summary=f'Copy a {kind.__name__} ("Copy of …"{"; schedule disabled" if kind is ExportDefinition else ""})',
-        responses=errors,
+        responses=errors | with_etag(201),
         operation_id=f"copy_{kind.__name__}",
     )
-    def copy(context: Context, caller: writer, name: str, body: Annotated[CopyRequest | None, Body()] = None) -> kind:  # type: ignore[valid-type]
+    def copy(
+        context: Context,
+        caller: writer,
+        name: str,
+        response: Response,
+        body: Annotated[CopyRequest | None, Body()] = None,
+    ) -> kind:  # type: ignore[valid-type]
         request = body or CopyRequest()
-        return use_cases.copy_object(
+        copied = use_cases.copy_object(
             caller, kind, name, store=context.definitions, label=request.label, new_name=request.name
         )
+        tag_answer(response, use_cases.version_of(context.definitions, copied))
+        return copied
 
 
 # Definitions: the search comes before the generic routes so that GET /export-definitions is the search.
@@ -216,7 +249,30 @@ class DestinationStep(BaseModel):
     template: Name
 
 
-STEP_ERRORS = problem_responses(404, 422)
+STEP_ERRORS = problem_responses(404, 412, 422) | with_etag(200)
+
+
+def _saved_step(
+    context: Context,
+    caller: Any,
+    name: str,
+    step: BaseModel,
+    response: Response,
+    if_match: str | None,
+    field_name: str | None = None,
+) -> ExportDefinition:
+    """Save one step (conditional on ``If-Match`` if given); the answer carries the definition's ``ETag``."""
+    saved = use_cases.save_definition_step(
+        caller,
+        name,
+        step,
+        store=context.definitions,
+        checks=context.checks(),
+        field_name=field_name,
+        expected_version=expected_version(if_match),
+    )
+    tag_answer(response, use_cases.version_of(context.definitions, saved))
+    return saved
 
 
 @router.put(
@@ -226,8 +282,10 @@ STEP_ERRORS = problem_responses(404, 422)
     responses=STEP_ERRORS,
     operation_id="filter_ExportDefinition",
 )
-def save_filter(context: Context, caller: Editor, name: str, step: FilterStep) -> ExportDefinition:
-    return use_cases.save_definition_step(caller, name, step, store=context.definitions, checks=context.checks())
+def save_filter(
+    context: Context, caller: Editor, name: str, step: FilterStep, response: Response, if_match: IfMatch = None
+) -> ExportDefinition:
+    return _saved_step(context, caller, name, step, response, if_match)
 
 
 @router.put(
@@ -237,8 +295,10 @@ def save_filter(context: Context, caller: Editor, name: str, step: FilterStep) -
     responses=STEP_ERRORS,
     operation_id="destination_ExportDefinition",
 )
-def save_destination(context: Context, caller: Editor, name: str, step: DestinationStep) -> ExportDefinition:
-    return use_cases.save_definition_step(caller, name, step, store=context.definitions, checks=context.checks())
+def save_destination(
+    context: Context, caller: Editor, name: str, step: DestinationStep, response: Response, if_match: IfMatch = None
+) -> ExportDefinition:
+    return _saved_step(context, caller, name, step, response, if_match)
 
 
 @router.put(
@@ -248,10 +308,10 @@ def save_destination(context: Context, caller: Editor, name: str, step: Destinat
     responses=STEP_ERRORS,
     operation_id="schedule_ExportDefinition",
 )
-def save_schedule(context: Context, caller: Editor, name: str, step: Schedule) -> ExportDefinition:
-    return use_cases.save_definition_step(
-        caller, name, step, store=context.definitions, checks=context.checks(), field_name="schedule"
-    )
+def save_schedule(
+    context: Context, caller: Editor, name: str, step: Schedule, response: Response, if_match: IfMatch = None
+) -> ExportDefinition:
+    return _saved_step(context, caller, name, step, response, if_match, field_name="schedule")
 
 
 @router.put(
@@ -261,10 +321,10 @@ def save_schedule(context: Context, caller: Editor, name: str, step: Schedule) -
     responses=STEP_ERRORS,
     operation_id="notifications_ExportDefinition",
 )
-def save_notifications(context: Context, caller: Editor, name: str, step: Notifications) -> ExportDefinition:
-    return use_cases.save_definition_step(
-        caller, name, step, store=context.definitions, checks=context.checks(), field_name="notifications"
-    )
+def save_notifications(
+    context: Context, caller: Editor, name: str, step: Notifications, response: Response, if_match: IfMatch = None
+) -> ExportDefinition:
+    return _saved_step(context, caller, name, step, response, if_match, field_name="notifications")
 
 
 class SchedulePreview(BaseModel):
@@ -280,7 +340,7 @@ class SchedulePreview(BaseModel):
     "/export-definitions/{name}/schedule/preview",
     tags=["ExportDefinition"],
     summary="Preview the next fire times",
-    responses=STEP_ERRORS,
+    responses=problem_responses(404, 422),
     operation_id="preview_schedule_ExportDefinition",
 )
 def preview_schedule(

@@ -42,6 +42,14 @@ class Conflict(Refused):
     default_slug = "conflict"
 
 
+class Stale(Refused):
+    """A write conditional on the version its writer read (``If-Match``, a console form's version) found the object
+    changed or deleted since: nothing was written; the writer reads it again."""
+
+    status = 412
+    default_slug = "changed-since-read"
+
+
 class Invalid(Refused):
     status = 422
     default_slug = "invalid-object"

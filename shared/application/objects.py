@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from shared.application.actors import Actor, Permission, authorise
 from shared.application.audit import change
-from shared.application.errors import Conflict, Forbidden, Invalid, Missing
+from shared.application.errors import Conflict, Forbidden, Invalid, Missing, Stale
 from shared.application.masked_secrets import MASK, keep_masked_secrets
 from shared.application.ports import DefinitionsStore
 from shared.domain.catalog_objects import (
@@ -30,7 +30,7 @@ from shared.domain.catalog_objects import (
     stored_form,
 )
 from shared.domain.names import slugify
-from shared.errors import EditConflict, NameTaken, NotFound
+from shared.errors import EditConflict, NameTaken, NotFound, VersionMismatch
 
 if TYPE_CHECKING:
     from shared.application.checks import ObjectChecks
@@ -48,6 +48,8 @@ def edit_conflicts() -> Iterator[None]:
         raise Conflict(str(exc), slug="edit-conflict") from None
     except NameTaken as exc:  # a create's name taken by another writer after it was checked
         raise Conflict(str(exc), slug="name-conflict") from None
+    except VersionMismatch as exc:  # a write conditional on the version its writer read, beaten to it
+        raise Stale(str(exc)) from None
 
 
 def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: ObjectChecks) -> list[CatalogObject]:
@@ -56,6 +58,22 @@ def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: Objec
     from shared.application import checks as object_checks
 
     return object_checks.checked(objects, store, checks)
+
+
+@dataclass(frozen=True)
+class ExpectedVersion:
+    """The versions of an object its writer read (an ``If-Match``, a console form's version): the write is done
+    only while one of them is stored, in one step with the check, else :class:`Stale` (412) and nothing is
+    written. ``versions`` None (``If-Match: *``): any version of an existing object (the one read is kept to)."""
+
+    versions: frozenset[int] | None = None
+
+    @classmethod
+    def of(cls, version: int) -> ExpectedVersion:
+        return cls(frozenset({version}))
+
+    def allows(self, version: int) -> bool:
+        return self.versions is None or version in self.versions
 
 
 @dataclass(frozen=True)
@@ -107,14 +125,53 @@ def visible(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> 
     return obj
 
 
-def visible_with_id(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> tuple[uuid.UUID, T]:
-    """The object and its stable id (one read), if it exists and is in the actor's scope."""
+def _visible_stored(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> tuple[uuid.UUID, int, T]:
+    """The object with its stable id and version (one read), if it exists and is in the actor's scope."""
     try:
-        id_, _, obj = store.get_versioned(kind, name)
+        id_, version, obj = store.get_versioned(kind, name)
     except NotFound as exc:
         raise Missing(str(exc)) from None
     in_scope(actor, obj)
+    return id_, version, obj
+
+
+def visible_with_id(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> tuple[uuid.UUID, T]:
+    """The object and its stable id (one read), if it exists and is in the actor's scope."""
+    id_, _, obj = _visible_stored(actor, store, kind, name)
     return id_, obj
+
+
+def visible_versioned(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> tuple[int, T]:
+    """The object and its version (one read; its ``ETag``), if it exists and is in the actor's scope."""
+    _, version, obj = _visible_stored(actor, store, kind, name)
+    return version, obj
+
+
+def visible_as_read(
+    actor: Actor, store: DefinitionsStore, kind: type[T], name: str, expected: ExpectedVersion | None
+) -> tuple[int | None, T]:
+    """The object to change, if visible, and the version its write is to be conditional on: None without
+    ``expected`` (the store's retry on a fresh read, as ever); else the version read, which ``expected`` must
+    allow. Changed or gone since the writer read it: :class:`Stale`, before anything is checked or written."""
+    if expected is None:
+        return None, visible(actor, store, kind, name)
+    try:
+        version, obj = visible_versioned(actor, store, kind, name)
+    except Missing:
+        raise Stale(str(store.changed_since_read(kind.__name__, name))) from None
+    if not expected.allows(version):
+        raise Stale(str(store.changed_since_read(kind.__name__, name)))
+    return version, obj
+
+
+def version_of(store: DefinitionsStore, obj: CatalogObject) -> int | None:
+    """The version under which the catalog holds ``obj`` as it is (the ``ETag`` of a write's answer); None when
+    it holds something else by now (changed or deleted since): no version then vouches for ``obj``."""
+    try:
+        _, version, current = store.get_versioned(type(obj), obj.name)
+    except NotFound:
+        return None
+    return version if stored_form(current) == stored_form(obj) else None
 
 
 def refuse_taken(store: DefinitionsStore, kind: type[Any], name: str) -> None:
@@ -270,11 +327,19 @@ def create_object(
 
 
 def replace_object(
-    actor: Actor, kind: type[T], name: str, body: dict[str, Any], *, store: DefinitionsStore, checks: ObjectChecks
+    actor: Actor,
+    kind: type[T],
+    name: str,
+    body: dict[str, Any],
+    *,
+    store: DefinitionsStore,
+    checks: ObjectChecks,
+    expected_version: ExpectedVersion | None = None,
 ) -> T:
-    """Replace an object; a different name in ``body`` renames it (refused while others refer to it)."""
+    """Replace an object; a different name in ``body`` renames it (refused while others refer to it); with
+    ``expected_version``, only if it is still as its writer read it (:class:`Stale` if not)."""
     authorise(actor, required_permission(kind))
-    old = visible(actor, store, kind, name)
+    version, old = visible_as_read(actor, store, kind, name, expected_version)
     covers_dependents(actor, store, old)
     obj = _from_body(store, kind, body, old)
     authorise_write(actor, obj)
@@ -284,23 +349,38 @@ def replace_object(
         if found := referrers(store, old, actor):
             raise Conflict(f"'{old.name}' is used by {', '.join(found)}: it cannot be renamed", slug="in-use")
         with edit_conflicts():
-            store.rename(old.name, stored, audit=[change(actor.name, "rename", store, before=old, after=stored)])
+            store.rename(
+                old.name,
+                stored,
+                audit=[change(actor.name, "rename", store, before=old, after=stored)],
+                expected_version=version,
+            )
     elif changed_fields(old, stored):
         with edit_conflicts():
-            store.apply(stored, audit=[change(actor.name, "update", store, before=old, after=stored)])
+            store.apply(
+                stored, audit=[change(actor.name, "update", store, before=old, after=stored)], expected_version=version
+            )
     return stored
 
 
-def delete_object(actor: Actor, kind: type[Any], name: str, *, store: DefinitionsStore) -> None:
-    """Delete an object; :class:`Conflict` while others refer to it."""
+def delete_object(
+    actor: Actor,
+    kind: type[Any],
+    name: str,
+    *,
+    store: DefinitionsStore,
+    expected_version: ExpectedVersion | None = None,
+) -> None:
+    """Delete an object; :class:`Conflict` while others refer to it; with ``expected_version``, only if it is
+    still as its deleter read it (:class:`Stale` if not)."""
     authorise(actor, required_permission(kind))
-    obj = visible(actor, store, kind, name)
+    version, obj = visible_as_read(actor, store, kind, name, expected_version)
     covers_dependents(actor, store, obj)
     if found := referrers(store, obj, actor):
         raise Conflict(f"'{name}' is used by {', '.join(found)}: delete those first", slug="in-use")
     try:
         with edit_conflicts():
-            store.delete(kind, name, audit=[change(actor.name, "delete", store, before=obj)])
+            store.delete(kind, name, audit=[change(actor.name, "delete", store, before=obj)], expected_version=version)
     except NotFound as exc:  # deleted by someone else in between
         raise Missing(str(exc)) from None
 
@@ -354,10 +434,12 @@ def save_definition_step(
     store: DefinitionsStore,
     checks: ObjectChecks,
     field_name: str | None = None,
+    expected_version: ExpectedVersion | None = None,
 ) -> ExportDefinition:
-    """Save one step of a definition (Filter, Destination: their fields; Schedule, Notifications: ``field_name``)."""
+    """Save one step of a definition (Filter, Destination: their fields; Schedule, Notifications: ``field_name``);
+    with ``expected_version``, only if the definition is still as its writer read it (:class:`Stale` if not)."""
     authorise(actor, Permission.WRITE)
-    definition = visible(actor, store, ExportDefinition, name)
+    version, definition = visible_as_read(actor, store, ExportDefinition, name, expected_version)
     if isinstance(step, BaseModel):
         given, values = set(step.model_fields_set), step.model_dump(mode="json")
     else:
@@ -369,5 +451,9 @@ def save_definition_step(
     assert isinstance(stored, ExportDefinition)
     if changed_fields(definition, stored):
         with edit_conflicts():
-            store.apply(stored, audit=[change(actor.name, "update", store, before=definition, after=stored)])
+            store.apply(
+                stored,
+                audit=[change(actor.name, "update", store, before=definition, after=stored)],
+                expected_version=version,
+            )
     return stored

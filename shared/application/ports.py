@@ -13,6 +13,7 @@ from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import CatalogObject, Priority, SavedQuery
 from shared.domain.fleet import BreakerChange, ReplicaBeat
 from shared.domain.runs import RunRecord, RunStatus
+from shared.errors import VersionMismatch
 from shared.events import AnyRunEvent, DeadLetter, RunRequested
 
 T = TypeVar("T", bound=CatalogObject)
@@ -70,11 +71,33 @@ class DefinitionsStore(Protocol):
     def find(self, kind: type[T], name: str) -> T | None: ...
     def get_versioned(self, kind: type[T], name: str) -> tuple[uuid.UUID, int, T]: ...
     def list_objects(self, kind: type[T]) -> list[T]: ...
-    def apply(self, obj: CatalogObject, *, audit: Sequence[AuditEntry] = (), new: bool = False) -> ApplyResult: ...
+    def apply(
+        self,
+        obj: CatalogObject,
+        *,
+        audit: Sequence[AuditEntry] = (),
+        new: bool = False,
+        expected_version: int | None = None,
+    ) -> ApplyResult: ...
     def apply_all(self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = ()) -> list[ApplyResult]: ...
     def replace_if_version(self, obj: CatalogObject, version: int, *, audit: Sequence[AuditEntry] = ()) -> bool: ...
-    def rename(self, old_name: str, obj: CatalogObject, *, audit: Sequence[AuditEntry] = ()) -> None: ...
-    def delete(self, kind: type[CatalogObject], name: str, *, audit: Sequence[AuditEntry] = ()) -> None: ...
+    def rename(
+        self,
+        old_name: str,
+        obj: CatalogObject,
+        *,
+        audit: Sequence[AuditEntry] = (),
+        expected_version: int | None = None,
+    ) -> None: ...
+    def delete(
+        self,
+        kind: type[CatalogObject],
+        name: str,
+        *,
+        audit: Sequence[AuditEntry] = (),
+        expected_version: int | None = None,
+    ) -> None: ...
+    def changed_since_read(self, kind: str, name: str) -> VersionMismatch: ...
 
 
 class RunsStore(Protocol):

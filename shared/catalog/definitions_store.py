@@ -23,7 +23,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from shared.catalog.audit_store import write_entries
 from shared.catalog.database import CatalogDatabase, aware, now
-from shared.catalog.tables import CatalogObjectRow
+from shared.catalog.tables import AuditRow, CatalogObjectRow
 from shared.catalog.validated_objects import VALIDATED_OBJECTS, ValidatedObjects
 from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import (
@@ -39,7 +39,7 @@ from shared.domain.catalog_objects import (
     stored_form,
 )
 from shared.domain.secret_references import is_reference
-from shared.errors import EditConflict, NameTaken, NotFound, StoredObjectInvalid
+from shared.errors import EditConflict, NameTaken, NotFound, StoredObjectInvalid, VersionMismatch
 from shared.secrets_at_rest import KEYS_VARIABLE, SecretCipher, SecretsUnreadable, no_key
 
 T = TypeVar("T", bound=CatalogObject)
@@ -131,6 +131,44 @@ class SqlDefinitionsStore:
                 log.info("catalog write lost a race, read again", kind=kind, name=name, attempt=attempt)
         raise EditConflict(kind, name, WRITE_ATTEMPTS)
 
+    def _conditional(self, write: Callable[[], R], kind: str, name: str, expected_version: int | None) -> R:
+        """``write`` as :meth:`_retried` does it, or, with ``expected_version`` (the writer's ``If-Match``), once:
+        its write is conditional on that version (:meth:`_require_version`, then ``WHERE version = …``), and a lost
+        race is :class:`VersionMismatch`, never a retry on a fresh read (the writer did not see that read)."""
+        if expected_version is None:
+            return self._retried(write, kind, name)
+        try:
+            return write()
+        except StaleDataError:
+            raise self.changed_since_read(kind, name) from None
+
+    def _require_version(self, session: Session, kind: str, name: str, expected_version: int | None) -> None:
+        """:class:`VersionMismatch` unless the row of ``kind`` and ``name`` is at ``expected_version`` (if given)."""
+        if expected_version is None:
+            return
+        row = self._row(session, kind, name)
+        if row is None or row.version != expected_version:
+            raise self._mismatch(session, kind, name)
+
+    def _mismatch(self, session: Session, kind: str, name: str) -> VersionMismatch:
+        """What became of the object (its version now, or gone) and, as the audit log says, by whom and when."""
+        row = self._row(session, kind, name)
+        last = session.execute(
+            select(AuditRow.actor, AuditRow.at)
+            .where(AuditRow.kind == kind, AuditRow.name == name)
+            .order_by(AuditRow.id.desc())
+            .limit(1)
+        ).first()
+        at = aware(row.updated_at) if row is not None else (aware(last.at) if last is not None else None)
+        return VersionMismatch(
+            kind, name, version=row.version if row is not None else None, by=last.actor if last else None, at=at
+        )
+
+    def changed_since_read(self, kind: str, name: str) -> VersionMismatch:
+        """The error of a write whose ``If-Match`` version of ``kind``/``name`` is no longer stored (412)."""
+        with self.database.transaction() as session:
+            return self._mismatch(session, kind, name)
+
     def _write(self, session: Session, obj: CatalogObject) -> ApplyResult:
         spec = self._stored(obj)
         row = SqlDefinitionsStore._row(session, kind_of(obj), obj.name)
@@ -152,7 +190,14 @@ class SqlDefinitionsStore:
         row.spec, row.version, row.updated_at = spec, row.version + 1, now()
         return "updated"
 
-    def apply(self, obj: CatalogObject, *, audit: Sequence[AuditEntry] = (), new: bool = False) -> ApplyResult:
+    def apply(
+        self,
+        obj: CatalogObject,
+        *,
+        audit: Sequence[AuditEntry] = (),
+        new: bool = False,
+        expected_version: int | None = None,
+    ) -> ApplyResult:
         """Create or update an object by kind and name; say which (or that nothing changed).
 
         ``audit`` entries are written in the same transaction: a change is recorded, or not made. An edit of
@@ -161,6 +206,8 @@ class SqlDefinitionsStore:
         the other. Another writer creating the object first is not retried (``IntegrityError`` on its name):
         the creates of the application layer (create, copy) must not take over an object created meanwhile:
         with ``new``, an object of that kind and name stored by then (or at once) is :class:`NameTaken`.
+        With ``expected_version`` (the version the writer read), the object is updated only if stored at that
+        version, in one step, tried once: changed or gone meanwhile is :class:`VersionMismatch`.
         """
 
         def write() -> ApplyResult:
@@ -169,6 +216,7 @@ class SqlDefinitionsStore:
                     write_entries(session, audit)
                     if new and self._row(session, kind_of(obj), obj.name) is not None:
                         raise NameTaken(kind_of(obj), obj.name)
+                    self._require_version(session, kind_of(obj), obj.name, expected_version)
                     result = self._write(session, obj)
                     if audit and result == "unchanged":
                         raise _NothingWritten([result])  # the audit entries roll back with it
@@ -177,7 +225,7 @@ class SqlDefinitionsStore:
                 return "unchanged"
 
         try:
-            return self._retried(write, kind_of(obj), obj.name)
+            return self._conditional(write, kind_of(obj), obj.name, expected_version)
         except IntegrityError:
             if new:  # created by another writer between this one's read and its insert
                 raise NameTaken(kind_of(obj), obj.name) from None
@@ -356,29 +404,48 @@ class SqlDefinitionsStore:
             )
             return [self._load(kind, row) for row in rows]
 
-    def rename(self, old_name: str, obj: CatalogObject, *, audit: Sequence[AuditEntry] = ()) -> None:
+    def rename(
+        self,
+        old_name: str,
+        obj: CatalogObject,
+        *,
+        audit: Sequence[AuditEntry] = (),
+        expected_version: int | None = None,
+    ) -> None:
         """Replace object ``old_name`` of ``obj``'s kind by ``obj`` under its new name, keeping its id (an edit
-        of it meanwhile: read again, as :meth:`apply` says; the new name taken meanwhile: :class:`NameTaken`)."""
+        of it meanwhile: read again, as :meth:`apply` says, or with ``expected_version`` :class:`VersionMismatch`;
+        the new name taken meanwhile: :class:`NameTaken`)."""
 
         def write() -> None:
             with self.database.transaction() as session:
                 write_entries(session, audit)
+                self._require_version(session, kind_of(obj), old_name, expected_version)
                 row = self._row(session, kind_of(obj), old_name)
                 if row is None:
                     raise NotFound(kind_of(obj), old_name)
                 row.name, row.spec, row.version, row.updated_at = obj.name, self._stored(obj), row.version + 1, now()
 
         try:
-            self._retried(write, kind_of(obj), old_name)
+            self._conditional(write, kind_of(obj), old_name, expected_version)
         except IntegrityError:  # the new name taken by another writer after it was checked
             raise NameTaken(kind_of(obj), obj.name) from None
 
-    def delete(self, kind: type[CatalogObject], name: str, *, audit: Sequence[AuditEntry] = ()) -> None:
-        """Delete an object (an edit of it meanwhile: read again and deleted; deleted meanwhile: NotFound)."""
+    def delete(
+        self,
+        kind: type[CatalogObject],
+        name: str,
+        *,
+        audit: Sequence[AuditEntry] = (),
+        expected_version: int | None = None,
+    ) -> None:
+        """Delete an object (an edit of it meanwhile: read again and deleted; deleted meanwhile: NotFound); with
+        ``expected_version``, only if stored at that version (``DELETE … WHERE version = …``), else
+        :class:`VersionMismatch`."""
 
         def write() -> None:
             with self.database.transaction() as session:
                 write_entries(session, audit)
+                self._require_version(session, kind.__name__, name, expected_version)
                 row = self._row(session, kind.__name__, name)
                 if row is None:
                     raise NotFound(kind.__name__, name)
@@ -389,7 +456,7 @@ class SqlDefinitionsStore:
                     drop_snapshot(session, row.id)  # its change-mode snapshot goes with it (a new one starts afresh)
                 session.delete(row)
 
-        self._retried(write, kind.__name__, name)
+        self._conditional(write, kind.__name__, name, expected_version)
 
     def reencrypt_secrets(self) -> tuple[int, int]:
         """Encrypt every literal secret of every connection profile again, with the current key; (profiles, secrets).

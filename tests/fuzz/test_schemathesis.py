@@ -106,8 +106,10 @@ def _config(token: str, max_examples: int, coverage: str) -> SchemathesisConfig:
     checks: dict[str, Any] = {name: {"enabled": True} for name in ALL_CHECKS}
     # Valid data the server refuses for what no JSON Schema can say (a query that does not parse or run,
     # a reference to an object that does not exist, a destination the SSRF guard refuses) is a 422 on
-    # writes; reads take every valid value.
-    write_checks = {"positive_data_acceptance": {"expected-statuses": ["2xx", "401", "403", "404", "409", "422"]}}
+    # writes; reads take every valid value. An If-Match the fuzz makes up names no version stored: 412.
+    write_checks = {
+        "positive_data_acceptance": {"expected-statuses": ["2xx", "401", "403", "404", "409", "412", "422"]}
+    }
     # The coverage phase as Schemathesis has it (every mode), unless ``coverage`` names one.
     coverage_phase = {} if coverage == "all" else {"coverage": {"generation": {"mode": coverage}}}
     return SchemathesisConfig.from_dict(
@@ -154,12 +156,23 @@ def _run(api: InProcessApi, who: str, max_examples: int, coverage: str) -> Outco
             for case_id, checks in event.recorder.checks.items():
                 outcome.checks.update(check.name for check in checks)
                 for check in checks:
+                    if check.name == "positive_data_acceptance" and _partly_negative(event, case_id):
+                        continue
                     if check.status is Status.FAILURE and check.failure_info is not None:
                         title = check.failure_info.failure.title
                         outcome.failures.append(f"[{who}] {check.name}: {title} — {_request(event, case_id)}")
         elif isinstance(event, events.NonFatalError | events.FatalError):
             outcome.failures.append(f"[{who}] error: {event}")
     return outcome
+
+
+def _partly_negative(event: events.ScenarioFinished, case_id: str) -> bool:
+    """Whether a case has a part generated invalid: Schemathesis 4.32's coverage phase labels some cases positive
+    whose header is a negative one (``If-Match: 0``, which the document's pattern refuses), and then calls their
+    400 a valid request rejected."""
+    case = event.recorder.cases[case_id].value
+    components = case.meta.components if case.meta is not None else {}
+    return any(component.mode.value == "negative" for component in components.values())
 
 
 def _request(event: events.ScenarioFinished, case_id: str) -> str:

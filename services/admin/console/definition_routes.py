@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from services.admin.console import definition_form as fields
 from services.admin.console.context import ConsoleContext, console_of
-from services.admin.console.forms import Form, Problems, form_of
+from services.admin.console.forms import Form, Problems, expecting, form_of, form_version
 from services.admin.console.gate import PREFIX
 from services.admin.console.pages import me_of
 from services.admin.console.schedule_routes import preview_values, zones
@@ -40,7 +40,9 @@ def _page(
     step: str = "filter",
     problems: Problems | None = None,
     notice: str | None = None,
+    version: int | None = None,
 ) -> Response:
+    """The definition's page; its forms carry ``version`` (the definition's as the page was first rendered from)."""
     console = console_of(request)
     store = console.admin.definitions
     queries = sorted(store.list_objects(SavedQuery), key=lambda q: q.name)
@@ -56,6 +58,7 @@ def _page(
         steps=fields.STEPS,
         problems=problems or Problems(),
         notice=notice,
+        version=version,
         queries=queries,
         query=store.find(SavedQuery, values.get("query", "")) if values.get("query") else None,
         templates=templates,
@@ -106,8 +109,11 @@ def details(
     step: Annotated[str, Query(max_length=20)] = "filter",
     notice: Annotated[str, Query(max_length=20)] = "",
 ) -> Response:
-    definition = use_cases.visible(me_of(request).actor, console_of(request).admin.definitions, ExportDefinition, name)
-    return _page(request, definition, fields.values_of(definition), step=step, notice=NOTICES.get(notice))
+    version, definition = use_cases.visible_versioned(
+        me_of(request).actor, console_of(request).admin.definitions, ExportDefinition, name
+    )
+    values = fields.values_of(definition)
+    return _page(request, definition, values, step=step, notice=NOTICES.get(notice), version=version)
 
 
 @router.post("/exports/{name}/general")
@@ -115,13 +121,21 @@ def save_general(request: Request, name: str) -> Response:
     console, me, form = console_of(request), me_of(request), form_of(request)
     current = use_cases.visible(me.actor, console.admin.definitions, ExportDefinition, name)
     body = stored_form(current) | fields.general_body(form)
+    version = form_version(form)
     try:
         saved = use_cases.replace_object(
-            me.actor, ExportDefinition, name, body, store=console.admin.definitions, checks=console.admin.checks()
+            me.actor,
+            ExportDefinition,
+            name,
+            body,
+            store=console.admin.definitions,
+            checks=console.admin.checks(),
+            expected_version=expecting(version),
         )
     except (ValidationError, Refused) as error:
         values = fields.submitted(fields.values_of(current), form, "general")
-        return _page(request, current, values, step=form.text("step"), problems=Problems.of(error))
+        step = form.text("step")
+        return _page(request, current, values, step=step, problems=Problems.of(error), version=version)
     return RedirectResponse(f"{PREFIX}/exports/{saved.name}?step={form.text('step')}&notice=saved", status_code=303)
 
 
@@ -151,13 +165,14 @@ def save_step(request: Request, name: str, step: str) -> Response:
                 store=console.admin.definitions,
                 checks=console.admin.checks(),
                 field_name=field_name,
+                expected_version=expecting(form_version(form)),
             )
         except (ValidationError, Refused) as error:
             problems = Problems.of(error)
         else:
             return RedirectResponse(f"{PREFIX}/exports/{name}?step={step}&notice=saved", status_code=303)
     values = fields.submitted(fields.values_of(current), form, step)
-    return _page(request, current, values, step=step, problems=problems)
+    return _page(request, current, values, step=step, problems=problems, version=form_version(form))
 
 
 # --- fragments of the steps (htmx) ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ from fastapi.responses import RedirectResponse, Response
 from services.admin import objects_routes
 from services.admin.console import schedule_view
 from services.admin.console.context import ConsoleContext, console_of
-from services.admin.console.forms import form_of
+from services.admin.console.forms import expecting, form_of, form_version
 from services.admin.console.gate import PREFIX
 from services.admin.console.pages import me_of
 from shared.application import objects as object_use_cases
@@ -164,10 +164,15 @@ def copy(request: Request, name: str) -> Response:
 
 @router.get("/{name}/delete")
 def delete_confirmation(request: Request, name: str) -> Response:
-    return _delete_page(request, _definition(request, name))
+    me, store = me_of(request), console_of(request).admin.definitions
+    version, definition = object_use_cases.visible_versioned(me.actor, store, ExportDefinition, name)
+    return _delete_page(request, definition, version=version)
 
 
-def _delete_page(request: Request, definition: ExportDefinition, error: str | None = None) -> Response:
+def _delete_page(
+    request: Request, definition: ExportDefinition, error: str | None = None, version: int | None = None
+) -> Response:
+    """Confirm a delete, conditional on ``version`` (the definition's when the page was made)."""
     return _confirm(
         request,
         title=f"Delete {definition.label or definition.name}",
@@ -178,16 +183,20 @@ def _delete_page(request: Request, definition: ExportDefinition, error: str | No
         style="danger",
         back=f"{PREFIX}/exports",
         error=error,
+        hidden={"version": str(version)} if version is not None else {},
     )
 
 
 @router.post("/{name}/delete")
 def delete(request: Request, name: str) -> Response:
-    console, me = console_of(request), me_of(request)
+    console, me, version = console_of(request), me_of(request), form_version(form_of(request))
     try:
-        object_use_cases.delete_object(me.actor, ExportDefinition, name, store=console.admin.definitions)
+        object_use_cases.delete_object(
+            me.actor, ExportDefinition, name, store=console.admin.definitions, expected_version=expecting(version)
+        )
     except Refused as refusal:
-        return _delete_page(request, _definition(request, name), refusal.reason)
+        # A stale delete says why and keeps its page's version: to delete what is there now, open it again.
+        return _delete_page(request, _definition(request, name), refusal.reason, version=version)
     return RedirectResponse(f"{PREFIX}/exports?notice=deleted", status_code=303)
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from shared.application.errors import Refused
+from shared.application.errors import Refused, Stale
+from shared.application.objects import ExpectedVersion
 
 _NAMED_FIELD = re.compile(r"field '([^']+)'")
 _TRUE = {"on", "yes", "true", "1"}
@@ -52,12 +53,26 @@ def form_of(request: Request) -> Form:
     return Form(getattr(request.state, "console_form", {}))
 
 
+def form_version(form: Form) -> int | None:
+    """The version of the object a form was rendered from (its hidden ``version``); none in a form without it."""
+    version = form.text("version")
+    return int(version) if version.isdigit() and len(version) <= 18 else None
+
+
+def expecting(version: int | None) -> ExpectedVersion | None:
+    """A save or delete conditional on a form's ``version`` (:class:`Stale` if the object changed since the page
+    was rendered); unconditional, as before, without one."""
+    return ExpectedVersion.of(version) if version is not None else None
+
+
 @dataclass
 class Problems:
     """Messages by the field they name (a dotted path), in order; ``summary`` has every one of them."""
 
     by_field: dict[str, list[str]] = field(default_factory=dict)
     summary: list[str] = field(default_factory=list)
+    #: Refused because someone else changed the object since the page was rendered (:class:`Stale`).
+    stale: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.summary)
@@ -96,6 +111,7 @@ class Problems:
                 message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
                 problems.add(f"{prefix}{path}" if path else prefix.rstrip(".") or None, message)
             return problems
+        problems.stale = isinstance(error, Stale)
         for reason in error.problems:
             named = _NAMED_FIELD.search(reason)
             if named is None:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from services.admin.console import object_forms
 from services.admin.console.context import console_of
-from services.admin.console.forms import Form, Problems, form_of
+from services.admin.console.forms import Form, Problems, expecting, form_of, form_version
 from services.admin.console.gate import PREFIX
 from services.admin.console.pages import me_of
 from shared.application import objects as use_cases
@@ -86,7 +86,9 @@ def _page(
     problems: Problems | None = None,
     notice: str | None = None,
     check: str | None = None,
+    version: int | None = None,
 ) -> Response:
+    """An object's page; its form carries ``version`` (the object's, as the page was first rendered from it)."""
     console = console_of(request)
     store = console.admin.definitions
     queries = sorted(store.list_objects(SavedQuery), key=lambda q: q.name)
@@ -113,6 +115,7 @@ def _page(
         secrets=object_forms.SECRETS,
         tls_versions=object_forms.TLS_VERSIONS,
         breaker_fields=object_forms.BREAKER_FIELDS,
+        version=version,
     )
 
 
@@ -168,14 +171,17 @@ def details(
     request: Request, collection: str, name: str, notice: Annotated[str, Query(max_length=20)] = ""
 ) -> Response:
     kind = _kind(request, collection)
-    obj = use_cases.visible(me_of(request).actor, console_of(request).admin.definitions, kind.model, name)
-    return _page(request, kind, obj, kind.values(obj), notice=NOTICES.get(notice))
+    version, obj = use_cases.visible_versioned(
+        me_of(request).actor, console_of(request).admin.definitions, kind.model, name
+    )
+    return _page(request, kind, obj, kind.values(obj), notice=NOTICES.get(notice), version=version)
 
 
 @router.post("/{collection}/{name}")
 def save(request: Request, collection: str, name: str) -> Response:
     console, me, form, kind = console_of(request), me_of(request), form_of(request), _kind(request, collection)
     current = use_cases.visible(me.actor, console.admin.definitions, kind.model, name)
+    version = form_version(form)
     problems = Problems()
     body = _body(kind, form, current, problems)
     if not problems:
@@ -188,18 +194,29 @@ def save(request: Request, collection: str, name: str) -> Response:
                     me.actor, [obj], store=console.admin.definitions, checks=console.admin.checks(), dry_run=True
                 )
                 check = "It renders: every check of a save passes with the query's first members."
-                return _page(request, kind, current, kind.values(current) | _typed(form), check=check)
+                return _page(request, kind, current, kind.values(current) | _typed(form), check=check, version=version)
             saved = use_cases.replace_object(
-                me.actor, kind.model, name, body, store=console.admin.definitions, checks=console.admin.checks()
+                me.actor,
+                kind.model,
+                name,
+                body,
+                store=console.admin.definitions,
+                checks=console.admin.checks(),
+                expected_version=expecting(version),
             )
         except (ValidationError, Refused) as error:
             problems = Problems.of(error)
         else:
             return RedirectResponse(f"{PREFIX}/{collection}/{saved.name}?notice=saved", status_code=303)
-    return _page(request, kind, current, kind.values(current) | _typed(form), problems=problems)
+    # Shown again as typed, with the version it was first rendered from: a stale form stays stale until reloaded.
+    values = kind.values(current) | _typed(form)
+    return _page(request, kind, current, values, problems=problems, version=version)
 
 
-def _confirm(request: Request, kind: Kind, name: str, action: str, error: str | None = None) -> Response:
+def _confirm(
+    request: Request, kind: Kind, name: str, action: str, error: str | None = None, version: int | None = None
+) -> Response:
+    """Confirm a delete or a copy; a delete is conditional on ``version``, the object's when the page was made."""
     deleting = action == "delete"
     return console_of(request).pages.render(
         request,
@@ -210,7 +227,7 @@ def _confirm(request: Request, kind: Kind, name: str, action: str, error: str | 
         if deleting
         else f"Make a copy of the {kind.singular} '{name}' (named \"Copy of …\").",
         facts=[],
-        hidden={},
+        hidden={"version": str(version)} if deleting and version is not None else {},
         action=f"{PREFIX}/{kind.collection}/{name}/{action}",
         button="Delete" if deleting else "Copy",
         style="danger" if deleting else "primary",
@@ -222,22 +239,28 @@ def _confirm(request: Request, kind: Kind, name: str, action: str, error: str | 
 @router.get("/{collection}/{name}/{action}")
 def confirmation(request: Request, collection: str, name: str, action: str) -> Response:
     kind = _kind(request, collection)
-    use_cases.visible(me_of(request).actor, console_of(request).admin.definitions, kind.model, name)
+    version, _ = use_cases.visible_versioned(
+        me_of(request).actor, console_of(request).admin.definitions, kind.model, name
+    )
     if action not in {"delete", "copy"}:
         raise Missing(f"no such action: {action}")
-    return _confirm(request, kind, name, action)
+    return _confirm(request, kind, name, action, version=version)
 
 
 @router.post("/{collection}/{name}/{action}")
 def act(request: Request, collection: str, name: str, action: str) -> Response:
     console, me, kind = console_of(request), me_of(request), _kind(request, collection)
+    version = form_version(form_of(request)) if action == "delete" else None
     try:
         if action == "delete":
-            use_cases.delete_object(me.actor, kind.model, name, store=console.admin.definitions)
+            use_cases.delete_object(
+                me.actor, kind.model, name, store=console.admin.definitions, expected_version=expecting(version)
+            )
             return RedirectResponse(f"{PREFIX}/{collection}?notice=deleted", status_code=303)
         if action == "copy":
             copied = use_cases.copy_object(me.actor, kind.model, name, store=console.admin.definitions)
             return RedirectResponse(f"{PREFIX}/{collection}/{copied.name}?notice=copied", status_code=303)
     except Refused as refusal:
-        return _confirm(request, kind, name, action, refusal.reason)
+        # A stale delete says why and keeps its page's version: to delete what is there now, open it again.
+        return _confirm(request, kind, name, action, refusal.reason, version=version)
     raise Missing(f"no such action: {action}")

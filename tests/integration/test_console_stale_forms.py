@@ -1,0 +1,138 @@
+"""The console's object forms (profiles, queries, templates) carry the version they were rendered from: a save or a
+delete from a page older than the object's last change writes nothing and says so, keeping what was typed."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from html import unescape
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.admin_app import InProcessApi, in_process_api, seed
+from tests.integration.test_console_fields import Console, signed_in
+
+pytestmark = pytest.mark.integration
+
+GOLD_SQL = "SELECT id, email, tier, updated_at FROM members WHERE tier = :tier"
+PARAMETERS = "tier: {type: string, default: gold}"
+
+
+@pytest.fixture
+def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InProcessApi]:
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # plain http in the test client
+    with in_process_api(tmp_path) as in_process, in_process.client() as client:
+        seed(client)
+        yield in_process
+
+
+@pytest.fixture
+def console(api: InProcessApi) -> Iterator[Console]:
+    with signed_in(api, "admin") as admin:
+        yield admin
+
+
+def _hidden_version(html: str) -> str:
+    found = re.search(r'name="version" value="([0-9]+)"', html)
+    assert found is not None, "the form carries no version"
+    return found.group(1)
+
+
+def _someone_else_saves(api: InProcessApi, description: str) -> None:
+    with api.client("editor") as client:
+        query = client.get("/api/v1/saved-queries/gold").json()
+        assert client.put("/api/v1/saved-queries/gold", json=query | {"description": description}).status_code == 200
+
+
+def _description(api: InProcessApi) -> str:
+    with api.client() as client:
+        description: str = client.get("/api/v1/saved-queries/gold").json()["description"]
+        return description
+
+
+def test_a_save_from_a_page_older_than_the_objects_last_change_keeps_the_others_change_and_what_was_typed(
+    api: InProcessApi, console: Console
+):
+    version = _hidden_version(console.page("/queries/gold"))
+    _someone_else_saves(api, "Bob's description")
+    fields = {"version": version, "sql": GOLD_SQL, "parameters": PARAMETERS, "description": "Alice's description"}
+    stale = console.post("/queries/gold", fields)
+    assert stale.status_code == 422
+    page = unescape(stale.text)
+    assert "Someone else changed this query since you" in page
+    assert '<a href="/console/queries/gold">Reload it</a>' in page
+    assert 'value="Alice\'s description"' in page  # what was typed is still in the form
+    assert _description(api) == "Bob's description"
+    again = console.post("/queries/gold", fields)  # the page stays stale until reloaded
+    assert again.status_code == 422
+    assert _description(api) == "Bob's description"
+    fresh = _hidden_version(console.page("/queries/gold"))
+    saved = console.post("/queries/gold", fields | {"version": fresh})
+    assert saved.status_code == 303
+    assert _description(api) == "Alice's description"
+
+
+def test_a_delete_confirmed_from_a_page_older_than_the_objects_last_change_deletes_nothing(
+    api: InProcessApi, console: Console
+):
+    with api.client() as client:
+        assert client.delete("/api/v1/export-definitions/nightly").status_code == 204
+        assert client.delete("/api/v1/http-templates/upsert").status_code == 204  # gold is then unused
+    version = _hidden_version(console.page("/queries/gold/delete"))
+    _someone_else_saves(api, "Changed while the delete was being confirmed")
+    stale = console.post("/queries/gold/delete", {"version": version})
+    assert stale.status_code == 422
+    assert "was changed since it was read" in unescape(stale.text)
+    assert _description(api) == "Changed while the delete was being confirmed"
+    fresh = _hidden_version(console.page("/queries/gold/delete"))
+    assert console.post("/queries/gold/delete", {"version": fresh}).status_code == 303
+    with api.client() as client:
+        assert client.get("/api/v1/saved-queries/gold").status_code == 404
+
+
+def _definition(api: InProcessApi) -> dict[str, Any]:
+    with api.client() as client:
+        definition: dict[str, Any] = client.get("/api/v1/export-definitions/nightly").json()
+        return definition
+
+
+def _someone_else_relabels(api: InProcessApi, label: str) -> None:
+    with api.client("editor") as client:
+        changed = client.put("/api/v1/export-definitions/nightly", json=_definition(api) | {"label": label})
+        assert changed.status_code == 200, changed.text
+
+
+def test_a_definitions_step_or_general_save_from_a_stale_page_writes_nothing_and_says_so(
+    api: InProcessApi, console: Console
+):
+    with api.client() as client:  # a second template to choose
+        assert client.post("/api/v1/http-templates/upsert/copy", json={"name": "other"}).status_code == 201
+    page = console.page("/exports/nightly?step=destination")
+    versions = set(re.findall(r'name="version" value="([0-9]+)"', page))
+    assert versions == {"1"}  # every form of the page: the general one and each step's
+    _someone_else_relabels(api, "Bob's label")
+    step = console.post("/exports/nightly/steps/destination", {"version": "1", "template": "other"})
+    assert step.status_code == 422
+    assert "Someone else changed this export definition since you" in unescape(step.text)
+    assert '<a href="/console/exports/nightly?step=destination">Reload it</a>' in unescape(step.text)
+    general = console.post("/exports/nightly/general", {"version": "1", "label": "Alice's label", "step": "filter"})
+    assert general.status_code == 422
+    assert 'value="Alice\'s label"' in unescape(general.text)
+    assert (_definition(api)["label"], _definition(api)["template"]) == ("Bob's label", "upsert")
+    fresh = _hidden_version(console.page("/exports/nightly?step=destination"))
+    saved = console.post("/exports/nightly/steps/destination", {"version": fresh, "template": "other"})
+    assert saved.status_code == 303
+    assert _definition(api)["template"] == "other"
+
+
+def test_a_definitions_delete_confirmed_from_a_stale_page_deletes_nothing(api: InProcessApi, console: Console):
+    version = _hidden_version(console.page("/exports/nightly/delete"))
+    _someone_else_relabels(api, "Relabelled while the delete was being confirmed")
+    stale = console.post("/exports/nightly/delete", {"version": version})
+    assert stale.status_code == 422
+    assert "was changed since it was read" in unescape(stale.text)
+    assert _definition(api)["label"] == "Relabelled while the delete was being confirmed"
+    fresh = _hidden_version(console.page("/exports/nightly/delete"))
+    assert console.post("/exports/nightly/delete", {"version": fresh}).status_code == 303
