@@ -37,6 +37,17 @@ def _docker_answers() -> bool:
         return sock.connect_ex(sock_path) == 0
 
 
+#: The session's own servers and their ports, printed at the end of the run: an unclosed socket reported by the
+#: suite (``raddr=('127.0.0.1', <port>)``) is matched to the server it was connected to.
+SESSION_SERVERS: dict[str, str] = {}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if SESSION_SERVERS:
+        servers = ", ".join(f"{name} {where}" for name, where in sorted(SESSION_SERVERS.items()))
+        terminalreporter.write_line(f"session servers: {servers}")
+
+
 @pytest.fixture(autouse=True)
 def _no_exportctl_contexts(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """exportctl run in-process (or by a test's subprocess) never reads the developer's own contexts."""
@@ -57,6 +68,7 @@ def kafka_bootstrap() -> Iterator[str]:
         from devtools.kafka_broker import LocalKafka
 
         with LocalKafka() as broker:
+            SESSION_SERVERS["kafka"] = f"{broker.bootstrap_servers} (controller {broker.listeners.controller})"
             yield broker.bootstrap_servers
 
 
@@ -89,6 +101,7 @@ def postgres_database_factory() -> Iterator[Callable[[], str]]:
         from devtools.postgres import LocalPostgres
 
         with LocalPostgres() as server:
+            SESSION_SERVERS["postgresql"] = f"127.0.0.1:{server.port}"
             yield lambda: server.create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
