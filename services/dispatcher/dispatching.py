@@ -24,7 +24,6 @@ from services.dispatcher.member_outcomes import member_keys, refused_members
 from services.dispatcher.metrics import (
     BATCHES_OF_CANCELLED_RUNS,
     DEAD_LETTERS,
-    IN_FLIGHT,
     MEMBERS_DELIVERED,
     MEMBERS_FAILED,
     RATE_LIMIT_RATE,
@@ -33,7 +32,8 @@ from services.dispatcher.metrics import (
     REQUESTS,
     ROUND_HANDED_BACK,
     STATUS_CLASSES,
-    child,
+    InFlightCount,
+    in_flight_count,
 )
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
 from services.dispatcher.render_offload import Renderer
@@ -141,8 +141,8 @@ class _BatchRequests:
     labels: tuple[str, str]
     network: PartnerNetwork | None
     inspect: AttemptWitness | None
-    #: The profile's in-flight gauge (its series is never removed).
-    in_flight: Any
+    #: The profile's in-flight count, which its gauge reads when scraped (its series is never removed).
+    in_flight: InFlightCount
     oauth: bool
     #: The profile's authentication header once resolved and checked, unless it is an OAuth token (None: not yet).
     credentials: dict[str, str] | None = None
@@ -442,7 +442,7 @@ class Dispatcher:
             labels=(batch.definition, profile.name),
             network=PartnerNetwork.of(profile),
             inspect=inspect,
-            in_flight=child(IN_FLIGHT, profile.name),
+            in_flight=in_flight_count(profile.name),
             oauth=isinstance(profile.auth, OAuth2ClientCredentials),
         )
 
@@ -582,7 +582,7 @@ class Dispatcher:
         admission left in ``ticket`` (admitted, never judged: cancelled) gives its probe slot back."""
         profile = shared.profile
         in_flight = shared.in_flight
-        in_flight.inc()
+        in_flight.count += 1
         try:
             if not exporting():  # a span per request only while spans are exported (README, Tracing)
                 return await delivered()
@@ -592,7 +592,7 @@ class Dispatcher:
                 record_http_result(span, result.status, result.success, result.attempts, result.error)
             return result
         finally:
-            in_flight.dec()
+            in_flight.count -= 1
             self.breakers.cancel(profile, ticket[0])  # admitted, never judged (cancelled): a probe slot back
 
     def _outcome(self, batch: MemberBatch, result: IsolationResult[DeliveryResult], profile: str) -> list[Outgoing]:

@@ -103,6 +103,30 @@ CIRCUIT_TRANSITIONS = Counter(
 )
 
 
+class InFlightCount:
+    """The requests of one profile being delivered now: a plain count kept on the event loop, which its
+    ``member_export_dispatcher_in_flight_requests`` series reads when scraped (a gauge's ``inc`` and ``dec`` take a
+    lock and two checks each, a request pays them twice)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+_IN_FLIGHT_COUNTS: dict[str, InFlightCount] = {}
+
+
+def in_flight_count(profile: str) -> InFlightCount:
+    """The in-flight count of ``profile``, its gauge series reading it (made on first use, kept: the catalog bounds
+    the profiles, and the series is never removed)."""
+    found = _IN_FLIGHT_COUNTS.get(profile)
+    if found is None:
+        counted = found = _IN_FLIGHT_COUNTS[profile] = InFlightCount()
+        IN_FLIGHT.labels(profile).set_function(lambda: counted.count)
+    return found
+
+
 #: Children kept per metric at most by :func:`child` (the catalog bounds the labels; this bounds memory).
 MAX_CHILDREN = 10_000
 _CHILDREN: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}

@@ -800,14 +800,16 @@ def _told(iterable: Iterable[Any], at: str) -> Iterator[Any]:
         yield item
 
 
-def render_structure(structure: Any, context: dict[str, Any]) -> bytes:
+def render_structure(structure: Any, context: dict[str, Any], program: Program | None = None) -> bytes:
     """The body ``structure`` describes for ``context`` (``members``, ``member``, ``run``), as compact JSON.
 
     Within the rendering's budget (``rendering_within``): LeafError for a leaf that fails (its path and the
     exception), RenderLimitExceeded for a body over the byte cap, StructureError for a structure that
-    cannot be compiled (one saved before the rules it breaks).
+    cannot be compiled (one saved before the rules it breaks). ``program``: ``compiled(structure)`` when the caller
+    holds it already (the requests of one batch: no key to encode and look up again).
     """
-    program = compiled(structure)
+    if program is None:
+        program = compiled(structure)
     rendering = _Rendering(program, current_budget())
     try:
         value = program.function(rendering, context, program.constants)

@@ -28,7 +28,7 @@ from shared.domain.bodies import form_pairs, xml_problem, xml_text_content
 from shared.domain.body_types import DEFAULT_CONTENT_TYPES, BodyType
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
 from shared.domain.http_fields import header_value_problem
-from shared.domain.json_structure import LeafError, StructureError, render_structure
+from shared.domain.json_structure import LeafError, Program, StructureError, compiled, render_structure
 from shared.domain.render_budget import (
     DEFAULT_LIMITS,
     RenderBudget,
@@ -217,6 +217,7 @@ class PreparedRequest:
         "_headers",
         "_limits",
         "_profile",
+        "_program",
         "_run",
         "_template",
         "_unprepared",
@@ -230,6 +231,11 @@ class PreparedRequest:
         self._limits = limits
         self._run = {"id": str(batch.run_id), "definition": batch.definition, "batch_index": batch.batch_index}
         self._unprepared = False
+        #: The ``json_body`` compiled once for the batch's requests (None: none, or one that does not compile, which
+        #: each request then compiles, and fails on, as :func:`render_request` does).
+        self._program: Program | None = None
+        if template.json_body is not None and template.content_type is BodyType.JSON:
+            self._program = _compiled_or_none(template.json_body)
         self._url: str | None = None
         self._constant_path: str | None = None
         #: Per header, in the template's order: its checked value when constant, else None (rendered each time).
@@ -295,7 +301,7 @@ class PreparedRequest:
             if template.content_type is not BodyType.JSON:
                 content = _other_body(template, context, members)
             elif template.json_body is not None:
-                content = _structured_body(template.json_body, context)
+                content = _structured_body(template.json_body, context, self._program)
             elif template.body is not None:
                 content = _json_body(template.body, context)
             else:
@@ -376,10 +382,19 @@ def _other_body(template: HttpTemplate, context: dict[str, Any], members: list[d
     return content
 
 
-def _structured_body(structure: Any, context: dict[str, Any]) -> bytes:
-    """A ``json_body``'s bytes; a failure names the leaf, with the element of each ``$each`` it was in."""
+def _compiled_or_none(structure: Any) -> Program | None:
+    """``structure`` compiled, or None when it does not compile (each request then meets, and reports, the failure)."""
     try:
-        return render_structure(structure, context)
+        return compiled(structure)
+    except Exception:  # noqa: BLE001 - refused by each request instead, as render_request does
+        return None
+
+
+def _structured_body(structure: Any, context: dict[str, Any], program: Program | None = None) -> bytes:
+    """A ``json_body``'s bytes; a failure names the leaf, with the element of each ``$each`` it was in.
+    ``program``: the structure's, compiled (:func:`json_structure.compiled`) once for a batch's requests."""
+    try:
+        return render_structure(structure, context, program)
     except LeafError as exc:
         at = f" (at {exc.path})" if exc.path else ""
         hint = " (is the column in the query?)" if isinstance(exc.cause, UndefinedError) else ""

@@ -133,3 +133,40 @@ def test_a_constant_header_with_a_line_break_is_refused_for_each_request_with_re
 def test_a_member_value_in_the_path_is_one_url_encoded_segment():
     prepared = prepare_request(template({"path": "/m/{{ member.name }}"}), PROFILE, batch_of([{"name": "a/../b?c"}]))
     assert prepared.render([{"name": "a/../b?c"}]).url == "https://api.example.com/base/m/a%2F..%2Fb%3Fc"
+
+
+def test_a_batchs_json_body_is_compiled_once_for_all_its_one_member_requests(monkeypatch: pytest.MonkeyPatch):
+    from shared.domain import json_structure, rendering
+
+    template = HttpTemplate(name="t", query="q", profile="p", batch_size=1, json_body={"id": "{{ member.id }}"})
+    members = [{"id": n} for n in range(64)]
+    batch = MemberBatch(run_id=uuid.uuid4(), definition="d", template="t", batch_index=0, members=members)
+    calls: list[object] = []
+    real = json_structure.compiled
+
+    def counting(structure: Any) -> json_structure.Program:
+        calls.append(structure)
+        return real(structure)
+
+    monkeypatch.setattr(json_structure, "compiled", counting)
+    monkeypatch.setattr(rendering, "compiled", counting, raising=False)  # not imported there before
+    prepared = prepare_request(template, PROFILE, batch)
+    bodies = [prepared.render([member]).content for member in batch.members]
+    assert bodies == [b'{"id":%d}' % n for n in range(64)]
+    assert len(calls) == 1  # once a batch, not once a request
+
+
+def test_a_json_body_that_does_not_compile_is_refused_for_each_request_with_render_requests_reason():
+    template = HttpTemplate.model_construct(
+        **{**HttpTemplate(name="t", query="q", profile="p", batch_size=1).model_dump(), "json_body": {"$each": 1}}
+    )
+    members = [{"id": 1}, {"id": 2}]
+    batch = MemberBatch(run_id=uuid.uuid4(), definition="d", template="t", batch_index=0, members=members)
+    prepared = prepare_request(template, PROFILE, batch)
+    for member in batch.members:
+        part = batch.model_copy(update={"members": [member]})
+        with pytest.raises(TemplateRenderError) as expected:
+            render_request(template, PROFILE, part)
+        with pytest.raises(TemplateRenderError) as got:
+            prepared.render([member])
+        assert str(got.value) == str(expected.value)
