@@ -142,11 +142,16 @@ class SqlDefinitionsStore:
         except StaleDataError:
             raise self.changed_since_read(kind, name) from None
 
-    def _require_version(self, session: Session, kind: str, name: str, expected_version: int | None) -> None:
-        """:class:`VersionMismatch` unless the row of ``kind`` and ``name`` is at ``expected_version`` (if given)."""
+    def _require_version(
+        self, session: Session, row: CatalogObjectRow | None, kind: str, name: str, expected_version: int | None
+    ) -> None:
+        """:class:`VersionMismatch` unless ``row`` (of ``kind`` and ``name``) is at ``expected_version`` (if given).
+
+        ``row`` must be the very object the write then changes: the session's identity map holds rows weakly, so a
+        row read here and dropped would be read afresh by the write, another writer's commit in between included,
+        and the ``UPDATE … WHERE version = …`` would be conditional on that version instead of the expected one."""
         if expected_version is None:
             return
-        row = self._row(session, kind, name)
         if row is None or row.version != expected_version:
             raise self._mismatch(session, kind, name)
 
@@ -216,7 +221,11 @@ class SqlDefinitionsStore:
                     write_entries(session, audit)
                     if new and self._row(session, kind_of(obj), obj.name) is not None:
                         raise NameTaken(kind_of(obj), obj.name)
-                    self._require_version(session, kind_of(obj), obj.name, expected_version)
+                    if expected_version is not None:
+                        # Held while _write reads it again: the same object (the identity map keeps it), so the
+                        # UPDATE's WHERE has the version checked here (see _require_version).
+                        held = self._row(session, kind_of(obj), obj.name)
+                        self._require_version(session, held, kind_of(obj), obj.name, expected_version)
                     result = self._write(session, obj)
                     if audit and result == "unchanged":
                         raise _NothingWritten([result])  # the audit entries roll back with it
@@ -419,8 +428,8 @@ class SqlDefinitionsStore:
         def write() -> None:
             with self.database.transaction() as session:
                 write_entries(session, audit)
-                self._require_version(session, kind_of(obj), old_name, expected_version)
                 row = self._row(session, kind_of(obj), old_name)
+                self._require_version(session, row, kind_of(obj), old_name, expected_version)
                 if row is None:
                     raise NotFound(kind_of(obj), old_name)
                 row.name, row.spec, row.version, row.updated_at = obj.name, self._stored(obj), row.version + 1, now()
@@ -445,8 +454,8 @@ class SqlDefinitionsStore:
         def write() -> None:
             with self.database.transaction() as session:
                 write_entries(session, audit)
-                self._require_version(session, kind.__name__, name, expected_version)
                 row = self._row(session, kind.__name__, name)
+                self._require_version(session, row, kind.__name__, name, expected_version)
                 if row is None:
                     raise NotFound(kind.__name__, name)
                 if kind is ExportDefinition:
