@@ -18,6 +18,7 @@ every socket its selector still watched. Written up for upstream in ``docs/upstr
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Any
 
 from kafka.net.inet import KafkaNetSocket
@@ -58,9 +59,14 @@ def _close_sockets_left_at_close() -> None:
         return
 
     def close(self: NetworkSelector) -> None:
+        if self._closed:  # closed already (or being closed by another thread): its sockets are not ours to close
+            original(self)
+            return
+        if self._io_thread is not None and self._io_thread is not threading.current_thread():
+            self.stop()  # what the original does first (idempotent): nothing changes the selector's map after this
         try:  # what the selector watches now: the connections' sockets (and its own wake-up pair)
-            watched = [key.fileobj for key in self._selector.get_map().values()]
-        except (AttributeError, RuntimeError, ValueError):  # already closed, or not built
+            watched = [key.fileobj for key in list(self._selector.get_map().values())]
+        except Exception:  # noqa: BLE001 - not built, or its map unreadable: close as the original would, no more
             watched = []
         original(self)
         for fileobj in watched:  # the network thread is stopped: nothing will write, read or close these now

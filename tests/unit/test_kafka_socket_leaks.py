@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import selectors
 import socket
+import time
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -91,3 +93,40 @@ def test_a_closed_client_closes_the_sockets_its_network_selector_still_watched(l
     net.poll(timeout_ms=0)
     net.close()
     assert connection.fileno() == -1, "the closed selector left a connection's socket open"
+
+
+def test_a_second_close_of_a_selector_closes_nothing_more(listener: socket.socket) -> None:
+    close_leaked_sockets()
+    net = NetworkSelector()
+    net.close()
+    connection = socket.create_connection(listener.getsockname(), timeout=5)
+    net._selector = selectors.DefaultSelector()  # a selector closed already, watching a socket it does not own
+    net._selector.register(connection, selectors.EVENT_READ)
+    net.close()
+    assert connection.fileno() != -1, "a second close closed a socket"
+    net._selector.close()
+    connection.close()
+
+
+def test_a_selector_with_its_network_thread_running_is_stopped_before_its_sockets_are_closed(
+    listener: socket.socket,
+) -> None:
+    close_leaked_sockets()
+    net = NetworkSelector()
+    connection = socket.create_connection(listener.getsockname(), timeout=5)
+    connection.setblocking(False)
+
+    async def reading() -> None:
+        await net.wait_read(connection)
+
+    net.start()
+    net.call_soon_threadsafe(lambda: net.call_soon(reading()))
+    deadline = time.monotonic() + 5
+    while connection not in [key.fileobj for key in list(net._selector.get_map().values())]:
+        assert time.monotonic() < deadline, "the network thread never watched the connection"
+        time.sleep(0.01)
+    io_thread = net._io_thread
+    net.close()
+    assert io_thread is not None
+    assert not io_thread.is_alive()
+    assert connection.fileno() == -1
