@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from datetime import timedelta
 from functools import partial
 
@@ -17,6 +15,7 @@ from shared.kafka import make_producer, produce_and_wait
 from shared.kafka.loop import is_interruption
 from shared.outages import describe, is_outage
 from shared.runtime import STALL_MARGIN_SECONDS, start_service
+from shared.shutdown import stop_requested
 
 SERVICE = "scheduler"
 
@@ -43,9 +42,7 @@ def main(clock: Clock | None = None) -> None:
         catch_up=timedelta(seconds=settings.scheduler_catch_up_seconds),
         lookahead=timedelta(seconds=settings.scheduler_lookahead_seconds),
     )
-    stopping = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopping.set())
+    stopping = stop_requested()  # SIGTERM or SIGINT, since start_service (start-up included)
     log.info(
         "scheduler started",
         tick_seconds=settings.scheduler_tick_seconds,

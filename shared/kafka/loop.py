@@ -434,6 +434,7 @@ class ConsumerLoop(Generic[E]):
         dead_letter_backoff_seconds: float = DEAD_LETTER_BACKOFF_SECONDS,
         health: Health | None = None,
         rounds_in_flight: int = 1,
+        stopping: threading.Event | None = None,
     ) -> None:
         if (handler is None) == (handle_round is None):
             raise ValueError("give a consumer loop exactly one of handler and handle_round")
@@ -467,7 +468,8 @@ class ConsumerLoop(Generic[E]):
         self.periodic = periodic
         self.periodic_seconds = periodic_seconds
         self._next_periodic = time.monotonic() + periodic_seconds
-        self.stopping = threading.Event()
+        #: Set to stop the loop (its signal handlers, or the process's stop event when given one).
+        self.stopping = stopping if stopping is not None else threading.Event()
         # Topics most urgent first: while one yields records, the partitions of later ones are paused.
         self.priority_topics = priority_topics or []
         # A poll's records handled together, concurrently (the dispatcher's HTTP calls), instead of one by one.
