@@ -9,10 +9,14 @@ service reconnecting to a broker that is down holds such descriptors until then:
   connecting task, and the ``GeneratorExit`` passes through);
 - ``NetworkSelector.close`` stops the client's network thread and cancels its tasks, but a connection whose close
   was deferred to flush what it still had to write (``KafkaTCPTransport.close``), or that was never closed, keeps
-  its socket registered in the selector, open.
+  its socket registered in the selector, open;
+- ``KafkaConnectionManager._build_transport`` drops the TLS transport whose handshake failed (a broker that does
+  not speak TLS on that port, a certificate refused) or was abandoned, its socket open; and the plain socket when
+  wrapping it for TLS fails.
 
-:func:`close_leaked_sockets` wraps both, so a failed connect closes its socket at once and a closed client closes
-every socket its selector still watched. Written up for upstream in ``docs/upstream/kafka-python-connect-socket.md``.
+:func:`close_leaked_sockets` wraps the three, so a failed connect or handshake closes its socket at once and a
+closed client closes every socket its selector still watched. Written up for upstream in
+``docs/upstream/kafka-python-connect-socket.md``.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ from typing import Any
 
 from kafka.net.inet import KafkaNetSocket
 from kafka.net.selector import NetworkSelector
+from kafka.net.transport import KafkaSSLTransport
 
 _MARK = "_member_export_closes_leaked_sockets"
 
 
 def close_leaked_sockets() -> None:
-    """Make kafka-python close a failed connect's socket, and a closed client's sockets (idempotent)."""
+    """Make kafka-python close a failed connect's or TLS handshake's socket, and a closed client's sockets
+    (idempotent)."""
     _close_failed_connects()
+    _close_failed_handshakes()
     _close_sockets_left_at_close()
 
 
@@ -51,6 +58,33 @@ def _close_failed_connects() -> None:
     setattr(sock_connect, _MARK, True)
     sock_connect.__doc__ = original.__doc__
     KafkaNetSocket.sock_connect = sock_connect
+
+
+def _close_failed_handshakes() -> None:
+    original_init = KafkaSSLTransport.__init__
+    original_handshake = KafkaSSLTransport.handshake
+    if getattr(original_handshake, _MARK, False):
+        return
+
+    def init(self: KafkaSSLTransport, net: Any, sock: socket.socket, host: str | None = None, **configs: Any) -> None:
+        try:
+            original_init(self, net, sock, host=host, **configs)
+        except BaseException:  # the TLS context or the wrapping refused: the plain socket is nobody's now
+            sock.close()
+            raise
+
+    async def handshake(self: KafkaSSLTransport) -> None:
+        try:
+            await original_handshake(self)
+        except BaseException:  # refused, or abandoned (GeneratorExit): the transport is dropped, its socket with it
+            self.close()  # nothing written yet: closes the socket at once
+            raise
+
+    setattr(handshake, _MARK, True)
+    init.__doc__ = original_init.__doc__
+    handshake.__doc__ = original_handshake.__doc__
+    KafkaSSLTransport.__init__ = init
+    KafkaSSLTransport.handshake = handshake
 
 
 def _close_sockets_left_at_close() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Generator, Iterator
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from kafka.net.inet import KafkaNetSocket
 from kafka.net.selector import NetworkSelector
+from kafka.net.transport import KafkaSSLTransport
 
 from shared.kafka.socket_leaks import close_leaked_sockets
 
@@ -130,3 +132,62 @@ def test_a_selector_with_its_network_thread_running_is_stopped_before_its_socket
     assert io_thread is not None
     assert not io_thread.is_alive()
     assert connection.fileno() == -1
+
+
+class _TlsNet(_WaitingNet):
+    """The selector as a TLS handshake and a transport's close see it."""
+
+    def wait_read(self, sock: socket.socket, timeout_at: float | None = None) -> Any:
+        return _Suspend()
+
+    def unregister_event(self, sock: socket.socket, events: int) -> None:
+        pass
+
+    def cancel(self, task: Any) -> None:
+        pass
+
+
+def _connected(listener: socket.socket, *, blocking: bool) -> tuple[socket.socket, socket.socket]:
+    sock = socket.create_connection(listener.getsockname(), timeout=5)
+    sock.setblocking(blocking)
+    if blocking:
+        sock.settimeout(5)
+    peer, _ = listener.accept()
+    return sock, peer
+
+
+def _tls_transport(sock: socket.socket, **configs: Any) -> KafkaSSLTransport:
+    return KafkaSSLTransport(_TlsNet(), sock, host="127.0.0.1", ssl_check_hostname=False, **configs)
+
+
+def test_a_tls_handshake_refused_closes_its_socket(listener: socket.socket) -> None:
+    close_leaked_sockets()
+    sock, peer = _connected(listener, blocking=True)
+    with peer:
+        peer.sendall(b"HTTP/1.1 400 not TLS\r\n\r\n")  # a port that does not speak TLS
+        transport = _tls_transport(sock)
+        wrapped = transport._sock
+        handshake = transport.handshake()
+        with pytest.raises(ssl.SSLError):
+            handshake.send(None)
+    assert wrapped.fileno() == -1, "the refused handshake left its socket open"
+
+
+def test_a_tls_handshake_abandoned_by_its_closed_client_closes_its_socket(listener: socket.socket) -> None:
+    close_leaked_sockets()
+    sock, peer = _connected(listener, blocking=False)
+    with peer:
+        transport = _tls_transport(sock)
+        wrapped = transport._sock
+        handshake = transport.handshake()
+        assert handshake.send(None) == "waiting for the socket to be writable"  # the broker's answer awaited
+        handshake.close()
+    assert wrapped.fileno() == -1, "the abandoned handshake left its socket open"
+
+
+def test_a_tls_transport_that_cannot_be_built_closes_the_plain_socket(listener: socket.socket) -> None:
+    close_leaked_sockets()
+    sock, peer = _connected(listener, blocking=False)
+    with peer, pytest.raises(FileNotFoundError):
+        _tls_transport(sock, ssl_cafile="/nonexistent/ca.pem")
+    assert sock.fileno() == -1, "the plain socket was left open"
