@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from services.admin.dependencies import Context, Editor, ProfileEditor, Reader
-from services.admin.preconditions import IfMatch, expected_version, tag_answer, with_etag
+from services.admin.preconditions import IfMatch, conditional_errors, expected_version, tag_answer, with_etag
 from services.admin.problems import problem_responses
 from shared.application import objects as use_cases
 from shared.application.manifests import parse_object_documents
@@ -67,7 +67,7 @@ def _register(kind: type[T], writer: Any) -> None:
     body_model = _input_model(kind)
     tag = kind.__name__
     errors = problem_responses(404, 409, 422)
-    conditional_errors = problem_responses(400, 404, 409, 412, 422)
+    conditional = conditional_errors(404, 409, 422)
 
     if kind is not ExportDefinition:  # definitions are listed by their search
 
@@ -107,7 +107,7 @@ def _register(kind: type[T], writer: Any) -> None:
         f"/{collection}/{{name}}",
         tags=[tag],
         summary=f"Replace a {kind.__name__} (a different name in the body renames it)",
-        responses=conditional_errors | with_etag(200),
+        responses=conditional | with_etag(200),
         operation_id=f"replace_{kind.__name__}",
     )
     def replace(
@@ -136,7 +136,7 @@ def _register(kind: type[T], writer: Any) -> None:
         status_code=204,
         tags=[tag],
         summary=f"Delete a {kind.__name__}",
-        responses=conditional_errors,
+        responses=conditional,
         operation_id=f"delete_{kind.__name__}",
     )
     def delete(context: Context, caller: writer, name: str, if_match: IfMatch = None) -> Response:
@@ -251,7 +251,7 @@ class DestinationStep(BaseModel):
     template: Name
 
 
-STEP_ERRORS = problem_responses(400, 404, 412, 422) | with_etag(200)
+STEP_ERRORS = conditional_errors(404, 422) | with_etag(200)
 
 
 def _saved_step(

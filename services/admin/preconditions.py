@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import Header, Response
 
-from services.admin.problems import ApiProblem
+from services.admin.problems import ApiProblem, problem_responses
 from shared.application.objects import ExpectedVersion
 from shared.domain.revisions import Revision
 
@@ -81,6 +81,17 @@ def expected_version(if_match: str | None) -> ExpectedVersion | None:
     if not tags:
         raise ApiProblem(400, "header 'If-Match': no entity-tag in it", slug="invalid-header")
     return ExpectedVersion(frozenset(versions))
+
+
+def conditional_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` of an operation that takes ``If-Match``: ``statuses`` as problem details, with 412 and a
+    400 that says the header can be its cause (not only a body that cannot be decoded)."""
+    responses = problem_responses(400, *statuses, 412)
+    responses[400]["description"] = (
+        "Bad request: an `If-Match` that is no entity-tag list (`detail` names the header), or a body that cannot"
+        " be decoded"
+    )
+    return responses
 
 
 def with_etag(status: int) -> dict[int | str, dict[str, Any]]:

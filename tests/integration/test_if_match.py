@@ -499,5 +499,6 @@ def test_the_openapi_document_declares_if_match_its_412_and_400_and_the_etag_of_
         assert "if-match" in {parameter["name"].lower() for parameter in operation["parameters"]}, path
         assert {"400", "412"} <= set(operation["responses"]), path
         assert "application/problem+json" in operation["responses"]["412"]["content"]
+        assert "If-Match" in operation["responses"]["400"]["description"], path  # not only a body undecodable
     read = paths["/api/v1/http-templates/{name}"]["get"]["responses"]["200"]
     assert "ETag" in read["headers"]
