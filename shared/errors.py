@@ -72,19 +72,29 @@ class NameTaken(PermanentError):
 
 
 class VersionMismatch(PermanentError):
-    """A write conditional on the version of a catalog object its writer read (``If-Match``) found the object at
-    another version, or gone: nothing was written. Says by whom and when, as far as the catalog knows it."""
+    """A write conditional on the revision of a catalog object its writer read (``If-Match``) found the object at
+    another version, another object under its name (deleted and created again), or none: nothing was written. Says
+    by whom and when, as far as the catalog knows it (read after the refused write rolled back: never the refused
+    writer's own change)."""
 
     def __init__(
-        self, kind: str, name: str, *, version: int | None, by: str | None = None, at: datetime | None = None
+        self,
+        kind: str,
+        name: str,
+        *,
+        version: int | None,
+        by: str | None = None,
+        at: datetime | None = None,
+        recreated: bool = False,
     ) -> None:
         who = "".join(
             (f" by {by}" if by else "", f" at {at.astimezone(UTC).isoformat(timespec='seconds')}" if at else "")
         )
         if version is not None:
             last = f", last changed{who}" if who else ""
-            what = f"was changed since it was read (it is now at version {version}{last})"
+            how = "deleted and created again" if recreated else "changed"
+            what = f"was {how} since it was read (it is now at version {version}{last})"
         else:
-            what = f"was deleted{who} since it was read" if who else "is gone (deleted, or never stored)"
+            what = f"was deleted{who} since it was read"
         super().__init__(f"{kind} '{name}' {what}: nothing was written; read it again and redo the change")
         self.kind, self.name, self.version = kind, name, version

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from services.admin.dependencies import Context, Editor, ProfileEditor, Reader
-from services.admin.preconditions import IfMatch, expected_version, tag_answer, with_etag
+from services.admin.preconditions import IfMatch, conditional_errors, expected_version, tag_answer, with_etag
 from services.admin.problems import problem_responses
 from shared.application import objects as use_cases
 from shared.application.manifests import parse_object_documents
@@ -67,7 +67,7 @@ def _register(kind: type[T], writer: Any) -> None:
     body_model = _input_model(kind)
     tag = kind.__name__
     errors = problem_responses(404, 409, 422)
-    conditional_errors = problem_responses(400, 404, 409, 412, 422)
+    conditional = conditional_errors(404, 409, 422)
 
     if kind is not ExportDefinition:  # definitions are listed by their search
 
@@ -85,8 +85,10 @@ def _register(kind: type[T], writer: Any) -> None:
     )
     def create(context: Context, caller: writer, body: Annotated[body_model, Body()], response: Response) -> kind:  # type: ignore[valid-type]
         values = body.model_dump(mode="python", exclude_unset=True)  # type: ignore[attr-defined]
-        created = use_cases.create_object(caller, kind, values, store=context.definitions, checks=context.checks())
-        tag_answer(response, use_cases.version_of(context.definitions, created))
+        revision, created = use_cases.create_object(
+            caller, kind, values, store=context.definitions, checks=context.checks()
+        )
+        tag_answer(response, revision)
         return created
 
     @router.get(
@@ -97,15 +99,15 @@ def _register(kind: type[T], writer: Any) -> None:
         operation_id=f"read_{kind.__name__}",
     )
     def read(context: Context, caller: Reader, name: str, response: Response) -> kind:  # type: ignore[valid-type]
-        version, obj = use_cases.visible_versioned(caller, context.definitions, kind, name)
-        tag_answer(response, version)
+        revision, obj = use_cases.visible_versioned(caller, context.definitions, kind, name)
+        tag_answer(response, revision)
         return obj
 
     @router.put(
         f"/{collection}/{{name}}",
         tags=[tag],
         summary=f"Replace a {kind.__name__} (a different name in the body renames it)",
-        responses=conditional_errors | with_etag(200),
+        responses=conditional | with_etag(200),
         operation_id=f"replace_{kind.__name__}",
     )
     def replace(
@@ -117,7 +119,7 @@ def _register(kind: type[T], writer: Any) -> None:
         if_match: IfMatch = None,
     ) -> kind:  # type: ignore[valid-type]
         values = body.model_dump(mode="python", exclude_unset=True)  # type: ignore[attr-defined]
-        stored = use_cases.replace_object(
+        revision, stored = use_cases.replace_object(
             caller,
             kind,
             name,
@@ -126,7 +128,7 @@ def _register(kind: type[T], writer: Any) -> None:
             checks=context.checks(),
             expected_version=expected_version(if_match),
         )
-        tag_answer(response, use_cases.version_of(context.definitions, stored))
+        tag_answer(response, revision)
         return stored
 
     @router.delete(
@@ -134,7 +136,7 @@ def _register(kind: type[T], writer: Any) -> None:
         status_code=204,
         tags=[tag],
         summary=f"Delete a {kind.__name__}",
-        responses=conditional_errors,
+        responses=conditional,
         operation_id=f"delete_{kind.__name__}",
     )
     def delete(context: Context, caller: writer, name: str, if_match: IfMatch = None) -> Response:
@@ -159,10 +161,10 @@ def _register(kind: type[T], writer: Any) -> None:
         body: Annotated[CopyRequest | None, Body()] = None,
     ) -> kind:  # type: ignore[valid-type]
         request = body or CopyRequest()
-        copied = use_cases.copy_object(
+        revision, copied = use_cases.copy_object(
             caller, kind, name, store=context.definitions, label=request.label, new_name=request.name
         )
-        tag_answer(response, use_cases.version_of(context.definitions, copied))
+        tag_answer(response, revision)
         return copied
 
 
@@ -249,7 +251,7 @@ class DestinationStep(BaseModel):
     template: Name
 
 
-STEP_ERRORS = problem_responses(404, 412, 422) | with_etag(200)
+STEP_ERRORS = conditional_errors(404, 422) | with_etag(200)
 
 
 def _saved_step(
@@ -262,7 +264,7 @@ def _saved_step(
     field_name: str | None = None,
 ) -> ExportDefinition:
     """Save one step (conditional on ``If-Match`` if given); the answer carries the definition's ``ETag``."""
-    saved = use_cases.save_definition_step(
+    revision, saved = use_cases.save_definition_step(
         caller,
         name,
         step,
@@ -271,7 +273,7 @@ def _saved_step(
         field_name=field_name,
         expected_version=expected_version(if_match),
     )
-    tag_answer(response, use_cases.version_of(context.definitions, saved))
+    tag_answer(response, revision)
     return saved
 
 

@@ -1,6 +1,7 @@
 """Conditional writes over HTTP (RFC 9110, section 13): ``ETag`` (a strong validator: the stored object's
-version, quoted) on the answers that carry one object, and ``If-Match`` parsed into the application layer's
-:class:`~shared.application.objects.ExpectedVersion` (the comparison and the write are the use case's)."""
+revision, its id and version, quoted: ``"<id>.<version>"``) on the answers that carry one object, and ``If-Match``
+parsed into the application layer's :class:`~shared.application.objects.ExpectedVersion` (the comparison and the
+write are the use case's)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ from typing import Annotated, Any
 
 from fastapi import Header, Response
 
-from services.admin.problems import ApiProblem
+from services.admin.problems import ApiProblem, problem_responses
 from shared.application.objects import ExpectedVersion
+from shared.domain.revisions import Revision
 
 #: One element of an ``If-Match`` list: an entity-tag (``W/`` weak, or strong), or nothing (an empty element); the
-#: tags in visible ASCII (RFC 9110's obsolete ``obs-text`` is refused: the tags this API sends are digits).
+#: tags in visible ASCII (RFC 9110's obsolete ``obs-text`` is refused: the tags this API sends are hex digits, a
+#: dot and digits).
 _ELEMENT = re.compile(r'[ \t]*(?P<tag>(?P<weak>W/)?"(?P<opaque>[!#-~]*)")?[ \t]*(?P<end>,|\Z)')
 #: The whole ``If-Match`` as :func:`expected_version` takes it (in the OpenAPI document: what a client may send).
 IF_MATCH_PATTERN = r'^[ \t]*(\*|(,[ \t]*)*(W/)?"[!#-~]*"([ \t]*,([ \t]*(W/)?"[!#-~]*")?)*)[ \t]*$'
-#: The opaque tags this API sends: a version (an ``ETag`` with more digits is none of ours).
-_VERSION = re.compile(r"[0-9]{1,18}")
 
 
 def _documented(schema: dict[str, Any]) -> None:
@@ -31,48 +32,49 @@ def _documented(schema: dict[str, Any]) -> None:
 IfMatch = Annotated[
     str | None,
     Header(
-        description='Only if the object is still at this version: its `ETag` as read (`"3"`), a list of them, or `*`'
-        " (any version). Otherwise nothing is written and the answer is 412.",
+        description="Only if the object is still the one read, at the version read: its `ETag` as read"
+        ' (`"<id>.<version>"`), a list of them, or `*` (any version). Otherwise nothing is written and the answer is'
+        " 412.",
         json_schema_extra=lambda schema: _documented(schema),
     ),
 ]
 
 
-def etag(version: int) -> str:
-    """The ``ETag`` of an object at ``version``."""
-    return f'"{version}"'
+def etag(revision: Revision) -> str:
+    """The ``ETag`` of an object at ``revision``: its token, quoted."""
+    return f'"{revision.token()}"'
 
 
-def tag_answer(response: Response, version: int | None) -> None:
-    """Give ``response`` the ``ETag`` of ``version`` (None: no version vouches for the object answered)."""
-    if version is not None:
-        response.headers["ETag"] = etag(version)
+def tag_answer(response: Response, revision: Revision) -> None:
+    """Give ``response`` the ``ETag`` of ``revision`` (the object it answers, as stored)."""
+    response.headers["ETag"] = etag(revision)
 
 
 def expected_version(if_match: str | None) -> ExpectedVersion | None:
     """The ``If-Match`` header as the use cases take it (None: no header, an unconditional write).
 
     ``*`` allows any version; a list allows each strong tag of ours in it (weak tags never match a strong
-    comparison, other tags match no version); a value that is no entity-tag list is refused (400)."""
+    comparison, other tags match no revision: an ``ETag`` of before revisions, a plain version such as ``"3"``,
+    no longer says which object it was of); a value that is no entity-tag list is refused (400)."""
     if if_match is None:
         return None
     value = if_match.strip(" \t")
     if value == "*":
         return ExpectedVersion()
-    versions: set[int] = set()
+    versions: set[Revision] = set()
     tags, position = 0, 0
     while True:
         element = _ELEMENT.match(value, position)
         if element is None:
             raise ApiProblem(
                 400,
-                "header 'If-Match': give the ETag read (as \"3\"), a comma-separated list of them, or *",
+                "header 'If-Match': give the ETag read (quoted, as sent), a comma-separated list of them, or *",
                 slug="invalid-header",
             )
         if element["tag"] is not None:
             tags += 1
-            if element["weak"] is None and _VERSION.fullmatch(element["opaque"]):
-                versions.add(int(element["opaque"]))
+            if element["weak"] is None and (revision := Revision.parse(element["opaque"])) is not None:
+                versions.add(revision)
         if element["end"] == "":
             break
         position = element.end()
@@ -81,13 +83,24 @@ def expected_version(if_match: str | None) -> ExpectedVersion | None:
     return ExpectedVersion(frozenset(versions))
 
 
+def conditional_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` of an operation that takes ``If-Match``: ``statuses`` as problem details, with 412 and a
+    400 that says the header can be its cause (not only a body that cannot be decoded)."""
+    responses = problem_responses(400, *statuses, 412)
+    responses[400]["description"] = (
+        "Bad request: an `If-Match` that is no entity-tag list (`detail` names the header), or a body that cannot"
+        " be decoded"
+    )
+    return responses
+
+
 def with_etag(status: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses``: the ``status`` answer carries the object's ``ETag``."""
     return {
         status: {
             "headers": {
                 "ETag": {
-                    "description": 'The object\'s version, quoted (`"3"`): send it back in `If-Match`',
+                    "description": 'The object\'s revision, quoted (`"<id>.<version>"`): send it back in `If-Match`',
                     "schema": {"type": "string"},
                 }
             }

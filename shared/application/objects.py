@@ -30,6 +30,7 @@ from shared.domain.catalog_objects import (
     stored_form,
 )
 from shared.domain.names import slugify
+from shared.domain.revisions import Revision
 from shared.errors import EditConflict, NameTaken, NotFound, VersionMismatch
 
 if TYPE_CHECKING:
@@ -62,18 +63,26 @@ def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: Objec
 
 @dataclass(frozen=True)
 class ExpectedVersion:
-    """The versions of an object its writer read (an ``If-Match``, a console form's version): the write is done
-    only while one of them is stored, in one step with the check, else :class:`Stale` (412) and nothing is
-    written. ``versions`` None (``If-Match: *``): any version of an existing object (the one read is kept to)."""
+    """The revisions of an object its writer read (an ``If-Match``, a console form's version): the write is done
+    only while one of them is stored (that object, at that version), in one step with the check, else
+    :class:`Stale` (412) and nothing is written. ``versions`` None (``If-Match: *``): any version of an existing
+    object (the one read is kept to)."""
 
-    versions: frozenset[int] | None = None
+    versions: frozenset[Revision] | None = None
 
     @classmethod
-    def of(cls, version: int) -> ExpectedVersion:
-        return cls(frozenset({version}))
+    def of(cls, revision: Revision) -> ExpectedVersion:
+        return cls(frozenset({revision}))
 
-    def allows(self, version: int) -> bool:
-        return self.versions is None or version in self.versions
+    def allows(self, revision: Revision) -> bool:
+        return self.versions is None or revision in self.versions
+
+    def closest_to(self, revision: Revision) -> Revision | None:
+        """The revision read that is of ``revision``'s object, else any one read (None: ``*`` or none of ours):
+        what a refusal compares the stored object with (changed, or deleted and created again)."""
+        if not self.versions:
+            return None
+        return min(self.versions, key=lambda read: (read.object_id != revision.object_id, read))
 
 
 @dataclass(frozen=True)
@@ -125,53 +134,36 @@ def visible(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> 
     return obj
 
 
-def _visible_stored(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> tuple[uuid.UUID, int, T]:
-    """The object with its stable id and version (one read), if it exists and is in the actor's scope."""
+def visible_with_id(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> tuple[uuid.UUID, T]:
+    """The object and its stable id (one read), if it exists and is in the actor's scope."""
+    revision, obj = visible_versioned(actor, store, kind, name)
+    return revision.object_id, obj
+
+
+def visible_versioned(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> tuple[Revision, T]:
+    """The object and its revision (one read; its ``ETag``), if it exists and is in the actor's scope."""
     try:
         id_, version, obj = store.get_versioned(kind, name)
     except NotFound as exc:
         raise Missing(str(exc)) from None
     in_scope(actor, obj)
-    return id_, version, obj
-
-
-def visible_with_id(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> tuple[uuid.UUID, T]:
-    """The object and its stable id (one read), if it exists and is in the actor's scope."""
-    id_, _, obj = _visible_stored(actor, store, kind, name)
-    return id_, obj
-
-
-def visible_versioned(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> tuple[int, T]:
-    """The object and its version (one read; its ``ETag``), if it exists and is in the actor's scope."""
-    _, version, obj = _visible_stored(actor, store, kind, name)
-    return version, obj
+    return Revision(id_, version), obj
 
 
 def visible_as_read(
     actor: Actor, store: DefinitionsStore, kind: type[T], name: str, expected: ExpectedVersion | None
-) -> tuple[int | None, T]:
-    """The object to change, if visible, and the version its write is to be conditional on: None without
-    ``expected`` (the store's retry on a fresh read, as ever); else the version read, which ``expected`` must
-    allow. Changed or gone since the writer read it: :class:`Stale`, before anything is checked or written."""
+) -> tuple[Revision, Revision | None, T]:
+    """The object to change, if visible (:class:`Missing`, :class:`Forbidden` as without ``expected``: a write
+    conditional on a revision learns nothing more of an object it cannot see, another unit's deletion included),
+    its revision read, and the revision its write is to be conditional on: None without ``expected`` (the store's
+    retry on a fresh read, as ever); else the one read, which ``expected`` must allow. Changed, or deleted and
+    created again, since the writer read it: :class:`Stale`, before anything is checked or written."""
+    revision, obj = visible_versioned(actor, store, kind, name)
     if expected is None:
-        return None, visible(actor, store, kind, name)
-    try:
-        version, obj = visible_versioned(actor, store, kind, name)
-    except Missing:
-        raise Stale(str(store.changed_since_read(kind.__name__, name))) from None
-    if not expected.allows(version):
-        raise Stale(str(store.changed_since_read(kind.__name__, name)))
-    return version, obj
-
-
-def version_of(store: DefinitionsStore, obj: CatalogObject) -> int | None:
-    """The version under which the catalog holds ``obj`` as it is (the ``ETag`` of a write's answer); None when
-    it holds something else by now (changed or deleted since): no version then vouches for ``obj``."""
-    try:
-        _, version, current = store.get_versioned(type(obj), obj.name)
-    except NotFound:
-        return None
-    return version if stored_form(current) == stored_form(obj) else None
+        return revision, None, obj
+    if not expected.allows(revision):
+        raise Stale(str(store.changed_since_read(kind.__name__, name, read=expected.closest_to(revision))))
+    return revision, revision, obj
 
 
 def refuse_taken(store: DefinitionsStore, kind: type[Any], name: str) -> None:
@@ -313,8 +305,9 @@ def _from_body(store: DefinitionsStore, kind: type[T], body: dict[str, Any], old
 
 def create_object(
     actor: Actor, kind: type[T], body: dict[str, Any], *, store: DefinitionsStore, checks: ObjectChecks
-) -> T:
-    """A new object (named, or named after its label); :class:`Conflict` when the given name is taken."""
+) -> tuple[Revision, T]:
+    """A new object (named, or named after its label) and its revision; :class:`Conflict` when the given name is
+    taken."""
     authorise(actor, required_permission(kind))
     obj = _from_body(store, kind, body)
     authorise_write(actor, obj)
@@ -322,8 +315,8 @@ def create_object(
         refuse_taken(store, kind, obj.name)
     stored = checked([obj], store, checks)[0]
     with edit_conflicts():
-        store.apply(stored, audit=[change(actor.name, "create", store, after=stored)], new=True)
-    return stored  # type: ignore[return-value]
+        _, revision = store.apply_versioned(stored, audit=[change(actor.name, "create", store, after=stored)], new=True)
+    return revision, stored  # type: ignore[return-value]
 
 
 def replace_object(
@@ -335,11 +328,12 @@ def replace_object(
     store: DefinitionsStore,
     checks: ObjectChecks,
     expected_version: ExpectedVersion | None = None,
-) -> T:
+) -> tuple[Revision, T]:
     """Replace an object; a different name in ``body`` renames it (refused while others refer to it); with
-    ``expected_version``, only if it is still as its writer read it (:class:`Stale` if not)."""
+    ``expected_version``, only if it is still as its writer read it (:class:`Stale` if not). The object as stored
+    and the revision this write stored (unchanged: the one read)."""
     authorise(actor, required_permission(kind))
-    version, old = visible_as_read(actor, store, kind, name, expected_version)
+    revision, version, old = visible_as_read(actor, store, kind, name, expected_version)
     covers_dependents(actor, store, old)
     obj = _from_body(store, kind, body, old)
     authorise_write(actor, obj)
@@ -349,7 +343,7 @@ def replace_object(
         if found := referrers(store, old, actor):
             raise Conflict(f"'{old.name}' is used by {', '.join(found)}: it cannot be renamed", slug="in-use")
         with edit_conflicts():
-            store.rename(
+            revision = store.rename(
                 old.name,
                 stored,
                 audit=[change(actor.name, "rename", store, before=old, after=stored)],
@@ -357,10 +351,10 @@ def replace_object(
             )
     elif changed_fields(old, stored):
         with edit_conflicts():
-            store.apply(
+            _, revision = store.apply_versioned(
                 stored, audit=[change(actor.name, "update", store, before=old, after=stored)], expected_version=version
             )
-    return stored
+    return revision, stored
 
 
 def delete_object(
@@ -374,7 +368,7 @@ def delete_object(
     """Delete an object; :class:`Conflict` while others refer to it; with ``expected_version``, only if it is
     still as its deleter read it (:class:`Stale` if not)."""
     authorise(actor, required_permission(kind))
-    version, obj = visible_as_read(actor, store, kind, name, expected_version)
+    _, version, obj = visible_as_read(actor, store, kind, name, expected_version)
     covers_dependents(actor, store, obj)
     if found := referrers(store, obj, actor):
         raise Conflict(f"'{name}' is used by {', '.join(found)}: delete those first", slug="in-use")
@@ -393,8 +387,9 @@ def copy_object(
     store: DefinitionsStore,
     label: str | None = None,
     new_name: str | None = None,
-) -> T:
-    """A copy named "Copy of <label>" (or as asked); a copied definition's schedule is disabled."""
+) -> tuple[Revision, T]:
+    """A copy named "Copy of <label>" (or as asked), and its revision; a copied definition's schedule is
+    disabled."""
     authorise(actor, required_permission(kind))
     original = visible(actor, store, kind, name)
     label = label or f"Copy of {getattr(original, 'label', None) or original.name}"
@@ -407,8 +402,8 @@ def copy_object(
         spec["schedule"] = original.schedule.model_copy(update={"enabled": False}).model_dump(mode="json")
     copy: T = kind.model_validate(spec)  # type: ignore[assignment]
     with edit_conflicts():
-        store.apply(copy, audit=[change(actor.name, "copy", store, after=copy)], new=True)
-    return copy
+        _, revision = store.apply_versioned(copy, audit=[change(actor.name, "copy", store, after=copy)], new=True)
+    return revision, copy
 
 
 def _keeping_what_the_step_omits(
@@ -435,11 +430,12 @@ def save_definition_step(
     checks: ObjectChecks,
     field_name: str | None = None,
     expected_version: ExpectedVersion | None = None,
-) -> ExportDefinition:
+) -> tuple[Revision, ExportDefinition]:
     """Save one step of a definition (Filter, Destination: their fields; Schedule, Notifications: ``field_name``);
-    with ``expected_version``, only if the definition is still as its writer read it (:class:`Stale` if not)."""
+    with ``expected_version``, only if the definition is still as its writer read it (:class:`Stale` if not). The
+    definition as stored and the revision this write stored (unchanged: the one read)."""
     authorise(actor, Permission.WRITE)
-    version, definition = visible_as_read(actor, store, ExportDefinition, name, expected_version)
+    revision, version, definition = visible_as_read(actor, store, ExportDefinition, name, expected_version)
     if isinstance(step, BaseModel):
         given, values = set(step.model_fields_set), step.model_dump(mode="json")
     else:
@@ -451,9 +447,9 @@ def save_definition_step(
     assert isinstance(stored, ExportDefinition)
     if changed_fields(definition, stored):
         with edit_conflicts():
-            store.apply(
+            _, revision = store.apply_versioned(
                 stored,
                 audit=[change(actor.name, "update", store, before=definition, after=stored)],
                 expected_version=version,
             )
-    return stored
+    return revision, stored

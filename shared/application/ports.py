@@ -12,6 +12,7 @@ from shared.domain.attempts import CapturedAttempt
 from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import CatalogObject, Priority, SavedQuery
 from shared.domain.fleet import BreakerChange, ReplicaBeat
+from shared.domain.revisions import Revision
 from shared.domain.runs import RunRecord, RunStatus
 from shared.errors import VersionMismatch
 from shared.events import AnyRunEvent, DeadLetter, RunRequested
@@ -77,8 +78,16 @@ class DefinitionsStore(Protocol):
         *,
         audit: Sequence[AuditEntry] = (),
         new: bool = False,
-        expected_version: int | None = None,
+        expected_version: Revision | None = None,
     ) -> ApplyResult: ...
+    def apply_versioned(
+        self,
+        obj: CatalogObject,
+        *,
+        audit: Sequence[AuditEntry] = (),
+        new: bool = False,
+        expected_version: Revision | None = None,
+    ) -> tuple[ApplyResult, Revision]: ...
     def apply_all(self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = ()) -> list[ApplyResult]: ...
     def replace_if_version(self, obj: CatalogObject, version: int, *, audit: Sequence[AuditEntry] = ()) -> bool: ...
     def rename(
@@ -87,17 +96,17 @@ class DefinitionsStore(Protocol):
         obj: CatalogObject,
         *,
         audit: Sequence[AuditEntry] = (),
-        expected_version: int | None = None,
-    ) -> None: ...
+        expected_version: Revision | None = None,
+    ) -> Revision: ...
     def delete(
         self,
         kind: type[CatalogObject],
         name: str,
         *,
         audit: Sequence[AuditEntry] = (),
-        expected_version: int | None = None,
+        expected_version: Revision | None = None,
     ) -> None: ...
-    def changed_since_read(self, kind: str, name: str) -> VersionMismatch: ...
+    def changed_since_read(self, kind: str, name: str, *, read: Revision | None = None) -> VersionMismatch: ...
 
 
 class RunsStore(Protocol):

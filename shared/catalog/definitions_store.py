@@ -38,6 +38,7 @@ from shared.domain.catalog_objects import (
     secret_fields,
     stored_form,
 )
+from shared.domain.revisions import Revision
 from shared.domain.secret_references import is_reference
 from shared.errors import EditConflict, NameTaken, NotFound, StoredObjectInvalid, VersionMismatch
 from shared.secrets_at_rest import KEYS_VARIABLE, SecretCipher, SecretsUnreadable, no_key
@@ -56,9 +57,15 @@ class _NothingWritten(Exception):
     """Raised inside a write's transaction to roll back its audit entries: a retry found every object already as
     it was to be written (another writer made the same edit), so no change of this writer's is recorded."""
 
-    def __init__(self, results: list[ApplyResult]) -> None:
+    def __init__(self, results: list[ApplyResult], revision: Revision | None = None) -> None:
         super().__init__("nothing written")
-        self.results = results
+        self.results, self.revision = results, revision
+
+
+class _NotAsRead(Exception):
+    """Raised inside a conditional write's transaction when the object is not at the revision its writer read: the
+    transaction (and the writer's audit entries with it) rolls back before :class:`VersionMismatch` is made from a
+    fresh read, so that it describes the object as others left it, never this writer's own unsaved change."""
 
 
 class SqlDefinitionsStore:
@@ -131,32 +138,41 @@ class SqlDefinitionsStore:
                 log.info("catalog write lost a race, read again", kind=kind, name=name, attempt=attempt)
         raise EditConflict(kind, name, WRITE_ATTEMPTS)
 
-    def _conditional(self, write: Callable[[], R], kind: str, name: str, expected_version: int | None) -> R:
+    def _conditional(self, write: Callable[[], R], kind: str, name: str, expected_version: Revision | None) -> R:
         """``write`` as :meth:`_retried` does it, or, with ``expected_version`` (the writer's ``If-Match``), once:
-        its write is conditional on that version (:meth:`_require_version`, then ``WHERE version = …``), and a lost
-        race is :class:`VersionMismatch`, never a retry on a fresh read (the writer did not see that read)."""
+        its write is conditional on that revision (:meth:`_require_version`, then ``WHERE version = …``), and a lost
+        race is :class:`VersionMismatch` (made after the rollback), never a retry on a fresh read (the writer did not
+        see that read)."""
         if expected_version is None:
             return self._retried(write, kind, name)
         try:
             return write()
-        except StaleDataError:
-            raise self.changed_since_read(kind, name) from None
+        except (StaleDataError, _NotAsRead):
+            raise self.changed_since_read(kind, name, read=expected_version) from None
 
     def _require_version(
-        self, session: Session, row: CatalogObjectRow | None, kind: str, name: str, expected_version: int | None
+        self,
+        session: Session,
+        row: CatalogObjectRow | None,
+        kind: str,
+        name: str,
+        expected_version: Revision | None,
     ) -> None:
-        """:class:`VersionMismatch` unless ``row`` (of ``kind`` and ``name``) is at ``expected_version`` (if given).
+        """:class:`_NotAsRead` (:class:`VersionMismatch` once rolled back, see :meth:`_conditional`) unless ``row``
+        (of ``kind`` and ``name``) is the very object at the revision ``expected_version`` (if given): its id and its
+        version (an object deleted and created again under the name has another id).
 
         ``row`` must be the very object the write then changes: the session's identity map holds rows weakly, so a
         row read here and dropped would be read afresh by the write, another writer's commit in between included,
         and the ``UPDATE … WHERE version = …`` would be conditional on that version instead of the expected one."""
         if expected_version is None:
             return
-        if row is None or row.version != expected_version:
-            raise self._mismatch(session, kind, name)
+        if row is None or _revision(row) != expected_version:
+            raise _NotAsRead
 
-    def _mismatch(self, session: Session, kind: str, name: str) -> VersionMismatch:
-        """What became of the object (its version now, or gone) and, as the audit log says, by whom and when."""
+    def _mismatch(self, session: Session, kind: str, name: str, read: Revision | None = None) -> VersionMismatch:
+        """What became of the object (its version now, another object under its name than the one ``read``, or
+        gone) and, as the audit log says, by whom and when."""
         row = self._row(session, kind, name)
         last = session.execute(
             select(AuditRow.actor, AuditRow.at)
@@ -166,34 +182,42 @@ class SqlDefinitionsStore:
         ).first()
         at = aware(row.updated_at) if row is not None else (aware(last.at) if last is not None else None)
         return VersionMismatch(
-            kind, name, version=row.version if row is not None else None, by=last.actor if last else None, at=at
+            kind,
+            name,
+            version=row.version if row is not None else None,
+            by=last.actor if last else None,
+            at=at,
+            recreated=row is not None and read is not None and row.id != str(read.object_id),
         )
 
-    def changed_since_read(self, kind: str, name: str) -> VersionMismatch:
-        """The error of a write whose ``If-Match`` version of ``kind``/``name`` is no longer stored (412)."""
+    def changed_since_read(self, kind: str, name: str, *, read: Revision | None = None) -> VersionMismatch:
+        """The error of a write whose ``If-Match`` revision of ``kind``/``name`` (``read``, if one) is no longer
+        stored (412), from a fresh read."""
         with self.database.transaction() as session:
-            return self._mismatch(session, kind, name)
+            return self._mismatch(session, kind, name, read)
 
-    def _write(self, session: Session, obj: CatalogObject) -> ApplyResult:
+    def _write(self, session: Session, obj: CatalogObject) -> tuple[ApplyResult, Revision]:
+        """Create or update ``obj``'s row; what was done and the row's revision as it is then."""
         spec = self._stored(obj)
         row = SqlDefinitionsStore._row(session, kind_of(obj), obj.name)
         if row is None:
-            moment = now()
+            moment, row_id = now(), uuid.uuid4()
             session.add(
                 CatalogObjectRow(
-                    id=str(uuid.uuid4()),
+                    id=str(row_id),
                     kind=kind_of(obj),
                     name=obj.name,
                     spec=spec,
+                    version=1,
                     created_at=moment,
                     updated_at=moment,
                 )
             )
-            return "created"
+            return "created", Revision(row_id, 1)
         if self._unchanged(row, obj):
-            return "unchanged"
+            return "unchanged", _revision(row)
         row.spec, row.version, row.updated_at = spec, row.version + 1, now()
-        return "updated"
+        return "updated", _revision(row)
 
     def apply(
         self,
@@ -201,9 +225,23 @@ class SqlDefinitionsStore:
         *,
         audit: Sequence[AuditEntry] = (),
         new: bool = False,
-        expected_version: int | None = None,
+        expected_version: Revision | None = None,
     ) -> ApplyResult:
-        """Create or update an object by kind and name; say which (or that nothing changed).
+        """Create or update an object by kind and name; say which (or that nothing changed): as
+        :meth:`apply_versioned`, without the revision."""
+        return self.apply_versioned(obj, audit=audit, new=new, expected_version=expected_version)[0]
+
+    def apply_versioned(
+        self,
+        obj: CatalogObject,
+        *,
+        audit: Sequence[AuditEntry] = (),
+        new: bool = False,
+        expected_version: Revision | None = None,
+    ) -> tuple[ApplyResult, Revision]:
+        """Create or update an object by kind and name; say which (or that nothing changed), and the revision this
+        write stored (or, unchanged, found): the ``ETag`` of its answer, with no second read that could see a later
+        writer's revision.
 
         ``audit`` entries are written in the same transaction: a change is recorded, or not made. An edit of
         the object by another writer between this one's read and its write is never overwritten unseen: this
@@ -211,11 +249,11 @@ class SqlDefinitionsStore:
         the other. Another writer creating the object first is not retried (``IntegrityError`` on its name):
         the creates of the application layer (create, copy) must not take over an object created meanwhile:
         with ``new``, an object of that kind and name stored by then (or at once) is :class:`NameTaken`.
-        With ``expected_version`` (the version the writer read), the object is updated only if stored at that
-        version, in one step, tried once: changed or gone meanwhile is :class:`VersionMismatch`.
+        With ``expected_version`` (the revision the writer read), the object is updated only if stored at that
+        revision, in one step, tried once: changed, gone or created again meanwhile is :class:`VersionMismatch`.
         """
 
-        def write() -> ApplyResult:
+        def write() -> tuple[ApplyResult, Revision]:
             try:
                 with self.database.transaction() as session:
                     write_entries(session, audit)
@@ -226,12 +264,12 @@ class SqlDefinitionsStore:
                         # UPDATE's WHERE has the version checked here (see _require_version).
                         held = self._row(session, kind_of(obj), obj.name)
                         self._require_version(session, held, kind_of(obj), obj.name, expected_version)
-                    result = self._write(session, obj)
+                    result, revision = self._write(session, obj)
                     if audit and result == "unchanged":
-                        raise _NothingWritten([result])  # the audit entries roll back with it
-                    return result
-            except _NothingWritten:
-                return "unchanged"
+                        raise _NothingWritten([result], revision)  # the audit entries roll back with it
+                    return result, revision
+            except _NothingWritten as nothing:
+                return "unchanged", cast(Revision, nothing.revision)  # an apply's carries it
 
         try:
             return self._conditional(write, kind_of(obj), obj.name, expected_version)
@@ -249,7 +287,7 @@ class SqlDefinitionsStore:
             try:
                 with self.database.transaction() as session:
                     write_entries(session, audit)
-                    results = [self._write(session, obj) for obj in objects]
+                    results = [self._write(session, obj)[0] for obj in objects]
                     if audit and all(result == "unchanged" for result in results):
                         raise _NothingWritten(results)  # the audit entries roll back with it
                     return results
@@ -419,13 +457,13 @@ class SqlDefinitionsStore:
         obj: CatalogObject,
         *,
         audit: Sequence[AuditEntry] = (),
-        expected_version: int | None = None,
-    ) -> None:
+        expected_version: Revision | None = None,
+    ) -> Revision:
         """Replace object ``old_name`` of ``obj``'s kind by ``obj`` under its new name, keeping its id (an edit
         of it meanwhile: read again, as :meth:`apply` says, or with ``expected_version`` :class:`VersionMismatch`;
-        the new name taken meanwhile: :class:`NameTaken`)."""
+        the new name taken meanwhile: :class:`NameTaken`); the revision stored."""
 
-        def write() -> None:
+        def write() -> Revision:
             with self.database.transaction() as session:
                 write_entries(session, audit)
                 row = self._row(session, kind_of(obj), old_name)
@@ -433,9 +471,10 @@ class SqlDefinitionsStore:
                 if row is None:
                     raise NotFound(kind_of(obj), old_name)
                 row.name, row.spec, row.version, row.updated_at = obj.name, self._stored(obj), row.version + 1, now()
+                return _revision(row)
 
         try:
-            self._conditional(write, kind_of(obj), old_name, expected_version)
+            return self._conditional(write, kind_of(obj), old_name, expected_version)
         except IntegrityError:  # the new name taken by another writer after it was checked
             raise NameTaken(kind_of(obj), obj.name) from None
 
@@ -445,10 +484,10 @@ class SqlDefinitionsStore:
         name: str,
         *,
         audit: Sequence[AuditEntry] = (),
-        expected_version: int | None = None,
+        expected_version: Revision | None = None,
     ) -> None:
         """Delete an object (an edit of it meanwhile: read again and deleted; deleted meanwhile: NotFound); with
-        ``expected_version``, only if stored at that version (``DELETE … WHERE version = …``), else
+        ``expected_version``, only if stored at that revision (``DELETE … WHERE version = …``), else
         :class:`VersionMismatch`."""
 
         def write() -> None:
@@ -515,3 +554,8 @@ class SqlDefinitionsStore:
                 )
             ).one()
             return int(count), aware(latest)
+
+
+def _revision(row: CatalogObjectRow) -> Revision:
+    """The revision ``row`` holds (its id and version as the session has them)."""
+    return Revision(uuid.UUID(row.id), row.version)

@@ -109,7 +109,7 @@ def cmd_copy(settings: CliSettings, args: argparse.Namespace) -> int:
     kind = _kind(args.kind)
 
     def copy(context: Direct) -> int:
-        made = object_use_cases.copy_object(
+        _, made = object_use_cases.copy_object(
             context.actor, kind, args.name, store=context.stores.definitions, label=args.label, new_name=args.new_name
         )
         print(f'{kind.__name__}/{made.name} created ("{getattr(made, "label", None)}")')

@@ -71,7 +71,7 @@ def test_kinds_default_to_the_destination_except_removed_and_false_sends_none():
 
 def test_saving_the_filter_step_keeps_the_sync_setting(catalog: CatalogStores):
     save(catalog, *BASE, PATCH, export("sync", sync={"mode": "changes", "changed": "t-patch"}))
-    saved = save_definition_step(
+    _, saved = save_definition_step(
         ADMIN, "sync", {"query": "q", "parameters": {}}, store=catalog.definitions, checks=checks()
     )
     assert saved.sync == Sync.model_validate({"mode": "changes", "changed": "t-patch"})

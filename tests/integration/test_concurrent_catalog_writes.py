@@ -41,7 +41,7 @@ def definition(label: str) -> ExportDefinition:
 def alices_edit(stores: CatalogStores) -> ExportDefinition:
     """Alice replaces definition ``d`` with her label (the admin API's ``PUT``)."""
     body = {"query": "q", "template": "t", "label": "alice's"}
-    return replace_object(ALICE, ExportDefinition, "d", body, store=stores.definitions, checks=CHECKS)
+    return replace_object(ALICE, ExportDefinition, "d", body, store=stores.definitions, checks=CHECKS)[1]
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""The console's object forms (profiles, queries, templates) carry the version they were rendered from: a save or a
-delete from a page older than the object's last change writes nothing and says so, keeping what was typed."""
+"""The console's object forms (profiles, queries, templates) carry the revision they were rendered from (the object's
+id and version): a save or a delete from a page older than the object's last change (or than its deletion and
+creation again) writes nothing and says so, keeping what was typed; a delete of an object deleted meanwhile says so."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ pytestmark = pytest.mark.integration
 
 GOLD_SQL = "SELECT id, email, tier, updated_at FROM members WHERE tier = :tier"
 PARAMETERS = "tier: {type: string, default: gold}"
+#: A form's hidden ``version``: the object's revision token (its id, a dot, its version).
+REVISION = r"[0-9a-f]{32}\.[0-9]+"
 
 
 @pytest.fixture
@@ -35,7 +38,7 @@ def console(api: InProcessApi) -> Iterator[Console]:
 
 
 def _hidden_version(html: str) -> str:
-    found = re.search(r'name="version" value="([0-9]+)"', html)
+    found = re.search(f'name="version" value="({REVISION})"', html)
     assert found is not None, "the form carries no version"
     return found.group(1)
 
@@ -110,14 +113,16 @@ def test_a_definitions_step_or_general_save_from_a_stale_page_writes_nothing_and
     with api.client() as client:  # a second template to choose
         assert client.post("/api/v1/http-templates/upsert/copy", json={"name": "other"}).status_code == 201
     page = console.page("/exports/nightly?step=destination")
-    versions = set(re.findall(r'name="version" value="([0-9]+)"', page))
-    assert versions == {"1"}  # every form of the page: the general one and each step's
+    versions = set(re.findall(f'name="version" value="({REVISION})"', page))
+    assert len(versions) == 1  # every form of the page, the general one and each step's: the same revision
+    assert next(iter(versions)).endswith(".1")
+    version = _hidden_version(page)
     _someone_else_relabels(api, "Bob's label")
-    step = console.post("/exports/nightly/steps/destination", {"version": "1", "template": "other"})
+    step = console.post("/exports/nightly/steps/destination", {"version": version, "template": "other"})
     assert step.status_code == 422
     assert "Someone else changed this export definition since you" in unescape(step.text)
     assert '<a href="/console/exports/nightly?step=destination">Reload it</a>' in unescape(step.text)
-    general = console.post("/exports/nightly/general", {"version": "1", "label": "Alice's label", "step": "filter"})
+    general = console.post("/exports/nightly/general", {"version": version, "label": "Alice's label", "step": "filter"})
     assert general.status_code == 422
     assert 'value="Alice\'s label"' in unescape(general.text)
     assert (_definition(api)["label"], _definition(api)["template"]) == ("Bob's label", "upsert")
@@ -136,3 +141,52 @@ def test_a_definitions_delete_confirmed_from_a_stale_page_deletes_nothing(api: I
     assert _definition(api)["label"] == "Relabelled while the delete was being confirmed"
     fresh = _hidden_version(console.page("/exports/nightly/delete"))
     assert console.post("/exports/nightly/delete", {"version": fresh}).status_code == 303
+
+
+def _a_spare_query(api: InProcessApi) -> None:
+    """A saved query nothing uses (it may be deleted)."""
+    with api.client() as client:
+        assert client.post("/api/v1/saved-queries/gold/copy", json={"name": "spare"}).status_code == 201
+
+
+def test_a_save_from_a_page_of_an_object_since_deleted_and_created_again_writes_nothing(
+    api: InProcessApi, console: Console
+):
+    """The object created again under the name is at version 1, as the page's was: the page's revision names the
+    object too, so the save is refused as stale (before, it overwrote the new object)."""
+    _a_spare_query(api)
+    version = _hidden_version(console.page("/queries/spare"))
+    with api.client("editor") as bob:
+        spare = bob.get("/api/v1/saved-queries/spare").json()
+        assert bob.delete("/api/v1/saved-queries/spare").status_code == 204
+        assert bob.post("/api/v1/saved-queries", json=spare | {"description": "Bob's new one"}).status_code == 201
+    fields = {"version": version, "sql": GOLD_SQL, "parameters": PARAMETERS, "description": "Alice's description"}
+    stale = console.post("/queries/spare", fields)
+    assert stale.status_code == 422
+    assert "Someone else changed this query since you" in unescape(stale.text)
+    assert "was deleted and created again since it was read" in unescape(stale.text)
+    with api.client() as client:
+        assert client.get("/api/v1/saved-queries/spare").json()["description"] == "Bob's new one"
+
+
+@pytest.mark.parametrize(
+    ("page", "api_path", "said"),
+    [
+        ("/exports/nightly/delete", "/api/v1/export-definitions/nightly", "The export definition 'nightly'"),
+        ("/queries/spare/delete", "/api/v1/saved-queries/spare", "The query 'spare'"),
+    ],
+)
+def test_a_delete_confirmed_from_a_page_of_an_object_deleted_meanwhile_says_so_in_the_page(
+    api: InProcessApi, console: Console, page: str, api_path: str, said: str
+):
+    """Someone else deleted it while the delete was being confirmed: the page says so, without a button (before: a
+    bare 404 page for a definition, the confirmation again with "does not exist" for the others)."""
+    _a_spare_query(api)
+    version = _hidden_version(console.page(page))
+    with api.client("editor") as bob:
+        assert bob.delete(api_path).status_code == 204
+    gone = console.post(page, {"version": version})
+    assert gone.status_code == 200, gone.text
+    text = unescape(gone.text)
+    assert f"{said} was deleted meanwhile: someone else deleted it since this page was opened" in text, text
+    assert 'type="submit"' not in text.split("<main", 1)[-1]

@@ -1,6 +1,7 @@
-"""Two admins editing one catalog object never lose an edit silently: ``ETag`` on reads and writes, ``If-Match``
-on PUT, DELETE and the definition steps (412 when the object changed or went since it was read), through the
-real admin app over HTTP, on a SQLite and on a PostgreSQL catalog."""
+"""Two admins editing one catalog object never lose an edit silently: ``ETag`` on reads and writes (the stored
+object's revision: its id and version), ``If-Match`` on PUT, DELETE and the definition steps (412 when the object
+changed, or was deleted and created again, since it was read; 404 when it is gone, as without ``If-Match``), through
+the real admin app over HTTP, on a SQLite and on a PostgreSQL catalog."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from shared.application.audit import change
 from shared.catalog import CatalogStores
 from shared.catalog.definitions_store import SqlDefinitionsStore
-from shared.domain.catalog_objects import SavedQuery
+from shared.domain.catalog_objects import CatalogObject, SavedQuery
+from shared.domain.revisions import Revision
 from shared.errors import VersionMismatch
 from tests.admin_app import InProcessApi, in_process_api, seed
 
@@ -52,15 +55,28 @@ def _labelled(body: dict[str, Any], label: str) -> dict[str, Any]:
     return body | {"label": label}
 
 
+def _revision(etag: str) -> Revision:
+    """The revision an ``ETag`` of the API names (a strong tag: ``"<id>.<version>"``)."""
+    assert etag.startswith('"'), etag
+    assert etag.endswith('"'), etag
+    revision = Revision.parse(etag[1:-1])
+    assert revision is not None, etag
+    return revision
+
+
+def _version(etag: str) -> int:
+    return _revision(etag).version
+
+
 def test_a_read_carries_the_stored_version_as_etag_and_a_save_with_it_works_and_moves_it(api: InProcessApi):
     etag, query = _read(api, QUERY)
-    assert etag == '"1"'  # created once, never changed: version 1
+    assert _version(etag) == 1  # created once, never changed: version 1
     with api.client() as client:
         saved = client.put(QUERY, json=_labelled(query, "Gold, renamed"), headers={"If-Match": etag})
     assert saved.status_code == 200, saved.text
-    assert saved.headers["ETag"] == '"2"'
+    assert _revision(saved.headers["ETag"]) == Revision(_revision(etag).object_id, 2)  # the same object, next version
     assert saved.json()["label"] == "Gold, renamed"
-    assert _read(api, QUERY)[0] == '"2"'
+    assert _read(api, QUERY)[0] == saved.headers["ETag"]
 
 
 def test_a_save_from_an_old_etag_is_412_and_leaves_the_object_and_the_audit_log_as_the_other_left_them(
@@ -80,7 +96,7 @@ def test_a_save_from_an_old_etag_is_412_and_leaves_the_object_and_the_audit_log_
     assert "by editor" in problem["detail"]
     assert "read it again" in problem["detail"]
     assert _read(api, QUERY)[1]["label"] == "Bob's"
-    assert _read(api, QUERY)[0] == '"2"'
+    assert _version(_read(api, QUERY)[0]) == 2
     assert _audit(api, "gold") == entries  # nothing of alice's stale save recorded
 
 
@@ -148,8 +164,8 @@ def test_a_rename_with_the_current_etag_renames_and_answers_the_next_version(api
         renamed = client.put("/api/v1/http-templates/spare", json=spare | {"name": "kept"}, headers={"If-Match": etag})
         assert renamed.status_code == 200, renamed.text
         assert client.get("/api/v1/http-templates/spare").status_code == 404
-    assert renamed.headers["ETag"] == '"2"'
-    assert _read(api, "/api/v1/http-templates/kept")[0] == '"2"'
+    assert _revision(renamed.headers["ETag"]) == Revision(_revision(etag).object_id, 2)  # renamed, the same object
+    assert _read(api, "/api/v1/http-templates/kept")[0] == renamed.headers["ETag"]
 
 
 def test_two_saves_from_one_etag_at_once_store_exactly_one(api: InProcessApi, monkeypatch: pytest.MonkeyPatch):
@@ -179,7 +195,7 @@ def test_two_saves_from_one_etag_at_once_store_exactly_one(api: InProcessApi, mo
     assert [status for status, _ in answers] == [200, 412]
     monkeypatch.undo()
     stored_etag, stored = _read(api, QUERY)
-    assert (stored_etag, stored["label"]) == ('"2"', answers[0][1])
+    assert (_version(stored_etag), stored["label"]) == (2, answers[0][1])
     assert [entry["action"] for entry in _audit(api, "gold")] == ["update", "create"]
 
 
@@ -199,24 +215,100 @@ def test_if_match_star_matches_any_existing_version_and_no_deleted_object(api: I
     with api.client() as client:
         saved = client.put(DEFINITION, json=_labelled(definition, "Starred"), headers={"If-Match": "*"})
         assert saved.status_code == 200, saved.text
-        assert saved.headers["ETag"] == '"2"'
+        assert _version(saved.headers["ETag"]) == 2
         assert client.delete(DEFINITION, headers={"If-Match": "*"}).status_code == 204
         gone = client.delete(DEFINITION, headers={"If-Match": "*"})
-        assert gone.status_code == 412, gone.text
-        assert "ExportDefinition 'nightly' was deleted by admin" in gone.json()["detail"]
+        assert gone.status_code == 404, gone.text  # as without If-Match: it does not exist
         again = client.put(DEFINITION, json=definition, headers={"If-Match": "*"})
-        assert again.status_code == 412, again.text
+        assert again.status_code == 404, again.text
         assert client.get(DEFINITION).status_code == 404  # not created again by the stale save
 
 
 def test_a_list_of_etags_matches_when_one_of_them_is_current_and_weak_ones_never(api: InProcessApi):
-    _, query = _read(api, QUERY)
+    etag, query = _read(api, QUERY)
     with api.client() as client:
-        weak = client.put(QUERY, json=_labelled(query, "Weak"), headers={"If-Match": 'W/"1"'})
+        weak = client.put(QUERY, json=_labelled(query, "Weak"), headers={"If-Match": f"W/{etag}"})
         assert weak.status_code == 412, weak.text
-        listed = client.put(QUERY, json=_labelled(query, "Listed"), headers={"If-Match": '"7", "1"'})
+        listed = client.put(QUERY, json=_labelled(query, "Listed"), headers={"If-Match": f'"7", {etag}'})
         assert listed.status_code == 200, listed.text
-    assert _read(api, QUERY) == ('"2"', listed.json())
+    assert _read(api, QUERY) == (listed.headers["ETag"], listed.json())
+    assert _version(listed.headers["ETag"]) == 2
+
+
+def test_an_etag_of_before_revisions_a_plain_version_names_no_object_and_is_412(api: InProcessApi):
+    """``"1"``, as the API sent before its ETags named the object: it no longer says which object it was read from,
+    so it matches none (412, the usual text), even while the object is at version 1."""
+    etag, query = _read(api, QUERY)
+    assert _version(etag) == 1
+    with api.client() as client:
+        old = client.put(QUERY, json=_labelled(query, "From an old ETag"), headers={"If-Match": '"1"'})
+    assert old.status_code == 412, old.text
+    assert "SavedQuery 'gold' was changed since it was read (it is now at version 1" in old.json()["detail"]
+    assert _read(api, QUERY) == (etag, query)
+
+
+def _a_spare_template(api: InProcessApi) -> tuple[str, dict[str, Any]]:
+    """A template nothing uses (it may be deleted), read: its ETag and body."""
+    with api.client() as client:
+        assert client.post("/api/v1/http-templates/upsert/copy", json={"name": "spare"}).status_code == 201
+    return _read(api, SPARE)
+
+
+SPARE = "/api/v1/http-templates/spare"
+
+
+def test_an_etag_read_before_a_delete_never_matches_the_object_created_again_under_its_name(api: InProcessApi):
+    """Deleted and created again, the object is at version 1 again, as when it was read: the ETag read names the
+    object too, so a stale writer's save or delete is refused (before, both were done: a lost update)."""
+    etag, spare = _a_spare_template(api)
+    with api.client("editor") as bob:
+        assert bob.delete(SPARE).status_code == 204
+        created = bob.post("/api/v1/http-templates", json=_labelled(spare, "Bob's new one"))
+        assert created.status_code == 201, created.text
+    assert _version(created.headers["ETag"]) == _version(etag) == 1
+    assert created.headers["ETag"] != etag
+    with api.client() as alice:
+        stale_save = alice.put(SPARE, json=_labelled(spare, "Alice's"), headers={"If-Match": etag})
+        stale_delete = alice.delete(SPARE, headers={"If-Match": etag})
+    for stale in (stale_save, stale_delete):
+        assert stale.status_code == 412, stale.text
+        detail = stale.json()["detail"]
+        assert "HttpTemplate 'spare' was deleted and created again since it was read" in detail, detail
+        assert "it is now at version 1, last changed by editor" in detail, detail
+    assert _read(api, SPARE) == (created.headers["ETag"], created.json())
+    with api.client() as alice:
+        fresh = alice.put(SPARE, json=_labelled(spare, "Alice's"), headers={"If-Match": created.headers["ETag"]})
+    assert fresh.status_code == 200, fresh.text
+
+
+def test_a_conditional_write_of_an_object_gone_or_out_of_scope_answers_as_without_if_match(api: InProcessApi):
+    """Another unit's definition deleted: a write conditional on it answers 404, as without ``If-Match``, saying
+    nothing of who deleted it or when (before: 412 naming the deleter and the time)."""
+    with api.client() as admin:
+        other = admin.post(DEFINITION + "/copy", json={"name": "apac"})
+        assert other.status_code == 201, other.text
+        moved = admin.put("/api/v1/export-definitions/apac", json=other.json() | {"business_unit": "apac"})
+        assert moved.status_code == 200, moved.text
+        etag = moved.headers["ETag"]
+    with api.client("emea-admin") as emea:
+        unconditional_delete = emea.delete("/api/v1/export-definitions/apac")
+        conditional_delete = emea.delete("/api/v1/export-definitions/apac", headers={"If-Match": etag})
+    assert unconditional_delete.status_code == conditional_delete.status_code == 403  # it is there, not theirs
+    with api.client() as admin:
+        assert admin.delete("/api/v1/export-definitions/apac").status_code == 204
+    with api.client("emea-admin") as emea:
+        answers = {
+            "without": emea.delete("/api/v1/export-definitions/apac"),
+            "with its ETag": emea.delete("/api/v1/export-definitions/apac", headers={"If-Match": etag}),
+            "with *": emea.delete("/api/v1/export-definitions/apac", headers={"If-Match": "*"}),
+            "a save with its ETag": emea.put(
+                "/api/v1/export-definitions/apac/schedule", json={"enabled": False}, headers={"If-Match": etag}
+            ),
+        }
+    for how, answer in answers.items():
+        assert answer.status_code == 404, (how, answer.text)
+        assert answer.json()["detail"] == "ExportDefinition 'apac' does not exist", how
+        assert "admin" not in answer.text, how
 
 
 @pytest.mark.parametrize("header", ["1", '"1', "W/1", '"1" "2"', "", "**"])
@@ -239,10 +331,84 @@ def test_without_if_match_the_last_save_wins_as_before_and_answers_its_etag(api:
         created = client.post("/api/v1/saved-queries", json=_labelled(query, "New") | {"name": "new"})
         copied = client.post(QUERY + "/copy", json={})
     assert (first.status_code, last.status_code) == (200, 200)
-    assert (first.headers["ETag"], last.headers["ETag"]) == ('"2"', '"3"')
-    assert _read(api, QUERY) == ('"3"', last.json())
+    assert (_version(first.headers["ETag"]), _version(last.headers["ETag"])) == (2, 3)
+    assert _read(api, QUERY) == (last.headers["ETag"], last.json())
     assert created.status_code == copied.status_code == 201
-    assert created.headers["ETag"] == copied.headers["ETag"] == '"1"'
+    assert _version(created.headers["ETag"]) == _version(copied.headers["ETag"]) == 1
+    assert created.headers["ETag"] != copied.headers["ETag"]  # two objects
+
+
+def test_a_writes_etag_is_the_revision_it_stored_even_when_another_write_follows_at_once(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    """Another writer's edit is stored right after this write's, before its answer is made: the answer's ETag is
+    still the revision this write stored (before, the answer read the object again for it, found another's edit
+    and sent no ETag), and a save with it is refused, the other edit being newer."""
+    etag, query = _read(api, QUERY)
+    real_conditional = SqlDefinitionsStore._conditional
+    followed: list[str] = []
+
+    def write_then_another(self: SqlDefinitionsStore, write: Any, kind: str, name: str, expected: Any) -> Any:
+        done = real_conditional(self, write, kind, name, expected)
+        if not followed:
+            followed.append(name)
+            self.apply(SavedQuery.model_validate(query | {"label": "Bob's, right after"}))
+        return done
+
+    monkeypatch.setattr(SqlDefinitionsStore, "_conditional", write_then_another)
+    with api.client() as client:
+        saved = client.put(QUERY, json=_labelled(query, "Alice's"), headers={"If-Match": etag})
+    monkeypatch.undo()
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["label"] == "Alice's"
+    assert _revision(saved.headers["ETag"]) == Revision(_revision(etag).object_id, 2)
+    stored_etag, stored = _read(api, QUERY)
+    assert (_version(stored_etag), stored["label"]) == (3, "Bob's, right after")
+    with api.client() as client:
+        again = client.put(QUERY, json=_labelled(query, "Alice's again"), headers={"If-Match": saved.headers["ETag"]})
+    assert again.status_code == 412, again.text
+
+
+@pytest.mark.parametrize("action", ["update", "delete"])
+def test_a_refusal_found_at_the_write_names_the_other_writer_never_the_refused_one(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch, action: str
+):
+    """Bob (editor) saves or deletes the template between Alice's (admin) read and her conditional write: the store
+    refuses it and says who changed it last: Bob, as the catalog holds it after her write rolled back (before, the
+    message was made in her transaction and named her own unsaved change: "last changed by admin")."""
+    _, spare = _a_spare_template(api)
+    real_read = SqlDefinitionsStore.get_versioned
+    bobs: list[str] = []
+
+    def read_then_bob_writes(self: SqlDefinitionsStore, kind: Any, name: str) -> Any:
+        found = real_read(self, kind, name)
+        if name == "spare" and not bobs:
+            bobs.append(action)
+            current: CatalogObject = found[2]
+            if action == "delete":
+                self.delete(type(current), name, audit=[change("editor", "delete", self, before=current)])
+            else:
+                edited = current.model_copy(update={"label": "Bob's"})
+                self.apply(edited, audit=[change("editor", "update", self, before=current, after=edited)])
+        return found
+
+    monkeypatch.setattr(SqlDefinitionsStore, "get_versioned", read_then_bob_writes)
+    with api.client() as alice:
+        if action == "delete":
+            refused = alice.delete(SPARE, headers={"If-Match": "*"})
+        else:
+            refused = alice.put(SPARE, json=_labelled(spare, "Alice's"), headers={"If-Match": "*"})
+    monkeypatch.undo()
+    assert refused.status_code == 412, refused.text
+    detail = refused.json()["detail"]
+    assert "by editor" in detail, detail
+    assert "admin" not in detail, detail
+    if action == "delete":
+        assert "HttpTemplate 'spare' was deleted by editor at " in detail, detail
+        assert "since it was read" in detail, detail
+    else:
+        assert "it is now at version 2, last changed by editor" in detail, detail
+    assert _audit(api, "spare")[0]["actor"] == "editor"  # nothing of Alice's recorded
 
 
 # --- the store's conditional write, where two writers really race (PostgreSQL: no lock before the UPDATE) ------
@@ -262,7 +428,7 @@ def test_two_conditional_writes_that_both_read_the_version_store_one_and_refuse_
     """Both writes check the stored version in their transaction, then both update: the compare and the write are
     one step (``WHERE version = ...``), so the second is refused, not retried on a fresh read."""
     store = pg_catalog.definitions
-    store.apply(SavedQuery(name="q", sql="SELECT id FROM members"))
+    _, read = store.apply_versioned(SavedQuery(name="q", sql="SELECT id FROM members"))
     both_checked = threading.Barrier(2, timeout=DEADLINE)
     real_check = SqlDefinitionsStore._require_version
 
@@ -274,7 +440,7 @@ def test_two_conditional_writes_that_both_read_the_version_store_one_and_refuse_
 
     def write(label: str) -> str:
         try:
-            store.apply(SavedQuery(name="q", sql="SELECT id FROM members", label=label), expected_version=1)
+            store.apply(SavedQuery(name="q", sql="SELECT id FROM members", label=label), expected_version=read)
         except VersionMismatch as exc:
             return str(exc)
         return "stored"
@@ -297,7 +463,7 @@ def test_an_edit_stored_by_another_between_a_writes_version_check_and_its_update
     other edit stays. (Before, the write read the row afresh for its update, the checked row object having been
     dropped from the session's weak identity map, and stored on top of the other edit: a lost update.)"""
     store = pg_catalog.definitions
-    store.apply(SavedQuery(name="q", sql="SELECT id FROM members"))
+    _, read = store.apply_versioned(SavedQuery(name="q", sql="SELECT id FROM members"))
     real_check = SqlDefinitionsStore._require_version
     others: list[threading.Thread] = []
 
@@ -314,7 +480,7 @@ def test_an_edit_stored_by_another_between_a_writes_version_check_and_its_update
 
     monkeypatch.setattr(SqlDefinitionsStore, "_require_version", check_then_another_edit)
     with pytest.raises(VersionMismatch, match="now at version 2"):
-        store.apply(SavedQuery(name="q", sql="SELECT id FROM members", label="mine"), expected_version=1)
+        store.apply(SavedQuery(name="q", sql="SELECT id FROM members", label="mine"), expected_version=read)
     monkeypatch.undo()
     _, version, stored = store.get_versioned(SavedQuery, "q")
     assert (version, stored.label) == (2, "other")
@@ -333,5 +499,6 @@ def test_the_openapi_document_declares_if_match_its_412_and_400_and_the_etag_of_
         assert "if-match" in {parameter["name"].lower() for parameter in operation["parameters"]}, path
         assert {"400", "412"} <= set(operation["responses"]), path
         assert "application/problem+json" in operation["responses"]["412"]["content"]
+        assert "If-Match" in operation["responses"]["400"]["description"], path  # not only a body undecodable
     read = paths["/api/v1/http-templates/{name}"]["get"]["responses"]["200"]
     assert "ETag" in read["headers"]

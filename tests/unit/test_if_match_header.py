@@ -1,9 +1,11 @@
 """``If-Match`` as the admin API reads it (RFC 9110, 13.1.1): ``*``, or a list of entity-tags compared strongly
-against the ``ETag`` the API sends (an object's version, quoted); anything else is refused with 400."""
+against the ``ETag`` the API sends (an object's revision, its id and version, quoted); anything else is refused with
+400."""
 
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
 from hypothesis import given
@@ -12,35 +14,66 @@ from hypothesis import strategies as st
 from services.admin.preconditions import IF_MATCH_PATTERN, etag, expected_version
 from services.admin.problems import ApiProblem
 from shared.application.objects import ExpectedVersion
+from shared.domain.revisions import Revision
 
 versions = st.integers(min_value=0, max_value=10**18 - 1)
+revisions = st.builds(Revision, st.uuids(), versions)
 #: Optional whitespace (RFC 9110's OWS) around list elements.
 ows = st.sampled_from(["", " ", "\t", "  "])
 #: Opaque tags that are no version of ours (still valid entity-tags).
 foreign = st.text(alphabet="abcdefXYZ-_.:/,", min_size=0, max_size=12).filter(lambda text: not text.isdigit())
 
 
-def test_no_header_is_an_unconditional_write_and_a_star_any_version():
+@given(revisions)
+def test_no_header_is_an_unconditional_write_and_a_star_any_version(revision: Revision):
     assert expected_version(None) is None
     assert expected_version("*") == ExpectedVersion()
-    assert ExpectedVersion().allows(1)
-    assert ExpectedVersion().allows(987)
+    assert ExpectedVersion().allows(revision)
 
 
-@given(versions)
-def test_the_etag_sent_comes_back_as_its_version(version: int):
-    expected = expected_version(etag(version))
-    assert expected == ExpectedVersion.of(version)
+@given(revisions, st.uuids())
+def test_the_etag_sent_comes_back_as_its_revision_and_allows_that_object_at_that_version_only(
+    revision: Revision, other_object: uuid.UUID
+):
+    expected = expected_version(etag(revision))
+    assert expected == ExpectedVersion.of(revision)
     assert expected is not None
-    assert expected.allows(version)
-    assert not expected.allows(version + 1)
+    assert expected.allows(revision)
+    assert not expected.allows(Revision(revision.object_id, revision.version + 1))
+    # Another object under the name (deleted and created again), even at the very version read: not allowed.
+    if other_object != revision.object_id:
+        assert not expected.allows(Revision(other_object, revision.version))
 
 
-@given(st.lists(st.tuples(versions, st.booleans()), min_size=1, max_size=6), foreign, ows, ows)
-def test_a_list_allows_its_strong_versions_only(tags: list[tuple[int, bool]], other: str, before: str, after: str):
-    listed = [f'{"W/" if weak else ""}"{version}"' for version, weak in tags] + [f'"{other}"']
+@given(st.lists(st.tuples(revisions, st.booleans()), min_size=1, max_size=6), foreign, ows, ows)
+def test_a_list_allows_its_strong_revisions_only(
+    tags: list[tuple[Revision, bool]], other: str, before: str, after: str
+):
+    listed = [f"{'W/' if weak else ''}{etag(revision)}" for revision, weak in tags] + [f'"{other}"']
     expected = expected_version(f"{before},{after}".join(listed))
-    assert expected == ExpectedVersion(frozenset(version for version, weak in tags if not weak))
+    assert expected == ExpectedVersion(frozenset(revision for revision, weak in tags if not weak))
+
+
+@given(versions, revisions)
+def test_an_etag_of_before_revisions_a_plain_version_allows_no_object(version: int, revision: Revision):
+    """``"3"`` (the API's ETag before it named the object): a valid entity-tag, so no 400, but it names no object."""
+    expected = expected_version(f'"{version}"')
+    assert expected == ExpectedVersion(frozenset())
+    assert expected is not None
+    assert not expected.allows(revision)
+    assert not expected.allows(Revision(revision.object_id, version))
+
+
+@given(revisions)
+def test_a_revision_token_reads_back_as_itself(revision: Revision):
+    assert Revision.parse(revision.token()) == revision
+
+
+@pytest.mark.parametrize(
+    "token", ["", "3", "0" * 32, "0" * 32 + ".", "0" * 31 + ".1", "A" * 32 + ".1", "0" * 32 + ".-1", "0" * 32 + ".1 "]
+)
+def test_a_token_that_is_no_revision_names_none(token: str):
+    assert Revision.parse(token) is None
 
 
 @pytest.mark.parametrize("value", ["", " ", ",", "1", '"1', '1"', "W/1", '"1" "2"', '"1";', "**", '* , "1"', "'1'"])

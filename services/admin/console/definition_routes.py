@@ -26,6 +26,7 @@ from shared.domain.catalog_objects import (
     SavedQuery,
     stored_form,
 )
+from shared.domain.revisions import Revision
 from shared.domain.template_columns import used_columns
 
 router = APIRouter(prefix=PREFIX)
@@ -40,7 +41,7 @@ def _page(
     step: str = "filter",
     problems: Problems | None = None,
     notice: str | None = None,
-    version: int | None = None,
+    version: Revision | None = None,
 ) -> Response:
     """The definition's page; its forms carry ``version`` (the definition's as the page was first rendered from)."""
     console = console_of(request)
@@ -83,7 +84,7 @@ def create_definition(request: Request) -> Response:
     body = fields.definition_body(form, _query(console, form), problems)
     if not problems:
         try:
-            created = use_cases.create_object(
+            _, created = use_cases.create_object(
                 me.actor, ExportDefinition, body, store=console.admin.definitions, checks=console.admin.checks()
             )
         except (ValidationError, Refused) as error:
@@ -123,7 +124,7 @@ def save_general(request: Request, name: str) -> Response:
     body = stored_form(current) | fields.general_body(form)
     version = form_version(form)
     try:
-        saved = use_cases.replace_object(
+        _, saved = use_cases.replace_object(
             me.actor,
             ExportDefinition,
             name,

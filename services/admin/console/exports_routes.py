@@ -18,9 +18,10 @@ from services.admin.console.gate import PREFIX
 from services.admin.console.pages import me_of
 from shared.application import objects as object_use_cases
 from shared.application import runs as run_use_cases
-from shared.application.errors import Refused
+from shared.application.errors import Missing, Refused
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, Priority, SavedQuery
 from shared.domain.query_parameters import ParameterError, bind_values
+from shared.domain.revisions import Revision
 from shared.domain.runs import RunRecord
 from shared.domain.sync_mode import SyncMode
 
@@ -156,7 +157,7 @@ def _copy_page(request: Request, definition: ExportDefinition, error: str | None
 def copy(request: Request, name: str) -> Response:
     console, me = console_of(request), me_of(request)
     try:
-        copied = object_use_cases.copy_object(me.actor, ExportDefinition, name, store=console.admin.definitions)
+        _, copied = object_use_cases.copy_object(me.actor, ExportDefinition, name, store=console.admin.definitions)
     except Refused as refusal:
         return _copy_page(request, _definition(request, name), refusal.reason)
     return RedirectResponse(f"{PREFIX}/exports/{copied.name}?notice=copied", status_code=303)
@@ -170,7 +171,7 @@ def delete_confirmation(request: Request, name: str) -> Response:
 
 
 def _delete_page(
-    request: Request, definition: ExportDefinition, error: str | None = None, version: int | None = None
+    request: Request, definition: ExportDefinition, error: str | None = None, version: Revision | None = None
 ) -> Response:
     """Confirm a delete, conditional on ``version`` (the definition's when the page was made)."""
     return _confirm(
@@ -183,7 +184,7 @@ def _delete_page(
         style="danger",
         back=f"{PREFIX}/exports",
         error=error,
-        hidden={"version": str(version)} if version is not None else {},
+        hidden={"version": version.token()} if version is not None else {},
     )
 
 
@@ -194,6 +195,8 @@ def delete(request: Request, name: str) -> Response:
         object_use_cases.delete_object(
             me.actor, ExportDefinition, name, store=console.admin.definitions, expected_version=expecting(version)
         )
+    except Missing:
+        return console.pages.deleted_meanwhile(request, "export definition", name, back=f"{PREFIX}/exports")
     except Refused as refusal:
         # A stale delete says why and keeps its page's version: to delete what is there now, open it again.
         return _delete_page(request, _definition(request, name), refusal.reason, version=version)

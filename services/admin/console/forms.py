@@ -9,6 +9,7 @@ and all of them in a summary at the top of the form.
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -16,6 +17,7 @@ from starlette.requests import Request
 
 from shared.application.errors import Refused, Stale
 from shared.application.objects import ExpectedVersion
+from shared.domain.revisions import Revision
 
 _NAMED_FIELD = re.compile(r"field '([^']+)'")
 _TRUE = {"on", "yes", "true", "1"}
@@ -53,13 +55,21 @@ def form_of(request: Request) -> Form:
     return Form(getattr(request.state, "console_form", {}))
 
 
-def form_version(form: Form) -> int | None:
-    """The version of the object a form was rendered from (its hidden ``version``); none in a form without it."""
+def form_version(form: Form) -> Revision | None:
+    """The revision of the object a form was rendered from (its hidden ``version``, a :meth:`Revision.token`); none
+    in a form without it. A page of before revisions (a plain version, ``3``) names no object: :func:`expecting`
+    then makes the save :class:`Stale` (reload the page), never unconditional."""
     version = form.text("version")
-    return int(version) if version.isdigit() and len(version) <= 18 else None
+    if not version:
+        return None
+    return Revision.parse(version) or _NO_REVISION
 
 
-def expecting(version: int | None) -> ExpectedVersion | None:
+#: What a form's ``version`` that is no revision token stands for: a revision no object is ever at.
+_NO_REVISION = Revision(uuid.UUID(int=0), 0)
+
+
+def expecting(version: Revision | None) -> ExpectedVersion | None:
     """A save or delete conditional on a form's ``version`` (:class:`Stale` if the object changed since the page
     was rendered); unconditional, as before, without one."""
     return ExpectedVersion.of(version) if version is not None else None

@@ -27,6 +27,7 @@ from shared.domain.catalog_objects import (
     holds_credentials,
 )
 from shared.domain.pem import holds_private_key
+from shared.domain.revisions import Revision
 
 router = APIRouter(prefix=PREFIX)
 NOTICES = {"saved": "Saved.", "created": "Created.", "copied": "Copied.", "deleted": "Deleted."}
@@ -86,7 +87,7 @@ def _page(
     problems: Problems | None = None,
     notice: str | None = None,
     check: str | None = None,
-    version: int | None = None,
+    version: Revision | None = None,
 ) -> Response:
     """An object's page; its form carries ``version`` (the object's, as the page was first rendered from it)."""
     console = console_of(request)
@@ -139,7 +140,7 @@ def create(request: Request, collection: str) -> Response:
     body = _body(kind, form, None, problems)
     if not problems:
         try:
-            created = use_cases.create_object(
+            _, created = use_cases.create_object(
                 me.actor, kind.model, body, store=console.admin.definitions, checks=console.admin.checks()
             )
         except (ValidationError, Refused) as error:
@@ -195,7 +196,7 @@ def save(request: Request, collection: str, name: str) -> Response:
                 )
                 check = "It renders: every check of a save passes with the query's first members."
                 return _page(request, kind, current, kind.values(current) | _typed(form), check=check, version=version)
-            saved = use_cases.replace_object(
+            _, saved = use_cases.replace_object(
                 me.actor,
                 kind.model,
                 name,
@@ -214,7 +215,7 @@ def save(request: Request, collection: str, name: str) -> Response:
 
 
 def _confirm(
-    request: Request, kind: Kind, name: str, action: str, error: str | None = None, version: int | None = None
+    request: Request, kind: Kind, name: str, action: str, error: str | None = None, version: Revision | None = None
 ) -> Response:
     """Confirm a delete or a copy; a delete is conditional on ``version``, the object's when the page was made."""
     deleting = action == "delete"
@@ -227,7 +228,7 @@ def _confirm(
         if deleting
         else f"Make a copy of the {kind.singular} '{name}' (named \"Copy of …\").",
         facts=[],
-        hidden={"version": str(version)} if deleting and version is not None else {},
+        hidden={"version": version.token()} if deleting and version is not None else {},
         action=f"{PREFIX}/{kind.collection}/{name}/{action}",
         button="Delete" if deleting else "Copy",
         style="danger" if deleting else "primary",
@@ -258,8 +259,12 @@ def act(request: Request, collection: str, name: str, action: str) -> Response:
             )
             return RedirectResponse(f"{PREFIX}/{collection}?notice=deleted", status_code=303)
         if action == "copy":
-            copied = use_cases.copy_object(me.actor, kind.model, name, store=console.admin.definitions)
+            _, copied = use_cases.copy_object(me.actor, kind.model, name, store=console.admin.definitions)
             return RedirectResponse(f"{PREFIX}/{collection}/{copied.name}?notice=copied", status_code=303)
+    except Missing:
+        if action != "delete":
+            raise
+        return console.pages.deleted_meanwhile(request, kind.singular, name, back=f"{PREFIX}/{collection}")
     except Refused as refusal:
         # A stale delete says why and keeps its page's version: to delete what is there now, open it again.
         return _confirm(request, kind, name, action, refusal.reason, version=version)

@@ -95,3 +95,19 @@ class Pages:
         me = me_of(request) if getattr(request.state, "console_actor", None) is not None else None
         html = self.env.get_template(template).render(me=me, here=request.url.path, **values)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+    def deleted_meanwhile(self, request: Request, what: str, name: str, back: str) -> HTMLResponse:
+        """The answer to a delete confirmed from a page of an object that someone else deleted since it was opened
+        (as a stale form says that someone else changed it): said in the confirmation's page, with no button."""
+        return self.render(
+            request,
+            "confirm.html",
+            title=f"Delete {name}",
+            message=f"Delete the {what} '{name}'?",
+            facts=[],
+            error=f"The {what} '{name}' was deleted meanwhile: someone else deleted it since this page was opened. "
+            "Nothing was left to delete.",
+            hidden={},
+            action=None,
+            back=back,
+        )
