@@ -1,11 +1,15 @@
 """A stop asked for at any time: SIGTERM or SIGINT from the first line of a service's start-up to its end.
 
 Kubernetes sends SIGTERM whenever it wants a pod gone, start-up included (a rollout replacing a pod still
-starting, a node drained). Unhandled, SIGTERM ends the process at once with status 143, its clients closed by
-nobody, which reads as a crash. So a service asks for :func:`stop_on_signals` first thing: from then on the
-signal only sets the process's stop event, start-up goes on, and the service's loop, seeing it set, stops
-before its first round and closes what it opened (exit 0). Start-up steps that wait long (Kafka away) may look
-at :func:`stop_requested` to give up early.
+starting, a node drained, a pod whose Kafka is away). Unhandled, SIGTERM ends the process with status 143, which
+reads as a crash. So a service asks for :func:`stop_on_signals` first thing (:func:`shared.runtime.start_service`):
+
+- **during start-up** the signal ends the process at once with status 0: ``SystemExit`` raised on the main
+  thread, wherever start-up is (waiting for Kafka or the catalog included), unwinding it through its ``with`` and
+  ``finally`` blocks. Nothing is in hand yet: no record polled, nothing to commit;
+- **once the service serves** (its consumer loop's handlers, :meth:`shared.kafka.ConsumerLoop.install_signal_handlers`,
+  or :func:`stop_gracefully`) the signal only sets the process's stop event, and the loop finishes what it has in
+  hand, commits and stops (exit 0).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import signal
 import threading
 
-#: The signals that ask a service to stop gracefully.
+#: The signals that ask a service to stop.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _stop = threading.Event()
 
@@ -24,12 +28,24 @@ def stop_requested() -> threading.Event:
 
 
 def stop_on_signals() -> threading.Event:
-    """From now on SIGTERM and SIGINT set :func:`stop_requested` instead of ending the process; return it.
+    """From now on (start-up) SIGTERM and SIGINT end the process with status 0 instead of 143; return the stop
+    event. Call it from the main thread (Python's rule for signal handlers)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop_starting)
+    return _stop
 
-    Call it from the main thread (Python's rule for signal handlers); calling it again changes nothing."""
+
+def stop_gracefully() -> threading.Event:
+    """From now on (the service serves) SIGTERM and SIGINT only set the stop event, returned: the service's loop
+    stops at its next turn. Call it from the main thread."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _request_stop)
     return _stop
+
+
+def _stop_starting(signum: int, frame: object) -> None:
+    _stop.set()
+    raise SystemExit(0)  # start-up holds nothing to finish: unwind it now, whatever it waits for
 
 
 def _request_stop(signum: int, frame: object) -> None:

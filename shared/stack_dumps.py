@@ -14,12 +14,16 @@ without the GIL, and reads the other threads' frames while they change them. On 
 threads start and end (a service starting up, a thread pool) is killed by a segmentation fault within about a
 hundred signals (measured; CPython issue 116008): asking a service where it waits must never end it.
 
-How the signal reaches the thread: :func:`enable_stack_dumps`, called on the main thread before the service
-starts its other threads, blocks the signal there, so every thread started afterwards has it blocked too and
-the kernel keeps it pending until ``stack-dumps`` takes it with :func:`signal.sigwait`. A thread started before
-(none in the services; a library's) still has it unblocked: for it, the signal's Python handler passes the
-request on to ``stack-dumps`` (:func:`signal.pthread_kill`). Either way the signal never ends the process. The
-price: a thread that holds the GIL and never lets it go (a C extension's loop) delays the dump until it does.
+How the signal reaches the thread: a service reserves it first thing, before its imports
+(:func:`reserve_stack_dump_signal` at the top of each ``services/<name>/__main__.py``): blocked on the main thread,
+so every thread started afterwards (numpy's OpenBLAS pool starts at import, kafka-python's network threads, the
+dispatcher's event loop) has it blocked too, and the kernel keeps it pending until ``stack-dumps`` takes it with
+:func:`signal.sigwait`, whatever the other threads are doing. A thread started before (none in the services; a
+test's) still has it unblocked: for it, the signal's Python handler passes the request on to ``stack-dumps``
+(:func:`signal.pthread_kill`), as soon as the main thread runs Python code. Either way the signal never ends the
+process. A child process would inherit the block (none is started). Signals that come while a dump is logged are
+one dump. The price: a thread that holds the GIL and never lets it go (a C extension's loop) delays the dump
+until it does.
 """
 
 from __future__ import annotations
@@ -47,22 +51,38 @@ _watcher: threading.Thread | None = None
 
 @dataclass(frozen=True)
 class ThreadStack:
-    """One thread's part of a dump: its name, its identifier (``0x...``, as ``ps -L`` and debuggers show it) and
-    its frames, most recent call first (``File "<path>", line <n> in <function>``)."""
+    """One thread's part of a dump: its name, its identifiers (``thread_id``, Python's ``0x...``; ``native_id``, the
+    kernel's, as ``ps -L`` and ``top -H`` show it, or None) and its frames, most recent call first
+    (``File "<path>", line <n> in <function>``)."""
 
     name: str
     thread_id: str
+    native_id: int | None
     frames: tuple[str, ...]
 
 
 def thread_stacks(
-    frames: dict[int, FrameType], names: dict[int, str], *, max_threads: int = MAX_THREADS, max_frames: int = MAX_FRAMES
+    frames: dict[int, FrameType],
+    threads: dict[int, threading.Thread],
+    *,
+    max_threads: int = MAX_THREADS,
+    max_frames: int = MAX_FRAMES,
 ) -> list[ThreadStack]:
-    """The stacks of ``frames`` (:func:`sys._current_frames`), named by ``names`` (thread ident to name; a thread
-    the :mod:`threading` module does not know is named ``""``), in ident order: at most ``max_threads`` threads of
-    at most ``max_frames`` frames each, a cut stack ending with ``<N more frames>``."""
+    """The stacks of ``frames`` (:func:`sys._current_frames`), named by ``threads`` (by ident; a thread the
+    :mod:`threading` module does not know is named ``""``): the main thread first, then the named ones, then the
+    others (``Thread-N``, unknown), so that a thread leak cannot hide the service's own threads; at most
+    ``max_threads`` threads of at most ``max_frames`` frames each, a cut stack ending with ``<N more frames>``."""
+
+    def rank(ident: int) -> tuple[int, int]:
+        thread = threads.get(ident)
+        if thread is threading.main_thread():
+            return 0, ident
+        if thread is not None and not thread.name.startswith("Thread-"):
+            return 1, ident
+        return 2, ident
+
     stacks = []
-    for ident in sorted(frames)[:max_threads]:
+    for ident in sorted(frames, key=rank)[:max_threads]:
         lines: list[str] = []
         frame: FrameType | None = frames[ident]
         while frame is not None:
@@ -72,7 +92,10 @@ def thread_stacks(
             code = frame.f_code
             lines.append(f'File "{code.co_filename}", line {frame.f_lineno} in {code.co_name}')
             frame = frame.f_back
-        stacks.append(ThreadStack(names.get(ident, ""), f"0x{ident:016x}", tuple(lines)))
+        thread = threads.get(ident)
+        name = thread.name if thread is not None else ""
+        native_id = thread.native_id if thread is not None else None
+        stacks.append(ThreadStack(name, f"0x{ident:016x}", native_id, tuple(lines)))
     return stacks
 
 
@@ -83,23 +106,36 @@ def _depth(frame: FrameType | None) -> int:
     return depth
 
 
+def reserve_stack_dump_signal() -> None:
+    """Keep :data:`STACK_DUMP_SIGNAL` for the ``stack-dumps`` thread: handled (never the end of the process) and
+    blocked on the calling thread, the main one, so that every thread started afterwards has it blocked too. Call it
+    before anything starts a thread (a service's first statement); :func:`enable_stack_dumps` calls it too."""
+    _require_main_thread()
+    signal.signal(STACK_DUMP_SIGNAL, _pass_on)  # first: a thread that has it unblocked passes it on
+    signal.pthread_sigmask(signal.SIG_BLOCK, {STACK_DUMP_SIGNAL})
+
+
 def enable_stack_dumps() -> None:
     """Log every thread's stack when the process receives :data:`STACK_DUMP_SIGNAL` (see the module). Call it on
-    the main thread once logging is configured, before the service starts its threads; a second call changes
-    nothing."""
+    the main thread once logging is configured; a second call changes nothing. Raises :class:`RuntimeError` on
+    another thread (Python handles signals on the main thread only), having changed nothing."""
     global _watcher
+    _require_main_thread()
     with _enabled:
         if _watcher is not None:
             return
         # Its own level: the stacks are logged when asked for, whatever the service's log level.
         logging.getLogger(_LOGGER).setLevel(logging.INFO)
-        # Blocked first, so that the watcher (started below) inherits the block, as every later thread does.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {STACK_DUMP_SIGNAL})
+        reserve_stack_dump_signal()  # before the watcher starts: it inherits the block, as every later thread does
         # In a copy of this thread's context: its lines carry what the service bound (its name) as the others do.
         context = contextvars.copy_context()
         _watcher = threading.Thread(target=context.run, args=(_watch,), name="stack-dumps", daemon=True)
         _watcher.start()
-        signal.signal(STACK_DUMP_SIGNAL, _pass_on)  # for a thread that has it unblocked (started before this)
+
+
+def _require_main_thread() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("the stack dumps are enabled from the main thread (where Python handles signals)")
 
 
 def _pass_on(signum: int, frame: object) -> None:
@@ -122,14 +158,17 @@ def _watch() -> None:
 
 
 def _log_dump(dump: int) -> None:
-    names = {thread.ident: thread.name for thread in threading.enumerate() if thread.ident is not None}
-    stacks = thread_stacks(sys._current_frames(), names)
+    frames = sys._current_frames()
+    threads = {thread.ident: thread for thread in threading.enumerate() if thread.ident is not None}
+    stacks = thread_stacks(frames, threads)
     for stack in stacks:
         _log.info(
             "thread stack",
             dump=dump,
             threads=len(stacks),
+            threads_total=len(frames),
             thread=stack.name,
             thread_id=stack.thread_id,
+            native_id=stack.native_id,
             frames=list(stack.frames),
         )

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from shared.stack_dumps import reserve_stack_dump_signal
+
+# First, before an import starts a thread (numpy's OpenBLAS pool does): every thread then has SIGUSR1 blocked
+# and the stack dumps come whatever the main thread is doing (shared.stack_dumps).
+reserve_stack_dump_signal()
+
 from datetime import timedelta
 
 from services.extractor.extraction import Extractor

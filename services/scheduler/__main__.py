@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from shared.stack_dumps import reserve_stack_dump_signal
+
+# First, before an import starts a thread (numpy's OpenBLAS pool does): every thread then has SIGUSR1 blocked
+# and the stack dumps come whatever the main thread is doing (shared.stack_dumps).
+reserve_stack_dump_signal()
+
 from datetime import timedelta
 from functools import partial
 
@@ -15,7 +21,7 @@ from shared.kafka import make_producer, produce_and_wait
 from shared.kafka.loop import is_interruption
 from shared.outages import describe, is_outage
 from shared.runtime import STALL_MARGIN_SECONDS, start_service
-from shared.shutdown import stop_requested
+from shared.shutdown import stop_gracefully
 
 SERVICE = "scheduler"
 
@@ -42,7 +48,7 @@ def main(clock: Clock | None = None) -> None:
         catch_up=timedelta(seconds=settings.scheduler_catch_up_seconds),
         lookahead=timedelta(seconds=settings.scheduler_lookahead_seconds),
     )
-    stopping = stop_requested()  # SIGTERM or SIGINT, since start_service (start-up included)
+    stopping = stop_gracefully()  # SIGTERM or SIGINT: the tick in hand finishes, then the loop ends
     log.info(
         "scheduler started",
         tick_seconds=settings.scheduler_tick_seconds,

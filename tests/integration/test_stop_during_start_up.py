@@ -1,16 +1,20 @@
-"""SIGTERM while a service is still starting stops it cleanly (exit 0), as it would once running.
+"""SIGTERM while a service is still starting stops it at once, with status 0, as it would once running.
 
 Kubernetes sends SIGTERM to pods still starting (a rollout replacing them, a node drained). Before, a service
 only handled the signal from its loop on, so one that came during start-up ended it with status 143 (-15 here),
 read as a crash. Each service runs as a real process on real Kafka; it is frozen (SIGSTOP) the moment it says it
-is starting (it has begun catching SIGUSR1, for its stack dumps: the first thing start-up does after logging is
-configured), given SIGTERM while frozen, and let go: the signal comes at a known point of start-up.
+is starting (it has begun catching SIGTERM: the first thing its start-up does), given SIGTERM while frozen, and let
+go: the signal comes at a known point of start-up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
+import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,29 +42,49 @@ def _catches(pid: int, sig: signal.Signals) -> bool:
     return bool(caught & (1 << (sig - 1)))
 
 
-@pytest.mark.parametrize("service", sorted(RUNNING))
-def test_sigterm_during_start_up_stops_the_service_with_status_0(service: str, kafka_bootstrap: str, tmp_path: Path):
+@contextlib.contextmanager
+def _starting(service: str, kafka: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``service`` as a process on ``kafka``, once its start-up has begun catching SIGTERM (its first step)."""
     catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
     CatalogStores.from_url(catalog_url, migrate=True).close()
-    env = service_env(kafka_bootstrap, f"t{uuid.uuid4().hex[:10]}.", catalog_url, f"sqlite:///{tmp_path / 'm.db'}")
+    env = service_env(kafka, f"t{uuid.uuid4().hex[:10]}.", catalog_url, f"sqlite:///{tmp_path / 'm.db'}")
     pipeline = LocalPipeline(env=env, log_dir=tmp_path, services=(service,))
     pipeline.start()
     process = pipeline.processes[service]
     try:
         wait_until(
-            lambda: bool(pipeline.dead()) or _catches(process.pid, signal.SIGUSR1),
+            lambda: bool(pipeline.dead()) or _catches(process.pid, signal.SIGTERM),
             timeout=60,
             interval=0.005,
             what=f"{service} starting",
         )
+        yield process
+    finally:
+        pipeline.stop()
+
+
+def _log(service: str, tmp_path: Path) -> str:
+    return (tmp_path / f"{service}.log").read_text(errors="replace")[-3000:]
+
+
+@pytest.mark.parametrize("service", sorted(RUNNING))
+def test_sigterm_during_start_up_stops_the_service_with_status_0(service: str, kafka_bootstrap: str, tmp_path: Path):
+    with _starting(service, kafka_bootstrap, tmp_path) as process:
         process.send_signal(signal.SIGSTOP)
         # Frozen, its log says where it stands: its loop not started yet.
-        assert RUNNING[service] not in pipeline.log(service)
+        assert RUNNING[service] not in _log(service, tmp_path)
         process.send_signal(signal.SIGTERM)
         process.send_signal(signal.SIGCONT)
         status = process.wait(60)
-    finally:
-        pipeline.stop()
-    log = pipeline.log(service)
-    assert status == 0, log[-3000:]
-    assert "Traceback" not in log, log[-3000:]
+    assert status == 0, _log(service, tmp_path)
+    assert "Traceback" not in _log(service, tmp_path)
+
+
+@pytest.mark.parametrize("service", ["dispatcher", "scheduler"])
+def test_sigterm_while_start_up_waits_for_an_unreachable_kafka_stops_the_service_at_once(service: str, tmp_path: Path):
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        nowhere = f"127.0.0.1:{closed.getsockname()[1]}"  # a port nothing listens on any more
+    with _starting(service, nowhere, tmp_path) as process:
+        process.send_signal(signal.SIGTERM)  # start-up then waits for Kafka (10 s and more a try)
+        status = process.wait(15)
+    assert status == 0, _log(service, tmp_path)

@@ -7,11 +7,14 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from shared.stack_dumps import STACK_DUMP_SIGNAL
+import pytest
+
+from shared.stack_dumps import STACK_DUMP_SIGNAL, thread_stacks
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,7 +173,9 @@ print("still running", flush=True)
 _EARLY = """
 import select, signal, sys, threading
 from shared.log import configure_logging
-from shared.stack_dumps import STACK_DUMP_SIGNAL, enable_stack_dumps
+import pytest
+
+from shared.stack_dumps import STACK_DUMP_SIGNAL, thread_stacks, enable_stack_dumps
 
 configure_logging("WARNING", "json", service="test")
 early = threading.Thread(target=threading.Event().wait, name="early", daemon=True)
@@ -187,9 +192,10 @@ def test_stacks_asked_for_again_and_again_while_threads_come_and_go_never_end_th
     with _child(_CHURN) as (child, lines):
         assert child.stdout is not None
         assert child.stdout.readline() == "ready\n"
-        for sent in range(400):  # bounded: each signal waits for the dump it asked for, 30 s at most
+        deadline = time.monotonic() + 120  # bounded in count and time: each signal waits for the dump it asked for
+        for sent in range(400):
             child.send_signal(STACK_DUMP_SIGNAL)
-            stacks = _dump(lines, sent + 1, time.monotonic() + 30, child)
+            stacks = _dump(lines, sent + 1, deadline, child)
         assert "churn" in {frame.split(" in ")[-1] for line in stacks.values() for frame in line["frames"]}
         assert _end(child) == "still running\n"
 
@@ -199,6 +205,56 @@ def test_a_thread_started_before_the_stack_dumps_were_enabled_passes_the_signal_
         stacks = _dump(lines, 1, time.monotonic() + 30)
         assert _end(child) == "still running\n"
     assert set(stacks) == {"MainThread", "early", "stack-dumps"}
+
+
+# Each service's entry module imported as its process starts (console script or ``python -m``): the threads its
+# imports start (numpy's OpenBLAS pool) must already have the stack-dump signal blocked, or the kernel may give the
+# signal to one of them, and the dump waits for the main thread to run Python code (or never comes).
+_THREAD_MASKS = """
+import importlib, os, signal, sys
+importlib.import_module(sys.argv[1])
+bit = 1 << (signal.SIGUSR1 - 1)
+tasks = os.listdir("/proc/self/task")
+unblocked = []
+for task in tasks:
+    with open(f"/proc/self/task/{task}/status") as status:
+        mask = next(line.split()[1] for line in status if line.startswith("SigBlk:"))
+    if not int(mask, 16) & bit:
+        with open(f"/proc/self/task/{task}/comm") as comm:
+            unblocked.append(comm.read().strip())
+print(len(tasks), unblocked)
+"""
+
+
+@pytest.mark.parametrize("service", ["admin", "dispatcher", "extractor", "notifier", "scheduler"])
+def test_every_thread_a_service_starts_has_the_stack_dump_signal_blocked(service: str):
+    done = subprocess.run(
+        [sys.executable, "-c", _THREAD_MASKS, f"services.{service}.__main__"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    threads, unblocked = done.stdout.split(" ", 1)
+    assert unblocked.strip() == "[]", f"{threads} threads, the signal unblocked in {unblocked.strip()}"
+
+
+def test_a_dump_cut_to_its_bounds_keeps_the_main_and_named_threads_first_and_says_what_it_cut():
+    here = sys._getframe()
+    main = threading.main_thread()
+    named = threading.Thread(name="stack-dumps")
+    numbered = threading.Thread()  # "Thread-N"
+    # Idents as the kernel gives them: new threads' stacks lower than the main thread's.
+    frames = dict.fromkeys(range(1, 251), here) | {1000: here, 999: here, 998: here}
+    threads = {1000: main, 999: named, 998: numbered}
+    stacks = thread_stacks(frames, threads, max_threads=3, max_frames=2)
+    assert [stack.name for stack in stacks] == ["MainThread", "stack-dumps", ""]
+    assert stacks[0].native_id == main.native_id
+    assert stacks[0].thread_id == f"0x{1000:016x}"
+    depth = len(traceback.extract_stack(here))
+    assert stacks[0].frames[-1] == f"<{depth - 2} more frames>"
+    assert stacks[0].frames[0].endswith(f" in {here.f_code.co_name}")
 
 
 def test_the_kafka_clients_group_warnings_reach_the_log_and_its_network_noise_does_not():
