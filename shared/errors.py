@@ -15,7 +15,7 @@
      │                     → 409 through the admin API (a Conflict), exit 4 in exportctl
      ├── NameTaken         a new catalog object's name taken by another writer meanwhile
      │                     → 409 through the admin API (a Conflict), exit 4 in exportctl
-     └── VersionMismatch   a write conditional on the version read (If-Match) finds the object changed or gone
+     └── VersionMismatch   a write conditional on the version read (If-Match) finds the object changed
                            → 412 through the admin API (a Stale), the console shows the form again
 """
 
@@ -73,28 +73,30 @@ class NameTaken(PermanentError):
 
 class VersionMismatch(PermanentError):
     """A write conditional on the revision of a catalog object its writer read (``If-Match``) found the object at
-    another version, another object under its name (deleted and created again), or none: nothing was written. Says
-    by whom and when, as far as the catalog knows it (read after the refused write rolled back: never the refused
-    writer's own change)."""
+    another version, or another object under its name (deleted and created again): nothing was written. Says by
+    whom and when, as far as the catalog knows it (read after the refused write rolled back: never the refused
+    writer's own change). No object under the name at all is :class:`NotFound`, as without ``If-Match`` (a rename
+    is audited under its new name: who and when would be guessed).
+
+    ``current`` is the object as stored now, for the caller to check that its writer may see it before saying who
+    changed it (never part of the message)."""
 
     def __init__(
         self,
         kind: str,
         name: str,
         *,
-        version: int | None,
+        version: int,
         by: str | None = None,
         at: datetime | None = None,
         recreated: bool = False,
+        current: object = None,
     ) -> None:
         who = "".join(
             (f" by {by}" if by else "", f" at {at.astimezone(UTC).isoformat(timespec='seconds')}" if at else "")
         )
-        if version is not None:
-            last = f", last changed{who}" if who else ""
-            how = "deleted and created again" if recreated else "changed"
-            what = f"was {how} since it was read (it is now at version {version}{last})"
-        else:
-            what = f"was deleted{who} since it was read"
+        last = f", last changed{who}" if who else ""
+        how = "deleted and created again" if recreated else "changed"
+        what = f"was {how} since it was read (it is now at version {version}{last})"
         super().__init__(f"{kind} '{name}' {what}: nothing was written; read it again and redo the change")
-        self.kind, self.name, self.version = kind, name, version
+        self.kind, self.name, self.version, self.current = kind, name, version, current

@@ -136,7 +136,7 @@ def _register(kind: type[T], writer: Any) -> None:
         status_code=204,
         tags=[tag],
         summary=f"Delete a {kind.__name__}",
-        responses=conditional,
+        responses=conditional_errors(404, 409, 422, body=False),
         operation_id=f"delete_{kind.__name__}",
     )
     def delete(context: Context, caller: writer, name: str, if_match: IfMatch = None) -> Response:

@@ -83,14 +83,14 @@ def expected_version(if_match: str | None) -> ExpectedVersion | None:
     return ExpectedVersion(frozenset(versions))
 
 
-def conditional_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def conditional_errors(*statuses: int, body: bool = True) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` of an operation that takes ``If-Match``: ``statuses`` as problem details, with 412 and a
-    400 that says the header can be its cause (not only a body that cannot be decoded)."""
+    400 that says the header can be its cause (and, if the operation takes a ``body``, a body that cannot be
+    decoded: a DELETE has none)."""
     responses = problem_responses(400, *statuses, 412)
-    responses[400]["description"] = (
-        "Bad request: an `If-Match` that is no entity-tag list (`detail` names the header), or a body that cannot"
-        " be decoded"
-    )
+    responses[400]["description"] = "Bad request: an `If-Match` that is no entity-tag list (`detail` names the header)"
+    if body:
+        responses[400]["description"] += ", or a body that cannot be decoded"
     return responses
 
 

@@ -49,6 +49,12 @@ class Stale(Refused):
     status = 412
     default_slug = "changed-since-read"
 
+    def __init__(self, reason: str | list[str], *, slug: str | None = None, changed: bool = True) -> None:
+        super().__init__(reason, slug=slug)
+        #: False when the revision sent names no object (an ``ETag`` or a page from before revisions): nobody
+        #: changed anything, the writer only needs the current revision.
+        self.changed = changed
+
 
 class Invalid(Refused):
     status = 422

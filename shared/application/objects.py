@@ -30,7 +30,7 @@ from shared.domain.catalog_objects import (
     stored_form,
 )
 from shared.domain.names import slugify
-from shared.domain.revisions import Revision
+from shared.domain.revisions import NO_OBJECT, Revision
 from shared.errors import EditConflict, NameTaken, NotFound, VersionMismatch
 
 if TYPE_CHECKING:
@@ -40,9 +40,12 @@ T = TypeVar("T", bound=CatalogObject)
 
 
 @contextmanager
-def edit_conflicts() -> Iterator[None]:
+def edit_conflicts(actor: Actor) -> Iterator[None]:
     """A write that other writes of the same object beat at every try (the store tries again on a fresh read
-    first): :class:`Conflict`, as every entry point answers a conflict (409; exportctl exits 4)."""
+    first): :class:`Conflict`, as every entry point answers a conflict (409; exportctl exits 4). A write
+    conditional on the revision its writer read, beaten to it: :class:`Stale` (412) if ``actor`` may see the object
+    as it is now (:func:`stale`); the object gone meanwhile (no object under the name): :class:`Missing` (404, as
+    without ``If-Match``; an update is never a create)."""
     try:
         yield
     except EditConflict as exc:
@@ -50,7 +53,18 @@ def edit_conflicts() -> Iterator[None]:
     except NameTaken as exc:  # a create's name taken by another writer after it was checked
         raise Conflict(str(exc), slug="name-conflict") from None
     except VersionMismatch as exc:  # a write conditional on the version its writer read, beaten to it
-        raise Stale(str(exc)) from None
+        raise stale(actor, exc) from None
+    except NotFound as exc:  # deleted (or renamed) by someone else in between
+        raise Missing(str(exc)) from None
+
+
+def stale(actor: Actor, mismatch: VersionMismatch) -> Stale:
+    """The refusal of a write whose object is no longer as its writer read it: what became of it and by whom, said
+    only to an ``actor`` who may see the object as it is now (:func:`in_scope`: :class:`Forbidden` otherwise, as
+    without ``If-Match``; a definition moved to another unit meanwhile names no writer of that unit)."""
+    if isinstance(mismatch.current, CatalogObject):
+        in_scope(actor, mismatch.current)
+    return Stale(str(mismatch))
 
 
 def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: ObjectChecks) -> list[CatalogObject]:
@@ -69,6 +83,13 @@ class ExpectedVersion:
     object (the one read is kept to)."""
 
     versions: frozenset[Revision] | None = None
+
+    @property
+    def names_no_object(self) -> bool:
+        """Whether no revision sent names an object (an ``ETag`` from before revisions, a plain ``"3"``; a weak
+        tag; a console page of before revisions posting ``version=3``): such a write is refused whatever is stored
+        (:func:`visible_as_read`), saying so rather than what became of an object it never named."""
+        return self.versions is not None and not self.versions - {NO_OBJECT}
 
     @classmethod
     def of(cls, revision: Revision) -> ExpectedVersion:
@@ -161,8 +182,15 @@ def visible_as_read(
     revision, obj = visible_versioned(actor, store, kind, name)
     if expected is None:
         return revision, None, obj
+    if expected.names_no_object:
+        raise Stale(
+            f"{kind.__name__} '{name}': the revision sent (an ETag from before revisions named the object) names no"
+            " object: nothing was written; read it again for its ETag and redo the change",
+            changed=False,
+        )
     if not expected.allows(revision):
-        raise Stale(str(store.changed_since_read(kind.__name__, name, read=expected.closest_to(revision))))
+        with edit_conflicts(actor):  # gone since: Missing; moved out of the actor's scope since: Forbidden
+            raise store.changed_since_read(kind.__name__, name, read=expected.closest_to(revision))
     return revision, revision, obj
 
 
@@ -273,7 +301,7 @@ def apply_objects(
         else:
             changes.append(Change(kind_of(obj), obj.name, "unchanged"))
     if writes and not dry_run:
-        with edit_conflicts():
+        with edit_conflicts(actor):
             store.apply_all(writes, audit=audit)
     return changes
 
@@ -314,7 +342,7 @@ def create_object(
     if body.get("name"):
         refuse_taken(store, kind, obj.name)
     stored = checked([obj], store, checks)[0]
-    with edit_conflicts():
+    with edit_conflicts(actor):
         _, revision = store.apply_versioned(stored, audit=[change(actor.name, "create", store, after=stored)], new=True)
     return revision, stored  # type: ignore[return-value]
 
@@ -342,7 +370,7 @@ def replace_object(
         refuse_taken(store, kind, stored.name)
         if found := referrers(store, old, actor):
             raise Conflict(f"'{old.name}' is used by {', '.join(found)}: it cannot be renamed", slug="in-use")
-        with edit_conflicts():
+        with edit_conflicts(actor):
             revision = store.rename(
                 old.name,
                 stored,
@@ -350,9 +378,12 @@ def replace_object(
                 expected_version=version,
             )
     elif changed_fields(old, stored):
-        with edit_conflicts():
+        with edit_conflicts(actor):
             _, revision = store.apply_versioned(
-                stored, audit=[change(actor.name, "update", store, before=old, after=stored)], expected_version=version
+                stored,
+                audit=[change(actor.name, "update", store, before=old, after=stored)],
+                existing=True,  # deleted meanwhile: Missing, never created again
+                expected_version=version,
             )
     return revision, stored
 
@@ -372,11 +403,8 @@ def delete_object(
     covers_dependents(actor, store, obj)
     if found := referrers(store, obj, actor):
         raise Conflict(f"'{name}' is used by {', '.join(found)}: delete those first", slug="in-use")
-    try:
-        with edit_conflicts():
-            store.delete(kind, name, audit=[change(actor.name, "delete", store, before=obj)], expected_version=version)
-    except NotFound as exc:  # deleted by someone else in between
-        raise Missing(str(exc)) from None
+    with edit_conflicts(actor):  # deleted by someone else in between: Missing
+        store.delete(kind, name, audit=[change(actor.name, "delete", store, before=obj)], expected_version=version)
 
 
 def copy_object(
@@ -401,7 +429,7 @@ def copy_object(
     if isinstance(original, ExportDefinition):
         spec["schedule"] = original.schedule.model_copy(update={"enabled": False}).model_dump(mode="json")
     copy: T = kind.model_validate(spec)  # type: ignore[assignment]
-    with edit_conflicts():
+    with edit_conflicts(actor):
         _, revision = store.apply_versioned(copy, audit=[change(actor.name, "copy", store, after=copy)], new=True)
     return revision, copy
 
@@ -446,10 +474,11 @@ def save_definition_step(
     stored = checked([updated], store, checks)[0]
     assert isinstance(stored, ExportDefinition)
     if changed_fields(definition, stored):
-        with edit_conflicts():
+        with edit_conflicts(actor):
             _, revision = store.apply_versioned(
                 stored,
                 audit=[change(actor.name, "update", store, before=definition, after=stored)],
+                existing=True,  # deleted meanwhile: Missing, never created again
                 expected_version=version,
             )
     return revision, stored

@@ -86,6 +86,7 @@ class DefinitionsStore(Protocol):
         *,
         audit: Sequence[AuditEntry] = (),
         new: bool = False,
+        existing: bool = False,
         expected_version: Revision | None = None,
     ) -> tuple[ApplyResult, Revision]: ...
     def apply_all(self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = ()) -> list[ApplyResult]: ...

@@ -28,6 +28,7 @@ from shared.catalog.validated_objects import VALIDATED_OBJECTS, ValidatedObjects
 from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import (
     DECRYPT_SECRET,
+    KINDS,
     CatalogObject,
     ConnectionProfile,
     ExportDefinition,
@@ -171,36 +172,43 @@ class SqlDefinitionsStore:
             raise _NotAsRead
 
     def _mismatch(self, session: Session, kind: str, name: str, read: Revision | None = None) -> VersionMismatch:
-        """What became of the object (its version now, another object under its name than the one ``read``, or
-        gone) and, as the audit log says, by whom and when."""
+        """What became of the object (its version now, or another object under its name than the one ``read``)
+        and, as the audit log says, by whom and when; :class:`NotFound` when there is no object under the name
+        (deleted, or renamed: a rename is audited under its new name, so who and when are not guessed)."""
         row = self._row(session, kind, name)
+        if row is None:
+            raise NotFound(kind, name)
         last = session.execute(
-            select(AuditRow.actor, AuditRow.at)
+            select(AuditRow.actor)
             .where(AuditRow.kind == kind, AuditRow.name == name)
             .order_by(AuditRow.id.desc())
             .limit(1)
         ).first()
-        at = aware(row.updated_at) if row is not None else (aware(last.at) if last is not None else None)
         return VersionMismatch(
             kind,
             name,
-            version=row.version if row is not None else None,
+            version=row.version,
             by=last.actor if last else None,
-            at=at,
-            recreated=row is not None and read is not None and row.id != str(read.object_id),
+            at=aware(row.updated_at),
+            recreated=read is not None and uuid.UUID(row.id) != read.object_id,
+            current=self._load(KINDS[kind], row),
         )
 
     def changed_since_read(self, kind: str, name: str, *, read: Revision | None = None) -> VersionMismatch:
         """The error of a write whose ``If-Match`` revision of ``kind``/``name`` (``read``, if one) is no longer
-        stored (412), from a fresh read."""
+        stored (412), from a fresh read; :class:`NotFound` (404, as without ``If-Match``) when no object is under
+        the name any more."""
         with self.database.transaction() as session:
             return self._mismatch(session, kind, name, read)
 
-    def _write(self, session: Session, obj: CatalogObject) -> tuple[ApplyResult, Revision]:
-        """Create or update ``obj``'s row; what was done and the row's revision as it is then."""
+    def _write(self, session: Session, obj: CatalogObject, *, create: bool = True) -> tuple[ApplyResult, Revision]:
+        """Create (unless not ``create``: :class:`NotFound`) or update ``obj``'s row; what was done and the row's
+        revision as it is then."""
         spec = self._stored(obj)
         row = SqlDefinitionsStore._row(session, kind_of(obj), obj.name)
         if row is None:
+            if not create:
+                raise NotFound(kind_of(obj), obj.name)
             moment, row_id = now(), uuid.uuid4()
             session.add(
                 CatalogObjectRow(
@@ -237,6 +245,7 @@ class SqlDefinitionsStore:
         *,
         audit: Sequence[AuditEntry] = (),
         new: bool = False,
+        existing: bool = False,
         expected_version: Revision | None = None,
     ) -> tuple[ApplyResult, Revision]:
         """Create or update an object by kind and name; say which (or that nothing changed), and the revision this
@@ -250,7 +259,10 @@ class SqlDefinitionsStore:
         the creates of the application layer (create, copy) must not take over an object created meanwhile:
         with ``new``, an object of that kind and name stored by then (or at once) is :class:`NameTaken`.
         With ``expected_version`` (the revision the writer read), the object is updated only if stored at that
-        revision, in one step, tried once: changed, gone or created again meanwhile is :class:`VersionMismatch`.
+        revision, in one step, tried once: changed or created again meanwhile is :class:`VersionMismatch`, gone is
+        :class:`NotFound`. With ``existing`` (the updates of the application layer: replace, a definition's step),
+        only the stored object is updated: none under the name (deleted meanwhile) is :class:`NotFound`, never
+        created again.
         """
 
         def write() -> tuple[ApplyResult, Revision]:
@@ -264,7 +276,7 @@ class SqlDefinitionsStore:
                         # UPDATE's WHERE has the version checked here (see _require_version).
                         held = self._row(session, kind_of(obj), obj.name)
                         self._require_version(session, held, kind_of(obj), obj.name, expected_version)
-                    result, revision = self._write(session, obj)
+                    result, revision = self._write(session, obj, create=not existing)
                     if audit and result == "unchanged":
                         raise _NothingWritten([result], revision)  # the audit entries roll back with it
                     return result, revision

@@ -11,8 +11,9 @@ import re
 import uuid
 from dataclasses import dataclass
 
-#: A token as :meth:`Revision.token` writes it: the object's id (32 lowercase hex digits), a dot, its version.
-_TOKEN = re.compile(r"(?P<id>[0-9a-f]{32})\.(?P<version>[0-9]{1,18})")
+#: A token as :meth:`Revision.token` writes it: the object's id (32 lowercase hex digits), a dot, its version (in
+#: decimal without leading zeros: a strong comparison is character by character, so ``.03`` is no ``.3``).
+_TOKEN = re.compile(r"(?P<id>[0-9a-f]{32})\.(?P<version>0|[1-9][0-9]{0,17})")
 
 
 @dataclass(frozen=True, order=True)
@@ -33,3 +34,8 @@ class Revision:
         if found is None:
             return None
         return cls(uuid.UUID(hex=found["id"]), int(found["version"]))
+
+
+#: What a validator that is no revision stands for (a console page of before revisions posting a plain version,
+#: ``1``): a revision no object is ever at (no row id is all zeros), :meth:`Revision.token` of it reads back as it.
+NO_OBJECT = Revision(uuid.UUID(int=0), 0)

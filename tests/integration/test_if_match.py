@@ -16,7 +16,7 @@ import pytest
 from shared.application.audit import change
 from shared.catalog import CatalogStores
 from shared.catalog.definitions_store import SqlDefinitionsStore
-from shared.domain.catalog_objects import CatalogObject, SavedQuery
+from shared.domain.catalog_objects import CatalogObject, ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.revisions import Revision
 from shared.errors import VersionMismatch
 from tests.admin_app import InProcessApi, in_process_api, seed
@@ -235,15 +235,21 @@ def test_a_list_of_etags_matches_when_one_of_them_is_current_and_weak_ones_never
     assert _version(listed.headers["ETag"]) == 2
 
 
-def test_an_etag_of_before_revisions_a_plain_version_names_no_object_and_is_412(api: InProcessApi):
+def test_an_etag_of_before_revisions_a_plain_version_names_no_object_and_is_412_saying_so(api: InProcessApi):
     """``"1"``, as the API sent before its ETags named the object: it no longer says which object it was read from,
-    so it matches none (412, the usual text), even while the object is at version 1."""
+    so it matches none (412), even while the object is at version 1, and the refusal says that (before: "was
+    changed since it was read (it is now at version 1 …)" of an object never changed)."""
     etag, query = _read(api, QUERY)
     assert _version(etag) == 1
     with api.client() as client:
         old = client.put(QUERY, json=_labelled(query, "From an old ETag"), headers={"If-Match": '"1"'})
-    assert old.status_code == 412, old.text
-    assert "SavedQuery 'gold' was changed since it was read (it is now at version 1" in old.json()["detail"]
+        old_delete = client.delete(QUERY, headers={"If-Match": '"1"'})
+    for answer in (old, old_delete):
+        assert answer.status_code == 412, answer.text
+        assert answer.json()["detail"] == (
+            "SavedQuery 'gold': the revision sent (an ETag from before revisions named the object) names no object:"
+            " nothing was written; read it again for its ETag and redo the change"
+        )
     assert _read(api, QUERY) == (etag, query)
 
 
@@ -369,13 +375,14 @@ def test_a_writes_etag_is_the_revision_it_stored_even_when_another_write_follows
     assert again.status_code == 412, again.text
 
 
-@pytest.mark.parametrize("action", ["update", "delete"])
+@pytest.mark.parametrize("action", ["update"])
 def test_a_refusal_found_at_the_write_names_the_other_writer_never_the_refused_one(
     api: InProcessApi, monkeypatch: pytest.MonkeyPatch, action: str
 ):
-    """Bob (editor) saves or deletes the template between Alice's (admin) read and her conditional write: the store
-    refuses it and says who changed it last: Bob, as the catalog holds it after her write rolled back (before, the
-    message was made in her transaction and named her own unsaved change: "last changed by admin")."""
+    """Bob (editor) saves the template between Alice's (admin) read and her conditional write: the store refuses it
+    and says who changed it last: Bob, as the catalog holds it after her write rolled back (before, the message was
+    made in her transaction and named her own unsaved change: "last changed by admin"). A delete of Bob's in that
+    window: see :func:`test_an_object_gone_at_the_conditional_write_is_404_naming_no_one`."""
     _, spare = _a_spare_template(api)
     real_read = SqlDefinitionsStore.get_versioned
     bobs: list[str] = []
@@ -403,12 +410,127 @@ def test_a_refusal_found_at_the_write_names_the_other_writer_never_the_refused_o
     detail = refused.json()["detail"]
     assert "by editor" in detail, detail
     assert "admin" not in detail, detail
-    if action == "delete":
-        assert "HttpTemplate 'spare' was deleted by editor at " in detail, detail
-        assert "since it was read" in detail, detail
-    else:
-        assert "it is now at version 2, last changed by editor" in detail, detail
+    assert "it is now at version 2, last changed by editor" in detail, detail
     assert _audit(api, "spare")[0]["actor"] == "editor"  # nothing of Alice's recorded
+
+
+def _between_read_and_write(monkeypatch: pytest.MonkeyPatch, name: str, other: Callable[[SqlDefinitionsStore], None]):
+    """``other`` done (and committed) once, right after the use case's read of ``name`` and before its write."""
+    real_read = SqlDefinitionsStore.get_versioned
+    done: list[str] = []
+
+    def read_then_other(self: SqlDefinitionsStore, kind: Any, read_name: str) -> Any:
+        found = real_read(self, kind, read_name)
+        if read_name == name and not done:
+            done.append(read_name)
+            other(self)
+        return found
+
+    monkeypatch.setattr(SqlDefinitionsStore, "get_versioned", read_then_other)
+
+
+def _renamed(kind: type[CatalogObject], old: str, new: str, who: str) -> Callable[[SqlDefinitionsStore], None]:
+    def rename(store: SqlDefinitionsStore) -> None:
+        current = store.get(kind, old)
+        renamed = current.model_copy(update={"name": new})
+        store.rename(old, renamed, audit=[change(who, "rename", store, before=current, after=renamed)])
+
+    return rename
+
+
+def _deleted(kind: type[CatalogObject], name: str, who: str) -> Callable[[SqlDefinitionsStore], None]:
+    def delete(store: SqlDefinitionsStore) -> None:
+        store.delete(kind, name, audit=[change(who, "delete", store, before=store.get(kind, name))])
+
+    return delete
+
+
+@pytest.mark.parametrize("how", ["deleted", "renamed"])
+@pytest.mark.parametrize("write", ["update", "rename", "delete", "step"])
+def test_an_object_gone_at_the_conditional_write_is_404_naming_no_one(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch, how: str, write: str
+):
+    """Bob (editor) deletes or renames the object between the use case's check of Alice's ``If-Match`` and her
+    write: no object is under the name any more, so the answer is 404, as without ``If-Match``, naming no one and
+    no time (before: 412 "was deleted by <the last writer under the old name> at <then> since it was read": for a
+    rename, its creator and the creation time, though nobody deleted it)."""
+    kind: type[CatalogObject]
+    if write == "step":
+        path, kind, name = DEFINITION, ExportDefinition, "nightly"
+        etag, _ = _read(api, path)
+    else:
+        etag, _ = _a_spare_template(api)
+        path, kind, name = SPARE, HttpTemplate, "spare"
+    with api.client() as client:
+        body = client.get(path).json()
+    gone = _deleted(kind, name, "editor") if how == "deleted" else _renamed(kind, name, "z", "editor")
+    _between_read_and_write(monkeypatch, name, gone)
+    with api.client() as alice:
+        if write == "delete":
+            answer = alice.delete(path, headers={"If-Match": etag})
+        elif write == "rename":
+            answer = alice.put(path, json=body | {"name": "alices"}, headers={"If-Match": etag})
+        elif write == "step":
+            answer = alice.put(path + "/schedule", json={"enabled": False}, headers={"If-Match": etag})
+        else:
+            answer = alice.put(path, json=_labelled(body, "Alice's"), headers={"If-Match": etag})
+    monkeypatch.undo()
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["detail"] == f"{kind.__name__} '{name}' does not exist"
+    with api.client() as client:
+        assert client.get(path).status_code == 404  # not created again
+        assert client.get(path.rsplit("/", 1)[0] + "/alices").status_code == 404
+
+
+@pytest.mark.parametrize("write", ["update", "step"])
+def test_a_save_without_if_match_racing_a_delete_never_creates_the_object_again(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch, write: str
+):
+    """Bob deletes the object between the use case's read and its write of Alice's unconditional save: 404, and the
+    object stays deleted (before: created again with a new id at version 1, audited as Alice's "update")."""
+    kind: type[CatalogObject]
+    if write == "update":
+        _a_spare_template(api)
+        path, kind, name = SPARE, HttpTemplate, "spare"
+    else:
+        path, kind, name = DEFINITION, ExportDefinition, "nightly"
+    with api.client() as client:
+        body = client.get(path).json()
+    _between_read_and_write(monkeypatch, name, _deleted(kind, name, "editor"))
+    with api.client() as alice:
+        if write == "update":
+            answer = alice.put(path, json=_labelled(body, "Alice's"))
+        else:
+            answer = alice.put(path + "/schedule", json={"enabled": False})
+    monkeypatch.undo()
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["detail"] == f"{kind.__name__} '{name}' does not exist"
+    with api.client() as client:
+        assert client.get(path).status_code == 404
+    assert [entry["action"] for entry in _audit(api, name)][:1] == ["delete"]  # no "update" of Alice's after it
+
+
+def test_a_conditional_write_refused_after_the_object_moved_out_of_the_writers_unit_names_no_writer(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    """The admin moves the definition to another business unit between the use case's check of the emea admin's
+    ``If-Match`` and the write: the answer is 403, as without ``If-Match`` for a definition out of sight, naming
+    neither the writer nor the time (before: 412 "… last changed by admin at …")."""
+    etag, _ = _read(api, DEFINITION, "emea-admin")
+
+    def move(store: SqlDefinitionsStore) -> None:
+        current = store.get(ExportDefinition, "nightly")
+        moved = current.model_copy(update={"business_unit": "apac"})
+        store.apply(moved, audit=[change("admin", "update", store, before=current, after=moved)])
+
+    _between_read_and_write(monkeypatch, "nightly", move)
+    with api.client("emea-admin") as emea:
+        answer = emea.put(DEFINITION + "/schedule", json={"enabled": False}, headers={"If-Match": etag})
+    monkeypatch.undo()
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["type"].endswith("/out-of-scope")
+    assert "admin" not in answer.json()["detail"].replace("emea-admin", "")
+    assert _read(api, DEFINITION)[1]["business_unit"] == "apac"
 
 
 # --- the store's conditional write, where two writers really race (PostgreSQL: no lock before the UPDATE) ------
@@ -500,5 +622,6 @@ def test_the_openapi_document_declares_if_match_its_412_and_400_and_the_etag_of_
         assert {"400", "412"} <= set(operation["responses"]), path
         assert "application/problem+json" in operation["responses"]["412"]["content"]
         assert "If-Match" in operation["responses"]["400"]["description"], path  # not only a body undecodable
+        assert ("body" in operation["responses"]["400"]["description"]) == (method == "put"), path  # DELETE: none
     read = paths["/api/v1/http-templates/{name}"]["get"]["responses"]["200"]
     assert "ETag" in read["headers"]

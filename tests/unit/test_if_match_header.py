@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from services.admin.preconditions import IF_MATCH_PATTERN, etag, expected_version
 from services.admin.problems import ApiProblem
 from shared.application.objects import ExpectedVersion
-from shared.domain.revisions import Revision
+from shared.domain.revisions import NO_OBJECT, Revision
 
 versions = st.integers(min_value=0, max_value=10**18 - 1)
 revisions = st.builds(Revision, st.uuids(), versions)
@@ -70,7 +70,11 @@ def test_a_revision_token_reads_back_as_itself(revision: Revision):
 
 
 @pytest.mark.parametrize(
-    "token", ["", "3", "0" * 32, "0" * 32 + ".", "0" * 31 + ".1", "A" * 32 + ".1", "0" * 32 + ".-1", "0" * 32 + ".1 "]
+    "token",
+    [
+        *("", "3", "0" * 32, "0" * 32 + ".", "0" * 31 + ".1", "A" * 32 + ".1", "0" * 32 + ".-1", "0" * 32 + ".1 "),
+        *("0" * 32 + ".03", "0" * 32 + ".00", "1" * 32 + ".0" + "9" * 17),
+    ],
 )
 def test_a_token_that_is_no_revision_names_none(token: str):
     assert Revision.parse(token) is None
@@ -94,3 +98,32 @@ def test_the_openapi_pattern_of_the_header_admits_exactly_what_is_parsed(value: 
     else:
         parsed = True
     assert parsed == (re.fullmatch(IF_MATCH_PATTERN, value) is not None)
+
+
+@given(revisions, st.integers(min_value=1, max_value=17))
+def test_a_version_with_leading_zeros_is_no_revision_and_allows_nothing(revision: Revision, zeros: int):
+    """A strong comparison is character by character: ``<id>.03`` is not the ETag ``<id>.3`` (before, both parsed
+    to one revision and matched)."""
+    padded = f"{revision.object_id.hex}.{'0' * zeros}{revision.version}"
+    assert Revision.parse(padded) is None
+    expected = expected_version(f'"{padded}"')
+    assert expected is not None
+    assert not expected.allows(revision)
+    assert expected.names_no_object
+
+
+@given(st.lists(revisions, max_size=3), st.booleans(), versions)
+def test_a_validator_names_no_object_exactly_when_no_revision_of_ours_is_in_it(
+    ours: list[Revision], old_page: bool, plain: int
+):
+    """What the use cases refuse with "the revision sent … names no object": a plain version (an API ``ETag``, or
+    a console page posting ``version=3``, read as :data:`NO_OBJECT`), a weak tag; never a list holding one of ours,
+    never ``*``."""
+    sent = set(ours) | ({NO_OBJECT} if old_page else set())
+    assert ExpectedVersion(frozenset(sent)).names_no_object == (not ours)
+    header = ", ".join([f'"{plain}"'] + [etag(revision) for revision in ours])
+    parsed = expected_version(header)
+    assert parsed is not None
+    assert parsed.names_no_object == (not ours)
+    assert not ExpectedVersion().names_no_object
+    assert Revision.parse(NO_OBJECT.token()) == NO_OBJECT

@@ -198,8 +198,13 @@ def delete(request: Request, name: str) -> Response:
     except Missing:
         return console.pages.deleted_meanwhile(request, "export definition", name, back=f"{PREFIX}/exports")
     except Refused as refusal:
-        # A stale delete says why and keeps its page's version: to delete what is there now, open it again.
-        return _delete_page(request, _definition(request, name), refusal.reason, version=version)
+        # A stale delete says why and keeps its page's version: to delete what is there now, open it again (gone
+        # since the refusal: said as a delete of an object gone).
+        try:
+            definition = _definition(request, name)
+        except Missing:
+            return console.pages.deleted_meanwhile(request, "export definition", name, back=f"{PREFIX}/exports")
+        return _delete_page(request, definition, refusal.reason, version=version)
     return RedirectResponse(f"{PREFIX}/exports?notice=deleted", status_code=303)
 
 

@@ -9,7 +9,6 @@ and all of them in a summary at the top of the form.
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -17,7 +16,7 @@ from starlette.requests import Request
 
 from shared.application.errors import Refused, Stale
 from shared.application.objects import ExpectedVersion
-from shared.domain.revisions import Revision
+from shared.domain.revisions import NO_OBJECT, Revision
 
 _NAMED_FIELD = re.compile(r"field '([^']+)'")
 _TRUE = {"on", "yes", "true", "1"}
@@ -57,16 +56,12 @@ def form_of(request: Request) -> Form:
 
 def form_version(form: Form) -> Revision | None:
     """The revision of the object a form was rendered from (its hidden ``version``, a :meth:`Revision.token`); none
-    in a form without it. A page of before revisions (a plain version, ``3``) names no object: :func:`expecting`
-    then makes the save :class:`Stale` (reload the page), never unconditional."""
+    in a form without it. A page of before revisions (a plain version, ``3``) names no object (:data:`NO_OBJECT`):
+    the save is then :class:`Stale` saying so (reload the page), never unconditional."""
     version = form.text("version")
     if not version:
         return None
-    return Revision.parse(version) or _NO_REVISION
-
-
-#: What a form's ``version`` that is no revision token stands for: a revision no object is ever at.
-_NO_REVISION = Revision(uuid.UUID(int=0), 0)
+    return Revision.parse(version) or NO_OBJECT
 
 
 def expecting(version: Revision | None) -> ExpectedVersion | None:
@@ -83,6 +78,8 @@ class Problems:
     summary: list[str] = field(default_factory=list)
     #: Refused because someone else changed the object since the page was rendered (:class:`Stale`).
     stale: bool = False
+    #: Refused because the page is older than revisions (its ``version`` names no object): nobody changed it.
+    outdated: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.summary)
@@ -121,7 +118,8 @@ class Problems:
                 message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
                 problems.add(f"{prefix}{path}" if path else prefix.rstrip(".") or None, message)
             return problems
-        problems.stale = isinstance(error, Stale)
+        problems.stale = isinstance(error, Stale) and error.changed
+        problems.outdated = isinstance(error, Stale) and not error.changed
         for reason in error.problems:
             named = _NAMED_FIELD.search(reason)
             if named is None:

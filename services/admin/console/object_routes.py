@@ -266,6 +266,8 @@ def act(request: Request, collection: str, name: str, action: str) -> Response:
             raise
         return console.pages.deleted_meanwhile(request, kind.singular, name, back=f"{PREFIX}/{collection}")
     except Refused as refusal:
+        if action == "delete" and console.admin.definitions.find(kind.model, name) is None:  # gone since the refusal
+            return console.pages.deleted_meanwhile(request, kind.singular, name, back=f"{PREFIX}/{collection}")
         # A stale delete says why and keeps its page's version: to delete what is there now, open it again.
         return _confirm(request, kind, name, action, refusal.reason, version=version)
     raise Missing(f"no such action: {action}")

@@ -97,16 +97,17 @@ class Pages:
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
     def deleted_meanwhile(self, request: Request, what: str, name: str, back: str) -> HTMLResponse:
-        """The answer to a delete confirmed from a page of an object that someone else deleted since it was opened
-        (as a stale form says that someone else changed it): said in the confirmation's page, with no button."""
+        """The answer to a delete confirmed for an object no longer under its name (deleted or renamed since the page
+        was opened, by anyone, a double submit of this very delete included): said in the confirmation's page, with
+        no button."""
         return self.render(
             request,
             "confirm.html",
             title=f"Delete {name}",
             message=f"Delete the {what} '{name}'?",
             facts=[],
-            error=f"The {what} '{name}' was deleted meanwhile: someone else deleted it since this page was opened. "
-            "Nothing was left to delete.",
+            error=f"The {what} '{name}' no longer exists (it was deleted or renamed since this page was opened): "
+            "nothing was deleted.",
             hidden={},
             action=None,
             back=back,
