@@ -457,11 +457,15 @@ class SqlDefinitionsStore:
             return False
 
     def list_objects(self, kind: type[T]) -> list[T]:
+        return [obj for _, obj in self.list_versioned(kind)]
+
+    def list_versioned(self, kind: type[T]) -> list[tuple[Revision, T]]:
+        """Every object of ``kind`` by name, each with its revision (one read: a list's links carry them)."""
         with self.database.transaction() as session:
             rows = session.scalars(
                 select(CatalogObjectRow).where(CatalogObjectRow.kind == kind.__name__).order_by(CatalogObjectRow.name)
             )
-            return [self._load(kind, row) for row in rows]
+            return [(_revision(row), self._load(kind, row)) for row in rows]
 
     def rename(
         self,

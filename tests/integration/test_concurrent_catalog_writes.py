@@ -84,14 +84,14 @@ def test_an_edit_made_while_another_is_stored_lands_on_top_of_it_and_both_are_au
         editor.join(DEADLINE)
         assert not editor.is_alive(), "Bob's edit hung"
 
-    def write(self: SqlDefinitionsStore, session: Any, obj: Any) -> Any:
+    def write(self: SqlDefinitionsStore, session: Any, obj: Any, **how: Any) -> Any:
         if threading.current_thread().name == "bob":
-            return real_write(self, session, obj)
+            return real_write(self, session, obj, **how)
         tries.append(obj.label)
         first = len(tries) == 1
         if first and not database_url.startswith("postgresql"):
             bobs_edit()
-        result = real_write(self, session, obj)
+        result = real_write(self, session, obj, **how)
         if first and database_url.startswith("postgresql"):
             bobs_edit()
         return result
@@ -116,9 +116,9 @@ def test_an_edit_that_loses_every_try_is_refused_as_a_conflict_and_nothing_of_it
     real_write = SqlDefinitionsStore._write
     tries: list[str] = []
 
-    def losing(self: SqlDefinitionsStore, session: Any, obj: Any) -> Any:
+    def losing(self: SqlDefinitionsStore, session: Any, obj: Any, **how: Any) -> Any:
         tries.append(obj.name)
-        real_write(self, session, obj)
+        real_write(self, session, obj, **how)
         raise StaleDataError("UPDATE statement on table 'catalog_objects' expected to update 1 row(s); 0 were matched")
 
     monkeypatch.setattr(SqlDefinitionsStore, "_write", losing)

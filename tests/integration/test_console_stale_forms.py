@@ -267,3 +267,62 @@ def test_a_page_of_before_revisions_posting_a_plain_version_is_refused_saying_so
     assert "ExportDefinition " + OUTDATED.format(name="nightly") in unescape(deleted.text)
     assert _description(api) == before
     assert _definition(api)["name"] == "nightly"
+
+
+def _delete_link(html: str, path: str) -> str:
+    """The href of the page's Delete link to ``path`` (``/console/…/delete``, with the page's ``?version=``)."""
+    found = re.search(f'href="({re.escape(path)}[^"]*)"', html)
+    assert found is not None, f"no link to {path}"
+    return unescape(found.group(1))
+
+
+@pytest.mark.parametrize(
+    ("page", "link", "change", "said"),
+    [
+        ("/queries/spare", "/console/queries/spare/delete", "recreate", "was deleted and created again"),
+        ("/queries", "/console/queries/spare/delete", "recreate", "was deleted and created again"),
+        ("/exports/nightly", "/console/exports/nightly/delete", "relabel", "was changed since it was read"),
+        ("/exports", "/console/exports/nightly/delete", "relabel", "was changed since it was read"),
+    ],
+)
+def test_a_delete_link_of_a_page_older_than_the_object_opens_a_confirmation_that_says_so_without_a_button(
+    api: InProcessApi, console: Console, page: str, link: str, change: str, said: str
+):
+    """A page's Delete link carries the page's revision: opened after the object changed (or was deleted and another
+    created under its name), the confirmation says so and offers no Delete (before: it read the fresh revision, so
+    the user deleted an object the page never showed, without a word)."""
+    _a_spare_query(api)
+    href = _delete_link(console.page(page), link)
+    assert re.search(f"\\?version={REVISION}$", href), href
+    fresh = console.client.get(href)
+    assert fresh.status_code == 200
+    assert 'type="submit"' in fresh.text.split("<main", 1)[-1]  # the page is current: Delete offered
+    if change == "recreate":
+        with api.client("editor") as bob:
+            spare = bob.get("/api/v1/saved-queries/spare").json()
+            assert bob.delete("/api/v1/saved-queries/spare").status_code == 204
+            assert bob.post("/api/v1/saved-queries", json=spare | {"description": "Bob's"}).status_code == 201
+    else:
+        _someone_else_relabels(api, "Bob's label")
+    stale = console.client.get(href)
+    assert stale.status_code == 422
+    text = unescape(stale.text)
+    assert said in text, text
+    assert 'type="submit"' not in text.split("<main", 1)[-1]
+    with api.client() as client:
+        assert client.get("/api/v1/saved-queries/spare").status_code == 200
+        assert client.get("/api/v1/export-definitions/nightly").status_code == 200
+
+
+def test_a_delete_link_without_a_revision_confirms_as_before_and_a_plain_version_names_no_object(
+    api: InProcessApi, console: Console
+):
+    """A link without ``?version`` (a bookmark) confirms as before, conditional on the revision it reads; a plain
+    version (a page of before revisions) says it names no object, with no button."""
+    plain = console.client.get("/console/exports/nightly/delete")
+    assert plain.status_code == 200
+    assert _hidden_version(plain.text).endswith(".1")
+    old = console.client.get("/console/exports/nightly/delete?version=1")
+    assert old.status_code == 422
+    assert "ExportDefinition " + OUTDATED.format(name="nightly") in unescape(old.text)
+    assert 'type="submit"' not in old.text.split("<main", 1)[-1]

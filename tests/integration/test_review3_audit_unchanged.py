@@ -48,8 +48,8 @@ def test_an_edit_that_a_retry_finds_already_made_by_another_is_not_audited_as_a_
     real_write = SqlDefinitionsStore._write
     tries: list[str] = []
 
-    def write(self: SqlDefinitionsStore, session: Any, obj: Any) -> Any:
-        result = real_write(self, session, obj)
+    def write(self: SqlDefinitionsStore, session: Any, obj: Any, **how: Any) -> Any:
+        result = real_write(self, session, obj, **how)
         if threading.current_thread().name != "bob" and not tries:
             tries.append(obj.name)
             bob = threading.Thread(

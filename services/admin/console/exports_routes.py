@@ -13,12 +13,12 @@ from fastapi.responses import RedirectResponse, Response
 from services.admin import objects_routes
 from services.admin.console import schedule_view
 from services.admin.console.context import ConsoleContext, console_of
-from services.admin.console.forms import expecting, form_of, form_version
+from services.admin.console.forms import expecting, form_of, form_version, revision_of
 from services.admin.console.gate import PREFIX
 from services.admin.console.pages import me_of
 from shared.application import objects as object_use_cases
 from shared.application import runs as run_use_cases
-from shared.application.errors import Missing, Refused
+from shared.application.errors import Missing, Refused, Stale
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, Priority, SavedQuery
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.revisions import Revision
@@ -41,6 +41,8 @@ class Row:
     """One export definition as the list shows it."""
 
     definition: ExportDefinition
+    #: The definition's revision as the list read it: its Delete link carries it.
+    revision: Revision
     schedule: str
     next_run: dt.datetime | None
     last_run: RunRecord | None
@@ -50,13 +52,14 @@ def _rows(console: ConsoleContext, request: Request, definitions: list[ExportDef
     me, store, now = me_of(request), console.admin.definitions, dt.datetime.now(dt.UTC)
     rows = []
     for definition in definitions:
-        definition_id, _, _ = store.get_versioned(ExportDefinition, definition.name)
+        definition_id, version, _ = store.get_versioned(ExportDefinition, definition.name)
         last = console.admin.runs.list_runs(
             limit=1, definition_id=definition_id, business_units=run_use_cases.units_in_scope(me.actor)
         )
         rows.append(
             Row(
                 definition=definition,
+                revision=Revision(definition_id, version),
                 schedule=schedule_view.summary(definition.schedule),
                 next_run=schedule_view.next_run(definition.schedule, now),
                 last_run=last[0] if last else None,
@@ -164,10 +167,19 @@ def copy(request: Request, name: str) -> Response:
 
 
 @router.get("/{name}/delete")
-def delete_confirmation(request: Request, name: str) -> Response:
-    me, store = me_of(request), console_of(request).admin.definitions
-    version, definition = object_use_cases.visible_versioned(me.actor, store, ExportDefinition, name)
-    return _delete_page(request, definition, version=version)
+def delete_confirmation(request: Request, name: str, version: Annotated[str, Query(max_length=80)] = "") -> Response:
+    """Confirm a delete; asked from a page of the definition at another revision than it is now (its ``version``),
+    the confirmation says so, with no button."""
+    console, me = console_of(request), me_of(request)
+    try:
+        current, _, definition = object_use_cases.visible_as_read(
+            me.actor, console.admin.definitions, ExportDefinition, name, expecting(revision_of(version))
+        )
+    except Stale as stale:
+        return console.pages.stale_delete(
+            request, "export definition", name, stale.reason, back=f"{PREFIX}/exports/{name}"
+        )
+    return _delete_page(request, definition, version=current)
 
 
 def _delete_page(

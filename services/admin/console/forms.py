@@ -58,7 +58,11 @@ def form_version(form: Form) -> Revision | None:
     """The revision of the object a form was rendered from (its hidden ``version``, a :meth:`Revision.token`); none
     in a form without it. A page of before revisions (a plain version, ``3``) names no object (:data:`NO_OBJECT`):
     the save is then :class:`Stale` saying so (reload the page), never unconditional."""
-    version = form.text("version")
+    return revision_of(form.text("version"))
+
+
+def revision_of(version: str) -> Revision | None:
+    """A page's ``version`` (a form's hidden field, a Delete link's ``?version=``) as :func:`form_version` reads it."""
     if not version:
         return None
     return Revision.parse(version) or NO_OBJECT

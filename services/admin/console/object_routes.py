@@ -14,11 +14,11 @@ from pydantic import ValidationError
 
 from services.admin.console import object_forms
 from services.admin.console.context import console_of
-from services.admin.console.forms import Form, Problems, expecting, form_of, form_version
+from services.admin.console.forms import Form, Problems, expecting, form_of, form_version, revision_of
 from services.admin.console.gate import PREFIX
 from services.admin.console.pages import me_of
 from shared.application import objects as use_cases
-from shared.application.errors import Forbidden, Missing, Refused
+from shared.application.errors import Forbidden, Missing, Refused, Stale
 from shared.domain.catalog_objects import (
     CatalogObject,
     ConnectionProfile,
@@ -123,8 +123,15 @@ def _page(
 @router.get("/{collection}")
 def listing(request: Request, collection: str, notice: Annotated[str, Query(max_length=20)] = "") -> Response:
     console, kind = console_of(request), _kind(request, collection)
-    objects = sorted(console.admin.definitions.list_objects(kind.model), key=lambda o: o.name)
-    return console.pages.render(request, "objects.html", kind=kind, objects=objects, notice=NOTICES.get(notice))
+    listed = sorted(console.admin.definitions.list_versioned(kind.model), key=lambda found: found[1].name)
+    return console.pages.render(
+        request,
+        "objects.html",
+        kind=kind,
+        objects=[obj for _, obj in listed],
+        revisions={obj.name: revision for revision, obj in listed},  # each Delete link carries its object's
+        notice=NOTICES.get(notice),
+    )
 
 
 @router.get("/{collection}/new")
@@ -238,14 +245,25 @@ def _confirm(
 
 
 @router.get("/{collection}/{name}/{action}")
-def confirmation(request: Request, collection: str, name: str, action: str) -> Response:
-    kind = _kind(request, collection)
-    version, _ = use_cases.visible_versioned(
-        me_of(request).actor, console_of(request).admin.definitions, kind.model, name
-    )
+def confirmation(
+    request: Request, collection: str, name: str, action: str, version: Annotated[str, Query(max_length=80)] = ""
+) -> Response:
+    """Confirm a delete or a copy. A delete asked from a page carries that page's revision (``version``): if the
+    object is no longer at it (changed, or deleted and another created under its name), the confirmation says so,
+    with no button (a delete from there would delete what the page did not show)."""
+    kind, console = _kind(request, collection), console_of(request)
     if action not in {"delete", "copy"}:
         raise Missing(f"no such action: {action}")
-    return _confirm(request, kind, name, action, version=version)
+    page = revision_of(version) if action == "delete" else None
+    try:
+        current, _, _ = use_cases.visible_as_read(
+            me_of(request).actor, console.admin.definitions, kind.model, name, expecting(page)
+        )
+    except Stale as stale:
+        return console.pages.stale_delete(
+            request, kind.singular, name, stale.reason, back=f"{PREFIX}/{kind.collection}/{name}"
+        )
+    return _confirm(request, kind, name, action, version=current)
 
 
 @router.post("/{collection}/{name}/{action}")

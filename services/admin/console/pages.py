@@ -112,3 +112,21 @@ class Pages:
             action=None,
             back=back,
         )
+
+    def stale_delete(self, request: Request, what: str, name: str, reason: str, back: str) -> HTMLResponse:
+        """The confirmation of a delete asked from a page of the object at another revision than it is now (changed,
+        or deleted and another created under its name): the stale page's message, with no button: the page to
+        delete from is to be opened again."""
+        return self.render(
+            request,
+            "confirm.html",
+            status=422,
+            title=f"Delete {name}",
+            message=f"Delete the {what} '{name}'?",
+            facts=[],
+            error=f"{reason}. The page you came from shows the {what} as it was then: open it again to see what it is"
+            " now, and delete it from there if you still mean to.",
+            hidden={},
+            action=None,
+            back=back,
+        )
