@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
-from shared.application.audit import change
-from shared.catalog.definitions_store import SqlDefinitionsStore
 from shared.domain.catalog_objects import ExportDefinition, SavedQuery
 from tests.admin_app import InProcessApi, in_process_api, seed
 from tests.integration.test_console_fields import Console, signed_in
+from tests.integration.test_if_match import _between_read_and_write, _deleted
 
 pytestmark = pytest.mark.integration
 
@@ -214,27 +213,17 @@ def test_a_delete_whose_object_goes_between_the_use_cases_check_and_the_write_sh
     """Bob deletes it after the delete's check of the page's revision and before its write (the page's revision was
     current at the check): the page says it no longer exists, without a button (before: a bare 404 page for a
     definition, the confirmation again with a Delete button and "was deleted by editor" for the others)."""
+    collection = "export-definitions" if kind is ExportDefinition else "saved-queries"
     _a_spare_query(api)
     version = _hidden_version(console.page(page))
-    real_read = SqlDefinitionsStore.get_versioned
-    done: list[str] = []
-
-    def read_then_bob_deletes(self: SqlDefinitionsStore, read_kind: Any, read_name: str) -> Any:
-        found = real_read(self, read_kind, read_name)
-        if read_name == name and not done:
-            done.append(read_name)
-            self.delete(kind, name, audit=[change("editor", "delete", self, before=found[2])])
-        return found
-
-    monkeypatch.setattr(SqlDefinitionsStore, "get_versioned", read_then_bob_deletes)
+    _between_read_and_write(monkeypatch, name, _deleted(kind, name, "editor"))
     gone = console.post(page, {"version": version})
     monkeypatch.undo()
-    assert done == [name]
+    with api.client() as client:  # Bob's delete was done, in the window
+        assert client.get(f"/api/v1/{collection}/{name}").status_code == 404
     assert gone.status_code == 200, gone.text
     text = unescape(gone.text)
-    assert (
-        f"{said} no longer exists (it was deleted or renamed since this page was opened): nothing was deleted" in text
-    )
+    assert f"{said} {NO_LONGER_EXISTS}" in text, text
     assert 'type="submit"' not in text.split("<main", 1)[-1]
 
 
