@@ -78,8 +78,9 @@ class VersionMismatch(PermanentError):
     writer's own change). No object under the name at all is :class:`NotFound`, as without ``If-Match`` (a rename
     is audited under its new name: who and when would be guessed).
 
-    ``current`` is the object as stored now, for the caller to check that its writer may see it before saying who
-    changed it (never part of the message)."""
+    What the caller needs to decide whether its writer may be told who and when (never part of the message):
+    ``business_unit``, the stored definition's unit (None for the other kinds), and ``units``, the business units
+    of the last audit entry of the object (the one naming ``by``). :meth:`anonymous` is the message without them."""
 
     def __init__(
         self,
@@ -90,13 +91,24 @@ class VersionMismatch(PermanentError):
         by: str | None = None,
         at: datetime | None = None,
         recreated: bool = False,
-        current: object = None,
+        business_unit: str | None = None,
+        units: tuple[str, ...] = (),
     ) -> None:
         who = "".join(
             (f" by {by}" if by else "", f" at {at.astimezone(UTC).isoformat(timespec='seconds')}" if at else "")
         )
-        last = f", last changed{who}" if who else ""
+        super().__init__(self._text(kind, name, version, recreated, f", last changed{who}" if who else ""))
+        self.kind, self.name, self.version, self.recreated = kind, name, version, recreated
+        self.business_unit, self.units = business_unit, units
+
+    @staticmethod
+    def _text(kind: str, name: str, version: int, recreated: bool, last: str) -> str:
         how = "deleted and created again" if recreated else "changed"
-        what = f"was {how} since it was read (it is now at version {version}{last})"
-        super().__init__(f"{kind} '{name}' {what}: nothing was written; read it again and redo the change")
-        self.kind, self.name, self.version, self.current = kind, name, version, current
+        return (
+            f"{kind} '{name}' was {how} since it was read (it is now at version {version}{last}): nothing was "
+            "written; read it again and redo the change"
+        )
+
+    def anonymous(self) -> str:
+        """The message naming neither who nor when (for a writer who may not read that change in the audit log)."""
+        return self._text(self.kind, self.name, self.version, self.recreated, "")

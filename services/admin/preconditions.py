@@ -89,6 +89,11 @@ def conditional_errors(*statuses: int, body: bool = True) -> dict[int | str, dic
     decoded: a DELETE has none)."""
     responses = problem_responses(400, *statuses, 412)
     responses[400]["description"] = "Bad request: an `If-Match` that is no entity-tag list (`detail` names the header)"
+    responses[412]["description"] = (
+        "Precondition failed, nothing written: the object was changed, or deleted and created again, since the"
+        " `If-Match` revision was read (type `changed-since-read`), or the `If-Match` names no revision at all (an"
+        " `ETag` from before revisions: type `unknown-revision`)"
+    )
     if body:
         responses[400]["description"] += ", or a body that cannot be decoded"
     return responses

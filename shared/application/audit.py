@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from shared.application.actors import Actor, Permission, authorise
@@ -16,22 +17,50 @@ NO_UNIT = ""
 
 def units_touched(store: DefinitionsStore, *objects: CatalogObject | None) -> tuple[str, ...]:
     """The business units of the definitions that ``objects`` are or that use them (sorted, distinct)."""
-    units: set[str] = set()
     definitions = store.list_objects(ExportDefinition)
     templates = store.list_objects(HttpTemplate)
+    units: set[str] = set()
     for obj in objects:
-        if obj is None:
-            continue
-        if isinstance(obj, ExportDefinition):
-            units.add(obj.business_unit or NO_UNIT)
-            continue
-        using_templates = {t.name for t in templates if obj.name in (t.profile, t.query)} | (
-            {obj.name} if isinstance(obj, HttpTemplate) else set()
-        )
-        for definition in definitions:
-            if definition.template in using_templates or definition.query == obj.name:
-                units.add(definition.business_unit or NO_UNIT)
+        if obj is not None:
+            units |= _units(kind_of(obj), obj.name, getattr(obj, "business_unit", None), definitions, templates)
     return tuple(sorted(units))
+
+
+def units_of(store: DefinitionsStore, kind: str, name: str, business_unit: str | None) -> tuple[str, ...]:
+    """:func:`units_touched` of the object of ``kind`` and ``name`` known only by its ``business_unit`` (a
+    definition's; None for the other kinds): nothing of it is loaded (its secrets stay encrypted)."""
+    definitions = store.list_objects(ExportDefinition)
+    templates = store.list_objects(HttpTemplate) if kind != ExportDefinition.__name__ else []
+    return tuple(sorted(_units(kind, name, business_unit, definitions, templates)))
+
+
+def _units(
+    kind: str,
+    name: str,
+    business_unit: str | None,
+    definitions: list[ExportDefinition],
+    templates: list[HttpTemplate],
+) -> set[str]:
+    if kind == ExportDefinition.__name__:
+        return {business_unit or NO_UNIT}
+    using_templates = {t.name for t in templates if name in (t.profile, t.query)} | (
+        {name} if kind == HttpTemplate.__name__ else set()
+    )
+    return {
+        definition.business_unit or NO_UNIT
+        for definition in definitions
+        if definition.template in using_templates or definition.query == name
+    }
+
+
+def readable_to(scope: frozenset[str], entry_units: Iterable[str], units_now: Callable[[], Iterable[str]]) -> bool:
+    """The audit log's rule: whether a reader scoped to ``scope`` (empty: unscoped) may see an entry that touched
+    ``entry_units``: its scope covers them, and the units the entry's object belongs to now (``units_now``, asked
+    only if the first holds; an object gone belongs to none). :func:`read_audit` lists by it; a 412 names the last
+    writer only to whom it would list that writer's entry."""
+    if not scope:
+        return True
+    return set(entry_units) <= scope and set(units_now()) <= scope
 
 
 def change(
@@ -76,16 +105,15 @@ def read_audit(
     scope = actor.business_units
     current: dict[tuple[str, str], tuple[str, ...]] = {}
 
-    def readable(entry: AuditEntry) -> bool:
-        if not scope:
-            return True
-        if not entry.readable_within(scope):
-            return False
+    def units_now(entry: AuditEntry) -> tuple[str, ...]:
         key = (entry.kind, entry.name)
         if key not in current:
             kind = KINDS.get(entry.kind)
             obj = store.find(kind, entry.name) if kind is not None else None
             current[key] = units_touched(store, obj)
-        return set(current[key]) <= scope
+        return current[key]
+
+    def readable(entry: AuditEntry) -> bool:
+        return readable_to(scope, entry.business_units, lambda: units_now(entry))
 
     return log.entries(readable=readable, name=name, kind=kind, actor=who, since=since, limit=limit, offset=offset)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from pydantic import BaseModel
 
 from shared.application.actors import Actor, Permission, authorise
-from shared.application.audit import change
+from shared.application.audit import change, readable_to, units_of
 from shared.application.errors import Conflict, Forbidden, Invalid, Missing, Stale
 from shared.application.masked_secrets import MASK, keep_masked_secrets
 from shared.application.ports import DefinitionsStore
@@ -40,7 +40,7 @@ T = TypeVar("T", bound=CatalogObject)
 
 
 @contextmanager
-def edit_conflicts(actor: Actor) -> Iterator[None]:
+def edit_conflicts(actor: Actor, store: DefinitionsStore) -> Iterator[None]:
     """A write that other writes of the same object beat at every try (the store tries again on a fresh read
     first): :class:`Conflict`, as every entry point answers a conflict (409; exportctl exits 4). A write
     conditional on the revision its writer read, beaten to it: :class:`Stale` (412) if ``actor`` may see the object
@@ -53,18 +53,23 @@ def edit_conflicts(actor: Actor) -> Iterator[None]:
     except NameTaken as exc:  # a create's name taken by another writer after it was checked
         raise Conflict(str(exc), slug="name-conflict") from None
     except VersionMismatch as exc:  # a write conditional on the version its writer read, beaten to it
-        raise stale(actor, exc) from None
+        raise stale(actor, store, exc) from None
     except NotFound as exc:  # deleted (or renamed) by someone else in between
         raise Missing(str(exc)) from None
 
 
-def stale(actor: Actor, mismatch: VersionMismatch) -> Stale:
-    """The refusal of a write whose object is no longer as its writer read it: what became of it and by whom, said
-    only to an ``actor`` who may see the object as it is now (:func:`in_scope`: :class:`Forbidden` otherwise, as
-    without ``If-Match``; a definition moved to another unit meanwhile names no writer of that unit)."""
-    if isinstance(mismatch.current, CatalogObject):
-        in_scope(actor, mismatch.current)
-    return Stale(str(mismatch))
+def stale(actor: Actor, store: DefinitionsStore, mismatch: VersionMismatch) -> Stale:
+    """The refusal of a write whose object is no longer as its writer read it, to an ``actor`` who may see the object
+    as it is now (:class:`Forbidden` otherwise, as without ``If-Match``: a definition moved to another unit
+    meanwhile): what became of it, and by whom and when only if the actor may read that change in the audit log
+    (:func:`~shared.application.audit.readable_to`: a scoped token is not told of another unit's writer of a
+    shared query, profile or template)."""
+    if mismatch.kind == ExportDefinition.__name__:
+        _unit_in_scope(actor, mismatch.name, mismatch.business_unit)
+    units_now = lambda: units_of(store, mismatch.kind, mismatch.name, mismatch.business_unit)  # noqa: E731
+    if readable_to(actor.business_units, mismatch.units, units_now):
+        return Stale(str(mismatch))
+    return Stale(mismatch.anonymous())
 
 
 def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: ObjectChecks) -> list[CatalogObject]:
@@ -129,9 +134,15 @@ def required_permission(kind: type[Any]) -> Permission:
 
 def in_scope(actor: Actor, obj: CatalogObject) -> None:
     """:class:`Forbidden` when ``obj`` is a definition of a business unit outside the actor's scope."""
-    if isinstance(obj, ExportDefinition) and not actor.sees(obj.business_unit):
+    if isinstance(obj, ExportDefinition):
+        _unit_in_scope(actor, obj.name, obj.business_unit)
+
+
+def _unit_in_scope(actor: Actor, name: str, business_unit: str | None) -> None:
+    """:func:`in_scope` of the definition ``name`` of ``business_unit``."""
+    if not actor.sees(business_unit):
         raise Forbidden(
-            f"definition '{obj.name}' belongs to a business unit outside this token's scope", slug="out-of-scope"
+            f"definition '{name}' belongs to a business unit outside this token's scope", slug="out-of-scope"
         )
 
 
@@ -172,24 +183,35 @@ def visible_versioned(actor: Actor, store: DefinitionsStore, kind: type[T], name
 
 
 def visible_as_read(
-    actor: Actor, store: DefinitionsStore, kind: type[T], name: str, expected: ExpectedVersion | None
+    actor: Actor,
+    store: DefinitionsStore,
+    kind: type[T],
+    name: str,
+    expected: ExpectedVersion | None,
+    *,
+    changing_shared: bool = False,
 ) -> tuple[Revision, Revision | None, T]:
     """The object to change, if visible (:class:`Missing`, :class:`Forbidden` as without ``expected``: a write
     conditional on a revision learns nothing more of an object it cannot see, another unit's deletion included),
     its revision read, and the revision its write is to be conditional on: None without ``expected`` (the store's
     retry on a fresh read, as ever); else the one read, which ``expected`` must allow. Changed, or deleted and
-    created again, since the writer read it: :class:`Stale`, before anything is checked or written."""
+    created again, since the writer read it: :class:`Stale`, before anything is checked or written. With
+    ``changing_shared`` (a replace, a delete), :func:`covers_dependents` first: a change the actor could never make
+    to the object as it is is :class:`Forbidden` (403), not :class:`Stale`, whatever revision was read."""
     revision, obj = visible_versioned(actor, store, kind, name)
+    if changing_shared:
+        covers_dependents(actor, store, obj)
     if expected is None:
         return revision, None, obj
     if expected.names_no_object:
         raise Stale(
             f"{kind.__name__} '{name}': the revision sent (an ETag from before revisions named the object) names no"
             " object: nothing was written; read it again for its ETag and redo the change",
+            slug="unknown-revision",
             changed=False,
         )
     if not expected.allows(revision):
-        with edit_conflicts(actor):  # gone since: Missing; moved out of the actor's scope since: Forbidden
+        with edit_conflicts(actor, store):  # gone since: Missing; moved out of the actor's scope since: Forbidden
             raise store.changed_since_read(kind.__name__, name, read=expected.closest_to(revision))
     return revision, revision, obj
 
@@ -301,7 +323,7 @@ def apply_objects(
         else:
             changes.append(Change(kind_of(obj), obj.name, "unchanged"))
     if writes and not dry_run:
-        with edit_conflicts(actor):
+        with edit_conflicts(actor, store):
             store.apply_all(writes, audit=audit)
     return changes
 
@@ -342,7 +364,7 @@ def create_object(
     if body.get("name"):
         refuse_taken(store, kind, obj.name)
     stored = checked([obj], store, checks)[0]
-    with edit_conflicts(actor):
+    with edit_conflicts(actor, store):
         _, revision = store.apply_versioned(stored, audit=[change(actor.name, "create", store, after=stored)], new=True)
     return revision, stored  # type: ignore[return-value]
 
@@ -361,8 +383,7 @@ def replace_object(
     ``expected_version``, only if it is still as its writer read it (:class:`Stale` if not). The object as stored
     and the revision this write stored (unchanged: the one read)."""
     authorise(actor, required_permission(kind))
-    revision, version, old = visible_as_read(actor, store, kind, name, expected_version)
-    covers_dependents(actor, store, old)
+    revision, version, old = visible_as_read(actor, store, kind, name, expected_version, changing_shared=True)
     obj = _from_body(store, kind, body, old)
     authorise_write(actor, obj)
     stored: T = checked([obj], store, checks)[0]  # type: ignore[assignment]
@@ -370,7 +391,7 @@ def replace_object(
         refuse_taken(store, kind, stored.name)
         if found := referrers(store, old, actor):
             raise Conflict(f"'{old.name}' is used by {', '.join(found)}: it cannot be renamed", slug="in-use")
-        with edit_conflicts(actor):
+        with edit_conflicts(actor, store):
             revision = store.rename(
                 old.name,
                 stored,
@@ -378,7 +399,7 @@ def replace_object(
                 expected_version=version,
             )
     elif changed_fields(old, stored):
-        with edit_conflicts(actor):
+        with edit_conflicts(actor, store):
             _, revision = store.apply_versioned(
                 stored,
                 audit=[change(actor.name, "update", store, before=old, after=stored)],
@@ -399,11 +420,10 @@ def delete_object(
     """Delete an object; :class:`Conflict` while others refer to it; with ``expected_version``, only if it is
     still as its deleter read it (:class:`Stale` if not)."""
     authorise(actor, required_permission(kind))
-    _, version, obj = visible_as_read(actor, store, kind, name, expected_version)
-    covers_dependents(actor, store, obj)
+    _, version, obj = visible_as_read(actor, store, kind, name, expected_version, changing_shared=True)
     if found := referrers(store, obj, actor):
         raise Conflict(f"'{name}' is used by {', '.join(found)}: delete those first", slug="in-use")
-    with edit_conflicts(actor):  # deleted by someone else in between: Missing
+    with edit_conflicts(actor, store):  # deleted by someone else in between: Missing
         store.delete(kind, name, audit=[change(actor.name, "delete", store, before=obj)], expected_version=version)
 
 
@@ -429,7 +449,7 @@ def copy_object(
     if isinstance(original, ExportDefinition):
         spec["schedule"] = original.schedule.model_copy(update={"enabled": False}).model_dump(mode="json")
     copy: T = kind.model_validate(spec)  # type: ignore[assignment]
-    with edit_conflicts(actor):
+    with edit_conflicts(actor, store):
         _, revision = store.apply_versioned(copy, audit=[change(actor.name, "copy", store, after=copy)], new=True)
     return revision, copy
 
@@ -474,7 +494,7 @@ def save_definition_step(
     stored = checked([updated], store, checks)[0]
     assert isinstance(stored, ExportDefinition)
     if changed_fields(definition, stored):
-        with edit_conflicts(actor):
+        with edit_conflicts(actor, store):
             _, revision = store.apply_versioned(
                 stored,
                 audit=[change(actor.name, "update", store, before=definition, after=stored)],

@@ -28,7 +28,6 @@ from shared.catalog.validated_objects import VALIDATED_OBJECTS, ValidatedObjects
 from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import (
     DECRYPT_SECRET,
-    KINDS,
     CatalogObject,
     ConnectionProfile,
     ExportDefinition,
@@ -179,7 +178,7 @@ class SqlDefinitionsStore:
         if row is None:
             raise NotFound(kind, name)
         last = session.execute(
-            select(AuditRow.actor)
+            select(AuditRow.actor, AuditRow.business_units)
             .where(AuditRow.kind == kind, AuditRow.name == name)
             .order_by(AuditRow.id.desc())
             .limit(1)
@@ -191,7 +190,9 @@ class SqlDefinitionsStore:
             by=last.actor if last else None,
             at=aware(row.updated_at),
             recreated=read is not None and uuid.UUID(row.id) != read.object_id,
-            current=self._load(KINDS[kind], row),
+            # What the caller's scope checks need, read as stored: nothing validated, no secret decrypted.
+            business_unit=_business_unit(row) if kind == ExportDefinition.__name__ else None,
+            units=tuple(last.business_units or ()) if last else (),
         )
 
     def changed_since_read(self, kind: str, name: str, *, read: Revision | None = None) -> VersionMismatch:
@@ -575,3 +576,10 @@ class SqlDefinitionsStore:
 def _revision(row: CatalogObjectRow) -> Revision:
     """The revision ``row`` holds (its id and version as the session has them)."""
     return Revision(uuid.UUID(row.id), row.version)
+
+
+def _business_unit(row: CatalogObjectRow) -> str | None:
+    """A definition row's business unit as stored (its spec's ``business_unit``; None if absent or not a string)."""
+    spec = row.spec if isinstance(row.spec, dict) else {}
+    unit = spec.get("business_unit")
+    return unit if isinstance(unit, str) else None

@@ -21,7 +21,3 @@ class AuditEntry:
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
     id: int | None = field(default=None, compare=False)
-
-    def readable_within(self, scope: frozenset[str]) -> bool:
-        """Whether a reader scoped to ``scope`` (empty: unscoped) may see this entry: it covers every unit touched."""
-        return not scope or set(self.business_units) <= scope

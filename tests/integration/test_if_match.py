@@ -625,3 +625,152 @@ def test_the_openapi_document_declares_if_match_its_412_and_400_and_the_etag_of_
         assert ("body" in operation["responses"]["400"]["description"]) == (method == "put"), path  # DELETE: none
     read = paths["/api/v1/http-templates/{name}"]["get"]["responses"]["200"]
     assert "ETag" in read["headers"]
+
+
+# --- review 3: who a 412 names, a change never allowed, secrets, the old token's problem type ------------------
+
+
+APAC_COPY = "/api/v1/export-definitions/apac-nightly"
+
+
+def _an_apac_definition_using_gold(api: InProcessApi) -> None:
+    """``apac-nightly``: a copy of ``nightly`` (so using the shared query ``gold``) of the business unit apac."""
+    with api.client() as admin:
+        copy = admin.post(DEFINITION + "/copy", json={"name": "apac-nightly"})
+        assert copy.status_code == 201, copy.text
+        moved = admin.put(APAC_COPY, json=copy.json() | {"business_unit": "apac"})
+        assert moved.status_code == 200, moved.text
+
+
+def _audit_as(api: InProcessApi, who: str, name: str) -> list[tuple[str, str]]:
+    with api.client(who) as client:
+        answer = client.get("/api/v1/audit", params={"object": name})
+    assert answer.status_code == 200, answer.text
+    return [(entry["actor"], entry["action"]) for entry in answer.json()]
+
+
+def _anonymous(detail: str, kind: str, name: str, version: int) -> None:
+    assert detail == (
+        f"{kind} '{name}' was changed since it was read (it is now at version {version}): nothing was written; read"
+        " it again and redo the change"
+    ), detail
+
+
+def test_a_412_of_a_shared_query_names_its_writer_only_to_a_token_that_may_read_that_change_in_the_audit_log(
+    api: InProcessApi,
+):
+    """The editor changes ``gold`` while an apac definition uses it (the change touches apac and emea), then that
+    definition goes: the emea admin may change ``gold`` again but may not read the editor's change in the audit
+    log, so its stale save and delete are told what became of ``gold``, not who changed it or when (before: "last
+    changed by editor at …", from a 412, while the audit log hid that very entry from the same token)."""
+    _an_apac_definition_using_gold(api)
+    etag, query = _read(api, QUERY, "emea-admin")
+    with api.client("editor") as bob:
+        assert bob.put(QUERY, json=_labelled(query, "Bob's")).status_code == 200
+    with api.client() as admin:
+        assert admin.delete(APAC_COPY).status_code == 204
+    assert ("editor", "update") not in _audit_as(api, "emea-admin", "gold")  # the audit log's rule
+    with api.client("emea-admin") as emea:
+        stale_save = emea.put(QUERY, json=_labelled(query, "Emea's"), headers={"If-Match": etag})
+        stale_delete = emea.delete(QUERY, headers={"If-Match": etag})
+    for answer in (stale_save, stale_delete):
+        assert answer.status_code == 412, answer.text
+        assert answer.json()["type"].endswith("/changed-since-read")
+        _anonymous(answer.json()["detail"], "SavedQuery", "gold", 2)
+    with api.client() as admin:  # unscoped: reads every entry, is told who
+        told = admin.put(QUERY, json=_labelled(query, "Admin's"), headers={"If-Match": etag})
+    assert told.status_code == 412, told.text
+    assert "it is now at version 2, last changed by editor at " in told.json()["detail"]
+
+
+def test_a_412_of_a_definition_moved_away_and_back_names_no_writer_then_names_one_of_the_tokens_unit(
+    api: InProcessApi,
+):
+    """The editor moves ``nightly`` to apac and back to emea: the last change touched apac, so the emea admin's stale
+    step save names no one (before: "last changed by editor"); the editor's next change, of emea only, is one the
+    emea admin may read, and then it is named."""
+    etag, _ = _read(api, DEFINITION, "emea-admin")
+    with api.client("editor") as bob:
+        body = bob.get(DEFINITION).json()
+        assert bob.put(DEFINITION, json=body | {"business_unit": "apac"}).status_code == 200
+        assert bob.put(DEFINITION, json=body | {"business_unit": "emea"}).status_code == 200
+    with api.client("emea-admin") as emea:
+        stale = emea.put(DEFINITION + "/schedule", json={"enabled": False}, headers={"If-Match": etag})
+    assert stale.status_code == 412, stale.text
+    _anonymous(stale.json()["detail"], "ExportDefinition", "nightly", 3)
+    with api.client("editor") as bob:
+        assert bob.put(DEFINITION, json=body | {"label": "Bob's"}).status_code == 200
+    assert _audit_as(api, "emea-admin", "nightly")[0] == ("editor", "update")
+    with api.client("emea-admin") as emea:
+        stale = emea.put(DEFINITION + "/schedule", json={"enabled": False}, headers={"If-Match": etag})
+    assert stale.status_code == 412, stale.text
+    assert "it is now at version 4, last changed by editor at " in stale.json()["detail"]
+
+
+def test_a_change_of_a_shared_object_the_token_could_never_make_is_403_whatever_revision_it_sends(
+    api: InProcessApi,
+):
+    """``gold`` is used by an apac definition: the emea admin may neither change nor delete it. With an ``ETag`` of
+    before another's change that is 403, as with the current one (before: 412 naming the other writer, then 403
+    once read again)."""
+    _an_apac_definition_using_gold(api)
+    etag, query = _read(api, QUERY, "emea-admin")
+    with api.client("editor") as bob:
+        assert bob.put(QUERY, json=_labelled(query, "Bob's")).status_code == 200
+    current, _ = _read(api, QUERY, "emea-admin")
+    with api.client("emea-admin") as emea:
+        answers = {
+            (tag, how): emea.put(QUERY, json=_labelled(query, "Emea's"), headers={"If-Match": tag})
+            if how == "save"
+            else emea.delete(QUERY, headers={"If-Match": tag})
+            for tag in (etag, current, '"1"')
+            for how in ("save", "delete")
+        }
+    for key, answer in answers.items():
+        assert answer.status_code == 403, (key, answer.text)
+        assert answer.json()["type"].endswith("/out-of-scope"), key
+        assert "editor" not in answer.text, key
+    assert _read(api, QUERY)[1]["label"] == "Bob's"
+
+
+def test_a_412_reads_no_secret_of_the_object_a_stored_object_unreadable_after_the_check_is_still_412(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    """Past the use case's read, loading a profile fails (its key gone, say): the refusal of a stale save is still a
+    412, made from the stored row without loading the profile again (before: loaded and decrypted a second time for
+    the refusal, so this was a 503 "secrets unreadable")."""
+    from shared.secrets_at_rest import SecretsUnreadable
+
+    etag, profile = _read(api, PROFILE)
+    with api.client() as client:
+        assert client.put(PROFILE, json=_labelled(profile, "Partner, moved")).status_code == 200
+
+    def unreadable(self: SqlDefinitionsStore, kind: Any, row: Any) -> Any:
+        raise SecretsUnreadable("no key decrypts it")
+
+    def read_then_key_gone(store: SqlDefinitionsStore) -> None:
+        monkeypatch.setattr(SqlDefinitionsStore, "_load", unreadable)
+
+    _between_read_and_write(monkeypatch, "partner", read_then_key_gone)
+    with api.client() as alice:
+        stale = alice.put(PROFILE, json=_labelled(profile, "Partner, mine"), headers={"If-Match": etag})
+    monkeypatch.undo()
+    assert stale.status_code == 412, stale.text
+    assert "ConnectionProfile 'partner' was changed since it was read (it is now at version 2" in stale.text
+
+
+def test_an_etag_of_before_revisions_has_its_own_problem_type(api: InProcessApi):
+    """The refusal of an ``ETag`` naming no object is no change since a read: its type says so (before: the type
+    of a change since the read, ``changed-since-read``), and the OpenAPI document names both types of a 412."""
+    _, query = _read(api, QUERY)
+    with api.client() as client:
+        old = client.put(QUERY, json=_labelled(query, "From an old ETag"), headers={"If-Match": '"1"'})
+        old_delete = client.delete(QUERY, headers={"If-Match": '"1"'})
+        described = client.get("/openapi.json").json()["paths"][QUERY.replace("gold", "{name}")]
+    for answer in (old, old_delete):
+        assert answer.status_code == 412, answer.text
+        assert answer.json()["type"] == "https://member-export.dev/problems/unknown-revision"
+    for method in ("put", "delete"):
+        description = described[method]["responses"]["412"]["description"]
+        assert "`changed-since-read`" in description, description
+        assert "`unknown-revision`" in description, description
