@@ -4,6 +4,7 @@ No ``from __future__ import annotations`` here: FastAPI reads the route function
 registration, and those of the generic routes name the kind of a closure.
 """
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -14,6 +15,7 @@ from services.admin.dependencies import Context, Editor, ProfileEditor, Reader
 from services.admin.preconditions import IfMatch, conditional_errors, expected_version, tag_answer, with_etag
 from services.admin.problems import problem_responses
 from shared.application import objects as use_cases
+from shared.application.actors import Actor
 from shared.application.manifests import parse_object_documents
 from shared.domain.catalog_objects import (
     CatalogObject,
@@ -26,6 +28,7 @@ from shared.domain.catalog_objects import (
     SavedQuery,
 )
 from shared.domain.names import Name
+from shared.domain.revisions import Revision
 from shared.domain.schedule import Schedule, next_fire_times
 from shared.domain.strict_values import BoolText
 
@@ -199,10 +202,42 @@ def search_definitions(
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     page_size: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> DefinitionPage:
+    found, total = search_versioned(
+        context,
+        caller,
+        name_contains=name_contains,
+        business_unit=business_unit,
+        priority=priority,
+        enabled=enabled,
+        template=template,
+        query=query,
+        sort=sort,
+        page=page,
+        page_size=page_size,
+    )
+    return DefinitionPage(items=[d for _, d in found], total=total, page=page, page_size=page_size)
+
+
+def search_versioned(
+    context: Context,
+    caller: Actor,
+    *,
+    name_contains: str | None = None,
+    business_unit: str | None = None,
+    priority: Priority | None = None,
+    enabled: bool | None = None,
+    template: str | None = None,
+    query: str | None = None,
+    sort: str = "name",
+    page: int = 1,
+    page_size: int = 50,
+) -> tuple[list[tuple[Revision, ExportDefinition]], int]:
+    """:func:`search_definitions`' page, each definition with its revision (read with it, in one read: the
+    console's list links carry it), and the number found."""
     needle = (name_contains or "").lower()
     found = [
-        d
-        for d in context.definitions.list_objects(ExportDefinition)
+        (revision, d)
+        for revision, d in context.definitions.list_versioned(ExportDefinition)
         if caller.sees(d.business_unit)
         and (not needle or needle in d.name or needle in (d.label or "").lower())
         and (business_unit is None or d.business_unit == business_unit)
@@ -213,14 +248,14 @@ def search_definitions(
     ]
     ranks = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
     field = sort.lstrip("-")
-    keys: dict[str, Any] = {
+    keys: dict[str, Callable[[ExportDefinition], Any]] = {
         "name": lambda d: d.name,
         "priority": lambda d: (ranks[d.priority], d.name),
         "business_unit": lambda d: (d.business_unit or "", d.name),
     }
-    found.sort(key=keys[field], reverse=sort.startswith("-"))
+    found.sort(key=lambda pair: keys[field](pair[1]), reverse=sort.startswith("-"))
     start = (page - 1) * page_size
-    return DefinitionPage(items=found[start : start + page_size], total=len(found), page=page, page_size=page_size)
+    return found[start : start + page_size], len(found)
 
 
 for _kind, _writer in (

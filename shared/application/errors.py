@@ -51,11 +51,16 @@ class Stale(Refused):
     status = 412
     default_slug = "changed-since-read"
 
-    def __init__(self, reason: str | list[str], *, slug: str | None = None, changed: bool = True) -> None:
+    def __init__(
+        self, reason: str | list[str], *, slug: str | None = None, changed: bool = True, other_object: bool = False
+    ) -> None:
         super().__init__(reason, slug=slug)
         #: False when the revision sent names no object (an ``ETag`` or a page from before revisions): nobody
         #: changed anything, the writer only needs the current revision.
         self.changed = changed
+        #: True when the revision sent is of another object than the one now under the name (it was deleted and
+        #: another created under its name, or the revision is another object's).
+        self.other_object = other_object
 
 
 class Invalid(Refused):

@@ -67,9 +67,8 @@ def stale(actor: Actor, store: DefinitionsStore, mismatch: VersionMismatch) -> S
     if mismatch.kind == ExportDefinition.__name__:
         _unit_in_scope(actor, mismatch.name, mismatch.business_unit)
     units_now = lambda: units_of(store, mismatch.kind, mismatch.name, mismatch.business_unit)  # noqa: E731
-    if readable_to(actor.business_units, mismatch.units, units_now):
-        return Stale(str(mismatch))
-    return Stale(mismatch.anonymous())
+    told = str(mismatch) if readable_to(actor.business_units, mismatch.units, units_now) else mismatch.anonymous()
+    return Stale(told, other_object=mismatch.recreated)
 
 
 def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: ObjectChecks) -> list[CatalogObject]:

@@ -90,6 +90,7 @@ def test_a_delete_confirmed_from_a_page_older_than_the_objects_last_change_delet
     stale = console.post("/queries/gold/delete", {"version": version})
     assert stale.status_code == 422
     assert "was changed since it was read" in unescape(stale.text)
+    assert not _offers_a_button(stale.text)  # a Delete from here could only be refused again
     assert _description(api) == "Changed while the delete was being confirmed"
     fresh = _hidden_version(console.page("/queries/gold/delete"))
     assert console.post("/queries/gold/delete", {"version": fresh}).status_code == 303
@@ -140,6 +141,7 @@ def test_a_definitions_delete_confirmed_from_a_stale_page_deletes_nothing(api: I
     stale = console.post("/exports/nightly/delete", {"version": version})
     assert stale.status_code == 422
     assert "was changed since it was read" in unescape(stale.text)
+    assert not _offers_a_button(stale.text)  # a Delete from here could only be refused again
     assert _definition(api)["label"] == "Relabelled while the delete was being confirmed"
     fresh = _hidden_version(console.page("/exports/nightly/delete"))
     assert console.post("/exports/nightly/delete", {"version": fresh}).status_code == 303
@@ -227,6 +229,18 @@ def test_a_delete_whose_object_goes_between_the_use_cases_check_and_the_write_sh
     assert 'type="submit"' not in text.split("<main", 1)[-1]
 
 
+#: What a delete's confirmation says of a page of before revisions (its ``version`` names no object).
+PAGE_OF_BEFORE_REVISIONS = (
+    "This page was opened before the console's pages named the object they show: nothing was deleted."
+)
+#: What it says of a page of another object than the one now under the name (created again, another's link).
+ANOTHER_QUERY = "The page you came from shows another query than the one now named 'spare': nothing was deleted."
+
+
+def _offers_a_button(html: str) -> bool:
+    return 'type="submit"' in html.split("<main", 1)[-1]
+
+
 OUTDATED = (
     "'{name}': the revision sent (an ETag from before revisions named the object) names no object: nothing was"
     " written; read it again for its ETag and redo the change"
@@ -253,7 +267,9 @@ def test_a_page_of_before_revisions_posting_a_plain_version_is_refused_saying_so
     assert "ExportDefinition " + OUTDATED.format(name="nightly") in unescape(step.text)
     deleted = console.post("/exports/nightly/delete", {"version": "1"})
     assert deleted.status_code == 422
-    assert "ExportDefinition " + OUTDATED.format(name="nightly") in unescape(deleted.text)
+    assert PAGE_OF_BEFORE_REVISIONS in unescape(deleted.text)
+    assert "ETag" not in deleted.text
+    assert not _offers_a_button(deleted.text)
     assert _description(api) == before
     assert _definition(api)["name"] == "nightly"
 
@@ -268,8 +284,8 @@ def _delete_link(html: str, path: str) -> str:
 @pytest.mark.parametrize(
     ("page", "link", "change", "said"),
     [
-        ("/queries/spare", "/console/queries/spare/delete", "recreate", "was deleted and created again"),
-        ("/queries", "/console/queries/spare/delete", "recreate", "was deleted and created again"),
+        ("/queries/spare", "/console/queries/spare/delete", "recreate", ANOTHER_QUERY),
+        ("/queries", "/console/queries/spare/delete", "recreate", ANOTHER_QUERY),
         ("/exports/nightly", "/console/exports/nightly/delete", "relabel", "was changed since it was read"),
         ("/exports", "/console/exports/nightly/delete", "relabel", "was changed since it was read"),
     ],
@@ -313,5 +329,99 @@ def test_a_delete_link_without_a_revision_confirms_as_before_and_a_plain_version
     assert _hidden_version(plain.text).endswith(".1")
     old = console.client.get("/console/exports/nightly/delete?version=1")
     assert old.status_code == 422
-    assert "ExportDefinition " + OUTDATED.format(name="nightly") in unescape(old.text)
+    assert PAGE_OF_BEFORE_REVISIONS in unescape(old.text)
+    assert "ETag" not in old.text
     assert 'type="submit"' not in old.text.split("<main", 1)[-1]
+
+
+# --- review 3: the console's words for an old or foreign revision, no button after a refused delete, the list -----
+
+
+def _gold_token(api: InProcessApi) -> str:
+    with api.client() as client:
+        return str(client.get("/api/v1/saved-queries/gold").headers["ETag"]).strip('"')
+
+
+def test_a_delete_link_whose_version_names_no_object_or_another_object_says_so_in_the_consoles_words(
+    api: InProcessApi, console: Console
+):
+    """A ``?version=`` that is no revision (a page of before revisions, a link mangled) or another object's revision:
+    the confirmation speaks of the page, not of ETags (before: "… (an ETag from before revisions named the object)
+    … read it again for its ETag …"), and another object's page is not said to be "deleted and created again"
+    (nobody deleted anything); no button. A delete posted with another object's revision: the same, no button."""
+    gold = _gold_token(api)
+    with api.client() as client:
+        profile = str(client.get("/api/v1/connection-profiles/partner").headers["ETag"]).strip('"')
+    no_revision = ["garbage", "1", gold.upper(), gold.replace(".1", ".01"), "x" * 80]
+    for version in no_revision:
+        answer = console.client.get(f"/console/queries/gold/delete?version={version}")
+        assert answer.status_code == 422, version
+        text = unescape(answer.text)
+        assert PAGE_OF_BEFORE_REVISIONS in text, (version, text)
+        assert "ETag" not in text, version
+        assert not _offers_a_button(answer.text), version
+    definition = console.client.get("/console/exports/nightly/delete?version=garbage")
+    assert definition.status_code == 422
+    assert PAGE_OF_BEFORE_REVISIONS in unescape(definition.text)
+    foreign = console.client.get(f"/console/queries/gold/delete?version={profile}")
+    posted = console.post("/queries/gold/delete", {"version": profile})
+    for answer in (foreign, posted):
+        assert answer.status_code == 422
+        text = unescape(answer.text)
+        assert "The page you came from shows another query than the one now named 'gold'" in text, text
+        assert "created again" not in text
+        assert not _offers_a_button(answer.text)
+    assert _gold_token(api) == gold  # nothing deleted
+
+
+@pytest.mark.parametrize("who", ["emea-admin", "emea-viewer"])
+def test_a_stale_delete_link_of_a_shared_query_names_no_writer_the_token_may_not_read_in_the_audit_log(
+    api: InProcessApi, who: str
+):
+    """An apac definition uses ``gold``; the editor changes it: the emea tokens may not read that change in the audit
+    log, so a stale Delete link says what became of ``gold``, not who changed it (before: "last changed by editor at
+    …")."""
+    with api.client() as admin:
+        copy = admin.post("/api/v1/export-definitions/nightly/copy", json={"name": "apac-nightly"})
+        assert copy.status_code == 201, copy.text
+        moved = admin.put("/api/v1/export-definitions/apac-nightly", json=copy.json() | {"business_unit": "apac"})
+        assert moved.status_code == 200, moved.text
+    old = _gold_token(api)
+    _someone_else_saves(api, "The editor's")
+    with signed_in(api, who) as emea:
+        stale = emea.client.get(f"/console/queries/gold/delete?version={old}")
+    assert stale.status_code == 422, stale.text
+    text = unescape(stale.text)
+    assert "SavedQuery 'gold' was changed since it was read (it is now at version 2): nothing was written" in text
+    assert "editor" not in text
+
+
+def test_the_exports_list_shows_a_definition_deleted_between_its_search_and_its_rows_without_failing(
+    api: InProcessApi, console: Console, monkeypatch: pytest.MonkeyPatch
+):
+    """Bob deletes a definition right after the list's search read it: the list is still shown, that row with the
+    revision the search read (before: each row read its definition again, and the one gone was a 500)."""
+    from shared.catalog.definitions_store import SqlDefinitionsStore
+
+    with api.client() as client:
+        assert client.post("/api/v1/export-definitions/nightly/copy", json={"name": "later"}).status_code == 201
+    real_list = SqlDefinitionsStore.list_versioned
+    done: list[str] = []
+
+    def list_then_bob_deletes(self: SqlDefinitionsStore, kind: Any) -> Any:
+        found = real_list(self, kind)
+        if kind is ExportDefinition and not done:
+            done.append("later")
+            _deleted(ExportDefinition, "later", "editor")(self)
+        return found
+
+    monkeypatch.setattr(SqlDefinitionsStore, "list_versioned", list_then_bob_deletes)
+    listed = console.client.get("/console/exports")
+    monkeypatch.undo()
+    assert done == ["later"]
+    assert listed.status_code == 200, listed.text
+    assert _delete_link(listed.text, "/console/exports/nightly/delete").startswith(
+        "/console/exports/nightly/delete?version="
+    )
+    gone = console.client.get(_delete_link(listed.text, "/console/exports/later/delete"))
+    assert gone.status_code == 404

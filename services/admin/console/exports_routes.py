@@ -48,18 +48,19 @@ class Row:
     last_run: RunRecord | None
 
 
-def _rows(console: ConsoleContext, request: Request, definitions: list[ExportDefinition]) -> list[Row]:
-    me, store, now = me_of(request), console.admin.definitions, dt.datetime.now(dt.UTC)
+def _rows(console: ConsoleContext, request: Request, definitions: list[tuple[Revision, ExportDefinition]]) -> list[Row]:
+    """The rows of ``definitions`` as the search read them, each with its revision (no second read: a definition
+    deleted since the search keeps its row, whose Delete then says it no longer exists)."""
+    me, now = me_of(request), dt.datetime.now(dt.UTC)
     rows = []
-    for definition in definitions:
-        definition_id, version, _ = store.get_versioned(ExportDefinition, definition.name)
+    for revision, definition in definitions:
         last = console.admin.runs.list_runs(
-            limit=1, definition_id=definition_id, business_units=run_use_cases.units_in_scope(me.actor)
+            limit=1, definition_id=revision.object_id, business_units=run_use_cases.units_in_scope(me.actor)
         )
         rows.append(
             Row(
                 definition=definition,
-                revision=Revision(definition_id, version),
+                revision=revision,
                 schedule=schedule_view.summary(definition.schedule),
                 next_run=schedule_view.next_run(definition.schedule, now),
                 last_run=last[0] if last else None,
@@ -83,7 +84,7 @@ def exports(
 ) -> Response:
     console, me = console_of(request), me_of(request)
     # The API's own search: the same filters, sort and business-unit scope.
-    found = objects_routes.search_definitions(
+    found, total = objects_routes.search_versioned(
         console.admin,
         me.actor,
         name_contains=name_contains or None,
@@ -109,10 +110,10 @@ def exports(
     return console.pages.render(
         request,
         "exports.html",
-        rows=_rows(console, request, found.items),
-        total=found.total,
+        rows=_rows(console, request, found),
+        total=total,
         page=page,
-        pages=max(1, -(-found.total // PAGE_SIZE)),
+        pages=max(1, -(-total // PAGE_SIZE)),
         filters=filters,
         business_units=sorted({d.business_unit for d in visible if d.business_unit}),
         templates=sorted(t.name for t in console.admin.definitions.list_objects(HttpTemplate)),
@@ -176,9 +177,7 @@ def delete_confirmation(request: Request, name: str, version: Annotated[str, Que
             me.actor, console.admin.definitions, ExportDefinition, name, expecting(revision_of(version))
         )
     except Stale as stale:
-        return console.pages.stale_delete(
-            request, "export definition", name, stale.reason, back=f"{PREFIX}/exports/{name}"
-        )
+        return console.pages.stale_delete(request, "export definition", name, stale, back=f"{PREFIX}/exports/{name}")
     return _delete_page(request, definition, version=current)
 
 
@@ -209,9 +208,11 @@ def delete(request: Request, name: str) -> Response:
         )
     except Missing:
         return console.pages.deleted_meanwhile(request, "export definition", name, back=f"{PREFIX}/exports")
+    except Stale as stale:  # a delete from a page older than the definition: no button that could only fail again
+        return console.pages.stale_delete(request, "export definition", name, stale, back=f"{PREFIX}/exports/{name}")
     except Refused as refusal:
-        # A stale delete says why and keeps its page's version: to delete what is there now, open it again (gone
-        # since the refusal: said as a delete of an object gone).
+        # Refused otherwise (in use, out of scope): said with the confirmation and its page's version (gone since
+        # the refusal: said as a delete of an object gone).
         try:
             definition = _definition(request, name)
         except Missing:

@@ -261,7 +261,7 @@ def confirmation(
         )
     except Stale as stale:
         return console.pages.stale_delete(
-            request, kind.singular, name, stale.reason, back=f"{PREFIX}/{kind.collection}/{name}"
+            request, kind.singular, name, stale, back=f"{PREFIX}/{kind.collection}/{name}"
         )
     return _confirm(request, kind, name, action, version=current)
 
@@ -283,9 +283,11 @@ def act(request: Request, collection: str, name: str, action: str) -> Response:
         if action != "delete":
             raise
         return console.pages.deleted_meanwhile(request, kind.singular, name, back=f"{PREFIX}/{collection}")
+    except Stale as stale:  # a delete from a page older than the object: no button that could only fail again
+        return console.pages.stale_delete(request, kind.singular, name, stale, back=f"{PREFIX}/{collection}/{name}")
     except Refused as refusal:
         if action == "delete" and console.admin.definitions.find(kind.model, name) is None:  # gone since the refusal
             return console.pages.deleted_meanwhile(request, kind.singular, name, back=f"{PREFIX}/{collection}")
-        # A stale delete says why and keeps its page's version: to delete what is there now, open it again.
+        # Refused otherwise (in use, out of scope): said with the confirmation and its page's version.
         return _confirm(request, kind, name, action, refusal.reason, version=version)
     raise Missing(f"no such action: {action}")

@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse
 
 from services.admin.console.sessions import Session
 from shared.application.actors import Actor, Permission
+from shared.application.errors import Stale
 
 #: The console loads only its own files: no inline script or style, no other origin, no framing.
 SECURITY_HEADERS = {
@@ -113,10 +114,27 @@ class Pages:
             back=back,
         )
 
-    def stale_delete(self, request: Request, what: str, name: str, reason: str, back: str) -> HTMLResponse:
-        """The confirmation of a delete asked from a page of the object at another revision than it is now (changed,
-        or deleted and another created under its name): the stale page's message, with no button: the page to
-        delete from is to be opened again."""
+    def stale_delete(self, request: Request, what: str, name: str, stale: Stale, back: str) -> HTMLResponse:
+        """The confirmation (or the refused confirm) of a delete asked from a page of the object at another revision
+        than it is now, with no button: the page to delete from is to be opened again. Said in the console's words:
+        a page of before revisions (its ``version`` names no object: nobody changed anything); a page of another
+        object than the one now under the name (deleted and another created under it, or another object's link);
+        else the refusal's reason (changed since)."""
+        if not stale.changed:
+            error = (
+                "This page was opened before the console's pages named the object they show: nothing was deleted. "
+                f"Open the {what} again and delete it from there if you still mean to."
+            )
+        elif stale.other_object:
+            error = (
+                f"The page you came from shows another {what} than the one now named '{name}': nothing was deleted. "
+                f"Open the {what} again to see what it is now, and delete it from there if you still mean to."
+            )
+        else:
+            error = (
+                f"{stale.reason}. The page you came from shows the {what} as it was then: open it again to see what "
+                "it is now, and delete it from there if you still mean to."
+            )
         return self.render(
             request,
             "confirm.html",
@@ -124,8 +142,7 @@ class Pages:
             title=f"Delete {name}",
             message=f"Delete the {what} '{name}'?",
             facts=[],
-            error=f"{reason}. The page you came from shows the {what} as it was then: open it again to see what it is"
-            " now, and delete it from there if you still mean to.",
+            error=error,
             hidden={},
             action=None,
             back=back,
