@@ -66,7 +66,10 @@ def stale(actor: Actor, store: DefinitionsStore, mismatch: VersionMismatch) -> S
     shared query, profile or template)."""
     if mismatch.kind == ExportDefinition.__name__:
         _unit_in_scope(actor, mismatch.name, mismatch.business_unit)
-    units_now = lambda: units_of(store, mismatch.kind, mismatch.name, mismatch.business_unit)  # noqa: E731
+
+    def units_now() -> tuple[str, ...]:
+        return units_of(store, mismatch.kind, mismatch.name, mismatch.business_unit)
+
     told = str(mismatch) if readable_to(actor.business_units, mismatch.units, units_now) else mismatch.anonymous()
     return Stale(told, other_object=mismatch.recreated)
 
