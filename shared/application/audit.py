@@ -29,8 +29,9 @@ def units_touched(store: DefinitionsStore, *objects: CatalogObject | None) -> tu
 def units_of(store: DefinitionsStore, kind: str, name: str, business_unit: str | None) -> tuple[str, ...]:
     """:func:`units_touched` of the object of ``kind`` and ``name`` known only by its ``business_unit`` (a
     definition's; None for the other kinds): nothing of it is loaded (its secrets stay encrypted)."""
-    definitions = store.list_objects(ExportDefinition)
-    templates = store.list_objects(HttpTemplate) if kind != ExportDefinition.__name__ else []
+    if kind == ExportDefinition.__name__:
+        return tuple(_units(kind, name, business_unit, [], []))
+    definitions, templates = store.list_objects(ExportDefinition), store.list_objects(HttpTemplate)
     return tuple(sorted(_units(kind, name, business_unit, definitions, templates)))
 
 
