@@ -255,14 +255,22 @@ def confirmation(
     if action not in {"delete", "copy"}:
         raise Missing(f"no such action: {action}")
     page = revision_of(version) if action == "delete" else None
+    back = f"{PREFIX}/{kind.collection}/{name}"
     try:
         current, _, _ = use_cases.visible_as_read(
-            me_of(request).actor, console.admin.definitions, kind.model, name, expecting(page)
+            me_of(request).actor,
+            console.admin.definitions,
+            kind.model,
+            name,
+            expecting(page),
+            changing_shared=action == "delete",  # a delete the token could never make: said here, as the API's 403
         )
     except Stale as stale:
-        return console.pages.stale_delete(
-            request, kind.singular, name, stale, back=f"{PREFIX}/{kind.collection}/{name}"
-        )
+        return console.pages.stale_delete(request, kind.singular, name, stale, back=back)
+    except Forbidden as forbidden:
+        if action != "delete":
+            raise
+        return console.pages.no_delete(request, kind.singular, name, forbidden.reason, status=403, back=back)
     return _confirm(request, kind, name, action, version=current)
 
 

@@ -135,10 +135,14 @@ class Pages:
                 f"{stale.reason}. The page you came from shows the {what} as it was then: open it again to see what "
                 "it is now, and delete it from there if you still mean to."
             )
+        return self.no_delete(request, what, name, error, status=422, back=back)
+
+    def no_delete(self, request: Request, what: str, name: str, error: str, *, status: int, back: str) -> HTMLResponse:
+        """The confirmation of a delete that cannot be done from here, saying why (``error``), with no button."""
         return self.render(
             request,
             "confirm.html",
-            status=422,
+            status=status,
             title=f"Delete {name}",
             message=f"Delete the {what} '{name}'?",
             facts=[],
