@@ -4,9 +4,10 @@ Kubernetes sends SIGTERM whenever it wants a pod gone, start-up included (a roll
 starting, a node drained, a pod whose Kafka is away). Unhandled, SIGTERM ends the process with status 143, which
 reads as a crash. So a service asks for :func:`stop_on_signals` first thing (:func:`shared.runtime.start_service`):
 
-- **during start-up** the signal ends the process at once with status 0: ``SystemExit`` raised on the main
-  thread, wherever start-up is (waiting for Kafka or the catalog included), unwinding it through its ``with`` and
-  ``finally`` blocks. Nothing is in hand yet: no record polled, nothing to commit;
+- **during start-up** the signal ends the process at once with status 0, wherever start-up is (waiting for Kafka
+  or the catalog included): its output flushed, then :func:`os._exit`. Nothing is in hand yet: no record polled,
+  nothing to commit. Not by unwinding start-up (``SystemExit``): that waited, at interpreter exit, for threads
+  start-up had begun (a CI run saw a dispatcher still there 30 s after the signal, then killed);
 - **once the service serves** (its consumer loop's handlers, :meth:`shared.kafka.ConsumerLoop.install_signal_handlers`,
   or :func:`stop_gracefully`) the signal only sets the process's stop event, and the loop finishes what it has in
   hand, commits and stops (exit 0).
@@ -14,7 +15,10 @@ reads as a crash. So a service asks for :func:`stop_on_signals` first thing (:fu
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
 import threading
 
 #: The signals that ask a service to stop.
@@ -45,7 +49,10 @@ def stop_gracefully() -> threading.Event:
 
 def _stop_starting(signum: int, frame: object) -> None:
     _stop.set()
-    raise SystemExit(0)  # start-up holds nothing to finish: unwind it now, whatever it waits for
+    for stream in (sys.stdout, sys.stderr):  # the log lines written so far
+        with contextlib.suppress(Exception):  # interrupted in the middle of a write: what is buffered is lost
+            stream.flush()
+    os._exit(0)  # start-up holds nothing to finish
 
 
 def _request_stop(signum: int, frame: object) -> None:

@@ -9,6 +9,7 @@ Tests isolate themselves with a topic prefix and a database of their own.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from shared.catalog import CatalogStores
 from shared.kafka.socket_leaks import close_leaked_sockets
 from shared.settings import CommonSettings
+from shared.stack_dumps import STACK_DUMP_SIGNAL
 
 # The tests' own kafka-python clients too (some are built without shared.kafka): no socket of theirs may be left
 # to be finalized, with a ResourceWarning, in whichever later test the collector runs.
@@ -40,6 +42,18 @@ def _docker_answers() -> bool:
 #: The session's own servers and their ports, printed at the end of the run: an unclosed socket reported by the
 #: suite (``raddr=('127.0.0.1', <port>)``) is matched to the server it was connected to.
 SESSION_SERVERS: dict[str, str] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """No test module imports a service's entry module (``services.<name>.__main__``): it reserves the stack-dump
+    signal as it is imported, blocked in pytest then, and in every process the tests start (inherited), so a test
+    of the signal in a process of its own would not see what a service's process sees."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    if STACK_DUMP_SIGNAL in blocked:
+        raise pytest.UsageError(
+            "a test module imported a service's entry module (services.<name>.__main__) while being collected: "
+            "import it where it runs (see tests/e2e/scheduler_ahead.py)"
+        )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

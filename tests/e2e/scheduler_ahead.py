@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from services.scheduler.__main__ import main
-from services.scheduler.clock import ShiftedClock
-
 MODULE = "tests.e2e.scheduler_ahead"
 AHEAD = "EXPORT_TEST_SCHEDULER_AHEAD_SECONDS"
 
 if __name__ == "__main__":
+    # Imported here, not at the top: a test imports this module for MODULE and AHEAD, and the service's entry
+    # module reserves the stack-dump signal as it is imported (blocked in the importing process: pytest's, then
+    # every process it starts).
+    from services.scheduler.__main__ import main
+    from services.scheduler.clock import ShiftedClock
+
     main(clock=ShiftedClock(timedelta(seconds=float(os.environ[AHEAD]))))

@@ -175,9 +175,10 @@ import select, signal, sys, threading
 from shared.log import configure_logging
 import pytest
 
-from shared.stack_dumps import STACK_DUMP_SIGNAL, thread_stacks, enable_stack_dumps
+from shared.stack_dumps import STACK_DUMP_SIGNAL, enable_stack_dumps
 
 configure_logging("WARNING", "json", service="test")
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {STACK_DUMP_SIGNAL})  # as a process whose parent did not block it
 early = threading.Thread(target=threading.Event().wait, name="early", daemon=True)
 early.start()
 enable_stack_dumps()
