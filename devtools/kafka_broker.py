@@ -199,6 +199,7 @@ class LocalKafka(Managed):
         sasl_users: Sequence[SaslUser] = (),
     ) -> None:
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="kafka-"))
+        self.temporary_dir = None if work_dir else self.work_dir
         self.port = port or free_port()
         self.controller_port = free_port()
         #: Where clients are told to connect (a proxy in front of the broker), if not to the broker's own port.

@@ -39,6 +39,7 @@ class LocalPostgres(Managed):
 
     def __init__(self, work_dir: Path | None = None, port: int | None = None) -> None:
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="pg-"))
+        self.temporary_dir = None if work_dir else self.work_dir
         self.port = port or free_port()
         self.bin = postgres_bin_dir()
         self.prefix = _run_as()

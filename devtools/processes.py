@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -37,7 +39,12 @@ def wait_until(
 
 
 class Managed:
-    """A local server started by ``start()`` and stopped by ``stop()``; usable as a context manager."""
+    """A local server started by ``start()`` and stopped by ``stop()``; usable as a context manager, which also
+    removes the temporary directory the server made for itself (``temporary_dir``: its data, its log): a test
+    session's PostgreSQL left 2.5-3 GB behind each run, and a machine running the suite again and again filled up."""
+
+    #: The directory the server created for itself (none given), removed when the context manager is left.
+    temporary_dir: Path | None = None
 
     def start(self) -> Self:
         raise NotImplementedError
@@ -51,4 +58,8 @@ class Managed:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            if self.temporary_dir is not None:
+                shutil.rmtree(self.temporary_dir, ignore_errors=True)
