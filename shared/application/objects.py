@@ -401,14 +401,23 @@ def replace_object(
                 expected_version=version,
             )
     elif changed_fields(old, stored):
-        with edit_conflicts(actor, store):
-            _, revision = store.apply_versioned(
-                stored,
-                audit=[change(actor.name, "update", store, before=old, after=stored)],
-                existing=True,  # deleted meanwhile: Missing, never created again
-                expected_version=version,
-            )
+        revision = _update(actor, store, old, stored, version)
     return revision, stored
+
+
+def _update(
+    actor: Actor, store: DefinitionsStore, old: CatalogObject, stored: CatalogObject, version: Revision | None
+) -> Revision:
+    """Store ``stored`` over ``old`` (conditional on ``version`` when given), audited; the revision written. An
+    update never creates: an object deleted meanwhile is :class:`Missing`."""
+    with edit_conflicts(actor, store):
+        _, revision = store.apply_versioned(
+            stored,
+            audit=[change(actor.name, "update", store, before=old, after=stored)],
+            existing=True,
+            expected_version=version,
+        )
+    return revision
 
 
 def delete_object(
@@ -496,11 +505,5 @@ def save_definition_step(
     stored = checked([updated], store, checks)[0]
     assert isinstance(stored, ExportDefinition)
     if changed_fields(definition, stored):
-        with edit_conflicts(actor, store):
-            _, revision = store.apply_versioned(
-                stored,
-                audit=[change(actor.name, "update", store, before=definition, after=stored)],
-                existing=True,  # deleted meanwhile: Missing, never created again
-                expected_version=version,
-            )
+        revision = _update(actor, store, definition, stored, version)
     return revision, stored
