@@ -6,7 +6,6 @@ from __future__ import annotations
 import selectors
 import socket
 import ssl
-import time
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ from kafka.net.inet import KafkaNetSocket
 from kafka.net.selector import NetworkSelector
 from kafka.net.transport import KafkaSSLTransport
 
+from devtools.processes import wait_until
 from shared.kafka.socket_leaks import close_leaked_sockets
 
 
@@ -123,10 +123,12 @@ def test_a_selector_with_its_network_thread_running_is_stopped_before_its_socket
 
     net.start()
     net.call_soon_threadsafe(lambda: net.call_soon(reading()))
-    deadline = time.monotonic() + 5
-    while connection not in [key.fileobj for key in list(net._selector.get_map().values())]:
-        assert time.monotonic() < deadline, "the network thread never watched the connection"
-        time.sleep(0.01)
+    wait_until(
+        lambda: connection in [key.fileobj for key in list(net._selector.get_map().values())],
+        timeout=5,
+        interval=0.01,
+        what="the network thread watching the connection",
+    )
     io_thread = net._io_thread
     net.close()
     assert io_thread is not None
