@@ -8,7 +8,16 @@ from shared.stack_dumps import reserve_stack_dump_signal
 # and the stack dumps come whatever the main thread is doing (shared.stack_dumps).
 reserve_stack_dump_signal()
 
+from shared.shutdown import stop_gracefully, stop_on_signals
+
+# Then SIGTERM and SIGINT end the process at once with status 0 (not 143) until uvicorn serves: from here, the
+# imports below included (seconds), as the other services from the start of theirs (shared.runtime.start_service).
+stop_on_signals()
+
+import contextlib
 import functools
+import sys
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -27,6 +36,25 @@ from shared.stack_dumps import enable_stack_dumps
 from shared.tracing import install as install_tracing
 
 SERVICE = "admin"
+#: uvicorn's status when its server did not start (what ``uvicorn.run`` exits with then).
+STARTUP_FAILURE = 3
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, taking SIGTERM and SIGINT over from start-up's handlers (:mod:`shared.shutdown`).
+
+    uvicorn installs its own handlers while it serves (a graceful shutdown: requests in hand finished), then puts
+    back the ones it found and raises the signal it stopped for again. It finds :func:`stop_gracefully`'s, which
+    only sets the stop event: the signal ends nothing more, ``main`` closes the producer and the catalog and the
+    process ends with status 0 (with start-up's, it would end at once, unclosed; with none, with 143)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        stop = stop_gracefully()
+        with super().capture_signals():
+            if stop.is_set():  # the signal came between the two handlers: uvicorn's never saw it
+                self.should_exit = True  # uvicorn starts, serves nothing and shuts down
+            yield
 
 
 def main() -> None:
@@ -59,19 +87,24 @@ def main() -> None:
         destinations=DestinationPolicy.parse(settings.allowed_destinations),
         public_url=settings.admin_public_url,
     )
-    try:
-        # uvicorn's access log would print query strings; ours are not secret, but keep logs structured.
-        uvicorn.run(
+    server = _Server(
+        uvicorn.Config(
             create_app(context, max_body_bytes=settings.admin_max_body_bytes),
             host=settings.admin_host,
             port=settings.admin_port,
+            # uvicorn's access log would print query strings; ours are not secret, but keep logs structured.
             access_log=False,
             loop="asyncio",  # uvicorn would take uvloop once installed (the dispatcher's): not measured here
             log_config=None,
         )
+    )
+    try:
+        server.run()
     finally:
         producer.close()
         stores.close()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """SIGTERM while a service is still starting stops it at once, with status 0, as it would once running.
 
 Kubernetes sends SIGTERM to pods still starting (a rollout replacing them, a node drained). Before, a service
-only handled the signal from its loop on, so one that came during start-up ended it with status 143 (-15 here),
-read as a crash. Each service runs as a real process on real Kafka; it is frozen (SIGSTOP) the moment it says it
-is starting (it has begun catching SIGTERM: the first thing its start-up does), given SIGTERM while frozen, and let
-go: the signal comes at a known point of start-up.
+only handled the signal from its loop on (the admin API: from uvicorn's serving on), so one that came during
+start-up ended it with status 143 (-15 here), read as a crash. Each service runs as a real process on real Kafka;
+it is frozen (SIGSTOP) the moment it says it is starting (it has begun catching SIGTERM: the first thing its
+start-up does), given SIGTERM while frozen, and let go: the signal comes at a known point of start-up.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from devtools.pipeline import LocalPipeline
-from devtools.processes import wait_until
+from devtools.processes import free_port, wait_until
 from shared.catalog import CatalogStores
 from tests.kafka_helpers import service_env
 
@@ -32,6 +32,7 @@ RUNNING = {
     "extractor": "consumer loop started",
     "notifier": "consumer loop started",
     "scheduler": "scheduler started",
+    "admin": "Application startup complete",  # uvicorn's
 }
 
 
@@ -48,7 +49,8 @@ def _starting(service: str, kafka: str, tmp_path: Path) -> Iterator[subprocess.P
     catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
     CatalogStores.from_url(catalog_url, migrate=True).close()
     env = service_env(kafka, f"t{uuid.uuid4().hex[:10]}.", catalog_url, f"sqlite:///{tmp_path / 'm.db'}")
-    pipeline = LocalPipeline(env=env, log_dir=tmp_path, services=(service,))
+    admin = {"EXPORT_ADMIN_HOST": "127.0.0.1", "EXPORT_ADMIN_PORT": str(free_port())}
+    pipeline = LocalPipeline(env=env, log_dir=tmp_path, services=(service,), service_env={"admin": admin})
     pipeline.start()
     process = pipeline.processes[service]
     try:
@@ -80,7 +82,7 @@ def test_sigterm_during_start_up_stops_the_service_with_status_0(service: str, k
     assert "Traceback" not in _log(service, tmp_path)
 
 
-@pytest.mark.parametrize("service", ["dispatcher", "scheduler"])
+@pytest.mark.parametrize("service", ["admin", "dispatcher", "scheduler"])
 def test_sigterm_while_start_up_waits_for_an_unreachable_kafka_stops_the_service_at_once(service: str, tmp_path: Path):
     with socket.create_server(("127.0.0.1", 0)) as closed:
         nowhere = f"127.0.0.1:{closed.getsockname()[1]}"  # a port nothing listens on any more
@@ -88,3 +90,22 @@ def test_sigterm_while_start_up_waits_for_an_unreachable_kafka_stops_the_service
         process.send_signal(signal.SIGTERM)  # start-up then waits for Kafka (10 s and more a try)
         status = process.wait(15)
     assert status == 0, _log(service, tmp_path)
+
+
+def test_sigterm_once_the_admin_api_serves_is_uvicorns_graceful_shutdown_then_status_0(
+    kafka_bootstrap: str, tmp_path: Path
+):
+    """Once uvicorn serves, SIGTERM is its graceful shutdown, then the process closes what it opened and ends with
+    status 0, as the other services once their loop runs (before: uvicorn raised the signal again on its way out,
+    unhandled by then: 143)."""
+    with _starting("admin", kafka_bootstrap, tmp_path) as process:
+        wait_until(
+            lambda: process.poll() is not None or RUNNING["admin"] in _log("admin", tmp_path),
+            timeout=60,
+            what="the admin API serving",
+        )
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(30)
+    assert status == 0, _log("admin", tmp_path)
+    assert "Finished server process" in _log("admin", tmp_path)  # uvicorn's graceful shutdown, to its end
+    assert "Traceback" not in _log("admin", tmp_path)
