@@ -420,6 +420,17 @@ def _update(
     return revision
 
 
+def deletable(
+    actor: Actor, store: DefinitionsStore, kind: type[T], name: str, expected: ExpectedVersion | None
+) -> tuple[Revision, Revision | None, T]:
+    """What :func:`delete_object` checks before it looks for referrers, in its order, as :func:`visible_as_read`
+    answers: :class:`Forbidden` unless the actor's role may change ``kind`` (:func:`required_permission`) and the
+    actor may change the object as it is (its scope covers it and its dependents); :class:`Missing`;
+    :class:`Stale`. A delete's confirmation asks it too, so that it offers no delete the use case would refuse."""
+    authorise(actor, required_permission(kind))
+    return visible_as_read(actor, store, kind, name, expected, changing_shared=True)
+
+
 def delete_object(
     actor: Actor,
     kind: type[Any],
@@ -430,8 +441,7 @@ def delete_object(
 ) -> None:
     """Delete an object; :class:`Conflict` while others refer to it; with ``expected_version``, only if it is
     still as its deleter read it (:class:`Stale` if not)."""
-    authorise(actor, required_permission(kind))
-    _, version, obj = visible_as_read(actor, store, kind, name, expected_version, changing_shared=True)
+    _, version, obj = deletable(actor, store, kind, name, expected_version)
     if found := referrers(store, obj, actor):
         raise Conflict(f"'{name}' is used by {', '.join(found)}: delete those first", slug="in-use")
     with edit_conflicts(actor, store):  # deleted by someone else in between: Missing

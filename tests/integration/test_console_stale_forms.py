@@ -374,9 +374,15 @@ def test_a_delete_link_whose_version_names_no_object_or_another_object_says_so_i
     assert _gold_token(api) == gold  # nothing deleted
 
 
-@pytest.mark.parametrize("who", ["emea-admin", "emea-viewer"])
+@pytest.mark.parametrize(
+    ("who", "why"),
+    [
+        ("emea-admin", "SavedQuery 'gold' is used by 1 definition(s) outside this token's scope"),
+        ("emea-viewer", "role 'viewer' may not write"),  # its role first, as the delete itself (the API's 403)
+    ],
+)
 def test_a_delete_link_of_a_shared_query_the_token_could_never_delete_says_so_naming_no_writer(
-    api: InProcessApi, who: str
+    api: InProcessApi, who: str, why: str
 ):
     """An apac definition uses ``gold``; the editor changes it: the emea tokens may not read that change in the audit
     log (a stale Delete link once said "last changed by editor at …"), and could never delete ``gold`` anyway: the
@@ -395,9 +401,33 @@ def test_a_delete_link_of_a_shared_query_the_token_could_never_delete_says_so_na
     for page in (stale, fresh):
         assert page.status_code == 403, page.text
         text = unescape(page.text)
-        assert "outside this token's scope" in text
+        assert f"You may not delete this query: {why}." in text
         assert "editor" not in text
         assert not _offers_a_button(page.text)
+
+
+@pytest.mark.parametrize(
+    ("path", "what"),
+    [  # connection profiles are not here: their pages are the admins' only (the others are refused them all)
+        ("/queries/gold/delete", "query"),
+        ("/templates/upsert/delete", "HTTP operation"),
+        ("/exports/nightly/delete", "export definition"),
+    ],
+)
+def test_a_delete_confirmation_opened_by_a_viewer_says_it_may_not_delete_with_no_button(
+    api: InProcessApi, console: Console, path: str, what: str
+):
+    """A viewer who opens a delete's confirmation (a bookmark, a link passed on: the pages show them no Delete link)
+    is told they may not delete it, in the words of the delete's own refusal, with no button (before: a Delete
+    button, refused on the click). Posted anyway: the same page, nothing deleted. An admin still gets the button."""
+    with signed_in(api, "viewer") as viewer:
+        opened = viewer.client.get(f"/console{path}")
+        posted = viewer.post(path, {"version": _hidden_version(console.page(path))})
+    for answer in (opened, posted):
+        assert answer.status_code == 403, answer.text
+        assert f"You may not delete this {what}: role 'viewer' may not write." in unescape(answer.text)
+        assert not _offers_a_button(answer.text)
+    assert _offers_a_button(console.page(path))  # the admin's confirmation (the object still there): Delete offered
 
 
 def test_the_exports_list_shows_a_definition_deleted_between_its_search_and_its_rows_without_failing(

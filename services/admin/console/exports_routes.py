@@ -18,7 +18,7 @@ from services.admin.console.gate import PREFIX
 from services.admin.console.pages import me_of
 from shared.application import objects as object_use_cases
 from shared.application import runs as run_use_cases
-from shared.application.errors import Missing, Refused, Stale
+from shared.application.errors import Forbidden, Missing, Refused, Stale
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, Priority, SavedQuery
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.revisions import Revision
@@ -171,13 +171,15 @@ def copy(request: Request, name: str) -> Response:
 def delete_confirmation(request: Request, name: str, version: Annotated[str, Query(max_length=80)] = "") -> Response:
     """Confirm a delete; asked from a page of the definition at another revision than it is now (its ``version``),
     the confirmation says so, with no button."""
-    console, me = console_of(request), me_of(request)
-    try:
-        current, _, definition = object_use_cases.visible_as_read(
+    console, me, back = console_of(request), me_of(request), f"{PREFIX}/exports/{name}"
+    try:  # a delete the token could never make (its role, its scope): said here, as the delete's own refusal
+        current, _, definition = object_use_cases.deletable(
             me.actor, console.admin.definitions, ExportDefinition, name, expecting(revision_of(version))
         )
     except Stale as stale:
-        return console.pages.stale_delete(request, "export definition", name, stale, back=f"{PREFIX}/exports/{name}")
+        return console.pages.stale_delete(request, "export definition", name, stale, back=back)
+    except Forbidden as forbidden:
+        return console.pages.forbidden_delete(request, "export definition", name, forbidden, back=back)
     return _delete_page(request, definition, version=current)
 
 
@@ -210,6 +212,8 @@ def delete(request: Request, name: str) -> Response:
         return console.pages.deleted_meanwhile(request, "export definition", name, back=f"{PREFIX}/exports")
     except Stale as stale:  # a delete from a page older than the definition: no button that could only fail again
         return console.pages.stale_delete(request, "export definition", name, stale, back=f"{PREFIX}/exports/{name}")
+    except Forbidden as forbidden:  # as its confirmation says: no button
+        return console.pages.forbidden_delete(request, "export definition", name, forbidden, back=f"{PREFIX}/exports")
     except Refused as refusal:
         # Refused otherwise (in use, out of scope): said with the confirmation and its page's version (gone since
         # the refusal: said as a delete of an object gone).

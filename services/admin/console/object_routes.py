@@ -256,21 +256,16 @@ def confirmation(
         raise Missing(f"no such action: {action}")
     page = revision_of(version) if action == "delete" else None
     back = f"{PREFIX}/{kind.collection}/{name}"
-    try:
-        current, _, _ = use_cases.visible_as_read(
-            me_of(request).actor,
-            console.admin.definitions,
-            kind.model,
-            name,
-            expecting(page),
-            changing_shared=action == "delete",  # a delete the token could never make: said here, as the API's 403
-        )
+    actor, store = me_of(request).actor, console.admin.definitions
+    if action == "copy":
+        current, _, _ = use_cases.visible_as_read(actor, store, kind.model, name, None)
+        return _confirm(request, kind, name, action, version=current)
+    try:  # a delete the token could never make (its role, its scope): said here, as the delete's own refusal
+        current, _, _ = use_cases.deletable(actor, store, kind.model, name, expecting(page))
     except Stale as stale:
         return console.pages.stale_delete(request, kind.singular, name, stale, back=back)
     except Forbidden as forbidden:
-        if action != "delete":
-            raise
-        return console.pages.no_delete(request, kind.singular, name, forbidden.reason, status=403, back=back)
+        return console.pages.forbidden_delete(request, kind.singular, name, forbidden, back=back)
     return _confirm(request, kind, name, action, version=current)
 
 
@@ -294,6 +289,8 @@ def act(request: Request, collection: str, name: str, action: str) -> Response:
     except Stale as stale:  # a delete from a page older than the object: no button that could only fail again
         return console.pages.stale_delete(request, kind.singular, name, stale, back=f"{PREFIX}/{collection}/{name}")
     except Refused as refusal:
+        if action == "delete" and isinstance(refusal, Forbidden):  # as its confirmation says: no button
+            return console.pages.forbidden_delete(request, kind.singular, name, refusal, back=f"{PREFIX}/{collection}")
         if action == "delete" and console.admin.definitions.find(kind.model, name) is None:  # gone since the refusal
             return console.pages.deleted_meanwhile(request, kind.singular, name, back=f"{PREFIX}/{collection}")
         # Refused otherwise (in use, out of scope): said with the confirmation and its page's version.

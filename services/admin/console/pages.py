@@ -16,7 +16,7 @@ from starlette.responses import HTMLResponse
 
 from services.admin.console.sessions import Session
 from shared.application.actors import Actor, Permission
-from shared.application.errors import Stale
+from shared.application.errors import Forbidden, Stale
 
 #: The console loads only its own files: no inline script or style, no other origin, no framing.
 SECURITY_HEADERS = {
@@ -136,6 +136,13 @@ class Pages:
                 "it is now, and delete it from there if you still mean to."
             )
         return self.no_delete(request, what, name, error, status=422, back=back)
+
+    def forbidden_delete(self, request: Request, what: str, name: str, forbidden: Forbidden, back: str) -> HTMLResponse:
+        """The confirmation of a delete the signed-in token may not make (its role may not change such objects; its
+        scope does not cover the object or a definition that uses it): why, as the delete itself would refuse it
+        (:func:`shared.application.objects.deletable`, 403), with no button."""
+        error = f"You may not delete this {what}: {forbidden.reason}."
+        return self.no_delete(request, what, name, error, status=403, back=back)
 
     def no_delete(self, request: Request, what: str, name: str, error: str, *, status: int, back: str) -> HTMLResponse:
         """The confirmation of a delete that cannot be done from here, saying why (``error``), with no button."""
