@@ -73,7 +73,9 @@ class NameTaken(PermanentError):
 
 class VersionMismatch(PermanentError):
     """A write conditional on the revision of a catalog object its writer read (``If-Match``) found the object at
-    another version, or another object under its name (deleted and created again): nothing was written. Says by
+    another version, or found that the revision is not one of the object under its name (``other_object``: the
+    revision is another object's, or one of an object of this name since deleted; which, the catalog cannot tell):
+    nothing was written. Says by
     whom and when, as far as the catalog knows it (read after the refused write rolled back: never the refused
     writer's own change). No object under the name at all is :class:`NotFound`, as without ``If-Match`` (a rename
     is audited under its new name: who and when would be guessed).
@@ -90,25 +92,30 @@ class VersionMismatch(PermanentError):
         version: int,
         by: str | None = None,
         at: datetime | None = None,
-        recreated: bool = False,
+        other_object: bool = False,
         business_unit: str | None = None,
         units: tuple[str, ...] = (),
     ) -> None:
         who = "".join(
             (f" by {by}" if by else "", f" at {at.astimezone(UTC).isoformat(timespec='seconds')}" if at else "")
         )
-        super().__init__(self._text(kind, name, version, recreated, f", last changed{who}" if who else ""))
-        self.kind, self.name, self.version, self.recreated = kind, name, version, recreated
+        super().__init__(self._text(kind, name, version, other_object, f", last changed{who}" if who else ""))
+        self.kind, self.name, self.version, self.other_object = kind, name, version, other_object
         self.business_unit, self.units = business_unit, units
 
     @staticmethod
-    def _text(kind: str, name: str, version: int, recreated: bool, last: str) -> str:
-        how = "deleted and created again" if recreated else "changed"
+    def _text(kind: str, name: str, version: int, other_object: bool, last: str) -> str:
+        if other_object:  # no more is known: a revision names its object by an id no other object is ever given
+            return (
+                f"{kind} '{name}' is not the object of the revision sent: that revision may be another object's, or "
+                f"one of an object of this name since deleted (this one is at version {version}{last}): nothing was "
+                "written; read it again and redo the change"
+            )
         return (
-            f"{kind} '{name}' was {how} since it was read (it is now at version {version}{last}): nothing was "
+            f"{kind} '{name}' was changed since it was read (it is now at version {version}{last}): nothing was "
             "written; read it again and redo the change"
         )
 
     def anonymous(self) -> str:
         """The message naming neither who nor when (for a writer who may not read that change in the audit log)."""
-        return self._text(self.kind, self.name, self.version, self.recreated, "")
+        return self._text(self.kind, self.name, self.version, self.other_object, "")

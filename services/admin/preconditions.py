@@ -90,9 +90,10 @@ def conditional_errors(*statuses: int, body: bool = True) -> dict[int | str, dic
     responses = problem_responses(400, *statuses, 412)
     responses[400]["description"] = "Bad request: an `If-Match` that is no entity-tag list (`detail` names the header)"
     responses[412]["description"] = (
-        "Precondition failed, nothing written: the object was changed, or deleted and created again, since the"
-        " `If-Match` revision was read (type `changed-since-read`), or the `If-Match` names no revision at all (an"
-        " `ETag` from before revisions: type `unknown-revision`)"
+        "Precondition failed, nothing written: the object was changed since the `If-Match` revision was read, or"
+        " that revision is not one of this object (another object's, or one of an object of this name since"
+        " deleted) (type `changed-since-read`), or the `If-Match` names no revision at all (an `ETag` from before"
+        " revisions: type `unknown-revision`)"
     )
     if body:
         responses[400]["description"] += ", or a body that cannot be decoded"

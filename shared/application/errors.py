@@ -44,9 +44,9 @@ class Conflict(Refused):
 
 class Stale(Refused):
     """A write conditional on the version its writer read (``If-Match``, a console form's version) found the object
-    changed, or deleted and created again, since (``changed-since-read``), or the revision sent names no object (an
-    ``ETag`` or a page from before revisions: ``unknown-revision``, not ``changed``): nothing was written; the
-    writer reads it again."""
+    changed since, or not the object of that revision (``changed-since-read``), or the revision sent names no
+    object (an ``ETag`` or a page from before revisions: ``unknown-revision``, not ``changed``): nothing was
+    written; the writer reads it again."""
 
     status = 412
     default_slug = "changed-since-read"

@@ -71,7 +71,7 @@ def stale(actor: Actor, store: DefinitionsStore, mismatch: VersionMismatch) -> S
         return units_of(store, mismatch.kind, mismatch.name, mismatch.business_unit)
 
     told = str(mismatch) if readable_to(actor.business_units, mismatch.units, units_now) else mismatch.anonymous()
-    return Stale(told, other_object=mismatch.recreated)
+    return Stale(told, other_object=mismatch.other_object)
 
 
 def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: ObjectChecks) -> list[CatalogObject]:
@@ -107,7 +107,7 @@ class ExpectedVersion:
 
     def closest_to(self, revision: Revision) -> Revision | None:
         """The revision read that is of ``revision``'s object, else any one read (None: ``*`` or none of ours):
-        what a refusal compares the stored object with (changed, or deleted and created again)."""
+        what a refusal compares the stored object with (changed, or not the object read)."""
         if not self.versions:
             return None
         return min(self.versions, key=lambda read: (read.object_id != revision.object_id, read))

@@ -189,7 +189,7 @@ class SqlDefinitionsStore:
             version=row.version,
             by=last.actor if last else None,
             at=aware(row.updated_at),
-            recreated=read is not None and uuid.UUID(row.id) != read.object_id,
+            other_object=read is not None and uuid.UUID(row.id) != read.object_id,
             # What the caller's scope checks need, read as stored: nothing validated, no secret decrypted.
             business_unit=_business_unit(row) if kind == ExportDefinition.__name__ else None,
             units=tuple(last.business_units or ()) if last else (),

@@ -168,7 +168,7 @@ def test_a_save_from_a_page_of_an_object_since_deleted_and_created_again_writes_
     stale = console.post("/queries/spare", fields)
     assert stale.status_code == 422
     assert "Someone else changed this query since you" in unescape(stale.text)
-    assert "was deleted and created again since it was read" in unescape(stale.text)
+    assert "'spare' is not the object of the revision sent" in unescape(stale.text)
     with api.client() as client:
         assert client.get("/api/v1/saved-queries/spare").json()["description"] == "Bob's new one"
 

@@ -279,12 +279,40 @@ def test_an_etag_read_before_a_delete_never_matches_the_object_created_again_und
     for stale in (stale_save, stale_delete):
         assert stale.status_code == 412, stale.text
         detail = stale.json()["detail"]
-        assert "HttpTemplate 'spare' was deleted and created again since it was read" in detail, detail
-        assert "it is now at version 1, last changed by editor" in detail, detail
+        assert f"HttpTemplate 'spare' {NOT_THE_OBJECT}" in detail, detail
+        assert "this one is at version 1, last changed by editor" in detail, detail
     assert _read(api, SPARE) == (created.headers["ETag"], created.json())
     with api.client() as alice:
         fresh = alice.put(SPARE, json=_labelled(spare, "Alice's"), headers={"If-Match": created.headers["ETag"]})
     assert fresh.status_code == 200, fresh.text
+
+
+#: What a 412 says of a revision that is not one of the object under the name (the catalog cannot tell whose).
+NOT_THE_OBJECT = (
+    "is not the object of the revision sent: that revision may be another object's, or one of an object of this name"
+    " since deleted"
+)
+
+
+def test_an_etag_of_another_object_is_412_saying_it_is_not_this_objects_not_that_it_was_deleted(api: InProcessApi):
+    """The ETag of another object (the template ``upsert``'s, sent to ``spare``: a client mixing up its reads)
+    names an object that still exists under its own name: the 412 says the revision is not one of this object,
+    as far as is known (before: "was deleted and created again since it was read": nobody deleted anything)."""
+    etag, spare = _a_spare_template(api)
+    upsert_etag, _ = _read(api, "/api/v1/http-templates/upsert")
+    with api.client() as alice:
+        save = alice.put(SPARE, json=_labelled(spare, "Alice's"), headers={"If-Match": upsert_etag})
+        delete = alice.delete(SPARE, headers={"If-Match": upsert_etag})
+    for refused in (save, delete):
+        assert refused.status_code == 412, refused.text
+        assert refused.json()["type"].endswith("changed-since-read"), refused.json()
+        detail = refused.json()["detail"]
+        assert detail.startswith(f"HttpTemplate 'spare' {NOT_THE_OBJECT} (this one is at version 1, last changed by"), (
+            detail
+        )
+        assert detail.endswith("): nothing was written; read it again and redo the change"), detail
+        assert "created again" not in detail
+    assert _read(api, SPARE) == (etag, spare)  # nothing written
 
 
 def test_a_conditional_write_of_an_object_gone_or_out_of_scope_answers_as_without_if_match(api: InProcessApi):
