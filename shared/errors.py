@@ -101,6 +101,7 @@ class VersionMismatch(PermanentError):
         )
         super().__init__(self._text(kind, name, version, other_object, f", last changed{who}" if who else ""))
         self.kind, self.name, self.version, self.other_object = kind, name, version, other_object
+        self.by, self.at = by, at
         self.business_unit, self.units = business_unit, units
 
     @staticmethod

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import ClassVar
 
 
@@ -52,9 +53,19 @@ class Stale(Refused):
     default_slug = "changed-since-read"
 
     def __init__(
-        self, reason: str | list[str], *, slug: str | None = None, changed: bool = True, other_object: bool = False
+        self,
+        reason: str | list[str],
+        *,
+        slug: str | None = None,
+        changed: bool = True,
+        other_object: bool = False,
+        by: str | None = None,
+        at: datetime | None = None,
     ) -> None:
         super().__init__(reason, slug=slug)
+        #: Who last changed the object, and when, as the audit log and the catalog say: only when the writer may read
+        #: that change in the audit log (else None, as in ``reason``). For a console's own words.
+        self.by, self.at = by, at
         #: False when the revision sent names no object (an ``ETag`` or a page from before revisions): nobody
         #: changed anything, the writer only needs the current revision.
         self.changed = changed

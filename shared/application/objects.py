@@ -70,8 +70,9 @@ def stale(actor: Actor, store: DefinitionsStore, mismatch: VersionMismatch) -> S
     def units_now() -> tuple[str, ...]:
         return units_of(store, mismatch.kind, mismatch.name, mismatch.business_unit)
 
-    told = str(mismatch) if readable_to(actor.business_units, mismatch.units, units_now) else mismatch.anonymous()
-    return Stale(told, other_object=mismatch.other_object)
+    if readable_to(actor.business_units, mismatch.units, units_now):
+        return Stale(str(mismatch), other_object=mismatch.other_object, by=mismatch.by, at=mismatch.at)
+    return Stale(mismatch.anonymous(), other_object=mismatch.other_object)
 
 
 def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: ObjectChecks) -> list[CatalogObject]:

@@ -89,7 +89,7 @@ def test_a_delete_confirmed_from_a_page_older_than_the_objects_last_change_delet
     _someone_else_saves(api, "Changed while the delete was being confirmed")
     stale = console.post("/queries/gold/delete", {"version": version})
     assert stale.status_code == 422
-    assert "was changed since it was read" in unescape(stale.text)
+    assert "The query 'gold' was changed (by editor, " in unescape(stale.text)
     assert not _offers_a_button(stale.text)  # a Delete from here could only be refused again
     assert _description(api) == "Changed while the delete was being confirmed"
     fresh = _hidden_version(console.page("/queries/gold/delete"))
@@ -140,7 +140,7 @@ def test_a_definitions_delete_confirmed_from_a_stale_page_deletes_nothing(api: I
     _someone_else_relabels(api, "Relabelled while the delete was being confirmed")
     stale = console.post("/exports/nightly/delete", {"version": version})
     assert stale.status_code == 422
-    assert "was changed since it was read" in unescape(stale.text)
+    assert "The export definition 'nightly' was changed (by editor, " in unescape(stale.text)
     assert not _offers_a_button(stale.text)  # a Delete from here could only be refused again
     assert _definition(api)["label"] == "Relabelled while the delete was being confirmed"
     fresh = _hidden_version(console.page("/exports/nightly/delete"))
@@ -237,6 +237,10 @@ PAGE_OF_BEFORE_REVISIONS = (
 ANOTHER_QUERY = "The page you came from shows another query than the one now named 'spare': nothing was deleted."
 
 
+#: What a delete's confirmation says of a page older than the definition's last change (the editor's).
+CHANGED_NIGHTLY = "The export definition 'nightly' was changed (by editor, "
+
+
 def _offers_a_button(html: str) -> bool:
     return 'type="submit"' in html.split("<main", 1)[-1]
 
@@ -286,8 +290,8 @@ def _delete_link(html: str, path: str) -> str:
     [
         ("/queries/spare", "/console/queries/spare/delete", "recreate", ANOTHER_QUERY),
         ("/queries", "/console/queries/spare/delete", "recreate", ANOTHER_QUERY),
-        ("/exports/nightly", "/console/exports/nightly/delete", "relabel", "was changed since it was read"),
-        ("/exports", "/console/exports/nightly/delete", "relabel", "was changed since it was read"),
+        ("/exports/nightly", "/console/exports/nightly/delete", "relabel", CHANGED_NIGHTLY),
+        ("/exports", "/console/exports/nightly/delete", "relabel", CHANGED_NIGHTLY),
     ],
 )
 def test_a_delete_link_of_a_page_older_than_the_object_opens_a_confirmation_that_says_so_without_a_button(
@@ -372,6 +376,41 @@ def test_a_delete_link_whose_version_names_no_object_or_another_object_says_so_i
         assert "created again" not in text
         assert not _offers_a_button(answer.text)
     assert _gold_token(api) == gold  # nothing deleted
+
+
+@pytest.mark.parametrize(
+    ("page", "what", "change"),
+    [
+        ("/exports/nightly", "export definition 'nightly'", lambda api: _someone_else_relabels(api, "Bob's label")),
+        ("/queries/gold", "query 'gold'", lambda api: _someone_else_saves(api, "Bob's description")),
+    ],
+)
+def test_a_delete_from_a_page_older_than_the_objects_last_change_says_so_in_the_consoles_words_with_a_link(
+    api: InProcessApi, console: Console, page: str, what: str, change: Any
+):
+    """The confirmation of a delete from a page the object changed since (and the refused post) says what changed,
+    by whom and when, and links to the object's page to open it again, in the console's words (before: the API's
+    sentence, "ExportDefinition 'nightly' was changed since it was read (it is now at version 2, last changed by
+    editor at 2026-…+00:00): nothing was written; read it again and redo the change.", words of ETags and
+    versions that a console user never sees)."""
+    version = _hidden_version(console.page(f"{page}/delete"))
+    change(api)
+    opened = console.client.get(f"/console{page}/delete?version={version}")
+    posted = console.post(f"{page}/delete", {"version": version})
+    for answer in (opened, posted):
+        assert answer.status_code == 422, answer.text
+        main = answer.text.split("<main", 1)[-1]
+        said = re.search(
+            f"The {re.escape(what)} was changed \\(by editor, (?P<when>[0-9-]{{10}} [0-9:]{{5}} UTC)\\) since the page"
+            " you came from was opened: nothing was deleted. "
+            f'<a href="/console{re.escape(page)}">Open it again</a> to see what it is now, and delete it from there'
+            " if you still mean to.",
+            unescape(main),
+        )
+        assert said is not None, unescape(main)
+        for api_words in ("read it again and redo", "nothing was written", "version", "ETag", "If-Match", "+00:00"):
+            assert api_words not in unescape(main), api_words
+        assert not _offers_a_button(answer.text)
 
 
 @pytest.mark.parametrize(

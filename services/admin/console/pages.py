@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
@@ -119,7 +120,8 @@ class Pages:
         than it is now, with no button: the page to delete from is to be opened again. Said in the console's words:
         a page of before revisions (its ``version`` names no object: nobody changed anything); a page of another
         object than the one now under the name (deleted and another created under it, or another object's link);
-        else the refusal's reason (changed since)."""
+        else the object changed since, by whom and when if the user may know (:attr:`Stale.by`, :attr:`Stale.at`:
+        as the audit log would show them), with a link to open it again (the refusal's reason is the API's)."""
         if not stale.changed:
             error = (
                 "This page was opened before the console's pages named the object they show: nothing was deleted. "
@@ -131,10 +133,14 @@ class Pages:
                 f"Open the {what} again to see what it is now, and delete it from there if you still mean to."
             )
         else:
-            error = (
-                f"{stale.reason}. The page you came from shows the {what} as it was then: open it again to see what "
-                "it is now, and delete it from there if you still mean to."
+            last = ", ".join(
+                part for part in (f"by {stale.by}" if stale.by else "", _when(stale.at) if stale.at else "") if part
             )
+            error = Markup(
+                "The {what} '{name}' was changed{last} since the page you came from was opened: nothing was deleted. "
+                '<a href="{back}">Open it again</a> to see what it is now, and delete it from there if you still mean '
+                "to."
+            ).format(what=what, name=name, last=f" ({last})" if last else "", back=back)
         return self.no_delete(request, what, name, error, status=422, back=back)
 
     def forbidden_delete(self, request: Request, what: str, name: str, forbidden: Forbidden, back: str) -> HTMLResponse:
