@@ -13,6 +13,7 @@ import contextlib
 import signal
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,3 +110,41 @@ def test_sigterm_once_the_admin_api_serves_is_uvicorns_graceful_shutdown_then_st
     assert status == 0, _log("admin", tmp_path)
     assert "Finished server process" in _log("admin", tmp_path)  # uvicorn's graceful shutdown, to its end
     assert "Traceback" not in _log("admin", tmp_path)
+
+
+#: The admin API's server, given SIGTERM in the instant between start-up's handlers and uvicorn's own (just before
+#: uvicorn installs its handlers): it must not serve on as if nothing came.
+_BETWEEN_THE_HANDLERS = """
+import os, signal
+import uvicorn
+from services.admin.__main__ import _Server
+
+uvicorns = uvicorn.Server.capture_signals
+
+
+def signal_first(self):
+    os.kill(os.getpid(), signal.SIGTERM)  # delivered here, before uvicorn's handlers are installed
+    return uvicorns(self)
+
+
+uvicorn.Server.capture_signals = signal_first
+
+
+async def app(scope, receive, send):
+    raise AssertionError("nothing is served")
+
+
+server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None))
+server.run()
+print("started" if server.started else "not started", flush=True)
+"""
+
+
+def test_a_sigterm_just_before_uvicorn_takes_the_signals_over_still_stops_the_admin_api(tmp_path: Path):
+    """The admin API hands the signals from start-up's handlers (exit at once) to uvicorn's through one that only
+    records the stop: a SIGTERM in between is seen once uvicorn's are in place, and uvicorn starts, serves nothing
+    and stops (status 0) instead of serving on."""
+    process = subprocess.run(
+        [sys.executable, "-c", _BETWEEN_THE_HANDLERS], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert (process.returncode, process.stdout) == (0, "started\n"), process.stderr
