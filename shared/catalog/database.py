@@ -61,6 +61,18 @@ class CatalogDatabase:
         with self._sessions.begin() as session:
             yield session
 
+    @contextmanager
+    def write_transaction(self) -> Iterator[Session]:
+        """:meth:`transaction` for a write whose reads must still hold when it commits (the catalog objects it names
+        exist, none names the one it deletes). SQLite: the transaction holds the database's write lock from its
+        first statement (``BEGIN IMMEDIATE``; the driver would begin it only at the first write, the reads before
+        it then in no transaction at all), another writer waiting for it (up to the busy timeout). PostgreSQL: as
+        :meth:`transaction`; such a write locks the rows it relies on."""
+        with self._sessions.begin() as session:
+            if self.engine.dialect.name == "sqlite":
+                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            yield session
+
     def insert_ignore(self, session: Session, table: Any, values: dict[str, Any]) -> bool:
         """Insert a row unless its primary key exists; True when inserted.
 

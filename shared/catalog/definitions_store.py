@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, Text, func, select
+from sqlalchemy import ColumnElement, Text, and_, func, or_, select, true
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -35,18 +35,33 @@ from shared.domain.catalog_objects import (
     RunObjects,
     SavedQuery,
     kind_of,
+    missing_references,
+    names_object,
+    references,
     secret_fields,
     stored_form,
 )
 from shared.domain.revisions import Revision
 from shared.domain.secret_references import is_reference
-from shared.errors import EditConflict, NameTaken, NotFound, StoredObjectInvalid, VersionMismatch
+from shared.errors import (
+    EditConflict,
+    NameTaken,
+    NotFound,
+    ObjectInUse,
+    ReferenceMissing,
+    StoredObjectInvalid,
+    VersionMismatch,
+)
 from shared.secrets_at_rest import KEYS_VARIABLE, SecretCipher, SecretsUnreadable, no_key
 
 T = TypeVar("T", bound=CatalogObject)
 R = TypeVar("R")
 ApplyResult = Literal["created", "updated", "unchanged"]
 log = structlog.get_logger(__name__)
+
+#: The kinds whose objects name others (:func:`~shared.domain.catalog_objects.references`), and the kinds named.
+REFERRING_KINDS: tuple[type[CatalogObject], ...] = (HttpTemplate, ExportDefinition)
+REFERENCED_KINDS = frozenset({SavedQuery.__name__, ConnectionProfile.__name__, HttpTemplate.__name__})
 
 #: How many times a write that lost a race to another (its row changed between its read and its write) is tried
 #: in all, each time on a fresh read, before :class:`EditConflict` says so. Concurrent edits of one object are rare.
@@ -119,12 +134,54 @@ class SqlDefinitionsStore:
         return stored_form(current) == stored_form(obj)
 
     @staticmethod
-    def _row(session: Session, kind: str, name: str) -> CatalogObjectRow | None:
+    def _row(session: Session, kind: str, name: str, *, locked: bool = False) -> CatalogObjectRow | None:
         """The row of ``kind`` and ``name``, not locked: a write of it is conditional on the version read
-        (``CatalogObjectRow``'s ``version_id_col``), a lost race raises ``StaleDataError`` at the flush."""
-        return session.scalar(
-            select(CatalogObjectRow).where(CatalogObjectRow.kind == kind, CatalogObjectRow.name == name)
+        (``CatalogObjectRow``'s ``version_id_col``), a lost race raises ``StaleDataError`` at the flush. ``locked``
+        (a delete, a rename: PostgreSQL's ``FOR UPDATE``): held until the transaction ends, a writer of an object
+        naming it waiting meanwhile (:meth:`_hold_references`)."""
+        query = select(CatalogObjectRow).where(CatalogObjectRow.kind == kind, CatalogObjectRow.name == name)
+        return session.scalar(query.with_for_update() if locked else query)
+
+    def _hold_references(
+        self, session: Session, objects: Sequence[CatalogObject], *, written: Sequence[CatalogObject] = ()
+    ) -> None:
+        """:class:`ReferenceMissing` unless every object that ``objects`` name exists, or is one of ``written``
+        (stored by the same transaction): read in the write's transaction, and on PostgreSQL held (``FOR KEY
+        SHARE``) until it ends. A delete or rename of a named object locks it first (:meth:`_refuse_in_use`): it
+        waits for this write, then finds this object naming it; or this write waits for it, then finds it gone
+        (or under another name). On SQLite the write holds the database's write lock from its first read
+        (:meth:`~shared.catalog.database.CatalogDatabase.write_transaction`). An update of a named object (its
+        name kept) does not wait."""
+        declared = {(kind_of(obj), obj.name) for obj in written}
+        wanted = {(kind.__name__, name) for obj in objects for kind, name, _ in references(obj)} - declared
+        if not wanted:
+            return
+        matching = or_(*(and_(CatalogObjectRow.kind == kind, CatalogObjectRow.name == name) for kind, name in wanted))
+        query = select(CatalogObjectRow.kind, CatalogObjectRow.name).where(matching).with_for_update(key_share=True)
+        found = {(kind, name) for kind, name in session.execute(query)} | declared
+        problems = [
+            line
+            for obj in objects
+            for line in missing_references(obj, lambda kind, name: (kind.__name__, name) in found)
+        ]
+        if problems:
+            raise ReferenceMissing(problems)
+
+    def _refuse_in_use(self, session: Session, row: CatalogObjectRow) -> None:
+        """:class:`ObjectInUse` if any object names the object of ``row``, which is to be deleted or renamed and
+        must be locked already (:meth:`_row` ``locked``): the objects read after the lock, so none a writer stored
+        (or is storing: it waits, :meth:`_hold_references`) is missed. Objects invalid as stored are not read (as
+        runs do not read them)."""
+        if row.kind not in REFERENCED_KINDS:
+            return
+        referrers = tuple(
+            (kind.__name__, other.name, other.business_unit if isinstance(other, ExportDefinition) else None)
+            for kind in REFERRING_KINDS
+            for _name, other in self._validated_many(session, kind, true()).values()
+            if names_object(other, row.kind, row.name)
         )
+        if referrers:
+            raise ObjectInUse(row.kind, row.name, tuple(sorted(referrers)))
 
     def _retried(self, write: Callable[[], R], kind: str, name: str, *, created: bool = False) -> R:
         """``write`` (one transaction) done again on a fresh read while another write wins the race to its row
@@ -263,12 +320,13 @@ class SqlDefinitionsStore:
         revision, in one step, tried once: changed or created again meanwhile is :class:`VersionMismatch`, gone is
         :class:`NotFound`. With ``existing`` (the updates of the application layer: replace, a definition's step),
         only the stored object is updated: none under the name (deleted meanwhile) is :class:`NotFound`, never
-        created again.
+        created again. An object ``obj`` names that does not exist (deleted or renamed meanwhile), as found in this
+        transaction: :class:`ReferenceMissing` (:meth:`_hold_references`), nothing written.
         """
 
         def write() -> tuple[ApplyResult, Revision]:
             try:
-                with self.database.transaction() as session:
+                with self.database.write_transaction() as session:
                     write_entries(session, audit)
                     if new and self._row(session, kind_of(obj), obj.name) is not None:
                         raise NameTaken(kind_of(obj), obj.name)
@@ -277,6 +335,7 @@ class SqlDefinitionsStore:
                         # UPDATE's WHERE has the version checked here (see _require_version).
                         held = self._row(session, kind_of(obj), obj.name)
                         self._require_version(session, held, kind_of(obj), obj.name, expected_version)
+                    self._hold_references(session, [obj])
                     result, revision = self._write(session, obj, create=not existing)
                     if audit and result == "unchanged":
                         raise _NothingWritten([result], revision)  # the audit entries roll back with it
@@ -294,12 +353,14 @@ class SqlDefinitionsStore:
     def apply_all(self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = ()) -> list[ApplyResult]:
         """Create or update several objects in one transaction: all of them are written (and audited), or none
         (a lost race to any of them, including another writer creating one first: all read and judged again,
-        as :meth:`apply` says; a manifest says what the objects are, whoever wrote them before)."""
+        as :meth:`apply` says; a manifest says what the objects are, whoever wrote them before). An object named by
+        one of them that does not exist and is not one of them: :class:`ReferenceMissing`, none written."""
 
         def write() -> list[ApplyResult]:
             try:
-                with self.database.transaction() as session:
+                with self.database.write_transaction() as session:
                     write_entries(session, audit)
+                    self._hold_references(session, objects, written=objects)
                     results = [self._write(session, obj)[0] for obj in objects]
                     if audit and all(result == "unchanged" for result in results):
                         raise _NothingWritten(results)  # the audit entries roll back with it
@@ -478,15 +539,20 @@ class SqlDefinitionsStore:
     ) -> Revision:
         """Replace object ``old_name`` of ``obj``'s kind by ``obj`` under its new name, keeping its id (an edit
         of it meanwhile: read again, as :meth:`apply` says, or with ``expected_version`` :class:`VersionMismatch`;
-        the new name taken meanwhile: :class:`NameTaken`); the revision stored."""
+        the new name taken meanwhile: :class:`NameTaken`); the revision stored. Named by another object, as found in
+        this transaction once the object is locked: :class:`ObjectInUse`; ``obj`` naming an object that does not
+        exist: :class:`ReferenceMissing` (see :meth:`_hold_references`)."""
 
         def write() -> Revision:
-            with self.database.transaction() as session:
+            with self.database.write_transaction() as session:
                 write_entries(session, audit)
-                row = self._row(session, kind_of(obj), old_name)
+                row = self._row(session, kind_of(obj), old_name, locked=True)
                 self._require_version(session, row, kind_of(obj), old_name, expected_version)
                 if row is None:
                     raise NotFound(kind_of(obj), old_name)
+                if obj.name != old_name:
+                    self._refuse_in_use(session, row)
+                self._hold_references(session, [obj])
                 row.name, row.spec, row.version, row.updated_at = obj.name, self._stored(obj), row.version + 1, now()
                 return _revision(row)
 
@@ -505,15 +571,17 @@ class SqlDefinitionsStore:
     ) -> None:
         """Delete an object (an edit of it meanwhile: read again and deleted; deleted meanwhile: NotFound); with
         ``expected_version``, only if stored at that revision (``DELETE … WHERE version = …``), else
-        :class:`VersionMismatch`."""
+        :class:`VersionMismatch`. Named by another object, as found in this transaction once the object is locked
+        (:meth:`_refuse_in_use`): :class:`ObjectInUse`, nothing deleted."""
 
         def write() -> None:
-            with self.database.transaction() as session:
+            with self.database.write_transaction() as session:
                 write_entries(session, audit)
-                row = self._row(session, kind.__name__, name)
+                row = self._row(session, kind.__name__, name, locked=True)
                 self._require_version(session, row, kind.__name__, name, expected_version)
                 if row is None:
                     raise NotFound(kind.__name__, name)
+                self._refuse_in_use(session, row)
                 if kind is ExportDefinition:
                     # Loaded here: the snapshots need numpy, which reading and writing objects do not.
                     from shared.catalog.change_snapshots import drop_snapshot
