@@ -363,7 +363,7 @@ def apply_objects(
             changes.append(Change(kind_of(obj), obj.name, "unchanged"))
     if writes and not dry_run:
         with edit_conflicts(actor, store):
-            store.apply_all(writes, audit=audit)
+            store.apply_all(writes, audit=audit, hold_references=True)
     return changes
 
 
@@ -404,7 +404,9 @@ def create_object(
         refuse_taken(store, kind, obj.name)
     stored = checked([obj], store, checks)[0]
     with edit_conflicts(actor, store):
-        _, revision = store.apply_versioned(stored, audit=[change(actor.name, "create", store, after=stored)], new=True)
+        _, revision = store.apply_versioned(
+            stored, audit=[change(actor.name, "create", store, after=stored)], new=True, hold_references=True
+        )
     return revision, stored  # type: ignore[return-value]
 
 
@@ -436,6 +438,7 @@ def replace_object(
                 stored,
                 audit=[change(actor.name, "rename", store, before=old, after=stored)],
                 expected_version=version,
+                hold_references=True,
             )
     elif changed_fields(old, stored):
         revision = _update(actor, store, old, stored, version)
@@ -453,6 +456,7 @@ def _update(
             audit=[change(actor.name, "update", store, before=old, after=stored)],
             existing=True,
             expected_version=version,
+            hold_references=True,
         )
     return revision
 
@@ -499,7 +503,9 @@ def copy_object(
         spec["schedule"] = original.schedule.model_copy(update={"enabled": False}).model_dump(mode="json")
     copy: T = kind.model_validate(spec)  # type: ignore[assignment]
     with edit_conflicts(actor, store):
-        _, revision = store.apply_versioned(copy, audit=[change(actor.name, "copy", store, after=copy)], new=True)
+        _, revision = store.apply_versioned(
+            copy, audit=[change(actor.name, "copy", store, after=copy)], new=True, hold_references=True
+        )
     return revision, copy
 
 

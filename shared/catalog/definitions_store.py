@@ -134,13 +134,23 @@ class SqlDefinitionsStore:
         return stored_form(current) == stored_form(obj)
 
     @staticmethod
-    def _row(session: Session, kind: str, name: str, *, locked: bool = False) -> CatalogObjectRow | None:
+    def _row(session: Session, kind: str, name: str) -> CatalogObjectRow | None:
         """The row of ``kind`` and ``name``, not locked: a write of it is conditional on the version read
-        (``CatalogObjectRow``'s ``version_id_col``), a lost race raises ``StaleDataError`` at the flush. ``locked``
-        (a delete, a rename: PostgreSQL's ``FOR UPDATE``): held until the transaction ends, a writer of an object
-        naming it waiting meanwhile (:meth:`_hold_references`)."""
-        query = select(CatalogObjectRow).where(CatalogObjectRow.kind == kind, CatalogObjectRow.name == name)
-        return session.scalar(query.with_for_update() if locked else query)
+        (``CatalogObjectRow``'s ``version_id_col``), a lost race raises ``StaleDataError`` at the flush."""
+        return session.scalar(
+            select(CatalogObjectRow).where(CatalogObjectRow.kind == kind, CatalogObjectRow.name == name)
+        )
+
+    def _lock_row(self, session: Session, kind: str, name: str) -> CatalogObjectRow | None:
+        """The row of ``kind`` and ``name`` to delete or rename, locked until the transaction ends (PostgreSQL: ``FOR
+        UPDATE``; SQLite: the database's write lock, taken first): a writer of an object naming it waits meanwhile
+        (:meth:`_hold_references`)."""
+        self.database.lock_for_writing(session)
+        return session.scalar(
+            select(CatalogObjectRow)
+            .where(CatalogObjectRow.kind == kind, CatalogObjectRow.name == name)
+            .with_for_update()
+        )
 
     def _hold_references(
         self, session: Session, objects: Sequence[CatalogObject], *, written: Sequence[CatalogObject] = ()
@@ -149,13 +159,14 @@ class SqlDefinitionsStore:
         (stored by the same transaction): read in the write's transaction, and on PostgreSQL held (``FOR KEY
         SHARE``) until it ends. A delete or rename of a named object locks it first (:meth:`_refuse_in_use`): it
         waits for this write, then finds this object naming it; or this write waits for it, then finds it gone
-        (or under another name). On SQLite the write holds the database's write lock from its first read
-        (:meth:`~shared.catalog.database.CatalogDatabase.write_transaction`). An update of a named object (its
+        (or under another name). On SQLite the write holds the database's write lock from this read on
+        (:meth:`~shared.catalog.database.CatalogDatabase.lock_for_writing`). An update of a named object (its
         name kept) does not wait."""
         declared = {(kind_of(obj), obj.name) for obj in written}
         wanted = {(kind.__name__, name) for obj in objects for kind, name, _ in references(obj)} - declared
         if not wanted:
             return
+        self.database.lock_for_writing(session)
         matching = or_(*(and_(CatalogObjectRow.kind == kind, CatalogObjectRow.name == name) for kind, name in wanted))
         query = select(CatalogObjectRow.kind, CatalogObjectRow.name).where(matching).with_for_update(key_share=True)
         found = {(kind, name) for kind, name in session.execute(query)} | declared
@@ -169,7 +180,7 @@ class SqlDefinitionsStore:
 
     def _refuse_in_use(self, session: Session, row: CatalogObjectRow) -> None:
         """:class:`ObjectInUse` if any object names the object of ``row``, which is to be deleted or renamed and
-        must be locked already (:meth:`_row` ``locked``): the objects read after the lock, so none a writer stored
+        must be locked already (:meth:`_lock_row`): the objects read after the lock, so none a writer stored
         (or is storing: it waits, :meth:`_hold_references`) is missed. Objects invalid as stored are not read (as
         runs do not read them)."""
         if row.kind not in REFERENCED_KINDS:
@@ -292,10 +303,13 @@ class SqlDefinitionsStore:
         audit: Sequence[AuditEntry] = (),
         new: bool = False,
         expected_version: Revision | None = None,
+        hold_references: bool = False,
     ) -> ApplyResult:
         """Create or update an object by kind and name; say which (or that nothing changed): as
         :meth:`apply_versioned`, without the revision."""
-        return self.apply_versioned(obj, audit=audit, new=new, expected_version=expected_version)[0]
+        return self.apply_versioned(
+            obj, audit=audit, new=new, expected_version=expected_version, hold_references=hold_references
+        )[0]
 
     def apply_versioned(
         self,
@@ -305,6 +319,7 @@ class SqlDefinitionsStore:
         new: bool = False,
         existing: bool = False,
         expected_version: Revision | None = None,
+        hold_references: bool = False,
     ) -> tuple[ApplyResult, Revision]:
         """Create or update an object by kind and name; say which (or that nothing changed), and the revision this
         write stored (or, unchanged, found): the ``ETag`` of its answer, with no second read that could see a later
@@ -320,13 +335,15 @@ class SqlDefinitionsStore:
         revision, in one step, tried once: changed or created again meanwhile is :class:`VersionMismatch`, gone is
         :class:`NotFound`. With ``existing`` (the updates of the application layer: replace, a definition's step),
         only the stored object is updated: none under the name (deleted meanwhile) is :class:`NotFound`, never
-        created again. An object ``obj`` names that does not exist (deleted or renamed meanwhile), as found in this
-        transaction: :class:`ReferenceMissing` (:meth:`_hold_references`), nothing written.
+        created again. With ``hold_references`` (every write of the application layer), an object ``obj`` names
+        that does not exist (deleted or renamed since it was checked), as found in this transaction:
+        :class:`ReferenceMissing` (:meth:`_hold_references`), nothing written; without, the store writes what it
+        is given (a test's catalog as it needs it).
         """
 
         def write() -> tuple[ApplyResult, Revision]:
             try:
-                with self.database.write_transaction() as session:
+                with self.database.transaction() as session:
                     write_entries(session, audit)
                     if new and self._row(session, kind_of(obj), obj.name) is not None:
                         raise NameTaken(kind_of(obj), obj.name)
@@ -335,8 +352,9 @@ class SqlDefinitionsStore:
                         # UPDATE's WHERE has the version checked here (see _require_version).
                         held = self._row(session, kind_of(obj), obj.name)
                         self._require_version(session, held, kind_of(obj), obj.name, expected_version)
-                    self._hold_references(session, [obj])
                     result, revision = self._write(session, obj, create=not existing)
+                    if hold_references:
+                        self._hold_references(session, [obj])
                     if audit and result == "unchanged":
                         raise _NothingWritten([result], revision)  # the audit entries roll back with it
                     return result, revision
@@ -350,18 +368,22 @@ class SqlDefinitionsStore:
                 raise NameTaken(kind_of(obj), obj.name) from None
             raise
 
-    def apply_all(self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = ()) -> list[ApplyResult]:
+    def apply_all(
+        self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = (), hold_references: bool = False
+    ) -> list[ApplyResult]:
         """Create or update several objects in one transaction: all of them are written (and audited), or none
         (a lost race to any of them, including another writer creating one first: all read and judged again,
-        as :meth:`apply` says; a manifest says what the objects are, whoever wrote them before). An object named by
-        one of them that does not exist and is not one of them: :class:`ReferenceMissing`, none written."""
+        as :meth:`apply` says; a manifest says what the objects are, whoever wrote them before). With
+        ``hold_references``, an object named by one of them that does not exist and is not one of them:
+        :class:`ReferenceMissing`, none written."""
 
         def write() -> list[ApplyResult]:
             try:
-                with self.database.write_transaction() as session:
+                with self.database.transaction() as session:
                     write_entries(session, audit)
-                    self._hold_references(session, objects, written=objects)
                     results = [self._write(session, obj)[0] for obj in objects]
+                    if hold_references:
+                        self._hold_references(session, objects, written=objects)
                     if audit and all(result == "unchanged" for result in results):
                         raise _NothingWritten(results)  # the audit entries roll back with it
                     return results
@@ -536,23 +558,25 @@ class SqlDefinitionsStore:
         *,
         audit: Sequence[AuditEntry] = (),
         expected_version: Revision | None = None,
+        hold_references: bool = False,
     ) -> Revision:
         """Replace object ``old_name`` of ``obj``'s kind by ``obj`` under its new name, keeping its id (an edit
         of it meanwhile: read again, as :meth:`apply` says, or with ``expected_version`` :class:`VersionMismatch`;
         the new name taken meanwhile: :class:`NameTaken`); the revision stored. Named by another object, as found in
-        this transaction once the object is locked: :class:`ObjectInUse`; ``obj`` naming an object that does not
-        exist: :class:`ReferenceMissing` (see :meth:`_hold_references`)."""
+        this transaction once the object is locked: :class:`ObjectInUse`; with ``hold_references``, ``obj`` naming an
+        object that does not exist: :class:`ReferenceMissing` (see :meth:`_hold_references`)."""
 
         def write() -> Revision:
-            with self.database.write_transaction() as session:
+            with self.database.transaction() as session:
                 write_entries(session, audit)
-                row = self._row(session, kind_of(obj), old_name, locked=True)
+                row = self._lock_row(session, kind_of(obj), old_name)
                 self._require_version(session, row, kind_of(obj), old_name, expected_version)
                 if row is None:
                     raise NotFound(kind_of(obj), old_name)
                 if obj.name != old_name:
                     self._refuse_in_use(session, row)
-                self._hold_references(session, [obj])
+                if hold_references:
+                    self._hold_references(session, [obj])
                 row.name, row.spec, row.version, row.updated_at = obj.name, self._stored(obj), row.version + 1, now()
                 return _revision(row)
 
@@ -575,9 +599,9 @@ class SqlDefinitionsStore:
         (:meth:`_refuse_in_use`): :class:`ObjectInUse`, nothing deleted."""
 
         def write() -> None:
-            with self.database.write_transaction() as session:
+            with self.database.transaction() as session:
                 write_entries(session, audit)
-                row = self._row(session, kind.__name__, name, locked=True)
+                row = self._lock_row(session, kind.__name__, name)
                 self._require_version(session, row, kind.__name__, name, expected_version)
                 if row is None:
                     raise NotFound(kind.__name__, name)

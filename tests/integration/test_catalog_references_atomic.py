@@ -10,11 +10,14 @@ holding SQLite's write lock from its first read) and refuses with the answer the
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
+from devtools.processes import wait_until
 from shared.application import objects
 from shared.application.actors import Actor, Role
 from shared.application.checks import ObjectChecks
@@ -31,6 +34,7 @@ from shared.domain.catalog_objects import (
 )
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.secret_references import SecretReferencePolicy
+from shared.errors import ObjectInUse, ReferenceMissing
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +47,7 @@ CHECKS = ObjectChecks(
     secret_references=SecretReferencePolicy.parse("PARTNER_", "/var/run/secrets/member-export"),
 )
 SQL = "SELECT id, email FROM members"
+DEADLINE = 10.0  # seconds a step may take before the test says it hung
 
 
 @pytest.fixture
@@ -271,3 +276,123 @@ def test_a_manifest_may_name_objects_it_writes_itself_and_an_unchanged_catalog_i
 
     assert [c.change for c in changes] == ["created"] * 3
     assert store.get(ExportDefinition, "d4").template == "t4"
+
+
+# --- the store's own guarantee ---------------------------------------------------------------------------------
+
+
+def test_the_store_refuses_to_delete_or_rename_an_object_others_name_whoever_calls_it(stores: CatalogStores):
+    """The guarantee is the store's: its delete and rename refuse an object in use with no check before them."""
+    store = stores.definitions
+
+    with pytest.raises(ObjectInUse) as deleting:
+        store.delete(SavedQuery, "q")
+    with pytest.raises(ObjectInUse) as renaming:
+        store.rename("p", ConnectionProfile(name="p-renamed", base_url="https://partner.example.com"))
+
+    assert deleting.value.referrers == (("HttpTemplate", "t", None), ("HttpTemplate", "t2", None))
+    assert renaming.value.referrers == (("HttpTemplate", "t", None), ("HttpTemplate", "t2", None))
+    assert "q" in names(store, SavedQuery)
+    assert "p" in names(store, ConnectionProfile)
+    assert "p-renamed" not in names(store, ConnectionProfile)
+    store.delete(SavedQuery, "q2")  # one nobody names goes
+    assert "q2" not in names(store, SavedQuery)
+
+
+def test_a_store_write_holding_its_references_refuses_one_naming_nothing(stores: CatalogStores):
+    store = stores.definitions
+
+    with pytest.raises(ReferenceMissing) as refused:
+        store.apply(ExportDefinition(name="d9", query="q9", template="t"), hold_references=True)
+
+    assert refused.value.problems == ["ExportDefinition 'd9': field 'query': SavedQuery 'q9' does not exist"]
+    assert "d9" not in names(store, ExportDefinition)
+
+
+# --- PostgreSQL: two writers really at once, each in its transaction when the other starts ------------------------
+
+
+def lock_waits(database_url: str, stores: CatalogStores) -> Callable[[], bool]:
+    """Whether another session of the catalog's database waits for a lock (PostgreSQL's own view of it)."""
+
+    def waiting() -> bool:
+        with stores.database.engine.connect() as connection:
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            return bool(connection.execute(text(query)).scalar())
+
+    return waiting
+
+
+def in_thread(work: Callable[[], Any]) -> tuple[threading.Thread, list[BaseException]]:
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - said by the test
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, name="other writer")
+    thread.start()
+    return thread, failures
+
+
+def test_postgresql_a_delete_started_while_a_referrer_is_being_saved_waits_for_it_then_refuses(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Bob's new definition has locked the query it names (``FOR KEY SHARE``), not yet committed; Alice's delete
+    of that query (whose check saw no referrer: Bob's is not committed) waits for Bob's transaction at its ``FOR
+    UPDATE`` and, once Bob's definition is committed, finds it and refuses (409 in-use)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: the hook tests above cover it")
+    store = stores.definitions
+    real_hold = SqlDefinitionsStore._hold_references
+    alice: list[tuple[threading.Thread, list[BaseException]]] = []
+
+    def hold(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> None:
+        real_hold(self, *args, **kwargs)
+        if threading.current_thread().name != "other writer" and not alice:
+            alice.append(in_thread(lambda: delete_object(ALICE, SavedQuery, "q2", store=store)))
+            wait_until(lock_waits(database_url, stores), timeout=DEADLINE, what="Alice's delete waiting for Bob's lock")
+
+    monkeypatch.setattr(SqlDefinitionsStore, "_hold_references", hold)
+    bobs_definition(query="q2")(store)
+    thread, failures = alice[0]
+    thread.join(DEADLINE)
+
+    assert not thread.is_alive()
+    assert [type(f) for f in failures] == [Conflict]
+    assert str(failures[0]) == "'q2' is used by ExportDefinition 'd2': delete those first"
+    assert "q2" in names(store, SavedQuery)
+
+
+def test_postgresql_a_referrer_saved_while_its_query_is_being_deleted_waits_for_the_delete_then_refuses(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Alice's delete has locked the query (``FOR UPDATE``) and found no referrer, not yet committed; Bob's new
+    definition naming it (checked: the query is there) waits at its ``FOR KEY SHARE`` and, once the delete is
+    committed, finds the query gone and is refused (422 invalid-reference), nothing stored."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: the hook tests above cover it")
+    store = stores.definitions
+    real_refuse = SqlDefinitionsStore._refuse_in_use
+    bob: list[tuple[threading.Thread, list[BaseException]]] = []
+
+    def refuse(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> None:
+        real_refuse(self, *args, **kwargs)
+        if threading.current_thread().name != "other writer" and not bob:
+            bob.append(in_thread(lambda: bobs_definition(query="q2")(store)))
+            wait_until(lock_waits(database_url, stores), timeout=DEADLINE, what="Bob's write waiting for Alice's lock")
+
+    monkeypatch.setattr(SqlDefinitionsStore, "_refuse_in_use", refuse)
+    delete_object(ALICE, SavedQuery, "q2", store=store)
+    thread, failures = bob[0]
+    thread.join(DEADLINE)
+
+    assert not thread.is_alive()
+    assert [type(f) for f in failures] == [Invalid]
+    assert str(failures[0]) == "ExportDefinition 'd2': field 'query': SavedQuery 'q2' does not exist"
+    assert "d2" not in names(store, ExportDefinition)
+    assert "q2" not in names(store, SavedQuery)
