@@ -20,7 +20,6 @@ from sqlalchemy import text
 from devtools.processes import wait_until
 from shared.application import objects
 from shared.application.actors import Actor, Role
-from shared.application.checks import ObjectChecks
 from shared.application.errors import Conflict, Invalid
 from shared.application.objects import apply_objects, create_object, delete_object, replace_object
 from shared.catalog import CatalogStores
@@ -32,22 +31,13 @@ from shared.domain.catalog_objects import (
     HttpTemplate,
     SavedQuery,
 )
-from shared.domain.destinations import DestinationPolicy
-from shared.domain.secret_references import SecretReferencePolicy
 from shared.errors import ObjectInUse, ReferenceMissing
+from tests.integration.test_concurrent_catalog_writes import ALICE, BOB, CHECKS, DEADLINE
 
 pytestmark = pytest.mark.integration
 
-ALICE = Actor(name="alice", role=Role.ADMIN)
-BOB = Actor(name="bob", role=Role.ADMIN)
 SALES = Actor(name="sales-bot", role=Role.ADMIN, business_units=frozenset({"sales"}))
-CHECKS = ObjectChecks(
-    policy=DestinationPolicy.parse(""),
-    resolve_host=lambda _host: ["93.184.215.14"],
-    secret_references=SecretReferencePolicy.parse("PARTNER_", "/var/run/secrets/member-export"),
-)
 SQL = "SELECT id, email FROM members"
-DEADLINE = 10.0  # seconds a step may take before the test says it hung
 
 
 @pytest.fixture
@@ -312,31 +302,36 @@ def test_a_store_write_holding_its_references_refuses_one_naming_nothing(stores:
 # --- PostgreSQL: two writers really at once, each in its transaction when the other starts ------------------------
 
 
-def lock_waits(database_url: str, stores: CatalogStores) -> Callable[[], bool]:
-    """Whether another session of the catalog's database waits for a lock (PostgreSQL's own view of it)."""
-
-    def waiting() -> bool:
-        with stores.database.engine.connect() as connection:
-            query = (
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            )
-            return bool(connection.execute(text(query)).scalar())
-
-    return waiting
-
-
-def in_thread(work: Callable[[], Any]) -> tuple[threading.Thread, list[BaseException]]:
+def other_writer_waits_after(
+    monkeypatch: pytest.MonkeyPatch, stores: CatalogStores, method: str, other_write: Callable[[], Any]
+) -> tuple[list[threading.Thread], list[BaseException]]:
+    """Patch the store's ``method`` (a lock it takes in its write's transaction) so that, once it has run in this
+    thread, ``other_write`` starts in another, and this write goes on only once PostgreSQL says a session waits for
+    a lock (no sleep). The other writer's thread (once started) and what it raised."""
+    real = getattr(SqlDefinitionsStore, method)
+    other: list[threading.Thread] = []
     failures: list[BaseException] = []
 
     def run() -> None:
         try:
-            work()
+            other_write()
         except BaseException as exc:  # noqa: BLE001 - said by the test
             failures.append(exc)
 
-    thread = threading.Thread(target=run, name="other writer")
-    thread.start()
-    return thread, failures
+    def waiting() -> bool:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        with stores.database.engine.connect() as connection:
+            return bool(connection.execute(text(query)).scalar())
+
+    def patched(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **kwargs)
+        if threading.current_thread().name != "other writer" and not other:
+            other.append(threading.Thread(target=run, name="other writer"))
+            other[0].start()
+            wait_until(waiting, timeout=DEADLINE, what="the other writer waiting for this one's lock")
+
+    monkeypatch.setattr(SqlDefinitionsStore, method, patched)
+    return other, failures
 
 
 def test_postgresql_a_delete_started_while_a_referrer_is_being_saved_waits_for_it_then_refuses(
@@ -348,21 +343,13 @@ def test_postgresql_a_delete_started_while_a_referrer_is_being_saved_waits_for_i
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite has one writer at a time: the hook tests above cover it")
     store = stores.definitions
-    real_hold = SqlDefinitionsStore._hold_references
-    alice: list[tuple[threading.Thread, list[BaseException]]] = []
+    alices_delete = lambda: delete_object(ALICE, SavedQuery, "q2", store=store)  # noqa: E731
+    alice, failures = other_writer_waits_after(monkeypatch, stores, "_hold_references", alices_delete)
 
-    def hold(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> None:
-        real_hold(self, *args, **kwargs)
-        if threading.current_thread().name != "other writer" and not alice:
-            alice.append(in_thread(lambda: delete_object(ALICE, SavedQuery, "q2", store=store)))
-            wait_until(lock_waits(database_url, stores), timeout=DEADLINE, what="Alice's delete waiting for Bob's lock")
-
-    monkeypatch.setattr(SqlDefinitionsStore, "_hold_references", hold)
     bobs_definition(query="q2")(store)
-    thread, failures = alice[0]
-    thread.join(DEADLINE)
+    alice[0].join(DEADLINE)
 
-    assert not thread.is_alive()
+    assert not alice[0].is_alive()
     assert [type(f) for f in failures] == [Conflict]
     assert str(failures[0]) == "'q2' is used by ExportDefinition 'd2': delete those first"
     assert "q2" in names(store, SavedQuery)
@@ -377,21 +364,14 @@ def test_postgresql_a_referrer_saved_while_its_query_is_being_deleted_waits_for_
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite has one writer at a time: the hook tests above cover it")
     store = stores.definitions
-    real_refuse = SqlDefinitionsStore._refuse_in_use
-    bob: list[tuple[threading.Thread, list[BaseException]]] = []
+    bob, failures = other_writer_waits_after(
+        monkeypatch, stores, "_refuse_in_use", lambda: bobs_definition(query="q2")(store)
+    )
 
-    def refuse(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> None:
-        real_refuse(self, *args, **kwargs)
-        if threading.current_thread().name != "other writer" and not bob:
-            bob.append(in_thread(lambda: bobs_definition(query="q2")(store)))
-            wait_until(lock_waits(database_url, stores), timeout=DEADLINE, what="Bob's write waiting for Alice's lock")
-
-    monkeypatch.setattr(SqlDefinitionsStore, "_refuse_in_use", refuse)
     delete_object(ALICE, SavedQuery, "q2", store=store)
-    thread, failures = bob[0]
-    thread.join(DEADLINE)
+    bob[0].join(DEADLINE)
 
-    assert not thread.is_alive()
+    assert not bob[0].is_alive()
     assert [type(f) for f in failures] == [Invalid]
     assert str(failures[0]) == "ExportDefinition 'd2': field 'query': SavedQuery 'q2' does not exist"
     assert "d2" not in names(store, ExportDefinition)
