@@ -15,8 +15,12 @@
      │                     → 409 through the admin API (a Conflict), exit 4 in exportctl
      ├── NameTaken         a new catalog object's name taken by another writer meanwhile
      │                     → 409 through the admin API (a Conflict), exit 4 in exportctl
-     └── VersionMismatch   a write conditional on the version read (If-Match) finds the object changed
-                           → 412 through the admin API (a Stale), the console shows the form again
+     ├── VersionMismatch   a write conditional on the version read (If-Match) finds the object changed
+     │                     → 412 through the admin API (a Stale), the console shows the form again
+     ├── ObjectInUse       a catalog object to delete or rename that others name, found in the write's transaction
+     │                     → 409 through the admin API (a Conflict, "in-use"), exit 4 in exportctl
+     └── ReferenceMissing  objects to write naming an object gone, found in the write's transaction
+                           → 422 through the admin API (an Invalid, "invalid-reference")
 """
 
 from __future__ import annotations
@@ -120,3 +124,26 @@ class VersionMismatch(PermanentError):
     def anonymous(self) -> str:
         """The message naming neither who nor when (for a writer who may not read that change in the audit log)."""
         return self._text(self.kind, self.name, self.version, self.other_object, "")
+
+
+class ObjectInUse(PermanentError):
+    """A catalog object to delete or rename is named by others (a template by its query's or profile's, a definition
+    by its query's or template's): found by the store in the write's own transaction, after locking the object,
+    so that no referrer saved meanwhile is missed (nothing was written).
+
+    ``referrers``: (kind, name, business unit) of each, the unit a definition's (None for the other kinds): the
+    caller names them as its actor may see them (never part of the message)."""
+
+    def __init__(self, kind: str, name: str, referrers: tuple[tuple[str, str, str | None], ...]) -> None:
+        super().__init__(f"{kind} '{name}' is used by {len(referrers)} object(s)")
+        self.kind, self.name, self.referrers = kind, name, referrers
+
+
+class ReferenceMissing(PermanentError):
+    """Objects to write name an object that does not exist (deleted or renamed by another writer after the names
+    were checked): found by the store in the write's own transaction (nothing was written); ``problems``, one line
+    each, worded as the check before the write words them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems

@@ -30,8 +30,8 @@ from shared.domain.catalog_objects import (
     OAuth2ClientCredentials,
     SavedQuery,
     kind_of,
+    missing_references,
     query_consistency_problems,
-    references,
     secret_fields,
 )
 from shared.domain.destinations import DestinationPolicy
@@ -96,10 +96,7 @@ def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: Objec
     """``objects`` with their saved queries' columns discovered; :class:`Invalid` listing every problem."""
     lookup = lookup_in(objects, store)
     missing = [
-        f"{where(obj, ref_field)}: {kind.__name__} '{name}' does not exist"
-        for obj in objects
-        for kind, name, ref_field in references(obj)
-        if lookup(kind, name) is None
+        line for obj in objects for line in missing_references(obj, lambda kind, name: lookup(kind, name) is not None)
     ]
     if missing:
         raise Invalid(missing, slug="invalid-reference")

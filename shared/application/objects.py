@@ -7,7 +7,7 @@ the catalog as it was.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -26,12 +26,12 @@ from shared.domain.catalog_objects import (
     ExportDefinition,
     HttpTemplate,
     kind_of,
-    references,
+    names_object,
     stored_form,
 )
 from shared.domain.names import slugify
 from shared.domain.revisions import NO_OBJECT, Revision
-from shared.errors import EditConflict, NameTaken, NotFound, VersionMismatch
+from shared.errors import EditConflict, NameTaken, NotFound, ObjectInUse, ReferenceMissing, VersionMismatch
 
 if TYPE_CHECKING:
     from shared.application.checks import ObjectChecks
@@ -45,7 +45,8 @@ def edit_conflicts(actor: Actor, store: DefinitionsStore) -> Iterator[None]:
     first): :class:`Conflict`, as every entry point answers a conflict (409; exportctl exits 4). A write
     conditional on the revision its writer read, beaten to it: :class:`Stale` (412) if ``actor`` may see the object
     as it is now (:func:`stale`); the object gone meanwhile (no object under the name): :class:`Missing` (404, as
-    without ``If-Match``; an update is never a create)."""
+    without ``If-Match``; an update is never a create). An object the write names deleted or renamed after it was
+    checked (the store found it in its transaction): :class:`Invalid`, worded as the check words it."""
     try:
         yield
     except EditConflict as exc:
@@ -56,6 +57,29 @@ def edit_conflicts(actor: Actor, store: DefinitionsStore) -> Iterator[None]:
         raise stale(actor, store, exc) from None
     except NotFound as exc:  # deleted (or renamed) by someone else in between
         raise Missing(str(exc)) from None
+    except ReferenceMissing as exc:  # what it names deleted (or renamed) by someone else after the check
+        raise Invalid(exc.problems, slug="invalid-reference") from None
+
+
+#: What a refusal of a delete or a rename of an object in use tells to do.
+DELETE_THOSE_FIRST, CANNOT_BE_RENAMED = "delete those first", "it cannot be renamed"
+
+
+def in_use(name: str, found: list[str], then: str) -> Conflict:
+    """The refusal of a delete or a rename (``then`` says which) of ``name``, used by ``found``."""
+    return Conflict(f"'{name}' is used by {', '.join(found)}: {then}", slug="in-use")
+
+
+@contextmanager
+def in_use_refused(actor: Actor, name: str, then: str) -> Iterator[None]:
+    """A delete or rename of ``name`` the store refused, a referrer found in its transaction (one saved after the
+    check, :func:`referrers`, that came before): :func:`in_use`, the referrers told as that check tells them."""
+    try:
+        yield
+    except ObjectInUse as exc:
+        order = list(KINDS)
+        found = sorted(exc.referrers, key=lambda referrer: (order.index(referrer[0]), referrer[1]))
+        raise in_use(name, described(actor, found), then) from None
 
 
 def stale(actor: Actor, store: DefinitionsStore, mismatch: VersionMismatch) -> Stale:
@@ -234,19 +258,32 @@ def unique_name(store: DefinitionsStore, kind: type[Any], base: str) -> str:
 
 
 def referrers(store: DefinitionsStore, obj: CatalogObject, actor: Actor) -> list[str]:
-    """Objects that refer to ``obj`` (which may therefore not be deleted or renamed), as the actor may see them:
-    definitions outside the actor's scope are counted, never named."""
-    found, hidden = [], 0
-    for kind in KINDS.values():
-        for other in store.list_objects(kind):
-            if any(k is type(obj) and n == obj.name for k, n, _ in references(other)):
-                if isinstance(other, ExportDefinition) and not actor.sees(other.business_unit):
-                    hidden += 1
-                else:
-                    found.append(f"{kind.__name__} '{other.name}'")
+    """Objects that refer to ``obj`` (which may therefore not be deleted or renamed), as the actor may see them
+    (:func:`described`). The check before the write, which names them; the store checks again in the write's
+    transaction (:class:`~shared.errors.ObjectInUse`, :func:`in_use_refused`)."""
+    return described(
+        actor,
+        (
+            (kind.__name__, other.name, other.business_unit if isinstance(other, ExportDefinition) else None)
+            for kind in KINDS.values()
+            for other in store.list_objects(kind)
+            if names_object(other, kind_of(obj), obj.name)
+        ),
+    )
+
+
+def described(actor: Actor, found: Iterable[tuple[str, str, str | None]]) -> list[str]:
+    """Referrers (kind, name, business unit) as the actor may see them: definitions outside the actor's scope are
+    counted, never named."""
+    named, hidden = [], 0
+    for kind, name, business_unit in found:
+        if kind == ExportDefinition.__name__ and not actor.sees(business_unit):
+            hidden += 1
+        else:
+            named.append(f"{kind} '{name}'")
     if hidden:
-        found.append(f"{hidden} definition(s) outside this token's scope")
-    return found
+        named.append(f"{hidden} definition(s) outside this token's scope")
+    return named
 
 
 def dependent_definitions(store: DefinitionsStore, obj: CatalogObject) -> list[ExportDefinition]:
@@ -327,7 +364,7 @@ def apply_objects(
             changes.append(Change(kind_of(obj), obj.name, "unchanged"))
     if writes and not dry_run:
         with edit_conflicts(actor, store):
-            store.apply_all(writes, audit=audit)
+            store.apply_all(writes, audit=audit, hold_references=True)
     return changes
 
 
@@ -368,7 +405,9 @@ def create_object(
         refuse_taken(store, kind, obj.name)
     stored = checked([obj], store, checks)[0]
     with edit_conflicts(actor, store):
-        _, revision = store.apply_versioned(stored, audit=[change(actor.name, "create", store, after=stored)], new=True)
+        _, revision = store.apply_versioned(
+            stored, audit=[change(actor.name, "create", store, after=stored)], new=True, hold_references=True
+        )
     return revision, stored  # type: ignore[return-value]
 
 
@@ -393,13 +432,14 @@ def replace_object(
     if stored.name != old.name:
         refuse_taken(store, kind, stored.name)
         if found := referrers(store, old, actor):
-            raise Conflict(f"'{old.name}' is used by {', '.join(found)}: it cannot be renamed", slug="in-use")
-        with edit_conflicts(actor, store):
+            raise in_use(old.name, found, CANNOT_BE_RENAMED)
+        with in_use_refused(actor, old.name, CANNOT_BE_RENAMED), edit_conflicts(actor, store):
             revision = store.rename(
                 old.name,
                 stored,
                 audit=[change(actor.name, "rename", store, before=old, after=stored)],
                 expected_version=version,
+                hold_references=True,
             )
     elif changed_fields(old, stored):
         revision = _update(actor, store, old, stored, version)
@@ -417,6 +457,7 @@ def _update(
             audit=[change(actor.name, "update", store, before=old, after=stored)],
             existing=True,
             expected_version=version,
+            hold_references=True,
         )
     return revision
 
@@ -444,8 +485,9 @@ def delete_object(
     still as its deleter read it (:class:`Stale` if not)."""
     _, version, obj = deletable(actor, store, kind, name, expected_version)
     if found := referrers(store, obj, actor):
-        raise Conflict(f"'{name}' is used by {', '.join(found)}: delete those first", slug="in-use")
-    with edit_conflicts(actor, store):  # deleted by someone else in between: Missing
+        raise in_use(name, found, DELETE_THOSE_FIRST)
+    # deleted by someone else in between: Missing; a referrer saved in between: in use all the same
+    with in_use_refused(actor, name, DELETE_THOSE_FIRST), edit_conflicts(actor, store):
         store.delete(kind, name, audit=[change(actor.name, "delete", store, before=obj)], expected_version=version)
 
 
@@ -472,7 +514,9 @@ def copy_object(
         spec["schedule"] = original.schedule.model_copy(update={"enabled": False}).model_dump(mode="json")
     copy: T = kind.model_validate(spec)  # type: ignore[assignment]
     with edit_conflicts(actor, store):
-        _, revision = store.apply_versioned(copy, audit=[change(actor.name, "copy", store, after=copy)], new=True)
+        _, revision = store.apply_versioned(
+            copy, audit=[change(actor.name, "copy", store, after=copy)], new=True, hold_references=True
+        )
     return revision, copy
 
 

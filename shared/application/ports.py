@@ -80,6 +80,7 @@ class DefinitionsStore(Protocol):
         audit: Sequence[AuditEntry] = (),
         new: bool = False,
         expected_version: Revision | None = None,
+        hold_references: bool = False,
     ) -> ApplyResult: ...
     def apply_versioned(
         self,
@@ -89,8 +90,11 @@ class DefinitionsStore(Protocol):
         new: bool = False,
         existing: bool = False,
         expected_version: Revision | None = None,
+        hold_references: bool = False,
     ) -> tuple[ApplyResult, Revision]: ...
-    def apply_all(self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = ()) -> list[ApplyResult]: ...
+    def apply_all(
+        self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = (), hold_references: bool = False
+    ) -> list[ApplyResult]: ...
     def replace_if_version(self, obj: CatalogObject, version: int, *, audit: Sequence[AuditEntry] = ()) -> bool: ...
     def rename(
         self,
@@ -99,6 +103,7 @@ class DefinitionsStore(Protocol):
         *,
         audit: Sequence[AuditEntry] = (),
         expected_version: Revision | None = None,
+        hold_references: bool = False,
     ) -> Revision: ...
     def delete(
         self,

@@ -61,6 +61,20 @@ class CatalogDatabase:
         with self._sessions.begin() as session:
             yield session
 
+    def lock_for_writing(self, session: Session) -> None:
+        """Make ``session``'s transaction hold the database's write lock from here until it ends, so that what it
+        reads next cannot change before it commits (a check of the catalog objects a write names, of those naming
+        the one it deletes). SQLite: its pending writes are flushed (the first takes the lock), and with none,
+        ``BEGIN IMMEDIATE`` (the driver opens a transaction only at a write: the reads before it are in none);
+        another writer waits for it (up to the busy timeout). PostgreSQL: nothing (such a write locks the rows it
+        relies on instead: ``FOR UPDATE``, ``FOR KEY SHARE``)."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        session.flush()
+        connection = session.connection()
+        if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
     def insert_ignore(self, session: Session, table: Any, values: dict[str, Any]) -> bool:
         """Insert a row unless its primary key exists; True when inserted.
 

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, Text, func, select
+from sqlalchemy import ColumnElement, Text, and_, func, or_, select, true
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -35,18 +35,33 @@ from shared.domain.catalog_objects import (
     RunObjects,
     SavedQuery,
     kind_of,
+    missing_references,
+    names_object,
+    references,
     secret_fields,
     stored_form,
 )
 from shared.domain.revisions import Revision
 from shared.domain.secret_references import is_reference
-from shared.errors import EditConflict, NameTaken, NotFound, StoredObjectInvalid, VersionMismatch
+from shared.errors import (
+    EditConflict,
+    NameTaken,
+    NotFound,
+    ObjectInUse,
+    ReferenceMissing,
+    StoredObjectInvalid,
+    VersionMismatch,
+)
 from shared.secrets_at_rest import KEYS_VARIABLE, SecretCipher, SecretsUnreadable, no_key
 
 T = TypeVar("T", bound=CatalogObject)
 R = TypeVar("R")
 ApplyResult = Literal["created", "updated", "unchanged"]
 log = structlog.get_logger(__name__)
+
+#: The kinds whose objects name others (:func:`~shared.domain.catalog_objects.references`), and the kinds named.
+REFERRING_KINDS: tuple[type[CatalogObject], ...] = (HttpTemplate, ExportDefinition)
+REFERENCED_KINDS = frozenset({SavedQuery.__name__, ConnectionProfile.__name__, HttpTemplate.__name__})
 
 #: How many times a write that lost a race to another (its row changed between its read and its write) is tried
 #: in all, each time on a fresh read, before :class:`EditConflict` says so. Concurrent edits of one object are rare.
@@ -125,6 +140,59 @@ class SqlDefinitionsStore:
         return session.scalar(
             select(CatalogObjectRow).where(CatalogObjectRow.kind == kind, CatalogObjectRow.name == name)
         )
+
+    def _lock_row(self, session: Session, kind: str, name: str) -> CatalogObjectRow | None:
+        """The row of ``kind`` and ``name`` to delete or rename, locked until the transaction ends (PostgreSQL: ``FOR
+        UPDATE``; SQLite: the database's write lock, taken first): a writer of an object naming it waits meanwhile
+        (:meth:`_hold_references`)."""
+        self.database.lock_for_writing(session)
+        return session.scalar(
+            select(CatalogObjectRow)
+            .where(CatalogObjectRow.kind == kind, CatalogObjectRow.name == name)
+            .with_for_update()
+        )
+
+    def _hold_references(
+        self, session: Session, objects: Sequence[CatalogObject], *, written: Sequence[CatalogObject] = ()
+    ) -> None:
+        """:class:`ReferenceMissing` unless every object that ``objects`` name exists, or is one of ``written``
+        (stored by the same transaction): read in the write's transaction, and on PostgreSQL held (``FOR KEY
+        SHARE``) until it ends. A delete or rename of a named object locks it first (:meth:`_refuse_in_use`): it
+        waits for this write, then finds this object naming it; or this write waits for it, then finds it gone
+        (or under another name). On SQLite the write holds the database's write lock from this read on
+        (:meth:`~shared.catalog.database.CatalogDatabase.lock_for_writing`). An update of a named object (its
+        name kept) does not wait."""
+        declared = {(kind_of(obj), obj.name) for obj in written}
+        wanted = {(kind.__name__, name) for obj in objects for kind, name, _ in references(obj)} - declared
+        if not wanted:
+            return
+        self.database.lock_for_writing(session)
+        matching = or_(*(and_(CatalogObjectRow.kind == kind, CatalogObjectRow.name == name) for kind, name in wanted))
+        query = select(CatalogObjectRow.kind, CatalogObjectRow.name).where(matching).with_for_update(key_share=True)
+        found = {(kind, name) for kind, name in session.execute(query)} | declared
+        problems = [
+            line
+            for obj in objects
+            for line in missing_references(obj, lambda kind, name: (kind.__name__, name) in found)
+        ]
+        if problems:
+            raise ReferenceMissing(problems)
+
+    def _refuse_in_use(self, session: Session, row: CatalogObjectRow) -> None:
+        """:class:`ObjectInUse` if any object names the object of ``row``, which is to be deleted or renamed and
+        must be locked already (:meth:`_lock_row`): the objects read after the lock, so none a writer stored
+        (or is storing: it waits, :meth:`_hold_references`) is missed. Objects invalid as stored are not read (as
+        runs do not read them)."""
+        if row.kind not in REFERENCED_KINDS:
+            return
+        referrers = tuple(
+            (kind.__name__, other.name, other.business_unit if isinstance(other, ExportDefinition) else None)
+            for kind in REFERRING_KINDS
+            for _name, other in self._validated_many(session, kind, true()).values()
+            if names_object(other, row.kind, row.name)
+        )
+        if referrers:
+            raise ObjectInUse(row.kind, row.name, tuple(sorted(referrers)))
 
     def _retried(self, write: Callable[[], R], kind: str, name: str, *, created: bool = False) -> R:
         """``write`` (one transaction) done again on a fresh read while another write wins the race to its row
@@ -235,10 +303,13 @@ class SqlDefinitionsStore:
         audit: Sequence[AuditEntry] = (),
         new: bool = False,
         expected_version: Revision | None = None,
+        hold_references: bool = False,
     ) -> ApplyResult:
         """Create or update an object by kind and name; say which (or that nothing changed): as
         :meth:`apply_versioned`, without the revision."""
-        return self.apply_versioned(obj, audit=audit, new=new, expected_version=expected_version)[0]
+        return self.apply_versioned(
+            obj, audit=audit, new=new, expected_version=expected_version, hold_references=hold_references
+        )[0]
 
     def apply_versioned(
         self,
@@ -248,6 +319,7 @@ class SqlDefinitionsStore:
         new: bool = False,
         existing: bool = False,
         expected_version: Revision | None = None,
+        hold_references: bool = False,
     ) -> tuple[ApplyResult, Revision]:
         """Create or update an object by kind and name; say which (or that nothing changed), and the revision this
         write stored (or, unchanged, found): the ``ETag`` of its answer, with no second read that could see a later
@@ -263,7 +335,10 @@ class SqlDefinitionsStore:
         revision, in one step, tried once: changed or created again meanwhile is :class:`VersionMismatch`, gone is
         :class:`NotFound`. With ``existing`` (the updates of the application layer: replace, a definition's step),
         only the stored object is updated: none under the name (deleted meanwhile) is :class:`NotFound`, never
-        created again.
+        created again. With ``hold_references`` (every write of the application layer), an object ``obj`` names
+        that does not exist (deleted or renamed since it was checked), as found in this transaction:
+        :class:`ReferenceMissing` (:meth:`_hold_references`), nothing written; without, the store writes what it
+        is given (a test's catalog as it needs it).
         """
 
         def write() -> tuple[ApplyResult, Revision]:
@@ -278,6 +353,8 @@ class SqlDefinitionsStore:
                         held = self._row(session, kind_of(obj), obj.name)
                         self._require_version(session, held, kind_of(obj), obj.name, expected_version)
                     result, revision = self._write(session, obj, create=not existing)
+                    if hold_references:
+                        self._hold_references(session, [obj])
                     if audit and result == "unchanged":
                         raise _NothingWritten([result], revision)  # the audit entries roll back with it
                     return result, revision
@@ -291,16 +368,22 @@ class SqlDefinitionsStore:
                 raise NameTaken(kind_of(obj), obj.name) from None
             raise
 
-    def apply_all(self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = ()) -> list[ApplyResult]:
+    def apply_all(
+        self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = (), hold_references: bool = False
+    ) -> list[ApplyResult]:
         """Create or update several objects in one transaction: all of them are written (and audited), or none
         (a lost race to any of them, including another writer creating one first: all read and judged again,
-        as :meth:`apply` says; a manifest says what the objects are, whoever wrote them before)."""
+        as :meth:`apply` says; a manifest says what the objects are, whoever wrote them before). With
+        ``hold_references``, an object named by one of them that does not exist and is not one of them:
+        :class:`ReferenceMissing`, none written."""
 
         def write() -> list[ApplyResult]:
             try:
                 with self.database.transaction() as session:
                     write_entries(session, audit)
                     results = [self._write(session, obj)[0] for obj in objects]
+                    if hold_references:
+                        self._hold_references(session, objects, written=objects)
                     if audit and all(result == "unchanged" for result in results):
                         raise _NothingWritten(results)  # the audit entries roll back with it
                     return results
@@ -475,18 +558,25 @@ class SqlDefinitionsStore:
         *,
         audit: Sequence[AuditEntry] = (),
         expected_version: Revision | None = None,
+        hold_references: bool = False,
     ) -> Revision:
         """Replace object ``old_name`` of ``obj``'s kind by ``obj`` under its new name, keeping its id (an edit
         of it meanwhile: read again, as :meth:`apply` says, or with ``expected_version`` :class:`VersionMismatch`;
-        the new name taken meanwhile: :class:`NameTaken`); the revision stored."""
+        the new name taken meanwhile: :class:`NameTaken`); the revision stored. Named by another object, as found in
+        this transaction once the object is locked: :class:`ObjectInUse`; with ``hold_references``, ``obj`` naming an
+        object that does not exist: :class:`ReferenceMissing` (see :meth:`_hold_references`)."""
 
         def write() -> Revision:
             with self.database.transaction() as session:
                 write_entries(session, audit)
-                row = self._row(session, kind_of(obj), old_name)
+                row = self._lock_row(session, kind_of(obj), old_name)
                 self._require_version(session, row, kind_of(obj), old_name, expected_version)
                 if row is None:
                     raise NotFound(kind_of(obj), old_name)
+                if obj.name != old_name:
+                    self._refuse_in_use(session, row)
+                if hold_references:
+                    self._hold_references(session, [obj])
                 row.name, row.spec, row.version, row.updated_at = obj.name, self._stored(obj), row.version + 1, now()
                 return _revision(row)
 
@@ -505,15 +595,17 @@ class SqlDefinitionsStore:
     ) -> None:
         """Delete an object (an edit of it meanwhile: read again and deleted; deleted meanwhile: NotFound); with
         ``expected_version``, only if stored at that revision (``DELETE … WHERE version = …``), else
-        :class:`VersionMismatch`."""
+        :class:`VersionMismatch`. Named by another object, as found in this transaction once the object is locked
+        (:meth:`_refuse_in_use`): :class:`ObjectInUse`, nothing deleted."""
 
         def write() -> None:
             with self.database.transaction() as session:
                 write_entries(session, audit)
-                row = self._row(session, kind.__name__, name)
+                row = self._lock_row(session, kind.__name__, name)
                 self._require_version(session, row, kind.__name__, name, expected_version)
                 if row is None:
                     raise NotFound(kind.__name__, name)
+                self._refuse_in_use(session, row)
                 if kind is ExportDefinition:
                     # Loaded here: the snapshots need numpy, which reading and writing objects do not.
                     from shared.catalog.change_snapshots import drop_snapshot

@@ -615,6 +615,22 @@ def references(obj: CatalogObject) -> list[tuple[type[CatalogObject], str, str]]
     return []
 
 
+def names_object(obj: CatalogObject, kind: str, name: str) -> bool:
+    """Whether ``obj`` refers to the object of ``kind`` (its class name) and ``name`` (which then may not be deleted
+    or renamed)."""
+    return any(k.__name__ == kind and n == name for k, n, _ in references(obj))
+
+
+def missing_references(obj: CatalogObject, exists: Callable[[type[CatalogObject], str], bool]) -> list[str]:
+    """One line for each object ``obj`` refers to that does not exist (as ``exists`` says): why a write of ``obj``
+    is refused, whether the check before the write or the store's in its transaction finds it."""
+    return [
+        f"{kind_of(obj)} '{obj.name}': field '{field}': {kind.__name__} '{name}' does not exist"
+        for kind, name, field in references(obj)
+        if not exists(kind, name)
+    ]
+
+
 def kind_of(obj: CatalogObject) -> str:
     """The YAML ``kind`` of a catalog object."""
     return type(obj).__name__

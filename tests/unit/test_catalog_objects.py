@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
 from shared.domain.catalog_objects import (
@@ -7,6 +9,8 @@ from shared.domain.catalog_objects import (
     HttpTemplate,
     Notification,
     SavedQuery,
+    missing_references,
+    names_object,
     references,
     stored_form,
 )
@@ -99,3 +103,28 @@ def test_an_unresolvable_reference_names_the_reference_not_a_value(monkeypatch):
     monkeypatch.delenv("MISSING_TOKEN", raising=False)
     with pytest.raises(UnresolvableSecret, match="env:MISSING_TOKEN"):
         resolve_secret(SecretStr("env:MISSING_TOKEN"))
+
+
+NAMES = st.sampled_from(["a", "b", "c"])
+
+
+@given(query=NAMES, template=NAMES, existing=st.sets(st.tuples(st.sampled_from(["SavedQuery", "HttpTemplate"]), NAMES)))
+def test_a_definition_is_refused_for_each_object_it_names_that_does_not_exist_and_names_exactly_those(
+    query: str, template: str, existing: set[tuple[str, str]]
+):
+    """One rule for the check before a write and the store's in its transaction: a line per missing reference,
+    in the order of the definition's fields; and ``names_object`` is true of exactly what ``references`` lists."""
+    definition = ExportDefinition(name="d", query=query, template=template)
+
+    lines = missing_references(definition, lambda kind, name: (kind.__name__, name) in existing)
+
+    expected = [
+        f"ExportDefinition 'd': field '{field}': {kind} '{name}' does not exist"
+        for kind, name, field in [("SavedQuery", query, "query"), ("HttpTemplate", template, "template")]
+        if (kind, name) not in existing
+    ]
+    assert lines == expected
+    for kind in ("SavedQuery", "HttpTemplate", "ConnectionProfile", "ExportDefinition"):
+        for name in ("a", "b", "c"):
+            named = (kind, name) in {("SavedQuery", query), ("HttpTemplate", template)}
+            assert names_object(definition, kind, name) is named

@@ -1,0 +1,378 @@
+"""A catalog object in use can never be deleted or renamed from under its users, whatever two admins do at once
+(real SQLite and PostgreSQL catalogs).
+
+The application layer checks first (who refers to the object being deleted or renamed; that what a new or changed
+object names exists), then the store writes, in another transaction. Each test forces the other writer's whole
+write in between (run from a patched check, after it has answered): with the check only outside the store's
+transaction (before), both writes were stored and the catalog was left with a definition or template naming an
+object that no longer exists. Now the store's write checks again in its transaction (locking on PostgreSQL,
+holding SQLite's write lock from its first read) and refuses with the answer the check gives."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from devtools.processes import wait_until
+from shared.application import objects
+from shared.application.actors import Actor, Role
+from shared.application.errors import Conflict, Invalid
+from shared.application.objects import apply_objects, create_object, delete_object, replace_object
+from shared.catalog import CatalogStores
+from shared.catalog.definitions_store import SqlDefinitionsStore
+from shared.domain.catalog_objects import (
+    CatalogObject,
+    ConnectionProfile,
+    ExportDefinition,
+    HttpTemplate,
+    SavedQuery,
+)
+from shared.errors import ObjectInUse, ReferenceMissing
+from tests.integration.test_concurrent_catalog_writes import ALICE, BOB, CHECKS, DEADLINE
+
+pytestmark = pytest.mark.integration
+
+SALES = Actor(name="sales-bot", role=Role.ADMIN, business_units=frozenset({"sales"}))
+SQL = "SELECT id, email FROM members"
+
+
+@pytest.fixture
+def stores(catalog: CatalogStores) -> CatalogStores:
+    """A catalog whose ``q2``, ``t2`` and ``p2`` nobody uses yet (``t`` uses ``q`` and ``p``)."""
+    apply_objects(
+        ALICE,
+        [
+            ConnectionProfile(name="p", base_url="https://partner.example.com"),
+            ConnectionProfile(name="p2", base_url="https://other.example.com"),
+            SavedQuery(name="q", sql=SQL),
+            SavedQuery(name="q2", sql=SQL),
+            HttpTemplate(name="t", query="q", profile="p"),
+            HttpTemplate(name="t2", query="q", profile="p"),
+        ],
+        store=catalog.definitions,
+        checks=CHECKS,
+    )
+    return catalog
+
+
+def after_first_call(monkeypatch: pytest.MonkeyPatch, name: str, other_write: Callable[[], Any]) -> list[Any]:
+    """Patch the application layer's check ``name`` (``referrers`` or ``checked``) so that its first call answers
+    as ever, then ``other_write`` runs to its end (committed): between the check and the store's write. What the
+    other write returned is in the list returned."""
+    real = getattr(objects, name)
+    calls: list[int] = []
+    done: list[Any] = []
+
+    def patched(*args: Any, **kwargs: Any) -> Any:
+        answer = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # the other write's own checks (calls 2, 3…) answer as ever
+            done.append(other_write())
+        return answer
+
+    monkeypatch.setattr(objects, name, patched)
+    return done
+
+
+def bobs_definition(**fields: Any) -> Callable[[Any], tuple[Any, ExportDefinition]]:
+    body = {"name": "d2", "query": "q", "template": "t", "label": "Bob's"} | fields
+    return lambda store: create_object(BOB, ExportDefinition, body, store=store, checks=CHECKS)
+
+
+def names(store: SqlDefinitionsStore, kind: type[CatalogObject]) -> set[str]:
+    return {obj.name for obj in store.list_objects(kind)}
+
+
+# --- the object deleted or renamed while a new referrer is saved --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "fields", "referrer"),
+    [
+        (SavedQuery, "q2", {"query": "q2"}, "ExportDefinition 'd2'"),
+        (HttpTemplate, "t2", {"template": "t2"}, "ExportDefinition 'd2'"),
+    ],
+    ids=["query", "template"],
+)
+def test_an_object_deleted_while_a_definition_naming_it_is_saved_is_refused_as_in_use(
+    stores: CatalogStores,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: type[CatalogObject],
+    name: str,
+    fields: dict[str, Any],
+    referrer: str,
+):
+    """Alice deletes an object nobody uses (her check finds no referrer); Bob's new definition naming it is stored
+    before her delete: her delete is refused (409 in-use, the check's own text), both objects stay. Before: both
+    were stored, and Bob's definition named an object that no longer existed (its runs failed)."""
+    store = stores.definitions
+    after_first_call(monkeypatch, "referrers", lambda: bobs_definition(**fields)(store))
+
+    with pytest.raises(Conflict) as refused:
+        delete_object(ALICE, kind, name, store=store)
+
+    assert refused.value.slug == "in-use"
+    assert refused.value.reason == f"'{name}' is used by {referrer}: delete those first"
+    assert name in names(store, kind)
+    assert getattr(store.get(ExportDefinition, "d2"), next(iter(fields))) == name
+
+
+def test_a_profile_deleted_while_a_template_naming_it_is_saved_is_refused_as_in_use(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    store = stores.definitions
+    body = {"name": "t3", "query": "q", "profile": "p2"}
+    after_first_call(
+        monkeypatch, "referrers", lambda: create_object(BOB, HttpTemplate, body, store=store, checks=CHECKS)
+    )
+
+    with pytest.raises(Conflict) as refused:
+        delete_object(ALICE, ConnectionProfile, "p2", store=store)
+
+    assert refused.value.reason == "'p2' is used by HttpTemplate 't3': delete those first"
+    assert "p2" in names(store, ConnectionProfile)
+
+
+def test_a_query_renamed_while_a_definition_naming_it_is_saved_is_refused_as_in_use(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    store = stores.definitions
+    after_first_call(monkeypatch, "referrers", lambda: bobs_definition(query="q2")(store))
+
+    with pytest.raises(Conflict) as refused:
+        replace_object(ALICE, SavedQuery, "q2", {"name": "q3", "sql": SQL}, store=store, checks=CHECKS)
+
+    assert refused.value.slug == "in-use"
+    assert refused.value.reason == "'q2' is used by ExportDefinition 'd2': it cannot be renamed"
+    assert "q2" in names(store, SavedQuery)
+    assert "q3" not in names(store, SavedQuery)
+
+
+def test_a_referrer_saved_meanwhile_outside_the_deleters_scope_is_counted_never_named(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    """The store's refusal is told as the check tells it: another unit's definition is counted, not named."""
+    store = stores.definitions
+    after_first_call(monkeypatch, "referrers", lambda: bobs_definition(query="q2", business_unit="finance")(store))
+
+    with pytest.raises(Conflict) as refused:
+        delete_object(SALES, SavedQuery, "q2", store=store)
+
+    assert refused.value.reason == "'q2' is used by 1 definition(s) outside this token's scope: delete those first"
+    assert "d2" not in refused.value.reason
+
+
+# --- a referrer saved while what it names is deleted or renamed ----------------------------------------------
+
+
+def alices_delete(store: SqlDefinitionsStore, kind: type[CatalogObject], name: str) -> Callable[[], None]:
+    return lambda: delete_object(ALICE, kind, name, store=store)
+
+
+def alices_rename(store: SqlDefinitionsStore, kind: type[CatalogObject], name: str) -> Callable[[], Any]:
+    def rename() -> Any:
+        body = {"name": f"{name}-renamed"} | {
+            k: v for k, v in store.get(kind, name).model_dump(mode="json").items() if k != "name"
+        }
+        return replace_object(ALICE, kind, name, body, store=store, checks=CHECKS)
+
+    return rename
+
+
+@pytest.mark.parametrize("how", ["deleted", "renamed"])
+@pytest.mark.parametrize(
+    ("kind", "name", "fields", "field"),
+    [(SavedQuery, "q2", {"query": "q2"}, "query"), (HttpTemplate, "t2", {"template": "t2"}, "template")],
+    ids=["query", "template"],
+)
+def test_a_definition_saved_naming_an_object_deleted_or_renamed_meanwhile_is_refused_as_a_missing_reference(
+    stores: CatalogStores,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+    kind: type[CatalogObject],
+    name: str,
+    fields: dict[str, Any],
+    field: str,
+):
+    """Bob's new definition names an object that exists when checked; Alice deletes (or renames) it before Bob's
+    write: his definition is refused as naming an object that does not exist (422 invalid-reference, the check's
+    own text) and is not stored. Before: it was stored, naming an object that no longer existed."""
+    store = stores.definitions
+    other = alices_delete(store, kind, name) if how == "deleted" else alices_rename(store, kind, name)
+    after_first_call(monkeypatch, "checked", other)
+
+    with pytest.raises(Invalid) as refused:
+        bobs_definition(**fields)(store)
+
+    assert refused.value.slug == "invalid-reference"
+    assert refused.value.problems == [
+        f"ExportDefinition 'd2': field '{field}': {kind.__name__} '{name}' does not exist"
+    ]
+    assert "d2" not in names(store, ExportDefinition)
+    assert name not in names(store, kind)
+
+
+def test_a_template_edited_to_name_a_profile_deleted_meanwhile_is_refused_and_left_as_it_was(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    store = stores.definitions
+    after_first_call(monkeypatch, "checked", alices_delete(store, ConnectionProfile, "p2"))
+
+    with pytest.raises(Invalid) as refused:
+        replace_object(BOB, HttpTemplate, "t2", {"query": "q", "profile": "p2"}, store=store, checks=CHECKS)
+
+    assert refused.value.problems == ["HttpTemplate 't2': field 'profile': ConnectionProfile 'p2' does not exist"]
+    assert store.get(HttpTemplate, "t2").profile == "p"
+
+
+def test_a_manifest_naming_a_query_deleted_meanwhile_is_refused_whole_and_nothing_of_it_is_stored(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    """``exportctl apply`` / the admin API's apply: the query named by one object of the set is deleted between
+    the set's check and its write: nothing of the set is stored. Objects the set itself writes may be named."""
+    store = stores.definitions
+    after_first_call(monkeypatch, "checked", alices_delete(store, SavedQuery, "q2"))
+    manifest: list[CatalogObject] = [
+        SavedQuery(name="q4", sql=SQL),
+        HttpTemplate(name="t4", query="q4", profile="p"),
+        ExportDefinition(name="d4", query="q4", template="t4"),
+        ExportDefinition(name="d2", query="q2", template="t4"),
+    ]
+
+    with pytest.raises(Invalid) as refused:
+        apply_objects(BOB, manifest, store=store, checks=CHECKS)
+
+    assert refused.value.problems == ["ExportDefinition 'd2': field 'query': SavedQuery 'q2' does not exist"]
+    assert not {"q4"} & names(store, SavedQuery)
+    assert not {"d2", "d4"} & names(store, ExportDefinition)
+
+
+def test_a_manifest_may_name_objects_it_writes_itself_and_an_unchanged_catalog_is_left_alone(
+    stores: CatalogStores,
+):
+    """No regression: the set's own objects count as existing (written in the same transaction)."""
+    store = stores.definitions
+    manifest: list[CatalogObject] = [
+        ExportDefinition(name="d4", query="q4", template="t4"),
+        HttpTemplate(name="t4", query="q4", profile="p"),
+        SavedQuery(name="q4", sql=SQL),
+    ]
+
+    changes = apply_objects(BOB, manifest, store=store, checks=CHECKS)
+
+    assert [c.change for c in changes] == ["created"] * 3
+    assert store.get(ExportDefinition, "d4").template == "t4"
+
+
+# --- the store's own guarantee ---------------------------------------------------------------------------------
+
+
+def test_the_store_refuses_to_delete_or_rename_an_object_others_name_whoever_calls_it(stores: CatalogStores):
+    """The guarantee is the store's: its delete and rename refuse an object in use with no check before them."""
+    store = stores.definitions
+
+    with pytest.raises(ObjectInUse) as deleting:
+        store.delete(SavedQuery, "q")
+    with pytest.raises(ObjectInUse) as renaming:
+        store.rename("p", ConnectionProfile(name="p-renamed", base_url="https://partner.example.com"))
+
+    assert deleting.value.referrers == (("HttpTemplate", "t", None), ("HttpTemplate", "t2", None))
+    assert renaming.value.referrers == (("HttpTemplate", "t", None), ("HttpTemplate", "t2", None))
+    assert "q" in names(store, SavedQuery)
+    assert "p" in names(store, ConnectionProfile)
+    assert "p-renamed" not in names(store, ConnectionProfile)
+    store.delete(SavedQuery, "q2")  # one nobody names goes
+    assert "q2" not in names(store, SavedQuery)
+
+
+def test_a_store_write_holding_its_references_refuses_one_naming_nothing(stores: CatalogStores):
+    store = stores.definitions
+
+    with pytest.raises(ReferenceMissing) as refused:
+        store.apply(ExportDefinition(name="d9", query="q9", template="t"), hold_references=True)
+
+    assert refused.value.problems == ["ExportDefinition 'd9': field 'query': SavedQuery 'q9' does not exist"]
+    assert "d9" not in names(store, ExportDefinition)
+
+
+# --- PostgreSQL: two writers really at once, each in its transaction when the other starts ------------------------
+
+
+def other_writer_waits_after(
+    monkeypatch: pytest.MonkeyPatch, stores: CatalogStores, method: str, other_write: Callable[[], Any]
+) -> tuple[list[threading.Thread], list[BaseException]]:
+    """Patch the store's ``method`` (a lock it takes in its write's transaction) so that, once it has run in this
+    thread, ``other_write`` starts in another, and this write goes on only once PostgreSQL says a session waits for
+    a lock (no sleep). The other writer's thread (once started) and what it raised."""
+    real = getattr(SqlDefinitionsStore, method)
+    other: list[threading.Thread] = []
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            other_write()
+        except BaseException as exc:  # noqa: BLE001 - said by the test
+            failures.append(exc)
+
+    def waiting() -> bool:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        with stores.database.engine.connect() as connection:
+            return bool(connection.execute(text(query)).scalar())
+
+    def patched(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **kwargs)
+        if threading.current_thread().name != "other writer" and not other:
+            other.append(threading.Thread(target=run, name="other writer"))
+            other[0].start()
+            wait_until(waiting, timeout=DEADLINE, what="the other writer waiting for this one's lock")
+
+    monkeypatch.setattr(SqlDefinitionsStore, method, patched)
+    return other, failures
+
+
+def test_postgresql_a_delete_started_while_a_referrer_is_being_saved_waits_for_it_then_refuses(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Bob's new definition has locked the query it names (``FOR KEY SHARE``), not yet committed; Alice's delete
+    of that query (whose check saw no referrer: Bob's is not committed) waits for Bob's transaction at its ``FOR
+    UPDATE`` and, once Bob's definition is committed, finds it and refuses (409 in-use)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: the hook tests above cover it")
+    store = stores.definitions
+    alices_delete = lambda: delete_object(ALICE, SavedQuery, "q2", store=store)  # noqa: E731
+    alice, failures = other_writer_waits_after(monkeypatch, stores, "_hold_references", alices_delete)
+
+    bobs_definition(query="q2")(store)
+    alice[0].join(DEADLINE)
+
+    assert not alice[0].is_alive()
+    assert [type(f) for f in failures] == [Conflict]
+    assert str(failures[0]) == "'q2' is used by ExportDefinition 'd2': delete those first"
+    assert "q2" in names(store, SavedQuery)
+
+
+def test_postgresql_a_referrer_saved_while_its_query_is_being_deleted_waits_for_the_delete_then_refuses(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Alice's delete has locked the query (``FOR UPDATE``) and found no referrer, not yet committed; Bob's new
+    definition naming it (checked: the query is there) waits at its ``FOR KEY SHARE`` and, once the delete is
+    committed, finds the query gone and is refused (422 invalid-reference), nothing stored."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: the hook tests above cover it")
+    store = stores.definitions
+    bob, failures = other_writer_waits_after(
+        monkeypatch, stores, "_refuse_in_use", lambda: bobs_definition(query="q2")(store)
+    )
+
+    delete_object(ALICE, SavedQuery, "q2", store=store)
+    bob[0].join(DEADLINE)
+
+    assert not bob[0].is_alive()
+    assert [type(f) for f in failures] == [Invalid]
+    assert str(failures[0]) == "ExportDefinition 'd2': field 'query': SavedQuery 'q2' does not exist"
+    assert "d2" not in names(store, ExportDefinition)
+    assert "q2" not in names(store, SavedQuery)
