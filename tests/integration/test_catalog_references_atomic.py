@@ -334,14 +334,14 @@ def other_writer_waits_after(
     return other, failures
 
 
+# PostgreSQL only: SQLite has one writer at a time (the hook tests above cover it there).
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_postgresql_a_delete_started_while_a_referrer_is_being_saved_waits_for_it_then_refuses(
     stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
 ):
     """Bob's new definition has locked the query it names (``FOR KEY SHARE``), not yet committed; Alice's delete
     of that query (whose check saw no referrer: Bob's is not committed) waits for Bob's transaction at its ``FOR
     UPDATE`` and, once Bob's definition is committed, finds it and refuses (409 in-use)."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite has one writer at a time: the hook tests above cover it")
     store = stores.definitions
     alices_delete = lambda: delete_object(ALICE, SavedQuery, "q2", store=store)  # noqa: E731
     alice, failures = other_writer_waits_after(monkeypatch, stores, "_hold_references", alices_delete)
@@ -355,14 +355,14 @@ def test_postgresql_a_delete_started_while_a_referrer_is_being_saved_waits_for_i
     assert "q2" in names(store, SavedQuery)
 
 
+# PostgreSQL only: SQLite has one writer at a time (the hook tests above cover it there).
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_postgresql_a_referrer_saved_while_its_query_is_being_deleted_waits_for_the_delete_then_refuses(
     stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
 ):
     """Alice's delete has locked the query (``FOR UPDATE``) and found no referrer, not yet committed; Bob's new
     definition naming it (checked: the query is there) waits at its ``FOR KEY SHARE`` and, once the delete is
     committed, finds the query gone and is refused (422 invalid-reference), nothing stored."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite has one writer at a time: the hook tests above cover it")
     store = stores.definitions
     bob, failures = other_writer_waits_after(
         monkeypatch, stores, "_refuse_in_use", lambda: bobs_definition(query="q2")(store)
