@@ -19,6 +19,7 @@ import functools
 import sys
 from collections.abc import Iterator
 
+import structlog
 import uvicorn
 
 from services.admin.app import create_app
@@ -45,8 +46,9 @@ class _Server(uvicorn.Server):
 
     uvicorn installs its own handlers while it serves (a graceful shutdown: requests in hand finished), then puts
     back the ones it found and raises the signal it stopped for again. It finds :func:`stop_gracefully`'s, which
-    only sets the stop event: the signal ends nothing more, ``main`` closes the producer and the catalog and the
-    process ends with status 0 (with start-up's, it would end at once, unclosed; with none, with 143)."""
+    only sets the stop event: the signal ends nothing more, ``main`` closes the producer and the catalog, logs
+    "admin API stopped" and the process ends with status 0 (with start-up's, it would end at once, unclosed; with
+    none, with 143)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -103,6 +105,7 @@ def main() -> None:
     finally:
         producer.close()
         stores.close()
+        structlog.get_logger(SERVICE).info("admin API stopped")  # as the others' "consumer loop stopped"
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 

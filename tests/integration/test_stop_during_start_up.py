@@ -109,6 +109,7 @@ def test_sigterm_once_the_admin_api_serves_is_uvicorns_graceful_shutdown_then_st
         status = process.wait(30)
     assert status == 0, _log("admin", tmp_path)
     assert "Finished server process" in _log("admin", tmp_path)  # uvicorn's graceful shutdown, to its end
+    assert "admin API stopped" in _log("admin", tmp_path)  # then its Kafka producer and catalog closed
     assert "Traceback" not in _log("admin", tmp_path)
 
 
