@@ -458,14 +458,17 @@ def test_a_delete_confirmation_opened_by_a_viewer_says_it_may_not_delete_with_no
 ):
     """A viewer who opens a delete's confirmation (a bookmark, a link passed on: the pages show them no Delete link)
     is told they may not delete it, in the words of the delete's own refusal, with no button (before: a Delete
-    button, refused on the click). Posted anyway: the same page, nothing deleted. An admin still gets the button."""
+    button, refused on the click). Posted anyway: the same page, its Back link to the object too (before: to the
+    list), nothing deleted. An admin still gets the button."""
     with signed_in(api, "viewer") as viewer:
         opened = viewer.client.get(f"/console{path}")
         posted = viewer.post(path, {"version": _hidden_version(console.page(path))})
+    the_object = f"/console{path.removesuffix('/delete')}"
     for answer in (opened, posted):
         assert answer.status_code == 403, answer.text
         assert f"You may not delete this {what}: role 'viewer' may not write." in unescape(answer.text)
         assert not _offers_a_button(answer.text)
+        assert f'<a class="button" href="{the_object}">Back</a>' in answer.text
     assert _offers_a_button(console.page(path))  # the admin's confirmation (the object still there): Delete offered
 
 

@@ -212,8 +212,10 @@ def delete(request: Request, name: str) -> Response:
         return console.pages.deleted_meanwhile(request, "export definition", name, back=f"{PREFIX}/exports")
     except Stale as stale:  # a delete from a page older than the definition: no button that could only fail again
         return console.pages.stale_delete(request, "export definition", name, stale, back=f"{PREFIX}/exports/{name}")
-    except Forbidden as forbidden:  # as its confirmation says: no button
-        return console.pages.forbidden_delete(request, "export definition", name, forbidden, back=f"{PREFIX}/exports")
+    except Forbidden as forbidden:  # as its confirmation says (its Back link too: to the definition): no button
+        return console.pages.forbidden_delete(
+            request, "export definition", name, forbidden, back=f"{PREFIX}/exports/{name}"
+        )
     except Refused as refusal:
         # Refused otherwise (in use, out of scope): said with the confirmation and its page's version (gone since
         # the refusal: said as a delete of an object gone).

@@ -289,8 +289,9 @@ def act(request: Request, collection: str, name: str, action: str) -> Response:
     except Stale as stale:  # a delete from a page older than the object: no button that could only fail again
         return console.pages.stale_delete(request, kind.singular, name, stale, back=f"{PREFIX}/{collection}/{name}")
     except Refused as refusal:
-        if action == "delete" and isinstance(refusal, Forbidden):  # as its confirmation says: no button
-            return console.pages.forbidden_delete(request, kind.singular, name, refusal, back=f"{PREFIX}/{collection}")
+        if action == "delete" and isinstance(refusal, Forbidden):  # as its confirmation says, Back link too: no button
+            back = f"{PREFIX}/{kind.collection}/{name}"
+            return console.pages.forbidden_delete(request, kind.singular, name, refusal, back=back)
         if action == "delete" and console.admin.definitions.find(kind.model, name) is None:  # gone since the refusal
             return console.pages.deleted_meanwhile(request, kind.singular, name, back=f"{PREFIX}/{collection}")
         # Refused otherwise (in use, out of scope): said with the confirmation and its page's version.
