@@ -98,6 +98,9 @@ def main() -> None:
             access_log=False,
             loop="asyncio",  # uvicorn would take uvloop once installed (the dispatcher's): not measured here
             log_config=None,
+            # SIGTERM: requests in hand get this long, then uvicorn cancels them (unset: it waits for them however
+            # long, a second SIGTERM included, until Kubernetes' SIGKILL).
+            timeout_graceful_shutdown=settings.admin_shutdown_seconds,
         )
     )
     try:

@@ -29,6 +29,15 @@ class AdminSettings(CommonSettings):
         description="Largest request body the admin API reads (bigger: 413); unauthenticated writes are refused "
         "before their body is read.",
     )
+    admin_shutdown_seconds: int = Field(
+        default=20,
+        ge=1,
+        le=3_600,
+        description="On SIGTERM, how long requests in hand (e.g. a client still sending its body) may take to finish "
+        "before uvicorn cancels them and the process closes and ends; keep it below the pod's "
+        "terminationGracePeriodSeconds (the chart's: 30), or Kubernetes kills it first (137). A write waiting for "
+        "Kafka's acknowledgement is answered then, but its thread waits on (up to the delivery timeout).",
+    )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Unused by the admin API: /metrics is on its port."
     )

@@ -14,14 +14,17 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from devtools.pipeline import LocalPipeline
 from devtools.processes import free_port, wait_until
+from services.admin.bearer_tokens import token_hash
 from shared.catalog import CatalogStores
 from tests.kafka_helpers import service_env
 
@@ -45,12 +48,15 @@ def _catches(pid: int, sig: signal.Signals) -> bool:
 
 
 @contextlib.contextmanager
-def _starting(service: str, kafka: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``service`` as a process on ``kafka``, once its start-up has begun catching SIGTERM (its first step)."""
+def _starting(
+    service: str, kafka: str, tmp_path: Path, admin_env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``service`` as a process on ``kafka``, once its start-up has begun catching SIGTERM (its first step);
+    the admin API on ``admin_env["EXPORT_ADMIN_PORT"]`` when given (else a free port), with ``admin_env`` added."""
     catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
     CatalogStores.from_url(catalog_url, migrate=True).close()
     env = service_env(kafka, f"t{uuid.uuid4().hex[:10]}.", catalog_url, f"sqlite:///{tmp_path / 'm.db'}")
-    admin = {"EXPORT_ADMIN_HOST": "127.0.0.1", "EXPORT_ADMIN_PORT": str(free_port())}
+    admin = {"EXPORT_ADMIN_HOST": "127.0.0.1", "EXPORT_ADMIN_PORT": str(free_port()), **(admin_env or {})}
     pipeline = LocalPipeline(env=env, log_dir=tmp_path, services=(service,), service_env={"admin": admin})
     pipeline.start()
     process = pipeline.processes[service]
@@ -111,6 +117,45 @@ def test_sigterm_once_the_admin_api_serves_is_uvicorns_graceful_shutdown_then_st
     assert "Finished server process" in _log("admin", tmp_path)  # uvicorn's graceful shutdown, to its end
     assert "admin API stopped" in _log("admin", tmp_path)  # then its Kafka producer and catalog closed
     assert "Traceback" not in _log("admin", tmp_path)
+
+
+def test_sigterm_while_a_client_holds_a_request_open_ends_the_admin_api_within_its_shutdown_seconds(
+    kafka_bootstrap: str, tmp_path: Path
+):
+    """A client sends a write's headers, is told to go on (100 Continue: the API waits for the body) and sends
+    nothing more, as a stalled upload. On SIGTERM uvicorn waits for requests in hand: before, with no bound (a
+    second SIGTERM did not cut it short either), so the pod ended by Kubernetes' SIGKILL (137); now for
+    EXPORT_ADMIN_SHUTDOWN_SECONDS, then it cancels the request and the process closes what it opened, status 0."""
+    token, port, seconds = f"tok-{uuid.uuid4().hex}", free_port(), 2
+    entry = {"name": "ops", "sha256": token_hash(token), "role": "admin", "business_units": []}
+    (tmp_path / "tokens.yaml").write_text(yaml.safe_dump({"tokens": [entry]}))
+    admin_env = {
+        "EXPORT_ADMIN_PORT": str(port),
+        "EXPORT_ADMIN_TOKENS_FILE": str(tmp_path / "tokens.yaml"),
+        "EXPORT_ADMIN_SHUTDOWN_SECONDS": str(seconds),
+    }
+    with _starting("admin", kafka_bootstrap, tmp_path, admin_env) as process:
+        wait_until(
+            lambda: process.poll() is not None or RUNNING["admin"] in _log("admin", tmp_path),
+            timeout=60,
+            what="the admin API serving",
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(
+                b"PUT /api/v1/saved-queries/stalled HTTP/1.1\r\nHost: admin\r\n"
+                + f"Authorization: Bearer {token}\r\n".encode()
+                + b"Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
+            )
+            # The API asks for the body once it reads it: the request is in hand, waiting for the client.
+            assert client.recv(1024).startswith(b"HTTP/1.1 100 Continue"), _log("admin", tmp_path)
+            process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            status = process.wait(seconds + 20)  # the request's bound, then closing the producer and the catalog
+            took = time.monotonic() - signalled
+    assert status == 0, _log("admin", tmp_path)
+    assert seconds <= took, _log("admin", tmp_path)  # the request was given its seconds: it held the shutdown
+    assert "timeout graceful shutdown exceeded" in _log("admin", tmp_path)  # uvicorn's, cancelling it
+    assert "admin API stopped" in _log("admin", tmp_path)
 
 
 #: The admin API's server, given SIGTERM in the instant between start-up's handlers and uvicorn's own (just before
