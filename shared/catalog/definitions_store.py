@@ -168,7 +168,13 @@ class SqlDefinitionsStore:
             return
         self.database.lock_for_writing(session)
         matching = or_(*(and_(CatalogObjectRow.kind == kind, CatalogObjectRow.name == name) for kind, name in wanted))
-        query = select(CatalogObjectRow.kind, CatalogObjectRow.name).where(matching).with_for_update(key_share=True)
+        # ``read=True`` too: ``key_share`` alone is ``FOR NO KEY UPDATE`` (SQLAlchemy), which an edit of the named
+        # object, and another write naming it, would wait for (and a deadlock of two such writes was possible).
+        query = (
+            select(CatalogObjectRow.kind, CatalogObjectRow.name)
+            .where(matching)
+            .with_for_update(read=True, key_share=True)
+        )
         found = {(kind, name) for kind, name in session.execute(query)} | declared
         problems = [
             line

@@ -302,6 +302,13 @@ def test_a_store_write_holding_its_references_refuses_one_naming_nothing(stores:
 # --- PostgreSQL: two writers really at once, each in its transaction when the other starts ------------------------
 
 
+def lock_waits(stores: CatalogStores) -> bool:
+    """Whether a session of the test's PostgreSQL database waits for a lock now."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    with stores.database.engine.connect() as connection:
+        return bool(connection.execute(text(query)).scalar())
+
+
 def other_writer_waits_after(
     monkeypatch: pytest.MonkeyPatch, stores: CatalogStores, method: str, other_write: Callable[[], Any]
 ) -> tuple[list[threading.Thread], list[BaseException]]:
@@ -318,17 +325,14 @@ def other_writer_waits_after(
         except BaseException as exc:  # noqa: BLE001 - said by the test
             failures.append(exc)
 
-    def waiting() -> bool:
-        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        with stores.database.engine.connect() as connection:
-            return bool(connection.execute(text(query)).scalar())
-
     def patched(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> None:
         real(self, *args, **kwargs)
         if threading.current_thread().name != "other writer" and not other:
             other.append(threading.Thread(target=run, name="other writer"))
             other[0].start()
-            wait_until(waiting, timeout=DEADLINE, what="the other writer waiting for this one's lock")
+            wait_until(
+                lambda: lock_waits(stores), timeout=DEADLINE, what="the other writer waiting for this one's lock"
+            )
 
     monkeypatch.setattr(SqlDefinitionsStore, method, patched)
     return other, failures
@@ -376,3 +380,89 @@ def test_postgresql_a_referrer_saved_while_its_query_is_being_deleted_waits_for_
     assert str(failures[0]) == "ExportDefinition 'd2': field 'query': SavedQuery 'q2' does not exist"
     assert "d2" not in names(store, ExportDefinition)
     assert "q2" not in names(store, SavedQuery)
+
+
+def in_another_thread(write: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """``write`` started in another thread; what it returned or raised (once it has ended) in the list."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(write())
+        except BaseException as exc:  # noqa: BLE001 - said by the test
+            out.append(exc)
+
+    thread = threading.Thread(target=run, name="other writer")
+    thread.start()
+    return thread, out
+
+
+# PostgreSQL only: SQLite has one writer at a time.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_an_edit_of_a_named_query_keeping_its_name_does_not_wait_for_a_referrers_open_save(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Bob's new definition naming q2 holds its reference locks, not yet committed; Alice's edit of q2's label (its
+    name kept) is stored meanwhile, without waiting for Bob; then Bob's definition is stored too. Before: her edit
+    waited for Bob's transaction (the reference lock was ``FOR NO KEY UPDATE``, not ``FOR KEY SHARE``)."""
+    store = stores.definitions
+    real = SqlDefinitionsStore._hold_references
+    edit: list[tuple[threading.Thread, list[Any]]] = []
+    ended_while_bobs_save_was_open: list[bool] = []
+
+    def alices_edit() -> Any:
+        return replace_object(ALICE, SavedQuery, "q2", {"sql": SQL, "label": "edited"}, store=store, checks=CHECKS)
+
+    def patched(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **kwargs)
+        if threading.current_thread() is threading.main_thread() and not edit:
+            edit.append(in_another_thread(alices_edit))
+            out = edit[0][1]
+            wait_until(lambda: bool(out) or lock_waits(stores), timeout=DEADLINE, what="Alice's edit ended or waiting")
+            ended_while_bobs_save_was_open.append(bool(out))
+
+    monkeypatch.setattr(SqlDefinitionsStore, "_hold_references", patched)
+    bobs_definition(query="q2")(store)
+    edit[0][0].join(DEADLINE)
+
+    assert ended_while_bobs_save_was_open == [True]
+    assert [type(result) for result in edit[0][1]] == [tuple]
+    assert store.get(SavedQuery, "q2").label == "edited"
+    assert store.get(ExportDefinition, "d2").query == "q2"
+
+
+# PostgreSQL only: SQLite has one writer at a time.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_a_template_edited_while_a_new_definition_naming_it_is_saved_both_are_stored_without_waiting(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Alice's edit of template t (its label; name and references kept) has written t, not yet committed; Bob's new
+    definition naming q and t is saved meanwhile, without waiting for her; then her edit is stored too. Before:
+    Bob waited for Alice's row of t, and Alice's reference locks then waited for Bob's of q: PostgreSQL's deadlock
+    detector failed one of them (the admin API's 500, exportctl's exit 5)."""
+    store = stores.definitions
+    real = SqlDefinitionsStore._write
+    save: list[tuple[threading.Thread, list[Any]]] = []
+    ended_while_alices_edit_was_open: list[bool] = []
+
+    def patched(self: SqlDefinitionsStore, session: Any, obj: Any, **how: Any) -> Any:
+        written = real(self, session, obj, **how)
+        if threading.current_thread() is threading.main_thread() and not save:
+            session.flush()  # her UPDATE of t is sent: its row is locked until she commits
+            save.append(in_another_thread(lambda: bobs_definition()(store)))
+            out = save[0][1]
+            wait_until(lambda: bool(out) or lock_waits(stores), timeout=DEADLINE, what="Bob's save ended or waiting")
+            ended_while_alices_edit_was_open.append(bool(out))
+        return written
+
+    monkeypatch.setattr(SqlDefinitionsStore, "_write", patched)
+    edited = replace_object(
+        ALICE, HttpTemplate, "t", {"query": "q", "profile": "p", "label": "edited"}, store=store, checks=CHECKS
+    )
+    save[0][0].join(DEADLINE)
+
+    assert edited[1].label == "edited"
+    assert ended_while_alices_edit_was_open == [True]
+    assert [type(result) for result in save[0][1]] == [tuple]
+    assert store.get(HttpTemplate, "t").label == "edited"
+    assert store.get(ExportDefinition, "d2").template == "t"
