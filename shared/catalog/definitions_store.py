@@ -161,7 +161,11 @@ class SqlDefinitionsStore:
         waits for this write, then finds this object naming it; or this write waits for it, then finds it gone
         (or under another name). On SQLite the write holds the database's write lock from this read on
         (:meth:`~shared.catalog.database.CatalogDatabase.lock_for_writing`). An update of a named object (its
-        name kept) does not wait."""
+        name kept) does not wait.
+
+        Called before the write stores any row (as a delete or rename locks its row before it writes): a write
+        holding a new row's name (its unique key) while waiting here for a rename holding the named row, which
+        waits for that name, would be a deadlock."""
         declared = {(kind_of(obj), obj.name) for obj in written}
         wanted = {(kind.__name__, name) for obj in objects for kind, name, _ in references(obj)} - declared
         if not wanted:
@@ -351,6 +355,8 @@ class SqlDefinitionsStore:
             try:
                 with self.database.transaction() as session:
                     write_entries(session, audit)
+                    if hold_references:  # before any row is written: see _hold_references
+                        self._hold_references(session, [obj])
                     if new and self._row(session, kind_of(obj), obj.name) is not None:
                         raise NameTaken(kind_of(obj), obj.name)
                     if expected_version is not None:
@@ -359,8 +365,6 @@ class SqlDefinitionsStore:
                         held = self._row(session, kind_of(obj), obj.name)
                         self._require_version(session, held, kind_of(obj), obj.name, expected_version)
                     result, revision = self._write(session, obj, create=not existing)
-                    if hold_references:
-                        self._hold_references(session, [obj])
                     if audit and result == "unchanged":
                         raise _NothingWritten([result], revision)  # the audit entries roll back with it
                     return result, revision
@@ -387,9 +391,9 @@ class SqlDefinitionsStore:
             try:
                 with self.database.transaction() as session:
                     write_entries(session, audit)
-                    results = [self._write(session, obj)[0] for obj in objects]
-                    if hold_references:
+                    if hold_references:  # before any row is written: see _hold_references
                         self._hold_references(session, objects, written=objects)
+                    results = [self._write(session, obj)[0] for obj in objects]
                     if audit and all(result == "unchanged" for result in results):
                         raise _NothingWritten(results)  # the audit entries roll back with it
                     return results

@@ -466,3 +466,32 @@ def test_postgresql_a_template_edited_while_a_new_definition_naming_it_is_saved_
     assert [type(result) for result in save[0][1]] == [tuple]
     assert store.get(HttpTemplate, "t").label == "edited"
     assert store.get(ExportDefinition, "d2").template == "t"
+
+
+# PostgreSQL only: SQLite has one writer at a time.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_a_manifest_creating_a_query_under_the_new_name_of_one_being_renamed_waits_then_is_refused(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Alice's rename of q2 to q9 has locked q2 and found no referrer, not yet committed; Bob's manifest creating a
+    query q9 and a definition naming q2 waits for her (before writing any row), then finds q2 gone and is refused
+    (422 invalid-reference), nothing of it stored; her rename is stored. Before: Bob inserted q9 first, then waited
+    for q2 while Alice's rename waited for the name q9: PostgreSQL's deadlock detector failed one of them (500)."""
+    store = stores.definitions
+    manifest: list[CatalogObject] = [
+        SavedQuery(name="q9", sql=SQL),
+        ExportDefinition(name="d9", query="q2", template="t"),
+    ]
+    bob, failures = other_writer_waits_after(
+        monkeypatch, stores, "_refuse_in_use", lambda: apply_objects(BOB, manifest, store=store, checks=CHECKS)
+    )
+
+    replace_object(ALICE, SavedQuery, "q2", {"name": "q9", "sql": SQL, "label": "Alice's"}, store=store, checks=CHECKS)
+    bob[0].join(DEADLINE)
+
+    assert not bob[0].is_alive()
+    assert [type(f) for f in failures] == [Invalid]
+    assert str(failures[0]) == "ExportDefinition 'd9': field 'query': SavedQuery 'q2' does not exist"
+    assert store.get(SavedQuery, "q9").label == "Alice's"
+    assert "q2" not in names(store, SavedQuery)
+    assert "d9" not in names(store, ExportDefinition)

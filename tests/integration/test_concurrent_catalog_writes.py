@@ -67,11 +67,13 @@ def test_an_edit_made_while_another_is_stored_lands_on_top_of_it_and_both_are_au
 
     On PostgreSQL Bob's edit is stored between Alice's read of the row and her write (no row lock is held): her
     write, conditional on the version she read, loses and is tried again on a fresh read. On SQLite her
-    transaction's audit entry takes the database's write lock before the row is read, so Bob's edit can only be
-    stored before her read. Either way both answer success, hers is stored on top as version 3, and both
-    edits are in the audit log (with the old code on PostgreSQL, Bob's edit waited for her row lock: it hung)."""
-    real_write = SqlDefinitionsStore._write
+    transaction takes the database's write lock when it first checks the objects her definition names (her audit
+    entry flushed), before the row is read, so Bob's edit can only be stored before that check. Either way both
+    answer success, hers is stored on top as version 3, and both edits are in the audit log (with the old code on
+    PostgreSQL, Bob's edit waited for her row lock: it hung)."""
+    real_write, real_hold = SqlDefinitionsStore._write, SqlDefinitionsStore._hold_references
     tries: list[str] = []
+    held: list[int] = []
 
     def bobs_edit() -> None:
         editor = threading.Thread(
@@ -88,15 +90,19 @@ def test_an_edit_made_while_another_is_stored_lands_on_top_of_it_and_both_are_au
         if threading.current_thread().name == "bob":
             return real_write(self, session, obj, **how)
         tries.append(obj.label)
-        first = len(tries) == 1
-        if first and not database_url.startswith("postgresql"):
-            bobs_edit()
         result = real_write(self, session, obj, **how)
-        if first and database_url.startswith("postgresql"):
+        if len(tries) == 1 and database_url.startswith("postgresql"):
             bobs_edit()
         return result
 
+    def hold(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> None:
+        if threading.current_thread().name != "bob" and not held and not database_url.startswith("postgresql"):
+            held.append(1)
+            bobs_edit()
+        real_hold(self, *args, **kwargs)
+
     monkeypatch.setattr(SqlDefinitionsStore, "_write", write)
+    monkeypatch.setattr(SqlDefinitionsStore, "_hold_references", hold)
     stored = alices_edit(stores)
     assert stored.label == "alice's"
 
