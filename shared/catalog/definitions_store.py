@@ -17,7 +17,7 @@ import structlog
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Text, and_, func, or_, select, true
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -66,6 +66,10 @@ REFERENCED_KINDS = frozenset({SavedQuery.__name__, ConnectionProfile.__name__, H
 #: How many times a write that lost a race to another (its row changed between its read and its write) is tried
 #: in all, each time on a fresh read, before :class:`EditConflict` says so. Concurrent edits of one object are rare.
 WRITE_ATTEMPTS = 5
+
+#: The SQLSTATEs of a transaction PostgreSQL ended so that another could go on (a deadlock it detected, a
+#: serialization failure): a race lost like the others, the whole transaction rolled back and done again.
+ENDED_FOR_ANOTHER = frozenset({"40P01", "40001"})
 
 
 class _NothingWritten(Exception):
@@ -209,22 +213,41 @@ class SqlDefinitionsStore:
         (``created``: also to create it, the name's unique key taken meanwhile); :class:`EditConflict` after
         :data:`WRITE_ATTEMPTS` lost races. Each try is judged afresh: created, updated or unchanged."""
         lost: tuple[type[Exception], ...] = (StaleDataError, IntegrityError) if created else (StaleDataError,)
+        return self._redone(write, kind, name, lost)
+
+    @staticmethod
+    def _redone(write: Callable[[], R], kind: str, name: str, lost: tuple[type[Exception], ...]) -> R:
+        """``write`` done again while it raises one of ``lost`` or PostgreSQL ends its transaction for another's
+        (:data:`ENDED_FOR_ANOTHER`: a deadlock, whatever interleaving led to it, is never an error of the write);
+        :class:`EditConflict` after :data:`WRITE_ATTEMPTS` tries."""
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 return write()
             except lost:
                 log.info("catalog write lost a race, read again", kind=kind, name=name, attempt=attempt)
+            except DBAPIError as exc:
+                state = getattr(exc.orig, "sqlstate", None)
+                if state not in ENDED_FOR_ANOTHER:
+                    raise
+                log.info(
+                    "catalog write ended by the database for another, done again",
+                    kind=kind,
+                    name=name,
+                    attempt=attempt,
+                    sqlstate=state,
+                )
         raise EditConflict(kind, name, WRITE_ATTEMPTS)
 
     def _conditional(self, write: Callable[[], R], kind: str, name: str, expected_version: Revision | None) -> R:
         """``write`` as :meth:`_retried` does it, or, with ``expected_version`` (the writer's ``If-Match``), once:
         its write is conditional on that revision (:meth:`_require_version`, then ``WHERE version = …``), and a lost
         race is :class:`VersionMismatch` (made after the rollback), never a retry on a fresh read (the writer did not
-        see that read)."""
+        see that read; a transaction PostgreSQL ended for another's is done again, as :meth:`_redone` says: its
+        write is conditional on the same revision)."""
         if expected_version is None:
             return self._retried(write, kind, name)
         try:
-            return write()
+            return self._redone(write, kind, name, ())
         except (StaleDataError, _NotAsRead):
             raise self.changed_since_read(kind, name, read=expected_version) from None
 
