@@ -190,7 +190,7 @@ class SqlDefinitionsStore:
             for line in missing_references(obj, lambda kind, name: (kind.__name__, name) in found)
         ]
         if problems:
-            raise ReferenceMissing(problems)
+            raise ReferenceMissing(problems, frozenset(wanted - found))
 
     def _refuse_in_use(self, session: Session, row: CatalogObjectRow) -> None:
         """:class:`ObjectInUse` if any object names the object of ``row``, which is to be deleted or renamed and

@@ -251,6 +251,68 @@ def test_a_manifest_naming_a_query_deleted_meanwhile_is_refused_whole_and_nothin
     assert not {"d2", "d4"} & names(store, ExportDefinition)
 
 
+def test_a_manifest_listing_unchanged_a_query_it_names_deleted_before_its_write_is_applied_again_and_creates_it(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    """Bob's manifest lists q2 exactly as stored (unchanged: not written) and a new definition naming it; Alice
+    deletes q2 (nobody names it yet) between Bob's change list and his write. The manifest says what q2 is: the
+    set is applied once more from the start, q2 is created again and the definition stored, as if Bob had applied
+    it after Alice's delete. Before: refused (422) for naming a query that its own manifest lists."""
+    store = stores.definitions
+    real = SqlDefinitionsStore.apply_all
+    calls: list[int] = []
+
+    def deleted_first(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            delete_object(ALICE, SavedQuery, "q2", store=store)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlDefinitionsStore, "apply_all", deleted_first)
+    manifest: list[CatalogObject] = [
+        SavedQuery(name="q2", sql=SQL),
+        ExportDefinition(name="d9", query="q2", template="t"),
+    ]
+
+    changes = apply_objects(BOB, manifest, store=store, checks=CHECKS)
+
+    assert [(c.name, c.change) for c in changes] == [("q2", "created"), ("d9", "created")]
+    assert len(calls) == 2
+    assert store.get(ExportDefinition, "d9").query == "q2"
+    assert "q2" in names(store, SavedQuery)
+    assert [(e.actor, e.action) for e in stores.audit.entries(name="q2")][:2] == [
+        ("bob", "create"),
+        ("alice", "delete"),
+    ]
+
+
+def test_a_manifest_naming_a_query_it_does_not_list_deleted_before_its_write_is_refused_without_a_second_try(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    store = stores.definitions
+    real = SqlDefinitionsStore.apply_all
+    calls: list[int] = []
+
+    def deleted_first(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            delete_object(ALICE, SavedQuery, "q2", store=store)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlDefinitionsStore, "apply_all", deleted_first)
+    manifest: list[CatalogObject] = [
+        SavedQuery(name="q4", sql=SQL),
+        ExportDefinition(name="d9", query="q2", template="t"),
+    ]
+
+    with pytest.raises(Invalid) as refused:
+        apply_objects(BOB, manifest, store=store, checks=CHECKS)
+
+    assert refused.value.problems == ["ExportDefinition 'd9': field 'query': SavedQuery 'q2' does not exist"]
+    assert len(calls) == 1
+    assert "q4" not in names(store, SavedQuery)
+
+
 def test_a_manifest_may_name_objects_it_writes_itself_and_an_unchanged_catalog_is_left_alone(
     stores: CatalogStores,
 ):
