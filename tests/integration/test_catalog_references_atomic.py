@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from devtools.processes import wait_until
 from shared.application import objects
@@ -23,6 +24,7 @@ from shared.application.actors import Actor, Role
 from shared.application.errors import Conflict, Invalid
 from shared.application.objects import apply_objects, create_object, delete_object, replace_object
 from shared.catalog import CatalogStores
+from shared.catalog.database import CatalogDatabase
 from shared.catalog.definitions_store import SqlDefinitionsStore
 from shared.domain.catalog_objects import (
     CatalogObject,
@@ -251,14 +253,11 @@ def test_a_manifest_naming_a_query_deleted_meanwhile_is_refused_whole_and_nothin
     assert not {"d2", "d4"} & names(store, ExportDefinition)
 
 
-def test_a_manifest_listing_unchanged_a_query_it_names_deleted_before_its_write_is_applied_again_and_creates_it(
-    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
-):
-    """Bob's manifest lists q2 exactly as stored (unchanged: not written) and a new definition naming it; Alice
-    deletes q2 (nobody names it yet) between Bob's change list and his write. The manifest says what q2 is: the
-    set is applied once more from the start, q2 is created again and the definition stored, as if Bob had applied
-    it after Alice's delete. Before: refused (422) for naming a query that its own manifest lists."""
-    store = stores.definitions
+def q2_deleted_before_the_first_write_of_a_set(
+    monkeypatch: pytest.MonkeyPatch, store: SqlDefinitionsStore
+) -> list[int]:
+    """Patch the store's write of a set (``apply_all``) so that Alice's delete of q2 is stored just before its first
+    call (after the set's change list); one item a call in the list returned."""
     real = SqlDefinitionsStore.apply_all
     calls: list[int] = []
 
@@ -269,6 +268,18 @@ def test_a_manifest_listing_unchanged_a_query_it_names_deleted_before_its_write_
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(SqlDefinitionsStore, "apply_all", deleted_first)
+    return calls
+
+
+def test_a_manifest_listing_unchanged_a_query_it_names_deleted_before_its_write_is_applied_again_and_creates_it(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    """Bob's manifest lists q2 exactly as stored (unchanged: not written) and a new definition naming it; Alice
+    deletes q2 (nobody names it yet) between Bob's change list and his write. The manifest says what q2 is: the
+    set is applied once more from the start, q2 is created again and the definition stored, as if Bob had applied
+    it after Alice's delete. Before: refused (422) for naming a query that its own manifest lists."""
+    store = stores.definitions
+    calls = q2_deleted_before_the_first_write_of_a_set(monkeypatch, store)
     manifest: list[CatalogObject] = [
         SavedQuery(name="q2", sql=SQL),
         ExportDefinition(name="d9", query="q2", template="t"),
@@ -290,16 +301,7 @@ def test_a_manifest_naming_a_query_it_does_not_list_deleted_before_its_write_is_
     stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
 ):
     store = stores.definitions
-    real = SqlDefinitionsStore.apply_all
-    calls: list[int] = []
-
-    def deleted_first(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 1:
-            delete_object(ALICE, SavedQuery, "q2", store=store)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(SqlDefinitionsStore, "apply_all", deleted_first)
+    calls = q2_deleted_before_the_first_write_of_a_set(monkeypatch, store)
     manifest: list[CatalogObject] = [
         SavedQuery(name="q4", sql=SQL),
         ExportDefinition(name="d9", query="q2", template="t"),
@@ -316,18 +318,41 @@ def test_a_manifest_naming_a_query_it_does_not_list_deleted_before_its_write_is_
 def test_a_manifest_may_name_objects_it_writes_itself_and_an_unchanged_catalog_is_left_alone(
     stores: CatalogStores,
 ):
-    """No regression: the set's own objects count as existing (written in the same transaction)."""
+    """No regression: the set's own objects count as existing (written in the same transaction), and the rest of
+    the catalog, which the set only names or does not touch, is left as it was (same revisions, nothing audited);
+    the same set applied again changes nothing at all."""
     store = stores.definitions
     manifest: list[CatalogObject] = [
         ExportDefinition(name="d4", query="q4", template="t4"),
         HttpTemplate(name="t4", query="q4", profile="p"),
         SavedQuery(name="q4", sql=SQL),
     ]
+    kinds = (ConnectionProfile, SavedQuery, HttpTemplate, ExportDefinition)
+    before = {(kind.__name__, obj.name): revision for kind in kinds for revision, obj in store.list_versioned(kind)}
+    audited = len(stores.audit.entries(limit=1000))
 
     changes = apply_objects(BOB, manifest, store=store, checks=CHECKS)
 
     assert [c.change for c in changes] == ["created"] * 3
     assert store.get(ExportDefinition, "d4").template == "t4"
+    after = {(kind.__name__, obj.name): revision for kind in kinds for revision, obj in store.list_versioned(kind)}
+    assert {key: after[key] for key in before} == before
+    assert set(after) - set(before) == {("ExportDefinition", "d4"), ("HttpTemplate", "t4"), ("SavedQuery", "q4")}
+    entries = stores.audit.entries(limit=1000)  # newest first
+    assert len(entries) == audited + 3
+    assert sorted((e.actor, e.action, e.name) for e in entries[:3]) == [
+        ("bob", "create", "d4"),
+        ("bob", "create", "q4"),
+        ("bob", "create", "t4"),
+    ]
+
+    again = apply_objects(BOB, manifest, store=store, checks=CHECKS)
+
+    assert [c.change for c in again] == ["unchanged"] * 3
+    assert {(kind.__name__, obj.name): revision for kind in kinds for revision, obj in store.list_versioned(kind)} == (
+        after
+    )
+    assert len(stores.audit.entries(limit=1000)) == audited + 3
 
 
 # --- the store's own guarantee ---------------------------------------------------------------------------------
@@ -359,6 +384,96 @@ def test_a_store_write_holding_its_references_refuses_one_naming_nothing(stores:
 
     assert refused.value.problems == ["ExportDefinition 'd9': field 'query': SavedQuery 'q9' does not exist"]
     assert "d9" not in names(store, ExportDefinition)
+
+
+def in_another_thread(write: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """``write`` started in another thread; what it returned or raised (once it has ended) in the list."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(write())
+        except BaseException as exc:  # noqa: BLE001 - said by the test
+            out.append(exc)
+
+    thread = threading.Thread(target=run, name="other writer")
+    thread.start()
+    return thread, out
+
+
+# --- SQLite: the write lock, held from the check on (the store's own writes, with no audit entry to flush) -------
+
+
+def impatient_store(stores: CatalogStores) -> SqlDefinitionsStore:
+    """Another writer of the same SQLite file that does not wait for the write lock (no busy timeout): refused
+    at once ("database is locked") while another transaction holds it, where a real writer would wait for it."""
+    engine = create_engine(stores.database.engine.url, connect_args={"timeout": 0})
+    return SqlDefinitionsStore(CatalogDatabase(engine))
+
+
+def while_in_the_store_method(
+    monkeypatch: pytest.MonkeyPatch, method: str, other_write: Callable[[], Any]
+) -> list[Any]:
+    """Patch the store's ``method`` so that, once it has answered in this thread, ``other_write`` runs to its end in
+    another thread (this write's transaction still open); what it returned or raised is in the list returned."""
+    real = getattr(SqlDefinitionsStore, method)
+    out: list[Any] = []
+
+    def patched(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **kwargs)
+        if threading.current_thread() is threading.main_thread() and not out:
+            thread, done = in_another_thread(other_write)
+            thread.join(DEADLINE)
+            out.extend(done or ["still running"])
+
+    monkeypatch.setattr(SqlDefinitionsStore, method, patched)
+    return out
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_a_delete_holds_the_write_lock_from_its_check_for_referrers_until_it_ends(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The store's delete of q2 (no audit entry) has found no referrer, not yet committed; another writer's
+    definition naming q2 cannot be stored meanwhile (it would wait; this one does not, and is refused at once), so
+    no definition names the deleted query. Without the write lock taken before the check (a read takes none on
+    SQLite), the definition was stored in between and the delete went on: it named a query that no longer was."""
+    store = stores.definitions
+    other = impatient_store(stores)
+    bobs = while_in_the_store_method(
+        monkeypatch,
+        "_refuse_in_use",
+        lambda: other.apply(ExportDefinition(name="d2", query="q2", template="t"), hold_references=True),
+    )
+
+    store.delete(SavedQuery, "q2")
+
+    assert [type(result) for result in bobs] == [OperationalError]
+    assert "database is locked" in str(bobs[0])
+    assert "q2" not in names(store, SavedQuery)
+    assert "d2" not in names(store, ExportDefinition)
+    other.database.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_a_referrer_holds_the_write_lock_from_its_reference_check_until_it_ends(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The store's write of a definition naming q2 (no audit entry) has found q2, not yet committed; another
+    writer's delete of q2 cannot be stored meanwhile, so the definition never names a deleted query. Without the
+    write lock taken before the reference check, the delete was stored in between (it found no referrer yet) and
+    then the definition too."""
+    store = stores.definitions
+    other = impatient_store(stores)
+    alices = while_in_the_store_method(monkeypatch, "_hold_references", lambda: other.delete(SavedQuery, "q2"))
+
+    store.apply(ExportDefinition(name="d2", query="q2", template="t"), hold_references=True)
+
+    assert [type(result) for result in alices] == [OperationalError]
+    assert "database is locked" in str(alices[0])
+    assert store.get(ExportDefinition, "d2").query == "q2"
+    assert "q2" in names(store, SavedQuery)
+    other.database.close()
 
 
 # --- PostgreSQL: two writers really at once, each in its transaction when the other starts ------------------------
@@ -442,21 +557,6 @@ def test_postgresql_a_referrer_saved_while_its_query_is_being_deleted_waits_for_
     assert str(failures[0]) == "ExportDefinition 'd2': field 'query': SavedQuery 'q2' does not exist"
     assert "d2" not in names(store, ExportDefinition)
     assert "q2" not in names(store, SavedQuery)
-
-
-def in_another_thread(write: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    """``write`` started in another thread; what it returned or raised (once it has ended) in the list."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(write())
-        except BaseException as exc:  # noqa: BLE001 - said by the test
-            out.append(exc)
-
-    thread = threading.Thread(target=run, name="other writer")
-    thread.start()
-    return thread, out
 
 
 # PostgreSQL only: SQLite has one writer at a time.
