@@ -559,6 +559,33 @@ def test_postgresql_a_referrer_saved_while_its_query_is_being_deleted_waits_for_
     assert "q2" not in names(store, SavedQuery)
 
 
+def other_writer_runs_after(
+    monkeypatch: pytest.MonkeyPatch, stores: CatalogStores, method: str, other_write: Callable[[], Any]
+) -> tuple[list[tuple[threading.Thread, list[Any]]], list[bool]]:
+    """Patch the store's ``method`` (called with the write's session first) so that, once it has run in this thread
+    (its statements sent), ``other_write`` starts in another, and this write goes on once the other has ended or
+    PostgreSQL says a session waits for a lock (no sleep). The other writer (its thread, what it returned or raised)
+    once started, and whether it had ended when this write went on."""
+    real = getattr(SqlDefinitionsStore, method)
+    other: list[tuple[threading.Thread, list[Any]]] = []
+    ended_first: list[bool] = []
+
+    def patched(self: SqlDefinitionsStore, session: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real(self, session, *args, **kwargs)
+        if threading.current_thread() is threading.main_thread() and not other:
+            session.flush()  # what it wrote is sent: those rows are locked until this write ends
+            other.append(in_another_thread(other_write))
+            out = other[0][1]
+            wait_until(
+                lambda: bool(out) or lock_waits(stores), timeout=DEADLINE, what="the other write ended or waiting"
+            )
+            ended_first.append(bool(out))
+        return result
+
+    monkeypatch.setattr(SqlDefinitionsStore, method, patched)
+    return other, ended_first
+
+
 # PostgreSQL only: SQLite has one writer at a time.
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_postgresql_an_edit_of_a_named_query_keeping_its_name_does_not_wait_for_a_referrers_open_save(
@@ -568,27 +595,17 @@ def test_postgresql_an_edit_of_a_named_query_keeping_its_name_does_not_wait_for_
     name kept) is stored meanwhile, without waiting for Bob; then Bob's definition is stored too. Before: her edit
     waited for Bob's transaction (the reference lock was ``FOR NO KEY UPDATE``, not ``FOR KEY SHARE``)."""
     store = stores.definitions
-    real = SqlDefinitionsStore._hold_references
-    edit: list[tuple[threading.Thread, list[Any]]] = []
-    ended_while_bobs_save_was_open: list[bool] = []
+    edit, ended_while_bobs_save_was_open = other_writer_runs_after(
+        monkeypatch,
+        stores,
+        "_hold_references",
+        lambda: replace_object(ALICE, SavedQuery, "q2", {"sql": SQL, "label": "edited"}, store=store, checks=CHECKS),
+    )
 
-    def alices_edit() -> Any:
-        return replace_object(ALICE, SavedQuery, "q2", {"sql": SQL, "label": "edited"}, store=store, checks=CHECKS)
-
-    def patched(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> None:
-        real(self, *args, **kwargs)
-        if threading.current_thread() is threading.main_thread() and not edit:
-            edit.append(in_another_thread(alices_edit))
-            out = edit[0][1]
-            wait_until(lambda: bool(out) or lock_waits(stores), timeout=DEADLINE, what="Alice's edit ended or waiting")
-            ended_while_bobs_save_was_open.append(bool(out))
-
-    monkeypatch.setattr(SqlDefinitionsStore, "_hold_references", patched)
     bobs_definition(query="q2")(store)
     edit[0][0].join(DEADLINE)
 
-    assert ended_while_bobs_save_was_open == [True]
-    assert [type(result) for result in edit[0][1]] == [tuple]
+    assert (ended_while_bobs_save_was_open, [type(result) for result in edit[0][1]]) == ([True], [tuple])
     assert store.get(SavedQuery, "q2").label == "edited"
     assert store.get(ExportDefinition, "d2").query == "q2"
 
@@ -603,29 +620,17 @@ def test_postgresql_a_template_edited_while_a_new_definition_naming_it_is_saved_
     Bob waited for Alice's row of t, and Alice's reference locks then waited for Bob's of q: PostgreSQL's deadlock
     detector failed one of them (the admin API's 500, exportctl's exit 5)."""
     store = stores.definitions
-    real = SqlDefinitionsStore._write
-    save: list[tuple[threading.Thread, list[Any]]] = []
-    ended_while_alices_edit_was_open: list[bool] = []
+    save, ended_while_alices_edit_was_open = other_writer_runs_after(
+        monkeypatch, stores, "_write", lambda: bobs_definition()(store)
+    )
 
-    def patched(self: SqlDefinitionsStore, session: Any, obj: Any, **how: Any) -> Any:
-        written = real(self, session, obj, **how)
-        if threading.current_thread() is threading.main_thread() and not save:
-            session.flush()  # her UPDATE of t is sent: its row is locked until she commits
-            save.append(in_another_thread(lambda: bobs_definition()(store)))
-            out = save[0][1]
-            wait_until(lambda: bool(out) or lock_waits(stores), timeout=DEADLINE, what="Bob's save ended or waiting")
-            ended_while_alices_edit_was_open.append(bool(out))
-        return written
-
-    monkeypatch.setattr(SqlDefinitionsStore, "_write", patched)
     edited = replace_object(
         ALICE, HttpTemplate, "t", {"query": "q", "profile": "p", "label": "edited"}, store=store, checks=CHECKS
     )
     save[0][0].join(DEADLINE)
 
     assert edited[1].label == "edited"
-    assert ended_while_alices_edit_was_open == [True]
-    assert [type(result) for result in save[0][1]] == [tuple]
+    assert (ended_while_alices_edit_was_open, [type(result) for result in save[0][1]]) == ([True], [tuple])
     assert store.get(HttpTemplate, "t").label == "edited"
     assert store.get(ExportDefinition, "d2").template == "t"
 
