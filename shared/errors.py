@@ -142,8 +142,8 @@ class ObjectInUse(PermanentError):
 class ReferenceMissing(PermanentError):
     """Objects to write name an object that does not exist (deleted or renamed by another writer after the names
     were checked): found by the store in the write's own transaction (nothing was written); ``problems``, one line
-    each, worded as the check before the write words them."""
+    each, worded as the check before the write words them; ``missing``, the (kind, name) of each object not found."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], missing: frozenset[tuple[str, str]] = frozenset()) -> None:
         super().__init__("; ".join(problems))
-        self.problems = problems
+        self.problems, self.missing = problems, missing

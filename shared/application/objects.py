@@ -338,8 +338,32 @@ def apply_objects(
     """Create or update every object, all or nothing; say what changes for each (``dry_run``: write nothing).
 
     Authorised and checked as a whole first (references among the set or in the catalog, destinations,
-    query columns discovered, templates rendered, definitions consistent): one refusal refuses all.
+    query columns discovered, templates rendered, definitions consistent): one refusal refuses all. An object of
+    the set that another one names, listed unchanged (so not written), deleted or renamed by another writer between
+    the change list and the write: the set is applied once more from the start (that object is then created), as
+    if applied after that writer; a missing object the set does not list is refused (:func:`edit_conflicts`).
     """
+    try:
+        return _apply_objects_once(actor, objects, store=store, checks=checks, dry_run=dry_run, last=False)
+    except _ListedObjectGone:
+        return _apply_objects_once(actor, objects, store=store, checks=checks, dry_run=dry_run, last=True)
+
+
+class _ListedObjectGone(Exception):
+    """An object a set to apply lists unchanged and names was deleted (or renamed) before the set's write."""
+
+
+def _apply_objects_once(
+    actor: Actor,
+    objects: list[CatalogObject],
+    *,
+    store: DefinitionsStore,
+    checks: ObjectChecks,
+    dry_run: bool,
+    last: bool,
+) -> list[Change]:
+    """:func:`apply_objects` once: :class:`_ListedObjectGone` (unless ``last``) if it is to be done again."""
+    listed = {(kind_of(obj), obj.name) for obj in objects}
     for obj in objects:
         authorise_write(actor, obj)
         current = store.find(type(obj), obj.name)
@@ -364,7 +388,12 @@ def apply_objects(
             changes.append(Change(kind_of(obj), obj.name, "unchanged"))
     if writes and not dry_run:
         with edit_conflicts(actor, store):
-            store.apply_all(writes, audit=audit, hold_references=True)
+            try:
+                store.apply_all(writes, audit=audit, hold_references=True)
+            except ReferenceMissing as exc:
+                if last or not exc.missing or not exc.missing <= listed:
+                    raise
+                raise _ListedObjectGone from None
     return changes
 
 

@@ -66,8 +66,9 @@ class CatalogDatabase:
         reads next cannot change before it commits (a check of the catalog objects a write names, of those naming
         the one it deletes). SQLite: its pending writes are flushed (the first takes the lock), and with none,
         ``BEGIN IMMEDIATE`` (the driver opens a transaction only at a write: the reads before it are in none);
-        another writer waits for it (up to the busy timeout). PostgreSQL: nothing (such a write locks the rows it
-        relies on instead: ``FOR UPDATE``, ``FOR KEY SHARE``)."""
+        another writer waits for it (up to the busy timeout). Not implied by an audit entry's flush: the store's
+        writes may have none (tests ``test_sqlite_…_holds_the_write_lock…``). PostgreSQL: nothing (such a write
+        locks the rows it relies on instead: ``FOR UPDATE``, ``FOR KEY SHARE``)."""
         if self.engine.dialect.name != "sqlite":
             return
         session.flush()

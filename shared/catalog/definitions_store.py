@@ -17,7 +17,7 @@ import structlog
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Text, and_, func, or_, select, true
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -66,6 +66,10 @@ REFERENCED_KINDS = frozenset({SavedQuery.__name__, ConnectionProfile.__name__, H
 #: How many times a write that lost a race to another (its row changed between its read and its write) is tried
 #: in all, each time on a fresh read, before :class:`EditConflict` says so. Concurrent edits of one object are rare.
 WRITE_ATTEMPTS = 5
+
+#: The SQLSTATEs of a transaction PostgreSQL ended so that another could go on (a deadlock it detected, a
+#: serialization failure): a race lost like the others, the whole transaction rolled back and done again.
+ENDED_FOR_ANOTHER = frozenset({"40P01", "40001"})
 
 
 class _NothingWritten(Exception):
@@ -161,14 +165,24 @@ class SqlDefinitionsStore:
         waits for this write, then finds this object naming it; or this write waits for it, then finds it gone
         (or under another name). On SQLite the write holds the database's write lock from this read on
         (:meth:`~shared.catalog.database.CatalogDatabase.lock_for_writing`). An update of a named object (its
-        name kept) does not wait."""
+        name kept) does not wait.
+
+        Called before the write stores any row (as a delete or rename locks its row before it writes): a write
+        holding a new row's name (its unique key) while waiting here for a rename holding the named row, which
+        waits for that name, would be a deadlock."""
         declared = {(kind_of(obj), obj.name) for obj in written}
         wanted = {(kind.__name__, name) for obj in objects for kind, name, _ in references(obj)} - declared
         if not wanted:
             return
         self.database.lock_for_writing(session)
         matching = or_(*(and_(CatalogObjectRow.kind == kind, CatalogObjectRow.name == name) for kind, name in wanted))
-        query = select(CatalogObjectRow.kind, CatalogObjectRow.name).where(matching).with_for_update(key_share=True)
+        # ``read=True`` too: ``key_share`` alone is ``FOR NO KEY UPDATE`` (SQLAlchemy), which an edit of the named
+        # object, and another write naming it, would wait for (and a deadlock of two such writes was possible).
+        query = (
+            select(CatalogObjectRow.kind, CatalogObjectRow.name)
+            .where(matching)
+            .with_for_update(read=True, key_share=True)
+        )
         found = {(kind, name) for kind, name in session.execute(query)} | declared
         problems = [
             line
@@ -176,7 +190,7 @@ class SqlDefinitionsStore:
             for line in missing_references(obj, lambda kind, name: (kind.__name__, name) in found)
         ]
         if problems:
-            raise ReferenceMissing(problems)
+            raise ReferenceMissing(problems, frozenset(wanted - found))
 
     def _refuse_in_use(self, session: Session, row: CatalogObjectRow) -> None:
         """:class:`ObjectInUse` if any object names the object of ``row``, which is to be deleted or renamed and
@@ -199,22 +213,41 @@ class SqlDefinitionsStore:
         (``created``: also to create it, the name's unique key taken meanwhile); :class:`EditConflict` after
         :data:`WRITE_ATTEMPTS` lost races. Each try is judged afresh: created, updated or unchanged."""
         lost: tuple[type[Exception], ...] = (StaleDataError, IntegrityError) if created else (StaleDataError,)
+        return self._redone(write, kind, name, lost)
+
+    @staticmethod
+    def _redone(write: Callable[[], R], kind: str, name: str, lost: tuple[type[Exception], ...]) -> R:
+        """``write`` done again while it raises one of ``lost`` or PostgreSQL ends its transaction for another's
+        (:data:`ENDED_FOR_ANOTHER`: a deadlock, whatever interleaving led to it, is never an error of the write);
+        :class:`EditConflict` after :data:`WRITE_ATTEMPTS` tries."""
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 return write()
             except lost:
                 log.info("catalog write lost a race, read again", kind=kind, name=name, attempt=attempt)
+            except DBAPIError as exc:
+                state = getattr(exc.orig, "sqlstate", None)
+                if state not in ENDED_FOR_ANOTHER:
+                    raise
+                log.info(
+                    "catalog write ended by the database for another, done again",
+                    kind=kind,
+                    name=name,
+                    attempt=attempt,
+                    sqlstate=state,
+                )
         raise EditConflict(kind, name, WRITE_ATTEMPTS)
 
     def _conditional(self, write: Callable[[], R], kind: str, name: str, expected_version: Revision | None) -> R:
         """``write`` as :meth:`_retried` does it, or, with ``expected_version`` (the writer's ``If-Match``), once:
         its write is conditional on that revision (:meth:`_require_version`, then ``WHERE version = …``), and a lost
         race is :class:`VersionMismatch` (made after the rollback), never a retry on a fresh read (the writer did not
-        see that read)."""
+        see that read; a transaction PostgreSQL ended for another's is done again, as :meth:`_redone` says: its
+        write is conditional on the same revision)."""
         if expected_version is None:
             return self._retried(write, kind, name)
         try:
-            return write()
+            return self._redone(write, kind, name, ())
         except (StaleDataError, _NotAsRead):
             raise self.changed_since_read(kind, name, read=expected_version) from None
 
@@ -345,6 +378,8 @@ class SqlDefinitionsStore:
             try:
                 with self.database.transaction() as session:
                     write_entries(session, audit)
+                    if hold_references:  # before any row is written: see _hold_references
+                        self._hold_references(session, [obj])
                     if new and self._row(session, kind_of(obj), obj.name) is not None:
                         raise NameTaken(kind_of(obj), obj.name)
                     if expected_version is not None:
@@ -353,8 +388,6 @@ class SqlDefinitionsStore:
                         held = self._row(session, kind_of(obj), obj.name)
                         self._require_version(session, held, kind_of(obj), obj.name, expected_version)
                     result, revision = self._write(session, obj, create=not existing)
-                    if hold_references:
-                        self._hold_references(session, [obj])
                     if audit and result == "unchanged":
                         raise _NothingWritten([result], revision)  # the audit entries roll back with it
                     return result, revision
@@ -381,9 +414,9 @@ class SqlDefinitionsStore:
             try:
                 with self.database.transaction() as session:
                     write_entries(session, audit)
-                    results = [self._write(session, obj)[0] for obj in objects]
-                    if hold_references:
+                    if hold_references:  # before any row is written: see _hold_references
                         self._hold_references(session, objects, written=objects)
+                    results = [self._write(session, obj)[0] for obj in objects]
                     if audit and all(result == "unchanged" for result in results):
                         raise _NothingWritten(results)  # the audit entries roll back with it
                     return results

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from devtools.processes import wait_until
 from shared.application import objects
@@ -23,6 +24,7 @@ from shared.application.actors import Actor, Role
 from shared.application.errors import Conflict, Invalid
 from shared.application.objects import apply_objects, create_object, delete_object, replace_object
 from shared.catalog import CatalogStores
+from shared.catalog.database import CatalogDatabase
 from shared.catalog.definitions_store import SqlDefinitionsStore
 from shared.domain.catalog_objects import (
     CatalogObject,
@@ -251,21 +253,106 @@ def test_a_manifest_naming_a_query_deleted_meanwhile_is_refused_whole_and_nothin
     assert not {"d2", "d4"} & names(store, ExportDefinition)
 
 
+def q2_deleted_before_the_first_write_of_a_set(
+    monkeypatch: pytest.MonkeyPatch, store: SqlDefinitionsStore
+) -> list[int]:
+    """Patch the store's write of a set (``apply_all``) so that Alice's delete of q2 is stored just before its first
+    call (after the set's change list); one item a call in the list returned."""
+    real = SqlDefinitionsStore.apply_all
+    calls: list[int] = []
+
+    def deleted_first(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            delete_object(ALICE, SavedQuery, "q2", store=store)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlDefinitionsStore, "apply_all", deleted_first)
+    return calls
+
+
+def test_a_manifest_listing_unchanged_a_query_it_names_deleted_before_its_write_is_applied_again_and_creates_it(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    """Bob's manifest lists q2 exactly as stored (unchanged: not written) and a new definition naming it; Alice
+    deletes q2 (nobody names it yet) between Bob's change list and his write. The manifest says what q2 is: the
+    set is applied once more from the start, q2 is created again and the definition stored, as if Bob had applied
+    it after Alice's delete. Before: refused (422) for naming a query that its own manifest lists."""
+    store = stores.definitions
+    calls = q2_deleted_before_the_first_write_of_a_set(monkeypatch, store)
+    manifest: list[CatalogObject] = [
+        SavedQuery(name="q2", sql=SQL),
+        ExportDefinition(name="d9", query="q2", template="t"),
+    ]
+
+    changes = apply_objects(BOB, manifest, store=store, checks=CHECKS)
+
+    assert [(c.name, c.change) for c in changes] == [("q2", "created"), ("d9", "created")]
+    assert len(calls) == 2
+    assert store.get(ExportDefinition, "d9").query == "q2"
+    assert "q2" in names(store, SavedQuery)
+    assert [(e.actor, e.action) for e in stores.audit.entries(name="q2")][:2] == [
+        ("bob", "create"),
+        ("alice", "delete"),
+    ]
+
+
+def test_a_manifest_naming_a_query_it_does_not_list_deleted_before_its_write_is_refused_without_a_second_try(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    store = stores.definitions
+    calls = q2_deleted_before_the_first_write_of_a_set(monkeypatch, store)
+    manifest: list[CatalogObject] = [
+        SavedQuery(name="q4", sql=SQL),
+        ExportDefinition(name="d9", query="q2", template="t"),
+    ]
+
+    with pytest.raises(Invalid) as refused:
+        apply_objects(BOB, manifest, store=store, checks=CHECKS)
+
+    assert refused.value.problems == ["ExportDefinition 'd9': field 'query': SavedQuery 'q2' does not exist"]
+    assert len(calls) == 1
+    assert "q4" not in names(store, SavedQuery)
+
+
 def test_a_manifest_may_name_objects_it_writes_itself_and_an_unchanged_catalog_is_left_alone(
     stores: CatalogStores,
 ):
-    """No regression: the set's own objects count as existing (written in the same transaction)."""
+    """No regression: the set's own objects count as existing (written in the same transaction), and the rest of
+    the catalog, which the set only names or does not touch, is left as it was (same revisions, nothing audited);
+    the same set applied again changes nothing at all."""
     store = stores.definitions
     manifest: list[CatalogObject] = [
         ExportDefinition(name="d4", query="q4", template="t4"),
         HttpTemplate(name="t4", query="q4", profile="p"),
         SavedQuery(name="q4", sql=SQL),
     ]
+    kinds = (ConnectionProfile, SavedQuery, HttpTemplate, ExportDefinition)
+    before = {(kind.__name__, obj.name): revision for kind in kinds for revision, obj in store.list_versioned(kind)}
+    audited = len(stores.audit.entries(limit=1000))
 
     changes = apply_objects(BOB, manifest, store=store, checks=CHECKS)
 
     assert [c.change for c in changes] == ["created"] * 3
     assert store.get(ExportDefinition, "d4").template == "t4"
+    after = {(kind.__name__, obj.name): revision for kind in kinds for revision, obj in store.list_versioned(kind)}
+    assert {key: after[key] for key in before} == before
+    assert set(after) - set(before) == {("ExportDefinition", "d4"), ("HttpTemplate", "t4"), ("SavedQuery", "q4")}
+    entries = stores.audit.entries(limit=1000)  # newest first
+    assert len(entries) == audited + 3
+    assert sorted((e.actor, e.action, e.name) for e in entries[:3]) == [
+        ("bob", "create", "d4"),
+        ("bob", "create", "q4"),
+        ("bob", "create", "t4"),
+    ]
+
+    again = apply_objects(BOB, manifest, store=store, checks=CHECKS)
+
+    assert [c.change for c in again] == ["unchanged"] * 3
+    assert {(kind.__name__, obj.name): revision for kind in kinds for revision, obj in store.list_versioned(kind)} == (
+        after
+    )
+    assert len(stores.audit.entries(limit=1000)) == audited + 3
 
 
 # --- the store's own guarantee ---------------------------------------------------------------------------------
@@ -299,7 +386,104 @@ def test_a_store_write_holding_its_references_refuses_one_naming_nothing(stores:
     assert "d9" not in names(store, ExportDefinition)
 
 
+def in_another_thread(write: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """``write`` started in another thread; what it returned or raised (once it has ended) in the list."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(write())
+        except BaseException as exc:  # noqa: BLE001 - said by the test
+            out.append(exc)
+
+    thread = threading.Thread(target=run, name="other writer")
+    thread.start()
+    return thread, out
+
+
+# --- SQLite: the write lock, held from the check on (the store's own writes, with no audit entry to flush) -------
+
+
+def impatient_store(stores: CatalogStores) -> SqlDefinitionsStore:
+    """Another writer of the same SQLite file that does not wait for the write lock (no busy timeout): refused
+    at once ("database is locked") while another transaction holds it, where a real writer would wait for it."""
+    engine = create_engine(stores.database.engine.url, connect_args={"timeout": 0})
+    return SqlDefinitionsStore(CatalogDatabase(engine))
+
+
+def while_in_the_store_method(
+    monkeypatch: pytest.MonkeyPatch, method: str, other_write: Callable[[], Any]
+) -> list[Any]:
+    """Patch the store's ``method`` so that, once it has answered in this thread, ``other_write`` runs to its end in
+    another thread (this write's transaction still open); what it returned or raised is in the list returned."""
+    real = getattr(SqlDefinitionsStore, method)
+    out: list[Any] = []
+
+    def patched(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **kwargs)
+        if threading.current_thread() is threading.main_thread() and not out:
+            thread, done = in_another_thread(other_write)
+            thread.join(DEADLINE)
+            out.extend(done or ["still running"])
+
+    monkeypatch.setattr(SqlDefinitionsStore, method, patched)
+    return out
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_a_delete_holds_the_write_lock_from_its_check_for_referrers_until_it_ends(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The store's delete of q2 (no audit entry) has found no referrer, not yet committed; another writer's
+    definition naming q2 cannot be stored meanwhile (it would wait; this one does not, and is refused at once), so
+    no definition names the deleted query. Without the write lock taken before the check (a read takes none on
+    SQLite), the definition was stored in between and the delete went on: it named a query that no longer was."""
+    store = stores.definitions
+    other = impatient_store(stores)
+    bobs = while_in_the_store_method(
+        monkeypatch,
+        "_refuse_in_use",
+        lambda: other.apply(ExportDefinition(name="d2", query="q2", template="t"), hold_references=True),
+    )
+
+    store.delete(SavedQuery, "q2")
+
+    assert [type(result) for result in bobs] == [OperationalError]
+    assert "database is locked" in str(bobs[0])
+    assert "q2" not in names(store, SavedQuery)
+    assert "d2" not in names(store, ExportDefinition)
+    other.database.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_a_referrer_holds_the_write_lock_from_its_reference_check_until_it_ends(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The store's write of a definition naming q2 (no audit entry) has found q2, not yet committed; another
+    writer's delete of q2 cannot be stored meanwhile, so the definition never names a deleted query. Without the
+    write lock taken before the reference check, the delete was stored in between (it found no referrer yet) and
+    then the definition too."""
+    store = stores.definitions
+    other = impatient_store(stores)
+    alices = while_in_the_store_method(monkeypatch, "_hold_references", lambda: other.delete(SavedQuery, "q2"))
+
+    store.apply(ExportDefinition(name="d2", query="q2", template="t"), hold_references=True)
+
+    assert [type(result) for result in alices] == [OperationalError]
+    assert "database is locked" in str(alices[0])
+    assert store.get(ExportDefinition, "d2").query == "q2"
+    assert "q2" in names(store, SavedQuery)
+    other.database.close()
+
+
 # --- PostgreSQL: two writers really at once, each in its transaction when the other starts ------------------------
+
+
+def lock_waits(stores: CatalogStores) -> bool:
+    """Whether a session of the test's PostgreSQL database waits for a lock now."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    with stores.database.engine.connect() as connection:
+        return bool(connection.execute(text(query)).scalar())
 
 
 def other_writer_waits_after(
@@ -318,17 +502,14 @@ def other_writer_waits_after(
         except BaseException as exc:  # noqa: BLE001 - said by the test
             failures.append(exc)
 
-    def waiting() -> bool:
-        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        with stores.database.engine.connect() as connection:
-            return bool(connection.execute(text(query)).scalar())
-
     def patched(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> None:
         real(self, *args, **kwargs)
         if threading.current_thread().name != "other writer" and not other:
             other.append(threading.Thread(target=run, name="other writer"))
             other[0].start()
-            wait_until(waiting, timeout=DEADLINE, what="the other writer waiting for this one's lock")
+            wait_until(
+                lambda: lock_waits(stores), timeout=DEADLINE, what="the other writer waiting for this one's lock"
+            )
 
     monkeypatch.setattr(SqlDefinitionsStore, method, patched)
     return other, failures
@@ -376,3 +557,108 @@ def test_postgresql_a_referrer_saved_while_its_query_is_being_deleted_waits_for_
     assert str(failures[0]) == "ExportDefinition 'd2': field 'query': SavedQuery 'q2' does not exist"
     assert "d2" not in names(store, ExportDefinition)
     assert "q2" not in names(store, SavedQuery)
+
+
+def other_writer_runs_after(
+    monkeypatch: pytest.MonkeyPatch, stores: CatalogStores, method: str, other_write: Callable[[], Any]
+) -> tuple[list[tuple[threading.Thread, list[Any]]], list[bool]]:
+    """Patch the store's ``method`` (called with the write's session first) so that, once it has run in this thread
+    (its statements sent), ``other_write`` starts in another, and this write goes on once the other has ended or
+    PostgreSQL says a session waits for a lock (no sleep). The other writer (its thread, what it returned or raised)
+    once started, and whether it had ended when this write went on."""
+    real = getattr(SqlDefinitionsStore, method)
+    other: list[tuple[threading.Thread, list[Any]]] = []
+    ended_first: list[bool] = []
+
+    def patched(self: SqlDefinitionsStore, session: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real(self, session, *args, **kwargs)
+        if threading.current_thread() is threading.main_thread() and not other:
+            session.flush()  # what it wrote is sent: those rows are locked until this write ends
+            other.append(in_another_thread(other_write))
+            out = other[0][1]
+            wait_until(
+                lambda: bool(out) or lock_waits(stores), timeout=DEADLINE, what="the other write ended or waiting"
+            )
+            ended_first.append(bool(out))
+        return result
+
+    monkeypatch.setattr(SqlDefinitionsStore, method, patched)
+    return other, ended_first
+
+
+# PostgreSQL only: SQLite has one writer at a time.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_an_edit_of_a_named_query_keeping_its_name_does_not_wait_for_a_referrers_open_save(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Bob's new definition naming q2 holds its reference locks, not yet committed; Alice's edit of q2's label (its
+    name kept) is stored meanwhile, without waiting for Bob; then Bob's definition is stored too. Before: her edit
+    waited for Bob's transaction (the reference lock was ``FOR NO KEY UPDATE``, not ``FOR KEY SHARE``)."""
+    store = stores.definitions
+    edit, ended_while_bobs_save_was_open = other_writer_runs_after(
+        monkeypatch,
+        stores,
+        "_hold_references",
+        lambda: replace_object(ALICE, SavedQuery, "q2", {"sql": SQL, "label": "edited"}, store=store, checks=CHECKS),
+    )
+
+    bobs_definition(query="q2")(store)
+    edit[0][0].join(DEADLINE)
+
+    assert (ended_while_bobs_save_was_open, [type(result) for result in edit[0][1]]) == ([True], [tuple])
+    assert store.get(SavedQuery, "q2").label == "edited"
+    assert store.get(ExportDefinition, "d2").query == "q2"
+
+
+# PostgreSQL only: SQLite has one writer at a time.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_a_template_edited_while_a_new_definition_naming_it_is_saved_both_are_stored_without_waiting(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Alice's edit of template t (its label; name and references kept) has written t, not yet committed; Bob's new
+    definition naming q and t is saved meanwhile, without waiting for her; then her edit is stored too. Before:
+    Bob waited for Alice's row of t, and Alice's reference locks then waited for Bob's of q: PostgreSQL's deadlock
+    detector failed one of them (the admin API's 500, exportctl's exit 5)."""
+    store = stores.definitions
+    save, ended_while_alices_edit_was_open = other_writer_runs_after(
+        monkeypatch, stores, "_write", lambda: bobs_definition()(store)
+    )
+
+    edited = replace_object(
+        ALICE, HttpTemplate, "t", {"query": "q", "profile": "p", "label": "edited"}, store=store, checks=CHECKS
+    )
+    save[0][0].join(DEADLINE)
+
+    assert edited[1].label == "edited"
+    assert (ended_while_alices_edit_was_open, [type(result) for result in save[0][1]]) == ([True], [tuple])
+    assert store.get(HttpTemplate, "t").label == "edited"
+    assert store.get(ExportDefinition, "d2").template == "t"
+
+
+# PostgreSQL only: SQLite has one writer at a time.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_a_manifest_creating_a_query_under_the_new_name_of_one_being_renamed_waits_then_is_refused(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Alice's rename of q2 to q9 has locked q2 and found no referrer, not yet committed; Bob's manifest creating a
+    query q9 and a definition naming q2 waits for her (before writing any row), then finds q2 gone and is refused
+    (422 invalid-reference), nothing of it stored; her rename is stored. Before: Bob inserted q9 first, then waited
+    for q2 while Alice's rename waited for the name q9: PostgreSQL's deadlock detector failed one of them (500)."""
+    store = stores.definitions
+    manifest: list[CatalogObject] = [
+        SavedQuery(name="q9", sql=SQL),
+        ExportDefinition(name="d9", query="q2", template="t"),
+    ]
+    bob, failures = other_writer_waits_after(
+        monkeypatch, stores, "_refuse_in_use", lambda: apply_objects(BOB, manifest, store=store, checks=CHECKS)
+    )
+
+    replace_object(ALICE, SavedQuery, "q2", {"name": "q9", "sql": SQL, "label": "Alice's"}, store=store, checks=CHECKS)
+    bob[0].join(DEADLINE)
+
+    assert not bob[0].is_alive()
+    assert [type(f) for f in failures] == [Invalid]
+    assert str(failures[0]) == "ExportDefinition 'd9': field 'query': SavedQuery 'q2' does not exist"
+    assert store.get(SavedQuery, "q9").label == "Alice's"
+    assert "q2" not in names(store, SavedQuery)
+    assert "d9" not in names(store, ExportDefinition)

@@ -7,18 +7,21 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import psycopg.errors
 import pytest
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 
 from shared.application.actors import Actor, Role
 from shared.application.checks import ObjectChecks
 from shared.application.errors import Conflict
-from shared.application.objects import apply_objects, replace_object
+from shared.application.objects import ExpectedVersion, apply_objects, replace_object
 from shared.catalog import CatalogStores
 from shared.catalog.definitions_store import WRITE_ATTEMPTS, SqlDefinitionsStore
 from shared.cli.exits import REFUSED, code_of_refusal
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.destinations import DestinationPolicy
+from shared.domain.revisions import Revision
 from shared.domain.secret_references import SecretReferencePolicy
 from shared.secrets_at_rest import SecretCipher
 
@@ -67,11 +70,13 @@ def test_an_edit_made_while_another_is_stored_lands_on_top_of_it_and_both_are_au
 
     On PostgreSQL Bob's edit is stored between Alice's read of the row and her write (no row lock is held): her
     write, conditional on the version she read, loses and is tried again on a fresh read. On SQLite her
-    transaction's audit entry takes the database's write lock before the row is read, so Bob's edit can only be
-    stored before her read. Either way both answer success, hers is stored on top as version 3, and both
-    edits are in the audit log (with the old code on PostgreSQL, Bob's edit waited for her row lock: it hung)."""
-    real_write = SqlDefinitionsStore._write
+    transaction takes the database's write lock when it first checks the objects her definition names (her audit
+    entry flushed), before the row is read, so Bob's edit can only be stored before that check. Either way both
+    answer success, hers is stored on top as version 3, and both edits are in the audit log (with the old code on
+    PostgreSQL, Bob's edit waited for her row lock: it hung)."""
+    real_write, real_hold = SqlDefinitionsStore._write, SqlDefinitionsStore._hold_references
     tries: list[str] = []
+    held: list[int] = []
 
     def bobs_edit() -> None:
         editor = threading.Thread(
@@ -88,15 +93,19 @@ def test_an_edit_made_while_another_is_stored_lands_on_top_of_it_and_both_are_au
         if threading.current_thread().name == "bob":
             return real_write(self, session, obj, **how)
         tries.append(obj.label)
-        first = len(tries) == 1
-        if first and not database_url.startswith("postgresql"):
-            bobs_edit()
         result = real_write(self, session, obj, **how)
-        if first and database_url.startswith("postgresql"):
+        if len(tries) == 1 and database_url.startswith("postgresql"):
             bobs_edit()
         return result
 
+    def hold(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> None:
+        if threading.current_thread().name != "bob" and not held and not database_url.startswith("postgresql"):
+            held.append(1)
+            bobs_edit()
+        real_hold(self, *args, **kwargs)
+
     monkeypatch.setattr(SqlDefinitionsStore, "_write", write)
+    monkeypatch.setattr(SqlDefinitionsStore, "_hold_references", hold)
     stored = alices_edit(stores)
     assert stored.label == "alice's"
 
@@ -130,6 +139,71 @@ def test_an_edit_that_loses_every_try_is_refused_as_a_conflict_and_nothing_of_it
         f"ExportDefinition 'd' was changed by others at each of {WRITE_ATTEMPTS} tries to write it: "
         "nothing was written, try again"
     )
+    assert len(tries) == WRITE_ATTEMPTS
+    monkeypatch.undo()
+    version, now = stores.definitions.get_versioned(ExportDefinition, "d")[1:]
+    assert (version, now.label) == (1, "first")
+    assert [e.action for e in stores.audit.entries(name="d")] == ["create"]
+
+
+ENDED_FOR_ANOTHER = [psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure]
+
+
+def ended_for_another(monkeypatch: pytest.MonkeyPatch, error: type[Exception], times: int) -> list[str]:
+    """The store's write of a row ends, its first ``times`` tries, as PostgreSQL ends a transaction it chose to
+    fail so that another could go on (``error``, as the driver raises it); the tries, by the label written."""
+    real_write = SqlDefinitionsStore._write
+    tries: list[str] = []
+
+    def ended(self: SqlDefinitionsStore, session: Any, obj: Any, **how: Any) -> Any:
+        tries.append(obj.label)
+        result = real_write(self, session, obj, **how)
+        if len(tries) <= times:
+            session.flush()
+            raise OperationalError("UPDATE catalog_objects SET …", {}, error("the database ended the transaction"))
+        return result
+
+    monkeypatch.setattr(SqlDefinitionsStore, "_write", ended)
+    return tries
+
+
+@pytest.mark.parametrize("if_match", [False, True], ids=["plain", "if-match"])
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # the errors are PostgreSQL's
+@pytest.mark.parametrize("error", ENDED_FOR_ANOTHER, ids=["deadlock", "serialization-failure"])
+def test_an_edit_the_database_ends_for_another_transaction_is_done_again_and_stored_once(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch, error: type[Exception], if_match: bool
+):
+    """PostgreSQL fails one of two transactions waiting for each other (a deadlock, SQLSTATE 40P01) or that it
+    cannot serialise (40001): that is a race lost, not an error of the write. Alice's edit is rolled back and done
+    again, stored once and audited once (with ``If-Match``, still conditional on the revision she read). Before:
+    the driver's error went up to the caller (the admin API's 500, exportctl's exit 5)."""
+    row_id, version, _ = stores.definitions.get_versioned(ExportDefinition, "d")
+    expected = ExpectedVersion(frozenset({Revision(row_id, version)})) if if_match else None
+    tries = ended_for_another(monkeypatch, error, times=1)
+
+    body = {"query": "q", "template": "t", "label": "alice's"}
+    stored = replace_object(
+        ALICE, ExportDefinition, "d", body, store=stores.definitions, checks=CHECKS, expected_version=expected
+    )[1]
+
+    assert stored.label == "alice's"
+    assert tries == ["alice's", "alice's"]
+    version, now = stores.definitions.get_versioned(ExportDefinition, "d")[1:]
+    assert (version, now.label) == (2, "alice's")
+    assert [e.action for e in stores.audit.entries(name="d")] == ["update", "create"]  # newest first
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # the errors are PostgreSQL's
+@pytest.mark.parametrize("error", ENDED_FOR_ANOTHER, ids=["deadlock", "serialization-failure"])
+def test_an_edit_the_database_ends_at_every_try_is_refused_as_a_conflict_and_nothing_of_it_is_stored(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch, error: type[Exception]
+):
+    tries = ended_for_another(monkeypatch, error, times=WRITE_ATTEMPTS)
+
+    with pytest.raises(Conflict) as refused:
+        alices_edit(stores)
+
+    assert (refused.value.status, refused.value.slug) == (409, "edit-conflict")
     assert len(tries) == WRITE_ATTEMPTS
     monkeypatch.undo()
     version, now = stores.definitions.get_versioned(ExportDefinition, "d")[1:]
