@@ -520,6 +520,15 @@ def delete_object(
         store.delete(kind, name, audit=[change(actor.name, "delete", store, before=obj)], expected_version=version)
 
 
+def copyable(actor: Actor, store: DefinitionsStore, kind: type[T], name: str) -> T:
+    """What :func:`copy_object` checks before it names the copy, in its order: :class:`Forbidden` unless the actor's
+    role may change ``kind`` (:func:`required_permission`); :class:`Missing`; :class:`Forbidden` unless the actor's
+    scope covers the object. A copy's confirmation asks it too, so that it offers no copy the use case would
+    refuse (as :func:`deletable` for a delete)."""
+    authorise(actor, required_permission(kind))
+    return visible(actor, store, kind, name)
+
+
 def copy_object(
     actor: Actor,
     kind: type[T],
@@ -531,8 +540,7 @@ def copy_object(
 ) -> tuple[Revision, T]:
     """A copy named "Copy of <label>" (or as asked), and its revision; a copied definition's schedule is
     disabled."""
-    authorise(actor, required_permission(kind))
-    original = visible(actor, store, kind, name)
+    original = copyable(actor, store, kind, name)
     label = label or f"Copy of {getattr(original, 'label', None) or original.name}"
     if new_name:
         refuse_taken(store, kind, new_name)

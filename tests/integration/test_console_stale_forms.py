@@ -472,6 +472,43 @@ def test_a_delete_confirmation_opened_by_a_viewer_says_it_may_not_delete_with_no
     assert _offers_a_button(console.page(path))  # the admin's confirmation (the object still there): Delete offered
 
 
+@pytest.mark.parametrize(
+    ("path", "what", "api_path"),
+    [  # connection profiles are not here: their pages are the admins' only (the others are refused them all)
+        ("/queries/gold/copy", "query", "/api/v1/saved-queries"),
+        ("/templates/upsert/copy", "HTTP operation", "/api/v1/http-templates"),
+        ("/exports/nightly/copy", "export definition", "/api/v1/export-definitions"),
+    ],
+)
+def test_a_copy_confirmation_opened_by_a_viewer_says_it_may_not_copy_with_no_button(
+    api: InProcessApi, console: Console, path: str, what: str, api_path: str
+):
+    """A viewer who opens a copy's confirmation (a bookmark, a link passed on: the pages show them no Copy link) is
+    told they may not copy it, in the words of the copy's own refusal, with no button (before: a Copy button, refused
+    on the click). Posted anyway: the same page, its Back link to the object, nothing copied. An admin still gets
+    the button, and the copy."""
+
+    def names() -> list[str]:
+        with api.client() as client:
+            listed = client.get(api_path).json()
+            return sorted(obj["name"] for obj in (listed["items"] if isinstance(listed, dict) else listed))
+
+    before = names()
+    with signed_in(api, "viewer") as viewer:
+        opened = viewer.client.get(f"/console{path}")
+        posted = viewer.post(path, {})
+    the_object = f"/console{path.removesuffix('/copy')}"
+    for answer in (opened, posted):
+        assert answer.status_code == 403, answer.text
+        assert f"You may not copy this {what}: role 'viewer' may not write." in unescape(answer.text)
+        assert not _offers_a_button(answer.text)
+        assert f'<a class="button" href="{the_object}">Back</a>' in answer.text
+    assert names() == before  # nothing copied
+    assert _offers_a_button(console.page(path))  # the admin's confirmation: Copy offered
+    assert console.post(path, {}).status_code == 303
+    assert len(names()) == len(before) + 1
+
+
 def test_the_exports_list_shows_a_definition_deleted_between_its_search_and_its_rows_without_failing(
     api: InProcessApi, console: Console, monkeypatch: pytest.MonkeyPatch
 ):

@@ -139,8 +139,19 @@ def _definition(request: Request, name: str) -> ExportDefinition:
 
 @router.get("/{name}/copy")
 def copy_confirmation(request: Request, name: str) -> Response:
-    definition = _definition(request, name)
+    """Confirm a copy; to a token that may not make it (its role, its scope), why, with no button."""
+    console, me = console_of(request), me_of(request)
+    try:  # the copy's own check
+        definition = object_use_cases.copyable(me.actor, console.admin.definitions, ExportDefinition, name)
+    except Forbidden as forbidden:
+        return _forbidden_copy(request, name, forbidden)
     return _copy_page(request, definition)
+
+
+def _forbidden_copy(request: Request, name: str, forbidden: Forbidden) -> Response:
+    """A copy's confirmation (or its refused post) to a token that may not make it: no button, Back to the object."""
+    pages = console_of(request).pages
+    return pages.forbidden(request, "copy", "export definition", name, forbidden, back=f"{PREFIX}/exports/{name}")
 
 
 def _copy_page(request: Request, definition: ExportDefinition, error: str | None = None) -> Response:
@@ -162,6 +173,8 @@ def copy(request: Request, name: str) -> Response:
     console, me = console_of(request), me_of(request)
     try:
         _, copied = object_use_cases.copy_object(me.actor, ExportDefinition, name, store=console.admin.definitions)
+    except Forbidden as forbidden:  # as its confirmation says (its Back link too): no button
+        return _forbidden_copy(request, name, forbidden)
     except Refused as refusal:
         return _copy_page(request, _definition(request, name), refusal.reason)
     return RedirectResponse(f"{PREFIX}/exports/{copied.name}?notice=copied", status_code=303)

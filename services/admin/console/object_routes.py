@@ -258,8 +258,11 @@ def confirmation(
     back = f"{PREFIX}/{kind.collection}/{name}"
     actor, store = me_of(request).actor, console.admin.definitions
     if action == "copy":
-        current, _, _ = use_cases.visible_as_read(actor, store, kind.model, name, None)
-        return _confirm(request, kind, name, action, version=current)
+        try:  # a copy the token may not make (its role): said here, as the copy's own refusal, with no button
+            use_cases.copyable(actor, store, kind.model, name)
+        except Forbidden as forbidden:
+            return console.pages.forbidden(request, "copy", kind.singular, name, forbidden, back=back)
+        return _confirm(request, kind, name, action)
     try:  # a delete the token could never make (its role, its scope): said here, as the delete's own refusal
         current, _, _ = use_cases.deletable(actor, store, kind.model, name, expecting(page))
     except Stale as stale:
@@ -289,9 +292,9 @@ def act(request: Request, collection: str, name: str, action: str) -> Response:
     except Stale as stale:  # a delete from a page older than the object: no button that could only fail again
         return console.pages.stale_delete(request, kind.singular, name, stale, back=f"{PREFIX}/{collection}/{name}")
     except Refused as refusal:
-        if action == "delete" and isinstance(refusal, Forbidden):  # as its confirmation says, Back link too: no button
+        if isinstance(refusal, Forbidden):  # as its confirmation says, Back link too: no button
             back = f"{PREFIX}/{kind.collection}/{name}"
-            return console.pages.forbidden_delete(request, kind.singular, name, refusal, back=back)
+            return console.pages.forbidden(request, action, kind.singular, name, refusal, back=back)
         if action == "delete" and console.admin.definitions.find(kind.model, name) is None:  # gone since the refusal
             return console.pages.deleted_meanwhile(request, kind.singular, name, back=f"{PREFIX}/{collection}")
         # Refused otherwise (in use, out of scope): said with the confirmation and its page's version.

@@ -147,17 +147,31 @@ class Pages:
         """The confirmation of a delete the signed-in token may not make (its role may not change such objects; its
         scope does not cover the object or a definition that uses it): why, as the delete itself would refuse it
         (:func:`shared.application.objects.deletable`, 403), with no button."""
-        error = f"You may not delete this {what}: {forbidden.reason}."
-        return self.no_delete(request, what, name, error, status=403, back=back)
+        return self.forbidden(request, "delete", what, name, forbidden, back=back)
+
+    def forbidden(
+        self, request: Request, action: str, what: str, name: str, forbidden: Forbidden, back: str
+    ) -> HTMLResponse:
+        """The confirmation of an ``action`` (``delete``, ``copy``) the signed-in token may not make: why, as the use
+        case itself refuses it (:func:`~shared.application.objects.deletable`,
+        :func:`~shared.application.objects.copyable`; 403), with no button."""
+        error = f"You may not {action} this {what}: {forbidden.reason}."
+        return self.no_action(request, action, what, name, error, status=403, back=back)
 
     def no_delete(self, request: Request, what: str, name: str, error: str, *, status: int, back: str) -> HTMLResponse:
         """The confirmation of a delete that cannot be done from here, saying why (``error``), with no button."""
+        return self.no_action(request, "delete", what, name, error, status=status, back=back)
+
+    def no_action(
+        self, request: Request, action: str, what: str, name: str, error: str, *, status: int, back: str
+    ) -> HTMLResponse:
+        """The confirmation of an ``action`` that cannot be done from here, saying why (``error``), with no button."""
         return self.render(
             request,
             "confirm.html",
             status=status,
-            title=f"Delete {name}",
-            message=f"Delete the {what} '{name}'?",
+            title=f"{action.capitalize()} {name}",
+            message=f"{action.capitalize()} the {what} '{name}'?",
             facts=[],
             error=error,
             hidden={},
