@@ -167,8 +167,7 @@ def test_a_save_from_a_page_of_an_object_since_deleted_and_created_again_writes_
     fields = {"version": version, "sql": GOLD_SQL, "parameters": PARAMETERS, "description": "Alice's description"}
     stale = console.post("/queries/spare", fields)
     assert stale.status_code == 422
-    assert "Someone else changed this query since you" in unescape(stale.text)
-    assert "'spare' is not the object of the revision sent" in unescape(stale.text)
+    assert "This page shows another query than the one now named 'spare'" in _said(stale.text)
     with api.client() as client:
         assert client.get("/api/v1/saved-queries/spare").json()["description"] == "Bob's new one"
 
@@ -241,6 +240,29 @@ ANOTHER_QUERY = "The page you came from shows another query than the one now nam
 CHANGED_NIGHTLY = "The export definition 'nightly' was changed (by editor, "
 
 
+def _said(html: str) -> str:
+    """What a page's main part says, as read: its text without tags (hidden inputs, links), spaces collapsed."""
+    main = re.sub(r"<[^>]+>", " ", html.split("<main", 1)[-1])
+    return re.sub(r"\s+", " ", unescape(main)).replace(" .", ".").replace(" :", ":")
+
+
+#: Words of the API's 412 sentences that a console user never sees (a time as the API writes it: ISO, +00:00).
+API_WORDS = ("ETag", "If-Match", "revision", "at version", "+00:00", "read it again", "nothing was written")
+
+
+def _alerts(html: str) -> str:
+    """What a form page's alerts say (its stale notice, its summary of problems), as :func:`_said` reads them."""
+    main = html.split("<main", 1)[-1]
+    found = re.findall(r'<(p|div)\b[^>]*role="alert"[^>]*>(.*?)</\1>', main, flags=re.DOTALL)
+    assert found, "the page has no alert"
+    return _said("<main>" + " ".join(text for _, text in found))
+
+
+def _no_api_words(said: str) -> None:
+    for api_words in API_WORDS:
+        assert api_words not in said, (api_words, said)
+
+
 def _offers_a_button(html: str) -> bool:
     return 'type="submit"' in html.split("<main", 1)[-1]
 
@@ -261,14 +283,16 @@ def test_a_page_of_before_revisions_posting_a_plain_version_is_refused_saying_so
     before = _description(api)
     saved = console.post("/queries/gold", fields)
     assert saved.status_code == 422
-    text = unescape(saved.text)
-    assert "SavedQuery " + OUTDATED.format(name="gold") in text, text
+    text = _said(saved.text)
     assert "created again" not in text
     assert "Someone else changed" not in text
     assert "This page was opened before the console's forms named" in text
     step = console.post("/exports/nightly/steps/destination", {"version": "1", "template": "upsert"})
     assert step.status_code == 422
-    assert "ExportDefinition " + OUTDATED.format(name="nightly") in unescape(step.text)
+    assert "This page was opened before the console's forms named" in _said(step.text)
+    for page in (saved.text, step.text):  # in the console's words only (before: the API's sentence too)
+        assert OUTDATED.split(": ", 1)[1] not in _said(page)
+        _no_api_words(_alerts(page))
     deleted = console.post("/exports/nightly/delete", {"version": "1"})
     assert deleted.status_code == 422
     assert PAGE_OF_BEFORE_REVISIONS in unescape(deleted.text)
@@ -507,6 +531,102 @@ def test_a_copy_confirmation_opened_by_a_viewer_says_it_may_not_copy_with_no_but
     assert _offers_a_button(console.page(path))  # the admin's confirmation: Copy offered
     assert console.post(path, {}).status_code == 303
     assert len(names()) == len(before) + 1
+
+
+def _recreated_spare(api: InProcessApi) -> None:
+    """The editor deletes ``spare`` and creates another query under its name."""
+    with api.client("editor") as bob:
+        spare = bob.get("/api/v1/saved-queries/spare").json()
+        assert bob.delete("/api/v1/saved-queries/spare").status_code == 204
+        assert bob.post("/api/v1/saved-queries", json=spare | {"description": "Bob's new one"}).status_code == 201
+
+
+def _recreated_nightly(api: InProcessApi) -> None:
+    """The editor deletes ``nightly`` and creates another definition under its name."""
+    with api.client("editor") as bob:
+        nightly = bob.get("/api/v1/export-definitions/nightly").json()
+        assert bob.delete("/api/v1/export-definitions/nightly").status_code == 204
+        assert bob.post("/api/v1/export-definitions", json=nightly | {"label": "Bob's new one"}).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("form", "post", "what", "name", "fields", "change"),
+    [  # the object deleted and another created under its name; another object's form posted under this name
+        ("/queries/spare", "/queries/spare", "query", "spare", {"sql": GOLD_SQL, "parameters": PARAMETERS}, "recreate"),
+        ("/queries/gold", "/queries/spare", "query", "spare", {"sql": GOLD_SQL, "parameters": PARAMETERS}, "none"),
+        ("/exports/nightly", "/exports/nightly/steps/destination", "export definition", "nightly", {}, "recreate"),
+        (
+            "/exports/nightly",
+            "/exports/nightly/general",
+            "export definition",
+            "nightly",
+            {"step": "filter"},
+            "recreate",
+        ),
+    ],
+)
+def test_a_save_from_a_form_of_another_object_than_the_one_now_under_its_name_says_so_in_the_consoles_words(
+    api: InProcessApi, console: Console, form: str, post: str, what: str, name: str, fields: dict[str, str], change: str
+):
+    """A save whose form is of another object than the one now under the name (deleted and another created under it
+    since the form was opened, or another object's form) writes nothing and says what happened in the console's
+    words: the one now under the name, last changed by whom and when (the admin may read that change in the audit
+    log), and a link to open it again (before: "Someone else changed this query since you opened it" over the API's
+    sentence, "SavedQuery 'spare' is not the object of the revision sent: that revision may be another object's, or
+    one of an object of this name since deleted (this one is at version 1, last changed by editor at 2026-…+00:00):
+    nothing was written; read it again and redo the change")."""
+    _a_spare_query(api)
+    version = _hidden_version(console.page(form))
+    if change == "recreate":
+        (_recreated_spare if name == "spare" else _recreated_nightly)(api)
+    else:  # the new object, made by the editor: its last change is the editor's
+        _recreated_spare(api)
+    posted = console.post(post, fields | {"version": version, "description": "Alice's", "label": "Alice's"})
+    assert posted.status_code == 422, posted.text
+    said = _said(posted.text)
+    assert re.search(
+        f"This page shows another {what} than the one now named '{name}' \\(last changed by editor, "
+        "[0-9-]{10} [0-9:]{5} UTC\\): it was deleted and another created under that name since you opened it, or the "
+        f"form was another {what}'s. Nothing was saved, and what you typed is still below. Open it again to see the "
+        f"{what} now named '{name}'",
+        said,
+    ), said
+    href = f"/console/exports/{name}?step=" if what == "export definition" else f"/console/queries/{name}"
+    assert f'<a href="{href}' in posted.text.split('id="stale"', 1)[1].split("</p>", 1)[0]
+    assert "Someone else changed" not in said  # perhaps nobody did: the form may be another object's
+    _no_api_words(_alerts(posted.text))
+    with api.client() as client:  # nothing saved
+        path = "export-definitions" if what == "export definition" else "saved-queries"
+        now = client.get(f"/api/v1/{path}/{name}").json()
+        assert "Alice's" not in (now.get("description"), now.get("label"))
+
+
+def test_a_save_from_a_page_older_than_the_objects_last_change_says_who_and_when_only_as_the_audit_log_would(
+    api: InProcessApi,
+):
+    """The editor moves ``nightly`` to apac and back: the emea admin may not read that change in the audit log, so its
+    stale save says the definition changed, naming no one; the editor's next change (emea only) is named, with when,
+    in the console's words (before: the API's sentence, with versions and an ISO time, under the notice)."""
+    with signed_in(api, "emea-admin") as emea:
+        version = _hidden_version(emea.page("/exports/nightly"))
+        with api.client("editor") as bob:
+            body = bob.get("/api/v1/export-definitions/nightly").json()
+            assert bob.put("/api/v1/export-definitions/nightly", json=body | {"business_unit": "apac"}).is_success
+            assert bob.put("/api/v1/export-definitions/nightly", json=body | {"business_unit": "emea"}).is_success
+        hidden = emea.post("/exports/nightly/general", {"version": version, "label": "Emea's", "step": "filter"})
+        _someone_else_relabels(api, "Bob's label")
+        named = emea.post("/exports/nightly/general", {"version": version, "label": "Emea's", "step": "filter"})
+    for answer in (hidden, named):
+        assert answer.status_code == 422, answer.text
+        _no_api_words(_alerts(answer.text))
+    assert "Someone else changed this export definition since you opened it: nothing was saved" in _said(hidden.text)
+    assert "editor" not in _said(hidden.text)
+    assert re.search(
+        "Someone else changed this export definition since you opened it \\(by editor, [0-9-]{10} [0-9:]{5} UTC\\): "
+        "nothing was saved, and what you typed is still below. Reload it to see their version",
+        _said(named.text),
+    ), _said(named.text)
+    assert _definition(api)["label"] == "Bob's label"
 
 
 def test_the_exports_list_shows_a_definition_deleted_between_its_search_and_its_rows_without_failing(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -84,9 +85,17 @@ class Problems:
     stale: bool = False
     #: Refused because the page is older than revisions (its ``version`` names no object): nobody changed it.
     outdated: bool = False
+    #: Refused because the form's revision is not one of the object now under its name (:attr:`Stale.other_object`:
+    #: deleted and another created under the name, or another object's form).
+    other_object: bool = False
+    #: Who last changed the object now under the name, and when: only when the user may read that change in the audit
+    #: log (:attr:`Stale.by`, :attr:`Stale.at`), else None.
+    changed_by: str | None = None
+    changed_at: datetime | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.summary)
+        """Whether anything was refused (a stale form has no message in ``summary``: its notice says it)."""
+        return bool(self.summary) or self.stale or self.outdated
 
     def add(self, path: str | None, message: str) -> None:
         self.summary.append(f"{path}: {message}" if path else message)
@@ -122,8 +131,12 @@ class Problems:
                 message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
                 problems.add(f"{prefix}{path}" if path else prefix.rstrip(".") or None, message)
             return problems
-        problems.stale = isinstance(error, Stale) and error.changed
-        problems.outdated = isinstance(error, Stale) and not error.changed
+        if isinstance(error, Stale):
+            # Said by the page in the console's words (the stale notice: what happened, who and when if the user may
+            # know, a link to open the object again), not in the API's (ETags, revisions, versions, ISO times).
+            problems.stale, problems.outdated = error.changed, not error.changed
+            problems.other_object, problems.changed_by, problems.changed_at = error.other_object, error.by, error.at
+            return problems
         for reason in error.problems:
             named = _NAMED_FIELD.search(reason)
             if named is None:
