@@ -160,10 +160,7 @@ def test_a_save_from_a_page_of_an_object_since_deleted_and_created_again_writes_
     object too, so the save is refused as stale (before, it overwrote the new object)."""
     _a_spare_query(api)
     version = _hidden_version(console.page("/queries/spare"))
-    with api.client("editor") as bob:
-        spare = bob.get("/api/v1/saved-queries/spare").json()
-        assert bob.delete("/api/v1/saved-queries/spare").status_code == 204
-        assert bob.post("/api/v1/saved-queries", json=spare | {"description": "Bob's new one"}).status_code == 201
+    _recreated_spare(api)
     fields = {"version": version, "sql": GOLD_SQL, "parameters": PARAMETERS, "description": "Alice's description"}
     stale = console.post("/queries/spare", fields)
     assert stale.status_code == 422
@@ -469,6 +466,22 @@ def test_a_delete_link_of_a_shared_query_the_token_could_never_delete_says_so_na
         assert not _offers_a_button(page.text)
 
 
+def _a_viewer_is_told_no_with_no_button(
+    api: InProcessApi, path: str, action: str, what: str, fields: dict[str, str]
+) -> None:
+    """The viewer opens the confirmation at ``path`` (of ``action``), then posts ``fields`` to it anyway: both times
+    403, the use case's own refusal, no button, and a Back link to the object."""
+    with signed_in(api, "viewer") as viewer:
+        opened = viewer.client.get(f"/console{path}")
+        posted = viewer.post(path, fields)
+    the_object = f"/console{path.removesuffix('/' + action)}"
+    for answer in (opened, posted):
+        assert answer.status_code == 403, answer.text
+        assert f"You may not {action} this {what}: role 'viewer' may not write." in unescape(answer.text)
+        assert not _offers_a_button(answer.text)
+        assert f'<a class="button" href="{the_object}">Back</a>' in answer.text
+
+
 @pytest.mark.parametrize(
     ("path", "what"),
     [  # connection profiles are not here: their pages are the admins' only (the others are refused them all)
@@ -484,15 +497,7 @@ def test_a_delete_confirmation_opened_by_a_viewer_says_it_may_not_delete_with_no
     is told they may not delete it, in the words of the delete's own refusal, with no button (before: a Delete
     button, refused on the click). Posted anyway: the same page, its Back link to the object too (before: to the
     list), nothing deleted. An admin still gets the button."""
-    with signed_in(api, "viewer") as viewer:
-        opened = viewer.client.get(f"/console{path}")
-        posted = viewer.post(path, {"version": _hidden_version(console.page(path))})
-    the_object = f"/console{path.removesuffix('/delete')}"
-    for answer in (opened, posted):
-        assert answer.status_code == 403, answer.text
-        assert f"You may not delete this {what}: role 'viewer' may not write." in unescape(answer.text)
-        assert not _offers_a_button(answer.text)
-        assert f'<a class="button" href="{the_object}">Back</a>' in answer.text
+    _a_viewer_is_told_no_with_no_button(api, path, "delete", what, {"version": _hidden_version(console.page(path))})
     assert _offers_a_button(console.page(path))  # the admin's confirmation (the object still there): Delete offered
 
 
@@ -518,15 +523,7 @@ def test_a_copy_confirmation_opened_by_a_viewer_says_it_may_not_copy_with_no_but
             return sorted(obj["name"] for obj in (listed["items"] if isinstance(listed, dict) else listed))
 
     before = names()
-    with signed_in(api, "viewer") as viewer:
-        opened = viewer.client.get(f"/console{path}")
-        posted = viewer.post(path, {})
-    the_object = f"/console{path.removesuffix('/copy')}"
-    for answer in (opened, posted):
-        assert answer.status_code == 403, answer.text
-        assert f"You may not copy this {what}: role 'viewer' may not write." in unescape(answer.text)
-        assert not _offers_a_button(answer.text)
-        assert f'<a class="button" href="{the_object}">Back</a>' in answer.text
+    _a_viewer_is_told_no_with_no_button(api, path, "copy", what, {})
     assert names() == before  # nothing copied
     assert _offers_a_button(console.page(path))  # the admin's confirmation: Copy offered
     assert console.post(path, {}).status_code == 303
