@@ -9,6 +9,8 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 
 from devtools.up import ConsoleStack
+from shared.catalog import CatalogStores
+from shared.domain.catalog_objects import SavedQuery
 
 pytestmark = pytest.mark.e2e
 
@@ -76,3 +78,21 @@ def test_no_page_has_a_serious_or_critical_violation(as_role, stack: ConsoleStac
     problems["/runs/<id>"] = serious(page, axe)
 
     assert {path: found for path, found in problems.items() if found} == {}
+
+
+def test_a_refused_save_of_a_page_someone_else_changed_since_puts_the_focus_on_its_notice(
+    as_role, stack: ConsoleStack, stored: CatalogStores
+):
+    """A keyboard or screen-reader user is taken to why nothing was saved: the stale page's notice gets the focus
+    when the page loads, as a refusal's summary does (the stale notice has no summary of problems of its own)."""
+    page = as_role("admin")
+    page.goto(f"{stack.console_url}/queries/members-of-tier")
+    page.wait_for_load_state("networkidle")
+    query = stored.definitions.get(SavedQuery, "members-of-tier")
+    changed = query.model_copy(update={"label": f"{query.label or query.name} (changed meanwhile)"})
+    stored.definitions.apply_versioned(changed, existing=True)  # someone else's save, after the page was opened
+    page.get_by_label("Label").fill("Members of a tier, renamed here")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#stale")).to_contain_text("Someone else changed this query since you opened it")
+    expect(page.locator("#stale")).to_be_focused()
+    assert stored.definitions.get(SavedQuery, "members-of-tier").label == changed.label  # nothing of the form saved

@@ -107,7 +107,8 @@
     applyAdvancedMode();
     showAuthFields();
     applySyncMode();
-    const problems = document.getElementById("problems");
+    // The refusal's message gets the focus (read out first): the problems' summary, else a stale page's notice.
+    const problems = document.getElementById("problems") || document.getElementById("stale");
     if (problems) problems.focus();
   });
 })();
