@@ -47,6 +47,7 @@ from shared.errors import (
     WRITE_ATTEMPTS as WRITE_ATTEMPTS,  # re-exported: the bound of every write's tries
 )
 from shared.errors import (
+    CatalogTimedOut,
     EditConflict,
     NameTaken,
     NotAsListed,
@@ -70,6 +71,9 @@ REFERENCED_KINDS = frozenset({SavedQuery.__name__, ConnectionProfile.__name__, H
 #: The SQLSTATEs of a transaction PostgreSQL ended so that another could go on (a deadlock it detected, a
 #: serialization failure): a race lost like the others, the whole transaction rolled back and done again.
 ENDED_FOR_ANOTHER = frozenset({"40P01", "40001"})
+#: The SQLSTATEs of a write ended for waiting longer than a timeout an operator set on the catalog's role or
+#: database (``lock_timeout``, ``statement_timeout``): :class:`CatalogTimedOut` (503), not done again.
+TIMED_OUT = frozenset({"55P03", "57014"})
 
 
 class _NothingWritten(Exception):
@@ -219,7 +223,8 @@ class SqlDefinitionsStore:
     def _redone(write: Callable[[], R], kind: str, name: str, lost: tuple[type[Exception], ...]) -> R:
         """``write`` done again while it raises one of ``lost`` or PostgreSQL ends its transaction for another's
         (:data:`ENDED_FOR_ANOTHER`: a deadlock, whatever interleaving led to it, is never an error of the write);
-        :class:`EditConflict` after :data:`WRITE_ATTEMPTS` tries."""
+        :class:`EditConflict` after :data:`WRITE_ATTEMPTS` tries. Ended for a timeout (:data:`TIMED_OUT`):
+        :class:`CatalogTimedOut`, not done again (the operator's timeout bounds the wait)."""
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 return write()
@@ -227,6 +232,8 @@ class SqlDefinitionsStore:
                 log.info("catalog write lost a race, read again", kind=kind, name=name, attempt=attempt)
             except DBAPIError as exc:
                 state = getattr(exc.orig, "sqlstate", None)
+                if state in TIMED_OUT:
+                    raise CatalogTimedOut(kind, name, cast(str, state)) from None
                 if state not in ENDED_FOR_ANOTHER:
                     raise
                 log.info(
