@@ -43,3 +43,22 @@ def test_a_write_waiting_past_the_catalogs_timeout_is_a_503_naming_the_timeout_a
             assert client.get(QUERY).json().get("label") != "waits"
     finally:
         other.dispose()
+
+
+def test_exportctl_on_the_catalog_directly_exits_5_with_the_reason_when_the_catalog_timed_out(tmp_path: Path):
+    from shared.catalog import CatalogStores
+    from shared.cli.common import CliSettings
+    from shared.cli.direct import Direct, on_catalog
+    from shared.cli.exits import UNREACHABLE, CliError
+    from shared.errors import CatalogTimedOut
+
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    CatalogStores.from_url(url, migrate=True).close()
+
+    def timed_out(_: Direct) -> int:
+        raise CatalogTimedOut("SavedQuery", "gold", "55P03")
+
+    with pytest.raises(CliError) as refused:
+        on_catalog(CliSettings(catalog_url=url), timed_out)
+    assert refused.value.code == UNREACHABLE
+    assert "SavedQuery 'gold': the catalog database timed out (SQLSTATE 55P03" in str(refused.value)
