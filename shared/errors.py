@@ -13,6 +13,10 @@
      │                     → 404 through the admin API, a refusal naming it in exportctl
      ├── EditConflict      a catalog object changed by others at every one of a write's tries
      │                     → 409 through the admin API (a Conflict), exit 4 in exportctl
+     ├── NotAsListed       a set to apply whose objects changed after its change list was read (nothing written)
+     │                     → the set read, judged and written again; EditConflict after WRITE_ATTEMPTS tries
+     ├── CatalogTimedOut   a catalog write PostgreSQL ended for waiting too long (lock_timeout, statement_timeout)
+     │                     → 503 through the admin API ("catalog-timed-out"), exit 5 in exportctl
      ├── NameTaken         a new catalog object's name taken by another writer meanwhile
      │                     → 409 through the admin API (a Conflict), exit 4 in exportctl
      ├── VersionMismatch   a write conditional on the version read (If-Match) finds the object changed
@@ -56,6 +60,11 @@ class StoredObjectInvalid(PermanentError):
     """A catalog object as stored breaks this release's rules (saved by an older release): apply it again."""
 
 
+#: How many times a write that lost a race to another (its row changed between its read and its write) is tried
+#: in all, each time on a fresh read, before :class:`EditConflict` says so. Concurrent edits of one object are rare.
+WRITE_ATTEMPTS = 5
+
+
 class EditConflict(PermanentError):
     """A catalog object kept changing under a write: other writes won each of its tries (nothing was written)."""
 
@@ -65,6 +74,28 @@ class EditConflict(PermanentError):
             "try again"
         )
         self.kind, self.name = kind, name
+
+
+class NotAsListed(PermanentError):
+    """A set of objects to apply found one it writes not at the revision its change list was built on (another
+    writer changed, created, deleted or renamed it meanwhile): nothing was written, not even the audit entries;
+    the list is to be read and judged again, so that the answer and the audit say what is written."""
+
+    def __init__(self, names: str) -> None:
+        super().__init__(f"{names}: changed by another writer after the change list was read, nothing was written")
+        self.names = names
+
+
+class CatalogTimedOut(RetryableError):
+    """A catalog write the database ended because it waited longer than a timeout set on it (``lock_timeout``,
+    ``statement_timeout``: SQLSTATE 55P03, 57014), behind another write as a rule: nothing was written."""
+
+    def __init__(self, kind: str, name: str, sqlstate: str) -> None:
+        super().__init__(
+            f"{kind} '{name}': the catalog database timed out (SQLSTATE {sqlstate}: a lock or statement timeout set "
+            "on it), nothing was written; try again"
+        )
+        self.kind, self.name, self.sqlstate = kind, name, sqlstate
 
 
 class NameTaken(PermanentError):

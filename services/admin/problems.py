@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from shared.application.errors import Refused
-from shared.errors import StoredObjectInvalid
+from shared.errors import CatalogTimedOut, StoredObjectInvalid
 from shared.secrets_at_rest import SecretsUnreadable
 
 PROBLEM_TYPE_BASE = "https://member-export.dev/problems/"
@@ -122,6 +122,11 @@ def install(app: FastAPI) -> None:
     async def _secrets_unreadable(request: Request, exc: SecretsUnreadable) -> JSONResponse:
         # The operator's keys do not fit the stored secrets: not the caller's fault, and no retry helps.
         return problem_response(request, 503, str(exc), slug="secrets-unreadable")
+
+    @app.exception_handler(CatalogTimedOut)
+    async def _catalog_timed_out(request: Request, exc: CatalogTimedOut) -> JSONResponse:
+        # A timeout the operator set on the catalog's database ended the write: nothing written, try again.
+        return problem_response(request, 503, str(exc), slug="catalog-timed-out")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

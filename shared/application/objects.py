@@ -31,7 +31,16 @@ from shared.domain.catalog_objects import (
 )
 from shared.domain.names import slugify
 from shared.domain.revisions import NO_OBJECT, Revision
-from shared.errors import EditConflict, NameTaken, NotFound, ObjectInUse, ReferenceMissing, VersionMismatch
+from shared.errors import (
+    WRITE_ATTEMPTS,
+    EditConflict,
+    NameTaken,
+    NotAsListed,
+    NotFound,
+    ObjectInUse,
+    ReferenceMissing,
+    VersionMismatch,
+)
 
 if TYPE_CHECKING:
     from shared.application.checks import ObjectChecks
@@ -342,15 +351,38 @@ def apply_objects(
     the set that another one names, listed unchanged (so not written), deleted or renamed by another writer between
     the change list and the write: the set is applied once more from the start (that object is then created), as
     if applied after that writer; a missing object the set does not list is refused (:func:`edit_conflicts`).
+    An object to write that another writer changed, created, deleted or renamed after the change list was read
+    (:class:`NotAsListed`): the set is read, checked, judged and written again from the start, so that the
+    answer and the audit say what is written (an object another created meanwhile is updated, its ``before``
+    audited); :class:`Conflict` (``edit-conflict``) after :data:`WRITE_ATTEMPTS` tries.
     """
-    try:
-        return _apply_objects_once(actor, objects, store=store, checks=checks, dry_run=dry_run, last=False)
-    except _ListedObjectGone:
-        return _apply_objects_once(actor, objects, store=store, checks=checks, dry_run=dry_run, last=True)
+    gone = False
+    for _ in range(WRITE_ATTEMPTS):
+        try:
+            return _apply_objects_once(actor, objects, store=store, checks=checks, dry_run=dry_run, last=gone)
+        except _ListedObjectGone:
+            gone = True
+        except NotAsListed:
+            pass
+    with edit_conflicts(actor, store):
+        raise EditConflict(
+            ", ".join(sorted({kind_of(obj) for obj in objects})),
+            ", ".join(obj.name for obj in objects),
+            WRITE_ATTEMPTS,
+        )
 
 
 class _ListedObjectGone(Exception):
     """An object a set to apply lists unchanged and names was deleted (or renamed) before the set's write."""
+
+
+def _found_versioned(store: DefinitionsStore, kind: type[T], name: str) -> tuple[Revision | None, T | None]:
+    """The object of ``kind`` and ``name`` and its revision (one read), or ``(None, None)``."""
+    try:
+        id_, version, obj = store.get_versioned(kind, name)
+    except NotFound:
+        return None, None
+    return Revision(id_, version), obj
 
 
 def _apply_objects_once(
@@ -362,34 +394,36 @@ def _apply_objects_once(
     dry_run: bool,
     last: bool,
 ) -> list[Change]:
-    """:func:`apply_objects` once: :class:`_ListedObjectGone` (unless ``last``) if it is to be done again."""
+    """:func:`apply_objects` once: :class:`_ListedObjectGone` (unless ``last``) or :class:`NotAsListed` if it is
+    to be done again. Each object is read once: authorised, judged and written (only if still at that revision)
+    as read."""
     listed = {(kind_of(obj), obj.name) for obj in objects}
-    for obj in objects:
+    found = [_found_versioned(store, type(obj), obj.name) for obj in objects]
+    for obj, (_, current) in zip(objects, found, strict=True):
         authorise_write(actor, obj)
-        current = store.find(type(obj), obj.name)
         if current is not None:
             in_scope(actor, current)  # no taking over another unit's definition by name
             covers_dependents(actor, store, current)
     # A manifest written from `get -o yaml` carries secrets masked: a mask means "keep the stored one".
-    objects = [_keeping_masked_secrets(obj, store.find(type(obj), obj.name)) for obj in objects]
+    objects = [_keeping_masked_secrets(obj, current) for obj, (_, current) in zip(objects, found, strict=True)]
     objects = checked(objects, store, checks)
-    changes, writes, audit = [], [], []
-    for obj in objects:
-        current = store.find(type(obj), obj.name)
+    changes, writes, read, audit = [], [], [], []
+    for obj, (revision, current) in zip(objects, found, strict=True):
         if current is None:
             changes.append(Change(kind_of(obj), obj.name, "created"))
-            writes.append(obj)
             audit.append(change(actor.name, "create", store, after=obj))
         elif fields := changed_fields(current, obj):
             changes.append(Change(kind_of(obj), obj.name, "updated", fields))
-            writes.append(obj)
             audit.append(change(actor.name, "update", store, before=current, after=obj))
         else:
             changes.append(Change(kind_of(obj), obj.name, "unchanged"))
+            continue
+        writes.append(obj)
+        read.append(revision)
     if writes and not dry_run:
         with edit_conflicts(actor, store):
             try:
-                store.apply_all(writes, audit=audit, hold_references=True)
+                store.apply_all(writes, audit=audit, hold_references=True, read=read)
             except ReferenceMissing as exc:
                 if last or not exc.missing or not exc.missing <= listed:
                     raise

@@ -93,7 +93,12 @@ class DefinitionsStore(Protocol):
         hold_references: bool = False,
     ) -> tuple[ApplyResult, Revision]: ...
     def apply_all(
-        self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = (), hold_references: bool = False
+        self,
+        objects: list[CatalogObject],
+        *,
+        audit: Sequence[AuditEntry] = (),
+        hold_references: bool = False,
+        read: Sequence[Revision | None] | None = None,
     ) -> list[ApplyResult]: ...
     def replace_if_version(self, obj: CatalogObject, version: int, *, audit: Sequence[AuditEntry] = ()) -> bool: ...
     def rename(

@@ -44,8 +44,13 @@ from shared.domain.catalog_objects import (
 from shared.domain.revisions import Revision
 from shared.domain.secret_references import is_reference
 from shared.errors import (
+    WRITE_ATTEMPTS as WRITE_ATTEMPTS,  # re-exported: the bound of every write's tries
+)
+from shared.errors import (
+    CatalogTimedOut,
     EditConflict,
     NameTaken,
+    NotAsListed,
     NotFound,
     ObjectInUse,
     ReferenceMissing,
@@ -63,13 +68,12 @@ log = structlog.get_logger(__name__)
 REFERRING_KINDS: tuple[type[CatalogObject], ...] = (HttpTemplate, ExportDefinition)
 REFERENCED_KINDS = frozenset({SavedQuery.__name__, ConnectionProfile.__name__, HttpTemplate.__name__})
 
-#: How many times a write that lost a race to another (its row changed between its read and its write) is tried
-#: in all, each time on a fresh read, before :class:`EditConflict` says so. Concurrent edits of one object are rare.
-WRITE_ATTEMPTS = 5
-
 #: The SQLSTATEs of a transaction PostgreSQL ended so that another could go on (a deadlock it detected, a
 #: serialization failure): a race lost like the others, the whole transaction rolled back and done again.
 ENDED_FOR_ANOTHER = frozenset({"40P01", "40001"})
+#: The SQLSTATEs of a write ended for waiting longer than a timeout an operator set on the catalog's role or
+#: database (``lock_timeout``, ``statement_timeout``): :class:`CatalogTimedOut` (503), not done again.
+TIMED_OUT = frozenset({"55P03", "57014"})
 
 
 class _NothingWritten(Exception):
@@ -219,7 +223,8 @@ class SqlDefinitionsStore:
     def _redone(write: Callable[[], R], kind: str, name: str, lost: tuple[type[Exception], ...]) -> R:
         """``write`` done again while it raises one of ``lost`` or PostgreSQL ends its transaction for another's
         (:data:`ENDED_FOR_ANOTHER`: a deadlock, whatever interleaving led to it, is never an error of the write);
-        :class:`EditConflict` after :data:`WRITE_ATTEMPTS` tries."""
+        :class:`EditConflict` after :data:`WRITE_ATTEMPTS` tries. Ended for a timeout (:data:`TIMED_OUT`):
+        :class:`CatalogTimedOut`, not done again (the operator's timeout bounds the wait)."""
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 return write()
@@ -227,6 +232,8 @@ class SqlDefinitionsStore:
                 log.info("catalog write lost a race, read again", kind=kind, name=name, attempt=attempt)
             except DBAPIError as exc:
                 state = getattr(exc.orig, "sqlstate", None)
+                if state in TIMED_OUT:
+                    raise CatalogTimedOut(kind, name, cast(str, state)) from None
                 if state not in ENDED_FOR_ANOTHER:
                     raise
                 log.info(
@@ -402,13 +409,21 @@ class SqlDefinitionsStore:
             raise
 
     def apply_all(
-        self, objects: list[CatalogObject], *, audit: Sequence[AuditEntry] = (), hold_references: bool = False
+        self,
+        objects: list[CatalogObject],
+        *,
+        audit: Sequence[AuditEntry] = (),
+        hold_references: bool = False,
+        read: Sequence[Revision | None] | None = None,
     ) -> list[ApplyResult]:
         """Create or update several objects in one transaction: all of them are written (and audited), or none
         (a lost race to any of them, including another writer creating one first: all read and judged again,
         as :meth:`apply` says; a manifest says what the objects are, whoever wrote them before). With
         ``hold_references``, an object named by one of them that does not exist and is not one of them:
-        :class:`ReferenceMissing`, none written."""
+        :class:`ReferenceMissing`, none written. With ``read`` (for each object, the revision its writer's change
+        list and audit entries were built on, ``None``: no object under its name), an object found at another
+        revision in the write's transaction (at any try): :class:`NotAsListed`, none written, its audit rolled
+        back (the writer judges the set again: its answer and audit must say what is written)."""
 
         def write() -> list[ApplyResult]:
             try:
@@ -416,7 +431,14 @@ class SqlDefinitionsStore:
                     write_entries(session, audit)
                     if hold_references:  # before any row is written: see _hold_references
                         self._hold_references(session, objects, written=objects)
-                    results = [self._write(session, obj)[0] for obj in objects]
+                    results = []
+                    for index, obj in enumerate(objects):
+                        if read is not None:
+                            # Held while _write reads it again (see _require_version).
+                            held = self._row(session, kind_of(obj), obj.name)
+                            if (None if held is None else _revision(held)) != read[index]:
+                                raise _NotAsRead
+                        results.append(self._write(session, obj)[0])
                     if audit and all(result == "unchanged" for result in results):
                         raise _NothingWritten(results)  # the audit entries roll back with it
                     return results
@@ -424,7 +446,10 @@ class SqlDefinitionsStore:
                 return nothing.results
 
         names = ", ".join(obj.name for obj in objects)
-        return self._retried(write, ", ".join(sorted({kind_of(obj) for obj in objects})), names, created=True)
+        try:
+            return self._retried(write, ", ".join(sorted({kind_of(obj) for obj in objects})), names, created=True)
+        except _NotAsRead:
+            raise NotAsListed(names) from None
 
     def get(self, kind: type[T], name: str) -> T:
         return self.get_versioned(kind, name)[2]

@@ -21,7 +21,7 @@ from shared.cli.common import CliSettings, view_of
 from shared.cli.exits import NOT_FOUND, REFUSED, UNREACHABLE, USAGE, CliError, code_of_refusal
 from shared.cli.progress import follow
 from shared.cli.run_views import View
-from shared.errors import NotFound, StoredObjectInvalid
+from shared.errors import CatalogTimedOut, NotFound, StoredObjectInvalid
 from shared.secrets_at_rest import SecretsUnreadable
 
 if TYPE_CHECKING:
@@ -145,6 +145,8 @@ def on_catalog(settings: CliSettings, command: Callable[[Direct], int]) -> int:
         raise CliError(str(exc), REFUSED) from None
     except (CatalogUnusable, SecretsUnreadable) as exc:  # the settings do not fit the catalog
         raise CliError(str(exc), USAGE) from None
+    except CatalogTimedOut as exc:  # a timeout set on the catalog's database: nothing written, try again
+        raise CliError(str(exc), UNREACHABLE) from None
     except OperationalError as exc:
         raise CliError(f"the catalog cannot be used: {exc.orig or exc}", UNREACHABLE) from None
     except Exception as exc:

@@ -25,7 +25,7 @@ from shared.application.errors import Conflict, Invalid
 from shared.application.objects import apply_objects, create_object, delete_object, replace_object
 from shared.catalog import CatalogStores
 from shared.catalog.database import CatalogDatabase
-from shared.catalog.definitions_store import SqlDefinitionsStore
+from shared.catalog.definitions_store import WRITE_ATTEMPTS, SqlDefinitionsStore
 from shared.domain.catalog_objects import (
     CatalogObject,
     ConnectionProfile,
@@ -662,3 +662,118 @@ def test_postgresql_a_manifest_creating_a_query_under_the_new_name_of_one_being_
     assert store.get(SavedQuery, "q9").label == "Alice's"
     assert "q2" not in names(store, SavedQuery)
     assert "d9" not in names(store, ExportDefinition)
+
+
+# --- a set redone after a lost race answers and audits what it wrote ------------------------------------------
+# Bob's manifest is built into a change list (created, updated, unchanged) and audit entries, then written. When
+# another writer renames, creates or changes one of its objects in between (or PostgreSQL ends Bob's transaction for
+# another's and it is done again), the store judged the set afresh but Bob was answered, and audited, from the old
+# list: told "q9 created" while he overwrote Alice's renamed q9, no ``before`` audited. Now the store writes the set
+# only if each object is still at the revision the list was built on; if not, the whole set is read, judged and
+# written again, or refused with a 409 after as many tries as any write gets.
+
+#: Bob's manifest: q9 (new when he reads) and q2 (its label changed).
+MANIFEST: list[CatalogObject] = [
+    SavedQuery(name="q9", sql=SQL, label="bob's q9"),
+    SavedQuery(name="q2", sql=SQL, label="bob's q2"),
+]
+
+
+def alice_renames_q2_to_q9(store: SqlDefinitionsStore) -> Any:
+    return replace_object(
+        ALICE, SavedQuery, "q2", {"name": "q9", "sql": SQL, "label": "alice's"}, store=store, checks=CHECKS
+    )
+
+
+def before_each_set_write(monkeypatch: pytest.MonkeyPatch, other_write: Any) -> list[int]:
+    """Patch the store's write of a set (``apply_all``) so that ``other_write(call number)`` is stored just before
+    its calls (after the set's change list); one item a call in the list returned."""
+    real = SqlDefinitionsStore.apply_all
+    calls: list[int] = []
+
+    def patched(self: SqlDefinitionsStore, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        other_write(len(calls))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlDefinitionsStore, "apply_all", patched)
+    return calls
+
+
+def assert_answer_and_audit_say_what_is_stored(stores: CatalogStores, changes: list[Any], alice_q9_id: Any) -> None:
+    """Bob updated Alice's renamed q9 (her object, its ``before`` audited) and created a new q2."""
+    store = stores.definitions
+    q9_id, q9_version, q9 = store.get_versioned(SavedQuery, "q9")
+    q2_id, q2_version, q2 = store.get_versioned(SavedQuery, "q2")
+    assert (q9.label, q2.label) == ("bob's q9", "bob's q2")
+    assert (q9_id, q9_version) == (alice_q9_id, 3)  # Alice's object (created, renamed), then Bob's update
+    assert q2_version == 1
+    assert q2_id != alice_q9_id
+    assert [(c.name, c.change) for c in changes] == [("q9", "updated"), ("q2", "created")]
+    q9_audit, q2_audit = stores.audit.entries(name="q9"), stores.audit.entries(name="q2")
+    assert [(e.actor, e.action) for e in q9_audit][:2] == [("bob", "update"), ("alice", "rename")]
+    assert (q9_audit[0].before or {}).get("label") == "alice's"
+    assert (q2_audit[0].actor, q2_audit[0].action, q2_audit[0].before) == ("bob", "create", None)
+
+
+def test_a_manifest_whose_new_object_another_writer_creates_by_a_rename_before_its_write_updates_it_and_says_so(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    """Alice renames q2 to q9 between Bob's change list ([q9 created, q2 updated]) and his write. Bob's set is
+    judged again: q9 (Alice's object) is updated, its ``before`` audited, q2 created. Before: Bob was told
+    [q9 created, q2 updated] and the audit said he created q9 (nothing of Alice's object overwritten)."""
+    store = stores.definitions
+    alice_q9_id = store.get_versioned(SavedQuery, "q2")[0]
+    calls = before_each_set_write(monkeypatch, lambda call: call == 1 and alice_renames_q2_to_q9(store))
+
+    changes = apply_objects(BOB, MANIFEST, store=store, checks=CHECKS)
+
+    assert len(calls) == 2
+    assert_answer_and_audit_say_what_is_stored(stores, changes, alice_q9_id)
+
+
+def test_a_manifest_whose_object_others_change_before_each_write_is_refused_as_an_edit_conflict_writing_nothing(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    store = stores.definitions
+
+    def alice_edits_q2(call: int) -> None:
+        replace_object(ALICE, SavedQuery, "q2", {"sql": SQL, "label": f"alice's {call}"}, store=store, checks=CHECKS)
+
+    calls = before_each_set_write(monkeypatch, alice_edits_q2)
+
+    with pytest.raises(Conflict) as refused:
+        apply_objects(BOB, MANIFEST, store=store, checks=CHECKS)
+
+    assert refused.value.slug == "edit-conflict"
+    assert f"each of {WRITE_ATTEMPTS} tries" in str(refused.value)
+    assert len(calls) == WRITE_ATTEMPTS
+    assert store.get(SavedQuery, "q2").label == f"alice's {WRITE_ATTEMPTS}"
+    assert "q9" not in {obj.name for obj in store.list_objects(SavedQuery)}
+    assert "bob" not in {e.actor for e in stores.audit.entries(name="q2")}
+
+
+# PostgreSQL only: SQLite has one writer at a time (the hook tests above cover it there).
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_a_manifest_redone_after_a_real_deadlock_answers_and_audits_what_it_wrote(
+    stores: CatalogStores, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Bob's set inserts q9, then (in ``_refuse_in_use``'s wake) Alice's rename of q2 to q9 locks q2 and waits for
+    the name q9; Bob's update of q2 waits for Alice: PostgreSQL ends Bob's transaction (a real 40P01: he waited
+    first, his deadlock check runs first) and his set is redone. Before: told [q9 created, q2 updated]."""
+    store = stores.definitions
+    alice_q9_id = store.get_versioned(SavedQuery, "q2")[0]
+    bob_changes: list[Any] = []
+    bob, failures = other_writer_waits_after(
+        monkeypatch,
+        stores,
+        "_refuse_in_use",
+        lambda: bob_changes.append(apply_objects(BOB, MANIFEST, store=store, checks=CHECKS)),
+    )
+
+    alice_renames_q2_to_q9(store)
+    bob[0].join(DEADLINE)
+
+    assert not bob[0].is_alive()
+    assert not failures, failures
+    assert_answer_and_audit_say_what_is_stored(stores, bob_changes[0], alice_q9_id)

@@ -22,7 +22,7 @@ from services.admin.console.sessions import SessionCodec
 from services.admin.dependencies import AdminContext
 from services.admin.settings import AdminSettings
 from shared.application.errors import Refused
-from shared.errors import StoredObjectInvalid
+from shared.errors import CatalogTimedOut, StoredObjectInvalid
 from shared.kafka.event_publisher import KafkaDeadLetters
 from shared.secrets_at_rest import SecretsUnreadable
 
@@ -54,6 +54,10 @@ def create_console(context: AdminContext, settings: AdminSettings, codec: Sessio
 
     @app.exception_handler(SecretsUnreadable)
     async def _secrets_unreadable(request: Request, exc: SecretsUnreadable) -> HTMLResponse:
+        return refusal_page(request, 503, str(exc))
+
+    @app.exception_handler(CatalogTimedOut)
+    async def _catalog_timed_out(request: Request, exc: CatalogTimedOut) -> HTMLResponse:
         return refusal_page(request, 503, str(exc))
 
     @app.exception_handler(RequestValidationError)
