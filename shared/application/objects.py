@@ -7,6 +7,7 @@ the catalog as it was.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -356,8 +357,14 @@ def apply_objects(
     answer and the audit say what is written (an object another created meanwhile is updated, its ``before``
     audited); :class:`Conflict` (``edit-conflict``) after :data:`WRITE_ATTEMPTS` tries.
     """
+    listings = Counter((kind_of(obj), obj.name) for obj in objects)
+    twice = sorted(f"{kind} '{name}'" for (kind, name), count in listings.items() if count > 1)
+    if twice:  # which one would win is not for the catalog to guess, and no retry could ever store both
+        raise Invalid(f"the set lists {', '.join(twice)} more than once: list each object once")
+    warned = len(checks.warnings)
     gone = False
     for _ in range(WRITE_ATTEMPTS):
+        del checks.warnings[warned:]  # a set done again warns once: the warnings are those of its last check
         try:
             return _apply_objects_once(actor, objects, store=store, checks=checks, dry_run=dry_run, last=gone)
         except _ListedObjectGone:
@@ -398,9 +405,10 @@ def _apply_objects_once(
     to be done again. Each object is read once: authorised, judged and written (only if still at that revision)
     as read."""
     listed = {(kind_of(obj), obj.name) for obj in objects}
-    found = [_found_versioned(store, type(obj), obj.name) for obj in objects]
-    for obj, (_, current) in zip(objects, found, strict=True):
+    for obj in objects:  # before anything is read: a token refused says nothing of what is stored
         authorise_write(actor, obj)
+    found = [_found_versioned(store, type(obj), obj.name) for obj in objects]
+    for _, current in found:
         if current is not None:
             in_scope(actor, current)  # no taking over another unit's definition by name
             covers_dependents(actor, store, current)

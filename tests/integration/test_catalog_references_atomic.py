@@ -10,6 +10,7 @@ holding SQLite's write lock from its first read) and refuses with the answer the
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from devtools.processes import wait_until
 from shared.application import objects
 from shared.application.actors import Actor, Role
-from shared.application.errors import Conflict, Invalid
+from shared.application.errors import Conflict, Forbidden, Invalid
 from shared.application.objects import apply_objects, create_object, delete_object, replace_object
 from shared.catalog import CatalogStores
 from shared.catalog.database import CatalogDatabase
@@ -777,3 +778,62 @@ def test_postgresql_a_manifest_redone_after_a_real_deadlock_answers_and_audits_w
     assert not bob[0].is_alive()
     assert not failures, failures
     assert_answer_and_audit_say_what_is_stored(stores, bob_changes[0], alice_q9_id)
+
+
+# --- a set's own mistakes and its order: refused before anything is read or written ---------------------------
+
+
+def test_a_set_listing_an_object_twice_is_refused_naming_it_and_nothing_is_written(stores: CatalogStores):
+    """Two files of a manifest directory defining one query: which one wins is not for the catalog to guess (before
+    the check, every try of the set found the other copy written and it was refused as changed by others 5 times;
+    before that, the last copy won and two creates were audited)."""
+    twice = [SavedQuery(name="dup", sql=SQL, label="first"), SavedQuery(name="dup", sql=SQL, label="second")]
+
+    with pytest.raises(Invalid) as refused:
+        apply_objects(BOB, [SavedQuery(name="q9", sql=SQL), *twice], store=stores.definitions, checks=CHECKS)
+
+    assert str(refused.value) == "the set lists SavedQuery 'dup' more than once: list each object once"
+    assert {"dup", "q9"}.isdisjoint(names(stores.definitions, SavedQuery))
+    assert not stores.audit.entries(name="dup")
+
+
+def test_a_set_a_token_may_not_write_is_refused_before_anything_stored_is_read(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    """A scoped token applying another unit's definition is told only that it may not: nothing of what is stored
+    under that name (an object that no longer validates, secrets that cannot be decrypted) is read first."""
+
+    def unreadable(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the catalog was read before the set was authorised")
+
+    monkeypatch.setattr(SqlDefinitionsStore, "get_versioned", unreadable)
+    other_units = ExportDefinition(name="mkt", query="q", template="t", business_unit="marketing")
+
+    with pytest.raises(Forbidden):
+        apply_objects(SALES, [other_units], store=stores.definitions, checks=CHECKS)
+
+
+def test_a_set_done_again_after_a_lost_race_warns_once(stores: CatalogStores, monkeypatch: pytest.MonkeyPatch):
+    """A profile whose host does not resolve from here is a warning, not a refusal; a set read and checked twice
+    (another writer changed q2 after its first change list) says it once, as exportctl prints every warning."""
+
+    def nowhere(host: str) -> list[str]:
+        raise OSError("does not resolve")
+
+    checks = dataclasses.replace(CHECKS, resolve_host=nowhere, warnings=[])
+    store = stores.definitions
+    edited = before_each_set_write(
+        monkeypatch,
+        lambda call: (
+            call == 1
+            and replace_object(ALICE, SavedQuery, "q2", {"sql": SQL, "label": "alice's"}, store=store, checks=CHECKS)
+        ),
+    )
+    profile = ConnectionProfile(name="p9", base_url="https://partner.invalid")
+
+    apply_objects(BOB, [profile, SavedQuery(name="q2", sql=SQL, label="bob's")], store=store, checks=checks)
+
+    assert len(edited) == 2
+    assert checks.warnings == [
+        "ConnectionProfile 'p9': field 'base_url': host partner.invalid does not resolve from here"
+    ]
