@@ -15,8 +15,8 @@
      │                     → 409 through the admin API (a Conflict), exit 4 in exportctl
      ├── NotAsListed       a set to apply whose objects changed after its change list was read (nothing written)
      │                     → the set read, judged and written again; EditConflict after WRITE_ATTEMPTS tries
-     ├── CatalogTimedOut   a catalog write PostgreSQL ended for waiting too long (lock_timeout, statement_timeout)
-     │                     → 503 through the admin API ("catalog-timed-out"), exit 5 in exportctl
+     ├── CatalogTimedOut   a catalog read or write PostgreSQL ended for waiting too long (lock_timeout,
+     │                     statement_timeout) → 503 through the admin API ("catalog-timed-out"), exit 5 in exportctl
      ├── NameTaken         a new catalog object's name taken by another writer meanwhile
      │                     → 409 through the admin API (a Conflict), exit 4 in exportctl
      ├── VersionMismatch   a write conditional on the version read (If-Match) finds the object changed
@@ -87,12 +87,16 @@ class NotAsListed(PermanentError):
 
 
 class CatalogTimedOut(RetryableError):
-    """A catalog write the database ended because it waited longer than a timeout set on it (``lock_timeout``,
-    ``statement_timeout``: SQLSTATE 55P03, 57014), behind another write as a rule: nothing was written."""
+    """A catalog read or write the database ended because it waited longer than a timeout set on it
+    (``lock_timeout``, ``statement_timeout``: SQLSTATE 55P03, 57014), behind another transaction's lock as a rule:
+    nothing was written. ``kind`` (and ``name``) say what was read or written, as far as the store knows it (None:
+    not said); the message names no value and no SQL. Made in one place,
+    :meth:`shared.catalog.database.CatalogDatabase.transaction`."""
 
-    def __init__(self, kind: str, name: str, sqlstate: str) -> None:
+    def __init__(self, kind: str | None, name: str | None, sqlstate: str) -> None:
+        subject = f"{kind} '{name}'" if kind and name else (kind or "the catalog")
         super().__init__(
-            f"{kind} '{name}': the catalog database timed out (SQLSTATE {sqlstate}: a lock or statement timeout set "
+            f"{subject}: the catalog database timed out (SQLSTATE {sqlstate}: a lock or statement timeout set "
             "on it), nothing was written; try again"
         )
         self.kind, self.name, self.sqlstate = kind, name, sqlstate

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -12,9 +13,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from services.admin.request_metrics import route_template
 from shared.application.errors import Refused
 from shared.errors import CatalogTimedOut, StoredObjectInvalid
 from shared.secrets_at_rest import SecretsUnreadable
+
+log = structlog.get_logger(__name__)
 
 PROBLEM_TYPE_BASE = "https://member-export.dev/problems/"
 #: The media type of every error answer (RFC 9457), and the one the OpenAPI document declares them under.
@@ -125,7 +129,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(CatalogTimedOut)
     async def _catalog_timed_out(request: Request, exc: CatalogTimedOut) -> JSONResponse:
-        # A timeout the operator set on the catalog's database ended the write: nothing written, try again.
+        # A timeout the operator set on the catalog's database ended a read or write: nothing written, try again.
+        log_catalog_timed_out(request, exc)
         return problem_response(request, 503, str(exc), slug="catalog-timed-out")
 
     @app.exception_handler(RequestValidationError)
@@ -152,6 +157,20 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged with the traceback by the server; the caller gets no internals.
         return problem_response(request, 500, "unexpected error; see the admin API's log")
+
+
+def log_catalog_timed_out(request: Request, exc: CatalogTimedOut) -> None:
+    """Tell the operator, once, of a request answered 503 ``catalog-timed-out`` (the API's or the console's): the
+    operation (the method and the route's template, as the request metrics label it: no value of the request), what
+    was read or written (its kind, and its name when the store said it) and the SQLSTATE; never the statement, never
+    a secret."""
+    log.warning(
+        "catalog-timed-out",
+        operation=f"{request.method} {route_template(request.scope, request.app.routes)}",
+        kind=exc.kind or "catalog",
+        name=exc.name,
+        sqlstate=exc.sqlstate,
+    )
 
 
 #: The methods a 405's ``Allow`` may name.

@@ -28,7 +28,7 @@ class SqlAttemptsStore:
         ``keep``, in the same transaction; how many rows were forgotten."""
         if not attempts:
             return 0
-        with self.database.transaction() as session:
+        with self.database.transaction("CapturedAttempt") as session:
             ids = _definition_ids(session, attempts)
             rows = [_row(attempt) | {"definition_id": ids(attempt)} for attempt in attempts]
             session.execute(insert(AttemptRow), rows)
@@ -37,7 +37,7 @@ class SqlAttemptsStore:
 
     def prune(self, before: datetime) -> int:
         """Forget the attempts made before ``before`` (the retention); how many went (an indexed delete)."""
-        with self.database.transaction() as session:
+        with self.database.transaction("CapturedAttempt") as session:
             result = session.execute(delete(AttemptRow).where(AttemptRow.at < as_utc(before)))
             return int(result.rowcount)  # type: ignore[attr-defined]
 
@@ -62,7 +62,7 @@ class SqlAttemptsStore:
             query = query.where(AttemptRow.status == status)
         if run_id is not None:
             query = query.where(AttemptRow.run_id == str(run_id))
-        with self.database.transaction() as session:
+        with self.database.transaction("CapturedAttempt") as session:
             rows = session.scalars(query.order_by(AttemptRow.id.desc()).limit(limit))
             return [_attempt_of(row) for row in rows]
 

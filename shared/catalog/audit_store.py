@@ -53,7 +53,7 @@ class SqlAuditLog:
         """Entries, newest first, filtered, and only those ``readable`` lets through (the reader's scope)."""
         found: list[AuditEntry] = []
         skipped, start = 0, 0
-        with self.database.transaction() as session:
+        with self.database.transaction("AuditEntry") as session:
             query = select(AuditRow).order_by(AuditRow.id.desc())
             if name:
                 query = query.where(AuditRow.name == name)
@@ -83,7 +83,7 @@ class SqlAuditLog:
     def prune(self) -> int:
         """Delete entries older than the retention; how many went."""
         cutoff = now() - timedelta(days=self.retention_days)
-        with self.database.transaction() as session:
+        with self.database.transaction("AuditEntry") as session:
             return int(session.execute(delete(AuditRow).where(AuditRow.at < cutoff)).rowcount)  # type: ignore[attr-defined]
 
 

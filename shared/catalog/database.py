@@ -9,9 +9,15 @@ from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog.engine import make_engine
+from shared.errors import CatalogTimedOut
+
+#: The SQLSTATEs of a statement PostgreSQL ended for waiting longer than a timeout an operator set on the catalog's
+#: role or database (``lock_timeout``, ``statement_timeout``): :class:`CatalogTimedOut` (503), not done again.
+TIMED_OUT = frozenset({"55P03", "57014"})
 
 
 def now() -> datetime:
@@ -56,10 +62,21 @@ class CatalogDatabase:
         self.engine.dispose()
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """A session in one transaction: committed on success, rolled back on an exception."""
-        with self._sessions.begin() as session:
-            yield session
+    def transaction(self, kind: str | None = None, name: str | None = None) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on an exception.
+
+        The one place a catalog timeout is told (every store's reads and writes go through here): a statement or
+        commit PostgreSQL ended for a ``lock_timeout`` or ``statement_timeout`` (:data:`TIMED_OUT`) is
+        :class:`CatalogTimedOut` naming ``kind`` and ``name`` (what the store reads or writes, if it says),
+        rolled back; never the driver's error, whose text may quote the statement."""
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except DBAPIError as exc:
+            state = getattr(exc.orig, "sqlstate", None)
+            if state not in TIMED_OUT:
+                raise
+            raise CatalogTimedOut(kind, name, str(state)) from None
 
     def lock_for_writing(self, session: Session) -> None:
         """Make ``session``'s transaction hold the database's write lock from here until it ends, so that what it

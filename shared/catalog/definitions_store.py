@@ -71,9 +71,6 @@ REFERENCED_KINDS = frozenset({SavedQuery.__name__, ConnectionProfile.__name__, H
 #: The SQLSTATEs of a transaction PostgreSQL ended so that another could go on (a deadlock it detected, a
 #: serialization failure): a race lost like the others, the whole transaction rolled back and done again.
 ENDED_FOR_ANOTHER = frozenset({"40P01", "40001"})
-#: The SQLSTATEs of a write ended for waiting longer than a timeout an operator set on the catalog's role or
-#: database (``lock_timeout``, ``statement_timeout``): :class:`CatalogTimedOut` (503), not done again.
-TIMED_OUT = frozenset({"55P03", "57014"})
 
 
 class _NothingWritten(Exception):
@@ -223,17 +220,18 @@ class SqlDefinitionsStore:
     def _redone(write: Callable[[], R], kind: str, name: str, lost: tuple[type[Exception], ...]) -> R:
         """``write`` done again while it raises one of ``lost`` or PostgreSQL ends its transaction for another's
         (:data:`ENDED_FOR_ANOTHER`: a deadlock, whatever interleaving led to it, is never an error of the write);
-        :class:`EditConflict` after :data:`WRITE_ATTEMPTS` tries. Ended for a timeout (:data:`TIMED_OUT`):
-        :class:`CatalogTimedOut`, not done again (the operator's timeout bounds the wait)."""
+        :class:`EditConflict` after :data:`WRITE_ATTEMPTS` tries. Ended for a timeout
+        (:data:`~shared.catalog.database.TIMED_OUT`): :class:`CatalogTimedOut` naming the object written, not done
+        again (the operator's timeout bounds the wait)."""
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 return write()
             except lost:
                 log.info("catalog write lost a race, read again", kind=kind, name=name, attempt=attempt)
+            except CatalogTimedOut as exc:  # told by the transaction, which does not know the object
+                raise CatalogTimedOut(kind, name, exc.sqlstate) from None
             except DBAPIError as exc:
                 state = getattr(exc.orig, "sqlstate", None)
-                if state in TIMED_OUT:
-                    raise CatalogTimedOut(kind, name, cast(str, state)) from None
                 if state not in ENDED_FOR_ANOTHER:
                     raise
                 log.info(
@@ -307,7 +305,7 @@ class SqlDefinitionsStore:
         """The error of a write whose ``If-Match`` revision of ``kind``/``name`` (``read``, if one) is no longer
         stored (412), from a fresh read; :class:`NotFound` (404, as without ``If-Match``) when no object is under
         the name any more."""
-        with self.database.transaction() as session:
+        with self.database.transaction(kind, name) as session:
             return self._mismatch(session, kind, name, read)
 
     def _write(self, session: Session, obj: CatalogObject, *, create: bool = True) -> tuple[ApplyResult, Revision]:
@@ -471,7 +469,7 @@ class SqlDefinitionsStore:
 
         The extractor judges a scheduled run published ahead against its definition by id: a definition renamed
         since is still that definition, and one deleted and created again under the same name is not."""
-        with self.database.transaction() as session:
+        with self.database.transaction(kind.__name__) as session:
             row = session.get(CatalogObjectRow, str(object_id))
             return self._load(kind, row) if row is not None and row.kind == kind.__name__ else None
 
@@ -483,7 +481,7 @@ class SqlDefinitionsStore:
         (None) read it; the query's or template's problem (not found, invalid as stored) is kept in
         ``missing``, worded as :meth:`get` words it, for the run to fail with once it knows it runs."""
         assert (name is None) != (definition_id is None), "by name or by id"
-        with self.database.transaction() as session:
+        with self.database.transaction(ExportDefinition.__name__, name) as session:
             if definition_id is not None:
                 row = session.get(CatalogObjectRow, str(definition_id))
                 if row is None or row.kind != ExportDefinition.__name__:
@@ -513,7 +511,7 @@ class SqlDefinitionsStore:
         that version (issue 18: validating is a good part of a burst's start); a scheduled burst's definitions
         read ahead of its instant (:meth:`services.extractor.bulk_starts.BulkStarts.prepare`) are then only
         read at the instant."""
-        with self.database.transaction() as session:
+        with self.database.transaction(ExportDefinition.__name__) as session:
             definitions: dict[str, tuple[str, ExportDefinition]] = {}
             if names:
                 definitions |= self._validated_many(session, ExportDefinition, CatalogObjectRow.name.in_(set(names)))
@@ -575,7 +573,7 @@ class SqlDefinitionsStore:
 
     def get_versioned(self, kind: type[T], name: str) -> tuple[uuid.UUID, int, T]:
         """An object with its id and version (for a compare-and-set update)."""
-        with self.database.transaction() as session:
+        with self.database.transaction(kind.__name__, name) as session:
             row = self._row(session, kind.__name__, name)
             if row is None:
                 raise NotFound(kind.__name__, name)
@@ -587,7 +585,7 @@ class SqlDefinitionsStore:
         The write itself is conditional on ``version``: of two updates from one version at once, one is stored
         and the other answers False (never both)."""
         try:
-            with self.database.transaction() as session:
+            with self.database.transaction(kind_of(obj), obj.name) as session:
                 row = self._row(session, kind_of(obj), obj.name)
                 if row is None or row.version != version:
                     return False
@@ -603,7 +601,7 @@ class SqlDefinitionsStore:
 
     def list_versioned(self, kind: type[T]) -> list[tuple[Revision, T]]:
         """Every object of ``kind`` by name, each with its revision (one read: a list's links carry them)."""
-        with self.database.transaction() as session:
+        with self.database.transaction(kind.__name__) as session:
             rows = session.scalars(
                 select(CatalogObjectRow).where(CatalogObjectRow.kind == kind.__name__).order_by(CatalogObjectRow.name)
             )
@@ -707,14 +705,14 @@ class SqlDefinitionsStore:
 
     def scheduled_definitions(self) -> list[tuple[uuid.UUID, ExportDefinition]]:
         """Definitions whose schedule is enabled, with their ids."""
-        with self.database.transaction() as session:
+        with self.database.transaction(ExportDefinition.__name__) as session:
             rows = session.scalars(select(CatalogObjectRow).where(CatalogObjectRow.kind == ExportDefinition.__name__))
             definitions = [(uuid.UUID(row.id), ExportDefinition.model_validate(row.spec)) for row in rows]
         return [(id_, d) for id_, d in definitions if d.schedule.enabled]
 
     def definitions_fingerprint(self) -> tuple[int, datetime | None]:
         """(count, latest update) of export definitions: changes whenever one is created, edited or deleted."""
-        with self.database.transaction() as session:
+        with self.database.transaction(ExportDefinition.__name__) as session:
             count, latest = session.execute(
                 select(func.count(), func.max(CatalogObjectRow.updated_at)).where(
                     CatalogObjectRow.kind == ExportDefinition.__name__

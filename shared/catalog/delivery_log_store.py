@@ -69,7 +69,7 @@ class SqlDeliveryLog:
     def last_delivery(self, definition: str, key: str) -> MemberDelivery | None:
         """The member's last delivery within the retention (None when the log holds none), by the definition's
         id (never its name: a namesake re-created later sees nothing of the old one's)."""
-        with self.database.transaction() as session:
+        with self.database.transaction("MemberDelivery") as session:
             row = self._newest_batch_with(session, definition, key)
         if row is None:
             return None
@@ -132,7 +132,7 @@ class SqlDeliveryLog:
         old = select(DeliveryBatchRow.run_id, DeliveryBatchRow.batch_index).where(DeliveryBatchRow.at < cutoff)
         gone = 0
         while True:
-            with self.database.transaction() as session:
+            with self.database.transaction("MemberDelivery") as session:
                 result = session.execute(delete(DeliveryBatchRow).where(pk.in_(old.limit(batch))))
                 went = int(getattr(result, "rowcount", 0) or 0)
             gone += went

@@ -51,7 +51,7 @@ class SqlRunsStore:
 
         Returns the record before and after, so the caller can tell a run that has just finished.
         """
-        with self.database.transaction() as session:
+        with self.database.transaction("Run") as session:
             row = session.get(RunRow, str(event.run_id), with_for_update=True)
             before = record_of(row) if row else None
             duplicate = False
@@ -85,7 +85,7 @@ class SqlRunsStore:
         if not events:
             return {}
         run_ids = sorted({str(event.run_id) for event in events})
-        with self.database.transaction() as session:
+        with self.database.transaction("Run") as session:
             rows = {
                 row.run_id: row
                 for row in session.scalars(select(RunRow).where(RunRow.run_id.in_(run_ids)).with_for_update())
@@ -166,13 +166,13 @@ class SqlRunsStore:
         )
 
     def get_run(self, run_id: uuid.UUID) -> RunRecord | None:
-        with self.database.transaction() as session:
+        with self.database.transaction("Run", str(run_id)) as session:
             row = session.get(RunRow, str(run_id))
             return record_of(row) if row else None
 
     def replays_of(self, run_id: uuid.UUID) -> list[RunRecord]:
         """The replay runs that re-sent ``run_id``'s dead letters, oldest first."""
-        with self.database.transaction() as session:
+        with self.database.transaction("Run") as session:
             rows = session.scalars(select(RunRow).where(RunRow.replay_of == str(run_id)).order_by(RunRow.started_at))
             return [record_of(row) for row in rows]
 
@@ -191,7 +191,7 @@ class SqlRunsStore:
     ) -> list[RunRecord]:
         """Runs, most recent first (by start, or by last event for runs not started), filtered."""
         when = func.coalesce(RunRow.started_at, RunRow.last_event_at)
-        with self.database.transaction() as session:
+        with self.database.transaction("Run") as session:
             query = select(RunRow).order_by(when.desc(), RunRow.run_id).offset(offset).limit(limit)
             if definition:
                 query = query.where(RunRow.definition == definition)
@@ -211,12 +211,12 @@ class SqlRunsStore:
 
     def record_requested_run(self, record: RunRecord) -> bool:
         """Record a run that was just requested (queued) unless it is known already; True when recorded."""
-        with self.database.transaction() as session:
+        with self.database.transaction("Run") as session:
             return self.database.insert_ignore(session, RunRow, _columns_of(record))
 
     def unfinished_runs(self, limit: int = 1_000) -> list[RunRecord]:
         """Runs not final yet, least recently active first."""
-        with self.database.transaction() as session:
+        with self.database.transaction("Run") as session:
             rows = session.scalars(
                 select(RunRow).where(RunRow.status.in_(UNFINISHED)).order_by(RunRow.last_event_at).limit(limit)
             )
@@ -224,7 +224,7 @@ class SqlRunsStore:
 
     def recent_final_statuses(self, definition: str, limit: int) -> list[RunStatus]:
         """The statuses of a definition's latest finished runs, newest first."""
-        with self.database.transaction() as session:
+        with self.database.transaction("Run") as session:
             rows = session.scalars(
                 select(RunRow.status)
                 .where(RunRow.definition == definition, RunRow.finished_at.is_not(None))
@@ -237,7 +237,7 @@ class SqlRunsStore:
         """For each of ``definitions`` that has a run not yet finished, one such run."""
         if not definitions:
             return {}
-        with self.database.transaction() as session:
+        with self.database.transaction("Run") as session:
             rows = session.execute(
                 select(RunRow.definition, RunRow.run_id).where(
                     RunRow.definition.in_(definitions), RunRow.status.in_(UNFINISHED)
@@ -255,7 +255,7 @@ class SqlRunsStore:
         the key alone, so that a key reused for a different request is told apart from a retry.
         """
         scope = hashlib.sha256(f"{caller}\0{definition}\0{key}".encode()).hexdigest()
-        with self.database.transaction() as session:
+        with self.database.transaction("Run") as session:
             values = {"scope": scope, "run_id": str(run_id), "created_at": now()}
             if self.database.insert_ignore(session, IdempotencyKeyRow, values):
                 return run_id
@@ -268,7 +268,7 @@ class SqlRunsStore:
     def unsent_notifications(self, limit: int = 100) -> list[tuple[uuid.UUID, str]]:
         """(run id, kind) of notifications claimed but not sent yet (a failed SMTP or webhook, a crash in
         between), oldest runs first; not those given up, nor those whose next attempt is not due yet."""
-        with self.database.transaction() as session:
+        with self.database.transaction("Run") as session:
             rows = session.execute(
                 select(NotificationRow.run_id, NotificationRow.kind)
                 .where(
@@ -283,7 +283,7 @@ class SqlRunsStore:
 
     def claim_notification(self, run_id: uuid.UUID, kind: str, recipients: list[str]) -> bool:
         """True when this (run, kind) notification has not been sent (nor given up) yet: the caller should send it."""
-        with self.database.transaction() as session:
+        with self.database.transaction("Run") as session:
             self.database.insert_ignore(
                 session, NotificationRow, {"run_id": str(run_id), "kind": kind, "recipients": recipients}
             )
@@ -292,7 +292,7 @@ class SqlRunsStore:
 
     def notification_attempts(self, run_id: uuid.UUID, kind: str) -> int:
         """How many attempts of this notification failed so far (0 when none or unknown)."""
-        with self.database.transaction() as session:
+        with self.database.transaction("Run") as session:
             row = session.get(NotificationRow, (str(run_id), kind))
             return 0 if row is None else row.attempts or 0
 
@@ -307,7 +307,7 @@ class SqlRunsStore:
     ) -> None:
         """Record a notification as sent, or the error of its last failed attempt: tried again at ``retry_at``
         (None: at the next sweep), or never again with ``give_up``."""
-        with self.database.transaction() as session:
+        with self.database.transaction("Run") as session:
             row = session.get(NotificationRow, (str(run_id), kind), with_for_update=True)
             if row is None:
                 return
@@ -321,7 +321,7 @@ class SqlRunsStore:
                 row.gave_up_at = now()
 
     def notifications(self, run_id: uuid.UUID) -> dict[str, datetime | None]:
-        with self.database.transaction() as session:
+        with self.database.transaction("Run") as session:
             rows = session.scalars(select(NotificationRow).where(NotificationRow.run_id == str(run_id)))
             return {row.kind: aware(row.sent_at) for row in rows}
 

@@ -1,14 +1,18 @@
 """A timeout an operator set on the catalog's PostgreSQL database (``lock_timeout``, ``statement_timeout``) ending a
-write that waits behind another is a 503 saying the catalog timed out, nothing written (before: a 500 "unexpected
-error"), through the real admin app over HTTP."""
+write that waits behind another, or a read (of objects, the audit log, runs) waiting behind another's lock, is a 503
+saying the catalog timed out, nothing written (before: a 500 "unexpected error"), through the real admin app over
+HTTP, logged once at warning; a 503 page in the console; exit 5 in exportctl."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from html import unescape
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+import structlog
+from sqlalchemy import Engine, create_engine, text
 
 from tests.admin_app import in_process_api, seed
 from tests.integration.test_if_match import QUERY
@@ -62,3 +66,122 @@ def test_exportctl_on_the_catalog_directly_exits_5_with_the_reason_when_the_cata
         on_catalog(CliSettings(catalog_url=url), timed_out)
     assert refused.value.code == UNREACHABLE
     assert "SavedQuery 'gold': the catalog database timed out (SQLSTATE 55P03" in str(refused.value)
+
+
+@contextmanager
+def _catalog_with_timeout(url: str, setting: str) -> Iterator[Engine]:
+    """The catalog's database with ``setting`` (``lock_timeout``, ``statement_timeout``) at 300 ms for every new
+    session, as an operator sets it; an engine of another client, which sets none."""
+    other = create_engine(url)
+    with other.connect() as connection:
+        database = connection.execute(text("SELECT current_database()")).scalar_one()
+        connection.execute(text(f"ALTER DATABASE \"{database}\" SET {setting} = '300ms'"))
+        connection.commit()
+    try:
+        yield other
+    finally:
+        other.dispose()
+
+
+@contextmanager
+def _locked(other: Engine, table: str) -> Iterator[None]:
+    """``table`` held ACCESS EXCLUSIVE by another client's open transaction (a migration, a ``VACUUM FULL``): a
+    read of it waits until the lock is released, or until the reader's timeout ends it. Taken before this yields
+    (``LOCK TABLE`` returns once held): nothing to wait for."""
+    with other.connect() as holder:
+        holder.execute(text("SET lock_timeout = 0; SET statement_timeout = 0"))
+        holder.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        try:
+            yield
+        finally:
+            holder.rollback()
+
+
+#: Reads (and a run's start, which writes the run) of the admin API, the table another client locks meanwhile, and
+#: what the 503's detail and the log line name.
+READS = [
+    ("GET", "/api/v1/saved-queries/gold", "catalog_objects", "SavedQuery 'gold'", "/api/v1/saved-queries/{name}"),
+    ("GET", "/api/v1/saved-queries", "catalog_objects", "SavedQuery", "/api/v1/saved-queries"),
+    ("GET", "/api/v1/audit", "audit_log", "AuditEntry", "/api/v1/audit"),
+    ("GET", "/api/v1/runs", "runs", "Run", "/api/v1/runs"),
+    ("POST", "/api/v1/export-definitions/nightly/runs", "runs", "Run", "/api/v1/export-definitions/{name}/runs"),
+]
+
+
+@pytest.mark.parametrize("setting", ["lock_timeout", "statement_timeout"])
+def test_a_read_waiting_past_the_catalogs_timeout_is_a_503_naming_what_was_read_and_logged_once(
+    tmp_path: Path, postgres_database_factory: Callable[[], str], setting: str
+):
+    url = postgres_database_factory()
+    with (
+        _catalog_with_timeout(url, setting) as other,
+        in_process_api(tmp_path, catalog_url=url) as api,
+        api.client() as client,
+    ):
+        seed(client)
+        for method, path, table, subject, route in READS:
+            with _locked(other, table), structlog.testing.capture_logs() as logs:
+                answer = client.request(method, path)
+            assert answer.status_code == 503, (path, answer.text)
+            problem = answer.json()
+            assert problem["type"].endswith("/catalog-timed-out")
+            assert problem["detail"].startswith(f"{subject}: the catalog database timed out (SQLSTATE ")
+            assert "SELECT" not in answer.text  # no statement
+            assert "relation" not in answer.text  # nor the driver's words
+            told = [entry for entry in logs if entry["event"] == "catalog-timed-out"]
+            assert len(told) == 1, logs
+            assert told[0]["log_level"] == "warning"
+            assert told[0]["operation"] == f"{method} {route}"
+            assert told[0]["kind"] == subject.split(" ")[0]
+            assert told[0]["sqlstate"] in {"55P03", "57014"}
+            assert "SELECT" not in str(told[0])
+        assert client.get("/api/v1/saved-queries/gold").status_code == 200  # released: read as ever
+
+
+def test_a_console_page_whose_read_times_out_is_a_503_page_saying_so(
+    tmp_path: Path, postgres_database_factory: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+):
+    from tests.integration.test_console_fields import signed_in
+
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # plain http in the test client
+    url = postgres_database_factory()
+    with _catalog_with_timeout(url, "lock_timeout") as other, in_process_api(tmp_path, catalog_url=url) as api:
+        with api.client() as client:
+            seed(client)
+        with signed_in(api, "admin") as console:
+            with _locked(other, "catalog_objects"), structlog.testing.capture_logs() as logs:
+                answer = console.client.get("/console/queries/gold")
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["content-type"].startswith("text/html")
+            page = unescape(answer.text)
+            assert "Error 503" in page
+            assert "SavedQuery 'gold': the catalog database timed out (SQLSTATE 55P03" in page
+            assert "SELECT" not in page
+            told = [entry for entry in logs if entry["event"] == "catalog-timed-out"]
+            assert [(entry["operation"], entry["kind"]) for entry in told] == [
+                ("GET /console/{collection}/{name}", "SavedQuery")
+            ]
+
+
+def test_exportctl_on_the_catalog_directly_exits_5_saying_the_catalog_timed_out_when_a_read_does(
+    tmp_path: Path,
+    postgres_database_factory: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+):
+    from shared.cli.__main__ import main as exportctl
+
+    url = postgres_database_factory()
+    with _catalog_with_timeout(url, "lock_timeout") as other:
+        with in_process_api(tmp_path, catalog_url=url) as api, api.client() as client:
+            seed(client)
+        for name in ("EXPORT_API_URL", "EXPORT_API_TOKEN"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("EXPORT_CATALOG_URL", url)
+        capsys.readouterr()
+        with _locked(other, "catalog_objects"):
+            code = exportctl(["get", "SavedQuery", "gold"])
+        _, err = capsys.readouterr()
+    assert code == 5, err
+    assert "SavedQuery 'gold': the catalog database timed out (SQLSTATE 55P03" in err
+    assert "SELECT" not in err

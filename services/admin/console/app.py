@@ -20,6 +20,7 @@ from services.admin.console.context import ConsoleContext
 from services.admin.console.pages import Pages
 from services.admin.console.sessions import SessionCodec
 from services.admin.dependencies import AdminContext
+from services.admin.problems import log_catalog_timed_out
 from services.admin.settings import AdminSettings
 from shared.application.errors import Refused
 from shared.errors import CatalogTimedOut, StoredObjectInvalid
@@ -58,6 +59,7 @@ def create_console(context: AdminContext, settings: AdminSettings, codec: Sessio
 
     @app.exception_handler(CatalogTimedOut)
     async def _catalog_timed_out(request: Request, exc: CatalogTimedOut) -> HTMLResponse:
+        log_catalog_timed_out(request, exc)
         return refusal_page(request, 503, str(exc))
 
     @app.exception_handler(RequestValidationError)
