@@ -308,11 +308,13 @@ class SqlDefinitionsStore:
         with self.database.transaction(kind, name) as session:
             return self._mismatch(session, kind, name, read)
 
-    def _write(self, session: Session, obj: CatalogObject, *, create: bool = True) -> tuple[ApplyResult, Revision]:
-        """Create (unless not ``create``: :class:`NotFound`) or update ``obj``'s row; what was done and the row's
-        revision as it is then."""
+    def _write(
+        self, session: Session, obj: CatalogObject, *, row: CatalogObjectRow | None, create: bool = True
+    ) -> tuple[ApplyResult, Revision]:
+        """Create (unless not ``create``: :class:`NotFound`) or update ``obj``'s row, ``row`` as the write's
+        transaction read it (:meth:`_row`, None: none under its name), the very object whose version the update is
+        conditional on (see :meth:`_require_version`); what was done and the row's revision as it is then."""
         spec = self._stored(obj)
-        row = SqlDefinitionsStore._row(session, kind_of(obj), obj.name)
         if row is None:
             if not create:
                 raise NotFound(kind_of(obj), obj.name)
@@ -385,14 +387,12 @@ class SqlDefinitionsStore:
                     write_entries(session, audit)
                     if hold_references:  # before any row is written: see _hold_references
                         self._hold_references(session, [obj])
-                    if new and self._row(session, kind_of(obj), obj.name) is not None:
+                    # Read once: checked, then written (the UPDATE's WHERE has the version checked here).
+                    row = self._row(session, kind_of(obj), obj.name)
+                    if new and row is not None:
                         raise NameTaken(kind_of(obj), obj.name)
-                    if expected_version is not None:
-                        # Held while _write reads it again: the same object (the identity map keeps it), so the
-                        # UPDATE's WHERE has the version checked here (see _require_version).
-                        held = self._row(session, kind_of(obj), obj.name)
-                        self._require_version(session, held, kind_of(obj), obj.name, expected_version)
-                    result, revision = self._write(session, obj, create=not existing)
+                    self._require_version(session, row, kind_of(obj), obj.name, expected_version)
+                    result, revision = self._write(session, obj, row=row, create=not existing)
                     if audit and result == "unchanged":
                         raise _NothingWritten([result], revision)  # the audit entries roll back with it
                     return result, revision
@@ -431,12 +431,10 @@ class SqlDefinitionsStore:
                         self._hold_references(session, objects, written=objects)
                     results = []
                     for index, obj in enumerate(objects):
-                        if read is not None:
-                            # Held while _write reads it again (see _require_version).
-                            held = self._row(session, kind_of(obj), obj.name)
-                            if (None if held is None else _revision(held)) != read[index]:
-                                raise _NotAsRead
-                        results.append(self._write(session, obj)[0])
+                        row = self._row(session, kind_of(obj), obj.name)  # read once: checked, then written
+                        if read is not None and (None if row is None else _revision(row)) != read[index]:
+                            raise _NotAsRead
+                        results.append(self._write(session, obj, row=row)[0])
                     if audit and all(result == "unchanged" for result in results):
                         raise _NothingWritten(results)  # the audit entries roll back with it
                     return results
