@@ -208,7 +208,8 @@ def openapi_with_problems(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document of ``app`` with every error answer declared as the server sends it.
 
     Statuses every operation of a kind can answer are added here, in one place: 401 and 403 where a
-    bearer token is needed (``security``), 422 where there is a parameter or a body to refuse, 400 and
+    bearer token is needed (``security``), and 503 there too (every such operation reads the catalog, which may
+    time out: ``catalog-timed-out``), 422 where there is a parameter or a body to refuse, 400 and
     413 where there is a body to decode and bound. Each error response has the Problem schema under
     ``application/problem+json`` and nothing else.
     """
@@ -234,6 +235,8 @@ def openapi_with_problems(app: FastAPI) -> dict[str, Any]:
                     response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_REF}}
                     if status == "422":
                         response["description"] = TITLES[422] + ": `errors` names each invalid field"
+                    if status == "503":
+                        response["description"] = TITLES[503] + _UNAVAILABLE
     app.openapi_schema = schema
     return schema
 
@@ -251,4 +254,16 @@ def _with_body(operation: dict[str, Any]) -> bool:
 
 
 #: 400 where a body may not even be decoded (not UTF-8); 422 is for a body that is JSON but invalid.
-_COMMON_STATUSES = [(400, _with_body), (401, _with_token), (403, _with_token), (413, _with_body), (422, _with_input)]
+_COMMON_STATUSES = [
+    (400, _with_body),
+    (401, _with_token),
+    (403, _with_token),
+    (413, _with_body),
+    (422, _with_input),
+    (503, _with_token),
+]
+#: What a 503 says in the document (the problem's ``type`` says which).
+_UNAVAILABLE = (
+    ": the catalog's database timed out (`catalog-timed-out`: nothing was written, try again), or a dependency is "
+    "not usable as configured"
+)

@@ -185,3 +185,20 @@ def test_exportctl_on_the_catalog_directly_exits_5_saying_the_catalog_timed_out_
     assert code == 5, err
     assert "SavedQuery 'gold': the catalog database timed out (SQLSTATE 55P03" in err
     assert "SELECT" not in err
+
+
+def test_the_openapi_document_declares_the_503_of_every_operation_that_reads_the_catalog(tmp_path: Path):
+    with in_process_api(tmp_path) as api, api.client() as client:
+        document = client.get("/openapi.json").json()
+    for path, method in [
+        ("/api/v1/saved-queries/{name}", "get"),
+        ("/api/v1/saved-queries", "get"),
+        ("/api/v1/audit", "get"),
+        ("/api/v1/runs", "get"),
+        ("/api/v1/export-definitions/{name}/runs", "post"),
+        ("/api/v1/saved-queries/{name}", "put"),
+    ]:
+        declared = document["paths"][path][method]["responses"]["503"]
+        assert "`catalog-timed-out`" in declared["description"], (path, method)
+        assert declared["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
+    assert "503" not in document["paths"]["/livez"]["get"]["responses"]  # asks no dependency
