@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from html import unescape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import structlog
@@ -17,36 +18,42 @@ from sqlalchemy import Engine, create_engine, text
 from tests.admin_app import in_process_api, seed
 from tests.integration.test_if_match import QUERY
 
+if TYPE_CHECKING:
+    from starlette.testclient import TestClient
+
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("setting", ["lock_timeout", "statement_timeout"])
-def test_a_write_waiting_past_the_catalogs_timeout_is_a_503_naming_the_timeout_and_writes_nothing(
-    tmp_path: Path, postgres_database_factory: Callable[[], str], setting: str
-):
+@pytest.fixture(params=["lock_timeout", "statement_timeout"])
+def timing_out(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_database_factory: Callable[[], str]
+) -> Iterator[tuple[Engine, TestClient]]:
+    """The admin API (an admin's client) over a seeded PostgreSQL catalog whose database has a 300 ms
+    ``lock_timeout`` or ``statement_timeout``, and another client's engine (no timeout) to hold locks with."""
     url = postgres_database_factory()
-    other = create_engine(url)
-    with other.connect() as connection:
-        database = connection.execute(text("SELECT current_database()")).scalar_one()
-        connection.execute(text(f"ALTER DATABASE \"{database}\" SET {setting} = '300ms'"))
-        connection.commit()
-    try:
-        with in_process_api(tmp_path, catalog_url=url) as api, api.client() as client:
-            seed(client)
-            body = client.get(QUERY).json()
-            with other.connect() as holder:  # another writer's open transaction holds the row
-                holder.execute(text("SET lock_timeout = 0; SET statement_timeout = 0"))
-                holder.execute(
-                    text("SELECT id FROM catalog_objects WHERE kind = 'SavedQuery' AND name = 'gold' FOR UPDATE")
-                )
-                answer = client.put(QUERY, json=body | {"label": "waits"})
-                holder.rollback()
-            assert answer.status_code == 503, answer.text
-            assert answer.json()["type"].endswith("/catalog-timed-out")
-            assert "SavedQuery 'gold': the catalog database timed out" in answer.json()["detail"]
-            assert client.get(QUERY).json().get("label") != "waits"
-    finally:
-        other.dispose()
+    with (
+        _catalog_with_timeout(url, request.param) as other,
+        in_process_api(tmp_path, catalog_url=url) as api,
+        api.client() as client,
+    ):
+        seed(client)
+        yield other, client
+
+
+def test_a_write_waiting_past_the_catalogs_timeout_is_a_503_naming_the_timeout_and_writes_nothing(
+    timing_out: tuple[Engine, TestClient],
+):
+    other, client = timing_out
+    body = client.get(QUERY).json()
+    with other.connect() as holder:  # another writer's open transaction holds the row
+        holder.execute(text("SET lock_timeout = 0; SET statement_timeout = 0"))
+        holder.execute(text("SELECT id FROM catalog_objects WHERE kind = 'SavedQuery' AND name = 'gold' FOR UPDATE"))
+        answer = client.put(QUERY, json=body | {"label": "waits"})
+        holder.rollback()
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["type"].endswith("/catalog-timed-out")
+    assert "SavedQuery 'gold': the catalog database timed out" in answer.json()["detail"]
+    assert client.get(QUERY).json().get("label") != "waits"
 
 
 def test_exportctl_on_the_catalog_directly_exits_5_with_the_reason_when_the_catalog_timed_out(tmp_path: Path):
@@ -108,34 +115,27 @@ READS = [
 ]
 
 
-@pytest.mark.parametrize("setting", ["lock_timeout", "statement_timeout"])
 def test_a_read_waiting_past_the_catalogs_timeout_is_a_503_naming_what_was_read_and_logged_once(
-    tmp_path: Path, postgres_database_factory: Callable[[], str], setting: str
+    timing_out: tuple[Engine, TestClient],
 ):
-    url = postgres_database_factory()
-    with (
-        _catalog_with_timeout(url, setting) as other,
-        in_process_api(tmp_path, catalog_url=url) as api,
-        api.client() as client,
-    ):
-        seed(client)
-        for method, path, table, subject, route in READS:
-            with _locked(other, table), structlog.testing.capture_logs() as logs:
-                answer = client.request(method, path)
-            assert answer.status_code == 503, (path, answer.text)
-            problem = answer.json()
-            assert problem["type"].endswith("/catalog-timed-out")
-            assert problem["detail"].startswith(f"{subject}: the catalog database timed out (SQLSTATE ")
-            assert "SELECT" not in answer.text  # no statement
-            assert "relation" not in answer.text  # nor the driver's words
-            told = [entry for entry in logs if entry["event"] == "catalog-timed-out"]
-            assert len(told) == 1, logs
-            assert told[0]["log_level"] == "warning"
-            assert told[0]["operation"] == f"{method} {route}"
-            assert told[0]["kind"] == subject.split(" ")[0]
-            assert told[0]["sqlstate"] in {"55P03", "57014"}
-            assert "SELECT" not in str(told[0])
-        assert client.get("/api/v1/saved-queries/gold").status_code == 200  # released: read as ever
+    other, client = timing_out
+    for method, path, table, subject, route in READS:
+        with _locked(other, table), structlog.testing.capture_logs() as logs:
+            answer = client.request(method, path)
+        assert answer.status_code == 503, (path, answer.text)
+        problem = answer.json()
+        assert problem["type"].endswith("/catalog-timed-out")
+        assert problem["detail"].startswith(f"{subject}: the catalog database timed out (SQLSTATE ")
+        assert "SELECT" not in answer.text  # no statement
+        assert "relation" not in answer.text  # nor the driver's words
+        told = [entry for entry in logs if entry["event"] == "catalog-timed-out"]
+        assert len(told) == 1, logs
+        assert told[0]["log_level"] == "warning"
+        assert told[0]["operation"] == f"{method} {route}"
+        assert told[0]["kind"] == subject.split(" ")[0]
+        assert told[0]["sqlstate"] in {"55P03", "57014"}
+        assert "SELECT" not in str(told[0])
+    assert client.get("/api/v1/saved-queries/gold").status_code == 200  # released: read as ever
 
 
 def test_a_console_page_whose_read_times_out_is_a_503_page_saying_so(

@@ -4,6 +4,7 @@ other database error passes through as it was (a deadlock is the definitions sto
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,10 @@ def _ended(sqlstate: str) -> OperationalError:
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> CatalogDatabase:
-    return CatalogDatabase.from_url(f"sqlite:///{tmp_path / 'catalog.db'}")
+def database(tmp_path: Path) -> Iterator[CatalogDatabase]:
+    database = CatalogDatabase.from_url(f"sqlite:///{tmp_path / 'catalog.db'}")
+    yield database
+    database.close()
 
 
 @pytest.mark.parametrize("sqlstate", sorted(TIMED_OUT))
