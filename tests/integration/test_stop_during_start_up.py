@@ -29,6 +29,7 @@ from devtools.pipeline import LocalPipeline
 from devtools.processes import free_port, wait_until
 from services.admin.bearer_tokens import token_hash
 from shared.catalog import CatalogStores, make_engine
+from shared.kafka.clients import PRODUCER_CLOSE_SECONDS
 from shared.querystore.demo_data import create_demo_members
 from tests.kafka_helpers import service_env
 
@@ -103,6 +104,28 @@ def test_sigterm_while_start_up_waits_for_an_unreachable_kafka_stops_the_service
     assert status == 0, _log(service, tmp_path)
 
 
+def _admin_env(tmp_path: Path, shutdown_seconds: int, **more: str) -> tuple[str, int, dict[str, str]]:
+    """An admin token (written to its tokens file), a free port and the admin API's environment with them."""
+    token, port = f"tok-{uuid.uuid4().hex}", free_port()
+    entry = {"name": "ops", "sha256": token_hash(token), "role": "admin", "business_units": []}
+    (tmp_path / "tokens.yaml").write_text(yaml.safe_dump({"tokens": [entry]}))
+    admin_env = {
+        "EXPORT_ADMIN_PORT": str(port),
+        "EXPORT_ADMIN_TOKENS_FILE": str(tmp_path / "tokens.yaml"),
+        "EXPORT_ADMIN_SHUTDOWN_SECONDS": str(shutdown_seconds),
+        **more,
+    }
+    return token, port, admin_env
+
+
+def _wait_serving(process: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    wait_until(
+        lambda: process.poll() is not None or RUNNING["admin"] in _log("admin", tmp_path),
+        timeout=60,
+        what="the admin API serving",
+    )
+
+
 def test_sigterm_once_the_admin_api_serves_is_uvicorns_graceful_shutdown_then_status_0(
     kafka_bootstrap: str, tmp_path: Path
 ):
@@ -110,11 +133,7 @@ def test_sigterm_once_the_admin_api_serves_is_uvicorns_graceful_shutdown_then_st
     status 0, as the other services once their loop runs (before: uvicorn raised the signal again on its way out,
     unhandled by then: 143)."""
     with _starting("admin", kafka_bootstrap, tmp_path) as process:
-        wait_until(
-            lambda: process.poll() is not None or RUNNING["admin"] in _log("admin", tmp_path),
-            timeout=60,
-            what="the admin API serving",
-        )
+        _wait_serving(process, tmp_path)
         process.send_signal(signal.SIGTERM)
         status = process.wait(30)
     assert status == 0, _log("admin", tmp_path)
@@ -130,20 +149,10 @@ def test_sigterm_while_a_client_holds_a_request_open_ends_the_admin_api_within_i
     nothing more, as a stalled upload. On SIGTERM uvicorn waits for requests in hand: before, with no bound (a
     second SIGTERM did not cut it short either), so the pod ended by Kubernetes' SIGKILL (137); now for
     EXPORT_ADMIN_SHUTDOWN_SECONDS, then it cancels the request and the process closes what it opened, status 0."""
-    token, port, seconds = f"tok-{uuid.uuid4().hex}", free_port(), 2
-    entry = {"name": "ops", "sha256": token_hash(token), "role": "admin", "business_units": []}
-    (tmp_path / "tokens.yaml").write_text(yaml.safe_dump({"tokens": [entry]}))
-    admin_env = {
-        "EXPORT_ADMIN_PORT": str(port),
-        "EXPORT_ADMIN_TOKENS_FILE": str(tmp_path / "tokens.yaml"),
-        "EXPORT_ADMIN_SHUTDOWN_SECONDS": str(seconds),
-    }
+    seconds = 2
+    token, port, admin_env = _admin_env(tmp_path, seconds)
     with _starting("admin", kafka_bootstrap, tmp_path, admin_env) as process:
-        wait_until(
-            lambda: process.poll() is not None or RUNNING["admin"] in _log("admin", tmp_path),
-            timeout=60,
-            what="the admin API serving",
-        )
+        _wait_serving(process, tmp_path)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
             client.sendall(
                 b"PUT /api/v1/saved-queries/stalled HTTP/1.1\r\nHost: admin\r\n"
@@ -162,8 +171,6 @@ def test_sigterm_while_a_client_holds_a_request_open_ends_the_admin_api_within_i
     assert "admin API stopped" in _log("admin", tmp_path)
 
 
-#: What the admin API gives the producer to deliver what it holds on its way out (services.admin.__main__).
-PRODUCER_CLOSE_SECONDS = 5
 #: A process's own start and end around the bounds (imports, closing the catalog, the interpreter's exit).
 PROCESS_MARGIN_SECONDS = 10
 
@@ -175,16 +182,10 @@ def test_sigterm_while_a_run_waits_for_kafkas_acknowledgement_ends_the_admin_api
     the delivery timeout had failed the record (120 s: the pod killed first, 137). Now the producer gets a few
     seconds, the record not acknowledged by then is failed (logged once, as a count) and the process ends with
     status 0 within the two bounds."""
-    token, port, seconds = f"tok-{uuid.uuid4().hex}", free_port(), 2
-    entry = {"name": "ops", "sha256": token_hash(token), "role": "admin", "business_units": []}
-    (tmp_path / "tokens.yaml").write_text(yaml.safe_dump({"tokens": [entry]}))
-    admin_env = {
-        "EXPORT_ADMIN_PORT": str(port),
-        "EXPORT_ADMIN_TOKENS_FILE": str(tmp_path / "tokens.yaml"),
-        "EXPORT_ADMIN_SHUTDOWN_SECONDS": str(seconds),
-        "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
-        "EXPORT_LOG_FORMAT": "json",
-    }
+    seconds = 2
+    token, port, admin_env = _admin_env(
+        tmp_path, seconds, EXPORT_ALLOWED_DESTINATIONS="127.0.0.1", EXPORT_LOG_FORMAT="json"
+    )
     members = make_engine(f"sqlite:///{tmp_path / 'm.db'}")  # _starting's member store: the query is checked on it
     create_demo_members(members, 5)
     members.dispose()
@@ -193,11 +194,7 @@ def test_sigterm_while_a_run_waits_for_kafkas_acknowledgement_ends_the_admin_api
         LocalKafka(tmp_path / "kafka") as broker,
         _starting("admin", broker.bootstrap_servers, tmp_path, admin_env) as process,
     ):
-        wait_until(
-            lambda: process.poll() is not None or RUNNING["admin"] in _log("admin", tmp_path),
-            timeout=60,
-            what="the admin API serving",
-        )
+        _wait_serving(process, tmp_path)
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=300) as api:
             for collection, body in _RUN_OBJECTS:
