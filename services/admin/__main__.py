@@ -17,7 +17,9 @@ stop_on_signals()
 import contextlib
 import functools
 import sys
+import time
 from collections.abc import Iterator
+from types import FrameType
 
 import structlog
 import uvicorn
@@ -30,6 +32,7 @@ from shared.catalog import CatalogStores
 from shared.catalog.schema import check_catalog_schema
 from shared.domain.destinations import DestinationPolicy
 from shared.kafka import make_producer, prepare_kafka
+from shared.kafka.clients import PRODUCER_CLOSE_SECONDS, close_producer
 from shared.kafka.event_publisher import KafkaEventPublisher
 from shared.log import configure_logging
 from shared.querystore import MemberReader
@@ -49,6 +52,20 @@ class _Server(uvicorn.Server):
     only sets the stop event: the signal ends nothing more, ``main`` closes the producer and the catalog, logs
     "admin API stopped" and the process ends with status 0 (with start-up's, it would end at once, unclosed; with
     none, with 143)."""
+
+    #: When the first SIGTERM or SIGINT came while serving (``time.monotonic``), None before.
+    stop_asked_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.stop_asked_at is None:
+            self.stop_asked_at = time.monotonic()
+        super().handle_exit(sig, frame)
+
+    def close_seconds(self, shutdown_seconds: float) -> float:
+        """What the producer gets to deliver what it holds: what is left of ``shutdown_seconds`` since the stop was
+        asked for (a graceful shutdown with no request in hand leaves most of it), a few seconds at least."""
+        spent = 0.0 if self.stop_asked_at is None else time.monotonic() - self.stop_asked_at
+        return max(PRODUCER_CLOSE_SECONDS, shutdown_seconds - spent)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -106,7 +123,10 @@ def main() -> None:
     try:
         server.run()
     finally:
-        producer.close()
+        # A write whose thread still waits for Kafka's acknowledgement (its request cancelled by uvicorn, answered
+        # 500) is failed past this bound, not waited for until the delivery timeout: the process ends within
+        # EXPORT_ADMIN_SHUTDOWN_SECONDS and a few seconds.
+        close_producer(producer, server.close_seconds(settings.admin_shutdown_seconds))
         stores.close()
         structlog.get_logger(SERVICE).info("admin API stopped")  # as the others' "consumer loop stopped"
     if not server.started:

@@ -35,8 +35,9 @@ class AdminSettings(CommonSettings):
         le=3_600,
         description="On SIGTERM, how long requests in hand (e.g. a client still sending its body) may take to finish "
         "before uvicorn cancels them and the process closes and ends; keep it below the pod's "
-        "terminationGracePeriodSeconds (the chart's: 30), or Kubernetes kills it first (137). A write waiting for "
-        "Kafka's acknowledgement is answered then, but its thread waits on (up to the delivery timeout).",
+        "terminationGracePeriodSeconds (the chart's: 30) by 5 s or more, or Kubernetes kills it first (137). Then "
+        "the Kafka producer gets what is left of it, 5 s at least, to have the records it holds acknowledged; a "
+        "write still waiting for its acknowledgement then is failed (its request was answered 500 when cancelled).",
     )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Unused by the admin API: /metrics is on its port."

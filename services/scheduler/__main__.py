@@ -18,6 +18,7 @@ from services.scheduler.scheduling import LEASE_NAME, Scheduler
 from services.scheduler.settings import SchedulerSettings
 from shared.catalog import CatalogStores
 from shared.kafka import make_producer, produce_and_wait
+from shared.kafka.clients import close_producer
 from shared.kafka.loop import is_interruption
 from shared.outages import describe, is_outage
 from shared.runtime import STALL_MARGIN_SECONDS, start_service
@@ -69,8 +70,7 @@ def main(clock: Clock | None = None) -> None:
             health.recovered()
         stopping.wait(settings.scheduler_tick_seconds)
     stores.scheduling.release_lease(LEASE_NAME, settings.scheduler_replica_id)
-    producer.flush()
-    producer.close()
+    close_producer(producer)  # the tick waited for its records: nothing is held unless it ended by an error
     log.info("scheduler stopped")
 
 

@@ -66,7 +66,14 @@ from shared.errors import InvalidInput, RetryableError
 from shared.events import DeadLetter
 from shared.exception_reasons import exception_reason
 from shared.health import GROUP, Health
-from shared.kafka.clients import InFlight, produce, produce_and_wait, produce_timeout_seconds, send_record
+from shared.kafka.clients import (
+    InFlight,
+    close_producer,
+    produce,
+    produce_and_wait,
+    produce_timeout_seconds,
+    send_record,
+)
 from shared.kafka.group_rejoin import revive_lost_rejoin
 from shared.kafka.held_records import ForgetRevoked, HeldRecords, HoldRecord
 from shared.kafka.records import Consumed as Consumed
@@ -553,8 +560,9 @@ class ConsumerLoop(Generic[E]):
                 self._confirm_commits()
             self._lag.clear()
             self.consumer.close()
-            self.producer.flush()
-            self.producer.close()
+            # Rounds settled waited for their records: only an error ending the loop leaves some (not committed:
+            # read again), and they are not waited for until the delivery timeout.
+            close_producer(self.producer)
             log.info("consumer loop stopped", service=self.service)
 
     def _check_group(self) -> None:

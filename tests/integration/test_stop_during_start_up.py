@@ -14,18 +14,23 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
+from devtools.kafka_broker import LocalKafka
 from devtools.pipeline import LocalPipeline
 from devtools.processes import free_port, wait_until
 from services.admin.bearer_tokens import token_hash
-from shared.catalog import CatalogStores
+from shared.catalog import CatalogStores, make_engine
+from shared.kafka.clients import PRODUCER_CLOSE_SECONDS
+from shared.querystore.demo_data import create_demo_members
 from tests.kafka_helpers import service_env
 
 pytestmark = pytest.mark.integration
@@ -99,6 +104,28 @@ def test_sigterm_while_start_up_waits_for_an_unreachable_kafka_stops_the_service
     assert status == 0, _log(service, tmp_path)
 
 
+def _admin_env(tmp_path: Path, shutdown_seconds: int, **more: str) -> tuple[str, int, dict[str, str]]:
+    """An admin token (written to its tokens file), a free port and the admin API's environment with them."""
+    token, port = f"tok-{uuid.uuid4().hex}", free_port()
+    entry = {"name": "ops", "sha256": token_hash(token), "role": "admin", "business_units": []}
+    (tmp_path / "tokens.yaml").write_text(yaml.safe_dump({"tokens": [entry]}))
+    admin_env = {
+        "EXPORT_ADMIN_PORT": str(port),
+        "EXPORT_ADMIN_TOKENS_FILE": str(tmp_path / "tokens.yaml"),
+        "EXPORT_ADMIN_SHUTDOWN_SECONDS": str(shutdown_seconds),
+        **more,
+    }
+    return token, port, admin_env
+
+
+def _wait_serving(process: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    wait_until(
+        lambda: process.poll() is not None or RUNNING["admin"] in _log("admin", tmp_path),
+        timeout=60,
+        what="the admin API serving",
+    )
+
+
 def test_sigterm_once_the_admin_api_serves_is_uvicorns_graceful_shutdown_then_status_0(
     kafka_bootstrap: str, tmp_path: Path
 ):
@@ -106,11 +133,7 @@ def test_sigterm_once_the_admin_api_serves_is_uvicorns_graceful_shutdown_then_st
     status 0, as the other services once their loop runs (before: uvicorn raised the signal again on its way out,
     unhandled by then: 143)."""
     with _starting("admin", kafka_bootstrap, tmp_path) as process:
-        wait_until(
-            lambda: process.poll() is not None or RUNNING["admin"] in _log("admin", tmp_path),
-            timeout=60,
-            what="the admin API serving",
-        )
+        _wait_serving(process, tmp_path)
         process.send_signal(signal.SIGTERM)
         status = process.wait(30)
     assert status == 0, _log("admin", tmp_path)
@@ -126,20 +149,10 @@ def test_sigterm_while_a_client_holds_a_request_open_ends_the_admin_api_within_i
     nothing more, as a stalled upload. On SIGTERM uvicorn waits for requests in hand: before, with no bound (a
     second SIGTERM did not cut it short either), so the pod ended by Kubernetes' SIGKILL (137); now for
     EXPORT_ADMIN_SHUTDOWN_SECONDS, then it cancels the request and the process closes what it opened, status 0."""
-    token, port, seconds = f"tok-{uuid.uuid4().hex}", free_port(), 2
-    entry = {"name": "ops", "sha256": token_hash(token), "role": "admin", "business_units": []}
-    (tmp_path / "tokens.yaml").write_text(yaml.safe_dump({"tokens": [entry]}))
-    admin_env = {
-        "EXPORT_ADMIN_PORT": str(port),
-        "EXPORT_ADMIN_TOKENS_FILE": str(tmp_path / "tokens.yaml"),
-        "EXPORT_ADMIN_SHUTDOWN_SECONDS": str(seconds),
-    }
+    seconds = 2
+    token, port, admin_env = _admin_env(tmp_path, seconds)
     with _starting("admin", kafka_bootstrap, tmp_path, admin_env) as process:
-        wait_until(
-            lambda: process.poll() is not None or RUNNING["admin"] in _log("admin", tmp_path),
-            timeout=60,
-            what="the admin API serving",
-        )
+        _wait_serving(process, tmp_path)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
             client.sendall(
                 b"PUT /api/v1/saved-queries/stalled HTTP/1.1\r\nHost: admin\r\n"
@@ -156,6 +169,94 @@ def test_sigterm_while_a_client_holds_a_request_open_ends_the_admin_api_within_i
     assert seconds <= took, _log("admin", tmp_path)  # the request was given its seconds: it held the shutdown
     assert "timeout graceful shutdown exceeded" in _log("admin", tmp_path)  # uvicorn's, cancelling it
     assert "admin API stopped" in _log("admin", tmp_path)
+
+
+#: A process's own start and end around the bounds (imports, closing the catalog, the interpreter's exit).
+PROCESS_MARGIN_SECONDS = 10
+
+
+def test_sigterm_while_a_run_waits_for_kafkas_acknowledgement_ends_the_admin_api_within_its_bound(tmp_path: Path):
+    """A run is requested while the broker is frozen (SIGSTOP: it holds its connections and answers nothing),
+    so the request's thread waits for the record's acknowledgement, then SIGTERM. uvicorn cancels the request after
+    EXPORT_ADMIN_SHUTDOWN_SECONDS; before, the process then waited for the producer (its close had no bound) until
+    the delivery timeout had failed the record (120 s: the pod killed first, 137). Now the producer gets a few
+    seconds, the record not acknowledged by then is failed (logged once, as a count) and the process ends with
+    status 0 within the two bounds."""
+    seconds = 2
+    token, port, admin_env = _admin_env(
+        tmp_path, seconds, EXPORT_ALLOWED_DESTINATIONS="127.0.0.1", EXPORT_LOG_FORMAT="json"
+    )
+    members = make_engine(f"sqlite:///{tmp_path / 'm.db'}")  # _starting's member store: the query is checked on it
+    create_demo_members(members, 5)
+    members.dispose()
+    answers: list[httpx.Response | Exception] = []
+    with (
+        LocalKafka(tmp_path / "kafka") as broker,
+        _starting("admin", broker.bootstrap_servers, tmp_path, admin_env) as process,
+    ):
+        _wait_serving(process, tmp_path)
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=300) as api:
+            for collection, body in _RUN_OBJECTS:
+                answer = api.post(f"/api/v1/{collection}", json=body)
+                assert answer.status_code == 201, answer.text
+            # A first run acknowledged: the producer knows the topic's partitions and leaders from then on.
+            assert api.post("/api/v1/export-definitions/nightly/runs").status_code == 202, _log("admin", tmp_path)
+            broker.pause()
+            try:
+
+                def request_run() -> None:
+                    try:
+                        answers.append(api.post("/api/v1/export-definitions/nightly/runs"))
+                    except httpx.HTTPError as exc:  # the connection closed without an answer
+                        answers.append(exc)
+
+                requester = threading.Thread(target=request_run, daemon=True)
+                requester.start()
+                # Recorded (queued) before it is published: from then on its thread is handing it to Kafka.
+                wait_until(
+                    lambda: len(api.get("/api/v1/runs", params={"status": "queued"}).json()) == 2,
+                    timeout=30,
+                    what="the second run recorded",
+                )
+                process.send_signal(signal.SIGTERM)
+                signalled = time.monotonic()
+                try:
+                    status = process.wait(seconds + PRODUCER_CLOSE_SECONDS + PROCESS_MARGIN_SECONDS)
+                except subprocess.TimeoutExpired:
+                    status = None
+                took = time.monotonic() - signalled
+                requester.join(30)
+            finally:
+                broker.resume()
+    log = _log("admin", tmp_path)
+    assert status == 0, f"status {status} after {took:.1f} s: {log}"
+    assert took <= seconds + PRODUCER_CLOSE_SECONDS + PROCESS_MARGIN_SECONDS, log  # before: 120 s and more
+    assert "admin API stopped" in log
+    failed = [line for line in log.splitlines() if "Kafka records not acknowledged as the producer closed" in line]
+    assert len(failed) == 1, log  # once, as a count, without the record
+    assert '"records": 1' in failed[0]
+    assert "nightly" not in failed[0]
+    # The request was answered when uvicorn cancelled it (its bare 500, as before): the client is not left hanging.
+    assert len(answers) == 1
+    assert isinstance(answers[0], httpx.Response), answers
+    assert answers[0].status_code == 500
+
+
+#: A profile, query, template and definition a run can be requested of (the profile on an allowed address).
+_RUN_OBJECTS = [
+    (
+        "connection-profiles",
+        {
+            "name": "partner",
+            "base_url": "http://127.0.0.1:9/v2",
+            "auth": {"type": "basic", "username": "exporter", "password": "pw"},
+        },
+    ),
+    ("saved-queries", {"name": "gold", "sql": "SELECT id, email FROM members"}),
+    ("http-templates", {"name": "upsert", "query": "gold", "profile": "partner", "path": "/members"}),
+    ("export-definitions", {"name": "nightly", "query": "gold", "template": "upsert"}),
+]
 
 
 #: The admin API's server, given SIGTERM in the instant between start-up's handlers and uvicorn's own (just before

@@ -74,10 +74,10 @@ class Producer:
     def outcomes(self) -> list[str]:
         return [value.decode() for topic, value in self.sent if topic == OUTCOMES]
 
-    def flush(self) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         pass
 
 
