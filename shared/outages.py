@@ -5,11 +5,8 @@ A record whose handling meets an outage is neither handled nor dead-lettered: th
 back, waits, and handles it again once the dependency answers. Dead-lettering it instead would turn a
 30-second database restart into thousands of dead letters to replay by hand.
 
-Only failures that say "the connection is not there" count, or that the catalog is held by someone else: a
-locked SQLite file, and a catalog statement PostgreSQL ended for its ``lock_timeout``/``statement_timeout``
-(:class:`~shared.errors.CatalogTimedOut`: as a rule, waiting behind a migration's or a ``VACUUM FULL``'s lock).
-A query's own error (a syntax error, a missing table, a constraint) is the record's or the definition's fault and is
-reported as before.
+Only failures that say "the connection is not there" count: a query's own error (a syntax error, a missing
+table, a constraint) is the record's or the definition's fault and is reported as before.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ import sqlite3
 import psycopg
 from sqlalchemy import exc as sa_exc
 
-from shared.errors import CatalogTimedOut, RetryableError
+from shared.errors import RetryableError
 
 #: PostgreSQL SQLSTATEs of a server that is away or not accepting work yet: connection exceptions (class
 #: 08), administrator/crash shutdown, "the database system is starting up", too many connections.
@@ -54,7 +51,7 @@ def describe(error: BaseException) -> str:
 
 
 def _names_an_outage(error: BaseException) -> bool:
-    if isinstance(error, (DependencyUnavailable, CatalogTimedOut)):  # the catalog held: it passes as a lock does
+    if isinstance(error, DependencyUnavailable):
         return True
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return True

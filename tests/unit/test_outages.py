@@ -25,7 +25,7 @@ from kafka.errors import (
 )
 
 from devtools.processes import free_port
-from shared.errors import CatalogTimedOut, PermanentError, RetryableError
+from shared.errors import PermanentError, RetryableError
 from shared.kafka.loop import (
     INTERRUPTION_BACKOFF_SECONDS,
     MAX_INTERRUPTION_BACKOFF_SECONDS,
@@ -73,17 +73,6 @@ def test_a_locked_sqlite_database_is_an_outage_but_a_wrong_statement_is_not(tmp_
         blocker.execute("ROLLBACK")
         assert not is_outage(_error_of(engine, "SELECT * FROM no_such_table"))
         assert not is_outage(_error_of(engine, "SELEKT 1"))
-
-
-@pytest.mark.parametrize("sqlstate", ["55P03", "57014"])
-def test_a_catalog_held_past_its_timeout_is_waited_out_as_a_locked_sqlite_catalog_is(sqlstate):
-    # Dead-lettering instead would fail a whole batch (or a run's start) for a migration's lock on a catalog table.
-    timed_out = CatalogTimedOut("HttpTemplate", "t", sqlstate)
-    assert is_outage(timed_out)
-    assert is_interruption(timed_out)
-    wrapped = RuntimeError("the batch could not be handled")
-    wrapped.__cause__ = timed_out
-    assert is_outage(wrapped)
 
 
 def test_postgresql_errors_of_the_statement_are_not_outages():
