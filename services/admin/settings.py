@@ -37,7 +37,9 @@ class AdminSettings(CommonSettings):
         "before uvicorn cancels them and the process closes and ends; keep it below the pod's "
         "terminationGracePeriodSeconds (the chart's: 30) by 5 s or more, or Kubernetes kills it first (137). Then "
         "the Kafka producer gets what is left of it, 5 s at least, to have the records it holds acknowledged; a "
-        "write still waiting for its acknowledgement then is failed (its request was answered 500 when cancelled).",
+        "write still waiting for its acknowledgement then is abandoned, its outcome unknown (its request was "
+        "answered 500 when cancelled). A request's thread still in a catalog or member-store call (a dry run's slow "
+        "query) holds the process's end until the call returns.",
     )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Unused by the admin API: /metrics is on its port."

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -60,31 +61,44 @@ def make_producer(settings: CommonSettings, client_id: str) -> KafkaProducer:
 
 
 def close_producer(producer: KafkaProducer, timeout_seconds: float = PRODUCER_CLOSE_SECONDS) -> int:
-    """Close ``producer`` within ``timeout_seconds`` (1 s at least); how many records it failed.
+    """Close ``producer`` within ``timeout_seconds`` (1 s at least) and about a second more; how many records it
+    abandoned.
 
-    The records it holds are given the time less a second to be acknowledged; those still not acknowledged then
-    (a broker away or frozen) are failed: their senders waiting for them get ``IllegalStateError`` ("Producer is
-    closed forcefully"), at once instead of at the delivery timeout (120 s), and they are logged once, as a count.
-    kafka-python 3.0.12's own ``close(timeout)`` would not do it: its flush raises ``KafkaTimeoutError`` first and
-    leaves the producer open, its I/O thread trying on and its senders waiting."""
-    failed = 0
-    try:
-        producer.flush(timeout=max(0.0, timeout_seconds - _SENDER_END_SECONDS))
-    except KafkaTimeoutError:
-        failed = _records_held(producer)
+    The records it holds are given the time less a second to be acknowledged (one deadline for them all: kafka-python's
+    ``flush(timeout)`` waits its timeout for each batch in turn, so it runs on a daemon thread the close stops waiting
+    for at the deadline); those still not acknowledged then (a broker away or frozen) are abandoned: their senders
+    waiting for them get ``IllegalStateError`` ("Producer is closed forcefully") at once instead of at the delivery
+    timeout (120 s), and they are logged once, as a count. Their outcome is unknown: a broker that received one before
+    it froze may still write it. kafka-python 3.0.12's own ``close(timeout)`` would not do it: its flush raises
+    ``KafkaTimeoutError`` first and leaves the producer open, its I/O thread trying on and its senders waiting."""
+    waited = max(0.0, timeout_seconds - _SENDER_END_SECONDS)
+    flushing = threading.Thread(target=_flush_quietly, args=(producer,), name="producer-close-flush", daemon=True)
+    flushing.start()
+    flushing.join(waited)
+    abandoned = 0
+    if flushing.is_alive():
+        abandoned = _records_held(producer)
         sender = getattr(producer, "_sender", None)  # kafka-python's I/O thread (private; None: nothing to force)
         if sender is not None:
             sender.force_close()  # it fails every record it holds, then ends
         log.warning(
-            "Kafka records not acknowledged as the producer closed: failed",
-            records=failed,
-            waited_seconds=round(max(0.0, timeout_seconds - _SENDER_END_SECONDS), 1),
+            "Kafka records not acknowledged as the producer closed: abandoned, outcome unknown",
+            records=abandoned,
+            waited_seconds=round(waited, 1),
         )
     try:
         producer.close(timeout=_SENDER_END_SECONDS)
     except KafkaTimeoutError:  # the I/O thread (a daemon) did not end in time: the process ends without it
         log.warning("Kafka producer not closed within its time: left to the process's end")
-    return failed
+    return abandoned
+
+
+def _flush_quietly(producer: KafkaProducer) -> None:
+    """``producer.flush()`` with no timeout, ended early by a forced close (its failure is the close's to tell)."""
+    try:
+        producer.flush()
+    except Exception:  # noqa: BLE001 - closed meanwhile, forced: the close counts and logs what was abandoned
+        return
 
 
 def _records_held(producer: KafkaProducer) -> int:

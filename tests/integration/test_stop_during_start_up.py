@@ -180,7 +180,7 @@ def test_sigterm_while_a_run_waits_for_kafkas_acknowledgement_ends_the_admin_api
     so the request's thread waits for the record's acknowledgement, then SIGTERM. uvicorn cancels the request after
     EXPORT_ADMIN_SHUTDOWN_SECONDS; before, the process then waited for the producer (its close had no bound) until
     the delivery timeout had failed the record (120 s: the pod killed first, 137). Now the producer gets a few
-    seconds, the record not acknowledged by then is failed (logged once, as a count) and the process ends with
+    seconds, the record not acknowledged by then is abandoned (logged once, as a count) and the process ends with
     status 0 within the two bounds."""
     seconds = 2
     token, port, admin_env = _admin_env(
