@@ -38,6 +38,7 @@ from typing import Literal
 
 import httpx
 from aiohttp.abc import AbstractResolver
+from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 from aiohttp.http import SERVER_SOFTWARE
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import ConnectError, RequestError, RequestTimeoutError
@@ -70,6 +71,7 @@ _PLAIN_NAME = re.compile(
     r"(?!.*(?:^|\.)xn--)(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
 )
 _IPV4 = re.compile(r"[0-9.]+")
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 #: The most host forms remembered (whether each takes the reqwest path, and its literal's verdict).
 MAX_FORMS = 1_024
 
@@ -96,7 +98,7 @@ class _Form:
 @dataclass
 class _Clients:
     pinned: OrderedDict[str, _Pinned] = field(default_factory=OrderedDict)
-    pinning: dict[str, asyncio.Future[_Pinned]] = field(default_factory=dict)
+    pinning: dict[str, asyncio.Future[_Pinned | None]] = field(default_factory=dict)
     literals: _Pinned | None = None
 
 
@@ -158,6 +160,8 @@ class ReqwestPartnerHttp:
         if form.refusal is not None:
             raise DestinationRefused(form.refusal)
         pinned = self._literal_client() if form.literal else await self._pinned(host or "", url)
+        if pinned is None:  # only scoped IPv6 addresses allowed: reqwest cannot be pinned to one
+            return await self.aiohttp.send(request, timeout, network)
         pinned.requests += 1
         try:
             return await self._send(pinned.client, url, request, timeout)
@@ -203,7 +207,7 @@ class ReqwestPartnerHttp:
             self._clients.literals = _Pinned(self._builder().build(), None, float("inf"))
         return self._clients.literals
 
-    async def _pinned(self, host: str, url: Url) -> _Pinned:
+    async def _pinned(self, host: str, url: Url) -> _Pinned | None:
         """The client pinned to an address of ``host`` the guard allows, resolved again after ``pin_seconds``."""
         pinned = self._clients.pinned.get(host)
         if pinned is not None and pinned.until > time.monotonic():
@@ -216,12 +220,12 @@ class ReqwestPartnerHttp:
             pending.add_done_callback(functools.partial(self._pinned_done, host))
         return await asyncio.shield(pending)
 
-    def _pinned_done(self, host: str, future: asyncio.Future[_Pinned]) -> None:
+    def _pinned_done(self, host: str, future: asyncio.Future[_Pinned | None]) -> None:
         self._clients.pinning.pop(host, None)
         if not future.cancelled():
             future.exception()  # retrieved: the waiters raise it
 
-    async def _pin(self, host: str, port: int) -> _Pinned:
+    async def _pin(self, host: str, port: int) -> _Pinned | None:
         if self._resolver is None:
             self._resolver = GuardedResolver(self.policy, self._inner_resolver)
         old = self._clients.pinned.get(host)
@@ -235,13 +239,15 @@ class ReqwestPartnerHttp:
         except BaseException:
             self._retire(host)
             raise
-        addresses = [answer["host"] for answer in allowed]
+        addresses = [answer["host"] for answer in allowed if "%" not in answer["host"]]  # no IPv6 scope: unpinnable
         now = time.monotonic()
         if old is not None and not old.retired and old.address in addresses:
             old.until = now + self.pin_seconds
             self._clients.pinned.move_to_end(host)
             return old
         self._retire(host)
+        if not addresses:
+            return None
         address = addresses[0]
         pinned = _Pinned(self._builder().resolve(host, address, 0).build(), address, now + self.pin_seconds)
         self._clients.pinned[host] = pinned
@@ -256,6 +262,8 @@ class ReqwestPartnerHttp:
             .no_proxy()  # only a profile says which proxy is used, never HTTP_PROXY of the process
             .max_connections(self.max_connections)
             .user_agent(SERVER_SOFTWARE)  # what aiohttp sends: partners see the same client
+            .brotli(HAS_BROTLI)  # the encodings aiohttp accepts (and says it does: Accept-Encoding)
+            .zstd(HAS_ZSTD)
             .runtime_multithreaded(False)
         )
 
@@ -300,7 +308,9 @@ def host_form(host: str) -> Literal["literal", "name"] | None:
         return "literal"
     if _IPV4.fullmatch(host):
         return "literal" if host.count(".") == 3 else None
-    return "name" if _PLAIN_NAME.fullmatch(host) else None
+    if not _PLAIN_NAME.fullmatch(host) or _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]):
+        return None  # a last label of digits or 0x…: URL parsers read the host as an IPv4 address (0x7f.1)
+    return "name"
 
 
 @functools.lru_cache(maxsize=256)

@@ -169,6 +169,32 @@ def test_no_answer_within_the_timeout_is_a_no_answer_saying_so(kind):
 
 
 @CLIENTS
+def test_a_body_that_stalls_is_a_no_answer_at_the_timeout_too(kind):
+    async def scenario() -> None:
+        never = asyncio.Event()
+
+        async def stalling(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+            await writer.drain()
+            await never.wait()  # the rest of the body never comes
+            writer.close()
+
+        server = await asyncio.start_server(stalling, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        partners = PARTNER_HTTP[kind](LOOPBACK_ONE)
+        try:
+            with pytest.raises(NoAnswer, match=r"^TimeoutError: no answer within the profile's timeout$"):
+                await send(partners, post(f"http://127.0.0.1:{port}/members"), timeout=0.5)
+        finally:
+            never.set()
+            await partners.aclose()
+            server.close()
+
+    asyncio.run(scenario())
+
+
+@CLIENTS
 def test_a_refused_connection_is_a_no_answer_naming_the_host(kind):
     async def scenario() -> None:
         with listener("127.0.0.1") as (port, _):
