@@ -100,6 +100,14 @@ async def send(partners: Any, request: RenderedRequest, timeout: float = 5.0) ->
     return answer
 
 
+async def send_once(partners: Any, request: RenderedRequest, timeout: float = 5.0) -> PartnerAnswer:
+    """``request``'s answer from ``partners``, closed after it."""
+    try:
+        return await send(partners, request, timeout)
+    finally:
+        await partners.aclose()
+
+
 # --- the contract, on both clients ----------------------------------------------------------------------------
 
 
@@ -110,11 +118,9 @@ def test_an_answer_gives_status_retry_after_headers_and_at_most_the_bounded_body
 
     async def scenario() -> PartnerAnswer:
         async with serving(handler) as port:
-            partners = PARTNER_HTTP[kind](LOOPBACK_ONE, max_body_bytes=1000)
-            try:
-                return await send(partners, post(f"http://127.0.0.1:{port}/members"))
-            finally:
-                await partners.aclose()
+            return await send_once(
+                PARTNER_HTTP[kind](LOOPBACK_ONE, max_body_bytes=1000), post(f"http://127.0.0.1:{port}/members")
+            )
 
     answer = asyncio.run(scenario())
     assert (answer.status, answer.retry_after, answer.body) == (503, "7", b"e" * 1000)
@@ -136,11 +142,7 @@ def test_a_redirect_is_the_partners_answer_and_not_followed(kind):
                 return web.Response(status=307, headers={"Location": f"http://127.0.0.1:{other}/stolen"})
 
             async with serving(moving) as port:
-                partners = PARTNER_HTTP[kind](LOOPBACK_ONE)
-                try:
-                    return await send(partners, post(f"http://127.0.0.1:{port}/members"))
-                finally:
-                    await partners.aclose()
+                return await send_once(PARTNER_HTTP[kind](LOOPBACK_ONE), post(f"http://127.0.0.1:{port}/members"))
 
     answer = asyncio.run(scenario())
     assert answer.status == 307
@@ -199,12 +201,8 @@ def test_a_refused_connection_is_a_no_answer_naming_the_host(kind):
     async def scenario() -> None:
         with listener("127.0.0.1") as (port, _):
             pass  # closed: nothing listens on the port any more
-        partners = PARTNER_HTTP[kind](LOOPBACK_ONE)
-        try:
-            with pytest.raises(NoAnswer, match=f"Cannot connect to host 127.0.0.1:{port} "):
-                await send(partners, post(f"http://127.0.0.1:{port}/members?api_key=s3cret"))
-        finally:
-            await partners.aclose()
+        with pytest.raises(NoAnswer, match=f"Cannot connect to host 127.0.0.1:{port} "):
+            await send_once(PARTNER_HTTP[kind](LOOPBACK_ONE), post(f"http://127.0.0.1:{port}/members?api_key=s3cret"))
 
     asyncio.run(scenario())
 
@@ -242,11 +240,7 @@ def test_the_rendered_url_reaches_the_partner_byte_for_byte(kind):
 
     async def scenario() -> None:
         async with serving(handler) as port:
-            partners = PARTNER_HTTP[kind](LOOPBACK_ONE)
-            try:
-                await send(partners, post(f"http://127.0.0.1:{port}{path}"))
-            finally:
-                await partners.aclose()
+            await send_once(PARTNER_HTTP[kind](LOOPBACK_ONE), post(f"http://127.0.0.1:{port}{path}"))
 
     asyncio.run(scenario())
     assert seen == [path]
@@ -262,12 +256,11 @@ def test_a_header_value_http_cannot_carry_is_an_error_and_no_request_is_made(kin
 
     async def scenario() -> None:
         async with serving(handler) as port:
-            partners = PARTNER_HTTP[kind](LOOPBACK_ONE)
-            try:
-                with pytest.raises(ValueError, match=r"(?i)header"):
-                    await send(partners, post(f"http://127.0.0.1:{port}/members", {"X-Name": "Eve\r\nX-Admin: 1"}))
-            finally:
-                await partners.aclose()
+            with pytest.raises(ValueError, match=r"(?i)header"):
+                await send_once(
+                    PARTNER_HTTP[kind](LOOPBACK_ONE),
+                    post(f"http://127.0.0.1:{port}/members", {"X-Name": "Eve\r\nX-Admin: 1"}),
+                )
 
     asyncio.run(scenario())
     assert reached == []
@@ -284,12 +277,8 @@ def test_a_partner_certificate_the_system_does_not_trust_is_refused_saying_so(ki
 
     async def scenario() -> None:
         async with serving(handler, ssl_context=server) as port:
-            partners = PARTNER_HTTP[kind](LOOPBACK_ONE)
-            try:
-                with pytest.raises(TlsRefused, match=r"^TLS: the partner's certificate is not trusted .*tls.ca_bundle"):
-                    await send(partners, post(f"https://127.0.0.1:{port}/members"))
-            finally:
-                await partners.aclose()
+            with pytest.raises(TlsRefused, match=r"^TLS: the partner's certificate is not trusted .*tls.ca_bundle"):
+                await send_once(PARTNER_HTTP[kind](LOOPBACK_ONE), post(f"https://127.0.0.1:{port}/members"))
 
     asyncio.run(scenario())
 
@@ -298,12 +287,8 @@ def test_a_partner_certificate_the_system_does_not_trust_is_refused_saying_so(ki
 @pytest.mark.parametrize("host", ["127.0.0.2", "[::ffff:127.0.0.2]", "10.1.2.3"])
 def test_an_ip_literal_the_guard_refuses_is_refused_before_any_connection(kind, host):
     async def scenario() -> None:
-        partners = PARTNER_HTTP[kind](LOOPBACK_ONE)
-        try:
-            with pytest.raises(DestinationRefused, match=r"^destination \S+ \(.*\) is a (loopback|private) address"):
-                await send(partners, post(f"http://{host}:9/members"))
-        finally:
-            await partners.aclose()
+        with pytest.raises(DestinationRefused, match=r"^destination \S+ \(.*\) is a (loopback|private) address"):
+            await send_once(PARTNER_HTTP[kind](LOOPBACK_ONE), post(f"http://{host}:9/members"))
 
     asyncio.run(scenario())
 
@@ -502,10 +487,8 @@ def test_a_default_route_given_its_own_ca_goes_through_aiohttp_with_it():
 
     async def scenario() -> PartnerAnswer:
         async with serving(handler, ssl_context=server) as port:
-            partners = ReqwestPartnerHttp(LOOPBACK_ONE, ssl_context=client)
-            try:
-                return await send(partners, post(f"https://127.0.0.1:{port}/members"))
-            finally:
-                await partners.aclose()
+            return await send_once(
+                ReqwestPartnerHttp(LOOPBACK_ONE, ssl_context=client), post(f"https://127.0.0.1:{port}/members")
+            )
 
     assert asyncio.run(scenario()).status == 208
