@@ -21,6 +21,7 @@ from shared.events import MemberBatch
 from shared.kafka import Outgoing
 from shared.outbound.guard import guarded_client
 from shared.outbound.partner_http import AiohttpPartnerHttp
+from shared.outbound.reqwest_partner_http import ReqwestPartnerHttp
 from shared.topics import Topics
 
 
@@ -30,15 +31,19 @@ class Http:
 
     portal: BlockingPortal
     client: httpx.AsyncClient
-    partners: AiohttpPartnerHttp
+    partners: AiohttpPartnerHttp | ReqwestPartnerHttp
+
+
+#: The partner HTTP clients of EXPORT_DISPATCHER_HTTP_CLIENT, by name (tests run the contract on each).
+PARTNER_HTTP = {"aiohttp": AiohttpPartnerHttp, "reqwest": ReqwestPartnerHttp}
 
 
 @contextmanager
-def http_on_loop(allowlist: str = "127.0.0.1") -> Iterator[Http]:
-    """A guarded client (allowing ``allowlist``) on a new event loop thread."""
+def http_on_loop(allowlist: str = "127.0.0.1", partner_http: str = "aiohttp") -> Iterator[Http]:
+    """A guarded client (allowing ``allowlist``) on a new event loop thread; partner requests on ``partner_http``."""
     with start_blocking_portal() as portal:
         policy = DestinationPolicy.parse(allowlist)
-        http = Http(portal, guarded_client(policy), AiohttpPartnerHttp(policy))
+        http = Http(portal, guarded_client(policy), PARTNER_HTTP[partner_http](policy))
         try:
             yield http
         finally:

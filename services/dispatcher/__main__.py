@@ -30,6 +30,7 @@ from shared.events import MemberBatch
 from shared.kafka import value_decoder
 from shared.outbound.guard import guarded_client
 from shared.outbound.partner_http import AiohttpPartnerHttp
+from shared.outbound.reqwest_partner_http import ReqwestPartnerHttp
 from shared.runtime import build_loop, freeze_startup_objects, start_service
 
 SERVICE = "dispatcher"
@@ -42,9 +43,8 @@ def main() -> None:
     destinations = DestinationPolicy.parse(settings.allowed_destinations)
     # A profile's proxy must be allowed like a destination, or listed in EXPORT_ALLOWED_PROXIES.
     proxies = proxy_policy(destinations, allowed_proxies_setting())
-    partners = AiohttpPartnerHttp(
-        destinations, max_connections=max(100, settings.dispatcher_concurrency), proxies=proxies
-    )
+    partner_http = ReqwestPartnerHttp if settings.dispatcher_http_client == "reqwest" else AiohttpPartnerHttp
+    partners = partner_http(destinations, max_connections=max(100, settings.dispatcher_concurrency), proxies=proxies)
     client = guarded_client(destinations)  # token requests of profiles without tls/proxy settings
     stores = CatalogStores.from_url(settings.catalog_url, cipher=settings.secret_cipher())
     fleet_store = SqlFleetStore(stores.database)
@@ -105,7 +105,11 @@ def main() -> None:
         loop.install_signal_handlers()
         if inspector is not None:
             inspector.start()
-        log.info("dispatcher event loop", event_loop=portal.call(running_loop_name))
+        log.info(
+            "dispatcher event loop",
+            event_loop=portal.call(running_loop_name),
+            http_client=settings.dispatcher_http_client,
+        )
         freeze_startup_objects()  # full collections skip the start-up heap (issue 18: 36 us a request)
         try:
             loop.run()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from services.dispatcher.event_loop import EventLoopName
@@ -57,6 +59,15 @@ class DispatcherSettings(CommonSettings):
         default="uvloop",
         description="The event loop the dispatcher's requests run on: uvloop (libuv's, the default) or asyncio's own "
         "(a fallback, should uvloop misbehave with a partner's TLS or proxy).",
+    )
+    # reqwest: end to end (bench_e2e --single-members 60000, three sittings, 8 alternating pairs, 2026-12-05) ahead in 7
+    # of 8 pairs, one-member requests/s 4,813 against 4,314 on average (+12%), the dispatcher's CPU -14% in all 8;
+    # batches of 500 not slower; peak RSS +5-8 MB (README, Performance, session 36).
+    dispatcher_http_client: Literal["reqwest", "aiohttp"] = Field(
+        default="reqwest",
+        description="The HTTP client of partner requests: reqwest (Rust's, through pyreqwest; for profiles without "
+        "tls or proxy settings, on a plain host name or IP literal) or aiohttp (every request, as before). Both "
+        "pass the same SSRF guard; the other requests and OAuth token requests always go through aiohttp.",
     )
     # 4,096: one-member requests/s end to end +4-6% against 1,024 (2026-12-04, 60,000 members, two turns each, load
     # 1.8-3; the receiver's pauses between rounds 1.3-1.4 s -> 0.5-0.6 s a run); with 64-request records a poll then

@@ -1,6 +1,7 @@
 """The SSRF guard at connect time, and the httpx client on it (token requests).
 
-Partner requests (the hot path) go straight through aiohttp (:mod:`shared.outbound.partner_http`):
+Partner requests (the hot path) go straight through aiohttp (:mod:`shared.outbound.partner_http`), or through
+reqwest pinned to the addresses :class:`GuardedResolver` allowed (:mod:`shared.outbound.reqwest_partner_http`):
 httpx's own per-request handling (request and URL models, cookies, response streams) was measured at about
 a third of the dispatcher's event-loop CPU for one-member requests (README, Performance). Token requests
 keep httpx's API, on aiohttp's transport (httpx's own transport was far behind under concurrency,

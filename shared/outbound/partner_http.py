@@ -167,24 +167,41 @@ async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
 def _tls_failure(exc: BaseException) -> str | None:
     """Why the TLS handshake failed, said for the profile's settings; None when ``exc`` is no TLS failure."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return (
-            f"TLS: the partner's certificate is not trusted ({exc.certificate_error}); "
-            "tls.ca_bundle must hold the CA that signed it"
-        )
+        return untrusted_certificate(str(exc.certificate_error))
     reason = getattr(exc, "os_error", None) or exc.__cause__ or exc
     if isinstance(reason, ssl.SSLError) or "[SSL:" in str(exc):
         hint = ""
         if "CERTIFICATE_REQUIRED" in str(exc) or "ALERT_BAD_CERTIFICATE" in str(exc) or "UNKNOWN_CA" in str(exc):
-            hint = " (the partner wants a client certificate it trusts: tls.client_certificate and tls.client_key)"
+            hint = CLIENT_CERTIFICATE_HINT
         elif "HANDSHAKE_FAILURE" in str(exc):
-            hint = (
-                " (the partner refused the handshake: does it want a client certificate, tls.client_certificate "
-                "and tls.client_key, or a TLS version the profile does not offer, tls.min_version?)"
-            )
+            hint = HANDSHAKE_HINT
         elif "VERSION" in str(exc):
-            hint = " (no TLS version both sides accept: tls.min_version)"
-        return f"TLS: the handshake with the partner failed: {_ssl_reason(exc)}{hint}"
+            hint = VERSION_HINT
+        return handshake_failed(_ssl_reason(exc), hint)
     return None
+
+
+#: What a failed handshake's reason is followed by, when it tells which of the profile's settings to look at.
+CLIENT_CERTIFICATE_HINT = (
+    " (the partner wants a client certificate it trusts: tls.client_certificate and tls.client_key)"
+)
+HANDSHAKE_HINT = (
+    " (the partner refused the handshake: does it want a client certificate, tls.client_certificate "
+    "and tls.client_key, or a TLS version the profile does not offer, tls.min_version?)"
+)
+VERSION_HINT = " (no TLS version both sides accept: tls.min_version)"
+#: Why a request that timed out got no answer.
+NO_ANSWER_IN_TIME = "TimeoutError: no answer within the profile's timeout"
+
+
+def untrusted_certificate(detail: str) -> str:
+    """The failure of a partner certificate the client does not trust (``detail``: the TLS library's words)."""
+    return f"TLS: the partner's certificate is not trusted ({detail}); tls.ca_bundle must hold the CA that signed it"
+
+
+def handshake_failed(reason: str, hint: str) -> str:
+    """The failure of a TLS handshake (``hint``: one of the ``*_HINT`` or empty)."""
+    return f"TLS: the handshake with the partner failed: {reason}{hint}"
 
 
 def _ssl_reason(exc: BaseException) -> str:
@@ -195,5 +212,5 @@ def _ssl_reason(exc: BaseException) -> str:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
-        return "TimeoutError: no answer within the profile's timeout"
+        return NO_ANSWER_IN_TIME
     return f"{type(exc).__name__}: {exc}"

@@ -9,10 +9,11 @@ garbage collector's full collections during the dispatcher's turns are timed too
 start-up objects out of their reach: ``--no-freeze`` shows the cost without).
 
     .venv/bin/python -m tests.benchmarks.bench_dispatcher_cpu [--requests 10240] [--rounds 3] [--no-freeze]
-        [--loops asyncio uvloop] [--partner http|memory]
+        [--loops asyncio uvloop] [--partner http|memory] [--client aiohttp reqwest]
 
 ``--loops`` names the event loops each turn runs both contenders on (asyncio's default loop, uvloop's), in turn
-in the same sitting; the ratio is taken on the same loop.
+in the same sitting; the ratio is taken on the same loop. ``--client`` names the dispatcher's partner HTTP clients
+(``EXPORT_DISPATCHER_HTTP_CLIENT``) each turn runs, one after the other, beside the same plain loop.
 
 Figures only: nothing here passes or fails on a timing.
 """
@@ -38,6 +39,7 @@ from shared.domain.catalog_objects import CatalogObject, ConnectionProfile, Http
 from shared.domain.destinations import DestinationPolicy
 from shared.events import MemberBatch
 from shared.outbound.partner_http import AiohttpPartnerHttp, PartnerAnswer
+from shared.outbound.reqwest_partner_http import ReqwestPartnerHttp
 from shared.runtime import freeze_startup_objects
 from shared.topics import Topics
 from tests.benchmarks.common import plain_aiohttp
@@ -135,12 +137,15 @@ class MemoryPartner:
         return None
 
 
-async def dispatcher_turn(base_url: str, requests: int, partner: str = "http") -> tuple[float, float, FullCollections]:
+async def dispatcher_turn(
+    base_url: str, requests: int, partner: str = "http", client: str = "aiohttp"
+) -> tuple[float, float, FullCollections]:
     """CPU microseconds a request and requests/s of the dispatcher delivering ``requests`` requests, to the lean
-    receiver over HTTP or to a partner in memory."""
-    partners: AiohttpPartnerHttp | MemoryPartner = MemoryPartner()
+    receiver over HTTP (on the partner HTTP client ``client``) or to a partner in memory."""
+    partners: AiohttpPartnerHttp | ReqwestPartnerHttp | MemoryPartner = MemoryPartner()
     if partner == "http":
-        partners = AiohttpPartnerHttp(DestinationPolicy.parse("127.0.0.1"), max_connections=100)
+        http = ReqwestPartnerHttp if client == "reqwest" else AiohttpPartnerHttp
+        partners = http(DestinationPolicy.parse("127.0.0.1"), max_connections=100)
     catalog = MemoryCatalog(base_url)
     dispatcher = Dispatcher(
         objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
@@ -196,10 +201,17 @@ def main() -> None:
         help="the lean receiver over HTTP (beside a plain aiohttp loop), or a partner in memory: the dispatcher's "
         "own CPU a request, without the HTTP client's (no plain loop then)",
     )
+    parser.add_argument(
+        "--client",
+        nargs="+",
+        choices=("aiohttp", "reqwest"),
+        default=["aiohttp"],
+        help="the dispatcher's partner HTTP clients, each in every turn (EXPORT_DISPATCHER_HTTP_CLIENT)",
+    )
     args = parser.parse_args()
     if not args.no_freeze:
         freeze_startup_objects()  # as the service does
-    ratios: dict[str, list[float]] = {loop: [] for loop in args.loops}
+    ratios: dict[str, list[float]] = {f"{loop}, {client}": [] for loop in args.loops for client in args.client}
     plain_of: dict[str, list[float]] = {loop: [] for loop in args.loops}
     with lean_receiver() as base_url:
         for turn in range(1, args.rounds + 1):
@@ -212,22 +224,25 @@ def main() -> None:
                     plain_of[loop].append(cpu)
                     continue
                 plain_cpu, plain_rate = run_on(loop, plain_turn(base_url, args.requests))
-                cpu, rate, full = run_on(loop, dispatcher_turn(base_url, args.requests))
-                ratios[loop].append(cpu / plain_cpu)
                 plain_of[loop].append(plain_cpu)
-                print(
-                    f"turn {turn}, {loop}: dispatcher {cpu:.0f} us CPU a request ({rate:,.0f} requests/s; "
-                    f"{full.count} full collections, {full.seconds * 1000:.0f} ms), plain aiohttp {plain_cpu:.0f} us "
-                    f"({plain_rate:,.0f} requests/s): {cpu / plain_cpu:.2f}x"
-                )
+                for client in args.client:
+                    cpu, rate, full = run_on(loop, dispatcher_turn(base_url, args.requests, client=client))
+                    ratios[f"{loop}, {client}"].append(cpu / plain_cpu)
+                    print(
+                        f"turn {turn}, {loop}, {client}: dispatcher {cpu:.0f} us CPU a request ({rate:,.0f} "
+                        f"requests/s; {full.count} full collections, {full.seconds * 1000:.0f} ms), plain aiohttp "
+                        f"{plain_cpu:.0f} us ({plain_rate:,.0f} requests/s): {cpu / plain_cpu:.2f}x"
+                    )
     for loop in args.loops:
         if args.partner == "memory":
             print(f"median on {loop}: the dispatcher's own work {statistics.median(plain_of[loop]):.1f} us a request")
             continue
-        print(
-            f"median on {loop}: the dispatcher's CPU a request is {statistics.median(ratios[loop]):.2f}x the plain "
-            f"loop's (plain loop {statistics.median(plain_of[loop]):.0f} us a request)"
-        )
+        for client in args.client:
+            print(
+                f"median on {loop}, {client}: the dispatcher's CPU a request is "
+                f"{statistics.median(ratios[f'{loop}, {client}']):.2f}x the plain loop's (plain loop "
+                f"{statistics.median(plain_of[loop]):.0f} us a request)"
+            )
 
 
 if __name__ == "__main__":

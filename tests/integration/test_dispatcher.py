@@ -20,7 +20,14 @@ from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, DeadLetter, MemberBatch, RunCancelled
 from shared.topics import Topics
-from tests.dispatcher_helpers import BlockingDispatcher, Http, blocking_dispatcher, dispatch_catalog, http_on_loop
+from tests.dispatcher_helpers import (
+    PARTNER_HTTP,
+    BlockingDispatcher,
+    Http,
+    blocking_dispatcher,
+    dispatch_catalog,
+    http_on_loop,
+)
 
 pytestmark = pytest.mark.integration
 TOPICS = Topics("x.")
@@ -32,9 +39,9 @@ def catalog(tmp_path) -> Iterator[CatalogStores]:
         yield catalog
 
 
-@pytest.fixture
-def client() -> Iterator[Http]:
-    with http_on_loop() as http:
+@pytest.fixture(params=sorted(PARTNER_HTTP))
+def client(request: pytest.FixtureRequest) -> Iterator[Http]:
+    with http_on_loop(partner_http=request.param) as http:  # the partner requests on each client
         yield http
 
 
@@ -125,7 +132,10 @@ def test_an_unreachable_endpoint_fails_after_the_retry_budget(catalog, client):
     _, outcome_out = dispatcher_for(catalog, client, receiver).handle(batch())
     outcome = RUN_EVENT_ADAPTER.validate_json(outcome_out.value)
     assert (outcome.failed, outcome.attempts, outcome.status_code) == (3, 4, None)
-    assert (outcome.error or "").startswith("ClientConnectorError: Cannot connect to host 127.0.0.1")
+    # aiohttp's words, or reqwest's in the same shape
+    assert (outcome.error or "").startswith(
+        ("ClientConnectorError: Cannot connect to host 127.0.0.1", "ConnectError: Cannot connect to host 127.0.0.1")
+    )
 
 
 def test_a_template_that_renders_invalid_json_fails_the_batch_with_the_reason(catalog, client):
@@ -203,8 +213,11 @@ def test_a_malformed_signing_secret_fails_the_batch_without_revealing_it(catalog
         ("localhost", "localhost", None),
     ],
 )
-def test_the_ssrf_guard_refuses_loopback_at_connect_time_unless_allowed(catalog, host, allowlist, refusal):
-    with http_on_loop(allowlist) as guarded, HttpReceiver() as receiver:
+@pytest.mark.parametrize("partner_http", sorted(PARTNER_HTTP))
+def test_the_ssrf_guard_refuses_loopback_at_connect_time_unless_allowed(
+    catalog, host, allowlist, refusal, partner_http
+):
+    with http_on_loop(allowlist, partner_http) as guarded, HttpReceiver() as receiver:
         url = receiver.url.replace("127.0.0.1", host)
         catalog.definitions.apply(ConnectionProfile(name="p", base_url=url))
         catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p", path="/members"))

@@ -37,9 +37,10 @@ def _export_everyone(
     batch_size: int,
     columns: str,
     env: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
 ) -> LocalPipeline:
     """Demo members, a catalog exporting them all to ``receiver``, extractor and dispatcher started (with ``env``
-    added to their settings), and the run requested."""
+    added to their settings, the receiver reached as ``host``), and the run requested."""
     store_url = f"sqlite:///{tmp_path / 'members.db'}"
     engine = make_engine(store_url)
     create_demo_members(engine, members)
@@ -47,7 +48,7 @@ def _export_everyone(
     catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
     prefix = f"d{uuid.uuid4().hex[:10]}."
     catalog = CatalogStores.from_url(catalog_url, migrate=True)
-    catalog.definitions.apply(ConnectionProfile(name="p", base_url=receiver.url))
+    catalog.definitions.apply(ConnectionProfile(name="p", base_url=receiver.url.replace("127.0.0.1", host)))
     catalog.definitions.apply(SavedQuery(name="all", sql=f"SELECT {columns} FROM members"))
     catalog.definitions.apply(HttpTemplate(name="t", query="all", profile="p", path="/members", batch_size=batch_size))
     catalog.definitions.apply(ExportDefinition(name="everyone", query="all", template="t"))
@@ -98,6 +99,42 @@ def test_a_dispatcher_killed_mid_run_delivers_every_member_once_per_key(kafka_bo
         assert payload_by_key.setdefault(receipt.headers["Idempotency-Key"], body) == body
     deduplicated = [m["id"] for body in payload_by_key.values() for m in json.loads(body)]
     assert sorted(deduplicated) == list(range(1, MEMBERS + 1))
+
+
+# EXPORT_DISPATCHER_HTTP_CLIENT: a name (localhost, pinned by the reqwest client to the address the guard allowed)
+# and an IP literal, one-member requests.
+@pytest.mark.parametrize("client", ["reqwest", "aiohttp"])
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+def test_a_run_of_one_member_requests_is_delivered_on_each_partner_http_client(
+    kafka_bootstrap: str, tmp_path, client: str, host: str
+):
+    members = 500
+    with HttpReceiver() as receiver:
+        pipeline = _export_everyone(
+            kafka_bootstrap,
+            tmp_path,
+            receiver,
+            members=members,
+            batch_size=1,
+            columns="id, email",
+            env={"EXPORT_DISPATCHER_HTTP_CLIENT": client},
+            host=host,
+        )
+        try:
+            wait_until(
+                lambda: len(set(receiver.accepted_member_ids())) == members,
+                timeout=180,
+                what="every member delivered",
+            )
+        finally:
+            pipeline.stop()
+    assert sorted(set(receiver.accepted_member_ids())) == list(range(1, members + 1))
+    started = [
+        json.loads(line)
+        for line in (tmp_path / "logs" / "dispatcher.log").read_text().splitlines()
+        if '"dispatcher event loop"' in line
+    ]
+    assert [event["http_client"] for event in started] == [client]
 
 
 # With rounds in flight (EXPORT_DISPATCHER_ROUNDS_IN_FLIGHT, off by default) both rounds are abandoned and neither is

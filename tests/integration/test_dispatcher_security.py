@@ -25,7 +25,7 @@ from shared.domain.rendering import DEFAULT_LIMITS, RenderLimits
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, DeadLetter, MemberBatch
 from shared.kafka import Outgoing
 from shared.topics import Topics
-from tests.dispatcher_helpers import BlockingDispatcher, Http, dispatch_catalog, http_on_loop
+from tests.dispatcher_helpers import PARTNER_HTTP, BlockingDispatcher, Http, dispatch_catalog, http_on_loop
 
 pytestmark = pytest.mark.integration
 TOPICS = Topics("x.")
@@ -38,9 +38,9 @@ def catalog(tmp_path) -> Iterator[CatalogStores]:
         yield catalog
 
 
-@pytest.fixture
-def http() -> Iterator[Http]:
-    with http_on_loop() as http:
+@pytest.fixture(params=sorted(PARTNER_HTTP))
+def http(request: pytest.FixtureRequest) -> Iterator[Http]:
+    with http_on_loop(partner_http=request.param) as http:  # the partner requests on each client
         yield http
 
 

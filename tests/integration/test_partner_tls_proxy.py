@@ -28,9 +28,10 @@ from shared.events import MemberBatch
 from shared.outbound.guard import guarded_client
 from shared.outbound.partner_http import AiohttpPartnerHttp
 from shared.outbound.partner_network import PartnerNetwork
+from shared.outbound.reqwest_partner_http import ReqwestPartnerHttp
 from shared.outbound.session_pool import SessionPool
 from shared.topics import Topics
-from tests.dispatcher_helpers import BlockingDispatcher, dispatch_catalog
+from tests.dispatcher_helpers import PARTNER_HTTP, BlockingDispatcher, dispatch_catalog
 from tests.integration.test_dispatcher_security import outcome_and_letters
 from tests.partner_tls import (
     TlsMaterial,
@@ -71,14 +72,27 @@ def proxy() -> Iterator[ForwardProxy]:
         yield proxy
 
 
+#: The partner HTTP client the dispatcher of the running test uses (each test runs on each: with reqwest, the
+#: profiles' tls and proxy settings are served by its inner aiohttp client).
+CLIENT = {"kind": "aiohttp"}
+
+
+@pytest.fixture(autouse=True, params=sorted(PARTNER_HTTP))
+def partner_http(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(CLIENT, "kind", request.param)
+    return str(request.param)
+
+
 @contextmanager
 def dispatching(
     catalog: CatalogStores, allowlist: str = "127.0.0.1", allowed_proxies: str = "", max_sessions: int = 32
-) -> Iterator[tuple[BlockingDispatcher, AiohttpPartnerHttp]]:
+) -> Iterator[tuple[BlockingDispatcher, AiohttpPartnerHttp | ReqwestPartnerHttp]]:
     """A dispatcher on its own event loop, its partner requests and token requests on the profiles' sessions."""
     policy = DestinationPolicy.parse(allowlist)
     with start_blocking_portal() as portal:
-        partners = AiohttpPartnerHttp(policy, proxies=proxy_policy(policy, allowed_proxies), max_sessions=max_sessions)
+        partners = PARTNER_HTTP[CLIENT["kind"]](
+            policy, proxies=proxy_policy(policy, allowed_proxies), max_sessions=max_sessions
+        )
         client = guarded_client(policy)
         dispatcher = Dispatcher(
             objects=CatalogCache(catalog.definitions, catalog.runs, ttl=0),

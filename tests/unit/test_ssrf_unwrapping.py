@@ -20,6 +20,7 @@ from shared.domain.destinations import DestinationPolicy, embedded_ipv4
 from shared.domain.rendering import RenderedRequest
 from shared.outbound.guard import DestinationRefused, GuardedResolver, GuardedTransport
 from shared.outbound.partner_http import AiohttpPartnerHttp
+from shared.outbound.reqwest_partner_http import ReqwestPartnerHttp
 
 PUBLIC_ONLY = DestinationPolicy()
 MASK32 = 0xFFFFFFFF
@@ -176,12 +177,13 @@ def test_the_dispatchers_transport_refuses_a_wrapped_loopback_literal_before_sen
     assert sent == []
 
 
+@pytest.mark.parametrize("partner_http", [AiohttpPartnerHttp, ReqwestPartnerHttp])
 @pytest.mark.parametrize("literal", ["[::127.0.0.1]", "[64:ff9b::7f00:1]", "127.0.0.1", "[::ffff:0:7f00:1]"])
-def test_the_partner_sender_refuses_a_loopback_literal_before_connecting(literal):
+def test_the_partner_sender_refuses_a_loopback_literal_before_connecting(literal, partner_http):
     request = RenderedRequest("POST", f"http://{literal}:9/members", {"Content-Type": "application/json"}, b"[]")
 
     async def send() -> None:
-        partners = AiohttpPartnerHttp(PUBLIC_ONLY)
+        partners = partner_http(PUBLIC_ONLY)
         try:
             await partners.send(request, timeout=1)
         finally:
