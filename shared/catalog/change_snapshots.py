@@ -117,7 +117,7 @@ class SqlChangeSnapshots:
             member.snapshot_id == run.snapshot_id
         )
         keys, fingerprints, states = [], [], []
-        with self.database.engine.connect() as connection:
+        with self.database.connect("ChangeSnapshot") as connection:
             result = connection.execution_options(stream_results=True, yield_per=_LOAD_ROWS).execute(statement)
             for rows in result.partitions():
                 # Flattened through itertools: numpy probing each Row as a mapping costs 20x more.
@@ -183,7 +183,7 @@ class SqlChangeSnapshots:
         """The last delivered values of members, by key hash."""
         member = ChangeMemberRow
         found: dict[int, bytes] = {}
-        with self.database.engine.connect() as connection:
+        with self.database.connect("ChangeSnapshot") as connection:
             for chunk in _chunks(key_hashes):
                 rows = connection.execute(
                     select(member.key_hash, member.member_values).where(

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -65,13 +65,35 @@ class CatalogDatabase:
     def transaction(self, kind: str | None = None, name: str | None = None) -> Iterator[Session]:
         """A session in one transaction: committed on success, rolled back on an exception.
 
-        The one place a catalog timeout is told (every store's reads and writes go through here): a statement or
-        commit PostgreSQL ended for a ``lock_timeout`` or ``statement_timeout`` (:data:`TIMED_OUT`) is
-        :class:`CatalogTimedOut` naming ``kind`` and ``name`` (what the store reads or writes, if it says),
-        rolled back; never the driver's error, whose text may quote the statement."""
+        A catalog timeout is told here as everywhere (:meth:`_timeouts_told`): :class:`CatalogTimedOut` naming
+        ``kind`` and ``name`` (what the store reads or writes, if it says), rolled back."""
+        with self._timeouts_told(kind, name), self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def begin(self, kind: str | None = None, name: str | None = None) -> Iterator[Connection]:
+        """A Core connection in one transaction (``engine.begin()``: plain statements on a hot path, no ORM),
+        committed on success, rolled back on an exception; a catalog timeout told as by :meth:`transaction`."""
+        with self._timeouts_told(kind, name), self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def connect(self, kind: str | None = None, name: str | None = None) -> Iterator[Connection]:
+        """A Core connection for reads (``engine.connect()``: rolled back when closed, streamed results allowed);
+        a catalog timeout told as by :meth:`transaction`."""
+        with self._timeouts_told(kind, name), self.engine.connect() as connection:
+            yield connection
+
+    @staticmethod
+    @contextmanager
+    def _timeouts_told(kind: str | None, name: str | None) -> Iterator[None]:
+        """The one place a catalog timeout is told (every store's reads and writes go through :meth:`transaction`,
+        :meth:`begin` or :meth:`connect`; ``tests/unit/test_catalog_timed_out.py`` checks that no store uses the
+        engine directly): a statement or commit PostgreSQL ended for a ``lock_timeout`` or ``statement_timeout``
+        (:data:`TIMED_OUT`) is :class:`CatalogTimedOut` naming ``kind`` and ``name``; never the driver's error,
+        whose text may quote the statement."""
         try:
-            with self._sessions.begin() as session:
-                yield session
+            yield
         except DBAPIError as exc:
             state = getattr(exc.orig, "sqlstate", None)
             if state not in TIMED_OUT:

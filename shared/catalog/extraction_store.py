@@ -160,7 +160,7 @@ class SqlExtractionStore:
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Save where the run stands: one UPDATE (the extractor saves one a page, so no ORM load first)."""
-        with self.database.engine.begin() as connection:
+        with self.database.begin("ExtractionCheckpoint", str(checkpoint.run_id)) as connection:
             updated = connection.execute(_saved(checkpoint)).rowcount
         assert updated == 1, "save_checkpoint before claim_extraction"
 
@@ -230,7 +230,7 @@ class SqlExtractionStore:
                 updated_at=now(),
             )
         )
-        with self.database.engine.begin() as connection:
+        with self.database.begin("ExtractionCheckpoint", str(checkpoint.run_id)) as connection:
             return bool(connection.execute(statement).rowcount)
 
     def finish_range(self, checkpoint: RangeCheckpoint, state: RangeState) -> RunTotals | None:

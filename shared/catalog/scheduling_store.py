@@ -89,13 +89,13 @@ class SqlSchedulingStore:
             }
             for state in states
         ]
-        with self.database.engine.begin() as connection:
+        with self.database.begin("Schedule") as connection:
             connection.execute(delete(table).where(table.c.definition_id.in_([row["definition_id"] for row in rows])))
             connection.execute(insert(table), rows)
 
     def scheduled_count(self) -> int:
         """How many definitions the scheduler will fire again (enabled, with an instant ahead)."""
-        with self.database.engine.connect() as connection:
+        with self.database.connect("Schedule") as connection:
             table = cast(Table, ScheduleRow.__table__)
             return int(connection.execute(select(func.count()).where(table.c.next_due_at.is_not(None))).scalar_one())
 
@@ -106,7 +106,7 @@ class SqlSchedulingStore:
         store has not parsed that version of it before.
         """
         objects, states = CatalogObjectRow.__table__.c, ScheduleRow.__table__.c
-        with self.database.engine.connect() as connection:
+        with self.database.connect("Schedule") as connection:
             rows = connection.execute(
                 select(objects.id, objects.version, states.handled_until, states.next_due_at)
                 .join_from(CatalogObjectRow.__table__, ScheduleRow.__table__, states.definition_id == objects.id)
@@ -151,7 +151,7 @@ class SqlSchedulingStore:
             }
             for advance in advances
         ]
-        with self.database.engine.begin() as connection:
+        with self.database.begin("Schedule") as connection:
             return int(connection.execute(statement, parameters).rowcount)
 
     # --- the leadership lease ------------------------------------------------------------------------

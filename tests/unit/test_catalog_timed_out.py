@@ -4,12 +4,14 @@ other database error passes through as it was (a deadlock is the definitions sto
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from shared.catalog.database import TIMED_OUT, CatalogDatabase
@@ -67,3 +69,59 @@ def test_any_other_database_error_passes_through_unchanged(sqlstate: str):
         raise error
     assert raised.value is error
     database.close()
+
+
+def _executed_then(connection: Connection, error: Exception, statement: str = "SELECT 1") -> None:
+    connection.execute(text(statement))
+    raise error
+
+
+@pytest.mark.parametrize("sqlstate", sorted(TIMED_OUT))
+@pytest.mark.parametrize("opened", ["begin", "connect"])
+def test_a_timeout_on_a_core_connection_is_told_as_in_a_transaction(
+    database: CatalogDatabase, sqlstate: str, opened: str
+):
+    """The stores' Core statements on a hot path (a checkpoint a page, the scheduler's tick) say the same."""
+    with pytest.raises(CatalogTimedOut) as told, getattr(database, opened)("Schedule") as connection:
+        _executed_then(connection, _ended(sqlstate))
+    assert str(told.value).startswith(f"Schedule: the catalog database timed out (SQLSTATE {sqlstate}: ")
+    assert "SELECT" not in str(told.value)
+    assert "s3cr3t" not in str(told.value)
+
+
+@pytest.mark.parametrize("opened", ["begin", "connect"])
+def test_another_error_on_a_core_connection_passes_through_unchanged(database: CatalogDatabase, opened: str):
+    error = _ended("40P01")
+    with pytest.raises(DBAPIError) as raised, getattr(database, opened)() as connection:
+        _executed_then(connection, error)
+    assert raised.value is error
+
+
+def test_a_core_transaction_commits_on_success_and_rolls_back_on_an_exception(database: CatalogDatabase):
+    with database.begin() as connection:
+        connection.execute(text("CREATE TABLE t (n INTEGER)"))
+        connection.execute(text("INSERT INTO t VALUES (1)"))
+    with pytest.raises(RuntimeError), database.begin() as connection:
+        _executed_then(connection, RuntimeError("undone"), "INSERT INTO t VALUES (2)")
+    with database.connect() as connection:
+        assert connection.execute(text("SELECT n FROM t")).scalars().all() == [1]
+
+
+#: Files of the catalog that may use the engine directly: the database itself, and the schema's migrations (DDL
+#: run by ``exportctl db upgrade`` and at start, before any store; not a store's read or write).
+_ENGINE_USERS = {"database.py", "schema.py", "migrations/env.py"}
+
+
+def test_no_store_opens_the_catalogs_engine_directly():
+    """A store opening the engine itself would bypass the timeout mapping: its timeout would be the driver's
+    error, quoting the statement (the extractor's checkpoint, the scheduler's tick once did)."""
+    catalog = Path(__file__).resolve().parents[2] / "shared" / "catalog"
+    direct = re.compile(r"\bengine\s*\.\s*(begin|connect|raw_connection)\s*\(")
+    offending = [
+        f"{path.relative_to(catalog).as_posix()}:{number}"
+        for path in sorted(catalog.rglob("*.py"))
+        if path.relative_to(catalog).as_posix() not in _ENGINE_USERS
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if direct.search(line)
+    ]
+    assert offending == [], "use CatalogDatabase.transaction / begin / connect instead"
