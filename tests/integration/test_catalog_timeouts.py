@@ -5,6 +5,7 @@ HTTP, logged once at warning; a 503 page in the console; exit 5 in exportctl."""
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from html import unescape
@@ -202,3 +203,84 @@ def test_the_openapi_document_declares_the_503_of_every_operation_that_reads_the
         assert "`catalog-timed-out`" in declared["description"], (path, method)
         assert declared["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
     assert "503" not in document["paths"]["/livez"]["get"]["responses"]  # asks no dependency
+
+
+@pytest.mark.parametrize("setting", ["lock_timeout", "statement_timeout"])
+def test_a_scheduler_tick_whose_schedules_read_times_out_raises_catalog_timed_out_quoting_no_statement(
+    postgres_database_factory: Callable[[], str], setting: str
+):
+    """The scheduler's tick reads the due schedules on a Core connection: its timeout is told as the catalog's,
+    and what the scheduler logs (``scheduler tick failed`` with the traceback) quotes no SQL (before: the
+    driver's error quoting the statement, ``LINE 2: FROM catalog_objects JOIN schedules ...``)."""
+    import datetime as dt
+
+    from services.scheduler.clock import ManualClock
+    from services.scheduler.scheduling import Scheduler
+    from shared.catalog import CatalogStores
+    from shared.errors import CatalogTimedOut
+    from shared.kafka.loop import is_interruption
+    from shared.topics import Topics
+    from tests.integration.test_scheduler import T0, definition
+
+    url = postgres_database_factory()
+    CatalogStores.from_url(url, migrate=True).close()
+    with _catalog_with_timeout(url, setting) as other:
+        catalog = CatalogStores.from_url(url)
+        catalog.definitions.apply(definition("nightly", cron="0 2 * * *"))
+        scheduler = Scheduler(
+            scheduling=catalog.scheduling,
+            definitions=catalog.definitions,
+            runs=catalog.runs,
+            clock=ManualClock(T0),
+            topics=Topics("x."),
+            publish=lambda _: None,
+        )
+        scheduler.tick()  # the schedules synced: the next tick reads the due ones only
+        assert isinstance(scheduler.clock, ManualClock)
+        scheduler.clock.advance(dt.timedelta(minutes=1))
+        with _locked(other, "schedules"), pytest.raises(CatalogTimedOut) as ended:
+            scheduler.tick()
+        catalog.close()
+    assert str(ended.value).startswith("Schedule: the catalog database timed out")
+    logged = "".join(traceback.format_exception(ended.value))  # what log.exception writes (format_exc_info)
+    assert "SELECT" not in logged
+    assert "LINE 1" not in logged
+    assert not is_interruption(ended.value)  # logged as a failed tick, as before; the next tick tries again
+
+
+@pytest.mark.parametrize("setting", ["lock_timeout", "statement_timeout"])
+def test_an_extractor_checkpoint_that_times_out_is_catalog_timed_out_and_its_dead_letter_quotes_no_statement(
+    postgres_database_factory: Callable[[], str], setting: str
+):
+    """The extractor saves its checkpoint a page with one UPDATE on a Core connection: a timeout (the row held by
+    another transaction) is told as the catalog's, nothing written, and the reason the consumer loop dead-letters
+    the run request with names neither the statement nor the member key it saved (before: ``OperationalError:
+    ... LINE 1: UPDATE extraction_checkpoints SET ...``)."""
+    import uuid
+    from dataclasses import replace
+
+    from shared.catalog import CatalogStores
+    from shared.errors import CatalogTimedOut
+    from shared.exception_reasons import exception_reason
+    from shared.kafka.loop import bounded_reason
+
+    url = postgres_database_factory()
+    CatalogStores.from_url(url, migrate=True).close()
+    run_id, key = uuid.uuid4(), "member-42@example.com"  # a member's key: never in a dead letter
+    with _catalog_with_timeout(url, setting) as other:
+        catalog = CatalogStores.from_url(url)
+        checkpoint = catalog.extraction.claim_extraction(run_id, "nightly")
+        with other.connect() as holder:  # another extractor's open transaction holds the run's row
+            holder.execute(text("SET lock_timeout = 0; SET statement_timeout = 0"))
+            holder.execute(text(f"SELECT run_id FROM extraction_checkpoints WHERE run_id = '{run_id}' FOR UPDATE"))
+            with pytest.raises(CatalogTimedOut) as ended:
+                catalog.extraction.save_checkpoint(replace(checkpoint, members=5, last_key=key))
+            holder.rollback()
+        after = catalog.extraction.claim_extraction(run_id, "nightly")
+        catalog.close()
+    reason = bounded_reason(exception_reason(ended.value))  # the dead letter's reason (ConsumerLoop._failure)
+    assert reason.startswith(f"CatalogTimedOut: ExtractionCheckpoint '{run_id}': the catalog database timed out")
+    logged = reason + "".join(traceback.format_exception(ended.value))
+    assert "UPDATE" not in logged
+    assert key not in logged
+    assert (after.members, after.last_key) == (checkpoint.members, checkpoint.last_key)  # nothing written
