@@ -36,10 +36,11 @@ from shared.domain.runs import (
     failure_threshold_reason,
     stuck_reason,
 )
-from shared.errors import StoredObjectInvalid
+from shared.errors import CatalogTimedOut, StoredObjectInvalid
 from shared.events import AnyRunEvent, RunFailed
 from shared.kafka import Outgoing
 from shared.metrics import UNKNOWN_DEFINITION, start_definitions_series
+from shared.outages import describe, is_outage
 from shared.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -130,10 +131,20 @@ class Notifier:
     def handle_all(self, events: list[AnyRunEvent]) -> list[list[Outgoing] | BaseException]:
         """A poll's events: folded in one transaction, then each run that changed is handled as :meth:`handle`
         would. Should the fold of the whole poll fail, each event is folded on its own, so that one bad event
-        is dead-lettered alone."""
+        is dead-lettered alone; unless the catalog failed it (an outage, a lock or statement timeout), which
+        every event would meet again, each after waiting as long (past the group's poll interval for a large
+        poll): then every event of the poll gets that failure, as the extractor's rounds stop at the first
+        outage (handed back on an outage, dead-lettered on a timeout, as when each fails alone)."""
         try:
             folded = record_run_events(events, runs=self.runs, watermarks=self.watermarks)
-        except Exception:
+        except Exception as exc:
+            if is_outage(exc) or isinstance(exc, CatalogTimedOut):
+                log.warning(
+                    "folding a poll's events failed on the catalog; not folding them one by one",
+                    events=len(events),
+                    error=describe(exc),
+                )
+                return [exc] * len(events)
             log.warning("folding a poll's events at once failed; folding them one by one", exc_info=True)
             return [self._handled_alone(event) for event in events]
         failures: dict[object, BaseException] = {}

@@ -20,7 +20,9 @@ from services.notifier.notifying import Notifier
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ExportDefinition, FailurePolicy
 from shared.domain.schedule import Schedule
+from shared.errors import CatalogTimedOut
 from shared.events import BatchOutcome, ExtractionCompleted, RunFailed, RunMissed, RunSkipped, RunStarted, Trigger
+from shared.outages import DependencyUnavailable
 
 pytestmark = pytest.mark.integration
 
@@ -351,3 +353,40 @@ def test_a_poll_whose_fold_fails_is_folded_event_by_event(catalog: CatalogStores
     assert notifier.handle_all(poll) == [[]] * len(poll)
     assert catalog.runs.get_run(poll[0].run_id).delivered == 10
     assert len(sink.received()) == 1
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        DependencyUnavailable("the catalog did not answer"),
+        CatalogTimedOut("Run", None, "55P03"),
+    ],
+    ids=["outage", "timed-out"],
+)
+def test_a_poll_whose_fold_fails_on_the_catalog_is_not_folded_event_by_event(
+    catalog: CatalogStores, notifier: Notifier, failure: Exception
+):
+    """The catalog away or timing out fails every event's fold again, each after waiting as long: the poll's
+    events all get the failure at once (handed back on an outage, dead-lettered on a timeout), as the
+    extractor's rounds stop at the first outage."""
+    folds: list[int] = []
+
+    class UnavailableRuns:
+        """The runs store, except that every fold fails as the catalog did."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(catalog.runs, name)
+
+        def fold_run_events(self, events: Any) -> Any:
+            folds.append(len(events))
+            raise failure
+
+        def fold_run_event(self, event: Any) -> Any:
+            folds.append(1)
+            raise failure
+
+    notifier.runs = UnavailableRuns()
+    poll = list(events([(5, 0), (5, 0)]))
+    assert notifier.handle_all(poll) == [failure] * len(poll)
+    assert folds == [len(poll)]
+    assert catalog.runs.get_run(poll[0].run_id) is None
