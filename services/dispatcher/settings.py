@@ -60,11 +60,12 @@ class DispatcherSettings(CommonSettings):
         description="The event loop the dispatcher's requests run on: uvloop (libuv's, the default) or asyncio's own "
         "(a fallback, should uvloop misbehave with a partner's TLS or proxy).",
     )
-    # reqwest: end to end (bench_e2e --single-members 60000, three sittings, 8 alternating pairs, 2026-12-05) ahead in 7
-    # of 8 pairs, one-member requests/s 4,813 against 4,314 on average (+12%), the dispatcher's CPU -14% in all 8;
-    # batches of 500 not slower; peak RSS +5-8 MB (README, Performance, session 36).
+    # aiohttp by default: reqwest's gain end to end was +12% one-member requests/s (the dispatcher's CPU -13%) on a busy
+    # machine but +4% (CPU -4%) on a quiet one (2026-12-05, README, Performance, session 36), and a review found
+    # availability differences of a new stack (README, the setting's row): opt in where the dispatcher's CPU is the
+    # limit.
     dispatcher_http_client: Literal["reqwest", "aiohttp"] = Field(
-        default="reqwest",
+        default="aiohttp",
         description="The HTTP client of partner requests: reqwest (Rust's, through pyreqwest; for profiles without "
         "tls or proxy settings, on a plain host name or IP literal) or aiohttp (every request, as before). Both "
         "pass the same SSRF guard; the other requests and OAuth token requests always go through aiohttp.",
