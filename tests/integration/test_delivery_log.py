@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -92,9 +93,9 @@ def test_the_prune_deletes_in_bounded_batches_until_none_is_left(catalog: Catalo
     deletes: list[int] = []
     transaction = catalog.database.transaction
 
-    def counted():  # each delete its own transaction: how many the prune opened
-        deletes.append(1)
-        return transaction()
+    def counted(kind: str | None = None, name: str | None = None) -> Any:  # each delete its own transaction
+        deletes.append(1)  # how many the prune opened
+        return transaction(kind, name)
 
     catalog.database.transaction = counted  # type: ignore[method-assign]
     assert catalog.deliveries.prune(30, batch=3) == 7
