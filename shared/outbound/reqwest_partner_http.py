@@ -120,6 +120,8 @@ class _Clients:
     pinned: OrderedDict[str, _Pinned] = field(default_factory=OrderedDict)
     pinning: dict[str, asyncio.Future[_Pinned]] = field(default_factory=dict)
     literals: _Pinned | None = None
+    #: Retired clients still carrying requests (closed when these are done, or at shutdown).
+    busy: set[_Pinned] = field(default_factory=set)
     #: ``host:port`` whose TLS handshake failed on reqwest -> until when it goes through aiohttp.
     tls_fallback: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
@@ -355,8 +357,11 @@ class ReqwestPartnerHttp:
         pinned.retired = True
         if pinned.requests == 0:
             self._close_later(pinned)
+        else:
+            self._clients.busy.add(pinned)
 
     def _close_later(self, pinned: _Pinned) -> None:
+        self._clients.busy.discard(pinned)
         if pinned.client is None:
             return
         task = asyncio.ensure_future(pinned.client.close())
@@ -369,14 +374,15 @@ class ReqwestPartnerHttp:
 
     async def aclose(self) -> None:
         """Close every client, those with requests still in flight too (their requests fail)."""
-        clients = [pinned.client for pinned in self._clients.pinned.values() if pinned.client is not None]
         for host in list(self._clients.pinned):
             self._retire(host)  # the idle ones are closed by _close_later, awaited below
-        if self._clients.literals is not None and self._clients.literals.client is not None:
-            clients.append(self._clients.literals.client)
-            self._clients.literals = None
-        for client in clients:
-            await client.close()
+        busy = [*self._clients.busy, *([self._clients.literals] if self._clients.literals is not None else [])]
+        self._clients.busy.clear()
+        self._clients.literals = None
+        for pinned in busy:
+            client, pinned.client = pinned.client, None  # closed once: not again when its requests end
+            if client is not None:
+                await client.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         if self._resolver is not None:
