@@ -1,28 +1,36 @@
 """Partner requests on pyreqwest (Rust's reqwest): :class:`~shared.outbound.partner_http.PartnerHttp` for the
-dispatcher's hot path (``EXPORT_DISPATCHER_HTTP_CLIENT=reqwest``): about 40 µs of CPU a request against aiohttp's 70
-standalone, about 14% less of the dispatcher's CPU a one-member request end to end (README, Performance).
+dispatcher's hot path when ``EXPORT_DISPATCHER_HTTP_CLIENT=reqwest`` (opt-in; the default is aiohttp): less CPU a
+request than aiohttp's (README, Performance).
 
 Scope: a request of the default route (``network`` None: a profile without ``tls`` or ``proxy`` settings) to a
 host reqwest matches exactly against a pinned address (a lowercase ASCII letters-digits-hyphens name whose last
 label is no number, or an IP literal), in a URL reqwest sends as it was rendered (its parsed form prints back byte
 for byte). Everything else goes to an inner :class:`~shared.outbound.partner_http.AiohttpPartnerHttp` this one
 owns: a profile's TLS or proxy settings, an IDNA or otherwise odd host, a URL reqwest would normalise, a URL with
-credentials, and every request when the default route was given its own ``ssl_context`` (reqwest cannot be
-limited to that context's CAs). The OAuth token requests (:meth:`ReqwestPartnerHttp.token_client`) are the inner
-one's.
+credentials, a name resolving to more than one allowed address (aiohttp fails over between them; reqwest keeps one
+address a name), a host whose TLS handshake failed on reqwest (rustls offers fewer suites than OpenSSL: that
+request is sent again through aiohttp, and the host's for :data:`TLS_FALLBACK_SECONDS`, logged once), and every
+request when the default route was given its own ``ssl_context`` (reqwest cannot be limited to that context's
+CAs). The OAuth token requests (:meth:`ReqwestPartnerHttp.token_client`) are the inner one's.
 
 The SSRF guard is the project's own (:mod:`shared.outbound.guard`), never a copy: reqwest never resolves a name
 itself. A name is resolved by :class:`~shared.outbound.guard.GuardedResolver` (the addresses the policy refuses
-dropped, DestinationRefused when none is left); the request then goes out on a client built for that one name
-with ``ClientBuilder.resolve`` pinning it to the first allowed address (reqwest looks its overrides up by the
-URL's host, which is why only hosts whose form it keeps as written take this path). The pin is resolved and judged
-again after :data:`PIN_SECONDS` (aiohttp's DNS cache keeps answers 10 s too): a still-allowed address keeps its
-client, another one gets a new client and the old one is closed once its requests are done. At most
-``max_clients`` names are pinned (the least recently used one retired beyond). An IP literal is judged by
+dropped, DestinationRefused when none is left) within the request's timeout (NoAnswer past it; the resolution
+goes on for the next requests, and reqwest gets only the time left); the request then goes out on a client built
+for that one name with ``ClientBuilder.resolve`` pinning it to its one allowed address (reqwest looks its
+overrides up by the URL's host, which is why only hosts whose form it keeps as written take this path). The pin
+is resolved and judged again after :data:`PIN_SECONDS` (aiohttp's DNS cache keeps answers 10 s too): the same
+single allowed address keeps its client, anything else retires it (closed once its requests are done); a
+refusal retires it at once, while a failing resolution (a DNS outage) keeps it until :data:`PIN_GRACE_SECONDS`
+after the DNS last gave it. At most ``max_clients`` names are remembered (the least recently used one retired
+beyond; a request never goes out on a retired client). An IP literal is judged by
 :func:`~shared.outbound.guard.refuse_ip_literal` and sent on a client without pins (reqwest does not resolve
-literals). No redirect is followed, no proxy of the environment used, no cookie kept; at most ``max_body_bytes``
-of an answer is read (a longer body is left unread and its connection closed). https trusts the system's CAs
-(``SSL_CERT_FILE`` included), as aiohttp's default context does.
+literals). No redirect is followed, no proxy of the environment used, no cookie kept; an empty POST, PUT or PATCH
+says ``Content-Length: 0`` as aiohttp's does; at most ``max_body_bytes`` of an answer is read (a longer body is
+left unread and its connection closed). The answer's headers are read at once (lowercase names; a header whose
+value is not UTF-8 or longer than aiohttp's 8190-byte line limit is left out, at most :data:`MAX_HEADERS`; a
+malformed header line is ignored). https trusts the system's CAs (``SSL_CERT_FILE`` included), as aiohttp's
+default context does.
 """
 
 from __future__ import annotations

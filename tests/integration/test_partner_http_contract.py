@@ -121,6 +121,15 @@ def spy_on_aiohttp(partners: ReqwestPartnerHttp) -> list[str]:
     return through_aiohttp
 
 
+def answering_status(status: int) -> Callable[[web.Request], Any]:
+    """A handler answering ``status`` with no body."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status)
+
+    return handler
+
+
 async def answering(raw: bytes) -> asyncio.Server:
     """A server answering every request with ``raw`` bytes, then closing the connection."""
 
@@ -131,6 +140,16 @@ async def answering(raw: bytes) -> asyncio.Server:
         writer.close()
 
     return await asyncio.start_server(handler, "127.0.0.1", 0)
+
+
+async def raw_answer(partners: Any, raw: bytes) -> PartnerAnswer:
+    """The answer ``partners`` makes of ``raw`` bytes a server answers (``partners`` closed after it)."""
+    server = await answering(raw)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        return await send_once(partners, post(f"http://127.0.0.1:{port}/members"))
+    finally:
+        server.close()
 
 
 async def send(partners: Any, request: RenderedRequest, timeout: float = 5.0) -> PartnerAnswer:
@@ -551,16 +570,8 @@ def test_an_empty_post_is_sent_with_content_length_zero(kind):
 
 @CLIENTS
 def test_an_answer_header_that_is_no_utf8_costs_neither_the_answer_nor_its_other_headers(kind):
-    async def scenario() -> PartnerAnswer:
-        raw = b"HTTP/1.1 503 Busy\r\nRetry-After: 5\xff\r\nX-Message: caf\xe9\r\nX-Ok: yes\r\nContent-Length: 0\r\n\r\n"
-        server = await answering(raw)
-        try:
-            port = server.sockets[0].getsockname()[1]
-            return await send_once(PARTNER_HTTP[kind](LOOPBACK_ONE), post(f"http://127.0.0.1:{port}/members"))
-        finally:
-            server.close()
-
-    answer = asyncio.run(scenario())
+    raw = b"HTTP/1.1 503 Busy\r\nRetry-After: 5\xff\r\nX-Message: caf\xe9\r\nX-Ok: yes\r\nContent-Length: 0\r\n\r\n"
+    answer = asyncio.run(raw_answer(PARTNER_HTTP[kind](LOOPBACK_ONE), raw))
     assert answer.status == 503  # still a retryable answer, not a failure of the request
     headers = {name.lower(): value for name, value in answer.headers.items()}  # the attempt inspector reads them
     assert headers["x-ok"] == "yes"
@@ -570,15 +581,9 @@ def test_an_answer_header_that_is_no_utf8_costs_neither_the_answer_nor_its_other
 
 @CLIENTS
 def test_an_answer_header_with_a_control_character_is_still_an_answer(kind):
-    async def scenario() -> PartnerAnswer:
-        server = await answering(b"HTTP/1.1 200 OK\r\nX-Odd: a\x01b\r\nContent-Length: 2\r\n\r\nok")
-        try:
-            port = server.sockets[0].getsockname()[1]
-            return await send_once(PARTNER_HTTP[kind](LOOPBACK_ONE), post(f"http://127.0.0.1:{port}/members"))
-        finally:
-            server.close()
-
-    answer = asyncio.run(scenario())
+    answer = asyncio.run(
+        raw_answer(PARTNER_HTTP[kind](LOOPBACK_ONE), b"HTTP/1.1 200 OK\r\nX-Odd: a\x01b\r\nContent-Length: 2\r\n\r\nok")
+    )
     assert (answer.status, answer.body) == (200, b"ok")
 
 
@@ -592,11 +597,8 @@ def test_a_tls12_partner_offering_only_cbc_suites_is_reached(kind, tmp_path, mon
     server.set_ciphers("ECDHE-ECDSA-AES128-SHA256")  # in Python's default client ciphers; not in rustls'
     ca.issue_cert("127.0.0.1").configure_cert(server)
 
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(status=200)
-
     async def scenario() -> None:
-        async with serving(handler, ssl_context=server) as port:
+        async with serving(answering_status(200), ssl_context=server) as port:
             partners = PARTNER_HTTP[kind](LOOPBACK_ONE)
             through_aiohttp = spy_on_aiohttp(partners) if kind == "reqwest" else []
             try:
@@ -611,11 +613,8 @@ def test_a_tls12_partner_offering_only_cbc_suites_is_reached(kind, tmp_path, mon
 
 
 def test_a_name_with_more_than_one_allowed_address_goes_through_aiohttp_which_fails_over(monkeypatch):
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(status=200)
-
     async def scenario() -> None:
-        async with serving(handler) as port:  # on 127.0.0.1; nothing listens on 127.0.0.3
+        async with serving(answering_status(200)) as port:  # on 127.0.0.1; nothing listens on 127.0.0.3
             resolver = Answers(["127.0.0.3", "127.0.0.1"])  # round-robin DNS with a dead backend first
             monkeypatch.setattr(aiohttp, "DefaultResolver", lambda: resolver)  # aiohttp's resolver too
             partners = ReqwestPartnerHttp(DestinationPolicy.parse("127.0.0.0/8"))
@@ -632,12 +631,9 @@ def test_a_name_with_more_than_one_allowed_address_goes_through_aiohttp_which_fa
 
 
 def test_the_name_resolution_counts_in_the_requests_timeout_and_goes_on_for_the_next_requests():
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(status=201)
-
     async def scenario() -> None:
         answered = asyncio.Event()
-        async with serving(handler) as port:
+        async with serving(answering_status(201)) as port:
             partners = ReqwestPartnerHttp(LOOPBACK_ONE, resolver=Answers(["127.0.0.1"], until=answered))
             request = post(f"http://partner.test:{port}/members")
             try:
@@ -655,11 +651,8 @@ def test_the_name_resolution_counts_in_the_requests_timeout_and_goes_on_for_the_
 
 @pytest.mark.parametrize("grace", [60.0, 0.0])
 def test_a_dns_outage_keeps_the_allowed_pin_and_its_client_for_the_grace_period(grace):
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(status=200)
-
     async def scenario() -> None:
-        async with serving(handler) as port:
+        async with serving(answering_status(200)) as port:
             outage = OSError(-3, "Temporary failure in name resolution")
             resolver = Answers(["127.0.0.1"], outage)
             partners = ReqwestPartnerHttp(LOOPBACK_ONE, resolver=resolver, pin_seconds=0, pin_grace_seconds=grace)
@@ -684,11 +677,8 @@ def test_a_dns_outage_keeps_the_allowed_pin_and_its_client_for_the_grace_period(
 
 
 def test_an_lru_eviction_never_closes_the_client_a_request_is_about_to_use():
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(status=200)
-
     async def scenario() -> list[Any]:
-        async with serving(handler) as port:
+        async with serving(answering_status(200)) as port:
             partners = ReqwestPartnerHttp(LOOPBACK_ONE, resolver=Answers(["127.0.0.1"]), max_clients=1)
             try:
                 return await asyncio.gather(
@@ -702,17 +692,8 @@ def test_an_lru_eviction_never_closes_the_client_a_request_is_about_to_use():
 
 
 def test_an_answer_header_longer_than_aiohttps_line_limit_is_left_out():
-    async def scenario() -> PartnerAnswer:
-        server = await answering(
-            b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * 9000 + b"\r\nX-Ok: yes\r\nContent-Length: 0\r\n\r\n"
-        )
-        try:
-            port = server.sockets[0].getsockname()[1]
-            return await send_once(ReqwestPartnerHttp(LOOPBACK_ONE), post(f"http://127.0.0.1:{port}/members"))
-        finally:
-            server.close()
-
-    answer = asyncio.run(scenario())
+    raw = b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * 9000 + b"\r\nX-Ok: yes\r\nContent-Length: 0\r\n\r\n"
+    answer = asyncio.run(raw_answer(ReqwestPartnerHttp(LOOPBACK_ONE), raw))
     assert answer.status == 200
     assert {name.lower() for name in answer.headers} == {"x-ok", "content-length"}
 
