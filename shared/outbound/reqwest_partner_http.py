@@ -23,14 +23,14 @@ is resolved and judged again after :data:`PIN_SECONDS` (aiohttp's DNS cache keep
 single allowed address keeps its client, anything else retires it (closed once its requests are done); a
 refusal retires it at once, while a failing resolution (a DNS outage) keeps it until :data:`PIN_GRACE_SECONDS`
 after the DNS last gave it. At most ``max_clients`` names are remembered (the least recently used one retired
-beyond; a request never goes out on a retired client). An IP literal is judged by
+beyond; a request waiting for a name's pin never takes a client retired meanwhile). An IP literal is judged by
 :func:`~shared.outbound.guard.refuse_ip_literal` and sent on a client without pins (reqwest does not resolve
 literals). No redirect is followed, no proxy of the environment used, no cookie kept; an empty POST, PUT or PATCH
 says ``Content-Length: 0`` as aiohttp's does; at most ``max_body_bytes`` of an answer is read (a longer body is
 left unread and its connection closed). The answer's headers are read at once (lowercase names; a header whose
-value is not UTF-8 or longer than aiohttp's 8190-byte line limit is left out, at most :data:`MAX_HEADERS`; a
-malformed header line is ignored). https trusts the system's CAs (``SSL_CERT_FILE`` included), as aiohttp's
-default context does.
+value is not ASCII, UTF-8 included, or longer than aiohttp's 8190-byte line limit is left out, at most
+:data:`MAX_HEADERS`; a malformed header line is ignored). https trusts the system's CAs (``SSL_CERT_FILE``
+included), as aiohttp's default context does.
 """
 
 from __future__ import annotations
@@ -428,8 +428,9 @@ def _has_content_length(headers: Mapping[str, str]) -> bool:
 
 
 def _answer_headers(headers: HeaderMap) -> CIMultiDictProxy[str]:
-    """The answer's headers, read at once into a plain multi-dict: a name whose value is no UTF-8 is left out
-    (pyreqwest cannot give its bytes), as is a header longer than aiohttp's line limit; at most MAX_HEADERS."""
+    """The answer's headers, read at once into a plain multi-dict: a name with a value that is not visible ASCII
+    (a byte >= 0x80, UTF-8 too: pyreqwest gives such a value neither as text nor as bytes) is left out, as is a
+    header longer than aiohttp's line limit; at most MAX_HEADERS."""
     kept: CIMultiDict[str] = CIMultiDict()
     for name in dict.fromkeys(headers.keys()):
         try:
@@ -437,7 +438,7 @@ def _answer_headers(headers: HeaderMap) -> CIMultiDictProxy[str]:
         except ValueError:
             continue
         for value in values:
-            if len(name) + len(value) + 2 <= MAX_HEADER_LINE and len(kept) < MAX_HEADERS:
+            if len(name) + 2 + len(value) <= MAX_HEADER_LINE and len(kept) < MAX_HEADERS:  # ASCII: chars = bytes
                 kept.add(name, value)
     return CIMultiDictProxy(kept)
 
