@@ -171,7 +171,14 @@ class Notifier:
 
     def _after_fold(self, before: RunRecord | None, after: RunRecord, at: datetime) -> list[Outgoing]:
         """Once a run is final: the failure policy (threshold, auto-pause), metrics, log, chained runs, and due
-        notifications (emails, webhooks). The records to produce: the run requests of chained definitions."""
+        notifications (emails, webhooks). The records to produce: the run requests of chained definitions.
+
+        A final run's finish is handled until it is recorded as handled in the catalog, after its work: the fold
+        is committed first, so a failure in between (the catalog timing out or away, the process killed) leaves
+        it to the next event of the run (the same one handed back, redelivered or replayed), which finds the run
+        final and its finish not handled. Every step can be run again: the threshold's ``RunFailed`` keeps the
+        first reason, emails and webhooks are claimed once in the ledger, the pause happens once, chained runs
+        are idempotent; the metrics count when the mark is recorded, once."""
         if not after.status.is_final and after.definition not in self._started:
             self._start_series(after.definition)
         if after.started_at is not None and (before is None or before.started_at is None):
@@ -179,49 +186,62 @@ class Notifier:
             self._notify_webhooks(after, WebhookEvent.STARTED)
         if not after.status.is_final:
             return []
-        newly_final = before is None or not before.status.is_final
+        finishing = not self.runs.finish_handled(after.run_id)
         # Read only when there is something to decide or to send (a redelivered event of a finished
         # run whose emails are out needs nothing).
-        definition = self._definition(after.definition) if newly_final or kinds_due(after.status) else None
-        if newly_final and definition is not None:
+        definition = self._definition(after.definition) if finishing or kinds_due(after.status) else None
+        if finishing and definition is not None:
             reason = failure_threshold_reason(after, definition.failure_policy.max_failure_percent)
             if reason is not None:
                 # Folded here, before any email: the run is reported failed, never "completed with errors".
                 _, after = self.runs.fold_run_event(
                     RunFailed(run_id=after.run_id, definition=after.definition, reason=reason, at=at)
                 )
-            if self._maybe_pause(definition, after) and self.webhooks is not None:
+            # Again (this finish's handling was interrupted): the pause may be done and its webhook not claimed.
+            again = before is not None and before.status.is_final
+            if (self._maybe_pause(definition, after) or (again and self._paused_by(definition, after))) and (
+                self.webhooks is not None
+            ):
                 self.webhooks.notify(definition, after, WebhookEvent.PAUSED)
-        if newly_final:
-            # A run of no catalog definition (its request named none) is labelled as such: bounded series.
-            label = after.definition if definition is not None else UNKNOWN_DEFINITION
-            RUNS_FINISHED.labels(definition=label, status=after.status.value).inc()
-            if after.duration_seconds is not None:
-                RUN_SECONDS.labels(definition=label).observe(after.duration_seconds)
-            log.info(
-                "run finished",
-                run_id=str(after.run_id),
-                definition=after.definition,
-                status=after.status.value,
-                extracted=after.extracted,
-                delivered=after.delivered,
-                failed=after.failed,
-            )
         outgoing = self._chained_runs(after)
         if after.status is RunStatus.MISSED:
             # Claimed now, sent once the poll is folded: one digest if many runs were missed at once.
-            if newly_final and definition is not None:
+            if finishing and definition is not None:
                 self._claim_missed(definition, after)
+            if finishing:
+                self._finish_handled(after, definition)
             return outgoing
-        if newly_final and definition is not None and self._recovered(after):
+        if finishing and definition is not None and self._recovered(after):
             self._send_recovery(definition, after)
         # Checked on every event of a final run, not only on the one that finished it, so an email
         # whose sending was interrupted (crash, SMTP down) goes out when the next event comes.
         self._send_due_emails(after, definition)
         event = final_event(after.status)
-        if newly_final and definition is not None and event is not None and self.webhooks is not None:
+        if finishing and definition is not None and event is not None and self.webhooks is not None:
             self.webhooks.notify(definition, after, event)
+        if finishing:
+            self._finish_handled(after, definition)
         return outgoing
+
+    def _finish_handled(self, record: RunRecord, definition: ExportDefinition | None) -> None:
+        """Record the run's finish as handled (its work done); the first to record it counts the run as finished,
+        so a finish handled again after an interruption is counted once."""
+        if not self.runs.mark_finish_handled(record.run_id):
+            return
+        # A run of no catalog definition (its request named none) is labelled as such: bounded series.
+        label = record.definition if definition is not None else UNKNOWN_DEFINITION
+        RUNS_FINISHED.labels(definition=label, status=record.status.value).inc()
+        if record.duration_seconds is not None:
+            RUN_SECONDS.labels(definition=label).observe(record.duration_seconds)
+        log.info(
+            "run finished",
+            run_id=str(record.run_id),
+            definition=record.definition,
+            status=record.status.value,
+            extracted=record.extracted,
+            delivered=record.delivered,
+            failed=record.failed,
+        )
 
     def _chained_runs(self, finished: RunRecord) -> list[Outgoing]:
         """The run requests of the definitions chained after ``finished``. Asked on every event of a final run
@@ -330,6 +350,14 @@ class Notifier:
             log.warning("schedule paused", definition=definition.name, consecutive_failed_runs=limit)
             return True
         return False
+
+    def _paused_by(self, definition: ExportDefinition, record: RunRecord) -> bool:
+        """Whether this failed run is the one that paused the schedule: the schedule is paused (as ``definition``
+        was read) and the run is exactly the N-th consecutive failure its policy pauses after."""
+        limit = definition.failure_policy.pause_after_failed_runs
+        if limit is None or record.status is not RunStatus.FAILED or definition.schedule.enabled:
+            return False
+        return self._consecutive_failures(definition.name, limit) == limit
 
     def _paused_after(self, definition: ExportDefinition, record: RunRecord) -> int | None:
         """N when this failed run is one of N consecutive failures that paused the schedule (for the email)."""

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -244,6 +244,27 @@ class SqlRunsStore:
                 )
             ).all()
             return {definition: uuid.UUID(run_id) for definition, run_id in rows}
+
+    # --- a run's finish, handled once --------------------------------------------------------------------
+
+    def finish_handled(self, run_id: uuid.UUID) -> bool:
+        """Whether the notifier recorded the run's finish as handled (False for a run not final yet, or unknown)."""
+        with self.database.connect("Run", str(run_id)) as connection:
+            handled = connection.execute(
+                select(RunRow.finish_handled_at).where(RunRow.run_id == str(run_id))
+            ).scalar_one_or_none()
+            return handled is not None
+
+    def mark_finish_handled(self, run_id: uuid.UUID) -> bool:
+        """Record the run's finish as handled, after its work; True when this call recorded it (False: it was
+        recorded before, by an earlier handling of the same finish)."""
+        with self.database.begin("Run", str(run_id)) as connection:
+            result = connection.execute(
+                update(RunRow)
+                .where(RunRow.run_id == str(run_id), RunRow.finish_handled_at.is_(None))
+                .values(finish_handled_at=now())
+            )
+            return result.rowcount == 1
 
     # --- idempotency keys ----------------------------------------------------------------------------
 
