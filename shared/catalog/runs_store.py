@@ -247,24 +247,34 @@ class SqlRunsStore:
 
     # --- a run's finish, handled once --------------------------------------------------------------------
 
-    def finish_handled(self, run_id: uuid.UUID) -> bool:
-        """Whether the notifier recorded the run's finish as handled (False for a run not final yet, or unknown)."""
-        with self.database.connect("Run", str(run_id)) as connection:
-            handled = connection.execute(
-                select(RunRow.finish_handled_at).where(RunRow.run_id == str(run_id))
-            ).scalar_one_or_none()
-            return handled is not None
+    def finishes_unhandled(self, run_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Of ``run_ids``, the runs whose finish the notifier has not recorded as handled (one query; runs not final
+        yet are among them, unknown runs are not)."""
+        if not run_ids:
+            return set()
+        with self.database.connect("Run") as connection:
+            rows = connection.execute(
+                select(RunRow.run_id).where(
+                    RunRow.run_id.in_(sorted({str(run_id) for run_id in run_ids})), RunRow.finish_handled_at.is_(None)
+                )
+            ).scalars()
+            return {uuid.UUID(run_id) for run_id in rows}
 
-    def mark_finish_handled(self, run_id: uuid.UUID) -> bool:
-        """Record the run's finish as handled, after its work; True when this call recorded it (False: it was
-        recorded before, by an earlier handling of the same finish)."""
-        with self.database.begin("Run", str(run_id)) as connection:
-            result = connection.execute(
+    def mark_finishes_handled(self, run_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Record the finish of ``run_ids`` as handled, after their work (one statement); the runs this call recorded
+        (not those recorded before, by an earlier handling of the same finish)."""
+        if not run_ids:
+            return set()
+        with self.database.begin("Run") as connection:
+            rows = connection.execute(
                 update(RunRow)
-                .where(RunRow.run_id == str(run_id), RunRow.finish_handled_at.is_(None))
+                .where(
+                    RunRow.run_id.in_(sorted({str(run_id) for run_id in run_ids})), RunRow.finish_handled_at.is_(None)
+                )
                 .values(finish_handled_at=now())
-            )
-            return result.rowcount == 1
+                .returning(RunRow.run_id)
+            ).scalars()
+            return {uuid.UUID(run_id) for run_id in rows}
 
     # --- idempotency keys ----------------------------------------------------------------------------
 

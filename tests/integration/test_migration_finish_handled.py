@@ -56,7 +56,7 @@ def test_runs_final_before_0014_are_handled_and_a_run_unfinished_then_is_handled
 
     catalog = CatalogStores.from_url(database_url)
     try:
-        handled = {run_id: catalog.runs.finish_handled(uuid.UUID(run_id)) for run_id, _, _ in before}
+        unhandled = catalog.runs.finishes_unhandled([uuid.UUID(run_id) for run_id, _, _ in before])
         with SmtpSink() as sink:
             notifier = notifier_on(catalog, SmtpMailer("127.0.0.1", sink.port, max_attempts=1, max_wait=0.1))
             # The baseline's definitions break this release's rules: their runs are counted as of no definition.
@@ -75,8 +75,9 @@ def test_runs_final_before_0014_are_handled_and_a_run_unfinished_then_is_handled
             counted[0],
             counted[1] + 1,
         )
-        assert handled == {RUN_NIGHTLY: True, RUN_REPLAY: True, RUN_OF_DELETED: True, RUN_WEEKLY: False}
-        assert catalog.runs.finish_handled(uuid.UUID(RUN_WEEKLY))
+        assert {str(run_id) for run_id in unhandled} == {RUN_WEEKLY}  # not RUN_NIGHTLY, RUN_REPLAY, RUN_OF_DELETED
+        assert {RUN_NIGHTLY, RUN_REPLAY, RUN_OF_DELETED} == {run_id for run_id, _, _ in before} - {RUN_WEEKLY}
+        assert not catalog.runs.finishes_unhandled([uuid.UUID(RUN_WEEKLY)])
     finally:
         catalog.close()
 

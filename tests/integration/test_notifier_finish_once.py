@@ -91,7 +91,7 @@ def test_a_run_over_the_threshold_is_failed_when_its_event_comes_again_after_the
     record = catalog.runs.get_run(started.run_id)
     assert record is not None
     assert record.status.value == "completed_with_errors"  # folded; its finish is not handled
-    assert not catalog.runs.finish_handled(started.run_id)
+    assert catalog.runs.finishes_unhandled([started.run_id]) == {started.run_id}
     failing["on"] = False
     assert notifier.handle_all(outcomes) == [[]] * len(outcomes)
     notifier.handle_all(outcomes)  # and once more: nothing more
@@ -104,7 +104,7 @@ def test_a_run_over_the_threshold_is_failed_when_its_event_comes_again_after_the
     assert THRESHOLD_TEXT in mail.text()
     assert [verified(r)["type"] for r in receiver.receipts()] == ["member_export.run.failed"]
     assert finished("failed") == failed_before + 1
-    assert catalog.runs.finish_handled(started.run_id)
+    assert not catalog.runs.finishes_unhandled([started.run_id])
 
 
 def test_a_notifier_killed_between_the_fold_and_the_finish_finishes_the_run_once_after_a_restart(
@@ -209,7 +209,7 @@ def test_an_event_of_a_run_whose_finish_was_handled_does_nothing_again(
     notifier = notifier_on(catalog, sink)
     succeeded = finished("succeeded")
     notifier.handle_all(run)
-    assert catalog.runs.finish_handled(run[0].run_id)
+    assert not catalog.runs.finishes_unhandled([run[0].run_id])
     assert finished("succeeded") == succeeded + 1
 
     for event in run:
@@ -226,3 +226,39 @@ def test_an_event_of_a_run_whose_finish_was_handled_does_nothing_again(
     assert [verified(r)["type"] for r in receiver.receipts()] == ["member_export.run.succeeded"]
     assert [mail.subject for mail in sink.received()] == []  # the definition mails errors only
     assert finished("succeeded") == succeeded + 1
+
+
+def test_a_finish_done_but_not_recorded_is_done_again_without_a_second_webhook_mail_or_count(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
+):
+    """Killed after the finish's work, before it was recorded: the restarted notifier runs every step again, and
+    each is sent or counted once (the ledger's claims, the threshold's reason kept, the count on recording)."""
+    catalog.definitions.apply(with_policy(receiver, ["failed"], max_failure_percent=10))
+    poll = list(events([(80, 0), (0, 20)]))
+    real = catalog.runs
+
+    class KilledBeforeTheRecord:
+        """The runs store, except that the process dies as it would record the finish as handled."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def mark_finishes_handled(self, run_ids: Any) -> Any:
+            raise Killed
+
+    first = notifier_on(catalog, sink)
+    first.runs = KilledBeforeTheRecord()
+    failed_before = finished("failed")
+    with pytest.raises(Killed):
+        first.handle_all(poll)
+    assert [mail.subject for mail in sink.received()] == ["[member export] nightly: failed"]  # the work was done
+    assert catalog.runs.finishes_unhandled([poll[0].run_id]) == {poll[0].run_id}
+
+    restarted = notifier_on(catalog, sink)
+    restarted.handle_all(poll)
+    restarted.handle_all(poll)
+
+    assert [mail.subject for mail in sink.received()] == ["[member export] nightly: failed"]
+    assert [verified(r)["type"] for r in receiver.receipts()] == ["member_export.run.failed"]
+    assert finished("failed") == failed_before + 1
+    assert not catalog.runs.finishes_unhandled([poll[0].run_id])
