@@ -5,7 +5,6 @@ unfinished then has its finish handled once when it finishes, a downgrade keeps 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -14,7 +13,6 @@ from sqlalchemy import Engine
 
 from devtools.smtp_sink import SmtpSink
 from services.notifier.mailer import SmtpMailer
-from shared.catalog.engine import make_engine
 from shared.catalog.schema import BASELINE, current_revision, downgrade, upgrade
 from shared.catalog.stores import CatalogStores
 from shared.events import BatchOutcome, RunFailed
@@ -24,18 +22,14 @@ from tests.integration.test_migrations import (
     RUN_OF_DELETED,
     RUN_REPLAY,
     RUN_WEEKLY,
+    engine,
     fill_baseline,
 )
 from tests.integration.test_notifier import notifier_on
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
+__all__ = ["engine"]  # the migrations' tests' fixture: an engine on the (empty) database
 
 
 def finished(definition: str, status: str) -> float:

@@ -7,7 +7,6 @@ Real SMTP server and HTTP receiver; the catalog is SQLite and PostgreSQL (the ``
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,25 +21,22 @@ from shared.errors import CatalogTimedOut
 from shared.events import AnyRunEvent, RunFailed, RunStarted, Trigger
 from shared.outages import DependencyUnavailable
 from tests.integration.test_notifier import events
-from tests.integration.test_notifier_webhooks import definition, notifier_on, signing_secret, verified
+from tests.integration.test_notifier_webhooks import (
+    definition,
+    handled_after_a_restart,
+    notifier_on,
+    receiver,
+    signing_secret,
+    sink,
+    verified,
+)
 
 pytestmark = pytest.mark.integration
 
-__all__ = ["signing_secret"]  # the webhooks' signing secret in the environment (autouse fixture)
+#: The webhooks' tests' fixtures: their signing secret in the environment (autouse), an SMTP sink, an HTTP receiver.
+__all__ = ["receiver", "signing_secret", "sink"]
 
 THRESHOLD_TEXT = "20 of 100 members failed (20.0%), over the 10% threshold"
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver() as receiver:
-        yield receiver
 
 
 def with_policy(receiver: HttpReceiver, events: list[str], **policy: Any) -> ExportDefinition:
@@ -60,6 +56,24 @@ def finished(status: str) -> float:
 
 class Killed(BaseException):
     """The notifier's process ending where it is (nothing catches it, as nothing runs after a SIGKILL)."""
+
+
+def dying(runs: Any, method: str, *, after_it: bool) -> Any:
+    """The runs store, except that the process dies at ``method``: once it is done (committed) or instead of it."""
+
+    class Dying:
+        def __getattr__(self, name: str) -> Any:
+            if name != method:
+                return getattr(runs, name)
+
+            def dies(*args: Any) -> Any:
+                if after_it:
+                    getattr(runs, name)(*args)
+                raise Killed
+
+            return dies
+
+    return Dying()
 
 
 @pytest.mark.parametrize(
@@ -112,20 +126,8 @@ def test_a_notifier_killed_between_the_fold_and_the_finish_finishes_the_run_once
 ):
     catalog.definitions.apply(with_policy(receiver, ["failed"], max_failure_percent=10))
     poll = list(events([(80, 0), (0, 20)]))
-    real = catalog.runs
-
-    class KilledAfterTheFold:
-        """The runs store, except that the process dies once the poll's fold is committed."""
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        def fold_run_events(self, events: Any) -> Any:
-            real.fold_run_events(events)
-            raise Killed
-
     first = notifier_on(catalog, sink)
-    first.runs = KilledAfterTheFold()
+    first.runs = dying(catalog.runs, "fold_run_events", after_it=True)  # the poll's fold committed, then killed
     with pytest.raises(Killed):
         first.handle_all(poll)
     record = catalog.runs.get_run(poll[0].run_id)
@@ -133,16 +135,11 @@ def test_a_notifier_killed_between_the_fold_and_the_finish_finishes_the_run_once
     assert record.status.value == "completed_with_errors"
     failed_before, with_errors_before = finished("failed"), finished("completed_with_errors")
 
-    reopened = CatalogStores.from_url(catalog.database.engine.url.render_as_string(hide_password=False))
-    try:
-        restarted = notifier_on(reopened, sink)
-        restarted.handle_all(poll)  # the poll was not committed: redelivered to the restarted notifier
-        restarted.handle_all(poll)
-        for event in poll:
-            restarted.handle(event)
-        restarted.sweep()
-    finally:
-        reopened.close()
+    handled_after_a_restart(catalog, sink, poll)  # the poll was not committed: redelivered to the restarted one
+    handled_after_a_restart(catalog, sink, poll)
+    notifier = notifier_on(catalog, sink)
+    for event in poll:
+        notifier.handle(event)
 
     record = catalog.runs.get_run(poll[0].run_id)
     assert record is not None
@@ -215,13 +212,7 @@ def test_an_event_of_a_run_whose_finish_was_handled_does_nothing_again(
     for event in run:
         notifier.handle(event)
     notifier.handle_all(run + run)
-    reopened = CatalogStores.from_url(catalog.database.engine.url.render_as_string(hide_password=False))
-    try:
-        restarted = notifier_on(reopened, sink)
-        restarted.handle_all(run)
-        restarted.sweep()
-    finally:
-        reopened.close()
+    handled_after_a_restart(catalog, sink, run)
 
     assert [verified(r)["type"] for r in receiver.receipts()] == ["member_export.run.succeeded"]
     assert [mail.subject for mail in sink.received()] == []  # the definition mails errors only
@@ -235,19 +226,8 @@ def test_a_finish_done_but_not_recorded_is_done_again_without_a_second_webhook_m
     each is sent or counted once (the ledger's claims, the threshold's reason kept, the count on recording)."""
     catalog.definitions.apply(with_policy(receiver, ["failed"], max_failure_percent=10))
     poll = list(events([(80, 0), (0, 20)]))
-    real = catalog.runs
-
-    class KilledBeforeTheRecord:
-        """The runs store, except that the process dies as it would record the finish as handled."""
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        def mark_finishes_handled(self, run_ids: Any) -> Any:
-            raise Killed
-
     first = notifier_on(catalog, sink)
-    first.runs = KilledBeforeTheRecord()
+    first.runs = dying(catalog.runs, "mark_finishes_handled", after_it=False)  # killed as it would record it
     failed_before = finished("failed")
     with pytest.raises(Killed):
         first.handle_all(poll)
