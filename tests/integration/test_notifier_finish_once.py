@@ -18,7 +18,7 @@ from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ExportDefinition, FailurePolicy
 from shared.domain.schedule import Schedule
 from shared.errors import CatalogTimedOut
-from shared.events import AnyRunEvent, RunFailed, RunStarted, Trigger
+from shared.events import AnyRunEvent, RunCancelled, RunFailed, RunStarted, Trigger
 from shared.outages import DependencyUnavailable
 from tests.integration.test_notifier import events
 from tests.integration.test_notifier_webhooks import (
@@ -242,3 +242,24 @@ def test_a_finish_done_but_not_recorded_is_done_again_without_a_second_webhook_m
     assert [verified(r)["type"] for r in receiver.receipts()] == ["member_export.run.failed"]
     assert finished("failed") == failed_before + 1
     assert not catalog.runs.finishes_unhandled([poll[0].run_id])
+
+
+def test_a_run_cancelled_from_the_api_is_counted_once_when_the_notifier_handles_its_event(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
+):
+    """The admin API folds the cancellation itself (the run is final at once), then publishes it: the notifier
+    finds the run final and its finish not handled, and counts it (before, it found it already final: never)."""
+    catalog.definitions.apply(definition(receiver, events=["failed"]))
+    run_id = uuid.uuid4()
+    notifier = notifier_on(catalog, sink)
+    notifier.handle(RunStarted(run_id=run_id, definition="nightly", trigger=Trigger.MANUAL))
+    cancelled = RunCancelled(run_id=run_id, definition="nightly", requested_by="alice")
+    catalog.runs.fold_run_event(cancelled)  # as shared.application.runs.cancel_run does
+    before = finished("cancelled")
+
+    notifier.handle_all([cancelled])
+    notifier.handle(cancelled)
+
+    assert finished("cancelled") == before + 1
+    assert sink.received() == []
+    assert receiver.receipts() == []  # a cancelled run has no webhook event
