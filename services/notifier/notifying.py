@@ -76,6 +76,10 @@ SCHEDULES_PAUSED = Counter(
 )
 
 
+#: A run whose finish was handled, and its definition (None: not in the catalog), to record as handled.
+Finish = tuple[RunRecord, ExportDefinition | None]
+
+
 class Notifier:
     """Handles run events; ``sweep`` (now and then) fails stuck runs and retries unsent emails."""
 
@@ -123,10 +127,14 @@ class Notifier:
     def handle(self, event: AnyRunEvent) -> list[Outgoing]:
         """Fold the event into its run; when the run has finished, apply the failure policy and send emails."""
         before, after = record_run_event(event, runs=self.runs, watermarks=self.watermarks)
+        finishes: list[Finish] = []
         try:
-            return self._after_fold(before, after, event.at)
+            unhandled = self.runs.finishes_unhandled([after.run_id]) if after.status.is_final else set()
+            outgoing = self._after_fold(before, after, event.at, finishing=after.run_id in unhandled, finishes=finishes)
         finally:
             self._send_missed()
+        self._record_finishes(finishes)
+        return outgoing
 
     def handle_all(self, events: list[AnyRunEvent]) -> list[list[Outgoing] | BaseException]:
         """A poll's events: folded in one transaction, then each run that changed is handled as :meth:`handle`
@@ -151,12 +159,27 @@ class Notifier:
         produced: dict[object, list[Outgoing]] = {}
         latest = {event.run_id: event.at for event in events}
         last = {event.run_id: index for index, event in enumerate(events)}
+        final = [run_id for run_id, (_, after) in folded.items() if after.status.is_final]
+        try:
+            unhandled = self.runs.finishes_unhandled(final)  # one query a poll, none while no run is final
+        except Exception as exc:  # noqa: BLE001 - the final runs' events get the failure, the others go on
+            failures.update(dict.fromkeys(final, exc))
+            unhandled = set()
+        finishes: list[Finish] = []
         for run_id, (before, after) in folded.items():
+            if run_id in failures:
+                continue
             try:
-                produced[run_id] = self._after_fold(before, after, latest[run_id])
+                produced[run_id] = self._after_fold(
+                    before, after, latest[run_id], finishing=run_id in unhandled, finishes=finishes
+                )
             except Exception as exc:  # noqa: BLE001 - this run's events get the failure, the others go on
                 failures[run_id] = exc
         self._send_missed()
+        try:
+            self._record_finishes(finishes)
+        except Exception as exc:  # noqa: BLE001 - not recorded: handled again when their events come again
+            failures.update(dict.fromkeys((record.run_id for record, _ in finishes), exc))
         # A run's records (chained run requests) go with its last event of the poll, once.
         return [
             failures.get(event.run_id) or (produced.get(event.run_id, []) if last[event.run_id] == index else [])
@@ -169,9 +192,21 @@ class Notifier:
         except Exception as exc:  # noqa: BLE001 - the loop dead-letters the event with this failure
             return exc
 
-    def _after_fold(self, before: RunRecord | None, after: RunRecord, at: datetime) -> list[Outgoing]:
-        """Once a run is final: the failure policy (threshold, auto-pause), metrics, log, chained runs, and due
-        notifications (emails, webhooks). The records to produce: the run requests of chained definitions."""
+    def _after_fold(
+        self, before: RunRecord | None, after: RunRecord, at: datetime, *, finishing: bool, finishes: list[Finish]
+    ) -> list[Outgoing]:
+        """Once a run is final: chained runs and due emails on every event; and while ``finishing`` (its finish not
+        recorded as handled), the finish: the failure policy (threshold, auto-pause), the final webhook, the
+        recovery notice, a missed run's claims. A finish whose work is done is appended to ``finishes``, for the
+        caller to record (:meth:`_record_finishes`). The records to produce: the run requests of chained
+        definitions.
+
+        The fold is committed before this runs, so a failure here or before the finish is recorded (the catalog
+        timing out or away, the process killed) leaves the finish to the next event of the run (the same one
+        handed back, redelivered or replayed), which finds the run final and its finish not handled. Every step
+        can be run again: the threshold's ``RunFailed`` keeps the first reason, emails and webhooks are claimed
+        once in the ledger, the pause happens once (its webhook sent again if need be), chained runs are
+        idempotent; the metrics count when the finish is recorded, once."""
         if not after.status.is_final and after.definition not in self._started:
             self._start_series(after.definition)
         if after.started_at is not None and (before is None or before.started_at is None):
@@ -179,49 +214,65 @@ class Notifier:
             self._notify_webhooks(after, WebhookEvent.STARTED)
         if not after.status.is_final:
             return []
-        newly_final = before is None or not before.status.is_final
         # Read only when there is something to decide or to send (a redelivered event of a finished
         # run whose emails are out needs nothing).
-        definition = self._definition(after.definition) if newly_final or kinds_due(after.status) else None
-        if newly_final and definition is not None:
+        definition = self._definition(after.definition) if finishing or kinds_due(after.status) else None
+        if finishing and definition is not None:
             reason = failure_threshold_reason(after, definition.failure_policy.max_failure_percent)
             if reason is not None:
                 # Folded here, before any email: the run is reported failed, never "completed with errors".
                 _, after = self.runs.fold_run_event(
                     RunFailed(run_id=after.run_id, definition=after.definition, reason=reason, at=at)
                 )
-            if self._maybe_pause(definition, after) and self.webhooks is not None:
+            # Again (this finish's handling was interrupted): the pause may be done and its webhook not claimed.
+            again = before is not None and before.status.is_final
+            if (self._maybe_pause(definition, after) or (again and self._paused_by(definition, after))) and (
+                self.webhooks is not None
+            ):
                 self.webhooks.notify(definition, after, WebhookEvent.PAUSED)
-        if newly_final:
-            # A run of no catalog definition (its request named none) is labelled as such: bounded series.
-            label = after.definition if definition is not None else UNKNOWN_DEFINITION
-            RUNS_FINISHED.labels(definition=label, status=after.status.value).inc()
-            if after.duration_seconds is not None:
-                RUN_SECONDS.labels(definition=label).observe(after.duration_seconds)
-            log.info(
-                "run finished",
-                run_id=str(after.run_id),
-                definition=after.definition,
-                status=after.status.value,
-                extracted=after.extracted,
-                delivered=after.delivered,
-                failed=after.failed,
-            )
         outgoing = self._chained_runs(after)
         if after.status is RunStatus.MISSED:
             # Claimed now, sent once the poll is folded: one digest if many runs were missed at once.
-            if newly_final and definition is not None:
+            if finishing and definition is not None:
                 self._claim_missed(definition, after)
+            if finishing:
+                finishes.append((after, definition))
             return outgoing
-        if newly_final and definition is not None and self._recovered(after):
+        if finishing and definition is not None and self._recovered(after):
             self._send_recovery(definition, after)
         # Checked on every event of a final run, not only on the one that finished it, so an email
         # whose sending was interrupted (crash, SMTP down) goes out when the next event comes.
         self._send_due_emails(after, definition)
         event = final_event(after.status)
-        if newly_final and definition is not None and event is not None and self.webhooks is not None:
+        if finishing and definition is not None and event is not None and self.webhooks is not None:
             self.webhooks.notify(definition, after, event)
+        if finishing:
+            finishes.append((after, definition))
         return outgoing
+
+    def _record_finishes(self, finishes: list[Finish]) -> None:
+        """Record these runs' finish as handled (their work done; one statement); whoever records a finish first
+        counts the run as finished, so a finish handled again after an interruption is counted once."""
+        if not finishes:
+            return
+        recorded = self.runs.mark_finishes_handled([record.run_id for record, _ in finishes])
+        for record, definition in finishes:
+            if record.run_id not in recorded:
+                continue
+            # A run of no catalog definition (its request named none) is labelled as such: bounded series.
+            label = record.definition if definition is not None else UNKNOWN_DEFINITION
+            RUNS_FINISHED.labels(definition=label, status=record.status.value).inc()
+            if record.duration_seconds is not None:
+                RUN_SECONDS.labels(definition=label).observe(record.duration_seconds)
+            log.info(
+                "run finished",
+                run_id=str(record.run_id),
+                definition=record.definition,
+                status=record.status.value,
+                extracted=record.extracted,
+                delivered=record.delivered,
+                failed=record.failed,
+            )
 
     def _chained_runs(self, finished: RunRecord) -> list[Outgoing]:
         """The run requests of the definitions chained after ``finished``. Asked on every event of a final run
@@ -330,6 +381,14 @@ class Notifier:
             log.warning("schedule paused", definition=definition.name, consecutive_failed_runs=limit)
             return True
         return False
+
+    def _paused_by(self, definition: ExportDefinition, record: RunRecord) -> bool:
+        """Whether this failed run is the one that paused the schedule: the schedule is paused (as ``definition``
+        was read) and the run is exactly the N-th consecutive failure its policy pauses after."""
+        limit = definition.failure_policy.pause_after_failed_runs
+        if limit is None or record.status is not RunStatus.FAILED or definition.schedule.enabled:
+            return False
+        return self._consecutive_failures(definition.name, limit) == limit
 
     def _paused_after(self, definition: ExportDefinition, record: RunRecord) -> int | None:
         """N when this failed run is one of N consecutive failures that paused the schedule (for the email)."""

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -244,6 +244,37 @@ class SqlRunsStore:
                 )
             ).all()
             return {definition: uuid.UUID(run_id) for definition, run_id in rows}
+
+    # --- a run's finish, handled once --------------------------------------------------------------------
+
+    def finishes_unhandled(self, run_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Of ``run_ids``, the runs whose finish the notifier has not recorded as handled (one query; runs not final
+        yet are among them, unknown runs are not)."""
+        if not run_ids:
+            return set()
+        with self.database.connect("Run") as connection:
+            rows = connection.execute(
+                select(RunRow.run_id).where(
+                    RunRow.run_id.in_(sorted({str(run_id) for run_id in run_ids})), RunRow.finish_handled_at.is_(None)
+                )
+            ).scalars()
+            return {uuid.UUID(run_id) for run_id in rows}
+
+    def mark_finishes_handled(self, run_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Record the finish of ``run_ids`` as handled, after their work (one statement); the runs this call recorded
+        (not those recorded before, by an earlier handling of the same finish)."""
+        if not run_ids:
+            return set()
+        with self.database.begin("Run") as connection:
+            rows = connection.execute(
+                update(RunRow)
+                .where(
+                    RunRow.run_id.in_(sorted({str(run_id) for run_id in run_ids})), RunRow.finish_handled_at.is_(None)
+                )
+                .values(finish_handled_at=now())
+                .returning(RunRow.run_id)
+            ).scalars()
+            return {uuid.UUID(run_id) for run_id in rows}
 
     # --- idempotency keys ----------------------------------------------------------------------------
 

@@ -82,6 +82,11 @@ class RunRow(Base):
     retried: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: The run's request allowed it to remove more than ``sync.max_removed`` (migration 0013).
     mass_removal_allowed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: When the notifier handled the run's finish (failure threshold, auto-pause, final webhook, recovery notice,
+    #: metrics): set after that work, so a finish interrupted halfway is handled again by the next event of the
+    #: run. Null while the run is not final, and for a final run whose finish is still to handle (migration 0014
+    #: set it on the runs final before it: handled by the release that finished them).
+    finish_handled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class BatchOutcomeRow(Base):

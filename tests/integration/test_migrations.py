@@ -49,10 +49,11 @@ NEW_RUN_COLUMNS = {
     "removed",
     "retried",
     "mass_removal_allowed",
+    "finish_handled_at",
 }
 #: Columns later revisions add to baseline tables (0002: the runs' scope; 0004: split runs' range count;
 #: 0006: when a run was requested; 0008: change-mode counts and retried members; 0009: a run's fixed sync;
-#: 0013: a mass removal allowed by the run's request).
+#: 0013: a mass removal allowed by the run's request; 0014: when the notifier handled a run's finish).
 LATER_COLUMNS = {
     "runs": NEW_RUN_COLUMNS,
     "extraction_checkpoints": {"ranges", "sync"},
@@ -416,18 +417,19 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
 
     lines = drift(engine)
 
-    # What 0002, 0003, 0004, 0006, 0008, 0009, 0010, 0011, 0012 and 0013 add: the runs' scope columns and their index,
-    # the audit log and its indexes, split runs' range count and their ranges, the runs' request time, change
-    # counts; change-mode snapshots (three tables, two indexes) and the checkpoints' fixed sync; the attempts
+    # What 0002, 0003, 0004, 0006, 0008, 0009, 0010, 0011, 0012, 0013 and 0014 add: the runs' scope columns and
+    # their index, the audit log and its indexes, split runs' range count and their ranges, the runs' request time,
+    # change counts; change-mode snapshots (three tables, two indexes) and the checkpoints' fixed sync; the attempts
     # table and its three indexes; the dispatcher replicas' heartbeats (and their index), the shared circuit
     # breakers, the breakers open at each replica (and their index) and the breaker emails' outbox; the tables
     # of next-run retries, their claims and the member delivery log (4) and their indexes (5); a mass removal
-    # allowed on the runs.
-    assert len(lines) == 45, lines
+    # allowed on the runs; when a run's finish was handled.
+    assert len(lines) == 46, lines
     assert "table change_members is missing from the database" in lines
     assert "table delivery_batches is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)
     assert any("runs.mass_removal_allowed" in line and "missing from the database" in line for line in lines)
+    assert any("runs.finish_handled_at" in line and "missing from the database" in line for line in lines)
     assert "table attempts is missing from the database" in lines
     assert "table dispatcher_replicas is missing from the database" in lines
     assert "table circuit_breakers is missing from the database" in lines

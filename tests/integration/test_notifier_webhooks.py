@@ -116,6 +116,17 @@ def failed_run() -> list[AnyRunEvent]:
     return [RunFailed(run_id=uuid.uuid4(), definition="nightly", reason="query 'q' failed")]
 
 
+def handled_after_a_restart(catalog: CatalogStores, sink: SmtpSink, poll: list[AnyRunEvent]) -> None:
+    """``poll`` handled by a restarted notifier (on a catalog opened again), then its sweep."""
+    reopened = CatalogStores.from_url(catalog.database.engine.url.render_as_string(hide_password=False))
+    try:
+        restarted = notifier_on(reopened, sink)
+        restarted.handle_all(poll)
+        restarted.sweep()
+    finally:
+        reopened.close()
+
+
 def verified(receipt: Receipt) -> dict[str, Any]:
     """The receipt's payload once its Standard Webhooks signature checks out (raises otherwise)."""
     payload = Webhook(SECRET).verify(receipt.raw, dict(receipt.headers.items()))
@@ -131,13 +142,7 @@ def test_webhooks_are_signed_and_sent_once_per_run_and_event_across_a_restart(
     first = notifier_on(catalog, sink)
     for event in run + run:  # every event redelivered
         first.handle(event)
-    reopened = CatalogStores.from_url(catalog.database.engine.url.render_as_string(hide_password=False))
-    try:
-        restarted = notifier_on(reopened, sink)
-        restarted.handle_all(run)
-        restarted.sweep()
-    finally:
-        reopened.close()
+    handled_after_a_restart(catalog, sink, run)
     started, succeeded = (verified(r) for r in receiver.receipts())
     assert [started["type"], succeeded["type"]] == ["member_export.run.started", "member_export.run.succeeded"]
     assert succeeded["data"]["run_id"] == str(run[0].run_id)
