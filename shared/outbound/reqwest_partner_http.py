@@ -8,29 +8,30 @@ label is no number, or an IP literal), in a URL reqwest sends as it was rendered
 for byte). Everything else goes to an inner :class:`~shared.outbound.partner_http.AiohttpPartnerHttp` this one
 owns: a profile's TLS or proxy settings, an IDNA or otherwise odd host, a URL reqwest would normalise, a URL with
 credentials, a name resolving to more than one allowed address (aiohttp fails over between them; reqwest keeps one
-address a name), a host whose TLS handshake failed on reqwest (rustls offers fewer suites than OpenSSL: that
-request is sent again through aiohttp, and the host's for :data:`TLS_FALLBACK_SECONDS`, logged once), and every
+address a name), a host whose TLS handshake failed on reqwest (rustls offers fewer suites than OpenSSL and checks
+certificates its own way, e.g. never a host named only in the CN: that request is sent again through aiohttp, which
+gives the verdict, and the host's for :data:`TLS_FALLBACK_SECONDS`, logged once), and every
 request when the default route was given its own ``ssl_context`` (reqwest cannot be limited to that context's
 CAs). The OAuth token requests (:meth:`ReqwestPartnerHttp.token_client`) are the inner one's.
 
 The SSRF guard is the project's own (:mod:`shared.outbound.guard`), never a copy: reqwest never resolves a name
 itself. A name is resolved by :class:`~shared.outbound.guard.GuardedResolver` (the addresses the policy refuses
-dropped, DestinationRefused when none is left) within the request's timeout (NoAnswer past it; the resolution
-goes on for the next requests, and reqwest gets only the time left); the request then goes out on a client built
-for that one name with ``ClientBuilder.resolve`` pinning it to its one allowed address (reqwest looks its
-overrides up by the URL's host, which is why only hosts whose form it keeps as written take this path). The pin
-is resolved and judged again after :data:`PIN_SECONDS` (aiohttp's DNS cache keeps answers 10 s too): the same
-single allowed address keeps its client, anything else retires it (closed once its requests are done); a
-refusal retires it at once, while a failing resolution (a DNS outage) keeps it until :data:`PIN_GRACE_SECONDS`
-after the DNS last gave it. At most ``max_clients`` names are remembered (the least recently used one retired
-beyond; a request waiting for a name's pin never takes a client retired meanwhile). An IP literal is judged by
-:func:`~shared.outbound.guard.refuse_ip_literal` and sent on a client without pins (reqwest does not resolve
-literals). No redirect is followed, no proxy of the environment used, no cookie kept; an empty POST, PUT or PATCH
-says ``Content-Length: 0`` as aiohttp's does; at most ``max_body_bytes`` of an answer is read (a longer body is
-left unread and its connection closed). The answer's headers are read at once (lowercase names; a header whose
-value is not ASCII, UTF-8 included, or longer than aiohttp's 8190-byte line limit is left out, at most
-:data:`MAX_HEADERS`; a malformed header line is ignored). https trusts the system's CAs (``SSL_CERT_FILE``
-included), as aiohttp's default context does.
+dropped, DestinationRefused when none is left) within the request's timeout (NoAnswer past it; the resolution goes
+on for the next requests, and reqwest gets only the time left); the request then goes out on a client built for that
+one name with ``ClientBuilder.resolve`` pinning it to its one allowed address (reqwest looks its overrides up by the
+URL's host, which is why only hosts whose form it keeps as written take this path). The pin is resolved and judged
+again after :data:`PIN_SECONDS` (aiohttp's DNS cache keeps answers 10 s too): the same single allowed address keeps
+its client, anything else retires it (closed once its requests are done); a refusal retires it at once, while a
+failing resolution (a DNS outage) keeps it until :data:`PIN_GRACE_SECONDS` after the DNS last gave it. At most
+``max_clients`` names are remembered (the least recently used one retired beyond; a request waiting for a name's pin
+never takes a client retired meanwhile). An IP literal is judged by :func:`~shared.outbound.guard.refuse_ip_literal`
+and sent on a client without pins (reqwest does not resolve literals). No redirect is followed, no proxy of the
+environment used, no cookie kept; a request with an empty body says ``Content-Length: 0`` as aiohttp's does
+(whatever its method); at most ``max_body_bytes`` of an answer is read (a longer body is left unread and its
+connection closed). The answer's headers are read at once (lowercase names; a header whose value is not ASCII, UTF-8
+included, or longer than aiohttp's 8190-byte line limit is left out; more than 100 headers, hyper's limit, is no
+answer; a malformed header line is ignored). https trusts the system's CAs (``SSL_CERT_FILE`` included), as
+aiohttp's default context does.
 """
 
 from __future__ import annotations
@@ -70,7 +71,6 @@ from shared.outbound.partner_http import (
     AiohttpPartnerHttp,
     NoAnswer,
     PartnerAnswer,
-    TlsRefused,
     handshake_failed,
     untrusted_certificate,
 )
@@ -88,8 +88,6 @@ TLS_FALLBACK_SECONDS = 600.0
 #: The answer headers kept: at most as many as aiohttp reads, none longer than its line limit.
 MAX_HEADERS = 128
 MAX_HEADER_LINE = 8190
-#: Methods aiohttp sends ``Content-Length: 0`` with when they have no body (some servers answer 411 without it).
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: A name reqwest keeps as written (and looks its pins up by): lowercase ASCII letters, digits and hyphens,
 #: labels not starting or ending with a hyphen, no trailing dot; ``xn--`` (IDNA) labels are left to aiohttp.
 _PLAIN_NAME = re.compile(
@@ -219,8 +217,8 @@ class ReqwestPartnerHttp:
         builder = client.request(request.method, url).headers(request.headers).timeout(_timeout(timeout))
         if request.content:
             builder = builder.body_bytes(request.content)
-        elif request.method in _BODY_METHODS and not _has_content_length(request.headers):
-            builder = builder.header("Content-Length", "0")  # as aiohttp sends it (hyper leaves it out)
+        elif not _has_content_length(request.headers):  # aiohttp sends it with every empty body, DELETE and GET too
+            builder = builder.header("Content-Length", "0")  # (hyper leaves it out; some servers answer 411 without)
         try:
             async with builder.build_streamed() as response:
                 headers = _answer_headers(response.headers)
@@ -228,10 +226,8 @@ class ReqwestPartnerHttp:
                 return PartnerAnswer(response.status, headers.get("retry-after"), body, headers)
         except RequestError as exc:
             tls = _tls_failure(exc)
-            if tls is not None:
-                if any(cause.startswith(_UNTRUSTED) for cause in _causes(exc)):  # aiohttp trusts the same CAs
-                    raise TlsRefused(tls) from None
-                raise _TlsIncompatible(tls) from None
+            if tls is not None:  # aiohttp gives the verdict: OpenSSL's checks are not rustls' (a certificate naming
+                raise _TlsIncompatible(tls) from None  # its host only in its CN passes Python's default context)
             if any(cause.startswith("tls handshake") for cause in _causes(exc)):
                 raise _TlsIncompatible("the TLS handshake ended without an answer") from None
             raise NoAnswer(_describe(exc, url)) from None

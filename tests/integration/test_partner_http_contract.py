@@ -552,7 +552,8 @@ def test_a_default_route_given_its_own_ca_goes_through_aiohttp_with_it():
 
 
 @CLIENTS
-def test_an_empty_post_is_sent_with_content_length_zero(kind):
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "GET"])
+def test_a_request_with_an_empty_body_is_sent_with_content_length_zero(kind, method):
     seen: list[str | None] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -561,7 +562,7 @@ def test_an_empty_post_is_sent_with_content_length_zero(kind):
 
     async def scenario() -> PartnerAnswer:
         async with serving(handler) as port:
-            request = RenderedRequest("POST", f"http://127.0.0.1:{port}/members", {"Content-Type": "text/plain"}, b"")
+            request = RenderedRequest(method, f"http://127.0.0.1:{port}/members", {"Content-Type": "text/plain"}, b"")
             return await send_once(PARTNER_HTTP[kind](LOOPBACK_ONE), request)
 
     assert asyncio.run(scenario()).status == 204
