@@ -124,8 +124,8 @@ def main() -> None:
         server.run()
     finally:
         # A write whose thread still waits for Kafka's acknowledgement (its request cancelled by uvicorn, answered
-        # 500) is failed past this bound, not waited for until the delivery timeout: the process ends within
-        # EXPORT_ADMIN_SHUTDOWN_SECONDS and a few seconds.
+        # 500) is abandoned past this bound, its outcome unknown, not waited for until the delivery timeout: the
+        # process ends within EXPORT_ADMIN_SHUTDOWN_SECONDS and a few seconds.
         close_producer(producer, server.close_seconds(settings.admin_shutdown_seconds))
         stores.close()
         structlog.get_logger(SERVICE).info("admin API stopped")  # as the others' "consumer loop stopped"
