@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt, stop_after_delay
 
-from services.dispatcher.metrics import INSPECTOR_DROPPED, REQUEST_SECONDS, REQUESTS, RETRIES, child, status_class
+from services.dispatcher.metrics import INSPECTOR_DROPPED, RETRIES, RequestTally
 from services.dispatcher.profile_masking import Maskings
 from shared.domain.catalog_objects import ConnectionProfile
 from shared.domain.rendering import RenderedRequest
@@ -52,11 +52,10 @@ class AttemptResult:
 AttemptWitness = Callable[[int, RenderedRequest, PartnerAnswer | None, AttemptResult, float], None]
 
 
-def _judged(answer: PartnerAnswer, success_statuses: list[int] | None, labels: tuple[str, str]) -> AttemptResult:
+def _judged(answer: PartnerAnswer, success_statuses: list[int] | None) -> AttemptResult:
     """An answer judged: a success, or a failure with its Retry-After (its reason, the start of the body, is
     written masked: :meth:`Deliverer.attempt`)."""
     status = answer.status
-    child(REQUESTS, *labels, status_class(status)).inc()
     if is_success(status, success_statuses):
         return _succeeded(status)
     return AttemptResult(status=status, success=False, retry_after=parse_retry_after(answer.retry_after, time.time()))
@@ -137,31 +136,40 @@ class Deliverer:
         network: PartnerNetwork | None = None,
         witness: Callable[[RenderedRequest, PartnerAnswer | None, AttemptResult, float], None] | None = None,
         secrets_of: ConnectionProfile | None = None,
+        tally: RequestTally | None = None,
     ) -> AttemptResult:
         """Send once; never raises for HTTP or network failures, nor for a request that cannot be sent: it
         describes them. ``labels``: the definition and profile the metrics count it under; ``network``: the
         profile's TLS and proxy settings (None: the default session); ``witness`` hears the request, the
-        answer (None when none came), the result and the seconds it took (the attempt inspector).
+        answer (None when none came), the result and the seconds it took (the attempt inspector); ``tally``: where
+        the attempt is counted (its batch's, flushed by the dispatcher: :class:`~.metrics.RequestTally`; None: a
+        tally of ``labels`` flushed at once).
 
         A failure's reason (``HTTP <status>: `` and the start of the answer's body, or why no answer came) is
         masked (:meth:`shared.domain.masking.Masking.reason`: the secrets of ``secrets_of``, the credentials the
         request carried, credentials by their shape) and cut to :data:`SNIPPET_CHARS`; a success is not
         touched."""
+        counted = tally if tally is not None else RequestTally(labels)
         started = time.perf_counter()
         answer: PartnerAnswer | None = None
         try:
             answer = await self.partners.send(request, timeout, network)
         except NoAnswer as exc:
-            child(REQUESTS, *labels, "error").inc()
             result = AttemptResult(status=None, success=False, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - an invalid URL or header, a refused destination: this batch's failure
-            child(REQUESTS, *labels, "error").inc()
             result = failed_attempt(exc)
+        except BaseException:  # cancelled: its duration is observed, no status counted
+            counted.observe(time.perf_counter() - started)
+            if tally is None:
+                counted.flush()
+            raise
         else:
-            result = _judged(answer, success_statuses, labels)
-        finally:
-            seconds = time.perf_counter() - started
-            child(REQUEST_SECONDS, *labels).observe(seconds)
+            result = _judged(answer, success_statuses)
+        ended = time.perf_counter()
+        seconds = ended - started
+        counted.count(None if answer is None else answer.status, seconds, result.success, ended)
+        if tally is None:
+            counted.flush()
         if not result.success:  # only a failure has a reason: a success pays nothing for masking
             result = self._reasoned(result, answer, secrets_of, request.headers.items())
         if witness is not None:
@@ -183,6 +191,7 @@ class Deliverer:
         inspect: AttemptWitness | None = None,
         before_attempt: Callable[[], Awaitable[None]] | None = None,
         secrets_of: ConnectionProfile | None = None,
+        tally: RequestTally | None = None,
     ) -> DeliveryResult:
         """Deliver with retries. ``make_request`` is called per attempt so headers (tokens) stay fresh;
         ``on_attempt`` hears each attempt's result (the rate limiter adapts to it); ``labels`` are the
@@ -190,7 +199,7 @@ class Deliverer:
         ``inspect`` hears each attempt that sent a request, with its number (the attempt inspector);
         ``before_attempt`` is awaited before each attempt (the circuit breaker's admission): what it, or
         ``on_attempt``, raises ends the delivery (no retry); ``secrets_of``: the profile whose secrets are masked
-        in a failure's reason (:meth:`attempt`)."""
+        in a failure's reason (:meth:`attempt`); ``tally``: where the attempts are counted (:meth:`attempt`)."""
 
         attempts = 0
 
@@ -205,7 +214,9 @@ class Deliverer:
                 result = self._reasoned(failed_attempt(exc), None, secrets_of, ())
             else:
                 witness = None if inspect is None else functools.partial(inspect, attempts)
-                result = await self.attempt(request, timeout, success_statuses, labels, network, witness, secrets_of)
+                result = await self.attempt(
+                    request, timeout, success_statuses, labels, network, witness, secrets_of, tally
+                )
             if on_attempt is not None:
                 on_attempt(result)
             return result

@@ -33,6 +33,7 @@ from services.dispatcher.metrics import (
     ROUND_HANDED_BACK,
     STATUS_CLASSES,
     InFlightCount,
+    RequestTally,
     in_flight_count,
 )
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
@@ -144,6 +145,11 @@ class _BatchRequests:
     #: The profile's in-flight count, which its gauge reads when scraped (its series is never removed).
     in_flight: InFlightCount
     oauth: bool
+    #: The batch's attempts, counted for the request metrics (flushed at the end of the batch, a failure at once).
+    tally: RequestTally
+    #: The ``traceparent`` (and ``tracestate``) of the batch's trace context, which its requests carry while spans
+    #: are not exported (while they are, each attempt carries its own span's, read per attempt).
+    trace_headers: dict[str, str]
     #: The profile's authentication header once resolved and checked, unless it is an OAuth token (None: not yet).
     credentials: dict[str, str] | None = None
 
@@ -444,6 +450,8 @@ class Dispatcher:
             inspect=inspect,
             in_flight=in_flight_count(profile.name),
             oauth=isinstance(profile.auth, OAuth2ClientCredentials),
+            tally=RequestTally((batch.definition, profile.name)),
+            trace_headers=current_http_headers(),  # the batch's context, which its requests are handled in
         )
 
         async def send(part: Slice) -> DeliveryResult:
@@ -471,9 +479,16 @@ class Dispatcher:
         self._start_series(batch.definition, profile.name)
         requests = -(-len(batch.members) // template.batch_size)
         record_requests[0] = max(record_requests[0], requests)
-        isolated = await deliver_in_requests(
-            len(batch.members), template.batch_size, send, split_budget=self.split_budget, gather=self.workers.gather
-        )
+        try:
+            isolated = await deliver_in_requests(
+                len(batch.members),
+                template.batch_size,
+                send,
+                split_budget=self.split_budget,
+                gather=self.workers.gather,
+            )
+        finally:  # however the batch ended (cancelled, held back too): its attempts are in the series
+            shared.tally.flush()
         return self._outcome(batch, isolated, profile.name)
 
     async def _deliver(self, shared: _BatchRequests, part: Slice) -> DeliveryResult:
@@ -503,9 +518,9 @@ class Dispatcher:
                 signature = signature_headers(profile.signing_secret, key, rendered.content, datetime.now(UTC))
             # The template cannot set these (refused when saved); a template saved before, or the profile's
             # API key header, is overridden whatever the case of its name. The run's traceparent comes last.
-            headers = merged_headers(
-                rendered.headers, credentials, {"Idempotency-Key": key}, signature, current_http_headers()
-            )
+            # Without exported spans the current span is the batch's own (read once a batch); with them, the attempt's.
+            trace_headers = current_http_headers() if exporting() else shared.trace_headers
+            headers = merged_headers(rendered.headers, credentials, {"Idempotency-Key": key}, signature, trace_headers)
             return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
 
         ticket: list[Admission | None] = [None]  # the circuit breaker's admission of the attempt under way
@@ -540,6 +555,7 @@ class Dispatcher:
                 inspect=shared.inspect,
                 before_attempt=admit,
                 secrets_of=profile,  # its secrets are masked in a failure's reason
+                tally=shared.tally,
             )
 
         async def delivered() -> DeliveryResult:
