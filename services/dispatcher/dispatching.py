@@ -497,7 +497,9 @@ class Dispatcher:
         batch, template, profile = shared.batch, shared.template, shared.profile
         whole = part.size == len(batch.members)
         members = batch.members if whole else batch.members[part.start : part.stop]
-        rendered = await self.renderer.render(shared.prepared, members)
+        rendered = self.renderer.render_inline(shared.prepared, members)  # a quick render: no coroutine
+        if rendered is None:
+            rendered = await self.renderer.render(shared.prepared, members)
         # Stable across redeliveries: the split of a batch is the same every time, so is each key.
         key = shared.identity if whole else f"{shared.identity}:{part.start}-{part.stop}"
 

@@ -56,10 +56,19 @@ class Renderer:
     async def render(self, prepared: PreparedRequest, members: list[dict[str, Any]]) -> RenderedRequest:
         """The request of ``members`` (a slice of the prepared batch's); TemplateRenderError (a PermanentError)
         when the template fails or is over a limit."""
+        rendered = self.render_inline(prepared, members)
+        if rendered is not None:
+            return rendered
+        return await asyncio.get_running_loop().run_in_executor(self._threads, self._render, prepared, members)
+
+    def render_inline(self, prepared: PreparedRequest, members: list[dict[str, Any]]) -> RenderedRequest | None:
+        """The request of ``members`` rendered here, on the loop, when it is expected to be quick; None when it goes
+        to a render thread (await :meth:`render`). A caller rendering many quick requests (the dispatcher's) pays
+        no coroutine a request."""
         expected = self.expected_seconds(prepared.template.name, len(members))
         if expected is not None and expected < self.INLINE_SECONDS:
             return self._render(prepared, members)
-        return await asyncio.get_running_loop().run_in_executor(self._threads, self._render, prepared, members)
+        return None
 
     def _render(self, prepared: PreparedRequest, members: list[dict[str, Any]]) -> RenderedRequest:
         started = time.thread_time()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 SPLITTABLE_STATUSES = frozenset({400, 413, 422})
 
@@ -103,7 +103,7 @@ async def deliver_in_requests(
     send: Callable[[Slice], Awaitable[R]],
     *,
     split_budget: int,
-    gather: Callable[..., Awaitable[list[IsolationResult[R]]]],
+    gather: Callable[..., Awaitable[list[Any]]],
 ) -> IsolationResult[R]:
     """Deliver members ``0..size`` as requests of ``request_size`` members, all at once, each isolating its
     refused members (:func:`deliver_isolating`, ``split_budget`` extra requests each), as one result.
@@ -114,8 +114,22 @@ async def deliver_in_requests(
     """
     parts = [Slice(start, min(start + request_size, size)) for start in range(0, size, request_size)]
     if len(parts) <= 1:  # gathered too: ``gather`` may be what bounds the requests in flight
+        whole: IsolationResult[R]
         (whole,) = await gather(deliver_isolating(size, send, split_budget=split_budget))
         return whole
+    if request_size == 1:
+        # One member a request: a refused request cannot be split, so each is sent once as its own slice and
+        # refused whole, what :func:`deliver_isolating` does with one member, without its coroutine, slices and
+        # result a request (README, "The one-member path").
+        outcomes: list[R] = await gather(*(send(part) for part in parts))
+        return IsolationResult(
+            delivered=sum(1 for outcome in outcomes if outcome.success),
+            refused=[
+                Refused(part, outcome) for part, outcome in zip(parts, outcomes, strict=True) if not outcome.success
+            ],
+            requests=len(parts),
+            first=outcomes[0],
+        )
 
     def shifted(part: Slice) -> Callable[[Slice], Awaitable[R]]:
         return lambda piece: send(Slice(part.start + piece.start, part.start + piece.stop))

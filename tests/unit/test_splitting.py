@@ -111,3 +111,51 @@ def test_a_record_of_one_request_is_sent_whole():
     result = deliver_in_requests(500, 500, send, split_budget=64)
     assert sent == [Slice(0, 500)]
     assert (result.delivered, result.requests) == (500, 1)
+
+
+def merged_isolations(size: int, send, *, split_budget: int) -> IsolationResult[Result]:
+    """One-member requests delivered the general way: each through ``deliver_isolating``, merged in order."""
+
+    async def each() -> list[IsolationResult[Result]]:
+        def shifted(start: int):
+            return lambda piece: send(Slice(start + piece.start, start + piece.stop))
+
+        return list(
+            await asyncio.gather(
+                *(deliver_isolating_async(1, shifted(start), split_budget=split_budget) for start in range(size))
+            )
+        )
+
+    results = asyncio.run(each())
+    return IsolationResult(
+        delivered=sum(result.delivered for result in results),
+        refused=[
+            type(r)(Slice(start + r.slice.start, start + r.slice.stop), r.outcome)
+            for start, result in enumerate(results)
+            for r in result.refused
+        ],
+        requests=sum(result.requests for result in results),
+        first=results[0].first,
+    )
+
+
+@given(st.integers(1, 200), st.data(), st.integers(0, 8))
+def test_one_member_requests_end_as_each_isolated_on_its_own_would(size, data, budget):
+    statuses = data.draw(
+        st.lists(st.sampled_from([200, 201, 400, 401, 413, 422, 429, 500]), min_size=size, max_size=size)
+    )
+
+    def partner_of(sent: list[Slice]):
+        async def send(part: Slice) -> Result:
+            sent.append(part)
+            status = statuses[part.start]
+            return Result(success=status < 300, status=status)
+
+        return send
+
+    sent: list[Slice] = []
+    expected_sent: list[Slice] = []
+    result = deliver_in_requests(size, 1, partner_of(sent), split_budget=budget)
+    expected = merged_isolations(size, partner_of(expected_sent), split_budget=budget)
+    assert result == expected
+    assert sent == expected_sent == [Slice(i, i + 1) for i in range(size)]  # each member sent once, in order
