@@ -231,13 +231,15 @@ class Notifier:
         finishing: bool,
         finishes: list[Finish],
         held: bool = False,
+        attempts: int | None = None,
     ) -> list[Outgoing]:
         """Once a run is final: chained runs on every event, due emails on every event unless another replica
         ``held`` the run's finish (its emails are part of it); and while ``finishing`` (this replica claimed the
         finish, not recorded as handled), the finish: the failure policy (threshold, auto-pause), the final
         webhook, the recovery notice, a missed run's claims. A finish whose work is done is appended to
-        ``finishes``, for the caller to record (:meth:`_record_finishes`). The records to produce: the run
-        requests of chained definitions.
+        ``finishes``, for the caller to record (:meth:`_record_finishes`). ``attempts``: per email (None: the
+        mailer's own; the sweep's one, not to hold the loop through an SMTP outage). The records to produce: the
+        run requests of chained definitions.
 
         The fold is committed before this runs, so a failure here or before the finish is recorded (the catalog
         timing out or away, the process killed) leaves the finish to the next event of the run (the same one
@@ -278,12 +280,12 @@ class Notifier:
                 finishes.append((after, definition))
             return outgoing
         if finishing and definition is not None and self._recovered(after):
-            self._send_recovery(definition, after)
+            self._send_recovery(definition, after, attempts)
         # Checked on every event of a final run, not only on the one that finished it, so an email
         # whose sending was interrupted (crash, SMTP down) goes out when the next event comes; not while
         # another replica does the finish (it sends them: both would find them claimed and unsent).
         if not held:
-            self._send_due_emails(after, definition)
+            self._send_due_emails(after, definition, attempts)
         event = final_event(after.status)
         if finishing and definition is not None and event is not None and self.webhooks is not None:
             self.webhooks.notify(definition, after, event)
@@ -371,7 +373,10 @@ class Notifier:
                 failed = RunFailed(run_id=record.run_id, definition=record.definition, reason=reason, at=now)
                 outgoing.append(Outgoing(self.topics.run_events, str(record.run_id), failed.to_bytes()))
         STUCK_RUNS.set(stuck)
-        outgoing += self._finish_pending()
+        try:
+            outgoing += self._finish_pending()
+        except Exception:  # the unsent notifications are still retried; the next sweep tries again
+            log.exception("finishing the runs whose finish no one did failed; the next sweep tries again")
         self._retry_unsent()
         return outgoing
 
@@ -396,7 +401,8 @@ class Notifier:
                 )
                 try:
                     at = record.finished_at or record.last_event_at or self.clock()
-                    outgoing += self._after_fold(record, record, at, finishing=True, finishes=finishes)
+                    # One attempt per email, as the sweep's retries: an SMTP outage must not hold the loop.
+                    outgoing += self._after_fold(record, record, at, finishing=True, finishes=finishes, attempts=1)
                 except Exception:  # its claim lapses: a later sweep tries again; the others go on
                     log.exception("finishing a run failed; a later sweep tries again", run_id=str(record.run_id))
         finally:
@@ -551,10 +557,10 @@ class Notifier:
         # The run itself is recorded finished already: the series before it starts after it.
         return consecutive_failures(earlier[1:]) > 0 if earlier and earlier[0] is RunStatus.SUCCEEDED else False
 
-    def _send_recovery(self, definition: ExportDefinition, record: RunRecord) -> None:
+    def _send_recovery(self, definition: ExportDefinition, record: RunRecord, attempts: int | None = None) -> None:
         recipients = recipients_for(definition, RECOVERED)
         if recipients and self.runs.claim_notification(record.run_id, RECOVERED, recipients):
-            self._mail(definition, record, RECOVERED, recipients)
+            self._mail(definition, record, RECOVERED, recipients, attempts)
         if self.webhooks is not None:
             self.webhooks.notify(definition, record, WebhookEvent.RECOVERED)
 
