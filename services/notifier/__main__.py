@@ -67,6 +67,8 @@ def main() -> None:
         webhooks=webhooks,
         missed_digest_threshold=settings.notifier_missed_digest_threshold,
         chain_runs=stores.runs,
+        replica_id=settings.notifier_replica_id,
+        finish_lease_seconds=settings.notifier_finish_lease_seconds,
     )
     mails = BreakerMails(stores.definitions, SqlBreakerMailStore(stores.database), notifier.mailer, notifier.sender)
     sweep = with_log_retention(notifier.sweep, stores, settings.notifier_delivery_log_days)

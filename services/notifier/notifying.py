@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import smtplib
+import socket
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -69,6 +72,12 @@ DIGESTS_SENT = Counter(
     "Digests sent instead of one notification per missed run (emails and webhooks), by definition.",
     ["definition"],
 )
+FINISHES_PENDING = Gauge(
+    "member_export_notifier_finishes_pending",
+    "Final runs whose finish (failure policy, final webhook and emails, counts) the last sweep found not handled "
+    "longer than EXPORT_NOTIFIER_FINISH_LEASE_SECONDS after they finished (it finishes them, oldest first: a value "
+    "that stays above 0 means finishes are not being done).",
+)
 SCHEDULES_PAUSED = Counter(
     "member_export_notifier_schedules_paused_total",
     "Schedules paused after consecutive failed runs, by definition.",
@@ -78,6 +87,10 @@ SCHEDULES_PAUSED = Counter(
 
 #: A run whose finish was handled, and its definition (None: not in the catalog), to record as handled.
 Finish = tuple[RunRecord, ExportDefinition | None]
+
+#: This process's name in the runs' finish claims (``EXPORT_NOTIFIER_REPLICA_ID``'s default): a process restarted
+#: in the same container (same host name, same process id) takes its own claims back at once.
+REPLICA = f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Notifier:
@@ -101,6 +114,9 @@ class Notifier:
         webhooks: WebhookNotifications | None = None,
         missed_digest_threshold: int = 3,
         chain_runs: RunsStore | None = None,
+        replica_id: str = REPLICA,
+        finish_lease_seconds: float = 60.0,
+        finish_sweep_limit: int = 100,
     ) -> None:
         self.definitions, self.runs, self.watermarks = definitions, runs, watermarks
         #: The runs store as run requests use it (idempotency keys): chained exports fire when given.
@@ -116,6 +132,11 @@ class Notifier:
         self.link_base_url = link_base_url
         self.topics = topics or Topics()
         self.stuck_after_seconds = stuck_after_seconds
+        #: A run's finish is done by the replica that claims it; another takes a claim over after the lease.
+        self.replica_id = replica_id
+        self.finish_lease_seconds = finish_lease_seconds
+        #: At most this many runs' finishes done by one sweep (those no event came again for), oldest first.
+        self.finish_sweep_limit = finish_sweep_limit
         self.clock = clock
         self._series_started = False
         self._started: set[str] = set()  # definitions whose series were started (by name)
@@ -129,8 +150,10 @@ class Notifier:
         before, after = record_run_event(event, runs=self.runs, watermarks=self.watermarks)
         finishes: list[Finish] = []
         try:
-            unhandled = self.runs.finishes_unhandled([after.run_id]) if after.status.is_final else set()
-            outgoing = self._after_fold(before, after, event.at, finishing=after.run_id in unhandled, finishes=finishes)
+            claimed, held = self._claim([after.run_id] if after.status.is_final else [])
+            outgoing = self._after_fold(
+                before, after, event.at, finishing=after.run_id in claimed, held=after.run_id in held, finishes=finishes
+            )
         finally:
             self._send_missed()
         self._record_finishes(finishes)
@@ -161,17 +184,17 @@ class Notifier:
         last = {event.run_id: index for index, event in enumerate(events)}
         final = [run_id for run_id, (_, after) in folded.items() if after.status.is_final]
         try:
-            unhandled = self.runs.finishes_unhandled(final)  # one query a poll, none while no run is final
+            claimed, held = self._claim(final)  # one statement a poll, none while no run is final
         except Exception as exc:  # noqa: BLE001 - the final runs' events get the failure, the others go on
             failures.update(dict.fromkeys(final, exc))
-            unhandled = set()
+            claimed, held = set(), set()
         finishes: list[Finish] = []
         for run_id, (before, after) in folded.items():
             if run_id in failures:
                 continue
             try:
                 produced[run_id] = self._after_fold(
-                    before, after, latest[run_id], finishing=run_id in unhandled, finishes=finishes
+                    before, after, latest[run_id], finishing=run_id in claimed, held=run_id in held, finishes=finishes
                 )
             except Exception as exc:  # noqa: BLE001 - this run's events get the failure, the others go on
                 failures[run_id] = exc
@@ -192,18 +215,36 @@ class Notifier:
         except Exception as exc:  # noqa: BLE001 - the loop dead-letters the event with this failure
             return exc
 
+    def _claim(self, run_ids: list[uuid.UUID]) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+        """Claim these final runs' finish for this replica (one statement, none when there is none): the runs
+        claimed, and those whose finish another replica holds (:meth:`SqlRunsStore.claim_finishes`)."""
+        if not run_ids:
+            return set(), set()
+        return self.runs.claim_finishes(run_ids, self.replica_id, self.finish_lease_seconds)
+
     def _after_fold(
-        self, before: RunRecord | None, after: RunRecord, at: datetime, *, finishing: bool, finishes: list[Finish]
+        self,
+        before: RunRecord | None,
+        after: RunRecord,
+        at: datetime,
+        *,
+        finishing: bool,
+        finishes: list[Finish],
+        held: bool = False,
+        attempts: int | None = None,
     ) -> list[Outgoing]:
-        """Once a run is final: chained runs and due emails on every event; and while ``finishing`` (its finish not
-        recorded as handled), the finish: the failure policy (threshold, auto-pause), the final webhook, the
-        recovery notice, a missed run's claims. A finish whose work is done is appended to ``finishes``, for the
-        caller to record (:meth:`_record_finishes`). The records to produce: the run requests of chained
-        definitions.
+        """Once a run is final: chained runs on every event, due emails on every event unless another replica
+        ``held`` the run's finish (its emails are part of it); and while ``finishing`` (this replica claimed the
+        finish, not recorded as handled), the finish: the failure policy (threshold, auto-pause), the final
+        webhook, the recovery notice, a missed run's claims. A finish whose work is done is appended to
+        ``finishes``, for the caller to record (:meth:`_record_finishes`). ``attempts``: per email (None: the
+        mailer's own; the sweep's one, not to hold the loop through an SMTP outage). The records to produce: the
+        run requests of chained definitions.
 
         The fold is committed before this runs, so a failure here or before the finish is recorded (the catalog
         timing out or away, the process killed) leaves the finish to the next event of the run (the same one
-        handed back, redelivered or replayed), which finds the run final and its finish not handled. Every step
+        handed back, redelivered or replayed; or the sweep, once the claim's lease is over), which finds the run final
+        and its finish not handled. Every step
         can be run again: the threshold's ``RunFailed`` keeps the first reason, emails and webhooks are claimed
         once in the ledger, the pause happens once (its webhook sent again if need be), chained runs are
         idempotent; the metrics count when the finish is recorded, once."""
@@ -216,7 +257,7 @@ class Notifier:
             return []
         # Read only when there is something to decide or to send (a redelivered event of a finished
         # run whose emails are out needs nothing).
-        definition = self._definition(after.definition) if finishing or kinds_due(after.status) else None
+        definition = self._definition(after.definition) if finishing or (kinds_due(after.status) and not held) else None
         if finishing and definition is not None:
             reason = failure_threshold_reason(after, definition.failure_policy.max_failure_percent)
             if reason is not None:
@@ -239,10 +280,12 @@ class Notifier:
                 finishes.append((after, definition))
             return outgoing
         if finishing and definition is not None and self._recovered(after):
-            self._send_recovery(definition, after)
+            self._send_recovery(definition, after, attempts)
         # Checked on every event of a final run, not only on the one that finished it, so an email
-        # whose sending was interrupted (crash, SMTP down) goes out when the next event comes.
-        self._send_due_emails(after, definition)
+        # whose sending was interrupted (crash, SMTP down) goes out when the next event comes; not while
+        # another replica does the finish (it sends them: both would find them claimed and unsent).
+        if not held:
+            self._send_due_emails(after, definition, attempts)
         event = final_event(after.status)
         if finishing and definition is not None and event is not None and self.webhooks is not None:
             self.webhooks.notify(definition, after, event)
@@ -330,7 +373,41 @@ class Notifier:
                 failed = RunFailed(run_id=record.run_id, definition=record.definition, reason=reason, at=now)
                 outgoing.append(Outgoing(self.topics.run_events, str(record.run_id), failed.to_bytes()))
         STUCK_RUNS.set(stuck)
+        try:
+            outgoing += self._finish_pending()
+        except Exception:  # the unsent notifications are still retried; the next sweep tries again
+            log.exception("finishing the runs whose finish no one did failed; the next sweep tries again")
         self._retry_unsent()
+        return outgoing
+
+    def _finish_pending(self) -> list[Outgoing]:
+        """Finish the final runs whose finish is not handled, the lease past (a dead-lettered event never replayed,
+        a replica that died holding the claim): at most :attr:`finish_sweep_limit`, oldest first, each claimed as
+        an event's would be. Their count before, in :data:`FINISHES_PENDING`."""
+        count, records = self.runs.finishes_pending(self.finish_lease_seconds, self.finish_sweep_limit)
+        FINISHES_PENDING.set(count)
+        claimed, _ = self._claim([record.run_id for record in records])
+        finishes: list[Finish] = []
+        outgoing: list[Outgoing] = []
+        try:
+            for record in records:
+                if record.run_id not in claimed:
+                    continue
+                log.warning(
+                    "run's finish not handled after the lease: finishing it",
+                    run_id=str(record.run_id),
+                    definition=record.definition,
+                    status=record.status.value,
+                )
+                try:
+                    at = record.finished_at or record.last_event_at or self.clock()
+                    # One attempt per email, as the sweep's retries: an SMTP outage must not hold the loop.
+                    outgoing += self._after_fold(record, record, at, finishing=True, finishes=finishes, attempts=1)
+                except Exception:  # its claim lapses: a later sweep tries again; the others go on
+                    log.exception("finishing a run failed; a later sweep tries again", run_id=str(record.run_id))
+        finally:
+            self._send_missed()
+        self._record_finishes(finishes)
         return outgoing
 
     def _retry_unsent(self) -> None:
@@ -480,10 +557,10 @@ class Notifier:
         # The run itself is recorded finished already: the series before it starts after it.
         return consecutive_failures(earlier[1:]) > 0 if earlier and earlier[0] is RunStatus.SUCCEEDED else False
 
-    def _send_recovery(self, definition: ExportDefinition, record: RunRecord) -> None:
+    def _send_recovery(self, definition: ExportDefinition, record: RunRecord, attempts: int | None = None) -> None:
         recipients = recipients_for(definition, RECOVERED)
         if recipients and self.runs.claim_notification(record.run_id, RECOVERED, recipients):
-            self._mail(definition, record, RECOVERED, recipients)
+            self._mail(definition, record, RECOVERED, recipients, attempts)
         if self.webhooks is not None:
             self.webhooks.notify(definition, record, WebhookEvent.RECOVERED)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 from pydantic import Field, SecretStr
 
 from shared.settings import CommonSettings
@@ -51,5 +54,20 @@ class NotifierSettings(CommonSettings):
         default=30.0,
         ge=0,
         description="Days the member delivery log keeps a batch's outcome (pruned by the sweep); 0 turns the log off.",
+    )
+    notifier_finish_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="A run's finish (failure policy, final webhook and emails, counts) is done by the one replica "
+        "that claims it; another replica (an event of the run again, or its sweep) takes a claim over once it is "
+        "this old: its holder died. The sweep also finishes the runs final this long whose finish no one did.",
+    )
+    notifier_replica_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        min_length=1,
+        max_length=200,
+        description="This replica's name in the runs' finish claims (default: host name and process id; unique "
+        "per running replica: two replicas of one name would both do a finish).",
     )
     metrics_port: int = Field(default=9404, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

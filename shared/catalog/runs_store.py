@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import func, select, update
@@ -19,6 +19,7 @@ from shared.domain.runs import RunRecord, RunStatus, fold
 from shared.events import AnyRunEvent, BatchOutcome
 
 UNFINISHED = [RunStatus.QUEUED.value, RunStatus.EXTRACTING.value, RunStatus.DISPATCHING.value]
+FINAL = [status.value for status in RunStatus if status.is_final]
 
 
 class OutcomeFollower(Protocol):
@@ -260,9 +261,67 @@ class SqlRunsStore:
             ).scalars()
             return {uuid.UUID(run_id) for run_id in rows}
 
+    def claim_finishes(
+        self, run_ids: Sequence[uuid.UUID], claimant: str, lease_seconds: float
+    ) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+        """Claim the finish of ``run_ids`` for ``claimant`` (one statement, exclusive): those whose finish is not
+        handled and not claimed by another claimant in the last ``lease_seconds`` (a claim older than that is
+        taken over: its holder died). Returns the runs claimed (``claimant``'s own claims again included), and the
+        runs whose finish another claimant holds (theirs to do; read only when some run was not claimed).
+        Runs in neither are handled (or unknown)."""
+        if not run_ids:
+            return set(), set()
+        asked = sorted({str(run_id) for run_id in run_ids})
+        at = now()
+        free = (
+            RunRow.finish_claimed_at.is_(None)
+            | (RunRow.finish_claimed_by == claimant)
+            | (RunRow.finish_claimed_at < at - timedelta(seconds=lease_seconds))
+        )
+        with self.database.begin("Run") as connection:
+            claimed = set(
+                connection.execute(
+                    update(RunRow)
+                    .where(RunRow.run_id.in_(asked), RunRow.finish_handled_at.is_(None), free)
+                    .values(finish_claimed_at=at, finish_claimed_by=claimant)
+                    .returning(RunRow.run_id)
+                ).scalars()
+            )
+            others = [run_id for run_id in asked if run_id not in claimed]
+            held: list[str] = []
+            if others:
+                held = list(
+                    connection.execute(
+                        select(RunRow.run_id).where(RunRow.run_id.in_(others), RunRow.finish_handled_at.is_(None))
+                    ).scalars()
+                )
+            return {uuid.UUID(run_id) for run_id in claimed}, {uuid.UUID(run_id) for run_id in held}
+
+    def finishes_pending(self, lease_seconds: float, limit: int) -> tuple[int, list[RunRecord]]:
+        """The final runs whose finish is not handled though they finished more than ``lease_seconds`` ago: how
+        many, and the oldest ``limit`` of them whose finish no one holds (unclaimed, or its claim older than the
+        lease: its holder died)."""
+        cutoff = now() - timedelta(seconds=lease_seconds)
+        pending = (
+            RunRow.finish_handled_at.is_(None),
+            RunRow.status.in_(FINAL),
+            func.coalesce(RunRow.finished_at, RunRow.last_event_at) < cutoff,
+        )
+        with self.database.transaction("Run") as session:
+            count = session.scalar(select(func.count()).select_from(RunRow).where(*pending)) or 0
+            if not count:
+                return 0, []
+            rows = session.scalars(
+                select(RunRow)
+                .where(*pending, RunRow.finish_claimed_at.is_(None) | (RunRow.finish_claimed_at < cutoff))
+                .order_by(func.coalesce(RunRow.finished_at, RunRow.last_event_at), RunRow.run_id)
+                .limit(limit)
+            )
+            return count, [record_of(row) for row in rows]
+
     def mark_finishes_handled(self, run_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-        """Record the finish of ``run_ids`` as handled, after their work (one statement); the runs this call recorded
-        (not those recorded before, by an earlier handling of the same finish)."""
+        """Record the finish of ``run_ids`` as handled, after their work (one statement; it ends their claim); the
+        runs this call recorded (not those recorded before, by an earlier handling of the same finish)."""
         if not run_ids:
             return set()
         with self.database.begin("Run") as connection:
@@ -271,7 +330,7 @@ class SqlRunsStore:
                 .where(
                     RunRow.run_id.in_(sorted({str(run_id) for run_id in run_ids})), RunRow.finish_handled_at.is_(None)
                 )
-                .values(finish_handled_at=now())
+                .values(finish_handled_at=now(), finish_claimed_at=None)
                 .returning(RunRow.run_id)
             ).scalars()
             return {uuid.UUID(run_id) for run_id in rows}

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -49,6 +50,15 @@ class RunRow(Base):
     """A run's record, written by the notifier from the run events."""
 
     __tablename__ = "runs"
+    __table_args__ = (
+        # The runs whose finish is still to handle (not final yet, or a finish in progress): the notifier's sweep.
+        Index(
+            "ix_runs_finish_unhandled",
+            "finished_at",
+            postgresql_where=text("finish_handled_at IS NULL"),
+            sqlite_where=text("finish_handled_at IS NULL"),
+        ),
+    )
 
     run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     definition: Mapped[str] = mapped_column(String(100), index=True)
@@ -87,6 +97,10 @@ class RunRow(Base):
     #: run. Null while the run is not final, and for a final run whose finish is still to handle (migration 0014
     #: set it on the runs final before it: handled by the release that finished them).
     finish_handled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The notifier replica doing the run's finish, and since when (migration 0015): one replica at a time; another
+    #: takes the claim over once it is older than the lease (its holder died). The mark above ends the claim.
+    finish_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finish_claimed_by: Mapped[str | None] = mapped_column(String(200))
 
 
 class BatchOutcomeRow(Base):

@@ -50,10 +50,13 @@ NEW_RUN_COLUMNS = {
     "retried",
     "mass_removal_allowed",
     "finish_handled_at",
+    "finish_claimed_at",
+    "finish_claimed_by",
 }
 #: Columns later revisions add to baseline tables (0002: the runs' scope; 0004: split runs' range count;
 #: 0006: when a run was requested; 0008: change-mode counts and retried members; 0009: a run's fixed sync;
-#: 0013: a mass removal allowed by the run's request; 0014: when the notifier handled a run's finish).
+#: 0013: a mass removal allowed by the run's request; 0014: when the notifier handled a run's finish; 0015: who
+#: claimed it, when).
 LATER_COLUMNS = {
     "runs": NEW_RUN_COLUMNS,
     "extraction_checkpoints": {"ranges", "sync"},
@@ -423,8 +426,8 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
     # table and its three indexes; the dispatcher replicas' heartbeats (and their index), the shared circuit
     # breakers, the breakers open at each replica (and their index) and the breaker emails' outbox; the tables
     # of next-run retries, their claims and the member delivery log (4) and their indexes (5); a mass removal
-    # allowed on the runs; when a run's finish was handled.
-    assert len(lines) == 46, lines
+    # allowed on the runs; when a run's finish was handled; who claimed it, when, and the unhandled finishes' index.
+    assert len(lines) == 49, lines
     assert "table change_members is missing from the database" in lines
     assert "table delivery_batches is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)

@@ -128,6 +128,7 @@ SCHEME = {
     "member_export_run_duration_seconds": "histogram",
     "member_export_runs_active": "gauge",
     "member_export_runs_stuck": "gauge",
+    "member_export_notifier_finishes_pending": "gauge",
     "member_export_notifier_emails_sent_total": "counter",
     "member_export_notifier_emails_failed_total": "counter",
     "member_export_notifier_schedules_paused_total": "counter",

@@ -1,0 +1,232 @@
+"""A run's finish (failure policy, final webhook, mails, counts) is done by exactly one notifier replica: the one
+that claims it. Two replicas handling the same finishing poll at once (a rebalance: the old owner still in its
+round, the new one reading the same uncommitted poll) send the final webhook and the mail once; a replica that died
+holding the claim has its finish done by another once the lease is over; a run final and unhandled that no event
+comes for again is finished by the sweep, which counts it in ``member_export_notifier_finishes_pending`` first.
+
+Real SMTP server and HTTP receiver; the catalog is SQLite and PostgreSQL (the ``catalog`` fixture)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client import REGISTRY
+
+from devtools.http_receiver import HttpReceiver
+from devtools.smtp_sink import SmtpSink
+from services.notifier.notifying import Notifier
+from shared.catalog import CatalogStores
+from shared.events import AnyRunEvent, RunFailed, RunStarted, Trigger
+from tests.integration.test_notifier import events
+from tests.integration.test_notifier_finish_once import Killed, dying, finished, with_policy
+from tests.integration.test_notifier_webhooks import notifier_on, receiver, signing_secret, sink, verified
+
+pytestmark = pytest.mark.integration
+
+#: The webhooks' tests' fixtures: their signing secret in the environment (autouse), an SMTP sink, an HTTP receiver.
+__all__ = ["receiver", "signing_secret", "sink"]
+
+#: Longest wait for a thread or a condition (a deadline, never a pause to synchronise on).
+DEADLINE = 30.0
+
+
+def replica(catalog: CatalogStores, sink: SmtpSink, name: str, lease: float = 60.0) -> Notifier:
+    """A notifier replica named ``name`` (set as attributes: the test runs, and fails, on the code before claims)."""
+    notifier = notifier_on(catalog, sink)
+    notifier.replica_id, notifier.finish_lease_seconds = name, lease
+    return notifier
+
+
+def failed_webhooks(receiver: HttpReceiver) -> list[str]:
+    """The run ids of the ``failed`` webhooks the receiver accepted (a duplicate has the same ``webhook-id``)."""
+    payloads = [verified(r) for r in receiver.receipts() if r.status == 200]
+    return [p["data"]["run_id"] for p in payloads if p["type"] == "member_export.run.failed"]
+
+
+def held_in(notifier: Notifier, point: str) -> tuple[threading.Event, threading.Event]:
+    """Make ``notifier`` stop in its finish at ``point`` (its mail's SMTP send, or its webhook's send, each claimed
+    in the ledger and not sent): set ``holding`` there, and wait for ``release``."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(real: Callable[..., Any]) -> Callable[..., Any]:
+        def held(*args: Any, **kwargs: Any) -> Any:
+            holding.set()
+            assert release.wait(DEADLINE), "never released"
+            return real(*args, **kwargs)
+
+        return held
+
+    if point == "mail":
+        notifier.mailer.send = hold(notifier.mailer.send)  # type: ignore[method-assign]
+    else:
+        assert notifier.webhooks is not None
+        notifier.webhooks.send_claimed = hold(notifier.webhooks.send_claimed)  # type: ignore[method-assign]
+    return holding, release
+
+
+@pytest.mark.parametrize("point", ["mail", "webhook"])
+def test_two_replicas_handling_the_same_finishing_poll_at_once_send_the_webhook_and_the_mail_once(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver, point: str
+):
+    """The review's case made deterministic: replica A is in the middle of the finish (its mail or its webhook
+    claimed, not sent yet) when replica B handles the same poll. Before, B found the finish unhandled and did it
+    too: the mail, or the webhook (same ``webhook-id``), went out twice. Now B finds it claimed by A and leaves it."""
+    catalog.definitions.apply(with_policy(receiver, ["failed"], max_failure_percent=10))
+    poll = list(events([(80, 0), (0, 20)]))
+    first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
+    holding, release = held_in(first, point)
+    failed_before = finished("failed")
+    results: list[object] = []
+    thread = threading.Thread(target=lambda: results.append(first.handle_all(poll)))
+    thread.start()
+    try:
+        assert holding.wait(DEADLINE), "replica A never reached its send"
+        assert second.handle_all(poll) == [[]] * len(poll)  # the new owner's round, while A is in its finish
+    finally:
+        release.set()
+        thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert results == [[[]] * len(poll)]
+
+    assert [mail.subject for mail in sink.received()] == ["[member export] nightly: failed"]
+    assert failed_webhooks(receiver) == [str(poll[0].run_id)]
+    assert finished("failed") == failed_before + 1
+    assert not catalog.runs.finishes_unhandled([poll[0].run_id])
+    second.handle_all(poll)  # and the poll again, once A is done: nothing more
+    assert len(sink.received()) == 1
+    assert len(failed_webhooks(receiver)) == 1
+
+
+def test_a_replica_that_died_holding_a_finish_has_it_done_by_another_once_the_lease_is_over(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
+):
+    """Replica A claims the run's finish and dies before any of it (at its first read of the definition). Replica
+    B, handling the same poll at once, leaves it (A's lease runs); again after the lease, it does the finish once."""
+    catalog.definitions.apply(with_policy(receiver, ["failed"], max_failure_percent=10))
+    poll = list(events([(80, 0), (0, 20)]))
+    first = replica(catalog, sink, "replica-a")
+    first.definitions = dying(catalog.definitions, "find", after_it=False)
+    lease = 2.0
+    second = replica(catalog, sink, "replica-b", lease=lease)
+    failed_before = finished("failed")
+    claimed_at = time.monotonic()
+    with pytest.raises(Killed):
+        first.handle_all(poll)
+
+    second.handle_all(poll)  # within A's lease: B must not do A's finish
+    assert time.monotonic() - claimed_at < lease, "too slow to tell: the lease was over already"
+    assert sink.received() == []
+    assert failed_webhooks(receiver) == []
+    assert catalog.runs.finishes_unhandled([poll[0].run_id]) == {poll[0].run_id}
+
+    deadline = time.monotonic() + DEADLINE
+    while catalog.runs.finishes_unhandled([poll[0].run_id]) and time.monotonic() < deadline:
+        second.handle_all(poll)  # the poll redelivered until the lease is over
+        threading.Event().wait(0.1)
+    assert not catalog.runs.finishes_unhandled([poll[0].run_id])
+    assert time.monotonic() - claimed_at >= lease
+    second.handle_all(poll)
+    assert [mail.subject for mail in sink.received()] == ["[member export] nightly: failed"]
+    assert failed_webhooks(receiver) == [str(poll[0].run_id)]
+    assert finished("failed") == failed_before + 1
+
+
+def pending() -> float | None:
+    return REGISTRY.get_sample_value("member_export_notifier_finishes_pending")
+
+
+def failed_run(at: datetime) -> list[AnyRunEvent]:
+    run_id = uuid.uuid4()
+    return [
+        RunStarted(run_id=run_id, definition="nightly", trigger=Trigger.SCHEDULE, at=at),
+        RunFailed(run_id=run_id, definition="nightly", reason="query 'q' failed: boom", at=at),
+    ]
+
+
+def test_the_sweep_finishes_a_run_final_and_unhandled_past_the_lease_and_counts_it_first(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
+):
+    """A run final whose finish no one did, no event of it coming again (folded, then the notifier died and the poll
+    was dead-lettered, never replayed): the sweep finishes it (mail, webhook, count) and shows it in the gauge; a
+    run finished within the lease is left to its events; a second sweep finds none."""
+    catalog.definitions.apply(with_policy(receiver, ["failed"], max_failure_percent=10))
+    old, recent = failed_run(datetime.now(UTC) - timedelta(minutes=10)), failed_run(datetime.now(UTC))
+    for run in (old, recent):
+        catalog.runs.fold_run_events(run)
+    notifier = replica(catalog, sink, "replica-b")
+    failed_before = finished("failed")
+
+    notifier.sweep()
+
+    assert pending() == 1
+    assert failed_webhooks(receiver) == [str(old[0].run_id)]
+    assert [mail.subject for mail in sink.received()] == ["[member export] nightly: failed"]
+    assert finished("failed") == failed_before + 1
+    assert catalog.runs.finishes_unhandled([old[0].run_id, recent[0].run_id]) == {recent[0].run_id}
+
+    notifier.sweep()
+    assert pending() == 0
+    assert len(sink.received()) == 1
+    assert finished("failed") == failed_before + 1
+
+
+def test_the_sweep_finishes_a_run_whose_claimant_died_once_the_lease_is_over(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
+):
+    """Replica A claims a run's finish and dies before any of it; no event of the run comes again. Replica B's sweep
+    leaves it while A's lease runs, and finishes it once the lease is over."""
+    catalog.definitions.apply(with_policy(receiver, ["failed"], max_failure_percent=10))
+    run = failed_run(datetime.now(UTC) - timedelta(minutes=10))
+    first = replica(catalog, sink, "replica-a")
+    first.definitions = dying(catalog.definitions, "find", after_it=False)
+    lease = 2.0
+    second = replica(catalog, sink, "replica-b", lease=lease)
+    claimed_at = time.monotonic()
+    with pytest.raises(Killed):
+        first.handle_all(run)
+
+    second.sweep()
+    assert time.monotonic() - claimed_at < lease, "too slow to tell: the lease was over already"
+    assert pending() == 1  # finished 10 minutes ago, not handled
+    assert sink.received() == []
+    assert failed_webhooks(receiver) == []
+
+    deadline = time.monotonic() + DEADLINE
+    while catalog.runs.finishes_unhandled([run[0].run_id]) and time.monotonic() < deadline:
+        second.sweep()
+        threading.Event().wait(0.1)
+    assert not catalog.runs.finishes_unhandled([run[0].run_id])
+    second.sweep()
+    assert pending() == 0
+    assert [mail.subject for mail in sink.received()] == ["[member export] nightly: failed"]
+    assert failed_webhooks(receiver) == [str(run[0].run_id)]
+
+
+def test_a_finish_claim_is_exclusive_taken_back_by_its_holder_taken_over_after_the_lease_and_ended_by_the_mark(
+    catalog: CatalogStores,
+):
+    run = failed_run(datetime.now(UTC))
+    catalog.runs.fold_run_events(run)
+    run_id = run[0].run_id
+    runs = catalog.runs
+
+    assert runs.claim_finishes([run_id], "a", 60) == ({run_id}, set())
+    assert runs.claim_finishes([run_id], "b", 60) == (set(), {run_id})  # held by a
+    assert runs.claim_finishes([run_id], "a", 60) == ({run_id}, set())  # its holder again (a failure handed back)
+    with catalog.database.engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE runs SET finish_claimed_at = :at WHERE run_id = :id"),
+            {"at": datetime.now(UTC) - timedelta(seconds=61), "id": str(run_id)},
+        )
+    assert runs.claim_finishes([run_id], "b", 60) == ({run_id}, set())  # a's lease is over: b takes it over
+    assert runs.claim_finishes([run_id], "a", 60) == (set(), {run_id})
+    assert runs.mark_finishes_handled([run_id]) == {run_id}
+    assert runs.claim_finishes([run_id], "a", 60) == (set(), set())  # handled: no one's to claim
+    assert runs.claim_finishes([uuid.uuid4()], "a", 60) == (set(), set())  # unknown
