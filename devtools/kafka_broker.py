@@ -18,6 +18,7 @@ Command line (used by ``deploy/local/kafka.sh``)::
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import shutil
 import signal
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -37,6 +38,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 POM_DIR = REPO_ROOT / "deploy" / "local" / "kafka"
 CACHE_DIR = Path(os.environ.get("MEMBER_EXPORT_CACHE", Path.home() / ".cache" / "member-export"))
 READY_LINE = "Kafka Server started"
+#: A broker restarted after a SIGKILL waits, before it serves, until the controller (restarted with it) lets the
+#: registration of its killed incarnation expire: ``broker.session.timeout.ms``, 9 s by default. A broker a test
+#: kills and restarts on purpose is given 2 s (its heartbeats every 0.5 s).
+QUICK_RESTART = {"broker.session.timeout.ms": "2000", "broker.heartbeat.interval.ms": "500"}
+
+
+def random_cluster_id() -> str:
+    """A cluster id as ``kafka-storage random-uuid`` prints it (Kafka's ``Uuid``: 16 random bytes in URL-safe
+    base64 without padding, never starting with ``-``), without starting a JVM for it (0.6 s a broker)."""
+    while True:
+        text = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
 
 
 def fetch_kafka_jars() -> Path:
@@ -142,11 +156,12 @@ def server_properties(
     tls: BrokerTls | None = None,
     sasl_users: Sequence[SaslUser] = (),
     keystore: Path | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> str:
     """The broker configuration of a single-node combined broker+controller on 127.0.0.1; clients are told to
     connect to ``advertised_port`` (a proxy in front of it, in the chaos suite) when given. ``listeners``
     adds the secured listeners it has ports for, configured by ``tls`` (its PEM ``keystore``) and
-    ``sasl_users``."""
+    ``sasl_users``; ``extra`` adds (or overrides) properties."""
     listeners = listeners or Listeners(plaintext=port, controller=controller_port)
     secured = listeners.secured()
     bound = [f"PLAINTEXT://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{controller_port}"]
@@ -177,6 +192,7 @@ def server_properties(
             "share.coordinator.state.topic.min.isr=1",
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=true",
+            *(f"{name}={value}" for name, value in (extra or {}).items()),
             "",
         ]
     )
@@ -186,7 +202,8 @@ class LocalKafka(Managed):
     """A broker process owned by this object: ``start()`` returns once it accepts clients.
 
     ``tls`` adds an SSL listener (client certificates as ``tls.client_auth`` says); ``sasl_users`` adds a
-    SASL_PLAINTEXT listener, and with ``tls`` a SASL_SSL one too, that accept these users.
+    SASL_PLAINTEXT listener, and with ``tls`` a SASL_SSL one too, that accept these users. ``properties`` adds
+    broker properties (:data:`QUICK_RESTART`: a restart after :meth:`kill` ready in seconds).
     """
 
     def __init__(
@@ -197,6 +214,7 @@ class LocalKafka(Managed):
         *,
         tls: BrokerTls | None = None,
         sasl_users: Sequence[SaslUser] = (),
+        properties: Mapping[str, str] | None = None,
     ) -> None:
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="kafka-"))
         self.temporary_dir = None if work_dir else self.work_dir
@@ -206,6 +224,7 @@ class LocalKafka(Managed):
         self.advertised_port = advertised_port
         self.tls = tls
         self.sasl_users = tuple(sasl_users)
+        self.properties = dict(properties or {})
         self.listeners = Listeners(
             plaintext=self.port,
             controller=self.controller_port,
@@ -271,15 +290,10 @@ class LocalKafka(Managed):
                 tls=self.tls,
                 sasl_users=self.sasl_users,
                 keystore=keystore,
+                extra=self.properties,
             )
         )
-        cluster_id = (
-            subprocess.run(
-                [*base, "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        cluster_id = random_cluster_id()
         # SCRAM credentials live in the cluster metadata: the storage tool writes them at format time.
         scram = [
             arg

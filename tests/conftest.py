@@ -84,6 +84,9 @@ def kafka_bootstrap() -> Iterator[str]:
         with LocalKafka() as broker:
             SESSION_SERVERS["kafka"] = f"{broker.bootstrap_servers} (controller {broker.listeners.controller})"
             yield broker.bootstrap_servers
+            # Its data is thrown away: a SIGKILL, not a controlled shutdown that closes every partition the
+            # session's tests created (seconds at the end of a CI run, after its last test).
+            broker.kill()
 
 
 def _database_creator(server_url: str) -> Callable[[], str]:

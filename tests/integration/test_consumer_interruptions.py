@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from kafka.errors import CommitFailedError
 from prometheus_client import REGISTRY
 
-from devtools.kafka_broker import LocalKafka
+from devtools.kafka_broker import QUICK_RESTART, LocalKafka
 from devtools.processes import free_port
 from shared.events import RunRequested
 from shared.health import Health, serve_health_and_metrics
@@ -186,8 +186,8 @@ def test_a_wedged_loop_is_not_live_until_it_comes_round_again(settings: CommonSe
 
 
 def test_a_consumer_is_ready_once_in_its_group_and_not_ready_while_its_broker_is_down(tmp_path: Path):
-    # A broker of the test's own, to stop and start again on its data.
-    with LocalKafka(tmp_path / "kafka") as broker:
+    # A broker of the test's own, to stop and start again on its data: ready again within seconds of its restart.
+    with LocalKafka(tmp_path / "kafka", properties=QUICK_RESTART) as broker:
         _ready_across_a_broker_restart(broker, tmp_path)
 
 
