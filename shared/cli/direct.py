@@ -84,29 +84,40 @@ class Direct:
         return KafkaEventPublisher(self._send, self.settings.topics)
 
     def _send(self, outgoing: list[Outgoing]) -> None:
-        from shared.kafka.clients import PRODUCER_CLOSE_SECONDS, close_producer, make_producer, produce_and_wait
+        from shared.kafka.clients import produce_and_wait
 
         if self._producer is None:
-            from shared.cli.reachability import require_kafka
-            from shared.kafka.connection_check import check_kafka_connection
-            from shared.kafka.topic_setup import ensure_topics
-
             try:
-                require_kafka(self.settings.kafka_bootstrap_servers)
-            except CliError as exc:  # nothing was handed to a broker: said as the publication's failure
+                self._producer = self._connect()
+            except Exception as exc:  # nothing was handed to a broker: said as the publication's failure
+                if isinstance(exc, CliError):
+                    reason = exc.message
+                elif _is_kafka_error(exc):
+                    reason = f"{type(exc).__name__}: {exc}"
+                else:
+                    raise
                 where = ", ".join(dict.fromkeys(o.topic for o in outgoing))
-                raise PublishFailed(f"records on {where}", exc.message, unknown=False) from None
-            check_kafka_connection(self.settings)  # a refused TLS/SASL setting is named, not retried
-            # The producer first: its bootstrap reads the cluster's metadata for no topic (nothing is created),
-            # and kafka-python asks for the next metadata (the topic's, at the first send) no sooner than
-            # retry_backoff_ms (100 ms) after that. Ensuring the topics meanwhile costs that wait nothing.
-            self._producer = make_producer(self.settings, "exportctl")
-            # Closed within a bound: records a frozen or absent broker has not acknowledged by then (a wait ended
-            # by its failure or by Ctrl-C) are abandoned, outcome unknown, logged as a count; kafka-python's own
-            # close waited for them until the delivery timeout and more (40 s for a 31 s one, measured).
-            self._resources.callback(close_producer, self._producer, PRODUCER_CLOSE_SECONDS)
-            ensure_topics(self.settings)
+                raise PublishFailed(f"records on {where}", reason, unknown=False) from None
         produce_and_wait(self._producer, outgoing)
+
+    def _connect(self) -> KafkaProducer:
+        from shared.cli.reachability import require_kafka
+        from shared.kafka.clients import PRODUCER_CLOSE_SECONDS, close_producer, make_producer
+        from shared.kafka.connection_check import check_kafka_connection
+        from shared.kafka.topic_setup import ensure_topics
+
+        require_kafka(self.settings.kafka_bootstrap_servers)
+        check_kafka_connection(self.settings)  # a refused TLS/SASL setting is named, not retried
+        # The producer first: its bootstrap reads the cluster's metadata for no topic (nothing is created),
+        # and kafka-python asks for the next metadata (the topic's, at the first send) no sooner than
+        # retry_backoff_ms (100 ms) after that. Ensuring the topics meanwhile costs that wait nothing.
+        producer = make_producer(self.settings, "exportctl")
+        # Closed within a bound: records a frozen or absent broker has not acknowledged by then (a wait ended by its
+        # failure or by Ctrl-C) are abandoned, outcome unknown, logged as a count; kafka-python's own close waited
+        # for them until the delivery timeout and more (40 s for a 31 s one, measured).
+        self._resources.callback(close_producer, producer, PRODUCER_CLOSE_SECONDS)
+        ensure_topics(self.settings)
+        return producer
 
 
 @contextmanager
