@@ -26,7 +26,7 @@ import uvicorn
 
 from services.admin.app import create_app
 from services.admin.bearer_tokens import TokenStore
-from services.admin.dependencies import AdminContext
+from services.admin.dependencies import PUBLISH_WAIT_SECONDS, AdminContext
 from services.admin.settings import AdminSettings
 from shared.catalog import CatalogStores
 from shared.catalog.schema import check_catalog_schema
@@ -95,7 +95,7 @@ def main() -> None:
         deliveries=stores.deliveries,
         retries=stores.retries,
         tokens=TokenStore.from_file(settings.admin_tokens_file),
-        publisher=KafkaEventPublisher.over(producer, settings.topics),
+        publisher=KafkaEventPublisher.over(producer, settings.topics, PUBLISH_WAIT_SECONDS),
         members=functools.cache(
             lambda: MemberReader.from_url(
                 settings.query_store_url, timeout_seconds=settings.extractor_query_timeout_seconds

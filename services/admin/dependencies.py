@@ -19,6 +19,11 @@ from shared.domain.destinations import DestinationPolicy
 from shared.domain.secret_references import SecretReferencePolicy
 from shared.name_resolution import resolve_host
 
+#: The longest a request waits for Kafka's acknowledgement of what it publishes (a run's request, a cancellation):
+#: answered ``503 kafka-unavailable`` after it, well within exportctl's 30 s, not after the producer's delivery
+#: timeout (120 s). A healthy broker answers in milliseconds, a leader moving in a few seconds.
+PUBLISH_WAIT_SECONDS = 15.0
+
 
 @dataclass
 class AdminContext:

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from services.admin.request_metrics import route_template
-from shared.application.errors import Refused
+from shared.application.errors import PublishFailed, Refused, RunNotPublished
 from shared.errors import CatalogTimedOut, StoredObjectInvalid
 from shared.secrets_at_rest import SecretsUnreadable
 
@@ -133,6 +133,11 @@ def install(app: FastAPI) -> None:
         log_catalog_timed_out(request, exc)
         return problem_response(request, 503, str(exc), slug="catalog-timed-out")
 
+    @app.exception_handler(PublishFailed)
+    async def _publish_failed(request: Request, exc: PublishFailed) -> JSONResponse:
+        # Kafka down, unreachable or slower than PUBLISH_WAIT_SECONDS: what the request wrote before is kept.
+        return problem_response(request, 503, publish_failed_detail(request, exc), slug="kafka-unavailable")
+
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = field_errors(exc, skip_location=False)
@@ -171,6 +176,25 @@ def log_catalog_timed_out(request: Request, exc: CatalogTimedOut) -> None:
         name=exc.name,
         sqlstate=exc.sqlstate,
     )
+
+
+def publish_failed_detail(request: Request, exc: PublishFailed) -> str:
+    """What a request Kafka did not acknowledge is answered (the API's ``detail``, the console's page), logged once
+    at warning: the operation (as :func:`log_catalog_timed_out` names it), what was published where, the client's
+    error (never a credential: the connection settings are not in it) and the run recorded queued, if one was."""
+    run_id = exc.run_id if isinstance(exc, RunNotPublished) else None
+    log.warning(
+        "kafka-unavailable",
+        operation=f"{request.method} {route_template(request.scope, request.app.routes)}",
+        what=exc.what,
+        reason=exc.reason,
+        outcome="unknown" if exc.unknown else "not published",
+        run_id=str(run_id) if run_id else None,
+    )
+    if run_id is not None:
+        return str(exc)
+    outcome = "its outcome is unknown" if exc.unknown else "it was not published"
+    return f"{exc}: {outcome}; what the request wrote in the catalog before it is kept"
 
 
 #: The methods a 405's ``Allow`` may name.
@@ -264,6 +288,7 @@ _COMMON_STATUSES = [
 ]
 #: What a 503 says in the document (the problem's ``type`` says which).
 _UNAVAILABLE = (
-    ": the catalog's database timed out (`catalog-timed-out`: nothing was written, try again), or a dependency is "
-    "not usable as configured"
+    ": the catalog's database timed out (`catalog-timed-out`: nothing was written, try again), Kafka did not "
+    "acknowledge what the request publishes (`kafka-unavailable`: `detail` names it, and the run recorded queued "
+    "if one was; retry a run's request with the same Idempotency-Key), or a dependency is not usable as configured"
 )

@@ -14,8 +14,8 @@ from shared.application.actors import Actor, Role
 from shared.application.ports import DefinitionsStore, RunsStore
 from shared.application.runs import request_run
 from shared.domain.catalog_objects import ExportDefinition
-from shared.domain.runs import RunRecord, RunStatus
-from shared.events import RunRequested, Trigger, utc_now
+from shared.domain.runs import RunRecord
+from shared.events import RunRequested, Trigger
 
 #: Who requests chained runs (in the audit of runs: ``requested_by``), and the key prefix of their requests.
 CHAIN_ACTOR = "chain"
@@ -62,7 +62,7 @@ def request_following_runs(finished: RunRecord, *, store: DefinitionsStore, runs
     for follower in followers(store, finished):
         actor = Actor(name=f"{CHAIN_ACTOR}:{finished.definition}", role=Role.OPERATOR)
         collected = _Collected()
-        record = request_run(
+        request_run(
             actor,
             follower.name,
             store=store,
@@ -71,16 +71,6 @@ def request_following_runs(finished: RunRecord, *, store: DefinitionsStore, runs
             idempotency_key=f"{KEY_PREFIX}{finished.run_id}",
             trigger=Trigger.EVENT,
         )
-        if collected.requests:
-            requests += collected.requests
-        elif record.status is RunStatus.QUEUED and record.started_at is None:
-            requests.append(
-                RunRequested(
-                    run_id=record.run_id,
-                    definition=record.definition,
-                    trigger=Trigger.EVENT,
-                    requested_by=record.requested_by,
-                    requested_at=record.requested_at or utc_now(),
-                )
-            )
+        # A run asked for before and still queued is in it again: request_run publishes a queued run's request anew.
+        requests += collected.requests
     return requests

@@ -7,10 +7,14 @@
      ├── Forbidden     403   the actor's role or business-unit scope does not allow it
      ├── Conflict      409   a name taken, an object in use, a run already finished
      └── Invalid       422   the input breaks a rule (a field, a reference, a parameter, a template)
+
+    PublishFailed      503   Kafka did not acknowledge an event (not a refusal: what came before it was written)
+     └── RunNotPublished     a run recorded queued whose request Kafka did not acknowledge
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import ClassVar
 
@@ -77,3 +81,32 @@ class Stale(Refused):
 class Invalid(Refused):
     status = 422
     default_slug = "invalid-object"
+
+
+class PublishFailed(Exception):
+    """Kafka did not acknowledge an event: the broker down or unreachable, no acknowledgement in time, a producer's
+    error. ``what`` names the event and its topic, ``reason`` the failure (the client's error: never a credential).
+    ``unknown``: the broker may have received it and may still write it (its outcome is unknown); False when it was
+    never handed to a broker."""
+
+    def __init__(self, what: str, reason: str, *, unknown: bool = True) -> None:
+        self.what, self.reason, self.unknown = what, reason, unknown
+        super().__init__(f"Kafka did not acknowledge {what} ({reason})")
+
+
+class RunNotPublished(PublishFailed):
+    """A run recorded ``queued`` whose request Kafka did not acknowledge; the message says what becomes of it: a
+    retry under the same Idempotency-Key publishes it again (:func:`shared.application.runs.request_run`), else a
+    run that never starts is failed as stuck by the notifier's sweep."""
+
+    def __init__(self, run_id: uuid.UUID, failure: PublishFailed) -> None:
+        super().__init__(failure.what, failure.reason, unknown=failure.unknown)
+        self.run_id = run_id
+        outcome = (
+            "its outcome is unknown: it starts if the broker received it" if self.unknown else "it was not published"
+        )
+        self.args = (
+            f"run {run_id} was recorded queued, but Kafka did not acknowledge its request ({self.reason}): "
+            f"{outcome}; retrying with the same Idempotency-Key publishes it again (the run starts once), else a run "
+            "that never starts is failed as stuck (EXPORT_NOTIFIER_STUCK_AFTER_SECONDS)",
+        )

@@ -8,12 +8,12 @@ import uuid
 from typing import Any
 
 from shared.application.actors import Actor, Permission, authorise
-from shared.application.errors import Conflict, Invalid, Missing
+from shared.application.errors import Conflict, Invalid, Missing, PublishFailed, RunNotPublished
 from shared.application.objects import existing, visible_with_id
 from shared.application.ports import DefinitionsStore, EventPublisher, RunsReader, RunsStore
 from shared.domain.catalog_objects import ExportDefinition, SavedQuery
 from shared.domain.query_parameters import ParameterError, bind_values
-from shared.domain.runs import RunRecord
+from shared.domain.runs import RunRecord, RunStatus
 from shared.events import RunCancelled, RunRequested, Trigger, utc_now
 
 
@@ -46,9 +46,12 @@ def request_run(
     definition's ``sync.max_removed`` allows (this run only).
 
     Recorded before it is published: the run is visible (queued) at once, and a crash between the two
-    leaves a queued run the notifier's sweep fails as stuck rather than a run nobody knows about. With
-    an ``idempotency_key``, a retried request returns the run the first one started and publishes nothing;
-    the key reused for a different request is :class:`Invalid` (see :func:`claim_idempotency_key`).
+    leaves a queued run the notifier's sweep fails as stuck rather than a run nobody knows about. A publication
+    Kafka does not acknowledge is :class:`RunNotPublished` (the run stays recorded queued). With an
+    ``idempotency_key``, a retried request returns the run the first one started and starts no other; while that
+    run is still queued (its request may not have been published: a crash, Kafka down), its request is published
+    again under the same run id, which the extractor starts once. The key reused for a different request is
+    :class:`Invalid` (see :func:`claim_idempotency_key`).
     """
     authorise(actor, Permission.RUN)
     definition_id, definition = visible_with_id(actor, store, ExportDefinition, name)
@@ -66,6 +69,8 @@ def request_run(
         )
         known = runs.get_run(run_id)
         if known is not None:
+            if known.status is RunStatus.QUEUED and known.started_at is None:
+                _publish(publisher, known, trigger, parameters, allow_mass_removal)
             return known
     requested_at = utc_now()
     record = RunRecord(
@@ -80,18 +85,31 @@ def request_run(
         mass_removal_allowed=allow_mass_removal,
     )
     runs.record_requested_run(record)
-    publisher.publish_run_request(
-        RunRequested(
-            run_id=run_id,
-            definition=definition.name,
-            trigger=trigger,
-            requested_by=actor.name,
-            requested_at=requested_at,
-            parameters=parameters,
-            allow_mass_removal=allow_mass_removal,
-        )
-    )
+    _publish(publisher, record, trigger, parameters, allow_mass_removal)
     return record
+
+
+def _publish(
+    publisher: EventPublisher,
+    record: RunRecord,
+    trigger: Trigger,
+    parameters: dict[str, Any],
+    allow_mass_removal: bool,
+) -> None:
+    """Publish the request of ``record`` (a queued run); :class:`RunNotPublished` when Kafka does not acknowledge it."""
+    request = RunRequested(
+        run_id=record.run_id,
+        definition=record.definition,
+        trigger=trigger,
+        requested_by=record.requested_by,
+        requested_at=record.requested_at or utc_now(),
+        parameters=parameters,
+        allow_mass_removal=allow_mass_removal,
+    )
+    try:
+        publisher.publish_run_request(request)
+    except PublishFailed as exc:
+        raise RunNotPublished(record.run_id, exc) from exc
 
 
 def request_fingerprint(definition: str, parameters: dict[str, Any], *, allow_mass_removal: bool = False) -> str:

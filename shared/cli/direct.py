@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import OperationalError
 
 from shared.application.actors import Actor, local_operator
-from shared.application.errors import Refused
+from shared.application.errors import PublishFailed, Refused
 from shared.catalog import CatalogStores, make_engine
 from shared.catalog.schema import SchemaOutdated, require_current
 from shared.cli.common import CliSettings, view_of
@@ -84,22 +84,40 @@ class Direct:
         return KafkaEventPublisher(self._send, self.settings.topics)
 
     def _send(self, outgoing: list[Outgoing]) -> None:
-        from shared.kafka.clients import make_producer, produce_and_wait
+        from shared.kafka.clients import produce_and_wait
 
         if self._producer is None:
-            from shared.cli.reachability import require_kafka
-            from shared.kafka.connection_check import check_kafka_connection
-            from shared.kafka.topic_setup import ensure_topics
-
-            require_kafka(self.settings.kafka_bootstrap_servers)
-            check_kafka_connection(self.settings)  # a refused TLS/SASL setting is named, not retried
-            # The producer first: its bootstrap reads the cluster's metadata for no topic (nothing is created),
-            # and kafka-python asks for the next metadata (the topic's, at the first send) no sooner than
-            # retry_backoff_ms (100 ms) after that. Ensuring the topics meanwhile costs that wait nothing.
-            self._producer = make_producer(self.settings, "exportctl")
-            self._resources.callback(self._producer.close)
-            ensure_topics(self.settings)
+            try:
+                self._producer = self._connect()
+            except Exception as exc:  # nothing was handed to a broker: said as the publication's failure
+                if isinstance(exc, CliError):
+                    reason = exc.message
+                elif _is_kafka_error(exc):
+                    reason = f"{type(exc).__name__}: {exc}"
+                else:
+                    raise
+                where = ", ".join(dict.fromkeys(o.topic for o in outgoing))
+                raise PublishFailed(f"records on {where}", reason, unknown=False) from None
         produce_and_wait(self._producer, outgoing)
+
+    def _connect(self) -> KafkaProducer:
+        from shared.cli.reachability import require_kafka
+        from shared.kafka.clients import PRODUCER_CLOSE_SECONDS, close_producer, make_producer
+        from shared.kafka.connection_check import check_kafka_connection
+        from shared.kafka.topic_setup import ensure_topics
+
+        require_kafka(self.settings.kafka_bootstrap_servers)
+        check_kafka_connection(self.settings)  # a refused TLS/SASL setting is named, not retried
+        # The producer first: its bootstrap reads the cluster's metadata for no topic (nothing is created),
+        # and kafka-python asks for the next metadata (the topic's, at the first send) no sooner than
+        # retry_backoff_ms (100 ms) after that. Ensuring the topics meanwhile costs that wait nothing.
+        producer = make_producer(self.settings, "exportctl")
+        # Closed within a bound: records a frozen or absent broker has not acknowledged by then (a wait ended by its
+        # failure or by Ctrl-C) are abandoned, outcome unknown, logged as a count; kafka-python's own close waited
+        # for them until the delivery timeout and more (40 s for a 31 s one, measured).
+        self._resources.callback(close_producer, producer, PRODUCER_CLOSE_SECONDS)
+        ensure_topics(self.settings)
+        return producer
 
 
 @contextmanager
@@ -131,7 +149,8 @@ def on_catalog(settings: CliSettings, command: Callable[[Direct], int]) -> int:
     """Run a direct-mode command; a refusal or an unusable catalog becomes a :class:`CliError` with its code.
 
     A refusal reads as the admin API's ``detail`` does, and exits with the code of its status (404: 3,
-    else 4); a catalog or broker that cannot be reached exits 5.
+    else 4); a catalog or broker that cannot be reached exits 5, a publication Kafka did not acknowledge too (its
+    message says what it leaves: a run recorded queued, its outcome unknown).
     """
     try:
         with direct(settings) as context:
@@ -146,6 +165,8 @@ def on_catalog(settings: CliSettings, command: Callable[[Direct], int]) -> int:
     except (CatalogUnusable, SecretsUnreadable) as exc:  # the settings do not fit the catalog
         raise CliError(str(exc), USAGE) from None
     except CatalogTimedOut as exc:  # a timeout set on the catalog's database: nothing written, try again
+        raise CliError(str(exc), UNREACHABLE) from None
+    except PublishFailed as exc:  # Kafka did not acknowledge: the message says what was written and its outcome
         raise CliError(str(exc), UNREACHABLE) from None
     except OperationalError as exc:
         raise CliError(f"the catalog cannot be used: {exc.orig or exc}", UNREACHABLE) from None

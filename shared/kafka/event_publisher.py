@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
+from shared.application.errors import PublishFailed
 from shared.events import AnyRunEvent, DeadLetter, Priority, RunRequested
-from shared.kafka.clients import produce_and_wait, read_whole_topic
+from shared.kafka.clients import produce, read_whole_topic
 from shared.kafka.records import Outgoing
 from shared.settings import CommonSettings
 from shared.topics import Topics
@@ -19,15 +21,26 @@ from shared.tracing import publishing
 
 
 class KafkaEventPublisher:
-    """Publishes through ``send`` (produce and wait for the broker's acks), on the topics of ``topics``."""
+    """Publishes through ``send`` (produce and wait for the broker's acks), on the topics of ``topics``; a Kafka
+    client's error is :class:`~shared.application.errors.PublishFailed` naming what was published and where."""
 
     def __init__(self, send: Callable[[list[Outgoing]], None], topics: Topics) -> None:
-        self.send, self.topics = send, topics
+        self._send, self.topics = send, topics
 
     @classmethod
-    def over(cls, producer: KafkaProducer, topics: Topics) -> KafkaEventPublisher:
-        """A publisher over a producer that waits for acknowledgement of each call's records."""
-        return cls(lambda outgoing: produce_and_wait(producer, outgoing), topics)
+    def over(cls, producer: KafkaProducer, topics: Topics, wait_seconds: float | None = None) -> KafkaEventPublisher:
+        """A publisher over a producer that waits for acknowledgement of each call's records: ``wait_seconds`` at
+        most (the records may still be delivered after it: their outcome is unknown), else the delivery timeout
+        and a margin."""
+        return cls(lambda outgoing: produce(producer, outgoing).wait(wait_seconds), topics)
+
+    def send(self, outgoing: list[Outgoing], what: str) -> None:
+        """Produce ``outgoing`` (``what`` they are) and wait for their acknowledgement."""
+        try:
+            self._send(outgoing)
+        except KafkaError as exc:
+            where = ", ".join(dict.fromkeys(o.topic for o in outgoing))
+            raise PublishFailed(f"{what} on {where}", f"{type(exc).__name__}: {_first_line(exc)}") from exc
 
     def publish_run_request(self, request: RunRequested) -> None:
         topic = self.topics.run_requests
@@ -39,18 +52,24 @@ class KafkaEventPublisher:
             "member_export.trigger": request.trigger.value,
         }
         with publishing(f"send {topic}", attributes) as headers:
-            self.send([Outgoing(topic, str(request.run_id), request.to_bytes(), headers)])
+            self.send([Outgoing(topic, str(request.run_id), request.to_bytes(), headers)], "the run request")
 
     def publish_run_events(self, events: Sequence[AnyRunEvent]) -> None:
         topic = self.topics.run_events
         with publishing(f"send {topic}", {"messaging.system": "kafka", "messaging.destination.name": topic}) as headers:
             # Keyed by run id: a run's events stay in order on one partition.
-            self.send([Outgoing(topic, str(event.run_id), event.to_bytes(), headers) for event in events])
+            outgoing = [Outgoing(topic, str(event.run_id), event.to_bytes(), headers) for event in events]
+            self.send(outgoing, ", ".join(dict.fromkeys(event.type for event in events)) or "run events")
 
     def publish_member_batches(self, priority: Priority, batches: Sequence[tuple[str, bytes]]) -> None:
         topic = self.topics.member_batches_for(priority.value)
         with publishing(f"send {topic}", {"messaging.system": "kafka", "messaging.destination.name": topic}) as headers:
-            self.send([Outgoing(topic, key, value, headers) for key, value in batches])
+            self.send([Outgoing(topic, key, value, headers) for key, value in batches], "member batches")
+
+
+def _first_line(exc: Exception) -> str:
+    """The client's message, its first line, at most 300 characters (kafka-python's name the topic and partition)."""
+    return (str(exc).splitlines() or [""])[0][:300]
 
 
 class KafkaDeadLetters:

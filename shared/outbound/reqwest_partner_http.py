@@ -97,6 +97,8 @@ _IPV4 = re.compile(r"[0-9.]+")
 _NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 #: The most host forms remembered (whether each takes the reqwest path, and its literal's verdict).
 MAX_FORMS = 1_024
+#: The failure of a request whose name was still being resolved when the client was closed.
+CLOSED = "ClientError: the partner HTTP client was closed while the host's name was resolved"
 
 
 @dataclass(eq=False)
@@ -175,6 +177,8 @@ class ReqwestPartnerHttp:
         self._clients = _Clients()
         self._forms: dict[str, _Form | None] = {}
         self._closing: set[asyncio.Future[None]] = set()
+        #: Set by :meth:`aclose`: a name's resolution finishing after it builds no client (nobody would close it).
+        self._closed = False
 
     def __len__(self) -> int:
         """The names currently pinned to an address (not those sent through aiohttp)."""
@@ -275,6 +279,8 @@ class ReqwestPartnerHttp:
 
     def _literal_client(self) -> _Pinned:
         if self._clients.literals is None:
+            if self._closed:  # a request after the close: no client nobody would close
+                raise NoAnswer(CLOSED)
             self._clients.literals = _Pinned(self._builder().build(), None, float("inf"))
         return self._clients.literals
 
@@ -322,6 +328,8 @@ class ReqwestPartnerHttp:
         except BaseException:
             self._retire(host)
             raise
+        if self._closed:  # closed while the name was resolved: no client is built, the waiting requests end
+            raise NoAnswer(CLOSED)
         addresses = list(dict.fromkeys(answer["host"] for answer in allowed))
         now = time.monotonic()
         # One allowed address without an IPv6 scope is pinned; more go through aiohttp, which fails over between them
@@ -377,7 +385,9 @@ class ReqwestPartnerHttp:
         return self.aiohttp.token_client(network)
 
     async def aclose(self) -> None:
-        """Close every client, those with requests still in flight too (their requests fail)."""
+        """Close every client, those with requests still in flight too (their requests fail); a name's resolution
+        still running builds none when it ends (its requests fail: :data:`CLOSED`)."""
+        self._closed = True
         for host in list(self._clients.pinned):
             self._retire(host)  # the idle ones are closed by _close_later, awaited below
         busy = [*self._clients.busy, *([self._clients.literals] if self._clients.literals is not None else [])]

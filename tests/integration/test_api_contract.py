@@ -220,7 +220,7 @@ def test_a_rule_the_server_enforces_is_in_the_schema_too(
 # --- Idempotency-Key --------------------------------------------------------------------------------
 
 
-def test_the_same_key_and_request_is_the_same_run_and_one_request_published(api: InProcessApi) -> None:
+def test_the_same_key_and_request_is_the_same_run_published_under_one_run_id(api: InProcessApi) -> None:
     key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
     published = len(api.publisher.run_requests)
     with api.client("operator") as client:
@@ -228,7 +228,9 @@ def test_the_same_key_and_request_is_the_same_run_and_one_request_published(api:
         again = client.post(f"{DEFINITION}/runs", json={"parameters": {"tier": "silver"}}, headers=key)
     assert first.status_code == again.status_code == 202
     assert first.json()["run_id"] == again.json()["run_id"]
-    assert len(api.publisher.run_requests) == published + 1
+    # The run is still queued (nothing starts it here): its request is published again, under the same run id (the
+    # extractor starts it once), as a retry after a 503 kafka-unavailable needs.
+    assert {str(r.run_id) for r in api.publisher.run_requests[published:]} == {first.json()["run_id"]}
 
 
 @pytest.mark.parametrize(
@@ -256,7 +258,8 @@ def test_a_key_reused_for_a_different_request_is_refused(api: InProcessApi, seco
         assert client.post(second.get("url", f"{DEFINITION}/runs"), json=second["json"], headers=key).status_code == 422
         retried = client.post(f"{DEFINITION}/runs", json={"parameters": {"tier": "silver"}}, headers=key)
         assert retried.json()["run_id"] == first.json()["run_id"]
-    assert len(api.publisher.run_requests) == published
+    # Nothing of the refused requests; the retry publishes the first run again (still queued), under its run id.
+    assert {str(r.run_id) for r in api.publisher.run_requests[published:]} == {first.json()["run_id"]}
 
 
 def test_a_key_is_the_callers_own(api: InProcessApi) -> None:

@@ -742,3 +742,40 @@ def test_closing_closes_a_retired_client_whose_request_is_still_in_flight():
                 await partners.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_name_resolution_that_ends_after_the_close_builds_no_client_and_its_request_fails():
+    async def scenario() -> None:
+        resolving, release = asyncio.Event(), asyncio.Event()
+
+        class Slow(Answers):  # says when the resolution has begun, then waits for the test
+            async def resolve(
+                self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+            ) -> list[ResolveResult]:
+                resolving.set()
+                return await super().resolve(host, port, family)
+
+        partners = ReqwestPartnerHttp(LOOPBACK_ONE, resolver=Slow(["127.0.0.1"], until=release))
+        built: list[object] = []
+        inner_builder = partners._builder
+
+        def builder() -> Any:
+            built.append(object())
+            return inner_builder()
+
+        partners._builder = builder  # type: ignore[method-assign]
+        request = asyncio.ensure_future(send(partners, post("http://partner.test:9/members"), timeout=10))
+        try:
+            await asyncio.wait_for(resolving.wait(), 5)
+            await asyncio.wait_for(partners.aclose(), 5)
+            release.set()
+            with pytest.raises(NoAnswer, match="closed while the host's name was resolved"):
+                await asyncio.wait_for(request, 5)
+            # Before: the resolution built the name's client after the close and kept it pinned, never closed.
+            assert built == []
+            assert not partners._clients.pinned
+        finally:
+            release.set()
+            await partners.aclose()
+
+    asyncio.run(scenario())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ import sqlalchemy as sa
 
 from shared.application import runs as use_cases
 from shared.application.actors import Actor, Role
-from shared.application.errors import Invalid
+from shared.application.errors import Invalid, PublishFailed, RunNotPublished
 from shared.catalog import CatalogStores, make_engine
 from shared.catalog.schema import downgrade, upgrade
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
+from shared.domain.runs import RunStatus
+from shared.events import RunRequested, RunStarted, Trigger
 from tests.admin_app import RecordingPublisher
 
 pytestmark = pytest.mark.integration
@@ -59,11 +62,45 @@ def _request(
     return record.run_id
 
 
-def test_a_retried_request_is_the_same_run_published_once(stores: CatalogStores) -> None:
+def test_a_retried_request_is_the_same_run_published_again_only_while_it_is_queued(stores: CatalogStores) -> None:
     publisher = RecordingPublisher()
     first = _request(stores, publisher, "k1", tier="silver")
+    # Still queued: its request may not have reached Kafka (see the next test), so it is published again under the
+    # same run id, which the extractor starts once.
     assert _request(stores, publisher, "k1", tier="silver") == first
-    assert [request.run_id for request in publisher.run_requests] == [first]
+    assert [request.run_id for request in publisher.run_requests] == [first, first]
+    assert publisher.run_requests[1].parameters == {"tier": "silver"}
+    stores.runs.fold_run_event(RunStarted(run_id=first, definition="nightly", trigger=Trigger.MANUAL))
+    assert _request(stores, publisher, "k1", tier="silver") == first  # started: nothing published
+    assert len(publisher.run_requests) == 2
+
+
+@dataclass
+class KafkaAway(RecordingPublisher):
+    """A publisher whose broker does not acknowledge (what the Kafka adapter raises then)."""
+
+    def publish_run_request(self, request: RunRequested) -> None:
+        raise PublishFailed("the run request on exports.run-requests", "KafkaTimeoutError: Timeout after 15.0 s")
+
+
+def test_a_run_request_kafka_does_not_acknowledge_is_said_recorded_queued_and_a_retry_publishes_it(
+    stores: CatalogStores,
+) -> None:
+    with pytest.raises(RunNotPublished) as failed:
+        _request(stores, KafkaAway(), "k1")
+    run_id = failed.value.run_id
+    record = stores.runs.get_run(run_id)
+    assert record is not None
+    assert record.status is RunStatus.QUEUED
+    assert str(failed.value) == (
+        f"run {run_id} was recorded queued, but Kafka did not acknowledge its request (KafkaTimeoutError: Timeout "
+        "after 15.0 s): its outcome is unknown: it starts if the broker received it; retrying with the same "
+        "Idempotency-Key publishes it again (the run starts once), else a run that never starts is failed as stuck "
+        "(EXPORT_NOTIFIER_STUCK_AFTER_SECONDS)"
+    )
+    publisher = RecordingPublisher()
+    assert _request(stores, publisher, "k1") == run_id  # before: the run, and nothing published (left queued)
+    assert [request.run_id for request in publisher.run_requests] == [run_id]
 
 
 @pytest.mark.parametrize(
@@ -80,7 +117,7 @@ def test_a_key_reused_for_another_request_is_refused_and_stays_refused(
             _request(stores, publisher, "k1", definition=definition, **parameters)
         assert refused.value.slug == "idempotency-key-reused"
     assert _request(stores, publisher, "k1", tier="silver") == first  # the first request keeps its key
-    assert len(publisher.run_requests) == 1
+    assert {request.run_id for request in publisher.run_requests} == {first}
 
 
 def test_other_keys_and_other_callers_start_their_own_runs(stores: CatalogStores) -> None:

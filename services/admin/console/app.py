@@ -20,9 +20,9 @@ from services.admin.console.context import ConsoleContext
 from services.admin.console.pages import Pages
 from services.admin.console.sessions import SessionCodec
 from services.admin.dependencies import AdminContext
-from services.admin.problems import log_catalog_timed_out
+from services.admin.problems import log_catalog_timed_out, publish_failed_detail
 from services.admin.settings import AdminSettings
-from shared.application.errors import Refused
+from shared.application.errors import PublishFailed, Refused
 from shared.errors import CatalogTimedOut, StoredObjectInvalid
 from shared.kafka.event_publisher import KafkaDeadLetters
 from shared.secrets_at_rest import SecretsUnreadable
@@ -61,6 +61,10 @@ def create_console(context: AdminContext, settings: AdminSettings, codec: Sessio
     async def _catalog_timed_out(request: Request, exc: CatalogTimedOut) -> HTMLResponse:
         log_catalog_timed_out(request, exc)
         return refusal_page(request, 503, str(exc))
+
+    @app.exception_handler(PublishFailed)
+    async def _publish_failed(request: Request, exc: PublishFailed) -> HTMLResponse:
+        return refusal_page(request, 503, publish_failed_detail(request, exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> HTMLResponse:

@@ -1,0 +1,134 @@
+"""``exportctl run`` in direct mode (on the catalog, no admin API) with a frozen broker (SIGSTOP: it holds its
+connections and answers nothing): its Kafka producer is closed within ``PRODUCER_CLOSE_SECONDS`` and about a second
+(before: kafka-python's unbounded close waited for what it held until the delivery timeout and more), and a run
+request the broker did not acknowledge is exit 5 with a message naming the run recorded queued, its outcome unknown
+(before: the client's raw error, "Kafka: KafkaTimeoutError: …", not saying a run was recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from devtools.kafka_broker import LocalKafka
+from shared.application import runs as run_use_cases
+from shared.catalog import CatalogStores
+from shared.cli.common import CliSettings
+from shared.cli.direct import Direct, direct, on_catalog
+from shared.cli.direct_runs import cmd_run
+from shared.cli.exits import UNREACHABLE, CliError
+from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
+from shared.domain.runs import RunStatus
+from shared.kafka import Outgoing
+from shared.kafka.clients import PRODUCER_CLOSE_SECONDS
+
+pytestmark = pytest.mark.integration
+
+#: The shortest delivery timeout the settings take: how long the run request's wait lasts on a frozen broker.
+DELIVERY_SECONDS = 31.0
+
+
+def _settings(tmp_path: Path, broker: LocalKafka) -> CliSettings:
+    catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    stores = CatalogStores.from_url(catalog_url, migrate=True)
+    stores.definitions.apply(ConnectionProfile(name="partner", base_url="https://partner.example.com"))
+    stores.definitions.apply(SavedQuery(name="gold", sql="SELECT id FROM members"))
+    stores.definitions.apply(HttpTemplate(name="upsert", query="gold", profile="partner"))
+    stores.definitions.apply(ExportDefinition(name="nightly", query="gold", template="upsert"))
+    stores.close()
+    return CliSettings(
+        catalog_url=catalog_url,
+        kafka_bootstrap_servers=broker.bootstrap_servers,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+        kafka_delivery_timeout_ms=int(DELIVERY_SECONDS * 1000),
+        metrics_port=0,
+    )
+
+
+def test_exportctl_direct_closes_its_producer_within_its_bound_when_the_broker_froze(tmp_path: Path) -> None:
+    with LocalKafka(tmp_path / "kafka") as broker:
+        settings = _settings(tmp_path, broker)
+        topic = settings.topics.run_requests
+        try:
+            with direct(settings) as context:
+                context._send([Outgoing(topic, "k", b"acknowledged")])  # connected, the topic's leader known
+                broker.pause()
+                assert context._producer is not None
+                # A record held, not acknowledged, as a wait ended by Ctrl-C (or by its failure) leaves it.
+                context._producer.send(topic, key=b"k", value=b"held")
+                started = time.monotonic()
+            took = time.monotonic() - started
+        finally:
+            broker.resume()
+    # Before: until the delivery timeout (31 s here, 120 s by default) and more (40 s measured).
+    assert took < PRODUCER_CLOSE_SECONDS + 3, f"closed in {took:.1f} s"
+
+
+def _queued_run(message: str, outcome: str) -> uuid.UUID:
+    """The run the message says was recorded queued, with ``outcome``."""
+    assert message.startswith("run "), message  # before: "Kafka: KafkaTimeoutError: Expiring 1 record(s) …"
+    assert " was recorded queued, but Kafka did not acknowledge its request (" in message
+    assert outcome in message, message
+    return uuid.UUID(message.split()[1])
+
+
+def _status(settings: CliSettings, run_id: uuid.UUID) -> RunStatus | None:
+    stores = CatalogStores.from_url(settings.catalog_url)
+    try:
+        record = stores.runs.get_run(run_id)
+        return record.status if record is not None else None
+    finally:
+        stores.close()
+
+
+def test_a_run_request_the_frozen_broker_does_not_acknowledge_exits_5_naming_the_queued_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with LocalKafka(tmp_path / "kafka") as broker:
+        settings = _settings(tmp_path, broker)
+        with direct(settings) as context:  # the topics made
+            context._send([Outgoing(settings.topics.run_requests, "k", b"acknowledged")])
+        args = argparse.Namespace(
+            definition="nightly", param=[], idempotency_key=None, allow_mass_removal=False, wait=False, timeout=60
+        )
+        broker.pause()
+        try:
+            # Frozen before exportctl connects: its connection check fails, nothing is handed to the broker.
+            with pytest.raises(CliError) as refused:
+                cmd_run(settings, args)
+
+            # Frozen once exportctl is connected: the request is handed over, never acknowledged.
+            def frozen_after_connecting(context: Direct) -> int:
+                context._send([Outgoing(settings.topics.run_requests, "k", b"acknowledged")])
+                broker.pause()
+                run_use_cases.request_run(
+                    context.actor,
+                    "nightly",
+                    store=context.stores.definitions,
+                    runs=context.stores.runs,
+                    publisher=context.publisher(),
+                )
+                return 0
+
+            broker.resume()
+            started = time.monotonic()
+            with pytest.raises(CliError) as failed:
+                on_catalog(settings, frozen_after_connecting)
+            took = time.monotonic() - started
+        finally:
+            broker.resume()
+    assert refused.value.code == UNREACHABLE
+    not_sent = _queued_run(refused.value.message, "KafkaSetupError")
+    assert "it was not published;" in refused.value.message
+    assert _status(settings, not_sent) is RunStatus.QUEUED
+    assert capsys.readouterr().out == ""  # no "run … requested" said
+    assert failed.value.code == UNREACHABLE
+    unknown = _queued_run(failed.value.message, "(KafkaTimeoutError: ")
+    assert "its outcome is unknown: it starts if the broker received it" in failed.value.message
+    assert _status(settings, unknown) is RunStatus.QUEUED
+    # The record's wait (the delivery timeout), then the bounded close.
+    assert took < DELIVERY_SECONDS + PRODUCER_CLOSE_SECONDS + 5, f"took {took:.1f} s"

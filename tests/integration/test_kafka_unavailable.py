@@ -1,0 +1,148 @@
+"""A run requested while Kafka does not acknowledge (a frozen broker: SIGSTOP, it holds its connections and answers
+nothing) is answered 503 ``kafka-unavailable`` naming the run recorded queued and its unknown outcome: by the admin
+API, by the console (a 503 page) and by exportctl through the API (exit 5, the detail). Before, a 500 "unexpected
+error" (the console: the exception itself). A retry under the same Idempotency-Key, once the broker is back,
+publishes the run's request again under the same run id.
+
+The admin's publisher is the one its composition root builds (``KafkaEventPublisher.over`` with
+``PUBLISH_WAIT_SECONDS``), over a real producer, in-process; exportctl talks to it through a real HTTP server.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from html import unescape
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from structlog.testing import capture_logs
+
+from devtools.kafka_broker import LocalKafka
+from devtools.processes import free_port, wait_until
+from services.admin.dependencies import PUBLISH_WAIT_SECONDS
+from shared.events import RunRequested
+from shared.kafka import ensure_topics, make_producer
+from shared.kafka.clients import close_producer
+from shared.kafka.event_publisher import KafkaEventPublisher
+from shared.settings import CommonSettings
+from tests.admin_app import in_process_api, seed
+from tests.integration.test_console_fields import signed_in
+from tests.kafka_helpers import read_until
+
+pytestmark = pytest.mark.integration
+
+RUNS = "/api/v1/export-definitions/nightly/runs"
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """``app`` on a real HTTP server in a thread; its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, timeout=30, interval=0.05, what="the admin API serving")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _queued(detail: str) -> uuid.UUID:
+    """The run a 503 kafka-unavailable says was recorded queued, its outcome unknown."""
+    assert detail.startswith("run "), detail
+    assert " was recorded queued, but Kafka did not acknowledge its request (KafkaTimeoutError: " in detail
+    assert "its outcome is unknown: it starts if the broker received it" in detail
+    assert "retrying with the same Idempotency-Key publishes it again" in detail
+    return uuid.UUID(detail.split()[1])
+
+
+def test_a_run_request_a_frozen_broker_does_not_acknowledge_is_a_503_naming_the_queued_run_and_a_retry_publishes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # plain http in the test client
+    with LocalKafka(tmp_path / "kafka") as broker, in_process_api(tmp_path) as api:
+        settings = CommonSettings(
+            kafka_bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"t{uuid.uuid4().hex[:10]}.", metrics_port=0
+        )
+        ensure_topics(settings, [settings.topics.run_requests])
+        producer = make_producer(settings, "admin")
+        api.app.state.context.publisher = KafkaEventPublisher.over(producer, settings.topics, PUBLISH_WAIT_SECONDS)
+        try:
+            with api.client() as client:
+                seed(client)
+            key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+            with (
+                capture_logs() as logs,
+                api.client("operator") as client,
+                signed_in(api, "operator") as console,
+                serving(api.app) as url,
+            ):
+                assert client.post(RUNS).status_code == 202  # the topic's leader known: the broker is then frozen
+                broker.pause()
+                try:
+                    started = time.monotonic()
+                    failed = client.post(RUNS, headers=key)
+                    took = time.monotonic() - started
+                    page = console.post("/exports/nightly/run", {"idempotency_key": f"console-{uuid.uuid4()}"})
+                    exportctl = subprocess.run(
+                        [sys.executable, "-m", "shared.cli", "run", "nightly"],
+                        env={
+                            **os.environ,
+                            "EXPORT_API_URL": url,
+                            "EXPORT_API_TOKEN": api.tokens["operator"],
+                            "PYTHONPATH": os.getcwd(),
+                        },
+                        capture_output=True,
+                        text=True,
+                        timeout=120,
+                        check=False,
+                    )
+                finally:
+                    broker.resume()
+                # The API: a 503 naming what failed, within the admin's wait (before: 500 "unexpected error").
+                assert failed.status_code == 503, failed.text
+                problem = failed.json()
+                assert problem["type"] == "https://member-export.dev/problems/kafka-unavailable"
+                run_id = _queued(problem["detail"])
+                assert took < PUBLISH_WAIT_SECONDS + 5
+                assert client.get(f"/api/v1/runs/{run_id}").json()["status"] == "queued"
+                # The console: a 503 page saying the same.
+                assert page.status_code == 503, page.text
+                _queued(unescape(page.text).split('role="alert">', 1)[1].split("</p>", 1)[0])
+                # exportctl through the API: exit 5 (unreachable, as documented for an API 5xx), the detail.
+                assert exportctl.returncode == 5, exportctl.stderr
+                assert exportctl.stderr.startswith("exportctl: 503: run "), exportctl.stderr
+                _queued(exportctl.stderr.removeprefix("exportctl: 503: "))
+                assert "Traceback" not in exportctl.stderr
+                # Logged once per request, at warning, naming the operation and what was published where.
+                warnings = [entry for entry in logs if entry["event"] == "kafka-unavailable"]
+                assert [(w["log_level"], w["operation"], w["outcome"]) for w in warnings] == [
+                    ("warning", "POST /api/v1/export-definitions/{name}/runs", "unknown"),
+                    ("warning", "POST /console/exports/{name}/run", "unknown"),
+                    ("warning", "POST /api/v1/export-definitions/{name}/runs", "unknown"),
+                ]
+                assert warnings[0]["run_id"] == str(run_id)
+                assert warnings[0]["what"] == f"the run request on {settings.topics.run_requests}"
+                # The broker back: the same key is the same run, its request published again under its id.
+                again = client.post(RUNS, headers=key)
+                assert again.status_code == 202, again.text
+                assert again.json()["run_id"] == str(run_id)
+            requests = read_until(
+                broker.bootstrap_servers,
+                settings.topics.run_requests,
+                lambda values: any(RunRequested.model_validate_json(v).run_id == run_id for v in values),
+            )
+            assert any(RunRequested.model_validate_json(v).run_id == run_id for v in requests)
+        finally:
+            close_producer(producer, 2)
