@@ -42,7 +42,10 @@ def ahead_of_the_next_turn(catalog: CatalogStores, definition: str, past: float)
 
 def restart_on_a_shifted_clock(pipeline: Pipeline, definition: str, before: float = 3.0) -> None:
     """Stop the scheduler and the extractor, then start both on the same clock, ``before`` seconds before
-    ``definition``'s next instant (its schedule must be synced: seen by a scheduler since its last edit)."""
+    ``definition``'s next instant (its schedule must be synced: seen by a scheduler since its last edit).
+
+    A run the stopped scheduler had already published ahead (stopped within its lookahead of a turn) is long
+    due by the new clock: the restarted extractor starts it at once, and the next instant's run is held as said."""
     pipeline.stop_services("scheduler", "extractor")
     pipeline.services.modules.update(scheduler=MODULE, extractor=EXTRACTOR_MODULE)
     ahead = ahead_of_the_next_turn(pipeline.catalog, definition, -before)

@@ -273,7 +273,8 @@ def test_the_scheduler_process_fires_a_cron_schedule(pipeline: Pipeline, cron_pa
     """The real scheduler process fires every-minute at a turn of the minute and the run goes end to end. The
     scheduler and the extractor run on the same clock shifted ahead of real time (see cron_partner), so that the
     turn comes seconds after the module starts: the shift is the only difference from the real clock (the run is
-    published ahead of its instant and held by the extractor until it, by that clock)."""
+    published ahead of its instant and held by the extractor until it, by that clock; a run the real-clock
+    scheduler published ahead just before the restart is started at once, and succeeds as well)."""
 
     def scheduled_run_succeeded() -> bool:
         runs = pipeline.catalog.runs.list_runs("every-minute")
