@@ -8,7 +8,8 @@ from shared.stack_dumps import reserve_stack_dump_signal
 # and the stack dumps come whatever the main thread is doing (shared.stack_dumps).
 reserve_stack_dump_signal()
 
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from services.extractor.extraction import Extractor
 from services.extractor.prompt_sends import prompt_sends
@@ -18,6 +19,7 @@ from services.extractor.scheduled_runs import StartTimes
 from services.extractor.settings import ExtractorSettings
 from shared.catalog import CatalogStores
 from shared.catalog.change_snapshots import SqlChangeSnapshots
+from shared.events import utc_now
 from shared.querystore import MemberReader
 from shared.runtime import build_loop, start_service
 
@@ -26,10 +28,12 @@ SERVICE = "extractor"
 HELD_RUN_POLL_MS = 100
 
 
-def main() -> None:
+def main(now: Callable[[], datetime] | None = None) -> None:
+    """Run the extractor until SIGTERM or SIGINT; ``now`` (when a scheduled run may start) is the real clock unless
+    a test gives its own."""
     settings = ExtractorSettings()
     health = start_service(settings, SERVICE)
-    start_times = StartTimes(max_wait=timedelta(seconds=settings.extractor_max_start_wait_seconds))
+    start_times = StartTimes(max_wait=timedelta(seconds=settings.extractor_max_start_wait_seconds), now=now or utc_now)
     loop = build_loop(
         settings,
         service=SERVICE,

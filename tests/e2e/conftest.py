@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -10,11 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from devtools.http_receiver import HttpReceiver
 from devtools.pipeline import SERVICES, LocalPipeline
-from devtools.processes import free_port
+from devtools.processes import free_port, wait_until
 from devtools.smtp_sink import SmtpSink
 from shared.catalog import CatalogStores, make_engine
 from shared.querystore.demo_data import create_demo_members
@@ -116,6 +118,29 @@ class Pipeline:
             text=True,
             timeout=timeout,
         )
+
+    def stop_services(self, *services: str) -> None:
+        """Stop services with SIGTERM, as a rollout does: each must exit cleanly."""
+        for service in services:
+            self.services.processes[service].send_signal(signal.SIGTERM)
+        for service in services:
+            assert self.services.processes[service].wait(60) == 0, self.services.log(service)[-3000:]
+
+    def start_services(self, changes: dict[str, dict[str, str]]) -> None:
+        """Start stopped services again, each with its ``changes`` added to its environment; wait until all are
+        ready."""
+        for service, env in changes.items():
+            self.services.service_env[service] = {**self.services.service_env.get(service, {}), **env}
+            self.services.start_service(service)
+
+        def ready(service: str) -> bool:
+            try:
+                url = f"http://127.0.0.1:{self.metrics_ports[service]}/readyz"
+                return httpx.get(url, timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(lambda: all(ready(s) for s in changes), timeout=90, what=f"the restarted {', '.join(changes)} ready")
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 
 import httpx
@@ -16,6 +17,7 @@ from devtools.processes import wait_until
 from shared.domain.runs import RunStatus
 from shared.events import DeadLetter
 from tests.e2e.conftest import MEMBERS, SECRET_TOKEN, Pipeline
+from tests.e2e.scheduler_ahead import restart_on_a_shifted_clock
 from tests.kafka_helpers import partitions_of, produce, read_until
 from tests.metrics_helpers import created_series, parse, scrape, values
 
@@ -43,13 +45,21 @@ spec:
 
 @pytest.fixture(scope="module", autouse=True)
 def cron_partner(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpReceiver]:
-    """every-minute, scheduled before the module's first test: its first turn of the minute comes while the other
-    tests run, instead of while the cron test (the module's last) waits for it."""
+    """every-minute, scheduled before the module's first test; then the scheduler and the extractor restarted on
+    the same clock, a few seconds before its next instant (:mod:`tests.e2e.scheduler_ahead`): its first turn of the
+    minute comes seconds later, while the other tests run, instead of up to a minute later."""
     manifest = tmp_path_factory.mktemp("cron") / "every-minute.yaml"
     with HttpReceiver() as receiver:
         manifest.write_text(EVERY_MINUTE.format(url=receiver.url, enabled="true"))
         applied = pipeline.exportctl("apply", "-f", str(manifest))
         assert applied.returncode == 0, applied.stderr
+
+        def synced() -> bool:
+            due = pipeline.catalog.scheduling.due_schedules(datetime.now(UTC) + timedelta(days=1))
+            return any(d.definition.name == "every-minute" for d in due)
+
+        wait_until(synced, timeout=30, what="the scheduler to sync every-minute's schedule")
+        restart_on_a_shifted_clock(pipeline, "every-minute")
         yield receiver
         manifest.write_text(EVERY_MINUTE.format(url=receiver.url, enabled="false"))
         assert pipeline.exportctl("apply", "-f", str(manifest)).returncode == 0
@@ -260,6 +270,12 @@ def test_dead_letters_are_replayed_once_the_endpoint_is_fixed_and_the_history_li
 
 
 def test_the_scheduler_process_fires_a_cron_schedule(pipeline: Pipeline, cron_partner: HttpReceiver):
+    """The real scheduler process fires every-minute at a turn of the minute and the run goes end to end. The
+    scheduler and the extractor run on the same clock shifted ahead of real time (see cron_partner), so that the
+    turn comes seconds after the module starts: the shift is the only difference from the real clock (the run is
+    published ahead of its instant and held by the extractor until it, by that clock; a run the real-clock
+    scheduler published ahead just before the restart is started at once, and succeeds as well)."""
+
     def scheduled_run_succeeded() -> bool:
         runs = pipeline.catalog.runs.list_runs("every-minute")
         return any(r.trigger == "schedule" and r.status == RunStatus.SUCCEEDED for r in runs)

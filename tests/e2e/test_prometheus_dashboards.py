@@ -10,9 +10,10 @@ is gone (a failed run); a record no service can read (a consumer dead letter); t
 definitions scheduled every minute, one still running from a manual run when it is due (fired, skipped; the
 extractor holds the fired run until its instant, then starts it: the start delay); then the scheduler restarted
 with no catch-up window and the notifier with an unreachable SMTP server (missed runs, failed emails). The scheduler
-meets each of those turns of the minute as soon as it is restarted, its clock put just past the turn
-(:mod:`tests.e2e.scheduler_ahead`), instead of waiting up to a minute for each; only the fired run's start waits
-for the real turn (up to a minute, while the later steps go on).
+meets each of those turns of the minute seconds after it is restarted instead of up to a minute later
+(:mod:`tests.e2e.scheduler_ahead`): for the first, it and the extractor are restarted on the same clock, a few
+seconds before the turn (the run published ahead and held until its instant by the same clock, the shift the only
+difference); for the second, the scheduler's clock is put just past the turn.
 
 How a query is judged (a panel or alert that names a metric or label nobody exposes fails):
 
@@ -28,12 +29,10 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +47,7 @@ from devtools.prometheus import PrometheusServer, prometheus_tools
 from shared.catalog import make_engine
 from tests.admin_server import AdminServer, admin_server
 from tests.e2e.conftest import Pipeline
-from tests.e2e.scheduler_ahead import AHEAD
-from tests.e2e.scheduler_ahead import MODULE as SCHEDULER_AHEAD
+from tests.e2e.scheduler_ahead import ahead_of_the_next_turn, restart_on_a_shifted_clock
 from tests.kafka_helpers import produce
 from tests.observability import (
     ALERTS,
@@ -185,41 +183,6 @@ def _scrape_config(ports: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def _stop(pipeline: Pipeline, *services: str) -> None:
-    """Stop services with SIGTERM, as a rollout does: each must exit cleanly."""
-    for service in services:
-        pipeline.services.processes[service].send_signal(signal.SIGTERM)
-    for service in services:
-        assert pipeline.services.processes[service].wait(60) == 0, pipeline.services.log(service)[-3000:]
-
-
-def _start(pipeline: Pipeline, changes: dict[str, dict[str, str]]) -> None:
-    """Start stopped services again, each with its ``changes`` added to its environment; wait until all are ready."""
-    for service, env in changes.items():
-        pipeline.services.service_env[service] = {**pipeline.services.service_env.get(service, {}), **env}
-        pipeline.services.start_service(service)
-
-    def ready(service: str) -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{pipeline.metrics_ports[service]}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(lambda: all(ready(s) for s in changes), timeout=90, what=f"the restarted {', '.join(changes)} ready")
-
-
-def _ahead_of_the_next_turn(pipeline: Pipeline) -> dict[str, str]:
-    """The environment of a scheduler whose clock starts one second past every-minute's next instant (read from
-    the catalog while no scheduler runs): it meets that turn of the minute at once instead of up to a minute
-    later. The clock never goes back behind what the previous scheduler handled: each instant read is the next one."""
-    [due] = [
-        d.next_due_at
-        for d in pipeline.catalog.scheduling.due_schedules(datetime.now(UTC) + timedelta(days=1))
-        if d.definition.name == "every-minute"
-    ]
-    return {AHEAD: f"{max(0.0, due.timestamp() + 1 - time.time()):.3f}"}
-
-
 def _scraped(prometheus: PrometheusServer, selector: str, samples: int = 3) -> bool:
     """True once Prometheus holds ``samples`` samples above 0 of a series ``selector`` matches (rates need two;
     the services start their counters at 0, so a series exists before anything happened)."""
@@ -303,9 +266,7 @@ def _schedules_fired_skipped_then_missed(pipeline: Pipeline, prometheus: Prometh
         timeout=60,
         what="the manual run of every-minute-slow under way",
     )
-    _stop(pipeline, "scheduler")
-    pipeline.services.modules["scheduler"] = SCHEDULER_AHEAD
-    _start(pipeline, {"scheduler": _ahead_of_the_next_turn(pipeline)})
+    restart_on_a_shifted_clock(pipeline, "every-minute")
     wait_until(
         lambda: (
             _scraped(prometheus, 'member_export_scheduler_runs_fired_total{definition="every-minute"}')
@@ -315,16 +276,18 @@ def _schedules_fired_skipped_then_missed(pipeline: Pipeline, prometheus: Prometh
         what="every-minute fired and every-minute-slow skipped",
     )
     # Both stop before either starts: the missed runs' emails go to the notifier without an SMTP server.
-    _stop(pipeline, "notifier", "scheduler")
-    _start(
-        pipeline,
+    pipeline.stop_services("notifier", "scheduler")
+    pipeline.start_services(
         {
             "notifier": {"EXPORT_SMTP_PORT": str(free_port()), "EXPORT_SMTP_MAX_ATTEMPTS": "1"},
-            "scheduler": {"EXPORT_SCHEDULER_CATCH_UP_SECONDS": "0", **_ahead_of_the_next_turn(pipeline)},
+            "scheduler": {
+                "EXPORT_SCHEDULER_CATCH_UP_SECONDS": "0",
+                **ahead_of_the_next_turn(pipeline.catalog, "every-minute", past=1.0),
+            },
         },
     )
-    # The fired run of every-minute is due at the real turn of the minute (the scheduler's clock was ahead): the
-    # extractor holds it until then (at most a minute), and its start gives the start delay panel a value.
+    # The fired run of every-minute was held by the extractor until its instant (on the scheduler's first clock,
+    # seconds away); its start gives the start delay panel a value.
     wait_until(
         lambda: (
             _scraped(prometheus, 'member_export_scheduler_runs_missed_total{definition="every-minute"}', 5)
