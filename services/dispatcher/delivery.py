@@ -152,24 +152,30 @@ class Deliverer:
         counted = tally if tally is not None else RequestTally(labels)
         started = time.perf_counter()
         answer: PartnerAnswer | None = None
+        judged: AttemptResult | None = None
         try:
             answer = await self.partners.send(request, timeout, network)
         except NoAnswer as exc:
-            result = AttemptResult(status=None, success=False, error=str(exc))
+            judged = AttemptResult(status=None, success=False, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - an invalid URL or header, a refused destination: this batch's failure
-            result = failed_attempt(exc)
+            judged = failed_attempt(exc)
         except BaseException:  # cancelled: its duration is observed, no status counted
             counted.observe(time.perf_counter() - started)
             if tally is None:
                 counted.flush()
             raise
-        else:
-            result = _judged(answer, success_statuses)
         ended = time.perf_counter()
         seconds = ended - started
-        counted.count(None if answer is None else answer.status, seconds, result.success, ended)
-        if tally is None:
-            counted.flush()
+        try:
+            if answer is not None:  # judging it may parse its Retry-After
+                judged = _judged(answer, success_statuses)
+        finally:  # the attempt is counted even when judging its answer raised
+            counted.count(
+                None if answer is None else answer.status, seconds, judged is not None and judged.success, ended
+            )
+            if tally is None:
+                counted.flush()
+        result: AttemptResult = judged  # type: ignore[assignment]  # set by one of the branches above
         if not result.success:  # only a failure has a reason: a success pays nothing for masking
             result = self._reasoned(result, answer, secrets_of, request.headers.items())
         if witness is not None:

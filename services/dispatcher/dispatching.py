@@ -145,10 +145,12 @@ class _BatchRequests:
     #: The profile's in-flight count, which its gauge reads when scraped (its series is never removed).
     in_flight: InFlightCount
     oauth: bool
-    #: The batch's attempts, counted for the request metrics (flushed at the end of the batch, a failure at once).
+    #: The batch's attempts, counted for the request metrics (flushed at the end of the batch, a failure at once, a
+    #: success within a second: :class:`~.metrics.RequestTally`).
     tally: RequestTally
     #: The ``traceparent`` (and ``tracestate``) of the batch's trace context, which its requests carry while spans
-    #: are not exported (while they are, each attempt carries its own span's, read per attempt).
+    #: are not exported (while they are, each request carries its own span's, read per attempt: a request's retries
+    #: share its span).
     trace_headers: dict[str, str]
     #: The profile's authentication header once resolved and checked, unless it is an OAuth token (None: not yet).
     credentials: dict[str, str] | None = None
@@ -520,7 +522,8 @@ class Dispatcher:
                 signature = signature_headers(profile.signing_secret, key, rendered.content, datetime.now(UTC))
             # The template cannot set these (refused when saved); a template saved before, or the profile's
             # API key header, is overridden whatever the case of its name. The run's traceparent comes last.
-            # Without exported spans the current span is the batch's own (read once a batch); with them, the attempt's.
+            # Without exported spans the current span is the batch's own (read once a batch); with them, the request's
+            # (one span a request, its retries included).
             trace_headers = current_http_headers() if exporting() else shared.trace_headers
             headers = merged_headers(rendered.headers, credentials, {"Idempotency-Key": key}, signature, trace_headers)
             return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)

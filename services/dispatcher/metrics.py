@@ -8,6 +8,8 @@ partner shows without a regex) and ``error`` (no answer): see :func:`status_clas
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from bisect import bisect_left
 from typing import Any
 
@@ -161,10 +163,13 @@ class RequestTally:
     and Python calls a request).
 
     :meth:`count` flushes by itself when the attempt is not a success (a failing partner shows at once) and when
-    the oldest attempt waiting is :attr:`FLUSH_SECONDS` old; the dispatcher flushes at the end of each batch.
+    the oldest attempt waiting is :attr:`FLUSH_SECONDS` old; on an event loop, the first success waiting also
+    schedules a flush :attr:`FLUSH_SECONDS` later (one timer a second at most, cancelled by an earlier flush), so a
+    success shows within a second while the rest of its batch is still in flight; the dispatcher flushes at the end
+    of each batch.
     """
 
-    __slots__ = ("_buckets", "_oldest", "_seconds", "_statuses", "labels")
+    __slots__ = ("_buckets", "_oldest", "_seconds", "_statuses", "_timer", "labels")
 
     #: How long a success may wait to be added to its series while its batch goes on (seconds).
     FLUSH_SECONDS = 1.0
@@ -176,6 +181,7 @@ class RequestTally:
         self._buckets: dict[int, int] = {}
         self._seconds = 0.0
         self._oldest: float | None = None  # when the first attempt waiting ended (perf_counter)
+        self._timer: asyncio.TimerHandle | None = None  # the flush scheduled when the first success began waiting
 
     def count(self, status: int | None, seconds: float, success: bool, now: float) -> None:
         """An attempt that ended at ``now`` (``time.perf_counter``) after ``seconds``, with an answer's ``status``
@@ -186,9 +192,16 @@ class RequestTally:
         statuses = self._statuses
         statuses[status_of] = statuses.get(status_of, 0) + 1
         self.observe(seconds)
+        if not success:
+            self.flush()
+            return
         if self._oldest is None:
             self._oldest = now
-        if not success or now - self._oldest >= self.FLUSH_SECONDS:
+            if self._timer is None:
+                # No event loop (counted by hand): flushed by a later count or flush.
+                with contextlib.suppress(RuntimeError):
+                    self._timer = asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self._flush_on_time)
+        elif now - self._oldest >= self.FLUSH_SECONDS:
             self.flush()
 
     def observe(self, seconds: float) -> None:
@@ -198,8 +211,15 @@ class RequestTally:
         buckets[bucket] = buckets.get(bucket, 0) + 1
         self._seconds += seconds
 
+    def _flush_on_time(self) -> None:
+        self._timer = None
+        self.flush()
+
     def flush(self) -> None:
         """Add what was counted since the last flush to the series (nothing when nothing was)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._buckets:
             return
         statuses, buckets, seconds = self._statuses, self._buckets, self._seconds

@@ -27,12 +27,10 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not ``²`` and other digits ``float`` refuses
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return None if when is None else max(0.0, when.timestamp() - now)
+    except (TypeError, ValueError, OverflowError):
         return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - now)

@@ -6,6 +6,7 @@ its outcome is made."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest
@@ -198,3 +199,56 @@ def test_a_cancelled_attempt_s_duration_is_observed_without_a_status() -> None:
     got = series((definition, profile))
     assert got["count"] == 1
     assert sum(got[status] for status in STATUS_CLASSES) == 0
+
+
+class HoldsMemberOne:
+    """Answers 200 at once, except member 1's request, held until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.held = asyncio.Event()
+
+    async def send(self, request: RenderedRequest, timeout: float, network: object = None) -> PartnerAnswer:
+        if str(json.loads(request.content)["id"]) == "1":
+            self.held.set()
+            await self.release.wait()
+        return PartnerAnswer(200, None, b"")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_a_success_shows_within_a_second_while_its_batch_is_still_in_flight() -> None:
+    profile = f"tally-{uuid.uuid4().hex[:8]}"
+    definition = f"d-{uuid.uuid4().hex[:8]}"
+    partner = HoldsMemberOne()
+    shown_after: list[float] = []
+
+    async def scenario() -> None:
+        dispatcher = dispatcher_for(partner, profile)  # type: ignore[arg-type]
+        batch = MemberBatch(
+            run_id=uuid.uuid4(), definition=definition, template="t", batch_index=0, members=[{"id": 0}, {"id": 1}]
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            handling = asyncio.ensure_future(dispatcher.handle_all([batch]))
+            await asyncio.wait_for(partner.held.wait(), timeout=10)
+            started = loop.time()
+            deadline = started + 5 * RequestTally.FLUSH_SECONDS
+            while series((definition, profile))["2xx"] < 1 and loop.time() < deadline:
+                await asyncio.sleep(0.02)  # polling for the condition, up to the deadline
+            shown_after.append(loop.time() - started)
+            got = series((definition, profile))
+            assert not handling.done(), "member 1's request is still in flight"
+            assert (got["2xx"], got["count"]) == (1, 1), "member 0's success is in its series before the batch ends"
+            partner.release.set()
+            (result,) = await asyncio.wait_for(handling, timeout=10)
+            assert not isinstance(result, BaseException)
+        finally:
+            partner.release.set()
+            dispatcher.renderer.close()
+
+    asyncio.run(scenario())
+    # Within the flush interval (and some slack for a loaded machine), not at the batch's end.
+    assert shown_after[0] < RequestTally.FLUSH_SECONDS + 1.0
+    assert series((definition, profile))["2xx"] == 2

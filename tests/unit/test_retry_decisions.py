@@ -63,3 +63,15 @@ def test_transport_errors_and_retryable_statuses_are_retryable_results():
     assert AttemptResult(status=503, success=False).retryable
     assert not AttemptResult(status=400, success=False).retryable
     assert not AttemptResult(status=200, success=True).retryable
+
+
+# Not HTTP delta-seconds (ASCII digits only); ``²`` made float() raise.
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663", "\u00b9\u00b2", "\uff17", "Fri, 31 Dec 99999 23:59:59 GMT"])
+def test_a_retry_after_of_non_ascii_digits_is_ignored(value):
+    assert parse_retry_after(value, 1_800_000_000.0) is None
+
+
+@given(st.text())
+def test_parse_retry_after_never_raises(value):
+    found = parse_retry_after(value, 1_800_000_000.0)
+    assert found is None or found >= 0.0
