@@ -26,14 +26,13 @@ import uvicorn
 
 from services.admin.app import create_app
 from services.admin.bearer_tokens import TokenStore
-from services.admin.dependencies import PUBLISH_WAIT_SECONDS, AdminContext
+from services.admin.dependencies import AdminContext, kafka_publisher
 from services.admin.settings import AdminSettings
 from shared.catalog import CatalogStores
 from shared.catalog.schema import check_catalog_schema
 from shared.domain.destinations import DestinationPolicy
-from shared.kafka import make_producer, prepare_kafka
+from shared.kafka import prepare_kafka
 from shared.kafka.clients import PRODUCER_CLOSE_SECONDS, close_producer
-from shared.kafka.event_publisher import KafkaEventPublisher
 from shared.log import configure_logging
 from shared.querystore import MemberReader
 from shared.stack_dumps import enable_stack_dumps
@@ -83,7 +82,7 @@ def main() -> None:
     install_tracing(SERVICE)  # runs requested here start their trace (spans named member-export-admin)
     check_catalog_schema(settings.catalog_url)
     prepare_kafka(settings)  # exits naming the setting when Kafka refuses the connection settings
-    producer = make_producer(settings, SERVICE)
+    producer, publisher = kafka_publisher(settings, SERVICE)
     stores = CatalogStores.from_url(
         settings.catalog_url, audit_retention_days=settings.audit_retention_days, cipher=settings.secret_cipher()
     )
@@ -95,7 +94,7 @@ def main() -> None:
         deliveries=stores.deliveries,
         retries=stores.retries,
         tokens=TokenStore.from_file(settings.admin_tokens_file),
-        publisher=KafkaEventPublisher.over(producer, settings.topics, PUBLISH_WAIT_SECONDS),
+        publisher=publisher,
         members=functools.cache(
             lambda: MemberReader.from_url(
                 settings.query_store_url, timeout_seconds=settings.extractor_query_timeout_seconds

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from kafka import KafkaProducer
 
 from services.admin.bearer_tokens import TokenStore
 from services.admin.problems import ApiProblem
@@ -17,12 +18,26 @@ from shared.application.member_deliveries import DeliveryLogReader, RetryStates
 from shared.application.ports import AttemptsReader, AuditLog, DefinitionsStore, EventPublisher, MemberSource, RunsStore
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.secret_references import SecretReferencePolicy
+from shared.kafka import make_producer
+from shared.kafka.event_publisher import KafkaEventPublisher
 from shared.name_resolution import resolve_host
+from shared.settings import CommonSettings
 
 #: The longest a request waits for Kafka's acknowledgement of what it publishes (a run's request, a cancellation):
 #: answered ``503 kafka-unavailable`` after it, well within exportctl's 30 s, not after the producer's delivery
 #: timeout (120 s). A healthy broker answers in milliseconds, a leader moving in a few seconds.
 PUBLISH_WAIT_SECONDS = 15.0
+#: The longest the producer's ``send()`` blocks for a topic's metadata (the first publication after a start, with
+#: Kafka down or frozen; kafka-python's default is 60 s) before failing: within ``PUBLISH_WAIT_SECONDS``, which
+#: bounds the send and the wait for acknowledgement together.
+PUBLISH_BLOCK_SECONDS = 10.0
+
+
+def kafka_publisher(settings: CommonSettings, client_id: str) -> tuple[KafkaProducer, KafkaEventPublisher]:
+    """The admin's producer (its ``send()`` bounded by ``PUBLISH_BLOCK_SECONDS``) and the publisher over it, a
+    request's publication answered within ``PUBLISH_WAIT_SECONDS``."""
+    producer = make_producer(settings, client_id, max_block_seconds=PUBLISH_BLOCK_SECONDS)
+    return producer, KafkaEventPublisher.over(producer, settings.topics, PUBLISH_WAIT_SECONDS)
 
 
 @dataclass

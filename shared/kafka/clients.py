@@ -38,9 +38,13 @@ def produce_timeout_seconds(producer: KafkaProducer) -> float:
     return float(config.get("delivery_timeout_ms", DEFAULT_DELIVERY_TIMEOUT_MS)) / 1000 + ACK_WAIT_MARGIN_SECONDS
 
 
-def make_producer(settings: CommonSettings, client_id: str) -> KafkaProducer:
-    """A producer that waits for all in-sync replicas and does not reorder retried sends."""
+def make_producer(settings: CommonSettings, client_id: str, *, max_block_seconds: float | None = None) -> KafkaProducer:
+    """A producer that waits for all in-sync replicas and does not reorder retried sends. ``send()`` blocks (for a
+    topic's metadata, or room in its buffer) ``max_block_seconds`` at most, else kafka-python's 60 s, then raises
+    ``KafkaTimeoutError``: a caller answering within a bound (the admin API) sets one below its bound."""
+    block: dict[str, Any] = {} if max_block_seconds is None else {"max_block_ms": int(max_block_seconds * 1000)}
     return KafkaProducer(
+        **block,
         **kafka_client_config(settings),
         client_id=client_id,
         acks="all",

@@ -6,6 +6,7 @@ admin API or exportctl starts its run's trace here), carried by its records' ``t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 from kafka import KafkaProducer
@@ -30,9 +31,20 @@ class KafkaEventPublisher:
     @classmethod
     def over(cls, producer: KafkaProducer, topics: Topics, wait_seconds: float | None = None) -> KafkaEventPublisher:
         """A publisher over a producer that waits for acknowledgement of each call's records: ``wait_seconds`` at
-        most (the records may still be delivered after it: their outcome is unknown), else the delivery timeout
-        and a margin."""
-        return cls(lambda outgoing: produce(producer, outgoing).wait(wait_seconds), topics)
+        most from the call, handing them to the producer included (the records may still be delivered after it:
+        their outcome is unknown), else the delivery timeout and a margin. The producer's ``send()`` may block for
+        a topic's metadata before the wait starts: its ``max_block_ms`` must be below ``wait_seconds`` to keep
+        the bound (:func:`~shared.kafka.clients.make_producer`'s ``max_block_seconds``)."""
+        if wait_seconds is None:
+            return cls(lambda outgoing: produce(producer, outgoing).wait(), topics)
+        bound = wait_seconds
+
+        def send(outgoing: list[Outgoing]) -> None:
+            deadline = time.monotonic() + bound
+            in_flight = produce(producer, outgoing)
+            in_flight.wait(max(0.0, deadline - time.monotonic()))
+
+        return cls(send, topics)
 
     def send(self, outgoing: list[Outgoing], what: str) -> None:
         """Produce ``outgoing`` (``what`` they are) and wait for their acknowledgement."""
@@ -40,7 +52,7 @@ class KafkaEventPublisher:
             self._send(outgoing)
         except KafkaError as exc:
             where = ", ".join(dict.fromkeys(o.topic for o in outgoing))
-            raise PublishFailed(f"{what} on {where}", f"{type(exc).__name__}: {_first_line(exc)}") from exc
+            raise PublishFailed(f"{what} on {where}", _described(exc)) from exc
 
     def publish_run_request(self, request: RunRequested) -> None:
         topic = self.topics.run_requests
@@ -65,6 +77,12 @@ class KafkaEventPublisher:
         topic = self.topics.member_batches_for(priority.value)
         with publishing(f"send {topic}", {"messaging.system": "kafka", "messaging.destination.name": topic}) as headers:
             self.send([Outgoing(topic, key, value, headers) for key, value in batches], "member batches")
+
+
+def _described(exc: Exception) -> str:
+    """``Class: message`` (its first line), the class named once: kafka-python's errors start their message with it."""
+    name, message = type(exc).__name__, _first_line(exc)
+    return message if message == name or message.startswith(f"{name}:") else f"{name}: {message}"
 
 
 def _first_line(exc: Exception) -> str:

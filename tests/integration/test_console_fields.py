@@ -8,6 +8,7 @@ the field they name; a stored secret is kept when its field is left blank and is
 from __future__ import annotations
 
 import re
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from services.admin.console.definition_form import STEPS
+from shared.application.errors import PublishFailed
 from shared.domain.catalog_objects import ConnectionProfile, TlsSettings, WebhookChannel, WebhookEvent, WebhookFormat
 from shared.domain.circuit_breaker import CircuitBreakerSettings
 from tests.admin_app import InProcessApi, in_process_api, seed
@@ -360,6 +362,60 @@ def test_run_now_offers_the_mass_removal_override_in_change_mode_and_the_run_car
             assert 'type="checkbox"' not in console.page(f"/runs/{run_id}/cancel")
     finally:
         console.post("/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "full"})
+
+
+class _Unacknowledged:
+    """A publisher whose broker does not acknowledge a run's request (as a frozen one), until ``back``."""
+
+    def __init__(self, recording: Any) -> None:
+        self.recording, self.back = recording, False
+
+    def publish_run_request(self, request: Any) -> None:
+        if not self.back:
+            raise PublishFailed("the run request on run-requests", "KafkaTimeoutError: no acknowledgement in 15 s")
+        self.recording.publish_run_request(request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.recording, name)
+
+
+def test_run_now_kafka_did_not_acknowledge_shows_the_form_again_with_the_submitted_key_and_the_retry_is_the_run(
+    console: Console, api
+):
+    """The 503 says to retry with the same Idempotency-Key: the page's form carries the one submitted (and the
+    override as ticked), so submitting it again publishes the queued run's request, not a second run (before: the
+    error page, and a new form made a new key)."""
+    context = api.app.state.context
+    publisher = context.publisher
+    context.publisher = unacknowledged = _Unacknowledged(publisher)
+    console.post("/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "changes"})
+    try:
+        key = f"console-{uuid.uuid4()}"
+        failed = console.post("/exports/nightly/run", {"idempotency_key": key, "allow_mass_removal": "on"})
+        assert failed.status_code == 503, failed.text
+        page = unescape(failed.text)
+        alert = page.split('role="alert">', 1)[1].split("</p>", 1)[0]
+        assert alert.startswith("run "), alert
+        assert "was recorded queued" in alert, alert
+        run_id = alert.split()[1]
+        assert f'name="idempotency_key" value="{key}"' in page
+        assert 'name="allow_mass_removal" checked' in page
+        assert 'action="/console/exports/nightly/run"' in page
+        unacknowledged.back = True
+        fields = {"idempotency_key": _hidden(page, "idempotency_key"), "allow_mass_removal": "on"}
+        again = console.post("/exports/nightly/run", fields)
+        assert again.status_code == 303, again.text
+        assert again.headers["location"].rsplit("/", 1)[-1] == run_id
+        assert str(api.publisher.run_requests[-1].run_id) == run_id
+    finally:
+        context.publisher = publisher
+        console.post("/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "full"})
+
+
+def _hidden(html: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]+)"', html)
+    assert found is not None, name
+    return found.group(1)
 
 
 def test_a_new_definition_takes_the_new_fields(console: Console, api):

@@ -28,15 +28,13 @@ from structlog.testing import capture_logs
 
 from devtools.kafka_broker import LocalKafka
 from devtools.processes import free_port, wait_until
-from services.admin.dependencies import PUBLISH_WAIT_SECONDS
+from services.admin.dependencies import PUBLISH_BLOCK_SECONDS, PUBLISH_WAIT_SECONDS, kafka_publisher
 from shared.events import RunRequested
-from shared.kafka import ensure_topics, make_producer
-from shared.kafka.clients import close_producer
-from shared.kafka.event_publisher import KafkaEventPublisher
+from shared.kafka import ensure_topics
+from shared.kafka.clients import close_producer, read_whole_topic
 from shared.settings import CommonSettings
 from tests.admin_app import in_process_api, seed
 from tests.integration.test_console_fields import signed_in
-from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +65,24 @@ def _queued(detail: str) -> uuid.UUID:
     return uuid.UUID(detail.split()[1])
 
 
+def _requests_for(settings: CommonSettings, run_id: uuid.UUID) -> int:
+    """How many run requests for ``run_id`` the topic holds now (read to its end offsets)."""
+    values = read_whole_topic(settings, settings.topics.run_requests)
+    return sum(RunRequested.model_validate_json(v).run_id == run_id for v in values)
+
+
+def _exportctl_run(url: str, token: str) -> subprocess.CompletedProcess[str]:
+    """``exportctl run nightly`` through the admin API at ``url``."""
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", "run", "nightly"],
+        env={**os.environ, "EXPORT_API_URL": url, "EXPORT_API_TOKEN": token, "PYTHONPATH": os.getcwd()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_a_run_request_a_frozen_broker_does_not_acknowledge_is_a_503_naming_the_queued_run_and_a_retry_publishes_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -76,8 +92,7 @@ def test_a_run_request_a_frozen_broker_does_not_acknowledge_is_a_503_naming_the_
             kafka_bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"t{uuid.uuid4().hex[:10]}.", metrics_port=0
         )
         ensure_topics(settings, [settings.topics.run_requests])
-        producer = make_producer(settings, "admin")
-        api.app.state.context.publisher = KafkaEventPublisher.over(producer, settings.topics, PUBLISH_WAIT_SECONDS)
+        producer, api.app.state.context.publisher = kafka_publisher(settings, "admin")  # as the admin builds them
         try:
             with api.client() as client:
                 seed(client)
@@ -95,19 +110,7 @@ def test_a_run_request_a_frozen_broker_does_not_acknowledge_is_a_503_naming_the_
                     failed = client.post(RUNS, headers=key)
                     took = time.monotonic() - started
                     page = console.post("/exports/nightly/run", {"idempotency_key": f"console-{uuid.uuid4()}"})
-                    exportctl = subprocess.run(
-                        [sys.executable, "-m", "shared.cli", "run", "nightly"],
-                        env={
-                            **os.environ,
-                            "EXPORT_API_URL": url,
-                            "EXPORT_API_TOKEN": api.tokens["operator"],
-                            "PYTHONPATH": os.getcwd(),
-                        },
-                        capture_output=True,
-                        text=True,
-                        timeout=120,
-                        check=False,
-                    )
+                    exportctl = _exportctl_run(url, api.tokens["operator"])
                 finally:
                     broker.resume()
                 # The API: a 503 naming what failed, within the admin's wait (before: 500 "unexpected error").
@@ -134,15 +137,49 @@ def test_a_run_request_a_frozen_broker_does_not_acknowledge_is_a_503_naming_the_
                 ]
                 assert warnings[0]["run_id"] == str(run_id)
                 assert warnings[0]["what"] == f"the run request on {settings.topics.run_requests}"
-                # The broker back: the same key is the same run, its request published again under its id.
+                # The broker back: what the producer held is delivered (the frozen request's own record among
+                # them, or not); the run's records counted then.
+                producer.flush(timeout=60)
+                before = _requests_for(settings, run_id)
+                # The same key is the same run, its request published again under its id: one record more.
                 again = client.post(RUNS, headers=key)
                 assert again.status_code == 202, again.text
                 assert again.json()["run_id"] == str(run_id)
-            requests = read_until(
-                broker.bootstrap_servers,
-                settings.topics.run_requests,
-                lambda values: any(RunRequested.model_validate_json(v).run_id == run_id for v in values),
-            )
-            assert any(RunRequested.model_validate_json(v).run_id == run_id for v in requests)
+            assert _requests_for(settings, run_id) == before + 1  # acknowledged before the 202: read to the end
+        finally:
+            close_producer(producer, 2)
+
+
+def test_the_first_run_request_after_a_start_with_the_broker_frozen_is_a_503_within_the_publish_wait(
+    tmp_path: Path,
+) -> None:
+    """The admin's producer has no topic metadata yet (every start): its ``send()`` waits for it, bounded by
+    ``PUBLISH_BLOCK_SECONDS`` within the one ``PUBLISH_WAIT_SECONDS`` (before: kafka-python's 60 s, then the wait;
+    exportctl through the API gave up at 30 s without naming the run)."""
+    with LocalKafka(tmp_path / "kafka") as broker, in_process_api(tmp_path) as api:
+        settings = CommonSettings(
+            kafka_bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"t{uuid.uuid4().hex[:10]}.", metrics_port=0
+        )
+        ensure_topics(settings, [settings.topics.run_requests])
+        producer, api.app.state.context.publisher = kafka_publisher(settings, "admin")  # nothing sent yet
+        try:
+            with api.client() as client:
+                seed(client)
+            with api.client("operator") as client, serving(api.app) as url:
+                broker.pause()
+                try:
+                    started = time.monotonic()
+                    failed = client.post(RUNS, headers={"Idempotency-Key": f"k-{uuid.uuid4()}"})
+                    took = time.monotonic() - started
+                    exportctl = _exportctl_run(url, api.tokens["operator"])
+                finally:
+                    broker.resume()
+            assert failed.status_code == 503, failed.text
+            detail = failed.json()["detail"]
+            _queued(detail)
+            assert f"after {PUBLISH_BLOCK_SECONDS} secs" in detail, detail  # the metadata never came
+            assert took < PUBLISH_WAIT_SECONDS + 3
+            assert exportctl.returncode == 5, exportctl.stderr
+            _queued(exportctl.stderr.removeprefix("exportctl: 503: "))
         finally:
             close_producer(producer, 2)

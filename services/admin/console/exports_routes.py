@@ -16,9 +16,10 @@ from services.admin.console.context import ConsoleContext, console_of
 from services.admin.console.forms import expecting, form_of, form_version, revision_of
 from services.admin.console.gate import PREFIX
 from services.admin.console.pages import me_of
+from services.admin.problems import publish_failed_detail
 from shared.application import objects as object_use_cases
 from shared.application import runs as run_use_cases
-from shared.application.errors import Forbidden, Missing, Refused, Stale
+from shared.application.errors import Forbidden, Missing, Refused, RunNotPublished, Stale
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, Priority, SavedQuery
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.revisions import Revision
@@ -130,7 +131,9 @@ def _confirm(request: Request, **values: Any) -> Response:
     values.setdefault("hidden", {})
     values.setdefault("facts", [])
     values.setdefault("checkboxes", [])
-    return console_of(request).pages.render(request, "confirm.html", status=422 if values["error"] else 200, **values)
+    values.setdefault("checked", [])
+    status = values.pop("status", 422 if values["error"] else 200)
+    return console_of(request).pages.render(request, "confirm.html", status=status, **values)
 
 
 def _definition(request: Request, name: str) -> ExportDefinition:
@@ -282,8 +285,19 @@ def run_confirmation(request: Request, name: str) -> Response:
     return _run_page(request, _definition(request, name))
 
 
-def _run_page(request: Request, definition: ExportDefinition, error: str | None = None) -> Response:
+def _run_page(
+    request: Request,
+    definition: ExportDefinition,
+    error: str | None = None,
+    *,
+    submitted: RunNotPublished | None = None,
+) -> Response:
+    """The run's confirmation; after ``submitted`` (a run recorded queued whose request Kafka did not acknowledge),
+    a 503 with its detail and the form as it was posted: the same Idempotency-Key (and override), so submitting it
+    again is the retry that publishes the run's request again, not a second run."""
     facts, problem = run_facts(console_of(request), definition)
+    form = form_of(request) if submitted is not None else None
+    key = form.optional("idempotency_key") if form is not None else None
     return _confirm(
         request,
         title=f"Run {definition.label or definition.name} now",
@@ -294,12 +308,14 @@ def _run_page(request: Request, definition: ExportDefinition, error: str | None 
         style="primary",
         back=f"{PREFIX}/exports",
         # A resubmitted form (a double click, a reload) finds the run the first one started.
-        hidden={"idempotency_key": f"console-{uuid.uuid4()}"},
+        hidden={"idempotency_key": key or f"console-{uuid.uuid4()}"},
         # The removal guard's override, for this run only (change mode: exportctl run --allow-mass-removal).
         checkboxes=[(ALLOW_MASS_REMOVAL, _ALLOW_TEXT % definition.sync.removal_limit.setting)]
         if definition.sync.mode is SyncMode.CHANGES
         else [],
-        error=error or problem,
+        checked=[ALLOW_MASS_REMOVAL] if form is not None and form.flag(ALLOW_MASS_REMOVAL) else [],
+        error=publish_failed_detail(request, submitted) if submitted is not None else error or problem,
+        **({"status": 503} if submitted is not None else {}),
     )
 
 
@@ -318,4 +334,6 @@ def run(request: Request, name: str) -> Response:
         )
     except Refused as refusal:
         return _run_page(request, _definition(request, name), refusal.reason)
+    except RunNotPublished as unpublished:
+        return _run_page(request, _definition(request, name), submitted=unpublished)
     return RedirectResponse(f"{PREFIX}/runs/{record.run_id}", status_code=303)
