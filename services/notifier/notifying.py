@@ -193,8 +193,16 @@ class Notifier:
             if run_id in failures:
                 continue
             try:
+                # The poll's claims were made at once: renewed before each finish, so that a long finish of an
+                # earlier run does not leave a later one to be taken over (and done twice) in the middle of it.
+                finishing = run_id in claimed and self._renewed(run_id)
                 produced[run_id] = self._after_fold(
-                    before, after, latest[run_id], finishing=run_id in claimed, held=run_id in held, finishes=finishes
+                    before,
+                    after,
+                    latest[run_id],
+                    finishing=finishing,
+                    held=run_id in held or (run_id in claimed and not finishing),
+                    finishes=finishes,
                 )
             except Exception as exc:  # noqa: BLE001 - this run's events get the failure, the others go on
                 failures[run_id] = exc
@@ -221,6 +229,14 @@ class Notifier:
         if not run_ids:
             return set(), set()
         return self.runs.claim_finishes(run_ids, self.replica_id, self.finish_lease_seconds)
+
+    def _renewed(self, run_id: uuid.UUID) -> bool:
+        """Renew this replica's claim of the run's finish before doing it; False (logged) when another replica took
+        it over since (the finish is theirs now) or it is handled."""
+        if self.runs.renew_finish_claim(run_id, self.replica_id):
+            return True
+        log.warning("run's finish claim taken over by another replica: leaving the finish to it", run_id=str(run_id))
+        return False
 
     def _after_fold(
         self,
@@ -391,7 +407,7 @@ class Notifier:
         outgoing: list[Outgoing] = []
         try:
             for record in records:
-                if record.run_id not in claimed:
+                if record.run_id not in claimed or not self._renewed(record.run_id):
                     continue
                 log.warning(
                     "run's finish not handled after the lease: finishing it",
@@ -412,13 +428,18 @@ class Notifier:
 
     def _retry_unsent(self) -> None:
         """One attempt of each notification claimed and not sent (and due, for a webhook backing off); the
-        missed runs' grouped per definition and kind, as a digest when they are many."""
+        missed runs' grouped per definition and kind, as a digest when they are many. Not those of a final run
+        whose finish another replica holds (its lease running): they are its to send, it may be sending them."""
         definitions: dict[str, ExportDefinition | None] = {}
         missed: dict[tuple[str, str], list[RunRecord]] = {}
-        for run_id, kind in self.runs.unsent_notifications(limit=1_000):
+        unsent = self.runs.unsent_notifications(limit=1_000)
+        held = self.runs.finishes_held([run_id for run_id, _ in unsent], self.replica_id, self.finish_lease_seconds)
+        for run_id, kind in unsent:
             record = self.runs.get_run(run_id)
             # Emails are of final runs; a webhook may be of a running one (``started``).
             if record is None or (not record.status.is_final and parse_kind(kind) is None):
+                continue
+            if record.status.is_final and run_id in held:
                 continue
             if record.definition not in definitions:
                 definitions[record.definition] = self._definition(record.definition)

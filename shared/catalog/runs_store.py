@@ -297,6 +297,37 @@ class SqlRunsStore:
                 )
             return {uuid.UUID(run_id) for run_id in claimed}, {uuid.UUID(run_id) for run_id in held}
 
+    def renew_finish_claim(self, run_id: uuid.UUID, claimant: str) -> bool:
+        """Renew ``claimant``'s claim of the finish of ``run_id`` (its lease starts again), before doing it: False
+        when the claim is no longer ``claimant``'s (another replica took it over, or the finish is handled)."""
+        with self.database.begin("Run") as connection:
+            renewed = connection.execute(
+                update(RunRow)
+                .where(
+                    RunRow.run_id == str(run_id),
+                    RunRow.finish_handled_at.is_(None),
+                    RunRow.finish_claimed_by == claimant,
+                )
+                .values(finish_claimed_at=now())
+            )
+            return bool(renewed.rowcount)
+
+    def finishes_held(self, run_ids: Sequence[uuid.UUID], claimant: str, lease_seconds: float) -> set[uuid.UUID]:
+        """Of ``run_ids``, the runs whose finish is not handled and claimed by a claimant other than ``claimant``
+        in the last ``lease_seconds`` (a live claim: its notifications are its holder's to send). One query."""
+        if not run_ids:
+            return set()
+        with self.database.connect("Run") as connection:
+            rows = connection.execute(
+                select(RunRow.run_id).where(
+                    RunRow.run_id.in_(sorted({str(run_id) for run_id in run_ids})),
+                    RunRow.finish_handled_at.is_(None),
+                    RunRow.finish_claimed_by != claimant,
+                    RunRow.finish_claimed_at >= now() - timedelta(seconds=lease_seconds),
+                )
+            ).scalars()
+            return {uuid.UUID(run_id) for run_id in rows}
+
     def finishes_pending(self, lease_seconds: float, limit: int) -> tuple[int, list[RunRecord]]:
         """The final runs whose finish is not handled though they finished more than ``lease_seconds`` ago: how
         many, and the oldest ``limit`` of them whose finish no one holds (unclaimed, or its claim older than the

@@ -230,3 +230,68 @@ def test_a_finish_claim_is_exclusive_taken_back_by_its_holder_taken_over_after_t
     assert runs.mark_finishes_handled([run_id]) == {run_id}
     assert runs.claim_finishes([run_id], "a", 60) == (set(), set())  # handled: no one's to claim
     assert runs.claim_finishes([uuid.uuid4()], "a", 60) == (set(), set())  # unknown
+
+
+@pytest.mark.parametrize("point", ["mail", "webhook"])
+def test_another_replicas_sweep_leaves_the_unsent_notifications_of_a_finish_held_by_a_live_claim(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver, point: str
+):
+    """Replica A is in the middle of a run's finish (its mail, or its webhook, claimed in the ledger and not sent)
+    when replica B sweeps. Before, B's retry of unsent notifications found them claimed and unsent and sent them:
+    twice with A's. Now B leaves them to A, whose claim is live; A sends them once."""
+    catalog.definitions.apply(with_policy(receiver, ["failed"], max_failure_percent=10))
+    poll = list(events([(80, 0), (0, 20)]))
+    first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
+    holding, release = held_in(first, point)
+    thread = threading.Thread(target=lambda: first.handle_all(poll))
+    thread.start()
+    try:
+        assert holding.wait(DEADLINE), "replica A never reached its send"
+        second.sweep()
+    finally:
+        release.set()
+        thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert [mail.subject for mail in sink.received()] == ["[member export] nightly: failed"]
+    assert failed_webhooks(receiver) == [str(poll[0].run_id)]
+    second.sweep()  # the finish handled: nothing left to send
+    assert len(sink.received()) == 1
+    assert len(failed_webhooks(receiver)) == 1
+
+
+def test_a_replica_renews_its_claim_before_each_finish_of_a_poll_and_leaves_one_taken_over_meanwhile(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
+):
+    """A poll finishing two runs: replica A claims both at once, then spends long on the first one's mail; the
+    second one's claim outlives its lease (made old here, not waited for) and replica B's sweep takes it over, B in
+    the middle of its mail. Before, A went on to the second finish too and sent its mail a second time. Now A renews
+    each claim before its finish, finds the second one B's, and leaves it."""
+    catalog.definitions.apply(with_policy(receiver, ["failed"], max_failure_percent=10))
+    early, late = failed_run(datetime.now(UTC)), failed_run(datetime.now(UTC) - timedelta(minutes=10))
+    first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
+    holding_a, release_a = held_in(first, "mail")
+    holding_b, release_b = held_in(second, "mail")
+    thread_a = threading.Thread(target=lambda: first.handle_all(early + late))
+    thread_b = threading.Thread(target=second.sweep)
+    thread_a.start()
+    try:
+        assert holding_a.wait(DEADLINE), "replica A never reached its first mail"
+        with catalog.database.engine.begin() as connection:  # A's claim of the second run: older than its lease
+            connection.execute(
+                sa.text("UPDATE runs SET finish_claimed_at = :at WHERE run_id = :id"),
+                {"at": datetime.now(UTC) - timedelta(seconds=61), "id": str(late[0].run_id)},
+            )
+        thread_b.start()
+        assert holding_b.wait(DEADLINE), "replica B never reached the second run's mail"
+        release_a.set()
+        thread_a.join(DEADLINE)
+        assert not thread_a.is_alive()
+    finally:
+        release_a.set()
+        release_b.set()
+        thread_a.join(DEADLINE)
+        if thread_b.ident is not None:
+            thread_b.join(DEADLINE)
+    assert [mail.subject for mail in sink.received()] == ["[member export] nightly: failed"] * 2
+    assert sorted(failed_webhooks(receiver)) == sorted([str(early[0].run_id), str(late[0].run_id)])
+    assert not catalog.runs.finishes_unhandled([early[0].run_id, late[0].run_id])
