@@ -115,7 +115,7 @@ class Notifier:
         missed_digest_threshold: int = 3,
         chain_runs: RunsStore | None = None,
         replica_id: str = REPLICA,
-        finish_lease_seconds: float = 60.0,
+        finish_lease_seconds: float = 600.0,
         finish_sweep_limit: int = 100,
     ) -> None:
         self.definitions, self.runs, self.watermarks = definitions, runs, watermarks
