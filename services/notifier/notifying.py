@@ -248,14 +248,16 @@ class Notifier:
         finishes: list[Finish],
         held: bool = False,
         attempts: int | None = None,
+        again: bool | None = None,
     ) -> list[Outgoing]:
         """Once a run is final: chained runs on every event, due emails on every event unless another replica
         ``held`` the run's finish (its emails are part of it); and while ``finishing`` (this replica claimed the
         finish, not recorded as handled), the finish: the failure policy (threshold, auto-pause), the final
         webhook, the recovery notice, a missed run's claims. A finish whose work is done is appended to
         ``finishes``, for the caller to record (:meth:`_record_finishes`). ``attempts``: per email (None: the
-        mailer's own; the sweep's one, not to hold the loop through an SMTP outage). The records to produce: the
-        run requests of chained definitions.
+        mailer's own; the sweep's one, not to hold the loop through an SMTP outage). ``again``: whether this finish
+        was begun before (None: when ``before`` was final already). The records to produce: the run requests of
+        chained definitions.
 
         The fold is committed before this runs, so a failure here or before the finish is recorded (the catalog
         timing out or away, the process killed) leaves the finish to the next event of the run (the same one
@@ -282,7 +284,8 @@ class Notifier:
                     RunFailed(run_id=after.run_id, definition=after.definition, reason=reason, at=at)
                 )
             # Again (this finish's handling was interrupted): the pause may be done and its webhook not claimed.
-            again = before is not None and before.status.is_final
+            if again is None:
+                again = before is not None and before.status.is_final
             if (self._maybe_pause(definition, after) or (again and self._paused_by(definition, after))) and (
                 self.webhooks is not None
             ):
@@ -402,11 +405,11 @@ class Notifier:
         an event's would be. Their count before, in :data:`FINISHES_PENDING`."""
         count, records = self.runs.finishes_pending(self.finish_lease_seconds, self.finish_sweep_limit)
         FINISHES_PENDING.set(count)
-        claimed, _ = self._claim([record.run_id for record in records])
+        claimed, _ = self._claim([record.run_id for record, _ in records])
         finishes: list[Finish] = []
         outgoing: list[Outgoing] = []
         try:
-            for record in records:
+            for record, begun in records:
                 if record.run_id not in claimed or not self._renewed(record.run_id):
                     continue
                 log.warning(
@@ -418,7 +421,11 @@ class Notifier:
                 try:
                     at = record.finished_at or record.last_event_at or self.clock()
                     # One attempt per email, as the sweep's retries: an SMTP outage must not hold the loop.
-                    outgoing += self._after_fold(record, record, at, finishing=True, finishes=finishes, attempts=1)
+                    # A retry (the pause's webhook sent again if this run paused the schedule) only when a replica
+                    # claimed the finish before: else the schedule was paused by an operator, not by this run.
+                    outgoing += self._after_fold(
+                        record, record, at, finishing=True, finishes=finishes, attempts=1, again=begun
+                    )
                 except Exception:  # its claim lapses: a later sweep tries again; the others go on
                     log.exception("finishing a run failed; a later sweep tries again", run_id=str(record.run_id))
         finally:

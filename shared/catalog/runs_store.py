@@ -328,10 +328,10 @@ class SqlRunsStore:
             ).scalars()
             return {uuid.UUID(run_id) for run_id in rows}
 
-    def finishes_pending(self, lease_seconds: float, limit: int) -> tuple[int, list[RunRecord]]:
+    def finishes_pending(self, lease_seconds: float, limit: int) -> tuple[int, list[tuple[RunRecord, bool]]]:
         """The final runs whose finish is not handled though they finished more than ``lease_seconds`` ago: how
         many, and the oldest ``limit`` of them whose finish no one holds (unclaimed, or its claim older than the
-        lease: its holder died)."""
+        lease: its holder died), each with whether its finish was claimed before (begun, maybe in part)."""
         cutoff = now() - timedelta(seconds=lease_seconds)
         pending = (
             RunRow.finish_handled_at.is_(None),
@@ -348,7 +348,7 @@ class SqlRunsStore:
                 .order_by(func.coalesce(RunRow.finished_at, RunRow.last_event_at), RunRow.run_id)
                 .limit(limit)
             )
-            return count, [record_of(row) for row in rows]
+            return count, [(record_of(row), row.finish_claimed_by is not None) for row in rows]
 
     def mark_finishes_handled(self, run_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Record the finish of ``run_ids`` as handled, after their work (one statement; it ends their claim); the

@@ -295,3 +295,22 @@ def test_a_replica_renews_its_claim_before_each_finish_of_a_poll_and_leaves_one_
     assert [mail.subject for mail in sink.received()] == ["[member export] nightly: failed"] * 2
     assert sorted(failed_webhooks(receiver)) == sorted([str(early[0].run_id), str(late[0].run_id)])
     assert not catalog.runs.finishes_unhandled([early[0].run_id, late[0].run_id])
+
+
+def test_the_sweep_sends_no_paused_webhook_for_a_schedule_an_operator_paused_before_the_run(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
+):
+    """A failed run of a definition that pauses after 1 failed run, its schedule paused by an operator already; the
+    run's poll dead-lettered before any replica claimed its finish. Before, the sweep took its finish for a retry
+    of an interrupted one and sent a ``paused`` webhook the run never caused. Now: its failed webhook only."""
+    definition = with_policy(receiver, ["paused", "failed"], pause_after_failed_runs=1)
+    disabled = definition.schedule.model_copy(update={"enabled": False})
+    catalog.definitions.apply(definition.model_copy(update={"schedule": disabled}))
+    run = failed_run(datetime.now(UTC) - timedelta(minutes=10))
+    catalog.runs.fold_run_events(run)
+
+    replica(catalog, sink, "replica-b").sweep()
+
+    types = [verified(receipt)["type"] for receipt in receiver.receipts() if receipt.status == 200]
+    assert types == ["member_export.run.failed"]
+    assert not catalog.runs.finishes_unhandled([run[0].run_id])
