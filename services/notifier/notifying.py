@@ -429,7 +429,7 @@ class Notifier:
                 except Exception:  # its claim lapses: a later sweep tries again; the others go on
                     log.exception("finishing a run failed; a later sweep tries again", run_id=str(record.run_id))
         finally:
-            self._send_missed()
+            self._send_missed(attempts=1)  # one attempt per email, as the sweep's others
         self._record_finishes(finishes)
         return outgoing
 
@@ -600,8 +600,9 @@ class Notifier:
         if claimed or channels:
             self._missed.append(record)
 
-    def _send_missed(self) -> None:
+    def _send_missed(self, attempts: int | None = None) -> None:
         """The poll's missed runs: per definition, one notification each, or one digest when they are many.
+        ``attempts``: per email (None: the mailer's own; the sweep's one).
 
         A failure is logged, not raised: the claimed notifications stay unsent and the sweep sends them.
         """
@@ -620,7 +621,7 @@ class Notifier:
                 for kind in kinds:
                     unsent = [r for r in records if self._unsent(r, kind)]
                     if unsent:
-                        self._send_missed_group(definition, kind, unsent)
+                        self._send_missed_group(definition, kind, unsent, attempts)
         except Exception:  # the sweep sends what is still unsent
             log.exception("sending missed-run notifications failed; the sweep will try again")
 

@@ -20,10 +20,11 @@ import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
 from devtools.http_receiver import HttpReceiver
+from devtools.processes import free_port
 from devtools.smtp_sink import SmtpSink
 from services.notifier.notifying import Notifier
 from shared.catalog import CatalogStores
-from shared.events import AnyRunEvent, RunFailed, RunStarted, Trigger
+from shared.events import AnyRunEvent, RunFailed, RunMissed, RunStarted, Trigger
 from tests.integration.test_notifier import events
 from tests.integration.test_notifier_finish_once import Killed, dying, finished, with_policy
 from tests.integration.test_notifier_webhooks import notifier_on, receiver, signing_secret, sink, verified
@@ -314,3 +315,32 @@ def test_the_sweep_sends_no_paused_webhook_for_a_schedule_an_operator_paused_bef
     types = [verified(receipt)["type"] for receipt in receiver.receipts() if receipt.status == 200]
     assert types == ["member_export.run.failed"]
     assert not catalog.runs.finishes_unhandled([run[0].run_id])
+
+
+def test_the_sweeps_missed_run_email_is_one_attempt_through_a_failing_smtp_server(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
+):
+    """A missed run whose finish no one did, the SMTP server failing: the sweep tries its email once (an outage must
+    not hold the sweep through the mailer's retries and backoff) and leaves it unsent for the next sweep. Before,
+    it went through all the mailer's attempts."""
+    catalog.definitions.apply(with_policy(receiver, ["missed"], max_failure_percent=10))
+    at = datetime.now(UTC) - timedelta(minutes=10)
+    catalog.runs.fold_run_events(
+        [RunMissed(run_id=uuid.uuid4(), definition="nightly", scheduled_for=at, at=at, reason="scheduler down")]
+    )
+    notifier = replica(catalog, sink, "replica-b")
+    notifier.mailer.port = free_port()  # nothing listens: every attempt fails at once
+    notifier.mailer.max_wait = 0.01
+    sends: list[int] = []
+    real = notifier.mailer._send_once
+
+    def counted(message: Any) -> None:
+        sends.append(1)
+        real(message)
+
+    notifier.mailer._send_once = counted  # type: ignore[method-assign]
+
+    notifier.sweep()
+
+    assert len(sends) == 2  # the finish's one attempt, then the same sweep's retry of what is unsent: one more
+    assert sink.received() == []
