@@ -45,6 +45,14 @@ class SqlRunsStore:
             for follower in self.followers:
                 follower.follow(session, outcomes)
 
+    def _catalog_now(self, seconds_ago: float = 0.0) -> Any:
+        """The catalog's clock (minus ``seconds_ago``) as an SQL expression: finish claims and their leases are
+        judged on one clock for every replica, not on each replica's own. On SQLite, the text its datetimes are
+        stored as (UTC, microseconds), so that comparisons with stored instants hold."""
+        if self.database.engine.dialect.name == "sqlite":
+            return func.strftime("%Y-%m-%d %H:%M:%f000", "now", f"{-float(seconds_ago)} seconds")
+        return func.now() - timedelta(seconds=seconds_ago) if seconds_ago else func.now()
+
     # --- run records ---------------------------------------------------------------------------------
 
     def fold_run_event(self, event: AnyRunEvent) -> tuple[RunRecord | None, RunRecord]:
@@ -272,18 +280,17 @@ class SqlRunsStore:
         if not run_ids:
             return set(), set()
         asked = sorted({str(run_id) for run_id in run_ids})
-        at = now()
         free = (
             RunRow.finish_claimed_at.is_(None)
             | (RunRow.finish_claimed_by == claimant)
-            | (RunRow.finish_claimed_at < at - timedelta(seconds=lease_seconds))
+            | (RunRow.finish_claimed_at < self._catalog_now(lease_seconds))
         )
         with self.database.begin("Run") as connection:
             claimed = set(
                 connection.execute(
                     update(RunRow)
                     .where(RunRow.run_id.in_(asked), RunRow.finish_handled_at.is_(None), free)
-                    .values(finish_claimed_at=at, finish_claimed_by=claimant)
+                    .values(finish_claimed_at=self._catalog_now(), finish_claimed_by=claimant)
                     .returning(RunRow.run_id)
                 ).scalars()
             )
@@ -308,7 +315,7 @@ class SqlRunsStore:
                     RunRow.finish_handled_at.is_(None),
                     RunRow.finish_claimed_by == claimant,
                 )
-                .values(finish_claimed_at=now())
+                .values(finish_claimed_at=self._catalog_now())
             )
             return bool(renewed.rowcount)
 
@@ -323,7 +330,7 @@ class SqlRunsStore:
                     RunRow.run_id.in_(sorted({str(run_id) for run_id in run_ids})),
                     RunRow.finish_handled_at.is_(None),
                     RunRow.finish_claimed_by != claimant,
-                    RunRow.finish_claimed_at >= now() - timedelta(seconds=lease_seconds),
+                    RunRow.finish_claimed_at >= self._catalog_now(lease_seconds),
                 )
             ).scalars()
             return {uuid.UUID(run_id) for run_id in rows}
@@ -332,7 +339,7 @@ class SqlRunsStore:
         """The final runs whose finish is not handled though they finished more than ``lease_seconds`` ago: how
         many, and the oldest ``limit`` of them whose finish no one holds (unclaimed, or its claim older than the
         lease: its holder died), each with whether its finish was claimed before (begun, maybe in part)."""
-        cutoff = now() - timedelta(seconds=lease_seconds)
+        cutoff = self._catalog_now(lease_seconds)
         pending = (
             RunRow.finish_handled_at.is_(None),
             RunRow.status.in_(FINAL),

@@ -23,7 +23,7 @@ from devtools.http_receiver import HttpReceiver
 from devtools.processes import free_port
 from devtools.smtp_sink import SmtpSink
 from services.notifier.notifying import Notifier
-from shared.catalog import CatalogStores
+from shared.catalog import CatalogStores, runs_store
 from shared.events import AnyRunEvent, RunFailed, RunMissed, RunStarted, Trigger
 from tests.integration.test_notifier import events
 from tests.integration.test_notifier_finish_once import Killed, dying, finished, with_policy
@@ -344,3 +344,19 @@ def test_the_sweeps_missed_run_email_is_one_attempt_through_a_failing_smtp_serve
 
     assert len(sends) == 2  # the finish's one attempt, then the same sweep's retry of what is unsent: one more
     assert sink.received() == []
+
+
+def test_a_finish_claims_lease_is_judged_on_the_catalogs_clock_not_on_a_replicas_own(
+    catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    """Replica B's clock runs 61 s ahead of A's: before, B judged A's fresh claim (60 s lease) on its own clock,
+    found it over and took it over; now the catalog's clock judges every claim, and B leaves it to A."""
+    run = failed_run(datetime.now(UTC))
+    catalog.runs.fold_run_events(run)
+    run_id = run[0].run_id
+    assert catalog.runs.claim_finishes([run_id], "a", 60) == ({run_id}, set())
+    ahead = datetime.now(UTC) + timedelta(seconds=61)
+    monkeypatch.setattr(runs_store, "now", lambda: ahead)  # B's clock
+    assert catalog.runs.claim_finishes([run_id], "b", 60) == (set(), {run_id})
+    assert catalog.runs.finishes_held([run_id], "b", 60) == {run_id}
+    assert catalog.runs.finishes_pending(60, 10) == (0, [])  # finished just now on the catalog's clock
