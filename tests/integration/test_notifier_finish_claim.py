@@ -360,3 +360,40 @@ def test_a_finish_claims_lease_is_judged_on_the_catalogs_clock_not_on_a_replicas
     assert catalog.runs.claim_finishes([run_id], "b", 60) == (set(), {run_id})
     assert catalog.runs.finishes_held([run_id], "b", 60) == {run_id}
     assert catalog.runs.finishes_pending(60, 10) == (0, [])  # finished just now on the catalog's clock
+
+
+def test_the_sweeps_pending_finishes_query_reads_the_partial_index_of_unhandled_runs(catalog: CatalogStores):
+    """The sweep's look for finishes no one did reads ``ix_runs_finish_unhandled`` (the few runs not handled), not
+    every final run ever through ``ix_runs_status``: on SQLite, whose planner took the status index before."""
+    engine = catalog.database.engine
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's plan is checked by its own planner's statistics")
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) INSERT INTO runs "
+                "(run_id, definition, status, extraction_complete, extracted, batches_done, delivered, failed, "
+                "error_samples, last_event_at, finished_at, finish_handled_at, retried, mass_removal_allowed) "
+                "SELECT printf('%036d', i), 'd', 'succeeded', 1, 0, 0, 0, 0, '[]', '2026-01-01 00:00:00', "
+                "'2026-01-01 00:00:00', '2026-01-01 00:00:00', 0, 0 FROM n"
+            )
+        )
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM runs" in statement:
+            statements.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        catalog.runs.fold_run_events(failed_run(datetime.now(UTC) - timedelta(minutes=10)))
+        statements.clear()
+        assert catalog.runs.finishes_pending(60, 10)[0] == 1
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert len(statements) == 2  # the count, then the runs
+    with engine.connect() as connection:
+        for statement, parameters in statements:
+            plan = [row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
+            assert any("ix_runs_finish_unhandled" in step for step in plan), plan
+            assert not any("ix_runs_status" in step for step in plan), plan
