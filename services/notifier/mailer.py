@@ -13,6 +13,15 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 from shared.domain.masking import Masking
 from shared.exception_reasons import exception_reason
 
+#: Longest wait between two attempts of one email (the backoff's cap).
+MAX_WAIT_SECONDS = 30.0
+
+
+def longest_send_seconds(max_attempts: int, timeout: float, max_wait: float = MAX_WAIT_SECONDS) -> float:
+    """How long one email's send may take at most, its retries through a slow or failing server: each attempt
+    up to ``timeout`` (a connection, or a reply, that never comes), and the backoff's longest wait in between."""
+    return max_attempts * timeout + (max_attempts - 1) * max_wait
+
 
 class SmtpMailer:
     """One SMTP server; each send opens a connection (notifications are rare; no pool needed)."""
@@ -27,7 +36,7 @@ class SmtpMailer:
         password: SecretStr | None = None,
         timeout: float = 30.0,
         max_attempts: int = 8,
-        max_wait: float = 30.0,
+        max_wait: float = MAX_WAIT_SECONDS,
         ca_file: str | None = None,
     ) -> None:
         self.host, self.port, self.security = host, port, security

@@ -115,7 +115,7 @@ class Notifier:
         missed_digest_threshold: int = 3,
         chain_runs: RunsStore | None = None,
         replica_id: str = REPLICA,
-        finish_lease_seconds: float = 60.0,
+        finish_lease_seconds: float = 600.0,
         finish_sweep_limit: int = 100,
     ) -> None:
         self.definitions, self.runs, self.watermarks = definitions, runs, watermarks
@@ -193,8 +193,16 @@ class Notifier:
             if run_id in failures:
                 continue
             try:
+                # The poll's claims were made at once: renewed before each finish, so that a long finish of an
+                # earlier run does not leave a later one to be taken over (and done twice) in the middle of it.
+                finishing = run_id in claimed and self._renewed(run_id)
                 produced[run_id] = self._after_fold(
-                    before, after, latest[run_id], finishing=run_id in claimed, held=run_id in held, finishes=finishes
+                    before,
+                    after,
+                    latest[run_id],
+                    finishing=finishing,
+                    held=run_id in held or (run_id in claimed and not finishing),
+                    finishes=finishes,
                 )
             except Exception as exc:  # noqa: BLE001 - this run's events get the failure, the others go on
                 failures[run_id] = exc
@@ -222,6 +230,14 @@ class Notifier:
             return set(), set()
         return self.runs.claim_finishes(run_ids, self.replica_id, self.finish_lease_seconds)
 
+    def _renewed(self, run_id: uuid.UUID) -> bool:
+        """Renew this replica's claim of the run's finish before doing it; False (logged) when another replica took
+        it over since (the finish is theirs now) or it is handled."""
+        if self.runs.renew_finish_claim(run_id, self.replica_id):
+            return True
+        log.warning("run's finish claim taken over by another replica: leaving the finish to it", run_id=str(run_id))
+        return False
+
     def _after_fold(
         self,
         before: RunRecord | None,
@@ -232,14 +248,16 @@ class Notifier:
         finishes: list[Finish],
         held: bool = False,
         attempts: int | None = None,
+        again: bool | None = None,
     ) -> list[Outgoing]:
         """Once a run is final: chained runs on every event, due emails on every event unless another replica
         ``held`` the run's finish (its emails are part of it); and while ``finishing`` (this replica claimed the
         finish, not recorded as handled), the finish: the failure policy (threshold, auto-pause), the final
         webhook, the recovery notice, a missed run's claims. A finish whose work is done is appended to
         ``finishes``, for the caller to record (:meth:`_record_finishes`). ``attempts``: per email (None: the
-        mailer's own; the sweep's one, not to hold the loop through an SMTP outage). The records to produce: the
-        run requests of chained definitions.
+        mailer's own; the sweep's one, not to hold the loop through an SMTP outage). ``again``: whether this finish
+        was begun before (None: when ``before`` was final already). The records to produce: the run requests of
+        chained definitions.
 
         The fold is committed before this runs, so a failure here or before the finish is recorded (the catalog
         timing out or away, the process killed) leaves the finish to the next event of the run (the same one
@@ -266,7 +284,8 @@ class Notifier:
                     RunFailed(run_id=after.run_id, definition=after.definition, reason=reason, at=at)
                 )
             # Again (this finish's handling was interrupted): the pause may be done and its webhook not claimed.
-            again = before is not None and before.status.is_final
+            if again is None:
+                again = before is not None and before.status.is_final
             if (self._maybe_pause(definition, after) or (again and self._paused_by(definition, after))) and (
                 self.webhooks is not None
             ):
@@ -386,12 +405,12 @@ class Notifier:
         an event's would be. Their count before, in :data:`FINISHES_PENDING`."""
         count, records = self.runs.finishes_pending(self.finish_lease_seconds, self.finish_sweep_limit)
         FINISHES_PENDING.set(count)
-        claimed, _ = self._claim([record.run_id for record in records])
+        claimed, _ = self._claim([record.run_id for record, _ in records])
         finishes: list[Finish] = []
         outgoing: list[Outgoing] = []
         try:
-            for record in records:
-                if record.run_id not in claimed:
+            for record, begun in records:
+                if record.run_id not in claimed or not self._renewed(record.run_id):
                     continue
                 log.warning(
                     "run's finish not handled after the lease: finishing it",
@@ -402,23 +421,32 @@ class Notifier:
                 try:
                     at = record.finished_at or record.last_event_at or self.clock()
                     # One attempt per email, as the sweep's retries: an SMTP outage must not hold the loop.
-                    outgoing += self._after_fold(record, record, at, finishing=True, finishes=finishes, attempts=1)
+                    # A retry (the pause's webhook sent again if this run paused the schedule) only when a replica
+                    # claimed the finish before: else the schedule was paused by an operator, not by this run.
+                    outgoing += self._after_fold(
+                        record, record, at, finishing=True, finishes=finishes, attempts=1, again=begun
+                    )
                 except Exception:  # its claim lapses: a later sweep tries again; the others go on
                     log.exception("finishing a run failed; a later sweep tries again", run_id=str(record.run_id))
         finally:
-            self._send_missed()
+            self._send_missed(attempts=1)  # one attempt per email, as the sweep's others
         self._record_finishes(finishes)
         return outgoing
 
     def _retry_unsent(self) -> None:
         """One attempt of each notification claimed and not sent (and due, for a webhook backing off); the
-        missed runs' grouped per definition and kind, as a digest when they are many."""
+        missed runs' grouped per definition and kind, as a digest when they are many. Not those of a final run
+        whose finish another replica holds (its lease running): they are its to send, it may be sending them."""
         definitions: dict[str, ExportDefinition | None] = {}
         missed: dict[tuple[str, str], list[RunRecord]] = {}
-        for run_id, kind in self.runs.unsent_notifications(limit=1_000):
+        unsent = self.runs.unsent_notifications(limit=1_000)
+        held = self.runs.finishes_held([run_id for run_id, _ in unsent], self.replica_id, self.finish_lease_seconds)
+        for run_id, kind in unsent:
             record = self.runs.get_run(run_id)
             # Emails are of final runs; a webhook may be of a running one (``started``).
             if record is None or (not record.status.is_final and parse_kind(kind) is None):
+                continue
+            if record.status.is_final and run_id in held:
                 continue
             if record.definition not in definitions:
                 definitions[record.definition] = self._definition(record.definition)
@@ -572,8 +600,9 @@ class Notifier:
         if claimed or channels:
             self._missed.append(record)
 
-    def _send_missed(self) -> None:
+    def _send_missed(self, attempts: int | None = None) -> None:
         """The poll's missed runs: per definition, one notification each, or one digest when they are many.
+        ``attempts``: per email (None: the mailer's own; the sweep's one).
 
         A failure is logged, not raised: the claimed notifications stay unsent and the sweep sends them.
         """
@@ -592,7 +621,7 @@ class Notifier:
                 for kind in kinds:
                     unsent = [r for r in records if self._unsent(r, kind)]
                     if unsent:
-                        self._send_missed_group(definition, kind, unsent)
+                        self._send_missed_group(definition, kind, unsent, attempts)
         except Exception:  # the sweep sends what is still unsent
             log.exception("sending missed-run notifications failed; the sweep will try again")
 

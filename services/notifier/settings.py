@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
+from services.notifier.mailer import longest_send_seconds
 from shared.settings import CommonSettings
 
 
@@ -56,12 +57,14 @@ class NotifierSettings(CommonSettings):
         description="Days the member delivery log keeps a batch's outcome (pruned by the sweep); 0 turns the log off.",
     )
     notifier_finish_lease_seconds: float = Field(
-        default=60.0,
-        gt=0,
+        default=600.0,
+        ge=1,
         le=86_400,
         description="A run's finish (failure policy, final webhook and emails, counts) is done by the one replica "
-        "that claims it; another replica (an event of the run again, or its sweep) takes a claim over once it is "
-        "this old: its holder died. The sweep also finishes the runs final this long whose finish no one did.",
+        "that claims it (renewed before each run's finish); another replica (an event of the run again, or its "
+        "sweep) takes a claim over once it is this old: its holder died. The sweep also finishes the runs final "
+        "this long whose finish no one did. Longer than one email's longest send (SMTP attempts x timeout, and "
+        "the backoff between them), or a slow finish would be taken over and done twice.",
     )
     notifier_replica_id: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
@@ -71,3 +74,17 @@ class NotifierSettings(CommonSettings):
         "per running replica: two replicas of one name would both do a finish).",
     )
     metrics_port: int = Field(default=9404, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")
+
+    @model_validator(mode="after")
+    def _lease_outlasts_an_email(self) -> NotifierSettings:
+        """The finish lease must outlast the longest send of one email its settings allow: else a replica still
+        sending a finish's email has the finish taken over by another, which sends it again."""
+        longest = longest_send_seconds(self.smtp_max_attempts, self.smtp_timeout_seconds)
+        if self.notifier_finish_lease_seconds <= longest:
+            raise ValueError(
+                f"notifier_finish_lease_seconds ({self.notifier_finish_lease_seconds:g} s) must exceed the longest "
+                f"send of one email, {longest:g} s: smtp_max_attempts ({self.smtp_max_attempts}) x "
+                f"smtp_timeout_seconds ({self.smtp_timeout_seconds:g} s) and the backoff between attempts: raise "
+                "EXPORT_NOTIFIER_FINISH_LEASE_SECONDS or lower EXPORT_SMTP_MAX_ATTEMPTS / EXPORT_SMTP_TIMEOUT_SECONDS"
+            )
+        return self

@@ -45,6 +45,14 @@ class SqlRunsStore:
             for follower in self.followers:
                 follower.follow(session, outcomes)
 
+    def _catalog_now(self, seconds_ago: float = 0.0) -> Any:
+        """The catalog's clock (minus ``seconds_ago``) as an SQL expression: finish claims and their leases are
+        judged on one clock for every replica, not on each replica's own. On SQLite, the text its datetimes are
+        stored as (UTC, microseconds), so that comparisons with stored instants hold."""
+        if self.database.engine.dialect.name == "sqlite":
+            return func.strftime("%Y-%m-%d %H:%M:%f000", "now", f"{-float(seconds_ago)} seconds")
+        return func.now() - timedelta(seconds=seconds_ago) if seconds_ago else func.now()
+
     # --- run records ---------------------------------------------------------------------------------
 
     def fold_run_event(self, event: AnyRunEvent) -> tuple[RunRecord | None, RunRecord]:
@@ -272,18 +280,17 @@ class SqlRunsStore:
         if not run_ids:
             return set(), set()
         asked = sorted({str(run_id) for run_id in run_ids})
-        at = now()
         free = (
             RunRow.finish_claimed_at.is_(None)
             | (RunRow.finish_claimed_by == claimant)
-            | (RunRow.finish_claimed_at < at - timedelta(seconds=lease_seconds))
+            | (RunRow.finish_claimed_at < self._catalog_now(lease_seconds))
         )
         with self.database.begin("Run") as connection:
             claimed = set(
                 connection.execute(
                     update(RunRow)
                     .where(RunRow.run_id.in_(asked), RunRow.finish_handled_at.is_(None), free)
-                    .values(finish_claimed_at=at, finish_claimed_by=claimant)
+                    .values(finish_claimed_at=self._catalog_now(), finish_claimed_by=claimant)
                     .returning(RunRow.run_id)
                 ).scalars()
             )
@@ -297,14 +304,48 @@ class SqlRunsStore:
                 )
             return {uuid.UUID(run_id) for run_id in claimed}, {uuid.UUID(run_id) for run_id in held}
 
-    def finishes_pending(self, lease_seconds: float, limit: int) -> tuple[int, list[RunRecord]]:
+    def renew_finish_claim(self, run_id: uuid.UUID, claimant: str) -> bool:
+        """Renew ``claimant``'s claim of the finish of ``run_id`` (its lease starts again), before doing it: False
+        when the claim is no longer ``claimant``'s (another replica took it over, or the finish is handled)."""
+        with self.database.begin("Run") as connection:
+            renewed = connection.execute(
+                update(RunRow)
+                .where(
+                    RunRow.run_id == str(run_id),
+                    RunRow.finish_handled_at.is_(None),
+                    RunRow.finish_claimed_by == claimant,
+                )
+                .values(finish_claimed_at=self._catalog_now())
+            )
+            return bool(renewed.rowcount)
+
+    def finishes_held(self, run_ids: Sequence[uuid.UUID], claimant: str, lease_seconds: float) -> set[uuid.UUID]:
+        """Of ``run_ids``, the runs whose finish is not handled and claimed by a claimant other than ``claimant``
+        in the last ``lease_seconds`` (a live claim: its notifications are its holder's to send). One query."""
+        if not run_ids:
+            return set()
+        with self.database.connect("Run") as connection:
+            rows = connection.execute(
+                select(RunRow.run_id).where(
+                    RunRow.run_id.in_(sorted({str(run_id) for run_id in run_ids})),
+                    RunRow.finish_handled_at.is_(None),
+                    RunRow.finish_claimed_by != claimant,
+                    RunRow.finish_claimed_at >= self._catalog_now(lease_seconds),
+                )
+            ).scalars()
+            return {uuid.UUID(run_id) for run_id in rows}
+
+    def finishes_pending(self, lease_seconds: float, limit: int) -> tuple[int, list[tuple[RunRecord, bool]]]:
         """The final runs whose finish is not handled though they finished more than ``lease_seconds`` ago: how
         many, and the oldest ``limit`` of them whose finish no one holds (unclaimed, or its claim older than the
-        lease: its holder died)."""
-        cutoff = now() - timedelta(seconds=lease_seconds)
+        lease: its holder died), each with whether its finish was claimed before (begun, maybe in part)."""
+        cutoff = self._catalog_now(lease_seconds)
+        # On SQLite, the status as an expression (``status || ''``): else its planner searches ix_runs_status (every
+        # final run ever) rather than scanning the partial index of the few unhandled ones.
+        status = RunRow.status + "" if self.database.engine.dialect.name == "sqlite" else RunRow.status
         pending = (
             RunRow.finish_handled_at.is_(None),
-            RunRow.status.in_(FINAL),
+            status.in_(FINAL),
             func.coalesce(RunRow.finished_at, RunRow.last_event_at) < cutoff,
         )
         with self.database.transaction("Run") as session:
@@ -317,7 +358,7 @@ class SqlRunsStore:
                 .order_by(func.coalesce(RunRow.finished_at, RunRow.last_event_at), RunRow.run_id)
                 .limit(limit)
             )
-            return count, [record_of(row) for row in rows]
+            return count, [(record_of(row), row.finish_claimed_by is not None) for row in rows]
 
     def mark_finishes_handled(self, run_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Record the finish of ``run_ids`` as handled, after their work (one statement; it ends their claim); the

@@ -20,10 +20,11 @@ import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
 from devtools.http_receiver import HttpReceiver
+from devtools.processes import free_port
 from devtools.smtp_sink import SmtpSink
 from services.notifier.notifying import Notifier
-from shared.catalog import CatalogStores
-from shared.events import AnyRunEvent, RunFailed, RunStarted, Trigger
+from shared.catalog import CatalogStores, runs_store
+from shared.events import AnyRunEvent, RunFailed, RunMissed, RunStarted, Trigger
 from tests.integration.test_notifier import events
 from tests.integration.test_notifier_finish_once import Killed, dying, finished, with_policy
 from tests.integration.test_notifier_webhooks import notifier_on, receiver, signing_secret, sink, verified
@@ -230,3 +231,169 @@ def test_a_finish_claim_is_exclusive_taken_back_by_its_holder_taken_over_after_t
     assert runs.mark_finishes_handled([run_id]) == {run_id}
     assert runs.claim_finishes([run_id], "a", 60) == (set(), set())  # handled: no one's to claim
     assert runs.claim_finishes([uuid.uuid4()], "a", 60) == (set(), set())  # unknown
+
+
+@pytest.mark.parametrize("point", ["mail", "webhook"])
+def test_another_replicas_sweep_leaves_the_unsent_notifications_of_a_finish_held_by_a_live_claim(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver, point: str
+):
+    """Replica A is in the middle of a run's finish (its mail, or its webhook, claimed in the ledger and not sent)
+    when replica B sweeps. Before, B's retry of unsent notifications found them claimed and unsent and sent them:
+    twice with A's. Now B leaves them to A, whose claim is live; A sends them once."""
+    catalog.definitions.apply(with_policy(receiver, ["failed"], max_failure_percent=10))
+    poll = list(events([(80, 0), (0, 20)]))
+    first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
+    holding, release = held_in(first, point)
+    thread = threading.Thread(target=lambda: first.handle_all(poll))
+    thread.start()
+    try:
+        assert holding.wait(DEADLINE), "replica A never reached its send"
+        second.sweep()
+    finally:
+        release.set()
+        thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert [mail.subject for mail in sink.received()] == ["[member export] nightly: failed"]
+    assert failed_webhooks(receiver) == [str(poll[0].run_id)]
+    second.sweep()  # the finish handled: nothing left to send
+    assert len(sink.received()) == 1
+    assert len(failed_webhooks(receiver)) == 1
+
+
+def test_a_replica_renews_its_claim_before_each_finish_of_a_poll_and_leaves_one_taken_over_meanwhile(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
+):
+    """A poll finishing two runs: replica A claims both at once, then spends long on the first one's mail; the
+    second one's claim outlives its lease (made old here, not waited for) and replica B's sweep takes it over, B in
+    the middle of its mail. Before, A went on to the second finish too and sent its mail a second time. Now A renews
+    each claim before its finish, finds the second one B's, and leaves it."""
+    catalog.definitions.apply(with_policy(receiver, ["failed"], max_failure_percent=10))
+    early, late = failed_run(datetime.now(UTC)), failed_run(datetime.now(UTC) - timedelta(minutes=10))
+    first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
+    holding_a, release_a = held_in(first, "mail")
+    holding_b, release_b = held_in(second, "mail")
+    thread_a = threading.Thread(target=lambda: first.handle_all(early + late))
+    thread_b = threading.Thread(target=second.sweep)
+    thread_a.start()
+    try:
+        assert holding_a.wait(DEADLINE), "replica A never reached its first mail"
+        with catalog.database.engine.begin() as connection:  # A's claim of the second run: older than its lease
+            connection.execute(
+                sa.text("UPDATE runs SET finish_claimed_at = :at WHERE run_id = :id"),
+                {"at": datetime.now(UTC) - timedelta(seconds=61), "id": str(late[0].run_id)},
+            )
+        thread_b.start()
+        assert holding_b.wait(DEADLINE), "replica B never reached the second run's mail"
+        release_a.set()
+        thread_a.join(DEADLINE)
+        assert not thread_a.is_alive()
+    finally:
+        release_a.set()
+        release_b.set()
+        thread_a.join(DEADLINE)
+        if thread_b.ident is not None:
+            thread_b.join(DEADLINE)
+    assert [mail.subject for mail in sink.received()] == ["[member export] nightly: failed"] * 2
+    assert sorted(failed_webhooks(receiver)) == sorted([str(early[0].run_id), str(late[0].run_id)])
+    assert not catalog.runs.finishes_unhandled([early[0].run_id, late[0].run_id])
+
+
+def test_the_sweep_sends_no_paused_webhook_for_a_schedule_an_operator_paused_before_the_run(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
+):
+    """A failed run of a definition that pauses after 1 failed run, its schedule paused by an operator already; the
+    run's poll dead-lettered before any replica claimed its finish. Before, the sweep took its finish for a retry
+    of an interrupted one and sent a ``paused`` webhook the run never caused. Now: its failed webhook only."""
+    definition = with_policy(receiver, ["paused", "failed"], pause_after_failed_runs=1)
+    disabled = definition.schedule.model_copy(update={"enabled": False})
+    catalog.definitions.apply(definition.model_copy(update={"schedule": disabled}))
+    run = failed_run(datetime.now(UTC) - timedelta(minutes=10))
+    catalog.runs.fold_run_events(run)
+
+    replica(catalog, sink, "replica-b").sweep()
+
+    types = [verified(receipt)["type"] for receipt in receiver.receipts() if receipt.status == 200]
+    assert types == ["member_export.run.failed"]
+    assert not catalog.runs.finishes_unhandled([run[0].run_id])
+
+
+def test_the_sweeps_missed_run_email_is_one_attempt_through_a_failing_smtp_server(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
+):
+    """A missed run whose finish no one did, the SMTP server failing: the sweep tries its email once (an outage must
+    not hold the sweep through the mailer's retries and backoff) and leaves it unsent for the next sweep. Before,
+    it went through all the mailer's attempts."""
+    catalog.definitions.apply(with_policy(receiver, ["missed"], max_failure_percent=10))
+    at = datetime.now(UTC) - timedelta(minutes=10)
+    catalog.runs.fold_run_events(
+        [RunMissed(run_id=uuid.uuid4(), definition="nightly", scheduled_for=at, at=at, reason="scheduler down")]
+    )
+    notifier = replica(catalog, sink, "replica-b")
+    notifier.mailer.port = free_port()  # nothing listens: every attempt fails at once
+    notifier.mailer.max_wait = 0.01
+    sends: list[int] = []
+    real = notifier.mailer._send_once
+
+    def counted(message: Any) -> None:
+        sends.append(1)
+        real(message)
+
+    notifier.mailer._send_once = counted  # type: ignore[method-assign]
+
+    notifier.sweep()
+
+    assert len(sends) == 2  # the finish's one attempt, then the same sweep's retry of what is unsent: one more
+    assert sink.received() == []
+
+
+def test_a_finish_claims_lease_is_judged_on_the_catalogs_clock_not_on_a_replicas_own(
+    catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    """Replica B's clock runs 61 s ahead of A's: before, B judged A's fresh claim (60 s lease) on its own clock,
+    found it over and took it over; now the catalog's clock judges every claim, and B leaves it to A."""
+    run = failed_run(datetime.now(UTC))
+    catalog.runs.fold_run_events(run)
+    run_id = run[0].run_id
+    assert catalog.runs.claim_finishes([run_id], "a", 60) == ({run_id}, set())
+    ahead = datetime.now(UTC) + timedelta(seconds=61)
+    monkeypatch.setattr(runs_store, "now", lambda: ahead)  # B's clock
+    assert catalog.runs.claim_finishes([run_id], "b", 60) == (set(), {run_id})
+    assert catalog.runs.finishes_held([run_id], "b", 60) == {run_id}
+    assert catalog.runs.finishes_pending(60, 10) == (0, [])  # finished just now on the catalog's clock
+
+
+def test_the_sweeps_pending_finishes_query_reads_the_partial_index_of_unhandled_runs(catalog: CatalogStores):
+    """The sweep's look for finishes no one did reads ``ix_runs_finish_unhandled`` (the few runs not handled), not
+    every final run ever through ``ix_runs_status``: on SQLite, whose planner took the status index before."""
+    engine = catalog.database.engine
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's plan is checked by its own planner's statistics")
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) INSERT INTO runs "
+                "(run_id, definition, status, extraction_complete, extracted, batches_done, delivered, failed, "
+                "error_samples, last_event_at, finished_at, finish_handled_at, retried, mass_removal_allowed) "
+                "SELECT printf('%036d', i), 'd', 'succeeded', 1, 0, 0, 0, 0, '[]', '2026-01-01 00:00:00', "
+                "'2026-01-01 00:00:00', '2026-01-01 00:00:00', 0, 0 FROM n"
+            )
+        )
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM runs" in statement:
+            statements.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        catalog.runs.fold_run_events(failed_run(datetime.now(UTC) - timedelta(minutes=10)))
+        statements.clear()
+        assert catalog.runs.finishes_pending(60, 10)[0] == 1
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert len(statements) == 2  # the count, then the runs
+    with engine.connect() as connection:
+        for statement, parameters in statements:
+            plan = [row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
+            assert any("ix_runs_finish_unhandled" in step for step in plan), plan
+            assert not any("ix_runs_status" in step for step in plan), plan

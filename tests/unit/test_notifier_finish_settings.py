@@ -13,9 +13,11 @@ from services.notifier.settings import NotifierSettings
 
 def test_the_finish_lease_and_replica_id_default_and_read_from_the_environment(monkeypatch: pytest.MonkeyPatch):
     settings = NotifierSettings()
-    assert settings.notifier_finish_lease_seconds == 60.0
+    assert settings.notifier_finish_lease_seconds == 600.0  # above one email's longest send: 8 x 30 s + 7 x 30 s
     assert settings.notifier_replica_id == f"{socket.gethostname()}-{os.getpid()}"
     monkeypatch.setenv("EXPORT_NOTIFIER_FINISH_LEASE_SECONDS", "5")
+    monkeypatch.setenv("EXPORT_SMTP_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("EXPORT_SMTP_TIMEOUT_SECONDS", "4")
     monkeypatch.setenv("EXPORT_NOTIFIER_REPLICA_ID", "notifier-0")
     settings = NotifierSettings()
     assert (settings.notifier_finish_lease_seconds, settings.notifier_replica_id) == (5.0, "notifier-0")
@@ -25,6 +27,7 @@ def test_the_finish_lease_and_replica_id_default_and_read_from_the_environment(m
     ("variable", "value"),
     [
         ("EXPORT_NOTIFIER_FINISH_LEASE_SECONDS", "0"),
+        ("EXPORT_NOTIFIER_FINISH_LEASE_SECONDS", "0.5"),
         ("EXPORT_NOTIFIER_FINISH_LEASE_SECONDS", "-1"),
         ("EXPORT_NOTIFIER_FINISH_LEASE_SECONDS", "86401"),
         ("EXPORT_NOTIFIER_REPLICA_ID", ""),
@@ -37,3 +40,34 @@ def test_a_lease_out_of_range_or_a_replica_id_empty_or_too_long_is_refused_namin
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError, match=variable.removeprefix("EXPORT_").lower()):
         NotifierSettings()
+
+
+@pytest.mark.parametrize(
+    ("lease", "attempts", "timeout"),
+    [("60", "8", "30"), ("450", "8", "30"), ("600", "8", "60"), ("30", "1", "30")],
+)
+def test_a_lease_not_longer_than_one_emails_longest_send_is_refused_naming_both_settings(
+    monkeypatch: pytest.MonkeyPatch, lease: str, attempts: str, timeout: str
+):
+    """A finish's email may take its attempts x the SMTP timeout, and the backoff between them: a lease that short
+    lets another replica take a live finish over and send the email again."""
+    monkeypatch.setenv("EXPORT_NOTIFIER_FINISH_LEASE_SECONDS", lease)
+    monkeypatch.setenv("EXPORT_SMTP_MAX_ATTEMPTS", attempts)
+    monkeypatch.setenv("EXPORT_SMTP_TIMEOUT_SECONDS", timeout)
+    with pytest.raises(ValidationError) as refused:
+        NotifierSettings()
+    message = str(refused.value)
+    assert "notifier_finish_lease_seconds" in message
+    assert "smtp_max_attempts" in message
+    assert "smtp_timeout_seconds" in message
+    assert "EXPORT_NOTIFIER_FINISH_LEASE_SECONDS" in message
+
+
+@pytest.mark.parametrize(("lease", "attempts", "timeout"), [("451", "8", "30"), ("32", "1", "30"), ("2", "1", "1")])
+def test_a_lease_longer_than_one_emails_longest_send_is_taken(
+    monkeypatch: pytest.MonkeyPatch, lease: str, attempts: str, timeout: str
+):
+    monkeypatch.setenv("EXPORT_NOTIFIER_FINISH_LEASE_SECONDS", lease)
+    monkeypatch.setenv("EXPORT_SMTP_MAX_ATTEMPTS", attempts)
+    monkeypatch.setenv("EXPORT_SMTP_TIMEOUT_SECONDS", timeout)
+    assert NotifierSettings().notifier_finish_lease_seconds == float(lease)
