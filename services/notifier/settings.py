@@ -10,6 +10,10 @@ from pydantic import Field, SecretStr, model_validator
 from services.notifier.mailer import longest_send_seconds
 from shared.settings import CommonSettings
 
+#: How much longer than one email's longest send the finish lease is when the SMTP settings make that send longer
+#: than the default lease and the lease is not set.
+DEFAULT_LEASE_MARGIN_SECONDS = 60.0
+
 
 class NotifierSettings(CommonSettings):
     """Settings of the notifier service."""
@@ -80,6 +84,13 @@ class NotifierSettings(CommonSettings):
         """The finish lease must outlast the longest send of one email its settings allow: else a replica still
         sending a finish's email has the finish taken over by another, which sends it again."""
         longest = longest_send_seconds(self.smtp_max_attempts, self.smtp_timeout_seconds)
+        if (
+            "notifier_finish_lease_seconds" not in self.model_fields_set
+            and self.notifier_finish_lease_seconds <= longest
+        ):
+            # Not set: the default follows SMTP settings that make one email's send longer than it, rather than
+            # refusing a configuration that started before the lease existed.
+            self.notifier_finish_lease_seconds = longest + DEFAULT_LEASE_MARGIN_SECONDS
         if self.notifier_finish_lease_seconds <= longest:
             raise ValueError(
                 f"notifier_finish_lease_seconds ({self.notifier_finish_lease_seconds:g} s) must exceed the longest "

@@ -71,3 +71,14 @@ def test_a_lease_longer_than_one_emails_longest_send_is_taken(
     monkeypatch.setenv("EXPORT_SMTP_MAX_ATTEMPTS", attempts)
     monkeypatch.setenv("EXPORT_SMTP_TIMEOUT_SECONDS", timeout)
     assert NotifierSettings().notifier_finish_lease_seconds == float(lease)
+
+
+def test_an_unset_lease_follows_smtp_settings_whose_longest_send_outlasts_the_default(monkeypatch: pytest.MonkeyPatch):
+    """A notifier configured before the lease existed, with a long SMTP timeout, still starts: its lease is one
+    email's longest send and a minute more."""
+    monkeypatch.delenv("EXPORT_NOTIFIER_FINISH_LEASE_SECONDS", raising=False)
+    monkeypatch.setenv("EXPORT_SMTP_MAX_ATTEMPTS", "8")
+    monkeypatch.setenv("EXPORT_SMTP_TIMEOUT_SECONDS", "60")
+    assert NotifierSettings().notifier_finish_lease_seconds == 8 * 60 + 7 * 30 + 60
+    monkeypatch.setenv("EXPORT_SMTP_TIMEOUT_SECONDS", "30")
+    assert NotifierSettings().notifier_finish_lease_seconds == 600.0  # the default outlasts 450 s
