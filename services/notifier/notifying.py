@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import smtplib
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -238,6 +239,14 @@ class Notifier:
         log.warning("run's finish claim taken over by another replica: leaving the finish to it", run_id=str(run_id))
         return False
 
+    def _still_ours(self, run_id: uuid.UUID, renewed_at: float) -> tuple[bool, float]:
+        """Between two sends of a finish: renew the claim once a quarter of the lease went by since ``renewed_at``
+        (a slow email), so a live finish is not taken over; whether the finish is still this replica's, and when
+        the claim was last renewed."""
+        if time.monotonic() - renewed_at < self.finish_lease_seconds / 4:
+            return True, renewed_at
+        return self._renewed(run_id), time.monotonic()
+
     def _after_fold(
         self,
         before: RunRecord | None,
@@ -298,8 +307,12 @@ class Notifier:
             if finishing:
                 finishes.append((after, definition))
             return outgoing
+        renewed_at = time.monotonic()  # the claim was renewed (or made) just before this finish
         if finishing and definition is not None and self._recovered(after):
             self._send_recovery(definition, after, attempts)
+            # One email's longest send is within the lease, two are not: the claim is renewed between them.
+            finishing, renewed_at = self._still_ours(after.run_id, renewed_at)
+            held = held or not finishing
         # Checked on every event of a final run, not only on the one that finished it, so an email
         # whose sending was interrupted (crash, SMTP down) goes out when the next event comes; not while
         # another replica does the finish (it sends them: both would find them claimed and unsent).
@@ -307,7 +320,9 @@ class Notifier:
             self._send_due_emails(after, definition, attempts)
         event = final_event(after.status)
         if finishing and definition is not None and event is not None and self.webhooks is not None:
-            self.webhooks.notify(definition, after, event)
+            finishing, renewed_at = self._still_ours(after.run_id, renewed_at)
+            if finishing:
+                self.webhooks.notify(definition, after, event)
         if finishing:
             finishes.append((after, definition))
         return outgoing

@@ -14,7 +14,7 @@ from kafka.errors import KafkaError
 
 from shared.application.errors import PublishFailed
 from shared.events import AnyRunEvent, DeadLetter, Priority, RunRequested
-from shared.kafka.clients import produce, read_whole_topic
+from shared.kafka.clients import InFlight, produce, read_whole_topic
 from shared.kafka.records import Outgoing
 from shared.settings import CommonSettings
 from shared.topics import Topics
@@ -36,22 +36,24 @@ class KafkaEventPublisher:
         a topic's metadata before the wait starts: its ``max_block_ms`` must be below ``wait_seconds`` to keep
         the bound (:func:`~shared.kafka.clients.make_producer`'s ``max_block_seconds``)."""
         if wait_seconds is None:
-            return cls(lambda outgoing: produce(producer, outgoing).wait(), topics)
+            return cls(lambda outgoing: _handed(producer, outgoing).wait(), topics)
         bound = wait_seconds
 
         def send(outgoing: list[Outgoing]) -> None:
             deadline = time.monotonic() + bound
-            in_flight = produce(producer, outgoing)
+            in_flight = _handed(producer, outgoing)
             in_flight.wait(max(0.0, deadline - time.monotonic()))
 
         return cls(send, topics)
 
     def send(self, outgoing: list[Outgoing], what: str) -> None:
         """Produce ``outgoing`` (``what`` they are) and wait for their acknowledgement."""
+        where = ", ".join(dict.fromkeys(o.topic for o in outgoing))
         try:
             self._send(outgoing)
+        except _NotHanded as exc:
+            raise PublishFailed(f"{what} on {where}", _described(exc.cause), unknown=False) from exc.cause
         except KafkaError as exc:
-            where = ", ".join(dict.fromkeys(o.topic for o in outgoing))
             raise PublishFailed(f"{what} on {where}", _described(exc)) from exc
 
     def publish_run_request(self, request: RunRequested) -> None:
@@ -77,6 +79,26 @@ class KafkaEventPublisher:
         topic = self.topics.member_batches_for(priority.value)
         with publishing(f"send {topic}", {"messaging.system": "kafka", "messaging.destination.name": topic}) as headers:
             self.send([Outgoing(topic, key, value, headers) for key, value in batches], "member batches")
+
+
+class _NotHanded(Exception):
+    """The producer refused the only record before taking it (no metadata for its topic within ``max_block_ms``, no
+    room in its buffer): nothing reached a broker, so the publication's outcome is known: not published."""
+
+    def __init__(self, cause: KafkaError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _handed(producer: KafkaProducer, outgoing: list[Outgoing]) -> InFlight:
+    """``produce``, telling a refusal of a single record by ``send()`` itself apart (:class:`_NotHanded`); with
+    several records, those before the refused one were handed over: their outcome stays unknown."""
+    try:
+        return produce(producer, outgoing)
+    except KafkaError as exc:
+        if len(outgoing) == 1:
+            raise _NotHanded(exc) from exc
+        raise
 
 
 def _described(exc: Exception) -> str:

@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 from devtools.http_receiver import HttpReceiver
 from devtools.processes import free_port
 from devtools.smtp_sink import SmtpSink
+from services.notifier import notifying
 from services.notifier.notifying import Notifier
 from shared.catalog import CatalogStores, runs_store
 from shared.events import AnyRunEvent, RunFailed, RunMissed, RunStarted, Trigger
@@ -296,6 +297,41 @@ def test_a_replica_renews_its_claim_before_each_finish_of_a_poll_and_leaves_one_
     assert [mail.subject for mail in sink.received()] == ["[member export] nightly: failed"] * 2
     assert sorted(failed_webhooks(receiver)) == sorted([str(early[0].run_id), str(late[0].run_id)])
     assert not catalog.runs.finishes_unhandled([early[0].run_id, late[0].run_id])
+
+
+def test_a_slow_mail_renews_the_claim_before_the_webhook_and_leaves_a_finish_taken_over_meanwhile(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch
+):
+    """Replica A finishing a failed run spends longer than a quarter of its lease on the mail (an SMTP server
+    retried), and replica B took the finish over meanwhile. Before, A went on to the final webhook and recorded the
+    finish (B would send both again). Now A renews its claim between the two sends, finds it B's, and leaves the
+    rest of the finish to B."""
+
+    catalog.definitions.apply(with_policy(receiver, ["failed"], max_failure_percent=10))
+    run = failed_run(datetime.now(UTC))
+    first = replica(catalog, sink, "replica-a")
+    holding, release = held_in(first, "mail")
+    thread = threading.Thread(target=lambda: first.handle_all(run))
+    thread.start()
+    try:
+        assert holding.wait(DEADLINE), "replica A never reached its mail"
+        with catalog.database.engine.begin() as connection:  # B's claim now (A's lease over, B took it)
+            connection.execute(
+                sa.text("UPDATE runs SET finish_claimed_by = 'replica-b' WHERE run_id = :id"),
+                {"id": str(run[0].run_id)},
+            )
+        real = time.monotonic
+        later = type("Later", (), {"monotonic": staticmethod(lambda: real() + first.finish_lease_seconds)})
+        monkeypatch.setattr(notifying, "time", later)  # A's mail took longer than its whole lease
+        release.set()
+        thread.join(DEADLINE)
+        assert not thread.is_alive()
+    finally:
+        release.set()
+        thread.join(DEADLINE)
+    assert [mail.subject for mail in sink.received()] == ["[member export] nightly: failed"]
+    assert failed_webhooks(receiver) == []  # left to B, the finish's holder now
+    assert catalog.runs.finishes_unhandled([run[0].run_id]) == {run[0].run_id}  # not recorded by A
 
 
 def test_the_sweep_sends_no_paused_webhook_for_a_schedule_an_operator_paused_before_the_run(

@@ -94,3 +94,28 @@ def test_the_wait_for_acknowledgement_is_what_is_left_of_the_bound_after_the_sen
     producer = _SlowSendProducer(clock, blocked)
     KafkaEventPublisher.over(producer, TOPICS, 15.0).send(RECORD, "the run request")
     assert producer.waits == [pytest.approx(left)]
+
+
+class _RefusingProducer:
+    """``send()`` raises before taking the record, as kafka-python does when a topic's metadata does not come
+    within ``max_block_ms``."""
+
+    config: dict[str, Any] = {"delivery_timeout_ms": 120_000}
+
+    def send(self, topic: str, **kwargs: Any) -> _Future:
+        raise KafkaTimeoutError("Failed to update metadata after 10.0 secs.")
+
+
+@pytest.mark.parametrize("wait_seconds", [15.0, None])
+def test_a_record_the_producer_refused_before_taking_it_is_known_not_published(wait_seconds: float | None) -> None:
+    """Nothing reached a broker: the run request is said not published, not of unknown outcome (before: unknown)."""
+    with pytest.raises(PublishFailed) as raised:
+        KafkaEventPublisher.over(_RefusingProducer(), TOPICS, wait_seconds).send(RECORD, "the run request")
+    assert raised.value.unknown is False
+    assert raised.value.reason == "KafkaTimeoutError: Failed to update metadata after 10.0 secs."
+
+
+def test_a_failure_while_waiting_for_the_acknowledgement_is_of_unknown_outcome() -> None:
+    with pytest.raises(PublishFailed) as raised:
+        _failing(KafkaTimeoutError("Expiring 1 record(s)")).send(RECORD, "the run request")
+    assert raised.value.unknown is True
