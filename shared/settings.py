@@ -6,6 +6,8 @@ start (its composition root). Secrets are ``SecretStr`` so they never print.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -15,6 +17,12 @@ from shared.domain.secret_references import DEFAULT_DIRECTORIES, DEFAULT_ENV_PRE
 from shared.kafka_settings import KafkaConnectionSettings
 from shared.secrets_at_rest import SecretCipher
 from shared.topics import Topics
+
+
+def default_replica_id() -> str:
+    """This process's name among its service's replicas (host name and process id): a process restarted in the same
+    container (same host name, same process id) has the same name again."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class CommonSettings(KafkaConnectionSettings):

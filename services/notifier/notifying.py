@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import smtplib
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -45,6 +43,7 @@ from shared.events import AnyRunEvent, RunFailed
 from shared.kafka import Outgoing
 from shared.metrics import UNKNOWN_DEFINITION, start_definitions_series
 from shared.outages import describe, is_outage
+from shared.settings import default_replica_id
 from shared.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -91,7 +90,7 @@ Finish = tuple[RunRecord, ExportDefinition | None]
 
 #: This process's name in the runs' finish claims (``EXPORT_NOTIFIER_REPLICA_ID``'s default): a process restarted
 #: in the same container (same host name, same process id) takes its own claims back at once.
-REPLICA = f"{socket.gethostname()}-{os.getpid()}"
+REPLICA = default_replica_id()
 
 
 class Notifier:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 from pydantic import Field, SecretStr, model_validator
 
 from services.notifier.mailer import longest_send_seconds
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, default_replica_id
 
 #: How much longer than one email's longest send the finish lease is when the SMTP settings make that send longer
 #: than the default lease and the lease is not set.
@@ -71,7 +68,7 @@ class NotifierSettings(CommonSettings):
         "the backoff between them), or a slow finish would be taken over and done twice.",
     )
     notifier_replica_id: str = Field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        default_factory=default_replica_id,
         min_length=1,
         max_length=200,
         description="This replica's name in the runs' finish claims (default: host name and process id; unique "

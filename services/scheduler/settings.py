@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 from pydantic import Field
 
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, default_replica_id
 
 
 class SchedulerSettings(CommonSettings):
@@ -31,7 +28,7 @@ class SchedulerSettings(CommonSettings):
         default=15.0, gt=0, description="Leadership lease; another replica takes over this long after a crash."
     )
     scheduler_replica_id: str = Field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        default_factory=default_replica_id,
         description="This replica's name in the lease (default: host name and process id).",
     )
     metrics_port: int = Field(default=9401, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")

@@ -263,9 +263,7 @@ class SqlRunsStore:
             return set()
         with self.database.connect("Run") as connection:
             rows = connection.execute(
-                select(RunRow.run_id).where(
-                    RunRow.run_id.in_(sorted({str(run_id) for run_id in run_ids})), RunRow.finish_handled_at.is_(None)
-                )
+                select(RunRow.run_id).where(RunRow.run_id.in_(_id_texts(run_ids)), RunRow.finish_handled_at.is_(None))
             ).scalars()
             return {uuid.UUID(run_id) for run_id in rows}
 
@@ -279,7 +277,7 @@ class SqlRunsStore:
         Runs in neither are handled (or unknown)."""
         if not run_ids:
             return set(), set()
-        asked = sorted({str(run_id) for run_id in run_ids})
+        asked = _id_texts(run_ids)
         free = (
             RunRow.finish_claimed_at.is_(None)
             | (RunRow.finish_claimed_by == claimant)
@@ -327,7 +325,7 @@ class SqlRunsStore:
         with self.database.connect("Run") as connection:
             rows = connection.execute(
                 select(RunRow.run_id).where(
-                    RunRow.run_id.in_(sorted({str(run_id) for run_id in run_ids})),
+                    RunRow.run_id.in_(_id_texts(run_ids)),
                     RunRow.finish_handled_at.is_(None),
                     RunRow.finish_claimed_by != claimant,
                     RunRow.finish_claimed_at >= self._catalog_now(lease_seconds),
@@ -368,9 +366,7 @@ class SqlRunsStore:
         with self.database.begin("Run") as connection:
             rows = connection.execute(
                 update(RunRow)
-                .where(
-                    RunRow.run_id.in_(sorted({str(run_id) for run_id in run_ids})), RunRow.finish_handled_at.is_(None)
-                )
+                .where(RunRow.run_id.in_(_id_texts(run_ids)), RunRow.finish_handled_at.is_(None))
                 .values(finish_handled_at=now(), finish_claimed_at=None)
                 .returning(RunRow.run_id)
             ).scalars()
@@ -504,3 +500,8 @@ def write_record(record: RunRecord, row: RunRow) -> None:
 
 def _same(value: Any) -> Any:
     return value
+
+
+def _id_texts(run_ids: Sequence[uuid.UUID]) -> list[str]:
+    """Run ids as the ``runs`` table keys them, once each, sorted (rows locked in one order by every writer)."""
+    return sorted({str(run_id) for run_id in run_ids})
