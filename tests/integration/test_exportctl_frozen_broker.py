@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -49,21 +50,23 @@ def _settings(tmp_path: Path, broker: LocalKafka) -> CliSettings:
     )
 
 
-def test_exportctl_direct_closes_its_producer_within_its_bound_when_the_broker_froze(tmp_path: Path) -> None:
-    with LocalKafka(tmp_path / "kafka") as broker:
-        settings = _settings(tmp_path, broker)
-        topic = settings.topics.run_requests
-        try:
-            with direct(settings) as context:
-                context._send([Outgoing(topic, "k", b"acknowledged")])  # connected, the topic's leader known
-                broker.pause()
-                assert context._producer is not None
-                # A record held, not acknowledged, as a wait ended by Ctrl-C (or by its failure) leaves it.
-                context._producer.send(topic, key=b"k", value=b"held")
-                started = time.monotonic()
-            took = time.monotonic() - started
-        finally:
-            broker.resume()
+def test_exportctl_direct_closes_its_producer_within_its_bound_when_the_broker_froze(
+    tmp_path: Path, freezable_broker: LocalKafka
+) -> None:
+    broker = freezable_broker
+    settings = _settings(tmp_path, broker)
+    topic = settings.topics.run_requests
+    try:
+        with direct(settings) as context:
+            context._send([Outgoing(topic, "k", b"acknowledged")])  # connected, the topic's leader known
+            broker.pause()
+            assert context._producer is not None
+            # A record held, not acknowledged, as a wait ended by Ctrl-C (or by its failure) leaves it.
+            context._producer.send(topic, key=b"k", value=b"held")
+            started = time.monotonic()
+        took = time.monotonic() - started
+    finally:
+        broker.resume()
     # Before: until the delivery timeout (31 s here, 120 s by default) and more (40 s measured).
     assert took < PRODUCER_CLOSE_SECONDS + 3, f"closed in {took:.1f} s"
 
@@ -85,26 +88,35 @@ def _status(settings: CliSettings, run_id: uuid.UUID) -> RunStatus | None:
         stores.close()
 
 
-def test_a_run_request_the_frozen_broker_does_not_acknowledge_exits_5_naming_the_queued_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with LocalKafka(tmp_path / "kafka") as broker:
-        settings = _settings(tmp_path, broker)
-        with direct(settings) as context:  # the topics made
-            context._send([Outgoing(settings.topics.run_requests, "k", b"acknowledged")])
-        args = argparse.Namespace(
-            definition="nightly", param=[], idempotency_key=None, allow_mass_removal=False, wait=False, timeout=60
-        )
-        broker.pause()
-        try:
-            # Frozen before exportctl connects: its connection check fails, nothing is handed to the broker.
-            with pytest.raises(CliError) as refused:
-                cmd_run(settings, args)
+def _refused(settings: CliSettings, args: argparse.Namespace) -> CliError:
+    """The error ``exportctl run`` (direct) ends with; none: an ``AssertionError``."""
+    try:
+        cmd_run(settings, args)
+    except CliError as exc:
+        return exc
+    raise AssertionError("exportctl run succeeded")
 
+
+def test_a_run_request_the_frozen_broker_does_not_acknowledge_exits_5_naming_the_queued_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], freezable_broker: LocalKafka
+) -> None:
+    broker = freezable_broker
+    settings = _settings(tmp_path, broker)
+    with direct(settings) as context:  # the topics made
+        context._send([Outgoing(settings.topics.run_requests, "k", b"acknowledged")])
+    args = argparse.Namespace(
+        definition="nightly", param=[], idempotency_key=None, allow_mass_removal=False, wait=False, timeout=60
+    )
+    refusing: list[Future[CliError]] = []
+    with ThreadPoolExecutor(1) as beside:
+        try:
             # Frozen once exportctl is connected: the request is handed over, never acknowledged.
             def frozen_after_connecting(context: Direct) -> int:
                 context._send([Outgoing(settings.topics.run_requests, "k", b"acknowledged")])
                 broker.pause()
+                # Frozen before another exportctl connects: its connection check fails, nothing is handed to the
+                # broker (run beside this one's wait for its acknowledgement, within the same freeze).
+                refusing.append(beside.submit(_refused, settings, args))
                 run_use_cases.request_run(
                     context.actor,
                     "nightly",
@@ -114,16 +126,16 @@ def test_a_run_request_the_frozen_broker_does_not_acknowledge_exits_5_naming_the
                 )
                 return 0
 
-            broker.resume()
             started = time.monotonic()
             with pytest.raises(CliError) as failed:
                 on_catalog(settings, frozen_after_connecting)
             took = time.monotonic() - started
+            refused = refusing[0].result(timeout=60)  # before the broker is resumed: refused while it was frozen
         finally:
             broker.resume()
-    assert refused.value.code == UNREACHABLE
-    not_sent = _queued_run(refused.value.message, "KafkaSetupError")
-    assert "it was not published;" in refused.value.message
+    assert refused.code == UNREACHABLE
+    not_sent = _queued_run(refused.message, "KafkaSetupError")
+    assert "it was not published;" in refused.message
     assert _status(settings, not_sent) is RunStatus.QUEUED
     assert capsys.readouterr().out == ""  # no "run … requested" said
     assert failed.value.code == UNREACHABLE

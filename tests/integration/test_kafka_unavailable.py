@@ -16,10 +16,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from html import unescape
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import uvicorn
@@ -39,6 +41,8 @@ from tests.integration.test_console_fields import signed_in
 pytestmark = pytest.mark.integration
 
 RUNS = "/api/v1/export-definitions/nightly/runs"
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -87,11 +91,19 @@ def _exportctl_run(url: str, token: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _timed(request: Callable[[], T]) -> tuple[T, float]:
+    """What ``request`` returned, and how many seconds it took."""
+    started = time.monotonic()
+    answer = request()
+    return answer, time.monotonic() - started
+
+
 def test_a_run_request_a_frozen_broker_does_not_acknowledge_is_a_503_naming_the_queued_run_and_a_retry_publishes_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, freezable_broker: LocalKafka
 ) -> None:
     monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # plain http in the test client
-    with LocalKafka(tmp_path / "kafka") as broker, in_process_api(tmp_path) as api:
+    broker = freezable_broker
+    with in_process_api(tmp_path) as api:
         settings = CommonSettings(
             kafka_bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"t{uuid.uuid4().hex[:10]}.", metrics_port=0
         )
@@ -109,12 +121,15 @@ def test_a_run_request_a_frozen_broker_does_not_acknowledge_is_a_503_naming_the_
             ):
                 assert client.post(RUNS).status_code == 202  # the topic's leader known: the broker is then frozen
                 broker.pause()
-                try:
-                    started = time.monotonic()
-                    failed = client.post(RUNS, headers=key)
-                    took = time.monotonic() - started
-                    page = console.post("/exports/nightly/run", {"idempotency_key": f"console-{uuid.uuid4()}"})
-                    exportctl = _exportctl_run(url, api.tokens["operator"])
+                try:  # the three requests at once: each waits out the admin's publish wait within the one freeze
+                    with ThreadPoolExecutor(3) as requests:
+                        api_request = requests.submit(_timed, lambda: client.post(RUNS, headers=key))
+                        console_request = requests.submit(
+                            console.post, "/exports/nightly/run", {"idempotency_key": f"console-{uuid.uuid4()}"}
+                        )
+                        exportctl_run = requests.submit(_exportctl_run, url, api.tokens["operator"])
+                        failed, took = api_request.result()
+                        page, exportctl = console_request.result(), exportctl_run.result()
                 finally:
                     broker.resume()
                 # The API: a 503 naming what failed, within the admin's wait (before: 500 "unexpected error").
@@ -132,15 +147,17 @@ def test_a_run_request_a_frozen_broker_does_not_acknowledge_is_a_503_naming_the_
                 assert exportctl.stderr.startswith("exportctl: 503: run "), exportctl.stderr
                 _queued(exportctl.stderr.removeprefix("exportctl: 503: "))
                 assert "Traceback" not in exportctl.stderr
-                # Logged once per request, at warning, naming the operation and what was published where.
+                # Logged once per request, at warning, naming the operation and what was published where (in the
+                # order the concurrent requests failed in).
                 warnings = [entry for entry in logs if entry["event"] == "kafka-unavailable"]
-                assert [(w["log_level"], w["operation"], w["outcome"]) for w in warnings] == [
+                assert sorted((w["log_level"], w["operation"], w["outcome"]) for w in warnings) == [
+                    ("warning", "POST /api/v1/export-definitions/{name}/runs", "unknown"),
                     ("warning", "POST /api/v1/export-definitions/{name}/runs", "unknown"),
                     ("warning", "POST /console/exports/{name}/run", "unknown"),
-                    ("warning", "POST /api/v1/export-definitions/{name}/runs", "unknown"),
                 ]
-                assert warnings[0]["run_id"] == str(run_id)
-                assert warnings[0]["what"] == f"the run request on {settings.topics.run_requests}"
+                [api_warning] = [w for w in warnings if w["run_id"] == str(run_id)]
+                assert api_warning["operation"] == "POST /api/v1/export-definitions/{name}/runs"
+                assert api_warning["what"] == f"the run request on {settings.topics.run_requests}"
                 # The broker back: what the producer held is delivered (the frozen request's own record among
                 # them, or not); the run's records counted then.
                 producer.flush(timeout=60)
@@ -155,12 +172,13 @@ def test_a_run_request_a_frozen_broker_does_not_acknowledge_is_a_503_naming_the_
 
 
 def test_the_first_run_request_after_a_start_with_the_broker_frozen_is_a_503_within_the_publish_wait(
-    tmp_path: Path,
+    tmp_path: Path, freezable_broker: LocalKafka
 ) -> None:
     """The admin's producer has no topic metadata yet (every start): its ``send()`` waits for it, bounded by
     ``PUBLISH_BLOCK_SECONDS`` within the one ``PUBLISH_WAIT_SECONDS`` (before: kafka-python's 60 s, then the wait;
     exportctl through the API gave up at 30 s without naming the run)."""
-    with LocalKafka(tmp_path / "kafka") as broker, in_process_api(tmp_path) as api:
+    broker = freezable_broker
+    with in_process_api(tmp_path) as api:
         settings = CommonSettings(
             kafka_bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"t{uuid.uuid4().hex[:10]}.", metrics_port=0
         )
@@ -171,11 +189,14 @@ def test_the_first_run_request_after_a_start_with_the_broker_frozen_is_a_503_wit
                 seed(client)
             with api.client("operator") as client, serving(api.app) as url:
                 broker.pause()
-                try:
-                    started = time.monotonic()
-                    failed = client.post(RUNS, headers={"Idempotency-Key": f"k-{uuid.uuid4()}"})
-                    took = time.monotonic() - started
-                    exportctl = _exportctl_run(url, api.tokens["operator"])
+                try:  # both at once, within the one freeze
+                    with ThreadPoolExecutor(2) as requests:
+                        api_request = requests.submit(
+                            _timed, lambda: client.post(RUNS, headers={"Idempotency-Key": f"k-{uuid.uuid4()}"})
+                        )
+                        exportctl_run = requests.submit(_exportctl_run, url, api.tokens["operator"])
+                        failed, took = api_request.result()
+                        exportctl = exportctl_run.result()
                 finally:
                     broker.resume()
             assert failed.status_code == 503, failed.text

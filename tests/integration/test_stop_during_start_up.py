@@ -175,7 +175,9 @@ def test_sigterm_while_a_client_holds_a_request_open_ends_the_admin_api_within_i
 PROCESS_MARGIN_SECONDS = 10
 
 
-def test_sigterm_while_a_run_waits_for_kafkas_acknowledgement_ends_the_admin_api_within_its_bound(tmp_path: Path):
+def test_sigterm_while_a_run_waits_for_kafkas_acknowledgement_ends_the_admin_api_within_its_bound(
+    tmp_path: Path, freezable_broker: LocalKafka
+):
     """A run is requested while the broker is frozen (SIGSTOP: it holds its connections and answers nothing),
     so the request's thread waits for the record's acknowledgement, then SIGTERM. uvicorn cancels the request after
     EXPORT_ADMIN_SHUTDOWN_SECONDS; before, the process then waited for the producer (its close had no bound) until
@@ -190,10 +192,8 @@ def test_sigterm_while_a_run_waits_for_kafkas_acknowledgement_ends_the_admin_api
     create_demo_members(members, 5)
     members.dispose()
     answers: list[httpx.Response | Exception] = []
-    with (
-        LocalKafka(tmp_path / "kafka") as broker,
-        _starting("admin", broker.bootstrap_servers, tmp_path, admin_env) as process,
-    ):
+    broker = freezable_broker
+    with _starting("admin", broker.bootstrap_servers, tmp_path, admin_env) as process:
         _wait_serving(process, tmp_path)
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=300) as api:
