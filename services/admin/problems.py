@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from services.admin.request_metrics import route_template
-from shared.application.errors import PublishFailed, Refused, RunNotPublished
+from shared.application.errors import PublishFailed, Refused
 from shared.errors import CatalogTimedOut, StoredObjectInvalid
 from shared.secrets_at_rest import SecretsUnreadable
 
@@ -181,8 +181,9 @@ def log_catalog_timed_out(request: Request, exc: CatalogTimedOut) -> None:
 def publish_failed_detail(request: Request, exc: PublishFailed) -> str:
     """What a request Kafka did not acknowledge is answered (the API's ``detail``, the console's page), logged once
     at warning: the operation (as :func:`log_catalog_timed_out` names it), what was published where, the client's
-    error (never a credential: the connection settings are not in it) and the run recorded queued, if one was."""
-    run_id = exc.run_id if isinstance(exc, RunNotPublished) else None
+    error (never a credential: the connection settings are not in it) and the run recorded (queued, or cancelled),
+    if one was."""
+    run_id = exc.run_id
     log.warning(
         "kafka-unavailable",
         operation=f"{request.method} {route_template(request.scope, request.app.routes)}",
@@ -290,5 +291,6 @@ _COMMON_STATUSES = [
 _UNAVAILABLE = (
     ": the catalog's database timed out (`catalog-timed-out`: nothing was written, try again), Kafka did not "
     "acknowledge what the request publishes (`kafka-unavailable`: `detail` names it, and the run recorded queued "
-    "if one was; retry a run's request with the same Idempotency-Key), or a dependency is not usable as configured"
+    "or cancelled if one was; retry a run's request with the same Idempotency-Key, a cancel by cancelling again), "
+    "or a dependency is not usable as configured"
 )

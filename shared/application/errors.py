@@ -9,7 +9,8 @@
      └── Invalid       422   the input breaks a rule (a field, a reference, a parameter, a template)
 
     PublishFailed      503   Kafka did not acknowledge an event (not a refusal: what came before it was written)
-     └── RunNotPublished     a run recorded queued whose request Kafka did not acknowledge
+     ├── RunNotPublished     a run (or a replay run) recorded queued whose request (events) Kafka did not acknowledge
+     └── CancelNotPublished  a run recorded cancelled whose cancellation Kafka did not acknowledge
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ class PublishFailed(Exception):
     """Kafka did not acknowledge an event: the broker down or unreachable, no acknowledgement in time, a producer's
     error. ``what`` names the event and its topic, ``reason`` the failure (the client's error: never a credential).
     ``unknown``: the broker may have received it and may still write it (its outcome is unknown); False when it was
-    never handed to a broker."""
+    never handed to a broker. ``run_id``: the run the operation recorded before it published (None: none)."""
+
+    run_id: uuid.UUID | None = None
 
     def __init__(self, what: str, reason: str, *, unknown: bool = True) -> None:
         self.what, self.reason, self.unknown = what, reason, unknown
@@ -97,16 +100,43 @@ class PublishFailed(Exception):
 class RunNotPublished(PublishFailed):
     """A run recorded ``queued`` whose request Kafka did not acknowledge; the message says what becomes of it: a
     retry under the same Idempotency-Key publishes it again (:func:`shared.application.runs.request_run`), else a
-    run that never starts is failed as stuck by the notifier's sweep."""
+    run that never starts is failed as stuck by the notifier's sweep. With ``replay_of``: a replay run of that run,
+    whose events (its start, batches and extraction's end) Kafka did not all acknowledge
+    (:func:`shared.application.replay.replay_dead_letters`: the same retry publishes them again)."""
+
+    def __init__(self, run_id: uuid.UUID, failure: PublishFailed, *, replay_of: uuid.UUID | None = None) -> None:
+        super().__init__(failure.what, failure.reason, unknown=failure.unknown)
+        self.run_id: uuid.UUID = run_id
+        self.replay_of = replay_of
+        if replay_of is None:
+            what, outcome = (
+                f"run {run_id} was recorded queued, but Kafka did not acknowledge its request",
+                "its outcome is unknown: it starts if the broker received it",
+            )
+            again = "publishes it again (the run starts once)"
+        else:
+            what, outcome = (
+                f"replay run {run_id} of run {replay_of} was recorded queued, but Kafka did not acknowledge its events",
+                "their outcome is unknown: the broker may have received some of them",
+            )
+            again = "publishes them again (the same replay run, its batches under the same keys)"
+        self.args = (
+            f"{what} ({self.reason}): {outcome if self.unknown else 'it was not published'}; retrying with the same "
+            f"Idempotency-Key {again}, else a run that never starts is failed as stuck "
+            "(EXPORT_NOTIFIER_STUCK_AFTER_SECONDS)",
+        )
+
+
+class CancelNotPublished(PublishFailed):
+    """A run recorded ``cancelled`` (it holds: the extractor and the dispatcher read the record) whose cancellation
+    event Kafka did not acknowledge; cancelling the run again publishes it again
+    (:func:`shared.application.runs.cancel_run`)."""
 
     def __init__(self, run_id: uuid.UUID, failure: PublishFailed) -> None:
         super().__init__(failure.what, failure.reason, unknown=failure.unknown)
-        self.run_id = run_id
-        outcome = (
-            "its outcome is unknown: it starts if the broker received it" if self.unknown else "it was not published"
-        )
+        self.run_id: uuid.UUID = run_id
+        outcome = "its outcome is unknown" if self.unknown else "it was not published"
         self.args = (
-            f"run {run_id} was recorded queued, but Kafka did not acknowledge its request ({self.reason}): "
-            f"{outcome}; retrying with the same Idempotency-Key publishes it again (the run starts once), else a run "
-            "that never starts is failed as stuck (EXPORT_NOTIFIER_STUCK_AFTER_SECONDS)",
+            f"run {run_id} was recorded cancelled (the extractor and the dispatcher stop it), but Kafka did not "
+            f"acknowledge its cancellation event ({self.reason}): {outcome}; cancelling it again publishes it again",
         )

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from shared.application.actors import Actor, Permission, authorise
-from shared.application.errors import Conflict, Invalid, Missing, PublishFailed, RunNotPublished
+from shared.application.errors import CancelNotPublished, Conflict, Invalid, Missing, PublishFailed, RunNotPublished
 from shared.application.objects import existing, visible_with_id
 from shared.application.ports import DefinitionsStore, EventPublisher, RunsReader, RunsStore
 from shared.domain.catalog_objects import ExportDefinition, SavedQuery
@@ -118,8 +118,25 @@ def request_fingerprint(definition: str, parameters: dict[str, Any], *, allow_ma
     request: dict[str, Any] = {"definition": definition, "parameters": parameters}
     if allow_mass_removal:
         request["allow_mass_removal"] = True
+    return _fingerprint(request)
+
+
+def replay_fingerprint(replayed: uuid.UUID) -> str:
+    """What identifies a replay request under an idempotency key: the run whose dead letters it replays (no key of
+    a run request has a ``replay_of``: a key of one is never taken for the other)."""
+    return _fingerprint({"replay_of": str(replayed)})
+
+
+def _fingerprint(request: dict[str, Any]) -> str:
     canonical = json.dumps(request, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+#: Why a key reused for a different request is refused (its kind's words for "different").
+_REUSED = (
+    "Idempotency-Key '{key}' was already used for a different request ({different}): use a new key for a new "
+    "request, the same key only to retry the same request"
+)
 
 
 def claim_idempotency_key(
@@ -132,27 +149,31 @@ def claim_idempotency_key(
     run_id: uuid.UUID,
     allow_mass_removal: bool = False,
 ) -> uuid.UUID:
-    """The run of the caller's ``key``: ``run_id`` when the key is new, the earlier run when the same request
-    was made with it before; :class:`Invalid` when it was used for a different request.
+    """The run of the caller's run request under ``key``: see :func:`claim_key`."""
+    fingerprint = request_fingerprint(definition, parameters, allow_mass_removal=allow_mass_removal)
+    different = "another definition, other parameters, or a mass removal allowed or not"
+    return claim_key(actor, key, fingerprint, runs=runs, run_id=run_id, different=different)
+
+
+def claim_key(
+    actor: Actor, key: str, fingerprint: str, *, runs: RunsStore, run_id: uuid.UUID, different: str
+) -> uuid.UUID:
+    """The run of the caller's ``key``: ``run_id`` when the key is new, the earlier run when the same request (its
+    ``fingerprint``: a run request's, a replay's) was made with it before; :class:`Invalid` when it was used for a
+    different request (``different`` says what differs, in the refusal).
 
     As the IETF Idempotency-Key draft says, a key names one request: reusing it with another definition or
-    other parameters is a client error (422), not the earlier run (which would hide that nothing started).
-    Two claims, each atomic in the store: first the request's (key and fingerprint) gets a run, then the
-    key alone is bound to that run. Whichever request binds the key first owns it; any other request
+    other parameters (another run replayed) is a client error (422), not the earlier run (which would hide that
+    nothing started). Two claims, each atomic in the store: first the request's (key and fingerprint) gets a run,
+    then the key alone is bound to that run. Whichever request binds the key first owns it; any other request
     under it finds the key bound to another run. Two concurrent retries of one request find the same run
     in both claims, so neither is refused.
     """
-    fingerprint = request_fingerprint(definition, parameters, allow_mass_removal=allow_mass_removal)
     request_run_id = runs.claim_idempotency_key(actor.name, f"request:{fingerprint}", key, run_id)
     # The key alone, scoped by caller only (the definition is part of the request): "" is no definition name.
     key_run_id = runs.claim_idempotency_key(actor.name, "", key, request_run_id)
     if key_run_id != request_run_id:
-        raise Invalid(
-            f"Idempotency-Key '{key}' was already used for a different request (another definition, other "
-            "parameters, or a mass removal allowed or not): use a new key for a new request, the same key only "
-            "to retry the same request",
-            slug="idempotency-key-reused",
-        )
+        raise Invalid(_REUSED.format(key=key, different=different), slug="idempotency-key-reused")
     return key_run_id
 
 
@@ -172,16 +193,22 @@ def visible_run(actor: Actor, run_id: uuid.UUID, *, runs: RunsReader) -> RunReco
 def cancel_run(
     actor: Actor, run_id: uuid.UUID, *, store: DefinitionsStore, runs: RunsStore, publisher: EventPublisher
 ) -> RunRecord:
-    """Cancel a run: extraction stops, undelivered batches are not sent; :class:`Conflict` once it has finished."""
+    """Cancel a run: extraction stops, undelivered batches are not sent; :class:`Conflict` once it has finished
+    otherwise than cancelled. A run already cancelled is answered as it is, its cancellation published again: a
+    cancel whose event Kafka did not acknowledge (:class:`CancelNotPublished`, the cancellation recorded) is retried
+    by cancelling again (the event folds into a cancelled run as nothing)."""
     authorise(actor, Permission.RUN)
     record = visible_run(actor, run_id, runs=runs)
-    if record.status.is_final:
+    if record.status.is_final and record.status is not RunStatus.CANCELLED:
         raise Conflict(f"run {run_id} has finished ({record.status.value})", slug="run-finished")
     cancelled = RunCancelled(run_id=run_id, definition=record.definition, requested_by=actor.name)
     # Folded here so the cancellation holds at once (the extractor and dispatcher read the record), and
     # published for everyone else following the run events.
     _, after = runs.fold_run_event(cancelled)
-    publisher.publish_run_events([cancelled])
+    try:
+        publisher.publish_run_events([cancelled])
+    except PublishFailed as exc:
+        raise CancelNotPublished(run_id, exc) from exc
     return after
 
 

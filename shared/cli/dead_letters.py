@@ -95,6 +95,7 @@ def cmd_replay(settings: CliSettings, args: argparse.Namespace) -> int:
             letters=KafkaDeadLetters(settings),
             publisher=context.publisher(),
             max_record_bytes=settings.extractor_max_record_bytes,
+            idempotency_key=args.idempotency_key,
         )
         print(
             f"run {started.run_id} replays {started.members} member(s) of run {original} in {started.batches} batch(es)"
@@ -123,5 +124,11 @@ def add_commands(
     replay.add_argument("--wait", action="store_true", help="follow the replay run and print its summary")
     replay.add_argument(
         "--timeout", type=positive_float, default=600.0, metavar="SECONDS", help="seconds to wait with --wait"
+    )
+    replay.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="a retried command with the same key and run is the same replay run (published again while its "
+        "extraction is not complete); another run: refused",
     )
     replay.set_defaults(func=cmd_replay)

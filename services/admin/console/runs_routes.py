@@ -1,5 +1,7 @@
 """Runs: the history (all, or a definition's), a run's page that follows it live, its dead letters by reason with a
-replay, and cancelling it; each action after a confirmation."""
+replay, and cancelling it; each action after a confirmation. An action Kafka did not acknowledge re-shows its
+confirmation (503) with what was recorded and a button that retries it safely: a cancel is cancelled again, a replay
+sent again under its Idempotency-Key is the replay run it recorded."""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ from fastapi.responses import RedirectResponse, Response
 from kafka.errors import KafkaError
 
 from services.admin.console.context import console_of
+from services.admin.console.forms import form_of
 from services.admin.console.gate import PREFIX
 from services.admin.console.pages import me_of
+from services.admin.problems import publish_failed_detail
 from shared.application import objects as object_use_cases
 from shared.application import runs as use_cases
-from shared.application.errors import Refused
+from shared.application.errors import CancelNotPublished, Refused, RunNotPublished
 from shared.application.replay import replay_dead_letters
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.runs import RunRecord, RunStatus
@@ -102,10 +106,15 @@ def _confirm(request: Request, **values: Any) -> Response:
     values.setdefault("error", None)
     values.setdefault("hidden", {})
     values.setdefault("facts", [])
-    return console_of(request).pages.render(request, "confirm.html", status=422 if values["error"] else 200, **values)
+    status = values.pop("status", 422 if values["error"] else 200)
+    return console_of(request).pages.render(request, "confirm.html", status=status, **values)
 
 
-def _run_facts(record: RunRecord) -> list[tuple[str, str]]:
+#: A fact's value: its text, or its text and the address it links to.
+Fact = tuple[str, str | tuple[str, str]]
+
+
+def _run_facts(record: RunRecord) -> list[Fact]:
     return [
         ("Run", str(record.run_id)),
         ("Export", record.definition),
@@ -119,7 +128,12 @@ def cancel_confirmation(request: Request, run_id: uuid.UUID) -> Response:
     return _cancel_page(request, _run(request, run_id))
 
 
-def _cancel_page(request: Request, record: RunRecord, error: str | None = None) -> Response:
+def _cancel_page(
+    request: Request, record: RunRecord, error: str | None = None, *, unpublished: CancelNotPublished | None = None
+) -> Response:
+    """The cancel's confirmation; after ``unpublished`` (the run recorded cancelled, its event not acknowledged by
+    Kafka), a 503 with its detail, the run as recorded and the button that cancels it again: publishing the
+    cancellation again (a cancelled run's cancel does nothing else)."""
     return _confirm(
         request,
         title="Cancel this run",
@@ -127,10 +141,11 @@ def _cancel_page(request: Request, record: RunRecord, error: str | None = None) 
         "What was delivered stays delivered.",
         facts=_run_facts(record),
         action=f"{PREFIX}/runs/{record.run_id}/cancel",
-        button="Cancel the run",
+        button="Cancel the run" if unpublished is None else "Cancel the run again",
         style="danger",
         back=f"{PREFIX}/runs/{record.run_id}",
-        error=error,
+        error=publish_failed_detail(request, unpublished) if unpublished is not None else error,
+        **({"status": 503} if unpublished is not None else {}),
     )
 
 
@@ -147,6 +162,8 @@ def cancel(request: Request, run_id: uuid.UUID) -> Response:
         )
     except Refused as refusal:
         return _cancel_page(request, _run(request, run_id), refusal.reason)
+    except CancelNotPublished as unpublished:
+        return _cancel_page(request, _run(request, run_id), unpublished=unpublished)
     return RedirectResponse(f"{PREFIX}/runs/{run_id}", status_code=303)
 
 
@@ -155,18 +172,37 @@ def replay_confirmation(request: Request, run_id: uuid.UUID) -> Response:
     return _replay_page(request, _run(request, run_id))
 
 
-def _replay_page(request: Request, record: RunRecord, error: str | None = None) -> Response:
+def _replay_page(
+    request: Request,
+    record: RunRecord,
+    error: str | None = None,
+    *,
+    unpublished: RunNotPublished | None = None,
+    status: int | None = None,
+) -> Response:
+    """The replay's confirmation, with an Idempotency-Key of its own (a resubmitted form, a double click, finds the
+    replay run the first one recorded); posted again after a refusal or ``unpublished`` (the replay run recorded
+    queued, its events not all acknowledged by Kafka: a 503 with its detail and a link to it), the same key, so
+    submitting it again is the retry that publishes the replay run's events again, not a second replay. ``status``:
+    the answer's, when not the refusal's 422 (the dead letters unread: 503)."""
+    key = form_of(request).optional("idempotency_key")
+    facts = _run_facts(record)
+    if unpublished is not None:
+        status, replay_id = 503, str(unpublished.run_id)
+        facts.append(("Replay run (recorded queued)", (replay_id, f"{PREFIX}/runs/{replay_id}")))
     return _confirm(
         request,
         title="Replay the dead letters",
         message="This starts a replay run: the members the partner refused in this run are sent again, through the "
         "definition's current HTTP operation and connection profile.",
-        facts=_run_facts(record),
+        facts=facts,
         action=f"{PREFIX}/runs/{record.run_id}/replay",
         button="Replay",
         style="primary",
         back=f"{PREFIX}/runs/{record.run_id}",
-        error=error,
+        hidden={"idempotency_key": key or f"console-{uuid.uuid4()}"},
+        error=publish_failed_detail(request, unpublished) if unpublished is not None else error,
+        **({"status": status} if status else {}),
     )
 
 
@@ -182,7 +218,13 @@ def replay(request: Request, run_id: uuid.UUID) -> Response:
             letters=console.dead_letters(),
             publisher=console.admin.publisher,
             max_record_bytes=console.max_record_bytes,
+            idempotency_key=form_of(request).optional("idempotency_key"),
         )
     except Refused as refusal:
         return _replay_page(request, _run(request, run_id), refusal.reason)
+    except RunNotPublished as unpublished:
+        return _replay_page(request, _run(request, run_id), unpublished=unpublished)
+    except (KafkaError, TimeoutError, OSError) as exc:  # the dead letters unread: nothing recorded, try again
+        error = f"the dead letters cannot be read now, nothing was recorded: {exc}"
+        return _replay_page(request, _run(request, run_id), error, status=503)
     return RedirectResponse(f"{PREFIX}/runs/{started.run_id}", status_code=303)

@@ -1,0 +1,272 @@
+"""Retrying a replay and a cancel whose events Kafka did not acknowledge, in the application layer (which the admin
+API, the console and exportctl call): a replay under an Idempotency-Key is one replay run, published again while its
+extraction is not complete; the key is one request's (another run replayed, a run request: refused); a cancel
+retried publishes its cancellation again. Over a real SQLite catalog."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.application import runs as use_cases
+from shared.application.actors import Actor, Role
+from shared.application.errors import CancelNotPublished, Conflict, Invalid, PublishFailed, RunNotPublished
+from shared.application.replay import Replay, replay_dead_letters
+from shared.catalog import CatalogStores
+from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
+from shared.domain.runs import RunStatus
+from shared.events import (
+    AnyRunEvent,
+    DeadLetter,
+    ExtractionCompleted,
+    Priority,
+    RunCancelled,
+    RunFailed,
+    RunStarted,
+)
+from tests.admin_app import RecordingPublisher
+
+OPERATOR = Actor(name="ops", role=Role.OPERATOR)
+REASON = "KafkaTimeoutError: Timeout after 15.0 s"
+
+
+@dataclass
+class Publisher(RecordingPublisher):
+    """Records what is published, batches too; ``away``: Kafka acknowledges nothing (what the adapter raises)."""
+
+    batches: list[str] = field(default_factory=list)
+    away: bool = False
+
+    def publish_run_events(self, events: Sequence[AnyRunEvent]) -> None:
+        if self.away:
+            raise PublishFailed("the run events on exports.run-events", REASON)
+        super().publish_run_events(events)
+
+    def publish_member_batches(self, priority: Priority, batches: Sequence[tuple[str, bytes]]) -> None:
+        self.batches.extend(key for key, _ in batches)
+
+
+@dataclass
+class Letters:
+    letters: list[DeadLetter]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return self.letters
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[CatalogStores]:
+    stores = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+    stores.definitions.apply(ConnectionProfile(name="partner", base_url="https://partner.example.com"))
+    stores.definitions.apply(SavedQuery(name="gold", sql="SELECT id, tier FROM members"))
+    stores.definitions.apply(HttpTemplate(name="upsert", query="gold", profile="partner", batch_size=2))
+    stores.definitions.apply(ExportDefinition(name="nightly", query="gold", template="upsert"))
+    yield stores
+    stores.close()
+
+
+def _run(stores: CatalogStores, key: str | None = None) -> uuid.UUID:
+    """A run of nightly, recorded (its request published), under ``key`` if one is given."""
+    record = use_cases.request_run(
+        OPERATOR,
+        "nightly",
+        store=stores.definitions,
+        runs=stores.runs,
+        publisher=RecordingPublisher(),
+        idempotency_key=key,
+    )
+    return record.run_id
+
+
+def _letters(*runs: uuid.UUID) -> Letters:
+    """Three refused members of each of ``runs`` (two batches at the template's size)."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return Letters(
+        [
+            DeadLetter(
+                reason="HTTP 400",
+                source_topic="t",
+                service="dispatcher",
+                run_id=run,
+                batch_index=0,
+                members=[{"id": i, "tier": "gold"} for i in (1, 2, 3)],
+                at=at,
+            )
+            for run in runs
+        ]
+    )
+
+
+def _replay(
+    stores: CatalogStores, run: uuid.UUID, publisher: Publisher, key: str | None, letters: Letters | None = None
+) -> Replay:
+    return replay_dead_letters(
+        OPERATOR,
+        run,
+        store=stores.definitions,
+        runs=stores.runs,
+        letters=letters or _letters(run),
+        publisher=publisher,
+        max_record_bytes=1_000_000,
+        idempotency_key=key,
+    )
+
+
+def test_a_replay_kafka_does_not_acknowledge_is_recorded_queued_and_its_retry_publishes_the_same_replay_run(
+    stores: CatalogStores,
+) -> None:
+    original = _run(stores)
+    with pytest.raises(RunNotPublished) as failed:
+        _replay(stores, original, Publisher(away=True), "k1")
+    replay_id = failed.value.run_id
+    assert failed.value.replay_of == original
+    assert str(failed.value) == (
+        f"replay run {replay_id} of run {original} was recorded queued, but Kafka did not acknowledge its events "
+        f"({REASON}): their outcome is unknown: the broker may have received some of them; retrying with the same "
+        "Idempotency-Key publishes them again (the same replay run, its batches under the same keys), else a run "
+        "that never starts is failed as stuck (EXPORT_NOTIFIER_STUCK_AFTER_SECONDS)"
+    )
+    record = stores.runs.get_run(replay_id)
+    assert record is not None
+    assert (record.status, record.trigger, record.replay_of) == (RunStatus.QUEUED, "replay", original)
+    # The retry: the same replay run, its events published again (before: a second replay run).
+    publisher = Publisher()
+    again = _replay(stores, original, publisher, "k1")
+    assert again == Replay(run_id=replay_id, members=3, batches=2)
+    assert [type(e) for e in publisher.run_events] == [RunStarted, ExtractionCompleted]
+    assert {e.run_id for e in publisher.run_events} == {replay_id}
+    assert publisher.batches == [f"{replay_id}:0", f"{replay_id}:1"]
+    assert [r.run_id for r in stores.runs.replays_of(original)] == [replay_id]
+
+
+def test_a_retried_replay_publishes_nothing_once_its_extraction_is_complete_or_it_ended(stores: CatalogStores) -> None:
+    original = _run(stores)
+    first = _replay(stores, original, Publisher(), "k1")
+    publisher = Publisher()
+    assert _replay(stores, original, publisher, "k1") == first  # not folded yet: published again, same keys
+    assert publisher.batches == [f"{first.run_id}:0", f"{first.run_id}:1"]
+    stores.runs.fold_run_event(ExtractionCompleted(run_id=first.run_id, definition="nightly", members=3, batches=2))
+    publisher = Publisher()
+    assert _replay(stores, original, publisher, "k1") == first
+    assert (publisher.run_events, publisher.batches) == ([], [])
+    # A replay failed as stuck before its events reached Kafka: ended, nothing published again.
+    second = _replay(stores, original, Publisher(away=False), "k2")
+    stores.runs.fold_run_event(RunFailed(run_id=second.run_id, definition="nightly", reason="stuck"))
+    publisher = Publisher()
+    assert _replay(stores, original, publisher, "k2") == second
+    assert (publisher.run_events, publisher.batches) == ([], [])
+    # Without a key, every replay is a replay run of its own (as before).
+    assert _replay(stores, original, Publisher(), None).run_id not in {first.run_id, second.run_id}
+
+
+def test_a_replay_key_used_for_another_run_or_a_run_request_is_refused_with_the_reason(stores: CatalogStores) -> None:
+    original, other = _run(stores), _run(stores)
+    letters = _letters(original, other)
+    first = _replay(stores, original, Publisher(), "k1", letters)
+    for _ in range(2):
+        with pytest.raises(Invalid) as refused:
+            _replay(stores, other, Publisher(), "k1", letters)
+        assert refused.value.slug == "idempotency-key-reused"
+        assert refused.value.reason == (
+            "Idempotency-Key 'k1' was already used for a different request (a replay of another run, or a run "
+            "request): use a new key for a new request, the same key only to retry the same request"
+        )
+    assert _replay(stores, original, Publisher(), "k1", letters) == first  # the first replay keeps its key
+    # A run request's key is not a replay's, nor the other way round.
+    _run(stores, "k2")
+    with pytest.raises(Invalid, match="'k2' was already used for a different request"):
+        _replay(stores, original, Publisher(), "k2", letters)
+    with pytest.raises(Invalid, match="'k1' was already used for a different request"):
+        _run(stores, "k1")
+    assert [r.run_id for r in stores.runs.replays_of(original)] == [first.run_id]
+    assert stores.runs.replays_of(other) == []
+
+
+@given(st.uuids(), st.uuids(), st.text(), st.dictionaries(st.text(max_size=5), st.integers()))
+def test_a_replays_fingerprint_is_its_runs_and_never_a_run_requests(
+    run: uuid.UUID, other: uuid.UUID, definition: str, parameters: dict[str, int]
+) -> None:
+    assert use_cases.replay_fingerprint(run) == use_cases.replay_fingerprint(uuid.UUID(str(run)))
+    assert (use_cases.replay_fingerprint(run) == use_cases.replay_fingerprint(other)) is (run == other)
+    for allowed in (False, True):
+        requested = use_cases.request_fingerprint(definition, parameters, allow_mass_removal=allowed)
+        assert use_cases.replay_fingerprint(run) != requested
+
+
+def _cancel(stores: CatalogStores, run: uuid.UUID, publisher: Publisher) -> RunStatus:
+    record = use_cases.cancel_run(OPERATOR, run, store=stores.definitions, runs=stores.runs, publisher=publisher)
+    return record.status
+
+
+def test_a_cancel_kafka_does_not_acknowledge_is_recorded_and_cancelling_again_publishes_it(
+    stores: CatalogStores,
+) -> None:
+    run = _run(stores)
+    with pytest.raises(CancelNotPublished) as failed:
+        _cancel(stores, run, Publisher(away=True))
+    assert failed.value.run_id == run
+    assert str(failed.value) == (
+        f"run {run} was recorded cancelled (the extractor and the dispatcher stop it), but Kafka did not acknowledge "
+        f"its cancellation event ({REASON}): its outcome is unknown; cancelling it again publishes it again"
+    )
+    record = stores.runs.get_run(run)
+    assert record is not None
+    assert record.status is RunStatus.CANCELLED
+    # Cancelling again publishes the cancellation again (before: 409 "has finished (cancelled)", nothing published).
+    publisher = Publisher()
+    assert _cancel(stores, run, publisher) is RunStatus.CANCELLED
+    assert [(type(e), e.run_id) for e in publisher.run_events] == [(RunCancelled, run)]
+    # A run that finished otherwise is still refused, nothing published.
+    done = _run(stores)
+    stores.runs.fold_run_event(RunFailed(run_id=done, definition="nightly", reason="boom"))
+    with pytest.raises(Conflict, match=r"has finished \(failed\)"):
+        _cancel(stores, done, publisher)
+    assert len(publisher.run_events) == 1
+
+
+def test_exportctl_replay_with_an_idempotency_key_is_one_replay_run_and_another_run_under_it_exits_4(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``exportctl dead-letters replay RUN --idempotency-key KEY`` on the catalog (Kafka's part replaced)."""
+    from shared.cli import direct, reachability
+    from shared.cli.common import CliSettings
+    from shared.cli.exits import REFUSED, CliError
+    from shared.cli.parser import build_parser
+    from shared.kafka import event_publisher
+
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    stores = CatalogStores.from_url(url, migrate=True)
+    stores.definitions.apply(ConnectionProfile(name="partner", base_url="https://partner.example.com"))
+    stores.definitions.apply(SavedQuery(name="gold", sql="SELECT id, tier FROM members"))
+    stores.definitions.apply(HttpTemplate(name="upsert", query="gold", profile="partner", batch_size=2))
+    stores.definitions.apply(ExportDefinition(name="nightly", query="gold", template="upsert"))
+    original, other = _run(stores), _run(stores)
+    stores.close()
+    publisher = Publisher()
+    monkeypatch.setattr(reachability, "require_kafka", lambda servers: None)
+    monkeypatch.setattr(event_publisher, "KafkaDeadLetters", lambda settings: _letters(original, other))
+    monkeypatch.setattr(direct.Direct, "publisher", lambda self: publisher)
+    settings = CliSettings(catalog_url=url)
+
+    def replay(run: uuid.UUID) -> str:
+        args = build_parser().parse_args(["dead-letters", "replay", str(run), "--idempotency-key", "k1"])
+        assert args.func(settings, args) == 0
+        return capsys.readouterr().out
+
+    first = replay(original)
+    assert replay(original) == first  # the same replay run (before: --idempotency-key unknown, exit 2)
+    replay_id = uuid.UUID(first.split()[1])
+    assert [e.run_id for e in publisher.run_events] == [replay_id] * 4  # published twice: not folded yet
+    with pytest.raises(CliError) as refused:
+        replay(other)
+    assert refused.value.code == REFUSED
+    assert "Idempotency-Key 'k1' was already used for a different request (a replay of another run" in str(
+        refused.value
+    )
