@@ -46,10 +46,10 @@ RUNS = "/api/v1/export-definitions/nightly/runs"
 WAIT_SECONDS, BLOCK_SECONDS = 4.0, 2.0
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
-    with LocalKafka(tmp_path_factory.mktemp("kafka")) as broker:
-        yield broker
+@pytest.fixture
+def broker(freezable_broker: LocalKafka) -> LocalKafka:
+    """The integration tests' broker they freeze (``tests/integration/conftest.py``), not one of this module's own."""
+    return freezable_broker
 
 
 @dataclass
