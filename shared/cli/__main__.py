@@ -15,12 +15,17 @@ from shared.cli.exits import USAGE, CliError, fail
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run exportctl with ``argv`` (default: the process's arguments); return its exit code."""
+    """Run exportctl with ``argv`` (default: the process's arguments); return its exit code.
+
+    Without ``argv`` the command is the process (the ``exportctl`` script, ``python -m shared.cli``), which ends
+    when it returns: what the command made is then left to the process's end, not to the garbage collector
+    (:func:`shared.cli.collector.paused`).
+    """
     # pydantic looks for its plugins at its first model by reading the entry points of every installed
     # distribution: about 30 ms of exportctl's start-up, for plugins the project neither ships nor uses. A value
     # set by the user (the names of plugins to skip, or none) is kept.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    with paused():
+    with paused(process_ends=argv is None):
         return _main(argv)
 
 

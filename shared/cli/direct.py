@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from kafka import KafkaProducer
 
     from shared.application.checks import ObjectChecks
+    from shared.cli.kafka_connection import EarlyProducer
     from shared.kafka.event_publisher import KafkaEventPublisher
     from shared.kafka.records import Outgoing
     from shared.querystore import MemberReader
@@ -48,6 +49,9 @@ class Direct:
     stores: CatalogStores
     actor: Actor
     _resources: ExitStack = field(default_factory=ExitStack)
+    #: The producer being opened on a thread since before the catalog was (``exportctl run``), else None: opened at
+    #: the first publication.
+    early: EarlyProducer | None = None
     _members: MemberReader | None = None
     _producer: KafkaProducer | None = None
 
@@ -101,28 +105,23 @@ class Direct:
         produce_and_wait(self._producer, outgoing)
 
     def _connect(self) -> KafkaProducer:
-        from shared.cli.reachability import require_kafka
-        from shared.kafka.clients import PRODUCER_CLOSE_SECONDS, close_producer, make_producer
-        from shared.kafka.connection_check import check_kafka_connection
-        from shared.kafka.topic_setup import ensure_topics
+        from shared.cli.kafka_connection import open_producer
+        from shared.kafka.clients import PRODUCER_CLOSE_SECONDS, close_producer
 
-        require_kafka(self.settings.kafka_bootstrap_servers)
-        check_kafka_connection(self.settings)  # a refused TLS/SASL setting is named, not retried
-        # The producer first: its bootstrap reads the cluster's metadata for no topic (nothing is created),
-        # and kafka-python asks for the next metadata (the topic's, at the first send) no sooner than
-        # retry_backoff_ms (100 ms) after that. Ensuring the topics meanwhile costs that wait nothing.
-        producer = make_producer(self.settings, "exportctl")
+        if self.early is not None:  # opened on its thread, closed by whoever made it
+            return self.early.producer()
+        producer = open_producer(self.settings)
         # Closed within a bound: records a frozen or absent broker has not acknowledged by then (a wait ended by its
         # failure or by Ctrl-C) are abandoned, outcome unknown, logged as a count; kafka-python's own close waited
         # for them until the delivery timeout and more (40 s for a 31 s one, measured).
         self._resources.callback(close_producer, producer, PRODUCER_CLOSE_SECONDS)
-        ensure_topics(self.settings)
         return producer
 
 
 @contextmanager
-def direct(settings: CliSettings) -> Iterator[Direct]:
-    """The catalog at ``settings.catalog_url``, if its schema is this release's; :class:`CatalogUnusable` if not."""
+def direct(settings: CliSettings, early: EarlyProducer | None = None) -> Iterator[Direct]:
+    """The catalog at ``settings.catalog_url``, if its schema is this release's; :class:`CatalogUnusable` if not.
+    ``early``: the producer its publications use (see :class:`Direct`)."""
     engine = make_engine(settings.catalog_url)
     try:
         require_current(engine)
@@ -137,7 +136,7 @@ def direct(settings: CliSettings) -> Iterator[Direct]:
     stores = CatalogStores.from_url(
         settings.catalog_url, audit_retention_days=settings.audit_retention_days, cipher=cipher
     )
-    context = Direct(settings, stores, local_operator(getpass.getuser()))
+    context = Direct(settings, stores, local_operator(getpass.getuser()), early=early)
     try:
         yield context
     finally:
@@ -145,15 +144,16 @@ def direct(settings: CliSettings) -> Iterator[Direct]:
         stores.close()
 
 
-def on_catalog(settings: CliSettings, command: Callable[[Direct], int]) -> int:
+def on_catalog(settings: CliSettings, command: Callable[[Direct], int], early: EarlyProducer | None = None) -> int:
     """Run a direct-mode command; a refusal or an unusable catalog becomes a :class:`CliError` with its code.
+    ``early``: the producer its publications use, being opened since before (``exportctl run``).
 
     A refusal reads as the admin API's ``detail`` does, and exits with the code of its status (404: 3,
     else 4); a catalog or broker that cannot be reached exits 5, a publication Kafka did not acknowledge too (its
     message says what it leaves: a run recorded queued, its outcome unknown).
     """
     try:
-        with direct(settings) as context:
+        with direct(settings, early) as context:
             return command(context)
     except Refused as exc:
         message = exc.problems[0] if len(exc.problems) == 1 else "refused\n  " + "\n  ".join(exc.problems)

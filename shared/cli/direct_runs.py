@@ -9,17 +9,35 @@ twins in :mod:`shared.cli.api_commands` print, through the same views.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from shared.application import runs as run_use_cases
-from shared.cli.common import CliSettings, view_of
-from shared.cli.direct import Direct, on_catalog, wait_for_run
 from shared.cli.exits import NOT_FOUND, OK, CliError
-from shared.cli.run_views import parse_run_id, print_run, print_runs
 from shared.cli.variables import parse_assignments
+
+if TYPE_CHECKING:
+    from shared.cli.common import CliSettings
+    from shared.cli.direct import Direct
+    from shared.cli.kafka_connection import EarlyProducer
 
 
 def cmd_run(settings: CliSettings, args: argparse.Namespace) -> int:
     parameters = parse_assignments(args.param, "--param")
+    # Kafka first, on a thread (shared.cli.kafka_connection): the producer connects while the catalog's libraries
+    # load and the definition is read, which are imported here, after it, rather than with the module.
+    from shared.cli.kafka_connection import EarlyProducer
+
+    early = EarlyProducer(settings)
+    try:
+        return _request_run(settings, args, parameters, early)
+    finally:
+        early.close()
+
+
+def _request_run(
+    settings: CliSettings, args: argparse.Namespace, parameters: dict[str, str], early: EarlyProducer
+) -> int:
+    from shared.application import runs as run_use_cases
+    from shared.cli.direct import on_catalog, wait_for_run
 
     def run(context: Direct) -> int:
         # The same use case as the admin API: a reused key returns its run, or is refused (other parameters).
@@ -36,10 +54,14 @@ def cmd_run(settings: CliSettings, args: argparse.Namespace) -> int:
         print(f"run {record.run_id} requested for '{args.definition}'", flush=True)
         return wait_for_run(context, record.run_id, args.timeout) if args.wait else OK
 
-    return on_catalog(settings, run)
+    return on_catalog(settings, run, early)
 
 
 def cmd_runs(settings: CliSettings, args: argparse.Namespace) -> int:
+    from shared.cli.common import view_of
+    from shared.cli.direct import on_catalog
+    from shared.cli.run_views import parse_run_id, print_run, print_runs
+
     run_id = parse_run_id(args.id) if args.id else None
 
     def runs(context: Direct) -> int:

@@ -22,10 +22,10 @@ from shared.cli.common import CliSettings
 from shared.cli.direct import Direct, direct, on_catalog
 from shared.cli.direct_runs import cmd_run
 from shared.cli.exits import UNREACHABLE, CliError
-from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.runs import RunStatus
 from shared.kafka import Outgoing
 from shared.kafka.clients import PRODUCER_CLOSE_SECONDS
+from tests.exportctl_catalog import nightly_catalog
 
 pytestmark = pytest.mark.integration
 
@@ -34,15 +34,8 @@ DELIVERY_SECONDS = 31.0
 
 
 def _settings(tmp_path: Path, broker: LocalKafka) -> CliSettings:
-    catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    stores = CatalogStores.from_url(catalog_url, migrate=True)
-    stores.definitions.apply(ConnectionProfile(name="partner", base_url="https://partner.example.com"))
-    stores.definitions.apply(SavedQuery(name="gold", sql="SELECT id FROM members"))
-    stores.definitions.apply(HttpTemplate(name="upsert", query="gold", profile="partner"))
-    stores.definitions.apply(ExportDefinition(name="nightly", query="gold", template="upsert"))
-    stores.close()
     return CliSettings(
-        catalog_url=catalog_url,
+        catalog_url=nightly_catalog(tmp_path),
         kafka_bootstrap_servers=broker.bootstrap_servers,
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         kafka_delivery_timeout_ms=int(DELIVERY_SECONDS * 1000),
