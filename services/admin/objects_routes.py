@@ -17,6 +17,7 @@ from services.admin.problems import problem_responses
 from shared.application import objects as use_cases
 from shared.application.actors import Actor
 from shared.application.manifests import parse_object_documents
+from shared.application.schedules import who_paused
 from shared.domain.catalog_objects import (
     CatalogObject,
     ConnectionProfile,
@@ -368,6 +369,9 @@ class SchedulePreview(BaseModel):
     """The next times a definition's schedule fires (whether or not it is enabled)."""
 
     enabled: bool
+    #: Who disabled the schedule: the operator who saved it disabled, or the notifier's pause after a run's failures
+    #: (``notifier: run <id>``); null while enabled, or not known (disabled before this was recorded).
+    paused_by: str | None = None
     timezone: str
     cron: str | None
     fire_times: list[datetime]
@@ -386,6 +390,7 @@ def preview_schedule(
     schedule = use_cases.visible(caller, context.definitions, ExportDefinition, name).schedule
     return SchedulePreview(
         enabled=schedule.enabled,
+        paused_by=None if schedule.enabled else who_paused(name, store=context.definitions),
         timezone=schedule.timezone,
         cron=schedule.repeat.expression if schedule.repeat else None,
         fire_times=next_fire_times(schedule, datetime.now(UTC), count),

@@ -1,11 +1,18 @@
-"""Send email over SMTP (plain, STARTTLS or implicit TLS), retrying a failing server with backoff."""
+"""Send email over SMTP (plain, STARTTLS or implicit TLS), retrying a failing server with backoff; each attempt
+bounded as a whole by the timeout."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import smtplib
+import socket
 import ssl
+import threading
+import time
+from collections.abc import Iterator
 from email.message import EmailMessage
+from typing import Any
 
 from pydantic import SecretStr
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -19,8 +26,99 @@ MAX_WAIT_SECONDS = 30.0
 
 def longest_send_seconds(max_attempts: int, timeout: float, max_wait: float = MAX_WAIT_SECONDS) -> float:
     """How long one email's send may take at most, its retries through a slow or failing server: each attempt
-    up to ``timeout`` (a connection, or a reply, that never comes), and the backoff's longest wait in between."""
+    up to ``timeout`` as a whole (:class:`_Deadline`: a connection or a reply that never comes, a server answering
+    every command slowly), and the backoff's longest wait in between."""
     return max_attempts * timeout + (max_attempts - 1) * max_wait
+
+
+class AttemptTimedOut(TimeoutError):
+    """An attempt at an email outlasted the SMTP timeout as a whole (each exchange may have been within it)."""
+
+
+class _Deadline:
+    """One attempt's end: once ``seconds`` have passed, the connection's socket (:meth:`watch`) is shut down, so a
+    reply still trickling in ends at once and nothing more is sent: smtplib's timeout bounds each exchange with the
+    server, this the whole attempt. The socket is watched through a duplicate of its descriptor: a shutdown reaches
+    the connection also once TLS wraps the socket, and during the handshake."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._watched: socket.socket | None = None
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def left(self) -> float:
+        """The time left (a socket's timeout: never 0, which would make it non-blocking)."""
+        return max(self.at - time.monotonic(), 0.001)
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._watched = sock.dup()
+            if self.expired:
+                self._shut()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            self._shut()
+
+    def _shut(self) -> None:
+        if self._watched is not None:
+            with contextlib.suppress(OSError):
+                self._watched.shutdown(socket.SHUT_RDWR)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[_Deadline]:
+        """The attempt, its timer started; a failure after the deadline is :class:`AttemptTimedOut`."""
+        self._timer.start()
+        try:
+            yield self
+        except (OSError, smtplib.SMTPException) as exc:
+            if self.expired:
+                raise AttemptTimedOut(
+                    f"the SMTP server took longer than {self.seconds:g} s for one attempt at the email "
+                    "(EXPORT_SMTP_TIMEOUT_SECONDS)"
+                ) from exc
+            raise
+        finally:
+            self._timer.cancel()
+            with self._lock:
+                if self._watched is not None:
+                    self._watched.close()
+
+
+class _BoundedSmtp(smtplib.SMTP):
+    """SMTP whose socket is watched by a :class:`_Deadline`, each exchange's timeout cut to the time left."""
+
+    def __init__(self, deadline: _Deadline, **kwargs: Any) -> None:
+        self.deadline = deadline
+        super().__init__(**kwargs)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.create_connection((host, port), min(timeout, self.deadline.left()), self.source_address)
+        self.deadline.watch(sock)
+        return self._wrapped(sock)
+
+    def _wrapped(self, sock: socket.socket) -> socket.socket:
+        return sock
+
+    def send(self, s: Any) -> None:
+        if self.deadline.expired:
+            raise smtplib.SMTPServerDisconnected("the attempt's time is over")
+        if self.sock is not None:
+            with contextlib.suppress(OSError):  # a socket gone bad: the send says so, as smtplib's own
+                self.sock.settimeout(min(self.timeout, self.deadline.left()))
+        super().send(s)
+
+
+class _BoundedSmtpSsl(_BoundedSmtp, smtplib.SMTP_SSL):
+    """Implicit TLS, as :class:`_BoundedSmtp`: the socket watched before its handshake."""
+
+    def _wrapped(self, sock: socket.socket) -> socket.socket:
+        return self.context.wrap_socket(sock, server_hostname=self._host)  # type: ignore[attr-defined]
 
 
 class SmtpMailer:
@@ -60,19 +158,21 @@ class SmtpMailer:
         return Masking.of([password, *(base64.b64encode(value.encode()).decode() for value in sent)])
 
     def _send_once(self, message: EmailMessage) -> None:
+        """One attempt, bounded as a whole by the timeout (:class:`_Deadline`), each exchange within it too."""
         # Certificates are always verified: against the system's CAs, or the operator's own bundle.
         context = ssl.create_default_context(cafile=self.ca_file)
-        smtp: smtplib.SMTP
-        if self.security == "tls":
-            smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
-        else:
-            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        with smtp:
-            if self.security == "starttls":
-                smtp.starttls(context=context)
-            if self.username and self.password:
-                smtp.login(self.username, self.password.get_secret_value())
-            smtp.send_message(message)
+        with _Deadline(self.timeout).running() as deadline:
+            smtp: smtplib.SMTP
+            if self.security == "tls":
+                smtp = _BoundedSmtpSsl(deadline, host=self.host, port=self.port, timeout=self.timeout, context=context)
+            else:
+                smtp = _BoundedSmtp(deadline, host=self.host, port=self.port, timeout=self.timeout)
+            with smtp:
+                if self.security == "starttls":
+                    smtp.starttls(context=context)
+                if self.username and self.password:
+                    smtp.login(self.username, self.password.get_secret_value())
+                smtp.send_message(message)
 
     def send(self, message: EmailMessage, *, max_attempts: int | None = None) -> None:
         """Send, retrying connection failures and 4xx answers; raise the last error when retries run out."""

@@ -29,7 +29,7 @@ from services.notifier.webhook_messages import final_event, ledger_kind, parse_k
 from shared.application.chains import request_following_runs
 from shared.application.ports import DefinitionsStore, RunsStore, WatermarkStore
 from shared.application.run_events import record_run_event, record_run_events
-from shared.application.schedules import pause_schedule
+from shared.application.schedules import pause_schedule, paused_by_run
 from shared.domain.catalog_objects import ExportDefinition, WebhookEvent
 from shared.domain.runs import (
     RunRecord,
@@ -256,24 +256,22 @@ class Notifier:
         finishes: list[Finish],
         held: bool = False,
         attempts: int | None = None,
-        again: bool | None = None,
     ) -> list[Outgoing]:
         """Once a run is final: chained runs on every event, due emails on every event unless another replica
         ``held`` the run's finish (its emails are part of it); and while ``finishing`` (this replica claimed the
         finish, not recorded as handled), the finish: the failure policy (threshold, auto-pause), the final
         webhook, the recovery notice, a missed run's claims. A finish whose work is done is appended to
         ``finishes``, for the caller to record (:meth:`_record_finishes`). ``attempts``: per email (None: the
-        mailer's own; the sweep's one, not to hold the loop through an SMTP outage). ``again``: whether this finish
-        was begun before (None: when ``before`` was final already). The records to produce: the run requests of
-        chained definitions.
+        mailer's own; the sweep's one, not to hold the loop through an SMTP outage). The records to produce: the run
+        requests of chained definitions.
 
         The fold is committed before this runs, so a failure here or before the finish is recorded (the catalog
         timing out or away, the process killed) leaves the finish to the next event of the run (the same one
         handed back, redelivered or replayed; or the sweep, once the claim's lease is over), which finds the run final
-        and its finish not handled. Every step
-        can be run again: the threshold's ``RunFailed`` keeps the first reason, emails and webhooks are claimed
-        once in the ledger, the pause happens once (its webhook sent again if need be), chained runs are
-        idempotent; the metrics count when the finish is recorded, once."""
+        and its finish not handled. Every step can be run again: the threshold's ``RunFailed`` keeps the first
+        reason, emails and webhooks are claimed once in the ledger, the pause happens once (its webhook sent again
+        if this run paused the schedule: :meth:`_paused_by`), chained runs are idempotent; the metrics count when
+        the finish is recorded, once."""
         if not after.status.is_final and after.definition not in self._started:
             self._start_series(after.definition)
         if after.started_at is not None and (before is None or before.started_at is None):
@@ -291,10 +289,9 @@ class Notifier:
                 _, after = self.runs.fold_run_event(
                     RunFailed(run_id=after.run_id, definition=after.definition, reason=reason, at=at)
                 )
-            # Again (this finish's handling was interrupted): the pause may be done and its webhook not claimed.
-            if again is None:
-                again = before is not None and before.status.is_final
-            if (self._maybe_pause(definition, after) or (again and self._paused_by(definition, after))) and (
+            # This finish's handling interrupted after the pause: its webhook may not be claimed yet (the ledger sends
+            # it once).
+            if (self._maybe_pause(definition, after) or self._paused_by(definition, after)) and (
                 self.webhooks is not None
             ):
                 self.webhooks.notify(definition, after, WebhookEvent.PAUSED)
@@ -419,11 +416,11 @@ class Notifier:
         an event's would be. Their count before, in :data:`FINISHES_PENDING`."""
         count, records = self.runs.finishes_pending(self.finish_lease_seconds, self.finish_sweep_limit)
         FINISHES_PENDING.set(count)
-        claimed, _ = self._claim([record.run_id for record, _ in records])
+        claimed, _ = self._claim([record.run_id for record in records])
         finishes: list[Finish] = []
         outgoing: list[Outgoing] = []
         try:
-            for record, begun in records:
+            for record in records:
                 if record.run_id not in claimed or not self._renewed(record.run_id):
                     continue
                 log.warning(
@@ -435,11 +432,7 @@ class Notifier:
                 try:
                     at = record.finished_at or record.last_event_at or self.clock()
                     # One attempt per email, as the sweep's retries: an SMTP outage must not hold the loop.
-                    # A retry (the pause's webhook sent again if this run paused the schedule) only when a replica
-                    # claimed the finish before: else the schedule was paused by an operator, not by this run.
-                    outgoing += self._after_fold(
-                        record, record, at, finishing=True, finishes=finishes, attempts=1, again=begun
-                    )
+                    outgoing += self._after_fold(record, record, at, finishing=True, finishes=finishes, attempts=1)
                 except Exception:  # its claim lapses: a later sweep tries again; the others go on
                     log.exception("finishing a run failed; a later sweep tries again", run_id=str(record.run_id))
         finally:
@@ -495,30 +488,28 @@ class Notifier:
             return False
         if self._consecutive_failures(definition.name, limit) < limit:
             return False
-        if pause_schedule(definition.name, store=self.definitions):
+        if pause_schedule(definition.name, store=self.definitions, paused_by=paused_by_run(record.run_id)):
             SCHEDULES_PAUSED.labels(definition=definition.name).inc()
             log.warning("schedule paused", definition=definition.name, consecutive_failed_runs=limit)
             return True
         return False
 
-    def _paused_by(self, definition: ExportDefinition, record: RunRecord) -> bool:
-        """Whether this failed run is the one that paused the schedule: the schedule is paused (as ``definition``
-        was read) and the run is exactly the N-th consecutive failure its policy pauses after."""
-        limit = definition.failure_policy.pause_after_failed_runs
-        if limit is None or record.status is not RunStatus.FAILED or definition.schedule.enabled:
+    def _paused_by(self, definition: ExportDefinition, record: RunRecord, *, as_read: bool = True) -> bool:
+        """Whether this failed run's failures paused the schedule, as recorded in the pause's transaction
+        (``schedule_paused_by``): not an operator's pause, nor an earlier run's. Read only for a failed run of a
+        definition that pauses, and (``as_read``) whose schedule was disabled when ``definition`` was read."""
+        if definition.failure_policy.pause_after_failed_runs is None or record.status is not RunStatus.FAILED:
             return False
-        return self._consecutive_failures(definition.name, limit) == limit
+        if as_read and definition.schedule.enabled:
+            return False
+        return self.definitions.schedule_paused_by(definition.name) == paused_by_run(record.run_id)
 
     def _paused_after(self, definition: ExportDefinition, record: RunRecord) -> int | None:
-        """N when this failed run is one of N consecutive failures that paused the schedule (for the email)."""
+        """N when this failed run's failures, N in a row, paused the schedule (for the email)."""
         limit = definition.failure_policy.pause_after_failed_runs
-        if limit is None or record.status is not RunStatus.FAILED:
+        if limit is None or not self._paused_by(definition, record, as_read=False):
             return None
-        current = self._definition(definition.name)
-        if current is None or current.schedule.enabled:
-            return None
-        failures = self._consecutive_failures(definition.name, limit)
-        return failures if failures >= limit else None
+        return max(self._consecutive_failures(definition.name, limit), limit)
 
     def _consecutive_failures(self, definition: str, limit: int) -> int:
         # Skipped and missed runs do not break a series: look further back than ``limit`` runs.

@@ -26,7 +26,12 @@ class NotifierSettings(CommonSettings):
     smtp_username: str | None = Field(default=None, description="SMTP user, when the server needs auth.")
     smtp_password: SecretStr | None = Field(default=None, description="SMTP password (never logged).")
     smtp_sender: str = Field(default="member-export@localhost", description="From address of notifications.")
-    smtp_timeout_seconds: float = Field(default=30.0, gt=0, description="SMTP connection timeout.")
+    smtp_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="SMTP timeout: bounds each attempt at an email as a whole (connecting, TLS, login, sending), "
+        "and each exchange within it.",
+    )
     smtp_max_attempts: int = Field(default=8, ge=1, description="Attempts per email before it is recorded failed.")
     run_link_base_url: str | None = Field(
         default=None, description="Base URL of run pages; emails link to <base>/runs/<run id> when set."
@@ -64,8 +69,9 @@ class NotifierSettings(CommonSettings):
         description="A run's finish (failure policy, final webhook and emails, counts) is done by the one replica "
         "that claims it (renewed before each run's finish); another replica (an event of the run again, or its "
         "sweep) takes a claim over once it is this old: its holder died. The sweep also finishes the runs final "
-        "this long whose finish no one did. Longer than one email's longest send (SMTP attempts x timeout, and "
-        "the backoff between them), or a slow finish would be taken over and done twice.",
+        "this long whose finish no one did. Longer than one email's longest send (SMTP attempts x timeout, each "
+        "attempt bounded as a whole, and the backoff between them), or a slow finish would be taken over and done "
+        "twice.",
     )
     notifier_replica_id: str = Field(
         default_factory=default_replica_id,

@@ -309,11 +309,19 @@ class SqlDefinitionsStore:
             return self._mismatch(session, kind, name, read)
 
     def _write(
-        self, session: Session, obj: CatalogObject, *, row: CatalogObjectRow | None, create: bool = True
+        self,
+        session: Session,
+        obj: CatalogObject,
+        *,
+        row: CatalogObjectRow | None,
+        create: bool = True,
+        audit: Sequence[AuditEntry] = (),
     ) -> tuple[ApplyResult, Revision]:
         """Create (unless not ``create``: :class:`NotFound`) or update ``obj``'s row, ``row`` as the write's
         transaction read it (:meth:`_row`, None: none under its name), the very object whose version the update is
-        conditional on (see :meth:`_require_version`); what was done and the row's revision as it is then."""
+        conditional on (see :meth:`_require_version`); what was done and the row's revision as it is then. A
+        definition's schedule disabled by it is recorded as paused by the actor of its ``audit`` entry
+        (:func:`_record_pause`)."""
         spec = self._stored(obj)
         if row is None:
             if not create:
@@ -333,6 +341,7 @@ class SqlDefinitionsStore:
             return "created", Revision(row_id, 1)
         if self._unchanged(row, obj):
             return "unchanged", _revision(row)
+        _record_pause(row, obj, _actor_of(obj, audit))
         row.spec, row.version, row.updated_at = spec, row.version + 1, now()
         return "updated", _revision(row)
 
@@ -392,7 +401,7 @@ class SqlDefinitionsStore:
                     if new and row is not None:
                         raise NameTaken(kind_of(obj), obj.name)
                     self._require_version(session, row, kind_of(obj), obj.name, expected_version)
-                    result, revision = self._write(session, obj, row=row, create=not existing)
+                    result, revision = self._write(session, obj, row=row, create=not existing, audit=audit)
                     if audit and result == "unchanged":
                         raise _NothingWritten([result], revision)  # the audit entries roll back with it
                     return result, revision
@@ -434,7 +443,7 @@ class SqlDefinitionsStore:
                         row = self._row(session, kind_of(obj), obj.name)  # read once: checked, then written
                         if read is not None and (None if row is None else _revision(row)) != read[index]:
                             raise _NotAsRead
-                        results.append(self._write(session, obj, row=row)[0])
+                        results.append(self._write(session, obj, row=row, audit=audit)[0])
                     if audit and all(result == "unchanged" for result in results):
                         raise _NothingWritten(results)  # the audit entries roll back with it
                     return results
@@ -577,8 +586,12 @@ class SqlDefinitionsStore:
                 raise NotFound(kind.__name__, name)
             return uuid.UUID(row.id), row.version, self._load(kind, row)
 
-    def replace_if_version(self, obj: CatalogObject, version: int, *, audit: Sequence[AuditEntry] = ()) -> bool:
+    def replace_if_version(
+        self, obj: CatalogObject, version: int, *, audit: Sequence[AuditEntry] = (), paused_by: str | None = None
+    ) -> bool:
         """Store ``obj`` only if its stored version is still ``version`` (compare and set); True when stored.
+        A definition's schedule it disables is recorded as paused by ``paused_by`` (None: the actor of its
+        ``audit`` entry), in the same transaction.
 
         The write itself is conditional on ``version``: of two updates from one version at once, one is stored
         and the other answers False (never both)."""
@@ -588,11 +601,22 @@ class SqlDefinitionsStore:
                 if row is None or row.version != version:
                     return False
                 write_entries(session, audit)
+                _record_pause(row, obj, paused_by or _actor_of(obj, audit))
                 row.spec, row.version, row.updated_at = self._stored(obj), row.version + 1, now()
                 session.flush()
                 return True
         except StaleDataError:  # another update stored since the read: this one lost
             return False
+
+    def schedule_paused_by(self, name: str) -> str | None:
+        """Who disabled definition ``name``'s schedule (:attr:`CatalogObjectRow.schedule_paused_by`): None while it
+        is enabled, when not known (disabled before migration 0016, created disabled) and for no such definition."""
+        with self.database.transaction(ExportDefinition.__name__, name) as session:
+            return session.scalar(
+                select(CatalogObjectRow.schedule_paused_by).where(
+                    CatalogObjectRow.kind == ExportDefinition.__name__, CatalogObjectRow.name == name
+                )
+            )
 
     def list_objects(self, kind: type[T]) -> list[T]:
         return [obj for _, obj in self.list_versioned(kind)]
@@ -631,6 +655,7 @@ class SqlDefinitionsStore:
                     self._refuse_in_use(session, row)
                 if hold_references:
                     self._hold_references(session, [obj])
+                _record_pause(row, obj, _actor_of(obj, audit))
                 row.name, row.spec, row.version, row.updated_at = obj.name, self._stored(obj), row.version + 1, now()
                 return _revision(row)
 
@@ -717,6 +742,27 @@ class SqlDefinitionsStore:
                 )
             ).one()
             return int(count), aware(latest)
+
+
+def _actor_of(obj: CatalogObject, audit: Sequence[AuditEntry]) -> str | None:
+    """The actor of the audit entry of ``obj`` (by kind and name) among a write's ``audit`` entries."""
+    return next((e.actor for e in audit if (e.kind, e.name) == (kind_of(obj), obj.name)), None)
+
+
+def _record_pause(row: CatalogObjectRow, obj: CatalogObject, pauser: str | None) -> None:
+    """Before ``row`` (as stored) is overwritten by ``obj``: who paused its schedule. A definition's schedule that
+    this write disables was paused by ``pauser``; one it leaves disabled keeps who paused it; an enabled one (or
+    another kind) has none."""
+    if not isinstance(obj, ExportDefinition) or obj.schedule.enabled:
+        row.schedule_paused_by = None
+    elif _enabled(row.spec):
+        row.schedule_paused_by = pauser
+
+
+def _enabled(spec: Any) -> bool:
+    """Whether a stored definition's schedule is enabled (``spec`` as stored)."""
+    schedule = spec.get("schedule") if isinstance(spec, dict) else None
+    return isinstance(schedule, dict) and schedule.get("enabled") is True
 
 
 def _revision(row: CatalogObjectRow) -> Revision:

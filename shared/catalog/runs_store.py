@@ -333,10 +333,10 @@ class SqlRunsStore:
             ).scalars()
             return {uuid.UUID(run_id) for run_id in rows}
 
-    def finishes_pending(self, lease_seconds: float, limit: int) -> tuple[int, list[tuple[RunRecord, bool]]]:
+    def finishes_pending(self, lease_seconds: float, limit: int) -> tuple[int, list[RunRecord]]:
         """The final runs whose finish is not handled though they finished more than ``lease_seconds`` ago: how
         many, and the oldest ``limit`` of them whose finish no one holds (unclaimed, or its claim older than the
-        lease: its holder died), each with whether its finish was claimed before (begun, maybe in part)."""
+        lease: its holder died)."""
         cutoff = self._catalog_now(lease_seconds)
         # On SQLite, the status as an expression (``status || ''``): else its planner searches ix_runs_status (every
         # final run ever) rather than scanning the partial index of the few unhandled ones.
@@ -356,7 +356,7 @@ class SqlRunsStore:
                 .order_by(func.coalesce(RunRow.finished_at, RunRow.last_event_at), RunRow.run_id)
                 .limit(limit)
             )
-            return count, [(record_of(row), row.finish_claimed_by is not None) for row in rows]
+            return count, [record_of(row) for row in rows]
 
     def mark_finishes_handled(self, run_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Record the finish of ``run_ids`` as handled, after their work (one statement; it ends their claim); the

@@ -39,6 +39,11 @@ class CatalogObjectRow(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: A definition's schedule disabled: who disabled it, written in the transaction that did (migration 0016): the
+    #: operator (the actor of the change's audit entry) or the notifier's pause after a run's failures
+    #: (:func:`shared.application.schedules.paused_by_run`). Null while it is enabled, for the other kinds, and for a
+    #: schedule disabled before 0016 (not known).
+    schedule_paused_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
     # Every UPDATE and DELETE of a row loaded through the ORM carries ``WHERE version = <the version read>``
     # (the store sets the next version itself): a write that lost a race to another raises ``StaleDataError``

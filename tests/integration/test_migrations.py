@@ -56,8 +56,9 @@ NEW_RUN_COLUMNS = {
 #: Columns later revisions add to baseline tables (0002: the runs' scope; 0004: split runs' range count;
 #: 0006: when a run was requested; 0008: change-mode counts and retried members; 0009: a run's fixed sync;
 #: 0013: a mass removal allowed by the run's request; 0014: when the notifier handled a run's finish; 0015: who
-#: claimed it, when).
+#: claimed it, when; 0016: who paused a definition's schedule).
 LATER_COLUMNS = {
+    "catalog_objects": {"schedule_paused_by"},
     "runs": NEW_RUN_COLUMNS,
     "extraction_checkpoints": {"ranges", "sync"},
     "notifications": {"attempts", "next_attempt_at", "gave_up_at"},
@@ -426,8 +427,9 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
     # table and its three indexes; the dispatcher replicas' heartbeats (and their index), the shared circuit
     # breakers, the breakers open at each replica (and their index) and the breaker emails' outbox; the tables
     # of next-run retries, their claims and the member delivery log (4) and their indexes (5); a mass removal
-    # allowed on the runs; when a run's finish was handled; who claimed it, when, and the unhandled finishes' index.
-    assert len(lines) == 49, lines
+    # allowed on the runs; when a run's finish was handled; who claimed it, when, and the unhandled finishes' index;
+    # who paused a definition's schedule (0016).
+    assert len(lines) == 50, lines
     assert "table change_members is missing from the database" in lines
     assert "table delivery_batches is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)

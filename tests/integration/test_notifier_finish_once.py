@@ -7,6 +7,8 @@ Real SMTP server and HTTP receiver; the catalog is SQLite and PostgreSQL (the ``
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -152,6 +154,25 @@ def test_a_notifier_killed_between_the_fold_and_the_finish_finishes_the_run_once
     assert (finished("failed"), finished("completed_with_errors")) == (failed_before + 1, with_errors_before)
 
 
+@contextmanager
+def paused_webhook_claim_timing_out(catalog: CatalogStores) -> Iterator[CatalogTimedOut]:
+    """Within: the claim of channel ``ops``'s ``paused`` webhook times out (the failure, yielded), the others are
+    claimed as ever."""
+    real_claim = catalog.runs.claim_notification
+    timed_out = CatalogTimedOut("Run", None, "57014")
+
+    def claim(run_id: uuid.UUID, kind: str, recipients: list[str]) -> bool:
+        if kind == "webhook:ops:paused":
+            raise timed_out
+        return real_claim(run_id, kind, recipients)
+
+    catalog.runs.claim_notification = claim  # type: ignore[method-assign]
+    try:
+        yield timed_out
+    finally:
+        catalog.runs.claim_notification = real_claim  # type: ignore[method-assign]
+
+
 def test_a_pause_whose_webhook_could_not_be_claimed_sends_it_when_the_event_comes_again(
     catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
 ):
@@ -169,18 +190,9 @@ def test_a_pause_whose_webhook_could_not_be_claimed_sends_it_when_the_event_come
             ]
         )
     notifier.handle_all(runs[0])
-    real_claim = catalog.runs.claim_notification
-    timed_out = CatalogTimedOut("Run", None, "57014")
-
-    def claim(run_id: uuid.UUID, kind: str, recipients: list[str]) -> bool:
-        if kind == "webhook:ops:paused":
-            raise timed_out
-        return real_claim(run_id, kind, recipients)
-
-    catalog.runs.claim_notification = claim  # type: ignore[method-assign]
-    assert notifier.handle_all(runs[1]) == [timed_out, timed_out]
+    with paused_webhook_claim_timing_out(catalog) as timed_out:
+        assert notifier.handle_all(runs[1]) == [timed_out, timed_out]
     assert catalog.definitions.get(ExportDefinition, "nightly").schedule.enabled is False
-    catalog.runs.claim_notification = real_claim  # type: ignore[method-assign]
     notifier.handle_all(runs[1])  # replayed from the dead-letter topic
     notifier.handle_all(runs[1])
 
