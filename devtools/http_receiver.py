@@ -35,7 +35,7 @@ from xml.etree.ElementTree import Element
 import httpx
 from defusedxml.ElementTree import fromstring
 
-from devtools.processes import Managed
+from devtools.processes import Managed, serving_thread
 
 
 @dataclass
@@ -273,7 +273,7 @@ class HttpReceiver(Managed):
             refusal_detail=refusal_detail,
         )
         self._server = _Server(port, self.state, ssl_context)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http-receiver", daemon=True)
+        self._thread = serving_thread(self._server, "http-receiver")
 
     @property
     def port(self) -> int:

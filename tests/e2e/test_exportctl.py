@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -321,6 +322,12 @@ def _applied(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def _at_once(tmp_path, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """exportctl run with each of ``commands`` concurrently (on a catalog that exists already); in their order."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda argv: exportctl(tmp_path, *argv), commands))
+
+
 def _refused(result: subprocess.CompletedProcess[str], code: int, message: str) -> None:
     assert "Traceback" not in result.stderr
     assert result.returncode == code, result.stderr
@@ -370,16 +377,23 @@ def test_the_demo_manifest_applies_with_its_receiver_url_given(tmp_path):
 @pytest.mark.parametrize("kind", ["ExportDefinition", "definition", "definitions", "def", "export-definitions"])
 def test_one_set_of_kind_names_in_every_command(tmp_path, kind):
     _applied(tmp_path)
-    got = exportctl(tmp_path, "get", kind, "nightly")
+    # The commands that do not depend on each other run at once (each is an interpreter's start-up, mostly).
+    got, described, listed, copied, unknown = _at_once(
+        tmp_path,
+        ("get", kind, "nightly"),
+        ("describe", kind, "nightly"),
+        ("list", kind),
+        ("copy", kind, "nightly", "--name", "nightly-copy"),
+        ("get", "widgets"),
+    )
     assert got.returncode == 0, got.stderr
     assert yaml.safe_load(got.stdout)["kind"] == "ExportDefinition"
-    assert exportctl(tmp_path, "describe", kind, "nightly").returncode == 0
-    assert "nightly" in exportctl(tmp_path, "list", kind).stdout
-    copied = exportctl(tmp_path, "copy", kind, "nightly", "--name", "nightly-copy")
+    assert described.returncode == 0
+    assert "nightly" in listed.stdout
     assert copied.stdout.strip() == 'ExportDefinition/nightly-copy created ("Copy of nightly")', copied.stderr
     deleted = exportctl(tmp_path, "delete", kind, "nightly-copy")
     assert deleted.stdout.strip() == "ExportDefinition/nightly-copy deleted", deleted.stderr
-    _refused(exportctl(tmp_path, "get", "widgets"), 2, "unknown kind 'widgets'")
+    _refused(unknown, 2, "unknown kind 'widgets'")
 
 
 def test_what_get_and_describe_print_applies_back_unchanged(tmp_path):

@@ -6,7 +6,6 @@ reaches the partner is the request the template describes, whatever the members 
 
 import contextlib
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +15,7 @@ from urllib.parse import unquote
 import pytest
 
 from devtools.http_receiver import HttpReceiver
+from devtools.processes import serving_thread
 from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
 from services.dispatcher.partner_auth import OAuthTokenCache
@@ -186,7 +186,7 @@ class TokenEndpoint:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/oauth/token"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = serving_thread(self.server)
 
     def __enter__(self) -> "TokenEndpoint":
         self.thread.start()
