@@ -116,35 +116,23 @@ def test_run_makes_its_producer_while_it_reads_the_definition_and_publishes_once
     assert producers.all_closed()
 
 
-def test_a_refused_run_publishes_nothing_and_leaves_no_producer_behind(
-    tmp_path: Path, settings: CommonSettings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cli = _cli_settings(tmp_path, settings.kafka_bootstrap_servers, settings.topic_prefix)
-    producers = _recording_producers(monkeypatch)
-    with pytest.raises(CliError) as refused:
-        cmd_run(cli, _args("nope"))
-    assert refused.value.code == NOT_FOUND
-    assert "ExportDefinition 'nope' does not exist" in refused.value.message
-    # Its producer, made on its thread before the refusal or after it, is closed either way.
-    wait_until(
-        lambda: not _connecting() and producers.all_closed(), timeout=30, interval=0.01, what="the producer closed"
-    )
-    assert list(read_whole_topic(settings, settings.topics.run_requests)) == []
-
-
-def test_a_refused_run_creates_no_topic(
+def test_a_refused_run_publishes_nothing_creates_no_topic_and_leaves_no_producer_behind(
     tmp_path: Path, settings: CommonSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The test's own prefix, no topic of it on the broker: a typo'd run against a cluster with the wrong prefix.
     cli = _cli_settings(tmp_path, settings.kafka_bootstrap_servers, settings.topic_prefix)
     producers = _recording_producers(monkeypatch)
     with pytest.raises(CliError) as refused:
-        cmd_run(cli, _args("nightly-typo"))
+        cmd_run(cli, _args("nope"))
     assert refused.value.code == NOT_FOUND
-    # Connected on its thread all the same (the thread ended: whatever it does is done).
-    wait_until(lambda: not _connecting(), timeout=30, interval=0.01, what="the connection's thread to end")
-    assert producers.made_on == ["exportctl-kafka"]
+    assert "ExportDefinition 'nope' does not exist" in refused.value.message
+    # Its producer, made on its thread before the refusal or after it, is closed either way; the thread has ended.
+    wait_until(
+        lambda: not _connecting() and producers.all_closed(), timeout=30, interval=0.01, what="the producer closed"
+    )
+    assert producers.made_on == ["exportctl-kafka"]  # connected all the same
     assert _topics(settings) == []
+    assert list(read_whole_topic(settings, settings.topics.run_requests)) == []
 
 
 def test_with_topics_owned_by_ops_a_run_names_those_missing_and_creates_none(
