@@ -80,7 +80,9 @@ class Direct:
         )
 
     def publisher(self) -> KafkaEventPublisher:
-        """Publishes on Kafka, connecting at the first publication (a refused command never connects)."""
+        """Publishes on Kafka, connecting at the first publication; with :attr:`early` (``exportctl run``) on the
+        producer connected since before, the missing topics created at the first publication. A refused command
+        publishes nothing and creates no topic; ``exportctl run``'s may have connected (and listed the topics)."""
         from shared.kafka.event_publisher import KafkaEventPublisher
         from shared.tracing import install as install_tracing
 

@@ -1,15 +1,18 @@
 """exportctl's Kafka producer, and its connection made on a thread while ``exportctl run`` reads the catalog.
 
 Connecting is mostly waiting: a TCP connection, the connection check's exchange, the producer's bootstrap, the
-topics ensured, and kafka-python asks for a topic's metadata (at the first send) no sooner than ``retry_backoff_ms``
+topics listed, and kafka-python asks for a topic's metadata (at the first send) no sooner than ``retry_backoff_ms``
 (100 ms) after the bootstrap's. ``exportctl run`` spends that time loading the catalog's libraries and reading the
 definition, one after the other; :class:`EarlyProducer` does the waiting on a thread meanwhile, so the run request is
 sent on a producer that is ready (about 0.13 s of ``exportctl run``'s 0.8 s, measured).
 
-What the command sees does not change: a connection that failed is said at the first publication, as the
-publication's failure (nothing was handed to a broker), and a command refused before it publishes publishes
-nothing; its producer is closed, or closed as soon as it is made. The Kafka client is loaded on the main thread
-before the thread starts, so that the two threads never import at the same time what imports the other's.
+The thread only reads: it connects and lists the topics. The missing ones are created on the main thread at the
+first publication, so a refused command, which has connected, creates nothing (a typo against a cluster with the
+wrong ``EXPORT_TOPIC_PREFIX`` leaves no stray topics). What the command sees does not change: a connection that
+failed is said at the first publication, as the publication's failure (nothing was handed to a broker), and a command
+refused before it publishes publishes nothing; its producer is closed, or closed as soon as it is made. The Kafka
+client is loaded on the main thread before the thread starts, so that the two threads never import at the same time
+what imports the other's.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from kafka import KafkaProducer
 from shared.cli.reachability import require_kafka
 from shared.kafka.clients import PRODUCER_CLOSE_SECONDS, close_producer, make_producer
 from shared.kafka.connection_check import check_kafka_connection
-from shared.kafka.topic_setup import ensure_topics
+from shared.kafka.topic_setup import ensure_topics, missing_topics
 
 if TYPE_CHECKING:
     from shared.cli.common import CliSettings
@@ -35,59 +38,86 @@ def open_producer(settings: CliSettings) -> KafkaProducer:
     A broker that cannot be reached is a :class:`~shared.cli.exits.CliError` (unreachable) at once, a refused TLS/SASL
     setting is named (not retried); the producer of a failed topic set-up is closed.
     """
-    require_kafka(settings.kafka_bootstrap_servers)
-    check_kafka_connection(settings)  # a refused TLS/SASL setting is named, not retried
-    # The producer first: its bootstrap reads the cluster's metadata for no topic (nothing is created), and
-    # kafka-python asks for the next metadata (the topic's, at the first send) no sooner than retry_backoff_ms
-    # (100 ms) after that. Ensuring the topics meanwhile costs that wait nothing.
-    producer = make_producer(settings, "exportctl")
+    producer, missing = connect_producer(settings)
     try:
-        ensure_topics(settings)
+        _create_topics(settings, missing)
     except BaseException:
         close_producer(producer, PRODUCER_CLOSE_SECONDS)
         raise
     return producer
 
 
-class EarlyProducer:
-    """exportctl's producer, being opened (:func:`open_producer`) on a thread from the moment this is made.
+def connect_producer(settings: CliSettings) -> tuple[KafkaProducer, list[str]]:
+    """exportctl's producer, connected as :func:`open_producer`'s, and the topics missing: listed, not created.
 
-    :meth:`producer` waits for it and raises what opening it raised; :meth:`close` closes it, within
+    With ``EXPORT_TOPICS_CREATE=false`` a missing topic is :class:`~shared.kafka.KafkaSetupError` here already; the
+    producer of a failed listing is closed.
+    """
+    require_kafka(settings.kafka_bootstrap_servers)
+    check_kafka_connection(settings)  # a refused TLS/SASL setting is named, not retried
+    # The producer first: its bootstrap reads the cluster's metadata for no topic (nothing is created), and
+    # kafka-python asks for the next metadata (the topic's, at the first send) no sooner than retry_backoff_ms
+    # (100 ms) after that. Listing the topics meanwhile costs that wait nothing.
+    producer = make_producer(settings, "exportctl")
+    try:
+        missing = missing_topics(settings)
+    except BaseException:
+        close_producer(producer, PRODUCER_CLOSE_SECONDS)
+        raise
+    return producer, missing
+
+
+def _create_topics(settings: CliSettings, missing: list[str]) -> None:
+    if missing:  # none, once the pipeline has run: nothing more to ask the broker
+        ensure_topics(settings, missing)
+
+
+class EarlyProducer:
+    """exportctl's producer, being connected (:func:`connect_producer`) on a thread from the moment this is made.
+
+    :meth:`producer` waits for it, raises what connecting raised, and creates the topics that were missing (on the
+    caller's thread: a command that never asks for the producer creates none); :meth:`close` closes it, within
     ``PRODUCER_CLOSE_SECONDS`` (and about a second) as a producer opened on the main thread, or has the thread close it
     when it is made after (a command refused while its broker was being reached does not wait for the broker).
     """
 
     def __init__(self, settings: CliSettings) -> None:
+        self._settings = settings
         self._lock = threading.Lock()
         self._opened = threading.Event()
         self._producer: KafkaProducer | None = None
-        self._error: Exception | None = None
+        self._missing: list[str] = []
+        self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._open, args=(settings,), name="exportctl-kafka", daemon=True)
         self._thread.start()
 
     def _open(self, settings: CliSettings) -> None:
+        producer: KafkaProducer | None = None
         try:
-            producer: KafkaProducer | None = open_producer(settings)
-        except Exception as exc:  # noqa: BLE001 - said by producer(), at the first publication, whatever it is
+            producer, missing = connect_producer(settings)
+            with self._lock:
+                if not self._closed:
+                    self._producer, self._missing, producer = producer, missing, None
+        except BaseException as exc:  # noqa: BLE001 - said by producer(), at the first publication, whatever it is
             self._error = exc
-            self._opened.set()
-            return
-        with self._lock:
-            if not self._closed:
-                self._producer, producer = producer, None
-        self._opened.set()
+        finally:
+            self._opened.set()  # whatever happened: producer() never waits for a thread that has ended
         if producer is not None:  # the command ended before its producer was ready: nothing to publish
             close_producer(producer, PRODUCER_CLOSE_SECONDS)
 
     def producer(self) -> KafkaProducer:
-        """The producer, once connected; what opening it raised, if it failed."""
+        """The producer, once connected, the missing topics created; what connecting or creating raised if it failed."""
         self._opened.wait()
         if self._error is not None:
             raise self._error
-        if self._producer is None:
+        with self._lock:
+            producer, missing = self._producer, self._missing
+        if producer is None:
             raise RuntimeError("exportctl's Kafka producer was closed")
-        return self._producer
+        _create_topics(self._settings, missing)
+        self._missing = []  # created: a later publication does not ask again
+        return producer
 
     def close(self) -> None:
         """Close the producer if it is made; else have it closed as soon as it is."""

@@ -53,14 +53,7 @@ def ensure_topics(settings: CommonSettings, topics: list[str] | None = None) -> 
     specs = _specs_for(settings, topics)
     admin = KafkaAdminClient(**kafka_client_config(settings), client_id="ensure-topics")
     try:
-        existing = set(admin.list_topics())
-        missing = [spec for spec in specs if spec.name not in existing]
-        if not settings.topics_create:
-            if missing:
-                raise KafkaSetupError(missing_topics_message([spec.name for spec in missing]))
-            _warn_fewer_partitions(admin, specs)
-            return
-        for spec in missing:
+        for spec in _missing(admin, settings, specs):
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
                     [NewTopic(spec.name, spec.partitions, spec.replication_factor, topic_configs=dict(spec.configs))],
@@ -68,6 +61,31 @@ def ensure_topics(settings: CommonSettings, topics: list[str] | None = None) -> 
                 )
     finally:
         admin.close()
+
+
+def missing_topics(settings: CommonSettings, topics: list[str] | None = None) -> list[str]:
+    """The topics of ``topics`` (default: all of them) that :func:`ensure_topics` would create; nothing is created.
+    With ``EXPORT_TOPICS_CREATE=false`` none (it raises :class:`KafkaSetupError` if some are missing, as
+    :func:`ensure_topics` does)."""
+    specs = _specs_for(settings, topics)
+    admin = KafkaAdminClient(**kafka_client_config(settings), client_id="ensure-topics")
+    try:
+        return [spec.name for spec in _missing(admin, settings, specs)]
+    finally:
+        admin.close()
+
+
+def _missing(admin: KafkaAdminClient, settings: CommonSettings, specs: list[TopicSpec]) -> list[TopicSpec]:
+    """Those of ``specs`` to create: the missing ones, or with ``EXPORT_TOPICS_CREATE=false`` none (a missing one
+    is :class:`KafkaSetupError`; fewer partitions than configured is a warning)."""
+    existing = set(admin.list_topics())
+    missing = [spec for spec in specs if spec.name not in existing]
+    if settings.topics_create:
+        return missing
+    if missing:
+        raise KafkaSetupError(missing_topics_message([spec.name for spec in missing]))
+    _warn_fewer_partitions(admin, specs)
+    return []
 
 
 def _warn_fewer_partitions(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:

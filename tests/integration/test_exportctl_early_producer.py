@@ -1,6 +1,7 @@
 """``exportctl run`` on the catalog directly connects to Kafka while it reads the catalog (its producer opened on a
-thread, :mod:`shared.cli.kafka_connection`), and what a user sees stays as it was: the run published once, a refused
-run publishing nothing, without waiting for a broker that does not answer, and leaving no producer behind."""
+thread, :mod:`shared.cli.kafka_connection`), and what a user sees stays as it was: the run published once, its
+topics created, a refused run publishing nothing and creating no topic, without waiting for a broker that does not
+answer, and leaving no producer behind."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaAdminClient
 
 from devtools.processes import wait_until
 from shared.catalog.definitions_store import SqlDefinitionsStore
 from shared.cli import kafka_connection
 from shared.cli.common import CliSettings
 from shared.cli.direct_runs import cmd_run
-from shared.cli.exits import NOT_FOUND, CliError
-from shared.kafka import read_whole_topic
+from shared.cli.exits import NOT_FOUND, UNREACHABLE, CliError
+from shared.kafka import read_whole_topic, topic_specs
 from shared.settings import CommonSettings
 from tests.exportctl_catalog import nightly_catalog
 
@@ -42,40 +44,62 @@ def _args(definition: str) -> argparse.Namespace:
     )
 
 
-def _recording_producers(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[str], threading.Event]:
-    """The producers exportctl makes, the threads it makes them on, and an event set when it starts making one."""
-    made: list[Any] = []
-    made_on: list[str] = []
-    making = threading.Event()
+class Producers:
+    """The producers exportctl makes, the threads it makes them on, those it closes (through ``close_producer``), and
+    an event set when it starts making one."""
+
+    def __init__(self) -> None:
+        self.made: list[Any] = []
+        self.made_on: list[str] = []
+        self.closed: list[Any] = []
+        self.making = threading.Event()
+
+    def all_closed(self) -> bool:
+        return all(any(producer is closed for closed in self.closed) for producer in self.made)
+
+
+def _recording_producers(monkeypatch: pytest.MonkeyPatch) -> Producers:
+    producers = Producers()
     real_make = kafka_connection.make_producer  # type: ignore[attr-defined]
+    real_close = kafka_connection.close_producer  # type: ignore[attr-defined]
 
     def make_producer(*args: Any, **kwargs: Any) -> Any:
-        made_on.append(threading.current_thread().name)
-        making.set()
+        producers.made_on.append(threading.current_thread().name)
+        producers.making.set()
         producer = real_make(*args, **kwargs)
-        made.append(producer)
+        producers.made.append(producer)
         return producer
 
+    def close_producer(producer: Any, *args: Any, **kwargs: Any) -> Any:
+        producers.closed.append(producer)
+        return real_close(producer, *args, **kwargs)
+
     monkeypatch.setattr(kafka_connection, "make_producer", make_producer)
-    return made, made_on, making
+    monkeypatch.setattr(kafka_connection, "close_producer", close_producer)
+    return producers
 
 
-def _all_closed(producers: list[Any]) -> bool:
-    return all(producer._closed for producer in producers)
+def _topics(settings: CommonSettings) -> list[str]:
+    """The topics of the settings' prefix on the broker."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, client_id="test-early-producer")
+    try:
+        return sorted(name for name in admin.list_topics() if name.startswith(settings.topic_prefix))
+    finally:
+        admin.close()
 
 
 def test_run_makes_its_producer_while_it_reads_the_definition_and_publishes_once(
     tmp_path: Path, settings: CommonSettings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cli = _cli_settings(tmp_path, settings.kafka_bootstrap_servers, settings.topic_prefix)
-    made, made_on, making = _recording_producers(monkeypatch)
+    producers = _recording_producers(monkeypatch)
     seen_while_reading: list[bool] = []
     real_read = SqlDefinitionsStore.get_versioned
 
     def get_versioned(self: SqlDefinitionsStore, kind: Any, name: str) -> Any:
         # The definition's read waits (a bounded while) for the producer to be under way: before, it was made
         # only after the catalog was read, on the same thread, so this waited for nothing and saw it absent.
-        seen_while_reading.append(making.wait(10))
+        seen_while_reading.append(producers.making.wait(10))
         return real_read(self, kind, name)
 
     monkeypatch.setattr(SqlDefinitionsStore, "get_versioned", get_versioned)
@@ -85,24 +109,42 @@ def test_run_makes_its_producer_while_it_reads_the_definition_and_publishes_once
     run_id = capsys.readouterr().out.split()[1]
     assert seen_while_reading
     assert all(seen_while_reading)
-    assert made_on == ["exportctl-kafka"]  # once, on its own thread
+    assert producers.made_on == ["exportctl-kafka"]  # once, on its own thread
+    assert _topics(settings) == sorted(spec.name for spec in topic_specs(settings))  # the test's own prefix: new
     published = [json.loads(value) for value in read_whole_topic(settings, settings.topics.run_requests)]
     assert [(request["run_id"], request["definition"]) for request in published] == [(run_id, "nightly")]
-    assert _all_closed(made)
+    assert producers.all_closed()
 
 
-def test_a_refused_run_publishes_nothing_and_leaves_no_producer_behind(
+def test_a_refused_run_publishes_nothing_creates_no_topic_and_leaves_no_producer_behind(
     tmp_path: Path, settings: CommonSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The test's own prefix, no topic of it on the broker: a typo'd run against a cluster with the wrong prefix.
     cli = _cli_settings(tmp_path, settings.kafka_bootstrap_servers, settings.topic_prefix)
-    made, _, _ = _recording_producers(monkeypatch)
+    producers = _recording_producers(monkeypatch)
     with pytest.raises(CliError) as refused:
         cmd_run(cli, _args("nope"))
     assert refused.value.code == NOT_FOUND
     assert "ExportDefinition 'nope' does not exist" in refused.value.message
-    # Its producer, made on its thread before the refusal or after it, is closed either way.
-    wait_until(lambda: not _connecting() and _all_closed(made), timeout=30, interval=0.01, what="the producer closed")
+    # Its producer, made on its thread before the refusal or after it, is closed either way; the thread has ended.
+    wait_until(
+        lambda: not _connecting() and producers.all_closed(), timeout=30, interval=0.01, what="the producer closed"
+    )
+    assert producers.made_on == ["exportctl-kafka"]  # connected all the same
+    assert _topics(settings) == []
     assert list(read_whole_topic(settings, settings.topics.run_requests)) == []
+
+
+def test_with_topics_owned_by_ops_a_run_names_those_missing_and_creates_none(
+    tmp_path: Path, settings: CommonSettings
+) -> None:
+    cli = _cli_settings(tmp_path, settings.kafka_bootstrap_servers, settings.topic_prefix)
+    with pytest.raises(CliError) as failed:
+        cmd_run(cli.model_copy(update={"topics_create": False}), _args("nightly"))
+    assert failed.value.code == UNREACHABLE
+    assert "it was not published" in failed.value.message
+    assert f"topics missing: {settings.topics.run_requests}" in failed.value.message
+    assert _topics(settings) == []
 
 
 def _connecting() -> bool:
