@@ -158,3 +158,22 @@ def test_a_definition_created_disabled_or_copied_records_who_created_it_as_who_p
         for name in ("nightly-copy", "created-paused"):
             preview = editor.get(f"{path}/{name}/schedule/preview").json()
             assert (preview["enabled"], preview["paused_by"]) == (False, "editor")
+
+
+def test_a_manifest_applying_new_definitions_disabled_records_who_applied_each(
+    catalog: CatalogStores, receiver: HttpReceiver
+):
+    """``exportctl apply`` of a manifest writes all its objects in one transaction (``apply_all``): each new
+    definition created disabled is recorded as paused by the actor of its own audit entry (before: by no one)."""
+    enabled = with_policy(receiver, ["failed"])
+    paused = {"schedule": enabled.schedule.model_copy(update={"enabled": False})}
+    objects = [
+        enabled.model_copy(update={"name": "first", **paused}),
+        enabled.model_copy(update={"name": "second"}),
+        enabled.model_copy(update={"name": "third", **paused}),
+    ]
+    audit = [change(who, "create", catalog.definitions, after=obj) for who, obj in zip("abc", objects, strict=True)]
+
+    assert catalog.definitions.apply_all(list(objects), audit=audit) == ["created"] * 3
+
+    assert [catalog.definitions.schedule_paused_by(name) for name in ("first", "second", "third")] == ["a", None, "c"]
