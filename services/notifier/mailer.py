@@ -81,10 +81,9 @@ class _Deadline:
         self._timer.start()
         try:
             yield self
-        except smtplib.SMTPResponseException:
-            raise  # the server's answer (a permanent 5xx stays permanent), even when it came at the deadline
-        except (OSError, smtplib.SMTPServerDisconnected) as exc:
-            if self.over():
+        except OSError as exc:  # smtplib's errors are OSErrors too
+            answered = isinstance(exc, smtplib.SMTPException) and not isinstance(exc, smtplib.SMTPServerDisconnected)
+            if self.over() and not answered:  # a server's answer (a permanent 5xx) stays what it is at the deadline
                 raise AttemptTimedOut(
                     f"the SMTP server took longer than {self.seconds:g} s for one attempt at the email "
                     "(EXPORT_SMTP_TIMEOUT_SECONDS)"
