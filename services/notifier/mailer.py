@@ -54,6 +54,11 @@ class _Deadline:
         """The time left (a socket's timeout: never 0, which would make it non-blocking)."""
         return max(self.at - time.monotonic(), 0.001)
 
+    def over(self) -> bool:
+        """Whether the attempt's time is over: by the timer, or by the clock (a socket's timeout, set to the time
+        left, may fire just before the timer: its error is the deadline's all the same)."""
+        return self.expired or time.monotonic() >= self.at
+
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
             self._watched = sock.dup()
@@ -76,8 +81,9 @@ class _Deadline:
         self._timer.start()
         try:
             yield self
-        except (OSError, smtplib.SMTPException) as exc:
-            if self.expired:
+        except OSError as exc:  # smtplib's errors are OSErrors too
+            answered = isinstance(exc, smtplib.SMTPException) and not isinstance(exc, smtplib.SMTPServerDisconnected)
+            if self.over() and not answered:  # a server's answer (a permanent 5xx) stays what it is at the deadline
                 raise AttemptTimedOut(
                     f"the SMTP server took longer than {self.seconds:g} s for one attempt at the email "
                     "(EXPORT_SMTP_TIMEOUT_SECONDS)"

@@ -29,8 +29,9 @@ class NotifierSettings(CommonSettings):
     smtp_timeout_seconds: float = Field(
         default=30.0,
         gt=0,
+        le=3600,
         description="SMTP timeout: bounds each attempt at an email as a whole (connecting, TLS, login, sending), "
-        "and each exchange within it.",
+        "and each exchange within it (at most an hour: it feeds a timer and the socket's timeout).",
     )
     smtp_max_attempts: int = Field(default=8, ge=1, description="Attempts per email before it is recorded failed.")
     run_link_base_url: str | None = Field(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, TypeVar, cast
 
@@ -315,14 +315,15 @@ class SqlDefinitionsStore:
         *,
         row: CatalogObjectRow | None,
         create: bool = True,
-        audit: Sequence[AuditEntry] = (),
+        actors: Mapping[tuple[str, str], str] | None = None,
     ) -> tuple[ApplyResult, Revision]:
         """Create (unless not ``create``: :class:`NotFound`) or update ``obj``'s row, ``row`` as the write's
         transaction read it (:meth:`_row`, None: none under its name), the very object whose version the update is
         conditional on (see :meth:`_require_version`); what was done and the row's revision as it is then. A
-        definition's schedule disabled by it is recorded as paused by the actor of its ``audit`` entry
-        (:func:`_record_pause`)."""
+        definition's schedule disabled by it (created disabled, a copy too) is recorded as paused by the actor of its
+        audit entry (``actors``: the write's, :func:`_actors`; :func:`_record_pause`)."""
         spec = self._stored(obj)
+        pauser = (actors or {}).get((kind_of(obj), obj.name))
         if row is None:
             if not create:
                 raise NotFound(kind_of(obj), obj.name)
@@ -336,12 +337,13 @@ class SqlDefinitionsStore:
                     version=1,
                     created_at=moment,
                     updated_at=moment,
+                    schedule_paused_by=pauser if _disabled(obj) else None,
                 )
             )
             return "created", Revision(row_id, 1)
         if self._unchanged(row, obj):
             return "unchanged", _revision(row)
-        _record_pause(row, obj, _actor_of(obj, audit))
+        _record_pause(row, obj, pauser)
         row.spec, row.version, row.updated_at = spec, row.version + 1, now()
         return "updated", _revision(row)
 
@@ -401,7 +403,7 @@ class SqlDefinitionsStore:
                     if new and row is not None:
                         raise NameTaken(kind_of(obj), obj.name)
                     self._require_version(session, row, kind_of(obj), obj.name, expected_version)
-                    result, revision = self._write(session, obj, row=row, create=not existing, audit=audit)
+                    result, revision = self._write(session, obj, row=row, create=not existing, actors=_actors(audit))
                     if audit and result == "unchanged":
                         raise _NothingWritten([result], revision)  # the audit entries roll back with it
                     return result, revision
@@ -438,12 +440,12 @@ class SqlDefinitionsStore:
                     write_entries(session, audit)
                     if hold_references:  # before any row is written: see _hold_references
                         self._hold_references(session, objects, written=objects)
-                    results = []
+                    results, actors = [], _actors(audit)  # by kind and name, once: not a scan per object
                     for index, obj in enumerate(objects):
                         row = self._row(session, kind_of(obj), obj.name)  # read once: checked, then written
                         if read is not None and (None if row is None else _revision(row)) != read[index]:
                             raise _NotAsRead
-                        results.append(self._write(session, obj, row=row, audit=audit)[0])
+                        results.append(self._write(session, obj, row=row, actors=actors)[0])
                     if audit and all(result == "unchanged" for result in results):
                         raise _NothingWritten(results)  # the audit entries roll back with it
                     return results
@@ -746,17 +748,31 @@ class SqlDefinitionsStore:
 
 def _actor_of(obj: CatalogObject, audit: Sequence[AuditEntry]) -> str | None:
     """The actor of the audit entry of ``obj`` (by kind and name) among a write's ``audit`` entries."""
-    return next((e.actor for e in audit if (e.kind, e.name) == (kind_of(obj), obj.name)), None)
+    return _actors(audit).get((kind_of(obj), obj.name))
+
+
+def _actors(audit: Sequence[AuditEntry]) -> dict[tuple[str, str], str]:
+    """The actor of each object a write's ``audit`` entries are about, by kind and name (its first entry's): built
+    once per write, looked up for each object written."""
+    actors: dict[tuple[str, str], str] = {}
+    for entry in audit:
+        actors.setdefault((entry.kind, entry.name), entry.actor)
+    return actors
 
 
 def _record_pause(row: CatalogObjectRow, obj: CatalogObject, pauser: str | None) -> None:
     """Before ``row`` (as stored) is overwritten by ``obj``: who paused its schedule. A definition's schedule that
     this write disables was paused by ``pauser``; one it leaves disabled keeps who paused it; an enabled one (or
     another kind) has none."""
-    if not isinstance(obj, ExportDefinition) or obj.schedule.enabled:
+    if not _disabled(obj):
         row.schedule_paused_by = None
     elif _enabled(row.spec):
         row.schedule_paused_by = pauser
+
+
+def _disabled(obj: CatalogObject) -> bool:
+    """Whether ``obj`` is a definition whose schedule is disabled (paused)."""
+    return isinstance(obj, ExportDefinition) and not obj.schedule.enabled
 
 
 def _enabled(spec: Any) -> bool:

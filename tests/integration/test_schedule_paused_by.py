@@ -137,3 +137,43 @@ def test_the_schedule_preview_says_who_paused_the_schedule(tmp_path: Path):
         assert client.put(path, json={"enabled": False, "timezone": "UTC", "cron": "0 2 * * *"}).status_code == 200
         preview = client.get(f"{path}/preview").json()
         assert (preview["enabled"], preview["paused_by"]) == (False, "editor")
+
+
+def test_a_definition_created_disabled_or_copied_records_who_created_it_as_who_paused_it(tmp_path: Path):
+    """Before, a definition created with its schedule disabled (and every copy, which is created disabled) had no
+    paused_by: the preview could not say who paused it. A copy's is its copier's, not the original's."""
+    with in_process_api(tmp_path) as api, api.client() as admin, api.client("editor") as editor:
+        seed(admin)
+        path = "/api/v1/export-definitions"
+        saved = admin.put(f"{path}/nightly/schedule", json={"enabled": False, "timezone": "UTC", "cron": "0 2 * * *"})
+        assert saved.status_code == 200, saved.text
+        assert admin.get(f"{path}/nightly/schedule/preview").json()["paused_by"] == "admin"
+
+        copied = editor.post(f"{path}/nightly/copy", json={"name": "nightly-copy"})
+        assert copied.status_code == 201, copied.text
+        definition = {**copied.json(), "name": "created-paused"}
+        created = editor.post(path, json=definition)
+        assert created.status_code == 201, created.text
+
+        for name in ("nightly-copy", "created-paused"):
+            preview = editor.get(f"{path}/{name}/schedule/preview").json()
+            assert (preview["enabled"], preview["paused_by"]) == (False, "editor")
+
+
+def test_a_manifest_applying_new_definitions_disabled_records_who_applied_each(
+    catalog: CatalogStores, receiver: HttpReceiver
+):
+    """``exportctl apply`` of a manifest writes all its objects in one transaction (``apply_all``): each new
+    definition created disabled is recorded as paused by the actor of its own audit entry (before: by no one)."""
+    enabled = with_policy(receiver, ["failed"])
+    paused = {"schedule": enabled.schedule.model_copy(update={"enabled": False})}
+    objects = [
+        enabled.model_copy(update={"name": "first", **paused}),
+        enabled.model_copy(update={"name": "second"}),
+        enabled.model_copy(update={"name": "third", **paused}),
+    ]
+    audit = [change(who, "create", catalog.definitions, after=obj) for who, obj in zip("abc", objects, strict=True)]
+
+    assert catalog.definitions.apply_all(list(objects), audit=audit) == ["created"] * 3
+
+    assert [catalog.definitions.schedule_paused_by(name) for name in ("first", "second", "third")] == ["a", None, "c"]

@@ -94,8 +94,11 @@ def test_a_server_answering_every_command_slowly_cannot_hold_an_attempt_past_the
     message not taken (the sweep retries it), and the failure says why."""
     mailer = SmtpMailer("127.0.0.1", slow.port, timeout=1.0, max_attempts=1)
 
+    started = time.monotonic()
     with pytest.raises(TimeoutError) as failure:
         mailer.send(message())
+
+    assert time.monotonic() - started < 1.5  # the timeout, not the 2.8 s dialogue
 
     assert slow.closed.wait(DEADLINE)  # the connection was ended by the client
     assert slow.messages == []

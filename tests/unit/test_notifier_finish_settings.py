@@ -32,9 +32,12 @@ def test_the_finish_lease_and_replica_id_default_and_read_from_the_environment(m
         ("EXPORT_NOTIFIER_FINISH_LEASE_SECONDS", "86401"),
         ("EXPORT_NOTIFIER_REPLICA_ID", ""),
         ("EXPORT_NOTIFIER_REPLICA_ID", "x" * 201),
+        # Before, taken: a timer and a socket timeout that large raise OverflowError at each email's attempt.
+        ("EXPORT_SMTP_TIMEOUT_SECONDS", "1e10"),
+        ("EXPORT_SMTP_TIMEOUT_SECONDS", "3601"),
     ],
 )
-def test_a_lease_out_of_range_or_a_replica_id_empty_or_too_long_is_refused_naming_it(
+def test_a_lease_or_smtp_timeout_out_of_range_or_a_replica_id_empty_or_too_long_is_refused_naming_it(
     monkeypatch: pytest.MonkeyPatch, variable: str, value: str
 ):
     monkeypatch.setenv(variable, value)
