@@ -159,6 +159,24 @@ class Letters:
         return self.letters
 
 
+def _letters(run: uuid.UUID, members: int) -> Letters:
+    """One dead letter of ``run`` with ``members`` refused members."""
+    return Letters(
+        [
+            DeadLetter(
+                reason="HTTP 400",
+                source_topic="t",
+                service="dispatcher",
+                run_id=run,
+                definition="nightly",
+                batch_index=0,
+                members=[{"id": i, "email": f"m{i}@example.com", "tier": "gold"} for i in range(1, members + 1)],
+                at=datetime.now(UTC),
+            )
+        ]
+    )
+
+
 def _console(app: FastAPI) -> ConsoleContext:
     """The console's context (its app is the ConsoleGate's)."""
     gate: object = ConsoleGate
@@ -175,17 +193,7 @@ def test_a_console_replay_kafka_does_not_acknowledge_names_its_replay_run_and_it
         original, first = (uuid.UUID(client.post(RUNS).json()["run_id"]) for _ in range(2))
         assert client.post(f"/api/v1/runs/{first}/cancel").status_code == 200  # the run events' leader known
         # The original run's dead letters (read before anything is published: not what is tested here).
-        letter = DeadLetter(
-            reason="HTTP 400",
-            source_topic="t",
-            service="dispatcher",
-            run_id=original,
-            definition="nightly",
-            batch_index=0,
-            members=[{"id": i, "email": f"m{i}@example.com", "tier": "gold"} for i in (1, 2, 3)],
-            at=datetime.now(UTC),
-        )
-        _console(admin.api.app).dead_letters = lambda: Letters([letter])
+        _console(admin.api.app).dead_letters = lambda: _letters(original, 3)
         key = _hidden(console.page(f"/runs/{original}/replay"), "idempotency_key")
         assert key.startswith("console-")
         with frozen(broker):
@@ -261,18 +269,8 @@ def test_a_console_replay_retry_of_a_replay_that_ended_unfinished_is_refused_409
             seed(client)
         with api.client("operator") as client, signed_in(api, "operator") as console:
             original = uuid.UUID(client.post(RUNS).json()["run_id"])
-            letter = DeadLetter(
-                reason="HTTP 400",
-                source_topic="t",
-                service="dispatcher",
-                run_id=original,
-                definition="nightly",
-                batch_index=0,
-                members=[{"id": i, "email": f"m{i}@example.com", "tier": "gold"} for i in (1, 2)],
-                at=datetime.now(UTC),
-            )
             context = _console(api.app)
-            context.dead_letters = lambda: Letters([letter])
+            context.dead_letters = lambda: _letters(original, 2)
             first = console.post(f"/runs/{original}/replay", {"idempotency_key": "console-k1"})
             assert first.status_code == 303, first.text
             replay = uuid.UUID(first.headers["location"].rsplit("/", 1)[1])
