@@ -271,7 +271,12 @@ class RunMissed(ScheduledRunNotStarted):
 
 
 class RunCancelled(Event):
-    """Someone cancelled the run (the admin API): extraction stops, undelivered batches are not sent."""
+    """Someone cancelled the run (the admin API): extraction stops, undelivered batches are not sent. May repeat.
+
+    One run's cancellation can be published more than once: cancelling a cancelled run publishes it again (the retry
+    of a cancel Kafka did not acknowledge) until the notifier has handled the run's finish; after that, nothing. A
+    second one changes nothing: the run stays cancelled, counted once (the extractor and the dispatcher read the
+    cancellation from the catalog, not from this event)."""
 
     type: Literal["run.cancelled"] = "run.cancelled"
     run_id: uuid.UUID

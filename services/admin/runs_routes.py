@@ -251,7 +251,8 @@ def read_run(context: Context, caller: Reader, run_id: uuid.UUID) -> RunView:
 @router.post(
     "/runs/{run_id}/cancel",
     summary="Cancel a run: extraction stops, undelivered batches are not sent (409 once it has finished; a run "
-    "already cancelled: its cancellation published again, the retry of a 503 kafka-unavailable)",
+    "already cancelled: its cancellation published again while the notifier has not handled its finish, the retry "
+    "of a 503 kafka-unavailable)",
     responses=ERRORS,
     operation_id="cancel_run",
 )

@@ -6,26 +6,45 @@ bound as the extractor's, then through the definition's *current* template and p
 the endpoint or the template is fixed.
 
 With an idempotency key (the console's, exportctl's ``--idempotency-key``), a retried replay is the replay run the
-first one recorded, not another: while that run's extraction is not complete (its last event, published after
-the others were acknowledged, not folded yet: Kafka may not have acknowledged them), its events are published
-again under its id, its batches under the same keys (the dispatcher takes a republished batch as a redelivery).
+first one recorded, not another. The replay run records what it sends (its plan: members, batches, a digest of their
+records) and how far Kafka acknowledged its publication (run.started, its batches, run.extraction_completed). A retry
+publishes only what is left: nothing once all of it was acknowledged or its extraction is complete (then the dead
+letters are not even read); not the batches once they were acknowledged, nor a batch with an outcome in the ledger
+(sent already); its batches under the same keys (the dispatcher takes a republished batch as a redelivery: what
+Kafka may hold without having acknowledged it, or a batch in flight, is still sent at least once). One request
+publishes at a time (a claim with a lease): a double click or two concurrent retries publish once. A retry whose dead
+letters give other batches, or of a replay run that ended before its extraction was complete, is refused (409: a new
+key).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 
 from shared.application.actors import Actor, Permission, authorise
-from shared.application.errors import Invalid, PublishFailed, RunNotPublished
+from shared.application.errors import Conflict, Invalid, PublishFailed, RunNotPublished
 from shared.application.objects import existing, visible
 from shared.application.ports import DeadLetterSource, DefinitionsStore, EventPublisher, RunsStore
 from shared.application.runs import claim_key, replay_fingerprint, visible_run
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
-from shared.domain.replay import members_to_replay
+from shared.domain.replay import (
+    ALL_ACKNOWLEDGED,
+    BATCHES_ACKNOWLEDGED,
+    STARTED_ACKNOWLEDGED,
+    ReplayPlan,
+    members_to_replay,
+)
 from shared.domain.runs import RunRecord
-from shared.events import ExtractionCompleted, RunStarted, Trigger, utc_now
+from shared.events import ExtractionCompleted, Priority, RunStarted, Trigger, utc_now
 from shared.member_batches import BatchEncoder, MemberTooLarge
+
+#: How long a request's claim of a replay run's publication holds without news before another request takes it
+#: over (its holder died): renewed after each of its three publications, so above one publication's bound (15 s in
+#: the admin, kafka-python's 31 s delivery timeout in exportctl) with a margin.
+PUBLICATION_LEASE_SECONDS = 60.0
+_CLAIM_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -52,8 +71,10 @@ def replay_dead_letters(
 
     The replay run is recorded queued, then its events published; those Kafka does not acknowledge are
     :class:`RunNotPublished` (``replay_of`` the run). With an ``idempotency_key``, a retry is the same replay run,
-    published again while its extraction is not complete (see the module); the key used before for another request
-    (a replay of another run, a run request) is :class:`Invalid` (:func:`shared.application.runs.claim_key`).
+    what Kafka has not acknowledged of it published again (see the module); the key used before for another request
+    (a replay of another run, a run request) is :class:`Invalid` (:func:`shared.application.runs.claim_key`); a retry
+    whose dead letters changed, or of a replay run that ended before its extraction was complete, is
+    :class:`Conflict`.
     """
     authorise(actor, Permission.RUN)
     original = visible_run(actor, run_id, runs=runs)
@@ -61,7 +82,6 @@ def replay_dead_letters(
     template = existing(store, HttpTemplate, definition.template)
     key_column = existing(store, SavedQuery, definition.query).key_column
     replay_id = uuid.uuid4()
-    known = None
     if idempotency_key:
         replay_id = claim_key(
             actor,
@@ -71,7 +91,9 @@ def replay_dead_letters(
             run_id=replay_id,
             different="a replay of another run, or a run request",
         )
-        known = runs.get_run(replay_id)
+        done = _done_already(runs, replay_id, run_id)
+        if done is not None:
+            return done  # before the dead letters are read: they may be gone, or unreadable now
     members = members_to_replay(letters.dead_letters(), run_id, key_column)
     if not members:
         raise Invalid(f"run {run_id} has no dead-lettered members to replay", slug="nothing-to-replay")
@@ -89,41 +111,106 @@ def replay_dead_letters(
         batches = encoder.encode_page(columns, [[m.get(c) for c in columns] for m in members], 0)
     except MemberTooLarge as exc:
         raise Invalid(str(exc), slug="member-too-large") from None
-    replay = Replay(run_id=replay_id, members=len(members), batches=len(batches))
-    if known is not None and (known.extraction_complete or known.status.is_final):
-        return replay  # its events all reached Kafka (or it ended): nothing to publish again
-    if known is None:
-        runs.record_requested_run(
-            RunRecord(
-                run_id=replay_id,
-                definition=definition.name,
-                trigger=Trigger.REPLAY.value,
-                requested_by=actor.name,
-                replay_of=run_id,
-                last_event_at=utc_now(),
-            )
+    plan = ReplayPlan.of(len(members), [batch.value for batch in batches])
+    runs.record_requested_run(
+        RunRecord(
+            run_id=replay_id,
+            definition=definition.name,
+            trigger=Trigger.REPLAY.value,
+            requested_by=actor.name,
+            replay_of=run_id,
+            last_event_at=utc_now(),
+        ),
+        replay_plan=plan,
+    )  # a retry's (or a concurrent request's) replay run is recorded already, with its plan: compared below
+    publication = runs.replay_publication(replay_id)
+    recorded = publication.plan if publication is not None else None
+    if recorded is not None and recorded != plan:
+        raise Conflict(
+            f"the dead letters of run {run_id} changed since replay run {replay_id} was recorded under this "
+            f"Idempotency-Key ({recorded.members} members in {recorded.batches} batches then, {plan.members} in "
+            f"{plan.batches} now, or other members, template or priority): its batches keep what they were; "
+            "use a new key to replay them as they are now",
+            slug="dead-letters-changed",
         )
-    started = RunStarted(
-        run_id=replay_id,
-        definition=definition.name,
-        trigger=Trigger.REPLAY,
-        requested_by=actor.name,
-        replay_of=run_id,
+    _publish(
+        runs,
+        publisher,
+        replay_id,
+        [(batch.batch_index, batch.value) for batch in batches],
+        RunStarted(
+            run_id=replay_id,
+            definition=definition.name,
+            trigger=Trigger.REPLAY,
+            requested_by=actor.name,
+            replay_of=run_id,
+        ),
+        ExtractionCompleted(run_id=replay_id, definition=definition.name, members=len(members), batches=len(batches)),
+        definition.priority,
     )
+    return Replay(run_id=replay_id, members=len(members), batches=len(batches))
+
+
+def _done_already(runs: RunsStore, replay_id: uuid.UUID, replayed: uuid.UUID) -> Replay | None:
+    """The replay run of a retried key if nothing is left to publish (its extraction complete, or Kafka acknowledged
+    all its events); :class:`Conflict` when it ended before its extraction was complete (failed as stuck,
+    cancelled: publishing it again would change nothing); None when it is new or still to publish."""
+    known = runs.get_run(replay_id)
+    if known is None:
+        return None
+    if known.extraction_complete:
+        return Replay(run_id=replay_id, members=known.extracted, batches=known.batches_expected or 0)
+    if known.status.is_final:
+        raise Conflict(
+            f"replay run {replay_id} of run {replayed}, the replay of this Idempotency-Key, ended "
+            f"{known.status.value} before its extraction was complete: use a new key to replay run {replayed} again",
+            slug="replay-ended",
+        )
+    publication = runs.replay_publication(replay_id)
+    if publication is not None and publication.plan is not None and publication.acknowledged >= ALL_ACKNOWLEDGED:
+        return Replay(run_id=replay_id, members=publication.plan.members, batches=publication.plan.batches)
+    return None
+
+
+def _publish(
+    runs: RunsStore,
+    publisher: EventPublisher,
+    replay_id: uuid.UUID,
+    batches: list[tuple[int, bytes]],
+    started: RunStarted,
+    completed: ExtractionCompleted,
+    priority: Priority,
+) -> None:
+    """Publish the replay run's events that Kafka has not acknowledged yet, under a claim of its publication (one
+    request at a time: a concurrent one waits for it, then publishes only what is left). Skipped: ``run.started``
+    once folded or acknowledged, the batches once acknowledged, and each batch with an outcome in the ledger (sent
+    already). :class:`RunNotPublished` when Kafka does not acknowledge them; the claim is then released."""
+    claimant = str(uuid.uuid4())
+    while not runs.claim_replay_publication(replay_id, claimant, PUBLICATION_LEASE_SECONDS):
+        publication = runs.replay_publication(replay_id)
+        if publication is None or publication.acknowledged >= ALL_ACKNOWLEDGED:
+            return  # another request published it all
+        time.sleep(_CLAIM_POLL_SECONDS)  # another request publishes it now: its outcome decides what is left
     try:
+        publication = runs.replay_publication(replay_id)
+        acknowledged = publication.acknowledged if publication is not None else 0
+        record = runs.get_run(replay_id)
         # In this order, each acknowledged before the next: the notifier sees the run start, then its
         # batches' outcomes can only follow batches that exist, then the count they must add up to.
-        publisher.publish_run_events([started])
-        publisher.publish_member_batches(
-            definition.priority, [(f"{replay_id}:{batch.batch_index}", batch.value) for batch in batches]
-        )
-        publisher.publish_run_events(
-            [
-                ExtractionCompleted(
-                    run_id=replay_id, definition=definition.name, members=len(members), batches=len(batches)
-                )
-            ]
-        )
+        if acknowledged < STARTED_ACKNOWLEDGED and (record is None or record.started_at is None):
+            publisher.publish_run_events([started])
+        runs.replay_step_acknowledged(replay_id, claimant, STARTED_ACKNOWLEDGED)
+        if acknowledged < BATCHES_ACKNOWLEDGED:
+            sent = runs.batches_with_outcomes(replay_id)
+            unsent = [(f"{replay_id}:{index}", value) for index, value in batches if index not in sent]
+            if unsent:
+                publisher.publish_member_batches(priority, unsent)
+        runs.replay_step_acknowledged(replay_id, claimant, BATCHES_ACKNOWLEDGED)
+        publisher.publish_run_events([completed])
+        runs.replay_step_acknowledged(replay_id, claimant, ALL_ACKNOWLEDGED)
     except PublishFailed as exc:
-        raise RunNotPublished(replay_id, exc, replay_of=run_id) from exc
-    return replay
+        runs.release_replay_publication(replay_id, claimant)
+        raise RunNotPublished(replay_id, exc, replay_of=started.replay_of) from exc
+    except BaseException:
+        runs.release_replay_publication(replay_id, claimant)
+        raise

@@ -194,13 +194,17 @@ def cancel_run(
     actor: Actor, run_id: uuid.UUID, *, store: DefinitionsStore, runs: RunsStore, publisher: EventPublisher
 ) -> RunRecord:
     """Cancel a run: extraction stops, undelivered batches are not sent; :class:`Conflict` once it has finished
-    otherwise than cancelled. A run already cancelled is answered as it is, its cancellation published again: a
-    cancel whose event Kafka did not acknowledge (:class:`CancelNotPublished`, the cancellation recorded) is retried
-    by cancelling again (the event folds into a cancelled run as nothing)."""
+    otherwise than cancelled. A run already cancelled is answered as it is, its cancellation published again while
+    the notifier has not handled its finish: a cancel whose event Kafka did not acknowledge
+    (:class:`CancelNotPublished`, the cancellation recorded) is retried by cancelling again (the event folds into a
+    cancelled run as nothing); once its finish is handled (the event, or the notifier's sweep, reached it), nothing
+    is published again."""
     authorise(actor, Permission.RUN)
     record = visible_run(actor, run_id, runs=runs)
     if record.status.is_final and record.status is not RunStatus.CANCELLED:
         raise Conflict(f"run {run_id} has finished ({record.status.value})", slug="run-finished")
+    if record.status is RunStatus.CANCELLED and run_id not in runs.finishes_unhandled([run_id]):
+        return record  # its cancellation handled: publishing it again would tell no one anything
     cancelled = RunCancelled(run_id=run_id, definition=record.definition, requested_by=actor.name)
     # Folded here so the cancellation holds at once (the extractor and dispatcher read the record), and
     # published for everyone else following the run events.

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
+from shared.domain.replay import ALL_ACKNOWLEDGED, ReplayPlan, ReplayPublication
 from shared.domain.runs import RunRecord, RunStatus, fold
 from shared.events import AnyRunEvent, BatchOutcome
 
@@ -218,10 +219,79 @@ class SqlRunsStore:
                 query = query.where(when < as_utc(until))
             return [record_of(row) for row in session.scalars(query)]
 
-    def record_requested_run(self, record: RunRecord) -> bool:
-        """Record a run that was just requested (queued) unless it is known already; True when recorded."""
+    def record_requested_run(self, record: RunRecord, *, replay_plan: ReplayPlan | None = None) -> bool:
+        """Record a run that was just requested (queued) unless it is known already; True when recorded. A replay
+        run's ``replay_plan`` (what it sends) is recorded with it."""
+        plan = None if replay_plan is None else dataclasses.asdict(replay_plan)
         with self.database.transaction("Run") as session:
-            return self.database.insert_ignore(session, RunRow, _columns_of(record))
+            return self.database.insert_ignore(session, RunRow, _columns_of(record) | {"replay_plan": plan})
+
+    # --- a replay run's publication ----------------------------------------------------------------------
+
+    def replay_publication(self, run_id: uuid.UUID) -> ReplayPublication | None:
+        """Where the publication of the replay run ``run_id`` stands (None: no such run)."""
+        with self.database.connect("Run") as connection:
+            row = connection.execute(
+                select(RunRow.replay_plan, RunRow.replay_acknowledged).where(RunRow.run_id == str(run_id))
+            ).first()
+        if row is None:
+            return None
+        plan = None if row.replay_plan is None else ReplayPlan(**row.replay_plan)
+        return ReplayPublication(plan=plan, acknowledged=row.replay_acknowledged or 0)
+
+    def claim_replay_publication(self, run_id: uuid.UUID, claimant: str, lease_seconds: float) -> bool:
+        """Claim the publication of the replay run ``run_id`` for ``claimant`` (one conditional statement: one
+        claimant at a time): False when Kafka acknowledged all of it already, or another claimant holds it since less
+        than ``lease_seconds`` (older: its holder died, the claim is taken over)."""
+        free = (
+            RunRow.replay_claimed_at.is_(None)
+            | (RunRow.replay_claimed_by == claimant)
+            | (RunRow.replay_claimed_at < self._catalog_now(lease_seconds))
+        )
+        with self.database.begin("Run") as connection:
+            claimed = connection.execute(
+                update(RunRow)
+                .where(RunRow.run_id == str(run_id), RunRow.replay_acknowledged < ALL_ACKNOWLEDGED, free)
+                .values(replay_claimed_at=self._catalog_now(), replay_claimed_by=claimant)
+            )
+            return bool(claimed.rowcount)
+
+    def replay_step_acknowledged(self, run_id: uuid.UUID, claimant: str, step: int) -> None:
+        """Record that Kafka acknowledged the replay run's publication up to ``step``, renewing ``claimant``'s claim
+        (its lease starts again: it bounds one publication, not all three); the last step ends the claim. A claim no
+        longer ``claimant``'s records nothing (its new holder publishes what is left)."""
+        values: dict[str, Any] = {
+            "replay_acknowledged": func.max(RunRow.replay_acknowledged, step)
+            if self.database.engine.dialect.name == "sqlite"
+            else func.greatest(RunRow.replay_acknowledged, step),
+            "replay_claimed_at": self._catalog_now(),
+        }
+        if step >= ALL_ACKNOWLEDGED:
+            values |= {"replay_claimed_at": None, "replay_claimed_by": None}
+        with self.database.begin("Run") as connection:
+            connection.execute(
+                update(RunRow)
+                .where(RunRow.run_id == str(run_id), RunRow.replay_claimed_by == claimant)
+                .values(**values)
+            )
+
+    def release_replay_publication(self, run_id: uuid.UUID, claimant: str) -> None:
+        """End ``claimant``'s claim of the replay run's publication (it failed): the next retry may claim it."""
+        with self.database.begin("Run") as connection:
+            connection.execute(
+                update(RunRow)
+                .where(RunRow.run_id == str(run_id), RunRow.replay_claimed_by == claimant)
+                .values(replay_claimed_at=None, replay_claimed_by=None)
+            )
+
+    def batches_with_outcomes(self, run_id: uuid.UUID) -> set[int]:
+        """The batch indexes of ``run_id`` with an outcome in the ledger (delivered or failed: sent already)."""
+        with self.database.connect("Run") as connection:
+            return set(
+                connection.execute(
+                    select(BatchOutcomeRow.batch_index).where(BatchOutcomeRow.run_id == str(run_id))
+                ).scalars()
+            )
 
     def unfinished_runs(self, limit: int = 1_000) -> list[RunRecord]:
         """Runs not final yet, least recently active first."""

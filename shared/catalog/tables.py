@@ -106,6 +106,13 @@ class RunRow(Base):
     #: takes the claim over once it is older than the lease (its holder died). The mark above ends the claim.
     finish_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finish_claimed_by: Mapped[str | None] = mapped_column(String(200))
+    #: A replay run's publication (migration 0017; null and 0 for other runs): what it was recorded to send (members,
+    #: batches, a digest of their records), how many of its steps Kafka acknowledged (1 run.started, 2 its batches,
+    #: 3 run.extraction_completed), and the request publishing it now, since when (a lease).
+    replay_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    replay_acknowledged: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    replay_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    replay_claimed_by: Mapped[str | None] = mapped_column(String(36))
 
 
 class BatchOutcomeRow(Base):

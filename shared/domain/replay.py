@@ -6,9 +6,11 @@ again); it is sent once, identified by the query's key column (or, without it, b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from shared.events import DeadLetter, MemberBatch, Priority
@@ -52,3 +54,34 @@ def replay_batches(
         )
         for index, start in enumerate(range(0, len(members), batch_size))
     ]
+
+
+#: A replay run's publication steps, each recorded once Kafka acknowledged it (``runs.replay_acknowledged``): its
+#: ``run.started``, its batches, its ``run.extraction_completed`` (all of them: nothing left to publish again).
+STARTED_ACKNOWLEDGED, BATCHES_ACKNOWLEDGED, ALL_ACKNOWLEDGED = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What a replay run was recorded to send: its members, its batches, and a digest of the batches' records (the
+    members of each batch index, as encoded): a retry whose dead letters give other batches is told apart."""
+
+    members: int
+    batches: int
+    digest: str
+
+    @classmethod
+    def of(cls, members: int, records: Sequence[bytes]) -> ReplayPlan:
+        digest = hashlib.sha256()
+        for record in records:
+            digest.update(hashlib.sha256(record).digest())
+        return cls(members=members, batches=len(records), digest=digest.hexdigest())
+
+
+@dataclass(frozen=True)
+class ReplayPublication:
+    """Where a replay run's publication stands: its plan (None for a replay recorded before 0017) and how many of
+    its steps Kafka acknowledged (0 to :data:`ALL_ACKNOWLEDGED`)."""
+
+    plan: ReplayPlan | None
+    acknowledged: int

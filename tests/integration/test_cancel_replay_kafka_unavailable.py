@@ -31,7 +31,7 @@ from kafka.errors import KafkaTimeoutError
 from devtools.kafka_broker import LocalKafka
 from services.admin.console.context import ConsoleContext
 from services.admin.console.gate import ConsoleGate
-from shared.events import RUN_EVENTS_RECORD_ADAPTER, DeadLetter, RunCancelled, RunStarted
+from shared.events import RUN_EVENTS_RECORD_ADAPTER, DeadLetter, RunCancelled, RunFailed, RunStarted
 from shared.kafka import ensure_topics
 from shared.kafka.clients import close_producer, make_producer, read_whole_topic
 from shared.kafka.event_publisher import KafkaEventPublisher
@@ -159,6 +159,24 @@ class Letters:
         return self.letters
 
 
+def _letters(run: uuid.UUID, members: int) -> Letters:
+    """One dead letter of ``run`` with ``members`` refused members."""
+    return Letters(
+        [
+            DeadLetter(
+                reason="HTTP 400",
+                source_topic="t",
+                service="dispatcher",
+                run_id=run,
+                definition="nightly",
+                batch_index=0,
+                members=[{"id": i, "email": f"m{i}@example.com", "tier": "gold"} for i in range(1, members + 1)],
+                at=datetime.now(UTC),
+            )
+        ]
+    )
+
+
 def _console(app: FastAPI) -> ConsoleContext:
     """The console's context (its app is the ConsoleGate's)."""
     gate: object = ConsoleGate
@@ -175,17 +193,7 @@ def test_a_console_replay_kafka_does_not_acknowledge_names_its_replay_run_and_it
         original, first = (uuid.UUID(client.post(RUNS).json()["run_id"]) for _ in range(2))
         assert client.post(f"/api/v1/runs/{first}/cancel").status_code == 200  # the run events' leader known
         # The original run's dead letters (read before anything is published: not what is tested here).
-        letter = DeadLetter(
-            reason="HTTP 400",
-            source_topic="t",
-            service="dispatcher",
-            run_id=original,
-            definition="nightly",
-            batch_index=0,
-            members=[{"id": i, "email": f"m{i}@example.com", "tier": "gold"} for i in (1, 2, 3)],
-            at=datetime.now(UTC),
-        )
-        _console(admin.api.app).dead_letters = lambda: Letters([letter])
+        _console(admin.api.app).dead_letters = lambda: _letters(original, 3)
         key = _hidden(console.page(f"/runs/{original}/replay"), "idempotency_key")
         assert key.startswith("console-")
         with frozen(broker):
@@ -248,3 +256,34 @@ def test_a_console_replay_whose_dead_letters_cannot_be_read_is_its_confirmation_
             )
             assert _hidden(page.text, "idempotency_key") == "console-k1"
             assert [run for run in client.get("/api/v1/runs").json() if run["replay_of"]] == []
+
+
+def test_a_console_replay_retry_of_a_replay_that_ended_unfinished_is_refused_409_with_a_new_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay run of the form's key failed as stuck: the confirmation again, 409, the reason, a new key (before:
+    a redirect to the failed replay run as if it had started); submitting that key replays the dead letters."""
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")
+    with in_process_api(tmp_path) as api:
+        with api.client() as client:
+            seed(client)
+        with api.client("operator") as client, signed_in(api, "operator") as console:
+            original = uuid.UUID(client.post(RUNS).json()["run_id"])
+            context = _console(api.app)
+            context.dead_letters = lambda: _letters(original, 2)
+            first = console.post(f"/runs/{original}/replay", {"idempotency_key": "console-k1"})
+            assert first.status_code == 303, first.text
+            replay = uuid.UUID(first.headers["location"].rsplit("/", 1)[1])
+            context.admin.runs.fold_run_event(RunFailed(run_id=replay, definition="nightly", reason="stuck"))
+            page = console.post(f"/runs/{original}/replay", {"idempotency_key": "console-k1"})
+            assert page.status_code == 409, page.text
+            assert _alert(page.text) == (
+                f"replay run {replay} of run {original}, the replay of this Idempotency-Key, ended failed before its "
+                f"extraction was complete: use a new key to replay run {original} again"
+            )
+            key = _hidden(page.text, "idempotency_key")
+            assert key.startswith("console-")
+            assert key != "console-k1"
+            again = console.post(f"/runs/{original}/replay", {"idempotency_key": key})
+            assert again.status_code == 303, again.text
+            assert again.headers["location"] != first.headers["location"]

@@ -52,11 +52,15 @@ NEW_RUN_COLUMNS = {
     "finish_handled_at",
     "finish_claimed_at",
     "finish_claimed_by",
+    "replay_plan",
+    "replay_acknowledged",
+    "replay_claimed_at",
+    "replay_claimed_by",
 }
 #: Columns later revisions add to baseline tables (0002: the runs' scope; 0004: split runs' range count;
 #: 0006: when a run was requested; 0008: change-mode counts and retried members; 0009: a run's fixed sync;
 #: 0013: a mass removal allowed by the run's request; 0014: when the notifier handled a run's finish; 0015: who
-#: claimed it, when; 0016: who paused a definition's schedule).
+#: claimed it, when; 0016: who paused a definition's schedule; 0017: a replay run's publication).
 LATER_COLUMNS = {
     "catalog_objects": {"schedule_paused_by"},
     "runs": NEW_RUN_COLUMNS,
@@ -428,8 +432,8 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
     # breakers, the breakers open at each replica (and their index) and the breaker emails' outbox; the tables
     # of next-run retries, their claims and the member delivery log (4) and their indexes (5); a mass removal
     # allowed on the runs; when a run's finish was handled; who claimed it, when, and the unhandled finishes' index;
-    # who paused a definition's schedule (0016).
-    assert len(lines) == 50, lines
+    # who paused a definition's schedule (0016); a replay run's plan, acknowledged steps and claim (0017, 4 columns).
+    assert len(lines) == 54, lines
     assert "table change_members is missing from the database" in lines
     assert "table delivery_batches is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)

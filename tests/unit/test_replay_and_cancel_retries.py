@@ -5,6 +5,7 @@ retried publishes its cancellation again. Over a real SQLite catalog."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, H
 from shared.domain.runs import RunStatus
 from shared.events import (
     AnyRunEvent,
+    BatchOutcome,
     DeadLetter,
     ExtractionCompleted,
     Priority,
@@ -119,6 +121,13 @@ def _replay(
     )
 
 
+def _unpublished(stores: CatalogStores, run: uuid.UUID, publisher: Publisher, key: str) -> uuid.UUID:
+    """The replay run of ``run`` recorded under ``key`` whose events ``publisher`` did not all acknowledge."""
+    with pytest.raises(RunNotPublished) as failed:
+        _replay(stores, run, publisher, key)
+    return failed.value.run_id
+
+
 def test_a_replay_kafka_does_not_acknowledge_is_recorded_queued_and_its_retry_publishes_the_same_replay_run(
     stores: CatalogStores,
 ) -> None:
@@ -146,24 +155,186 @@ def test_a_replay_kafka_does_not_acknowledge_is_recorded_queued_and_its_retry_pu
     assert [r.run_id for r in stores.runs.replays_of(original)] == [replay_id]
 
 
-def test_a_retried_replay_publishes_nothing_once_its_extraction_is_complete_or_it_ended(stores: CatalogStores) -> None:
+def test_a_retried_replay_publishes_nothing_once_kafka_acknowledged_it_all_or_its_extraction_is_complete(
+    stores: CatalogStores,
+) -> None:
     original = _run(stores)
     first = _replay(stores, original, Publisher(), "k1")
     publisher = Publisher()
-    assert _replay(stores, original, publisher, "k1") == first  # not folded yet: published again, same keys
-    assert publisher.batches == [f"{first.run_id}:0", f"{first.run_id}:1"]
-    stores.runs.fold_run_event(ExtractionCompleted(run_id=first.run_id, definition="nightly", members=3, batches=2))
-    publisher = Publisher()
+    # Kafka acknowledged all of it, not folded yet: nothing published again (before: all of it, its batches sent twice).
     assert _replay(stores, original, publisher, "k1") == first
     assert (publisher.run_events, publisher.batches) == ([], [])
-    # A replay failed as stuck before its events reached Kafka: ended, nothing published again.
-    second = _replay(stores, original, Publisher(away=False), "k2")
-    stores.runs.fold_run_event(RunFailed(run_id=second.run_id, definition="nightly", reason="stuck"))
-    publisher = Publisher()
-    assert _replay(stores, original, publisher, "k2") == second
+    stores.runs.fold_run_event(ExtractionCompleted(run_id=first.run_id, definition="nightly", members=3, batches=2))
+    assert _replay(stores, original, publisher, "k1") == first
     assert (publisher.run_events, publisher.batches) == ([], [])
     # Without a key, every replay is a replay run of its own (as before).
-    assert _replay(stores, original, Publisher(), None).run_id not in {first.run_id, second.run_id}
+    assert _replay(stores, original, Publisher(), None).run_id != first.run_id
+
+
+@dataclass
+class LastFails(Publisher):
+    """Acknowledges run.started and the batches, not run.extraction_completed (Kafka goes away midway)."""
+
+    def publish_run_events(self, events: Sequence[AnyRunEvent]) -> None:
+        if any(isinstance(e, ExtractionCompleted) for e in events):
+            raise PublishFailed("the run events on exports.run-events", REASON)
+        super().publish_run_events(events)
+
+
+@dataclass
+class BatchesFail(Publisher):
+    """Acknowledges run.started, not the batches."""
+
+    def publish_member_batches(self, priority: Priority, batches: Sequence[tuple[str, bytes]]) -> None:
+        raise PublishFailed("the member batches on exports.member-batches", REASON)
+
+
+def _outcome(run: uuid.UUID, index: int, delivered: int) -> BatchOutcome:
+    return BatchOutcome(
+        run_id=run, definition="nightly", batch_index=index, delivered=delivered, failed=0, status_code=200
+    )
+
+
+def test_a_replay_retry_publishes_only_what_kafka_did_not_acknowledge_and_no_batch_with_an_outcome(
+    stores: CatalogStores,
+) -> None:
+    """The usual 503: run.started and the batches acknowledged (the partner got them), not the extraction's end."""
+    original = _run(stores)
+    replay_id = _unpublished(stores, original, LastFails(), "k1")
+    publisher = Publisher()
+    assert _replay(stores, original, publisher, "k1") == Replay(run_id=replay_id, members=3, batches=2)
+    # Before: run.started and both batches again, which the dispatcher POSTs to the partner again.
+    assert publisher.batches == []
+    assert [type(e) for e in publisher.run_events] == [ExtractionCompleted]
+    # Kafka goes away while the batches are published: batch 0 got through, the dispatcher delivered it.
+    other = _run(stores)
+    second = _unpublished(stores, other, BatchesFail(), "k2")
+    stores.runs.fold_run_event(RunStarted(run_id=second, definition="nightly", trigger="replay", replay_of=other))
+    stores.runs.fold_run_event(_outcome(second, 0, 2))
+    publisher = Publisher()
+    assert _replay(stores, other, publisher, "k2").run_id == second
+    assert publisher.batches == [f"{second}:1"]  # before: :0 too, sent to the partner twice
+    assert [type(e) for e in publisher.run_events] == [ExtractionCompleted]  # its start folded already
+    stores.runs.fold_run_event(publisher.run_events[0])
+    stores.runs.fold_run_event(_outcome(second, 1, 1))
+    record = stores.runs.get_run(second)
+    assert record is not None
+    assert (record.status, record.extracted, record.delivered) == (RunStatus.SUCCEEDED, 3, 3)
+
+
+def test_a_double_click_publishes_the_replay_once(stores: CatalogStores, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two submissions of one key at once: the second waits for the first's publication, then publishes nothing."""
+    import shared.application.replay as replay_module
+
+    original = _run(stores)
+    second_waits = threading.Event()
+    real_time = replay_module.__dict__.get("time")
+
+    class WaitingClock:
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            second_waits.set()
+            if real_time is not None:
+                real_time.sleep(min(seconds, 0.01))
+
+    monkeypatch.setattr(replay_module, "time", WaitingClock, raising=False)
+
+    @dataclass
+    class Slow(Publisher):
+        """The first request's publisher: holds its run.started until the second request is under way."""
+
+        def publish_run_events(self, events: Sequence[AnyRunEvent]) -> None:
+            if any(isinstance(e, RunStarted) for e in events):
+                second_waits.wait(timeout=5)
+            super().publish_run_events(events)
+
+    first_publisher, second_publisher = Slow(), Publisher()
+    results: list[Replay] = []
+    first = threading.Thread(target=lambda: results.append(_replay(stores, original, first_publisher, "k1")))
+    first.start()
+    try:
+        results.append(_replay(stores, original, second_publisher, "k1"))
+    finally:
+        second_waits.set()
+        first.join(timeout=30)
+    assert len(results) == 2
+    assert results[0] == results[1]
+    replay_id = results[0].run_id
+    assert first_publisher.batches + second_publisher.batches == [f"{replay_id}:0", f"{replay_id}:1"]
+    assert len(first_publisher.run_events + second_publisher.run_events) == 2
+
+
+def test_a_retry_whose_dead_letters_changed_is_refused_409_and_a_new_key_replays_them(stores: CatalogStores) -> None:
+    original = _run(stores)
+    replay_id = _unpublished(stores, original, LastFails(), "k1")
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    more = Letters(
+        [
+            *_letters(original).letters,
+            DeadLetter(
+                reason="HTTP 400",
+                source_topic="t",
+                service="dispatcher",
+                run_id=original,
+                batch_index=1,
+                members=[{"id": i, "tier": "gold"} for i in (4, 5)],
+                at=at,
+            ),
+        ]
+    )
+    publisher = Publisher()
+    with pytest.raises(Conflict) as refused:  # before: the batch keys :0, :1 reused for other members, :2 added
+        _replay(stores, original, publisher, "k1", more)
+    assert refused.value.slug == "dead-letters-changed"
+    assert str(refused.value) == (
+        f"the dead letters of run {original} changed since replay run {replay_id} was recorded under this "
+        "Idempotency-Key (3 members in 2 batches then, 5 in 3 now, or other members, template or priority): "
+        "its batches keep what they were; use a new key to replay them as they are now"
+    )
+    assert (publisher.run_events, publisher.batches) == ([], [])
+    assert _replay(stores, original, publisher, "k2", more).members == 5
+
+
+class Unreadable:
+    def dead_letters(self) -> list[DeadLetter]:
+        raise TimeoutError("the dead letters cannot be read now")
+
+
+def test_a_retry_of_a_complete_replay_returns_it_without_reading_the_dead_letters(stores: CatalogStores) -> None:
+    original = _run(stores)
+    first = _replay(stores, original, Publisher(), "k1")
+    stores.runs.fold_run_event(ExtractionCompleted(run_id=first.run_id, definition="nightly", members=3, batches=2))
+    for letters in (Letters([]), Unreadable()):  # retention dropped them; Kafka cannot say (before: 422, 503)
+        assert (
+            replay_dead_letters(
+                OPERATOR,
+                original,
+                store=stores.definitions,
+                runs=stores.runs,
+                letters=letters,
+                publisher=Publisher(),
+                max_record_bytes=1_000_000,
+                idempotency_key="k1",
+            )
+            == first
+        )
+
+
+def test_a_retry_of_a_replay_that_ended_before_its_extraction_was_complete_is_refused_naming_it(
+    stores: CatalogStores,
+) -> None:
+    original = _run(stores)
+    stuck = _unpublished(stores, original, Publisher(away=True), "k1")
+    stores.runs.fold_run_event(RunFailed(run_id=stuck, definition="nightly", reason="stuck"))
+    publisher = Publisher()
+    with pytest.raises(Conflict) as refused:  # before: the replay run returned, exit 0, nothing sent
+        _replay(stores, original, publisher, "k1")
+    assert refused.value.slug == "replay-ended"
+    assert str(refused.value) == (
+        f"replay run {stuck} of run {original}, the replay of this Idempotency-Key, ended failed before its "
+        f"extraction was complete: use a new key to replay run {original} again"
+    )
+    assert (publisher.run_events, publisher.batches) == ([], [])
 
 
 def test_a_replay_key_used_for_another_run_or_a_run_request_is_refused_with_the_reason(stores: CatalogStores) -> None:
@@ -231,6 +402,18 @@ def test_a_cancel_kafka_does_not_acknowledge_is_recorded_and_cancelling_again_pu
     assert len(publisher.run_events) == 1
 
 
+def test_cancelling_a_cancelled_run_whose_finish_the_notifier_handled_publishes_nothing(stores: CatalogStores) -> None:
+    run = _run(stores)
+    publisher = Publisher()
+    _cancel(stores, run, publisher)
+    assert _cancel(stores, run, publisher) is RunStatus.CANCELLED  # not handled yet: published again
+    assert len(publisher.run_events) == 2
+    assert stores.runs.mark_finishes_handled([run]) == {run}
+    for _ in range(3):  # before: one run.cancelled more for each, without bound
+        assert _cancel(stores, run, publisher) is RunStatus.CANCELLED
+    assert len(publisher.run_events) == 2
+
+
 def test_exportctl_replay_with_an_idempotency_key_is_one_replay_run_and_another_run_under_it_exits_4(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -263,7 +446,7 @@ def test_exportctl_replay_with_an_idempotency_key_is_one_replay_run_and_another_
     first = replay(original)
     assert replay(original) == first  # the same replay run (before: --idempotency-key unknown, exit 2)
     replay_id = uuid.UUID(first.split()[1])
-    assert [e.run_id for e in publisher.run_events] == [replay_id] * 4  # published twice: not folded yet
+    assert [e.run_id for e in publisher.run_events] == [replay_id] * 2  # published once: Kafka acknowledged it all
     with pytest.raises(CliError) as refused:
         replay(other)
     assert refused.value.code == REFUSED

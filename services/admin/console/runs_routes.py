@@ -179,13 +179,15 @@ def _replay_page(
     *,
     unpublished: RunNotPublished | None = None,
     status: int | None = None,
+    new_key: bool = False,
 ) -> Response:
     """The replay's confirmation, with an Idempotency-Key of its own (a resubmitted form, a double click, finds the
     replay run the first one recorded); posted again after a refusal or ``unpublished`` (the replay run recorded
     queued, its events not all acknowledged by Kafka: a 503 with its detail and a link to it), the same key, so
     submitting it again is the retry that publishes the replay run's events again, not a second replay. ``status``:
-    the answer's, when not the refusal's 422 (the dead letters unread: 503)."""
-    key = form_of(request).optional("idempotency_key")
+    the answer's, when not the refusal's 422 (the dead letters unread: 503). ``new_key``: the form gets a new key (the
+    old one's replay cannot be retried: its dead letters changed, it ended unfinished, the key is another's)."""
+    key = None if new_key else form_of(request).optional("idempotency_key")
     facts = _run_facts(record)
     if unpublished is not None:
         status, replay_id = 503, str(unpublished.run_id)
@@ -206,6 +208,10 @@ def _replay_page(
     )
 
 
+#: Refusals of a replay whose Idempotency-Key cannot be used again (:func:`replay_dead_letters`).
+_KEY_SPENT = frozenset({"dead-letters-changed", "replay-ended", "idempotency-key-reused"})
+
+
 @router.post("/{run_id}/replay")
 def replay(request: Request, run_id: uuid.UUID) -> Response:
     console, me = console_of(request), me_of(request)
@@ -221,6 +227,8 @@ def replay(request: Request, run_id: uuid.UUID) -> Response:
             idempotency_key=form_of(request).optional("idempotency_key"),
         )
     except Refused as refusal:
+        if refusal.slug in _KEY_SPENT:  # submitting the same key again would be refused again: a new one
+            return _replay_page(request, _run(request, run_id), refusal.reason, status=refusal.status, new_key=True)
         return _replay_page(request, _run(request, run_id), refusal.reason)
     except RunNotPublished as unpublished:
         return _replay_page(request, _run(request, run_id), unpublished=unpublished)
