@@ -195,4 +195,13 @@ def _worth_retrying(exc: BaseException) -> bool:
     """Connection trouble and temporary (4xx) answers; a 5xx answer (e.g. recipient refused) is final."""
     if isinstance(exc, smtplib.SMTPResponseException):
         return 400 <= exc.smtp_code < 500
-    return isinstance(exc, OSError | smtplib.SMTPServerDisconnected)
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        # Every recipient refused: worth another attempt only if some refusal was temporary (4xx).
+        return any(400 <= code < 500 for code, _ in exc.recipients.values())
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return True
+    if isinstance(exc, smtplib.SMTPException):
+        # smtplib's other errors are OSErrors too, but say what the server or its set-up is (e.g. STARTTLS or AUTH
+        # not offered): another attempt would get the same answer.
+        return False
+    return isinstance(exc, OSError)
