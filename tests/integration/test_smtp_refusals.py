@@ -49,21 +49,17 @@ def _message() -> EmailMessage:
     return message
 
 
-@pytest.mark.parametrize("refusing", [550], indirect=True)
-def test_a_recipient_refused_for_good_is_asked_once(refusing: _RefusingRecipients):
-    mailer = SmtpMailer("127.0.0.1", refusing.port, max_attempts=4, max_wait=0.05)
-
-    with pytest.raises(smtplib.SMTPRecipientsRefused):
-        mailer.send(_message())
-
-    assert refusing.asked == 1
-
-
-@pytest.mark.parametrize("refusing", [451], indirect=True)
-def test_a_recipient_refused_for_now_is_asked_again_until_the_attempts_run_out(refusing: _RefusingRecipients):
+@pytest.mark.parametrize(
+    ("refusing", "asked"),
+    [(550, 1), (451, 3)],  # refused for good: asked once; refused for now: asked until the 3 attempts run out
+    indirect=["refusing"],
+)
+def test_a_recipient_refused_for_good_is_asked_once_and_one_refused_for_now_until_the_attempts_run_out(
+    refusing: _RefusingRecipients, asked: int
+):
     mailer = SmtpMailer("127.0.0.1", refusing.port, max_attempts=3, max_wait=0.05)
 
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         mailer.send(_message())
 
-    assert refusing.asked == 3
+    assert refusing.asked == asked
