@@ -5,8 +5,8 @@ from __future__ import annotations
 import smtplib
 import time
 import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
 import structlog
@@ -25,7 +25,7 @@ from services.notifier.emails import (
 from services.notifier.mailer import SmtpMailer
 from services.notifier.ports import NotifierRuns
 from services.notifier.webhook_delivery import WebhookNotifications
-from services.notifier.webhook_messages import final_event, ledger_kind, parse_kind
+from services.notifier.webhook_messages import final_event, ledger_kind, parse_kind, subscribed
 from shared.application.chains import request_following_runs
 from shared.application.ports import DefinitionsStore, RunsStore, WatermarkStore
 from shared.application.run_events import record_run_event, record_run_events
@@ -34,12 +34,13 @@ from shared.domain.catalog_objects import ExportDefinition, WebhookEvent
 from shared.domain.runs import (
     RunRecord,
     RunStatus,
+    StartClaims,
     consecutive_failures,
     failure_threshold_reason,
     stuck_reason,
 )
 from shared.errors import CatalogTimedOut, StoredObjectInvalid
-from shared.events import AnyRunEvent, RunFailed
+from shared.events import AnyRunEvent, RunFailed, RunStarted
 from shared.kafka import Outgoing
 from shared.metrics import UNKNOWN_DEFINITION, start_definitions_series
 from shared.outages import describe, is_outage
@@ -127,6 +128,9 @@ class Notifier:
         #: Missed runs of the poll being handled whose notifications are claimed and wait for the digest
         #: decision (taken once the whole poll is folded).
         self._missed: list[RunRecord] = []
+        #: The definitions (None: not in the catalog) of the runs the poll being handled starts, read before its
+        #: fold, which claims their ``started`` webhooks (:meth:`_start_claims`).
+        self._starting: dict[str, ExportDefinition | None] = {}
         self.mailer = mailer
         self.sender = sender
         self.link_base_url = link_base_url
@@ -147,7 +151,9 @@ class Notifier:
 
     def handle(self, event: AnyRunEvent) -> list[Outgoing]:
         """Fold the event into its run; when the run has finished, apply the failure policy and send emails."""
-        before, after = record_run_event(event, runs=self.runs, watermarks=self.watermarks)
+        before, after = record_run_event(
+            event, runs=self.runs, watermarks=self.watermarks, starts=self._start_claims([event])
+        )
         finishes: list[Finish] = []
         try:
             claimed, held = self._claim([after.run_id] if after.status.is_final else [])
@@ -167,7 +173,9 @@ class Notifier:
         poll): then every event of the poll gets that failure, as the extractor's rounds stop at the first
         outage (handed back on an outage, dead-lettered on a timeout, as when each fails alone)."""
         try:
-            folded = record_run_events(events, runs=self.runs, watermarks=self.watermarks)
+            folded = record_run_events(
+                events, runs=self.runs, watermarks=self.watermarks, starts=self._start_claims(events)
+            )
         except Exception as exc:
             if is_outage(exc) or isinstance(exc, CatalogTimedOut):
                 log.warning(
@@ -223,6 +231,35 @@ class Notifier:
         except Exception as exc:  # noqa: BLE001 - the loop dead-letters the event with this failure
             return exc
 
+    def _start_claims(self, events: Sequence[AnyRunEvent]) -> StartClaims | None:
+        """The ``started`` webhooks of the runs these events start, for their fold to claim in its transaction (an
+        outbox: a crash after the fold's commit leaves them claimed and unsent, for the sweep). Each is held from
+        the sweep for :attr:`finish_lease_seconds`, within which the replica that folded it sends it (its first
+        attempt), as a finish's notifications are held by its claim. Reads each starting run's definition once
+        (remembered for the poll, in :attr:`_starting`)."""
+        self._starting = {}
+        names = {event.definition for event in events if isinstance(event, RunStarted)}
+        if self.webhooks is None or not names:
+            return None
+        kinds: dict[str, list[tuple[str, list[str]]]] = {}
+        for name in sorted(names):
+            definition = self._starting[name] = self._definition(name)
+            if definition is not None:
+                kinds[name] = self.webhooks.ledger_claims(definition, WebhookEvent.STARTED)
+        held_until = datetime.now(UTC) + timedelta(seconds=self.finish_lease_seconds)
+        return StartClaims(kinds, held_until) if any(kinds.values()) else None
+
+    def _send_started(self, record: RunRecord) -> None:
+        """One attempt of each ``started`` webhook of a run this replica's fold just started: claimed in that fold
+        (:meth:`_start_claims`), else here. A failed attempt, or one a crash prevented, is the sweep's to retry."""
+        if record.definition not in self._starting:  # started by no RunStarted of this poll: not claimed yet
+            self._notify_webhooks(record, WebhookEvent.STARTED)
+            return
+        definition = self._starting[record.definition]
+        if definition is not None and self.webhooks is not None:
+            for name in subscribed(definition, WebhookEvent.STARTED):
+                self.webhooks.send_claimed(definition, record, name, WebhookEvent.STARTED.value)
+
     def _claim(self, run_ids: list[uuid.UUID]) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
         """Claim these final runs' finish for this replica (one statement, none when there is none): the runs
         claimed, and those whose finish another replica holds (:meth:`SqlRunsStore.claim_finishes`)."""
@@ -276,7 +313,7 @@ class Notifier:
             self._start_series(after.definition)
         if after.started_at is not None and (before is None or before.started_at is None):
             # Also when the poll that started the run finished it too (a backlog, a restart).
-            self._notify_webhooks(after, WebhookEvent.STARTED)
+            self._send_started(after)
         if not after.status.is_final:
             return []
         # Read only when there is something to decide or to send (a redelivered event of a finished
@@ -443,7 +480,8 @@ class Notifier:
     def _retry_unsent(self) -> None:
         """One attempt of each notification claimed and not sent (and due, for a webhook backing off); the
         missed runs' grouped per definition and kind, as a digest when they are many. Not those of a final run
-        whose finish another replica holds (its lease running): they are its to send, it may be sending them."""
+        whose finish another replica holds (its lease running): they are its to send, it may be sending them; nor
+        a ``started`` webhook within its hold (not due: the replica whose fold claimed it may be sending it)."""
         definitions: dict[str, ExportDefinition | None] = {}
         missed: dict[tuple[str, str], list[RunRecord]] = {}
         unsent = self.runs.unsent_notifications(limit=1_000)

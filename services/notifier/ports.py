@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from shared.domain.runs import RunRecord, RunStatus
+from shared.domain.runs import RunRecord, RunStatus, StartClaims
 from shared.events import AnyRunEvent
 
 
@@ -20,8 +20,12 @@ class NotifierRuns(Protocol):
     """Run records, folded from events, whether each final run's finish was handled, and the ledger of
     notifications (emails and webhooks)."""
 
-    def fold_run_event(self, event: AnyRunEvent) -> tuple[RunRecord | None, RunRecord]: ...
-    def fold_run_events(self, events: Sequence[AnyRunEvent]) -> dict[uuid.UUID, tuple[RunRecord | None, RunRecord]]: ...
+    def fold_run_event(
+        self, event: AnyRunEvent, starts: StartClaims | None = None
+    ) -> tuple[RunRecord | None, RunRecord]: ...
+    def fold_run_events(
+        self, events: Sequence[AnyRunEvent], starts: StartClaims | None = None
+    ) -> dict[uuid.UUID, tuple[RunRecord | None, RunRecord]]: ...
     def get_run(self, run_id: uuid.UUID) -> RunRecord | None: ...
     def unfinished_runs(self, limit: int = 1_000) -> list[RunRecord]: ...
     def recent_final_statuses(self, definition: str, limit: int) -> list[RunStatus]: ...

@@ -62,12 +62,17 @@ class WebhookNotifications:
         self.link_base_url = link_base_url
         self.clock = clock
 
+    @staticmethod
+    def ledger_claims(definition: ExportDefinition, event: WebhookEvent) -> list[tuple[str, list[str]]]:
+        """The ledger's (kind, recipients) of ``event``'s notification to each channel subscribed to it."""
+        return [(ledger_kind(name, event.value), [name]) for name in subscribed(definition, event)]
+
     def claim(self, definition: ExportDefinition, record: RunRecord, event: WebhookEvent) -> list[str]:
         """Claim the notification of ``event`` for each subscribed channel; the channels still to send to."""
         return [
-            name
-            for name in subscribed(definition, event)
-            if self.runs.claim_notification(record.run_id, ledger_kind(name, event.value), [name])
+            recipients[0]
+            for kind, recipients in self.ledger_claims(definition, event)
+            if self.runs.claim_notification(record.run_id, kind, recipients)
         ]
 
     def notify(self, definition: ExportDefinition, record: RunRecord, event: WebhookEvent) -> None:

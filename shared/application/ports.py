@@ -14,7 +14,7 @@ from shared.domain.catalog_objects import CatalogObject, Priority, SavedQuery
 from shared.domain.fleet import BreakerChange, ReplicaBeat
 from shared.domain.replay import ReplayPlan, ReplayPublication
 from shared.domain.revisions import Revision
-from shared.domain.runs import RunRecord, RunStatus
+from shared.domain.runs import RunRecord, RunStatus, StartClaims
 from shared.errors import VersionMismatch
 from shared.events import AnyRunEvent, DeadLetter, RunRequested
 
@@ -157,9 +157,14 @@ class RunsStore(Protocol):
 class RunEventFold(Protocol):
     """Folds run events into run records (the runs store)."""
 
-    def fold_run_event(self, event: AnyRunEvent) -> tuple[RunRecord | None, RunRecord]: ...
-    def fold_run_events(self, events: Sequence[AnyRunEvent]) -> dict[uuid.UUID, tuple[RunRecord | None, RunRecord]]:
-        """A poll's events folded in one transaction: per run, its record before and after them."""
+    def fold_run_event(
+        self, event: AnyRunEvent, starts: StartClaims | None = None
+    ) -> tuple[RunRecord | None, RunRecord]: ...
+    def fold_run_events(
+        self, events: Sequence[AnyRunEvent], starts: StartClaims | None = None
+    ) -> dict[uuid.UUID, tuple[RunRecord | None, RunRecord]]:
+        """A poll's events folded in one transaction: per run, its record before and after them (and ``starts``'
+        notifications claimed for the runs it started)."""
         ...
 
 

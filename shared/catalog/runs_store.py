@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
 from shared.domain.replay import ALL_ACKNOWLEDGED, ReplayPlan, ReplayPublication
-from shared.domain.runs import RunRecord, RunStatus, fold
+from shared.domain.runs import RunRecord, RunStatus, StartClaims, fold
 from shared.events import AnyRunEvent, BatchOutcome
 
 UNFINISHED = [RunStatus.QUEUED.value, RunStatus.EXTRACTING.value, RunStatus.DISPATCHING.value]
@@ -56,8 +56,11 @@ class SqlRunsStore:
 
     # --- run records ---------------------------------------------------------------------------------
 
-    def fold_run_event(self, event: AnyRunEvent) -> tuple[RunRecord | None, RunRecord]:
-        """Apply a run event to the run's record, atomically; a batch outcome counts once per batch.
+    def fold_run_event(
+        self, event: AnyRunEvent, starts: StartClaims | None = None
+    ) -> tuple[RunRecord | None, RunRecord]:
+        """Apply a run event to the run's record, atomically; a batch outcome counts once per batch. When the event
+        starts the run, ``starts``' notifications of its definition are claimed in the same transaction.
 
         Returns the record before and after, so the caller can tell a run that has just finished.
         """
@@ -84,13 +87,17 @@ class SqlRunsStore:
                 row = RunRow(run_id=str(event.run_id))
                 session.add(row)
             write_record(after, row)
+            self._claim_starts(session, {event.run_id: (before, after)}, starts)
             return before, after
 
-    def fold_run_events(self, events: Sequence[AnyRunEvent]) -> dict[uuid.UUID, tuple[RunRecord | None, RunRecord]]:
+    def fold_run_events(
+        self, events: Sequence[AnyRunEvent], starts: StartClaims | None = None
+    ) -> dict[uuid.UUID, tuple[RunRecord | None, RunRecord]]:
         """Apply a poll's events to their runs in one transaction; per run, its record before and after them.
 
         The same exact accounting as :meth:`fold_run_event` one event at a time (the ledger counts each
-        batch outcome once, also within the poll), for a round trip and a commit per poll, not per event.
+        batch outcome once, also within the poll), for a round trip and a commit per poll, not per event; and the
+        same claims of ``starts``' notifications for the runs the poll starts.
         """
         if not events:
             return {}
@@ -125,7 +132,26 @@ class SqlRunsStore:
                     row = RunRow(run_id=str(run_id))
                     session.add(row)
                 write_record(after, row)
+            self._claim_starts(session, results, starts)
             return results
+
+    def _claim_starts(
+        self,
+        session: Session,
+        folded: dict[uuid.UUID, tuple[RunRecord | None, RunRecord]],
+        starts: StartClaims | None,
+    ) -> None:
+        """In the fold's transaction: claim ``starts``' notifications of the runs this fold started (their
+        ``started_at`` set now), not due for a retry before ``starts.held_until`` (their first sender's time)."""
+        if starts is None:
+            return
+        held_until = as_utc(starts.held_until)
+        for run_id, (before, after) in folded.items():
+            if after.started_at is None or (before is not None and before.started_at is not None):
+                continue
+            for kind, recipients in starts.kinds.get(after.definition, ()):
+                values = {"run_id": str(run_id), "kind": kind, "recipients": recipients, "next_attempt_at": held_until}
+                self.database.insert_ignore(session, NotificationRow, values)
 
     def _record_outcomes(self, session: Session, outcomes: list[BatchOutcome]) -> set[tuple[str, int]]:
         """Insert outcomes into the ledger (one statement); the (run, batch) identities that were new."""

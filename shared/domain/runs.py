@@ -8,6 +8,7 @@ Duplicates are the caller's to drop: ``duplicate=True`` for a batch outcome alre
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -23,6 +24,16 @@ from shared.events import (
 )
 
 MAX_ERROR_SAMPLES = 5
+
+
+@dataclass(frozen=True)
+class StartClaims:
+    """Notifications claimed in the transaction of the fold that starts a run (an outbox: committed with the run's
+    ``started_at``, so none is lost to a crash after it): per definition name, the ledger's (kind, recipients) to
+    claim, each left to its first sender (not due for a retry) until ``held_until``."""
+
+    kinds: Mapping[str, Sequence[tuple[str, list[str]]]]
+    held_until: datetime
 
 
 class RunStatus(StrEnum):

@@ -345,7 +345,7 @@ def test_a_poll_whose_fold_fails_is_folded_event_by_event(catalog: CatalogStores
         def __getattr__(self, name: str) -> Any:
             return getattr(catalog.runs, name)
 
-        def fold_run_events(self, events: Any) -> Any:
+        def fold_run_events(self, events: Any, starts: Any = None) -> Any:
             raise RuntimeError("could not serialize access")
 
     notifier.runs = FailingBatches()
@@ -377,11 +377,11 @@ def test_a_poll_whose_fold_fails_on_the_catalog_is_not_folded_event_by_event(
         def __getattr__(self, name: str) -> Any:
             return getattr(catalog.runs, name)
 
-        def fold_run_events(self, events: Any) -> Any:
+        def fold_run_events(self, events: Any, starts: Any = None) -> Any:
             folds.append(len(events))
             raise failure
 
-        def fold_run_event(self, event: Any) -> Any:
+        def fold_run_event(self, event: Any, starts: Any = None) -> Any:
             folds.append(1)
             raise failure
 

@@ -27,7 +27,7 @@ from services.notifier.notifying import Notifier
 from shared.catalog import CatalogStores, runs_store
 from shared.events import AnyRunEvent, RunFailed, RunMissed, RunStarted, Trigger
 from tests.integration.test_notifier import events
-from tests.integration.test_notifier_finish_once import Killed, dying, finished, with_policy
+from tests.integration.test_notifier_finish_once import Killed, finished, with_policy
 from tests.integration.test_notifier_webhooks import notifier_on, receiver, signing_secret, sink, verified
 
 pytestmark = pytest.mark.integration
@@ -44,6 +44,22 @@ def replica(catalog: CatalogStores, sink: SmtpSink, name: str, lease: float = 60
     notifier = notifier_on(catalog, sink)
     notifier.replica_id, notifier.finish_lease_seconds = name, lease
     return notifier
+
+
+def dying_after_the_fold(catalog: CatalogStores, run_id: uuid.UUID) -> Any:
+    """The definitions store, except that the process dies at its first read of a definition once ``run_id`` is
+    folded (a read before the fold, for the ``started`` webhooks it claims, goes on): before any of its finish."""
+
+    class Dying:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(catalog.definitions, name)
+
+        def find(self, *args: Any) -> Any:
+            if catalog.runs.get_run(run_id) is not None:
+                raise Killed
+            return catalog.definitions.find(*args)
+
+    return Dying()
 
 
 def failed_webhooks(receiver: HttpReceiver) -> list[str]:
@@ -114,7 +130,7 @@ def test_a_replica_that_died_holding_a_finish_has_it_done_by_another_once_the_le
     catalog.definitions.apply(with_policy(receiver, ["failed"], max_failure_percent=10))
     poll = list(events([(80, 0), (0, 20)]))
     first = replica(catalog, sink, "replica-a")
-    first.definitions = dying(catalog.definitions, "find", after_it=False)
+    first.definitions = dying_after_the_fold(catalog, poll[0].run_id)
     lease = 2.0
     second = replica(catalog, sink, "replica-b", lease=lease)
     failed_before = finished("failed")
@@ -187,7 +203,7 @@ def test_the_sweep_finishes_a_run_whose_claimant_died_once_the_lease_is_over(
     catalog.definitions.apply(with_policy(receiver, ["failed"], max_failure_percent=10))
     run = failed_run(datetime.now(UTC) - timedelta(minutes=10))
     first = replica(catalog, sink, "replica-a")
-    first.definitions = dying(catalog.definitions, "find", after_it=False)
+    first.definitions = dying_after_the_fold(catalog, run[0].run_id)
     lease = 2.0
     second = replica(catalog, sink, "replica-b", lease=lease)
     claimed_at = time.monotonic()
