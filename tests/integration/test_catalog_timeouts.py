@@ -308,13 +308,13 @@ def test_a_notifier_poll_whose_fold_times_out_is_not_folded_again_event_by_event
         folds: list[int] = []
         fold_one, fold_all = catalog.runs.fold_run_event, catalog.runs.fold_run_events
 
-        def folding_one(event: Any) -> Any:
+        def folding_one(event: Any, starts: Any = None) -> Any:
             folds.append(1)
-            return fold_one(event)
+            return fold_one(event, starts)
 
-        def folding_all(events: Any) -> Any:
+        def folding_all(events: Any, starts: Any = None) -> Any:
             folds.append(len(events))
-            return fold_all(events)
+            return fold_all(events, starts)
 
         catalog.runs.fold_run_event = folding_one  # type: ignore[method-assign]
         catalog.runs.fold_run_events = folding_all  # type: ignore[method-assign]
