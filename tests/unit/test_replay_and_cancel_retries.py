@@ -72,13 +72,18 @@ class Letters:
         return self.letters
 
 
-@pytest.fixture
-def stores(tmp_path: Path) -> Iterator[CatalogStores]:
-    stores = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+def _seed(stores: CatalogStores) -> None:
+    """The definition nightly (its query, template and profile): two members a batch."""
     stores.definitions.apply(ConnectionProfile(name="partner", base_url="https://partner.example.com"))
     stores.definitions.apply(SavedQuery(name="gold", sql="SELECT id, tier FROM members"))
     stores.definitions.apply(HttpTemplate(name="upsert", query="gold", profile="partner", batch_size=2))
     stores.definitions.apply(ExportDefinition(name="nightly", query="gold", template="upsert"))
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[CatalogStores]:
+    stores = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+    _seed(stores)
     yield stores
     stores.close()
 
@@ -540,10 +545,7 @@ def test_exportctl_replay_with_an_idempotency_key_is_one_replay_run_and_another_
 
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     stores = CatalogStores.from_url(url, migrate=True)
-    stores.definitions.apply(ConnectionProfile(name="partner", base_url="https://partner.example.com"))
-    stores.definitions.apply(SavedQuery(name="gold", sql="SELECT id, tier FROM members"))
-    stores.definitions.apply(HttpTemplate(name="upsert", query="gold", profile="partner", batch_size=2))
-    stores.definitions.apply(ExportDefinition(name="nightly", query="gold", template="upsert"))
+    _seed(stores)
     original, other = _run(stores), _run(stores)
     stores.close()
     publisher = Publisher()
@@ -567,3 +569,48 @@ def test_exportctl_replay_with_an_idempotency_key_is_one_replay_run_and_another_
     assert "Idempotency-Key 'k1' was already used for a different request (a replay of another run" in str(
         refused.value
     )
+
+
+def test_exportctl_replays_publication_waits_for_kafka_within_the_claims_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each publication of ``exportctl dead-letters replay`` waits ``REPLAY_PUBLISH_WAIT_SECONDS`` at most for its
+    acknowledgement (before: the producer's delivery timeout and a margin, 125 s, past the lease: another request
+    took the claim over and both published)."""
+    from kafka.errors import KafkaTimeoutError
+
+    from shared.application.replay import PUBLICATION_LEASE_SECONDS, REPLAY_PUBLISH_WAIT_SECONDS
+    from shared.cli import direct, reachability
+    from shared.cli.common import CliSettings
+    from shared.cli.exits import UNREACHABLE, CliError
+    from shared.cli.parser import build_parser
+    from shared.kafka import event_publisher
+
+    waited: list[float] = []
+
+    class Unacknowledged:
+        def get(self, timeout: float) -> None:
+            waited.append(timeout)
+            raise KafkaTimeoutError("no acknowledgement")
+
+    class FrozenBroker:
+        config = {"delivery_timeout_ms": 120_000}
+
+        def send(self, topic: str, **record: object) -> Unacknowledged:
+            return Unacknowledged()
+
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    stores = CatalogStores.from_url(url, migrate=True)
+    _seed(stores)
+    original = _run(stores)
+    stores.close()
+    monkeypatch.setattr(reachability, "require_kafka", lambda servers: None)
+    monkeypatch.setattr(event_publisher, "KafkaDeadLetters", lambda settings: _letters(original))
+    monkeypatch.setattr(direct.Direct, "_connect", lambda self: FrozenBroker())
+    args = build_parser().parse_args(["dead-letters", "replay", str(original), "--idempotency-key", "k1"])
+    with pytest.raises(CliError) as failed:
+        args.func(CliSettings(catalog_url=url), args)
+    assert failed.value.code == UNREACHABLE
+    assert "Kafka did not acknowledge its events" in failed.value.message
+    assert waited
+    assert max(waited) <= REPLAY_PUBLISH_WAIT_SECONDS < PUBLICATION_LEASE_SECONDS
