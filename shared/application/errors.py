@@ -7,7 +7,7 @@
      ├── Forbidden     403   the actor's role or business-unit scope does not allow it
      ├── Conflict      409   a name taken, an object in use, a run already finished
      ├── Invalid       422   the input breaks a rule (a field, a reference, a parameter, a template)
-     └── Busy          503   another request is doing it now (publishing the same replay run): retry the same
+     └── Busy          503   another request is doing it now (publishing the same replay run): retry it later
 
     PublishFailed      503   Kafka did not acknowledge an event (not a refusal: what came before it was written)
      ├── RunNotPublished     a run (or a replay run) recorded queued whose request (events) Kafka did not acknowledge
