@@ -6,7 +6,8 @@
      ├── Missing       404   an object or run that does not exist
      ├── Forbidden     403   the actor's role or business-unit scope does not allow it
      ├── Conflict      409   a name taken, an object in use, a run already finished
-     └── Invalid       422   the input breaks a rule (a field, a reference, a parameter, a template)
+     ├── Invalid       422   the input breaks a rule (a field, a reference, a parameter, a template)
+     └── Busy          503   another request is doing it now (publishing the same replay run): retry it later
 
     PublishFailed      503   Kafka did not acknowledge an event (not a refusal: what came before it was written)
      ├── RunNotPublished     a run (or a replay run) recorded queued whose request (events) Kafka did not acknowledge
@@ -82,6 +83,14 @@ class Stale(Refused):
 class Invalid(Refused):
     status = 422
     default_slug = "invalid-object"
+
+
+class Busy(Refused):
+    """Another request is doing what this one asks for now (publishing the same replay run): nothing was done by this
+    one; retrying the same request later finds what the other left."""
+
+    status = 503
+    default_slug = "busy"
 
 
 class PublishFailed(Exception):

@@ -8,23 +8,28 @@ the endpoint or the template is fixed.
 With an idempotency key (the console's, exportctl's ``--idempotency-key``), a retried replay is the replay run the
 first one recorded, not another. The replay run records what it sends (its plan: members, batches, a digest of their
 records) and how far Kafka acknowledged its publication (run.started, its batches, run.extraction_completed). A retry
-publishes only what is left: nothing once all of it was acknowledged or its extraction is complete (then the dead
-letters are not even read); not the batches once they were acknowledged, nor a batch with an outcome in the ledger
-(sent already); its batches under the same keys (the dispatcher takes a republished batch as a redelivery: what
-Kafka may hold without having acknowledged it, or a batch in flight, is still sent at least once). One request
-publishes at a time (a claim with a lease): a double click or two concurrent retries publish once. A retry whose dead
-letters give other batches, or of a replay run that ended before its extraction was complete, is refused (409: a new
-key).
+publishes only what is left: nothing once all of it was acknowledged or its extraction is complete, only its
+run.extraction_completed (from its recorded plan) once its batches were acknowledged: in these cases the dead letters
+are not even read (they may have changed, or be gone). Otherwise not a batch with an outcome in the ledger (sent
+already); its batches under the same keys (the dispatcher takes a republished batch as a redelivery: what Kafka may
+hold without having acknowledged it, or a batch in flight, is still sent at least once). One request publishes at a
+time (a claim with a lease): a double click or two concurrent retries publish once; a request waits for another's
+publication ``CLAIM_WAIT_SECONDS`` at most (then :class:`Busy`, 503: retry with the same key), and a holder whose
+claim was taken over (its lease ran out) stops. A retry whose dead letters give other batches (while its batches are
+not acknowledged), or of a replay run that ended before its extraction was complete, is refused (409: a new key).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from shared.application.actors import Actor, Permission, authorise
-from shared.application.errors import Conflict, Invalid, PublishFailed, RunNotPublished
+from shared.application.errors import Busy, Conflict, Invalid, PublishFailed, RunNotPublished
 from shared.application.objects import existing, visible
 from shared.application.ports import DeadLetterSource, DefinitionsStore, EventPublisher, RunsStore
 from shared.application.runs import claim_key, replay_fingerprint, visible_run
@@ -41,10 +46,20 @@ from shared.events import ExtractionCompleted, Priority, RunStarted, Trigger, ut
 from shared.member_batches import BatchEncoder, MemberTooLarge
 
 #: How long a request's claim of a replay run's publication holds without news before another request takes it
-#: over (its holder died): renewed after each of its three publications, so above one publication's bound (15 s in
-#: the admin, kafka-python's 31 s delivery timeout in exportctl) with a margin.
-PUBLICATION_LEASE_SECONDS = 60.0
-_CLAIM_POLL_SECONDS = 0.1
+#: over (its holder died): renewed after each of its three publications, so above one publication's bound with a
+#: margin: the admin's 15 s (``PUBLISH_WAIT_SECONDS``), exportctl's ``REPLAY_PUBLISH_WAIT_SECONDS`` (30 s) after
+#: its producer's ``send()`` blocked up to kafka-python's 60 s for metadata. A holder whose claim was taken over
+#: anyway stops publishing at its next step (:class:`Busy`): the new holder publishes what is left.
+PUBLICATION_LEASE_SECONDS = 120.0
+#: The longest exportctl's replay waits for Kafka's acknowledgement of one publication (after handing it over).
+REPLAY_PUBLISH_WAIT_SECONDS = 30.0
+#: How long a request waits for another's publication of the same replay run (a double click, a concurrent retry)
+#: before answering :class:`Busy` (503: retry with the same key): twice the admin's publication bound, never more
+#: than the lease; it asks every ``_CLAIM_POLL_SECONDS``.
+CLAIM_WAIT_SECONDS = 30.0
+_CLAIM_POLL_SECONDS = 0.5
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,7 +106,9 @@ def replay_dead_letters(
             run_id=replay_id,
             different="a replay of another run, or a run request",
         )
-        done = _done_already(runs, replay_id, run_id)
+        done = _done_already(runs, replay_id, run_id) or _rest_of_plan(
+            runs, publisher, _started(actor, definition, replay_id, run_id), definition.priority
+        )
         if done is not None:
             return done  # before the dead letters are read: they may be gone, or unreadable now
     members = members_to_replay(letters.dead_letters(), run_id, key_column)
@@ -126,6 +143,10 @@ def replay_dead_letters(
     publication = runs.replay_publication(replay_id)
     recorded = publication.plan if publication is not None else None
     if recorded is not None and recorded != plan:
+        # Another request may have got its batches acknowledged meanwhile: then what is left is its plan's.
+        meanwhile = _rest_of_plan(runs, publisher, _started(actor, definition, replay_id, run_id), definition.priority)
+        if meanwhile is not None:
+            return meanwhile
         raise Conflict(
             f"the dead letters of run {run_id} changed since replay run {replay_id} was recorded under this "
             f"Idempotency-Key ({recorded.members} members in {recorded.batches} batches then, {plan.members} in "
@@ -138,13 +159,7 @@ def replay_dead_letters(
         publisher,
         replay_id,
         [(batch.batch_index, batch.value) for batch in batches],
-        RunStarted(
-            run_id=replay_id,
-            definition=definition.name,
-            trigger=Trigger.REPLAY,
-            requested_by=actor.name,
-            replay_of=run_id,
-        ),
+        _started(actor, definition, replay_id, run_id),
         ExtractionCompleted(run_id=replay_id, definition=definition.name, members=len(members), batches=len(batches)),
         definition.priority,
     )
@@ -152,9 +167,9 @@ def replay_dead_letters(
 
 
 def _done_already(runs: RunsStore, replay_id: uuid.UUID, replayed: uuid.UUID) -> Replay | None:
-    """The replay run of a retried key if nothing is left to publish (its extraction complete, or Kafka acknowledged
-    all its events); :class:`Conflict` when it ended before its extraction was complete (failed as stuck,
-    cancelled: publishing it again would change nothing); None when it is new or still to publish."""
+    """The replay run of a retried key if its extraction is complete (nothing left to publish); :class:`Conflict`
+    when it ended before its extraction was complete (failed as stuck, cancelled: publishing it again would change
+    nothing); None when it is new or still to publish (:func:`_rest_of_plan` then)."""
     known = runs.get_run(replay_id)
     if known is None:
         return None
@@ -166,10 +181,34 @@ def _done_already(runs: RunsStore, replay_id: uuid.UUID, replayed: uuid.UUID) ->
             f"{known.status.value} before its extraction was complete: use a new key to replay run {replayed} again",
             slug="replay-ended",
         )
-    publication = runs.replay_publication(replay_id)
-    if publication is not None and publication.plan is not None and publication.acknowledged >= ALL_ACKNOWLEDGED:
-        return Replay(run_id=replay_id, members=publication.plan.members, batches=publication.plan.batches)
     return None
+
+
+def _started(actor: Actor, definition: ExportDefinition, replay_id: uuid.UUID, replayed: uuid.UUID) -> RunStarted:
+    return RunStarted(
+        run_id=replay_id,
+        definition=definition.name,
+        trigger=Trigger.REPLAY,
+        requested_by=actor.name,
+        replay_of=replayed,
+    )
+
+
+def _rest_of_plan(runs: RunsStore, publisher: EventPublisher, started: RunStarted, priority: Priority) -> Replay | None:
+    """The replay run of a retried key once Kafka acknowledged its batches, from its recorded plan, the dead letters
+    not read (they may have changed, or be gone): nothing published once Kafka acknowledged all of it, else (the
+    usual 503) only its ``run.extraction_completed``. None when its batches are still to publish."""
+    replay_id = started.run_id
+    publication = runs.replay_publication(replay_id)
+    if publication is None or publication.plan is None or publication.acknowledged < BATCHES_ACKNOWLEDGED:
+        return None
+    plan = publication.plan
+    if publication.acknowledged < ALL_ACKNOWLEDGED:
+        completed = ExtractionCompleted(
+            run_id=replay_id, definition=started.definition, members=plan.members, batches=plan.batches
+        )
+        _publish(runs, publisher, replay_id, [], started, completed, priority)
+    return Replay(run_id=replay_id, members=plan.members, batches=plan.batches)
 
 
 def _publish(
@@ -184,12 +223,17 @@ def _publish(
     """Publish the replay run's events that Kafka has not acknowledged yet, under a claim of its publication (one
     request at a time: a concurrent one waits for it, then publishes only what is left). Skipped: ``run.started``
     once folded or acknowledged, the batches once acknowledged, and each batch with an outcome in the ledger (sent
-    already). :class:`RunNotPublished` when Kafka does not acknowledge them; the claim is then released."""
+    already). :class:`RunNotPublished` when Kafka does not acknowledge them; the claim is then released.
+    :class:`Busy` when another request holds the claim past ``CLAIM_WAIT_SECONDS``, or took it over (this one's
+    lease ran out) while this one published: it stops, the other publishes what is left."""
     claimant = str(uuid.uuid4())
+    deadline = time.monotonic() + min(CLAIM_WAIT_SECONDS, PUBLICATION_LEASE_SECONDS)
     while not runs.claim_replay_publication(replay_id, claimant, PUBLICATION_LEASE_SECONDS):
         publication = runs.replay_publication(replay_id)
         if publication is None or publication.acknowledged >= ALL_ACKNOWLEDGED:
             return  # another request published it all
+        if time.monotonic() >= deadline:
+            raise _busy(replay_id, started)
         time.sleep(_CLAIM_POLL_SECONDS)  # another request publishes it now: its outcome decides what is left
     try:
         publication = runs.replay_publication(replay_id)
@@ -199,18 +243,37 @@ def _publish(
         # batches' outcomes can only follow batches that exist, then the count they must add up to.
         if acknowledged < STARTED_ACKNOWLEDGED and (record is None or record.started_at is None):
             publisher.publish_run_events([started])
-        runs.replay_step_acknowledged(replay_id, claimant, STARTED_ACKNOWLEDGED)
+        if not runs.replay_step_acknowledged(replay_id, claimant, STARTED_ACKNOWLEDGED):
+            raise _busy(replay_id, started)  # taken over: its new holder publishes the rest
         if acknowledged < BATCHES_ACKNOWLEDGED:
             sent = runs.batches_with_outcomes(replay_id)
             unsent = [(f"{replay_id}:{index}", value) for index, value in batches if index not in sent]
             if unsent:
                 publisher.publish_member_batches(priority, unsent)
-        runs.replay_step_acknowledged(replay_id, claimant, BATCHES_ACKNOWLEDGED)
+        if not runs.replay_step_acknowledged(replay_id, claimant, BATCHES_ACKNOWLEDGED):
+            raise _busy(replay_id, started)
         publisher.publish_run_events([completed])
-        runs.replay_step_acknowledged(replay_id, claimant, ALL_ACKNOWLEDGED)
+        runs.replay_step_acknowledged(replay_id, claimant, ALL_ACKNOWLEDGED)  # not ours: acknowledged all the same
     except PublishFailed as exc:
-        runs.release_replay_publication(replay_id, claimant)
+        _release(runs, replay_id, claimant)
         raise RunNotPublished(replay_id, exc, replay_of=started.replay_of) from exc
     except BaseException:
-        runs.release_replay_publication(replay_id, claimant)
+        _release(runs, replay_id, claimant)
         raise
+
+
+def _busy(replay_id: uuid.UUID, started: RunStarted) -> Busy:
+    return Busy(
+        f"replay run {replay_id} of run {started.replay_of} is being published by another request (the same "
+        "Idempotency-Key): retry with the same key",
+        slug="replay-being-published",
+    )
+
+
+def _release(runs: RunsStore, replay_id: uuid.UUID, claimant: str) -> None:
+    """Release the claim after a failure, which propagates: a catalog failing now too is logged, not raised over it
+    (the claim then lapses with its lease)."""
+    try:
+        runs.release_replay_publication(replay_id, claimant)
+    except SQLAlchemyError as exc:
+        _log.warning("replay run %s: its publication's claim could not be released: %s", replay_id, type(exc).__name__)

@@ -282,10 +282,10 @@ class SqlRunsStore:
             )
             return bool(claimed.rowcount)
 
-    def replay_step_acknowledged(self, run_id: uuid.UUID, claimant: str, step: int) -> None:
+    def replay_step_acknowledged(self, run_id: uuid.UUID, claimant: str, step: int) -> bool:
         """Record that Kafka acknowledged the replay run's publication up to ``step``, renewing ``claimant``'s claim
         (its lease starts again: it bounds one publication, not all three); the last step ends the claim. A claim no
-        longer ``claimant``'s records nothing (its new holder publishes what is left)."""
+        longer ``claimant``'s records nothing (its new holder publishes what is left): False, the claimant stops."""
         values: dict[str, Any] = {
             "replay_acknowledged": func.max(RunRow.replay_acknowledged, step)
             if self.database.engine.dialect.name == "sqlite"
@@ -295,11 +295,12 @@ class SqlRunsStore:
         if step >= ALL_ACKNOWLEDGED:
             values |= {"replay_claimed_at": None, "replay_claimed_by": None}
         with self.database.begin("Run") as connection:
-            connection.execute(
+            recorded = connection.execute(
                 update(RunRow)
                 .where(RunRow.run_id == str(run_id), RunRow.replay_claimed_by == claimant)
                 .values(**values)
             )
+            return bool(recorded.rowcount)
 
     def release_replay_publication(self, run_id: uuid.UUID, claimant: str) -> None:
         """End ``claimant``'s claim of the replay run's publication (it failed): the next retry may claim it."""

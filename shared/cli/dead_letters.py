@@ -75,7 +75,10 @@ def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
 
 def cmd_replay(settings: CliSettings, args: argparse.Namespace) -> int:
     """Start a replay run of a run's dead-lettered members."""
-    from shared.application.replay import replay_dead_letters  # loaded when used (exportctl's start-up)
+    from shared.application.replay import (  # loaded when used (exportctl's start-up)
+        REPLAY_PUBLISH_WAIT_SECONDS,
+        replay_dead_letters,
+    )
     from shared.cli.direct import on_catalog, wait_for_run
     from shared.cli.reachability import require_kafka
     from shared.kafka.event_publisher import KafkaDeadLetters
@@ -93,7 +96,7 @@ def cmd_replay(settings: CliSettings, args: argparse.Namespace) -> int:
             store=context.stores.definitions,
             runs=context.stores.runs,
             letters=KafkaDeadLetters(settings),
-            publisher=context.publisher(),
+            publisher=context.publisher(REPLAY_PUBLISH_WAIT_SECONDS),  # within the publication's claim
             max_record_bytes=settings.extractor_max_record_bytes,
             idempotency_key=args.idempotency_key,
         )

@@ -79,18 +79,20 @@ class Direct:
             secret_references=self.settings.secret_references,
         )
 
-    def publisher(self) -> KafkaEventPublisher:
+    def publisher(self, wait_seconds: float | None = None) -> KafkaEventPublisher:
         """Publishes on Kafka, connecting at the first publication; with :attr:`early` (``exportctl run``) on the
         producer connected since before, the missing topics created at the first publication. A refused command
-        publishes nothing and creates no topic; ``exportctl run``'s may have connected (and listed the topics)."""
+        publishes nothing and creates no topic; ``exportctl run``'s may have connected (and listed the topics).
+        ``wait_seconds``: the longest each publication waits for acknowledgement once handed to the producer (else
+        its delivery timeout)."""
         from shared.kafka.event_publisher import KafkaEventPublisher
         from shared.tracing import install as install_tracing
 
         install_tracing("exportctl")  # a run requested here starts its trace (spans named member-export-exportctl)
-        return KafkaEventPublisher(self._send, self.settings.topics)
+        return KafkaEventPublisher(lambda outgoing: self._send(outgoing, wait_seconds), self.settings.topics)
 
-    def _send(self, outgoing: list[Outgoing]) -> None:
-        from shared.kafka.clients import produce_and_wait
+    def _send(self, outgoing: list[Outgoing], wait_seconds: float | None = None) -> None:
+        from shared.kafka.clients import produce
 
         if self._producer is None:
             try:
@@ -104,7 +106,7 @@ class Direct:
                     raise
                 where = ", ".join(dict.fromkeys(o.topic for o in outgoing))
                 raise PublishFailed(f"records on {where}", reason, unknown=False) from None
-        produce_and_wait(self._producer, outgoing)
+        produce(self._producer, outgoing).wait(wait_seconds)
 
     def _connect(self) -> KafkaProducer:
         from shared.cli.kafka_connection import open_producer

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import unescape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from fastapi import FastAPI
@@ -31,13 +32,17 @@ from kafka.errors import KafkaTimeoutError
 from devtools.kafka_broker import LocalKafka
 from services.admin.console.context import ConsoleContext
 from services.admin.console.gate import ConsoleGate
-from shared.events import RUN_EVENTS_RECORD_ADAPTER, DeadLetter, RunCancelled, RunFailed, RunStarted
+from shared.application.errors import PublishFailed
+from shared.events import RUN_EVENTS_RECORD_ADAPTER, DeadLetter, Priority, RunCancelled, RunFailed, RunStarted
 from shared.kafka import ensure_topics
 from shared.kafka.clients import close_producer, make_producer, read_whole_topic
 from shared.kafka.event_publisher import KafkaEventPublisher
 from shared.settings import CommonSettings
-from tests.admin_app import InProcessApi, in_process_api, seed
-from tests.integration.test_console_fields import signed_in
+from tests.admin_app import InProcessApi, RecordingPublisher, in_process_api, seed
+from tests.integration.test_console_fields import Console, signed_in
+
+if TYPE_CHECKING:
+    from starlette.testclient import TestClient  # as tests.admin_app imports it (its warning silenced)
 
 pytestmark = pytest.mark.integration
 
@@ -258,12 +263,10 @@ def test_a_console_replay_whose_dead_letters_cannot_be_read_is_its_confirmation_
             assert [run for run in client.get("/api/v1/runs").json() if run["replay_of"]] == []
 
 
-def test_a_console_replay_retry_of_a_replay_that_ended_unfinished_is_refused_409_with_a_new_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The replay run of the form's key failed as stuck: the confirmation again, 409, the reason, a new key (before:
-    a redirect to the failed replay run as if it had started); submitting that key replays the dead letters."""
-    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")
+@contextmanager
+def _replaying(tmp_path: Path) -> Iterator[tuple[TestClient, Console, uuid.UUID, ConsoleContext]]:
+    """The API's client as an operator, the console signed in as one, a run of nightly whose two members were
+    dead-lettered, and the console's context (no broker: the in-process API's recording publisher)."""
     with in_process_api(tmp_path) as api:
         with api.client() as client:
             seed(client)
@@ -271,19 +274,62 @@ def test_a_console_replay_retry_of_a_replay_that_ended_unfinished_is_refused_409
             original = uuid.UUID(client.post(RUNS).json()["run_id"])
             context = _console(api.app)
             context.dead_letters = lambda: _letters(original, 2)
-            first = console.post(f"/runs/{original}/replay", {"idempotency_key": "console-k1"})
-            assert first.status_code == 303, first.text
-            replay = uuid.UUID(first.headers["location"].rsplit("/", 1)[1])
-            context.admin.runs.fold_run_event(RunFailed(run_id=replay, definition="nightly", reason="stuck"))
-            page = console.post(f"/runs/{original}/replay", {"idempotency_key": "console-k1"})
-            assert page.status_code == 409, page.text
-            assert _alert(page.text) == (
-                f"replay run {replay} of run {original}, the replay of this Idempotency-Key, ended failed before its "
-                f"extraction was complete: use a new key to replay run {original} again"
-            )
-            key = _hidden(page.text, "idempotency_key")
-            assert key.startswith("console-")
-            assert key != "console-k1"
-            again = console.post(f"/runs/{original}/replay", {"idempotency_key": key})
-            assert again.status_code == 303, again.text
-            assert again.headers["location"] != first.headers["location"]
+            yield client, console, original, context
+
+
+def test_a_console_replay_retry_of_a_replay_that_ended_unfinished_is_refused_409_with_a_new_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay run of the form's key failed as stuck: the confirmation again, 409, the reason, a new key (before:
+    a redirect to the failed replay run as if it had started); submitting that key replays the dead letters."""
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")
+    with _replaying(tmp_path) as (_client, console, original, context):
+        first = console.post(f"/runs/{original}/replay", {"idempotency_key": "console-k1"})
+        assert first.status_code == 303, first.text
+        replay = uuid.UUID(first.headers["location"].rsplit("/", 1)[1])
+        context.admin.runs.fold_run_event(RunFailed(run_id=replay, definition="nightly", reason="stuck"))
+        page = console.post(f"/runs/{original}/replay", {"idempotency_key": "console-k1"})
+        assert page.status_code == 409, page.text
+        assert _alert(page.text) == (
+            f"replay run {replay} of run {original}, the replay of this Idempotency-Key, ended failed before its "
+            f"extraction was complete: use a new key to replay run {original} again"
+        )
+        key = _hidden(page.text, "idempotency_key")
+        assert key.startswith("console-")
+        assert key != "console-k1"
+        again = console.post(f"/runs/{original}/replay", {"idempotency_key": key})
+        assert again.status_code == 303, again.text
+        assert again.headers["location"] != first.headers["location"]
+
+
+def test_a_console_replay_whose_key_another_request_publishes_is_a_503_with_the_same_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay run of the form's key is being published by another request (a double click, another tab) longer
+    than the console waits: the confirmation again, 503, the reason and the same key (before: the request held a
+    worker up to the lease, polling, then published it a second time)."""
+    import shared.application.replay as replay_module
+
+    monkeypatch.setattr(replay_module, "CLAIM_WAIT_SECONDS", 0.3, raising=False)
+    monkeypatch.setattr(replay_module, "PUBLICATION_LEASE_SECONDS", 2.0)  # old code: took the claim over after it
+    monkeypatch.setattr(replay_module, "_CLAIM_POLL_SECONDS", 0.05)
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")
+
+    class BatchesUnacknowledged(RecordingPublisher):
+        def publish_member_batches(self, priority: Priority, batches: Sequence[tuple[str, bytes]]) -> None:
+            raise PublishFailed("the member batches on exports.member-batches", "KafkaTimeoutError")
+
+    with _replaying(tmp_path) as (client, console, original, context):
+        healthy, context.admin.publisher = context.admin.publisher, BatchesUnacknowledged()
+        first = console.post(f"/runs/{original}/replay", {"idempotency_key": "console-k1"})
+        assert first.status_code == 503, first.text
+        (replay,) = [uuid.UUID(run["run_id"]) for run in client.get("/api/v1/runs").json() if run["replay_of"]]
+        context.admin.publisher = healthy
+        assert context.admin.runs.claim_replay_publication(replay, "another request", 120)
+        page = console.post(f"/runs/{original}/replay", {"idempotency_key": "console-k1"})
+        assert page.status_code == 503, page.text
+        assert _alert(page.text) == (
+            f"replay run {replay} of run {original} is being published by another request (the same "
+            "Idempotency-Key): retry with the same key"
+        )
+        assert _hidden(page.text, "idempotency_key") == "console-k1"

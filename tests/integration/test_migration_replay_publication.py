@@ -49,14 +49,14 @@ def test_0017_keeps_the_runs_and_a_replays_publication_is_claimed_once_and_ended
         assert runs.claim_replay_publication(replay, "a", 60)
         assert runs.claim_replay_publication(replay, "a", 60)  # its own claim again
         assert not runs.claim_replay_publication(replay, "b", 60)
-        runs.replay_step_acknowledged(replay, "a", STARTED_ACKNOWLEDGED)
+        assert runs.replay_step_acknowledged(replay, "a", STARTED_ACKNOWLEDGED)  # still a's claim
         assert not runs.claim_replay_publication(replay, "b", 60)
         assert runs.claim_replay_publication(replay, "b", 0.0)  # a's claim past the lease: taken over
-        runs.replay_step_acknowledged(replay, "a", ALL_ACKNOWLEDGED)  # no longer a's: records nothing
+        assert not runs.replay_step_acknowledged(replay, "a", ALL_ACKNOWLEDGED)  # no longer a's: records nothing
         assert runs.replay_publication(replay) == ReplayPublication(plan=None, acknowledged=STARTED_ACKNOWLEDGED)
         runs.release_replay_publication(replay, "b")
         assert runs.claim_replay_publication(replay, "c", 60)
-        runs.replay_step_acknowledged(replay, "c", ALL_ACKNOWLEDGED)
+        assert runs.replay_step_acknowledged(replay, "c", ALL_ACKNOWLEDGED)
         assert not runs.claim_replay_publication(replay, "c", 0.0)  # all acknowledged: nothing left to claim
         plan = ReplayPlan(members=3, batches=2, digest="d" * 64)
         fresh = RunRecord(run_id=uuid.uuid4(), definition="nightly-gold", trigger="replay", replay_of=replay)

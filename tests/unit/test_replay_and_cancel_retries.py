@@ -15,13 +15,22 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy.exc import OperationalError
 
 from shared.application import runs as use_cases
 from shared.application.actors import Actor, Role
-from shared.application.errors import CancelNotPublished, Conflict, Invalid, PublishFailed, RunNotPublished
+from shared.application.errors import (
+    Busy,
+    CancelNotPublished,
+    Conflict,
+    Invalid,
+    PublishFailed,
+    RunNotPublished,
+)
 from shared.application.replay import Replay, replay_dead_letters
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
+from shared.domain.replay import BATCHES_ACKNOWLEDGED, STARTED_ACKNOWLEDGED
 from shared.domain.runs import RunStatus
 from shared.events import (
     AnyRunEvent,
@@ -63,13 +72,18 @@ class Letters:
         return self.letters
 
 
-@pytest.fixture
-def stores(tmp_path: Path) -> Iterator[CatalogStores]:
-    stores = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+def _seed(stores: CatalogStores) -> None:
+    """The definition nightly (its query, template and profile): two members a batch."""
     stores.definitions.apply(ConnectionProfile(name="partner", base_url="https://partner.example.com"))
     stores.definitions.apply(SavedQuery(name="gold", sql="SELECT id, tier FROM members"))
     stores.definitions.apply(HttpTemplate(name="upsert", query="gold", profile="partner", batch_size=2))
     stores.definitions.apply(ExportDefinition(name="nightly", query="gold", template="upsert"))
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[CatalogStores]:
+    stores = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+    _seed(stores)
     yield stores
     stores.close()
 
@@ -231,6 +245,8 @@ def test_a_double_click_publishes_the_replay_once(stores: CatalogStores, monkeyp
     real_time = replay_module.__dict__.get("time")
 
     class WaitingClock:
+        monotonic = staticmethod(real_time.monotonic if real_time is not None else lambda: 0.0)
+
         @staticmethod
         def sleep(seconds: float) -> None:
             second_waits.set()
@@ -264,24 +280,25 @@ def test_a_double_click_publishes_the_replay_once(stores: CatalogStores, monkeyp
     assert len(first_publisher.run_events + second_publisher.run_events) == 2
 
 
-def test_a_retry_whose_dead_letters_changed_is_refused_409_and_a_new_key_replays_them(stores: CatalogStores) -> None:
-    original = _run(stores)
-    replay_id = _unpublished(stores, original, LastFails(), "k1")
-    at = datetime(2026, 1, 2, tzinfo=UTC)
-    more = Letters(
-        [
-            *_letters(original).letters,
-            DeadLetter(
-                reason="HTTP 400",
-                source_topic="t",
-                service="dispatcher",
-                run_id=original,
-                batch_index=1,
-                members=[{"id": i, "tier": "gold"} for i in (4, 5)],
-                at=at,
-            ),
-        ]
+def _more_letters(run: uuid.UUID) -> Letters:
+    """``run``'s dead letters once a late one (members 4 and 5) joined them: other batches than before."""
+    late = DeadLetter(
+        reason="HTTP 400",
+        source_topic="t",
+        service="dispatcher",
+        run_id=run,
+        batch_index=1,
+        members=[{"id": i, "tier": "gold"} for i in (4, 5)],
+        at=datetime(2026, 1, 2, tzinfo=UTC),
     )
+    return Letters([*_letters(run).letters, late])
+
+
+def test_a_retry_whose_dead_letters_changed_is_refused_409_and_a_new_key_replays_them(stores: CatalogStores) -> None:
+    """While its batches are not acknowledged (once they were, the retry finishes the replay run: below)."""
+    original = _run(stores)
+    replay_id = _unpublished(stores, original, BatchesFail(), "k1")
+    more = _more_letters(original)
     publisher = Publisher()
     with pytest.raises(Conflict) as refused:  # before: the batch keys :0, :1 reused for other members, :2 added
         _replay(stores, original, publisher, "k1", more)
@@ -293,6 +310,108 @@ def test_a_retry_whose_dead_letters_changed_is_refused_409_and_a_new_key_replays
     )
     assert (publisher.run_events, publisher.batches) == ([], [])
     assert _replay(stores, original, publisher, "k2", more).members == 5
+
+
+def test_a_retry_once_the_batches_were_acknowledged_publishes_only_the_extractions_end_whatever_the_dead_letters(
+    stores: CatalogStores,
+) -> None:
+    """The usual 503 (only run.extraction_completed unacknowledged), then a late dead letter, or retention dropped
+    them, or Kafka cannot say: the retry finishes the replay run from its plan (before: 409 dead-letters-changed, 422
+    nothing-to-replay, 503: the replay run never completes, and a new key sends every member again)."""
+    for letters in (_more_letters, lambda run: Letters([]), lambda run: Unreadable()):
+        original = _run(stores)
+        replay_id = _unpublished(stores, original, LastFails(), "k1-" + str(original))
+        publisher = Publisher()
+        again = _replay(stores, original, publisher, "k1-" + str(original), letters(original))  # type: ignore[arg-type]
+        assert again == Replay(run_id=replay_id, members=3, batches=2)
+        (completed,) = publisher.run_events
+        assert isinstance(completed, ExtractionCompleted)
+        assert (completed.run_id, completed.members, completed.batches) == (replay_id, 3, 2)
+        assert publisher.batches == []
+        stores.runs.fold_run_event(RunStarted(run_id=replay_id, definition="nightly", trigger="replay"))
+        stores.runs.fold_run_event(publisher.run_events[0])
+        record = stores.runs.get_run(replay_id)
+        assert record is not None
+        assert (record.extraction_complete, record.extracted, record.batches_expected) == (True, 3, 2)
+
+
+def test_a_retry_whose_dead_letters_changed_while_another_request_got_the_batches_acknowledged_finishes_it(
+    stores: CatalogStores,
+) -> None:
+    original = _run(stores)
+    replay_id = _unpublished(stores, original, BatchesFail(), "k1")  # run.started acknowledged, not the batches
+
+    class LateWhileAnotherPublishes:
+        def dead_letters(self) -> list[DeadLetter]:
+            # Meanwhile a concurrent retry of the key gets the batches acknowledged (then Kafka goes away).
+            assert stores.runs.claim_replay_publication(replay_id, "another", 120)
+            stores.runs.replay_step_acknowledged(replay_id, "another", BATCHES_ACKNOWLEDGED)
+            stores.runs.release_replay_publication(replay_id, "another")
+            return _more_letters(original).letters
+
+    publisher = Publisher()
+    again = _replay(stores, original, publisher, "k1", LateWhileAnotherPublishes())  # type: ignore[arg-type]
+    assert again == Replay(run_id=replay_id, members=3, batches=2)  # before: 409 dead-letters-changed
+    assert [type(e) for e in publisher.run_events] == [ExtractionCompleted]
+    assert publisher.batches == []
+
+
+def test_a_holder_whose_claim_was_taken_over_stops_publishing(stores: CatalogStores) -> None:
+    """Its lease ran out while Kafka made it wait: the request that took the claim over publishes what is left."""
+    original = _run(stores)
+
+    @dataclass
+    class TakenOverMeanwhile(Publisher):
+        def publish_member_batches(self, priority: Priority, batches: Sequence[tuple[str, bytes]]) -> None:
+            super().publish_member_batches(priority, batches)
+            (replay_id,) = {key.split(":")[0] for key, _ in batches}
+            assert stores.runs.claim_replay_publication(uuid.UUID(replay_id), "another", -1.0)  # lease past
+
+    publisher = TakenOverMeanwhile()
+    with pytest.raises(Busy) as busy:
+        _replay(stores, original, publisher, "k1")
+    replay_id = uuid.UUID(publisher.batches[0].split(":")[0])
+    assert busy.value.slug == "replay-being-published"
+    assert busy.value.status == 503
+    assert str(busy.value) == (
+        f"replay run {replay_id} of run {original} is being published by another request (the same "
+        "Idempotency-Key): retry with the same key"
+    )
+    # Before: it went on, run.extraction_completed published by both, the batches too when it was at run.started.
+    assert [type(e) for e in publisher.run_events] == [RunStarted]
+    publication = stores.runs.replay_publication(replay_id)
+    assert publication is not None
+    assert publication.acknowledged == STARTED_ACKNOWLEDGED  # the new holder's step, not the old one's
+
+
+def test_a_request_waits_for_another_ones_publication_of_the_key_a_bounded_time_then_answers_busy(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shared.application.replay as replay_module
+
+    monkeypatch.setattr(replay_module, "CLAIM_WAIT_SECONDS", 0.3, raising=False)
+    monkeypatch.setattr(replay_module, "PUBLICATION_LEASE_SECONDS", 2.0)  # old code: took over after it
+    monkeypatch.setattr(replay_module, "_CLAIM_POLL_SECONDS", 0.05)
+    original = _run(stores)
+    replay_id = _unpublished(stores, original, BatchesFail(), "k1")
+    assert stores.runs.claim_replay_publication(replay_id, "another", 120)  # another request publishes it now
+    publisher = Publisher()
+    with pytest.raises(Busy, match=r"is being published by another request .*: retry with the same key"):
+        _replay(stores, original, publisher, "k1")  # before: polled up to the lease, then published it too
+    assert (publisher.run_events, publisher.batches) == ([], [])
+
+
+def test_a_claim_that_cannot_be_released_leaves_the_publications_failure_as_the_answer(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def locked(run_id: uuid.UUID, claimant: str) -> None:
+        raise OperationalError("UPDATE runs", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(stores.runs, "release_replay_publication", locked)
+    original = _run(stores)
+    with pytest.raises(RunNotPublished) as failed:  # before: the OperationalError, the replay run's 503 lost
+        _replay(stores, original, Publisher(away=True), "k1")
+    assert failed.value.replay_of == original
 
 
 class Unreadable:
@@ -426,16 +545,13 @@ def test_exportctl_replay_with_an_idempotency_key_is_one_replay_run_and_another_
 
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     stores = CatalogStores.from_url(url, migrate=True)
-    stores.definitions.apply(ConnectionProfile(name="partner", base_url="https://partner.example.com"))
-    stores.definitions.apply(SavedQuery(name="gold", sql="SELECT id, tier FROM members"))
-    stores.definitions.apply(HttpTemplate(name="upsert", query="gold", profile="partner", batch_size=2))
-    stores.definitions.apply(ExportDefinition(name="nightly", query="gold", template="upsert"))
+    _seed(stores)
     original, other = _run(stores), _run(stores)
     stores.close()
     publisher = Publisher()
     monkeypatch.setattr(reachability, "require_kafka", lambda servers: None)
     monkeypatch.setattr(event_publisher, "KafkaDeadLetters", lambda settings: _letters(original, other))
-    monkeypatch.setattr(direct.Direct, "publisher", lambda self: publisher)
+    monkeypatch.setattr(direct.Direct, "publisher", lambda self, wait_seconds=None: publisher)
     settings = CliSettings(catalog_url=url)
 
     def replay(run: uuid.UUID) -> str:
@@ -453,3 +569,48 @@ def test_exportctl_replay_with_an_idempotency_key_is_one_replay_run_and_another_
     assert "Idempotency-Key 'k1' was already used for a different request (a replay of another run" in str(
         refused.value
     )
+
+
+def test_exportctl_replays_publication_waits_for_kafka_within_the_claims_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each publication of ``exportctl dead-letters replay`` waits ``REPLAY_PUBLISH_WAIT_SECONDS`` at most for its
+    acknowledgement (before: the producer's delivery timeout and a margin, 125 s, past the lease: another request
+    took the claim over and both published)."""
+    from kafka.errors import KafkaTimeoutError
+
+    from shared.application.replay import PUBLICATION_LEASE_SECONDS, REPLAY_PUBLISH_WAIT_SECONDS
+    from shared.cli import direct, reachability
+    from shared.cli.common import CliSettings
+    from shared.cli.exits import UNREACHABLE, CliError
+    from shared.cli.parser import build_parser
+    from shared.kafka import event_publisher
+
+    waited: list[float] = []
+
+    class Unacknowledged:
+        def get(self, timeout: float) -> None:
+            waited.append(timeout)
+            raise KafkaTimeoutError("no acknowledgement")
+
+    class FrozenBroker:
+        config = {"delivery_timeout_ms": 120_000}
+
+        def send(self, topic: str, **record: object) -> Unacknowledged:
+            return Unacknowledged()
+
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    stores = CatalogStores.from_url(url, migrate=True)
+    _seed(stores)
+    original = _run(stores)
+    stores.close()
+    monkeypatch.setattr(reachability, "require_kafka", lambda servers: None)
+    monkeypatch.setattr(event_publisher, "KafkaDeadLetters", lambda settings: _letters(original))
+    monkeypatch.setattr(direct.Direct, "_connect", lambda self: FrozenBroker())
+    args = build_parser().parse_args(["dead-letters", "replay", str(original), "--idempotency-key", "k1"])
+    with pytest.raises(CliError) as failed:
+        args.func(CliSettings(catalog_url=url), args)
+    assert failed.value.code == UNREACHABLE
+    assert "Kafka did not acknowledge its events" in failed.value.message
+    assert waited
+    assert max(waited) <= REPLAY_PUBLISH_WAIT_SECONDS < PUBLICATION_LEASE_SECONDS

@@ -20,7 +20,7 @@ from services.admin.console.pages import me_of
 from services.admin.problems import publish_failed_detail
 from shared.application import objects as object_use_cases
 from shared.application import runs as use_cases
-from shared.application.errors import CancelNotPublished, Refused, RunNotPublished
+from shared.application.errors import Busy, CancelNotPublished, Refused, RunNotPublished
 from shared.application.replay import replay_dead_letters
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.runs import RunRecord, RunStatus
@@ -229,7 +229,9 @@ def replay(request: Request, run_id: uuid.UUID) -> Response:
     except Refused as refusal:
         if refusal.slug in _KEY_SPENT:  # submitting the same key again would be refused again: a new one
             return _replay_page(request, _run(request, run_id), refusal.reason, status=refusal.status, new_key=True)
-        return _replay_page(request, _run(request, run_id), refusal.reason)
+        # Busy: another request publishes this key's replay run now: 503, the same key to retry.
+        busy = refusal.status if isinstance(refusal, Busy) else None
+        return _replay_page(request, _run(request, run_id), refusal.reason, status=busy)
     except RunNotPublished as unpublished:
         return _replay_page(request, _run(request, run_id), unpublished=unpublished)
     except (KafkaError, TimeoutError, OSError) as exc:  # the dead letters unread: nothing recorded, try again
