@@ -6,6 +6,7 @@ step), a new replay's plan is read back as written; a downgrade keeps the runs a
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -51,7 +52,12 @@ def test_0017_keeps_the_runs_and_a_replays_publication_is_claimed_once_and_ended
         assert not runs.claim_replay_publication(replay, "b", 60)
         assert runs.replay_step_acknowledged(replay, "a", STARTED_ACKNOWLEDGED)  # still a's claim
         assert not runs.claim_replay_publication(replay, "b", 60)
-        assert runs.claim_replay_publication(replay, "b", 0.0)  # a's claim past the lease: taken over
+        with engine.begin() as connection:  # a's claim made two minutes ago (the catalog clock is milliseconds)
+            connection.execute(
+                sa.text("UPDATE runs SET replay_claimed_at = :at WHERE run_id = :id"),
+                {"at": _minutes_ago(engine, 2), "id": str(replay)},
+            )
+        assert runs.claim_replay_publication(replay, "b", 60)  # a's claim past the lease: taken over
         assert not runs.replay_step_acknowledged(replay, "a", ALL_ACKNOWLEDGED)  # no longer a's: records nothing
         assert runs.replay_publication(replay) == ReplayPublication(plan=None, acknowledged=STARTED_ACKNOWLEDGED)
         runs.release_replay_publication(replay, "b")
@@ -82,3 +88,9 @@ def test_0017_keeps_the_runs_and_a_replays_publication_is_claimed_once_and_ended
     assert NEW & columns == set()
     upgrade(engine)
     assert current_revision(engine) != "0016"
+
+
+def _minutes_ago(engine: Engine, minutes: int) -> object:
+    """An instant ``minutes`` before now, as the dialect stores the runs' instants."""
+    at = datetime.now(UTC) - timedelta(minutes=minutes)
+    return at.strftime("%Y-%m-%d %H:%M:%S.%f") if engine.dialect.name == "sqlite" else at
