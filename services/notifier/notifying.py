@@ -190,6 +190,14 @@ class Notifier:
         produced: dict[object, list[Outgoing]] = {}
         latest = {event.run_id: event.at for event in events}
         last = {event.run_id: index for index, event in enumerate(events)}
+        # The poll's ``started`` webhooks first, before any finish: their hold from other replicas' sweeps
+        # (:meth:`_start_claims`) must not run out while earlier runs' finishes wait on an SMTP outage.
+        for run_id, (before, after) in folded.items():
+            if _starts(before, after):
+                try:
+                    self._send_started(after)
+                except Exception as exc:  # noqa: BLE001 - this run's events get the failure, the others go on
+                    failures[run_id] = exc
         final = [run_id for run_id, (_, after) in folded.items() if after.status.is_final]
         try:
             claimed, held = self._claim(final)  # one statement a poll, none while no run is final
@@ -211,6 +219,7 @@ class Notifier:
                     finishing=finishing,
                     held=run_id in held or (run_id in claimed and not finishing),
                     finishes=finishes,
+                    started_sent=True,
                 )
             except Exception as exc:  # noqa: BLE001 - this run's events get the failure, the others go on
                 failures[run_id] = exc
@@ -293,8 +302,10 @@ class Notifier:
         finishes: list[Finish],
         held: bool = False,
         attempts: int | None = None,
+        started_sent: bool = False,
     ) -> list[Outgoing]:
-        """Once a run is final: chained runs on every event, due emails on every event unless another replica
+        """``started_sent``: the run's ``started`` webhook was sent by the caller already (a poll's go first).
+        Once a run is final: chained runs on every event, due emails on every event unless another replica
         ``held`` the run's finish (its emails are part of it); and while ``finishing`` (this replica claimed the
         finish, not recorded as handled), the finish: the failure policy (threshold, auto-pause), the final
         webhook, the recovery notice, a missed run's claims. A finish whose work is done is appended to
@@ -311,7 +322,7 @@ class Notifier:
         the finish is recorded, once."""
         if not after.status.is_final and after.definition not in self._started:
             self._start_series(after.definition)
-        if after.started_at is not None and (before is None or before.started_at is None):
+        if started_sent is False and _starts(before, after):
             # Also when the poll that started the run finished it too (a backlog, a restart).
             self._send_started(after)
         if not after.status.is_final:
@@ -697,3 +708,8 @@ class Notifier:
             return
         message = compose_digest(definition=definition, records=records, sender=self.sender, recipients=recipients)
         self._deliver_email(message, records, ERROR, attempts)
+
+
+def _starts(before: RunRecord | None, after: RunRecord) -> bool:
+    """Whether the fold from ``before`` to ``after`` started the run (its ``started`` webhook is due)."""
+    return after.started_at is not None and (before is None or before.started_at is None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from devtools.smtp_sink import SmtpSink
 from shared.catalog import CatalogStores
 from shared.errors import CatalogTimedOut
 from shared.events import AnyRunEvent, RunStarted, Trigger
-from tests.integration.test_notifier_finish_claim import DEADLINE, held_in, replica
+from tests.integration.test_notifier_finish_claim import DEADLINE, failed_run, held_in, replica
 from tests.integration.test_notifier_finish_once import Killed, dying
 from tests.integration.test_notifier_webhooks import definition, receiver, signing_secret, sink, verified
 
@@ -119,3 +120,31 @@ def test_another_replicas_sweep_does_not_send_a_started_webhook_its_folder_is_se
     ((run_id, webhook_id),) = started_webhooks(receiver)
     assert run_id == str(poll[0].run_id)
     assert webhook_id.startswith("msg_")
+
+
+def test_a_polls_started_webhooks_go_out_before_its_finishes(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
+):
+    """A poll finishes run A (its error email held: an SMTP outage can hold a finish for minutes) and starts run B.
+    Before, B's ``started`` webhook waited for A's finish, past its hold from other replicas' sweeps when the finish
+    was long (then sent twice); now the poll's ``started`` webhooks go first."""
+    catalog.definitions.apply(definition(receiver))
+    finishing = failed_run(datetime.now(UTC))
+    starting = started_run()
+    notifier = replica(catalog, sink, "replica-a", lease=60.0)
+    holding, release = held_in(notifier, "mail")
+    results: list[object] = []
+    thread = threading.Thread(target=lambda: results.append(notifier.handle_all(finishing + starting)))
+    thread.start()
+    try:
+        assert holding.wait(DEADLINE), "the finish never reached its email"
+        sent = {run_id for run_id, _ in started_webhooks(receiver)}
+        assert str(starting[0].run_id) in sent, "B's started webhook waited for A's finish"
+    finally:
+        release.set()
+        thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert [mail.subject for mail in sink.received()] == ["[member export] nightly: failed"]
+    assert sorted(run_id for run_id, _ in started_webhooks(receiver)) == sorted(
+        str(event.run_id) for event in (finishing[0], starting[0])
+    )
