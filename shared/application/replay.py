@@ -26,8 +26,6 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from shared.application.actors import Actor, Permission, authorise
 from shared.application.errors import Busy, Conflict, Invalid, PublishFailed, RunNotPublished
 from shared.application.objects import existing, visible
@@ -275,5 +273,5 @@ def _release(runs: RunsStore, replay_id: uuid.UUID, claimant: str) -> None:
     (the claim then lapses with its lease)."""
     try:
         runs.release_replay_publication(replay_id, claimant)
-    except SQLAlchemyError as exc:
+    except Exception as exc:  # noqa: BLE001 - the failure that propagates is the first one, not this
         _log.warning("replay run %s: its publication's claim could not be released: %s", replay_id, type(exc).__name__)
