@@ -156,6 +156,8 @@ class Notifier:
         )
         finishes: list[Finish] = []
         try:
+            if _starts(before, after):
+                self._send_started(after)  # before the finish, as a poll's (:meth:`handle_all`)
             claimed, held = self._claim([after.run_id] if after.status.is_final else [])
             outgoing = self._after_fold(
                 before, after, event.at, finishing=after.run_id in claimed, held=after.run_id in held, finishes=finishes
@@ -219,7 +221,6 @@ class Notifier:
                     finishing=finishing,
                     held=run_id in held or (run_id in claimed and not finishing),
                     finishes=finishes,
-                    started_sent=True,
                 )
             except Exception as exc:  # noqa: BLE001 - this run's events get the failure, the others go on
                 failures[run_id] = exc
@@ -302,10 +303,8 @@ class Notifier:
         finishes: list[Finish],
         held: bool = False,
         attempts: int | None = None,
-        started_sent: bool = False,
     ) -> list[Outgoing]:
-        """``started_sent``: the run's ``started`` webhook was sent by the caller already (a poll's go first).
-        Once a run is final: chained runs on every event, due emails on every event unless another replica
+        """Once a run is final: chained runs on every event, due emails on every event unless another replica
         ``held`` the run's finish (its emails are part of it); and while ``finishing`` (this replica claimed the
         finish, not recorded as handled), the finish: the failure policy (threshold, auto-pause), the final
         webhook, the recovery notice, a missed run's claims. A finish whose work is done is appended to
@@ -322,9 +321,6 @@ class Notifier:
         the finish is recorded, once."""
         if not after.status.is_final and after.definition not in self._started:
             self._start_series(after.definition)
-        if started_sent is False and _starts(before, after):
-            # Also when the poll that started the run finished it too (a backlog, a restart).
-            self._send_started(after)
         if not after.status.is_final:
             return []
         # Read only when there is something to decide or to send (a redelivered event of a finished
