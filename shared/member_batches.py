@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from shared.events import SCHEMA_VERSION, ChangeKind, Priority
-from shared.querystore.paging import jsonable
+from shared.json_values import jsonable
 
 
 def members_per_record(batch_size: int, record_members: int) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from shared.domain.member_hashes import HASH_BYTES
-from shared.querystore.paging import jsonable
+from shared.json_values import jsonable
 
 _SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 

@@ -18,10 +18,10 @@ from sqlalchemy import Select, String, bindparam, cast, literal_column, select
 
 from shared.domain.catalog_objects import SavedQuery
 from shared.domain.query_parameters import RESERVED_PREFIX
+from shared.json_values import jsonable
 from shared.querystore.paging import (
     Window,
     _window_conditions,
-    jsonable,
     saved_query,
     window_params,
 )

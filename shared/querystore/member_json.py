@@ -1,7 +1,7 @@
 """Each member as a JSON object written by the database, decoding to what the row path encodes.
 
 The row path (:mod:`shared.member_batches`) reads driver values and writes them with orjson (through
-:func:`shared.querystore.paging.jsonable`). Here the page query itself returns each member as JSON text,
+:func:`shared.json_values.jsonable`). Here the page query itself returns each member as JSON text,
 which the extractor splices into the batch record without decoding a row to Python. Each column is
 written, per dialect and per type, so that the record decodes to the very values the row path gives,
 with the same JSON types (``1.0`` stays a float, a whole ``numeric`` an integer):

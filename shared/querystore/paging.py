@@ -1,4 +1,5 @@
-"""Keyset paging over a saved query: the statements built around it, and value conversion.
+"""Keyset paging over a saved query: the statements built around it (a value's conversion to JSON is
+:func:`shared.json_values.jsonable`, which needs no database client).
 
 The saved query is one SQLAlchemy ``text()`` clause, the subquery ``q`` of statements built with
 SQLAlchemy's constructs (never by pasting strings together): its ``:name`` parameters are bound, its
@@ -8,9 +9,6 @@ text is never edited, and it was checked by a SQL parser to be one self-containe
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -176,18 +174,3 @@ def window_params(window: Window | None) -> dict[str, Any]:
     if window.since is not None:
         values[SINCE] = window.since
     return values
-
-
-def jsonable(value: Any) -> Any:
-    """A database value as a JSON value (timestamps in ISO 8601, decimals as numbers)."""
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, bytes | memoryview):
-        return bytes(value).hex()
-    return str(value)

@@ -20,6 +20,7 @@ from shared.domain.catalog_objects import SavedQuery
 from shared.domain.masking import Masking
 from shared.domain.query_sql import UnsafeSql, check_select
 from shared.errors import PermanentError
+from shared.json_values import jsonable
 from shared.outages import is_outage
 from shared.outbound.failure_reasons import masked_reason
 from shared.querystore.member_json import MEMBER_SEPARATOR, ROW_PATH_MARKER_JSON, MemberJson, ResultColumn
@@ -32,7 +33,6 @@ from shared.querystore.paging import (
     Window,
     columns_probe,
     high_watermark,
-    jsonable,
     key_after,
     key_page,
     keyset_page,

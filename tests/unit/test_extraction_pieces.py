@@ -19,8 +19,9 @@ from services.extractor.run_request_decoding import decode_run_request
 from shared.domain.catalog_objects import Priority, SavedQuery
 from shared.domain.query_parameters import ParameterError, QueryParameter, bind_names, bind_values
 from shared.events import RUN_REQUESTED_CLOUDEVENT_TYPE, MemberBatch, RunRequested, Trigger
+from shared.json_values import jsonable
 from shared.member_batches import BatchEncoder, MemberTooLarge, members_per_record
-from shared.querystore.paging import Window, high_watermark, jsonable, keyset_page
+from shared.querystore.paging import Window, high_watermark, keyset_page
 
 # --- parameters ----------------------------------------------------------------------------------------
 

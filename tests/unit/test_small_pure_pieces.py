@@ -8,8 +8,9 @@ import pytest
 
 from services.extractor.extraction import page_size_for
 from shared.domain.destinations import DestinationPolicy
+from shared.json_values import jsonable
 from shared.log import REDACTED, redact_secrets
-from shared.querystore.paging import jsonable, keyset_page
+from shared.querystore.paging import keyset_page
 
 
 def test_keyset_pages_filter_after_the_last_key_and_never_use_offset():
