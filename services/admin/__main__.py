@@ -26,7 +26,7 @@ import uvicorn
 
 from services.admin.app import create_app
 from services.admin.bearer_tokens import TokenStore
-from services.admin.dependencies import AdminContext, kafka_publisher
+from services.admin.dependencies import AdminContext, DeadLetterReplays, kafka_publisher
 from services.admin.settings import AdminSettings
 from shared.catalog import CatalogStores
 from shared.catalog.schema import check_catalog_schema
@@ -104,6 +104,7 @@ def main() -> None:
         secret_references=settings.secret_references,
         destinations=DestinationPolicy.parse(settings.allowed_destinations),
         public_url=settings.admin_public_url,
+        replays=DeadLetterReplays.of(settings),  # the API's replay route and the console's
     )
     server = _Server(
         uvicorn.Config(

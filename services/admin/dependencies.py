@@ -12,14 +12,23 @@ from kafka import KafkaProducer
 
 from services.admin.bearer_tokens import TokenStore
 from services.admin.problems import ApiProblem
+from services.admin.settings import AdminSettings
 from shared.application.actors import Actor, Permission
 from shared.application.checks import ObjectChecks
 from shared.application.member_deliveries import DeliveryLogReader, RetryStates
-from shared.application.ports import AttemptsReader, AuditLog, DefinitionsStore, EventPublisher, MemberSource, RunsStore
+from shared.application.ports import (
+    AttemptsReader,
+    AuditLog,
+    DeadLetterSource,
+    DefinitionsStore,
+    EventPublisher,
+    MemberSource,
+    RunsStore,
+)
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.secret_references import SecretReferencePolicy
 from shared.kafka import make_producer
-from shared.kafka.event_publisher import KafkaEventPublisher
+from shared.kafka.event_publisher import KafkaDeadLetters, KafkaEventPublisher
 from shared.name_resolution import resolve_host
 from shared.settings import CommonSettings
 
@@ -38,6 +47,20 @@ def kafka_publisher(settings: CommonSettings, client_id: str) -> tuple[KafkaProd
     request's publication answered within ``PUBLISH_WAIT_SECONDS``."""
     producer = make_producer(settings, client_id, max_block_seconds=PUBLISH_BLOCK_SECONDS)
     return producer, KafkaEventPublisher.over(producer, settings.topics, PUBLISH_WAIT_SECONDS)
+
+
+@dataclass(frozen=True)
+class DeadLetterReplays:
+    """What a replay of a run's dead letters reads, and the bound of its batches (the API's and the console's)."""
+
+    #: The dead-letter topic, read from its start when a replay (or the console's page) asks (a consumer per read).
+    letters: Callable[[], DeadLetterSource]
+    #: The record byte bound of the replay run's member batches (the extractor's setting).
+    max_record_bytes: int
+
+    @classmethod
+    def of(cls, settings: AdminSettings) -> DeadLetterReplays:
+        return cls(lambda: KafkaDeadLetters(settings), settings.extractor_max_record_bytes)
 
 
 @dataclass
@@ -64,6 +87,8 @@ class AdminContext:
     #: The member delivery log and refused members' retry states (None: not served).
     deliveries: DeliveryLogReader | None = None
     retries: RetryStates | None = None
+    #: The dead letters replays read (None: the console's settings give them: :func:`services.admin.console.install`).
+    replays: DeadLetterReplays | None = None
 
     def checks(self) -> ObjectChecks:
         """The checks of objects being written: destinations, secrets, query columns and timeout, rendering."""

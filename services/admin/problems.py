@@ -198,6 +198,12 @@ def publish_failed_detail(request: Request, exc: PublishFailed) -> str:
     return f"{exc}: {outcome}; what the request wrote in the catalog before it is kept"
 
 
+def dead_letters_unreadable_detail(exc: Exception) -> str:
+    """What a replay whose dead letters Kafka did not give is answered (the API's ``detail``, the console's page): a
+    503, nothing recorded (the dead letters are read before the replay run is), the client's error."""
+    return f"the dead letters cannot be read now, nothing was recorded: {exc}"
+
+
 #: The methods a 405's ``Allow`` may name.
 _METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
 

@@ -1,4 +1,4 @@
-"""Routes of runs: execute on demand (idempotent), dry run, list, detail, cancel."""
+"""Routes of runs: execute on demand (idempotent), dry run, list, detail, cancel, replay dead letters (idempotent)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query
+from fastapi import APIRouter, Body, Depends, Header, Query, Response
+from kafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.admin.dependencies import AdminContext, Context, DryRunner, Operator, Reader
-from services.admin.problems import problem_responses
+from services.admin.problems import ApiProblem, dead_letters_unreadable_detail, problem_responses
 from shared.application import objects as object_use_cases
 from shared.application import runs as use_cases
 from shared.application.dry_run import dry_run as render_dry_run
+from shared.application.replay import replay_dead_letters
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.runs import RunRecord, RunStatus
 from shared.domain.strict_values import IsoDateTime, StrictBool
@@ -261,3 +263,58 @@ def cancel_run(context: Context, caller: Operator, run_id: uuid.UUID) -> RunView
         caller, run_id, store=context.definitions, runs=context.runs, publisher=context.publisher
     )
     return RunView.of(record, context.public_url)
+
+
+#: A retried replay's Idempotency-Key, as the console's form and exportctl's ``--idempotency-key`` carry it.
+_REPLAY_KEY = (
+    "A key of the caller's: a retried call with the same key and run is the same replay run (what Kafka did not "
+    "acknowledge of it published again, nothing once its extraction is complete); the key used before for another "
+    "request (a replay of another run, a run request) is a 422 idempotency-key-reused."
+)
+
+
+@router.post(
+    "/runs/{run_id}/replay",
+    status_code=202,
+    summary="Replay a run's dead-lettered members as a replay run (trigger replay) through the definition's current "
+    "HTTP template and profile; an Idempotency-Key makes a retried call return the same replay run",
+    description="Answered 202 with the replay run (recorded queued) and its address in `Location`, as a run's "
+    "request is. Refusals, as the console and exportctl say them: 404 (the run does not exist or is out of scope), "
+    "422 `nothing-to-replay` (no dead letters of the run), `member-too-large`, `idempotency-key-reused`; 409 "
+    "`dead-letters-changed` (the key's replay run was recorded from other dead letters: a new key replays them as "
+    "they are) or `replay-ended` (the key's replay run ended before its extraction was complete: a new key); 503 "
+    "`replay-being-published` (another request with the key publishes it now: retry with the same key), "
+    "`kafka-unavailable` (the replay run recorded queued, its events not all acknowledged: retry with the same key), "
+    "`dead-letters-unreadable` (nothing recorded: try again).",
+    responses={
+        202: {"headers": {"Location": {"description": "The replay run's address", "schema": {"type": "string"}}}},
+        **problem_responses(404, 409, 422),
+    },
+    operation_id="replay_run",
+)
+def replay_run(
+    context: Context,
+    caller: Operator,
+    run_id: uuid.UUID,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200, description=_REPLAY_KEY)] = None,
+) -> RunView:
+    replays = context.replays
+    if replays is None:
+        raise ApiProblem(503, "the dead letters are not available on this server", slug="dead-letters-unavailable")
+    try:
+        started = replay_dead_letters(
+            caller,
+            run_id,
+            store=context.definitions,
+            runs=context.runs,
+            letters=replays.letters(),
+            publisher=context.publisher,
+            max_record_bytes=replays.max_record_bytes,
+            idempotency_key=idempotency_key,
+        )
+    except (KafkaError, TimeoutError, OSError) as exc:  # the dead letters unread, as the console says it
+        raise ApiProblem(503, dead_letters_unreadable_detail(exc), slug="dead-letters-unreadable") from None
+    view = RunView.of(use_cases.visible_run(caller, started.run_id, runs=context.runs), context.public_url)
+    response.headers["Location"] = view.url
+    return view

@@ -28,11 +28,11 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from services.admin.app import create_app
 from services.admin.bearer_tokens import TokenEntry, TokenStore, token_hash
-from services.admin.dependencies import AdminContext
+from services.admin.dependencies import AdminContext, DeadLetterReplays
 from shared.application.actors import Role
 from shared.catalog import CatalogStores, make_engine
 from shared.domain.destinations import DestinationPolicy
-from shared.events import AnyRunEvent, Priority, RunRequested
+from shared.events import AnyRunEvent, DeadLetter, Priority, RunRequested
 from shared.querystore import MemberReader
 from shared.querystore.demo_data import create_demo_members
 from tests.fuzz.strategies import (
@@ -300,6 +300,22 @@ class Api:
                 self.client.put(url, json=body, headers=AUTH)
 
 
+@dataclass
+class RefusedMembers:
+    """A dead letter of each run the fuzz knows (its replays find members to replay; Kafka is not fuzzed)."""
+
+    run_ids: list[str]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        member = {"id": 1, "email": "m1@example.com", "tier": "gold"}
+        return [
+            DeadLetter(
+                reason="HTTP 400", source_topic="t", service="dispatcher", run_id=uuid.UUID(run), members=[member]
+            )
+            for run in self.run_ids
+        ]
+
+
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: Fields the API shows masked: never equal to the seed's.
 SECRET_FIELDS = {"auth", "signing_secret"}
@@ -334,6 +350,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         run = client.post(f"/api/v1/export-definitions/{DEFINITION}/runs", json={}, headers=AUTH)
         assert run.status_code == 202, run.text
         fuzzed.run_ids.append(run.json()["run_id"])
+        context.replays = DeadLetterReplays(lambda: RefusedMembers(fuzzed.run_ids), 900_000)
         yield fuzzed
     reader().close()
     stores.close()

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from services.admin.console.app import create_console
 from services.admin.console.gate import ConsoleGate
 from services.admin.console.sessions import SessionCodec
-from services.admin.dependencies import AdminContext
+from services.admin.dependencies import AdminContext, DeadLetterReplays
 from services.admin.settings import AdminSettings
 
 
@@ -24,6 +24,8 @@ def install(app: FastAPI, context: AdminContext, settings: AdminSettings | None 
     ``settings`` default to the environment's (``EXPORT_CONSOLE_*``, the Kafka settings for dead letters).
     """
     settings = settings or AdminSettings()
+    if context.replays is None:  # the composition root's, else these settings': the API's replays read the same
+        context.replays = DeadLetterReplays.of(settings)
     codec = SessionCodec(settings.console_session_key.get_secret_value(), settings.console_session_minutes * 60)
     console = create_console(context, settings, codec)
     app.add_middleware(

@@ -19,12 +19,11 @@ from services.admin.console import (
 from services.admin.console.context import ConsoleContext
 from services.admin.console.pages import Pages
 from services.admin.console.sessions import SessionCodec
-from services.admin.dependencies import AdminContext
+from services.admin.dependencies import AdminContext, DeadLetterReplays
 from services.admin.problems import log_catalog_timed_out, publish_failed_detail
 from services.admin.settings import AdminSettings
 from shared.application.errors import PublishFailed, Refused
 from shared.errors import CatalogTimedOut, StoredObjectInvalid
-from shared.kafka.event_publisher import KafkaDeadLetters
 from shared.secrets_at_rest import SecretsUnreadable
 
 
@@ -33,11 +32,12 @@ def create_console(context: AdminContext, settings: AdminSettings, codec: Sessio
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     pages = Pages()
     app.state.codec = codec
+    replays = context.replays or DeadLetterReplays.of(settings)  # the API's (install() sets them), one wiring
     app.state.console = ConsoleContext(
         admin=context,
         pages=pages,
-        dead_letters=lambda: KafkaDeadLetters(settings),
-        max_record_bytes=settings.extractor_max_record_bytes,
+        dead_letters=replays.letters,
+        max_record_bytes=replays.max_record_bytes,
         session_seconds=settings.console_session_minutes * 60,
         secure_cookies=settings.console_secure_cookies,
     )

@@ -17,7 +17,7 @@ from services.admin.console.context import console_of
 from services.admin.console.forms import form_of
 from services.admin.console.gate import PREFIX
 from services.admin.console.pages import me_of
-from services.admin.problems import publish_failed_detail
+from services.admin.problems import dead_letters_unreadable_detail, publish_failed_detail
 from shared.application import objects as object_use_cases
 from shared.application import runs as use_cases
 from shared.application.errors import Busy, CancelNotPublished, Refused, RunNotPublished
@@ -235,6 +235,5 @@ def replay(request: Request, run_id: uuid.UUID) -> Response:
     except RunNotPublished as unpublished:
         return _replay_page(request, _run(request, run_id), unpublished=unpublished)
     except (KafkaError, TimeoutError, OSError) as exc:  # the dead letters unread: nothing recorded, try again
-        error = f"the dead letters cannot be read now, nothing was recorded: {exc}"
-        return _replay_page(request, _run(request, run_id), error, status=503)
+        return _replay_page(request, _run(request, run_id), dead_letters_unreadable_detail(exc), status=503)
     return RedirectResponse(f"{PREFIX}/runs/{started.run_id}", status_code=303)

@@ -1,0 +1,274 @@
+"""``POST /api/v1/runs/{run_id}/replay``: a run's dead letters replayed through the admin API, as the console and
+exportctl replay them (:func:`shared.application.replay.replay_dead_letters`), under an Idempotency-Key as they pass
+it: 202 with the replay run and its ``Location``, a retry with the same key the same replay run, and each refusal
+with the status and reason text the console and exportctl say (before: no such route, 404 "Not Found").
+
+Against the admin API as a real process (a SQLite catalog, the session's Kafka, dead letters on its dead-letter
+topic); what needs Kafka to fail in the middle of a replay (a frozen broker after the dead letters are read) or a
+concurrent request, in-process over a real producer to the freezable broker, as the console's replay tests do.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devtools.kafka_broker import LocalKafka
+from shared.catalog import CatalogStores, make_engine
+from shared.events import RUN_EVENTS_RECORD_ADAPTER, DeadLetter, RunFailed, RunStarted
+from shared.querystore.demo_data import create_demo_members
+from shared.settings import CommonSettings
+from tests.admin_app import in_process_api
+from tests.admin_server import AdminServer, admin_server
+from tests.integration.test_admin_api import _seed
+from tests.integration.test_cancel_replay_kafka_unavailable import (  # noqa: F401 - admin, broker: fixtures
+    RUNS,
+    Admin,
+    Unreadable,
+    _events,
+    _letters,
+    admin,
+    broker,
+    frozen,
+)
+from tests.kafka_helpers import produce, read_to_end
+
+pytestmark = pytest.mark.integration
+
+PROBLEMS = "https://member-export.dev/problems/"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> Iterator[AdminServer]:
+    """The admin API as a process on a SQLite catalog and the session's broker, its objects seeded (one for the
+    module: each test replays runs of its own)."""
+    directory = tmp_path_factory.mktemp("admin-replay")
+    store = f"sqlite:///{directory / 'members.db'}"
+    engine = make_engine(store)
+    create_demo_members(engine, 25)
+    engine.dispose()
+    with admin_server(directory, f"sqlite:///{directory / 'catalog.db'}", kafka_bootstrap, store) as started:
+        _seed(started)
+        yield started
+
+
+def _settings(server: AdminServer, kafka_bootstrap: str) -> CommonSettings:
+    """The server's topics."""
+    return CommonSettings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=server.topic_prefix, metrics_port=0)
+
+
+def _run(server: AdminServer, key: str | None = None) -> uuid.UUID:
+    """A run of the seeded definition, requested by an operator (recorded queued: no extractor runs here)."""
+    with server.client("operator") as api:
+        answer = api.post(
+            "/api/v1/export-definitions/gold-to-partner/runs", headers={"Idempotency-Key": key} if key else {}
+        )
+    assert answer.status_code == 202, answer.text
+    return uuid.UUID(answer.json()["run_id"])
+
+
+def _dead_letter(server: AdminServer, kafka_bootstrap: str, run_id: uuid.UUID, members: int) -> None:
+    """A dead letter of ``run_id`` on the server's dead-letter topic: ``members`` members the partner refused."""
+    letter = DeadLetter(
+        reason="HTTP 400",
+        source_topic="t",
+        service="dispatcher",
+        run_id=run_id,
+        definition="gold-to-partner",
+        batch_index=0,
+        members=[{"id": i, "email": f"m{i}@example.com", "tier": "gold"} for i in range(1, members + 1)],
+        at=datetime.now(UTC),
+    )
+    topic = _settings(server, kafka_bootstrap).topics.dead_letters
+    produce(kafka_bootstrap, topic, [(str(run_id), letter.model_dump_json().encode())])
+
+
+def _replay(server: AdminServer, run_id: uuid.UUID, key: str | None, who: str = "operator") -> httpx.Response:
+    with server.client(who) as api:
+        return api.post(f"/api/v1/runs/{run_id}/replay", headers={"Idempotency-Key": key} if key else {})
+
+
+def _problem(answer: httpx.Response, status: int, slug: str) -> str:
+    """The problem's detail, once its status, media type and type are ``status`` and ``slug``."""
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = answer.json()
+    assert body["type"] == PROBLEMS + slug, body
+    detail: str = body["detail"]
+    return detail
+
+
+def _replays_of(server: AdminServer, run_id: uuid.UUID) -> list[str]:
+    with server.client("operator") as api:
+        return [run["run_id"] for run in api.get("/api/v1/runs").json() if run["replay_of"] == str(run_id)]
+
+
+def _started_events(server: AdminServer, kafka_bootstrap: str, run_id: uuid.UUID) -> int:
+    values = read_to_end(kafka_bootstrap, _settings(server, kafka_bootstrap).topics.run_events)
+    events = map(RUN_EVENTS_RECORD_ADAPTER.validate_json, values)
+    return sum(isinstance(event, RunStarted) and event.run_id == run_id for event in events)
+
+
+def test_a_replay_is_202_with_its_replay_run_and_location_and_a_retry_with_the_same_key_is_that_run(
+    server: AdminServer, kafka_bootstrap: str
+) -> None:
+    original = _run(server)
+    _dead_letter(server, kafka_bootstrap, original, 3)
+    first = _replay(server, original, "api-replay-1")
+    assert first.status_code == 202, first.text  # before: 404, no such route
+    replay = first.json()
+    assert (replay["trigger"], replay["replay_of"], replay["status"]) == ("replay", str(original), "queued")
+    assert first.headers["location"] == replay["url"]
+    assert replay["url"].endswith(f"/api/v1/runs/{replay['run_id']}")
+    # Its events on Kafka: the replay run started, its 3 members in 2 batches (the template's batch size 2).
+    batches = read_to_end(kafka_bootstrap, _settings(server, kafka_bootstrap).topics.member_batches_for("normal"))
+    assert _started_events(server, kafka_bootstrap, uuid.UUID(replay["run_id"])) == 1
+    # The retry (a lost answer, a double click): the same replay run, nothing published again (all acknowledged).
+    again = _replay(server, original, "api-replay-1")
+    assert again.status_code == 202, again.text
+    assert again.json()["run_id"] == replay["run_id"]
+    assert again.headers["location"] == first.headers["location"]
+    assert _replays_of(server, original) == [replay["run_id"]]
+    assert _started_events(server, kafka_bootstrap, uuid.UUID(replay["run_id"])) == 1
+    assert (
+        read_to_end(kafka_bootstrap, _settings(server, kafka_bootstrap).topics.member_batches_for("normal")) == batches
+    )
+    # Another key (or none) is another replay.
+    other = _replay(server, original, None)
+    assert other.status_code == 202, other.text
+    assert other.json()["run_id"] != replay["run_id"]
+
+
+def test_a_replay_is_refused_with_the_status_and_reason_the_console_and_exportctl_say(
+    server: AdminServer, kafka_bootstrap: str
+) -> None:
+    unknown = uuid.uuid4()
+    assert _problem(_replay(server, unknown, "k"), 404, "not-found") == f"run {unknown} does not exist"
+    original = _run(server)
+    _dead_letter(server, kafka_bootstrap, original, 2)
+    assert _problem(_replay(server, original, "k", who="viewer"), 403, "forbidden") == "role 'viewer' may not run"
+    bare = _run(server)  # no dead letters
+    assert _problem(_replay(server, bare, None), 422, "nothing-to-replay") == (
+        f"run {bare} has no dead-lettered members to replay"
+    )
+    # A key a run request used: a client error, not that run.
+    _run(server, key="used-by-a-run")
+    reused = _problem(_replay(server, original, "used-by-a-run"), 422, "idempotency-key-reused")
+    assert "a replay of another run, or a run request" in reused
+    # The key's replay run ended before its extraction was complete (failed as stuck): 409, a new key replays.
+    started = _replay(server, original, "api-replay-ended")
+    assert started.status_code == 202, started.text
+    replay = uuid.UUID(started.json()["run_id"])
+    stores = CatalogStores.from_url(server.catalog_url)
+    try:
+        stores.runs.fold_run_event(RunFailed(run_id=replay, definition="gold-to-partner", reason="stuck"))
+    finally:
+        stores.close()
+    assert _problem(_replay(server, original, "api-replay-ended"), 409, "replay-ended") == (
+        f"replay run {replay} of run {original}, the replay of this Idempotency-Key, ended failed before its "
+        f"extraction was complete: use a new key to replay run {original} again"
+    )
+    fresh = _replay(server, original, "api-replay-ended-2")
+    assert fresh.status_code == 202, fresh.text
+    assert fresh.json()["run_id"] != str(replay)
+    # The header's bound, as the run request's.
+    long_key = _problem(_replay(server, original, "k" * 201), 422, "invalid-request")
+    assert "idempotency-key" in long_key
+
+
+def test_a_replay_kafka_does_not_acknowledge_is_a_503_naming_its_replay_run_and_its_retries_are_that_run(
+    broker: LocalKafka,  # noqa: F811 - the fixtures imported above
+    admin: Admin,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kafka frozen after the dead letters are read: 503 ``kafka-unavailable`` naming the replay run recorded queued;
+    the same key with other dead letters: 409 ``dead-letters-changed``; while another request publishes it: 503
+    ``replay-being-published``; then the same key publishes that replay run (202), no second one."""
+    import shared.application.replay as replay_module
+    from services.admin.dependencies import DeadLetterReplays
+
+    monkeypatch.setattr(replay_module, "CLAIM_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(replay_module, "_CLAIM_POLL_SECONDS", 0.05)
+    context = admin.api.app.state.context
+    with admin.api.client("operator") as client:
+        original, first = (uuid.UUID(client.post(RUNS).json()["run_id"]) for _ in range(2))
+        assert client.post(f"/api/v1/runs/{first}/cancel").status_code == 200  # the run events' leader known
+        context.replays = DeadLetterReplays(lambda: _letters(original, 3), 900_000)
+        with frozen(broker):
+            failed = client.post(f"/api/v1/runs/{original}/replay", headers={"Idempotency-Key": "api-k1"})
+        detail = _problem(failed, 503, "kafka-unavailable")
+        assert detail.startswith("replay run "), detail
+        replay = uuid.UUID(detail.split()[2])
+        assert detail.startswith(
+            f"replay run {replay} of run {original} was recorded queued, but Kafka did not acknowledge its events "
+            "(KafkaTimeoutError: "
+        ), detail
+        assert "retrying with the same Idempotency-Key publishes them again" in detail
+        recorded = client.get(f"/api/v1/runs/{replay}").json()
+        assert (recorded["status"], recorded["trigger"], recorded["replay_of"]) == ("queued", "replay", str(original))
+        # The same key, other dead letters (its batches not acknowledged): 409, as the console says it.
+        context.replays = DeadLetterReplays(lambda: _letters(original, 4), 900_000)
+        changed = _problem(
+            client.post(f"/api/v1/runs/{original}/replay", headers={"Idempotency-Key": "api-k1"}),
+            409,
+            "dead-letters-changed",
+        )
+        assert changed.startswith(f"the dead letters of run {original} changed since replay run {replay} was recorded")
+        # Another request publishes it now (its claim held): 503, retry with the same key.
+        context.replays = DeadLetterReplays(lambda: _letters(original, 3), 900_000)
+        assert context.runs.claim_replay_publication(replay, "another request", 120)
+        busy = _problem(
+            client.post(f"/api/v1/runs/{original}/replay", headers={"Idempotency-Key": "api-k1"}),
+            503,
+            "replay-being-published",
+        )
+        assert busy == (
+            f"replay run {replay} of run {original} is being published by another request (the same "
+            "Idempotency-Key): retry with the same key"
+        )
+        context.runs.release_replay_publication(replay, "another request")
+        # The retry: that replay run, its start published again, no second replay run.
+        started = _events(admin, RunStarted, replay)
+        retried = client.post(f"/api/v1/runs/{original}/replay", headers={"Idempotency-Key": "api-k1"})
+        assert retried.status_code == 202, retried.text
+        assert retried.json()["run_id"] == str(replay)
+        assert retried.headers["location"] == f"/api/v1/runs/{replay}"
+        assert _events(admin, RunStarted, replay) == started + 1
+        replays = [run["run_id"] for run in client.get("/api/v1/runs").json() if run["replay_of"] == str(original)]
+        assert replays == [str(replay)]
+
+
+def test_a_replay_whose_dead_letters_cannot_be_read_is_a_503_nothing_recorded(tmp_path: Path) -> None:
+    from services.admin.dependencies import DeadLetterReplays
+    from tests.admin_app import seed
+
+    with in_process_api(tmp_path) as api:
+        with api.client() as client:
+            seed(client)
+        with api.client("operator") as client:
+            original = client.post(RUNS).json()["run_id"]
+            api.app.state.context.replays = DeadLetterReplays(Unreadable, 900_000)
+            answer = client.post(f"/api/v1/runs/{original}/replay", headers={"Idempotency-Key": "api-k1"})
+            assert _problem(answer, 503, "dead-letters-unreadable") == (
+                "the dead letters cannot be read now, nothing was recorded: KafkaTimeoutError: Failed to update "
+                "metadata after 60.0 secs."
+            )
+            assert [run for run in client.get("/api/v1/runs").json() if run["replay_of"]] == []
+
+
+def test_the_api_document_says_what_a_replay_answers(tmp_path: Path) -> None:
+    with in_process_api(tmp_path) as api, api.client(None) as anonymous:
+        replay = anonymous.get("/openapi.json").json()["paths"]["/api/v1/runs/{run_id}/replay"]["post"]
+    assert replay["operationId"] == "replay_run"
+    assert {"202", "401", "403", "404", "409", "422", "503"} <= set(replay["responses"])
+    assert "Location" in replay["responses"]["202"]["headers"]
+    (key,) = [p for p in replay["parameters"] if p["in"] == "header"]
+    assert (key["name"], key["schema"]["anyOf"][0]["maxLength"]) == ("idempotency-key", 200)
+    for slug in ("dead-letters-changed", "replay-ended", "replay-being-published", "kafka-unavailable"):
+        assert slug in replay["description"], slug
