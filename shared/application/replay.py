@@ -45,11 +45,13 @@ from shared.member_batches import BatchEncoder, MemberTooLarge
 
 #: How long a request's claim of a replay run's publication holds without news before another request takes it
 #: over (its holder died): renewed after each of its three publications, so above one publication's bound with a
-#: margin: the admin's 15 s (``PUBLISH_WAIT_SECONDS``), exportctl's ``REPLAY_PUBLISH_WAIT_SECONDS`` (30 s) after
-#: its producer's ``send()`` blocked up to kafka-python's 60 s for metadata. A holder whose claim was taken over
-#: anyway stops publishing at its next step (:class:`Busy`): the new holder publishes what is left.
+#: margin: the admin's 15 s (``PUBLISH_WAIT_SECONDS``), exportctl's ``REPLAY_PUBLISH_WAIT_SECONDS`` (30 s, its
+#: producer's ``send()`` blocking for metadata included: ``shared.cli.direct.Direct.publisher``). A holder whose
+#: claim was taken over anyway stops publishing at its next step (:class:`Busy`): the new holder publishes what is
+#: left.
 PUBLICATION_LEASE_SECONDS = 120.0
-#: The longest exportctl's replay waits for Kafka's acknowledgement of one publication (after handing it over).
+#: The longest one publication of exportctl's replay takes (handing it to the producer, its wait for a topic's
+#: metadata included, and Kafka's acknowledgement).
 REPLAY_PUBLISH_WAIT_SECONDS = 30.0
 #: How long a request waits for another's publication of the same replay run (a double click, a concurrent retry)
 #: before answering :class:`Busy` (503: retry with the same key): twice the admin's publication bound, never more

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -83,8 +84,10 @@ class Direct:
         """Publishes on Kafka, connecting at the first publication; with :attr:`early` (``exportctl run``) on the
         producer connected since before, the missing topics created at the first publication. A refused command
         publishes nothing and creates no topic; ``exportctl run``'s may have connected (and listed the topics).
-        ``wait_seconds``: the longest each publication waits for acknowledgement once handed to the producer (else
-        its delivery timeout)."""
+        ``wait_seconds``: the longest each publication takes once connected, handing its records to the producer
+        included (as :meth:`KafkaEventPublisher.over`'s): the producer this publication opens blocks for a topic's
+        metadata that long at most (``max_block_ms``, else kafka-python's 60 s, which alone outlasted the bound:
+        ``exportctl dead-letters replay``'s 30 s). Else the wait for acknowledgement is the delivery timeout."""
         from shared.kafka.event_publisher import KafkaEventPublisher
         from shared.tracing import install as install_tracing
 
@@ -96,7 +99,7 @@ class Direct:
 
         if self._producer is None:
             try:
-                self._producer = self._connect()
+                self._producer = self._connect(wait_seconds)
             except Exception as exc:  # nothing was handed to a broker: said as the publication's failure
                 if isinstance(exc, CliError):
                     reason = exc.message
@@ -106,15 +109,20 @@ class Direct:
                     raise
                 where = ", ".join(dict.fromkeys(o.topic for o in outgoing))
                 raise PublishFailed(f"records on {where}", reason, unknown=False) from None
-        produce(self._producer, outgoing).wait(wait_seconds)
+        if wait_seconds is None:
+            produce(self._producer, outgoing).wait()
+            return
+        deadline = time.monotonic() + wait_seconds  # send()'s block for metadata included
+        in_flight = produce(self._producer, outgoing)
+        in_flight.wait(max(0.0, deadline - time.monotonic()))
 
-    def _connect(self) -> KafkaProducer:
+    def _connect(self, max_block_seconds: float | None = None) -> KafkaProducer:
         from shared.cli.kafka_connection import open_producer
         from shared.kafka.clients import PRODUCER_CLOSE_SECONDS, close_producer
 
         if self.early is not None:  # opened on its thread, closed by whoever made it
             return self.early.producer()
-        producer = open_producer(self.settings)
+        producer = open_producer(self.settings, max_block_seconds=max_block_seconds)
         # Closed within a bound: records a frozen or absent broker has not acknowledged by then (a wait ended by its
         # failure or by Ctrl-C) are abandoned, outcome unknown, logged as a count; kafka-python's own close waited
         # for them until the delivery timeout and more (40 s for a 31 s one, measured).

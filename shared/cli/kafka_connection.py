@@ -32,13 +32,14 @@ if TYPE_CHECKING:
     from shared.cli.common import CliSettings
 
 
-def open_producer(settings: CliSettings) -> KafkaProducer:
-    """exportctl's producer, connected to the broker the settings name, the topics made if missing.
+def open_producer(settings: CliSettings, *, max_block_seconds: float | None = None) -> KafkaProducer:
+    """exportctl's producer, connected to the broker the settings name, the topics made if missing; its ``send()``
+    blocks (for a topic's metadata) ``max_block_seconds`` at most, else kafka-python's 60 s.
 
     A broker that cannot be reached is a :class:`~shared.cli.exits.CliError` (unreachable) at once, a refused TLS/SASL
     setting is named (not retried); the producer of a failed topic set-up is closed.
     """
-    producer, missing = connect_producer(settings)
+    producer, missing = connect_producer(settings, max_block_seconds=max_block_seconds)
     try:
         _create_topics(settings, missing)
     except BaseException:
@@ -47,7 +48,9 @@ def open_producer(settings: CliSettings) -> KafkaProducer:
     return producer
 
 
-def connect_producer(settings: CliSettings) -> tuple[KafkaProducer, list[str]]:
+def connect_producer(
+    settings: CliSettings, *, max_block_seconds: float | None = None
+) -> tuple[KafkaProducer, list[str]]:
     """exportctl's producer, connected as :func:`open_producer`'s, and the topics missing: listed, not created.
 
     With ``EXPORT_TOPICS_CREATE=false`` a missing topic is :class:`~shared.kafka.KafkaSetupError` here already; the
@@ -58,7 +61,7 @@ def connect_producer(settings: CliSettings) -> tuple[KafkaProducer, list[str]]:
     # The producer first: its bootstrap reads the cluster's metadata for no topic (nothing is created), and
     # kafka-python asks for the next metadata (the topic's, at the first send) no sooner than retry_backoff_ms
     # (100 ms) after that. Listing the topics meanwhile costs that wait nothing.
-    producer = make_producer(settings, "exportctl")
+    producer = make_producer(settings, "exportctl", max_block_seconds=max_block_seconds)
     try:
         missing = missing_topics(settings)
     except BaseException:

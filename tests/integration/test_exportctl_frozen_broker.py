@@ -17,12 +17,14 @@ import pytest
 
 from devtools.kafka_broker import LocalKafka
 from shared.application import runs as run_use_cases
+from shared.application.errors import PublishFailed
 from shared.catalog import CatalogStores
 from shared.cli.common import CliSettings
 from shared.cli.direct import Direct, direct, on_catalog
 from shared.cli.direct_runs import cmd_run
 from shared.cli.exits import UNREACHABLE, CliError
 from shared.domain.runs import RunStatus
+from shared.events import Priority
 from shared.kafka import Outgoing
 from shared.kafka.clients import PRODUCER_CLOSE_SECONDS
 from tests.exportctl_catalog import nightly_catalog
@@ -137,3 +139,30 @@ def test_a_run_request_the_frozen_broker_does_not_acknowledge_exits_5_naming_the
     assert _status(settings, unknown) is RunStatus.QUEUED
     # The record's wait (the delivery timeout), then the bounded close.
     assert took < DELIVERY_SECONDS + PRODUCER_CLOSE_SECONDS + 5, f"took {took:.1f} s"
+
+
+def test_a_replay_publication_ends_within_its_bound_when_the_send_blocks_for_metadata_of_a_frozen_broker(
+    tmp_path: Path, freezable_broker: LocalKafka
+) -> None:
+    """``exportctl dead-letters replay``'s publisher (``Direct.publisher(REPLAY_PUBLISH_WAIT_SECONDS)``, a shorter
+    bound here): frozen after its run.started was acknowledged, the member batches' topic (its metadata never asked
+    for) makes the producer's ``send()`` block: the publication fails within the bound (before: the send blocked
+    kafka-python's 60 s, and the bound's wait for acknowledgement only started after it)."""
+    broker = freezable_broker
+    settings = _settings(tmp_path, broker)
+    wait = 3.0
+    try:
+        with direct(settings) as context:
+            publisher = context.publisher(wait)
+            publisher.send([Outgoing(settings.topics.run_events, "k", b"acknowledged")], "run.started")
+            assert context._producer is not None
+            assert context._producer.config["max_block_ms"] <= wait * 1000  # before: 60000
+            broker.pause()
+            started = time.monotonic()
+            with pytest.raises(PublishFailed) as failed:
+                publisher.publish_member_batches(Priority.NORMAL, [("k:0", b"batch")])
+            took = time.monotonic() - started
+    finally:
+        broker.resume()
+    assert took < wait + 2, f"failed after {took:.1f} s"
+    assert "KafkaTimeoutError" in failed.value.reason, failed.value.reason

@@ -606,7 +606,7 @@ def test_exportctl_replays_publication_waits_for_kafka_within_the_claims_lease(
     stores.close()
     monkeypatch.setattr(reachability, "require_kafka", lambda servers: None)
     monkeypatch.setattr(event_publisher, "KafkaDeadLetters", lambda settings: _letters(original))
-    monkeypatch.setattr(direct.Direct, "_connect", lambda self: FrozenBroker())
+    monkeypatch.setattr(direct.Direct, "_connect", lambda self, max_block_seconds=None: FrozenBroker())
     args = build_parser().parse_args(["dead-letters", "replay", str(original), "--idempotency-key", "k1"])
     with pytest.raises(CliError) as failed:
         args.func(CliSettings(catalog_url=url), args)
