@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 
 from devtools.kafka_broker import LocalKafka
 from shared.catalog import CatalogStores, make_engine
-from shared.events import RUN_EVENTS_RECORD_ADAPTER, DeadLetter, RunFailed, RunStarted
+from shared.events import RUN_EVENTS_RECORD_ADAPTER, RunFailed, RunStarted
 from shared.querystore.demo_data import create_demo_members
 from shared.settings import CommonSettings
 from tests.admin_app import in_process_api
@@ -36,6 +35,7 @@ from tests.integration.test_cancel_replay_kafka_unavailable import (  # noqa: F4
     admin,
     broker,
     frozen,
+    unacknowledged_replay,
 )
 from tests.kafka_helpers import produce, read_to_end
 
@@ -75,16 +75,8 @@ def _run(server: AdminServer, key: str | None = None) -> uuid.UUID:
 
 def _dead_letter(server: AdminServer, kafka_bootstrap: str, run_id: uuid.UUID, members: int) -> None:
     """A dead letter of ``run_id`` on the server's dead-letter topic: ``members`` members the partner refused."""
-    letter = DeadLetter(
-        reason="HTTP 400",
-        source_topic="t",
-        service="dispatcher",
-        run_id=run_id,
-        definition="gold-to-partner",
-        batch_index=0,
-        members=[{"id": i, "email": f"m{i}@example.com", "tier": "gold"} for i in range(1, members + 1)],
-        at=datetime.now(UTC),
-    )
+    (letter,) = _letters(run_id, members).letters  # the console's replay tests' dead letter
+    letter = letter.model_copy(update={"definition": "gold-to-partner"})
     topic = _settings(server, kafka_bootstrap).topics.dead_letters
     produce(kafka_bootstrap, topic, [(str(run_id), letter.model_dump_json().encode())])
 
@@ -202,14 +194,7 @@ def test_a_replay_kafka_does_not_acknowledge_is_a_503_naming_its_replay_run_and_
         context.replays = DeadLetterReplays(lambda: _letters(original, 3), 900_000)
         with frozen(broker):
             failed = client.post(f"/api/v1/runs/{original}/replay", headers={"Idempotency-Key": "api-k1"})
-        detail = _problem(failed, 503, "kafka-unavailable")
-        assert detail.startswith("replay run "), detail
-        replay = uuid.UUID(detail.split()[2])
-        assert detail.startswith(
-            f"replay run {replay} of run {original} was recorded queued, but Kafka did not acknowledge its events "
-            "(KafkaTimeoutError: "
-        ), detail
-        assert "retrying with the same Idempotency-Key publishes them again" in detail
+        replay = unacknowledged_replay(_problem(failed, 503, "kafka-unavailable"), original)
         recorded = client.get(f"/api/v1/runs/{replay}").json()
         assert (recorded["status"], recorded["trigger"], recorded["replay_of"]) == ("queued", "replay", str(original))
         # The same key, other dead letters (its batches not acknowledged): 409, as the console says it.

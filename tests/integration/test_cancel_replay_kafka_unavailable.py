@@ -156,6 +156,19 @@ def test_a_cancel_kafka_does_not_acknowledge_is_said_recorded_and_cancelling_aga
         )
 
 
+def unacknowledged_replay(message: str, original: uuid.UUID) -> uuid.UUID:
+    """The replay run of ``original`` that ``message`` says was recorded queued, its events not acknowledged by Kafka
+    (the console's alert, the API's detail), and how to retry it."""
+    assert message.startswith("replay run "), message
+    replay = uuid.UUID(message.split()[2])
+    assert message.startswith(
+        f"replay run {replay} of run {original} was recorded queued, but Kafka did not acknowledge its events "
+        "(KafkaTimeoutError: "
+    ), message
+    assert "retrying with the same Idempotency-Key publishes them again" in message
+    return replay
+
+
 @dataclass
 class Letters:
     letters: list[DeadLetter]
@@ -205,14 +218,7 @@ def test_a_console_replay_kafka_does_not_acknowledge_names_its_replay_run_and_it
             page = console.post(f"/runs/{original}/replay", {"idempotency_key": key})
         # The replay's confirmation again: the reason, the replay run recorded queued (a link), the same key.
         assert page.status_code == 503, page.text
-        alert = _alert(page.text)
-        assert alert.startswith("replay run "), alert
-        replay = uuid.UUID(alert.split()[2])
-        assert alert.startswith(
-            f"replay run {replay} of run {original} was recorded queued, but Kafka did not acknowledge its events "
-            "(KafkaTimeoutError: "
-        ), alert
-        assert "retrying with the same Idempotency-Key publishes them again" in alert
+        replay = unacknowledged_replay(_alert(page.text), original)
         assert f'<dd><a href="/console/runs/{replay}">{replay}</a></dd>' in page.text
         assert _hidden(page.text, "idempotency_key") == key
         assert f'action="/console/runs/{original}/replay"' in page.text
