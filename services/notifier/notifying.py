@@ -23,6 +23,7 @@ from services.notifier.emails import (
     recipients_for,
 )
 from services.notifier.mailer import SmtpMailer
+from services.notifier.notification_claims import SweepClaims
 from services.notifier.ports import NotifierRuns
 from services.notifier.webhook_delivery import WebhookNotifications
 from services.notifier.webhook_messages import final_event, ledger_kind, parse_kind, subscribed
@@ -488,9 +489,11 @@ class Notifier:
         """One attempt of each notification claimed and not sent (and due, for a webhook backing off); the
         missed runs' grouped per definition and kind, as a digest when they are many. Not those of a final run
         whose finish another replica holds (its lease running): they are its to send, it may be sending them; nor
-        a ``started`` webhook within its hold (not due: the replica whose fold claimed it may be sending it)."""
+        a ``started`` webhook within its hold (not due: the replica whose fold claimed it may be sending it).
+        The ones to try are claimed first, at once (:class:`SweepClaims`, for :attr:`finish_lease_seconds`): of
+        two replicas' sweeps reading the same ones, each sends those it claimed, so each goes out once."""
         definitions: dict[str, ExportDefinition | None] = {}
-        missed: dict[tuple[str, str], list[RunRecord]] = {}
+        tries: list[tuple[RunRecord, ExportDefinition, str]] = []
         unsent = self.runs.unsent_notifications(limit=1_000)
         held = self.runs.finishes_held([run_id for run_id, _ in unsent], self.replica_id, self.finish_lease_seconds)
         for run_id, kind in unsent:
@@ -503,21 +506,37 @@ class Notifier:
             if record.definition not in definitions:
                 definitions[record.definition] = self._definition(record.definition)
             definition = definitions[record.definition]
-            if definition is None:
+            if definition is None or (self.webhooks is None and parse_kind(kind) is not None):
                 continue
-            webhook = parse_kind(kind)
-            if record.status is RunStatus.MISSED and (kind == ERROR or (webhook and webhook[1] == "missed")):
-                missed.setdefault((record.definition, kind), []).append(record)
-            elif webhook is not None:
-                if self.webhooks is not None:
+            tries.append((record, definition, kind))
+        if not tries:
+            return
+        claims = SweepClaims(self.runs, [(record.run_id, kind) for record, _, kind in tries], self.finish_lease_seconds)
+        missed: dict[tuple[str, str], list[RunRecord]] = {}
+        try:
+            for record, definition, kind in tries:
+                webhook = parse_kind(kind)
+                if (record.run_id, kind) not in claims:
+                    continue  # another sweep's, or sent meanwhile
+                if record.status is RunStatus.MISSED and (kind == ERROR or (webhook and webhook[1] == "missed")):
+                    missed.setdefault((record.definition, kind), []).append(record)
+                elif not claims.take([(record.run_id, kind)]):
+                    continue
+                elif webhook is not None:
+                    assert self.webhooks is not None
                     self.webhooks.send_claimed(definition, record, *webhook)
-            elif kind in EMAIL_KINDS:
-                # One attempt each: a sweep must not hold the loop through a long SMTP outage.
-                self._mail(definition, record, kind, recipients_for(definition, kind), attempts=1)
-        for (name, kind), records in missed.items():
-            definition = definitions[name]
-            assert definition is not None
-            self._send_missed_group(definition, kind, records, attempts=1)
+                elif kind in EMAIL_KINDS:
+                    # One attempt each: a sweep must not hold the loop through a long SMTP outage.
+                    self._mail(definition, record, kind, recipients_for(definition, kind), attempts=1)
+            for (name, kind), records in missed.items():
+                definition = definitions[name]
+                assert definition is not None
+                ours = set(claims.take([(record.run_id, kind) for record in records]))
+                if ours:
+                    group = [record for record in records if (record.run_id, kind) in ours]
+                    self._send_missed_group(definition, kind, group, attempts=1)
+        finally:
+            claims.release_rest()
 
     def _definition(self, name: str) -> ExportDefinition | None:
         try:
