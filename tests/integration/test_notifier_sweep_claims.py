@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from devtools.http_receiver import HttpReceiver
 from devtools.smtp_sink import SmtpSink
+from services.notifier import notification_claims
 from services.notifier.notifying import Notifier
 from shared.catalog import CatalogStores
 from shared.events import RunFailed, RunMissed
@@ -247,3 +248,37 @@ def test_a_sweeps_claim_is_exclusive_renewed_by_its_holder_taken_over_after_the_
     runs.mark_notification(*email)  # sent: claimed by no one again
     assert runs.claim_unsent_notifications([email, hook], 60).keys() == {hook}
     assert runs.claim_unsent_notifications([(uuid.uuid4(), "error")], 60) == {}  # unknown
+
+
+def test_a_sweep_held_past_its_lease_renews_its_claims_and_leaves_those_taken_over_meanwhile(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch
+):
+    """Replica A's sweep spends longer than its lease in its first send (made so: the other claims' lease made past,
+    A's clock moved on); replica B's sweep took the other notifications over meanwhile and sent them. Before, A went
+    on to send them all again. Now A renews its claims before its next send, finds them B's, and sends nothing more."""
+    failed, missed = unsent_ledger(catalog, receiver)
+    first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
+    release, holding = threading.Event(), threading.Event()
+    each_send_waits_for(first, release.is_set, holding)
+    thread = threading.Thread(target=first.sweep)
+    thread.start()
+    try:
+        assert holding.wait(DEADLINE), "replica A never reached its first send"
+        in_flight = min(map(str, failed))  # A's first send: the first failed run's email (the ledger's order)
+        with catalog.database.engine.begin() as connection:  # A's other claims: past their lease
+            connection.execute(
+                sa.text(
+                    "UPDATE notifications SET next_attempt_at = :at "
+                    "WHERE sent_at IS NULL AND NOT (run_id = :id AND kind = 'error')"
+                ),
+                {"at": datetime.now(UTC) - timedelta(seconds=1), "id": in_flight},
+            )
+        second.sweep()
+        real = time.monotonic
+        later = type("Later", (), {"monotonic": staticmethod(lambda: real() + first.finish_lease_seconds)})
+        monkeypatch.setattr(notification_claims, "time", later)
+    finally:
+        release.set()
+        thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert_each_sent_once(catalog, sink, receiver, failed, missed)
