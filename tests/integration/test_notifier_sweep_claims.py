@@ -23,7 +23,7 @@ from devtools.smtp_sink import SmtpSink
 from services.notifier import notification_claims
 from services.notifier.notifying import Notifier
 from shared.catalog import CatalogStores
-from shared.events import RunFailed, RunMissed
+from tests.benchmarks.bench_notifier_sweep import unsent_ledger as unsent_ledger_of
 from tests.integration.test_notifier_finish_claim import replica
 from tests.integration.test_notifier_finish_once import Killed, with_policy
 from tests.integration.test_notifier_webhooks import receiver, signing_secret, sink, verified
@@ -44,23 +44,11 @@ def unsent_ledger(catalog: CatalogStores, receiver: HttpReceiver) -> tuple[list[
     attempt failed, or a crash came between claim and send): the sweep's to send. Failed runs: an error email and a
     ``failed`` webhook each; missed runs: an error email and a ``missed`` webhook each (sent as two digests)."""
     catalog.definitions.apply(with_policy(receiver, ["failed", "missed"], max_failure_percent=10))
-    at = datetime.now(UTC) - timedelta(minutes=1)
     failed = [uuid.uuid4() for _ in range(FAILED_RUNS)]
     missed = [uuid.uuid4() for _ in range(MISSED_RUNS)]
-    catalog.runs.fold_run_events(
-        [RunFailed(run_id=run_id, definition="nightly", reason="query 'q' failed", at=at) for run_id in failed]
-        + [
-            RunMissed(run_id=run_id, definition="nightly", scheduled_for=at, at=at, reason="scheduler down")
-            for run_id in missed
-        ]
-    )
-    for run_id in failed:
-        assert catalog.runs.claim_notification(run_id, "error", ["oncall@example.com"])
-        assert catalog.runs.claim_notification(run_id, "webhook:ops:failed", ["ops"])
-    for run_id in missed:
-        assert catalog.runs.claim_notification(run_id, "error", ["oncall@example.com"])
-        assert catalog.runs.claim_notification(run_id, "webhook:ops:missed", ["ops"])
-    assert catalog.runs.mark_finishes_handled(failed + missed) == set(failed + missed)
+    unsent_ledger_of(catalog.runs, failed, missed)
+    assert len(catalog.runs.unsent_notifications()) == 2 * (FAILED_RUNS + MISSED_RUNS)
+    assert not catalog.runs.finishes_unhandled(failed + missed)
     return failed, missed
 
 
