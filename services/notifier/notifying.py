@@ -358,7 +358,7 @@ class Notifier:
         # whose sending was interrupted (crash, SMTP down) goes out when the next event comes; not while
         # another replica does the finish (it sends them: both would find them claimed and unsent).
         if not held:
-            self._send_due_emails(after, definition, attempts)
+            self._send_due_emails(after, definition, attempts, finishing=finishing)
         event = final_event(after.status)
         if finishing and definition is not None and event is not None and self.webhooks is not None:
             finishing, renewed_at = self._still_ours(after.run_id, renewed_at)
@@ -580,8 +580,16 @@ class Notifier:
         return consecutive_failures(self.runs.recent_final_statuses(definition, limit * 4))
 
     def _send_due_emails(
-        self, record: RunRecord, definition: ExportDefinition | None, attempts: int | None = None
+        self,
+        record: RunRecord,
+        definition: ExportDefinition | None,
+        attempts: int | None = None,
+        *,
+        finishing: bool = True,
     ) -> None:
+        """The run's due emails not sent yet. Outside its finish (an event of a run whose finish is done, come again),
+        each is claimed as a sweep claims it (:meth:`NotifierRuns.claim_unsent_notifications`) and sent only when
+        claimed: not while a sweep is sending it."""
         kinds = kinds_due(record.status)
         if not kinds:
             return
@@ -594,7 +602,9 @@ class Notifier:
             return
         for kind in kinds:
             recipients = recipients_for(definition, kind)
-            if recipients and self.runs.claim_notification(record.run_id, kind, recipients):
+            if not recipients or not self.runs.claim_notification(record.run_id, kind, recipients):
+                continue
+            if finishing or self.runs.claim_unsent_notifications([(record.run_id, kind)], self.finish_lease_seconds):
                 self._mail(definition, record, kind, recipients, attempts)
 
     def _mail(

@@ -23,6 +23,7 @@ from devtools.smtp_sink import SmtpSink
 from services.notifier import notification_claims
 from services.notifier.notifying import Notifier
 from shared.catalog import CatalogStores
+from shared.events import RunFailed
 from tests.benchmarks.bench_notifier_sweep import unsent_ledger as unsent_ledger_of
 from tests.integration.test_notifier_finish_claim import replica
 from tests.integration.test_notifier_finish_once import Killed, with_policy
@@ -267,6 +268,30 @@ def test_a_sweep_held_past_its_lease_renews_its_claims_and_leaves_those_taken_ov
         monkeypatch.setattr(notification_claims, "time", later)
     finally:
         release.set()
+        thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert_each_sent_once(catalog, sink, receiver, failed, missed)
+
+
+def test_an_event_of_a_finished_run_come_again_leaves_its_unsent_email_to_the_sweep_sending_it(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
+):
+    """Replica A's sweep is in the middle of a failed run's unsent email when replica B gets the run's ``run.failed``
+    again (a redelivery; the run's finish done long ago), which retries the run's unsent emails. Before, B sent it
+    too: twice. Now B claims it as a sweep would, finds it A's, and leaves it; A sends it once."""
+    failed, missed = unsent_ledger(catalog, receiver)
+    first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
+    second_done, holding = threading.Event(), threading.Event()
+    each_send_waits_for(first, second_done.is_set, holding)
+    thread = threading.Thread(target=first.sweep)
+    thread.start()
+    try:
+        assert holding.wait(DEADLINE), "replica A never reached its first send"
+        in_flight = uuid.UUID(min(map(str, failed)))  # A's first send: the first failed run's email
+        again = RunFailed(run_id=in_flight, definition="nightly", reason="query 'q' failed")
+        assert second.handle_all([again]) == [[]]
+    finally:
+        second_done.set()
         thread.join(DEADLINE)
     assert not thread.is_alive()
     assert_each_sent_once(catalog, sink, receiver, failed, missed)
