@@ -99,6 +99,30 @@ def each_send_waits_for(notifier: Notifier, condition: Callable[[], bool], reach
     notifier.webhooks.sender.send = waiting(notifier.webhooks.sender.send)  # type: ignore[method-assign]
 
 
+def while_a_sweep_is_held(
+    catalog: CatalogStores,
+    sink: SmtpSink,
+    receiver: HttpReceiver,
+    meanwhile: Callable[[Notifier, list[uuid.UUID]], object],
+) -> None:
+    """Replica A's sweep of the unsent ledger held in its first send until ``meanwhile`` (given replica B and the
+    failed runs) is over; then each notification must have gone out once."""
+    failed, missed = unsent_ledger(catalog, receiver)
+    first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
+    second_done, holding = threading.Event(), threading.Event()
+    each_send_waits_for(first, second_done.is_set, holding)
+    thread = threading.Thread(target=first.sweep)
+    thread.start()
+    try:
+        assert holding.wait(DEADLINE), "replica A never reached its first send"
+        meanwhile(second, failed)
+    finally:
+        second_done.set()
+        thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert_each_sent_once(catalog, sink, receiver, failed, missed)
+
+
 def test_two_replicas_sweeping_at_once_send_each_unsent_email_webhook_and_digest_once(
     catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
 ):
@@ -148,20 +172,7 @@ def test_a_replica_whose_sweep_is_held_in_a_send_keeps_the_rest_of_its_claims_fr
     """Replica A's sweep is held in its first send (a slow SMTP server or receiver) until replica B's whole sweep is
     over. Before, B sent everything meanwhile and A, released, sent it all again. Now B finds A's claims and sends
     nothing; A sends each once."""
-    failed, missed = unsent_ledger(catalog, receiver)
-    first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
-    second_done, holding = threading.Event(), threading.Event()
-    each_send_waits_for(first, second_done.is_set, holding)
-    thread = threading.Thread(target=first.sweep)
-    thread.start()
-    try:
-        assert holding.wait(DEADLINE), "replica A never reached its first send"
-        second.sweep()
-    finally:
-        second_done.set()
-        thread.join(DEADLINE)
-    assert not thread.is_alive()
-    assert_each_sent_once(catalog, sink, receiver, failed, missed)
+    while_a_sweep_is_held(catalog, sink, receiver, lambda second, failed: second.sweep())
 
 
 def test_a_sweep_killed_after_its_claim_leaves_the_notification_to_a_later_sweep_once_the_lease_is_over(
@@ -245,14 +256,8 @@ def test_a_sweep_held_past_its_lease_renews_its_claims_and_leaves_those_taken_ov
     """Replica A's sweep spends longer than its lease in its first send (made so: the other claims' lease made past,
     A's clock moved on); replica B's sweep took the other notifications over meanwhile and sent them. Before, A went
     on to send them all again. Now A renews its claims before its next send, finds them B's, and sends nothing more."""
-    failed, missed = unsent_ledger(catalog, receiver)
-    first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
-    release, holding = threading.Event(), threading.Event()
-    each_send_waits_for(first, release.is_set, holding)
-    thread = threading.Thread(target=first.sweep)
-    thread.start()
-    try:
-        assert holding.wait(DEADLINE), "replica A never reached its first send"
+
+    def past_the_lease(second: Notifier, failed: list[uuid.UUID]) -> None:
         in_flight = min(map(str, failed))  # A's first send: the first failed run's email (the ledger's order)
         with catalog.database.engine.begin() as connection:  # A's other claims: past their lease
             connection.execute(
@@ -264,13 +269,10 @@ def test_a_sweep_held_past_its_lease_renews_its_claims_and_leaves_those_taken_ov
             )
         second.sweep()
         real = time.monotonic
-        later = type("Later", (), {"monotonic": staticmethod(lambda: real() + first.finish_lease_seconds)})
-        monkeypatch.setattr(notification_claims, "time", later)
-    finally:
-        release.set()
-        thread.join(DEADLINE)
-    assert not thread.is_alive()
-    assert_each_sent_once(catalog, sink, receiver, failed, missed)
+        later = type("Later", (), {"monotonic": staticmethod(lambda: real() + second.finish_lease_seconds)})
+        monkeypatch.setattr(notification_claims, "time", later)  # A's clock when it is released
+
+    while_a_sweep_is_held(catalog, sink, receiver, past_the_lease)
 
 
 def test_an_event_of_a_finished_run_come_again_leaves_its_unsent_email_to_the_sweep_sending_it(
@@ -279,19 +281,10 @@ def test_an_event_of_a_finished_run_come_again_leaves_its_unsent_email_to_the_sw
     """Replica A's sweep is in the middle of a failed run's unsent email when replica B gets the run's ``run.failed``
     again (a redelivery; the run's finish done long ago), which retries the run's unsent emails. Before, B sent it
     too: twice. Now B claims it as a sweep would, finds it A's, and leaves it; A sends it once."""
-    failed, missed = unsent_ledger(catalog, receiver)
-    first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
-    second_done, holding = threading.Event(), threading.Event()
-    each_send_waits_for(first, second_done.is_set, holding)
-    thread = threading.Thread(target=first.sweep)
-    thread.start()
-    try:
-        assert holding.wait(DEADLINE), "replica A never reached its first send"
+
+    def event_again(second: Notifier, failed: list[uuid.UUID]) -> None:
         in_flight = uuid.UUID(min(map(str, failed)))  # A's first send: the first failed run's email
         again = RunFailed(run_id=in_flight, definition="nightly", reason="query 'q' failed")
         assert second.handle_all([again]) == [[]]
-    finally:
-        second_done.set()
-        thread.join(DEADLINE)
-    assert not thread.is_alive()
-    assert_each_sent_once(catalog, sink, receiver, failed, missed)
+
+    while_a_sweep_is_held(catalog, sink, receiver, event_again)
