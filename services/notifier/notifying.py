@@ -23,6 +23,7 @@ from services.notifier.emails import (
     recipients_for,
 )
 from services.notifier.mailer import SmtpMailer
+from services.notifier.notification_claims import SweepClaims
 from services.notifier.ports import NotifierRuns
 from services.notifier.webhook_delivery import WebhookNotifications
 from services.notifier.webhook_messages import final_event, ledger_kind, parse_kind, subscribed
@@ -357,7 +358,7 @@ class Notifier:
         # whose sending was interrupted (crash, SMTP down) goes out when the next event comes; not while
         # another replica does the finish (it sends them: both would find them claimed and unsent).
         if not held:
-            self._send_due_emails(after, definition, attempts)
+            self._send_due_emails(after, definition, attempts, finishing=finishing)
         event = final_event(after.status)
         if finishing and definition is not None and event is not None and self.webhooks is not None:
             finishing, renewed_at = self._still_ours(after.run_id, renewed_at)
@@ -488,9 +489,11 @@ class Notifier:
         """One attempt of each notification claimed and not sent (and due, for a webhook backing off); the
         missed runs' grouped per definition and kind, as a digest when they are many. Not those of a final run
         whose finish another replica holds (its lease running): they are its to send, it may be sending them; nor
-        a ``started`` webhook within its hold (not due: the replica whose fold claimed it may be sending it)."""
+        a ``started`` webhook within its hold (not due: the replica whose fold claimed it may be sending it).
+        The ones to try are claimed first, at once (:class:`SweepClaims`, for :attr:`finish_lease_seconds`): of
+        two replicas' sweeps reading the same ones, each sends those it claimed, so each goes out once."""
         definitions: dict[str, ExportDefinition | None] = {}
-        missed: dict[tuple[str, str], list[RunRecord]] = {}
+        tries: list[tuple[RunRecord, ExportDefinition, str]] = []
         unsent = self.runs.unsent_notifications(limit=1_000)
         held = self.runs.finishes_held([run_id for run_id, _ in unsent], self.replica_id, self.finish_lease_seconds)
         for run_id, kind in unsent:
@@ -503,21 +506,37 @@ class Notifier:
             if record.definition not in definitions:
                 definitions[record.definition] = self._definition(record.definition)
             definition = definitions[record.definition]
-            if definition is None:
+            if definition is None or (self.webhooks is None and parse_kind(kind) is not None):
                 continue
-            webhook = parse_kind(kind)
-            if record.status is RunStatus.MISSED and (kind == ERROR or (webhook and webhook[1] == "missed")):
-                missed.setdefault((record.definition, kind), []).append(record)
-            elif webhook is not None:
-                if self.webhooks is not None:
+            tries.append((record, definition, kind))
+        if not tries:
+            return
+        claims = SweepClaims(self.runs, [(record.run_id, kind) for record, _, kind in tries], self.finish_lease_seconds)
+        missed: dict[tuple[str, str], list[RunRecord]] = {}
+        try:
+            for record, definition, kind in tries:
+                webhook = parse_kind(kind)
+                if (record.run_id, kind) not in claims:
+                    continue  # another sweep's, or sent meanwhile
+                if record.status is RunStatus.MISSED and (kind == ERROR or (webhook and webhook[1] == "missed")):
+                    missed.setdefault((record.definition, kind), []).append(record)
+                elif not claims.take([(record.run_id, kind)]):
+                    continue
+                elif webhook is not None:
+                    assert self.webhooks is not None
                     self.webhooks.send_claimed(definition, record, *webhook)
-            elif kind in EMAIL_KINDS:
-                # One attempt each: a sweep must not hold the loop through a long SMTP outage.
-                self._mail(definition, record, kind, recipients_for(definition, kind), attempts=1)
-        for (name, kind), records in missed.items():
-            definition = definitions[name]
-            assert definition is not None
-            self._send_missed_group(definition, kind, records, attempts=1)
+                elif kind in EMAIL_KINDS:
+                    # One attempt each: a sweep must not hold the loop through a long SMTP outage.
+                    self._mail(definition, record, kind, recipients_for(definition, kind), attempts=1)
+            for (name, kind), records in missed.items():
+                definition = definitions[name]
+                assert definition is not None
+                ours = set(claims.take([(record.run_id, kind) for record in records]))
+                if ours:
+                    group = [record for record in records if (record.run_id, kind) in ours]
+                    self._send_missed_group(definition, kind, group, attempts=1)
+        finally:
+            claims.release_rest()
 
     def _definition(self, name: str) -> ExportDefinition | None:
         try:
@@ -561,8 +580,16 @@ class Notifier:
         return consecutive_failures(self.runs.recent_final_statuses(definition, limit * 4))
 
     def _send_due_emails(
-        self, record: RunRecord, definition: ExportDefinition | None, attempts: int | None = None
+        self,
+        record: RunRecord,
+        definition: ExportDefinition | None,
+        attempts: int | None = None,
+        *,
+        finishing: bool = True,
     ) -> None:
+        """The run's due emails not sent yet. Outside its finish (an event of a run whose finish is done, come again),
+        each is claimed as a sweep claims it (:meth:`NotifierRuns.claim_unsent_notifications`) and sent only when
+        claimed: not while a sweep is sending it."""
         kinds = kinds_due(record.status)
         if not kinds:
             return
@@ -575,7 +602,9 @@ class Notifier:
             return
         for kind in kinds:
             recipients = recipients_for(definition, kind)
-            if recipients and self.runs.claim_notification(record.run_id, kind, recipients):
+            if not recipients or not self.runs.claim_notification(record.run_id, kind, recipients):
+                continue
+            if finishing or self.runs.claim_unsent_notifications([(record.run_id, kind)], self.finish_lease_seconds):
                 self._mail(definition, record, kind, recipients, attempts)
 
     def _mail(

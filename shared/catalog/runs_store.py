@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -505,6 +505,74 @@ class SqlRunsStore:
             )
             return [(uuid.UUID(run_id), kind) for run_id, kind in rows]
 
+    def claim_unsent_notifications(
+        self, keys: Sequence[tuple[uuid.UUID, str]], lease_seconds: float
+    ) -> dict[tuple[uuid.UUID, str], datetime]:
+        """Claim these (run id, kind) notifications for one attempt by the caller (the sweep's retry): those still
+        unsent, not given up and due on the catalog's clock (a claim older than ``lease_seconds`` is due again: its
+        claimant died). One conditional statement per 500, exclusive: a notification two sweeps read at once is
+        claimed by one of them. The claim is the next attempt's time pushed ``lease_seconds`` ahead; a failed
+        attempt's mark (:meth:`mark_notification`) ends it. Returns the ones claimed, each with its claim (the token
+        :meth:`renew_notification_claims` and :meth:`release_notification_claims` take)."""
+        claimed: dict[tuple[uuid.UUID, str], datetime] = {}
+        pairs = sorted({(str(run_id), kind) for run_id, kind in keys})
+        for start in range(0, len(pairs), _CLAIMS_PER_STATEMENT):
+            with self.database.begin("Run") as connection:
+                rows = connection.execute(
+                    update(NotificationRow)
+                    .where(
+                        tuple_(NotificationRow.run_id, NotificationRow.kind).in_(
+                            pairs[start : start + _CLAIMS_PER_STATEMENT]
+                        ),
+                        NotificationRow.sent_at.is_(None),
+                        NotificationRow.gave_up_at.is_(None),
+                        NotificationRow.next_attempt_at.is_(None)
+                        | (NotificationRow.next_attempt_at <= self._catalog_now()),
+                    )
+                    .values(next_attempt_at=self._catalog_now(-lease_seconds))
+                    .returning(NotificationRow.run_id, NotificationRow.kind, NotificationRow.next_attempt_at)
+                )
+                claimed.update({(uuid.UUID(run_id), kind): until for run_id, kind, until in rows if until is not None})
+        return claimed
+
+    def renew_notification_claims(
+        self, claims: Mapping[tuple[uuid.UUID, str], datetime], lease_seconds: float
+    ) -> dict[tuple[uuid.UUID, str], datetime]:
+        """Renew these claims (:meth:`claim_unsent_notifications`) for another ``lease_seconds``: those still the
+        caller's (the claim unchanged, the notification unsent). Returns them with their new claim; a claim not
+        returned is no longer the caller's (lapsed and taken by another sweep, or marked): not to send."""
+        renewed: dict[tuple[uuid.UUID, str], datetime] = {}
+        for token, pairs in _by_token(claims):
+            with self.database.begin("Run") as connection:
+                rows = connection.execute(
+                    update(NotificationRow)
+                    .where(
+                        tuple_(NotificationRow.run_id, NotificationRow.kind).in_(pairs),
+                        NotificationRow.next_attempt_at == token,
+                        NotificationRow.sent_at.is_(None),
+                        NotificationRow.gave_up_at.is_(None),
+                    )
+                    .values(next_attempt_at=self._catalog_now(-lease_seconds))
+                    .returning(NotificationRow.run_id, NotificationRow.kind, NotificationRow.next_attempt_at)
+                )
+                renewed.update({(uuid.UUID(run_id), kind): until for run_id, kind, until in rows if until is not None})
+        return renewed
+
+    def release_notification_claims(self, claims: Mapping[tuple[uuid.UUID, str], datetime]) -> None:
+        """End these claims, not attempted (the sweep stopped before them): due again at once, for the next sweep,
+        rather than after the lease. Those no longer the caller's are left as they are."""
+        for token, pairs in _by_token(claims):
+            with self.database.begin("Run") as connection:
+                connection.execute(
+                    update(NotificationRow)
+                    .where(
+                        tuple_(NotificationRow.run_id, NotificationRow.kind).in_(pairs),
+                        NotificationRow.next_attempt_at == token,
+                        NotificationRow.sent_at.is_(None),
+                    )
+                    .values(next_attempt_at=None)
+                )
+
     def claim_notification(self, run_id: uuid.UUID, kind: str, recipients: list[str]) -> bool:
         """True when this (run, kind) notification has not been sent (nor given up) yet: the caller should send it."""
         with self.database.transaction("Run") as session:
@@ -597,6 +665,23 @@ def write_record(record: RunRecord, row: RunRow) -> None:
 
 def _same(value: Any) -> Any:
     return value
+
+
+#: (run id, kind) pairs claimed per statement (two parameters each, well within SQLite's 32,766).
+_CLAIMS_PER_STATEMENT = 500
+
+
+def _by_token(claims: Mapping[tuple[uuid.UUID, str], datetime]) -> list[tuple[datetime, list[tuple[str, str]]]]:
+    """Claims grouped by their token (one per claiming statement, usually one in all), as the ledger keys them, at
+    most :data:`_CLAIMS_PER_STATEMENT` a group."""
+    grouped: dict[datetime, list[tuple[str, str]]] = {}
+    for (run_id, kind), token in sorted(claims.items()):
+        grouped.setdefault(token, []).append((str(run_id), kind))
+    return [
+        (token, pairs[start : start + _CLAIMS_PER_STATEMENT])
+        for token, pairs in grouped.items()
+        for start in range(0, len(pairs), _CLAIMS_PER_STATEMENT)
+    ]
 
 
 def _id_texts(run_ids: Sequence[uuid.UUID]) -> list[str]:

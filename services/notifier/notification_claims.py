@@ -1,0 +1,61 @@
+"""A sweep's claims of the unsent notifications it is about to try: one replica's sweep sends each, once.
+
+Claimed at once in the ledger (:meth:`NotifierRuns.claim_unsent_notifications`, a lease on the catalog's clock),
+renewed on the way when the sweep has spent a quarter of the lease on earlier sends (a slow SMTP server or webhook
+receiver), so that a live sweep's claims are not taken over; those it did not get to are released at its end, due
+again at once. A sweep that dies leaves its claims to lapse: another sweep takes them after the lease.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+
+import structlog
+
+from services.notifier.ports import NotifierRuns
+
+log = structlog.get_logger(__name__)
+
+#: A notification in the ledger: its run, and its kind (an email's, or ``webhook:<channel>:<event>``).
+Key = tuple[uuid.UUID, str]
+
+
+class SweepClaims:
+    """The notifications one sweep claimed and has not tried yet."""
+
+    def __init__(self, runs: NotifierRuns, keys: Iterable[Key], lease_seconds: float) -> None:
+        self.runs, self.lease_seconds = runs, lease_seconds
+        self._claims: dict[Key, datetime] = runs.claim_unsent_notifications(sorted(set(keys)), lease_seconds)
+        self._renewed_at = time.monotonic()
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._claims
+
+    def take(self, keys: Iterable[Key]) -> list[Key]:
+        """Of ``keys``, those still this sweep's, to try now (no longer released at the end). Renews every claim
+        not tried yet first, once a quarter of the lease went by since the last renewal: a claim that lapsed
+        meanwhile and was taken by another sweep is left to it."""
+        if time.monotonic() - self._renewed_at >= self.lease_seconds / 4:
+            renewed = self.runs.renew_notification_claims(self._claims, self.lease_seconds)
+            self._renewed_at = time.monotonic()
+            if len(renewed) < len(self._claims):
+                log.warning(
+                    "notifications claimed by this sweep taken over by another: leaving them to it",
+                    notifications=len(self._claims) - len(renewed),
+                )
+            self._claims = renewed
+        return [key for key in keys if self._claims.pop(key, None) is not None]
+
+    def release_rest(self) -> None:
+        """Release the claims not tried (the sweep stopped before them): due again at once. A failure is logged:
+        they lapse after the lease instead."""
+        rest, self._claims = self._claims, {}
+        if not rest:
+            return
+        try:
+            self.runs.release_notification_claims(rest)
+        except Exception:  # in a finally: the sweep's own failure, if any, is the one to raise
+            log.warning("releasing unsent notifications' claims failed; they lapse after the lease", exc_info=True)
