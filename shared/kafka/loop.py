@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -48,6 +49,7 @@ from kafka.errors import (
     InvalidRecordError,
     KafkaConfigurationError,
     KafkaError,
+    KafkaTimeoutError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     SaslAuthenticationFailedError,
@@ -868,6 +870,7 @@ class ConsumerLoop(Generic[E]):
             self._hand_back_later(firsts)
             return 0
         try:
+            self._flush_unanswered(pending.sending)
             self._confirm(pending.sending)
         except Exception as exc:  # noqa: BLE001 - the broker unreachable: raised once the rounds in flight are settled
             self._hand_back_later(firsts)
@@ -892,6 +895,16 @@ class ConsumerLoop(Generic[E]):
                 offsets[partition] = min(offsets[partition], first_back)
         self._commit(offsets, wait=self._window is None)
         return len(pending.settled)
+
+    def _flush_unanswered(self, sending: _Sending) -> None:
+        """Send a round's outcomes at once when the loop is about to wait for them and the broker has not answered
+        yet: nothing else joins the producer's batches while the loop waits, so waiting out ``linger_ms`` would only
+        add it to every round's pause, during which no record is handled (issue 18: the dispatcher's rounds of 500
+        member batches). A flush that runs out of time is not a failure here: the records' own futures tell."""
+        if sending.answered():
+            return
+        with suppress(KafkaTimeoutError):
+            self.producer.flush(timeout=produce_timeout_seconds(self.producer))
 
     def _hand_back_later(self, first_offsets: dict[TopicPartition, int]) -> None:
         """Note records to read again from ``first_offsets`` (per partition, the first): sought to once the rounds
