@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from shared.application.actors import Actor, Permission, authorise
 from shared.application.errors import Busy, Conflict, Invalid, PublishFailed, RunNotPublished
-from shared.application.objects import existing, visible
+from shared.application.objects import existing, visible_with_id
 from shared.application.ports import DeadLetterSource, DefinitionsStore, EventPublisher, RunsStore
 from shared.application.runs import claim_key, replay_fingerprint, visible_run
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
@@ -93,7 +93,7 @@ def replay_dead_letters(
     """
     authorise(actor, Permission.RUN)
     original = visible_run(actor, run_id, runs=runs)
-    definition = visible(actor, store, ExportDefinition, original.definition)
+    definition_id, definition = visible_with_id(actor, store, ExportDefinition, original.definition)
     template = existing(store, HttpTemplate, definition.template)
     key_column = existing(store, SavedQuery, definition.query).key_column
     replay_id = uuid.uuid4()
@@ -137,6 +137,10 @@ def replay_dead_letters(
             requested_by=actor.name,
             replay_of=run_id,
             last_event_at=utc_now(),
+            # In the replayed run's scope, as a run's request records it (:func:`shared.application.runs.request_run`):
+            # a scoped operator sees, follows and cancels the replay run it started; its attempts are the definition's.
+            definition_id=original.definition_id or definition_id,
+            business_unit=original.business_unit,
         ),
         replay_plan=plan,
     )  # a retry's (or a concurrent request's) replay run is recorded already, with its plan: compared below

@@ -73,10 +73,12 @@ def _run(server: AdminServer, key: str | None = None) -> uuid.UUID:
     return uuid.UUID(answer.json()["run_id"])
 
 
-def _dead_letter(server: AdminServer, kafka_bootstrap: str, run_id: uuid.UUID, members: int) -> None:
+def _dead_letter(
+    server: AdminServer, kafka_bootstrap: str, run_id: uuid.UUID, members: int, definition: str = "gold-to-partner"
+) -> None:
     """A dead letter of ``run_id`` on the server's dead-letter topic: ``members`` members the partner refused."""
     (letter,) = _letters(run_id, members).letters  # the console's replay tests' dead letter
-    letter = letter.model_copy(update={"definition": "gold-to-partner"})
+    letter = letter.model_copy(update={"definition": definition})
     topic = _settings(server, kafka_bootstrap).topics.dead_letters
     produce(kafka_bootstrap, topic, [(str(run_id), letter.model_dump_json().encode())])
 
@@ -135,6 +137,32 @@ def test_a_replay_is_202_with_its_replay_run_and_location_and_a_retry_with_the_s
     other = _replay(server, original, None)
     assert other.status_code == 202, other.text
     assert other.json()["run_id"] != replay["run_id"]
+
+
+def test_a_scoped_operator_replays_its_units_run_then_reads_and_cancels_the_replay_run(
+    server: AdminServer, kafka_bootstrap: str
+) -> None:
+    """The replay run is recorded in the replayed run's business unit and definition (before: in none, so the
+    replay happened, recorded and published, and its scoped caller got 404 naming the replay run)."""
+    definition = _seed(server, business_unit="emea", suffix=" emea replay")["definition"]
+    with server.client("emea-operator") as api:
+        requested = api.post(f"/api/v1/export-definitions/{definition}/runs")
+        assert requested.status_code == 202, requested.text
+        original = uuid.UUID(requested.json()["run_id"])
+        _dead_letter(server, kafka_bootstrap, original, 3, definition)
+        answer = api.post(f"/api/v1/runs/{original}/replay", headers={"Idempotency-Key": "emea-replay-1"})
+        assert answer.status_code == 202, answer.text  # before: 404 "run <the replay run> does not exist"
+        replay = answer.json()
+        assert (replay["trigger"], replay["replay_of"], replay["definition"]) == ("replay", str(original), definition)
+        assert api.get(answer.headers["location"]).status_code == 200
+        listed = [run["run_id"] for run in api.get(f"/api/v1/export-definitions/{definition}/runs").json()]
+        assert replay["run_id"] in listed
+        again = api.post(f"/api/v1/runs/{original}/replay", headers={"Idempotency-Key": "emea-replay-1"})
+        assert (again.status_code, again.json()["run_id"]) == (202, replay["run_id"])
+        cancelled = api.post(f"/api/v1/runs/{replay['run_id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+    assert _replays_of(server, original) == [replay["run_id"]]
 
 
 def test_a_replay_is_refused_with_the_status_and_reason_the_console_and_exportctl_say(
