@@ -27,7 +27,14 @@ import uuid
 from dataclasses import dataclass
 
 from shared.application.actors import Actor, Permission, authorise
-from shared.application.errors import Busy, Conflict, Invalid, PublishFailed, RunNotPublished
+from shared.application.errors import (
+    Busy,
+    Conflict,
+    DeadLettersUnreadable,
+    Invalid,
+    PublishFailed,
+    RunNotPublished,
+)
 from shared.application.objects import existing, visible_with_id
 from shared.application.ports import DeadLetterSource, DefinitionsStore, EventPublisher, RunsStore
 from shared.application.runs import claim_key, replay_fingerprint, visible_run
@@ -89,7 +96,7 @@ def replay_dead_letters(
     what Kafka has not acknowledged of it published again (see the module); the key used before for another request
     (a replay of another run, a run request) is :class:`Invalid` (:func:`shared.application.runs.claim_key`); a retry
     whose dead letters changed, or of a replay run that ended before its extraction was complete, is
-    :class:`Conflict`.
+    :class:`Conflict`. Dead letters that cannot be read are :class:`DeadLettersUnreadable` (no replay run recorded).
     """
     authorise(actor, Permission.RUN)
     original = visible_run(actor, run_id, runs=runs)
@@ -111,7 +118,11 @@ def replay_dead_letters(
         )
         if done is not None:
             return done  # before the dead letters are read: they may be gone, or unreadable now
-    members = members_to_replay(letters.dead_letters(), run_id, key_column)
+    try:
+        read = letters.dead_letters()
+    except DeadLettersUnreadable as exc:  # nothing recorded yet (the key, if any, is bound: retry with it)
+        raise DeadLettersUnreadable(exc.reason, replay_of=run_id, key_bound=bool(idempotency_key)) from None
+    members = members_to_replay(read, run_id, key_column)
     if not members:
         raise Invalid(f"run {run_id} has no dead-lettered members to replay", slug="nothing-to-replay")
     columns = list(dict.fromkeys(column for member in members for column in member))
