@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -11,10 +12,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kafka import KafkaProducer
 
 from services.admin.bearer_tokens import TokenStore
-from services.admin.problems import ApiProblem
+from services.admin.problems import RETRY_AFTER_SECONDS, ApiProblem
 from services.admin.settings import AdminSettings
 from shared.application.actors import Actor, Permission
 from shared.application.checks import ObjectChecks
+from shared.application.errors import Busy
 from shared.application.member_deliveries import DeliveryLogReader, RetryStates
 from shared.application.ports import (
     AttemptsReader,
@@ -27,6 +29,7 @@ from shared.application.ports import (
 )
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.secret_references import SecretReferencePolicy
+from shared.events import DeadLetter
 from shared.kafka import make_producer
 from shared.kafka.event_publisher import KafkaDeadLetters, KafkaEventPublisher
 from shared.name_resolution import resolve_host
@@ -49,6 +52,12 @@ def kafka_publisher(settings: CommonSettings, client_id: str) -> tuple[KafkaProd
     return producer, KafkaEventPublisher.over(producer, settings.topics, PUBLISH_WAIT_SECONDS)
 
 
+#: How many dead-letter reads the admin process runs at once (the API's replays, the console's replays and pages):
+#: each holds a request thread while Kafka answers (its connection bounded by ``READ_CONNECT_TIMEOUT_SECONDS``); one
+#: more is answered 503 ``dead-letters-busy`` at once, so that the API's thread pool (and ``/healthz``) stays free.
+MAX_DEAD_LETTER_READS = 3
+
+
 @dataclass(frozen=True)
 class DeadLetterReplays:
     """What a replay of a run's dead letters reads, and the bound of its batches (the API's and the console's)."""
@@ -57,10 +66,38 @@ class DeadLetterReplays:
     letters: Callable[[], DeadLetterSource]
     #: The record byte bound of the replay run's member batches (the extractor's setting).
     max_record_bytes: int
+    #: The reads running now, at most ``MAX_DEAD_LETTER_READS`` (tried, never waited for).
+    reads: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(MAX_DEAD_LETTER_READS), compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, settings: AdminSettings) -> DeadLetterReplays:
         return cls(lambda: KafkaDeadLetters(settings), settings.extractor_max_record_bytes)
+
+    def reader(self) -> DeadLetterSource:
+        """The dead letters, read only while fewer than ``MAX_DEAD_LETTER_READS`` reads run (:class:`Busy`
+        ``dead-letters-busy`` else)."""
+        return _BoundedRead(self.letters, self.reads)
+
+
+@dataclass(frozen=True)
+class _BoundedRead:
+    letters: Callable[[], DeadLetterSource]
+    reads: threading.BoundedSemaphore
+
+    def dead_letters(self) -> list[DeadLetter]:
+        if not self.reads.acquire(blocking=False):
+            raise Busy(
+                f"{MAX_DEAD_LETTER_READS} reads of the dead letters are running now (Kafka may be slow or down): "
+                f"no replay run was recorded; retry in {RETRY_AFTER_SECONDS} s (with the same Idempotency-Key, if "
+                "any)",
+                slug="dead-letters-busy",
+            )
+        try:
+            return self.letters().dead_letters()
+        finally:
+            self.reads.release()
 
 
 @dataclass

@@ -14,11 +14,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from services.admin.request_metrics import route_template
-from shared.application.errors import PublishFailed, Refused
+from shared.application.errors import Busy, DeadLettersUnreadable, PublishFailed, Refused
 from shared.errors import CatalogTimedOut, StoredObjectInvalid
 from shared.secrets_at_rest import SecretsUnreadable
 
 log = structlog.get_logger(__name__)
+
+#: The ``Retry-After`` (seconds) of a 503 that a retry may soon find done: ``Busy`` (another request does it now:
+#: ``replay-being-published``, ``dead-letters-busy``) and ``dead-letters-unreadable``.
+RETRY_AFTER_SECONDS = 10
 
 PROBLEM_TYPE_BASE = "https://member-export.dev/problems/"
 #: The media type of every error answer (RFC 9457), and the one the OpenAPI document declares them under.
@@ -115,7 +119,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> JSONResponse:
         # The use case's reason, unchanged: the same refusal reads the same through every entry point.
-        return problem_response(request, exc.status, exc.reason, slug=exc.slug)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if isinstance(exc, Busy) else None
+        return problem_response(request, exc.status, exc.reason, slug=exc.slug, headers=headers)
 
     @app.exception_handler(StoredObjectInvalid)
     async def _stored_invalid(request: Request, exc: StoredObjectInvalid) -> JSONResponse:
@@ -137,6 +142,13 @@ def install(app: FastAPI) -> None:
     async def _publish_failed(request: Request, exc: PublishFailed) -> JSONResponse:
         # Kafka down, unreachable or slower than PUBLISH_WAIT_SECONDS: what the request wrote before is kept.
         return problem_response(request, 503, publish_failed_detail(request, exc), slug="kafka-unavailable")
+
+    @app.exception_handler(DeadLettersUnreadable)
+    async def _dead_letters_unreadable(request: Request, exc: DeadLettersUnreadable) -> JSONResponse:
+        # Kafka did not give the dead letters: no replay run recorded, try again.
+        detail = dead_letters_unreadable_detail(request, exc)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return problem_response(request, 503, detail, slug="dead-letters-unreadable", headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -198,10 +210,17 @@ def publish_failed_detail(request: Request, exc: PublishFailed) -> str:
     return f"{exc}: {outcome}; what the request wrote in the catalog before it is kept"
 
 
-def dead_letters_unreadable_detail(exc: Exception) -> str:
-    """What a replay whose dead letters Kafka did not give is answered (the API's ``detail``, the console's page): a
-    503, nothing recorded (the dead letters are read before the replay run is), the client's error."""
-    return f"the dead letters cannot be read now, nothing was recorded: {exc}"
+def dead_letters_unreadable_detail(request: Request, exc: DeadLettersUnreadable) -> str:
+    """What a request whose dead letters Kafka did not give is answered (the API's ``detail``, the console's page),
+    logged once at warning: the operation (as :func:`log_catalog_timed_out` names it), the run replayed, if any, and
+    the client's error (its first line, bounded; never a credential)."""
+    log.warning(
+        "dead-letters-unreadable",
+        operation=f"{request.method} {route_template(request.scope, request.app.routes)}",
+        replay_of=str(exc.replay_of) if exc.replay_of else None,
+        reason=exc.reason,
+    )
+    return str(exc)
 
 
 #: The methods a 405's ``Allow`` may name.

@@ -8,11 +8,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
-from kafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.admin.dependencies import AdminContext, Context, DryRunner, Operator, Reader
-from services.admin.problems import ApiProblem, dead_letters_unreadable_detail, problem_responses
+from services.admin.problems import ApiProblem, problem_responses
 from shared.application import objects as object_use_cases
 from shared.application import runs as use_cases
 from shared.application.dry_run import dry_run as render_dry_run
@@ -23,6 +22,9 @@ from shared.domain.strict_values import IsoDateTime, StrictBool
 
 router = APIRouter(tags=["Runs"])
 ERRORS = problem_responses(404, 409, 422)
+#: An Idempotency-Key holds a character other than whitespace: an empty or blank one is a 422 naming the header, not
+#: "no key" (each retry would start another run, another replay).
+NOT_BLANK = r"\S"
 
 
 class RunView(BaseModel):
@@ -120,7 +122,7 @@ def execute(
     caller: Operator,
     name: str,
     request: Annotated[RunRequest | None, Body()] = None,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200, pattern=NOT_BLANK)] = None,
 ) -> RunView:
     body = request or RunRequest()
     record = use_cases.request_run(
@@ -269,7 +271,8 @@ def cancel_run(context: Context, caller: Operator, run_id: uuid.UUID) -> RunView
 _REPLAY_KEY = (
     "A key of the caller's: a retried call with the same key and run is the same replay run (what Kafka did not "
     "acknowledge of it published again, nothing once its extraction is complete); the key used before for another "
-    "request (a replay of another run, a run request) is a 422 idempotency-key-reused."
+    "request (a replay of another run, a run request) is a 422 idempotency-key-reused; an empty or blank key is a 422 "
+    "invalid-request."
 )
 
 
@@ -285,7 +288,10 @@ _REPLAY_KEY = (
     "they are) or `replay-ended` (the key's replay run ended before its extraction was complete: a new key); 503 "
     "`replay-being-published` (another request with the key publishes it now: retry with the same key), "
     "`kafka-unavailable` (the replay run recorded queued, its events not all acknowledged: retry with the same key), "
-    "`dead-letters-unreadable` (nothing recorded: try again).",
+    "`dead-letters-unreadable` (Kafka did not give the dead letters: no replay run recorded, the Idempotency-Key "
+    "bound to this run's replay all the same: retry with it), `dead-letters-busy` (as many dead-letter reads as the "
+    "server allows at once run now: no replay run recorded, retry after `Retry-After`), `dead-letters-unavailable` "
+    "(an admin app embedded without dead letters; the server always reads them).",
     responses={
         202: {"headers": {"Location": {"description": "The replay run's address", "schema": {"type": "string"}}}},
         **problem_responses(404, 409, 422),
@@ -297,24 +303,24 @@ def replay_run(
     caller: Operator,
     run_id: uuid.UUID,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=200, description=_REPLAY_KEY)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(min_length=1, max_length=200, pattern=NOT_BLANK, description=_REPLAY_KEY)
+    ] = None,
 ) -> RunView:
     replays = context.replays
-    if replays is None:
+    if replays is None:  # an app embedded without them (the server's composition root always wires them)
         raise ApiProblem(503, "the dead letters are not available on this server", slug="dead-letters-unavailable")
-    try:
-        started = replay_dead_letters(
-            caller,
-            run_id,
-            store=context.definitions,
-            runs=context.runs,
-            letters=replays.letters(),
-            publisher=context.publisher,
-            max_record_bytes=replays.max_record_bytes,
-            idempotency_key=idempotency_key,
-        )
-    except (KafkaError, TimeoutError, OSError) as exc:  # the dead letters unread, as the console says it
-        raise ApiProblem(503, dead_letters_unreadable_detail(exc), slug="dead-letters-unreadable") from None
+    # DeadLettersUnreadable (503 dead-letters-unreadable) and Busy (503 dead-letters-busy) as problems.install says.
+    started = replay_dead_letters(
+        caller,
+        run_id,
+        store=context.definitions,
+        runs=context.runs,
+        letters=replays.reader(),
+        publisher=context.publisher,
+        max_record_bytes=replays.max_record_bytes,
+        idempotency_key=idempotency_key,
+    )
     view = RunView.of(use_cases.visible_run(caller, started.run_id, runs=context.runs), context.public_url)
     response.headers["Location"] = view.url
     return view

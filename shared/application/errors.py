@@ -12,6 +12,8 @@
     PublishFailed      503   Kafka did not acknowledge an event (not a refusal: what came before it was written)
      ├── RunNotPublished     a run (or a replay run) recorded queued whose request (events) Kafka did not acknowledge
      └── CancelNotPublished  a run recorded cancelled whose cancellation Kafka did not acknowledge
+
+    DeadLettersUnreadable 503 the dead-letter topic could not be read (Kafka down, unreachable, too slow)
 """
 
 from __future__ import annotations
@@ -149,3 +151,28 @@ class CancelNotPublished(PublishFailed):
             f"run {run_id} was recorded cancelled (the extractor and the dispatcher stop it), but Kafka did not "
             f"acknowledge its cancellation event ({self.reason}): {outcome}; cancelling it again publishes it again",
         )
+
+
+#: The longest reason a :class:`DeadLettersUnreadable` carries (a client's message, its first line).
+UNREADABLE_REASON_CHARS = 300
+
+
+class DeadLettersUnreadable(Exception):
+    """The dead-letter topic could not be read (Kafka down, unreachable, slower than the read's bounds): raised by the
+    dead letters' adapter (:class:`shared.application.ports.DeadLetterSource`), the client's error as ``reason``
+    (its first line, at most :data:`UNREADABLE_REASON_CHARS`; never a credential). Not a refusal: try again.
+
+    With ``replay_of`` (raised again by :func:`shared.application.replay.replay_dead_letters`, the read being before
+    anything else it records): no replay run was recorded; with ``key_bound`` its Idempotency-Key is bound to the
+    run's replay all the same (a retry with it replays the run, another request with it is refused)."""
+
+    def __init__(self, reason: str, *, replay_of: uuid.UUID | None = None, key_bound: bool = False) -> None:
+        self.reason = (reason.splitlines() or [""])[0][:UNREADABLE_REASON_CHARS]
+        self.replay_of, self.key_bound = replay_of, key_bound
+        if replay_of is None:
+            message = f"the dead letters cannot be read now: {self.reason}"
+        else:
+            message = f"the dead letters cannot be read now, no replay run was recorded: {self.reason}"
+            if key_bound:
+                message += " (the Idempotency-Key stays bound to this run's replay: retry with it)"
+        super().__init__(message)

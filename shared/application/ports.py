@@ -187,7 +187,9 @@ class EventPublisher(Protocol):
 class DeadLetterSource(Protocol):
     """The dead letters recorded so far."""
 
-    def dead_letters(self) -> list[DeadLetter]: ...
+    def dead_letters(self) -> list[DeadLetter]:
+        """Every dead letter; :class:`shared.application.errors.DeadLettersUnreadable` when they cannot be read."""
+        ...
 
 
 class MemberPage(Protocol):

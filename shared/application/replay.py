@@ -27,8 +27,15 @@ import uuid
 from dataclasses import dataclass
 
 from shared.application.actors import Actor, Permission, authorise
-from shared.application.errors import Busy, Conflict, Invalid, PublishFailed, RunNotPublished
-from shared.application.objects import existing, visible
+from shared.application.errors import (
+    Busy,
+    Conflict,
+    DeadLettersUnreadable,
+    Invalid,
+    PublishFailed,
+    RunNotPublished,
+)
+from shared.application.objects import existing, visible_with_id
 from shared.application.ports import DeadLetterSource, DefinitionsStore, EventPublisher, RunsStore
 from shared.application.runs import claim_key, replay_fingerprint, visible_run
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
@@ -89,11 +96,11 @@ def replay_dead_letters(
     what Kafka has not acknowledged of it published again (see the module); the key used before for another request
     (a replay of another run, a run request) is :class:`Invalid` (:func:`shared.application.runs.claim_key`); a retry
     whose dead letters changed, or of a replay run that ended before its extraction was complete, is
-    :class:`Conflict`.
+    :class:`Conflict`. Dead letters that cannot be read are :class:`DeadLettersUnreadable` (no replay run recorded).
     """
     authorise(actor, Permission.RUN)
     original = visible_run(actor, run_id, runs=runs)
-    definition = visible(actor, store, ExportDefinition, original.definition)
+    definition_id, definition = visible_with_id(actor, store, ExportDefinition, original.definition)
     template = existing(store, HttpTemplate, definition.template)
     key_column = existing(store, SavedQuery, definition.query).key_column
     replay_id = uuid.uuid4()
@@ -111,7 +118,11 @@ def replay_dead_letters(
         )
         if done is not None:
             return done  # before the dead letters are read: they may be gone, or unreadable now
-    members = members_to_replay(letters.dead_letters(), run_id, key_column)
+    try:
+        read = letters.dead_letters()
+    except DeadLettersUnreadable as exc:  # nothing recorded yet (the key, if any, is bound: retry with it)
+        raise DeadLettersUnreadable(exc.reason, replay_of=run_id, key_bound=bool(idempotency_key)) from None
+    members = members_to_replay(read, run_id, key_column)
     if not members:
         raise Invalid(f"run {run_id} has no dead-lettered members to replay", slug="nothing-to-replay")
     columns = list(dict.fromkeys(column for member in members for column in member))
@@ -137,6 +148,10 @@ def replay_dead_letters(
             requested_by=actor.name,
             replay_of=run_id,
             last_event_at=utc_now(),
+            # In the replayed run's scope, as a run's request records it (:func:`shared.application.runs.request_run`):
+            # a scoped operator sees, follows and cancels the replay run it started; its attempts are the definition's.
+            definition_id=original.definition_id or definition_id,
+            business_unit=original.business_unit,
         ),
         replay_plan=plan,
     )  # a retry's (or a concurrent request's) replay run is recorded already, with its plan: compared below

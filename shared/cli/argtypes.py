@@ -1,4 +1,5 @@
-"""argparse types of exportctl's options: numbers that must be positive, refused with a usage error."""
+"""argparse types of exportctl's options: numbers that must be positive, keys that must not be blank, refused with a
+usage error."""
 
 from __future__ import annotations
 
@@ -25,3 +26,11 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
     return value
+
+
+def idempotency_key(text: str) -> str:
+    """An Idempotency-Key that is not blank: an empty key would be no key (each retry another run), as the admin
+    API refuses it."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty or blank (leave the option out for no key)")
+    return text

@@ -13,8 +13,8 @@ import uuid
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from shared.cli.argtypes import positive_float
-from shared.cli.exits import OK, USAGE, CliError
+from shared.cli.argtypes import idempotency_key, positive_float
+from shared.cli.exits import OK, UNREACHABLE, USAGE, CliError
 from shared.cli.output import dump, output_option, table
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
     """Dead letters grouped by run and reason, with member counts."""
     # Loaded when used: the retry lookup pulls in the member batches' encoding and the catalog, which
     # every other command (and --help) would otherwise load at start.
+    from shared.application.errors import DeadLettersUnreadable
     from shared.cli.dead_letter_retries import RetryLookup, member_keys
     from shared.cli.reachability import require_kafka
     from shared.kafka.event_publisher import KafkaDeadLetters
@@ -38,7 +39,11 @@ def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
     letters = 0
     lookup = RetryLookup(settings.catalog_url)
     try:
-        for letter in KafkaDeadLetters(settings).dead_letters():
+        try:
+            read = KafkaDeadLetters(settings).dead_letters()
+        except DeadLettersUnreadable as exc:  # as a replay's (exit 5, the same text)
+            raise CliError(str(exc), UNREACHABLE) from None
+        for letter in read:
             if args.run and str(letter.run_id) != args.run:
                 continue
             if args.definition and letter.definition != args.definition:
@@ -131,6 +136,7 @@ def add_commands(
     replay.add_argument(
         "--idempotency-key",
         metavar="KEY",
+        type=idempotency_key,
         help="a retried command with the same key and run is the same replay run (published again while its "
         "extraction is not complete); another run: refused",
     )

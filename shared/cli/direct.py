@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import OperationalError
 
 from shared.application.actors import Actor, local_operator
-from shared.application.errors import PublishFailed, Refused
+from shared.application.errors import DeadLettersUnreadable, PublishFailed, Refused
 from shared.catalog import CatalogStores, make_engine
 from shared.catalog.schema import SchemaOutdated, require_current
 from shared.cli.common import CliSettings, view_of
@@ -179,6 +179,8 @@ def on_catalog(settings: CliSettings, command: Callable[[Direct], int], early: E
     except CatalogTimedOut as exc:  # a timeout set on the catalog's database: nothing written, try again
         raise CliError(str(exc), UNREACHABLE) from None
     except PublishFailed as exc:  # Kafka did not acknowledge: the message says what was written and its outcome
+        raise CliError(str(exc), UNREACHABLE) from None
+    except DeadLettersUnreadable as exc:  # Kafka did not give the dead letters (down, or its read timed out)
         raise CliError(str(exc), UNREACHABLE) from None
     except OperationalError as exc:
         raise CliError(f"the catalog cannot be used: {exc.orig or exc}", UNREACHABLE) from None

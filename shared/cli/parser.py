@@ -21,7 +21,7 @@ from shared.cli import (
     delivery_commands,
     secret_commands,
 )
-from shared.cli.argtypes import positive_float, positive_int
+from shared.cli.argtypes import idempotency_key, positive_float, positive_int
 from shared.cli.exits import DOCUMENTED
 from shared.cli.kinds import KIND_HELP
 from shared.cli.output import output_option
@@ -206,6 +206,7 @@ def _runs(command: Callable[..., argparse.ArgumentParser]) -> None:
     run.add_argument(
         "--idempotency-key",
         metavar="KEY",
+        type=idempotency_key,
         help="a retried command with the same key and parameters returns the same run; other parameters: refused",
     )
     run.add_argument(

@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaTimeoutError
+from kafka.net.compat import KafkaNetClient
 from kafka.structs import TopicPartition
 
 from shared.kafka.client_config import kafka_client_config
@@ -172,9 +173,25 @@ def produce_and_wait(producer: KafkaProducer, outgoing: list[Outgoing]) -> None:
     produce(producer, outgoing).wait()
 
 
-def read_whole_topic(settings: CommonSettings, topic: str, timeout: float = 60.0) -> list[bytes]:
-    """Every record value of ``topic`` as of now, from the beginning (no consumer group, nothing committed)."""
-    consumer = KafkaConsumer(**kafka_client_config(settings), group_id=None, enable_auto_commit=False)
+#: The bound of a whole-topic read's connection: its bootstrap (kafka-python's default 30 s) and each request of it
+#: (its default 30 s), Kafka down, unreachable or frozen (accepting connections, answering nothing).
+READ_CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+def read_whole_topic(
+    settings: CommonSettings,
+    topic: str,
+    timeout: float = 60.0,
+    connect_timeout: float = READ_CONNECT_TIMEOUT_SECONDS,
+) -> list[bytes]:
+    """Every record value of ``topic`` as of now, from the beginning (no consumer group, nothing committed).
+
+    Its consumer bootstraps within ``connect_timeout`` and each of its requests is bounded by it too; the read to the
+    end within ``timeout`` (:class:`TimeoutError`). The consumer is closed on every path, its I/O thread stopped,
+    its constructor failing included (Kafka down: it starts that thread before it bootstraps).
+    """
+    consumer = _whole_topic_consumer(settings, connect_timeout)
+    bound_ms = int(connect_timeout * 1000)
     values: list[bytes] = []
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
@@ -182,13 +199,39 @@ def read_whole_topic(settings: CommonSettings, topic: str, timeout: float = 60.0
             return values
         consumer.assign(partitions)
         consumer.seek_to_beginning()
-        ends = consumer.end_offsets(partitions)
+        ends = consumer.end_offsets(partitions, timeout_ms=bound_ms)
         deadline = time.monotonic() + timeout
-        while any(consumer.position(p) < ends[p] for p in partitions):
+        while any(consumer.position(p, timeout_ms=bound_ms) < ends[p] for p in partitions):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"could not read {topic} to its end within {timeout:.0f} s")
             for records in consumer.poll(timeout_ms=250).values():
                 values.extend(record.value for record in records)
     finally:
-        consumer.close()
+        consumer.close(timeout_ms=bound_ms)
     return values
+
+
+def _whole_topic_consumer(settings: CommonSettings, connect_timeout: float) -> KafkaConsumer:
+    """A consumer of no group, bootstrapped within ``connect_timeout``. kafka-python starts its client's I/O thread
+    before it bootstraps, and a failed bootstrap raises from the constructor with that thread running (one leaked
+    per failed read): the client is kept as it is made, and closed (its thread stopped) when the constructor fails."""
+    made: list[KafkaNetClient] = []
+
+    def client(**config: Any) -> KafkaNetClient:
+        made.append(KafkaNetClient(**config))
+        return made[-1]
+
+    bound_ms = int(connect_timeout * 1000)
+    try:
+        return KafkaConsumer(
+            **kafka_client_config(settings),
+            group_id=None,
+            enable_auto_commit=False,
+            bootstrap_timeout_ms=bound_ms,
+            request_timeout_ms=max(bound_ms, 1_000),  # above fetch_max_wait_ms (500), as kafka-python requires
+            kafka_client=client,
+        )
+    except BaseException:
+        for started in made:
+            started.close()
+        raise

@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from shared.application.errors import PublishFailed
+from shared.application.errors import DeadLettersUnreadable, PublishFailed
 from shared.events import AnyRunEvent, DeadLetter, Priority, RunRequested
-from shared.kafka.clients import InFlight, produce, read_whole_topic
+from shared.kafka.clients import READ_CONNECT_TIMEOUT_SECONDS, InFlight, produce, read_whole_topic
 from shared.kafka.records import Outgoing
 from shared.settings import CommonSettings
 from shared.topics import Topics
@@ -113,14 +113,23 @@ def _first_line(exc: Exception) -> str:
 
 
 class KafkaDeadLetters:
-    """The dead-letter topic read from its start (exportctl's listing and replays)."""
+    """The dead-letter topic read from its start (exportctl's listing and replays, the console's and the API's), its
+    connection bounded by ``connect_timeout`` (:func:`read_whole_topic`)."""
 
-    def __init__(self, settings: CommonSettings) -> None:
+    def __init__(self, settings: CommonSettings, connect_timeout: float = READ_CONNECT_TIMEOUT_SECONDS) -> None:
         self.settings = settings
+        self.connect_timeout = connect_timeout
 
     def dead_letters(self) -> list[DeadLetter]:
+        """Every dead letter; :class:`DeadLettersUnreadable` when Kafka does not give them (its error, first line)."""
+        try:
+            values = read_whole_topic(
+                self.settings, self.settings.topics.dead_letters, connect_timeout=self.connect_timeout
+            )
+        except (KafkaError, TimeoutError, OSError) as exc:
+            raise DeadLettersUnreadable(_described(exc)) from None
         letters = []
-        for value in read_whole_topic(self.settings, self.settings.topics.dead_letters):
+        for value in values:
             try:
                 letters.append(DeadLetter.model_validate_json(value))
             except ValueError:

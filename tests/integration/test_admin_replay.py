@@ -10,6 +10,7 @@ concurrent request, in-process over a real producer to the freezable broker, as 
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from devtools.kafka_broker import LocalKafka
+from devtools.processes import free_port, wait_until
 from shared.catalog import CatalogStores, make_engine
-from shared.events import RUN_EVENTS_RECORD_ADAPTER, RunFailed, RunStarted
+from shared.events import RUN_EVENTS_RECORD_ADAPTER, DeadLetter, RunFailed, RunStarted
 from shared.querystore.demo_data import create_demo_members
 from shared.settings import CommonSettings
 from tests.admin_app import in_process_api
@@ -29,7 +32,6 @@ from tests.integration.test_admin_api import _seed
 from tests.integration.test_cancel_replay_kafka_unavailable import (  # noqa: F401 - admin, broker: fixtures
     RUNS,
     Admin,
-    Unreadable,
     _events,
     _letters,
     admin,
@@ -73,10 +75,12 @@ def _run(server: AdminServer, key: str | None = None) -> uuid.UUID:
     return uuid.UUID(answer.json()["run_id"])
 
 
-def _dead_letter(server: AdminServer, kafka_bootstrap: str, run_id: uuid.UUID, members: int) -> None:
+def _dead_letter(
+    server: AdminServer, kafka_bootstrap: str, run_id: uuid.UUID, members: int, definition: str = "gold-to-partner"
+) -> None:
     """A dead letter of ``run_id`` on the server's dead-letter topic: ``members`` members the partner refused."""
     (letter,) = _letters(run_id, members).letters  # the console's replay tests' dead letter
-    letter = letter.model_copy(update={"definition": "gold-to-partner"})
+    letter = letter.model_copy(update={"definition": definition})
     topic = _settings(server, kafka_bootstrap).topics.dead_letters
     produce(kafka_bootstrap, topic, [(str(run_id), letter.model_dump_json().encode())])
 
@@ -137,6 +141,32 @@ def test_a_replay_is_202_with_its_replay_run_and_location_and_a_retry_with_the_s
     assert other.json()["run_id"] != replay["run_id"]
 
 
+def test_a_scoped_operator_replays_its_units_run_then_reads_and_cancels_the_replay_run(
+    server: AdminServer, kafka_bootstrap: str
+) -> None:
+    """The replay run is recorded in the replayed run's business unit and definition (before: in none, so the
+    replay happened, recorded and published, and its scoped caller got 404 naming the replay run)."""
+    definition = _seed(server, business_unit="emea", suffix=" emea replay")["definition"]
+    with server.client("emea-operator") as api:
+        requested = api.post(f"/api/v1/export-definitions/{definition}/runs")
+        assert requested.status_code == 202, requested.text
+        original = uuid.UUID(requested.json()["run_id"])
+        _dead_letter(server, kafka_bootstrap, original, 3, definition)
+        answer = api.post(f"/api/v1/runs/{original}/replay", headers={"Idempotency-Key": "emea-replay-1"})
+        assert answer.status_code == 202, answer.text  # before: 404 "run <the replay run> does not exist"
+        replay = answer.json()
+        assert (replay["trigger"], replay["replay_of"], replay["definition"]) == ("replay", str(original), definition)
+        assert api.get(answer.headers["location"]).status_code == 200
+        listed = [run["run_id"] for run in api.get(f"/api/v1/export-definitions/{definition}/runs").json()]
+        assert replay["run_id"] in listed
+        again = api.post(f"/api/v1/runs/{original}/replay", headers={"Idempotency-Key": "emea-replay-1"})
+        assert (again.status_code, again.json()["run_id"]) == (202, replay["run_id"])
+        cancelled = api.post(f"/api/v1/runs/{replay['run_id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+    assert _replays_of(server, original) == [replay["run_id"]]
+
+
 def test_a_replay_is_refused_with_the_status_and_reason_the_console_and_exportctl_say(
     server: AdminServer, kafka_bootstrap: str
 ) -> None:
@@ -172,6 +202,12 @@ def test_a_replay_is_refused_with_the_status_and_reason_the_console_and_exportct
     # The header's bound, as the run request's.
     long_key = _problem(_replay(server, original, "k" * 201), 422, "invalid-request")
     assert "idempotency-key" in long_key
+    # An empty key is refused naming the header, on the replay and on the run request (before: no key, so two calls
+    # with "" were two replays). A blank one arrives empty (the server strips a header's whitespace).
+    with server.client("operator") as api:
+        for path in (f"/api/v1/runs/{original}/replay", "/api/v1/export-definitions/gold-to-partner/runs"):
+            answer = api.post(path, headers={"Idempotency-Key": ""})
+            assert "idempotency-key" in _problem(answer, 422, "invalid-request"), path
 
 
 def test_a_replay_kafka_does_not_acknowledge_is_a_503_naming_its_replay_run_and_its_retries_are_that_run(
@@ -229,22 +265,101 @@ def test_a_replay_kafka_does_not_acknowledge_is_a_503_naming_its_replay_run_and_
         assert replays == [str(replay)]
 
 
-def test_a_replay_whose_dead_letters_cannot_be_read_is_a_503_nothing_recorded(tmp_path: Path) -> None:
+def test_a_replay_whose_dead_letters_cannot_be_read_is_a_503_no_replay_run_its_key_bound(tmp_path: Path) -> None:
+    """Kafka down (nothing listens): the dead letters' adapter says so as one error (before: the route caught kafka-
+    python's, builtin and OS errors around the whole use case), answered 503 with ``Retry-After``, logged at warning,
+    and the detail says what holds: no replay run, the key bound to this run's replay (before: "nothing was recorded",
+    and the key was)."""
     from services.admin.dependencies import DeadLetterReplays
+    from shared.kafka.event_publisher import KafkaDeadLetters
     from tests.admin_app import seed
 
+    down = CommonSettings(kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", metrics_port=0)
+    with in_process_api(tmp_path) as api:
+        with api.client() as client:
+            seed(client)
+        with api.client("operator") as client:
+            original, other = (client.post(RUNS).json()["run_id"] for _ in range(2))
+            api.app.state.context.replays = DeadLetterReplays(lambda: KafkaDeadLetters(down, 1.0), 900_000)
+            with capture_logs() as logs:
+                answer = client.post(f"/api/v1/runs/{original}/replay", headers={"Idempotency-Key": "api-k1"})
+            assert _problem(answer, 503, "dead-letters-unreadable") == (
+                "the dead letters cannot be read now, no replay run was recorded: KafkaTimeoutError: Unable to "
+                f"bootstrap from ['{down.kafka_bootstrap_servers}'] (the Idempotency-Key stays bound to this run's "
+                "replay: retry with it)"
+            )
+            assert answer.headers["retry-after"] == "10"
+            (logged,) = [entry for entry in logs if entry["event"] == "dead-letters-unreadable"]
+            assert (logged["log_level"], logged["replay_of"]) == ("warning", original)
+            assert logged["operation"] == "POST /api/v1/runs/{run_id}/replay"
+            assert [run for run in client.get("/api/v1/runs").json() if run["replay_of"]] == []
+            # As the detail says: the key is this run's replay's, another run's replay with it is refused.
+            reused = client.post(f"/api/v1/runs/{other}/replay", headers={"Idempotency-Key": "api-k1"})
+            _problem(reused, 422, "idempotency-key-reused")
+
+
+class FrozenRead:
+    """Dead-letter reads that hang until released, as on a frozen broker; counts the reads under way."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.reading = 0
+        self._lock = threading.Lock()
+
+    def dead_letters(self) -> list[DeadLetter]:
+        with self._lock:
+            self.reading += 1
+        self.released.wait(60)
+        return []
+
+
+def test_replays_on_a_frozen_broker_take_a_few_threads_and_the_rest_are_503_busy_while_healthz_answers(
+    tmp_path: Path,
+) -> None:
+    """45 replays at once, their dead-letter reads hanging: ``MAX_DEAD_LETTER_READS`` hold a request thread, the
+    others are answered 503 ``dead-letters-busy`` with ``Retry-After`` at once, and ``/healthz`` answers (before:
+    every replay held one of the API's 40 threads, /healthz waited 28 s behind them)."""
+    from services.admin.dependencies import MAX_DEAD_LETTER_READS, DeadLetterReplays
+    from tests.admin_app import seed
+    from tests.integration.test_kafka_unavailable import serving
+
+    frozen = FrozenRead()
     with in_process_api(tmp_path) as api:
         with api.client() as client:
             seed(client)
         with api.client("operator") as client:
             original = client.post(RUNS).json()["run_id"]
-            api.app.state.context.replays = DeadLetterReplays(Unreadable, 900_000)
-            answer = client.post(f"/api/v1/runs/{original}/replay", headers={"Idempotency-Key": "api-k1"})
-            assert _problem(answer, 503, "dead-letters-unreadable") == (
-                "the dead letters cannot be read now, nothing was recorded: KafkaTimeoutError: Failed to update "
-                "metadata after 60.0 secs."
-            )
-            assert [run for run in client.get("/api/v1/runs").json() if run["replay_of"]] == []
+        api.app.state.context.replays = DeadLetterReplays(lambda: frozen, 900_000)
+        answers: list[httpx.Response] = []
+        with serving(api.app) as url, httpx.Client(base_url=url, headers=api.headers("operator"), timeout=60) as http:
+
+            def replay(key: str) -> None:
+                answers.append(http.post(f"/api/v1/runs/{original}/replay", headers={"Idempotency-Key": key}))
+
+            threads = [threading.Thread(target=replay, args=(f"frozen-{n}",)) for n in range(45)]
+            try:
+                for thread in threads:
+                    thread.start()
+                wait_until(
+                    lambda: frozen.reading == MAX_DEAD_LETTER_READS and len(answers) == 45 - MAX_DEAD_LETTER_READS,
+                    timeout=30,
+                    what="the reads under way and the other replays answered",
+                )
+                health = httpx.get(f"{url}/healthz", timeout=5)  # before: ReadTimeout (28 s behind the replays)
+                assert health.status_code == 200, health.text
+                for busy in answers:
+                    assert _problem(busy, 503, "dead-letters-busy").startswith(
+                        f"{MAX_DEAD_LETTER_READS} reads of the dead letters are running now"
+                    )
+                    assert busy.headers["retry-after"] == "10"
+            finally:
+                frozen.released.set()
+                for thread in threads:
+                    thread.join(60)
+        # The reads under way end as reads do (no dead letters here: nothing to replay), their threads given back.
+        assert len(answers) == 45
+        assert [a.status_code for a in answers].count(422) == MAX_DEAD_LETTER_READS
+        assert frozen.reading == MAX_DEAD_LETTER_READS
 
 
 def test_the_api_document_says_what_a_replay_answers(tmp_path: Path) -> None:
@@ -255,5 +370,6 @@ def test_the_api_document_says_what_a_replay_answers(tmp_path: Path) -> None:
     assert "Location" in replay["responses"]["202"]["headers"]
     (key,) = [p for p in replay["parameters"] if p["in"] == "header"]
     assert (key["name"], key["schema"]["anyOf"][0]["maxLength"]) == ("idempotency-key", 200)
-    for slug in ("dead-letters-changed", "replay-ended", "replay-being-published", "kafka-unavailable"):
+    slugs = ("dead-letters-changed", "replay-ended", "replay-being-published", "kafka-unavailable")
+    for slug in (*slugs, "dead-letters-unreadable", "dead-letters-busy", "dead-letters-unavailable"):
         assert slug in replay["description"], slug

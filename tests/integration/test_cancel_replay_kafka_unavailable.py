@@ -27,12 +27,11 @@ from typing import TYPE_CHECKING
 import pytest
 from fastapi import FastAPI
 from kafka import KafkaProducer
-from kafka.errors import KafkaTimeoutError
 
 from devtools.kafka_broker import LocalKafka
 from services.admin.console.context import ConsoleContext
 from services.admin.console.gate import ConsoleGate
-from shared.application.errors import PublishFailed
+from shared.application.errors import DeadLettersUnreadable, PublishFailed
 from shared.events import RUN_EVENTS_RECORD_ADAPTER, DeadLetter, Priority, RunCancelled, RunFailed, RunStarted
 from shared.kafka import ensure_topics
 from shared.kafka.clients import close_producer, make_producer, read_whole_topic
@@ -244,8 +243,11 @@ def test_the_api_document_says_how_a_cancel_kafka_did_not_acknowledge_is_retried
 
 
 class Unreadable:
+    """The dead letters' adapter with Kafka down, as it says it (:class:`shared.kafka.event_publisher.KafkaDeadLetters`:
+    the consumer's bootstrap failed)."""
+
     def dead_letters(self) -> list[DeadLetter]:
-        raise KafkaTimeoutError("Failed to update metadata after 60.0 secs.")
+        raise DeadLettersUnreadable("KafkaTimeoutError: Unable to bootstrap from ['127.0.0.1:9']")
 
 
 def test_a_console_replay_whose_dead_letters_cannot_be_read_is_its_confirmation_again_nothing_recorded(
@@ -262,8 +264,8 @@ def test_a_console_replay_whose_dead_letters_cannot_be_read_is_its_confirmation_
             page = console.post(f"/runs/{original}/replay", {"idempotency_key": "console-k1"})
             assert page.status_code == 503, page.text
             assert _alert(page.text) == (
-                "the dead letters cannot be read now, nothing was recorded: KafkaTimeoutError: Failed to update "
-                "metadata after 60.0 secs."
+                "the dead letters cannot be read now, no replay run was recorded: KafkaTimeoutError: Unable to "
+                "bootstrap from ['127.0.0.1:9'] (the Idempotency-Key stays bound to this run's replay: retry with it)"
             )
             assert _hidden(page.text, "idempotency_key") == "console-k1"
             assert [run for run in client.get("/api/v1/runs").json() if run["replay_of"]] == []

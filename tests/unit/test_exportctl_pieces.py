@@ -196,3 +196,25 @@ def test_the_zsh_completion_script_loads_the_bash_one() -> None:
     assert script.startswith("#compdef exportctl\n")
     assert "bashcompinit" in script
     assert "complete -o default -F _exportctl exportctl" in script
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "nightly", "--idempotency-key", ""],
+        ["run", "nightly", "--idempotency-key", "   "],
+        ["dead-letters", "replay", "00000000-0000-0000-0000-000000000001", "--idempotency-key", ""],
+        ["dead-letters", "replay", "00000000-0000-0000-0000-000000000001", "--idempotency-key", " \t"],
+    ],
+)
+def test_an_empty_or_blank_idempotency_key_is_a_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]):
+    """Before: taken as no key, so each retry of the command started another run (another replay)."""
+    with pytest.raises(SystemExit) as usage:
+        build_parser().parse_args(argv)
+    assert usage.value.code == 2
+    assert "--idempotency-key: must not be empty or blank" in capsys.readouterr().err
+
+
+def test_an_idempotency_key_is_kept_as_given() -> None:
+    args = build_parser().parse_args(["run", "nightly", "--idempotency-key", " k 1 "])
+    assert args.idempotency_key == " k 1 "

@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
-from kafka.errors import KafkaError
 
 from services.admin.console.context import console_of
 from services.admin.console.forms import form_of
@@ -20,7 +19,7 @@ from services.admin.console.pages import me_of
 from services.admin.problems import dead_letters_unreadable_detail, publish_failed_detail
 from shared.application import objects as object_use_cases
 from shared.application import runs as use_cases
-from shared.application.errors import Busy, CancelNotPublished, Refused, RunNotPublished
+from shared.application.errors import Busy, CancelNotPublished, DeadLettersUnreadable, Refused, RunNotPublished
 from shared.application.replay import replay_dead_letters
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.runs import RunRecord, RunStatus
@@ -92,10 +91,11 @@ def dead_letters(request: Request, run_id: uuid.UUID) -> Response:
     console, record = console_of(request), _run(request, run_id)
     try:
         letters = [letter for letter in console.dead_letters().dead_letters() if letter.run_id == run_id]
-    except (KafkaError, TimeoutError, OSError) as exc:
-        return console.pages.render(
-            request, "dead_letters.html", run=record, reasons=[], error=f"the dead letters cannot be read now: {exc}"
-        )
+    except DeadLettersUnreadable as exc:
+        error = dead_letters_unreadable_detail(request, exc)
+        return console.pages.render(request, "dead_letters.html", run=record, reasons=[], error=error)
+    except Busy as exc:  # as many reads as the process allows run now
+        return console.pages.render(request, "dead_letters.html", run=record, reasons=[], error=exc.reason)
     reasons: Counter[str] = Counter()
     for letter in letters:
         reasons[letter.reason] += len(letter.members or []) or 1
@@ -234,6 +234,6 @@ def replay(request: Request, run_id: uuid.UUID) -> Response:
         return _replay_page(request, _run(request, run_id), refusal.reason, status=busy)
     except RunNotPublished as unpublished:
         return _replay_page(request, _run(request, run_id), unpublished=unpublished)
-    except (KafkaError, TimeoutError, OSError) as exc:  # the dead letters unread: nothing recorded, try again
-        return _replay_page(request, _run(request, run_id), dead_letters_unreadable_detail(exc), status=503)
+    except DeadLettersUnreadable as exc:  # the dead letters unread: no replay run recorded, try again (the same key)
+        return _replay_page(request, _run(request, run_id), dead_letters_unreadable_detail(request, exc), status=503)
     return RedirectResponse(f"{PREFIX}/runs/{started.run_id}", status_code=303)
