@@ -75,10 +75,22 @@ class WebhookNotifications:
             if self.runs.claim_notification(record.run_id, kind, recipients)
         ]
 
-    def notify(self, definition: ExportDefinition, record: RunRecord, event: WebhookEvent) -> None:
-        """Claim and send (one attempt) ``event`` of ``record`` to every channel subscribed to it."""
-        for name in self.claim(definition, record, event):
-            self.send_claimed(definition, record, name, event.value)
+    def notify(
+        self, definition: ExportDefinition, record: RunRecord, event: WebhookEvent, lease_seconds: float
+    ) -> None:
+        """Claim and send (one attempt) ``event`` of ``record`` to every channel subscribed to it: each not sent yet
+        is claimed for this attempt as a sweep claims it (:meth:`NotifierRuns.claim_unsent_notifications`, one
+        statement, for ``lease_seconds``) and sent only when so claimed: never one a sweep holds, nor one backing
+        off (the sweep sends it when due)."""
+        names = self.claim(definition, record, event)
+        if not names:
+            return
+        ours = self.runs.claim_unsent_notifications(
+            [(record.run_id, ledger_kind(name, event.value)) for name in names], lease_seconds
+        )
+        for name in names:
+            if (record.run_id, ledger_kind(name, event.value)) in ours:
+                self.send_claimed(definition, record, name, event.value)
 
     def send_claimed(self, definition: ExportDefinition, record: RunRecord, name: str, event: str) -> None:
         """One attempt of an already claimed notification (the sweep's retry, or the first send)."""
