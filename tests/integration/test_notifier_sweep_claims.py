@@ -26,6 +26,7 @@ from services.notifier.notifying import Notifier
 from shared.catalog import CatalogStores
 from shared.events import RunFailed
 from tests.benchmarks.bench_notifier_sweep import unsent_ledger as unsent_ledger_of
+from tests.integration.test_notifier_finish_claim import meanwhile as meanwhile_held
 from tests.integration.test_notifier_finish_claim import replica
 from tests.integration.test_notifier_finish_once import Killed, with_policy
 from tests.integration.test_notifier_webhooks import receiver, signing_secret, sink, verified
@@ -112,15 +113,7 @@ def while_a_sweep_is_held(
     first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
     second_done, holding = threading.Event(), threading.Event()
     each_send_waits_for(first, second_done.is_set, holding)
-    thread = threading.Thread(target=first.sweep)
-    thread.start()
-    try:
-        assert holding.wait(DEADLINE), "replica A never reached its first send"
-        meanwhile(second, failed)
-    finally:
-        second_done.set()
-        thread.join(DEADLINE)
-    assert not thread.is_alive()
+    meanwhile_held(first.sweep, holding, second_done, lambda: meanwhile(second, failed))
     assert_each_sent_once(catalog, sink, receiver, failed, missed)
 
 
@@ -343,15 +336,7 @@ def test_two_replicas_sweeping_at_once_send_one_missed_digest_per_definition_whe
     first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
     paused, go = threading.Event(), threading.Event()
     paused_after_each_claim_statement(monkeypatch, catalog, "replica-a-sweep", paused, go)
-    thread = threading.Thread(target=first.sweep, name="replica-a-sweep")
-    thread.start()
-    try:
-        assert paused.wait(DEADLINE), "replica A never claimed"
-        second.sweep()
-    finally:
-        go.set()
-        thread.join(DEADLINE)
-    assert not thread.is_alive()
+    meanwhile_held(first.sweep, paused, go, second.sweep, name="replica-a-sweep")
 
     mails, failed_hooks, hook_ids = delivered(sink, receiver)
     assert mails == {"[member export] nightly: failed": 300, "[member export] nightly: 30 scheduled runs missed": 1}
