@@ -599,23 +599,14 @@ class Notifier:
     def _mail_claimed(
         self, definition: ExportDefinition, record: RunRecord, kinds: Sequence[str], attempts: int | None
     ) -> None:
-        """Send the run's emails of ``kinds`` not sent yet (to their recipients, if any): each claimed in the ledger,
-        then for this attempt as a sweep claims it (:meth:`NotifierRuns.claim_unsent_notifications`, one statement
-        for them all, for :attr:`finish_lease_seconds`), and sent only when so claimed: never one a sweep holds (it
-        sends it), nor one backing off. A failed send's mark makes it due again; a send that never ends (the process
-        died) leaves the claim to lapse after the lease, for a sweep."""
-        claimed: list[tuple[str, list[str]]] = []
+        """Send the run's emails of ``kinds`` not sent yet (to their recipients, if any): each claimed in the ledger
+        and, in the same transaction, for this attempt as a sweep claims it (for :attr:`finish_lease_seconds`:
+        :meth:`NotifierRuns.claim_notification` with a lease), and sent only when so claimed: never one a sweep holds
+        (it sends it), nor one backing off. A failed send's mark makes it due again; a send that never ends (the
+        process died) leaves the claim to lapse after the lease, for a sweep."""
         for kind in kinds:
             recipients = recipients_for(definition, kind)
-            if recipients and self.runs.claim_notification(record.run_id, kind, recipients):
-                claimed.append((kind, recipients))
-        if not claimed:
-            return
-        ours = self.runs.claim_unsent_notifications(
-            [(record.run_id, kind) for kind, _ in claimed], self.finish_lease_seconds
-        )
-        for kind, recipients in claimed:
-            if (record.run_id, kind) in ours:
+            if recipients and self.runs.claim_notification(record.run_id, kind, recipients, self.finish_lease_seconds):
                 self._mail(definition, record, kind, recipients, attempts)
 
     def _mail(

@@ -522,19 +522,24 @@ class SqlRunsStore:
         if not pairs:
             return {}
         with self.database.begin("Run") as connection:
-            rows = connection.execute(
-                update(NotificationRow)
-                .where(
-                    tuple_(NotificationRow.run_id, NotificationRow.kind).in_(pairs),
-                    NotificationRow.sent_at.is_(None),
-                    NotificationRow.gave_up_at.is_(None),
-                    NotificationRow.next_attempt_at.is_(None)
-                    | (NotificationRow.next_attempt_at <= self._catalog_now()),
-                )
-                .values(next_attempt_at=self._catalog_now(-lease_seconds))
-                .returning(NotificationRow.run_id, NotificationRow.kind, NotificationRow.next_attempt_at)
-            )
+            rows = connection.execute(self._claiming(pairs, lease_seconds))
             return {(uuid.UUID(run_id), kind): until for run_id, kind, until in rows if until is not None}
+
+    def _claiming(self, pairs: list[tuple[str, str]], lease_seconds: float) -> Any:
+        """The conditional claim of these (run id text, kind) notifications for ``lease_seconds`` (see
+        :meth:`claim_unsent_notifications`), returning the ones claimed and their claim."""
+        return (
+            update(NotificationRow)
+            .where(
+                tuple_(NotificationRow.run_id, NotificationRow.kind).in_(pairs),
+                NotificationRow.sent_at.is_(None),
+                NotificationRow.gave_up_at.is_(None),
+                NotificationRow.next_attempt_at.is_(None) | (NotificationRow.next_attempt_at <= self._catalog_now()),
+            )
+            .values(next_attempt_at=self._catalog_now(-lease_seconds))
+            .returning(NotificationRow.run_id, NotificationRow.kind, NotificationRow.next_attempt_at)
+            .execution_options(synchronize_session=False)
+        )
 
     def renew_notification_claims(
         self, claims: Mapping[tuple[uuid.UUID, str], datetime], lease_seconds: float
@@ -574,12 +579,19 @@ class SqlRunsStore:
                     .values(next_attempt_at=None)
                 )
 
-    def claim_notification(self, run_id: uuid.UUID, kind: str, recipients: list[str]) -> bool:
-        """True when this (run, kind) notification has not been sent (nor given up) yet: the caller should send it."""
+    def claim_notification(
+        self, run_id: uuid.UUID, kind: str, recipients: list[str], lease_seconds: float | None = None
+    ) -> bool:
+        """True when this (run, kind) notification has not been sent (nor given up) yet: the caller should send it.
+        With ``lease_seconds``, True only when it is also claimed for one attempt by the caller now, in the same
+        transaction, as :meth:`claim_unsent_notifications` claims it: not while another's claim holds it (a sweep
+        sending it), nor while it backs off."""
         with self.database.transaction("Run") as session:
             self.database.insert_ignore(
                 session, NotificationRow, {"run_id": str(run_id), "kind": kind, "recipients": recipients}
             )
+            if lease_seconds is not None:
+                return session.execute(self._claiming([(str(run_id), kind)], lease_seconds)).first() is not None
             row = session.get(NotificationRow, (str(run_id), kind))
             return row is not None and row.sent_at is None and row.gave_up_at is None
 
