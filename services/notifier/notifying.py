@@ -339,7 +339,7 @@ class Notifier:
             if (self._maybe_pause(definition, after) or self._paused_by(definition, after)) and (
                 self.webhooks is not None
             ):
-                self.webhooks.notify(definition, after, WebhookEvent.PAUSED)
+                self.webhooks.notify(definition, after, WebhookEvent.PAUSED, self.finish_lease_seconds)
         outgoing = self._chained_runs(after)
         if after.status is RunStatus.MISSED:
             # Claimed now, sent once the poll is folded: one digest if many runs were missed at once.
@@ -358,12 +358,12 @@ class Notifier:
         # whose sending was interrupted (crash, SMTP down) goes out when the next event comes; not while
         # another replica does the finish (it sends them: both would find them claimed and unsent).
         if not held:
-            self._send_due_emails(after, definition, attempts, finishing=finishing)
+            self._send_due_emails(after, definition, attempts)
         event = final_event(after.status)
         if finishing and definition is not None and event is not None and self.webhooks is not None:
             finishing, renewed_at = self._still_ours(after.run_id, renewed_at)
             if finishing:
-                self.webhooks.notify(definition, after, event)
+                self.webhooks.notify(definition, after, event, self.finish_lease_seconds)
         if finishing:
             finishes.append((after, definition))
         return outgoing
@@ -580,16 +580,10 @@ class Notifier:
         return consecutive_failures(self.runs.recent_final_statuses(definition, limit * 4))
 
     def _send_due_emails(
-        self,
-        record: RunRecord,
-        definition: ExportDefinition | None,
-        attempts: int | None = None,
-        *,
-        finishing: bool = True,
+        self, record: RunRecord, definition: ExportDefinition | None, attempts: int | None = None
     ) -> None:
-        """The run's due emails not sent yet. Outside its finish (an event of a run whose finish is done, come again),
-        each is claimed as a sweep claims it (:meth:`NotifierRuns.claim_unsent_notifications`) and sent only when
-        claimed: not while a sweep is sending it."""
+        """The run's due emails not sent yet (its finish's, or those an interrupted finish left, on an event of the
+        run come again), each sent only once claimed for this attempt (:meth:`_mail_claimed`)."""
         kinds = kinds_due(record.status)
         if not kinds:
             return
@@ -600,11 +594,19 @@ class Notifier:
                 definition=record.definition,
             )
             return
+        self._mail_claimed(definition, record, kinds, attempts)
+
+    def _mail_claimed(
+        self, definition: ExportDefinition, record: RunRecord, kinds: Sequence[str], attempts: int | None
+    ) -> None:
+        """Send the run's emails of ``kinds`` not sent yet (to their recipients, if any): each claimed in the ledger
+        and, in the same transaction, for this attempt as a sweep claims it (for :attr:`finish_lease_seconds`:
+        :meth:`NotifierRuns.claim_notification` with a lease), and sent only when so claimed: never one a sweep holds
+        (it sends it), nor one backing off. A failed send's mark makes it due again; a send that never ends (the
+        process died) leaves the claim to lapse after the lease, for a sweep."""
         for kind in kinds:
             recipients = recipients_for(definition, kind)
-            if not recipients or not self.runs.claim_notification(record.run_id, kind, recipients):
-                continue
-            if finishing or self.runs.claim_unsent_notifications([(record.run_id, kind)], self.finish_lease_seconds):
+            if recipients and self.runs.claim_notification(record.run_id, kind, recipients, self.finish_lease_seconds):
                 self._mail(definition, record, kind, recipients, attempts)
 
     def _mail(
@@ -654,7 +656,7 @@ class Notifier:
             return
         definition = self._definition(record.definition)
         if definition is not None and definition.notifications.webhooks:
-            self.webhooks.notify(definition, record, event)
+            self.webhooks.notify(definition, record, event, self.finish_lease_seconds)
 
     def _recovered(self, record: RunRecord) -> bool:
         """A succeeded run whose definition's previous runs (skipped and missed ones aside) failed."""
@@ -665,11 +667,9 @@ class Notifier:
         return consecutive_failures(earlier[1:]) > 0 if earlier and earlier[0] is RunStatus.SUCCEEDED else False
 
     def _send_recovery(self, definition: ExportDefinition, record: RunRecord, attempts: int | None = None) -> None:
-        recipients = recipients_for(definition, RECOVERED)
-        if recipients and self.runs.claim_notification(record.run_id, RECOVERED, recipients):
-            self._mail(definition, record, RECOVERED, recipients, attempts)
+        self._mail_claimed(definition, record, [RECOVERED], attempts)
         if self.webhooks is not None:
-            self.webhooks.notify(definition, record, WebhookEvent.RECOVERED)
+            self.webhooks.notify(definition, record, WebhookEvent.RECOVERED, self.finish_lease_seconds)
 
     def _claim_missed(self, definition: ExportDefinition, record: RunRecord) -> None:
         """Claim a missed run's error email and ``missed`` webhooks; sent by :meth:`_send_missed`."""
@@ -683,7 +683,9 @@ class Notifier:
         """The poll's missed runs: per definition, one notification each, or one digest when they are many.
         ``attempts``: per email (None: the mailer's own; the sweep's one).
 
-        A failure is logged, not raised: the claimed notifications stay unsent and the sweep sends them.
+        Each group is claimed for this attempt first, as a sweep claims it (one statement per definition and kind):
+        those a sweep holds are left to it. A failure is logged, not raised: the claimed notifications stay unsent
+        and the sweep sends them.
         """
         pending, self._missed = self._missed, []
         if not pending:
@@ -698,15 +700,14 @@ class Notifier:
                     continue
                 kinds = [ERROR] + [ledger_kind(channel, "missed") for channel in definition.notifications.webhooks]
                 for kind in kinds:
-                    unsent = [r for r in records if self._unsent(r, kind)]
+                    ours = self.runs.claim_unsent_notifications(
+                        [(record.run_id, kind) for record in records], self.finish_lease_seconds
+                    )
+                    unsent = [record for record in records if (record.run_id, kind) in ours]
                     if unsent:
                         self._send_missed_group(definition, kind, unsent, attempts)
         except Exception:  # the sweep sends what is still unsent
             log.exception("sending missed-run notifications failed; the sweep will try again")
-
-    def _unsent(self, record: RunRecord, kind: str) -> bool:
-        sent = self.runs.notifications(record.run_id)
-        return kind in sent and sent[kind] is None
 
     def _send_missed_group(
         self, definition: ExportDefinition, kind: str, records: list[RunRecord], attempts: int | None = None

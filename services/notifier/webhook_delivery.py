@@ -67,17 +67,25 @@ class WebhookNotifications:
         """The ledger's (kind, recipients) of ``event``'s notification to each channel subscribed to it."""
         return [(ledger_kind(name, event.value), [name]) for name in subscribed(definition, event)]
 
-    def claim(self, definition: ExportDefinition, record: RunRecord, event: WebhookEvent) -> list[str]:
-        """Claim the notification of ``event`` for each subscribed channel; the channels still to send to."""
+    def claim(
+        self, definition: ExportDefinition, record: RunRecord, event: WebhookEvent, lease_seconds: float | None = None
+    ) -> list[str]:
+        """Claim the notification of ``event`` for each subscribed channel; the channels still to send to. With
+        ``lease_seconds``: those also claimed for one attempt now, as a sweep claims them (not one a sweep holds, nor
+        one backing off; :meth:`NotifierRuns.claim_notification`)."""
         return [
             recipients[0]
             for kind, recipients in self.ledger_claims(definition, event)
-            if self.runs.claim_notification(record.run_id, kind, recipients)
+            if self.runs.claim_notification(record.run_id, kind, recipients, lease_seconds)
         ]
 
-    def notify(self, definition: ExportDefinition, record: RunRecord, event: WebhookEvent) -> None:
-        """Claim and send (one attempt) ``event`` of ``record`` to every channel subscribed to it."""
-        for name in self.claim(definition, record, event):
+    def notify(
+        self, definition: ExportDefinition, record: RunRecord, event: WebhookEvent, lease_seconds: float
+    ) -> None:
+        """Claim and send (one attempt) ``event`` of ``record`` to every channel subscribed to it: each not sent yet
+        is claimed, in the same transaction, for this attempt as a sweep claims it (for ``lease_seconds``) and sent
+        only when so claimed: never one a sweep holds, nor one backing off (the sweep sends it when due)."""
+        for name in self.claim(definition, record, event, lease_seconds):
             self.send_claimed(definition, record, name, event.value)
 
     def send_claimed(self, definition: ExportDefinition, record: RunRecord, name: str, event: str) -> None:

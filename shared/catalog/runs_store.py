@@ -508,32 +508,38 @@ class SqlRunsStore:
     def claim_unsent_notifications(
         self, keys: Sequence[tuple[uuid.UUID, str]], lease_seconds: float
     ) -> dict[tuple[uuid.UUID, str], datetime]:
-        """Claim these (run id, kind) notifications for one attempt by the caller (the sweep's retry): those still
-        unsent, not given up and due on the catalog's clock (a claim older than ``lease_seconds`` is due again: its
-        claimant died). One conditional statement per 500, exclusive: a notification two sweeps read at once is
-        claimed by one of them. The claim is the next attempt's time pushed ``lease_seconds`` ahead; a failed
-        attempt's mark (:meth:`mark_notification`) ends it. Returns the ones claimed, each with its claim (the token
-        :meth:`renew_notification_claims` and :meth:`release_notification_claims` take)."""
-        claimed: dict[tuple[uuid.UUID, str], datetime] = {}
+        """Claim these (run id, kind) notifications for one attempt by the caller (a sweep's retry, a finish's send):
+        those still unsent, not given up and due on the catalog's clock (a claim older than ``lease_seconds`` is due
+        again: its claimant died). One conditional statement, in its own transaction, exclusive: a notification two
+        callers claim at once is claimed by one of them, and a claim that fails claims nothing. At most
+        :data:`MAX_NOTIFICATION_CLAIMS` keys (a ``ValueError`` beyond: a claim is never split in parts). The claim
+        is the next attempt's time pushed ``lease_seconds`` ahead; a failed attempt's mark (:meth:`mark_notification`)
+        ends it. Returns the ones claimed, each with its claim (the token :meth:`renew_notification_claims` and
+        :meth:`release_notification_claims` take)."""
         pairs = sorted({(str(run_id), kind) for run_id, kind in keys})
-        for start in range(0, len(pairs), _CLAIMS_PER_STATEMENT):
-            with self.database.begin("Run") as connection:
-                rows = connection.execute(
-                    update(NotificationRow)
-                    .where(
-                        tuple_(NotificationRow.run_id, NotificationRow.kind).in_(
-                            pairs[start : start + _CLAIMS_PER_STATEMENT]
-                        ),
-                        NotificationRow.sent_at.is_(None),
-                        NotificationRow.gave_up_at.is_(None),
-                        NotificationRow.next_attempt_at.is_(None)
-                        | (NotificationRow.next_attempt_at <= self._catalog_now()),
-                    )
-                    .values(next_attempt_at=self._catalog_now(-lease_seconds))
-                    .returning(NotificationRow.run_id, NotificationRow.kind, NotificationRow.next_attempt_at)
-                )
-                claimed.update({(uuid.UUID(run_id), kind): until for run_id, kind, until in rows if until is not None})
-        return claimed
+        if len(pairs) > MAX_NOTIFICATION_CLAIMS:
+            raise ValueError(f"at most {MAX_NOTIFICATION_CLAIMS} notifications claimed at once, not {len(pairs)}")
+        if not pairs:
+            return {}
+        with self.database.begin("Run") as connection:
+            rows = connection.execute(self._claiming(pairs, lease_seconds))
+            return {(uuid.UUID(run_id), kind): until for run_id, kind, until in rows if until is not None}
+
+    def _claiming(self, pairs: list[tuple[str, str]], lease_seconds: float) -> Any:
+        """The conditional claim of these (run id text, kind) notifications for ``lease_seconds`` (see
+        :meth:`claim_unsent_notifications`), returning the ones claimed and their claim."""
+        return (
+            update(NotificationRow)
+            .where(
+                tuple_(NotificationRow.run_id, NotificationRow.kind).in_(pairs),
+                NotificationRow.sent_at.is_(None),
+                NotificationRow.gave_up_at.is_(None),
+                NotificationRow.next_attempt_at.is_(None) | (NotificationRow.next_attempt_at <= self._catalog_now()),
+            )
+            .values(next_attempt_at=self._catalog_now(-lease_seconds))
+            .returning(NotificationRow.run_id, NotificationRow.kind, NotificationRow.next_attempt_at)
+            .execution_options(synchronize_session=False)
+        )
 
     def renew_notification_claims(
         self, claims: Mapping[tuple[uuid.UUID, str], datetime], lease_seconds: float
@@ -573,12 +579,19 @@ class SqlRunsStore:
                     .values(next_attempt_at=None)
                 )
 
-    def claim_notification(self, run_id: uuid.UUID, kind: str, recipients: list[str]) -> bool:
-        """True when this (run, kind) notification has not been sent (nor given up) yet: the caller should send it."""
+    def claim_notification(
+        self, run_id: uuid.UUID, kind: str, recipients: list[str], lease_seconds: float | None = None
+    ) -> bool:
+        """True when this (run, kind) notification has not been sent (nor given up) yet: the caller should send it.
+        With ``lease_seconds``, True only when it is also claimed for one attempt by the caller now, in the same
+        transaction, as :meth:`claim_unsent_notifications` claims it: not while another's claim holds it (a sweep
+        sending it), nor while it backs off."""
         with self.database.transaction("Run") as session:
             self.database.insert_ignore(
                 session, NotificationRow, {"run_id": str(run_id), "kind": kind, "recipients": recipients}
             )
+            if lease_seconds is not None:
+                return session.execute(self._claiming([(str(run_id), kind)], lease_seconds)).first() is not None
             row = session.get(NotificationRow, (str(run_id), kind))
             return row is not None and row.sent_at is None and row.gave_up_at is None
 
@@ -667,20 +680,22 @@ def _same(value: Any) -> Any:
     return value
 
 
-#: (run id, kind) pairs claimed per statement (two parameters each, well within SQLite's 32,766).
-_CLAIMS_PER_STATEMENT = 500
+#: Most (run id, kind) notifications claimed at once, in one statement (two bind parameters each: within SQLite's
+#: default limit of 32,766 and PostgreSQL's 65,535); a sweep claims at most the 1,000 it read. Renewals and releases
+#: take at most this many per statement too.
+MAX_NOTIFICATION_CLAIMS = 10_000
 
 
 def _by_token(claims: Mapping[tuple[uuid.UUID, str], datetime]) -> list[tuple[datetime, list[tuple[str, str]]]]:
-    """Claims grouped by their token (one per claiming statement, usually one in all), as the ledger keys them, at
-    most :data:`_CLAIMS_PER_STATEMENT` a group."""
+    """Claims grouped by their token (one per claiming or renewing statement: one for a sweep's claims), as the
+    ledger keys them, at most :data:`MAX_NOTIFICATION_CLAIMS` a group."""
     grouped: dict[datetime, list[tuple[str, str]]] = {}
     for (run_id, kind), token in sorted(claims.items()):
         grouped.setdefault(token, []).append((str(run_id), kind))
     return [
-        (token, pairs[start : start + _CLAIMS_PER_STATEMENT])
+        (token, pairs[start : start + MAX_NOTIFICATION_CLAIMS])
         for token, pairs in grouped.items()
-        for start in range(0, len(pairs), _CLAIMS_PER_STATEMENT)
+        for start in range(0, len(pairs), MAX_NOTIFICATION_CLAIMS)
     ]
 
 

@@ -6,6 +6,9 @@ The senders are null (``--senders null``: an email or a webhook is delivered at 
 notifier's and the catalog's own cost, the claims' included) or real (``--senders real``: an aiosmtpd SMTP server and
 an HTTP receiver on 127.0.0.1).
 
+``--finishes N`` times instead the finishing polls: the notifier handling polls of 50 ``run.failed`` events, each
+finishing its run (failure policy, error email, ``failed`` webhook, the finish recorded), N runs in all.
+
 To compare two trees (the code before a change and after), in turns, each turn on a fresh catalog::
 
     python tests/benchmarks/bench_notifier_sweep.py --compare BEFORE_DIR AFTER_DIR --turns 5
@@ -82,11 +85,51 @@ def sweep_seconds(url: str, notifications: int, senders: str) -> dict[str, float
     return {"seconds": seconds}
 
 
-def compare(trees: list[str], turns: int, notifications: int, senders: str) -> None:
+def finish_seconds(url: str, finishes: int, senders: str) -> dict[str, float]:
+    """On a fresh catalog at ``url``, time the notifier handling polls of 50 ``run.failed`` events of new runs: each
+    event finishes its run (an error email and a ``failed`` webhook sent). Per poll and per finish, in seconds."""
+    from devtools.http_receiver import HttpReceiver
+    from devtools.smtp_sink import SmtpSink
+    from services.notifier.webhook_sender import SendResult
+    from shared.catalog import CatalogStores
+    from shared.events import RunFailed
+    from tests.integration.test_notifier_webhooks import SECRET, SECRET_VARIABLE, definition, notifier_on
+
+    os.environ[SECRET_VARIABLE] = SECRET
+    poll = 50
+    with SmtpSink() as sink, HttpReceiver() as receiver:
+        stores = CatalogStores.from_url(url, migrate=True)
+        stores.definitions.apply(definition(receiver, events=["failed", "missed"]))
+        notifier = notifier_on(stores, sink)
+        assert notifier.webhooks is not None
+        if senders == "null":
+            notifier.webhooks.sender.send = lambda *args, **kwargs: SendResult(delivered=True)  # type: ignore[method-assign]
+            notifier.mailer.send = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        polls = [
+            [RunFailed(run_id=uuid.uuid4(), definition="nightly", reason="boom") for _ in range(poll)]
+            for _ in range(finishes // poll)
+        ]
+        notifier.handle_all([RunFailed(run_id=uuid.uuid4(), definition="nightly", reason="warm-up")])
+        started = time.perf_counter()
+        for events in polls:
+            notifier.handle_all(list(events))
+        seconds = time.perf_counter() - started
+        left = len(stores.runs.unsent_notifications(limit=10 * finishes))
+        stores.close()
+        assert left == 0, f"{left} notifications left unsent"
+    return {"seconds": seconds, "per_poll": seconds / len(polls), "per_finish": seconds / (len(polls) * poll)}
+
+
+def compare(trees: list[str], turns: int, notifications: int, senders: str, finishes: int = 0) -> None:
     from devtools.postgres import LocalPostgres
 
+    what = (
+        f"notifier finishing polls ({finishes} runs, 50 a poll)"
+        if finishes
+        else f"notifier sweep of {notifications} unsent notifications (one sweep)"
+    )
     print(
-        f"notifier sweep of {notifications} unsent notifications (one sweep, fresh catalog each), senders {senders}, "
+        f"{what}, fresh catalog each, senders {senders}, "
         f"{turns} turns alternating; load average before: {Path('/proc/loadavg').read_text().strip()}"
     )
     with tempfile.TemporaryDirectory() as work, LocalPostgres() as server:
@@ -100,6 +143,7 @@ def compare(trees: list[str], turns: int, notifications: int, senders: str) -> N
                         else server.create_database(f"b{uuid.uuid4().hex[:8]}")
                     )
                     command = [sys.executable, __file__, "--url", url, "--notifications", str(notifications)]
+                    command += ["--finishes", str(finishes)]
                     result = subprocess.run(
                         [*command, "--senders", senders],
                         env=os.environ | {"PYTHONPATH": tree},
@@ -124,16 +168,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--notifications", type=int, default=1_000)
     parser.add_argument("--senders", choices=["null", "real"], default="null")
+    parser.add_argument("--finishes", type=int, default=0, help="time finishing polls of this many runs instead")
     parser.add_argument("--url", help="one sweep on this (empty) catalog; prints its time as JSON")
     parser.add_argument("--compare", nargs="+", metavar="TREE", help="source trees to compare, in turns")
     parser.add_argument("--turns", type=int, default=5)
     args = parser.parse_args()
     if args.url:
-        figures: dict[str, Any] = sweep_seconds(args.url, args.notifications, args.senders)
+        figures: dict[str, Any] = (
+            finish_seconds(args.url, args.finishes, args.senders)
+            if args.finishes
+            else sweep_seconds(args.url, args.notifications, args.senders)
+        )
         print(json.dumps(figures))
     else:
         here = str(Path(__file__).resolve().parents[2])
-        compare(args.compare or [here], args.turns, args.notifications, args.senders)
+        compare(args.compare or [here], args.turns, args.notifications, args.senders, args.finishes)
 
 
 if __name__ == "__main__":

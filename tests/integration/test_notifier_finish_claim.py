@@ -46,6 +46,26 @@ def replica(catalog: CatalogStores, sink: SmtpSink, name: str, lease: float = 60
     return notifier
 
 
+def meanwhile(
+    target: Callable[[], object],
+    reached: threading.Event,
+    release: threading.Event,
+    then: Callable[[], object],
+    name: str | None = None,
+) -> None:
+    """Run ``target`` (replica A's work) in a thread (named ``name``) until it sets ``reached``; run ``then`` here
+    meanwhile, then set ``release`` and wait for the thread's end."""
+    thread = threading.Thread(target=target, name=name)
+    thread.start()
+    try:
+        assert reached.wait(DEADLINE), "replica A never got there"
+        then()
+    finally:
+        release.set()
+        thread.join(DEADLINE)
+    assert not thread.is_alive()
+
+
 def dying_after_the_fold(catalog: CatalogStores, run_id: uuid.UUID) -> Any:
     """The definitions store, except that the process dies at its first read of a definition once ``run_id`` is
     folded (a read before the fold, for the ``started`` webhooks it claims, goes on): before any of its finish."""
@@ -261,15 +281,7 @@ def test_another_replicas_sweep_leaves_the_unsent_notifications_of_a_finish_held
     poll = list(events([(80, 0), (0, 20)]))
     first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
     holding, release = held_in(first, point)
-    thread = threading.Thread(target=lambda: first.handle_all(poll))
-    thread.start()
-    try:
-        assert holding.wait(DEADLINE), "replica A never reached its send"
-        second.sweep()
-    finally:
-        release.set()
-        thread.join(DEADLINE)
-    assert not thread.is_alive()
+    meanwhile(lambda: first.handle_all(poll), holding, release, second.sweep)
     assert [mail.subject for mail in sink.received()] == ["[member export] nightly: failed"]
     assert failed_webhooks(receiver) == [str(poll[0].run_id)]
     second.sweep()  # the finish handled: nothing left to send

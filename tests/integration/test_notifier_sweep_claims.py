@@ -7,11 +7,12 @@ Real SMTP server and HTTP receiver; the catalog is SQLite and PostgreSQL (the ``
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,7 @@ from services.notifier.notifying import Notifier
 from shared.catalog import CatalogStores
 from shared.events import RunFailed
 from tests.benchmarks.bench_notifier_sweep import unsent_ledger as unsent_ledger_of
+from tests.integration.test_notifier_finish_claim import meanwhile as meanwhile_held
 from tests.integration.test_notifier_finish_claim import replica
 from tests.integration.test_notifier_finish_once import Killed, with_policy
 from tests.integration.test_notifier_webhooks import receiver, signing_secret, sink, verified
@@ -111,15 +113,7 @@ def while_a_sweep_is_held(
     first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
     second_done, holding = threading.Event(), threading.Event()
     each_send_waits_for(first, second_done.is_set, holding)
-    thread = threading.Thread(target=first.sweep)
-    thread.start()
-    try:
-        assert holding.wait(DEADLINE), "replica A never reached its first send"
-        meanwhile(second, failed)
-    finally:
-        second_done.set()
-        thread.join(DEADLINE)
-    assert not thread.is_alive()
+    meanwhile_held(first.sweep, holding, second_done, lambda: meanwhile(second, failed))
     assert_each_sent_once(catalog, sink, receiver, failed, missed)
 
 
@@ -288,3 +282,130 @@ def test_an_event_of_a_finished_run_come_again_leaves_its_unsent_email_to_the_sw
         assert second.handle_all([again]) == [[]]
 
     while_a_sweep_is_held(catalog, sink, receiver, event_again)
+
+
+def interleaved(failed: int, missed: int) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """``failed`` and ``missed`` run ids, the missed ones spread evenly among the failed in the ledger's order (run
+    id): a claim cut in parts by run id cuts the missed runs' group too."""
+    ids = sorted((uuid.uuid4() for _ in range(failed + missed)), key=str)
+    every = (failed + missed) // missed
+    missed_ids = ids[::every][:missed]
+    return [run_id for run_id in ids if run_id not in missed_ids], missed_ids
+
+
+def paused_after_each_claim_statement(
+    monkeypatch: pytest.MonkeyPatch, catalog: CatalogStores, thread: str, paused: threading.Event, go: threading.Event
+) -> None:
+    """In the thread named ``thread``, the sweep's claim of the unsent notifications stops after its first statement's
+    transaction is committed (``paused`` set) until ``go``; other threads' claims are left alone."""
+    runs = catalog.runs
+    real_claim, real_begin = runs.claim_unsent_notifications, runs.database.begin
+    claiming = threading.local()
+
+    def claim(*args: Any, **kwargs: Any) -> Any:
+        claiming.on = threading.current_thread().name == thread
+        try:
+            return real_claim(*args, **kwargs)
+        finally:
+            claiming.on = False
+
+    @contextlib.contextmanager
+    def begin(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with real_begin(*args, **kwargs) as connection:
+            yield connection
+        if getattr(claiming, "on", False) and not paused.is_set():
+            paused.set()
+            assert go.wait(DEADLINE), "never let go on"
+
+    monkeypatch.setattr(runs, "claim_unsent_notifications", claim)
+    monkeypatch.setattr(runs.database, "begin", begin)
+
+
+def test_two_replicas_sweeping_at_once_send_one_missed_digest_per_definition_when_over_500_unsent(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch
+):
+    """660 unsent notifications (300 failed runs' emails and ``failed`` webhooks; 30 missed runs', spread among them
+    by run id): replica A's sweep stops right after its claim's first statement, and replica B's whole sweep runs
+    then. Before, the claim was one statement (its own transaction) per 500: B claimed the rest and sent the missed
+    runs it held as a digest of its own, so the 30 missed runs went out as two digests (23 and 7 runs), by mail and
+    by webhook. Now A's claim is one statement: B finds nothing to claim, and the 30 go out as one digest."""
+    catalog.definitions.apply(with_policy(receiver, ["failed", "missed"], max_failure_percent=10))
+    failed, missed = interleaved(300, 30)
+    unsent_ledger_of(catalog.runs, failed, missed)
+    assert len(catalog.runs.unsent_notifications(limit=1_000)) == 660
+    first, second = replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")
+    paused, go = threading.Event(), threading.Event()
+    paused_after_each_claim_statement(monkeypatch, catalog, "replica-a-sweep", paused, go)
+    meanwhile_held(first.sweep, paused, go, second.sweep, name="replica-a-sweep")
+
+    mails, failed_hooks, hook_ids = delivered(sink, receiver)
+    assert mails == {"[member export] nightly: failed": 300, "[member export] nightly: 30 scheduled runs missed": 1}
+    assert failed_hooks == dict.fromkeys(map(str, failed), 1)
+    assert len(hook_ids) == 300 + 1
+    assert set(hook_ids.values()) == {1}
+    assert catalog.runs.unsent_notifications(limit=1_000) == []
+
+
+class CatalogGone(Exception):
+    """The catalog's connection lost in the middle of a transaction (its statement ran, the commit never came)."""
+
+
+def test_a_claim_whose_transaction_fails_claims_nothing(catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch):
+    """A sweep's claim of 660 unsent notifications fails: its transaction is lost after its statement claiming the
+    last of them ran. Before, the claim was one transaction per 500: the first 500 stayed claimed, not due for the
+    whole lease (10 minutes), though the sweep that claimed them had stopped. Now the claim is one statement in one
+    transaction: rolled back whole, every notification is due again at once."""
+    failed, missed = interleaved(300, 30)
+    unsent_ledger_of(catalog.runs, failed, missed)
+    keys = catalog.runs.unsent_notifications(limit=1_000)
+    assert len(keys) == 660
+    last = max((str(run_id), kind) for run_id, kind in keys)
+    real_begin = catalog.runs.database.begin
+
+    class Losing:
+        """The claim's connection, lost once the statement claiming ``last`` ran."""
+
+        def __init__(self, connection: Any) -> None:
+            self.connection = connection
+
+        def execute(self, *args: Any, **kwargs: Any) -> Any:
+            rows = self.connection.execute(*args, **kwargs).all()
+            if any((str(row[0]), row[1]) == last for row in rows):
+                raise CatalogGone
+            return rows
+
+    @contextlib.contextmanager
+    def begin(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with real_begin(*args, **kwargs) as connection:
+            yield Losing(connection)
+
+    monkeypatch.setattr(catalog.runs.database, "begin", begin)
+    with pytest.raises(CatalogGone):
+        catalog.runs.claim_unsent_notifications(keys, 600)
+    monkeypatch.undo()
+    assert len(catalog.runs.unsent_notifications(limit=1_000)) == 660  # due now, not after the lease
+    assert len(catalog.runs.claim_unsent_notifications(keys, 600)) == 660
+    with pytest.raises(ValueError, match="at most"):  # never cut in parts: too many at once are refused
+        catalog.runs.claim_unsent_notifications([(uuid.uuid4(), "error") for _ in range(10_001)], 600)
+
+
+def test_a_finish_redone_while_a_sweep_holds_its_notifications_leaves_them_to_the_sweep(
+    catalog: CatalogStores, sink: SmtpSink, receiver: HttpReceiver
+):
+    """Replica A's sweep holds the unsent notifications (held in its first send) when replica B does the failed and
+    missed runs' finishes again (their first handling was interrupted after claiming them in the ledger): their
+    emails, final webhooks and missed runs' group. Before, the finish sent through its own ledger claim whatever a
+    sweep held: every email and webhook twice, the missed runs' digest twice. Now the finish claims each as a sweep
+    does first, finds A's claims, and sends nothing; A sends each once."""
+
+    def finishes_again(second: Notifier, failed: list[uuid.UUID]) -> None:
+        records = catalog.runs.list_runs("nightly")
+        assert len(records) == FAILED_RUNS + MISSED_RUNS
+        for record in records:
+            at = record.finished_at or datetime.now(UTC)
+            second._after_fold(record, record, at, finishing=True, finishes=[], attempts=1)
+        second._send_missed(attempts=1)
+        assert sink.received() == []
+        assert receiver.receipts() == []
+
+    while_a_sweep_is_held(catalog, sink, receiver, finishes_again)
