@@ -148,10 +148,12 @@ def replay_dead_letters(
             requested_by=actor.name,
             replay_of=run_id,
             last_event_at=utc_now(),
-            # In the replayed run's scope, as a run's request records it (:func:`shared.application.runs.request_run`):
-            # a scoped operator sees, follows and cancels the replay run it started; its attempts are the definition's.
-            definition_id=original.definition_id or definition_id,
-            business_unit=original.business_unit,
+            # Under the definition it runs through (found by the replayed run's definition's name), its id and unit,
+            # as a run's request records them (:func:`shared.application.runs.request_run`): a scoped operator sees,
+            # follows and cancels the replay run it started (that definition is in its unit: ``visible_with_id``),
+            # and its attempts are that definition's, even when the replayed run's was deleted and created again.
+            definition_id=definition_id,
+            business_unit=definition.business_unit,
         ),
         replay_plan=plan,
     )  # a retry's (or a concurrent request's) replay run is recorded already, with its plan: compared below
