@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from shared.application.actors import Actor, Permission, authorise
 from shared.application.errors import (
+    KEY_STAYS_BOUND,
     Busy,
     Conflict,
     DeadLettersUnreadable,
@@ -96,7 +97,8 @@ def replay_dead_letters(
     what Kafka has not acknowledged of it published again (see the module); the key used before for another request
     (a replay of another run, a run request) is :class:`Invalid` (:func:`shared.application.runs.claim_key`); a retry
     whose dead letters changed, or of a replay run that ended before its extraction was complete, is
-    :class:`Conflict`. Dead letters that cannot be read are :class:`DeadLettersUnreadable` (no replay run recorded).
+    :class:`Conflict`. Dead letters that cannot be read are :class:`DeadLettersUnreadable`, a read the source refuses
+    (as many reads as it allows run now) :class:`Busy`: no replay run recorded, each saying so.
     """
     authorise(actor, Permission.RUN)
     original = visible_run(actor, run_id, runs=runs)
@@ -122,6 +124,9 @@ def replay_dead_letters(
         read = letters.dead_letters()
     except DeadLettersUnreadable as exc:  # nothing recorded yet (the key, if any, is bound: retry with it)
         raise DeadLettersUnreadable(exc.reason, replay_of=run_id, key_bound=bool(idempotency_key)) from None
+    except Busy as exc:  # the read not started (as many run now as the process allows): nothing recorded either
+        bound = KEY_STAYS_BOUND if idempotency_key else ""
+        raise Busy(f"{exc.reason}; no replay run was recorded{bound}", slug=exc.slug) from None
     members = members_to_replay(read, run_id, key_column)
     if not members:
         raise Invalid(f"run {run_id} has no dead-lettered members to replay", slug="nothing-to-replay")
