@@ -88,10 +88,10 @@ class _BoundedRead:
 
     def dead_letters(self) -> list[DeadLetter]:
         if not self.reads.acquire(blocking=False):
+            # A listing's words: a replay adds what it did not record (:func:`replay_dead_letters`).
             raise Busy(
                 f"{MAX_DEAD_LETTER_READS} reads of the dead letters are running now (Kafka may be slow or down): "
-                f"no replay run was recorded; retry in {RETRY_AFTER_SECONDS} s (with the same Idempotency-Key, if "
-                "any)",
+                f"retry in {RETRY_AFTER_SECONDS} s",
                 slug="dead-letters-busy",
             )
         try:

@@ -153,6 +153,10 @@ class CancelNotPublished(PublishFailed):
         )
 
 
+#: What a replay refused at its read of the dead letters (unreadable, or busy) adds when its Idempotency-Key was claimed
+#: first: the key names this run's replay all the same.
+KEY_STAYS_BOUND = " (the Idempotency-Key stays bound to this run's replay: retry with it)"
+
 #: The longest reason a :class:`DeadLettersUnreadable` carries (a client's message, its first line).
 UNREADABLE_REASON_CHARS = 300
 
@@ -174,5 +178,5 @@ class DeadLettersUnreadable(Exception):
         else:
             message = f"the dead letters cannot be read now, no replay run was recorded: {self.reason}"
             if key_bound:
-                message += " (the Idempotency-Key stays bound to this run's replay: retry with it)"
+                message += KEY_STAYS_BOUND
         super().__init__(message)

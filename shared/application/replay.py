@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from shared.application.actors import Actor, Permission, authorise
 from shared.application.errors import (
+    KEY_STAYS_BOUND,
     Busy,
     Conflict,
     DeadLettersUnreadable,
@@ -96,7 +97,8 @@ def replay_dead_letters(
     what Kafka has not acknowledged of it published again (see the module); the key used before for another request
     (a replay of another run, a run request) is :class:`Invalid` (:func:`shared.application.runs.claim_key`); a retry
     whose dead letters changed, or of a replay run that ended before its extraction was complete, is
-    :class:`Conflict`. Dead letters that cannot be read are :class:`DeadLettersUnreadable` (no replay run recorded).
+    :class:`Conflict`. Dead letters that cannot be read are :class:`DeadLettersUnreadable`, a read the source refuses
+    (as many reads as it allows run now) :class:`Busy`: no replay run recorded, each saying so.
     """
     authorise(actor, Permission.RUN)
     original = visible_run(actor, run_id, runs=runs)
@@ -122,6 +124,9 @@ def replay_dead_letters(
         read = letters.dead_letters()
     except DeadLettersUnreadable as exc:  # nothing recorded yet (the key, if any, is bound: retry with it)
         raise DeadLettersUnreadable(exc.reason, replay_of=run_id, key_bound=bool(idempotency_key)) from None
+    except Busy as exc:  # the read not started (as many run now as the process allows): nothing recorded either
+        bound = KEY_STAYS_BOUND if idempotency_key else ""
+        raise Busy(f"{exc.reason}; no replay run was recorded{bound}", slug=exc.slug) from None
     members = members_to_replay(read, run_id, key_column)
     if not members:
         raise Invalid(f"run {run_id} has no dead-lettered members to replay", slug="nothing-to-replay")
@@ -148,10 +153,12 @@ def replay_dead_letters(
             requested_by=actor.name,
             replay_of=run_id,
             last_event_at=utc_now(),
-            # In the replayed run's scope, as a run's request records it (:func:`shared.application.runs.request_run`):
-            # a scoped operator sees, follows and cancels the replay run it started; its attempts are the definition's.
-            definition_id=original.definition_id or definition_id,
-            business_unit=original.business_unit,
+            # Under the definition it runs through (found by the replayed run's definition's name), its id and unit,
+            # as a run's request records them (:func:`shared.application.runs.request_run`): a scoped operator sees,
+            # follows and cancels the replay run it started (that definition is in its unit: ``visible_with_id``),
+            # and its attempts are that definition's, even when the replayed run's was deleted and created again.
+            definition_id=definition_id,
+            business_unit=definition.business_unit,
         ),
         replay_plan=plan,
     )  # a retry's (or a concurrent request's) replay run is recorded already, with its plan: compared below

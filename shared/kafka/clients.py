@@ -10,7 +10,6 @@ from typing import Any
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaTimeoutError
-from kafka.net.compat import KafkaNetClient
 from kafka.structs import TopicPartition
 
 from shared.kafka.client_config import kafka_client_config
@@ -186,12 +185,23 @@ def read_whole_topic(
 ) -> list[bytes]:
     """Every record value of ``topic`` as of now, from the beginning (no consumer group, nothing committed).
 
-    Its consumer bootstraps within ``connect_timeout`` and each of its requests is bounded by it too; the read to the
-    end within ``timeout`` (:class:`TimeoutError`). The consumer is closed on every path, its I/O thread stopped,
-    its constructor failing included (Kafka down: it starts that thread before it bootstraps).
+    The whole read, its consumer's bootstrap and close included, ends within ``timeout`` (:class:`TimeoutError`),
+    given ``timeout`` at least twice ``connect_timeout``: each step waits at most ``connect_timeout`` or what is left
+    of that one deadline (the bootstrap and the metadata request, which take no deadline of their own, at most
+    ``connect_timeout`` each). A partition whose position is not known in time (kafka-python returns None) is a
+    :class:`KafkaTimeoutError`. The consumer is closed on every path, its I/O thread stopped, its constructor failing
+    included (Kafka down: it starts that thread before it bootstraps).
     """
-    consumer = _whole_topic_consumer(settings, connect_timeout)
-    bound_ms = int(connect_timeout * 1000)
+    deadline = time.monotonic() + timeout
+
+    def step_ms() -> int:
+        """What one step may wait: ``connect_timeout``, or what is left of the read's deadline."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"could not read {topic} to its end within {timeout:.0f} s")
+        return max(1, int(min(connect_timeout, left) * 1000))
+
+    consumer = _whole_topic_consumer(settings, min(connect_timeout, timeout))
     values: list[bytes] = []
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
@@ -199,26 +209,38 @@ def read_whole_topic(
             return values
         consumer.assign(partitions)
         consumer.seek_to_beginning()
-        ends = consumer.end_offsets(partitions, timeout_ms=bound_ms)
-        deadline = time.monotonic() + timeout
-        while any(consumer.position(p, timeout_ms=bound_ms) < ends[p] for p in partitions):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic} to its end within {timeout:.0f} s")
-            for records in consumer.poll(timeout_ms=250).values():
+        ends = consumer.end_offsets(partitions, timeout_ms=step_ms())
+        while any(_position(consumer, p, step_ms()) < ends[p] for p in partitions):
+            for records in consumer.poll(timeout_ms=min(250, step_ms())).values():
                 values.extend(record.value for record in records)
     finally:
-        consumer.close(timeout_ms=bound_ms)
+        consumer.close(timeout_ms=max(0, int(min(connect_timeout, deadline - time.monotonic()) * 1000)))
     return values
+
+
+def _position(consumer: KafkaConsumer, partition: TopicPartition, timeout_ms: int) -> int:
+    """The consumer's position in ``partition``; kafka-python 3 returns None when its offset reset timed out."""
+    position = consumer.position(partition, timeout_ms=timeout_ms)
+    if position is None:
+        raise KafkaTimeoutError(
+            f"the position in {partition.topic}-{partition.partition} was not known within {timeout_ms / 1000:.1f} s"
+        )
+    return int(position)
+
+
+#: kafka-python's network client class (what its consumer makes by default), taken from the consumer's own defaults
+#: rather than imported from its internal ``kafka.net.compat``.
+_NET_CLIENT: Any = KafkaConsumer.DEFAULT_CONFIG["kafka_client"]
 
 
 def _whole_topic_consumer(settings: CommonSettings, connect_timeout: float) -> KafkaConsumer:
     """A consumer of no group, bootstrapped within ``connect_timeout``. kafka-python starts its client's I/O thread
     before it bootstraps, and a failed bootstrap raises from the constructor with that thread running (one leaked
     per failed read): the client is kept as it is made, and closed (its thread stopped) when the constructor fails."""
-    made: list[KafkaNetClient] = []
+    made: list[Any] = []
 
-    def client(**config: Any) -> KafkaNetClient:
-        made.append(KafkaNetClient(**config))
+    def client(**config: Any) -> Any:
+        made.append(_NET_CLIENT(**config))
         return made[-1]
 
     bound_ms = int(connect_timeout * 1000)

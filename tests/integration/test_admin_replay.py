@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from structlog.testing import capture_logs
 from devtools.kafka_broker import LocalKafka
 from devtools.processes import free_port, wait_until
 from shared.catalog import CatalogStores, make_engine
+from shared.domain.attempts import CapturedAttempt
 from shared.events import RUN_EVENTS_RECORD_ADAPTER, DeadLetter, RunFailed, RunStarted
 from shared.querystore.demo_data import create_demo_members
 from shared.settings import CommonSettings
@@ -165,6 +167,60 @@ def test_a_scoped_operator_replays_its_units_run_then_reads_and_cancels_the_repl
         assert cancelled.status_code == 200, cancelled.text
         assert cancelled.json()["status"] == "cancelled"
     assert _replays_of(server, original) == [replay["run_id"]]
+
+
+def test_a_replay_of_a_run_whose_definition_was_re_created_is_recorded_under_the_definition_it_runs_through(
+    server: AdminServer, kafka_bootstrap: str
+) -> None:
+    """The definition was deleted and created again under its name (now in "emea"): the replay runs through the
+    current one, and is recorded under it, its id and unit, as a run requested now would be (before: under the
+    deleted definition's id and old unit, so its attempts were not the current definition's and the emea operator
+    could not see the replay run)."""
+    names = _seed(server, suffix=" recreated")
+    name = names["definition"]
+    with server.client() as api:
+        original = uuid.UUID(api.post(f"/api/v1/export-definitions/{name}/runs").json()["run_id"])
+        kept = api.get(f"/api/v1/export-definitions/{name}").json()
+        assert api.delete(f"/api/v1/export-definitions/{name}").status_code == 204
+        fields = ("label", "query", "template", "schedule")
+        again = api.post("/api/v1/export-definitions", json={k: kept[k] for k in fields} | {"business_unit": "emea"})
+        assert (again.status_code, again.json()["name"]) == (201, name), again.text
+        _dead_letter(server, kafka_bootstrap, original, 3, name)
+        answer = api.post(f"/api/v1/runs/{original}/replay", headers={"Idempotency-Key": f"recreated-{original}"})
+        assert answer.status_code == 202, answer.text
+        replay = uuid.UUID(answer.json()["run_id"])
+    catalog = CatalogStores.from_url(server.catalog_url)
+    try:
+        catalog.attempts.add([_attempt(name, names["profile"], replay)], keep=10)
+    finally:
+        catalog.close()
+    with server.client() as api:
+        attempts = api.get(f"/api/v1/export-definitions/{name}/attempts").json()
+    assert [attempt["run_id"] for attempt in attempts] == [str(replay)]  # before: []
+    with server.client("emea-operator") as api:
+        assert api.get(f"/api/v1/runs/{replay}").status_code == 200  # before: 404 (the deleted definition's unit)
+
+
+def _attempt(definition: str, profile: str, run_id: uuid.UUID) -> CapturedAttempt:
+    """One successful attempt of ``run_id``'s first batch, as the dispatcher's inspector keeps it."""
+    return CapturedAttempt(
+        definition=definition,
+        profile=profile,
+        run_id=run_id,
+        batch_index=0,
+        attempt=1,
+        at=datetime.now(UTC),
+        method="POST",
+        url="https://partner.example.com/v2/members",
+        request_headers={},
+        request_body="[]",
+        request_bytes=2,
+        status=200,
+        success=True,
+        latency_ms=1.0,
+        response_headers={},
+        response_body="",
+    )
 
 
 def test_a_replay_is_refused_with_the_status_and_reason_the_console_and_exportctl_say(

@@ -31,6 +31,7 @@ from kafka import KafkaProducer
 from devtools.kafka_broker import LocalKafka
 from services.admin.console.context import ConsoleContext
 from services.admin.console.gate import ConsoleGate
+from services.admin.dependencies import MAX_DEAD_LETTER_READS, DeadLetterReplays
 from shared.application.errors import DeadLettersUnreadable, PublishFailed
 from shared.events import RUN_EVENTS_RECORD_ADAPTER, DeadLetter, Priority, RunCancelled, RunFailed, RunStarted
 from shared.kafka import ensure_topics
@@ -269,6 +270,40 @@ def test_a_console_replay_whose_dead_letters_cannot_be_read_is_its_confirmation_
             )
             assert _hidden(page.text, "idempotency_key") == "console-k1"
             assert [run for run in client.get("/api/v1/runs").json() if run["replay_of"]] == []
+
+
+def test_the_console_says_a_listing_is_busy_in_a_listings_words_and_a_replay_in_a_replays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As many dead-letter reads as the admin process allows run now: the run's dead-letters page (a listing) says so
+    and when to retry, without a replay's words; a replay says no replay run was recorded and its key stays bound
+    (before: the page said "no replay run was recorded ... (with the same Idempotency-Key, if any)")."""
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")
+    busy = (
+        f"{MAX_DEAD_LETTER_READS} reads of the dead letters are running now (Kafka may be slow or down): retry in 10 s"
+    )
+    replays = DeadLetterReplays(Unreadable, max_record_bytes=1_000_000)
+    with in_process_api(tmp_path) as api:
+        with api.client() as client:
+            seed(client)
+        with api.client("operator") as client, signed_in(api, "operator") as console:
+            original = client.post(RUNS).json()["run_id"]
+            _console(api.app).dead_letters = replays.reader
+            for _ in range(MAX_DEAD_LETTER_READS):  # the reads under way
+                assert replays.reads.acquire(blocking=False)
+            page = console.page(f"/runs/{original}/dead-letters")
+            assert _warning(page) == busy  # before: "…: no replay run was recorded; retry in 10 s (with the…"
+            replay = console.post(f"/runs/{original}/replay", {"idempotency_key": "console-busy"})
+            assert replay.status_code == 503, replay.text
+            assert _alert(replay.text) == (
+                f"{busy}; no replay run was recorded (the Idempotency-Key stays bound to this run's replay: retry with "
+                "it)"
+            )
+            assert [run for run in client.get("/api/v1/runs").json() if run["replay_of"]] == []
+
+
+def _warning(html: str) -> str:
+    return unescape(html.split('<p class="warning">', 1)[1].split("</p>", 1)[0])
 
 
 @contextmanager

@@ -1,7 +1,8 @@
 """Migration 0018 (replay runs in the scope of the run they replay) on SQLite and PostgreSQL, on a catalog with data:
 a replay run recorded without a business unit and definition id (as ``replay_dead_letters`` recorded them before)
-gets the replayed run's, a replay of such a replay too; a run that is no replay, or a replay of a run with no scope,
-keeps none; every other row is as it was; a downgrade keeps them."""
+gets the replayed run's, a replay of such a replay too, however long the chain (27 deep here; before: 20 links on
+PostgreSQL, on SQLite depending on the column); a run that is no replay, or a replay of a run with no scope, keeps
+none; every other row is as it was; a downgrade keeps them."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ pytestmark = pytest.mark.integration
 __all__ = ["engine"]  # the migrations' tests' fixture: an engine on the (empty) database
 
 REPLAY, REPLAY_OF_REPLAY, REPLAY_OF_UNSCOPED = (str(uuid.uuid4()) for _ in range(3))
+#: Replays of replays of ``REPLAY_OF_REPLAY``, each of the one before: deeper than the 20 passes 0018 once made.
+CHAIN = [str(uuid.uuid4()) for _ in range(25)]
 
 
 def _replay(run_id: str, of: str) -> dict[str, object]:
@@ -62,6 +65,11 @@ def test_0018_gives_replay_runs_the_scope_of_the_run_they_replay(engine: Engine)
                 _replay(REPLAY, RUN_NIGHTLY),
                 _replay(REPLAY_OF_REPLAY, REPLAY),
                 _replay(REPLAY_OF_UNSCOPED, RUN_OF_DELETED),
+                # Deepest first: a statement that sees the rows it has updated (SQLite) fills one link a pass too.
+                *(
+                    _replay(run_id, of)
+                    for run_id, of in reversed(list(zip(CHAIN, [REPLAY_OF_REPLAY, *CHAIN[:-1]], strict=True)))
+                ),
             ],
         )
     before, scopes = snapshot(engine), run_scopes(engine)
@@ -74,7 +82,7 @@ def test_0018_gives_replay_runs_the_scope_of_the_run_they_replay(engine: Engine)
         REPLAY: (NIGHTLY_ID, "france"),
         REPLAY_OF_REPLAY: (NIGHTLY_ID, "france"),
         REPLAY_OF_UNSCOPED: (None, None),
-    }
+    } | dict.fromkeys(CHAIN, (NIGHTLY_ID, "france"))  # before: links 19-25 (PostgreSQL) or 20-25 left without
     upgrade(engine)  # up to date: nothing more
 
     downgrade(engine, "0017")

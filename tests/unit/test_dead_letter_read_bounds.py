@@ -11,11 +11,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from kafka.structs import TopicPartition
 
 from devtools.processes import free_port, wait_until
 from shared.application.errors import DeadLettersUnreadable
+from shared.kafka import clients
 from shared.kafka.event_publisher import KafkaDeadLetters
 from shared.settings import CommonSettings
 
@@ -57,3 +61,93 @@ def test_failed_dead_letter_reads_raise_within_their_bound_and_leave_no_kafka_th
 def test_an_unreadable_reason_is_its_first_line_bounded() -> None:
     reason = DeadLettersUnreadable("KafkaError: " + "x" * 1000 + "\nsecond line").reason
     assert reason == ("KafkaError: " + "x" * 1000)[:300]
+
+
+class _Clock:
+    """A monotonic clock that only the stub consumer moves: each of its steps takes the whole time it is given."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, timeout_ms: float | None) -> None:
+        assert timeout_ms is not None, "a step of the read waited without a bound"
+        self.now += timeout_ms / 1000
+
+
+class _StubConsumer:
+    """A consumer of a one-partition topic whose broker froze after answering ``end_offsets`` (1 record)."""
+
+    def __init__(self, clock: _Clock, connect_timeout: float, position: int | None) -> None:
+        self.clock, self.connect_timeout, self.answer = clock, connect_timeout, position
+        self.closed = False
+        clock.wait(connect_timeout * 1000)  # the bootstrap, its whole bound
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        self.clock.wait(self.connect_timeout * 1000)  # the metadata request, bounded by request_timeout_ms
+        return {0}
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        pass
+
+    def seek_to_beginning(self) -> None:
+        pass
+
+    def end_offsets(self, partitions: list[TopicPartition], timeout_ms: int) -> dict[TopicPartition, int]:
+        self.clock.wait(timeout_ms)
+        return dict.fromkeys(partitions, 1)
+
+    def position(self, partition: TopicPartition, timeout_ms: int | None = None) -> int | None:
+        self.clock.wait(timeout_ms)  # the offset reset timed out: kafka-python 3 gives None, or the old position
+        return self.answer
+
+    def poll(self, timeout_ms: int) -> dict[TopicPartition, list[Any]]:
+        self.clock.wait(timeout_ms)
+        return {}
+
+    def close(self, timeout_ms: int | None = None) -> None:
+        self.clock.wait(timeout_ms)
+        self.closed = True
+
+
+def _stub(monkeypatch: pytest.MonkeyPatch, position: int | None) -> tuple[_Clock, list[_StubConsumer]]:
+    clock, made = _Clock(), []
+
+    def consumer(settings: CommonSettings, connect_timeout: float) -> _StubConsumer:
+        made.append(_StubConsumer(clock, connect_timeout, position))
+        return made[-1]
+
+    monkeypatch.setattr(clients, "time", SimpleNamespace(monotonic=clock))  # this module's clock only
+    monkeypatch.setattr(clients, "_whole_topic_consumer", consumer)
+    return clock, made
+
+
+def test_a_position_kafka_could_not_reset_in_time_is_unreadable_not_a_type_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: ``None < 1`` raised TypeError (API 500, exportctl exit 1) where the dead letters are unreadable."""
+    _, made = _stub(monkeypatch, position=None)
+    settings = CommonSettings(metrics_port=0)
+    with pytest.raises(DeadLettersUnreadable) as unreadable:
+        KafkaDeadLetters(settings, connect_timeout=10).dead_letters()
+    assert str(unreadable.value) == (
+        "the dead letters cannot be read now: KafkaTimeoutError: the position in "
+        f"{settings.topics.dead_letters}-0 was not known within 10.0 s"
+    )
+    assert made[0].closed
+
+
+@pytest.mark.parametrize("timeout", [20.0, 30.0, 60.0])
+def test_a_whole_read_ends_within_its_one_deadline_however_its_steps_time_out(
+    monkeypatch: pytest.MonkeyPatch, timeout: float
+) -> None:
+    """Every step of a frozen broker's read takes all it is given; the read still ends at its deadline (before: each
+    step had 10 s of its own and the deadline was checked between them, about 100 s for a 60 s read)."""
+    clock, made = _stub(monkeypatch, position=0)
+    started = clock.now
+    with pytest.raises(TimeoutError, match=rf"could not read dead to its end within {timeout:.0f} s"):
+        clients.read_whole_topic(CommonSettings(metrics_port=0), "dead", timeout=timeout, connect_timeout=10)
+    assert clock.now - started <= timeout
+    assert made[0].closed

@@ -2,8 +2,10 @@
 
 A replay run was recorded without the ``business_unit`` and ``definition_id`` a run's request records, so a
 business-unit-scoped token could not read, follow or cancel it (404), and the definition's attempts did not list it.
-New replay runs are recorded with the replayed run's; this revision gives existing ones theirs (``replay_of``),
-a replay of a replay once the one it replays has them (at most :data:`_CHAIN` deep).
+New replay runs are recorded with the definition's they run through; this revision gives existing ones the replayed
+run's (``replay_of``), a replay of a replay once the one it replays has them, pass after pass until a pass changes
+nothing: however long the chain (each pass fills at least one NULL and empties none, so the passes end; PostgreSQL's
+statement sees its snapshot and fills one more link a pass, SQLite's may fill several).
 
 Downgrade: nothing to undo (the values are the ones the replay runs are now recorded with; 0017 has the columns).
 
@@ -24,9 +26,6 @@ down_revision: str | Sequence[str] | None = "0017"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-#: How deep a chain of replays of replays is given its scope (each pass gives one more link).
-_CHAIN = 20
-
 
 def _backfill(column: str) -> sa.Update:
     """Portable (SQLite, PostgreSQL): a replay run without ``column`` gets the replayed run's, when it has one."""
@@ -44,9 +43,8 @@ def _backfill(column: str) -> sa.Update:
 def upgrade() -> None:
     connection = op.get_bind()
     for column in ("business_unit", "definition_id"):
-        for _ in range(_CHAIN):
-            if not connection.execute(_backfill(column)).rowcount:
-                break
+        while connection.execute(_backfill(column)).rowcount:
+            pass  # one more link of a chain of replays of replays given its scope
 
 
 def downgrade() -> None:
