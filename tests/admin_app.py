@@ -1,5 +1,5 @@
 """The admin API in-process for tests: the real app (``create_app``) over real SQLite stores, a member store of
-demo members, a publisher that records, and one token per role (plus business-unit-scoped ones).
+demo members, a publisher that records, no dead letters, and one token per role (plus business-unit-scoped ones).
 
 No server, no Kafka: for the API's contract (OpenAPI, problems, parsing) and Schemathesis over ASGI.
 """
@@ -19,11 +19,11 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from services.admin.app import create_app
 from services.admin.bearer_tokens import TokenEntry, TokenStore, token_hash
-from services.admin.dependencies import AdminContext
+from services.admin.dependencies import AdminContext, DeadLetterReplays
 from shared.application.actors import Role
 from shared.catalog import CatalogStores, make_engine
 from shared.domain.destinations import DestinationPolicy
-from shared.events import AnyRunEvent, Priority, RunRequested
+from shared.events import AnyRunEvent, DeadLetter, Priority, RunRequested
 from shared.querystore import MemberReader
 from shared.querystore.demo_data import create_demo_members
 
@@ -58,6 +58,13 @@ class RecordingPublisher:
 
     def publish_member_batches(self, priority: Priority, batches: Sequence[tuple[str, bytes]]) -> None:
         return None
+
+
+class NoDeadLetters:
+    """An empty dead-letter topic (the API is tested, not Kafka): a replay is a 422 ``nothing-to-replay``."""
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return []
 
 
 @dataclass
@@ -105,6 +112,7 @@ def in_process_api(directory: Path, *, members: int = 25, catalog_url: str | Non
         destinations=DestinationPolicy.parse(""),
         # The SSRF guard runs, and no DNS query leaves the machine.
         resolve_host=lambda host: ["93.184.216.34"],
+        replays=DeadLetterReplays(NoDeadLetters, 900_000),
     )
     try:
         yield InProcessApi(create_app(context), publisher, tokens)

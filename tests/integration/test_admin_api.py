@@ -312,6 +312,7 @@ REQUIRED_ROLE: dict[str, str] = {
     "list_runs_of_ExportDefinition": "viewer",
     "read_run": "viewer",
     "cancel_run": "operator",
+    "replay_run": "operator",
     "apply_objects": "editor",
     "read_audit": "viewer",
     "read_member_delivery": "viewer",
