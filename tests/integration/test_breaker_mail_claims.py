@@ -25,6 +25,7 @@ from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, H
 from shared.domain.fleet import BreakerChange
 from shared.events import CircuitBreakerChanged
 from tests.integration.test_notifier_finish_once import Killed
+from tests.integration.test_notifier_sweep_claims import sweep_both_at_once, waiting
 
 pytestmark = pytest.mark.integration
 
@@ -80,17 +81,7 @@ def assert_each_sent_once(sink: SmtpSink) -> None:
 
 def each_send_waits_for(mails: BreakerMails, condition: Callable[[], bool], reached: threading.Event) -> None:
     """Make ``mails``' sends set ``reached``, then wait until ``condition`` holds."""
-    real = mails.mailer.send
-
-    def send(*args: Any, **kwargs: Any) -> Any:
-        reached.set()
-        deadline = time.monotonic() + DEADLINE
-        while not condition():
-            assert time.monotonic() < deadline, "the other sweep never got there"
-            threading.Event().wait(0.01)
-        return real(*args, **kwargs)
-
-    mails.mailer.send = send  # type: ignore[method-assign]
+    mails.mailer.send = waiting(mails.mailer.send, condition, reached)  # type: ignore[method-assign]
 
 
 def test_two_replicas_sweeping_at_once_send_each_breaker_email_once(catalog: CatalogStores, sink: SmtpSink):
@@ -100,32 +91,10 @@ def test_two_replicas_sweeping_at_once_send_each_breaker_email_once(catalog: Cat
     each email and sends it once."""
     unsent_outbox(catalog)
     replicas = [replica(catalog, SmtpMailer("127.0.0.1", sink.port, max_attempts=1)) for _ in ("a", "b")]
-    reached, done = [threading.Event(), threading.Event()], [threading.Event(), threading.Event()]
-
-    def there(other: int) -> Callable[[], bool]:
-        return lambda: reached[other].is_set() or done[other].is_set()
-
-    for me, other in ((0, 1), (1, 0)):
-        each_send_waits_for(replicas[me], there(other), reached[me])
-    barrier = threading.Barrier(2, timeout=DEADLINE)
-    errors: list[BaseException] = []
-
-    def sweeping(me: int) -> None:
-        try:
-            barrier.wait()
-            replicas[me]._retry_unsent()  # the sweep's retry, raising what it would log
-        except BaseException as exc:  # noqa: BLE001 - told by the test below
-            errors.append(exc)
-        finally:
-            done[me].set()
-
-    threads = [threading.Thread(target=sweeping, args=(me,)) for me in (0, 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(DEADLINE)
-    assert not any(thread.is_alive() for thread in threads)
-    assert errors == []
+    sweep_both_at_once(
+        [mails._retry_unsent for mails in replicas],  # the sweep's retry, raising what it would log
+        lambda me, condition, reached: each_send_waits_for(replicas[me], condition, reached),
+    )
 
     assert_each_sent_once(sink)
     for mails in replicas:  # and again: nothing left to send
