@@ -7,10 +7,12 @@ Real SMTP server (aiosmtpd); the catalog is SQLite and PostgreSQL (the ``catalog
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ from services.notifier.breaker_notices import BreakerMails
 from services.notifier.mailer import SmtpMailer
 from shared.catalog.breaker_mail_store import SqlBreakerMailStore
 from shared.catalog.stores import CatalogStores
+from shared.catalog.tables import BreakerMailRow
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate
 from shared.domain.fleet import BreakerChange
 from shared.events import CircuitBreakerChanged
@@ -201,3 +204,52 @@ def test_an_outbox_claim_is_exclusive_renewed_by_its_holder_taken_over_after_the
     outbox.mark(change, "nightly")  # sent: nothing to claim any more
     assert outbox.claim_unsent_notifications([key], 0.0) == {}
     assert outbox.unsent() == []
+
+
+class CatalogGone(Exception):
+    """The catalog's connection lost in the middle of a transaction (its statement ran, the commit never came)."""
+
+
+def test_an_outbox_claim_whose_transaction_fails_claims_nothing(
+    catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    """A sweep's claim of 660 unsent breaker emails fails: its transaction is lost once the statement claiming the
+    last of them ran. On the breaker branch before its merge, the claim was one transaction per 500: the first 500
+    stayed claimed, not due for the whole lease, though the sweep that claimed them had stopped. Now the claim is one
+    statement in one transaction, as the notifications' ledger's: rolled back whole, every email is due again at
+    once. More than 10,000 at once are refused, never cut in parts."""
+    outbox = SqlBreakerMailStore(catalog.database)
+    changed_at = datetime.now(UTC)
+    rows = [{"profile": "crm", "ordinal": 2, "definition": f"d{n:04}", "changed_at": changed_at} for n in range(660)]
+    with catalog.database.begin() as connection:
+        connection.execute(sa.insert(BreakerMailRow), rows)
+    keys = [(change.profile, change.ordinal, name) for change, name in outbox.unsent(limit=1_000)]
+    assert len(keys) == 660
+    last = max(keys)
+    real_begin = catalog.database.begin
+
+    class Losing:
+        """The claim's connection, lost once the statement claiming ``last`` ran."""
+
+        def __init__(self, connection: Any) -> None:
+            self.connection = connection
+
+        def execute(self, *args: Any, **kwargs: Any) -> Any:
+            claimed = self.connection.execute(*args, **kwargs).all()
+            if any(tuple(row[:3]) == last for row in claimed):
+                raise CatalogGone
+            return claimed
+
+    @contextlib.contextmanager
+    def begin(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with real_begin(*args, **kwargs) as connection:
+            yield Losing(connection)
+
+    monkeypatch.setattr(catalog.database, "begin", begin)
+    with pytest.raises(CatalogGone):
+        outbox.claim_unsent_notifications(keys, 600)
+    monkeypatch.undo()
+    assert len(outbox.unsent(limit=1_000)) == 660  # due now, not after the lease
+    assert len(outbox.claim_unsent_notifications(keys, 600)) == 660
+    with pytest.raises(ValueError, match="at most 10000"):
+        outbox.claim_unsent_notifications([("crm", 2, f"e{n}") for n in range(10_001)], 600)
