@@ -7,7 +7,6 @@ Real SMTP server (aiosmtpd); the catalog is SQLite and PostgreSQL (the ``catalog
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections import Counter
@@ -28,7 +27,7 @@ from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, H
 from shared.domain.fleet import BreakerChange
 from shared.events import CircuitBreakerChanged
 from tests.integration.test_notifier_finish_once import Killed
-from tests.integration.test_notifier_sweep_claims import sweep_both_at_once, waiting
+from tests.integration.test_notifier_sweep_claims import CatalogGone, lost_once_claimed, sweep_both_at_once, waiting
 
 pytestmark = pytest.mark.integration
 
@@ -206,10 +205,6 @@ def test_an_outbox_claim_is_exclusive_renewed_by_its_holder_taken_over_after_the
     assert outbox.unsent() == []
 
 
-class CatalogGone(Exception):
-    """The catalog's connection lost in the middle of a transaction (its statement ran, the commit never came)."""
-
-
 def test_an_outbox_claim_whose_transaction_fails_claims_nothing(
     catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch
 ):
@@ -226,26 +221,7 @@ def test_an_outbox_claim_whose_transaction_fails_claims_nothing(
     keys = [(change.profile, change.ordinal, name) for change, name in outbox.unsent(limit=1_000)]
     assert len(keys) == 660
     last = max(keys)
-    real_begin = catalog.database.begin
-
-    class Losing:
-        """The claim's connection, lost once the statement claiming ``last`` ran."""
-
-        def __init__(self, connection: Any) -> None:
-            self.connection = connection
-
-        def execute(self, *args: Any, **kwargs: Any) -> Any:
-            claimed = self.connection.execute(*args, **kwargs).all()
-            if any(tuple(row[:3]) == last for row in claimed):
-                raise CatalogGone
-            return claimed
-
-    @contextlib.contextmanager
-    def begin(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        with real_begin(*args, **kwargs) as connection:
-            yield Losing(connection)
-
-    monkeypatch.setattr(catalog.database, "begin", begin)
+    lost_once_claimed(monkeypatch, catalog.database, lambda row: tuple(row[:3]) == last)
     with pytest.raises(CatalogGone):
         outbox.claim_unsent_notifications(keys, 600)
     monkeypatch.undo()

@@ -365,6 +365,29 @@ class CatalogGone(Exception):
     """The catalog's connection lost in the middle of a transaction (its statement ran, the commit never came)."""
 
 
+def lost_once_claimed(monkeypatch: pytest.MonkeyPatch, database: Any, last: Callable[[Any], bool]) -> None:
+    """``database``'s transactions lost (:class:`CatalogGone`, never committed) once a statement of theirs returned a
+    row for which ``last`` holds (the claim of the last key ran)."""
+    real_begin = database.begin
+
+    class Losing:
+        def __init__(self, connection: Any) -> None:
+            self.connection = connection
+
+        def execute(self, *args: Any, **kwargs: Any) -> Any:
+            rows = self.connection.execute(*args, **kwargs).all()
+            if any(last(row) for row in rows):
+                raise CatalogGone
+            return rows
+
+    @contextlib.contextmanager
+    def begin(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with real_begin(*args, **kwargs) as connection:
+            yield Losing(connection)
+
+    monkeypatch.setattr(database, "begin", begin)
+
+
 def test_a_claim_whose_transaction_fails_claims_nothing(catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch):
     """A sweep's claim of 660 unsent notifications fails: its transaction is lost after its statement claiming the
     last of them ran. Before, the claim was one transaction per 500: the first 500 stayed claimed, not due for the
@@ -375,26 +398,7 @@ def test_a_claim_whose_transaction_fails_claims_nothing(catalog: CatalogStores, 
     keys = catalog.runs.unsent_notifications(limit=1_000)
     assert len(keys) == 660
     last = max((str(run_id), kind) for run_id, kind in keys)
-    real_begin = catalog.runs.database.begin
-
-    class Losing:
-        """The claim's connection, lost once the statement claiming ``last`` ran."""
-
-        def __init__(self, connection: Any) -> None:
-            self.connection = connection
-
-        def execute(self, *args: Any, **kwargs: Any) -> Any:
-            rows = self.connection.execute(*args, **kwargs).all()
-            if any((str(row[0]), row[1]) == last for row in rows):
-                raise CatalogGone
-            return rows
-
-    @contextlib.contextmanager
-    def begin(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        with real_begin(*args, **kwargs) as connection:
-            yield Losing(connection)
-
-    monkeypatch.setattr(catalog.runs.database, "begin", begin)
+    lost_once_claimed(monkeypatch, catalog.database, lambda row: (str(row[0]), row[1]) == last)
     with pytest.raises(CatalogGone):
         catalog.runs.claim_unsent_notifications(keys, 600)
     monkeypatch.undo()
