@@ -4,10 +4,10 @@ A claim is one conditional ``UPDATE ... RETURNING`` of the rows still open (unse
 attempt time, or one past), in one transaction: their next attempt time is pushed ``lease_seconds`` ahead, and that
 time is the claim's token. Of two callers claiming the same rows at once, each row is claimed by one of them; a claim
 that fails claims nothing; at most :data:`MAX_CLAIMS` keys at once (a ``ValueError`` beyond: never cut in parts). A
-caller that must claim in a transaction of its own (beside an insert) executes :meth:`LeaseClaims.claiming` in it. The holder renews its
-claims (the token unchanged) or releases those it did not try (due again at once); a claim whose holder died lapses
-when the lease is over and is claimed again. Used by the notifications' ledger and the circuit breaker emails'
-outbox.
+caller that claims in a transaction of its own (beside its insert) executes :meth:`LeaseClaims.claiming` in it. The
+holder renews its claims (the token unchanged) or releases those it did not try (due again at once); a claim whose
+holder died lapses when the lease is over and is claimed again. Used by the notifications' ledger and the circuit
+breaker emails' outbox.
 """
 
 from __future__ import annotations
