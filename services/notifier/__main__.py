@@ -70,7 +70,13 @@ def main() -> None:
         replica_id=settings.notifier_replica_id,
         finish_lease_seconds=settings.notifier_finish_lease_seconds,
     )
-    mails = BreakerMails(stores.definitions, SqlBreakerMailStore(stores.database), notifier.mailer, notifier.sender)
+    mails = BreakerMails(
+        stores.definitions,
+        SqlBreakerMailStore(stores.database),
+        notifier.mailer,
+        notifier.sender,
+        lease_seconds=settings.notifier_finish_lease_seconds,
+    )
     sweep = with_log_retention(notifier.sweep, stores, settings.notifier_delivery_log_days)
     loop = build_loop(
         settings,

@@ -4,7 +4,10 @@ definitions that use the profile: once per change (:class:`shared.events.Circuit
 Each email (one per definition: its own error recipients, the definition named in it, only for definitions
 whose error notifications are on) goes through an outbox in the catalog: claimed before it is sent, marked
 sent after; an event redelivered or published twice sends nothing more, and an email whose SMTP attempt
-failed (or whose notifier crashed in between) is tried again by the notifier's sweep.
+failed (or whose notifier crashed in between) is tried again by the notifier's sweep. Each send is the claimant's
+(a lease on the email's next attempt time): the sweep claims the unsent emails it is about to try, at once
+(:class:`services.notifier.notification_claims.SweepClaims`, as the runs' notifications), so two replicas sweeping at
+the same moment send each once; a claimant that dies leaves the email to a later sweep once the lease is over.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from prometheus_client import Counter
 
 from services.notifier.emails import ERROR, recipients_for
 from services.notifier.mailer import SmtpMailer
+from services.notifier.notification_claims import SweepClaims
 from shared.application.ports import BreakerMailOutbox, DefinitionsStore
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate
 from shared.domain.fleet import BreakerChange
@@ -74,21 +78,29 @@ def compose(change: CircuitBreakerChanged, definition: ExportDefinition, sender:
 
 class BreakerMails:
     """Sends the emails of each circuit breaker change once, through the outbox
-    (:mod:`shared.catalog.breaker_mail_store`)."""
+    (:mod:`shared.catalog.breaker_mail_store`): each by the one that claimed it, for ``lease_seconds`` (the notifier's
+    ``EXPORT_NOTIFIER_FINISH_LEASE_SECONDS``: longer than one email's longest send)."""
 
     def __init__(
-        self, definitions: DefinitionsStore, outbox: BreakerMailOutbox, mailer: SmtpMailer, sender: str
+        self,
+        definitions: DefinitionsStore,
+        outbox: BreakerMailOutbox,
+        mailer: SmtpMailer,
+        sender: str,
+        lease_seconds: float = 600.0,
     ) -> None:
         self.definitions, self.outbox, self.mailer, self.sender = definitions, outbox, mailer, sender
+        self.lease_seconds = lease_seconds
 
     def handle(self, change: CircuitBreakerChanged) -> None:
-        """Claim and send the change's email to each definition using the profile (those sent before: nothing)."""
+        """Claim and send the change's email to each definition using the profile (those sent before, or claimed by
+        a sweep sending them: nothing)."""
         claimed = BreakerChange(change.profile, change.state, change.episode, change.at)
         templates = {t.name for t in self.definitions.list_objects(HttpTemplate) if t.profile == change.profile}
         for definition in self.definitions.list_objects(ExportDefinition):
             if definition.template not in templates or not recipients_for(definition, ERROR):
                 continue
-            if self.outbox.claim(claimed, definition.name):
+            if self.outbox.claim(claimed, definition.name, self.lease_seconds):
                 self._send(claimed, definition, attempts=None)
 
     def retry_unsent(self) -> list[Outgoing]:
@@ -101,15 +113,29 @@ class BreakerMails:
         return []
 
     def _retry_unsent(self) -> None:
-        for change, name in self.outbox.unsent():
-            try:
-                definition = self.definitions.find(ExportDefinition, name)
-            except StoredObjectInvalid:  # saved by an older release: no one to notify (as for runs)
-                definition = None
-            if definition is None or not recipients_for(definition, ERROR):
-                self.outbox.mark(change, name, error="no recipients any more", give_up=True)
-                continue
-            self._send(change, definition, attempts=1)  # one each: a sweep must not wait out an SMTP outage
+        """Claim the unsent emails due (:class:`SweepClaims`), then try those claimed: of two replicas' sweeps
+        reading the same ones, each sends those it claimed."""
+        unsent = {(change.profile, change.ordinal, name): change for change, name in self.outbox.unsent()}
+        if not unsent:
+            return
+        claims = SweepClaims(self.outbox, unsent, self.lease_seconds)
+        try:
+            for key, change in unsent.items():
+                if not claims.take([key]):
+                    continue  # another sweep's (or a change's handling), or sent meanwhile
+                self._retry(change, key[2])
+        finally:
+            claims.release_rest()
+
+    def _retry(self, change: BreakerChange, name: str) -> None:
+        try:
+            definition = self.definitions.find(ExportDefinition, name)
+        except StoredObjectInvalid:  # saved by an older release: no one to notify (as for runs)
+            definition = None
+        if definition is None or not recipients_for(definition, ERROR):
+            self.outbox.mark(change, name, error="no recipients any more", give_up=True)
+            return
+        self._send(change, definition, attempts=1)  # one each: a sweep must not wait out an SMTP outage
 
     def _send(self, change: BreakerChange, definition: ExportDefinition, attempts: int | None) -> None:
         event = CircuitBreakerChanged(

@@ -3,38 +3,49 @@
 Claimed at once in the ledger (:meth:`NotifierRuns.claim_unsent_notifications`, a lease on the catalog's clock),
 renewed on the way when the sweep has spent a quarter of the lease on earlier sends (a slow SMTP server or webhook
 receiver), so that a live sweep's claims are not taken over; those it did not get to are released at its end, due
-again at once. A sweep that dies leaves its claims to lapse: another sweep takes them after the lease.
+again at once. A sweep that dies leaves its claims to lapse: another sweep takes them after the lease. The circuit
+breaker emails' sweep claims its outbox's the same way (any ledger of the same three calls).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
-
-from services.notifier.ports import NotifierRuns
 
 log = structlog.get_logger(__name__)
 
 #: A notification in the ledger: its run, and its kind (an email's, or ``webhook:<channel>:<event>``).
 Key = tuple[uuid.UUID, str]
+#: A notification's key in a ledger (the runs' (run id, kind); the breaker emails' outbox's (profile, ordinal,
+#: definition)).
+K = TypeVar("K", bound=tuple[Any, ...])
 
 
-class SweepClaims:
+class ClaimsLedger(Protocol[K]):
+    """Where a sweep's claims are taken, renewed and released (:class:`services.notifier.ports.NotifierRuns`)."""
+
+    def claim_unsent_notifications(self, keys: Sequence[K], lease_seconds: float) -> dict[K, datetime]: ...
+    def renew_notification_claims(self, claims: Mapping[K, datetime], lease_seconds: float) -> dict[K, datetime]: ...
+    def release_notification_claims(self, claims: Mapping[K, datetime]) -> None: ...
+
+
+class SweepClaims(Generic[K]):
     """The notifications one sweep claimed and has not tried yet."""
 
-    def __init__(self, runs: NotifierRuns, keys: Iterable[Key], lease_seconds: float) -> None:
+    def __init__(self, runs: ClaimsLedger[K], keys: Iterable[K], lease_seconds: float) -> None:
         self.runs, self.lease_seconds = runs, lease_seconds
-        self._claims: dict[Key, datetime] = runs.claim_unsent_notifications(sorted(set(keys)), lease_seconds)
+        self._claims: dict[K, datetime] = runs.claim_unsent_notifications(sorted(set(keys)), lease_seconds)
         self._renewed_at = time.monotonic()
 
-    def __contains__(self, key: Key) -> bool:
+    def __contains__(self, key: K) -> bool:
         return key in self._claims
 
-    def take(self, keys: Iterable[Key]) -> list[Key]:
+    def take(self, keys: Iterable[K]) -> list[K]:
         """Of ``keys``, those still this sweep's, to try now (no longer released at the end). Renews every claim
         not tried yet first, once a quarter of the lease went by since the last renewal: a claim that lapsed
         meanwhile and was taken by another sweep is left to it."""

@@ -4,7 +4,7 @@ shared/querystore implement them, and each composition root hands over only what
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -226,8 +226,16 @@ class FleetBreakers(Protocol):
 
 
 class BreakerMailOutbox(Protocol):
-    """The circuit breaker emails: claimed, marked sent or failed, the unsent ones listed for the sweep."""
+    """The circuit breaker emails: claimed, marked sent or failed, the unsent ones listed for the sweep and claimed
+    by it (a lease: keyed by profile, the change's ordinal and the definition)."""
 
-    def claim(self, change: BreakerChange, definition: str) -> bool: ...
+    def claim(self, change: BreakerChange, definition: str, lease_seconds: float = 600.0) -> bool: ...
     def mark(self, change: BreakerChange, definition: str, error: str | None = None, give_up: bool = False) -> None: ...
     def unsent(self, limit: int = 100) -> list[tuple[BreakerChange, str]]: ...
+    def claim_unsent_notifications(
+        self, keys: Sequence[tuple[str, int, str]], lease_seconds: float
+    ) -> dict[tuple[str, int, str], datetime]: ...
+    def renew_notification_claims(
+        self, claims: Mapping[tuple[str, int, str], datetime], lease_seconds: float
+    ) -> dict[tuple[str, int, str], datetime]: ...
+    def release_notification_claims(self, claims: Mapping[tuple[str, int, str], datetime]) -> None: ...

@@ -4,17 +4,27 @@ The notifier claims a change's email for a definition before sending it (:meth:`
 marks it sent or its error after (:meth:`SqlBreakerMailStore.mark`), and its sweep tries the unsent ones
 again (:meth:`SqlBreakerMailStore.unsent`): a change announced twice is mailed once; an SMTP failure or a
 crash between the claim and the send delays the email, never loses it.
+
+Each claim is a lease on the email's next attempt time (:class:`shared.catalog.lease_claims.LeaseClaims`, as the
+notifications' ledger's): a sweep claims the unsent emails it is about to try at once
+(:meth:`SqlBreakerMailStore.claim_unsent_notifications`) and sends only those, so two replicas sweeping at the same
+moment send each once; a claimant that dies leaves its claim to lapse, and a later sweep sends the email.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import select
 
 from shared.catalog.database import CatalogDatabase, aware
+from shared.catalog.lease_claims import LeaseClaims, RowKey, catalog_now
 from shared.catalog.tables import BreakerMailRow
 from shared.domain.fleet import BreakerChange
+
+#: An email in the outbox: its profile, its change's ordinal (:attr:`BreakerChange.ordinal`), its definition.
+MailKey = tuple[str, int, str]
 
 
 def _change(row: BreakerMailRow) -> BreakerChange:
@@ -30,9 +40,18 @@ class SqlBreakerMailStore:
 
     def __init__(self, database: CatalogDatabase) -> None:
         self.database = database
+        self._claims = LeaseClaims(
+            database,
+            BreakerMailRow,
+            [BreakerMailRow.profile, BreakerMailRow.ordinal, BreakerMailRow.definition],
+            BreakerMailRow.next_attempt_at,
+            [BreakerMailRow.sent_at.is_(None), BreakerMailRow.attempts < self.MAX_ATTEMPTS],
+        )
 
-    def claim(self, change: BreakerChange, definition: str) -> bool:
-        """True when ``change``'s email to ``definition``'s recipients is still to send (the caller sends it)."""
+    def claim(self, change: BreakerChange, definition: str, lease_seconds: float = 600.0) -> bool:
+        """True when ``change``'s email to ``definition``'s recipients is still to send and is now the caller's,
+        claimed for ``lease_seconds`` (the caller sends it); False when sent, given up, or claimed by another
+        (a sweep may be sending it). The outbox row's insert and its claim are one transaction."""
         at = change.at or datetime.now(UTC)
         with self.database.transaction() as session:
             self.database.insert_ignore(
@@ -40,8 +59,29 @@ class SqlBreakerMailStore:
                 BreakerMailRow,
                 {"profile": change.profile, "ordinal": change.ordinal, "definition": definition, "changed_at": at},
             )
-            row = session.get(BreakerMailRow, (change.profile, change.ordinal, definition))
-            return row is not None and row.sent_at is None and (row.attempts or 0) < self.MAX_ATTEMPTS
+            claiming = self._claims.claiming([(change.profile, change.ordinal, definition)], lease_seconds)
+            return session.execute(claiming).first() is not None
+
+    def claim_unsent_notifications(self, keys: Sequence[MailKey], lease_seconds: float) -> dict[MailKey, datetime]:
+        """Claim these emails for one attempt by the caller (the sweep's): those still unsent, not given up and due
+        on the catalog's clock (a claim older than ``lease_seconds`` is due again: its claimant died). One statement
+        in its own transaction, exclusive: an email two sweeps read at once is claimed by one of them, and a claim
+        that fails claims nothing; at most :data:`shared.catalog.lease_claims.MAX_CLAIMS` keys (a ``ValueError``
+        beyond). A mark ends the claim. Returns the ones claimed,
+        each with its claim (the token :meth:`renew_notification_claims` and :meth:`release_notification_claims`
+        take)."""
+        return _mail_keys(self._claims.claim(keys, lease_seconds, what="breaker emails"))
+
+    def renew_notification_claims(
+        self, claims: Mapping[MailKey, datetime], lease_seconds: float
+    ) -> dict[MailKey, datetime]:
+        """Renew these claims for another ``lease_seconds``: those still the caller's. Returns them with their new
+        claim; one not returned is no longer the caller's (lapsed and taken by another sweep, or marked)."""
+        return _mail_keys(self._claims.renew(claims, lease_seconds))
+
+    def release_notification_claims(self, claims: Mapping[MailKey, datetime]) -> None:
+        """End these claims, not attempted: due again at once (those no longer the caller's are left)."""
+        self._claims.release(claims)
 
     def mark(self, change: BreakerChange, definition: str, error: str | None = None, give_up: bool = False) -> None:
         """Record the email as sent, or the error of a failed attempt: tried again by the sweep (``give_up``:
@@ -52,18 +92,24 @@ class SqlBreakerMailStore:
                 return
             if error is None:
                 row.sent_at, row.last_error = datetime.now(UTC), None
-            else:
-                row.attempts, row.last_error = (row.attempts or 0) + 1, error
+            else:  # the claim ends: due again at the next sweep
+                row.attempts, row.last_error, row.next_attempt_at = (row.attempts or 0) + 1, error, None
                 if give_up:
                     row.attempts = max(row.attempts, self.MAX_ATTEMPTS)
 
     def unsent(self, limit: int = 100) -> list[tuple[BreakerChange, str]]:
-        """(change, definition) of the emails claimed and not sent yet, nor given up; oldest first."""
+        """(change, definition) of the emails claimed and not sent yet, nor given up, and due (not claimed by a
+        sweep or a change's handling in the last lease); oldest first."""
+        due = BreakerMailRow.next_attempt_at.is_(None) | (BreakerMailRow.next_attempt_at <= catalog_now(self.database))
         with self.database.transaction() as session:
             rows = session.scalars(
                 select(BreakerMailRow)
-                .where(BreakerMailRow.sent_at.is_(None), BreakerMailRow.attempts < self.MAX_ATTEMPTS)
+                .where(BreakerMailRow.sent_at.is_(None), BreakerMailRow.attempts < self.MAX_ATTEMPTS, due)
                 .order_by(BreakerMailRow.changed_at, BreakerMailRow.profile, BreakerMailRow.definition)
                 .limit(limit)
             ).all()
             return [(_change(row), row.definition) for row in rows]
+
+
+def _mail_keys(claims: Mapping[RowKey, datetime]) -> dict[MailKey, datetime]:
+    return {(profile, ordinal, definition): token for (profile, ordinal, definition), token in claims.items()}

@@ -6,14 +6,15 @@ import dataclasses
 import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
+from shared.catalog.lease_claims import MAX_CLAIMS, LeaseClaims, RowKey, catalog_now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
 from shared.domain.replay import ALL_ACKNOWLEDGED, ReplayPlan, ReplayPublication
 from shared.domain.runs import RunRecord, RunStatus, StartClaims, fold
@@ -40,6 +41,15 @@ class SqlRunsStore:
     def __init__(self, database: CatalogDatabase, followers: Sequence[OutcomeFollower] = ()) -> None:
         self.database = database
         self.followers = list(followers)
+        #: The sweeps' claims of unsent notifications (a lease on their next attempt time).
+        self._claims = LeaseClaims(
+            database,
+            NotificationRow,
+            [NotificationRow.run_id, NotificationRow.kind],
+            NotificationRow.next_attempt_at,
+            [NotificationRow.sent_at.is_(None), NotificationRow.gave_up_at.is_(None)],
+            kind="Run",
+        )
 
     def _follow(self, session: Session, outcomes: Sequence[BatchOutcome]) -> None:
         if outcomes:
@@ -47,12 +57,9 @@ class SqlRunsStore:
                 follower.follow(session, outcomes)
 
     def _catalog_now(self, seconds_ago: float = 0.0) -> Any:
-        """The catalog's clock (minus ``seconds_ago``) as an SQL expression: finish claims and their leases are
-        judged on one clock for every replica, not on each replica's own. On SQLite, the text its datetimes are
-        stored as (UTC, microseconds), so that comparisons with stored instants hold."""
-        if self.database.engine.dialect.name == "sqlite":
-            return func.strftime("%Y-%m-%d %H:%M:%f000", "now", f"{-float(seconds_ago)} seconds")
-        return func.now() - timedelta(seconds=seconds_ago) if seconds_ago else func.now()
+        """The catalog's clock (minus ``seconds_ago``) as an SQL expression (:func:`catalog_now`): finish claims and
+        their leases are judged on one clock for every replica, not on each replica's own."""
+        return catalog_now(self.database, seconds_ago)
 
     # --- run records ---------------------------------------------------------------------------------
 
@@ -510,36 +517,14 @@ class SqlRunsStore:
     ) -> dict[tuple[uuid.UUID, str], datetime]:
         """Claim these (run id, kind) notifications for one attempt by the caller (a sweep's retry, a finish's send):
         those still unsent, not given up and due on the catalog's clock (a claim older than ``lease_seconds`` is due
-        again: its claimant died). One conditional statement, in its own transaction, exclusive: a notification two
-        callers claim at once is claimed by one of them, and a claim that fails claims nothing. At most
-        :data:`MAX_NOTIFICATION_CLAIMS` keys (a ``ValueError`` beyond: a claim is never split in parts). The claim
-        is the next attempt's time pushed ``lease_seconds`` ahead; a failed attempt's mark (:meth:`mark_notification`)
-        ends it. Returns the ones claimed, each with its claim (the token :meth:`renew_notification_claims` and
-        :meth:`release_notification_claims` take)."""
-        pairs = sorted({(str(run_id), kind) for run_id, kind in keys})
-        if len(pairs) > MAX_NOTIFICATION_CLAIMS:
-            raise ValueError(f"at most {MAX_NOTIFICATION_CLAIMS} notifications claimed at once, not {len(pairs)}")
-        if not pairs:
-            return {}
-        with self.database.begin("Run") as connection:
-            rows = connection.execute(self._claiming(pairs, lease_seconds))
-            return {(uuid.UUID(run_id), kind): until for run_id, kind, until in rows if until is not None}
-
-    def _claiming(self, pairs: list[tuple[str, str]], lease_seconds: float) -> Any:
-        """The conditional claim of these (run id text, kind) notifications for ``lease_seconds`` (see
-        :meth:`claim_unsent_notifications`), returning the ones claimed and their claim."""
-        return (
-            update(NotificationRow)
-            .where(
-                tuple_(NotificationRow.run_id, NotificationRow.kind).in_(pairs),
-                NotificationRow.sent_at.is_(None),
-                NotificationRow.gave_up_at.is_(None),
-                NotificationRow.next_attempt_at.is_(None) | (NotificationRow.next_attempt_at <= self._catalog_now()),
-            )
-            .values(next_attempt_at=self._catalog_now(-lease_seconds))
-            .returning(NotificationRow.run_id, NotificationRow.kind, NotificationRow.next_attempt_at)
-            .execution_options(synchronize_session=False)
-        )
+        again: its claimant died). One conditional statement, in its own transaction, exclusive
+        (:meth:`LeaseClaims.claim`): a notification two callers claim at once is claimed by one of them, and a claim
+        that fails claims nothing. At most :data:`MAX_NOTIFICATION_CLAIMS` keys (a ``ValueError`` beyond: a claim is
+        never split in parts). The claim is the next attempt's time pushed ``lease_seconds`` ahead; a failed
+        attempt's mark (:meth:`mark_notification`) ends it. Returns the ones claimed, each with its claim (the token
+        :meth:`renew_notification_claims` and :meth:`release_notification_claims` take)."""
+        pairs = [(str(run_id), kind) for run_id, kind in keys]
+        return _run_keys(self._claims.claim(pairs, lease_seconds, what="notifications"))
 
     def renew_notification_claims(
         self, claims: Mapping[tuple[uuid.UUID, str], datetime], lease_seconds: float
@@ -547,37 +532,12 @@ class SqlRunsStore:
         """Renew these claims (:meth:`claim_unsent_notifications`) for another ``lease_seconds``: those still the
         caller's (the claim unchanged, the notification unsent). Returns them with their new claim; a claim not
         returned is no longer the caller's (lapsed and taken by another sweep, or marked): not to send."""
-        renewed: dict[tuple[uuid.UUID, str], datetime] = {}
-        for token, pairs in _by_token(claims):
-            with self.database.begin("Run") as connection:
-                rows = connection.execute(
-                    update(NotificationRow)
-                    .where(
-                        tuple_(NotificationRow.run_id, NotificationRow.kind).in_(pairs),
-                        NotificationRow.next_attempt_at == token,
-                        NotificationRow.sent_at.is_(None),
-                        NotificationRow.gave_up_at.is_(None),
-                    )
-                    .values(next_attempt_at=self._catalog_now(-lease_seconds))
-                    .returning(NotificationRow.run_id, NotificationRow.kind, NotificationRow.next_attempt_at)
-                )
-                renewed.update({(uuid.UUID(run_id), kind): until for run_id, kind, until in rows if until is not None})
-        return renewed
+        return _run_keys(self._claims.renew(_row_keys(claims), lease_seconds))
 
     def release_notification_claims(self, claims: Mapping[tuple[uuid.UUID, str], datetime]) -> None:
         """End these claims, not attempted (the sweep stopped before them): due again at once, for the next sweep,
         rather than after the lease. Those no longer the caller's are left as they are."""
-        for token, pairs in _by_token(claims):
-            with self.database.begin("Run") as connection:
-                connection.execute(
-                    update(NotificationRow)
-                    .where(
-                        tuple_(NotificationRow.run_id, NotificationRow.kind).in_(pairs),
-                        NotificationRow.next_attempt_at == token,
-                        NotificationRow.sent_at.is_(None),
-                    )
-                    .values(next_attempt_at=None)
-                )
+        self._claims.release(_row_keys(claims))
 
     def claim_notification(
         self, run_id: uuid.UUID, kind: str, recipients: list[str], lease_seconds: float | None = None
@@ -591,7 +551,8 @@ class SqlRunsStore:
                 session, NotificationRow, {"run_id": str(run_id), "kind": kind, "recipients": recipients}
             )
             if lease_seconds is not None:
-                return session.execute(self._claiming([(str(run_id), kind)], lease_seconds)).first() is not None
+                claiming = self._claims.claiming([(str(run_id), kind)], lease_seconds)
+                return session.execute(claiming).first() is not None
             row = session.get(NotificationRow, (str(run_id), kind))
             return row is not None and row.sent_at is None and row.gave_up_at is None
 
@@ -680,23 +641,19 @@ def _same(value: Any) -> Any:
     return value
 
 
-#: Most (run id, kind) notifications claimed at once, in one statement (two bind parameters each: within SQLite's
-#: default limit of 32,766 and PostgreSQL's 65,535); a sweep claims at most the 1,000 it read. Renewals and releases
-#: take at most this many per statement too.
-MAX_NOTIFICATION_CLAIMS = 10_000
+#: Most (run id, kind) notifications claimed at once, in one statement (:data:`MAX_CLAIMS`); a sweep claims at most the
+#: 1,000 it read. Renewals and releases take at most this many per statement too.
+MAX_NOTIFICATION_CLAIMS = MAX_CLAIMS
 
 
-def _by_token(claims: Mapping[tuple[uuid.UUID, str], datetime]) -> list[tuple[datetime, list[tuple[str, str]]]]:
-    """Claims grouped by their token (one per claiming or renewing statement: one for a sweep's claims), as the
-    ledger keys them, at most :data:`MAX_NOTIFICATION_CLAIMS` a group."""
-    grouped: dict[datetime, list[tuple[str, str]]] = {}
-    for (run_id, kind), token in sorted(claims.items()):
-        grouped.setdefault(token, []).append((str(run_id), kind))
-    return [
-        (token, pairs[start : start + MAX_NOTIFICATION_CLAIMS])
-        for token, pairs in grouped.items()
-        for start in range(0, len(pairs), MAX_NOTIFICATION_CLAIMS)
-    ]
+def _row_keys(claims: Mapping[tuple[uuid.UUID, str], datetime]) -> dict[RowKey, datetime]:
+    """Notification claims keyed as the ledger keys them."""
+    return {(str(run_id), kind): token for (run_id, kind), token in claims.items()}
+
+
+def _run_keys(claims: Mapping[RowKey, datetime]) -> dict[tuple[uuid.UUID, str], datetime]:
+    """The ledger's claims keyed by (run id, kind)."""
+    return {(uuid.UUID(run_id), kind): token for (run_id, kind), token in claims.items()}
 
 
 def _id_texts(run_ids: Sequence[uuid.UUID]) -> list[str]:

@@ -9,6 +9,9 @@ an HTTP receiver on 127.0.0.1).
 ``--finishes N`` times instead the finishing polls: the notifier handling polls of 50 ``run.failed`` events, each
 finishing its run (failure policy, error email, ``failed`` webhook, the finish recorded), N runs in all.
 
+``--outbox breaker`` times the circuit breaker emails' sweep instead (``BreakerMails.retry_unsent``: the outbox's
+unsent emails of a profile's breaker opening, one per definition using the profile, at most 100 a sweep).
+
 To compare two trees (the code before a change and after), in turns, each turn on a fresh catalog::
 
     python tests/benchmarks/bench_notifier_sweep.py --compare BEFORE_DIR AFTER_DIR --turns 5
@@ -120,14 +123,52 @@ def finish_seconds(url: str, finishes: int, senders: str) -> dict[str, float]:
     return {"seconds": seconds, "per_poll": seconds / len(polls), "per_finish": seconds / (len(polls) * poll)}
 
 
-def compare(trees: list[str], turns: int, notifications: int, senders: str, finishes: int = 0) -> None:
+def breaker_sweep_seconds(url: str, emails: int, senders: str) -> dict[str, float]:
+    """Fill a fresh catalog at ``url`` with ``emails`` unsent breaker emails (one per definition: the first attempt
+    of each failed), then time one sweep of the outbox that sends them all."""
+    from devtools.smtp_sink import SmtpSink
+    from services.notifier.breaker_notices import BreakerMails
+    from services.notifier.mailer import SmtpMailer
+    from shared.catalog import CatalogStores
+    from shared.catalog.breaker_mail_store import SqlBreakerMailStore
+    from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate
+    from shared.domain.fleet import BreakerChange
+
+    with SmtpSink() as sink:
+        stores = CatalogStores.from_url(url, migrate=True)
+        stores.definitions.apply(ConnectionProfile(name="crm", base_url="http://127.0.0.1:9"))
+        stores.definitions.apply(HttpTemplate(name="t", query="q", profile="crm", path="/m"))
+        outbox = SqlBreakerMailStore(stores.database)
+        change = BreakerChange("crm", "open", 1, datetime.now(UTC))
+        for index in range(emails):
+            error = {"enabled": True, "recipients": [f"oncall-{index}@example.com"]}
+            spec = {"name": f"d{index}", "query": "q", "template": "t", "notifications": {"error": error}}
+            stores.definitions.apply(ExportDefinition.model_validate(spec))
+            assert outbox.claim(change, f"d{index}")
+            outbox.mark(change, f"d{index}", error="SMTP away")
+        mailer = SmtpMailer("127.0.0.1", sink.port, max_attempts=1)
+        if senders == "null":
+            mailer.send = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        mails = BreakerMails(stores.definitions, outbox, mailer, "x@example.com")
+        started = time.perf_counter()
+        mails.retry_unsent()
+        seconds = time.perf_counter() - started
+        left = len(outbox.unsent(limit=10 * emails))
+        stores.close()
+        assert left == 0, f"{left} breaker emails left unsent"
+    return {"seconds": seconds}
+
+
+def compare(
+    trees: list[str], turns: int, notifications: int, senders: str, finishes: int = 0, outbox: str = "notifications"
+) -> None:
     from devtools.postgres import LocalPostgres
 
-    what = (
-        f"notifier finishing polls ({finishes} runs, 50 a poll)"
-        if finishes
-        else f"notifier sweep of {notifications} unsent notifications (one sweep)"
-    )
+    if finishes:
+        what = f"notifier finishing polls ({finishes} runs, 50 a poll)"
+    else:
+        kind = "breaker emails" if outbox == "breaker" else "notifications"
+        what = f"notifier sweep of {notifications} unsent {kind} (one sweep)"
     print(
         f"{what}, fresh catalog each, senders {senders}, "
         f"{turns} turns alternating; load average before: {Path('/proc/loadavg').read_text().strip()}"
@@ -143,7 +184,7 @@ def compare(trees: list[str], turns: int, notifications: int, senders: str, fini
                         else server.create_database(f"b{uuid.uuid4().hex[:8]}")
                     )
                     command = [sys.executable, __file__, "--url", url, "--notifications", str(notifications)]
-                    command += ["--finishes", str(finishes)]
+                    command += ["--finishes", str(finishes), "--outbox", outbox]
                     result = subprocess.run(
                         [*command, "--senders", senders],
                         env=os.environ | {"PYTHONPATH": tree},
@@ -172,17 +213,21 @@ def main() -> None:
     parser.add_argument("--url", help="one sweep on this (empty) catalog; prints its time as JSON")
     parser.add_argument("--compare", nargs="+", metavar="TREE", help="source trees to compare, in turns")
     parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument(
+        "--outbox", choices=["notifications", "breaker"], default="notifications", help="which sweep to time"
+    )
     args = parser.parse_args()
     if args.url:
-        figures: dict[str, Any] = (
-            finish_seconds(args.url, args.finishes, args.senders)
-            if args.finishes
-            else sweep_seconds(args.url, args.notifications, args.senders)
-        )
+        if args.finishes:
+            figures: dict[str, Any] = finish_seconds(args.url, args.finishes, args.senders)
+        elif args.outbox == "breaker":
+            figures = breaker_sweep_seconds(args.url, args.notifications, args.senders)
+        else:
+            figures = sweep_seconds(args.url, args.notifications, args.senders)
         print(json.dumps(figures))
     else:
         here = str(Path(__file__).resolve().parents[2])
-        compare(args.compare or [here], args.turns, args.notifications, args.senders, args.finishes)
+        compare(args.compare or [here], args.turns, args.notifications, args.senders, args.finishes, args.outbox)
 
 
 if __name__ == "__main__":

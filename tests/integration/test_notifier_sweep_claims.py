@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -82,23 +82,61 @@ def assert_each_sent_once(
         assert all(sent is not None for sent in catalog.runs.notifications(run_id).values())
 
 
+def waiting(real: Callable[..., Any], condition: Callable[[], bool], reached: threading.Event) -> Callable[..., Any]:
+    """``real`` (a send) setting ``reached``, then waiting until ``condition`` holds before it sends."""
+
+    def send(*args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        deadline = time.monotonic() + DEADLINE
+        while not condition():
+            assert time.monotonic() < deadline, "the other sweep never got there"
+            threading.Event().wait(0.01)
+        return real(*args, **kwargs)
+
+    return send
+
+
 def each_send_waits_for(notifier: Notifier, condition: Callable[[], bool], reached: threading.Event) -> None:
     """Make ``notifier``'s sends (mail and webhook) set ``reached``, then wait until ``condition`` holds."""
-
-    def waiting(real: Callable[..., Any]) -> Callable[..., Any]:
-        def send(*args: Any, **kwargs: Any) -> Any:
-            reached.set()
-            deadline = time.monotonic() + DEADLINE
-            while not condition():
-                assert time.monotonic() < deadline, "the other sweep never got there"
-                threading.Event().wait(0.01)
-            return real(*args, **kwargs)
-
-        return send
-
-    notifier.mailer.send = waiting(notifier.mailer.send)  # type: ignore[method-assign]
+    notifier.mailer.send = waiting(notifier.mailer.send, condition, reached)  # type: ignore[method-assign]
     assert notifier.webhooks is not None
-    notifier.webhooks.sender.send = waiting(notifier.webhooks.sender.send)  # type: ignore[method-assign]
+    sender = notifier.webhooks.sender
+    sender.send = waiting(sender.send, condition, reached)  # type: ignore[method-assign]
+
+
+def sweep_both_at_once(
+    sweeps: Sequence[Callable[[], object]], hold: Callable[[int, Callable[[], bool], threading.Event], None]
+) -> None:
+    """Run the two replicas' ``sweeps`` at the same moment (released together by a barrier), each holding its first
+    send until the other has reached a send of its own or finished its sweep (``hold(me, condition, reached)``
+    makes replica ``me``'s sends set ``reached`` and wait for ``condition``); both must end, without error."""
+    reached = [threading.Event(), threading.Event()]
+    done = [threading.Event(), threading.Event()]
+
+    def there(other: int) -> Callable[[], bool]:
+        return lambda: reached[other].is_set() or done[other].is_set()
+
+    for me, other in ((0, 1), (1, 0)):
+        hold(me, there(other), reached[me])
+    barrier = threading.Barrier(2, timeout=DEADLINE)
+    errors: list[BaseException] = []
+
+    def sweeping(me: int) -> None:
+        try:
+            barrier.wait()
+            sweeps[me]()
+        except BaseException as exc:  # noqa: BLE001 - told by the test below
+            errors.append(exc)
+        finally:
+            done[me].set()
+
+    threads = [threading.Thread(target=sweeping, args=(me,)) for me in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
 
 
 def while_a_sweep_is_held(
@@ -126,33 +164,10 @@ def test_two_replicas_sweeping_at_once_send_each_unsent_email_webhook_and_digest
     one sweep claims them and sends each once; the other finds none to claim."""
     failed, missed = unsent_ledger(catalog, receiver)
     replicas = [replica(catalog, sink, "replica-a"), replica(catalog, sink, "replica-b")]
-    reached = [threading.Event(), threading.Event()]
-    done = [threading.Event(), threading.Event()]
-
-    def there(other: int) -> Callable[[], bool]:
-        return lambda: reached[other].is_set() or done[other].is_set()
-
-    for me, other in ((0, 1), (1, 0)):
-        each_send_waits_for(replicas[me], there(other), reached[me])
-    barrier = threading.Barrier(2, timeout=DEADLINE)
-    errors: list[BaseException] = []
-
-    def sweeping(me: int) -> None:
-        try:
-            barrier.wait()
-            replicas[me].sweep()
-        except BaseException as exc:  # noqa: BLE001 - told by the test below
-            errors.append(exc)
-        finally:
-            done[me].set()
-
-    threads = [threading.Thread(target=sweeping, args=(me,)) for me in (0, 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(DEADLINE)
-    assert not any(thread.is_alive() for thread in threads)
-    assert errors == []
+    sweep_both_at_once(
+        [notifier.sweep for notifier in replicas],
+        lambda me, condition, reached: each_send_waits_for(replicas[me], condition, reached),
+    )
 
     assert_each_sent_once(catalog, sink, receiver, failed, missed)
     for notifier in replicas:  # and again: nothing left to send
@@ -350,6 +365,29 @@ class CatalogGone(Exception):
     """The catalog's connection lost in the middle of a transaction (its statement ran, the commit never came)."""
 
 
+def lost_once_claimed(monkeypatch: pytest.MonkeyPatch, database: Any, last: Callable[[Any], bool]) -> None:
+    """``database``'s transactions lost (:class:`CatalogGone`, never committed) once a statement of theirs returned a
+    row for which ``last`` holds (the claim of the last key ran)."""
+    real_begin = database.begin
+
+    class Losing:
+        def __init__(self, connection: Any) -> None:
+            self.connection = connection
+
+        def execute(self, *args: Any, **kwargs: Any) -> Any:
+            rows = self.connection.execute(*args, **kwargs).all()
+            if any(last(row) for row in rows):
+                raise CatalogGone
+            return rows
+
+    @contextlib.contextmanager
+    def begin(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with real_begin(*args, **kwargs) as connection:
+            yield Losing(connection)
+
+    monkeypatch.setattr(database, "begin", begin)
+
+
 def test_a_claim_whose_transaction_fails_claims_nothing(catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch):
     """A sweep's claim of 660 unsent notifications fails: its transaction is lost after its statement claiming the
     last of them ran. Before, the claim was one transaction per 500: the first 500 stayed claimed, not due for the
@@ -360,26 +398,7 @@ def test_a_claim_whose_transaction_fails_claims_nothing(catalog: CatalogStores, 
     keys = catalog.runs.unsent_notifications(limit=1_000)
     assert len(keys) == 660
     last = max((str(run_id), kind) for run_id, kind in keys)
-    real_begin = catalog.runs.database.begin
-
-    class Losing:
-        """The claim's connection, lost once the statement claiming ``last`` ran."""
-
-        def __init__(self, connection: Any) -> None:
-            self.connection = connection
-
-        def execute(self, *args: Any, **kwargs: Any) -> Any:
-            rows = self.connection.execute(*args, **kwargs).all()
-            if any((str(row[0]), row[1]) == last for row in rows):
-                raise CatalogGone
-            return rows
-
-    @contextlib.contextmanager
-    def begin(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        with real_begin(*args, **kwargs) as connection:
-            yield Losing(connection)
-
-    monkeypatch.setattr(catalog.runs.database, "begin", begin)
+    lost_once_claimed(monkeypatch, catalog.database, lambda row: (str(row[0]), row[1]) == last)
     with pytest.raises(CatalogGone):
         catalog.runs.claim_unsent_notifications(keys, 600)
     monkeypatch.undo()

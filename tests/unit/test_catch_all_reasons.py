@@ -347,7 +347,7 @@ def test_an_smtp_refusal_is_recorded_masked_and_cut_for_a_breaker_email():
     marked: list[str | None] = []
 
     class Outbox:
-        def claim(self, change: BreakerChange, definition: str) -> bool:
+        def claim(self, change: BreakerChange, definition: str, lease_seconds: float = 600.0) -> bool:
             return True
 
         def mark(self, change: BreakerChange, definition: str, error: str | None = None, give_up: bool = False):

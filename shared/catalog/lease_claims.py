@@ -1,0 +1,124 @@
+"""Claims of a table's unsent rows for one attempt, by a lease on their next-attempt column (the catalog's clock).
+
+A claim is one conditional ``UPDATE ... RETURNING`` of the rows still open (unsent, not given up) and due (no next
+attempt time, or one past), in one transaction: their next attempt time is pushed ``lease_seconds`` ahead, and that
+time is the claim's token. Of two callers claiming the same rows at once, each row is claimed by one of them; a claim
+that fails claims nothing; at most :data:`MAX_CLAIMS` keys at once (a ``ValueError`` beyond: never cut in parts). A
+caller that claims in a transaction of its own (beside its insert) executes :meth:`LeaseClaims.claiming` in it. The
+holder renews its claims (the token unchanged) or releases those it did not try (due again at once); a claim whose
+holder died lapses when the lease is over and is claimed again. Used by the notifications' ledger and the circuit
+breaker emails' outbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, tuple_, update
+
+from shared.catalog.database import CatalogDatabase
+
+#: Most keys claimed at once, in one statement (two or three bind parameters each: within SQLite's default limit of
+#: 32,766 and PostgreSQL's 65,535); a sweep claims at most the 1,000 it read. Renewals and releases take at most this
+#: many per statement too.
+MAX_CLAIMS = 10_000
+
+#: A row's primary key, as the table holds it.
+RowKey = tuple[Any, ...]
+
+
+def catalog_now(database: CatalogDatabase, seconds_ago: float = 0.0) -> Any:
+    """The catalog's clock (minus ``seconds_ago``) as an SQL expression: claims and their leases are judged on one
+    clock for every replica, not on each replica's own. On SQLite, the text its datetimes are stored as (UTC,
+    microseconds), so that comparisons with stored instants hold."""
+    if database.engine.dialect.name == "sqlite":
+        return func.strftime("%Y-%m-%d %H:%M:%f000", "now", f"{-float(seconds_ago)} seconds")
+    return func.now() - timedelta(seconds=seconds_ago) if seconds_ago else func.now()
+
+
+class LeaseClaims:
+    """Claims of ``table``'s rows keyed by ``key`` (its primary key's columns), by a lease on ``next_attempt``.
+
+    ``still_open`` are the conditions of a row still to send (e.g. not sent, not given up): only those are claimed
+    and renewed. ``kind`` is the catalog timeouts' kind of the statements (see :meth:`CatalogDatabase.begin`).
+    """
+
+    def __init__(
+        self,
+        database: CatalogDatabase,
+        table: Any,
+        key: Sequence[Any],
+        next_attempt: Any,
+        still_open: Sequence[ColumnElement[bool]],
+        kind: str | None = None,
+    ) -> None:
+        self.database, self.table, self.key, self.next_attempt = database, table, list(key), next_attempt
+        self.still_open, self.kind = list(still_open), kind
+
+    def claim(self, keys: Sequence[RowKey], lease_seconds: float, what: str = "rows") -> dict[RowKey, datetime]:
+        """Claim the rows of ``keys`` still open and due on the catalog's clock (a claim older than the lease is due
+        again: its holder died), in one statement in its own transaction. Returns those claimed, each with its claim
+        (the token :meth:`renew` and :meth:`release` take). More than :data:`MAX_CLAIMS` keys: a ``ValueError``
+        (naming ``what`` is claimed)."""
+        unique = sorted(set(keys))
+        if len(unique) > MAX_CLAIMS:
+            raise ValueError(f"at most {MAX_CLAIMS} {what} claimed at once, not {len(unique)}")
+        if not unique:
+            return {}
+        with self.database.begin(self.kind) as connection:
+            return _claimed(connection.execute(self.claiming(unique, lease_seconds)))
+
+    def claiming(self, keys: Sequence[RowKey], lease_seconds: float) -> Any:
+        """The conditional claim of ``keys`` for ``lease_seconds`` (see :meth:`claim`), returning the keys claimed
+        and their claim: for a caller's own transaction (one key, beside its insert)."""
+        due = self.next_attempt.is_(None) | (self.next_attempt <= catalog_now(self.database))
+        return self._updating(keys, [*self.still_open, due], lease_seconds)
+
+    def renew(self, claims: Mapping[RowKey, datetime], lease_seconds: float) -> dict[RowKey, datetime]:
+        """Renew these claims for another ``lease_seconds``: those still the caller's (the claim unchanged, the row
+        still open). Returns them with their new claim; one not returned is no longer the caller's."""
+        renewed: dict[RowKey, datetime] = {}
+        for token, keys in _by_token(claims):
+            with self.database.begin(self.kind) as connection:
+                statement = self._updating(keys, [*self.still_open, self.next_attempt == token], lease_seconds)
+                renewed |= _claimed(connection.execute(statement))
+        return renewed
+
+    def release(self, claims: Mapping[RowKey, datetime]) -> None:
+        """End these claims, not attempted: due again at once rather than after the lease. Those no longer the
+        caller's are left as they are."""
+        for token, keys in _by_token(claims):
+            with self.database.begin(self.kind) as connection:
+                connection.execute(
+                    update(self.table)
+                    .where(tuple_(*self.key).in_(keys), self.next_attempt == token, *self.still_open)
+                    .values({self.next_attempt: None})
+                )
+
+    def _updating(self, keys: Sequence[RowKey], conditions: Sequence[ColumnElement[bool]], lease_seconds: float) -> Any:
+        return (
+            update(self.table)
+            .where(tuple_(*self.key).in_(keys), *conditions)
+            .values({self.next_attempt: catalog_now(self.database, -lease_seconds)})
+            .returning(*self.key, self.next_attempt)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _claimed(rows: Any) -> dict[RowKey, datetime]:
+    return {tuple(row[:-1]): row[-1] for row in rows if row[-1] is not None}
+
+
+def _by_token(claims: Mapping[RowKey, datetime]) -> list[tuple[datetime, list[RowKey]]]:
+    """Claims grouped by their token (one per claiming or renewing statement: one for a sweep's claims), at most
+    :data:`MAX_CLAIMS` a group."""
+    grouped: dict[datetime, list[RowKey]] = {}
+    for key, token in sorted(claims.items()):
+        grouped.setdefault(token, []).append(key)
+    return [
+        (token, keys[start : start + MAX_CLAIMS])
+        for token, keys in grouped.items()
+        for start in range(0, len(keys), MAX_CLAIMS)
+    ]
