@@ -20,10 +20,11 @@ from sqlalchemy import ColumnElement, func, tuple_, update
 
 from shared.catalog.database import CatalogDatabase
 
-#: Most keys claimed at once, in one statement (two or three bind parameters each: within SQLite's default limit of
-#: 32,766 and PostgreSQL's 65,535); a sweep claims at most the 1,000 it read. Renewals and releases take at most this
-#: many per statement too.
-MAX_CLAIMS = 10_000
+#: Most keys claimed at once, in one statement; a sweep claims at most the 1,000 it read. Renewals and releases take
+#: at most this many per statement too. Not the bind parameters' limits (SQLite 32,766, PostgreSQL 65,535) but
+#: PostgreSQL's parser: it turns the row-value ``IN`` list into nested ORs, and 8,000 keys exceeded its default
+#: ``max_stack_depth`` ("stack depth limit exceeded"; 6,000 passed): twice what any caller claims.
+MAX_CLAIMS = 2_000
 
 #: A row's primary key, as the table holds it.
 RowKey = tuple[Any, ...]

@@ -641,8 +641,8 @@ def _same(value: Any) -> Any:
     return value
 
 
-#: Most (run id, kind) notifications claimed at once, in one statement (:data:`MAX_CLAIMS`); a sweep claims at most the
-#: 1,000 it read. Renewals and releases take at most this many per statement too.
+#: Most (run id, kind) notifications claimed at once, in one statement (:data:`MAX_CLAIMS`, PostgreSQL's bound); a sweep
+#: claims at most the 1,000 it read. Renewals and releases take at most this many per statement too.
 MAX_NOTIFICATION_CLAIMS = MAX_CLAIMS
 
 
