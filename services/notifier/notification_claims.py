@@ -10,7 +10,6 @@ breaker emails' sweep claims its outbox's the same way (any ledger of the same t
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -19,8 +18,6 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-#: A notification in the ledger: its run, and its kind (an email's, or ``webhook:<channel>:<event>``).
-Key = tuple[uuid.UUID, str]
 #: A notification's key in a ledger (the runs' (run id, kind); the breaker emails' outbox's (profile, ordinal,
 #: definition)).
 K = TypeVar("K", bound=tuple[Any, ...])

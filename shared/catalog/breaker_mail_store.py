@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from shared.catalog.database import CatalogDatabase, aware
-from shared.catalog.lease_claims import LeaseClaims, RowKey, catalog_now
+from shared.catalog.lease_claims import LeaseClaims, RowKey
 from shared.catalog.tables import BreakerMailRow
 from shared.domain.fleet import BreakerChange
 
@@ -100,11 +100,12 @@ class SqlBreakerMailStore:
     def unsent(self, limit: int = 100) -> list[tuple[BreakerChange, str]]:
         """(change, definition) of the emails claimed and not sent yet, nor given up, and due (not claimed by a
         sweep or a change's handling in the last lease); oldest first."""
-        due = BreakerMailRow.next_attempt_at.is_(None) | (BreakerMailRow.next_attempt_at <= catalog_now(self.database))
         with self.database.transaction() as session:
             rows = session.scalars(
                 select(BreakerMailRow)
-                .where(BreakerMailRow.sent_at.is_(None), BreakerMailRow.attempts < self.MAX_ATTEMPTS, due)
+                .where(
+                    BreakerMailRow.sent_at.is_(None), BreakerMailRow.attempts < self.MAX_ATTEMPTS, self._claims.due()
+                )
                 .order_by(BreakerMailRow.changed_at, BreakerMailRow.profile, BreakerMailRow.definition)
                 .limit(limit)
             ).all()

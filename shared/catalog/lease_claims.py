@@ -74,8 +74,12 @@ class LeaseClaims:
     def claiming(self, keys: Sequence[RowKey], lease_seconds: float) -> Any:
         """The conditional claim of ``keys`` for ``lease_seconds`` (see :meth:`claim`), returning the keys claimed
         and their claim: for a caller's own transaction (one key, beside its insert)."""
-        due = self.next_attempt.is_(None) | (self.next_attempt <= catalog_now(self.database))
-        return self._updating(keys, [*self.still_open, due], lease_seconds)
+        return self._updating(keys, [*self.still_open, self.due()], lease_seconds)
+
+    def due(self) -> ColumnElement[bool]:
+        """The condition of a row due now on the catalog's clock: never claimed, or its claim (or backoff) over."""
+        due: ColumnElement[bool] = self.next_attempt.is_(None) | (self.next_attempt <= catalog_now(self.database))
+        return due
 
     def renew(self, claims: Mapping[RowKey, datetime], lease_seconds: float) -> dict[RowKey, datetime]:
         """Renew these claims for another ``lease_seconds``: those still the caller's (the claim unchanged, the row

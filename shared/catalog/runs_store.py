@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
-from shared.catalog.lease_claims import MAX_CLAIMS, LeaseClaims, RowKey, catalog_now
+from shared.catalog.lease_claims import LeaseClaims, RowKey, catalog_now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
 from shared.domain.replay import ALL_ACKNOWLEDGED, ReplayPlan, ReplayPublication
 from shared.domain.runs import RunRecord, RunStatus, StartClaims, fold
@@ -519,7 +519,7 @@ class SqlRunsStore:
         those still unsent, not given up and due on the catalog's clock (a claim older than ``lease_seconds`` is due
         again: its claimant died). One conditional statement, in its own transaction, exclusive
         (:meth:`LeaseClaims.claim`): a notification two callers claim at once is claimed by one of them, and a claim
-        that fails claims nothing. At most :data:`MAX_NOTIFICATION_CLAIMS` keys (a ``ValueError`` beyond: a claim is
+        that fails claims nothing. At most :data:`MAX_CLAIMS` keys (a ``ValueError`` beyond: a claim is
         never split in parts). The claim is the next attempt's time pushed ``lease_seconds`` ahead; a failed
         attempt's mark (:meth:`mark_notification`) ends it. Returns the ones claimed, each with its claim (the token
         :meth:`renew_notification_claims` and :meth:`release_notification_claims` take)."""
@@ -639,11 +639,6 @@ def write_record(record: RunRecord, row: RunRow) -> None:
 
 def _same(value: Any) -> Any:
     return value
-
-
-#: Most (run id, kind) notifications claimed at once, in one statement (:data:`MAX_CLAIMS`, PostgreSQL's bound); a sweep
-#: claims at most the 1,000 it read. Renewals and releases take at most this many per statement too.
-MAX_NOTIFICATION_CLAIMS = MAX_CLAIMS
 
 
 def _row_keys(claims: Mapping[tuple[uuid.UUID, str], datetime]) -> dict[RowKey, datetime]:
