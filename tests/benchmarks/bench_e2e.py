@@ -38,13 +38,23 @@ variable, or ``BENCH_DISPATCHERS``: how many dispatcher processes run, in one co
 ``--repeat`` times (A, B, A, B, ...): an A/B comparison in the same run, beside the same raw ceilings (the machine
 may be shared: alternate, and compare the ratios).
 
+``--request catalog|api|both`` says how ``exportctl run`` requests the runs (the warm-up's and the timed one):
+``catalog`` (the default) on the catalog directly, as before, its start-up (imports, the Kafka connection) inside
+the timed run; ``api`` through the admin API, as users on Kubernetes do (the chart deploys the admin service):
+the admin service then runs as a process too (``python -m services.admin`` on 127.0.0.1, an operator token of the
+benchmark's own), and ``exportctl run`` gets ``EXPORT_API_URL`` and ``EXPORT_API_TOKEN``; ``both`` runs each in
+turn (catalog, API, catalog, API, ... within each value of ``--variant``). The admin process's CPU seconds and
+peak RSS are reported with the services'; the timeline adds when the API received the request (its answer less
+its own handling, from its ``/metrics``) and when it answered (exportctl printed the run's id; in catalog mode
+the same line comes after the run request's acknowledgement).
+
 Prints one table (members/s, requests/s, seconds, peak RSS per service, ratios to the slowest raw stage
 and to the naive script), writes a bar chart of throughput per stage (``<out>/e2e.png``) and the table
 with the machine it ran on (``<out>/e2e.md``). Figures only: nothing here passes or fails on a timing.
 
     .venv/bin/python -m tests.benchmarks.bench_e2e [--members 1000000] [--single-members 100000]
         [--concurrency 8] [--timeout 1800] [--body json|text] [--out docs/benchmarks]
-        [--variant EXPORT_DISPATCHER_ROUNDS_IN_FLIGHT=1,2 --repeat 2]
+        [--variant EXPORT_DISPATCHER_ROUNDS_IN_FLIGHT=1,2 --repeat 2] [--request catalog|api|both]
 
 ``KAFKA_BOOTSTRAP_SERVERS`` reuses a running broker; otherwise a local one is started. Catalogs, manifests
 and service logs of the last run stay in .local/bench/e2e.
@@ -58,10 +68,12 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -79,6 +91,8 @@ import yaml
 
 from devtools.kafka_broker import LocalKafka
 from devtools.pipeline import SERVICES, LocalPipeline
+from devtools.processes import free_port, wait_until
+from services.admin.bearer_tokens import token_hash
 from services.extractor.extraction import DEFAULT_RECORD_MEMBERS
 from shared.catalog import CatalogStores
 from shared.domain.runs import RunRecord
@@ -101,6 +115,7 @@ from tests.benchmarks.common import (
 )
 from tests.benchmarks.e2e_timeline import RunClock, describe, idle_gaps, timeline
 from tests.benchmarks.lean_receiver import lean_receiver
+from tests.metrics_helpers import scrape, values
 
 EXPORTCTL = [sys.executable, "-m", "shared.cli"]
 WORK_DIR = CACHE / "e2e"
@@ -117,7 +132,23 @@ BODY_COLUMNS = ("id", "email", "first_name", "tier", "points")
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM members"
 #: The batch body: the single-member body for each member of the batch, as ``json.dumps`` writes a list.
 BATCH_BODY = '{"members": [{% for member in members %}' + SINGLE_BODY + '{{ ", " if not loop.last }}{% endfor %}]}'
-SERVICE_ABBREVIATIONS = {"scheduler": "sch", "extractor": "ext", "dispatcher": "dis", "notifier": "not"}
+SERVICE_ABBREVIATIONS = {
+    "scheduler": "sch",
+    "extractor": "ext",
+    "dispatcher": "dis",
+    "notifier": "not",
+    "admin": "adm",
+}
+#: How ``exportctl run`` requests the runs (``--request``): on the catalog directly, or through the admin API.
+CATALOG, API = "catalog", "api"
+REQUEST_CHOICES = (CATALOG, API)
+#: ``--request both``: each way in turn, the catalog first.
+BOTH = "both"
+#: The admin service's process (``python -m services.admin``), started with the others in API mode.
+ADMIN = "admin"
+#: The admin API's request histogram (services/admin/request_metrics.py) and the route that executes a definition.
+ADMIN_REQUEST_SECONDS = "member_export_admin_http_request_duration_seconds"
+EXECUTE_ROUTE = "/api/v1/export-definitions/{name}/runs"
 
 
 @dataclass(frozen=True)
@@ -251,8 +282,11 @@ class PipelineRun:
         concurrency: int,
         broker_pid: int | None = None,
         variant: dict[str, str] | None = None,
+        request: str = CATALOG,
     ) -> None:
         self.scenario = scenario
+        #: How ``exportctl run`` requests the runs: ``catalog`` or ``api`` (the admin service then runs too).
+        self.request = request
         self.broker_pid = broker_pid
         self.bootstrap = bootstrap
         #: When the last ``exportctl run`` was launched (the timeline's origin).
@@ -277,6 +311,15 @@ class PipelineRun:
         self.dispatchers = int((variant or {}).get(DISPATCHERS, "1"))
         if DISPATCHER_CONCURRENCY not in (variant or {}):
             self.env[DISPATCHER_CONCURRENCY] = str(max(1, concurrency // self.dispatchers))
+        # Never the developer's exportctl contexts: a current context with an API URL would take the catalog runs
+        # through an API, and its token would go to ours.
+        self.exportctl_env = {"EXPORTCTL_CONFIG": str(self.work_dir / "no-exportctl-config.yaml")}
+        self.admin_port = free_port() if request == API else 0
+        self.admin_token = secrets.token_urlsafe(24)
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def manifest(self) -> list[dict[str, Any]]:
         documents: list[dict[str, Any]] = [
@@ -304,7 +347,7 @@ class PipelineRun:
     def exportctl(self, *args: str, timeout: float) -> str:
         done = subprocess.run(
             [*EXPORTCTL, *args],
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, **self.exportctl_env},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -321,31 +364,83 @@ class PipelineRun:
         manifest.write_text(yaml.safe_dump_all(self.manifest(), sort_keys=False, allow_unicode=True))
         self.exportctl("db", "upgrade", timeout=120)
         self.exportctl("apply", "-f", str(manifest), timeout=120)
+        if self.request == API:
+            entry = {"name": "bench-e2e", "sha256": token_hash(self.admin_token), "role": "operator"}
+            (self.work_dir / "tokens.yaml").write_text(yaml.safe_dump({"tokens": [entry]}))
+
+    def admin_env(self) -> dict[str, str]:
+        """The admin service's own settings (on top of the pipeline's): loopback, a free port, our token."""
+        return {
+            "EXPORT_ADMIN_HOST": "127.0.0.1",
+            "EXPORT_ADMIN_PORT": str(self.admin_port),
+            "EXPORT_ADMIN_TOKENS_FILE": str(self.work_dir / "tokens.yaml"),
+        }
+
+    def run_env(self) -> dict[str, str]:
+        """What ``exportctl run`` gets on top of the pipeline's settings: in API mode, the API and the token."""
+        if self.request != API:
+            return self.exportctl_env
+        return {**self.exportctl_env, "EXPORT_API_URL": self.admin_url, "EXPORT_API_TOKEN": self.admin_token}
+
+    def wait_for_admin(self, pipeline: LocalPipeline, timeout: float) -> None:
+        """Until the admin API answers its health check (its start-up is not part of any timed run)."""
+
+        def ready() -> bool:
+            if ADMIN in pipeline.dead():
+                raise RuntimeError(f"the admin API exited: {pipeline.log(ADMIN)[-2000:]}")
+            try:
+                return httpx.get(f"{self.admin_url}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, timeout=timeout, what="the admin API")
+
+    def execute_handling(self) -> tuple[float, float]:
+        """The admin API's run requests so far and the seconds it spent on them (its own /metrics), or zeros in
+        catalog mode."""
+        if self.request != API:
+            return 0.0, 0.0
+        samples = scrape(self.admin_port)
+        labels = {"route": EXECUTE_ROUTE, "method": "POST"}
+        count = sum(value for _, value in values(samples, f"{ADMIN_REQUEST_SECONDS}_count", **labels))
+        seconds = sum(value for _, value in values(samples, f"{ADMIN_REQUEST_SECONDS}_sum", **labels))
+        return count, seconds
 
     def run(self, timeout: float) -> dict[str, Any]:
         """Warm up, then time ``exportctl run`` until the run is recorded final; stop the services."""
         catalog = CatalogStores.from_url(self.catalog_url)
         try:
             replicas = tuple(f"dispatcher-{number}" for number in range(2, self.dispatchers + 1))
+            admin = (ADMIN,) if self.request == API else ()
             services = LocalPipeline(
                 self.env,
                 self.work_dir / "logs",
-                services=(*SERVICES, *replicas),
+                services=(*SERVICES, *replicas, *admin),
+                service_env=dict.fromkeys(admin, self.admin_env()),
                 modules=dict.fromkeys(replicas, "services.dispatcher"),
             )
             with services as pipeline:
-                warm_up, _, _ = self._run_and_wait(f"{self.scenario.name}-warm-up", catalog, pipeline, timeout)
+                if admin:
+                    self.wait_for_admin(pipeline, timeout=120)
+                # The warm-up goes the timed run's way: in API mode the admin's producer and catalog are warm, as a
+                # long-running admin service's are.
+                warm_up, _, _, _ = self._run_and_wait(f"{self.scenario.name}-warm-up", catalog, pipeline, timeout)
                 reset_receiver(self.base_url)
                 pids = {name: process.pid for name, process in pipeline.processes.items()}
                 if self.broker_pid is not None:
                     pids["broker"] = self.broker_pid
                 cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-                seconds, published, record = self._run_and_wait(self.scenario.name, catalog, pipeline, timeout)
+                requests_before, handling_before = self.execute_handling()
+                seconds, printed, published, record = self._run_and_wait(self.scenario.name, catalog, pipeline, timeout)
                 cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+                requests_after, handling_after = self.execute_handling()
                 peaks = {name: peak_rss_mb(process.pid) for name, process in pipeline.processes.items()}
                 stats = receiver_stats(self.base_url)
         finally:
             catalog.close()
+        # The admin API's own time on the timed run request (one request: its histogram's sum moved by that much).
+        timed_once = self.request == API and requests_after - requests_before == 1
+        api_seconds = handling_after - handling_before if timed_once else None
         marks = timeline(
             bootstrap=self.bootstrap,
             topic_prefix=self.env["EXPORT_TOPIC_PREFIX"],
@@ -355,6 +450,8 @@ class PipelineRun:
             receiver=stats,
             exportctl_returned=published,
             recorded=seconds,
+            run_printed=printed,
+            api_seconds=api_seconds,
         )
         marks |= idle_gaps(sorted(httpx.get(f"{self.base_url}/times").json()))
         return {
@@ -371,25 +468,63 @@ class PipelineRun:
 
     def _run_and_wait(
         self, definition: str, catalog: CatalogStores, pipeline: LocalPipeline, timeout: float
-    ) -> tuple[float, float, RunRecord]:
+    ) -> tuple[float, float, float, RunRecord]:
+        """``exportctl run definition`` until the catalog records the run final: seconds after the launch to the
+        run recorded, to the run's id printed (in API mode, the API's answer) and to exportctl's exit; the run."""
         self.clock = RunClock(time.time(), time.monotonic())
         started = self.clock.monotonic
-        output = self.exportctl("run", definition, timeout=timeout)
-        published = time.monotonic() - started
-        found = re.search(r"run ([0-9a-f-]{36}) requested", output)
-        if found is None:
-            raise RuntimeError(f"exportctl run {definition} printed no run id: {output!r}")
-        run_id = uuid.UUID(found.group(1))
+        run_id, printed, published = self._exportctl_run(definition, timeout)
         while True:
             record = catalog.runs.get_run(run_id)
             if record is not None and record.status.is_final:
-                return time.monotonic() - started, published, record
+                return time.monotonic() - started, printed, published, record
             if dead := pipeline.dead():
                 raise RuntimeError(f"service(s) {', '.join(dead)} exited; logs in {self.work_dir / 'logs'}")
             if time.monotonic() - started > timeout:
                 status = record.status.value if record else "not recorded"
                 raise TimeoutError(f"run {run_id} of {definition} not final after {timeout:.0f} s ({status})")
             time.sleep(0.1)
+
+    def _exportctl_run(self, definition: str, timeout: float) -> tuple[uuid.UUID, float, float]:
+        """Launch ``exportctl run definition`` (the clock's origin): the run's id, and the seconds after the launch
+        at which exportctl printed it and at which it exited. Its lines are timed as they come (a reader thread):
+        through the API the id is printed as soon as the API answered, and exportctl exits some time later."""
+        started = self.clock.monotonic
+        lines: list[tuple[float, str]] = []
+        stderr_path = self.work_dir / "exportctl-run.stderr"
+        with (
+            stderr_path.open("w") as stderr,  # a file, not a pipe: nothing blocks whatever exportctl writes there
+            subprocess.Popen(
+                [*EXPORTCTL, "run", definition],
+                env={**os.environ, **self.env, **self.run_env()},
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            ) as process,
+        ):
+            stdout = process.stdout
+            assert stdout is not None  # stdout=PIPE
+
+            def read() -> None:
+                for line in stdout:  # TextIOWrapper hands over each line as soon as its bytes arrived
+                    lines.append((time.monotonic() - started, line))
+
+            reader = threading.Thread(target=read, name="exportctl-stdout", daemon=True)
+            reader.start()
+            try:
+                code = process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise TimeoutError(f"exportctl run {definition} did not exit within {timeout:.0f} s") from None
+            published = time.monotonic() - started
+            reader.join(timeout)
+        if code != 0:
+            error = stderr_path.read_text(errors="replace").strip()
+            raise RuntimeError(f"exportctl run {definition} failed ({code}): {error}")
+        for printed, line in lines:
+            if found := re.search(r"run ([0-9a-f-]{36}) requested", line):
+                return uuid.UUID(found.group(1)), printed, published
+        raise RuntimeError(f"exportctl run {definition} printed no run id: {''.join(text for _, text in lines)!r}")
 
 
 def extraction_times(log: Path, run_id: uuid.UUID) -> tuple[float, float] | None:
@@ -439,29 +574,54 @@ def warm_page_cache(store: Path) -> None:
 
 @dataclass(frozen=True)
 class Variant:
-    """The pipeline's settings in one of its runs: an ``EXPORT_*`` variable's value (none: the defaults)."""
+    """The pipeline's settings in one of its runs: an ``EXPORT_*`` variable's value (none: the defaults), and how
+    ``exportctl run`` requests the run (``--request``)."""
 
     env: dict[str, str]
     repetition: int = 1  # which run of this value (A/B runs alternate)
+    request: str = CATALOG
+    #: Whether the label says the request mode (any run list but the catalog alone, the default) and the run's
+    #: number (several runs, or a --variant: the labels stay as they were).
+    show_request: bool = False
+    numbered: bool = False
 
     @property
     def label(self) -> str:
-        if not self.env:
-            return "pipeline"
-        setting = " ".join(f"{name.removeprefix('EXPORT_')}={value}" for name, value in self.env.items())
-        return f"pipeline {setting} #{self.repetition}"
+        label = "pipeline"
+        if self.show_request:
+            label += " (API)" if self.request == API else " (catalog)"
+        if self.env:
+            label += " " + " ".join(f"{name.removeprefix('EXPORT_')}={value}" for name, value in self.env.items())
+        return f"{label} #{self.repetition}" if self.numbered else label
 
 
-def variants(spec: str | None, repeat: int) -> list[Variant]:
-    """The pipeline runs ``--variant NAME=A,B`` and ``--repeat`` ask for, in the order to run them: A, B, A, B..."""
-    if not spec:
-        return [Variant({}, repetition) for repetition in range(1, repeat + 1)]
-    name, _, values = spec.partition("=")
-    if not (name.startswith("EXPORT_") or name == DISPATCHERS) or not values:
-        raise SystemExit(f"--variant wants EXPORT_NAME=value,value... or {DISPATCHERS}=1,2: {spec!r}")
-    return [
-        Variant({name: value.strip()}, repetition) for repetition in range(1, repeat + 1) for value in values.split(",")
+def request_modes(spec: str) -> tuple[str, ...]:
+    """``--request``: ``catalog``, ``api``, ``both`` (catalog then API) or the modes in the order to take turns,
+    comma-separated (``api,catalog``: the API first)."""
+    modes = REQUEST_CHOICES if spec == BOTH else tuple(mode.strip() for mode in spec.split(","))
+    if not modes or any(mode not in REQUEST_CHOICES for mode in modes) or len(set(modes)) != len(modes):
+        raise SystemExit(f"--request wants {CATALOG}, {API}, {BOTH} or {API},{CATALOG}: {spec!r}")
+    return modes
+
+
+def variants(spec: str | None, repeat: int, requests: Sequence[str] = (CATALOG,)) -> list[Variant]:
+    """The pipeline runs ``--variant NAME=A,B``, ``--repeat`` and ``--request`` ask for, in the order to run them:
+    A, B, A, B..., each value once per request mode in turn (A catalog, A API, B catalog, B API, A catalog...)."""
+    settings: list[dict[str, str]] = [{}]
+    if spec:
+        name, _, values = spec.partition("=")
+        if not (name.startswith("EXPORT_") or name == DISPATCHERS) or not values:
+            raise SystemExit(f"--variant wants EXPORT_NAME=value,value... or {DISPATCHERS}=1,2: {spec!r}")
+        settings = [{name: value.strip()} for value in values.split(",")]
+    runs = [
+        (repetition, setting, request)
+        for repetition in range(1, repeat + 1)
+        for setting in settings
+        for request in requests
     ]
+    show_request = tuple(requests) != (CATALOG,)
+    numbered = bool(spec) or len(runs) > 1
+    return [Variant(setting, repetition, request, show_request, numbered) for repetition, setting, request in runs]
 
 
 def measure(
@@ -481,7 +641,9 @@ def measure(
     pipeline_rows: list[Row] = []
     notes: list[str] = []
     for variant in runs:
-        pipeline = PipelineRun(scenario, store_url, bootstrap, base_url, concurrency, broker_pid, variant.env)
+        pipeline = PipelineRun(
+            scenario, store_url, bootstrap, base_url, concurrency, broker_pid, variant.env, variant.request
+        )
         pipeline.set_up()
         say(f"{scenario.title}: {variant.label} (warm-up run, then the timed run)")
         run = pipeline.run(timeout)
@@ -547,12 +709,12 @@ def pipeline_results(scenario: Scenario, variant: Variant, run: dict[str, Any]) 
     title = f"{scenario.title}, {variant.label}"
     notes = [
         f"{title}: run {record.status.value}, extracted {record.extracted:,}, delivered "
-        f"{record.delivered:,}, failed {record.failed:,}; exportctl run returned after {run['published']:.1f} s; "
+        f"{record.delivered:,}, failed {record.failed:,}; exportctl run returned after {run['published']:.2f} s; "
         f"the run's own duration (started → finished) {record.duration_seconds or 0:.1f} s, {extraction(run)}; "
         "the warm-up run "
         f"({WARM_UP_MEMBERS:,} members, services just started) recorded {run['warm_up']:.1f} s after exportctl run",
         f"{title}: CPU seconds during the timed run: "
-        + ", ".join(f"{name} {seconds:.1f}" for name, seconds in run["cpu"].items()),
+        + ", ".join(f"{name} {seconds:.2f}" for name, seconds in run["cpu"].items()),
         f"{title}: the receiver got {stats['requests']:,} requests / {stats['bytes']:,} bytes",
         f"{title}: timeline after exportctl run was launched:\n    " + "\n    ".join(describe(run["timeline"])),
     ]
@@ -668,8 +830,15 @@ def main() -> None:
         help="run the pipeline once per value of this setting of the services, in turn (an A/B comparison)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="pipeline runs per value (alternating: A, B, A, B)")
+    parser.add_argument(
+        "--request",
+        default=CATALOG,
+        metavar="catalog|api|both|api,catalog",
+        help="how exportctl run requests the runs: on the catalog directly (the default), through the admin API "
+        "(its service started too), or both in turn (both: the catalog first; api,catalog: the API first)",
+    )
     args = parser.parse_args()
-    runs = variants(args.variant, max(1, args.repeat))
+    runs = variants(args.variant, max(1, args.repeat), request_modes(args.request))
     began = time.monotonic()
     scenarios = [
         Scenario(
@@ -710,6 +879,7 @@ def main() -> None:
         f"--concurrency {args.concurrency}"
         + (f" --variant {args.variant}" if args.variant else "")
         + (f" --repeat {args.repeat}" if args.repeat > 1 else "")
+        + (f" --request {args.request}" if args.request != CATALOG else "")
     )
     kafka = f"the broker at {bootstrap}" if broker_pid is None else "a local single-node broker (KRaft)"
     machine_line = (

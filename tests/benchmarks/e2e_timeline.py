@@ -5,6 +5,9 @@ was launched, from what the run left behind.
   ``run.started``, its first and last member-batch record, its ``run.extraction_completed``, and the dispatcher's
   first and last ``run.batch_outcome``;
 - the lean receiver's first and last request (its monotonic clock, this machine's);
+- when ``exportctl run`` printed the run's id (through the admin API: when the API answered) and when it exited;
+  through the API also when the request reached it: its answer less its own handling of the request (the admin's
+  ``/metrics`` request histogram, read before and after the run);
 - the notifier's ``run finished`` log line (written once the fold that made the run final is committed);
 - when the benchmark saw the run final in the catalog (it polls every 0.1 s).
 
@@ -32,7 +35,9 @@ from shared.topics import Topics
 
 #: Marks in the order a run passes them.
 MARKS = (
-    ("run requested (exportctl's record produced)", "run_requested"),
+    ("run request received by the admin API (its answer less its handling)", "api_received"),
+    ("run requested (the run request's record produced)", "run_requested"),
+    ("run id printed by exportctl (API mode: the API answered)", "run_printed"),
     ("exportctl returned", "exportctl_returned"),
     ("run.started produced (extractor)", "run_started"),
     ("first batch record produced (extractor)", "first_batch"),
@@ -110,8 +115,11 @@ def timeline(
     receiver: dict[str, Any],
     exportctl_returned: float,
     recorded: float,
+    run_printed: float | None = None,
+    api_seconds: float | None = None,
 ) -> dict[str, float | None]:
-    """The run's marks (see :data:`MARKS`), in seconds after ``exportctl run`` was launched."""
+    """The run's marks (see :data:`MARKS`), in seconds after ``exportctl run`` was launched; ``api_seconds``, the
+    admin API's own time on the request (API mode), is kept too (``api_seconds``)."""
     topics = Topics(topic_prefix)
     key = str(run_id).encode()
     batches = sorted(t for t, _ in _topic_times(bootstrap, topics.member_batch_topics(), key))
@@ -128,8 +136,14 @@ def timeline(
     def last(times: list[float]) -> float | None:
         return clock.from_wall(max(times)) if times else None
 
+    # Through the API, exportctl prints the run's id as soon as the answer is read: the answer less the API's own
+    # handling is when the request reached it.
+    received = None if run_printed is None or api_seconds is None else run_printed - api_seconds
     return {
+        "api_received": received,
+        "api_seconds": api_seconds,
         "run_requested": first(requested),
+        "run_printed": run_printed,
         "exportctl_returned": exportctl_returned,
         "run_started": first(events.get("run.started", [])),
         "first_batch": first(batches),
@@ -174,6 +188,18 @@ def describe(marks: dict[str, float | None]) -> list[str]:
         f"last outcome → run final (notifier) {gap('run_finished', 'last_outcome')}; "
         f"run final → seen in the catalog {gap('recorded', 'run_finished')}"
     )
+    if marks.get("api_seconds") is not None:
+
+        def ms(later: str, earlier: str | None = None) -> str:
+            a, b = marks.get(later), marks.get(earlier) if earlier else 0.0
+            return "?" if a is None or b is None else f"{(a - b) * 1000:.0f} ms"
+
+        lines.append(
+            f"the admin API: launch → request received {ms('api_received')}; handled in {ms('api_seconds')} (its "
+            f"/metrics), of which request received → run request produced {ms('run_requested', 'api_received')} "
+            f"and run request produced → answered (run id printed) {ms('run_printed', 'run_requested')}; answered → "
+            f"exportctl returned {ms('exportctl_returned', 'run_printed')}"
+        )
     if marks.get("idle") is not None:
         lines.append(
             f"the receiver saw no request for {marks['idle']:.2f} s of its first → last span, in "
