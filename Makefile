@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+BENCH_STAMP := $(VENV)/.bench-installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: deploy-tools demo up dashboard-picture test lint unit integration e2e fuzz chaos bench bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
 
@@ -11,6 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+# The benchmarks' own extra (confluent-kafka, compared with kafka-python): `make bench` only, never `make test`.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	rm -f $(VENV)/.bench-installed-* && touch $(BENCH_STAMP)
 
 prerequisites: $(STAMP)
 	$(BIN)/python -m devtools.prerequisites
@@ -65,7 +71,7 @@ chaos: prerequisites
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 ## Benchmarks: they print figures and ratios to a baseline measured in the same run (never pass/fail).
-bench: prerequisites
+bench: prerequisites $(BENCH_STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_cli_startup
 	$(BIN)/python -m tests.benchmarks.bench_scheduler
 	$(BIN)/python -m tests.benchmarks.bench_run_start
