@@ -67,12 +67,14 @@ from pathlib import Path
 from typing import Any
 
 from services.extractor.extraction import DEFAULT_RECORD_MEMBERS
-from shared.events import BatchOutcome, Priority
+from shared.events import Priority
 from shared.member_batches import BatchEncoder, members_per_record
 from shared.querystore.demo_data import COLUMNS as DEMO_COLUMNS
 from shared.querystore.demo_data import generate_rows
 from shared.settings import CommonSettings
 from tests.benchmarks.bench_e2e import BATCH_SIZE, COLUMNS, PAGE_SIZE
+from tests.benchmarks.bench_round_acks import outcomes as batch_outcomes
+from tests.benchmarks.common import MAX_RECORD_BYTES
 
 #: The dispatcher's records a poll (``EXPORT_DISPATCHER_POLL_RECORDS``; one-member rounds: 4,096 requests / 64).
 POLL_RECORDS = 64
@@ -117,7 +119,7 @@ def records_of(count: int, members_a_record: int, run_id: uuid.UUID) -> list[tup
         template="bench",
         priority=Priority.NORMAL,
         batch_size=members_a_record,
-        max_record_bytes=900_000,
+        max_record_bytes=MAX_RECORD_BYTES,
         key_column="id",
     )
     records: list[tuple[bytes, bytes]] = []
@@ -127,23 +129,6 @@ def records_of(count: int, members_a_record: int, run_id: uuid.UUID) -> list[tup
         for batch in encoder.encode_page(COLUMNS, selected, len(records)):
             records.append((f"{run_id}:{batch.batch_index}".encode(), batch.value))
     return records
-
-
-def outcomes_of(count: int, members_a_record: int, run_id: uuid.UUID) -> list[bytes]:
-    """The dispatcher's outcome of each record: every member delivered, their keys named."""
-    return [
-        BatchOutcome(
-            run_id=run_id,
-            definition="bench",
-            batch_index=index,
-            delivered=members_a_record,
-            failed=0,
-            status_code=200,
-            # The keys of a 1,000,000-member run's second half (7 digits, as most of its keys are).
-            member_keys=[str(500_000 + index * members_a_record + m) for m in range(members_a_record)],
-        ).to_bytes()
-        for index in range(count)
-    ]
 
 
 # --- CPU, per thread ---------------------------------------------------------------------------------------------
@@ -510,7 +495,8 @@ def prepare(bootstrap: str, args: argparse.Namespace, directory: Path) -> dict[s
             producer.close()
         data: dict[str, Any] = {
             "records": records if pattern == "produce" else [],
-            "outcomes": outcomes_of(min(count, 400), members, run_id),
+            # The keys of a 1,000,000-member run's second half (7 digits, as most of its keys are).
+            "outcomes": batch_outcomes(run_id, min(count, 400), members, first_key=500_000),
             "run_key": str(run_id),
         }
         path = directory / f"{pattern}.pickle"
