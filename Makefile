@@ -82,6 +82,8 @@ bench: prerequisites $(BENCH_STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_rendering
 	$(BIN)/python -m tests.benchmarks.bench_notifier_fold
 	$(BIN)/python -m tests.benchmarks.bench_round_acks
+	$(BIN)/python -m tests.benchmarks.bench_kafka_clients --turns 2 --modes idle \
+		--batch-records 400 --single-records 300 --produce-records 400
 	$(BIN)/python -m tests.benchmarks.bench_batch_polls --repeat 1
 	$(BIN)/python -m tests.benchmarks.bench_fleet_limits
 	$(BIN)/python -m tests.benchmarks.bench_dispatcher
