@@ -35,8 +35,9 @@ main thread only (librdkafka's threads never take the GIL; its callbacks and mes
 thread). Each turn runs twice: ``idle``, the client alone, and ``busy``, beside a thread counting in pure Python as the
 dispatcher's event loop would be busy (a worst case: the loop is not always busy while a round is polled): its count
 against its count alone, measured in the same process before and after, is the share of a core the event loop still
-gets, and the client's records/s there show what a busy interpreter does to the client. Clients take turns, the
-order alternating; medians over the turns; ratios confluent / kafka-python.
+gets (noisy where other processes share the cores: the counter loses their time too), and the client's records/s
+there show what a busy interpreter does to the client. Clients take turns, the order alternating; medians over the
+turns; ratios confluent / kafka-python.
 
     python -m tests.benchmarks.bench_kafka_clients [--turns 3] [--batch-records 2000] [--single-records 938]
         [--produce-records 2000] [--patterns batch single produce] [--modes idle busy]
