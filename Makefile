@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+BENCH_STAMP := $(VENV)/.bench-installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: deploy-tools demo up dashboard-picture test lint unit integration e2e fuzz chaos bench bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
 
@@ -11,6 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+# The benchmarks' own extra (confluent-kafka, compared with kafka-python): `make bench` only, never `make test`.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	rm -f $(VENV)/.bench-installed-* && touch $(BENCH_STAMP)
 
 prerequisites: $(STAMP)
 	$(BIN)/python -m devtools.prerequisites
@@ -65,7 +71,7 @@ chaos: prerequisites
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 ## Benchmarks: they print figures and ratios to a baseline measured in the same run (never pass/fail).
-bench: prerequisites
+bench: prerequisites $(BENCH_STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_cli_startup
 	$(BIN)/python -m tests.benchmarks.bench_scheduler
 	$(BIN)/python -m tests.benchmarks.bench_run_start
@@ -76,6 +82,8 @@ bench: prerequisites
 	$(BIN)/python -m tests.benchmarks.bench_rendering
 	$(BIN)/python -m tests.benchmarks.bench_notifier_fold
 	$(BIN)/python -m tests.benchmarks.bench_round_acks
+	$(BIN)/python -m tests.benchmarks.bench_kafka_clients --turns 2 --modes idle \
+		--batch-records 400 --single-records 300 --produce-records 400
 	$(BIN)/python -m tests.benchmarks.bench_batch_polls --repeat 1
 	$(BIN)/python -m tests.benchmarks.bench_fleet_limits
 	$(BIN)/python -m tests.benchmarks.bench_dispatcher
