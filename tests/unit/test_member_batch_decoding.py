@@ -41,7 +41,8 @@ def _u_escape(code: int, upper: bool) -> str:
 def _char_text(char: str, style: int) -> str:
     """One character of a JSON string: as it is where JSON allows it, else (or by ``style``) escaped."""
     code = ord(char)
-    must_escape = char in '"\\' or code < 0x20
+    # A surrogate cannot be written as UTF-8: it goes as a lone \\u escape, which the parser refuses.
+    must_escape = char in '"\\' or code < 0x20 or 0xD800 <= code <= 0xDFFF
     if style == 1 and char in SHORT_ESCAPES:
         return SHORT_ESCAPES[char]
     if style >= 2 or must_escape:
