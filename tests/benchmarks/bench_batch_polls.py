@@ -4,7 +4,7 @@ A batch run's records (500 members each, the end-to-end benchmark's columns) are
 extractor produces them (``make_producer``: lz4, ``EXPORT_KAFKA_BATCH_BYTES``), to the normal member-batch topic
 (``EXPORT_TOPIC_PARTITIONS`` partitions). Then consumers built as the dispatcher builds its own (``make_consumer``,
 64 records a poll) read them all back in rounds, each with a fresh group, the fetch sizes taking turns: a round
-polls, decodes its records (``MemberBatch.model_validate_json``, as the dispatcher does), spends ``--work-ms`` away
+polls, decodes its records (``decode_member_batch``, as the dispatcher does), spends ``--work-ms`` away
 from the consumer (the round's requests: ~150-230 ms a round of 64 records in the end-to-end runs; a sleep here, so
 the consumer's IO thread has the GIL to itself, unlike the dispatcher's whole process) and commits. Prints, per
 fetch size: the polls' total wait (the first poll, which joins the group, left out), how many polls waited 5 ms or
@@ -28,6 +28,7 @@ from shared.events import MemberBatch
 from shared.kafka import Outgoing
 from shared.kafka.clients import make_consumer, make_producer, produce
 from shared.kafka.topic_setup import ensure_topics
+from shared.member_batch_decoding import decode_member_batch
 from shared.settings import CommonSettings
 from shared.topics import Topics
 from tests.benchmarks.bench_dispatcher import member
@@ -80,7 +81,7 @@ def drain(
                 waits.append(waited)
             started = time.perf_counter()
             for record in batch:
-                MemberBatch.model_validate_json(record.value)
+                decode_member_batch(record.value)
             decoding += time.perf_counter() - started
             seen += len(batch)
             work(work_ms / 1000)  # the round's requests (see the module's docstring)

@@ -45,6 +45,7 @@ from shared.kafka.loop import (
     decode_record,
 )
 from shared.kafka.records import Headers
+from shared.member_batch_decoding import decode_member_batch
 from tests.fuzz.records import (
     DEAD_LETTER_PATHS,
     DEAD_LETTER_SEEDS,
@@ -162,7 +163,7 @@ def test_run_requests_fuzzed_through_the_extractor_decoder(cases: int):
 #: topic → (its consumer's decoder, the events it decodes to, valid documents, where hostile values go)
 JSON_TOPICS: dict[str, tuple[Decoder[Any], type | tuple[type, ...], list[dict[str, Any]], list[list[str | int]]]] = {
     "member-batches": (
-        value_decoder(MemberBatch.model_validate_json),
+        value_decoder(decode_member_batch),
         MemberBatch,
         MEMBER_BATCH_SEEDS,
         MEMBER_BATCH_PATHS,
