@@ -13,6 +13,7 @@ from services.admin import (
     attempts_routes,
     audit_routes,
     console,
+    dead_letters_routes,
     deliveries_routes,
     docs_assets,
     objects_routes,
@@ -68,4 +69,5 @@ def create_app(context: AdminContext, *, max_body_bytes: int = 1_048_576) -> Fas
     app.include_router(audit_routes.router, prefix=API_PREFIX)
     app.include_router(attempts_routes.router, prefix=API_PREFIX)
     app.include_router(deliveries_routes.router, prefix=API_PREFIX)
+    app.include_router(dead_letters_routes.router, prefix=API_PREFIX)
     return app

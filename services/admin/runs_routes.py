@@ -92,6 +92,14 @@ class RunView(BaseModel):
         )
 
 
+class ReplayView(RunView):
+    """A replay run as its request answers it: the run (queued), and the dead-lettered members it sends in how many
+    batches (what exportctl prints)."""
+
+    members: int
+    batches: int
+
+
 class DryRunRequest(BaseModel):
     """Optional values of the saved query's parameters (they override the definition's)."""
 
@@ -282,10 +290,11 @@ _REPLAY_KEY = (
     summary="Replay a run's dead-lettered members as a replay run (trigger replay) through the definition's current "
     "HTTP template and profile; an Idempotency-Key makes a retried call return the same replay run",
     description="Answered 202 with the replay run (recorded queued) and its address in `Location`, as a run's "
-    "request is. Refusals, as the console and exportctl say them: 404 (the run does not exist or is out of scope), "
-    "422 `nothing-to-replay` (no dead letters of the run), `member-too-large`, `idempotency-key-reused`; 409 "
-    "`dead-letters-changed` (the key's replay run was recorded from other dead letters: a new key replays them as "
-    "they are) or `replay-ended` (the key's replay run ended before its extraction was complete: a new key); 503 "
+    "request is, with the members it sends in how many batches (`members`, `batches`). Refusals, as the console and "
+    "exportctl say them: 404 (the run does not exist or is out of scope), 422 `nothing-to-replay` (no dead letters "
+    "of the run), `member-too-large`, `idempotency-key-reused`; 409 `dead-letters-changed` (the key's replay run "
+    "was recorded from other dead letters: a new key replays them as they are) or `replay-ended` (the key's replay "
+    "run ended before its extraction was complete: a new key); 503 "
     "`replay-being-published` (another request with the key publishes it now: retry with the same key), "
     "`kafka-unavailable` (the replay run recorded queued, its events not all acknowledged: retry with the same key), "
     "`dead-letters-unreadable` (Kafka did not give the dead letters: no replay run recorded, the Idempotency-Key "
@@ -306,7 +315,7 @@ def replay_run(
     idempotency_key: Annotated[
         str | None, Header(min_length=1, max_length=200, pattern=NOT_BLANK, description=_REPLAY_KEY)
     ] = None,
-) -> RunView:
+) -> ReplayView:
     replays = context.replays
     if replays is None:  # an app embedded without them (the server's composition root always wires them)
         raise ApiProblem(503, "the dead letters are not available on this server", slug="dead-letters-unavailable")
@@ -323,4 +332,4 @@ def replay_run(
     )
     view = RunView.of(use_cases.visible_run(caller, started.run_id, runs=context.runs), context.public_url)
     response.headers["Location"] = view.url
-    return view
+    return ReplayView(**view.model_dump(), members=started.members, batches=started.batches)

@@ -80,8 +80,10 @@ class AdminApi:
         params: dict[str, Any] | None = None,
         json_body: Any = None,
         headers: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> Any:
-        """The JSON answer of a call (None when empty); :class:`ApiError` when it is refused or fails."""
+        """The JSON answer of a call (None when empty); :class:`ApiError` when it is refused or fails. ``timeout``:
+        this call's, when not the client's (a call the server may take longer to answer)."""
         # S310: the scheme is http(s), checked in __init__.
         request = urllib.request.Request(self.base + path + _query(params), method=method)  # noqa: S310
         request.add_header("Accept", "application/json")
@@ -94,7 +96,7 @@ class AdminApi:
             data = json.dumps(json_body).encode()
             request.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, data=data, timeout=self.timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(request, data=data, timeout=timeout or self.timeout) as response:  # noqa: S310
                 body = response.read()
         except urllib.error.HTTPError as exc:
             raise ApiError(_problem_detail(exc.read()), exc.code) from None

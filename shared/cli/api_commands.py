@@ -15,6 +15,8 @@ from typing import Any
 from shared.cli.api import AdminApi
 from shared.cli.attempts_commands import api_attempts
 from shared.cli.audit_commands import filters, print_entries
+from shared.cli.dead_letter_views import api_list as api_dead_letters_list
+from shared.cli.dead_letter_views import api_replay as api_dead_letters_replay
 from shared.cli.delivery_commands import cmd_deliveries_api
 from shared.cli.exits import OK, REFUSED, CliError
 from shared.cli.kinds import COLLECTIONS, canonical_kind
@@ -186,6 +188,8 @@ API_COMMANDS: dict[str, Callable[[AdminApi, argparse.Namespace], int]] = {
     "cmd_attempts": api_attempts,
     "cmd_audit": cmd_audit,
     "cmd_copy": cmd_copy,
+    "cmd_dead_letters_list": api_dead_letters_list,
+    "cmd_dead_letters_replay": api_dead_letters_replay,
     "cmd_delete": cmd_delete,
     "cmd_deliveries": cmd_deliveries_api,
     "cmd_describe": cmd_describe,

@@ -477,7 +477,7 @@ def test_without_a_catalog_nothing_is_created_and_the_message_says_what_to_set(t
         )
         _refused(result, 2, "no catalog at sqlite:///.local/catalog.db: set EXPORT_API_URL")
     api_only = environment | {"EXPORT_API_URL": "http://127.0.0.1:9/api/v1"}
-    for argv, command in ((["db", "current"], "db current"), (["dead-letters", "replay", str(uuid.uuid4())], "")):
+    for argv, command in ((["db", "current"], "db current"), (["secrets", "rotate"], "")):
         result = subprocess.run(
             [sys.executable, "-m", "shared.cli", *argv],
             env=api_only,
@@ -486,7 +486,7 @@ def test_without_a_catalog_nothing_is_created_and_the_message_says_what_to_set(t
             text=True,
             check=False,
         )
-        _refused(result, 2, f"'{command or 'dead-letters replay'}' works on the catalog directly")
+        _refused(result, 2, f"'{command or 'secrets rotate'}' works on the catalog directly")
     unreachable = subprocess.run(
         [sys.executable, "-m", "shared.cli", "get", "def"],
         env=api_only,

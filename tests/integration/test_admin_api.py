@@ -313,6 +313,7 @@ REQUIRED_ROLE: dict[str, str] = {
     "read_run": "viewer",
     "cancel_run": "operator",
     "replay_run": "operator",
+    "list_dead_letters": "viewer",
     "apply_objects": "editor",
     "read_audit": "viewer",
     "read_member_delivery": "viewer",

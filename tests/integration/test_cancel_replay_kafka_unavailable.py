@@ -291,8 +291,9 @@ def test_the_console_says_a_listing_is_busy_in_a_listings_words_and_a_replay_in_
             _console(api.app).dead_letters = replays.reader
             for _ in range(MAX_DEAD_LETTER_READS):  # the reads under way
                 assert replays.reads.acquire(blocking=False)
-            page = console.page(f"/runs/{original}/dead-letters")
-            assert _warning(page) == busy  # before: "…: no replay run was recorded; retry in 10 s (with the…"
+            page = console.client.get(f"/console/runs/{original}/dead-letters")
+            assert page.status_code == 503, page.text
+            assert _warning(page.text) == busy  # before: "…: no replay run was recorded; retry in 10 s (with the…"
             replay = console.post(f"/runs/{original}/replay", {"idempotency_key": "console-busy"})
             assert replay.status_code == 503, replay.text
             assert _alert(replay.text) == (

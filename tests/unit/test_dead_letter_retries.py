@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from shared.application.actors import Actor, Role
+from shared.application.dead_letter_listing import member_keys
 from shared.application.dead_letter_retries import dead_letter_key_column, dead_letter_retries
 from shared.application.errors import Forbidden, Missing
 from shared.catalog import CatalogStores
-from shared.cli.dead_letter_retries import RetryLookup, member_keys
+from shared.cli.dead_letter_retries import RetryLookup
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.events import BatchOutcome, RefusedMember
 
@@ -38,15 +39,17 @@ def catalog_url(tmp_path: Path) -> str:
 def test_the_retry_cells_come_from_the_member_keys_through_the_application_layer(catalog_url: str):
     lookup = RetryLookup(catalog_url)
     try:
-        column = lookup.key_column("d")
+        cells = lookup.cells
+        assert cells is not None
+        column = cells.key_column("d")
         assert column == "code"
         keys = member_keys([{"code": 1042, "name": "x"}, {"code": 7.5}], column)  # as the letters' JSON holds them
         assert keys == ["1042", "7.5"]
-        assert lookup.key_column("deleted-since") is None  # a definition gone: no cell, never an error
-        cells = lookup.cells({"g": ("d", keys), "gone": ("deleted-since", ["1"])})
+        assert cells.key_column("deleted-since") is None  # a definition gone: no cell, never an error
+        assert cells.cell("deleted-since", ["1"]) is None
+        assert cells.cell("d", keys) == "1 no retry, 1 pending retry"
     finally:
         lookup.close()
-    assert cells == {"g": "1 no retry, 1 pending retry"}
 
 
 def test_a_scoped_actor_reads_only_its_own_business_units_retries(catalog_url: str):

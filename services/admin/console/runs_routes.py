@@ -16,9 +16,10 @@ from services.admin.console.context import console_of
 from services.admin.console.forms import form_of
 from services.admin.console.gate import PREFIX
 from services.admin.console.pages import me_of
-from services.admin.problems import dead_letters_unreadable_detail, publish_failed_detail
+from services.admin.problems import RETRY_AFTER_SECONDS, dead_letters_unreadable_detail, publish_failed_detail
 from shared.application import objects as object_use_cases
 from shared.application import runs as use_cases
+from shared.application.dead_letter_listing import list_dead_letters
 from shared.application.errors import Busy, CancelNotPublished, DeadLettersUnreadable, Refused, RunNotPublished
 from shared.application.replay import replay_dead_letters
 from shared.domain.catalog_objects import ExportDefinition
@@ -87,19 +88,33 @@ def run_page(request: Request, run_id: uuid.UUID) -> Response:
 
 @router.get("/{run_id}/dead-letters")
 def dead_letters(request: Request, run_id: uuid.UUID) -> Response:
-    """The run's dead letters grouped by reason, with their member counts (read from the dead-letter topic)."""
-    console, record = console_of(request), _run(request, run_id)
+    """The run's dead letters grouped by reason, with their member counts (read from the dead-letter topic, as the
+    admin API's ``GET /dead-letters`` and exportctl list them). Unread (Kafka did not give them, or as many reads as
+    the process allows run now): 503 with ``Retry-After``, the page saying why (a monitor or a script does not read
+    it as the run's dead letters), which the run's page shows in its place all the same (``data-swap-unavailable``)."""
+    console, me = console_of(request), me_of(request)
+    record = _run(request, run_id)
     try:
-        letters = [letter for letter in console.dead_letters().dead_letters() if letter.run_id == run_id]
+        listing = list_dead_letters(
+            me.actor, console.dead_letters(), runs=console.admin.runs, cells=None, run=run_id, reason_chars=None
+        )
     except DeadLettersUnreadable as exc:
-        error = dead_letters_unreadable_detail(request, exc)
-        return console.pages.render(request, "dead_letters.html", run=record, reasons=[], error=error)
+        return _unread(request, record, dead_letters_unreadable_detail(request, exc))
     except Busy as exc:  # as many reads as the process allows run now
-        return console.pages.render(request, "dead_letters.html", run=record, reasons=[], error=exc.reason)
+        return _unread(request, record, exc.reason)
     reasons: Counter[str] = Counter()
-    for letter in letters:
-        reasons[letter.reason] += len(letter.members or []) or 1
+    for group in listing.groups:
+        reasons[group.reason] += group.members
     return console.pages.render(request, "dead_letters.html", run=record, reasons=reasons.most_common(), error=None)
+
+
+def _unread(request: Request, record: RunRecord, error: str) -> Response:
+    """The dead-letters page of a run whose dead letters were not read: 503, ``Retry-After`` as the API's."""
+    page = console_of(request).pages.render(
+        request, "dead_letters.html", status=503, run=record, reasons=[], error=error
+    )
+    page.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return page
 
 
 def _confirm(request: Request, **values: Any) -> Response:

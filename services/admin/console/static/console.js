@@ -101,6 +101,16 @@
     if (event.target.id === "sync_mode") applySyncMode();
   });
 
+  // htmx swaps no 4xx/5xx answer; a part marked data-swap-unavailable shows its 503 all the same: the page saying
+  // why it could not be read now (the dead letters' page: Kafka slow or down), not "Reading…" for ever.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    const target = event.detail.target;
+    if (event.detail.xhr.status === 503 && target && target.hasAttribute("data-swap-unavailable")) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     showComposerFields();
     showRecurrence();

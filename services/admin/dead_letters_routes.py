@@ -1,0 +1,92 @@
+"""Route of the dead letters: grouped by run, definition and reason, as ``exportctl dead-letters list`` prints them
+and the console's dead-letters page of a run shows them (:func:`shared.application.dead_letter_listing`)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from services.admin.dependencies import Context, Reader
+from services.admin.problems import RETRY_AFTER_SECONDS, ApiProblem, problem_responses
+from shared.application.dead_letter_listing import RetryCells, dead_letter_view, list_dead_letters
+
+router = APIRouter(tags=["Runs"])
+
+
+class DeadLetterGroupView(BaseModel):
+    """Dead letters of one run and definition with one reason (its first 100 characters), their members counted (a
+    record without members counts one), and where those members' retries stand now."""
+
+    run_id: uuid.UUID | None = Field(description="The run; null for records a service could not read (`service`).")
+    service: str | None = Field(description="The service that dead-lettered a record it could not read (no run).")
+    definition: str | None
+    reason: str
+    members: int
+    retry: str | None = Field(
+        description="Where the members stand now, e.g. `3 pending retry, 1 given up, 2 delivered by run <id>` (`no "
+        "retry`, `gone from the query`); null when the catalog cannot say (the definition gone, no member key)."
+    )
+
+
+class DeadLetterList(BaseModel):
+    """The dead letters in the caller's scope, grouped, and how many dead letters the groups hold."""
+
+    letters: int
+    groups: list[DeadLetterGroupView]
+
+
+#: The 503 of a read of the dead letters, with the ``Retry-After`` it carries.
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {
+        **problem_responses(503)[503],
+        "headers": {
+            "Retry-After": {
+                "description": f"Seconds after which to try again ({RETRY_AFTER_SECONDS}): `dead-letters-busy`, "
+                "`dead-letters-unreadable`",
+                "schema": {"type": "integer"},
+            }
+        },
+    }
+}
+
+
+@router.get(
+    "/dead-letters",
+    summary="The dead letters grouped by run, definition and reason, with member counts and where those members' "
+    "retries stand (as `exportctl dead-letters list` prints them)",
+    description="Read from the dead-letter topic at each call (from its start), within the caller's business units: "
+    "a scoped token sees the dead letters of the runs recorded in its units only, records no service could read "
+    "(no run) an unscoped token only. Sorted by run, definition and reason. Refusals: 422 `invalid-request` (a `run` "
+    "that is not a run id, naming the field); 503 `dead-letters-unreadable` (Kafka did not give the dead letters: "
+    "retry after `Retry-After`), `dead-letters-busy` (as many dead-letter reads as the server allows at once run "
+    "now: retry after `Retry-After`), `dead-letters-unavailable` (an admin app embedded without dead letters; the "
+    "server always reads them).",
+    responses={**problem_responses(403, 422), **_UNAVAILABLE},
+    operation_id="list_dead_letters",
+)
+def list_letters(
+    context: Context,
+    caller: Reader,
+    run: Annotated[uuid.UUID | None, Query(description="only this run's dead letters")] = None,
+    definition: Annotated[str | None, Query(max_length=100, description="only this definition's")] = None,
+) -> DeadLetterList:
+    replays = context.replays
+    if replays is None:  # an app embedded without them (the server's composition root always wires them)
+        raise ApiProblem(503, "the dead letters are not available on this server", slug="dead-letters-unavailable")
+    retries = context.retries
+    # DeadLettersUnreadable (503 dead-letters-unreadable) and Busy (503 dead-letters-busy) as problems.install says.
+    listing = list_dead_letters(
+        caller,
+        replays.reader(),
+        runs=context.runs,
+        cells=RetryCells(caller, context.definitions, retries) if retries is not None else None,
+        run=run,
+        definition=definition,
+    )
+    return DeadLetterList(
+        letters=listing.letters,
+        groups=[DeadLetterGroupView.model_validate(dead_letter_view(group)) for group in listing.groups],
+    )
