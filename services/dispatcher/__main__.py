@@ -16,7 +16,7 @@ from anyio.from_thread import start_blocking_portal
 from services.dispatcher.breaker_notices import BreakerNotices
 from services.dispatcher.breakers import ProfileBreakers
 from services.dispatcher.delivery import Deliverer, RetryBudget
-from services.dispatcher.dispatching import CatalogCache, Dispatcher
+from services.dispatcher.dispatching import CatalogCache, Dispatcher, decode_batch
 from services.dispatcher.event_loop import portal_options, running_loop_name
 from services.dispatcher.fleet_limits import FleetLimits
 from services.dispatcher.inspector import inspector_of
@@ -27,7 +27,6 @@ from shared.catalog.fleet_store import SqlFleetStore
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.proxy_policy import allowed_proxies_setting, proxy_policy
 from shared.kafka import value_decoder
-from shared.member_batch_decoding import decode_member_batch
 from shared.outbound.guard import guarded_client
 from shared.outbound.partner_http import AiohttpPartnerHttp
 from shared.outbound.reqwest_partner_http import ReqwestPartnerHttp
@@ -90,7 +89,7 @@ def main() -> None:
             health=health,
             topic=settings.topics.member_batch_topics(),
             priority_topics=settings.topics.member_batch_topics(),
-            decode=value_decoder(decode_member_batch),  # MemberBatch.model_validate_json's batches, faster
+            decode=value_decoder(decode_batch),  # MemberBatch.model_validate_json's batches, faster
             handle_round=lambda batches: portal.call(dispatcher.handle_all, batches),
             # One poll is one round of deliveries, up to `rounds_in_flight` rounds delivered at once: the next poll
             # waits for the oldest round's outcomes (backpressure). A round begins batches for `round_seconds` (the

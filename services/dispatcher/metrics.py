@@ -75,6 +75,10 @@ RATE_LIMIT_WAIT_SECONDS = Counter(
     "Time requests waited for a profile's rate limit.",
     ["profile"],
 )
+BATCH_DECODE_FALLBACKS = Counter(
+    "member_export_dispatcher_batch_decode_fallbacks_total",
+    "Member-batch records the fast decoder left to the model's own decoding (invalid records included).",
+)
 INSPECTOR_DROPPED = Counter(
     "member_export_dispatcher_inspector_dropped_total",
     "Attempts the attempt inspector could not keep (its buffer was full, the catalog write failed, or it failed).",

@@ -2,7 +2,9 @@
 
 The records are the ones ``bench_e2e`` sends (its saved query's 8 columns of the demo members, written by the
 extractor's encoder): records of 500 members for the batch-of-500 template, and of
-``members_per_record(1, DEFAULT_RECORD_MEMBERS)`` = 64 members for the one-member template. Each decoder decodes
+``members_per_record(1, DEFAULT_RECORD_MEMBERS)`` = 64 members for the one-member template; and the records of 500
+with a field unknown to the model beside ``members`` (a copy of the members: what a newer producer might add, which
+the model ignores). Each decoder decodes
 every record once a round, the decoders taking turns round after round; the figure is CPU time (``process_time``) a
 record, the median and the fastest of the rounds. Beside them, two baselines that validate nothing:
 ``orjson.loads`` and ``pydantic_core.from_json`` (jiter, the parser the model and the decoder both run). The
@@ -14,6 +16,7 @@ decoders' batches are checked equal first (untimed). Figures only.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sqlite3
 import statistics
@@ -55,6 +58,13 @@ def records(store_url: str, batch_size: int) -> list[bytes]:
     return [value for _, value in batches]
 
 
+def with_unknown_field(value: bytes) -> bytes:
+    """``value`` with a field the model does not know (``previous_members``: a copy of its members) added last, the
+    record's own text kept before it."""
+    members = json.dumps(json.loads(value)["members"], separators=(",", ":"), ensure_ascii=False)
+    return value.rstrip()[:-1] + b',"previous_members":' + members.encode() + b"}"
+
+
 def cpu_ms_a_record(decode: Callable[[bytes], Any], values: list[bytes]) -> float:
     started = time.process_time()
     for value in values:
@@ -75,8 +85,13 @@ def main() -> None:
     args = parser.parse_args()
     store_url = sqlite_store(args.members)
     print(stamp())
-    for title, batch_size in (("batch of 500", BATCH_SIZE), ("one-member template", 1)):
-        values = records(store_url, batch_size)
+    batches_of_500 = records(store_url, BATCH_SIZE)
+    record_sets = {
+        "batch of 500": batches_of_500,
+        "one-member template": records(store_url, 1),
+        "batch of 500, a 500-member field unknown to the model": [with_unknown_field(v) for v in batches_of_500],
+    }
+    for title, values in record_sets.items():
         for value in values:  # the same batches, or the figures mean nothing
             if decode_member_batch(value) != MemberBatch.model_validate_json(value):
                 raise SystemExit("decode_member_batch and the model disagree on a record")

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from kafka.consumer.fetcher import ConsumerRecord
 
+from services.dispatcher.dispatching import decode_batch
 from services.extractor.run_request_decoding import decode_run_request
 from shared.events import (
     RUN_EVENT_ADAPTER,
@@ -45,7 +46,6 @@ from shared.kafka.loop import (
     decode_record,
 )
 from shared.kafka.records import Headers
-from shared.member_batch_decoding import decode_member_batch
 from tests.fuzz.records import (
     DEAD_LETTER_PATHS,
     DEAD_LETTER_SEEDS,
@@ -163,7 +163,7 @@ def test_run_requests_fuzzed_through_the_extractor_decoder(cases: int):
 #: topic → (its consumer's decoder, the events it decodes to, valid documents, where hostile values go)
 JSON_TOPICS: dict[str, tuple[Decoder[Any], type | tuple[type, ...], list[dict[str, Any]], list[list[str | int]]]] = {
     "member-batches": (
-        value_decoder(decode_member_batch),
+        value_decoder(decode_batch),
         MemberBatch,
         MEMBER_BATCH_SEEDS,
         MEMBER_BATCH_PATHS,

@@ -119,6 +119,7 @@ SCHEME = {
     "member_export_dispatcher_rate_limit_requests_per_second": "gauge",
     "member_export_dispatcher_rate_limit_waits_total": "counter",
     "member_export_dispatcher_rate_limit_wait_seconds_total": "counter",
+    "member_export_dispatcher_batch_decode_fallbacks_total": "counter",
     "member_export_dispatcher_inspector_dropped_total": "counter",
     "member_export_circuit_state": "gauge",
     "member_export_circuit_transitions_total": "counter",
