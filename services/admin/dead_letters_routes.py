@@ -32,20 +32,23 @@ class DeadLetterGroupView(BaseModel):
 
 
 class DeadLetterList(BaseModel):
-    """The dead letters in the caller's scope, grouped, and how many dead letters the groups hold."""
+    """A page of the dead letters in the caller's scope, grouped; how many dead letters and groups there are in all."""
 
-    letters: int
+    letters: int = Field(description="The dead letters of all the groups (not of this page only).")
+    total_groups: int = Field(description="The groups in all: the pages hold them, `offset` to `offset + limit`.")
     groups: list[DeadLetterGroupView]
 
 
 #: The 503 of a read of the dead letters, with the ``Retry-After`` it carries.
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {
-        **problem_responses(503)[503],
+        "description": "The dead letters were not read: `dead-letters-unreadable`, `dead-letters-busy`, "
+        "`catalog-timed-out`, `dead-letters-unavailable` (the problem's `type` says which)",
+        "content": problem_responses(503)[503]["content"],
         "headers": {
             "Retry-After": {
-                "description": f"Seconds after which to try again ({RETRY_AFTER_SECONDS}): `dead-letters-busy`, "
-                "`dead-letters-unreadable`",
+                "description": f"Seconds after which to try again ({RETRY_AFTER_SECONDS}), with "
+                "`dead-letters-busy` and `dead-letters-unreadable` only",
                 "schema": {"type": "integer"},
             }
         },
@@ -59,11 +62,15 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     "retries stand (as `exportctl dead-letters list` prints them)",
     description="Read from the dead-letter topic at each call (from its start), within the caller's business units: "
     "a scoped token sees the dead letters of the runs recorded in its units only, records no service could read "
-    "(no run) an unscoped token only. Sorted by run, definition and reason. Refusals: 422 `invalid-request` (a `run` "
-    "that is not a run id, naming the field); 503 `dead-letters-unreadable` (Kafka did not give the dead letters: "
-    "retry after `Retry-After`), `dead-letters-busy` (as many dead-letter reads as the server allows at once run "
-    "now: retry after `Retry-After`), `dead-letters-unavailable` (an admin app embedded without dead letters; the "
-    "server always reads them).",
+    "(no run) an unscoped token only. Sorted by run, definition and reason, a page of `limit` groups from `offset` "
+    "(`total_groups` says how many there are, `letters` how many dead letters they hold); an empty `definition` is "
+    "no filter. The read, the retry cells and the scope from the catalog count as one of the dead-letter reads the "
+    "server runs at once (a replay's too). Refusals: 422 `invalid-request` (a `run` that is not a run id, a "
+    "`definition` over 100 characters, a `limit` or `offset` out of range, naming the field); 503 "
+    "`dead-letters-unreadable` (Kafka did not give the dead letters: retry after `Retry-After`), `dead-letters-busy` "
+    "(as many dead-letter reads as the server allows at once run now: retry after `Retry-After`), "
+    "`catalog-timed-out` (the catalog did not answer in time), `dead-letters-unavailable` (an admin app embedded "
+    "without dead letters; the server always reads them).",
     responses={**problem_responses(403, 422), **_UNAVAILABLE},
     operation_id="list_dead_letters",
 )
@@ -71,22 +78,31 @@ def list_letters(
     context: Context,
     caller: Reader,
     run: Annotated[uuid.UUID | None, Query(description="only this run's dead letters")] = None,
-    definition: Annotated[str | None, Query(max_length=100, description="only this definition's")] = None,
+    definition: Annotated[str | None, Query(max_length=100, description="only this definition's (empty: all)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1_000, description="the groups of this page, at most")] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="the groups before this page")] = 0,
 ) -> DeadLetterList:
     replays = context.replays
     if replays is None:  # an app embedded without them (the server's composition root always wires them)
         raise ApiProblem(503, "the dead letters are not available on this server", slug="dead-letters-unavailable")
     retries = context.retries
     # DeadLettersUnreadable (503 dead-letters-unreadable) and Busy (503 dead-letters-busy) as problems.install says.
-    listing = list_dead_letters(
-        caller,
-        replays.reader(),
-        runs=context.runs,
-        cells=RetryCells(caller, context.definitions, retries) if retries is not None else None,
-        run=run,
-        definition=definition,
-    )
+    # The whole listing holds one of the reads, not the Kafka read only: its catalog phase (the retry cells, the
+    # runs' scope) holds the request thread too, and thousands of groups would hold it for long.
+    with replays.held() as letters:
+        listing = list_dead_letters(
+            caller,
+            letters,
+            runs=context.runs,
+            cells=RetryCells(caller, context.definitions, retries) if retries is not None else None,
+            run=run,
+            definition=definition,
+        )
     return DeadLetterList(
         letters=listing.letters,
-        groups=[DeadLetterGroupView.model_validate(dead_letter_view(group)) for group in listing.groups],
+        total_groups=len(listing.groups),
+        groups=[
+            DeadLetterGroupView.model_validate(dead_letter_view(group))
+            for group in listing.groups[offset : offset + limit]
+        ],
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -80,6 +81,30 @@ class DeadLetterReplays:
         ``dead-letters-busy`` else)."""
         return _BoundedRead(self.letters, self.reads)
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[DeadLetterSource]:
+        """The dead letters' source, for a use that holds its request thread after the read too (a listing's retry
+        cells and scope from the catalog): counted among the ``MAX_DEAD_LETTER_READS`` until it ends, not only while
+        Kafka answers (:class:`Busy` ``dead-letters-busy`` when as many run now)."""
+        with _slot(self.reads):
+            yield self.letters()
+
+
+@contextlib.contextmanager
+def _slot(reads: threading.BoundedSemaphore) -> Iterator[None]:
+    """One of the ``MAX_DEAD_LETTER_READS``, tried, never waited for: :class:`Busy` when they all run."""
+    if not reads.acquire(blocking=False):
+        # A listing's words: a replay adds what it did not record (:func:`replay_dead_letters`).
+        raise Busy(
+            f"{MAX_DEAD_LETTER_READS} reads of the dead letters are running now (Kafka may be slow or down): "
+            f"retry in {RETRY_AFTER_SECONDS} s",
+            slug="dead-letters-busy",
+        )
+    try:
+        yield
+    finally:
+        reads.release()
+
 
 @dataclass(frozen=True)
 class _BoundedRead:
@@ -87,17 +112,8 @@ class _BoundedRead:
     reads: threading.BoundedSemaphore
 
     def dead_letters(self) -> list[DeadLetter]:
-        if not self.reads.acquire(blocking=False):
-            # A listing's words: a replay adds what it did not record (:func:`replay_dead_letters`).
-            raise Busy(
-                f"{MAX_DEAD_LETTER_READS} reads of the dead letters are running now (Kafka may be slow or down): "
-                f"retry in {RETRY_AFTER_SECONDS} s",
-                slug="dead-letters-busy",
-            )
-        try:
+        with _slot(self.reads):
             return self.letters().dead_letters()
-        finally:
-            self.reads.release()
 
 
 @dataclass

@@ -285,7 +285,8 @@ def openapi_with_problems(app: FastAPI) -> dict[str, Any]:
                     response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_REF}}
                     if status == "422":
                         response["description"] = TITLES[422] + ": `errors` names each invalid field"
-                    if status == "503":
+                    # A route that says its own 503s (a read's: no Idempotency-Key to retry with) keeps its words.
+                    if status == "503" and response.get("description", TITLES[503]) == TITLES[503]:
                         response["description"] = TITLES[503] + _UNAVAILABLE
     app.openapi_schema = schema
     return schema

@@ -17,11 +17,14 @@ from typing import Any
 from shared.application.actors import Actor, Permission, authorise
 from shared.application.dead_letter_retries import RetryStates, dead_letter_key_column, dead_letter_retries
 from shared.application.errors import Refused
-from shared.application.ports import DeadLetterSource, DefinitionsStore, RunsReader
+from shared.application.ports import DeadLetterSource, DefinitionsStore, RunUnitsReader
 from shared.domain.member_retries import MemberRetry
 from shared.errors import StoredObjectInvalid
 from shared.events import DeadLetter
 from shared.member_keys import outcome_key
+
+#: A group: its run, the service of an unreadable record, the definition, the reason.
+_GroupKey = tuple[uuid.UUID | None, str | None, str | None, str]
 
 #: A group's reason: the first characters of the dead letters' reason (a table's column; longer ones share a group).
 REASON_CHARS = 100
@@ -114,43 +117,50 @@ class RetryCells:
                 self._columns[definition] = None
         return self._columns[definition]
 
-    def cell(self, definition: str, keys: list[str]) -> str | None:
-        """The retry summary of ``keys`` (members of ``definition``); None when the catalog cannot say."""
-        if not keys or self.key_column(definition) is None:
-            return None
+    def cells(self, definition: str, groups: Mapping[_GroupKey, list[str]]) -> dict[_GroupKey, str | None]:
+        """The retry summary of each group's keys (members of ``definition``), the catalog asked once for all of
+        them (not once a group: thousands of groups would hold a request thread for seconds); None when the catalog
+        cannot say."""
+        if self.key_column(definition) is None:
+            return {}
+        wanted = sorted({key for keys in groups.values() for key in keys})
+        if not wanted:
+            return {}
         cannot_say: tuple[type[Exception], ...] = (Refused, *self.tolerated)
         try:
-            states = dead_letter_retries(self.actor, definition, keys, store=self.store, retries=self.retries)
+            states = dead_letter_retries(self.actor, definition, wanted, store=self.store, retries=self.retries)
         except cannot_say:
-            return None
-        return retry_summary(keys, states)
+            return {}
+        return {group: retry_summary(keys, states) for group, keys in groups.items() if keys}
 
 
 def list_dead_letters(
     actor: Actor,
     letters: DeadLetterSource,
     *,
-    runs: RunsReader | None,
+    runs: RunUnitsReader | None,
     cells: RetryCells | None,
     run: uuid.UUID | None = None,
     definition: str | None = None,
     reason_chars: int | None = REASON_CHARS,
 ) -> DeadLetterListing:
-    """The dead letters (of ``run``, of ``definition``, if given) within the actor's scope, grouped by run,
-    definition and reason (its first ``reason_chars``; None: whole), sorted so; each group's retry cell from
-    ``cells`` (None: no catalog, no cell). ``runs`` says the scope of each run (None: no catalog, for an actor of
-    every unit only). :class:`DeadLettersUnreadable` when Kafka does not give them, :class:`Busy` when the source
-    refuses the read (as many run now as it allows)."""
+    """The dead letters (of ``run``, of ``definition``, if given; an empty ``definition`` is no filter) within the
+    actor's scope, grouped by run, definition and reason (its first ``reason_chars``; None: whole), sorted so; each
+    group's retry cell from ``cells`` (None: no catalog, no cell), one catalog read per definition. ``runs`` says the
+    scope of the runs, all read at once (None: no catalog, for an actor of every unit only).
+    :class:`DeadLettersUnreadable` when Kafka does not give them, :class:`Busy` when the source refuses the read (as
+    many run now as it allows)."""
     authorise(actor, Permission.READ)
-    visible = _scope(actor, runs)
-    counts: dict[tuple[uuid.UUID | None, str | None, str | None, str], int] = {}
-    keys: dict[tuple[uuid.UUID | None, str | None, str | None, str], list[str]] = {}
+    chosen = [
+        letter
+        for letter in letters.dead_letters()
+        if (run is None or letter.run_id == run) and (not definition or letter.definition == definition)
+    ]
+    visible = _scope(actor, runs, chosen)
+    counts: dict[_GroupKey, int] = {}
+    keys: dict[str, dict[_GroupKey, list[str]]] = {}
     total = 0
-    for letter in letters.dead_letters():
-        if run is not None and letter.run_id != run:
-            continue
-        if definition is not None and letter.definition != definition:
-            continue
+    for letter in chosen:
         if not visible(letter):
             continue
         total += 1
@@ -162,7 +172,13 @@ def list_dead_letters(
         # the next run, given up, delivered since, the catalog says.
         column = cells.key_column(letter.definition or "") if cells is not None else None
         if column is not None:
-            keys.setdefault(group, []).extend(member_keys(letter.members or [], column))
+            keys.setdefault(letter.definition or "", {}).setdefault(group, []).extend(
+                member_keys(letter.members or [], column)
+            )
+    retry: dict[_GroupKey, str | None] = {}
+    if cells is not None:
+        for name, groups_keys in keys.items():
+            retry.update(cells.cells(name, groups_keys))
     groups = [
         DeadLetterGroup(
             run_id=run_id,
@@ -170,7 +186,7 @@ def list_dead_letters(
             definition=name,
             reason=reason,
             members=members,
-            retry=cells.cell(name or "", keys.get((run_id, service, name, reason), [])) if cells is not None else None,
+            retry=retry.get((run_id, service, name, reason)),
         )
         for (run_id, service, name, reason), members in counts.items()
     ]
@@ -178,19 +194,14 @@ def list_dead_letters(
     return DeadLetterListing(letters=total, groups=groups)
 
 
-def _scope(actor: Actor, runs: RunsReader | None) -> Callable[[DeadLetter], bool]:
+def _scope(actor: Actor, runs: RunUnitsReader | None, letters: list[DeadLetter]) -> Callable[[DeadLetter], bool]:
     """Whether a dead letter is in the actor's scope: every one for an actor of every unit; else those of runs
-    recorded in its units (each run read once)."""
+    recorded in its units (the units of all the letters' runs read at once, not a query a run)."""
     if not actor.business_units:
         return lambda letter: True
-    seen: dict[uuid.UUID, bool] = {}
-
-    def visible(letter: DeadLetter) -> bool:
-        if letter.run_id is None or runs is None:
-            return False  # an unreadable record names no unit: not a scoped actor's
-        if letter.run_id not in seen:
-            record = runs.get_run(letter.run_id)
-            seen[letter.run_id] = record is not None and actor.sees(record.business_unit)
-        return seen[letter.run_id]
-
-    return visible
+    if runs is None:
+        return lambda letter: False  # no catalog to say a run's unit: none is a scoped actor's
+    units = runs.business_units_of(sorted({letter.run_id for letter in letters if letter.run_id is not None}))
+    seen = {run_id for run_id, unit in units.items() if actor.sees(unit)}
+    # An unreadable record (no run) names no unit: not a scoped actor's.
+    return lambda letter: letter.run_id is not None and letter.run_id in seen

@@ -100,7 +100,16 @@ class AdminApi:
                 body = response.read()
         except urllib.error.HTTPError as exc:
             raise ApiError(_problem_detail(exc.read()), exc.code) from None
-        except (TimeoutError, urllib.error.URLError, OSError) as exc:
+        except TimeoutError:
+            # Sent (a connection that failed is a URLError), not answered in time: a write may be recorded all the same.
+            if method != "GET":
+                raise ApiError(
+                    f"the admin API at {self.url} did not answer {method} {path} within {timeout or self.timeout:g} "
+                    "s: its outcome is unknown (the server may have recorded it): check before trying again (a run or "
+                    "a replay: `exportctl runs`, or retry with the same --idempotency-key)"
+                ) from None
+            raise ApiError(f"the admin API at {self.url} is unreachable (timed out)") from None
+        except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise ApiError(f"the admin API at {self.url} is unreachable ({reason})") from None
         return json.loads(body) if body else None

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 #: within 60 s, then a replay's publication takes 15 s at most, or waits 30 s for another request's (the default
 #: 30 s of a call would give up on a replay the server still records).
 DEAD_LETTERS_CALL_SECONDS = 120.0
+#: The groups a page of ``GET /dead-letters`` asks for: the most the route answers at once.
+PAGE_GROUPS = 1_000
 
 
 def print_dead_letters(views: list[dict[str, Any]], letters: int, fmt: str) -> None:
@@ -50,10 +52,19 @@ def print_dead_letters(views: list[dict[str, Any]], letters: int, fmt: str) -> N
 def api_list(api: AdminApi, args: argparse.Namespace) -> int:
     """``dead-letters list`` through the admin API (``GET /dead-letters``): the same groups, the same output."""
     run = str(parse_run_id(args.run)) if args.run else None
-    answer = api.call(
-        "GET", "/dead-letters", params={"run": run, "definition": args.definition}, timeout=DEAD_LETTERS_CALL_SECONDS
-    )
-    print_dead_letters(answer["groups"], answer["letters"], args.output)
+    groups: list[dict[str, Any]] = []
+    while True:  # every page: the output is catalog mode's, not the server's first page
+        answer = api.call(
+            "GET",
+            "/dead-letters",
+            params={"run": run, "definition": args.definition, "limit": PAGE_GROUPS, "offset": len(groups)},
+            timeout=DEAD_LETTERS_CALL_SECONDS,
+        )
+        groups.extend(answer["groups"])
+        # An admin API older than its pages answers every group at once (no total_groups).
+        if not answer["groups"] or len(groups) >= answer.get("total_groups", len(groups)):
+            break
+    print_dead_letters(groups, answer["letters"], args.output)
     return OK
 
 

@@ -11,12 +11,11 @@ groups, the same replay, the same exit codes.
 from __future__ import annotations
 
 import argparse
-import uuid
 from typing import TYPE_CHECKING
 
 from shared.cli.argtypes import idempotency_key, positive_float
 from shared.cli.dead_letter_views import print_dead_letters
-from shared.cli.exits import OK, UNREACHABLE, USAGE, CliError
+from shared.cli.exits import OK, UNREACHABLE, CliError
 from shared.cli.output import output_option
 from shared.cli.run_views import parse_run_id
 
@@ -65,10 +64,7 @@ def cmd_replay(settings: CliSettings, args: argparse.Namespace) -> int:
     from shared.cli.reachability import require_kafka
     from shared.kafka.event_publisher import KafkaDeadLetters
 
-    try:
-        original = uuid.UUID(args.run)
-    except ValueError:
-        raise CliError(f"'{args.run}' is not a run id", USAGE) from None
+    original = parse_run_id(args.run)  # the API mode's words too
     require_kafka(settings.kafka_bootstrap_servers)
 
     def replay(context: Direct) -> int:
@@ -100,7 +96,7 @@ def add_commands(
     sub = parser.add_subparsers(dest="dead_letters_command", required=True, metavar="SUBCOMMAND")
     listing = sub.add_parser("list", help="dead letters by run and reason")
     listing.add_argument("--run", metavar="RUN_ID", help="only this run's")
-    listing.add_argument("--definition", metavar="NAME", help="only this definition's")
+    listing.add_argument("--definition", metavar="NAME", help="only this definition's (empty: all)")
     output_option(listing, "table")
     listing.set_defaults(func=cmd_list, api="cmd_dead_letters_list", catalog="none")
     replay = sub.add_parser("replay", help="send a run's dead-lettered members again, as a replay run")

@@ -14,7 +14,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,8 +26,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from devtools.processes import wait_until
 from services.admin.dependencies import MAX_DEAD_LETTER_READS, DeadLetterReplays
-from shared.catalog import CatalogStores
+from shared.catalog import CatalogStores, runs_store
 from shared.events import BatchOutcome, DeadLetter, ExtractionCompleted, RefusedMember, RunStarted, Trigger
 from tests.admin_app import in_process_api, seed
 from tests.admin_server import AdminServer
@@ -43,6 +48,7 @@ pytestmark = pytest.mark.integration
 
 LIST = "/api/v1/dead-letters"
 BUSY = f"{MAX_DEAD_LETTER_READS} reads of the dead letters are running now (Kafka may be slow or down): retry in 10 s"
+_NOT_A_RUN = "exportctl: 'nope' is not a run id (a UUID such as 86095c5e-170c-4b14-bef7-3eb7c9314c5e)\n"
 UNREADABLE = "the dead letters cannot be read now: KafkaTimeoutError: Unable to bootstrap from ['127.0.0.1:9']"
 
 
@@ -112,6 +118,7 @@ def test_the_dead_letters_are_listed_grouped_filtered_and_scoped(
     listed = _groups(server, "viewer", run=str(first))
     assert listed == {
         "letters": 2,
+        "total_groups": 1,
         "groups": [
             {
                 "run_id": str(first),
@@ -137,7 +144,7 @@ def test_the_dead_letters_are_listed_grouped_filtered_and_scoped(
     # A scoped token sees its units' runs' dead letters only: not the others', not the unreadable records.
     scoped = _groups(server, "emea-viewer")
     assert [(g["run_id"], g["members"]) for g in scoped["groups"]] == [(str(in_emea), 2)]
-    assert _groups(server, "emea-viewer", run=str(first)) == {"letters": 0, "groups": []}
+    assert _groups(server, "emea-viewer", run=str(first)) == {"letters": 0, "total_groups": 0, "groups": []}
     # A run that is not a run id: 422 naming the field; no token: 401.
     with server.client("viewer") as api:
         problem = api.get(LIST, params={"run": "not-a-run"})
@@ -183,6 +190,16 @@ def test_exportctl_lists_the_same_through_the_api_as_on_the_catalog(
     ]
     table = exportctl("dead-letters", "list", "--run", str(run), env=as_(server, "viewer")).stdout
     assert table.splitlines()[-1] == "1 dead letter(s)"
+    # An empty --definition is no filter, in both modes (before: nothing listed).
+    api = exportctl("dead-letters", "list", "--run", str(run), "--definition", "", env=as_(server, "viewer"))
+    direct = exportctl(
+        "dead-letters", "list", "--run", str(run), "--definition", "", env=on_catalog(server, kafka_bootstrap)
+    )
+    assert api.stdout == direct.stdout == table, api.stderr + direct.stderr
+    # A replay of what is not a run: the same words in both modes (before: the catalog mode's without the example).
+    api = exportctl("dead-letters", "replay", "nope", env=as_(server, "operator"))
+    direct = exportctl("dead-letters", "replay", "nope", env=on_catalog(server, kafka_bootstrap))
+    assert (api.returncode, api.stderr) == (direct.returncode, direct.stderr) == (2, _NOT_A_RUN)
     bad = exportctl("dead-letters", "list", "--run", "nope", env=as_(server, "viewer"))
     assert (bad.returncode, "Traceback" in bad.stderr) == (2, False)
     assert "'nope' is not a run id" in bad.stderr
@@ -365,9 +382,179 @@ def test_the_api_document_says_what_the_listing_answers(tmp_path: Path) -> None:
     assert listing["operationId"] == "list_dead_letters"
     assert {"200", "401", "403", "422", "503"} <= set(listing["responses"])
     assert "Retry-After" in listing["responses"]["503"]["headers"]
-    assert {p["name"] for p in listing["parameters"]} == {"run", "definition"}
-    for slug in ("dead-letters-unreadable", "dead-letters-busy", "dead-letters-unavailable", "invalid-request"):
+    assert {p["name"] for p in listing["parameters"]} == {"run", "definition", "limit", "offset"}
+    slugs = ("dead-letters-unreadable", "dead-letters-busy", "catalog-timed-out", "dead-letters-unavailable")
+    for slug in (*slugs, "invalid-request"):
         assert slug in listing["description"], slug
+    for slug in slugs:
+        assert slug in listing["responses"]["503"]["description"], slug
+    # A read's 503: not a run request's words (before: "retry a run's request with the same Idempotency-Key").
+    assert "Idempotency-Key" not in listing["responses"]["503"]["description"]
+    assert "`definition` over 100 characters" in listing["description"]
+    retry_after = listing["responses"]["503"]["headers"]["Retry-After"]["description"]
+    assert retry_after.endswith("with `dead-letters-busy` and `dead-letters-unreadable` only")
     replay = document["paths"]["/api/v1/runs/{run_id}/replay"]["post"]["responses"]["202"]["content"]
     schema = replay["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
     assert {"members", "batches"} <= set(document["components"]["schemas"][schema]["properties"])
+
+
+class _Letters:
+    """Dead letters given as they are (no Kafka): ``DeadLetterReplays``' source."""
+
+    def __init__(self, letters: list[DeadLetter]) -> None:
+        self.letters = letters
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return self.letters
+
+
+def _refused(run: uuid.UUID, reason: str, member: int) -> DeadLetter:
+    return DeadLetter(
+        reason=reason,
+        source_topic="t",
+        service="dispatcher",
+        run_id=run,
+        definition="nightly",
+        members=[{"id": member}],
+        at=datetime.now(UTC),
+    )
+
+
+class _HeldRetries:
+    """The catalog's retry states, each read held until ``release`` is set: listings held in their catalog phase."""
+
+    def __init__(self, retries: Any) -> None:
+        self.retries = retries
+        self.holding = 0
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+
+    def states(self, definition: str, keys: Any) -> Any:
+        with self.lock:
+            self.holding += 1
+        self.release.wait(60)  # a bound, not a synchronisation: the test sets it
+        return self.retries.states(definition, keys)
+
+
+def test_listings_in_their_catalog_phase_count_among_the_reads_so_healthz_stays_free(tmp_path: Path) -> None:
+    """The whole listing (the read, the retry cells, the scope) holds one of the ``MAX_DEAD_LETTER_READS``: with as
+    many listings held in their catalog phase, one more is 503 ``dead-letters-busy`` at once and ``/healthz`` answers
+    (before: the read's slot was given back after Kafka answered, every listing went on to the catalog, holding a
+    request thread each, none refused)."""
+    with in_process_api(tmp_path) as api:
+        with api.client() as client:
+            seed(client)
+        context = api.app.state.context
+        context.replays = DeadLetterReplays(lambda: _Letters([_refused(uuid.uuid4(), "HTTP 400", 1)]), 900_000)
+        held = context.retries = _HeldRetries(context.retries)
+        with serving(api.app) as url:
+
+            def get(path: str, timeout: float = 60) -> tuple[int, dict[str, Any]]:
+                request = urllib.request.Request(url + path)
+                request.add_header("Authorization", f"Bearer {api.tokens['viewer']}")
+                try:
+                    with urllib.request.urlopen(request, timeout=timeout) as answer:
+                        return answer.status, json.loads(answer.read())
+                except urllib.error.HTTPError as refused:
+                    return refused.code, json.loads(refused.read())
+
+            statuses: list[int] = []
+            listings = [
+                threading.Thread(target=lambda: statuses.append(get(LIST)[0])) for _ in range(MAX_DEAD_LETTER_READS)
+            ]
+            for listing in listings:
+                listing.start()
+            try:
+                wait_until(lambda: held.holding == MAX_DEAD_LETTER_READS, timeout=30, what="the listings held")
+                status, busy = get(LIST, timeout=10)
+                assert (status, busy["type"].rsplit("/", 1)[-1], busy["detail"]) == (503, "dead-letters-busy", BUSY)
+                with urllib.request.urlopen(url + "/healthz", timeout=10) as health:
+                    assert health.status == 200
+            finally:
+                held.release.set()
+                for listing in listings:
+                    listing.join(60)
+            assert statuses == [200] * MAX_DEAD_LETTER_READS
+            assert held.holding == MAX_DEAD_LETTER_READS  # the refused one never reached the catalog
+
+
+class _Counted:
+    """A store whose calls are counted by name (what a listing asks the catalog)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self.store, name)
+        if not callable(found):
+            return found
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return found(*args, **kwargs)
+
+        return counted
+
+
+def test_a_listing_asks_the_catalog_once_a_definition_and_once_for_the_runs_scope(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of groups cost the catalog one retry-state read a definition (not one a group) and one read of the
+    runs' business units (not one a run): the same cells, the same scope (before: a query a group, a query a
+    run). On both dialects, the runs' ids asked for in several slices."""
+    monkeypatch.setattr(runs_store, "_IDS_PER_QUERY", 4)
+    with in_process_api(tmp_path, catalog_url=database_url) as api:
+        with api.client() as client:
+            seed(client)
+        with api.client("operator") as client:
+            recorded = uuid.UUID(client.post(RUNS).json()["run_id"])  # of "emea", as its definition
+        letters = [_refused(uuid.uuid4(), f"HTTP 400: request {i} refused", i) for i in range(40)]
+        letters += [_refused(recorded, f"HTTP 422: member {i} refused", i) for i in range(10)]
+        context = api.app.state.context
+        context.replays = DeadLetterReplays(lambda: _Letters(letters), 900_000)
+        retries = context.retries = _Counted(context.retries)
+        runs = context.runs = _Counted(context.runs)
+        with api.client("viewer") as client:
+            every = client.get(LIST).json()
+        assert (every["total_groups"], every["letters"]) == (50, 50)
+        assert {group["retry"] for group in every["groups"]} == {"1 no retry"}
+        assert retries.calls["states"] == 1
+        with api.client("emea-viewer") as client:
+            scoped = client.get(LIST).json()
+        assert {group["run_id"] for group in scoped["groups"]} == {str(recorded)}
+        assert (scoped["total_groups"], scoped["letters"]) == (10, 10)
+        assert (runs.calls["business_units_of"], runs.calls["get_run"]) == (1, 0)
+        assert retries.calls["states"] == 2
+
+
+def test_the_listing_is_paged_and_exportctl_prints_every_page(tmp_path: Path) -> None:
+    """``limit`` groups from ``offset`` (100 by default, 1,000 at most), ``total_groups`` and ``letters`` of all of
+    them; 422 naming a bad one; exportctl through the API pages through all the groups (before: one answer of every
+    group, however many: 20,000 groups, 4 MB)."""
+    with in_process_api(tmp_path) as api:
+        with api.client() as client:
+            seed(client)
+        run = uuid.UUID(int=7)
+        letters = [_refused(run, f"HTTP 400: request {i:04} refused", i) for i in range(1_203)]
+        api.app.state.context.replays = DeadLetterReplays(lambda: _Letters(letters), 900_000)
+        with api.client("viewer") as client:
+            first = client.get(LIST).json()
+            assert (len(first["groups"]), first["total_groups"], first["letters"]) == (100, 1_203, 1_203)
+            assert first["groups"][0]["reason"] == "HTTP 400: request 0000 refused"
+            last = client.get(LIST, params={"limit": 1_000, "offset": 1_200}).json()
+            assert [g["reason"] for g in last["groups"]] == [
+                f"HTTP 400: request {i} refused" for i in (1200, 1201, 1202)
+            ]
+            assert last["total_groups"] == 1_203
+            for bad in ({"limit": 0}, {"limit": 1_001}, {"offset": -1}, {"definition": "x" * 101}):
+                refused = client.get(LIST, params=bad)
+                assert refused.status_code == 422, refused.text
+                assert [e["field"] for e in refused.json()["errors"]] == [f"query.{next(iter(bad))}"], refused.text
+            assert client.get(LIST, params={"definition": ""}).json()["total_groups"] == 1_203  # empty: no filter
+        with serving(api.app) as url:
+            listed = exportctl("dead-letters", "list", "-o", "json", env=through_api(url, api.tokens["viewer"]))
+        assert listed.returncode == 0, listed.stderr
+        assert [row["reason"] for row in json.loads(listed.stdout)] == [
+            f"HTTP 400: request {i:04} refused" for i in range(1_203)
+        ]

@@ -46,8 +46,9 @@ def test_the_retry_cells_come_from_the_member_keys_through_the_application_layer
         keys = member_keys([{"code": 1042, "name": "x"}, {"code": 7.5}], column)  # as the letters' JSON holds them
         assert keys == ["1042", "7.5"]
         assert cells.key_column("deleted-since") is None  # a definition gone: no cell, never an error
-        assert cells.cell("deleted-since", ["1"]) is None
-        assert cells.cell("d", keys) == "1 no retry, 1 pending retry"
+        group = (None, None, "d", "HTTP 503")
+        assert cells.cells("deleted-since", {group: ["1"]}) == {}
+        assert cells.cells("d", {group: keys}) == {group: "1 no retry, 1 pending retry"}
     finally:
         lookup.close()
 

@@ -16,7 +16,12 @@ from services.admin.console.context import console_of
 from services.admin.console.forms import form_of
 from services.admin.console.gate import PREFIX
 from services.admin.console.pages import me_of
-from services.admin.problems import RETRY_AFTER_SECONDS, dead_letters_unreadable_detail, publish_failed_detail
+from services.admin.problems import (
+    RETRY_AFTER_SECONDS,
+    dead_letters_unreadable_detail,
+    log_catalog_timed_out,
+    publish_failed_detail,
+)
 from shared.application import objects as object_use_cases
 from shared.application import runs as use_cases
 from shared.application.dead_letter_listing import list_dead_letters
@@ -24,6 +29,7 @@ from shared.application.errors import Busy, CancelNotPublished, DeadLettersUnrea
 from shared.application.replay import replay_dead_letters
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.runs import RunRecord, RunStatus
+from shared.errors import CatalogTimedOut
 
 router = APIRouter(prefix=f"{PREFIX}/runs")
 PAGE_SIZE = 25
@@ -93,27 +99,42 @@ def dead_letters(request: Request, run_id: uuid.UUID) -> Response:
     the process allows run now): 503 with ``Retry-After``, the page saying why (a monitor or a script does not read
     it as the run's dead letters), which the run's page shows in its place all the same (``data-swap-unavailable``)."""
     console, me = console_of(request), me_of(request)
-    record = _run(request, run_id)
     try:
+        record = _run(request, run_id)
         listing = list_dead_letters(
             me.actor, console.dead_letters(), runs=console.admin.runs, cells=None, run=run_id, reason_chars=None
         )
     except DeadLettersUnreadable as exc:
-        return _unread(request, record, dead_letters_unreadable_detail(request, exc))
+        return _unread(request, run_id, dead_letters_unreadable_detail(request, exc))
     except Busy as exc:  # as many reads as the process allows run now
-        return _unread(request, record, exc.reason)
+        return _unread(request, run_id, exc.reason)
+    except CatalogTimedOut as exc:  # said in the card, not the console's whole error page nested in it
+        log_catalog_timed_out(request, exc)
+        return _unread(request, run_id, str(exc), retry_after=False)
     reasons: Counter[str] = Counter()
     for group in listing.groups:
         reasons[group.reason] += group.members
-    return console.pages.render(request, "dead_letters.html", run=record, reasons=reasons.most_common(), error=None)
+    page = console.pages.render(request, "dead_letters.html", run=record, reasons=reasons.most_common(), error=None)
+    page.headers[PART_HEADER] = DEAD_LETTERS_PART
+    return page
 
 
-def _unread(request: Request, record: RunRecord, error: str) -> Response:
-    """The dead-letters page of a run whose dead letters were not read: 503, ``Retry-After`` as the API's."""
+#: The header naming the part of a page an answer is (``console.js`` swaps a 503 into the part it names only: never
+#: another answer, such as the console's whole error page).
+PART_HEADER = "X-Console-Part"
+#: The dead-letters part of a run's page (the ``id`` of its element).
+DEAD_LETTERS_PART = "dead-letters"
+
+
+def _unread(request: Request, run_id: uuid.UUID, error: str, *, retry_after: bool = True) -> Response:
+    """The dead-letters part of a run's page whose dead letters were not read: 503, ``Retry-After`` as the API's
+    (not for a catalog that timed out: nothing says when it answers again)."""
     page = console_of(request).pages.render(
-        request, "dead_letters.html", status=503, run=record, reasons=[], error=error
+        request, "dead_letters.html", status=503, run={"run_id": run_id}, reasons=[], error=error
     )
-    page.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    page.headers[PART_HEADER] = DEAD_LETTERS_PART
+    if retry_after:
+        page.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return page
 
 

@@ -101,11 +101,14 @@
     if (event.target.id === "sync_mode") applySyncMode();
   });
 
-  // htmx swaps no 4xx/5xx answer; a part marked data-swap-unavailable shows its 503 all the same: the page saying
-  // why it could not be read now (the dead letters' page: Kafka slow or down), not "Reading…" for ever.
+  // htmx swaps no 4xx/5xx answer; a part marked data-swap-unavailable shows its 503 all the same: the part saying
+  // why it could not be read now (the dead letters' part: Kafka slow or down), not "Reading…" for ever. Only an
+  // answer that says it is that part (X-Console-Part: its id), never another 503 (the console's whole error page).
   document.addEventListener("htmx:beforeSwap", function (event) {
     const target = event.detail.target;
-    if (event.detail.xhr.status === 503 && target && target.hasAttribute("data-swap-unavailable")) {
+    const xhr = event.detail.xhr;
+    if (xhr.status === 503 && target && target.hasAttribute("data-swap-unavailable") &&
+        target.id && xhr.getResponseHeader("X-Console-Part") === target.id) {
       event.detail.shouldSwap = true;
       event.detail.isError = false;
     }
