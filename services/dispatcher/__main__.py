@@ -16,7 +16,7 @@ from anyio.from_thread import start_blocking_portal
 from services.dispatcher.breaker_notices import BreakerNotices
 from services.dispatcher.breakers import ProfileBreakers
 from services.dispatcher.delivery import Deliverer, RetryBudget
-from services.dispatcher.dispatching import CatalogCache, Dispatcher, decode_batch
+from services.dispatcher.dispatching import CatalogCache, Dispatcher, decode_batch, warn_of_slow_batch_decoding
 from services.dispatcher.event_loop import portal_options, running_loop_name
 from services.dispatcher.fleet_limits import FleetLimits
 from services.dispatcher.inspector import inspector_of
@@ -104,6 +104,7 @@ def main() -> None:
         loop.install_signal_handlers()
         if inspector is not None:
             inspector.start()
+        warn_of_slow_batch_decoding()
         log.info(
             "dispatcher event loop",
             event_loop=portal.call(running_loop_name),

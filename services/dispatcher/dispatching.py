@@ -60,7 +60,7 @@ from shared.exception_reasons import exception_reason, failure_fields
 from shared.kafka import Outgoing
 from shared.kafka.held_records import HoldRecord
 from shared.kafka.records import round_contexts
-from shared.member_batch_decoding import decode_member_batch
+from shared.member_batch_decoding import decode_member_batch, fast_path_problems
 from shared.outages import DependencyUnavailable, is_outage
 from shared.outbound.failure_reasons import masked_reason
 from shared.outbound.partner_network import PartnerNetwork
@@ -84,6 +84,20 @@ def decode_batch(value: bytes) -> MemberBatch:
     faster); a record left to the model's own decoding is counted in
     ``member_export_dispatcher_batch_decode_fallbacks_total``."""
     return decode_member_batch(value, on_fallback=BATCH_DECODE_FALLBACKS.inc)
+
+
+def warn_of_slow_batch_decoding() -> list[str]:
+    """At start-up: one warning naming what in :class:`MemberBatch` turns :func:`decode_batch`'s fast path off, if
+    anything does (every record is then the model's to decode and counts as a fallback: slower, and otherwise said
+    by the counter alone). The problems, none for the contract the fast path is written for."""
+    problems = fast_path_problems(MemberBatch)
+    if problems:
+        log.warning(
+            "member batches decoded without the fast path",
+            problems=problems,
+            counted_in="member_export_dispatcher_batch_decode_fallbacks_total",
+        )
+    return problems
 
 
 #: The ``profile`` label of a batch whose template or profile could not be read (missing, or invalid now).

@@ -18,6 +18,13 @@ from shared.cli.exits import UNREACHABLE, USAGE, CliError, code_of_status
 API_PREFIX = "/api/v1"
 
 
+#: What exportctl says of a write sent but not answered: the server may have recorded it.
+_UNKNOWN_OUTCOME = (
+    "its outcome is unknown (the server may have recorded it): check before trying again (a run or a replay: "
+    "`exportctl runs`, or retry with the same --idempotency-key)"
+)
+
+
 def normalise_url(url: str) -> str:
     """The server's base URL: no trailing slash, no ``/api/v1`` suffix (``http://h:8080/api/v1/`` → ``http://h:8080``)."""
     url = url.strip().rstrip("/")
@@ -102,17 +109,26 @@ class AdminApi:
             raise ApiError(_problem_detail(exc.read()), exc.code) from None
         except TimeoutError:
             # Sent (a connection that failed is a URLError), not answered in time: a write may be recorded all the same.
-            if method != "GET":
-                raise ApiError(
-                    f"the admin API at {self.url} did not answer {method} {path} within {timeout or self.timeout:g} "
-                    "s: its outcome is unknown (the server may have recorded it): check before trying again (a run or "
-                    "a replay: `exportctl runs`, or retry with the same --idempotency-key)"
-                ) from None
-            raise ApiError(f"the admin API at {self.url} is unreachable (timed out)") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise ApiError(f"the admin API at {self.url} is unreachable ({reason})") from None
+            seconds = timeout or self.timeout
+            raise self._unanswered(
+                method, f"did not answer {method} {path} within {seconds:g} s", "timed out"
+            ) from None
+        except urllib.error.URLError as exc:
+            # urllib wraps what fails while connecting or sending: the server has not got the request.
+            raise ApiError(f"the admin API at {self.url} is unreachable ({exc.reason or exc})") from None
+        except OSError as exc:
+            # Not wrapped, so raised after the request was sent (getresponse: RemoteDisconnected, a reset
+            # connection): as with a timeout, a write may be recorded all the same.
+            raise self._unanswered(
+                method, f"dropped the connection after {method} {path} was sent ({exc})", str(exc)
+            ) from None
         return json.loads(body) if body else None
+
+    def _unanswered(self, method: str, what: str, reason: str) -> ApiError:
+        """A call sent but not answered (``what`` befell it): a write's outcome is unknown, a read unreachable."""
+        if method != "GET":
+            return ApiError(f"the admin API at {self.url} {what}: {_UNKNOWN_OUTCOME}")
+        return ApiError(f"the admin API at {self.url} is unreachable ({reason})")
 
     def find(self, collection: str, name: str) -> dict[str, Any] | None:
         """An object, or None when it does not exist."""

@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from typing import TYPE_CHECKING, Any
 
-from shared.cli.exits import OK
+from shared.cli.exits import OK, UNREACHABLE, CliError
 from shared.cli.output import dump, table
 from shared.cli.progress import follow
 from shared.cli.run_views import parse_run_id
@@ -50,20 +52,55 @@ def print_dead_letters(views: list[dict[str, Any]], letters: int, fmt: str) -> N
 
 
 def api_list(api: AdminApi, args: argparse.Namespace) -> int:
-    """``dead-letters list`` through the admin API (``GET /dead-letters``): the same groups, the same output."""
+    """``dead-letters list`` through the admin API (``GET /dead-letters``): the same groups, the same output, read
+    page by page. Each group once (by run, service, definition and reason) even if the dead letters change between
+    pages, with a warning on stderr then; the count of dead letters is the last page's."""
     run = str(parse_run_id(args.run)) if args.run else None
     groups: list[dict[str, Any]] = []
+    seen: set[tuple[Any, ...]] = set()
+    offset = 0
+    first: tuple[Any, Any] | None = None
+    changed = False
+    max_pages: int | None = None
+    pages = 0
     while True:  # every page: the output is catalog mode's, not the server's first page
+        if max_pages is not None and pages >= max_pages:
+            # A server whose total keeps running ahead of its groups: no endless loop.
+            raise CliError(
+                f"the admin API kept answering full pages of dead letters past its first page's total_groups "
+                f"({first[0] if first else '?'}): stopped after {pages} page(s); the listing is not complete",
+                UNREACHABLE,
+            )
         answer = api.call(
             "GET",
             "/dead-letters",
-            params={"run": run, "definition": args.definition, "limit": PAGE_GROUPS, "offset": len(groups)},
+            params={"run": run, "definition": args.definition, "limit": PAGE_GROUPS, "offset": offset},
             timeout=DEAD_LETTERS_CALL_SECONDS,
         )
-        groups.extend(answer["groups"])
-        # An admin API older than its pages answers every group at once (no total_groups).
-        if not answer["groups"] or len(groups) >= answer.get("total_groups", len(groups)):
+        pages += 1
+        page = answer["groups"]
+        offset += len(page)
+        state = (answer.get("total_groups"), answer["letters"])
+        if first is None:
+            first = state
+            if state[0] is not None:
+                max_pages = math.ceil(state[0] / PAGE_GROUPS) + 1
+        elif state != first:
+            changed = True
+        for group in page:
+            key = (group["run_id"], group["service"], group["definition"], group["reason"])
+            if key not in seen:  # a group a new one pushed onto the next page comes again
+                seen.add(key)
+                groups.append(group)
+        # A short page is the last; an admin API older than its pages answers every group at once (no total_groups).
+        if len(page) < PAGE_GROUPS or offset >= answer.get("total_groups", offset):
             break
+    if changed:
+        print(
+            "exportctl: warning: the dead letters changed while they were read (the list may miss a group that came "
+            "or still show one that went; the count is the last page's): list again for a settled view",
+            file=sys.stderr,
+        )
     print_dead_letters(groups, answer["letters"], args.output)
     return OK
 

@@ -1,5 +1,6 @@
-"""exportctl's admin API client when the server does not answer in time: a POST (a run, a replay) may be recorded all
-the same, so its outcome is said unknown with how to check, not "unreachable"; a read is unreachable. Exit 5 both."""
+"""exportctl's admin API client when the server does not answer in time, or drops the connection after the request was
+sent: a POST (a run, a replay) may be recorded all the same, so its outcome is said unknown with how to check, not
+"unreachable"; a read is unreachable. Exit 5 both."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from shared.cli.api import AdminApi, ApiError
 from shared.cli.exits import UNREACHABLE
 
 
-@pytest.fixture
-def silent_server() -> Iterator[str]:
-    """A server that reads each request and answers nothing until the test ends."""
+def _server(drop: bool) -> Iterator[str]:
+    """A server that reads each request, then answers nothing until the test ends, or closes the connection when
+    ``drop``."""
     listener = socket.create_server(("127.0.0.1", 0))
     done = threading.Event()
     accepted: list[socket.socket] = []
@@ -28,7 +29,10 @@ def silent_server() -> Iterator[str]:
             except TimeoutError:
                 continue
             connection.recv(65536)  # the request, received: a write may be recorded from here on
-            accepted.append(connection)
+            if drop:
+                connection.close()
+            else:
+                accepted.append(connection)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -40,6 +44,18 @@ def silent_server() -> Iterator[str]:
         for connection in accepted:
             connection.close()
         listener.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A server that reads each request and answers nothing until the test ends."""
+    yield from _server(drop=False)
+
+
+@pytest.fixture
+def dropping_server() -> Iterator[str]:
+    """A server that reads each request and closes the connection without an answer."""
+    yield from _server(drop=True)
 
 
 def test_a_post_not_answered_in_time_has_an_unknown_outcome_and_says_how_to_check(silent_server: str) -> None:
@@ -62,3 +78,24 @@ def test_a_read_not_answered_in_time_is_unreachable(silent_server: str) -> None:
         UNREACHABLE,
         f"the admin API at {silent_server} is unreachable (timed out)",
     )
+
+
+def test_a_post_dropped_after_it_was_sent_has_an_unknown_outcome(dropping_server: str) -> None:
+    api = AdminApi(dropping_server, "token", timeout=5)
+    with pytest.raises(ApiError) as refused:
+        api.call("POST", "/runs", json_body={"definition": "weekly"})
+    assert refused.value.code == UNREACHABLE
+    message = str(refused.value)
+    assert message.startswith(f"the admin API at {dropping_server} dropped the connection after POST /runs was sent (")
+    assert message.endswith(
+        "its outcome is unknown (the server may have recorded it): check before trying again (a run or a replay: "
+        "`exportctl runs`, or retry with the same --idempotency-key)"
+    )
+
+
+def test_a_read_dropped_after_it_was_sent_is_unreachable(dropping_server: str) -> None:
+    api = AdminApi(dropping_server, "token", timeout=5)
+    with pytest.raises(ApiError) as refused:
+        api.call("GET", "/runs")
+    assert refused.value.code == UNREACHABLE
+    assert str(refused.value).startswith(f"the admin API at {dropping_server} is unreachable (")
