@@ -97,12 +97,10 @@ def list_letters(
             cells=RetryCells(caller, context.definitions, retries) if retries is not None else None,
             run=run,
             definition=definition,
+            page=slice(offset, offset + limit),
         )
     return DeadLetterList(
         letters=listing.letters,
-        total_groups=len(listing.groups),
-        groups=[
-            DeadLetterGroupView.model_validate(dead_letter_view(group))
-            for group in listing.groups[offset : offset + limit]
-        ],
+        total_groups=listing.total_groups,
+        groups=[DeadLetterGroupView.model_validate(dead_letter_view(group)) for group in listing.groups],
     )

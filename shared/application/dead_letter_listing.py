@@ -8,6 +8,7 @@ letters of the runs recorded in its units only; an unreadable record (no run) on
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -51,10 +52,12 @@ class DeadLetterGroup:
 
 @dataclass(frozen=True)
 class DeadLetterListing:
-    """The groups (by run, definition, reason) and how many dead letters they hold."""
+    """The groups (by run, definition, reason; a page of them, if asked) and how many dead letters and groups there
+    are in all."""
 
     letters: int
     groups: list[DeadLetterGroup]
+    total_groups: int
 
 
 def dead_letter_view(group: DeadLetterGroup) -> dict[str, Any]:
@@ -143,11 +146,13 @@ def list_dead_letters(
     run: uuid.UUID | None = None,
     definition: str | None = None,
     reason_chars: int | None = REASON_CHARS,
+    page: slice | None = None,
 ) -> DeadLetterListing:
     """The dead letters (of ``run``, of ``definition``, if given; an empty ``definition`` is no filter) within the
     actor's scope, grouped by run, definition and reason (its first ``reason_chars``; None: whole), sorted so; each
     group's retry cell from ``cells`` (None: no catalog, no cell), one catalog read per definition. ``runs`` says the
-    scope of the runs, all read at once (None: no catalog, for an actor of every unit only).
+    scope of the runs, all read at once (None: no catalog, for an actor of every unit only). ``page`` (a slice of the
+    sorted groups) keeps those groups only, and only theirs get retry cells from the catalog.
     :class:`DeadLettersUnreadable` when Kafka does not give them, :class:`Busy` when the source refuses the read (as
     many run now as it allows)."""
     authorise(actor, Permission.READ)
@@ -175,23 +180,21 @@ def list_dead_letters(
             keys.setdefault(letter.definition or "", {}).setdefault(group, []).extend(
                 member_keys(letter.members or [], column)
             )
-    retry: dict[_GroupKey, str | None] = {}
-    if cells is not None:
-        for name, groups_keys in keys.items():
-            retry.update(cells.cells(name, groups_keys))
     groups = [
-        DeadLetterGroup(
-            run_id=run_id,
-            service=service,
-            definition=name,
-            reason=reason,
-            members=members,
-            retry=retry.get((run_id, service, name, reason)),
-        )
+        DeadLetterGroup(run_id=run_id, service=service, definition=name, reason=reason, members=members)
         for (run_id, service, name, reason), members in counts.items()
     ]
     groups.sort(key=lambda g: (g.run, g.definition or "-", g.reason))
-    return DeadLetterListing(letters=total, groups=groups)
+    shown = groups[page] if page is not None else groups
+    if cells is None:
+        return DeadLetterListing(letters=total, groups=shown, total_groups=len(groups))
+    # The catalog is asked for the shown groups' members only (a page of 100 of 20,000 groups: 100 groups' keys).
+    wanted = {(g.run_id, g.service, g.definition, g.reason) for g in shown}
+    retry: dict[_GroupKey, str | None] = {}
+    for name, groups_keys in keys.items():
+        retry.update(cells.cells(name, {group: k for group, k in groups_keys.items() if group in wanted}))
+    shown = [dataclasses.replace(g, retry=retry.get((g.run_id, g.service, g.definition, g.reason))) for g in shown]
+    return DeadLetterListing(letters=total, groups=shown, total_groups=len(groups))
 
 
 def _scope(actor: Actor, runs: RunUnitsReader | None, letters: list[DeadLetter]) -> Callable[[DeadLetter], bool]:
