@@ -275,7 +275,11 @@ def _start(busy: bool) -> tuple[Counter | None, float]:
         return None, 0.0
     counter = Counter()
     counter.start()
-    time.sleep(0.2)  # running
+    deadline = time.monotonic() + 10.0
+    while not counter.count:  # running: it has counted once (the GIL handed over), within a deadline
+        if time.monotonic() > deadline:
+            raise SystemExit("the counting thread did not start within 10 s")
+        time.sleep(0.001)
     return counter, counter.rate_alone()
 
 
