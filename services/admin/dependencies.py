@@ -53,9 +53,11 @@ def kafka_publisher(settings: CommonSettings, client_id: str) -> tuple[KafkaProd
     return producer, KafkaEventPublisher.over(producer, settings.topics, PUBLISH_WAIT_SECONDS)
 
 
-#: How many dead-letter reads the admin process runs at once (the API's replays, the console's replays and pages):
-#: each holds a request thread while Kafka answers (its connection bounded by ``READ_CONNECT_TIMEOUT_SECONDS``); one
-#: more is answered 503 ``dead-letters-busy`` at once, so that the API's thread pool (and ``/healthz``) stays free.
+#: How many dead-letter reads the admin process runs at once (the API's replays and listings, the console's replays
+#: and pages), each holding a request thread while Kafka answers (its connection bounded by
+#: ``READ_CONNECT_TIMEOUT_SECONDS``): a replay and ``GET /dead-letters`` hold theirs until answered (their catalog
+#: phase and a replay's publication included), the console's page for its read only. One more is answered 503
+#: ``dead-letters-busy`` at once, so that the API's thread pool (and ``/healthz``) stays free.
 MAX_DEAD_LETTER_READS = 3
 
 
@@ -86,8 +88,14 @@ class DeadLetterReplays:
         """The dead letters' source, for a use that holds its request thread after the read too (a listing's retry
         cells and scope from the catalog): counted among the ``MAX_DEAD_LETTER_READS`` until it ends, not only while
         Kafka answers (:class:`Busy` ``dead-letters-busy`` when as many run now)."""
-        with _slot(self.reads):
+        with self.slot():
             yield self.letters()
+
+    def slot(self) -> contextlib.AbstractContextManager[None]:
+        """One of the ``MAX_DEAD_LETTER_READS``, held until the ``with`` ends (:class:`Busy` ``dead-letters-busy``
+        when as many run now): a replay's, over its read, its catalog phase and its publication
+        (:func:`shared.application.replay.replay_dead_letters`), whose source is then :attr:`letters`, unbounded."""
+        return _slot(self.reads)
 
 
 @contextlib.contextmanager

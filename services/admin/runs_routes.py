@@ -299,7 +299,8 @@ _REPLAY_KEY = (
     "`kafka-unavailable` (the replay run recorded queued, its events not all acknowledged: retry with the same key), "
     "`dead-letters-unreadable` (Kafka did not give the dead letters: no replay run recorded, the Idempotency-Key "
     "bound to this run's replay all the same: retry with it), `dead-letters-busy` (as many dead-letter reads as the "
-    "server allows at once run now: no replay run recorded, retry after `Retry-After`), `dead-letters-unavailable` "
+    "server allows at once run now, a replay holding one until it is answered, its publication included: no replay "
+    "run recorded, retry after `Retry-After`), `dead-letters-unavailable` "
     "(an admin app embedded without dead letters; the server always reads them).",
     responses={
         202: {"headers": {"Location": {"description": "The replay run's address", "schema": {"type": "string"}}}},
@@ -320,15 +321,18 @@ def replay_run(
     if replays is None:  # an app embedded without them (the server's composition root always wires them)
         raise ApiProblem(503, "the dead letters are not available on this server", slug="dead-letters-unavailable")
     # DeadLettersUnreadable (503 dead-letters-unreadable) and Busy (503 dead-letters-busy) as problems.install says.
+    # One of the reads held for the replay's whole use, not the Kafka read only: its catalog phase and its publication
+    # (a slow or frozen broker) hold the request thread too.
     started = replay_dead_letters(
         caller,
         run_id,
         store=context.definitions,
         runs=context.runs,
-        letters=replays.reader(),
+        letters=replays.letters(),
         publisher=context.publisher,
         max_record_bytes=replays.max_record_bytes,
         idempotency_key=idempotency_key,
+        slot=replays.slot,
     )
     view = RunView.of(use_cases.visible_run(caller, started.run_id, runs=context.runs), context.public_url)
     response.headers["Location"] = view.url

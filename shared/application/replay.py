@@ -21,9 +21,12 @@ not acknowledged), or of a replay run that ended before its extraction was compl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from shared.application.actors import Actor, Permission, authorise
@@ -89,6 +92,7 @@ def replay_dead_letters(
     publisher: EventPublisher,
     max_record_bytes: int,
     idempotency_key: str | None = None,
+    slot: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> Replay:
     """Start a replay run of ``run_id``'s dead-lettered members; :class:`Invalid` when there are none.
 
@@ -97,8 +101,12 @@ def replay_dead_letters(
     what Kafka has not acknowledged of it published again (see the module); the key used before for another request
     (a replay of another run, a run request) is :class:`Invalid` (:func:`shared.application.runs.claim_key`); a retry
     whose dead letters changed, or of a replay run that ended before its extraction was complete, is
-    :class:`Conflict`. Dead letters that cannot be read are :class:`DeadLettersUnreadable`, a read the source refuses
-    (as many reads as it allows run now) :class:`Busy`: no replay run recorded, each saying so.
+    :class:`Conflict`. Dead letters that cannot be read are :class:`DeadLettersUnreadable`: no replay run recorded,
+    saying so. ``slot`` is held from the key's claim (or, without a key, the replay's checks) to the end: the read of
+    the dead letters, the replay run's record and its publication, a retry's publication of what is left (the admin
+    process's bound on its uses of the dead letters, :meth:`services.admin.dependencies.DeadLetterReplays.slot`); when
+    it refuses, :class:`Busy` (its slug), no replay run recorded, saying so (the key, if any, bound to this run's
+    replay, as when the dead letters cannot be read).
     """
     authorise(actor, Permission.RUN)
     original = visible_run(actor, run_id, runs=runs)
@@ -115,77 +123,96 @@ def replay_dead_letters(
             run_id=replay_id,
             different="a replay of another run, or a run request",
         )
-        done = _done_already(runs, replay_id, run_id) or _rest_of_plan(
-            runs, publisher, _started(actor, definition, replay_id, run_id), definition.priority
-        )
-        if done is not None:
-            return done  # before the dead letters are read: they may be gone, or unreadable now
-    try:
-        read = letters.dead_letters()
-    except DeadLettersUnreadable as exc:  # nothing recorded yet (the key, if any, is bound: retry with it)
-        raise DeadLettersUnreadable(exc.reason, replay_of=run_id, key_bound=bool(idempotency_key)) from None
-    except Busy as exc:  # the read not started (as many run now as the process allows): nothing recorded either
-        bound = KEY_STAYS_BOUND if idempotency_key else ""
-        raise Busy(f"{exc.reason}; no replay run was recorded{bound}", slug=exc.slug) from None
-    members = members_to_replay(read, run_id, key_column)
-    if not members:
-        raise Invalid(f"run {run_id} has no dead-lettered members to replay", slug="nothing-to-replay")
-    columns = list(dict.fromkeys(column for member in members for column in member))
-    encoder = BatchEncoder(
-        run_id=replay_id,
-        definition=definition.name,
-        template=template.name,
-        priority=definition.priority,
-        batch_size=template.batch_size,
-        max_record_bytes=max_record_bytes,
-        key_column=key_column,
-    )
-    try:
-        batches = encoder.encode_page(columns, [[m.get(c) for c in columns] for m in members], 0)
-    except MemberTooLarge as exc:
-        raise Invalid(str(exc), slug="member-too-large") from None
-    plan = ReplayPlan.of(len(members), [batch.value for batch in batches])
-    runs.record_requested_run(
-        RunRecord(
+    # Held from here to the answer, not only while Kafka gives the dead letters: a retry's publication, the replay
+    # run's record and its publication (a frozen broker: 15 s a step, or 30 s waiting for another request's) hold the
+    # request thread too. After the key's claim: refused busy, the key is bound all the same, as the read's refusal.
+    with _held(slot, idempotency_key):
+        if idempotency_key:
+            done = _done_already(runs, replay_id, run_id) or _rest_of_plan(
+                runs, publisher, _started(actor, definition, replay_id, run_id), definition.priority
+            )
+            if done is not None:
+                return done  # before the dead letters are read: they may be gone, or unreadable now
+        try:
+            read = letters.dead_letters()
+        except DeadLettersUnreadable as exc:  # nothing recorded yet (the key, if any, is bound: retry with it)
+            raise DeadLettersUnreadable(exc.reason, replay_of=run_id, key_bound=bool(idempotency_key)) from None
+        members = members_to_replay(read, run_id, key_column)
+        if not members:
+            raise Invalid(f"run {run_id} has no dead-lettered members to replay", slug="nothing-to-replay")
+        columns = list(dict.fromkeys(column for member in members for column in member))
+        encoder = BatchEncoder(
             run_id=replay_id,
             definition=definition.name,
-            trigger=Trigger.REPLAY.value,
-            requested_by=actor.name,
-            replay_of=run_id,
-            last_event_at=utc_now(),
-            # Under the definition it runs through (found by the replayed run's definition's name), its id and unit,
-            # as a run's request records them (:func:`shared.application.runs.request_run`): a scoped operator sees,
-            # follows and cancels the replay run it started (that definition is in its unit: ``visible_with_id``),
-            # and its attempts are that definition's, even when the replayed run's was deleted and created again.
-            definition_id=definition_id,
-            business_unit=definition.business_unit,
-        ),
-        replay_plan=plan,
-    )  # a retry's (or a concurrent request's) replay run is recorded already, with its plan: compared below
-    publication = runs.replay_publication(replay_id)
-    recorded = publication.plan if publication is not None else None
-    if recorded is not None and recorded != plan:
-        # Another request may have got its batches acknowledged meanwhile: then what is left is its plan's.
-        meanwhile = _rest_of_plan(runs, publisher, _started(actor, definition, replay_id, run_id), definition.priority)
-        if meanwhile is not None:
-            return meanwhile
-        raise Conflict(
-            f"the dead letters of run {run_id} changed since replay run {replay_id} was recorded under this "
-            f"Idempotency-Key ({recorded.members} members in {recorded.batches} batches then, {plan.members} in "
-            f"{plan.batches} now, or other members, template or priority): its batches keep what they were; "
-            "use a new key to replay them as they are now",
-            slug="dead-letters-changed",
+            template=template.name,
+            priority=definition.priority,
+            batch_size=template.batch_size,
+            max_record_bytes=max_record_bytes,
+            key_column=key_column,
         )
-    _publish(
-        runs,
-        publisher,
-        replay_id,
-        [(batch.batch_index, batch.value) for batch in batches],
-        _started(actor, definition, replay_id, run_id),
-        ExtractionCompleted(run_id=replay_id, definition=definition.name, members=len(members), batches=len(batches)),
-        definition.priority,
-    )
-    return Replay(run_id=replay_id, members=len(members), batches=len(batches))
+        try:
+            batches = encoder.encode_page(columns, [[m.get(c) for c in columns] for m in members], 0)
+        except MemberTooLarge as exc:
+            raise Invalid(str(exc), slug="member-too-large") from None
+        plan = ReplayPlan.of(len(members), [batch.value for batch in batches])
+        runs.record_requested_run(
+            RunRecord(
+                run_id=replay_id,
+                definition=definition.name,
+                trigger=Trigger.REPLAY.value,
+                requested_by=actor.name,
+                replay_of=run_id,
+                last_event_at=utc_now(),
+                # Under the definition it runs through (found by the replayed run's definition's name), its id and unit,
+                # as a run's request records them (:func:`shared.application.runs.request_run`): a scoped operator sees,
+                # follows and cancels the replay run it started (that definition is in its unit: ``visible_with_id``),
+                # and its attempts are that definition's, even when the replayed run's was deleted and created again.
+                definition_id=definition_id,
+                business_unit=definition.business_unit,
+            ),
+            replay_plan=plan,
+        )  # a retry's (or a concurrent request's) replay run is recorded already, with its plan: compared below
+        publication = runs.replay_publication(replay_id)
+        recorded = publication.plan if publication is not None else None
+        if recorded is not None and recorded != plan:
+            # Another request may have got its batches acknowledged meanwhile: then what is left is its plan's.
+            meanwhile = _rest_of_plan(
+                runs, publisher, _started(actor, definition, replay_id, run_id), definition.priority
+            )
+            if meanwhile is not None:
+                return meanwhile
+            raise Conflict(
+                f"the dead letters of run {run_id} changed since replay run {replay_id} was recorded under this "
+                f"Idempotency-Key ({recorded.members} members in {recorded.batches} batches then, {plan.members} in "
+                f"{plan.batches} now, or other members, template or priority): its batches keep what they were; "
+                "use a new key to replay them as they are now",
+                slug="dead-letters-changed",
+            )
+        _publish(
+            runs,
+            publisher,
+            replay_id,
+            [(batch.batch_index, batch.value) for batch in batches],
+            _started(actor, definition, replay_id, run_id),
+            ExtractionCompleted(
+                run_id=replay_id, definition=definition.name, members=len(members), batches=len(batches)
+            ),
+            definition.priority,
+        )
+        return Replay(run_id=replay_id, members=len(members), batches=len(batches))
+
+
+@contextlib.contextmanager
+def _held(slot: Callable[[], AbstractContextManager[object]], idempotency_key: str | None) -> Iterator[None]:
+    """``slot`` held over the ``with`` (the replay's whole use); :class:`Busy` when it refuses (as many uses of the dead
+    letters as the process allows run now), saying that no replay run was recorded (and the key, if any, bound)."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(slot())
+        except Busy as exc:  # a refusal of the slot only, not a Busy of the publication's claim (``_busy``)
+            bound = KEY_STAYS_BOUND if idempotency_key else ""
+            raise Busy(f"{exc.reason}; no replay run was recorded{bound}", slug=exc.slug) from None
+        yield
 
 
 def _done_already(runs: RunsStore, replay_id: uuid.UUID, replayed: uuid.UUID) -> Replay | None:

@@ -8,6 +8,7 @@ package's stack: nothing of the pipeline is needed.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,14 +33,14 @@ def test_the_runs_page_says_why_its_dead_letters_were_not_read(
             original = uuid.UUID(client.post(RUNS).json()["run_id"])
             unread = uuid.UUID(client.post(RUNS).json()["run_id"])
         context = _console(api.app)
-        context.dead_letters = lambda: _letters(original, 2)
+        context.replays = replace(context.replays, letters=lambda: _letters(original, 2))
         with serving(api.app) as url:
             session = browser.new_context()
             try:
                 page = _signed_in(session.new_page(), url, api.tokens["operator"])
                 page.goto(f"{url}/console/runs/{original}")
                 expect(page.locator("#dead-letters")).to_contain_text("HTTP 400")  # read: as before
-                context.dead_letters = Unreadable
+                context.replays = replace(context.replays, letters=Unreadable)
                 with page.expect_response(lambda answer: answer.url.endswith("/dead-letters")) as answered:
                     page.goto(f"{url}/console/runs/{unread}")
                 assert answered.value.status == 503
@@ -68,7 +69,7 @@ def test_a_catalog_timeout_is_said_in_the_dead_letters_card_not_as_a_page_nested
         def timed_out() -> Letters:
             raise CatalogTimedOut("run", None, "57014")
 
-        context.dead_letters = timed_out
+        context.replays = replace(context.replays, letters=timed_out)
         with serving(api.app) as url:
             session = browser.new_context()
             try:

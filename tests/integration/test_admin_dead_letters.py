@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -357,14 +358,14 @@ def test_the_consoles_dead_letters_page_is_a_503_when_they_were_not_read(
         read = console.client.get(f"/console/runs/{original}/dead-letters")
         assert read.status_code == 200, read.text
         assert '<td>HTTP 400</td><td class="num">2</td>' in read.text
-        context.dead_letters = Unreadable
+        context.replays = replace(context.replays, letters=Unreadable)
         unread = console.client.get(f"/console/runs/{original}/dead-letters")
         assert unread.status_code == 503, unread.text  # before: 200
         assert unread.headers["retry-after"] == "10"
         assert unread.headers["content-type"].startswith("text/html")
         assert _warning(unread.text) == UNREADABLE
         replays = DeadLetterReplays(Unreadable, 900_000)
-        context.dead_letters = replays.reader
+        context.replays = replays
         for _ in range(MAX_DEAD_LETTER_READS):
             assert replays.reads.acquire(blocking=False)
         busy = console.client.get(f"/console/runs/{original}/dead-letters")

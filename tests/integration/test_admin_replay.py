@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,22 +27,34 @@ from devtools.kafka_broker import LocalKafka
 from devtools.processes import free_port, wait_until
 from shared.catalog import CatalogStores, make_engine
 from shared.domain.attempts import CapturedAttempt
-from shared.events import RUN_EVENTS_RECORD_ADAPTER, DeadLetter, RunFailed, RunStarted
+from shared.events import (
+    RUN_EVENTS_RECORD_ADAPTER,
+    AnyRunEvent,
+    DeadLetter,
+    Priority,
+    RunFailed,
+    RunRequested,
+    RunStarted,
+)
 from shared.querystore.demo_data import create_demo_members
 from shared.settings import CommonSettings
-from tests.admin_app import in_process_api
+from tests.admin_app import RecordingPublisher, in_process_api
 from tests.admin_server import AdminServer, admin_server
 from tests.integration.test_admin_api import _seed
 from tests.integration.test_cancel_replay_kafka_unavailable import (  # noqa: F401 - admin, broker: fixtures
     RUNS,
     Admin,
+    _alert,
+    _console,
     _events,
+    _hidden,
     _letters,
     admin,
     broker,
     frozen,
     unacknowledged_replay,
 )
+from tests.integration.test_console_fields import _csrf
 from tests.kafka_helpers import produce, read_to_end
 
 pytestmark = pytest.mark.integration
@@ -418,6 +432,148 @@ def test_replays_on_a_frozen_broker_take_a_few_threads_and_the_rest_are_503_busy
         assert frozen.reading == MAX_DEAD_LETTER_READS
 
 
+class FrozenPublication:
+    """The admin's publisher with Kafka frozen after the dead letters were read: each publication of a run's events or
+    member batches hangs until released, as a producer waiting for a frozen broker's acknowledgement; then recorded.
+    Counts the publications hanging now."""
+
+    def __init__(self, recording: RecordingPublisher) -> None:
+        self.recording = recording
+        self.batches: list[str] = []  # the member batches' keys, ``<replay run>:<batch index>``
+        self.released = threading.Event()
+        self.hanging = 0
+        self._lock = threading.Lock()
+
+    def _hang(self) -> None:
+        with self._lock:
+            self.hanging += 1
+        self.released.wait(60)
+        with self._lock:
+            self.hanging -= 1
+
+    def publish_run_request(self, request: RunRequested) -> None:
+        self._hang()
+        self.recording.publish_run_request(request)
+
+    def publish_run_events(self, events: Sequence[AnyRunEvent]) -> None:
+        self._hang()
+        self.recording.publish_run_events(events)
+
+    def publish_member_batches(self, priority: Priority, batches: Sequence[tuple[str, bytes]]) -> None:
+        self._hang()
+        with self._lock:
+            self.batches.extend(key for key, _ in batches)
+
+
+@contextmanager
+def _console_session(url: str, token: str) -> Iterator[tuple[httpx.Client, str]]:
+    """A console session on the server at ``url`` (signed in with ``token``) and its CSRF token."""
+    with httpx.Client(base_url=url, timeout=60) as session:
+        form = session.get("/console/sign-in")
+        signed = session.post("/console/sign-in", data={"csrf_token": _csrf(form.text), "token": token})
+        assert signed.status_code == 303, signed.text
+        yield session, _csrf(session.get("/console/exports").text)
+
+
+def test_replays_whose_publication_hangs_hold_their_read_until_answered_and_one_more_is_503_busy_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kafka frozen once the dead letters are read (their publication hangs): ``MAX_DEAD_LETTER_READS`` replays (the
+    API's and the console's) hold their read until they are answered, so one more is answered 503
+    ``dead-letters-busy`` at once in the API and in the console (no replay run recorded, its key bound), and
+    ``/healthz`` answers; released, the replays in flight end as replays do (202, the console's 303), each replay run
+    published once (before: a replay gave its read back once Kafka had given the dead letters, so the next one read
+    them too and hung in its publication: replays could hold every request thread)."""
+    from services.admin.dependencies import MAX_DEAD_LETTER_READS
+    from tests.admin_app import seed
+    from tests.integration.test_kafka_unavailable import serving
+
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # plain http
+    busy = (
+        f"{MAX_DEAD_LETTER_READS} reads of the dead letters are running now (Kafka may be slow or down): retry in "
+        "10 s; no replay run was recorded (the Idempotency-Key stays bound to this run's replay: retry with it)"
+    )
+    with in_process_api(tmp_path) as api:
+        with api.client() as client:
+            seed(client)
+        with api.client("operator") as client:
+            original, other = (uuid.UUID(client.post(RUNS).json()["run_id"]) for _ in range(2))
+        context = api.app.state.context
+        # The API's and the console's replays read the same dead letters within one bound, as install() wires them.
+        context.replays = _console(api.app).replays = replace(context.replays, letters=lambda: _letters(original, 3))
+        publication = FrozenPublication(api.publisher)
+        context.publisher = publication
+        answers: dict[str, httpx.Response] = {}
+        with (
+            serving(api.app) as url,
+            httpx.Client(base_url=url, headers=api.headers("operator"), timeout=60) as http,
+            _console_session(url, api.tokens["operator"]) as (console, csrf),
+        ):
+
+            def replay(key: str, timeout: float = 60) -> httpx.Response:
+                path = f"/api/v1/runs/{original}/replay"
+                return http.post(path, headers={"Idempotency-Key": key}, timeout=timeout)
+
+            def console_replay(key: str, timeout: float = 60) -> httpx.Response:
+                fields = {"csrf_token": csrf, "idempotency_key": key}
+                return console.post(f"/console/runs/{original}/replay", data=fields, timeout=timeout)
+
+            def in_flight(send: Callable[[str], httpx.Response], key: str) -> threading.Thread:
+                return threading.Thread(target=lambda: answers.update({key: send(key)}))
+
+            threads = [in_flight(replay, "api-1"), in_flight(replay, "api-2"), in_flight(console_replay, "console-1")]
+            try:
+                for thread in threads:
+                    thread.start()
+                wait_until(
+                    lambda: publication.hanging == MAX_DEAD_LETTER_READS,
+                    timeout=30,
+                    what="the replays in flight hanging in their publication",
+                )
+                # Before: these read the dead letters too, recorded a replay run and hung (a ReadTimeout here).
+                refused = replay("api-4", timeout=10)
+                assert _problem(refused, 503, "dead-letters-busy") == busy
+                assert refused.headers["retry-after"] == "10"
+                page = console_replay("console-4", timeout=10)
+                assert page.status_code == 503, page.text
+                assert _alert(page.text) == busy
+                assert _hidden(page.text, "idempotency_key") == "console-4"  # the same key to retry with
+                health = httpx.get(f"{url}/healthz", timeout=10)
+                assert health.status_code == 200, health.text
+                assert not answers  # the replays in flight still hang
+            finally:
+                publication.released.set()
+                for thread in threads:
+                    thread.join(60)
+            # Released: the replays in flight answered as replays are, each a replay run of its own.
+            assert sorted(answers) == ["api-1", "api-2", "console-1"]
+            started = {key: answers[key].json() for key in ("api-1", "api-2")}
+            for body in started.values():
+                assert (body["status"], body["replay_of"], body["members"], body["batches"]) == (
+                    "queued",
+                    str(original),
+                    3,
+                    2,
+                )
+            assert answers["console-1"].status_code == 303, answers["console-1"].text
+            runs = {body["run_id"] for body in started.values()}
+            runs.add(answers["console-1"].headers["location"].rsplit("/", 1)[1])
+            assert len(runs) == 3
+            # The refused replays recorded nothing; the refused API key is bound to this run's replay, as it says.
+            recorded = http.get("/api/v1/runs").json()
+            assert {run["run_id"] for run in recorded if run["replay_of"] == str(original)} == runs
+            reused = http.post(f"/api/v1/runs/{other}/replay", headers={"Idempotency-Key": "api-4"})
+            _problem(reused, 422, "idempotency-key-reused")
+            retried = replay("api-4")
+            assert retried.status_code == 202, retried.text
+            runs.add(retried.json()["run_id"])
+    # Each replay run published once, whole: its start, its two batches, its extraction's end.
+    events = [(type(event).__name__, str(event.run_id)) for event in api.publisher.run_events]
+    for run in runs:
+        assert events.count(("RunStarted", run)) == events.count(("ExtractionCompleted", run)) == 1, run
+    assert sorted(publication.batches) == sorted(f"{run}:{index}" for run in runs for index in (0, 1))
+
+
 def test_the_api_document_says_what_a_replay_answers(tmp_path: Path) -> None:
     with in_process_api(tmp_path) as api, api.client(None) as anonymous:
         replay = anonymous.get("/openapi.json").json()["paths"]["/api/v1/runs/{run_id}/replay"]["post"]
@@ -429,3 +585,5 @@ def test_the_api_document_says_what_a_replay_answers(tmp_path: Path) -> None:
     slugs = ("dead-letters-changed", "replay-ended", "replay-being-published", "kafka-unavailable")
     for slug in (*slugs, "dead-letters-unreadable", "dead-letters-busy", "dead-letters-unavailable"):
         assert slug in replay["description"], slug
+    # What holds the read: the replay's whole use, its publication included (before: only while Kafka gave them).
+    assert "a replay holding one until it is answered, its publication included" in replay["description"]

@@ -18,7 +18,7 @@ import re
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from html import unescape
 from pathlib import Path
@@ -211,7 +211,8 @@ def test_a_console_replay_kafka_does_not_acknowledge_names_its_replay_run_and_it
         original, first = (uuid.UUID(client.post(RUNS).json()["run_id"]) for _ in range(2))
         assert client.post(f"/api/v1/runs/{first}/cancel").status_code == 200  # the run events' leader known
         # The original run's dead letters (read before anything is published: not what is tested here).
-        _console(admin.api.app).dead_letters = lambda: _letters(original, 3)
+        context = _console(admin.api.app)
+        context.replays = replace(context.replays, letters=lambda: _letters(original, 3))
         key = _hidden(console.page(f"/runs/{original}/replay"), "idempotency_key")
         assert key.startswith("console-")
         with frozen(broker):
@@ -261,7 +262,8 @@ def test_a_console_replay_whose_dead_letters_cannot_be_read_is_its_confirmation_
             seed(client)
         with api.client("operator") as client, signed_in(api, "operator") as console:
             original = client.post(RUNS).json()["run_id"]
-            _console(api.app).dead_letters = Unreadable
+            context = _console(api.app)
+            context.replays = replace(context.replays, letters=Unreadable)
             page = console.post(f"/runs/{original}/replay", {"idempotency_key": "console-k1"})
             assert page.status_code == 503, page.text
             assert _alert(page.text) == (
@@ -288,7 +290,7 @@ def test_the_console_says_a_listing_is_busy_in_a_listings_words_and_a_replay_in_
             seed(client)
         with api.client("operator") as client, signed_in(api, "operator") as console:
             original = client.post(RUNS).json()["run_id"]
-            _console(api.app).dead_letters = replays.reader
+            _console(api.app).replays = replays
             for _ in range(MAX_DEAD_LETTER_READS):  # the reads under way
                 assert replays.reads.acquire(blocking=False)
             page = console.client.get(f"/console/runs/{original}/dead-letters")
@@ -317,7 +319,7 @@ def _replaying(tmp_path: Path) -> Iterator[tuple[TestClient, Console, uuid.UUID,
         with api.client("operator") as client, signed_in(api, "operator") as console:
             original = uuid.UUID(client.post(RUNS).json()["run_id"])
             context = _console(api.app)
-            context.dead_letters = lambda: _letters(original, 2)
+            context.replays = replace(context.replays, letters=lambda: _letters(original, 2))
             yield client, console, original, context
 
 

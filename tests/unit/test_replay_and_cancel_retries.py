@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from shared.application.errors import (
     PublishFailed,
     RunNotPublished,
 )
+from shared.application.ports import DeadLetterSource
 from shared.application.replay import Replay, replay_dead_letters
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
@@ -417,6 +419,97 @@ def test_a_claim_that_cannot_be_released_leaves_the_publications_failure_as_the_
 class Unreadable:
     def dead_letters(self) -> list[DeadLetter]:
         raise TimeoutError("the dead letters cannot be read now")
+
+
+class OneSlot:
+    """The admin process's bound on its uses of the dead letters, of one (``DeadLetterReplays.slot``'s refusal)."""
+
+    BUSY = "1 read of the dead letters is running now (Kafka may be slow or down): retry in 10 s"
+
+    def __init__(self) -> None:
+        self.slots = threading.BoundedSemaphore(1)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self.slots.acquire(blocking=False):
+            raise Busy(self.BUSY, slug="dead-letters-busy")
+        try:
+            yield
+        finally:
+            self.slots.release()
+
+    def held(self) -> bool:
+        if self.slots.acquire(blocking=False):
+            self.slots.release()
+            return False
+        return True
+
+
+def test_a_replay_holds_its_slot_over_its_publication_and_one_refused_records_and_publishes_nothing(
+    stores: CatalogStores,
+) -> None:
+    """The slot is held while every event of the replay is published, a retry's that reads no dead letters too
+    (before: the bound was the read's only), and given back after a failure; refused, the replay is :class:`Busy` with
+    a replay's words, nothing recorded nor published, its key bound to this run's replay as it says."""
+    bound = OneSlot()
+
+    @dataclass
+    class Held(Publisher):
+        """Records whether the slot was held at each publication; ``last_fails``: Kafka does not acknowledge
+        run.extraction_completed."""
+
+        last_fails: bool = False
+        published_held: list[bool] = field(default_factory=list)
+
+        def publish_run_events(self, events: Sequence[AnyRunEvent]) -> None:
+            self.published_held.append(bound.held())
+            if self.last_fails and any(isinstance(e, ExtractionCompleted) for e in events):
+                raise PublishFailed("the run events on exports.run-events", REASON)
+            super().publish_run_events(events)
+
+        def publish_member_batches(self, priority: Priority, batches: Sequence[tuple[str, bytes]]) -> None:
+            self.published_held.append(bound.held())
+            super().publish_member_batches(priority, batches)
+
+    def replay(run: uuid.UUID, publisher: Publisher, key: str, letters: DeadLetterSource | None = None) -> Replay:
+        return replay_dead_letters(
+            OPERATOR,
+            run,
+            store=stores.definitions,
+            runs=stores.runs,
+            letters=letters or _letters(run),
+            publisher=publisher,
+            max_record_bytes=1_000_000,
+            idempotency_key=key,
+            slot=bound.slot,
+        )
+
+    original, other = _run(stores), _run(stores)
+    first = Held(last_fails=True)
+    with pytest.raises(RunNotPublished) as failed:
+        replay(original, first, "k1")
+    assert first.published_held == [True, True, True]  # run.started, the batches, run.extraction_completed
+    assert not bound.held()  # given back after the failure
+    retry = Held()
+    again = replay(original, retry, "k1", Unreadable())  # the dead letters not read: only the extraction's end left
+    assert again == Replay(run_id=failed.value.run_id, members=3, batches=2)
+    assert retry.published_held == [True]  # before: published outside the bound
+    assert not bound.held()
+    # Refused: nothing recorded nor published; the key is bound to this run's replay all the same.
+    with bound.slot():
+        refused = Held()
+        with pytest.raises(Busy) as busy:
+            replay(original, refused, "k2")
+    assert busy.value.slug == "dead-letters-busy"
+    assert str(busy.value) == (
+        f"{OneSlot.BUSY}; no replay run was recorded (the Idempotency-Key stays bound to this run's replay: retry with "
+        "it)"
+    )
+    assert (refused.published_held, [r.run_id for r in stores.runs.replays_of(original)]) == ([], [again.run_id])
+    with pytest.raises(Invalid) as reused:
+        replay(other, Publisher(), "k2")
+    assert reused.value.slug == "idempotency-key-reused"
+    assert replay(original, Publisher(), "k2").run_id != again.run_id  # its retry replays the run
 
 
 def test_a_retry_of_a_complete_replay_returns_it_without_reading_the_dead_letters(stores: CatalogStores) -> None:

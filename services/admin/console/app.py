@@ -36,8 +36,7 @@ def create_console(context: AdminContext, settings: AdminSettings, codec: Sessio
     app.state.console = ConsoleContext(
         admin=context,
         pages=pages,
-        dead_letters=replays.reader,  # MAX_DEAD_LETTER_READS at once, with the API's
-        max_record_bytes=replays.max_record_bytes,
+        replays=replays,  # MAX_DEAD_LETTER_READS at once, with the API's
         session_seconds=settings.console_session_minutes * 60,
         secure_cookies=settings.console_secure_cookies,
     )

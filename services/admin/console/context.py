@@ -3,14 +3,12 @@ dead letters, and the console's settings."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
 from services.admin.console.pages import Pages
-from services.admin.dependencies import AdminContext
-from shared.application.ports import DeadLetterSource
+from services.admin.dependencies import AdminContext, DeadLetterReplays
 
 
 @dataclass
@@ -19,9 +17,9 @@ class ConsoleContext:
 
     admin: AdminContext
     pages: Pages
-    #: The dead-letter topic, read when a run's page asks for its dead letters (a Kafka consumer per read).
-    dead_letters: Callable[[], DeadLetterSource]
-    max_record_bytes: int
+    #: The dead-letter topic, read when a run's page asks for its dead letters or a replay (a Kafka consumer per read),
+    #: within the admin process's bound on its reads, and the record byte bound of a replay's batches.
+    replays: DeadLetterReplays
     session_seconds: int
     secure_cookies: bool
 

@@ -102,7 +102,7 @@ def dead_letters(request: Request, run_id: uuid.UUID) -> Response:
     try:
         record = _run(request, run_id)
         listing = list_dead_letters(
-            me.actor, console.dead_letters(), runs=console.admin.runs, cells=None, run=run_id, reason_chars=None
+            me.actor, console.replays.reader(), runs=console.admin.runs, cells=None, run=run_id, reason_chars=None
         )
     except DeadLettersUnreadable as exc:
         return _unread(request, run_id, dead_letters_unreadable_detail(request, exc))
@@ -257,10 +257,11 @@ def replay(request: Request, run_id: uuid.UUID) -> Response:
             run_id,
             store=console.admin.definitions,
             runs=console.admin.runs,
-            letters=console.dead_letters(),
+            letters=console.replays.letters(),
             publisher=console.admin.publisher,
-            max_record_bytes=console.max_record_bytes,
+            max_record_bytes=console.replays.max_record_bytes,
             idempotency_key=form_of(request).optional("idempotency_key"),
+            slot=console.replays.slot,  # one of the reads for the replay's whole use, as the API's replay
         )
     except Refused as refusal:
         if refusal.slug in _KEY_SPENT:  # submitting the same key again would be refused again: a new one
