@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,7 +123,12 @@ def _letters(*runs: uuid.UUID) -> Letters:
 
 
 def _replay(
-    stores: CatalogStores, run: uuid.UUID, publisher: Publisher, key: str | None, letters: Letters | None = None
+    stores: CatalogStores,
+    run: uuid.UUID,
+    publisher: Publisher,
+    key: str | None,
+    letters: DeadLetterSource | None = None,
+    slot: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> Replay:
     return replay_dead_letters(
         OPERATOR,
@@ -134,6 +139,7 @@ def _replay(
         publisher=publisher,
         max_record_bytes=1_000_000,
         idempotency_key=key,
+        slot=slot,
     )
 
 
@@ -324,7 +330,7 @@ def test_a_retry_once_the_batches_were_acknowledged_publishes_only_the_extractio
         original = _run(stores)
         replay_id = _unpublished(stores, original, LastFails(), "k1-" + str(original))
         publisher = Publisher()
-        again = _replay(stores, original, publisher, "k1-" + str(original), letters(original))  # type: ignore[arg-type]
+        again = _replay(stores, original, publisher, "k1-" + str(original), letters(original))
         assert again == Replay(run_id=replay_id, members=3, batches=2)
         (completed,) = publisher.run_events
         assert isinstance(completed, ExtractionCompleted)
@@ -352,7 +358,7 @@ def test_a_retry_whose_dead_letters_changed_while_another_request_got_the_batche
             return _more_letters(original).letters
 
     publisher = Publisher()
-    again = _replay(stores, original, publisher, "k1", LateWhileAnotherPublishes())  # type: ignore[arg-type]
+    again = _replay(stores, original, publisher, "k1", LateWhileAnotherPublishes())
     assert again == Replay(run_id=replay_id, members=3, batches=2)  # before: 409 dead-letters-changed
     assert [type(e) for e in publisher.run_events] == [ExtractionCompleted]
     assert publisher.batches == []
@@ -471,27 +477,15 @@ def test_a_replay_holds_its_slot_over_its_publication_and_one_refused_records_an
             self.published_held.append(bound.held())
             super().publish_member_batches(priority, batches)
 
-    def replay(run: uuid.UUID, publisher: Publisher, key: str, letters: DeadLetterSource | None = None) -> Replay:
-        return replay_dead_letters(
-            OPERATOR,
-            run,
-            store=stores.definitions,
-            runs=stores.runs,
-            letters=letters or _letters(run),
-            publisher=publisher,
-            max_record_bytes=1_000_000,
-            idempotency_key=key,
-            slot=bound.slot,
-        )
-
     original, other = _run(stores), _run(stores)
     first = Held(last_fails=True)
     with pytest.raises(RunNotPublished) as failed:
-        replay(original, first, "k1")
+        _replay(stores, original, first, "k1", slot=bound.slot)
     assert first.published_held == [True, True, True]  # run.started, the batches, run.extraction_completed
     assert not bound.held()  # given back after the failure
     retry = Held()
-    again = replay(original, retry, "k1", Unreadable())  # the dead letters not read: only the extraction's end left
+    # The dead letters not read (only the extraction's end left to publish), the slot held all the same.
+    again = _replay(stores, original, retry, "k1", Unreadable(), bound.slot)
     assert again == Replay(run_id=failed.value.run_id, members=3, batches=2)
     assert retry.published_held == [True]  # before: published outside the bound
     assert not bound.held()
@@ -499,7 +493,7 @@ def test_a_replay_holds_its_slot_over_its_publication_and_one_refused_records_an
     with bound.slot():
         refused = Held()
         with pytest.raises(Busy) as busy:
-            replay(original, refused, "k2")
+            _replay(stores, original, refused, "k2", slot=bound.slot)
     assert busy.value.slug == "dead-letters-busy"
     assert str(busy.value) == (
         f"{OneSlot.BUSY}; no replay run was recorded (the Idempotency-Key stays bound to this run's replay: retry with "
@@ -507,9 +501,10 @@ def test_a_replay_holds_its_slot_over_its_publication_and_one_refused_records_an
     )
     assert (refused.published_held, [r.run_id for r in stores.runs.replays_of(original)]) == ([], [again.run_id])
     with pytest.raises(Invalid) as reused:
-        replay(other, Publisher(), "k2")
+        _replay(stores, other, Publisher(), "k2", slot=bound.slot)
     assert reused.value.slug == "idempotency-key-reused"
-    assert replay(original, Publisher(), "k2").run_id != again.run_id  # its retry replays the run
+    retried = _replay(stores, original, Publisher(), "k2", slot=bound.slot)  # its retry replays the run
+    assert retried.run_id != again.run_id
 
 
 def test_a_retry_of_a_complete_replay_returns_it_without_reading_the_dead_letters(stores: CatalogStores) -> None:
