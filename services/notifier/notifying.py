@@ -90,8 +90,9 @@ SCHEDULES_PAUSED = Counter(
 #: A run whose finish was handled, and its definition (None: not in the catalog), to record as handled.
 Finish = tuple[RunRecord, ExportDefinition | None]
 
-#: This process's name in the runs' finish claims (``EXPORT_NOTIFIER_REPLICA_ID``'s default): a process restarted
-#: in the same container (same host name, same process id) takes its own claims back at once.
+#: This process's name in the runs' finish claims and in its finishes' claims of notifications in the ledger
+#: (``EXPORT_NOTIFIER_REPLICA_ID``'s default): a process restarted in the same container (same host name, same
+#: process id) takes its own claims back at once.
 REPLICA = default_replica_id()
 
 
@@ -339,7 +340,7 @@ class Notifier:
             if (self._maybe_pause(definition, after) or self._paused_by(definition, after)) and (
                 self.webhooks is not None
             ):
-                self.webhooks.notify(definition, after, WebhookEvent.PAUSED, self.finish_lease_seconds)
+                self.webhooks.notify(definition, after, WebhookEvent.PAUSED, self.finish_lease_seconds, self.replica_id)
         outgoing = self._chained_runs(after)
         if after.status is RunStatus.MISSED:
             # Claimed now, sent once the poll is folded: one digest if many runs were missed at once.
@@ -363,7 +364,7 @@ class Notifier:
         if finishing and definition is not None and event is not None and self.webhooks is not None:
             finishing, renewed_at = self._still_ours(after.run_id, renewed_at)
             if finishing:
-                self.webhooks.notify(definition, after, event, self.finish_lease_seconds)
+                self.webhooks.notify(definition, after, event, self.finish_lease_seconds, self.replica_id)
         if finishing:
             finishes.append((after, definition))
         return outgoing
@@ -601,12 +602,15 @@ class Notifier:
     ) -> None:
         """Send the run's emails of ``kinds`` not sent yet (to their recipients, if any): each claimed in the ledger
         and, in the same transaction, for this attempt as a sweep claims it (for :attr:`finish_lease_seconds`:
-        :meth:`NotifierRuns.claim_notification` with a lease), and sent only when so claimed: never one a sweep holds
-        (it sends it), nor one backing off. A failed send's mark makes it due again; a send that never ends (the
-        process died) leaves the claim to lapse after the lease, for a sweep."""
+        :meth:`NotifierRuns.claim_notification` with a lease, in this replica's name), and sent only when so claimed:
+        never one a sweep holds (it sends it), nor one backing off. A failed send's mark makes it due again; a send
+        that never ends (the process killed) leaves the claim to this replica's name: the same replica (restarted in
+        place, the event redelivered) takes it back at once, any other waits for the lease (or its sweep does)."""
         for kind in kinds:
             recipients = recipients_for(definition, kind)
-            if recipients and self.runs.claim_notification(record.run_id, kind, recipients, self.finish_lease_seconds):
+            if recipients and self.runs.claim_notification(
+                record.run_id, kind, recipients, self.finish_lease_seconds, self.replica_id
+            ):
                 self._mail(definition, record, kind, recipients, attempts)
 
     def _mail(
@@ -656,7 +660,7 @@ class Notifier:
             return
         definition = self._definition(record.definition)
         if definition is not None and definition.notifications.webhooks:
-            self.webhooks.notify(definition, record, event, self.finish_lease_seconds)
+            self.webhooks.notify(definition, record, event, self.finish_lease_seconds, self.replica_id)
 
     def _recovered(self, record: RunRecord) -> bool:
         """A succeeded run whose definition's previous runs (skipped and missed ones aside) failed."""
@@ -669,7 +673,7 @@ class Notifier:
     def _send_recovery(self, definition: ExportDefinition, record: RunRecord, attempts: int | None = None) -> None:
         self._mail_claimed(definition, record, [RECOVERED], attempts)
         if self.webhooks is not None:
-            self.webhooks.notify(definition, record, WebhookEvent.RECOVERED, self.finish_lease_seconds)
+            self.webhooks.notify(definition, record, WebhookEvent.RECOVERED, self.finish_lease_seconds, self.replica_id)
 
     def _claim_missed(self, definition: ExportDefinition, record: RunRecord) -> None:
         """Claim a missed run's error email and ``missed`` webhooks; sent by :meth:`_send_missed`."""
@@ -683,8 +687,9 @@ class Notifier:
         """The poll's missed runs: per definition, one notification each, or one digest when they are many.
         ``attempts``: per email (None: the mailer's own; the sweep's one).
 
-        Each group is claimed for this attempt first, as a sweep claims it (one statement per definition and kind):
-        those a sweep holds are left to it. A failure is logged, not raised: the claimed notifications stay unsent
+        Each group is claimed for this attempt first, as a sweep claims it (one statement per definition and kind), in
+        this replica's name (its own claims, left by a process killed in the middle, are taken back): those a sweep
+        holds are left to it. A failure is logged, not raised: the claimed notifications stay unsent
         and the sweep sends them.
         """
         pending, self._missed = self._missed, []
@@ -701,7 +706,7 @@ class Notifier:
                 kinds = [ERROR] + [ledger_kind(channel, "missed") for channel in definition.notifications.webhooks]
                 for kind in kinds:
                     ours = self.runs.claim_unsent_notifications(
-                        [(record.run_id, kind) for record in records], self.finish_lease_seconds
+                        [(record.run_id, kind) for record in records], self.finish_lease_seconds, self.replica_id
                     )
                     unsent = [record for record in records if (record.run_id, kind) in ours]
                     if unsent:

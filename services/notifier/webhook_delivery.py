@@ -68,24 +68,37 @@ class WebhookNotifications:
         return [(ledger_kind(name, event.value), [name]) for name in subscribed(definition, event)]
 
     def claim(
-        self, definition: ExportDefinition, record: RunRecord, event: WebhookEvent, lease_seconds: float | None = None
+        self,
+        definition: ExportDefinition,
+        record: RunRecord,
+        event: WebhookEvent,
+        lease_seconds: float | None = None,
+        claimant: str | None = None,
     ) -> list[str]:
         """Claim the notification of ``event`` for each subscribed channel; the channels still to send to. With
         ``lease_seconds``: those also claimed for one attempt now, as a sweep claims them (not one a sweep holds, nor
-        one backing off; :meth:`NotifierRuns.claim_notification`)."""
+        one backing off; :meth:`NotifierRuns.claim_notification`), in ``claimant``'s name (a claim still its own
+        is taken back)."""
         return [
             recipients[0]
             for kind, recipients in self.ledger_claims(definition, event)
-            if self.runs.claim_notification(record.run_id, kind, recipients, lease_seconds)
+            if self.runs.claim_notification(record.run_id, kind, recipients, lease_seconds, claimant)
         ]
 
     def notify(
-        self, definition: ExportDefinition, record: RunRecord, event: WebhookEvent, lease_seconds: float
+        self,
+        definition: ExportDefinition,
+        record: RunRecord,
+        event: WebhookEvent,
+        lease_seconds: float,
+        claimant: str | None = None,
     ) -> None:
         """Claim and send (one attempt) ``event`` of ``record`` to every channel subscribed to it: each not sent yet
-        is claimed, in the same transaction, for this attempt as a sweep claims it (for ``lease_seconds``) and sent
-        only when so claimed: never one a sweep holds, nor one backing off (the sweep sends it when due)."""
-        for name in self.claim(definition, record, event, lease_seconds):
+        is claimed, in the same transaction, for this attempt as a sweep claims it (for ``lease_seconds``, in
+        ``claimant``'s name: the notifier replica doing the run's finish) and sent only when so claimed: never one a
+        sweep holds, nor one backing off (the sweep sends it when due); one still ``claimant``'s own (it was killed
+        between the claim and the record) is sent again at once."""
+        for name in self.claim(definition, record, event, lease_seconds, claimant):
             self.send_claimed(definition, record, name, event.value)
 
     def send_claimed(self, definition: ExportDefinition, record: RunRecord, name: str, event: str) -> None:

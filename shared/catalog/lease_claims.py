@@ -8,6 +8,13 @@ caller that claims in a transaction of its own (beside its insert) executes :met
 holder renews its claims (the token unchanged) or releases those it did not try (due again at once); a claim whose
 holder died lapses when the lease is over and is claimed again. Used by the notifications' ledger and the circuit
 breaker emails' outbox.
+
+A table with owner columns (the notifications' ledger: who claimed, and the lease's end it wrote) lets a claimant
+name itself in a claim: that claimant claims its own claim again at once (it died between its claim and its record,
+and comes back under the same name), every other one waits for the lease. A claim is its claimant's only while the
+next-attempt column still equals the lease's end written with it, so that anything that moved it since (a claim
+taken over once lapsed, a failed attempt's backoff, a release, an older release's writes that know no owner) ends
+the ownership.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ class LeaseClaims:
 
     ``still_open`` are the conditions of a row still to send (e.g. not sent, not given up): only those are claimed
     and renewed. ``kind`` is the catalog timeouts' kind of the statements (see :meth:`CatalogDatabase.begin`).
+    ``owner``: the table's columns of the claimant's name and of the lease's end written with it, for claims that
+    name their claimant (none: no claim names one).
     """
 
     def __init__(
@@ -54,41 +63,57 @@ class LeaseClaims:
         next_attempt: Any,
         still_open: Sequence[ColumnElement[bool]],
         kind: str | None = None,
+        owner: tuple[Any, Any] | None = None,
     ) -> None:
         self.database, self.table, self.key, self.next_attempt = database, table, list(key), next_attempt
-        self.still_open, self.kind = list(still_open), kind
+        self.still_open, self.kind, self.owner = list(still_open), kind, owner
 
-    def claim(self, keys: Sequence[RowKey], lease_seconds: float, what: str = "rows") -> dict[RowKey, datetime]:
+    def claim(
+        self, keys: Sequence[RowKey], lease_seconds: float, what: str = "rows", claimant: str | None = None
+    ) -> dict[RowKey, datetime]:
         """Claim the rows of ``keys`` still open and due on the catalog's clock (a claim older than the lease is due
-        again: its holder died), in one statement in its own transaction. Returns those claimed, each with its claim
-        (the token :meth:`renew` and :meth:`release` take). More than :data:`MAX_CLAIMS` keys: a ``ValueError``
-        (naming ``what`` is claimed)."""
+        again: its holder died), in one statement in its own transaction; with ``claimant``, in its name, and also
+        those whose claim is still ``claimant``'s own. Returns those claimed, each with its claim (the token
+        :meth:`renew` and :meth:`release` take). More than :data:`MAX_CLAIMS` keys: a ``ValueError`` (naming
+        ``what`` is claimed)."""
         unique = sorted(set(keys))
         if len(unique) > MAX_CLAIMS:
             raise ValueError(f"at most {MAX_CLAIMS} {what} claimed at once, not {len(unique)}")
         if not unique:
             return {}
         with self.database.begin(self.kind) as connection:
-            return _claimed(connection.execute(self.claiming(unique, lease_seconds)))
+            return _claimed(connection.execute(self.claiming(unique, lease_seconds, claimant)))
 
-    def claiming(self, keys: Sequence[RowKey], lease_seconds: float) -> Any:
+    def claiming(self, keys: Sequence[RowKey], lease_seconds: float, claimant: str | None = None) -> Any:
         """The conditional claim of ``keys`` for ``lease_seconds`` (see :meth:`claim`), returning the keys claimed
         and their claim: for a caller's own transaction (one key, beside its insert)."""
-        return self._updating(keys, [*self.still_open, self.due()], lease_seconds)
+        if claimant is not None and self.owner is None:
+            raise ValueError("a claim of this table names no claimant")
+        free = self.due() if claimant is None else self.due() | self._owned_by(claimant)
+        return self._updating(keys, [*self.still_open, free], lease_seconds, claimant=claimant)
 
     def due(self) -> ColumnElement[bool]:
         """The condition of a row due now on the catalog's clock: never claimed, or its claim (or backoff) over."""
         due: ColumnElement[bool] = self.next_attempt.is_(None) | (self.next_attempt <= catalog_now(self.database))
         return due
 
+    def _owned_by(self, claimant: str) -> ColumnElement[bool]:
+        """The condition of a row whose claim is still ``claimant``'s: named so, and nothing moved its next attempt
+        since (see the module's notes)."""
+        assert self.owner is not None
+        claimed_by, claimed_until = self.owner
+        owned: ColumnElement[bool] = (claimed_by == claimant) & (claimed_until == self.next_attempt)
+        return owned
+
     def renew(self, claims: Mapping[RowKey, datetime], lease_seconds: float) -> dict[RowKey, datetime]:
         """Renew these claims for another ``lease_seconds``: those still the caller's (the claim unchanged, the row
-        still open). Returns them with their new claim; one not returned is no longer the caller's."""
+        still open; a claim naming its claimant still names it). Returns them with their new claim; one not returned
+        is no longer the caller's."""
         renewed: dict[RowKey, datetime] = {}
         for token, keys in _by_token(claims):
             with self.database.begin(self.kind) as connection:
-                statement = self._updating(keys, [*self.still_open, self.next_attempt == token], lease_seconds)
-                renewed |= _claimed(connection.execute(statement))
+                conditions = [*self.still_open, self.next_attempt == token]
+                renewed |= _claimed(connection.execute(self._updating(keys, conditions, lease_seconds, renewing=True)))
         return renewed
 
     def release(self, claims: Mapping[RowKey, datetime]) -> None:
@@ -102,11 +127,31 @@ class LeaseClaims:
                     .values({self.next_attempt: None})
                 )
 
-    def _updating(self, keys: Sequence[RowKey], conditions: Sequence[ColumnElement[bool]], lease_seconds: float) -> Any:
+    def _updating(
+        self,
+        keys: Sequence[RowKey],
+        conditions: Sequence[ColumnElement[bool]],
+        lease_seconds: float,
+        *,
+        claimant: str | None = None,
+        renewing: bool = False,
+    ) -> Any:
+        """The update of ``keys`` meeting ``conditions`` to a new claim of ``lease_seconds``: in ``claimant``'s name
+        (None: no one's), or, ``renewing``, in the name it had."""
+        until = catalog_now(self.database, -lease_seconds)
+        values = {self.next_attempt: until}
+        if self.owner is not None:
+            claimed_by, claimed_until = self.owner
+            # The same expression twice in one statement: one value (PostgreSQL's now() is the transaction's start,
+            # SQLite's 'now' one instant per statement step), so that the two columns are equal while it is the
+            # claimant's.
+            values[claimed_until] = until
+            if not renewing:
+                values[claimed_by] = claimant
         return (
             update(self.table)
             .where(tuple_(*self.key).in_(keys), *conditions)
-            .values({self.next_attempt: catalog_now(self.database, -lease_seconds)})
+            .values(values)
             .returning(*self.key, self.next_attempt)
             .execution_options(synchronize_session=False)
         )

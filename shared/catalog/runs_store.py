@@ -41,13 +41,14 @@ class SqlRunsStore:
     def __init__(self, database: CatalogDatabase, followers: Sequence[OutcomeFollower] = ()) -> None:
         self.database = database
         self.followers = list(followers)
-        #: The sweeps' claims of unsent notifications (a lease on their next attempt time).
+        #: The claims of unsent notifications (a lease on their next attempt time; a finish's name its replica).
         self._claims = LeaseClaims(
             database,
             NotificationRow,
             [NotificationRow.run_id, NotificationRow.kind],
             NotificationRow.next_attempt_at,
             [NotificationRow.sent_at.is_(None), NotificationRow.gave_up_at.is_(None)],
+            owner=(NotificationRow.claimed_by, NotificationRow.claimed_until),
             kind="Run",
         )
 
@@ -529,7 +530,7 @@ class SqlRunsStore:
             return [(uuid.UUID(run_id), kind) for run_id, kind in rows]
 
     def claim_unsent_notifications(
-        self, keys: Sequence[tuple[uuid.UUID, str]], lease_seconds: float
+        self, keys: Sequence[tuple[uuid.UUID, str]], lease_seconds: float, claimant: str | None = None
     ) -> dict[tuple[uuid.UUID, str], datetime]:
         """Claim these (run id, kind) notifications for one attempt by the caller (a sweep's retry, a finish's send):
         those still unsent, not given up and due on the catalog's clock (a claim older than ``lease_seconds`` is due
@@ -538,9 +539,14 @@ class SqlRunsStore:
         that fails claims nothing. At most :data:`MAX_CLAIMS` keys (a ``ValueError`` beyond: a claim is
         never split in parts). The claim is the next attempt's time pushed ``lease_seconds`` ahead; a failed
         attempt's mark (:meth:`mark_notification`) ends it. Returns the ones claimed, each with its claim (the token
-        :meth:`renew_notification_claims` and :meth:`release_notification_claims` take)."""
+        :meth:`renew_notification_claims` and :meth:`release_notification_claims` take).
+
+        With ``claimant`` (a notifier replica's id, for its finish's notifications), the claims name it, and those
+        still ``claimant``'s own are claimed again at once (it was killed between its claim and the send's record and
+        comes back under the same id); without, no one's (a sweep's), and a claim waits for its lease whoever holds
+        it."""
         pairs = [(str(run_id), kind) for run_id, kind in keys]
-        return _run_keys(self._claims.claim(pairs, lease_seconds, what="notifications"))
+        return _run_keys(self._claims.claim(pairs, lease_seconds, what="notifications", claimant=claimant))
 
     def renew_notification_claims(
         self, claims: Mapping[tuple[uuid.UUID, str], datetime], lease_seconds: float
@@ -556,18 +562,24 @@ class SqlRunsStore:
         self._claims.release(_row_keys(claims))
 
     def claim_notification(
-        self, run_id: uuid.UUID, kind: str, recipients: list[str], lease_seconds: float | None = None
+        self,
+        run_id: uuid.UUID,
+        kind: str,
+        recipients: list[str],
+        lease_seconds: float | None = None,
+        claimant: str | None = None,
     ) -> bool:
         """True when this (run, kind) notification has not been sent (nor given up) yet: the caller should send it.
         With ``lease_seconds``, True only when it is also claimed for one attempt by the caller now, in the same
-        transaction, as :meth:`claim_unsent_notifications` claims it: not while another's claim holds it (a sweep
-        sending it), nor while it backs off."""
+        transaction, as :meth:`claim_unsent_notifications` claims it (in ``claimant``'s name, taking back a claim
+        still ``claimant``'s own): not while another's claim holds it (a sweep sending it), nor while it backs
+        off."""
         with self.database.transaction("Run") as session:
             self.database.insert_ignore(
                 session, NotificationRow, {"run_id": str(run_id), "kind": kind, "recipients": recipients}
             )
             if lease_seconds is not None:
-                claiming = self._claims.claiming([(str(run_id), kind)], lease_seconds)
+                claiming = self._claims.claiming([(str(run_id), kind)], lease_seconds, claimant)
                 return session.execute(claiming).first() is not None
             row = session.get(NotificationRow, (str(run_id), kind))
             return row is not None and row.sent_at is None and row.gave_up_at is None

@@ -186,7 +186,9 @@ class NotificationRow(Base):
 
     ``kind`` is an email's (``success``, ``error``, ``recovered``) or ``webhook:<channel>:<event>``;
     ``recipients`` the email's addresses or the webhook's channel. A webhook that failed is tried again
-    at ``next_attempt_at`` (its backoff), and given up (``gave_up_at``) when its retry budget is spent.
+    at ``next_attempt_at`` (its backoff), and given up (``gave_up_at``) when its retry budget is spent. A claim for
+    one attempt pushes ``next_attempt_at`` a lease ahead; a finish's claim also names its replica (``claimed_by``) and
+    writes its lease's end (``claimed_until``): it is that replica's while ``next_attempt_at`` still equals it.
     """
 
     __tablename__ = "notifications"
@@ -199,6 +201,8 @@ class NotificationRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     gave_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ScheduleRow(Base):

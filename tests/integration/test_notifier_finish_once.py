@@ -161,10 +161,16 @@ def paused_webhook_claim_timing_out(catalog: CatalogStores) -> Iterator[CatalogT
     real_claim = catalog.runs.claim_notification
     timed_out = CatalogTimedOut("Run", None, "57014")
 
-    def claim(run_id: uuid.UUID, kind: str, recipients: list[str], lease_seconds: float | None = None) -> bool:
+    def claim(
+        run_id: uuid.UUID,
+        kind: str,
+        recipients: list[str],
+        lease_seconds: float | None = None,
+        claimant: str | None = None,
+    ) -> bool:
         if kind == "webhook:ops:paused":
             raise timed_out
-        return real_claim(run_id, kind, recipients, lease_seconds)
+        return real_claim(run_id, kind, recipients, lease_seconds, claimant)
 
     catalog.runs.claim_notification = claim  # type: ignore[method-assign]
     try:
