@@ -27,6 +27,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 MEMBERS = 2_000
+#: The deadline of every action and every assertion on a page (``expect``). Playwright's assertions wait 5 s by
+#: default, not the browser context's default timeout: the operator's test failed once in a loaded CI run (message
+#: unseen), every step of it an assertion on a page (signing in, the exports list) held to those 5 s.
+PAGE_TIMEOUT_MS = 15_000
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 
 
@@ -49,6 +53,7 @@ def stored(stack: ConsoleStack) -> Iterator[CatalogStores]:
 # would make every later test's asyncio.run() fail; the stack's processes stop with the browser tests too.
 @pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
+    expect.set_options(timeout=PAGE_TIMEOUT_MS)  # global to Playwright's expect, which only these tests use
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(chromium_path()), args=CHROMIUM_ARGS)
         yield launched
@@ -77,7 +82,7 @@ def as_role(browser: Browser, stack: ConsoleStack) -> Iterator[Callable[[str], P
 
     def open_as(role: str) -> Page:
         context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-GB", timezone_id="UTC")
-        context.set_default_timeout(15_000)
+        context.set_default_timeout(PAGE_TIMEOUT_MS)
         contexts.append(context)
         return sign_in(context, stack, role)
 
