@@ -573,19 +573,20 @@ class Dispatcher:
             elif before is not None:  # a learned limit was dropped: the profile is unlimited again
                 RATE_LIMIT_RATE.remove(profile.name)
 
-        async def deliver() -> DeliveryResult:
-            return await self.deliverer.deliver(
-                make_request,
-                profile.timeout_seconds,
-                template.success_statuses,
-                on_attempt=adapt,
-                labels=shared.labels,
-                network=shared.network,
-                inspect=shared.inspect,
-                before_attempt=admit,
-                secrets_of=profile,  # its secrets are masked in a failure's reason
-                tally=shared.tally,
-            )
+        # The deliverer's coroutine itself, its arguments bound (no coroutine of our own around it a request).
+        deliver = functools.partial(
+            self.deliverer.deliver,
+            make_request,
+            profile.timeout_seconds,
+            template.success_statuses,
+            on_attempt=adapt,
+            labels=shared.labels,
+            network=shared.network,
+            inspect=shared.inspect,
+            before_attempt=admit,
+            secrets_of=profile,  # its secrets are masked in a failure's reason
+            tally=shared.tally,
+        )
 
         async def delivered() -> DeliveryResult:
             result = await deliver()

@@ -77,6 +77,25 @@ def source_problem(source: str) -> str | None:
 def merged_headers(base: dict[str, str], *overrides: dict[str, str]) -> dict[str, str]:
     """``base`` with each of ``overrides`` applied in turn, header names compared case-insensitively."""
     merged = dict(base)
+    # Each name present, by its lower case: one look-up an override instead of a pass over the merged names (the
+    # dispatcher merges a request's headers per attempt). Names of ``base`` that differ by case only are each
+    # replaced, as the pass did.
+    present = {name.lower(): name for name in merged}
+    if len(present) != len(merged):
+        return _merged_slowly(merged, overrides)
+    for override in overrides:
+        for name, value in override.items():
+            lower = name.lower()
+            existing = present.get(lower)
+            if existing is not None:
+                del merged[existing]
+            merged[name] = value
+            present[lower] = name
+    return merged
+
+
+def _merged_slowly(merged: dict[str, str], overrides: tuple[dict[str, str], ...]) -> dict[str, str]:
+    """:func:`merged_headers` for a ``base`` holding names that differ by case only."""
     for override in overrides:
         for name, value in override.items():
             for existing in [known for known in merged if known.lower() == name.lower()]:

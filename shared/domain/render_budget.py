@@ -46,9 +46,12 @@ class RenderBudget:
 
     __slots__ = ("_ticks", "built", "ceiling", "deadline", "limits")
 
-    def __init__(self, limits: RenderLimits = DEFAULT_LIMITS) -> None:
+    def __init__(self, limits: RenderLimits = DEFAULT_LIMITS, started: float | None = None) -> None:
+        """``started``: this thread's CPU clock (``time.thread_time``) read by the caller just now, which the
+        deadline counts from (the dispatcher's renderer reads it for the render's cost anyway: one system call a
+        request less); None reads it here."""
         self.limits = limits
-        self.deadline = time.thread_time() + limits.timeout_seconds
+        self.deadline = (time.thread_time() if started is None else started) + limits.timeout_seconds
         self.built = 0
         self.ceiling = BUILT_FACTOR * limits.max_bytes
         self._ticks = 0
@@ -110,11 +113,12 @@ def current_budget() -> RenderBudget:
     return _ACTIVE.get() or RenderBudget()
 
 
-def enter_budget(limits: RenderLimits) -> Token[RenderBudget | None]:
-    """Start rendering within ``limits`` (a fresh budget, on this thread's CPU clock); give the token to
-    :func:`leave_budget` in a ``finally``. The plain pair exists for the dispatcher's per-request hot path, where
-    :func:`rendering_within`'s generator costs a measurable share of a one-member render."""
-    return _ACTIVE.set(RenderBudget(limits))
+def enter_budget(limits: RenderLimits, started: float | None = None) -> Token[RenderBudget | None]:
+    """Start rendering within ``limits`` (a fresh budget, on this thread's CPU clock, counted from ``started`` when
+    the caller has just read it: :class:`RenderBudget`); give the token to :func:`leave_budget` in a ``finally``.
+    The plain pair exists for the dispatcher's per-request hot path, where :func:`rendering_within`'s generator
+    costs a measurable share of a one-member render."""
+    return _ACTIVE.set(RenderBudget(limits, started))
 
 
 def leave_budget(token: Token[RenderBudget | None]) -> None:

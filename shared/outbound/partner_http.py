@@ -153,14 +153,17 @@ def _total_timeout(seconds: float) -> aiohttp.ClientTimeout:
 
 
 async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    content = response.content
     chunks: list[bytes] = []
     size = 0
     while size < limit:
-        chunk = await response.content.read(limit - size)
+        chunk = await content.read(limit - size)
         if not chunk:
             break
         chunks.append(chunk)
         size += len(chunk)
+        if content.at_eof():  # the whole body is read: no further read only to meet its end (a request's CPU)
+            break
     return b"".join(chunks)
 
 
