@@ -9,10 +9,12 @@ Tests isolate themselves with a topic prefix and a database of their own.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -130,9 +132,80 @@ def database_url(request: pytest.FixtureRequest, tmp_path, postgres_database_fac
     return postgres_database_factory()
 
 
+class _CatalogTemplates:
+    """One migrated catalog per dialect for the whole session, each test's catalog a copy of it.
+
+    Migrating a fresh catalog costs 0.15-0.27 s on PostgreSQL and 0.08-0.13 s on SQLite, against ~0.01 s for a
+    copy; ~400 tests take a catalog. A dialect's template is migrated when a test first asks for it (a run of
+    SQLite tests only migrates no PostgreSQL one). Tests of the migrations themselves take ``database_url`` (empty),
+    not ``catalog``: they still migrate from scratch."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory, postgres_database_factory: Callable[[], str]):
+        self._tmp_path_factory = tmp_path_factory
+        self._postgres_database_factory = postgres_database_factory
+        self._sqlite_template: Path | None = None
+        self._postgres_template: str | None = None  # the template database's name
+        self._postgres_server: sa.Engine | None = None  # on the server's maintenance database, never the template
+
+    @staticmethod
+    def _migrate(url: str) -> None:
+        """Migrate the catalog at ``url`` and close every connection to it (a template is copied only unused)."""
+        CatalogStores.from_url(url, migrate=True).close()
+
+    def fill_sqlite(self, url: sa.URL) -> None:
+        """Put a copy of the migrated template at ``url``'s file, which no one has opened yet."""
+        if self._sqlite_template is None:
+            template = self._tmp_path_factory.mktemp("catalog-template") / "catalog.sqlite"
+            self._migrate(f"sqlite:///{template}")
+            # The last connection's close checkpoints the write-ahead log into the file and removes it: the file
+            # alone is the whole catalog. Were the log left, a copy of the file without it would lack the schema.
+            if template.with_name(template.name + "-wal").exists():
+                raise RuntimeError(f"the template catalog {template} kept its write-ahead log after its close")
+            self._sqlite_template = template
+        assert url.database
+        target = Path(url.database)
+        if target.exists():
+            raise RuntimeError(f"{target} exists: a catalog is copied only to a database no one opened")
+        shutil.copyfile(self._sqlite_template, target)
+
+    def fill_postgres(self, url: sa.URL) -> None:
+        """Replace ``url``'s database (fresh and empty, no one connected) by a copy of the migrated template."""
+        if self._postgres_template is None:
+            template_url = sa.make_url(self._postgres_database_factory())
+            self._migrate(template_url.render_as_string(hide_password=False))
+            self._postgres_server = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+            self._postgres_template = template_url.database
+        assert self._postgres_server is not None
+        with self._postgres_server.connect() as connection:
+            # Same name, so the test's database_url (which it may also use) is its catalog's. Names are ours
+            # (t_<hex>, tests/conftest.py), hence quoted, not bound: DDL takes no parameters.
+            connection.execute(sa.text(f'DROP DATABASE "{url.database}"'))
+            connection.execute(sa.text(f'CREATE DATABASE "{url.database}" TEMPLATE "{self._postgres_template}"'))
+
+    def close(self) -> None:
+        if self._postgres_server is not None:
+            self._postgres_server.dispose()
+
+
+@pytest.fixture(scope="session")
+def _catalog_templates(
+    tmp_path_factory: pytest.TempPathFactory, postgres_database_factory: Callable[[], str]
+) -> Iterator[_CatalogTemplates]:
+    templates = _CatalogTemplates(tmp_path_factory, postgres_database_factory)
+    yield templates
+    templates.close()
+
+
 @pytest.fixture
-def catalog(database_url: str) -> Iterator[CatalogStores]:
-    catalog = CatalogStores.from_url(database_url, migrate=True)
+def catalog(database_url: str, _catalog_templates: _CatalogTemplates) -> Iterator[CatalogStores]:
+    """The stores of ``database_url``'s database, fully migrated and empty: a copy of the session's migrated
+    template for the dialect (the same schema revision and rows as a migration of it would give)."""
+    url = sa.make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        _catalog_templates.fill_sqlite(url)
+    else:
+        _catalog_templates.fill_postgres(url)
+    catalog = CatalogStores.from_url(database_url)
     yield catalog
     catalog.close()
 
