@@ -55,9 +55,11 @@ def kafka_publisher(settings: CommonSettings, client_id: str) -> tuple[KafkaProd
 
 #: How many dead-letter reads the admin process runs at once (the API's replays and listings, the console's replays
 #: and pages), each holding a request thread while Kafka answers (its connection bounded by
-#: ``READ_CONNECT_TIMEOUT_SECONDS``): a replay and ``GET /dead-letters`` hold theirs until answered (their catalog
-#: phase and a replay's publication included), the console's page for its read only. One more is answered 503
-#: ``dead-letters-busy`` at once, so that the API's thread pool (and ``/healthz``) stays free.
+#: ``READ_CONNECT_TIMEOUT_SECONDS``): a replay holds its read from after its Idempotency-Key's claim and checks
+#: through the read, its record and its publication (or a retry's publication of what is left, or its wait for
+#: another request's), given back before the route's last catalog reads (a retry with nothing left to publish takes
+#: none); ``GET /dead-letters`` holds its read over its catalog phase too; the console's page for its read only. One
+#: more is answered 503 ``dead-letters-busy`` at once, so that the API's thread pool (and ``/healthz``) stays free.
 MAX_DEAD_LETTER_READS = 3
 
 
@@ -93,7 +95,7 @@ class DeadLetterReplays:
 
     def slot(self) -> contextlib.AbstractContextManager[None]:
         """One of the ``MAX_DEAD_LETTER_READS``, held until the ``with`` ends (:class:`Busy` ``dead-letters-busy``
-        when as many run now): a replay's, over its read, its catalog phase and its publication
+        when as many run now): a replay's, over its read, its record and its publication
         (:func:`shared.application.replay.replay_dead_letters`), whose source is then :attr:`letters`, unbounded."""
         return _slot(self.reads)
 

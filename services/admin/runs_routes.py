@@ -299,8 +299,10 @@ _REPLAY_KEY = (
     "`kafka-unavailable` (the replay run recorded queued, its events not all acknowledged: retry with the same key), "
     "`dead-letters-unreadable` (Kafka did not give the dead letters: no replay run recorded, the Idempotency-Key "
     "bound to this run's replay all the same: retry with it), `dead-letters-busy` (as many dead-letter reads as the "
-    "server allows at once run now, a replay holding one until it is answered, its publication included: no replay "
-    "run recorded, retry after `Retry-After`), `dead-letters-unavailable` "
+    "server allows at once run now, a replay holding one from its key's checks through its read, its record and its "
+    "publication included (a retry with nothing left to publish needs none): no replay run recorded, the "
+    "Idempotency-Key bound to this run's replay all the same, or, when an earlier request under the key recorded "
+    "it, that replay run named: retry with the same key after `Retry-After`), `dead-letters-unavailable` "
     "(an admin app embedded without dead letters; the server always reads them).",
     responses={
         202: {"headers": {"Location": {"description": "The replay run's address", "schema": {"type": "string"}}}},
@@ -321,8 +323,8 @@ def replay_run(
     if replays is None:  # an app embedded without them (the server's composition root always wires them)
         raise ApiProblem(503, "the dead letters are not available on this server", slug="dead-letters-unavailable")
     # DeadLettersUnreadable (503 dead-letters-unreadable) and Busy (503 dead-letters-busy) as problems.install says.
-    # One of the reads held for the replay's whole use, not the Kafka read only: its catalog phase and its publication
-    # (a slow or frozen broker) hold the request thread too.
+    # One of the reads held past the key's checks, not the Kafka read only: the replay run's record and its
+    # publication (a slow or frozen broker) hold the request thread too.
     started = replay_dead_letters(
         caller,
         run_id,

@@ -102,11 +102,13 @@ def replay_dead_letters(
     (a replay of another run, a run request) is :class:`Invalid` (:func:`shared.application.runs.claim_key`); a retry
     whose dead letters changed, or of a replay run that ended before its extraction was complete, is
     :class:`Conflict`. Dead letters that cannot be read are :class:`DeadLettersUnreadable`: no replay run recorded,
-    saying so. ``slot`` is held from the key's claim (or, without a key, the replay's checks) to the end: the read of
-    the dead letters, the replay run's record and its publication, a retry's publication of what is left (the admin
-    process's bound on its uses of the dead letters, :meth:`services.admin.dependencies.DeadLetterReplays.slot`); when
-    it refuses, :class:`Busy` (its slug), no replay run recorded, saying so (the key, if any, bound to this run's
-    replay, as when the dead letters cannot be read).
+    saying so. ``slot`` (the admin process's bound on its uses of the dead letters,
+    :meth:`services.admin.dependencies.DeadLetterReplays.slot`) is taken after the replay's checks, the key's claim and
+    its catalog-only answers (a retry whose replay run's extraction is complete, or all of whose events Kafka
+    acknowledged, is returned without it), and held to the end: the read of the dead letters, the replay run's record
+    and its publication, a retry's publication of what is left. When it refuses, :class:`Busy` (its slug): no replay
+    run recorded, saying so (the key, if any, bound to this run's replay, as when the dead letters cannot be read), or,
+    when an earlier request under the key recorded the replay run, naming it (retry with the same key).
     """
     authorise(actor, Permission.RUN)
     original = visible_run(actor, run_id, runs=runs)
@@ -123,14 +125,18 @@ def replay_dead_letters(
             run_id=replay_id,
             different="a replay of another run, or a run request",
         )
-    # Held from here to the answer, not only while Kafka gives the dead letters: a retry's publication, the replay
-    # run's record and its publication (a frozen broker: 15 s a step, or 30 s waiting for another request's) hold the
-    # request thread too. After the key's claim: refused busy, the key is bound all the same, as the read's refusal.
-    with _held(slot, idempotency_key):
+        # A retry with nothing left to publish reads the catalog only: answered without a slot (before: refused busy
+        # while as many reads ran, saying no replay run was recorded, when it had been, and finished).
+        done = _done_already(runs, replay_id, run_id) or _published_already(runs, replay_id)
+        if done is not None:
+            return done  # before the dead letters are read: they may be gone, or unreadable now
+    # Held from here to this use case's end, not only while Kafka gives the dead letters: a retry's publication, the
+    # replay run's record and its publication (a frozen broker: 15 s a step, or 30 s waiting for another request's)
+    # hold the request thread too. After the key's claim: refused busy, the key is bound all the same, as the read's
+    # refusal.
+    with _held(slot, runs, replay_id if idempotency_key else None):
         if idempotency_key:
-            done = _done_already(runs, replay_id, run_id) or _rest_of_plan(
-                runs, publisher, _started(actor, definition, replay_id, run_id), definition.priority
-            )
+            done = _rest_of_plan(runs, publisher, _started(actor, definition, replay_id, run_id), definition.priority)
             if done is not None:
                 return done  # before the dead letters are read: they may be gone, or unreadable now
         try:
@@ -203,14 +209,24 @@ def replay_dead_letters(
 
 
 @contextlib.contextmanager
-def _held(slot: Callable[[], AbstractContextManager[object]], idempotency_key: str | None) -> Iterator[None]:
-    """``slot`` held over the ``with`` (the replay's whole use); :class:`Busy` when it refuses (as many uses of the dead
-    letters as the process allows run now), saying that no replay run was recorded (and the key, if any, bound)."""
+def _held(
+    slot: Callable[[], AbstractContextManager[object]], runs: RunsStore, keyed: uuid.UUID | None
+) -> Iterator[None]:
+    """``slot`` held over the ``with`` (the replay's use past the key's checks); :class:`Busy` when it refuses (as many
+    uses of the dead letters as the process allows run now), saying what this request leaves: nothing recorded (the
+    key, if any, bound), or, when ``keyed`` (the replay run of the request's Idempotency-Key) was recorded by an
+    earlier request under the key (a double click's first, a retry's), that replay run, to retry with the same key."""
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(slot())
         except Busy as exc:  # a refusal of the slot only, not a Busy of the publication's claim (``_busy``)
-            bound = KEY_STAYS_BOUND if idempotency_key else ""
+            if keyed is not None and runs.get_run(keyed) is not None:  # asked now: a concurrent first may record it
+                raise Busy(
+                    f"{exc.reason}; replay run {keyed} was recorded by an earlier request under this key: retry with "
+                    "the same key",
+                    slug=exc.slug,
+                ) from None
+            bound = KEY_STAYS_BOUND if keyed is not None else ""
             raise Busy(f"{exc.reason}; no replay run was recorded{bound}", slug=exc.slug) from None
         yield
 
@@ -231,6 +247,15 @@ def _done_already(runs: RunsStore, replay_id: uuid.UUID, replayed: uuid.UUID) ->
             slug="replay-ended",
         )
     return None
+
+
+def _published_already(runs: RunsStore, replay_id: uuid.UUID) -> Replay | None:
+    """The replay run of a retried key once Kafka acknowledged all of its events, from its recorded plan (what
+    :func:`_rest_of_plan` returns then, publishing nothing); None while some are still to publish."""
+    publication = runs.replay_publication(replay_id)
+    if publication is None or publication.plan is None or publication.acknowledged < ALL_ACKNOWLEDGED:
+        return None
+    return Replay(run_id=replay_id, members=publication.plan.members, batches=publication.plan.batches)
 
 
 def _started(actor: Actor, definition: ExportDefinition, replay_id: uuid.UUID, replayed: uuid.UUID) -> RunStarted:

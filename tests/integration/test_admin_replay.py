@@ -574,6 +574,90 @@ def test_replays_whose_publication_hangs_hold_their_read_until_answered_and_one_
     assert sorted(publication.batches) == sorted(f"{run}:{index}" for run in runs for index in (0, 1))
 
 
+def test_while_every_read_is_taken_a_finished_replays_retry_is_its_replay_run_and_a_double_clicks_second_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As many dead-letter reads run as the admin process allows: a retry of a replay whose events Kafka all
+    acknowledged is its replay run (the API's 202, the console's 303 to it), answered from the catalog (before: 503
+    ``dead-letters-busy`` "no replay run was recorded"); a console double click whose first click publishes now and
+    whose second finds no read free is a 503 naming the replay run the first recorded, the same key to retry with
+    (before: "no replay run was recorded"), and the first ends as a replay does, one replay run."""
+    from services.admin.dependencies import MAX_DEAD_LETTER_READS
+    from tests.admin_app import seed
+    from tests.integration.test_kafka_unavailable import serving
+
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # plain http
+    busy = (
+        f"{MAX_DEAD_LETTER_READS} reads of the dead letters are running now (Kafka may be slow or down): retry in 10 s"
+    )
+    with in_process_api(tmp_path) as api:
+        with api.client() as client:
+            seed(client)
+        with api.client("operator") as client:
+            original = uuid.UUID(client.post(RUNS).json()["run_id"])
+        context = api.app.state.context
+        context.replays = _console(api.app).replays = replace(context.replays, letters=lambda: _letters(original, 3))
+        reads = context.replays.reads
+        with (
+            serving(api.app) as url,
+            httpx.Client(base_url=url, headers=api.headers("operator"), timeout=60) as http,
+            _console_session(url, api.tokens["operator"]) as (console, csrf),
+        ):
+
+            def console_replay(key: str, timeout: float = 60) -> httpx.Response:
+                fields = {"csrf_token": csrf, "idempotency_key": key}
+                return console.post(f"/console/runs/{original}/replay", data=fields, timeout=timeout)
+
+            path = f"/api/v1/runs/{original}/replay"
+            first = http.post(path, headers={"Idempotency-Key": "api-done"})
+            assert first.status_code == 202, first.text
+            finished = first.json()["run_id"]
+            held = 0
+            try:
+                while held < MAX_DEAD_LETTER_READS:  # the reads of others under way
+                    assert reads.acquire(blocking=False)
+                    held += 1
+                again = http.post(path, headers={"Idempotency-Key": "api-done"}, timeout=10)
+                assert again.status_code == 202, again.text  # before: 503 dead-letters-busy
+                assert (again.json()["run_id"], again.headers["location"]) == (finished, first.headers["location"])
+                page = console_replay("api-done", timeout=10)
+                assert page.status_code == 303, page.text
+                assert page.headers["location"].endswith(f"/runs/{finished}")
+                # A double click: its first click holds a read while Kafka, frozen, does not acknowledge its start.
+                reads.release()
+                held -= 1
+                publication = FrozenPublication(api.publisher)
+                context.publisher = publication
+                clicks: dict[str, httpx.Response] = {}
+                click = threading.Thread(target=lambda: clicks.update(first=console_replay("console-double")))
+                click.start()
+                try:
+                    wait_until(lambda: publication.hanging == 1, timeout=30, what="the first click publishing")
+                    (recorded,) = [
+                        run["run_id"]
+                        for run in http.get("/api/v1/runs").json()
+                        if run["replay_of"] == str(original) and run["run_id"] != finished
+                    ]
+                    second = console_replay("console-double", timeout=10)
+                    assert second.status_code == 503, second.text
+                    assert _alert(second.text) == (
+                        f"{busy}; replay run {recorded} was recorded by an earlier request under this key: retry with "
+                        "the same key"
+                    )
+                    assert _hidden(second.text, "idempotency_key") == "console-double"
+                finally:
+                    publication.released.set()
+                    click.join(60)
+                assert clicks["first"].status_code == 303, clicks["first"].text
+                assert clicks["first"].headers["location"].endswith(f"/runs/{recorded}")
+            finally:
+                for _ in range(held):
+                    reads.release()
+            replays = [run["run_id"] for run in http.get("/api/v1/runs").json() if run["replay_of"] == str(original)]
+            assert sorted(replays) == sorted([finished, recorded])
+    assert sorted(publication.batches) == [f"{recorded}:0", f"{recorded}:1"]
+
+
 def test_the_api_document_says_what_a_replay_answers(tmp_path: Path) -> None:
     with in_process_api(tmp_path) as api, api.client(None) as anonymous:
         replay = anonymous.get("/openapi.json").json()["paths"]["/api/v1/runs/{run_id}/replay"]["post"]
@@ -585,5 +669,10 @@ def test_the_api_document_says_what_a_replay_answers(tmp_path: Path) -> None:
     slugs = ("dead-letters-changed", "replay-ended", "replay-being-published", "kafka-unavailable")
     for slug in (*slugs, "dead-letters-unreadable", "dead-letters-busy", "dead-letters-unavailable"):
         assert slug in replay["description"], slug
-    # What holds the read: the replay's whole use, its publication included (before: only while Kafka gave them).
-    assert "a replay holding one until it is answered, its publication included" in replay["description"]
+    # What holds the read: past the key's checks, its publication included (before: only while Kafka gave them).
+    assert (
+        "a replay holding one from its key's checks through its read, its record and its publication included"
+        in (replay["description"])
+    )
+    # Refused busy, what the key's retry finds: nothing recorded, or the replay run an earlier request recorded.
+    assert "when an earlier request under the key recorded it, that replay run named" in replay["description"]

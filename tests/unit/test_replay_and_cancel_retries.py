@@ -507,6 +507,48 @@ def test_a_replay_holds_its_slot_over_its_publication_and_one_refused_records_an
     assert retried.run_id != again.run_id
 
 
+def test_a_retry_with_nothing_left_to_publish_is_its_replay_run_while_every_slot_is_taken(
+    stores: CatalogStores,
+) -> None:
+    """A retry whose replay run's events Kafka all acknowledged, or whose extraction is complete, is answered from the
+    catalog without one of the process's dead-letter reads: the same replay run while as many reads run as it allows,
+    nothing published (before: 503 ``dead-letters-busy`` saying no replay run was recorded)."""
+    bound = OneSlot()
+    original = _run(stores)
+    first = _replay(stores, original, Publisher(), "k1")  # all of it acknowledged, not folded yet
+    with bound.slot():  # the reads under way
+        for folded in (False, True):
+            if folded:  # the notifier folded its extraction's end
+                event = ExtractionCompleted(run_id=first.run_id, definition="nightly", members=3, batches=2)
+                stores.runs.fold_run_event(event)
+            retry = Publisher()
+            assert _replay(stores, original, retry, "k1", Unreadable(), bound.slot) == first, folded
+            assert (retry.run_events, retry.batches) == ([], [])
+    assert [r.run_id for r in stores.runs.replays_of(original)] == [first.run_id]
+
+
+def test_a_retry_refused_busy_names_the_replay_run_an_earlier_request_recorded_under_its_key(
+    stores: CatalogStores,
+) -> None:
+    """Refused a slot, a retry whose replay run an earlier request recorded (its events not all acknowledged, or a
+    double click's first publishing them now) names it and says to retry with the same key (before: "no replay run was
+    recorded", while it was); nothing published; the retry with a free slot publishes that replay run."""
+    bound = OneSlot()
+    original = _run(stores)
+    recorded = _unpublished(stores, original, Publisher(away=True), "k1")
+    with bound.slot():
+        refused = Publisher()
+        with pytest.raises(Busy) as busy:
+            _replay(stores, original, refused, "k1", slot=bound.slot)
+    assert busy.value.slug == "dead-letters-busy"
+    assert str(busy.value) == (
+        f"{OneSlot.BUSY}; replay run {recorded} was recorded by an earlier request under this key: retry with the "
+        "same key"
+    )
+    assert (refused.run_events, refused.batches) == ([], [])
+    assert _replay(stores, original, Publisher(), "k1", slot=bound.slot).run_id == recorded
+
+
 def test_a_retry_of_a_complete_replay_returns_it_without_reading_the_dead_letters(stores: CatalogStores) -> None:
     original = _run(stores)
     first = _replay(stores, original, Publisher(), "k1")

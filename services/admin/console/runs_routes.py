@@ -261,7 +261,7 @@ def replay(request: Request, run_id: uuid.UUID) -> Response:
             publisher=console.admin.publisher,
             max_record_bytes=console.replays.max_record_bytes,
             idempotency_key=form_of(request).optional("idempotency_key"),
-            slot=console.replays.slot,  # one of the reads for the replay's whole use, as the API's replay
+            slot=console.replays.slot,  # one of the reads past the key's checks, as the API's replay
         )
     except Refused as refusal:
         if refusal.slug in _KEY_SPENT:  # submitting the same key again would be refused again: a new one
