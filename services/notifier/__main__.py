@@ -78,6 +78,10 @@ def main() -> None:
         lease_seconds=settings.notifier_finish_lease_seconds,
     )
     sweep = with_log_retention(notifier.sweep, stores, settings.notifier_delivery_log_days)
+    # One handling at a time (build_loop's default rounds_in_flight=1; the sweeps run on the loop's thread), and it
+    # must stay so: a run's finish claim is taken back by this replica's id whenever it asks (claim_finishes), so two
+    # rounds in flight here could both do one run's finish. The ledger's notification claims would still hold (this
+    # process takes back only its id's claims made before it started), but not the finish's other work.
     loop = build_loop(
         settings,
         service=SERVICE,

@@ -33,6 +33,7 @@ from shared.application.run_events import record_run_event, record_run_events
 from shared.application.schedules import pause_schedule, paused_by_run
 from shared.domain.catalog_objects import ExportDefinition, WebhookEvent
 from shared.domain.runs import (
+    Claimant,
     RunRecord,
     RunStatus,
     StartClaims,
@@ -92,7 +93,7 @@ Finish = tuple[RunRecord, ExportDefinition | None]
 
 #: This process's name in the runs' finish claims and in its finishes' claims of notifications in the ledger
 #: (``EXPORT_NOTIFIER_REPLICA_ID``'s default): a process restarted in the same container (same host name, same
-#: process id) takes its own claims back at once.
+#: process id) takes its own claims from before its start back at once.
 REPLICA = default_replica_id()
 
 
@@ -120,6 +121,7 @@ class Notifier:
         replica_id: str = REPLICA,
         finish_lease_seconds: float = 600.0,
         finish_sweep_limit: int = 100,
+        started_at: datetime | None = None,
     ) -> None:
         self.definitions, self.runs, self.watermarks = definitions, runs, watermarks
         #: The runs store as run requests use it (idempotency keys): chained exports fire when given.
@@ -140,6 +142,10 @@ class Notifier:
         self.stuck_after_seconds = stuck_after_seconds
         #: A run's finish is done by the replica that claims it; another takes a claim over after the lease.
         self.replica_id = replica_id
+        #: This process's start on the catalog's clock (read now when not given): its finish's notification claims
+        #: are taken back at once only when made before it (a restart in place), never a live twin's of the same id
+        #: nor its own since (:attr:`claimant`).
+        self.started_at = runs.catalog_clock() if started_at is None else started_at
         self.finish_lease_seconds = finish_lease_seconds
         #: At most this many runs' finishes done by one sweep (those no event came again for), oldest first.
         self.finish_sweep_limit = finish_sweep_limit
@@ -150,6 +156,12 @@ class Notifier:
         for kind in (SUCCESS, ERROR):  # every series exists from the start: increase() sees the first one
             EMAILS_SENT.labels(kind=kind)
             EMAIL_FAILURES.labels(kind=kind)
+
+    @property
+    def claimant(self) -> Claimant:
+        """This replica's name in its finish's notification claims, with its process's start (see
+        :class:`~shared.domain.runs.Claimant`)."""
+        return Claimant(self.replica_id, self.started_at)
 
     def handle(self, event: AnyRunEvent) -> list[Outgoing]:
         """Fold the event into its run; when the run has finished, apply the failure policy and send emails."""
@@ -340,7 +352,7 @@ class Notifier:
             if (self._maybe_pause(definition, after) or self._paused_by(definition, after)) and (
                 self.webhooks is not None
             ):
-                self.webhooks.notify(definition, after, WebhookEvent.PAUSED, self.finish_lease_seconds, self.replica_id)
+                self.webhooks.notify(definition, after, WebhookEvent.PAUSED, self.finish_lease_seconds, self.claimant)
         outgoing = self._chained_runs(after)
         if after.status is RunStatus.MISSED:
             # Claimed now, sent once the poll is folded: one digest if many runs were missed at once.
@@ -364,7 +376,7 @@ class Notifier:
         if finishing and definition is not None and event is not None and self.webhooks is not None:
             finishing, renewed_at = self._still_ours(after.run_id, renewed_at)
             if finishing:
-                self.webhooks.notify(definition, after, event, self.finish_lease_seconds, self.replica_id)
+                self.webhooks.notify(definition, after, event, self.finish_lease_seconds, self.claimant)
         if finishing:
             finishes.append((after, definition))
         return outgoing
@@ -605,11 +617,13 @@ class Notifier:
         :meth:`NotifierRuns.claim_notification` with a lease, in this replica's name), and sent only when so claimed:
         never one a sweep holds (it sends it), nor one backing off. A failed send's mark makes it due again; a send
         that never ends (the process killed) leaves the claim to this replica's name: the same replica (restarted in
-        place, the event redelivered) takes it back at once, any other waits for the lease (or its sweep does)."""
+        place, the event redelivered) takes it back at once; any other, a live twin of the same id and this process
+        itself (a claim made since it started: e.g. its record lost to an outage) wait for the lease (or a sweep
+        does)."""
         for kind in kinds:
             recipients = recipients_for(definition, kind)
             if recipients and self.runs.claim_notification(
-                record.run_id, kind, recipients, self.finish_lease_seconds, self.replica_id
+                record.run_id, kind, recipients, self.finish_lease_seconds, self.claimant
             ):
                 self._mail(definition, record, kind, recipients, attempts)
 
@@ -660,7 +674,7 @@ class Notifier:
             return
         definition = self._definition(record.definition)
         if definition is not None and definition.notifications.webhooks:
-            self.webhooks.notify(definition, record, event, self.finish_lease_seconds, self.replica_id)
+            self.webhooks.notify(definition, record, event, self.finish_lease_seconds, self.claimant)
 
     def _recovered(self, record: RunRecord) -> bool:
         """A succeeded run whose definition's previous runs (skipped and missed ones aside) failed."""
@@ -673,7 +687,7 @@ class Notifier:
     def _send_recovery(self, definition: ExportDefinition, record: RunRecord, attempts: int | None = None) -> None:
         self._mail_claimed(definition, record, [RECOVERED], attempts)
         if self.webhooks is not None:
-            self.webhooks.notify(definition, record, WebhookEvent.RECOVERED, self.finish_lease_seconds, self.replica_id)
+            self.webhooks.notify(definition, record, WebhookEvent.RECOVERED, self.finish_lease_seconds, self.claimant)
 
     def _claim_missed(self, definition: ExportDefinition, record: RunRecord) -> None:
         """Claim a missed run's error email and ``missed`` webhooks; sent by :meth:`_send_missed`."""
@@ -706,7 +720,7 @@ class Notifier:
                 kinds = [ERROR] + [ledger_kind(channel, "missed") for channel in definition.notifications.webhooks]
                 for kind in kinds:
                     ours = self.runs.claim_unsent_notifications(
-                        [(record.run_id, kind) for record in records], self.finish_lease_seconds, self.replica_id
+                        [(record.run_id, kind) for record in records], self.finish_lease_seconds, self.claimant
                     )
                     unsent = [record for record in records if (record.run_id, kind) in ours]
                     if unsent:

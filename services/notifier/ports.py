@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from shared.domain.runs import RunRecord, RunStatus, StartClaims
+from shared.domain.runs import Claimant, RunRecord, RunStatus, StartClaims
 from shared.events import AnyRunEvent
 
 
@@ -20,6 +20,7 @@ class NotifierRuns(Protocol):
     """Run records, folded from events, whether each final run's finish was handled, and the ledger of
     notifications (emails and webhooks)."""
 
+    def catalog_clock(self) -> datetime: ...
     def fold_run_event(
         self, event: AnyRunEvent, starts: StartClaims | None = None
     ) -> tuple[RunRecord | None, RunRecord]: ...
@@ -38,7 +39,7 @@ class NotifierRuns(Protocol):
     def mark_finishes_handled(self, run_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]: ...
     def unsent_notifications(self, limit: int = 100) -> list[tuple[uuid.UUID, str]]: ...
     def claim_unsent_notifications(
-        self, keys: Sequence[tuple[uuid.UUID, str]], lease_seconds: float, claimant: str | None = None
+        self, keys: Sequence[tuple[uuid.UUID, str]], lease_seconds: float, claimant: Claimant | None = None
     ) -> dict[tuple[uuid.UUID, str], datetime]: ...
     def renew_notification_claims(
         self, claims: Mapping[tuple[uuid.UUID, str], datetime], lease_seconds: float
@@ -50,7 +51,7 @@ class NotifierRuns(Protocol):
         kind: str,
         recipients: list[str],
         lease_seconds: float | None = None,
-        claimant: str | None = None,
+        claimant: Claimant | None = None,
     ) -> bool: ...
     def notification_attempts(self, run_id: uuid.UUID, kind: str) -> int: ...
     def notifications(self, run_id: uuid.UUID) -> dict[str, datetime | None]: ...

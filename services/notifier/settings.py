@@ -78,8 +78,10 @@ class NotifierSettings(CommonSettings):
         default_factory=default_replica_id,
         min_length=1,
         max_length=200,
-        description="This replica's name in the runs' finish claims (default: host name and process id; unique "
-        "per running replica: two replicas of one name would both do a finish).",
+        description="This replica's name in the runs' finish claims and its finishes' notification claims "
+        "(default: host name and process id; unique per running replica: two replicas of one name would both do "
+        "a finish, though each of its emails and webhooks goes out once: a replica takes back at once only its "
+        "name's notification claims made before its process started).",
     )
     metrics_port: int = Field(default=9404, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")
 

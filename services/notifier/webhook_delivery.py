@@ -29,7 +29,7 @@ from services.notifier.webhook_messages import (
 )
 from services.notifier.webhook_sender import WebhookSender
 from shared.domain.catalog_objects import ExportDefinition, WebhookChannel, WebhookEvent
-from shared.domain.runs import RunRecord
+from shared.domain.runs import Claimant, RunRecord
 from shared.outbound.backoff import Backoff
 
 log = structlog.get_logger(__name__)
@@ -73,12 +73,12 @@ class WebhookNotifications:
         record: RunRecord,
         event: WebhookEvent,
         lease_seconds: float | None = None,
-        claimant: str | None = None,
+        claimant: Claimant | None = None,
     ) -> list[str]:
         """Claim the notification of ``event`` for each subscribed channel; the channels still to send to. With
         ``lease_seconds``: those also claimed for one attempt now, as a sweep claims them (not one a sweep holds, nor
         one backing off; :meth:`NotifierRuns.claim_notification`), in ``claimant``'s name (a claim still its own
-        is taken back)."""
+        from before its process started is taken back)."""
         return [
             recipients[0]
             for kind, recipients in self.ledger_claims(definition, event)
@@ -91,13 +91,13 @@ class WebhookNotifications:
         record: RunRecord,
         event: WebhookEvent,
         lease_seconds: float,
-        claimant: str | None = None,
+        claimant: Claimant | None = None,
     ) -> None:
         """Claim and send (one attempt) ``event`` of ``record`` to every channel subscribed to it: each not sent yet
         is claimed, in the same transaction, for this attempt as a sweep claims it (for ``lease_seconds``, in
         ``claimant``'s name: the notifier replica doing the run's finish) and sent only when so claimed: never one a
-        sweep holds, nor one backing off (the sweep sends it when due); one still ``claimant``'s own (it was killed
-        between the claim and the record) is sent again at once."""
+        sweep holds, nor one backing off (the sweep sends it when due); one still ``claimant``'s own from before its
+        process started (it was killed between the claim and the record, and restarted) is sent again at once."""
         for name in self.claim(definition, record, event, lease_seconds, claimant):
             self.send_claimed(definition, record, name, event.value)
 

@@ -9,9 +9,12 @@ holder renews its claims (the token unchanged) or releases those it did not try 
 holder died lapses when the lease is over and is claimed again. Used by the notifications' ledger and the circuit
 breaker emails' outbox.
 
-A table with owner columns (the notifications' ledger: who claimed, and the lease's end it wrote) lets a claimant
-name itself in a claim: that claimant claims its own claim again at once (it died between its claim and its record,
-and comes back under the same name), every other one waits for the lease. A claim is its claimant's only while the
+A table with owner columns (the notifications' ledger: who claimed, the lease's end it wrote, and when it claimed or
+last renewed) lets a claimant name itself in a claim (:class:`Claimant`: its name and its process's start on the
+catalog's clock): that claimant claims its own claim again at once when the claim (or its last renewal) is older than
+its process (it died between its claim and its record, and comes back under the same name); every other one waits for
+the lease, and so does the same name's claim made since the process started (a live twin sharing the name, or the
+same process after losing the catalog at its record: neither is a restart). A claim is its claimant's only while the
 next-attempt column still equals the lease's end written with it, so that anything that moved it since (a claim
 taken over once lapsed, a failed attempt's backoff, a release, an older release's writes that know no owner) ends
 the ownership.
@@ -23,9 +26,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, tuple_, update
+from sqlalchemy import ColumnElement, DateTime, func, select, tuple_, type_coerce, update
 
 from shared.catalog.database import CatalogDatabase
+from shared.domain.runs import Claimant
 
 #: Most keys claimed at once, in one statement; a sweep claims at most the 1,000 it read. Renewals and releases take
 #: at most this many per statement too. Not the bind parameters' limits (SQLite 32,766, PostgreSQL 65,535) but
@@ -46,13 +50,23 @@ def catalog_now(database: CatalogDatabase, seconds_ago: float = 0.0) -> Any:
     return func.now() - timedelta(seconds=seconds_ago) if seconds_ago else func.now()
 
 
+def read_catalog_now(database: CatalogDatabase) -> datetime:
+    """The catalog's clock now (:func:`catalog_now`, the expression claims are written with), read once: e.g. a
+    process's start, which a :class:`~shared.domain.runs.Claimant` compares its claims with."""
+    with database.engine.connect() as connection:
+        now: datetime = connection.execute(
+            select(type_coerce(catalog_now(database), DateTime(timezone=True)))
+        ).scalar_one()
+    return now
+
+
 class LeaseClaims:
     """Claims of ``table``'s rows keyed by ``key`` (its primary key's columns), by a lease on ``next_attempt``.
 
     ``still_open`` are the conditions of a row still to send (e.g. not sent, not given up): only those are claimed
     and renewed. ``kind`` is the catalog timeouts' kind of the statements (see :meth:`CatalogDatabase.begin`).
-    ``owner``: the table's columns of the claimant's name and of the lease's end written with it, for claims that
-    name their claimant (none: no claim names one).
+    ``owner``: the table's columns of the claimant's name, of the lease's end written with it and of the claim's (or
+    its last renewal's) time, for claims that name their claimant (none: no claim names one).
     """
 
     def __init__(
@@ -63,19 +77,19 @@ class LeaseClaims:
         next_attempt: Any,
         still_open: Sequence[ColumnElement[bool]],
         kind: str | None = None,
-        owner: tuple[Any, Any] | None = None,
+        owner: tuple[Any, Any, Any] | None = None,
     ) -> None:
         self.database, self.table, self.key, self.next_attempt = database, table, list(key), next_attempt
         self.still_open, self.kind, self.owner = list(still_open), kind, owner
 
     def claim(
-        self, keys: Sequence[RowKey], lease_seconds: float, what: str = "rows", claimant: str | None = None
+        self, keys: Sequence[RowKey], lease_seconds: float, what: str = "rows", claimant: Claimant | None = None
     ) -> dict[RowKey, datetime]:
         """Claim the rows of ``keys`` still open and due on the catalog's clock (a claim older than the lease is due
-        again: its holder died), in one statement in its own transaction; with ``claimant``, in its name, and also
-        those whose claim is still ``claimant``'s own. Returns those claimed, each with its claim (the token
-        :meth:`renew` and :meth:`release` take). More than :data:`MAX_CLAIMS` keys: a ``ValueError`` (naming
-        ``what`` is claimed)."""
+        again: its holder died), in one statement in its own transaction; with ``claimant``, in its name, and also those
+        whose claim is still ``claimant``'s own from before its process started. Returns those claimed, each with its
+        claim (the token :meth:`renew` and :meth:`release` take). More than :data:`MAX_CLAIMS` keys: a ``ValueError``
+        (naming ``what`` is claimed)."""
         unique = sorted(set(keys))
         if len(unique) > MAX_CLAIMS:
             raise ValueError(f"at most {MAX_CLAIMS} {what} claimed at once, not {len(unique)}")
@@ -84,7 +98,7 @@ class LeaseClaims:
         with self.database.begin(self.kind) as connection:
             return _claimed(connection.execute(self.claiming(unique, lease_seconds, claimant)))
 
-    def claiming(self, keys: Sequence[RowKey], lease_seconds: float, claimant: str | None = None) -> Any:
+    def claiming(self, keys: Sequence[RowKey], lease_seconds: float, claimant: Claimant | None = None) -> Any:
         """The conditional claim of ``keys`` for ``lease_seconds`` (see :meth:`claim`), returning the keys claimed
         and their claim: for a caller's own transaction (one key, beside its insert)."""
         if claimant is not None and self.owner is None:
@@ -97,12 +111,15 @@ class LeaseClaims:
         due: ColumnElement[bool] = self.next_attempt.is_(None) | (self.next_attempt <= catalog_now(self.database))
         return due
 
-    def _owned_by(self, claimant: str) -> ColumnElement[bool]:
-        """The condition of a row whose claim is still ``claimant``'s: named so, and nothing moved its next attempt
-        since (see the module's notes)."""
+    def _owned_by(self, claimant: Claimant) -> ColumnElement[bool]:
+        """The condition of a row whose claim is still ``claimant``'s to take back: named so, nothing moved its next
+        attempt since (see the module's notes), and claimed (or last renewed) before its process started."""
         assert self.owner is not None
-        claimed_by, claimed_until = self.owner
-        owned: ColumnElement[bool] = (claimed_by == claimant) & (claimed_until == self.next_attempt)
+        claimed_by, claimed_until, claimed_at = self.owner
+        # Strictly before the start: a claim of the same instant may be a live twin's (the lease decides).
+        owned: ColumnElement[bool] = (
+            (claimed_by == claimant.name) & (claimed_until == self.next_attempt) & (claimed_at < claimant.started_at)
+        )
         return owned
 
     def renew(self, claims: Mapping[RowKey, datetime], lease_seconds: float) -> dict[RowKey, datetime]:
@@ -133,7 +150,7 @@ class LeaseClaims:
         conditions: Sequence[ColumnElement[bool]],
         lease_seconds: float,
         *,
-        claimant: str | None = None,
+        claimant: Claimant | None = None,
         renewing: bool = False,
     ) -> Any:
         """The update of ``keys`` meeting ``conditions`` to a new claim of ``lease_seconds``: in ``claimant``'s name
@@ -141,13 +158,15 @@ class LeaseClaims:
         until = catalog_now(self.database, -lease_seconds)
         values = {self.next_attempt: until}
         if self.owner is not None:
-            claimed_by, claimed_until = self.owner
+            claimed_by, claimed_until, claimed_at = self.owner
             # The same expression twice in one statement: one value (PostgreSQL's now() is the transaction's start,
             # SQLite's 'now' one instant per statement step), so that the two columns are equal while it is the
             # claimant's.
             values[claimed_until] = until
+            # The claim's (or renewal's) own time, not claimed_until minus a lease that may change between restarts.
+            values[claimed_at] = catalog_now(self.database)
             if not renewing:
-                values[claimed_by] = claimant
+                values[claimed_by] = None if claimant is None else claimant.name
         return (
             update(self.table)
             .where(tuple_(*self.key).in_(keys), *conditions)

@@ -14,10 +14,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
-from shared.catalog.lease_claims import LeaseClaims, RowKey, catalog_now
+from shared.catalog.lease_claims import LeaseClaims, RowKey, catalog_now, read_catalog_now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
 from shared.domain.replay import ALL_ACKNOWLEDGED, ReplayPlan, ReplayPublication
-from shared.domain.runs import RunRecord, RunStatus, StartClaims, fold
+from shared.domain.runs import Claimant, RunRecord, RunStatus, StartClaims, fold
 from shared.events import AnyRunEvent, BatchOutcome
 
 UNFINISHED = [RunStatus.QUEUED.value, RunStatus.EXTRACTING.value, RunStatus.DISPATCHING.value]
@@ -48,7 +48,7 @@ class SqlRunsStore:
             [NotificationRow.run_id, NotificationRow.kind],
             NotificationRow.next_attempt_at,
             [NotificationRow.sent_at.is_(None), NotificationRow.gave_up_at.is_(None)],
-            owner=(NotificationRow.claimed_by, NotificationRow.claimed_until),
+            owner=(NotificationRow.claimed_by, NotificationRow.claimed_until, NotificationRow.claimed_at),
             kind="Run",
         )
 
@@ -61,6 +61,11 @@ class SqlRunsStore:
         """The catalog's clock (minus ``seconds_ago``) as an SQL expression (:func:`catalog_now`): finish claims and
         their leases are judged on one clock for every replica, not on each replica's own."""
         return catalog_now(self.database, seconds_ago)
+
+    def catalog_clock(self) -> datetime:
+        """The catalog's clock now, read once (:func:`read_catalog_now`): a notifier's start, for its
+        :class:`Claimant`."""
+        return read_catalog_now(self.database)
 
     # --- run records ---------------------------------------------------------------------------------
 
@@ -530,7 +535,7 @@ class SqlRunsStore:
             return [(uuid.UUID(run_id), kind) for run_id, kind in rows]
 
     def claim_unsent_notifications(
-        self, keys: Sequence[tuple[uuid.UUID, str]], lease_seconds: float, claimant: str | None = None
+        self, keys: Sequence[tuple[uuid.UUID, str]], lease_seconds: float, claimant: Claimant | None = None
     ) -> dict[tuple[uuid.UUID, str], datetime]:
         """Claim these (run id, kind) notifications for one attempt by the caller (a sweep's retry, a finish's send):
         those still unsent, not given up and due on the catalog's clock (a claim older than ``lease_seconds`` is due
@@ -541,10 +546,11 @@ class SqlRunsStore:
         attempt's mark (:meth:`mark_notification`) ends it. Returns the ones claimed, each with its claim (the token
         :meth:`renew_notification_claims` and :meth:`release_notification_claims` take).
 
-        With ``claimant`` (a notifier replica's id, for its finish's notifications), the claims name it, and those
-        still ``claimant``'s own are claimed again at once (it was killed between its claim and the send's record and
-        comes back under the same id); without, no one's (a sweep's), and a claim waits for its lease whoever holds
-        it."""
+        With ``claimant`` (a notifier replica's id and its process's start, for its finish's notifications), the
+        claims name it, and those still ``claimant``'s own and made before its process started are claimed again at
+        once (it was killed between its claim and the send's record and comes back under the same id; a claim made
+        since waits for its lease: a live twin's, or this process's own); without, no one's (a sweep's), and a claim
+        waits for its lease whoever holds it."""
         pairs = [(str(run_id), kind) for run_id, kind in keys]
         return _run_keys(self._claims.claim(pairs, lease_seconds, what="notifications", claimant=claimant))
 
@@ -567,13 +573,13 @@ class SqlRunsStore:
         kind: str,
         recipients: list[str],
         lease_seconds: float | None = None,
-        claimant: str | None = None,
+        claimant: Claimant | None = None,
     ) -> bool:
-        """True when this (run, kind) notification has not been sent (nor given up) yet: the caller should send it.
-        With ``lease_seconds``, True only when it is also claimed for one attempt by the caller now, in the same
-        transaction, as :meth:`claim_unsent_notifications` claims it (in ``claimant``'s name, taking back a claim
-        still ``claimant``'s own): not while another's claim holds it (a sweep sending it), nor while it backs
-        off."""
+        """True when this (run, kind) notification has not been sent (nor given up) yet: the caller should send it. With
+        ``lease_seconds``, True only when it is also claimed for one attempt by the caller now, in the same transaction,
+        as :meth:`claim_unsent_notifications` claims it (in ``claimant``'s name, taking back a claim still
+        ``claimant``'s own from before its process started): not while another's claim holds it (a sweep sending it),
+        nor while it backs off."""
         with self.database.transaction("Run") as session:
             self.database.insert_ignore(
                 session, NotificationRow, {"run_id": str(run_id), "kind": kind, "recipients": recipients}

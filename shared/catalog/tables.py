@@ -188,7 +188,9 @@ class NotificationRow(Base):
     ``recipients`` the email's addresses or the webhook's channel. A webhook that failed is tried again
     at ``next_attempt_at`` (its backoff), and given up (``gave_up_at``) when its retry budget is spent. A claim for
     one attempt pushes ``next_attempt_at`` a lease ahead; a finish's claim also names its replica (``claimed_by``) and
-    writes its lease's end (``claimed_until``): it is that replica's while ``next_attempt_at`` still equals it.
+    writes its lease's end (``claimed_until``): it is that replica's while ``next_attempt_at`` still equals it; and
+    every claim (or renewal) writes its time (``claimed_at``): the replica takes back only a claim older than its
+    process.
     """
 
     __tablename__ = "notifications"
@@ -203,6 +205,7 @@ class NotificationRow(Base):
     gave_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ScheduleRow(Base):

@@ -36,6 +36,17 @@ class StartClaims:
     held_until: datetime
 
 
+@dataclass(frozen=True)
+class Claimant:
+    """Who names itself in a claim: ``name`` (a notifier replica's id) and ``started_at``, its process's start on the
+    catalog's clock (:func:`shared.catalog.lease_claims.read_catalog_now`). It takes back at once only its name's claims
+    made (or last renewed) before ``started_at``: those of its process before a restart in place; never one made since
+    (a live process sharing the name, or its own after an outage), which waits for its lease as anyone else's does."""
+
+    name: str
+    started_at: datetime
+
+
 class RunStatus(StrEnum):
     QUEUED = "queued"
     EXTRACTING = "extracting"

@@ -61,12 +61,12 @@ NEW_RUN_COLUMNS = {
 #: 0006: when a run was requested; 0008: change-mode counts and retried members; 0009: a run's fixed sync;
 #: 0013: a mass removal allowed by the run's request; 0014: when the notifier handled a run's finish; 0015: who
 #: claimed it, when; 0016: who paused a definition's schedule; 0017: a replay run's publication; 0020: which
-#: notifier replica holds a notification's claim, until when).
+#: notifier replica holds a notification's claim, until when, since when).
 LATER_COLUMNS = {
     "catalog_objects": {"schedule_paused_by"},
     "runs": NEW_RUN_COLUMNS,
     "extraction_checkpoints": {"ranges", "sync"},
-    "notifications": {"attempts", "next_attempt_at", "gave_up_at", "claimed_by", "claimed_until"},
+    "notifications": {"attempts", "next_attempt_at", "gave_up_at", "claimed_by", "claimed_until", "claimed_at"},
 }
 
 PROFILE_ID, QUERY_ID, TEMPLATE_ID = (str(uuid.uuid4()) for _ in range(3))
@@ -434,14 +434,15 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
     # of next-run retries, their claims and the member delivery log (4) and their indexes (5); a mass removal
     # allowed on the runs; when a run's finish was handled; who claimed it, when, and the unhandled finishes' index;
     # who paused a definition's schedule (0016); a replay run's plan, acknowledged steps and claim (0017, 4 columns);
-    # which notifier replica holds a notification's claim, until when (0020, 2 columns).
-    assert len(lines) == 56, lines
+    # which notifier replica holds a notification's claim, until when, since when (0020, 3 columns).
+    assert len(lines) == 57, lines
     assert "table change_members is missing from the database" in lines
     assert "table delivery_batches is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)
     assert any("runs.mass_removal_allowed" in line and "missing from the database" in line for line in lines)
     assert any("runs.finish_handled_at" in line and "missing from the database" in line for line in lines)
     assert any("notifications.claimed_by" in line and "missing from the database" in line for line in lines)
+    assert any("notifications.claimed_at" in line and "missing from the database" in line for line in lines)
     assert "table attempts is missing from the database" in lines
     assert "table dispatcher_replicas is missing from the database" in lines
     assert "table circuit_breakers is missing from the database" in lines

@@ -18,6 +18,7 @@ from devtools.http_receiver import HttpReceiver
 from devtools.smtp_sink import SmtpSink
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ExportDefinition, FailurePolicy
+from shared.domain.runs import Claimant
 from shared.domain.schedule import Schedule
 from shared.errors import CatalogTimedOut
 from shared.events import AnyRunEvent, RunCancelled, RunFailed, RunStarted, Trigger
@@ -166,7 +167,7 @@ def paused_webhook_claim_timing_out(catalog: CatalogStores) -> Iterator[CatalogT
         kind: str,
         recipients: list[str],
         lease_seconds: float | None = None,
-        claimant: str | None = None,
+        claimant: Claimant | None = None,
     ) -> bool:
         if kind == "webhook:ops:paused":
             raise timed_out
