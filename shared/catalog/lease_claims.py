@@ -53,7 +53,7 @@ def catalog_now(database: CatalogDatabase, seconds_ago: float = 0.0) -> Any:
 def read_catalog_now(database: CatalogDatabase) -> datetime:
     """The catalog's clock now (:func:`catalog_now`, the expression claims are written with), read once: e.g. a
     process's start, which a :class:`~shared.domain.runs.Claimant` compares its claims with."""
-    with database.engine.connect() as connection:
+    with database.connect("catalog clock") as connection:
         now: datetime = connection.execute(
             select(type_coerce(catalog_now(database), DateTime(timezone=True)))
         ).scalar_one()
