@@ -352,7 +352,7 @@ class Notifier:
             if (self._maybe_pause(definition, after) or self._paused_by(definition, after)) and (
                 self.webhooks is not None
             ):
-                self.webhooks.notify(definition, after, WebhookEvent.PAUSED, self.finish_lease_seconds, self.claimant)
+                self._send_webhooks(definition, after, WebhookEvent.PAUSED)
         outgoing = self._chained_runs(after)
         if after.status is RunStatus.MISSED:
             # Claimed now, sent once the poll is folded: one digest if many runs were missed at once.
@@ -376,7 +376,7 @@ class Notifier:
         if finishing and definition is not None and event is not None and self.webhooks is not None:
             finishing, renewed_at = self._still_ours(after.run_id, renewed_at)
             if finishing:
-                self.webhooks.notify(definition, after, event, self.finish_lease_seconds, self.claimant)
+                self._send_webhooks(definition, after, event)
         if finishing:
             finishes.append((after, definition))
         return outgoing
@@ -669,12 +669,18 @@ class Notifier:
 
     # --- webhooks, recovery notices and missed-run digests ------------------------------------------
 
+    def _send_webhooks(self, definition: ExportDefinition, record: RunRecord, event: WebhookEvent) -> None:
+        """Claim and send ``event`` to the definition's subscribed channels, as a finish does: for
+        :attr:`finish_lease_seconds`, in this replica's name (:attr:`claimant`)."""
+        if self.webhooks is not None:
+            self.webhooks.notify(definition, record, event, self.finish_lease_seconds, self.claimant)
+
     def _notify_webhooks(self, record: RunRecord, event: WebhookEvent) -> None:
         if self.webhooks is None:
             return
         definition = self._definition(record.definition)
         if definition is not None and definition.notifications.webhooks:
-            self.webhooks.notify(definition, record, event, self.finish_lease_seconds, self.claimant)
+            self._send_webhooks(definition, record, event)
 
     def _recovered(self, record: RunRecord) -> bool:
         """A succeeded run whose definition's previous runs (skipped and missed ones aside) failed."""
@@ -686,8 +692,7 @@ class Notifier:
 
     def _send_recovery(self, definition: ExportDefinition, record: RunRecord, attempts: int | None = None) -> None:
         self._mail_claimed(definition, record, [RECOVERED], attempts)
-        if self.webhooks is not None:
-            self.webhooks.notify(definition, record, WebhookEvent.RECOVERED, self.finish_lease_seconds, self.claimant)
+        self._send_webhooks(definition, record, WebhookEvent.RECOVERED)
 
     def _claim_missed(self, definition: ExportDefinition, record: RunRecord) -> None:
         """Claim a missed run's error email and ``missed`` webhooks; sent by :meth:`_send_missed`."""
