@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from services.admin.dependencies import Context, Reader
 from services.admin.problems import RETRY_AFTER_SECONDS, ApiProblem, problem_responses
-from shared.application.dead_letter_listing import RetryCells, dead_letter_view, list_dead_letters
+from shared.application.dead_letter_listing import RetryCells, dead_letter_view
 
 router = APIRouter(tags=["Runs"])
 
@@ -60,7 +60,9 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     "/dead-letters",
     summary="The dead letters grouped by run, definition and reason, with member counts and where those members' "
     "retries stand (as `exportctl dead-letters list` prints them)",
-    description="Read from the dead-letter topic at each call (from its start), within the caller's business units: "
+    description="Read from the dead-letter topic (from its start), or, when the topic has not changed since (its "
+    "partitions' offsets, read at each call), from the listing this server kept of that read (a few listings, "
+    "for 5 minutes at most): the pages after the first read nothing more. Within the caller's business units: "
     "a scoped token sees the dead letters of the runs recorded in its units only, records no service could read "
     "(no run) an unscoped token only. Sorted by run, definition and reason, a page of `limit` groups from `offset` "
     "(`total_groups` says how many there are, `letters` how many dead letters they hold); an empty `definition` is "
@@ -89,8 +91,10 @@ def list_letters(
     # DeadLettersUnreadable (503 dead-letters-unreadable) and Busy (503 dead-letters-busy) as problems.install says.
     # The whole listing holds one of the reads, not the Kafka read only: its catalog phase (the retry cells, the
     # runs' scope) holds the request thread too, and thousands of groups would hold it for long.
+    # The topic's version is read within the slot too (a frozen broker holds it as a read would, within its bounds),
+    # and pages after the first are answered from the listing kept at an unchanged version, the topic not read.
     with replays.held() as letters:
-        listing = list_dead_letters(
+        listing = replays.listings.listing(
             caller,
             letters,
             runs=context.runs,

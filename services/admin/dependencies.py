@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kafka import KafkaProducer
 
 from services.admin.bearer_tokens import TokenStore
+from services.admin.dead_letter_listings import DeadLetterListings
 from services.admin.problems import RETRY_AFTER_SECONDS, ApiProblem
 from services.admin.settings import AdminSettings
 from shared.application.actors import Actor, Permission
@@ -75,6 +76,8 @@ class DeadLetterReplays:
     reads: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(MAX_DEAD_LETTER_READS), compare=False, repr=False
     )
+    #: ``GET /dead-letters``' listings kept while the topic does not change (its pages after the first).
+    listings: DeadLetterListings = field(default_factory=DeadLetterListings, compare=False, repr=False)
 
     @classmethod
     def of(cls, settings: AdminSettings) -> DeadLetterReplays:

@@ -8,7 +8,6 @@ letters of the runs recorded in its units only; an unreadable record (no run) on
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -137,6 +136,120 @@ class RetryCells:
         return {group: retry_summary(keys, states) for group, keys in groups.items() if keys}
 
 
+@dataclass(frozen=True, slots=True)
+class GroupTally:
+    """One group before the catalog is asked (the same for every actor): its dead letters and members counted, and
+    its members' keys under the key column its definition had when they were grouped."""
+
+    key: _GroupKey
+    letters: int
+    members: int
+    keys: tuple[str, ...] = ()
+
+    def shown(self, retry: str | None) -> DeadLetterGroup:
+        """The group as listed, with its retry cell."""
+        run_id, service, definition, reason = self.key
+        return DeadLetterGroup(run_id, service, definition, reason, self.members, retry)
+
+
+@dataclass(frozen=True)
+class GroupedDeadLetters:
+    """The dead letters (of a run, of a definition, if asked) grouped, sorted as listed, for every actor: each
+    request scopes them and asks the catalog for its page's retry cells (:func:`listing_of`)."""
+
+    groups: tuple[GroupTally, ...]
+    #: The key column each definition's members' keys were taken under (None: no keys taken, the catalog could not
+    #: say); a request whose catalog names another column for one cannot use these keys (:meth:`answers`).
+    columns: Mapping[str, str | None]
+
+    @property
+    def size(self) -> int:
+        """The groups and the member keys held: what a kept listing weighs."""
+        return len(self.groups) + sum(len(group.keys) for group in self.groups)
+
+    def answers(self, cells: RetryCells | None) -> bool:
+        """Whether the keys held are those ``cells``' catalog would take: each definition's key column the same, or
+        none (no cell for it)."""
+        if cells is None:
+            return True
+        return all(cells.key_column(name) in (None, column) for name, column in self.columns.items())
+
+
+def group_dead_letters(
+    letters: Iterable[DeadLetter],
+    *,
+    key_column: Callable[[str], str | None] | None,
+    run: uuid.UUID | None = None,
+    definition: str | None = None,
+    reason_chars: int | None = REASON_CHARS,
+) -> GroupedDeadLetters:
+    """The dead letters (of ``run``, of ``definition``, if given; an empty ``definition`` is no filter) grouped by
+    run, definition and reason (its first ``reason_chars``; None: whole), sorted so, each group's member keys taken
+    under its definition's ``key_column`` (None, or its None: none taken). No actor's scope: :func:`listing_of`
+    applies it."""
+    counts: dict[_GroupKey, list[int]] = {}
+    keys: dict[_GroupKey, list[str]] = {}
+    columns: dict[str, str | None] = {}
+    for letter in letters:
+        if (run is not None and letter.run_id != run) or (definition and letter.definition != definition):
+            continue
+        service = None if letter.run_id else letter.service
+        reason = letter.reason if reason_chars is None else letter.reason[:reason_chars]
+        group = (letter.run_id, service, letter.definition or None, reason)
+        tally = counts.setdefault(group, [0, 0])
+        tally[0] += 1
+        tally[1] += len(letter.members or []) or 1
+        # Only each group's member keys are kept (not the letters' member values): where they stand now, retried by
+        # the next run, given up, delivered since, the catalog says.
+        name = letter.definition or ""
+        if name not in columns:
+            columns[name] = key_column(name) if key_column is not None else None
+        if columns[name] is not None:
+            keys.setdefault(group, []).extend(member_keys(letter.members or [], columns[name] or ""))
+    groups = [
+        GroupTally(group, letters, members, tuple(keys.get(group, ()))) for group, (letters, members) in counts.items()
+    ]
+    groups.sort(key=lambda g: (_label(g.key), g.key[2] or "-", g.key[3]))
+    return GroupedDeadLetters(tuple(groups), columns)
+
+
+def _label(group: _GroupKey) -> str:
+    """The run as a table shows it (:attr:`DeadLetterGroup.run`): the listing's first sort key."""
+    run_id, service, _, _ = group
+    return str(run_id) if run_id else f"({service}: unreadable record)"
+
+
+def listing_of(
+    actor: Actor,
+    grouped: GroupedDeadLetters,
+    *,
+    runs: RunUnitsReader | None,
+    cells: RetryCells | None,
+    page: slice | None = None,
+) -> DeadLetterListing:
+    """The groups within the actor's scope (``runs`` says the runs' business units, all read at once; None: no
+    catalog, for an actor of every unit only), ``page`` of them (a slice of the sorted groups; None: all), each
+    shown group's retry cell from ``cells`` (None: no catalog, no cell), one catalog read per definition; ``letters``
+    and ``total_groups`` of all the groups in scope."""
+    authorise(actor, Permission.READ)
+    visible = _scope(actor, runs, [tally.key[0] for tally in grouped.groups])
+    tallies = [tally for tally in grouped.groups if visible(tally.key[0])]
+    total = sum(tally.letters for tally in tallies)
+    shown_tallies = tallies[page] if page is not None else tallies
+    retry: dict[_GroupKey, str | None] = {}
+    if cells is not None:
+        # The catalog is asked for the shown groups' members only (a page of 100 of 20,000 groups: 100 groups' keys).
+        keys: dict[str, dict[_GroupKey, list[str]]] = {}
+        for tally in shown_tallies:
+            name = tally.key[2] or ""
+            if tally.keys and cells.key_column(name) == grouped.columns.get(name):
+                keys.setdefault(name, {})[tally.key] = list(tally.keys)
+        for name, groups_keys in keys.items():
+            retry.update(cells.cells(name, groups_keys))
+    shown = [tally.shown(retry.get(tally.key)) for tally in shown_tallies]
+    return DeadLetterListing(letters=total, groups=shown, total_groups=len(tallies))
+
+
 def list_dead_letters(
     actor: Actor,
     letters: DeadLetterSource,
@@ -156,55 +269,26 @@ def list_dead_letters(
     :class:`DeadLettersUnreadable` when Kafka does not give them, :class:`Busy` when the source refuses the read (as
     many run now as it allows)."""
     authorise(actor, Permission.READ)
-    chosen = [
-        letter
-        for letter in letters.dead_letters()
-        if (run is None or letter.run_id == run) and (not definition or letter.definition == definition)
-    ]
-    visible = _scope(actor, runs, chosen)
-    counts: dict[_GroupKey, int] = {}
-    keys: dict[str, dict[_GroupKey, list[str]]] = {}
-    total = 0
-    for letter in chosen:
-        if not visible(letter):
-            continue
-        total += 1
-        service = None if letter.run_id else letter.service
-        reason = letter.reason if reason_chars is None else letter.reason[:reason_chars]
-        group = (letter.run_id, service, letter.definition or None, reason)
-        counts[group] = counts.get(group, 0) + (len(letter.members or []) or 1)
-        # Only each group's member keys are kept (not the letters' member values): where they stand now, retried by
-        # the next run, given up, delivered since, the catalog says.
-        column = cells.key_column(letter.definition or "") if cells is not None else None
-        if column is not None:
-            keys.setdefault(letter.definition or "", {}).setdefault(group, []).extend(
-                member_keys(letter.members or [], column)
-            )
-    groups = [
-        DeadLetterGroup(run_id=run_id, service=service, definition=name, reason=reason, members=members)
-        for (run_id, service, name, reason), members in counts.items()
-    ]
-    groups.sort(key=lambda g: (g.run, g.definition or "-", g.reason))
-    shown = groups[page] if page is not None else groups
-    if cells is None:
-        return DeadLetterListing(letters=total, groups=shown, total_groups=len(groups))
-    # The catalog is asked for the shown groups' members only (a page of 100 of 20,000 groups: 100 groups' keys).
-    wanted = {(g.run_id, g.service, g.definition, g.reason) for g in shown}
-    retry: dict[_GroupKey, str | None] = {}
-    for name, groups_keys in keys.items():
-        retry.update(cells.cells(name, {group: k for group, k in groups_keys.items() if group in wanted}))
-    shown = [dataclasses.replace(g, retry=retry.get((g.run_id, g.service, g.definition, g.reason))) for g in shown]
-    return DeadLetterListing(letters=total, groups=shown, total_groups=len(groups))
+    grouped = group_dead_letters(
+        letters.dead_letters(),
+        key_column=cells.key_column if cells is not None else None,
+        run=run,
+        definition=definition,
+        reason_chars=reason_chars,
+    )
+    return listing_of(actor, grouped, runs=runs, cells=cells, page=page)
 
 
-def _scope(actor: Actor, runs: RunUnitsReader | None, letters: list[DeadLetter]) -> Callable[[DeadLetter], bool]:
-    """Whether a dead letter is in the actor's scope: every one for an actor of every unit; else those of runs
-    recorded in its units (the units of all the letters' runs read at once, not a query a run)."""
+def _scope(
+    actor: Actor, runs: RunUnitsReader | None, run_ids: list[uuid.UUID | None]
+) -> Callable[[uuid.UUID | None], bool]:
+    """Whether a group's run is in the actor's scope: every one for an actor of every unit; else the runs recorded in
+    its units (the units of all the groups' runs read at once, not a query a run)."""
     if not actor.business_units:
-        return lambda letter: True
+        return lambda run_id: True
     if runs is None:
-        return lambda letter: False  # no catalog to say a run's unit: none is a scoped actor's
-    units = runs.business_units_of(sorted({letter.run_id for letter in letters if letter.run_id is not None}))
+        return lambda run_id: False  # no catalog to say a run's unit: none is a scoped actor's
+    units = runs.business_units_of(sorted({run_id for run_id in run_ids if run_id is not None}))
     seen = {run_id for run_id, unit in units.items() if actor.sees(unit)}
     # An unreadable record (no run) names no unit: not a scoped actor's.
-    return lambda letter: letter.run_id is not None and letter.run_id in seen
+    return lambda run_id: run_id is not None and run_id in seen

@@ -4,9 +4,9 @@ shared/querystore implement them, and each composition root hands over only what
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from shared.domain.attempts import CapturedAttempt
 from shared.domain.audit import AuditEntry
@@ -196,6 +196,17 @@ class DeadLetterSource(Protocol):
 
     def dead_letters(self) -> list[DeadLetter]:
         """Every dead letter; :class:`shared.application.errors.DeadLettersUnreadable` when they cannot be read."""
+        ...
+
+
+@runtime_checkable
+class VersionedDeadLetterSource(DeadLetterSource, Protocol):
+    """The dead letters, and a version of what their topic holds (Kafka's: its partitions' first and end offsets)
+    that changes whenever a dead letter is added or dropped: what the admin's listings are kept by."""
+
+    def dead_letters_unless(self, known: Callable[[Hashable], bool]) -> tuple[Hashable, list[DeadLetter] | None]:
+        """The version as of now and, unless ``known`` says the caller holds the dead letters of that version,
+        every dead letter up to it (None when ``known``); :class:`DeadLettersUnreadable` as :meth:`dead_letters`."""
         ...
 
 

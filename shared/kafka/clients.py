@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -192,6 +193,38 @@ def read_whole_topic(
     :class:`KafkaTimeoutError`. The consumer is closed on every path, its I/O thread stopped, its constructor failing
     included (Kafka down: it starts that thread before it bootstraps).
     """
+    _, values = _read_topic(settings, topic, None, timeout, connect_timeout)
+    return values or []
+
+
+#: What a topic holds as of a read: each partition's number, first offset and end offset (the next record's), by
+#: partition. It changes when a record is added (an end moves) or retention drops one (a first offset moves).
+TopicVersion = tuple[tuple[int, int, int], ...]
+
+
+def read_topic_unless(
+    settings: CommonSettings,
+    topic: str,
+    known: Callable[[TopicVersion], bool],
+    timeout: float = 60.0,
+    connect_timeout: float = READ_CONNECT_TIMEOUT_SECONDS,
+) -> tuple[TopicVersion, list[bytes] | None]:
+    """The topic's version and, unless ``known`` says its caller holds what the topic holds at that version, its
+    record values up to the version's ends (None when ``known``). One consumer for both and one deadline, bounded
+    as :func:`read_whole_topic` (the version first: the bootstrap, the metadata and two offset requests, each at
+    most ``connect_timeout``; a frozen broker fails it within them, before any record is read)."""
+    return _read_topic(settings, topic, known, timeout, connect_timeout)
+
+
+def _read_topic(
+    settings: CommonSettings,
+    topic: str,
+    known: Callable[[TopicVersion], bool] | None,
+    timeout: float,
+    connect_timeout: float,
+) -> tuple[TopicVersion, list[bytes] | None]:
+    """:func:`read_topic_unless`; without ``known``, no version (its first offsets not asked) and every record
+    polled, those past the ends included (:func:`read_whole_topic`, as it always read)."""
     deadline = time.monotonic() + timeout
 
     def step_ms() -> int:
@@ -206,16 +239,23 @@ def read_whole_topic(
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         if not partitions:
-            return values
+            return (), (None if known is not None and known(()) else values)
         consumer.assign(partitions)
         consumer.seek_to_beginning()
         ends = consumer.end_offsets(partitions, timeout_ms=step_ms())
+        version: TopicVersion = ()
+        if known is not None:
+            firsts = consumer.beginning_offsets(partitions, timeout_ms=step_ms())
+            version = tuple((p.partition, int(firsts[p]), int(ends[p])) for p in partitions)
+            if known(version):
+                return version, None
         while any(_position(consumer, p, step_ms()) < ends[p] for p in partitions):
-            for records in consumer.poll(timeout_ms=min(250, step_ms())).values():
-                values.extend(record.value for record in records)
+            for partition, records in consumer.poll(timeout_ms=min(250, step_ms())).items():
+                # With a version, what it holds only: a record added since is the next version's.
+                values.extend(record.value for record in records if known is None or record.offset < ends[partition])
     finally:
         consumer.close(timeout_ms=max(0, int(min(connect_timeout, deadline - time.monotonic()) * 1000)))
-    return values
+    return version, values
 
 
 def _position(consumer: KafkaConsumer, partition: TopicPartition, timeout_ms: int) -> int:

@@ -7,14 +7,20 @@ admin API or exportctl starts its run's trace here), carried by its records' ``t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from shared.application.errors import DeadLettersUnreadable, PublishFailed
 from shared.events import AnyRunEvent, DeadLetter, Priority, RunRequested
-from shared.kafka.clients import READ_CONNECT_TIMEOUT_SECONDS, InFlight, produce, read_whole_topic
+from shared.kafka.clients import (
+    READ_CONNECT_TIMEOUT_SECONDS,
+    InFlight,
+    produce,
+    read_topic_unless,
+    read_whole_topic,
+)
 from shared.kafka.records import Outgoing
 from shared.settings import CommonSettings
 from shared.topics import Topics
@@ -128,10 +134,28 @@ class KafkaDeadLetters:
             )
         except (KafkaError, TimeoutError, OSError) as exc:
             raise DeadLettersUnreadable(_described(exc)) from None
-        letters = []
-        for value in values:
-            try:
-                letters.append(DeadLetter.model_validate_json(value))
-            except ValueError:
-                continue  # not ours to list (another schema version, or garbage)
-        return letters
+        return _decoded(values)
+
+    def dead_letters_unless(self, known: Callable[[Hashable], bool]) -> tuple[Hashable, list[DeadLetter] | None]:
+        """The topic's version (:data:`~shared.kafka.clients.TopicVersion`) and, unless ``known`` says the caller
+        holds what it holds then, every dead letter up to it (None when ``known``), in one bounded read
+        (:func:`read_topic_unless`); :class:`DeadLettersUnreadable` as :meth:`dead_letters`."""
+        try:
+            version, values = read_topic_unless(
+                self.settings, self.settings.topics.dead_letters, known, connect_timeout=self.connect_timeout
+            )
+        except (KafkaError, TimeoutError, OSError) as exc:
+            raise DeadLettersUnreadable(_described(exc)) from None
+        return version, None if values is None else _decoded(values)
+
+
+def _decoded(values: list[bytes]) -> list[DeadLetter]:
+    """The dead letters of the topic's record values, those not ours to list left out (another schema version, or
+    garbage)."""
+    letters = []
+    for value in values:
+        try:
+            letters.append(DeadLetter.model_validate_json(value))
+        except ValueError:
+            continue
+    return letters

@@ -40,16 +40,19 @@ def _frozen_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
+@pytest.mark.parametrize("read", ["whole", "versioned"])
 @pytest.mark.parametrize("broker", ["down", "frozen"])
-def test_failed_dead_letter_reads_raise_within_their_bound_and_leave_no_kafka_thread(broker: str) -> None:
+def test_failed_dead_letter_reads_raise_within_their_bound_and_leave_no_kafka_thread(broker: str, read: str) -> None:
+    """The admin's listings read the topic's version first (``dead_letters_unless``): bounded as a whole read."""
     before = _kafka_threads()
     with _frozen_port() as frozen:
         port = free_port() if broker == "down" else frozen
         settings = CommonSettings(kafka_bootstrap_servers=f"127.0.0.1:{port}", metrics_port=0)
         for _ in range(READS):
             started = time.monotonic()
+            source = KafkaDeadLetters(settings, connect_timeout=BOUND)
             with pytest.raises(DeadLettersUnreadable) as unreadable:
-                KafkaDeadLetters(settings, connect_timeout=BOUND).dead_letters()
+                source.dead_letters() if read == "whole" else source.dead_letters_unless(lambda version: True)
             assert time.monotonic() - started < BOUND + 4  # kafka-python's own 30 s before
             assert str(unreadable.value) == (
                 f"the dead letters cannot be read now: KafkaTimeoutError: Unable to bootstrap from ['127.0.0.1:{port}']"
@@ -98,6 +101,10 @@ class _StubConsumer:
     def end_offsets(self, partitions: list[TopicPartition], timeout_ms: int) -> dict[TopicPartition, int]:
         self.clock.wait(timeout_ms)
         return dict.fromkeys(partitions, 1)
+
+    def beginning_offsets(self, partitions: list[TopicPartition], timeout_ms: int) -> dict[TopicPartition, int]:
+        self.clock.wait(timeout_ms)
+        return dict.fromkeys(partitions, 0)
 
     def position(self, partition: TopicPartition, timeout_ms: int | None = None) -> int | None:
         self.clock.wait(timeout_ms)  # the offset reset timed out: kafka-python 3 gives None, or the old position
@@ -150,4 +157,37 @@ def test_a_whole_read_ends_within_its_one_deadline_however_its_steps_time_out(
     with pytest.raises(TimeoutError, match=rf"could not read dead to its end within {timeout:.0f} s"):
         clients.read_whole_topic(CommonSettings(metrics_port=0), "dead", timeout=timeout, connect_timeout=10)
     assert clock.now - started <= timeout
+    assert made[0].closed
+
+
+@pytest.mark.parametrize("timeout", [20.0, 30.0, 60.0])
+def test_a_versioned_read_ends_within_its_one_deadline_however_its_steps_time_out(
+    monkeypatch: pytest.MonkeyPatch, timeout: float
+) -> None:
+    """The version's requests (the bootstrap, the metadata, the end and first offsets) and the read after it share
+    the one deadline: a frozen broker ends the whole within ``timeout``, not the version's steps and then a read's."""
+    clock, made = _stub(monkeypatch, position=0)
+    started = clock.now
+    with pytest.raises(TimeoutError, match=rf"could not read dead to its end within {timeout:.0f} s"):
+        clients.read_topic_unless(
+            CommonSettings(metrics_port=0), "dead", lambda version: False, timeout=timeout, connect_timeout=10
+        )
+    assert clock.now - started <= timeout
+    assert made[0].closed
+
+
+def test_a_known_version_is_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``known`` says its caller holds is not polled: the version and None."""
+    _, made = _stub(monkeypatch, position=0)
+    asked: list[object] = []
+
+    def known(version: object) -> bool:
+        asked.append(version)
+        return True
+
+    assert clients.read_topic_unless(CommonSettings(metrics_port=0), "dead", known, connect_timeout=10) == (
+        ((0, 0, 1),),
+        None,
+    )
+    assert asked == [((0, 0, 1),)]
     assert made[0].closed

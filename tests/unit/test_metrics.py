@@ -138,6 +138,7 @@ SCHEME = {
     "member_export_notifier_missed_digests_total": "counter",
     "member_export_admin_http_requests_total": "counter",
     "member_export_admin_http_request_duration_seconds": "histogram",
+    "member_export_admin_dead_letter_listings_total": "counter",
 }
 
 
@@ -151,6 +152,7 @@ def test_every_metric_of_every_service_follows_the_naming_scheme():
         "services.notifier.notifying",
         "services.notifier.breaker_notices",
         "services.admin.request_metrics",
+        "services.admin.dead_letter_listings",
     ):
         importlib.import_module(module)
     # The process's own collectors (process_*, python_*) are prometheus_client's, not ours.

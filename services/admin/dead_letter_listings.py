@@ -1,0 +1,157 @@
+"""The admin process's grouped dead-letter listings, kept while the dead-letter topic does not change, so that the
+pages after a listing's first (exportctl reads every page of 1,000 groups) are answered without reading the whole
+topic again.
+
+A listing is kept by the topic's version (its partitions' first and end offsets: a dead letter added or dropped by
+retention changes it) and the filters (``run``, ``definition``), grouped as every actor's (no business unit
+applied). Each request reads the version (a consumer's bootstrap, the topic's metadata and its partitions' offsets:
+how a read of the topic starts anyway, within the same dead-letter read slot and the same 60 s), then scopes the
+kept groups to its caller and asks the catalog for its page's ``retry`` cells, as a listing read from Kafka does.
+Bounded: :data:`MAX_LISTINGS` listings, :data:`MAX_ITEMS` groups and member keys in all, each kept
+:data:`MAX_AGE_SECONDS` at most.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter
+
+from shared.application.actors import Actor, Permission, Role, authorise
+from shared.application.dead_letter_listing import (
+    REASON_CHARS,
+    DeadLetterListing,
+    GroupedDeadLetters,
+    RetryCells,
+    group_dead_letters,
+    list_dead_letters,
+    listing_of,
+)
+from shared.application.ports import DeadLetterSource, RunUnitsReader, VersionedDeadLetterSource
+
+#: Listings kept at once (a listing: one topic version and one pair of filters): exportctl's pages of the whole
+#: topic, a few runs' and definitions' pages read meanwhile.
+MAX_LISTINGS = 8
+#: Groups and member keys kept in all listings together: about 30 MB at most (measured: a group about 300 bytes with a
+#: reason of 100 characters, a member key, a UUID's text, about 90). A listing of more is not kept: it is read from
+#: the topic at each request, as before.
+MAX_ITEMS = 100_000
+#: The longest a listing is kept, however unchanged the version: a topic deleted and created again may give the
+#: same offsets to other dead letters.
+MAX_AGE_SECONDS = 300.0
+
+LISTINGS = Counter(
+    "member_export_admin_dead_letter_listings_total",
+    "GET /api/v1/dead-letters answers, by where their groups came from: `read` (the dead-letter topic read), `kept` "
+    "(a listing kept at the topic's unchanged version, the topic not read).",
+    ["source"],
+)
+for _source in ("read", "kept"):
+    LISTINGS.labels(_source)  # both series exported from the start (0), for a rate or a ratio
+
+#: Who the kept listings' member keys are taken for: every business unit (a request's own scope is applied to the
+#: groups when it is answered, and its cells are asked of the catalog as its caller).
+_EVERY_UNIT = Actor(name="admin: kept dead-letter listings", role=Role.VIEWER)
+
+_Filters = tuple[uuid.UUID | None, str | None]
+
+
+@dataclass
+class _Kept:
+    grouped: GroupedDeadLetters
+    at: float
+
+
+@dataclass
+class DeadLetterListings:
+    """The kept listings of this admin process (thread-safe; its request threads share it)."""
+
+    max_listings: int = MAX_LISTINGS
+    max_items: int = MAX_ITEMS
+    max_age_seconds: float = MAX_AGE_SECONDS
+    clock: Callable[[], float] = time.monotonic
+    _kept: OrderedDict[tuple[Hashable, _Filters], _Kept] = field(default_factory=OrderedDict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def listing(
+        self,
+        actor: Actor,
+        letters: DeadLetterSource,
+        *,
+        runs: RunUnitsReader | None,
+        cells: RetryCells | None,
+        run: uuid.UUID | None = None,
+        definition: str | None = None,
+        page: slice | None = None,
+    ) -> DeadLetterListing:
+        """:func:`list_dead_letters` (its refusals), answered from a kept listing while the topic's version is the
+        one it was read at (a source without versions is read at each call)."""
+        authorise(actor, Permission.READ)
+        if not isinstance(letters, VersionedDeadLetterSource):
+            return list_dead_letters(actor, letters, runs=runs, cells=cells, run=run, definition=definition, page=page)
+        filters: _Filters = (run, definition or None)
+        found: list[GroupedDeadLetters] = []
+
+        def known(version: Hashable) -> bool:
+            # Asked while the read's consumer is open (its deadline running): a kept listing and, at most, the
+            # catalog's key column of each of its definitions (one query each, which the page's cells use again).
+            kept = self._get((version, filters))
+            # Keys taken under another key column (a definition's query changed since) cannot give this cells.
+            if kept is not None and kept.answers(cells):
+                found.append(kept)
+                return True
+            return False
+
+        version, read = letters.dead_letters_unless(known)
+        if read is None:
+            LISTINGS.labels("kept").inc()
+            grouped = found[0]
+        else:
+            LISTINGS.labels("read").inc()
+            builder = RetryCells(_EVERY_UNIT, cells.store, cells.retries, cells.tolerated) if cells else None
+            grouped = group_dead_letters(
+                read,
+                key_column=builder.key_column if builder is not None else None,
+                run=run,
+                definition=definition,
+                reason_chars=REASON_CHARS,
+            )
+            self._keep((version, filters), grouped)
+        return listing_of(actor, grouped, runs=runs, cells=cells, page=page)
+
+    def _get(self, key: tuple[Hashable, _Filters]) -> GroupedDeadLetters | None:
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is None:
+                return None
+            if self.clock() - kept.at > self.max_age_seconds:
+                del self._kept[key]
+                return None
+            self._kept.move_to_end(key)
+            return kept.grouped
+
+    def _keep(self, key: tuple[Hashable, _Filters], grouped: GroupedDeadLetters) -> None:
+        if grouped.size > self.max_items:
+            return  # too large to keep: read at each request, as before
+        with self._lock:
+            version = key[0]
+            # A listing of another version is never asked again (offsets only grow): dropped at once.
+            for other in [k for k in self._kept if k[0] != version]:
+                del self._kept[other]
+            self._kept[key] = _Kept(grouped, self.clock())
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.max_listings or self.items > self.max_items:
+                self._kept.popitem(last=False)
+
+    @property
+    def items(self) -> int:
+        """The groups and member keys kept now (call with the lock held, or for a test's look)."""
+        return sum(kept.grouped.size for kept in self._kept.values())
+
+    def __len__(self) -> int:
+        return len(self._kept)

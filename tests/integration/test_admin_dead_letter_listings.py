@@ -1,0 +1,272 @@
+"""``GET /api/v1/dead-letters``' pages after the first, answered from the listing the admin process kept while the
+dead-letter topic did not change (before: the whole topic read at each page: exportctl's listing of G groups read it
+G/1000 + 1 times, each read one of the 3 dead-letter read slots).
+
+In-process admin API (the suite's fixtures: seeded objects, its tokens) over the session's Kafka, each test on a
+dead-letter topic of its own (2 partitions); exportctl as a process against it over a real HTTP server. The topic's
+reads are counted where the admin's source makes them (:mod:`shared.kafka.event_publisher`'s read functions).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaProducer
+from prometheus_client import REGISTRY
+
+from services.admin.dependencies import MAX_DEAD_LETTER_READS, DeadLetterReplays
+from shared.events import DeadLetter
+from shared.kafka import clients, event_publisher
+from shared.kafka.event_publisher import KafkaDeadLetters
+from shared.settings import CommonSettings
+from tests.admin_app import InProcessApi, in_process_api, seed
+from tests.integration.test_admin_dead_letters import BUSY, LIST, exportctl, through_api
+from tests.integration.test_cancel_replay_kafka_unavailable import RUNS
+from tests.integration.test_kafka_unavailable import serving
+from tests.kafka_helpers import create_topic
+
+pytestmark = pytest.mark.integration
+
+CHANGED = "exportctl: warning: the dead letters changed while they were read"
+METRIC = "member_export_admin_dead_letter_listings_total"
+
+
+@dataclass
+class Reads:
+    """The whole-topic reads of the dead letters made (each one a read of every record, from the start)."""
+
+    count: int = 0
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Reads:
+    """Counts the admin's reads of the dead-letter topic: every read of the whole topic, and every versioned read
+    that read the records (not those the listing kept answered: ``known``)."""
+    counted = Reads()
+    whole = clients.read_whole_topic
+
+    def read_whole_topic(*args: Any, **kwargs: Any) -> list[bytes]:
+        counted.count += 1
+        return whole(*args, **kwargs)
+
+    monkeypatch.setattr(event_publisher, "read_whole_topic", read_whole_topic)
+    unless = getattr(clients, "read_topic_unless", None)
+    if unless is not None:  # the code before had none: every listing read the whole topic
+
+        def read_topic_unless(*args: Any, **kwargs: Any) -> tuple[Any, list[bytes] | None]:
+            version, values = unless(*args, **kwargs)
+            if values is not None:
+                counted.count += 1
+            return version, values
+
+        monkeypatch.setattr(event_publisher, "read_topic_unless", read_topic_unless)
+    return counted
+
+
+@dataclass
+class Listing:
+    """The in-process API reading the dead letters of its own topic on the session's Kafka."""
+
+    api: InProcessApi
+    settings: CommonSettings
+    bootstrap: str
+    replays: DeadLetterReplays
+
+    def add(self, letters: list[DeadLetter]) -> None:
+        """Dead letters on the topic, acknowledged, keyed by run (spread over its partitions)."""
+        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
+        try:
+            sent = [
+                producer.send(
+                    self.settings.topics.dead_letters,
+                    key=str(letter.run_id).encode(),
+                    value=letter.model_dump_json().encode(),
+                )
+                for letter in letters
+            ]
+            for future in sent:
+                future.get(timeout=30)
+        finally:
+            producer.close()
+
+    def get(self, who: str = "viewer", **params: Any) -> dict[str, Any]:
+        with self.api.client(who) as client:
+            answer = client.get(LIST, params=params)
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+
+@pytest.fixture
+def listing(tmp_path: Path, kafka_bootstrap: str) -> Iterator[Listing]:
+    with _listing(tmp_path, kafka_bootstrap) as made:
+        yield made
+
+
+@contextmanager
+def _listing(tmp_path: Path, kafka_bootstrap: str, catalog_url: str | None = None) -> Iterator[Listing]:
+    settings = CommonSettings(
+        kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"dlq-{uuid.uuid4().hex[:8]}.", metrics_port=0
+    )
+    create_topic(kafka_bootstrap, settings.topics.dead_letters, partitions=2)
+    with in_process_api(tmp_path, catalog_url=catalog_url) as api:
+        with api.client() as client:
+            seed(client)
+        replays = DeadLetterReplays(lambda: KafkaDeadLetters(settings), 900_000)
+        api.app.state.context.replays = replays
+        yield Listing(api, settings, kafka_bootstrap, replays)
+
+
+def _refused(run: uuid.UUID, reason: str, member: int, definition: str = "nightly") -> DeadLetter:
+    return DeadLetter(
+        reason=reason,
+        source_topic="t",
+        service="dispatcher",
+        run_id=run,
+        definition=definition,
+        members=[{"id": member}],
+        at=datetime.now(UTC),
+    )
+
+
+def _served(source: str) -> float:
+    return REGISTRY.get_sample_value(f"{METRIC}", {"source": source}) or 0.0
+
+
+def test_a_listing_of_several_pages_reads_the_topic_once_while_it_does_not_change(
+    listing: Listing, reads: Reads
+) -> None:
+    """exportctl's 3 pages of 2,500 groups: one read of the topic, the pages after the first answered from the
+    listing kept (before: 3 reads, one a page); the same output as ever, and listing again reads nothing while
+    nothing was added. The version's check still takes one of the dead-letter reads: with all of them taken, a
+    page is 503 ``dead-letters-busy`` as before."""
+    runs = [uuid.UUID(int=i + 1) for i in range(5)]
+    listing.add([_refused(runs[i % 5], f"HTTP 400: request {i:04} refused", i) for i in range(2_500)])
+    read_before, kept_before = _served("read"), _served("kept")
+    with serving(listing.api.app) as url:
+        listed = exportctl("dead-letters", "list", "-o", "json", env=through_api(url, listing.api.tokens["viewer"]))
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stderr == ""
+        rows = json.loads(listed.stdout)
+        assert len(rows) == 2_500
+        assert rows == sorted(rows, key=lambda row: (row["run"], row["reason"]))
+        assert {row["retry"] for row in rows} == {"1 no retry"}
+        assert reads.count == 1  # before: 3
+        again = exportctl("dead-letters", "list", env=through_api(url, listing.api.tokens["viewer"]))
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.splitlines()[-1] == "2500 dead letter(s)"
+        assert reads.count == 1  # before: 6
+    assert (_served("read") - read_before, _served("kept") - kept_before) == (1, 5)
+    for _ in range(MAX_DEAD_LETTER_READS):
+        assert listing.replays.reads.acquire(blocking=False)
+    try:
+        with listing.api.client("viewer") as client:
+            busy = client.get(LIST, params={"offset": 1_000})
+        assert (busy.status_code, busy.json()["detail"], busy.headers["retry-after"]) == (503, BUSY, "10")
+    finally:
+        for _ in range(MAX_DEAD_LETTER_READS):
+            listing.replays.reads.release()
+    assert reads.count == 1
+
+
+def test_a_dead_letter_added_between_pages_is_read_by_the_next_page_and_exportctl_warns(
+    listing: Listing, reads: Reads
+) -> None:
+    run = uuid.UUID(int=7)
+    listing.add([_refused(run, f"HTTP 400: request {i:04} refused", i) for i in range(2_100)])
+    context = listing.api.app.state.context
+    retries = context.retries
+    pages: list[int] = []
+
+    class LateLetter:
+        """The catalog's retry states; while the first page is answered (after its read), one more dead letter,
+        sorted first, comes."""
+
+        def states(self, definition: str, keys: Any) -> Any:
+            pages.append(1)
+            if len(pages) == 1:
+                listing.add([_refused(run, "HTTP 400: request 0000 came late", 9_999)])
+            return retries.states(definition, keys)
+
+    context.retries = LateLetter()
+    with serving(listing.api.app) as url:
+        listed = exportctl("dead-letters", "list", "-o", "json", env=through_api(url, listing.api.tokens["viewer"]))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stderr.startswith(CHANGED), listed.stderr
+    rows = json.loads(listed.stdout)
+    # Each group once: the one pushed onto the second page by the late one is not listed twice.
+    assert len(rows) == len({row["reason"] for row in rows}) == 2_100
+    # The first page read the topic, the second read it again (it changed), the third was the second's listing.
+    assert (len(pages), reads.count) == (3, 2)  # before: 3 reads
+    late = listing.get(offset=0, limit=1)
+    assert (late["total_groups"], late["letters"]) == (2_101, 2_101)
+    assert late["groups"][0]["reason"] == "HTTP 400: request 0000 came late"
+    assert reads.count == 2
+
+
+def test_a_scoped_token_sees_only_its_groups_from_a_kept_listing(
+    tmp_path: Path, kafka_bootstrap: str, database_url: str, reads: Reads
+) -> None:
+    """An unscoped listing kept, then read by an ``emea`` token: its runs' groups only, its own counts and retry
+    cells, no unreadable record, the topic not read again (before: read again); and back (on both dialects)."""
+    with _listing(tmp_path, kafka_bootstrap, catalog_url=database_url) as listing:
+        with listing.api.client("operator") as client:
+            emea = uuid.UUID(client.post(RUNS).json()["run_id"])  # "nightly" is of emea
+        elsewhere = uuid.uuid4()  # a run not recorded in emea
+        letters = [_refused(elsewhere, f"HTTP 400: request {i} refused", i) for i in range(30)]
+        letters += [_refused(emea, f"HTTP 422: member {i} refused", i) for i in range(3)]
+        letters.append(
+            DeadLetter(reason="invalid JSON", source_topic="t", service="extractor", payload="{", at=datetime.now(UTC))
+        )
+        listing.add(letters)
+        every = listing.get(limit=10)
+        assert (every["total_groups"], every["letters"], len(every["groups"])) == (34, 34, 10)
+        scoped = listing.get("emea-viewer", limit=10)
+        assert scoped == {
+            "letters": 3,
+            "total_groups": 3,
+            "groups": [
+                {
+                    "run_id": str(emea),
+                    "service": None,
+                    "definition": "nightly",
+                    "reason": f"HTTP 422: member {i} refused",
+                    "members": 1,
+                    "retry": "1 no retry",
+                }
+                for i in range(3)
+            ],
+        }
+        assert listing.get("emea-viewer", run=str(elsewhere)) == {"letters": 0, "total_groups": 0, "groups": []}
+        assert reads.count == 2  # the unscoped listing, and the one of run `elsewhere` (other filters)
+        # The unreadable record, an unscoped token's only, sorted first ("(extractor: unreadable record)").
+        assert listing.get(limit=1)["groups"][0]["service"] == "extractor"
+        assert reads.count == 2  # before: 4
+
+
+def test_the_kept_listings_are_bounded_in_number_and_in_groups(listing: Listing, reads: Reads) -> None:
+    """At most ``max_listings`` listings (the least recently used one dropped) of ``max_items`` groups and member
+    keys in all; a listing of more is read at each request, as before."""
+    runs = [uuid.UUID(int=i + 1) for i in range(3)]
+    listing.add([_refused(run, f"HTTP 400: request {i} refused", i) for run in runs for i in range(10)])
+    bounded = listing.replays.listings
+    bounded.max_listings, bounded.max_items = 2, 45  # a run's listing: 10 groups, 10 keys; every run's: 60
+    for run in runs:
+        assert listing.get(run=str(run))["total_groups"] == 10
+    assert (reads.count, len(bounded), bounded.items) == (3, 2, 40)
+    listing.get(run=str(runs[2]))  # kept
+    listing.get(run=str(runs[1]))  # kept
+    assert reads.count == 3
+    listing.get(run=str(runs[0]))  # dropped when the third was kept: read again
+    assert reads.count == 4
+    for _ in range(2):  # 60 groups and keys: never kept
+        assert listing.get()["total_groups"] == 30
+    assert (reads.count, len(bounded), bounded.items) == (6, 2, 40)
