@@ -182,6 +182,16 @@ class _CatalogTemplates:
             connection.execute(sa.text(f'DROP DATABASE "{url.database}"'))
             connection.execute(sa.text(f'CREATE DATABASE "{url.database}" TEMPLATE "{self._postgres_template}"'))
 
+    def open(self, url: str) -> CatalogStores:
+        """The stores of the empty database at ``url`` (a SQLite file no one opened, or a fresh PostgreSQL
+        database no one is connected to), filled with a copy of the dialect's migrated template first."""
+        parsed = sa.make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            self.fill_sqlite(parsed)
+        else:
+            self.fill_postgres(parsed)
+        return CatalogStores.from_url(url)
+
     def close(self) -> None:
         if self._postgres_server is not None:
             self._postgres_server.dispose()
@@ -196,16 +206,20 @@ def _catalog_templates(
     templates.close()
 
 
+@pytest.fixture(scope="session")
+def migrated_catalog(_catalog_templates: _CatalogTemplates) -> Callable[[str], CatalogStores]:
+    """``migrated_catalog(url)``: the stores (the caller closes them) of the empty database at ``url``, a SQLite
+    file not yet made or a fresh PostgreSQL database (``postgres_database_factory()``), fully migrated: a copy of
+    the session's migrated template for the dialect. For a catalog ``catalog`` does not give (one dialect only, a
+    path a process is also told, a module's own); tests of the migrations still migrate from scratch."""
+    return _catalog_templates.open
+
+
 @pytest.fixture
-def catalog(database_url: str, _catalog_templates: _CatalogTemplates) -> Iterator[CatalogStores]:
+def catalog(database_url: str, migrated_catalog: Callable[[str], CatalogStores]) -> Iterator[CatalogStores]:
     """The stores of ``database_url``'s database, fully migrated and empty: a copy of the session's migrated
     template for the dialect (the same schema revision and rows as a migration of it would give)."""
-    url = sa.make_url(database_url)
-    if url.get_backend_name() == "sqlite":
-        _catalog_templates.fill_sqlite(url)
-    else:
-        _catalog_templates.fill_postgres(url)
-    catalog = CatalogStores.from_url(database_url)
+    catalog = migrated_catalog(database_url)
     yield catalog
     catalog.close()
 

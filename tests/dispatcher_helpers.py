@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,9 +88,12 @@ def blocking_dispatcher(
 
 
 @contextmanager
-def dispatch_catalog(tmp_path: Path, *objects: CatalogObject) -> Iterator[CatalogStores]:
-    """A SQLite catalog holding saved query ``q`` (``select 1 as id``) and ``objects``, for dispatcher tests."""
-    catalog = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+def dispatch_catalog(
+    migrated_catalog: Callable[[str], CatalogStores], tmp_path: Path, *objects: CatalogObject
+) -> Iterator[CatalogStores]:
+    """A SQLite catalog at ``tmp_path``/catalog.db holding saved query ``q`` (``select 1 as id``) and ``objects``,
+    for dispatcher tests: a copy of the session's migrated one (``migrated_catalog``, tests/conftest.py)."""
+    catalog = migrated_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
     catalog.definitions.apply(SavedQuery(name="q", sql="select 1 as id"))
     for obj in objects:
         catalog.definitions.apply(obj)

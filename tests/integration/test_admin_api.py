@@ -6,15 +6,13 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from shared.catalog import make_engine
 from shared.events import RunCancelled, RunRequested
-from shared.querystore.demo_data import create_demo_members
-from tests.admin_server import AdminServer, admin_server
+from tests.admin_server import AdminServer, admin_servers_by_dialect
 from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.integration
@@ -23,25 +21,32 @@ SECRET_PASSWORD = "s3cr3t-partner-password-4471"
 SIGNING_SECRET = "whsec_" + "c2VjcmV0LXNpZ25pbmcta2V5LWZvci10aGUtdGVzdHM="
 
 
-def _started(tmp_path: Path, catalog_url: str, kafka_bootstrap: str) -> Iterator[AdminServer]:
-    store = f"sqlite:///{tmp_path / 'members.db'}"
-    engine = make_engine(store)
-    create_demo_members(engine, 25)
-    engine.dispose()
-    with admin_server(tmp_path, catalog_url, kafka_bootstrap, store) as server:
+@pytest.fixture(scope="module")
+def servers(
+    tmp_path_factory: pytest.TempPathFactory, postgres_database_factory: Callable[[], str], kafka_bootstrap: str
+) -> Iterator[Callable[[str], AdminServer]]:
+    """The module's two servers (SQLite and PostgreSQL catalogs), shared by its tests: each test's objects are named
+    by its own ``tag``."""
+    with admin_servers_by_dialect(tmp_path_factory, postgres_database_factory, kafka_bootstrap, 25) as server:
         yield server
 
 
-@pytest.fixture
-def admin(tmp_path, database_url: str, kafka_bootstrap: str) -> Iterator[AdminServer]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def admin(request: pytest.FixtureRequest, servers: Callable[[str], AdminServer]) -> AdminServer:
     """The API on a SQLite catalog, then on a PostgreSQL one."""
-    yield from _started(tmp_path, database_url, kafka_bootstrap)
+    return servers(request.param)
 
 
 @pytest.fixture
-def admin_on_sqlite(tmp_path, kafka_bootstrap: str) -> Iterator[AdminServer]:
+def admin_on_sqlite(servers: Callable[[str], AdminServer]) -> AdminServer:
     """For what does not depend on the catalog's engine (authentication, the HTTP contract)."""
-    yield from _started(tmp_path, f"sqlite:///{tmp_path / 'catalog.db'}", kafka_bootstrap)
+    return servers("sqlite")
+
+
+@pytest.fixture
+def tag() -> str:
+    """In the labels (so the names) of a test's objects: its own on the server the module's tests share."""
+    return uuid.uuid4().hex[:8]
 
 
 def _seed(admin: AdminServer, business_unit: str | None = None, suffix: str = "") -> dict[str, str]:
@@ -96,46 +101,53 @@ def _seed(admin: AdminServer, business_unit: str | None = None, suffix: str = ""
     }
 
 
-def test_objects_are_created_from_labels_read_updated_copied_and_deleted(admin: AdminServer):
-    names = _seed(admin)
+def test_objects_are_created_from_labels_read_updated_copied_and_deleted(admin: AdminServer, tag: str):
+    names = _seed(admin, suffix=f" {tag}")
     assert names == {
-        "profile": "partner-api",
-        "query": "gold-members",
-        "template": "upsert",
-        "definition": "gold-to-partner",
+        "profile": f"partner-api-{tag}",
+        "query": f"gold-members-{tag}",
+        "template": f"upsert-{tag}",
+        "definition": f"gold-to-partner-{tag}",
     }
     with admin.client() as api:
-        again = api.post("/api/v1/saved-queries", json={"label": "Gold members", "sql": "SELECT id FROM members"})
-        assert again.json()["name"] == "gold-members-2"  # derived names are made unique
-        conflict = api.post("/api/v1/saved-queries", json={"name": "gold-members", "sql": "SELECT id FROM members"})
+        again = api.post(
+            "/api/v1/saved-queries", json={"label": f"Gold members {tag}", "sql": "SELECT id FROM members"}
+        )
+        assert again.json()["name"] == f"gold-members-{tag}-2"  # derived names are made unique
+        conflict = api.post(
+            "/api/v1/saved-queries", json={"name": f"gold-members-{tag}", "sql": "SELECT id FROM members"}
+        )
         assert conflict.status_code == 409
         assert conflict.headers["content-type"] == "application/problem+json"
-        assert conflict.json()["detail"] == "SavedQuery 'gold-members' exists already"
+        assert conflict.json()["detail"] == f"SavedQuery 'gold-members-{tag}' exists already"
 
         copy = api.post(f"/api/v1/export-definitions/{names['definition']}/copy")
         assert copy.status_code == 201
-        assert (copy.json()["name"], copy.json()["label"]) == ("copy-of-gold-to-partner", "Copy of Gold to partner")
+        assert (copy.json()["name"], copy.json()["label"]) == (
+            f"copy-of-gold-to-partner-{tag}",
+            f"Copy of Gold to partner {tag}",
+        )
         assert copy.json()["schedule"]["enabled"] is False  # a copy does not start firing
 
         renamed = api.put(
-            "/api/v1/export-definitions/copy-of-gold-to-partner",
-            json={**copy.json(), "name": "gold-weekly", "priority": "high"},
+            f"/api/v1/export-definitions/copy-of-gold-to-partner-{tag}",
+            json={**copy.json(), "name": f"gold-weekly-{tag}", "priority": "high"},
         )
         assert renamed.status_code == 200, renamed.text
-        assert api.get("/api/v1/export-definitions/copy-of-gold-to-partner").status_code == 404
-        assert api.get("/api/v1/export-definitions/gold-weekly").json()["priority"] == "high"
+        assert api.get(f"/api/v1/export-definitions/copy-of-gold-to-partner-{tag}").status_code == 404
+        assert api.get(f"/api/v1/export-definitions/gold-weekly-{tag}").json()["priority"] == "high"
 
         in_use = api.delete(f"/api/v1/saved-queries/{names['query']}")
         assert in_use.status_code == 409
         assert "used by" in in_use.json()["detail"]
-        assert api.delete("/api/v1/export-definitions/gold-weekly").status_code == 204
-        assert api.get("/api/v1/export-definitions/gold-weekly").status_code == 404
+        assert api.delete(f"/api/v1/export-definitions/gold-weekly-{tag}").status_code == 204
+        assert api.get(f"/api/v1/export-definitions/gold-weekly-{tag}").status_code == 404
 
 
-def test_invalid_input_gets_a_422_problem_naming_the_field(admin: AdminServer):
-    names = _seed(admin)
+def test_invalid_input_gets_a_422_problem_naming_the_field(admin: AdminServer, tag: str):
+    names = _seed(admin, suffix=f" {tag}")
     with admin.client() as api:
-        bad = api.post("/api/v1/connection-profiles", json={"name": "p2", "base_url": "ftp://nope"})
+        bad = api.post("/api/v1/connection-profiles", json={"name": f"p2-{tag}", "base_url": "ftp://nope"})
         assert bad.status_code == 422
         problem = bad.json()
         assert bad.headers["content-type"] == "application/problem+json"
@@ -150,19 +162,21 @@ def test_invalid_input_gets_a_422_problem_naming_the_field(admin: AdminServer):
         unknown_column = api.post(
             "/api/v1/http-templates",
             json={
-                "name": "uses-points",
+                "name": f"uses-points-{tag}",
                 "query": names["query"],
                 "profile": names["profile"],
                 "body": '{"points": {{ member.points }}}',
             },
         )
         assert unknown_column.status_code == 422
-        assert "uses column(s) points that query 'gold-members' does not return" in unknown_column.json()["detail"]
+        assert (
+            f"uses column(s) points that query 'gold-members-{tag}' does not return" in unknown_column.json()["detail"]
+        )
         unknown_template = api.put(
-            f"/api/v1/export-definitions/{names['definition']}/destination", json={"template": "uses-points"}
+            f"/api/v1/export-definitions/{names['definition']}/destination", json={"template": f"uses-points-{tag}"}
         )
         assert unknown_template.status_code == 422
-        assert "HttpTemplate 'uses-points' does not exist" in unknown_template.json()["detail"]
+        assert f"HttpTemplate 'uses-points-{tag}' does not exist" in unknown_template.json()["detail"]
 
         no_recipient = api.put(
             f"/api/v1/export-definitions/{names['definition']}/notifications",
@@ -192,31 +206,41 @@ def test_invalid_input_gets_a_422_problem_naming_the_field(admin: AdminServer):
         assert api.get("/api/v1/export-definitions/nope").json()["status"] == 404
 
 
-def test_search_filters_paginates_and_sorts(admin: AdminServer):
-    _seed(admin, business_unit="emea")
-    _seed(admin, business_unit="apac", suffix=" B")
+def test_search_filters_paginates_and_sorts(admin: AdminServer, tag: str):
+    _seed(admin, business_unit="emea", suffix=f" {tag}")
+    _seed(admin, business_unit="apac", suffix=f" {tag} B")
+    # The module's other tests' definitions are on this server too: each search is scoped to this test's three, all
+    # named ...gold-to-partner-<tag>..., which no other test's name contains.
+    ours = f"gold-to-partner-{tag}"
     with admin.client() as api:
-        api.post("/api/v1/export-definitions/gold-to-partner/copy")
-        everything = api.get("/api/v1/export-definitions", params={"sort": "-name"}).json()
-        assert [d["name"] for d in everything["items"]] == [
-            "gold-to-partner-b",
-            "gold-to-partner",
-            "copy-of-gold-to-partner",
-        ]
+        api.post(f"/api/v1/export-definitions/{ours}/copy")
+        everything = api.get("/api/v1/export-definitions", params={"sort": "-name", "name_contains": ours}).json()
+        assert [d["name"] for d in everything["items"]] == [f"{ours}-b", ours, f"copy-of-{ours}"]
         assert everything["total"] == 3
-        emea = api.get("/api/v1/export-definitions", params={"business_unit": "emea", "enabled": True}).json()
-        assert [d["name"] for d in emea["items"]] == ["gold-to-partner"]
-        page = api.get("/api/v1/export-definitions", params={"name_contains": "GOLD", "page": 2, "page_size": 2}).json()
-        assert (page["total"], [d["name"] for d in page["items"]]) == (3, ["gold-to-partner-b"])
+        # Unfiltered, the same three in the same order among the others, the whole listing sorted and counted.
+        unfiltered = api.get("/api/v1/export-definitions", params={"sort": "-name", "page_size": 500}).json()
+        listed = [d["name"] for d in unfiltered["items"]]
+        assert listed == sorted(listed, reverse=True)
+        assert [n for n in listed if ours in n] == [f"{ours}-b", ours, f"copy-of-{ours}"]
+        assert unfiltered["total"] == len(listed)
+        emea = api.get(
+            "/api/v1/export-definitions", params={"business_unit": "emea", "enabled": True, "name_contains": ours}
+        ).json()
+        assert [d["name"] for d in emea["items"]] == [ours]
+        page = api.get(
+            "/api/v1/export-definitions", params={"name_contains": ours.upper(), "page": 2, "page_size": 2}
+        ).json()
+        assert (page["total"], [d["name"] for d in page["items"]]) == (3, [f"{ours}-b"])
     with admin.client("emea-operator") as scoped:
         seen = scoped.get("/api/v1/export-definitions").json()
         assert {d["business_unit"] for d in seen["items"]} == {"emea"}
-        assert scoped.get("/api/v1/export-definitions/gold-to-partner-b").status_code == 403
-        assert scoped.post("/api/v1/export-definitions/gold-to-partner-b/runs").status_code == 403
+        assert ours in {d["name"] for d in seen["items"]}
+        assert scoped.get(f"/api/v1/export-definitions/{ours}-b").status_code == 403
+        assert scoped.post(f"/api/v1/export-definitions/{ours}-b/runs").status_code == 403
 
 
-def test_secrets_are_masked_kept_on_update_and_never_in_responses_or_logs(admin: AdminServer):
-    names = _seed(admin)
+def test_secrets_are_masked_kept_on_update_and_never_in_responses_or_logs(admin: AdminServer, tag: str):
+    names = _seed(admin, suffix=f" {tag}")
     bodies = []
     with admin.client() as api:
         profile = api.get(f"/api/v1/connection-profiles/{names['profile']}")
@@ -252,8 +276,8 @@ def test_secrets_are_masked_kept_on_update_and_never_in_responses_or_logs(admin:
         assert SIGNING_SECRET not in text_seen
 
 
-def test_runs_on_demand_are_idempotent_listed_and_cancellable(admin: AdminServer, kafka_bootstrap: str):
-    names = _seed(admin)
+def test_runs_on_demand_are_idempotent_listed_and_cancellable(admin: AdminServer, kafka_bootstrap: str, tag: str):
+    names = _seed(admin, suffix=f" {tag}")
     with admin.client("operator") as api:
         key = {"Idempotency-Key": f"retry-{uuid.uuid4()}"}
         first = api.post(f"/api/v1/export-definitions/{names['definition']}/runs", headers=key)
@@ -281,15 +305,26 @@ def test_runs_on_demand_are_idempotent_listed_and_cancellable(admin: AdminServer
             ).json()
         ] == [other]
 
+    # The server's topics are shared by the module's tests: this test's requests are those naming its definition,
+    # its run events those of its two runs.
     topic = f"{admin.topic_prefix}exports.run-requests"
-    requests = [
-        RunRequested.model_validate_json(v) for v in read_until(kafka_bootstrap, topic, lambda vs: len(vs) >= 3)
-    ]
+
+    def our_requests(values: list[bytes]) -> list[RunRequested]:
+        requests = [RunRequested.model_validate_json(v) for v in values]
+        return [r for r in requests if r.definition == names["definition"]]
+
+    requests = our_requests(read_until(kafka_bootstrap, topic, lambda vs: len(our_requests(vs)) >= 3))
     # The retry found its run still queued and published its request again, under the same run id (the extractor
     # starts it once): what makes a retry after a 503 kafka-unavailable start the run.
     assert sorted(str(r.run_id) for r in requests) == sorted([run_id, run_id, other])
     assert {(r.trigger.value, r.requested_by) for r in requests} == {("manual", "operator")}
-    events = read_until(kafka_bootstrap, f"{admin.topic_prefix}exports.run-events", lambda vs: len(vs) >= 1)
+
+    def our_events(values: list[bytes]) -> list[bytes]:
+        return [v for v in values if json.loads(v)["run_id"] in (run_id, other)]
+
+    events = our_events(
+        read_until(kafka_bootstrap, f"{admin.topic_prefix}exports.run-events", lambda vs: len(our_events(vs)) >= 1)
+    )
     assert RunCancelled.model_validate_json(events[0]).run_id == uuid.UUID(run_id)
 
 

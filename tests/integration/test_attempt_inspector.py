@@ -9,7 +9,7 @@ import base64
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +90,11 @@ def _objects(base_url: str, oauth_url: str) -> list[object]:
 
 
 @pytest.fixture(scope="module")
-def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    kafka_bootstrap: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    migrated_catalog: Callable[[str], CatalogStores],
+) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("inspector")
     receivers = (
         HttpReceiver(fail_first=1, echo_headers=True),
@@ -99,7 +103,7 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with (
         receivers[0] as receiver,
         receivers[1] as oauth,
-        dispatch_catalog(tmp, *_objects(receiver.url, oauth.url)) as catalog,  # type: ignore[arg-type]
+        dispatch_catalog(migrated_catalog, tmp, *_objects(receiver.url, oauth.url)) as catalog,  # type: ignore[arg-type]
     ):
         inspector = AttemptInspector(catalog.attempts, success_sample=1.0)
         # The dispatcher's environment holds the token the profile refers to (only while it dispatches).

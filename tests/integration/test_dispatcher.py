@@ -5,7 +5,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 import pytest
@@ -34,8 +34,8 @@ TOPICS = Topics("x.")
 
 
 @pytest.fixture
-def catalog(tmp_path) -> Iterator[CatalogStores]:
-    with dispatch_catalog(tmp_path) as catalog:
+def catalog(tmp_path, migrated_catalog: Callable[[str], CatalogStores]) -> Iterator[CatalogStores]:
+    with dispatch_catalog(migrated_catalog, tmp_path) as catalog:
         yield catalog
 
 

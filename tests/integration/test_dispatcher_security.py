@@ -7,7 +7,7 @@ reaches the partner is the request the template describes, whatever the members 
 import contextlib
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
@@ -33,8 +33,8 @@ QUICK_RETRIES = RetryBudget(max_attempts=3, max_seconds=10, initial_backoff=0.01
 
 
 @pytest.fixture
-def catalog(tmp_path) -> Iterator[CatalogStores]:
-    with dispatch_catalog(tmp_path) as catalog:
+def catalog(tmp_path, migrated_catalog: Callable[[str], CatalogStores]) -> Iterator[CatalogStores]:
+    with dispatch_catalog(migrated_catalog, tmp_path) as catalog:
         yield catalog
 
 

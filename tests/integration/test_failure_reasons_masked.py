@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Any
 
@@ -17,6 +18,7 @@ from devtools.smtp_sink import SmtpSink
 from services.dispatcher.delivery import RetryBudget
 from services.notifier.breaker_notices import decode
 from services.notifier.mailer import SmtpMailer
+from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate
 from shared.domain.masking import MASK
 from shared.events import (
@@ -78,7 +80,10 @@ def _email_text(message: EmailMessage) -> str:
 
 
 def test_a_partner_quoting_our_credentials_leaves_them_nowhere(
-    settings: CommonSettings, tmp_path, monkeypatch: pytest.MonkeyPatch
+    settings: CommonSettings,
+    tmp_path,
+    monkeypatch: pytest.MonkeyPatch,
+    migrated_catalog: Callable[[str], CatalogStores],
 ):
     monkeypatch.setenv("PARTNER_MASK_TOKEN", TOKEN)
     topics = settings.topics
@@ -89,7 +94,7 @@ def test_a_partner_quoting_our_credentials_leaves_them_nowhere(
         HttpReceiver(quote_headers=("Authorization", "X-Partner-Id"), echo_headers=True) as receiver,
         SmtpSink() as sink,
         http_on_loop() as http,
-        dispatch_catalog(tmp_path, *_objects(receiver.url)) as catalog,  # type: ignore[arg-type]
+        dispatch_catalog(migrated_catalog, tmp_path, *_objects(receiver.url)) as catalog,  # type: ignore[arg-type]
     ):
         receiver.state.member_statuses = dict(STATUSES)
         batches = [

@@ -4,7 +4,7 @@ re-pointed at a new partner gets a new token from the new token endpoint. Real H
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -21,8 +21,9 @@ CLIENT = ("exporter", "cs-456")
 
 
 @pytest.fixture
-def catalog(tmp_path) -> Iterator[CatalogStores]:
-    with dispatch_catalog(tmp_path, HttpTemplate(name="t", query="q", profile="p", path="/members")) as catalog:
+def catalog(tmp_path, migrated_catalog: Callable[[str], CatalogStores]) -> Iterator[CatalogStores]:
+    template = HttpTemplate(name="t", query="q", profile="p", path="/members")
+    with dispatch_catalog(migrated_catalog, tmp_path, template) as catalog:
         yield catalog
 
 

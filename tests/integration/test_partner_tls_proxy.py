@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,8 +55,8 @@ def material(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TlsMaterial:
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> Iterator[CatalogStores]:
-    with dispatch_catalog(tmp_path) as catalog:
+def catalog(tmp_path: Path, migrated_catalog: Callable[[str], CatalogStores]) -> Iterator[CatalogStores]:
+    with dispatch_catalog(migrated_catalog, tmp_path) as catalog:
         yield catalog
 
 

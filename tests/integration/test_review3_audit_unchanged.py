@@ -34,9 +34,11 @@ SAME = "SELECT id, email FROM members WHERE id > 7"
 
 
 @pytest.fixture
-def catalog(postgres_database_factory: Callable[[], str]) -> Iterator[CatalogStores]:
+def catalog(
+    postgres_database_factory: Callable[[], str], migrated_catalog: Callable[[str], CatalogStores]
+) -> Iterator[CatalogStores]:
     """A PostgreSQL catalog only: on SQLite the race cannot happen (see the module's docstring)."""
-    stores = CatalogStores.from_url(postgres_database_factory(), migrate=True)
+    stores = migrated_catalog(postgres_database_factory())
     yield stores
     stores.close()
 

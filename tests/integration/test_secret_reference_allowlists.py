@@ -6,7 +6,7 @@ release) and at save (exportctl, the same use case as the admin API). Real HTTP 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -24,8 +24,9 @@ CATALOG_PASSWORD = "catalog-pw-7731"
 
 
 @pytest.fixture
-def catalog(tmp_path) -> Iterator[CatalogStores]:
-    with dispatch_catalog(tmp_path, HttpTemplate(name="t", query="q", profile="p", path="/members")) as catalog:
+def catalog(tmp_path, migrated_catalog: Callable[[str], CatalogStores]) -> Iterator[CatalogStores]:
+    template = HttpTemplate(name="t", query="q", profile="p", path="/members")
+    with dispatch_catalog(migrated_catalog, tmp_path, template) as catalog:
         yield catalog
 
 
@@ -75,9 +76,11 @@ def test_an_oauth_client_secret_naming_etc_passwd_never_reaches_the_token_url(ca
     assert "root:" not in (outcome.error or "")
 
 
-def test_exportctl_apply_refuses_a_forbidden_reference_naming_the_field(tmp_path, monkeypatch, capsys):
+def test_exportctl_apply_refuses_a_forbidden_reference_naming_the_field(
+    tmp_path, monkeypatch, capsys, migrated_catalog
+):
     catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    CatalogStores.from_url(catalog_url, migrate=True).close()
+    migrated_catalog(catalog_url).close()
     monkeypatch.delenv("EXPORT_API_URL", raising=False)
     monkeypatch.setenv("EXPORT_CATALOG_URL", catalog_url)
     monkeypatch.setenv("EXPORT_ALLOWED_DESTINATIONS", "203.0.113.0/24")

@@ -6,7 +6,7 @@ whole batches with the same identity, and the run's totals are exact."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -39,8 +39,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_database_
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> Iterator[CatalogStores]:
-    catalog = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+def catalog(tmp_path: Path, migrated_catalog: Callable[[str], CatalogStores]) -> Iterator[CatalogStores]:
+    catalog = migrated_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
     catalog.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
     catalog.definitions.apply(SavedQuery(name="all", sql="SELECT id, email, tier, points, updated_at FROM members"))
     catalog.definitions.apply(HttpTemplate(name="t", query="all", profile="p", batch_size=BATCH))

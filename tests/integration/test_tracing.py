@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -155,8 +155,8 @@ def test_a_dead_letter_continues_the_trace_of_the_record_it_stands_for(settings:
 
 
 @pytest.fixture
-def catalog(tmp_path) -> Iterator[CatalogStores]:
-    with dispatch_catalog(tmp_path) as catalog:
+def catalog(tmp_path, migrated_catalog: Callable[[str], CatalogStores]) -> Iterator[CatalogStores]:
+    with dispatch_catalog(migrated_catalog, tmp_path) as catalog:
         yield catalog
 
 
