@@ -1,15 +1,15 @@
 """The admin process's grouped dead-letter listings, kept while the dead-letter topic does not change, so that the
-pages after a listing's first (exportctl reads every page of 1,000 groups) are answered without reading the whole
-topic again.
+pages after a listing's first (exportctl reads every page of 1,000 groups), and the console's dead-letters page of a
+run viewed again, are answered without reading the whole topic again.
 
 A listing is kept by the topic's version (its id and its partitions' first and end offsets: a dead letter added or
 dropped by retention, or the topic deleted and created again, changes it; a broker naming no topic id gives none, and
-nothing is kept) and the filters (``run``, ``definition``), grouped as every actor's (no business unit
-applied). Each request reads the version (a consumer's bootstrap, the topic's metadata and its partitions' offsets:
+nothing is kept) and the filters (``run``, ``definition``, the reasons' length), grouped as every actor's (no business
+unit applied). Each request reads the version (a consumer's bootstrap, the topic's metadata and its partitions' offsets:
 how a read of the topic starts anyway, within the same dead-letter read slot and the same 60 s), then, Kafka's consumer
-closed, scopes the kept groups to its caller and asks the catalog for its page's ``retry`` cells, as a listing read
-from Kafka does. Bounded: :data:`MAX_LISTINGS` listings, :data:`MAX_BYTES` in all (their strings' characters and a
-group's measured overhead), each kept :data:`MAX_AGE_SECONDS` at most.
+closed, scopes the kept groups to its caller and asks the catalog for its page's ``retry`` cells, as a listing read from
+Kafka does. Bounded: :data:`MAX_LISTINGS` listings, :data:`MAX_BYTES` in all (their strings' characters and a group's
+measured overhead), each kept :data:`MAX_AGE_SECONDS` at most.
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ MAX_AGE_SECONDS = 300.0
 
 LISTINGS = Counter(
     "member_export_admin_dead_letter_listings_total",
-    "GET /api/v1/dead-letters answers, by where their groups came from: `read` (the dead-letter topic read), `kept` "
-    "(a listing kept at the topic's unchanged version, the topic not read).",
+    "GET /api/v1/dead-letters answers and the console's dead-letters pages of a run, by where their groups came "
+    "from: `read` (the dead-letter topic read), `kept` (a listing kept at the topic's unchanged version, the topic "
+    "not read).",
     ["source"],
 )
 for _source in ("read", "kept"):
@@ -61,7 +62,8 @@ for _source in ("read", "kept"):
 #: groups when it is answered, and its cells are asked of the catalog as its caller).
 _EVERY_UNIT = Actor(name="admin: kept dead-letter listings", role=Role.VIEWER)
 
-_Filters = tuple[uuid.UUID | None, str | None]
+#: A listing's filters: its run, its definition, its reasons' length (the API's 100 characters; the console's whole).
+_Filters = tuple[uuid.UUID | None, str | None, int | None]
 
 
 @dataclass
@@ -90,14 +92,24 @@ class DeadLetterListings:
         cells: RetryCells | None,
         run: uuid.UUID | None = None,
         definition: str | None = None,
+        reason_chars: int | None = REASON_CHARS,
         page: slice | None = None,
     ) -> DeadLetterListing:
         """:func:`list_dead_letters` (its refusals), answered from a kept listing while the topic's version is the
         one it was read at (a source without versions is read at each call)."""
         authorise(actor, Permission.READ)
         if not isinstance(letters, VersionedDeadLetterSource):
-            return list_dead_letters(actor, letters, runs=runs, cells=cells, run=run, definition=definition, page=page)
-        filters: _Filters = (run, definition or None)
+            return list_dead_letters(
+                actor,
+                letters,
+                runs=runs,
+                cells=cells,
+                run=run,
+                definition=definition,
+                reason_chars=reason_chars,
+                page=page,
+            )
+        filters: _Filters = (run, definition or None, reason_chars)
         found: list[GroupedDeadLetters] = []
 
         def known(version: Hashable) -> bool:
@@ -123,7 +135,7 @@ class DeadLetterListings:
                 key_column=builder.key_column if builder is not None else None,
                 run=run,
                 definition=definition,
-                reason_chars=REASON_CHARS,
+                reason_chars=reason_chars,
             )
             source = "read"
             if version is not None:  # no version (no topic id): nothing to know the topic unchanged by

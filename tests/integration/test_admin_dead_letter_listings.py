@@ -35,7 +35,8 @@ from shared.kafka.event_publisher import KafkaDeadLetters
 from shared.settings import CommonSettings
 from tests.admin_app import InProcessApi, in_process_api, seed
 from tests.integration.test_admin_dead_letters import BUSY, LIST, exportctl, through_api
-from tests.integration.test_cancel_replay_kafka_unavailable import RUNS
+from tests.integration.test_cancel_replay_kafka_unavailable import RUNS, _console
+from tests.integration.test_console_fields import signed_in
 from tests.integration.test_kafka_unavailable import serving
 from tests.kafka_helpers import create_topic
 
@@ -458,3 +459,32 @@ def test_an_answer_the_catalog_timed_out_is_not_counted(listing: Listing, reads:
     assert answer.status_code == 503, answer.text
     assert answer.json()["type"].endswith("catalog-timed-out")
     assert (_served("read") - read_before, _served("kept") - kept_before) == (0, 0)
+
+
+def test_the_consoles_dead_letters_page_of_a_run_viewed_again_reads_the_topic_once(
+    tmp_path: Path, kafka_bootstrap: str, reads: Reads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The console's dead-letters page of a run answered from the listing the process keeps (the API's): viewed
+    twice, the topic read once (before: at each view), its reasons whole (not the API's first 100 characters); a
+    dead letter added, the next view reads it."""
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # before the app is made: its console reads it
+    long_reason = "HTTP 400: " + "r" * 150
+    with (
+        _listing(tmp_path, kafka_bootstrap) as listing,
+        listing.api.client("operator") as client,
+        signed_in(listing.api, "operator") as console,
+    ):
+        run = uuid.UUID(client.post(RUNS).json()["run_id"])
+        _console(listing.api.app).replays = listing.replays
+        listing.add([_refused(run, long_reason, i) for i in range(2)])
+        for _ in range(2):
+            page = console.client.get(f"/console/runs/{run}/dead-letters")
+            assert page.status_code == 200, page.text
+            assert f'<td>{long_reason}</td><td class="num">2</td>' in page.text
+        assert reads.count == 1  # before: 2
+        assert listing.get(run=str(run))["groups"][0]["reason"] == long_reason[:100]
+        assert reads.count == 2  # the API's listing: its reasons' 100 characters, another listing
+        listing.add([_refused(run, long_reason, 3)])
+        page = console.client.get(f"/console/runs/{run}/dead-letters")
+        assert f'<td>{long_reason}</td><td class="num">3</td>' in page.text
+        assert reads.count == 3
