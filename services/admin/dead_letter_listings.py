@@ -1,14 +1,15 @@
 """The admin process's grouped dead-letter listings, kept while the dead-letter topic does not change, so that the
-pages after a listing's first (exportctl reads every page of 1,000 groups) are answered without reading the whole
-topic again.
+pages after a listing's first (exportctl reads every page of 1,000 groups), and the console's dead-letters page of a
+run viewed again, are answered without reading the whole topic again.
 
-A listing is kept by the topic's version (its partitions' first and end offsets: a dead letter added or dropped by
-retention changes it) and the filters (``run``, ``definition``), grouped as every actor's (no business unit
-applied). Each request reads the version (a consumer's bootstrap, the topic's metadata and its partitions' offsets:
-how a read of the topic starts anyway, within the same dead-letter read slot and the same 60 s), then scopes the
-kept groups to its caller and asks the catalog for its page's ``retry`` cells, as a listing read from Kafka does.
-Bounded: :data:`MAX_LISTINGS` listings, :data:`MAX_ITEMS` groups and member keys in all, each kept
-:data:`MAX_AGE_SECONDS` at most.
+A listing is kept by the topic's version (its id and its partitions' first and end offsets: a dead letter added or
+dropped by retention, or the topic deleted and created again, changes it; a broker naming no topic id gives none, and
+nothing is kept) and the filters (``run``, ``definition``, the reasons' length), grouped as every actor's (no business
+unit applied). Each request reads the version (a consumer's bootstrap, the topic's metadata and its partitions' offsets:
+how a read of the topic starts anyway, within the same dead-letter read slot and the same 60 s), then, Kafka's consumer
+closed, scopes the kept groups to its caller and asks the catalog for its page's ``retry`` cells, as a listing read from
+Kafka does. Bounded: :data:`MAX_LISTINGS` listings, :data:`MAX_BYTES` in all (their strings' characters and a group's
+measured overhead), each kept :data:`MAX_AGE_SECONDS` at most.
 """
 
 from __future__ import annotations
@@ -37,18 +38,21 @@ from shared.application.ports import DeadLetterSource, RunUnitsReader, Versioned
 #: Listings kept at once (a listing: one topic version and one pair of filters): exportctl's pages of the whole
 #: topic, a few runs' and definitions' pages read meanwhile.
 MAX_LISTINGS = 8
-#: Groups and member keys kept in all listings together: about 30 MB at most (measured: a group about 300 bytes with a
-#: reason of 100 characters, a member key, a UUID's text, about 90). A listing of more is not kept: it is read from
-#: the topic at each request, as before.
-MAX_ITEMS = 100_000
+#: What the kept listings weigh together at most (:attr:`GroupedDeadLetters.weight`: each group's measured overhead
+#: and its strings' characters, its member keys one JSON string), in bytes: 64 MB. Measured (tracemalloc, the dead
+#: letters freed): 100,000 groups of a reason of 100 characters and a UUID key each hold 43.8 MB (weight 43.7 MB);
+#: 1,000,000 UUID keys in 20 groups 39.0 MB (weight 39.0 MB; kept as a tuple of strings before, 93 MB). A listing of
+#: more is not kept: it is read from the topic at each request, as before.
+MAX_BYTES = 64_000_000
 #: The longest a listing is kept, however unchanged the version: a topic deleted and created again may give the
 #: same offsets to other dead letters.
 MAX_AGE_SECONDS = 300.0
 
 LISTINGS = Counter(
     "member_export_admin_dead_letter_listings_total",
-    "GET /api/v1/dead-letters answers, by where their groups came from: `read` (the dead-letter topic read), `kept` "
-    "(a listing kept at the topic's unchanged version, the topic not read).",
+    "GET /api/v1/dead-letters answers and the console's dead-letters pages of a run, by where their groups came "
+    "from: `read` (the dead-letter topic read), `kept` (a listing kept at the topic's unchanged version, the topic "
+    "not read).",
     ["source"],
 )
 for _source in ("read", "kept"):
@@ -58,7 +62,8 @@ for _source in ("read", "kept"):
 #: groups when it is answered, and its cells are asked of the catalog as its caller).
 _EVERY_UNIT = Actor(name="admin: kept dead-letter listings", role=Role.VIEWER)
 
-_Filters = tuple[uuid.UUID | None, str | None]
+#: A listing's filters: its run, its definition, its reasons' length (the API's 100 characters; the console's whole).
+_Filters = tuple[uuid.UUID | None, str | None, int | None]
 
 
 @dataclass
@@ -72,7 +77,7 @@ class DeadLetterListings:
     """The kept listings of this admin process (thread-safe; its request threads share it)."""
 
     max_listings: int = MAX_LISTINGS
-    max_items: int = MAX_ITEMS
+    max_bytes: int = MAX_BYTES
     max_age_seconds: float = MAX_AGE_SECONDS
     clock: Callable[[], float] = time.monotonic
     _kept: OrderedDict[tuple[Hashable, _Filters], _Kept] = field(default_factory=OrderedDict, repr=False)
@@ -87,42 +92,57 @@ class DeadLetterListings:
         cells: RetryCells | None,
         run: uuid.UUID | None = None,
         definition: str | None = None,
+        reason_chars: int | None = REASON_CHARS,
         page: slice | None = None,
     ) -> DeadLetterListing:
         """:func:`list_dead_letters` (its refusals), answered from a kept listing while the topic's version is the
         one it was read at (a source without versions is read at each call)."""
         authorise(actor, Permission.READ)
         if not isinstance(letters, VersionedDeadLetterSource):
-            return list_dead_letters(actor, letters, runs=runs, cells=cells, run=run, definition=definition, page=page)
-        filters: _Filters = (run, definition or None)
+            return list_dead_letters(
+                actor,
+                letters,
+                runs=runs,
+                cells=cells,
+                run=run,
+                definition=definition,
+                reason_chars=reason_chars,
+                page=page,
+            )
+        filters: _Filters = (run, definition or None, reason_chars)
         found: list[GroupedDeadLetters] = []
 
         def known(version: Hashable) -> bool:
-            # Asked while the read's consumer is open (its deadline running): a kept listing and, at most, the
-            # catalog's key column of each of its definitions (one query each, which the page's cells use again).
+            # Asked while the read's consumer is open (its deadline running): the kept listings only, never the
+            # catalog (a slow catalog would be a Kafka read timed out).
             kept = self._get((version, filters))
-            # Keys taken under another key column (a definition's query changed since) cannot give this cells.
-            if kept is not None and kept.answers(cells):
+            if kept is not None:
                 found.append(kept)
                 return True
             return False
 
         version, read = letters.dead_letters_unless(known)
+        # Keys taken under another key column (a definition's query changed since) cannot give this caller's cells:
+        # the catalog asked now, Kafka's consumer closed (its errors the catalog's), and the topic read again.
+        if read is None and not found[0].answers(cells):
+            version, read = letters.dead_letters_unless(lambda _: False)
         if read is None:
-            LISTINGS.labels("kept").inc()
-            grouped = found[0]
+            grouped, source = found[0], "kept"
         else:
-            LISTINGS.labels("read").inc()
             builder = RetryCells(_EVERY_UNIT, cells.store, cells.retries, cells.tolerated) if cells else None
             grouped = group_dead_letters(
                 read,
                 key_column=builder.key_column if builder is not None else None,
                 run=run,
                 definition=definition,
-                reason_chars=REASON_CHARS,
+                reason_chars=reason_chars,
             )
-            self._keep((version, filters), grouped)
-        return listing_of(actor, grouped, runs=runs, cells=cells, page=page)
+            source = "read"
+            if version is not None:  # no version (no topic id): nothing to know the topic unchanged by
+                self._keep((version, filters), grouped)
+        answer = listing_of(actor, grouped, runs=runs, cells=cells, page=page)
+        LISTINGS.labels(source).inc()  # an answer given: a catalog timed out above counts none
+        return answer
 
     def _get(self, key: tuple[Hashable, _Filters]) -> GroupedDeadLetters | None:
         with self._lock:
@@ -136,7 +156,7 @@ class DeadLetterListings:
             return kept.grouped
 
     def _keep(self, key: tuple[Hashable, _Filters], grouped: GroupedDeadLetters) -> None:
-        if grouped.size > self.max_items:
+        if grouped.weight > self.max_bytes:
             return  # too large to keep: read at each request, as before
         with self._lock:
             version = key[0]
@@ -145,13 +165,13 @@ class DeadLetterListings:
                 del self._kept[other]
             self._kept[key] = _Kept(grouped, self.clock())
             self._kept.move_to_end(key)
-            while len(self._kept) > self.max_listings or self.items > self.max_items:
+            while len(self._kept) > self.max_listings or self.weight > self.max_bytes:
                 self._kept.popitem(last=False)
 
     @property
-    def items(self) -> int:
-        """The groups and member keys kept now (call with the lock held, or for a test's look)."""
-        return sum(kept.grouped.size for kept in self._kept.values())
+    def weight(self) -> int:
+        """What the kept listings weigh now, in bytes (call with the lock held, or for a test's look)."""
+        return sum(kept.grouped.weight for kept in self._kept.values())
 
     def __len__(self) -> int:
         return len(self._kept)

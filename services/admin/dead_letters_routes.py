@@ -60,9 +60,10 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     "/dead-letters",
     summary="The dead letters grouped by run, definition and reason, with member counts and where those members' "
     "retries stand (as `exportctl dead-letters list` prints them)",
-    description="Read from the dead-letter topic (from its start), or, when the topic has not changed since (its "
-    "partitions' offsets, read at each call), from the listing this server kept of that read (a few listings, "
-    "for 5 minutes at most): the pages after the first read nothing more. Within the caller's business units: "
+    description="Read from the dead-letter topic (from its start), or, when the topic has not changed since (its id "
+    "and its partitions' offsets, asked of Kafka at each call, within one of the dead-letter reads), from the "
+    "listing this server kept of that read (a few listings, 64 MB in all, for 5 minutes at most): the pages after "
+    "the first read no dead letter again while nothing is added or dropped. Within the caller's business units: "
     "a scoped token sees the dead letters of the runs recorded in its units only, records no service could read "
     "(no run) an unscoped token only. Sorted by run, definition and reason, a page of `limit` groups from `offset` "
     "(`total_groups` says how many there are, `letters` how many dead letters they hold); an empty `definition` is "

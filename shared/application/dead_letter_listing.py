@@ -8,6 +8,7 @@ letters of the runs recorded in its units only; an unreadable record (no run) on
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -136,6 +137,11 @@ class RetryCells:
         return {group: retry_summary(keys, states) for group, keys in groups.items() if keys}
 
 
+#: What a kept group weighs besides its strings (measured with tracemalloc: its tally, its key's tuple, its run's
+#: UUID, its place in the listing's tuple, each string's object header), in bytes.
+GROUP_BYTES = 290
+
+
 @dataclass(frozen=True, slots=True)
 class GroupTally:
     """One group before the catalog is asked (the same for every actor): its dead letters and members counted, and
@@ -144,7 +150,21 @@ class GroupTally:
     key: _GroupKey
     letters: int
     members: int
-    keys: tuple[str, ...] = ()
+    #: The members' keys as one JSON array ("" for none): one string, not one object a key (an outage's 100,000
+    #: keys weigh their characters, not 100,000 objects of 50 bytes more each); decoded for a shown group only.
+    packed_keys: str = ""
+
+    @property
+    def keys(self) -> list[str]:
+        """The members' keys."""
+        keys: list[str] = json.loads(self.packed_keys) if self.packed_keys else []
+        return keys
+
+    @property
+    def weight(self) -> int:
+        """What the group holds, in bytes: :data:`GROUP_BYTES` and its strings' characters."""
+        _, service, definition, reason = self.key
+        return GROUP_BYTES + len(self.packed_keys) + len(reason) + len(definition or "") + len(service or "")
 
     def shown(self, retry: str | None) -> DeadLetterGroup:
         """The group as listed, with its retry cell."""
@@ -163,9 +183,9 @@ class GroupedDeadLetters:
     columns: Mapping[str, str | None]
 
     @property
-    def size(self) -> int:
-        """The groups and the member keys held: what a kept listing weighs."""
-        return len(self.groups) + sum(len(group.keys) for group in self.groups)
+    def weight(self) -> int:
+        """What a kept listing holds, in bytes (:attr:`GroupTally.weight` of its groups)."""
+        return sum(group.weight for group in self.groups)
 
     def answers(self, cells: RetryCells | None) -> bool:
         """Whether the keys held are those ``cells``' catalog would take: each definition's key column the same, or
@@ -207,10 +227,16 @@ def group_dead_letters(
         if columns[name] is not None:
             keys.setdefault(group, []).extend(member_keys(letter.members or [], columns[name] or ""))
     groups = [
-        GroupTally(group, letters, members, tuple(keys.get(group, ()))) for group, (letters, members) in counts.items()
+        GroupTally(group, letters, members, _packed(keys.get(group, [])))
+        for group, (letters, members) in counts.items()
     ]
     groups.sort(key=lambda g: (_label(g.key), g.key[2] or "-", g.key[3]))
     return GroupedDeadLetters(tuple(groups), columns)
+
+
+def _packed(keys: list[str]) -> str:
+    """Keys as one string (:attr:`GroupTally.packed_keys`): any key's characters, separators included, kept."""
+    return json.dumps(keys, ensure_ascii=False, separators=(",", ":")) if keys else ""
 
 
 def _label(group: _GroupKey) -> str:
@@ -242,8 +268,8 @@ def listing_of(
         keys: dict[str, dict[_GroupKey, list[str]]] = {}
         for tally in shown_tallies:
             name = tally.key[2] or ""
-            if tally.keys and cells.key_column(name) == grouped.columns.get(name):
-                keys.setdefault(name, {})[tally.key] = list(tally.keys)
+            if tally.packed_keys and cells.key_column(name) == grouped.columns.get(name):
+                keys.setdefault(name, {})[tally.key] = tally.keys
         for name, groups_keys in keys.items():
             retry.update(cells.cells(name, groups_keys))
     shown = [tally.shown(retry.get(tally.key)) for tally in shown_tallies]

@@ -197,9 +197,10 @@ def read_whole_topic(
     return values or []
 
 
-#: What a topic holds as of a read: each partition's number, first offset and end offset (the next record's), by
-#: partition. It changes when a record is added (an end moves) or retention drops one (a first offset moves).
-TopicVersion = tuple[tuple[int, int, int], ...]
+#: What a topic holds as of a read: the topic's id (a topic deleted and created again has another, whatever its
+#: offsets) and each partition's number, first offset and end offset (the next record's). It changes when a record
+#: is added (an end moves), retention drops one (a first offset moves) or the topic is another.
+TopicVersion = tuple[str, tuple[tuple[int, int, int], ...]]
 
 
 def read_topic_unless(
@@ -208,12 +209,29 @@ def read_topic_unless(
     known: Callable[[TopicVersion], bool],
     timeout: float = 60.0,
     connect_timeout: float = READ_CONNECT_TIMEOUT_SECONDS,
-) -> tuple[TopicVersion, list[bytes] | None]:
+) -> tuple[TopicVersion | None, list[bytes] | None]:
     """The topic's version and, unless ``known`` says its caller holds what the topic holds at that version, its
     record values up to the version's ends (None when ``known``). One consumer for both and one deadline, bounded
     as :func:`read_whole_topic` (the version first: the bootstrap, the metadata and two offset requests, each at
-    most ``connect_timeout``; a frozen broker fails it within them, before any record is read)."""
+    most ``connect_timeout``; a frozen broker fails it within them, before any record is read). No version (None,
+    ``known`` not asked, every record read) when the broker does not name the topic's id (:func:`topic_id`) or the
+    topic has no partitions (it does not exist)."""
     return _read_topic(settings, topic, known, timeout, connect_timeout)
+
+
+def topic_id(consumer: KafkaConsumer, topic: str) -> str | None:
+    """The id of ``topic`` in the consumer's metadata (asked for it already, e.g. by ``partitions_for_topic``); None
+    when the broker gave none (metadata before v10, Kafka before 2.8) or kafka-python keeps it elsewhere.
+
+    kafka-python 3.0 has no public API for it: its cluster metadata's ``topic_id`` (``consumer._client.cluster``,
+    private) is read here only, and any change of that API is a None (no version: the topic read), never an error.
+    """
+    try:
+        found = consumer._client.cluster.topic_id(topic)
+    except AttributeError:
+        return None
+    # The all-zero id is Kafka's "none" (a response that carries no id).
+    return None if found is None or str(found) == "00000000-0000-0000-0000-000000000000" else str(found)
 
 
 def _read_topic(
@@ -222,7 +240,7 @@ def _read_topic(
     known: Callable[[TopicVersion], bool] | None,
     timeout: float,
     connect_timeout: float,
-) -> tuple[TopicVersion, list[bytes] | None]:
+) -> tuple[TopicVersion | None, list[bytes] | None]:
     """:func:`read_topic_unless`; without ``known``, no version (its first offsets not asked) and every record
     polled, those past the ends included (:func:`read_whole_topic`, as it always read)."""
     deadline = time.monotonic() + timeout
@@ -236,17 +254,18 @@ def _read_topic(
 
     consumer = _whole_topic_consumer(settings, min(connect_timeout, timeout))
     values: list[bytes] = []
+    version: TopicVersion | None = None
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         if not partitions:
-            return (), (None if known is not None and known(()) else values)
+            return None, values
         consumer.assign(partitions)
         consumer.seek_to_beginning()
         ends = consumer.end_offsets(partitions, timeout_ms=step_ms())
-        version: TopicVersion = ()
-        if known is not None:
+        identity = topic_id(consumer, topic) if known is not None else None
+        if known is not None and identity is not None:
             firsts = consumer.beginning_offsets(partitions, timeout_ms=step_ms())
-            version = tuple((p.partition, int(firsts[p]), int(ends[p])) for p in partitions)
+            version = (identity, tuple((p.partition, int(firsts[p]), int(ends[p])) for p in partitions))
             if known(version):
                 return version, None
         while any(_position(consumer, p, step_ms()) < ends[p] for p in partitions):

@@ -136,10 +136,11 @@ class KafkaDeadLetters:
             raise DeadLettersUnreadable(_described(exc)) from None
         return _decoded(values)
 
-    def dead_letters_unless(self, known: Callable[[Hashable], bool]) -> tuple[Hashable, list[DeadLetter] | None]:
-        """The topic's version (:data:`~shared.kafka.clients.TopicVersion`) and, unless ``known`` says the caller
-        holds what it holds then, every dead letter up to it (None when ``known``), in one bounded read
-        (:func:`read_topic_unless`); :class:`DeadLettersUnreadable` as :meth:`dead_letters`."""
+    def dead_letters_unless(self, known: Callable[[Hashable], bool]) -> tuple[Hashable | None, list[DeadLetter] | None]:
+        """The topic's version (:data:`~shared.kafka.clients.TopicVersion`; None when the broker names no topic id)
+        and, unless ``known`` says the caller holds what it holds then, every dead letter up to it (None when
+        ``known``), in one bounded read (:func:`read_topic_unless`); :class:`DeadLettersUnreadable` as
+        :meth:`dead_letters`."""
         try:
             version, values = read_topic_unless(
                 self.settings, self.settings.topics.dead_letters, known, connect_timeout=self.connect_timeout

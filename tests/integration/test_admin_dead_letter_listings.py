@@ -10,26 +10,33 @@ reads are counted where the admin's source makes them (:mod:`shared.kafka.event_
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
 from prometheus_client import REGISTRY
 
+from devtools.processes import wait_until
 from services.admin.dependencies import MAX_DEAD_LETTER_READS, DeadLetterReplays
+from shared.domain.member_retries import MemberRetry, RefusalKind, RetryState
+from shared.errors import CatalogTimedOut
 from shared.events import DeadLetter
 from shared.kafka import clients, event_publisher
 from shared.kafka.event_publisher import KafkaDeadLetters
 from shared.settings import CommonSettings
 from tests.admin_app import InProcessApi, in_process_api, seed
 from tests.integration.test_admin_dead_letters import BUSY, LIST, exportctl, through_api
-from tests.integration.test_cancel_replay_kafka_unavailable import RUNS
+from tests.integration.test_cancel_replay_kafka_unavailable import RUNS, _console
+from tests.integration.test_console_fields import signed_in
 from tests.integration.test_kafka_unavailable import serving
 from tests.kafka_helpers import create_topic
 
@@ -252,21 +259,232 @@ def test_a_scoped_token_sees_only_its_groups_from_a_kept_listing(
         assert reads.count == 2  # before: 4
 
 
-def test_the_kept_listings_are_bounded_in_number_and_in_groups(listing: Listing, reads: Reads) -> None:
-    """At most ``max_listings`` listings (the least recently used one dropped) of ``max_items`` groups and member
-    keys in all; a listing of more is read at each request, as before."""
+def test_the_kept_listings_are_bounded_in_number_and_in_bytes(listing: Listing, reads: Reads) -> None:
+    """At most ``max_listings`` listings (the least recently used one dropped) of ``max_bytes`` in all; a listing of
+    more is read at each request, as before."""
     runs = [uuid.UUID(int=i + 1) for i in range(3)]
     listing.add([_refused(run, f"HTTP 400: request {i} refused", i) for run in runs for i in range(10)])
     bounded = listing.replays.listings
-    bounded.max_listings, bounded.max_items = 2, 45  # a run's listing: 10 groups, 10 keys; every run's: 60
-    for run in runs:
+    bounded.max_listings = 2
+    assert listing.get(run=str(runs[0]))["total_groups"] == 10
+    one = bounded.weight  # a run's listing (each run's weighs the same): 10 groups, 10 keys
+    bounded.max_bytes = 2 * one + one // 4  # two runs' listings, not every run's (3 times one)
+    for run in runs[1:]:
         assert listing.get(run=str(run))["total_groups"] == 10
-    assert (reads.count, len(bounded), bounded.items) == (3, 2, 40)
+    assert (reads.count, len(bounded), bounded.weight) == (3, 2, 2 * one)
     listing.get(run=str(runs[2]))  # kept
     listing.get(run=str(runs[1]))  # kept
     assert reads.count == 3
     listing.get(run=str(runs[0]))  # dropped when the third was kept: read again
     assert reads.count == 4
-    for _ in range(2):  # 60 groups and keys: never kept
+    for _ in range(2):  # every run's: never kept
         assert listing.get()["total_groups"] == 30
-    assert (reads.count, len(bounded), bounded.items) == (6, 2, 40)
+    assert (reads.count, len(bounded), bounded.weight) == (6, 2, 2 * one)
+
+
+def _pending(definition: str, keys: Any) -> dict[str, MemberRetry]:
+    """Retry states: every key naming an e-mail address pending (no member id is one)."""
+    return {
+        key: MemberRetry(key, 400, "refused", RefusalKind.RETRYABLE, 1, RetryState.PENDING, "r")
+        for key in keys
+        if "@" in key
+    }
+
+
+def test_a_key_column_changed_between_pages_reads_the_topic_again_for_the_right_cells(
+    listing: Listing, reads: Reads
+) -> None:
+    """The saved query's key column changed (``id`` to ``email``) after the first page: the next page reads the
+    topic again and its cells count the members by their e-mail addresses (kept keys, ids, would say no retry)."""
+    run = uuid.UUID(int=3)
+    listing.add(
+        [
+            _refused(run, f"HTTP 400: request {i} refused", i).model_copy(
+                update={"members": [{"id": i, "email": f"m{i}@example.com"}]}
+            )
+            for i in range(4)
+        ]
+    )
+    listing.api.app.state.context.retries = SimpleNamespace(states=_pending)
+    assert {group["retry"] for group in listing.get(limit=2)["groups"]} == {"1 no retry"}
+    assert reads.count == 1
+    with listing.api.client() as client:
+        query = client.get("/api/v1/saved-queries/gold").json()
+        changed = client.put("/api/v1/saved-queries/gold", json={**query, "key_column": "email"})
+        assert changed.status_code == 200, changed.text
+    page = listing.get(offset=2, limit=2)
+    assert [group["retry"] for group in page["groups"]] == ["1 pending retry", "1 pending retry"]
+    assert reads.count == 2
+    assert {group["retry"] for group in listing.get(limit=4)["groups"]} == {"1 pending retry"}
+    assert reads.count == 2  # kept again, under the new column
+
+
+def test_a_kept_listing_expires_after_its_five_minutes(listing: Listing, reads: Reads) -> None:
+    """However unchanged the topic, a listing older than ``max_age_seconds`` (5 minutes) is read again."""
+    listing.add([_refused(uuid.UUID(int=4), f"HTTP 400: request {i} refused", i) for i in range(3)])
+    now = [1_000.0]
+    listing.replays.listings.clock = lambda: now[0]
+    listing.get()
+    now[0] += 299.0
+    listing.get()
+    assert reads.count == 1
+    now[0] += 2.0  # 301 s after it was read
+    assert listing.get()["letters"] == 3
+    assert reads.count == 2
+
+
+def test_records_deleted_from_the_start_between_pages_are_read_again(listing: Listing, reads: Reads) -> None:
+    """Retention (``delete_records``) dropping a dead letter between pages: the next page reads the topic again and
+    counts one dead letter less (not the kept listing's count)."""
+    listing.add([_refused(uuid.UUID(int=5), f"HTTP 400: request {i} refused", i) for i in range(6)])
+    assert listing.get(limit=2)["letters"] == 6
+    topic = listing.settings.topics.dead_letters
+    consumer = KafkaConsumer(bootstrap_servers=listing.bootstrap, group_id=None)
+    admin = KafkaAdminClient(bootstrap_servers=listing.bootstrap)
+    try:
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in (0, 1)])
+        held = next(partition for partition, end in ends.items() if end > 0)
+        admin.delete_records({held: 1})
+    finally:
+        admin.close()
+        consumer.close()
+    page = listing.get(offset=2, limit=2)
+    assert (page["letters"], page["total_groups"]) == (5, 5)
+    assert reads.count == 2
+
+
+def test_a_topic_deleted_and_created_again_at_the_same_offsets_is_read_again(listing: Listing, reads: Reads) -> None:
+    """The dead-letter topic deleted and created again, holding as many dead letters as before (its offsets the
+    same): the listing lists the new ones (before: the kept listing of the old topic, for up to 5 minutes)."""
+    run = uuid.UUID(int=6)
+    listing.add([_refused(run, f"HTTP 400: old {i}", i) for i in range(3)])
+    assert [group["reason"] for group in listing.get()["groups"]] == [f"HTTP 400: old {i}" for i in range(3)]
+    topic = listing.settings.topics.dead_letters
+    admin = KafkaAdminClient(bootstrap_servers=listing.bootstrap)
+    try:
+        admin.delete_topics([topic])
+        wait_until(lambda: topic not in admin.list_topics(), timeout=30, what=f"{topic} deleted")
+    finally:
+        admin.close()
+    create_topic(listing.bootstrap, topic, partitions=2)
+    listing.add([_refused(run, f"HTTP 400: new {i}", i) for i in range(3)])  # the same run: the same partition
+    assert [group["reason"] for group in listing.get()["groups"]] == [f"HTTP 400: new {i}" for i in range(3)]
+    assert reads.count == 2
+
+
+def test_a_listing_kept_for_a_scoped_caller_answers_an_unscoped_one_in_full(
+    tmp_path: Path, kafka_bootstrap: str, database_url: str, reads: Reads
+) -> None:
+    """Kept from an ``emea`` token's request, the listing answers an unscoped token with every group (other runs',
+    the unreadable record), its counts and its cells, the topic not read again (on both dialects)."""
+    with _listing(tmp_path, kafka_bootstrap, catalog_url=database_url) as listing:
+        with listing.api.client("operator") as client:
+            emea = uuid.UUID(client.post(RUNS).json()["run_id"])
+        elsewhere = uuid.uuid4()
+        letters = [_refused(elsewhere, f"HTTP 400: request {i} refused", i) for i in range(4)]
+        letters += [_refused(emea, f"HTTP 422: member {i} refused", i) for i in range(2)]
+        letters.append(
+            DeadLetter(reason="invalid JSON", source_topic="t", service="extractor", payload="{", at=datetime.now(UTC))
+        )
+        listing.add(letters)
+        assert (listing.get("emea-viewer")["total_groups"], reads.count) == (2, 1)
+        every = listing.get()
+        assert reads.count == 1
+        assert (every["letters"], every["total_groups"]) == (7, 7)
+        assert every["groups"][0] == {
+            "run_id": None,
+            "service": "extractor",
+            "definition": None,
+            "reason": "invalid JSON",
+            "members": 1,
+            "retry": None,
+        }
+        assert [group["retry"] for group in every["groups"][1:]] == ["1 no retry"] * 6
+
+
+def test_a_slow_catalog_while_a_kept_listing_is_checked_is_not_a_kafka_failure(
+    listing: Listing, reads: Reads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog asked whether the kept keys still serve (each definition's key column) after Kafka's version read
+    is over: a catalog taking longer than the read's 60 s there, and saying the key column changed, gets the topic
+    read again, 200 (before: asked while the read's deadline ran, the read after it timed out: 503
+    ``dead-letters-unreadable``, Kafka blamed). The read's clock is moved by the catalog, not waited."""
+    listing.add([_refused(uuid.UUID(int=8), f"HTTP 400: request {i} refused", i) for i in range(3)])
+    assert listing.get(limit=1)["total_groups"] == 3
+    with listing.api.client() as client:
+        query = client.get("/api/v1/saved-queries/gold").json()
+        assert client.put("/api/v1/saved-queries/gold", json={**query, "key_column": "email"}).status_code == 200
+    skew = [0.0]
+    monkeypatch.setattr(clients, "time", SimpleNamespace(monotonic=lambda: time.monotonic() + skew[0]))
+    context = listing.api.app.state.context
+    definitions = context.definitions
+
+    class Slow:
+        """The catalog's definitions, each call taking 61 s of the read's clock."""
+
+        def __getattr__(self, name: str) -> Any:
+            found = getattr(definitions, name)
+            if not callable(found):
+                return found
+
+            def slow(*args: Any, **kwargs: Any) -> Any:
+                skew[0] += 61.0
+                return found(*args, **kwargs)
+
+            return slow
+
+    context.definitions = Slow()
+    try:
+        with listing.api.client("viewer") as client:
+            answer = client.get(LIST, params={"offset": 1, "limit": 1})
+    finally:
+        context.definitions = definitions
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["total_groups"] == 3
+    assert reads.count == 2
+
+
+def test_an_answer_the_catalog_timed_out_is_not_counted(listing: Listing, reads: Reads) -> None:
+    """A listing whose retry cells time out in the catalog (503 ``catalog-timed-out``) counts no answer in the
+    metric (before: counted ``read``)."""
+    listing.add([_refused(uuid.UUID(int=9), "HTTP 400: refused", 1)])
+
+    def timed_out(definition: str, keys: Any) -> Any:
+        raise CatalogTimedOut("member retries", None, "57014")
+
+    listing.api.app.state.context.retries = SimpleNamespace(states=timed_out)
+    read_before, kept_before = _served("read"), _served("kept")
+    with listing.api.client("viewer") as client:
+        answer = client.get(LIST)
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["type"].endswith("catalog-timed-out")
+    assert (_served("read") - read_before, _served("kept") - kept_before) == (0, 0)
+
+
+def test_the_consoles_dead_letters_page_of_a_run_viewed_again_reads_the_topic_once(
+    tmp_path: Path, kafka_bootstrap: str, reads: Reads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The console's dead-letters page of a run answered from the listing the process keeps (the API's): viewed
+    twice, the topic read once (before: at each view), its reasons whole (not the API's first 100 characters); a
+    dead letter added, the next view reads it."""
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # before the app is made: its console reads it
+    long_reason = "HTTP 400: " + "r" * 150
+    with (
+        _listing(tmp_path, kafka_bootstrap) as listing,
+        listing.api.client("operator") as client,
+        signed_in(listing.api, "operator") as console,
+    ):
+        run = uuid.UUID(client.post(RUNS).json()["run_id"])
+        _console(listing.api.app).replays = listing.replays
+        listing.add([_refused(run, long_reason, i) for i in range(2)])
+        for _ in range(2):
+            page = console.client.get(f"/console/runs/{run}/dead-letters")
+            assert page.status_code == 200, page.text
+            assert f'<td>{long_reason}</td><td class="num">2</td>' in page.text
+        assert reads.count == 1  # before: 2
+        assert listing.get(run=str(run))["groups"][0]["reason"] == long_reason[:100]
+        assert reads.count == 2  # the API's listing: its reasons' 100 characters, another listing
+        listing.add([_refused(run, long_reason, 3)])
+        page = console.client.get(f"/console/runs/{run}/dead-letters")
+        assert f'<td>{long_reason}</td><td class="num">3</td>' in page.text
+        assert reads.count == 3

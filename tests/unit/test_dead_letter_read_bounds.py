@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -80,12 +81,18 @@ class _Clock:
         self.now += timeout_ms / 1000
 
 
+#: The id the stub's broker gives its topic.
+_TOPIC_ID = "6f1c0d2e-1b7a-4c55-9d3e-2a4b5c6d7e8f"
+
+
 class _StubConsumer:
     """A consumer of a one-partition topic whose broker froze after answering ``end_offsets`` (1 record)."""
 
     def __init__(self, clock: _Clock, connect_timeout: float, position: int | None) -> None:
         self.clock, self.connect_timeout, self.answer = clock, connect_timeout, position
         self.closed = False
+        # kafka-python's private cluster metadata, as shared.kafka.clients.topic_id reads it.
+        self._client = SimpleNamespace(cluster=SimpleNamespace(topic_id=lambda topic: uuid.UUID(_TOPIC_ID)))
         clock.wait(connect_timeout * 1000)  # the bootstrap, its whole bound
 
     def partitions_for_topic(self, topic: str) -> set[int]:
@@ -186,8 +193,32 @@ def test_a_known_version_is_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
         return True
 
     assert clients.read_topic_unless(CommonSettings(metrics_port=0), "dead", known, connect_timeout=10) == (
-        ((0, 0, 1),),
+        (_TOPIC_ID, ((0, 0, 1),)),
         None,
     )
-    assert asked == [((0, 0, 1),)]
+    assert asked == [(_TOPIC_ID, ((0, 0, 1),))]
     assert made[0].closed
+
+
+@pytest.mark.parametrize("cluster", [SimpleNamespace(topic_id=lambda topic: None), SimpleNamespace()])
+def test_a_topic_without_an_id_has_no_version_and_is_read(monkeypatch: pytest.MonkeyPatch, cluster: Any) -> None:
+    """A broker naming no topic id (or a kafka-python keeping it elsewhere): no version (nothing can be kept by it),
+    ``known`` not asked, the records read (before: a version of offsets only, which a topic deleted and created
+    again may give again)."""
+    _, made = _stub(monkeypatch, position=1)
+    asked: list[object] = []
+
+    def known(version: object) -> bool:
+        asked.append(version)
+        return True
+
+    def no_id(settings: CommonSettings, connect_timeout: float) -> _StubConsumer:
+        consumer = _StubConsumer(_Clock(), connect_timeout, 1)
+        consumer._client = SimpleNamespace(cluster=cluster)
+        made.append(consumer)
+        return consumer
+
+    monkeypatch.setattr(clients, "_whole_topic_consumer", no_id)
+    assert clients.read_topic_unless(CommonSettings(metrics_port=0), "dead", known, connect_timeout=10) == (None, [])
+    assert asked == []
+    assert made[-1].closed

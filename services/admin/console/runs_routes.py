@@ -24,7 +24,6 @@ from services.admin.problems import (
 )
 from shared.application import objects as object_use_cases
 from shared.application import runs as use_cases
-from shared.application.dead_letter_listing import list_dead_letters
 from shared.application.errors import Busy, CancelNotPublished, DeadLettersUnreadable, Refused, RunNotPublished
 from shared.application.replay import replay_dead_letters
 from shared.domain.catalog_objects import ExportDefinition
@@ -94,16 +93,21 @@ def run_page(request: Request, run_id: uuid.UUID) -> Response:
 
 @router.get("/{run_id}/dead-letters")
 def dead_letters(request: Request, run_id: uuid.UUID) -> Response:
-    """The run's dead letters grouped by reason, with their member counts (read from the dead-letter topic, as the
-    admin API's ``GET /dead-letters`` and exportctl list them). Unread (Kafka did not give them, or as many reads as
-    the process allows run now): 503 with ``Retry-After``, the page saying why (a monitor or a script does not read
-    it as the run's dead letters), which the run's page shows in its place all the same (``data-swap-unavailable``)."""
+    """The run's dead letters grouped by reason, with their member counts (read from the dead-letter topic, as the admin
+    API's ``GET /dead-letters`` and exportctl list them, or from the listing this process kept of it while it does not
+    change: the API's :class:`~services.admin.dead_letter_listings.DeadLetterListings`). Unread (Kafka did not give
+    them, or as many reads as the process allows run now): 503 with ``Retry-After``, the page saying why (a monitor or a
+    script does not read it as the run's dead letters), which the run's page shows in its place all the same
+    (``data-swap-unavailable``)."""
     console, me = console_of(request), me_of(request)
     try:
         record = _run(request, run_id)
-        listing = list_dead_letters(
-            me.actor, console.replays.reader(), runs=console.admin.runs, cells=None, run=run_id, reason_chars=None
-        )
+        # The listing the API keeps (the same process's): a view of the page again reads the topic's version only
+        # while nothing is added or dropped; the slot held over the scope's catalog read too, as the API's.
+        with console.replays.held() as letters:
+            listing = console.replays.listings.listing(
+                me.actor, letters, runs=console.admin.runs, cells=None, run=run_id, reason_chars=None
+            )
     except DeadLettersUnreadable as exc:
         return _unread(request, run_id, dead_letters_unreadable_detail(request, exc))
     except Busy as exc:  # as many reads as the process allows run now
