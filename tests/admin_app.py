@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,14 +84,24 @@ class InProcessApi:
 
 
 @contextmanager
-def in_process_api(directory: Path, *, members: int = 25, catalog_url: str | None = None) -> Iterator[InProcessApi]:
+def in_process_api(
+    directory: Path,
+    *,
+    members: int = 25,
+    catalog_url: str | None = None,
+    migrated_catalog: Callable[[str], CatalogStores] | None = None,
+) -> Iterator[InProcessApi]:
     """The admin API over SQLite stores in ``directory`` (or the catalog at ``catalog_url``); every host resolves
-    to a public address."""
+    to a public address.
+
+    The catalog is migrated here, unless ``migrated_catalog`` (the fixture of ``tests/conftest.py``) is given: then
+    its database must be empty (a SQLite file not yet made) and it is a copy of the session's migrated template."""
     store_url = f"sqlite:///{directory / 'members.db'}"
     engine = make_engine(store_url)
     create_demo_members(engine, members)
     engine.dispose()
-    stores = CatalogStores.from_url(catalog_url or f"sqlite:///{directory / 'catalog.db'}", migrate=True)
+    url = catalog_url or f"sqlite:///{directory / 'catalog.db'}"
+    stores = migrated_catalog(url) if migrated_catalog else CatalogStores.from_url(url, migrate=True)
     reader = functools.cache(lambda: MemberReader.from_url(store_url, timeout_seconds=5))
     tokens = {who: f"tok-{who}-" + "7" * 40 for who in TOKENS}
     entries = [

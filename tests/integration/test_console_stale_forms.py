@@ -5,13 +5,14 @@ creation again) writes nothing and says so, keeping what was typed; a delete of 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from html import unescape
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ExportDefinition, SavedQuery
 from tests.admin_app import InProcessApi, in_process_api, seed
 from tests.integration.test_console_fields import Console, signed_in
@@ -26,9 +27,11 @@ REVISION = r"[0-9a-f]{32}\.[0-9]+"
 
 
 @pytest.fixture
-def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InProcessApi]:
+def api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_catalog: Callable[[str], CatalogStores]
+) -> Iterator[InProcessApi]:
     monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # plain http in the test client
-    with in_process_api(tmp_path) as in_process, in_process.client() as client:
+    with in_process_api(tmp_path, migrated_catalog=migrated_catalog) as in_process, in_process.client() as client:
         seed(client)
         yield in_process
 

@@ -38,9 +38,11 @@ MEMBERS = 3_210
 
 
 @pytest.fixture
-def extractor_stores(settings: CommonSettings) -> Iterator[CatalogStores]:
+def extractor_stores(
+    settings: CommonSettings, migrated_catalog: Callable[[str], CatalogStores]
+) -> Iterator[CatalogStores]:
     """The extractor's catalog (SQLite; the member store is the parametrized database)."""
-    catalog = CatalogStores.from_url(settings.catalog_url, migrate=True)
+    catalog = migrated_catalog(settings.catalog_url)
     yield catalog
     catalog.close()
 

@@ -30,8 +30,11 @@ DEFINITION = "/api/v1/export-definitions/nightly"
 
 
 @pytest.fixture
-def api(tmp_path: Path, database_url: str) -> Iterator[InProcessApi]:
-    with in_process_api(tmp_path, catalog_url=database_url) as api, api.client() as client:
+def api(tmp_path: Path, database_url: str, migrated_catalog: Callable[[str], CatalogStores]) -> Iterator[InProcessApi]:
+    with (
+        in_process_api(tmp_path, catalog_url=database_url, migrated_catalog=migrated_catalog) as api,
+        api.client() as client,
+    ):
         seed(client)
         yield api
 
@@ -565,9 +568,11 @@ def test_a_conditional_write_refused_after_the_object_moved_out_of_the_writers_u
 
 
 @pytest.fixture
-def pg_catalog(postgres_database_factory: Callable[[], str]) -> Iterator[CatalogStores]:
+def pg_catalog(
+    postgres_database_factory: Callable[[], str], migrated_catalog: Callable[[str], CatalogStores]
+) -> Iterator[CatalogStores]:
     """PostgreSQL only: on SQLite a write's transaction takes the database's lock before it reads the row."""
-    stores = CatalogStores.from_url(postgres_database_factory(), migrate=True)
+    stores = migrated_catalog(postgres_database_factory())
     yield stores
     stores.close()
 

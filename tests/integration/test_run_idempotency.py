@@ -6,7 +6,7 @@ Over a real SQLite catalog; and the catalog migration that gave the schedule's b
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,8 @@ OPERATOR = Actor(name="ops", role=Role.OPERATOR)
 
 
 @pytest.fixture
-def stores(tmp_path: Path) -> Iterator[CatalogStores]:
-    stores = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+def stores(tmp_path: Path, migrated_catalog: Callable[[str], CatalogStores]) -> Iterator[CatalogStores]:
+    stores = migrated_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
     stores.definitions.apply(ConnectionProfile(name="partner", base_url="https://partner.example.com"))
     stores.definitions.apply(
         SavedQuery(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from prometheus_client import REGISTRY
@@ -180,8 +180,10 @@ def test_edits_take_effect_at_the_next_tick(scheduler: Scheduler, catalog: Catal
 
 
 @pytest.fixture
-def postgres_catalog(postgres_database_factory) -> Iterator[CatalogStores]:
-    catalog = CatalogStores.from_url(postgres_database_factory(), migrate=True)
+def postgres_catalog(
+    postgres_database_factory: Callable[[], str], migrated_catalog: Callable[[str], CatalogStores]
+) -> Iterator[CatalogStores]:
+    catalog = migrated_catalog(postgres_database_factory())
     yield catalog
     catalog.close()
 

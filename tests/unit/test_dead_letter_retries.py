@@ -4,6 +4,7 @@ a definition gone said as no cell), from the member keys alone."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,9 @@ from shared.events import BatchOutcome, RefusedMember
 
 
 @pytest.fixture
-def catalog_url(tmp_path: Path) -> str:
+def catalog_url(tmp_path: Path, migrated_catalog: Callable[[str], CatalogStores]) -> str:
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    stores = CatalogStores.from_url(url, migrate=True)
+    stores = migrated_catalog(url)
     stores.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
     stores.definitions.apply(SavedQuery(name="q", sql="SELECT code FROM priced", key_column="code"))
     stores.definitions.apply(HttpTemplate(name="t", query="q", profile="p"))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,19 +19,23 @@ from shared.kafka import Outgoing
 from tests.member_state_helpers import member_state_definition
 
 
-def _stores(tmp_path: Path) -> CatalogStores:
-    return CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+def _stores(tmp_path: Path, migrated_catalog: Callable[[str], CatalogStores]) -> CatalogStores:
+    return migrated_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
 
 
-def test_the_log_is_a_follower_unless_its_retention_is_0(tmp_path: Path):
-    stores = _stores(tmp_path)
+def test_the_log_is_a_follower_unless_its_retention_is_0(
+    tmp_path: Path, migrated_catalog: Callable[[str], CatalogStores]
+):
+    stores = _stores(tmp_path, migrated_catalog)
     assert outcome_followers(stores, 30) == [stores.retries, stores.deliveries]
     assert outcome_followers(stores, 0) == [stores.retries]
     stores.close()
 
 
-def test_each_sweep_prunes_the_log_and_keeps_its_own_records(tmp_path: Path):
-    stores = _stores(tmp_path)
+def test_each_sweep_prunes_the_log_and_keeps_its_own_records(
+    tmp_path: Path, migrated_catalog: Callable[[str], CatalogStores]
+):
+    stores = _stores(tmp_path, migrated_catalog)
     d = member_state_definition(stores, "d")
     stores.runs.followers.append(stores.deliveries)
     old = BatchOutcome(
@@ -57,8 +62,8 @@ def test_each_sweep_prunes_the_log_and_keeps_its_own_records(tmp_path: Path):
     stores.close()
 
 
-def test_each_sweep_prunes_the_retries_no_run_needs(tmp_path: Path):
-    stores = _stores(tmp_path)
+def test_each_sweep_prunes_the_retries_no_run_needs(tmp_path: Path, migrated_catalog: Callable[[str], CatalogStores]):
+    stores = _stores(tmp_path, migrated_catalog)
     d = member_state_definition(stores, "d")
     stores.runs.followers.append(stores.retries)
     refused = BatchOutcome(

@@ -83,8 +83,8 @@ def _seed(stores: CatalogStores) -> None:
 
 
 @pytest.fixture
-def stores(tmp_path: Path) -> Iterator[CatalogStores]:
-    stores = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
+def stores(tmp_path: Path, migrated_catalog: Callable[[str], CatalogStores]) -> Iterator[CatalogStores]:
+    stores = migrated_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
     _seed(stores)
     yield stores
     stores.close()
@@ -664,7 +664,10 @@ def test_cancelling_a_cancelled_run_whose_finish_the_notifier_handled_publishes_
 
 
 def test_exportctl_replay_with_an_idempotency_key_is_one_replay_run_and_another_run_under_it_exits_4(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    migrated_catalog: Callable[[str], CatalogStores],
 ) -> None:
     """``exportctl dead-letters replay RUN --idempotency-key KEY`` on the catalog (Kafka's part replaced)."""
     from shared.cli import direct, reachability
@@ -674,7 +677,7 @@ def test_exportctl_replay_with_an_idempotency_key_is_one_replay_run_and_another_
     from shared.kafka import event_publisher
 
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    stores = CatalogStores.from_url(url, migrate=True)
+    stores = migrated_catalog(url)
     _seed(stores)
     original, other = _run(stores), _run(stores)
     stores.close()
@@ -702,7 +705,7 @@ def test_exportctl_replay_with_an_idempotency_key_is_one_replay_run_and_another_
 
 
 def test_exportctl_replays_publication_waits_for_kafka_within_the_claims_lease(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_catalog: Callable[[str], CatalogStores]
 ) -> None:
     """Each publication of ``exportctl dead-letters replay`` waits ``REPLAY_PUBLISH_WAIT_SECONDS`` at most for its
     acknowledgement (before: the producer's delivery timeout and a margin, 125 s, past the lease: another request
@@ -730,7 +733,7 @@ def test_exportctl_replays_publication_waits_for_kafka_within_the_claims_lease(
             return Unacknowledged()
 
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    stores = CatalogStores.from_url(url, migrate=True)
+    stores = migrated_catalog(url)
     _seed(stores)
     original = _run(stores)
     stores.close()
