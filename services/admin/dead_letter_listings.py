@@ -8,8 +8,8 @@ nothing is kept) and the filters (``run``, ``definition``, the reasons' length),
 unit applied). Each request reads the version (a consumer's bootstrap, the topic's metadata and its partitions' offsets:
 how a read of the topic starts anyway, within the same dead-letter read slot and the same 60 s), then, Kafka's consumer
 closed, scopes the kept groups to its caller and asks the catalog for its page's ``retry`` cells, as a listing read from
-Kafka does. Bounded: :data:`MAX_LISTINGS` listings, :data:`MAX_BYTES` in all (their strings' characters and a group's
-measured overhead), each kept :data:`MAX_AGE_SECONDS` at most.
+Kafka does. Bounded: :data:`MAX_LISTINGS` listings, :data:`MAX_BYTES` in all (their strings' sizes as CPython holds
+them and a group's measured overhead), each kept :data:`MAX_AGE_SECONDS` at most.
 """
 
 from __future__ import annotations
@@ -39,10 +39,12 @@ from shared.application.ports import DeadLetterSource, RunUnitsReader, Versioned
 #: topic, a few runs' and definitions' pages read meanwhile.
 MAX_LISTINGS = 8
 #: What the kept listings weigh together at most (:attr:`GroupedDeadLetters.weight`: each group's measured overhead
-#: and its strings' characters, its member keys one JSON string), in bytes: 64 MB. Measured (tracemalloc, the dead
-#: letters freed): 100,000 groups of a reason of 100 characters and a UUID key each hold 43.8 MB (weight 43.7 MB);
-#: 1,000,000 UUID keys in 20 groups 39.0 MB (weight 39.0 MB; kept as a tuple of strings before, 93 MB). A listing of
-#: more is not kept: it is read from the topic at each request, as before.
+#: and its strings' ``sys.getsizeof``, its member keys one ASCII JSON string), in bytes: 64 MB. Measured (tracemalloc,
+#: the dead letters freed): 100,000 groups of a reason of 100 characters and a UUID key each hold 47.0 MB (weight
+#: 53.4 MB); 1,000,000 UUID keys in 20 groups 39.0 MB (weight 39.0 MB), a key with a "€" or an emoji in each group
+#: the same; 10,000 whole reasons of 4,000 characters 43.4 MB (weight 44.1 MB), with a U+2019 83.7 MB (weight 84.3 MB:
+#: not kept; weighed by their characters before, 43.1 MB, and kept). A listing of more is not kept: it is read from
+#: the topic at each request, as before.
 MAX_BYTES = 64_000_000
 #: The longest a listing is kept, however unchanged the version: a topic deleted and created again may give the
 #: same offsets to other dead letters.

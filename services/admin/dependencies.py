@@ -59,7 +59,8 @@ def kafka_publisher(settings: CommonSettings, client_id: str) -> tuple[KafkaProd
 #: ``READ_CONNECT_TIMEOUT_SECONDS``): a replay holds its read from after its Idempotency-Key's claim and checks
 #: through the read, its record and its publication (or a retry's publication of what is left, or its wait for
 #: another request's), given back before the route's last catalog reads (a retry with nothing left to publish takes
-#: none); ``GET /dead-letters`` holds its read over its catalog phase too; the console's page for its read only. One
+#: none); ``GET /dead-letters`` and the console's dead-letters page of a run hold theirs over their catalog phase too
+#: (the scope's catalog read, and the API's ``retry`` cells, after the read or the kept listing's version). One
 #: more is answered 503 ``dead-letters-busy`` at once, so that the API's thread pool (and ``/healthz``) stays free.
 MAX_DEAD_LETTER_READS = 3
 
@@ -76,7 +77,8 @@ class DeadLetterReplays:
     reads: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(MAX_DEAD_LETTER_READS), compare=False, repr=False
     )
-    #: ``GET /dead-letters``' listings kept while the topic does not change (its pages after the first).
+    #: The listings kept while the topic does not change: ``GET /dead-letters``' (its pages after the first) and
+    #: the console's dead-letters page of a run (viewed again).
     listings: DeadLetterListings = field(default_factory=DeadLetterListings, compare=False, repr=False)
 
     @classmethod

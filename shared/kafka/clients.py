@@ -228,7 +228,7 @@ def topic_id(consumer: KafkaConsumer, topic: str) -> str | None:
     """
     try:
         found = consumer._client.cluster.topic_id(topic)
-    except AttributeError:
+    except Exception:  # noqa: BLE001 - a private API: any change of it (a TypeError, a KeyError...) is no version
         return None
     # The all-zero id is Kafka's "none" (a response that carries no id).
     return None if found is None or str(found) == "00000000-0000-0000-0000-000000000000" else str(found)

@@ -461,14 +461,12 @@ def test_an_answer_the_catalog_timed_out_is_not_counted(listing: Listing, reads:
     assert (_served("read") - read_before, _served("kept") - kept_before) == (0, 0)
 
 
-def test_the_consoles_dead_letters_page_of_a_run_viewed_again_reads_the_topic_once(
-    tmp_path: Path, kafka_bootstrap: str, reads: Reads, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The console's dead-letters page of a run answered from the listing the process keeps (the API's): viewed
-    twice, the topic read once (before: at each view), its reasons whole (not the API's first 100 characters); a
-    dead letter added, the next view reads it."""
+@contextmanager
+def _console_of_a_run(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Listing, Any, uuid.UUID]]:
+    """A listing's admin app, an operator signed in to its console (over the listing's kept listings), a run."""
     monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # before the app is made: its console reads it
-    long_reason = "HTTP 400: " + "r" * 150
     with (
         _listing(tmp_path, kafka_bootstrap) as listing,
         listing.api.client("operator") as client,
@@ -476,6 +474,17 @@ def test_the_consoles_dead_letters_page_of_a_run_viewed_again_reads_the_topic_on
     ):
         run = uuid.UUID(client.post(RUNS).json()["run_id"])
         _console(listing.api.app).replays = listing.replays
+        yield listing, console, run
+
+
+def test_the_consoles_dead_letters_page_of_a_run_viewed_again_reads_the_topic_once(
+    tmp_path: Path, kafka_bootstrap: str, reads: Reads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The console's dead-letters page of a run answered from the listing the process keeps (the API's): viewed
+    twice, the topic read once (before: at each view), its reasons whole (not the API's first 100 characters); a
+    dead letter added, the next view reads it."""
+    long_reason = "HTTP 400: " + "r" * 150
+    with _console_of_a_run(tmp_path, kafka_bootstrap, monkeypatch) as (listing, console, run):
         listing.add([_refused(run, long_reason, i) for i in range(2)])
         for _ in range(2):
             page = console.client.get(f"/console/runs/{run}/dead-letters")
@@ -488,3 +497,19 @@ def test_the_consoles_dead_letters_page_of_a_run_viewed_again_reads_the_topic_on
         page = console.client.get(f"/console/runs/{run}/dead-letters")
         assert f'<td>{long_reason}</td><td class="num">3</td>' in page.text
         assert reads.count == 3
+
+
+def test_the_consoles_page_after_an_api_page_shows_its_reasons_whole(
+    tmp_path: Path, kafka_bootstrap: str, reads: Reads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API's page of a run first (its reasons' first 100 characters kept), then the console's: the console's
+    reasons whole, from a listing of its own (the topic read twice), not the API's cut ones."""
+    long_reason = "HTTP 400: " + "r" * 150
+    with _console_of_a_run(tmp_path, kafka_bootstrap, monkeypatch) as (listing, console, run):
+        listing.add([_refused(run, long_reason, i) for i in range(2)])
+        assert listing.get(run=str(run))["groups"][0]["reason"] == long_reason[:100]
+        assert reads.count == 1
+        page = console.client.get(f"/console/runs/{run}/dead-letters")
+        assert page.status_code == 200, page.text
+        assert f'<td>{long_reason}</td><td class="num">2</td>' in page.text
+        assert reads.count == 2

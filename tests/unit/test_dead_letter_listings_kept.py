@@ -3,6 +3,8 @@ versioned source in memory: what is kept, by its weight in bytes."""
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 import uuid
 from collections.abc import Callable, Hashable
 from datetime import UTC, datetime
@@ -72,3 +74,48 @@ def test_an_outage_of_a_hundred_thousand_members_is_kept(monkeypatch: pytest.Mon
     assert page.groups[-1].members == 100_000
     assert page.groups[-1].retry == "100000 no retry"
     assert 5_000_000 < listings.weight < MAX_BYTES // 4
+
+
+def test_a_listing_of_wide_characters_weighs_what_it_holds() -> None:
+    """A member key with a "€" in each group and a reason with an emoji: the listing's weight is at least what
+    tracemalloc finds it holds (before: weighed by characters, a quarter of the reasons' and half of the keys'
+    bytes, a listing of 2-4 times the 64 MB bound kept)."""
+    letters = [
+        _letter(
+            uuid.UUID(int=i % 20 + 1),
+            f"\U0001f600 partner said no: {i:05} " + "r" * 400,
+            [{"id": f"{uuid.uuid4()}€"} for _ in range(50)],
+        )
+        for i in range(2_000)
+    ]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        grouped = dead_letter_listing.group_dead_letters(letters, key_column=lambda name: "id", reason_chars=None)
+        del letters
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert grouped.weight >= held
+    assert "€" in grouped.groups[0].keys[0]  # the keys as they were, whatever their packing
+
+
+class _Unversioned(_Source):
+    """A topic whose broker names no id: no version, its dead letters read each time."""
+
+    def dead_letters_unless(self, known: Callable[[Hashable], bool]) -> tuple[Hashable, list[DeadLetter] | None]:
+        self.reads += 1
+        return None, self.letters
+
+
+def test_a_topic_without_a_version_is_never_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No version (no topic id): nothing kept, each page a read of the topic."""
+    monkeypatch.setattr(dead_letter_listing, "dead_letter_key_column", lambda actor, name, *, store: "id")
+    monkeypatch.setattr(dead_letter_listing, "dead_letter_retries", lambda actor, name, keys, *, store, retries: {})
+    source = _Unversioned([_letter(uuid.UUID(int=1), "HTTP 400", [{"id": "m1"}])])
+    listings = DeadLetterListings()
+    for _ in range(2):
+        cells = RetryCells(_VIEWER, store=None, retries=None)  # type: ignore[arg-type]  # the catalog patched above
+        assert listings.listing(_VIEWER, source, runs=None, cells=cells).total_groups == 1
+    assert (source.reads, len(listings), listings.weight) == (2, 0, 0)
