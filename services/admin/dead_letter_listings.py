@@ -72,6 +72,8 @@ _Filters = tuple[uuid.UUID | None, str | None, int | None]
 class _Kept:
     grouped: GroupedDeadLetters
     at: float
+    #: ``grouped.weight``, weighed once when kept (a sum over every group: not again under the lock at each keep).
+    weight: int
 
 
 @dataclass
@@ -158,14 +160,15 @@ class DeadLetterListings:
             return kept.grouped
 
     def _keep(self, key: tuple[Hashable, _Filters], grouped: GroupedDeadLetters) -> None:
-        if grouped.weight > self.max_bytes:
+        weight = grouped.weight
+        if weight > self.max_bytes:
             return  # too large to keep: read at each request, as before
         with self._lock:
             version = key[0]
             # A listing of another version is never asked again (offsets only grow): dropped at once.
             for other in [k for k in self._kept if k[0] != version]:
                 del self._kept[other]
-            self._kept[key] = _Kept(grouped, self.clock())
+            self._kept[key] = _Kept(grouped, self.clock(), weight)
             self._kept.move_to_end(key)
             while len(self._kept) > self.max_listings or self.weight > self.max_bytes:
                 self._kept.popitem(last=False)
@@ -173,7 +176,7 @@ class DeadLetterListings:
     @property
     def weight(self) -> int:
         """What the kept listings weigh now, in bytes (call with the lock held, or for a test's look)."""
-        return sum(kept.grouped.weight for kept in self._kept.values())
+        return sum(kept.weight for kept in self._kept.values())
 
     def __len__(self) -> int:
         return len(self._kept)
