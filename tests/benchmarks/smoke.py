@@ -98,6 +98,8 @@ SMOKES: tuple[Smoke, ...] = (
             r"^  exportctl --version +[\d.]+ ms .* [\d.]+x",
             r"^  exportctl run startup +acknowledged +[\d.]+ ms \( *[\d.]+x\)",
         ),
+        in_suite=False,
+        why_not="about ten exportctl processes (and the bare producer's) even at one round: about 8-10 s",
     ),
     Smoke(
         "bench_dead_letter_listing",
@@ -181,6 +183,8 @@ SMOKES: tuple[Smoke, ...] = (
         "bench_notifier_sweep",
         ("--notifications", "10", "--turns", "1"),
         (r"^  postgresql +\S+ +median +[\d.]+ ms \([\d.]+x the first\)",),
+        in_suite=False,
+        why_not="a process per catalog dialect, each migrating a catalog: about 6-8 s",
     ),
     Smoke(
         "bench_reason_masking",
