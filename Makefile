@@ -94,8 +94,9 @@ bench: prerequisites $(BENCH_STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_e2e
 
 ## Every benchmark at a tiny size (tests/benchmarks/smoke.py), on one broker and one PostgreSQL started for them:
-## each must run to its end and print its figures (no timing judged), about 3-4 minutes. The suite runs those that
-## fit its budget (tests/integration/test_benchmarks_smoke.py); `python -m tests.benchmarks.smoke --list` says which.
+## each must run to its end and print its figures (no timing judged). About 6 minutes, nearly 3 of them
+## bench_scheduler's bursts (due at whole minutes). The suite runs those that fit its budget
+## (tests/integration/test_benchmarks_smoke.py); `python -m tests.benchmarks.smoke --list` says which.
 bench-smoke: prerequisites $(BENCH_STAMP)
 	$(BIN)/python -m tests.benchmarks.smoke $(BENCH_SMOKE_ARGS)
 
