@@ -33,6 +33,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,12 @@ NAMESPACE = "member-export"
 JOB = f"{NAMESPACE}/member-export"
 #: The dashboard's variables as the drill-down shows the export that met every kind of trouble.
 VARIABLES = {"definition": "to-flaky-partner", "profile": "flaky-partner"}
-#: Grafana's $__rate_interval for a 1 s scrape interval, rounded up.
+#: How often the test's Prometheus scrapes the services and evaluates the rules (it was 1 s). The setup's waits count
+#: scrapes (a step waits until a few samples are held before the next restarts a service): they shrink with it.
+SCRAPE_SECONDS = 0.5
+#: The step of a range query: two scrapes, as before (an alert that fired for a few scrapes falls on a step).
+STEP_SECONDS = 2 * SCRAPE_SECONDS
+#: Wider than Grafana's $__rate_interval for this scrape interval and step (4 scrapes: 2 s); a rate over 30 samples.
 RATE_INTERVAL = "15s"
 
 #: flaky-partner's rate limit is 50/s: its six 429s in a row halve it down to its floor, 5% of it, and each success
@@ -113,22 +119,27 @@ spec:
   query: leavers
   template: leavers-to-good
   notifications: {{error: {{enabled: true, recipients: [oncall@example.com]}}}}
----
+"""
+
+#: The two scheduled definitions, applied once the exports above are done: applied with them, a real turn of the
+#: minute during those exports (one setup in three) fired every-minute-slow, whose ten 3 s requests one at a time held
+#: the dispatcher's round, and the runs behind it, for 30 s.
+SCHEDULED_MANIFEST = """
 kind: ExportDefinition
 name: every-minute
 spec:
   query: first-hundred
   template: good-small
-  schedule: {{enabled: true, repeat: {{cron: "* * * * *"}}}}
-  notifications: {{error: {{enabled: true, recipients: [oncall@example.com]}}}}
+  schedule: {enabled: true, repeat: {cron: "* * * * *"}}
+  notifications: {error: {enabled: true, recipients: [oncall@example.com]}}
 ---
 kind: ExportDefinition
 name: every-minute-slow
 spec:
   query: first-hundred
   template: slow-small
-  schedule: {{enabled: true, repeat: {{cron: "* * * * *"}}, overlap: skip}}
-  notifications: {{error: {{enabled: true, recipients: [oncall@example.com]}}}}
+  schedule: {enabled: true, repeat: {cron: "* * * * *"}, overlap: skip}
+  notifications: {error: {enabled: true, recipients: [oncall@example.com]}}
 """
 
 
@@ -147,7 +158,7 @@ class Observed:
 
     def query_range(self, expr: str) -> list[dict[str, Any]]:
         data = self.prometheus.api(
-            "query_range", query=expr, start=f"{self.start:.3f}", end=f"{self.end:.3f}", step="2"
+            "query_range", query=expr, start=f"{self.start:.3f}", end=f"{self.end:.3f}", step=f"{STEP_SECONDS}"
         )
         result: list[dict[str, Any]] = data["result"]
         return result
@@ -161,7 +172,11 @@ class Observed:
 
 def _scrape_config(ports: dict[str, int]) -> dict[str, Any]:
     return {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "global": {
+            "scrape_interval": f"{int(SCRAPE_SECONDS * 1000)}ms",
+            "scrape_timeout": f"{int(SCRAPE_SECONDS * 1000)}ms",
+            "evaluation_interval": f"{int(SCRAPE_SECONDS * 1000)}ms",
+        },
         "rule_files": [str(ALERTS)],
         "scrape_configs": [
             {
@@ -186,7 +201,8 @@ def _scrape_config(ports: dict[str, int]) -> dict[str, Any]:
 def _scraped(prometheus: PrometheusServer, selector: str, samples: int = 3) -> bool:
     """True once Prometheus holds ``samples`` samples above 0 of a series ``selector`` matches (rates need two;
     the services start their counters at 0, so a series exists before anything happened)."""
-    counted = prometheus.api("query", query=f"count_over_time(({selector} > 0)[2m:1s])")["result"]
+    resolution = f"{int(SCRAPE_SECONDS * 1000)}ms"  # one point per scrape: a coarser one counts fewer samples
+    counted = prometheus.api("query", query=f"count_over_time(({selector} > 0)[2m:{resolution}])")["result"]
     return any(float(series["value"][1]) >= samples for series in counted)
 
 
@@ -219,7 +235,7 @@ def observed(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> It
                 what="Prometheus to scrape every service",
             )
             _export_one_of_everything(pipeline, admin, flaky, slow, work)
-            _schedules_fired_skipped_then_missed(pipeline, prometheus)
+            _schedules_fired_skipped_then_missed(pipeline, prometheus, work)
             end = time.time()
             yield Observed(prometheus, start, end, ports)
 
@@ -255,10 +271,26 @@ def _export_one_of_everything(
         assert anonymous.get("/api/v1/runs").status_code == 401
 
 
-def _schedules_fired_skipped_then_missed(pipeline: Pipeline, prometheus: PrometheusServer) -> None:
+def _schedules_fired_skipped_then_missed(pipeline: Pipeline, prometheus: PrometheusServer, work: Path) -> None:
     """At one minute's turn every-minute fires and every-minute-slow, still running from a manual run, is skipped;
     then, with no catch-up window and no SMTP server, the next turn is missed by both and their error emails fail.
     Each step waits for Prometheus to hold what the step did before the next one restarts a service."""
+    manifest = work / "scheduled-exports.yaml"
+    manifest.write_text(SCHEDULED_MANIFEST)
+    applied = _exportctl_ok(pipeline, "apply", "-f", str(manifest))
+    assert applied.returncode == 0, applied.stderr
+    # The shifted clock is read from the schedules' next instants: the scheduler must have synced both first.
+    wait_until(
+        lambda: (
+            {"every-minute", "every-minute-slow"}
+            <= {
+                d.definition.name
+                for d in pipeline.catalog.scheduling.due_schedules(datetime.now(UTC) + timedelta(days=1))
+            }
+        ),
+        timeout=60,
+        what="the scheduler to sync every-minute and every-minute-slow",
+    )
     slow_run = _exportctl_ok(pipeline, "run", "every-minute-slow")  # ten 3 s requests one at a time
     assert slow_run.returncode == 0, slow_run.stderr
     wait_until(
