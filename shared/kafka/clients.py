@@ -176,12 +176,14 @@ def produce_and_wait(producer: KafkaProducer, outgoing: list[Outgoing]) -> None:
 #: The bound of a whole-topic read's connection: its bootstrap (kafka-python's default 30 s) and each request of it
 #: (its default 30 s), Kafka down, unreachable or frozen (accepting connections, answering nothing).
 READ_CONNECT_TIMEOUT_SECONDS = 10.0
+#: The bound of a whole-topic read, its connection included.
+READ_TIMEOUT_SECONDS = 60.0
 
 
 def read_whole_topic(
     settings: CommonSettings,
     topic: str,
-    timeout: float = 60.0,
+    timeout: float = READ_TIMEOUT_SECONDS,
     connect_timeout: float = READ_CONNECT_TIMEOUT_SECONDS,
 ) -> list[bytes]:
     """Every record value of ``topic`` as of now, from the beginning (no consumer group, nothing committed).
@@ -207,7 +209,7 @@ def read_topic_unless(
     settings: CommonSettings,
     topic: str,
     known: Callable[[TopicVersion], bool],
-    timeout: float = 60.0,
+    timeout: float = READ_TIMEOUT_SECONDS,
     connect_timeout: float = READ_CONNECT_TIMEOUT_SECONDS,
 ) -> tuple[TopicVersion | None, list[bytes] | None]:
     """The topic's version and, unless ``known`` says its caller holds what the topic holds at that version, its

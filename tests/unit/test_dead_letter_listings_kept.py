@@ -119,3 +119,45 @@ def test_a_topic_without_a_version_is_never_kept(monkeypatch: pytest.MonkeyPatch
         cells = RetryCells(_VIEWER, store=None, retries=None)  # type: ignore[arg-type]  # the catalog patched above
         assert listings.listing(_VIEWER, source, runs=None, cells=cells).total_groups == 1
     assert (source.reads, len(listings), listings.weight) == (2, 0, 0)
+
+
+class _Slow(_Source):
+    """A topic each read of which takes ``seconds`` of ``clock``: what the listing says a read has spent is kept."""
+
+    def __init__(self, letters: list[DeadLetter], clock: list[float], seconds: float) -> None:
+        super().__init__(letters)
+        self.clock, self.seconds = clock, seconds
+        self.spent: list[float] = []
+
+    def dead_letters_unless(
+        self, known: Callable[[Hashable], bool], *, spent: float = 0.0
+    ) -> tuple[Hashable, list[DeadLetter] | None]:
+        self.clock[0] += self.seconds
+        self.spent.append(spent)
+        return super().dead_letters_unless(known)
+
+
+def test_a_read_again_for_a_changed_key_column_has_what_the_version_read_left_of_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The key column changed since the listing was kept: the read again is told the 45 s the version read took
+    (its source gives it the 15 s left of its 60 s), not the 30 s the catalog took between (before: nothing, a
+    bound of its own: Kafka waited up to twice 60 s)."""
+    now, column = [1_000.0], ["id"]
+
+    def key_column(actor: Actor, name: str, *, store: Any) -> str:
+        now[0] += 30.0  # the catalog's time: not Kafka's
+        return column[0]
+
+    monkeypatch.setattr(dead_letter_listing, "dead_letter_key_column", key_column)
+    monkeypatch.setattr(dead_letter_listing, "dead_letter_retries", lambda actor, name, keys, *, store, retries: {})
+    source = _Slow([_letter(uuid.UUID(int=1), "HTTP 400", [{"id": "m1", "email": "m1@example.com"}])], now, 45.0)
+    listings = DeadLetterListings(clock=lambda: now[0])
+    for _ in range(2):
+        cells = RetryCells(_VIEWER, store=None, retries=None)  # type: ignore[arg-type]  # the catalog patched above
+        assert listings.listing(_VIEWER, source, runs=None, cells=cells).groups[0].retry == "1 no retry"
+    assert (source.reads, source.spent) == (1, [0.0, 0.0])  # read, then kept
+    column[0] = "email"
+    cells = RetryCells(_VIEWER, store=None, retries=None)  # type: ignore[arg-type]  # the catalog patched above
+    assert listings.listing(_VIEWER, source, runs=None, cells=cells).total_groups == 1
+    assert (source.reads, source.spent) == (2, [0.0, 0.0, 0.0, 45.0])
