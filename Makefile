@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: deploy-tools demo up dashboard-picture test lint unit integration e2e fuzz chaos bench bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
+.PHONY: deploy-tools demo up dashboard-picture test lint unit integration e2e fuzz chaos bench bench-smoke bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -90,7 +90,15 @@ bench: prerequisites $(BENCH_STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_dispatcher_cpu
 	$(BIN)/python -m tests.benchmarks.bench_inspector
 	$(BIN)/python -m tests.benchmarks.bench_reason_masking
+	$(BIN)/python -m tests.benchmarks.bench_batch_decoding
 	$(BIN)/python -m tests.benchmarks.bench_e2e
+
+## Every benchmark at a tiny size (tests/benchmarks/smoke.py), on one broker and one PostgreSQL started for them:
+## each must run to its end and print its figures (no timing judged). About 6 minutes, nearly 3 of them
+## bench_scheduler's bursts (due at whole minutes). The suite runs those that fit its budget
+## (tests/integration/test_benchmarks_smoke.py); `python -m tests.benchmarks.smoke --list` says which.
+bench-smoke: prerequisites $(BENCH_STAMP)
+	$(BIN)/python -m tests.benchmarks.smoke $(BENCH_SMOKE_ARGS)
 
 ## The whole pipeline end to end (1M members in batches of 500, 100k one-member requests) beside its raw ceilings
 ## and a naive script, same run; writes docs/benchmarks/e2e.{png,md}. Smaller: BENCH_E2E_ARGS="--members 20000".

@@ -44,7 +44,9 @@ def start_service(settings: CommonSettings, service: str) -> Health:
     """Configure logging (and every thread's stack on SIGUSR1), exit unless the catalog is at this release's
     schema, serve /metrics (with ``member_export_build_info`` set), /livez and /readyz, and make sure the topics
     exist; return the health the service's loop reports to."""
-    stop_on_signals()  # SIGTERM during start-up too: it ends the process at once with status 0 (not 143)
+    # SIGTERM during start-up ends the process at once with status 0 (not 143); the entry module asked already,
+    # before its imports (shared.process_start): asked again for an entry point that did not.
+    stop_on_signals()
     configure_logging(settings.log_level, settings.log_format, service)
     enable_stack_dumps()  # kill -USR1 <pid>: every thread's stack logged, a JSON line each (a hang says where it waits)
     install_tracing(service)  # spans named member-export-<service>; exported over OTLP only when configured

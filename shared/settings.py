@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.domain.secret_references import DEFAULT_DIRECTORIES, DEFAULT_ENV_PREFIXES, SecretReferencePolicy
@@ -47,9 +47,19 @@ class CommonSettings(KafkaConnectionSettings):
         le=300_000,
         description="How long a silent consumer keeps its partitions: a crashed replica's work moves on after this.",
     )
+    kafka_request_timeout_ms: int = Field(
+        default=30_000,
+        ge=1_000,
+        le=300_000,
+        description="How long a producer waits for the broker to answer one request before it gives that request "
+        "up and tries again, within the delivery timeout (which must be at least this and a second); exportctl's "
+        "connection check waits this long, 10 s at most, for a broker that answers nothing.",
+    )
     kafka_delivery_timeout_ms: int = Field(
         default=120_000,
-        ge=31_000,  # the client's request timeout (30 s) and linger: it refuses a shorter one
+        # At least the request timeout and a second (checked below): the client refuses a delivery timeout shorter
+        # than its request timeout and linger (5 ms); 31,000 with the default request timeout.
+        ge=2_000,
         le=900_000,
         description="How long a produced record may wait for the broker (restarting, unreachable) before its send "
         "fails; the records of a poll whose outcome could not be produced are handled again after it.",
@@ -114,6 +124,15 @@ class CommonSettings(KafkaConnectionSettings):
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 turns it off."
     )
+
+    @model_validator(mode="after")
+    def _delivery_outlasts_a_request(self) -> Self:
+        if self.kafka_delivery_timeout_ms < self.kafka_request_timeout_ms + 1_000:
+            raise ValueError(
+                "EXPORT_KAFKA_DELIVERY_TIMEOUT_MS must be at least EXPORT_KAFKA_REQUEST_TIMEOUT_MS and 1000 "
+                f"({self.kafka_request_timeout_ms + 1_000} here)"
+            )
+        return self
 
     @field_validator("allowed_secret_env_prefixes")
     @classmethod

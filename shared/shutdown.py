@@ -2,7 +2,8 @@
 
 Kubernetes sends SIGTERM whenever it wants a pod gone, start-up included (a rollout replacing a pod still
 starting, a node drained, a pod whose Kafka is away). Unhandled, SIGTERM ends the process with status 143, which
-reads as a crash. So a service asks for :func:`stop_on_signals` first thing (:func:`shared.runtime.start_service`):
+reads as a crash. So a service asks for :func:`stop_on_signals` first thing, before its imports
+(:func:`shared.process_start.begin_service_process`; :func:`shared.runtime.start_service` asks again):
 
 - **during start-up** the signal ends the process at once with status 0, wherever start-up is (waiting for Kafka
   or the catalog included): its output flushed, then :func:`os._exit`. Nothing is in hand yet: no record polled,

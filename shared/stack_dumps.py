@@ -15,16 +15,15 @@ threads start and end (a service starting up, a thread pool) is killed by a segm
 hundred signals (measured; CPython issue 116008): asking a service where it waits must never end it.
 
 How the signal reaches the thread: a service reserves it first thing, before its imports
-(:func:`reserve_stack_dump_signal` at the top of each ``services/<name>/__main__.py``): blocked on the main thread,
-so every thread started afterwards (numpy's OpenBLAS pool starts at import, kafka-python's network threads, the
-dispatcher's event loop) has it blocked too, and the kernel keeps it pending until ``stack-dumps`` takes it with
-:func:`signal.sigwait`, whatever the other threads are doing. A thread started before (none in the services; a
-test's) still has it unblocked: for it, the signal's Python handler passes the request on to ``stack-dumps``
-(:func:`signal.pthread_kill`), as soon as the main thread runs Python code. Either way the signal never ends the
-process. A child process would inherit the block (none is started). Signals that come while a dump is logged are
-one dump. The price: a thread that holds the GIL and never lets it go (a C extension's loop) delays the dump
-until it does.
-"""
+(:func:`reserve_stack_dump_signal`, by :func:`shared.process_start.begin_service_process` at the top of each
+``services/<name>/__main__.py``): blocked on the main thread, so every thread started afterwards (numpy's OpenBLAS
+pool starts at import, kafka-python's network threads, the dispatcher's event loop) has it blocked too, and the
+kernel keeps it pending until ``stack-dumps`` takes it with :func:`signal.sigwait`, whatever the other threads are
+doing. A thread started before (none in the services; a test's) still has it unblocked: for it, the signal's Python
+handler passes the request on to ``stack-dumps`` (:func:`signal.pthread_kill`), as soon as the main thread runs
+Python code. Either way the signal never ends the process. A child process would inherit the block (none is
+started). Signals that come while a dump is logged are one dump. The price: a thread that holds the GIL and never
+lets it go (a C extension's loop) delays the dump until it does."""
 
 from __future__ import annotations
 

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from shared.stack_dumps import reserve_stack_dump_signal
+from shared.process_start import begin_service_process
 
-# First, before an import starts a thread (numpy's OpenBLAS pool does): every thread then has SIGUSR1 blocked
-# and the stack dumps come whatever the main thread is doing (shared.stack_dumps).
-reserve_stack_dump_signal()
-
-from shared.shutdown import stop_gracefully, stop_on_signals
-
-# Then SIGTERM and SIGINT end the process at once with status 0 (not 143) until uvicorn serves: from here, the
-# imports below included (seconds), as the other services from the start of theirs (shared.runtime.start_service).
-stop_on_signals()
+# First, before the imports (seconds on a busy node): SIGUSR1 blocked before an import starts a thread, and SIGTERM
+# or SIGINT ends the process with status 0 from here until uvicorn serves, not 143 (shared.process_start).
+begin_service_process()
 
 import contextlib
 import functools
@@ -35,6 +29,7 @@ from shared.kafka import prepare_kafka
 from shared.kafka.clients import PRODUCER_CLOSE_SECONDS, close_producer
 from shared.log import configure_logging
 from shared.querystore import MemberReader
+from shared.shutdown import stop_gracefully
 from shared.stack_dumps import enable_stack_dumps
 from shared.tracing import install as install_tracing
 

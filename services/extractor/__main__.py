@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from shared.stack_dumps import reserve_stack_dump_signal
+from shared.process_start import begin_service_process
 
-# First, before an import starts a thread (numpy's OpenBLAS pool does): every thread then has SIGUSR1 blocked
-# and the stack dumps come whatever the main thread is doing (shared.stack_dumps).
-reserve_stack_dump_signal()
+# First, before the imports (a second and more on a busy node): SIGUSR1 blocked before an import starts a thread,
+# and SIGTERM or SIGINT ends the process with status 0 from here on, not 143 (shared.process_start).
+begin_service_process()
 
 from collections.abc import Callable
 from datetime import datetime, timedelta

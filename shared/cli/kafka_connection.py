@@ -25,7 +25,7 @@ from kafka import KafkaProducer
 
 from shared.cli.reachability import require_kafka
 from shared.kafka.clients import PRODUCER_CLOSE_SECONDS, close_producer, make_producer
-from shared.kafka.connection_check import check_kafka_connection
+from shared.kafka.connection_check import CHECK_TIMEOUT_SECONDS, check_kafka_connection
 from shared.kafka.topic_setup import ensure_topics, missing_topics
 
 if TYPE_CHECKING:
@@ -57,7 +57,9 @@ def connect_producer(
     producer of a failed listing is closed.
     """
     require_kafka(settings.kafka_bootstrap_servers)
-    check_kafka_connection(settings)  # a refused TLS/SASL setting is named, not retried
+    # A refused TLS/SASL setting is named, not retried; a broker answering nothing is given the request timeout
+    # (the check's own 10 s at most) before the command says it could not connect.
+    check_kafka_connection(settings, min(CHECK_TIMEOUT_SECONDS, settings.kafka_request_timeout_ms / 1000))
     # The producer first: its bootstrap reads the cluster's metadata for no topic (nothing is created), and
     # kafka-python asks for the next metadata (the topic's, at the first send) no sooner than retry_backoff_ms
     # (100 ms) after that. Listing the topics meanwhile costs that wait nothing.

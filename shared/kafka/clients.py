@@ -55,6 +55,7 @@ def make_producer(settings: CommonSettings, client_id: str, *, max_block_seconds
         max_in_flight_requests_per_connection=1,
         # Retries are bounded by time, not count: a broker away (restarting, a leader moving) for less than
         # the delivery timeout is waited out; past it the send fails and the caller decides (never silent).
+        request_timeout_ms=settings.kafka_request_timeout_ms,
         delivery_timeout_ms=settings.kafka_delivery_timeout_ms,
         max_request_size=4 * 1024 * 1024,
         # kafka-python 3 makes a producer idempotent by default, and an idempotent producer whose record

@@ -22,8 +22,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 
-from devtools.kafka_broker import LocalKafka
 from shared.events import MemberBatch
 from shared.kafka import Outgoing
 from shared.kafka.clients import make_consumer, make_producer, produce
@@ -32,6 +32,7 @@ from shared.member_batch_decoding import decode_member_batch
 from shared.settings import CommonSettings
 from shared.topics import Topics
 from tests.benchmarks.bench_dispatcher import member
+from tests.benchmarks.common import kafka_bootstrap
 
 POLL_RECORDS = 64
 
@@ -105,9 +106,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="1048576,4194304", help="max_partition_fetch_bytes values")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
-    with LocalKafka() as broker:
+    with ExitStack() as stack:
+        bootstrap = kafka_bootstrap(stack)
         topics = Topics(f"polls{uuid.uuid4().hex[:6]}.")
-        settings = CommonSettings(kafka_bootstrap_servers=broker.bootstrap_servers, topic_prefix=topics.prefix)
+        settings = CommonSettings(kafka_bootstrap_servers=bootstrap, topic_prefix=topics.prefix)
         ensure_topics(settings)
         producer = make_producer(settings, "polls")
         run_id = uuid.uuid4()

@@ -42,12 +42,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text
 
-from devtools.kafka_broker import LocalKafka
-from devtools.postgres import LocalPostgres
 from shared.catalog import CatalogStores, make_engine
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
-from tests.benchmarks.bench_extractor import _database_on
-from tests.benchmarks.common import sqlite_store
+from tests.benchmarks.common import kafka_bootstrap, postgres_databases, sqlite_store
 
 BATCH_SIZE = 500
 PAGE_SIZE = 5_000
@@ -245,12 +242,9 @@ def main() -> None:
         return
     members = args.members
     with ExitStack() as stack:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(LocalKafka()).bootstrap_servers
+        bootstrap = kafka_bootstrap(stack)
         name = f"bench_changes_{uuid.uuid4().hex[:8]}"
-        if os.environ.get("EXPORT_TEST_POSTGRES_URL"):
-            postgres_url = _database_on(os.environ["EXPORT_TEST_POSTGRES_URL"])(name)
-        else:
-            postgres_url = stack.enter_context(LocalPostgres()).create_database(name)
+        postgres_url = postgres_databases(stack)(name)
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         # A copy (by SQLite's backup API: the cache's write-ahead log included) that this benchmark may change.
         with (

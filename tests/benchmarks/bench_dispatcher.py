@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import tempfile
 import time
 import uuid
@@ -36,7 +35,6 @@ from typing import Any
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from devtools.kafka_broker import LocalKafka
 from devtools.pipeline import LocalPipeline
 from devtools.processes import wait_until
 from services.extractor.extraction import DEFAULT_RECORD_MEMBERS
@@ -50,6 +48,7 @@ from tests.benchmarks.common import (
     HEADERS,
     SINGLE_BODY,
     current_rss_mb,
+    kafka_bootstrap,
     peak_rss_mb,
     plain_aiohttp,
     post_all,
@@ -265,7 +264,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     with ExitStack() as stack:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(LocalKafka()).bootstrap_servers
+        bootstrap = kafka_bootstrap(stack)
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         bench = Bench(bootstrap, workdir, args.concurrency)
         with lean_receiver() as base_url:

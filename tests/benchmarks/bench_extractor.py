@@ -47,12 +47,18 @@ from typing import Any
 
 from sqlalchemy import text
 
-from devtools.kafka_broker import LocalKafka
-from devtools.postgres import LocalPostgres
 from shared.catalog import CatalogStores, make_engine
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.querystore.demo_data import create_demo_members
-from tests.benchmarks.common import bare_produce, cpu_seconds, member_batch_records, new_topic, sqlite_store
+from tests.benchmarks.common import (
+    bare_produce,
+    cpu_seconds,
+    kafka_bootstrap,
+    member_batch_records,
+    new_topic,
+    postgres_databases,
+    sqlite_store,
+)
 
 BATCH_SIZE = 500
 PAGE_SIZE = 5_000
@@ -215,15 +221,9 @@ def main() -> None:
         print(json.dumps(result))
         return
     with ExitStack() as stack:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(LocalKafka()).bootstrap_servers
+        bootstrap = kafka_bootstrap(stack)
         stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
-        postgres: Any = None
-        if "postgresql" in stores:
-            if os.environ.get("EXPORT_TEST_POSTGRES_URL"):
-                base = os.environ["EXPORT_TEST_POSTGRES_URL"]
-                postgres = _database_on(base)
-            else:
-                postgres = stack.enter_context(LocalPostgres()).create_database
+        postgres = postgres_databases(stack) if "postgresql" in stores else None
         for store in stores:
             for members in args.members:
                 url = sqlite_store(members) if store == "sqlite" else postgres_store(postgres, members)
@@ -338,20 +338,6 @@ def replica_rounds(store: str, members: int, url: str, bootstrap: str, args: arg
         + f"  [nproc {os.cpu_count()}: the extractors, the broker and the database share them]",
         flush=True,
     )
-
-
-def _database_on(server_url: str) -> Any:
-    def create(name: str) -> str:
-        engine = make_engine(server_url)
-        with engine.connect() as connection:
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            exists = connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
-            if not exists:
-                connection.execute(text(f'CREATE DATABASE "{name}"'))
-        engine.dispose()
-        return server_url.rsplit("/", 1)[0] + f"/{name}"
-
-    return create
 
 
 if __name__ == "__main__":

@@ -22,16 +22,17 @@ import asyncio
 import statistics
 import time
 import uuid
+from contextlib import ExitStack
 from typing import Any
 
 from sqlalchemy import text
 
-from devtools.postgres import LocalPostgres
 from services.dispatcher.fleet_limits import FleetLimits
 from services.dispatcher.rate_limit import AdaptiveRateLimiter
 from shared.catalog import CatalogStores
 from shared.catalog.fleet_store import SqlFleetStore
 from shared.domain.catalog_objects import RateLimit
+from tests.benchmarks.common import postgres_databases
 
 LIMIT = RateLimit(max_in_flight=4, requests_per_second=100_000, burst=10_000)
 HEARTBEAT_SECONDS = 2.0
@@ -100,8 +101,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=5_000)
     args = parser.parse_args()
-    with LocalPostgres() as server:
-        catalog = CatalogStores.from_url(server.create_database(f"b{uuid.uuid4().hex[:8]}"), migrate=True)
+    with ExitStack() as stack:
+        catalog = CatalogStores.from_url(postgres_databases(stack)(f"b{uuid.uuid4().hex[:8]}"), migrate=True)
         try:
             fleet = FleetLimits(SqlFleetStore(catalog.database), heartbeat_seconds=HEARTBEAT_SECONDS)
             baseline = asyncio.run(per_replica(args.requests))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -26,7 +25,6 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-from devtools.kafka_broker import LocalKafka
 from services.dispatcher.delivery import AttemptResult
 from services.dispatcher.inspector import AttemptInspector
 from services.extractor.extraction import DEFAULT_RECORD_MEMBERS
@@ -35,7 +33,7 @@ from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition
 from shared.domain.rendering import RenderedRequest
 from shared.outbound.partner_http import PartnerAnswer
 from tests.benchmarks.bench_dispatcher import Bench, batches, member
-from tests.benchmarks.common import receiver_rate
+from tests.benchmarks.common import kafka_bootstrap, receiver_rate
 from tests.benchmarks.lean_receiver import lean_receiver
 
 OFF = {"EXPORT_INSPECTOR_ENABLED": "false"}
@@ -108,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     hot_path(200_000)
     with ExitStack() as stack:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(LocalKafka()).bootstrap_servers
+        bootstrap = kafka_bootstrap(stack)
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         bench = Bench(bootstrap, workdir, args.concurrency)
         records = batches("single", -(-args.single // DEFAULT_RECORD_MEMBERS), DEFAULT_RECORD_MEMBERS)

@@ -15,12 +15,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from devtools.postgres import LocalPostgres
 from shared.catalog import CatalogStores
 from shared.events import AnyRunEvent, BatchOutcome, ExtractionCompleted, RefusedMember, RunStarted, Trigger
+from tests.benchmarks.common import postgres_databases
 from tests.member_state_helpers import member_state_definition
 
 POLL = 500
@@ -164,8 +165,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         one, poll = measure(lambda: f"sqlite:///{Path(work) / uuid.uuid4().hex}.db", events)
         report("SQLite", one, poll)
-        with LocalPostgres() as server:
-            one, poll = measure(lambda: server.create_database(f"b{uuid.uuid4().hex[:8]}"), events)
+        with ExitStack() as stack:
+            create = postgres_databases(stack)
+            one, poll = measure(lambda: create(f"b{uuid.uuid4().hex[:8]}"), events)
             report("PostgreSQL", one, poll)
         print(
             f"member delivery log: the same folds of {len(keyed)} events naming {args.members} members a batch "
@@ -174,8 +176,9 @@ def main() -> None:
         )
         sqlite = measure_log(lambda: f"sqlite:///{Path(work) / uuid.uuid4().hex}.db", keyed, args.rounds)
         report_log("SQLite", sqlite, args.members)
-        with LocalPostgres() as server:
-            new_database = lambda: server.create_database(f"b{uuid.uuid4().hex[:8]}")  # noqa: E731
+        with ExitStack() as stack:
+            create = postgres_databases(stack)
+            new_database = lambda: create(f"b{uuid.uuid4().hex[:8]}")  # noqa: E731
             report_log("PostgreSQL", measure_log(new_database, keyed, args.rounds), args.members)
 
 

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,7 @@ def breaker_sweep_seconds(url: str, emails: int, senders: str) -> dict[str, floa
 def compare(
     trees: list[str], turns: int, notifications: int, senders: str, finishes: int = 0, outbox: str = "notifications"
 ) -> None:
-    from devtools.postgres import LocalPostgres
+    from tests.benchmarks.common import postgres_databases
 
     if finishes:
         what = f"notifier finishing polls ({finishes} runs, 50 a poll)"
@@ -173,7 +174,8 @@ def compare(
         f"{what}, fresh catalog each, senders {senders}, "
         f"{turns} turns alternating; load average before: {Path('/proc/loadavg').read_text().strip()}"
     )
-    with tempfile.TemporaryDirectory() as work, LocalPostgres() as server:
+    with tempfile.TemporaryDirectory() as work, ExitStack() as stack:
+        create_database = postgres_databases(stack)
         for backend in ("sqlite", "postgresql"):
             times: dict[str, list[float]] = {tree: [] for tree in trees}
             for _ in range(turns):
@@ -181,7 +183,7 @@ def compare(
                     url = (
                         f"sqlite:///{Path(work) / uuid.uuid4().hex}.db"
                         if backend == "sqlite"
-                        else server.create_database(f"b{uuid.uuid4().hex[:8]}")
+                        else create_database(f"b{uuid.uuid4().hex[:8]}")
                     )
                     command = [sys.executable, __file__, "--url", url, "--notifications", str(notifications)]
                     command += ["--finishes", str(finishes), "--outbox", outbox]

@@ -19,14 +19,15 @@ import argparse
 import statistics
 import time
 import uuid
+from contextlib import ExitStack
 
-from devtools.kafka_broker import LocalKafka
 from shared.events import BatchOutcome
 from shared.kafka import Outgoing
 from shared.kafka.clients import make_producer, produce
 from shared.kafka.topic_setup import ensure_topics
 from shared.settings import CommonSettings
 from shared.topics import Topics
+from tests.benchmarks.common import kafka_bootstrap
 
 SIZES = (16_384, 524_288)
 
@@ -52,12 +53,13 @@ def main() -> None:
     parser.add_argument("--outcomes", type=int, default=64, help="outcomes a round (the dispatcher's poll records)")
     parser.add_argument("--members", type=int, default=500, help="member keys an outcome names")
     args = parser.parse_args()
-    with LocalKafka() as broker:
+    with ExitStack() as stack:
+        bootstrap = kafka_bootstrap(stack)
         topics = Topics(f"acks{uuid.uuid4().hex[:6]}.")
 
         def settings(batch_bytes: int = SIZES[0]) -> CommonSettings:
             return CommonSettings(
-                kafka_bootstrap_servers=broker.bootstrap_servers,
+                kafka_bootstrap_servers=bootstrap,
                 topic_prefix=topics.prefix,
                 kafka_batch_bytes=batch_bytes,
             )

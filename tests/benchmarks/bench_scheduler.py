@@ -29,8 +29,6 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from devtools.kafka_broker import LocalKafka
-from devtools.postgres import LocalPostgres
 from services.scheduler.clock import ManualClock
 from services.scheduler.scheduling import Scheduler
 from services.scheduler.settings import SchedulerSettings
@@ -40,7 +38,7 @@ from shared.events import RunRequested
 from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait
 from shared.log import configure_logging
 from shared.settings import CommonSettings
-from tests.benchmarks.common import bare_produce, new_topic
+from tests.benchmarks.common import bare_produce, kafka_bootstrap, new_topic, postgres_databases
 from tests.benchmarks.scheduler_starts import bench_starts
 
 UTC = dt.UTC
@@ -201,29 +199,29 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging("WARNING", "console")
     with ExitStack() as stack:
-        kafka = stack.enter_context(LocalKafka())
+        bootstrap = kafka_bootstrap(stack)
         catalogs: list[tuple[str, Callable[[], str]]] = []
         if args.catalog in {"sqlite", "both"}:
             directory = stack.enter_context(tempfile.TemporaryDirectory())
             catalogs.append(("sqlite", lambda: f"sqlite:///{directory}/catalog-{uuid.uuid4().hex[:6]}.db"))
         if args.catalog in {"postgresql", "both"}:
-            postgres = stack.enter_context(LocalPostgres())
-            catalogs.append(("postgresql", lambda: postgres.create_database(f"bench_{uuid.uuid4().hex[:6]}")))
+            create_database = postgres_databases(stack)
+            catalogs.append(("postgresql", lambda: create_database(f"bench_{uuid.uuid4().hex[:6]}")))
         for label, new_catalog in catalogs:
             if args.part in {"scheduler", "both"}:
                 started = time.perf_counter()
                 runs = [
-                    simulate(new_catalog(), kafka.bootstrap_servers, args.definitions, args.minutes, lookahead)
+                    simulate(new_catalog(), bootstrap, args.definitions, args.minutes, lookahead)
                     for lookahead in args.lookaheads
                 ]
-                bare = bare_publish_seconds(kafka.bootstrap_servers, max(t.busiest_runs for t in runs) or 1)
+                bare = bare_publish_seconds(bootstrap, max(t.busiest_runs for t in runs) or 1)
                 print(f"[{label}] {len(runs)} simulations in {time.perf_counter() - started:.0f} s")
                 report(label, runs, bare)
             if args.part in {"starts", "both"}:
                 bench_starts(
                     label,
                     new_catalog(),
-                    kafka.bootstrap_servers,
+                    bootstrap,
                     burst=args.burst,
                     extractors=args.extractors,
                     lookahead=max(args.lookaheads),

@@ -9,6 +9,7 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import httpx
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import TopicPartition
+from sqlalchemy import text
 
 from shared.catalog import make_engine
 from shared.events import Priority
@@ -181,3 +183,44 @@ def bare_consume(bootstrap: str, topic: str, timeout: float = 120) -> tuple[int,
         return read, time.perf_counter() - started
     finally:
         consumer.close()
+
+
+# --- the servers a benchmark runs on --------------------------------------------------------------------------
+
+
+def kafka_bootstrap(stack: ExitStack) -> str:
+    """``KAFKA_BOOTSTRAP_SERVERS`` when set (a running broker: the test suite's, for the benchmarks' smoke), else a
+    local broker started for the benchmark and stopped with ``stack``."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    from devtools.kafka_broker import LocalKafka
+
+    return stack.enter_context(LocalKafka()).bootstrap_servers
+
+
+def database_on(server_url: str) -> Callable[[str], str]:
+    """A function creating the database of a name (when it does not exist yet) on the PostgreSQL server of
+    ``server_url`` (the URL of any of its databases) and returning its URL."""
+
+    def create(name: str) -> str:
+        engine = make_engine(server_url)
+        with engine.connect() as connection:
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            exists = connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+            if not exists:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+        engine.dispose()
+        return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+    return create
+
+
+def postgres_databases(stack: ExitStack) -> Callable[[str], str]:
+    """A function creating a database of a name and returning its URL: on the server of ``EXPORT_TEST_POSTGRES_URL``
+    when set (the test suite's, for the benchmarks' smoke), else on a throwaway server started for the benchmark and
+    stopped with ``stack``."""
+    if os.environ.get("EXPORT_TEST_POSTGRES_URL"):
+        return database_on(os.environ["EXPORT_TEST_POSTGRES_URL"])
+    from devtools.postgres import LocalPostgres
+
+    return stack.enter_context(LocalPostgres()).create_database

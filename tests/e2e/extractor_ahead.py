@@ -8,7 +8,7 @@ import os
 from datetime import timedelta
 
 if __name__ == "__main__":
-    # Imported here, not at the top: the service's entry module reserves the stack-dump signal as it is imported.
+    # Imported here, not at the top: the service's entry module takes signals over as it is imported.
     from services.extractor.__main__ import main
     from services.scheduler.clock import ShiftedClock
     from tests.e2e.scheduler_ahead import AHEAD

@@ -54,8 +54,8 @@ def restart_on_a_shifted_clock(pipeline: Pipeline, definition: str, before: floa
 
 if __name__ == "__main__":
     # Imported here, not at the top: a test imports this module for MODULE and AHEAD, and the service's entry
-    # module reserves the stack-dump signal as it is imported (blocked in the importing process: pytest's, then
-    # every process it starts).
+    # module takes signals over as it is imported (the stack-dump signal blocked in the importing process: pytest's,
+    # then every process it starts; SIGTERM and SIGINT ending it with status 0).
     from services.scheduler.__main__ import main
     from services.scheduler.clock import ShiftedClock
 

@@ -207,7 +207,9 @@ def _ready_across_a_broker_restart(broker: LocalKafka, tmp_path: Path) -> None:
     loop = _loop(settings, lambda request: [], service="ready")
     loop.health = health
     with _running(loop):
-        _wait(lambda: health.ready()[0], timeout=60)
+        # In its group: partitions assigned and a heartbeat answered since (ready alone held before the loop had
+        # started, which then said not in its group until it joined: a kill then proved nothing).
+        _wait(lambda: bool(loop.consumer.assignment()) and health.ready()[0], timeout=60)
         broker.kill()
         _wait(lambda: not health.ready()[0], timeout=60)
         reason = health.ready()[1]

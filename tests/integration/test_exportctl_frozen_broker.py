@@ -31,16 +31,25 @@ from tests.exportctl_catalog import nightly_catalog
 
 pytestmark = pytest.mark.integration
 
-#: The shortest delivery timeout the settings take: how long the run request's wait lasts on a frozen broker.
+#: The shortest delivery timeout the settings take with the default request timeout (30 s): a close that waited for
+#: what the producer held until then would outlast its bound.
 DELIVERY_SECONDS = 31.0
+#: A short request timeout (``EXPORT_KAFKA_REQUEST_TIMEOUT_MS``) where the test waits for the frozen broker's silence:
+#: a request's, and the connection check's of an exportctl that connects to it.
+SHORT_REQUEST_SECONDS = 3.0
+#: The shortest delivery timeout the settings take with it: how long the run request's wait lasts then.
+SHORT_DELIVERY_SECONDS = SHORT_REQUEST_SECONDS + 1
 
 
-def _settings(tmp_path: Path, broker: LocalKafka) -> CliSettings:
+def _settings(tmp_path: Path, broker: LocalKafka, *, short: bool = False) -> CliSettings:
+    """exportctl's settings; ``short``: the request and delivery timeouts shortened (the same waits, sooner over)."""
+    request, delivery = (SHORT_REQUEST_SECONDS, SHORT_DELIVERY_SECONDS) if short else (30.0, DELIVERY_SECONDS)
     return CliSettings(
         catalog_url=nightly_catalog(tmp_path),
         kafka_bootstrap_servers=broker.bootstrap_servers,
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
-        kafka_delivery_timeout_ms=int(DELIVERY_SECONDS * 1000),
+        kafka_request_timeout_ms=int(request * 1000),
+        kafka_delivery_timeout_ms=int(delivery * 1000),
         metrics_port=0,
     )
 
@@ -96,7 +105,9 @@ def test_a_run_request_the_frozen_broker_does_not_acknowledge_exits_5_naming_the
     tmp_path: Path, capsys: pytest.CaptureFixture[str], freezable_broker: LocalKafka
 ) -> None:
     broker = freezable_broker
-    settings = _settings(tmp_path, broker)
+    # The request's wait, and the connection check's, shortened: both as long as the request timeout says (before:
+    # 31 s at least, the shortest delivery timeout the default request timeout allowed, and the check's 10 s).
+    settings = _settings(tmp_path, broker, short=True)
     with direct(settings) as context:  # the topics made
         context._send([Outgoing(settings.topics.run_requests, "k", b"acknowledged")])
     args = argparse.Namespace(
@@ -138,7 +149,7 @@ def test_a_run_request_the_frozen_broker_does_not_acknowledge_exits_5_naming_the
     assert "its outcome is unknown: it starts if the broker received it" in failed.value.message
     assert _status(settings, unknown) is RunStatus.QUEUED
     # The record's wait (the delivery timeout), then the bounded close.
-    assert took < DELIVERY_SECONDS + PRODUCER_CLOSE_SECONDS + 5, f"took {took:.1f} s"
+    assert took < SHORT_DELIVERY_SECONDS + PRODUCER_CLOSE_SECONDS + 5, f"took {took:.1f} s"
 
 
 def test_a_replay_publication_ends_within_its_bound_when_the_send_blocks_for_metadata_of_a_frozen_broker(

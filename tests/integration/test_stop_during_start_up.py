@@ -295,3 +295,52 @@ def test_a_sigterm_just_before_uvicorn_takes_the_signals_over_still_stops_the_ad
         [sys.executable, "-c", _BETWEEN_THE_HANDLERS], capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
     assert (process.returncode, process.stdout) == (0, "started\n"), process.stderr
+
+
+#: A service's entry module run as ``python -m`` runs it, its first import of the catalog package (after the entry
+#: module's first statement, before start-up's steps) held: "importing" printed, then stdin read (never written).
+_HELD_IN_ITS_IMPORTS = """
+import importlib.abc, runpy, sys
+
+
+class HoldTheCatalogImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "shared.catalog":
+            print("importing", flush=True)
+            sys.stdin.readline()
+        return None
+
+
+sys.meta_path.insert(0, HoldTheCatalogImport())
+runpy.run_module(sys.argv[1], run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("service", sorted(RUNNING))
+def test_sigterm_during_the_services_imports_stops_it_with_status_0(service: str, tmp_path: Path):
+    """A pod stopped while its service still imports its modules (a second and more on a busy node, before
+    start-up's first step) exits with status 0, not 143: a CI run saw the extractor ended so, SIGTERM coming
+    seconds after it was started."""
+    output = tmp_path / "output"
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _HELD_IN_ITS_IMPORTS, f"services.{service}"],
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(
+            lambda: process.poll() is not None or "importing" in output.read_text(errors="replace"),
+            timeout=60,
+            what=f"{service} importing its modules",
+        )
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stdin is not None
+        process.stdin.close()
+    assert status == 0, output.read_text(errors="replace")[-3000:]

@@ -138,3 +138,18 @@ def test_inconsistent_settings_are_refused_naming_the_variable_and_never_the_sec
     said = refusal(env, values)
     assert message in said
     assert "hunter2-secret" not in said
+
+
+def test_a_shorter_request_timeout_allows_a_delivery_timeout_down_to_it_and_a_second(env):
+    """EXPORT_KAFKA_REQUEST_TIMEOUT_MS (the producer's, 30 s by default) bounds the delivery timeout from below: 31 s
+    by default as before, 4 s with a 3 s one (before: 31 s whatever the request timeout)."""
+    assert env({}).kafka_request_timeout_ms == 30_000
+    assert "at least EXPORT_KAFKA_REQUEST_TIMEOUT_MS and 1000 (31000 here)" in refusal(
+        env, {"EXPORT_KAFKA_DELIVERY_TIMEOUT_MS": "30999"}
+    )
+    assert env({"EXPORT_KAFKA_DELIVERY_TIMEOUT_MS": "31000"}).kafka_delivery_timeout_ms == 31_000
+    short = env({"EXPORT_KAFKA_REQUEST_TIMEOUT_MS": "3000", "EXPORT_KAFKA_DELIVERY_TIMEOUT_MS": "4000"})
+    assert (short.kafka_request_timeout_ms, short.kafka_delivery_timeout_ms) == (3_000, 4_000)
+    assert "(4000 here)" in refusal(
+        env, {"EXPORT_KAFKA_REQUEST_TIMEOUT_MS": "3000", "EXPORT_KAFKA_DELIVERY_TIMEOUT_MS": "3999"}
+    )
