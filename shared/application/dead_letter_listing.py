@@ -284,8 +284,10 @@ def scoped_page(
 
 def listed(grouped: GroupedDeadLetters, scoped: ScopedPage, *, cells: RetryCells | None) -> DeadLetterListing:
     """The listing of ``scoped`` (a page of ``grouped``), each shown group's retry cell from ``cells`` (None: no
-    catalog, no cell), one catalog read per definition; a group whose definition's key column is not the one its keys
-    were taken under gets none (never a cell of other members)."""
+    catalog, no cell): for each definition of the shown groups that hold keys, its key column read once
+    (:meth:`RetryCells.key_column`, which keeps it) and its members' retries at most once (:meth:`RetryCells.cells`);
+    a group whose definition's key column is not the one its keys were taken under gets none (never a cell of other
+    members)."""
     retry: dict[_GroupKey, str | None] = {}
     if cells is not None:
         # The catalog is asked for the shown groups' members only (a page of 100 of 20,000 groups: 100 groups' keys).
@@ -326,9 +328,10 @@ def list_dead_letters(
 ) -> DeadLetterListing:
     """The dead letters (of ``run``, of ``definition``, if given; an empty ``definition`` is no filter) within the
     actor's scope, grouped by run, definition and reason (its first ``reason_chars``; None: whole), sorted so; each
-    group's retry cell from ``cells`` (None: no catalog, no cell), one catalog read per definition. ``runs`` says the
-    scope of the runs, all read at once (None: no catalog, for an actor of every unit only). ``page`` (a slice of the
-    sorted groups) keeps those groups only, and only theirs get retry cells from the catalog.
+    group's retry cell from ``cells`` (None: no catalog, no cell): the key column of each definition of the dead
+    letters read once (their keys taken under it), the retries at most once for each definition of the groups shown.
+    ``runs`` says the scope of the runs, all read at once (None: no catalog, for an actor of every unit only).
+    ``page`` (a slice of the sorted groups) keeps those groups only, and only theirs get retry cells from the catalog.
     :class:`DeadLettersUnreadable` when Kafka does not give them, :class:`Busy` when the source refuses the read (as
     many run now as it allows)."""
     authorise(actor, Permission.READ)

@@ -359,40 +359,41 @@ def test_a_kept_page_asks_the_catalog_about_its_own_groups_definitions_only(
 
 
 def test_a_key_column_changed_on_another_page_reads_the_topic_again_for_that_page_only(
-    listing: Listing, reads: Reads
+    tmp_path: Path, kafka_bootstrap: str, database_url: str, reads: Reads
 ) -> None:
     """The key column of a definition shown on the second page only changed: the first page is answered from the kept
     listing, its cells the same (before: the topic read again), the second reads the topic again and its cell counts
-    the members by their e-mail addresses."""
-    definitions = listing.api.app.state.context.definitions
-    gold = definitions.get(SavedQuery, "gold")
-    definitions.apply_all(
-        [
-            gold.model_copy(update={"name": "silver"}),
-            ExportDefinition(name="zz-silver", query="silver", template="upsert"),
-        ]
-    )
-    run = uuid.UUID(int=11)
-    letters = [_refused(run, f"HTTP 400: request {i} refused", i) for i in range(4)]
-    letters.append(_refused(run, "HTTP 400: request 4 refused", 4, definition="zz-silver"))
-    listing.add(
-        [
-            letter.model_copy(update={"members": [{"id": i, "email": f"m{i}@example.com"}]})
-            for i, letter in enumerate(letters)
-        ]
-    )
-    listing.api.app.state.context.retries = SimpleNamespace(states=_pending)
-    assert {group["retry"] for group in listing.get(limit=4)["groups"]} == {"1 no retry"}
-    definitions.apply_all([gold.model_copy(update={"name": "silver", "key_column": "email"})])
-    first = listing.get(limit=4)["groups"]
-    assert ([group["definition"] for group in first], {group["retry"] for group in first}) == (
-        ["nightly"] * 4,
-        {"1 no retry"},
-    )
-    assert reads.count == 1  # before: 2
-    second = listing.get(offset=4, limit=4)["groups"]
-    assert [(group["definition"], group["retry"]) for group in second] == [("zz-silver", "1 pending retry")]
-    assert reads.count == 2
+    the members by their e-mail addresses (on both dialects)."""
+    with _listing(tmp_path, kafka_bootstrap, catalog_url=database_url) as listing:
+        definitions = listing.api.app.state.context.definitions
+        gold = definitions.get(SavedQuery, "gold")
+        definitions.apply_all(
+            [
+                gold.model_copy(update={"name": "silver"}),
+                ExportDefinition(name="zz-silver", query="silver", template="upsert"),
+            ]
+        )
+        run = uuid.UUID(int=11)
+        letters = [_refused(run, f"HTTP 400: request {i} refused", i) for i in range(4)]
+        letters.append(_refused(run, "HTTP 400: request 4 refused", 4, definition="zz-silver"))
+        listing.add(
+            [
+                letter.model_copy(update={"members": [{"id": i, "email": f"m{i}@example.com"}]})
+                for i, letter in enumerate(letters)
+            ]
+        )
+        listing.api.app.state.context.retries = SimpleNamespace(states=_pending)
+        assert {group["retry"] for group in listing.get(limit=4)["groups"]} == {"1 no retry"}
+        definitions.apply_all([gold.model_copy(update={"name": "silver", "key_column": "email"})])
+        first = listing.get(limit=4)["groups"]
+        assert ([group["definition"] for group in first], {group["retry"] for group in first}) == (
+            ["nightly"] * 4,
+            {"1 no retry"},
+        )
+        assert reads.count == 1  # before: 2
+        second = listing.get(offset=4, limit=4)["groups"]
+        assert [(group["definition"], group["retry"]) for group in second] == [("zz-silver", "1 pending retry")]
+        assert reads.count == 2
 
 
 def test_a_kept_listing_expires_after_its_five_minutes(listing: Listing, reads: Reads) -> None:
