@@ -29,9 +29,11 @@ from shared.application.dead_letter_listing import (
     DeadLetterListing,
     GroupedDeadLetters,
     RetryCells,
+    ScopedPage,
     group_dead_letters,
     list_dead_letters,
-    listing_of,
+    listed,
+    scoped_page,
 )
 from shared.application.ports import DeadLetterSource, RunUnitsReader, VersionedDeadLetterSource
 
@@ -83,6 +85,7 @@ class DeadLetterListings:
     max_listings: int = MAX_LISTINGS
     max_bytes: int = MAX_BYTES
     max_age_seconds: float = MAX_AGE_SECONDS
+    #: What a kept listing's age is measured by, and Kafka's part of a call (seconds).
     clock: Callable[[], float] = time.monotonic
     _kept: OrderedDict[tuple[Hashable, _Filters], _Kept] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -125,14 +128,21 @@ class DeadLetterListings:
                 return True
             return False
 
+        started = self.clock()
         version, read = letters.dead_letters_unless(known)
-        # Keys taken under another key column (a definition's query changed since) cannot give this caller's cells:
-        # the catalog asked now, Kafka's consumer closed (its errors the catalog's), and the topic read again.
-        if read is None and not found[0].answers(cells):
-            version, read = letters.dead_letters_unless(lambda _: False)
+        spent = self.clock() - started  # Kafka's part of the call so far: the version read
+        scoped: ScopedPage
         if read is None:
             grouped, source = found[0], "kept"
-        else:
+            scoped = scoped_page(actor, grouped, runs=runs, page=page)
+            # Keys taken under another key column (a definition's query changed since) cannot give this caller's
+            # cells: the catalog asked now, Kafka's consumer closed (its errors the catalog's), for the definitions
+            # of the groups this page shows only (the only cells it gives), and the topic read again.
+            if not grouped.answers(cells, scoped.shown):
+                # Within what the version read left of the 60 s (before: 60 s of its own, Kafka waited up to twice
+                # 60 s); the catalog's time between is not Kafka's (a slow catalog is never a Kafka read timed out).
+                version, read = letters.dead_letters_unless(lambda _: False, spent=spent)
+        if read is not None:
             builder = RetryCells(_EVERY_UNIT, cells.store, cells.retries, cells.tolerated) if cells else None
             grouped = group_dead_letters(
                 read,
@@ -144,7 +154,8 @@ class DeadLetterListings:
             source = "read"
             if version is not None:  # no version (no topic id): nothing to know the topic unchanged by
                 self._keep((version, filters), grouped)
-        answer = listing_of(actor, grouped, runs=runs, cells=cells, page=page)
+            scoped = scoped_page(actor, grouped, runs=runs, page=page)
+        answer = listed(grouped, scoped, cells=cells)
         LISTINGS.labels(source).inc()  # an answer given: a catalog timed out above counts none
         return answer
 

@@ -192,12 +192,19 @@ class GroupedDeadLetters:
         """What a kept listing holds, in bytes (:attr:`GroupTally.weight` of its groups)."""
         return sum(group.weight for group in self.groups)
 
-    def answers(self, cells: RetryCells | None) -> bool:
-        """Whether the keys held are those ``cells``' catalog would take: each definition's key column the same, or
-        none (no cell for it)."""
+    def answers(self, cells: RetryCells | None, shown: Iterable[GroupTally]) -> bool:
+        """Whether the keys held for the ``shown`` groups (a page's, the only ones an answer gives cells to:
+        :func:`listed`) are those ``cells``' catalog would take: each of their definitions' key column the same, or
+        none (no cell for it). Only those definitions are asked of the catalog (2 queries each), not every one of
+        the listing: an outage across hundreds of exports is not hundreds of catalog reads a page."""
         if cells is None:
             return True
-        return all(cells.key_column(name) in (None, column) for name, column in self.columns.items())
+        # A group without keys under a column taken (its dead letters hold no member) has no cell under any column;
+        # one whose definition named none when it was read (gone then) may have one now, read again.
+        names = {
+            tally.key[2] or "" for tally in shown if tally.packed_keys or self.columns.get(tally.key[2] or "") is None
+        }
+        return all(cells.key_column(name) in (None, self.columns.get(name)) for name in sorted(names))
 
 
 def group_dead_letters(
@@ -252,6 +259,49 @@ def _label(group: _GroupKey) -> str:
     return str(run_id) if run_id else f"({service}: unreadable record)"
 
 
+@dataclass(frozen=True)
+class ScopedPage:
+    """What of a grouped listing an actor sees (:func:`scoped_page`): how many dead letters and groups there are in
+    its scope, and the groups of the page asked, before their retry cells."""
+
+    letters: int
+    total_groups: int
+    shown: list[GroupTally]
+
+
+def scoped_page(
+    actor: Actor, grouped: GroupedDeadLetters, *, runs: RunUnitsReader | None, page: slice | None = None
+) -> ScopedPage:
+    """The groups within the actor's scope (``runs`` says the runs' business units, all read at once; None: no
+    catalog, for an actor of every unit only), ``page`` of them shown (a slice of the sorted groups; None: all);
+    ``letters`` and ``total_groups`` of all the groups in scope."""
+    authorise(actor, Permission.READ)
+    visible = _scope(actor, runs, [tally.key[0] for tally in grouped.groups])
+    tallies = [tally for tally in grouped.groups if visible(tally.key[0])]
+    shown = tallies[page] if page is not None else tallies
+    return ScopedPage(sum(tally.letters for tally in tallies), len(tallies), shown)
+
+
+def listed(grouped: GroupedDeadLetters, scoped: ScopedPage, *, cells: RetryCells | None) -> DeadLetterListing:
+    """The listing of ``scoped`` (a page of ``grouped``), each shown group's retry cell from ``cells`` (None: no
+    catalog, no cell): for each definition of the shown groups that hold keys, its key column read once
+    (:meth:`RetryCells.key_column`, which keeps it) and its members' retries at most once (:meth:`RetryCells.cells`);
+    a group whose definition's key column is not the one its keys were taken under gets none (never a cell of other
+    members)."""
+    retry: dict[_GroupKey, str | None] = {}
+    if cells is not None:
+        # The catalog is asked for the shown groups' members only (a page of 100 of 20,000 groups: 100 groups' keys).
+        keys: dict[str, dict[_GroupKey, list[str]]] = {}
+        for tally in scoped.shown:
+            name = tally.key[2] or ""
+            if tally.packed_keys and cells.key_column(name) == grouped.columns.get(name):
+                keys.setdefault(name, {})[tally.key] = tally.keys
+        for name, groups_keys in keys.items():
+            retry.update(cells.cells(name, groups_keys))
+    shown = [tally.shown(retry.get(tally.key)) for tally in scoped.shown]
+    return DeadLetterListing(letters=scoped.letters, groups=shown, total_groups=scoped.total_groups)
+
+
 def listing_of(
     actor: Actor,
     grouped: GroupedDeadLetters,
@@ -260,27 +310,9 @@ def listing_of(
     cells: RetryCells | None,
     page: slice | None = None,
 ) -> DeadLetterListing:
-    """The groups within the actor's scope (``runs`` says the runs' business units, all read at once; None: no
-    catalog, for an actor of every unit only), ``page`` of them (a slice of the sorted groups; None: all), each
-    shown group's retry cell from ``cells`` (None: no catalog, no cell), one catalog read per definition; ``letters``
-    and ``total_groups`` of all the groups in scope."""
-    authorise(actor, Permission.READ)
-    visible = _scope(actor, runs, [tally.key[0] for tally in grouped.groups])
-    tallies = [tally for tally in grouped.groups if visible(tally.key[0])]
-    total = sum(tally.letters for tally in tallies)
-    shown_tallies = tallies[page] if page is not None else tallies
-    retry: dict[_GroupKey, str | None] = {}
-    if cells is not None:
-        # The catalog is asked for the shown groups' members only (a page of 100 of 20,000 groups: 100 groups' keys).
-        keys: dict[str, dict[_GroupKey, list[str]]] = {}
-        for tally in shown_tallies:
-            name = tally.key[2] or ""
-            if tally.packed_keys and cells.key_column(name) == grouped.columns.get(name):
-                keys.setdefault(name, {})[tally.key] = tally.keys
-        for name, groups_keys in keys.items():
-            retry.update(cells.cells(name, groups_keys))
-    shown = [tally.shown(retry.get(tally.key)) for tally in shown_tallies]
-    return DeadLetterListing(letters=total, groups=shown, total_groups=len(tallies))
+    """The groups within the actor's scope, ``page`` of them, each shown group's retry cell from ``cells``
+    (:func:`scoped_page`, then :func:`listed`); ``letters`` and ``total_groups`` of all the groups in scope."""
+    return listed(grouped, scoped_page(actor, grouped, runs=runs, page=page), cells=cells)
 
 
 def list_dead_letters(
@@ -296,9 +328,10 @@ def list_dead_letters(
 ) -> DeadLetterListing:
     """The dead letters (of ``run``, of ``definition``, if given; an empty ``definition`` is no filter) within the
     actor's scope, grouped by run, definition and reason (its first ``reason_chars``; None: whole), sorted so; each
-    group's retry cell from ``cells`` (None: no catalog, no cell), one catalog read per definition. ``runs`` says the
-    scope of the runs, all read at once (None: no catalog, for an actor of every unit only). ``page`` (a slice of the
-    sorted groups) keeps those groups only, and only theirs get retry cells from the catalog.
+    group's retry cell from ``cells`` (None: no catalog, no cell): the key column of each definition of the dead
+    letters read once (their keys taken under it), the retries at most once for each definition of the groups shown.
+    ``runs`` says the scope of the runs, all read at once (None: no catalog, for an actor of every unit only).
+    ``page`` (a slice of the sorted groups) keeps those groups only, and only theirs get retry cells from the catalog.
     :class:`DeadLettersUnreadable` when Kafka does not give them, :class:`Busy` when the source refuses the read (as
     many run now as it allows)."""
     authorise(actor, Permission.READ)

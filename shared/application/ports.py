@@ -204,10 +204,14 @@ class VersionedDeadLetterSource(DeadLetterSource, Protocol):
     """The dead letters, and a version of what their topic holds (Kafka's: the topic's id, its partitions' first and
     end offsets) that changes whenever a dead letter is added or dropped: what the admin's listings are kept by."""
 
-    def dead_letters_unless(self, known: Callable[[Hashable], bool]) -> tuple[Hashable | None, list[DeadLetter] | None]:
+    def dead_letters_unless(
+        self, known: Callable[[Hashable], bool], *, spent: float = 0.0
+    ) -> tuple[Hashable | None, list[DeadLetter] | None]:
         """The version as of now and, unless ``known`` says the caller holds the dead letters of that version,
         every dead letter up to it (None when ``known``); no version (None, ``known`` not asked, every dead letter
-        read) when the source cannot say one. :class:`DeadLettersUnreadable` as :meth:`dead_letters`."""
+        read) when the source cannot say one. ``spent``: the seconds an earlier read for the same answer took,
+        taken from this read's bound (one bound for both, not one each). :class:`DeadLettersUnreadable` as
+        :meth:`dead_letters`."""
         ...
 
 

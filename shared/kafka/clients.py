@@ -177,12 +177,14 @@ def produce_and_wait(producer: KafkaProducer, outgoing: list[Outgoing]) -> None:
 #: The bound of a whole-topic read's connection: its bootstrap (kafka-python's default 30 s) and each request of it
 #: (its default 30 s), Kafka down, unreachable or frozen (accepting connections, answering nothing).
 READ_CONNECT_TIMEOUT_SECONDS = 10.0
+#: The bound of a whole-topic read, its connection included.
+READ_TIMEOUT_SECONDS = 60.0
 
 
 def read_whole_topic(
     settings: CommonSettings,
     topic: str,
-    timeout: float = 60.0,
+    timeout: float = READ_TIMEOUT_SECONDS,
     connect_timeout: float = READ_CONNECT_TIMEOUT_SECONDS,
 ) -> list[bytes]:
     """Every record value of ``topic`` as of now, from the beginning (no consumer group, nothing committed).
@@ -208,16 +210,18 @@ def read_topic_unless(
     settings: CommonSettings,
     topic: str,
     known: Callable[[TopicVersion], bool],
-    timeout: float = 60.0,
+    timeout: float = READ_TIMEOUT_SECONDS,
     connect_timeout: float = READ_CONNECT_TIMEOUT_SECONDS,
+    named_timeout: float | None = None,
 ) -> tuple[TopicVersion | None, list[bytes] | None]:
     """The topic's version and, unless ``known`` says its caller holds what the topic holds at that version, its
     record values up to the version's ends (None when ``known``). One consumer for both and one deadline, bounded
     as :func:`read_whole_topic` (the version first: the bootstrap, the metadata and two offset requests, each at
     most ``connect_timeout``; a frozen broker fails it within them, before any record is read). No version (None,
     ``known`` not asked, every record read) when the broker does not name the topic's id (:func:`topic_id`) or the
-    topic has no partitions (it does not exist)."""
-    return _read_topic(settings, topic, known, timeout, connect_timeout)
+    topic has no partitions (it does not exist). ``named_timeout``: the bound its :class:`TimeoutError` names (a
+    caller's whole bound, of which ``timeout`` is what is left; default ``timeout``)."""
+    return _read_topic(settings, topic, known, timeout, connect_timeout, named_timeout)
 
 
 def topic_id(consumer: KafkaConsumer, topic: str) -> str | None:
@@ -241,6 +245,7 @@ def _read_topic(
     known: Callable[[TopicVersion], bool] | None,
     timeout: float,
     connect_timeout: float,
+    named_timeout: float | None = None,
 ) -> tuple[TopicVersion | None, list[bytes] | None]:
     """:func:`read_topic_unless`; without ``known``, no version (its first offsets not asked) and every record
     polled, those past the ends included (:func:`read_whole_topic`, as it always read)."""
@@ -250,7 +255,8 @@ def _read_topic(
         """What one step may wait: ``connect_timeout``, or what is left of the read's deadline."""
         left = deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError(f"could not read {topic} to its end within {timeout:.0f} s")
+            named = timeout if named_timeout is None else named_timeout
+            raise TimeoutError(f"could not read {topic} to its end within {named:.0f} s")
         return max(1, int(min(connect_timeout, left) * 1000))
 
     consumer = _whole_topic_consumer(settings, min(connect_timeout, timeout))

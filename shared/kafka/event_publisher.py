@@ -16,6 +16,7 @@ from shared.application.errors import DeadLettersUnreadable, PublishFailed
 from shared.events import AnyRunEvent, DeadLetter, Priority, RunRequested
 from shared.kafka.clients import (
     READ_CONNECT_TIMEOUT_SECONDS,
+    READ_TIMEOUT_SECONDS,
     InFlight,
     produce,
     read_topic_unless,
@@ -136,14 +137,31 @@ class KafkaDeadLetters:
             raise DeadLettersUnreadable(_described(exc)) from None
         return _decoded(values)
 
-    def dead_letters_unless(self, known: Callable[[Hashable], bool]) -> tuple[Hashable | None, list[DeadLetter] | None]:
+    def dead_letters_unless(
+        self, known: Callable[[Hashable], bool], *, spent: float = 0.0
+    ) -> tuple[Hashable | None, list[DeadLetter] | None]:
         """The topic's version (:data:`~shared.kafka.clients.TopicVersion`; None when the broker names no topic id)
         and, unless ``known`` says the caller holds what it holds then, every dead letter up to it (None when
-        ``known``), in one bounded read (:func:`read_topic_unless`); :class:`DeadLettersUnreadable` as
-        :meth:`dead_letters`."""
+        ``known``), in one bounded read (:func:`read_topic_unless`) of what ``spent`` (seconds an earlier read for
+        the same answer took) leaves of its :data:`~shared.kafka.clients.READ_TIMEOUT_SECONDS`;
+        :class:`DeadLettersUnreadable` as :meth:`dead_letters`, at once when nothing is left; a timeout names the
+        call's whole bound, not what was left of it."""
+        topic = self.settings.topics.dead_letters
         try:
+            left = READ_TIMEOUT_SECONDS - spent
+            if left <= 0:
+                raise TimeoutError(f"could not read {topic} to its end within {READ_TIMEOUT_SECONDS:.0f} s")
+            # read_topic_unless ends within its timeout only given a connect_timeout of at most half of it (the
+            # bootstrap and the metadata request, which take no deadline, each wait up to connect_timeout): with 10 s
+            # and 5 s left, the read again took 10 s. Left under 2 s, kafka-python's 1 s floor of a request's
+            # timeout (the metadata's) may still pass the call's bound, by under 1 s.
             version, values = read_topic_unless(
-                self.settings, self.settings.topics.dead_letters, known, connect_timeout=self.connect_timeout
+                self.settings,
+                topic,
+                known,
+                timeout=left,
+                connect_timeout=min(self.connect_timeout, left / 2),
+                named_timeout=READ_TIMEOUT_SECONDS,
             )
         except (KafkaError, TimeoutError, OSError) as exc:
             raise DeadLettersUnreadable(_described(exc)) from None

@@ -21,12 +21,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 from prometheus_client import REGISTRY
 
 from devtools.processes import wait_until
 from services.admin.dependencies import MAX_DEAD_LETTER_READS, DeadLetterReplays
+from shared.domain.catalog_objects import ExportDefinition, SavedQuery
 from shared.domain.member_retries import MemberRetry, RefusalKind, RetryState
 from shared.errors import CatalogTimedOut
 from shared.events import DeadLetter
@@ -317,6 +319,81 @@ def test_a_key_column_changed_between_pages_reads_the_topic_again_for_the_right_
     assert reads.count == 2
     assert {group["retry"] for group in listing.get(limit=4)["groups"]} == {"1 pending retry"}
     assert reads.count == 2  # kept again, under the new column
+
+
+@contextmanager
+def _statements(engine: sa.Engine) -> Iterator[list[str]]:
+    """The statements run on ``engine`` within the ``with``."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_kept_page_asks_the_catalog_about_its_own_groups_definitions_only(
+    tmp_path: Path, kafka_bootstrap: str, database_url: str, reads: Reads
+) -> None:
+    """An outage across 300 exports (a dead letter each): a page of 10 groups answered from the kept listing asks the
+    catalog about its 10 definitions, not the 300 (before: each one's key column, 2 queries each, 600 at every
+    page), its cells the same (on both dialects)."""
+    with _listing(tmp_path, kafka_bootstrap, catalog_url=database_url) as listing:
+        definitions = listing.api.app.state.context.definitions
+        names = [f"export-{i:03}" for i in range(300)]
+        definitions.apply_all([ExportDefinition(name=name, query="gold", template="upsert") for name in names])
+        run = uuid.UUID(int=10)
+        listing.add([_refused(run, "HTTP 503 after 5 attempts", i, definition=name) for i, name in enumerate(names)])
+        assert [group["definition"] for group in listing.get(limit=10)["groups"]] == names[:10]
+        with _statements(definitions.database.engine) as statements:
+            page = listing.get(offset=10, limit=10)
+        assert reads.count == 1  # the page kept
+        assert (page["total_groups"], [group["definition"] for group in page["groups"]]) == (300, names[10:20])
+        assert {group["retry"] for group in page["groups"]} == {"1 no retry"}
+        # Each shown definition: its key column (the definition, its query), its cells (the definition, the retries).
+        assert len(statements) <= 4 * 10, statements[:50]  # before: 620
+
+
+def test_a_key_column_changed_on_another_page_reads_the_topic_again_for_that_page_only(
+    tmp_path: Path, kafka_bootstrap: str, database_url: str, reads: Reads
+) -> None:
+    """The key column of a definition shown on the second page only changed: the first page is answered from the kept
+    listing, its cells the same (before: the topic read again), the second reads the topic again and its cell counts
+    the members by their e-mail addresses (on both dialects)."""
+    with _listing(tmp_path, kafka_bootstrap, catalog_url=database_url) as listing:
+        definitions = listing.api.app.state.context.definitions
+        gold = definitions.get(SavedQuery, "gold")
+        definitions.apply_all(
+            [
+                gold.model_copy(update={"name": "silver"}),
+                ExportDefinition(name="zz-silver", query="silver", template="upsert"),
+            ]
+        )
+        run = uuid.UUID(int=11)
+        letters = [_refused(run, f"HTTP 400: request {i} refused", i) for i in range(4)]
+        letters.append(_refused(run, "HTTP 400: request 4 refused", 4, definition="zz-silver"))
+        listing.add(
+            [
+                letter.model_copy(update={"members": [{"id": i, "email": f"m{i}@example.com"}]})
+                for i, letter in enumerate(letters)
+            ]
+        )
+        listing.api.app.state.context.retries = SimpleNamespace(states=_pending)
+        assert {group["retry"] for group in listing.get(limit=4)["groups"]} == {"1 no retry"}
+        definitions.apply_all([gold.model_copy(update={"name": "silver", "key_column": "email"})])
+        first = listing.get(limit=4)["groups"]
+        assert ([group["definition"] for group in first], {group["retry"] for group in first}) == (
+            ["nightly"] * 4,
+            {"1 no retry"},
+        )
+        assert reads.count == 1  # before: 2
+        second = listing.get(offset=4, limit=4)["groups"]
+        assert [(group["definition"], group["retry"]) for group in second] == [("zz-silver", "1 pending retry")]
+        assert reads.count == 2
 
 
 def test_a_kept_listing_expires_after_its_five_minutes(listing: Listing, reads: Reads) -> None:

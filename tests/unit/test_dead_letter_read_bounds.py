@@ -20,7 +20,8 @@ from kafka.structs import TopicPartition
 
 from devtools.processes import free_port, wait_until
 from shared.application.errors import DeadLettersUnreadable
-from shared.kafka import clients
+from shared.kafka import clients, event_publisher
+from shared.kafka.clients import READ_TIMEOUT_SECONDS
 from shared.kafka.event_publisher import KafkaDeadLetters
 from shared.settings import CommonSettings
 
@@ -238,3 +239,45 @@ def test_a_topic_without_an_id_has_no_version_and_is_read(monkeypatch: pytest.Mo
     assert clients.read_topic_unless(CommonSettings(metrics_port=0), "dead", known, connect_timeout=10) == (None, [])
     assert asked == []
     assert made[-1].closed
+
+
+def test_a_read_after_another_for_the_same_answer_has_what_that_one_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``spent`` seconds taken from the read's 60 s (before: each read 60 s of its own); none left: unreadable at
+    once, Kafka not asked."""
+    asked: list[float] = []
+
+    def read_topic_unless(settings: Any, topic: str, known: Any, timeout: float, **bounds: float) -> Any:
+        asked.append(timeout)
+        return None, []
+
+    monkeypatch.setattr(event_publisher, "read_topic_unless", read_topic_unless)
+    source = KafkaDeadLetters(CommonSettings(kafka_bootstrap_servers="127.0.0.1:1", metrics_port=0))
+    assert source.dead_letters_unless(lambda version: False) == (None, [])
+    assert source.dead_letters_unless(lambda version: False, spent=45.0) == (None, [])
+    assert asked == [60.0, 15.0]
+    with pytest.raises(DeadLettersUnreadable) as unreadable:
+        source.dead_letters_unless(lambda version: False, spent=60.0)
+    assert str(unreadable.value) == (
+        "the dead letters cannot be read now: TimeoutError: could not read exports.dead-letters to its end within 60 s"
+    )
+    assert asked == [60.0, 15.0]
+
+
+@pytest.mark.parametrize("spent", [30.0, 50.0, 55.0])
+def test_a_read_again_of_a_frozen_broker_ends_within_the_calls_60_s(
+    monkeypatch: pytest.MonkeyPatch, spent: float
+) -> None:
+    """The version read took ``spent`` of the call's 60 s and the read again finds the broker frozen, each step of it
+    taking all it is given: the call's Kafka reads end within 60 s, the error naming those 60 s (before: its bootstrap
+    and metadata request took 10 s each whatever was left, 10 s past the bound at 55 s spent, the error naming the
+    5 s left)."""
+    clock, made = _stub(monkeypatch, position=0)
+    source = KafkaDeadLetters(CommonSettings(metrics_port=0), connect_timeout=10)
+    started = clock.now
+    with pytest.raises(DeadLettersUnreadable) as unreadable:
+        source.dead_letters_unless(lambda version: False, spent=spent)
+    assert spent + (clock.now - started) <= READ_TIMEOUT_SECONDS
+    assert str(unreadable.value) == (
+        "the dead letters cannot be read now: TimeoutError: could not read exports.dead-letters to its end within 60 s"
+    )
+    assert made[0].closed
