@@ -515,8 +515,11 @@ class ConsumerLoop(Generic[E]):
         for topic in subscribed or ():
             RECORDS_DEAD_LETTERED.labels(service=service, topic=topic)
         if handle_round is not None and subscribed:
-            # The holds of a revoked partition are forgotten as it is revoked (the subscription is unchanged).
-            consumer.subscribe(topics=sorted(subscribed), listener=ForgetRevoked(self.held, self._revoked))
+            # The holds of a revoked partition are forgotten as it is revoked (the subscription is unchanged), and the
+            # partition sought back to its first held record, read again should the rebalance leave it here.
+            consumer.subscribe(
+                topics=sorted(subscribed), listener=ForgetRevoked(self.held, self._revoked, seek=consumer.seek)
+            )
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT finish the record in hand, commit, and stop the loop."""

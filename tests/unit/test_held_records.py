@@ -65,12 +65,19 @@ class _Consumer:
 
     def __init__(self) -> None:
         self.listener: Any = None
+        self.seeks: list[tuple[TopicPartition, int]] = []
+        self.owned = {P0, P1}
 
     def subscription(self) -> set[str]:
         return {"batches"}
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
         self.listener = listener
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        if partition not in self.owned:
+            raise ValueError("Unassigned partition")  # what kafka-python raises
+        self.seeks.append((partition, offset))
 
 
 def test_the_loop_forgets_the_holds_of_a_partition_as_it_is_revoked():
@@ -88,6 +95,32 @@ def test_the_loop_forgets_the_holds_of_a_partition_as_it_is_revoked():
     consumer.listener.on_partitions_revoked([P0])
     assert not loop.held.is_held(record(P0, 3))
     assert loop.held.is_held(record(P1, 8))
+
+
+def test_a_partition_revoked_with_held_records_is_sought_back_to_the_first_of_them():
+    """A rebalance may give the partition back to this consumer, which keeps its position (kafka-python): sought
+    back, its held records are read again rather than lost with their holds."""
+    consumer = _Consumer()
+    loop: ConsumerLoop[Any] = ConsumerLoop(
+        service="test-revoked-seek",
+        consumer=consumer,
+        producer=None,
+        decode=lambda value, headers: value,
+        dead_letter_topic="letters",
+        handle_round=lambda events: [[] for _ in events],
+    )
+    loop.held.hold(record(P0, 9), until=0.0)
+    loop.held.hold(record(P0, 4), until=50.0)
+    loop.held.hold(record(P0, 6), until=0.0)
+    loop.held.release([record(P0, 4)])  # settled meanwhile: the first held is 6
+    consumer.listener.on_partitions_revoked([P0, P1])  # P1 holds nothing: its position stands
+    assert consumer.seeks == [(P0, 6)]
+    assert len(loop.held) == 0
+    loop.held.hold(record(P1, 2), until=0.0)
+    consumer.owned = {P0}  # P1 gone before the listener ran: its next owner reads it from the committed offset
+    consumer.listener.on_partitions_revoked([P1])
+    assert consumer.seeks == [(P0, 6)]
+    assert len(loop.held) == 0
 
 
 #: One step on one partition: a new record "held" or "settled", or the n-th record held (modulo) settled.
