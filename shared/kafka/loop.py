@@ -517,9 +517,8 @@ class ConsumerLoop(Generic[E]):
         if handle_round is not None and subscribed:
             # The holds of a revoked partition are forgotten as it is revoked (the subscription is unchanged), and the
             # partition sought back to its first held record, read again should the rebalance leave it here.
-            consumer.subscribe(
-                topics=sorted(subscribed), listener=ForgetRevoked(self.held, self._revoked, seek=consumer.seek)
-            )
+            listener = ForgetRevoked(self.held, self._revoked, seek=lambda part, offset: consumer.seek(part, offset))
+            consumer.subscribe(topics=sorted(subscribed), listener=listener)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT finish the record in hand, commit, and stop the loop."""
