@@ -80,16 +80,21 @@ class _Consumer:
         self.seeks.append((partition, offset))
 
 
-def test_the_loop_forgets_the_holds_of_a_partition_as_it_is_revoked():
-    consumer = _Consumer()
-    loop: ConsumerLoop[Any] = ConsumerLoop(
-        service="test-revoked",
+def _round_loop(consumer: _Consumer, service: str) -> ConsumerLoop[Any]:
+    """A loop with a round handler over ``consumer`` (its rebalance listener given to the consumer)."""
+    return ConsumerLoop(
+        service=service,
         consumer=consumer,
         producer=None,
         decode=lambda value, headers: value,
         dead_letter_topic="letters",
         handle_round=lambda events: [[] for _ in events],
     )
+
+
+def test_the_loop_forgets_the_holds_of_a_partition_as_it_is_revoked():
+    consumer = _Consumer()
+    loop = _round_loop(consumer, "test-revoked")
     loop.held.hold(record(P0, 3), until=0.0)
     loop.held.hold(record(P1, 8), until=0.0)
     consumer.listener.on_partitions_revoked([P0])
@@ -101,14 +106,7 @@ def test_a_partition_revoked_with_held_records_is_sought_back_to_the_first_of_th
     """A rebalance may give the partition back to this consumer, which keeps its position (kafka-python): sought
     back, its held records are read again rather than lost with their holds."""
     consumer = _Consumer()
-    loop: ConsumerLoop[Any] = ConsumerLoop(
-        service="test-revoked-seek",
-        consumer=consumer,
-        producer=None,
-        decode=lambda value, headers: value,
-        dead_letter_topic="letters",
-        handle_round=lambda events: [[] for _ in events],
-    )
+    loop = _round_loop(consumer, "test-revoked-seek")
     loop.held.hold(record(P0, 9), until=0.0)
     loop.held.hold(record(P0, 4), until=50.0)
     loop.held.hold(record(P0, 6), until=0.0)
