@@ -201,18 +201,25 @@ class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
     revoked. Kafka-python revokes every partition at a rebalance, then keeps the position of each one assigned to
     the same consumer again (unlike Java's client, which resets them to the committed offsets): without the
     seek, a held record forgotten here would never be read again (session 43: an extractor's key range, handed
-    to the next round as another replica died, never started). A partition that moves to another consumer drops
-    its position, the seek with it: its new owner reads it from the committed offset."""
+    to the next round as another replica died, never started). Never forward: a partition whose position is
+    already at or before its first held record (the loop handed it back) is left there, and one with no position
+    is read from the committed offset. A partition that moves to another consumer drops its position, the seek with
+    it: its new owner reads it from the committed offset. Partitions lost (the session expired) are forgotten only:
+    their state goes with them."""
 
     def __init__(
         self,
         held: HeldRecords,
         also: Callable[[set[TopicPartition]], None] | None = None,
         seek: Callable[[TopicPartition, int], None] | None = None,
+        position: Callable[[TopicPartition], int | None] | None = None,
     ) -> None:
         self.held = held
         self.also = also
         self.seek = seek
+        #: The consumer's next fetch offset for a partition, read without a request (None: none, it is read from
+        #: the committed offset); raises when it cannot tell. Without it, every partition with holds is sought.
+        self.position = position
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         partitions = set(revoked)
@@ -223,11 +230,28 @@ class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
         if self.also is not None:
             self.also(partitions)
 
+    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        """Forced out of the group (its session expired): the partitions' state is dropped with them, so they are
+        read from the committed offset by whoever gets them next, this consumer included: forgotten, no seek."""
+        partitions = set(lost)
+        self.held.forget(partitions)
+        if self.also is not None:
+            self.also(partitions)
+
     def _read_again(self, seek: Callable[[TopicPartition, int], None], partition: TopicPartition, offset: int) -> None:
-        """Seek ``partition`` back to its first held record, should it stay with this consumer."""
+        """Seek ``partition`` back to its first held record, should it stay with this consumer; never forward: a
+        partition the loop has just handed back (sought before the held record, the records from there to be read
+        again, e.g. a round whose outcomes could not be produced) stays where it is."""
+        if self.position is not None:
+            try:
+                at = self.position(partition)
+            except Exception:  # noqa: BLE001 - the position unknown (kafka-python's state changed): sought back as before
+                at = offset + 1
+            if at is None or at <= offset:
+                return  # read from the committed offset (never past a held record), or from before the held one
         try:
             seek(partition, offset)
-        except Exception as exc:  # noqa: BLE001 - no longer assigned: its next owner reads it from the committed offset
+        except ValueError as exc:  # no longer assigned: its next owner reads it from the committed offset
             log.warning(
                 "held records not sought back", service=self.held.service, partition=str(partition), error=str(exc)
             )
