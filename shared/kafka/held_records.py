@@ -11,7 +11,9 @@ Kafka commits a partition's offsets in order, so a partition's committed offset 
 record until that record is settled; the records after it that were settled meanwhile are then committed
 at once. Should the process stop or the partition move to another consumer, the held record and those
 after it are read again from the committed offset (at least once: a record settled after a held one may be
-handled twice, as after any crash).
+handled twice, as after any crash). A rebalance revokes every partition, forgetting their holds, and may
+give a partition back to the same consumer, which goes on from its position (kafka-python keeps it): the
+partition is then sought back, as it is revoked, to its first held record, read again from there.
 
 Memory is bounded: past ``max_records`` held records or ``max_bytes`` of their values, the loop stops
 fetching new records (every partition paused) until held ones are settled.
@@ -24,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from kafka import ConsumerRebalanceListener
 from kafka.structs import TopicPartition
 from prometheus_client import Gauge
@@ -34,6 +37,8 @@ HELD_RECORDS = Gauge(
     "batches not begun by its deadline), by service.",
     ["service"],
 )
+
+log = structlog.get_logger(__name__)
 
 
 class HoldRecord(Exception):
@@ -110,16 +115,22 @@ class HeldRecords:
     def is_held(self, record: Any) -> bool:
         return _key(record) in self._held
 
-    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+    def forget(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """Forget everything about ``partitions`` (revoked: their new owner reads them from the committed offset,
-        and should they come back, they are read from there again: nothing held may stop their commits)."""
+        and should they come back, they are read from there again: nothing held may stop their commits).
+        Returns, per partition that held records, the first of them (where to read it again from)."""
+        firsts: dict[TopicPartition, int] = {}
         for partition in set(partitions):
+            first = self._first_held(partition)
+            if first is not None:
+                firsts[partition] = first
             for offset in self._offsets.pop(partition, []):
                 held = self._held.pop((partition, offset), None)
                 if held is not None:
                     self._bytes -= len(held.record.value or b"")
             self._settled_past.pop(partition, None)
         self._count()
+        return firsts
 
     def due(self, now: float, assigned: set[TopicPartition], limit: int | None = None) -> list[Any]:
         """The held records whose time has come, at most ``limit`` of them (those due the longest first), in
@@ -184,17 +195,73 @@ class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
     """Forgets the held records of revoked partitions as the rebalance happens (during the poll): should a
     partition leave and come back within one poll, its old holds would otherwise cap its commits below what the
     interim owner committed, and the records between be read again. ``also`` is told the revoked partitions
-    too (the consumer loop: its rounds in flight commit nothing of them)."""
+    too (the consumer loop: its rounds in flight commit nothing of them).
 
-    def __init__(self, held: HeldRecords, also: Callable[[set[TopicPartition]], None] | None = None) -> None:
+    A partition that held records is sought back (``seek``: the consumer's) to its first held one as it is
+    revoked. Kafka-python revokes every partition at a rebalance, then keeps the position of each one assigned to
+    the same consumer again (unlike Java's client, which resets them to the committed offsets): without the
+    seek, a held record forgotten here would never be read again (session 43: an extractor's key range, handed
+    to the next round as another replica died, never started). Never forward: a partition whose position is
+    already at or before its first held record (the loop handed it back) is left there, and one with no position
+    is read from the committed offset. A partition that moves to another consumer drops its position, the seek with
+    it: its new owner reads it from the committed offset. Partitions lost (the session expired) are forgotten only:
+    their state goes with them."""
+
+    def __init__(
+        self,
+        held: HeldRecords,
+        also: Callable[[set[TopicPartition]], None] | None = None,
+        seek: Callable[[TopicPartition, int], None] | None = None,
+        position: Callable[[TopicPartition], int | None] | None = None,
+    ) -> None:
         self.held = held
         self.also = also
+        self.seek = seek
+        #: The consumer's next fetch offset for a partition, read without a request (None: none, it is read from
+        #: the committed offset); raises when it cannot tell. Without it, every partition with holds is sought.
+        self.position = position
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         partitions = set(revoked)
+        firsts = self.held.forget(partitions)
+        if self.seek is not None:
+            for partition, offset in firsts.items():
+                self._read_again(self.seek, partition, offset)
+        if self.also is not None:
+            self.also(partitions)
+
+    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        """Forced out of the group (its session expired): the partitions' state is dropped with them, so they are
+        read from the committed offset by whoever gets them next, this consumer included: forgotten, no seek."""
+        partitions = set(lost)
         self.held.forget(partitions)
         if self.also is not None:
             self.also(partitions)
+
+    def _read_again(self, seek: Callable[[TopicPartition, int], None], partition: TopicPartition, offset: int) -> None:
+        """Seek ``partition`` back to its first held record, should it stay with this consumer; never forward: a
+        partition the loop has just handed back (sought before the held record, the records from there to be read
+        again, e.g. a round whose outcomes could not be produced) stays where it is."""
+        if self.position is not None:
+            try:
+                at = self.position(partition)
+            except Exception:  # noqa: BLE001 - the position unknown (kafka-python's state changed): sought back as before
+                at = offset + 1
+            if at is None or at <= offset:
+                return  # read from the committed offset (never past a held record), or from before the held one
+        try:
+            seek(partition, offset)
+        except ValueError as exc:  # no longer assigned: its next owner reads it from the committed offset
+            log.warning(
+                "held records not sought back", service=self.held.service, partition=str(partition), error=str(exc)
+            )
+            return
+        log.info(
+            "partition revoked with held records: read again from the first should it stay here",
+            service=self.held.service,
+            partition=str(partition),
+            offset=offset,
+        )
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         """Nothing to do: a partition assigned is read from its committed offset."""

@@ -169,6 +169,15 @@ class Rejection:
     reason: str
 
 
+def fetch_position(consumer: Any, partition: TopicPartition) -> int | None:
+    """The consumer's next fetch offset for ``partition``, read from kafka-python's subscription state without a
+    request (None: it has none, it is read from the committed offset next). Private API (kafka-python 3.0):
+    ``KafkaConsumer.position`` may ask the coordinator, which a rebalance listener, run on the client's I/O thread
+    during a poll, must not. Raises when the state cannot tell (not assigned, the private API changed)."""
+    position = consumer._subscription.position(partition)
+    return None if position is None else int(position.offset)
+
+
 def is_fatal(error: BaseException) -> bool:
     """True when ``error`` means the process cannot work as configured (waiting will not help)."""
     return isinstance(error, FATAL_KAFKA_ERRORS)
@@ -515,8 +524,15 @@ class ConsumerLoop(Generic[E]):
         for topic in subscribed or ():
             RECORDS_DEAD_LETTERED.labels(service=service, topic=topic)
         if handle_round is not None and subscribed:
-            # The holds of a revoked partition are forgotten as it is revoked (the subscription is unchanged).
-            consumer.subscribe(topics=sorted(subscribed), listener=ForgetRevoked(self.held, self._revoked))
+            # The holds of a revoked partition are forgotten as it is revoked (the subscription is unchanged), and the
+            # partition sought back to its first held record, read again should the rebalance leave it here.
+            listener = ForgetRevoked(
+                self.held,
+                self._revoked,
+                seek=lambda part, offset: consumer.seek(part, offset),
+                position=lambda part: fetch_position(consumer, part),
+            )
+            consumer.subscribe(topics=sorted(subscribed), listener=listener)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT finish the record in hand, commit, and stop the loop."""

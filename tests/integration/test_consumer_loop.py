@@ -46,6 +46,7 @@ def _loop(
     decode=None,
     service: str = "test",
     handle_round=None,
+    rounds_in_flight: int = 1,
 ) -> ConsumerLoop[RunRequested]:
     topics = settings.topics
     if rounds and handle_round is None:
@@ -59,6 +60,7 @@ def _loop(
         handler=None if handle_round is not None else handler,
         dead_letter_topic=topics.dead_letters,
         dead_letter_backoff_seconds=0.05,
+        rounds_in_flight=rounds_in_flight,
     )
 
 

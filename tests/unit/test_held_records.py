@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from hypothesis import given, settings
@@ -65,6 +66,15 @@ class _Consumer:
 
     def __init__(self) -> None:
         self.listener: Any = None
+        self.seeks: list[tuple[TopicPartition, int]] = []
+        self.owned = {P0, P1}
+        #: Each partition's next fetch offset (kafka-python's subscription state, read by the loop's listener).
+        self.positions: dict[TopicPartition, int | None] = {P0: 100, P1: 100}
+        self._subscription = self
+
+    def position(self, partition: TopicPartition) -> SimpleNamespace | None:
+        at = self.positions[partition]
+        return None if at is None else SimpleNamespace(offset=at)
 
     def subscription(self) -> set[str]:
         return {"batches"}
@@ -72,22 +82,88 @@ class _Consumer:
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
         self.listener = listener
 
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        if partition not in self.owned:
+            raise ValueError("Unassigned partition")  # what kafka-python raises
+        self.seeks.append((partition, offset))
+        self.positions[partition] = offset
 
-def test_the_loop_forgets_the_holds_of_a_partition_as_it_is_revoked():
-    consumer = _Consumer()
-    loop: ConsumerLoop[Any] = ConsumerLoop(
-        service="test-revoked",
+
+def _round_loop(consumer: _Consumer, service: str) -> ConsumerLoop[Any]:
+    """A loop with a round handler over ``consumer`` (its rebalance listener given to the consumer)."""
+    return ConsumerLoop(
+        service=service,
         consumer=consumer,
         producer=None,
         decode=lambda value, headers: value,
         dead_letter_topic="letters",
         handle_round=lambda events: [[] for _ in events],
     )
+
+
+def test_the_loop_forgets_the_holds_of_a_partition_as_it_is_revoked():
+    consumer = _Consumer()
+    loop = _round_loop(consumer, "test-revoked")
     loop.held.hold(record(P0, 3), until=0.0)
     loop.held.hold(record(P1, 8), until=0.0)
     consumer.listener.on_partitions_revoked([P0])
     assert not loop.held.is_held(record(P0, 3))
     assert loop.held.is_held(record(P1, 8))
+
+
+def test_a_partition_revoked_with_held_records_is_sought_back_to_the_first_of_them():
+    """A rebalance may give the partition back to this consumer, which keeps its position (kafka-python): sought
+    back, its held records are read again rather than lost with their holds."""
+    consumer = _Consumer()
+    loop = _round_loop(consumer, "test-revoked-seek")
+    loop.held.hold(record(P0, 9), until=0.0)
+    loop.held.hold(record(P0, 4), until=50.0)
+    loop.held.hold(record(P0, 6), until=0.0)
+    loop.held.release([record(P0, 4)])  # settled meanwhile: the first held is 6
+    consumer.listener.on_partitions_revoked([P0, P1])  # P1 holds nothing: its position stands
+    assert consumer.seeks == [(P0, 6)]
+    assert len(loop.held) == 0
+    loop.held.hold(record(P1, 2), until=0.0)
+    consumer.owned = {P0}  # P1 gone before the listener ran: its next owner reads it from the committed offset
+    consumer.listener.on_partitions_revoked([P1])
+    assert consumer.seeks == [(P0, 6)]
+    assert len(loop.held) == 0
+
+
+def test_a_partition_is_never_sought_forward_past_records_the_loop_handed_back():
+    """A round whose outcomes could not be produced hands its partition back (sought to its first record, to be read
+    again) while a record of it stays held; a rebalance then must not seek the partition forward to that held record:
+    the records handed back before it would never be read again (a review's probe of the first fix)."""
+    consumer = _Consumer()
+    loop = _round_loop(consumer, "test-revoked-handed-back")
+    loop.held.hold(record(P0, 5), until=1e12)
+    consumer.seek(P0, 3)  # the loop's hand-back: records 3 and after are read again
+    consumer.listener.on_partitions_revoked([P0, P1])
+    assert consumer.seeks == [(P0, 3)]
+    assert consumer.positions[P0] == 3
+    assert len(loop.held) == 0
+
+
+def test_a_partition_without_a_position_is_not_sought():
+    """No position (awaiting its reset): it is read from the committed offset, which never passes a held record."""
+    consumer = _Consumer()
+    loop = _round_loop(consumer, "test-revoked-no-position")
+    loop.held.hold(record(P0, 5), until=0.0)
+    consumer.positions[P0] = None
+    consumer.listener.on_partitions_revoked([P0])
+    assert consumer.seeks == []
+    assert len(loop.held) == 0
+
+
+def test_partitions_lost_are_forgotten_and_not_sought():
+    """Forced out of the group, the consumer drops the partitions' state: whoever gets them next reads them from
+    the committed offset; no seek (it would say it reads them again, which it does not decide)."""
+    consumer = _Consumer()
+    loop = _round_loop(consumer, "test-lost")
+    loop.held.hold(record(P0, 5), until=0.0)
+    consumer.listener.on_partitions_lost({P0})
+    assert consumer.seeks == []
+    assert len(loop.held) == 0
 
 
 #: One step on one partition: a new record "held" or "settled", or the n-th record held (modulo) settled.
