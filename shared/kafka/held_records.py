@@ -222,26 +222,28 @@ class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
         self.position = position
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        partitions = set(revoked)
-        firsts = self.held.forget(partitions)
-        if self.seek is not None:
-            for partition, offset in firsts.items():
-                self._read_again(self.seek, partition, offset)
-        if self.also is not None:
-            self.also(partitions)
+        for partition, offset in self._forget(revoked).items():
+            self._read_again(partition, offset)
 
     def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
         """Forced out of the group (its session expired): the partitions' state is dropped with them, so they are
         read from the committed offset by whoever gets them next, this consumer included: forgotten, no seek."""
-        partitions = set(lost)
-        self.held.forget(partitions)
-        if self.also is not None:
-            self.also(partitions)
+        self._forget(lost)
 
-    def _read_again(self, seek: Callable[[TopicPartition, int], None], partition: TopicPartition, offset: int) -> None:
+    def _forget(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Forget the partitions' holds, tell ``also``; their first held offsets (:meth:`HeldRecords.forget`)."""
+        revoked = set(partitions)
+        firsts = self.held.forget(revoked)
+        if self.also is not None:
+            self.also(revoked)
+        return firsts
+
+    def _read_again(self, partition: TopicPartition, offset: int) -> None:
         """Seek ``partition`` back to its first held record, should it stay with this consumer; never forward: a
         partition the loop has just handed back (sought before the held record, the records from there to be read
         again, e.g. a round whose outcomes could not be produced) stays where it is."""
+        if self.seek is None:
+            return
         if self.position is not None:
             try:
                 at = self.position(partition)
@@ -250,7 +252,7 @@ class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
             if at is None or at <= offset:
                 return  # read from the committed offset (never past a held record), or from before the held one
         try:
-            seek(partition, offset)
+            self.seek(partition, offset)
         except ValueError as exc:  # no longer assigned: its next owner reads it from the committed offset
             log.warning(
                 "held records not sought back", service=self.held.service, partition=str(partition), error=str(exc)
