@@ -14,7 +14,8 @@ No dependency stops a consumer either. A handler that meets an outage (the catal
 unreachable: :func:`shared.outages.is_outage`; the broker unreachable past the producer's delivery timeout)
 hands its record back instead of dead-lettering it: what was settled before it is committed, it and the
 records after it are sought back to, and the loop waits (backing off up to
-:data:`MAX_INTERRUPTION_BACKOFF_SECONDS`) and polls them again. A commit the group refuses (the consumer was
+:data:`MAX_INTERRUPTION_BACKOFF_SECONDS`; a broker's interruption ends early once the broker answers again) and
+polls them again. A commit the group refuses (the consumer was
 dropped while the broker was away, a rebalance) is the normal "these records are redelivered" case: logged
 and counted, and the consumer rejoins at its next poll. Only a Kafka configuration error (authentication,
 authorization, an unsupported version or codec) and the rest of ``BaseException`` (``KeyboardInterrupt``,
@@ -136,6 +137,9 @@ IN_FLIGHT_POLL_MS = 10
 #: The first wait after an interrupted round, doubling with each interruption in a row up to the maximum.
 INTERRUPTION_BACKOFF_SECONDS = 0.5
 MAX_INTERRUPTION_BACKOFF_SECONDS = 30.0
+#: How often a wait after an interruption asks whether the dependency that interrupted answers again: no two polls
+#: of an interrupted loop are closer than this (the first backoff is no shorter), whatever the probe says.
+INTERRUPTION_PROBE_SECONDS = 0.5
 
 ROUNDS_INTERRUPTED = Counter(
     "member_export_consumer_rounds_interrupted_total",
@@ -216,6 +220,65 @@ def interruption_backoff(interruptions: int) -> float:
     :data:`INTERRUPTION_BACKOFF_SECONDS`, capped at :data:`MAX_INTERRUPTION_BACKOFF_SECONDS`."""
     exponent = min(max(interruptions, 1) - 1, 16)  # 2**16 * 0.5 s is far past the cap: no overflow
     return min(MAX_INTERRUPTION_BACKOFF_SECONDS, INTERRUPTION_BACKOFF_SECONDS * float(2**exponent))
+
+
+#: Asked whether a dependency away answers again: True when it does. Raising counts as "still away".
+Probe = Callable[[], bool]
+
+
+def wait_for_answer(
+    delay: float,
+    probe: Probe | None,
+    stopping: threading.Event,
+    *,
+    step: float = INTERRUPTION_PROBE_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """Wait up to ``delay`` seconds, in pauses of ``step`` at most, on ``stopping`` (set: the wait ends at once).
+    After each pause but the last, ``probe`` (if any) is asked whether the dependency answers again: the wait ends
+    there when it does. Returns True when the probe ended the wait, False when it ran out or the loop is stopping.
+
+    The probe is asked once a pause, never more (``delay / step`` times at most): its own cost must be bounded (no
+    blocking I/O); one that raises is taken for "still away"."""
+    deadline = clock() + delay
+    while (remaining := deadline - clock()) > 0:
+        if stopping.wait(min(step, remaining)):
+            return False
+        if probe is not None and deadline - clock() > 0 and _answers(probe):
+            return True
+    return False
+
+
+def _answers(probe: Probe) -> bool:
+    """What ``probe`` says, False when it raises (a probe that cannot tell is no evidence of an answer)."""
+    try:
+        return bool(probe())
+    except Exception as exc:  # noqa: BLE001 - the dependency is taken to be still away
+        log.debug("dependency probe failed", error=f"{type(exc).__name__}: {exc}")
+        return False
+
+
+class MetadataAnswered:
+    """A probe of the broker behind a Kafka client: True once the client's metadata has been answered since the
+    probe was made (a metadata request the client sends on its own I/O thread, paced by its own reconnect backoff).
+
+    Asking costs no I/O on the caller's thread: it flags the client's metadata for an update and reads the future of
+    that update (a failed one is asked for again). Private API (kafka-python 3.0: ``_client.cluster``, whose
+    ``request_update`` is thread-safe); the constructor raises when it is not there.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._cluster = client._client.cluster
+        self._update = self._cluster.request_update()
+
+    def __call__(self) -> bool:
+        update = self._update
+        if not update.is_done:
+            return False
+        if update.succeeded():
+            return True
+        self._update = self._cluster.request_update()  # refused or unreachable: asked again, answered later
+        return False
 
 
 class RoundInterrupted(Exception):
@@ -603,7 +666,8 @@ class ConsumerLoop(Generic[E]):
             self.health.recovered(GROUP)
 
     def _wait_out(self, error: BaseException, interruptions: int) -> None:
-        """Log and count an interrupted poll, then wait before the next (the records were handed back)."""
+        """Log and count an interrupted poll, then wait before the next (the records were handed back): the
+        backoff, ended early once the broker that interrupted answers again (see :meth:`_probe`)."""
         cause = error.cause if isinstance(error, RoundInterrupted) else error
         delay = interruption_backoff(interruptions)
         ROUNDS_INTERRUPTED.labels(service=self.service, cause=type(cause).__name__).inc()
@@ -617,7 +681,21 @@ class ConsumerLoop(Generic[E]):
             in_a_row=interruptions,
             retry_in_seconds=delay,
         )
-        self.stopping.wait(delay)
+        probe = self._probe(cause) if delay > INTERRUPTION_PROBE_SECONDS else None
+        if wait_for_answer(delay, probe, self.stopping):
+            log.info("dependency answers again: polling before the backoff is over", service=self.service)
+
+    def _probe(self, cause: BaseException) -> Probe | None:
+        """What ends the wait after an interruption by ``cause`` early: for a Kafka error, the consumer's broker
+        answering metadata again (:class:`MetadataAnswered`). None for a database outage: the loop does not know
+        the service's databases, so that wait runs its course."""
+        if not isinstance(cause, KafkaError) or is_outage(cause):
+            return None
+        try:
+            return MetadataAnswered(self.consumer)
+        except Exception as exc:  # noqa: BLE001 - a client without that API (a stand-in): the plain backoff
+            log.debug("no broker probe: the backoff runs its course", service=self.service, error=str(exc))
+            return None
 
     def run_periodic(self, *, force: bool = False) -> None:
         """Run the periodic task if it is due (or ``force``); its failure is logged, never fatal."""

@@ -1,5 +1,6 @@
 """The consumer loop rides out its dependencies on a real broker: a record that meets a database outage is
-handed back and handled once the database answers (never dead-lettered), and a refused commit is not fatal."""
+handed back and handled once the database answers (never dead-lettered), a refused commit is not fatal, and a loop
+interrupted by its broker goes on soon after the broker is back, however long its backoff has grown."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ from devtools.processes import free_port
 from shared.events import RunRequested
 from shared.health import Health, serve_health_and_metrics
 from shared.kafka import ConsumerLoop, Outgoing, ensure_topics
-from shared.kafka.loop import NOT_IN_GROUP
+from shared.kafka import loop as consumer_loop
+from shared.kafka.loop import MAX_INTERRUPTION_BACKOFF_SECONDS, NOT_IN_GROUP
 from shared.settings import CommonSettings
 from tests.integration.test_consumer_loop import _loop
-from tests.kafka_helpers import produce, read_to_end
+from tests.kafka_helpers import produce, read_records_to_end, read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -191,17 +193,27 @@ def test_a_consumer_is_ready_once_in_its_group_and_not_ready_while_its_broker_is
         _ready_across_a_broker_restart(broker, tmp_path)
 
 
-def _ready_across_a_broker_restart(broker: LocalKafka, tmp_path: Path) -> None:
-    settings = CommonSettings(
+def _own_broker_settings(
+    broker: LocalKafka, tmp_path: Path, prefix: str, *, delivery_timeout_ms: int = 120_000
+) -> CommonSettings:
+    """Settings for a test's own broker: one partition a topic, the shortest session timeout, and a producer's
+    delivery timeout (its request timeout 1 s less)."""
+    return CommonSettings(
         kafka_bootstrap_servers=broker.bootstrap_servers,
-        topic_prefix="ready.",
+        topic_prefix=prefix,
         topic_partitions=1,
         catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}",
         metrics_port=0,
         # The least the broker allows (its group.min.session.timeout.ms): the unanswered heartbeats that make the
         # consumer not ready take 6 s instead of the default 10 s.
         kafka_session_timeout_ms=6_000,
+        kafka_request_timeout_ms=min(30_000, delivery_timeout_ms - 1_000),
+        kafka_delivery_timeout_ms=delivery_timeout_ms,
     )
+
+
+def _ready_across_a_broker_restart(broker: LocalKafka, tmp_path: Path) -> None:
+    settings = _own_broker_settings(broker, tmp_path, "ready.")
     ensure_topics(settings)
     health = Health(stall_seconds=600)
     loop = _loop(settings, lambda request: [], service="ready")
@@ -218,3 +230,61 @@ def _ready_across_a_broker_restart(broker: LocalKafka, tmp_path: Path) -> None:
         assert health.live()[0], "a broker away is no reason to restart the pod"
         broker.start(keep_data=True)
         _wait(lambda: health.ready()[0], timeout=90)
+
+
+#: How soon after its broker is back an interrupted loop handles the records it handed back: the client reaching the
+#: broker again (its reconnect backoff), a probe's pause, the group's rejoin. Far below the 30 s backoff it outlasts.
+RESUMED_WITHIN_SECONDS = 15.0
+
+
+@pytest.mark.parametrize("rounds_in_flight", [0, 2], ids=["one-by-one", "rounds-in-flight"])
+def test_a_loop_interrupted_by_its_broker_resumes_soon_after_the_broker_is_back_whatever_its_backoff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rounds_in_flight: int
+):
+    # The longest backoff from the first interruption on (as after a few in a row): the loop would otherwise wait it
+    # out after the broker is back.
+    monkeypatch.setattr(consumer_loop, "INTERRUPTION_BACKOFF_SECONDS", MAX_INTERRUPTION_BACKOFF_SECONDS)
+    with LocalKafka(tmp_path / "kafka", properties=QUICK_RESTART) as broker:
+        _resumes_after_a_broker_restart(broker, tmp_path, rounds_in_flight)
+
+
+def _resumes_after_a_broker_restart(broker: LocalKafka, tmp_path: Path, rounds_in_flight: int) -> None:
+    # The outcome of the record in hand when the broker dies fails within 2 s: the poll is interrupted.
+    settings = _own_broker_settings(broker, tmp_path, "resume.", delivery_timeout_ms=2_000)
+    ensure_topics(settings)
+    topics = settings.topics
+    handled: list[str] = []
+    in_hand, broker_killed = threading.Event(), threading.Event()
+
+    def handler(request: RunRequested) -> list[Outgoing]:
+        handled.append(request.definition)
+        if request.definition == "in-hand" and not broker_killed.is_set():
+            in_hand.set()
+            broker_killed.wait(60)
+        return [Outgoing(topics.run_events, request.definition, b"{}")]
+
+    service = f"resume-{rounds_in_flight}"
+    loop = _loop(
+        settings, handler, rounds=rounds_in_flight > 0, service=service, rounds_in_flight=max(1, rounds_in_flight)
+    )
+    produce(settings.kafka_bootstrap_servers, topics.run_requests, [("k", RunRequested(definition="first").to_bytes())])
+    with _running(loop):
+        _wait(lambda: handled == ["first"])  # the producer knows the outcome's topic: its send does not block
+        produce(
+            settings.kafka_bootstrap_servers,
+            topics.run_requests,
+            [("k", RunRequested(definition="in-hand").to_bytes())],
+        )
+        _wait(in_hand.is_set)
+        broker.kill()
+        broker_killed.set()
+        _wait(lambda: loop.interrupted)  # its outcome not produced: handed back, and the loop waits 30 s
+        broker.start(keep_data=True)
+        back = time.monotonic()
+        _wait(lambda: handled.count("in-hand") == 2 or time.monotonic() - back > RESUMED_WITHIN_SECONDS)
+        resumed = time.monotonic() - back
+        assert handled.count("in-hand") == 2, f"handled again {resumed:.1f} s after the broker was back: {handled}"
+        _wait(lambda: not loop.interrupted)  # resumed: no longer waiting out a dependency
+    assert handled == ["first", "in-hand", "in-hand"]
+    outcomes = read_records_to_end(settings.kafka_bootstrap_servers, topics.run_events)
+    assert [record.key for record in outcomes] == [b"first", b"in-hand"], "its outcome produced once, once back"
