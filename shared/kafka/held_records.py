@@ -55,7 +55,8 @@ class _Held:
     until: float
 
 
-def _key(record: Any) -> tuple[TopicPartition, int]:
+def record_key(record: Any) -> tuple[TopicPartition, int]:
+    """A consumed record's partition and offset: what tells it from every other record (and a copy read again)."""
     return TopicPartition(record.topic, record.partition), record.offset
 
 
@@ -94,7 +95,7 @@ class HeldRecords:
 
     def hold(self, record: Any, until: float) -> None:
         """Keep ``record`` to hand back at ``until``."""
-        key = _key(record)
+        key = record_key(record)
         if key not in self._held:
             self._bytes += len(record.value or b"")
             heapq.heappush(self._offsets.setdefault(key[0], []), key[1])
@@ -105,7 +106,7 @@ class HeldRecords:
     def release(self, records: list[Any]) -> None:
         """Forget ``records`` (settled, or to be read again from the partition)."""
         for record in records:
-            held = self._held.pop(_key(record), None)
+            held = self._held.pop(record_key(record), None)
             if held is not None:
                 self._bytes -= len(record.value or b"")
         if len(self._due) > 2 * len(self._held) + self.COMPACT_SLACK:
@@ -113,7 +114,7 @@ class HeldRecords:
         self._count()
 
     def is_held(self, record: Any) -> bool:
-        return _key(record) in self._held
+        return record_key(record) in self._held
 
     def forget(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """Forget everything about ``partitions`` (revoked: their new owner reads them from the committed offset,
