@@ -13,7 +13,9 @@ at once. Should the process stop or the partition move to another consumer, the 
 after it are read again from the committed offset (at least once: a record settled after a held one may be
 handled twice, as after any crash). A rebalance revokes every partition, forgetting their holds, and may
 give a partition back to the same consumer, which goes on from its position (kafka-python keeps it): the
-partition is then sought back, as it is revoked, to its first held record, read again from there.
+partition is then sought back, as it is revoked, to its first held record, read again from there. Records read
+again so while a round in flight still handles them (the dispatcher's rounds in flight) are not handed to the
+handler a second time: the consumer loop settles them as that round does (``ConsumerLoop._start_round``).
 
 Memory is bounded: past ``max_records`` held records or ``max_bytes`` of their values, the loop stops
 fetching new records (every partition paused) until held ones are settled.
@@ -202,11 +204,12 @@ class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
     revoked. Kafka-python revokes every partition at a rebalance, then keeps the position of each one assigned to
     the same consumer again (unlike Java's client, which resets them to the committed offsets): without the
     seek, a held record forgotten here would never be read again (session 43: an extractor's key range, handed
-    to the next round as another replica died, never started). Never forward: a partition whose position is
-    already at or before its first held record (the loop handed it back) is left there, and one with no position
-    is read from the committed offset. A partition that moves to another consumer drops its position, the seek with
-    it: its new owner reads it from the committed offset. Partitions lost (the session expired) are forgotten only:
-    their state goes with them."""
+    to the next round as another replica died, never started). The records from there that a round in flight still
+    handles are read again too: the loop does not hand them to the handler twice at once. Never forward: a
+    partition whose position is already at or before its first held record (the loop handed it back) is left there,
+    and one with no position is read from the committed offset. A partition that moves to another consumer drops its
+    position, the seek with it: its new owner reads it from the committed offset. Partitions lost (the session
+    expired) are forgotten only: their state goes with them."""
 
     def __init__(
         self,
