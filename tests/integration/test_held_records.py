@@ -89,20 +89,7 @@ def test_a_record_held_across_a_rebalance_that_leaves_its_partition_here_is_hand
     group = f"held-rebalance-{rounds_in_flight}"
     loop = _loop(settings, None, group=group, handle_round=handle_round, rounds_in_flight=rounds_in_flight)
     joined, stop = threading.Event(), threading.Event()
-
-    def another_member() -> None:
-        """A member of the loop's group subscribed to another topic: its joining rebalances the group, and every
-        partition of the loop's topic is assigned to the loop again."""
-        other = make_consumer(settings, settings.topic_prefix + group, [topics.run_events])
-        try:
-            while not stop.is_set():
-                other.poll(timeout_ms=100)
-                if other.assignment():
-                    joined.set()
-        finally:
-            other.close()
-
-    member = threading.Thread(target=another_member, daemon=True)
+    member = threading.Thread(target=_another_member, args=(settings, group, joined, stop), daemon=True)
     try:
         _run_until(loop, lambda: len(loop.held) == 1)
         owned = loop.consumer.assignment()
@@ -168,17 +155,6 @@ def test_a_held_record_read_again_after_a_rebalance_while_its_round_is_in_flight
     consumer.seek = noting_seek
     joined, stop = threading.Event(), threading.Event()
 
-    def another_member() -> None:
-        """Joins the loop's group on another topic: a rebalance that gives the loop its partitions back."""
-        other = make_consumer(settings, settings.topic_prefix + group, [topics.run_events])
-        try:
-            while not stop.is_set():
-                other.poll(timeout_ms=100)
-                if other.assignment():
-                    joined.set()
-        finally:
-            other.close()
-
     def read_again() -> bool:
         """Whether the partition, sought back to the held record, was read past it since."""
         if not sought:
@@ -189,7 +165,7 @@ def test_a_held_record_read_again_after_a_rebalance_while_its_round_is_in_flight
         except Exception:  # noqa: BLE001 - no position yet (the rebalance not over)
             return False
 
-    member = threading.Thread(target=another_member, daemon=True)
+    member = threading.Thread(target=_another_member, args=(settings, group, joined, stop), daemon=True)
     try:
         _run_until(loop, lambda: len(calls) == 2)  # with the handler again, in a round in flight
         member.start()
@@ -207,6 +183,19 @@ def test_a_held_record_read_again_after_a_rebalance_while_its_round_is_in_flight
         loop.consumer.close()
         loop.producer.close()
     assert read_to_end(settings.kafka_bootstrap_servers, topics.dead_letters) == []
+
+
+def _another_member(settings: CommonSettings, group: str, joined: threading.Event, stop: threading.Event) -> None:
+    """A member of the loop's group subscribed to another topic until ``stop``: its joining rebalances the group, and
+    every partition of the loop's topic is assigned to the loop again (``joined`` once it has its own)."""
+    other = make_consumer(settings, settings.topic_prefix + group, [settings.topics.run_events])
+    try:
+        while not stop.is_set():
+            other.poll(timeout_ms=100)
+            if other.assignment():
+                joined.set()
+    finally:
+        other.close()
 
 
 def _has(loop, partition: TopicPartition) -> bool:
