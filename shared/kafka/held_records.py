@@ -13,7 +13,9 @@ at once. Should the process stop or the partition move to another consumer, the 
 after it are read again from the committed offset (at least once: a record settled after a held one may be
 handled twice, as after any crash). A rebalance revokes every partition, forgetting their holds, and may
 give a partition back to the same consumer, which goes on from its position (kafka-python keeps it): the
-partition is then sought back, as it is revoked, to its first held record, read again from there.
+partition is then sought back, as it is revoked, to its first held record, read again from there. Records read
+again so while a round in flight still handles them (the dispatcher's rounds in flight) are not handed to the
+handler a second time: the consumer loop settles them as that round does (``ConsumerLoop._start_round``).
 
 Memory is bounded: past ``max_records`` held records or ``max_bytes`` of their values, the loop stops
 fetching new records (every partition paused) until held ones are settled.
@@ -55,7 +57,8 @@ class _Held:
     until: float
 
 
-def _key(record: Any) -> tuple[TopicPartition, int]:
+def record_key(record: Any) -> tuple[TopicPartition, int]:
+    """A consumed record's partition and offset: what tells it from every other record (and a copy read again)."""
     return TopicPartition(record.topic, record.partition), record.offset
 
 
@@ -94,7 +97,7 @@ class HeldRecords:
 
     def hold(self, record: Any, until: float) -> None:
         """Keep ``record`` to hand back at ``until``."""
-        key = _key(record)
+        key = record_key(record)
         if key not in self._held:
             self._bytes += len(record.value or b"")
             heapq.heappush(self._offsets.setdefault(key[0], []), key[1])
@@ -105,7 +108,7 @@ class HeldRecords:
     def release(self, records: list[Any]) -> None:
         """Forget ``records`` (settled, or to be read again from the partition)."""
         for record in records:
-            held = self._held.pop(_key(record), None)
+            held = self._held.pop(record_key(record), None)
             if held is not None:
                 self._bytes -= len(record.value or b"")
         if len(self._due) > 2 * len(self._held) + self.COMPACT_SLACK:
@@ -113,7 +116,7 @@ class HeldRecords:
         self._count()
 
     def is_held(self, record: Any) -> bool:
-        return _key(record) in self._held
+        return record_key(record) in self._held
 
     def forget(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """Forget everything about ``partitions`` (revoked: their new owner reads them from the committed offset,
@@ -201,11 +204,12 @@ class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
     revoked. Kafka-python revokes every partition at a rebalance, then keeps the position of each one assigned to
     the same consumer again (unlike Java's client, which resets them to the committed offsets): without the
     seek, a held record forgotten here would never be read again (session 43: an extractor's key range, handed
-    to the next round as another replica died, never started). Never forward: a partition whose position is
-    already at or before its first held record (the loop handed it back) is left there, and one with no position
-    is read from the committed offset. A partition that moves to another consumer drops its position, the seek with
-    it: its new owner reads it from the committed offset. Partitions lost (the session expired) are forgotten only:
-    their state goes with them."""
+    to the next round as another replica died, never started). The records from there that a round in flight still
+    handles are read again too: the loop does not hand them to the handler twice at once. Never forward: a
+    partition whose position is already at or before its first held record (the loop handed it back) is left there,
+    and one with no position is read from the committed offset. A partition that moves to another consumer drops its
+    position, the seek with it: its new owner reads it from the committed offset. Partitions lost (the session
+    expired) are forgotten only: their state goes with them."""
 
     def __init__(
         self,

@@ -78,7 +78,7 @@ from shared.kafka.clients import (
     send_record,
 )
 from shared.kafka.group_rejoin import revive_lost_rejoin
-from shared.kafka.held_records import ForgetRevoked, HeldRecords, HoldRecord
+from shared.kafka.held_records import ForgetRevoked, HeldRecords, HoldRecord, record_key
 from shared.kafka.records import Consumed as Consumed
 from shared.kafka.records import Headers as Headers
 from shared.kafka.records import Outgoing as Outgoing
@@ -436,10 +436,19 @@ class _PendingRound(Generic[E]):
     #: when the whole round is handed back.
     settled: list[tuple[Any, list[Outgoing] | _Letter]] = field(default_factory=list)
     sending: _Sending | None = None
+    #: Per index in ``records``: a record read again while an earlier round in flight, given here, handles it (its
+    #: partition sought back by a rebalance): not handed to the handler, but settled as that round settles it.
+    copies: dict[int, _PendingRound[E]] = field(default_factory=dict)
+    #: The records this round held again (:class:`HoldRecord`), with when they are due (for their copies).
+    held_again: dict[tuple[TopicPartition, int], float] = field(default_factory=dict)
 
-    def held_keys(self) -> list[tuple[TopicPartition, int]]:
-        """The held records handed to the handler again in this round."""
-        return [(TopicPartition(r.topic, r.partition), r.offset) for r in self.records[: self.again]]
+    def handled_keys(self) -> list[tuple[TopicPartition, int]]:
+        """The records this round handles (its copies are another round's)."""
+        return [record_key(record) for index, record in enumerate(self.records) if index not in self.copies]
+
+    def settled_keys(self) -> set[tuple[TopicPartition, int]]:
+        """The records this round settled (once sent: :meth:`ConsumerLoop._send_round`)."""
+        return {record_key(record) for record, _ in self.settled}
 
     def first_offsets(self) -> dict[TopicPartition, int]:
         """Per partition polled, the round's first record (where to read again when it is handed back whole)."""
@@ -571,8 +580,10 @@ class ConsumerLoop(Generic[E]):
         self._window: RoundWindow[_PendingRound[E]] | None = None
         if handle_round is not None and rounds_in_flight > 1:
             self._window = RoundWindow(rounds_in_flight, f"{service}-rounds")
-        #: The held records in a round in flight (not handed to the handler twice at once).
-        self._held_in_flight: set[tuple[TopicPartition, int]] = set()
+        #: The records handed to the handler by a round in flight, and the last round handed each: not handed to it
+        #: twice at once (a held one due again, or one read again after a rebalance sought its partition back: see
+        #: _start_round).
+        self._in_flight: dict[tuple[TopicPartition, int], _PendingRound[E]] = {}
         # An interruption met by a round, waiting for the rounds in flight after it to be settled: per partition,
         # the first record to read again; the error to raise then; whether producing failed (the broker away).
         self._handed_back: dict[TopicPartition, int] = {}
@@ -857,7 +868,9 @@ class ConsumerLoop(Generic[E]):
                 continue
             if oldest.results is None and (waiting or oldest.sending is None or oldest.sending.answered()):
                 window.pop()
-                self._held_in_flight.difference_update(oldest.held_keys())
+                for key in oldest.handled_keys():
+                    if self._in_flight.get(key) is oldest:  # not handed to a later round since (held, due again)
+                        del self._in_flight[key]
                 try:
                     settled += self._confirm_round(oldest)
                 finally:
@@ -876,7 +889,7 @@ class ConsumerLoop(Generic[E]):
             return settled
         handle_round, events = self.handle_round, pending.events
         assert handle_round is not None  # a window is built for round handlers only
-        self._held_in_flight.update(pending.held_keys())
+        self._in_flight.update(dict.fromkeys(pending.handled_keys(), pending))
         pending.results = window.start(
             pending, lambda: self._round_results(handle_round, events) if events is not None else []
         )
@@ -913,8 +926,20 @@ class ConsumerLoop(Generic[E]):
             return None
         again = sum(1 for record in records if self.held.is_held(record))  # held ones first: consumed before
         outcomes: list[list[Outgoing] | _Letter | BaseException] = [[] for _ in records]
+        # A rebalance during a poll seeks a partition back to its first held record (ForgetRevoked): the records from
+        # there that a round in flight handles are read again. Handing them to the handler now would handle them twice
+        # at once (a dispatcher's batch sent twice concurrently): they wait for that round to settle them instead.
+        copies: dict[int, _PendingRound[E]] = {}
+        if self._in_flight:
+            copies = {
+                index: earlier
+                for index in range(again, len(records))
+                if (earlier := self._in_flight.get(record_key(records[index]))) is not None
+            }
         decoded: list[tuple[int, E]] = []
         for index, record in enumerate(records):
+            if index in copies:
+                continue  # consumed and decoded once already, by the round handling it
             event = self._decode(record, consumed=index >= again)
             if isinstance(event, _Letter):
                 outcomes[index] = event
@@ -923,7 +948,7 @@ class ConsumerLoop(Generic[E]):
         events = None
         if decoded:
             events = Round([event for _, event in decoded], [self._trace_context(records[i]) for i, _ in decoded])
-        return _PendingRound(polled, records, again, outcomes, events, [index for index, _ in decoded])
+        return _PendingRound(polled, records, again, outcomes, events, [index for index, _ in decoded], copies=copies)
 
     def _send_round(self, pending: _PendingRound[E], results: Sequence[list[Outgoing] | BaseException]) -> None:
         """Decide each of a round's records from the handler's results, and hand the outcomes to the producer.
@@ -943,13 +968,26 @@ class ConsumerLoop(Generic[E]):
                 if self._interruption is None:
                     self._interruption = RoundInterrupted(outcome)
         settled: list[tuple[Any, list[Outgoing] | _Letter]] = []
-        for record, outcome in zip(records, outcomes, strict=True):
+        settled_before = {id(earlier): earlier.settled_keys() for earlier in pending.copies.values()}
+        for index, (record, outcome) in enumerate(zip(records, outcomes, strict=True)):
             first_back = self._handed_back.get(TopicPartition(record.topic, record.partition))
             if first_back is not None and record.offset >= first_back:
                 self.held.release([record])  # read again from the partition
                 continue
+            earlier = pending.copies.get(index)
+            if earlier is not None:
+                # Handled by an earlier round, sent before this one: settled there (its outcome produced there, this
+                # round commits it: the earlier round commits nothing of a partition revoked meanwhile), or held again
+                # (held here: the rebalance may have forgotten that hold since, and no commit may pass it).
+                key = record_key(record)
+                if key in settled_before[id(earlier)]:
+                    settled.append((record, []))
+                else:
+                    self.held.hold(record, earlier.held_again.get(key, 0.0))
+                continue
             if isinstance(outcome, HoldRecord):
                 self.held.hold(record, outcome.until)
+                pending.held_again[record_key(record)] = outcome.until
                 continue
             settled.append((record, self._failure(record, outcome) if isinstance(outcome, BaseException) else outcome))
         pending.settled = settled
@@ -1017,18 +1055,25 @@ class ConsumerLoop(Generic[E]):
     def _held_due(self, limit: int | None) -> list[Any]:
         """The held records whose time has come, at most ``limit`` (those due the longest first): a breaker
         turning half-open makes thousands due at once, and a round must stay within the poll interval. Those
-        in a round in flight are not due again before it is settled."""
+        a round in flight has in hand are not due again meanwhile (:meth:`_in_hand`)."""
         if not len(self.held):
             return []
         try:
             assigned = set(self.consumer.assignment())
         except Exception:  # noqa: BLE001 - closing: nothing is due
             return []
-        if not self._held_in_flight:
+        if not self._in_flight:
             return self.held.due(time.monotonic(), assigned, limit)
-        wanted = None if limit is None else limit + len(self._held_in_flight)
+        wanted = None if limit is None else limit + len(self._in_flight)
         due = self.held.due(time.monotonic(), assigned, wanted)
-        return [r for r in due if (TopicPartition(r.topic, r.partition), r.offset) not in self._held_in_flight][:limit]
+        return [record for record in due if not self._in_hand(record)][:limit]
+
+    def _in_hand(self, record: Any) -> bool:
+        """Whether a round in flight has ``record`` in hand: with the handler, or settled (its outcome not committed
+        yet); not once it held the record again (due then as it said)."""
+        key = record_key(record)
+        handling = self._in_flight.get(key)
+        return handling is not None and (handling.results is not None or key not in handling.held_again)
 
     def _with_held_due(self, due: list[Any], polled: list[Any]) -> list[Any]:
         """The held records due, then the polled ones (a polled record that is also held, its partition read

@@ -89,20 +89,7 @@ def test_a_record_held_across_a_rebalance_that_leaves_its_partition_here_is_hand
     group = f"held-rebalance-{rounds_in_flight}"
     loop = _loop(settings, None, group=group, handle_round=handle_round, rounds_in_flight=rounds_in_flight)
     joined, stop = threading.Event(), threading.Event()
-
-    def another_member() -> None:
-        """A member of the loop's group subscribed to another topic: its joining rebalances the group, and every
-        partition of the loop's topic is assigned to the loop again."""
-        other = make_consumer(settings, settings.topic_prefix + group, [topics.run_events])
-        try:
-            while not stop.is_set():
-                other.poll(timeout_ms=100)
-                if other.assignment():
-                    joined.set()
-        finally:
-            other.close()
-
-    member = threading.Thread(target=another_member, daemon=True)
+    member = threading.Thread(target=_another_member, args=(settings, group, joined, stop), daemon=True)
     try:
         _run_until(loop, lambda: len(loop.held) == 1)
         owned = loop.consumer.assignment()
@@ -121,6 +108,94 @@ def test_a_record_held_across_a_rebalance_that_leaves_its_partition_here_is_hand
         loop.consumer.close()
         loop.producer.close()
     assert read_to_end(settings.kafka_bootstrap_servers, topics.dead_letters) == []
+
+
+def test_a_held_record_read_again_after_a_rebalance_while_its_round_is_in_flight_is_not_handled_twice_at_once(
+    settings: CommonSettings,
+):
+    """With rounds in flight, a held record may be with the handler (due again) when a rebalance forgets its hold and
+    seeks its partition back to it: the next poll reads it again. It is not handed to the handler again while that
+    round handles it (the dispatcher would send the same batch twice at once), and is settled once."""
+    ensure_topics(settings)
+    topics = settings.topics
+    produce(settings.kafka_bootstrap_servers, topics.run_requests, [("same", RunRequested(definition="h").to_bytes())])
+    calls, concurrent = [], []
+    handling = 0
+    lock, release = threading.Lock(), threading.Event()
+
+    def handle_round(events: list[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        nonlocal handling
+        with lock:
+            calls.append(len(events))
+            if handling:
+                concurrent.append(len(calls))
+            handling += len(events)
+        try:
+            if len(calls) == 1:  # held, due again at once: the next round takes it
+                return [HoldRecord("the partner's breaker is open", time.monotonic()) for _ in events]
+            if len(calls) == 2:  # in flight until the rebalance has sought its partition back and it is read again
+                assert release.wait(60.0), "the record was never read again"
+            return [[] for _ in events]
+        finally:
+            with lock:
+                handling -= len(events)
+
+    group = "held-in-flight-rebalance"
+    # Three rounds in flight: the round with the handler, the one of the record read again, and room for the loop
+    # to go on polling (with two, the full window would wait for the first round, and the rebalance for the loop).
+    loop = _loop(settings, None, group=group, handle_round=handle_round, rounds_in_flight=3)
+    consumer = loop.consumer
+    sought: list[tuple[TopicPartition, int]] = []
+    seek = consumer.seek
+
+    def noting_seek(partition: TopicPartition, offset: int) -> None:  # the loop's listener seeks through it
+        sought.append((partition, offset))
+        seek(partition, offset)
+
+    consumer.seek = noting_seek
+    joined, stop = threading.Event(), threading.Event()
+
+    def read_again() -> bool:
+        """Whether the partition, sought back to the held record, was read past it since."""
+        if not sought:
+            return False
+        partition, offset = sought[-1]
+        try:
+            return consumer.position(partition, timeout_ms=0) > offset
+        except Exception:  # noqa: BLE001 - no position yet (the rebalance not over)
+            return False
+
+    member = threading.Thread(target=_another_member, args=(settings, group, joined, stop), daemon=True)
+    try:
+        _run_until(loop, lambda: len(calls) == 2)  # with the handler again, in a round in flight
+        member.start()
+        _run_until(loop, read_again, timeout=60.0)
+        loop.poll_once()  # a round of what was read again, if any, goes to the handler
+        release.set()
+        _run_until(loop, lambda: loop._window is not None and not len(loop._window) and not len(loop.held))
+        loop.poll_once()
+        assert concurrent == []  # never with the handler twice at once
+        assert calls == [1, 1]  # held once, then handled once: the copy read again was settled with it
+    finally:
+        release.set()
+        stop.set()
+        member.join(timeout=30.0)
+        loop.consumer.close()
+        loop.producer.close()
+    assert read_to_end(settings.kafka_bootstrap_servers, topics.dead_letters) == []
+
+
+def _another_member(settings: CommonSettings, group: str, joined: threading.Event, stop: threading.Event) -> None:
+    """A member of the loop's group subscribed to another topic until ``stop``: its joining rebalances the group, and
+    every partition of the loop's topic is assigned to the loop again (``joined`` once it has its own)."""
+    other = make_consumer(settings, settings.topic_prefix + group, [settings.topics.run_events])
+    try:
+        while not stop.is_set():
+            other.poll(timeout_ms=100)
+            if other.assignment():
+                joined.set()
+    finally:
+        other.close()
 
 
 def _has(loop, partition: TopicPartition) -> bool:
