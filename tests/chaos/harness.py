@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -76,10 +76,14 @@ class Outcome:
 class ChaosPipeline(Managed):
     """The pipeline of one chaos session; scenarios run one after another on it (each its own run)."""
 
-    def __init__(self, work_dir: Path, members: int, batch_size: int = 250) -> None:
+    def __init__(
+        self, work_dir: Path, members: int, batch_size: int = 250, settings: Mapping[str, str] | None = None
+    ) -> None:
         self.work_dir = work_dir
         self.members = members
         self.batch_size = batch_size
+        #: ``EXPORT_*`` settings of every service on top of the harness's own.
+        self.settings = dict(settings or {})
         self.toxiproxy = Toxiproxy(work_dir / "toxiproxy.log")
         self.kafka_port = free_port()
         self.kafka = LocalKafka(work_dir / "kafka", advertised_port=free_port())
@@ -136,6 +140,7 @@ class ChaosPipeline(Managed):
             "EXPORT_ALLOWED_DESTINATIONS": "127.0.0.1",
             "EXPORT_DISPATCHER_BACKOFF_INITIAL_SECONDS": "0.2",
             "EXPORT_LOG_LEVEL": "INFO",
+            **self.settings,
         }
         self._exportctl("db", "upgrade")
         manifest = self.work_dir / "chaos.yaml"

@@ -53,6 +53,13 @@ spec:
 
 
 @pytest.fixture(scope="module")
+def pipeline_settings() -> dict[str, str]:
+    # The least session timeout the product and the broker allow: the restarted notifier's group waits for the killed
+    # one's session to end before it is given the partitions (6 s instead of the default 10 s).
+    return {"EXPORT_KAFKA_SESSION_TIMEOUT_MS": "6000"}
+
+
+@pytest.fixture(scope="module")
 def hooks() -> Iterator[HttpReceiver]:
     with HttpReceiver() as hooks:
         yield hooks

@@ -72,7 +72,15 @@ def _export_everyone(
 def test_a_dispatcher_killed_mid_run_delivers_every_member_once_per_key(kafka_bootstrap: str, tmp_path):
     with HttpReceiver() as receiver:
         pipeline = _export_everyone(
-            kafka_bootstrap, tmp_path, receiver, members=MEMBERS, batch_size=BATCH, columns="id, email, points"
+            kafka_bootstrap,
+            tmp_path,
+            receiver,
+            members=MEMBERS,
+            batch_size=BATCH,
+            columns="id, email, points",
+            # The least the product and the broker allow: the restarted dispatcher's group waits for the killed
+            # one's session to end before it is given the partitions (6 s instead of the default 10 s).
+            env={"EXPORT_KAFKA_SESSION_TIMEOUT_MS": "6000"},
         )
         try:
             wait_until(
