@@ -29,10 +29,6 @@ DEFAULT_DELIVERY_TIMEOUT_MS = 120_000
 PRODUCER_CLOSE_SECONDS = 5.0
 #: Of a close's time, what is kept for the producer's I/O thread to fail what is left and end.
 _SENDER_END_SECONDS = 1.0
-#: The longest wait between a client's attempts at reaching a broker, and between its metadata requests while none
-#: answers (doubling from 50 ms, jittered). kafka-python 3.0 defaults to 30 s: a broker back after a 15 s restart
-#: was reached again 10 s later, and the consumer's metadata refreshed 17 s after that. Java's client: 1 s.
-RECONNECT_BACKOFF_MAX_MS = 1_000
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +53,6 @@ def make_producer(settings: CommonSettings, client_id: str, *, max_block_seconds
         batch_size=settings.kafka_batch_bytes,
         compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
         max_in_flight_requests_per_connection=1,
-        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         # Retries are bounded by time, not count: a broker away (restarting, a leader moving) for less than
         # the delivery timeout is waited out; past it the send fails and the caller decides (never silent).
         request_timeout_ms=settings.kafka_request_timeout_ms,
@@ -132,7 +127,6 @@ def make_consumer(settings: CommonSettings, group_id: str, topics: list[str], **
         "max_poll_interval_ms": DEFAULT_MAX_POLL_INTERVAL_MS,
         # kafka-python 3 defaults to 45 s: a killed replica's partitions would wait that long.
         "session_timeout_ms": settings.kafka_session_timeout_ms,
-        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
     consumer = KafkaConsumer(**(config | overrides))
     consumer.subscribe(topics)

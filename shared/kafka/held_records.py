@@ -118,6 +118,10 @@ class HeldRecords:
     def is_held(self, record: Any) -> bool:
         return record_key(record) in self._held
 
+    def count_held(self, keys: Iterable[tuple[TopicPartition, int]]) -> int:
+        """How many of ``keys`` (see :func:`record_key`) are held."""
+        return sum(1 for key in keys if key in self._held)
+
     def forget(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """Forget everything about ``partitions`` (revoked: their new owner reads them from the committed offset,
         and should they come back, they are read from there again: nothing held may stop their commits).

@@ -140,6 +140,8 @@ MAX_INTERRUPTION_BACKOFF_SECONDS = 30.0
 #: How often a wait after an interruption asks whether the dependency that interrupted answers again: no two polls
 #: of an interrupted loop are closer than this (the first backoff is no shorter), whatever the probe says.
 INTERRUPTION_PROBE_SECONDS = 0.5
+#: A metadata update unanswered this long means the broker is away (see :class:`MetadataAnswered`).
+UNANSWERED_IS_AWAY_SECONDS = 1.0
 
 ROUNDS_INTERRUPTED = Counter(
     "member_export_consumer_rounds_interrupted_total",
@@ -259,26 +261,45 @@ def _answers(probe: Probe) -> bool:
 
 
 class MetadataAnswered:
-    """A probe of the broker behind a Kafka client: True once the client's metadata has been answered since the
-    probe was made (a metadata request the client sends on its own I/O thread, paced by its own reconnect backoff).
+    """A probe of the broker behind a Kafka client: True once the client's metadata, seen unanswered since the probe
+    was made (an update failed, or none answered within :data:`UNANSWERED_IS_AWAY_SECONDS`: the broker unreachable),
+    is answered again (a metadata request the client sends on its own I/O thread, paced by its own reconnect backoff).
+
+    A broker that answers from the first update on was never away: what interrupted the poll is something else (a
+    produce the broker refuses, a handler's own timeout), and ending the wait early would handle the same records
+    again every pause instead of backing off. So the probe stays False then, and the backoff runs its course.
 
     Asking costs no I/O on the caller's thread: it flags the client's metadata for an update and reads the future of
     that update (a failed one is asked for again). Private API (kafka-python 3.0: ``_client.cluster``, whose
     ``request_update`` is thread-safe); the constructor raises when it is not there.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._cluster = client._client.cluster
+        self._clock = clock
+        self._asked_at = clock()
         self._update = self._cluster.request_update()
+        self._seen_away = False
 
     def __call__(self) -> bool:
         update = self._update
         if not update.is_done:
+            # A broker answers metadata in milliseconds; one still unanswered after a second is not there (the
+            # client connecting, or in its reconnect backoff), even before the update fails.
+            if self._clock() - self._asked_at >= UNANSWERED_IS_AWAY_SECONDS:
+                self._seen_away = True
             return False
-        if update.succeeded():
-            return True
-        self._update = self._cluster.request_update()  # refused or unreachable: asked again, answered later
-        return False
+        if update.failed():
+            self._seen_away = True
+            self._update = self._cluster.request_update()  # refused or unreachable: asked again, answered later
+            self._asked_at = self._clock()
+            return False
+        return self._seen_away
+
+    @property
+    def seen_away(self) -> bool:
+        """Whether the broker was seen away since the probe was made (an update failed or was long unanswered)."""
+        return self._seen_away
 
 
 class RoundInterrupted(Exception):
@@ -439,12 +460,15 @@ class _PendingRound(Generic[E]):
     #: Per index in ``records``: a record read again while an earlier round in flight, given here, handles it (its
     #: partition sought back by a rebalance): not handed to the handler, but settled as that round settles it.
     copies: dict[int, _PendingRound[E]] = field(default_factory=dict)
+    #: The indexes of ``copies``, kept once the round is sent and ``copies`` let go of the earlier rounds (a chain of
+    #: rounds read again after rebalances in a row would otherwise stay in memory).
+    copy_indexes: frozenset[int] = frozenset()
     #: The records this round held again (:class:`HoldRecord`), with when they are due (for their copies).
     held_again: dict[tuple[TopicPartition, int], float] = field(default_factory=dict)
 
     def handled_keys(self) -> list[tuple[TopicPartition, int]]:
         """The records this round handles (its copies are another round's)."""
-        return [record_key(record) for index, record in enumerate(self.records) if index not in self.copies]
+        return [record_key(record) for index, record in enumerate(self.records) if index not in self.copy_indexes]
 
     def settled_keys(self) -> set[tuple[TopicPartition, int]]:
         """The records this round settled (once sent: :meth:`ConsumerLoop._send_round`)."""
@@ -697,10 +721,11 @@ class ConsumerLoop(Generic[E]):
             log.info("dependency answers again: polling before the backoff is over", service=self.service)
 
     def _probe(self, cause: BaseException) -> Probe | None:
-        """What ends the wait after an interruption by ``cause`` early: for a Kafka error, the consumer's broker
-        answering metadata again (:class:`MetadataAnswered`). None for a database outage: the loop does not know
-        the service's databases, so that wait runs its course."""
-        if not isinstance(cause, KafkaError) or is_outage(cause):
+        """What ends the wait after an interruption by ``cause`` early: for a retriable Kafka error (the broker
+        unreachable, a request timed out), the consumer's broker answering metadata again after it was seen away
+        (:class:`MetadataAnswered`). None for an error the broker answers (it is not away: a refusal repeats) and
+        for a database outage (the loop does not know the service's databases): those waits run their course."""
+        if not isinstance(cause, KafkaError) or not getattr(cause, "retriable", False) or is_outage(cause):
             return None
         try:
             return MetadataAnswered(self.consumer)
@@ -936,6 +961,12 @@ class ConsumerLoop(Generic[E]):
                 for index in range(again, len(records))
                 if (earlier := self._in_flight.get(record_key(records[index]))) is not None
             }
+            if copies:
+                log.info(
+                    "records read again while a round in flight has them: settled as that round settles them",
+                    service=self.service,
+                    records=len(copies),
+                )
         decoded: list[tuple[int, E]] = []
         for index, record in enumerate(records):
             if index in copies:
@@ -948,7 +979,16 @@ class ConsumerLoop(Generic[E]):
         events = None
         if decoded:
             events = Round([event for _, event in decoded], [self._trace_context(records[i]) for i, _ in decoded])
-        return _PendingRound(polled, records, again, outcomes, events, [index for index, _ in decoded], copies=copies)
+        return _PendingRound(
+            polled,
+            records,
+            again,
+            outcomes,
+            events,
+            [index for index, _ in decoded],
+            copies=copies,
+            copy_indexes=frozenset(copies),
+        )
 
     def _send_round(self, pending: _PendingRound[E], results: Sequence[list[Outgoing] | BaseException]) -> None:
         """Decide each of a round's records from the handler's results, and hand the outcomes to the producer.
@@ -991,6 +1031,7 @@ class ConsumerLoop(Generic[E]):
                 continue
             settled.append((record, self._failure(record, outcome) if isinstance(outcome, BaseException) else outcome))
         pending.settled = settled
+        pending.copies.clear()  # settled: the earlier rounds are no longer needed (see copy_indexes)
         pending.sending = self._send(settled)
 
     def _confirm_round(self, pending: _PendingRound[E]) -> int:
@@ -1064,7 +1105,9 @@ class ConsumerLoop(Generic[E]):
             return []
         if not self._in_flight:
             return self.held.due(time.monotonic(), assigned, limit)
-        wanted = None if limit is None else limit + len(self._in_flight)
+        # Only the held records a round in flight has are passed over: fetch that many more, not one per record in
+        # flight (up to rounds x batch: thousands of heap moves a poll while a breaker's backlog is due).
+        wanted = None if limit is None else limit + self.held.count_held(self._in_flight)
         due = self.held.due(time.monotonic(), assigned, wanted)
         return [record for record in due if not self._in_hand(record)][:limit]
 

@@ -176,6 +176,7 @@ def test_a_held_record_read_again_after_a_rebalance_while_its_round_is_in_flight
         loop.poll_once()
         assert concurrent == []  # never with the handler twice at once
         assert calls == [1, 1]  # held once, then handled once: the copy read again was settled with it
+        assert consumer.committed(sought[-1][0]) == 1, "and committed: the copy neither dropped nor left behind"
     finally:
         release.set()
         stop.set()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+from kafka.errors import InvalidTimestampError, KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.future import Future
 
 from shared.kafka.loop import (
@@ -161,6 +161,35 @@ def test_the_broker_probe_answers_once_the_clients_metadata_is_answered_and_asks
     assert len(cluster.updates) == 2, "nothing more asked once answered"
 
 
+def test_a_broker_that_answers_from_the_first_update_on_never_ends_the_wait():
+    # A produce the broker refuses, a handler's own timeout: the broker is there, and ending the wait early would
+    # handle the same records again every pause instead of backing off.
+    cluster = Cluster()
+    probe = MetadataAnswered(Consumer(cluster))
+    cluster.updates[0].success(cluster)
+    assert probe() is False
+    assert probe.seen_away is False
+    clock = Clock()
+    stopping = Stopping(clock)
+    assert wait_for_answer(30.0, probe, stopping, step=0.5, clock=clock) is False
+    assert clock.now == pytest.approx(1030.0), "the whole backoff"
+    assert len(cluster.updates) == 1, "no update asked for again: the broker answered"
+
+
+def test_an_update_long_unanswered_is_the_broker_away_and_its_answer_ends_the_wait():
+    cluster = Cluster()
+    clock = Clock()
+    probe = MetadataAnswered(Consumer(cluster), clock=clock)
+    clock.now += 0.5
+    assert probe() is False
+    assert probe.seen_away is False, "a broker may take a moment to answer"
+    clock.now += 0.5
+    assert probe() is False
+    assert probe.seen_away is True, "unanswered after a second: not there"
+    cluster.updates[0].success(cluster)
+    assert probe() is True
+
+
 def _loop_probe(cause: BaseException, consumer: Any) -> object:
     loop = ConsumerLoop.__new__(ConsumerLoop)  # only what _probe reads
     loop.consumer = consumer
@@ -183,6 +212,16 @@ def test_a_broker_interruption_is_probed_through_the_consumers_metadata(cause: B
     ids=["sqlite", "store"],
 )
 def test_a_database_outage_waits_its_backoff_out(cause: BaseException):
+    assert _loop_probe(cause, Consumer(Cluster())) is None
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [InvalidTimestampError("timestamp out of range"), MessageSizeTooLargeError("too large")],
+    ids=["invalid-timestamp", "too-large"],
+)
+def test_an_error_the_broker_answers_waits_its_backoff_out(cause: BaseException):
+    # Not retriable: the broker is there and refuses; asked again at once, it refuses again.
     assert _loop_probe(cause, Consumer(Cluster())) is None
 
 
