@@ -267,7 +267,10 @@ class MetadataAnswered:
 
     A broker that answers from the first update on was never away: what interrupted the poll is something else (a
     produce the broker refuses, a handler's own timeout), and ending the wait early would handle the same records
-    again every pause instead of backing off. So the probe stays False then, and the backoff runs its course.
+    again every pause instead of backing off. So the probe stays False then, and the backoff runs its course. The
+    cost: a broker back within about a second of the wait's start is not seen away either, and that wait runs its
+    course too. A broker slow to answer (over a second) or a metadata answer with a topic error counts as away:
+    at most one early poll a wait, each wait having a probe of its own.
 
     Asking costs no I/O on the caller's thread: it flags the client's metadata for an update and reads the future of
     that update (a failed one is asked for again). Private API (kafka-python 3.0: ``_client.cluster``, whose
@@ -1094,7 +1097,7 @@ class ConsumerLoop(Generic[E]):
             raise interruption
 
     def _held_due(self, limit: int | None) -> list[Any]:
-        """The held records whose time has come, at most ``limit`` (those due the longest first): a breaker
+        """The held records whose time has come, at most ``limit`` (about those due the longest first): a breaker
         turning half-open makes thousands due at once, and a round must stay within the poll interval. Those
         a round in flight has in hand are not due again meanwhile (:meth:`_in_hand`)."""
         if not len(self.held):

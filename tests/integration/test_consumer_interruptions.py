@@ -279,25 +279,27 @@ def _resumes_after_a_broker_restart(broker: LocalKafka, tmp_path: Path, rounds_i
         _wait(in_hand.is_set)
         # What the loop's probe reads, on a client of the test's own: a broker answering is not "answered again".
         witness = make_consumer(settings, f"{service}-witness", [topics.run_requests])
-        witness.topics()  # bootstrapped
-        live = MetadataAnswered(witness)
-        update = witness._client.cluster.request_update()  # the probe's own (one update is pending at a time)
-        _wait(lambda: update.is_done)
-        assert update.succeeded()
-        assert live() is False, "a broker answering from the first update on was never away"
-        assert not live.seen_away
-        broker.kill()
-        broker_killed.set()
-        _wait(lambda: loop.interrupted)  # its outcome not produced: handed back, and the loop waits 30 s
-        away = MetadataAnswered(witness)
-        _wait(lambda: (away(), away.seen_away)[1], timeout=10)
-        broker.start(keep_data=True)
-        back = time.monotonic()
-        _wait(lambda: handled.count("in-hand") == 2 or time.monotonic() - back > RESUMED_WITHIN_SECONDS)
-        resumed = time.monotonic() - back
-        assert handled.count("in-hand") == 2, f"handled again {resumed:.1f} s after the broker was back: {handled}"
-        _wait(away, timeout=RESUMED_WITHIN_SECONDS)  # the probe, seen the broker away, says when it answers again
-        witness.close()
+        try:
+            witness.topics()  # bootstrapped
+            live = MetadataAnswered(witness)
+            update = witness._client.cluster.request_update()  # the probe's own (one update is pending at a time)
+            _wait(lambda: update.is_done)
+            assert update.succeeded()
+            assert live() is False, "a broker answering from the first update on was never away"
+            assert not live.seen_away
+            broker.kill()
+            broker_killed.set()
+            _wait(lambda: loop.interrupted)  # its outcome not produced: handed back, and the loop waits 30 s
+            away = MetadataAnswered(witness)
+            _wait(lambda: (away(), away.seen_away)[1], timeout=10)
+            broker.start(keep_data=True)
+            back = time.monotonic()
+            _wait(lambda: handled.count("in-hand") == 2 or time.monotonic() - back > RESUMED_WITHIN_SECONDS)
+            resumed = time.monotonic() - back
+            assert handled.count("in-hand") == 2, f"handled again {resumed:.1f} s after the broker was back: {handled}"
+            _wait(away, timeout=RESUMED_WITHIN_SECONDS)  # the probe, seen the broker away, says when it answers again
+        finally:
+            witness.close()
         _wait(lambda: not loop.interrupted)  # resumed: no longer waiting out a dependency
     assert handled == ["first", "in-hand", "in-hand"]
     outcomes = read_records_to_end(settings.kafka_bootstrap_servers, topics.run_events)
