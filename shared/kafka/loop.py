@@ -462,16 +462,15 @@ class _PendingRound(Generic[E]):
     sending: _Sending | None = None
     #: Per index in ``records``: a record read again while an earlier round in flight, given here, handles it (its
     #: partition sought back by a rebalance): not handed to the handler, but settled as that round settles it.
+    #: Emptied once the round is sent: a chain of rounds read again after rebalances in a row would otherwise stay
+    #: in memory.
     copies: dict[int, _PendingRound[E]] = field(default_factory=dict)
-    #: The indexes of ``copies``, kept once the round is sent and ``copies`` let go of the earlier rounds (a chain of
-    #: rounds read again after rebalances in a row would otherwise stay in memory).
-    copy_indexes: frozenset[int] = frozenset()
     #: The records this round held again (:class:`HoldRecord`), with when they are due (for their copies).
     held_again: dict[tuple[TopicPartition, int], float] = field(default_factory=dict)
 
     def handled_keys(self) -> list[tuple[TopicPartition, int]]:
-        """The records this round handles (its copies are another round's)."""
-        return [record_key(record) for index, record in enumerate(self.records) if index not in self.copy_indexes]
+        """The records this round hands to the handler (its copies are another round's), as it starts."""
+        return [record_key(record) for index, record in enumerate(self.records) if index not in self.copies]
 
     def settled_keys(self) -> set[tuple[TopicPartition, int]]:
         """The records this round settled (once sent: :meth:`ConsumerLoop._send_round`)."""
@@ -728,7 +727,7 @@ class ConsumerLoop(Generic[E]):
         unreachable, a request timed out), the consumer's broker answering metadata again after it was seen away
         (:class:`MetadataAnswered`). None for an error the broker answers (it is not away: a refusal repeats) and
         for a database outage (the loop does not know the service's databases): those waits run their course."""
-        if not isinstance(cause, KafkaError) or not getattr(cause, "retriable", False) or is_outage(cause):
+        if is_outage(cause) or not is_interruption(cause):
             return None
         try:
             return MetadataAnswered(self.consumer)
@@ -896,7 +895,8 @@ class ConsumerLoop(Generic[E]):
                 continue
             if oldest.results is None and (waiting or oldest.sending is None or oldest.sending.answered()):
                 window.pop()
-                for key in oldest.handled_keys():
+                for record in oldest.records:  # a copy's key is an earlier round's: never this one's
+                    key = record_key(record)
                     if self._in_flight.get(key) is oldest:  # not handed to a later round since (held, due again)
                         del self._in_flight[key]
                 try:
@@ -990,7 +990,6 @@ class ConsumerLoop(Generic[E]):
             events,
             [index for index, _ in decoded],
             copies=copies,
-            copy_indexes=frozenset(copies),
         )
 
     def _send_round(self, pending: _PendingRound[E], results: Sequence[list[Outgoing] | BaseException]) -> None:
@@ -1034,7 +1033,7 @@ class ConsumerLoop(Generic[E]):
                 continue
             settled.append((record, self._failure(record, outcome) if isinstance(outcome, BaseException) else outcome))
         pending.settled = settled
-        pending.copies.clear()  # settled: the earlier rounds are no longer needed (see copy_indexes)
+        pending.copies.clear()  # settled: the earlier rounds are no longer needed
         pending.sending = self._send(settled)
 
     def _confirm_round(self, pending: _PendingRound[E]) -> int:

@@ -18,7 +18,7 @@ from kafka.errors import CommitFailedError
 from prometheus_client import REGISTRY
 
 from devtools.kafka_broker import QUICK_RESTART, LocalKafka
-from devtools.processes import free_port
+from devtools.processes import free_port, wait_until
 from shared.events import RunRequested
 from shared.health import Health, serve_health_and_metrics
 from shared.kafka import ConsumerLoop, Outgoing, ensure_topics
@@ -71,10 +71,7 @@ def _running(loop: ConsumerLoop[RunRequested]) -> Iterator[None]:
 
 
 def _wait(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the loop did not reach the expected state in time"
-        time.sleep(0.02)
+    wait_until(condition, timeout=timeout, interval=0.02, what="the loop to reach the expected state")
 
 
 def _interruptions(service: str) -> float:

@@ -227,17 +227,22 @@ def test_a_burst_published_ahead_starts_at_its_instant_once_though_a_crashed_sch
     together = started_together()
     with setup.extractor():
         crashing = setup.scheduler(publish, CrashAfterPublishing(setup.catalog.scheduling))
-        while not published:
+
+        def published_or_crashed() -> bool:
+            if published:
+                return True
             try:
                 crashing.tick()
             except ConnectionError:
-                break
-            time.sleep(0.2)
+                return True
+            return bool(published)
+
+        wait_until(published_or_crashed, timeout=60, interval=0.2, what="the burst published ahead")
         # A new scheduler (the same one restarted) ticks through the window and past the instant.
         restarted = setup.scheduler(publish)
         while setup.clock.now() < INSTANT + dt.timedelta(seconds=2):
             restarted.tick()
-            time.sleep(0.5)
+            time.sleep(0.5)  # the scheduler's tick, as its loop paces it: the clock ends it, not a condition
         events = setup.run_events(lambda es: sum(isinstance(e, ExtractionCompleted) for e in es) >= BURST)
     producer.close()
 
@@ -436,16 +441,20 @@ def test_a_definition_renamed_or_replaced_after_its_run_was_published_ahead_fire
 
     scheduler = setup.scheduler(publish)
     with setup.extractor():
-        while len(published) < 2:
-            scheduler.tick()
-            time.sleep(0.2)
+
+        def both_published() -> bool:
+            if len(published) < 2:
+                scheduler.tick()
+            return len(published) >= 2
+
+        wait_until(both_published, timeout=60, interval=0.2, what="both definitions published")
         assert setup.clock.now() < INSTANT, "published when due, not ahead: the test's clock is too late"
         setup.catalog.definitions.rename("renamed", setup.definition("renamed-since"))
         setup.catalog.definitions.delete(ExportDefinition, "replaced")
         setup.catalog.definitions.apply(setup.definition("replaced"))
         while setup.clock.now() < INSTANT + dt.timedelta(seconds=2):
             scheduler.tick()
-            time.sleep(0.5)
+            time.sleep(0.5)  # the scheduler's tick, as its loop paces it: the clock ends it, not a condition
         setup.run_events(lambda es: sum(isinstance(e, ExtractionCompleted) for e in es) >= 2)
     producer.close()
     events = setup.all_run_events()  # the extractor stopped: all it published
