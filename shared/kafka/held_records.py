@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,7 +214,8 @@ class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
     partition whose position is already at or before its first held record (the loop handed it back) is left there,
     and one with no position is read from the committed offset. A partition that moves to another consumer drops its
     position, the seek with it: its new owner reads it from the committed offset. Partitions lost (the session
-    expired) are forgotten only: their state goes with them."""
+    expired) are forgotten only: their state goes with them. ``assigned`` is told, as the rebalance ends, the
+    partitions given back with their position kept (the consumer loop: its rounds in flight commit them after all)."""
 
     def __init__(
         self,
@@ -221,6 +223,7 @@ class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
         also: Callable[[set[TopicPartition]], None] | None = None,
         seek: Callable[[TopicPartition, int], None] | None = None,
         position: Callable[[TopicPartition], int | None] | None = None,
+        assigned: Callable[[dict[TopicPartition, int]], None] | None = None,
     ) -> None:
         self.held = held
         self.also = also
@@ -228,6 +231,7 @@ class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
         #: The consumer's next fetch offset for a partition, read without a request (None: none, it is read from
         #: the committed offset); raises when it cannot tell. Without it, every partition with holds is sought.
         self.position = position
+        self.assigned = assigned
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         for partition, offset in self._forget(revoked).items():
@@ -274,4 +278,14 @@ class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
         )
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        """Nothing to do: a partition assigned is read from its committed offset."""
+        """Tell ``assigned`` the partitions given back and their positions: a partition new to this consumer has
+        none (it is read from its committed offset); one it got back is read on from its position, kept or sought
+        back to its first held record."""
+        if self.assigned is None or self.position is None:
+            return
+        kept: dict[TopicPartition, int] = {}
+        for partition in assigned:
+            with suppress(Exception):  # the position unknown (kafka-python's state changed): as a new partition
+                if (position := self.position(partition)) is not None:
+                    kept[partition] = position
+        self.assigned(kept)

@@ -454,6 +454,10 @@ class _PendingRound(Generic[E]):
     #: Partitions revoked while the round was in flight: nothing of them is committed (their next owner reads
     #: them again from the committed offset).
     revoked: set[TopicPartition] = field(default_factory=set)
+    #: Partitions revoked while the round was in flight and given back to this consumer, which kept its position of
+    #: them: committed after all (nothing before that position is read again), but never past that position (the
+    #: records from there are read again: a held one sought back to).
+    given_back: dict[TopicPartition, int] = field(default_factory=dict)
     #: The handler's results, once handed to it on a worker thread (rounds in flight).
     results: Future[Sequence[list[Outgoing] | BaseException]] | None = None
     #: The records settled (their outcomes handed to the producer), and the producer's answers; None before, or
@@ -618,6 +622,10 @@ class ConsumerLoop(Generic[E]):
         #: With rounds in flight, commits are sent without waiting (the loop goes on); the offsets sent so, per
         #: partition, committed again and waited for before the consumer closes.
         self._committed_async: dict[TopicPartition, int] = {}
+        #: Offsets of partitions revoked since a rebalance began, not committed or committed without waiting (the
+        #: rebalance may have refused it), and those to commit at the next turn: the partitions given back.
+        self._revoked_commits: dict[TopicPartition, int] = {}
+        self._commit_again: dict[TopicPartition, int] = {}
         # Every series at 0 from the start: a counter that first appears at 1 is invisible to increase().
         DEAD_LETTER_FAILURES.labels(service=service)
         subscribed = getattr(consumer, "subscription", lambda: None)()
@@ -631,6 +639,7 @@ class ConsumerLoop(Generic[E]):
                 self._revoked,
                 seek=lambda part, offset: consumer.seek(part, offset),
                 position=lambda part: fetch_position(consumer, part),
+                assigned=self._assigned,
             )
             consumer.subscribe(topics=sorted(subscribed), listener=listener)
 
@@ -912,6 +921,10 @@ class ConsumerLoop(Generic[E]):
         # While a round is in flight, poll briefly: a round done meanwhile moves on at the next turn.
         timeout_ms = min(self.poll_timeout_ms, IN_FLIGHT_POLL_MS) if len(window) else self.poll_timeout_ms
         polled, due = self._poll(timeout_ms)
+        if self._commit_again:  # partitions a rebalance during that poll gave back (sent in the new generation)
+            again, self._commit_again = self._commit_again, {}
+            # Never past a record held since (a round in flight held it again after the rebalance began).
+            self._commit({p: min(o, again[p]) for p, o in self.held.commit_offsets(again).items()}, wait=False)
         pending = self._start_round(polled, due)
         if pending is None:
             return settled
@@ -935,11 +948,30 @@ class ConsumerLoop(Generic[E]):
             log.info("records handed back as the loop stops", service=self.service, error=describe(exc))
 
     def _revoked(self, partitions: set[TopicPartition]) -> None:
-        """Partitions revoked during a poll: the rounds in flight commit nothing of them (a rebalance)."""
+        """Partitions revoked during a poll: the rounds in flight commit nothing of them (a rebalance), unless the
+        rebalance gives them back (:meth:`_assigned`)."""
         for pending in self._window or ():
             pending.revoked.update(partitions)
         for partition in partitions:
-            self._committed_async.pop(partition, None)
+            offset = self._committed_async.pop(partition, None)
+            if offset is not None:
+                self._revoked_commits[partition] = max(offset, self._revoked_commits.get(partition, offset))
+
+    def _assigned(self, kept: dict[TopicPartition, int]) -> None:
+        """Partitions given back as a rebalance ends, with the position this consumer kept of them (kafka-python
+        keeps it; none after the group lost them). Nothing before that position is read again, so what this
+        consumer settled of them before it must still be committed: the rounds in flight commit their records of
+        them after all, never past the position, and what was settled while the rebalance went on (not committed)
+        or committed just before it (the rebalance may have refused it) is committed at the next turn (otherwise a
+        record settled is never committed: handled again after a restart, its lag never back to 0)."""
+        for pending in self._window or ():
+            for partition in pending.revoked & kept.keys():
+                pending.revoked.discard(partition)
+                pending.given_back[partition] = min(kept[partition], pending.given_back.get(partition, kept[partition]))
+        for partition, offset in self._revoked_commits.items():
+            if partition in kept:
+                self._commit_again[partition] = min(offset, kept[partition])
+        self._revoked_commits = {}
 
     def _start_round(self, polled: dict[TopicPartition, list[Any]], due: list[Any]) -> _PendingRound[E] | None:
         """Decode a poll's records (the held ones due first) into a round for the handler; None when there is
@@ -1057,9 +1089,10 @@ class ConsumerLoop(Generic[E]):
         done: dict[TopicPartition, int] = {}
         for record, _ in pending.settled:
             partition = TopicPartition(record.topic, record.partition)
-            if partition in pending.revoked:
-                continue  # moved to another consumer meanwhile: it reads them again from the committed offset
             done[partition] = max(done.get(partition, 0), record.offset + 1)  # held ones come first, out of order
+        for partition, position in pending.given_back.items():
+            if partition in done:
+                done[partition] = min(done[partition], position)
         self.held.release([record for record, _ in pending.settled])
         offsets = self.held.commit_offsets(done)
         # A partition handed back is read again from its first record not settled: no commit passes it, even where
@@ -1068,6 +1101,11 @@ class ConsumerLoop(Generic[E]):
         for partition, first_back in self._handed_back.items():
             if partition in offsets:
                 offsets[partition] = min(offsets[partition], first_back)
+        for partition in pending.revoked & offsets.keys():
+            # Revoked meanwhile: not committed now (its next owner reads it again from the committed offset); kept
+            # until the rebalance ends, should it give the partition back (_assigned).
+            offset = offsets.pop(partition)
+            self._revoked_commits[partition] = max(offset, self._revoked_commits.get(partition, offset))
         self._commit(offsets, wait=self._window is None)
         return len(pending.settled)
 

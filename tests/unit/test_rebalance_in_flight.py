@@ -24,9 +24,18 @@ from kafka.structs import TopicPartition
 from shared.events import RunRequested
 from shared.kafka import Outgoing
 from shared.kafka.held_records import ForgetRevoked, HoldRecord
-from shared.kafka.loop import RoundInterrupted
+from shared.kafka.loop import ConsumerLoop, RoundInterrupted
 from shared.outages import DependencyUnavailable
-from tests.unit.test_rounds_in_flight import DEADLINE_SECONDS, P0, P1, Consumer, Producer, _loop, _outcome
+from tests.unit.test_rounds_in_flight import (
+    DEADLINE_SECONDS,
+    P0,
+    P1,
+    Consumer,
+    Producer,
+    _loop,
+    _outcome,
+    _step_until,
+)
 
 #: A hold longer than the test: a record held so is handed to the handler again only if read again.
 LONG = 3600.0
@@ -65,6 +74,17 @@ class ConsumerBeforePoll(Consumer):
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
         self.before_poll()
         return super().poll(timeout_ms, max_records)
+
+
+def _listener(loop: ConsumerLoop[Any], consumer: Consumer) -> ForgetRevoked:
+    """The rebalance listener the loop gives a consumer it subscribes (the stand-in's subscription is none)."""
+    return ForgetRevoked(
+        loop.held,
+        loop._revoked,
+        seek=consumer.seek,
+        position=lambda p: consumer.positions[p],
+        assigned=loop._assigned,
+    )
 
 
 @pytest.mark.parametrize(
@@ -107,7 +127,7 @@ def test_records_read_again_after_a_rebalance_while_their_round_is_in_flight_are
             return [_outcome(request) for request in requests]
 
     loop = _loop(consumer, producer, handle_round)
-    listener = ForgetRevoked(loop.held, loop._revoked, seek=consumer.seek, position=lambda p: consumer.positions[p])
+    listener = _listener(loop, consumer)
 
     def step() -> None:
         with suppress(RoundInterrupted):  # "h" handed back: read again at the next poll
@@ -192,3 +212,109 @@ def test_a_held_record_a_later_round_handles_while_the_round_that_held_it_is_in_
         loop.poll_once()
     assert concurrent == []
     assert producer.outcomes() == ["x", "h"]
+
+
+@pytest.mark.parametrize("rebalances", [1, 2])
+@pytest.mark.parametrize("answered", ["before", "after"])
+def test_what_a_round_in_flight_settles_of_a_partition_revoked_and_given_back_is_committed(
+    rebalances: int, answered: str
+):
+    """A round in flight commits nothing of a partition revoked meanwhile (its next owner reads it again from the
+    committed offset), but kafka-python keeps the position of a partition given back to the same consumer: its
+    records are not read again, so the round commits them after all once it settles them, once or after two
+    rebalances in a row (the group's leader learns a new member's topic late). So does a commit sent just before the
+    rebalance, which the rebalance may have refused: sent again. Nothing is handled or produced twice."""
+    consumer, producer = Consumer(), Producer()
+    consumer.add(P0, "a", "b")
+    handling = Handling()
+    release = threading.Event()
+
+    def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        with handling.call(requests):
+            if "c" in [request.definition for request in requests]:
+                assert release.wait(DEADLINE_SECONDS)
+            return [_outcome(request) for request in requests]
+
+    loop = _loop(consumer, producer, handle_round, rounds_in_flight=3)
+    listener = _listener(loop, consumer)
+    refused: list[dict[TopicPartition, int]] = []
+    if answered == "before":
+        # "a" and "b" settled, their commit sent without waiting: the rebalance refuses it.
+        _step_until(loop, lambda: consumer.committed.get(P0) == 2)
+        consumer.committed.pop(P0)
+        refused.append({P0: 2})
+    consumer.add(P0, "c")
+    _step_until(loop, lambda: any("c" in names for names in handling.calls))  # with the handler, in a round in flight
+    for _ in range(rebalances):
+        listener.on_partitions_revoked({P0, P1})
+        listener.on_partitions_assigned({P0, P1})  # both given back, their positions kept
+    loop.poll_once()
+    if answered == "before":
+        assert consumer.committed.get(P0) == 2, "the commit the rebalance may have refused is sent again"
+    release.set()
+    _step_until(loop, lambda: consumer.committed.get(P0) == 3)
+    assert consumer.positions[P0] == 3  # nothing read again
+    assert [name for names in handling.calls for name in names] == ["a", "b", "c"]  # each handed to it once
+    assert handling.concurrent == []
+    assert producer.outcomes() == ["a", "b", "c"]  # each produced once
+
+
+def test_a_round_in_flight_commits_nothing_of_a_partition_revoked_and_not_given_back():
+    """Another consumer reads the partition from the committed offset: this one must not commit it meanwhile."""
+    consumer, producer = Consumer(), Producer()
+    consumer.add(P0, "a")
+    handling = Handling()
+    release = threading.Event()
+
+    def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        with handling.call(requests):
+            assert release.wait(DEADLINE_SECONDS)
+            return [_outcome(request) for request in requests]
+
+    loop = _loop(consumer, producer, handle_round, rounds_in_flight=3)
+    listener = _listener(loop, consumer)
+    _step_until(loop, lambda: handling.calls == [["a"]])
+    listener.on_partitions_revoked({P0, P1})
+    listener.on_partitions_assigned({P1})  # P0 moved to another consumer
+    release.set()
+    window = loop._window
+    assert window is not None
+    _step_until(loop, lambda: not len(window))
+    assert producer.outcomes() == ["a"]
+    assert P0 not in consumer.committed
+
+
+def test_a_round_in_flight_commits_a_partition_given_back_no_further_than_the_held_record_it_was_sought_back_to():
+    """A held record's partition is sought back to it as it is revoked (its hold forgotten): a round in flight with
+    later records of that partition, given back, commits none of them past the held record until that one is settled
+    again (a crash in between would lose it)."""
+    consumer, producer = Consumer(), Producer()
+    consumer.add(P0, "h")
+    handling = Handling()
+    release_x, release_h = threading.Event(), threading.Event()
+
+    def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        with handling.call(requests) as names:
+            if len(handling.calls) == 1:
+                return [HoldRecord("the partner's breaker is open", time.monotonic() + LONG)]
+            assert (release_x if names == ["x"] else release_h).wait(DEADLINE_SECONDS)
+            return [_outcome(request) for request in requests]
+
+    loop = _loop(consumer, producer, handle_round, rounds_in_flight=3)
+    listener = _listener(loop, consumer)
+    window = loop._window
+    assert window is not None
+    _step_until(loop, lambda: len(loop.held) == 1)  # "h" held for an hour
+    consumer.add(P0, "x")
+    _step_until(loop, lambda: ["x"] in handling.calls)  # "x" with the handler, in a round in flight
+    listener.on_partitions_revoked({P0, P1})  # "h" forgotten, P0 sought back to it
+    listener.on_partitions_assigned({P0, P1})
+    assert consumer.positions[P0] == 0
+    _step_until(loop, lambda: handling.calls.count(["h"]) == 2)  # read again: "h" handled, "x" a copy
+    release_x.set()
+    _step_until(loop, lambda: len(window) == 1)  # the round of "x" settled and committed; "h" with the handler
+    assert consumer.committed.get(P0, 0) == 0, "committed past the held record, which is not settled yet"
+    release_h.set()
+    _step_until(loop, lambda: consumer.committed.get(P0) == 2)
+    assert handling.concurrent == []
+    assert producer.outcomes() == ["x", "h"]  # each produced once
