@@ -20,15 +20,11 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 
 #: Enough members for every fault to land mid-run (the partner and the store are slowed to make it last).
 CI_MEMBERS = 20_000
-#: The least session timeout the product and the broker allow (the default is 10 s): a service SIGKILLed and started
-#: again waits for its killed incarnation's session to end before its group gives it the partitions. `make chaos`
-#: keeps the default, whose recovery times its table reports.
-CI_SETTINGS = {"EXPORT_KAFKA_SESSION_TIMEOUT_MS": "6000"}
 
 
 @pytest.fixture(scope="module")
 def chaos_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosPipeline]:
-    with ChaosPipeline(tmp_path_factory.mktemp("chaos"), CI_MEMBERS, settings=CI_SETTINGS) as pipeline:
+    with ChaosPipeline(tmp_path_factory.mktemp("chaos"), CI_MEMBERS) as pipeline:
         yield pipeline
 
 
