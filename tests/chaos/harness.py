@@ -24,7 +24,7 @@ from typing import Self
 import httpx
 import yaml
 
-from devtools.http_receiver import HttpReceiver
+from devtools.http_receiver import HttpReceiver, Receipt
 from devtools.kafka_broker import LocalKafka
 from devtools.pipeline import LocalPipeline
 from devtools.postgres import LocalPostgres
@@ -73,6 +73,62 @@ class Outcome:
         )
 
 
+def run_of(key: str) -> str:
+    """The run an Idempotency-Key belongs to: the dispatcher's keys start with the run's id (``<run>:<batch>``,
+    ``<run>:<batch>:<first>-<end>`` for a part of a batch)."""
+    return key.partition(":")[0]
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What a window of deliveries holds for one run: its members received, and the deliveries of members already
+    delivered (its own or an earlier run's), of which how many members were sent under another key."""
+
+    received: int
+    duplicates: int
+    under_another_key: int
+
+
+class DeliveryLedger:
+    """Every member the partner accepted in a session, by run, with the Idempotency-Keys each came under.
+
+    The promise is per run: a member of a run sent twice comes under the same key. Two runs of one definition send
+    the same members under keys of their own, and an earlier run's batches can arrive again after that run ended (its
+    dispatcher's commit refused, the batches read again at its next assignment: at least once), in the window of a
+    later scenario: such a delivery is a duplicate of the earlier run's member, checked against that run's keys, not
+    a member of the later run.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, object], set[str]] = defaultdict(set)
+        #: The deliveries of the window (each a run's member), and those first delivered in it.
+        self._window: list[tuple[str, object]] = []
+        self._new: set[tuple[str, object]] = set()
+
+    def open_window(self) -> None:
+        """A scenario starts: what arrives from now on is counted for it."""
+        self._window, self._new = [], set()
+
+    def record(self, key: str, members: list[object]) -> None:
+        """An accepted request: ``members`` (their ids) under ``key``."""
+        run = run_of(key)
+        for member in members:
+            delivery = (run, member)
+            if delivery not in self._keys:
+                self._new.add(delivery)
+            self._keys[delivery].add(key)
+            self._window.append(delivery)
+
+    def count(self, run_id: str) -> Counted:
+        """The window's deliveries as they count for run ``run_id``."""
+        in_window = set(self._window)
+        return Counted(
+            received=sum(1 for run, _ in in_window if run == run_id),
+            duplicates=len(self._window) - len(self._new),
+            under_another_key=sum(1 for delivery in in_window if len(self._keys[delivery]) > 1),
+        )
+
+
 class ChaosPipeline(Managed):
     """The pipeline of one chaos session; scenarios run one after another on it (each its own run)."""
 
@@ -100,6 +156,11 @@ class ChaosPipeline(Managed):
         self.probe_ports = {name: free_port() for name in ("scheduler", "extractor", "dispatcher", "notifier")}
         #: Set by a scenario that watches readiness during its fault.
         self.unready: set[str] | None = None
+        #: The partner's deliveries of the session, by run; the partner's receipts up to ``_counted`` are in it.
+        self.ledger = DeliveryLedger()
+        self._counted = 0
+        #: The run of the scenario under way (its members are those :meth:`received` counts).
+        self._run_id: uuid.UUID | None = None
 
     # --- set-up ------------------------------------------------------------------------------------------------
 
@@ -210,15 +271,32 @@ class ChaosPipeline(Managed):
     # --- during a scenario -------------------------------------------------------------------------------------
 
     def request_run(self) -> uuid.UUID:
-        """Request a run of the chaos definition (as an operator would) and return its id."""
-        with self.partner.state.lock:
-            self.partner.state.receipts.clear()
+        """Request a run of the chaos definition (as an operator would) and return its id. What the partner accepts
+        from now on is counted for this run's scenario (an earlier run's batches arriving again included)."""
+        self.ledger.open_window()
+        self._run_id = None
+        self._count_receipts(clear=True)
         self.unready = None
         output = self._exportctl("run", DEFINITION)
         found = re.search(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})", output)
         if found is None:
             raise RuntimeError(f"exportctl run printed no run id: {output!r}")
-        return uuid.UUID(found.group(1))
+        self._run_id = uuid.UUID(found.group(1))
+        return self._run_id
+
+    def _count_receipts(self, *, clear: bool = False) -> None:
+        """Enter the partner's accepted requests not counted yet in the ledger (then forget them all: ``clear``)."""
+        with self.partner.state.lock:
+            receipts = self.partner.state.receipts[self._counted :]
+            if clear:
+                self.partner.state.receipts.clear()
+            self._counted = 0 if clear else self._counted + len(receipts)
+        for receipt in receipts:
+            if receipt.status < 300:
+                self.ledger.record(receipt.headers.get("idempotency-key", ""), [m.get("id") for m in receipt.members])
+
+    def _of_this_run(self, receipt: Receipt) -> bool:
+        return self._run_id is not None and run_of(receipt.headers.get("idempotency-key", "")) == str(self._run_id)
 
     def ready(self, service: str) -> bool:
         """What the service's /readyz says (a service not answering is not ready)."""
@@ -236,8 +314,8 @@ class ChaosPipeline(Managed):
             time.sleep(0.5)
 
     def received(self) -> int:
-        """Members the partner accepted so far (a member sent twice counts twice)."""
-        return sum(len(r.members) for r in self.partner.receipts() if r.status < 300)
+        """Members of the scenario's run the partner accepted so far (a member sent twice counts twice)."""
+        return sum(len(r.members) for r in self.partner.receipts() if r.status < 300 and self._of_this_run(r))
 
     def run(self, run_id: uuid.UUID) -> RunRecord | None:
         assert self.catalog is not None
@@ -276,19 +354,14 @@ class ChaosPipeline(Managed):
         self.wait(lambda: self._emails(run_id) >= 1, timeout=120, what="the run's email")
         record = self.run(run_id)
         assert record is not None
-        keys: dict[object, set[str]] = defaultdict(set)
-        counts: dict[object, int] = defaultdict(int)
-        for receipt in self.partner.receipts():
-            if receipt.status < 300:
-                for member in receipt.members:
-                    counts[member.get("id")] += 1
-                    keys[member.get("id")].add(receipt.headers.get("idempotency-key", ""))
+        self._count_receipts()
+        counted = self.ledger.count(str(run_id))
         outcome = Outcome(
             scenario=scenario,
             members=self.members,
-            received=len(counts),
-            duplicates=sum(n - 1 for n in counts.values()),
-            duplicates_under_another_key=sum(1 for member, n in counts.items() if n > 1 and len(keys[member]) > 1),
+            received=counted.received,
+            duplicates=counted.duplicates,
+            duplicates_under_another_key=counted.under_another_key,
             status=record.status.value,
             delivered=record.delivered,
             failed=record.failed,
@@ -305,6 +378,11 @@ class ChaosPipeline(Managed):
         return sum(1 for mail in self.sink.received() if str(run_id) in mail.text())
 
     def _resumed_after(self, healed_wall: float) -> float | None:
-        """Seconds from the fault's end to the partner's next accepted request (None: all had arrived before)."""
-        after = [r.received_at for r in self.partner.receipts() if r.status < 300 and r.received_at >= healed_wall]
+        """Seconds from the fault's end to the partner's next accepted request of the scenario's run (None: all had
+        arrived before)."""
+        after = [
+            r.received_at
+            for r in self.partner.receipts()
+            if r.status < 300 and self._of_this_run(r) and r.received_at >= healed_wall
+        ]
         return round(min(after) - healed_wall, 2) if after else None
