@@ -622,8 +622,11 @@ class ConsumerLoop(Generic[E]):
         #: With rounds in flight, commits are sent without waiting (the loop goes on); the offsets sent so, per
         #: partition, committed again and waited for before the consumer closes.
         self._committed_async: dict[TopicPartition, int] = {}
-        #: Offsets of partitions revoked since a rebalance began, not committed or committed without waiting (the
-        #: rebalance may have refused it), and those to commit at the next turn: the partitions given back.
+        #: The partitions revoked by a rebalance not over yet (kafka-python assigns them again at a later poll): a
+        #: round started meanwhile commits nothing of them either, unless they are given back.
+        self._revoking: set[TopicPartition] = set()
+        #: Offsets of partitions revoked by the rebalance under way, not committed or committed without waiting
+        #: (the rebalance may have refused it), and those to commit at the next turn: the partitions given back.
         self._revoked_commits: dict[TopicPartition, int] = {}
         self._commit_again: dict[TopicPartition, int] = {}
         # Every series at 0 from the start: a counter that first appears at 1 is invisible to increase().
@@ -922,15 +925,17 @@ class ConsumerLoop(Generic[E]):
         timeout_ms = min(self.poll_timeout_ms, IN_FLIGHT_POLL_MS) if len(window) else self.poll_timeout_ms
         polled, due = self._poll(timeout_ms)
         if self._commit_again:  # partitions a rebalance during that poll gave back (sent in the new generation)
+            # Each offset was capped at the records held when it was settled, and at the position kept, which is
+            # before any record held since (read from there).
             again, self._commit_again = self._commit_again, {}
-            # Never past a record held since (a round in flight held it again after the rebalance began).
-            self._commit({p: min(o, again[p]) for p, o in self.held.commit_offsets(again).items()}, wait=False)
+            self._commit(again, wait=False)
         pending = self._start_round(polled, due)
         if pending is None:
             return settled
         handle_round, events = self.handle_round, pending.events
         assert handle_round is not None  # a window is built for round handlers only
         self._in_flight.update(dict.fromkeys(pending.handled_keys(), pending))
+        pending.revoked.update(self._revoking)  # started while a rebalance goes on (held records due, no poll's)
         pending.results = window.start(
             pending, lambda: self._round_results(handle_round, events) if events is not None else []
         )
@@ -950,12 +955,16 @@ class ConsumerLoop(Generic[E]):
     def _revoked(self, partitions: set[TopicPartition]) -> None:
         """Partitions revoked during a poll: the rounds in flight commit nothing of them (a rebalance), unless the
         rebalance gives them back (:meth:`_assigned`)."""
+        self._revoking.update(partitions)
         for pending in self._window or ():
             pending.revoked.update(partitions)
         for partition in partitions:
-            offset = self._committed_async.pop(partition, None)
-            if offset is not None:
-                self._revoked_commits[partition] = max(offset, self._revoked_commits.get(partition, offset))
+            # A commit sent just before, or one to send again after an earlier rebalance of the same poll (a second
+            # rebalance may begin in the poll that ended the first): kept until this one ends.
+            for offsets in (self._committed_async, self._commit_again):
+                offset = offsets.pop(partition, None)
+                if offset is not None:
+                    self._revoked_commits[partition] = max(offset, self._revoked_commits.get(partition, offset))
 
     def _assigned(self, kept: dict[TopicPartition, int]) -> None:
         """Partitions given back as a rebalance ends, with the position this consumer kept of them (kafka-python
@@ -965,13 +974,14 @@ class ConsumerLoop(Generic[E]):
         or committed just before it (the rebalance may have refused it) is committed at the next turn (otherwise a
         record settled is never committed: handled again after a restart, its lag never back to 0)."""
         for pending in self._window or ():
-            for partition in pending.revoked & kept.keys():
+            for partition in pending.revoked & self._revoking & kept.keys():
                 pending.revoked.discard(partition)
                 pending.given_back[partition] = min(kept[partition], pending.given_back.get(partition, kept[partition]))
         for partition, offset in self._revoked_commits.items():
             if partition in kept:
                 self._commit_again[partition] = min(offset, kept[partition])
         self._revoked_commits = {}
+        self._revoking = set()  # the rebalance is over
 
     def _start_round(self, polled: dict[TopicPartition, list[Any]], due: list[Any]) -> _PendingRound[E] | None:
         """Decode a poll's records (the held ones due first) into a round for the handler; None when there is
@@ -1103,9 +1113,10 @@ class ConsumerLoop(Generic[E]):
                 offsets[partition] = min(offsets[partition], first_back)
         for partition in pending.revoked & offsets.keys():
             # Revoked meanwhile: not committed now (its next owner reads it again from the committed offset); kept
-            # until the rebalance ends, should it give the partition back (_assigned).
+            # until the rebalance ends, should it give the partition back (_assigned), forgotten if it is over.
             offset = offsets.pop(partition)
-            self._revoked_commits[partition] = max(offset, self._revoked_commits.get(partition, offset))
+            if partition in self._revoking:
+                self._revoked_commits[partition] = max(offset, self._revoked_commits.get(partition, offset))
         self._commit(offsets, wait=self._window is None)
         return len(pending.settled)
 

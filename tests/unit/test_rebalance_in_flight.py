@@ -154,6 +154,7 @@ def test_records_read_again_after_a_rebalance_while_their_round_is_in_flight_are
         assert len(window) == 1
     # The group rebalances during a poll and gives both partitions back: "h" forgotten, P0 sought back to it.
     listener.on_partitions_revoked({P0, P1})
+    listener.on_partitions_assigned({P0, P1})
     assert consumer.positions[P0] == 0
     step_until(lambda: consumer.positions[P0] == 2)  # "h" and "b" read again while their round is in flight
     release.set()
