@@ -27,6 +27,7 @@ from shared.database_probe import (
     engine_check,
     on_a_thread,
 )
+from shared.health import Health
 from shared.kafka.loop import ConsumerLoop, MetadataAnswered, wait_for_answer
 from shared.outages import DependencyUnavailable
 from tests.unit.test_interruption_wait import Clock, Cluster, Consumer, Stopping
@@ -236,3 +237,35 @@ def test_a_broker_interruption_is_still_probed_through_the_consumers_metadata():
         raise AssertionError("a database probe for a broker's interruption")
 
     assert isinstance(_loop_probe(KafkaConnectionError("socket disconnected"), never), MetadataAnswered)
+
+
+class Closable:
+    """A probe that records its questions and its close."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.closed = False
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["answered", "stopping"])
+def test_the_loop_closes_its_database_probe_once_the_wait_is_over(stopped: bool):
+    made: list[Closable] = []
+    loop = ConsumerLoop.__new__(ConsumerLoop)  # only what _wait_out reads
+    loop.consumer = Consumer(Cluster())
+    loop.service = "test"
+    loop.health = Health(stall_seconds=float("inf"))
+    loop.stopping = threading.Event()
+    loop.outage_probe = lambda: made.append(Closable()) or made[-1]
+    if stopped:
+        loop.stopping.set()
+    loop._wait_out(DependencyUnavailable("the catalog is away"), interruptions=8)  # a 30 s backoff
+    assert len(made) == 1
+    assert made[0].asked == (0 if stopped else 1), "ended by its first answer, or at once by the stop"
+    assert made[0].closed, "no check of the databases left to start after the wait"
