@@ -262,7 +262,12 @@ def test_the_loop_closes_its_database_probe_once_the_wait_is_over(stopped: bool)
     loop.service = "test"
     loop.health = Health(stall_seconds=float("inf"))
     loop.stopping = threading.Event()
-    loop.outage_probe = lambda: made.append(Closable()) or made[-1]
+
+    def outage_probe() -> Closable:
+        made.append(Closable())
+        return made[-1]
+
+    loop.outage_probe = outage_probe
     if stopped:
         loop.stopping.set()
     loop._wait_out(DependencyUnavailable("the catalog is away"), interruptions=8)  # a 30 s backoff
