@@ -12,7 +12,7 @@ from shared.catalog.schema import check_catalog_schema
 from shared.health import Health, serve_health_and_metrics
 from shared.kafka import ConsumerLoop, Headers, Outgoing, make_consumer, make_producer, prepare_kafka
 from shared.kafka.clients import DEFAULT_MAX_POLL_INTERVAL_MS
-from shared.kafka.loop import RoundHandler
+from shared.kafka.loop import OutageProbe, RoundHandler
 from shared.log import configure_logging
 from shared.metrics import record_build_info
 from shared.settings import CommonSettings
@@ -77,6 +77,7 @@ def build_loop(
     priority_topics: list[str] | None = None,
     health: Health | None = None,
     rounds_in_flight: int = 1,
+    outage_probe: OutageProbe | None = None,
     **consumer_overrides: Any,
 ) -> ConsumerLoop[E]:
     """A consumer loop for ``service`` on ``topic`` (or topics), in the consumer group named after the service.
@@ -85,6 +86,8 @@ def build_loop(
     ``rounds_in_flight`` polls' rounds at once (:class:`shared.kafka.ConsumerLoop`).
     ``health`` (from :func:`start_service`) is told when the loop comes round and when it waits out an outage;
     its stall bound follows the consumer's ``max_poll_interval_ms``.
+    ``outage_probe`` (:func:`shared.database_probe.database_outage_probe` of the service's engines) ends a wait
+    after a database outage once the databases answer again, instead of the whole backoff.
     """
     if health is not None and "max_poll_interval_ms" in consumer_overrides:
         health.stall_seconds = consumer_overrides["max_poll_interval_ms"] / 1000 + STALL_MARGIN_SECONDS
@@ -107,4 +110,5 @@ def build_loop(
         health=health,
         rounds_in_flight=rounds_in_flight,
         stopping=stop_requested(),  # one stop event a process (shared.shutdown)
+        outage_probe=outage_probe,
     )

@@ -24,6 +24,7 @@ from services.dispatcher.partner_auth import OAuthTokenCache
 from services.dispatcher.settings import DispatcherSettings
 from shared.catalog import CatalogStores
 from shared.catalog.fleet_store import SqlFleetStore
+from shared.database_probe import database_outage_probe
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.proxy_policy import allowed_proxies_setting, proxy_policy
 from shared.kafka import value_decoder
@@ -97,6 +98,7 @@ def main() -> None:
             rounds_in_flight=settings.dispatcher_rounds_in_flight,
             max_poll_records=settings.dispatcher_poll_records,
             max_poll_interval_ms=settings.max_poll_interval_ms,
+            outage_probe=database_outage_probe([stores.database.engine]),  # a wait on the catalog ends once it answers
         )
         loop.poll_records = dispatcher.next_poll_records
         notices.publish = loop.send_all

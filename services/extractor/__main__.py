@@ -19,6 +19,7 @@ from services.extractor.scheduled_runs import StartTimes
 from services.extractor.settings import ExtractorSettings
 from shared.catalog import CatalogStores
 from shared.catalog.change_snapshots import SqlChangeSnapshots
+from shared.database_probe import database_outage_probe
 from shared.events import utc_now
 from shared.querystore import MemberReader
 from shared.runtime import build_loop, start_service
@@ -34,6 +35,8 @@ def main(now: Callable[[], datetime] | None = None) -> None:
     settings = ExtractorSettings()
     health = start_service(settings, SERVICE)
     start_times = StartTimes(max_wait=timedelta(seconds=settings.extractor_max_start_wait_seconds), now=now or utc_now)
+    stores = CatalogStores.from_url(settings.catalog_url)
+    reader = MemberReader.from_url(settings.query_store_url, timeout_seconds=settings.extractor_query_timeout_seconds)
     loop = build_loop(
         settings,
         service=SERVICE,
@@ -61,6 +64,8 @@ def main(now: Callable[[], datetime] | None = None) -> None:
         # none after 2 s); a run may take minutes, and its offset is committed only at its round's end.
         max_poll_records=settings.extractor_start_round,
         max_poll_interval_ms=3_600_000,
+        # A wait after an outage of the catalog or the member store ends once both answer again.
+        outage_probe=database_outage_probe([stores.database.engine, reader.engine]),
     )
     # A held run is handed back at the first poll after its instant: a short poll keeps that within 0.1 s.
     loop.poll_timeout_ms = HELD_RUN_POLL_MS
@@ -68,7 +73,6 @@ def main(now: Callable[[], datetime] | None = None) -> None:
         # Every held request due (up to this many) in one round, to be started together: those the round does not
         # extract are handed back, and come first in the next.
         loop.held_round_records = settings.extractor_start_batch
-    stores = CatalogStores.from_url(settings.catalog_url)
 
     def run_request_partitions() -> int:
         return len(loop.consumer.partitions_for_topic(settings.topics.run_requests) or ()) or settings.topic_partitions
@@ -77,9 +81,7 @@ def main(now: Callable[[], datetime] | None = None) -> None:
         definitions=stores.definitions,
         runs=stores.runs,
         extraction=stores.extraction,
-        reader=MemberReader.from_url(
-            settings.query_store_url, timeout_seconds=settings.extractor_query_timeout_seconds
-        ),
+        reader=reader,
         topics=settings.topics,
         # Waited-for records sent at once, not after the producer's linger (see prompt_sends).
         send=prompt_sends(loop.producer),

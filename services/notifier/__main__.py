@@ -20,6 +20,7 @@ from services.notifier.webhook_sender import WebhookSender
 from shared.catalog import CatalogStores
 from shared.catalog.breaker_mail_store import SqlBreakerMailStore
 from shared.catalog.change_snapshots import ChangeSnapshotFollower
+from shared.database_probe import database_outage_probe
 from shared.domain.destinations import DestinationPolicy
 from shared.kafka import value_decoder
 from shared.outbound.backoff import Backoff
@@ -92,6 +93,7 @@ def main() -> None:
         handle_round=with_breaker_mails(notifier.handle_all, mails),
         periodic=lambda: [*sweep(), *mails.retry_unsent()],
         periodic_seconds=settings.notifier_sweep_seconds,
+        outage_probe=database_outage_probe([stores.database.engine]),  # a wait on the catalog ends once it answers
     )
     loop.install_signal_handlers()
     loop.run()

@@ -14,7 +14,8 @@ No dependency stops a consumer either. A handler that meets an outage (the catal
 unreachable: :func:`shared.outages.is_outage`; the broker unreachable past the producer's delivery timeout)
 hands its record back instead of dead-lettering it: what was settled before it is committed, it and the
 records after it are sought back to, and the loop waits (backing off up to
-:data:`MAX_INTERRUPTION_BACKOFF_SECONDS`; a broker's interruption ends early once the broker answers again) and
+:data:`MAX_INTERRUPTION_BACKOFF_SECONDS`; a broker's interruption ends early once the broker answers again, a database
+outage once the service's databases do, given an ``outage_probe``) and
 polls them again. A commit the group refuses (the consumer was
 dropped while the broker was away, a rebalance) is the normal "these records are redelivered" case: logged
 and counted, and the consumer rejoins at its next poll. Only a Kafka configuration error (authentication,
@@ -224,8 +225,11 @@ def interruption_backoff(interruptions: int) -> float:
     return min(MAX_INTERRUPTION_BACKOFF_SECONDS, INTERRUPTION_BACKOFF_SECONDS * float(2**exponent))
 
 
-#: Asked whether a dependency away answers again: True when it does. Raising counts as "still away".
+#: Asked whether a dependency away answers again: True when it does. Raising counts as "still away". One with a
+#: ``close()`` method is closed when its wait is over (it starts no more checks).
 Probe = Callable[[], bool]
+#: Makes the probe of one wait after a database outage (None: the backoff runs its course).
+OutageProbe = Callable[[], "Probe | None"]
 
 
 def wait_for_answer(
@@ -531,6 +535,10 @@ class ConsumerLoop(Generic[E]):
     ``handle_round`` runs on worker threads (it must allow concurrent calls) while the loop polls and decodes the
     next round and produces and commits the last (:mod:`shared.kafka.round_window`); 1 handles a poll's round
     before the next poll. Either way, outcomes are produced and offsets committed in the order of the polls.
+
+    ``outage_probe`` makes, for each wait after a database outage, the probe that ends it early once the service's
+    databases answer again (:func:`shared.database_probe.database_outage_probe`); without it, the backoff runs its
+    course.
     """
 
     def __init__(
@@ -555,6 +563,7 @@ class ConsumerLoop(Generic[E]):
         health: Health | None = None,
         rounds_in_flight: int = 1,
         stopping: threading.Event | None = None,
+        outage_probe: OutageProbe | None = None,
     ) -> None:
         if (handler is None) == (handle_round is None):
             raise ValueError("give a consumer loop exactly one of handler and handle_round")
@@ -598,6 +607,8 @@ class ConsumerLoop(Generic[E]):
         self.held = HeldRecords(service)
         #: True while the loop waits out a dependency (its last poll was handed back).
         self.interrupted = False
+        #: Makes the probe of a wait after a database outage (None: the loop does not know the service's databases).
+        self.outage_probe = outage_probe
         self._next_group_check = 0.0
         #: Told when the loop comes round and when it waits out a dependency (the /livez and /readyz probes).
         self.health = health or Health(stall_seconds=float("inf"))
@@ -716,7 +727,7 @@ class ConsumerLoop(Generic[E]):
 
     def _wait_out(self, error: BaseException, interruptions: int) -> None:
         """Log and count an interrupted poll, then wait before the next (the records were handed back): the
-        backoff, ended early once the broker that interrupted answers again (see :meth:`_probe`)."""
+        backoff, ended early once the broker or the databases that interrupted answer again (see :meth:`_probe`)."""
         cause = error.cause if isinstance(error, RoundInterrupted) else error
         delay = interruption_backoff(interruptions)
         ROUNDS_INTERRUPTED.labels(service=self.service, cause=type(cause).__name__).inc()
@@ -731,15 +742,29 @@ class ConsumerLoop(Generic[E]):
             retry_in_seconds=delay,
         )
         probe = self._probe(cause) if delay > INTERRUPTION_PROBE_SECONDS else None
-        if wait_for_answer(delay, probe, self.stopping):
-            log.info("dependency answers again: polling before the backoff is over", service=self.service)
+        try:
+            if wait_for_answer(delay, probe, self.stopping):
+                log.info("dependency answers again: polling before the backoff is over", service=self.service)
+        finally:
+            close = getattr(probe, "close", None)
+            if callable(close):
+                close()  # the wait is over: no more checks of the dependency
 
     def _probe(self, cause: BaseException) -> Probe | None:
         """What ends the wait after an interruption by ``cause`` early: for a retriable Kafka error (the broker
         unreachable, a request timed out), the consumer's broker answering metadata again after it was seen away
-        (:class:`MetadataAnswered`). None for an error the broker answers (it is not away: a refusal repeats) and
-        for a database outage (the loop does not know the service's databases): those waits run their course."""
-        if is_outage(cause) or not is_interruption(cause):
+        (:class:`MetadataAnswered`); for a database outage, the databases answering again after they were seen away
+        (what ``outage_probe`` makes: None without it). None for an error the broker answers (it is not away: a
+        refusal repeats): that wait runs its course, as does any wait whose probe cannot be made."""
+        if is_outage(cause):
+            if self.outage_probe is None:
+                return None
+            try:
+                return self.outage_probe()
+            except Exception as exc:  # noqa: BLE001 - no evidence either way: the plain backoff
+                log.warning("no database probe: the backoff runs its course", service=self.service, error=describe(exc))
+                return None
+        if not is_interruption(cause):
             return None
         try:
             return MetadataAnswered(self.consumer)

@@ -194,6 +194,7 @@ def _loop_probe(cause: BaseException, consumer: Any) -> object:
     loop = ConsumerLoop.__new__(ConsumerLoop)  # only what _probe reads
     loop.consumer = consumer
     loop.service = "test"
+    loop.outage_probe = None  # the loop of a service that gives no database probe
     return loop._probe(cause)
 
 
