@@ -176,6 +176,12 @@ class HeldRecords:
                 offsets[partition] = min(first_held, offset)
         return offsets
 
+    def settled_no_further(self, partition: TopicPartition, offset: int) -> None:
+        """Remember nothing of ``partition`` settled past ``offset``: it is read again from there (given back at that
+        position by a rebalance), so a commit made once its holds are gone must not jump past records read again."""
+        if self._settled_past.get(partition, offset) > offset:
+            self._settled_past[partition] = offset
+
     def _first_held(self, partition: TopicPartition) -> int | None:
         heap = self._offsets.get(partition)
         while heap and (partition, heap[0]) not in self._held:

@@ -1006,6 +1006,14 @@ class ConsumerLoop(Generic[E]):
             if partition in kept:
                 self._commit_again[partition] = min(offset, kept[partition])
         self._revoked_commits = {}
+        # What rounds settled while the rebalance went on is remembered as settled (the records held among them
+        # aside) to commit once those are settled: never past where a partition given back is read again from (its
+        # holds forgotten, sought back to the first), and not at all for one not given back (read from the committed
+        # offset, with any hold a round made of it meanwhile).
+        for partition in self._revoking:
+            if partition in kept:
+                self.held.settled_no_further(partition, kept[partition])
+        self.held.forget(self._revoking - kept.keys())
         self._revoking = set()  # the rebalance is over
 
     def _start_round(self, polled: dict[TopicPartition, list[Any]], due: list[Any]) -> _PendingRound[E] | None:
@@ -1128,6 +1136,10 @@ class ConsumerLoop(Generic[E]):
         for partition, position in pending.given_back.items():
             if partition in done:
                 done[partition] = min(done[partition], position)
+        for partition in pending.revoked - self._revoking:
+            # Revoked by a rebalance over now, not given back: nothing of it is committed or remembered (it is read
+            # from the committed offset, by its new owner or this consumer).
+            done.pop(partition, None)
         self.held.release([record for record, _ in pending.settled])
         offsets = self.held.commit_offsets(done)
         # A partition handed back is read again from its first record not settled: no commit passes it, even where
@@ -1137,11 +1149,10 @@ class ConsumerLoop(Generic[E]):
             if partition in offsets:
                 offsets[partition] = min(offsets[partition], first_back)
         for partition in pending.revoked & offsets.keys():
-            # Revoked meanwhile: not committed now (its next owner reads it again from the committed offset); kept
-            # until the rebalance ends, should it give the partition back (_assigned), forgotten if it is over.
+            # Revoked by the rebalance under way: not committed now (its next owner reads it again from the committed
+            # offset); kept until the rebalance ends, should it give the partition back (_assigned).
             offset = offsets.pop(partition)
-            if partition in self._revoking:
-                self._revoked_commits[partition] = max(offset, self._revoked_commits.get(partition, offset))
+            self._revoked_commits[partition] = max(offset, self._revoked_commits.get(partition, offset))
         self._commit(offsets, wait=self._window is None)
         return len(pending.settled)
 

@@ -241,3 +241,55 @@ def test_the_commit_of_a_partition_taken_away_is_not_sent_again_as_the_loop_stop
     loop.stopping.set()
     loop.run()  # SIGTERM: the loop settles and confirms its commits, then closes
     assert consumer.backwards == [], "a commit of P0 sent below what its new owner committed"
+
+
+def test_a_round_settled_while_a_rebalance_goes_on_leaves_no_memory_that_passes_the_held_record_sought_back_to():
+    """The partner's breaker is open: "h" is held for an hour, then "x" with it ("x", "y" in one round, "z" in the
+    next, both in flight). The rebalance begins (P0 sought back to "h", its hold forgotten); the round of "x" and "y"
+    settles while it goes on ("x" held again). P0 given back at "h": "h", "x" and "y" are read again ("h" with the
+    handler once more). When the round of "z" settles, nothing is committed past "h": it is not settled (a crash
+    would lose it and "x"), and no later commit goes backwards."""
+    consumer, producer = Rebalancing(), Producer()
+    consumer.add(P0, "h")
+    handling = Handling()
+    gates = {"xy": threading.Event(), "z": threading.Event(), "h again": threading.Event()}
+
+    def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        with handling.call(requests) as names:
+            if names == ["x", "y"]:
+                assert gates["xy"].wait(DEADLINE_SECONDS)
+            if names == ["z"]:
+                assert gates["z"].wait(DEADLINE_SECONDS)
+            if "h" in names and sum("h" in call for call in handling.calls) > 1:
+                assert gates["h again"].wait(DEADLINE_SECONDS)
+            return [
+                HoldRecord("the partner's breaker is open", time.monotonic() + 3600.0)
+                if name in ("h", "x")
+                else _outcome(request)
+                for name, request in zip(names, requests, strict=True)
+            ]
+
+    loop = _loop(consumer, producer, handle_round, rounds_in_flight=3)
+    listener = _listener(loop, consumer)
+    window = loop._window
+    assert window is not None
+    _step_until(loop, lambda: len(loop.held) == 1)  # "h" held for an hour
+    consumer.add(P0, "x", "y")
+    _step_until(loop, lambda: ["x", "y"] in handling.calls)
+    consumer.add(P0, "z")
+    _step_until(loop, lambda: ["z"] in handling.calls)
+    consumer.script.append([_revoke(consumer, listener)])
+    loop.poll_once()  # the rebalance begins: "h" forgotten, P0 sought back to it
+    assert consumer.positions[P0] == 0
+    gates["xy"].set()
+    _step_until(loop, lambda: len(window) == 1)  # "x" held again, "y" settled, while the rebalance goes on
+    consumer.script.append([_assign(consumer, listener, {P0, P1})])
+    loop.poll_once()  # given back at "h": "h", "x", "y" read again ("z" too: a copy of the round in flight)
+    gates["z"].set()
+    _step_until(loop, lambda: len(window) == 1)  # the round of "z" settled; "h" with the handler again
+    assert consumer.committed.get(P0, 0) == 0, "committed past 'h', which is with the handler, not settled"
+    gates["h again"].set()
+    _step_until(loop, lambda: not len(window))
+    _turns(loop, 3)
+    assert consumer.backwards == []
+    assert consumer.committed.get(P0, 0) == 0  # "h" and "x" held again: nothing committed past them
