@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,7 +228,7 @@ class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
         also: Callable[[set[TopicPartition]], None] | None = None,
         seek: Callable[[TopicPartition, int], None] | None = None,
         position: Callable[[TopicPartition], int | None] | None = None,
-        assigned: Callable[[dict[TopicPartition, int]], None] | None = None,
+        assigned: Callable[[dict[TopicPartition, int], set[TopicPartition]], None] | None = None,
     ) -> None:
         self.held = held
         self.also = also
@@ -284,14 +283,19 @@ class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
         )
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        """Tell ``assigned`` the partitions given back and their positions: a partition new to this consumer has
-        none (it is read from its committed offset); one it got back is read on from its position, kept or sought
-        back to its first held record."""
+        """Tell ``assigned`` the partitions given back and their positions, and those whose position it cannot tell:
+        a partition new to this consumer has none (it is read from its committed offset); one it got back is read on
+        from its position, kept or sought back to its first held record."""
         if self.assigned is None or self.position is None:
             return
         kept: dict[TopicPartition, int] = {}
+        unknown: set[TopicPartition] = set()
         for partition in assigned:
-            with suppress(Exception):  # the position unknown (kafka-python's state changed): as a new partition
-                if (position := self.position(partition)) is not None:
-                    kept[partition] = position
-        self.assigned(kept)
+            try:
+                position = self.position(partition)
+            except Exception:  # noqa: BLE001 - kafka-python's state changed: neither given back nor read anew
+                unknown.add(partition)
+                continue
+            if position is not None:
+                kept[partition] = position
+        self.assigned(kept, unknown)

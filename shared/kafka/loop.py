@@ -462,6 +462,12 @@ class _PendingRound(Generic[E]):
     #: them: committed after all (nothing before that position is read again), but never past that position (the
     #: records from there are read again: a held one sought back to).
     given_back: dict[TopicPartition, int] = field(default_factory=dict)
+    #: Partitions a rebalance revoked and did not give back (a later one may, but records before its position may
+    #: have been read again since): nothing of them is committed or remembered by this round, ever.
+    gone: set[TopicPartition] = field(default_factory=set)
+    #: Of those, the ones read again from the committed offset (assigned anew, or another consumer's): this round
+    #: holds none of their records (a hold would cap the commits of whoever reads them now).
+    read_anew: set[TopicPartition] = field(default_factory=set)
     #: The handler's results, once handed to it on a worker thread (rounds in flight).
     results: Future[Sequence[list[Outgoing] | BaseException]] | None = None
     #: The records settled (their outcomes handed to the producer), and the producer's answers; None before, or
@@ -991,17 +997,26 @@ class ConsumerLoop(Generic[E]):
                 if offset is not None:
                     self._revoked_commits[partition] = max(offset, self._revoked_commits.get(partition, offset))
 
-    def _assigned(self, kept: dict[TopicPartition, int]) -> None:
+    def _assigned(self, kept: dict[TopicPartition, int], unknown: set[TopicPartition] | None = None) -> None:
         """Partitions given back as a rebalance ends, with the position this consumer kept of them (kafka-python
         keeps it; none after the group lost them). Nothing before that position is read again, so what this
         consumer settled of them before it must still be committed: the rounds in flight commit their records of
         them after all, never past the position, and what was settled while the rebalance went on (not committed)
         or committed just before it (the rebalance may have refused it) is committed at the next turn (otherwise a
-        record settled is never committed: handled again after a restart, its lag never back to 0)."""
+        record settled is never committed: handled again after a restart, its lag never back to 0).
+
+        A partition revoked and not given back by the rebalance that revoked it is gone for the rounds in flight then,
+        whatever a later rebalance does (it may have been read again from a lower offset meanwhile). One whose
+        position cannot be told (``unknown``) is neither given back nor read anew: gone for those rounds, but its
+        holds are kept (should its position have been kept, the held records are read from nowhere else)."""
+        unknown = unknown or set()
         for pending in self._window or ():
-            for partition in pending.revoked & self._revoking & kept.keys():
+            for partition in (pending.revoked & self._revoking & kept.keys()) - pending.gone:
                 pending.revoked.discard(partition)
                 pending.given_back[partition] = min(kept[partition], pending.given_back.get(partition, kept[partition]))
+            newly_gone = pending.revoked - pending.gone
+            pending.gone |= newly_gone
+            pending.read_anew |= newly_gone - unknown
         for partition, offset in self._revoked_commits.items():
             if partition in kept:
                 self._commit_again[partition] = min(offset, kept[partition])
@@ -1013,7 +1028,7 @@ class ConsumerLoop(Generic[E]):
         for partition in self._revoking:
             if partition in kept:
                 self.held.settled_no_further(partition, kept[partition])
-        self.held.forget(self._revoking - kept.keys())
+        self.held.forget(self._revoking - kept.keys() - unknown)
         self._revoking = set()  # the rebalance is over
 
     def _start_round(self, polled: dict[TopicPartition, list[Any]], due: list[Any]) -> _PendingRound[E] | None:
@@ -1103,6 +1118,8 @@ class ConsumerLoop(Generic[E]):
                     self.held.hold(record, earlier.held_again.get(key, 0.0))
                 continue
             if isinstance(outcome, HoldRecord):
+                if TopicPartition(record.topic, record.partition) in pending.read_anew:
+                    continue  # read again from the committed offset: nothing of it is this round's now
                 self.held.hold(record, outcome.until)
                 pending.held_again[record_key(record)] = outcome.until
                 continue
@@ -1136,8 +1153,8 @@ class ConsumerLoop(Generic[E]):
         for partition, position in pending.given_back.items():
             if partition in done:
                 done[partition] = min(done[partition], position)
-        for partition in pending.revoked - self._revoking:
-            # Revoked by a rebalance over now, not given back: nothing of it is committed or remembered (it is read
+        for partition in pending.gone:
+            # Revoked by a rebalance that did not give it back: nothing of it is committed or remembered (it is read
             # from the committed offset, by its new owner or this consumer).
             done.pop(partition, None)
         self.held.release([record for record, _ in pending.settled])
