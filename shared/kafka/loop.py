@@ -490,6 +490,10 @@ class _PendingRound(Generic[E]):
         """The records this round settled (once sent: :meth:`ConsumerLoop._send_round`)."""
         return {record_key(record) for record, _ in self.settled}
 
+    def own(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """``offsets`` but those of partitions read anew since the round began (never sought back by it)."""
+        return {partition: offset for partition, offset in offsets.items() if partition not in self.read_anew}
+
     def first_offsets(self) -> dict[TopicPartition, int]:
         """Per partition polled, the round's first record (where to read again when it is handed back whole)."""
         return {partition: batch[0].offset for partition, batch in self.polled.items() if batch}
@@ -1096,16 +1100,21 @@ class ConsumerLoop(Generic[E]):
             outcomes[index] = result
         for record, outcome in zip(records, outcomes, strict=True):
             if isinstance(outcome, BaseException) and is_interruption(outcome):
-                self._hand_back_later({TopicPartition(record.topic, record.partition): record.offset})
+                # A partition read anew since is read from its committed offset: no seek of this round's (it would
+                # skip or repeat what the partition's reader now reads).
+                self._hand_back_later(pending.own({TopicPartition(record.topic, record.partition): record.offset}))
                 if self._interruption is None:
                     self._interruption = RoundInterrupted(outcome)
         settled: list[tuple[Any, list[Outgoing] | _Letter]] = []
         settled_before = {id(earlier): earlier.settled_keys() for earlier in pending.copies.values()}
         for index, (record, outcome) in enumerate(zip(records, outcomes, strict=True)):
-            first_back = self._handed_back.get(TopicPartition(record.topic, record.partition))
+            partition = TopicPartition(record.topic, record.partition)
+            first_back = self._handed_back.get(partition)
             if first_back is not None and record.offset >= first_back:
                 self.held.release([record])  # read again from the partition
                 continue
+            if partition in pending.read_anew and not isinstance(outcome, list):
+                continue  # read anew by the partition's reader: neither held nor dead-lettered here (no outcome)
             earlier = pending.copies.get(index)
             if earlier is not None:
                 # Handled by an earlier round, sent before this one: settled there (its outcome produced there, this
@@ -1114,12 +1123,10 @@ class ConsumerLoop(Generic[E]):
                 key = record_key(record)
                 if key in settled_before[id(earlier)]:
                     settled.append((record, []))
-                else:
+                elif partition not in pending.read_anew:  # else read anew: nothing of it is this round's now
                     self.held.hold(record, earlier.held_again.get(key, 0.0))
                 continue
             if isinstance(outcome, HoldRecord):
-                if TopicPartition(record.topic, record.partition) in pending.read_anew:
-                    continue  # read again from the committed offset: nothing of it is this round's now
                 self.held.hold(record, outcome.until)
                 pending.held_again[record_key(record)] = outcome.until
                 continue
@@ -1132,7 +1139,7 @@ class ConsumerLoop(Generic[E]):
         """Wait for the broker's acknowledgement of a round's outcomes (dead-lettering the records whose own it
         refuses), then commit it; returns how many records were settled. A round after one whose outcomes could not
         be produced (the broker away) is handed back whole, without waiting for its own."""
-        firsts = pending.first_offsets()
+        firsts = pending.own(pending.first_offsets())
         if self._produce_failed or pending.sending is None:
             self._hand_back_later(firsts)
             return 0

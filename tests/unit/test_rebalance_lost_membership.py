@@ -3,8 +3,9 @@
 A consumer whose session expired loses its partitions (kafka-python drops their positions); an interim owner may
 handle and commit them meanwhile, and when they come back they are read anew from the committed offset. A round in
 flight from before the loss then owns nothing of them, even should a later rebalance give them back: it commits
-nothing of them, never below the interim owner's offset, never past a record read again and not settled, and holds
-none of their records. A partition whose position cannot be told keeps its holds. The stand-in consumer (``Moving``)
+nothing of them, never below the interim owner's offset, never past a record read again and not settled, holds none
+of their records (nor copies of them), and an outage it meets hands none of them back (no seek of a partition read
+anew). A partition whose position cannot be told keeps its holds. The stand-in consumer (``Moving``)
 rebalances inside its polls, refuses commits meanwhile, drops the position of a partition not kept, and records
 commits that go backwards. Nothing waits on time.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import Any
 
 from kafka.errors import RebalanceInProgressError
@@ -22,6 +24,8 @@ from kafka.structs import TopicPartition
 from shared.events import RunRequested
 from shared.kafka import Outgoing
 from shared.kafka.held_records import ForgetRevoked, HoldRecord
+from shared.kafka.loop import RoundInterrupted
+from shared.outages import DependencyUnavailable
 from tests.unit.test_rebalance_across_polls import Rebalancing, _revoke
 from tests.unit.test_rebalance_in_flight import Handling
 from tests.unit.test_rounds_in_flight import DEADLINE_SECONDS, P0, P1, Producer, _loop, _outcome, _step_until
@@ -260,3 +264,268 @@ def test_a_partition_whose_position_cannot_be_told_keeps_its_holds_and_no_commit
     for _ in range(3):
         loop.poll_once()
     assert consumer.committed.get(P0, 0) == 0, "committed past x, held, never settled, not read again"
+
+
+def test_an_outage_in_a_round_from_before_a_lost_membership_hands_nothing_back_below_the_interim_owner():
+    """ "x" (offset 0) with the handler; the membership is lost, an interim owner commits 5, P0 is read anew from 5.
+    Then "x" meets a database outage: it is not handed back (that sought P0 to 0, below the interim owner, and the
+    commits went backwards): P0's reader reads on from 5."""
+    consumer, producer = Moving(), Producer()
+    consumer.add(P0, "x")
+    handling = Handling()
+    gate = threading.Event()
+    count: dict[str, int] = {}
+
+    def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        with handling.call(requests) as names:
+            out: list[list[Outgoing] | BaseException] = []
+            for n, r in zip(names, requests, strict=True):
+                count[n] = count.get(n, 0) + 1
+                if n == "x" and count[n] == 1:
+                    assert gate.wait(DEADLINE_SECONDS)
+                    out.append(DependencyUnavailable("catalog away"))
+                elif n == "b":
+                    out.append(HoldRecord("breaker open", time.monotonic() + 3600.0))
+                else:
+                    out.append(_outcome(r))
+            return out
+
+    loop = _loop(consumer, producer, handle_round, rounds_in_flight=3)
+    window = loop._window
+    assert window is not None
+    listener = _listener(loop, consumer)
+    _step_until(loop, lambda: handling.calls == [["x"]])
+    consumer.add(P0, "a", "b", "c", "d", "f", "g")
+    with consumer.lock:
+        consumer.committed[P0] = 5
+    consumer.script.append([_lost_and_rejoined(consumer, listener)])
+    loop.poll_once()
+    _step_until(loop, lambda: ["f", "g"] in handling.calls)
+    gate.set()
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline and len(window):
+        with suppress(RoundInterrupted):  # the outage's interruption, raised as the round settles
+            loop.poll_once()
+    for _ in range(6):
+        with suppress(RoundInterrupted):  # the outage's interruption, raised as the round settles
+            loop.poll_once()
+    _step_until(loop, lambda: not len(window))
+    assert consumer.backwards == []
+
+
+def test_a_copy_in_a_round_itself_read_anew_is_not_held_again():
+    """ "x" with the handler (R1); the membership is lost and P0 read anew: "x" is a copy of R1's in R2. Lost again, an
+    interim owner commits 5, P0 read anew from 5. R1 holds "x" again: not held (read anew), and neither is R2's copy
+    (R2 is read anew for P0 too: that hold capped P0's commits at 0, below 5)."""
+    consumer, producer = Moving(), Producer()
+    consumer.add(P0, "x")
+    handling = Handling()
+    gate = threading.Event()
+    count: dict[str, int] = {}
+
+    def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        with handling.call(requests) as names:
+            out: list[list[Outgoing] | BaseException] = []
+            for n, r in zip(names, requests, strict=True):
+                count[n] = count.get(n, 0) + 1
+                if n == "x" and count[n] == 1:
+                    assert gate.wait(DEADLINE_SECONDS)
+                    out.append(HoldRecord("breaker open", time.monotonic() + 3600.0))
+                else:
+                    out.append(_outcome(r))
+            return out
+
+    loop = _loop(consumer, producer, handle_round, rounds_in_flight=4)
+    window = loop._window
+    assert window is not None
+    listener = _listener(loop, consumer)
+    _step_until(loop, lambda: handling.calls == [["x"]])
+    consumer.script.append([_lost_and_rejoined(consumer, listener)])
+    loop.poll_once()  # x read again from 0: a copy of R1's (R2)
+    consumer.add(P0, "a", "b", "c", "d", "f")
+    with consumer.lock:
+        consumer.committed[P0] = 5
+    consumer.script.append([_lost_and_rejoined(consumer, listener)])
+    loop.poll_once()
+    _step_until(loop, lambda: ["f"] in handling.calls)
+    gate.set()
+    _step_until(loop, lambda: not len(window))
+    for _ in range(4):
+        loop.poll_once()
+    _step_until(loop, lambda: not len(window))
+    assert consumer.backwards == []
+
+
+def test_a_copy_held_for_an_hour_in_a_round_read_anew_caps_no_commit():
+    """ "w" held for an hour, "x" with the handler (R1). A normal rebalance gives P0 back, sought to 0: "w" with the
+    handler in R2, "x" a copy of R1's. R1 holds "x" for an hour (P0 given back: kept). Then the membership is lost, an
+    interim owner commits 5, P0 is read anew from 5. R2's copy of "x" is not held (its hold kept P0's commits at 1,
+    below 5, for the hour)."""
+    consumer, producer = Moving(), Producer()
+    consumer.add(P0, "w")
+    handling = Handling()
+    gates = {"x": threading.Event(), "w2": threading.Event()}
+    count: dict[str, int] = {}
+
+    def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        with handling.call(requests) as names:
+            out: list[list[Outgoing] | BaseException] = []
+            for n, r in zip(names, requests, strict=True):
+                count[n] = count.get(n, 0) + 1
+                if n == "w":
+                    if count[n] > 1:
+                        assert gates["w2"].wait(DEADLINE_SECONDS)
+                        out.append(_outcome(r))
+                    else:
+                        out.append(HoldRecord("breaker open", time.monotonic() + 3600.0))
+                elif n == "x":
+                    assert gates["x"].wait(DEADLINE_SECONDS)
+                    out.append(HoldRecord("breaker open", time.monotonic() + 3600.0))
+                else:
+                    out.append(_outcome(r))
+            return out
+
+    loop = _loop(consumer, producer, handle_round, rounds_in_flight=4)
+    window = loop._window
+    assert window is not None
+    listener = _listener(loop, consumer)
+    _step_until(loop, lambda: len(loop.held) == 1)  # w held for an hour
+    consumer.add(P0, "x")
+    _step_until(loop, lambda: ["x"] in handling.calls)
+    consumer.script.append([_revoke(consumer, listener)])
+    loop.poll_once()
+    consumer.script.append([_assign(consumer, listener, {P0, P1})])
+    loop.poll_once()
+    _step_until(loop, lambda: count.get("w", 0) >= 2)  # R2: w with the handler, x a copy
+    gates["x"].set()
+    _step_until(loop, lambda: len(window) == 1)  # R1 sent (x held an hour) and confirmed
+    consumer.add(P0, "a", "b", "c", "f")
+    with consumer.lock:
+        consumer.committed[P0] = 5
+    consumer.script.append([_lost_and_rejoined(consumer, listener)])
+    loop.poll_once()
+    _step_until(loop, lambda: ["f"] in handling.calls)
+    gates["w2"].set()
+    _step_until(loop, lambda: not len(window))
+    for _ in range(4):
+        loop.poll_once()
+    _step_until(loop, lambda: not len(window))
+    assert consumer.backwards == []
+    assert len(loop.held) == 0
+
+
+def test_an_outage_in_a_round_from_before_a_lost_membership_never_seeks_past_records_read_anew():
+    """ "h0"-"h2" (offsets 0-2) held for an hour, "x" (3) with the handler (R1). The membership is lost (the holds
+    forgotten, no seek) and P0 assigned anew, read from the committed offset 0; the poll of the rejoin returns
+    nothing of it yet (kafka-python fetches the committed offset first). "x" meets an outage: not handed back (that
+    sought P0 forward to 3, past "h0"-"h2", never read again, and a commit of 4 passed them: lost)."""
+    consumer, producer = Moving(), Producer()
+    consumer.add(P0, "h0", "h1", "h2")
+    handling = Handling()
+    gate = threading.Event()
+    count: dict[str, int] = {}
+
+    def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        with handling.call(requests) as names:
+            out: list[list[Outgoing] | BaseException] = []
+            for n, r in zip(names, requests, strict=True):
+                count[n] = count.get(n, 0) + 1
+                if n.startswith("h") and count[n] == 1:
+                    out.append(HoldRecord("breaker open", time.monotonic() + 3600.0))
+                elif n == "x" and count[n] == 1:
+                    assert gate.wait(DEADLINE_SECONDS)
+                    out.append(DependencyUnavailable("catalog away"))
+                else:
+                    out.append(_outcome(r))
+            return out
+
+    loop = _loop(consumer, producer, handle_round, rounds_in_flight=3)
+    window = loop._window
+    assert window is not None
+    listener = _listener(loop, consumer)
+    _step_until(loop, lambda: len(loop.held) == 3)
+    consumer.add(P0, "x")
+    _step_until(loop, lambda: ["x"] in handling.calls)
+
+    def lost_rejoined_nothing_fetched_yet():
+        _lost_and_rejoined(consumer, listener)()
+        consumer.rebalancing = True  # this poll returns nothing yet
+
+    consumer.script.append([lost_rejoined_nothing_fetched_yet])
+    loop.poll_once()
+    gate.set()
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    raised = False
+    while time.monotonic() < deadline and not raised:  # the fetch after the rejoin not back yet
+        with suppress(RoundInterrupted):  # the outage's interruption, raised as the round settles
+            loop.poll_once()
+            raised = True
+    consumer.rebalancing = False
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline and len(window):
+        with suppress(RoundInterrupted):  # the outage's interruption, raised as the round settles
+            loop.poll_once()
+    for _ in range(5):
+        with suppress(RoundInterrupted):  # the outage's interruption, raised as the round settles
+            loop.poll_once()
+    _step_until(loop, lambda: not len(window))
+    assert consumer.committed.get(P0, 0) == 0 or count.get("h0", 0) >= 2, "committed past h0-h2, never settled"
+
+
+def test_an_outage_in_a_round_whose_partition_moved_away_and_back_never_seeks_past_records_read_anew():
+    """As above, without a lost membership: two normal rebalances in one poll move P0 away and back (read anew from
+    the committed offset 0). "x" meets an outage: P0 is not sought forward past the held records read anew."""
+    consumer, producer = Moving(), Producer()
+    consumer.add(P0, "h0", "h1", "h2")
+    handling = Handling()
+    gate = threading.Event()
+    count: dict[str, int] = {}
+
+    def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
+        with handling.call(requests) as names:
+            out: list[list[Outgoing] | BaseException] = []
+            for n, r in zip(names, requests, strict=True):
+                count[n] = count.get(n, 0) + 1
+                if n.startswith("h") and count[n] == 1:
+                    out.append(HoldRecord("breaker open", time.monotonic() + 3600.0))
+                elif n == "x" and count[n] == 1:
+                    assert gate.wait(DEADLINE_SECONDS)
+                    out.append(DependencyUnavailable("catalog away"))
+                else:
+                    out.append(_outcome(r))
+            return out
+
+    loop = _loop(consumer, producer, handle_round, rounds_in_flight=3)
+    window = loop._window
+    assert window is not None
+    listener = _listener(loop, consumer)
+    _step_until(loop, lambda: len(loop.held) == 3)
+    consumer.add(P0, "x")
+    _step_until(loop, lambda: ["x"] in handling.calls)
+
+    def lost_rejoined_nothing_fetched_yet():
+        _revoke(consumer, listener)()
+        _assign(consumer, listener, {P1})()
+        _revoke(consumer, listener)()
+        _assign(consumer, listener, {P0, P1})()
+        consumer.rebalancing = True  # this poll returns nothing yet
+
+    consumer.script.append([lost_rejoined_nothing_fetched_yet])
+    loop.poll_once()
+    gate.set()
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    raised = False
+    while time.monotonic() < deadline and not raised:  # the fetch after the rejoin not back yet
+        with suppress(RoundInterrupted):  # the outage's interruption, raised as the round settles
+            loop.poll_once()
+            raised = True
+    consumer.rebalancing = False
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline and len(window):
+        with suppress(RoundInterrupted):  # the outage's interruption, raised as the round settles
+            loop.poll_once()
+    for _ in range(5):
+        with suppress(RoundInterrupted):  # the outage's interruption, raised as the round settles
+            loop.poll_once()
+    _step_until(loop, lambda: not len(window))
+    assert consumer.committed.get(P0, 0) == 0 or count.get("h0", 0) >= 2, "committed past h0-h2, never settled"
