@@ -21,7 +21,8 @@ from kafka.structs import TopicPartition
 
 from shared.events import RunRequested
 from shared.kafka import Outgoing
-from shared.kafka.held_records import HoldRecord
+from shared.kafka.held_records import ForgetRevoked, HoldRecord
+from shared.kafka.loop import ConsumerLoop
 from tests.unit.test_rebalance_in_flight import Handling, _listener
 from tests.unit.test_rounds_in_flight import DEADLINE_SECONDS, P0, P1, Consumer, Producer, _loop, _outcome, _step_until
 
@@ -101,17 +102,24 @@ def _turns(loop: Any, n: int) -> None:
         loop.poll_once()
 
 
-def test_a_commit_to_send_again_survives_a_second_rebalance_beginning_in_the_poll_that_ended_the_first():
-    """Two rebalances in a row (the group's leader learning a new member's topic late): the first ends and the second
-    begins within one poll. The commit the first one's refusal left to send again waits for the second to end (sent
-    in the middle of it, it would be refused, and never sent again)."""
+def _a_and_b_settled_their_commit_refused() -> tuple[Rebalancing, ConsumerLoop[Any], ForgetRevoked]:
+    """A loop with rounds in flight that settled "a" and "b" of P0, whose commit, in flight, the rebalance that
+    begins refuses: the stand-in, the loop and its listener."""
     consumer, producer = Rebalancing(), Producer()
     consumer.add(P0, "a", "b")
     handling = Handling()
     loop = _loop(consumer, producer, _simple_round(handling), rounds_in_flight=3)
     listener = _listener(loop, consumer)
     _step_until(loop, lambda: consumer.committed.get(P0) == 2)
-    consumer.committed.pop(P0)  # the commit of "a" and "b", in flight, refused by the rebalance that begins
+    consumer.committed.pop(P0)
+    return consumer, loop, listener
+
+
+def test_a_commit_to_send_again_survives_a_second_rebalance_beginning_in_the_poll_that_ended_the_first():
+    """Two rebalances in a row (the group's leader learning a new member's topic late): the first ends and the second
+    begins within one poll. The commit the first one's refusal left to send again waits for the second to end (sent
+    in the middle of it, it would be refused, and never sent again)."""
+    consumer, loop, listener = _a_and_b_settled_their_commit_refused()
     consumer.script.extend(
         [
             [_revoke(consumer, listener), _assign(consumer, listener, {P0, P1}), _revoke(consumer, listener)],
@@ -126,13 +134,7 @@ def test_a_commit_to_send_again_survives_a_second_rebalance_beginning_in_the_pol
 def test_a_second_rebalance_within_one_poll_taking_the_partition_away_leaves_it_uncommitted_by_this_consumer():
     """The second rebalance gives the partition to another consumer, which reads it from the committed offset: this
     one must not commit it any more."""
-    consumer, producer = Rebalancing(), Producer()
-    consumer.add(P0, "a", "b")
-    handling = Handling()
-    loop = _loop(consumer, producer, _simple_round(handling), rounds_in_flight=3)
-    listener = _listener(loop, consumer)
-    _step_until(loop, lambda: consumer.committed.get(P0) == 2)
-    consumer.committed.pop(P0)  # refused by the rebalance that begins
+    consumer, loop, listener = _a_and_b_settled_their_commit_refused()
     consumer.script.append(
         [
             _revoke(consumer, listener),
@@ -220,13 +222,7 @@ def test_the_commit_of_a_partition_taken_away_is_not_sent_again_as_the_loop_stop
     """A partition given back by one rebalance and taken away by the next in the same poll: as the loop stops
     (SIGTERM), it commits again, waiting, what it committed without waiting, but not that partition, whose new owner
     has committed further meanwhile."""
-    consumer, producer = Rebalancing(), Producer()
-    consumer.add(P0, "a", "b")
-    handling = Handling()
-    loop = _loop(consumer, producer, _simple_round(handling), rounds_in_flight=3)
-    listener = _listener(loop, consumer)
-    _step_until(loop, lambda: consumer.committed.get(P0) == 2)
-    consumer.committed.pop(P0)  # refused by the rebalance that begins
+    consumer, loop, listener = _a_and_b_settled_their_commit_refused()
     consumer.script.append(
         [
             _revoke(consumer, listener),

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any
 
+import pytest
 from kafka.errors import RebalanceInProgressError
 from kafka.structs import TopicPartition
 
@@ -414,11 +415,13 @@ def test_a_copy_held_for_an_hour_in_a_round_read_anew_caps_no_commit():
     assert len(loop.held) == 0
 
 
-def test_an_outage_in_a_round_from_before_a_lost_membership_never_seeks_past_records_read_anew():
+@pytest.mark.parametrize("read_anew_by", ["a lost membership", "two rebalances moving it away and back"])
+def test_an_outage_in_a_round_whose_partition_was_read_anew_never_seeks_past_records_read_anew(read_anew_by: str):
     """ "h0"-"h2" (offsets 0-2) held for an hour, "x" (3) with the handler (R1). The membership is lost (the holds
-    forgotten, no seek) and P0 assigned anew, read from the committed offset 0; the poll of the rejoin returns
-    nothing of it yet (kafka-python fetches the committed offset first). "x" meets an outage: not handed back (that
-    sought P0 forward to 3, past "h0"-"h2", never read again, and a commit of 4 passed them: lost)."""
+    forgotten, no seek), or two normal rebalances in one poll move P0 away and back, and P0 is assigned anew, read
+    from the committed offset 0; the poll of the rejoin returns nothing of it yet (kafka-python fetches the committed
+    offset first). "x" meets an outage: not handed back (that sought P0 forward to 3, past "h0"-"h2", never read
+    again, and a commit of 4 passed them: lost)."""
     consumer, producer = Moving(), Producer()
     consumer.add(P0, "h0", "h1", "h2")
     handling = Handling()
@@ -447,67 +450,14 @@ def test_an_outage_in_a_round_from_before_a_lost_membership_never_seeks_past_rec
     consumer.add(P0, "x")
     _step_until(loop, lambda: ["x"] in handling.calls)
 
-    def lost_rejoined_nothing_fetched_yet():
-        _lost_and_rejoined(consumer, listener)()
-        consumer.rebalancing = True  # this poll returns nothing yet
-
-    consumer.script.append([lost_rejoined_nothing_fetched_yet])
-    loop.poll_once()
-    gate.set()
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    raised = False
-    while time.monotonic() < deadline and not raised:  # the fetch after the rejoin not back yet
-        with suppress(RoundInterrupted):  # the outage's interruption, raised as the round settles
-            loop.poll_once()
-            raised = True
-    consumer.rebalancing = False
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while time.monotonic() < deadline and len(window):
-        with suppress(RoundInterrupted):  # the outage's interruption, raised as the round settles
-            loop.poll_once()
-    for _ in range(5):
-        with suppress(RoundInterrupted):  # the outage's interruption, raised as the round settles
-            loop.poll_once()
-    _step_until(loop, lambda: not len(window))
-    assert consumer.committed.get(P0, 0) == 0 or count.get("h0", 0) >= 2, "committed past h0-h2, never settled"
-
-
-def test_an_outage_in_a_round_whose_partition_moved_away_and_back_never_seeks_past_records_read_anew():
-    """As above, without a lost membership: two normal rebalances in one poll move P0 away and back (read anew from
-    the committed offset 0). "x" meets an outage: P0 is not sought forward past the held records read anew."""
-    consumer, producer = Moving(), Producer()
-    consumer.add(P0, "h0", "h1", "h2")
-    handling = Handling()
-    gate = threading.Event()
-    count: dict[str, int] = {}
-
-    def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
-        with handling.call(requests) as names:
-            out: list[list[Outgoing] | BaseException] = []
-            for n, r in zip(names, requests, strict=True):
-                count[n] = count.get(n, 0) + 1
-                if n.startswith("h") and count[n] == 1:
-                    out.append(HoldRecord("breaker open", time.monotonic() + 3600.0))
-                elif n == "x" and count[n] == 1:
-                    assert gate.wait(DEADLINE_SECONDS)
-                    out.append(DependencyUnavailable("catalog away"))
-                else:
-                    out.append(_outcome(r))
-            return out
-
-    loop = _loop(consumer, producer, handle_round, rounds_in_flight=3)
-    window = loop._window
-    assert window is not None
-    listener = _listener(loop, consumer)
-    _step_until(loop, lambda: len(loop.held) == 3)
-    consumer.add(P0, "x")
-    _step_until(loop, lambda: ["x"] in handling.calls)
-
-    def lost_rejoined_nothing_fetched_yet():
-        _revoke(consumer, listener)()
-        _assign(consumer, listener, {P1})()
-        _revoke(consumer, listener)()
-        _assign(consumer, listener, {P0, P1})()
+    def lost_rejoined_nothing_fetched_yet() -> None:
+        if read_anew_by == "a lost membership":
+            _lost_and_rejoined(consumer, listener)()
+        else:
+            _revoke(consumer, listener)()
+            _assign(consumer, listener, {P1})()
+            _revoke(consumer, listener)()
+            _assign(consumer, listener, {P0, P1})()
         consumer.rebalancing = True  # this poll returns nothing yet
 
     consumer.script.append([lost_rejoined_nothing_fetched_yet])
