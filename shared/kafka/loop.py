@@ -1491,7 +1491,11 @@ class ConsumerLoop(Generic[E]):
 
     def _hand_back(self, first_offsets: dict[TopicPartition, int]) -> None:
         """Seek each partition still owned back to the first of its records not settled, so that the next poll
-        returns them again (a partition that moved on is read by its new owner from the committed offset)."""
+        returns them again (a partition that moved on is read by its new owner from the committed offset).
+
+        Never forward: a partition whose next fetch is at or before that record already reads it again (a
+        rebalance sought it back to a held record, or it is read from the committed offset): seeking it to the
+        record would skip those before it, whose holds the rebalance forgot, and a later commit would pass them."""
         if not first_offsets:
             return
         try:
@@ -1500,12 +1504,23 @@ class ConsumerLoop(Generic[E]):
             return
         for partition, offset in first_offsets.items():
             if partition in owned:
+                if self._reads_again_from_before(partition, offset):
+                    continue
                 try:
                     self.consumer.seek(partition, offset)
                 except Exception as exc:  # noqa: BLE001 - revoked meanwhile: its new owner reads it
                     log.info(
                         "partition not handed back", service=self.service, partition=str(partition), error=str(exc)
                     )
+
+    def _reads_again_from_before(self, partition: TopicPartition, offset: int) -> bool:
+        """True when the consumer's next fetch of ``partition`` is at or before ``offset``, or from the committed
+        offset (no position: never past a record not settled). False when the position cannot be told."""
+        try:
+            position = fetch_position(self.consumer, partition)
+        except Exception:  # noqa: BLE001 - the private API changed or the partition moved: seek as before
+            return False
+        return position is None or position <= offset
 
     def _commit(self, next_offsets: dict[TopicPartition, int], *, wait: bool = True) -> None:
         """Commit every partition's next offset in one request (a round trip per partition adds up); with ``wait``

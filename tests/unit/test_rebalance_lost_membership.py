@@ -52,6 +52,9 @@ class Moving(Rebalancing):
             self.commits.append(done)
             self.committed.update(done)
 
+    def next_fetch(self, partition: TopicPartition) -> int | None:
+        return None if partition in self.no_position else self.positions[partition]
+
 
 def _listener(loop: Any, consumer: Moving) -> ForgetRevoked:
     """The loop's listener, with the stand-in's positions (none for a partition assigned anew)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -140,6 +141,20 @@ class Consumer:
 
     def assignment(self) -> set[TopicPartition]:
         return {P0, P1}
+
+    def next_fetch(self, partition: TopicPartition) -> int | None:
+        """The partition's next fetch offset (None: read from the committed offset next)."""
+        return self.positions[partition]
+
+    @property
+    def _subscription(self) -> SimpleNamespace:
+        """kafka-python's subscription state, as far as the loop reads it (``fetch_position``)."""
+
+        def position(partition: TopicPartition) -> SimpleNamespace | None:
+            at = self.next_fetch(partition)
+            return None if at is None else SimpleNamespace(offset=at)
+
+        return SimpleNamespace(position=position)
 
     def subscription(self) -> None:
         return None
