@@ -10,6 +10,8 @@ from typing import Any
 
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaTimeoutError
 from kafka.structs import TopicPartition
 
@@ -116,6 +118,10 @@ def _records_held(producer: KafkaProducer) -> int:
         return 0
 
 
+#: The partition assignors of every group consumer: both eager (kafka-python's defaults in 3.0).
+EAGER_ASSIGNORS = (RangePartitionAssignor, RoundRobinPartitionAssignor)
+
+
 def make_consumer(settings: CommonSettings, group_id: str, topics: list[str], **overrides: Any) -> KafkaConsumer:
     """A consumer in ``group_id`` that never commits on its own: the loop commits after the outcome."""
     config: dict[str, Any] = {
@@ -127,6 +133,10 @@ def make_consumer(settings: CommonSettings, group_id: str, topics: list[str], **
         "max_poll_interval_ms": DEFAULT_MAX_POLL_INTERVAL_MS,
         # kafka-python 3 defaults to 45 s: a killed replica's partitions would wait that long.
         "session_timeout_ms": settings.kafka_session_timeout_ms,
+        # The eager protocol, said rather than left to the client's default: the loop's rebalance bookkeeping
+        # (rounds in flight, held records) relies on every rebalance revoking all partitions, then assigning; an
+        # incremental (cooperative) rebalance calls the listener only for what moves.
+        "partition_assignment_strategy": EAGER_ASSIGNORS,
     }
     consumer = KafkaConsumer(**(config | overrides))
     consumer.subscribe(topics)
