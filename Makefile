@@ -36,10 +36,16 @@ up: prerequisites
 # The long forms of tests CI runs bounded (marked `long`): `make fuzz` and `make chaos` run them.
 BOUNDED := -m "not long"
 
+# The suite on two workers (pytest-xdist), each with its own Kafka broker and PostgreSQL: a test file runs whole on one
+# worker, the browser tests all on one (tests/conftest.py). Files go out in the order collected, the long browser,
+# chaos and e2e ones first and the unit tests' many short ones last (xdist's default, most tests first, left a worker
+# alone with the chaos file's 4 long tests at the end). One process, for debugging: make test PARALLEL=
+PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
+
 ## Lint, type-check and run the whole suite (unit, integration, e2e, the bounded fuzz and chaos) on real infrastructure.
 test: prerequisites deploy-tools lint
 	$(BIN)/python -m devtools.kafka_broker fetch >/dev/null
-	$(BIN)/pytest --durations=40 $(BOUNDED)
+	$(BIN)/pytest --durations=40 $(BOUNDED) $(PARALLEL)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -48,13 +54,13 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 unit: $(STAMP)
-	$(BIN)/pytest tests/unit $(BOUNDED)
+	$(BIN)/pytest tests/unit $(BOUNDED) $(PARALLEL)
 
 integration: prerequisites
-	$(BIN)/pytest tests/integration $(BOUNDED)
+	$(BIN)/pytest tests/integration $(BOUNDED) $(PARALLEL)
 
 e2e: prerequisites
-	$(BIN)/pytest tests/e2e $(BOUNDED)
+	$(BIN)/pytest tests/e2e $(BOUNDED) $(PARALLEL)
 
 ## The whole fuzz suite: what `make test` runs bounded (2,000 cases a property; Schemathesis with the admin token on
 ## 10 examples, the coverage phase's valid values only) and the long forms (10,000 cases a property; Schemathesis

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import os
 import shutil
 import signal
@@ -54,22 +55,35 @@ def random_cluster_id() -> str:
 
 
 def fetch_kafka_jars() -> Path:
-    """Return the directory of broker jars, fetching them from Maven Central the first time."""
+    """Return the directory of broker jars, fetching them from Maven Central the first time.
+
+    Processes that start brokers at once (the workers of a parallel test run) fetch one at a time: the first
+    fetches, the others wait for it and find the jars complete. Unlocked, one removed or rewrote the jars another
+    was fetching, or a broker started on a half-written directory."""
     _, mvn = require_java_and_maven()
     libs = CACHE_DIR / "kafka-libs"
     marker = libs / ".complete"
     pom = POM_DIR / "pom.xml"
-    # The marker carries the pom's contents so that a version change in the pom refetches.
-    if marker.exists() and marker.read_text() == pom.read_text():
+
+    def complete() -> bool:
+        # The marker carries the pom's contents so that a version change in the pom refetches.
+        return marker.exists() and marker.read_text() == pom.read_text()
+
+    if complete():
         return libs
     libs.mkdir(parents=True, exist_ok=True)
-    for old in libs.glob("*.jar"):
-        old.unlink()
-    subprocess.run(
-        [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies", f"-DoutputDirectory={libs}"],
-        check=True,
-    )
-    marker.write_text(pom.read_text())
+    with (CACHE_DIR / "kafka-libs.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        if complete():  # fetched by another process while this one waited
+            return libs
+        marker.unlink(missing_ok=True)
+        for old in libs.glob("*.jar"):
+            old.unlink()
+        subprocess.run(
+            [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies", f"-DoutputDirectory={libs}"],
+            check=True,
+        )
+        marker.write_text(pom.read_text())
     return libs
 
 

@@ -138,8 +138,9 @@ def go_tool(name: str) -> Path:
         if done.returncode != 0:
             raise MissingPrerequisite(f"go install {module}@{version} failed: {done.stderr[-2000:]}")
         binary.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(Path(build) / name), binary.with_suffix(".part"))
-        binary.with_suffix(".part").replace(binary)  # atomic: a concurrent run sees the whole binary or none
+        partial = binary.with_name(f"{binary.name}.{os.getpid()}.part")  # its own: two builds at once
+        shutil.move(str(Path(build) / name), partial)
+        partial.replace(binary)  # atomic: a concurrent run sees the whole binary or none
     return binary
 
 
@@ -176,7 +177,8 @@ def kubernetes_schemas(version: str, kinds: dict[str, str]) -> Path:
             definitions = json.loads(text)["$defs"]
         schema = json.loads(_SCHEMA_REF.sub('"#', (source / f"{stem}.json").read_text()))
         schema["$defs"] = definitions
-        partial = schema_file.with_suffix(".part")
+        # Its own partial file: two processes writing one (a parallel test run's) would rename each other's.
+        partial = schema_file.with_name(f"{schema_file.name}.{os.getpid()}.part")
         partial.write_text(json.dumps(schema))
         partial.replace(schema_file)
     return target

@@ -36,7 +36,10 @@ def toxiproxy_binary() -> Path:
         env = {**os.environ, "GOBIN": build, "GOFLAGS": "-mod=mod"}
         subprocess.run(["go", "install", TOXIPROXY_MODULE], check=True, env=env, capture_output=True)
         BINARY.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(Path(build) / "server"), BINARY)
+        # A move across file systems is a copy: another process (a parallel test run's) would see half a binary.
+        partial = BINARY.with_name(f"{BINARY.name}.{os.getpid()}.part")
+        shutil.move(str(Path(build) / "server"), partial)
+        partial.replace(BINARY)  # atomic: a concurrent run sees the whole binary or none
     return BINARY
 
 

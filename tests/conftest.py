@@ -15,7 +15,9 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import hypothesis
 import pytest
 import sqlalchemy as sa
 
@@ -23,6 +25,13 @@ from shared.catalog import CatalogStores
 from shared.kafka.socket_leaks import close_leaked_sockets
 from shared.settings import CommonSettings
 from shared.stack_dumps import STACK_DUMP_SIGNAL
+
+# Hypothesis fails a test whose example took over 200 ms once and less when run again ("Unreliable test timings"):
+# a guard against slow tests, not a behaviour of ours, and one the load of the machine trips. On two cores with the
+# suite's other worker beside it (``make test`` runs two), test_extraction_pieces.py's encoding property took 292 ms
+# once (0.5 ms again) and failed the run. The suite's properties run with no deadline, as its fuzz ones already did.
+hypothesis.settings.register_profile("member-export", deadline=None)
+hypothesis.settings.load_profile("member-export")
 
 # The tests' own kafka-python clients too (some are built without shared.kafka): no socket of theirs may be left
 # to be finalized, with a ResourceWarning, in whichever later test the collector runs.
@@ -56,6 +65,45 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             "a test module imported a service's entry module (services.<name>.__main__) while being collected: "
             "import it where it runs (see tests/e2e/scheduler_ahead.py)"
         )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A pytest-xdist worker hands its servers to the controller, which prints them (``pytest_testnodedown``)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["session_servers"] = dict(SESSION_SERVERS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """The controller of a parallel run (pytest-xdist) collects each worker's servers, named by the worker."""
+    servers = getattr(node, "workeroutput", {}).get("session_servers", {})
+    for name, where in servers.items():
+        SESSION_SERVERS[f"{node.gateway.id} {name}"] = where
+
+
+def _distribution_scope(nodeid: str) -> str:
+    """The unit of work a parallel run gives one worker for ``nodeid``: its test file (its module-scoped fixtures,
+    e2e pipelines among them, started once; its tests in their order), except the browser tests, all on one
+    worker: they share one console stack and one Chromium (package-scoped, ``tests/browser/conftest.py``), which a
+    second worker would start again, beside it, on the same two cores."""
+    path = nodeid.split("::", 1)[0]
+    return "tests/browser" if path.startswith("tests/browser/") else path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` (``make test``): pytest-xdist's by-file scheduling, with :func:`_distribution_scope`'s
+    one exception. Any other ``--dist`` is pytest-xdist's own."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileScheduling(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return _distribution_scope(nodeid)
+
+    return FileScheduling(config, log)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

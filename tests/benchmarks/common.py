@@ -114,7 +114,8 @@ def sqlite_store(members: int) -> str:
     path = CACHE / f"members-{members}.db"
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
+        # Its own partial file: two processes making one store (a parallel test run's) would rewrite each other's.
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
         partial.unlink(missing_ok=True)
         engine = make_engine(f"sqlite:///{partial}")
         create_demo_members(engine, members)
