@@ -2,10 +2,10 @@
 (``rounds_in_flight`` 2 or 3) over a stand-in of kafka-python's consumer and its group, through random
 interleavings of records appended, loop turns, round handler calls finishing in any order with any result per
 record (its outcome, held due now / shortly / for an hour, a database outage, a rejection), the broker refusing
-acknowledgements for a while, time passing, and rebalances: revoked and assigned in one poll or polls apart, a
-partition taken away (to an interim owner, which reads from the committed offset and commits what it handled) and
-given back later, the membership lost (after the session expired unnoticed, the interim owner committing
-meanwhile, or not), a partition whose fetch is late.
+acknowledgements for a while or slow to give them, time passing, and rebalances: revoked and assigned in one
+poll or polls apart, a partition taken away (to an interim owner, which reads from the committed offset and
+commits what it handled) and given back later, the membership lost (after the session expired unnoticed, the
+interim owner committing meanwhile, or not), a partition whose fetch is late.
 
 The stand-in behaves as kafka-python 3.0 does where the loop depends on it (``kafka/consumer/subscription_state.py``,
 ``kafka/coordinator/consumer.py``): the rebalance listener is called inside a poll (eager protocol: every partition
@@ -31,6 +31,13 @@ Deterministic: every handler call waits on a gate the script releases (a turn th
 results releases it with outcomes, and says so); after each step the test waits, with a deadline, until every
 round started is with the handler and every call released has returned. Time is the model's clock (the loop's
 ``time.monotonic``). A failure prints the script (hypothesis' steps, and notes of what each did).
+
+The open defect the model found on a455514 is shown by the plain xfail tests at the end; until it is fixed, the model
+tolerates it (:data:`TOLERATE_OPEN_DEFECT`) so that it goes on checking everything else.
+
+Not modelled: commits answered later than sent (``commit_async``'s answer comes at once), the cooperative protocol,
+paused partitions (the held records' memory bound), priority topics, more than two partitions or one topic, a stop
+(SIGTERM) with rounds in flight, a handler that raises or answers for the wrong number of records.
 """
 
 from __future__ import annotations
@@ -79,8 +86,9 @@ LIVENESS_TURNS = 400
 #: What a handler call answers for each of its records (cycled through when it has more).
 FATES = ("ok", "hold_due", "hold_short", "hold_long", "outage", "reject")
 #: Whether the model tolerates the open defect the xfail tests at the end show (a record held by a round that is
-#: handed back stays held, and a commit may pass the records handed back before it): invariant (1) is not checked on a
-#: partition once that happened. False once it is fixed (the property then checks it as everything else).
+#: handed back stays held, and a commit may pass the records handed back before it): invariants (1) and (3) are not
+#: checked on a partition once that happened (a later commit, of records read again since, may be below that one).
+#: False once it is fixed: the property then checks it as everything else.
 TOLERATE_OPEN_DEFECT = True
 #: Examples in CI, and in the long form (``make fuzz``).
 CASES = budgets(500, 5_000)
@@ -299,7 +307,11 @@ class Group:
         if partition not in self.owned:
             self.violations.append(f"(2) committed {partition.partition}@{offset}, a partition not assigned here")
         if offset < committed:
-            self.violations.append(f"(3) committed {partition.partition}@{offset} below the group's {committed}")
+            backwards = f"(3) committed {partition.partition}@{offset} below the group's {committed}"
+            if partition in self.open_defect:  # the commit before passed records not settled: read again since
+                note(f"    {backwards}: after the open defect, tolerated")
+            else:
+                self.violations.append(backwards)
         lost = [o for o in range(committed, offset) if not self.settled((partition, o))]
         if lost:
             names = ", ".join(_name(partition, o) for o in lost)
@@ -438,8 +450,9 @@ class Model:
 
         def confirm_round(pending: Any) -> int:
             settled = confirm(pending)
-            if loop._produce_failed:  # the round handed back whole
-                firsts = pending.own(pending.first_offsets())
+            if getattr(loop, "_produce_failed", False):  # the round handed back whole
+                own = getattr(pending, "own", lambda offsets: offsets)  # (older loops: for the model's history runs)
+                firsts = own(pending.first_offsets())
                 for record in pending.records[pending.again :]:
                     partition = TopicPartition(record.topic, record.partition)
                     if partition in firsts and record.offset >= firsts[partition] and loop.held.is_held(record):
