@@ -70,6 +70,7 @@ from shared.kafka.held_records import HoldRecord
 from shared.kafka.loop import RoundInterrupted
 from shared.outages import DependencyUnavailable
 from tests.fuzz.strategies import FUZZ, budgets
+from tests.unit import test_rounds_in_flight as stand_ins
 
 TOPIC = "exports.run-requests"
 OUTCOMES = "exports.run-events"
@@ -91,7 +92,7 @@ FATES = ("ok", "hold_due", "hold_short", "hold_long", "outage", "reject")
 #: False once it is fixed: the property then checks it as everything else.
 TOLERATE_OPEN_DEFECT = True
 #: Examples in CI, and in the long form (``make fuzz``).
-CASES = budgets(500, 5_000)
+CASES = budgets(1_000, 5_000)
 
 
 def note(text: str) -> None:
@@ -119,17 +120,9 @@ class Clock:
         return self.now
 
 
-class Acknowledgement:
+class Acknowledgement(stand_ins.Acknowledgement):
     """The broker's answer to one record: at once, or (the broker slow) once ``answer`` is set. Nothing waits on it:
     the loop asks ``is_done`` and flushes before it waits, and a flush answers (see :meth:`Producer.flush`)."""
-
-    def __init__(self, error: Exception | None, answer: threading.Event | None = None) -> None:
-        self.error = error
-        self.answer = answer
-
-    @property
-    def is_done(self) -> bool:
-        return self.answer is None or self.answer.is_set()
 
     @property
     def acknowledged(self) -> bool:
@@ -600,6 +593,12 @@ class Model:
         elif kind == "rebalance ends":
             partitions = frozenset(PARTITIONS[p] for p in args[0])
             group.script.append(lambda: group.assign(partitions))
+        elif kind == "rebalance":  # begun and ended within one poll
+            partitions = frozenset(PARTITIONS[p] for p in args[0])
+            group.script.extend([group.revoke, lambda: group.assign(partitions)])
+        elif kind == "membership lost and rejoined":  # the session expired, learnt and assigned anew within one poll
+            partitions = frozenset(PARTITIONS[p] for p in args[0])
+            group.script.extend([group.expire, group.lose, lambda: group.assign(partitions)])
         elif kind == "session expires":
             group.script.append(group.expire)
         elif kind == "membership lost":
@@ -662,6 +661,8 @@ class Model:
 
 #: What a call answers, per record (cycled through).
 ANSWERS = st.lists(st.sampled_from(FATES), min_size=1, max_size=3).map(tuple)
+#: The partitions a rebalance assigns this consumer (the rest: the interim owner's).
+ASSIGNMENTS = st.sampled_from([(0, 1), (0,), (1,), ()])
 #: One step of a script: ``(kind, *arguments)``; partitions by number. A rebalance step is queued and runs as the next
 #: poll begins (so several steps before a turn happen in one poll: revoked and assigned at once, say).
 STEPS = st.one_of(
@@ -678,7 +679,10 @@ STEPS = st.one_of(
     st.tuples(st.just("broker answers")),
     st.tuples(st.just("fetch late"), st.sampled_from([0, 1]), st.booleans()),
     st.tuples(st.just("rebalance begins")),
-    st.tuples(st.just("rebalance ends"), st.sampled_from([(0, 1), (0,), (1,), ()])),
+    st.tuples(st.just("rebalance ends"), ASSIGNMENTS),
+    st.tuples(st.just("rebalance"), ASSIGNMENTS),
+    st.tuples(st.just("rebalance"), ASSIGNMENTS),
+    st.tuples(st.just("membership lost and rejoined"), ASSIGNMENTS),
     st.tuples(st.just("session expires")),
     st.tuples(st.just("membership lost")),
     st.tuples(st.just("interim owner handles"), st.sampled_from([0, 1]), st.integers(1, 3)),
