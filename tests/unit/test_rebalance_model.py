@@ -743,6 +743,14 @@ HELD_AFTER_AN_OUTAGE = (
 )
 
 
+def check_strictly(script: Sequence[tuple[Any, ...]], rounds_in_flight: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """:func:`check` ``script`` on the model's clock, tolerating no open defect."""
+    clock = Clock()
+    monkeypatch.setattr(loop_module, "time", SimpleNamespace(monotonic=clock.monotonic, sleep=time.sleep))
+    monkeypatch.setattr(sys.modules[__name__], "TOLERATE_OPEN_DEFECT", False)
+    check(script, rounds_in_flight, clock)
+
+
 def _loop(group: Group, producer: Producer, handle_round: Any, rounds_in_flight: int) -> ConsumerLoop[Any]:
     return ConsumerLoop(
         service="rebalance-model",
@@ -899,10 +907,7 @@ def test_no_commit_goes_backwards_after_an_outage_hands_back_records_before_some
     due at once; round 2 ("0:3" to "0:5") delivers its own; round 3 takes "0:0" and "0:1" (due) and meets an outage:
     P0 is sought back to "0:0". The next round settles "0:0" to "0:2" and commits 6 (past what round 2 settled); the
     round after it reads "0:3" and on again (the partition's position is 3) and commits 5: backwards."""
-    clock = Clock()
-    monkeypatch.setattr(loop_module, "time", SimpleNamespace(monotonic=clock.monotonic, sleep=time.sleep))
-    monkeypatch.setattr(sys.modules[__name__], "TOLERATE_OPEN_DEFECT", False)
-    check(
+    check_strictly(
         [
             ("append", 0, 6),  # "0:0" to "0:5"
             ("turn",),  # round 1: "0:0", "0:1", "0:2" (a poll's size: 3)
@@ -914,7 +919,7 @@ def test_no_commit_goes_backwards_after_an_outage_hands_back_records_before_some
             ("turn",),  # handed back: P0 sought to "0:0"
         ],
         rounds_in_flight,
-        clock,
+        monkeypatch,
     )
 
 
@@ -927,10 +932,7 @@ def test_records_held_after_a_record_an_outage_hands_back_are_not_committed_past
     hold their records, due at once; round 3 takes "0:0" and "0:1" (due) and meets an outage: P0 is sought back to
     "0:0", but "0:2" and "0:3" stay held. The next round takes them (due) with "0:0" (read again: the rest of a poll's
     size) and commits 4, past "0:1", never settled."""
-    clock = Clock()
-    monkeypatch.setattr(loop_module, "time", SimpleNamespace(monotonic=clock.monotonic, sleep=time.sleep))
-    monkeypatch.setattr(sys.modules[__name__], "TOLERATE_OPEN_DEFECT", False)
-    check(
+    check_strictly(
         [
             ("append", 0, 4),  # "0:0" to "0:3"
             ("turn",),  # round 1: "0:0", "0:1", "0:2" (a poll's size: 3)
@@ -942,5 +944,5 @@ def test_records_held_after_a_record_an_outage_hands_back_are_not_committed_past
             ("turn",),  # handed back: P0 sought to "0:0"
         ],
         rounds_in_flight,
-        clock,
+        monkeypatch,
     )
