@@ -94,7 +94,7 @@ FATES = ("ok", "hold_due", "hold_short", "hold_long", "outage", "reject")
 #: after a hand-back: redelivered, never lost). False once they are fixed: the property then checks them too.
 TOLERATE_OPEN_DEFECT = True
 #: Examples in CI, and in the long form (``make fuzz``).
-CASES = budgets(500, 5_000)
+CASES = budgets(500, 2_000)
 
 
 def note(text: str) -> None:
@@ -944,5 +944,33 @@ def test_records_held_after_a_record_an_outage_hands_back_are_not_committed_past
             ("turn",),  # handed back: P0 sought to "0:0"
         ],
         rounds_in_flight,
+        monkeypatch,
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by the model's long form (3 rounds in flight) at the deadline, not analysed yet: after an outage "
+    "hands back records due again, P1 is committed past a record an earlier round held, never settled",
+)
+def test_records_held_and_due_again_in_a_round_in_flight_are_not_committed_past(monkeypatch: pytest.MonkeyPatch):
+    """The model's script, shrunk (its steps: see :meth:`Model.run`): P1 is committed to 3, past "1:1" (held by round
+    1, not settled), once round 3's outage handed "1:0" back. Why the model's tolerance of the held-after-an-outage
+    defect does not cover it (no hold of P1 seen surviving the hand-back) is not analysed yet."""
+    check_strictly(
+        [
+            ("append", 0, 1),  # "0:0"
+            ("append", 1, 2),  # "1:0", "1:1"
+            ("turn",),  # round 1: "0:0", "1:0", "1:1"
+            ("append", 0, 1),  # "0:1"
+            ("append", 1, 1),  # "1:2"
+            ("turn",),  # round 2: "0:1", "1:2"
+            ("release", 0, ("hold_due",)),  # round 1 holds its records, due at once
+            ("turn",),  # round 3: "0:0", "1:0" (due)
+            ("turn",),
+            ("turn",),  # the window full: waits for round 2 (released with outcomes)
+            ("release", 0, ("outage",)),  # round 3 meets an outage; then the liveness check's turns
+        ],
+        3,
         monkeypatch,
     )
