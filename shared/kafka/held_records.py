@@ -115,6 +115,15 @@ class HeldRecords:
             self._compact()
         self._count()
 
+    def read_again_from(self, partition: TopicPartition, offset: int) -> None:
+        """``partition`` is read again from ``offset`` (handed back): its records held from there on are held no
+        longer, and nothing settled past ``offset`` is remembered (a commit must not jump past records read again).
+        A scan of the records held: a hand-back is rare (an interruption)."""
+        released = [held.record for (p, at), held in self._held.items() if p == partition and at >= offset]
+        if released:
+            self.release(released)
+        self.settled_no_further(partition, offset)
+
     def is_held(self, record: Any) -> bool:
         return record_key(record) in self._held
 

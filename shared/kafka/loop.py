@@ -1495,7 +1495,11 @@ class ConsumerLoop(Generic[E]):
 
         Never forward: a partition whose next fetch is at or before that record already reads it again (a
         rebalance sought it back to a held record, or it is read from the committed offset): seeking it to the
-        record would skip those before it, whose holds the rebalance forgot, and a later commit would pass them."""
+        record would skip those before it, whose holds the rebalance forgot, and a later commit would pass them.
+
+        The records held from there on are read again too, so they are held no longer (one due before the partition
+        is fetched again would be settled alone, and its commit would pass the records handed back before it), and
+        what was settled past the record is forgotten (a commit once nothing is held would jump past it)."""
         if not first_offsets:
             return
         try:
@@ -1504,6 +1508,7 @@ class ConsumerLoop(Generic[E]):
             return
         for partition, offset in first_offsets.items():
             if partition in owned:
+                self.held.read_again_from(partition, offset)
                 if self._reads_again_from_before(partition, offset):
                     continue
                 try:
@@ -1532,6 +1537,7 @@ class ConsumerLoop(Generic[E]):
         coordinator is away. Their partitions' next owner reads them again from the last committed offset,
         and the consumer rejoins at its next poll. Only a fatal configuration error raises.
         """
+        next_offsets = self._no_further_than_read(next_offsets)
         if not next_offsets:
             return
         offsets = {p: OffsetAndMetadata(o, None, -1) for p, o in next_offsets.items()}
@@ -1545,6 +1551,22 @@ class ConsumerLoop(Generic[E]):
             if is_fatal(exc) or not isinstance(exc, KafkaError):
                 raise
             self._commit_refused(exc, len(next_offsets))
+
+    def _no_further_than_read(self, next_offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Each partition's offset, no further than the consumer's next fetch of it: the records from there on are
+        read again (a rebalance or a hand-back sought the partition back), and a record settled meanwhile (a held one
+        come due) must not carry the commit past them before they are settled. A partition with no position (read
+        from the committed offset next) is not committed now; one whose position cannot be told is, as asked."""
+        capped: dict[TopicPartition, int] = {}
+        for partition, offset in next_offsets.items():
+            try:
+                position = fetch_position(self.consumer, partition)
+            except Exception:  # noqa: BLE001 - the private API changed or the partition moved: as asked
+                capped[partition] = offset
+                continue
+            if position is not None:
+                capped[partition] = min(offset, position)
+        return capped
 
     def _commit_answered(self, offsets: dict[TopicPartition, Any], answer: Any) -> None:
         """A commit sent without waiting was answered: a refusal is counted and logged as :meth:`_commit` does

@@ -32,8 +32,7 @@ results releases it with outcomes, and says so); after each step the test waits,
 round started is with the handler and every call released has returned. Time is the model's clock (the loop's
 ``time.monotonic``). A failure prints the script (hypothesis' steps, and notes of what each did).
 
-The open defect the model found on a455514 is shown by the plain xfail tests at the end; until it is fixed, the model
-tolerates it (:data:`TOLERATE_OPEN_DEFECT`) so that it goes on checking everything else.
+What the model found on a455514 (pre-existing defects, fixed in session 46) is kept as plain tests at the end.
 
 Not modelled: commits answered later than sent (``commit_async``'s answer comes at once), the cooperative protocol,
 paused partitions (the held records' memory bound), priority topics, more than two partitions or one topic, a stop
@@ -42,7 +41,6 @@ paused partitions (the held records' memory bound), priority topics, more than t
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections import Counter
@@ -87,12 +85,6 @@ MAX_POLL_RECORDS = 3
 LIVENESS_TURNS = 400
 #: What a handler call answers for each of its records (cycled through when it has more).
 FATES = ("ok", "hold_due", "hold_short", "hold_long", "outage", "reject")
-#: Whether the model tolerates the open defects the xfail tests at the end show: a held record survives a hand-back
-#: of its partition to a record before it, and a commit may pass the records handed back (invariants (1) and (3) are not
-#: checked on a partition once that happened: a later commit, of records read again since, may be below that one);
-#: and a commit below the group's offset when every record below that offset is settled (records settled read again
-#: after a hand-back: redelivered, never lost). False once they are fixed: the property then checks them too.
-TOLERATE_OPEN_DEFECT = True
 #: Examples in CI, and in the long form (``make fuzz``).
 CASES = budgets(500, 2_000)
 
@@ -204,8 +196,6 @@ class Group:
         self.script: list[Callable[[], None]] = []
         self.listener: Any = None
         self.violations: list[str] = []
-        #: Partitions where the open defect of :data:`TOLERATE_OPEN_DEFECT` happened: (1) is not checked there.
-        self.open_defect: set[TopicPartition] = set()
         self.lock = threading.Lock()
         #: Small polls: more rounds, so more of them in flight at once.
         self.config: dict[str, Any] = {"group_id": "model", "max_poll_records": MAX_POLL_RECORDS}
@@ -302,21 +292,11 @@ class Group:
         if partition not in self.owned:
             self.violations.append(f"(2) committed {partition.partition}@{offset}, a partition not assigned here")
         if offset < committed:
-            backwards = f"(3) committed {partition.partition}@{offset} below the group's {committed}"
-            if partition in self.open_defect:  # the commit before passed records not settled: read again since
-                note(f"    {backwards}: after the open defect, tolerated")
-            elif TOLERATE_OPEN_DEFECT and all(self.settled((partition, o)) for o in range(committed)):
-                note(f"    {backwards}: the open backwards commit (records settled read again), tolerated")
-            else:
-                self.violations.append(backwards)
+            self.violations.append(f"(3) committed {partition.partition}@{offset} below the group's {committed}")
         lost = [o for o in range(committed, offset) if not self.settled((partition, o))]
         if lost:
             names = ", ".join(_name(partition, o) for o in lost)
-            violation = f"(1) committed {partition.partition}@{offset} past records not settled: {names}"
-            if partition in self.open_defect:
-                note(f"    {violation}: the open defect (held in a round handed back), tolerated")
-            else:
-                self.violations.append(violation)
+            self.violations.append(f"(1) committed {partition.partition}@{offset} past records not settled: {names}")
 
     def append(self, partition: TopicPartition, count: int) -> list[str]:
         with self.lock:
@@ -437,24 +417,6 @@ class Model:
             rounds_in_flight=rounds_in_flight,
             dead_letter_backoff_seconds=0,
         )
-        if TOLERATE_OPEN_DEFECT:
-            self._watch_open_defect()
-
-    def _watch_open_defect(self) -> None:
-        """Tell the group the partitions where a held record survives a hand-back before it (an outage, or the broker
-        not acknowledging a round's outcomes): the open defect the xfail tests below show."""
-        loop, hand_back = self.loop, self.loop._hand_back
-
-        def watched(first_offsets: dict[TopicPartition, int]) -> None:
-            hand_back(first_offsets)
-            for partition, first in first_offsets.items():
-                survivors = sorted(o for p, o in loop.held._held if p == partition and o > first)
-                if survivors:
-                    held = ", ".join(_name(partition, o) for o in survivors)
-                    note(f"    {held} still held after {_name(partition, first)} was handed back")
-                    self.group.open_defect.add(partition)
-
-        loop._hand_back = watched  # type: ignore[method-assign]
 
     # The handler, on the round window's threads.
 
@@ -730,24 +692,18 @@ def check(script: Sequence[tuple[Any, ...]], rounds_in_flight: int, clock: Clock
         model.close()
 
 
-# What the model found on a455514 (main), as plain tests.
-
-HELD_IN_A_ROUND_HANDED_BACK = (
-    "open defect (pre-existing, on 1977edd too): a round whose outcomes the broker does not acknowledge is handed back "
-    "(ConsumerLoop._confirm_round), but the records it held (HoldRecord) stay held"
-)
-HELD_AFTER_AN_OUTAGE = (
-    "open defect (pre-existing, on 1977edd too): an outage hands a partition back to a record (ConsumerLoop._send_round"
-    ", _hand_back), but the records after it that earlier rounds held stay held; due before the partition is read "
-    "again up to them, they are settled and the commit passes the records handed back"
-)
+# What the model found on a455514 (main), as plain tests: pre-existing (on 1977edd too), fixed in session 46. A round
+# handed back (an outage, or the broker not acknowledging its outcomes) left the records held after the hand-back
+# offset held, and remembered what was settled past it: a record held, due before the partition was read again up
+# to it, was settled alone and its commit passed the records handed back (ConsumerLoop._hand_back,
+# HeldRecords.read_again_from); and a held record settled while its partition was sought back before it carried the
+# commit past records read again (ConsumerLoop._no_further_than_read).
 
 
 def check_strictly(script: Sequence[tuple[Any, ...]], rounds_in_flight: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """:func:`check` ``script`` on the model's clock, tolerating no open defect."""
+    """:func:`check` ``script`` on the model's clock."""
     clock = Clock()
     monkeypatch.setattr(loop_module, "time", SimpleNamespace(monotonic=clock.monotonic, sleep=time.sleep))
-    monkeypatch.setattr(sys.modules[__name__], "TOLERATE_OPEN_DEFECT", False)
     check(script, rounds_in_flight, clock)
 
 
@@ -778,11 +734,6 @@ def _turn_until(loop: ConsumerLoop[Any], condition: Callable[[], bool]) -> int:
     return interrupted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=HELD_IN_A_ROUND_HANDED_BACK + "; one due before its partition's fetch from the sought position is back is "
-    "settled alone, and the commit passes the records handed back before it",
-)
 @pytest.mark.parametrize("rounds_in_flight", [1, 2], ids=["one-round", "2-in-flight"])
 def test_a_record_held_by_a_round_the_broker_refused_is_not_committed_past_the_records_handed_back_before_it(
     rounds_in_flight: int, monkeypatch: pytest.MonkeyPatch
@@ -833,11 +784,6 @@ def test_a_record_held_by_a_round_the_broker_refused_is_not_committed_past_the_r
             loop._window.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=HELD_IN_A_ROUND_HANDED_BACK + " when an earlier round in flight is refused after this one was sent: due, it "
-    "is settled with the first records read again, and the commit passes those not read again yet",
-)
 def test_a_record_held_by_a_round_in_flight_after_one_the_broker_refused_is_not_committed_past_records_not_read_again(
     monkeypatch: pytest.MonkeyPatch,
 ):
@@ -891,14 +837,6 @@ def test_a_record_held_by_a_round_in_flight_after_one_the_broker_refused_is_not_
         window.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open defect (pre-existing, on 1977edd too): an outage hands a partition back to a held record before "
-    "records "
-    "settled past it; the round that settles the records handed back commits past those settled before "
-    "(HeldRecords.commit_offsets), and the later rounds that read those again commit lower: backwards (they are "
-    "redelivered after a crash or to a new owner, not lost)",
-)
 @pytest.mark.parametrize("rounds_in_flight", [2, 3], ids=["2-in-flight", "3-in-flight"])
 def test_no_commit_goes_backwards_after_an_outage_hands_back_records_before_some_settled_past_a_hold(
     rounds_in_flight: int, monkeypatch: pytest.MonkeyPatch
@@ -923,7 +861,6 @@ def test_no_commit_goes_backwards_after_an_outage_hands_back_records_before_some
     )
 
 
-@pytest.mark.xfail(strict=True, reason=HELD_AFTER_AN_OUTAGE)
 @pytest.mark.parametrize("rounds_in_flight", [2, 3], ids=["2-in-flight", "3-in-flight"])
 def test_records_held_after_a_record_an_outage_hands_back_are_not_committed_past_it(
     rounds_in_flight: int, monkeypatch: pytest.MonkeyPatch
@@ -948,15 +885,10 @@ def test_records_held_after_a_record_an_outage_hands_back_are_not_committed_past
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the model's long form (3 rounds in flight) at the deadline, not analysed yet: after an outage "
-    "hands back records due again, P1 is committed past a record an earlier round held, never settled",
-)
 def test_records_held_and_due_again_in_a_round_in_flight_are_not_committed_past(monkeypatch: pytest.MonkeyPatch):
     """The model's script, shrunk (its steps: see :meth:`Model.run`): P1 is committed to 3, past "1:1" (held by round
-    1, not settled), once round 3's outage handed "1:0" back. Why the model's tolerance of the held-after-an-outage
-    defect does not cover it (no hold of P1 seen surviving the hand-back) is not analysed yet."""
+    1, not settled), once round 3's outage handed "1:0" back. Either fix alone mends this script (the holds after the
+    hand-back released with the settled memory, or no commit past the next fetch); the model needs both."""
     check_strictly(
         [
             ("append", 0, 1),  # "0:0"
@@ -972,5 +904,27 @@ def test_records_held_and_due_again_in_a_round_in_flight_are_not_committed_past(
             ("release", 0, ("outage",)),  # round 3 meets an outage; then the liveness check's turns
         ],
         3,
+        monkeypatch,
+    )
+
+
+def test_a_record_held_again_during_a_rebalance_does_not_carry_the_commit_past_records_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The model's long form (2 rounds in flight): round 1 holds "0:0" to "0:2" (due); a rebalance begins (their holds
+    forgotten, P0 sought back to "0:0"); round 2 holds "0:3" meanwhile. Once P0 is given back, "0:3", due, was settled
+    before "0:0" to "0:2" were read again, and its commit passed them (on 1977edd too): no commit goes past the
+    partition's next fetch now (ConsumerLoop._no_further_than_read)."""
+    check_strictly(
+        [
+            *[("append", 0, 1)] * 4,  # "0:0" to "0:3"
+            ("turn",),  # round 1: "0:0" to "0:2"
+            ("turn",),  # round 2: "0:3"
+            ("release", 0, ("hold_due",)),  # round 1 holds its records, due at once
+            ("rebalance begins",),
+            ("turn",),
+            ("release", 0, ("hold_due",)),  # round 2 holds "0:3" during the rebalance; then the liveness check's turns
+        ],
+        2,
         monkeypatch,
     )
