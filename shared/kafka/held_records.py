@@ -118,8 +118,9 @@ class HeldRecords:
     def read_again_from(self, partition: TopicPartition, offset: int) -> None:
         """``partition`` is read again from ``offset`` (handed back): its records held from there on are held no
         longer, and nothing settled past ``offset`` is remembered (a commit must not jump past records read again).
-        A scan of the records held: a hand-back is rare (an interruption)."""
-        released = [held.record for (p, at), held in self._held.items() if p == partition and at >= offset]
+        A scan of the partition's held offsets (stale ones included): a hand-back is rare (an interruption)."""
+        keys = {(partition, at) for at in self._offsets.get(partition, ()) if at >= offset}
+        released = [self._held[key].record for key in keys if key in self._held]
         if released:
             self.release(released)
         self.settled_no_further(partition, offset)

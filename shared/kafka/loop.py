@@ -1177,8 +1177,24 @@ class ConsumerLoop(Generic[E]):
             # offset); kept until the rebalance ends, should it give the partition back (_assigned).
             offset = offsets.pop(partition)
             self._revoked_commits[partition] = max(offset, self._revoked_commits.get(partition, offset))
-        self._commit(offsets, wait=self._window is None)
+        self._commit(self._no_further_than_in_hand(pending, offsets), wait=self._window is None)
         return len(pending.settled)
+
+    def _no_further_than_in_hand(
+        self, pending: _PendingRound[E], offsets: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        """``offsets`` (``pending``'s commit), no further than a record a later round in flight has in hand and
+        ``pending`` did not settle: read again since a rebalance or a hand-back sought its partition back, it is past
+        the next fetch already (:meth:`_no_further_than_read` no longer stops a commit there), and not settled yet."""
+        if self._window is None or not offsets:
+            return offsets
+        settled_here = pending.settled_keys()
+        for later in self._window:
+            for record in later.records:
+                partition, offset = record_key(record)
+                if offset < offsets.get(partition, -1) and (partition, offset) not in settled_here:
+                    offsets[partition] = offset
+        return offsets
 
     def _flush_unanswered(self, sending: _Sending) -> None:
         """Send a round's outcomes at once when the loop is about to wait for them and the broker has not answered

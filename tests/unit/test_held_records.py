@@ -49,6 +49,22 @@ def test_a_record_held_again_is_due_at_its_new_time_only():
     assert [r.offset for r in held.due(now=60.0, assigned={P0})] == [1]  # not settled: due again
 
 
+def test_a_partition_read_again_from_an_offset_holds_nothing_from_there_and_remembers_nothing_settled_past_it():
+    held = HeldRecords("test-read-again")
+    for offset in (1, 3, 5):
+        held.hold(record(P0, offset), until=0.0)
+    held.release([record(P0, 5)])
+    held.hold(record(P0, 5), until=0.0)  # held again: a stale heap entry beside the live one
+    held.hold(record(P1, 3), until=0.0)
+    assert held.commit_offsets({P0: 9}) == {P0: 1}  # records 6 to 8 settled past the held ones: remembered
+    held.read_again_from(P0, 3)  # handed back to "3": read again from there
+    assert sorted(r.offset for r in held.due(now=1.0, assigned={P0, P1}) if r.partition == 0) == [1]
+    assert held.count_held([(P1, 3)]) == 1  # another partition's holds stay
+    held.release([record(P0, 1)])
+    # Nothing held of P0 any more: a commit of records settled up to 2 goes no further than 3 (not to 9).
+    assert held.commit_offsets({P0: 2}) == {P0: 3}
+
+
 def test_a_forgotten_partition_no_longer_caps_its_commits():
     held = HeldRecords("test-forget")
     held.hold(record(P0, 3), until=0.0)

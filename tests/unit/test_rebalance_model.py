@@ -928,3 +928,35 @@ def test_a_record_held_again_during_a_rebalance_does_not_carry_the_commit_past_r
         2,
         monkeypatch,
     )
+
+
+@pytest.mark.parametrize("rounds_in_flight", [2, 3], ids=["2-in-flight", "3-in-flight"])
+def test_a_record_held_during_a_rebalance_and_settled_alone_does_not_commit_past_records_a_later_round_read_again(
+    rounds_in_flight: int, monkeypatch: pytest.MonkeyPatch
+):
+    """Session 46's review (pre-existing): as above, but P0's fetch from "0:0" comes back before the round that has
+    "0:3" alone settles: a later round has "0:0" to "0:2" in hand, the position is past them, and the commit of "0:3"
+    passed them (`committed 0@3 past records not settled`). No commit passes a record a later round in flight has in
+    hand and this one did not settle (ConsumerLoop._no_further_than_in_hand)."""
+    check_strictly(
+        [
+            *[("append", 0, 1)] * 4,  # "0:0" to "0:3"
+            ("turn",),  # round 1: "0:0" to "0:2"
+            ("turn",),  # round 2: "0:3"
+            ("release", 0, ("hold_due",)),  # round 1 holds its records, due at once
+            ("rebalance begins",),
+            ("fetch late", 0, True),
+            ("turn",),  # round 1 sent (holds); the poll revokes: holds forgotten, P0 sought back to "0:0"
+            ("release", 0, ("hold_due",)),  # round 2 holds "0:3"
+            ("rebalance ends", (0, 1)),
+            ("turn",),  # the poll gives P0 back at 0; "0:3" due: a round of its own
+            ("turn",),
+            ("fetch late", 0, False),
+            ("turn",),  # the next round reads "0:0".. again (the position past "0:2")
+            ("turn",),
+            ("release", 0, ("ok",)),  # the round with "0:3" settles it first
+            ("turn",),
+        ],
+        rounds_in_flight,
+        monkeypatch,
+    )
