@@ -138,10 +138,22 @@ def go_tool(name: str) -> Path:
         if done.returncode != 0:
             raise MissingPrerequisite(f"go install {module}@{version} failed: {done.stderr[-2000:]}")
         binary.parent.mkdir(parents=True, exist_ok=True)
-        partial = binary.with_name(f"{binary.name}.{os.getpid()}.part")  # its own: two builds at once
-        shutil.move(str(Path(build) / name), partial)
-        partial.replace(binary)  # atomic: a concurrent run sees the whole binary or none
+        move_into_place(Path(build) / name, binary)
     return binary
+
+
+def own_partial(target: Path) -> Path:
+    """A partial file beside ``target``, this process's own: processes making the same file at once (a parallel
+    test run's workers) never rename or rewrite each other's."""
+    return target.with_name(f"{target.name}.{os.getpid()}.part")
+
+
+def move_into_place(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target`` atomically: a concurrent reader sees the whole file or none (a move across file
+    systems is a copy, so it goes to :func:`own_partial` first)."""
+    partial = own_partial(target)
+    shutil.move(str(source), partial)
+    partial.replace(target)
 
 
 _SCHEMA_REF = re.compile(r'"/api/_definitions\.json#')
@@ -177,8 +189,7 @@ def kubernetes_schemas(version: str, kinds: dict[str, str]) -> Path:
             definitions = json.loads(text)["$defs"]
         schema = json.loads(_SCHEMA_REF.sub('"#', (source / f"{stem}.json").read_text()))
         schema["$defs"] = definitions
-        # Its own partial file: two processes writing one (a parallel test run's) would rename each other's.
-        partial = schema_file.with_name(f"{schema_file.name}.{os.getpid()}.part")
+        partial = own_partial(schema_file)
         partial.write_text(json.dumps(schema))
         partial.replace(schema_file)
     return target

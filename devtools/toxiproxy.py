@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from devtools.kafka_broker import CACHE_DIR
-from devtools.prerequisites import apt_install
+from devtools.prerequisites import apt_install, move_into_place
 from devtools.processes import Managed, free_port, port_open, wait_until
 
 #: The module and version built; ``go install`` verifies it against the Go checksum database.
@@ -36,10 +36,7 @@ def toxiproxy_binary() -> Path:
         env = {**os.environ, "GOBIN": build, "GOFLAGS": "-mod=mod"}
         subprocess.run(["go", "install", TOXIPROXY_MODULE], check=True, env=env, capture_output=True)
         BINARY.parent.mkdir(parents=True, exist_ok=True)
-        # A move across file systems is a copy: another process (a parallel test run's) would see half a binary.
-        partial = BINARY.with_name(f"{BINARY.name}.{os.getpid()}.part")
-        shutil.move(str(Path(build) / "server"), partial)
-        partial.replace(BINARY)  # atomic: a concurrent run sees the whole binary or none
+        move_into_place(Path(build) / "server", BINARY)
     return BINARY
 
 
