@@ -67,14 +67,19 @@ class Managed:
     def stop(self) -> object:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Stop the server, then remove the temporary directory it made for itself (one it was given is kept).
+        What a composite of servers calls for each of its parts, as the context manager does for one."""
+        try:
+            self.stop()
+        finally:
+            if self.temporary_dir is not None:
+                shutil.rmtree(self.temporary_dir, ignore_errors=True)
+
     def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        try:
-            self.stop()
-        finally:
-            if self.temporary_dir is not None:
-                shutil.rmtree(self.temporary_dir, ignore_errors=True)
+        self.close()

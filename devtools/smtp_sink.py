@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import email
+import functools
 import ssl
 import threading
 from dataclasses import dataclass
@@ -87,7 +88,10 @@ class SmtpSink(Managed):
                 "auth_required": True,
                 "auth_require_tls": security != "tls",
             }
-        self._controller = Controller(
+        # Made by start(): aiosmtpd's controller opens an event loop as it is made, which a sink never started
+        # (a chaos pipeline stopped after a failed start) would leave open.
+        self._new_controller = functools.partial(
+            Controller,
             _Handler(self),
             hostname="127.0.0.1",
             port=self.port,
@@ -95,6 +99,7 @@ class SmtpSink(Managed):
             server_hostname="localhost" if security == "tls" else None,
             **options,
         )
+        self._controller: Controller | None = None
 
     def _authenticator(self, credentials: tuple[str, str]) -> Any:
         def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
@@ -114,11 +119,14 @@ class SmtpSink(Managed):
         return authenticate
 
     def start(self) -> SmtpSink:
+        self._controller = self._new_controller()
         self._controller.start()
         return self
 
     def stop(self) -> None:
-        self._controller.stop()
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
 
     def received(self) -> list[ReceivedMail]:
         with self.lock:

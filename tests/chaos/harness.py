@@ -251,7 +251,7 @@ class ChaosPipeline(Managed):
             self.catalog.close()
         for part in (self.sink, self.partner, self.store_pg, self.catalog_pg, self.kafka, self.toxiproxy):
             try:
-                part.stop()
+                part.close()  # and the directory it made for itself: two PostgreSQL clusters' ~96 MB a run
             except Exception as exc:  # noqa: BLE001 - stop the rest all the same
                 print(f"stopping {type(part).__name__} failed: {exc}", file=sys.stderr)
 
