@@ -647,7 +647,8 @@ class ConsumerLoop(Generic[E]):
         #: round started meanwhile commits nothing of them either, unless they are given back.
         self._revoking: set[TopicPartition] = set()
         #: Offsets of partitions revoked by the rebalance under way, not committed or committed without waiting
-        #: (the rebalance may have refused it), and those to commit at the next turn: the partitions given back.
+        #: (the rebalance may have refused it), and those to commit at the next turn: the partitions given back, and
+        #: those whose commit sent without waiting was refused (:meth:`_commit_answered`).
         self._revoked_commits: dict[TopicPartition, int] = {}
         self._commit_again: dict[TopicPartition, int] = {}
         # Every series at 0 from the start: a counter that first appears at 1 is invisible to increase().
@@ -961,7 +962,8 @@ class ConsumerLoop(Generic[E]):
         polled, due = self._poll(timeout_ms)
         if self._commit_again:  # partitions a rebalance during that poll gave back (sent in the new generation)
             # Each offset was capped at the records held when it was settled, and at the position kept, which is
-            # before any record held since (read from there).
+            # before any record held since (read from there). Or a commit refused (answered during the poll): sent
+            # again as it was, past records settled only.
             again, self._commit_again = self._commit_again, {}
             self._commit(again, wait=False)
         pending = self._start_round(polled, due)
@@ -1563,6 +1565,10 @@ class ConsumerLoop(Generic[E]):
             else:
                 self.consumer.commit_async(offsets, callback=self._commit_answered)
                 self._committed_async.update(next_offsets)
+                for partition, offset in next_offsets.items():
+                    # A refusal answered as this commit was sent (kafka-python calls back first): covered by it.
+                    if self._commit_again.get(partition, offset) <= offset:
+                        self._commit_again.pop(partition, None)
         except Exception as exc:
             if is_fatal(exc) or not isinstance(exc, KafkaError):
                 raise
@@ -1585,10 +1591,18 @@ class ConsumerLoop(Generic[E]):
         return capped
 
     def _commit_answered(self, offsets: dict[TopicPartition, Any], answer: Any) -> None:
-        """A commit sent without waiting was answered: a refusal is counted and logged as :meth:`_commit` does
-        (a later commit of the partitions covers it; their records may be redelivered meanwhile)."""
-        if isinstance(answer, Exception):
-            self._commit_refused(answer, len(offsets))
+        """A commit sent without waiting was answered (kafka-python calls this at a later poll or commit): a refusal is
+        counted and logged as :meth:`_commit` does, and its offsets are committed again at the next turn, for each
+        partition still owned whose last commit sent is this one (a later one covers it; one revoked since is its
+        next owner's, or committed as the rebalance ends). Else a partition that goes idle (no later round commits it)
+        keeps its records uncommitted until the consumer closes: its lag above 0, and they are handled again after a
+        crash. A commit refused again (the coordinator still away) is sent again at the next turn, as a round would."""
+        if not isinstance(answer, Exception):
+            return
+        self._commit_refused(answer, len(offsets))
+        for partition, meta in offsets.items():
+            if self._committed_async.get(partition) == meta.offset and partition not in self._commit_again:
+                self._commit_again[partition] = meta.offset
 
     def _confirm_commits(self) -> None:
         """Commit again, waiting, the offsets committed without waiting (the consumer closes after this: a commit
