@@ -1605,16 +1605,19 @@ class ConsumerLoop(Generic[E]):
         """Commit the offsets owed (see ``_commit_later``), now that the poll may have made the partitions' positions
         known, no further than a record ``polled`` (not handled yet), held, or in hand of a round in flight (the
         partition may have been sought back and read again since the offset was settled), nor than the next fetch
-        (:meth:`_no_further_than_read`). An
-        offset stays owed until a commit reaches it; one of a partition no longer assigned is its next owner's (or,
-        given back, owed by the rebalance: :meth:`_assigned`)."""
+        (:meth:`_no_further_than_read`), nor below what this consumer last sent. An offset stays owed until a commit
+        reaches it; one of a partition no longer assigned is its next owner's (or, given back, owed by the rebalance:
+        :meth:`_assigned`)."""
         if not self._commit_later:
             return
         try:
             assigned = self.consumer.assignment()
         except Exception:  # noqa: BLE001 - closing: nothing to commit
             return
-        self._commit_later = {p: o for p, o in self._commit_later.items() if p in assigned}
+        # Owed no more: a partition no longer assigned, or a later commit sent (its refusal would make it owed).
+        self._commit_later = {
+            p: o for p, o in self._commit_later.items() if p in assigned and o >= self._committed_async.get(p, -1)
+        }
         owed = dict(self._commit_later)
         for records in (*(pending.records for pending in self._window or ()), *polled.values()):
             for record in records:
@@ -1625,7 +1628,6 @@ class ConsumerLoop(Generic[E]):
             first_held = self.held.first_held(partition)
             if first_held is not None and first_held < offset:
                 owed[partition] = first_held
-        # Never below what this consumer last sent for a partition (a commit answered later may cover it).
         owed = {partition: o for partition, o in owed.items() if o >= self._committed_async.get(partition, -1)}
         self._commit(owed, wait=self._window is None)
 
