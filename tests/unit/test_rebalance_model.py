@@ -469,6 +469,14 @@ class Group:
         self.committed[partition] = end
 
 
+def _flag(partitions: set[TopicPartition], partition: TopicPartition, on: bool) -> None:
+    """Put ``partition`` in ``partitions`` (``on``) or take it out."""
+    if on:
+        partitions.add(partition)
+    else:
+        partitions.discard(partition)
+
+
 class Call:
     """One call of the round handler: its records, the gate it waits on, what it answers."""
 
@@ -669,10 +677,7 @@ class Model:
         elif kind == "broker answers":
             self.producer.answer()
         elif kind == "fetch late":
-            if args[1]:
-                group.not_fetched_yet.add(self._partition(args[0]))
-            else:
-                group.not_fetched_yet.discard(self._partition(args[0]))
+            _flag(group.not_fetched_yet, self._partition(args[0]), args[1])
         elif kind == "rebalance begins":
             group.script.append(group.revoke)
         elif kind == "rebalance ends":
@@ -691,10 +696,7 @@ class Model:
         elif kind == "interim owner handles":
             group.script.append(lambda: group.interim_handles(self._partition(args[0]), args[1]))
         elif kind == "position unreadable":
-            if args[1]:
-                group.unreadable.add(self._partition(args[0]))
-            else:
-                group.unreadable.discard(self._partition(args[0]))
+            _flag(group.unreadable, self._partition(args[0]), args[1])
         elif kind == "commits slow":
             group.commits_slow = args[0]
         elif kind == "commits land":
