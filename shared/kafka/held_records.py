@@ -191,6 +191,10 @@ class HeldRecords:
         if self._settled_past.get(partition, offset) > offset:
             self._settled_past[partition] = offset
 
+    def first_held(self, partition: TopicPartition) -> int | None:
+        """The partition's first held offset (None: none held)."""
+        return self._first_held(partition)
+
     def _first_held(self, partition: TopicPartition) -> int | None:
         heap = self._offsets.get(partition)
         while heap and (partition, heap[0]) not in self._held:

@@ -650,6 +650,11 @@ class ConsumerLoop(Generic[E]):
         #: (the rebalance may have refused it), and those to commit at the next turn: the partitions given back.
         self._revoked_commits: dict[TopicPartition, int] = {}
         self._commit_again: dict[TopicPartition, int] = {}
+        #: Offsets owed: not committed because the partition's next fetch was not known (an offset reset in flight) or
+        #: could not be told (:meth:`_no_further_than_read`), or committed without waiting and refused
+        #: (:meth:`_commit_answered`); committed at a later turn (:meth:`_commit_deferred`).
+        self._commit_later: dict[TopicPartition, int] = {}
+        self._position_unreadable_logged = False
         # Every series at 0 from the start: a counter that first appears at 1 is invisible to increase().
         DEAD_LETTER_FAILURES.labels(service=service)
         subscribed = getattr(consumer, "subscription", lambda: None)()
@@ -846,6 +851,7 @@ class ConsumerLoop(Generic[E]):
 
     def _poll_round(self) -> int:
         polled, due = self._poll(self.poll_timeout_ms)
+        self._commit_deferred(polled)
         if self.handle_round is not None:
             return self._process_round(polled, self.handle_round, due)
         processed = 0
@@ -964,6 +970,7 @@ class ConsumerLoop(Generic[E]):
             # before any record held since (read from there).
             again, self._commit_again = self._commit_again, {}
             self._commit(again, wait=False)
+        self._commit_deferred(polled)
         pending = self._start_round(polled, due)
         if pending is None:
             return settled
@@ -996,7 +1003,7 @@ class ConsumerLoop(Generic[E]):
         for partition in partitions:
             # A commit sent just before, or one to send again after an earlier rebalance of the same poll (a second
             # rebalance may begin in the poll that ended the first): kept until this one ends.
-            for offsets in (self._committed_async, self._commit_again):
+            for offsets in (self._committed_async, self._commit_again, self._commit_later):
                 offset = offsets.pop(partition, None)
                 if offset is not None:
                     self._revoked_commits[partition] = max(offset, self._revoked_commits.get(partition, offset))
@@ -1523,6 +1530,8 @@ class ConsumerLoop(Generic[E]):
         except Exception:  # noqa: BLE001 - the consumer is closing: nothing to hand back to
             return
         for partition, offset in first_offsets.items():
+            if partition in self._commit_later:  # read again from there: a commit owed goes no further
+                self._commit_later[partition] = min(self._commit_later[partition], offset)
             if partition in owned:
                 self.held.read_again_from(partition, offset)
                 if self._reads_again_from_before(partition, offset):
@@ -1571,24 +1580,81 @@ class ConsumerLoop(Generic[E]):
     def _no_further_than_read(self, next_offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Each partition's offset, no further than the consumer's next fetch of it: the records from there on are
         read again (a rebalance or a hand-back sought the partition back), and a record settled meanwhile (a held one
-        come due) must not carry the commit past them before they are settled. A partition with no position (read
-        from the committed offset next) is not committed now; one whose position cannot be told is, as asked."""
+        come due) must not carry the commit past them before they are settled.
+
+        A partition with no position (an offset reset in flight) or whose position cannot be told (an exception
+        reading it) is not committed now but at a later turn, once its position is known, no further than it
+        (:meth:`_commit_deferred`): dropped, its records settled would stay uncommitted on an idle partition (its lag
+        above 0, handled again after a restart); committed as asked, it could pass records read again."""
         capped: dict[TopicPartition, int] = {}
         for partition, offset in next_offsets.items():
             try:
                 position = fetch_position(self.consumer, partition)
-            except Exception:  # noqa: BLE001 - the private API changed or the partition moved: as asked
-                capped[partition] = offset
+            except Exception as exc:  # noqa: BLE001 - the private API changed or the partition moved: deferred
+                self._position_unreadable(partition, exc)
+                position = None
+            if position is None:
+                self._commit_later[partition] = max(offset, self._commit_later.get(partition, offset))
                 continue
-            if position is not None:
-                capped[partition] = min(offset, position)
+            capped[partition] = min(offset, position)
+            if self._commit_later.get(partition, capped[partition]) <= capped[partition]:
+                self._commit_later.pop(partition, None)  # covered by this commit
         return capped
 
+    def _commit_deferred(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        """Commit the offsets owed (see ``_commit_later``), now that the poll may have made the partitions' positions
+        known, no further than a record ``polled`` (not handled yet), held, or in hand of a round in flight (the
+        partition may have been sought back and read again since the offset was settled), nor than the next fetch
+        (:meth:`_no_further_than_read`), nor below what this consumer last sent. An offset stays owed until a commit
+        reaches it; one of a partition no longer assigned is its next owner's (or, given back, owed by the rebalance:
+        :meth:`_assigned`)."""
+        if not self._commit_later:
+            return
+        try:
+            assigned = self.consumer.assignment()
+        except Exception:  # noqa: BLE001 - closing: nothing to commit
+            return
+        # Owed no more: a partition no longer assigned, or a later commit sent (its refusal would make it owed).
+        self._commit_later = {
+            p: o for p, o in self._commit_later.items() if p in assigned and o >= self._committed_async.get(p, -1)
+        }
+        owed = dict(self._commit_later)
+        for records in (*(pending.records for pending in self._window or ()), *polled.values()):
+            for record in records:
+                partition, offset = record_key(record)
+                if offset < owed.get(partition, -1):
+                    owed[partition] = offset
+        for partition, offset in list(owed.items()):
+            first_held = self.held.first_held(partition)
+            if first_held is not None and first_held < offset:
+                owed[partition] = first_held
+        owed = {partition: o for partition, o in owed.items() if o >= self._committed_async.get(partition, -1)}
+        self._commit(owed, wait=self._window is None)
+
+    def _position_unreadable(self, partition: TopicPartition, error: BaseException) -> None:
+        """Log, once a loop, that a commit waits for a position that cannot be told (then at debug level)."""
+        level = log.debug if self._position_unreadable_logged else log.warning
+        self._position_unreadable_logged = True
+        level(
+            "commit deferred: the partition's position cannot be told",
+            service=self.service,
+            partition=str(partition),
+            error=f"{type(error).__name__}: {error}",
+        )
+
     def _commit_answered(self, offsets: dict[TopicPartition, Any], answer: Any) -> None:
-        """A commit sent without waiting was answered: a refusal is counted and logged as :meth:`_commit` does
-        (a later commit of the partitions covers it; their records may be redelivered meanwhile)."""
-        if isinstance(answer, Exception):
-            self._commit_refused(answer, len(offsets))
+        """A commit sent without waiting was answered (kafka-python calls this at a later poll or commit): a refusal is
+        counted and logged as :meth:`_commit` does, and its offsets are owed, committed at a later turn
+        (:meth:`_commit_deferred`), for each partition whose last commit sent is this one (a later one covers it; one
+        revoked since is its next owner's, or committed as the rebalance ends). Else a partition that goes idle (no
+        later round commits it) keeps its records uncommitted until the consumer closes: its lag above 0, and they are
+        handled again after a crash. A commit refused again (the coordinator still away) is owed again."""
+        if not isinstance(answer, Exception):
+            return
+        self._commit_refused(answer, len(offsets))
+        for partition, meta in offsets.items():
+            if self._committed_async.get(partition) == meta.offset:
+                self._commit_later[partition] = max(meta.offset, self._commit_later.get(partition, meta.offset))
 
     def _confirm_commits(self) -> None:
         """Commit again, waiting, the offsets committed without waiting (the consumer closes after this: a commit

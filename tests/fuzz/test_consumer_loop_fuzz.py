@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -64,10 +65,24 @@ class Consumer:
         for record in records:
             self.polled.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
         self.committed: dict[TopicPartition, int] = {}
+        self.positions: dict[TopicPartition, int] = {}
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
         polled, self.polled = self.polled, {}
+        for partition, records in polled.items():
+            self.positions[partition] = records[-1].offset + 1
         return polled
+
+    @property
+    def _subscription(self) -> SimpleNamespace:
+        """kafka-python's subscription state, as far as the loop reads it: a partition's next fetch, past its records
+        polled (none before: read from the committed offset)."""
+
+        def position(partition: TopicPartition) -> SimpleNamespace | None:
+            at = self.positions.get(partition)
+            return None if at is None else SimpleNamespace(offset=at)
+
+        return SimpleNamespace(position=position)
 
     def commit(self, offsets: dict[TopicPartition, Any]) -> None:
         self.committed.update({partition: meta.offset for partition, meta in offsets.items()})
