@@ -274,3 +274,29 @@ def test_closing_the_pages_waits_for_the_pages_being_read_ahead(gated_store):
         pages.close()
         opener.join(10)
     assert engine.pool.checkedout() == 0
+
+
+def test_a_query_whose_keys_cost_as_much_as_its_members_is_read_one_page_at_a_time(gated_store, monkeypatch):
+    """Finding where each page ends would cost the store about as much again as the pages: after a few pages the
+    reader stops reading ahead; a query whose keys are cheap (a costly column only the pages compute) keeps on."""
+    engine, _ = gated_store
+    found_ends = MemberReader._page_ends
+    ends_read = []
+
+    def counted(self: MemberReader, *args: Any) -> Any:
+        find = found_ends(self, *args)
+        return lambda after: ends_read.append(after) or find(after)
+
+    monkeypatch.setattr(MemberReader, "_page_ends", counted)
+    # 20 pages of 30 members: the reader judges from the 8th page on.
+    costly = "SELECT id, email FROM members WHERE id <= 600 AND length(repeat(md5(email), 2000)) > 0"
+    cheap = "SELECT id, length(repeat(md5(email), 20000)) AS weight FROM members WHERE id <= 600"
+    for sql, fewest, most in ((costly, 0, 12), (cheap, 19, 21)):
+        ends_read.clear()
+        query = SavedQuery(name="q", sql=sql)
+        with MemberReader(engine, timeout_seconds=30).member_pages(query, page_size=30) as pages:
+            read = list(pages)
+        assert [json.loads(m)["id"] for page in read if isinstance(page, JsonPage) for m in page.members] == list(
+            range(1, 601)
+        )
+        assert fewest <= len(ends_read) <= most, sql
