@@ -281,11 +281,16 @@ def test_a_query_whose_keys_cost_as_much_as_its_members_is_read_one_page_at_a_ti
     reader stops reading ahead; a query whose keys are cheap (a costly column only the pages compute) keeps on."""
     engine, _ = gated_store
     found_ends = MemberReader._page_ends
-    ends_read = []
+    ends_read: list[Any] = []
 
     def counted(self: MemberReader, *args: Any) -> Any:
         find = found_ends(self, *args)
-        return lambda after: ends_read.append(after) or find(after)
+
+        def end(after: Any) -> Any:
+            ends_read.append(after)
+            return find(after)
+
+        return end
 
     monkeypatch.setattr(MemberReader, "_page_ends", counted)
     # 20 pages of 30 members: the reader judges from the 8th page on.
