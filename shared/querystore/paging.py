@@ -137,20 +137,27 @@ def member_count(query_sql: str, key_column: str, window: Window | None = None) 
     return select(func.count()).select_from(q).where(*_window_conditions(q, window))
 
 
-def key_page(query_sql: str, key_column: str, *, first: bool, window: Window | None = None) -> Select[Any]:
+def key_page(
+    query_sql: str, key_column: str, *, first: bool, window: Window | None = None, bounded: bool = False
+) -> Select[Any]:
     """The keys of :func:`keyset_page`'s page, and nothing else (the database reads no other column where it can
-    leave them out). Bind ``LIMIT`` (and ``LAST_KEY`` after the first page)."""
+    leave them out). Bind ``LIMIT`` (and ``LAST_KEY`` after the first page, ``UPPER`` when ``bounded``)."""
     q = saved_query(query_sql, key_column, *([window.column] if window else []))
-    return _keyset(select(q.c[key_column]).select_from(q), q, key_column, first=first, window=window)
+    return _keyset(select(q.c[key_column]).select_from(q), q, key_column, first=first, window=window, bounded=bounded)
 
 
-def key_after(query_sql: str, key_column: str, *, first: bool, window: Window | None = None) -> Select[Any]:
+def key_after(
+    query_sql: str, key_column: str, *, first: bool, window: Window | None = None, bounded: bool = False
+) -> Select[Any]:
     """The key ``:_export_offset`` keys after ``:_export_last_key`` (after none on the ``first``), in key order:
-    where a run's key ranges end, found one after the other (each key read once, no window function).
+    where a run's key ranges end, found one after the other (each key read once, no window function), and where
+    a page ends, found ahead of reading it.
 
-    Planning only: pages never use OFFSET. Bind ``LIMIT`` to 1.
+    Never a page's own statement: pages never use OFFSET. Bind ``LIMIT`` to 1.
     """
-    return key_page(query_sql, key_column, first=first, window=window).offset(bindparam(OFFSET, type_=Integer))
+    return key_page(query_sql, key_column, first=first, window=window, bounded=bounded).offset(
+        bindparam(OFFSET, type_=Integer)
+    )
 
 
 def columns_probe(query_sql: str) -> Select[Any]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +46,18 @@ from shared.querystore.statement_cache import StatementCache
 
 _MARKER = ROW_PATH_MARKER_JSON
 _SEPARATOR = MEMBER_SEPARATOR.encode()
+
+#: Page queries a PostgreSQL member store runs at once for one run's pages written as JSON, each on a connection of
+#: its own: the server writes the members' JSON (the run's critical path) on a second core when one is idle.
+POSTGRESQL_PAGES_IN_FLIGHT = 2
+
+#: Reading pages ahead stops for the rest of a run when finding where a page ends (a read of the saved query's keys
+#: alone) takes longer than this share of reading a page, on average: a query whose keys cost about as much as its
+#: members (the bench's ends take about a sixth). Judged from :data:`PAGE_ENDS_JUDGED_FROM` pages on, leaving out
+#: the first :data:`PAGE_ENDS_WARM_UP` reads of each kind (they open the connections).
+PAGE_ENDS_SHARE = 0.5
+PAGE_ENDS_JUDGED_FROM = 8
+PAGE_ENDS_WARM_UP = 2
 
 #: The longest a query page may run when the reader is given no limit (the extractor's default); a saved
 #: query's ``timeout_seconds`` can only shorten it.
@@ -114,7 +128,9 @@ class MemberPages(Iterator[Page | JsonPage]):
 
     The pages are read ahead on a thread of their own: the database works on the next page while the
     caller encodes, sends and checkpoints this one (SQLite and the PostgreSQL driver's waits let go of
-    the GIL). ``read_seconds`` is how long the last page's query took; :meth:`close` stops reading.
+    the GIL); on PostgreSQL, JSON pages are read two at once (see :meth:`MemberReader.member_pages`).
+    ``read_seconds`` is how long the caller's wait for the last page took (with one read at a time, its
+    query's time); :meth:`close` stops reading.
     """
 
     def __init__(
@@ -172,6 +188,11 @@ class _ReadAhead(Iterator[tuple[Page | JsonPage, float]]):
                 self._put(("page", page, time.perf_counter() - started))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
             self._put(("error", exc, 0.0))
+        finally:
+            # Stopped early: the pages' own reads under way (reads ahead) end before close() returns.
+            close = getattr(self._pages, "close", None)
+            if close is not None:
+                close()
 
     def _put(self, item: tuple[str, Any, float]) -> None:
         while not self._stopping.is_set():
@@ -243,9 +264,19 @@ class MemberReader:
     store's dialect reads it, before it runs (it may have been saved by an older release).
     """
 
-    def __init__(self, engine: Engine, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        pages_in_flight: int | None = None,
+    ) -> None:
         self.engine = engine
         self.timeout_seconds = timeout_seconds
+        #: JSON page queries run at once for one run (None: :data:`POSTGRESQL_PAGES_IN_FLIGHT` on PostgreSQL,
+        #: else 1). SQLite's pages are written in this process, on the cores the extractor uses itself.
+        default = POSTGRESQL_PAGES_IN_FLIGHT if engine.dialect.name == "postgresql" else 1
+        self.pages_in_flight = max(1, pages_in_flight or default)
         self._parser_dialect = _PARSER_DIALECTS.get(engine.dialect.name)
         self._has_sqlite_math: bool | None = None
         #: The statements built around saved queries, compiled for this engine (see statement_cache).
@@ -334,7 +365,10 @@ class MemberReader:
         )
         if member.member is None:
             return MemberPages(self._pages(query, rows, None, base, after, page_size), json=False, reason=member.reason)
-        pages = self._pages(query, rows, json_statements, base, after, page_size, check_utf8=member.check_utf8)
+        page_ends = self._page_ends(query, sql, window, bounded, base, page_size) if self.pages_in_flight > 1 else None
+        pages = self._pages(
+            query, rows, json_statements, base, after, page_size, check_utf8=member.check_utf8, page_ends=page_ends
+        )
 
         def as_rows(page: JsonPage) -> Page | None:
             return self._row_page(query, rows[page.after is None], base | {LIMIT: len(page)}, page.after)
@@ -465,20 +499,110 @@ class MemberReader:
         page_size: int,
         *,
         check_utf8: bool = False,
+        page_ends: Callable[[Any], Any] | None = None,
     ) -> Iterator[Page | JsonPage]:
-        last_key = after
-        while True:
+        def read(last_key: Any) -> Page | JsonPage | None:
             page: Page | JsonPage | None = None
             if members is not None:
                 page = self._json_page(query, members[last_key is None], base, last_key, check_utf8)
             if page is None:
                 page = self._row_page(query, rows[last_key is None], base, last_key)
+            return page
+
+        if page_ends is not None:
+            yield from self._pages_in_flight(read, page_ends, after, page_size)
+            return
+        last_key = after
+        while True:
+            page = read(last_key)
             if page is None or not len(page):
                 return
             last_key = page.last_key
             yield page
             if len(page) < page_size:
                 return
+
+    def _pages_in_flight(
+        self,
+        read: Callable[[Any], Page | JsonPage | None],
+        page_ends: Callable[[Any], Any],
+        after: Any,
+        page_size: int,
+    ) -> Iterator[Page | JsonPage]:
+        """The pages :meth:`_pages` reads one after the other, up to :attr:`pages_in_flight` of them read at once.
+
+        A page's read starts once the previous page's end is known: ``page_ends`` finds it (the key
+        ``page_size`` keys on, a read of the saved query's keys alone) while the previous page is being read.
+        A page that does not end on the key found for it (members added or removed since) drops the reads
+        ahead of it and paging goes on after its own last key, so the pages are those read one after the
+        other. Once finding the ends costs more than :data:`PAGE_ENDS_SHARE` of reading the pages, the rest
+        are read one at a time.
+        """
+
+        def timed(last_key: Any) -> tuple[Page | JsonPage | None, float]:
+            started = time.perf_counter()
+            page = read(last_key)
+            return page, time.perf_counter() - started
+
+        ahead, ends, pages = True, _Seconds(), _Seconds()
+        reads: deque[tuple[Any, Future[tuple[Page | JsonPage | None, float]]]] = deque()
+        known, start = True, after  # whether the next read's start is known, and that start
+        with ThreadPoolExecutor(self.pages_in_flight, thread_name_prefix="member-page") as pool:
+            try:
+                while True:
+                    while known and len(reads) < (self.pages_in_flight if ahead else 1):
+                        reads.append((start, pool.submit(timed, start)))
+                        known = False
+                        if ahead:
+                            started = time.perf_counter()
+                            end = page_ends(start)
+                            ends.add(time.perf_counter() - started)
+                            known, start = end is not None, end
+                    page, seconds = reads.popleft()[1].result()
+                    pages.add(seconds)
+                    if page is None or not len(page):
+                        return
+                    yield page
+                    if len(page) < page_size:
+                        return
+                    if ahead and pages.count >= PAGE_ENDS_JUDGED_FROM and ends.mean > PAGE_ENDS_SHARE * pages.mean:
+                        ahead = False
+                    following = reads[0][0] if reads else start
+                    if not (reads or known) or following != page.last_key:
+                        for _, dropped in reads:
+                            dropped.cancel()
+                        reads.clear()
+                        known, start = True, page.last_key
+            finally:
+                for _, dropped in reads:
+                    dropped.cancel()  # a read under way ends before the pool's threads do
+
+    def _page_ends(
+        self, query: SavedQuery, sql: str, window: Window | None, bounded: bool, base: dict[str, Any], page_size: int
+    ) -> Callable[[Any], Any]:
+        """Where the page after a key ends (the key ``page_size`` keys on), or None: fewer keys left, or the read
+        failed (the page's own read then fails as it always did)."""
+        statements: dict[bool, _DriverStatement] = self._statements.get(
+            ("ends", sql, query.key_column, _window_key(window), bounded),
+            lambda: {
+                first: _DriverStatement(
+                    self.engine, key_after(sql, query.key_column, first=first, window=window, bounded=bounded)
+                )
+                for first in (True, False)
+            },
+        )
+        values = base | {LIMIT: 1, OFFSET: page_size - 1}
+
+        def page_end(after: Any) -> Any:
+            try:
+                with self._cursor(query) as cursor:
+                    statements[after is None].execute(cursor, self._values(values, after))
+                    row = cursor.fetchone()
+            except QueryError:
+                return None
+            return None if row is None else jsonable(row[0])
+
+        return page_end
 
     def _values(self, base: dict[str, Any], last_key: Any) -> dict[str, Any]:
         return base if last_key is None else base | {LAST_KEY: last_key}
@@ -611,6 +735,22 @@ class MemberReader:
                 connection.exec_driver_sql("PRAGMA query_only = OFF")
         else:
             yield
+
+
+class _Seconds:
+    """The mean of durations, leaving out the first :data:`PAGE_ENDS_WARM_UP`; ``count`` counts them all."""
+
+    def __init__(self) -> None:
+        self.count, self._total = 0, 0.0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        if self.count > PAGE_ENDS_WARM_UP:
+            self._total += seconds
+
+    @property
+    def mean(self) -> float:
+        return self._total / max(1, self.count - PAGE_ENDS_WARM_UP)
 
 
 def _window_key(window: Window | None) -> tuple[str, bool] | None:

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
 
+from devtools.processes import wait_until
 from shared.catalog import make_engine
 from shared.domain.catalog_objects import SavedQuery
 from shared.querystore import JsonPage, MemberReader, Page, QueryError, QueryTimeout
@@ -176,3 +177,131 @@ def test_closing_the_pages_waits_for_the_page_being_read_so_its_connection_is_ch
     checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
     engine.dispose()
     assert checked_out == 0
+
+
+# --- PostgreSQL: two JSON pages read at once --------------------------------------------------------------------
+
+#: Waits at every member after the first 500 until the test's session lets go of advisory lock 4711. Declared
+#: immutable, so a read of the query's keys alone (where a page ends) never calls it; only the pages do.
+GATE = """
+CREATE FUNCTION gate(k integer) RETURNS integer IMMUTABLE LANGUAGE plpgsql AS $$
+BEGIN
+    IF k > 500 THEN PERFORM pg_advisory_xact_lock_shared(4711); END IF;
+    RETURN k;
+END $$
+"""
+GATED = SavedQuery(name="gated", sql="SELECT id, email, gate(id) AS gated FROM members")
+
+
+@pytest.fixture
+def gated_store(postgres_database_factory) -> Iterator[Any]:
+    """A PostgreSQL store of 2,345 members with :data:`GATE`, and a connection (of an engine of its own) holding the
+    gate shut."""
+    url = postgres_database_factory()
+    engine, keeper = make_engine(url), make_engine(url, isolation_level="AUTOCOMMIT")
+    create_demo_members(engine, 2_345)
+    with engine.begin() as connection:
+        connection.execute(text(GATE))
+    with keeper.connect() as gatekeeper:
+        gatekeeper.execute(text("SELECT pg_advisory_lock(4711)"))
+        yield engine, gatekeeper
+    engine.dispose()
+    keeper.dispose()
+
+
+def _pages_at_the_gate(gatekeeper: Any) -> int:
+    """The page queries (not reads of keys alone) waiting at the gate."""
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' AND query LIKE '%string_agg%'"
+    return int(gatekeeper.execute(text(waiting)).scalar())
+
+
+def test_on_postgresql_the_next_two_pages_are_read_at_once_and_come_in_key_order(gated_store):
+    engine, gatekeeper = gated_store
+    reader = MemberReader(engine, timeout_seconds=30)
+    with reader.member_pages(GATED, page_size=500) as pages:
+        first = next(pages)
+        try:
+            # Pages 2 and 3 both wait at the gate: two queries of the run's at once (before: one after the other).
+            wait_until(lambda: _pages_at_the_gate(gatekeeper) == 2, timeout=5, what="two page queries at once")
+        finally:
+            gatekeeper.execute(text("SELECT pg_advisory_unlock(4711)"))
+        read = [first, *pages]
+    assert all(isinstance(page, JsonPage) for page in read)
+    assert [len(page) for page in read] == [500, 500, 500, 500, 345]
+    assert [json.loads(m)["id"] for page in read if isinstance(page, JsonPage) for m in page.members] == list(
+        range(1, 2_346)
+    )
+    assert [page.last_key for page in read] == [500, 1_000, 1_500, 2_000, 2_345]
+
+
+def test_pages_found_ahead_to_end_elsewhere_are_read_after_their_own_last_key(gated_store, monkeypatch):
+    """Members added or removed between finding where a page ends and reading the page: the pages are the ones
+    read one after the other (here the ends found ahead are off, as they would be then)."""
+    engine, gatekeeper = gated_store
+    gatekeeper.execute(text("SELECT pg_advisory_unlock(4711)"))
+    found_ends = MemberReader._page_ends
+    wrong = iter([lambda key: key - 1, lambda key: None, lambda key: key + 2])
+
+    def ends_off(self: MemberReader, *args: Any) -> Any:
+        find = found_ends(self, *args)
+        return lambda after: next(wrong, lambda key: key)(find(after))
+
+    monkeypatch.setattr(MemberReader, "_page_ends", ends_off)
+    with MemberReader(engine, timeout_seconds=30).member_pages(GATED, page_size=500) as pages:
+        read = list(pages)
+    assert [len(page) for page in read] == [500, 500, 500, 500, 345]
+    assert [json.loads(m)["id"] for page in read if isinstance(page, JsonPage) for m in page.members] == list(
+        range(1, 2_346)
+    )
+
+
+def test_closing_the_pages_waits_for_the_pages_being_read_ahead(gated_store):
+    """A run stopped while two pages are read ahead: once ``close()`` returns, both reads' connections are back in
+    the engine's pool."""
+    engine, gatekeeper = gated_store
+    pages = MemberReader(engine, timeout_seconds=30).member_pages(GATED, page_size=500)
+
+    def open_the_gate_once_asked_to_stop() -> None:  # the reads end a moment after the run asks to stop
+        pages._ahead._stopping.wait(30)
+        gatekeeper.execute(text("SELECT pg_advisory_unlock(4711)"))
+
+    opener = threading.Thread(target=open_the_gate_once_asked_to_stop)
+    opener.start()
+    try:
+        assert len(next(pages)) == 500
+        wait_until(lambda: _pages_at_the_gate(gatekeeper) == 2, timeout=5, what="two page queries at once")
+    finally:
+        pages.close()
+        opener.join(10)
+    assert engine.pool.checkedout() == 0
+
+
+def test_a_query_whose_keys_cost_as_much_as_its_members_is_read_one_page_at_a_time(gated_store, monkeypatch):
+    """Finding where each page ends would cost the store about as much again as the pages: after a few pages the
+    reader stops reading ahead; a query whose keys are cheap (a costly column only the pages compute) keeps on."""
+    engine, _ = gated_store
+    found_ends = MemberReader._page_ends
+    ends_read: list[Any] = []
+
+    def counted(self: MemberReader, *args: Any) -> Any:
+        find = found_ends(self, *args)
+
+        def end(after: Any) -> Any:
+            ends_read.append(after)
+            return find(after)
+
+        return end
+
+    monkeypatch.setattr(MemberReader, "_page_ends", counted)
+    # 20 pages of 30 members: the reader judges from the 8th page on.
+    costly = "SELECT id, email FROM members WHERE id <= 600 AND length(repeat(md5(email), 2000)) > 0"
+    cheap = "SELECT id, length(repeat(md5(email), 20000)) AS weight FROM members WHERE id <= 600"
+    for sql, fewest, most in ((costly, 0, 12), (cheap, 19, 21)):
+        ends_read.clear()
+        query = SavedQuery(name="q", sql=sql)
+        with MemberReader(engine, timeout_seconds=30).member_pages(query, page_size=30) as pages:
+            read = list(pages)
+        assert [json.loads(m)["id"] for page in read if isinstance(page, JsonPage) for m in page.members] == list(
+            range(1, 601)
+        )
+        assert fewest <= len(ends_read) <= most, sql
