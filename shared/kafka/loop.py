@@ -671,6 +671,9 @@ class ConsumerLoop(Generic[E]):
                 assigned=self._assigned,
             )
             consumer.subscribe(topics=sorted(subscribed), listener=listener)
+        #: Whether this loop hears of rebalances (:meth:`_revoked`, :meth:`_assigned`): only then is a commit refused
+        #: while waiting owed (its partition may have moved; the listener moves what is owed of it aside).
+        self._listening = handle_round is not None and bool(subscribed)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT finish the record in hand, commit, and stop the loop."""
@@ -713,7 +716,7 @@ class ConsumerLoop(Generic[E]):
                 if len(self._window):
                     self.stopping.set()  # the handler abandons what it still has (their records are read again)
                 self._window.close()
-                self._confirm_commits()
+            self._confirm_commits()
             self._lag.clear()
             self.consumer.close()
             # Rounds settled waited for their records: only an error ending the loop leaves some (not committed:
@@ -851,6 +854,7 @@ class ConsumerLoop(Generic[E]):
 
     def _poll_round(self) -> int:
         polled, due = self._poll(self.poll_timeout_ms)
+        self._commit_given_back()
         self._commit_deferred(polled)
         if self.handle_round is not None:
             return self._process_round(polled, self.handle_round, due)
@@ -965,11 +969,7 @@ class ConsumerLoop(Generic[E]):
         # While a round is in flight, poll briefly: a round done meanwhile moves on at the next turn.
         timeout_ms = min(self.poll_timeout_ms, IN_FLIGHT_POLL_MS) if len(window) else self.poll_timeout_ms
         polled, due = self._poll(timeout_ms)
-        if self._commit_again:  # partitions a rebalance during that poll gave back (sent in the new generation)
-            # Each offset was capped at the records held when it was settled, and at the position kept, which is
-            # before any record held since (read from there).
-            again, self._commit_again = self._commit_again, {}
-            self._commit(again, wait=False)
+        self._commit_given_back()
         self._commit_deferred(polled)
         pending = self._start_round(polled, due)
         if pending is None:
@@ -993,6 +993,14 @@ class ConsumerLoop(Generic[E]):
             if is_fatal(exc):
                 raise
             log.info("records handed back as the loop stops", service=self.service, error=describe(exc))
+
+    def _commit_given_back(self) -> None:
+        """Commit, without waiting, what is owed of the partitions a rebalance during the last poll gave back (sent in
+        the new generation). Each offset was capped at the records held when it was settled, and at the position
+        kept, which is before any record held since (read from there)."""
+        if self._commit_again:
+            again, self._commit_again = self._commit_again, {}
+            self._commit(again, wait=False)
 
     def _revoked(self, partitions: set[TopicPartition]) -> None:
         """Partitions revoked during a poll: the rounds in flight commit nothing of them (a rebalance), unless the
@@ -1576,6 +1584,18 @@ class ConsumerLoop(Generic[E]):
             if is_fatal(exc) or not isinstance(exc, KafkaError):
                 raise
             self._commit_refused(exc, len(next_offsets))
+            if self._listening:  # owed: sent again at a later turn while its partition is still this consumer's
+                for partition, offset in next_offsets.items():
+                    self._commit_later[partition] = max(offset, self._commit_later.get(partition, offset))
+            return
+        for partition, offset in next_offsets.items():
+            # Covered by this commit: an offset owed, or one a refusal called back as this commit was sent made owed
+            # (kafka-python runs the callbacks of earlier commits first).
+            if self._commit_later.get(partition, offset) <= offset:
+                self._commit_later.pop(partition, None)
+            if wait and self._committed_async.get(partition, offset) <= offset:
+                # Made: a refusal of an earlier commit sent without waiting, answered later, owes nothing.
+                self._committed_async.pop(partition, None)
 
     def _no_further_than_read(self, next_offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Each partition's offset, no further than the consumer's next fetch of it: the records from there on are
@@ -1629,7 +1649,9 @@ class ConsumerLoop(Generic[E]):
             if first_held is not None and first_held < offset:
                 owed[partition] = first_held
         owed = {partition: o for partition, o in owed.items() if o >= self._committed_async.get(partition, -1)}
-        self._commit(owed, wait=self._window is None)
+        # Without waiting, one round at a time too: a coordinator still away must not hold the loop in a commit at
+        # every turn. A refusal makes it owed again (:meth:`_commit_answered`); the close confirms it.
+        self._commit(owed, wait=False)
 
     def _position_unreadable(self, partition: TopicPartition, error: BaseException) -> None:
         """Log, once a loop, that a commit waits for a position that cannot be told (then at debug level)."""
@@ -1652,13 +1674,20 @@ class ConsumerLoop(Generic[E]):
         if not isinstance(answer, Exception):
             return
         self._commit_refused(answer, len(offsets))
+        if is_fatal(answer):  # no later turn cures it (an authorization refused): counted and logged once, not owed
+            return
         for partition, meta in offsets.items():
             if self._committed_async.get(partition) == meta.offset:
                 self._commit_later[partition] = max(meta.offset, self._commit_later.get(partition, meta.offset))
 
     def _confirm_commits(self) -> None:
         """Commit again, waiting, the offsets committed without waiting (the consumer closes after this: a commit
-        still in flight would be lost with it). Never raises an ``Exception``: the records are redelivered."""
+        still in flight would be lost with it), and what is owed whose position is known now (:meth:`_commit_deferred`).
+        Never raises an ``Exception``: the records are redelivered."""
+        try:
+            self._commit_deferred({})
+        except Exception as exc:  # noqa: BLE001 - closing: what is not committed is read again
+            log.warning("last commit not made", service=self.service, error=f"{type(exc).__name__}: {exc}")
         offsets, self._committed_async = self._committed_async, {}
         try:
             self._commit(offsets)
