@@ -36,7 +36,11 @@ def main(now: Callable[[], datetime] | None = None) -> None:
     health = start_service(settings, SERVICE)
     start_times = StartTimes(max_wait=timedelta(seconds=settings.extractor_max_start_wait_seconds), now=now or utc_now)
     stores = CatalogStores.from_url(settings.catalog_url)
-    reader = MemberReader.from_url(settings.query_store_url, timeout_seconds=settings.extractor_query_timeout_seconds)
+    reader = MemberReader.from_url(
+        settings.query_store_url,
+        timeout_seconds=settings.extractor_query_timeout_seconds,
+        pages_in_flight=settings.extractor_pages_in_flight,
+    )
     loop = build_loop(
         settings,
         service=SERVICE,

@@ -80,7 +80,8 @@ RUNS_FAILED = Counter(
 RUNS_SPLIT = Counter("member_export_extractor_runs_split_total", "Runs split into key ranges for several replicas.")
 QUERY_SECONDS = Histogram(
     "member_export_extractor_query_duration_seconds",
-    "Time the query store took to return one page (or a watermark).",
+    "Time the query store took to return one page (or a watermark); with PostgreSQL pages read at once "
+    "(EXPORT_EXTRACTOR_PAGES_IN_FLIGHT), the extractor's wait for the next page.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 ACTIVE_RUNS = Gauge("member_export_extractor_runs_active", "Runs (or key ranges of split runs) being extracted now.")

@@ -16,6 +16,14 @@ class ExtractorSettings(CommonSettings):
     extractor_page_size: int = Field(
         default=5_000, ge=1, description="Members read per query page (rounded up to whole batches)."
     )
+    extractor_pages_in_flight: int = Field(
+        default=2,
+        ge=1,
+        le=4,
+        description="On a PostgreSQL member store, query pages of a run read at once (each on a connection of its "
+        "own, plus one for finding where the next page starts): the server writes the members' JSON on more cores; "
+        "1 reads one page at a time. A run then holds up to this many + 1 of the store's connections.",
+    )
     extractor_max_record_bytes: int = Field(
         default=900_000,
         ge=10_000,

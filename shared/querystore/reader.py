@@ -275,17 +275,21 @@ class MemberReader:
         self.timeout_seconds = timeout_seconds
         #: JSON page queries run at once for one run (None: :data:`POSTGRESQL_PAGES_IN_FLIGHT` on PostgreSQL,
         #: else 1). SQLite's pages are written in this process, on the cores the extractor uses itself.
-        default = POSTGRESQL_PAGES_IN_FLIGHT if engine.dialect.name == "postgresql" else 1
-        self.pages_in_flight = max(1, pages_in_flight or default)
+        if pages_in_flight is not None and pages_in_flight < 1:
+            raise ValueError(f"pages_in_flight must be 1 or more, not {pages_in_flight}")
+        postgresql = engine.dialect.name == "postgresql"
+        self.pages_in_flight = (pages_in_flight or POSTGRESQL_PAGES_IN_FLIGHT) if postgresql else 1
         self._parser_dialect = _PARSER_DIALECTS.get(engine.dialect.name)
         self._has_sqlite_math: bool | None = None
         #: The statements built around saved queries, compiled for this engine (see statement_cache).
         self._statements: StatementCache[Any] = StatementCache()
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> MemberReader:
+    def from_url(
+        cls, url: str, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, pages_in_flight: int | None = None
+    ) -> MemberReader:
         """A reader of the query store at ``url`` (any SQLAlchemy URL)."""
-        return cls(make_engine(url), timeout_seconds=timeout_seconds)
+        return cls(make_engine(url), timeout_seconds=timeout_seconds, pages_in_flight=pages_in_flight)
 
     def close(self) -> None:
         """Close the query store's connections."""
@@ -585,8 +589,12 @@ class MemberReader:
         statements: dict[bool, _DriverStatement] = self._statements.get(
             ("ends", sql, query.key_column, _window_key(window), bounded),
             lambda: {
+                # Binary, as the JSON page's last key is read: a `real` key read as text (49.9) never equals the
+                # page's (49.900001525878906), and every page read ahead would be dropped and read again.
                 first: _DriverStatement(
-                    self.engine, key_after(sql, query.key_column, first=first, window=window, bounded=bounded)
+                    self.engine,
+                    key_after(sql, query.key_column, first=first, window=window, bounded=bounded),
+                    binary=True,
                 )
                 for first in (True, False)
             },
