@@ -22,6 +22,9 @@ from devtools.prerequisites import postgres_bin_dir
 from devtools.processes import Managed, free_port
 
 SUPERUSER = "postgres"
+#: Starts tried when the port picked was taken meanwhile, and how much of the log an error keeps.
+START_ATTEMPTS = 3
+LOG_TAIL_CHARACTERS = 2_000
 
 
 def _run_as() -> list[str]:
@@ -40,6 +43,9 @@ class LocalPostgres(Managed):
     def __init__(self, work_dir: Path | None = None, port: int | None = None) -> None:
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="pg-"))
         self.temporary_dir = None if work_dir else self.work_dir
+        #: A port of the caller's is kept; one picked here may be taken before the server binds it (another
+        #: process's outgoing connection, in the ephemeral range), and is picked again (see :meth:`start`).
+        self._port_given = port is not None
         self.port = port or free_port()
         self.bin = postgres_bin_dir()
         self.prefix = _run_as()
@@ -73,6 +79,18 @@ class LocalPostgres(Managed):
                 "-E",
                 "UTF8",
             )
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._start_server()
+                return self
+            except subprocess.CalledProcessError as exc:
+                log = self._log_tail()
+                if self._port_given or attempt == START_ATTEMPTS or "already in use" not in log:
+                    raise RuntimeError(f"PostgreSQL did not start on 127.0.0.1:{self.port}: {log}") from exc
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start_server(self) -> None:
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.work_dir} -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
@@ -90,7 +108,14 @@ class LocalPostgres(Managed):
             "60",
             "start",
         )
-        return self
+
+    def _log_tail(self) -> str:
+        """The end of the server's log (why it did not start), kept in the error: the directory holding the log
+        may be removed as the server is left."""
+        try:
+            return (self.work_dir / "postgres.log").read_text(errors="replace")[-LOG_TAIL_CHARACTERS:].strip()
+        except OSError as exc:
+            return f"(no log: {exc})"
 
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():
