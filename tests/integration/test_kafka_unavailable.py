@@ -26,6 +26,7 @@ from typing import TypeVar
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from kafka.errors import MetadataEmptyBrokerList
 from structlog.testing import capture_logs
 
 from devtools.kafka_broker import LocalKafka
@@ -74,8 +75,19 @@ def _queued(detail: str, outcome: str = UNKNOWN) -> uuid.UUID:
 
 
 def _requests_for(settings: CommonSettings, run_id: uuid.UUID) -> int:
-    """How many run requests for ``run_id`` the topic holds now (read to its end offsets)."""
-    values = read_whole_topic(settings, settings.topics.run_requests)
+    """How many run requests for ``run_id`` the topic holds now (read to its end offsets). A broker just thawed
+    answers metadata listing no broker until it has registered with its controller again (KRaft fenced it while it
+    was stopped): read once it lists itself (two fresh-clone CI runs of session 47 read in that window)."""
+    values: list[bytes] = []
+
+    def read() -> bool:
+        try:
+            values[:] = read_whole_topic(settings, settings.topics.run_requests)
+        except MetadataEmptyBrokerList:
+            return False
+        return True
+
+    wait_until(read, timeout=60, interval=0.5, what="the thawed broker listing itself in its metadata")
     return sum(RunRequested.model_validate_json(v).run_id == run_id for v in values)
 
 
