@@ -1,15 +1,17 @@
 """Members read by key: the saved query's rows whose key is one of some keys (refused members sent again).
 
 Keys come as text (as batch outcomes name them, ``shared.member_keys``); they are bound as the key column's
-own type, learnt from the query's first key (an integer, decimal, timestamp, date or UUID key column is
-compared with values of its type, so its index serves and ``1042`` finds ``1042.00``), and as text compared
-with the key cast to text for any other type. Read in bounded chunks.
+own type, learnt from the query's first key (an integer, float, decimal, timestamp, date or UUID key column is
+compared with values of its type, so its index serves, ``1042`` finds ``1042.00`` and ``50.0`` a ``real`` 50,
+which PostgreSQL writes as ``50``), and as text compared with the key cast to text for any other type. Read in
+bounded chunks.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -18,14 +20,13 @@ from sqlalchemy import Select, String, bindparam, cast, literal_column, select
 
 from shared.domain.catalog_objects import SavedQuery
 from shared.domain.query_parameters import RESERVED_PREFIX
-from shared.json_values import jsonable
 from shared.querystore.paging import (
     Window,
     _window_conditions,
     saved_query,
     window_params,
 )
-from shared.querystore.reader import MemberReader, Page, QueryError, _DriverStatement
+from shared.querystore.reader import MemberReader, Page, QueryError, _DriverStatement, key_value
 
 #: Keys a statement binds at most (a last chunk is padded with its last key: one compiled statement).
 CHUNK = 500
@@ -88,7 +89,7 @@ def members_by_keys(
     if query.key_column not in columns:
         raise QueryError(f"query '{query.name}' does not return its key column '{query.key_column}'")
     index = columns.index(query.key_column)
-    return Page(columns, rows, jsonable(rows[-1][index]))
+    return Page(columns, rows, key_value(rows[-1][index]))
 
 
 def _parser(sample: Any) -> Callable[[str], Any] | None:
@@ -97,6 +98,8 @@ def _parser(sample: Any) -> Callable[[str], Any] | None:
         return None
     if isinstance(sample, int):
         return _as(int)
+    if isinstance(sample, float):
+        return _as(float)
     if isinstance(sample, decimal.Decimal):
         return _as(decimal.Decimal)
     if isinstance(sample, dt.datetime):
@@ -116,6 +119,8 @@ def _as(parse: Callable[[str], Any]) -> Callable[[str], Any]:
             value = parse(text)
         except (ValueError, ArithmeticError):
             return None
-        return None if isinstance(value, decimal.Decimal) and not value.is_finite() else value
+        if isinstance(value, decimal.Decimal) and not value.is_finite():
+            return None
+        return None if isinstance(value, float) and not math.isfinite(value) else value
 
     return parsed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import queue
 import threading
 import time
@@ -20,6 +21,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from shared.catalog.engine import make_engine
 from shared.domain.catalog_objects import SavedQuery
 from shared.domain.masking import Masking
+from shared.domain.query_parameters import RESERVED_PREFIX
 from shared.domain.query_sql import UnsafeSql, check_select
 from shared.errors import PermanentError
 from shared.json_values import jsonable
@@ -232,6 +234,13 @@ class _DriverStatement:
     """A statement compiled once to the driver's SQL and parameters, executed on the raw DB-API cursor.
 
     SQLAlchemy's result rows cost about a fifth of a page's read time; the driver's tuples do not.
+
+    On PostgreSQL a float bound to one of the extractor's own names (a key or watermark read back from the store:
+    the last key of a page, a range's upper key, a window's bounds, a member's key) goes as its text, of no type,
+    which the server reads as the compared column's own type. Bound as a float it would be a ``double precision``:
+    a ``real`` key read as 49.9 is then below the stored 49.900001525878906 (the next page repeated the member its
+    page ended on), and a ``numeric`` key is cast to ``double precision`` (its index read from its start at every
+    page rather than searched, its digits rounded).
     """
 
     def __init__(self, engine: Engine, statement: ClauseElement, *, binary: bool = False) -> None:
@@ -240,6 +249,7 @@ class _DriverStatement:
         self.sql = compiled.string
         self._compiled = compiled
         self._positional = engine.dialect.positional
+        self._floats_as_text = engine.dialect.name == "postgresql"
         #: psycopg: results in binary format (bytea as bytes as they are, no text decoding).
         self.binary = binary
 
@@ -251,6 +261,8 @@ class _DriverStatement:
 
     def params(self, values: Mapping[str, Any]) -> Any:
         params = self._compiled.construct_params(dict(values)) or {}
+        if self._floats_as_text:
+            params = {name: _column_typed(name, value) for name, value in params.items()}
         if self._positional:
             return tuple(params[name] for name in self._compiled.positiontup or [])
         return params
@@ -444,7 +456,7 @@ class MemberReader:
             yield keys
             if len(keys) < page_size:
                 return
-            last_key = jsonable(keys[-1])
+            last_key = key_value(keys[-1])
 
     def key_boundaries(
         self,
@@ -473,7 +485,7 @@ class MemberReader:
                 row = cursor.fetchone()
             if row is None:
                 break
-            last_key, previous_rank = jsonable(row[0]), rank
+            last_key, previous_rank = key_value(row[0]), rank
             keys.append(last_key)
         return keys
 
@@ -608,7 +620,7 @@ class MemberReader:
                     row = cursor.fetchone()
             except QueryError:
                 return None
-            return None if row is None else jsonable(row[0])
+            return None if row is None else key_value(row[0])
 
         return page_end
 
@@ -627,7 +639,7 @@ class MemberReader:
             return None
         if query.key_column not in columns:
             raise QueryError(f"query '{query.name}' does not return its key column '{query.key_column}'")
-        return Page(columns, rows, jsonable(rows[-1][columns.index(query.key_column)]))
+        return Page(columns, rows, key_value(rows[-1][columns.index(query.key_column)]))
 
     def _json_page(
         self, query: SavedQuery, statement: _DriverStatement, base: dict[str, Any], last_key: Any, check_utf8: bool
@@ -654,7 +666,7 @@ class MemberReader:
         members = joined.split(_SEPARATOR)
         if len(members) != count:
             return None  # not one object a member: never seen, but rows are always right
-        return JsonPage(members, last_key, jsonable(page_last_key))
+        return JsonPage(members, last_key, key_value(page_last_key))
 
     def _result_columns(self, query: SavedQuery, sql: str, parameters: Mapping[str, Any] | None) -> list[ResultColumn]:
         """The query's columns and the driver's type codes (runs it for no rows)."""
@@ -692,7 +704,7 @@ class MemberReader:
         with self._cursor(query) as cursor:
             cursor.execute(statement.sql, statement.params(values))
             row = cursor.fetchone()
-        return jsonable(row[0]) if row else None
+        return key_value(row[0]) if row else None
 
     @contextmanager
     def _cursor(self, query: SavedQuery) -> Iterator[Any]:
@@ -759,6 +771,26 @@ class _Seconds:
     @property
     def mean(self) -> float:
         return self._total / max(1, self.count - PAGE_ENDS_WARM_UP)
+
+
+def key_value(value: Any) -> Any:
+    """A key (or watermark) read from the store, as the JSON value a checkpoint keeps and the next page binds back
+    (:func:`~shared.json_values.jsonable`), save a decimal a float would round (more than 15 to 17 digits): its
+    exact text, which PostgreSQL reads back as the key column's ``numeric`` (a float gave a page after 1/7 with
+    20 digits starting at 1/7 again, or after the first of two keys a float cannot tell apart skipping the other)."""
+    if isinstance(value, decimal.Decimal) and value.is_finite() and value != value.to_integral_value():
+        rounded = float(value)
+        return rounded if decimal.Decimal(repr(rounded)) == value else str(value)
+    return jsonable(value)
+
+
+def _column_typed(name: str, value: Any) -> Any:
+    """A PostgreSQL bind value: a float of the extractor's own (``_export_`` names: keys and watermarks read back
+    from the store) as its shortest exact text, which the server reads as the type of the column it is compared
+    with; anything else (a saved query's own parameters) as it is."""
+    if isinstance(value, float) and name.startswith(RESERVED_PREFIX):
+        return repr(value)
+    return value
 
 
 def _window_key(window: Window | None) -> tuple[str, bool] | None:

@@ -13,8 +13,11 @@ from sqlalchemy import text
 from devtools.processes import wait_until
 from shared.catalog import make_engine
 from shared.domain.catalog_objects import SavedQuery
+from shared.member_keys import row_key
 from shared.querystore import JsonPage, MemberReader, Page, QueryError, QueryTimeout
 from shared.querystore.demo_data import create_demo_members
+from shared.querystore.keyed_reads import members_by_keys
+from shared.querystore.paging import Window
 from shared.querystore.reader import MemberPages
 
 pytestmark = pytest.mark.integration
@@ -374,3 +377,153 @@ def test_pages_in_flight_is_one_or_more_and_one_on_sqlite(postgres_database_fact
     finally:
         postgresql.dispose()
         sqlite.dispose()
+
+
+def _real_keys(database_url: str, count: int) -> Any:
+    """A store of ``count`` members keyed by a ``real`` (1/10 to count/10: 49.9 is stored as 49.900001525878906 on
+    PostgreSQL, where a float is a ``double precision``), each member's ``v`` its rank."""
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE r (k real PRIMARY KEY, v integer)"))
+        connection.execute(text("INSERT INTO r VALUES (:k, :v)"), [{"k": i / 10, "v": i} for i in range(1, count + 1)])
+    return engine
+
+
+REAL = SavedQuery(name="real", sql="SELECT k, v FROM r", key_column="k")
+
+
+def test_a_real_key_s_row_pages_hold_each_member_once_in_key_order(database_url: str):
+    # Before: a row page's last key read as text (49.9) went back as a double precision, below the stored
+    # 49.900001525878906, and the next page started with the member the page ended on (2,347 members for 2,345).
+    engine = _real_keys(database_url, 2_345)
+    reader = MemberReader(engine, timeout_seconds=30)
+    try:
+        pages = list(reader.pages(REAL, page_size=499))
+        with reader.member_pages(REAL, page_size=499, database_json=False) as member_pages:
+            rows = list(member_pages)
+        # A run resumed from its checkpoint (the page's last key, kept as JSON), and the key-only pass.
+        checkpoint = json.loads(json.dumps(pages[0].last_key))
+        resumed = [m["v"] for page in reader.pages(REAL, page_size=499, after=checkpoint) for m in page.members]
+        keys = [key for page in reader.key_pages(REAL, page_size=499) for key in page]
+    finally:
+        engine.dispose()
+    assert [m["v"] for page in pages for m in page.members] == list(range(1, 2_346))
+    assert [len(page) for page in pages] == [499, 499, 499, 499, 349]
+    assert [m["v"] for page in rows if isinstance(page, Page) for m in page.members] == list(range(1, 2_346))
+    assert resumed == list(range(500, 2_346))
+    assert len(keys) == len(set(keys)) == 2_345
+
+
+def test_a_real_key_s_ranges_split_at_their_keys_and_hold_each_member_once(database_url: str):
+    # Before: each range's upper key (read as text: 49.9) left its own member to the next range, and the keys at the
+    # ranks were found from the previous one's, off by one a range.
+    engine = _real_keys(database_url, 1_500)
+    reader = MemberReader(engine, timeout_seconds=30)
+    try:
+        lower, upper = reader.key_boundaries(REAL, [499, 998])
+        ranges = [(None, lower), (lower, upper), (upper, None)]
+        read = []
+        for after, until in ranges:
+            with reader.member_pages(REAL, page_size=97, after=after, until=until, database_json=False) as pages:
+                read.append([m["v"] for page in pages if isinstance(page, Page) for m in page.members])
+    finally:
+        engine.dispose()
+    assert [lower, upper] == [49.9, 99.8]
+    assert read == [list(range(1, 500)), list(range(500, 999)), list(range(999, 1_501))]
+
+
+def test_a_real_watermark_s_highest_member_is_in_the_window_up_to_it(database_url: str):
+    # Incremental runs read the members changed up to the highest watermark: read as text (49.9) and bound as a double
+    # precision, it left out the member that holds it, sent a run late.
+    engine = _real_keys(database_url, 499)
+    reader = MemberReader(engine, timeout_seconds=30)
+    query = SavedQuery(name="since", sql="SELECT v, k FROM r", key_column="v")
+    try:
+        until = reader.high_watermark(query, "k", since=None)
+        window = Window("k", 49.8, until)
+        members = [m["v"] for page in reader.pages(query, page_size=10, window=window) for m in page.members]
+        counted = reader.count(query, window=window)
+    finally:
+        engine.dispose()
+    assert until == 49.9
+    assert members == [499]
+    assert counted == 1
+
+
+KEY_TYPES = {
+    "integer": "i * 3",
+    "bigint": "i::bigint * 10000000000",
+    "text": "'k' || lpad(i::text, 4, '0')",
+    "uuid": "md5(i::text)::uuid",
+    "date": "date '2020-01-01' + i",
+    "real": "(i / 10.0)::real",
+    "double precision": "i * 0.1::float8",
+    "numeric": "i / 4.0",
+    "numeric of 21 digits": "1 + i * 0.00000000000000000001",
+    "timestamp": "timestamp '2020-01-01 00:00:00.123456' + i * interval '1.5 second'",
+    "timestamptz": "timestamptz '2020-01-01 00:00:00.5+02' + i * interval '1 hour'",
+}
+
+
+def _values_of(page: Page | JsonPage, column: str) -> list[Any]:
+    """A column's values in a page, as JSON (a uuid key's pages come as rows: PostgreSQL has no ``max(uuid)``)."""
+    if isinstance(page, JsonPage):
+        return [json.loads(member)[column] for member in page.members]
+    return [member[column] for member in page.members]
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_on_postgresql_every_key_type_s_pages_hold_each_member_once_in_key_order(postgres_database_factory, key_type):
+    """Each page's last key goes back as the key column's own type, as the next page's start, from a checkpoint
+    (JSON), as a range's upper key and as a retried member's key."""
+    engine = make_engine(postgres_database_factory())
+    with engine.begin() as connection:
+        connection.execute(
+            text(f"CREATE TABLE t AS SELECT {KEY_TYPES[key_type]} AS k, i AS v FROM generate_series(1, 150) i")
+        )
+        connection.execute(text("ALTER TABLE t ADD PRIMARY KEY (k)"))
+        ordered = [row[0] for row in connection.execute(text("SELECT v FROM t ORDER BY k"))]
+    query = SavedQuery(name="t", sql="SELECT k, v FROM t", key_column="k")
+    reader = MemberReader(engine, timeout_seconds=30)
+    try:
+        read = {}
+        for database_json in (True, False):
+            with reader.member_pages(query, page_size=7, database_json=database_json) as pages:
+                read[database_json] = list(pages)
+        rows = [m["v"] for page in read[False] if isinstance(page, Page) for m in page.members]
+        written = [v for page in read[True] for v in _values_of(page, "v")]
+        checkpoint = json.loads(json.dumps(read[False][3].last_key))
+        resumed = [m["v"] for page in reader.pages(query, page_size=7, after=checkpoint) for m in page.members]
+        (upper,) = reader.key_boundaries(query, [75])
+        with reader.member_pages(query, page_size=7, until=json.loads(json.dumps(upper))) as pages:
+            first_range = [v for page in pages for v in _values_of(page, "v")]
+        retried = members_by_keys(reader, query, [row_key(r[0]) for page in read[False][:2] for r in page.rows])
+    finally:
+        engine.dispose()
+    assert rows == ordered
+    assert written == ordered
+    assert resumed == ordered[28:]
+    assert first_range == ordered[:75]
+    if key_type != "numeric of 21 digits":  # a batch names its members by their JSON value: a float, rounded
+        assert retried is not None
+        assert [row[1] for row in retried.rows] == ordered[:14]
+
+
+@pytest.mark.parametrize("key", ["50.0", "49.9", "0.30000000000000004", "1e-07"])
+def test_a_member_whose_key_is_a_float_is_found_by_its_key(database_url: str, key: str):
+    """A refused member named by its key's JSON value is read again by it (a retry): a ``real`` 50 is ``50.0`` in
+    the batch's JSON and ``50`` as PostgreSQL's text, which the key used to be compared as."""
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE f (k real PRIMARY KEY, v text)"))
+        connection.execute(text("INSERT INTO f VALUES (:k, :v)"), [{"k": float(key), "v": key}, {"k": 7.25, "v": "x"}])
+    reader = MemberReader(engine, timeout_seconds=30)
+    query = SavedQuery(name="f", sql="SELECT k, v FROM f", key_column="k")
+    try:
+        # As the member's batch names it (PostgreSQL's real 0.30000000000000004 is 0.3).
+        (name,) = [row_key(row[0]) for page in reader.pages(query, page_size=10) for row in page.rows if row[1] == key]
+        found = members_by_keys(reader, query, [name])
+    finally:
+        engine.dispose()
+    assert found is not None
+    assert [row[1] for row in found.rows] == [key]
