@@ -38,6 +38,10 @@ variable, or ``BENCH_DISPATCHERS``: how many dispatcher processes run, in one co
 ``--repeat`` times (A, B, A, B, ...): an A/B comparison in the same run, beside the same raw ceilings (the machine
 may be shared: alternate, and compare the ratios).
 
+``--partner-latency-ms N`` makes the receiver answer each request N ms late, as a partner API across a network
+does: every contender then waits for its answers as it would in production (the default 0 answers at once: the
+CPU-bound case, where the naive script runs close to the raw ceiling).
+
 ``--request catalog|api|both`` says how ``exportctl run`` requests the runs (the warm-up's and the timed one):
 ``catalog`` (the default) on the catalog directly, as before, its start-up (imports, the Kafka connection) inside
 the timed run; ``api`` through the admin API, as users on Kubernetes do (the chart deploys the admin service):
@@ -55,6 +59,7 @@ with the machine it ran on (``<out>/e2e.md``). Figures only: nothing here passes
     .venv/bin/python -m tests.benchmarks.bench_e2e [--members 1000000] [--single-members 100000]
         [--concurrency 8] [--timeout 1800] [--body json|text] [--out docs/benchmarks]
         [--variant EXPORT_DISPATCHER_ROUNDS_IN_FLIGHT=1,2 --repeat 2] [--request catalog|api|both]
+        [--partner-latency-ms 20]
 
 ``KAFKA_BOOTSTRAP_SERVERS`` reuses a running broker; otherwise a local one is started. Catalogs, manifests
 and service logs of the last run stay in .local/bench/e2e.
@@ -818,6 +823,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="the dispatcher's and the raw loop's")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds each contender may take")
     parser.add_argument(
+        "--partner-latency-ms",
+        type=float,
+        default=0.0,
+        help="the receiver answers each request after this many ms, as a partner API across a network does "
+        "(0: at once, the CPU-bound case)",
+    )
+    parser.add_argument(
         "--body",
         choices=("json", "text"),
         default="json",
@@ -840,17 +852,18 @@ def main() -> None:
     args = parser.parse_args()
     runs = variants(args.variant, max(1, args.repeat), request_modes(args.request))
     began = time.monotonic()
+    latency = f", partner latency {args.partner_latency_ms:g} ms" if args.partner_latency_ms else ""
     scenarios = [
         Scenario(
             "e2e-batch",
-            f"batch: {args.members:,} members, template of {BATCH_SIZE} ({args.body} body)",
+            f"batch: {args.members:,} members, template of {BATCH_SIZE} ({args.body} body{latency})",
             args.members,
             BATCH_SIZE,
             args.body,
         ),
         Scenario(
             "e2e-single",
-            f"single: {args.single_members:,} members, one-member template ({args.body} body)",
+            f"single: {args.single_members:,} members, one-member template ({args.body} body{latency})",
             args.single_members,
             1,
             args.body,
@@ -865,7 +878,7 @@ def main() -> None:
             say("starting a local Kafka broker")
             broker = stack.enter_context(LocalKafka())
             bootstrap, broker_pid = broker.bootstrap_servers, broker.process.pid if broker.process else None
-        base_url = stack.enter_context(lean_receiver())
+        base_url = stack.enter_context(lean_receiver(args.partner_latency_ms / 1000))
         for scenario in scenarios:
             scenario_rows, scenario_notes = measure(
                 scenario, bootstrap, base_url, args.concurrency, args.timeout, broker_pid, runs
@@ -879,6 +892,7 @@ def main() -> None:
         f"--concurrency {args.concurrency}"
         + (f" --variant {args.variant}" if args.variant else "")
         + (f" --repeat {args.repeat}" if args.repeat > 1 else "")
+        + (f" --partner-latency-ms {args.partner_latency_ms:g}" if args.partner_latency_ms else "")
         + (f" --request {args.request}" if args.request != CATALOG else "")
     )
     kafka = f"the broker at {bootstrap}" if broker_pid is None else "a local single-node broker (KRaft)"

@@ -135,11 +135,11 @@ SMOKES: tuple[Smoke, ...] = (
     ),
     Smoke(
         "bench_e2e",
-        ("--members", "2000", "--single-members", "200", "--out", "{out}"),
+        ("--members", "2000", "--single-members", "200", "--partner-latency-ms", "2", "--out", "{out}"),
         (
             r"^batch +pipeline: exportctl run → recorded +[\d,]+ .* [\d.]+x",
             r"^single +raw: sqlite3 \+ aiohttp \(C=8\) +[\d,]+ ",
-            r"^single: 200 members, one-member template",
+            r"^single: 200 members, one-member template \(json body, partner latency 2 ms\)",
             r"^chart and table written to ",
         ),
         in_suite=False,
