@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -213,7 +213,7 @@ IDLE_POLL_SECONDS = 0.5
 OUTAGE_POLLS = 120
 
 
-def _refusals_logged(logs: list[dict[str, Any]]) -> int:
+def _refusals_logged(logs: Sequence[Mapping[str, Any]]) -> int:
     return sum(1 for entry in logs if entry["event"].startswith("commit refused") and entry["log_level"] == "warning")
 
 
