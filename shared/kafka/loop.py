@@ -143,6 +143,10 @@ MAX_INTERRUPTION_BACKOFF_SECONDS = 30.0
 INTERRUPTION_PROBE_SECONDS = 0.5
 #: A metadata update unanswered this long means the broker is away (see :class:`MetadataAnswered`).
 UNANSWERED_IS_AWAY_SECONDS = 1.0
+#: After a commit is refused (the coordinator away or moving), what is owed is sent again no sooner than a poll
+#: interval later, the wait doubling with each refusal in a row up to this (an outage of minutes: a re-send every few
+#: seconds, not at every idle poll); a commit accepted, or the assignment changing, ends the wait.
+OWED_COMMIT_MAX_BACKOFF_SECONDS = 5.0
 
 ROUNDS_INTERRUPTED = Counter(
     "member_export_consumer_rounds_interrupted_total",
@@ -654,6 +658,11 @@ class ConsumerLoop(Generic[E]):
         #: could not be told (:meth:`_no_further_than_read`), or committed without waiting and refused
         #: (:meth:`_commit_answered`); committed at a later turn (:meth:`_commit_deferred`).
         self._commit_later: dict[TopicPartition, int] = {}
+        #: Commits refused since the last one accepted (the first logged as a warning, the rest at debug level), the
+        #: wait before what is owed is sent again (0: none), and when that wait ends (time.monotonic).
+        self._refused_in_a_row = 0
+        self._owed_backoff = 0.0
+        self._owed_due = 0.0
         self._position_unreadable_logged = False
         # Every series at 0 from the start: a counter that first appears at 1 is invisible to increase().
         DEAD_LETTER_FAILURES.labels(service=service)
@@ -1029,6 +1038,7 @@ class ConsumerLoop(Generic[E]):
         position cannot be told (``unknown``) is neither given back nor read anew: gone for those rounds, but its
         holds are kept (should its position have been kept, the held records are read from nowhere else)."""
         unknown = unknown or set()
+        self._owed_backoff = self._owed_due = 0.0  # a new generation: what is owed is sent at the next turn
         for pending in self._window or ():
             for partition in (pending.revoked & self._revoking & kept.keys()) - pending.gone:
                 pending.revoked.discard(partition)
@@ -1588,6 +1598,8 @@ class ConsumerLoop(Generic[E]):
                 for partition, offset in next_offsets.items():
                     self._commit_later[partition] = max(offset, self._commit_later.get(partition, offset))
             return
+        if wait:
+            self._commit_accepted()
         for partition, offset in next_offsets.items():
             # Covered by this commit: an offset owed, or one a refusal called back as this commit was sent made owed
             # (kafka-python runs the callbacks of earlier commits first).
@@ -1621,13 +1633,16 @@ class ConsumerLoop(Generic[E]):
                 self._commit_later.pop(partition, None)  # covered by this commit
         return capped
 
-    def _commit_deferred(self, polled: dict[TopicPartition, list[Any]]) -> None:
+    def _commit_deferred(self, polled: dict[TopicPartition, list[Any]], *, force: bool = False) -> None:
         """Commit the offsets owed (see ``_commit_later``), now that the poll may have made the partitions' positions
         known, no further than a record ``polled`` (not handled yet), held, or in hand of a round in flight (the
         partition may have been sought back and read again since the offset was settled), nor than the next fetch
         (:meth:`_no_further_than_read`), nor below what this consumer last sent. An offset stays owed until a commit
         reaches it; one of a partition no longer assigned is its next owner's (or, given back, owed by the rebalance:
-        :meth:`_assigned`)."""
+        :meth:`_assigned`).
+
+        After a refusal, not before its backoff is over (see :data:`OWED_COMMIT_MAX_BACKOFF_SECONDS`), unless
+        ``force`` (the close)."""
         if not self._commit_later:
             return
         try:
@@ -1649,6 +1664,8 @@ class ConsumerLoop(Generic[E]):
             if first_held is not None and first_held < offset:
                 owed[partition] = first_held
         owed = {partition: o for partition, o in owed.items() if o >= self._committed_async.get(partition, -1)}
+        if not force and time.monotonic() < self._owed_due:
+            return  # the coordinator refused the last commit: sent again once the backoff is over
         # Without waiting, one round at a time too: a coordinator still away must not hold the loop in a commit at
         # every turn. A refusal makes it owed again (:meth:`_commit_answered`); the close confirms it.
         self._commit(owed, wait=False)
@@ -1672,6 +1689,7 @@ class ConsumerLoop(Generic[E]):
         later round commits it) keeps its records uncommitted until the consumer closes: its lag above 0, and they are
         handled again after a crash. A commit refused again (the coordinator still away) is owed again."""
         if not isinstance(answer, Exception):
+            self._commit_accepted()
             return
         self._commit_refused(answer, len(offsets))
         if is_fatal(answer):  # no later turn cures it (an authorization refused): counted and logged once, not owed
@@ -1685,7 +1703,7 @@ class ConsumerLoop(Generic[E]):
         still in flight would be lost with it), and what is owed whose position is known now (:meth:`_commit_deferred`).
         Never raises an ``Exception``: the records are redelivered."""
         try:
-            self._commit_deferred({})
+            self._commit_deferred({}, force=True)
         except Exception as exc:  # noqa: BLE001 - closing: what is not committed is read again
             log.warning("last commit not made", service=self.service, error=f"{type(exc).__name__}: {exc}")
         offsets, self._committed_async = self._committed_async, {}
@@ -1695,10 +1713,28 @@ class ConsumerLoop(Generic[E]):
             log.warning("last commit not made", service=self.service, error=f"{type(exc).__name__}: {exc}")
 
     def _commit_refused(self, exc: BaseException, partitions: int) -> None:
+        """Count a commit sent and refused, and back off the re-sending of what is owed (see
+        :data:`OWED_COMMIT_MAX_BACKOFF_SECONDS`). Logged as a warning when it is the first refused since one was
+        accepted (or no wait cures it), else at debug level: an outage of minutes logs one warning, not one a poll."""
         COMMITS_REFUSED.labels(service=self.service, cause=type(exc).__name__).inc()
-        log.warning(
+        self._refused_in_a_row += 1
+        fatal = is_fatal(exc)
+        if not fatal:
+            first = max(self.poll_timeout_ms, IN_FLIGHT_POLL_MS) / 1000
+            self._owed_backoff = min(OWED_COMMIT_MAX_BACKOFF_SECONDS, self._owed_backoff * 2 or first)
+            self._owed_due = time.monotonic() + self._owed_backoff
+        level = log.warning if fatal or self._refused_in_a_row == 1 else log.debug
+        level(
             "commit refused: these records will be redelivered",
             service=self.service,
             partitions=partitions,
             error=f"{type(exc).__name__}: {exc}",
+            refused_in_a_row=self._refused_in_a_row,
         )
+
+    def _commit_accepted(self) -> None:
+        """A commit was accepted: the refusals in a row end (logged with their count), and so does the backoff."""
+        if self._refused_in_a_row:
+            log.info("commits accepted again", service=self.service, refused_in_a_row=self._refused_in_a_row)
+        self._refused_in_a_row = 0
+        self._owed_backoff = self._owed_due = 0.0

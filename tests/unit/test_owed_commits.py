@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import structlog.testing
 from kafka.errors import CoordinatorNotAvailableError, GroupAuthorizationFailedError, KafkaError
 
 import shared.kafka.loop as loop_module
@@ -37,8 +38,16 @@ class Group(model.Group):
         self.async_sent = 0
         #: Commits refused with the coordinator away, from now on (then it is back).
         self.refuse_next = 0
+        #: Commits sent and refused (waited for or not).
+        self.refused = 0
+        self.clock = model.Clock()
 
     def _refusal(self) -> KafkaError | None:
+        refusal = self._why_refused()
+        self.refused += refusal is not None
+        return refusal
+
+    def _why_refused(self) -> KafkaError | None:
         if self.refuse_next:
             self.refuse_next -= 1
             return CoordinatorNotAvailableError("the group coordinator is away")
@@ -69,6 +78,7 @@ def _setup(
     monkeypatch.setattr(loop_module, "time", SimpleNamespace(monotonic=clock.monotonic, sleep=time.sleep))
     producer = model.Producer()
     group = Group(lambda key: producer.acknowledged(key) or key in producer.lettered)
+    group.clock = clock
 
     def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
         if gate is not None:
@@ -132,8 +142,7 @@ def test_one_round_at_a_time_a_refused_commit_of_an_idle_partition_is_made_later
     loop.poll_once()  # "0:0" handled, its commit refused
     assert group.committed.get(P0) is None
     group.refusal = None
-    for _ in range(IDLE_TURNS):
-        loop.poll_once()
+    _idle_turns(group, loop, IDLE_TURNS)  # idle polls: the re-sending's backoff (session 48) over
     assert group.committed.get(P0) == 1
 
 
@@ -197,3 +206,77 @@ def test_an_offset_owed_when_the_loop_stops_is_committed_at_close(monkeypatch: p
     loop.stopping.set()
     loop.run()  # stopping: settles the rounds in flight, commits, closes
     assert group.committed.get(P0) == 1
+
+
+#: An idle poll's wait (the loop's default poll timeout), and a coordinator outage of a minute in such polls.
+IDLE_POLL_SECONDS = 0.5
+OUTAGE_POLLS = 120
+
+
+def _refusals_logged(logs: Sequence[Mapping[str, Any]]) -> int:
+    return sum(1 for entry in logs if entry["event"].startswith("commit refused") and entry["log_level"] == "warning")
+
+
+def _idle_turns(group: Group, loop: Any, turns: int, until: Any = lambda: False) -> int:
+    """Up to ``turns`` idle polls, each an idle poll's wait on the loop's clock; how many were taken."""
+    for turn in range(turns):
+        if until():
+            return turn
+        group.clock.now += IDLE_POLL_SECONDS
+        loop.poll_once()
+    return turns
+
+
+def _owe_through_an_outage(group: Group, loop: Any) -> float:
+    """Record "0:0" handled while the coordinator is away, then a minute of idle polls; the refusals counted before."""
+    counted = _refused(loop.service, "CoordinatorNotAvailableError")
+    group.append(P0, 1)
+    group.refusal = CoordinatorNotAvailableError("the group coordinator is away")
+    _turns(loop, lambda: group.refused >= 1 and not len(loop._window or ()))  # "0:0" handled, its commit refused
+    _idle_turns(group, loop, OUTAGE_POLLS)
+    assert group.committed.get(P0) is None
+    return counted
+
+
+# Before session 48, an owed commit was sent again at every poll of an outage (about every 0.5 s when idle): a minute
+# of it logged 120 warnings and counted 120 refusals. Now the re-sending backs off (doubling from the poll interval up
+# to OWED_COMMIT_MAX_BACKOFF_SECONDS), one warning an outage; the metric counts what was sent, and once the coordinator
+# is back the owed commit is made within the backoff's cap.
+@pytest.mark.parametrize("rounds_in_flight", [1, 2], ids=["one-round", "2-in-flight"])
+def test_an_outage_of_a_minute_re_sends_owed_commits_backing_off_and_warns_once(
+    rounds_in_flight: int, monkeypatch: pytest.MonkeyPatch
+):
+    group, _, loop = _setup(monkeypatch, rounds_in_flight)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            counted = _owe_through_an_outage(group, loop)
+            refused = group.refused
+            assert refused <= 20, f"{refused} commits sent and refused in {OUTAGE_POLLS} idle polls of 0.5 s"
+            assert _refused(loop.service, "CoordinatorNotAvailableError") - counted == refused
+            assert _refusals_logged(logs) == 1
+
+            group.refusal = None
+            cap = loop_module.OWED_COMMIT_MAX_BACKOFF_SECONDS
+            polls = _idle_turns(group, loop, int(cap / IDLE_POLL_SECONDS) + 2, lambda: group.committed.get(P0) == 1)
+            assert group.committed.get(P0) == 1, f"the owed commit not made {polls} idle polls after the outage"
+            loop.poll_once()  # the commit's answer, when it was sent without waiting
+            ended = [entry for entry in logs if entry["event"] == "commits accepted again"]
+            assert [entry["refused_in_a_row"] for entry in ended] == [refused]
+    finally:
+        _close(loop)
+
+
+# What is owed while its re-sending backs off is committed at close all the same (the coordinator back, the backoff
+# not over), with one warning for the whole outage.
+@pytest.mark.parametrize("rounds_in_flight", [1, 2], ids=["one-round", "2-in-flight"])
+def test_an_owed_commit_waiting_out_its_backoff_is_made_at_close(
+    rounds_in_flight: int, monkeypatch: pytest.MonkeyPatch
+):
+    group, _, loop = _setup(monkeypatch, rounds_in_flight)
+    with structlog.testing.capture_logs() as logs:
+        _owe_through_an_outage(group, loop)
+        group.refusal = None
+        loop.stopping.set()
+        loop.run()  # stopping: commits what is owed, closes
+    assert group.committed.get(P0) == 1
+    assert _refusals_logged(logs) == 1

@@ -1,15 +1,15 @@
-"""A model of the consumer loop with rounds in flight under rebalances: hypothesis drives ONE ``ConsumerLoop``
-(``rounds_in_flight`` 2 or 3) over a stand-in of kafka-python's consumer and its group, through random interleavings
-of records appended, loop turns, round handler calls finishing in any order with any result per record (its outcome,
-held due now / shortly / for an hour, a database outage, a rejection), the broker refusing acknowledgements for a
-while or slow to give them, time passing, and rebalances: revoked and assigned in one poll or polls apart, a
-partition taken away (to an interim owner, which reads from the committed offset and commits what it handled) and
-given back later, the membership lost (after the session expired unnoticed, the interim owner committing meanwhile,
-or not), a partition whose fetch is late; and (session 47) 2 to 4 partitions, commits answered late (after later
-polls, after a rebalance) or refused with the group coordinator away, the held records' bound reached (every
-partition paused), a position kafka-python's state cannot tell, a handler call that raises (an outage or a bug) or
-answers for the wrong number of records, and a stop (SIGTERM: ``ConsumerLoop.run`` with ``stopping`` set) with rounds
-in flight, the service's next consumer then joining the group.
+"""A model of the consumer loop under rebalances: hypothesis drives ONE ``ConsumerLoop`` (``rounds_in_flight`` 2 or
+3, or (session 48) 1: one round at a time, the default, as the dispatcher runs it by default) over a stand-in of
+kafka-python's consumer and its group, through random interleavings of records appended, loop turns, round handler
+calls finishing in any order with any result per record (its outcome, held due now / shortly / for an hour, a
+database outage, a rejection), the broker refusing acknowledgements for a while or slow to give them, time passing,
+and rebalances: revoked and assigned in one poll or polls apart, a partition taken away (to an interim owner, which
+reads from the committed offset and commits what it handled) and given back later, the membership lost (after the
+session expired unnoticed, the interim owner committing meanwhile, or not), a partition whose fetch is late; and
+(session 47) 2 to 4 partitions, commits answered late (after later polls, after a rebalance) or refused with the group
+coordinator away, the held records' bound reached (every partition paused), a position kafka-python's state cannot
+tell, a handler call that raises (an outage or a bug) or answers for the wrong number of records, and a stop (SIGTERM:
+``ConsumerLoop.run`` with ``stopping`` set) with rounds in flight, the service's next consumer then joining the group.
 
 The stand-in behaves as kafka-python 3.0 does where the loop depends on it (``kafka/consumer/subscription_state.py``,
 ``kafka/coordinator/consumer.py``, ``kafka/consumer/group.py``): the rebalance listener is called inside a poll (eager
@@ -35,15 +35,19 @@ And at the end (4, liveness): once every hold is due, the broker acknowledges an
 partitions here (commits landing at once, the coordinator there), the loop, turned up to a bound, settles every
 record and commits each partition to its end.
 
-Deterministic: every handler call waits on a gate the script releases (a turn that would wait for a round's
-results releases it with outcomes, and says so); after each step the test waits, with a deadline, until every
-round started is with the handler and every call released has returned. Time is the model's clock (the loop's
+One round at a time, the handler is called on the loop's thread and answers at once: a ``release`` step says what the
+next call answers (queued; "ok" when none is), and a ``stop`` step's SIGTERM arrives during the next turn's handler
+call (the handler answering the stop's fates), or between turns when that turn calls none.
+
+Deterministic: with rounds in flight, every handler call waits on a gate the script releases (a turn that would wait
+for a round's results releases it with outcomes, and says so); after each step the test waits, with a deadline, until
+every round started is with the handler and every call released has returned. Time is the model's clock (the loop's
 ``time.monotonic``). A failure prints the script (hypothesis' steps, and notes of what each did).
 
 What the model found on a455514 (pre-existing defects, fixed in session 46) is kept as plain tests at the end.
 
-Not modelled: the cooperative protocol, priority topics (their pauses), more than one topic, one round at a time (the
-default: ``rounds_in_flight`` 1, whose commits wait), a stop that a fatal error ends.
+Not modelled: the cooperative protocol, priority topics (their pauses), more than one topic, a record handler (one by
+one: ``handler``), a stop that a fatal error ends.
 """
 
 from __future__ import annotations
@@ -102,8 +106,11 @@ FATES = ("ok", "hold_due", "hold_short", "hold_long", "outage", "reject")
 #: What a handler call may do instead, for all its records: raise (each record dead-lettered with it), raise an outage
 #: (the round handed back), answer for one record fewer (each dead-lettered).
 CALL_FAILURES = ("raise", "raise_outage", "wrong_count")
-#: Examples in CI, and in the long form (``make fuzz``).
-CASES = budgets(500, 5_000)
+#: Examples in CI, and in the long form (``make fuzz``), per mode: rounds in flight (2, 3) and one round at a time.
+CASES = budgets(400, 5_000)
+ONE_ROUND_CASES = budgets(300, 5_000)
+#: What one round at a time, the next handler calls answer at most (``release`` steps queue them).
+QUEUED_ANSWERS = 3
 
 
 def note(text: str) -> None:
@@ -523,6 +530,9 @@ class Model:
         self.in_hand: Counter[str] = Counter()
         self.twice_at_once: list[str] = []
         self.final = False
+        #: One round at a time: what the next handler calls answer (``release``), and the fates of a stop's call.
+        self.next_answers: list[Sequence[str]] = []
+        self.stop_fates: Sequence[str] | None = None
         #: The loops stopped (a service restarted), and the one running.
         self.stopped: list[ConsumerLoop[Any]] = []
         self.loop = self._new_loop()
@@ -538,6 +548,8 @@ class Model:
             self.calls.append(call)
             self.twice_at_once.extend(name for name in call.names if self.in_hand[name])
             self.in_hand.update(call.names)
+            if self.rounds_in_flight == 1:  # on the loop's thread: answers at once
+                self._answer_at_once(call)
             if self.final:
                 call.gate.set()
             self.changed.notify_all()
@@ -557,6 +569,17 @@ class Model:
                 self.in_hand.subtract(call.names)
                 call.returned.set()
                 self.changed.notify_all()
+
+    def _answer_at_once(self, call: Call) -> None:
+        """One round at a time: ``call`` answers what the script queued for it (a stop's fates, the SIGTERM arriving
+        during the call), else "ok"."""
+        if self.stop_fates is not None:
+            call.fates, self.stop_fates = self.stop_fates, None
+            self.loop.stopping.set()
+        elif self.next_answers:
+            call.fates = self.next_answers.pop(0)
+        note(f"    {call} answers {self._fates_of(call, call.fates)}")
+        call.gate.set()
 
     def _fates(self, call: Call) -> list[str]:
         if self.final:
@@ -661,6 +684,11 @@ class Model:
             note(f"{step}")
             self._turn()
         elif kind == "release":
+            if self.rounds_in_flight == 1:
+                if len(self.next_answers) < QUEUED_ANSWERS:
+                    self.next_answers.append(args[1])
+                note(f"{step}: the next call answers {args[1]}")
+                return
             calls = self._open_calls()
             if not calls:
                 return
@@ -715,6 +743,10 @@ class Model:
         poll (the rest: the interim owner's)."""
         loop = self.loop
         note(f"('stop', {tuple(fates)}, {sorted(p.partition for p in partitions)}): the service stops")
+        if self.rounds_in_flight == 1:  # during the next turn's handler call, if it calls the handler
+            self.stop_fates = fates
+            self._turn()
+            self.stop_fates = None
         loop.stopping.set()
         for call in self._open_calls():
             note(f"    {call} answers {self._fates_of(call, fates)}")
@@ -862,6 +894,19 @@ SCRIPTS = scripts()
 def test_no_rebalance_interleaving_loses_a_record_or_commits_what_is_not_this_consumers(
     rounds_in_flight: int, examples: int, monkeypatch: pytest.MonkeyPatch
 ):
+    _model(rounds_in_flight, examples, monkeypatch)
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("examples", ONE_ROUND_CASES)
+def test_one_round_at_a_time_no_rebalance_interleaving_loses_a_record_or_commits_what_is_not_this_consumers(
+    examples: int, monkeypatch: pytest.MonkeyPatch
+):
+    """The same scripts, the loop handling one round at a time (the default: ``rounds_in_flight`` 1)."""
+    _model(1, examples, monkeypatch)
+
+
+def _model(rounds_in_flight: int, examples: int, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
     monkeypatch.setattr(loop_module, "time", SimpleNamespace(monotonic=clock.monotonic, sleep=time.sleep))
 
