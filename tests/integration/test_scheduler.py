@@ -11,12 +11,11 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
-import services.scheduler.planning as planning
-import shared.catalog.definitions_store as definitions_store
 from services.scheduler.clock import ManualClock
 from services.scheduler.planning import scheduled_run_id
 from services.scheduler.scheduling import FULL_SYNC_EVERY, Scheduler
 from shared.catalog import CatalogStores
+from shared.catalog.database import now as real_now
 from shared.catalog.tables import CatalogObjectRow
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.schedule import fire_times
@@ -197,14 +196,14 @@ def test_a_schedule_whose_maths_fails_is_logged_and_counted_and_the_others_still
 ):
     catalog.definitions.apply(definition("healthy", cron="0 2 * * *"))
     catalog.definitions.apply(definition("broken", cron="0 3 * * *"))
-    real_fire_times = planning.fire_times
+    real_fire_times = fire_times
 
     def failing_for_broken(schedule, *args, **kwargs):  # what a schedule's maths raised (OverflowError, issue s48)
         if schedule.cron == "0 3 * * *":
             raise OverflowError("date value out of range")
         return real_fire_times(schedule, *args, **kwargs)
 
-    monkeypatch.setattr(planning, "fire_times", failing_for_broken)
+    monkeypatch.setattr("services.scheduler.planning.fire_times", failing_for_broken)
     errors_before = _errors_counted()
     with capture_logs() as logs:
         scheduler.tick()
@@ -214,7 +213,7 @@ def test_a_schedule_whose_maths_fails_is_logged_and_counted_and_the_others_still
     assert {(e["definition"], e["error"]) for e in failed} == {("broken", "OverflowError")}
     assert _errors_counted() - errors_before == len(failed) >= 1
     # Left with no next instant (not retried every tick); an edit computes it again.
-    monkeypatch.setattr(planning, "fire_times", real_fire_times)
+    monkeypatch.setattr("services.scheduler.planning.fire_times", real_fire_times)
     catalog.definitions.apply(definition("broken", cron="0 4 * * *"))
     run_for(scheduler, dt.timedelta(days=1), step=dt.timedelta(minutes=30))
     assert ("broken", T0 + dt.timedelta(days=2, hours=16)) in _fired(recorder)
@@ -246,10 +245,9 @@ def test_an_edit_stamped_before_the_latest_edit_is_seen(
     scheduler.tick()
     catalog.definitions.apply(definition("a", cron="0 5 * * *"))
     scheduler.tick()
-    real_now = definitions_store.now
-    monkeypatch.setattr(definitions_store, "now", lambda: real_now() - dt.timedelta(seconds=5))
+    monkeypatch.setattr("shared.catalog.definitions_store.now", lambda: real_now() - dt.timedelta(seconds=5))
     catalog.definitions.apply(definition("b", cron="0 6 * * *"))
-    monkeypatch.setattr(definitions_store, "now", real_now)
+    monkeypatch.setattr("shared.catalog.definitions_store.now", real_now)
     run_for(scheduler, dt.timedelta(days=1), step=dt.timedelta(minutes=30))
     assert ("b", T0 + dt.timedelta(hours=18)) in _fired(recorder)
     assert catalog.scheduling.schedules_to_sync() == []

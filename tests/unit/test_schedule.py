@@ -12,6 +12,7 @@ import datetime as dt
 import itertools
 import zoneinfo
 from functools import cache
+from typing import Any
 
 import pytest
 from croniter import croniter
@@ -332,9 +333,9 @@ def test_the_dates_bounds_and_the_no_end_sentinel_are_accepted():
     assert next_fire_times(last, dt.datetime(2026, 1, 1, tzinfo=UTC)) == [dt.datetime(3000, 1, 1, 2, tzinfo=UTC)]
 
 
-def _stored(**fields) -> Schedule:
+def _stored(**fields: Any) -> Schedule:
     """A schedule as a catalog may hold it from before the dates' bound (not validated again)."""
-    defaults = {"enabled": True, "timezone": "UTC", "repeat": None, "once": None, "after": None}
+    defaults: dict[str, Any] = {"enabled": True, "timezone": "UTC", "repeat": None, "once": None, "after": None}
     return Schedule.model_construct(**(defaults | {"start_date": None, "end_date": None} | fields))
 
 
