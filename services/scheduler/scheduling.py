@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
+from typing import TypeVar
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
@@ -25,6 +27,11 @@ log = structlog.get_logger(__name__)
 
 LEASE_NAME = "scheduler"
 
+#: The longest a change is left unseen: every definition is compared with the scheduler's view at least this often,
+#: whatever the fingerprint says (one that is equal after a change is unlikely, but not impossible: a deletion and a
+#: creation with earlier clocks). Measured at 10,000 definitions: ~12 ms a comparison, against ~3-7 ms a fingerprint.
+FULL_SYNC_EVERY = timedelta(minutes=1)
+
 FIRES = Counter("member_export_scheduler_runs_fired_total", "Scheduled runs requested, by definition.", ["definition"])
 FIRE_DELAY = Histogram(
     "member_export_scheduler_fire_delay_seconds",
@@ -42,7 +49,30 @@ SKIPPED = Counter(
 SCHEDULED_DEFINITIONS = Gauge(
     "member_export_scheduler_definitions", "Definitions with an enabled schedule that has an instant ahead."
 )
+SCHEDULE_ERRORS = Counter(
+    "member_export_scheduler_schedule_errors_total",
+    "Times a definition's fire times could not be computed (the log names it): it is left with no next due instant, "
+    "not fired until edited; every other definition fires as usual.",
+)
 LEADER = Gauge("member_export_scheduler_leader", "1 while this replica holds the scheduling lease.")
+
+
+T = TypeVar("T")
+
+
+def _isolated(definition: str, compute: Callable[[], T], fallback: T) -> T:
+    """``compute()`` (one definition's schedule maths), or ``fallback`` when it raises: logged with the definition's
+    name and counted, so one definition's schedule never stops the others' (the tick carries on)."""
+    try:
+        return compute()
+    except Exception as exc:  # noqa: BLE001 - whatever one schedule's maths raises, the others still fire
+        SCHEDULE_ERRORS.inc()
+        log.error("schedule not computable: not due until edited", definition=definition, error=type(exc).__name__)
+        return fallback
+
+
+def _next_due(due: DueSchedule, moment: datetime) -> datetime | None:
+    return _isolated(due.definition.name, lambda: next_due_after(due.definition.schedule, moment), None)
 
 
 def _start_series_of(definition: str) -> None:
@@ -76,7 +106,8 @@ class Scheduler:
         self.catch_up = catch_up
         #: Runs due within this much of now are published ahead with their instant (EXPORT_SCHEDULER_LOOKAHEAD_SECONDS).
         self.lookahead = lookahead
-        self._fingerprint: tuple[int, datetime | None] | None = None
+        self._fingerprint: tuple[int, int, datetime | None] | None = None
+        self._full_sync_due: datetime | None = None
         self._series_started = False
 
     def _start_series(self) -> None:
@@ -115,21 +146,12 @@ class Scheduler:
             [(d, Plan(fire=d.next_due_at, missed=[], next_due=None)) for d in on_time + ahead], busy
         )
         self._publish(fired, outgoing)
-        advances = [
-            ScheduleAdvance(d.definition_id, d.handled_until, now, next_due_after(d.definition.schedule, now))
-            for d in on_time
-        ]
+        advances = [ScheduleAdvance(d.definition_id, d.handled_until, now, _next_due(d, now)) for d in on_time]
         # A run published ahead is handled up to its own instant: the next one is the first after it.
         advances += [
-            ScheduleAdvance(
-                d.definition_id, d.handled_until, d.next_due_at, next_due_after(d.definition.schedule, d.next_due_at)
-            )
-            for d in ahead
+            ScheduleAdvance(d.definition_id, d.handled_until, d.next_due_at, _next_due(d, d.next_due_at)) for d in ahead
         ]
-        plans = [
-            (d, plan(d.definition.schedule, handled_until=d.handled_until, now=now, catch_up=self.catch_up))
-            for d in late
-        ]
+        plans = [(d, self._plan(d, now)) for d in late]
         late_fired, late_outgoing = self._act_all(plans, busy)
         self._publish(late_fired, late_outgoing)
         advances += [ScheduleAdvance(d.definition_id, d.handled_until, now, p.next_due) for d, p in plans]
@@ -137,6 +159,13 @@ class Scheduler:
         # same run ids, which the extractor ignores.
         self.scheduling.advance_schedules(advances)
         return fired + late_fired
+
+    def _plan(self, due: DueSchedule, now: datetime) -> Plan:
+        return _isolated(
+            due.definition.name,
+            lambda: plan(due.definition.schedule, handled_until=due.handled_until, now=now, catch_up=self.catch_up),
+            Plan(fire=None, missed=[], next_due=None),
+        )
 
     def _act_all(
         self, decisions: list[tuple[DueSchedule, Plan]], busy: dict[str, uuid.UUID]
@@ -162,17 +191,19 @@ class Scheduler:
             FIRES.labels(definition=request.definition).inc()
 
     def _sync(self, now: datetime) -> None:
-        """(Re)compute the next due instant of new and edited definitions (skipped when none changed)."""
+        """(Re)compute the next due instant of new and edited definitions (skipped when none changed, at most for
+        :data:`FULL_SYNC_EVERY`)."""
         fingerprint = self.definitions.definitions_fingerprint()
-        if fingerprint == self._fingerprint:
+        if fingerprint == self._fingerprint and self._full_sync_due is not None and now < self._full_sync_due:
             return
+        self._full_sync_due = now + FULL_SYNC_EVERY
         states = []
         for sync in self.scheduling.schedules_to_sync():
             for counter in (FIRES, MISSED, SKIPPED):  # at 0 from the start: increase() sees the first one
                 counter.labels(definition=sync.definition.name)
             anchor = anchor_for(sync.handled_until, sync.updated_at, now)
             schedule = sync.definition.schedule
-            upcoming = next_due_after(schedule, anchor)
+            upcoming = _isolated(sync.definition.name, partial(next_due_after, schedule, anchor), None)
             states.append(ScheduleState(sync.definition_id, sync.version, anchor, upcoming))
             log.debug(
                 "schedule synced",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shared.settings import CommonSettings, default_replica_id
 
@@ -12,7 +12,11 @@ class SchedulerSettings(CommonSettings):
 
     scheduler_tick_seconds: float = Field(default=1.0, gt=0, description="How often schedules are evaluated.")
     scheduler_catch_up_seconds: float = Field(
-        default=3600.0, ge=0, description="A run missed by less than this still fires (the latest one only)."
+        default=3600.0,
+        ge=0,
+        description="A run missed by less than this still fires (the latest one only). At least twice "
+        "EXPORT_SCHEDULER_TICK_SECONDS (a run is found due by the first tick after its instant, up to a tick later), "
+        "or 0: a run not published ahead of its instant never fires late, it is recorded as missed.",
     )
     scheduler_lookahead_seconds: float = Field(
         default=10.0,
@@ -32,3 +36,18 @@ class SchedulerSettings(CommonSettings):
         description="This replica's name in the lease (default: host name and process id).",
     )
     metrics_port: int = Field(default=9401, ge=0, le=65535, description="Port of /metrics; 0 turns it off.")
+
+    @model_validator(mode="after")
+    def _catch_up_outlasts_a_tick(self) -> SchedulerSettings:
+        """A run is found due by the first tick after its instant, up to one interval later: a window shorter than
+        that recorded due runs as missed at random (those a tick found more than the window after their instant). 0 is
+        no window at all, every run found after its instant missed: not random, and kept."""
+        if 0 < self.scheduler_catch_up_seconds < 2 * self.scheduler_tick_seconds:
+            raise ValueError(
+                f"scheduler_catch_up_seconds ({self.scheduler_catch_up_seconds:g} s) must be at least twice "
+                f"scheduler_tick_seconds ({self.scheduler_tick_seconds:g} s): a run due between two ticks is found "
+                "up to a tick after its instant, and one found later than the catch-up window is recorded as missed, "
+                "not fired. Raise EXPORT_SCHEDULER_CATCH_UP_SECONDS (or set it to 0: never fire late) or lower "
+                "EXPORT_SCHEDULER_TICK_SECONDS"
+            )
+        return self

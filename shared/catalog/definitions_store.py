@@ -735,15 +735,17 @@ class SqlDefinitionsStore:
             definitions = [(uuid.UUID(row.id), ExportDefinition.model_validate(row.spec)) for row in rows]
         return [(id_, d) for id_, d in definitions if d.schedule.enabled]
 
-    def definitions_fingerprint(self) -> tuple[int, datetime | None]:
-        """(count, latest update) of export definitions: changes whenever one is created, edited or deleted."""
+    def definitions_fingerprint(self) -> tuple[int, int, datetime | None]:
+        """(count, sum of versions, latest update) of export definitions: changes whenever one is created, edited or
+        deleted. The versions' sum grows with every edit, whatever its writer's clock: the latest update alone missed
+        an edit stamped before it (a writer's now() read before another's commit, or a host's clock behind)."""
         with self.database.transaction(ExportDefinition.__name__) as session:
-            count, latest = session.execute(
-                select(func.count(), func.max(CatalogObjectRow.updated_at)).where(
+            count, versions, latest = session.execute(
+                select(func.count(), func.sum(CatalogObjectRow.version), func.max(CatalogObjectRow.updated_at)).where(
                     CatalogObjectRow.kind == ExportDefinition.__name__
                 )
             ).one()
-            return int(count), aware(latest)
+            return int(count), int(versions or 0), aware(latest)
 
 
 def _actor_of(obj: CatalogObject, audit: Sequence[AuditEntry]) -> str | None:

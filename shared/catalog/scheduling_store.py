@@ -53,8 +53,9 @@ class SqlSchedulingStore:
         return parsed
 
     def schedules_to_sync(self) -> list[ScheduleSync]:
-        """Definitions the scheduler has not seen, or has seen at an older version."""
-        with self.database.transaction() as session:
+        """Definitions the scheduler has not seen, or has seen at an older version (a timeout told as the schedules',
+        as the due schedules' read is: the scheduler compares them at least once a minute)."""
+        with self.database.transaction("Schedule") as session:
             rows = session.execute(
                 select(CatalogObjectRow, ScheduleRow)
                 .outerjoin(ScheduleRow, ScheduleRow.definition_id == CatalogObjectRow.id)

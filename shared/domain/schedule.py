@@ -14,6 +14,10 @@ Semantics (also stated in the README):
 - Month on day 29, 30 or 31 fires only in months that have that day; "last" means the last day of every
   month. Year on 29 February fires in leap years only.
 - *Once* fires one time ever. A disabled schedule never fires.
+- Its dates (``from``, ``once.date``) are within years 1900-2999 (``to`` also up to 9999-12-31, the usual
+  "no end"): Python's calendar ends at 9999-12-31, and a zone's offset or a search for the next 29 February
+  went past it (issue: one such definition stopped every schedule). The fire-time maths also stops at the
+  calendar's end rather than failing, for a definition stored before the bound.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
+from collections.abc import Iterator
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -41,6 +46,31 @@ UTC = dt.UTC
 
 # How far around an instant to look for a DST change whose overlap could reorder fire times.
 _DST_REACH = dt.timedelta(hours=3)
+
+#: The dates a schedule may name. 1900: a date in the past is harmless, so the bound only refuses typos and
+#: sentinels such as 0001-01-01 (whose day before is not a date), and still reads 1900-01-01, itself a common
+#: "since always", in definitions stored before it. 2999: nine centuries ahead, yet far enough from Python's last
+#: date (9999-12-31) that no zone's offset (at most 26 hours) nor the search for the next 29 February (at most
+#: 8 years on) leaves the calendar.
+EARLIEST_DATE = dt.date(1900, 1, 1)
+LATEST_DATE = dt.date(2999, 12, 31)
+#: ``to`` may also be the common "no end" sentinel, up to Python's last date: it is only compared with.
+LATEST_END_DATE = dt.date.max
+#: The longest IANA zone name is 32 characters (America/Argentina/ComodRivadavia); a longer one is refused
+#: before it reaches the file system (a 300-character name raised OSError: File name too long).
+MAX_ZONE_LENGTH = 64
+#: Files of the zone database that are not IANA zones: the host's own zone (its meaning depends on the machine
+#: that computes the schedule), a placeholder, the template of POSIX rules.
+_NOT_ZONES = frozenset({"localtime", "Factory", "posixrules"})
+#: Copies of the database under other rules (``right/`` counts leap seconds: its times are 27 s off UTC's).
+_NOT_ZONE_PREFIXES = ("posix/", "right/")
+
+
+def within_schedule_dates(value: dt.date | None, latest: dt.date = LATEST_DATE) -> dt.date | None:
+    """``value`` if a schedule may name it (see :data:`EARLIEST_DATE`); ValueError otherwise."""
+    if value is not None and not EARLIEST_DATE <= value <= latest:
+        raise ValueError(f"must be between {EARLIEST_DATE.isoformat()} and {latest.isoformat()}")
+    return value
 
 
 class Every(StrEnum):
@@ -228,6 +258,12 @@ class Once(BaseModel):
     date: IsoDate
     time: LocalTime
 
+    @field_validator("date")
+    @classmethod
+    def _supported_date(cls, value: dt.date) -> dt.date:
+        within_schedule_dates(value)
+        return value
+
 
 class ChainStatus(StrEnum):
     """The final statuses of a run a chained schedule can follow."""
@@ -279,7 +315,7 @@ class Schedule(BaseModel):
     )
 
     enabled: StrictBool = False
-    timezone: str = "UTC"
+    timezone: Annotated[str, Field(max_length=MAX_ZONE_LENGTH)] = "UTC"
     repeat: Repeat | None = None
     once: Once | None = None
     #: A chained export: fires after runs of another definition, not by the clock.
@@ -317,10 +353,22 @@ class Schedule(BaseModel):
     @classmethod
     def _known_zone(cls, zone: str) -> str:
         try:
+            if zone in _NOT_ZONES or zone.startswith(_NOT_ZONE_PREFIXES):
+                raise ValueError(zone)
             zoneinfo.ZoneInfo(zone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
             raise ValueError(f"'{zone}' is not an IANA time zone") from None
         return zone
+
+    @field_validator("start_date")
+    @classmethod
+    def _supported_start(cls, value: dt.date | None) -> dt.date | None:
+        return within_schedule_dates(value)
+
+    @field_validator("end_date")
+    @classmethod
+    def _supported_end(cls, value: dt.date | None) -> dt.date | None:
+        return within_schedule_dates(value, LATEST_END_DATE)
 
     @model_validator(mode="after")
     def _coherent(self) -> Schedule:
@@ -363,9 +411,14 @@ def _gap_end(local: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
 
 
 def instants_of(local: dt.datetime, zone: zoneinfo.ZoneInfo, *, elapsed_time: bool) -> list[dt.datetime]:
-    """The UTC instants at which a naive local wall time happens, per the DST rules above."""
-    first = local.replace(tzinfo=zone, fold=0).astimezone(UTC)
-    second = local.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    """The UTC instants at which a naive local wall time happens, per the DST rules above (none when that is
+    past the end of Python's calendar)."""
+    try:
+        first = local.replace(tzinfo=zone, fold=0).astimezone(UTC)
+        second = local.replace(tzinfo=zone, fold=1).astimezone(UTC)
+        _exists(local, zone)
+    except OverflowError:
+        return []
     if first == second:
         return [first]
     if not _exists(local, zone):
@@ -388,8 +441,16 @@ def fire_times(
 ) -> list[dt.datetime]:
     """The instants (UTC, ascending) in ``(after, until]`` at which ``schedule`` is due, at most ``limit``.
 
-    Ignores ``enabled``: callers decide whether a disabled schedule is evaluated (a preview still is).
+    Ignores ``enabled``: callers decide whether a disabled schedule is evaluated (a preview still is). Stops at the
+    end of Python's calendar (9999-12-31): instants past it never happen.
     """
+    try:
+        return _fire_times(schedule, after, until, limit)
+    except OverflowError:  # the walk itself stops there (below); this catches an ``after`` or ``until`` at the edge
+        return []
+
+
+def _fire_times(schedule: Schedule, after: dt.datetime, until: dt.datetime | None, limit: int) -> list[dt.datetime]:
     zone = schedule.zone
 
     def in_bounds(local: dt.datetime) -> bool:
@@ -408,8 +469,8 @@ def fire_times(
     elapsed = schedule.repeat.follows_elapsed_time
     # Wall times just before ``after`` can happen after it in a DST overlap's second pass.
     start = after.astimezone(zone).replace(tzinfo=None) - _overlap_margin(zone, after)
-    if schedule.start_date is not None:
-        start = max(start, dt.datetime.combine(schedule.start_date, dt.time()) - dt.timedelta(minutes=1))
+    if schedule.start_date is not None and (first_day := dt.datetime.combine(schedule.start_date, dt.time())) > start:
+        start = first_day - dt.timedelta(minutes=1)  # after start: never below the calendar's first minute
     stop_local = None
     if until is not None:
         stop_local = until.astimezone(zone).replace(tzinfo=None) + _overlap_margin(zone, until)
@@ -417,7 +478,7 @@ def fire_times(
     # several times faster than croniter, and the scheduler evaluates thousands of schedules a tick.
     iterator = CronSim(schedule.repeat.expression, start)
     found: set[dt.datetime] = set()
-    for local in iterator:
+    for local in _until_calendar_end(iterator):
         if schedule.end_date is not None and local.date() > schedule.end_date:
             break
         if stop_local is not None and local > stop_local:
@@ -431,6 +492,15 @@ def fire_times(
             if local > kth.astimezone(zone).replace(tzinfo=None) + _overlap_margin(zone, kth):
                 break
     return sorted(found)[:limit]
+
+
+def _until_calendar_end(iterator: Iterator[dt.datetime]) -> Iterator[dt.datetime]:
+    """``iterator``'s times up to the end of Python's calendar (cronsim raises OverflowError past it)."""
+    while True:
+        try:
+            yield next(iterator)
+        except (StopIteration, OverflowError):
+            return
 
 
 def next_fire_times(schedule: Schedule, after: dt.datetime, count: int = 5) -> list[dt.datetime]:

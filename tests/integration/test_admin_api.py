@@ -206,6 +206,47 @@ def test_invalid_input_gets_a_422_problem_naming_the_field(admin: AdminServer, t
         assert api.get("/api/v1/export-definitions/nope").json()["status"] == 404
 
 
+def test_a_schedule_out_of_the_calendar_or_with_an_overlong_zone_gets_a_422_naming_the_field(
+    admin: AdminServer, tag: str
+):
+    """Such schedules were saved (200/201), then their preview was a 500 and every scheduler tick failed (a date at the
+    end of Python's calendar), or were a 500 at once (a zone name too long for a file name)."""
+    names = _seed(admin, suffix=f" {tag}")
+    daily = {"every": "day", "time": "02:00"}
+    refused = [
+        ({"enabled": True, "repeat": daily, "from": "0001-01-01"}, "body.from"),
+        (
+            {"enabled": True, "timezone": "America/New_York", "once": {"date": "9999-12-31", "time": "23:00"}},
+            "body.once.date",
+        ),
+        (
+            {
+                "enabled": True,
+                "repeat": {"every": "year", "day": 29, "month": 2, "time": "09:00"},
+                "from": "9997-01-01",
+            },
+            "body.from",
+        ),
+        ({"enabled": True, "repeat": daily, "timezone": "x" * 300}, "body.timezone"),
+        ({"enabled": True, "repeat": daily, "timezone": "Europe/" + "x" * 260}, "body.timezone"),
+        ({"enabled": True, "repeat": daily, "timezone": "localtime"}, "body.timezone"),
+    ]
+    with admin.client() as api:
+        path = f"/api/v1/export-definitions/{names['definition']}/schedule"
+        for body, field in refused:
+            answer = api.put(path, json=body)
+            assert answer.status_code == 422, (body, answer.text)
+            assert any(e["field"] == field for e in answer.json()["errors"]), answer.json()
+        # The bounds themselves are fine, and "to" may be the usual "no end".
+        edge = {"enabled": True, "repeat": daily, "from": "1900-01-01", "to": "9999-12-31"}
+        assert api.put(path, json=edge).status_code == 200
+        last = {"enabled": True, "timezone": "Pacific/Kiritimati", "once": {"date": "2999-12-31", "time": "23:00"}}
+        assert api.put(path, json=last).status_code == 200
+        preview = api.get(f"{path}/preview", params={"count": 3})
+        assert preview.status_code == 200, preview.text
+        assert preview.json()["fire_times"] == ["2999-12-31T09:00:00Z"]
+
+
 def test_search_filters_paginates_and_sorts(admin: AdminServer, tag: str):
     _seed(admin, business_unit="emea", suffix=f" {tag}")
     _seed(admin, business_unit="apac", suffix=f" {tag} B")

@@ -8,11 +8,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import select
+from structlog.testing import capture_logs
 
 from services.scheduler.clock import ManualClock
 from services.scheduler.planning import scheduled_run_id
-from services.scheduler.scheduling import Scheduler
+from services.scheduler.scheduling import FULL_SYNC_EVERY, Scheduler
 from shared.catalog import CatalogStores
+from shared.catalog.database import now as real_now
+from shared.catalog.tables import CatalogObjectRow
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.schedule import fire_times
 from shared.events import RUN_EVENT_ADAPTER, RunMissed, RunRequested, RunSkipped, RunStarted, Trigger
@@ -177,6 +181,90 @@ def test_edits_take_effect_at_the_next_tick(scheduler: Scheduler, catalog: Catal
     )
     run_for(scheduler, dt.timedelta(hours=1))
     assert len(recorder.events()) == 2
+
+
+def _fired(recorder: Recorder) -> list[tuple[str, dt.datetime | None]]:
+    return [(e.definition, e.scheduled_for) for e in recorder.events() if isinstance(e, RunRequested)]
+
+
+def _errors_counted() -> float:
+    return REGISTRY.get_sample_value("member_export_scheduler_schedule_errors_total") or 0.0
+
+
+def test_a_schedule_whose_maths_fails_is_logged_and_counted_and_the_others_still_fire(
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+):
+    catalog.definitions.apply(definition("healthy", cron="0 2 * * *"))
+    catalog.definitions.apply(definition("broken", cron="0 3 * * *"))
+    real_fire_times = fire_times
+
+    def failing_for_broken(schedule, *args, **kwargs):  # what a schedule's maths raised (OverflowError, issue s48)
+        if schedule.cron == "0 3 * * *":
+            raise OverflowError("date value out of range")
+        return real_fire_times(schedule, *args, **kwargs)
+
+    monkeypatch.setattr("services.scheduler.planning.fire_times", failing_for_broken)
+    errors_before = _errors_counted()
+    with capture_logs() as logs:
+        scheduler.tick()
+        run_for(scheduler, dt.timedelta(days=2), step=dt.timedelta(minutes=30))
+    assert _fired(recorder) == [("healthy", T0 + dt.timedelta(hours=14)), ("healthy", T0 + dt.timedelta(hours=38))]
+    failed = [e for e in logs if e["event"].startswith("schedule not computable")]
+    assert {(e["definition"], e["error"]) for e in failed} == {("broken", "OverflowError")}
+    assert _errors_counted() - errors_before == len(failed) >= 1
+    # Left with no next instant (not retried every tick); an edit computes it again.
+    monkeypatch.setattr("services.scheduler.planning.fire_times", real_fire_times)
+    catalog.definitions.apply(definition("broken", cron="0 4 * * *"))
+    run_for(scheduler, dt.timedelta(days=1), step=dt.timedelta(minutes=30))
+    assert ("broken", T0 + dt.timedelta(days=2, hours=16)) in _fired(recorder)
+
+
+def test_a_definition_stored_with_a_date_past_the_calendar_does_not_stop_the_others(
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder
+):
+    """A catalog holding, from before the dates' bound, a schedule whose maths overflowed Python's calendar (its
+    day before 0001-01-01): every tick failed, and the nightly never fired."""
+    catalog.definitions.apply(definition("nightly", repeat={"every": "day", "time": "02:00"}))
+    catalog.definitions.apply(definition("ancient", repeat={"every": "day", "time": "02:00"}, **{"from": "2026-01-01"}))
+    with catalog.definitions.database.transaction() as session:  # as an older release stored it
+        row = session.execute(select(CatalogObjectRow).where(CatalogObjectRow.name == "ancient")).scalar_one()
+        row.spec = {**row.spec, "schedule": {**row.spec["schedule"], "from": "0001-01-01"}}
+    scheduler.tick()
+    run_for(scheduler, dt.timedelta(days=2), step=dt.timedelta(minutes=30))
+    assert [name for name, _ in _fired(recorder)] == ["nightly", "nightly"]
+
+
+def test_an_edit_stamped_before_the_latest_edit_is_seen(
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+):
+    """An edit whose updated_at is not the newest (its writer's now() read before another writer's commit, or its
+    host's clock behind) left (count, latest update) unchanged: the scheduler never saw it, and the definition never
+    fired until a restart."""
+    catalog.definitions.apply(definition("a", cron="0 3 * * *"))
+    catalog.definitions.apply(definition("b", cron="0 4 * * *"))
+    scheduler.tick()
+    catalog.definitions.apply(definition("a", cron="0 5 * * *"))
+    scheduler.tick()
+    monkeypatch.setattr("shared.catalog.definitions_store.now", lambda: real_now() - dt.timedelta(seconds=5))
+    catalog.definitions.apply(definition("b", cron="0 6 * * *"))
+    monkeypatch.setattr("shared.catalog.definitions_store.now", real_now)
+    run_for(scheduler, dt.timedelta(days=1), step=dt.timedelta(minutes=30))
+    assert ("b", T0 + dt.timedelta(hours=18)) in _fired(recorder)
+    assert catalog.scheduling.schedules_to_sync() == []
+
+
+def test_an_edit_the_fingerprint_misses_is_seen_within_a_minute(
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+):
+    """Whatever the fingerprint says (one equal after a change is unlikely, not impossible): bounded, not forever."""
+    catalog.definitions.apply(definition("a", cron="0 3 * * *"))
+    scheduler.tick()
+    monkeypatch.setattr(catalog.definitions, "definitions_fingerprint", lambda: (1, 1, None))
+    scheduler.tick()
+    catalog.definitions.apply(definition("a", cron="* * * * *"))
+    run_for(scheduler, FULL_SYNC_EVERY + MINUTE)
+    assert catalog.scheduling.schedules_to_sync() == []
+    assert {name for name, _ in _fired(recorder)} == {"a"}  # every minute, from the edit's first sync on
 
 
 @pytest.fixture

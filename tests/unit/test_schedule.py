@@ -12,6 +12,7 @@ import datetime as dt
 import itertools
 import zoneinfo
 from functools import cache
+from typing import Any
 
 import pytest
 from croniter import croniter
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shared.domain.schedule import Every, Repeat, Schedule, composer_of, fire_times, next_fire_times
+from shared.domain.schedule import Every, Once, Repeat, Schedule, composer_of, fire_times, next_fire_times
 
 UTC = dt.UTC
 ZONES = ["Europe/Paris", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"]
@@ -289,3 +290,73 @@ def test_from_after_to_is_refused():
 def test_a_disabled_schedule_is_still_previewed():
     schedule = Schedule.model_validate({"enabled": False, "cron": "0 2 * * *"})
     assert len(next_fire_times(schedule, dt.datetime(2026, 1, 1, tzinfo=UTC), 3)) == 3
+
+
+# --- dates at the ends of the calendar (a schedule whose maths overflowed stopped every schedule) -------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"cron": "0 2 * * *", "from": "0001-01-01"}, ("from",)),
+        ({"cron": "0 2 * * *", "from": "1899-12-31"}, ("from",)),
+        ({"cron": "0 9 29 2 *", "from": "9997-01-01"}, ("from",)),
+        ({"cron": "0 2 * * *", "from": "3000-01-01"}, ("from",)),
+        ({"cron": "0 2 * * *", "to": "1899-12-31"}, ("to",)),
+        ({"timezone": "America/New_York", "once": {"date": "9999-12-31", "time": "23:00"}}, ("once", "date")),
+        ({"once": {"date": "3000-01-01", "time": "23:00"}}, ("once", "date")),
+        ({"cron": "0 2 * * *", "timezone": "x" * 300}, ("timezone",)),
+        ({"cron": "0 2 * * *", "timezone": "Europe/" + "x" * 60}, ("timezone",)),
+        ({"cron": "0 2 * * *", "timezone": "Europe/" + "x" * 40}, ("timezone",)),
+        ({"cron": "0 2 * * *", "timezone": "localtime"}, ("timezone",)),
+        ({"cron": "0 2 * * *", "timezone": "Factory"}, ("timezone",)),
+        ({"cron": "0 2 * * *", "timezone": "posixrules"}, ("timezone",)),
+        ({"cron": "0 2 * * *", "timezone": "right/UTC"}, ("timezone",)),
+    ],
+)
+def test_dates_out_of_range_and_zones_that_are_not_iana_zones_are_refused_naming_the_field(body, field):
+    with pytest.raises(ValidationError) as refused:
+        Schedule.model_validate({"enabled": True, **body})
+    assert [error["loc"] for error in refused.value.errors()] == [field]
+
+
+def test_the_dates_bounds_and_the_no_end_sentinel_are_accepted():
+    schedule = Schedule.model_validate({"enabled": True, "cron": "0 2 * * *", "from": "1900-01-01", "to": "9999-12-31"})
+    assert next_fire_times(schedule, dt.datetime(2026, 1, 1, tzinfo=UTC), 1) == [dt.datetime(2026, 1, 1, 2, tzinfo=UTC)]
+    last = Schedule.model_validate(
+        {
+            "enabled": True,
+            "timezone": "America/Argentina/ComodRivadavia",
+            "once": {"date": "2999-12-31", "time": "23:00"},
+        }
+    )
+    assert next_fire_times(last, dt.datetime(2026, 1, 1, tzinfo=UTC)) == [dt.datetime(3000, 1, 1, 2, tzinfo=UTC)]
+
+
+def _stored(**fields: Any) -> Schedule:
+    """A schedule as a catalog may hold it from before the dates' bound (not validated again)."""
+    defaults: dict[str, Any] = {"enabled": True, "timezone": "UTC", "repeat": None, "once": None, "after": None}
+    return Schedule.model_construct(**(defaults | {"start_date": None, "end_date": None} | fields))
+
+
+def test_fire_times_stop_at_the_end_of_the_calendar_instead_of_overflowing():
+    after = dt.datetime(2026, 12, 6, tzinfo=UTC)
+    daily = Repeat(every=Every.DAY, time=dt.time(2))
+    # The day before 0001-01-01 is not a date: the schedule fires as one with no start.
+    assert fire_times(_stored(repeat=daily, start_date=dt.date(1, 1, 1)), after, limit=2) == [
+        dt.datetime(2026, 12, 6, 2, tzinfo=UTC),
+        dt.datetime(2026, 12, 7, 2, tzinfo=UTC),
+    ]
+    # 9999-12-31 23:00 in New York is past the calendar's end in UTC: it never happens.
+    late_once = Once.model_construct(date=dt.date(9999, 12, 31), time=dt.time(23))
+    assert fire_times(_stored(timezone="America/New_York", once=late_once), after) == []
+    # No 29 February is left in the calendar after 9997.
+    leap_day = Repeat(every=Every.YEAR, day=29, month=2, time=dt.time(9))
+    assert fire_times(_stored(repeat=leap_day, start_date=dt.date(9997, 1, 1)), after) == []
+    # A schedule with no bound walks up to the calendar's last day, and stops there.
+    new_york = Schedule.model_validate({"enabled": True, "timezone": "America/New_York", "cron": "0 23 * * *"})
+    assert fire_times(new_york, dt.datetime(9999, 12, 29, tzinfo=UTC)) == [
+        dt.datetime(9999, 12, 29, 4, tzinfo=UTC),
+        dt.datetime(9999, 12, 30, 4, tzinfo=UTC),
+        dt.datetime(9999, 12, 31, 4, tzinfo=UTC),
+    ]

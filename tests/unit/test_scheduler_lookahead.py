@@ -111,8 +111,8 @@ class MemoryStores:
         """Nothing to release: one replica."""
 
     # DefinitionsChanges
-    def definitions_fingerprint(self) -> tuple[int, dt.datetime | None]:
-        return sum(self.versions.values()), max(self.updated_at.values())
+    def definitions_fingerprint(self) -> tuple[int, int, dt.datetime | None]:
+        return len(self.versions), sum(self.versions.values()), max(self.updated_at.values())
 
     def list_objects(self, kind: type[ExportDefinition]) -> list[ExportDefinition]:
         return list(self.definitions.values())
