@@ -65,7 +65,7 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.sql.selectable import LateralFromClause, Subquery
 
 #: Written in place of a value the database cannot write exactly: its page is read again as rows. A
@@ -88,6 +88,10 @@ _PG_WRITTEN = _PG_NATIVE | {
     _PG_TIME,
     _PG_BYTEA,
 }
+
+#: PostgreSQL's uuid: no ``max(uuid)``. Boolean, bytea and jsonb keys have none either (a name key's is text's) and
+#: keep ``max()``, their JSON page failing and read again as rows as before: not checked beyond that (session 48).
+_PG_UUID = 2950
 
 #: SQLite's printf writes a double's 17 significant digits exactly within this band (checked on
 #: millions of values; beyond 1e100 some last digits are off), so other reals take the row path.
@@ -141,6 +145,16 @@ class MemberJson:
             ordered = func.string_agg(member, aggregate_order_by(separator, key))
             return func.convert_to(ordered, _text("UTF8"))
         return cast(func.group_concat(member, separator), LargeBinary)
+
+
+def last_key(dialect: str, key: ColumnElement[Any], type_code: Any) -> ColumnElement[Any]:
+    """The aggregate giving a page's last key, in the key column's own type: its ``max``, or on PostgreSQL for a uuid
+    (no ``max(uuid)``) the first of its keys in descending key order (the JSON page query failed for a uuid key, and
+    each page was read again as rows)."""
+    if dialect != "postgresql" or type_code != _PG_UUID:
+        return func.max(key)
+    keys: ColumnElement[Any] = func.array_agg(aggregate_order_by(key, key.desc()), type_=ARRAY(key.type))
+    return keys[_integer(1)]
 
 
 def member_json(

@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 
 from shared.domain.query_parameters import RESERVED_PREFIX
-from shared.querystore.member_json import MemberJson, ResultColumn, member_json
+from shared.querystore.member_json import MemberJson, ResultColumn, last_key, member_json
 
 #: The extractor's own bind names; saved queries may not declare names with this prefix.
 LAST_KEY = f"{RESERVED_PREFIX}last_key"
@@ -116,7 +116,9 @@ def member_json_page(
         window=window,
         bounded=bounded,
     ).subquery("p")
-    return select(func.max(page.c.k), func.count(), member.joined(page.c.m, page.c.k)), member
+    key_type = next(c.type_code for c in columns if c.name == key_column)
+    last = last_key(dialect, page.c.k, key_type)
+    return select(last, func.count(), member.joined(page.c.m, page.c.k)), member
 
 
 def _keyset(

@@ -23,6 +23,10 @@ where cores allow (the machine's core count is printed); peak RSS <= 250 MB and 
 
     .venv/bin/python -m tests.benchmarks.bench_extractor [--members 1000000 3000000] [--store both] [--rounds 1]
     .venv/bin/python -m tests.benchmarks.bench_extractor --members 500000 --replicas 1 2 --rounds 3
+    .venv/bin/python -m tests.benchmarks.bench_extractor --members 200000 --store postgresql --key uuid
+
+``--key uuid``: the members keyed by a ``uuid`` column (``uid``, the md5 of the id; PostgreSQL only), a copy of the
+table (``members_uuid``) in the same store, read by ``SELECT * FROM members_uuid`` in ``uid`` order.
 
 ``KAFKA_BOOTSTRAP_SERVERS`` / ``EXPORT_TEST_POSTGRES_URL`` reuse running servers; otherwise a local
 broker and a throwaway PostgreSQL are started. Generated SQLite stores are cached under ``.local/bench``.
@@ -62,6 +66,8 @@ from tests.benchmarks.common import (
 
 BATCH_SIZE = 500
 PAGE_SIZE = 5_000
+#: ``--key``: the table read and its key column.
+KEYS = {"integer": ("members", "id"), "uuid": ("members_uuid", "uid")}
 
 
 def _peak_rss_mb() -> float:
@@ -74,7 +80,9 @@ def _settings(bootstrap: str, prefix: str) -> Any:
     return CommonSettings(kafka_bootstrap_servers=bootstrap, topic_prefix=prefix, topic_partitions=6)
 
 
-def child_extractor(store_url: str, bootstrap: str, workdir: str, encoding: str = "json") -> dict[str, Any]:
+def child_extractor(
+    store_url: str, bootstrap: str, workdir: str, encoding: str = "json", key: str = "integer"
+) -> dict[str, Any]:
     """One run through the real extractor (``encoding``: ``json`` or ``rows``); returns members, seconds, peak RSS."""
     from services.extractor.extraction import Extractor
     from shared.events import RunRequested
@@ -87,7 +95,8 @@ def child_extractor(store_url: str, bootstrap: str, workdir: str, encoding: str 
     ensure_topics(settings)
     catalog = CatalogStores.from_url(f"sqlite:///{workdir}/catalog.db", migrate=True)
     catalog.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
-    catalog.definitions.apply(SavedQuery(name="all", sql="SELECT * FROM members"))
+    table, key_column = KEYS[key]
+    catalog.definitions.apply(SavedQuery(name="all", sql=f"SELECT * FROM {table}", key_column=key_column))
     catalog.definitions.apply(HttpTemplate(name="t", query="all", profile="p", batch_size=BATCH_SIZE))
     catalog.definitions.apply(ExportDefinition(name="bench", query="all", template="t"))
     producer = make_producer(settings, "bench-extractor")
@@ -120,14 +129,15 @@ def _run_ids(catalog: CatalogStores) -> list[uuid.UUID]:
         return [uuid.UUID(r[0]) for r in connection.execute(text("SELECT run_id FROM extraction_checkpoints"))]
 
 
-def child_baseline(store_url: str, bootstrap: str) -> dict[str, Any]:
+def child_baseline(store_url: str, bootstrap: str, key: str = "integer") -> dict[str, Any]:
     """A plain cursor read of the rows, then a plain producer sending the same record bytes."""
+    select = "SELECT * FROM {} ORDER BY {}".format(*KEYS[key])
     engine = make_engine(store_url)
     started = time.perf_counter()
     read = 0
     with engine.connect() as connection:
         cursor = connection.connection.driver_connection.cursor()
-        cursor.execute("SELECT * FROM members ORDER BY id")
+        cursor.execute(select)
         while rows := cursor.fetchmany(PAGE_SIZE):
             read += len(rows)
     read_seconds = time.perf_counter() - started
@@ -135,7 +145,7 @@ def child_baseline(store_url: str, bootstrap: str) -> dict[str, Any]:
     # Untimed: the same bytes the extractor sends.
     with engine.connect() as connection:
         cursor = connection.connection.driver_connection.cursor()
-        cursor.execute("SELECT * FROM members ORDER BY id")
+        cursor.execute(select)
         records = member_batch_records(cursor, template="t", batch_size=BATCH_SIZE, page_size=PAGE_SIZE)
     engine.dispose()
     produce_seconds = bare_produce(bootstrap, new_topic(bootstrap), records)
@@ -159,7 +169,7 @@ def _child(*args: str) -> dict[str, Any]:
     return result
 
 
-def postgres_store(server: Any, members: int) -> str:
+def postgres_store(server: Any, members: int, key: str = "integer") -> str:
     url = str(server(f"bench_{members}"))
     engine = make_engine(url)
     with engine.connect() as connection:
@@ -171,8 +181,27 @@ def postgres_store(server: Any, members: int) -> str:
         create_demo_members(engine, members)
         with engine.connect() as connection:
             connection.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE members"))
+    if key == "uuid":
+        _uuid_keyed_copy(engine, members)
     engine.dispose()
     return url
+
+
+def _uuid_keyed_copy(engine: Any, members: int) -> None:
+    """``members_uuid``: the members with a ``uuid`` key first (``uid``, the md5 of the id: not in id order)."""
+    with engine.connect() as connection:
+        try:
+            count = connection.execute(text("SELECT count(*) FROM members_uuid")).scalar()
+        except Exception:  # noqa: BLE001 - no table yet
+            count = None
+    if count == members:
+        return
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS members_uuid"))
+        connection.execute(text("CREATE TABLE members_uuid AS SELECT md5(id::text)::uuid AS uid, * FROM members"))
+        connection.execute(text("ALTER TABLE members_uuid ADD PRIMARY KEY (uid)"))
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE members_uuid"))
 
 
 VARIANTS = ("baseline", "rows", "json")
@@ -213,6 +242,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="rounds (the README's figures: 3)")
     parser.add_argument("--replicas", type=int, nargs="+", help="extractor processes on one run, e.g. 1 2")
     parser.add_argument("--range-members", type=int, default=250_000, help="EXPORT_EXTRACTOR_RANGE_MEMBERS")
+    parser.add_argument(
+        "--key", choices=sorted(KEYS), default="integer", help="the key column's type (uuid: PostgreSQL)"
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -223,10 +255,12 @@ def main() -> None:
     with ExitStack() as stack:
         bootstrap = kafka_bootstrap(stack)
         stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
+        if args.key != "integer" and (stores != ["postgresql"] or args.replicas):
+            parser.error("--key uuid: with --store postgresql, without --replicas")
         postgres = postgres_databases(stack) if "postgresql" in stores else None
         for store in stores:
             for members in args.members:
-                url = sqlite_store(members) if store == "sqlite" else postgres_store(postgres, members)
+                url = sqlite_store(members) if store == "sqlite" else postgres_store(postgres, members, args.key)
                 if args.replicas:
                     replica_rounds(store, members, url, bootstrap, args)
                     continue
@@ -235,10 +269,10 @@ def main() -> None:
                     results: dict[str, dict[str, Any]] = {}
                     for variant in VARIANTS[number % 3 :] + VARIANTS[: number % 3]:
                         if variant == "baseline":
-                            results[variant] = _child("baseline", url, bootstrap)
+                            results[variant] = _child("baseline", url, bootstrap, args.key)
                         else:
                             workdir = stack.enter_context(tempfile.TemporaryDirectory())
-                            results[variant] = _child("extractor", url, bootstrap, workdir, variant)
+                            results[variant] = _child("extractor", url, bootstrap, workdir, variant, args.key)
                     rounds.append(results)
                 report(store, members, rounds)
 

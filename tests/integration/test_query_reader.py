@@ -323,6 +323,19 @@ def _page_statements(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return starts
 
 
+def _row_page_statements(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The starts of the row page statements the reader runs on the store (a JSON page read again as rows too)."""
+    starts: list[Any] = []
+    read = MemberReader._row_page
+
+    def counted(self: MemberReader, query: Any, statement: Any, base: Any, last_key: Any) -> Any:
+        starts.append(last_key)
+        return read(self, query, statement, base, last_key)
+
+    monkeypatch.setattr(MemberReader, "_row_page", counted)
+    return starts
+
+
 def test_a_real_key_s_pages_read_ahead_are_each_read_once(postgres_database_factory, monkeypatch):
     # The session 47 review: the ends found ahead were read as text (49.9), the JSON page's last key in binary
     # format (49.900001525878906); never equal, every page read ahead was dropped and read again (9 for 5 pages).
@@ -466,16 +479,19 @@ KEY_TYPES = {
 
 
 def _values_of(page: Page | JsonPage, column: str) -> list[Any]:
-    """A column's values in a page, as JSON (a uuid key's pages come as rows: PostgreSQL has no ``max(uuid)``)."""
+    """A column's values in a page, as JSON."""
     if isinstance(page, JsonPage):
         return [json.loads(member)[column] for member in page.members]
     return [member[column] for member in page.members]
 
 
 @pytest.mark.parametrize("key_type", KEY_TYPES)
-def test_on_postgresql_every_key_type_s_pages_hold_each_member_once_in_key_order(postgres_database_factory, key_type):
+def test_on_postgresql_every_key_type_s_pages_hold_each_member_once_in_key_order(
+    postgres_database_factory, monkeypatch, key_type
+):
     """Each page's last key goes back as the key column's own type, as the next page's start, from a checkpoint
-    (JSON), as a range's upper key and as a retried member's key."""
+    (JSON), as a range's upper key and as a retried member's key. Each page is read once, as JSON: a uuid key's JSON
+    page query failed (PostgreSQL has no ``max(uuid)``) and every page was read again as rows, two queries a page."""
     engine = make_engine(postgres_database_factory())
     with engine.begin() as connection:
         connection.execute(
@@ -485,11 +501,14 @@ def test_on_postgresql_every_key_type_s_pages_hold_each_member_once_in_key_order
         ordered = [row[0] for row in connection.execute(text("SELECT v FROM t ORDER BY k"))]
     query = SavedQuery(name="t", sql="SELECT k, v FROM t", key_column="k")
     reader = MemberReader(engine, timeout_seconds=30)
+    json_statements, row_statements = _page_statements(monkeypatch), _row_page_statements(monkeypatch)
     try:
         read = {}
         for database_json in (True, False):
             with reader.member_pages(query, page_size=7, database_json=database_json) as pages:
                 read[database_json] = list(pages)
+            if database_json:
+                statements = (len(json_statements), len(row_statements))
         rows = [m["v"] for page in read[False] if isinstance(page, Page) for m in page.members]
         written = [v for page in read[True] for v in _values_of(page, "v")]
         checkpoint = json.loads(json.dumps(read[False][3].last_key))
@@ -502,6 +521,8 @@ def test_on_postgresql_every_key_type_s_pages_hold_each_member_once_in_key_order
         engine.dispose()
     assert rows == ordered
     assert written == ordered
+    assert [isinstance(page, JsonPage) for page in read[True]] == [True] * 22
+    assert statements == (22, 0), "JSON page statements and row page statements run for 22 pages"
     assert resumed == ordered[28:]
     assert first_range == ordered[:75]
     if key_type != "numeric of 21 digits":  # a batch names its members by their JSON value: a float, rounded
