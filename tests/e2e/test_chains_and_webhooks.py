@@ -52,26 +52,18 @@ spec:
   schedule: {{enabled: true, after: {{definition: strict-lead}}}}
 ---
 kind: ExportDefinition
-name: twin-lead
-spec:
-  query: first-hundred
-  template: good-small
-  notifications:
-    success: {{enabled: true, recipients: [ops@example.com]}}
----
-kind: ExportDefinition
 name: twin-one
 spec:
   query: first-hundred
   template: good-small
-  schedule: {{enabled: true, after: {{definition: twin-lead}}}}
+  schedule: {{enabled: true, after: {{definition: small-to-good-partner}}}}
 ---
 kind: ExportDefinition
 name: twin-two
 spec:
   query: first-hundred
   template: good-small
-  schedule: {{enabled: true, after: {{definition: twin-lead}}}}
+  schedule: {{enabled: true, after: {{definition: small-to-good-partner}}}}
 """
 
 
@@ -150,7 +142,7 @@ def test_a_follower_of_successes_does_not_run_after_a_failure(chained: Pipeline)
 
 
 def test_two_followers_of_one_definition_each_run_once_and_its_success_email_goes_out(chained: Pipeline):
-    lead = _run(chained, "twin-lead")
+    lead = _run(chained, "small-to-good-partner")  # the pipeline's, with its success email
     wait_until(
         lambda: any(m.message["X-Export-Run-Id"] == str(lead) for m in chained.sink.received()),
         timeout=60,
@@ -163,4 +155,4 @@ def test_two_followers_of_one_definition_each_run_once_and_its_success_email_goe
     )
     for name in ("twin-one", "twin-two"):
         [run] = chained.catalog.runs.list_runs(name)
-        assert (run.trigger, run.requested_by, run.delivered) == ("event", "chain:twin-lead", 100)
+        assert (run.trigger, run.requested_by, run.delivered) == ("event", "chain:small-to-good-partner", 100)
