@@ -27,9 +27,31 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, TypeAdapter
 
 SCHEMA_VERSION = 1
+
+#: The internal name of a catalog object: lowercase letters, digits and dashes, 1 to 100 characters (the catalog's
+#: ``name`` columns are VARCHAR(100)). Here, not in ``shared.domain.names`` (which takes it from here), because the
+#: wire contract imports nothing else of the project.
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,98}[a-z0-9])?$"
+#: A definition's name in a run request: the catalog's rule, so a request for a name no definition can have is
+#: refused when it is decoded (dead-lettered naming the field), not by a database column further on.
+DefinitionName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+#: The longest ``requested_by`` a run keeps: the runs' ``requested_by`` column is VARCHAR(200).
+REQUESTED_BY_MAX = 200
+#: Who requested a run, in a run request: at most :data:`REQUESTED_BY_MAX` characters (refused when longer).
+RequestedBy = Annotated[str, StringConstraints(max_length=REQUESTED_BY_MAX)]
+
+
+def cut_requested_by(value: object) -> object:
+    """``value`` cut to :data:`REQUESTED_BY_MAX` characters when it is a longer string (anything else as it is)."""
+    return value[:REQUESTED_BY_MAX] if isinstance(value, str) else value
+
+
+#: Who requested a run, in the events of a run already started: cut to :data:`REQUESTED_BY_MAX`, never refused (an
+#: event of an older release, whose requests were not bounded, still folds into the run's record).
+StartedBy = Annotated[str | None, BeforeValidator(cut_requested_by)]
 
 
 def utc_now() -> datetime:
@@ -82,10 +104,10 @@ class RunRequested(Event):
 
     type: Literal["run.requested"] = "run.requested"
     run_id: uuid.UUID = Field(default_factory=uuid.uuid4)
-    definition: str
+    definition: DefinitionName
     trigger: Trigger = Trigger.EVENT
     requested_at: AwareDatetime = Field(default_factory=utc_now)
-    requested_by: str | None = None
+    requested_by: RequestedBy | None = None
     scheduled_for: AwareDatetime | None = None
     definition_id: uuid.UUID | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -162,7 +184,7 @@ class RunStarted(Event):
     run_id: uuid.UUID
     definition: str
     trigger: Trigger
-    requested_by: str | None = None
+    requested_by: StartedBy = None
     #: The request's own time (its ``requested_at``: a CloudEvent's ``time``), kept in the run's record.
     requested_at: AwareDatetime | None = None
     scheduled_for: AwareDatetime | None = None
@@ -281,7 +303,7 @@ class RunCancelled(Event):
     type: Literal["run.cancelled"] = "run.cancelled"
     run_id: uuid.UUID
     definition: str
-    requested_by: str | None = None
+    requested_by: StartedBy = None
     at: AwareDatetime = Field(default_factory=utc_now)
 
 

@@ -6,7 +6,9 @@ CloudEvents contract (``type`` = ``io.member-export.run.requested.v1``, JSON dat
 
 Without ``data.run_id`` the run id is derived from the event's ``source`` and ``id`` (which CloudEvents
 makes unique per event), so a republished event starts its run once. ``requested_by`` defaults to the
-``source``; the trigger is ``event`` and ``requested_at`` the event's ``time`` (else now).
+``source`` (its first 200 characters: :data:`shared.events.REQUESTED_BY_MAX`); a ``definition`` that is no
+definition name or a ``requested_by`` longer than 200 characters is refused (dead-lettered, naming the field); the
+trigger is ``event`` and ``requested_at`` the event's ``time`` (else now).
 
 Trace context: a CloudEvent's distributed-tracing extension (``traceparent``, ``tracestate``: ``ce_traceparent``
 headers in binary mode, attributes in structured mode) is the run's trace, unless the record's own
@@ -23,7 +25,16 @@ from cloudevents.core.formats.json import JSONFormat
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import from_json
 
-from shared.events import RUN_REQUESTED_CLOUDEVENT_TYPE, RangeRequested, RunRequested, Trigger, utc_now
+from shared.events import (
+    RUN_REQUESTED_CLOUDEVENT_TYPE,
+    DefinitionName,
+    RangeRequested,
+    RequestedBy,
+    RunRequested,
+    Trigger,
+    cut_requested_by,
+    utc_now,
+)
 from shared.kafka import Headers
 from shared.kafka.trace_context import event_carries
 
@@ -38,10 +49,10 @@ class CloudEventRunData(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    definition: str
+    definition: DefinitionName
     parameters: dict[str, Any] = Field(default_factory=dict)
     run_id: uuid.UUID | None = None
-    requested_by: str | None = None
+    requested_by: RequestedBy | None = None
 
 
 def _is_range_request(value: bytes) -> bool:
@@ -121,6 +132,7 @@ def decode_run_request(value: bytes, headers: Headers) -> RunRequested | RangeRe
         definition=data.definition,
         trigger=Trigger.EVENT,
         requested_at=event.get_time() or utc_now(),
-        requested_by=data.requested_by or source,
+        # The source is the sender's (a URI of any length), not a name it chose for the run: cut to fit, not refused.
+        requested_by=data.requested_by or cut_requested_by(source),
         parameters=data.parameters,
     )

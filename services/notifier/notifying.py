@@ -81,6 +81,12 @@ FINISHES_PENDING = Gauge(
     "longer than EXPORT_NOTIFIER_FINISH_LEASE_SECONDS after they finished (it finishes them, oldest first: a value "
     "that stays above 0 means finishes are not being done).",
 )
+CHAINED_RUNS_REFUSED = Counter(
+    "member_export_notifier_chained_runs_refused_total",
+    "Runs of chained definitions that could not be requested after a run of what they follow (the definition "
+    "deleted or invalid meanwhile; the log says why), by the chained definition.",
+    ["definition"],
+)
 SCHEDULES_PAUSED = Counter(
     "member_export_notifier_schedules_paused_total",
     "Schedules paused after consecutive failed runs, by definition.",
@@ -410,7 +416,18 @@ class Notifier:
         (a redelivery repairs a request lost in a crash); idempotent per (finished run, follower)."""
         if self.chain_runs is None:
             return []
-        requests = request_following_runs(finished, store=self.definitions, runs=self.chain_runs)
+        following = request_following_runs(finished, store=self.definitions, runs=self.chain_runs)
+        for follower, reason in following.refused:
+            # Each follower on its own: one refused stops neither the others nor this run's emails and webhooks.
+            CHAINED_RUNS_REFUSED.labels(definition=follower).inc()
+            log.warning(
+                "chained run refused",
+                definition=follower,
+                after_run_id=str(finished.run_id),
+                after=finished.definition,
+                reason=reason,
+            )
+        requests = following.requests
         for request in requests:
             log.info(
                 "chained run requested",

@@ -507,7 +507,7 @@ class SqlRunsStore:
         key twice through it: with the request's fingerprint in place of ``definition``, then with "" for
         the key alone, so that a key reused for a different request is told apart from a retry.
         """
-        scope = hashlib.sha256(f"{caller}\0{definition}\0{key}".encode()).hexdigest()
+        scope = _key_scope(caller, definition, key)
         with self.database.transaction("Run") as session:
             values = {"scope": scope, "run_id": str(run_id), "created_at": now()}
             if self.database.insert_ignore(session, IdempotencyKeyRow, values):
@@ -515,6 +515,12 @@ class SqlRunsStore:
             existing = session.get(IdempotencyKeyRow, scope)
             assert existing is not None
             return uuid.UUID(existing.run_id)
+
+    def idempotency_key_run(self, caller: str, definition: str, key: str) -> uuid.UUID | None:
+        """The run (caller, definition, key) was claimed for, if it was; claims nothing."""
+        with self.database.transaction("Run") as session:
+            existing = session.get(IdempotencyKeyRow, _key_scope(caller, definition, key))
+            return None if existing is None else uuid.UUID(existing.run_id)
 
     # --- notifications -------------------------------------------------------------------------------
 
@@ -692,3 +698,8 @@ _IDS_PER_QUERY = 900
 def _id_texts(run_ids: Sequence[uuid.UUID]) -> list[str]:
     """Run ids as the ``runs`` table keys them, once each, sorted (rows locked in one order by every writer)."""
     return sorted({str(run_id) for run_id in run_ids})
+
+
+def _key_scope(caller: str, definition: str, key: str) -> str:
+    """The stored scope of an idempotency key: SHA-256 of (caller, definition, key)."""
+    return hashlib.sha256(f"{caller}\0{definition}\0{key}".encode()).hexdigest()

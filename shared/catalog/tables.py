@@ -21,6 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.events import REQUESTED_BY_MAX
+
 
 class Base(DeclarativeBase):
     pass
@@ -69,7 +71,7 @@ class RunRow(Base):
     definition: Mapped[str] = mapped_column(String(100), index=True)
     status: Mapped[str] = mapped_column(String(32), index=True)
     trigger: Mapped[str | None] = mapped_column(String(16))
-    requested_by: Mapped[str | None] = mapped_column(String(200))
+    requested_by: Mapped[str | None] = mapped_column(String(REQUESTED_BY_MAX))
     requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     scheduled_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     replay_of: Mapped[str | None] = mapped_column(String(36), index=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import StringConstraints
 
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,98}[a-z0-9])?$"
+from shared.events import NAME_PATTERN
 
 #: The internal name of a catalog object: lowercase letters, digits and dashes, 1 to 100 characters.
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]

@@ -1,6 +1,7 @@
 """Chained exports and webhook notifications through the four real service processes (Kafka, SQLite catalog,
 HTTP receivers, SMTP): a follower runs once per successful run of what it follows, never after a failure,
-and the notifier process's webhooks are sent once per run and event, across a SIGKILL."""
+two followers of one definition each run once (and its email goes out), and the notifier process's webhooks are
+sent once per run and event, across a SIGKILL."""
 
 from __future__ import annotations
 
@@ -49,6 +50,20 @@ spec:
   query: first-hundred
   template: good-small
   schedule: {{enabled: true, after: {{definition: strict-lead}}}}
+---
+kind: ExportDefinition
+name: twin-one
+spec:
+  query: first-hundred
+  template: good-small
+  schedule: {{enabled: true, after: {{definition: small-to-good-partner}}}}
+---
+kind: ExportDefinition
+name: twin-two
+spec:
+  query: first-hundred
+  template: good-small
+  schedule: {{enabled: true, after: {{definition: small-to-good-partner}}}}
 """
 
 
@@ -124,3 +139,20 @@ def test_a_follower_of_successes_does_not_run_after_a_failure(chained: Pipeline)
         what="the failed run's error email",
     )
     assert _follower_runs(chained, "after-strict") == []
+
+
+def test_two_followers_of_one_definition_each_run_once_and_its_success_email_goes_out(chained: Pipeline):
+    lead = _run(chained, "small-to-good-partner")  # the pipeline's, with its success email
+    wait_until(
+        lambda: any(m.message["X-Export-Run-Id"] == str(lead) for m in chained.sink.received()),
+        timeout=60,
+        what="the followed run's success email",
+    )
+    wait_until(
+        lambda: _follower_runs(chained, "twin-one") == _follower_runs(chained, "twin-two") == [RunStatus.SUCCEEDED],
+        timeout=120,
+        what="each follower's one run",
+    )
+    for name in ("twin-one", "twin-two"):
+        [run] = chained.catalog.runs.list_runs(name)
+        assert (run.trigger, run.requested_by, run.delivered) == ("event", "chain:small-to-good-partner", 100)

@@ -12,9 +12,11 @@ from devtools.smtp_sink import SmtpSink
 from services.notifier.mailer import SmtpMailer
 from services.notifier.notifying import Notifier
 from shared.application.actors import Actor, Role
+from shared.application.chains import CollectedRequests, request_following_runs
 from shared.application.checks import ObjectChecks
 from shared.application.errors import Invalid
 from shared.application.objects import apply_objects, save_definition_step
+from shared.application.runs import request_run
 from shared.catalog import CatalogStores
 from shared.cli.object_views import print_schedule, schedule_preview
 from shared.domain.catalog_objects import (
@@ -26,6 +28,7 @@ from shared.domain.catalog_objects import (
     SavedQuery,
 )
 from shared.domain.destinations import DestinationPolicy
+from shared.domain.runs import RunRecord
 from shared.domain.secret_references import SecretReferencePolicy
 from shared.events import (
     AnyRunEvent,
@@ -208,3 +211,62 @@ def test_saving_one_step_keeps_the_webhooks_and_the_chain_it_does_not_mention(ca
     saved = catalog.definitions.get(ExportDefinition, "b")
     assert saved.notifications.webhooks["ops"].signing_secret == new_secret
     assert not saved.notifications.error.enabled  # the API's step is the whole step
+
+
+ON_SUCCESS = {"success": {"enabled": True, "recipients": ["ops@example.com"]}}
+
+
+def test_two_followers_of_one_definition_each_run_once_and_its_email_still_goes_out(
+    catalog: CatalogStores, sink: SmtpSink
+):
+    save(catalog, *BASE, export("a", notifications=ON_SUCCESS), chained("b", after="a"), chained("c", after="a"))
+    notifier = notifier_on(catalog, sink)
+    run_a = succeeded("a")
+    first = run_requests(notifier.handle_all(run_a))
+    assert sorted(r.definition for r in first) == ["b", "c"]
+    # Redelivered: the same two runs asked for again (still queued), never a third.
+    again = run_requests(notifier.handle_all(run_a))
+    assert {(r.definition, r.run_id) for r in again} <= {(r.definition, r.run_id) for r in first}
+    for name in ("b", "c"):
+        assert [r.run_id for r in catalog.runs.list_runs(name)] == [r.run_id for r in first if r.definition == name]
+    # The followed run's finish is handled: its email out, once.
+    assert [mail.subject for mail in sink.received()] == ["[member export] a: succeeded"]
+    assert catalog.runs.finishes_unhandled([run_a[0].run_id]) == set()
+
+
+def test_a_follower_refused_stops_neither_the_other_nor_the_followed_runs_email(catalog: CatalogStores, sink: SmtpSink):
+    needs = SavedQuery(
+        name="needs", sql="SELECT id FROM members WHERE tier = :tier", parameters={"tier": {"required": True}}
+    )
+    save(catalog, *BASE, needs, export("a", notifications=ON_SUCCESS), chained("c", after="a"))
+    # b needs a parameter its definition does not give: its run is refused (invalid parameters), c's is not.
+    b = export("b", query="needs", schedule={"enabled": True, "after": {"definition": "a"}})
+    save(catalog, b)
+    notifier = notifier_on(catalog, sink)
+    run_a = succeeded("a")
+    results = notifier.handle_all(run_a)
+    assert [r.definition for r in run_requests(results)] == ["c"]
+    assert catalog.runs.list_runs("b") == []
+    assert [mail.subject for mail in sink.received()] == ["[member export] a: succeeded"]
+    assert catalog.runs.finishes_unhandled([run_a[0].run_id]) == set()
+
+
+def test_a_follower_requested_under_the_key_of_older_releases_is_not_requested_twice(catalog: CatalogStores):
+    """Before one key per follower, the key was ``after:<run id>``: a finish redelivered after the upgrade finds
+    the follower's run there and asks for no second one; the other follower (refused then) gets its run."""
+    save(catalog, *BASE, export("a"), chained("b", after="a"), chained("c", after="a"))
+    finished = RunRecord(run_id=uuid.uuid4(), definition="a", extraction_complete=True, batches_expected=0)
+    chain = Actor(name="chain:a", role=Role.OPERATOR)
+    before = request_run(
+        chain,
+        "b",
+        store=catalog.definitions,
+        runs=catalog.runs,
+        publisher=CollectedRequests(),
+        idempotency_key=f"after:{finished.run_id}",
+        trigger=Trigger.EVENT,
+    )
+    requests = request_following_runs(finished, store=catalog.definitions, runs=catalog.runs).requests
+    assert sorted((r.definition, r.run_id == before.run_id) for r in requests) == [("b", True), ("c", False)]
+    assert [r.run_id for r in catalog.runs.list_runs("b")] == [before.run_id]
+    assert len(catalog.runs.list_runs("c")) == 1

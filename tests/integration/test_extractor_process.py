@@ -190,3 +190,61 @@ def test_runs_requested_as_cloudevents_happen_in_both_modes(extractor_process: R
     assert (
         f"unsupported CloudEvent type 'com.example.other'; expected '{RUN_REQUESTED_CLOUDEVENT_TYPE}'" in letter.reason
     )
+
+
+def test_a_run_request_too_long_for_the_catalog_is_dead_lettered_naming_the_field_and_a_long_source_is_cut(
+    extractor_process: RunningExtractor, postgres_database_factory: Callable[[], str]
+):
+    """A ``definition`` no definition can have and a ``requested_by`` longer than the runs' column are refused when
+    decoded (before, the definition failed the checkpoint's insert on PostgreSQL with a raw database error, and the
+    requested_by started a run whose ``run.started`` PostgreSQL refused to fold: the run lost its start). A long
+    ``source`` (the default requested_by) starts the run, cut to the column."""
+    running = extractor_process
+    source = "/" + "s" * 422
+    long_source = CloudEvent(
+        attributes={"type": RUN_REQUESTED_CLOUDEVENT_TYPE, "source": source, "id": uuid.uuid4().hex},
+        data={"definition": "a-few"},
+    )
+    producer = KafkaProducer(bootstrap_servers=running.bootstrap, acks="all")
+    for event in (
+        long_source,
+        _cloudevent(definition="a-few", requested_by="x" * 100_000),
+        _cloudevent(definition="a" * 50_000),
+    ):
+        message = to_binary(event, JSONFormat())
+        producer.send(running.topics.run_requests, value=message.value, headers=list(message.headers.items())).get(
+            timeout=30
+        )
+    producer.close()
+
+    def refused(values: list[bytes]) -> list[DeadLetter]:
+        letters = [DeadLetter.model_validate_json(v) for v in values]
+        return [
+            letter
+            for letter in letters
+            if letter.reason.startswith(("invalid event: definition:", "invalid event: requested_by:"))
+        ]
+
+    letters = refused(read_until(running.bootstrap, running.topics.dead_letters, lambda vs: len(refused(vs)) >= 2))
+    assert sorted(letter.reason for letter in letters) == [
+        "invalid event: definition: String should match pattern '^[a-z0-9]([a-z0-9-]{0,98}[a-z0-9])?$'",
+        "invalid event: requested_by: String should have at most 200 characters",
+    ]
+
+    run_id = uuid.uuid5(CLOUDEVENT_RUN_NAMESPACE, f"{source}\n{long_source.get_id()}")
+    values = read_until(
+        running.bootstrap,
+        running.topics.run_events,
+        lambda vs: any(str(run_id) in v.decode() and b'"run.started"' in v for v in vs),
+    )
+    [raw] = [v for v in values if str(run_id) in v.decode() and b'"run.started"' in v]
+    assert orjson.loads(raw)["requested_by"] == source[:200]
+    # The notifier's fold on PostgreSQL (runs.requested_by VARCHAR(200)) takes it: the run keeps its start.
+    catalog = CatalogStores.from_url(postgres_database_factory(), migrate=True)
+    try:
+        catalog.runs.fold_run_event(RUN_EVENT_ADAPTER.validate_json(raw))
+        run = catalog.runs.get_run(run_id)
+        assert run is not None
+        assert (run.status.value, run.requested_by) == ("extracting", source[:200])
+    finally:
+        catalog.close()

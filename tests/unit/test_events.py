@@ -75,3 +75,27 @@ def test_a_runs_record_keeps_the_time_it_was_requested():
     assert record.requested_at == requested
     earlier = RunRecord(run_id=run_id, definition="vip", requested_at=requested - timedelta(seconds=1))
     assert fold(earlier, started).requested_at == earlier.requested_at, "the first known time stays"
+
+
+def test_a_run_request_names_a_definition_as_the_catalog_does_and_who_asked_in_at_most_200_characters():
+    run_id = uuid.uuid4()
+    # As releases before the bounds wrote it (every field they sent): it still decodes.
+    written = (
+        f'{{"type": "run.requested", "schema_version": 1, "run_id": "{run_id}", "definition": "gold-members-90-days",'
+        f' "trigger": "schedule", "requested_at": "2026-11-30T08:15:42Z", "requested_by": "chain:{"a" * 100}",'
+        ' "scheduled_for": null, "definition_id": null, "parameters": {}, "allow_mass_removal": false}'
+    )
+    assert RunRequested.model_validate_json(written).definition == "gold-members-90-days"
+    for field, value in (("definition", "a" * 101), ("definition", "Gold Members"), ("requested_by", "x" * 201)):
+        with pytest.raises(ValidationError) as refused:
+            RunRequested.model_validate({"definition": "gold", field: value})
+        assert [error["loc"] for error in refused.value.errors()] == [(field,)]
+
+
+def test_a_started_runs_requester_is_cut_to_200_characters_never_refused():
+    """An event an older release published (its request unbounded) still decodes, and fits the runs' column."""
+    event = {"type": "run.started", "run_id": str(uuid.uuid4()), "definition": "gold", "trigger": "event"}
+    started = RUN_EVENT_ADAPTER.validate_python(event | {"requested_by": "/" + "s" * 422})
+    assert isinstance(started, RunStarted)
+    assert started.requested_by == "/" + "s" * 199
+    assert RUN_EVENT_ADAPTER.validate_python(event).requested_by is None

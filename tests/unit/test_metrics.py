@@ -134,6 +134,7 @@ SCHEME = {
     "member_export_notifier_emails_sent_total": "counter",
     "member_export_notifier_emails_failed_total": "counter",
     "member_export_notifier_schedules_paused_total": "counter",
+    "member_export_notifier_chained_runs_refused_total": "counter",
     "member_export_notifier_webhooks_sent_total": "counter",
     "member_export_notifier_webhooks_failed_total": "counter",
     "member_export_notifier_missed_digests_total": "counter",
