@@ -407,7 +407,7 @@ def test_the_sweeps_missed_run_email_is_one_attempt_through_a_failing_smtp_serve
         sends.append(1)
         real(message, *args)
 
-    notifier.mailer._send_once = counted  # type: ignore[method-assign]
+    notifier.mailer._send_once = counted  # type: ignore[method-assign,assignment]
 
     notifier.sweep()
 
