@@ -6,10 +6,12 @@ python -m devtools.smtp_sink --port 2525 --dir .local/mail
 from __future__ import annotations
 
 import argparse
+import contextlib
 import email
 import functools
 import ssl
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
 from email.policy import default as default_policy
@@ -131,6 +133,18 @@ class SmtpSink(Managed):
     def received(self) -> list[ReceivedMail]:
         with self.lock:
             return list(self.messages)
+
+
+@contextlib.contextmanager
+def serving(handler: Any, port: int) -> Iterator[Any]:
+    """An SMTP server on 127.0.0.1:``port`` answering with ``handler`` (aiosmtpd's ``handle_RCPT``, ``handle_DATA``,
+    …), for as long as the block lasts."""
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler
+    finally:
+        controller.stop()
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from services.notifier.breaker_notices import BreakerMails, decode, with_breaker
 from services.notifier.delivery_log_sweep import outcome_followers, with_log_retention
 from services.notifier.mailer import SmtpMailer
 from services.notifier.notifying import Notifier
+from services.notifier.send_round import SendRound
 from services.notifier.settings import NotifierSettings
 from services.notifier.webhook_delivery import WebhookNotifications
 from services.notifier.webhook_sender import WebhookSender
@@ -22,7 +23,7 @@ from shared.catalog.breaker_mail_store import SqlBreakerMailStore
 from shared.catalog.change_snapshots import ChangeSnapshotFollower
 from shared.database_probe import database_outage_probe
 from shared.domain.destinations import DestinationPolicy
-from shared.kafka import value_decoder
+from shared.kafka import Outgoing, value_decoder
 from shared.outbound.backoff import Backoff
 from shared.runtime import build_loop, start_service
 
@@ -47,6 +48,8 @@ def main() -> None:
         link_base_url=settings.run_link_base_url,
         clock=lambda: datetime.now(UTC),
     )
+    # A poll's handling and a sweep (breaker emails included) each send within one budget (send_round).
+    send_round = SendRound(settings.notifier_send_budget_seconds)
     notifier = Notifier(
         definitions=stores.definitions,
         runs=stores.runs,
@@ -70,6 +73,7 @@ def main() -> None:
         chain_runs=stores.runs,
         replica_id=settings.notifier_replica_id,
         finish_lease_seconds=settings.notifier_finish_lease_seconds,
+        send_round=send_round,
     )
     mails = BreakerMails(
         stores.definitions,
@@ -77,8 +81,14 @@ def main() -> None:
         notifier.mailer,
         notifier.sender,
         lease_seconds=settings.notifier_finish_lease_seconds,
+        send_round=send_round,
     )
     sweep = with_log_retention(notifier.sweep, stores, settings.notifier_delivery_log_days)
+
+    def periodic() -> list[Outgoing]:
+        with send_round.open("a sweep"):
+            return [*sweep(), *mails.retry_unsent()]
+
     # One handling at a time (build_loop's default rounds_in_flight=1; the sweeps run on the loop's thread), and it
     # must stay so: a run's finish claim is taken back by this replica's id whenever it asks (claim_finishes), so two
     # rounds in flight here could both do one run's finish. The ledger's notification claims would still hold (this
@@ -90,8 +100,8 @@ def main() -> None:
         topic=settings.topics.run_events,
         decode=value_decoder(decode),  # run events, and circuit breakers' changes (breaker_notices)
         # A poll's events are folded in one transaction (one commit per poll, not per event).
-        handle_round=with_breaker_mails(notifier.handle_all, mails),
-        periodic=lambda: [*sweep(), *mails.retry_unsent()],
+        handle_round=with_breaker_mails(notifier.handle_all, mails, send_round),
+        periodic=periodic,
         periodic_seconds=settings.notifier_sweep_seconds,
         outage_probe=database_outage_probe([stores.database.engine]),  # a wait on the catalog ends once it answers
     )

@@ -21,10 +21,12 @@ import structlog
 from prometheus_client import Counter
 
 from services.notifier.emails import ERROR, recipients_for
-from services.notifier.mailer import SmtpMailer
+from services.notifier.mailer import SmtpMailer, is_transient
 from services.notifier.notification_claims import SweepClaims
+from services.notifier.send_round import SendRound
 from shared.application.ports import BreakerMailOutbox, DefinitionsStore
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate
+from shared.domain.email_retries import is_one_address
 from shared.domain.fleet import BreakerChange
 from shared.errors import StoredObjectInvalid
 from shared.events import RUN_EVENTS_RECORD_ADAPTER, AnyRunEvent, AnyRunEventsRecord, CircuitBreakerChanged
@@ -88,20 +90,29 @@ class BreakerMails:
         mailer: SmtpMailer,
         sender: str,
         lease_seconds: float = 600.0,
+        send_round: SendRound | None = None,
     ) -> None:
         self.definitions, self.outbox, self.mailer, self.sender = definitions, outbox, mailer, sender
         self.lease_seconds = lease_seconds
+        #: The round the emails are sent in (the notifier's: a poll's, a sweep's; see :class:`SendRound`).
+        self.round = send_round or SendRound()
 
     def handle(self, change: CircuitBreakerChanged) -> None:
         """Claim and send the change's email to each definition using the profile (those sent before, or claimed by
         a sweep sending them: nothing)."""
         claimed = BreakerChange(change.profile, change.state, change.episode, change.at)
         templates = {t.name for t in self.definitions.list_objects(HttpTemplate) if t.profile == change.profile}
-        for definition in self.definitions.list_objects(ExportDefinition):
-            if definition.template not in templates or not recipients_for(definition, ERROR):
-                continue
-            if self.outbox.claim(claimed, definition.name, self.lease_seconds):
-                self._send(claimed, definition, attempts=None)
+        with self.round.open("a circuit breaker change"):
+            for definition in self.definitions.list_objects(ExportDefinition):
+                if definition.template not in templates or not recipients_for(definition, ERROR):
+                    continue
+                if not self.round.mail_open():
+                    # In the outbox, due at once (a claim of no length): the sweep sends it.
+                    if self.outbox.claim(claimed, definition.name, 0.0):
+                        self.round.left()
+                    continue
+                if self.outbox.claim(claimed, definition.name, self.lease_seconds):
+                    self._send(claimed, definition, attempts=None)
 
     def retry_unsent(self) -> list[Outgoing]:
         """One attempt of each email claimed and not sent (the notifier's sweep); nothing to produce. Never
@@ -121,6 +132,9 @@ class BreakerMails:
         claims = SweepClaims(self.outbox, unsent, self.lease_seconds)
         try:
             for key, change in unsent.items():
+                if not self.round.mail_open():
+                    self.round.left()
+                    continue  # the sweep's budget spent, or SMTP failed in it: released below, due at once
                 if not claims.take([key]):
                     continue  # another sweep's (or a change's handling), or sent meanwhile
                 self._retry(change, key[2])
@@ -144,10 +158,25 @@ class BreakerMails:
             episode=change.episode,
             **({"at": change.at} if change.at is not None else {}),
         )
+        odd = [address for address in recipients_for(definition, ERROR) if not is_one_address(address)]
+        if odd:  # saved by an older release: no one knows whom it would reach
+            reason = f"recipient {odd[0]!r} is not one email address: correct the definition's recipients"
+            self.outbox.mark(change, definition.name, error=reason, give_up=True)
+            log.error(
+                "circuit breaker email given up", profile=change.profile, definition=definition.name, reason=reason
+            )
+            return
         try:
-            self.mailer.send(compose(event, definition, self.sender), max_attempts=attempts)
-        except (OSError, smtplib.SMTPException) as exc:  # marked: the sweep tries again
-            self.outbox.mark(change, definition.name, error=self.mailer.failure_reason(exc))
+            self.mailer.send(
+                compose(event, definition, self.sender),
+                max_attempts=attempts,
+                until=self.round.until,
+                recipients=recipients_for(definition, ERROR),
+            )
+        except (OSError, smtplib.SMTPException) as exc:  # marked: the sweep tries again, unless the answer was final
+            self.round.email_failed(exc)
+            reason = self.mailer.failure_reason(exc)
+            self.outbox.mark(change, definition.name, error=reason, give_up=not is_transient(exc))
             log.error("circuit breaker email not sent", profile=change.profile, definition=definition.name)
             return
         self.outbox.mark(change, definition.name)
@@ -155,11 +184,20 @@ class BreakerMails:
 
 
 def with_breaker_mails(
-    handle_all: Callable[[list[AnyRunEvent]], Sequence[list[Outgoing] | BaseException]], mails: BreakerMails
+    handle_all: Callable[[list[AnyRunEvent]], Sequence[list[Outgoing] | BaseException]],
+    mails: BreakerMails,
+    send_round: SendRound | None = None,
 ) -> Callable[[list[NotifierEvent]], list[list[Outgoing] | BaseException]]:
-    """The notifier's round handler: breaker changes mailed here, run events folded by ``handle_all``."""
+    """The notifier's round handler: breaker changes mailed here, run events folded by ``handle_all``; their sends
+    one ``send_round`` (the notifier's and the breaker emails' own)."""
 
     def handle_round(events: list[NotifierEvent]) -> list[list[Outgoing] | BaseException]:
+        if send_round is None:
+            return handled(events)
+        with send_round.open("a poll"):  # the poll's breaker emails and its runs' notifications: one round
+            return handled(events)
+
+    def handled(events: list[NotifierEvent]) -> list[list[Outgoing] | BaseException]:
         results: list[list[Outgoing] | BaseException] = [[] for _ in events]
         runs = [(index, event) for index, event in enumerate(events) if not isinstance(event, CircuitBreakerChanged)]
         for index, event in enumerate(events):

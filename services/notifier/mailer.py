@@ -10,18 +10,22 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from email.message import EmailMessage
 from typing import Any
 
 from pydantic import SecretStr
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity.stop import stop_base
 
 from shared.domain.masking import Masking
 from shared.exception_reasons import exception_reason
 
 #: Longest wait between two attempts of one email (the backoff's cap).
 MAX_WAIT_SECONDS = 30.0
+
+#: Shortest attempt a send's ``deadline`` leaves (an attempt begun just before it still gets to connect).
+MIN_ATTEMPT_SECONDS = 1.0
 
 
 def longest_send_seconds(max_attempts: int, timeout: float, max_wait: float = MAX_WAIT_SECONDS) -> float:
@@ -163,11 +167,17 @@ class SmtpMailer:
         sent = [f"\0{self.username or ''}\0{password}", password]  # AUTH PLAIN's and LOGIN's, base64-encoded
         return Masking.of([password, *(base64.b64encode(value.encode()).decode() for value in sent)])
 
-    def _send_once(self, message: EmailMessage) -> None:
-        """One attempt, bounded as a whole by the timeout (:class:`_Deadline`), each exchange within it too."""
+    def _send_once(
+        self, message: EmailMessage, until: float | None = None, recipients: Sequence[str] | None = None
+    ) -> None:
+        """One attempt, bounded as a whole by the timeout (:class:`_Deadline`), each exchange within it too, and by
+        ``until`` (a ``time.monotonic()`` instant; at least :data:`MIN_ATTEMPT_SECONDS`)."""
         # Certificates are always verified: against the system's CAs, or the operator's own bundle.
         context = ssl.create_default_context(cafile=self.ca_file)
-        with _Deadline(self.timeout).running() as deadline:
+        seconds = self.timeout
+        if until is not None:
+            seconds = min(seconds, max(until - time.monotonic(), MIN_ATTEMPT_SECONDS))
+        with _Deadline(seconds).running() as deadline:
             smtp: smtplib.SMTP
             if self.security == "tls":
                 smtp = _BoundedSmtpSsl(deadline, host=self.host, port=self.port, timeout=self.timeout, context=context)
@@ -178,20 +188,41 @@ class SmtpMailer:
                     smtp.starttls(context=context)
                 if self.username and self.password:
                     smtp.login(self.username, self.password.get_secret_value())
-                smtp.send_message(message)
+                # The envelope's recipients as given (each one address), never parsed back from the To header.
+                smtp.send_message(message, to_addrs=list(recipients) if recipients is not None else None)
 
-    def send(self, message: EmailMessage, *, max_attempts: int | None = None) -> None:
-        """Send, retrying connection failures and 4xx answers; raise the last error when retries run out."""
+    def send(
+        self,
+        message: EmailMessage,
+        *,
+        max_attempts: int | None = None,
+        until: float | None = None,
+        recipients: Sequence[str] | None = None,
+    ) -> None:
+        """Send, retrying connection failures and 4xx answers; raise the last error when retries run out, or when
+        the next attempt would start after ``until`` (a ``time.monotonic()`` instant: the caller's time budget, which
+        also cuts each attempt's timeout). ``recipients``: the envelope's (default: the message's To)."""
+        stop = stop_after_attempt(max_attempts or self.max_attempts)
         retrying = Retrying(
-            retry=retry_if_exception(_worth_retrying),
-            stop=stop_after_attempt(max_attempts or self.max_attempts),
+            retry=retry_if_exception(is_transient),
+            stop=stop if until is None else stop | _StopAt(until),
             wait=wait_random_exponential(multiplier=1, max=self.max_wait),
             reraise=True,
         )
-        retrying(self._send_once, message)
+        retrying(self._send_once, message, until, recipients)
 
 
-def _worth_retrying(exc: BaseException) -> bool:
+class _StopAt(stop_base):
+    """Stop retrying when the next attempt would start at or after ``until`` (``time.monotonic()``)."""
+
+    def __init__(self, until: float) -> None:
+        self.until = until
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= self.until
+
+
+def is_transient(exc: BaseException) -> bool:
     """Connection trouble and temporary (4xx) answers; a 5xx answer (e.g. recipient refused) is final."""
     if isinstance(exc, smtplib.SMTPResponseException):
         return 400 <= exc.smtp_code < 500

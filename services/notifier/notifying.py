@@ -22,9 +22,10 @@ from services.notifier.emails import (
     kinds_due,
     recipients_for,
 )
-from services.notifier.mailer import SmtpMailer
+from services.notifier.mailer import SmtpMailer, is_transient
 from services.notifier.notification_claims import SweepClaims
 from services.notifier.ports import NotifierRuns
+from services.notifier.send_round import SendRound
 from services.notifier.webhook_delivery import WebhookNotifications
 from services.notifier.webhook_messages import final_event, ledger_kind, parse_kind, subscribed
 from shared.application.chains import request_following_runs
@@ -32,6 +33,7 @@ from shared.application.ports import DefinitionsStore, RunsStore, WatermarkStore
 from shared.application.run_events import record_run_event, record_run_events
 from shared.application.schedules import pause_schedule, paused_by_run
 from shared.domain.catalog_objects import ExportDefinition, WebhookEvent
+from shared.domain.email_retries import email_given_up, is_one_address
 from shared.domain.runs import (
     Claimant,
     RunRecord,
@@ -46,6 +48,7 @@ from shared.events import AnyRunEvent, RunFailed, RunStarted
 from shared.kafka import Outgoing
 from shared.metrics import UNKNOWN_DEFINITION, start_definitions_series
 from shared.outages import describe, is_outage
+from shared.outbound.backoff import Backoff
 from shared.settings import default_replica_id
 from shared.topics import Topics
 
@@ -63,6 +66,12 @@ RUN_SECONDS = Histogram(
 EMAILS_SENT = Counter("member_export_notifier_emails_sent_total", "Notification emails sent, by kind.", ["kind"])
 EMAIL_FAILURES = Counter(
     "member_export_notifier_emails_failed_total", "Emails that could not be sent, by kind.", ["kind"]
+)
+EMAILS_GIVEN_UP = Counter(
+    "member_export_notifier_emails_given_up_total",
+    "Run emails given up (not tried again: a permanent SMTP answer, their attempts spent, their definition gone), "
+    "by kind.",
+    ["kind"],
 )
 ACTIVE_RUNS = Gauge("member_export_runs_active", "Runs started and not finished (as of the last sweep).")
 STUCK_RUNS = Gauge(
@@ -93,6 +102,9 @@ SCHEDULES_PAUSED = Counter(
     ["definition"],
 )
 
+
+#: The wait before a failed email's next attempt (by the sweep): full jitter, doubling from 30 s up to 15 minutes.
+EMAIL_BACKOFF = Backoff(initial=30.0, maximum=900.0)
 
 #: A run whose finish was handled, and its definition (None: not in the catalog), to record as handled.
 Finish = tuple[RunRecord, ExportDefinition | None]
@@ -128,6 +140,8 @@ class Notifier:
         finish_lease_seconds: float = 600.0,
         finish_sweep_limit: int = 100,
         started_at: datetime | None = None,
+        send_round: SendRound | None = None,
+        email_backoff: Backoff = EMAIL_BACKOFF,
     ) -> None:
         self.definitions, self.runs, self.watermarks = definitions, runs, watermarks
         #: The runs store as run requests use it (idempotency keys): chained exports fire when given.
@@ -156,6 +170,9 @@ class Notifier:
         #: At most this many runs' finishes done by one sweep (those no event came again for), oldest first.
         self.finish_sweep_limit = finish_sweep_limit
         self.clock = clock
+        #: A poll's handling and a sweep each send within a time budget, no email more once one failed for now.
+        self.round = send_round or SendRound()
+        self.email_backoff = email_backoff
         self._series_started = False
         self._started: set[str] = set()  # definitions whose series were started (by name)
         self._start_every_definitions_series()  # now, not at the first sweep (30 s on): a fast run's failure counts
@@ -171,6 +188,10 @@ class Notifier:
 
     def handle(self, event: AnyRunEvent) -> list[Outgoing]:
         """Fold the event into its run; when the run has finished, apply the failure policy and send emails."""
+        with self.round.open("a run event"):
+            return self._handle(event)
+
+    def _handle(self, event: AnyRunEvent) -> list[Outgoing]:
         before, after = record_run_event(
             event, runs=self.runs, watermarks=self.watermarks, starts=self._start_claims([event])
         )
@@ -193,7 +214,12 @@ class Notifier:
         is dead-lettered alone; unless the catalog failed it (an outage, a lock or statement timeout), which
         every event would meet again, each after waiting as long (past the group's poll interval for a large
         poll): then every event of the poll gets that failure, as the extractor's rounds stop at the first
-        outage (handed back on an outage, dead-lettered on a timeout, as when each fails alone)."""
+        outage (handed back on an outage, dead-lettered on a timeout, as when each fails alone). Its sends are
+        one round (:class:`SendRound`): within its budget, and no email more once one failed for now."""
+        with self.round.open("a poll"):
+            return self._handle_all(events)
+
+    def _handle_all(self, events: list[AnyRunEvent]) -> list[list[Outgoing] | BaseException]:
         try:
             folded = record_run_events(
                 events, runs=self.runs, watermarks=self.watermarks, starts=self._start_claims(events)
@@ -257,7 +283,7 @@ class Notifier:
 
     def _handled_alone(self, event: AnyRunEvent) -> list[Outgoing] | BaseException:
         try:
-            return self.handle(event)
+            return self._handle(event)
         except Exception as exc:  # noqa: BLE001 - the loop dead-letters the event with this failure
             return exc
 
@@ -287,6 +313,9 @@ class Notifier:
             return
         definition = self._starting[record.definition]
         if definition is not None and self.webhooks is not None:
+            if not self.round.time_left():  # claimed by the fold: the sweep sends it once its hold is over
+                self.round.left(len(subscribed(definition, WebhookEvent.STARTED)))
+                return
             for name in subscribed(definition, WebhookEvent.STARTED):
                 self.webhooks.send_claimed(definition, record, name, WebhookEvent.STARTED.value)
 
@@ -478,11 +507,12 @@ class Notifier:
                 failed = RunFailed(run_id=record.run_id, definition=record.definition, reason=reason, at=now)
                 outgoing.append(Outgoing(self.topics.run_events, str(record.run_id), failed.to_bytes()))
         STUCK_RUNS.set(stuck)
-        try:
-            outgoing += self._finish_pending()
-        except Exception:  # the unsent notifications are still retried; the next sweep tries again
-            log.exception("finishing the runs whose finish no one did failed; the next sweep tries again")
-        self._retry_unsent()
+        with self.round.open("a sweep"):
+            try:
+                outgoing += self._finish_pending()
+            except Exception:  # the unsent notifications are still retried; the next sweep tries again
+                log.exception("finishing the runs whose finish no one did failed; the next sweep tries again")
+            self._retry_unsent()
         return outgoing
 
     def _finish_pending(self) -> list[Outgoing]:
@@ -536,7 +566,11 @@ class Notifier:
             if record.definition not in definitions:
                 definitions[record.definition] = self._definition(record.definition)
             definition = definitions[record.definition]
-            if definition is None or (self.webhooks is None and parse_kind(kind) is not None):
+            if definition is None:
+                # Nobody to tell any more (and the sweep's window is not to fill up with it): given up, said why.
+                self._give_up_orphan(record, kind)
+                continue
+            if self.webhooks is None and parse_kind(kind) is not None:
                 continue
             tries.append((record, definition, kind))
         if not tries:
@@ -548,6 +582,9 @@ class Notifier:
                 webhook = parse_kind(kind)
                 if (record.run_id, kind) not in claims:
                     continue  # another sweep's, or sent meanwhile
+                if not self.round.time_left() or (webhook is None and not self.round.mail_open()):
+                    self.round.left()
+                    continue  # the sweep's budget spent, or SMTP failed in it: released below, due at once
                 if record.status is RunStatus.MISSED and (kind == ERROR or (webhook and webhook[1] == "missed")):
                     missed.setdefault((record.definition, kind), []).append(record)
                 elif not claims.take([(record.run_id, kind)]):
@@ -561,6 +598,9 @@ class Notifier:
             for (name, kind), records in missed.items():
                 definition = definitions[name]
                 assert definition is not None
+                if not self.round.time_left() or (kind == ERROR and not self.round.mail_open()):
+                    self.round.left(len(records))
+                    continue
                 ours = set(claims.take([(record.run_id, kind) for record in records]))
                 if ours:
                     group = [record for record in records if (record.run_id, kind) in ours]
@@ -639,9 +679,14 @@ class Notifier:
         does)."""
         for kind in kinds:
             recipients = recipients_for(definition, kind)
-            if recipients and self.runs.claim_notification(
-                record.run_id, kind, recipients, self.finish_lease_seconds, self.claimant
-            ):
+            if not recipients:
+                continue
+            if not self.round.mail_open():
+                # In the ledger, unsent and due (not claimed): the sweep sends it.
+                if self.runs.claim_notification(record.run_id, kind, recipients):
+                    self.round.left()
+                continue
+            if self.runs.claim_notification(record.run_id, kind, recipients, self.finish_lease_seconds, self.claimant):
                 self._mail(definition, record, kind, recipients, attempts)
 
     def _mail(
@@ -665,18 +710,30 @@ class Notifier:
             link_base_url=self.link_base_url,
             paused_after=self._paused_after(definition, record),
         )
-        self._deliver_email(message, [record], kind, attempts)
+        self._deliver_email(message, [record], kind, attempts, recipients)
 
     def _deliver_email(
-        self, message: EmailMessage, records: list[RunRecord], kind: str, attempts: int | None = None
+        self,
+        message: EmailMessage,
+        records: list[RunRecord],
+        kind: str,
+        attempts: int | None = None,
+        recipients: list[str] | None = None,
     ) -> bool:
+        """Send a claimed email (within the round's budget) and mark it sent, or failed (:meth:`_mark_failed`). A
+        recipient that is not one address (saved by an older release) fails it for good, unsent."""
+        odd = [address for address in recipients or [] if not is_one_address(address)]
+        if odd:
+            reason = f"recipient {odd[0]!r} is not one email address: correct the definition's recipients"
+            self._mark_failed(records, kind, reason, permanent=True)
+            return False
         try:
-            self.mailer.send(message, max_attempts=attempts)
+            self.mailer.send(message, max_attempts=attempts, until=self.round.until, recipients=recipients)
         except (OSError, smtplib.SMTPException) as exc:
+            self.round.email_failed(exc)
             EMAIL_FAILURES.labels(kind=kind).inc()
-            for record in records:
-                self.runs.mark_notification(record.run_id, kind, error=self.mailer.failure_reason(exc))
             log.error("email could not be sent", runs=len(records), kind=kind, error=type(exc).__name__)
+            self._mark_failed(records, kind, self.mailer.failure_reason(exc), permanent=not is_transient(exc))
             return False
         for record in records:
             self.runs.mark_notification(record.run_id, kind)
@@ -684,13 +741,45 @@ class Notifier:
         log.info("email sent", run_id=str(records[0].run_id), runs=len(records), kind=kind)
         return True
 
+    def _mark_failed(self, records: Sequence[RunRecord], kind: str, reason: str, *, permanent: bool) -> None:
+        """Record a failed attempt of these runs' email of ``kind``: tried again by a sweep after its backoff
+        (:data:`EMAIL_BACKOFF`), or given up (:func:`email_given_up`: a permanent answer, or its attempts spent)."""
+        attempts = self.runs.notification_attempts(records[0].run_id, kind) + 1
+        give_up = email_given_up(attempts, permanent=permanent)
+        retry_at = None if give_up else self.clock() + timedelta(seconds=self.email_backoff.delay(attempts))
+        for record in records:
+            self.runs.mark_notification(record.run_id, kind, error=reason, retry_at=retry_at, give_up=give_up)
+        if give_up:
+            EMAILS_GIVEN_UP.labels(kind=kind).inc(len(records))
+        log.error(
+            "email given up" if give_up else "email to be tried again",
+            run_id=str(records[0].run_id),
+            runs=len(records),
+            kind=kind,
+            attempts=attempts,
+            reason=reason,
+            retry_at=retry_at.isoformat() if retry_at else None,
+        )
+
+    def _give_up_orphan(self, record: RunRecord, kind: str) -> None:
+        """A notification whose run's definition is not in the catalog (deleted, or unreadable): given up."""
+        reason = f"the definition {record.definition!r} is not in the catalog (deleted, or unreadable)"
+        self.runs.mark_notification(record.run_id, kind, error=reason, give_up=True)
+        if parse_kind(kind) is None:
+            EMAILS_GIVEN_UP.labels(kind=kind).inc()
+        log.error("notification given up", run_id=str(record.run_id), kind=kind, reason=reason)
+
     # --- webhooks, recovery notices and missed-run digests ------------------------------------------
 
     def _send_webhooks(self, definition: ExportDefinition, record: RunRecord, event: WebhookEvent) -> None:
         """Claim and send ``event`` to the definition's subscribed channels, as a finish does: for
         :attr:`finish_lease_seconds`, in this replica's name (:attr:`claimant`)."""
-        if self.webhooks is not None:
-            self.webhooks.notify(definition, record, event, self.finish_lease_seconds, self.claimant)
+        if self.webhooks is None:
+            return
+        if not self.round.time_left():  # in the ledger, unsent and due (not claimed): the sweep sends them
+            self.round.left(len(self.webhooks.claim(definition, record, event)))
+            return
+        self.webhooks.notify(definition, record, event, self.finish_lease_seconds, self.claimant)
 
     def _notify_webhooks(self, record: RunRecord, event: WebhookEvent) -> None:
         if self.webhooks is None:
@@ -741,6 +830,9 @@ class Notifier:
                     continue
                 kinds = [ERROR] + [ledger_kind(channel, "missed") for channel in definition.notifications.webhooks]
                 for kind in kinds:
+                    if not self.round.time_left() or (kind == ERROR and not self.round.mail_open()):
+                        self.round.left(len(records))  # claimed in the ledger, due: the sweep sends them
+                        continue
                     ours = self.runs.claim_unsent_notifications(
                         [(record.run_id, kind) for record in records], self.finish_lease_seconds, self.claimant
                     )
@@ -774,7 +866,7 @@ class Notifier:
                 self._mail(definition, record, ERROR, recipients, attempts)
             return
         message = compose_digest(definition=definition, records=records, sender=self.sender, recipients=recipients)
-        self._deliver_email(message, records, ERROR, attempts)
+        self._deliver_email(message, records, ERROR, attempts, recipients)
 
 
 def _starts(before: RunRecord | None, after: RunRecord) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, model_validator
 
 from services.notifier.mailer import longest_send_seconds
+from services.notifier.send_round import DEFAULT_SEND_BUDGET_SECONDS
 from shared.settings import CommonSettings, default_replica_id
 
 #: How much longer than one email's longest send the finish lease is when the SMTP settings make that send longer
@@ -73,6 +74,14 @@ class NotifierSettings(CommonSettings):
         "this long whose finish no one did. Longer than one email's longest send (SMTP attempts x timeout, each "
         "attempt bounded as a whole, and the backoff between them), or a slow finish would be taken over and done "
         "twice.",
+    )
+    notifier_send_budget_seconds: float = Field(
+        default=DEFAULT_SEND_BUDGET_SECONDS,
+        gt=0,
+        le=240,
+        description="The time a poll's handling, and a sweep, may spend sending notifications (SMTP retries cut to "
+        "it); what is left is sent by the next sweeps. Both run on the consumer's thread: with the sweep's budget "
+        "beside a poll's, and one send begun at the end of each, they stay within the consumer's poll interval.",
     )
     notifier_replica_id: str = Field(
         default_factory=default_replica_id,

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from shared.catalog.database import CatalogDatabase, aware
 from shared.catalog.lease_claims import LeaseClaims, RowKey
 from shared.catalog.tables import BreakerMailRow
+from shared.domain.email_retries import EMAIL_MAX_ATTEMPTS
 from shared.domain.fleet import BreakerChange
 
 #: An email in the outbox: its profile, its change's ordinal (:attr:`BreakerChange.ordinal`), its definition.
@@ -35,8 +36,8 @@ def _change(row: BreakerMailRow) -> BreakerChange:
 class SqlBreakerMailStore:
     """Which breaker emails were sent, in the catalog."""
 
-    #: Failed attempts after which an email is given up (about as many sweeps).
-    MAX_ATTEMPTS = 20
+    #: Failed attempts after which an email is given up (about as many sweeps): the runs' emails' rule.
+    MAX_ATTEMPTS = EMAIL_MAX_ATTEMPTS
 
     def __init__(self, database: CatalogDatabase) -> None:
         self.database = database

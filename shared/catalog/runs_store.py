@@ -526,7 +526,9 @@ class SqlRunsStore:
 
     def unsent_notifications(self, limit: int = 100) -> list[tuple[uuid.UUID, str]]:
         """(run id, kind) of notifications claimed but not sent yet (a failed SMTP or webhook, a crash in
-        between), oldest runs first; not those given up, nor those whose next attempt is not due yet."""
+        between), not those given up, nor those whose next attempt is not due yet: first those never tried (nor
+        claimed) since, then by their next attempt time, oldest first, so that ``limit`` rows failing again and
+        again (each attempt pushes its next one back) never keep a newer one out of the window."""
         with self.database.transaction("Run") as session:
             rows = session.execute(
                 select(NotificationRow.run_id, NotificationRow.kind)
@@ -535,7 +537,9 @@ class SqlRunsStore:
                     NotificationRow.gave_up_at.is_(None),
                     (NotificationRow.next_attempt_at.is_(None)) | (NotificationRow.next_attempt_at <= now()),
                 )
-                .order_by(NotificationRow.run_id, NotificationRow.kind)
+                .order_by(
+                    NotificationRow.next_attempt_at.asc().nulls_first(), NotificationRow.run_id, NotificationRow.kind
+                )
                 .limit(limit)
             )
             return [(uuid.UUID(run_id), kind) for run_id, kind in rows]

@@ -23,8 +23,12 @@ from shared.domain.schedule import Schedule
 from shared.errors import CatalogTimedOut
 from shared.events import BatchOutcome, ExtractionCompleted, RunFailed, RunMissed, RunSkipped, RunStarted, Trigger
 from shared.outages import DependencyUnavailable
+from shared.outbound.backoff import Backoff
 
 pytestmark = pytest.mark.integration
+
+#: A failed email due again at once (not after its backoff: up to 30 s for a second attempt).
+NO_BACKOFF = Backoff(initial=0.0, maximum=0.0)
 
 DEFINITION = ExportDefinition.model_validate(
     {
@@ -128,7 +132,8 @@ def test_an_email_that_could_not_be_sent_goes_out_with_a_later_event(
 ):
     all_events = list(events([(5, 0)]))
     down = SmtpMailer("127.0.0.1", 9, max_attempts=1)  # nothing listens on port 9
-    broken = notifier_on(catalog, down)
+    # Its backoff left out: an event of the run within a failed email's backoff waits for it, as the sweep does.
+    broken = notifier_on(catalog, down, email_backoff=NO_BACKOFF)
     for event in all_events:
         broken.handle(event)
     assert sink.received() == []
@@ -241,7 +246,7 @@ def test_a_run_without_progress_is_failed_as_stuck_by_the_sweep(catalog: Catalog
 
 def test_the_sweep_sends_an_email_that_failed_earlier_once(catalog: CatalogStores, sink: SmtpSink, notifier: Notifier):
     down = SmtpMailer("127.0.0.1", 9, max_attempts=1)
-    broken = notifier_on(catalog, down)
+    broken = notifier_on(catalog, down, email_backoff=NO_BACKOFF)  # due again at once: at the next sweep
     for event in events([(5, 0)]):
         broken.handle(event)
     assert sink.received() == []

@@ -83,7 +83,8 @@ def definition(receiver: HttpReceiver, **channel: Any) -> ExportDefinition:
 def notifier_on(
     catalog: CatalogStores, sink: SmtpSink, policy: DestinationPolicy = LOCAL, max_attempts: int = 5
 ) -> Notifier:
-    """A notifier on ``catalog``'s stores, mailing to ``sink``, with webhooks retried within milliseconds."""
+    """A notifier on ``catalog``'s stores, mailing to ``sink``, with webhooks retried within milliseconds and a
+    failed email due again at once."""
     webhooks = WebhookNotifications(
         catalog.runs,
         WebhookSender(policy),
@@ -100,6 +101,7 @@ def notifier_on(
         sender="exports@example.com",
         link_base_url=None,
         webhooks=webhooks,
+        email_backoff=Backoff(initial=0.0, maximum=0.0),
     )
 
 

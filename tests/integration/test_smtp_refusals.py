@@ -12,9 +12,9 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from devtools.processes import free_port
+from devtools.smtp_sink import serving
 from services.notifier.mailer import SmtpMailer
 
 pytestmark = pytest.mark.integration
@@ -34,12 +34,8 @@ class _RefusingRecipients:
 @pytest.fixture
 def refusing(request: pytest.FixtureRequest) -> Iterator[_RefusingRecipients]:
     handler = _RefusingRecipients(request.param)
-    controller = Controller(handler, hostname="127.0.0.1", port=handler.port)
-    controller.start()
-    try:
+    with serving(handler, handler.port):
         yield handler
-    finally:
-        controller.stop()
 
 
 def _message() -> EmailMessage:

@@ -300,7 +300,7 @@ class RefusingMailer(SmtpMailer):
     def __init__(self) -> None:
         super().__init__("127.0.0.1", 25, username="exports", password=SecretStr(SMTP_PASSWORD), max_attempts=1)
 
-    def send(self, message: object, *, max_attempts: int | None = None) -> None:
+    def send(self, message: object, *, max_attempts: int | None = None, **options: object) -> None:
         raise SMTP_REFUSAL
 
 

@@ -2,6 +2,9 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import pytest
+from pydantic import ValidationError
+
 from services.notifier.emails import ERROR, SUCCESS, compose, kinds_due, recipients_for
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.runs import RunRecord, RunStatus
@@ -87,3 +90,36 @@ def test_a_run_allowed_a_mass_removal_says_so_and_who_asked():
         allowed
     )
     assert "Mass removal" not in text(RECORD)
+
+
+@pytest.mark.parametrize(
+    "recipient", ["d<e@x.io", "j:k@x.io", "f,g@x.io", "(c@x.io", 'a"b@x.io', "h;i@x.io", "x@y.io)"]
+)
+def test_a_recipient_that_mail_parsers_read_as_another_address_or_none_is_refused_at_save_naming_the_field(
+    recipient: str,
+):
+    with pytest.raises(ValidationError) as refused:
+        ExportDefinition.model_validate(
+            {
+                "name": "n",
+                "query": "q",
+                "template": "t",
+                "notifications": {"error": {"enabled": True, "recipients": [recipient]}},
+            }
+        )
+    [error] = refused.value.errors()
+    assert error["loc"] == ("notifications", "error", "recipients", 0)
+    assert "is not one email address" in error["msg"]
+
+
+@pytest.mark.parametrize("recipient", ["oncall@example.com", "first.last+exports@mail.example.co.uk", "o'brien@x.io"])
+def test_an_ordinary_recipient_is_still_taken(recipient: str):
+    saved = ExportDefinition.model_validate(
+        {
+            "name": "n",
+            "query": "q",
+            "template": "t",
+            "notifications": {"error": {"enabled": True, "recipients": [recipient]}},
+        }
+    )
+    assert saved.notifications.error.recipients == [recipient]

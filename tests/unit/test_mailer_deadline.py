@@ -7,7 +7,7 @@ import smtplib
 
 import pytest
 
-from services.notifier.mailer import AttemptTimedOut, _Deadline, _worth_retrying
+from services.notifier.mailer import AttemptTimedOut, _Deadline, is_transient
 
 #: Longest wait for the deadline's timer (a deadline on a condition, never a pause to synchronise on).
 DEADLINE = 10.0
@@ -35,7 +35,7 @@ def test_a_permanent_refusal_answered_as_the_time_ran_out_stays_permanent(refuse
     with pytest.raises(type(refused)) as failure:
         _fail_once_expired(refused)
 
-    assert failure.value is refused  # the server's answer: a 5xx is not retried (_worth_retrying)
+    assert failure.value is refused  # the server's answer: a 5xx is not retried (is_transient)
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_a_connection_failing_once_the_time_is_over_is_the_deadlines(error: Exce
         _fail_once_expired(error)
 
     assert "EXPORT_SMTP_TIMEOUT_SECONDS" in str(failure.value)
-    assert _worth_retrying(failure.value)
+    assert is_transient(failure.value)
 
 
 def test_a_connection_failing_within_the_time_is_left_as_it_is():

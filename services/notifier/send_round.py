@@ -1,0 +1,91 @@
+"""The time a poll's handling, or a sweep, may spend sending notifications, and whether SMTP failed in it.
+
+Both run on the consumer loop's thread: a poll's handling (and the sweep between two polls) that outlasts the
+consumer's poll interval takes the notifier out of its group, and the next replica meets the same poll. So each
+gets a budget (``EXPORT_NOTIFIER_SEND_BUDGET_SECONDS``): an email's retries stop at it (each attempt's timeout cut to
+what is left), and nothing is sent once it is spent. And once an email failed for a reason another email would
+meet as well (the server down, hung, closing: :func:`server_unusable`), the round's other emails are not tried:
+SMTP is taken as down until the next round. What is not sent is left in the ledger, unsent and due: the next sweep
+sends it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+import time
+from collections.abc import Iterator
+
+import structlog
+
+from services.notifier.mailer import is_transient
+
+log = structlog.get_logger(__name__)
+
+#: A round's budget by default: well under the consumer's poll interval (600 s) with the sweep's own beside it,
+#: and one send begun at the end of each (an SMTP attempt is cut to the budget; a webhook event's channels, up to
+#: 60 s each, are not).
+DEFAULT_SEND_BUDGET_SECONDS = 120.0
+
+
+def server_unusable(exc: BaseException) -> bool:
+    """Whether a send's failure is one every email would meet now: no connection, no answer in time, the connection
+    lost, the server closing (421) or refusing the sender for now. Not an answer about this email (its recipients or
+    its content refused for now: another email may go), nor a permanent one (it is given up)."""
+    if not is_transient(exc) or isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return False
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return isinstance(exc, (smtplib.SMTPSenderRefused, smtplib.SMTPConnectError)) or exc.smtp_code == 421
+    return True
+
+
+class SendRound:
+    """One round at a time (:meth:`open`): a poll's handling, or a sweep; rounds opened inside one are part of it."""
+
+    def __init__(self, budget_seconds: float = DEFAULT_SEND_BUDGET_SECONDS) -> None:
+        self.budget_seconds = budget_seconds
+        #: The round's end (a ``time.monotonic()`` instant, as the mailer's ``until``), None outside a round.
+        self.until: float | None = None
+        #: An email of the round failed for a reason the others would meet too.
+        self.smtp_failed = False
+        self._left = 0
+
+    @contextlib.contextmanager
+    def open(self, what: str) -> Iterator[SendRound]:
+        """The round (``what``: for the log), or the one already open."""
+        if self.until is not None:
+            yield self
+            return
+        self.until, self.smtp_failed, self._left = time.monotonic() + self.budget_seconds, False, 0
+        try:
+            yield self
+        finally:
+            if self._left:
+                log.warning(
+                    "notifications left for the sweep",
+                    round=what,
+                    notifications=self._left,
+                    reason="an email failed (SMTP down or refusing for now)"
+                    if self.smtp_failed
+                    else f"the round's {self.budget_seconds:g} s (EXPORT_NOTIFIER_SEND_BUDGET_SECONDS) were spent",
+                )
+            self.until, self.smtp_failed, self._left = None, False, 0
+
+    def time_left(self) -> bool:
+        """Whether a send may begin now (within the budget)."""
+        return self.until is None or time.monotonic() < self.until
+
+    def mail_open(self) -> bool:
+        """Whether an email may be tried now: within the budget, and no email of the round failed for a transient
+        reason."""
+        return not self.smtp_failed and self.time_left()
+
+    def email_failed(self, exc: BaseException) -> None:
+        """An email's send failed: a failure every other email would meet (:func:`server_unusable`) closes the
+        round's mail."""
+        if server_unusable(exc):
+            self.smtp_failed = True
+
+    def left(self, count: int = 1) -> None:
+        """``count`` notifications not tried in this round (left unsent and due, for the sweep)."""
+        self._left += count

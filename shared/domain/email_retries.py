@@ -1,0 +1,29 @@
+"""Notification emails' rules: when one that failed is given up (one rule for the runs' emails and the circuit breaker
+emails), and what a recipient is (one address)."""
+
+from __future__ import annotations
+
+from email.errors import MessageError
+from email.headerregistry import Address
+from email.utils import getaddresses
+
+#: Failed attempts after which an email is given up (each attempt one of the mailer's sends: a sweep's, or a
+#: finish's with its own retries), whatever the failures were.
+EMAIL_MAX_ATTEMPTS = 20
+
+
+def email_given_up(attempts: int, *, permanent: bool) -> bool:
+    """Whether an email whose ``attempts``-th attempt just failed is given up: the SMTP server's answer was final (a
+    5xx, every recipient refused for good, a recipient that is not one address), or the attempts are spent."""
+    return permanent or attempts >= EMAIL_MAX_ATTEMPTS
+
+
+def is_one_address(value: str) -> bool:
+    """Whether ``value`` is one email address as the standard library's email parsing reads it back: the same single
+    addr-spec, as an address header (the To) and as itself. Not, say, ``d<e@x.io`` (read as ``e@x.io``), ``j:k@x.io``
+    (a group: ``k@x.io``), ``f,g@x.io`` (two addresses) or ``(c@x.io`` (a comment: nobody)."""
+    try:
+        spec = Address(addr_spec=value).addr_spec
+    except (ValueError, IndexError, MessageError):  # the header parser's errors and defects
+        return False
+    return spec == value and getaddresses([value]) == [("", value)]
