@@ -50,7 +50,7 @@ def test_a_commit_made_while_an_offset_reset_is_in_flight_is_made_once_the_posit
     handled: list[str] = []
 
     def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
-        handled.extend(request.definition for request in requests)
+        handled.extend(model.record_name(request) for request in requests)
         consumer.resetting.add(P0)  # a fetch answered "offset out of range" meanwhile: P0 is reset
         return [stand_ins._outcome(request) for request in requests]
 

@@ -123,6 +123,17 @@ def _name(partition: TopicPartition, offset: int) -> str:
     return f"{partition.partition}:{offset}"
 
 
+def record_name(request: RunRequested) -> str:
+    """The model's name ("P:O") of the record a request was read from: records carry it as a definition name
+    ("rP-O"), since run requests name definitions by the catalog's rule (lowercase letters, digits, dashes)."""
+    return request.definition.removeprefix("r").replace("-", ":")
+
+
+def _request(name: str) -> RunRequested:
+    """The run request the model appends as record ``name`` ("P:O")."""
+    return RunRequested(definition="r" + name.replace(":", "-"))
+
+
 def _key(name: str) -> tuple[TopicPartition, int]:
     partition, offset = name.split(":")
     return TopicPartition(TOPIC, int(partition)), int(offset)
@@ -412,7 +423,7 @@ class Group:
             for _ in range(count):
                 offset = len(self.log[partition])
                 names.append(_name(partition, offset))
-                value = RunRequested(definition=names[-1]).to_bytes()
+                value = _request(names[-1]).to_bytes()
                 self.log[partition].append(
                     ConsumerRecord(TOPIC, partition.partition, None, offset, 0, 0, None, value, [], None, 0, 0, 0)
                 )
@@ -490,7 +501,7 @@ class Call:
     def __init__(self, number: int, requests: Sequence[RunRequested]) -> None:
         self.number = number
         self.requests = requests
-        self.names = [request.definition for request in requests]
+        self.names = [record_name(request) for request in requests]
         self.gate = threading.Event()
         self.fates: Sequence[str] = ("ok",)
         self.returned = threading.Event()
@@ -1002,7 +1013,7 @@ def test_a_record_held_by_a_round_the_broker_refused_is_not_committed_past_the_r
     def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
         results: list[list[Outgoing] | BaseException] = []
         for request in requests:
-            name = request.definition
+            name = record_name(request)
             handled.append(name)
             first = handled.count(name) == 1
             if name == "1:1" and first:
@@ -1049,7 +1060,7 @@ def test_a_record_held_by_a_round_in_flight_after_one_the_broker_refused_is_not_
     first_round = threading.Event()
 
     def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
-        names = [request.definition for request in requests]
+        names = [record_name(request) for request in requests]
         handled.extend(names)
         if handled.count("0:0") == 1 and "0:0" in names:
             assert first_round.wait(DEADLINE_SECONDS)
