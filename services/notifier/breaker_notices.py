@@ -21,9 +21,9 @@ import structlog
 from prometheus_client import Counter
 
 from services.notifier.emails import ERROR, recipients_for
-from services.notifier.mailer import SmtpMailer, is_transient
+from services.notifier.mailer import SmtpMailer
 from services.notifier.notification_claims import SweepClaims
-from services.notifier.send_round import SendRound
+from services.notifier.send_round import SendRound, final_for_this_email
 from shared.application.ports import BreakerMailOutbox, DefinitionsStore
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate
 from shared.domain.email_retries import is_one_address
@@ -159,7 +159,8 @@ class BreakerMails:
             **({"at": change.at} if change.at is not None else {}),
         )
         odd = [address for address in recipients_for(definition, ERROR) if not is_one_address(address)]
-        if odd:  # saved by an older release: no one knows whom it would reach
+        recipients = [address for address in recipients_for(definition, ERROR) if address not in odd]
+        if not recipients:  # saved by an older release: no one knows whom they would reach
             reason = f"recipient {odd[0]!r} is not one email address: correct the definition's recipients"
             self.outbox.mark(change, definition.name, error=reason, give_up=True)
             log.error(
@@ -171,12 +172,12 @@ class BreakerMails:
                 compose(event, definition, self.sender),
                 max_attempts=attempts,
                 until=self.round.until,
-                recipients=recipients_for(definition, ERROR),
+                recipients=recipients,  # those that are one address each (an older release's odd ones not mailed)
             )
         except (OSError, smtplib.SMTPException) as exc:  # marked: the sweep tries again, unless the answer was final
             self.round.email_failed(exc)
             reason = self.mailer.failure_reason(exc)
-            self.outbox.mark(change, definition.name, error=reason, give_up=not is_transient(exc))
+            self.outbox.mark(change, definition.name, error=reason, give_up=final_for_this_email(exc))
             log.error("circuit breaker email not sent", profile=change.profile, definition=definition.name)
             return
         self.outbox.mark(change, definition.name)

@@ -22,10 +22,10 @@ from services.notifier.emails import (
     kinds_due,
     recipients_for,
 )
-from services.notifier.mailer import SmtpMailer, is_transient
+from services.notifier.mailer import SmtpMailer
 from services.notifier.notification_claims import SweepClaims
 from services.notifier.ports import NotifierRuns
-from services.notifier.send_round import SendRound
+from services.notifier.send_round import SendRound, final_for_this_email, server_unusable
 from services.notifier.webhook_delivery import WebhookNotifications
 from services.notifier.webhook_messages import final_event, ledger_kind, parse_kind, subscribed
 from shared.application.chains import request_following_runs
@@ -723,17 +723,26 @@ class Notifier:
         """Send a claimed email (within the round's budget) and mark it sent, or failed (:meth:`_mark_failed`). A
         recipient that is not one address (saved by an older release) fails it for good, unsent."""
         odd = [address for address in recipients or [] if not is_one_address(address)]
-        if odd:
-            reason = f"recipient {odd[0]!r} is not one email address: correct the definition's recipients"
-            self._mark_failed(records, kind, reason, permanent=True)
-            return False
+        if odd:  # saved by an older release: not mailed (no one knows whom it would reach); the others are
+            log.warning("recipients not mailed: not one email address each", kind=kind, recipients=len(odd))
+            recipients = [address for address in recipients or [] if address not in odd]
+            if not recipients:
+                reason = f"recipient {odd[0]!r} is not one email address: correct the definition's recipients"
+                self._mark_failed(records, kind, reason, permanent=True)
+                return False
         try:
             self.mailer.send(message, max_attempts=attempts, until=self.round.until, recipients=recipients)
         except (OSError, smtplib.SMTPException) as exc:
             self.round.email_failed(exc)
             EMAIL_FAILURES.labels(kind=kind).inc()
             log.error("email could not be sent", runs=len(records), kind=kind, error=type(exc).__name__)
-            self._mark_failed(records, kind, self.mailer.failure_reason(exc), permanent=not is_transient(exc))
+            self._mark_failed(
+                records,
+                kind,
+                self.mailer.failure_reason(exc),
+                permanent=final_for_this_email(exc),
+                counted=not server_unusable(exc),
+            )
             return False
         for record in records:
             self.runs.mark_notification(record.run_id, kind)
@@ -741,11 +750,15 @@ class Notifier:
         log.info("email sent", run_id=str(records[0].run_id), runs=len(records), kind=kind)
         return True
 
-    def _mark_failed(self, records: Sequence[RunRecord], kind: str, reason: str, *, permanent: bool) -> None:
+    def _mark_failed(
+        self, records: Sequence[RunRecord], kind: str, reason: str, *, permanent: bool, counted: bool = True
+    ) -> None:
         """Record a failed attempt of these runs' email of ``kind``: tried again by a sweep after its backoff
-        (:data:`EMAIL_BACKOFF`), or given up (:func:`email_given_up`: a permanent answer, or its attempts spent)."""
+        (:data:`EMAIL_BACKOFF`), or given up (:func:`email_given_up`: a permanent answer, or its attempts spent).
+        A failure every email would meet (the server down or refusing the sender: not ``counted``) never spends the
+        attempts: an SMTP outage of hours loses no email, it is sent once the server is back."""
         attempts = self.runs.notification_attempts(records[0].run_id, kind) + 1
-        give_up = email_given_up(attempts, permanent=permanent)
+        give_up = email_given_up(attempts if counted else 0, permanent=permanent)
         retry_at = None if give_up else self.clock() + timedelta(seconds=self.email_backoff.delay(attempts))
         for record in records:
             self.runs.mark_notification(record.run_id, kind, error=reason, retry_at=retry_at, give_up=give_up)

@@ -18,8 +18,6 @@ from collections.abc import Iterator
 
 import structlog
 
-from services.notifier.mailer import is_transient
-
 log = structlog.get_logger(__name__)
 
 #: A round's budget by default: well under the consumer's poll interval (600 s) with the sweep's own beside it,
@@ -28,15 +26,24 @@ log = structlog.get_logger(__name__)
 DEFAULT_SEND_BUDGET_SECONDS = 120.0
 
 
+def final_for_this_email(exc: BaseException) -> bool:
+    """Whether a send's failure is the server's final answer about this email, so it is given up: every recipient
+    refused for good (5xx), or its content refused for good (a 5xx after DATA). Not a failure every email would meet
+    (the server refusing the sender or the login, lacking STARTTLS or AUTH, answering 5xx to MAIL FROM: a
+    misconfiguration or an outage that an operator fixes), which is tried again after its backoff."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return bool(exc.recipients) and all(code >= 500 for code, _ in exc.recipients.values())
+    if isinstance(exc, smtplib.SMTPDataError):
+        return exc.smtp_code >= 500
+    return False
+
+
 def server_unusable(exc: BaseException) -> bool:
     """Whether a send's failure is one every email would meet now: no connection, no answer in time, the connection
-    lost, the server closing (421) or refusing the sender for now. Not an answer about this email (its recipients or
-    its content refused for now: another email may go), nor a permanent one (it is given up)."""
-    if not is_transient(exc) or isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return False
-    if isinstance(exc, smtplib.SMTPResponseException):
-        return isinstance(exc, (smtplib.SMTPSenderRefused, smtplib.SMTPConnectError)) or exc.smtp_code == 421
-    return True
+    lost, the server closing (421), refusing the sender or the login, or lacking what the settings ask (STARTTLS,
+    AUTH). Not an answer about this email (its recipients or its content refused, for now or for good: another
+    email may go)."""
+    return not isinstance(exc, (smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError))
 
 
 class SendRound:

@@ -732,7 +732,9 @@ class SqlDefinitionsStore:
         """Definitions whose schedule is enabled, with their ids."""
         with self.database.transaction(ExportDefinition.__name__) as session:
             rows = session.scalars(select(CatalogObjectRow).where(CatalogObjectRow.kind == ExportDefinition.__name__))
-            definitions = [(uuid.UUID(row.id), ExportDefinition.model_validate(row.spec)) for row in rows]
+            definitions = [
+                (uuid.UUID(row.id), ExportDefinition.model_validate(row.spec, context=self._context)) for row in rows
+            ]
         return [(id_, d) for id_, d in definitions if d.schedule.enabled]
 
     def definitions_fingerprint(self) -> tuple[int, int, datetime | None]:

@@ -16,7 +16,7 @@ from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.tables import CatalogObjectRow, LeaseRow, ScheduleRow
-from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.catalog_objects import STORED_ROW, ExportDefinition
 from shared.domain.schedule_state import DueSchedule, ScheduleAdvance, ScheduleState, ScheduleSync
 
 log = structlog.get_logger(__name__)
@@ -41,7 +41,7 @@ class SqlSchedulingStore:
         if key in self._parsed:
             return self._parsed[key]
         try:
-            parsed: ExportDefinition | None = ExportDefinition.model_validate(spec)
+            parsed: ExportDefinition | None = ExportDefinition.model_validate(spec, context={STORED_ROW: True})
         except ValidationError as exc:
             log.error(
                 "definition unreadable: not scheduled until applied again", definition_id=id_, errors=exc.error_count()

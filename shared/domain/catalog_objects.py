@@ -62,6 +62,9 @@ ColumnName = Annotated[str, AfterValidator(_plain_column)]
 ENCRYPTED = "encrypted"
 #: The validation context entry holding the function that decrypts such a value (given by the catalog's store).
 DECRYPT_SECRET = "decrypt_secret"  # noqa: S105 - a context key, not a secret
+#: The validation context entry saying the input is one of the catalog's own rows (read as saved), for readers that
+#: decrypt nothing (the scheduler's): a rule tightened since it was saved is enforced where it matters, not at the read.
+STORED_ROW = "stored_row"
 
 
 def _decrypt_stored(value: Any, info: ValidationInfo) -> Any:
@@ -472,7 +475,7 @@ def _one_address(value: str, info: ValidationInfo) -> str:
     """A recipient saved is one address (:func:`is_one_address`). The catalog's own rows (read with its context)
     are read as saved: one saved by an older release is refused by the notifier when it mails it (given up, said why),
     not made the whole definition unreadable."""
-    stored = isinstance(info.context, dict) and DECRYPT_SECRET in info.context
+    stored = isinstance(info.context, dict) and (DECRYPT_SECRET in info.context or STORED_ROW in info.context)
     if not stored and not is_one_address(value):
         raise ValueError(
             "is not one email address as mail parsers read it (e.g. a <, :, comma, ( or quote in it): name@domain.tld"

@@ -275,3 +275,67 @@ def test_a_stored_recipient_that_is_not_one_address_is_mailed_no_one_and_given_u
     row = ledger_row(catalog, run_id, "error")
     assert row.gave_up_at is not None
     assert row.last_error == "recipient 'd<e@x.io' is not one email address: correct the definition's recipients"
+
+
+def stored_with(name: str, recipients: list[str], schedule: dict[str, Any] | None = None) -> ExportDefinition:
+    """A definition as an older release saved it: recipients this release refuses at save are kept as they are."""
+    spec = definition(name, "oncall@example.com").model_dump(mode="json")
+    spec["notifications"]["error"]["recipients"] = recipients
+    if schedule:
+        spec["schedule"] = schedule
+    return ExportDefinition.model_validate(spec, context={DECRYPT_SECRET: None})
+
+
+@pytest.mark.parametrize("picky", [550], indirect=True)
+def test_one_odd_stored_recipient_leaves_the_others_mailed(catalog: CatalogStores, picky: Picky):
+    """Session 48 review M2: one recipient an older release took (``josé@…``, a non-ASCII local part) among good ones:
+    the good ones are mailed; before the fix nobody was, the email given up."""
+    catalog.definitions.apply(stored_with("odd", ["oncall@example.com", "josé@example.com"]))
+    run_id = uuid.uuid4()
+    notifier_on(catalog, picky.port).handle_all(failed("odd", [run_id]))
+
+    assert picky.received == [(str(run_id), ["oncall@example.com"])]
+    row = ledger_row(catalog, run_id, "error")
+    assert row.sent_at is not None
+    assert row.gave_up_at is None
+
+
+def test_the_scheduler_still_schedules_a_definition_with_an_odd_stored_recipient(catalog: CatalogStores):
+    """Session 48 review H1: the scheduler read definitions without the catalog's context, so one whose stored
+    recipient the new rule refuses was "unreadable": its schedule never fired after the upgrade."""
+    from shared.catalog.scheduling_store import SqlSchedulingStore
+
+    daily = {"enabled": True, "repeat": {"every": "day", "time": "02:00"}}
+    catalog.definitions.apply(stored_with("sched", ["josé@example.com"], daily))
+
+    assert [s.definition.name for s in SqlSchedulingStore(catalog.database).schedules_to_sync()] == ["sched"]
+    assert [d.name for _, d in catalog.definitions.scheduled_definitions()] == ["sched"]
+
+
+class RefusesTheSender(Picky):
+    """aiosmtpd handler answering MAIL FROM with 530 (authentication required): every email meets it."""
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        self.asked += 1
+        return "530 5.7.0 Authentication required"
+
+
+def test_a_server_refusing_every_sender_gives_no_email_up_and_each_is_sent_once_it_is_fixed(
+    catalog: CatalogStores, sink: SmtpSink
+):
+    """Session 48 review H2 and M1: a 5xx every email meets (MAIL FROM refused: a login missing) gave up every email
+    of the round for good after one attempt; and an outage of hours spent an email's 20 attempts. Now such failures
+    close the round (one attempt), spend no attempt, and each email goes out once the server is fixed."""
+    catalog.definitions.apply(definition("nightly", "oncall@example.com"))
+    refusing = RefusesTheSender(550)
+    run_ids = [uuid.uuid4() for _ in range(3)]
+    with serving(refusing, refusing.port):
+        outage = notifier_on(catalog, refusing.port, attempts=1)
+        outage.handle_all(failed("nightly", run_ids))
+        for _ in range(25):  # more sweeps than the attempts an email may spend
+            outage.sweep()
+
+    assert refusing.asked == 26  # one email tried a round (the poll's, then each sweep's): the round closes
+    assert all(ledger_row(catalog, run_id, "error").gave_up_at is None for run_id in run_ids)
+    notifier_on(catalog, sink.port).sweep()
+    assert mailed_runs(sink) == Counter(str(run_id) for run_id in run_ids)
