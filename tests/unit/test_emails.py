@@ -93,7 +93,17 @@ def test_a_run_allowed_a_mass_removal_says_so_and_who_asked():
 
 
 @pytest.mark.parametrize(
-    "recipient", ["d<e@x.io", "j:k@x.io", "f,g@x.io", "(c@x.io", 'a"b@x.io', "h;i@x.io", "x@y.io)"]
+    "recipient",
+    [
+        "d<e@x.io",
+        "j:k@x.io",
+        "f,g@x.io",
+        "(c@x.io",
+        'a"b@x.io',
+        "h;i@x.io",
+        "x@y.io)",
+        "\u00aab\u0016@[\u00b1\u00edyk\u0083.\u00aa",  # the parser raised AttributeError (a 500 by fuzzing)
+    ],
 )
 def test_a_recipient_that_mail_parsers_read_as_another_address_or_none_is_refused_at_save_naming_the_field(
     recipient: str,
