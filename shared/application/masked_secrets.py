@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from shared.domain.catalog_objects import CatalogObject, secret_fields, stored_form
+from shared.application.errors import Invalid
+from shared.domain.catalog_objects import CatalogObject, kind_of, secret_fields, stored_form
 
 #: How pydantic writes a ``SecretStr`` in JSON, hence in every API response.
 MASK = "**********"
@@ -21,6 +24,78 @@ UNKEPT_MASK = (
 )
 
 
+#: Why a secret sent masked is refused when it would now be sent (or used) somewhere it was not: kept, the stored
+#: secret would go to the new host, whoever set it there (a client that may change the profile, never read it).
+HOST_CHANGED = "give the secret again: the host it is sent to changed"
+
+
+def _origin(url: Any) -> str | None:
+    """``scheme://host:port`` of ``url`` (the scheme's port when none is written); the text itself when it does not
+    parse as a URL with a host (a destination not understood is a changed one); None when there is no URL."""
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        return url
+    if not parts.hostname:
+        return url
+    return f"{parts.scheme.lower()}://{parts.hostname}:{port}"
+
+
+def _part(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    value = spec.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _reached(spec: dict[str, Any], url: Any) -> set[str | None]:
+    """Who reads a request to ``url``: its host, and the profile's proxy too when the request is plain ``http``
+    (an ``https`` one goes through the proxy in a ``CONNECT`` tunnel, which the proxy cannot read)."""
+    origin = _origin(url)
+    readers = {origin}
+    if origin is not None and origin.startswith("http://"):
+        readers.add(_origin(_part(spec, "proxy").get("url")))
+    return readers
+
+
+def _partner(spec: dict[str, Any]) -> set[str | None]:
+    return _reached(spec, spec.get("base_url"))
+
+
+def _token_endpoint(spec: dict[str, Any]) -> set[str | None]:
+    return _reached(spec, _part(spec, "auth").get("token_url"))
+
+
+def _proxy(spec: dict[str, Any]) -> set[str | None]:
+    return {_origin(_part(spec, "proxy").get("url"))}
+
+
+#: Where each secret of a profile goes, from the profile's JSON: the credentials of ``auth`` in every request to the
+#: partner (``base_url``), the client secret to the OAuth token endpoint, the proxy's password to the proxy; the
+#: signing secret signs what the partner receives; the client key authenticates to the partner and the token
+#: endpoint (mutual TLS). A secret not listed here is never kept from a mask (``tests/unit/test_masked_secrets``
+#: checks that every secret is listed).
+SENT_TO: dict[Path, Callable[[dict[str, Any]], set[str | None]]] = {
+    ("auth", "password"): _partner,
+    ("auth", "token"): _partner,
+    ("auth", "key"): _partner,
+    ("signing_secret",): _partner,
+    ("auth", "client_secret"): _token_endpoint,
+    ("tls", "client_key"): lambda spec: _partner(spec) | _token_endpoint(spec),
+    ("proxy", "password"): _proxy,
+}
+
+
+def _moved(path: Path, new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Whether the secret at ``path`` would reach a host it did not reach as stored (``old``) in ``new``. A
+    destination missing from ``new`` is not one: the object is refused for it (a required field)."""
+    sent_to = SENT_TO.get(path)
+    if sent_to is None:
+        return True
+    return bool(sent_to(new) - sent_to(old) - {None})
+
+
 def keep_masked_secrets(new: dict[str, Any], old: CatalogObject | None) -> dict[str, Any]:
     """``new`` (an incoming object, as JSON) with the mask replaced by ``old``'s value at each of ``old``'s secrets.
 
@@ -30,24 +105,38 @@ def keep_masked_secrets(new: dict[str, Any], old: CatalogObject | None) -> dict[
     username, a label: a read answers them as they are). A mask where ``old`` has no secret is left as it is,
     for the checks to refuse (:func:`unkept_masks`). The mask itself cannot be set as a new secret: sent where
     a secret is stored, it keeps it (a read answers every secret so: nothing tells the two apart).
+
+    A mask keeps a secret only while the secret goes where it went (:data:`SENT_TO`: the scheme, host and port of
+    ``base_url``, of ``auth.token_url``, of ``proxy.url``): else :class:`Invalid` naming each such secret's field
+    (:data:`HOST_CHANGED`), as the secret would be sent to the new host. Whoever moves a profile gives its secrets
+    again: a client that may change a profile but never read its secrets cannot have them sent to its own host.
     """
     if old is None:
         return new
     secrets = {tuple(path.split(".")) for path, _ in secret_fields(old)}
-    merged: dict[str, Any] = _merge(new, stored_form(old), (), secrets)
+    stored, kept = stored_form(old), list[Path]()
+    merged: dict[str, Any] = _merge(new, stored, (), secrets, kept)
+    if moved := [path for path in kept if _moved(path, merged, stored)]:
+        type(old).model_validate(merged)  # refused for a field first (a proxy URL without its port), if it is
+        where = f"{kind_of(old)} '{old.name}'"
+        raise Invalid([f"{where}: field '{'.'.join(path)}': {HOST_CHANGED}" for path in moved])
     return merged
 
 
-def _merge(new: Any, old: Any, path: Path, secrets: set[Path]) -> Any:
+def _merge(new: Any, old: Any, path: Path, secrets: set[Path], kept: list[Path]) -> Any:
+    """``new`` with ``old``'s value at each secret sent masked, whose path goes to ``kept``."""
     if isinstance(new, SecretStr):
         new = new.get_secret_value()
     if path in secrets:
-        return old if new == MASK and isinstance(old, str) else new
+        if new == MASK and isinstance(old, str):
+            kept.append(path)
+            return old
+        return new
     if isinstance(new, dict) and isinstance(old, dict):
         # A changed auth type must not inherit the old type's secret under a shared field name.
         if "type" in new and new.get("type") != old.get("type"):
             return new
-        return {key: _merge(value, old.get(key), (*path, key), secrets) for key, value in new.items()}
+        return {key: _merge(value, old.get(key), (*path, key), secrets, kept) for key, value in new.items()}
     return new
 
 

@@ -582,16 +582,29 @@ def test_proxy_is_set_changed_and_cleared_and_its_password_is_kept_when_left_bla
     assert PROXY_PASSWORD not in page
     assert 'value="http://proxy.internal:3128"' in page
 
-    # Changed, the password left blank: kept.
+    # Left blank, the same proxy written with a slash: kept.
     answer = console.post(
-        "/profiles/partner", PROFILE | proxy | {"proxy_url": "http://proxy2.internal:8080", "proxy_password": ""}
+        "/profiles/partner", PROFILE | proxy | {"proxy_url": "http://proxy.internal:3128/", "proxy_password": ""}
     )
+    assert answer.status_code == 303, answer.text
+    stored = api_profile(api).proxy
+    assert stored is not None
+    assert stored.password is not None
+    assert stored.password.get_secret_value() == PROXY_PASSWORD
+
+    # Another proxy, the password left blank: refused beside it (kept, it would go to the new proxy); given: changed.
+    moved = PROFILE | proxy | {"proxy_url": "http://proxy2.internal:8080", "proxy_password": ""}
+    answer = console.post("/profiles/partner", moved)
+    assert answer.status_code == 422, answer.text
+    assert _field_error(answer.text, "proxy_password") == "give the secret again: the host it is sent to changed"
+    assert api_profile(api).proxy == stored
+    answer = console.post("/profiles/partner", moved | {"proxy_password": "proxy2-pass"})
     assert answer.status_code == 303, answer.text
     stored = api_profile(api).proxy
     assert stored is not None
     assert stored.url == "http://proxy2.internal:8080"
     assert stored.password is not None
-    assert stored.password.get_secret_value() == PROXY_PASSWORD
+    assert stored.password.get_secret_value() == "proxy2-pass"
 
     # Refused by its field: no port.
     answer = console.post("/profiles/partner", PROFILE | proxy | {"proxy_url": "http://proxy.internal"})

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from shared.application.masked_secrets import MASK, UNKEPT_MASK, keep_masked_secrets, unkept_masks
-from shared.domain.catalog_objects import ConnectionProfile
+from shared.application.errors import Invalid
+from shared.application.masked_secrets import MASK, SENT_TO, UNKEPT_MASK, keep_masked_secrets, unkept_masks
+from shared.domain.catalog_objects import ConnectionProfile, secret_fields
 
 #: Secrets and values made of what can be confused with a mask: stars, the mask, pydantic's and the masking's.
 PIECES = st.one_of(st.text(alphabet="*ab: ", max_size=6), st.sampled_from([MASK, "***", "*", MASK + "*"]))
@@ -165,3 +167,111 @@ def test_the_checks_refuse_each_unkept_mask_by_its_field_without_any_secret():
         for path in ["auth.password", "tls.client_key", "proxy.password"]
     ]
     assert "s3cret" not in " ".join(problems)
+
+
+# --- a mask keeps a secret only while the secret goes where it went ---------------------------------------
+
+OAUTH = {"type": "oauth2_client_credentials", "token_url": "https://auth.example/token", "client_id": "c"}
+
+
+def every_secret(secret: str, *, base_url: str = "https://partner.example") -> ConnectionProfile:
+    """A profile with each of its secret fields set (the OAuth client secret in place of the Basic password)."""
+    return ConnectionProfile.model_validate(
+        full_profile(secret)
+        | {
+            "base_url": base_url,
+            "auth": OAUTH | {"client_secret": secret},
+            "tls": {"client_certificate": CERT, "client_key": KEY},
+        }
+    )
+
+
+def moved(body: dict[str, Any], stored: ConnectionProfile) -> list[str]:
+    """The problems of updating ``stored`` with ``body``: none when it is kept."""
+    try:
+        keep_masked_secrets(body, stored)
+    except Invalid as refused:
+        return refused.problems
+    return []
+
+
+def refusal(*paths: str) -> list[str]:
+    return [
+        f"ConnectionProfile 'p': field '{path}': give the secret again: the host it is sent to changed"
+        for path in paths
+    ]
+
+
+def test_every_secret_of_a_profile_has_where_it_is_sent():
+    """A secret field added without a destination would never be kept from a mask: listed, the rule applies."""
+    auths = [{"type": "basic", "username": "u", "password": "s"}, {"type": "bearer", "token": "s"}]
+    auths += [{"type": "api_key", "key": "s"}, OAUTH | {"client_secret": "s"}]
+    paths = {
+        tuple(path.split("."))
+        for auth in auths
+        for path, _ in secret_fields(ConnectionProfile.model_validate(answered(every_secret("s")) | {"auth": auth}))
+    }
+    assert paths == set(SENT_TO)
+
+
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        # Another host, scheme or port of the partner: the partner's credentials, the signing secret, the client key.
+        ({"base_url": "https://collector.evil.example"}, ["signing_secret", "tls.client_key"]),
+        ({"base_url": "http://partner.example"}, ["signing_secret", "tls.client_key"]),
+        ({"base_url": "https://partner.example:8443"}, ["signing_secret", "tls.client_key"]),
+        # Another token endpoint: the client secret, and the client key it is presented to.
+        ({"auth": OAUTH | {"token_url": "https://evil.example/token"}}, ["auth.client_secret", "tls.client_key"]),
+        # Another proxy: its password.
+        ({"proxy": {"url": "http://evil.example:3128", "username": "proxy-user"}}, ["proxy.password"]),
+    ],
+)
+def test_a_mask_where_the_secret_would_go_to_another_host_is_refused_naming_each_secret(
+    change: dict[str, Any], refused: list[str]
+):
+    """Before: the stored secret was kept, and sent to the new host at the next delivery (a client that may change
+    a profile, but never read its secrets, could have them sent to its own host)."""
+    stored = every_secret("s3cret")
+    body = answered(stored)
+    for key, value in change.items():
+        body[key] = value | {k: v for k, v in body[key].items() if k not in value} if isinstance(value, dict) else value
+    expected = sorted(refused + (["auth.client_secret"] if "auth" in change else []))
+    assert sorted(p.split("'")[3] for p in moved(body, stored)) == sorted(set(expected))
+    assert "s3cret" not in " ".join(moved(body, stored))
+
+
+def test_the_partners_credentials_are_refused_when_moved_and_kept_elsewhere_on_its_host():
+    stored = profile("s3cret", "whsec_s3cret")
+    body = answered(stored)
+    assert moved(body | {"base_url": "https://collector.evil.example"}, stored) == refusal(
+        "auth.password", "signing_secret"
+    )
+    # The same scheme, host and port (another path, the port written, the host's case): kept.
+    for same in ("https://partner.example/v3/", "https://partner.example:443", "https://PARTNER.example"):
+        assert secrets_of(updated(body | {"base_url": same}, stored)) == ("s3cret", "whsec_s3cret", "s3cret")
+    # Given again: the new host has it.
+    body |= {"base_url": "https://collector.example", "signing_secret": "whsec_new"}
+    body["auth"] = body["auth"] | {"password": "new"}
+    assert secrets_of(updated(body, stored)) == ("new", "whsec_new", "s3cret")
+
+
+def test_a_plain_http_partners_credentials_are_refused_when_a_proxy_that_reads_them_is_set_or_changed():
+    """A plain ``http`` request goes through the proxy readable (an ``https`` one in a tunnel): a new proxy reads
+    the credentials."""
+    stored = ConnectionProfile.model_validate(
+        {"name": "p", "base_url": "http://partner.example", "auth": {"type": "bearer", "token": "s3cret"}}
+    )
+    body = answered(stored) | {"proxy": {"url": "http://evil.example:3128"}}
+    assert moved(body, stored) == refusal("auth.token")
+    # Over https the proxy only tunnels: kept.
+    https = stored.model_copy(update={"base_url": "https://partner.example"})
+    kept = keep_masked_secrets(answered(https) | {"proxy": {"url": "http://evil.example:3128"}}, https)
+    assert kept["auth"]["token"] == "s3cret"
+    # A proxy removed reads nothing more: kept.
+    proxied = ConnectionProfile.model_validate(
+        answered(stored)
+        | {"auth": {"type": "bearer", "token": "s3cret"}}
+        | {"proxy": {"url": "http://proxy.internal:3128"}}
+    )
+    assert keep_masked_secrets(answered(proxied) | {"proxy": None}, proxied)["auth"]["token"] == "s3cret"

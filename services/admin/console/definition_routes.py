@@ -48,7 +48,13 @@ def _page(
     store = console.admin.definitions
     queries = sorted(store.list_objects(SavedQuery), key=lambda q: q.name)
     templates = sorted(store.list_objects(HttpTemplate), key=lambda t: t.name)
-    known_units = {d.business_unit for d in store.list_objects(ExportDefinition) if d.business_unit}
+    # The units the caller sees only (as the Exports list): a scoped token is not told the others' names.
+    me = me_of(request)
+    known_units = {
+        d.business_unit
+        for d in store.list_objects(ExportDefinition)
+        if d.business_unit and me.actor.sees(d.business_unit)
+    }
     return console.pages.render(
         request,
         "definition.html",
