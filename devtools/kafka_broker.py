@@ -315,11 +315,26 @@ class LocalKafka(Managed):
             for mechanism in SCRAM_MECHANISMS
             for arg in ("--add-scram", f"{mechanism}=[name={user.name},password={user.password}]")
         ]
-        subprocess.run(
-            [*base, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props), *scram],
-            check=True,
-            capture_output=True,
-        )
+        command = [
+            *base,
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "-t",
+            cluster_id,
+            "-c",
+            str(props),
+            *scram,
+        ]
+        # The storage tool failed once in a fresh-clone CI (session 48, exit 1, its output not kept): tried 3 times,
+        # a partly formatted directory removed between, and its output said if it still fails.
+        for _attempt in range(3):
+            formatted = subprocess.run(command, capture_output=True, check=False)
+            if formatted.returncode == 0:
+                return
+            shutil.rmtree(self.work_dir / "data", ignore_errors=True)
+        output = (formatted.stdout + formatted.stderr).decode(errors="replace")[-2000:]
+        raise RuntimeError(f"kafka-storage format exited {formatted.returncode} three times: {output}")
 
     def _launch(self, base: list[str], timeout: float) -> None:
         props = self.work_dir / "server.properties"
