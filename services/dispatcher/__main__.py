@@ -69,6 +69,7 @@ def main() -> None:
         round_requests=settings.dispatcher_round_requests,
         max_round_records=settings.dispatcher_poll_records,
         round_seconds=settings.dispatcher_round_seconds,
+        round_end_seconds=settings.round_end_seconds,
         render_limits=settings.render_limits,
         inspector=inspector,
         breakers=ProfileBreakers(on_change=notices.on_change),

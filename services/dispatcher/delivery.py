@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt, stop_after_delay
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
 
 from services.dispatcher.metrics import INSPECTOR_DROPPED, RETRIES, RequestTally
 from services.dispatcher.profile_masking import Maskings
@@ -120,10 +120,13 @@ class Deliverer:
         partners: PartnerHttp,
         policy: RetryBudget,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.partners = partners
         self.policy = policy
         self.sleep = sleep
+        #: What the retry budget is measured with (seconds).
+        self.clock = clock
         #: The maskings of failures' reasons, per profile and credentials sent (built by failures only).
         self.maskings = Maskings()
 
@@ -205,14 +208,21 @@ class Deliverer:
         ``inspect`` hears each attempt that sent a request, with its number (the attempt inspector);
         ``before_attempt`` is awaited before each attempt (the circuit breaker's admission): what it, or
         ``on_attempt``, raises ends the delivery (no retry); ``secrets_of``: the profile whose secrets are masked
-        in a failure's reason (:meth:`attempt`); ``tally``: where the attempts are counted (:meth:`attempt`)."""
+        in a failure's reason (:meth:`attempt`); ``tally``: where the attempts are counted (:meth:`attempt`).
+
+        The retry budget (``max_seconds``) is counted from the first attempt (once ``before_attempt`` admitted it),
+        and no wait (backoff, a Retry-After) goes past its end: the last attempt begins within the budget, so a
+        delivery takes at most the budget and one attempt (the profile's timeout) after its first admission."""
 
         attempts = 0
+        first_sent: list[float] = []  # when the first attempt was admitted: the budget's clock starts there
 
         async def once() -> AttemptResult:
             nonlocal attempts
             if before_attempt is not None:
                 await before_attempt()
+            if not first_sent:
+                first_sent.append(self.clock())
             attempts += 1
             try:
                 request = await make_request()
@@ -242,10 +252,19 @@ class Deliverer:
         def before_sleep(state: RetryCallState) -> None:
             RETRIES.labels(*labels).inc()
 
+        def budget_left() -> float:
+            return first_sent[0] + self.policy.max_seconds - self.clock()
+
+        def spent(state: RetryCallState) -> bool:  # the budget is counted from the first attempt, not tenacity's
+            return budget_left() <= 0
+
+        def wait(state: RetryCallState) -> float:  # never past the budget's end (a Retry-After of an hour neither)
+            return max(0.0, min(self.policy.wait(state), budget_left()))
+
         retrying = AsyncRetrying(
             retry=retry_if_result(lambda result: result.retryable),
-            stop=stop_after_attempt(self.policy.max_attempts) | stop_after_delay(self.policy.max_seconds),
-            wait=self.policy.wait,
+            stop=stop_after_attempt(self.policy.max_attempts) | spent,
+            wait=wait,
             sleep=self.sleep,
             before_sleep=before_sleep,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,

@@ -40,7 +40,13 @@ from services.dispatcher.metrics import (
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
 from services.dispatcher.render_offload import Renderer
 from services.dispatcher.request_workers import RequestWorkers
-from services.dispatcher.round_admission import RoundAdmission, Verdict, admission_order, admitted_requests
+from services.dispatcher.round_admission import (
+    RoundAdmission,
+    RoundOver,
+    Verdict,
+    admission_order,
+    admitted_requests,
+)
 from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliver_in_requests
 from services.dispatcher.wakeup import Wakeup
 from shared.application.ports import DefinitionsReader, RunsReader
@@ -178,6 +184,8 @@ class _BatchRequests:
     trace_headers: dict[str, str]
     #: The profile's authentication header once resolved and checked, unless it is an OAuth token (None: not yet).
     credentials: dict[str, str] | None = None
+    #: The end of the batch's round (the dispatcher's clock; None: none): no attempt begins after it.
+    ends: float | None = None
 
 
 class Stopping(DependencyUnavailable):
@@ -204,6 +212,7 @@ class Dispatcher:
         round_requests: int = 1024,
         max_round_records: int = 64,
         round_seconds: float = DEFAULT_ROUND_SECONDS,
+        round_end_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         render_limits: RenderLimits = DEFAULT_LIMITS,
@@ -234,6 +243,11 @@ class Dispatcher:
         #: How long a round begins batches, and the requests it may have begun and not finished at once
         #: (:mod:`.round_admission`): a round's time is bounded whatever its size.
         self.round_seconds, self.clock = round_seconds, clock
+        #: How long after its start a round may begin an attempt (None: no end): the requests not sent by then
+        #: (waiting for a worker, a profile's slot or rate, or to retry) are not sent, their batches handed back
+        #: (:class:`~.round_admission.RoundOver`), so a round ends within the poll interval whatever its partners do
+        #: (:attr:`~services.dispatcher.settings.DispatcherSettings.round_end_seconds`).
+        self.round_end_seconds = round_end_seconds
         self.admitted_requests = admitted_requests(concurrency)
         # Requests per record, at most, in the last round; until a round was seen, assume records are full.
         self._record_requests = round_requests
@@ -286,6 +300,7 @@ class Dispatcher:
         contexts = round_contexts(batches)
         order = admission_order([batch.priority for batch in batches])  # positions in batches, begun in this order
         admission = RoundAdmission(self.admitted_requests, self.round_seconds, self.clock())
+        ends = None if self.round_end_seconds is None else admission.started + self.round_end_seconds
         ready = Wakeup()  # woken when the batch waiting to begin fits
         tasks: list[asyncio.Future[list[Outgoing]]] = []
         try:
@@ -299,7 +314,7 @@ class Dispatcher:
                     await ready.wait(min(self.STOP_CHECK_SECONDS, admission.seconds_left(self.clock())))
                     continue
                 index = admission.begin(requests)
-                tasks.append(self._begin(batch, contexts[order[index]], record_requests, admission, index, ready))
+                tasks.append(self._begin(batch, contexts[order[index]], record_requests, admission, index, ready, ends))
             pending: set[asyncio.Future[list[Outgoing]]] = set(tasks)
             while pending and not self.stopping.is_set():
                 _, pending = await asyncio.wait(pending, timeout=self.STOP_CHECK_SECONDS)
@@ -309,6 +324,14 @@ class Dispatcher:
                 await asyncio.wait(pending)
             # Each begun batch's result, by its position in the round (the loop reads them in the round's order).
             results = {position: self._result_of(task) for position, task in zip(order, tasks, strict=False)}
+            over = sum(isinstance(result, RoundOver) for result in results.values())
+            if over:
+                ROUND_HANDED_BACK.inc(over)
+                log.warning(
+                    "round end passed: batches whose requests were not sent handed to the next round",
+                    handed_back=over,
+                    round_end_seconds=self.round_end_seconds,
+                )
             if len(tasks) < len(batches) and not self.stopping.is_set():
                 ROUND_HANDED_BACK.inc(len(batches) - len(tasks))
                 log.info(
@@ -329,9 +352,11 @@ class Dispatcher:
         admission: RoundAdmission,
         index: int,
         ready: Wakeup,
+        ends: float | None = None,
     ) -> asyncio.Future[list[Outgoing]]:
         """Begin delivering ``batch`` (the round's ``index``-th), its requests counted off ``admission`` as they
-        finish; ``ready`` is woken when the batch waiting to begin fits."""
+        finish; ``ready`` is woken when the batch waiting to begin fits; ``ends``: the round's end (no attempt
+        begins after it)."""
 
         def request_done() -> None:
             if admission.request_done(index):
@@ -341,7 +366,7 @@ class Dispatcher:
             if admission.batch_done(index):
                 ready.notify()
 
-        task = asyncio.ensure_future(self._handle_in(batch, context, record_requests, request_done))
+        task = asyncio.ensure_future(self._handle_in(batch, context, record_requests, request_done, ends))
         task.add_done_callback(batch_done)
         return task
 
@@ -357,7 +382,10 @@ class Dispatcher:
     def _not_begun(self) -> BaseException:
         if self.stopping.is_set():
             return Stopping("the dispatcher is stopping: the batch is handed back for redelivery")
-        return HoldRecord("the round's deadline passed before the batch began: handed to the next round", until=0.0)
+        # Due at once, and held since now: the longest held go first among their priority (HeldRecords.due).
+        return HoldRecord(
+            "the round's deadline passed before the batch began: handed to the next round", time.monotonic()
+        )
 
     @staticmethod
     def _result_of(task: asyncio.Future[list[Outgoing]]) -> list[Outgoing] | BaseException:
@@ -371,6 +399,7 @@ class Dispatcher:
         trace_context: Context | None,
         record_requests: list[int],
         request_done: Callable[[], None] | None = None,
+        ends: float | None = None,
     ) -> list[Outgoing]:
         """:meth:`handle` in the batch's trace context (its record's span, told which batch it is): its task's
         logs carry the trace's ids, its requests the trace's ``traceparent``. ``record_requests[0]`` is raised to
@@ -384,13 +413,14 @@ class Dispatcher:
                     "member_export.batch_index": batch.batch_index,
                 },
             )
-            return await self.handle(batch, record_requests, request_done)
+            return await self.handle(batch, record_requests, request_done, ends)
 
     async def handle(
         self,
         batch: MemberBatch,
         record_requests: list[int] | None = None,
         request_done: Callable[[], None] | None = None,
+        ends: float | None = None,
     ) -> list[Outgoing]:
         """Deliver a batch (isolating refused members) and return its outcome and dead letters.
 
@@ -402,11 +432,12 @@ class Dispatcher:
         raised (:func:`shared.outages.is_outage`): the consumer loop hands the batch back and handles it again.
         A cancelled run's batches are dropped: nothing is sent, no outcome (the run's record is final).
         ``record_requests[0]`` (its round's tally, :meth:`handle_all`) is raised to the batch's request count, and
-        ``request_done`` called as each of its requests finishes (the round's admission).
+        ``request_done`` called as each of its requests finishes (the round's admission). Past ``ends`` (its round's
+        end, :attr:`round_end_seconds`) no attempt of its begins: the batch is handed back (:class:`RoundOver`).
         """
         try:
             tally = record_requests if record_requests is not None else [1]
-            return await self._handle(batch, tally, request_done or _nothing)
+            return await self._handle(batch, tally, request_done or _nothing, ends)
         except HoldRecord:
             raise  # its profile's circuit breaker is open: the consumer loop holds the batch back
         except Exception as exc:  # the batch's failure, never the consumer's
@@ -445,7 +476,11 @@ class Dispatcher:
         )
 
     async def _handle(
-        self, batch: MemberBatch, record_requests: list[int], request_done: Callable[[], None]
+        self,
+        batch: MemberBatch,
+        record_requests: list[int],
+        request_done: Callable[[], None],
+        ends: float | None = None,
     ) -> list[Outgoing]:
         if self.objects.cancelled(batch.run_id):
             BATCHES_OF_CANCELLED_RUNS.inc()
@@ -478,10 +513,12 @@ class Dispatcher:
             oauth=isinstance(profile.auth, OAuth2ClientCredentials),
             tally=RequestTally((batch.definition, profile.name)),
             trace_headers=current_http_headers(),  # the batch's context, which its requests are handled in
+            ends=ends,
         )
 
         async def send(part: Slice) -> DeliveryResult:
             try:  # on one of the workers, which bound the requests handled at once (see __init__)
+                self._before_round_end(shared)  # waited for a worker until the round's end: not sent
                 return await self._deliver(shared, part)
             except HoldRecord:
                 raise
@@ -532,12 +569,7 @@ class Dispatcher:
         limits = self._limits_of(profile)
         limiter = limits.rate
 
-        async def make_request() -> RenderedRequest:  # per attempt: the rate, a token, a signature, a traceparent
-            wait = limiter.reserve(time.monotonic())
-            if wait > 0:
-                RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
-                RATE_LIMIT_WAIT_SECONDS.labels(profile=profile.name).inc(wait)
-                await self.sleep(wait)
+        async def make_request() -> RenderedRequest:  # per attempt: a token, a signature, a traceparent
             credentials = shared.credentials
             if credentials is None:
                 credentials = await self._credentials(shared)
@@ -554,11 +586,20 @@ class Dispatcher:
 
         ticket: list[Admission | None] = [None]  # the circuit breaker's admission of the attempt under way
 
-        async def admit() -> None:
+        async def admit() -> None:  # per attempt: the round's end, the fleet's share, the breaker, the rate
+            self._before_round_end(shared)  # no attempt (a retry neither) begins after the round's end
             self.fleet.before_attempt(profile.name)  # counted out meanwhile, or its share shrunk: the batch waits
             # A profile without a breaker, and none known by its name, is admitted as is (no coroutine to pay for).
             if profile.circuit_breaker is not None or self.breakers.knows(profile.name):
                 ticket[0] = await self.breakers.admit(profile)
+            wait = limiter.reserve(time.monotonic())
+            if wait > 0:
+                if shared.ends is not None and self.clock() + wait >= shared.ends:
+                    limiter.give_back()  # its token is not spent: the next round's requests do not wait for it
+                    raise RoundOver(time.monotonic())
+                RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
+                RATE_LIMIT_WAIT_SECONDS.labels(profile=profile.name).inc(wait)
+                await self.sleep(wait)
 
         def adapt(attempt: AttemptResult) -> None:
             admitted, ticket[0] = ticket[0], None
@@ -600,8 +641,18 @@ class Dispatcher:
         delivery = delivered if shared.oauth else deliver
         if limits.slots is None:  # no max_in_flight: no slot to take (and no context manager to pay for)
             return await self._in_flight(shared, rendered.method, delivery, ticket)
-        async with limits.in_flight(lambda: self.fleet.held(profile.name)):
+        left = None if shared.ends is None else functools.partial(self._round_left, shared.ends)
+        async with limits.in_flight(lambda: self.fleet.held(profile.name), left):  # no slot past the round's end
             return await self._in_flight(shared, rendered.method, delivery, ticket)
+
+    def _round_left(self, ends: float) -> float:
+        """Seconds left until a round's end ``ends``."""
+        return ends - self.clock()
+
+    def _before_round_end(self, shared: _BatchRequests) -> None:
+        """Raise :class:`RoundOver` once the batch's round has ended: the batch is handed to the next round."""
+        if shared.ends is not None and self.clock() >= shared.ends:
+            raise RoundOver(time.monotonic())
 
     async def _credentials(self, shared: _BatchRequests) -> dict[str, str]:
         """The profile's authentication header, checked; kept for the batch's next requests unless it is an OAuth

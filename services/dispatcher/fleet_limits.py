@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
+from services.dispatcher.round_admission import RoundOver
 from services.dispatcher.wakeup import Wakeup
 from shared.application.ports import FleetHeartbeats
 from shared.domain.catalog_objects import RateLimit
@@ -56,12 +57,21 @@ class Slots:
         self._freed = Wakeup()
 
     @contextlib.asynccontextmanager
-    async def taken(self, held: Callable[[], HoldRecord]) -> AsyncIterator[None]:
-        """Hold a slot for the block; raise ``held()`` when the capacity drops to 0 while waiting."""
+    async def taken(
+        self, held: Callable[[], HoldRecord], left: Callable[[], float] | None = None
+    ) -> AsyncIterator[None]:
+        """Hold a slot for the block; raise ``held()`` when the capacity drops to 0 while waiting, and ``RoundOver``
+        once ``left()`` (the seconds left to the request's round) is 0 while waiting."""
         while self.in_use >= self.capacity:
             if self.capacity <= 0:
                 raise held()
-            await self._freed.wait(SHARE_WAIT_SECONDS)
+            wait = SHARE_WAIT_SECONDS
+            if left is not None:
+                seconds = left()
+                if seconds <= 0:
+                    raise RoundOver(time.monotonic())
+                wait = min(wait, seconds)
+            await self._freed.wait(wait)
         self.in_use += 1
         try:
             yield
@@ -110,12 +120,15 @@ class ProfileLimits:
             self.rate_applied = self.config.requests_per_second
 
     @contextlib.asynccontextmanager
-    async def in_flight(self, held: Callable[[], HoldRecord]) -> AsyncIterator[None]:
-        """One request's slot (none needed without ``max_in_flight``)."""
+    async def in_flight(
+        self, held: Callable[[], HoldRecord], left: Callable[[], float] | None = None
+    ) -> AsyncIterator[None]:
+        """One request's slot (none needed without ``max_in_flight``), waited for until its round's end at most
+        (``left``: :meth:`Slots.taken`)."""
         if self.slots is None:
             yield
             return
-        async with self.slots.taken(held):
+        async with self.slots.taken(held, left):
             yield
 
     @property

@@ -40,6 +40,10 @@ class AdaptiveRateLimiter:
         # A negative balance is a debt paid by waiting: later callers queue up behind it.
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
+    def give_back(self) -> None:
+        """Return the token of a request :meth:`reserve` made wait that is not sent after all."""
+        self._tokens = min(self.burst, self._tokens + 1.0)
+
     def resized(self, max_rate: float, burst: float) -> AdaptiveRateLimiter:
         """This limiter at another rate and burst (a new share, an edited limit), keeping its state: the tokens
         spent (a new limiter would start with a full burst: sent at once on top of what just went) and how far
@@ -86,6 +90,13 @@ class LearnedRateLimit:
         while self._sent and self._sent[0] < now - self.window:
             self._sent.popleft()
         return self.limiter.reserve(now) if self.limiter is not None else 0.0
+
+    def give_back(self) -> None:
+        """Forget the last request :meth:`reserve` recorded: it is not sent after all."""
+        if self._sent:
+            self._sent.pop()
+        if self.limiter is not None:
+            self.limiter.give_back()
 
     def throttled(self) -> None:
         """A 429: start limiting at the observed rate, halved; or halve the current rate."""

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.events import Priority
+from shared.kafka.held_records import HoldRecord
 
 #: Requests begun and not finished per round at most, in waves of ``concurrency``: enough queued behind the
 #: connections that none idles between two records (a record's requests are begun together).
@@ -43,6 +44,15 @@ def admission_order(priorities: Sequence[Priority]) -> list[int]:
     back by the last round first, so they keep their place ahead of new batches of their priority, and the records
     of one partition (one topic, so one priority) keep theirs."""
     return sorted(range(len(priorities)), key=lambda position: PRIORITY_RANKS[priorities[position]])
+
+
+class RoundOver(HoldRecord):
+    """A batch whose request met its round's end before it was sent (waiting for a worker, a profile's slot or rate,
+    or to retry): handed to the next round uncommitted, as a batch not begun is (never dead-lettered, no outcome). Its
+    requests sent already may be sent again then (same Idempotency-Key), as after a stop."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__("the round's end came before the batch's requests were sent: handed to the next round", until)
 
 
 class Verdict(enum.Enum):

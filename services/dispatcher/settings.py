@@ -8,8 +8,14 @@ from pydantic import Field
 
 from services.dispatcher.event_loop import EventLoopName
 from services.dispatcher.round_admission import admitted_requests
+from shared.domain.catalog_objects import PROFILE_TIMEOUT_MAX_SECONDS
 from shared.domain.rendering import RenderLimits
 from shared.settings import CommonSettings
+
+
+#: What a round's end leaves of the poll interval beyond the longest attempt: an OAuth token's fetch, the render of a
+#: request, producing and committing the round's outcomes.
+ROUND_END_MARGIN_SECONDS = 60.0
 
 
 class DispatcherSettings(CommonSettings):
@@ -118,6 +124,19 @@ class DispatcherSettings(CommonSettings):
         waves = -(-requests // self.dispatcher_concurrency)
         worst = self.dispatcher_round_seconds + waves * (self.dispatcher_max_retry_seconds + 60) * 1.5
         return max(600_000, int(worst * 1000))
+
+    @property
+    def round_end_seconds(self) -> float:
+        """How long after its start a round may begin an attempt: the poll interval less the longest attempt a
+        profile allows (its ``timeout_seconds``, 300 s at most) and a minute's margin (a token's fetch, rendering,
+        the round's outcomes produced and committed). The requests not sent by then (waiting for a worker, a
+        profile's ``max_in_flight`` slot or rate, or to retry) are not sent, and their batches handed to the next
+        round uncommitted (never dead-lettered; those of their requests sent already may be sent again, same
+        Idempotency-Key), so a round ends within the poll interval whatever its partners and profiles do (a
+        partner that hangs to a 300 s timeout, a ``max_in_flight`` of 1 serialising the round's requests). With the
+        defaults 4,330 s - 300 s - 60 s = 3,970 s; at least 240 s, and never below ``round_seconds`` + 16 retry
+        budgets: a round's first requests always have time to finish."""
+        return self.max_poll_interval_ms / 1000 - PROFILE_TIMEOUT_MAX_SECONDS - ROUND_END_MARGIN_SECONDS
 
     dispatcher_split_budget: int = Field(
         default=64,

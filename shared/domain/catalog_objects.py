@@ -266,6 +266,11 @@ class ProxySettings(_Spec):
         return self
 
 
+#: The longest ``timeout_seconds`` a connection profile may set: one attempt of a partner request takes no longer
+#: (the dispatcher's round end is the poll interval less this and a margin).
+PROFILE_TIMEOUT_MAX_SECONDS = 300.0
+
+
 class ConnectionProfile(_Spec):
     """Where and how to reach a partner API: a base URL and its authentication.
 
@@ -279,7 +284,7 @@ class ConnectionProfile(_Spec):
     label: str | None = Field(default=None, max_length=200)
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$"), AfterValidator(_without_credentials)]
     auth: Auth = NoAuth()
-    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 30.0
+    timeout_seconds: Annotated[float, Field(gt=0, le=PROFILE_TIMEOUT_MAX_SECONDS)] = 30.0
     #: Standard Webhooks signing secret (``whsec_…``, or an ``env:``/``file:`` reference to one): when set,
     #: every request carries ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature``.
     signing_secret: Secret | None = None

@@ -24,7 +24,7 @@ fetching new records (every partition paused) until held ones are settled.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,21 +66,35 @@ class HeldRecords:
     """The records held back by one consumer loop, and the commit offsets they allow.
 
     Every operation costs O(log H) per record concerned (H: records held), never a scan of them all: a heap of
-    held offsets per partition (its first held record) and a heap by due time, both forgetting lazily the
-    entries of records released or held again since.
+    held offsets per partition (its first held record) and, per priority, a heap by due time, both forgetting
+    lazily the entries of records released or held again since.
+
+    The records due are taken by ``priority_topics`` (most urgent first: the consumer loop's order; a topic not
+    among them after those that are), then those due the longest first: a handler holds a record it hands to its
+    next round with the monotonic time it handed it back, so its age breaks the ties, not its topic's name.
     """
 
     #: Stale heap entries tolerated beyond the records held before the heaps are rebuilt.
     COMPACT_SLACK = 1024
 
-    def __init__(self, service: str, *, max_records: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        service: str,
+        *,
+        max_records: int = 10_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        priority_topics: Sequence[str] = (),
+    ) -> None:
         self.service = service
+        #: Each priority topic's rank, the most urgent 0 (a topic not among them ranks after them all).
+        self._ranks = {topic: rank for rank, topic in enumerate(priority_topics)}
         self.max_records, self.max_bytes = max_records, max_bytes
         self._held: dict[tuple[TopicPartition, int], _Held] = {}
         #: Per partition, the offsets held (a heap; an offset no longer held is dropped when it comes first).
         self._offsets: dict[TopicPartition, list[int]] = {}
-        #: (until, partition, offset) of every hold (a heap; a stale entry is dropped when it comes first).
-        self._due: list[tuple[float, str, int, int]] = []
+        #: Per topic rank, (until, partition, offset) of every hold (a heap; a stale entry is dropped when it comes
+        #: first).
+        self._due: dict[int, list[tuple[float, str, int, int]]] = {}
         #: Per partition, the next offset after the records settled while a record before them was held.
         self._settled_past: dict[TopicPartition, int] = {}
         self._bytes = 0
@@ -102,8 +116,13 @@ class HeldRecords:
             self._bytes += len(record.value or b"")
             heapq.heappush(self._offsets.setdefault(key[0], []), key[1])
         self._held[key] = _Held(record, until)
-        heapq.heappush(self._due, (until, key[0].topic, key[0].partition, key[1]))
+        heapq.heappush(
+            self._due.setdefault(self._rank(key[0].topic), []), (until, key[0].topic, key[0].partition, key[1])
+        )
         self._count()
+
+    def _rank(self, topic: str) -> int:
+        return self._ranks.get(topic, len(self._ranks))
 
     def release(self, records: list[Any]) -> None:
         """Forget ``records`` (settled, or to be read again from the partition)."""
@@ -111,7 +130,7 @@ class HeldRecords:
             held = self._held.pop(record_key(record), None)
             if held is not None:
                 self._bytes -= len(record.value or b"")
-        if len(self._due) > 2 * len(self._held) + self.COMPACT_SLACK:
+        if sum(map(len, self._due.values())) > 2 * len(self._held) + self.COMPACT_SLACK:
             self._compact()
         self._count()
 
@@ -150,24 +169,26 @@ class HeldRecords:
         return firsts
 
     def due(self, now: float, assigned: set[TopicPartition], limit: int | None = None) -> list[Any]:
-        """The held records whose time has come, at most ``limit`` of them (those due the longest first), in
-        offset order (they stay held until released). Records of partitions no longer assigned are forgotten:
-        their new owner reads them from the committed offset."""
+        """The held records whose time has come, at most ``limit`` of them (the most urgent priority first, then
+        those due the longest first), in offset order (they stay held until released). Records of partitions no
+        longer assigned are forgotten: their new owner reads them from the committed offset."""
         self.forget([partition for partition in self._offsets if partition not in assigned])
         self.forget([partition for partition in self._settled_past if partition not in assigned])
         picked: dict[tuple[TopicPartition, int], _Held] = {}
-        deferred = []
-        while self._due and self._due[0][0] <= now and (limit is None or len(picked) < limit):
-            entry = heapq.heappop(self._due)
-            until, topic, number, offset = entry
-            key = (TopicPartition(topic, number), offset)
-            held = self._held.get(key)
-            if held is None or held.until != until or key in picked:
-                continue  # released, or held again since (a later entry stands for it)
-            picked[key] = held
-            deferred.append(entry)  # still held until released: due again should it be handed back unsettled
-        for entry in deferred:
-            heapq.heappush(self._due, entry)
+        for rank in sorted(self._due):
+            heap = self._due[rank]
+            deferred = []
+            while heap and heap[0][0] <= now and (limit is None or len(picked) < limit):
+                entry = heapq.heappop(heap)
+                until, topic, number, offset = entry
+                key = (TopicPartition(topic, number), offset)
+                held = self._held.get(key)
+                if held is None or held.until != until or key in picked:
+                    continue  # released, or held again since (a later entry stands for it)
+                picked[key] = held
+                deferred.append(entry)  # still held until released: due again should it be handed back unsettled
+            for entry in deferred:
+                heapq.heappush(heap, entry)
         return [picked[key].record for key in sorted(picked)]
 
     def commit_offsets(self, settled: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
@@ -206,8 +227,13 @@ class HeldRecords:
 
     def _compact(self) -> None:
         """Rebuild both heaps from the records held (their stale entries pile up as records are released)."""
-        self._due = [(held.until, key[0].topic, key[0].partition, key[1]) for key, held in self._held.items()]
-        heapq.heapify(self._due)
+        self._due = {}
+        for key, held in self._held.items():
+            self._due.setdefault(self._rank(key[0].topic), []).append(
+                (held.until, key[0].topic, key[0].partition, key[1])
+            )
+        for due in self._due.values():
+            heapq.heapify(due)
         self._offsets = {}
         for partition, offset in self._held:
             self._offsets.setdefault(partition, []).append(offset)

@@ -618,7 +618,7 @@ class ConsumerLoop(Generic[E]):
         # A poll's records handled together, concurrently (the dispatcher's HTTP calls), instead of one by one.
         self.handle_round = handle_round
         #: Records the round handler held back (:class:`HoldRecord`), handled again when due.
-        self.held = HeldRecords(service)
+        self.held = HeldRecords(service, priority_topics=self.priority_topics)
         #: True while the loop waits out a dependency (its last poll was handed back).
         self.interrupted = False
         #: Makes the probe of a wait after a database outage (None: the loop does not know the service's databases).
