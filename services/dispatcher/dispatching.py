@@ -592,9 +592,10 @@ class Dispatcher:
             # A profile without a breaker, and none known by its name, is admitted as is (no coroutine to pay for).
             if profile.circuit_breaker is not None or self.breakers.knows(profile.name):
                 ticket[0] = await self.breakers.admit(profile)
-            wait = limiter.reserve(time.monotonic())
+            now = self.clock()
+            wait = limiter.reserve(now)
             if wait > 0:
-                if shared.ends is not None and self.clock() + wait >= shared.ends:
+                if shared.ends is not None and now + wait >= shared.ends:
                     limiter.give_back()  # its token is not spent: the next round's requests do not wait for it
                     raise RoundOver(time.monotonic())
                 RATE_LIMIT_WAITS.labels(profile=profile.name).inc()

@@ -12,7 +12,6 @@ from shared.domain.catalog_objects import PROFILE_TIMEOUT_MAX_SECONDS
 from shared.domain.rendering import RenderLimits
 from shared.settings import CommonSettings
 
-
 #: What a round's end leaves of the poll interval beyond the longest attempt: an OAuth token's fetch, the render of a
 #: request, producing and committing the round's outcomes.
 ROUND_END_MARGIN_SECONDS = 60.0

@@ -5,6 +5,7 @@ offset committed in the end; high-priority batches arriving meanwhile begin ahea
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -13,14 +14,18 @@ import pytest
 
 from devtools.http_receiver import HttpReceiver
 from devtools.processes import wait_until
-from services.dispatcher.delivery import RetryBudget
+from services.dispatcher.delivery import Deliverer, RetryBudget
+from services.dispatcher.dispatching import CatalogCache, Dispatcher
+from services.dispatcher.partner_auth import OAuthTokenCache
+from services.dispatcher.round_admission import RoundOver
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, MemberBatch, Priority
 from shared.kafka import ConsumerLoop, Outgoing, ensure_topics, make_consumer, make_producer, value_decoder
 from shared.kafka.held_records import HoldRecord
 from shared.settings import CommonSettings
-from tests.dispatcher_helpers import blocking_dispatcher, http_on_loop
+from shared.topics import Topics
+from tests.dispatcher_helpers import blocking_dispatcher, dispatch_catalog, http_on_loop
 from tests.integration.test_rounds_in_flight import _committed
 from tests.kafka_helpers import produce, read_to_end, read_until
 
@@ -190,3 +195,50 @@ def test_high_priority_batches_begin_ahead_of_normal_batches_handed_back(setting
         handed_back_urgent = {b.identity for b in events} & urgent_keys - begun
         assert not handed_back_urgent or not (begun - urgent_keys), rounds
     assert read_to_end(settings.kafka_bootstrap_servers, topics.dead_letters) == []
+
+
+def test_a_round_to_a_hanging_partner_with_max_in_flight_1_ends_at_its_round_end(tmp_path, migrated_catalog):
+    """A partner that never answers, a profile of ``max_in_flight`` 1 (HTTP on 127.0.0.1, no Kafka): the round's
+    requests go one at a time, each its retry budget and one timeout; at the round's end those still waiting for the
+    slot are not sent and their batches are handed back, so the round ends then (before: 16 requests one after the
+    other, ~24 s, whatever the poll interval)."""
+    timeout, round_end = 0.5, 2.0
+    with HttpReceiver(delay=30) as hang, http_on_loop() as http:
+        profile = ConnectionProfile(
+            name="p", base_url=hang.url, timeout_seconds=timeout, rate_limit={"max_in_flight": 1}
+        )
+        template = HttpTemplate(name="t", query="q", profile="p", path="/m")
+        with dispatch_catalog(migrated_catalog, tmp_path, profile, template) as catalog:
+            dispatcher = Dispatcher(
+                objects=CatalogCache(catalog.definitions, catalog.runs, ttl=60),
+                deliverer=Deliverer(
+                    http.partners, RetryBudget(max_attempts=10, max_seconds=1.0, initial_backoff=0.01, max_backoff=0.02)
+                ),
+                tokens=OAuthTokenCache(http.client),
+                topics=Topics("x."),
+                concurrency=8,
+                round_end_seconds=round_end,
+            )
+            sent = [
+                MemberBatch(run_id=uuid.uuid4(), definition="d", template="t", batch_index=i, members=[{"id": i}])
+                for i in range(16)
+            ]
+            started = time.monotonic()
+            results = http.portal.call(dispatcher.handle_all, sent)
+            took = time.monotonic() - started
+            keys = {receipt.headers["Idempotency-Key"] for receipt in hang.receipts()}
+    # The round's end, then one attempt's timeout at most (and the round's checks' slack).
+    assert took < round_end + timeout + 1.5, f"the round took {took:.1f} s"
+    finished = [batch for batch, result in zip(sent, results, strict=True) if isinstance(result, list)]
+    handed_back = [batch for batch, result in zip(sent, results, strict=True) if isinstance(result, RoundOver)]
+    assert len(finished) + len(handed_back) == len(sent)
+    assert 1 <= len(finished) <= 3
+    assert len(handed_back) >= 13
+    for batch, result in zip(sent, results, strict=True):  # the finished ones spent their budget: dead-lettered
+        if isinstance(result, list):
+            outcome = RUN_EVENT_ADAPTER.validate_json(result[-1].value)
+            assert isinstance(outcome, BatchOutcome)
+            assert (outcome.failed, outcome.attempts) == (1, 2), batch
+    # Nothing of the batches that waited for the slot went out: the finished ones, and at most one cut at the end.
+    assert {batch.identity for batch in finished} <= keys
+    assert len(keys - {batch.identity for batch in finished}) <= 1

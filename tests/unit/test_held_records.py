@@ -219,3 +219,20 @@ def test_commit_offsets_never_pass_a_held_record_and_catch_up_once_none_is(round
             else:
                 assert offset == next_offset[partition]  # past every record settled, at once
             committed[partition] = offset
+
+
+def test_due_records_go_by_priority_then_by_how_long_they_were_held():
+    high, normal = TopicPartition("batches.high", 0), TopicPartition("batches", 0)
+    normal_9 = TopicPartition("batches", 9)
+    held = HeldRecords("test-priority", priority_topics=["batches.high", "batches", "batches.low"])
+    held.hold(record(normal_9, 0), until=10.0)  # handed back first, on partition 9
+    for offset in range(100):
+        held.hold(record(normal, offset), until=20.0 + offset)  # handed back later, on partition 0
+    held.hold(record(high, 7), until=50.0)  # a high-priority batch handed back after many normal ones
+    due = held.due(now=200.0, assigned={high, normal, normal_9}, limit=3)
+    # The high one first (its topic's name sorts after "batches"), then the longest held, whatever its partition.
+    assert {(r.topic, r.partition, r.offset) for r in due} == {
+        ("batches.high", 0, 7),
+        ("batches", 9, 0),
+        ("batches", 0, 0),
+    }
