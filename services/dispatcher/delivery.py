@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result
 
 from services.dispatcher.metrics import INSPECTOR_DROPPED, RETRIES, RequestTally
 from services.dispatcher.profile_masking import Maskings
@@ -255,15 +255,15 @@ class Deliverer:
         def budget_left() -> float:
             return first_sent[0] + self.policy.max_seconds - self.clock()
 
-        def spent(state: RetryCallState) -> bool:  # the budget is counted from the first attempt, not tenacity's
-            return budget_left() <= 0
+        def stop(state: RetryCallState) -> bool:  # the budget is counted from the first attempt, not tenacity's start
+            return state.attempt_number >= self.policy.max_attempts or budget_left() <= 0
 
         def wait(state: RetryCallState) -> float:  # never past the budget's end (a Retry-After of an hour neither)
             return max(0.0, min(self.policy.wait(state), budget_left()))
 
         retrying = AsyncRetrying(
             retry=retry_if_result(lambda result: result.retryable),
-            stop=stop_after_attempt(self.policy.max_attempts) | spent,
+            stop=stop,
             wait=wait,
             sleep=self.sleep,
             before_sleep=before_sleep,

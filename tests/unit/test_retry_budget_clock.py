@@ -35,6 +35,9 @@ class Partner:
             raise NoAnswer("TimeoutError: no answer within the profile's timeout")
         return self.answer
 
+    async def aclose(self) -> None:
+        return None
+
 
 def deliver(partner: Partner, clock: Clock, budget: RetryBudget) -> tuple[int, float, list[float]]:
     """The attempts made, the seconds the delivery took, and the waits between them."""

@@ -49,7 +49,7 @@ def dispatcher_of(partner: Partner, clock: Clock, rate_limit: dict[str, Any] | N
     budget = options.pop("budget", RetryBudget(max_attempts=1))
     return Dispatcher(
         objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
-        deliverer=Deliverer(partner, budget),  # type: ignore[arg-type]
+        deliverer=Deliverer(partner, budget),
         tokens=OAuthTokenCache(None),  # type: ignore[arg-type]
         topics=Topics(),
         round_seconds=60.0,  # every batch begins at once: the round's end alone stops them
