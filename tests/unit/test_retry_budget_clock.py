@@ -9,16 +9,9 @@ import asyncio
 from services.dispatcher.delivery import Deliverer, RetryBudget
 from shared.domain.rendering import RenderedRequest
 from shared.outbound.partner_http import NoAnswer, PartnerAnswer
+from tests.unit.test_round_admission import Clock
 
 REQUEST = RenderedRequest(method="POST", url="https://partner.example/m", headers={}, content=b"{}")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Partner:
