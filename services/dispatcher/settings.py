@@ -116,6 +116,12 @@ class DispatcherSettings(CommonSettings):
         bound (``EXPORT_EXTRACTOR_RECORD_MEMBERS`` above it with a one-member template) is begun alone and may
         take longer; so may a batch's isolating splits (``split_budget``), not counted.
 
+        A request's retry budget is counted from its first attempt and no wait goes past it, so a request takes at
+        most the budget and one attempt; the minute above stands for that attempt's timeout, which a profile may
+        set up to 300 s, and a ``max_in_flight`` of 1 or a slow rate makes a round's requests go one at a time, not
+        in waves. Whatever they do, a round ends within this interval: past :attr:`round_end_seconds` no attempt
+        begins, and the batches of the requests not sent are handed to the next round.
+
         A consumer that does not poll within it leaves its group (its partitions move, batches are sent twice),
         so it follows the settings instead of failing them: at least the usual 10 minutes.
         """
