@@ -217,8 +217,8 @@ def test_a_round_to_a_hanging_partner_with_max_in_flight_1_ends_at_its_round_end
                 tokens=OAuthTokenCache(http.client),
                 topics=Topics("x."),
                 concurrency=8,
-                round_end_seconds=round_end,
             )
+            dispatcher.round_end_seconds = round_end
             sent = [
                 MemberBatch(run_id=uuid.uuid4(), definition="d", template="t", batch_index=i, members=[{"id": i}])
                 for i in range(16)
