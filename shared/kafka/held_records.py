@@ -1,8 +1,9 @@
 """Records a round handler holds back: not handled yet, not dead-lettered, not committed; handled again later.
 
 A handler raises :class:`HoldRecord` for a record that cannot be handled now for a reason that concerns it
-alone (the dispatcher: its partner's circuit breaker is open) and says when to try again; or, with ``until=0.0``,
-for a record its round did not begin (the extractor's and the dispatcher's rounds past their deadline): it is
+alone (the dispatcher: its partner's circuit breaker is open) and says when to try again; or, with a time already
+come, for a record its round did not begin or did not send (the extractor's rounds past their deadline, ``0.0``; the
+dispatcher's past their deadline or end, the monotonic time it handed it back, so the longest held go first): it is
 handed to the next round. The consumer loop
 keeps the record in memory and hands it to the handler again once that time has come, while it goes on
 polling and handling the records after it: other partners keep being served.
