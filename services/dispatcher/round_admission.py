@@ -7,7 +7,9 @@ round has run for ``deadline`` seconds, the batches not begun yet are handed bac
 uncommitted, and hands them to the next round: no request of theirs was sent). A begun batch finishes normally. So
 a round lasts at most ``deadline`` plus the time the requests begun by then take, at most ``bound`` of them (or one
 batch of more, begun alone), whatever the number of records polled:
-:attr:`services.dispatcher.settings.DispatcherSettings.max_poll_interval_ms` follows from it.
+:attr:`services.dispatcher.settings.DispatcherSettings.max_poll_interval_ms` follows from it. Requests that go one at
+a time (a profile's ``max_in_flight`` or rate) or wait out long timeouts may not fit that estimate: the round's end
+bounds them (``round_end_seconds``: no attempt begins after it, the batch is handed back, :class:`RoundOver`).
 
 Pure bookkeeping (the clock is given), driven by :meth:`services.dispatcher.dispatching.Dispatcher.handle_all`.
 """
