@@ -480,3 +480,34 @@ def test_a_schedule_not_computable_is_counted_while_it_is_and_the_admin_api_name
         assert preview["not_computable"] is None
         assert len(preview["fire_times"]) == 5
         stores.close()
+
+
+def test_a_run_published_before_a_crash_and_running_is_not_skipped_for_itself(
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+):
+    """Back within the catch-up window, its schedule not moved on: the run was due again, and the active run that
+    its skip policy found was itself. It was recorded skipped while it ran ("previous run <itself> was still
+    active"), its record turned to skipped."""
+    catalog.definitions.apply(definition("hourly", cron="0 * * * *"))
+    definition_id, _ = catalog.definitions.get_with_id(ExportDefinition, "hourly")
+    due = T0 + dt.timedelta(hours=1)
+    run_id = scheduled_run_id(definition_id, due)
+    scheduler.tick()
+    clock = scheduler.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(dt.timedelta(hours=1, seconds=1))
+    with monkeypatch.context() as patched:
+        _crashing_between_publish_and_advance(catalog, patched)
+        with pytest.raises(_Crash):
+            scheduler.tick()
+    catalog.runs.fold_run_event(RunStarted(run_id=run_id, definition="hourly", trigger=Trigger.SCHEDULE))
+    clock.advance(dt.timedelta(minutes=5))
+    recorder.records.clear()
+    scheduler.tick()  # the replacement process
+    events = recorder.events()
+    for event in events:
+        if not isinstance(event, RunRequested):
+            catalog.runs.fold_run_event(event)
+    assert [e for e in events if isinstance(e, RunSkipped)] == []
+    assert [(type(e), e.run_id) for e in events] == [(RunRequested, run_id)]  # published again: the same run
+    assert catalog.runs.get_run(run_id).status is RunStatus.EXTRACTING
