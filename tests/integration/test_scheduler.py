@@ -36,6 +36,7 @@ from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wai
 from shared.settings import CommonSettings
 from shared.topics import Topics
 from tests.admin_app import in_process_api, seed
+from tests.integration.test_console_fields import signed_in
 from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.integration
@@ -470,6 +471,8 @@ def test_a_schedule_not_computable_is_counted_while_it_is_and_the_admin_api_name
         assert REGISTRY.get_sample_value("member_export_scheduler_definitions_not_computable") == 1
         preview = admin.get(f"{path}/preview").json()
         assert (preview["not_computable"], preview["fire_times"]) == ("OverflowError", [])
+        with signed_in(api, "admin") as console:
+            assert "OverflowError: not fired until edited" in console.page("/exports")
         scheduler.tick()  # not computed again (and not counted as fixed) until an edit
         assert REGISTRY.get_sample_value("member_export_scheduler_definitions_not_computable") == 1
 
@@ -479,6 +482,8 @@ def test_a_schedule_not_computable_is_counted_while_it_is_and_the_admin_api_name
         preview = admin.get(f"{path}/preview").json()
         assert preview["not_computable"] is None
         assert len(preview["fire_times"]) == 5
+        with signed_in(api, "admin") as console:
+            assert "not fired until edited" not in console.page("/exports")
         stores.close()
 
 
