@@ -164,13 +164,16 @@ class Scheduler:
         current = [d for d in due if d.next_due_at <= now]
         # A run a tick was publishing when it stopped (or whose publication failed), its instant come: its request is
         # published again as it was, whatever its age (it may have run: never recorded missed, nor skipped for being
-        # active itself), and its schedule moves on from that instant (what comes after it is planned at the next tick).
+        # active itself), and its schedule is planned from that instant on.
         unconfirmed = [d for d in current if _unconfirmed(d, now)]
         on_time: list[DueSchedule] = []
-        late: list[DueSchedule] = []
+        late: list[tuple[DueSchedule, datetime]] = []  # each planned from the instant it was handled until
         for d in current:
             if not _unconfirmed(d, now):
-                (on_time if fires_on_time(d.next_due_at, now, self.catch_up) else late).append(d)
+                if fires_on_time(d.next_due_at, now, self.catch_up):
+                    on_time.append(d)
+                else:
+                    late.append((d, d.handled_until))
         # On-time schedules fire first, before any schedule maths, to keep the fire delay short; so do the runs
         # published ahead. The extractor judges those again at their instant (services.extractor.scheduled_runs).
         fired = self._fire([(d, _firing(d.next_due_at), busy.get(d.definition.name)) for d in on_time + ahead])
@@ -178,8 +181,14 @@ class Scheduler:
         advances = [_advance(d, now) for d in on_time]
         # A run published ahead is handled up to its own instant: the next one is the first after it.
         advances += [_advance(d, d.next_due_at) for d in ahead]
-        advances += [_advance(d, d.firing_for) for d in unconfirmed if d.firing_for is not None]
-        plans = [(d, *self._plan(d, now)) for d in late]
+        for d in unconfirmed:
+            assert d.firing_for is not None
+            resumed = _advance(d, d.firing_for)
+            if resumed.next_due_at is not None and resumed.next_due_at <= now:
+                late.append((d, d.firing_for))  # due again since: planned from it now
+            else:
+                advances.append(resumed)
+        plans = [(d, *self._plan(d, since, now)) for d, since in late]
         late_fired = self._fire([(d, p, busy.get(d.definition.name)) for d, p, _ in plans])
         advances += [ScheduleAdvance(d.definition_id, d.handled_until, now, p.next_due, error) for d, p, error in plans]
         # The schedules move on after their runs are published, which clears the instant each was firing: a crash in
@@ -189,10 +198,10 @@ class Scheduler:
             NOT_COMPUTABLE.set(self.scheduling.not_computable_count())
         return fired + again + late_fired
 
-    def _plan(self, due: DueSchedule, now: datetime) -> tuple[Plan, str | None]:
+    def _plan(self, due: DueSchedule, since: datetime, now: datetime) -> tuple[Plan, str | None]:
         return _isolated(
             due.definition.name,
-            lambda: plan(due.definition.schedule, handled_until=due.handled_until, now=now, catch_up=self.catch_up),
+            lambda: plan(due.definition.schedule, handled_until=since, now=now, catch_up=self.catch_up),
             Plan(fire=None, missed=[], next_due=None),
         )
 

@@ -444,6 +444,7 @@ def test_a_schedule_not_computable_is_counted_while_it_is_and_the_admin_api_name
 ):
     """Before, only a counter of errors said it (its rate fell after an hour whether or not the definition was fixed),
     and the schedule preview listed fire times that never came."""
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # plain http in the test client
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     with in_process_api(tmp_path, catalog_url=url, migrated_catalog=migrated_catalog) as api, api.client() as admin:
         seed(admin)
