@@ -375,6 +375,9 @@ class SchedulePreview(BaseModel):
     timezone: str
     cron: str | None
     fire_times: list[datetime]
+    #: The scheduler could not compute this schedule's fire times (the error's type): it does not fire until the
+    #: definition is edited (``fire_times`` is then empty); null when it could (or has not seen this version yet).
+    not_computable: str | None = None
 
 
 @router.get(
@@ -388,12 +391,16 @@ def preview_schedule(
     context: Context, caller: Reader, name: str, count: Annotated[int, Query(ge=1, le=100)] = 5
 ) -> SchedulePreview:
     schedule = use_cases.visible(caller, context.definitions, ExportDefinition, name).schedule
+    # Not computed again here when the scheduler could not: the same maths would fail (a 500), or list times that
+    # never fire.
+    not_computable = context.definitions.schedules_not_computable([name]).get(name)
     return SchedulePreview(
         enabled=schedule.enabled,
         paused_by=None if schedule.enabled else who_paused(name, store=context.definitions),
         timezone=schedule.timezone,
         cron=schedule.repeat.expression if schedule.repeat else None,
-        fire_times=next_fire_times(schedule, datetime.now(UTC), count),
+        fire_times=[] if not_computable else next_fire_times(schedule, datetime.now(UTC), count),
+        not_computable=not_computable,
     )
 
 

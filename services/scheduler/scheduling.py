@@ -16,7 +16,7 @@ from services.scheduler.planning import Plan, anchor_for, fires_on_time, next_du
 from services.scheduler.ports import ActiveRuns, DefinitionsChanges, SchedulingStore
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.schedule import Overlap
-from shared.domain.schedule_state import DueSchedule, ScheduleAdvance, ScheduleState
+from shared.domain.schedule_state import DueSchedule, FiringMark, ScheduleAdvance, ScheduleState
 from shared.events import RunMissed, RunRequested, RunSkipped, Trigger
 from shared.kafka import Outgoing
 from shared.metrics import start_definitions_series
@@ -54,25 +54,50 @@ SCHEDULE_ERRORS = Counter(
     "Times a definition's fire times could not be computed (the log names it): it is left with no next due instant, "
     "not fired until edited; every other definition fires as usual.",
 )
+NOT_COMPUTABLE = Gauge(
+    "member_export_scheduler_definitions_not_computable",
+    "Definitions whose fire times could not be computed, as they are now: not fired until edited (the log line "
+    "`schedule not computable` and the admin API's schedule preview name them). The leader's count; 0 elsewhere.",
+)
+REPUBLISHED = Counter(
+    "member_export_scheduler_runs_republished_total",
+    "Scheduled run requests published again because their first publication was not confirmed (the scheduler "
+    "stopped before moving the schedule on, or the broker failed it): the same run id, run once by the extractor.",
+)
 LEADER = Gauge("member_export_scheduler_leader", "1 while this replica holds the scheduling lease.")
 
 
 T = TypeVar("T")
 
 
-def _isolated(definition: str, compute: Callable[[], T], fallback: T) -> T:
-    """``compute()`` (one definition's schedule maths), or ``fallback`` when it raises: logged with the definition's
-    name and counted, so one definition's schedule never stops the others' (the tick carries on)."""
+def _isolated(definition: str, compute: Callable[[], T], fallback: T) -> tuple[T, str | None]:
+    """``compute()`` (one definition's schedule maths) and None, or ``fallback`` and the error's type when it raises:
+    logged with the definition's name and counted, so one definition's schedule never stops the others' (the tick
+    carries on). The error's type is kept with the schedule until an edit (the gauge and the admin API say it)."""
     try:
-        return compute()
+        return compute(), None
     except Exception as exc:  # noqa: BLE001 - whatever one schedule's maths raises, the others still fire
         SCHEDULE_ERRORS.inc()
         log.error("schedule not computable: not due until edited", definition=definition, error=type(exc).__name__)
-        return fallback
+        return fallback, type(exc).__name__
 
 
-def _next_due(due: DueSchedule, moment: datetime) -> datetime | None:
-    return _isolated(due.definition.name, lambda: next_due_after(due.definition.schedule, moment), None)
+def _advance(due: DueSchedule, handled_until: datetime) -> ScheduleAdvance:
+    """``due`` handled up to ``handled_until``: its next instant is the first after it."""
+    upcoming, error = _isolated(
+        due.definition.name, lambda: next_due_after(due.definition.schedule, handled_until), None
+    )
+    return ScheduleAdvance(due.definition_id, due.handled_until, handled_until, upcoming, error)
+
+
+def _firing(instant: datetime | None) -> Plan:
+    """The decision to fire ``instant`` alone (nothing missed: an instant on time, ahead, or published again)."""
+    return Plan(fire=instant, missed=[], next_due=None)
+
+
+def _unconfirmed(due: DueSchedule, now: datetime) -> bool:
+    """Whether a tick was publishing ``due``'s run for an instant come by ``now`` and did not move it on after."""
+    return due.firing_for is not None and due.firing_for <= now
 
 
 def _start_series_of(definition: str) -> None:
@@ -127,6 +152,7 @@ class Scheduler:
         LEADER.set(1 if leading else 0)
         if not leading:
             self._fingerprint = None  # whoever leads may change the schedules: sync again when leading
+            NOT_COMPUTABLE.set(0)  # the leader counts them
             return []
         self._start_series()
         self._sync(now)
@@ -136,47 +162,74 @@ class Scheduler:
         # then, as without lookahead (a run is published ahead at the first tick that finds its definition idle).
         ahead = [d for d in due if d.next_due_at > now and d.definition.name not in busy]
         current = [d for d in due if d.next_due_at <= now]
+        # A run a tick was publishing when it stopped (or whose publication failed), its instant come: its request is
+        # published again as it was, whatever its age (it may have run: never recorded missed, nor skipped for being
+        # active itself), and its schedule is planned from that instant on.
+        unconfirmed = [d for d in current if _unconfirmed(d, now)]
         on_time: list[DueSchedule] = []
-        late: list[DueSchedule] = []
+        late: list[tuple[DueSchedule, datetime]] = []  # each planned from the instant it was handled until
         for d in current:
-            (on_time if fires_on_time(d.next_due_at, now, self.catch_up) else late).append(d)
+            if not _unconfirmed(d, now):
+                if fires_on_time(d.next_due_at, now, self.catch_up):
+                    on_time.append(d)
+                else:
+                    late.append((d, d.handled_until))
         # On-time schedules fire first, before any schedule maths, to keep the fire delay short; so do the runs
         # published ahead. The extractor judges those again at their instant (services.extractor.scheduled_runs).
-        fired, outgoing = self._act_all(
-            [(d, Plan(fire=d.next_due_at, missed=[], next_due=None)) for d in on_time + ahead], busy
-        )
-        self._publish(fired, outgoing)
-        advances = [ScheduleAdvance(d.definition_id, d.handled_until, now, _next_due(d, now)) for d in on_time]
+        fired = self._fire([(d, _firing(d.next_due_at), busy.get(d.definition.name)) for d in on_time + ahead])
+        again = self._fire([(d, _firing(d.firing_for), None) for d in unconfirmed], again=True)
+        advances = [_advance(d, now) for d in on_time]
         # A run published ahead is handled up to its own instant: the next one is the first after it.
-        advances += [
-            ScheduleAdvance(d.definition_id, d.handled_until, d.next_due_at, _next_due(d, d.next_due_at)) for d in ahead
-        ]
-        plans = [(d, self._plan(d, now)) for d in late]
-        late_fired, late_outgoing = self._act_all(plans, busy)
-        self._publish(late_fired, late_outgoing)
-        advances += [ScheduleAdvance(d.definition_id, d.handled_until, now, p.next_due) for d, p in plans]
-        # The schedules move on after their runs are published: a crash in between fires again with the
-        # same run ids, which the extractor ignores.
+        advances += [_advance(d, d.next_due_at) for d in ahead]
+        for d in unconfirmed:
+            assert d.firing_for is not None
+            resumed = _advance(d, d.firing_for)
+            if resumed.next_due_at is not None and resumed.next_due_at <= now:
+                late.append((d, d.firing_for))  # due again since: planned from it now
+            else:
+                advances.append(resumed)
+        plans = [(d, *self._plan(d, since, now)) for d, since in late]
+        late_fired = self._fire([(d, p, busy.get(d.definition.name)) for d, p, _ in plans])
+        advances += [ScheduleAdvance(d.definition_id, d.handled_until, now, p.next_due, error) for d, p, error in plans]
+        # The schedules move on after their runs are published, which clears the instant each was firing: a crash in
+        # between publishes them again (_fire) with the same run ids, which the extractor runs once.
         self.scheduling.advance_schedules(advances)
-        return fired + late_fired
+        if any(a.not_computable for a in advances):
+            NOT_COMPUTABLE.set(self.scheduling.not_computable_count())
+        return fired + again + late_fired
 
-    def _plan(self, due: DueSchedule, now: datetime) -> Plan:
+    def _plan(self, due: DueSchedule, since: datetime, now: datetime) -> tuple[Plan, str | None]:
         return _isolated(
             due.definition.name,
-            lambda: plan(due.definition.schedule, handled_until=due.handled_until, now=now, catch_up=self.catch_up),
+            lambda: plan(due.definition.schedule, handled_until=since, now=now, catch_up=self.catch_up),
             Plan(fire=None, missed=[], next_due=None),
         )
 
-    def _act_all(
-        self, decisions: list[tuple[DueSchedule, Plan]], busy: dict[str, uuid.UUID]
-    ) -> tuple[list[RunRequested], list[Outgoing]]:
+    def _fire(
+        self, decisions: list[tuple[DueSchedule, Plan, uuid.UUID | None]], *, again: bool = False
+    ) -> list[RunRequested]:
+        """Act on ``decisions`` (each with its definition's active run, under the skip policy) and publish their
+        records, the instant of each run requested recorded first (:meth:`SchedulingStore.mark_firing`): a
+        publication not confirmed by the schedule moving on is published ``again``, never recorded missed (counted
+        apart: not a fire, nor its delay)."""
         fired: list[RunRequested] = []
         outgoing: list[Outgoing] = []
-        for due, decision in decisions:
-            requests, records = self._act(due, decision, busy.get(due.definition.name))
+        marks: list[FiringMark] = []
+        for due, decision, active in decisions:
+            requests, records = self._act(due, decision, active)
             fired += requests
             outgoing += records
-        return fired, outgoing
+            marks += [
+                FiringMark(due.definition_id, due.handled_until, r.scheduled_for) for r in requests if r.scheduled_for
+            ]
+        self.scheduling.mark_firing(marks)
+        if not again:
+            self._publish(fired, outgoing)
+        elif outgoing:
+            self.publish(outgoing)
+            REPUBLISHED.inc(len(fired))
+            log.warning("scheduled run requests published again: their publication was not confirmed", runs=len(fired))
+        return fired
 
     def _publish(self, fired: list[RunRequested], outgoing: list[Outgoing]) -> None:
         if not outgoing:
@@ -203,8 +256,8 @@ class Scheduler:
                 counter.labels(definition=sync.definition.name)
             anchor = anchor_for(sync.handled_until, sync.updated_at, now)
             schedule = sync.definition.schedule
-            upcoming = _isolated(sync.definition.name, partial(next_due_after, schedule, anchor), None)
-            states.append(ScheduleState(sync.definition_id, sync.version, anchor, upcoming))
+            upcoming, error = _isolated(sync.definition.name, partial(next_due_after, schedule, anchor), None)
+            states.append(ScheduleState(sync.definition_id, sync.version, anchor, upcoming, error))
             log.debug(
                 "schedule synced",
                 definition=sync.definition.name,
@@ -216,6 +269,7 @@ class Scheduler:
         self.scheduling.save_schedules(states)
         self._fingerprint = fingerprint
         SCHEDULED_DEFINITIONS.set(self.scheduling.scheduled_count())
+        NOT_COMPUTABLE.set(self.scheduling.not_computable_count())
         if states:
             log.info("schedules synced", definitions=len(states))
 
@@ -244,7 +298,8 @@ class Scheduler:
         if decision.fire is None:
             return [], records
         run_id = scheduled_run_id(due.definition_id, decision.fire)
-        if active is not None:
+        # The active run may be this one: its request published before (a publication not confirmed, fired again).
+        if active is not None and active != run_id:
             skipped = RunSkipped(
                 run_id=run_id,
                 definition=definition.name,

@@ -23,7 +23,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from shared.catalog.audit_store import write_entries
 from shared.catalog.database import CatalogDatabase, aware, now
-from shared.catalog.tables import AuditRow, CatalogObjectRow
+from shared.catalog.tables import AuditRow, CatalogObjectRow, ScheduleRow
 from shared.catalog.validated_objects import VALIDATED_OBJECTS, ValidatedObjects
 from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import (
@@ -619,6 +619,21 @@ class SqlDefinitionsStore:
                     CatalogObjectRow.kind == ExportDefinition.__name__, CatalogObjectRow.name == name
                 )
             )
+
+    def schedules_not_computable(self, names: Sequence[str] | None = None) -> dict[str, str]:
+        """The definitions (of ``names``, or all) whose fire times the scheduler could not compute, as they are now,
+        each with the error's type (:attr:`ScheduleRow.not_computable`): they are not fired until edited."""
+        objects, states = CatalogObjectRow.__table__.c, ScheduleRow.__table__.c
+        query = (
+            select(objects.name, states.not_computable)
+            .join_from(CatalogObjectRow.__table__, ScheduleRow.__table__, states.definition_id == objects.id)
+            .where(objects.kind == ExportDefinition.__name__, states.definition_version == objects.version)
+            .where(states.not_computable.is_not(None))
+        )
+        if names is not None:
+            query = query.where(objects.name.in_(list(names)))
+        with self.database.connect(ExportDefinition.__name__) as connection:
+            return {name: error for name, error in connection.execute(query).all()}
 
     def list_objects(self, kind: type[T]) -> list[T]:
         return [obj for _, obj in self.list_versioned(kind)]

@@ -17,7 +17,13 @@ from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.tables import CatalogObjectRow, LeaseRow, ScheduleRow
 from shared.domain.catalog_objects import STORED_ROW, ExportDefinition
-from shared.domain.schedule_state import DueSchedule, ScheduleAdvance, ScheduleState, ScheduleSync
+from shared.domain.schedule_state import (
+    DueSchedule,
+    FiringMark,
+    ScheduleAdvance,
+    ScheduleState,
+    ScheduleSync,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +93,7 @@ class SqlSchedulingStore:
                 "definition_version": state.version,
                 "handled_until": state.handled_until.astimezone(UTC),
                 "next_due_at": as_utc(state.next_due_at),
+                "not_computable": state.not_computable,
             }
             for state in states
         ]
@@ -100,6 +107,20 @@ class SqlSchedulingStore:
             table = cast(Table, ScheduleRow.__table__)
             return int(connection.execute(select(func.count()).where(table.c.next_due_at.is_not(None))).scalar_one())
 
+    def not_computable_count(self) -> int:
+        """How many definitions have a schedule whose fire times could not be computed, as they are now (an edit not
+        yet synced, or a definition deleted since, is not counted)."""
+        objects, states = CatalogObjectRow.__table__.c, ScheduleRow.__table__.c
+        with self.database.connect("Schedule") as connection:
+            return int(
+                connection.execute(
+                    select(func.count())
+                    .select_from(CatalogObjectRow.__table__)
+                    .join(ScheduleRow.__table__, states.definition_id == objects.id)
+                    .where(states.definition_version == objects.version, states.not_computable.is_not(None))
+                ).scalar_one()
+            )
+
     def due_schedules(self, at: datetime, limit: int = 10_000) -> list[DueSchedule]:
         """Definitions whose next due instant is at or before ``at``, soonest first.
 
@@ -109,7 +130,7 @@ class SqlSchedulingStore:
         objects, states = CatalogObjectRow.__table__.c, ScheduleRow.__table__.c
         with self.database.connect("Schedule") as connection:
             rows = connection.execute(
-                select(objects.id, objects.version, states.handled_until, states.next_due_at)
+                select(objects.id, objects.version, states.handled_until, states.next_due_at, states.firing_for)
                 .join_from(CatalogObjectRow.__table__, ScheduleRow.__table__, states.definition_id == objects.id)
                 .where(states.next_due_at <= at.astimezone(UTC))
                 .where(states.definition_version == objects.version)
@@ -125,13 +146,43 @@ class SqlSchedulingStore:
                     ).all()
                 )
         return [
-            DueSchedule(uuid.UUID(row.id), definition, aware(row.handled_until) or at, aware(row.next_due_at) or at)
+            DueSchedule(
+                uuid.UUID(row.id),
+                definition,
+                aware(row.handled_until) or at,
+                aware(row.next_due_at) or at,
+                aware(row.firing_for),
+            )
             for row in rows
             if (definition := self._definition(row.id, row.version, specs.get(row.id, {}))) is not None
         ]
 
+    def mark_firing(self, marks: list[FiringMark]) -> None:
+        """Record, before their run requests are published, the instant each schedule is firing (each only if no one
+        moved it on since it was read): :meth:`advance_schedules` clears it, so one left behind is a publication not
+        confirmed (the scheduler stopped, or the broker failed it). One statement executed for all."""
+        if not marks:
+            return
+        table = cast(Table, ScheduleRow.__table__)
+        statement = (
+            update(table)
+            .where(table.c.definition_id == bindparam("b_id"), table.c.handled_until == bindparam("b_expected"))
+            .values(firing_for=bindparam("b_instant"))
+        )
+        parameters = [
+            {
+                "b_id": str(mark.definition_id),
+                "b_expected": mark.expected_handled_until.astimezone(UTC),
+                "b_instant": mark.instant.astimezone(UTC),
+            }
+            for mark in marks
+        ]
+        with self.database.begin("Schedule") as connection:
+            connection.execute(statement, parameters)
+
     def advance_schedules(self, advances: list[ScheduleAdvance]) -> int:
-        """Move schedules on, each only if no one else did since it was read (compare and set).
+        """Move schedules on, each only if no one else did since it was read (compare and set); the instant each was
+        firing is cleared (its publication confirmed).
 
         One statement executed for all schedules; returns how many moved.
         """
@@ -141,7 +192,12 @@ class SqlSchedulingStore:
         statement = (
             update(table)
             .where(table.c.definition_id == bindparam("b_id"), table.c.handled_until == bindparam("b_expected"))
-            .values(handled_until=bindparam("b_handled"), next_due_at=bindparam("b_next"))
+            .values(
+                handled_until=bindparam("b_handled"),
+                next_due_at=bindparam("b_next"),
+                firing_for=None,
+                not_computable=bindparam("b_error"),
+            )
         )
         parameters = [
             {
@@ -149,6 +205,7 @@ class SqlSchedulingStore:
                 "b_expected": advance.expected_handled_until.astimezone(UTC),
                 "b_handled": advance.handled_until.astimezone(UTC),
                 "b_next": as_utc(advance.next_due_at),
+                "b_error": advance.not_computable,
             }
             for advance in advances
         ]

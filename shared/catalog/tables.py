@@ -219,6 +219,10 @@ class ScheduleRow(Base):
     definition_version: Mapped[int] = mapped_column(Integer)
     handled_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     next_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    #: The instant whose run request is being published: set before publishing, cleared as the schedule moves on.
+    firing_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Why the fire times could not be computed (the error's type); null when they could. Kept until an edit.
+    not_computable: Mapped[str | None] = mapped_column(String(100))
 
 
 class LeaseRow(Base):

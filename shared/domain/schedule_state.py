@@ -28,6 +28,8 @@ class ScheduleState:
     version: int
     handled_until: datetime
     next_due_at: datetime | None
+    #: Why its fire times could not be computed (the error's type): None when they could.
+    not_computable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class DueSchedule:
     definition: ExportDefinition
     handled_until: datetime
     next_due_at: datetime
+    #: The instant of a run request a tick was publishing when it stopped (its publication not confirmed by the
+    #: schedule moving on after it): published again, never recorded missed.
+    firing_for: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -48,3 +53,14 @@ class ScheduleAdvance:
     expected_handled_until: datetime
     handled_until: datetime
     next_due_at: datetime | None
+    #: Why its next instant could not be computed (the error's type): None when it could.
+    not_computable: str | None = None
+
+
+@dataclass(frozen=True)
+class FiringMark:
+    """A schedule whose run for ``instant`` is about to be published (from ``expected_handled_until``)."""
+
+    definition_id: uuid.UUID
+    expected_handled_until: datetime
+    instant: datetime

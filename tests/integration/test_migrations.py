@@ -61,8 +61,10 @@ NEW_RUN_COLUMNS = {
 #: 0006: when a run was requested; 0008: change-mode counts and retried members; 0009: a run's fixed sync;
 #: 0013: a mass removal allowed by the run's request; 0014: when the notifier handled a run's finish; 0015: who
 #: claimed it, when; 0016: who paused a definition's schedule; 0017: a replay run's publication; 0020: which
-#: notifier replica holds a notification's claim, until when, since when).
+#: notifier replica holds a notification's claim, until when, since when; 0021: the schedule's unconfirmed
+#: publication and why its fire times could not be computed).
 LATER_COLUMNS = {
+    "schedules": {"firing_for", "not_computable"},
     "catalog_objects": {"schedule_paused_by"},
     "runs": NEW_RUN_COLUMNS,
     "extraction_checkpoints": {"ranges", "sync"},
@@ -434,8 +436,9 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
     # of next-run retries, their claims and the member delivery log (4) and their indexes (5); a mass removal
     # allowed on the runs; when a run's finish was handled; who claimed it, when, and the unhandled finishes' index;
     # who paused a definition's schedule (0016); a replay run's plan, acknowledged steps and claim (0017, 4 columns);
-    # which notifier replica holds a notification's claim, until when, since when (0020, 3 columns).
-    assert len(lines) == 57, lines
+    # which notifier replica holds a notification's claim, until when, since when (0020, 3 columns); the schedule's
+    # unconfirmed publication and why its fire times could not be computed (0021, 2 columns).
+    assert len(lines) == 59, lines
     assert "table change_members is missing from the database" in lines
     assert "table delivery_batches is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)

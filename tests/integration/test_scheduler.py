@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -18,11 +19,24 @@ from shared.catalog import CatalogStores
 from shared.catalog.database import now as real_now
 from shared.catalog.tables import CatalogObjectRow
 from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.runs import RunStatus
 from shared.domain.schedule import fire_times
-from shared.events import RUN_EVENT_ADAPTER, RunMissed, RunRequested, RunSkipped, RunStarted, Trigger
+from shared.events import (
+    RUN_EVENT_ADAPTER,
+    AnyRunEvent,
+    BatchOutcome,
+    ExtractionCompleted,
+    RunMissed,
+    RunRequested,
+    RunSkipped,
+    RunStarted,
+    Trigger,
+)
 from shared.kafka import Outgoing, ensure_topics, make_producer, produce_and_wait
 from shared.settings import CommonSettings
 from shared.topics import Topics
+from tests.admin_app import in_process_api, seed
+from tests.integration.test_console_fields import signed_in
 from tests.kafka_helpers import read_until
 
 pytestmark = pytest.mark.integration
@@ -336,3 +350,170 @@ def test_two_replicas_fire_every_due_instant_once_and_survive_the_leaders_death(
         )
     ]
     assert len(published) == len({p.run_id for p in published}) == sum(expected.values())
+
+
+class _Crash(BaseException):
+    """The scheduler's process dying (not an exception its loop would log and carry on from)."""
+
+
+def _crashing_between_publish_and_advance(catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(advances):
+        raise _Crash
+
+    monkeypatch.setattr(catalog.scheduling, "advance_schedules", crash)
+
+
+def _kafka_scheduler(catalog: CatalogStores, settings: CommonSettings, clock: ManualClock, sent: list[Outgoing]):
+    """A scheduler process publishing to real Kafka (and keeping what it published in ``sent``)."""
+    producer = make_producer(settings, "test-scheduler")
+
+    def publish(outgoing: list[Outgoing]) -> None:
+        produce_and_wait(producer, outgoing)
+        sent.extend(outgoing)
+
+    scheduler = Scheduler(
+        scheduling=catalog.scheduling,
+        definitions=catalog.definitions,
+        runs=catalog.runs,
+        clock=clock,
+        topics=settings.topics,
+        publish=publish,
+        catch_up=dt.timedelta(hours=1),
+    )
+    return scheduler, producer
+
+
+def test_a_run_published_before_a_crash_is_not_recorded_missed_when_the_scheduler_returns_past_the_window(
+    catalog: CatalogStores, settings: CommonSettings, monkeypatch: pytest.MonkeyPatch
+):
+    """The scheduler published a run's request and died before moving its schedule on; it came back more than the
+    catch-up window later. The run had run (the request was in Kafka, the extractor ran it): it was recorded missed
+    all the same, its record turned from succeeded to missed and its definition counted a missed run."""
+    catalog.definitions.apply(definition("nightly", repeat={"every": "day", "time": "13:00"}))
+    definition_id, _ = catalog.definitions.get_with_id(ExportDefinition, "nightly")
+    due = T0 + dt.timedelta(hours=1)
+    run_id = scheduled_run_id(definition_id, due)
+    ensure_topics(settings, [settings.topics.run_requests, settings.topics.run_events])
+    clock, sent = ManualClock(T0), list[Outgoing]()
+    first, producer = _kafka_scheduler(catalog, settings, clock, sent)
+    first.tick()  # seen at T0
+    clock.advance(dt.timedelta(hours=1, seconds=1))
+    with monkeypatch.context() as patched:
+        _crashing_between_publish_and_advance(catalog, patched)
+        with pytest.raises(_Crash):
+            first.tick()
+    producer.close()
+    requested = read_until(
+        settings.kafka_bootstrap_servers, settings.topics.run_requests, lambda values: len(values) >= 1, timeout=60
+    )
+    assert [RunRequested.model_validate_json(v).run_id for v in requested] == [run_id]
+    # The extractor ran it (its events folded into the run's record, as the notifier does).
+    extraction: list[AnyRunEvent] = [
+        RunStarted(run_id=run_id, definition="nightly", trigger=Trigger.SCHEDULE, scheduled_for=due),
+        ExtractionCompleted(run_id=run_id, definition="nightly", members=3, batches=1),
+        BatchOutcome(run_id=run_id, definition="nightly", batch_index=0, delivered=3, failed=0),
+    ]
+    for event in extraction:
+        catalog.runs.fold_run_event(event)
+    assert catalog.runs.get_run(run_id).status is RunStatus.SUCCEEDED
+    missed_before = _counted("member_export_scheduler_runs_missed_total", "nightly")
+
+    clock.advance(dt.timedelta(hours=3))  # back past the catch-up window (a new process)
+    sent.clear()
+    second, producer = _kafka_scheduler(catalog, settings, clock, sent)
+    second.tick()
+    producer.close()
+    events = [RUN_EVENT_ADAPTER.validate_json(o.value) for o in sent if o.topic == settings.topics.run_events]
+    for event in events:
+        catalog.runs.fold_run_event(event)
+    assert [e for e in events if isinstance(e, RunMissed)] == []
+    assert catalog.runs.get_run(run_id).status is RunStatus.SUCCEEDED
+    assert _counted("member_export_scheduler_runs_missed_total", "nightly") == missed_before
+    # And the schedule moved on: the next day's instant fires.
+    clock.advance(dt.timedelta(hours=21))  # the next day, 13:00:01
+    sent.clear()
+    third, producer = _kafka_scheduler(catalog, settings, clock, sent)
+    third.tick()
+    producer.close()
+    fired = [RunRequested.model_validate_json(o.value) for o in sent if o.topic == settings.topics.run_requests]
+    assert [r.scheduled_for for r in fired] == [due + dt.timedelta(days=1)]
+
+
+def test_a_schedule_not_computable_is_counted_while_it_is_and_the_admin_api_names_it(
+    tmp_path: Path, migrated_catalog: Callable[[str], CatalogStores], monkeypatch: pytest.MonkeyPatch
+):
+    """Before, only a counter of errors said it (its rate fell after an hour whether or not the definition was fixed),
+    and the schedule preview listed fire times that never came."""
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # plain http in the test client
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    with in_process_api(tmp_path, catalog_url=url, migrated_catalog=migrated_catalog) as api, api.client() as admin:
+        seed(admin)
+        path = "/api/v1/export-definitions/nightly/schedule"
+        assert admin.put(path, json={"enabled": True, "timezone": "UTC", "cron": "0 3 * * *"}).status_code == 200
+        stores = CatalogStores.from_url(url)
+        scheduler = Scheduler(
+            scheduling=stores.scheduling,
+            definitions=stores.definitions,
+            runs=stores.runs,
+            clock=ManualClock(T0),
+            topics=Topics("x."),
+            publish=Recorder(),
+        )
+        real_fire_times = fire_times
+
+        def failing_for_nightly(schedule, *args, **kwargs):  # the scheduler's maths only: the admin's still works
+            if schedule.cron == "0 3 * * *":
+                raise OverflowError("date value out of range")
+            return real_fire_times(schedule, *args, **kwargs)
+
+        with monkeypatch.context() as patched:
+            patched.setattr("services.scheduler.planning.fire_times", failing_for_nightly)
+            scheduler.tick()
+        assert REGISTRY.get_sample_value("member_export_scheduler_definitions_not_computable") == 1
+        preview = admin.get(f"{path}/preview").json()
+        assert (preview["not_computable"], preview["fire_times"]) == ("OverflowError", [])
+        with signed_in(api, "admin") as console:
+            assert "OverflowError: not fired until edited" in console.page("/exports")
+        scheduler.tick()  # not computed again (and not counted as fixed) until an edit
+        assert REGISTRY.get_sample_value("member_export_scheduler_definitions_not_computable") == 1
+
+        assert admin.put(path, json={"enabled": True, "timezone": "UTC", "cron": "0 4 * * *"}).status_code == 200
+        scheduler.tick()
+        assert REGISTRY.get_sample_value("member_export_scheduler_definitions_not_computable") == 0
+        preview = admin.get(f"{path}/preview").json()
+        assert preview["not_computable"] is None
+        assert len(preview["fire_times"]) == 5
+        with signed_in(api, "admin") as console:
+            assert "not fired until edited" not in console.page("/exports")
+        stores.close()
+
+
+def test_a_run_published_before_a_crash_and_running_is_not_skipped_for_itself(
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+):
+    """Back within the catch-up window, its schedule not moved on: the run was due again, and the active run that
+    its skip policy found was itself. It was recorded skipped while it ran ("previous run <itself> was still
+    active"), its record turned to skipped."""
+    catalog.definitions.apply(definition("hourly", cron="0 * * * *"))
+    definition_id, _ = catalog.definitions.get_with_id(ExportDefinition, "hourly")
+    due = T0 + dt.timedelta(hours=1)
+    run_id = scheduled_run_id(definition_id, due)
+    scheduler.tick()
+    clock = scheduler.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(dt.timedelta(hours=1, seconds=1))
+    with monkeypatch.context() as patched:
+        _crashing_between_publish_and_advance(catalog, patched)
+        with pytest.raises(_Crash):
+            scheduler.tick()
+    catalog.runs.fold_run_event(RunStarted(run_id=run_id, definition="hourly", trigger=Trigger.SCHEDULE))
+    clock.advance(dt.timedelta(minutes=5))
+    recorder.records.clear()
+    scheduler.tick()  # the replacement process
+    events = recorder.events()
+    for event in events:
+        if not isinstance(event, RunRequested):
+            catalog.runs.fold_run_event(event)
+    assert [e for e in events if isinstance(e, RunSkipped)] == []
+    assert [(type(e), e.run_id) for e in events] == [(RunRequested, run_id)]  # published again: the same run
+    assert catalog.runs.get_run(run_id).status is RunStatus.EXTRACTING

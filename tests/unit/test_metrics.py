@@ -96,6 +96,8 @@ SCHEME = {
     "member_export_scheduler_runs_skipped_total": "counter",
     "member_export_scheduler_definitions": "gauge",
     "member_export_scheduler_schedule_errors_total": "counter",
+    "member_export_scheduler_definitions_not_computable": "gauge",
+    "member_export_scheduler_runs_republished_total": "counter",
     "member_export_scheduler_leader": "gauge",
     "member_export_extractor_members_total": "counter",
     "member_export_extractor_pages_total": "counter",

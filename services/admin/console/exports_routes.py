@@ -47,12 +47,15 @@ class Row:
     schedule: str
     next_run: dt.datetime | None
     last_run: RunRecord | None
+    #: The scheduler could not compute its fire times (the error's type): it does not fire until edited.
+    not_computable: str | None = None
 
 
 def _rows(console: ConsoleContext, request: Request, definitions: list[tuple[Revision, ExportDefinition]]) -> list[Row]:
     """The rows of ``definitions`` as the search read them, each with its revision (no second read: a definition
     deleted since the search keeps its row, whose Delete then says it no longer exists)."""
     me, now = me_of(request), dt.datetime.now(dt.UTC)
+    broken = console.admin.definitions.schedules_not_computable([d.name for _, d in definitions])
     rows = []
     for revision, definition in definitions:
         last = console.admin.runs.list_runs(
@@ -63,8 +66,9 @@ def _rows(console: ConsoleContext, request: Request, definitions: list[tuple[Rev
                 definition=definition,
                 revision=revision,
                 schedule=schedule_view.summary(definition.schedule),
-                next_run=schedule_view.next_run(definition.schedule, now),
+                next_run=None if definition.name in broken else schedule_view.next_run(definition.schedule, now),
                 last_run=last[0] if last else None,
+                not_computable=broken.get(definition.name),
             )
         )
     return rows
