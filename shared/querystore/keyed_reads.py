@@ -92,16 +92,21 @@ def _by_names(
     each name is read as the range of numerics whose nearest double it is (through the key's index), and the rows
     read are kept when they have that name. Several members may have one name: each is found. A whole number is
     named by its digits, and read as exactly that number."""
-    ranges = sorted({r for r in map(_numeric_range, keys) if r is not None})
-    if not ranges:
+    named: dict[tuple[decimal.Decimal, decimal.Decimal], set[str]] = {}
+    for name in keys:
+        if (numerics := _numeric_range(name)) is not None:
+            named.setdefault(numerics, set()).add(name)
+    if not named:
         return None
-    names, key = set(keys), q.c[query.key_column]
+    ranges, key = sorted(named), q.c[query.key_column]
     size = min(CHUNK, len(ranges))
     condition = or_(*[key.between(bindparam(f"{_KEY}{i}"), bindparam(f"{_KEY}{i}_to")) for i in range(size)])
     found = _ChunkedRead(reader, query, q, condition, key_only=key_only, window=window, parameters=parameters)
     for chunk in _chunks(ranges, size):
         values = _bound([low for low, _ in chunk]) | {f"{_KEY}{i}_to": high for i, (_, high) in enumerate(chunk)}
-        found.read(values, lambda raw: row_key(raw) in names)
+        # The chunk's own names: a numeric on the midpoint between two doubles is in two ranges, named by one.
+        names = set().union(*(named[numerics] for numerics in chunk))
+        found.read(values, names.__contains__, row_key)
     return found.page()
 
 
@@ -165,15 +170,17 @@ class _ChunkedRead:
         self._columns: tuple[str, ...] = ()
         self._rows: list[Sequence[Any]] = []
 
-    def read(self, values: Mapping[str, Any], keep: Callable[[Any], bool] | None = None) -> None:
-        """The rows matching with ``values`` bound; with ``keep``, only those whose key it keeps."""
+    def read(
+        self, values: Mapping[str, Any], keep: Callable[[Any], bool] | None = None, name: Callable[[Any], Any] = str
+    ) -> None:
+        """The rows matching with ``values`` bound; with ``keep``, only those whose key's ``name`` it keeps."""
         with self._reader._cursor(self._query) as cursor:
             self._statement.execute(cursor, self._base | dict(values))
             self._columns = tuple(d[0] for d in cursor.description)
             rows = cursor.fetchall()
         if keep is not None and rows:
             index = self._key_index()
-            rows = [row for row in rows if keep(row[index])]
+            rows = [row for row in rows if keep(name(row[index]))]
         self._rows.extend(rows)
 
     def page(self) -> Page | None:
