@@ -12,9 +12,7 @@ the same batch identities).
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import json
-import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from typing import Any
 import orjson
 
 from shared.events import SCHEMA_VERSION, ChangeKind, Priority
-from shared.json_values import jsonable
+from shared.json_values import finite_jsonable, jsonable
 
 
 def members_per_record(batch_size: int, record_members: int) -> int:
@@ -146,12 +144,10 @@ class BatchEncoder:
             "members": [dict(zip(columns, row, strict=True)) for row in rows],
         }
         try:
-            return orjson.dumps(document, default=_member_value)
+            return orjson.dumps(document, default=jsonable)
         except orjson.JSONEncodeError:
             # What orjson refuses (integers beyond 64 bits, say) the standard library writes.
-            document["members"] = [
-                {c: _finite(_member_value(v)) for c, v in member.items()} for member in document["members"]
-            ]
+            document["members"] = [{c: finite_jsonable(v) for c, v in member.items()} for member in document["members"]]
             return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
     def encode_json(self, members: Sequence[bytes], batch_index: int) -> bytes:
@@ -208,18 +204,4 @@ def _isoformat(value: Any) -> Any:
 
 def member_value(raw: Any) -> Any:
     """One driver value as a member-batch record writes it (a JSON-ready value): the records' contract."""
-    return _finite(_member_value(_isoformat(raw)))
-
-
-def _member_value(value: Any) -> Any:
-    """What orjson cannot write itself: as ``jsonable``, with a decimal NaN or infinity as null (as a float's)."""
-    if isinstance(value, decimal.Decimal) and not value.is_finite():
-        return None
-    if isinstance(value, dict | list):
-        return value  # a JSON column's value: the standard library writes it as it is
-    return jsonable(value)
-
-
-def _finite(value: Any) -> Any:
-    """The standard library writes NaN and Infinity (not JSON); orjson writes null: so do we."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+    return finite_jsonable(_isoformat(raw))

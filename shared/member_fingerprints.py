@@ -9,9 +9,7 @@ the snapshot keeps as their last values (sent again when the member is removed).
 
 from __future__ import annotations
 
-import decimal
 import json
-import math
 from collections.abc import Sequence
 from hashlib import blake2b
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import orjson
 
 from shared.domain.member_hashes import HASH_BYTES
-from shared.json_values import jsonable
+from shared.json_values import finite_jsonable, jsonable
 
 _SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
@@ -33,9 +31,9 @@ class Fingerprints:
     def __call__(self, row: Sequence[Any]) -> int:
         """The member's fingerprint, a signed 64-bit integer."""
         try:
-            values = orjson.dumps(tuple(row), default=_value)
+            values = orjson.dumps(tuple(row), default=jsonable)
         except orjson.JSONEncodeError:
-            values = json.dumps([_finite(_value(v)) for v in row], separators=(",", ":")).encode()
+            values = json.dumps([finite_jsonable(v) for v in row], separators=(",", ":")).encode()
         digest = blake2b(values, digest_size=HASH_BYTES, key=self._key).digest()
         return int.from_bytes(digest, "little", signed=True)
 
@@ -44,20 +42,8 @@ def canonical_json(columns: Sequence[str], row: Sequence[Any]) -> bytes:
     """A member's values as one JSON object with sorted keys."""
     member = dict(zip(columns, row, strict=True))
     try:
-        return orjson.dumps(member, option=_SORTED, default=_value)
+        return orjson.dumps(member, option=_SORTED, default=jsonable)
     except orjson.JSONEncodeError:
         # What orjson refuses (integers beyond 64 bits, say) the standard library writes.
-        fixed = {c: _finite(_value(v)) for c, v in member.items()}
+        fixed = {c: finite_jsonable(v) for c, v in member.items()}
         return json.dumps(fixed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _value(value: Any) -> Any:
-    if isinstance(value, decimal.Decimal) and not value.is_finite():
-        return None
-    if isinstance(value, dict | list):
-        return value
-    return jsonable(value)
-
-
-def _finite(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value

@@ -25,4 +25,7 @@ def row_key(raw: Any) -> str:
     """The key of a member read from the member store (a driver's value), as its outcome will name it."""
     if raw is None or isinstance(raw, str | int):
         return outcome_key(raw)  # the common keys, written and read back as they are
-    return outcome_key(orjson.loads(orjson.dumps(member_value(raw))))
+    value = member_value(raw)
+    if isinstance(value, int):
+        return outcome_key(value)  # a whole numeric: its digits, of any size (orjson refuses more than 64 bits)
+    return outcome_key(orjson.loads(orjson.dumps(value)))

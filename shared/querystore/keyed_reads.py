@@ -13,13 +13,14 @@ import datetime as dt
 import decimal
 import math
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Select, String, bindparam, cast, literal_column, select
+from sqlalchemy import ColumnElement, Select, String, bindparam, cast, literal_column, or_, select
 
 from shared.domain.catalog_objects import SavedQuery
 from shared.domain.query_parameters import RESERVED_PREFIX
+from shared.member_keys import row_key
 from shared.querystore.paging import (
     Window,
     _window_conditions,
@@ -56,6 +57,8 @@ def members_by_keys(
         first = cursor.fetchone()
     if first is None:
         return None
+    if isinstance(first[0], decimal.Decimal):
+        return _by_names(reader, query, q, keys, parameters=parameters, window=window, key_only=key_only)
     parse = _parser(first[0])
     typed: list[Any]
     if parse is not None:
@@ -67,41 +70,141 @@ def members_by_keys(
         return None
     compared = cast(key, String) if as_text else key
     size = min(CHUNK, len(typed))
-    statement: Select[Any] = (
-        select(key if key_only else literal_column("*"))
-        .select_from(q)
-        .where(compared.in_([bindparam(f"{_KEY}{i}") for i in range(size)]), *_window_conditions(q, window))
-        .order_by(key)
-    )
-    driver = _DriverStatement(reader.engine, statement)
-    base = dict(parameters or {}) | window_params(window)
-    columns: tuple[str, ...] = ()
-    rows: list[Sequence[Any]] = []
-    for start in range(0, len(typed), size):
-        chunk = list(typed[start : start + size])
-        chunk += [chunk[-1]] * (size - len(chunk))
-        with reader._cursor(query) as cursor:
-            driver.execute(cursor, base | {f"{_KEY}{i}": value for i, value in enumerate(chunk)})
-            columns = tuple(d[0] for d in cursor.description)
-            rows.extend(cursor.fetchall())
-    if not rows:
+    condition = compared.in_([bindparam(f"{_KEY}{i}") for i in range(size)])
+    found = _ChunkedRead(reader, query, q, condition, key_only=key_only, window=window, parameters=parameters)
+    for chunk in _chunks(typed, size):
+        found.read(_bound(chunk))
+    return found.page()
+
+
+def _by_names(
+    reader: MemberReader,
+    query: SavedQuery,
+    q: Any,
+    keys: Sequence[str],
+    *,
+    parameters: Mapping[str, Any] | None,
+    window: Window | None,
+    key_only: bool,
+) -> Page | None:
+    """A ``numeric`` key's members by name. A record writes a fraction as its nearest double, so a member is named
+    by that double's text (``0.14285714285714285`` for 1/7 with 20 digits, ``1.0`` for 1.00000000000000000001):
+    each name is read as the range of numerics whose nearest double it is (through the key's index), and the rows
+    read are kept when they have that name. Several members may have one name: each is found. A whole number is
+    named by its digits, and read as exactly that number."""
+    named: dict[tuple[decimal.Decimal, decimal.Decimal], set[str]] = {}
+    for name in keys:
+        if (numerics := _numeric_range(name)) is not None:
+            named.setdefault(numerics, set()).add(name)
+    if not named:
         return None
-    if query.key_column not in columns:
-        raise QueryError(f"query '{query.name}' does not return its key column '{query.key_column}'")
-    index = columns.index(query.key_column)
-    return Page(columns, rows, key_value(rows[-1][index]))
+    ranges, key = sorted(named), q.c[query.key_column]
+    size = min(CHUNK, len(ranges))
+    condition = or_(*[key.between(bindparam(f"{_KEY}{i}"), bindparam(f"{_KEY}{i}_to")) for i in range(size)])
+    found = _ChunkedRead(reader, query, q, condition, key_only=key_only, window=window, parameters=parameters)
+    for chunk in _chunks(ranges, size):
+        values = _bound([low for low, _ in chunk]) | {f"{_KEY}{i}_to": high for i, (_, high) in enumerate(chunk)}
+        # The chunk's own names: a numeric on the midpoint between two doubles is in two ranges, named by one.
+        names = set().union(*(named[numerics] for numerics in chunk))
+        found.read(values, names.__contains__, row_key)
+    return found.page()
+
+
+def _numeric_range(name: str) -> tuple[decimal.Decimal, decimal.Decimal] | None:
+    """The numerics a member named ``name`` may have: a whole number's digits are exactly it; a fraction is named
+    by its nearest double, so every numeric between the midpoints to that double's neighbours (None: no numeric
+    has this name)."""
+    if name.removeprefix("-").isdigit():
+        exact = decimal.Decimal(name)
+        return exact, exact
+    try:
+        double = float(name)
+    except ValueError:
+        return None
+    if not math.isfinite(double):
+        return None
+    with decimal.localcontext() as context:
+        context.prec = 2_000  # a sum of two doubles, exactly (a subnormal's has some 750 digits)
+        here = decimal.Decimal(double)
+        below = (decimal.Decimal(math.nextafter(double, -math.inf)) + here) / 2
+        above = (decimal.Decimal(math.nextafter(double, math.inf)) + here) / 2
+    return below, above
+
+
+def _bound(chunk: Sequence[Any]) -> dict[str, Any]:
+    return {f"{_KEY}{i}": value for i, value in enumerate(chunk)}
+
+
+def _chunks(values: Sequence[Any], size: int) -> Iterator[list[Any]]:
+    """``values`` a chunk at a time, the last padded with its last value (one compiled statement)."""
+    for start in range(0, len(values), size):
+        chunk = list(values[start : start + size])
+        yield chunk + [chunk[-1]] * (size - len(chunk))
+
+
+class _ChunkedRead:
+    """The query's rows (in the window, if given) matching a condition on bound values, in key order, read a
+    chunk of values at a time."""
+
+    def __init__(
+        self,
+        reader: MemberReader,
+        query: SavedQuery,
+        q: Any,
+        condition: ColumnElement[bool],
+        *,
+        key_only: bool,
+        window: Window | None,
+        parameters: Mapping[str, Any] | None,
+    ) -> None:
+        self._reader, self._query = reader, query
+        key = q.c[query.key_column]
+        statement: Select[Any] = (
+            select(key if key_only else literal_column("*"))
+            .select_from(q)
+            .where(condition, *_window_conditions(q, window))
+            .order_by(key)
+        )
+        self._statement = _DriverStatement(reader.engine, statement)
+        self._base = dict(parameters or {}) | window_params(window)
+        self._columns: tuple[str, ...] = ()
+        self._rows: list[Sequence[Any]] = []
+
+    def read(
+        self, values: Mapping[str, Any], keep: Callable[[Any], bool] | None = None, name: Callable[[Any], Any] = str
+    ) -> None:
+        """The rows matching with ``values`` bound; with ``keep``, only those whose key's ``name`` it keeps."""
+        with self._reader._cursor(self._query) as cursor:
+            self._statement.execute(cursor, self._base | dict(values))
+            self._columns = tuple(d[0] for d in cursor.description)
+            rows = cursor.fetchall()
+        if keep is not None and rows:
+            index = self._key_index()
+            rows = [row for row in rows if keep(name(row[index]))]
+        self._rows.extend(rows)
+
+    def page(self) -> Page | None:
+        """What was read, or None when nothing was."""
+        if not self._rows:
+            return None
+        return Page(self._columns, self._rows, key_value(self._rows[-1][self._key_index()]))
+
+    def _key_index(self) -> int:
+        if self._query.key_column not in self._columns:
+            raise QueryError(f"query '{self._query.name}' does not return its key column '{self._query.key_column}'")
+        return self._columns.index(self._query.key_column)
 
 
 def _parser(sample: Any) -> Callable[[str], Any] | None:
     """How a key's text becomes a value of the key column's type (None: compared as text)."""
     if isinstance(sample, bool):
-        return None
+        return {"True": True, "False": False}.get  # as a record's JSON true is named
+    if isinstance(sample, bytes | memoryview):
+        return _as(bytes.fromhex)  # a record writes bytes in hex
     if isinstance(sample, int):
         return _as(int)
     if isinstance(sample, float):
         return _as(float)
-    if isinstance(sample, decimal.Decimal):
-        return _as(decimal.Decimal)
     if isinstance(sample, dt.datetime):
         return _as(dt.datetime.fromisoformat)
     if isinstance(sample, dt.date):
@@ -118,8 +221,6 @@ def _as(parse: Callable[[str], Any]) -> Callable[[str], Any]:
         try:
             value = parse(text)
         except (ValueError, ArithmeticError):
-            return None
-        if isinstance(value, decimal.Decimal) and not value.is_finite():
             return None
         return None if isinstance(value, float) and not math.isfinite(value) else value
 

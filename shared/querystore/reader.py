@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+import json
 import queue
 import threading
 import time
@@ -639,7 +640,14 @@ class MemberReader:
             return None
         if query.key_column not in columns:
             raise QueryError(f"query '{query.name}' does not return its key column '{query.key_column}'")
-        return Page(columns, rows, key_value(rows[-1][columns.index(query.key_column)]))
+        last = rows[-1][columns.index(query.key_column)]
+        if isinstance(last, bytes) and self.engine.dialect.name != "postgresql":
+            # Read back as text, which SQLite sorts before every blob: the next page would be this one again.
+            raise QueryError(
+                f"query '{query.name}': its key column '{query.key_column}' holds blobs, which the "
+                "extractor cannot page by on SQLite (use a key of another type)"
+            )
+        return Page(columns, rows, key_value(last))
 
     def _json_page(
         self, query: SavedQuery, statement: _DriverStatement, base: dict[str, Any], last_key: Any, check_utf8: bool
@@ -775,12 +783,17 @@ class _Seconds:
 
 def key_value(value: Any) -> Any:
     """A key (or watermark) read from the store, as the JSON value a checkpoint keeps and the next page binds back
-    (:func:`~shared.json_values.jsonable`), save a decimal a float would round (more than 15 to 17 digits): its
-    exact text, which PostgreSQL reads back as the key column's ``numeric`` (a float gave a page after 1/7 with
-    20 digits starting at 1/7 again, or after the first of two keys a float cannot tell apart skipping the other)."""
-    if isinstance(value, decimal.Decimal) and value.is_finite() and value != value.to_integral_value():
+    (:func:`~shared.json_values.jsonable`), save a decimal a float would round (more than 15 to 17 digits) or cannot
+    hold (NaN, an infinity, which ``jsonable`` writes as null): its exact text, which PostgreSQL reads back as the
+    key column's ``numeric`` (a float gave a page after 1/7 with 20 digits starting at 1/7 again, or after the first
+    of two keys a float cannot tell apart skipping the other; an infinity failed the run)."""
+    if isinstance(value, decimal.Decimal) and not (value.is_finite() and value == value.to_integral_value()):
         rounded = float(value)
-        return rounded if decimal.Decimal(repr(rounded)) == value else str(value)
+        return rounded if value.is_finite() and decimal.Decimal(repr(rounded)) == value else str(value)
+    if isinstance(value, dict | list):
+        return json.dumps(value)  # a jsonb key: its JSON text, which PostgreSQL reads back as jsonb
+    if isinstance(value, bytes | memoryview):
+        return "\\x" + bytes(value).hex()  # a bytea key: its hex text, which PostgreSQL reads back as bytea
     return jsonable(value)
 
 

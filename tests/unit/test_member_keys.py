@@ -21,6 +21,10 @@ KEYS: list[Any] = [
     decimal.Decimal("1042"),
     decimal.Decimal("1042.00"),
     decimal.Decimal("10.5"),
+    decimal.Decimal(10**30 + 1),  # a whole numeric beyond 64 bits: row_key raised (orjson refuses it)
+    decimal.Decimal("0.14285714285714285714"),
+    decimal.Decimal("Infinity"),
+    decimal.Decimal("NaN"),
     dt.date(2026, 12, 3),
     dt.datetime(2026, 12, 3, 10, 0, 0, 10967),
     dt.datetime(2026, 12, 3, 10, 0, tzinfo=dt.UTC),
