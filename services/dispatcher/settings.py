@@ -52,7 +52,7 @@ class DispatcherSettings(CommonSettings):
     # the raw aiohttp script against 0.69-0.79x); answering at once, 1M 6.8-6.9 s against 7.0-7.5 s. One-member runs
     # of several rounds (30,000 members, at once) 8.3-8.6 s against 8.4-10.1 s. A one-member run that fits one round
     # (<= 4,096 requests) is 7-16% slower with 2 (the loop thread polls every 10 ms while the round is in flight):
-    # 0.3-0.8 s on such a run. The dispatcher's peak RSS: 230-231 MB (1M) and 237-239 MB (3M), against 201-203 MB.
+    # 0.3-0.9 s on such a run. The dispatcher's peak RSS: 230-231 MB (1M) and 237-239 MB (3M), against 201-203 MB.
     dispatcher_rounds_in_flight: int = Field(
         default=2,
         ge=1,
