@@ -143,8 +143,9 @@ class DispatcherSettings(CommonSettings):
         round uncommitted (never dead-lettered; those of their requests sent already may be sent again, same
         Idempotency-Key), so a round ends within the poll interval whatever its partners and profiles do (a
         partner that hangs to a 300 s timeout, a ``max_in_flight`` of 1 serialising the round's requests). With the
-        defaults 4,330 s - 300 s - 60 s = 3,970 s; at least 240 s, and never below ``round_seconds`` + 16 retry
-        budgets: a round's first requests always have time to finish."""
+        defaults (2 rounds in flight) 8,650 s - 300 s - 60 s = 8,290 s (3,970 s with one round in flight); at least
+        240 s, and never below ``round_seconds`` + 16 retry budgets: a round's first requests always have time to
+        finish."""
         return self.max_poll_interval_ms / 1000 - PROFILE_TIMEOUT_MAX_SECONDS - ROUND_END_MARGIN_SECONDS
 
     dispatcher_split_budget: int = Field(
