@@ -47,16 +47,20 @@ class DispatcherSettings(CommonSettings):
         description="Batches (records) taken per poll at most: their requests delivered `concurrency` at a time "
         "(memory holds at most this many batches per round in flight).",
     )
-    # 1: with 2, the end-to-end benchmark was no faster on 2 cores (one-member requests/s and batch members/s within
-    # the runs' spread, A/B in the same sittings); the dispatcher spent 5-15% more CPU, and its peak RSS with batches
-    # of 500 grew by 20-60 MB. The loop thread's polls and decoding compete with the event loop for the cores and GIL.
+    # 2 (1 before): bench_e2e on 2 cores, 1 and 2 alternating in one sitting (2026-12-06, session 49). Batch of 500,
+    # a partner answering in 20 ms: 1M members 10.2-10.5 s against 12.1-13.7 s, 3M 25.9 s against 32.3 s (0.91-0.98x
+    # the raw aiohttp script against 0.69-0.79x); answering at once, 1M 6.8-6.9 s against 7.0-7.5 s. One-member runs
+    # of several rounds (30,000 members, at once) 8.3-8.6 s against 8.4-10.1 s. A one-member run that fits one round
+    # (<= 4,096 requests) is 7-16% slower with 2 (the loop thread polls every 10 ms while the round is in flight):
+    # 0.3-0.9 s on such a run. The dispatcher's peak RSS: 230-231 MB (1M) and 237-239 MB (3M), against 201-203 MB.
     dispatcher_rounds_in_flight: int = Field(
-        default=1,
+        default=2,
         ge=1,
         le=8,
-        description="Polls' rounds delivered at once: with 2 or more, the next poll is decoded, and the last round's "
-        "outcomes produced and committed, while a round's requests are in flight (1, the default: each round's "
-        "outcomes committed before the next poll). Offsets are committed in order whatever the setting.",
+        description="Polls' rounds delivered at once: with 2 or more (2, the default), the next poll is decoded, and "
+        "the last round's outcomes produced and committed, while a round's requests are in flight (1: each round's "
+        "outcomes committed before the next poll). Offsets are committed in order whatever the setting; memory holds "
+        "up to this many polls' batches, and the poll interval grows by the same factor.",
     )
     # uvloop: in process (bench_dispatcher_cpu --loops asyncio uvloop, 2026-12-04, 4 turns each) the dispatcher's CPU a
     # one-member request fell from 154-161 to 143-149 us, and a plain aiohttp loop's from 83-87 to 72-76 us.
@@ -98,7 +102,7 @@ class DispatcherSettings(CommonSettings):
         description="How long a round goes on beginning its batches (in order, while the requests begun and not "
         "finished stay within 16 times `concurrency`, 128 at least): the batches not begun by then are handed "
         "back uncommitted and begun in the next round (never dead-lettered, never sent twice); those begun finish. "
-        "The poll interval is this plus 16 waves of the retry budget (see max_poll_interval_ms).",
+        "The poll interval is this plus 16 waves of the retry budget per round in flight (see max_poll_interval_ms).",
     )
 
     @property
@@ -111,8 +115,8 @@ class DispatcherSettings(CommonSettings):
         at least), and none after ``round_seconds``: the rest go to the next round. So at its deadline a round has
         at most that many requests to finish, whatever its size; with rounds in flight, each may have as many (the
         oldest may wait behind the others' requests). Worst case: ``round_seconds`` + waves x (retry budget +
-        a minute for the last attempt's timeout), with a 1.5 margin; with the defaults 10 s + 16 x 180 s x 1.5 =
-        72 min (2.4 h before, when a round's every request was begun at once). A record of more requests than the
+        a minute for the last attempt's timeout), with a 1.5 margin; with the defaults (2 rounds in flight) 10 s +
+        32 x 180 s x 1.5 = 2.4 h, with one round in flight 16 waves: 72 min. A record of more requests than the
         bound (``EXPORT_EXTRACTOR_RECORD_MEMBERS`` above it with a one-member template) is begun alone and may
         take longer; so may a batch's isolating splits (``split_budget``), not counted.
 
@@ -139,8 +143,9 @@ class DispatcherSettings(CommonSettings):
         round uncommitted (never dead-lettered; those of their requests sent already may be sent again, same
         Idempotency-Key), so a round ends within the poll interval whatever its partners and profiles do (a
         partner that hangs to a 300 s timeout, a ``max_in_flight`` of 1 serialising the round's requests). With the
-        defaults 4,330 s - 300 s - 60 s = 3,970 s; at least 240 s, and never below ``round_seconds`` + 16 retry
-        budgets: a round's first requests always have time to finish."""
+        defaults (2 rounds in flight) 8,650 s - 300 s - 60 s = 8,290 s (3,970 s with one round in flight); at least
+        240 s, and never below ``round_seconds`` + 16 retry budgets: a round's first requests always have time to
+        finish."""
         return self.max_poll_interval_ms / 1000 - PROFILE_TIMEOUT_MAX_SECONDS - ROUND_END_MARGIN_SECONDS
 
     dispatcher_split_budget: int = Field(

@@ -145,7 +145,7 @@ def test_a_run_of_one_member_requests_is_delivered_on_each_partner_http_client(
     assert [event["http_client"] for event in started] == [client]
 
 
-# With rounds in flight (EXPORT_DISPATCHER_ROUNDS_IN_FLIGHT, off by default) both rounds are abandoned and neither is
+# With rounds in flight (EXPORT_DISPATCHER_ROUNDS_IN_FLIGHT, 2 by default) both rounds are abandoned and neither is
 # committed past what was delivered.
 @pytest.mark.parametrize("rounds_in_flight", ["1", "2"])
 def test_sigterm_during_retries_stops_the_dispatcher_at_once_and_its_batches_are_delivered_later(

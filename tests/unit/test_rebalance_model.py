@@ -913,7 +913,8 @@ def test_no_rebalance_interleaving_loses_a_record_or_commits_what_is_not_this_co
 def test_one_round_at_a_time_no_rebalance_interleaving_loses_a_record_or_commits_what_is_not_this_consumers(
     examples: int, monkeypatch: pytest.MonkeyPatch
 ):
-    """The same scripts, the loop handling one round at a time (the default: ``rounds_in_flight`` 1)."""
+    """The same scripts, the loop handling one round at a time (``rounds_in_flight`` 1: the consumer loop's default,
+    the dispatcher's with ``EXPORT_DISPATCHER_ROUNDS_IN_FLIGHT=1``)."""
     _model(1, examples, monkeypatch)
 
 

@@ -95,19 +95,20 @@ def test_a_splits_extra_requests_are_not_counted_and_the_batch_end_releases_the_
 
 
 def test_the_poll_interval_is_the_deadline_and_the_admitted_requests_retry_budgets():
-    defaults = DispatcherSettings()
-    # 10 s, then 128 requests 8 at a time: 16 waves of (120 s + 60 s) with a 1.5 margin. 2.4 h before.
-    assert defaults.max_poll_interval_ms == (10 + 16 * 180 * 1.5) * 1000
-    assert defaults.max_poll_interval_ms < 2.4 * 3600 * 1000
+    one = DispatcherSettings(dispatcher_rounds_in_flight=1)
+    # 10 s, then 128 requests 8 at a time: 16 waves of (120 s + 60 s) with a 1.5 margin.
+    assert one.max_poll_interval_ms == (10 + 16 * 180 * 1.5) * 1000
     # Independent of the round's size: 100,000 requests a round wait no longer.
-    assert DispatcherSettings(dispatcher_round_requests=100_000).max_poll_interval_ms == defaults.max_poll_interval_ms
-    assert DispatcherSettings(dispatcher_poll_records=10_000).max_poll_interval_ms == defaults.max_poll_interval_ms
-    # Each round in flight may have as many requests to finish; a longer deadline adds itself.
-    two = DispatcherSettings(dispatcher_rounds_in_flight=2)
-    assert two.max_poll_interval_ms == (10 + 32 * 180 * 1.5) * 1000
-    assert DispatcherSettings(dispatcher_round_seconds=70).max_poll_interval_ms == (70 + 16 * 180 * 1.5) * 1000
+    big_rounds = DispatcherSettings(dispatcher_rounds_in_flight=1, dispatcher_round_requests=100_000)
+    big_polls = DispatcherSettings(dispatcher_rounds_in_flight=1, dispatcher_poll_records=10_000)
+    assert big_rounds.max_poll_interval_ms == big_polls.max_poll_interval_ms == one.max_poll_interval_ms
+    # Each round in flight may have as many requests to finish (2 by default: 2.4 h); a longer deadline adds itself.
+    assert DispatcherSettings().max_poll_interval_ms == (10 + 32 * 180 * 1.5) * 1000
+    longer = DispatcherSettings(dispatcher_rounds_in_flight=1, dispatcher_round_seconds=70)
+    assert longer.max_poll_interval_ms == (70 + 16 * 180 * 1.5) * 1000
     # The concurrency does not change the waves: 16 of them, 128 requests at least.
-    assert DispatcherSettings(dispatcher_concurrency=64).max_poll_interval_ms == defaults.max_poll_interval_ms
+    wide = DispatcherSettings(dispatcher_rounds_in_flight=1, dispatcher_concurrency=64)
+    assert wide.max_poll_interval_ms == one.max_poll_interval_ms
 
 
 def test_the_most_urgent_priority_is_offered_first_and_the_rounds_order_kept_within_a_priority():

@@ -128,6 +128,7 @@ def test_a_rate_wait_past_the_rounds_end_is_not_waited_and_its_token_given_back(
 def test_the_rounds_end_leaves_the_longest_attempt_and_a_minute_of_the_poll_interval_and_time_to_progress():
     for options in (
         {},
+        {"dispatcher_rounds_in_flight": 1},
         {"dispatcher_rounds_in_flight": 8},
         {"dispatcher_max_retry_seconds": 0.1, "dispatcher_concurrency": 256},
         {"dispatcher_round_seconds": 3600, "dispatcher_max_retry_seconds": 3600},
@@ -139,4 +140,6 @@ def test_the_rounds_end_leaves_the_longest_attempt_and_a_minute_of_the_poll_inte
         # ... and a round has time to begin its batches and see its first requests through their retry budget.
         budget = settings.dispatcher_max_retry_seconds + PROFILE_TIMEOUT_MAX_SECONDS
         assert settings.round_end_seconds >= settings.dispatcher_round_seconds + budget
-    assert DispatcherSettings().round_end_seconds == 4330 - 300 - 60
+    # The defaults (2 rounds in flight): 2 h 18 min; one round at a time: 66 min.
+    assert DispatcherSettings().round_end_seconds == 8650 - 300 - 60
+    assert DispatcherSettings(dispatcher_rounds_in_flight=1).round_end_seconds == 4330 - 300 - 60
