@@ -33,7 +33,7 @@ from shared.application.ports import DefinitionsStore, RunsStore, WatermarkStore
 from shared.application.run_events import record_run_event, record_run_events
 from shared.application.schedules import pause_schedule, paused_by_run
 from shared.domain.catalog_objects import ExportDefinition, WebhookEvent
-from shared.domain.email_retries import email_given_up, is_one_address
+from shared.domain.email_retries import email_given_up, mailable
 from shared.domain.runs import (
     Claimant,
     RunRecord,
@@ -722,13 +722,12 @@ class Notifier:
     ) -> bool:
         """Send a claimed email (within the round's budget) and mark it sent, or failed (:meth:`_mark_failed`). A
         recipient that is not one address (saved by an older release) fails it for good, unsent."""
-        odd = [address for address in recipients or [] if not is_one_address(address)]
-        if odd:  # saved by an older release: not mailed (no one knows whom it would reach); the others are
-            log.warning("recipients not mailed: not one email address each", kind=kind, recipients=len(odd))
-            recipients = [address for address in recipients or [] if address not in odd]
-            if not recipients:
-                reason = f"recipient {odd[0]!r} is not one email address: correct the definition's recipients"
-                self._mark_failed(records, kind, reason, permanent=True)
+        split = mailable(recipients or [])
+        if split.odd:  # saved by an older release: not mailed (no one knows whom it would reach); the others are
+            log.warning("recipients not mailed: not one email address each", kind=kind, recipients=len(split.odd))
+            recipients = split.mailed
+            if split.none_left_reason is not None:
+                self._mark_failed(records, kind, split.none_left_reason, permanent=True)
                 return False
         try:
             self.mailer.send(message, max_attempts=attempts, until=self.round.until, recipients=recipients)
