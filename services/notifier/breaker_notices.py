@@ -167,7 +167,7 @@ class BreakerMails:
             )
             return
         try:
-            self.mailer.send(
+            refused = self.mailer.send(
                 compose(event, definition, self.sender),
                 max_attempts=attempts,
                 until=self.round.until,
@@ -179,8 +179,16 @@ class BreakerMails:
             self.outbox.mark(change, definition.name, error=reason, give_up=final_for_this_email(exc))
             log.error("circuit breaker email not sent", profile=change.profile, definition=definition.name)
             return
-        self.outbox.mark(change, definition.name)
+        undelivered = self.mailer.undelivered_reason(refused, len(recipients.mailed)) if refused else None
+        self.outbox.mark(change, definition.name, undelivered=undelivered)
         BREAKER_EMAILS.labels(state=change.state).inc()
+        if refused:  # sent to the others, not sent again: recorded in the outbox and said
+            log.error(
+                "circuit breaker email not delivered to some recipients",
+                profile=change.profile,
+                definition=definition.name,
+                reason=undelivered,
+            )
 
 
 def with_breaker_mails(

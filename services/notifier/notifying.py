@@ -67,6 +67,12 @@ EMAILS_SENT = Counter("member_export_notifier_emails_sent_total", "Notification 
 EMAIL_FAILURES = Counter(
     "member_export_notifier_emails_failed_total", "Emails that could not be sent, by kind.", ["kind"]
 )
+EMAIL_RECIPIENTS_REFUSED = Counter(
+    "member_export_notifier_email_recipients_refused_total",
+    "Recipients an email was not delivered to while the SMTP server took it for the others (a recipient refused: "
+    "recorded in the run's notification, the email not sent again), by kind.",
+    ["kind"],
+)
 EMAILS_GIVEN_UP = Counter(
     "member_export_notifier_emails_given_up_total",
     "Run emails given up (not tried again: a permanent SMTP answer, their attempts spent, their definition gone), "
@@ -172,6 +178,8 @@ class Notifier:
         self.clock = clock
         #: A poll's handling and a sweep each send within a time budget, no email more once one failed for now.
         self.round = send_round or SendRound()
+        if webhooks is not None:
+            webhooks.round = self.round  # its webhooks too: one budget for both
         self.email_backoff = email_backoff
         self._series_started = False
         self._started: set[str] = set()  # definitions whose series were started (by name)
@@ -179,6 +187,7 @@ class Notifier:
         for kind in (SUCCESS, ERROR):  # every series exists from the start: increase() sees the first one
             EMAILS_SENT.labels(kind=kind)
             EMAIL_FAILURES.labels(kind=kind)
+            EMAIL_RECIPIENTS_REFUSED.labels(kind=kind)
 
     @property
     def claimant(self) -> Claimant:
@@ -313,10 +322,11 @@ class Notifier:
             return
         definition = self._starting[record.definition]
         if definition is not None and self.webhooks is not None:
-            if not self.round.time_left():  # claimed by the fold: the sweep sends it once its hold is over
-                self.round.left(len(subscribed(definition, WebhookEvent.STARTED)))
-                return
-            for name in subscribed(definition, WebhookEvent.STARTED):
+            channels = subscribed(definition, WebhookEvent.STARTED)
+            for index, name in enumerate(channels):
+                if not self.round.time_left():  # claimed by the fold: the sweep sends them once their hold is over
+                    self.round.left(len(channels) - index)
+                    return
                 self.webhooks.send_claimed(definition, record, name, WebhookEvent.STARTED.value)
 
     def _claim(self, run_ids: list[uuid.UUID]) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
@@ -730,7 +740,7 @@ class Notifier:
                 self._mark_failed(records, kind, split.none_left_reason, permanent=True)
                 return False
         try:
-            self.mailer.send(message, max_attempts=attempts, until=self.round.until, recipients=recipients)
+            refused = self.mailer.send(message, max_attempts=attempts, until=self.round.until, recipients=recipients)
         except (OSError, smtplib.SMTPException) as exc:
             self.round.email_failed(exc)
             EMAIL_FAILURES.labels(kind=kind).inc()
@@ -743,10 +753,16 @@ class Notifier:
                 counted=not server_unusable(exc),
             )
             return False
+        undelivered = self.mailer.undelivered_reason(refused, len(recipients or [])) if refused else None
         for record in records:
-            self.runs.mark_notification(record.run_id, kind)
+            self.runs.mark_notification(record.run_id, kind, undelivered=undelivered)
         EMAILS_SENT.labels(kind=kind).inc()
         log.info("email sent", run_id=str(records[0].run_id), runs=len(records), kind=kind)
+        if refused:  # sent to the others, not sent again: recorded, counted and said (session 48 review)
+            EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(len(refused))
+            log.error(
+                "email not delivered to some recipients", run_id=str(records[0].run_id), kind=kind, reason=undelivered
+            )
         return True
 
     def _mark_failed(
@@ -788,9 +804,7 @@ class Notifier:
         :attr:`finish_lease_seconds`, in this replica's name (:attr:`claimant`)."""
         if self.webhooks is None:
             return
-        if not self.round.time_left():  # in the ledger, unsent and due (not claimed): the sweep sends them
-            self.round.left(len(self.webhooks.claim(definition, record, event)))
-            return
+        # Each channel within the round's budget; those past it in the ledger, unsent and due: the sweep sends them.
         self.webhooks.notify(definition, record, event, self.finish_lease_seconds, self.claimant)
 
     def _notify_webhooks(self, record: RunRecord, event: WebhookEvent) -> None:
@@ -869,7 +883,10 @@ class Notifier:
             if digest:
                 self.webhooks.send_digest(definition, records, webhook[0])
             else:
-                for record in records:
+                for index, record in enumerate(records):
+                    if not self.round.time_left():  # claimed: the sweep sends them once the claims' lease is over
+                        self.round.left(len(records) - index)
+                        return
                     self.webhooks.send_claimed(definition, record, *webhook)
             return
         recipients = recipients_for(definition, ERROR)
