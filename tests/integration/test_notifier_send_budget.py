@@ -122,15 +122,20 @@ def channels(receiver: HttpReceiver, count: int, timeout: int = 10) -> dict[str,
     }
 
 
+def timed_poll(catalog: CatalogStores, smtp_port: int, name: str, runs: int = 1) -> tuple[uuid.UUID, float]:
+    """A poll of ``runs`` failed runs of ``name``: the first run's id, and how long the poll's handling took."""
+    run_ids = [uuid.uuid4() for _ in range(runs)]
+    started = time.monotonic()
+    notifier_on(catalog, smtp_port).handle_all(failed(name, run_ids))
+    return run_ids[0], time.monotonic() - started
+
+
 def test_a_run_events_webhook_channels_stop_at_the_budget_and_the_rest_are_sent_by_the_sweep(catalog: CatalogStores):
     """Three channels of a receiver answering in 1.5 s, a 2 s budget: before, all three were sent (4.5 s); now the
     first, and the two others are left unsent and due, for the sweep."""
     with HttpReceiver(delay=1.5) as slow:
         catalog.definitions.apply(definition("hooked", channels(slow, 3)))
-        run_id = uuid.uuid4()
-        started = time.monotonic()
-        notifier_on(catalog, free_port()).handle_all(failed("hooked", [run_id]))
-        took = time.monotonic() - started
+        _, took = timed_poll(catalog, free_port(), "hooked")
         assert len(slow.receipts()) == 1
 
     assert took < BUDGET + CATALOG_SLACK
@@ -150,10 +155,7 @@ def test_a_webhook_attempt_is_cut_to_what_is_left_of_the_budget(catalog: Catalog
     the attempt ends with the budget (a failed attempt, retried by a later sweep)."""
     with HttpReceiver(delay=5.0) as slow:
         catalog.definitions.apply(definition("hooked", channels(slow, 1)))
-        run_id = uuid.uuid4()
-        started = time.monotonic()
-        notifier_on(catalog, free_port()).handle_all(failed("hooked", [run_id]))
-        took = time.monotonic() - started
+        run_id, took = timed_poll(catalog, free_port(), "hooked")
 
     assert took < BUDGET + CATALOG_SLACK
     assert catalog.runs.unsent_notifications() == [(run_id, "webhook:ops0:failed")]
