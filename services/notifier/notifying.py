@@ -614,7 +614,8 @@ class Notifier:
                 ours = set(claims.take([(record.run_id, kind) for record in records]))
                 if ours:
                     group = [record for record in records if (record.run_id, kind) in ours]
-                    self._send_missed_group(definition, kind, group, attempts=1)
+                    untried = self._send_missed_group(definition, kind, group, attempts=1)
+                    claims.give_back((record.run_id, kind) for record in untried)
         finally:
             claims.release_rest()
 
@@ -864,14 +865,19 @@ class Notifier:
                     )
                     unsent = [record for record in records if (record.run_id, kind) in ours]
                     if unsent:
-                        self._send_missed_group(definition, kind, unsent, attempts)
+                        untried = self._send_missed_group(definition, kind, unsent, attempts)
+                        if untried:  # the round's budget spent on the way: due again at once, for the sweep
+                            self.runs.release_notification_claims(
+                                {(r.run_id, kind): ours[(r.run_id, kind)] for r in untried}
+                            )
         except Exception:  # the sweep sends what is still unsent
             log.exception("sending missed-run notifications failed; the sweep will try again")
 
     def _send_missed_group(
         self, definition: ExportDefinition, kind: str, records: list[RunRecord], attempts: int | None = None
-    ) -> None:
-        """Missed runs' claimed notifications of one kind: one each, or one digest above the threshold."""
+    ) -> list[RunRecord]:
+        """Missed runs' claimed notifications of one kind: one each, or one digest above the threshold. Those not
+        tried (one each: the round's budget spent on the way; left counted), for the caller to release."""
         webhook = parse_kind(kind)
         digest = len(records) > self.missed_digest_threshold
         if digest:
@@ -879,23 +885,27 @@ class Notifier:
             log.info("missed runs sent as a digest", definition=definition.name, runs=len(records), kind=kind)
         if webhook is not None:
             if self.webhooks is None:
-                return
+                return []
             if digest:
                 self.webhooks.send_digest(definition, records, webhook[0])
-            else:
-                for index, record in enumerate(records):
-                    if not self.round.time_left():  # claimed: the sweep sends them once the claims' lease is over
-                        self.round.left(len(records) - index)
-                        return
-                    self.webhooks.send_claimed(definition, record, *webhook)
-            return
+                return []
+            for index, record in enumerate(records):
+                if not self.round.time_left():
+                    self.round.left(len(records) - index)
+                    return records[index:]
+                self.webhooks.send_claimed(definition, record, *webhook)
+            return []
         recipients = recipients_for(definition, ERROR)
         if not digest or not recipients:
-            for record in records:
+            for index, record in enumerate(records):
+                if recipients and not self.round.mail_open():
+                    self.round.left(len(records) - index)
+                    return records[index:]
                 self._mail(definition, record, ERROR, recipients, attempts)
-            return
+            return []
         message = compose_digest(definition=definition, records=records, sender=self.sender, recipients=recipients)
         self._deliver_email(message, records, ERROR, attempts, recipients)
+        return []
 
 
 def _starts(before: RunRecord | None, after: RunRecord) -> bool:

@@ -111,7 +111,12 @@ def test_an_email_some_recipients_refuse_is_recorded_and_counted_as_not_delivere
     )
 
 
-def test_a_given_up_email_is_shown_with_its_reason_in_the_runs_detail_and_its_page(tmp_path: Path, picky: Picky):
+def test_a_given_up_email_is_shown_with_its_reason_in_the_runs_detail_and_its_page(
+    tmp_path: Path, picky: Picky, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv(
+        "EXPORT_CONSOLE_SECURE_COOKIES", "false"
+    )  # plain http in the test client, as the console's tests
     with in_process_api(tmp_path) as api:
         catalog = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}")
         catalog.definitions.apply(definition("typo", ["tpyo@example.com"]))
