@@ -11,7 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,7 +27,7 @@ from services.notifier.webhook_sender import WebhookSender
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.destinations import DestinationPolicy
-from shared.events import AnyRunEvent, RunFailed
+from shared.events import AnyRunEvent, RunFailed, RunMissed
 from shared.outbound.backoff import Backoff
 
 pytestmark = pytest.mark.integration
@@ -159,3 +159,28 @@ def test_a_webhook_attempt_is_cut_to_what_is_left_of_the_budget(catalog: Catalog
 
     assert took < BUDGET + CATALOG_SLACK
     assert catalog.runs.unsent_notifications() == [(run_id, "webhook:ops0:failed")]
+
+
+def test_missed_runs_webhooks_stop_at_the_budget_and_those_not_tried_are_due_at_once(catalog: CatalogStores):
+    """Two missed runs of a poll (one webhook each, under the digest's threshold) to a receiver answering in 1.5 s,
+    a 2 s budget: before, both were sent (about 3 s); now the first, and the second's claim is released: due at once
+    for the sweep (not after the claim's lease)."""
+    missed = [
+        RunMissed(
+            run_id=uuid.uuid4(),
+            definition="hooked",
+            scheduled_for=datetime.now(UTC) - timedelta(hours=hours),
+            reason="due while no scheduler could fire it",
+        )
+        for hours in (2, 1)
+    ]
+    with HttpReceiver(delay=1.5) as slow:
+        hooks = {"ops": {"url": f"{slow.url}/hooks/ops", "events": ["missed"], "timeout_seconds": 10}}
+        catalog.definitions.apply(definition("hooked", hooks))
+        started = time.monotonic()
+        notifier_on(catalog, free_port()).handle_all(list(missed))
+        took = time.monotonic() - started
+        assert len(slow.receipts()) == 1
+
+    assert took < BUDGET + CATALOG_SLACK
+    assert len(catalog.runs.unsent_notifications()) == 1
