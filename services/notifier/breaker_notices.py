@@ -179,16 +179,19 @@ class BreakerMails:
             self.outbox.mark(change, definition.name, error=reason, give_up=final_for_this_email(exc))
             log.error("circuit breaker email not sent", profile=change.profile, definition=definition.name)
             return
-        undelivered = self.mailer.undelivered_reason(refused, len(recipients.mailed)) if refused else None
-        self.outbox.mark(change, definition.name, undelivered=undelivered)
+        if not refused:
+            self.outbox.mark(change, definition.name)
+            BREAKER_EMAILS.labels(state=change.state).inc()
+            return
+        undelivered = self.mailer.undelivered_reason(refused, len(recipients.mailed))
+        self.outbox.mark(change, definition.name, undelivered=undelivered)  # sent to the others, not sent again
         BREAKER_EMAILS.labels(state=change.state).inc()
-        if refused:  # sent to the others, not sent again: recorded in the outbox and said
-            log.error(
-                "circuit breaker email not delivered to some recipients",
-                profile=change.profile,
-                definition=definition.name,
-                reason=undelivered,
-            )
+        log.error(
+            "circuit breaker email not delivered to some recipients",
+            profile=change.profile,
+            definition=definition.name,
+            reason=undelivered,
+        )
 
 
 def with_breaker_mails(

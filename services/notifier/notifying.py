@@ -754,16 +754,21 @@ class Notifier:
                 counted=not server_unusable(exc),
             )
             return False
-        undelivered = self.mailer.undelivered_reason(refused, len(recipients or [])) if refused else None
+        if not refused:
+            for record in records:
+                self.runs.mark_notification(record.run_id, kind)
+            EMAILS_SENT.labels(kind=kind).inc()
+            log.info("email sent", run_id=str(records[0].run_id), runs=len(records), kind=kind)
+            return True
+        # Sent to the others (not sent again); to whom it was not recorded, counted and said (session 48 review).
+        undelivered = self.mailer.undelivered_reason(refused, len(recipients or []))
         for record in records:
             self.runs.mark_notification(record.run_id, kind, undelivered=undelivered)
         EMAILS_SENT.labels(kind=kind).inc()
-        log.info("email sent", run_id=str(records[0].run_id), runs=len(records), kind=kind)
-        if refused:  # sent to the others, not sent again: recorded, counted and said (session 48 review)
-            EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(len(refused))
-            log.error(
-                "email not delivered to some recipients", run_id=str(records[0].run_id), kind=kind, reason=undelivered
-            )
+        EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(len(refused))
+        log.error(
+            "email not delivered to some recipients", run_id=str(records[0].run_id), kind=kind, reason=undelivered
+        )
         return True
 
     def _mark_failed(
