@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,7 +18,7 @@ from shared.application import runs as use_cases
 from shared.application.dry_run import dry_run as render_dry_run
 from shared.application.replay import replay_dead_letters
 from shared.domain.catalog_objects import ExportDefinition
-from shared.domain.runs import RunRecord, RunStatus
+from shared.domain.runs import RunNotification, RunRecord, RunStatus
 from shared.domain.strict_values import IsoDateTime, StrictBool
 
 router = APIRouter(tags=["Runs"])
@@ -25,6 +26,42 @@ ERRORS = problem_responses(404, 409, 422)
 #: An Idempotency-Key holds a character other than whitespace: an empty or blank one is a 422 naming the header, not
 #: "no key" (each retry would start another run, another replay).
 NOT_BLANK = r"\S"
+
+
+class NotificationView(BaseModel):
+    """One of the run's notifications (an email of a kind, or a webhook channel's event) and where it stands."""
+
+    #: ``success``, ``error``, ``recovered`` (emails) or ``webhook:<channel>:<event>``.
+    kind: str
+    #: The webhook's channel (null for an email).
+    channel: str | None
+    #: The email's addresses, or the webhook's channel.
+    recipients: list[str]
+    #: ``sent``, ``pending`` (to be tried, again at ``next_attempt_at`` once one failed) or ``given_up`` (not tried
+    #: again: ``last_error`` says why).
+    status: Literal["sent", "pending", "given_up"]
+    #: Failed attempts so far.
+    attempts: int
+    #: The last failed attempt's reason; for a sent email, the recipients it did not reach (refused while the others
+    #: took it).
+    last_error: str | None
+    sent_at: datetime | None
+    gave_up_at: datetime | None
+    next_attempt_at: datetime | None
+
+    @classmethod
+    def of(cls, notification: RunNotification) -> NotificationView:
+        return cls(
+            kind=notification.kind,
+            channel=notification.channel,
+            recipients=list(notification.recipients),
+            status=notification.status,
+            attempts=notification.attempts,
+            last_error=notification.last_error,
+            sent_at=notification.sent_at,
+            gave_up_at=notification.gave_up_at,
+            next_attempt_at=notification.next_attempt_at,
+        )
 
 
 class RunView(BaseModel):
@@ -59,9 +96,14 @@ class RunView(BaseModel):
     #: The run's request allowed it to remove more members than the definition's sync.max_removed.
     mass_removal_allowed: bool = False
     url: str
+    #: The run's notifications (emails and webhooks) and where each stands: in a run's detail (``GET /runs/{run_id}``),
+    #: null in lists.
+    notifications: list[NotificationView] | None = None
 
     @classmethod
-    def of(cls, record: RunRecord, public_url: str = "") -> RunView:
+    def of(
+        cls, record: RunRecord, public_url: str = "", notifications: Sequence[RunNotification] | None = None
+    ) -> RunView:
         return cls(
             run_id=record.run_id,
             definition=record.definition,
@@ -89,6 +131,7 @@ class RunView(BaseModel):
             retried=record.retried,
             mass_removal_allowed=record.mass_removal_allowed,
             url=f"{public_url.rstrip('/')}/api/v1/runs/{record.run_id}",
+            notifications=None if notifications is None else [NotificationView.of(n) for n in notifications],
         )
 
 
@@ -257,7 +300,7 @@ def list_definition_runs(context: Context, caller: Reader, name: str, filters: F
 @router.get("/runs/{run_id}", summary="A run's detail", responses=ERRORS, operation_id="read_run")
 def read_run(context: Context, caller: Reader, run_id: uuid.UUID) -> RunView:
     record = use_cases.visible_run(caller, run_id, runs=context.runs)
-    return RunView.of(record, context.public_url)
+    return RunView.of(record, context.public_url, context.runs.notifications_of(run_id))
 
 
 @router.post(

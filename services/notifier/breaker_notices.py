@@ -26,7 +26,7 @@ from services.notifier.notification_claims import SweepClaims
 from services.notifier.send_round import SendRound, final_for_this_email
 from shared.application.ports import BreakerMailOutbox, DefinitionsStore
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate
-from shared.domain.email_retries import is_one_address
+from shared.domain.email_retries import mailable
 from shared.domain.fleet import BreakerChange
 from shared.errors import StoredObjectInvalid
 from shared.events import RUN_EVENTS_RECORD_ADAPTER, AnyRunEvent, AnyRunEventsRecord, CircuitBreakerChanged
@@ -158,21 +158,20 @@ class BreakerMails:
             episode=change.episode,
             **({"at": change.at} if change.at is not None else {}),
         )
-        odd = [address for address in recipients_for(definition, ERROR) if not is_one_address(address)]
-        recipients = [address for address in recipients_for(definition, ERROR) if address not in odd]
-        if not recipients:  # saved by an older release: no one knows whom they would reach
-            reason = f"recipient {odd[0]!r} is not one email address: correct the definition's recipients"
+        recipients = mailable(recipients_for(definition, ERROR))
+        reason = recipients.none_left_reason
+        if reason is not None:  # saved by an older release: no one knows whom they would reach
             self.outbox.mark(change, definition.name, error=reason, give_up=True)
             log.error(
                 "circuit breaker email given up", profile=change.profile, definition=definition.name, reason=reason
             )
             return
         try:
-            self.mailer.send(
+            refused = self.mailer.send(
                 compose(event, definition, self.sender),
                 max_attempts=attempts,
                 until=self.round.until,
-                recipients=recipients,  # those that are one address each (an older release's odd ones not mailed)
+                recipients=recipients.mailed,  # one address each (an older release's odd ones not mailed)
             )
         except (OSError, smtplib.SMTPException) as exc:  # marked: the sweep tries again, unless the answer was final
             self.round.email_failed(exc)
@@ -180,8 +179,19 @@ class BreakerMails:
             self.outbox.mark(change, definition.name, error=reason, give_up=final_for_this_email(exc))
             log.error("circuit breaker email not sent", profile=change.profile, definition=definition.name)
             return
-        self.outbox.mark(change, definition.name)
+        if not refused:
+            self.outbox.mark(change, definition.name)
+            BREAKER_EMAILS.labels(state=change.state).inc()
+            return
+        undelivered = self.mailer.undelivered_reason(refused, len(recipients.mailed))
+        self.outbox.mark(change, definition.name, undelivered=undelivered)  # sent to the others, not sent again
         BREAKER_EMAILS.labels(state=change.state).inc()
+        log.error(
+            "circuit breaker email not delivered to some recipients",
+            profile=change.profile,
+            definition=definition.name,
+            reason=undelivered,
+        )
 
 
 def with_breaker_mails(

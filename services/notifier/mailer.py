@@ -21,10 +21,15 @@ from tenacity.stop import stop_base
 from shared.domain.masking import Masking
 from shared.exception_reasons import exception_reason
 
+#: The recipients an SMTP server refused while it took an email for the others: each address with the server's code and
+#: text (smtplib's ``sendmail`` answer).
+Refused = dict[str, tuple[int, bytes]]
+
 #: Longest wait between two attempts of one email (the backoff's cap).
 MAX_WAIT_SECONDS = 30.0
 
-#: Shortest attempt a send's ``deadline`` leaves (an attempt begun just before it still gets to connect).
+#: Shortest time left in a send's budget (``until``) for an attempt to begin: none begins with less (it could not
+#: connect and be answered before the budget's end), and an attempt begun has what is left, never more.
 MIN_ATTEMPT_SECONDS = 1.0
 
 
@@ -153,6 +158,12 @@ class SmtpMailer:
         self.max_attempts, self.max_wait = max_attempts, max_wait
         self.ca_file = ca_file
 
+    def undelivered_reason(self, refused: Refused, recipients: int) -> str:
+        """What an email sent to some recipients says of the others, for the ledger and the outbox (masked and cut as a
+        failure's reason): ``not delivered to 1 of 2 recipients (the others took it): SMTPRecipientsRefused: …``."""
+        lead = f"not delivered to {len(refused)} of {recipients} recipients (the others took it): "
+        return exception_reason(smtplib.SMTPRecipientsRefused(refused), self._masking, lead=lead)
+
     def failure_reason(self, exc: BaseException) -> str:
         """Why a send failed, for the run's notification ledger and the breaker mail outbox: the exception's type
         and message, cut as every failure's reason is, with the SMTP password masked (a server's refusal may
@@ -169,14 +180,15 @@ class SmtpMailer:
 
     def _send_once(
         self, message: EmailMessage, until: float | None = None, recipients: Sequence[str] | None = None
-    ) -> None:
+    ) -> Refused:
         """One attempt, bounded as a whole by the timeout (:class:`_Deadline`), each exchange within it too, and by
-        ``until`` (a ``time.monotonic()`` instant; at least :data:`MIN_ATTEMPT_SECONDS`)."""
+        ``until`` (a ``time.monotonic()`` instant): the attempt ends there, whatever it was at (its caller begins none
+        with less than :data:`MIN_ATTEMPT_SECONDS` left: :class:`_StopAt`, the round's ``time_left``)."""
         # Certificates are always verified: against the system's CAs, or the operator's own bundle.
         context = ssl.create_default_context(cafile=self.ca_file)
         seconds = self.timeout
         if until is not None:
-            seconds = min(seconds, max(until - time.monotonic(), MIN_ATTEMPT_SECONDS))
+            seconds = min(seconds, max(until - time.monotonic(), _NO_TIME))
         with _Deadline(seconds).running() as deadline:
             smtp: smtplib.SMTP
             if self.security == "tls":
@@ -189,7 +201,7 @@ class SmtpMailer:
                 if self.username and self.password:
                     smtp.login(self.username, self.password.get_secret_value())
                 # The envelope's recipients as given (each one address), never parsed back from the To header.
-                smtp.send_message(message, to_addrs=list(recipients) if recipients is not None else None)
+                return smtp.send_message(message, to_addrs=list(recipients) if recipients is not None else None)
 
     def send(
         self,
@@ -198,10 +210,12 @@ class SmtpMailer:
         max_attempts: int | None = None,
         until: float | None = None,
         recipients: Sequence[str] | None = None,
-    ) -> None:
+    ) -> Refused:
         """Send, retrying connection failures and 4xx answers; raise the last error when retries run out, or when
         the next attempt would start after ``until`` (a ``time.monotonic()`` instant: the caller's time budget, which
-        also cuts each attempt's timeout). ``recipients``: the envelope's (default: the message's To)."""
+        also cuts each attempt's timeout). ``recipients``: the envelope's (default: the message's To). Returns the
+        recipients the server refused while it took the email for the others (each with its answer: not delivered
+        to them; empty when it went to every one)."""
         stop = stop_after_attempt(max_attempts or self.max_attempts)
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
@@ -209,17 +223,23 @@ class SmtpMailer:
             wait=wait_random_exponential(multiplier=1, max=self.max_wait),
             reraise=True,
         )
-        retrying(self._send_once, message, until, recipients)
+        return retrying(self._send_once, message, until, recipients)
+
+
+#: An attempt's time when its budget is over already (a timer's and a socket's timeout must be above 0).
+_NO_TIME = 0.001
 
 
 class _StopAt(stop_base):
-    """Stop retrying when the next attempt would start at or after ``until`` (``time.monotonic()``)."""
+    """Stop retrying when the next attempt would start with less than :data:`MIN_ATTEMPT_SECONDS` left before
+    ``until`` (``time.monotonic()``): it could not finish within the budget (before, it began whenever it started
+    before ``until``, given 1 s at least: a budget's last attempt overran it by up to 1 s)."""
 
     def __init__(self, until: float) -> None:
         self.until = until
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= self.until
+        return time.monotonic() + (retry_state.upcoming_sleep or 0.0) + MIN_ATTEMPT_SECONDS > self.until
 
 
 def is_transient(exc: BaseException) -> bool:

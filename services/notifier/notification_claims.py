@@ -37,6 +37,7 @@ class SweepClaims(Generic[K]):
     def __init__(self, runs: ClaimsLedger[K], keys: Iterable[K], lease_seconds: float) -> None:
         self.runs, self.lease_seconds = runs, lease_seconds
         self._claims: dict[K, datetime] = runs.claim_unsent_notifications(sorted(set(keys)), lease_seconds)
+        self._taken: dict[K, datetime] = {}
         self._renewed_at = time.monotonic()
 
     def __contains__(self, key: K) -> bool:
@@ -55,7 +56,17 @@ class SweepClaims(Generic[K]):
                     notifications=len(self._claims) - len(renewed),
                 )
             self._claims = renewed
-        return [key for key in keys if self._claims.pop(key, None) is not None]
+        taken = [key for key in keys if key in self._claims]
+        for key in taken:
+            self._taken[key] = self._claims.pop(key)
+        return taken
+
+    def give_back(self, keys: Iterable[K]) -> None:
+        """Of the claims taken, those not tried after all (the round's budget spent on the way): released at the end
+        with the rest, due again at once."""
+        for key in keys:
+            if key in self._taken:
+                self._claims[key] = self._taken.pop(key)
 
     def release_rest(self) -> None:
         """Release the claims not tried (the sweep stopped before them): due again at once. A failure is logged:

@@ -33,7 +33,7 @@ from shared.application.ports import DefinitionsStore, RunsStore, WatermarkStore
 from shared.application.run_events import record_run_event, record_run_events
 from shared.application.schedules import pause_schedule, paused_by_run
 from shared.domain.catalog_objects import ExportDefinition, WebhookEvent
-from shared.domain.email_retries import email_given_up, is_one_address
+from shared.domain.email_retries import email_given_up, mailable
 from shared.domain.runs import (
     Claimant,
     RunRecord,
@@ -66,6 +66,12 @@ RUN_SECONDS = Histogram(
 EMAILS_SENT = Counter("member_export_notifier_emails_sent_total", "Notification emails sent, by kind.", ["kind"])
 EMAIL_FAILURES = Counter(
     "member_export_notifier_emails_failed_total", "Emails that could not be sent, by kind.", ["kind"]
+)
+EMAIL_RECIPIENTS_REFUSED = Counter(
+    "member_export_notifier_email_recipients_refused_total",
+    "Recipients an email was not delivered to while the SMTP server took it for the others (a recipient refused: "
+    "recorded in the run's notification, the email not sent again), by kind.",
+    ["kind"],
 )
 EMAILS_GIVEN_UP = Counter(
     "member_export_notifier_emails_given_up_total",
@@ -172,6 +178,8 @@ class Notifier:
         self.clock = clock
         #: A poll's handling and a sweep each send within a time budget, no email more once one failed for now.
         self.round = send_round or SendRound()
+        if webhooks is not None:
+            webhooks.round = self.round  # its webhooks too: one budget for both
         self.email_backoff = email_backoff
         self._series_started = False
         self._started: set[str] = set()  # definitions whose series were started (by name)
@@ -179,6 +187,7 @@ class Notifier:
         for kind in (SUCCESS, ERROR):  # every series exists from the start: increase() sees the first one
             EMAILS_SENT.labels(kind=kind)
             EMAIL_FAILURES.labels(kind=kind)
+            EMAIL_RECIPIENTS_REFUSED.labels(kind=kind)
 
     @property
     def claimant(self) -> Claimant:
@@ -313,10 +322,11 @@ class Notifier:
             return
         definition = self._starting[record.definition]
         if definition is not None and self.webhooks is not None:
-            if not self.round.time_left():  # claimed by the fold: the sweep sends it once its hold is over
-                self.round.left(len(subscribed(definition, WebhookEvent.STARTED)))
-                return
-            for name in subscribed(definition, WebhookEvent.STARTED):
+            channels = subscribed(definition, WebhookEvent.STARTED)
+            for index, name in enumerate(channels):
+                if not self.round.time_left():  # claimed by the fold: the sweep sends them once their hold is over
+                    self.round.left(len(channels) - index)
+                    return
                 self.webhooks.send_claimed(definition, record, name, WebhookEvent.STARTED.value)
 
     def _claim(self, run_ids: list[uuid.UUID]) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
@@ -604,7 +614,8 @@ class Notifier:
                 ours = set(claims.take([(record.run_id, kind) for record in records]))
                 if ours:
                     group = [record for record in records if (record.run_id, kind) in ours]
-                    self._send_missed_group(definition, kind, group, attempts=1)
+                    untried = self._send_missed_group(definition, kind, group, attempts=1)
+                    claims.give_back((record.run_id, kind) for record in untried)
         finally:
             claims.release_rest()
 
@@ -722,16 +733,15 @@ class Notifier:
     ) -> bool:
         """Send a claimed email (within the round's budget) and mark it sent, or failed (:meth:`_mark_failed`). A
         recipient that is not one address (saved by an older release) fails it for good, unsent."""
-        odd = [address for address in recipients or [] if not is_one_address(address)]
-        if odd:  # saved by an older release: not mailed (no one knows whom it would reach); the others are
-            log.warning("recipients not mailed: not one email address each", kind=kind, recipients=len(odd))
-            recipients = [address for address in recipients or [] if address not in odd]
-            if not recipients:
-                reason = f"recipient {odd[0]!r} is not one email address: correct the definition's recipients"
-                self._mark_failed(records, kind, reason, permanent=True)
+        split = mailable(recipients or [])
+        if split.odd:  # saved by an older release: not mailed (no one knows whom it would reach); the others are
+            log.warning("recipients not mailed: not one email address each", kind=kind, recipients=len(split.odd))
+            recipients = split.mailed
+            if split.none_left_reason is not None:
+                self._mark_failed(records, kind, split.none_left_reason, permanent=True)
                 return False
         try:
-            self.mailer.send(message, max_attempts=attempts, until=self.round.until, recipients=recipients)
+            refused = self.mailer.send(message, max_attempts=attempts, until=self.round.until, recipients=recipients)
         except (OSError, smtplib.SMTPException) as exc:
             self.round.email_failed(exc)
             EMAIL_FAILURES.labels(kind=kind).inc()
@@ -744,10 +754,21 @@ class Notifier:
                 counted=not server_unusable(exc),
             )
             return False
+        if not refused:
+            for record in records:
+                self.runs.mark_notification(record.run_id, kind)
+            EMAILS_SENT.labels(kind=kind).inc()
+            log.info("email sent", run_id=str(records[0].run_id), runs=len(records), kind=kind)
+            return True
+        # Sent to the others (not sent again); to whom it was not recorded, counted and said (session 48 review).
+        undelivered = self.mailer.undelivered_reason(refused, len(recipients or []))
         for record in records:
-            self.runs.mark_notification(record.run_id, kind)
+            self.runs.mark_notification(record.run_id, kind, undelivered=undelivered)
         EMAILS_SENT.labels(kind=kind).inc()
-        log.info("email sent", run_id=str(records[0].run_id), runs=len(records), kind=kind)
+        EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(len(refused))
+        log.error(
+            "email not delivered to some recipients", run_id=str(records[0].run_id), kind=kind, reason=undelivered
+        )
         return True
 
     def _mark_failed(
@@ -789,9 +810,7 @@ class Notifier:
         :attr:`finish_lease_seconds`, in this replica's name (:attr:`claimant`)."""
         if self.webhooks is None:
             return
-        if not self.round.time_left():  # in the ledger, unsent and due (not claimed): the sweep sends them
-            self.round.left(len(self.webhooks.claim(definition, record, event)))
-            return
+        # Each channel within the round's budget; those past it in the ledger, unsent and due: the sweep sends them.
         self.webhooks.notify(definition, record, event, self.finish_lease_seconds, self.claimant)
 
     def _notify_webhooks(self, record: RunRecord, event: WebhookEvent) -> None:
@@ -851,14 +870,19 @@ class Notifier:
                     )
                     unsent = [record for record in records if (record.run_id, kind) in ours]
                     if unsent:
-                        self._send_missed_group(definition, kind, unsent, attempts)
+                        untried = self._send_missed_group(definition, kind, unsent, attempts)
+                        if untried:  # the round's budget spent on the way: due again at once, for the sweep
+                            self.runs.release_notification_claims(
+                                {(r.run_id, kind): ours[(r.run_id, kind)] for r in untried}
+                            )
         except Exception:  # the sweep sends what is still unsent
             log.exception("sending missed-run notifications failed; the sweep will try again")
 
     def _send_missed_group(
         self, definition: ExportDefinition, kind: str, records: list[RunRecord], attempts: int | None = None
-    ) -> None:
-        """Missed runs' claimed notifications of one kind: one each, or one digest above the threshold."""
+    ) -> list[RunRecord]:
+        """Missed runs' claimed notifications of one kind: one each, or one digest above the threshold. Those not
+        tried (one each: the round's budget spent on the way; left counted), for the caller to release."""
         webhook = parse_kind(kind)
         digest = len(records) > self.missed_digest_threshold
         if digest:
@@ -866,20 +890,27 @@ class Notifier:
             log.info("missed runs sent as a digest", definition=definition.name, runs=len(records), kind=kind)
         if webhook is not None:
             if self.webhooks is None:
-                return
+                return []
             if digest:
                 self.webhooks.send_digest(definition, records, webhook[0])
-            else:
-                for record in records:
-                    self.webhooks.send_claimed(definition, record, *webhook)
-            return
+                return []
+            for index, record in enumerate(records):
+                if not self.round.time_left():
+                    self.round.left(len(records) - index)
+                    return records[index:]
+                self.webhooks.send_claimed(definition, record, *webhook)
+            return []
         recipients = recipients_for(definition, ERROR)
         if not digest or not recipients:
-            for record in records:
+            for index, record in enumerate(records):
+                if recipients and not self.round.mail_open():
+                    self.round.left(len(records) - index)
+                    return records[index:]
                 self._mail(definition, record, ERROR, recipients, attempts)
-            return
+            return []
         message = compose_digest(definition=definition, records=records, sender=self.sender, recipients=recipients)
         self._deliver_email(message, records, ERROR, attempts, recipients)
+        return []
 
 
 def _starts(before: RunRecord | None, after: RunRecord) -> bool:

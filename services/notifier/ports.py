@@ -63,4 +63,5 @@ class NotifierRuns(Protocol):
         error: str | None = None,
         retry_at: datetime | None = None,
         give_up: bool = False,
+        undelivered: str | None = None,
     ) -> None: ...

@@ -18,11 +18,13 @@ from collections.abc import Iterator
 
 import structlog
 
+from services.notifier.mailer import MIN_ATTEMPT_SECONDS
+
 log = structlog.get_logger(__name__)
 
-#: A round's budget by default: well under the consumer's poll interval (600 s) with the sweep's own beside it,
-#: and one send begun at the end of each (an SMTP attempt is cut to the budget; a webhook event's channels, up to
-#: 60 s each, are not).
+#: A round's budget by default: well under the consumer's poll interval (600 s) with the sweep's own beside it. No
+#: send begins with less than :data:`MIN_ATTEMPT_SECONDS` of it left, and each (an SMTP attempt, a webhook channel's)
+#: is cut to what is left: a round ends within its budget, the catalog's work aside.
 DEFAULT_SEND_BUDGET_SECONDS = 120.0
 
 
@@ -79,8 +81,14 @@ class SendRound:
             self.until, self.smtp_failed, self._left = None, False, 0
 
     def time_left(self) -> bool:
-        """Whether a send may begin now (within the budget)."""
-        return self.until is None or time.monotonic() < self.until
+        """Whether a send may begin now: at least :data:`MIN_ATTEMPT_SECONDS` of the budget left, so that its attempt
+        (cut to what is left) can finish within it. Before, one began with any time left and was given 1 s at least:
+        the round overran its budget by up to that second (an email), or by a webhook channel's whole timeout."""
+        return self.until is None or time.monotonic() + MIN_ATTEMPT_SECONDS <= self.until
+
+    def seconds_left(self) -> float | None:
+        """The budget's time left (None outside a round): an attempt's timeout is cut to it."""
+        return None if self.until is None else max(self.until - time.monotonic(), 0.0)
 
     def mail_open(self) -> bool:
         """Whether an email may be tried now: within the budget, and no email of the round failed for a transient

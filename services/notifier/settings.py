@@ -79,9 +79,10 @@ class NotifierSettings(CommonSettings):
         default=DEFAULT_SEND_BUDGET_SECONDS,
         gt=0,
         le=240,
-        description="The time a poll's handling, and a sweep, may spend sending notifications (SMTP retries cut to "
-        "it); what is left is sent by the next sweeps. Both run on the consumer's thread: with the sweep's budget "
-        "beside a poll's, and one send begun at the end of each, they stay within the consumer's poll interval.",
+        description="The time a poll's handling, and a sweep, may spend sending notifications (emails and webhooks: "
+        "none begun with less than 1 s left, each attempt cut to what is left); what is left is sent by the next "
+        "sweeps. Both run on the consumer's thread: with the sweep's budget beside a poll's, they stay within the "
+        "consumer's poll interval.",
     )
     notifier_replica_id: str = Field(
         default_factory=default_replica_id,

@@ -19,6 +19,7 @@ import structlog
 from prometheus_client import Counter
 
 from services.notifier.ports import NotifierRuns
+from services.notifier.send_round import SendRound
 from services.notifier.webhook_messages import (
     MISSED_DIGEST,
     WebhookMessage,
@@ -61,6 +62,9 @@ class WebhookNotifications:
         self.backoff, self.max_attempts = backoff, max_attempts
         self.link_base_url = link_base_url
         self.clock = clock
+        #: The round its sends are part of (the notifier's: it sets its own; see :class:`SendRound`): no attempt
+        #: begins without the time to finish within the round's budget, and each is cut to what is left.
+        self.round = SendRound()
 
     @staticmethod
     def ledger_claims(definition: ExportDefinition, event: WebhookEvent) -> list[tuple[str, list[str]]]:
@@ -97,9 +101,17 @@ class WebhookNotifications:
         is claimed, in the same transaction, for this attempt as a sweep claims it (for ``lease_seconds``, in
         ``claimant``'s name: the notifier replica doing the run's finish) and sent only when so claimed: never one a
         sweep holds, nor one backing off (the sweep sends it when due); one still ``claimant``'s own from before its
-        process started (it was killed between the claim and the record, and restarted) is sent again at once."""
-        for name in self.claim(definition, record, event, lease_seconds, claimant):
-            self.send_claimed(definition, record, name, event.value)
+        process started (it was killed between the claim and the record, and restarted) is sent again at once.
+
+        Each channel's attempt only with the time to finish within the round's budget: one begun after the budget
+        is spent is not; it and the channels after it are claimed unsent and due (not for an attempt), for the sweep.
+        Before, the budget was looked at once an event: its channels went on past it, each up to its timeout."""
+        for kind, recipients in self.ledger_claims(definition, event):
+            if not self.round.time_left():
+                if self.runs.claim_notification(record.run_id, kind, recipients):
+                    self.round.left()
+            elif self.runs.claim_notification(record.run_id, kind, recipients, lease_seconds, claimant):
+                self.send_claimed(definition, record, recipients[0], event.value)
 
     def send_claimed(self, definition: ExportDefinition, record: RunRecord, name: str, event: str) -> None:
         """One attempt of an already claimed notification (the sweep's retry, or the first send)."""
@@ -142,7 +154,7 @@ class WebhookNotifications:
         event: str,
     ) -> None:
         now = self.clock()
-        result = self.sender.send(channel, message.id, message.body, now)
+        result = self.sender.send(channel, message.id, message.body, now, timeout=self.round.seconds_left())
         if result.delivered:
             for record in records:
                 self.runs.mark_notification(record.run_id, kind)

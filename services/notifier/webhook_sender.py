@@ -44,8 +44,11 @@ class WebhookSender:
     def __init__(self, policy: DestinationPolicy) -> None:
         self.policy = policy
 
-    def send(self, channel: WebhookChannel, message_id: str, body: bytes, now: datetime) -> SendResult:
-        """One attempt; never raises for a failure of the channel (it is described in the result, masked)."""
+    def send(
+        self, channel: WebhookChannel, message_id: str, body: bytes, now: datetime, timeout: float | None = None
+    ) -> SendResult:
+        """One attempt, within the channel's ``timeout_seconds`` (and ``timeout``, what is left of the notifier's send
+        budget, when shorter); never raises for a failure of the channel (it is described in the result, masked)."""
         headers = {"Content-Type": "application/json", "User-Agent": "member-export-notifier"}
         try:
             if channel.signing_secret is not None:
@@ -57,7 +60,8 @@ class WebhookSender:
             return _failed(channel, headers, None, f"signing secret: {exc}")
         request = RenderedRequest("POST", channel.url, headers, body)
         try:
-            answer = asyncio.run(self._post(request, channel.timeout_seconds))
+            seconds = channel.timeout_seconds if timeout is None else min(channel.timeout_seconds, timeout)
+            answer = asyncio.run(self._post(request, seconds))
         except NoAnswer as exc:
             return _failed(channel, headers, None, str(exc), retryable=True)
         except PermanentError as exc:  # the SSRF guard refused the destination

@@ -14,7 +14,7 @@ from shared.domain.catalog_objects import CatalogObject, Priority, SavedQuery
 from shared.domain.fleet import BreakerChange, ReplicaBeat
 from shared.domain.replay import ReplayPlan, ReplayPublication
 from shared.domain.revisions import Revision
-from shared.domain.runs import RunRecord, RunStatus, StartClaims
+from shared.domain.runs import RunNotification, RunRecord, RunStatus, StartClaims
 from shared.errors import VersionMismatch
 from shared.events import AnyRunEvent, DeadLetter, RunRequested
 
@@ -136,6 +136,7 @@ class RunsStore(Protocol):
     """Run records and the idempotency keys of run requests."""
 
     def get_run(self, run_id: uuid.UUID) -> RunRecord | None: ...
+    def notifications_of(self, run_id: uuid.UUID) -> list[RunNotification]: ...
     def replays_of(self, run_id: uuid.UUID) -> list[RunRecord]: ...
     def business_units_of(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str | None]: ...
     def record_requested_run(self, record: RunRecord, *, replay_plan: ReplayPlan | None = None) -> bool: ...
@@ -255,7 +256,14 @@ class BreakerMailOutbox(Protocol):
     by it (a lease: keyed by profile, the change's ordinal and the definition)."""
 
     def claim(self, change: BreakerChange, definition: str, lease_seconds: float = 600.0) -> bool: ...
-    def mark(self, change: BreakerChange, definition: str, error: str | None = None, give_up: bool = False) -> None: ...
+    def mark(
+        self,
+        change: BreakerChange,
+        definition: str,
+        error: str | None = None,
+        give_up: bool = False,
+        undelivered: str | None = None,
+    ) -> None: ...
     def unsent(self, limit: int = 100) -> list[tuple[BreakerChange, str]]: ...
     def claim_unsent_notifications(
         self, keys: Sequence[tuple[str, int, str]], lease_seconds: float

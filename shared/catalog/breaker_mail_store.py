@@ -84,15 +84,22 @@ class SqlBreakerMailStore:
         """End these claims, not attempted: due again at once (those no longer the caller's are left)."""
         self._claims.release(claims)
 
-    def mark(self, change: BreakerChange, definition: str, error: str | None = None, give_up: bool = False) -> None:
-        """Record the email as sent, or the error of a failed attempt: tried again by the sweep (``give_up``:
-        never again)."""
+    def mark(
+        self,
+        change: BreakerChange,
+        definition: str,
+        error: str | None = None,
+        give_up: bool = False,
+        undelivered: str | None = None,
+    ) -> None:
+        """Record the email as sent (``undelivered``: to whom it was not, kept as its last error), or the error of a
+        failed attempt: tried again by the sweep (``give_up``: never again)."""
         with self.database.transaction() as session:
             row = session.get(BreakerMailRow, (change.profile, change.ordinal, definition), with_for_update=True)
             if row is None:
                 return
             if error is None:
-                row.sent_at, row.last_error = datetime.now(UTC), None
+                row.sent_at, row.last_error = datetime.now(UTC), undelivered
             else:  # the claim ends: due again at the next sweep
                 row.attempts, row.last_error, row.next_attempt_at = (row.attempts or 0) + 1, error, None
                 if give_up:

@@ -17,7 +17,15 @@ from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.lease_claims import LeaseClaims, RowKey, catalog_now, read_catalog_now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
 from shared.domain.replay import ALL_ACKNOWLEDGED, ReplayPlan, ReplayPublication
-from shared.domain.runs import Claimant, RunRecord, RunStatus, StartClaims, fold
+from shared.domain.runs import (
+    Claimant,
+    RunNotification,
+    RunRecord,
+    RunStatus,
+    StartClaims,
+    fold,
+    notification_status,
+)
 from shared.events import AnyRunEvent, BatchOutcome
 
 UNFINISHED = [RunStatus.QUEUED.value, RunStatus.EXTRACTING.value, RunStatus.DISPATCHING.value]
@@ -614,15 +622,17 @@ class SqlRunsStore:
         error: str | None = None,
         retry_at: datetime | None = None,
         give_up: bool = False,
+        undelivered: str | None = None,
     ) -> None:
-        """Record a notification as sent, or the error of its last failed attempt: tried again at ``retry_at``
-        (None: at the next sweep), or never again with ``give_up``."""
+        """Record a notification as sent (``undelivered``: to whom it was not, an email some recipients refused, kept
+        as its last error), or the error of its last failed attempt: tried again at ``retry_at`` (None: at the next
+        sweep), or never again with ``give_up``."""
         with self.database.transaction("Run") as session:
             row = session.get(NotificationRow, (str(run_id), kind), with_for_update=True)
             if row is None:
                 return
             if error is None:
-                row.sent_at, row.last_error = now(), None
+                row.sent_at, row.last_error = now(), undelivered
                 return
             row.last_error = error
             row.attempts = (row.attempts or 0) + 1
@@ -630,10 +640,35 @@ class SqlRunsStore:
             if give_up:
                 row.gave_up_at = now()
 
+    def notifications_of(self, run_id: uuid.UUID) -> list[RunNotification]:
+        """The run's notifications (emails and webhooks) and where each stands, by kind (one query)."""
+        with self.database.transaction("Run") as session:
+            rows = session.scalars(
+                select(NotificationRow).where(NotificationRow.run_id == str(run_id)).order_by(NotificationRow.kind)
+            )
+            return [
+                RunNotification(
+                    kind=row.kind,
+                    recipients=tuple(row.recipients or ()),
+                    status=notification_status(row.sent_at, row.gave_up_at),
+                    attempts=row.attempts or 0,
+                    last_error=row.last_error,
+                    sent_at=aware(row.sent_at),
+                    gave_up_at=aware(row.gave_up_at),
+                    # A claim's lease is not a next attempt: shown only for one pending after a failed attempt.
+                    next_attempt_at=aware(row.next_attempt_at) if pending_after_failure(row) else None,
+                )
+                for row in rows
+            ]
+
     def notifications(self, run_id: uuid.UUID) -> dict[str, datetime | None]:
         with self.database.transaction("Run") as session:
             rows = session.scalars(select(NotificationRow).where(NotificationRow.run_id == str(run_id)))
             return {row.kind: aware(row.sent_at) for row in rows}
+
+
+def pending_after_failure(row: NotificationRow) -> bool:
+    return row.sent_at is None and row.gave_up_at is None and (row.attempts or 0) > 0
 
 
 # --- mapping between run records and rows ------------------------------------------------------------

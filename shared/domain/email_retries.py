@@ -3,6 +3,8 @@ emails), and what a recipient is (one address)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from email.headerregistry import Address
 from email.utils import getaddresses
 
@@ -27,3 +29,26 @@ def is_one_address(value: str) -> bool:
     # holding control characters, found by the admin API's fuzzing): any of them is not one address.
     except Exception:  # noqa: BLE001
         return False
+
+
+@dataclass(frozen=True)
+class Recipients:
+    """An email's recipients as they are mailed: those that are one address each (:func:`is_one_address`), and the
+    ``odd`` ones a definition saved by an older release may hold, not mailed (no one knows whom they would reach)."""
+
+    mailed: list[str]
+    odd: list[str]
+
+    @property
+    def none_left_reason(self) -> str | None:
+        """Why the email is given up unsent, when no recipient is left to mail (None while one is)."""
+        if self.mailed or not self.odd:
+            return None
+        return f"recipient {self.odd[0]!r} is not one email address: correct the definition's recipients"
+
+
+def mailable(recipients: Sequence[str]) -> Recipients:
+    """Split ``recipients`` into those mailed and the odd ones (in their order); the one filter of the runs' emails
+    and the circuit breaker emails."""
+    odd = [address for address in recipients if not is_one_address(address)]
+    return Recipients([address for address in recipients if address not in odd], odd)

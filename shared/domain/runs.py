@@ -239,3 +239,34 @@ def stuck_reason(record: RunRecord, now: datetime, stuck_after_seconds: float) -
         f"stuck: no progress for {silent:.0f} s while {record.status.value} "
         f"(read {record.extracted}, delivered {record.delivered}, failed {record.failed})"
     )
+
+
+@dataclass(frozen=True)
+class RunNotification:
+    """One of a run's notifications as its ledger holds it (``notifications``): an email (``kind`` ``success``,
+    ``error`` or ``recovered``, its addresses) or a webhook (``webhook:<channel>:<event>``, the channel), and where it
+    stands: ``sent`` (``last_error`` then names the recipients an email did not reach: refused while the others took
+    it), ``given_up`` (``last_error`` says why: a final answer, its attempts spent, its definition gone) or
+    ``pending`` (to be tried, at ``next_attempt_at`` once it failed)."""
+
+    kind: str
+    recipients: tuple[str, ...]
+    status: str
+    attempts: int
+    last_error: str | None
+    sent_at: datetime | None
+    gave_up_at: datetime | None
+    next_attempt_at: datetime | None
+
+    @property
+    def channel(self) -> str | None:
+        """A webhook's channel (None for an email)."""
+        prefix, _, rest = self.kind.partition(":")
+        return rest.rpartition(":")[0] or None if prefix == "webhook" else None
+
+
+def notification_status(sent_at: datetime | None, gave_up_at: datetime | None) -> str:
+    """``sent``, ``given_up`` or ``pending`` (:class:`RunNotification`)."""
+    if sent_at is not None:
+        return "sent"
+    return "given_up" if gave_up_at is not None else "pending"

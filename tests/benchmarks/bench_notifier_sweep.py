@@ -79,7 +79,7 @@ def sweep_seconds(url: str, notifications: int, senders: str) -> dict[str, float
         assert notifier.webhooks is not None
         if senders == "null":
             notifier.webhooks.sender.send = lambda *args, **kwargs: SendResult(delivered=True)  # type: ignore[method-assign]
-            notifier.mailer.send = lambda *args, **kwargs: None  # type: ignore[method-assign]
+            notifier.mailer.send = lambda *args, **kwargs: {}  # type: ignore[method-assign]
         started = time.perf_counter()
         notifier.sweep()
         seconds = time.perf_counter() - started
@@ -108,7 +108,7 @@ def finish_seconds(url: str, finishes: int, senders: str) -> dict[str, float]:
         assert notifier.webhooks is not None
         if senders == "null":
             notifier.webhooks.sender.send = lambda *args, **kwargs: SendResult(delivered=True)  # type: ignore[method-assign]
-            notifier.mailer.send = lambda *args, **kwargs: None  # type: ignore[method-assign]
+            notifier.mailer.send = lambda *args, **kwargs: {}  # type: ignore[method-assign]
         polls = [
             [RunFailed(run_id=uuid.uuid4(), definition="nightly", reason="boom") for _ in range(poll)]
             for _ in range(finishes // poll)
@@ -149,7 +149,7 @@ def breaker_sweep_seconds(url: str, emails: int, senders: str) -> dict[str, floa
             outbox.mark(change, f"d{index}", error="SMTP away")
         mailer = SmtpMailer("127.0.0.1", sink.port, max_attempts=1)
         if senders == "null":
-            mailer.send = lambda *args, **kwargs: None  # type: ignore[method-assign]
+            mailer.send = lambda *args, **kwargs: {}  # type: ignore[method-assign]
         mails = BreakerMails(stores.definitions, outbox, mailer, "x@example.com")
         started = time.perf_counter()
         mails.retry_unsent()

@@ -30,7 +30,7 @@ from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
 from services.dispatcher.partner_auth import OAuthTokenCache
 from services.notifier.breaker_notices import BreakerMails
-from services.notifier.mailer import SmtpMailer
+from services.notifier.mailer import Refused, SmtpMailer
 from services.notifier.notifying import Notifier
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import CatalogObject, ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
@@ -300,7 +300,7 @@ class RefusingMailer(SmtpMailer):
     def __init__(self) -> None:
         super().__init__("127.0.0.1", 25, username="exports", password=SecretStr(SMTP_PASSWORD), max_attempts=1)
 
-    def send(self, message: object, *, max_attempts: int | None = None, **options: object) -> None:
+    def send(self, message: object, *, max_attempts: int | None = None, **options: object) -> Refused:
         raise SMTP_REFUSAL
 
 
@@ -350,7 +350,14 @@ def test_an_smtp_refusal_is_recorded_masked_and_cut_for_a_breaker_email():
         def claim(self, change: BreakerChange, definition: str, lease_seconds: float = 600.0) -> bool:
             return True
 
-        def mark(self, change: BreakerChange, definition: str, error: str | None = None, give_up: bool = False):
+        def mark(
+            self,
+            change: BreakerChange,
+            definition: str,
+            error: str | None = None,
+            give_up: bool = False,
+            undelivered: str | None = None,
+        ):
             marked.append(error)
 
     class Definitions:

@@ -133,3 +133,17 @@ def test_an_ordinary_recipient_is_still_taken(recipient: str):
         }
     )
     assert saved.notifications.error.recipients == [recipient]
+
+
+def test_the_runs_and_the_breaker_emails_split_stored_recipients_with_one_filter():
+    """Session 48 review: the runs' emails and the circuit breaker emails each had their own filter of the recipients an
+    older release saved that are not one address; one function now, called by both."""
+    from shared.domain.email_retries import mailable
+
+    split = mailable(["oncall@example.com", "d<e@x.io", "josé@example.com", "lead@example.com"])
+    assert (split.mailed, split.odd) == (["oncall@example.com", "lead@example.com"], ["d<e@x.io", "josé@example.com"])
+    assert split.none_left_reason is None
+    assert mailable(["d<e@x.io"]).none_left_reason == (
+        "recipient 'd<e@x.io' is not one email address: correct the definition's recipients"
+    )
+    assert mailable([]).none_left_reason is None

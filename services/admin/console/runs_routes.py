@@ -88,6 +88,7 @@ def run_page(request: Request, run_id: uuid.UUID) -> Response:
         run=record,
         progress=_progress(record),
         replays=console.admin.runs.replays_of(run_id),
+        notifications=console.admin.runs.notifications_of(run_id),
     )
 
 
