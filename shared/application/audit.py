@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import Any
 
 from shared.application.actors import Actor, Permission, authorise
 from shared.application.ports import AuditLog, DefinitionsStore
 from shared.domain.audit import AuditEntry
-from shared.domain.catalog_objects import KINDS, CatalogObject, ExportDefinition, HttpTemplate, kind_of
+from shared.domain.catalog_objects import (
+    KINDS,
+    CatalogObject,
+    ExportDefinition,
+    HttpTemplate,
+    kind_of,
+    shown_webhook_url,
+)
 from shared.events import utc_now
 
 #: How a definition without a business unit is written in an entry's units (only unscoped readers see it).
@@ -72,7 +81,8 @@ def change(
     before: CatalogObject | None = None,
     after: CatalogObject | None = None,
 ) -> AuditEntry:
-    """The entry recording ``action`` by ``actor`` from ``before`` to ``after`` (secrets masked, as the API shows)."""
+    """The entry recording ``action`` by ``actor`` from ``before`` to ``after`` (secrets and webhook URLs' paths and
+    queries masked, as the API shows them)."""
     subject = after if after is not None else before
     assert subject is not None, "a change has a before or an after"
     return AuditEntry(
@@ -117,4 +127,32 @@ def read_audit(
     def readable(entry: AuditEntry) -> bool:
         return readable_to(scope, entry.business_units, lambda: units_now(entry))
 
-    return log.entries(readable=readable, name=name, kind=kind, actor=who, since=since, limit=limit, offset=offset)
+    entries = log.entries(readable=readable, name=name, kind=kind, actor=who, since=since, limit=limit, offset=offset)
+    return [_shown(entry) for entry in entries]
+
+
+def _shown(entry: AuditEntry) -> AuditEntry:
+    """``entry`` with its definition's webhook URLs masked as reads show them (:func:`shown_webhook_url`): an entry
+    written before they were (session 49) holds them whole."""
+    if entry.kind != ExportDefinition.__name__:
+        return entry
+    return dataclasses.replace(
+        entry, before=_without_webhook_urls(entry.before), after=_without_webhook_urls(entry.after)
+    )
+
+
+def _without_webhook_urls(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    notifications = spec.get("notifications") if spec else None
+    if (
+        spec is None
+        or not isinstance(notifications, dict)
+        or not isinstance(hooks := notifications.get("webhooks"), dict)
+    ):
+        return spec
+    shown = {
+        name: channel | {"url": shown_webhook_url(channel["url"])}
+        if isinstance(channel, dict) and isinstance(channel.get("url"), str)
+        else channel
+        for name, channel in hooks.items()
+    }
+    return spec | {"notifications": notifications | {"webhooks": shown}}

@@ -3,8 +3,8 @@
 References resolve; connection profiles point at allowed destinations (the SSRF guard at save) and hold
 only allowed secret references (the ``env:``/``file:`` allow-lists); saved queries run against the member
 store, which tells their columns; templates use only columns their query returns and render valid
-requests for its first members; definitions fit their query. Every problem is one line naming the
-object and its field, the same whichever entry point asked.
+requests for its first members; definitions fit their query; no text holds a NUL character. Every problem
+is one line naming the object and its field, the same whichever entry point asked.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from shared.application.chain_checks import chain_problems
 from shared.application.errors import Invalid
-from shared.application.masked_secrets import UNKEPT_MASK, unkept_masks
+from shared.application.masked_secrets import UNKEPT_MASK, UNKEPT_URL_MASK, masked_webhook_urls, unkept_masks
 from shared.application.ports import DefinitionsStore, MemberSource
 from shared.application.sync_checks import kind_templates, sync_definition_problems
 from shared.application.webhook_checks import webhook_problems
@@ -33,8 +33,10 @@ from shared.domain.catalog_objects import (
     missing_references,
     query_consistency_problems,
     secret_fields,
+    stored_form,
 )
 from shared.domain.destinations import DestinationPolicy
+from shared.domain.nul_characters import NOT_ALLOWED, nul_places
 from shared.domain.pem import certificates_problem
 from shared.domain.proxy_policy import allowed_proxies_setting, proxy_policy
 from shared.domain.query_parameters import ParameterError, bind_values
@@ -93,7 +95,9 @@ def where(obj: CatalogObject, field_name: str) -> str:
 
 
 def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: ObjectChecks) -> list[CatalogObject]:
-    """``objects`` with their saved queries' columns discovered; :class:`Invalid` listing every problem."""
+    """``objects`` with their saved queries' columns discovered; :class:`Invalid` listing every problem. A NUL
+    character anywhere is refused first (:func:`refuse_nul`), before any host is resolved or query run."""
+    refuse_nul(objects)
     lookup = lookup_in(objects, store)
     missing = [
         line for obj in objects for line in missing_references(obj, lambda kind, name: lookup(kind, name) is not None)
@@ -109,8 +113,10 @@ def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: Objec
         + secret_problems(obj, checks)
         + tls_problems(obj, checks)
     ]
-    # Definitions: their webhook channels (SSRF guard, secret allow-lists) and their chains (no cycle).
-    problems += [p for obj in objects if isinstance(obj, ExportDefinition) for p in webhook_problems(obj, checks)]
+    # Definitions: their webhook channels (no URL left masked, SSRF guard, secret allow-lists), their chains (no cycle).
+    definitions = [obj for obj in objects if isinstance(obj, ExportDefinition)]
+    problems += [f"{where(obj, path)}: {UNKEPT_URL_MASK}" for obj in definitions for path in masked_webhook_urls(obj)]
+    problems += [p for obj in definitions for p in webhook_problems(obj, checks)]
     problems += chain_problems(objects, store)
     if checks.query_timeout_limit_seconds is not None:
         problems += [
@@ -131,6 +137,15 @@ def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: Objec
     if problems:
         raise Invalid(problems, slug="invalid-object")
     return objects
+
+
+def refuse_nul(objects: list[CatalogObject]) -> None:
+    """:class:`Invalid` naming each field of ``objects`` (a text, a mapping's key, a secret: never quoted) that holds a
+    NUL character (:mod:`shared.domain.nul_characters`): every write of an object (the API's, the console's,
+    ``exportctl apply``, a copy) is checked by it before anything is stored."""
+    problems = [f"{where(obj, place)}: {NOT_ALLOWED}" for obj in objects for place in nul_places(stored_form(obj))]
+    if problems:
+        raise Invalid(problems, slug="invalid-object")
 
 
 def destination_problems(profile: ConnectionProfile, checks: ObjectChecks) -> list[str]:

@@ -1,4 +1,7 @@
-"""Write-only secrets: the API answers them masked, and a masked value sent back means "keep it". Pure."""
+"""Write-only secrets: the API answers them masked, and a masked value sent back means "keep it". Pure.
+
+So are webhook URLs' paths and queries (an incoming webhook's token): answered ``scheme://host/**********``
+(:func:`~shared.domain.catalog_objects.shown_webhook_url`), which sent back for the same channel keeps its URL."""
 
 from __future__ import annotations
 
@@ -9,7 +12,14 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from shared.application.errors import Invalid
-from shared.domain.catalog_objects import CatalogObject, kind_of, secret_fields, stored_form
+from shared.domain.catalog_objects import (
+    CatalogObject,
+    ExportDefinition,
+    kind_of,
+    secret_fields,
+    shown_webhook_url,
+    stored_form,
+)
 
 #: How pydantic writes a ``SecretStr`` in JSON, hence in every API response.
 MASK = "**********"
@@ -21,6 +31,14 @@ Path = tuple[str, ...]
 UNKEPT_MASK = (
     f"'{MASK}' stands for a stored secret, and none is stored here: give the secret itself "
     "(or an env:/file: reference to it)"
+)
+
+
+#: Why a webhook URL still masked after the merge is refused: its channel had no URL stored with that scheme, host and
+#: port (a new channel, a renamed one, a host changed), whose path and query the mask could stand for.
+UNKEPT_URL_MASK = (
+    f"'{MASK}' stands for the path and query of the channel's stored URL, kept only while its scheme, host and port "
+    "are unchanged, and no such URL is stored for this channel: give the whole URL"
 )
 
 
@@ -110,6 +128,7 @@ def keep_masked_secrets(new: dict[str, Any], old: CatalogObject | None) -> dict[
     ``base_url``, of ``auth.token_url``, of ``proxy.url``): else :class:`Invalid` naming each such secret's field
     (:data:`HOST_CHANGED`), as the secret would be sent to the new host. Whoever moves a profile gives its secrets
     again: a client that may change a profile but never read its secrets cannot have them sent to its own host.
+    A definition's webhook URLs are kept likewise, by channel name (:func:`_keeping_webhook_urls`).
     """
     if old is None:
         return new
@@ -120,7 +139,34 @@ def keep_masked_secrets(new: dict[str, Any], old: CatalogObject | None) -> dict[
         type(old).model_validate(merged)  # refused for a field first (a proxy URL without its port), if it is
         where = f"{kind_of(old)} '{old.name}'"
         raise Invalid([f"{where}: field '{'.'.join(path)}': {HOST_CHANGED}" for path in moved])
-    return merged
+    return _keeping_webhook_urls(merged, old) if isinstance(old, ExportDefinition) else merged
+
+
+def _keeping_webhook_urls(new: dict[str, Any], old: ExportDefinition) -> dict[str, Any]:
+    """``new`` (a definition, as JSON) with each webhook URL sent as reads show the stored URL of the channel of that
+    name (:func:`shown_webhook_url`: the same scheme, host and port, the path and query masked) replaced by the stored
+    URL. Any other URL is as sent: one still masked is refused by the checks (:func:`masked_webhook_urls`)."""
+    notifications = new.get("notifications")
+    if not isinstance(notifications, dict) or not isinstance(hooks := notifications.get("webhooks"), dict):
+        return new
+    stored = {name: channel.url for name, channel in old.notifications.webhooks.items()}
+    kept: dict[Any, Any] = {}
+    for name, channel in hooks.items():
+        url = channel.get("url") if isinstance(channel, dict) else None
+        if name in stored and url == shown_webhook_url(stored[name]) != stored[name]:
+            channel = channel | {"url": stored[name]}
+        kept[name] = channel
+    return new | {"notifications": notifications | {"webhooks": kept}}
+
+
+def masked_webhook_urls(definition: ExportDefinition) -> list[str]:
+    """The dotted paths of ``definition``'s webhook URLs still masked after the merge (:data:`UNKEPT_URL_MASK`): saved,
+    the notifier would post to ``/**********``."""
+    return [
+        f"notifications.webhooks.{name}.url"
+        for name, channel in definition.notifications.webhooks.items()
+        if channel.url.endswith(f"/{MASK}") and shown_webhook_url(channel.url) == channel.url
+    ]
 
 
 def _merge(new: Any, old: Any, path: Path, secrets: set[Path], kept: list[Path]) -> Any:

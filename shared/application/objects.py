@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from shared.application.actors import Actor, Permission, authorise
 from shared.application.audit import change, readable_to, units_of
@@ -592,6 +593,9 @@ def copy_object(
     if isinstance(original, ExportDefinition):
         spec["schedule"] = original.schedule.model_copy(update={"enabled": False}).model_dump(mode="json")
     copy: T = kind.model_validate(spec)  # type: ignore[assignment]
+    from shared.application.checks import refuse_nul  # as checked(): not loaded by reads
+
+    refuse_nul([copy])  # its label given (or one stored by an older release, copied)
     with edit_conflicts(actor, store):
         _, revision = store.apply_versioned(
             copy, audit=[change(actor.name, "copy", store, after=copy)], new=True, hold_references=True
@@ -629,13 +633,14 @@ def save_definition_step(
     definition as stored and the revision this write stored (unchanged: the one read)."""
     authorise(actor, Permission.WRITE)
     revision, version, definition = visible_as_read(actor, store, ExportDefinition, name, expected_version)
-    if isinstance(step, BaseModel):
-        given, values = set(step.model_fields_set), step.model_dump(mode="json")
+    if isinstance(step, BaseModel):  # as given: JSON as reads answer it would mask the webhook URLs sent
+        given, values = set(step.model_fields_set), to_jsonable_python(step.model_dump(mode="python"))
     else:
         given, values = set(step), dict(step)
     values = _keeping_what_the_step_omits(definition, field_name, given, values)
     changes = {field_name: values} if field_name else values
-    updated = ExportDefinition.model_validate(stored_form(definition) | changes)
+    # A webhook URL sent back masked, as the step's read answered it: the stored URL kept (keep_masked_secrets).
+    updated = ExportDefinition.model_validate(keep_masked_secrets(stored_form(definition) | changes, definition))
     stored = checked([updated], store, checks)[0]
     assert isinstance(stored, ExportDefinition)
     if changed_fields(definition, stored):

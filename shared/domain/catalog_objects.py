@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    PlainSerializer,
     SecretStr,
     ValidationInfo,
     WithJsonSchema,
@@ -553,15 +554,49 @@ def _reference_only(value: str) -> str:
     return value
 
 
+def shown_webhook_url(url: str) -> str:
+    """A webhook URL as every read shows it (JSON: the admin API, ``exportctl get``, the console, the audit log):
+    ``scheme://host[:port]/**********``, its path, query and fragment masked, since an incoming webhook's URL
+    (Slack's, Teams') holds its token there; a URL with none of them (``https://hooks.example.com``) as it is.
+    Sent back unchanged, it keeps the stored URL (:func:`shared.application.masked_secrets.keep_masked_secrets`)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _ANSWERED_MASK
+    if parts.path in ("", "/") and not parts.query and not parts.fragment:
+        return url
+    return f"{parts.scheme}://{parts.netloc}/{_ANSWERED_MASK}"
+
+
+_WEBHOOK_URL_PATTERN = r"^https?://[^\s/]+(/[^\s]*)?$"
+#: A webhook channel's URL: validated as given, answered masked in JSON (:func:`shown_webhook_url`). One schema for
+#: requests and answers (the mask matches the pattern), so that the API document keeps one ``WebhookChannel``.
+WebhookUrl = Annotated[
+    str,
+    Field(pattern=_WEBHOOK_URL_PATTERN),
+    AfterValidator(_without_credentials),
+    PlainSerializer(shown_webhook_url, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _WEBHOOK_URL_PATTERN,
+            "description": "http(s) URL, without user information; answered with its path and query masked "
+            "(scheme://host/**********), which sent back unchanged keeps the stored URL",
+        }
+    ),
+]
+
+
 class WebhookChannel(_Spec):
     """An outgoing webhook for run lifecycle events, sent by the notifier (signed when ``signing_secret`` is set).
 
-    The URL passes the SSRF guard when the definition is saved and again at every connection.
+    The URL passes the SSRF guard when the definition is saved and again at every connection. Its path and query are
+    a secret of the receiver's (an incoming webhook's token): answered masked (:func:`shown_webhook_url`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
-    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$"), AfterValidator(_without_credentials)]
+    url: WebhookUrl
     events: list[WebhookEvent] = Field(
         default_factory=lambda: [WebhookEvent.FAILED, WebhookEvent.COMPLETED_WITH_ERRORS, WebhookEvent.RECOVERED],
         min_length=1,

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
 
+from shared.domain.nul_characters import NOT_ALLOWED, NUL, shown
 from shared.domain.strict_values import StrictBool
 
 #: Bind names the extractor uses for paging; a saved query may not declare these.
@@ -92,11 +93,11 @@ def bind_values(
     """Every declared parameter's value, from the first of ``supplied`` that has it, else its default.
 
     ``supplied`` are given most important first (run request, then definition). Raises
-    :class:`ParameterError` for an undeclared name, a value of the wrong type, or a required value
-    that nobody gave.
+    :class:`ParameterError` for an undeclared name, a value of the wrong type, a text value holding a NUL
+    character (never bound: a PostgreSQL member store refuses it), or a required value that nobody gave.
     """
     for values in supplied:
-        unknown = sorted(set(values or {}) - set(declared))
+        unknown = sorted(shown(str(name)) for name in set(values or {}) - set(declared))
         if unknown:
             raise ParameterError(
                 f"unknown parameter(s) {', '.join(unknown)}; the query declares: {', '.join(declared) or 'none'}"
@@ -106,6 +107,8 @@ def bind_values(
         value = next((values[name] for values in supplied if values and name in values), parameter.default)
         if value is None and parameter.required:
             raise ParameterError(f"parameter '{name}' is required ({parameter.type.value})")
+        if isinstance(value, str) and NUL in value:
+            raise ParameterError(f"parameter '{name}': {NOT_ALLOWED}")
         try:
             bound[name] = coerce(parameter.type, value)
         except ValueError as exc:

@@ -22,7 +22,14 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from services.admin.console.definition_form import STEPS
 from shared.application.errors import PublishFailed
-from shared.domain.catalog_objects import ConnectionProfile, TlsSettings, WebhookChannel, WebhookEvent, WebhookFormat
+from shared.domain.catalog_objects import (
+    ConnectionProfile,
+    ExportDefinition,
+    TlsSettings,
+    WebhookChannel,
+    WebhookEvent,
+    WebhookFormat,
+)
 from shared.domain.circuit_breaker import CircuitBreakerSettings
 from tests.admin_app import InProcessApi, in_process_api, seed
 from tests.partner_tls import partner_tls_material
@@ -247,6 +254,12 @@ def test_a_destination_form_without_the_new_fields_keeps_the_stored_settings(con
 NOTIFICATIONS = {"step": "notifications", "error_enabled": "on", "error_recipients": "ops@example.com"}
 
 
+def _stored_webhook_urls(api: InProcessApi) -> dict[str, str]:
+    """The definition ``nightly``'s webhook URLs as stored (as the notifier reads them; reads show them masked)."""
+    definition = api.app.state.context.definitions.get(ExportDefinition, "nightly")
+    return {name: channel.url for name, channel in definition.notifications.webhooks.items()}
+
+
 def test_webhooks_are_set_changed_and_cleared_and_a_refusal_is_shown_beside_them(console: Console, api):
     hooks = (
         "ops-chat:\n  url: https://hooks.example.com/T1\n  format: slack\n  events: [failed, recovered]\n"
@@ -259,8 +272,19 @@ def test_webhooks_are_set_changed_and_cleared_and_a_refusal_is_shown_beside_them
     assert (webhooks["ops-chat"]["format"], webhooks["ops-chat"]["events"]) == ("slack", ["failed", "recovered"])
     assert webhooks["audit"]["signing_secret"] == "env:PARTNER_AUDIT_WHSEC"
     page = console.page("/exports/nightly?step=notifications")
-    assert "https://hooks.example.com/T1" in page
+    assert "https://hooks.example.com/**********" in page  # the path and query of a webhook's URL are its secret
+    assert "hooks.example.com/T1" not in page
     assert "env:PARTNER_AUDIT_WHSEC" in page
+
+    # The text area saved back as shown keeps the stored URLs.
+    shown = re.search(r'<textarea id="webhooks" name="webhooks"[^>]*>(.*?)</textarea>', page, re.S)
+    assert shown is not None
+    answer = console.post("/exports/nightly/steps/notifications", NOTIFICATIONS | {"webhooks": unescape(shown[1])})
+    assert answer.status_code == 303, answer.text
+    assert _stored_webhook_urls(api) == {
+        "ops-chat": "https://hooks.example.com/T1",
+        "audit": "https://audit.example.com/events",
+    }
 
     # Saving the step without the field (an older page) keeps them; a refused channel is shown by the field.
     answer = console.post("/exports/nightly/steps/notifications", NOTIFICATIONS)
@@ -285,9 +309,8 @@ def test_webhooks_are_set_changed_and_cleared_and_a_refusal_is_shown_beside_them
         NOTIFICATIONS | {"webhooks": '{"audit": {"url": "https://audit.example.com/v2"}}'},
     )
     assert answer.status_code == 303, answer.text
-    webhooks = _read(api, "export-definitions", "nightly")["notifications"]["webhooks"]
-    assert list(webhooks) == ["audit"]
-    assert webhooks["audit"]["url"] == "https://audit.example.com/v2"
+    assert list(_read(api, "export-definitions", "nightly")["notifications"]["webhooks"]) == ["audit"]
+    assert _stored_webhook_urls(api) == {"audit": "https://audit.example.com/v2"}
     answer = console.post("/exports/nightly/steps/notifications", NOTIFICATIONS | {"webhooks": ""})
     assert answer.status_code == 303, answer.text
     assert _read(api, "export-definitions", "nightly")["notifications"]["webhooks"] == {}
@@ -332,7 +355,8 @@ def test_a_viewer_sees_the_new_settings_read_only(console: Console, api: InProce
             page = viewer.page("/exports/nightly?step=destination")
             assert '<option value="changes" selected>' in page
             assert 'value="25%"' in page
-            assert "https://hooks.example.com/viewer" in page
+            assert "https://hooks.example.com/**********" in page
+            assert "hooks.example.com/viewer" not in page
             assert page.count('<fieldset disabled class="step">') == len(STEPS)
             refused = viewer.post("/exports/nightly/steps/destination", DESTINATION | {"sync_mode": "full"})
             assert refused.status_code == 422
