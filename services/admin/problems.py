@@ -288,8 +288,42 @@ def openapi_with_problems(app: FastAPI) -> dict[str, Any]:
                     # A route that says its own 503s (a read's: no Idempotency-Key to retry with) keeps its words.
                     if status == "503" and response.get("description", TITLES[503]) == TITLES[503]:
                         response["description"] = TITLES[503] + _UNAVAILABLE
+    _declare_no_nul(schema)
     app.openapi_schema = schema
     return schema
+
+
+# Every text the API takes (a path segment, a query value, a body's string or map key) is refused with a 422 when it
+# holds a NUL character (PostgreSQL's text cannot hold one): the document says so, so a client generated from it (or
+# a contract fuzzer) knows a NUL is not a valid value rather than meeting an undeclared refusal. Only what requests
+# carry: an answer (a problem naming a refused map key) may hold one.
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+_REF_PREFIX = "#/components/schemas/"
+
+
+def _declare_no_nul(schema: dict[str, Any]) -> None:
+    """Give every free-text string and map key a request carries the pattern that excludes NUL (in place)."""
+    components = schema.get("components", {}).get("schemas", {})
+    pending: list[Any] = []
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            pending.extend(parameter.get("schema") for parameter in operation.get("parameters", []))
+            pending.append(operation.get("requestBody"))
+    seen: set[str] = set()
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending.extend(node)
+        elif isinstance(node, dict):
+            reference = node.get("$ref")
+            if isinstance(reference, str) and reference.startswith(_REF_PREFIX) and reference not in seen:
+                seen.add(reference)
+                pending.append(components.get(reference.removeprefix(_REF_PREFIX)))
+            if node.get("type") == "string" and not {"pattern", "enum", "const"} & node.keys():
+                node["pattern"] = NO_NUL_PATTERN
+            if node.get("type") == "object" and node.get("additionalProperties") not in (None, False):
+                node.setdefault("propertyNames", {"pattern": NO_NUL_PATTERN})
+            pending.extend(value for key, value in node.items() if key != "$ref")
 
 
 def _with_token(operation: dict[str, Any]) -> bool:
