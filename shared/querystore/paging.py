@@ -118,7 +118,8 @@ def member_json_page(
     ).subquery("p")
     key_type = next(c.type_code for c in columns if c.name == key_column)
     last = last_key(dialect, page.c.k, key_type)
-    return select(last, func.count(), member.joined(page.c.m, page.c.k)), member
+    # count(k) counts the keys that are not NULL: fewer than the page's members, and a key is NULL.
+    return select(last, func.count(), member.joined(page.c.m, page.c.k), func.count(page.c.k)), member
 
 
 def _keyset(
@@ -160,6 +161,14 @@ def key_after(
     return key_page(query_sql, key_column, first=first, window=window, bounded=bounded).offset(
         bindparam(OFFSET, type_=Integer)
     )
+
+
+def null_key(query_sql: str, key_column: str, window: Window | None = None) -> Select[Any]:
+    """A row when the query has a member (in the window) whose key is NULL: keyset paging never reaches it (no key is
+    after a NULL, and a NULL after none), and PostgreSQL sorts it after every page but the first."""
+    q = saved_query(query_sql, key_column, *([window.column] if window else []))
+    conditions = [*_window_conditions(q, window), q.c[key_column].is_(None)]
+    return select(literal_column("1")).select_from(q).where(*conditions).limit(1)
 
 
 def columns_probe(query_sql: str) -> Select[Any]:

@@ -1,0 +1,153 @@
+"""A member whose key or watermark is NULL, a run resumed after its definition switched mode, and a split run whose
+planning times out: on SQLite and a real PostgreSQL, the extractor's records captured (no Kafka)."""
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import text
+
+from services.extractor.extraction import Extractor
+from shared.catalog import CatalogStores, make_engine
+from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
+from shared.events import RUN_EVENT_ADAPTER, ExtractionCompleted, MemberBatch, RunFailed, RunRequested
+from shared.kafka import InFlight, Outgoing
+from shared.querystore import JsonPage, MemberReader, Page, QueryError
+from shared.querystore.paging import Window
+from shared.settings import CommonSettings
+
+pytestmark = pytest.mark.integration
+
+NULL_KEY = r"query 'q' returned a member whose key 'id' is NULL"
+#: Pages read at most: a run that pages forever is stopped there (and fails the test) rather than hanging.
+PAGES_AT_MOST = 50
+
+
+def _store(url: str, *rows: str) -> str:
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE m (id integer, name text, updated_at text)"))
+        for row in rows:
+            connection.execute(text(f"INSERT INTO m VALUES {row}"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def reader(database_url: str) -> Iterator[MemberReader]:
+    rows = ["(1, 'a', '2026-01-01')", "(2, 'b', NULL)", "(3, 'c', '2026-01-02')", "(4, 'd', '2026-01-02')"]
+    _store(database_url, *rows, "(5, 'e', '2026-01-03')", "(NULL, 'n1', '2026-01-01')", "(NULL, 'n2', NULL)")
+    reader = MemberReader.from_url(database_url)
+    yield reader
+    reader.close()
+
+
+QUERY = SavedQuery(name="q", sql="SELECT id, name, updated_at FROM m", key_column="id")
+
+
+@pytest.mark.parametrize("database_json", [True, False])
+def test_a_member_whose_key_is_null_fails_the_pages_naming_the_query_and_its_key(
+    reader: MemberReader, database_json: bool
+):
+    # Before: SQLite read its first page (the NULLs) again and again; PostgreSQL left both members out.
+    pages = reader.member_pages(QUERY, page_size=2, database_json=database_json)
+    with pages, pytest.raises(QueryError, match=NULL_KEY):
+        list(itertools.islice(pages, PAGES_AT_MOST))
+    with pytest.raises(QueryError, match=NULL_KEY):  # a dry run's first page (all of it: NULLs first or last)
+        next(reader.pages(QUERY, page_size=100))
+
+
+def test_a_member_whose_key_is_null_fails_the_key_reads(reader: MemberReader):
+    with pytest.raises(QueryError, match=NULL_KEY):
+        list(itertools.islice(reader.key_pages(QUERY, page_size=2), PAGES_AT_MOST))
+    with pytest.raises(QueryError, match=NULL_KEY):  # a split run's boundaries (NULLs first or last)
+        reader.key_boundaries(QUERY, [1, 7])
+
+
+def _ids(reader: MemberReader, window: Window) -> list[Any]:
+    query = SavedQuery(name="q", sql="SELECT id, name, updated_at FROM m WHERE id IS NOT NULL", key_column="id")
+    with reader.member_pages(query, page_size=2, window=window) as pages:
+        return [member_id for page in itertools.islice(pages, PAGES_AT_MOST) for member_id in _page_ids(page)]
+
+
+def _page_ids(page: Page | JsonPage) -> list[Any]:
+    if isinstance(page, JsonPage):
+        return [orjson.loads(m)["id"] for m in page.members]
+    return [m["id"] for m in page.members]
+
+
+# --- the extractor ------------------------------------------------------------------------------------------------
+
+
+class _TooManyBatches(Exception):
+    pass
+
+
+#: The member readers of a test's extractors, closed after it.
+_READERS: list[MemberReader] = []
+
+
+@pytest.fixture
+def stores(tmp_path, migrated_catalog: Callable[[str], CatalogStores]) -> Iterator[CatalogStores]:
+    catalog = migrated_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    catalog.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
+    catalog.definitions.apply(QUERY)
+    catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p", batch_size=1))
+    yield catalog
+    catalog.close()
+    while _READERS:
+        _READERS.pop().close()
+
+
+def _extractor(
+    stores: CatalogStores, url: str, sent: list[Outgoing], *, crash_at_batch: bool = False, **options: Any
+) -> Extractor:
+    topics = CommonSettings().topics
+
+    def send(out: list[Outgoing]) -> InFlight:
+        if crash_at_batch and any(o.topic.startswith(topics.member_batches) for o in out):
+            raise _TooManyBatches("the extractor stopped at its first batch")
+        sent.extend(out)
+        if sum(o.topic.startswith(topics.member_batches) for o in sent) > PAGES_AT_MOST:
+            raise _TooManyBatches(f"more than {PAGES_AT_MOST} batch records")
+        return InFlight([], timeout_seconds=0.0)
+
+    _READERS.append(MemberReader.from_url(url, timeout_seconds=options.pop("timeout_seconds", 300.0)))
+    return Extractor(
+        definitions=stores.definitions,
+        runs=stores.runs,
+        extraction=stores.extraction,
+        reader=_READERS[-1],
+        topics=topics,
+        send=send,
+        page_size=2,
+        record_members=1,
+        **options,
+    )
+
+
+def _outcome(sent: list[Outgoing], out: list[Outgoing]) -> tuple[list[Any], list[Any]]:
+    """The ids of the members sent, and the run's outcome events (completion, failure)."""
+    topics = CommonSettings().topics
+    ids = [
+        m.get("id")
+        for o in sent
+        if o.topic.startswith(topics.member_batches)
+        for m in MemberBatch.model_validate_json(o.value).members
+    ]
+    events = [RUN_EVENT_ADAPTER.validate_json(o.value) for o in sent + out if o.topic == topics.run_events]
+    return ids, [e for e in events if isinstance(e, ExtractionCompleted | RunFailed)]
+
+
+def test_a_run_over_a_member_whose_key_is_null_fails_naming_it(database_url: str, stores: CatalogStores):
+    url = _store(database_url, "(1, 'a', NULL)", "(NULL, 'n1', NULL)", "(2, 'b', NULL)", "(3, 'c', NULL)")
+    stores.definitions.apply(ExportDefinition(name="d", query="q", template="t"))
+    sent: list[Outgoing] = []
+    # Before: SQLite published its NULL member without end; PostgreSQL completed without it.
+    out = _extractor(stores, url, sent).handle(RunRequested(definition="d"))
+    ids, outcome = _outcome(sent, out)
+    assert ids == []
+    assert [type(e) for e in outcome] == [RunFailed]
+    assert outcome[0].reason == "query 'q' returned a member whose key 'id' is NULL"
