@@ -23,6 +23,7 @@ from sqlalchemy import (
     false,
     func,
     literal_column,
+    or_,
     select,
     text,
     true,
@@ -63,10 +64,10 @@ def _window_conditions(q: Subquery, window: Window | None) -> list[ColumnElement
     if window is None:
         return []
     watermark = q.c[window.column]
-    conditions = [watermark <= bindparam(UNTIL)]
-    if window.since is not None:
-        conditions.insert(0, watermark > bindparam(SINCE))
-    return conditions
+    if window.since is None:
+        # The first run exports everyone: a member with no watermark too (a later run, after a since, never does).
+        return [or_(watermark <= bindparam(UNTIL), watermark.is_(None))]
+    return [watermark > bindparam(SINCE), watermark <= bindparam(UNTIL)]
 
 
 def keyset_page(

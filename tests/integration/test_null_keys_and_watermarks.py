@@ -78,6 +78,13 @@ def _page_ids(page: Page | JsonPage) -> list[Any]:
     return [m["id"] for m in page.members]
 
 
+def test_an_incremental_first_run_takes_members_with_no_watermark_and_a_later_run_does_not(reader: MemberReader):
+    first, later = Window("updated_at", None, "2026-01-02"), Window("updated_at", "2026-01-01", "2026-01-03")
+    assert _ids(reader, first) == [1, 2, 3, 4]
+    assert reader.count(QUERY, window=first) == 6  # the NULL keys too: a split run counts them
+    assert _ids(reader, later) == [3, 4, 5]
+
+
 # --- the extractor ------------------------------------------------------------------------------------------------
 
 
@@ -151,3 +158,14 @@ def test_a_run_over_a_member_whose_key_is_null_fails_naming_it(database_url: str
     assert ids == []
     assert [type(e) for e in outcome] == [RunFailed]
     assert outcome[0].reason == "query 'q' returned a member whose key 'id' is NULL"
+
+
+def test_an_incremental_first_run_exports_members_with_no_watermark(database_url: str, stores: CatalogStores):
+    url = _store(database_url, "(1, 'a', '2026-01-01')", "(2, 'b', NULL)", "(3, 'c', '2026-01-02')")
+    stores.definitions.apply(
+        ExportDefinition(name="d", query="q", template="t", incremental={"watermark_column": "updated_at"})
+    )
+    sent: list[Outgoing] = []
+    ids, outcome = _outcome(sent, _extractor(stores, url, sent).handle(RunRequested(definition="d")))
+    assert sorted(ids) == [1, 2, 3]  # before: [1, 3]
+    assert [e.members for e in outcome if isinstance(e, ExtractionCompleted)] == [3]
