@@ -169,3 +169,23 @@ def test_an_incremental_first_run_exports_members_with_no_watermark(database_url
     ids, outcome = _outcome(sent, _extractor(stores, url, sent).handle(RunRequested(definition="d")))
     assert sorted(ids) == [1, 2, 3]  # before: [1, 3]
     assert [e.members for e in outcome if isinstance(e, ExtractionCompleted)] == [3]
+
+
+def test_a_resumed_run_keeps_the_full_or_incremental_mode_it_started_in(database_url: str, stores: CatalogStores):
+    url = _store(database_url, "(1, 'a', '2026-01-01')", "(2, 'b', '2026-01-02')", "(3, 'c', '2026-01-03')")
+    incremental = ExportDefinition(name="d", query="q", template="t", incremental={"watermark_column": "updated_at"})
+    stores.definitions.apply(incremental)
+    first = RunRequested(definition="d")
+    sent: list[Outgoing] = []
+    assert sorted(_outcome(sent, _extractor(stores, url, sent).handle(first))[0]) == [1, 2, 3]
+    assert stores.extraction.advance_watermark(first.run_id)
+
+    stores.definitions.apply(ExportDefinition(name="d", query="q", template="t"))  # full
+    full = RunRequested(definition="d")
+    with pytest.raises(_TooManyBatches):
+        _extractor(stores, url, [], crash_at_batch=True).handle(full)
+    stores.definitions.apply(incremental)  # switched back while the full run is under way
+    sent = []
+    ids, outcome = _outcome(sent, _extractor(stores, url, sent).handle(full))
+    assert sorted(ids) == [1, 2, 3]  # before: [] (resumed as an incremental run with nothing new)
+    assert [e.members for e in outcome if isinstance(e, ExtractionCompleted)] == [3]
