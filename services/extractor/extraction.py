@@ -628,14 +628,22 @@ class Extractor:
         if self.range_members <= 0 or not fresh or not self.other_replicas():
             return None
         partitions = self.run_request_partitions()
-        with QUERY_SECONDS.time():
-            members = self._query(lambda: self.reader.count(query, parameters=parameters, window=window))
-        ranges = range_count(members, range_members=self.range_members, partitions=partitions)
-        if ranges < 2:
+        try:
+            with QUERY_SECONDS.time():
+                members = self.reader.count(query, parameters=parameters, window=window)
+            ranges = range_count(members, range_members=self.range_members, partitions=partitions)
+            if ranges < 2:
+                return None
+            ranks = boundary_ranks(members, ranges)
+            with QUERY_SECONDS.time():
+                found = self.reader.key_boundaries(query, ranks, parameters=parameters, window=window)
+        except StoreUnavailable:
+            raise  # waited out by the handler (see _wait_for_store)
+        except QueryError as exc:
+            # Counting the whole query, or finding its ranges' ends, may take longer than a page may: the pages
+            # themselves may not (a query failing outright fails them the same way).
+            log.warning("run not split: planning its key ranges failed", run_id=str(request.run_id), reason=str(exc))
             return None
-        ranks = boundary_ranks(members, ranges)
-        with QUERY_SECONDS.time():
-            found = self._query(lambda: self.reader.key_boundaries(query, ranks, parameters=parameters, window=window))
         boundaries = list(dict.fromkeys(found))  # keys are unique; were they not, no range would be empty twice
         if not boundaries:
             return None

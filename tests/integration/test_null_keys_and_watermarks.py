@@ -189,3 +189,32 @@ def test_a_resumed_run_keeps_the_full_or_incremental_mode_it_started_in(database
     ids, outcome = _outcome(sent, _extractor(stores, url, sent).handle(full))
     assert sorted(ids) == [1, 2, 3]  # before: [] (resumed as an incremental run with nothing new)
     assert [e.members for e in outcome if isinstance(e, ExtractionCompleted)] == [3]
+
+
+def test_a_run_whose_split_planning_times_out_is_extracted_unsplit(postgres_database_factory, stores: CatalogStores):
+    url = postgres_database_factory()
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE big (id integer PRIMARY KEY, name text)"))
+        connection.execute(text("INSERT INTO big SELECT g, 'n' || g FROM generate_series(1, 3000) g"))
+    engine.dispose()
+    # Each row a millisecond: a page of 2 is quick by its key's index, counting the 3,000 takes 3 s.
+    sql = "SELECT id, name FROM big WHERE pg_sleep(0.001) IS NOT NULL"
+    stores.definitions.apply(SavedQuery(name="slow", sql=sql, key_column="id"))
+    stores.definitions.apply(HttpTemplate(name="ts", query="slow", profile="p", batch_size=1))
+    stores.definitions.apply(ExportDefinition(name="d", query="slow", template="ts"))
+    sent: list[Outgoing] = []
+    extractor = _extractor(
+        stores,
+        url,
+        sent,
+        timeout_seconds=1.0,
+        range_members=100,
+        run_request_partitions=lambda: 3,
+        other_replicas=lambda: True,
+    )
+    with pytest.raises(_TooManyBatches):  # before: the run failed (query 'slow' timed out) with no batch sent
+        extractor.handle(RunRequested(definition="d"))
+    ids, outcome = _outcome(sent, [])
+    assert ids == list(range(1, PAGES_AT_MOST + 1))
+    assert outcome == []
