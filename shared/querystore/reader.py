@@ -410,15 +410,19 @@ class MemberReader:
     ) -> Iterator[Page | JsonPage]:
         """``pages``, once the query is found to have no member (in the window) whose key is NULL: else the run fails
         before its first page (PostgreSQL sorts NULLs after every page but the first, which would drop them)."""
+        self._refuse_null_keys(query, sql, window, base)
+        yield from pages
+
+    def _refuse_null_keys(self, query: SavedQuery, sql: str, window: Window | None, values: dict[str, Any]) -> None:
+        """Fail when the query has a member (in the window) whose key is NULL."""
         statement: _DriverStatement = self._statements.get(
             ("null key", sql, query.key_column, _window_key(window)),
             lambda: _DriverStatement(self.engine, null_key(sql, query.key_column, window)),
         )
         with self._cursor(query) as cursor:
-            statement.execute(cursor, base)
+            statement.execute(cursor, values)
             if cursor.fetchone() is not None:
                 raise null_key_error(query)
-        yield from pages
 
     def _json_statements(
         self,
@@ -475,6 +479,7 @@ class MemberReader:
             for first in (True, False)
         }
         base = dict(parameters or {}) | {LIMIT: page_size}
+        self._refuse_null_keys(query, sql, None, base)
         last_key = None
         while True:
             with self._cursor(query) as cursor:

@@ -216,5 +216,6 @@ def test_a_run_whose_split_planning_times_out_is_extracted_unsplit(postgres_data
     with pytest.raises(_TooManyBatches):  # before: the run failed (query 'slow' timed out) with no batch sent
         extractor.handle(RunRequested(definition="d"))
     ids, outcome = _outcome(sent, [])
-    assert ids == list(range(1, PAGES_AT_MOST + 1))
+    assert len(ids) > PAGES_AT_MOST
+    assert ids == list(range(1, len(ids) + 1))
     assert outcome == []
