@@ -510,6 +510,7 @@ class MemberReader:
             for first in (True, False)
         }
         base = dict(parameters or {}) | window_params(window) | {LIMIT: 1}
+        self._refuse_null_keys(query, sql, window, base)  # PostgreSQL sorts them after the last boundary's key
         keys: list[Any] = []
         previous_rank, last_key = 0, None
         for rank in ranks:
