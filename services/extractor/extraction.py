@@ -44,7 +44,7 @@ from services.extractor.ranges import (
     range_count,
 )
 from services.extractor.retry_members import Retried, RetryJob, RetryScope, RetryStore, send_retries
-from services.extractor.run_sync import fixed_sync, run_sync
+from services.extractor.run_sync import fixed_sync, run_sync, watermark_column
 from services.extractor.scheduled_runs import StartTimes, overlap_skip, published_ahead, withdrawal, withdrawn
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, RunObjects, SavedQuery
 from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunClaim
@@ -432,7 +432,8 @@ class Extractor:
             )
             return []
         window = self._window(definition, checkpoint)
-        if not (definition.incremental is not None and window is None):  # else nothing moved since the last run
+        # An incremental run (as it started) with no window: nothing moved since the last run.
+        if not (watermark_column(definition, checkpoint) is not None and window is None):
             plan = self._split(request, definition, query, template, parameters, window, checkpoint)
             if plan is not None:
                 started.wait()
@@ -558,9 +559,9 @@ class Extractor:
         self, definition: ExportDefinition, query: SavedQuery, parameters: dict[str, Any], checkpoint: Checkpoint
     ) -> Checkpoint:
         """Incremental runs: fix the watermark slice once, at the run's first start (a resume reuses it)."""
-        if definition.incremental is None or checkpoint.watermark_until is not None or checkpoint.members:
+        column = watermark_column(definition, checkpoint)
+        if column is None or checkpoint.watermark_until is not None or checkpoint.members:
             return checkpoint
-        column = definition.incremental.watermark_column
         since = self.extraction.watermark(definition.name)
         with QUERY_SECONDS.time():
             until = self._query(lambda: self.reader.high_watermark(query, column, since=since, parameters=parameters))
@@ -571,9 +572,9 @@ class Extractor:
     @staticmethod
     def _window(definition: ExportDefinition, checkpoint: Checkpoint) -> Window | None:
         """Incremental mode's slice (None for a full run, and for an incremental run with nothing new)."""
-        if definition.incremental is None or checkpoint.watermark_until is None:
+        column = watermark_column(definition, checkpoint)
+        if column is None or checkpoint.watermark_until is None:
             return None
-        column = definition.incremental.watermark_column
         return Window(column, checkpoint.watermark_since, checkpoint.watermark_until)
 
     def _extract_run(
@@ -627,14 +628,22 @@ class Extractor:
         if self.range_members <= 0 or not fresh or not self.other_replicas():
             return None
         partitions = self.run_request_partitions()
-        with QUERY_SECONDS.time():
-            members = self._query(lambda: self.reader.count(query, parameters=parameters, window=window))
-        ranges = range_count(members, range_members=self.range_members, partitions=partitions)
-        if ranges < 2:
+        try:
+            with QUERY_SECONDS.time():
+                members = self.reader.count(query, parameters=parameters, window=window)
+            ranges = range_count(members, range_members=self.range_members, partitions=partitions)
+            if ranges < 2:
+                return None
+            ranks = boundary_ranks(members, ranges)
+            with QUERY_SECONDS.time():
+                found = self.reader.key_boundaries(query, ranks, parameters=parameters, window=window)
+        except StoreUnavailable:
+            raise  # waited out by the handler (see _wait_for_store)
+        except QueryError as exc:
+            # Counting the whole query, or finding its ranges' ends, may take longer than a page may: the pages
+            # themselves may not (a query failing outright fails them the same way).
+            log.warning("run not split: planning its key ranges failed", run_id=str(request.run_id), reason=str(exc))
             return None
-        ranks = boundary_ranks(members, ranges)
-        with QUERY_SECONDS.time():
-            found = self._query(lambda: self.reader.key_boundaries(query, ranks, parameters=parameters, window=window))
         boundaries = list(dict.fromkeys(found))  # keys are unique; were they not, no range would be empty twice
         if not boundaries:
             return None

@@ -18,10 +18,28 @@ def fixed_sync(definition: ExportDefinition, checkpoint: Checkpoint, save: Calla
     """The checkpoint with the run's sync: as recorded, or (first start) the definition's, recorded now."""
     if checkpoint.sync is not None:
         return checkpoint
-    sync = RunSync(definition.sync.mode, full_scope=definition.incremental is None)
+    incremental = definition.incremental
+    sync = RunSync(
+        definition.sync.mode,
+        full_scope=incremental is None,
+        watermark_column=incremental.watermark_column if incremental is not None else None,
+    )
     checkpoint = replace(checkpoint, sync=sync)
     save(checkpoint)
     return checkpoint
+
+
+def watermark_column(definition: ExportDefinition, checkpoint: Checkpoint) -> str | None:
+    """The run's watermark column, None for a full run: as fixed at its first start (a definition switched between
+    full and incremental since, or given another column, does not change a run under way). A run whose sync was
+    recorded before its column was takes its definition's column, if it still has one."""
+    now = definition.incremental.watermark_column if definition.incremental is not None else None
+    sync = checkpoint.sync
+    if sync is None:
+        return now
+    if sync.full_scope:
+        return None
+    return sync.watermark_column or now
 
 
 def run_sync(checkpoint: Checkpoint) -> RunSync:

@@ -25,12 +25,18 @@ class RunSync:
     #: Whether the run's ``run.started`` was acknowledged before this sync was recorded (a run started in bulk,
     #: ahead of its extraction): its extraction, and any later handling of its request, publish none.
     announced: bool = False
+    #: An incremental run's watermark column as its definition named it at the run's start (None: a full run, or an
+    #: incremental run recorded before this was, which takes its definition's column as it is now).
+    watermark_column: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """As the checkpoint row keeps it (``announced`` only when set: rows of runs started one by one unchanged)."""
+        """As the checkpoint row keeps it (``announced`` and ``watermark_column`` only when set: rows of full runs
+        started one by one unchanged)."""
         value: dict[str, Any] = {"mode": self.mode.value, "full_scope": self.full_scope, "counts": self.counts}
         if self.announced:
             value["announced"] = True
+        if self.watermark_column is not None:
+            value["watermark_column"] = self.watermark_column
         return value
 
     @classmethod
@@ -39,7 +45,11 @@ class RunSync:
         if not isinstance(value, dict):
             return None
         return cls(
-            SyncMode(value["mode"]), bool(value["full_scope"]), value.get("counts"), bool(value.get("announced"))
+            SyncMode(value["mode"]),
+            bool(value["full_scope"]),
+            value.get("counts"),
+            bool(value.get("announced")),
+            value.get("watermark_column"),
         )
 
 

@@ -60,6 +60,11 @@ _WRITES: dict[type[exp.Expr], str] = {
     exp.Into: "SELECT … INTO creates a table",
     exp.Lock: "it locks rows (FOR UPDATE / FOR SHARE)",
 }
+#: PostgreSQL's session-level advisory locks: taken by a saved query, one outlives the reader's rolled-back
+#: transaction and stays held on the pooled connection (the transaction-level ``pg_advisory_xact_lock`` does not).
+_SESSION_LOCKS = frozenset(
+    {"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared"}
+)
 
 
 class UnsafeSql(ValueError):
@@ -144,6 +149,8 @@ def _check(text: str, dialect: str) -> CheckedSql:
         for kind, why in _WRITES.items():
             if isinstance(node, kind):
                 raise UnsafeSql(f"must only read members: {why} ({node.key.upper()})")
+        if isinstance(node, exp.Anonymous) and node.name.lower() in _SESSION_LOCKS:
+            raise UnsafeSql(f"must only read members: {node.name}() takes a lock that outlives the query")
     return CheckedSql(text, _named_binds(text, tree))
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     false,
     func,
     literal_column,
+    or_,
     select,
     text,
     true,
@@ -63,10 +64,10 @@ def _window_conditions(q: Subquery, window: Window | None) -> list[ColumnElement
     if window is None:
         return []
     watermark = q.c[window.column]
-    conditions = [watermark <= bindparam(UNTIL)]
-    if window.since is not None:
-        conditions.insert(0, watermark > bindparam(SINCE))
-    return conditions
+    if window.since is None:
+        # The first run exports everyone: a member with no watermark too (a later run, after a since, never does).
+        return [or_(watermark <= bindparam(UNTIL), watermark.is_(None))]
+    return [watermark > bindparam(SINCE), watermark <= bindparam(UNTIL)]
 
 
 def keyset_page(
@@ -118,7 +119,8 @@ def member_json_page(
     ).subquery("p")
     key_type = next(c.type_code for c in columns if c.name == key_column)
     last = last_key(dialect, page.c.k, key_type)
-    return select(last, func.count(), member.joined(page.c.m, page.c.k)), member
+    # count(k) counts the keys that are not NULL: fewer than the page's members, and a key is NULL.
+    return select(last, func.count(), member.joined(page.c.m, page.c.k), func.count(page.c.k)), member
 
 
 def _keyset(
@@ -160,6 +162,14 @@ def key_after(
     return key_page(query_sql, key_column, first=first, window=window, bounded=bounded).offset(
         bindparam(OFFSET, type_=Integer)
     )
+
+
+def null_key(query_sql: str, key_column: str, window: Window | None = None) -> Select[Any]:
+    """A row when the query has a member (in the window) whose key is NULL: keyset paging never reaches it (no key is
+    after a NULL, and a NULL after none), and PostgreSQL sorts it after every page but the first."""
+    q = saved_query(query_sql, key_column, *([window.column] if window else []))
+    conditions = [*_window_conditions(q, window), q.c[key_column].is_(None)]
+    return select(literal_column("1")).select_from(q).where(*conditions).limit(1)
 
 
 def columns_probe(query_sql: str) -> Select[Any]:

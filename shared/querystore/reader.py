@@ -43,6 +43,7 @@ from shared.querystore.paging import (
     keyset_page,
     member_count,
     member_json_page,
+    null_key,
     window_params,
 )
 from shared.querystore.statement_cache import StatementCache
@@ -83,6 +84,11 @@ class QueryError(PermanentError):
 
 class QueryTimeout(QueryError):
     """The saved query ran longer than its timeout and was cancelled."""
+
+
+def null_key_error(query: SavedQuery) -> QueryError:
+    """The run's failure when a member's key is NULL: paging by key can neither reach it nor go on after it."""
+    return QueryError(f"query '{query.name}' returned a member whose key '{query.key_column}' is NULL")
 
 
 class StoreUnavailable(QueryError):
@@ -373,7 +379,8 @@ class MemberReader:
         rows = self._row_statements(query, sql, window, bounded)
         base = dict(parameters or {}) | window_params(window) | {LIMIT: page_size} | ({UPPER: until} if bounded else {})
         if not database_json:
-            return MemberPages(self._pages(query, rows, None, base, after, page_size), json=False, reason="turned off")
+            pages = self._keyed(query, sql, window, base, self._pages(query, rows, None, base, after, page_size))
+            return MemberPages(pages, json=False, reason="turned off")
         columns = self._result_columns(query, sql, parameters)
         sqlite_math = self._sqlite_math()
         key = ("json", sql, query.key_column, tuple(columns), _window_key(window), bounded, sqlite_math)
@@ -381,16 +388,42 @@ class MemberReader:
             key, lambda: self._json_statements(query, sql, columns, window, bounded, sqlite_math)
         )
         if member.member is None:
-            return MemberPages(self._pages(query, rows, None, base, after, page_size), json=False, reason=member.reason)
+            pages = self._keyed(query, sql, window, base, self._pages(query, rows, None, base, after, page_size))
+            return MemberPages(pages, json=False, reason=member.reason)
         page_ends = self._page_ends(query, sql, window, bounded, base, page_size) if self.pages_in_flight > 1 else None
-        pages = self._pages(
-            query, rows, json_statements, base, after, page_size, check_utf8=member.check_utf8, page_ends=page_ends
+        pages = self._keyed(
+            query,
+            sql,
+            window,
+            base,
+            self._pages(
+                query, rows, json_statements, base, after, page_size, check_utf8=member.check_utf8, page_ends=page_ends
+            ),
         )
 
         def as_rows(page: JsonPage) -> Page | None:
             return self._row_page(query, rows[page.after is None], base | {LIMIT: len(page)}, page.after)
 
         return MemberPages(pages, json=True, reason=None, as_rows=as_rows)
+
+    def _keyed(
+        self, query: SavedQuery, sql: str, window: Window | None, base: dict[str, Any], pages: Iterator[Page | JsonPage]
+    ) -> Iterator[Page | JsonPage]:
+        """``pages``, once the query is found to have no member (in the window) whose key is NULL: else the run fails
+        before its first page (PostgreSQL sorts NULLs after every page but the first, which would drop them)."""
+        self._refuse_null_keys(query, sql, window, base)
+        yield from pages
+
+    def _refuse_null_keys(self, query: SavedQuery, sql: str, window: Window | None, values: dict[str, Any]) -> None:
+        """Fail when the query has a member (in the window) whose key is NULL."""
+        statement: _DriverStatement = self._statements.get(
+            ("null key", sql, query.key_column, _window_key(window)),
+            lambda: _DriverStatement(self.engine, null_key(sql, query.key_column, window)),
+        )
+        with self._cursor(query) as cursor:
+            statement.execute(cursor, values)
+            if cursor.fetchone() is not None:
+                raise null_key_error(query)
 
     def _json_statements(
         self,
@@ -447,6 +480,7 @@ class MemberReader:
             for first in (True, False)
         }
         base = dict(parameters or {}) | {LIMIT: page_size}
+        self._refuse_null_keys(query, sql, None, base)
         last_key = None
         while True:
             with self._cursor(query) as cursor:
@@ -454,6 +488,8 @@ class MemberReader:
                 keys = [row[0] for row in cursor.fetchall()]
             if not keys:
                 return
+            if keys[0] is None or keys[-1] is None:  # NULLs sort first or last
+                raise null_key_error(query)
             yield keys
             if len(keys) < page_size:
                 return
@@ -475,6 +511,7 @@ class MemberReader:
             for first in (True, False)
         }
         base = dict(parameters or {}) | window_params(window) | {LIMIT: 1}
+        self._refuse_null_keys(query, sql, window, base)  # PostgreSQL sorts them after the last boundary's key
         keys: list[Any] = []
         previous_rank, last_key = 0, None
         for rank in ranks:
@@ -486,6 +523,8 @@ class MemberReader:
                 row = cursor.fetchone()
             if row is None:
                 break
+            if row[0] is None:
+                raise null_key_error(query)
             last_key, previous_rank = key_value(row[0]), rank
             keys.append(last_key)
         return keys
@@ -621,7 +660,8 @@ class MemberReader:
                     row = cursor.fetchone()
             except QueryError:
                 return None
-            return None if row is None else key_value(row[0])
+            # A NULL key: its page's own read fails the run.
+            return None if row is None or row[0] is None else key_value(row[0])
 
         return page_end
 
@@ -638,6 +678,7 @@ class MemberReader:
             rows = cursor.fetchall()
         if not rows:
             return None
+        _check_keys(query, columns, rows)
         if query.key_column not in columns:
             raise QueryError(f"query '{query.name}' does not return its key column '{query.key_column}'")
         last = rows[-1][columns.index(query.key_column)]
@@ -656,7 +697,7 @@ class MemberReader:
         try:
             with self._cursor(query) as cursor:
                 statement.execute(cursor, self._values(base, last_key))
-                page_last_key, count, joined = cursor.fetchone()
+                page_last_key, count, joined, keyed = cursor.fetchone()
         except (QueryTimeout, StoreUnavailable):
             raise
         except QueryError:
@@ -664,6 +705,8 @@ class MemberReader:
             return None
         if not count:
             return JsonPage([], last_key, last_key)
+        if keyed != count:
+            raise null_key_error(query)
         if _MARKER in joined:
             return None
         if check_utf8:
@@ -763,6 +806,14 @@ class MemberReader:
                 connection.exec_driver_sql("PRAGMA query_only = OFF")
         else:
             yield
+
+
+def _check_keys(query: SavedQuery, columns: tuple[str, ...], rows: list[Sequence[Any]]) -> None:
+    """Fail a page holding a member whose key is NULL (NULLs sort first or last: its first or last row)."""
+    if query.key_column in columns:
+        at = columns.index(query.key_column)
+        if rows[0][at] is None or rows[-1][at] is None:
+            raise null_key_error(query)
 
 
 class _Seconds:

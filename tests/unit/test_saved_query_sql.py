@@ -123,3 +123,16 @@ def test_a_query_asking_for_more_than_the_operators_timeout_gets_a_reason_naming
         "3600 s is above the operator's query timeout of 300 s (EXPORT_EXTRACTOR_QUERY_TIMEOUT_SECONDS): "
         "set at most 300, or leave it out"
     )
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT id, pg_advisory_lock(42) AS held FROM members",
+        "SELECT id FROM members WHERE pg_catalog.PG_TRY_ADVISORY_LOCK_SHARED(1, 2)",
+    ],
+)
+def test_a_session_advisory_lock_that_would_outlive_the_query_is_refused_at_save(sql):
+    # Before: saved, and each run left the lock held on the member store's pooled connection.
+    assert "takes a lock that outlives the query" in _refusal(sql)
+    SavedQuery(name="q", sql="SELECT id, pg_advisory_xact_lock(42) AS held FROM members")  # released at rollback
