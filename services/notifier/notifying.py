@@ -33,7 +33,7 @@ from shared.application.ports import DefinitionsStore, RunsStore, WatermarkStore
 from shared.application.run_events import record_run_event, record_run_events
 from shared.application.schedules import pause_schedule, paused_by_run
 from shared.domain.catalog_objects import ExportDefinition, WebhookEvent
-from shared.domain.email_retries import email_given_up, mailable
+from shared.domain.email_retries import EMAIL_MAX_ATTEMPTS, email_given_up, mailable
 from shared.domain.runs import (
     Claimant,
     RunRecord,
@@ -777,12 +777,18 @@ class Notifier:
         """Record a failed attempt of these runs' email of ``kind``: tried again by a sweep after its backoff
         (:data:`EMAIL_BACKOFF`), or given up (:func:`email_given_up`: a permanent answer, or its attempts spent).
         A failure every email would meet (the server down or refusing the sender: not ``counted``) never spends the
-        attempts: an SMTP outage of hours loses no email, it is sent once the server is back."""
-        attempts = self.runs.notification_attempts(records[0].run_id, kind) + 1
+        attempts, nor adds to them: an SMTP outage of hours loses no email, it is sent once the server is back, and
+        its later failures about it have their 20 attempts (before, an outage's failures were added to them). Such
+        a failure puts the email off by the backoff's longest wait (up to 15 minutes, jittered): its attempts do not
+        grow through an outage, so the backoff would not."""
+        attempts = self.runs.notification_attempts(records[0].run_id, kind) + (1 if counted else 0)
         give_up = email_given_up(attempts if counted else 0, permanent=permanent)
-        retry_at = None if give_up else self.clock() + timedelta(seconds=self.email_backoff.delay(attempts))
+        backoff = self.email_backoff.delay(attempts if counted else EMAIL_MAX_ATTEMPTS)
+        retry_at = None if give_up else self.clock() + timedelta(seconds=backoff)
         for record in records:
-            self.runs.mark_notification(record.run_id, kind, error=reason, retry_at=retry_at, give_up=give_up)
+            self.runs.mark_notification(
+                record.run_id, kind, error=reason, retry_at=retry_at, give_up=give_up, counted=counted
+            )
         if give_up:
             EMAILS_GIVEN_UP.labels(kind=kind).inc(len(records))
         log.error(
