@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -371,3 +372,23 @@ def test_an_outage_spends_none_of_an_emails_attempts_so_a_later_4xx_about_it_doe
     assert (run_id, "error") in catalog.runs.unsent_notifications()
     assert catalog.runs.notification_attempts(run_id, "error") == 1
     assert given_up() == before
+
+
+def test_an_email_met_by_an_outage_right_after_its_run_finished_is_tried_again_within_the_first_backoff(
+    catalog: CatalogStores,
+):
+    """An outage's failure adds nothing to an email's attempts, so its wait grows with the time the email has
+    waited since its run finished, not with attempts: a blip right after a finish puts the email off by 30 s at
+    most (a first version of the fix put it off by up to 15 minutes at once)."""
+    catalog.definitions.apply(definition("blip", "ops@example.com"))
+    run_id = uuid.uuid4()
+    refusing = RefusesTheSender(550)
+    with serving(refusing, refusing.port):
+        notifier = notifier_on(catalog, refusing.port, attempts=1)
+        notifier.email_backoff = Backoff(initial=30.0, maximum=900.0)
+        notifier.handle_all(failed("blip", [run_id]))
+    [shown] = catalog.runs.notifications_of(run_id)
+    assert (shown.status, shown.attempts) == ("pending", 0)
+    assert shown.next_attempt_at is not None
+    waits = (shown.next_attempt_at - datetime.now(UTC)).total_seconds()
+    assert waits <= 30.0
