@@ -40,7 +40,8 @@ class NotificationView(BaseModel):
     #: ``sent``, ``pending`` (to be tried, again at ``next_attempt_at`` once one failed) or ``given_up`` (not tried
     #: again: ``last_error`` says why).
     status: Literal["sent", "pending", "given_up"]
-    #: Failed attempts so far.
+    #: Failed attempts so far that count toward giving it up: an email's failures every email would meet (the SMTP
+    #: server down or refusing the sender: ``last_error`` keeps the last) are not among them.
     attempts: int
     #: The last failed attempt's reason; for a sent email, the recipients it did not reach (refused while the others
     #: took it).

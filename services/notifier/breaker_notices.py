@@ -23,7 +23,7 @@ from prometheus_client import Counter
 from services.notifier.emails import ERROR, recipients_for
 from services.notifier.mailer import SmtpMailer
 from services.notifier.notification_claims import SweepClaims
-from services.notifier.send_round import SendRound, final_for_this_email
+from services.notifier.send_round import SendRound, final_for_this_email, server_unusable
 from shared.application.ports import BreakerMailOutbox, DefinitionsStore
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate
 from shared.domain.email_retries import mailable
@@ -176,7 +176,13 @@ class BreakerMails:
         except (OSError, smtplib.SMTPException) as exc:  # marked: the sweep tries again, unless the answer was final
             self.round.email_failed(exc)
             reason = self.mailer.failure_reason(exc)
-            self.outbox.mark(change, definition.name, error=reason, give_up=final_for_this_email(exc))
+            self.outbox.mark(
+                change,
+                definition.name,
+                error=reason,
+                give_up=final_for_this_email(exc),
+                counted=not server_unusable(exc),  # an outage spends none of its attempts (the runs' emails' rule)
+            )
             log.error("circuit breaker email not sent", profile=change.profile, definition=definition.name)
             return
         if not refused:

@@ -777,12 +777,20 @@ class Notifier:
         """Record a failed attempt of these runs' email of ``kind``: tried again by a sweep after its backoff
         (:data:`EMAIL_BACKOFF`), or given up (:func:`email_given_up`: a permanent answer, or its attempts spent).
         A failure every email would meet (the server down or refusing the sender: not ``counted``) never spends the
-        attempts: an SMTP outage of hours loses no email, it is sent once the server is back."""
-        attempts = self.runs.notification_attempts(records[0].run_id, kind) + 1
+        attempts, nor adds to them: an SMTP outage of hours loses no email, it is sent once the server is back, and
+        its later failures about it have their 20 attempts (before, an outage's failures were added to them). Such
+        a failure puts the email off by up to as long as it has waited since its run finished (at least 30 s, at
+        most 15 minutes, jittered): its attempts do not grow through an outage, so the backoff grows with time."""
+        attempts = self.runs.notification_attempts(records[0].run_id, kind) + (1 if counted else 0)
         give_up = email_given_up(attempts if counted else 0, permanent=permanent)
-        retry_at = None if give_up else self.clock() + timedelta(seconds=self.email_backoff.delay(attempts))
+        backoff = (
+            self.email_backoff.delay(attempts) if counted else self.email_backoff.delay_after(self._waited(records))
+        )
+        retry_at = None if give_up else self.clock() + timedelta(seconds=backoff)
         for record in records:
-            self.runs.mark_notification(record.run_id, kind, error=reason, retry_at=retry_at, give_up=give_up)
+            self.runs.mark_notification(
+                record.run_id, kind, error=reason, retry_at=retry_at, give_up=give_up, counted=counted
+            )
         if give_up:
             EMAILS_GIVEN_UP.labels(kind=kind).inc(len(records))
         log.error(
@@ -794,6 +802,15 @@ class Notifier:
             reason=reason,
             retry_at=retry_at.isoformat() if retry_at else None,
         )
+
+    def _waited(self, records: Sequence[RunRecord]) -> float:
+        """Seconds since the first of these runs finished (0 when none says): how long its email has waited."""
+        finished = [
+            at if at.tzinfo else at.replace(tzinfo=UTC)  # a catalog may hand back UTC without its zone
+            for at in (record.finished_at for record in records)
+            if at is not None
+        ]
+        return max(0.0, (self.clock() - min(finished)).total_seconds()) if finished else 0.0
 
     def _give_up_orphan(self, record: RunRecord, kind: str) -> None:
         """A notification whose run's definition is not in the catalog (deleted, or unreadable): given up."""

@@ -64,4 +64,5 @@ class NotifierRuns(Protocol):
         retry_at: datetime | None = None,
         give_up: bool = False,
         undelivered: str | None = None,
+        counted: bool = True,
     ) -> None: ...

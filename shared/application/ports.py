@@ -263,6 +263,7 @@ class BreakerMailOutbox(Protocol):
         error: str | None = None,
         give_up: bool = False,
         undelivered: str | None = None,
+        counted: bool = True,
     ) -> None: ...
     def unsent(self, limit: int = 100) -> list[tuple[BreakerChange, str]]: ...
     def claim_unsent_notifications(

@@ -91,9 +91,11 @@ class SqlBreakerMailStore:
         error: str | None = None,
         give_up: bool = False,
         undelivered: str | None = None,
+        counted: bool = True,
     ) -> None:
         """Record the email as sent (``undelivered``: to whom it was not, kept as its last error), or the error of a
-        failed attempt: tried again by the sweep (``give_up``: never again)."""
+        failed attempt: tried again by the sweep (``give_up``: never again). A failure not ``counted`` (one every
+        email would meet: the SMTP server down or refusing the sender) spends none of its attempts."""
         with self.database.transaction() as session:
             row = session.get(BreakerMailRow, (change.profile, change.ordinal, definition), with_for_update=True)
             if row is None:
@@ -101,7 +103,11 @@ class SqlBreakerMailStore:
             if error is None:
                 row.sent_at, row.last_error = datetime.now(UTC), undelivered
             else:  # the claim ends: due again at the next sweep
-                row.attempts, row.last_error, row.next_attempt_at = (row.attempts or 0) + 1, error, None
+                row.attempts, row.last_error, row.next_attempt_at = (
+                    (row.attempts or 0) + (1 if counted else 0),
+                    error,
+                    None,
+                )
                 if give_up:
                     row.attempts = max(row.attempts, self.MAX_ATTEMPTS)
 

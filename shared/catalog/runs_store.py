@@ -623,10 +623,12 @@ class SqlRunsStore:
         retry_at: datetime | None = None,
         give_up: bool = False,
         undelivered: str | None = None,
+        counted: bool = True,
     ) -> None:
         """Record a notification as sent (``undelivered``: to whom it was not, an email some recipients refused, kept
         as its last error), or the error of its last failed attempt: tried again at ``retry_at`` (None: at the next
-        sweep), or never again with ``give_up``."""
+        sweep), or never again with ``give_up``. A failure not ``counted`` (one every email would meet: the SMTP
+        server down or refusing the sender) is recorded without adding to ``attempts``, the failures about it."""
         with self.database.transaction("Run") as session:
             row = session.get(NotificationRow, (str(run_id), kind), with_for_update=True)
             if row is None:
@@ -635,7 +637,7 @@ class SqlRunsStore:
                 row.sent_at, row.last_error = now(), undelivered
                 return
             row.last_error = error
-            row.attempts = (row.attempts or 0) + 1
+            row.attempts = (row.attempts or 0) + (1 if counted else 0)
             row.next_attempt_at = as_utc(retry_at)
             if give_up:
                 row.gave_up_at = now()
@@ -668,7 +670,9 @@ class SqlRunsStore:
 
 
 def pending_after_failure(row: NotificationRow) -> bool:
-    return row.sent_at is None and row.gave_up_at is None and (row.attempts or 0) > 0
+    # Failed once at least: a failure about it (``attempts``), or one every email would meet (its error kept).
+    failed = (row.attempts or 0) > 0 or row.last_error is not None
+    return row.sent_at is None and row.gave_up_at is None and failed
 
 
 # --- mapping between run records and rows ------------------------------------------------------------

@@ -247,7 +247,9 @@ class RunNotification:
     ``error`` or ``recovered``, its addresses) or a webhook (``webhook:<channel>:<event>``, the channel), and where it
     stands: ``sent`` (``last_error`` then names the recipients an email did not reach: refused while the others took
     it), ``given_up`` (``last_error`` says why: a final answer, its attempts spent, its definition gone) or
-    ``pending`` (to be tried, at ``next_attempt_at`` once it failed)."""
+    ``pending`` (to be tried, at ``next_attempt_at`` once it failed). ``attempts``: its failed attempts that count
+    toward giving it up (an email's failures every email would meet, the SMTP server down or refusing the sender, do
+    not)."""
 
     kind: str
     recipients: tuple[str, ...]

@@ -32,3 +32,10 @@ class Backoff:
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.retry_after_cap))
         return delay
+
+    def delay_after(self, elapsed: float, draw: Callable[[float, float], float] = random.uniform) -> float:
+        """Seconds to wait after failures that have gone on for ``elapsed`` seconds, however many there were (those
+        not counted as attempts: an outage's). Full jitter up to ``elapsed`` itself, kept between ``initial`` and
+        ``maximum``: the waits grow over an outage as doubling attempts' would, and a blip soon after the first
+        failure is tried again within ``initial``."""
+        return draw(0, min(self.maximum, max(self.initial, elapsed)))

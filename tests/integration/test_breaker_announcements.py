@@ -100,9 +100,8 @@ def sink() -> Iterator[SmtpSink]:
         yield sink
 
 
-def test_each_breaker_email_is_sent_once_and_retried_by_the_sweep_when_smtp_fails(
-    catalog: CatalogStores, sink: SmtpSink
-):
+def apply_nightly_on_profile_p(catalog: CatalogStores) -> None:
+    """Profile ``p``, and the definition ``nightly`` using it, whose error emails go to oncall@example.com."""
     catalog.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
     catalog.definitions.apply(HttpTemplate(name="t", query="q", profile="p", path="/m"))
     catalog.definitions.apply(
@@ -115,6 +114,12 @@ def test_each_breaker_email_is_sent_once_and_retried_by_the_sweep_when_smtp_fail
             }
         )
     )
+
+
+def test_each_breaker_email_is_sent_once_and_retried_by_the_sweep_when_smtp_fails(
+    catalog: CatalogStores, sink: SmtpSink
+):
+    apply_nightly_on_profile_p(catalog)
     outbox = SqlBreakerMailStore(catalog.database)
     down = BreakerMails(catalog.definitions, outbox, SmtpMailer("127.0.0.1", 9, max_attempts=1), "x@example.com")
     change = CircuitBreakerChanged(profile="p", state="open", episode=1)
@@ -132,3 +137,21 @@ def test_each_breaker_email_is_sent_once_and_retried_by_the_sweep_when_smtp_fail
     up.retry_unsent()  # the sweep sends what SMTP refused
     up.retry_unsent()
     assert [m.message["X-Export-Circuit"] for m in sink.received()] == ["p; open; 1", "p; closed; 1"]
+
+
+def test_a_breaker_email_is_not_given_up_through_an_smtp_outage_longer_than_its_attempts(
+    catalog: CatalogStores, sink: SmtpSink
+):
+    """Session 49: each sweep's failure at a server that is down spent one of the breaker email's 20 attempts, so an
+    outage of 20 sweeps gave it up unsent; now such a failure spends none (the runs' emails' rule)."""
+    apply_nightly_on_profile_p(catalog)
+    outbox = SqlBreakerMailStore(catalog.database)
+    down = BreakerMails(catalog.definitions, outbox, SmtpMailer("127.0.0.1", 9, max_attempts=1), "x@example.com")
+    down.handle(CircuitBreakerChanged(profile="p", state="open", episode=1))
+    for _ in range(SqlBreakerMailStore.MAX_ATTEMPTS + 2):  # the sweeps of an outage
+        with down.round.open("a sweep"):  # as the notifier's sweep: the round's failure closes its mail
+            down.retry_unsent()
+
+    up = BreakerMails(catalog.definitions, outbox, SmtpMailer("127.0.0.1", sink.port, max_attempts=1), "x@example.com")
+    up.retry_unsent()
+    assert [m.message["X-Export-Circuit"] for m in sink.received()] == ["p; open; 1"]  # before: given up, unsent

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -339,3 +340,55 @@ def test_a_server_refusing_every_sender_gives_no_email_up_and_each_is_sent_once_
     assert all(ledger_row(catalog, run_id, "error").gave_up_at is None for run_id in run_ids)
     notifier_on(catalog, sink.port).sweep()
     assert mailed_runs(sink) == Counter(str(run_id) for run_id in run_ids)
+
+
+def test_an_outage_spends_none_of_an_emails_attempts_so_a_later_4xx_about_it_does_not_give_it_up(
+    catalog: CatalogStores,
+):
+    """Session 49: each failure every email meets (here MAIL FROM refused) was added to the email's ``attempts``, and
+    the give-up check counted them all: after 20 outage rounds, the first failure about the email (a recipient
+    refused for now, 451) gave it up for good. Now the outage adds nothing; the 451 is its first attempt of 20."""
+    catalog.definitions.apply(definition("typo", "tpyo@example.com"))
+    run_id = uuid.uuid4()
+    refusing = RefusesTheSender(550)
+    with serving(refusing, refusing.port):
+        outage = notifier_on(catalog, refusing.port, attempts=1)
+        outage.handle_all(failed("typo", [run_id]))
+        for _ in range(22):  # more rounds than the attempts an email may spend
+            outage.sweep()
+    assert refusing.asked == 23
+    [shown] = catalog.runs.notifications_of(run_id)
+    assert (shown.status, shown.attempts, shown.next_attempt_at is not None) == ("pending", 0, True)
+    assert "Authentication required" in (shown.last_error or "")
+
+    before = given_up()
+    busy = Picky(451)
+    with serving(busy, busy.port):
+        notifier_on(catalog, busy.port, attempts=1).sweep()
+
+    assert busy.asked == 1
+    row = ledger_row(catalog, run_id, "error")
+    assert row.gave_up_at is None  # before: given up at this first failure about it (attempts 24 >= 20)
+    assert (run_id, "error") in catalog.runs.unsent_notifications()
+    assert catalog.runs.notification_attempts(run_id, "error") == 1
+    assert given_up() == before
+
+
+def test_an_email_met_by_an_outage_right_after_its_run_finished_is_tried_again_within_the_first_backoff(
+    catalog: CatalogStores,
+):
+    """An outage's failure adds nothing to an email's attempts, so its wait grows with the time the email has
+    waited since its run finished, not with attempts: a blip right after a finish puts the email off by 30 s at
+    most (a first version of the fix put it off by up to 15 minutes at once)."""
+    catalog.definitions.apply(definition("blip", "ops@example.com"))
+    run_id = uuid.uuid4()
+    refusing = RefusesTheSender(550)
+    with serving(refusing, refusing.port):
+        notifier = notifier_on(catalog, refusing.port, attempts=1)
+        notifier.email_backoff = Backoff(initial=30.0, maximum=900.0)
+        notifier.handle_all(failed("blip", [run_id]))
+    [shown] = catalog.runs.notifications_of(run_id)
+    assert (shown.status, shown.attempts) == ("pending", 0)
+    assert shown.next_attempt_at is not None
+    waits = (shown.next_attempt_at - datetime.now(UTC)).total_seconds()
+    assert waits <= 30.0

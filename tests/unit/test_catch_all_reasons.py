@@ -357,6 +357,7 @@ def test_an_smtp_refusal_is_recorded_masked_and_cut_for_a_breaker_email():
             error: str | None = None,
             give_up: bool = False,
             undelivered: str | None = None,
+            counted: bool = True,
         ):
             marked.append(error)
 

@@ -7,6 +7,8 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.notifier.webhook_messages import digest_message, ledger_kind, message_id, parse_kind, run_message
@@ -80,3 +82,13 @@ def test_backoff_grows_within_its_maximum_and_honours_retry_after_up_to_a_cap():
     assert backoff.delay(1, retry_after=30, draw=widest) == 30
     assert backoff.delay(1, retry_after=3600, draw=widest) == 60
     assert 0 <= backoff.delay(3) <= 4
+
+
+@given(st.floats(0, 1e7, allow_nan=False))
+def test_an_outages_wait_grows_with_the_time_already_waited_between_its_floor_and_its_cap(elapsed):
+    """Failures not counted as attempts (an SMTP outage's) wait up to the time already waited, at least ``initial``
+    and at most ``maximum``: a blip right after a run's finish is tried again within 30 s, an hour's outage every 15
+    minutes at most."""
+    backoff = Backoff(initial=30.0, maximum=900.0)
+    assert backoff.delay_after(elapsed, draw=lambda low, high: high) == min(900.0, max(30.0, elapsed))
+    assert backoff.delay_after(elapsed, draw=lambda low, high: low) == 0.0
