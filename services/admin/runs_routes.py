@@ -52,17 +52,7 @@ class NotificationView(BaseModel):
 
     @classmethod
     def of(cls, notification: RunNotification) -> NotificationView:
-        return cls(
-            kind=notification.kind,
-            channel=notification.channel,
-            recipients=list(notification.recipients),
-            status=notification.status,
-            attempts=notification.attempts,
-            last_error=notification.last_error,
-            sent_at=notification.sent_at,
-            gave_up_at=notification.gave_up_at,
-            next_attempt_at=notification.next_attempt_at,
-        )
+        return cls.model_validate(notification, from_attributes=True)  # the same names, the channel a property
 
 
 class RunView(BaseModel):

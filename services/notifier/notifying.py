@@ -805,11 +805,8 @@ class Notifier:
 
     def _waited(self, records: Sequence[RunRecord]) -> float:
         """Seconds since the first of these runs finished (0 when none says): how long its email has waited."""
-        finished = [
-            at if at.tzinfo else at.replace(tzinfo=UTC)  # a catalog may hand back UTC without its zone
-            for at in (record.finished_at for record in records)
-            if at is not None
-        ]
+        # Aware instants: an event's, or the catalog's read back through ``aware``.
+        finished = [record.finished_at for record in records if record.finished_at is not None]
         return max(0.0, (self.clock() - min(finished)).total_seconds()) if finished else 0.0
 
     def _give_up_orphan(self, record: RunRecord, kind: str) -> None:
