@@ -158,10 +158,12 @@ class SmtpMailer:
         self.max_attempts, self.max_wait = max_attempts, max_wait
         self.ca_file = ca_file
 
-    def undelivered_reason(self, refused: Refused, recipients: int) -> str:
+    def undelivered_reason(self, refused: Refused, recipients: int, *, yet: bool = False, note: str = "") -> str:
         """What an email sent to some recipients says of the others, for the ledger and the outbox (masked and cut as a
-        failure's reason): ``not delivered to 1 of 2 recipients (the others took it): SMTPRecipientsRefused: …``."""
-        lead = f"not delivered to {len(refused)} of {recipients} recipients (the others took it): "
+        failure's reason): ``not delivered to 1 of 2 recipients (the others took it): SMTPRecipientsRefused: …``;
+        ``not delivered yet`` while some are to be mailed again (``yet``); ``note`` added to the parenthesis."""
+        undelivered = "not delivered yet" if yet else "not delivered"
+        lead = f"{undelivered} to {len(refused)} of {recipients} recipients (the others took it{note}): "
         return exception_reason(smtplib.SMTPRecipientsRefused(refused), self._masking, lead=lead)
 
     def failure_reason(self, exc: BaseException) -> str:

@@ -22,7 +22,7 @@ from services.notifier.emails import (
     kinds_due,
     recipients_for,
 )
-from services.notifier.mailer import SmtpMailer
+from services.notifier.mailer import Refused, SmtpMailer
 from services.notifier.notification_claims import SweepClaims
 from services.notifier.ports import NotifierRuns
 from services.notifier.send_round import SendRound, final_for_this_email, server_unusable
@@ -33,7 +33,7 @@ from shared.application.ports import DefinitionsStore, RunsStore, WatermarkStore
 from shared.application.run_events import record_run_event, record_run_events
 from shared.application.schedules import pause_schedule, paused_by_run
 from shared.domain.catalog_objects import ExportDefinition, WebhookEvent
-from shared.domain.email_retries import email_given_up, mailable
+from shared.domain.email_retries import RefusedRecipients, email_given_up, mailable, refused_for_now
 from shared.domain.runs import (
     Claimant,
     RunRecord,
@@ -71,6 +71,13 @@ EMAIL_RECIPIENTS_REFUSED = Counter(
     "member_export_notifier_email_recipients_refused_total",
     "Recipients an email was not delivered to while the SMTP server took it for the others (a recipient refused: "
     "recorded in the run's notification, the email not sent again), by kind.",
+    ["kind"],
+)
+EMAIL_RECIPIENTS_DEFERRED = Counter(
+    "member_export_notifier_email_recipients_deferred_total",
+    "Recipients an email was not delivered to yet while the SMTP server took it for the others, refused for now (a "
+    "4xx answer, e.g. greylisting): mailed again alone after the email's backoff (once its attempts are spent, "
+    "counted as refused), by kind.",
     ["kind"],
 )
 EMAILS_GIVEN_UP = Counter(
@@ -188,6 +195,7 @@ class Notifier:
             EMAILS_SENT.labels(kind=kind)
             EMAIL_FAILURES.labels(kind=kind)
             EMAIL_RECIPIENTS_REFUSED.labels(kind=kind)
+            EMAIL_RECIPIENTS_DEFERRED.labels(kind=kind)
 
     @property
     def claimant(self) -> Claimant:
@@ -740,39 +748,90 @@ class Notifier:
             if split.none_left_reason is not None:
                 self._mark_failed(records, kind, split.none_left_reason, permanent=True)
                 return False
+        mailed = recipients or []
+        earlier = self._refused_earlier(records, kind)
+        # Some took it before, others refused it for now: those (still recipients) are mailed again, alone.
+        again = [address for address in refused_for_now(earlier) if address in mailed]
+        answered: Refused = {}
         try:
-            refused = self.mailer.send(message, max_attempts=attempts, until=self.round.until, recipients=recipients)
+            if again or not earlier:
+                answered = self.mailer.send(
+                    message, max_attempts=attempts, until=self.round.until, recipients=again or recipients
+                )
         except (OSError, smtplib.SMTPException) as exc:
-            self.round.email_failed(exc)
-            EMAIL_FAILURES.labels(kind=kind).inc()
-            log.error("email could not be sent", runs=len(records), kind=kind, error=type(exc).__name__)
-            self._mark_failed(
-                records,
-                kind,
-                self.mailer.failure_reason(exc),
-                permanent=final_for_this_email(exc),
-                counted=not server_unusable(exc),
-            )
-            return False
-        if not refused:
-            for record in records:
-                self.runs.mark_notification(record.run_id, kind)
-            EMAILS_SENT.labels(kind=kind).inc()
-            log.info("email sent", run_id=str(records[0].run_id), runs=len(records), kind=kind)
+            if not (earlier and isinstance(exc, smtplib.SMTPRecipientsRefused)):
+                self._send_failed(records, kind, exc)
+                return False
+            answered = exc.recipients  # each one mailed again refused again: the others took it before
+        # Those mailed again and not refused now took it; the earlier refusals of the others (still recipients) stand.
+        refused = {address: answer for address, answer in earlier.items() if address in mailed and address not in again}
+        refused |= {address: (code, text.decode(errors="replace")) for address, (code, text) in answered.items()}
+        if not earlier:
+            EMAILS_SENT.labels(kind=kind).inc()  # once, when it first went out (to all, or to some)
+        for_good = sum(1 for address in answered if address not in refused_for_now(refused))
+        EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(for_good)
+        if refused_for_now(refused) and self._mail_again(records, kind, refused, len(mailed)):
             return True
-        # Sent to the others (not sent again); to whom it was not recorded, counted and said (session 48 review).
-        undelivered = self.mailer.undelivered_reason(refused, len(recipients or []))
+        undelivered = self.mailer.undelivered_reason(_as_refused(refused), len(mailed)) if refused else None
         for record in records:
-            self.runs.mark_notification(record.run_id, kind, undelivered=undelivered)
-        EMAILS_SENT.labels(kind=kind).inc()
-        EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(len(refused))
-        log.error(
-            "email not delivered to some recipients", run_id=str(records[0].run_id), kind=kind, reason=undelivered
+            self.runs.mark_notification(record.run_id, kind, undelivered=undelivered, refused=refused or None)
+        if refused:
+            # Sent to the others (not sent again); to whom it was not recorded, counted and said (session 48 review).
+            log.error(
+                "email not delivered to some recipients", run_id=str(records[0].run_id), kind=kind, reason=undelivered
+            )
+        else:
+            log.info("email sent", run_id=str(records[0].run_id), runs=len(records), kind=kind)
+        return True
+
+    def _send_failed(self, records: Sequence[RunRecord], kind: str, exc: OSError | smtplib.SMTPException) -> None:
+        self.round.email_failed(exc)
+        EMAIL_FAILURES.labels(kind=kind).inc()
+        log.error("email could not be sent", runs=len(records), kind=kind, error=type(exc).__name__)
+        self._mark_failed(
+            records,
+            kind,
+            self.mailer.failure_reason(exc),
+            permanent=final_for_this_email(exc),
+            counted=not server_unusable(exc),
         )
+
+    def _refused_earlier(self, records: Sequence[RunRecord], kind: str) -> RefusedRecipients:
+        """The recipients refused so far while others took these runs' email, when some were refused for now (to be
+        mailed again alone); empty when it is to go to every recipient (never sent, or sent to some of some runs
+        only: a digest grouped otherwise than before)."""
+        refused: RefusedRecipients = {}
+        for record in records:
+            earlier = self.runs.refused_recipients(record.run_id, kind)
+            if not refused_for_now(earlier):
+                return {}
+            refused |= earlier
+        return refused
+
+    def _mail_again(self, records: Sequence[RunRecord], kind: str, refused: RefusedRecipients, total: int) -> bool:
+        """An email taken by some recipients and refused for now by others: pending, for a later attempt to mail them
+        alone (after its backoff, counted as a failed attempt: True), unless its attempts are spent (False: recorded
+        sent, not delivered to them, counted as refused)."""
+        again = refused_for_now(refused)
+        attempts = self.runs.notification_attempts(records[0].run_id, kind) + 1
+        if email_given_up(attempts, permanent=False):
+            EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(len(again))
+            return False
+        EMAIL_RECIPIENTS_DEFERRED.labels(kind=kind).inc(len(again))
+        note = f"; {len(again)} refused for now, mailed again alone"
+        reason = self.mailer.undelivered_reason(_as_refused(refused), total, yet=True, note=note)
+        self._mark_failed(records, kind, reason, permanent=False, refused=refused)
         return True
 
     def _mark_failed(
-        self, records: Sequence[RunRecord], kind: str, reason: str, *, permanent: bool, counted: bool = True
+        self,
+        records: Sequence[RunRecord],
+        kind: str,
+        reason: str,
+        *,
+        permanent: bool,
+        counted: bool = True,
+        refused: RefusedRecipients | None = None,
     ) -> None:
         """Record a failed attempt of these runs' email of ``kind``: tried again by a sweep after its backoff
         (:data:`EMAIL_BACKOFF`), or given up (:func:`email_given_up`: a permanent answer, or its attempts spent).
@@ -789,7 +848,7 @@ class Notifier:
         retry_at = None if give_up else self.clock() + timedelta(seconds=backoff)
         for record in records:
             self.runs.mark_notification(
-                record.run_id, kind, error=reason, retry_at=retry_at, give_up=give_up, counted=counted
+                record.run_id, kind, error=reason, retry_at=retry_at, give_up=give_up, counted=counted, refused=refused
             )
         if give_up:
             EMAILS_GIVEN_UP.labels(kind=kind).inc(len(records))
@@ -925,6 +984,11 @@ class Notifier:
         message = compose_digest(definition=definition, records=records, sender=self.sender, recipients=recipients)
         self._deliver_email(message, records, ERROR, attempts, recipients)
         return []
+
+
+def _as_refused(refused: RefusedRecipients) -> Refused:
+    """The ledger's refusals as smtplib answers them (each text in bytes), for the reason's text."""
+    return {address: (code, text.encode()) for address, (code, text) in refused.items()}
 
 
 def _starts(before: RunRecord | None, after: RunRecord) -> bool:

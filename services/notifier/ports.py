@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
+from shared.domain.email_retries import RefusedRecipients
 from shared.domain.runs import Claimant, RunRecord, RunStatus, StartClaims
 from shared.events import AnyRunEvent
 
@@ -54,6 +55,7 @@ class NotifierRuns(Protocol):
         claimant: Claimant | None = None,
     ) -> bool: ...
     def notification_attempts(self, run_id: uuid.UUID, kind: str) -> int: ...
+    def refused_recipients(self, run_id: uuid.UUID, kind: str) -> RefusedRecipients: ...
     def notifications(self, run_id: uuid.UUID) -> dict[str, datetime | None]: ...
     def mark_notification(
         self,
@@ -65,4 +67,5 @@ class NotifierRuns(Protocol):
         give_up: bool = False,
         undelivered: str | None = None,
         counted: bool = True,
+        refused: RefusedRecipients | None = None,
     ) -> None: ...

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.lease_claims import LeaseClaims, RowKey, catalog_now, read_catalog_now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
+from shared.domain.email_retries import RefusedRecipients
 from shared.domain.replay import ALL_ACKNOWLEDGED, ReplayPlan, ReplayPublication
 from shared.domain.runs import (
     Claimant,
@@ -624,15 +625,20 @@ class SqlRunsStore:
         give_up: bool = False,
         undelivered: str | None = None,
         counted: bool = True,
+        refused: RefusedRecipients | None = None,
     ) -> None:
         """Record a notification as sent (``undelivered``: to whom it was not, an email some recipients refused, kept
         as its last error), or the error of its last failed attempt: tried again at ``retry_at`` (None: at the next
         sweep), or never again with ``give_up``. A failure not ``counted`` (one every email would meet: the SMTP
-        server down or refusing the sender) is recorded without adding to ``attempts``, the failures about it."""
+        server down or refusing the sender) is recorded without adding to ``attempts``, the failures about it.
+        ``refused``: the recipients refused so far while others took the email (kept; those refused for now are
+        mailed again alone: :meth:`refused_recipients`)."""
         with self.database.transaction("Run") as session:
             row = session.get(NotificationRow, (str(run_id), kind), with_for_update=True)
             if row is None:
                 return
+            if refused is not None:
+                row.refused_recipients = {address: [code, text] for address, (code, text) in refused.items()}
             if error is None:
                 row.sent_at, row.last_error = now(), undelivered
                 return
@@ -641,6 +647,14 @@ class SqlRunsStore:
             row.next_attempt_at = as_utc(retry_at)
             if give_up:
                 row.gave_up_at = now()
+
+    def refused_recipients(self, run_id: uuid.UUID, kind: str) -> RefusedRecipients:
+        """The recipients the SMTP server refused while it took this email for the others, so far (empty when none,
+        or none kept): each address with the server's code and text."""
+        with self.database.transaction("Run") as session:
+            row = session.get(NotificationRow, (str(run_id), kind))
+            kept = (row.refused_recipients if row is not None else None) or {}
+            return {address: (int(code), str(text)) for address, (code, text) in kept.items()}
 
     def notifications_of(self, run_id: uuid.UUID) -> list[RunNotification]:
         """The run's notifications (emails and webhooks) and where each stands, by kind (one query)."""

@@ -208,6 +208,9 @@ class NotificationRow(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: An email's recipients the SMTP server refused while it took it for the others: address -> [code, text]. Those
+    #: refused for now (4xx) are mailed again alone (:func:`shared.domain.email_retries.refused_for_now`).
+    refused_recipients: Mapped[dict[str, list[Any]] | None] = mapped_column(JSON)
 
 
 class ScheduleRow(Base):

@@ -19,6 +19,17 @@ def email_given_up(attempts: int, *, permanent: bool) -> bool:
     return permanent or attempts >= EMAIL_MAX_ATTEMPTS
 
 
+#: The recipients an SMTP server refused while it took an email for the others, as the ledger keeps them: each address
+#: with the server's code and text.
+RefusedRecipients = dict[str, tuple[int, str]]
+
+
+def refused_for_now(refused: RefusedRecipients) -> list[str]:
+    """The addresses refused for now (a 4xx answer, e.g. greylisting): mailed again alone, those who took the email
+    never again; a 5xx refusal is final."""
+    return [address for address, (code, _) in refused.items() if 400 <= code < 500]
+
+
 def is_one_address(value: str) -> bool:
     """Whether ``value`` is one email address as the standard library's email parsing reads it back: the same single
     addr-spec, as an address header (the To) and as itself. Not, say, ``d<e@x.io`` (read as ``e@x.io``), ``j:k@x.io``

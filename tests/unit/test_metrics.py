@@ -137,6 +137,7 @@ SCHEME = {
     "member_export_notifier_emails_failed_total": "counter",
     "member_export_notifier_emails_given_up_total": "counter",
     "member_export_notifier_email_recipients_refused_total": "counter",
+    "member_export_notifier_email_recipients_deferred_total": "counter",
     "member_export_notifier_schedules_paused_total": "counter",
     "member_export_notifier_chained_runs_refused_total": "counter",
     "member_export_notifier_webhooks_sent_total": "counter",
