@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError
@@ -10,7 +13,7 @@ from shared.cli.exits import USAGE, CliError
 from shared.settings import CommonSettings
 
 if TYPE_CHECKING:
-    from shared.domain.runs import RunRecord
+    from shared.domain.runs import RunNotification, RunRecord
 
 
 class CliSettings(CommonSettings):
@@ -45,23 +48,35 @@ def settings_or_refusal() -> CliSettings:
         raise CliError("invalid setting(s)\n  " + "\n  ".join(problems), USAGE) from None
 
 
-def view_of(record: RunRecord) -> dict[str, Any]:
-    """A run record as the admin API shows a run (its JSON view), for the printing both modes share."""
+def _when(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
 
-    def when(value: Any) -> str | None:
-        return value.isoformat() if value is not None else None
 
+def notification_view(notification: RunNotification) -> dict[str, Any]:
+    """A run's notification as the admin API shows it (its ``NotificationView``: the ledger record's fields, under the
+    same names, and the webhook's channel), in JSON values."""
+    values = {field.name: getattr(notification, field.name) for field in dataclasses.fields(notification)}
+    shown = {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()}
+    return {"kind": notification.kind, "channel": notification.channel} | {
+        name: _when(value) if isinstance(value, datetime) else value for name, value in shown.items()
+    }
+
+
+def view_of(record: RunRecord, notifications: Sequence[RunNotification] | None = None) -> dict[str, Any]:
+    """A run record as the admin API shows a run (its JSON view), for the printing both modes share; with its
+    ``notifications`` as a run's detail shows them (None: left out, as in the API's lists)."""
+    shown = None if notifications is None else [notification_view(notification) for notification in notifications]
     return {
         "run_id": str(record.run_id),
         "definition": record.definition,
         "status": record.status.value,
         "trigger": record.trigger,
         "requested_by": record.requested_by,
-        "requested_at": when(record.requested_at),
-        "scheduled_for": when(record.scheduled_for),
+        "requested_at": _when(record.requested_at),
+        "scheduled_for": _when(record.scheduled_for),
         "replay_of": str(record.replay_of) if record.replay_of else None,
-        "started_at": when(record.started_at),
-        "finished_at": when(record.finished_at),
+        "started_at": _when(record.started_at),
+        "finished_at": _when(record.finished_at),
         "duration_seconds": record.duration_seconds,
         "extraction_complete": record.extraction_complete,
         "extracted": record.extracted,
@@ -76,4 +91,5 @@ def view_of(record: RunRecord) -> dict[str, Any]:
         "unchanged": record.unchanged,
         "removed": record.removed,
         "retried": record.retried,
+        "notifications": shown,
     }

@@ -201,7 +201,11 @@ def wait_for_run(context: Direct, run_id: uuid.UUID, timeout: float) -> int:
     """Follow a run in the catalog with a progress bar until it is final; its summary (exit 0 if it succeeded)."""
 
     def fetch() -> View | None:
-        record = context.stores.runs.get_run(run_id)
-        return view_of(record) if record is not None else None
+        runs = context.stores.runs
+        record = runs.get_run(run_id)
+        if record is None:
+            return None
+        # Once final, with its notifications, as the API's detail the API mode follows.
+        return view_of(record, runs.notifications_of(run_id) if record.status.is_final else None)
 
     return follow(fetch, str(run_id), timeout, poll_seconds=0.25)

@@ -70,7 +70,8 @@ def cmd_runs(settings: CliSettings, args: argparse.Namespace) -> int:
             record = store.get_run(run_id)
             if record is None:
                 raise CliError(f"run {run_id} does not exist", NOT_FOUND)
-            print_run(view_of(record), [view_of(replay) for replay in store.replays_of(run_id)], args.output)
+            view = view_of(record, store.notifications_of(run_id))  # as the API's detail: with its notifications
+            print_run(view, [view_of(replay) for replay in store.replays_of(run_id)], args.output)
             return OK
         views = [view_of(record) for record in store.list_runs(args.definition, args.limit)]
         print_runs(views, args.output)

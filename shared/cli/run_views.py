@@ -40,7 +40,20 @@ def summary(view: View, replays: list[View] | None = None) -> str:
         f"  replayed by run {replay['run_id']}: {replay['status']}, delivered {replay['delivered']}"
         for replay in replays or []
     ]
+    lines += [notification_line(notification) for notification in view.get("notifications") or ()]
     return "\n".join(lines)
+
+
+def notification_line(notification: View) -> str:
+    """One of the run's notifications (its detail's) in a line: what, to whom, where it stands and why."""
+    line = f"  notification {notification['kind']} to {', '.join(notification['recipients'])}: {notification['status']}"
+    if notification.get("attempts"):
+        line += f", {notification['attempts']} failed attempt{'s' if notification['attempts'] > 1 else ''}"
+    if notification.get("next_attempt_at"):
+        line += f", next at {notification['next_attempt_at'][:19]}"
+    if notification.get("last_error"):
+        line += f": {notification['last_error']}"
+    return line
 
 
 TABLE_HEADERS = ("RUN ID", "DEFINITION", "STATUS", "STARTED", "READ", "DELIVERED", "FAILED")
