@@ -14,19 +14,46 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from shared.domain.catalog_objects import WebhookChannel
+from shared.domain.catalog_objects import WebhookChannel, is_webhook_url
 from shared.domain.masking import Masking
-from shared.domain.secret_references import resolve_secret
-from shared.errors import ExportError
+from shared.domain.secret_references import UnresolvableSecret, is_reference, resolve_secret
+from shared.errors import ExportError, PermanentError
 from shared.outbound.signing import quotable_values
+
+
+class UnusableWebhookUrl(PermanentError):
+    """A channel's URL reference that does not resolve (not allowed, unset, unreadable), or not to an http(s) URL."""
+
+
+def channel_url(channel: WebhookChannel) -> str:
+    """The channel's URL: as stored, or what its ``env:NAME``/``file:PATH`` reference names, resolved now (each send)
+    under the process's allow-lists (``EXPORT_ALLOWED_SECRET_*``), as a profile's secrets are by the dispatcher.
+    :class:`UnusableWebhookUrl` naming the reference, never a value, when it does not resolve to an http(s) URL
+    without user information."""
+    if not is_reference(channel.url):
+        return channel.url
+    try:
+        url = resolve_secret(SecretStr(channel.url))
+    except UnresolvableSecret as exc:
+        raise UnusableWebhookUrl(f"url: {exc}") from None
+    if not is_webhook_url(url):
+        raise UnusableWebhookUrl(
+            f"url: secret reference {channel.url} does not hold an http(s) URL without user information"
+        )
+    return url
 
 
 def channel_masking(channel: WebhookChannel, headers: Mapping[str, str]) -> Masking:
     """The masking of a request to ``channel`` sent with ``headers``: the channel's signing secret resolved (and
-    its key alone), its URL and the URL's path and query (an incoming webhook's token), and the credentials the
-    headers carried (the ``webhook-signature``'s signatures: :meth:`Masking.sent_credentials`)."""
-    parts = urlsplit(channel.url)
-    values = [channel.url, parts.path, parts.query]  # a value under four characters is not searched for
+    its key alone), its URL (resolved, when a reference) and the URL's path and query (an incoming webhook's
+    token), and the credentials the headers carried (the ``webhook-signature``'s signatures:
+    :meth:`Masking.sent_credentials`)."""
+    values: list[str] = []
+    # A reference is a name, not a secret (its failure names it); one that does not resolve reached nothing to mask.
+    with contextlib.suppress(ExportError):
+        url = channel_url(channel)
+        parts = urlsplit(url)
+        values += [url, parts.path, parts.query]  # a value under four characters is not searched for
     if channel.signing_secret is not None:
         # A reference that does not resolve signed nothing: nothing of it to mask.
         with contextlib.suppress(ExportError):

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from pydantic import SecretStr
 
-from services.notifier.webhook_masking import channel_masking
+from services.notifier.webhook_masking import channel_masking, channel_url
 from shared.domain.catalog_objects import WebhookChannel
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.rendering import RenderedRequest
@@ -58,7 +58,11 @@ class WebhookSender:
                 headers["webhook-id"] = message_id
         except PermanentError as exc:
             return _failed(channel, headers, None, f"signing secret: {exc}")
-        request = RenderedRequest("POST", channel.url, headers, body)
+        try:
+            url = channel_url(channel)  # a reference resolved now, at each send
+        except PermanentError as exc:
+            return _failed(channel, headers, None, str(exc))
+        request = RenderedRequest("POST", url, headers, body)
         try:
             seconds = channel.timeout_seconds if timeout is None else min(channel.timeout_seconds, timeout)
             answer = asyncio.run(self._post(request, seconds))

@@ -1,5 +1,6 @@
 """Save-time rules of a definition's webhook channels: the SSRF guard on their URLs (checked again at every
-connection by the notifier) and the ``env:``/``file:`` allow-lists on their signing secrets."""
+connection by the notifier) and the ``env:``/``file:`` allow-lists on their signing secrets and on their URLs given
+as references."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from urllib.parse import urlsplit
 
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.destinations import DestinationPolicy
-from shared.domain.secret_references import SecretReferencePolicy
+from shared.domain.secret_references import SecretReferencePolicy, is_reference
 
 
 class ReachChecks(Protocol):
@@ -27,7 +28,8 @@ class ReachChecks(Protocol):
 
 
 def webhook_problems(definition: ExportDefinition, checks: ReachChecks) -> list[str]:
-    """One line per refused webhook URL or signing-secret reference, naming the field (never a secret)."""
+    """One line per refused webhook URL, URL reference or signing-secret reference, naming the field (never a
+    secret)."""
     at = f"ExportDefinition '{definition.name}': field 'notifications.webhooks"
     problems = [
         f"{at}.{name}.signing_secret': {refusal}"
@@ -36,6 +38,11 @@ def webhook_problems(definition: ExportDefinition, checks: ReachChecks) -> list[
         and (refusal := checks.secret_references.refusal(channel.signing_secret)) is not None
     ]
     for name, channel in definition.notifications.webhooks.items():
+        if is_reference(channel.url):
+            # Its URL is the notifier's to resolve (and to guard, at every connection): the reference is judged here.
+            if (refusal := checks.secret_references.refusal(channel.url)) is not None:
+                problems.append(f"{at}.{name}.url': {refusal}")
+            continue
         host = urlsplit(channel.url).hostname or ""
         try:
             addresses = checks.resolve_host(host)

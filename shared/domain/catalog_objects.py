@@ -558,7 +558,10 @@ def shown_webhook_url(url: str) -> str:
     """A webhook URL as every read shows it (JSON: the admin API, ``exportctl get``, the console, the audit log):
     ``scheme://host[:port]/**********``, its path, query and fragment masked, since an incoming webhook's URL
     (Slack's, Teams') holds its token there; a URL with none of them (``https://hooks.example.com``) as it is.
-    Sent back unchanged, it keeps the stored URL (:func:`shared.application.masked_secrets.keep_masked_secrets`)."""
+    Sent back unchanged, it keeps the stored URL (:func:`shared.application.masked_secrets.keep_masked_secrets`).
+    An ``env:NAME``/``file:PATH`` reference to the URL is a name, not a secret: shown as it is, never resolved."""
+    if is_reference(url):
+        return url
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -568,9 +571,13 @@ def shown_webhook_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}/{_ANSWERED_MASK}"
 
 
-_WEBHOOK_URL_PATTERN = r"^https?://[^\s/]+(/[^\s]*)?$"
-#: A webhook channel's URL: validated as given, answered masked in JSON (:func:`shown_webhook_url`). One schema for
-#: requests and answers (the mask matches the pattern), so that the API document keeps one ``WebhookChannel``.
+#: A webhook URL as given, and as its ``env:``/``file:`` reference resolves (:func:`is_webhook_url`).
+_URL_PATTERN = r"https?://[^\s/]+(/[^\s]*)?"
+_WEBHOOK_URL_PATTERN = rf"^({_URL_PATTERN}|env:[A-Za-z_][A-Za-z0-9_]*|file:/\S+)$"
+#: A webhook channel's URL, or an ``env:NAME``/``file:PATH`` reference to it (the notifier resolves it at each send,
+#: under the secret-reference allow-lists: the token then is never in the catalog): validated as given, answered
+#: masked in JSON (:func:`shown_webhook_url`). One schema for requests and answers (the mask matches the pattern), so
+#: that the API document keeps one ``WebhookChannel``.
 WebhookUrl = Annotated[
     str,
     Field(pattern=_WEBHOOK_URL_PATTERN),
@@ -581,10 +588,16 @@ WebhookUrl = Annotated[
             "type": "string",
             "pattern": _WEBHOOK_URL_PATTERN,
             "description": "http(s) URL, without user information; answered with its path and query masked "
-            "(scheme://host/**********), which sent back unchanged keeps the stored URL",
+            "(scheme://host/**********), which sent back unchanged keeps the stored URL. Or env:NAME or file:PATH "
+            "naming it (resolved by the notifier at each send; shown as given)",
         }
     ),
 ]
+
+
+def is_webhook_url(url: str) -> bool:
+    """Whether ``url`` (a reference's resolved value) is what a channel's URL may be: http(s), no user information."""
+    return re.fullmatch(_URL_PATTERN, url) is not None and not holds_credentials(url)
 
 
 class WebhookChannel(_Spec):
