@@ -15,38 +15,35 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from devtools.processes import free_port
 from devtools.smtp_sink import serving
 from shared.catalog import CatalogStores
 from shared.domain.email_retries import EMAIL_MAX_ATTEMPTS
 from shared.events import RunFailed
 from tests.admin_app import in_process_api
-from tests.integration.test_notifier_refusals_shown import definition, notifier_on, refused_recipients, run_detail
+from tests.integration.test_notifier_refusals_shown import (
+    Picky,
+    definition,
+    notifier_on,
+    refused_recipients,
+    run_detail,
+)
 
 pytestmark = pytest.mark.integration
 
 
-class Greylisting:
-    """aiosmtpd handler: ``later@…`` refused for now (451) its first ``refusals`` times, ``tpyo@…`` for good (550),
-    the others taken; keeps each message's envelope recipients and counts each address's RCPT."""
+class Greylisting(Picky):
+    """As :class:`Picky` (``tpyo@…`` refused for good, 550), and ``later@…`` refused for now (451) its first
+    ``refusals`` times; counts each address's RCPT."""
 
     def __init__(self, refusals: int) -> None:
-        self.port, self.refusals = free_port(), refusals
-        self.received = list[list[str]]()
-        self.asked: dict[str, int] = {}
+        super().__init__()
+        self.refusals, self.asked = refusals, dict[str, int]()
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         self.asked[address] = self.asked.get(address, 0) + 1
-        if address.startswith("tpyo@"):
-            return "550 5.1.1 no such user"
         if address.startswith("later@") and self.asked[address] <= self.refusals:
             return "451 4.7.1 greylisted, try again later"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.received.append(list(envelope.rcpt_tos))
-        return "250 taken"
+        return await super().handle_RCPT(server, session, envelope, address, options)
 
 
 @pytest.fixture
