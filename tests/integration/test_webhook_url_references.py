@@ -43,9 +43,7 @@ def saved(api: InProcessApi, url: str) -> Any:
         return client.put(f"{DEFINITIONS}/nightly/notifications", json={"webhooks": {"ops": {"url": url}}})
 
 
-def test_a_url_reference_is_saved_and_shown_as_given_never_resolved(
-    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
-):
+def test_a_url_reference_is_saved_and_shown_as_given_never_resolved(api: InProcessApi, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv(VARIABLE, f"https://hooks.slack.com/services/{TOKEN}")
 
     answer = saved(api, f"env:{VARIABLE}")  # before: 422, not an http(s) URL
