@@ -189,9 +189,9 @@ class RequestWorkers:
         try:
             result = await awaitable
         except BaseException:
-            self._turnless.add(task)  # type: ignore[arg-type]  # one of the workers: a task
+            self._turnless.add(task)
             raise
-        await self._turn(task)  # type: ignore[arg-type]
+        await self._turn(task)
         return result
 
     async def _turn(self, task: asyncio.Task[None]) -> None:

@@ -127,9 +127,8 @@ def test_at_most_concurrency_handled_at_once_waits_aside_not_counted_and_every_r
         return g, i
 
     async def main() -> list[list[tuple[int, int]]]:
-        return await asyncio.gather(
-            *(workers.gather(*(request(g, i, *steps) for i, steps in enumerate(group))) for g, group in enumerate(groups))
-        )
+        rounds = [[request(g, i, *steps) for i, steps in enumerate(group)] for g, group in enumerate(groups)]
+        return await asyncio.gather(*(workers.gather(*requests) for requests in rounds))
 
     results = asyncio.run(main())
     assert results == [[(g, i) for i in range(len(group))] for g, group in enumerate(groups)]
@@ -139,7 +138,7 @@ def test_at_most_concurrency_handled_at_once_waits_aside_not_counted_and_every_r
     assert workers.queued == 0
 
 
-# --- the dispatcher: a slow or limited profile and a fast one in one round ---------------------------------------------
+# --- the dispatcher: a slow or limited profile and a fast one in one round --------------------------------------------
 
 
 class Partners:
@@ -211,7 +210,11 @@ def batch(template: str, index: int, members: int = 1) -> MemberBatch:
 @pytest.mark.parametrize("wait", ["max_in_flight slot", "rate token", "retry backoff"])
 def test_a_profiles_waits_do_not_hold_back_another_profiles_requests_in_the_same_round(wait: str):
     partners = Partners(failing=wait == "retry backoff")
-    limit = {"max_in_flight slot": {"max_in_flight": 1}, "rate token": {"requests_per_second": 0.001}}.get(wait)
+    limits: dict[str, dict[str, Any]] = {
+        "max_in_flight slot": {"max_in_flight": 1},
+        "rate token": {"requests_per_second": 0.001},
+    }
+    limit = limits.get(wait)
     catalog = Catalog(limit)
 
     async def held_until_released(seconds: float) -> None:  # the rate's wait and the retries' backoff
