@@ -108,6 +108,8 @@ def warn_of_slow_batch_decoding() -> list[str]:
 
 #: The ``profile`` label of a batch whose template or profile could not be read (missing, or invalid now).
 UNKNOWN_PROFILE = "(unknown)"
+#: The outcome of a batch of no members: no request, no attempt (its outcome says 0 delivered, 0 failed).
+NOTHING_SENT = DeliveryResult(success=True, status=None, attempts=0, error=None)
 #: How long a round goes on beginning batches (seconds): those not begun by then go to the next round.
 DEFAULT_ROUND_SECONDS = 10.0
 #: Extra requests a batch may spend isolating refused members (about 2 log2(batch size) per member).
@@ -485,6 +487,8 @@ class Dispatcher:
         if self.objects.cancelled(batch.run_id):
             BATCHES_OF_CANCELLED_RUNS.inc()
             return []
+        if not batch.members:  # nothing to send (no request of an empty list): its outcome alone, 0 delivered
+            return self._outcome(batch, IsolationResult(0, [], 0, NOTHING_SENT), None)
         try:
             template = self.objects.get(HttpTemplate, batch.template)
             profile = self.objects.get(ConnectionProfile, template.profile)
@@ -708,7 +712,10 @@ class Dispatcher:
             in_flight.count -= 1
             self.breakers.cancel(profile, ticket[0])  # admitted, never judged (cancelled): a probe slot back
 
-    def _outcome(self, batch: MemberBatch, result: IsolationResult[DeliveryResult], profile: str) -> list[Outgoing]:
+    def _outcome(
+        self, batch: MemberBatch, result: IsolationResult[DeliveryResult], profile: str | None
+    ) -> list[Outgoing]:
+        """The batch's outcome (and dead letters), its members counted under ``profile`` (None: none to count)."""
         count = len(batch.members)
         run_key = str(batch.run_id)
         failed = sum(refused.slice.size for refused in result.refused)
@@ -731,7 +738,8 @@ class Dispatcher:
             change=batch.change,
             retry=batch.retry,
         )
-        MEMBERS_DELIVERED.labels(batch.definition, profile).inc(result.delivered)
+        if profile is not None:
+            MEMBERS_DELIVERED.labels(batch.definition, profile).inc(result.delivered)
         outgoing = [Outgoing(self.topics.run_events, run_key, outcome.to_bytes())]
         if not result.refused:
             return outgoing
