@@ -2,7 +2,6 @@
 second, behind a ``max_in_flight: 1`` profile, and a fast one, in one round of the dispatcher."""
 
 import time
-import uuid
 from collections.abc import Callable
 
 import pytest
@@ -13,9 +12,10 @@ from services.dispatcher.dispatching import CatalogCache, Dispatcher
 from services.dispatcher.partner_auth import OAuthTokenCache
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
-from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, MemberBatch
+from shared.events import RUN_EVENT_ADAPTER, BatchOutcome
 from shared.topics import Topics
 from tests.dispatcher_helpers import dispatch_catalog, http_on_loop
+from tests.unit.test_profile_fairness import batch
 
 pytestmark = pytest.mark.integration
 
@@ -23,16 +23,6 @@ SLOW_SECONDS = 1.0  # the slow partner's answer
 CONCURRENCY = 4
 SLOW_BATCHES = 2 * CONCURRENCY  # more than the workers: each waits for the profile's one slot
 FAST_MEMBERS = 5  # one member a request
-
-
-def batch(template: str, index: int, members: int) -> MemberBatch:
-    return MemberBatch(
-        run_id=uuid.uuid4(),
-        definition="d",
-        template=template,
-        batch_index=index,
-        members=[{"id": k} for k in range(members)],
-    )
 
 
 def test_a_max_in_flight_1_profiles_slow_partner_does_not_hold_back_a_fast_profiles_requests(
