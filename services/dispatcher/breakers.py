@@ -15,7 +15,7 @@ Each transition is counted (``member_export_circuit_transitions_total``), shown
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -114,10 +114,13 @@ class ProfileBreakers:
         if state is BreakerState.OPEN:
             raise held(profile.name, entry.breaker.open_until)
 
-    async def admit(self, profile: ConnectionProfile) -> Admission | None:
+    async def admit(
+        self, profile: ConnectionProfile, aside: Callable[[Awaitable[None]], Awaitable[None]] | None = None
+    ) -> Admission | None:
         """An admission for one attempt (None for a profile without a breaker); waits while the probes are out,
         ``max_wait_seconds`` at most (then the batch is held back); raises the batch's hold while the breaker is
-        open. The breaker is looked up again after each wait: its settings may have been edited or removed."""
+        open. The breaker is looked up again after each wait: its settings may have been edited or removed.
+        ``aside`` awaits each wait (the dispatcher's: the request holds no worker while it waits)."""
         deadline = self.clock() + self.max_wait_seconds
         entry = self._entry(profile)
         while True:
@@ -132,7 +135,9 @@ class ProfileBreakers:
                 raise held(profile.name, answer)
             if now >= deadline:  # the probes do not come back: the batch waits its turn in the consumer loop
                 raise held(profile.name, now + PROBE_WAIT_SECONDS)
-            await entry.changed.wait(PROBE_WAIT_SECONDS)  # half-open, every probe out: wait for one to come back
+            # Half-open, every probe out: wait for one to come back.
+            changed = entry.changed.wait(PROBE_WAIT_SECONDS)
+            await (changed if aside is None else aside(changed))
             # The profile's breaker now (by name: this batch's profile may be older than the one that rebuilt it).
             entry = self._entries.get(profile.name)
 

@@ -201,6 +201,7 @@ class Deliverer:
         before_attempt: Callable[[], Awaitable[None]] | None = None,
         secrets_of: ConnectionProfile | None = None,
         tally: RequestTally | None = None,
+        aside: Callable[[Awaitable[None]], Awaitable[None]] | None = None,
     ) -> DeliveryResult:
         """Deliver with retries. ``make_request`` is called per attempt so headers (tokens) stay fresh;
         ``on_attempt`` hears each attempt's result (the rate limiter adapts to it); ``labels`` are the
@@ -208,11 +209,14 @@ class Deliverer:
         ``inspect`` hears each attempt that sent a request, with its number (the attempt inspector);
         ``before_attempt`` is awaited before each attempt (the circuit breaker's admission): what it, or
         ``on_attempt``, raises ends the delivery (no retry); ``secrets_of``: the profile whose secrets are masked
-        in a failure's reason (:meth:`attempt`); ``tally``: where the attempts are counted (:meth:`attempt`).
+        in a failure's reason (:meth:`attempt`); ``tally``: where the attempts are counted (:meth:`attempt`);
+        ``aside`` awaits each backoff (the dispatcher's: the request holds no worker while it waits).
 
         The retry budget (``max_seconds``) is counted from the first attempt (once ``before_attempt`` admitted it),
         and no wait (backoff, a Retry-After) goes past its end: the last attempt begins within the budget, so a
-        delivery takes at most the budget and one attempt (the profile's timeout) after its first admission."""
+        delivery takes at most the budget and one attempt (the profile's timeout) after its first admission. A retry
+        whose backoff ended within the budget and whose ``aside`` gave it back only past the budget's end is not
+        made (the last answer stands)."""
 
         attempts = 0
         first_sent: list[float] = []  # when the first attempt was admitted: the budget's clock starts there
@@ -245,9 +249,17 @@ class Deliverer:
                 return _delivered_at_once(first.status)
             return DeliveryResult(success=first.success, status=first.status, attempts=1, error=first.error)
         handed_over = [first]
+        last = [first]
+        #: When the last backoff ended (before ``aside`` gave the request back).
+        slept = [0.0]
 
         async def first_then_again() -> AttemptResult:
-            return handed_over.pop() if handed_over else await once()
+            if handed_over:
+                return handed_over.pop()
+            if aside is not None and slept[0] <= first_sent[0] + self.policy.max_seconds < self.clock():
+                return last[0]  # given back past the budget's end: no attempt (tenacity stops on the budget)
+            last[0] = await once()
+            return last[0]
 
         def before_sleep(state: RetryCallState) -> None:
             RETRIES.labels(*labels).inc()
@@ -261,11 +273,19 @@ class Deliverer:
         def wait(state: RetryCallState) -> float:  # never past the budget's end (a Retry-After of an hour neither)
             return max(0.0, min(self.policy.wait(state), budget_left()))
 
+        async def backoff(seconds: float) -> None:
+            await self.sleep(seconds)
+            slept[0] = self.clock()
+
+        def sleep_aside(seconds: float) -> Awaitable[None]:
+            assert aside is not None
+            return aside(backoff(seconds))
+
         retrying = AsyncRetrying(
             retry=retry_if_result(lambda result: result.retryable),
             stop=stop,
             wait=wait,
-            sleep=self.sleep,
+            sleep=self.sleep if aside is None else sleep_aside,
             before_sleep=before_sleep,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )

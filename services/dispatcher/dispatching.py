@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind
 
 from services.dispatcher.breakers import Admission, ProfileBreakers
 from services.dispatcher.delivery import AttemptResult, AttemptWitness, Deliverer, DeliveryResult
-from services.dispatcher.fleet_limits import FleetLimits, ProfileLimits
+from services.dispatcher.fleet_limits import FleetLimits, ProfileLimits, Slots
 from services.dispatcher.inspector import AttemptInspector
 from services.dispatcher.member_outcomes import member_keys, refused_members
 from services.dispatcher.metrics import (
@@ -108,6 +108,8 @@ def warn_of_slow_batch_decoding() -> list[str]:
 
 #: The ``profile`` label of a batch whose template or profile could not be read (missing, or invalid now).
 UNKNOWN_PROFILE = "(unknown)"
+#: The outcome of a batch of no members: no request, no attempt (its outcome says 0 delivered, 0 failed).
+NOTHING_SENT = DeliveryResult(success=True, status=None, attempts=0, error=None)
 #: How long a round goes on beginning batches (seconds): those not begun by then go to the next round.
 DEFAULT_ROUND_SECONDS = 10.0
 #: Extra requests a batch may spend isolating refused members (about 2 log2(batch size) per member).
@@ -485,6 +487,8 @@ class Dispatcher:
         if self.objects.cancelled(batch.run_id):
             BATCHES_OF_CANCELLED_RUNS.inc()
             return []
+        if not batch.members:  # nothing to send (no request of an empty list): its outcome alone, 0 delivered
+            return self._outcome(batch, IsolationResult(0, [], 0, NOTHING_SENT), None)
         try:
             template = self.objects.get(HttpTemplate, batch.template)
             profile = self.objects.get(ConnectionProfile, template.profile)
@@ -519,7 +523,10 @@ class Dispatcher:
         async def send(part: Slice) -> DeliveryResult:
             try:  # on one of the workers, which bound the requests handled at once (see __init__)
                 self._before_round_end(shared)  # waited for a worker until the round's end: not sent
-                return await self._deliver(shared, part)
+                limits = self._limits_of(shared.profile)
+                if limits.slots is None:  # no max_in_flight: no slot to take (and no coroutine to pay for)
+                    return await self._deliver(shared, part, limits)
+                return await self._deliver_in_slot(shared, part, limits.slots)
             except HoldRecord:
                 raise
             except ExportError as exc:  # e.g. a template that does not render: its reason may quote a secret
@@ -554,9 +561,22 @@ class Dispatcher:
             shared.tally.flush()
         return self._outcome(batch, isolated, profile.name)
 
-    async def _deliver(self, shared: _BatchRequests, part: Slice) -> DeliveryResult:
+    async def _deliver_in_slot(self, shared: _BatchRequests, part: Slice, slots: Slots) -> DeliveryResult:
+        """:meth:`_deliver` holding one of the profile's ``max_in_flight`` ``slots``, waited for aside (the request
+        holds no worker meanwhile: :meth:`.RequestWorkers.aside`), before its body is rendered (a request waiting
+        for its slot holds no body), until the round's end at most."""
+        name = shared.profile.name
+        left = None if shared.ends is None else functools.partial(self._round_left, shared.ends)
+        await slots.take(lambda: self.fleet.held(name), left, self.workers.aside)
+        try:
+            return await self._deliver(shared, part, self._limits_of(shared.profile))
+        finally:
+            slots.give()
+
+    async def _deliver(self, shared: _BatchRequests, part: Slice, limits: ProfileLimits) -> DeliveryResult:
         """Deliver ``part`` of the batch whose requests share ``shared`` (made once a batch: its identity, prepared
-        renderer, metric labels, network settings, credentials when they are static)."""
+        renderer, metric labels, network settings, credentials when they are static), within the profile's
+        ``limits`` (its slot taken already, when it has ``max_in_flight``)."""
         batch, template, profile = shared.batch, shared.template, shared.profile
         whole = part.size == len(batch.members)
         members = batch.members if whole else batch.members[part.start : part.stop]
@@ -566,7 +586,6 @@ class Dispatcher:
         # Stable across redeliveries: the split of a batch is the same every time, so is each key.
         key = shared.identity if whole else f"{shared.identity}:{part.start}-{part.stop}"
 
-        limits = self._limits_of(profile)
         limiter = limits.rate
 
         async def make_request() -> RenderedRequest:  # per attempt: a token, a signature, a traceparent
@@ -591,7 +610,7 @@ class Dispatcher:
             self.fleet.before_attempt(profile.name)  # counted out meanwhile, or its share shrunk: the batch waits
             # A profile without a breaker, and none known by its name, is admitted as is (no coroutine to pay for).
             if profile.circuit_breaker is not None or self.breakers.knows(profile.name):
-                ticket[0] = await self.breakers.admit(profile)
+                ticket[0] = await self.breakers.admit(profile, self.workers.aside)
             now = self.clock()
             wait = limiter.reserve(now)
             if wait > 0:
@@ -600,7 +619,10 @@ class Dispatcher:
                     raise RoundOver(time.monotonic())
                 RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
                 RATE_LIMIT_WAIT_SECONDS.labels(profile=profile.name).inc(wait)
-                await self.sleep(wait)
+                await self.workers.aside(self.sleep(wait))  # holding no worker: the other profiles' requests go on
+                if shared.ends is not None and self.clock() >= shared.ends:  # a worker came back past the round's end
+                    limiter.give_back()
+                    raise RoundOver(time.monotonic())
 
         def adapt(attempt: AttemptResult) -> None:
             admitted, ticket[0] = ticket[0], None
@@ -628,6 +650,7 @@ class Dispatcher:
             before_attempt=admit,
             secrets_of=profile,  # its secrets are masked in a failure's reason
             tally=shared.tally,
+            aside=self.workers.aside,  # a retry's backoff holds no worker
         )
 
         async def delivered() -> DeliveryResult:
@@ -640,11 +663,7 @@ class Dispatcher:
 
         # Only an OAuth profile tries again after a 401 (no extra coroutine for the others).
         delivery = delivered if shared.oauth else deliver
-        if limits.slots is None:  # no max_in_flight: no slot to take (and no context manager to pay for)
-            return await self._in_flight(shared, rendered.method, delivery, ticket)
-        left = None if shared.ends is None else functools.partial(self._round_left, shared.ends)
-        async with limits.in_flight(lambda: self.fleet.held(profile.name), left):  # no slot past the round's end
-            return await self._in_flight(shared, rendered.method, delivery, ticket)
+        return await self._in_flight(shared, rendered.method, delivery, ticket)
 
     def _round_left(self, ends: float) -> float:
         """Seconds left until a round's end ``ends``."""
@@ -693,7 +712,10 @@ class Dispatcher:
             in_flight.count -= 1
             self.breakers.cancel(profile, ticket[0])  # admitted, never judged (cancelled): a probe slot back
 
-    def _outcome(self, batch: MemberBatch, result: IsolationResult[DeliveryResult], profile: str) -> list[Outgoing]:
+    def _outcome(
+        self, batch: MemberBatch, result: IsolationResult[DeliveryResult], profile: str | None
+    ) -> list[Outgoing]:
+        """The batch's outcome (and dead letters), its members counted under ``profile`` (None: none to count)."""
         count = len(batch.members)
         run_key = str(batch.run_id)
         failed = sum(refused.slice.size for refused in result.refused)
@@ -716,7 +738,8 @@ class Dispatcher:
             change=batch.change,
             retry=batch.retry,
         )
-        MEMBERS_DELIVERED.labels(batch.definition, profile).inc(result.delivered)
+        if profile is not None:
+            MEMBERS_DELIVERED.labels(batch.definition, profile).inc(result.delivered)
         outgoing = [Outgoing(self.topics.run_events, run_key, outcome.to_bytes())]
         if not result.refused:
             return outgoing

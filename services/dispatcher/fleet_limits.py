@@ -21,7 +21,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -60,8 +60,37 @@ class Slots:
     async def taken(
         self, held: Callable[[], HoldRecord], left: Callable[[], float] | None = None
     ) -> AsyncIterator[None]:
-        """Hold a slot for the block; raise ``held()`` when the capacity drops to 0 while waiting, and ``RoundOver``
-        once ``left()`` (the seconds left to the request's round) is 0 while waiting."""
+        """Hold a slot for the block (:meth:`take`, then :meth:`give`)."""
+        await self.take(held, left)
+        try:
+            yield
+        finally:
+            self.give()
+
+    async def take(
+        self,
+        held: Callable[[], HoldRecord],
+        left: Callable[[], float] | None = None,
+        aside: Callable[[Awaitable[None]], Awaitable[None]] | None = None,
+    ) -> None:
+        """Take a slot (:meth:`give` it back); raise ``held()`` when the capacity drops to 0 while waiting, and
+        ``RoundOver`` once ``left()`` (the seconds left to the request's round) is 0 while waiting. ``aside`` awaits
+        the wait, when there is one (the dispatcher's: the request holds no worker while it waits)."""
+        if self.in_use < self.capacity:  # a free slot: no wait, no coroutine
+            self.in_use += 1
+            return
+        taken = [False]
+        try:
+            if aside is None:
+                await self._wait(held, left, taken)
+            else:
+                await aside(self._wait(held, left, taken))
+        except BaseException:
+            if taken[0]:  # taken, then cancelled while waiting for a worker again: the slot is free again
+                self.give()
+            raise
+
+    async def _wait(self, held: Callable[[], HoldRecord], left: Callable[[], float] | None, taken: list[bool]) -> None:
         while self.in_use >= self.capacity:
             if self.capacity <= 0:
                 raise held()
@@ -73,11 +102,12 @@ class Slots:
                 wait = min(wait, seconds)
             await self._freed.wait(wait)
         self.in_use += 1
-        try:
-            yield
-        finally:
-            self.in_use -= 1
-            self._wake()
+        taken[0] = True
+
+    def give(self) -> None:
+        """Give a slot :meth:`take` took back."""
+        self.in_use -= 1
+        self._wake()
 
     def resize(self, capacity: int) -> None:
         self.capacity = capacity

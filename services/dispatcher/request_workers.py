@@ -18,6 +18,14 @@ between rounds, nor after its event loop. A request's own CancelledError (a futu
 worker) is its failure, raised by :meth:`RequestWorkers.gather` as a TaskGroup's caller met it, and the worker goes
 on; a worker cancelled itself (its event loop ends) ends, even when its group cancelled its request at once.
 A request must not itself wait on :meth:`RequestWorkers.gather` (it would wait for a worker while holding one).
+
+A request that must wait for its profile (a ``max_in_flight`` slot, a rate token, a breaker's probe, a retry's backoff)
+waits aside (:meth:`RequestWorkers.aside`): it gives its turn up while it waits, so the next request queued (another
+profile's) is taken at once, and a slow or limited profile holds none of the ``concurrency`` turns that the others'
+requests need. The fairness rule: a request back from its wait takes the next turn that frees, before any request
+not begun (those back first go first); a turn is free when fewer than ``concurrency`` requests are being handled
+(not waiting aside). So at most ``concurrency`` requests are ever handled at once, waits aside not counted, and no
+request waits behind another profile's wait.
 """
 
 from __future__ import annotations
@@ -68,6 +76,12 @@ class RequestWorkers:
         self._workers: set[asyncio.Task[None]] = set()
         #: Workers whose current awaitable its group cancelled (the worker goes on with the next one).
         self._cancelling: set[asyncio.Task[None]] = set()
+        #: Turns held: requests being handled (not waiting aside), and workers about to take one (<= concurrency).
+        self._turns = 0
+        #: The requests back from a wait aside, waiting for a turn, in the order they came back.
+        self._resuming: deque[asyncio.Future[None]] = deque()
+        #: Workers holding no turn (their request's wait aside raised): they end with that request.
+        self._turnless: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -80,20 +94,24 @@ class RequestWorkers:
         """Awaitables waiting for a worker."""
         return len(self._queue)
 
+    @property
+    def handled(self) -> int:
+        """Turns held: awaitables being handled now, those waiting aside not counted (at most ``concurrency``)."""
+        return self._turns
+
     async def gather(self, *awaitables: Awaitable[T]) -> list[T]:
         """The results of ``awaitables`` (coroutines), in their order, each handled by a worker in its turn (see
         the module for failures and cancellation)."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new event loop (tests run one per case): nothing of the last one is left
             self._loop, self._workers, self._cancelling = loop, set(), set()
+            self._turns, self._resuming, self._turnless = 0, deque(), set()
             self._drop(lambda _: True)
         if not awaitables:
             return []
         group: _Group[T] = _Group(len(awaitables), loop.create_future(), current_context())
         self._queue.extend((group, index, awaitable) for index, awaitable in enumerate(awaitables))
-        for _ in range(min(self.concurrency - len(self._workers), len(awaitables))):
-            worker = loop.create_task(self._work())
-            self._workers.add(worker)
+        self._spawn(loop)
         try:
             await group.done
         except asyncio.CancelledError:
@@ -109,7 +127,8 @@ class RequestWorkers:
         assert task is not None
         queue = self._queue
         try:
-            while queue:
+            # It holds a turn: it takes the next request unless one back from a wait aside is due the turn first.
+            while queue and not self._resuming and task not in self._turnless:
                 group, index, awaitable = queue.popleft()
                 if group.closed:  # failed meanwhile: what it had not begun is dropped
                     if isinstance(awaitable, Coroutine):
@@ -134,6 +153,65 @@ class RequestWorkers:
                 self._ended(task, group)
         finally:
             self._workers.discard(task)
+            if task in self._turnless:
+                self._turnless.discard(task)
+            else:  # its turn to the first request back from a wait, or to a new worker (none as its loop ends)
+                self._release(spawn=task.cancelling() == 0)
+
+    def _spawn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A worker for each free turn that a queued awaitable may take."""
+        for _ in range(min(self.concurrency - self._turns, len(self._queue))):
+            self._turns += 1
+            self._workers.add(loop.create_task(self._work()))
+
+    def _release(self, spawn: bool = True) -> None:
+        """A turn given up: to the first request back from a wait aside, else to a new worker for the queue."""
+        resuming = self._resuming
+        while resuming:
+            waiter = resuming.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the turn is the waiter's now: the count is unchanged
+                return
+        self._turns -= 1
+        if spawn and self._queue and self._loop is not None:
+            self._spawn(self._loop)
+
+    async def aside(self, awaitable: Awaitable[T]) -> T:
+        """``awaitable`` (a wait: a profile's slot, a rate token, a retry's backoff), awaited without holding a turn:
+        the worker's turn goes to the next request meanwhile; the request goes on once a turn is free again, before
+        any request not begun (the module's fairness rule). Awaited as is off a worker (nothing to give up). A wait
+        that raises ends the request's turn: its request ends with the error (a hold, a round's end, a
+        cancellation), and so does its worker, holding no turn."""
+        task = asyncio.current_task()
+        if task not in self._workers or task in self._turnless:
+            return await awaitable
+        self._release()
+        try:
+            result = await awaitable
+        except BaseException:
+            self._turnless.add(task)
+            raise
+        await self._turn(task)
+        return result
+
+    async def _turn(self, task: asyncio.Task[None]) -> None:
+        """Take a turn for ``task``'s request back from a wait: at once when one is free and no other request back
+        before it waits for one, else the next one that frees."""
+        if self._turns < self.concurrency and not self._resuming:
+            self._turns += 1
+            return
+        assert self._loop is not None
+        waiter = self._loop.create_future()
+        self._resuming.append(waiter)
+        try:
+            await waiter
+        except BaseException:  # cancelled waiting (its batch failed, the service stops): it holds no turn
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # the turn came as it was cancelled: it goes to the next one
+            elif waiter in self._resuming:
+                self._resuming.remove(waiter)
+            self._turnless.add(task)
+            raise
 
     @staticmethod
     def _failed(group: _Group[Any], exc: BaseException) -> None:
