@@ -27,16 +27,15 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from services.scheduler.clock import ManualClock
-from services.scheduler.scheduling import Scheduler
 from shared.application.masked_secrets import MASK, UNKEPT_MASK
 from shared.catalog import CatalogStores, make_engine
 from shared.cli.__main__ import main as exportctl
 from shared.domain.catalog_objects import KINDS, stored_form
-from shared.domain.schedule import fire_times
 from shared.events import RunRequested
 from shared.querystore.demo_data import COLUMNS, create_demo_members
 from shared.topics import Topics
 from tests.admin_server import AdminServer, admin_server
+from tests.integration.test_scheduler import failing_maths_for, scheduler_on
 
 pytestmark = pytest.mark.integration
 
@@ -602,25 +601,10 @@ def test_a_schedule_the_scheduler_could_not_compute_is_named_by_next_runs_and_de
     )
     assert applied.code == 0, applied
     stores = CatalogStores.from_url(parity.server.catalog_url)
-    real_fire_times = fire_times
-
-    def failing_for_this_one(schedule, *args, **kwargs):  # the scheduler's maths only: exportctl's still works
-        if schedule.cron == "0 3 * * *":
-            raise OverflowError("date value out of range")
-        return real_fire_times(schedule, *args, **kwargs)
-
     with monkeypatch.context() as patched:
-        patched.setattr("services.scheduler.planning.fire_times", failing_for_this_one)
-        Scheduler(
-            scheduling=stores.scheduling,
-            definitions=stores.definitions,
-            runs=stores.runs,
-            clock=ManualClock(datetime.now(UTC)),
-            topics=Topics("x."),
-            publish=lambda outgoing: None,
-            replica_id=f"scheduler-{parity.tag}",
-            lease_seconds=0.001,  # the next test's scheduler leads at once
-        ).tick()
+        patched.setattr("services.scheduler.planning.fire_times", failing_maths_for("0 3 * * *"))
+        # Its lease for a millisecond: another test's scheduler leads at once.
+        scheduler_on(stores, ManualClock(datetime.now(UTC)), replica_id=f"s-{parity.tag}", lease_seconds=0.001).tick()
     stores.close()
     said = "schedule not computable (OverflowError): not fired until edited"
     for run in (parity.direct, parity.via_api):

@@ -7,6 +7,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -103,6 +104,32 @@ def run_for(scheduler: Scheduler, duration: dt.timedelta, step: dt.timedelta = M
     while clock.now() < end:
         clock.advance(step)
         scheduler.tick()
+
+
+def scheduler_on(stores: CatalogStores, clock: ManualClock | None = None, **options: Any) -> Scheduler:
+    """A scheduler process on ``stores`` (its clock at T0 unless told), keeping what it publishes to itself."""
+    return Scheduler(
+        scheduling=stores.scheduling,
+        definitions=stores.definitions,
+        runs=stores.runs,
+        clock=clock or ManualClock(T0),
+        topics=Topics("x."),
+        publish=Recorder(),
+        **options,
+    )
+
+
+def failing_maths_for(cron: str) -> Callable[..., list[dt.datetime]]:
+    """The scheduler's ``fire_times``, raising for the schedules of ``cron`` what a schedule's maths raised
+    (OverflowError, issue s48): patched into services.scheduler.planning, the admin API's and exportctl's still work."""
+    real_fire_times = fire_times
+
+    def failing(schedule, *args, **kwargs):
+        if schedule.cron == cron:
+            raise OverflowError("date value out of range")
+        return real_fire_times(schedule, *args, **kwargs)
+
+    return failing
 
 
 def test_a_daily_schedule_fires_at_local_time_with_deterministic_ids(
@@ -213,14 +240,7 @@ def test_a_schedule_whose_maths_fails_is_logged_and_counted_and_the_others_still
 ):
     catalog.definitions.apply(definition("healthy", cron="0 2 * * *"))
     catalog.definitions.apply(definition("broken", cron="0 3 * * *"))
-    real_fire_times = fire_times
-
-    def failing_for_broken(schedule, *args, **kwargs):  # what a schedule's maths raised (OverflowError, issue s48)
-        if schedule.cron == "0 3 * * *":
-            raise OverflowError("date value out of range")
-        return real_fire_times(schedule, *args, **kwargs)
-
-    monkeypatch.setattr("services.scheduler.planning.fire_times", failing_for_broken)
+    monkeypatch.setattr("services.scheduler.planning.fire_times", failing_maths_for("0 3 * * *"))
     errors_before = _errors_counted()
     with capture_logs() as logs:
         scheduler.tick()
@@ -230,7 +250,7 @@ def test_a_schedule_whose_maths_fails_is_logged_and_counted_and_the_others_still
     assert {(e["definition"], e["error"]) for e in failed} == {("broken", "OverflowError")}
     assert _errors_counted() - errors_before == len(failed) >= 1
     # Left with no next instant (not retried every tick); an edit computes it again.
-    monkeypatch.setattr("services.scheduler.planning.fire_times", real_fire_times)
+    monkeypatch.setattr("services.scheduler.planning.fire_times", fire_times)
     catalog.definitions.apply(definition("broken", cron="0 4 * * *"))
     run_for(scheduler, dt.timedelta(days=1), step=dt.timedelta(minutes=30))
     assert ("broken", T0 + dt.timedelta(days=2, hours=16)) in _fired(recorder)
@@ -454,23 +474,9 @@ def test_a_schedule_not_computable_is_counted_while_it_is_and_the_admin_api_name
         path = "/api/v1/export-definitions/nightly/schedule"
         assert admin.put(path, json={"enabled": True, "timezone": "UTC", "cron": "0 3 * * *"}).status_code == 200
         stores = CatalogStores.from_url(url)
-        scheduler = Scheduler(
-            scheduling=stores.scheduling,
-            definitions=stores.definitions,
-            runs=stores.runs,
-            clock=ManualClock(T0),
-            topics=Topics("x."),
-            publish=Recorder(),
-        )
-        real_fire_times = fire_times
-
-        def failing_for_nightly(schedule, *args, **kwargs):  # the scheduler's maths only: the admin's still works
-            if schedule.cron == "0 3 * * *":
-                raise OverflowError("date value out of range")
-            return real_fire_times(schedule, *args, **kwargs)
-
+        scheduler = scheduler_on(stores)
         with monkeypatch.context() as patched:
-            patched.setattr("services.scheduler.planning.fire_times", failing_for_nightly)
+            patched.setattr("services.scheduler.planning.fire_times", failing_maths_for("0 3 * * *"))
             scheduler.tick()
         assert REGISTRY.get_sample_value("member_export_scheduler_definitions_not_computable") == 1
         preview = admin.get(f"{path}/preview").json()
@@ -491,6 +497,19 @@ def test_a_schedule_not_computable_is_counted_while_it_is_and_the_admin_api_name
         stores.close()
 
 
+def _crashed_while_firing(scheduler: Scheduler, catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler publishes ``hourly``'s run due at T0 + 1 h and dies before moving its schedule on."""
+    scheduler.tick()
+    clock = scheduler.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(dt.timedelta(hours=1, seconds=1))
+    with monkeypatch.context() as patched:
+        _crashing_between_publish_and_advance(catalog, patched)
+        with pytest.raises(_Crash):
+            scheduler.tick()
+    clock.advance(dt.timedelta(minutes=5))
+
+
 def test_a_run_published_before_a_crash_and_running_is_not_skipped_for_itself(
     scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ):
@@ -501,16 +520,8 @@ def test_a_run_published_before_a_crash_and_running_is_not_skipped_for_itself(
     definition_id, _ = catalog.definitions.get_with_id(ExportDefinition, "hourly")
     due = T0 + dt.timedelta(hours=1)
     run_id = scheduled_run_id(definition_id, due)
-    scheduler.tick()
-    clock = scheduler.clock
-    assert isinstance(clock, ManualClock)
-    clock.advance(dt.timedelta(hours=1, seconds=1))
-    with monkeypatch.context() as patched:
-        _crashing_between_publish_and_advance(catalog, patched)
-        with pytest.raises(_Crash):
-            scheduler.tick()
+    _crashed_while_firing(scheduler, catalog, monkeypatch)
     catalog.runs.fold_run_event(RunStarted(run_id=run_id, definition="hourly", trigger=Trigger.SCHEDULE))
-    clock.advance(dt.timedelta(minutes=5))
     recorder.records.clear()
     scheduler.tick()  # the replacement process
     events = recorder.events()
@@ -554,22 +565,8 @@ def test_a_schedule_not_computable_before_migration_0021_is_counted_and_named_af
     engine.dispose()
 
     stores = CatalogStores.from_url(database_url)
-    scheduler = Scheduler(
-        scheduling=stores.scheduling,
-        definitions=stores.definitions,
-        runs=stores.runs,
-        clock=ManualClock(T0),
-        topics=Topics("x."),
-        publish=Recorder(),
-    )
-    real_fire_times = fire_times
-
-    def failing_for_broken(schedule, *args, **kwargs):  # what its maths raised (OverflowError, issue s48)
-        if schedule.cron == "0 3 * * *":
-            raise OverflowError("date value out of range")
-        return real_fire_times(schedule, *args, **kwargs)
-
-    monkeypatch.setattr("services.scheduler.planning.fire_times", failing_for_broken)
+    scheduler = scheduler_on(stores)
+    monkeypatch.setattr("services.scheduler.planning.fire_times", failing_maths_for("0 3 * * *"))
     with capture_logs() as logs:
         scheduler.tick()
         scheduler.tick()
@@ -579,19 +576,6 @@ def test_a_schedule_not_computable_before_migration_0021_is_counted_and_named_af
         ("broken", "OverflowError")
     ]
     stores.close()
-
-
-def _crashed_while_firing(scheduler: Scheduler, catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The scheduler publishes ``hourly``'s run due at T0 + 1 h and dies before moving its schedule on."""
-    scheduler.tick()
-    clock = scheduler.clock
-    assert isinstance(clock, ManualClock)
-    clock.advance(dt.timedelta(hours=1, seconds=1))
-    with monkeypatch.context() as patched:
-        _crashing_between_publish_and_advance(catalog, patched)
-        with pytest.raises(_Crash):
-            scheduler.tick()
-    clock.advance(dt.timedelta(minutes=5))
 
 
 @pytest.mark.parametrize("overlap", ["skip", "allow"])
