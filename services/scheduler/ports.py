@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Protocol
 
 from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.runs import RunRecord
 from shared.domain.schedule_state import DueSchedule, FiringMark, ScheduleAdvance, ScheduleState, ScheduleSync
 
 
@@ -14,6 +15,7 @@ class SchedulingStore(Protocol):
     """The scheduler's state of each definition, and the leadership lease."""
 
     def schedules_to_sync(self) -> list[ScheduleSync]: ...
+    def schedules_without_next(self) -> list[ScheduleSync]: ...
     def save_schedules(self, states: list[ScheduleState]) -> None: ...
     def scheduled_count(self) -> int: ...
     def not_computable_count(self) -> int: ...
@@ -32,6 +34,7 @@ class DefinitionsChanges(Protocol):
 
 
 class ActiveRuns(Protocol):
-    """Which definitions have a run not finished (the overlap policy)."""
+    """Which definitions have a run not finished (the overlap policy); whether a run has a record (it started)."""
 
     def active_runs(self, definitions: list[str]) -> dict[str, uuid.UUID]: ...
+    def get_run(self, run_id: uuid.UUID) -> RunRecord | None: ...

@@ -134,6 +134,7 @@ class Scheduler:
         self._fingerprint: tuple[int, int, datetime | None] | None = None
         self._full_sync_due: datetime | None = None
         self._series_started = False
+        self._looked_for_errors = False
 
     def _start_series(self) -> None:
         """Once per process, when leading: every definition's fired, missed and skipped series at 0. A counter
@@ -164,7 +165,8 @@ class Scheduler:
         current = [d for d in due if d.next_due_at <= now]
         # A run a tick was publishing when it stopped (or whose publication failed), its instant come: its request is
         # published again as it was, whatever its age (it may have run: never recorded missed, nor skipped for being
-        # active itself), and its schedule is planned from that instant on.
+        # active itself), unless its overlap policy refuses it now (_refusing), and its schedule is planned from that
+        # instant on.
         unconfirmed = [d for d in current if _unconfirmed(d, now)]
         on_time: list[DueSchedule] = []
         late: list[tuple[DueSchedule, datetime]] = []  # each planned from the instant it was handled until
@@ -177,7 +179,7 @@ class Scheduler:
         # On-time schedules fire first, before any schedule maths, to keep the fire delay short; so do the runs
         # published ahead. The extractor judges those again at their instant (services.extractor.scheduled_runs).
         fired = self._fire([(d, _firing(d.next_due_at), busy.get(d.definition.name)) for d in on_time + ahead])
-        again = self._fire([(d, _firing(d.firing_for), None) for d in unconfirmed], again=True)
+        again = self._fire([(d, _firing(d.firing_for), self._refusing(d, busy)) for d in unconfirmed], again=True)
         advances = [_advance(d, now) for d in on_time]
         # A run published ahead is handled up to its own instant: the next one is the first after it.
         advances += [_advance(d, d.next_due_at) for d in ahead]
@@ -197,6 +199,17 @@ class Scheduler:
         if any(a.not_computable for a in advances):
             NOT_COMPUTABLE.set(self.scheduling.not_computable_count())
         return fired + again + late_fired
+
+    def _refusing(self, due: DueSchedule, busy: dict[str, uuid.UUID]) -> uuid.UUID | None:
+        """The run of ``due``'s definition that its overlap policy (skip) holds against its unconfirmed run, as for
+        any run due: another run still going, when the unconfirmed one never started (no record: its first request
+        never reached the extractor, or is not started yet). One that started (running, finished, or skipped by the
+        extractor at its instant) is published again as it was: the extractor ignores a run id it started."""
+        active = busy.get(due.definition.name)
+        if active is None or due.firing_for is None:
+            return None
+        run_id = scheduled_run_id(due.definition_id, due.firing_for)
+        return None if active == run_id or self.runs.get_run(run_id) is not None else active
 
     def _plan(self, due: DueSchedule, since: datetime, now: datetime) -> tuple[Plan, str | None]:
         return _isolated(
@@ -227,8 +240,11 @@ class Scheduler:
             self._publish(fired, outgoing)
         elif outgoing:
             self.publish(outgoing)
-            REPUBLISHED.inc(len(fired))
-            log.warning("scheduled run requests published again: their publication was not confirmed", runs=len(fired))
+            if fired:
+                REPUBLISHED.inc(len(fired))
+                log.warning(
+                    "scheduled run requests published again: their publication was not confirmed", runs=len(fired)
+                )
         return fired
 
     def _publish(self, fired: list[RunRequested], outgoing: list[Outgoing]) -> None:
@@ -267,11 +283,27 @@ class Scheduler:
                 next_due=upcoming.isoformat() if upcoming else None,
             )
         self.scheduling.save_schedules(states)
+        if not self._looked_for_errors:  # once per process: those the scheduler has seen since keep their error
+            self._looked_for_errors = True
+            self.scheduling.save_schedules(self._not_computable_kept_nowhere())
         self._fingerprint = fingerprint
         SCHEDULED_DEFINITIONS.set(self.scheduling.scheduled_count())
         NOT_COMPUTABLE.set(self.scheduling.not_computable_count())
         if states:
             log.info("schedules synced", definitions=len(states))
+
+    def _not_computable_kept_nowhere(self) -> list[ScheduleState]:
+        """The schedules with no next instant whose fire times cannot be computed, their error now kept (states as
+        they were otherwise). A catalog upgraded to migration 0021 kept no error for those that failed before: the
+        gauge did not count them, nor the schedule preview name them, until their definition was edited."""
+        states = []
+        for sync in self.scheduling.schedules_without_next():
+            assert sync.handled_until is not None
+            schedule = sync.definition.schedule
+            _, error = _isolated(sync.definition.name, partial(next_due_after, schedule, sync.handled_until), None)
+            if error is not None:
+                states.append(ScheduleState(sync.definition_id, sync.version, sync.handled_until, None, error))
+        return states
 
     def _act(
         self, due: DueSchedule, decision: Plan, active: uuid.UUID | None

@@ -7,12 +7,13 @@ path joins them rather than asking the definitions store once per schedule. It n
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Row, Table, bindparam, delete, func, insert, select, update
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.tables import CatalogObjectRow, LeaseRow, ScheduleRow
@@ -58,6 +59,20 @@ class SqlSchedulingStore:
             self._parsed.pop(next(iter(self._parsed)))
         return parsed
 
+    def _syncs(self, rows: Sequence[Row[CatalogObjectRow, ScheduleRow | None]]) -> list[ScheduleSync]:
+        """The definitions of ``rows`` (each with the scheduler's state of it, if any), those this release reads."""
+        return [
+            ScheduleSync(
+                definition_id=uuid.UUID(obj.id),
+                definition=definition,
+                version=obj.version,
+                updated_at=aware(obj.updated_at) or now(),
+                handled_until=aware(state.handled_until) if state else None,
+            )
+            for obj, state in rows
+            if (definition := self._definition(obj.id, obj.version, obj.spec)) is not None
+        ]
+
     def schedules_to_sync(self) -> list[ScheduleSync]:
         """Definitions the scheduler has not seen, or has seen at an older version (a timeout told as the schedules',
         as the due schedules' read is: the scheduler compares them at least once a minute)."""
@@ -70,17 +85,21 @@ class SqlSchedulingStore:
                     (ScheduleRow.definition_id.is_(None)) | (ScheduleRow.definition_version != CatalogObjectRow.version)
                 )
             ).all()
-            return [
-                ScheduleSync(
-                    definition_id=uuid.UUID(obj.id),
-                    definition=definition,
-                    version=obj.version,
-                    updated_at=aware(obj.updated_at) or now(),
-                    handled_until=aware(state.handled_until) if state else None,
-                )
-                for obj, state in rows
-                if (definition := self._definition(obj.id, obj.version, obj.spec)) is not None
-            ]
+            return self._syncs(rows)
+
+    def schedules_without_next(self) -> list[ScheduleSync]:
+        """Definitions seen at their current version with no next instant and no error kept: disabled, ended, or not
+        computable since before migration 0021 (which kept no error: the scheduler looks once per process, when it
+        first leads, and keeps the error of those it finds)."""
+        with self.database.transaction("Schedule") as session:
+            rows = session.execute(
+                select(CatalogObjectRow, ScheduleRow)
+                .join(ScheduleRow, ScheduleRow.definition_id == CatalogObjectRow.id)
+                .where(CatalogObjectRow.kind == ExportDefinition.__name__)
+                .where(ScheduleRow.definition_version == CatalogObjectRow.version)
+                .where(ScheduleRow.next_due_at.is_(None), ScheduleRow.not_computable.is_(None))
+            ).all()
+            return self._syncs(rows)
 
     def save_schedules(self, states: list[ScheduleState]) -> None:
         """Record the scheduler's view of definitions (after a sync), in one transaction."""

@@ -20,7 +20,14 @@ from shared.cli.dead_letter_views import api_replay as api_dead_letters_replay
 from shared.cli.delivery_commands import cmd_deliveries_api
 from shared.cli.exits import OK, REFUSED, CliError
 from shared.cli.kinds import COLLECTIONS, canonical_kind
-from shared.cli.object_views import print_changes, print_dry_run, print_objects, print_schedule, schedule_preview
+from shared.cli.object_views import (
+    not_computable_line,
+    print_changes,
+    print_dry_run,
+    print_objects,
+    print_schedule,
+    schedule_preview,
+)
 from shared.cli.output import dump, table
 from shared.cli.progress import follow
 from shared.cli.run_views import parse_run_id, print_run, print_runs
@@ -69,7 +76,9 @@ def cmd_describe(api: AdminApi, args: argparse.Namespace) -> int:
     print_objects(kind, [spec], "json" if args.output == "json" else "yaml")
     if kind == "ExportDefinition" and args.output != "json":
         preview = api.call("GET", f"/export-definitions/{_path(args.name)}/schedule/preview", params={"count": 3})
-        if preview["cron"]:
+        if preview.get("not_computable"):
+            print(f"# {not_computable_line(preview['not_computable'])}")
+        elif preview["cron"]:
             upcoming = ", ".join(preview["fire_times"])
             print(f"# schedule: cron '{preview['cron']}' ({preview['timezone']}), next: {upcoming}")
     return OK
@@ -153,7 +162,13 @@ def cmd_next_runs(api: AdminApi, args: argparse.Namespace) -> int:
     definition = api.call("GET", f"/export-definitions/{name}")
     preview = api.call("GET", f"/export-definitions/{name}/schedule/preview", params={"count": args.count})
     print_schedule(
-        schedule_preview(definition["name"], definition["schedule"], preview["cron"], preview["fire_times"]),
+        schedule_preview(
+            definition["name"],
+            definition["schedule"],
+            preview["cron"],
+            preview["fire_times"],
+            preview.get("not_computable"),
+        ),
         args.output,
     )
     return OK

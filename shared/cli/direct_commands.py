@@ -22,7 +22,14 @@ from shared.cli.direct import Direct, on_catalog
 from shared.cli.exits import OK, REFUSED, CliError
 from shared.cli.kinds import canonical_kind
 from shared.cli.manifests import ManifestError, load_manifests
-from shared.cli.object_views import print_changes, print_dry_run, print_objects, print_schedule, schedule_preview
+from shared.cli.object_views import (
+    not_computable_line,
+    print_changes,
+    print_dry_run,
+    print_objects,
+    print_schedule,
+    schedule_preview,
+)
 from shared.cli.variables import parse_assignments
 from shared.domain.catalog_objects import KINDS, CatalogObject, ExportDefinition
 from shared.domain.schedule import next_fire_times
@@ -76,7 +83,12 @@ def cmd_describe(settings: CliSettings, args: argparse.Namespace) -> int:
     def describe(context: Direct) -> int:
         obj = context.stores.definitions.get(kind, args.name)
         print_objects(kind.__name__, [_spec(obj)], "json" if args.output == "json" else "yaml")
-        if isinstance(obj, ExportDefinition) and args.output != "json" and obj.schedule.repeat is not None:
+        if not isinstance(obj, ExportDefinition) or args.output == "json":
+            return OK
+        error = context.stores.definitions.schedules_not_computable([obj.name]).get(obj.name)
+        if error is not None:
+            print(f"# {not_computable_line(error)}")
+        elif obj.schedule.repeat is not None:
             upcoming = ", ".join(t.isoformat() for t in next_fire_times(obj.schedule, datetime.now(UTC), 3))
             print(f"# schedule: cron '{obj.schedule.repeat.expression}' ({obj.schedule.timezone}), next: {upcoming}")
         return OK
@@ -159,10 +171,13 @@ def cmd_next_runs(settings: CliSettings, args: argparse.Namespace) -> int:
     def preview(context: Direct) -> int:
         definition = context.stores.definitions.get(ExportDefinition, args.definition)
         schedule = definition.schedule
-        fire_times = next_fire_times(schedule, datetime.now(UTC), args.count)
+        # Not computed again when the scheduler could not (as the admin API's preview): the same maths would fail.
+        error = context.stores.definitions.schedules_not_computable([definition.name]).get(definition.name)
+        fire_times = [] if error else next_fire_times(schedule, datetime.now(UTC), args.count)
         cron = schedule.repeat.expression if schedule.repeat is not None else None
         times = [t.astimezone(UTC).isoformat() for t in fire_times]
-        print_schedule(schedule_preview(definition.name, schedule.model_dump(mode="json"), cron, times), args.output)
+        preview = schedule_preview(definition.name, schedule.model_dump(mode="json"), cron, times, error)
+        print_schedule(preview, args.output)
         return OK
 
     return on_catalog(settings, preview)

@@ -41,8 +41,11 @@ def _enabled(spec: dict[str, Any]) -> str | None:
     return f"{state}, after {after['definition']}" if isinstance(after, dict) else state
 
 
-def schedule_preview(name: str, schedule: dict[str, Any], cron: str | None, fire_times: list[str]) -> dict[str, Any]:
-    """What ``next-runs`` prints, from a definition's schedule as JSON, its CRON expression and fire times."""
+def schedule_preview(
+    name: str, schedule: dict[str, Any], cron: str | None, fire_times: list[str], not_computable: str | None = None
+) -> dict[str, Any]:
+    """What ``next-runs`` prints, from a definition's schedule as JSON, its CRON expression and fire times (none when
+    the scheduler could not compute them: ``not_computable``, the error's type)."""
     from shared.domain.schedule import composer_of  # loaded when used (exportctl's start-up)
 
     shape = composer_of(cron) if cron else None
@@ -57,16 +60,22 @@ def schedule_preview(name: str, schedule: dict[str, Any], cron: str | None, fire
         "once": f"{once['date']} at {str(once['time'])[:5]}" if once else None,
         # A chained export: "after nightly (succeeded, completed_with_errors)"; it has no fire times.
         "after": f"after {after['definition']} ({', '.join(after['statuses'])})" if after else None,
-        "fire_times": fire_times,
+        "fire_times": [] if not_computable else fire_times,
+        "not_computable": not_computable,
     }
+
+
+def not_computable_line(error: str) -> str:
+    """What exportctl says of a schedule whose fire times the scheduler could not compute (as the console does)."""
+    return f"schedule not computable ({error}): not fired until edited"
 
 
 def print_schedule(preview: dict[str, Any], fmt: str) -> None:
     """A definition's schedule and its next fire times, in its zone and in UTC.
 
     ``preview``: ``definition``, ``enabled``, ``timezone``, ``cron``, ``shape`` (the composer's, or
-    None), ``once`` (``date time``, or None), ``after`` (a chained export's "after X (statuses)", or None)
-    and ``fire_times`` (ISO date-times in UTC).
+    None), ``once`` (``date time``, or None), ``after`` (a chained export's "after X (statuses)", or None),
+    ``fire_times`` (ISO date-times in UTC) and ``not_computable`` (the scheduler's error, or None).
     """
     if fmt != "table":
         dump(preview, fmt)
@@ -84,6 +93,9 @@ def print_schedule(preview: dict[str, Any], fmt: str) -> None:
         print(f"cron '{preview['cron']}' ({preview['timezone']}): {described}")
     else:
         print("no recurrence")
+    if preview.get("not_computable"):
+        print(not_computable_line(preview["not_computable"]))
+        return
     if not preview["enabled"]:
         print("schedule disabled: it will not fire; the times it would fire:")
     zone = ZoneInfo(preview["timezone"])

@@ -11,10 +11,12 @@ One admin API per backend for the whole module: tests share its catalog, each wi
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import yaml
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
+from services.scheduler.clock import ManualClock
 from shared.application.masked_secrets import MASK, UNKEPT_MASK
 from shared.catalog import CatalogStores, make_engine
 from shared.cli.__main__ import main as exportctl
@@ -32,6 +35,7 @@ from shared.events import RunRequested
 from shared.querystore.demo_data import COLUMNS, create_demo_members
 from shared.topics import Topics
 from tests.admin_server import AdminServer, admin_server
+from tests.integration.test_scheduler import failing_maths_for, scheduler_on
 
 pytestmark = pytest.mark.integration
 
@@ -582,3 +586,31 @@ def test_a_template_that_does_not_render_for_the_first_members_is_refused_naming
     assert "line 3" in detail, detail
     assert detail.endswith("(rendered with the query's first members)"), detail
     assert parity.snapshot() == before
+
+
+def test_a_schedule_the_scheduler_could_not_compute_is_named_by_next_runs_and_describe_alike(
+    parity: Parity, monkeypatch: pytest.MonkeyPatch
+):
+    """The admin API's schedule preview and the console said it (session 49); exportctl listed fire times that never
+    came, computed again on the spot (or failed as the scheduler's maths did)."""
+    names = seeded(parity)
+    scheduled = {"enabled": True, "timezone": "UTC", "cron": "0 3 * * *"}
+    definition = base_documents(names)[-1]
+    applied = parity.direct(
+        "apply", "-f", parity.manifest([{**definition, "spec": {**definition["spec"], "schedule": scheduled}}])
+    )
+    assert applied.code == 0, applied
+    stores = CatalogStores.from_url(parity.server.catalog_url)
+    with monkeypatch.context() as patched:
+        patched.setattr("services.scheduler.planning.fire_times", failing_maths_for("0 3 * * *"))
+        # Its lease for a millisecond: another test's scheduler leads at once.
+        scheduler_on(stores, ManualClock(datetime.now(UTC)), replica_id=f"s-{parity.tag}", lease_seconds=0.001).tick()
+    stores.close()
+    said = "schedule not computable (OverflowError): not fired until edited"
+    for run in (parity.direct, parity.via_api):
+        preview = run("next-runs", names.definition)
+        assert (preview.code, preview.out.splitlines()) == (0, ["cron '0 3 * * *' (UTC): every day, time 03:00", said])
+        as_json = json.loads(run("next-runs", names.definition, "-o", "json").out)
+        assert (as_json["not_computable"], as_json["fire_times"]) == ("OverflowError", [])
+        described = run("describe", "ExportDefinition", names.definition)
+        assert (described.code, described.out.splitlines()[-1]) == (0, f"# {said}")

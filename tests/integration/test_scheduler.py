@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import select, text
 from structlog.testing import capture_logs
 
 from services.scheduler.clock import ManualClock
@@ -17,6 +19,8 @@ from services.scheduler.planning import scheduled_run_id
 from services.scheduler.scheduling import FULL_SYNC_EVERY, Scheduler
 from shared.catalog import CatalogStores
 from shared.catalog.database import now as real_now
+from shared.catalog.engine import make_engine
+from shared.catalog.schema import upgrade
 from shared.catalog.tables import CatalogObjectRow
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.runs import RunStatus
@@ -100,6 +104,32 @@ def run_for(scheduler: Scheduler, duration: dt.timedelta, step: dt.timedelta = M
     while clock.now() < end:
         clock.advance(step)
         scheduler.tick()
+
+
+def scheduler_on(stores: CatalogStores, clock: ManualClock | None = None, **options: Any) -> Scheduler:
+    """A scheduler process on ``stores`` (its clock at T0 unless told), keeping what it publishes to itself."""
+    return Scheduler(
+        scheduling=stores.scheduling,
+        definitions=stores.definitions,
+        runs=stores.runs,
+        clock=clock or ManualClock(T0),
+        topics=Topics("x."),
+        publish=Recorder(),
+        **options,
+    )
+
+
+def failing_maths_for(cron: str) -> Callable[..., list[dt.datetime]]:
+    """The scheduler's ``fire_times``, raising for the schedules of ``cron`` what a schedule's maths raised
+    (OverflowError, issue s48): patched into services.scheduler.planning, the admin API's and exportctl's still work."""
+    real_fire_times = fire_times
+
+    def failing(schedule, *args, **kwargs):
+        if schedule.cron == cron:
+            raise OverflowError("date value out of range")
+        return real_fire_times(schedule, *args, **kwargs)
+
+    return failing
 
 
 def test_a_daily_schedule_fires_at_local_time_with_deterministic_ids(
@@ -210,14 +240,7 @@ def test_a_schedule_whose_maths_fails_is_logged_and_counted_and_the_others_still
 ):
     catalog.definitions.apply(definition("healthy", cron="0 2 * * *"))
     catalog.definitions.apply(definition("broken", cron="0 3 * * *"))
-    real_fire_times = fire_times
-
-    def failing_for_broken(schedule, *args, **kwargs):  # what a schedule's maths raised (OverflowError, issue s48)
-        if schedule.cron == "0 3 * * *":
-            raise OverflowError("date value out of range")
-        return real_fire_times(schedule, *args, **kwargs)
-
-    monkeypatch.setattr("services.scheduler.planning.fire_times", failing_for_broken)
+    monkeypatch.setattr("services.scheduler.planning.fire_times", failing_maths_for("0 3 * * *"))
     errors_before = _errors_counted()
     with capture_logs() as logs:
         scheduler.tick()
@@ -227,7 +250,7 @@ def test_a_schedule_whose_maths_fails_is_logged_and_counted_and_the_others_still
     assert {(e["definition"], e["error"]) for e in failed} == {("broken", "OverflowError")}
     assert _errors_counted() - errors_before == len(failed) >= 1
     # Left with no next instant (not retried every tick); an edit computes it again.
-    monkeypatch.setattr("services.scheduler.planning.fire_times", real_fire_times)
+    monkeypatch.setattr("services.scheduler.planning.fire_times", fire_times)
     catalog.definitions.apply(definition("broken", cron="0 4 * * *"))
     run_for(scheduler, dt.timedelta(days=1), step=dt.timedelta(minutes=30))
     assert ("broken", T0 + dt.timedelta(days=2, hours=16)) in _fired(recorder)
@@ -451,23 +474,9 @@ def test_a_schedule_not_computable_is_counted_while_it_is_and_the_admin_api_name
         path = "/api/v1/export-definitions/nightly/schedule"
         assert admin.put(path, json={"enabled": True, "timezone": "UTC", "cron": "0 3 * * *"}).status_code == 200
         stores = CatalogStores.from_url(url)
-        scheduler = Scheduler(
-            scheduling=stores.scheduling,
-            definitions=stores.definitions,
-            runs=stores.runs,
-            clock=ManualClock(T0),
-            topics=Topics("x."),
-            publish=Recorder(),
-        )
-        real_fire_times = fire_times
-
-        def failing_for_nightly(schedule, *args, **kwargs):  # the scheduler's maths only: the admin's still works
-            if schedule.cron == "0 3 * * *":
-                raise OverflowError("date value out of range")
-            return real_fire_times(schedule, *args, **kwargs)
-
+        scheduler = scheduler_on(stores)
         with monkeypatch.context() as patched:
-            patched.setattr("services.scheduler.planning.fire_times", failing_for_nightly)
+            patched.setattr("services.scheduler.planning.fire_times", failing_maths_for("0 3 * * *"))
             scheduler.tick()
         assert REGISTRY.get_sample_value("member_export_scheduler_definitions_not_computable") == 1
         preview = admin.get(f"{path}/preview").json()
@@ -488,6 +497,19 @@ def test_a_schedule_not_computable_is_counted_while_it_is_and_the_admin_api_name
         stores.close()
 
 
+def _crashed_while_firing(scheduler: Scheduler, catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler publishes ``hourly``'s run due at T0 + 1 h and dies before moving its schedule on."""
+    scheduler.tick()
+    clock = scheduler.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(dt.timedelta(hours=1, seconds=1))
+    with monkeypatch.context() as patched:
+        _crashing_between_publish_and_advance(catalog, patched)
+        with pytest.raises(_Crash):
+            scheduler.tick()
+    clock.advance(dt.timedelta(minutes=5))
+
+
 def test_a_run_published_before_a_crash_and_running_is_not_skipped_for_itself(
     scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ):
@@ -498,16 +520,8 @@ def test_a_run_published_before_a_crash_and_running_is_not_skipped_for_itself(
     definition_id, _ = catalog.definitions.get_with_id(ExportDefinition, "hourly")
     due = T0 + dt.timedelta(hours=1)
     run_id = scheduled_run_id(definition_id, due)
-    scheduler.tick()
-    clock = scheduler.clock
-    assert isinstance(clock, ManualClock)
-    clock.advance(dt.timedelta(hours=1, seconds=1))
-    with monkeypatch.context() as patched:
-        _crashing_between_publish_and_advance(catalog, patched)
-        with pytest.raises(_Crash):
-            scheduler.tick()
+    _crashed_while_firing(scheduler, catalog, monkeypatch)
     catalog.runs.fold_run_event(RunStarted(run_id=run_id, definition="hourly", trigger=Trigger.SCHEDULE))
-    clock.advance(dt.timedelta(minutes=5))
     recorder.records.clear()
     scheduler.tick()  # the replacement process
     events = recorder.events()
@@ -517,3 +531,106 @@ def test_a_run_published_before_a_crash_and_running_is_not_skipped_for_itself(
     assert [e for e in events if isinstance(e, RunSkipped)] == []
     assert [(type(e), e.run_id) for e in events] == [(RunRequested, run_id)]  # published again: the same run
     assert catalog.runs.get_run(run_id).status is RunStatus.EXTRACTING
+
+
+def test_a_schedule_not_computable_before_migration_0021_is_counted_and_named_after_the_upgrade(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """0021 kept no error for a schedule whose maths had failed before it: stored with no next instant, as a paused or
+    ended one is, it was not counted by the gauge nor named by the schedule preview until its definition was edited."""
+    engine = make_engine(database_url)
+    upgrade(engine, "0020")
+    old = CatalogStores.from_url(database_url)  # what a release before 0021 had stored
+    old.definitions.apply(definition("nightly", repeat={"every": "day", "time": "02:00"}))
+    old.definitions.apply(definition("broken", cron="0 3 * * *"))
+    old.definitions.apply(definition("paused", cron="0 4 * * *", enabled=False))
+    old.definitions.apply(definition("ended", repeat={"every": "day", "time": "02:00"}, to="2026-01-31"))
+    with engine.begin() as connection:  # as 0020's scheduler left them: no next instant, nothing else said
+        rows = connection.execute(select(CatalogObjectRow.id, CatalogObjectRow.name, CatalogObjectRow.version)).all()
+        for id_, name, version in rows:
+            connection.execute(
+                text(
+                    "INSERT INTO schedules (definition_id, definition_version, handled_until, next_due_at) VALUES "
+                    "(:id, :version, :handled, :next)"
+                ),
+                {
+                    "id": id_,
+                    "version": version,
+                    "handled": T0,
+                    "next": T0 + dt.timedelta(hours=14) if name == "nightly" else None,
+                },
+            )
+    old.close()
+    upgrade(engine)
+    engine.dispose()
+
+    stores = CatalogStores.from_url(database_url)
+    scheduler = scheduler_on(stores)
+    monkeypatch.setattr("services.scheduler.planning.fire_times", failing_maths_for("0 3 * * *"))
+    with capture_logs() as logs:
+        scheduler.tick()
+        scheduler.tick()
+    assert REGISTRY.get_sample_value("member_export_scheduler_definitions_not_computable") == 1
+    assert stores.definitions.schedules_not_computable() == {"broken": "OverflowError"}
+    assert [(e["definition"], e["error"]) for e in logs if e["event"].startswith("schedule not computable")] == [
+        ("broken", "OverflowError")
+    ]
+    stores.close()
+
+
+@pytest.mark.parametrize("overlap", ["skip", "allow"])
+def test_a_run_published_again_after_a_crash_keeps_its_definitions_overlap_policy(
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, overlap: str
+):
+    """Its first publication never reached Kafka; meanwhile a manual run of the definition started. Published again
+    by the next process, it ran beside that run although the definition skips overlapping runs."""
+    catalog.definitions.apply(definition("hourly", cron="0 * * * *", overlap=overlap))
+    definition_id, _ = catalog.definitions.get_with_id(ExportDefinition, "hourly")
+    run_id = scheduled_run_id(definition_id, T0 + dt.timedelta(hours=1))
+    _crashed_while_firing(scheduler, catalog, monkeypatch)
+    manual = RunStarted(run_id=uuid.uuid4(), definition="hourly", trigger=Trigger.MANUAL)
+    catalog.runs.fold_run_event(manual)
+    recorder.records.clear()  # lost with the broker's failure
+    skipped_before = _counted("member_export_scheduler_runs_skipped_total", "hourly")
+    scheduler.tick()  # the replacement process
+    events = recorder.events()
+    for event in events:
+        if not isinstance(event, RunRequested):
+            catalog.runs.fold_run_event(event)
+    if overlap == "skip":
+        assert [(type(e), e.run_id) for e in events] == [(RunSkipped, run_id)]
+        assert events[0].reason == f"previous run {manual.run_id} was still active"
+        assert catalog.runs.get_run(run_id).status is RunStatus.SKIPPED
+        assert _counted("member_export_scheduler_runs_skipped_total", "hourly") - skipped_before == 1
+    else:
+        assert [(type(e), e.run_id) for e in events] == [(RunRequested, run_id)]
+    recorder.records.clear()
+    scheduler.tick()  # the schedule moved on: nothing published again
+    assert recorder.events() == []
+
+
+def test_a_run_published_before_a_crash_and_finished_is_published_again_as_it_was_beside_another_run(
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+):
+    """Its request reached Kafka and the run finished; a manual run is going when the scheduler comes back. The
+    republish is the same request (the extractor ignores a run id it ran): the run is not turned into a skipped one."""
+    catalog.definitions.apply(definition("hourly", cron="0 * * * *"))
+    definition_id, _ = catalog.definitions.get_with_id(ExportDefinition, "hourly")
+    due = T0 + dt.timedelta(hours=1)
+    run_id = scheduled_run_id(definition_id, due)
+    _crashed_while_firing(scheduler, catalog, monkeypatch)
+    for event in (
+        RunStarted(run_id=run_id, definition="hourly", trigger=Trigger.SCHEDULE, scheduled_for=due),
+        ExtractionCompleted(run_id=run_id, definition="hourly", members=3, batches=1),
+        BatchOutcome(run_id=run_id, definition="hourly", batch_index=0, delivered=3, failed=0),
+        RunStarted(run_id=uuid.uuid4(), definition="hourly", trigger=Trigger.MANUAL),
+    ):
+        catalog.runs.fold_run_event(event)
+    recorder.records.clear()
+    scheduler.tick()
+    events = recorder.events()
+    for event in events:
+        if not isinstance(event, RunRequested):
+            catalog.runs.fold_run_event(event)
+    assert [(type(e), e.run_id) for e in events] == [(RunRequested, run_id)]
+    assert catalog.runs.get_run(run_id).status is RunStatus.SUCCEEDED

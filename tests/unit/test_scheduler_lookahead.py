@@ -20,6 +20,7 @@ from services.scheduler.clock import ManualClock
 from services.scheduler.planning import scheduled_run_id
 from services.scheduler.scheduling import Scheduler
 from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.runs import RunRecord
 from shared.domain.schedule import fire_times
 from shared.domain.schedule_state import DueSchedule, FiringMark, ScheduleAdvance, ScheduleState, ScheduleSync
 from shared.events import RUN_EVENT_ADAPTER, RunMissed, RunRequested, RunSkipped
@@ -75,6 +76,13 @@ class MemoryStores:
             ScheduleSync(i, d, self.versions[i], self.updated_at[i], state.handled_until if state else None)
             for i, d in self.definitions.items()
             if (state := self.states.get(i)) is None or state.version != self.versions[i]
+        ]
+
+    def schedules_without_next(self) -> list[ScheduleSync]:
+        return [
+            ScheduleSync(i, self.definitions[i], s.version, self.updated_at[i], s.handled_until)
+            for i, s in self.states.items()
+            if s.next_due_at is None and s.not_computable is None and s.version == self.versions[i]
         ]
 
     def save_schedules(self, states: list[ScheduleState]) -> None:
@@ -135,6 +143,9 @@ class MemoryStores:
     # ActiveRuns
     def active_runs(self, definitions: list[str]) -> dict[str, uuid.UUID]:
         return {name: run for name, run in self.active.items() if name in definitions}
+
+    def get_run(self, run_id: uuid.UUID) -> RunRecord | None:
+        return None  # the runs' records are not kept here: only the active ones
 
 
 class Published:
