@@ -180,3 +180,43 @@ def test_every_refused_member_whose_key_a_float_rounds_is_sent_again(
     assert retried.members == 60
     states = catalog.retries.states(definition_id, sorted(set(names)))
     assert {state.state for state in states.values()} == {RetryState.PENDING}  # none resolved as gone
+
+
+#: jsonb keys (PostgreSQL): numbers, fractions of 20 digits, strings (some spelling numbers), arrays and objects.
+JSONB_KEY = (
+    "CASE i % 5 WHEN 0 THEN to_jsonb(i) WHEN 1 THEN to_jsonb(i / 7.0) WHEN 2 THEN to_jsonb(i::text)"
+    " WHEN 3 THEN jsonb_build_array(i, 's') ELSE jsonb_build_object('a', i % 3, 'b', i) END"
+)
+
+
+def test_every_refused_member_whose_key_is_jsonb_is_sent_again(postgres_database_factory, migrated_catalog):
+    """A record names a jsonb-keyed member by Python's text of its key's JSON value (``{'a': 1, 'b': 4}``, ``5`` for
+    the number and the string): each refused member is found again. Before, none was (all resolved as gone)."""
+    url = postgres_database_factory()
+    catalog = migrated_catalog(url)  # a copy of the migrated template: made before the member table
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                f"CREATE TABLE fractions AS SELECT {JSONB_KEY} AS code, 'm' || i AS label FROM generate_series(1, 60) i"
+            )
+        )
+    engine.dispose()
+    reader = MemberReader.from_url(url)
+    try:
+        names = _named_as_the_dispatcher_names_them(reader, FRACTIONS)
+        assert len(set(names)) == 60
+        definition_id = _refused(catalog, names)
+        run_id = uuid.uuid4()
+        catalog.retries.claim_retries(run_id, DEFINITION.name)
+        published: list[list[Outgoing]] = []
+        job = RetryJob(run_id, DEFINITION, FRACTIONS, TEMPLATE, {}, RetryScope(full=False), 0, 100, 1_000_000)
+        retried = send_retries(job, reader=reader, store=catalog.retries, topics=Topics(), publish=published.append)
+        states = catalog.retries.states(definition_id, sorted(set(names)))
+    finally:
+        reader.close()
+        catalog.close()
+    sent = [m["label"] for out in published for o in out for m in MemberBatch.model_validate_json(o.value).members]
+    assert sorted(sent) == sorted(f"m{i}" for i in range(1, 61))
+    assert retried.members == 60
+    assert {state.state for state in states.values()} == {RetryState.PENDING}  # none resolved as gone
