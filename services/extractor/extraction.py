@@ -44,7 +44,8 @@ from services.extractor.ranges import (
     range_count,
 )
 from services.extractor.retry_members import Retried, RetryJob, RetryScope, RetryStore, send_retries
-from services.extractor.run_sync import DEFAULT_RECORD_MEMBERS, fixed_sync, record_size, run_sync, watermark_column
+from services.extractor.run_sync import DEFAULT_RECORD_MEMBERS as DEFAULT_RECORD_MEMBERS
+from services.extractor.run_sync import fixed_sync, record_size, run_sync, watermark_column
 from services.extractor.scheduled_runs import StartTimes, overlap_skip, published_ahead, withdrawal, withdrawn
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, RunObjects, SavedQuery
 from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunClaim

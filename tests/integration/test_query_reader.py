@@ -707,8 +707,8 @@ def test_on_postgresql_a_jsonb_scalar_key_s_pages_hold_each_member_once_and_its_
         found = members_by_keys(reader, query, names[5:40])
     finally:
         engine.dispose()
-    for (database_json, size), pages in read.items():
-        assert [v for page in pages for v in _values_of(page, "v")] == ordered, (database_json, size)
+    for (database_json, size), pages_read in read.items():
+        assert [v for page in pages_read for v in _values_of(page, "v")] == ordered, (database_json, size)
     assert resumed == ordered[21:]
     assert found is not None
     assert [row[1] for row in found.rows] == ordered[5:40]
