@@ -635,7 +635,8 @@ def test_a_numeric_or_float_key_that_is_nan_or_an_infinity_fails_the_reads_namin
         engine.dispose()
 
 
-#: Key types PostgreSQL has no ``max()`` for: their pages are read as rows (members: how many the table holds).
+#: Key types PostgreSQL has no ``max()`` for (bytea and boolean pages are read as rows, jsonb ones as JSON: the last key
+#: its text), members: how many the table holds.
 ROW_KEY_TYPES = {
     "bytea": ("decode(lpad(to_hex(i * 37 % 256), 2, '0') || lpad(to_hex(i), 4, '0'), 'hex')", 60),
     "boolean": ("i % 2 = 0", 2),
