@@ -35,7 +35,7 @@ import structlog
 from prometheus_client import Counter
 
 from services.extractor.ports import ExtractionStore, ExtractorDefinitions, ExtractorRuns
-from services.extractor.run_sync import fixed_sync
+from services.extractor.run_sync import DEFAULT_RECORD_MEMBERS, fixed_sync, record_size
 from services.extractor.scheduled_runs import StartTimes, published_ahead, withdrawal
 from shared.domain.catalog_objects import RunObjects
 from shared.domain.checkpoints import Checkpoint, RunStart
@@ -95,12 +95,15 @@ class BulkStarts:
         start_times: StartTimes,
         chunk: int = START_CHUNK,
         ack_seconds: float = START_ACK_SECONDS,
+        record_members: int = DEFAULT_RECORD_MEMBERS,
     ) -> None:
         self.definitions, self.runs, self.extraction = definitions, runs, extraction
         self.topics = topics
         self.send = send
         self.ack_seconds = ack_seconds
         self.start_times = start_times
+        #: Members per record a one-member template's records hold (each run's record size is fixed as it starts).
+        self.record_members = record_members
         self.chunk = max(1, chunk)
         #: The runs started in bulk and not handled since, with their definition's name.
         self.started: dict[uuid.UUID, str] = {}
@@ -161,7 +164,11 @@ class BulkStarts:
             return 0
         requested = {request.run_id: (request, objects) for request, objects in chosen}
         starts = [
-            RunStart(request.run_id, objects.definition.name, partial(fixed_sync, objects.definition))
+            RunStart(
+                request.run_id,
+                objects.definition.name,
+                partial(fixed_sync, objects.definition, record_size=record_size(objects.template, self.record_members)),
+            )
             for request, objects in chosen
         ]
 

@@ -44,7 +44,8 @@ from services.extractor.ranges import (
     range_count,
 )
 from services.extractor.retry_members import Retried, RetryJob, RetryScope, RetryStore, send_retries
-from services.extractor.run_sync import fixed_sync, run_sync, watermark_column
+from services.extractor.run_sync import DEFAULT_RECORD_MEMBERS as DEFAULT_RECORD_MEMBERS
+from services.extractor.run_sync import fixed_sync, record_size, run_sync, watermark_column
 from services.extractor.scheduled_runs import StartTimes, overlap_skip, published_ahead, withdrawal, withdrawn
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, RunObjects, SavedQuery
 from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunClaim
@@ -55,7 +56,7 @@ from shared.domain.sync_mode import SyncMode
 from shared.errors import NotFound, StoredObjectInvalid
 from shared.events import ChangeCounts, ExtractionCompleted, RangeRequested, RunFailed, RunRequested, RunStarted
 from shared.kafka import InFlight, Outgoing
-from shared.member_batches import BatchEncoder, EncodedBatch, MemberTooLarge, members_per_record
+from shared.member_batches import BatchEncoder, EncodedBatch, MemberTooLarge
 from shared.metrics import UNKNOWN_DEFINITION
 from shared.outages import DependencyUnavailable
 from shared.querystore import JsonPage, MemberPages, MemberReader, Page, QueryError, QueryTimeout, StoreUnavailable
@@ -88,7 +89,9 @@ ACTIVE_RUNS = Gauge("member_export_extractor_runs_active", "Runs (or key ranges 
 
 DEFAULT_MAX_RECORD_BYTES = 900_000
 DEFAULT_MAX_START_WAIT_SECONDS = 60.0
-DEFAULT_RECORD_MEMBERS = 64
+#: A run that met an unreachable member store and was not handed back here for this long past its store wait is taken
+#: to be another replica's (a partition moved): its outage is forgotten.
+FORGET_OUTAGES_AFTER_SECONDS = 300.0
 
 
 def page_size_for(batch_size: int, configured_page_size: int) -> int:
@@ -133,6 +136,8 @@ class _Job:
     window: Window | None
     start: _Progress
     save: Callable[[_Progress], None]
+    #: Members per record (as fixed at the run's first start: :func:`~services.extractor.run_sync.record_size`).
+    record_size: int
     until: Any = None  # a range's last key (None: the query's last)
     end_batch_index: int = BATCH_INDEX_LIMIT
     stop_on: frozenset[RunStatus] = frozenset({RunStatus.CANCELLED})
@@ -196,8 +201,9 @@ class Extractor:
         self.retries = retries
         #: When scheduled runs may start, and their start delay (see services.extractor.scheduled_runs).
         self.start_times = start_times or StartTimes(max_wait=timedelta(seconds=DEFAULT_MAX_START_WAIT_SECONDS))
-        #: Since when each run has met an unreachable member store without a page read since.
-        self._store_down_since: dict[uuid.UUID, float] = {}
+        #: Since when each run has met an unreachable member store without a page read since, and when it last met
+        #: it here (a run another replica took over is forgotten: see :meth:`_forget_runs_gone_elsewhere`).
+        self._store_down_since: dict[uuid.UUID, tuple[float, float]] = {}
         #: A round's due run requests started together ahead of their extraction (see bulk_starts).
         self.starts = BulkStarts(
             definitions=definitions,
@@ -206,6 +212,7 @@ class Extractor:
             topics=topics,
             send=lambda outgoing: self.send(outgoing),  # looked up at each call: tests replace it
             start_times=self.start_times,
+            record_members=record_members,
         )
 
     def publish(self, outgoing: list[Outgoing]) -> None:
@@ -223,6 +230,8 @@ class Extractor:
         the consumer loop, which handles it again later, resuming from the checkpoint of the last page
         acknowledged; after ``store_retry_seconds`` without a page read, the run fails with the reason.
         """
+        if self._store_down_since:
+            self._forget_runs_gone_elsewhere()
         try:
             outgoing = self._handle(request)
         except StoreUnavailable as exc:
@@ -230,9 +239,19 @@ class Extractor:
         self._store_down_since.pop(request.run_id, None)
         return outgoing
 
+    def _forget_runs_gone_elsewhere(self) -> None:
+        """Forget the outages of runs not handed back here for longer than a run waits for the store and then some
+        (a handed-back request comes back within a backoff of 30 s at most): another replica took them over, and
+        should one come back here after another rebalance, its wait starts over rather than failing it at once."""
+        stale = self.clock() - self.store_retry_seconds - FORGET_OUTAGES_AFTER_SECONDS
+        for run_id in [run_id for run_id, (_, seen) in self._store_down_since.items() if seen < stale]:
+            del self._store_down_since[run_id]
+
     def _store_unavailable(self, request: RunRequested | RangeRequested, error: StoreUnavailable) -> list[Outgoing]:
-        since = self._store_down_since.setdefault(request.run_id, self.clock())
-        waited = self.clock() - since
+        now = self.clock()
+        since = self._store_down_since.get(request.run_id, (now, now))[0]
+        self._store_down_since[request.run_id] = (since, now)
+        waited = now - since
         if waited < self.store_retry_seconds:
             log.warning("member store unreachable; the run waits", run_id=str(request.run_id), error=str(error))
             raise DependencyUnavailable(f"{error}: the run resumes from its last checkpoint") from error
@@ -304,13 +323,19 @@ class Extractor:
         at the first start and, unless it runs in change mode, the pending retries it takes (none for a run about
         to fail: its objects are missing, or its parameters invalid)."""
         retries = self.retries is not None and not isinstance(bound, _RunFailure)
+        size = record_size(bound[1], self.record_members) if not isinstance(bound, _RunFailure) else None
         return self.extraction.claim_run(
             request.run_id,
             name,
-            fix_sync=partial(fixed_sync, definition) if definition is not None else None,
+            fix_sync=partial(fixed_sync, definition, record_size=size) if definition is not None else None,
             # Fixed at the run's first start: a resume takes the same.
             take_retries=(lambda c: run_sync(c).mode is not SyncMode.CHANGES) if retries else None,
         )
+
+    def _record_size(self, template: HttpTemplate, checkpoint: Checkpoint) -> int:
+        """Members per record of the run: as fixed at its first start (a ``batch_size`` edited since changes
+        nothing), else as its template gives now."""
+        return record_size(template, self.record_members, checkpoint) or 1
 
     def _definition(self, request: RunRequested) -> RunObjects | None:
         """The run's definition, query and template (one catalog read). For a scheduled run published ahead: the
@@ -544,7 +569,7 @@ class Extractor:
             bound,
             RetryScope(full=run_sync(checkpoint).full_scope, window=window),
             first_index,
-            members_per_record(template.batch_size, self.record_members),
+            self._record_size(template, checkpoint),
             self.max_record_bytes,
         )
         try:
@@ -599,7 +624,8 @@ class Extractor:
 
         start = _Progress(checkpoint.last_key, checkpoint.next_batch_index, checkpoint.members)
         # The last page's progress is saved with the run's completion (one write, not two).
-        job = _Job(request.run_id, definition, query, template, parameters, window, start, save, save_last=False)
+        size = self._record_size(template, checkpoint)
+        job = _Job(request.run_id, definition, query, template, parameters, window, start, save, size, save_last=False)
         progress = self._extract(job)
         return replace(
             checkpoint,
@@ -647,8 +673,7 @@ class Extractor:
         boundaries = list(dict.fromkeys(found))  # keys are unique; were they not, no range would be empty twice
         if not boundaries:
             return None
-        record_size = members_per_record(template.batch_size, self.record_members)
-        spaces = index_spaces(len(boundaries) + 1, math.ceil(members / record_size))
+        spaces = index_spaces(len(boundaries) + 1, math.ceil(members / self._record_size(template, checkpoint)))
         lowers, uppers = [None, *boundaries], [*boundaries, None]
         plan = [
             RangeCheckpoint.planned(request.run_id, index, lowers[index], uppers[index], *spaces[index])
@@ -762,6 +787,7 @@ class Extractor:
             window,
             _Progress(range_checkpoint.resume_after, range_checkpoint.next_batch_index, range_checkpoint.members),
             save,
+            self._record_size(template, checkpoint),
             until=range_checkpoint.upper,
             end_batch_index=range_checkpoint.end_batch_index,
             stop_on=frozenset({RunStatus.CANCELLED, RunStatus.FAILED}),
@@ -805,20 +831,19 @@ class Extractor:
     # --- pages ---------------------------------------------------------------------------------------------------
 
     def _extract(self, job: _Job) -> _Progress:
-        record_size = members_per_record(job.template.batch_size, self.record_members)
         encoder = BatchEncoder(
             run_id=job.run_id,
             definition=job.definition.name,
             template=job.template.name,
             priority=job.definition.priority,
-            batch_size=record_size,
+            batch_size=job.record_size,
             max_record_bytes=self.max_record_bytes,
             key_column=job.query.key_column,
         )
         pages: MemberPages = self._query(
             lambda: self.reader.member_pages(
                 job.query,
-                page_size=page_size_for(record_size, self.page_size),
+                page_size=page_size_for(job.record_size, self.page_size),
                 after=job.start.last_key,
                 until=job.until,
                 parameters=job.parameters,

@@ -2,7 +2,9 @@
 
 A definition edited while its run is under way (``full`` to ``changes``, or to ``incremental``) would otherwise
 resume the run in the other mode: a full run's batch index taken as a change run's, a change run's last key as a
-full run's. The checkpoint keeps the mode (and the scope the run's retries look members up in) from the start.
+full run's. The checkpoint keeps the mode (and the scope the run's retries look members up in) from the start, and
+how many members its records hold (a template's ``batch_size`` edited before a resume would re-chunk the pages read
+again under the identities their records had: a partner honouring the Idempotency-Key would drop members as seen).
 """
 
 from __future__ import annotations
@@ -10,12 +12,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.catalog_objects import ExportDefinition, HttpTemplate
 from shared.domain.checkpoints import Checkpoint, RunSync
+from shared.member_batches import members_per_record
+
+#: Members a one-member template's record holds (EXPORT_EXTRACTOR_RECORD_MEMBERS' default).
+DEFAULT_RECORD_MEMBERS = 64
 
 
-def fixed_sync(definition: ExportDefinition, checkpoint: Checkpoint, save: Callable[[Checkpoint], None]) -> Checkpoint:
-    """The checkpoint with the run's sync: as recorded, or (first start) the definition's, recorded now."""
+def fixed_sync(
+    definition: ExportDefinition,
+    checkpoint: Checkpoint,
+    save: Callable[[Checkpoint], None],
+    *,
+    record_size: int | None = None,
+) -> Checkpoint:
+    """The checkpoint with the run's sync: as recorded, or (first start) the definition's, recorded now with the
+    members per record its template gives (``record_size``; None: its template is missing, the run fails)."""
     if checkpoint.sync is not None:
         return checkpoint
     incremental = definition.incremental
@@ -23,6 +36,7 @@ def fixed_sync(definition: ExportDefinition, checkpoint: Checkpoint, save: Calla
         definition.sync.mode,
         full_scope=incremental is None,
         watermark_column=incremental.watermark_column if incremental is not None else None,
+        record_size=record_size,
     )
     checkpoint = replace(checkpoint, sync=sync)
     save(checkpoint)
@@ -46,3 +60,11 @@ def run_sync(checkpoint: Checkpoint) -> RunSync:
     """The run's sync, once :func:`fixed_sync` recorded it."""
     assert checkpoint.sync is not None, "fixed_sync first"
     return checkpoint.sync
+
+
+def record_size(template: HttpTemplate | None, record_members: int, checkpoint: Checkpoint | None = None) -> int | None:
+    """Members per record of the run: as fixed at its first start, else as its template gives now (None: no
+    template)."""
+    if checkpoint is not None and checkpoint.sync is not None and checkpoint.sync.record_size is not None:
+        return checkpoint.sync.record_size
+    return members_per_record(template.batch_size, record_members) if template is not None else None

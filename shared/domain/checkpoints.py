@@ -28,15 +28,20 @@ class RunSync:
     #: An incremental run's watermark column as its definition named it at the run's start (None: a full run, or an
     #: incremental run recorded before this was, which takes its definition's column as it is now).
     watermark_column: str | None = None
+    #: Members per record as at the run's first start (None: recorded before this was; the template's now). A run
+    #: resumed after its template's ``batch_size`` was edited re-reads its last page with the same records: the same
+    #: identities (``run:batch_index``, the Idempotency-Key's stem) hold the same members.
+    record_size: int | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """As the checkpoint row keeps it (``announced`` and ``watermark_column`` only when set: rows of full runs
-        started one by one unchanged)."""
+        """As the checkpoint row keeps it (``announced``, ``watermark_column`` and ``record_size`` only when set)."""
         value: dict[str, Any] = {"mode": self.mode.value, "full_scope": self.full_scope, "counts": self.counts}
         if self.announced:
             value["announced"] = True
         if self.watermark_column is not None:
             value["watermark_column"] = self.watermark_column
+        if self.record_size is not None:
+            value["record_size"] = self.record_size
         return value
 
     @classmethod
@@ -50,6 +55,7 @@ class RunSync:
             value.get("counts"),
             bool(value.get("announced")),
             value.get("watermark_column"),
+            value.get("record_size"),
         )
 
 

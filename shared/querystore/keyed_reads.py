@@ -9,8 +9,10 @@ bounded chunks.
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import decimal
+import json
 import math
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,6 +23,7 @@ from sqlalchemy import ColumnElement, Select, String, bindparam, cast, literal_c
 from shared.domain.catalog_objects import SavedQuery
 from shared.domain.query_parameters import RESERVED_PREFIX
 from shared.member_keys import row_key
+from shared.querystore.member_json import PG_JSONB
 from shared.querystore.paging import (
     Window,
     _window_conditions,
@@ -55,10 +58,12 @@ def members_by_keys(
     with reader._cursor(query) as cursor:
         sample.execute(cursor, dict(parameters or {}))
         first = cursor.fetchone()
+        type_code = cursor.description[0][1]
     if first is None:
         return None
-    if isinstance(first[0], decimal.Decimal):
-        return _by_names(reader, query, q, keys, parameters=parameters, window=window, key_only=key_only)
+    if isinstance(first[0], decimal.Decimal) or type_code == PG_JSONB:
+        ranges = _json_ranges if type_code == PG_JSONB else _numeric_ranges
+        return _by_names(reader, query, q, keys, ranges, parameters=parameters, window=window, key_only=key_only)
     parse = _parser(first[0])
     typed: list[Any]
     if parse is not None:
@@ -82,20 +87,19 @@ def _by_names(
     query: SavedQuery,
     q: Any,
     keys: Sequence[str],
+    ranges_of: Callable[[str], Iterator[tuple[Any, Any]]],
     *,
     parameters: Mapping[str, Any] | None,
     window: Window | None,
     key_only: bool,
 ) -> Page | None:
-    """A ``numeric`` key's members by name. A record writes a fraction as its nearest double, so a member is named
-    by that double's text (``0.14285714285714285`` for 1/7 with 20 digits, ``1.0`` for 1.00000000000000000001):
-    each name is read as the range of numerics whose nearest double it is (through the key's index), and the rows
-    read are kept when they have that name. Several members may have one name: each is found. A whole number is
-    named by its digits, and read as exactly that number."""
-    named: dict[tuple[decimal.Decimal, decimal.Decimal], set[str]] = {}
+    """The members of a key whose name does not say its value exactly, by name: each name read as the ranges of keys
+    that may have it (``ranges_of``: :func:`_numeric_ranges`, :func:`_json_ranges`, through the key's index), the rows
+    read kept when they have that name. Several members may have one name: each is found."""
+    named: dict[tuple[Any, Any], set[str]] = {}
     for name in keys:
-        if (numerics := _numeric_range(name)) is not None:
-            named.setdefault(numerics, set()).add(name)
+        for bounds in ranges_of(name):
+            named.setdefault(bounds, set()).add(name)
     if not named:
         return None
     ranges, key = sorted(named), q.c[query.key_column]
@@ -108,6 +112,42 @@ def _by_names(
         names = set().union(*(named[numerics] for numerics in chunk))
         found.read(values, names.__contains__, row_key)
     return found.page()
+
+
+def _numeric_ranges(name: str) -> Iterator[tuple[decimal.Decimal, decimal.Decimal]]:
+    """A ``numeric`` key's: a record writes a fraction as its nearest double, so a member is named by that double's
+    text (``0.14285714285714285`` for 1/7 with 20 digits, ``1.0`` for 1.00000000000000000001); a whole number by its
+    digits, read as exactly that number."""
+    if (numerics := _numeric_range(name)) is not None:
+        yield numerics
+
+
+def _json_ranges(name: str) -> Iterator[tuple[str, str]]:
+    """A ``jsonb`` key's, as JSON texts PostgreSQL reads as jsonb: a record names a member by Python's text of its
+    key's JSON value (``{'a': 1}``, ``True``, ``s1`` for the string ``"s1"``, ``5`` for the number 5 and the string
+    ``"5"``): the string it may be, and the value it may be the text of, a number as the range of numerics its double
+    stands for (jsonb compares numbers as numerics). A fraction inside an object or array is compared as its double."""
+    yield (text := json.dumps(name)), text
+    if len(name) > _LITERAL_NAME_LIMIT:
+        return
+    try:
+        value = ast.literal_eval(name)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if (numerics := _numeric_range(name)) is not None:
+            yield str(numerics[0]), str(numerics[1])
+        return
+    if value is None or isinstance(value, bool | dict | list):
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            return
+        yield text, text
+
+
+#: A jsonb key's name longer than this is only looked for as a string (reading it as a Python literal costs more).
+_LITERAL_NAME_LIMIT = 10_000
 
 
 def _numeric_range(name: str) -> tuple[decimal.Decimal, decimal.Decimal] | None:

@@ -92,6 +92,8 @@ _PG_WRITTEN = _PG_NATIVE | {
 #: PostgreSQL's uuid: no ``max(uuid)``. Boolean, bytea and jsonb keys have none either (a name key's is text's) and
 #: keep ``max()``, their JSON page failing and read again as rows as before: not checked beyond that (session 48).
 _PG_UUID = 2950
+#: A ``jsonb`` column: a key of this type is read back as its JSON text (see :func:`last_key`).
+PG_JSONB = 3802
 
 #: SQLite's printf writes a double's 17 significant digits exactly within this band (checked on
 #: millions of values; beyond 1e100 some last digits are off), so other reals take the row path.
@@ -149,12 +151,13 @@ class MemberJson:
 
 def last_key(dialect: str, key: ColumnElement[Any], type_code: Any) -> ColumnElement[Any]:
     """The aggregate giving a page's last key, in the key column's own type: its ``max``, or on PostgreSQL for a uuid
-    (no ``max(uuid)``) the first of its keys in descending key order (the JSON page query failed for a uuid key, and
-    each page was read again as rows)."""
-    if dialect != "postgresql" or type_code != _PG_UUID:
+    or jsonb key (no ``max`` of either) the first of its keys in descending key order (the JSON page query failed for
+    such a key, and each page was read again as rows); a jsonb key as its JSON text, exactly as the next page binds it
+    back (the driver's value of a number holds no more digits than a float)."""
+    if dialect != "postgresql" or type_code not in (_PG_UUID, PG_JSONB):
         return func.max(key)
     keys: ColumnElement[Any] = func.array_agg(aggregate_order_by(key, key.desc()), type_=ARRAY(key.type))
-    return keys[_integer(1)]
+    return keys[_integer(1)] if type_code == _PG_UUID else cast(keys[_integer(1)], Text)
 
 
 def member_json(

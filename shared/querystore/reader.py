@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import decimal
 import json
+import math
 import queue
 import threading
 import time
@@ -14,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Text, cast
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -28,7 +29,13 @@ from shared.errors import PermanentError
 from shared.json_values import jsonable
 from shared.outages import is_outage
 from shared.outbound.failure_reasons import masked_reason
-from shared.querystore.member_json import MEMBER_SEPARATOR, ROW_PATH_MARKER_JSON, MemberJson, ResultColumn
+from shared.querystore.member_json import (
+    MEMBER_SEPARATOR,
+    PG_JSONB,
+    ROW_PATH_MARKER_JSON,
+    MemberJson,
+    ResultColumn,
+)
 from shared.querystore.paging import (
     LAST_KEY,
     LIMIT,
@@ -89,6 +96,15 @@ class QueryTimeout(QueryError):
 def null_key_error(query: SavedQuery) -> QueryError:
     """The run's failure when a member's key is NULL: paging by key can neither reach it nor go on after it."""
     return QueryError(f"query '{query.name}' returned a member whose key '{query.key_column}' is NULL")
+
+
+def unnamed_key_error(query: SavedQuery) -> QueryError:
+    """The run's failure when a member's key is NaN or an infinity: its record writes it as null (JSON has neither),
+    so nothing names the member (a refused one is not found again; NaN and both infinities would be one member)."""
+    return QueryError(
+        f"query '{query.name}' returned a member whose key '{query.key_column}' is NaN or an infinity, which its "
+        "record cannot name (written as null)"
+    )
 
 
 class StoreUnavailable(QueryError):
@@ -259,6 +275,8 @@ class _DriverStatement:
         self._floats_as_text = engine.dialect.name == "postgresql"
         #: psycopg: results in binary format (bytea as bytes as they are, no text decoding).
         self.binary = binary
+        #: A row page's: the text of the key ``:_export_offset`` keys on (a jsonb key's exact JSON text).
+        self.key_text: _DriverStatement | None = None
 
     def execute(self, cursor: Any, values: Mapping[str, Any]) -> None:
         if self.binary:
@@ -399,6 +417,7 @@ class MemberReader:
             self._pages(
                 query, rows, json_statements, base, after, page_size, check_utf8=member.check_utf8, page_ends=page_ends
             ),
+            first_key=after is None,
         )
 
         def as_rows(page: JsonPage) -> Page | None:
@@ -407,11 +426,30 @@ class MemberReader:
         return MemberPages(pages, json=True, reason=None, as_rows=as_rows)
 
     def _keyed(
-        self, query: SavedQuery, sql: str, window: Window | None, base: dict[str, Any], pages: Iterator[Page | JsonPage]
+        self,
+        query: SavedQuery,
+        sql: str,
+        window: Window | None,
+        base: dict[str, Any],
+        pages: Iterator[Page | JsonPage],
+        *,
+        first_key: bool = False,
     ) -> Iterator[Page | JsonPage]:
         """``pages``, once the query is found to have no member (in the window) whose key is NULL: else the run fails
-        before its first page (PostgreSQL sorts NULLs after every page but the first, which would drop them)."""
+        before its first page (PostgreSQL sorts NULLs after every page but the first, which would drop them).
+        ``first_key``: JSON pages from the start, which name only their last key: the first is read, and one its
+        record cannot name (a negative infinity, sorted first) fails the run too."""
         self._refuse_null_keys(query, sql, window, base)
+        if first_key:
+            statement: _DriverStatement = self._statements.get(
+                ("first key", sql, query.key_column, _window_key(window)),
+                lambda: _DriverStatement(self.engine, key_page(sql, query.key_column, first=True, window=window)),
+            )
+            with self._cursor(query) as cursor:
+                statement.execute(cursor, base | {LIMIT: 1})
+                row = cursor.fetchone()
+            if row is not None:
+                read_key(query, row[0], None)
         yield from pages
 
     def _refuse_null_keys(self, query: SavedQuery, sql: str, window: Window | None, values: dict[str, Any]) -> None:
@@ -486,14 +524,15 @@ class MemberReader:
             with self._cursor(query) as cursor:
                 statements[last_key is None].execute(cursor, self._values(base, last_key))
                 keys = [row[0] for row in cursor.fetchall()]
+                type_code = cursor.description[0][1]
             if not keys:
                 return
-            if keys[0] is None or keys[-1] is None:  # NULLs sort first or last
-                raise null_key_error(query)
+            read_key(query, keys[0], type_code)  # NULLs, NaN and infinities sort first or last
+            last = read_key(query, keys[-1], type_code)
             yield keys
             if len(keys) < page_size:
                 return
-            last_key = key_value(keys[-1])
+            last_key = last
 
     def key_boundaries(
         self,
@@ -521,11 +560,10 @@ class MemberReader:
                     cursor, values if last_key is None else values | {LAST_KEY: last_key}
                 )
                 row = cursor.fetchone()
+                type_code = cursor.description[0][1]
             if row is None:
                 break
-            if row[0] is None:
-                raise null_key_error(query)
-            last_key, previous_rank = key_value(row[0]), rank
+            last_key, previous_rank = read_key(query, row[0], type_code), rank
             keys.append(last_key)
         return keys
 
@@ -533,12 +571,16 @@ class MemberReader:
         self, query: SavedQuery, sql: str, window: Window | None, bounded: bool = False
     ) -> dict[bool, _DriverStatement]:
         def build() -> dict[bool, _DriverStatement]:
-            return {
-                first: _DriverStatement(
+            statements = {}
+            for first in (True, False):
+                statement = _DriverStatement(
                     self.engine, keyset_page(sql, query.key_column, first=first, window=window, bounded=bounded)
                 )
-                for first in (True, False)
-            }
+                keys = key_after(sql, query.key_column, first=first, window=window, bounded=bounded)
+                as_text = keys.with_only_columns(cast(keys.selected_columns[0], Text))
+                statement.key_text = _DriverStatement(self.engine, as_text)
+                statements[first] = statement
+            return statements
 
         statements: dict[bool, _DriverStatement] = self._statements.get(
             ("rows", sql, query.key_column, _window_key(window), bounded), build
@@ -658,10 +700,11 @@ class MemberReader:
                 with self._cursor(query) as cursor:
                     statements[after is None].execute(cursor, self._values(values, after))
                     row = cursor.fetchone()
+                    type_code = cursor.description[0][1]
+                # A key its record cannot name: its page's own read fails the run.
+                return None if row is None else read_key(query, row[0], type_code)
             except QueryError:
                 return None
-            # A NULL key: its page's own read fails the run.
-            return None if row is None or row[0] is None else key_value(row[0])
 
         return page_end
 
@@ -676,19 +719,42 @@ class MemberReader:
             statement.execute(cursor, self._values(base, last_key))
             columns = tuple(d[0] for d in cursor.description)
             rows = cursor.fetchall()
+            type_codes = [d[1] for d in cursor.description]
         if not rows:
             return None
-        _check_keys(query, columns, rows)
         if query.key_column not in columns:
             raise QueryError(f"query '{query.name}' does not return its key column '{query.key_column}'")
-        last = rows[-1][columns.index(query.key_column)]
+        at = columns.index(query.key_column)
+        read_key(query, rows[0][at], type_codes[at])  # NULLs, NaN and infinities sort first or last
+        last = rows[-1][at]
+        page_last = read_key(query, last, type_codes[at])
+        if type_codes[at] == PG_JSONB and statement.key_text is not None and _holds_float(last):
+            page_last = self._jsonb_key_text(query, statement.key_text, base, last_key, page_last, last, len(rows))
         if isinstance(last, bytes) and self.engine.dialect.name != "postgresql":
             # Read back as text, which SQLite sorts before every blob: the next page would be this one again.
             raise QueryError(
                 f"query '{query.name}': its key column '{query.key_column}' holds blobs, which the "
                 "extractor cannot page by on SQLite (use a key of another type)"
             )
-        return Page(columns, rows, key_value(last))
+        return Page(columns, rows, page_last)
+
+    def _jsonb_key_text(
+        self,
+        query: SavedQuery,
+        statement: _DriverStatement,
+        base: dict[str, Any],
+        after: Any,
+        read: str,
+        last: Any,
+        count: int,
+    ) -> Any:
+        """The last jsonb key of a row page (read after ``after``, ``count`` rows) holding a number the driver read as
+        a float, as its exact JSON text: the float's text (``read``) is below a number of more digits, and the next
+        page would start on it again. ``read`` when the key found is not the page's last (members changed between)."""
+        with self._cursor(query) as cursor:
+            statement.execute(cursor, self._values(base | {LIMIT: 1, OFFSET: count - 1}, after))
+            row = cursor.fetchone()
+        return row[0] if row is not None and json.loads(row[0]) == last else read
 
     def _json_page(
         self, query: SavedQuery, statement: _DriverStatement, base: dict[str, Any], last_key: Any, check_utf8: bool
@@ -707,6 +773,8 @@ class MemberReader:
             return JsonPage([], last_key, last_key)
         if keyed != count:
             raise null_key_error(query)
+        if _not_finite(page_last_key):  # NaN and infinity sort last (a negative infinity first: see _keyed)
+            raise unnamed_key_error(query)
         if _MARKER in joined:
             return None
         if check_utf8:
@@ -808,12 +876,32 @@ class MemberReader:
             yield
 
 
-def _check_keys(query: SavedQuery, columns: tuple[str, ...], rows: list[Sequence[Any]]) -> None:
-    """Fail a page holding a member whose key is NULL (NULLs sort first or last: its first or last row)."""
-    if query.key_column in columns:
-        at = columns.index(query.key_column)
-        if rows[0][at] is None or rows[-1][at] is None:
-            raise null_key_error(query)
+def read_key(query: SavedQuery, raw: Any, type_code: Any) -> Any:
+    """A key as the driver read it, as the next read binds it back (:func:`key_value`; a jsonb key as its JSON text,
+    which PostgreSQL reads back as jsonb: a number or a string bound as it is was refused); the run's failure when
+    its record cannot name it (NULL, NaN, an infinity)."""
+    if raw is None:
+        raise null_key_error(query)
+    if _not_finite(raw):
+        raise unnamed_key_error(query)
+    if type_code == PG_JSONB:
+        return json.dumps(raw)  # the driver's value (a JSON page's last key is read as its text already)
+    return key_value(raw)
+
+
+def _holds_float(value: Any) -> bool:
+    """Whether a JSON value (as the driver read it) holds a number read as a float."""
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(map(_holds_float, value.values()))
+    return isinstance(value, list) and any(map(_holds_float, value))
+
+
+def _not_finite(value: Any) -> bool:
+    if isinstance(value, decimal.Decimal):
+        return not value.is_finite()
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 class _Seconds:

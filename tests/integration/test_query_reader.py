@@ -1,5 +1,6 @@
 """Keyset paging over SQLite and a real PostgreSQL."""
 
+import itertools
 import json
 import threading
 import time
@@ -567,22 +568,17 @@ def _bounded(pages: Iterator[Page | JsonPage], most: int) -> list[Page | JsonPag
     return read
 
 
-def test_on_postgresql_a_numeric_infinity_or_nan_key_or_value_is_read_once_and_written_as_null(
-    postgres_database_factory,
-):
-    """Numeric NaN and infinities (PostgreSQL 14+) as keys and values: every member once in key order, from the start
-    and from a checkpoint on an infinity, their values null on both paths (as the JSON pages write them, and orjson
-    a float's). Before, the run failed at the page ending on an infinity (``int(Decimal('Infinity'))``)."""
+UNNAMED_KEY = r"query 't' returned a member whose key 'k' is NaN or an infinity, which its record cannot name"
+
+
+def test_on_postgresql_a_numeric_infinity_or_nan_value_is_written_as_null(postgres_database_factory):
+    """Numeric NaN and infinities (PostgreSQL 14+) as values: null on both paths (as the JSON pages write them, and
+    orjson a float's). Before, the run failed at the page ending on an infinity (``int(Decimal('Infinity'))``)."""
     engine = make_engine(postgres_database_factory())
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE t (k numeric PRIMARY KEY, v numeric, i integer)"))
         connection.execute(text("INSERT INTO t SELECT i, i / 4.0, i FROM generate_series(1, 9) i"))
-        connection.execute(
-            text(
-                "INSERT INTO t VALUES ('-Infinity', 'Infinity', 10), ('Infinity', 'NaN', 11), ('NaN', '-Infinity', 12),"
-                " (10, 'NaN', 13)"
-            )
-        )
+        connection.execute(text("INSERT INTO t VALUES (10, 'Infinity', 10), (11, 'NaN', 11), (12, '-Infinity', 12)"))
     query = SavedQuery(name="t", sql="SELECT k, v, i FROM t", key_column="k")
     reader = MemberReader(engine, timeout_seconds=30)
     try:
@@ -590,12 +586,8 @@ def test_on_postgresql_a_numeric_infinity_or_nan_key_or_value_is_read_once_and_w
         for database_json in (True, False):
             with reader.member_pages(query, page_size=3, database_json=database_json) as pages:
                 read[database_json] = _bounded(pages, 20)
-        infinity_page = next(p for p in read[False] if p.last_key == "Infinity")
-        checkpoint = json.loads(json.dumps(infinity_page.last_key))
-        resumed = [m["i"] for page in reader.pages(query, page_size=3, after=checkpoint) for m in page.members]
     finally:
         engine.dispose()
-    order = [10, *range(1, 10), 13, 11, 12]
     for database_json in (True, False):
         members = {
             i: v
@@ -603,13 +595,48 @@ def test_on_postgresql_a_numeric_infinity_or_nan_key_or_value_is_read_once_and_w
                 *([x for page in read[database_json] for x in _values_of(page, c)] for c in ("i", "v")), strict=True
             )
         }
-        assert list(members) == order
-        assert [members[i] for i in (10, 11, 12, 13)] == [None] * 4
+        assert list(members) == list(range(1, 13))
+        assert [members[i] for i in (10, 11, 12)] == [None] * 3
         assert members[2] == 0.5
-    assert resumed == [12]
 
 
-#: Key types PostgreSQL has no ``max()`` for: their pages are read as rows (members: how many the table holds).
+# SQLite has no NaN real (it stores NULL, refused as a NULL key): its infinities only.
+UNNAMED_CASES = [("NaN", "postgresql")] + [
+    (key, d) for key in ("Infinity", "-Infinity") for d in ("sqlite", "postgresql")
+]
+
+
+@pytest.mark.parametrize(("key", "database_url"), UNNAMED_CASES, indirect=["database_url"])
+def test_a_numeric_or_float_key_that_is_nan_or_an_infinity_fails_the_reads_naming_the_key(database_url: str, key: str):
+    """A record writes a NaN or infinite key as null (JSON has neither): NaN, Infinity and -Infinity would be one
+    member's name, a refused one is not found again (it was resolved as gone). Such a key fails the run as a NULL key
+    does, wherever it sorts (a negative infinity first, the others last), on every path. Before, the pages read them,
+    each member's record keyed null (PostgreSQL; SQLite has no NaN: a real's infinities)."""
+    postgres = database_url.startswith("postgresql")
+    engine = make_engine(database_url)
+    column = "numeric" if postgres else "real"
+    value = f"'{key}'" if postgres else {"Infinity": "9e999", "-Infinity": "-9e999"}[key]
+    with engine.begin() as connection:
+        connection.execute(text(f"CREATE TABLE t (k {column} PRIMARY KEY, v integer)"))
+        connection.execute(text("INSERT INTO t VALUES (1, 1), (2, 2), (3, 3), (4, 4)"))
+        connection.execute(text(f"INSERT INTO t VALUES ({value}, 5)"))
+    query = SavedQuery(name="t", sql="SELECT k, v FROM t", key_column="k")
+    reader = MemberReader(engine, timeout_seconds=30)
+    try:
+        for database_json in (True, False):
+            refused = pytest.raises(QueryError, match=UNNAMED_KEY)
+            with refused, reader.member_pages(query, page_size=2, database_json=database_json) as pages:
+                _bounded(pages, 10)
+        with pytest.raises(QueryError, match=UNNAMED_KEY):
+            list(reader.key_pages(query, page_size=2))
+        with pytest.raises(QueryError, match=UNNAMED_KEY):
+            reader.key_boundaries(query, [1, 5])
+    finally:
+        engine.dispose()
+
+
+#: Key types PostgreSQL has no ``max()`` for (bytea and boolean pages are read as rows, jsonb ones as JSON: the last key
+#: its text), members: how many the table holds.
 ROW_KEY_TYPES = {
     "bytea": ("decode(lpad(to_hex(i * 37 % 256), 2, '0') || lpad(to_hex(i), 4, '0'), 'hex')", 60),
     "boolean": ("i % 2 = 0", 2),
@@ -621,7 +648,8 @@ ROW_KEY_TYPES = {
 def test_on_postgresql_a_bytea_boolean_or_jsonb_key_s_pages_hold_each_member_once(postgres_database_factory, key_type):
     """A bytea key's last key read back as its hex text went to PostgreSQL as escaped text (``'01ab'`` is the bytes
     ``0``, ``1``, ``a``, ``b``): pages started over and a run never ended; a jsonb key went as Python's text of a dict,
-    which PostgreSQL refused. A refused member keyed by bytes or a boolean is found by its name (hex, ``True``)."""
+    which PostgreSQL refused. A refused member keyed by bytes, a boolean or a jsonb object is found by its name (hex,
+    ``True``, Python's text of the object: before, a jsonb one was not)."""
     expression, count = ROW_KEY_TYPES[key_type]
     engine, ordered = _keyed_table(postgres_database_factory(), expression, count)
     query = SavedQuery(name="t", sql="SELECT k, v FROM t", key_column="k")
@@ -636,15 +664,55 @@ def test_on_postgresql_a_bytea_boolean_or_jsonb_key_s_pages_hold_each_member_onc
         with reader.member_pages(query, page_size=size, after=checkpoint) as pages:
             resumed = [v for page in _bounded(pages, 2 * count) for v in _values_of(page, "v")]
         first = [row_key(row[0]) for row in read[False][0].rows]
-        found = members_by_keys(reader, query, first) if key_type != "jsonb" else None
+        found = members_by_keys(reader, query, first)
     finally:
         engine.dispose()
     for database_json in (True, False):
         assert [v for page in read[database_json] for v in _values_of(page, "v")] == ordered
     assert resumed == ordered[size:]
-    if key_type != "jsonb":  # a jsonb member is named by Python's text of its value: not found again (left)
-        assert found is not None
-        assert [row[1] for row in found.rows] == ordered[:size]
+    assert found is not None
+    assert [row[1] for row in found.rows] == ordered[:size]
+
+
+#: jsonb keys of one type of JSON value each, and of all (members: 60).
+JSONB_KEYS = {
+    "number": "to_jsonb(i)",
+    "fraction of 20 digits": "to_jsonb(i / 7.0)",
+    "string": "to_jsonb('s' || i)",
+    "number-like string": "to_jsonb(i::text)",
+    "mixed": "CASE i % 4 WHEN 0 THEN to_jsonb(i) WHEN 1 THEN to_jsonb('s' || i) WHEN 2 THEN jsonb_build_array(i)"
+    " ELSE to_jsonb(i % 3 = 0) || jsonb_build_object('i', i) END",
+}
+
+
+@pytest.mark.parametrize("key_type", JSONB_KEYS)
+def test_on_postgresql_a_jsonb_scalar_key_s_pages_hold_each_member_once_and_its_members_are_found_by_name(
+    postgres_database_factory, key_type
+):
+    """A jsonb number or string as a key: before, the second page failed (a number's last key went as an integer,
+    ``operator does not exist: jsonb > smallint``; a string's as text, ``invalid input syntax for type json``), and a
+    fraction's pages repeated the member each ended on (its last key went as its double). A refused member is found
+    by its name (Python's text of its JSON value: ``5`` for the number and the string)."""
+    engine, ordered = _keyed_table(postgres_database_factory(), JSONB_KEYS[key_type], 60)
+    query = SavedQuery(name="t", sql="SELECT k, v FROM t", key_column="k")
+    reader = MemberReader(engine, timeout_seconds=30)
+    try:
+        read = {}
+        for database_json, size in itertools.product((True, False), (1, 7)):
+            with reader.member_pages(query, page_size=size, database_json=database_json) as pages:
+                read[database_json, size] = _bounded(pages, 120)
+        checkpoint = json.loads(json.dumps(read[True, 7][2].last_key))
+        with reader.member_pages(query, page_size=7, after=checkpoint) as pages:
+            resumed = [v for page in _bounded(pages, 120) for v in _values_of(page, "v")]
+        names = [row_key(row[0]) for page in read[False, 7] for row in page.rows]
+        found = members_by_keys(reader, query, names[5:40])
+    finally:
+        engine.dispose()
+    for (database_json, size), pages_read in read.items():
+        assert [v for page in pages_read for v in _values_of(page, "v")] == ordered, (database_json, size)
+    assert resumed == ordered[21:]
+    assert found is not None
+    assert [row[1] for row in found.rows] == ordered[5:40]
 
 
 def test_on_sqlite_a_run_keyed_by_blobs_fails_naming_its_key_column(tmp_path):

@@ -167,6 +167,11 @@ def test_every_refused_member_whose_key_a_float_rounds_is_sent_again(
             )
         )
     engine.dispose()
+    _every_fraction_refused_is_sent_again(catalog, reader)
+
+
+def _every_fraction_refused_is_sent_again(catalog: CatalogStores, reader: MemberReader) -> None:
+    """The 60 members of ``fractions``, refused as the dispatcher names them, are all sent again, none gone."""
     names = _named_as_the_dispatcher_names_them(reader, FRACTIONS)
     assert len(names) == 60
     definition_id = _refused(catalog, names)
@@ -180,3 +185,32 @@ def test_every_refused_member_whose_key_a_float_rounds_is_sent_again(
     assert retried.members == 60
     states = catalog.retries.states(definition_id, sorted(set(names)))
     assert {state.state for state in states.values()} == {RetryState.PENDING}  # none resolved as gone
+
+
+#: jsonb keys (PostgreSQL): numbers, fractions of 20 digits, strings (some spelling numbers), arrays and objects.
+JSONB_KEY = (
+    "CASE i % 5 WHEN 0 THEN to_jsonb(i) WHEN 1 THEN to_jsonb(i / 7.0) WHEN 2 THEN to_jsonb(i::text)"
+    " WHEN 3 THEN jsonb_build_array(i, 's') ELSE jsonb_build_object('a', i % 3, 'b', i) END"
+)
+
+
+def test_every_refused_member_whose_key_is_jsonb_is_sent_again(postgres_database_factory, migrated_catalog):
+    """A record names a jsonb-keyed member by Python's text of its key's JSON value (``{'a': 1, 'b': 4}``, ``5`` for
+    the number and the string): each refused member is found again. Before, the pages failed at the second (a number's
+    last key bound as an integer), and no object-keyed member was found again (0 of 10 in a probe: resolved as gone)."""
+    url = postgres_database_factory()
+    catalog = migrated_catalog(url)  # a copy of the migrated template: made before the member table
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                f"CREATE TABLE fractions AS SELECT {JSONB_KEY} AS code, 'm' || i AS label FROM generate_series(1, 60) i"
+            )
+        )
+    engine.dispose()
+    reader = MemberReader.from_url(url)
+    try:
+        _every_fraction_refused_is_sent_again(catalog, reader)
+    finally:
+        reader.close()
+        catalog.close()
