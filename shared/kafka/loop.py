@@ -132,11 +132,12 @@ FATAL_KAFKA_ERRORS: tuple[type[Exception], ...] = (
     UnsupportedVersionError,
     UnsupportedCodecError,
 )
-#: While rounds are in flight and the last poll found nothing, the loop waits for a round to move on (its handling
-#: done, or the broker's answer to its outcomes: acted on at once) before it polls again without waiting: first this
-#: long (milliseconds), then twice as long after each poll in a row that finds nothing, up to
-#: :data:`IN_FLIGHT_WAIT_MAX_MS`; a poll that brings records starts again. Also the longest wait while records are held
-#: (one may fall due) or an outcome's acknowledgement cannot call back.
+#: While rounds are in flight, the loop polls for up to this long (milliseconds) while records wait in Kafka (a
+#: backlog). With none, once the last poll found nothing, it waits for a round to move on (its handling done, or the
+#: broker's answer to its outcomes: acted on at once) before it polls again without waiting: first this long, then
+#: twice as long after each poll in a row that finds nothing, up to :data:`IN_FLIGHT_WAIT_MAX_MS`; a poll that brings
+#: records starts again. Also the longest wait while records are held (one may fall due) or an outcome's
+#: acknowledgement cannot call back.
 IN_FLIGHT_POLL_MS = 10
 #: The longest wait for a round in flight to move on (milliseconds): a record arriving meanwhile (another run's) is
 #: polled no later than this. Polling every 10 ms instead cost a one-member run that fits one round 7-16% of its
@@ -665,6 +666,9 @@ class ConsumerLoop(Generic[E]):
         #: How long the loop waits for that before its next poll while rounds are in flight (milliseconds; 0: polls at
         #: once, its last poll brought records).
         self._quiet_wait_ms = 0
+        #: Whether a partition not paused had records not read yet at the last turn (its high-water mark, from the last
+        #: fetch response, past its position): the loop then polls rather than waits (see :meth:`_record_lag`).
+        self._backlog = False
         if handle_round is not None and rounds_in_flight > 1:
             self._window = RoundWindow(rounds_in_flight, f"{service}-rounds")
         #: The records handed to the handler by a round in flight, and the last round handed each: not handed to it
@@ -866,12 +870,17 @@ class ConsumerLoop(Generic[E]):
         a metric must not stop the loop."""
         try:
             lags: dict[tuple[str, int], int | None] = {}
+            backlog = False
+            paused = set(self.consumer.paused()) if self._window is not None else set()
             for partition in self.consumer.assignment():
                 highwater = self.consumer.highwater(partition)
                 position = None if highwater is None else self.consumer.position(partition, timeout_ms=0)
-                lags[(partition.topic, partition.partition)] = partition_lag(highwater, position)
+                lag = lags[(partition.topic, partition.partition)] = partition_lag(highwater, position)
+                backlog = backlog or (bool(lag) and partition not in paused)
+            self._backlog = backlog
             self._lag.update(lags)
         except Exception as exc:  # noqa: BLE001 - revoked meanwhile, or closing: the next round tells again
+            self._backlog = False
             log.debug("consumer lag not recorded", service=self.service, error=f"{type(exc).__name__}: {exc}")
 
     def _poll(self, timeout_ms: int) -> tuple[dict[TopicPartition, list[Any]], list[Any]]:
@@ -1009,9 +1018,15 @@ class ConsumerLoop(Generic[E]):
             return settled
         # While rounds are in flight, the poll does not wait: the loop waits for them to move on instead, once its last
         # poll found nothing (a round done meanwhile moves on at once).
-        if len(window):
+        # Records known to wait in Kafka (a backlog) are polled as before: a poll returns as soon as they are fetched.
+        if not len(window):
+            timeout_ms = self.poll_timeout_ms
+        elif self._backlog:
+            self._quiet_wait_ms, timeout_ms = 0, min(self.poll_timeout_ms, IN_FLIGHT_POLL_MS)
+        else:
             self._wait_for_rounds(window)
-        polled, due = self._poll(0 if len(window) else self.poll_timeout_ms)
+            timeout_ms = 0
+        polled, due = self._poll(timeout_ms)
         self._commit_given_back()
         self._commit_deferred(polled)
         pending = self._start_round(polled, due)
