@@ -104,8 +104,8 @@ def _stop(loop: Any, thread: threading.Thread, *gates: threading.Event) -> None:
     assert not thread.is_alive()
 
 
-def test_a_lone_round_in_flight_with_nothing_to_read_costs_a_handful_of_polls_not_one_every_10_ms():
-    consumer, producer = CountingConsumer(), KafkaProducer()
+def _lone_round(consumer: CountingConsumer, producer: KafkaProducer) -> tuple[Any, threading.Thread, threading.Event]:
+    """A loop running with one round ("a") in flight, with the handler until ``finish`` is set; nothing else to read."""
     consumer.add(P0, "a")
     started, finish = threading.Event(), threading.Event()
 
@@ -116,8 +116,16 @@ def test_a_lone_round_in_flight_with_nothing_to_read_costs_a_handful_of_polls_no
 
     loop = _loop(consumer, producer, handle_round)
     thread = _run(loop)
+    if not started.wait(DEADLINE_SECONDS):
+        _stop(loop, thread, finish)
+        raise AssertionError("the round never reached the handler")
+    return loop, thread, finish
+
+
+def test_a_lone_round_in_flight_with_nothing_to_read_costs_a_handful_of_polls_not_one_every_10_ms():
+    consumer, producer = CountingConsumer(), KafkaProducer()
+    loop, thread, finish = _lone_round(consumer, producer)
     try:
-        assert started.wait(DEADLINE_SECONDS)
         before = consumer.polls
         time.sleep(ROUND_SECONDS)  # the round's own time (the handler at work), not a synchronisation
         polls = consumer.polls - before
@@ -135,18 +143,8 @@ def test_a_lone_round_in_flight_with_nothing_to_read_costs_a_handful_of_polls_no
 
 def test_a_round_done_and_its_outcomes_acknowledged_are_acted_on_at_once_not_after_the_wait():
     consumer, producer = CountingConsumer(), KafkaProducer()
-    consumer.add(P0, "a")
-    started, finish = threading.Event(), threading.Event()
-
-    def handle_round(requests: Sequence[RunRequested]) -> list[list[Outgoing] | BaseException]:
-        started.set()
-        assert finish.wait(DEADLINE_SECONDS)
-        return [_outcome(request) for request in requests]
-
-    loop = _loop(consumer, producer, handle_round)
-    thread = _run(loop)
+    loop, thread, finish = _lone_round(consumer, producer)
     try:
-        assert started.wait(DEADLINE_SECONDS)
         # The loop's waits grow to their longest while the round is in flight.
         wait_until(lambda: consumer.polls >= 8, timeout=DEADLINE_SECONDS, what="the loop waiting its longest")
         handed = time.monotonic()
