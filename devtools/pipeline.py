@@ -28,8 +28,11 @@ class LocalPipeline(Managed):
         services: tuple[str, ...] = SERVICES,
         service_env: dict[str, dict[str, str]] | None = None,
         modules: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.env = {**os.environ, **env}
+        #: The services' working directory (None: this process's): ``python -m`` imports from there first.
+        self.cwd = cwd
         self.log_dir = log_dir
         self.services = services
         self.service_env = service_env or {}
@@ -47,6 +50,7 @@ class LocalPipeline(Managed):
             process = subprocess.Popen(
                 [sys.executable, "-m", self.modules.get(name, f"services.{name}")],
                 env={**self.env, **self.service_env.get(name, {})},
+                cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

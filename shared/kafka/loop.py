@@ -132,9 +132,17 @@ FATAL_KAFKA_ERRORS: tuple[type[Exception], ...] = (
     UnsupportedVersionError,
     UnsupportedCodecError,
 )
-#: The longest poll while rounds are in flight (milliseconds): a round done meanwhile waits no longer than this
-#: for its outcomes to be produced and committed when no record comes.
+#: While rounds are in flight, the loop polls for up to this long (milliseconds) while records wait in Kafka (a
+#: backlog). With none, once the last poll found nothing, it waits for a round to move on (its handling done, or the
+#: broker's answer to its outcomes: acted on at once) before it polls again without waiting: first this long, then
+#: twice as long after each poll in a row that finds nothing, up to :data:`IN_FLIGHT_WAIT_MAX_MS`; a poll that brings
+#: records starts again. Also the longest wait while records are held (one may fall due) or an outcome's
+#: acknowledgement cannot call back.
 IN_FLIGHT_POLL_MS = 10
+#: The longest wait for a round in flight to move on (milliseconds): a record arriving meanwhile (another run's) is
+#: polled no later than this. Polling every 10 ms instead cost a one-member run that fits one round 7-16% of its
+#: time (issue 18): the loop thread woke 100 times a second, each poll taking the GIL from the round's requests.
+IN_FLIGHT_WAIT_MAX_MS = 100
 #: The first wait after an interrupted round, doubling with each interruption in a row up to the maximum.
 INTERRUPTION_BACKOFF_SECONDS = 0.5
 MAX_INTERRUPTION_BACKOFF_SECONDS = 30.0
@@ -511,6 +519,9 @@ class _Sending:
     produced: list[tuple[Any, list[Any]]]
     letters: list[_Letter]
 
+    #: Whether :meth:`call_back` was asked already, and what it answered.
+    calling_back: bool | None = None
+
     def answered(self) -> bool:
         """Whether the broker has answered for every record (acknowledged or refused)."""
         return all(
@@ -518,6 +529,22 @@ class _Sending:
             for _, flights in self.produced
             for flight in flights
         )
+
+    def call_back(self, answer: Callable[[object], None]) -> bool:
+        """Have ``answer`` called as the broker answers each record not answered yet (once per sending, whatever
+        the calls); False when a record's future cannot call back (not a kafka-python future)."""
+        if self.calling_back is None:
+            self.calling_back = True
+            for _, flights in self.produced:
+                for flight in flights:
+                    if isinstance(flight, Exception) or getattr(flight, "is_done", True):
+                        continue
+                    add_both = getattr(flight, "add_both", None)
+                    if add_both is None:
+                        self.calling_back = False
+                    else:
+                        add_both(answer)
+        return self.calling_back
 
 
 class _RecordTrace:
@@ -633,6 +660,15 @@ class ConsumerLoop(Generic[E]):
         self._traces: dict[int, _RecordTrace] = {}
         #: The rounds being handled while the loop polls the next (None: one round at a time).
         self._window: RoundWindow[_PendingRound[E]] | None = None
+        #: Set as a round in flight moves on (its handling done, its outcomes answered by the broker): ends the loop's
+        #: wait before its next poll (:meth:`_wait_for_rounds`).
+        self._moved_on = threading.Event()
+        #: How long the loop waits for that before its next poll while rounds are in flight (milliseconds; 0: polls at
+        #: once, its last poll brought records).
+        self._quiet_wait_ms = 0
+        #: Whether a partition not paused had records not read yet at the last turn (its high-water mark, from the last
+        #: fetch response, past its position): the loop then polls rather than waits (see :meth:`_record_lag`).
+        self._backlog = False
         if handle_round is not None and rounds_in_flight > 1:
             self._window = RoundWindow(rounds_in_flight, f"{service}-rounds")
         #: The records handed to the handler by a round in flight, and the last round handed each: not handed to it
@@ -834,12 +870,17 @@ class ConsumerLoop(Generic[E]):
         a metric must not stop the loop."""
         try:
             lags: dict[tuple[str, int], int | None] = {}
+            backlog = False
+            paused = set(self.consumer.paused()) if self._window is not None else set()
             for partition in self.consumer.assignment():
                 highwater = self.consumer.highwater(partition)
                 position = None if highwater is None else self.consumer.position(partition, timeout_ms=0)
-                lags[(partition.topic, partition.partition)] = partition_lag(highwater, position)
+                lag = lags[(partition.topic, partition.partition)] = partition_lag(highwater, position)
+                backlog = backlog or (bool(lag) and partition not in paused)
+            self._backlog = backlog
             self._lag.update(lags)
         except Exception as exc:  # noqa: BLE001 - revoked meanwhile, or closing: the next round tells again
+            self._backlog = False
             log.debug("consumer lag not recorded", service=self.service, error=f"{type(exc).__name__}: {exc}")
 
     def _poll(self, timeout_ms: int) -> tuple[dict[TopicPartition, list[Any]], list[Any]]:
@@ -975,14 +1016,25 @@ class ConsumerLoop(Generic[E]):
             if not len(window):
                 self._end_interruption()
             return settled
-        # While a round is in flight, poll briefly: a round done meanwhile moves on at the next turn.
-        timeout_ms = min(self.poll_timeout_ms, IN_FLIGHT_POLL_MS) if len(window) else self.poll_timeout_ms
+        # While rounds are in flight, the poll does not wait: the loop waits for them to move on instead, once its last
+        # poll found nothing (a round done meanwhile moves on at once).
+        # Records known to wait in Kafka (a backlog) are polled as before: a poll returns as soon as they are fetched.
+        if not len(window):
+            timeout_ms = self.poll_timeout_ms
+        elif self._backlog:
+            self._quiet_wait_ms, timeout_ms = 0, min(self.poll_timeout_ms, IN_FLIGHT_POLL_MS)
+        else:
+            self._wait_for_rounds(window)
+            timeout_ms = 0
         polled, due = self._poll(timeout_ms)
         self._commit_given_back()
         self._commit_deferred(polled)
         pending = self._start_round(polled, due)
         if pending is None:
+            if len(window):
+                self._quiet_wait_ms = min(max(2 * self._quiet_wait_ms, IN_FLIGHT_POLL_MS), IN_FLIGHT_WAIT_MAX_MS)
             return settled
+        self._quiet_wait_ms = 0
         handle_round, events = self.handle_round, pending.events
         assert handle_round is not None  # a window is built for round handlers only
         self._in_flight.update(dict.fromkeys(pending.handled_keys(), pending))
@@ -990,7 +1042,38 @@ class ConsumerLoop(Generic[E]):
         pending.results = window.start(
             pending, lambda: self._round_results(handle_round, events) if events is not None else []
         )
+        pending.results.add_done_callback(self._move_on)
         return settled
+
+    def _move_on(self, _: object = None) -> None:
+        """A round in flight moved on (called on the handler's or the producer's thread): the loop's wait ends."""
+        self._moved_on.set()
+
+    def _wait_for_rounds(self, window: RoundWindow[_PendingRound[E]]) -> None:
+        """Before a poll while rounds are in flight, when the last poll found nothing: wait up to
+        ``_quiet_wait_ms`` for the next round to send to be done, or the broker to answer the oldest round's outcomes,
+        whichever the loop waits for (a round's end or answer is acted on at once, a record arriving meanwhile is
+        polled at the wait's end). A stop meanwhile waits for the rounds in flight all the same (they are settled
+        before the loop ends): their end ends this wait.
+
+        While records are held (one may fall due), or an outcome's acknowledgement cannot call back, the wait is no
+        longer than :data:`IN_FLIGHT_POLL_MS`, the loop's turn before."""
+        wait_ms = self._quiet_wait_ms
+        if not wait_ms:
+            return
+        if len(self.held):
+            wait_ms = min(wait_ms, IN_FLIGHT_POLL_MS)
+        self._moved_on.clear()  # before looking: a round moving on from here on ends the wait
+        unsent = next((pending for pending in window if pending.results is not None), None)
+        if unsent is not None and unsent.results is not None and unsent.results.done():
+            return
+        oldest = window.oldest()
+        if oldest is not None and oldest.results is None and oldest.sending is not None:
+            if oldest.sending.answered():
+                return
+            if not oldest.sending.call_back(self._move_on):
+                wait_ms = min(wait_ms, IN_FLIGHT_POLL_MS)
+        self._moved_on.wait(wait_ms / 1000)
 
     def _finish_in_flight(self) -> None:
         """The loop stops: settle the rounds still in flight (what their handler abandoned is handed back)."""

@@ -129,6 +129,10 @@ PAGE_SIZE = 5_000  # the extractor's default page; a whole number of batches of 
 WARM_UP_MEMBERS = 1_000
 #: A variant's pseudo-setting: how many dispatcher processes the pipeline runs (the services never read it).
 DISPATCHERS = "BENCH_DISPATCHERS"
+#: ``--variant BENCH_CODE=DIR,DIR``: the services run from another copy of the code (e.g. the code before a change,
+#: ``git archive`` into DIR): their working directory and PYTHONPATH (the benchmark, exportctl and the raw scripts
+#: stay this tree's).
+CODE = "BENCH_CODE"
 DISPATCHER_CONCURRENCY = "EXPORT_DISPATCHER_CONCURRENCY"
 UVLOOP_RAW = "raw on uvloop"  # the raw aiohttp script run on the event loop the dispatcher runs on
 #: What the saved query returns (the demo export's columns) and what the bodies write of each member.
@@ -316,6 +320,10 @@ class PipelineRun:
         self.dispatchers = int((variant or {}).get(DISPATCHERS, "1"))
         if DISPATCHER_CONCURRENCY not in (variant or {}):
             self.env[DISPATCHER_CONCURRENCY] = str(max(1, concurrency // self.dispatchers))
+        #: The copy of the code the services run (``--variant BENCH_CODE=DIR,DIR``; None: this tree).
+        self.code = Path((variant or {})[CODE]).resolve() if CODE in (variant or {}) else None
+        if self.code is not None:
+            self.env["PYTHONPATH"] = str(self.code)
         # Never the developer's exportctl contexts: a current context with an API URL would take the catalog runs
         # through an API, and its token would go to ours.
         self.exportctl_env = {"EXPORTCTL_CONFIG": str(self.work_dir / "no-exportctl-config.yaml")}
@@ -423,6 +431,7 @@ class PipelineRun:
                 services=(*SERVICES, *replicas, *admin),
                 service_env=dict.fromkeys(admin, self.admin_env()),
                 modules=dict.fromkeys(replicas, "services.dispatcher"),
+                cwd=self.code,
             )
             with services as pipeline:
                 if admin:
@@ -615,8 +624,10 @@ def variants(spec: str | None, repeat: int, requests: Sequence[str] = (CATALOG,)
     settings: list[dict[str, str]] = [{}]
     if spec:
         name, _, values = spec.partition("=")
-        if not (name.startswith("EXPORT_") or name == DISPATCHERS) or not values:
-            raise SystemExit(f"--variant wants EXPORT_NAME=value,value... or {DISPATCHERS}=1,2: {spec!r}")
+        if not (name.startswith("EXPORT_") or name in (DISPATCHERS, CODE)) or not values:
+            raise SystemExit(
+                f"--variant wants EXPORT_NAME=value,value..., {DISPATCHERS}=1,2 or {CODE}=DIR,DIR: {spec!r}"
+            )
         settings = [{name: value.strip()} for value in values.split(",")]
     runs = [
         (repetition, setting, request)

@@ -42,7 +42,9 @@ call (the handler answering the stop's fates), or between turns when that turn c
 Deterministic: with rounds in flight, every handler call waits on a gate the script releases (a turn that would wait
 for a round's results releases it with outcomes, and says so); after each step the test waits, with a deadline, until
 every round started is with the handler and every call released has returned. Time is the model's clock (the loop's
-``time.monotonic``). A failure prints the script (hypothesis' steps, and notes of what each did).
+``time.monotonic``); a turn with rounds in flight polls at once instead of waiting in real time for them to move on
+(``IN_FLIGHT_WAIT_MAX_MS`` 0: the wait only delays a turn, tests/unit/test_in_flight_wait.py has it). A failure prints
+the script (hypothesis' steps, and notes of what each did).
 
 What the model found on a455514 (pre-existing defects, fixed in session 46) is kept as plain tests at the end.
 
@@ -921,6 +923,7 @@ def test_one_round_at_a_time_no_rebalance_interleaving_loses_a_record_or_commits
 def _model(rounds_in_flight: int, examples: int, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
     monkeypatch.setattr(loop_module, "time", SimpleNamespace(monotonic=clock.monotonic, sleep=time.sleep))
+    monkeypatch.setattr(loop_module, "IN_FLIGHT_WAIT_MAX_MS", 0)  # turns in the model's time: no real wait
 
     @settings(FUZZ, max_examples=examples)
     @given(drawn=SCRIPTS)
@@ -966,6 +969,7 @@ def check_strictly(
     """:func:`check` ``script`` on the model's clock."""
     clock = Clock()
     monkeypatch.setattr(loop_module, "time", SimpleNamespace(monotonic=clock.monotonic, sleep=time.sleep))
+    monkeypatch.setattr(loop_module, "IN_FLIGHT_WAIT_MAX_MS", 0)  # turns in the model's time: no real wait
     check(script, rounds_in_flight, clock, partitions)
 
 
@@ -1007,6 +1011,7 @@ def test_a_record_held_by_a_round_the_broker_refused_is_not_committed_past_the_r
     was never produced: a crash, or a rebalance moving P1, then loses it."""
     clock = Clock()
     monkeypatch.setattr(loop_module, "time", SimpleNamespace(monotonic=clock.monotonic, sleep=time.sleep))
+    monkeypatch.setattr(loop_module, "IN_FLIGHT_WAIT_MAX_MS", 0)  # turns in the model's time: no real wait
     producer = Producer()
     group = Group(lambda key: producer.acknowledged(key) or key in producer.lettered)
     handled: list[str] = []
@@ -1055,6 +1060,7 @@ def test_a_record_held_by_a_round_in_flight_after_one_the_broker_refused_is_not_
     "0:1": a poll's size), and commits P0 past "0:2", never produced."""
     clock = Clock()
     monkeypatch.setattr(loop_module, "time", SimpleNamespace(monotonic=clock.monotonic, sleep=time.sleep))
+    monkeypatch.setattr(loop_module, "IN_FLIGHT_WAIT_MAX_MS", 0)  # turns in the model's time: no real wait
     producer = Producer()
     group = Group(lambda key: producer.acknowledged(key) or key in producer.lettered)
     handled: list[str] = []
