@@ -51,8 +51,9 @@ class DispatcherSettings(CommonSettings):
     # a partner answering in 20 ms: 1M members 10.2-10.5 s against 12.1-13.7 s, 3M 25.9 s against 32.3 s (0.91-0.98x
     # the raw aiohttp script against 0.69-0.79x); answering at once, 1M 6.8-6.9 s against 7.0-7.5 s. One-member runs
     # of several rounds (30,000 members, at once) 8.3-8.6 s against 8.4-10.1 s. A one-member run that fits one round
-    # (<= 4,096 requests) is 7-16% slower with 2 (the loop thread polls every 10 ms while the round is in flight):
-    # 0.3-0.9 s on such a run. The dispatcher's peak RSS: 230-231 MB (1M) and 237-239 MB (3M), against 201-203 MB.
+    # (<= 4,096 requests) was 7-16% slower with 2 until session 50 (the loop thread polled every 10 ms while the round
+    # was in flight); it now waits for the round (3,000 members at once: 1.63-1.84 s against 1.89-2.04 s before).
+    # The dispatcher's peak RSS: 228-232 MB (1M) and 237-239 MB (3M), against 201-203 MB.
     dispatcher_rounds_in_flight: int = Field(
         default=2,
         ge=1,
