@@ -654,7 +654,8 @@ class ExportDefinition(_Spec):
 
 CatalogObject = ConnectionProfile | HttpTemplate | SavedQuery | ExportDefinition
 
-#: The kinds, in dependency order: an object refers only to kinds listed before its own.
+#: The kinds, in dependency order: an object refers only to kinds listed before its own (and a definition to the
+#: definition it follows, ``schedule.after``).
 KINDS: dict[str, type[CatalogObject]] = {
     "ConnectionProfile": ConnectionProfile,
     "SavedQuery": SavedQuery,
@@ -664,12 +665,15 @@ KINDS: dict[str, type[CatalogObject]] = {
 
 
 def references(obj: CatalogObject) -> list[tuple[type[CatalogObject], str, str]]:
-    """The objects ``obj`` refers to, as (kind, name, field)."""
+    """The objects ``obj`` refers to, as (kind, name, field): what must exist for ``obj`` to be saved, and may not
+    be deleted or renamed while ``obj`` names it (a followed definition too: its follower would never run)."""
     if isinstance(obj, HttpTemplate):
         return [(SavedQuery, obj.query, "query"), (ConnectionProfile, obj.profile, "profile")]
     if isinstance(obj, ExportDefinition):
         named = [(HttpTemplate, name, field) for name, field in obj.sync.named_templates()]
-        return [(SavedQuery, obj.query, "query"), (HttpTemplate, obj.template, "template"), *named]
+        after = obj.schedule.after
+        followed = [] if after is None else [(ExportDefinition, after.definition, "schedule.after.definition")]
+        return [(SavedQuery, obj.query, "query"), (HttpTemplate, obj.template, "template"), *named, *followed]
     return []
 
 
