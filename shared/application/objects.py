@@ -630,19 +630,33 @@ def save_definition_step(
 ) -> tuple[Revision, ExportDefinition]:
     """Save one step of a definition (Filter, Destination: their fields; Schedule, Notifications: ``field_name``);
     with ``expected_version``, only if the definition is still as its writer read it (:class:`Stale` if not). The
-    definition as stored and the revision this write stored (unchanged: the one read)."""
+    definition as stored and the revision this write stored (unchanged: the one read).
+
+    The step is merged into the definition as read, so its write is conditional on the revision read even without
+    ``expected_version``: another step saved meanwhile is never undone, the step is merged into the definition as
+    that save left it, checked and written again (:class:`Conflict` ``edit-conflict`` after :data:`WRITE_ATTEMPTS`
+    tries, as :func:`apply_objects`)."""
     authorise(actor, Permission.WRITE)
-    revision, version, definition = visible_as_read(actor, store, ExportDefinition, name, expected_version)
     if isinstance(step, BaseModel):  # as given: JSON as reads answer it would mask the webhook URLs sent
         given, values = set(step.model_fields_set), to_jsonable_python(step.model_dump(mode="python"))
     else:
         given, values = set(step), dict(step)
-    values = _keeping_what_the_step_omits(definition, field_name, given, values)
-    changes = {field_name: values} if field_name else values
-    # A webhook URL sent back masked, as the step's read answered it: the stored URL kept (keep_masked_secrets).
-    updated = ExportDefinition.model_validate(keep_masked_secrets(stored_form(definition) | changes, definition))
-    stored = checked([updated], store, checks)[0]
-    assert isinstance(stored, ExportDefinition)
-    if changed_fields(definition, stored):
-        revision = _update(actor, store, definition, stored, version)
-    return revision, stored
+    warned = len(checks.warnings)
+    for _ in range(WRITE_ATTEMPTS):
+        del checks.warnings[warned:]  # a step merged again warns once, as its last check does
+        revision, version, definition = visible_as_read(actor, store, ExportDefinition, name, expected_version)
+        changes = _keeping_what_the_step_omits(definition, field_name, given, values)
+        changes = {field_name: changes} if field_name else changes
+        # A webhook URL sent back masked, as the step's read answered it: the stored URL kept (keep_masked_secrets).
+        updated = ExportDefinition.model_validate(keep_masked_secrets(stored_form(definition) | changes, definition))
+        stored = checked([updated], store, checks)[0]
+        assert isinstance(stored, ExportDefinition)
+        if not changed_fields(definition, stored):
+            return revision, stored
+        try:  # conditional on the revision read (``version``, when given, is that revision)
+            return _update(actor, store, definition, stored, revision), stored
+        except Stale:
+            if version is not None:  # the writer's If-Match: told, never merged on their behalf
+                raise
+    with edit_conflicts(actor, store):
+        raise EditConflict(ExportDefinition.__name__, name, WRITE_ATTEMPTS)
