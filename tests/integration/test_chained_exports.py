@@ -126,7 +126,7 @@ def test_a_definition_deleted_while_a_follower_of_it_is_saved_is_refused_as_in_u
     with pytest.raises(Conflict) as refused:
         delete_object(ADMIN, ExportDefinition, "a", store=store)
     assert refused.value.reason == "'a' is used by ExportDefinition 'b': delete those first"
-    assert store.get(ExportDefinition, "b").schedule.after.definition == "a"  # type: ignore[union-attr]
+    assert store.get(ExportDefinition, "b").schedule.after.definition == "a"
 
 
 def test_webhook_urls_pass_the_ssrf_guard_and_secrets_the_allow_lists_at_save(catalog: CatalogStores):
