@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
 from shared.application.actors import Actor, Permission, authorise
@@ -23,6 +23,7 @@ from shared.application.masked_secrets import MASK, keep_masked_secrets
 from shared.application.ports import DefinitionsStore
 from shared.domain.catalog_objects import (
     KINDS,
+    LABEL_MAX_LENGTH,
     CatalogObject,
     ConnectionProfile,
     ExportDefinition,
@@ -584,7 +585,7 @@ def copy_object(
     """A copy named "Copy of <label>" (or as asked), and its revision; a copied definition's schedule is
     disabled."""
     original = copyable(actor, store, kind, name)
-    label = label or f"Copy of {getattr(original, 'label', None) or original.name}"
+    label = label or _copy_label(original)
     if new_name:
         refuse_taken(store, kind, new_name)
     else:
@@ -592,7 +593,16 @@ def copy_object(
     spec = stored_form(original) | {"name": new_name, "label": label}
     if isinstance(original, ExportDefinition):
         spec["schedule"] = original.schedule.model_copy(update={"enabled": False}).model_dump(mode="json")
-    copy: T = kind.model_validate(spec)  # type: ignore[assignment]
+    try:
+        copy: T = kind.model_validate(spec)  # type: ignore[assignment]
+    except ValidationError as exc:  # the label asked for (too long): refused as every entry point refuses
+        raise Invalid(
+            [
+                f"{kind.__name__} '{new_name}': field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}"
+                for e in exc.errors(include_url=False, include_input=False)
+            ],
+            slug="invalid-object",
+        ) from None
     from shared.application.checks import refuse_nul  # as checked(): not loaded by reads
 
     refuse_nul([copy])  # its label given (or one stored by an older release, copied)
@@ -601,6 +611,12 @@ def copy_object(
             copy, audit=[change(actor.name, "copy", store, after=copy)], new=True, hold_references=True
         )
     return revision, copy
+
+
+def _copy_label(original: CatalogObject) -> str:
+    """ "Copy of <label>" (or of the name), cut to the longest label with an ellipsis if it would be longer."""
+    label = f"Copy of {getattr(original, 'label', None) or original.name}"
+    return label if len(label) <= LABEL_MAX_LENGTH else label[: LABEL_MAX_LENGTH - 1] + "…"
 
 
 def _keeping_what_the_step_omits(
