@@ -1,4 +1,5 @@
-"""The save-time rule of chained exports (``schedule.after``): the followed definition exists, no chain loops."""
+"""The save-time rule of chained exports (``schedule.after``): no chain loops. That the followed definition exists
+is the rule of every reference (:func:`~shared.domain.catalog_objects.references`), checked before."""
 
 from __future__ import annotations
 
@@ -7,13 +8,12 @@ from shared.domain.catalog_objects import CatalogObject, ExportDefinition
 
 
 def chain_problems(objects: list[CatalogObject], store: DefinitionsStore) -> list[str]:
-    """Each chained definition being written follows a definition that exists, and no chain loops back."""
+    """No chain of the definitions being written loops back."""
     written = [obj for obj in objects if isinstance(obj, ExportDefinition)]
     if not any(definition.schedule.after for definition in written):
         return []  # nothing written follows anything: no chain can close (the catalog's are checked already)
     stored = store.list_objects(ExportDefinition)
     follows = {d.name: d.schedule.after.definition for d in stored if d.schedule.after}
-    known = {d.name for d in stored} | {d.name for d in written}
     for definition in written:
         follows.pop(definition.name, None)
         if definition.schedule.after is not None:
@@ -23,9 +23,6 @@ def chain_problems(objects: list[CatalogObject], store: DefinitionsStore) -> lis
         if definition.schedule.after is None:
             continue
         at = f"ExportDefinition '{definition.name}': field 'schedule.after.definition'"
-        if definition.schedule.after.definition not in known:
-            problems.append(f"{at}: ExportDefinition '{definition.schedule.after.definition}' does not exist")
-            continue
         path = [definition.name]
         while (following := follows.get(path[-1])) is not None and following not in path:
             path.append(following)

@@ -25,7 +25,11 @@ def object_problems(documents: list[Any], source: str) -> tuple[list[CatalogObje
             problems.append(f"{source}: document {index + 1}: expected a mapping with 'kind' and 'spec'")
             continue
         kind = document.get("kind")
-        spec = dict(document.get("spec") or {})
+        given = document.get("spec") or {}
+        if not isinstance(given, dict):
+            problems.append(f"{source}: document {index + 1}: 'spec' must be a mapping of the object's fields")
+            continue
+        spec = dict(given)
         if "name" in document:
             spec.setdefault("name", document["name"])
         where = _describe(source, index, kind if isinstance(kind, str) else None, spec.get("name"))

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
 from shared.application.actors import Actor, Permission, authorise
@@ -23,6 +23,7 @@ from shared.application.masked_secrets import MASK, keep_masked_secrets
 from shared.application.ports import DefinitionsStore
 from shared.domain.catalog_objects import (
     KINDS,
+    LABEL_MAX_LENGTH,
     CatalogObject,
     ConnectionProfile,
     ExportDefinition,
@@ -584,7 +585,7 @@ def copy_object(
     """A copy named "Copy of <label>" (or as asked), and its revision; a copied definition's schedule is
     disabled."""
     original = copyable(actor, store, kind, name)
-    label = label or f"Copy of {getattr(original, 'label', None) or original.name}"
+    label = label or _copy_label(original)
     if new_name:
         refuse_taken(store, kind, new_name)
     else:
@@ -592,7 +593,16 @@ def copy_object(
     spec = stored_form(original) | {"name": new_name, "label": label}
     if isinstance(original, ExportDefinition):
         spec["schedule"] = original.schedule.model_copy(update={"enabled": False}).model_dump(mode="json")
-    copy: T = kind.model_validate(spec)  # type: ignore[assignment]
+    try:
+        copy: T = kind.model_validate(spec)  # type: ignore[assignment]
+    except ValidationError as exc:  # the label asked for (too long): refused as every entry point refuses
+        raise Invalid(
+            [
+                f"{kind.__name__} '{new_name}': field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}"
+                for e in exc.errors(include_url=False, include_input=False)
+            ],
+            slug="invalid-object",
+        ) from None
     from shared.application.checks import refuse_nul  # as checked(): not loaded by reads
 
     refuse_nul([copy])  # its label given (or one stored by an older release, copied)
@@ -601,6 +611,12 @@ def copy_object(
             copy, audit=[change(actor.name, "copy", store, after=copy)], new=True, hold_references=True
         )
     return revision, copy
+
+
+def _copy_label(original: CatalogObject) -> str:
+    """ "Copy of <label>" (or of the name), cut to the longest label with an ellipsis if it would be longer."""
+    label = f"Copy of {getattr(original, 'label', None) or original.name}"
+    return label if len(label) <= LABEL_MAX_LENGTH else label[: LABEL_MAX_LENGTH - 1] + "…"
 
 
 def _keeping_what_the_step_omits(
@@ -630,19 +646,33 @@ def save_definition_step(
 ) -> tuple[Revision, ExportDefinition]:
     """Save one step of a definition (Filter, Destination: their fields; Schedule, Notifications: ``field_name``);
     with ``expected_version``, only if the definition is still as its writer read it (:class:`Stale` if not). The
-    definition as stored and the revision this write stored (unchanged: the one read)."""
+    definition as stored and the revision this write stored (unchanged: the one read).
+
+    The step is merged into the definition as read, so its write is conditional on the revision read even without
+    ``expected_version``: another step saved meanwhile is never undone, the step is merged into the definition as
+    that save left it, checked and written again (:class:`Conflict` ``edit-conflict`` after :data:`WRITE_ATTEMPTS`
+    tries, as :func:`apply_objects`)."""
     authorise(actor, Permission.WRITE)
-    revision, version, definition = visible_as_read(actor, store, ExportDefinition, name, expected_version)
     if isinstance(step, BaseModel):  # as given: JSON as reads answer it would mask the webhook URLs sent
         given, values = set(step.model_fields_set), to_jsonable_python(step.model_dump(mode="python"))
     else:
         given, values = set(step), dict(step)
-    values = _keeping_what_the_step_omits(definition, field_name, given, values)
-    changes = {field_name: values} if field_name else values
-    # A webhook URL sent back masked, as the step's read answered it: the stored URL kept (keep_masked_secrets).
-    updated = ExportDefinition.model_validate(keep_masked_secrets(stored_form(definition) | changes, definition))
-    stored = checked([updated], store, checks)[0]
-    assert isinstance(stored, ExportDefinition)
-    if changed_fields(definition, stored):
-        revision = _update(actor, store, definition, stored, version)
-    return revision, stored
+    warned = len(checks.warnings)
+    for _ in range(WRITE_ATTEMPTS):
+        del checks.warnings[warned:]  # a step merged again warns once, as its last check does
+        revision, version, definition = visible_as_read(actor, store, ExportDefinition, name, expected_version)
+        changes = _keeping_what_the_step_omits(definition, field_name, given, values)
+        changes = {field_name: changes} if field_name else changes
+        # A webhook URL sent back masked, as the step's read answered it: the stored URL kept (keep_masked_secrets).
+        updated = ExportDefinition.model_validate(keep_masked_secrets(stored_form(definition) | changes, definition))
+        stored = checked([updated], store, checks)[0]
+        assert isinstance(stored, ExportDefinition)
+        if not changed_fields(definition, stored):
+            return revision, stored
+        try:  # conditional on the revision read (``version``, when given, is that revision)
+            return _update(actor, store, definition, stored, revision), stored
+        except Stale:
+            if version is not None:  # the writer's If-Match: told, never merged on their behalf
+                raise
+    with edit_conflicts(actor, store):
+        raise EditConflict(ExportDefinition.__name__, name, WRITE_ATTEMPTS)

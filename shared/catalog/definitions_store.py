@@ -64,9 +64,9 @@ R = TypeVar("R")
 ApplyResult = Literal["created", "updated", "unchanged"]
 log = structlog.get_logger(__name__)
 
-#: The kinds whose objects name others (:func:`~shared.domain.catalog_objects.references`), and the kinds named.
+#: The kinds whose objects name others (:func:`~shared.domain.catalog_objects.references`); every kind is named
+#: (a definition by the definitions that follow it).
 REFERRING_KINDS: tuple[type[CatalogObject], ...] = (HttpTemplate, ExportDefinition)
-REFERENCED_KINDS = frozenset({SavedQuery.__name__, ConnectionProfile.__name__, HttpTemplate.__name__})
 
 #: The SQLSTATEs of a transaction PostgreSQL ended so that another could go on (a deadlock it detected, a
 #: serialization failure): a race lost like the others, the whole transaction rolled back and done again.
@@ -198,8 +198,6 @@ class SqlDefinitionsStore:
         must be locked already (:meth:`_lock_row`): the objects read after the lock, so none a writer stored
         (or is storing: it waits, :meth:`_hold_references`) is missed. Objects invalid as stored are not read (as
         runs do not read them)."""
-        if row.kind not in REFERENCED_KINDS:
-            return
         referrers = tuple(
             (kind.__name__, other.name, other.business_unit if isinstance(other, ExportDefinition) else None)
             for kind in REFERRING_KINDS

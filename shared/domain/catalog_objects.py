@@ -59,6 +59,8 @@ def _plain_column(column: str) -> str:
 ColumnName = Annotated[str, AfterValidator(_plain_column)]
 
 
+#: The longest label an object may have.
+LABEL_MAX_LENGTH = 200
 #: How the catalog stores a literal secret encrypted at rest: ``{"encrypted": "<token>"}`` (see :func:`stored_form`).
 ENCRYPTED = "encrypted"
 #: The validation context entry holding the function that decrypts such a value (given by the catalog's store).
@@ -282,7 +284,7 @@ class ConnectionProfile(_Spec):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     name: Name
-    label: str | None = Field(default=None, max_length=200)
+    label: str | None = Field(default=None, max_length=LABEL_MAX_LENGTH)
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$"), AfterValidator(_without_credentials)]
     auth: Auth = NoAuth()
     timeout_seconds: Annotated[float, Field(gt=0, le=PROFILE_TIMEOUT_MAX_SECONDS)] = 30.0
@@ -331,7 +333,7 @@ class HttpTemplate(_Spec):
     """
 
     name: Name
-    label: str | None = Field(default=None, max_length=200)
+    label: str | None = Field(default=None, max_length=LABEL_MAX_LENGTH)
     query: Name
     profile: Name
     method: HttpMethod = HttpMethod.POST
@@ -412,7 +414,7 @@ class SavedQuery(_Spec):
     """
 
     name: Name
-    label: str | None = Field(default=None, max_length=200)
+    label: str | None = Field(default=None, max_length=LABEL_MAX_LENGTH)
     description: str | None = Field(default=None, max_length=2_000)
     sql: str = Field(json_schema_extra={"minLength": 1})  # the parser refuses an empty query; the schema says so
     key_column: ColumnName = "id"
@@ -649,7 +651,7 @@ class ExportDefinition(_Spec):
     Schedule and Notifications."""
 
     name: Name
-    label: str | None = Field(default=None, max_length=200)
+    label: str | None = Field(default=None, max_length=LABEL_MAX_LENGTH)
     business_unit: str | None = Field(default=None, max_length=100)
     priority: Priority = Priority.NORMAL
     query: Name
@@ -667,7 +669,8 @@ class ExportDefinition(_Spec):
 
 CatalogObject = ConnectionProfile | HttpTemplate | SavedQuery | ExportDefinition
 
-#: The kinds, in dependency order: an object refers only to kinds listed before its own.
+#: The kinds, in dependency order: an object refers only to kinds listed before its own (and a definition to the
+#: definition it follows, ``schedule.after``).
 KINDS: dict[str, type[CatalogObject]] = {
     "ConnectionProfile": ConnectionProfile,
     "SavedQuery": SavedQuery,
@@ -677,12 +680,15 @@ KINDS: dict[str, type[CatalogObject]] = {
 
 
 def references(obj: CatalogObject) -> list[tuple[type[CatalogObject], str, str]]:
-    """The objects ``obj`` refers to, as (kind, name, field)."""
+    """The objects ``obj`` refers to, as (kind, name, field): what must exist for ``obj`` to be saved, and may not
+    be deleted or renamed while ``obj`` names it (a followed definition too: its follower would never run)."""
     if isinstance(obj, HttpTemplate):
         return [(SavedQuery, obj.query, "query"), (ConnectionProfile, obj.profile, "profile")]
     if isinstance(obj, ExportDefinition):
         named = [(HttpTemplate, name, field) for name, field in obj.sync.named_templates()]
-        return [(SavedQuery, obj.query, "query"), (HttpTemplate, obj.template, "template"), *named]
+        after = obj.schedule.after
+        followed = [] if after is None else [(ExportDefinition, after.definition, "schedule.after.definition")]
+        return [(SavedQuery, obj.query, "query"), (HttpTemplate, obj.template, "template"), *named, *followed]
     return []
 
 

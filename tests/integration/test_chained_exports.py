@@ -14,8 +14,8 @@ from services.notifier.notifying import Notifier
 from shared.application.actors import Actor, Role
 from shared.application.chains import CollectedRequests, request_following_runs
 from shared.application.checks import ObjectChecks
-from shared.application.errors import Invalid
-from shared.application.objects import apply_objects, save_definition_step
+from shared.application.errors import Conflict, Invalid
+from shared.application.objects import apply_objects, delete_object, replace_object, save_definition_step
 from shared.application.runs import request_run
 from shared.catalog import CatalogStores
 from shared.cli.object_views import print_schedule, schedule_preview
@@ -26,10 +26,12 @@ from shared.domain.catalog_objects import (
     HttpTemplate,
     Notifications,
     SavedQuery,
+    stored_form,
 )
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.runs import RunRecord
 from shared.domain.secret_references import SecretReferencePolicy
+from shared.errors import ObjectInUse
 from shared.events import (
     AnyRunEvent,
     BatchOutcome,
@@ -40,6 +42,7 @@ from shared.events import (
     Trigger,
 )
 from shared.kafka import Outgoing
+from tests.integration.test_catalog_references_atomic import after_first_call
 
 pytestmark = pytest.mark.integration
 
@@ -87,6 +90,43 @@ def test_a_chain_that_loops_back_is_refused_at_save_naming_the_cycle(catalog: Ca
     with pytest.raises(Invalid, match="ExportDefinition 'nope' does not exist"):
         save(catalog, chained("e", after="nope"))
     assert catalog.definitions.get(ExportDefinition, "a").schedule.after is None  # nothing written
+
+
+def test_a_followed_definition_may_be_neither_deleted_nor_renamed_while_another_follows_it(catalog: CatalogStores):
+    """As a query or template in use: 409 in-use naming the follower. Before, the delete (204) or rename (200) was
+    stored: the follower never ran again, and any edit of it was refused (it followed a definition gone)."""
+    save(catalog, *BASE, export("a"), chained("b", after="a"))
+    store = catalog.definitions
+    with pytest.raises(Conflict) as deleting:
+        delete_object(ADMIN, ExportDefinition, "a", store=store)
+    renamed = stored_form(store.get(ExportDefinition, "a")) | {"name": "a2"}
+    with pytest.raises(Conflict) as renaming:
+        replace_object(ADMIN, ExportDefinition, "a", renamed, store=store, checks=checks())
+    with pytest.raises(ObjectInUse):  # the store's own guarantee, with no check before it
+        store.delete(ExportDefinition, "a")
+    assert (deleting.value.slug, deleting.value.reason) == (
+        "in-use",
+        "'a' is used by ExportDefinition 'b': delete those first",
+    )
+    assert renaming.value.reason == "'a' is used by ExportDefinition 'b': it cannot be renamed"
+    assert {d.name for d in store.list_objects(ExportDefinition)} == {"a", "b"}
+    save(catalog, export("b"))  # b no longer follows a: a goes
+    delete_object(ADMIN, ExportDefinition, "a", store=store)
+    assert {d.name for d in store.list_objects(ExportDefinition)} == {"b"}
+
+
+def test_a_definition_deleted_while_a_follower_of_it_is_saved_is_refused_as_in_use(
+    catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    """The delete's check finds no follower; one is stored before its write: the store, in the delete's
+    transaction, finds it and refuses, as for a query or template (the follower stays runnable)."""
+    save(catalog, *BASE, export("a"))
+    store = catalog.definitions
+    after_first_call(monkeypatch, "referrers", lambda: save(catalog, chained("b", after="a")))
+    with pytest.raises(Conflict) as refused:
+        delete_object(ADMIN, ExportDefinition, "a", store=store)
+    assert refused.value.reason == "'a' is used by ExportDefinition 'b': delete those first"
+    assert store.get(ExportDefinition, "b").schedule.after.definition == "a"
 
 
 def test_webhook_urls_pass_the_ssrf_guard_and_secrets_the_allow_lists_at_save(catalog: CatalogStores):

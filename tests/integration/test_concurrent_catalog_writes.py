@@ -14,8 +14,8 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from shared.application.actors import Actor, Role
 from shared.application.checks import ObjectChecks
-from shared.application.errors import Conflict
-from shared.application.objects import ExpectedVersion, apply_objects, replace_object
+from shared.application.errors import Conflict, Stale
+from shared.application.objects import ExpectedVersion, apply_objects, replace_object, save_definition_step
 from shared.catalog import CatalogStores
 from shared.catalog.definitions_store import WRITE_ATTEMPTS, SqlDefinitionsStore
 from shared.cli.exits import REFUSED, code_of_refusal
@@ -144,6 +144,68 @@ def test_an_edit_that_loses_every_try_is_refused_as_a_conflict_and_nothing_of_it
     version, now = stores.definitions.get_versioned(ExportDefinition, "d")[1:]
     assert (version, now.label) == (1, "first")
     assert [e.action for e in stores.audit.entries(name="d")] == ["create"]
+
+
+BOBS_STEP = {"error": {"enabled": True, "recipients": ["bob@example.com"]}}  # the Notifications step
+
+
+def bobs_step(stores: CatalogStores) -> ExportDefinition:
+    return save_definition_step(
+        BOB, "d", BOBS_STEP, store=stores.definitions, checks=CHECKS, field_name="notifications"
+    )[1]
+
+
+def test_a_step_saved_while_another_step_is_saved_keeps_both(stores: CatalogStores, monkeypatch: pytest.MonkeyPatch):
+    """Alice saves one step (no If-Match); while it is being checked, Bob saves the Notifications step. Both
+    answer success and the definition has both. Before, Alice's step was merged into the definition as she read
+    it and written unconditionally: Bob's recipients were silently undone."""
+    from shared.application import objects
+
+    real_checked = objects.checked
+    calls: list[int] = []
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:  # between Alice's read and her write (Bob's own check answers as ever)
+            bobs_step(stores)
+        return real_checked(*args, **kwargs)
+
+    monkeypatch.setattr(objects, "checked", checked)
+    alices = save_definition_step(ALICE, "d", {"label": "alice's"}, store=stores.definitions, checks=CHECKS)[1]
+
+    stored = stores.definitions.get(ExportDefinition, "d")
+    assert alices == stored
+    assert (stored.label, stored.notifications.error.recipients) == ("alice's", ["bob@example.com"])
+
+
+def test_a_step_saved_with_if_match_while_another_step_is_saved_is_refused_as_stale(
+    stores: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    """With If-Match the writer asked for the definition as read: another's save meanwhile is 412, never merged."""
+    from shared.application import objects
+
+    id_, version, _ = stores.definitions.get_versioned(ExportDefinition, "d")
+    real_checked = objects.checked
+    calls: list[int] = []
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            bobs_step(stores)
+        return real_checked(*args, **kwargs)
+
+    monkeypatch.setattr(objects, "checked", checked)
+    with pytest.raises(Stale):
+        save_definition_step(
+            ALICE,
+            "d",
+            {"label": "alice's"},
+            store=stores.definitions,
+            checks=CHECKS,
+            expected_version=ExpectedVersion.of(Revision(id_, version)),
+        )
+    stored = stores.definitions.get(ExportDefinition, "d")
+    assert (stored.label, stored.notifications.error.recipients) == ("first", ["bob@example.com"])
 
 
 ENDED_FOR_ANOTHER = [psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure]

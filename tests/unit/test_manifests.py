@@ -56,3 +56,11 @@ def test_nested_fields_are_named_by_their_path():
     )
     with pytest.raises(ManifestError, match=r"field 'notifications.error': .*at least one recipient"):
         parse_documents(text, "m.yaml")
+
+
+@pytest.mark.parametrize("spec", ["[a, b]", "5", "'text'"])
+def test_a_spec_that_is_no_mapping_is_refused_naming_the_document(spec: str):
+    """Before: exportctl apply crashed (exit 1, ValueError or TypeError) on ``spec: [a, b]`` or ``spec: 5``."""
+    with pytest.raises(ManifestError) as error:
+        parse_documents(f"kind: SavedQuery\nname: q\nspec: {spec}\n", "m.yaml")
+    assert error.value.problems == ["m.yaml: document 1: 'spec' must be a mapping of the object's fields"]

@@ -28,6 +28,7 @@ from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.admin.console.sessions import SESSION_COOKIE, SIGN_IN_COOKIE, Session, SessionCodec
+from services.admin.request_limits import nul_refusal
 from shared.application.actors import Actor
 
 PREFIX = "/console"
@@ -62,6 +63,11 @@ class ConsoleGate:
             await self.app(scope, receive, send)
             return
         path, method = scope["path"], scope["method"]
+        if (refusal := nul_refusal(scope)) is not None:
+            # The API refuses these before routing (RequestLimits); the console sits outside that middleware, and a
+            # NUL looked up in PostgreSQL's text is a 500 there (session 50's hunt).
+            await _answer(send, 400, f"Refused: {refusal}.")
+            return
         if path.startswith(STATIC) or (path == SIGN_IN and method in {"GET", "HEAD"}):
             await self.console(scope, receive, send)
             return
