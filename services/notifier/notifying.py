@@ -768,9 +768,9 @@ class Notifier:
         refused |= {address: (code, text.decode(errors="replace")) for address, (code, text) in answered.items()}
         if not earlier:
             EMAILS_SENT.labels(kind=kind).inc()  # once, when it first went out (to all, or to some)
-        for_good = sum(1 for address in answered if address not in refused_for_now(refused))
-        EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(for_good)
-        if refused_for_now(refused) and self._mail_again(records, kind, refused, len(mailed)):
+        for_now = refused_for_now(refused)
+        EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(sum(1 for address in answered if address not in for_now))
+        if for_now and self._mail_again(records, kind, refused, len(mailed)):
             return True
         undelivered = self.mailer.undelivered_reason(_as_refused(refused), len(mailed)) if refused else None
         for record in records:

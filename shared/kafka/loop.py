@@ -36,7 +36,7 @@ import hashlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -547,6 +547,11 @@ class _Sending:
         return self.calling_back
 
 
+def _next_to_send(window: Iterable[_PendingRound[Any]]) -> _PendingRound[Any] | None:
+    """The next round to send: the first still with the handler (those before it are sent); None when none is."""
+    return next((pending for pending in window if pending.results is not None), None)
+
+
 class _RecordTrace:
     """The span a record is handled in, its context, and (once asked) the headers that carry it."""
 
@@ -992,8 +997,7 @@ class ConsumerLoop(Generic[E]):
         settled = 0
         while (oldest := window.oldest()) is not None:
             waiting = window.full or self._interruption is not None or self.stopping.is_set()
-            # The next round to send: the first still with the handler (those before it are sent).
-            unsent = next((pending for pending in window if pending.results is not None), None)
+            unsent = _next_to_send(window)
             if unsent is not None and unsent.results is not None and (unsent.results.done() or unsent is oldest):
                 if not unsent.results.done() and not waiting:
                     break
@@ -1064,7 +1068,7 @@ class ConsumerLoop(Generic[E]):
         if len(self.held):
             wait_ms = min(wait_ms, IN_FLIGHT_POLL_MS)
         self._moved_on.clear()  # before looking: a round moving on from here on ends the wait
-        unsent = next((pending for pending in window if pending.results is not None), None)
+        unsent = _next_to_send(window)
         if unsent is not None and unsent.results is not None and unsent.results.done():
             return
         oldest = window.oldest()
