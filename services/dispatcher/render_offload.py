@@ -7,7 +7,10 @@ template's render and renders on the loop only when this batch is expected to ta
 :attr:`Renderer.INLINE_SECONDS`; anything else (a template not rendered yet included) goes to a small
 thread pool, where a slow or runaway template (stopped by its CPU deadline) holds one render thread, not
 every request in flight. Two threads: renders hold the GIL, so more would not be faster, and each
-rendering may build up to its budget of text (``render_budget``).
+rendering may build up to its budget of text (``render_budget``). A quick template's cost is measured (two reads
+of the thread's CPU clock, each a system call) once in :attr:`Renderer.MEASURE_EVERY` renders, and at every render
+that takes a step (a loop iteration, a call, a filter), whose budget reads the clock anyway to start its deadline:
+a one-member render without one reads no clock (README, Performance).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
+from shared.domain.render_budget import RenderBudget
 from shared.domain.rendering import DEFAULT_LIMITS, PreparedRequest, RenderedRequest, RenderLimits, prepare_request
 from shared.events import MemberBatch
 
@@ -30,6 +34,9 @@ class Renderer:
     INLINE_SECONDS = 0.001
     #: Templates whose cost is remembered (the oldest is forgotten first).
     MAX_TEMPLATES = 10_000
+    #: A quick render that takes no step (no loop, call or filter) is measured once in this many renders of its
+    #: template (:meth:`render_inline`).
+    MEASURE_EVERY = 16
 
     def __init__(self, limits: RenderLimits = DEFAULT_LIMITS, threads: int = 2) -> None:
         self.limits = limits
@@ -37,6 +44,8 @@ class Renderer:
         #: Per template name: the CPU seconds of its last render, and how many members that render had.
         self._costs: dict[str, tuple[float, int]] = {}
         self._costs_lock = threading.Lock()  # written by the render threads and the loop
+        #: Per template: its quick renders on the loop since the last one measured (read and written on the loop).
+        self._unmeasured: dict[str, int] = {}
 
     def expected_seconds(self, template: str, members: int) -> float | None:
         """The CPU a render of ``members`` members is expected to take (None: the template was never rendered).
@@ -64,24 +73,43 @@ class Renderer:
     def render_inline(self, prepared: PreparedRequest, members: list[dict[str, Any]]) -> RenderedRequest | None:
         """The request of ``members`` rendered here, on the loop, when it is expected to be quick; None when it goes
         to a render thread (await :meth:`render`). A caller rendering many quick requests (the dispatcher's) pays
-        no coroutine a request."""
-        expected = self.expected_seconds(prepared.template.name, len(members))
-        if expected is not None and expected < self.INLINE_SECONDS:
+        no coroutine a request.
+
+        A quick render's cost is measured (two reads of the CPU clock, system calls) one render in
+        :attr:`MEASURE_EVERY` of its template, and whenever the render took a step (a loop iteration, a call, a
+        filter: its budget then read the clock to start its deadline); the others read no clock at all."""
+        name = prepared.template.name
+        expected = self.expected_seconds(name, len(members))
+        if expected is None or expected >= self.INLINE_SECONDS:
+            return None
+        unmeasured = self._unmeasured.get(name, 0) + 1
+        if unmeasured >= self.MEASURE_EVERY:
+            self._unmeasured[name] = 0
             return self._render(prepared, members)
-        return None
+        self._unmeasured[name] = unmeasured
+        budget = RenderBudget(self.limits)  # its deadline starts at the render's first step, if it takes one
+        try:
+            return prepared.render(members, budget)
+        finally:  # a failed render too: a template that ran into its deadline is not rendered on the loop again
+            if budget.started is not None:
+                self._remember(name, time.thread_time() - budget.started, len(members))
 
     def _render(self, prepared: PreparedRequest, members: list[dict[str, Any]]) -> RenderedRequest:
         started = time.thread_time()
-        try:  # the render's deadline counts from the same reading (a system call a request: README, Performance)
-            return prepared.render(members, started)
+        try:  # the render's deadline counts from the same reading
+            return prepared.render(members, RenderBudget(self.limits, started))
         finally:  # a failed render too: a template that ran into its deadline is not rendered on the loop again
-            cost = (time.thread_time() - started, max(1, len(members)))
-            name = prepared.template.name
-            with self._costs_lock:
-                self._costs.pop(name, None)
-                self._costs[name] = cost
-                if len(self._costs) > self.MAX_TEMPLATES:
-                    self._costs.pop(next(iter(self._costs)))
+            self._remember(prepared.template.name, time.thread_time() - started, len(members))
+
+    def _remember(self, name: str, seconds: float, members: int) -> None:
+        """The CPU ``seconds`` a render of ``members`` members of template ``name`` took (its last render's)."""
+        with self._costs_lock:
+            self._costs.pop(name, None)
+            self._costs[name] = (seconds, max(1, members))
+            if len(self._costs) > self.MAX_TEMPLATES:
+                forgotten = next(iter(self._costs))
+                self._costs.pop(forgotten)
+                self._unmeasured.pop(forgotten, None)
 
     def close(self) -> None:
         """Stop the render threads (those rendering finish first)."""

@@ -625,7 +625,7 @@ def _program(structure: Any) -> Program:
         head.append(f"    {', '.join(f'c{i}' for i in range(len(emitter.constants)))}, = K")
     head += [
         f"    size = {_fixed(root)}",
-        "    ticks = 0",
+        "    ticks = 15",  # the first element looks at the CPU clock (it starts a deadline not started yet)
         "    limit = S.limit",
         "    check_time = S.check_time",
     ]

@@ -9,6 +9,7 @@ size any single operation would build before it builds it.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,32 +43,44 @@ class RenderLimitExceeded(SecurityError):
 
 
 class RenderBudget:
-    """One request's rendering: the CPU deadline, and the text built so far."""
+    """One request's rendering: the CPU deadline, and the text built so far.
 
-    __slots__ = ("_ticks", "built", "ceiling", "deadline", "limits")
+    The deadline counts from ``started`` when the caller gives it (it read this thread's CPU clock just now), else
+    from the rendering's first step (its first loop iteration, call, filter: :meth:`tick`), which reads the clock
+    (``started`` is then that reading). A rendering that takes no step reads no clock at all: without a loop or a
+    call, what a template can do is bounded by its own size and the byte caps, and most one-member renders take
+    none (a system call a request less: README, Performance)."""
+
+    __slots__ = ("_ticks", "built", "ceiling", "deadline", "limits", "started")
 
     def __init__(self, limits: RenderLimits = DEFAULT_LIMITS, started: float | None = None) -> None:
         """``started``: this thread's CPU clock (``time.thread_time``) read by the caller just now, which the
-        deadline counts from (the dispatcher's renderer reads it for the render's cost anyway: one system call a
-        request less); None reads it here."""
+        deadline counts from; None: the first step reads it."""
         self.limits = limits
-        self.deadline = (time.thread_time() if started is None else started) + limits.timeout_seconds
+        #: The CPU clock reading the deadline counts from (None until the first step when the caller gave none).
+        self.started = started
+        self.deadline = math.inf if started is None else started + limits.timeout_seconds
         self.built = 0
         self.ceiling = BUILT_FACTOR * limits.max_bytes
-        self._ticks = 0
+        self._ticks = 0 if started is not None else 15  # no reading yet: the first step reads the clock
 
     def tick(self) -> None:
-        """Called at every step (a loop iteration, a call); looks at the CPU clock every 16th."""
+        """Called at every step (a loop iteration, a call); looks at the CPU clock every 16th (and at the first
+        when the clock was not read yet)."""
         self._ticks += 1
         if not self._ticks & 15:
             self.check_time()
 
     def check_time(self) -> None:
-        """Refuse to go on past the CPU deadline."""
-        if time.thread_time() > self.deadline:
+        """Refuse to go on past the CPU deadline (the first call, when the caller gave no start, starts it)."""
+        now = time.thread_time()
+        if now > self.deadline:
             raise RenderLimitExceeded(
                 f"took longer than {self.limits.timeout_seconds:g} s of CPU time (EXPORT_RENDER_TIMEOUT_SECONDS)"
             )
+        if self.started is None:
+            self.started = now
+            self.deadline = now + self.limits.timeout_seconds
 
     def allow(self, size: int, what: str) -> None:
         """Refuse, before it runs, an operation that would build ``size`` bytes (or items) of text."""
@@ -113,12 +126,11 @@ def current_budget() -> RenderBudget:
     return _ACTIVE.get() or RenderBudget()
 
 
-def enter_budget(limits: RenderLimits, started: float | None = None) -> Token[RenderBudget | None]:
-    """Start rendering within ``limits`` (a fresh budget, on this thread's CPU clock, counted from ``started`` when
-    the caller has just read it: :class:`RenderBudget`); give the token to :func:`leave_budget` in a ``finally``.
-    The plain pair exists for the dispatcher's per-request hot path, where :func:`rendering_within`'s generator
-    costs a measurable share of a one-member render."""
-    return _ACTIVE.set(RenderBudget(limits, started))
+def enter_budget(budget: RenderBudget) -> Token[RenderBudget | None]:
+    """Start rendering within ``budget`` (a fresh one, :class:`RenderBudget`); give the token to
+    :func:`leave_budget` in a ``finally``. The plain pair exists for the dispatcher's per-request hot path, where
+    :func:`rendering_within`'s generator costs a measurable share of a one-member render."""
+    return _ACTIVE.set(budget)
 
 
 def leave_budget(token: Token[RenderBudget | None]) -> None:
@@ -128,8 +140,8 @@ def leave_budget(token: Token[RenderBudget | None]) -> None:
 
 @contextmanager
 def rendering_within(limits: RenderLimits) -> Iterator[RenderBudget]:
-    """Render within ``limits``: the budget starts now, on this thread's CPU clock."""
-    token = enter_budget(limits)
+    """Render within ``limits``: on this thread's CPU clock, from the rendering's first step."""
+    token = enter_budget(RenderBudget(limits))
     try:
         yield current_budget()
     finally:

@@ -5,15 +5,20 @@ flight shares); a template known to be quick on the event loop."""
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
 
 from services.dispatcher.render_offload import Renderer
-from shared.domain.rendering import PreparedRequest
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
+from shared.domain.render_budget import DEFAULT_LIMITS, RenderBudget, RenderLimitExceeded, RenderLimits
+from shared.domain.rendering import PreparedRequest, TemplateRenderError, prepare_request
+from shared.events import MemberBatch
 
 
 @dataclass(frozen=True)
@@ -85,3 +90,74 @@ def test_a_larger_batch_of_a_quick_template_may_go_to_a_render_thread(renderer: 
     asyncio.run(rendered(renderer, prepared, [{"id": 1}]))
     assert inline(renderer, prepared, [{"id": 1}]) is not None
     assert inline(renderer, prepared, [{"id": n} for n in range(100)]) is None
+
+
+# --- The render's CPU clock: read when it is needed, not twice a request -------------------------------------------
+
+PROFILE = ConnectionProfile(name="p", base_url="https://api.example.com/")
+ONE_MEMBER_BODY = {column: f"{{{{ member.{column} }}}}" for column in ("id", "email", "first_name", "tier", "points")}
+
+
+def real_prepared(json_body: dict[str, Any], limits: RenderLimits = DEFAULT_LIMITS) -> PreparedRequest:
+    template = HttpTemplate(name="t", query="q", profile="p", batch_size=1, path="/members", json_body=json_body)
+    batch = MemberBatch(run_id=uuid.UUID(int=1), definition="d", template="t", batch_index=0, members=[MEMBER])
+    return prepare_request(template, PROFILE, batch, limits)
+
+
+MEMBER = {"id": 7, "email": "a@example.com", "first_name": "Ana", "tier": "gold", "points": 12, "n": 1}
+
+
+def test_a_quick_one_member_template_reads_the_cpu_clock_once_in_eight_requests_not_twice_a_request(
+    renderer: Renderer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepared = real_prepared(ONE_MEMBER_BODY)
+    first = asyncio.run(renderer.render(prepared, [MEMBER]))  # its cost is learned on a render thread
+    reads = []
+    clock = time.thread_time
+
+    def counted() -> float:
+        reads.append(threading.current_thread().name)
+        return clock()
+
+    monkeypatch.setattr(time, "thread_time", counted)
+    requests = [renderer.render_inline(prepared, [MEMBER]) for _ in range(64)]
+    assert requests == [first] * 64  # the same request, rendered on the loop
+    # Two reads (a measured render) once in MEASURE_EVERY renders: 8 for 64, where every render read it twice (128).
+    assert len(reads) <= 2 * (64 // Renderer.MEASURE_EVERY)
+
+
+def test_a_quick_template_that_runs_away_on_the_loop_is_stopped_at_its_cpu_deadline_and_then_rendered_off_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Quick for a member whose n is 1; for one whose n is 100,000, nested loops of 10^10 steps (hours).
+    body = {"x": {"$each": "range(member.n)", "as": "i", "item": {"$each": "range(member.n)", "as": "j", "item": 1}}}
+    limits = RenderLimits(timeout_seconds=0.2, max_bytes=10**9)
+    renderer = Renderer(limits)
+    try:
+        prepared = real_prepared(body, limits)
+        asyncio.run(renderer.render(prepared, [MEMBER]))  # learned quick
+        for _ in range(3):  # rendered on the loop, unmeasured but the first of them took steps: measured
+            assert renderer.render_inline(prepared, [MEMBER]) is not None
+        started = time.thread_time()
+        with pytest.raises(TemplateRenderError, match=r"took longer than 0\.2 s of CPU time"):
+            renderer.render_inline(prepared, [MEMBER | {"n": 100_000}])
+        assert 0.2 <= time.thread_time() - started < 1.0  # stopped at its deadline, not run to the end
+        assert renderer.render_inline(prepared, [MEMBER]) is None, "the next render goes to a render thread"
+    finally:
+        renderer.close()
+
+
+def test_a_budget_given_no_start_reads_the_clock_at_its_first_step_and_holds_the_deadline_from_there() -> None:
+    budget = RenderBudget(RenderLimits(timeout_seconds=0.05))
+    assert budget.started is None
+    assert budget.deadline == math.inf
+    budget.tick()  # the first step reads the clock
+    assert budget.started is not None
+    assert budget.deadline == budget.started + 0.05
+    burn = time.thread_time()
+    while time.thread_time() - burn < 0.06:
+        pass
+    for _ in range(15):
+        budget.tick()  # steps between two looks at the clock
+    with pytest.raises(RenderLimitExceeded, match=r"took longer than 0\.05 s of CPU time"):
+        budget.tick()  # the 16th after the first looks
