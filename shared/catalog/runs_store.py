@@ -395,17 +395,16 @@ class SqlRunsStore:
                     RunRow.definition.in_(definitions), RunRow.status.in_(UNFINISHED)
                 )
             ).all()
+            # The runs going under another name than their definition's: few, so asked for all and kept here (an IN of
+            # thousands of names again cost as much as the first statement, at a burst).
             renamed = session.execute(
                 select(CatalogObjectRow.name, RunRow.run_id)
                 .join(CatalogObjectRow, CatalogObjectRow.id == RunRow.definition_id)
-                .where(
-                    RunRow.status.in_(UNFINISHED),
-                    RunRow.definition != CatalogObjectRow.name,
-                    CatalogObjectRow.kind == "ExportDefinition",
-                    CatalogObjectRow.name.in_(definitions),
-                )
+                .where(RunRow.status.in_(UNFINISHED), RunRow.definition != CatalogObjectRow.name)
             ).all()
-            return {definition: uuid.UUID(run_id) for definition, run_id in [*renamed, *rows]}
+            asked = set(definitions)
+            kept = [(name, run_id) for name, run_id in renamed if name in asked]
+            return {definition: uuid.UUID(run_id) for definition, run_id in [*kept, *rows]}
 
     # --- a run's finish, handled once --------------------------------------------------------------------
 
