@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Protocol
 
 from shared.domain.catalog_objects import ExportDefinition
-from shared.domain.runs import RunRecord
 from shared.domain.schedule_state import DueSchedule, FiringMark, ScheduleAdvance, ScheduleState, ScheduleSync
 
 
@@ -34,7 +33,8 @@ class DefinitionsChanges(Protocol):
 
 
 class ActiveRuns(Protocol):
-    """Which definitions have a run not finished (the overlap policy); whether a run has a record (it started)."""
+    """Which definitions have a run not finished (the overlap policy); a run kept from starting unless an extractor
+    claimed it first (True: it never starts)."""
 
     def active_runs(self, definitions: list[str]) -> dict[str, uuid.UUID]: ...
-    def get_run(self, run_id: uuid.UUID) -> RunRecord | None: ...
+    def withhold_start(self, run_id: uuid.UUID, definition: str) -> bool: ...

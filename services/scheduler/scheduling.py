@@ -16,7 +16,7 @@ from services.scheduler.planning import Plan, anchor_for, fires_on_time, next_du
 from services.scheduler.ports import ActiveRuns, DefinitionsChanges, SchedulingStore
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.schedule import Overlap
-from shared.domain.schedule_state import DueSchedule, FiringMark, ScheduleAdvance, ScheduleState
+from shared.domain.schedule_state import DueSchedule, FiringMark, ScheduleAdvance, ScheduleState, schedule_digest
 from shared.events import RunMissed, RunRequested, RunSkipped, Trigger
 from shared.kafka import Outgoing
 from shared.metrics import start_definitions_series
@@ -202,14 +202,15 @@ class Scheduler:
 
     def _refusing(self, due: DueSchedule, busy: dict[str, uuid.UUID]) -> uuid.UUID | None:
         """The run of ``due``'s definition that its overlap policy (skip) holds against its unconfirmed run, as for
-        any run due: another run still going, when the unconfirmed one never started (no record: its first request
-        never reached the extractor, or is not started yet). One that started (running, finished, or skipped by the
-        extractor at its instant) is published again as it was: the extractor ignores a run id it started."""
+        any run due: another run still going, when the unconfirmed one never started. Its first request may still be
+        in Kafka, unread: the run is kept from starting first (:meth:`ActiveRuns.withhold_start`), so that request
+        starts nothing and the run is only recorded skipped. One an extractor claimed first (running, finished, or
+        judged at its instant) is published again as it was: the extractor ignores a run id it claimed."""
         active = busy.get(due.definition.name)
         if active is None or due.firing_for is None:
             return None
         run_id = scheduled_run_id(due.definition_id, due.firing_for)
-        return None if active == run_id or self.runs.get_run(run_id) is not None else active
+        return None if active == run_id or not self.runs.withhold_start(run_id, due.definition.name) else active
 
     def _plan(self, due: DueSchedule, since: datetime, now: datetime) -> tuple[Plan, str | None]:
         return _isolated(
@@ -270,10 +271,15 @@ class Scheduler:
         for sync in self.scheduling.schedules_to_sync():
             for counter in (FIRES, MISSED, SKIPPED):  # at 0 from the start: increase() sees the first one
                 counter.labels(definition=sync.definition.name)
-            anchor = anchor_for(sync.handled_until, sync.updated_at, now)
             schedule = sync.definition.schedule
+            digest = schedule_digest(schedule)
+            # An edit that left the schedule as it was (a rename, another field) keeps its place: from where it was
+            # handled (the instants due since fire or are recorded missed), and the instant it was publishing.
+            kept = sync.handled_until if sync.schedule_digest == digest else None
+            anchor = kept or anchor_for(sync.handled_until, sync.updated_at, now)
+            firing_for = sync.firing_for if kept else None
             upcoming, error = _isolated(sync.definition.name, partial(next_due_after, schedule, anchor), None)
-            states.append(ScheduleState(sync.definition_id, sync.version, anchor, upcoming, error))
+            states.append(ScheduleState(sync.definition_id, sync.version, anchor, upcoming, error, digest, firing_for))
             log.debug(
                 "schedule synced",
                 definition=sync.definition.name,
@@ -302,7 +308,11 @@ class Scheduler:
             schedule = sync.definition.schedule
             _, error = _isolated(sync.definition.name, partial(next_due_after, schedule, sync.handled_until), None)
             if error is not None:
-                states.append(ScheduleState(sync.definition_id, sync.version, sync.handled_until, None, error))
+                states.append(
+                    ScheduleState(
+                        sync.definition_id, sync.version, sync.handled_until, None, error, sync.schedule_digest
+                    )
+                )
         return states
 
     def _act(

@@ -319,6 +319,23 @@ def _range(row: ExtractionRangeRow) -> RangeCheckpoint:
     )
 
 
+def withhold_start(database: CatalogDatabase, run_id: uuid.UUID, definition: str) -> bool:
+    """Keep the run ``run_id`` from ever starting, unless an extractor claimed it first; True when it never starts.
+
+    Its checkpoint is recorded done before any extractor claims it (an insert that does nothing when one exists):
+    a request of it read afterwards starts nothing, as for a run extracted (``claim_run``, ``start_runs``). One found
+    done with no sync fixed never started either (kept before, or judged not to start by an extractor). False when an
+    extractor claimed it first: it started, or is being judged at its instant. The checkpoint's primary key orders
+    this against an extractor's claim of the same run on every catalog."""
+    values = _new_checkpoint_row(run_id, definition, now()) | {"completed": True}
+    with database.begin("ExtractionCheckpoint", str(run_id)) as connection:
+        insert = database.dialect_insert(_CHECKPOINTS).values(**values).on_conflict_do_nothing()
+        if connection.execute(insert.returning(_CHECKPOINTS.c.run_id)).first() is not None:
+            return True
+        found = _checkpoint(connection.execute(select(_CHECKPOINTS).where(_CHECKPOINTS.c.run_id == str(run_id))).one())
+        return found.completed and found.sync is None
+
+
 def _checkpoint(row: Any) -> Checkpoint:
     """The checkpoint a row of ``extraction_checkpoints`` holds (an ORM object or a Core row)."""
     return Checkpoint(

@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
+from shared.catalog.extraction_store import withhold_start
 from shared.catalog.lease_claims import LeaseClaims, RowKey, catalog_now, read_catalog_now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
 from shared.domain.email_retries import RefusedRecipients
@@ -223,6 +224,12 @@ class SqlRunsStore:
             business_unit=(found.spec or {}).get("business_unit"),
         )
 
+    def withhold_start(self, run_id: uuid.UUID, definition: str) -> bool:
+        """Keep the run ``run_id`` of ``definition`` from starting unless an extractor claimed it first; True when it
+        never starts (:func:`shared.catalog.extraction_store.withhold_start`): the scheduler's skip of a run whose
+        first request may still be in Kafka."""
+        return withhold_start(self.database, run_id, definition)
+
     def get_run(self, run_id: uuid.UUID) -> RunRecord | None:
         with self.database.transaction("Run", str(run_id)) as session:
             row = session.get(RunRow, str(run_id))
@@ -378,7 +385,8 @@ class SqlRunsStore:
             return [RunStatus(status) for status in rows]
 
     def active_runs(self, definitions: list[str]) -> dict[str, uuid.UUID]:
-        """For each of ``definitions`` that has a run not yet finished, one such run."""
+        """For each of ``definitions`` that has a run not yet finished, one such run: recorded under that name, or
+        under an earlier name of the same definition (its id: renamed since the run began)."""
         if not definitions:
             return {}
         with self.database.transaction("Run") as session:
@@ -387,7 +395,16 @@ class SqlRunsStore:
                     RunRow.definition.in_(definitions), RunRow.status.in_(UNFINISHED)
                 )
             ).all()
-            return {definition: uuid.UUID(run_id) for definition, run_id in rows}
+            # The runs going under another name than their definition's: few, so asked for all and kept here (an IN of
+            # thousands of names again cost as much as the first statement, at a burst).
+            renamed = session.execute(
+                select(CatalogObjectRow.name, RunRow.run_id)
+                .join(CatalogObjectRow, CatalogObjectRow.id == RunRow.definition_id)
+                .where(RunRow.status.in_(UNFINISHED), RunRow.definition != CatalogObjectRow.name)
+            ).all()
+            asked = set(definitions)
+            kept = [(name, run_id) for name, run_id in renamed if name in asked]
+            return {definition: uuid.UUID(run_id) for definition, run_id in [*kept, *rows]}
 
     # --- a run's finish, handled once --------------------------------------------------------------------
 

@@ -68,6 +68,8 @@ class SqlSchedulingStore:
                 version=obj.version,
                 updated_at=aware(obj.updated_at) or now(),
                 handled_until=aware(state.handled_until) if state else None,
+                schedule_digest=state.schedule_digest if state else None,
+                firing_for=aware(state.firing_for) if state else None,
             )
             for obj, state in rows
             if (definition := self._definition(obj.id, obj.version, obj.spec)) is not None
@@ -113,6 +115,8 @@ class SqlSchedulingStore:
                 "handled_until": state.handled_until.astimezone(UTC),
                 "next_due_at": as_utc(state.next_due_at),
                 "not_computable": state.not_computable,
+                "schedule_digest": state.schedule_digest,
+                "firing_for": as_utc(state.firing_for),
             }
             for state in states
         ]

@@ -226,6 +226,9 @@ class ScheduleRow(Base):
     firing_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: Why the fire times could not be computed (the error's type); null when they could. Kept until an edit.
     not_computable: Mapped[str | None] = mapped_column(String(100))
+    #: A digest of the schedule last computed (migration 0023): an edit that leaves it equal keeps the schedule's
+    #: place (where it was handled, the instant it was publishing). Null: unknown, the next edit counts as a schedule's.
+    schedule_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class LeaseRow(Base):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,9 @@ class ScheduleSync:
     version: int
     updated_at: datetime
     handled_until: datetime | None
+    #: The digest of the schedule last computed (None: unknown) and the instant whose run request was being published.
+    schedule_digest: str | None = None
+    firing_for: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,10 @@ class ScheduleState:
     next_due_at: datetime | None
     #: Why its fire times could not be computed (the error's type): None when they could.
     not_computable: str | None = None
+    #: The digest of the schedule computed (:func:`schedule_digest`), and the instant whose run request is being
+    #: published (kept through an edit that leaves the schedule as it was).
+    schedule_digest: str | None = None
+    firing_for: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -64,3 +73,9 @@ class FiringMark:
     definition_id: uuid.UUID
     expected_handled_until: datetime
     instant: datetime
+
+
+def schedule_digest(schedule: Schedule) -> str:
+    """A digest of everything in ``schedule`` (its recurrence, bounds, zone, enabled, overlap): equal for an edit that
+    left the schedule as it was (a rename, another field)."""
+    return hashlib.sha256(schedule.model_dump_json().encode()).hexdigest()

@@ -62,9 +62,10 @@ NEW_RUN_COLUMNS = {
 #: 0013: a mass removal allowed by the run's request; 0014: when the notifier handled a run's finish; 0015: who
 #: claimed it, when; 0016: who paused a definition's schedule; 0017: a replay run's publication; 0020: which
 #: notifier replica holds a notification's claim, until when, since when; 0021: the schedule's unconfirmed
-#: publication and why its fire times could not be computed; 0022: the recipients an email's server refused).
+#: publication and why its fire times could not be computed; 0022: the recipients an email's server refused; 0023:
+#: a digest of the schedule last computed).
 LATER_COLUMNS = {
-    "schedules": {"firing_for", "not_computable"},
+    "schedules": {"firing_for", "not_computable", "schedule_digest"},
     "catalog_objects": {"schedule_paused_by"},
     "runs": NEW_RUN_COLUMNS,
     "extraction_checkpoints": {"ranges", "sync"},
@@ -446,8 +447,8 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
     # who paused a definition's schedule (0016); a replay run's plan, acknowledged steps and claim (0017, 4 columns);
     # which notifier replica holds a notification's claim, until when, since when (0020, 3 columns); the schedule's
     # unconfirmed publication and why its fire times could not be computed (0021, 2 columns); the recipients an
-    # email's SMTP server refused while it took it for the others (0022).
-    assert len(lines) == 60, lines
+    # email's SMTP server refused while it took it for the others (0022); a digest of the schedule last computed (0023).
+    assert len(lines) == 61, lines
     assert "table change_members is missing from the database" in lines
     assert "table delivery_batches is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)

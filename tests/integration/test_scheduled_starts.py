@@ -31,6 +31,7 @@ from services.extractor.request_rounds import Request, request_rounds
 from services.extractor.run_request_decoding import decode_run_request
 from services.extractor.scheduled_runs import StartTimes
 from services.extractor.settings import ExtractorSettings
+from services.scheduler.clock import ManualClock
 from services.scheduler.planning import scheduled_run_id
 from services.scheduler.scheduling import Scheduler
 from shared.catalog import CatalogStores, make_engine
@@ -559,3 +560,75 @@ def test_an_extractor_dying_mid_round_starts_no_run_twice_and_the_next_reads_the
     completed = Counter(e.run_id for e in events if isinstance(e, ExtractionCompleted))
     assert started == dict.fromkeys(ids, 1), "each run started once, though the first requests were read twice"
     assert completed == dict.fromkeys(ids, 1)
+
+
+@pytest.mark.parametrize("lookahead", [0.0, LOOKAHEAD.total_seconds()])
+def test_a_run_recorded_skipped_after_a_crash_is_not_started_by_its_first_request_still_in_kafka(
+    setup: Setup, lookahead: float
+):
+    """The scheduler published a run (at its instant, or ahead of it) and died before moving its schedule on; a manual
+    run of the definition (overlap skip) started before the extractor read the request. The restarted scheduler
+    recorded the run skipped; the extractor then started the first request all the same (at once when published at
+    its instant, or at its instant once the manual run had finished): it ran, its members sent, its record saying
+    skipped."""
+    setup.catalog.definitions.apply(setup.definition("busy"))
+    definition_id = setup.catalog.definitions.get_with_id(ExportDefinition, "busy")[0]
+    run_id = scheduled_run_id(definition_id, INSTANT)
+    producer = make_producer(setup.settings, "scheduler")
+    sent: list[Outgoing] = []
+
+    def publish(outgoing: list[Outgoing]) -> None:
+        produce_and_wait(producer, outgoing)
+        sent.extend(outgoing)
+
+    clock = ManualClock(INSTANT - dt.timedelta(minutes=1))
+
+    def scheduler(scheduling: object) -> Scheduler:
+        return Scheduler(
+            scheduling=scheduling,  # type: ignore[arg-type]
+            definitions=setup.catalog.definitions,
+            runs=setup.catalog.runs,
+            clock=clock,
+            topics=setup.settings.topics,
+            publish=publish,
+            lookahead=dt.timedelta(seconds=lookahead),
+        )
+
+    crashing = scheduler(CrashAfterPublishing(setup.catalog.scheduling))
+    crashing.tick()  # seen
+    clock.advance(dt.timedelta(seconds=60 - lookahead / 2 if lookahead else 61))  # ahead of its instant, or at it
+    with pytest.raises(ConnectionError):
+        crashing.tick()
+    first = [RunRequested.model_validate_json(o.value) for o in sent]
+    assert [r.run_id for r in first] == [run_id]
+    manual = RunStarted(run_id=uuid.uuid4(), definition="busy", trigger=Trigger.MANUAL)
+    setup.catalog.runs.fold_run_event(manual)
+    clock.advance(INSTANT + dt.timedelta(seconds=2) - clock.now())
+    sent.clear()
+    scheduler(setup.catalog.scheduling).tick()  # the restarted scheduler
+    producer.close()
+    recorded = [RUN_EVENT_ADAPTER.validate_json(o.value) for o in sent if o.topic == setup.settings.topics.run_events]
+    assert [(type(e), e.run_id) for e in recorded] == [(RunSkipped, run_id)]
+    for event in recorded:  # as the notifier does
+        setup.catalog.runs.fold_run_event(event)
+    if lookahead:  # the manual run finished before the extractor judged the run at its instant
+        setup.catalog.runs.fold_run_event(
+            ExtractionCompleted(run_id=manual.run_id, definition="busy", members=0, batches=0)
+        )
+
+    requested = read_until(
+        setup.settings.kafka_bootstrap_servers, setup.settings.topics.run_requests, lambda vs: len(vs) >= 1, timeout=60
+    )
+    assert [RunRequested.model_validate_json(v).run_id for v in requested] == [run_id]  # the first request, in Kafka
+    extractor_producer = make_producer(setup.settings, "extractor")
+    reader = MemberReader.from_url(setup.store_url)
+    extractor = extractor_of(setup, extractor_producer, reader)
+    extractor.handle(RunRequested.model_validate_json(requested[0]))
+    extractor.handle(RunRequested.model_validate_json(requested[0]))  # and read again (a rebalance)
+    reader.close()
+    extractor_producer.close()
+    events = setup.all_run_events()
+    assert [e for e in events if e.run_id == run_id and not isinstance(e, RunSkipped)] == [], "the skipped run ran"
+    record = setup.catalog.runs.get_run(run_id)
+    assert record is not None
+    assert (record.status, record.started_at) == (RunStatus.SKIPPED, None)

@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ from shared.catalog.engine import make_engine
 from shared.catalog.schema import upgrade
 from shared.catalog.tables import CatalogObjectRow
 from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.checkpoints import RunSync
 from shared.domain.runs import RunStatus
 from shared.domain.schedule import fire_times
+from shared.domain.sync_mode import SyncMode
 from shared.events import (
     RUN_EVENT_ADAPTER,
     AnyRunEvent,
@@ -619,6 +622,11 @@ def test_a_run_published_before_a_crash_and_finished_is_published_again_as_it_wa
     due = T0 + dt.timedelta(hours=1)
     run_id = scheduled_run_id(definition_id, due)
     _crashed_while_firing(scheduler, catalog, monkeypatch)
+    # The extractor ran it: its checkpoint claimed, its sync fixed, done; its events folded into its record.
+    checkpoint = catalog.extraction.claim_extraction(run_id, "hourly")
+    catalog.extraction.save_checkpoint(
+        replace(checkpoint, completed=True, sync=RunSync(SyncMode.FULL, full_scope=True))
+    )
     for event in (
         RunStarted(run_id=run_id, definition="hourly", trigger=Trigger.SCHEDULE, scheduled_for=due),
         ExtractionCompleted(run_id=run_id, definition="hourly", members=3, batches=1),
@@ -634,3 +642,111 @@ def test_a_run_published_before_a_crash_and_finished_is_published_again_as_it_wa
             catalog.runs.fold_run_event(event)
     assert [(type(e), e.run_id) for e in events] == [(RunRequested, run_id)]
     assert catalog.runs.get_run(run_id).status is RunStatus.SUCCEEDED
+
+
+def test_a_run_due_after_a_rename_is_skipped_while_a_run_started_under_the_old_name_is_active(
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder
+):
+    """Overlap skip. The definition's 13:00 run was going when the definition was renamed: at 14:00 the scheduler
+    looked for runs by the new name, found none, and started the 14:00 run beside it."""
+    catalog.definitions.apply(definition("hourly", cron="0 * * * *"))
+    run_for(scheduler, dt.timedelta(hours=1))
+    [first] = [e for e in recorder.events() if isinstance(e, RunRequested)]
+    catalog.runs.fold_run_event(RunStarted(run_id=first.run_id, definition="hourly", trigger=Trigger.SCHEDULE))
+    catalog.definitions.rename("hourly", definition("hourly-renamed", cron="0 * * * *"))
+    recorder.records.clear()
+    run_for(scheduler, dt.timedelta(hours=1))
+    events = recorder.events()
+    assert [(type(e), e.definition) for e in events] == [(RunSkipped, "hourly-renamed")]
+    assert events[0].reason == f"previous run {first.run_id} was still active"
+
+
+def test_a_rename_while_the_scheduler_was_down_keeps_its_missed_and_late_runs(
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+):
+    """The scheduler was down from 12:00 to 15:30 and the hourly definition was renamed at 15:20, its schedule as it
+    was. A rename counted as a schedule edit: nothing before it fired or was recorded missed (the 13:00 and 14:00
+    runs unrecorded, the alert silent, the 15:00 run within the catch-up window not fired)."""
+    catalog.definitions.apply(definition("hourly", cron="0 * * * *"))
+    scheduler.tick()  # seen at T0 (12:00)
+    clock = scheduler.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(dt.timedelta(hours=3, minutes=20))
+    with monkeypatch.context() as patched:  # renamed at 15:20 by the scheduler's clock
+        patched.setattr("shared.catalog.definitions_store.now", clock.now)
+        catalog.definitions.rename("hourly", definition("renamed", cron="0 * * * *"))
+    clock.advance(dt.timedelta(minutes=10))
+    scheduler.tick()
+    events = recorder.events()
+    assert [(type(e).__name__, e.definition, e.scheduled_for) for e in events] == [
+        ("RunMissed", "renamed", T0 + dt.timedelta(hours=1)),
+        ("RunMissed", "renamed", T0 + dt.timedelta(hours=2)),
+        ("RunRequested", "renamed", T0 + dt.timedelta(hours=3)),
+    ]
+
+
+def test_a_run_published_before_a_crash_is_published_again_after_a_rename(
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+):
+    """Its first publication never reached Kafka, and the definition was renamed before the scheduler came back: the
+    rename wiped the instant the scheduler was publishing, so the run was neither published again nor recorded."""
+    catalog.definitions.apply(definition("hourly", cron="0 * * * *"))
+    definition_id, _ = catalog.definitions.get_with_id(ExportDefinition, "hourly")
+    _crashed_while_firing(scheduler, catalog, monkeypatch)
+    catalog.definitions.rename("hourly", definition("renamed", cron="0 * * * *"))
+    recorder.records.clear()  # lost with the broker's failure
+    scheduler.tick()  # the replacement process
+    events = recorder.events()
+    due = T0 + dt.timedelta(hours=1)
+    assert [(type(e), e.run_id, e.definition) for e in events] == [
+        (RunRequested, scheduled_run_id(definition_id, due), "renamed")
+    ]
+
+
+def test_a_schedule_stored_before_migration_0023_keeps_its_state_and_counts_its_next_edit_as_a_schedule_edit(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """0023 adds the digest of the schedule last computed, null on the rows stored before it."""
+    engine = make_engine(database_url)
+    upgrade(engine, "0022")
+    old = CatalogStores.from_url(database_url)
+    old.definitions.apply(definition("hourly", cron="0 * * * *"))
+    old.close()
+    with engine.begin() as connection:  # as 0022's scheduler left it, publishing its 13:00 run when it stopped
+        connection.execute(
+            text(
+                "INSERT INTO schedules (definition_id, definition_version, handled_until, next_due_at, firing_for) "
+                "SELECT id, version, :handled, :next, :next FROM catalog_objects WHERE name = 'hourly'"
+            ),
+            {"handled": T0, "next": T0 + dt.timedelta(hours=1)},
+        )
+    upgrade(engine)
+    engine.dispose()
+
+    stores = CatalogStores.from_url(database_url)
+    try:
+        clock = ManualClock(T0 + dt.timedelta(hours=1, minutes=5))
+        scheduler = scheduler_on(stores, clock)
+        scheduler.tick()  # the row as it was: its unconfirmed 13:00 run published again
+        assert isinstance(scheduler.publish, Recorder)
+        assert _fired(scheduler.publish) == [("hourly", T0 + dt.timedelta(hours=1))]
+        scheduler.publish.records.clear()
+        # Its first edit since counts as a schedule edit (no digest known): nothing due before it fires. The next keeps
+        # the schedule's place (the digest written at that sync).
+        with monkeypatch.context() as patched:
+            patched.setattr("shared.catalog.definitions_store.now", clock.now)
+            clock.advance(dt.timedelta(hours=1, minutes=25))  # down until 14:30, renamed then
+            stores.definitions.rename("hourly", definition("renamed", cron="0 * * * *"))
+            clock.advance(dt.timedelta(minutes=5))
+            scheduler.tick()
+            assert scheduler.publish.events() == []  # 14:00, due before the edit: neither fired nor missed
+            clock.advance(dt.timedelta(hours=1, minutes=30))  # down until 16:05, renamed then
+            stores.definitions.rename("renamed", definition("renamed-again", cron="0 * * * *"))
+        clock.advance(dt.timedelta(minutes=5))
+        scheduler.tick()
+        assert [(type(e), e.definition, e.scheduled_for) for e in scheduler.publish.events()] == [
+            (RunMissed, "renamed-again", T0 + dt.timedelta(hours=3)),
+            (RunRequested, "renamed-again", T0 + dt.timedelta(hours=4)),
+        ]
+    finally:
+        stores.close()

@@ -20,7 +20,6 @@ from services.scheduler.clock import ManualClock
 from services.scheduler.planning import scheduled_run_id
 from services.scheduler.scheduling import Scheduler
 from shared.domain.catalog_objects import ExportDefinition
-from shared.domain.runs import RunRecord
 from shared.domain.schedule import fire_times
 from shared.domain.schedule_state import DueSchedule, FiringMark, ScheduleAdvance, ScheduleState, ScheduleSync
 from shared.events import RUN_EVENT_ADAPTER, RunMissed, RunRequested, RunSkipped
@@ -144,8 +143,8 @@ class MemoryStores:
     def active_runs(self, definitions: list[str]) -> dict[str, uuid.UUID]:
         return {name: run for name, run in self.active.items() if name in definitions}
 
-    def get_run(self, run_id: uuid.UUID) -> RunRecord | None:
-        return None  # the runs' records are not kept here: only the active ones
+    def withhold_start(self, run_id: uuid.UUID, definition: str) -> bool:
+        return True  # no extractor here: a run published is never claimed
 
 
 class Published:
