@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Generator
 from typing import Any, TypeVar
 
@@ -22,24 +21,27 @@ from services.dispatcher.partner_auth import OAuthTokenCache
 from services.dispatcher.rate_limit import AdaptiveRateLimiter
 from services.dispatcher.request_workers import RequestWorkers
 from services.dispatcher.round_admission import RoundOver
-from shared.domain.catalog_objects import CatalogObject, ConnectionProfile, HttpTemplate
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
 from shared.domain.rendering import RenderedRequest
-from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, MemberBatch
+from shared.events import RUN_EVENT_ADAPTER, BatchOutcome
 from shared.kafka.held_records import HoldRecord
 from shared.outbound.partner_http import PartnerAnswer
 from shared.topics import Topics
+from tests.unit import test_profile_fairness as fairness
+from tests.unit.test_profile_fairness import batch
 from tests.unit.test_round_admission import Clock
 
 T = TypeVar("T")
 DEADLINE = 5.0  # seconds: a wait for a condition, never a pause
 
 
-class Catalog:
+class Catalog(fairness.Catalog):
     """Profiles ``p`` (limited by ``limit``, ``breaker``) and ``q``; templates ``tp`` and ``tq``, one member a
     request."""
 
     def __init__(self, limit: dict[str, Any] | None = None, breaker: dict[str, Any] | None = None) -> None:
-        self.objects: dict[tuple[type[CatalogObject], str], CatalogObject] = {
+        super().__init__(None)
+        self.objects = {
             (ConnectionProfile, "p"): ConnectionProfile(
                 name="p", base_url="https://p.example", rate_limit=limit, circuit_breaker=breaker
             ),
@@ -48,20 +50,14 @@ class Catalog:
             (HttpTemplate, "tq"): HttpTemplate(name="tq", query="q", profile="q", path="/m", batch_size=1),
         }
 
-    def get(self, kind: type[CatalogObject], name: str) -> CatalogObject:
-        return self.objects[(kind, name)]
 
-    def get_run(self, run_id: uuid.UUID) -> None:
-        return None
-
-
-def batch(template: str, index: int, members: int = 1) -> MemberBatch:
-    return MemberBatch(
-        run_id=uuid.uuid4(),
-        definition="d",
-        template=template,
-        batch_index=index,
-        members=[{"id": k} for k in range(members)],
+def dispatcher_of(partner: Any, catalog: Catalog, **options: Any) -> Dispatcher:
+    return Dispatcher(
+        objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
+        deliverer=Deliverer(partner, RetryBudget(max_attempts=1)),
+        tokens=OAuthTokenCache(None),  # type: ignore[arg-type]
+        topics=Topics(),
+        **options,
     )
 
 
@@ -100,13 +96,7 @@ def test_rate_limited_requests_whose_waits_end_while_every_worker_is_busy_are_st
     now one at 0.5 s and the others 0.1 s apart."""
     partner = SlowQ(0.5)
     catalog = Catalog(limit={"requests_per_second": 10, "burst": 1})
-    dispatcher = Dispatcher(
-        objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
-        deliverer=Deliverer(partner, RetryBudget(max_attempts=1)),
-        tokens=OAuthTokenCache(None),  # type: ignore[arg-type]
-        topics=Topics(),
-        concurrency=2,
-    )
+    dispatcher = dispatcher_of(partner, catalog, concurrency=2)
     batches = [batch("tq", 0), batch("tp", 1, members=5), batch("tq", 2)]
 
     async def main() -> list[Any]:
@@ -241,26 +231,25 @@ def test_a_waiter_handed_a_slot_as_it_is_cancelled_passes_it_on_and_a_lowered_ca
 # --- 3. a retry's turn back late past the retry budget ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("oversleep", [0.0, 0.001])
-def test_a_retry_whose_turn_comes_back_past_the_budget_is_not_made_whatever_the_sleeps_lateness(oversleep: float):
-    """The review's probe: a budget of 1 s, a 503 asking for 60 s (cut to the 1 s left), the request's turn back 5 s
-    after its backoff. Before, a sleep 1 ms late made the retry at 6 s, 5 s past the budget (exact, it was skipped)."""
+def attempts_at(oversleep: float, turn_late: float, max_attempts: int) -> list[float]:
+    """When the attempts of a request began: a budget of 1 s, a partner answering 503 asking for 60 s (cut to the
+    budget left), each sleep ``oversleep`` late, the turn back ``turn_late`` after each backoff."""
     now = [0.0]
-    attempts_at: list[float] = []
+    began: list[float] = []
 
     async def sleep(seconds: float) -> None:
         now[0] += seconds + oversleep
 
     async def aside(awaitable: Awaitable[None]) -> None:
         await awaitable
-        now[0] += 5.0  # its turn back 5 s later: the workers were busy
+        now[0] += turn_late  # the workers were busy
 
-    budget = RetryBudget(max_attempts=6, max_seconds=1.0)
+    budget = RetryBudget(max_attempts=max_attempts, max_seconds=1.0)
     deliverer = Deliverer(partners=None, policy=budget, sleep=sleep)  # type: ignore[arg-type]
     deliverer.clock = lambda: now[0]
 
     async def attempt(*args: Any, **kwargs: Any) -> AttemptResult:
-        attempts_at.append(now[0])
+        began.append(now[0])
         return AttemptResult(status=503, success=False, retry_after=60.0, error="busy")
 
     deliverer.attempt = attempt  # type: ignore[method-assign]
@@ -269,36 +258,20 @@ def test_a_retry_whose_turn_comes_back_past_the_budget_is_not_made_whatever_the_
         return RenderedRequest("POST", "http://x", {}, b"")
 
     result = asyncio.run(deliverer.deliver(make_request, 5.0, None, aside=aside))
-    assert attempts_at == [0.0]  # the retry would begin at 6 s: not made, the first answer stands
-    assert (result.attempts, result.status) == (1, 503)
+    assert (result.attempts, result.status) == (len(began), 503)
+    return began
+
+
+@pytest.mark.parametrize("oversleep", [0.0, 0.001])
+def test_a_retry_whose_turn_comes_back_past_the_budget_is_not_made_whatever_the_sleeps_lateness(oversleep: float):
+    """The review's probe: a budget of 1 s, a 503 asking for 60 s (cut to the 1 s left), the request's turn back 5 s
+    after its backoff. Before, a sleep 1 ms late made the retry at 6 s, 5 s past the budget (exact, it was skipped)."""
+    assert attempts_at(oversleep, 5.0, max_attempts=6) == [0.0]  # the retry would begin at 6 s: the first answer stands
 
 
 def test_a_retry_cut_to_the_budgets_end_whose_turn_comes_back_at_once_is_made_though_its_sleep_is_late():
     """A guard of the slack (it passed before too): the sleep 1 ms late, the turn back at once: the retry is made."""
-    now = [0.0]
-    attempts_at: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        now[0] += seconds + 0.001
-
-    async def aside(awaitable: Awaitable[None]) -> None:
-        await awaitable
-
-    budget = RetryBudget(max_attempts=2, max_seconds=1.0)
-    deliverer = Deliverer(partners=None, policy=budget, sleep=sleep)  # type: ignore[arg-type]
-    deliverer.clock = lambda: now[0]
-
-    async def attempt(*args: Any, **kwargs: Any) -> AttemptResult:
-        attempts_at.append(now[0])
-        return AttemptResult(status=503, success=False, retry_after=60.0, error="busy")
-
-    deliverer.attempt = attempt  # type: ignore[method-assign]
-
-    async def make_request() -> RenderedRequest:
-        return RenderedRequest("POST", "http://x", {}, b"")
-
-    asyncio.run(deliverer.deliver(make_request, 5.0, None, aside=aside))
-    assert attempts_at == [0.0, pytest.approx(1.001)]
+    assert attempts_at(0.001, 0.0, max_attempts=2) == [0.0, pytest.approx(1.001)]
 
 
 # --- 4. a round's end after a wait for a circuit breaker's probe -----------------------------------------------------
@@ -325,15 +298,7 @@ def test_a_request_admitted_by_its_breaker_only_past_the_rounds_end_is_not_sent_
     partner = Counting()
     catalog = Catalog(breaker=BREAKER)
     breakers = ProfileBreakers(clock=clock)
-    dispatcher = Dispatcher(
-        objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
-        deliverer=Deliverer(partner, RetryBudget(max_attempts=1)),
-        tokens=OAuthTokenCache(None),  # type: ignore[arg-type]
-        topics=Topics(),
-        round_seconds=60.0,
-        clock=clock,
-        breakers=breakers,
-    )
+    dispatcher = dispatcher_of(partner, catalog, round_seconds=60.0, clock=clock, breakers=breakers)
     dispatcher.round_end_seconds = 10.0
     profile = catalog.objects[(ConnectionProfile, "p")]
     assert isinstance(profile, ConnectionProfile)
