@@ -326,3 +326,44 @@ def test_a_request_admitted_by_its_breaker_only_past_the_rounds_end_is_not_sent_
     assert isinstance(result, RoundOver)  # handed to the next round; before, sent at 20 s past the end at 14 s
     assert partner.sent == 0
     assert after is not None  # the admission taken past the end was given back (closed: every attempt admitted)
+
+
+# --- 5. a request waiting for a rate token holds no rendered body ----------------------------------------------------
+
+
+def test_requests_waiting_aside_for_a_rate_token_are_rendered_only_once_admitted_and_once_each():
+    """Three requests of a profile at 1/s: while two wait for their tokens, one body is rendered (before, all three
+    were, held through the wait); once they go, three renders in all."""
+    released = asyncio.Event()
+    clock = Clock()
+    catalog = Catalog(limit={"requests_per_second": 1, "burst": 1})
+    partner = Counting()
+
+    async def until_released(seconds: float) -> None:  # the rate's wait, on the test's clock
+        await released.wait()
+        clock.now += seconds
+
+    dispatcher = dispatcher_of(partner, catalog, concurrency=2, sleep=until_released, clock=clock)
+    renders = [0]
+    render_inline = dispatcher.renderer.render_inline
+
+    def counted(*args: Any) -> RenderedRequest | None:
+        renders[0] += 1
+        return render_inline(*args)
+
+    dispatcher.renderer.render_inline = counted  # type: ignore[method-assign, assignment]
+
+    async def main() -> tuple[int, list[Any]]:
+        round_ = asyncio.ensure_future(dispatcher.handle_all([batch("tp", 0, members=3)]))
+        deadline = time.monotonic() + DEADLINE
+        while partner.sent < 1 or dispatcher.workers.handled != 0:  # the first sent, the other two waiting aside
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        waiting = renders[0]
+        released.set()
+        return waiting, await asyncio.wait_for(round_, DEADLINE)
+
+    waiting, results = asyncio.run(main())
+    assert waiting == 1
+    assert [delivered(result) for result in results] == [3]
+    assert renders[0] == 3
