@@ -305,10 +305,10 @@ def test_a_request_admitted_by_its_breaker_only_past_the_rounds_end_is_not_sent_
     failed = AttemptResult(status=503, success=False)
 
     async def main() -> tuple[Any, Any]:
-        for _ in range(3):  # three failures: the breaker opens for 3 s
-            admission = await breakers.admit(profile)
-            with pytest.raises(HoldRecord):
-                breakers.record(profile, admission, failed)
+        for _ in range(2):
+            breakers.record(profile, await breakers.admit(profile), failed)
+        with pytest.raises(HoldRecord):  # the third failure: the breaker opens for 3 s
+            breakers.record(profile, await breakers.admit(profile), failed)
         clock.now = 4.0  # half-open: one probe, which the test takes
         probe = await breakers.admit(profile)
         assert probe is not None
@@ -320,7 +320,7 @@ def test_a_request_admitted_by_its_breaker_only_past_the_rounds_end_is_not_sent_
         clock.now = 20.0  # past the round's end (4 + 10 s)
         breakers.record(profile, probe, AttemptResult(status=200, success=True))  # the probe back: closed
         results = await asyncio.wait_for(round_, DEADLINE)
-        return results[0], await breakers.admit(profile)
+        return results[0], await asyncio.wait_for(breakers.admit(profile), DEADLINE)
 
     result, after = asyncio.run(main())
     assert isinstance(result, RoundOver)  # handed to the next round; before, sent at 20 s past the end at 14 s
