@@ -38,7 +38,6 @@ from services.dispatcher.metrics import (
     in_flight_count,
 )
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
-from services.dispatcher.rate_limit import LearnedRateLimit
 from services.dispatcher.render_offload import Renderer
 from services.dispatcher.request_workers import RequestWorkers
 from services.dispatcher.round_admission import (
@@ -581,21 +580,15 @@ class Dispatcher:
         batch, template, profile = shared.batch, shared.template, shared.profile
         whole = part.size == len(batch.members)
         members = batch.members if whole else batch.members[part.start : part.stop]
-        limiter = limits.rate
-        # A request that may wait for its profile before its first attempt (a rate token, a breaker's probe) is
-        # rendered once admitted (a request waiting aside holds no body); the others now, as before (no coroutine).
-        rendered: RenderedRequest | None = None
-        if (isinstance(limiter, LearnedRateLimit) and limiter.limiter is None) and not (
-            profile.circuit_breaker is not None or self.breakers.knows(profile.name)
-        ):
-            rendered = self.renderer.render_inline(shared.prepared, members)  # a quick render: no coroutine
-            if rendered is None:
-                rendered = await self.renderer.render(shared.prepared, members)
+        rendered = self.renderer.render_inline(shared.prepared, members)  # a quick render: no coroutine
+        if rendered is None:
+            rendered = await self.renderer.render(shared.prepared, members)
         # Stable across redeliveries: the split of a batch is the same every time, so is each key.
         key = shared.identity if whole else f"{shared.identity}:{part.start}-{part.stop}"
 
+        limiter = limits.rate
+
         async def make_request() -> RenderedRequest:  # per attempt: a token, a signature, a traceparent
-            assert rendered is not None  # rendered by now (admit() renders it at the latest)
             credentials = shared.credentials
             if credentials is None:
                 credentials = await self._credentials(shared)
@@ -611,12 +604,6 @@ class Dispatcher:
             return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
 
         ticket: list[Admission | None] = [None]  # the circuit breaker's admission of the attempt under way
-
-        async def render() -> None:
-            nonlocal rendered
-            rendered = self.renderer.render_inline(shared.prepared, members)
-            if rendered is None:
-                rendered = await self.renderer.render(shared.prepared, members)
 
         async def admit() -> None:  # per attempt: the round's end, the fleet's share, the breaker, the rate
             self._before_round_end(shared)  # no attempt (a retry neither) begins after the round's end
@@ -647,8 +634,6 @@ class Dispatcher:
                 # The token is taken now, with the worker back: requests back together (their workers were busy
                 # past their waits) are spaced again rather than sent together above the rate.
                 wait = limiter.redeem(now)
-            if rendered is None:  # its first attempt admitted: rendered now, once (its retries send the same body)
-                await render()
 
         def adapt(attempt: AttemptResult) -> None:
             admitted, ticket[0] = ticket[0], None
@@ -689,7 +674,7 @@ class Dispatcher:
 
         # Only an OAuth profile tries again after a 401 (no extra coroutine for the others).
         delivery = delivered if shared.oauth else deliver
-        return await self._in_flight(shared, template.method.value, delivery, ticket)
+        return await self._in_flight(shared, rendered.method, delivery, ticket)
 
     def _round_left(self, ends: float) -> float:
         """Seconds left until a round's end ``ends``."""

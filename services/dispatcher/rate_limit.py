@@ -18,6 +18,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+#: A token due within this is there (seconds: the rounding of the clock's arithmetic, a timer fired a little early),
+#: rather than the request waiting behind every promise made meanwhile for a millionth of a token.
+EARLY_SECONDS = 1e-6
+
 
 @dataclass
 class AdaptiveRateLimiter:
@@ -60,7 +64,7 @@ class AdaptiveRateLimiter:
         token is there (taken), else how long it waits again (a new promise, after those made meanwhile). Taking it
         now, not when it was promised, is what spaces requests that come back together (their workers were busy)."""
         self._refill(now)
-        if self._sent >= 1.0:
+        if self._sent + EARLY_SECONDS * self.rate >= 1.0:
             self._sent -= 1.0
             self._tokens = min(self._tokens, self._sent)  # nothing promised before what was actually sent
             return 0.0
