@@ -178,9 +178,10 @@ def test_a_freed_slot_wakes_one_waiter_and_the_slots_go_first_come_first(waiting
 
 
 def test_a_waiter_handed_a_slot_as_it_is_cancelled_passes_it_on_and_a_lowered_capacity_keeps_counting():
-    """What the slots promised before still holds (a guard: it passed before too): a waiter cancelled just as a slot
-    is handed to it passes the slot to the next; capacity lowered under requests in flight hands nothing until they
-    fit; dropped to 0 it holds the waiters back; the round's end ends a wait."""
+    """What the slots promised still holds: a waiter cancelled just as a slot is handed to it passes the slot to the
+    next (before, its wait_for swallowed the cancellation: it took the slot and the next never got one); capacity
+    lowered under requests in flight hands nothing until they fit; dropped to 0 it holds the waiters back; the round's
+    end ends a wait."""
 
     def held() -> HoldRecord:
         return HoldRecord("held", 0.0)
