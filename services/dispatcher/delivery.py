@@ -27,6 +27,9 @@ log = structlog.get_logger(__name__)
 #: A failure's reason quotes at most this many characters of the partner's answer (after ``HTTP <status>: ``),
 #: or of the reason no answer came: the bound every failure's reason has (the notifier's webhooks' too).
 SNIPPET_CHARS = REASON_CHARS
+#: A retry's turn given back within this after its backoff counts as given back at once (seconds: the reads of the
+#: clock in between); a later one whose wait and turn end past the retry budget is not made (:meth:`Deliverer.deliver`).
+TURN_SLACK_SECONDS = 0.001
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,8 @@ class Deliverer:
         and no wait (backoff, a Retry-After) goes past its end: the last attempt begins within the budget, so a
         delivery takes at most the budget and one attempt (the profile's timeout) after its first admission. A retry
         whose backoff ended within the budget and whose ``aside`` gave it back only past the budget's end is not
-        made (the last answer stands)."""
+        made (the last answer stands): the backoff counted as ending when it was due (a sleep's own lateness aside), the
+        wait for its turn after it counted."""
 
         attempts = 0
         first_sent: list[float] = []  # when the first attempt was admitted: the budget's clock starts there
@@ -250,13 +254,17 @@ class Deliverer:
             return DeliveryResult(success=first.success, status=first.status, attempts=1, error=first.error)
         handed_over = [first]
         last = [first]
-        #: When the last backoff ended (before ``aside`` gave the request back).
-        slept = [0.0]
+        #: When the last backoff was due to end, and when it did (before ``aside`` gave the request back).
+        due, slept = [0.0], [0.0]
 
         async def first_then_again() -> AttemptResult:
             if handed_over:
                 return handed_over.pop()
-            if aside is not None and slept[0] <= first_sent[0] + self.policy.max_seconds < self.clock():
+            # Late: the backoff's due end (within the budget: waits are cut to it) and the wait for the turn after it
+            # (less a slack for the clock's reads), the sleep's own lateness not counted (a timer's millisecond does
+            # not skip a retry whose wait was cut to the budget's end).
+            turn = self.clock() - slept[0] - TURN_SLACK_SECONDS
+            if aside is not None and due[0] + turn > first_sent[0] + self.policy.max_seconds:
                 return last[0]  # given back past the budget's end: no attempt (tenacity stops on the budget)
             last[0] = await once()
             return last[0]
@@ -274,6 +282,7 @@ class Deliverer:
             return max(0.0, min(self.policy.wait(state), budget_left()))
 
         async def backoff(seconds: float) -> None:
+            due[0] = min(self.clock() + seconds, first_sent[0] + self.policy.max_seconds)
             await self.sleep(seconds)
             slept[0] = self.clock()
 

@@ -611,18 +611,29 @@ class Dispatcher:
             # A profile without a breaker, and none known by its name, is admitted as is (no coroutine to pay for).
             if profile.circuit_breaker is not None or self.breakers.knows(profile.name):
                 ticket[0] = await self.breakers.admit(profile, self.workers.aside)
+                # A wait for a probe (and for a worker after it) may have outlasted the round: its ticket is given
+                # back (the caller's _in_flight cancels it) and the batch handed back.
+                self._before_round_end(shared)
             now = self.clock()
             wait = limiter.reserve(now)
-            if wait > 0:
+            while wait > 0:  # a promised token: taken once the request has a worker again, or waited for again
                 if shared.ends is not None and now + wait >= shared.ends:
                     limiter.give_back()  # its token is not spent: the next round's requests do not wait for it
                     raise RoundOver(time.monotonic())
                 RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
                 RATE_LIMIT_WAIT_SECONDS.labels(profile=profile.name).inc(wait)
-                await self.workers.aside(self.sleep(wait))  # holding no worker: the other profiles' requests go on
-                if shared.ends is not None and self.clock() >= shared.ends:  # a worker came back past the round's end
+                try:  # holding no worker: the other profiles' requests go on
+                    await self.workers.aside(self.sleep(wait))
+                except BaseException:  # cancelled (its batch failed, the service stops): its promise is not spent
+                    limiter.give_back()
+                    raise
+                now = self.clock()
+                if shared.ends is not None and now >= shared.ends:  # a worker came back past the round's end
                     limiter.give_back()
                     raise RoundOver(time.monotonic())
+                # The token is taken now, with the worker back: requests back together (their workers were busy
+                # past their waits) are spaced again rather than sent together above the rate.
+                wait = limiter.redeem(now)
 
         def adapt(attempt: AttemptResult) -> None:
             admitted, ticket[0] = ticket[0], None

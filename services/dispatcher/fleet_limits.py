@@ -21,6 +21,7 @@ import contextlib
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -28,7 +29,6 @@ import structlog
 
 from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit
 from services.dispatcher.round_admission import RoundOver
-from services.dispatcher.wakeup import Wakeup
 from shared.application.ports import FleetHeartbeats
 from shared.domain.catalog_objects import RateLimit
 from shared.domain.fleet import ReplicaBeat
@@ -49,12 +49,18 @@ SHARE_WAIT_SECONDS = 1.0
 
 
 class Slots:
-    """A bound on requests in flight whose capacity may change while requests hold or wait for a slot."""
+    """A bound on requests in flight whose capacity may change while requests hold or wait for a slot.
+
+    A slot given back goes to the request that has waited longest (each waiter has a future of its own: one wake-up
+    a slot, not one per waiter); the capacity lowered (an edited ``max_in_flight``, a smaller fleet share), the
+    requests in flight keep counting until they give their slots back, and none is handed while they do not fit."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.in_use = 0
-        self._freed = Wakeup()
+        #: The requests waiting, first come first: True handed a slot (counted in ``in_use``), False look again (the
+        #: capacity dropped to 0); a cancelled one left (skipped).
+        self._waiters: deque[asyncio.Future[bool]] = deque()
 
     @contextlib.asynccontextmanager
     async def taken(
@@ -76,7 +82,7 @@ class Slots:
         """Take a slot (:meth:`give` it back); raise ``held()`` when the capacity drops to 0 while waiting, and
         ``RoundOver`` once ``left()`` (the seconds left to the request's round) is 0 while waiting. ``aside`` awaits
         the wait, when there is one (the dispatcher's: the request holds no worker while it waits)."""
-        if self.in_use < self.capacity:  # a free slot: no wait, no coroutine
+        if self.in_use < self.capacity:  # a free slot: no wait, no coroutine (no one waits while one is free)
             self.in_use += 1
             return
         taken = [False]
@@ -91,30 +97,61 @@ class Slots:
             raise
 
     async def _wait(self, held: Callable[[], HoldRecord], left: Callable[[], float] | None, taken: list[bool]) -> None:
-        while self.in_use >= self.capacity:
-            if self.capacity <= 0:
-                raise held()
-            wait = SHARE_WAIT_SECONDS
-            if left is not None:
-                seconds = left()
-                if seconds <= 0:
-                    raise RoundOver(time.monotonic())
-                wait = min(wait, seconds)
-            await self._freed.wait(wait)
-        self.in_use += 1
-        taken[0] = True
+        waiter: asyncio.Future[bool] | None = None
+        try:
+            while True:
+                if waiter is not None and waiter.done():
+                    if waiter.result():  # handed a slot by give() or resize()
+                        taken[0] = True
+                        return
+                    waiter = None  # told to look again
+                if self.capacity <= 0:
+                    raise held()
+                if waiter is None and self.in_use < self.capacity:
+                    self.in_use += 1
+                    taken[0] = True
+                    return
+                wait = SHARE_WAIT_SECONDS
+                if left is not None:
+                    seconds = left()
+                    if seconds <= 0:
+                        raise RoundOver(time.monotonic())
+                    wait = min(wait, seconds)
+                if waiter is None:
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._waiters.append(waiter)
+                await asyncio.wait((waiter,), timeout=wait)  # its place kept across the looks (the round's end)
+        except BaseException:
+            if waiter is not None:
+                if waiter.done() and not waiter.cancelled() and waiter.result() and not taken[0]:
+                    self.give()  # handed a slot as it left: the next waiter's
+                waiter.cancel()  # skipped by the next give()
+            raise
 
     def give(self) -> None:
-        """Give a slot :meth:`take` took back."""
+        """Give a slot :meth:`take` took back: to the first request waiting, if it fits."""
         self.in_use -= 1
-        self._wake()
+        if self._waiters:
+            self._hand()
 
     def resize(self, capacity: int) -> None:
         self.capacity = capacity
-        self._wake()
+        if capacity <= 0:  # every waiter raises its hold
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(False)
+        elif self._waiters:
+            self._hand()
 
-    def _wake(self) -> None:
-        self._freed.notify()
+    def _hand(self) -> None:
+        """The free slots to the requests waiting longest."""
+        waiters = self._waiters
+        while waiters and self.in_use < self.capacity:
+            waiter = waiters.popleft()
+            if not waiter.done():  # not left (cancelled)
+                self.in_use += 1
+                waiter.set_result(True)
 
 
 def _limiter(current: AdaptiveRateLimiter | LearnedRateLimit, rate: float, burst: float) -> AdaptiveRateLimiter:

@@ -1,7 +1,10 @@
 """Per-profile rate limits: a token bucket whose rate backs off on 429 and recovers on success.
 
 Pure arithmetic on an injected clock (``now`` in seconds); the caller sleeps the returned wait. Used from
-the dispatcher's one event loop, so without locks. Rate
+the dispatcher's one event loop, so without locks. A request that must wait is promised a later token
+(:meth:`AdaptiveRateLimiter.reserve`: the promises queue up) but takes its token only when it is about to be sent
+(:meth:`AdaptiveRateLimiter.redeem`): one back late (its worker busy) is not sent together with the others due
+meanwhile. Rate
 adaptation is AIMD, as TCP does it: a throttled answer halves the current rate (not below a floor),
 every success adds back a tenth of the configured rate, up to it.
 
@@ -15,6 +18,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+#: A token due within this is there (seconds: the rounding of the clock's arithmetic, a timer fired a little early),
+#: rather than the request waiting behind every promise made meanwhile for a millionth of a token.
+EARLY_SECONDS = 1e-6
+
 
 @dataclass
 class AdaptiveRateLimiter:
@@ -24,25 +31,49 @@ class AdaptiveRateLimiter:
     burst: float = 1.0
     floor_share: float = 0.05
     rate: float = field(init=False)
+    #: The tokens promised (a negative balance: a debt paid by waiting, later callers queue up behind it).
     _tokens: float = field(init=False)
+    #: The tokens of the requests actually sent (never more than ``_tokens``' ahead: see :meth:`redeem`).
+    _sent: float = field(init=False)
     _last: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.rate = self.max_rate
-        self._tokens = self.burst
+        self._tokens = self._sent = self.burst
+
+    def _refill(self, now: float) -> None:
+        if self._last is not None:
+            gained = (now - self._last) * self.rate
+            self._tokens = min(self.burst, self._tokens + gained)
+            self._sent = min(self.burst, self._sent + gained)
+        self._last = now
 
     def reserve(self, now: float) -> float:
-        """Take one request's token; return how long to wait before sending it (0 when it may go now)."""
-        if self._last is not None:
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
+        """Take one request's token; return how long to wait before sending it (0 when it may go now: the token is
+        taken). A request told to wait holds a promise: once its wait is over it takes its token with
+        :meth:`redeem`, or gives the promise back (:meth:`give_back`)."""
+        self._refill(now)
         self._tokens -= 1.0
-        # A negative balance is a debt paid by waiting: later callers queue up behind it.
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+        if self._tokens >= 0:
+            self._sent -= 1.0  # never below 0: the promises are never ahead of what was sent
+            return 0.0
+        return -self._tokens / self.rate
+
+    def redeem(self, now: float) -> float:
+        """The token of a request back from the wait :meth:`reserve` (or this) told it, about to be sent: 0 when a
+        token is there (taken), else how long it waits again (a new promise, after those made meanwhile). Taking it
+        now, not when it was promised, is what spaces requests that come back together (their workers were busy)."""
+        self._refill(now)
+        if self._sent + EARLY_SECONDS * self.rate >= 1.0:
+            self._sent -= 1.0
+            self._tokens = min(self._tokens, self._sent)  # nothing promised before what was actually sent
+            return 0.0
+        self._tokens -= 1.0  # below 0: promises are never ahead of what was sent, and there is no token to send
+        return -self._tokens / self.rate
 
     def give_back(self) -> None:
         """Return the token of a request :meth:`reserve` made wait that is not sent after all."""
-        self._tokens = min(self.burst, self._tokens + 1.0)
+        self._tokens = min(self.burst, self._sent, self._tokens + 1.0)
 
     def resized(self, max_rate: float, burst: float) -> AdaptiveRateLimiter:
         """This limiter at another rate and burst (a new share, an edited limit), keeping its state: the tokens
@@ -50,7 +81,8 @@ class AdaptiveRateLimiter:
         it has slowed down for the partner's 429s."""
         resized = AdaptiveRateLimiter(max_rate, burst, self.floor_share)
         resized.rate = max(max_rate * self.floor_share, max_rate * self.rate / self.max_rate)
-        resized._tokens, resized._last = min(burst, self._tokens), self._last
+        resized._tokens, resized._sent = min(burst, self._tokens), min(burst, self._sent)
+        resized._last = self._last
         return resized
 
     def throttled(self) -> None:
@@ -90,6 +122,10 @@ class LearnedRateLimit:
         while self._sent and self._sent[0] < now - self.window:
             self._sent.popleft()
         return self.limiter.reserve(now) if self.limiter is not None else 0.0
+
+    def redeem(self, now: float) -> float:
+        """:meth:`AdaptiveRateLimiter.redeem` (0 once the limit is dropped)."""
+        return self.limiter.redeem(now) if self.limiter is not None else 0.0
 
     def give_back(self) -> None:
         """Forget the last request :meth:`reserve` recorded: it is not sent after all."""

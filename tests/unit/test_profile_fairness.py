@@ -23,6 +23,7 @@ from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, MemberBatch
 from shared.kafka.held_records import HoldRecord
 from shared.outbound.partner_http import PartnerAnswer
 from shared.topics import Topics
+from tests.unit.test_round_admission import Clock
 
 DEADLINE = 5.0  # seconds: a wait for a condition, never a pause
 
@@ -217,8 +218,11 @@ def test_a_profiles_waits_do_not_hold_back_another_profiles_requests_in_the_same
     limit = limits.get(wait)
     catalog = Catalog(limit)
 
+    clock = Clock()
+
     async def held_until_released(seconds: float) -> None:  # the rate's wait and the retries' backoff
         await partners.released.wait()
+        clock.now += seconds  # the dispatcher's clock: a rate's token is taken once the wait is over
 
     dispatcher = Dispatcher(
         objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
@@ -227,6 +231,7 @@ def test_a_profiles_waits_do_not_hold_back_another_profiles_requests_in_the_same
         topics=Topics(),
         concurrency=CONCURRENCY,
         sleep=held_until_released,
+        clock=clock,
     )
     # The slow profile's batches first: more than the workers, each waiting behind the first (its slot, its rate,
     # or its own retry), then the fast profile's batch of FAST_REQUESTS one-member requests.
