@@ -1073,9 +1073,12 @@ class ConsumerLoop(Generic[E]):
             return
         oldest = window.oldest()
         if oldest is not None and oldest.results is None and oldest.sending is not None:
+            # The callbacks first, then the look: an answer arriving in between would otherwise wake no one (its
+            # record skipped as answered by call_back, after answered() saw it not) until the wait's end.
+            calls_back = oldest.sending.call_back(self._move_on)
             if oldest.sending.answered():
                 return
-            if not oldest.sending.call_back(self._move_on):
+            if not calls_back:
                 wait_ms = min(wait_ms, IN_FLIGHT_POLL_MS)
         self._moved_on.wait(wait_ms / 1000)
 
