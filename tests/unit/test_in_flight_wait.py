@@ -265,7 +265,7 @@ def test_a_record_arriving_mid_round_is_handed_to_the_handler_within_the_bound()
 
     def arrive(polled: dict[Any, list[Any]]) -> None:
         # Another run's record, while "a"'s round is still in flight, as the loop begins a wait (after a poll that
-        # found nothing) once its waits are at their longest (10 polls: uncapped, this wait would be 5 s).
+        # found nothing) once its waits are at their longest (10 polls: uncapped, this wait would be 2.56 s).
         if consumer.polls == 10 and not polled:
             arrived.append(time.monotonic())
             consumer.add(P0, "b")
