@@ -140,8 +140,10 @@ FATAL_KAFKA_ERRORS: tuple[type[Exception], ...] = (
 #: acknowledgement cannot call back.
 IN_FLIGHT_POLL_MS = 10
 #: The longest wait for a round in flight to move on (milliseconds): a record arriving meanwhile (another run's) is
-#: polled no later than this. Polling every 10 ms instead cost a one-member run that fits one round 7-16% of its
-#: time (issue 18): the loop thread woke 100 times a second, each poll taking the GIL from the round's requests.
+#: polled no later than this, and a rebalance kafka-python heard of meanwhile (on its heartbeat thread) is joined no
+#: later than this (its join goes on in kafka-python's I/O thread; its assignment is taken up to this later).
+#: Polling every 10 ms instead cost a one-member run that fits one round 7-16% of its time (issue 18): the loop
+#: thread woke 100 times a second, each poll taking the GIL from the round's requests.
 IN_FLIGHT_WAIT_MAX_MS = 100
 #: The first wait after an interrupted round, doubling with each interruption in a row up to the maximum.
 INTERRUPTION_BACKOFF_SECONDS = 0.5
@@ -1073,9 +1075,12 @@ class ConsumerLoop(Generic[E]):
             return
         oldest = window.oldest()
         if oldest is not None and oldest.results is None and oldest.sending is not None:
+            # The callbacks first, then the look: an answer arriving in between would otherwise wake no one (its
+            # record skipped as answered by call_back, after answered() saw it not) until the wait's end.
+            calls_back = oldest.sending.call_back(self._move_on)
             if oldest.sending.answered():
                 return
-            if not oldest.sending.call_back(self._move_on):
+            if not calls_back:
                 wait_ms = min(wait_ms, IN_FLIGHT_POLL_MS)
         self._moved_on.wait(wait_ms / 1000)
 
