@@ -23,10 +23,11 @@ from prometheus_client import Counter
 from services.notifier.emails import ERROR, recipients_for
 from services.notifier.mailer import SmtpMailer
 from services.notifier.notification_claims import SweepClaims
+from services.notifier.resends import as_refused, attempt
 from services.notifier.send_round import SendRound, final_for_this_email, server_unusable
 from shared.application.ports import BreakerMailOutbox, DefinitionsStore
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate
-from shared.domain.email_retries import mailable
+from shared.domain.email_retries import EarlierSends, email_given_up, mailable
 from shared.domain.fleet import BreakerChange
 from shared.errors import StoredObjectInvalid
 from shared.events import RUN_EVENTS_RECORD_ADAPTER, AnyRunEvent, AnyRunEventsRecord, CircuitBreakerChanged
@@ -96,11 +97,14 @@ class BreakerMails:
         self.lease_seconds = lease_seconds
         #: The round the emails are sent in (the notifier's: a poll's, a sweep's; see :class:`SendRound`).
         self.round = send_round or SendRound()
+        #: What the claims of the emails being sent read of each (refused recipients so far, attempts), for its send.
+        self._earlier: dict[tuple[str, int, str], EarlierSends] = {}
 
     def handle(self, change: CircuitBreakerChanged) -> None:
         """Claim and send the change's email to each definition using the profile (those sent before, or claimed by
         a sweep sending them: nothing)."""
         claimed = BreakerChange(change.profile, change.state, change.episode, change.at)
+        self._earlier = {}
         templates = {t.name for t in self.definitions.list_objects(HttpTemplate) if t.profile == change.profile}
         with self.round.open("a circuit breaker change"):
             for definition in self.definitions.list_objects(ExportDefinition):
@@ -111,7 +115,7 @@ class BreakerMails:
                     if self.outbox.claim(claimed, definition.name, 0.0):
                         self.round.left()
                     continue
-                if self.outbox.claim(claimed, definition.name, self.lease_seconds):
+                if self.outbox.claim(claimed, definition.name, self.lease_seconds, earlier=self._earlier):
                     self._send(claimed, definition, attempts=None)
 
     def retry_unsent(self) -> list[Outgoing]:
@@ -129,7 +133,9 @@ class BreakerMails:
         unsent = {(change.profile, change.ordinal, name): change for change, name in self.outbox.unsent()}
         if not unsent:
             return
-        claims = SweepClaims(self.outbox, unsent, self.lease_seconds)
+        self._earlier = {}
+        claimed = self.outbox.claim_unsent_notifications(sorted(unsent), self.lease_seconds, earlier=self._earlier)
+        claims = SweepClaims(self.outbox, unsent, self.lease_seconds, claimed=claimed)
         try:
             for key, change in unsent.items():
                 if not self.round.mail_open():
@@ -166,12 +172,16 @@ class BreakerMails:
                 "circuit breaker email given up", profile=change.profile, definition=definition.name, reason=reason
             )
             return
+        # Some took it before, others refused it for now: those (still recipients) are mailed again, alone.
+        earlier, tried = self._earlier.pop((change.profile, change.ordinal, definition.name), ({}, 0))
         try:
-            refused = self.mailer.send(
+            sent = attempt(
+                self.mailer,
                 compose(event, definition, self.sender),
+                recipients.mailed,  # one address each (an older release's odd ones not mailed)
+                earlier,
                 max_attempts=attempts,
                 until=self.round.until,
-                recipients=recipients.mailed,  # one address each (an older release's odd ones not mailed)
             )
         except (OSError, smtplib.SMTPException) as exc:  # marked: the sweep tries again, unless the answer was final
             self.round.email_failed(exc)
@@ -185,13 +195,27 @@ class BreakerMails:
             )
             log.error("circuit breaker email not sent", profile=change.profile, definition=definition.name)
             return
-        if not refused:
-            self.outbox.mark(change, definition.name)
-            BREAKER_EMAILS.labels(state=change.state).inc()
+        if not earlier:
+            BREAKER_EMAILS.labels(state=change.state).inc()  # once, when it first went out (to all, or to some)
+        if not sent.refused:
+            self.outbox.mark(change, definition.name, refused={} if earlier else None)
             return
-        undelivered = self.mailer.undelivered_reason(refused, len(recipients.mailed))
-        self.outbox.mark(change, definition.name, undelivered=undelivered)  # sent to the others, not sent again
-        BREAKER_EMAILS.labels(state=change.state).inc()
+        total = len(recipients.mailed)
+        if sent.for_now and not email_given_up(tried + 1, permanent=False):
+            # Pending: those refused for now mailed again alone by the next sweep, one of its attempts (runs' rule).
+            note = f"; {len(sent.for_now)} refused for now, mailed again alone"
+            reason = self.mailer.undelivered_reason(as_refused(sent.refused), total, yet=True, note=note)
+            self.outbox.mark(change, definition.name, error=reason, refused=sent.refused)
+            log.warning(
+                "circuit breaker email to be mailed again to recipients refused for now",
+                profile=change.profile,
+                definition=definition.name,
+                reason=reason,
+            )
+            return
+        undelivered = self.mailer.undelivered_reason(as_refused(sent.refused), total)
+        # Sent to the others, not sent again (those refused for now too, once its attempts are spent).
+        self.outbox.mark(change, definition.name, undelivered=undelivered, refused=sent.refused)
         log.error(
             "circuit breaker email not delivered to some recipients",
             profile=change.profile,

@@ -34,9 +34,19 @@ class ClaimsLedger(Protocol[K]):
 class SweepClaims(Generic[K]):
     """The notifications one sweep claimed and has not tried yet."""
 
-    def __init__(self, runs: ClaimsLedger[K], keys: Iterable[K], lease_seconds: float) -> None:
+    def __init__(
+        self,
+        runs: ClaimsLedger[K],
+        keys: Iterable[K],
+        lease_seconds: float,
+        claimed: Mapping[K, datetime] | None = None,
+    ) -> None:
+        """Claim ``keys`` for ``lease_seconds``; or take ``claimed``, the claims the caller made of them itself (its
+        ledger's claim reading more with them, e.g. the recipients refused so far)."""
         self.runs, self.lease_seconds = runs, lease_seconds
-        self._claims: dict[K, datetime] = runs.claim_unsent_notifications(sorted(set(keys)), lease_seconds)
+        if claimed is None:
+            claimed = runs.claim_unsent_notifications(sorted(set(keys)), lease_seconds)
+        self._claims: dict[K, datetime] = dict(claimed)
         self._taken: dict[K, datetime] = {}
         self._renewed_at = time.monotonic()
 

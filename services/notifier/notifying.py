@@ -22,9 +22,10 @@ from services.notifier.emails import (
     kinds_due,
     recipients_for,
 )
-from services.notifier.mailer import Refused, SmtpMailer
+from services.notifier.mailer import SmtpMailer
 from services.notifier.notification_claims import SweepClaims
 from services.notifier.ports import NotifierRuns
+from services.notifier.resends import as_refused, attempt
 from services.notifier.send_round import SendRound, final_for_this_email, server_unusable
 from services.notifier.webhook_delivery import WebhookNotifications
 from services.notifier.webhook_messages import final_event, ledger_kind, parse_kind, subscribed
@@ -188,6 +189,9 @@ class Notifier:
         if webhooks is not None:
             webhooks.round = self.round  # its webhooks too: one budget for both
         self.email_backoff = email_backoff
+        #: The recipients refused so far of each email this round claimed (read by its claim's statement), for its
+        #: send (:meth:`_refused_earlier`); emptied at each poll's handling and each sweep.
+        self._refused: dict[tuple[uuid.UUID, str], RefusedRecipients] = {}
         self._series_started = False
         self._started: set[str] = set()  # definitions whose series were started (by name)
         self._start_every_definitions_series()  # now, not at the first sweep (30 s on): a fast run's failure counts
@@ -205,6 +209,7 @@ class Notifier:
 
     def handle(self, event: AnyRunEvent) -> list[Outgoing]:
         """Fold the event into its run; when the run has finished, apply the failure policy and send emails."""
+        self._refused = {}
         with self.round.open("a run event"):
             return self._handle(event)
 
@@ -233,6 +238,7 @@ class Notifier:
         poll): then every event of the poll gets that failure, as the extractor's rounds stop at the first
         outage (handed back on an outage, dead-lettered on a timeout, as when each fails alone). Its sends are
         one round (:class:`SendRound`): within its budget, and no email more once one failed for now."""
+        self._refused = {}
         with self.round.open("a poll"):
             return self._handle_all(events)
 
@@ -512,6 +518,7 @@ class Notifier:
     def sweep(self) -> list[Outgoing]:
         """Fail runs that made no progress for too long (as run.failed events); retry unsent notifications."""
         self._start_every_definitions_series()
+        self._refused = {}
         now = self.clock()
         outgoing = []
         unfinished = self.runs.unfinished_runs()
@@ -593,7 +600,10 @@ class Notifier:
             tries.append((record, definition, kind))
         if not tries:
             return
-        claims = SweepClaims(self.runs, [(record.run_id, kind) for record, _, kind in tries], self.finish_lease_seconds)
+        keys = sorted({(record.run_id, kind) for record, _, kind in tries})
+        # One statement claims them and reads the emails' refused recipients so far (:meth:`_refused_earlier`).
+        claimed = self.runs.claim_unsent_notifications(keys, self.finish_lease_seconds, refused=self._refused)
+        claims = SweepClaims(self.runs, keys, self.finish_lease_seconds, claimed=claimed)
         missed: dict[tuple[str, str], list[RunRecord]] = {}
         try:
             for record, definition, kind in tries:
@@ -705,7 +715,9 @@ class Notifier:
                 if self.runs.claim_notification(record.run_id, kind, recipients):
                     self.round.left()
                 continue
-            if self.runs.claim_notification(record.run_id, kind, recipients, self.finish_lease_seconds, self.claimant):
+            if self.runs.claim_notification(
+                record.run_id, kind, recipients, self.finish_lease_seconds, self.claimant, refused=self._refused
+            ):
                 self._mail(definition, record, kind, recipients, attempts)
 
     def _mail(
@@ -751,28 +763,18 @@ class Notifier:
         mailed = recipients or []
         earlier = self._refused_earlier(records, kind)
         # Some took it before, others refused it for now: those (still recipients) are mailed again, alone.
-        again = [address for address in refused_for_now(earlier) if address in mailed]
-        answered: Refused = {}
         try:
-            if again or not earlier:
-                answered = self.mailer.send(
-                    message, max_attempts=attempts, until=self.round.until, recipients=again or recipients
-                )
+            sent = attempt(self.mailer, message, mailed, earlier, max_attempts=attempts, until=self.round.until)
         except (OSError, smtplib.SMTPException) as exc:
-            if not (earlier and isinstance(exc, smtplib.SMTPRecipientsRefused)):
-                self._send_failed(records, kind, exc)
-                return False
-            answered = exc.recipients  # each one mailed again refused again: the others took it before
-        # Those mailed again and not refused now took it; the earlier refusals of the others (still recipients) stand.
-        refused = {address: answer for address, answer in earlier.items() if address in mailed and address not in again}
-        refused |= {address: (code, text.decode(errors="replace")) for address, (code, text) in answered.items()}
+            self._send_failed(records, kind, exc)
+            return False
+        refused, for_now = sent.refused, sent.for_now
         if not earlier:
             EMAILS_SENT.labels(kind=kind).inc()  # once, when it first went out (to all, or to some)
-        for_now = refused_for_now(refused)
-        EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(sum(1 for address in answered if address not in for_now))
+        EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(sum(1 for address in sent.answered if address not in for_now))
         if for_now and self._mail_again(records, kind, refused, len(mailed)):
             return True
-        undelivered = self.mailer.undelivered_reason(_as_refused(refused), len(mailed)) if refused else None
+        undelivered = self.mailer.undelivered_reason(as_refused(refused), len(mailed)) if refused else None
         for record in records:
             self.runs.mark_notification(record.run_id, kind, undelivered=undelivered, refused=refused or None)
         if refused:
@@ -799,10 +801,11 @@ class Notifier:
     def _refused_earlier(self, records: Sequence[RunRecord], kind: str) -> RefusedRecipients:
         """The recipients refused so far while others took these runs' email, when some were refused for now (to be
         mailed again alone); empty when it is to go to every recipient (never sent, or sent to some of some runs
-        only: a digest grouped otherwise than before)."""
+        only: a digest grouped otherwise than before). As the email's claim read them (:attr:`_refused`: every send
+        follows its claim in the same round), not read again: before, one query per run of the email at each send."""
         refused: RefusedRecipients = {}
         for record in records:
-            earlier = self.runs.refused_recipients(record.run_id, kind)
+            earlier = self._refused.pop((record.run_id, kind), {})
             if not refused_for_now(earlier):
                 return {}
             refused |= earlier
@@ -819,7 +822,7 @@ class Notifier:
             return False
         EMAIL_RECIPIENTS_DEFERRED.labels(kind=kind).inc(len(again))
         note = f"; {len(again)} refused for now, mailed again alone"
-        reason = self.mailer.undelivered_reason(_as_refused(refused), total, yet=True, note=note)
+        reason = self.mailer.undelivered_reason(as_refused(refused), total, yet=True, note=note)
         self._mark_failed(records, kind, reason, permanent=False, refused=refused)
         return True
 
@@ -939,7 +942,10 @@ class Notifier:
                         self.round.left(len(records))  # claimed in the ledger, due: the sweep sends them
                         continue
                     ours = self.runs.claim_unsent_notifications(
-                        [(record.run_id, kind) for record in records], self.finish_lease_seconds, self.claimant
+                        [(record.run_id, kind) for record in records],
+                        self.finish_lease_seconds,
+                        self.claimant,
+                        refused=self._refused,
                     )
                     unsent = [record for record in records if (record.run_id, kind) in ours]
                     if unsent:
@@ -984,11 +990,6 @@ class Notifier:
         message = compose_digest(definition=definition, records=records, sender=self.sender, recipients=recipients)
         self._deliver_email(message, records, ERROR, attempts, recipients)
         return []
-
-
-def _as_refused(refused: RefusedRecipients) -> Refused:
-    """The ledger's refusals as smtplib answers them (each text in bytes), for the reason's text."""
-    return {address: (code, text.encode()) for address, (code, text) in refused.items()}
 
 
 def _starts(before: RunRecord | None, after: RunRecord) -> bool:

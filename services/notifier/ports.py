@@ -40,7 +40,11 @@ class NotifierRuns(Protocol):
     def mark_finishes_handled(self, run_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]: ...
     def unsent_notifications(self, limit: int = 100) -> list[tuple[uuid.UUID, str]]: ...
     def claim_unsent_notifications(
-        self, keys: Sequence[tuple[uuid.UUID, str]], lease_seconds: float, claimant: Claimant | None = None
+        self,
+        keys: Sequence[tuple[uuid.UUID, str]],
+        lease_seconds: float,
+        claimant: Claimant | None = None,
+        refused: dict[tuple[uuid.UUID, str], RefusedRecipients] | None = None,
     ) -> dict[tuple[uuid.UUID, str], datetime]: ...
     def renew_notification_claims(
         self, claims: Mapping[tuple[uuid.UUID, str], datetime], lease_seconds: float
@@ -53,6 +57,7 @@ class NotifierRuns(Protocol):
         recipients: list[str],
         lease_seconds: float | None = None,
         claimant: Claimant | None = None,
+        refused: dict[tuple[uuid.UUID, str], RefusedRecipients] | None = None,
     ) -> bool: ...
     def notification_attempts(self, run_id: uuid.UUID, kind: str) -> int: ...
     def refused_recipients(self, run_id: uuid.UUID, kind: str) -> RefusedRecipients: ...

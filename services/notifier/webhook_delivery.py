@@ -2,9 +2,10 @@
 
 A failed attempt is recorded with its next attempt time (full-jitter exponential backoff, or the receiver's
 ``Retry-After`` when longer); the notifier's sweep tries again once it is due, until the retry budget
-(``max_attempts``) is spent or the failure is permanent (a 4xx answer, a refused destination, a bad
-signing secret): then the notification is given up, and said so in the log and a metric. Nothing here
-blocks the consumer for longer than one attempt (at most the channel's ``timeout_seconds``).
+(``max_attempts``) is spent or the failure is permanent (a 4xx answer, a refused destination): then the
+notification is given up, and said so in the log and a metric. A URL or signing secret reference that cannot be used
+(the file not written yet, the variable unset) is retried so too: the operator's fix is read at the next attempt.
+Nothing here blocks the consumer for longer than one attempt (at most the channel's ``timeout_seconds``).
 
 Exactly once per (run, channel, event) as far as the ledger can tell: a crash between a successful send
 and its mark sends it once more, with the same ``webhook-id``, which the receiver can drop.

@@ -56,12 +56,12 @@ class WebhookSender:
                 headers |= signature_headers(SecretStr(channel.signing_secret), message_id, body, now)
             else:
                 headers["webhook-id"] = message_id
-        except PermanentError as exc:
-            return _failed(channel, headers, None, f"signing secret: {exc}")
+        except PermanentError as exc:  # a reference an operator fixes (the file written, the variable set): retried
+            return _failed(channel, headers, None, f"signing secret: {exc}", retryable=True)
         try:
             url = channel_url(channel)  # a reference resolved now, at each send
-        except PermanentError as exc:
-            return _failed(channel, headers, None, str(exc))
+        except PermanentError as exc:  # the same: read again at the next attempt, within the retry budget
+            return _failed(channel, headers, None, str(exc), retryable=True)
         request = RenderedRequest("POST", url, headers, body)
         try:
             seconds = channel.timeout_seconds if timeout is None else min(channel.timeout_seconds, timeout)

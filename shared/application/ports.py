@@ -11,6 +11,7 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 from shared.domain.attempts import CapturedAttempt
 from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import CatalogObject, Priority, SavedQuery
+from shared.domain.email_retries import EarlierSends, RefusedRecipients
 from shared.domain.fleet import BreakerChange, ReplicaBeat
 from shared.domain.replay import ReplayPlan, ReplayPublication
 from shared.domain.revisions import Revision
@@ -255,7 +256,13 @@ class BreakerMailOutbox(Protocol):
     """The circuit breaker emails: claimed, marked sent or failed, the unsent ones listed for the sweep and claimed
     by it (a lease: keyed by profile, the change's ordinal and the definition)."""
 
-    def claim(self, change: BreakerChange, definition: str, lease_seconds: float = 600.0) -> bool: ...
+    def claim(
+        self,
+        change: BreakerChange,
+        definition: str,
+        lease_seconds: float = 600.0,
+        earlier: dict[tuple[str, int, str], EarlierSends] | None = None,
+    ) -> bool: ...
     def mark(
         self,
         change: BreakerChange,
@@ -264,10 +271,14 @@ class BreakerMailOutbox(Protocol):
         give_up: bool = False,
         undelivered: str | None = None,
         counted: bool = True,
+        refused: RefusedRecipients | None = None,
     ) -> None: ...
     def unsent(self, limit: int = 100) -> list[tuple[BreakerChange, str]]: ...
     def claim_unsent_notifications(
-        self, keys: Sequence[tuple[str, int, str]], lease_seconds: float
+        self,
+        keys: Sequence[tuple[str, int, str]],
+        lease_seconds: float,
+        earlier: dict[tuple[str, int, str], EarlierSends] | None = None,
     ) -> dict[tuple[str, int, str], datetime]: ...
     def renew_notification_claims(
         self, claims: Mapping[tuple[str, int, str], datetime], lease_seconds: float

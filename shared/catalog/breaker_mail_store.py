@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 
 from shared.catalog.database import CatalogDatabase, aware
 from shared.catalog.lease_claims import LeaseClaims, RowKey
 from shared.catalog.tables import BreakerMailRow
-from shared.domain.email_retries import EMAIL_MAX_ATTEMPTS
+from shared.domain.email_retries import EMAIL_MAX_ATTEMPTS, EarlierSends, RefusedRecipients, refusals
 from shared.domain.fleet import BreakerChange
 
 #: An email in the outbox: its profile, its change's ordinal (:attr:`BreakerChange.ordinal`), its definition.
@@ -47,12 +48,20 @@ class SqlBreakerMailStore:
             [BreakerMailRow.profile, BreakerMailRow.ordinal, BreakerMailRow.definition],
             BreakerMailRow.next_attempt_at,
             [BreakerMailRow.sent_at.is_(None), BreakerMailRow.attempts < self.MAX_ATTEMPTS],
+            carried=[BreakerMailRow.refused_recipients, BreakerMailRow.attempts],
         )
 
-    def claim(self, change: BreakerChange, definition: str, lease_seconds: float = 600.0) -> bool:
+    def claim(
+        self,
+        change: BreakerChange,
+        definition: str,
+        lease_seconds: float = 600.0,
+        earlier: dict[MailKey, EarlierSends] | None = None,
+    ) -> bool:
         """True when ``change``'s email to ``definition``'s recipients is still to send and is now the caller's,
         claimed for ``lease_seconds`` (the caller sends it); False when sent, given up, or claimed by another
-        (a sweep may be sending it). The outbox row's insert and its claim are one transaction."""
+        (a sweep may be sending it). The outbox row's insert and its claim are one transaction; ``earlier`` (when
+        given) gets what the claim read of it (:data:`EarlierSends`)."""
         at = change.at or datetime.now(UTC)
         with self.database.transaction() as session:
             self.database.insert_ignore(
@@ -61,17 +70,26 @@ class SqlBreakerMailStore:
                 {"profile": change.profile, "ordinal": change.ordinal, "definition": definition, "changed_at": at},
             )
             claiming = self._claims.claiming([(change.profile, change.ordinal, definition)], lease_seconds)
-            return session.execute(claiming).first() is not None
+            rows = session.execute(claiming).all()
+        if earlier is not None:
+            earlier.update(_earlier(self._claims.carried_by(rows)))
+        return bool(rows)
 
-    def claim_unsent_notifications(self, keys: Sequence[MailKey], lease_seconds: float) -> dict[MailKey, datetime]:
+    def claim_unsent_notifications(
+        self, keys: Sequence[MailKey], lease_seconds: float, earlier: dict[MailKey, EarlierSends] | None = None
+    ) -> dict[MailKey, datetime]:
         """Claim these emails for one attempt by the caller (the sweep's): those still unsent, not given up and due
         on the catalog's clock (a claim older than ``lease_seconds`` is due again: its claimant died). One statement
         in its own transaction, exclusive: an email two sweeps read at once is claimed by one of them, and a claim
         that fails claims nothing; at most :data:`shared.catalog.lease_claims.MAX_CLAIMS` keys (a ``ValueError``
         beyond). A mark ends the claim. Returns the ones claimed,
         each with its claim (the token :meth:`renew_notification_claims` and :meth:`release_notification_claims`
-        take)."""
-        return _mail_keys(self._claims.claim(keys, lease_seconds, what="breaker emails"))
+        take); ``earlier`` (when given) gets what the claim read of each (:data:`EarlierSends`), by its statement."""
+        carried: dict[RowKey, tuple[Any, ...]] = {}
+        claims = self._claims.claim(keys, lease_seconds, what="breaker emails", carried=carried)
+        if earlier is not None:
+            earlier.update(_earlier(carried))
+        return _mail_keys(claims)
 
     def renew_notification_claims(
         self, claims: Mapping[MailKey, datetime], lease_seconds: float
@@ -92,14 +110,18 @@ class SqlBreakerMailStore:
         give_up: bool = False,
         undelivered: str | None = None,
         counted: bool = True,
+        refused: RefusedRecipients | None = None,
     ) -> None:
         """Record the email as sent (``undelivered``: to whom it was not, kept as its last error), or the error of a
         failed attempt: tried again by the sweep (``give_up``: never again). A failure not ``counted`` (one every
-        email would meet: the SMTP server down or refusing the sender) spends none of its attempts."""
+        email would meet: the SMTP server down or refusing the sender) spends none of its attempts. ``refused``: the
+        recipients refused so far while others took the email (kept; those refused for now are mailed again alone)."""
         with self.database.transaction() as session:
             row = session.get(BreakerMailRow, (change.profile, change.ordinal, definition), with_for_update=True)
             if row is None:
                 return
+            if refused is not None:
+                row.refused_recipients = {address: [code, text] for address, (code, text) in refused.items()}
             if error is None:
                 row.sent_at, row.last_error = datetime.now(UTC), undelivered
             else:  # the claim ends: due again at the next sweep
@@ -124,6 +146,14 @@ class SqlBreakerMailStore:
                 .limit(limit)
             ).all()
             return [(_change(row), row.definition) for row in rows]
+
+
+def _earlier(carried: Mapping[RowKey, tuple[Any, ...]]) -> dict[MailKey, EarlierSends]:
+    """What claims read of each email (its refused recipients as kept, its attempts), by its key."""
+    return {
+        (profile, ordinal, definition): (refusals(kept), attempts or 0)
+        for (profile, ordinal, definition), (kept, attempts) in carried.items()
+    }
 
 
 def _mail_keys(claims: Mapping[RowKey, datetime]) -> dict[MailKey, datetime]:

@@ -66,7 +66,9 @@ class LeaseClaims:
     ``still_open`` are the conditions of a row still to send (e.g. not sent, not given up): only those are claimed
     and renewed. ``kind`` is the catalog timeouts' kind of the statements (see :meth:`CatalogDatabase.begin`).
     ``owner``: the table's columns of the claimant's name, of the lease's end written with it and of the claim's (or
-    its last renewal's) time, for claims that name their claimant (none: no claim names one).
+    its last renewal's) time, for claims that name their claimant (none: no claim names one). ``carried``: columns a
+    claim reads back with each row it claims, in its own statement (the notifications' ledger: the recipients refused
+    so far), for a caller that asks for them.
     """
 
     def __init__(
@@ -78,17 +80,24 @@ class LeaseClaims:
         still_open: Sequence[ColumnElement[bool]],
         kind: str | None = None,
         owner: tuple[Any, Any, Any] | None = None,
+        carried: Sequence[Any] = (),
     ) -> None:
         self.database, self.table, self.key, self.next_attempt = database, table, list(key), next_attempt
-        self.still_open, self.kind, self.owner = list(still_open), kind, owner
+        self.still_open, self.kind, self.owner, self.carried = list(still_open), kind, owner, list(carried)
 
     def claim(
-        self, keys: Sequence[RowKey], lease_seconds: float, what: str = "rows", claimant: Claimant | None = None
+        self,
+        keys: Sequence[RowKey],
+        lease_seconds: float,
+        what: str = "rows",
+        claimant: Claimant | None = None,
+        carried: dict[RowKey, tuple[Any, ...]] | None = None,
     ) -> dict[RowKey, datetime]:
         """Claim the rows of ``keys`` still open and due on the catalog's clock (a claim older than the lease is due
         again: its holder died), in one statement in its own transaction; with ``claimant``, in its name, and also those
         whose claim is still ``claimant``'s own from before its process started. Returns those claimed, each with its
-        claim (the token :meth:`renew` and :meth:`release` take). More than :data:`MAX_CLAIMS` keys: a ``ValueError``
+        claim (the token :meth:`renew` and :meth:`release` take); ``carried`` (when given) gets each claimed row's
+        :attr:`carried` columns, read by the same statement. More than :data:`MAX_CLAIMS` keys: a ``ValueError``
         (naming ``what`` is claimed)."""
         unique = sorted(set(keys))
         if len(unique) > MAX_CLAIMS:
@@ -96,15 +105,24 @@ class LeaseClaims:
         if not unique:
             return {}
         with self.database.begin(self.kind) as connection:
-            return _claimed(connection.execute(self.claiming(unique, lease_seconds, claimant)))
+            rows = list(connection.execute(self.claiming(unique, lease_seconds, claimant)))
+        if carried is not None:
+            carried.update(self.carried_by(rows))
+        return _claimed(rows, len(self.key))
 
     def claiming(self, keys: Sequence[RowKey], lease_seconds: float, claimant: Claimant | None = None) -> Any:
-        """The conditional claim of ``keys`` for ``lease_seconds`` (see :meth:`claim`), returning the keys claimed
-        and their claim: for a caller's own transaction (one key, beside its insert)."""
+        """The conditional claim of ``keys`` for ``lease_seconds`` (see :meth:`claim`), returning the keys claimed,
+        their claim and their :attr:`carried` columns (:meth:`carried_by`): for a caller's own transaction (one key,
+        beside its insert)."""
         if claimant is not None and self.owner is None:
             raise ValueError("a claim of this table names no claimant")
         free = self.due() if claimant is None else self.due() | self._owned_by(claimant)
         return self._updating(keys, [*self.still_open, free], lease_seconds, claimant=claimant)
+
+    def carried_by(self, rows: Any) -> dict[RowKey, tuple[Any, ...]]:
+        """The :attr:`carried` columns of each row a claim (:meth:`claiming`) returned, by its key."""
+        width = len(self.key)
+        return {tuple(row[:width]): tuple(row[width + 1 :]) for row in rows if row[width] is not None}
 
     def due(self) -> ColumnElement[bool]:
         """The condition of a row due now on the catalog's clock: never claimed, or its claim (or backoff) over."""
@@ -130,7 +148,8 @@ class LeaseClaims:
         for token, keys in _by_token(claims):
             with self.database.begin(self.kind) as connection:
                 conditions = [*self.still_open, self.next_attempt == token]
-                renewed |= _claimed(connection.execute(self._updating(keys, conditions, lease_seconds, renewing=True)))
+                updating = self._updating(keys, conditions, lease_seconds, renewing=True)
+                renewed |= _claimed(connection.execute(updating), len(self.key))
         return renewed
 
     def release(self, claims: Mapping[RowKey, datetime]) -> None:
@@ -171,13 +190,14 @@ class LeaseClaims:
             update(self.table)
             .where(tuple_(*self.key).in_(keys), *conditions)
             .values(values)
-            .returning(*self.key, self.next_attempt)
+            .returning(*self.key, self.next_attempt, *([] if renewing else self.carried))
             .execution_options(synchronize_session=False)
         )
 
 
-def _claimed(rows: Any) -> dict[RowKey, datetime]:
-    return {tuple(row[:-1]): row[-1] for row in rows if row[-1] is not None}
+def _claimed(rows: Any, width: int) -> dict[RowKey, datetime]:
+    """Each claimed row's key (its first ``width`` columns) and its claim (the next one)."""
+    return {tuple(row[:width]): row[width] for row in rows if row[width] is not None}
 
 
 def _by_token(claims: Mapping[RowKey, datetime]) -> list[tuple[datetime, list[RowKey]]]:

@@ -17,7 +17,7 @@ from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.extraction_store import withhold_start
 from shared.catalog.lease_claims import LeaseClaims, RowKey, catalog_now, read_catalog_now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
-from shared.domain.email_retries import RefusedRecipients
+from shared.domain.email_retries import RefusedRecipients, refusals
 from shared.domain.replay import ALL_ACKNOWLEDGED, ReplayPlan, ReplayPublication
 from shared.domain.runs import (
     Claimant,
@@ -60,6 +60,7 @@ class SqlRunsStore:
             [NotificationRow.sent_at.is_(None), NotificationRow.gave_up_at.is_(None)],
             owner=(NotificationRow.claimed_by, NotificationRow.claimed_until, NotificationRow.claimed_at),
             kind="Run",
+            carried=[NotificationRow.refused_recipients],
         )
 
     def _follow(self, session: Session, outcomes: Sequence[BatchOutcome]) -> None:
@@ -571,7 +572,11 @@ class SqlRunsStore:
             return [(uuid.UUID(run_id), kind) for run_id, kind in rows]
 
     def claim_unsent_notifications(
-        self, keys: Sequence[tuple[uuid.UUID, str]], lease_seconds: float, claimant: Claimant | None = None
+        self,
+        keys: Sequence[tuple[uuid.UUID, str]],
+        lease_seconds: float,
+        claimant: Claimant | None = None,
+        refused: dict[tuple[uuid.UUID, str], RefusedRecipients] | None = None,
     ) -> dict[tuple[uuid.UUID, str], datetime]:
         """Claim these (run id, kind) notifications for one attempt by the caller (a sweep's retry, a finish's send):
         those still unsent, not given up and due on the catalog's clock (a claim older than ``lease_seconds`` is due
@@ -586,9 +591,16 @@ class SqlRunsStore:
         claims name it, and those still ``claimant``'s own and made before its process started are claimed again at
         once (it was killed between its claim and the send's record and comes back under the same id; a claim made
         since waits for its lease: a live twin's, or this process's own); without, no one's (a sweep's), and a claim
-        waits for its lease whoever holds it."""
+        waits for its lease whoever holds it.
+
+        ``refused`` (when given) gets each claimed notification's recipients refused so far (:meth:`refused_recipients`,
+        empty when none), read by the claim's own statement: an email's send needs no read of its own."""
         pairs = [(str(run_id), kind) for run_id, kind in keys]
-        return _run_keys(self._claims.claim(pairs, lease_seconds, what="notifications", claimant=claimant))
+        carried: dict[RowKey, tuple[Any, ...]] = {}
+        claims = self._claims.claim(pairs, lease_seconds, what="notifications", claimant=claimant, carried=carried)
+        if refused is not None:
+            refused.update({(uuid.UUID(run_id), kind): refusals(kept) for (run_id, kind), (kept,) in carried.items()})
+        return _run_keys(claims)
 
     def renew_notification_claims(
         self, claims: Mapping[tuple[uuid.UUID, str], datetime], lease_seconds: float
@@ -610,19 +622,25 @@ class SqlRunsStore:
         recipients: list[str],
         lease_seconds: float | None = None,
         claimant: Claimant | None = None,
+        refused: dict[tuple[uuid.UUID, str], RefusedRecipients] | None = None,
     ) -> bool:
         """True when this (run, kind) notification has not been sent (nor given up) yet: the caller should send it. With
         ``lease_seconds``, True only when it is also claimed for one attempt by the caller now, in the same transaction,
         as :meth:`claim_unsent_notifications` claims it (in ``claimant``'s name, taking back a claim still
         ``claimant``'s own from before its process started): not while another's claim holds it (a sweep sending it),
-        nor while it backs off."""
+        nor while it backs off; then ``refused`` (when given) gets its recipients refused so far, read by the claim's
+        statement (as :meth:`claim_unsent_notifications`)."""
         with self.database.transaction("Run") as session:
             self.database.insert_ignore(
                 session, NotificationRow, {"run_id": str(run_id), "kind": kind, "recipients": recipients}
             )
             if lease_seconds is not None:
                 claiming = self._claims.claiming([(str(run_id), kind)], lease_seconds, claimant)
-                return session.execute(claiming).first() is not None
+                rows = session.execute(claiming).all()
+                if rows and refused is not None:
+                    [(kept,)] = self._claims.carried_by(rows).values()
+                    refused[(run_id, kind)] = refusals(kept)
+                return bool(rows)
             row = session.get(NotificationRow, (str(run_id), kind))
             return row is not None and row.sent_at is None and row.gave_up_at is None
 
@@ -670,8 +688,7 @@ class SqlRunsStore:
         or none kept): each address with the server's code and text."""
         with self.database.transaction("Run") as session:
             row = session.get(NotificationRow, (str(run_id), kind))
-            kept = (row.refused_recipients if row is not None else None) or {}
-            return {address: (int(code), str(text)) for address, (code, text) in kept.items()}
+            return refusals(row.refused_recipients if row is not None else None)
 
     def notifications_of(self, run_id: uuid.UUID) -> list[RunNotification]:
         """The run's notifications (emails and webhooks) and where each stands, by kind (one query)."""

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.utils import getaddresses
+from typing import Any
 
 #: Failed attempts after which an email is given up (each attempt one of the mailer's sends: a sweep's, or a
 #: finish's with its own retries), whatever the failures were.
@@ -22,6 +23,16 @@ def email_given_up(attempts: int, *, permanent: bool) -> bool:
 #: The recipients an SMTP server refused while it took an email for the others, as the ledger keeps them: each address
 #: with the server's code and text.
 RefusedRecipients = dict[str, tuple[int, str]]
+
+
+#: What a claim of an email reads of it, for its send: the recipients refused so far (those refused for now are mailed
+#: again alone) and its failed attempts so far.
+EarlierSends = tuple[RefusedRecipients, int]
+
+
+def refusals(kept: dict[str, Any] | None) -> RefusedRecipients:
+    """Refused recipients as a ledger or outbox row keeps them (JSON: address -> [code, text]; None: none)."""
+    return {address: (int(code), str(text)) for address, (code, text) in (kept or {}).items()}
 
 
 def refused_for_now(refused: RefusedRecipients) -> list[str]:

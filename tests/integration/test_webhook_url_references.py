@@ -1,7 +1,8 @@
 """A webhook channel's URL may be an ``env:NAME``/``file:PATH`` reference (as a profile's secrets): its token is then
 never in the catalog. Saved when its shape and the secret-reference allow-lists allow it (refused naming the field
 otherwise), shown as given (never resolved), resolved by the notifier at each send; a reference that does not resolve
-fails the send with a reason naming the reference (given up, counted), never a secret in the ledger or the log; a
+fails the send with a reason naming the reference, never a secret in the ledger or the log, and is tried again after
+its backoff within the webhook's attempts (sent once an operator fixes the reference, given up once they are spent); a
 receiver quoting the resolved URL's token finds it masked.
 
 Before: a reference was refused as no http(s) URL, so a Slack or Alertmanager webhook's token had to be stored in
@@ -9,7 +10,8 @@ plain text. The real app in-process (SQLite), a real HTTP receiver, the notifier
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +120,19 @@ def test_a_receiver_quoting_the_resolved_urls_token_finds_it_masked_in_the_ledge
         assert TOKEN not in text, where  # before (a URL stored whole was masked, a reference's resolved one not)
 
 
+def swept_until(notifier: Any, done: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Sweep until ``done`` (the webhook's backoff here is 10 ms), failing after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "not done in time"
+        notifier.sweep()
+
+
 @pytest.mark.parametrize("named", ["unset", "not a URL"])
-def test_a_url_reference_that_does_not_resolve_fails_the_send_with_its_reason_counted_and_no_secret_said(
+def test_a_url_reference_that_does_not_resolve_is_retried_and_sent_once_the_operator_fixes_it(
     catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, named: str
 ):
+    """Before: given up at its first attempt (lost: the file written a minute later changed nothing)."""
     monkeypatch.setenv("EXPORT_ALLOWED_SECRET_DIRS", str(tmp_path))
     hook_file = tmp_path / "ops-hook"
     if named == "not a URL":
@@ -130,18 +141,45 @@ def test_a_url_reference_that_does_not_resolve_fails_the_send_with_its_reason_co
         "unset": f"url: secret reference file:{hook_file} cannot be read (No such file or directory)",
         "not a URL": f"url: secret reference file:{hook_file} does not hold an http(s) URL without user information",
     }[named]
-    given_up = webhook_failures("given_up")
+    retried, given_up = webhook_failures("retry"), webhook_failures("given_up")
     with SmtpSink() as sink, HttpReceiver() as receiver:
         with_hook(catalog, receiver, f"file:{hook_file}")
         with structlog.testing.capture_logs() as logs:
             notifier = notifier_on(catalog, sink)
             notifier.handle(failed_run()[0])
-            notifier.sweep()
+            [pending] = ledger_rows(catalog)
+            hook_file.write_text(f"{receiver.url}/hooks/{TOKEN}\n")  # the operator's fix
+            swept_until(notifier, lambda: bool(receiver.receipts()))
+        receipts = receiver.receipts()
+
+    assert pending["last_error"] == reason
+    assert pending["gave_up_at"] is None
+    assert pending["next_attempt_at"] is not None  # tried again after its backoff
+    assert webhook_failures("retry") == retried + 1
+    assert webhook_failures("given_up") == given_up
+    assert [(r.status, r.path) for r in receipts] == [(200, f"/hooks/{TOKEN}")]
+    [sent] = ledger_rows(catalog)
+    assert sent["sent_at"] is not None
+    assert [(line["error"], line["given_up"]) for line in logs if line["event"] == "webhook not delivered"] == [
+        (reason, False)
+    ]
+    assert TOKEN not in repr(logs)
+
+
+def test_a_url_reference_never_fixed_is_given_up_once_its_attempts_are_spent(
+    catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv(VARIABLE, raising=False)
+    reason = f"url: secret reference env:{VARIABLE} names an unset environment variable"
+    given_up = webhook_failures("given_up")
+    with SmtpSink() as sink, HttpReceiver() as receiver:
+        with_hook(catalog, receiver, f"env:{VARIABLE}")
+        notifier = notifier_on(catalog, sink, max_attempts=3)
+        notifier.handle(failed_run()[0])
+        swept_until(notifier, lambda: ledger_rows(catalog)[0]["gave_up_at"] is not None)
+        notifier.sweep()  # given up: not tried again
         assert receiver.receipts() == []
 
     [row] = ledger_rows(catalog)
-    assert row["last_error"] == reason
-    assert row["gave_up_at"] is not None  # not tried again: an operator's fix (the variable, the file) is needed
+    assert (row["last_error"], row["attempts"]) == (reason, 3)
     assert webhook_failures("given_up") == given_up + 1
-    assert [line["error"] for line in logs if line["event"] == "webhook not delivered"] == [reason]
-    assert TOKEN not in repr(logs)

@@ -347,7 +347,9 @@ def test_an_smtp_refusal_is_recorded_masked_and_cut_for_a_breaker_email():
     marked: list[str | None] = []
 
     class Outbox:
-        def claim(self, change: BreakerChange, definition: str, lease_seconds: float = 600.0) -> bool:
+        def claim(
+            self, change: BreakerChange, definition: str, lease_seconds: float = 600.0, earlier: object = None
+        ) -> bool:
             return True
 
         def mark(
