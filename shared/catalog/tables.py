@@ -358,5 +358,5 @@ class BreakerMailRow(Base):
     #: When the email is due again: a sweep's or a change's claim (a lease, on the catalog's clock); none: due.
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     #: The recipients the SMTP server refused while it took the email for the others, so far: address -> [code, text]
-    #: (those refused for now mailed again alone by the sweep; migration 0023). None: none.
+    #: (those refused for now mailed again alone by the sweep; migration 0024). None: none.
     refused_recipients: Mapped[dict[str, list[Any]] | None] = mapped_column(JSON, nullable=True)

@@ -1,4 +1,4 @@
-"""Migration 0023 (the circuit breaker emails' refused recipients, ``circuit_breaker_mails.refused_recipients``) on
+"""Migration 0024 (the circuit breaker emails' refused recipients, ``circuit_breaker_mails.refused_recipients``) on
 SQLite and PostgreSQL, on an outbox with rows: they are intact (null: nothing refused kept), an email of them is
 claimed and marked with its refusals, and a downgrade drops the column and keeps the rows."""
 
@@ -29,8 +29,8 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def test_0023_keeps_the_outbox_rows_and_their_emails_keep_their_refusals(engine: Engine):
-    upgrade(engine, "0022")
+def test_0024_keeps_the_outbox_rows_and_their_emails_keep_their_refusals(engine: Engine):
+    upgrade(engine, "0023")
     at = datetime(2026, 12, 1, tzinfo=UTC)
     with engine.begin() as connection:
         for ordinal, sent, error in [(0, at, None), (1, None, "SMTPServerDisconnected: gone")]:
@@ -43,7 +43,7 @@ def test_0023_keeps_the_outbox_rows_and_their_emails_keep_their_refusals(engine:
             )
         before = connection.execute(sa.text(f"SELECT {COLUMNS} FROM circuit_breaker_mails ORDER BY ordinal")).all()
 
-    upgrade(engine, "0023")
+    upgrade(engine, "0024")
 
     with engine.connect() as connection:
         rows = connection.execute(
@@ -55,14 +55,14 @@ def test_0023_keeps_the_outbox_rows_and_their_emails_keep_their_refusals(engine:
     closed = BreakerChange("crm", "closed", 0, at)  # ordinal 1: the unsent one
     earlier: dict[tuple[str, int, str], tuple[dict[str, tuple[int, str]], int]] = {}
     assert outbox.claim_unsent_notifications([("crm", 1, "nightly")], 60, earlier=earlier)
-    assert earlier == {("crm", 1, "nightly"): ({}, 1)}  # nothing refused kept before 0023
+    assert earlier == {("crm", 1, "nightly"): ({}, 1)}  # nothing refused kept before 0024
     outbox.mark(closed, "nightly", error="not delivered yet", refused={"later@example.com": (451, "try again")})
     assert outbox.claim_unsent_notifications([("crm", 1, "nightly")], 60, earlier=earlier)
     assert earlier == {("crm", 1, "nightly"): ({"later@example.com": (451, "try again")}, 2)}
 
-    downgrade(engine, "0022")
+    downgrade(engine, "0023")
 
-    assert current_revision(engine) == "0022"
+    assert current_revision(engine) == "0023"
     assert "refused_recipients" not in {c["name"] for c in sa.inspect(engine).get_columns("circuit_breaker_mails")}
     with engine.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM circuit_breaker_mails")).scalar_one() == 2

@@ -10,8 +10,8 @@ Rows with data: null (no recipient refused, or refused by a release that did not
 not mailed again, as before). Downgrade drops the column (an email pending for its refused-for-now recipients is then
 sent again to all its recipients, as an email that failed).
 
-Revision ID: 0023
-Revises: 0022
+Revision ID: 0024
+Revises: 0023
 Create Date: 2026-12-07
 """
 
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0023"
-down_revision: str | Sequence[str] | None = "0022"
+revision: str = "0024"
+down_revision: str | Sequence[str] | None = "0023"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
