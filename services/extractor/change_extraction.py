@@ -21,7 +21,9 @@ A resumed run (after a crash) reads the pages up to the checkpoint's last key on
 (not removed), sending and counting nothing: their batches were published and counted before the checkpoint,
 even if the member store changed since. It goes on from the checkpoint's counts and ``next_batch_index`` with
 the pages after that key. A resume in the removal phase numbers the removals' batches as before and publishes
-those from ``next_batch_index`` on. So nothing is lost, and a batch published twice has the same identity (the
+those from ``next_batch_index`` on. Each kind's members per record are those of the run's first start (recorded in
+its checkpoint's sync before its first batch is sent): a template's ``batch_size`` edited before a resume changes
+nothing until the next run. So nothing is lost, and a batch published twice has the same identity (the
 dispatcher's Idempotency-Key, the notifier's ledger).
 
 Change-mode runs are never split into key ranges: removals are the snapshot members no range saw, which only
@@ -120,6 +122,11 @@ class _Page:
     removals: list[tuple[int, list[int]]] = field(default_factory=list)
 
 
+def _run_sync(checkpoint: Checkpoint) -> RunSync:
+    """The run's sync as its checkpoint has it (a change run's, should it have none)."""
+    return checkpoint.sync if checkpoint.sync is not None else RunSync(SyncMode.CHANGES, full_scope=True)
+
+
 class ChangeRun:
     """One change-mode run's extraction (see the module's docstring)."""
 
@@ -154,7 +161,12 @@ class ChangeRun:
         """Extract the run from ``checkpoint`` (a fresh one, or a resumed run's); its last checkpoint and counts."""
         if self.definition.incremental is not None:
             raise self.fail("change mode cannot be combined with 'incremental' (field 'sync.mode')", "invalid_sync")
-        senders = {kind: self._sender(kind) for kind in ChangeKind}
+        fixed = checkpoint.sync.kind_record_sizes if checkpoint.sync is not None else None
+        senders = {kind: self._sender(kind, fixed) for kind in ChangeKind}
+        if fixed is None:  # the run's first start (or its first since this was recorded): before any batch is sent
+            sizes = {kind.value: sender.size for kind, sender in senders.items() if sender is not None}
+            checkpoint = replace(checkpoint, sync=replace(_run_sync(checkpoint), kind_record_sizes=sizes))
+            self.save(checkpoint)
         try:
             run = self.snapshots.begin(self.definition.name, str(self.run_id))
         except NotFound as exc:  # deleted since the run started: its snapshot went with it
@@ -294,13 +306,16 @@ class ChangeRun:
         return state, 0
 
     def _sync(self, state: Checkpoint, extra: dict[str, int] | None = None) -> RunSync:
-        sync = state.sync if state.sync is not None else RunSync(SyncMode.CHANGES, full_scope=True)
+        sync = _run_sync(state)
         marks = {k: v for k, v in (sync.counts or {}).items() if k not in self.counts}
         return replace(sync, counts=dict(self.counts) | marks | (extra or {}))
 
     # --- classification -------------------------------------------------------------------------------------
 
-    def _sender(self, kind: ChangeKind) -> _Sender | None:
+    def _sender(self, kind: ChangeKind, fixed: Mapping[str, int] | None) -> _Sender | None:
+        """The kind's sender (None: not sent). Its members per record as fixed at the run's first start (``fixed``):
+        a ``batch_size`` edited before a resume would re-chunk the pages (or removals) read again under the
+        identities their records had; a kind fixed without one (its template named since) takes its template's."""
         name = self.definition.sync.template_for(kind, self.definition.template)
         if name is None:
             return None
@@ -308,7 +323,7 @@ class ChangeRun:
             template = self.host.definitions.get(HttpTemplate, name)
         except (NotFound, StoredObjectInvalid) as exc:
             raise self.fail(f"the {kind.value} members' template: {exc}", "missing_object") from None
-        size = members_per_record(template.batch_size, self.host.record_members)
+        size = (fixed or {}).get(kind.value) or members_per_record(template.batch_size, self.host.record_members)
         encoder = BatchEncoder(
             run_id=self.run_id,
             definition=self.definition.name,

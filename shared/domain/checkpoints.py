@@ -32,9 +32,13 @@ class RunSync:
     #: resumed after its template's ``batch_size`` was edited re-reads its last page with the same records: the same
     #: identities (``run:batch_index``, the Idempotency-Key's stem) hold the same members.
     record_size: int | None = None
+    #: A change run's members per record of each kind it sends (``added``, ``changed``, ``removed``: its templates'
+    #: ``batch_size``), as at its first start (None: not recorded yet; recorded before its first batch is sent).
+    kind_record_sizes: dict[str, int] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """As the checkpoint row keeps it (``announced``, ``watermark_column`` and ``record_size`` only when set)."""
+        """As the checkpoint row keeps it (``announced``, ``watermark_column``, ``record_size`` and
+        ``kind_record_sizes`` only when set)."""
         value: dict[str, Any] = {"mode": self.mode.value, "full_scope": self.full_scope, "counts": self.counts}
         if self.announced:
             value["announced"] = True
@@ -42,6 +46,8 @@ class RunSync:
             value["watermark_column"] = self.watermark_column
         if self.record_size is not None:
             value["record_size"] = self.record_size
+        if self.kind_record_sizes is not None:
+            value["kind_record_sizes"] = self.kind_record_sizes
         return value
 
     @classmethod
@@ -56,6 +62,7 @@ class RunSync:
             bool(value.get("announced")),
             value.get("watermark_column"),
             value.get("record_size"),
+            value.get("kind_record_sizes"),
         )
 
 

@@ -126,7 +126,9 @@ def _json_ranges(name: str) -> Iterator[tuple[str, str]]:
     """A ``jsonb`` key's, as JSON texts PostgreSQL reads as jsonb: a record names a member by Python's text of its
     key's JSON value (``{'a': 1}``, ``True``, ``s1`` for the string ``"s1"``, ``5`` for the number 5 and the string
     ``"5"``): the string it may be, and the value it may be the text of, a number as the range of numerics its double
-    stands for (jsonb compares numbers as numerics). A fraction inside an object or array is compared as its double."""
+    stands for (jsonb compares numbers as numerics). An object or array holding fractions: the range from the value
+    with each fraction at its range's low end to the value with each at its high end (jsonb compares containers of one
+    shape element by element, key by key: every value of that shape whose fractions have those doubles is in it)."""
     yield (text := json.dumps(name)), text
     if len(name) > _LITERAL_NAME_LIMIT:
         return
@@ -140,10 +142,32 @@ def _json_ranges(name: str) -> Iterator[tuple[str, str]]:
         return
     if value is None or isinstance(value, bool | dict | list):
         try:
-            text = json.dumps(value, allow_nan=False)
+            yield _json_bounds(value)
         except (TypeError, ValueError):
             return
-        yield text, text
+
+
+def _json_bounds(value: Any) -> tuple[str, str]:
+    """The JSON texts of ``value`` with each fraction (a float) at the low end of the numerics its double stands for,
+    and at the high end (one text twice when it holds none). TypeError, ValueError: no JSON value has this name."""
+    if isinstance(value, float):
+        if (numerics := _numeric_range(repr(value))) is None:
+            raise ValueError(f"{value} is no JSON number")
+        return str(numerics[0]), str(numerics[1])
+    if isinstance(value, list):
+        items = [_json_bounds(item) for item in value]
+        return f"[{', '.join(low for low, _ in items)}]", f"[{', '.join(high for _, high in items)}]"
+    if isinstance(value, dict):
+        if not all(isinstance(name, str) for name in value):
+            raise TypeError("a JSON object's keys are strings")
+        pairs = [(json.dumps(name), _json_bounds(item)) for name, item in value.items()]
+        return (
+            f"{{{', '.join(f'{name}: {low}' for name, (low, _) in pairs)}}}",
+            f"{{{', '.join(f'{name}: {high}' for name, (_, high) in pairs)}}}",
+        )
+    if value is None or isinstance(value, str | int):  # bool is an int
+        return (text := json.dumps(value)), text
+    raise TypeError(f"{type(value).__name__} is no JSON value")
 
 
 #: A jsonb key's name longer than this is only looked for as a string (reading it as a Python literal costs more).

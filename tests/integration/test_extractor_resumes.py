@@ -1,7 +1,7 @@
 """Runs resumed on SQLite and a real PostgreSQL, the extractor's records captured (no Kafka): after a crash with pages
-published but not checkpointed and the template's ``batch_size`` edited since, the records keep the identities
-(``run:batch_index``, the Idempotency-Key's stem) and members they had; after a store outage of a run another replica
-took over, the run is forgotten here."""
+published but not checkpointed and the template's ``batch_size`` edited since (a change run's per-kind templates too),
+the records keep the identities (``run:batch_index``, the Idempotency-Key's stem) and members they had; after a store
+outage of a run another replica took over, the run is forgotten here."""
 
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import text
 
 from services.extractor.extraction import Extractor
-from shared.catalog import CatalogStores, make_engine
+from shared.catalog import CatalogStores, ChangeSnapshotFollower, SqlChangeSnapshots, SqlRunsStore, make_engine
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
-from shared.events import RUN_EVENT_ADAPTER, ExtractionCompleted, MemberBatch, RunRequested
+from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, ExtractionCompleted, MemberBatch, RunRequested
 from shared.kafka import InFlight, Outgoing
 from shared.outages import DependencyUnavailable
 from shared.querystore import MemberPages, MemberReader, StoreUnavailable
@@ -61,9 +61,18 @@ def _extractor(stores: CatalogStores, reader: MemberReader, send: Callable[[list
     )
 
 
-def _extract(stores: CatalogStores, url: str, request: RunRequested, *, crash_after_sends: int | None = None):
+def _extract(
+    stores: CatalogStores,
+    url: str,
+    request: RunRequested,
+    *,
+    crash_after_sends: int | None = None,
+    delivered: bool = False,
+    **options: Any,
+):
     """The run's member records (identity → member ids) and completion events; with ``crash_after_sends``, the
-    extractor stops right after its ``crash_after_sends``-th send of records (published, not checkpointed)."""
+    extractor stops right after its ``crash_after_sends``-th send of records (published, not checkpointed); with
+    ``delivered``, every batch is folded as delivered (a change run's snapshot moves)."""
     sent: list[Outgoing] = []
     sends = 0
 
@@ -76,7 +85,7 @@ def _extract(stores: CatalogStores, url: str, request: RunRequested, *, crash_af
         return InFlight([], timeout_seconds=0.0)
 
     reader = MemberReader.from_url(url)
-    extractor = _extractor(stores, reader, send)
+    extractor = _extractor(stores, reader, send, **options)
     try:
         try:
             out = extractor.handle(request)
@@ -84,12 +93,26 @@ def _extract(stores: CatalogStores, url: str, request: RunRequested, *, crash_af
             out = []
     finally:
         reader.close()
-    records = {}
+    records, outcomes = {}, []
     for o in sent:
         if o.topic.startswith(TOPICS.member_batches):
             batch = MemberBatch.model_validate_json(o.value)
             records[batch.identity] = [m["id"] for m in batch.members]
+            keys = [str(m["id"]) for m in batch.members]
+            outcomes.append(
+                BatchOutcome(
+                    run_id=batch.run_id,
+                    definition=batch.definition,
+                    batch_index=batch.batch_index,
+                    delivered=len(keys),
+                    failed=0,
+                    member_keys=keys,
+                    change=batch.change,
+                )
+            )
     events = [RUN_EVENT_ADAPTER.validate_json(o.value) for o in sent + out if o.topic == TOPICS.run_events]
+    if delivered:
+        SqlRunsStore(stores.database, followers=[ChangeSnapshotFollower()]).fold_run_events([*events, *outcomes])
     return records, [e for e in events if isinstance(e, ExtractionCompleted)]
 
 
@@ -104,13 +127,66 @@ def test_a_run_resumed_after_its_batch_size_was_edited_keeps_its_records_identit
     crashed, _ = _extract(stores, database_url, request, crash_after_sends=2)
     stores.definitions.apply(HttpTemplate(name="t", query="q", profile="p", batch_size=after))
     resumed, completed = _extract(stores, database_url, request)
-    # A partner that honours the Idempotency-Key takes each identity's first record only.
-    delivered: dict[str, list[int]] = {**resumed, **crashed}
-    taken = sorted(i for ids in delivered.values() for i in ids)
+    assert _taken_once(crashed, resumed) == list(range(1, MEMBERS + 1))
+    assert [(e.members, e.batches) for e in completed] == [(MEMBERS, MEMBERS // before)]
+
+
+def _change_definition(stores: CatalogStores, added: int, removed: int) -> None:
+    """Definition ``c`` in change mode: added members sent with ``t-add`` (``added`` a request), removed ones with
+    ``t-del`` (``removed`` a request), changed ones with the definition's ``t``; any share may be removed."""
+    stores.definitions.apply(HttpTemplate(name="t", query="q", profile="p", batch_size=8))
+    stores.definitions.apply(HttpTemplate(name="t-add", query="q", profile="p", batch_size=added))
+    stores.definitions.apply(HttpTemplate(name="t-del", query="q", profile="p", method="DELETE", batch_size=removed))
+    sync = {"mode": "changes", "added": "t-add", "removed": "t-del", "max_removed": "100%"}
+    stores.definitions.apply(ExportDefinition(name="c", query="q", template="t", sync=sync))
+
+
+def _taken_once(crashed: dict[str, list[int]], resumed: dict[str, list[int]]) -> list[int]:
+    """The members a partner honouring the Idempotency-Key takes (each identity's first record), once no identity
+    sent again holds other members."""
     again = {identity: ids for identity, ids in resumed.items() if identity in crashed and crashed[identity] != ids}
     assert again == {}, "a record sent again under one identity holds other members"
-    assert taken == list(range(1, MEMBERS + 1))
-    assert [(e.members, e.batches) for e in completed] == [(MEMBERS, MEMBERS // before)]
+    return sorted(i for ids in {**resumed, **crashed}.values() for i in ids)
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 4), (4, 2)])
+def test_a_change_run_resumed_after_its_added_template_batch_size_was_edited_keeps_its_records_identities(
+    database_url: str, stores: CatalogStores, before: int, after: int
+):
+    _table(database_url)
+    _change_definition(stores, before, 2)
+    snapshots = SqlChangeSnapshots(stores.database)
+    request = RunRequested(definition="c")  # the first run: every member added
+    crashed, _ = _extract(stores, database_url, request, crash_after_sends=2, snapshots=snapshots)
+    _change_definition(stores, after, 2)
+    resumed, completed = _extract(stores, database_url, request, snapshots=snapshots)
+    assert _taken_once(crashed, resumed) == list(range(1, MEMBERS + 1))
+    assert [(e.members, e.batches, e.changes and e.changes.added) for e in completed] == [
+        (MEMBERS, MEMBERS // before, MEMBERS)
+    ]
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 4), (4, 2)])
+def test_a_change_run_resumed_in_its_removals_after_their_template_batch_size_was_edited_keeps_its_identities(
+    database_url: str, stores: CatalogStores, before: int, after: int
+):
+    _table(database_url)
+    _change_definition(stores, 8, before)
+    snapshots = SqlChangeSnapshots(stores.database)
+    _extract(stores, database_url, RunRequested(definition="c"), delivered=True, snapshots=snapshots)
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM m"))
+    engine.dispose()
+    request = RunRequested(definition="c")  # every member removed: its first send is its removals'
+    crashed, _ = _extract(stores, database_url, request, crash_after_sends=1, snapshots=snapshots)
+    assert len(crashed) == MEMBERS // before
+    _change_definition(stores, 8, after)
+    resumed, completed = _extract(stores, database_url, request, snapshots=snapshots)
+    assert _taken_once(crashed, resumed) == list(range(1, MEMBERS + 1))
+    assert [(e.members, e.batches, e.changes and e.changes.removed) for e in completed] == [
+        (MEMBERS, MEMBERS // before, MEMBERS)
+    ]
 
 
 def test_a_run_taken_over_during_a_store_outage_is_forgotten_and_waits_again_should_it_come_back(
