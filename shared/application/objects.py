@@ -493,10 +493,14 @@ def replace_object(
     store: DefinitionsStore,
     checks: ObjectChecks,
     expected_version: ExpectedVersion | None = None,
+    dry_run: bool = False,
 ) -> tuple[Revision, T]:
     """Replace an object; a different name in ``body`` renames it (refused while others refer to it); with
     ``expected_version``, only if it is still as its writer read it (:class:`Stale` if not). The object as stored
-    and the revision this write stored (unchanged: the one read)."""
+    and the revision this write stored (unchanged: the one read).
+
+    ``dry_run`` (the console's check): every check of the write, nothing written; the object as it would be stored
+    and the revision read. Its masked secrets stand for the stored object's, renamed or not, as for the write."""
     authorise(actor, required_permission(kind))
     revision, version, old = visible_as_read(actor, store, kind, name, expected_version, changing_shared=True)
     obj = _from_body(store, kind, body, old)
@@ -506,6 +510,8 @@ def replace_object(
         refuse_taken(store, kind, stored.name)
         if found := referrers(store, old, actor):
             raise in_use(old.name, found, CANNOT_BE_RENAMED)
+        if dry_run:
+            return revision, stored
         with in_use_refused(actor, old.name, CANNOT_BE_RENAMED), edit_conflicts(actor, store):
             revision = store.rename(
                 old.name,
@@ -514,7 +520,7 @@ def replace_object(
                 expected_version=version,
                 hold_references=True,
             )
-    elif changed_fields(old, stored):
+    elif changed_fields(old, stored) and not dry_run:
         revision = _update(actor, store, old, stored, version)
     return revision, stored
 
