@@ -15,7 +15,14 @@ from shared.application.objects import delete_object
 from shared.catalog import CatalogStores
 from shared.catalog.schema import BASELINE, current_revision, downgrade, upgrade
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
-from tests.integration.test_migrations import BASELINE_ROWS, NIGHTLY_ID, TEMPLATE_ID, WEEKLY_ID, engine, fill_baseline
+from tests.integration.test_migrations import (
+    NIGHTLY_ID,
+    TEMPLATE_ID,
+    WEEKLY_ID,
+    engine,
+    fill_baseline,
+    name_baseline_objects,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -95,14 +102,7 @@ def test_0023_fills_the_references_of_a_catalog_with_data_and_downgrades_droppin
         *{(row, "SavedQuery", "members-of-tier") for row in (NIGHTLY_ID, WEEKLY_ID)},
         *{(row, "HttpTemplate", "partner-bulk-upsert") for row in (NIGHTLY_ID, WEEKLY_ID)},
     }
-    with engine.begin() as connection:  # the baseline's objects as this release writes them (their name in their spec)
-        for row in BASELINE_ROWS["catalog_objects"]:
-            connection.execute(
-                sa.text("UPDATE catalog_objects SET spec = :spec WHERE id = :id").bindparams(
-                    sa.bindparam("spec", type_=sa.JSON())
-                ),
-                {"spec": row["spec"] | {"name": row["name"]}, "id": row["id"]},
-            )
+    name_baseline_objects(engine)
     catalog = CatalogStores.from_url(database_url)
     try:
         store = catalog.definitions

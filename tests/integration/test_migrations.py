@@ -256,6 +256,19 @@ def fill_baseline(engine: Engine) -> None:
             connection.execute(sa.insert(tables[name]), rows)
 
 
+def name_baseline_objects(engine: Engine) -> None:
+    """The baseline's catalog objects as this release writes them (their name in their spec), for its stores to
+    read them."""
+    with engine.begin() as connection:
+        for row in BASELINE_ROWS["catalog_objects"]:
+            connection.execute(
+                sa.text("UPDATE catalog_objects SET spec = :spec WHERE id = :id").bindparams(
+                    sa.bindparam("spec", type_=sa.JSON())
+                ),
+                {"spec": row["spec"] | {"name": row["name"]}, "id": row["id"]},
+            )
+
+
 def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
     """Every row of every baseline table, in primary-key order, without the columns later revisions add."""
     tables = _tables(engine).tables
