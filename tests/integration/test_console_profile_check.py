@@ -53,6 +53,7 @@ def _stored(api: InProcessApi) -> tuple[ConnectionProfile | None, ConnectionProf
 def test_checking_a_renamed_profile_keeps_its_stored_secrets_and_writes_nothing(api: InProcessApi) -> None:
     before, _ = _stored(api)
     with signed_in(api, "admin") as console:
+        assert 'name="action" value="check">Check</button>' in console.page("/profiles/acme")  # offered
         answer = console.post("/profiles/acme", RENAMED)
     assert answer.status_code == 200, answer.text
     assert "every check of a save passes" in answer.text

@@ -44,6 +44,8 @@ class Kind:
     page: str
     values: Callable[[Any], dict[str, Any]]
     admins_only: bool = False
+    #: What its check (``action=check``: every check of a save, nothing written) says when all of them pass.
+    checked: str = "Checked: every check of a save passes; nothing was saved."
 
 
 KINDS = {
@@ -52,7 +54,8 @@ KINDS = {
         object_forms.profile_values, admins_only=True,
     ),
     "templates": Kind(
-        HttpTemplate, "templates", "HTTP operations", "HTTP operation", "template.html", object_forms.template_values
+        HttpTemplate, "templates", "HTTP operations", "HTTP operation", "template.html", object_forms.template_values,
+        checked="It renders: every check of a save passes with the query's first members.",
     ),
     "queries": Kind(SavedQuery, "queries", "Queries", "query", "query.html", object_forms.query_values),
 }  # fmt: skip
@@ -211,8 +214,8 @@ def save(request: Request, collection: str, name: str) -> Response:
             problems = Problems.of(error)
         else:
             if checking:
-                check = "It renders: every check of a save passes with the query's first members."
-                return _page(request, kind, current, kind.values(current) | _typed(form), check=check, version=version)
+                values = kind.values(current) | _typed(form)
+                return _page(request, kind, current, values, check=kind.checked, version=version)
             return RedirectResponse(f"{PREFIX}/{collection}/{saved.name}?notice=saved", status_code=303)
     # Shown again as typed, with the version it was first rendered from: a stale form stays stale until reloaded.
     values = kind.values(current) | _typed(form)
