@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, Text, and_, delete, func, insert, or_, select
+from sqlalchemy import ColumnElement, Text, and_, delete, func, or_, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -130,13 +130,13 @@ class SqlDefinitionsStore:
                 f"{row_kind} '{name}' as stored breaks this release's rules ({problems}): apply it again, corrected"
             ) from None
 
-    def _unchanged(self, row: CatalogObjectRow, obj: CatalogObject) -> bool:
-        """Whether ``row`` holds ``obj`` already (compared in plain text: each encryption differs)."""
+    def _held(self, row: CatalogObjectRow, obj: CatalogObject) -> CatalogObject | None:
+        """What ``row`` holds, as an object of ``obj``'s kind; None for a row today's rules refuse, or whose key is
+        gone (``obj`` replaces it)."""
         try:
-            current = self._load(type(obj), row)
+            return self._load(type(obj), row)
         except (StoredObjectInvalid, SecretsUnreadable):
-            return False  # a row today's rules refuse, or whose key is gone: ``obj`` replaces it
-        return stored_form(current) == stored_form(obj)
+            return None
 
     @staticmethod
     def _row(session: Session, kind: str, name: str) -> CatalogObjectRow | None:
@@ -224,17 +224,20 @@ class SqlDefinitionsStore:
             return self._referrers(session, kind, name)
 
     @staticmethod
-    def _name_references(session: Session, row_id: str, obj: CatalogObject | None) -> None:
-        """Store what ``obj`` names (:func:`references`) as row ``row_id``'s references, in place of those it had (None:
-        the row is deleted). The row's own write is flushed first: a writer that lost the race to the row waits for
-        it there (and loses it: ``StaleDataError``) before it touches the references."""
-        session.flush()
-        session.execute(delete(CatalogReferenceRow).where(CatalogReferenceRow.referrer_id == row_id))
-        named = {(kind.__name__, name) for kind, name, _ in references(obj)} if obj is not None else set()
-        if named:
-            session.execute(
-                insert(CatalogReferenceRow), [{"referrer_id": row_id, "kind": k, "name": n} for k, n in sorted(named)]
-            )
+    def _name_references(
+        session: Session, row_id: str, obj: CatalogObject | None, *, had: CatalogObject | None = None, new: bool = False
+    ) -> None:
+        """Store what ``obj`` names (:func:`references`) as row ``row_id``'s references, in place of those it had
+        (``obj`` None: the row is deleted). ``new``: a row this write creates (it had none); ``had``: the object the
+        row held, whose references are kept when they are the same (nothing written). Else the row's own write is
+        flushed first (by the delete's autoflush): a writer that lost the race to the row waits for it there (and
+        loses it: ``StaleDataError``) before it touches the references."""
+        named = _named(obj)
+        if had is not None and _named(had) == named:
+            return
+        if not new:
+            session.execute(delete(CatalogReferenceRow).where(CatalogReferenceRow.referrer_id == row_id))
+        session.add_all(CatalogReferenceRow(referrer_id=row_id, kind=kind, name=name) for kind, name in sorted(named))
 
     def _retried(self, write: Callable[[], R], kind: str, name: str, *, created: bool = False) -> R:
         """``write`` (one transaction) done again on a fresh read while another write wins the race to its row
@@ -367,13 +370,14 @@ class SqlDefinitionsStore:
                     schedule_paused_by=pauser if _disabled(obj) else None,
                 )
             )
-            self._name_references(session, str(row_id), obj)
+            self._name_references(session, str(row_id), obj, new=True)
             return "created", Revision(row_id, 1)
-        if self._unchanged(row, obj):
+        held = self._held(row, obj)
+        if held is not None and stored_form(held) == stored_form(obj):  # compared in plain text: encryptions differ
             return "unchanged", _revision(row)
         _record_pause(row, obj, pauser)
         row.spec, row.version, row.updated_at = spec, row.version + 1, now()
-        self._name_references(session, row.id, obj)
+        self._name_references(session, row.id, obj, had=held)
         return "updated", _revision(row)
 
     def apply(
@@ -830,6 +834,11 @@ def _enabled(spec: Any) -> bool:
     """Whether a stored definition's schedule is enabled (``spec`` as stored)."""
     schedule = spec.get("schedule") if isinstance(spec, dict) else None
     return isinstance(schedule, dict) and schedule.get("enabled") is True
+
+
+def _named(obj: CatalogObject | None) -> set[tuple[str, str]]:
+    """What ``obj`` names (:func:`references`), as the kinds and names of :class:`CatalogReferenceRow`."""
+    return {(kind.__name__, name) for kind, name, _ in references(obj)} if obj is not None else set()
 
 
 def _revision(row: CatalogObjectRow) -> Revision:

@@ -82,7 +82,7 @@ def test_a_delete_is_refused_naming_those_that_name_it_as_they_are_now(stores: C
     delete_object(ADMIN, ExportDefinition, "b2", store=store)
     delete_object(ADMIN, ExportDefinition, "c", store=store)
     with store.database.engine.connect() as connection:
-        named = set(connection.execute(sa.text("SELECT kind, name FROM catalog_references")).tuples())
+        named = {tuple(row) for row in connection.execute(sa.text("SELECT kind, name FROM catalog_references"))}
     # The template names its query and profile; the definition stored by an older release (references kept) its own.
     assert named == {("SavedQuery", "q"), ("ConnectionProfile", "p"), ("HttpTemplate", "t")}
 
@@ -95,7 +95,9 @@ def test_0023_fills_the_references_of_a_catalog_with_data_and_downgrades_droppin
     upgrade(engine, "0022")
     upgrade(engine, "0023")
     with engine.connect() as connection:
-        named = set(connection.execute(sa.text("SELECT referrer_id, kind, name FROM catalog_references")).tuples())
+        named = {
+            tuple(row) for row in connection.execute(sa.text("SELECT referrer_id, kind, name FROM catalog_references"))
+        }
     assert named == {
         (TEMPLATE_ID, "SavedQuery", "members-of-tier"),
         (TEMPLATE_ID, "ConnectionProfile", "partner-api"),
