@@ -459,8 +459,8 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
     # who paused a definition's schedule (0016); a replay run's plan, acknowledged steps and claim (0017, 4 columns);
     # which notifier replica holds a notification's claim, until when, since when (0020, 3 columns); the schedule's
     # unconfirmed publication and why its fire times could not be computed (0021, 2 columns); the recipients an
-    # email's SMTP server refused while it took it for the others (0022).
-    assert len(lines) == 60, lines
+    # email's SMTP server refused while it took it for the others (0022); who names which object, and its index (0023).
+    assert len(lines) == 62, lines
     assert "table change_members is missing from the database" in lines
     assert "table delivery_batches is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)
