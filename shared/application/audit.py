@@ -25,9 +25,11 @@ NO_UNIT = ""
 
 
 def units_touched(store: DefinitionsStore, *objects: CatalogObject | None) -> tuple[str, ...]:
-    """The business units of the definitions that ``objects`` are or that use them (sorted, distinct)."""
-    definitions = store.list_objects(ExportDefinition)
-    templates = store.list_objects(HttpTemplate)
+    """The business units of the definitions that ``objects`` are or that use them (sorted, distinct). Of definitions
+    only: their own units (no other object read)."""
+    shared = any(obj is not None and not isinstance(obj, ExportDefinition) for obj in objects)
+    definitions = store.list_objects(ExportDefinition) if shared else []
+    templates = store.list_objects(HttpTemplate) if shared else []
     units: set[str] = set()
     for obj in objects:
         if obj is not None:

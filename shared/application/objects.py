@@ -29,7 +29,6 @@ from shared.domain.catalog_objects import (
     ExportDefinition,
     HttpTemplate,
     kind_of,
-    names_object,
     stored_form,
 )
 from shared.domain.names import slugify
@@ -89,9 +88,13 @@ def in_use_refused(actor: Actor, name: str, then: str) -> Iterator[None]:
     try:
         yield
     except ObjectInUse as exc:
-        order = list(KINDS)
-        found = sorted(exc.referrers, key=lambda referrer: (order.index(referrer[0]), referrer[1]))
-        raise in_use(name, described(actor, found), then) from None
+        raise in_use(name, described(actor, _in_kind_order(exc.referrers)), then) from None
+
+
+def _in_kind_order(found: Iterable[tuple[str, str, str | None]]) -> list[tuple[str, str, str | None]]:
+    """Referrers (kind, name, business unit) by kind (:data:`KINDS`' order), then name: as refusals name them."""
+    order = list(KINDS)
+    return sorted(found, key=lambda referrer: (order.index(referrer[0]), referrer[1]))
 
 
 def stale(actor: Actor, store: DefinitionsStore, mismatch: VersionMismatch) -> Stale:
@@ -273,15 +276,7 @@ def referrers(store: DefinitionsStore, obj: CatalogObject, actor: Actor) -> list
     """Objects that refer to ``obj`` (which may therefore not be deleted or renamed), as the actor may see them
     (:func:`described`). The check before the write, which names them; the store checks again in the write's
     transaction (:class:`~shared.errors.ObjectInUse`, :func:`in_use_refused`)."""
-    return described(
-        actor,
-        (
-            (kind.__name__, other.name, other.business_unit if isinstance(other, ExportDefinition) else None)
-            for kind in KINDS.values()
-            for other in store.list_objects(kind)
-            if names_object(other, kind_of(obj), obj.name)
-        ),
-    )
+    return described(actor, _in_kind_order(store.referrers(kind_of(obj), obj.name)))
 
 
 def described(actor: Actor, found: Iterable[tuple[str, str, str | None]]) -> list[str]:
@@ -300,9 +295,9 @@ def described(actor: Actor, found: Iterable[tuple[str, str, str | None]]) -> lis
 
 def dependent_definitions(store: DefinitionsStore, obj: CatalogObject) -> list[ExportDefinition]:
     """The definitions that use ``obj``, directly or through a template (a definition depends on itself)."""
-    definitions = store.list_objects(ExportDefinition)
     if isinstance(obj, ExportDefinition):
-        return [d for d in definitions if d.name == obj.name]
+        return [obj]  # as stored: read by the caller (no reading of every definition to find it again)
+    definitions = store.list_objects(ExportDefinition)
     if isinstance(obj, HttpTemplate):
         return [d for d in definitions if d.template == obj.name]
     templates = store.list_objects(HttpTemplate)
@@ -493,10 +488,14 @@ def replace_object(
     store: DefinitionsStore,
     checks: ObjectChecks,
     expected_version: ExpectedVersion | None = None,
+    dry_run: bool = False,
 ) -> tuple[Revision, T]:
     """Replace an object; a different name in ``body`` renames it (refused while others refer to it); with
     ``expected_version``, only if it is still as its writer read it (:class:`Stale` if not). The object as stored
-    and the revision this write stored (unchanged: the one read)."""
+    and the revision this write stored (unchanged: the one read).
+
+    ``dry_run`` (the console's check): every check of the write, nothing written; the object as it would be stored
+    and the revision read. Its masked secrets stand for the stored object's, renamed or not, as for the write."""
     authorise(actor, required_permission(kind))
     revision, version, old = visible_as_read(actor, store, kind, name, expected_version, changing_shared=True)
     obj = _from_body(store, kind, body, old)
@@ -506,6 +505,8 @@ def replace_object(
         refuse_taken(store, kind, stored.name)
         if found := referrers(store, old, actor):
             raise in_use(old.name, found, CANNOT_BE_RENAMED)
+        if dry_run:
+            return revision, stored
         with in_use_refused(actor, old.name, CANNOT_BE_RENAMED), edit_conflicts(actor, store):
             revision = store.rename(
                 old.name,
@@ -514,7 +515,7 @@ def replace_object(
                 expected_version=version,
                 hold_references=True,
             )
-    elif changed_fields(old, stored):
+    elif changed_fields(old, stored) and not dry_run:
         revision = _update(actor, store, old, stored, version)
     return revision, stored
 

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, Text, and_, func, or_, select, true
+from sqlalchemy import ColumnElement, Text, and_, delete, func, or_, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -23,7 +23,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from shared.catalog.audit_store import write_entries
 from shared.catalog.database import CatalogDatabase, aware, now
-from shared.catalog.tables import AuditRow, CatalogObjectRow, ScheduleRow
+from shared.catalog.tables import AuditRow, CatalogObjectRow, CatalogReferenceRow, ScheduleRow
 from shared.catalog.validated_objects import VALIDATED_OBJECTS, ValidatedObjects
 from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import (
@@ -130,13 +130,13 @@ class SqlDefinitionsStore:
                 f"{row_kind} '{name}' as stored breaks this release's rules ({problems}): apply it again, corrected"
             ) from None
 
-    def _unchanged(self, row: CatalogObjectRow, obj: CatalogObject) -> bool:
-        """Whether ``row`` holds ``obj`` already (compared in plain text: each encryption differs)."""
+    def _held(self, row: CatalogObjectRow, obj: CatalogObject) -> CatalogObject | None:
+        """What ``row`` holds, as an object of ``obj``'s kind; None for a row today's rules refuse, or whose key is
+        gone (``obj`` replaces it)."""
         try:
-            current = self._load(type(obj), row)
+            return self._load(type(obj), row)
         except (StoredObjectInvalid, SecretsUnreadable):
-            return False  # a row today's rules refuse, or whose key is gone: ``obj`` replaces it
-        return stored_form(current) == stored_form(obj)
+            return None
 
     @staticmethod
     def _row(session: Session, kind: str, name: str) -> CatalogObjectRow | None:
@@ -196,16 +196,48 @@ class SqlDefinitionsStore:
     def _refuse_in_use(self, session: Session, row: CatalogObjectRow) -> None:
         """:class:`ObjectInUse` if any object names the object of ``row``, which is to be deleted or renamed and
         must be locked already (:meth:`_lock_row`): the objects read after the lock, so none a writer stored
-        (or is storing: it waits, :meth:`_hold_references`) is missed. Objects invalid as stored are not read (as
-        runs do not read them)."""
-        referrers = tuple(
-            (kind.__name__, other.name, other.business_unit if isinstance(other, ExportDefinition) else None)
-            for kind in REFERRING_KINDS
-            for _name, other in self._validated_many(session, kind, true()).values()
-            if names_object(other, row.kind, row.name)
+        (or is storing: it waits, :meth:`_hold_references`) is missed."""
+        if referrers := self._referrers(session, row.kind, row.name):
+            raise ObjectInUse(row.kind, row.name, referrers)
+
+    def _referrers(self, session: Session, kind: str, name: str) -> tuple[tuple[str, str, str | None], ...]:
+        """The objects naming the object of ``kind`` and ``name``, as (kind, name, a definition's business unit),
+        sorted: found by their references (:class:`CatalogReferenceRow`, one indexed query), only those read. Objects
+        invalid as stored are not read (as runs do not read them)."""
+        named = select(CatalogReferenceRow.referrer_id).where(
+            CatalogReferenceRow.kind == kind, CatalogReferenceRow.name == name
         )
-        if referrers:
-            raise ObjectInUse(row.kind, row.name, tuple(sorted(referrers)))
+        return tuple(
+            sorted(
+                (referring.__name__, other.name, other.business_unit if isinstance(other, ExportDefinition) else None)
+                for referring in REFERRING_KINDS
+                for _name, other in self._validated_many(session, referring, CatalogObjectRow.id.in_(named)).values()
+                if names_object(other, kind, name)
+            )
+        )
+
+    def referrers(self, kind: str, name: str) -> tuple[tuple[str, str, str | None], ...]:
+        """The objects naming the object of ``kind`` (its class name) and ``name`` (which may therefore not be deleted
+        or renamed), as (kind, name, a definition's business unit): the check before such a write, which names them;
+        the write checks again in its transaction (:class:`ObjectInUse`)."""
+        with self.database.transaction(kind, name) as session:
+            return self._referrers(session, kind, name)
+
+    @staticmethod
+    def _name_references(
+        session: Session, row_id: str, obj: CatalogObject | None, *, had: CatalogObject | None = None, new: bool = False
+    ) -> None:
+        """Store what ``obj`` names (:func:`references`) as row ``row_id``'s references, in place of those it had
+        (``obj`` None: the row is deleted). ``new``: a row this write creates (it had none); ``had``: the object the
+        row held, whose references are kept when they are the same (nothing written). Else the row's own write is
+        flushed first (by the delete's autoflush): a writer that lost the race to the row waits for it there (and
+        loses it: ``StaleDataError``) before it touches the references."""
+        named = _named(obj)
+        if had is not None and _named(had) == named:
+            return
+        if not new:
+            session.execute(delete(CatalogReferenceRow).where(CatalogReferenceRow.referrer_id == row_id))
+        session.add_all(CatalogReferenceRow(referrer_id=row_id, kind=kind, name=name) for kind, name in sorted(named))
 
     def _retried(self, write: Callable[[], R], kind: str, name: str, *, created: bool = False) -> R:
         """``write`` (one transaction) done again on a fresh read while another write wins the race to its row
@@ -338,11 +370,14 @@ class SqlDefinitionsStore:
                     schedule_paused_by=pauser if _disabled(obj) else None,
                 )
             )
+            self._name_references(session, str(row_id), obj, new=True)
             return "created", Revision(row_id, 1)
-        if self._unchanged(row, obj):
+        held = self._held(row, obj)
+        if held is not None and stored_form(held) == stored_form(obj):  # compared in plain text: encryptions differ
             return "unchanged", _revision(row)
         _record_pause(row, obj, pauser)
         row.spec, row.version, row.updated_at = spec, row.version + 1, now()
+        self._name_references(session, row.id, obj, had=held)
         return "updated", _revision(row)
 
     def apply(
@@ -603,7 +638,7 @@ class SqlDefinitionsStore:
                 write_entries(session, audit)
                 _record_pause(row, obj, paused_by or _actor_of(obj, audit))
                 row.spec, row.version, row.updated_at = self._stored(obj), row.version + 1, now()
-                session.flush()
+                self._name_references(session, row.id, obj)
                 return True
         except StaleDataError:  # another update stored since the read: this one lost
             return False
@@ -672,6 +707,7 @@ class SqlDefinitionsStore:
                     self._hold_references(session, [obj])
                 _record_pause(row, obj, _actor_of(obj, audit))
                 row.name, row.spec, row.version, row.updated_at = obj.name, self._stored(obj), row.version + 1, now()
+                self._name_references(session, row.id, obj)
                 return _revision(row)
 
         try:
@@ -705,7 +741,9 @@ class SqlDefinitionsStore:
                     from shared.catalog.change_snapshots import drop_snapshot
 
                     drop_snapshot(session, row.id)  # its change-mode snapshot goes with it (a new one starts afresh)
+                row_id = row.id
                 session.delete(row)
+                self._name_references(session, row_id, None)
 
         self._conditional(write, kind.__name__, name, expected_version)
 
@@ -796,6 +834,11 @@ def _enabled(spec: Any) -> bool:
     """Whether a stored definition's schedule is enabled (``spec`` as stored)."""
     schedule = spec.get("schedule") if isinstance(spec, dict) else None
     return isinstance(schedule, dict) and schedule.get("enabled") is True
+
+
+def _named(obj: CatalogObject | None) -> set[tuple[str, str]]:
+    """What ``obj`` names (:func:`references`), as the kinds and names of :class:`CatalogReferenceRow`."""
+    return {(kind.__name__, name) for kind, name, _ in references(obj)} if obj is not None else set()
 
 
 def _revision(row: CatalogObjectRow) -> Revision:

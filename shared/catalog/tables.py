@@ -53,6 +53,22 @@ class CatalogObjectRow(Base):
     __mapper_args__ = {"version_id_col": version, "version_id_generator": False}
 
 
+class CatalogReferenceRow(Base):
+    """An object another one names (migration 0025): a template its query and profile, a definition its query, its
+    templates and the definition it follows (:func:`~shared.domain.catalog_objects.references`). Written with the
+    referrer's row, in its transaction; read by ``(kind, name)`` to find who names an object (may it be deleted or
+    renamed?) with one indexed query, never a read of every template and definition."""
+
+    __tablename__ = "catalog_references"
+    __table_args__ = (Index("ix_catalog_references_named", "kind", "name"),)
+
+    #: The referrer's row (``catalog_objects.id``); its references go with it.
+    referrer_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    #: The named object's kind and name.
+    kind: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+
+
 class RunRow(Base):
     """A run's record, written by the notifier from the run events."""
 

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from shared.application.schedules import pause_schedule, paused_by_run, who_paused
 from shared.catalog.schema import BASELINE, current_revision, downgrade, upgrade
 from shared.catalog.stores import CatalogStores
-from tests.integration.test_migrations import BASELINE_ROWS, engine, fill_baseline
+from tests.integration.test_migrations import engine, fill_baseline, name_baseline_objects
 
 pytestmark = pytest.mark.integration
 
@@ -41,14 +41,7 @@ def test_0016_keeps_the_catalog_objects_records_who_pauses_after_it_and_downgrad
     assert objects(engine) == before
     with engine.begin() as connection:
         assert set(connection.execute(sa.text("SELECT schedule_paused_by FROM catalog_objects")).scalars()) == {None}
-        # The baseline's objects as this release writes them (their name in their spec), to pause a definition below.
-        for row in BASELINE_ROWS["catalog_objects"]:
-            connection.execute(
-                sa.text("UPDATE catalog_objects SET spec = :spec WHERE id = :id").bindparams(
-                    sa.bindparam("spec", type_=sa.JSON())
-                ),
-                {"spec": row["spec"] | {"name": row["name"]}, "id": row["id"]},
-            )
+    name_baseline_objects(engine)  # to pause a definition below
     catalog = CatalogStores.from_url(database_url)
     run_id = uuid.uuid4()
     try:

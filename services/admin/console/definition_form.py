@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from services.admin.console.forms import Form, Problems
+from services.admin.console.forms import Form, Problems, parsed_yaml
 from shared.domain.catalog_objects import ExportDefinition, SavedQuery, WebhookChannel, WebhookEvent, WebhookFormat
 from shared.domain.query_parameters import ParameterType, coerce
 from shared.domain.schedule import Every, Repeat
@@ -196,7 +196,7 @@ def without_literal_secrets(webhooks: str) -> str:
     """
     try:
         hooks = yaml.safe_load(webhooks)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # not readable (or nested too deeply): not a mapping to redact
         hooks = None
     if not isinstance(hooks, dict | list):
         return NOT_SHOWN_AGAIN if "signing" in webhooks.lower() else webhooks
@@ -327,12 +327,8 @@ def _webhooks(text: str, problems: Problems) -> Any:
     """The webhooks field's YAML (or JSON) as written; the domain validates the channels."""
     if not text.strip():
         return {}
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        problems.add("notifications.webhooks", f"not valid YAML or JSON{line}")
+    read, value = parsed_yaml(text, problems, "notifications.webhooks")
+    if not read:
         return {}
     if not isinstance(value, dict):
         problems.add("notifications.webhooks", "must be a mapping: each webhook's name, then its url, events…")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+import yaml
 from pydantic import ValidationError
 from starlette.requests import Request
 
@@ -145,3 +147,22 @@ class Problems:
             message = reason[named.end() :].lstrip(": ") or reason
             problems.add(f"{prefix}{named.group(1)}", message)
         return problems
+
+
+#: Why a YAML field nested without end is refused: PyYAML reads nesting by recursion, and a few hundred levels (a
+#: ``[[[…]]]`` typed or pasted) ended it in a RecursionError, a 500.
+NESTED_TOO_DEEPLY = "nested too deeply to read (a list or mapping in another, hundreds of levels)"
+
+
+def parsed_yaml(text: str, problems: Problems, path: str) -> tuple[bool, Any]:
+    """A form field's ``text`` read as YAML (JSON is YAML too): (True, the value); (False, None) when it cannot be
+    read, with the reason added beside ``path`` (its line when known)."""
+    try:
+        return True, yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problems.add(path, f"not valid YAML or JSON{line}")
+    except RecursionError:
+        problems.add(path, NESTED_TOO_DEEPLY)
+    return False, None

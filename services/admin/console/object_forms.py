@@ -14,7 +14,7 @@ import annotated_types
 import yaml
 from pydantic.fields import FieldInfo
 
-from services.admin.console.forms import Form, Problems
+from services.admin.console.forms import Form, Problems, parsed_yaml
 from shared.application.masked_secrets import MASK
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery, TlsSettings
 from shared.domain.circuit_breaker import CircuitBreakerSettings
@@ -118,12 +118,8 @@ def _parsed(form: Form, name: str, problems: Problems, *, mapping: bool = True) 
     text = form.fields.get(name, [""])[-1]
     if not text.strip():
         return {} if mapping else None
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        problems.add(name, f"not valid YAML or JSON{line}")
+    read, value = parsed_yaml(text, problems, name)
+    if not read:
         return {} if mapping else None
     if mapping and not isinstance(value, dict):
         problems.add(name, "must be a mapping (name: value, one a line)")

@@ -44,6 +44,8 @@ class Kind:
     page: str
     values: Callable[[Any], dict[str, Any]]
     admins_only: bool = False
+    #: What its check (``action=check``: every check of a save, nothing written) says when all of them pass.
+    checked: str = "Checked: every check of a save passes; nothing was saved."
 
 
 KINDS = {
@@ -52,7 +54,8 @@ KINDS = {
         object_forms.profile_values, admins_only=True,
     ),
     "templates": Kind(
-        HttpTemplate, "templates", "HTTP operations", "HTTP operation", "template.html", object_forms.template_values
+        HttpTemplate, "templates", "HTTP operations", "HTTP operation", "template.html", object_forms.template_values,
+        checked="It renders: every check of a save passes with the query's first members.",
     ),
     "queries": Kind(SavedQuery, "queries", "Queries", "query", "query.html", object_forms.query_values),
 }  # fmt: skip
@@ -193,16 +196,10 @@ def save(request: Request, collection: str, name: str) -> Response:
     problems = Problems()
     body = _body(kind, form, current, problems)
     if not problems:
+        # The check (a template's render check): every check of this save (the template rendered with the query's
+        # first members; a secret left blank is the stored object's, renamed or not), nothing written.
+        checking = form.text("action") == "check"
         try:
-            if form.text("action") == "check":
-                # The render check: every check a save makes (the template rendered with the query's first
-                # members), nothing written.
-                obj = kind.model.model_validate(body | {"name": body.get("name", name)})
-                use_cases.apply_objects(
-                    me.actor, [obj], store=console.admin.definitions, checks=console.admin.checks(), dry_run=True
-                )
-                check = "It renders: every check of a save passes with the query's first members."
-                return _page(request, kind, current, kind.values(current) | _typed(form), check=check, version=version)
             _, saved = use_cases.replace_object(
                 me.actor,
                 kind.model,
@@ -211,10 +208,14 @@ def save(request: Request, collection: str, name: str) -> Response:
                 store=console.admin.definitions,
                 checks=console.admin.checks(),
                 expected_version=expecting(version),
+                dry_run=checking,
             )
         except (ValidationError, Refused) as error:
             problems = Problems.of(error)
         else:
+            if checking:
+                values = kind.values(current) | _typed(form)
+                return _page(request, kind, current, values, check=kind.checked, version=version)
             return RedirectResponse(f"{PREFIX}/{collection}/{saved.name}?notice=saved", status_code=303)
     # Shown again as typed, with the version it was first rendered from: a stale form stays stale until reloaded.
     values = kind.values(current) | _typed(form)

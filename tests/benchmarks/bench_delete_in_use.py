@@ -1,0 +1,113 @@
+"""What deleting a definition costs in a catalog of many (``delete_object``: its referrers looked for, then the
+store's own look in the delete's transaction), on SQLite and PostgreSQL.
+
+    python -m tests.benchmarks.bench_delete_in_use [--definitions 10000] [--deletes 5] [--postgres]
+
+A catalog of one profile, query and template and ``--definitions`` definitions, half of them each following the one
+before (``schedule.after``). Timed: a delete refused in use (a followed definition: 409) and a delete done (a
+definition nobody follows), ``--deletes`` each; the median and the slowest in milliseconds. The stores are made anew
+for the timed deletes (a fresh process's first delete: nothing validated kept), then each delete in turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from shared.application.actors import Actor, Role
+from shared.application.errors import Conflict
+from shared.application.objects import delete_object
+from shared.catalog import CatalogStores
+from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
+
+
+def _definition(index: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": f"d{index}", "query": "q", "template": "t", "business_unit": "emea"}
+    if index % 2:  # every odd one follows the one before it
+        spec["schedule"] = {"enabled": True, "after": {"definition": f"d{index - 1}"}}
+    return spec
+
+
+def _fill(url: str, count: int) -> None:
+    stores = CatalogStores.from_url(url, migrate=True)
+    store = stores.definitions
+    store.apply_all(
+        [
+            ConnectionProfile(name="p", base_url="https://partner.example.com"),
+            SavedQuery(name="q", sql="SELECT id FROM members"),
+            HttpTemplate(name="t", query="q", profile="p", path="/m"),
+        ]
+    )
+    for start in range(0, count, 1000):
+        store.apply_all(
+            [ExportDefinition.model_validate(_definition(i)) for i in range(start, min(start + 1000, count))]
+        )
+    stores.close()
+
+
+def _timed(url: str, deletes: int, count: int) -> tuple[list[float], list[float]]:
+    stores = CatalogStores.from_url(url)
+    actor = Actor(name="bench", role=Role.ADMIN)
+    refused, done = [], []
+    try:
+        for turn in range(deletes):
+            followed, alone = f"d{2 * turn}", f"d{count - 1 - 2 * turn}"  # d(2k) is followed; the last odd one not
+            began = time.perf_counter()
+            try:
+                delete_object(actor, ExportDefinition, followed, store=stores.definitions)
+            except Conflict:
+                pass
+            else:
+                raise AssertionError(f"{followed} is followed: its delete must be refused")
+            refused.append((time.perf_counter() - began) * 1000)
+            began = time.perf_counter()
+            delete_object(actor, ExportDefinition, alone, store=stores.definitions)
+            done.append((time.perf_counter() - began) * 1000)
+    finally:
+        stores.close()
+    return refused, done
+
+
+def _said(what: str, times: list[float]) -> str:
+    return f"{what}: median {statistics.median(times):.1f} ms, first {times[0]:.1f} ms, slowest {max(times):.1f} ms"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--definitions", type=int, default=10_000)
+    parser.add_argument("--deletes", type=int, default=5)
+    parser.add_argument("--postgres", action="store_true", help="a throwaway local PostgreSQL, else SQLite")
+    args = parser.parse_args(argv)
+    with ExitStack() as stack:
+        if args.postgres:
+            import sqlalchemy as sa
+
+            from devtools.postgres import LocalPostgres
+
+            server = stack.enter_context(LocalPostgres())
+            engine = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
+            with engine.connect() as connection:
+                connection.execute(sa.text('CREATE DATABASE "bench"'))
+            engine.dispose()
+            url = server.url("bench")
+        else:
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            url = f"sqlite:///{directory / 'catalog.db'}"
+        began = time.perf_counter()
+        _fill(url, args.definitions)
+        print(f"{'postgresql' if args.postgres else 'sqlite'}: {args.definitions} definitions made in "
+              f"{time.perf_counter() - began:.1f} s", flush=True)  # fmt: skip
+        refused, done = _timed(url, args.deletes, args.definitions)
+        print(_said("delete refused (followed, 409)", refused))
+        print(_said("delete done (not followed)", done))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

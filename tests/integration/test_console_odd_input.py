@@ -1,0 +1,103 @@
+"""Odd input in the console's forms (YAML of another type or nested without end, numbers out of range, very long
+values) is refused with the form again (4xx), never a 500; YAML nested without end (which PyYAML reads by recursion:
+a RecursionError, a 500) is refused beside its field."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import pytest
+from starlette.exceptions import StarletteDeprecationWarning
+
+from services.admin.console.forms import NESTED_TOO_DEEPLY
+from tests.admin_app import InProcessApi, in_process_api, seed
+from tests.integration.test_console_fields import Console, _csrf
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+
+pytestmark = pytest.mark.integration
+
+TEMPLATE = {"name": "upsert", "query": "gold", "profile": "partner", "method": "POST", "path": "/members"}
+TEMPLATE |= {"batch_size": "2", "body_kind": "none"}
+QUERY = {"name": "gold", "sql": "SELECT id, email, tier, updated_at FROM members WHERE tier = :tier"}
+QUERY |= {"key_column": "id"}
+PROFILE = {"name": "partner", "base_url": "https://partner.example.com/v2", "auth_type": "none"}
+DEEP = "[" * 3000 + "]" * 3000
+
+CASES = [
+    ("/templates/upsert", TEMPLATE | {"body_kind": "json_body", "json_body": DEEP}, "json_body"),
+    ("/templates/upsert", TEMPLATE | {"body_kind": "json_body", "json_body": "sent: 2026-01-01"}, "json_body"),
+    ("/templates/upsert", TEMPLATE | {"body_kind": "json_body", "json_body": "x: !!binary aGVsbG8="}, "json_body"),
+    ("/templates/upsert", TEMPLATE | {"headers": "X-Date: 2026-01-01"}, "headers"),
+    ("/templates/upsert", TEMPLATE | {"query_string": "since: 2026-01-01T00:00:00"}, "query_string"),
+    ("/templates/upsert", TEMPLATE | {"headers": DEEP}, "headers"),
+    ("/templates/upsert", TEMPLATE | {"batch_size": "9" * 400}, "batch_size"),
+    ("/templates/upsert", TEMPLATE | {"success_statuses": "2" * 400}, "success_statuses"),
+    ("/queries/gold", QUERY | {"parameters": "tier: {type: string, default: 2026-01-01}"}, "parameters"),
+    ("/queries/gold", QUERY | {"parameters": DEEP}, "parameters"),
+    ("/queries/gold", QUERY | {"timeout_seconds": "1e400"}, "timeout_seconds"),
+    ("/queries/gold", QUERY | {"timeout_seconds": "nan"}, "timeout_seconds"),
+    ("/profiles/partner", PROFILE | {"timeout_seconds": "nan"}, "timeout_seconds"),
+    ("/profiles/partner", PROFILE | {"requests_per_second": "inf"}, "rate_limit"),
+    ("/profiles/partner", PROFILE | {"requests_per_second": "1", "burst": "9" * 400}, "rate_limit"),
+    ("/profiles/partner", PROFILE | {"circuit_breaker": "on", "circuit_breaker_failure_rate": "nan"}, "circuit"),
+    ("/profiles/partner", PROFILE | {"base_url": "https://" + "a" * 70 + ".example.com"}, "base_url"),
+    ("/profiles/partner", PROFILE | {"base_url": "https://[::1"}, "base_url"),
+    ("/profiles/partner", PROFILE | {"base_url": "https://partner.example.com:99999/"}, "base_url"),
+    ("/exports/nightly/steps/notifications", {"webhooks": DEEP}, "webhooks"),
+    ("/exports/nightly/steps/notifications", {"webhooks": "ops: {url: https://h.example/x, since: 2026-01-01}"}, ""),
+    ("/exports/nightly/steps/filter", {"query": "gold", "parameters": DEEP}, ""),  # no such field: ignored
+    ("/exports/nightly/steps/filter", {"query": "gold", "parameters": "tier: 2026-01-01"}, "parameters"),
+    ("/exports/nightly/steps/schedule", {"recurrence": "once", "once_date": "99999-01-01", "once_time": "25:61"}, ""),
+    ("/exports/nightly/steps/schedule", {"recurrence": "repeat", "every": "day", "time": "9" * 300}, ""),
+    ("/exports/nightly/steps/schedule", {"recurrence": "repeat", "advanced": "on", "cron": "* " * 400}, ""),
+    ("/exports/nightly/steps/schedule", {"recurrence": "repeat", "every": "day", "time": "02:00", "from": "0"}, ""),
+    ("/exports/nightly/steps/schedule", {"timezone": "../../etc/passwd", "recurrence": "repeat", "every": "day"}, ""),
+    ("/exports/nightly/general", {"name": "nightly", "max_failure_percent": "nan", "priority": "high"}, ""),
+    ("/exports/nightly/general", {"name": "nightly", "pause_after_failed_runs": "9" * 400}, ""),
+    ("/exports/nightly/steps/destination", {"template": "upsert", "sync_max_removed": "1e999"}, ""),
+    ("/exports/nightly/steps/destination", {"template": "upsert", "retry_runs": "-1"}, ""),
+]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessApi]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")
+        with in_process_api(tmp_path_factory.mktemp("odd")) as made:
+            with made.client() as client:
+                seed(client)
+            yield made
+
+
+@pytest.fixture(scope="module")
+def console(api: InProcessApi) -> Iterator[Console]:
+    with TestClient(api.app, raise_server_exceptions=False) as client:
+        sign_in = client.get("/console/sign-in")
+        answer = client.post(
+            "/console/sign-in",
+            data={"csrf_token": _csrf(sign_in.text), "token": api.tokens["admin"]},
+            follow_redirects=False,
+        )
+        assert answer.status_code == 303, answer.text
+        yield Console(client, _csrf(client.get("/console/exports").text))
+
+
+@pytest.mark.parametrize(("path", "fields", "named"), CASES, ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(CASES)])
+def test_odd_input_is_a_4xx_naming_the_field(console: Console, path: str, fields: dict[str, str], named: str) -> None:
+    answer = console.post(path, fields)
+    assert answer.status_code < 500, answer.text[-2000:]
+    if DEEP in fields.values() and named:  # a YAML field: refused beside it, saying why
+        assert answer.status_code == 422, answer.text[-2000:]
+        assert f'id="{named}-error">{NESTED_TOO_DEEPLY}' in answer.text
+
+
+@pytest.mark.parametrize("collection", ["http-templates", "saved-queries"])
+def test_json_nested_without_end_in_an_api_body_is_a_4xx(api: InProcessApi, collection: str) -> None:
+    body = '{"name": "deep", "query": "gold", "profile": "partner", "sql": "SELECT 1", "json_body": ' + DEEP + "}"
+    with api.client() as client:
+        answer = client.post(f"/api/v1/{collection}", content=body, headers={"content-type": "application/json"})
+    assert 400 <= answer.status_code < 500, answer.text[-2000:]
