@@ -21,7 +21,7 @@ from services.scheduler.scheduling import FULL_SYNC_EVERY, Scheduler
 from shared.catalog import CatalogStores
 from shared.catalog.database import now as real_now
 from shared.catalog.engine import make_engine
-from shared.catalog.schema import upgrade
+from shared.catalog.schema import downgrade, upgrade
 from shared.catalog.tables import CatalogObjectRow
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.checkpoints import RunSync
@@ -542,12 +542,14 @@ def test_a_schedule_not_computable_before_migration_0021_is_counted_and_named_af
     """0021 kept no error for a schedule whose maths had failed before it: stored with no next instant, as a paused or
     ended one is, it was not counted by the gauge nor named by the schedule preview until its definition was edited."""
     engine = make_engine(database_url)
-    upgrade(engine, "0020")
+    upgrade(engine)  # the definitions written by this release's store, then the catalog taken back to 0020
     old = CatalogStores.from_url(database_url)  # what a release before 0021 had stored
     old.definitions.apply(definition("nightly", repeat={"every": "day", "time": "02:00"}))
     old.definitions.apply(definition("broken", cron="0 3 * * *"))
     old.definitions.apply(definition("paused", cron="0 4 * * *", enabled=False))
     old.definitions.apply(definition("ended", repeat={"every": "day", "time": "02:00"}, to="2026-01-31"))
+    old.close()
+    downgrade(engine, "0020")
     with engine.begin() as connection:  # as 0020's scheduler left them: no next instant, nothing else said
         rows = connection.execute(select(CatalogObjectRow.id, CatalogObjectRow.name, CatalogObjectRow.version)).all()
         for id_, name, version in rows:
@@ -563,7 +565,6 @@ def test_a_schedule_not_computable_before_migration_0021_is_counted_and_named_af
                     "next": T0 + dt.timedelta(hours=14) if name == "nightly" else None,
                 },
             )
-    old.close()
     upgrade(engine)
     engine.dispose()
 
@@ -708,10 +709,11 @@ def test_a_schedule_stored_before_migration_0023_keeps_its_state_and_counts_its_
 ):
     """0023 adds the digest of the schedule last computed, null on the rows stored before it."""
     engine = make_engine(database_url)
-    upgrade(engine, "0022")
+    upgrade(engine)  # the definition written by this release's store, then the catalog taken back to 0022
     old = CatalogStores.from_url(database_url)
     old.definitions.apply(definition("hourly", cron="0 * * * *"))
     old.close()
+    downgrade(engine, "0022")
     with engine.begin() as connection:  # as 0022's scheduler left it, publishing its 13:00 run when it stopped
         connection.execute(
             text(
