@@ -379,6 +379,10 @@ def json_schemas() -> dict[str, Any]:
         ExtractionCompleted,
         BatchOutcome,
         RunFailed,
+        RunSkipped,
+        RunMissed,
+        RunCancelled,
+        CircuitBreakerChanged,
         DeadLetter,
     ]
     return {model.model_fields["type"].default: model.model_json_schema() for model in models}
