@@ -4,8 +4,11 @@ import json
 import uuid
 from typing import cast
 
+import pytest
+
+from services.extractor.bulk_starts import started_event
 from services.extractor.run_request_decoding import CLOUDEVENT_RUN_NAMESPACE, decode_run_request
-from shared.events import RunRequested
+from shared.events import RUN_EVENT_ADAPTER, RunRequested
 from shared.kafka import Headers
 
 TYPE = "io.member-export.run.requested.v1"
@@ -55,3 +58,16 @@ def test_an_events_run_id_without_a_newline_is_the_one_it_always_had():
     for source, id_ in [("crm", "1"), ("https://crm.example/x", "e-42"), ('["crm"', '"1"]')]:
         expected = uuid.uuid5(CLOUDEVENT_RUN_NAMESPACE, f"{source}\n{id_}")
         assert _structured(source=source, id=id_).run_id == expected
+
+
+def test_a_nul_in_requested_by_is_refused_naming_the_field():
+    # A PostgreSQL catalog cannot record it: the run used to start and its record to fail.
+    with pytest.raises(ValueError, match="requested_by"):
+        decode_run_request(b'{"definition": "gold", "requested_by": "crm\\u0000sync"}', [])
+
+
+def test_a_nul_in_a_cloudevents_source_is_dropped_from_requested_by_and_the_run_is_recorded(catalog):
+    request = _structured(source="crm\x00sync")
+    assert request.requested_by == "crmsync"
+    record = started_event(request, request.definition, "run-events")
+    catalog.runs.fold_run_event(RUN_EVENT_ADAPTER.validate_json(record.value))  # used to raise on PostgreSQL
