@@ -41,12 +41,14 @@ DefinitionName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 #: The longest ``requested_by`` a run keeps: the runs' ``requested_by`` column is VARCHAR(200).
 REQUESTED_BY_MAX = 200
 #: Who requested a run, in a run request: at most :data:`REQUESTED_BY_MAX` characters (refused when longer).
-RequestedBy = Annotated[str, StringConstraints(max_length=REQUESTED_BY_MAX)]
+#: No NUL: a PostgreSQL catalog cannot record it (the run would start and its record fail).
+RequestedBy = Annotated[str, StringConstraints(max_length=REQUESTED_BY_MAX, pattern=r"^[^\x00]*$")]
 
 
 def cut_requested_by(value: object) -> object:
-    """``value`` cut to :data:`REQUESTED_BY_MAX` characters when it is a longer string (anything else as it is)."""
-    return value[:REQUESTED_BY_MAX] if isinstance(value, str) else value
+    """``value`` without NUL characters (no catalog text holds them), cut to :data:`REQUESTED_BY_MAX` characters,
+    when it is a string (anything else as it is)."""
+    return value.replace("\x00", "")[:REQUESTED_BY_MAX] if isinstance(value, str) else value
 
 
 #: Who requested a run, in the events of a run already started: cut to :data:`REQUESTED_BY_MAX`, never refused (an
@@ -379,6 +381,10 @@ def json_schemas() -> dict[str, Any]:
         ExtractionCompleted,
         BatchOutcome,
         RunFailed,
+        RunSkipped,
+        RunMissed,
+        RunCancelled,
+        CircuitBreakerChanged,
         DeadLetter,
     ]
     return {model.model_fields["type"].default: model.model_json_schema() for model in models}

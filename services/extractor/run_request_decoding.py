@@ -17,6 +17,7 @@ headers in binary mode, attributes in structured mode) is the run's trace, unles
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -55,6 +56,19 @@ class CloudEventRunData(BaseModel):
     requested_by: RequestedBy | None = None
 
 
+def cloudevent_run_id(source: str, event_id: str) -> uuid.UUID:
+    """The run id of a CloudEvent without ``data.run_id``: one per (source, id), the pair CloudEvents makes unique.
+
+    ``source + "\\n" + id`` names the pair unambiguously unless one of them holds a newline (``("a\\nb", "c")``
+    and ``("a", "b\\nc")`` would share it): only then is the pair named by its JSON array instead, so every
+    other event keeps the run id it always had (a republished event still starts its run once across an upgrade).
+    The two texts never meet: the old one always holds a newline (its separator), a JSON array's text never does.
+    """
+    ambiguous = "\n" in source or "\n" in event_id
+    name = json.dumps([source, event_id]) if ambiguous else f"{source}\n{event_id}"
+    return uuid.uuid5(CLOUDEVENT_RUN_NAMESPACE, name)
+
+
 def _is_range_request(value: bytes) -> bool:
     """Whether the record says it is a range request (our run requests may leave their ``type`` out)."""
     if RANGE_REQUESTED.encode() not in value:
@@ -76,7 +90,7 @@ def is_cloudevent(value: bytes, headers: Headers) -> bool:
     if _header(headers, "ce_specversion") is not None:
         return True
     content_type = _header(headers, "content-type")
-    if content_type is not None and content_type.decode("latin-1").startswith(_STRUCTURED):
+    if content_type is not None and content_type.decode("latin-1").lower().startswith(_STRUCTURED):
         return True
     return _is_structured_json(value, content_type)
 
@@ -103,7 +117,8 @@ def decode_run_request(value: bytes, headers: Headers) -> RunRequested | RangeRe
         if _is_range_request(value):
             return RangeRequested.model_validate_json(value)
         return RunRequested.model_validate_json(value)
-    message_headers = {k: v for k, v in headers}
+    # Kafka allows a header without a value (None): no CloudEvent attribute, and the SDK would fail to decode it.
+    message_headers = {k: v for k, v in headers if v is not None}
     if _header(headers, "ce_specversion") is None:
         # Structured mode whatever content type it came with: the SDK reads it by its CloudEvents type.
         message_headers = {k: v for k, v in message_headers.items() if k.lower() != "content-type"}
@@ -128,7 +143,7 @@ def decode_run_request(value: bytes, headers: Headers) -> RunRequested | RangeRe
     )
     source = str(event.get_source())
     return RunRequested(
-        run_id=data.run_id or uuid.uuid5(CLOUDEVENT_RUN_NAMESPACE, f"{source}\n{event.get_id()}"),
+        run_id=data.run_id or cloudevent_run_id(source, str(event.get_id())),
         definition=data.definition,
         trigger=Trigger.EVENT,
         requested_at=event.get_time() or utc_now(),

@@ -53,9 +53,13 @@ for _reason in ("deleted", "disabled", "rescheduled", "overlap"):
 
 
 def published_ahead(request: RunRequested) -> bool:
-    """Whether ``request`` is a scheduled run published before its instant (by the publisher's clock)."""
+    """Whether ``request`` is the scheduler's run published before its instant (by the publisher's clock).
+
+    The scheduler always names the definition by id; another system's request with trigger ``schedule`` does not:
+    it waits for its instant but is never withdrawn (or skipped) as the scheduler's own would be."""
     return (
         request.trigger is Trigger.SCHEDULE
+        and request.definition_id is not None
         and request.scheduled_for is not None
         and request.requested_at < request.scheduled_for
     )

@@ -848,6 +848,10 @@ class MemberReader:
             if is_outage(exc):
                 raise StoreUnavailable(f"the member store is unreachable ({reason})") from exc
             raise QueryError(f"query '{query.name}' failed: {reason}") from exc
+        except OverflowError as exc:  # sqlite3 binding an integer beyond 64 bits: the request's value, not the store
+            raise QueryError(
+                f"query '{query.name}' failed: a parameter is out of the member store's range ({exc})"
+            ) from exc
 
     @contextmanager
     def _deadline(self, connection: Connection, seconds: float) -> Iterator[None]:

@@ -62,6 +62,10 @@ def test_every_event_type_has_a_json_schema():
         "run.extraction_completed",
         "run.batch_outcome",
         "run.failed",
+        "run.skipped",
+        "run.missed",
+        "run.cancelled",
+        "circuit.changed",
         "dead_letter",
     }
     assert "definition" in schemas["run.requested"]["properties"]
