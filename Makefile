@@ -80,6 +80,8 @@ chaos: prerequisites
 bench: prerequisites $(BENCH_STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_cli_startup
 	$(BIN)/python -m tests.benchmarks.bench_scheduler
+	$(BIN)/python -m tests.benchmarks.bench_delete_in_use
+	$(BIN)/python -m tests.benchmarks.bench_delete_in_use --postgres
 	$(BIN)/python -m tests.benchmarks.bench_run_start
 	$(BIN)/python -m tests.benchmarks.bench_burst_start --runs 300 --turns 1 --extractors 1 2
 	$(BIN)/python -m tests.benchmarks.bench_extractor

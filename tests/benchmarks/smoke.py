@@ -64,6 +64,15 @@ class Smoke:
 # takes, bench_scheduler 16 simulated minutes for its every-15-minutes definitions to fire).
 SMOKES: tuple[Smoke, ...] = (
     Smoke(
+        "bench_delete_in_use",
+        ("--definitions", "20", "--deletes", "2"),
+        (
+            r"^sqlite: 20 definitions made in [\d.]+ s",
+            r"^delete refused \(followed, 409\): median [\d.]+ ms",
+            r"^delete done \(not followed\): median [\d.]+ ms",
+        ),
+    ),
+    Smoke(
         "bench_batch_decoding",
         ("--members", "1000", "--rounds", "1"),
         (r"^  decode_member_batch \(the dispatcher's\) +median [\d.]+ ms.*\([\d.]+x the model's median\)$",),

@@ -260,8 +260,9 @@ def test_a_change_mode_run_claims_no_retries(extractor: Extractor, small: Catalo
     [completed] = _completed(_sent(extractor))
     assert completed.changes is not None
     assert completed.changes.added == 3
-    # The read and the claim, the snapshot's own work (see change_extraction.py), the completion (fifteen before).
-    assert count == 11
+    # The read and the claim, the snapshot's own work (see change_extraction.py), its kinds' record sizes fixed in
+    # its checkpoint's sync before its first batch (session 51), the completion (fifteen before session 49).
+    assert count == 12
     assert small.retries.claimed(request.run_id) == 0  # no claim recorded
 
 

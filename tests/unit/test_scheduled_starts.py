@@ -26,8 +26,9 @@ SECOND = dt.timedelta(seconds=1)
 
 
 def scheduled(due: dt.datetime, *, requested: dt.datetime | None = None, name: str = "d") -> RunRequested:
-    return RunRequested(
+    return RunRequested(  # as the scheduler publishes it: naming its definition by id too
         definition=name,
+        definition_id=uuid.uuid5(uuid.NAMESPACE_URL, name),
         trigger=Trigger.SCHEDULE,
         requested_by="scheduler",
         requested_at=requested or due - 5 * SECOND,
@@ -88,6 +89,8 @@ def test_only_a_scheduled_run_requested_before_its_instant_was_published_ahead()
     assert not published_ahead(scheduled(NOW, requested=NOW))  # fired when due (no lookahead, or late)
     assert not published_ahead(scheduled(NOW, requested=NOW + SECOND))
     assert not published_ahead(RunRequested(definition="d", scheduled_for=NOW, requested_at=NOW - SECOND))
+    # Another system's request with trigger "schedule" names no definition id: it waits, is never withdrawn.
+    assert not published_ahead(scheduled(NOW).model_copy(update={"definition_id": None}))
 
 
 def test_a_run_whose_definition_changed_meanwhile_is_withdrawn_with_the_reason():
