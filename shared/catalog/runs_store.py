@@ -405,7 +405,11 @@ class SqlRunsStore:
             ).all()
             asked = set(definitions)
             kept = [(name, run_id) for name, run_id in renamed if name in asked]
-            return {definition: uuid.UUID(run_id) for definition, run_id in [*kept, *rows]}
+            # A run recorded under a name its definition no longer has is that definition's, not the one that took the
+            # name since (a definition renamed, then another created under its old name).
+            moved = {run_id for _, run_id in renamed}
+            named = [(definition, run_id) for definition, run_id in rows if run_id not in moved]
+            return {definition: uuid.UUID(run_id) for definition, run_id in [*kept, *named]}
 
     # --- a run's finish, handled once --------------------------------------------------------------------
 

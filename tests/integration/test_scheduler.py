@@ -662,6 +662,24 @@ def test_a_run_due_after_a_rename_is_skipped_while_a_run_started_under_the_old_n
     assert events[0].reason == f"previous run {first.run_id} was still active"
 
 
+def test_a_definition_created_under_a_renamed_ones_old_name_is_not_skipped_for_the_renamed_ones_run(
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder
+):
+    """Overlap skip. 'hourly' was renamed 'hourly-renamed' while its run was going, then a new 'hourly' was created:
+    the new one has never run, yet its 14:00 run was recorded skipped for the renamed one's run (found by the name it
+    was recorded under)."""
+    catalog.definitions.apply(definition("hourly", cron="0 * * * *"))
+    run_for(scheduler, dt.timedelta(hours=1))
+    [first] = [e for e in recorder.events() if isinstance(e, RunRequested)]
+    catalog.runs.fold_run_event(RunStarted(run_id=first.run_id, definition="hourly", trigger=Trigger.SCHEDULE))
+    catalog.definitions.rename("hourly", definition("hourly-renamed", cron="0 * * * *", enabled=False))
+    catalog.definitions.apply(definition("hourly", cron="0 * * * *"))
+    assert catalog.runs.active_runs(["hourly-renamed", "hourly"]) == {"hourly-renamed": first.run_id}
+    recorder.records.clear()
+    run_for(scheduler, dt.timedelta(hours=1))
+    assert [(type(e), e.definition) for e in recorder.events()] == [(RunRequested, "hourly")]
+
+
 def test_a_rename_while_the_scheduler_was_down_keeps_its_missed_and_late_runs(
     scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ):
