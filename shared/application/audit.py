@@ -14,7 +14,6 @@ from shared.domain.catalog_objects import (
     KINDS,
     CatalogObject,
     ExportDefinition,
-    HttpTemplate,
     kind_of,
     shown_webhook_url,
 )
@@ -27,42 +26,28 @@ NO_UNIT = ""
 def units_touched(store: DefinitionsStore, *objects: CatalogObject | None) -> tuple[str, ...]:
     """The business units of the definitions that ``objects`` are or that use them (sorted, distinct). Of definitions
     only: their own units (no other object read)."""
-    shared = any(obj is not None and not isinstance(obj, ExportDefinition) for obj in objects)
-    definitions = store.list_objects(ExportDefinition) if shared else []
-    templates = store.list_objects(HttpTemplate) if shared else []
     units: set[str] = set()
-    for obj in objects:
-        if obj is not None:
-            units |= _units(kind_of(obj), obj.name, getattr(obj, "business_unit", None), definitions, templates)
+    for kind, name, business_unit in {
+        (kind_of(obj), obj.name, getattr(obj, "business_unit", None)) for obj in objects if obj is not None
+    }:
+        units.update(units_of(store, kind, name, business_unit))
     return tuple(sorted(units))
 
 
 def units_of(store: DefinitionsStore, kind: str, name: str, business_unit: str | None) -> tuple[str, ...]:
     """:func:`units_touched` of the object of ``kind`` and ``name`` known only by its ``business_unit`` (a
-    definition's; None for the other kinds): nothing of it is loaded (its secrets stay encrypted)."""
+    definition's; None for the other kinds): nothing of it is loaded (its secrets stay encrypted). A query, template
+    or profile: the units of the definitions that use it, directly or through a template, as
+    :meth:`~shared.application.ports.DefinitionsStore.dependents` finds them (only those read)."""
     if kind == ExportDefinition.__name__:
-        return tuple(_units(kind, name, business_unit, [], []))
-    definitions, templates = store.list_objects(ExportDefinition), store.list_objects(HttpTemplate)
-    return tuple(sorted(_units(kind, name, business_unit, definitions, templates)))
+        return (business_unit or NO_UNIT,)
+    return units_now(store, kind, name)
 
 
-def _units(
-    kind: str,
-    name: str,
-    business_unit: str | None,
-    definitions: list[ExportDefinition],
-    templates: list[HttpTemplate],
-) -> set[str]:
-    if kind == ExportDefinition.__name__:
-        return {business_unit or NO_UNIT}
-    using_templates = {t.name for t in templates if name in (t.profile, t.query)} | (
-        {name} if kind == HttpTemplate.__name__ else set()
-    )
-    return {
-        definition.business_unit or NO_UNIT
-        for definition in definitions
-        if definition.template in using_templates or definition.query == name
-    }
+def units_now(store: DefinitionsStore, kind: str, name: str) -> tuple[str, ...]:
+    """The units the object of ``kind`` and ``name`` belongs to now, as stored (none if it is gone; a definition:
+    its own): the audit log's second rule (:func:`readable_to`). Nothing of it is loaded or validated."""
+    return tuple(sorted({unit or NO_UNIT for _, unit in store.dependents(kind, name)}))
 
 
 def readable_to(scope: frozenset[str], entry_units: Iterable[str], units_now: Callable[[], Iterable[str]]) -> bool:
@@ -118,16 +103,14 @@ def read_audit(
     scope = actor.business_units
     current: dict[tuple[str, str], tuple[str, ...]] = {}
 
-    def units_now(entry: AuditEntry) -> tuple[str, ...]:
+    def units_of_entry(entry: AuditEntry) -> tuple[str, ...]:
         key = (entry.kind, entry.name)
         if key not in current:
-            kind = KINDS.get(entry.kind)
-            obj = store.find(kind, entry.name) if kind is not None else None
-            current[key] = units_touched(store, obj)
+            current[key] = units_now(store, entry.kind, entry.name) if entry.kind in KINDS else ()
         return current[key]
 
     def readable(entry: AuditEntry) -> bool:
-        return readable_to(scope, entry.business_units, lambda: units_now(entry))
+        return readable_to(scope, entry.business_units, lambda: units_of_entry(entry))
 
     entries = log.entries(readable=readable, name=name, kind=kind, actor=who, since=since, limit=limit, offset=offset)
     return [_shown(entry) for entry in entries]

@@ -27,7 +27,6 @@ from shared.domain.catalog_objects import (
     CatalogObject,
     ConnectionProfile,
     ExportDefinition,
-    HttpTemplate,
     kind_of,
     stored_form,
 )
@@ -293,21 +292,6 @@ def described(actor: Actor, found: Iterable[tuple[str, str, str | None]]) -> lis
     return named
 
 
-def dependent_definitions(store: DefinitionsStore, obj: CatalogObject) -> list[ExportDefinition]:
-    """The definitions that use ``obj``, directly or through a template (a definition depends on itself)."""
-    if isinstance(obj, ExportDefinition):
-        return [obj]  # as stored: read by the caller (no reading of every definition to find it again)
-    definitions = store.list_objects(ExportDefinition)
-    if isinstance(obj, HttpTemplate):
-        return [d for d in definitions if d.template == obj.name]
-    templates = store.list_objects(HttpTemplate)
-    if isinstance(obj, ConnectionProfile):
-        using = {t.name for t in templates if t.profile == obj.name}
-        return [d for d in definitions if d.template in using]
-    using = {t.name for t in templates if t.query == obj.name}
-    return [d for d in definitions if d.query == obj.name or d.template in using]
-
-
 def covers_dependents(actor: Actor, store: DefinitionsStore, obj: CatalogObject) -> None:
     """:class:`Forbidden` unless the actor's scope covers every definition that depends on ``obj``.
 
@@ -317,7 +301,11 @@ def covers_dependents(actor: Actor, store: DefinitionsStore, obj: CatalogObject)
     """
     if not actor.business_units:
         return
-    outside = [d for d in dependent_definitions(store, obj) if not actor.sees(d.business_unit)]
+    if isinstance(obj, ExportDefinition):  # as read by the caller: itself (nothing read again)
+        using: Iterable[tuple[str, str | None]] = [(obj.name, obj.business_unit)]
+    else:  # only the definitions using it read, as stored (one another release stored counts too)
+        using = store.dependents(kind_of(obj), obj.name)
+    outside = [name for name, business_unit in using if not actor.sees(business_unit)]
     if outside:
         raise Forbidden(
             f"{kind_of(obj)} '{obj.name}' is used by {len(outside)} definition(s) outside this token's scope",

@@ -223,6 +223,54 @@ class SqlDefinitionsStore:
         with self.database.transaction(kind, name) as session:
             return self._referrers(session, kind, name)
 
+    def dependents(self, kind: str, name: str) -> tuple[tuple[str, str | None], ...]:
+        """The definitions that use the object of ``kind`` (its class name) and ``name``, as (name, business unit),
+        sorted: a definition itself; a template, the definitions whose destination's template it is (``template``);
+        a query, those whose query it is or whose template's; a profile, those whose template's it is. What a scoped
+        token must cover to change the object, and the units an audit entry of it touches. Found by their references
+        (:class:`CatalogReferenceRow`, indexed) and read as stored (their JSON: nothing validated, no secret
+        decrypted), only those: one another release stored that today's rules refuse counts as any other."""
+        with self.database.transaction(kind, name) as session:
+            if kind == ExportDefinition.__name__:
+                row = self._row(session, kind, name)
+                return () if row is None else ((name, _business_unit(row)),)
+            templates = {name} if kind == HttpTemplate.__name__ else set()
+            field = {SavedQuery.__name__: "query", ConnectionProfile.__name__: "profile"}.get(kind)
+            if field is not None:
+                templates |= {
+                    template
+                    for template, spec in self._referring(session, HttpTemplate, {kind: {name}})
+                    if spec.get(field) == name
+                }
+            named = {HttpTemplate.__name__: templates} | ({kind: {name}} if kind == SavedQuery.__name__ else {})
+            return tuple(
+                sorted(
+                    (definition, _unit(spec))
+                    for definition, spec in self._referring(session, ExportDefinition, named)
+                    if spec.get("template") in templates or (kind == SavedQuery.__name__ and spec.get("query") == name)
+                )
+            )
+
+    @staticmethod
+    def _referring(
+        session: Session, referring: type[CatalogObject], named: Mapping[str, set[str]]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The objects of kind ``referring`` that name any of ``named`` (names by kind), as (name, stored JSON), by
+        their references (:class:`CatalogReferenceRow`): nothing else read, nothing validated."""
+        wanted = [(kind, names) for kind, names in named.items() if names]
+        if not wanted:
+            return []
+        named_kind, named_name = CatalogReferenceRow.kind, CatalogReferenceRow.name
+        ids = select(CatalogReferenceRow.referrer_id).where(
+            or_(*(and_(named_kind == kind, named_name.in_(names)) for kind, names in wanted))
+        )
+        rows = session.execute(
+            select(CatalogObjectRow.name, CatalogObjectRow.spec).where(
+                CatalogObjectRow.kind == referring.__name__, CatalogObjectRow.id.in_(ids)
+            )
+        )
+        return [(row_name, spec if isinstance(spec, dict) else {}) for row_name, spec in rows]
+
     @staticmethod
     def _name_references(
         session: Session, row_id: str, obj: CatalogObject | None, *, had: CatalogObject | None = None, new: bool = False
@@ -848,6 +896,10 @@ def _revision(row: CatalogObjectRow) -> Revision:
 
 def _business_unit(row: CatalogObjectRow) -> str | None:
     """A definition row's business unit as stored (its spec's ``business_unit``; None if absent or not a string)."""
-    spec = row.spec if isinstance(row.spec, dict) else {}
+    return _unit(row.spec if isinstance(row.spec, dict) else {})
+
+
+def _unit(spec: dict[str, Any]) -> str | None:
+    """A stored definition's business unit (its JSON's ``business_unit``; None if absent or not a string)."""
     unit = spec.get("business_unit")
     return unit if isinstance(unit, str) else None

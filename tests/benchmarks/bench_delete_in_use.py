@@ -1,11 +1,15 @@
 """What deleting a definition costs in a catalog of many (``delete_object``: its referrers looked for, then the
-store's own look in the delete's transaction), on SQLite and PostgreSQL.
+store's own look in the delete's transaction), on SQLite and PostgreSQL; and saving and deleting a template, by a
+token scoped to one business unit (the definitions using it looked for: the token's scope check, the audit entry's
+units).
 
     python -m tests.benchmarks.bench_delete_in_use [--definitions 10000] [--deletes 5] [--postgres]
 
 A catalog of one profile, query and template and ``--definitions`` definitions, half of them each following the one
 before (``schedule.after``). Timed: a delete refused in use (a followed definition: 409) and a delete done (a
-definition nobody follows), ``--deletes`` each; the median and the slowest in milliseconds. The stores are made anew
+definition nobody follows), ``--deletes`` each; then, by a token scoped to ``apac``, a template used by one ``apac``
+definition saved (its label changed) and an unused template deleted, ``--deletes`` each; the median and the slowest
+in milliseconds. The stores are made anew
 for the timed deletes (a fresh process's first delete: nothing validated kept), then each delete in turn.
 """
 
@@ -21,10 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from shared.application.actors import Actor, Role
+from shared.application.checks import ObjectChecks
 from shared.application.errors import Conflict
-from shared.application.objects import delete_object
+from shared.application.objects import delete_object, replace_object
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
+from shared.domain.destinations import DestinationPolicy
+from shared.domain.secret_references import SecretReferencePolicy
+
+APAC = Actor(name="apac-bot", role=Role.ADMIN, business_units=frozenset({"apac"}))
+CHECKS = ObjectChecks(
+    policy=DestinationPolicy.parse(""),
+    resolve_host=lambda _host: ["93.184.215.14"],
+    secret_references=SecretReferencePolicy.parse("PARTNER_", "/var/run/secrets/member-export"),
+)
 
 
 def _definition(index: int) -> dict[str, Any]:
@@ -42,6 +56,9 @@ def _fill(url: str, count: int) -> None:
             ConnectionProfile(name="p", base_url="https://partner.example.com"),
             SavedQuery(name="q", sql="SELECT id FROM members"),
             HttpTemplate(name="t", query="q", profile="p", path="/m"),
+            HttpTemplate(name="t-apac", query="q", profile="p", path="/m"),
+            *(HttpTemplate(name=f"spare{turn}", query="q", profile="p", path="/m") for turn in range(100)),
+            ExportDefinition(name="apac-daily", query="q", template="t-apac", business_unit="apac"),
         ]
     )
     for start in range(0, count, 1000):
@@ -72,6 +89,25 @@ def _timed(url: str, deletes: int, count: int) -> tuple[list[float], list[float]
     finally:
         stores.close()
     return refused, done
+
+
+def _timed_templates(url: str, turns: int) -> tuple[list[float], list[float]]:
+    """A template used by one apac definition saved, an unused template deleted, by the apac token: ``turns`` each."""
+    stores = CatalogStores.from_url(url)
+    saved, deleted = [], []
+    try:
+        store = stores.definitions
+        for turn in range(turns):
+            body = store.get(HttpTemplate, "t-apac").model_dump(mode="json") | {"label": f"apac {turn}"}
+            began = time.perf_counter()
+            replace_object(APAC, HttpTemplate, "t-apac", body, store=store, checks=CHECKS)
+            saved.append((time.perf_counter() - began) * 1000)
+            began = time.perf_counter()
+            delete_object(APAC, HttpTemplate, f"spare{turn}", store=store)
+            deleted.append((time.perf_counter() - began) * 1000)
+    finally:
+        stores.close()
+    return saved, deleted
 
 
 def _said(what: str, times: list[float]) -> str:
@@ -106,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         refused, done = _timed(url, args.deletes, args.definitions)
         print(_said("delete refused (followed, 409)", refused))
         print(_said("delete done (not followed)", done))
+        saved, deleted = _timed_templates(url, args.deletes)
+        print(_said("template saved (scoped token, 1 definition uses it)", saved))
+        print(_said("template deleted (scoped token, unused)", deleted))
     return 0
 
 

@@ -70,6 +70,8 @@ SMOKES: tuple[Smoke, ...] = (
             r"^sqlite: 20 definitions made in [\d.]+ s",
             r"^delete refused \(followed, 409\): median [\d.]+ ms",
             r"^delete done \(not followed\): median [\d.]+ ms",
+            r"^template saved \(scoped token, 1 definition uses it\): median [\d.]+ ms",
+            r"^template deleted \(scoped token, unused\): median [\d.]+ ms",
         ),
     ),
     Smoke(
