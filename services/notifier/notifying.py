@@ -34,7 +34,13 @@ from shared.application.ports import DefinitionsStore, RunsStore, WatermarkStore
 from shared.application.run_events import record_run_event, record_run_events
 from shared.application.schedules import pause_schedule, paused_by_run
 from shared.domain.catalog_objects import ExportDefinition, WebhookEvent
-from shared.domain.email_retries import RefusedRecipients, email_given_up, mailable, refused_for_now
+from shared.domain.email_retries import (
+    EarlierSends,
+    RefusedRecipients,
+    email_given_up,
+    mailable,
+    refused_for_now,
+)
 from shared.domain.runs import (
     Claimant,
     RunRecord,
@@ -189,9 +195,10 @@ class Notifier:
         if webhooks is not None:
             webhooks.round = self.round  # its webhooks too: one budget for both
         self.email_backoff = email_backoff
-        #: The recipients refused so far of each email this round claimed (read by its claim's statement), for its
-        #: send (:meth:`_refused_earlier`); emptied at each poll's handling and each sweep.
-        self._refused: dict[tuple[uuid.UUID, str], RefusedRecipients] = {}
+        #: What the claim of each email this round claimed read of it (its recipients refused so far, its failed
+        #: attempts so far), for its send and its mark (:meth:`_earlier_sends`); emptied at each poll's handling and
+        #: each sweep.
+        self._earlier: dict[tuple[uuid.UUID, str], EarlierSends] = {}
         self._series_started = False
         self._started: set[str] = set()  # definitions whose series were started (by name)
         self._start_every_definitions_series()  # now, not at the first sweep (30 s on): a fast run's failure counts
@@ -209,7 +216,7 @@ class Notifier:
 
     def handle(self, event: AnyRunEvent) -> list[Outgoing]:
         """Fold the event into its run; when the run has finished, apply the failure policy and send emails."""
-        self._refused = {}
+        self._earlier = {}
         with self.round.open("a run event"):
             return self._handle(event)
 
@@ -238,7 +245,7 @@ class Notifier:
         poll): then every event of the poll gets that failure, as the extractor's rounds stop at the first
         outage (handed back on an outage, dead-lettered on a timeout, as when each fails alone). Its sends are
         one round (:class:`SendRound`): within its budget, and no email more once one failed for now."""
-        self._refused = {}
+        self._earlier = {}
         with self.round.open("a poll"):
             return self._handle_all(events)
 
@@ -518,7 +525,7 @@ class Notifier:
     def sweep(self) -> list[Outgoing]:
         """Fail runs that made no progress for too long (as run.failed events); retry unsent notifications."""
         self._start_every_definitions_series()
-        self._refused = {}
+        self._earlier = {}
         now = self.clock()
         outgoing = []
         unfinished = self.runs.unfinished_runs()
@@ -601,8 +608,8 @@ class Notifier:
         if not tries:
             return
         keys = sorted({(record.run_id, kind) for record, _, kind in tries})
-        # One statement claims them and reads the emails' refused recipients so far (:meth:`_refused_earlier`).
-        claimed = self.runs.claim_unsent_notifications(keys, self.finish_lease_seconds, refused=self._refused)
+        # One statement claims them and reads the emails' refusals and attempts so far (:meth:`_earlier_sends`).
+        claimed = self.runs.claim_unsent_notifications(keys, self.finish_lease_seconds, earlier=self._earlier)
         claims = SweepClaims(self.runs, keys, self.finish_lease_seconds, claimed=claimed)
         missed: dict[tuple[str, str], list[RunRecord]] = {}
         try:
@@ -716,7 +723,7 @@ class Notifier:
                     self.round.left()
                 continue
             if self.runs.claim_notification(
-                record.run_id, kind, recipients, self.finish_lease_seconds, self.claimant, refused=self._refused
+                record.run_id, kind, recipients, self.finish_lease_seconds, self.claimant, earlier=self._earlier
             ):
                 self._mail(definition, record, kind, recipients, attempts)
 
@@ -753,26 +760,26 @@ class Notifier:
     ) -> bool:
         """Send a claimed email (within the round's budget) and mark it sent, or failed (:meth:`_mark_failed`). A
         recipient that is not one address (saved by an older release) fails it for good, unsent."""
+        earlier, tried = self._earlier_sends(records, kind)
         split = mailable(recipients or [])
         if split.odd:  # saved by an older release: not mailed (no one knows whom it would reach); the others are
             log.warning("recipients not mailed: not one email address each", kind=kind, recipients=len(split.odd))
             recipients = split.mailed
             if split.none_left_reason is not None:
-                self._mark_failed(records, kind, split.none_left_reason, permanent=True)
+                self._mark_failed(records, kind, split.none_left_reason, tried=tried, permanent=True)
                 return False
         mailed = recipients or []
-        earlier = self._refused_earlier(records, kind)
         # Some took it before, others refused it for now: those (still recipients) are mailed again, alone.
         try:
             sent = attempt(self.mailer, message, mailed, earlier, max_attempts=attempts, until=self.round.until)
         except (OSError, smtplib.SMTPException) as exc:
-            self._send_failed(records, kind, exc)
+            self._send_failed(records, kind, exc, tried)
             return False
         refused, for_now = sent.refused, sent.for_now
         if not earlier:
             EMAILS_SENT.labels(kind=kind).inc()  # once, when it first went out (to all, or to some)
         EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(sum(1 for address in sent.answered if address not in for_now))
-        if for_now and self._mail_again(records, kind, refused, len(mailed)):
+        if for_now and self._mail_again(records, kind, refused, len(mailed), tried):
             return True
         undelivered = self.mailer.undelivered_reason(as_refused(refused), len(mailed)) if refused else None
         for record in records:
@@ -786,7 +793,9 @@ class Notifier:
             log.info("email sent", run_id=str(records[0].run_id), runs=len(records), kind=kind)
         return True
 
-    def _send_failed(self, records: Sequence[RunRecord], kind: str, exc: OSError | smtplib.SMTPException) -> None:
+    def _send_failed(
+        self, records: Sequence[RunRecord], kind: str, exc: OSError | smtplib.SMTPException, tried: int
+    ) -> None:
         self.round.email_failed(exc)
         EMAIL_FAILURES.labels(kind=kind).inc()
         log.error("email could not be sent", runs=len(records), kind=kind, error=type(exc).__name__)
@@ -794,36 +803,44 @@ class Notifier:
             records,
             kind,
             self.mailer.failure_reason(exc),
+            tried=tried,
             permanent=final_for_this_email(exc),
             counted=not server_unusable(exc),
         )
 
-    def _refused_earlier(self, records: Sequence[RunRecord], kind: str) -> RefusedRecipients:
-        """The recipients refused so far while others took these runs' email, when some were refused for now (to be
-        mailed again alone); empty when it is to go to every recipient (never sent, or sent to some of some runs
-        only: a digest grouped otherwise than before). As the email's claim read them (:attr:`_refused`: every send
-        follows its claim in the same round), not read again: before, one query per run of the email at each send."""
+    def _earlier_sends(self, records: Sequence[RunRecord], kind: str) -> EarlierSends:
+        """What the claims of these runs' email read of it, for its send and its mark (:attr:`_earlier`: every send
+        follows its claim in the same round), not read again: the recipients refused so far while others took it,
+        when some were refused for now (to be mailed again alone; empty when it is to go to every recipient: never
+        sent, or sent to some of some runs only, a digest grouped otherwise than before), and the failed attempts so
+        far of the first run's (the one its mark counts by). Before (session 50), one query per run of the email at
+        each send for the former, and two for the latter at a failure (:meth:`_mail_again`, :meth:`_mark_failed`).
+        An email no claim of this round read (none known) has its attempts read now."""
+        sends = [self._earlier.pop((record.run_id, kind), None) for record in records]
+        first = sends[0] if sends else None
+        tried = first[1] if first is not None else self.runs.notification_attempts(records[0].run_id, kind)
         refused: RefusedRecipients = {}
-        for record in records:
-            earlier = self._refused.pop((record.run_id, kind), {})
-            if not refused_for_now(earlier):
-                return {}
-            refused |= earlier
-        return refused
+        for send in sends:
+            if send is None or not refused_for_now(send[0]):
+                return {}, tried
+            refused |= send[0]
+        return refused, tried
 
-    def _mail_again(self, records: Sequence[RunRecord], kind: str, refused: RefusedRecipients, total: int) -> bool:
+    def _mail_again(
+        self, records: Sequence[RunRecord], kind: str, refused: RefusedRecipients, total: int, tried: int
+    ) -> bool:
         """An email taken by some recipients and refused for now by others: pending, for a later attempt to mail them
         alone (after its backoff, counted as a failed attempt: True), unless its attempts are spent (False: recorded
-        sent, not delivered to them, counted as refused)."""
+        sent, not delivered to them, counted as refused). ``tried``: its failed attempts before this one."""
         again = refused_for_now(refused)
-        attempts = self.runs.notification_attempts(records[0].run_id, kind) + 1
+        attempts = tried + 1
         if email_given_up(attempts, permanent=False):
             EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(len(again))
             return False
         EMAIL_RECIPIENTS_DEFERRED.labels(kind=kind).inc(len(again))
         note = f"; {len(again)} refused for now, mailed again alone"
         reason = self.mailer.undelivered_reason(as_refused(refused), total, yet=True, note=note)
-        self._mark_failed(records, kind, reason, permanent=False, refused=refused)
+        self._mark_failed(records, kind, reason, tried=tried, permanent=False, refused=refused)
         return True
 
     def _mark_failed(
@@ -832,6 +849,7 @@ class Notifier:
         kind: str,
         reason: str,
         *,
+        tried: int,
         permanent: bool,
         counted: bool = True,
         refused: RefusedRecipients | None = None,
@@ -842,8 +860,9 @@ class Notifier:
         attempts, nor adds to them: an SMTP outage of hours loses no email, it is sent once the server is back, and
         its later failures about it have their 20 attempts (before, an outage's failures were added to them). Such
         a failure puts the email off by up to as long as it has waited since its run finished (at least 30 s, at
-        most 15 minutes, jittered): its attempts do not grow through an outage, so the backoff grows with time."""
-        attempts = self.runs.notification_attempts(records[0].run_id, kind) + (1 if counted else 0)
+        most 15 minutes, jittered): its attempts do not grow through an outage, so the backoff grows with time.
+        ``tried``: its failed attempts before this one, as its claim read them (:meth:`_earlier_sends`)."""
+        attempts = tried + (1 if counted else 0)
         give_up = email_given_up(attempts if counted else 0, permanent=permanent)
         backoff = (
             self.email_backoff.delay(attempts) if counted else self.email_backoff.delay_after(self._waited(records))
@@ -945,7 +964,7 @@ class Notifier:
                         [(record.run_id, kind) for record in records],
                         self.finish_lease_seconds,
                         self.claimant,
-                        refused=self._refused,
+                        earlier=self._earlier,
                     )
                     unsent = [record for record in records if (record.run_id, kind) in ours]
                     if unsent:

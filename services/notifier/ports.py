@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from shared.domain.email_retries import RefusedRecipients
+from shared.domain.email_retries import EarlierSends, RefusedRecipients
 from shared.domain.runs import Claimant, RunRecord, RunStatus, StartClaims
 from shared.events import AnyRunEvent
 
@@ -44,7 +44,7 @@ class NotifierRuns(Protocol):
         keys: Sequence[tuple[uuid.UUID, str]],
         lease_seconds: float,
         claimant: Claimant | None = None,
-        refused: dict[tuple[uuid.UUID, str], RefusedRecipients] | None = None,
+        earlier: dict[tuple[uuid.UUID, str], EarlierSends] | None = None,
     ) -> dict[tuple[uuid.UUID, str], datetime]: ...
     def renew_notification_claims(
         self, claims: Mapping[tuple[uuid.UUID, str], datetime], lease_seconds: float
@@ -57,7 +57,7 @@ class NotifierRuns(Protocol):
         recipients: list[str],
         lease_seconds: float | None = None,
         claimant: Claimant | None = None,
-        refused: dict[tuple[uuid.UUID, str], RefusedRecipients] | None = None,
+        earlier: dict[tuple[uuid.UUID, str], EarlierSends] | None = None,
     ) -> bool: ...
     def notification_attempts(self, run_id: uuid.UUID, kind: str) -> int: ...
     def refused_recipients(self, run_id: uuid.UUID, kind: str) -> RefusedRecipients: ...

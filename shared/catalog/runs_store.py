@@ -17,7 +17,7 @@ from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.extraction_store import withhold_start
 from shared.catalog.lease_claims import LeaseClaims, RowKey, catalog_now, read_catalog_now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
-from shared.domain.email_retries import RefusedRecipients, refusals
+from shared.domain.email_retries import EarlierSends, RefusedRecipients, refusals
 from shared.domain.replay import ALL_ACKNOWLEDGED, ReplayPlan, ReplayPublication
 from shared.domain.runs import (
     Claimant,
@@ -60,7 +60,7 @@ class SqlRunsStore:
             [NotificationRow.sent_at.is_(None), NotificationRow.gave_up_at.is_(None)],
             owner=(NotificationRow.claimed_by, NotificationRow.claimed_until, NotificationRow.claimed_at),
             kind="Run",
-            carried=[NotificationRow.refused_recipients],
+            carried=[NotificationRow.refused_recipients, NotificationRow.attempts],
         )
 
     def _follow(self, session: Session, outcomes: Sequence[BatchOutcome]) -> None:
@@ -580,7 +580,7 @@ class SqlRunsStore:
         keys: Sequence[tuple[uuid.UUID, str]],
         lease_seconds: float,
         claimant: Claimant | None = None,
-        refused: dict[tuple[uuid.UUID, str], RefusedRecipients] | None = None,
+        earlier: dict[tuple[uuid.UUID, str], EarlierSends] | None = None,
     ) -> dict[tuple[uuid.UUID, str], datetime]:
         """Claim these (run id, kind) notifications for one attempt by the caller (a sweep's retry, a finish's send):
         those still unsent, not given up and due on the catalog's clock (a claim older than ``lease_seconds`` is due
@@ -597,13 +597,14 @@ class SqlRunsStore:
         since waits for its lease: a live twin's, or this process's own); without, no one's (a sweep's), and a claim
         waits for its lease whoever holds it.
 
-        ``refused`` (when given) gets each claimed notification's recipients refused so far (:meth:`refused_recipients`,
-        empty when none), read by the claim's own statement: an email's send needs no read of its own."""
+        ``earlier`` (when given) gets what the claim's own statement read of each claimed notification
+        (:data:`EarlierSends`): its recipients refused so far (:meth:`refused_recipients`, empty when none) and its
+        failed attempts so far (:meth:`notification_attempts`): an email's send and its mark read neither again."""
         pairs = [(str(run_id), kind) for run_id, kind in keys]
         carried: dict[RowKey, tuple[Any, ...]] = {}
         claims = self._claims.claim(pairs, lease_seconds, what="notifications", claimant=claimant, carried=carried)
-        if refused is not None:
-            refused.update({(uuid.UUID(run_id), kind): refusals(kept) for (run_id, kind), (kept,) in carried.items()})
+        if earlier is not None:
+            earlier.update(_earlier(carried))
         return _run_keys(claims)
 
     def renew_notification_claims(
@@ -626,14 +627,14 @@ class SqlRunsStore:
         recipients: list[str],
         lease_seconds: float | None = None,
         claimant: Claimant | None = None,
-        refused: dict[tuple[uuid.UUID, str], RefusedRecipients] | None = None,
+        earlier: dict[tuple[uuid.UUID, str], EarlierSends] | None = None,
     ) -> bool:
         """True when this (run, kind) notification has not been sent (nor given up) yet: the caller should send it. With
         ``lease_seconds``, True only when it is also claimed for one attempt by the caller now, in the same transaction,
         as :meth:`claim_unsent_notifications` claims it (in ``claimant``'s name, taking back a claim still
         ``claimant``'s own from before its process started): not while another's claim holds it (a sweep sending it),
-        nor while it backs off; then ``refused`` (when given) gets its recipients refused so far, read by the claim's
-        statement (as :meth:`claim_unsent_notifications`)."""
+        nor while it backs off; then ``earlier`` (when given) gets its recipients refused so far and its failed attempts
+        so far, read by the claim's statement (as :meth:`claim_unsent_notifications`)."""
         with self.database.transaction("Run") as session:
             self.database.insert_ignore(
                 session, NotificationRow, {"run_id": str(run_id), "kind": kind, "recipients": recipients}
@@ -641,9 +642,8 @@ class SqlRunsStore:
             if lease_seconds is not None:
                 claiming = self._claims.claiming([(str(run_id), kind)], lease_seconds, claimant)
                 rows = session.execute(claiming).all()
-                if rows and refused is not None:
-                    [(kept,)] = self._claims.carried_by(rows).values()
-                    refused[(run_id, kind)] = refusals(kept)
+                if earlier is not None:
+                    earlier.update(_earlier(self._claims.carried_by(rows)))
                 return bool(rows)
             row = session.get(NotificationRow, (str(run_id), kind))
             return row is not None and row.sent_at is None and row.gave_up_at is None
@@ -774,6 +774,15 @@ def write_record(record: RunRecord, row: RunRow) -> None:
 
 def _same(value: Any) -> Any:
     return value
+
+
+def _earlier(carried: Mapping[RowKey, tuple[Any, ...]]) -> dict[tuple[uuid.UUID, str], EarlierSends]:
+    """What claims read of each notification (its refused recipients as kept, its failed attempts), by (run id,
+    kind)."""
+    return {
+        (uuid.UUID(run_id), kind): (refusals(kept), attempts or 0)
+        for (run_id, kind), (kept, attempts) in carried.items()
+    }
 
 
 def _row_keys(claims: Mapping[tuple[uuid.UUID, str], datetime]) -> dict[RowKey, datetime]:

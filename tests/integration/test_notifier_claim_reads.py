@@ -1,9 +1,11 @@
-"""An email's recipients refused so far (some refused for now, to mail again alone) are read by the statement that
-claims it: a send reads nothing more of its own, whether a poll's handling or a sweep claims it.
+"""An email's recipients refused so far (some refused for now, to mail again alone) and its failed attempts so far are
+read by the statement that claims it: a send and its mark read nothing more of their own (the mark's own update
+aside), whether a poll's handling or a sweep claims it.
 
-Before (session 50): each send of an email read them again, one ``SELECT`` per run of the email (a digest: one per
-missed run), 100 more statements for 100 emails. Real SMTP server (aiosmtpd) on 127.0.0.1, the real ledger on SQLite
-and PostgreSQL."""
+Before (session 50): each send of an email read its refusals again, one ``SELECT`` per run of the email (a digest: one
+per missed run), 100 more statements for 100 emails. Before (session 51): each failed send read its attempts twice
+more (the decision to mail again, then the mark), 200 more statements for 100 emails. Real SMTP server (aiosmtpd) on
+127.0.0.1, the real ledger on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -31,6 +33,22 @@ class Greylisting(Picky):
         if address.startswith("later@") and envelope.rcpt_tos:
             return "451 4.7.1 greylisted, try again later"
         return await super().handle_RCPT(server, session, envelope, address, options)
+
+
+class Busy(Picky):
+    """As :class:`Picky`, and ``busy@…`` refused for now (451) at every attempt, even alone: its email fails."""
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if address.startswith("busy@"):
+            return "451 4.3.2 mailbox busy, try again later"
+        return await super().handle_RCPT(server, session, envelope, address, options)
+
+
+@pytest.fixture
+def busy() -> Iterator[Busy]:
+    handler = Busy()
+    with serving(handler, handler.port):
+        yield handler
 
 
 @pytest.fixture
@@ -80,8 +98,36 @@ def test_an_emails_refusals_are_read_by_its_claim_not_once_more_per_send(
 
     assert greylisting.received == [["oncall@example.com"]] * EMAILS + [["later@example.com"]] * EMAILS
     assert catalog.runs.unsent_notifications(limit=1_000) == []
-    # Reads of an email's ledger row, per 100 emails. A poll's first sends: its attempts (twice) and its mark's; a
-    # sweep's send again: its mark's. Before: 400 and 200 (its refusals read once more at each send); on SQLite 1,004
-    # and 406 statements in all, now 904 and 306.
-    assert keyed_reads(first) == 3 * EMAILS
+    # Reads of an email's ledger row, per 100 emails: its mark's (a poll's first sends, a sweep's send again). Before
+    # session 51: 400 and 200 (its refusals read once more at each send, its attempts twice at the first); before
+    # this session, 300 and 100 (its attempts read twice at the first).
+    assert keyed_reads(first) == EMAILS
     assert keyed_reads(again) == EMAILS
+    # Counted as ever: one failed attempt each (the first, refused for now by later@), then sent.
+    assert {
+        (n.kind, n.status, n.attempts) for event in failed for n in catalog.runs.notifications_of(event.run_id)
+    } == {("error", "sent", 1)}
+
+
+FAILING = 20
+
+
+def test_a_failed_emails_attempts_are_read_by_its_claim_and_counted_exactly(catalog: CatalogStores, busy: Busy):
+    catalog.definitions.apply(definition("busy", ["busy@example.com"]))
+    notifier = notifier_on(catalog, busy.port)
+    failed: list[AnyRunEvent] = [
+        RunFailed(run_id=uuid.uuid4(), definition="busy", reason="boom") for _ in range(FAILING)
+    ]
+
+    first = statements_of(catalog, lambda: notifier.handle_all(failed))
+    again = statements_of(catalog, notifier.sweep)  # backoff 0: each tried again at once, failing again
+
+    assert busy.received == []
+    # Reads of an email's ledger row at each failed send: its mark's alone. Before: two each (its attempts, then its
+    # mark's).
+    assert keyed_reads(first) == FAILING
+    assert keyed_reads(again) == FAILING
+    # Each failed attempt counted once, the count the claims read carried on from one to the next.
+    assert {
+        (n.kind, n.status, n.attempts) for event in failed for n in catalog.runs.notifications_of(event.run_id)
+    } == {("error", "pending", 2)}

@@ -18,7 +18,7 @@ from devtools.http_receiver import HttpReceiver
 from devtools.smtp_sink import SmtpSink
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ExportDefinition, FailurePolicy
-from shared.domain.email_retries import RefusedRecipients
+from shared.domain.email_retries import EarlierSends
 from shared.domain.runs import Claimant
 from shared.domain.schedule import Schedule
 from shared.errors import CatalogTimedOut
@@ -169,11 +169,11 @@ def paused_webhook_claim_timing_out(catalog: CatalogStores) -> Iterator[CatalogT
         recipients: list[str],
         lease_seconds: float | None = None,
         claimant: Claimant | None = None,
-        refused: dict[tuple[uuid.UUID, str], RefusedRecipients] | None = None,
+        earlier: dict[tuple[uuid.UUID, str], EarlierSends] | None = None,
     ) -> bool:
         if kind == "webhook:ops:paused":
             raise timed_out
-        return real_claim(run_id, kind, recipients, lease_seconds, claimant, refused)
+        return real_claim(run_id, kind, recipients, lease_seconds, claimant, earlier)
 
     catalog.runs.claim_notification = claim  # type: ignore[method-assign]
     try:
