@@ -225,8 +225,9 @@ class SqlDefinitionsStore:
 
     def dependents(self, kind: str, name: str) -> tuple[tuple[str, str | None], ...]:
         """The definitions that use the object of ``kind`` (its class name) and ``name``, as (name, business unit),
-        sorted: a definition itself; a template, the definitions whose destination's template it is (``template``);
-        a query, those whose query it is or whose template's; a profile, those whose template's it is. What a scoped
+        sorted: a definition itself; a template, the definitions that name it (``template``, or a change-mode kind's
+        ``sync.added``/``changed``/``removed``); a query, those whose query it is or whose templates'; a profile,
+        those whose templates' it is. What a scoped
         token must cover to change the object, and the units an audit entry of it touches. Found by their references
         (:class:`CatalogReferenceRow`, indexed) and read as stored (their JSON: nothing validated, no secret
         decrypted), only those: one another release stored that today's rules refuse counts as any other."""
@@ -243,11 +244,11 @@ class SqlDefinitionsStore:
                     if spec.get(field) == name
                 }
             named = {HttpTemplate.__name__: templates} | ({kind: {name}} if kind == SavedQuery.__name__ else {})
+            # Each definition found names one of ``named`` (its references say so, by kind): its template, a sync
+            # kind's template, or (a query) the query itself.
             return tuple(
                 sorted(
-                    (definition, _unit(spec))
-                    for definition, spec in self._referring(session, ExportDefinition, named)
-                    if spec.get("template") in templates or (kind == SavedQuery.__name__ and spec.get("query") == name)
+                    (definition, _unit(spec)) for definition, spec in self._referring(session, ExportDefinition, named)
                 )
             )
 

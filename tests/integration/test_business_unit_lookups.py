@@ -168,3 +168,32 @@ def test_a_scoped_reader_sees_the_entries_of_objects_its_units_use_whatever_othe
     )
     seen = {(entry.kind, entry.name) for entry in read_audit(SALES_READER, stores.audit, store)}
     assert seen == {("HttpTemplate", "t")}
+
+
+def test_a_template_a_definition_sends_one_change_kind_with_is_in_that_definitions_scope(
+    stores: CatalogStores,
+) -> None:
+    """A change-mode definition of unit ``hr`` sends its removals with template ``t-delete``: a token scoped to
+    ``sales`` may not change or delete it (before, only a definition's ``template`` counted, so it could)."""
+    store = stores.definitions
+    store.apply_all(
+        [
+            HttpTemplate(name="t-delete", query="q", profile="p", path="/m", method="DELETE"),
+            ExportDefinition.model_validate(
+                {
+                    "name": "hr-sync",
+                    "query": "q",
+                    "template": "t",
+                    "business_unit": "hr",
+                    "sync": {"mode": "changes", "removed": "t-delete"},
+                }
+            ),
+        ]
+    )
+    template = store.get(HttpTemplate, "t-delete")
+    with pytest.raises(Forbidden, match="used by 1 definition\\(s\\) outside this token's scope"):
+        replace_object(SALES, HttpTemplate, "t-delete", _body(template, path="/n"), store=store, checks=CHECKS)
+    with pytest.raises(Forbidden, match="used by 1 definition\\(s\\) outside this token's scope"):
+        delete_object(SALES, HttpTemplate, "t-delete", store=store)
+    replace_object(ALICE, HttpTemplate, "t-delete", _body(template, path="/n"), store=store, checks=CHECKS)
+    assert _last_units(stores, HttpTemplate, "t-delete") == ("hr",)
