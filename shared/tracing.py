@@ -27,8 +27,10 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
-#: Record headers as Kafka carries them (the same shape as :data:`shared.kafka.Headers`).
-KafkaHeaders = Sequence[tuple[str, bytes]]
+#: Record headers as Kafka carries them (the same shape as :data:`shared.kafka.Headers`): a value may be None.
+KafkaHeaders = Sequence[tuple[str, bytes | None]]
+#: Headers of a record to produce (:data:`shared.kafka.records.ProducedHeaders`): kafka-python sends bytes only.
+ProducedKafkaHeaders = Sequence[tuple[str, bytes]]
 #: The ``service.name`` of a process that did not say which service it is, unless ``OTEL_SERVICE_NAME`` does.
 DEFAULT_SERVICE = "member-export"
 #: Longer values are not read (the W3C limits: a traceparent of a future version, 32 tracestate members).
@@ -180,7 +182,7 @@ def current_http_headers() -> dict[str, str]:
     return headers
 
 
-def with_trace(headers: KafkaHeaders, trace_headers: KafkaHeaders) -> KafkaHeaders:
+def with_trace(headers: ProducedKafkaHeaders, trace_headers: ProducedKafkaHeaders) -> ProducedKafkaHeaders:
     """A record's ``headers`` with ``trace_headers`` added, unless it carries a ``traceparent`` of its own."""
     if not trace_headers:
         return headers

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
+from unittest.mock import patch
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.structs import TopicPartition
 
 
@@ -31,6 +34,34 @@ def produce_with_headers(
             metadata = producer.send(topic, key=key.encode(), value=value, headers=headers).get(timeout=30)
             placed.append((metadata.partition, metadata.offset))
         return placed
+    finally:
+        producer.close()
+
+
+class _Null(bytes):
+    """A header value produced as null: see :func:`produce_with_null_headers`."""
+
+
+def produce_with_null_headers(
+    bootstrap: str, topic: str, key: str, value: bytes, headers: list[tuple[str, bytes | None]]
+) -> None:
+    """Produce one record whose ``headers`` may have null values (None), as Kafka allows and other clients send.
+
+    kafka-python's producer takes only bytes header values (its ``send`` checks, its batch counts their lengths),
+    though its record encoder writes None as a null value: such a value goes through the producer as an empty
+    :class:`_Null` and is handed to the encoder as None (the encoder patched for this one record, in this thread)."""
+    encode = MemoryRecordsBuilder.append
+
+    def append(builder: MemoryRecordsBuilder, timestamp: int, key: Any, value: Any, headers: Any = None) -> Any:
+        nulled = [(name, None if isinstance(v, _Null) else v) for name, v in headers or []]
+        return encode(builder, timestamp, key, value, nulled)
+
+    sent = [(name, _Null() if header_value is None else header_value) for name, header_value in headers]
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        with patch.object(MemoryRecordsBuilder, "append", append):
+            future = producer.send(topic, key=key.encode(), value=value, headers=sent)
+        future.get(timeout=30)
     finally:
         producer.close()
 

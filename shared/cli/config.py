@@ -55,9 +55,11 @@ class Config:
             return cls(path, None, {})
         import yaml  # only when there is something to read (exportctl's start-up)
 
+        from shared.yaml_text import load
+
         try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
+            data = load(text) or {}
+        except (yaml.YAMLError, ValueError) as exc:  # ValueError: nested too deeply (shared.yaml_text)
             raise CliError(f"config file {path} cannot be read: {exc}", USAGE) from None
         contexts = data.get("contexts") if isinstance(data, dict) else None
         if not isinstance(data, dict) or not isinstance(contexts or {}, dict):

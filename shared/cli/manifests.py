@@ -26,6 +26,7 @@ import yaml
 from shared.application.manifests import in_dependency_order, object_problems
 from shared.cli.variables import Expander
 from shared.domain.catalog_objects import CatalogObject
+from shared.yaml_text import NestedTooDeeply, load_all
 
 
 class ManifestError(ValueError):
@@ -38,9 +39,11 @@ class ManifestError(ValueError):
 
 def _documents(text: str, source: str) -> list[Any]:
     try:
-        loaded = [d for d in yaml.safe_load_all(text) if d is not None]
+        loaded = [d for d in load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         raise ManifestError([f"{source}: not valid YAML: {exc}"]) from None
+    except NestedTooDeeply as exc:
+        raise ManifestError([f"{source}: document {exc.document}: {exc}"]) from None
     documents: list[Any] = []
     for document in loaded:
         documents.extend(document if isinstance(document, list) else [document])

@@ -16,7 +16,7 @@ from kafka.errors import KafkaTimeoutError
 from kafka.structs import TopicPartition
 
 from shared.kafka.client_config import kafka_client_config
-from shared.kafka.records import Headers, Outgoing
+from shared.kafka.records import Outgoing, ProducedHeaders
 from shared.settings import CommonSettings
 from shared.tracing import current_kafka_headers, with_trace
 
@@ -162,7 +162,7 @@ class InFlight:
             future.get(timeout=max(0.0, deadline - time.monotonic()))
 
 
-def send_record(producer: KafkaProducer, record: Outgoing, trace_headers: Headers = ()) -> Any:
+def send_record(producer: KafkaProducer, record: Outgoing, trace_headers: ProducedHeaders = ()) -> Any:
     """Hand one record to the producer, with ``trace_headers`` unless it carries a ``traceparent`` of its own;
     the producer's future for its acknowledgement."""
     headers = with_trace(record.headers, trace_headers)

@@ -83,7 +83,7 @@ from shared.kafka.held_records import ForgetRevoked, HeldRecords, HoldRecord, re
 from shared.kafka.records import Consumed as Consumed
 from shared.kafka.records import Headers as Headers
 from shared.kafka.records import Outgoing as Outgoing
-from shared.kafka.records import Round
+from shared.kafka.records import ProducedHeaders, Round
 from shared.kafka.round_window import RoundWindow
 from shared.kafka.trace_context import decoded_in_context
 from shared.metrics import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED, ConsumerLagSeries, partition_lag
@@ -452,7 +452,7 @@ class _Letter:
     #: How much of the value it carries; 0 once the broker refused it as too large.
     payload_bytes: int = DEAD_LETTER_PAYLOAD_BYTES
     #: The headers carrying the trace of the record's handling (the letter continues it).
-    trace: Headers = ()
+    trace: ProducedHeaders = ()
 
 
 @dataclass
@@ -562,10 +562,10 @@ class _RecordTrace:
     def __init__(self, span: Span) -> None:
         self.span = span
         self.context = in_span(span)
-        self._headers: Headers | None = None
+        self._headers: ProducedHeaders | None = None
 
     @property
-    def headers(self) -> Headers:
+    def headers(self) -> ProducedHeaders:
         if self._headers is None:
             self._headers = kafka_headers(self.span)
         return self._headers
@@ -1455,7 +1455,7 @@ class ConsumerLoop(Generic[E]):
         traced = self._traces.get(id(record))
         return None if traced is None else traced.context
 
-    def _trace_headers(self, record: Any) -> Headers:
+    def _trace_headers(self, record: Any) -> ProducedHeaders:
         """The headers that carry the span ``record`` is handled in, for the records produced for it."""
         traced = self._traces.get(id(record))
         return () if traced is None else traced.headers
@@ -1592,7 +1592,7 @@ class ConsumerLoop(Generic[E]):
             payload_bytes=letter.payload_bytes,
         )
 
-    def _send_each(self, outgoing: list[Outgoing], trace_headers: Headers = ()) -> list[Any]:
+    def _send_each(self, outgoing: list[Outgoing], trace_headers: ProducedHeaders = ()) -> list[Any]:
         """Hand each record to the producer (with ``trace_headers`` unless it carries a trace of its own): its
         future, or what ``send()`` raised at once (a record over the producer's ``max_request_size``, a key it
         cannot encode, no metadata in time)."""

@@ -14,8 +14,10 @@ from opentelemetry.context import Context
 
 E = TypeVar("E")
 
-#: A record's headers, as kafka-python gives them.
-Headers = Sequence[tuple[str, bytes]]
+#: A record's headers, as kafka-python gives them: a value may be None, as Kafka allows (a header without a value).
+Headers = Sequence[tuple[str, bytes | None]]
+#: The headers of a record to produce: values are bytes (kafka-python's ``send`` refuses None).
+ProducedHeaders = Sequence[tuple[str, bytes]]
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class Outgoing:
     topic: str
     key: str
     value: bytes
-    headers: Headers = ()
+    headers: ProducedHeaders = ()
 
 
 class Round(list[E]):

@@ -36,7 +36,14 @@ from shared.events import (
 )
 from shared.querystore.demo_data import create_demo_members
 from shared.topics import Topics
-from tests.kafka_helpers import produce, read_until, service_env
+from tests.kafka_helpers import (
+    produce,
+    produce_with_null_headers,
+    read_records_to_end,
+    read_to_end,
+    read_until,
+    service_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -248,3 +255,32 @@ def test_a_run_request_too_long_for_the_catalog_is_dead_lettered_naming_the_fiel
         assert (run.status.value, run.requested_by) == ("extracting", source[:200])
     finally:
         catalog.close()
+
+
+def test_a_binary_cloudevent_with_a_null_valued_header_starts_its_run(extractor_process: RunningExtractor):
+    """Kafka allows a header without a value (kafka-python hands it as None): a binary CloudEvent carrying one (an
+    extra header here) starts its run, through the real broker, instead of being dead-lettered (before session 51:
+    "not a valid CloudEvent: 'NoneType' object has no attribute 'decode'")."""
+    running = extractor_process
+    event = _cloudevent(definition="a-few")
+    message = to_binary(event, JSONFormat())
+    key = uuid.uuid4().hex
+    produce_with_null_headers(
+        running.bootstrap,
+        running.topics.run_requests,
+        key,
+        message.value,
+        [*message.headers.items(), ("x-debug", None)],
+    )
+    [sent] = [r for r in read_records_to_end(running.bootstrap, running.topics.run_requests) if r.key == key.encode()]
+    assert ("x-debug", None) in sent.headers, "the broker holds the header without a value"
+
+    run_id = uuid.uuid5(CLOUDEVENT_RUN_NAMESPACE, f"/crm/campaigns\n{event.get_id()}")
+    events = running.run_events(
+        lambda es: any(isinstance(e, ExtractionCompleted) and e.run_id == run_id for e in es), timeout=120
+    )
+    [completed] = [e for e in events if isinstance(e, ExtractionCompleted) and e.run_id == run_id]
+    assert (completed.definition, completed.members, completed.batches) == ("a-few", 250, 3)
+    letters = [DeadLetter.model_validate_json(v) for v in read_to_end(running.bootstrap, running.topics.dead_letters)]
+    placed = (running.topics.run_requests, sent.partition, sent.offset)
+    assert [x for x in letters if (x.source_topic, x.source_partition, x.source_offset) == placed] == []

@@ -1,7 +1,12 @@
+from pathlib import Path
+
 import pytest
 
+from shared.cli.config import Config
+from shared.cli.exits import REFUSED, USAGE, CliError
 from shared.cli.manifests import ManifestError, parse_documents
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition
+from shared.yaml_text import NESTED_TOO_DEEPLY
 
 GOOD = """
 kind: ExportDefinition
@@ -64,3 +69,29 @@ def test_a_spec_that_is_no_mapping_is_refused_naming_the_document(spec: str):
     with pytest.raises(ManifestError) as error:
         parse_documents(f"kind: SavedQuery\nname: q\nspec: {spec}\n", "m.yaml")
     assert error.value.problems == ["m.yaml: document 1: 'spec' must be a mapping of the object's fields"]
+
+
+#: A list in a list, 3,000 levels deep: PyYAML reads nesting by recursion, and this is far past what it can.
+DEEP = "[" * 3000 + "]" * 3000
+
+
+def test_a_manifest_nested_too_deeply_is_refused_naming_the_file_and_the_document(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It used to end in a RecursionError: "unexpected error" and exit 1, as for a bug, naming no file.
+    from shared.cli.__main__ import main
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("kind: ConnectionProfile\nname: p\nspec: {base_url: 'https://x.example'}\n---\nspec: " + DEEP)
+    monkeypatch.setenv("EXPORTCTL_CONFIG", str(tmp_path / "no-config.yaml"))
+    monkeypatch.setenv("EXPORT_API_URL", "http://127.0.0.1:9")  # never called: the manifest is refused first
+    assert main(["apply", "-f", str(deep)]) == REFUSED
+    assert capsys.readouterr().err == (f"exportctl: invalid manifest\n  {deep}: document 2: {NESTED_TOO_DEEPLY}\n")
+
+
+def test_a_config_file_nested_too_deeply_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(f"contexts: {DEEP}\n")
+    with pytest.raises(CliError) as error:
+        Config.load({"EXPORTCTL_CONFIG": str(tmp_path / "config.yaml")})
+    assert error.value.code == USAGE
+    assert error.value.message == f"config file {tmp_path / 'config.yaml'} cannot be read: {NESTED_TOO_DEEPLY}"

@@ -20,6 +20,8 @@ from starlette.requests import Request
 from shared.application.errors import Refused, Stale
 from shared.application.objects import ExpectedVersion
 from shared.domain.revisions import NO_OBJECT, Revision
+from shared.yaml_text import NESTED_TOO_DEEPLY as NESTED_TOO_DEEPLY  # said beside a field (the tests read it here)
+from shared.yaml_text import NestedTooDeeply, load
 
 _NAMED_FIELD = re.compile(r"field '([^']+)'")
 _TRUE = {"on", "yes", "true", "1"}
@@ -149,20 +151,15 @@ class Problems:
         return problems
 
 
-#: Why a YAML field nested without end is refused: PyYAML reads nesting by recursion, and a few hundred levels (a
-#: ``[[[…]]]`` typed or pasted) ended it in a RecursionError, a 500.
-NESTED_TOO_DEEPLY = "nested too deeply to read (a list or mapping in another, hundreds of levels)"
-
-
 def parsed_yaml(text: str, problems: Problems, path: str) -> tuple[bool, Any]:
     """A form field's ``text`` read as YAML (JSON is YAML too): (True, the value); (False, None) when it cannot be
     read, with the reason added beside ``path`` (its line when known)."""
     try:
-        return True, yaml.safe_load(text)
+        return True, load(text)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
         problems.add(path, f"not valid YAML or JSON{line}")
-    except RecursionError:
+    except NestedTooDeeply:  # a RecursionError, a 500, before: see shared.yaml_text
         problems.add(path, NESTED_TOO_DEEPLY)
     return False, None
