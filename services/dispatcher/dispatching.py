@@ -653,6 +653,7 @@ class Dispatcher:
                     rendered = self.renderer.render_inline(shared.prepared, members)  # a quick render: no coroutine
                     if rendered is None:
                         rendered = await self.renderer.render(shared.prepared, members)
+                        self._before_round_end(shared)  # a render thread's time may have outlasted the round
                 except BaseException:  # nothing sent: its token back (its probe: _in_flight), the failure its own
                     self._refund(profile.name, limits, limiter)
                     raise

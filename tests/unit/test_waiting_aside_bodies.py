@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 from services.dispatcher.breakers import ProfileBreakers
 from services.dispatcher.delivery import AttemptResult
 from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit, holds_promises_of
+from services.dispatcher.round_admission import RoundOver
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, RateLimit
 from shared.domain.rendering import PreparedRequest, RenderedRequest
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome
@@ -197,6 +198,26 @@ def test_a_body_that_fails_to_render_once_its_breaker_admitted_it_gives_the_prob
     results, probe = asyncio.run(main())
     assert outcome_of(results[0]).failed == 1
     assert probe is not None  # the probe slot was given back: the next attempt is admitted at once
+
+
+def test_a_body_rendered_on_a_render_thread_past_the_rounds_end_is_not_sent(monkeypatch: pytest.MonkeyPatch):
+    """A guard of "no attempt begins after the round's end" now that the body is rendered after the admission: a
+    render (on a render thread: the template's first) that ends past the round's end sends nothing, the batch handed
+    to the next round."""
+    clock = Clock()
+    partner = Partner()
+    dispatcher = dispatcher_of(partner, Catalog(limit={"requests_per_second": 10, "burst": 1}), clock=clock)
+    dispatcher.round_end_seconds = 10.0
+    render = PreparedRequest.render
+
+    def slow(prepared: PreparedRequest, *args: Any, **kwargs: Any) -> RenderedRequest:
+        clock.now = 20.0  # the render outlasts the round (its end at 10 s)
+        return render(prepared, *args, **kwargs)
+
+    monkeypatch.setattr(PreparedRequest, "render", slow)
+    results = asyncio.run(asyncio.wait_for(dispatcher.handle_all([batch("tp", 0)]), DEADLINE))
+    assert isinstance(results[0], RoundOver)
+    assert partner.sent == []
 
 
 # --- 2. a limiter rebuilt while requests wait for it ------------------------------------------------------------------
