@@ -38,6 +38,7 @@ from services.dispatcher.metrics import (
     in_flight_count,
 )
 from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
+from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit, holds_promises_of
 from services.dispatcher.render_offload import Renderer
 from services.dispatcher.request_workers import RequestWorkers
 from services.dispatcher.round_admission import (
@@ -576,19 +577,22 @@ class Dispatcher:
     async def _deliver(self, shared: _BatchRequests, part: Slice, limits: ProfileLimits) -> DeliveryResult:
         """Deliver ``part`` of the batch whose requests share ``shared`` (made once a batch: its identity, prepared
         renderer, metric labels, network settings, credentials when they are static), within the profile's
-        ``limits`` (its slot taken already, when it has ``max_in_flight``)."""
+        ``limits`` (its slot taken already, when it has ``max_in_flight``).
+
+        Its body is rendered once admitted for its first attempt (by the circuit breaker, with a token of the rate),
+        not before: a request waiting aside for a probe or a token holds no body. A render that fails (a template
+        error, its CPU deadline) fails the request as before (attempts 0, the masked reason), its token and probe
+        given back: nothing was sent."""
         batch, template, profile = shared.batch, shared.template, shared.profile
         whole = part.size == len(batch.members)
         members = batch.members if whole else batch.members[part.start : part.stop]
-        rendered = self.renderer.render_inline(shared.prepared, members)  # a quick render: no coroutine
-        if rendered is None:
-            rendered = await self.renderer.render(shared.prepared, members)
         # Stable across redeliveries: the split of a batch is the same every time, so is each key.
         key = shared.identity if whole else f"{shared.identity}:{part.start}-{part.stop}"
-
-        limiter = limits.rate
+        body: list[RenderedRequest | None] = [None]  # rendered once admitted (admit), for every attempt
 
         async def make_request() -> RenderedRequest:  # per attempt: a token, a signature, a traceparent
+            rendered = body[0]
+            assert rendered is not None  # admit() rendered it before the first attempt
             credentials = shared.credentials
             if credentials is None:
                 credentials = await self._credentials(shared)
@@ -615,29 +619,50 @@ class Dispatcher:
                 # back (the caller's _in_flight cancels it) and the batch handed back.
                 self._before_round_end(shared)
             now = self.clock()
+            # The profile's limiter now, looked up again after each wait: an edited limit or a new fleet share
+            # rebuilds it, and a token from the old one would go on top of the new one's.
+            limiter = self.fleet.rate_of(profile.name, limits)
             wait = limiter.reserve(now)
+            if wait > 0:  # counted once an attempt, however many times it waits again for its token
+                RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
             while wait > 0:  # a promised token: taken once the request has a worker again, or waited for again
                 if shared.ends is not None and now + wait >= shared.ends:
                     limiter.give_back()  # its token is not spent: the next round's requests do not wait for it
                     raise RoundOver(time.monotonic())
-                RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
                 RATE_LIMIT_WAIT_SECONDS.labels(profile=profile.name).inc(wait)
                 try:  # holding no worker: the other profiles' requests go on
                     await self.workers.aside(self.sleep(wait))
                 except BaseException:  # cancelled (its batch failed, the service stops): its promise is not spent
-                    limiter.give_back()
+                    self._give_back(profile.name, limits, limiter)
                     raise
                 now = self.clock()
                 if shared.ends is not None and now >= shared.ends:  # a worker came back past the round's end
-                    limiter.give_back()
+                    self._give_back(profile.name, limits, limiter)
                     raise RoundOver(time.monotonic())
                 # The token is taken now, with the worker back: requests back together (their workers were busy
-                # past their waits) are spaced again rather than sent together above the rate.
-                wait = limiter.redeem(now)
+                # past their waits) are spaced again rather than sent together above the rate. From the limiter
+                # now: rebuilt meanwhile, it holds the promise when it continues the old one, else it is asked anew.
+                current = self.fleet.rate_of(profile.name, limits)
+                if current is limiter or holds_promises_of(current, limiter):
+                    wait = current.redeem(now)
+                else:
+                    wait = current.reserve(now)
+                limiter = current
+            if body[0] is None:  # admitted: its body now (the first attempt's; a retry sends it again)
+                try:
+                    rendered = self.renderer.render_inline(shared.prepared, members)  # a quick render: no coroutine
+                    if rendered is None:
+                        rendered = await self.renderer.render(shared.prepared, members)
+                        self._before_round_end(shared)  # a render thread's time may have outlasted the round
+                except BaseException:  # nothing sent: its token back (its probe: _in_flight), the failure its own
+                    self._refund(profile.name, limits, limiter)
+                    raise
+                body[0] = rendered
 
         def adapt(attempt: AttemptResult) -> None:
             admitted, ticket[0] = ticket[0], None
             self.breakers.record(profile, admitted, attempt)  # raises the batch's hold when the breaker opens
+            limiter = self.fleet.rate_of(profile.name, limits)  # the profile's limiter now (edited meanwhile?)
             before = limiter.rate
             if attempt.status == 429:
                 limiter.throttled()
@@ -674,7 +699,21 @@ class Dispatcher:
 
         # Only an OAuth profile tries again after a 401 (no extra coroutine for the others).
         delivery = delivered if shared.oauth else deliver
-        return await self._in_flight(shared, rendered.method, delivery, ticket)
+        return await self._in_flight(shared, template.method.value, delivery, ticket)
+
+    def _give_back(self, name: str, limits: ProfileLimits, limiter: AdaptiveRateLimiter | LearnedRateLimit) -> None:
+        """A promise ``limiter`` made to a request that is not sent: given back to the profile's limiter now, when it
+        holds that promise (``limiter`` itself, or rebuilt from it)."""
+        current = self.fleet.rate_of(name, limits)
+        if holds_promises_of(current, limiter):
+            current.give_back()
+
+    def _refund(self, name: str, limits: ProfileLimits, limiter: AdaptiveRateLimiter | LearnedRateLimit) -> None:
+        """A token ``limiter`` gave a request that is not sent (its body failed to render): back to the profile's
+        limiter now, when it holds that token (``limiter`` itself, or rebuilt from it)."""
+        current = self.fleet.rate_of(name, limits)
+        if holds_promises_of(current, limiter):
+            current.refund()
 
     def _round_left(self, ends: float) -> float:
         """Seconds left until a round's end ``ends``."""

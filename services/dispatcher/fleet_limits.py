@@ -262,6 +262,12 @@ class FleetLimits:
             self._apply(name, known)
         return known
 
+    def rate_of(self, name: str, known: ProfileLimits) -> AdaptiveRateLimiter | LearnedRateLimit:
+        """Profile ``name``'s rate limiter now (``known``'s until the profile is known here): rebuilt when its limit is
+        edited or this replica's share changes, so a request that waited asks this one, not the one it began with."""
+        current = self.limits.get(name)
+        return (known if current is None else current).rate
+
     def held(self, name: str) -> HoldRecord:
         """The hold of a batch while this replica's share of the profile is 0: until the next heartbeat, the
         first moment the share may have changed (a batch handed back sooner would be held again at once)."""

@@ -68,7 +68,9 @@ RATE_LIMIT_RATE = Gauge(
     ["profile"],
 )
 RATE_LIMIT_WAITS = Counter(
-    "member_export_dispatcher_rate_limit_waits_total", "Requests held back by a profile's rate limit.", ["profile"]
+    "member_export_dispatcher_rate_limit_waits_total",
+    "Requests (attempts, retries included) held back by a profile's rate limit, each once however often it waited.",
+    ["profile"],
 )
 RATE_LIMIT_WAIT_SECONDS = Counter(
     "member_export_dispatcher_rate_limit_wait_seconds_total",

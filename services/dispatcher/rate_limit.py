@@ -36,6 +36,9 @@ class AdaptiveRateLimiter:
     #: The tokens of the requests actually sent (never more than ``_tokens``' ahead: see :meth:`redeem`).
     _sent: float = field(init=False)
     _last: float | None = field(init=False, default=None)
+    #: The limiter this one was rebuilt as (:meth:`resized`), which holds its promises now: a request waiting for a
+    #: token promised here takes it from there (:func:`holds_promises_of`).
+    resized_to: AdaptiveRateLimiter | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.rate = self.max_rate
@@ -75,6 +78,12 @@ class AdaptiveRateLimiter:
         """Return the token of a request :meth:`reserve` made wait that is not sent after all."""
         self._tokens = min(self.burst, self._sent, self._tokens + 1.0)
 
+    def refund(self) -> None:
+        """Return the token of a request that took it (:meth:`reserve` or :meth:`redeem` answered 0) and was not sent
+        after all (its body failed to render): as if it had never asked."""
+        self._sent = min(self.burst, self._sent + 1.0)
+        self._tokens = min(self._sent, self._tokens + 1.0)
+
     def resized(self, max_rate: float, burst: float) -> AdaptiveRateLimiter:
         """This limiter at another rate and burst (a new share, an edited limit), keeping its state: the tokens
         spent (a new limiter would start with a full burst: sent at once on top of what just went) and how far
@@ -83,6 +92,7 @@ class AdaptiveRateLimiter:
         resized.rate = max(max_rate * self.floor_share, max_rate * self.rate / self.max_rate)
         resized._tokens, resized._sent = min(burst, self._tokens), min(burst, self._sent)
         resized._last = self._last
+        self.resized_to = resized
         return resized
 
     def throttled(self) -> None:
@@ -134,6 +144,13 @@ class LearnedRateLimit:
         if self.limiter is not None:
             self.limiter.give_back()
 
+    def refund(self) -> None:
+        """:meth:`AdaptiveRateLimiter.refund`, and the request forgotten (:meth:`give_back`)."""
+        if self._sent:
+            self._sent.pop()
+        if self.limiter is not None:
+            self.limiter.refund()
+
     def throttled(self) -> None:
         """A 429: start limiting at the observed rate, halved; or halve the current rate."""
         if self.limiter is None:
@@ -151,3 +168,17 @@ class LearnedRateLimit:
             if self._clean >= self.release_after:
                 self.limiter = None
                 self._clean = 0
+
+
+def holds_promises_of(
+    current: AdaptiveRateLimiter | LearnedRateLimit, earlier: AdaptiveRateLimiter | LearnedRateLimit
+) -> bool:
+    """Whether ``current`` (a profile's limiter now) is ``earlier`` or ``earlier`` rebuilt (:meth:`~AdaptiveRateLimiter.
+    resized`, once or more: an edited limit, a new fleet share), so that it holds the tokens promised by ``earlier``:
+    a request promised one there redeems it here; else (a limiter made afresh) it asks ``current`` anew."""
+    step: AdaptiveRateLimiter | LearnedRateLimit | None = earlier
+    while step is not None:
+        if step is current:
+            return True
+        step = step.resized_to if isinstance(step, AdaptiveRateLimiter) else None
+    return False
