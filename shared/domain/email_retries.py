@@ -30,6 +30,17 @@ RefusedRecipients = dict[str, tuple[int, str]]
 EarlierSends = tuple[RefusedRecipients, int]
 
 
+@dataclass(frozen=True)
+class NotificationMark:
+    """What a mark of a notification's attempt wrote, as the statement that marked it read back from the locked row:
+    its failed attempts now (those that count toward its maximum), and whether it is now sent or given up (decided from
+    that row, not from a count read before the send)."""
+
+    attempts: int
+    sent: bool
+    given_up: bool
+
+
 def refusals(kept: dict[str, Any] | None) -> RefusedRecipients:
     """Refused recipients as a ledger or outbox row keeps them (JSON: address -> [code, text]; None: none)."""
     return {address: (int(code), str(text)) for address, (code, text) in (kept or {}).items()}
