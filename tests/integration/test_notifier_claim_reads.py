@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -29,7 +30,8 @@ from devtools.smtp_sink import serving
 from services.notifier.mailer import SmtpMailer
 from services.notifier.notifying import Notifier
 from shared.catalog import CatalogStores
-from shared.domain.email_retries import EMAIL_MAX_ATTEMPTS
+from shared.catalog.tables import NotificationRow
+from shared.domain.email_retries import EMAIL_MAX_ATTEMPTS, NotificationMark
 from shared.events import AnyRunEvent, RunFailed
 from tests.integration.test_notifier_refusals_shown import Picky, definition, notifier_on
 from tests.integration.test_notifier_webhooks import definition as hooked_definition
@@ -254,3 +256,53 @@ def test_a_failed_webhooks_attempts_are_read_by_its_claim_and_counted_exactly(ca
     hooks = [n for event in failed for n in catalog.runs.notifications_of(event.run_id) if n.channel is not None]
     assert {(n.status, n.attempts) for n in hooks} == {("pending", 2)}
     assert len(hooks) == HOOKS
+
+
+def test_a_mark_decides_from_the_attempts_its_row_holds(catalog: CatalogStores):
+    runs, kind = catalog.runs, "error"
+
+    def pending_with(attempts: int) -> uuid.UUID:
+        run_id = uuid.uuid4()
+        assert runs.claim_notification(run_id, kind, ["oncall@example.com", "later@example.com"])
+        with catalog.database.begin() as connection:
+            connection.execute(
+                sa.update(NotificationRow).where(NotificationRow.run_id == str(run_id)).values(attempts=attempts)
+            )
+        return run_id
+
+    def mark(run_id: uuid.UUID, **how: Any) -> tuple[Any, ...]:
+        written = runs.mark_notification(
+            run_id, kind, error="451 greylisted", retry_at=datetime.now(UTC), max_attempts=EMAIL_MAX_ATTEMPTS, **how
+        )
+        [email] = runs.notifications_of(run_id)
+        return written, email.status, email.attempts, email.last_error
+
+    spent = "not delivered to 1 of 2 recipients (the others took it)"
+    # Refused for now by some while the others took it: mailed again while attempts remain, else recorded sent.
+    assert mark(pending_with(18), sent_when_spent=spent) == (
+        NotificationMark(19, sent=False, given_up=False),
+        "pending",
+        19,
+        "451 greylisted",
+    )
+    assert mark(pending_with(19), sent_when_spent=spent) == (
+        NotificationMark(19, sent=True, given_up=False),
+        "sent",
+        19,
+        spent,
+    )
+    # A failed attempt: given up at the maximum, as the row counts it; one every email would meet spends none.
+    assert mark(pending_with(19))[:3] == (NotificationMark(20, sent=False, given_up=True), "given_up", 20)
+    assert mark(pending_with(19), counted=False)[:3] == (
+        NotificationMark(19, sent=False, given_up=False),
+        "pending",
+        19,
+    )
+    # A notification another's mark ended (given up, sent): a failure's mark writes nothing, nor does a second send's.
+    ended = pending_with(19)
+    mark(ended)
+    assert mark(ended)[:3] == (None, "given_up", 20)
+    sent = pending_with(3)
+    assert runs.mark_notification(sent, kind) == NotificationMark(3, sent=True, given_up=False)
+    assert mark(sent)[:3] == (None, "sent", 3)
+    assert runs.mark_notification(sent, kind) is None
