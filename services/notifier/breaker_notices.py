@@ -27,7 +27,7 @@ from services.notifier.resends import as_refused, attempt
 from services.notifier.send_round import SendRound, final_for_this_email, server_unusable
 from shared.application.ports import BreakerMailOutbox, DefinitionsStore
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate
-from shared.domain.email_retries import EarlierSends, email_given_up, mailable
+from shared.domain.email_retries import EarlierSends, mailable
 from shared.domain.fleet import BreakerChange
 from shared.errors import StoredObjectInvalid
 from shared.events import RUN_EVENTS_RECORD_ADAPTER, AnyRunEvent, AnyRunEventsRecord, CircuitBreakerChanged
@@ -173,7 +173,7 @@ class BreakerMails:
             )
             return
         # Some took it before, others refused it for now: those (still recipients) are mailed again, alone.
-        earlier, tried = self._earlier.pop((change.profile, change.ordinal, definition.name), ({}, 0))
+        earlier, _ = self._earlier.pop((change.profile, change.ordinal, definition.name), ({}, 0))
         try:
             sent = attempt(
                 self.mailer,
@@ -201,21 +201,28 @@ class BreakerMails:
             self.outbox.mark(change, definition.name, refused={} if earlier else None)
             return
         total = len(recipients.mailed)
-        if sent.for_now and not email_given_up(tried + 1, permanent=False):
-            # Pending: those refused for now mailed again alone by the next sweep, one of its attempts (runs' rule).
+        undelivered = self.mailer.undelivered_reason(as_refused(sent.refused), total)
+        if sent.for_now:
+            # Pending: those refused for now mailed again alone by the next sweep, one of its attempts (runs' rule);
+            # unless this attempt spends them (as its mark finds the outbox row): then recorded sent, as below.
             note = f"; {len(sent.for_now)} refused for now, mailed again alone"
             reason = self.mailer.undelivered_reason(as_refused(sent.refused), total, yet=True, note=note)
-            self.outbox.mark(change, definition.name, error=reason, refused=sent.refused)
-            log.warning(
-                "circuit breaker email to be mailed again to recipients refused for now",
-                profile=change.profile,
-                definition=definition.name,
-                reason=reason,
+            mark = self.outbox.mark(
+                change, definition.name, error=reason, refused=sent.refused, sent_when_spent=undelivered
             )
-            return
-        undelivered = self.mailer.undelivered_reason(as_refused(sent.refused), total)
-        # Sent to the others, not sent again (those refused for now too, once its attempts are spent).
-        self.outbox.mark(change, definition.name, undelivered=undelivered, refused=sent.refused)
+            if mark is None:  # another's mark ended it meanwhile (sent, or given up): nothing recorded
+                return
+            if not mark.sent:
+                log.warning(
+                    "circuit breaker email to be mailed again to recipients refused for now",
+                    profile=change.profile,
+                    definition=definition.name,
+                    reason=reason,
+                )
+                return
+        else:
+            # Sent to the others, not sent again (those refused for now too, once its attempts are spent).
+            self.outbox.mark(change, definition.name, undelivered=undelivered, refused=sent.refused)
         log.error(
             "circuit breaker email not delivered to some recipients",
             profile=change.profile,

@@ -35,9 +35,10 @@ from shared.application.run_events import record_run_event, record_run_events
 from shared.application.schedules import pause_schedule, paused_by_run
 from shared.domain.catalog_objects import ExportDefinition, WebhookEvent
 from shared.domain.email_retries import (
+    EMAIL_MAX_ATTEMPTS,
     EarlierSends,
+    NotificationMark,
     RefusedRecipients,
-    email_given_up,
     mailable,
     refused_for_now,
 )
@@ -195,10 +196,12 @@ class Notifier:
         if webhooks is not None:
             webhooks.round = self.round  # its webhooks too: one budget for both
         self.email_backoff = email_backoff
-        #: What the claim of each email this round claimed read of it (its recipients refused so far, its failed
-        #: attempts so far), for its send and its mark (:meth:`_earlier_sends`); emptied at each poll's handling and
-        #: each sweep.
+        #: What the claim of each email and webhook this round claimed read of it (its recipients refused so far, its
+        #: failed attempts so far), for its send and its mark (:meth:`_earlier_sends`); emptied at each poll's handling
+        #: and each sweep.
         self._earlier: dict[tuple[uuid.UUID, str], EarlierSends] = {}
+        if webhooks is not None:
+            webhooks.earlier = self._earlier  # its webhooks' too: what this notifier's claims read of them
         self._series_started = False
         self._started: set[str] = set()  # definitions whose series were started (by name)
         self._start_every_definitions_series()  # now, not at the first sweep (30 s on): a fast run's failure counts
@@ -216,7 +219,7 @@ class Notifier:
 
     def handle(self, event: AnyRunEvent) -> list[Outgoing]:
         """Fold the event into its run; when the run has finished, apply the failure policy and send emails."""
-        self._earlier = {}
+        self._earlier.clear()
         with self.round.open("a run event"):
             return self._handle(event)
 
@@ -245,7 +248,7 @@ class Notifier:
         poll): then every event of the poll gets that failure, as the extractor's rounds stop at the first
         outage (handed back on an outage, dead-lettered on a timeout, as when each fails alone). Its sends are
         one round (:class:`SendRound`): within its budget, and no email more once one failed for now."""
-        self._earlier = {}
+        self._earlier.clear()
         with self.round.open("a poll"):
             return self._handle_all(events)
 
@@ -525,7 +528,7 @@ class Notifier:
     def sweep(self) -> list[Outgoing]:
         """Fail runs that made no progress for too long (as run.failed events); retry unsent notifications."""
         self._start_every_definitions_series()
-        self._earlier = {}
+        self._earlier.clear()
         now = self.clock()
         outgoing = []
         unfinished = self.runs.unfinished_runs()
@@ -779,19 +782,25 @@ class Notifier:
         if not earlier:
             EMAILS_SENT.labels(kind=kind).inc()  # once, when it first went out (to all, or to some)
         EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(sum(1 for address in sent.answered if address not in for_now))
-        if for_now and self._mail_again(records, kind, refused, len(mailed), tried):
-            return True
         undelivered = self.mailer.undelivered_reason(as_refused(refused), len(mailed)) if refused else None
+        if for_now:
+            assert undelivered is not None
+            self._mail_again(records, kind, refused, len(mailed), tried, undelivered)
+            return True
         for record in records:
             self.runs.mark_notification(record.run_id, kind, undelivered=undelivered, refused=refused or None)
         if refused:
-            # Sent to the others (not sent again); to whom it was not recorded, counted and said (session 48 review).
-            log.error(
-                "email not delivered to some recipients", run_id=str(records[0].run_id), kind=kind, reason=undelivered
-            )
+            self._not_delivered_to_some(records, kind, undelivered)
         else:
             log.info("email sent", run_id=str(records[0].run_id), runs=len(records), kind=kind)
         return True
+
+    @staticmethod
+    def _not_delivered_to_some(records: Sequence[RunRecord], kind: str, undelivered: str | None) -> None:
+        # Sent to the others (not sent again); to whom it was not recorded, counted and said (session 48 review).
+        log.error(
+            "email not delivered to some recipients", run_id=str(records[0].run_id), kind=kind, reason=undelivered
+        )
 
     def _send_failed(
         self, records: Sequence[RunRecord], kind: str, exc: OSError | smtplib.SMTPException, tried: int
@@ -827,21 +836,30 @@ class Notifier:
         return refused, tried
 
     def _mail_again(
-        self, records: Sequence[RunRecord], kind: str, refused: RefusedRecipients, total: int, tried: int
-    ) -> bool:
+        self,
+        records: Sequence[RunRecord],
+        kind: str,
+        refused: RefusedRecipients,
+        total: int,
+        tried: int,
+        undelivered: str,
+    ) -> None:
         """An email taken by some recipients and refused for now by others: pending, for a later attempt to mail them
-        alone (after its backoff, counted as a failed attempt: True), unless its attempts are spent (False: recorded
-        sent, not delivered to them, counted as refused). ``tried``: its failed attempts before this one."""
+        alone (after its backoff, counted as a failed attempt), unless this attempt spends its attempts: then recorded
+        sent, ``undelivered`` its last error (not delivered to them), counted as refused. Which of the two, its mark
+        decides from the locked row's attempts (:meth:`_mark_failed`); ``tried``, its failed attempts before this one
+        as its claim read them, sets the backoff."""
         again = refused_for_now(refused)
-        attempts = tried + 1
-        if email_given_up(attempts, permanent=False):
-            EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(len(again))
-            return False
-        EMAIL_RECIPIENTS_DEFERRED.labels(kind=kind).inc(len(again))
         note = f"; {len(again)} refused for now, mailed again alone"
         reason = self.mailer.undelivered_reason(as_refused(refused), total, yet=True, note=note)
-        self._mark_failed(records, kind, reason, tried=tried, permanent=False, refused=refused)
-        return True
+        mark = self._mark_failed(
+            records, kind, reason, tried=tried, permanent=False, refused=refused, sent_when_spent=undelivered
+        )
+        if mark is not None and mark.sent:
+            EMAIL_RECIPIENTS_REFUSED.labels(kind=kind).inc(len(again))
+            self._not_delivered_to_some(records, kind, undelivered)
+        elif mark is not None:
+            EMAIL_RECIPIENTS_DEFERRED.labels(kind=kind).inc(len(again))
 
     def _mark_failed(
         self,
@@ -853,36 +871,64 @@ class Notifier:
         permanent: bool,
         counted: bool = True,
         refused: RefusedRecipients | None = None,
-    ) -> None:
+        sent_when_spent: str | None = None,
+    ) -> NotificationMark | None:
         """Record a failed attempt of these runs' email of ``kind``: tried again by a sweep after its backoff
-        (:data:`EMAIL_BACKOFF`), or given up (:func:`email_given_up`: a permanent answer, or its attempts spent).
+        (:data:`EMAIL_BACKOFF`), or given up (a permanent answer, or its :data:`EMAIL_MAX_ATTEMPTS` spent).
         A failure every email would meet (the server down or refusing the sender: not ``counted``) never spends the
         attempts, nor adds to them: an SMTP outage of hours loses no email, it is sent once the server is back, and
         its later failures about it have their 20 attempts (before, an outage's failures were added to them). Such
         a failure puts the email off by up to as long as it has waited since its run finished (at least 30 s, at
         most 15 minutes, jittered): its attempts do not grow through an outage, so the backoff grows with time.
-        ``tried``: its failed attempts before this one, as its claim read them (:meth:`_earlier_sends`)."""
+
+        The attempt is counted, and the give-up decided (:data:`EMAIL_MAX_ATTEMPTS`), by each run's mark from its
+        locked row (:meth:`NotifierRuns.mark_notification`), not from ``tried`` (its failed attempts before this one
+        as its claim read them, which sets the backoff): another replica's attempt meanwhile (this one's lease over
+        mid-send) is counted in, so an email never gets an attempt past its 20th. The first run's mark (the one the
+        email's attempts are counted by), or None when another's mark ended every run's email meanwhile (sent or given
+        up: nothing recorded)."""
         attempts = tried + (1 if counted else 0)
-        give_up = email_given_up(attempts if counted else 0, permanent=permanent)
         backoff = (
             self.email_backoff.delay(attempts) if counted else self.email_backoff.delay_after(self._waited(records))
         )
-        retry_at = None if give_up else self.clock() + timedelta(seconds=backoff)
-        for record in records:
+        retry_at = None if permanent else self.clock() + timedelta(seconds=backoff)
+        marks = [
             self.runs.mark_notification(
-                record.run_id, kind, error=reason, retry_at=retry_at, give_up=give_up, counted=counted, refused=refused
+                record.run_id,
+                kind,
+                error=reason,
+                retry_at=retry_at,
+                give_up=permanent,
+                counted=counted,
+                refused=refused,
+                max_attempts=EMAIL_MAX_ATTEMPTS,
+                sent_when_spent=sent_when_spent,
             )
-        if give_up:
-            EMAILS_GIVEN_UP.labels(kind=kind).inc(len(records))
-        log.error(
-            "email given up" if give_up else "email to be tried again",
-            run_id=str(records[0].run_id),
-            runs=len(records),
-            kind=kind,
-            attempts=attempts,
-            reason=reason,
-            retry_at=retry_at.isoformat() if retry_at else None,
-        )
+            for record in records
+        ]
+        given_up = sum(1 for mark in marks if mark is not None and mark.given_up)
+        if given_up:
+            EMAILS_GIVEN_UP.labels(kind=kind).inc(given_up)
+        mark = next((mark for mark in marks if mark is not None), None)
+        if mark is None:
+            log.warning(
+                "email attempt failed after another replica recorded the email: not recorded",
+                run_id=str(records[0].run_id),
+                runs=len(records),
+                kind=kind,
+                reason=reason,
+            )
+        elif not mark.sent:
+            log.error(
+                "email given up" if mark.given_up else "email to be tried again",
+                run_id=str(records[0].run_id),
+                runs=len(records),
+                kind=kind,
+                attempts=mark.attempts,
+                reason=reason,
+                retry_at=None if mark.given_up or retry_at is None else retry_at.isoformat(),
+            )
+        return mark
 
     def _waited(self, records: Sequence[RunRecord]) -> float:
         """Seconds since the first of these runs finished (0 when none says): how long its email has waited."""

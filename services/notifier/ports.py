@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from shared.domain.email_retries import EarlierSends, RefusedRecipients
+from shared.domain.email_retries import EarlierSends, NotificationMark, RefusedRecipients
 from shared.domain.runs import Claimant, RunRecord, RunStatus, StartClaims
 from shared.events import AnyRunEvent
 
@@ -73,4 +73,6 @@ class NotifierRuns(Protocol):
         undelivered: str | None = None,
         counted: bool = True,
         refused: RefusedRecipients | None = None,
-    ) -> None: ...
+        max_attempts: int | None = None,
+        sent_when_spent: str | None = None,
+    ) -> NotificationMark | None: ...

@@ -13,6 +13,7 @@ and its mark sends it once more, with the same ``webhook-id``, which the receive
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
@@ -31,6 +32,7 @@ from services.notifier.webhook_messages import (
 )
 from services.notifier.webhook_sender import WebhookSender
 from shared.domain.catalog_objects import ExportDefinition, WebhookChannel, WebhookEvent
+from shared.domain.email_retries import EarlierSends
 from shared.domain.runs import Claimant, RunRecord
 from shared.outbound.backoff import Backoff
 
@@ -63,6 +65,9 @@ class WebhookNotifications:
         self.backoff, self.max_attempts = backoff, max_attempts
         self.link_base_url = link_base_url
         self.clock = clock
+        #: What the claims of the notifications being sent read of each (its failed attempts so far, for its backoff
+        #: at a failure), by (run id, kind): the notifier's (it sets its own, filled by its claims in each round).
+        self.earlier: dict[tuple[uuid.UUID, str], EarlierSends] = {}
         #: The round its sends are part of (the notifier's: it sets its own; see :class:`SendRound`): no attempt
         #: begins without the time to finish within the round's budget, and each is cut to what is left.
         self.round = SendRound()
@@ -111,7 +116,9 @@ class WebhookNotifications:
             if not self.round.time_left():
                 if self.runs.claim_notification(record.run_id, kind, recipients):
                     self.round.left()
-            elif self.runs.claim_notification(record.run_id, kind, recipients, lease_seconds, claimant):
+            elif self.runs.claim_notification(
+                record.run_id, kind, recipients, lease_seconds, claimant, earlier=self.earlier
+            ):
                 self.send_claimed(definition, record, recipients[0], event.value)
 
     def send_claimed(self, definition: ExportDefinition, record: RunRecord, name: str, event: str) -> None:
@@ -162,11 +169,33 @@ class WebhookNotifications:
             WEBHOOKS_SENT.labels(event=event).inc()
             log.info("webhook sent", runs=len(records), kind=kind, webhook_id=message.id)
             return
-        attempts = self.runs.notification_attempts(records[0].run_id, kind) + 1
-        give_up = not result.retryable or attempts >= self.max_attempts
-        retry_at = None if give_up else now + timedelta(seconds=self.backoff.delay(attempts, result.retry_after))
-        for record in records:
-            self.runs.mark_notification(record.run_id, kind, error=result.error, retry_at=retry_at, give_up=give_up)
+        # The backoff from the attempts its claim read; the count and the give-up by the mark, from the locked row
+        # (another replica's attempt meanwhile counted in: never an attempt past ``max_attempts``).
+        attempts = self._tried(records[0].run_id, kind) + 1
+        delay = self.backoff.delay(attempts, result.retry_after)
+        retry_at = now + timedelta(seconds=delay) if result.retryable else None
+        marks = [
+            self.runs.mark_notification(
+                record.run_id,
+                kind,
+                error=result.error,
+                retry_at=retry_at,
+                give_up=not result.retryable,
+                max_attempts=self.max_attempts,
+            )
+            for record in records
+        ]
+        mark = next((mark for mark in marks if mark is not None), None)
+        if mark is None:
+            log.warning(
+                "webhook attempt failed after another replica recorded it: not recorded",
+                kind=kind,
+                webhook_id=message.id,
+                error=result.error,
+            )
+            return
+        give_up, attempts = mark.given_up, mark.attempts
+        retry_at = None if give_up else retry_at
         WEBHOOK_FAILURES.labels(event=event, outcome="given_up" if give_up else "retry").inc()
         # The error names the status or the network failure, never a secret (URLs hold none: refused at save).
         log.error(
@@ -178,3 +207,9 @@ class WebhookNotifications:
             given_up=give_up,
             retry_at=retry_at.isoformat() if retry_at else None,
         )
+
+    def _tried(self, run_id: uuid.UUID, kind: str) -> int:
+        """The failed attempts before this one of the notification, as its claim read them (:attr:`earlier`); read now
+        when no claim of this round did (a ``started`` webhook claimed by its run's fold)."""
+        earlier = self.earlier.pop((run_id, kind), None)
+        return earlier[1] if earlier is not None else self.runs.notification_attempts(run_id, kind)

@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 from shared.domain.attempts import CapturedAttempt
 from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import CatalogObject, Priority, SavedQuery
-from shared.domain.email_retries import EarlierSends, RefusedRecipients
+from shared.domain.email_retries import EarlierSends, NotificationMark, RefusedRecipients
 from shared.domain.fleet import BreakerChange, ReplicaBeat
 from shared.domain.replay import ReplayPlan, ReplayPublication
 from shared.domain.revisions import Revision
@@ -274,7 +274,8 @@ class BreakerMailOutbox(Protocol):
         undelivered: str | None = None,
         counted: bool = True,
         refused: RefusedRecipients | None = None,
-    ) -> None: ...
+        sent_when_spent: str | None = None,
+    ) -> NotificationMark | None: ...
     def unsent(self, limit: int = 100) -> list[tuple[BreakerChange, str]]: ...
     def claim_unsent_notifications(
         self,

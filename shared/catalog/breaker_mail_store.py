@@ -17,12 +17,12 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import case, func, literal, select, update
 
 from shared.catalog.database import CatalogDatabase, aware
 from shared.catalog.lease_claims import LeaseClaims, RowKey
 from shared.catalog.tables import BreakerMailRow
-from shared.domain.email_retries import EMAIL_MAX_ATTEMPTS, EarlierSends, RefusedRecipients, refusals
+from shared.domain.email_retries import EMAIL_MAX_ATTEMPTS, EarlierSends, NotificationMark, RefusedRecipients, refusals
 from shared.domain.fleet import BreakerChange
 
 #: An email in the outbox: its profile, its change's ordinal (:attr:`BreakerChange.ordinal`), its definition.
@@ -111,27 +111,54 @@ class SqlBreakerMailStore:
         undelivered: str | None = None,
         counted: bool = True,
         refused: RefusedRecipients | None = None,
-    ) -> None:
+        sent_when_spent: str | None = None,
+    ) -> NotificationMark | None:
         """Record the email as sent (``undelivered``: to whom it was not, kept as its last error), or the error of a
-        failed attempt: tried again by the sweep (``give_up``: never again). A failure not ``counted`` (one every
-        email would meet: the SMTP server down or refusing the sender) spends none of its attempts. ``refused``: the
-        recipients refused so far while others took the email (kept; those refused for now are mailed again alone)."""
-        with self.database.transaction() as session:
-            row = session.get(BreakerMailRow, (change.profile, change.ordinal, definition), with_for_update=True)
-            if row is None:
-                return
-            if refused is not None:
-                row.refused_recipients = {address: [code, text] for address, (code, text) in refused.items()}
-            if error is None:
-                row.sent_at, row.last_error = datetime.now(UTC), undelivered
-            else:  # the claim ends: due again at the next sweep
-                row.attempts, row.last_error, row.next_attempt_at = (
-                    (row.attempts or 0) + (1 if counted else 0),
-                    error,
-                    None,
-                )
-                if give_up:
-                    row.attempts = max(row.attempts, self.MAX_ATTEMPTS)
+        failed attempt: tried again by the sweep (``give_up``: never again; nor once this failure is its
+        :attr:`MAX_ATTEMPTS`-th). A failure not ``counted`` (one every email would meet: the SMTP server down or
+        refusing the sender) spends none of its attempts. With ``sent_when_spent`` (an email some recipients took while
+        others refused it for now), the failure that spends its attempts records it sent instead, that text its last
+        error. ``refused``: the recipients refused so far while others took the email (kept; those refused for now
+        are mailed again alone).
+
+        One ``UPDATE ... RETURNING`` of the locked row (as the runs' notifications' mark): the attempt counted and the
+        give-up decided from the attempts it holds, so that two overlapping attempts (a lease over mid-send) never
+        count past :attr:`MAX_ATTEMPTS`. Returns what it wrote, or None when there was nothing to mark (no such row, or
+        one another's mark ended meanwhile: a failure of an email sent or given up, a send of one sent)."""
+        row = BreakerMailRow
+        key = [row.profile == change.profile, row.ordinal == change.ordinal, row.definition == definition]
+        values: dict[Any, Any] = {}
+        if refused is not None:
+            values[row.refused_recipients] = {address: [code, text] for address, (code, text) in refused.items()}
+        if error is None:
+            values |= {row.sent_at: datetime.now(UTC), row.last_error: undelivered}
+            statement = update(row).where(*key, row.sent_at.is_(None))
+        else:  # the claim ends: due again at the next sweep
+            before = func.coalesce(row.attempts, 0)
+            counting = before + 1 if counted else before
+            values |= {row.last_error: error, row.next_attempt_at: None, row.attempts: counting}
+            if give_up:
+                values[row.attempts] = self.MAX_ATTEMPTS
+            elif sent_when_spent is not None and counted:
+                spent = before + 1 >= self.MAX_ATTEMPTS
+                at = literal(datetime.now(UTC), row.sent_at.type)
+                values |= {
+                    row.last_error: case((spent, sent_when_spent), else_=error),
+                    row.attempts: case((spent, before), else_=counting),
+                    row.sent_at: case((spent, at), else_=None),
+                }
+            statement = update(row).where(*key, *self._claims.still_open)
+        returned = (
+            statement.values(values).returning(row.attempts, row.sent_at).execution_options(synchronize_session=False)
+        )
+        with self.database.begin() as connection:
+            marked = connection.execute(returned).first()
+        if marked is None:
+            return None
+        attempts, sent_at = marked[0] or 0, marked[1]
+        return NotificationMark(
+            attempts, sent=sent_at is not None, given_up=sent_at is None and attempts >= self.MAX_ATTEMPTS
+        )
 
     def unsent(self, limit: int = 100) -> list[tuple[BreakerChange, str]]:
         """(change, definition) of the emails claimed and not sent yet, nor given up, and due (not claimed by a

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -17,7 +17,7 @@ from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.extraction_store import withhold_start
 from shared.catalog.lease_claims import LeaseClaims, RowKey, catalog_now, read_catalog_now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
-from shared.domain.email_retries import EarlierSends, RefusedRecipients, refusals
+from shared.domain.email_retries import EarlierSends, NotificationMark, RefusedRecipients, refusals
 from shared.domain.replay import ALL_ACKNOWLEDGED, ReplayPlan, ReplayPublication
 from shared.domain.runs import (
     Claimant,
@@ -665,27 +665,47 @@ class SqlRunsStore:
         undelivered: str | None = None,
         counted: bool = True,
         refused: RefusedRecipients | None = None,
-    ) -> None:
+        max_attempts: int | None = None,
+        sent_when_spent: str | None = None,
+    ) -> NotificationMark | None:
         """Record a notification as sent (``undelivered``: to whom it was not, an email some recipients refused, kept
         as its last error), or the error of its last failed attempt: tried again at ``retry_at`` (None: at the next
-        sweep), or never again with ``give_up``. A failure not ``counted`` (one every email would meet: the SMTP
-        server down or refusing the sender) is recorded without adding to ``attempts``, the failures about it.
+        sweep), or never again with ``give_up``, or (``max_attempts``) once this failure is its ``max_attempts``-th.
+        A failure not ``counted`` (one every email would meet: the SMTP server down or refusing the sender) is
+        recorded without adding to ``attempts``, the failures about it, and never spends them. With
+        ``sent_when_spent`` (an email some recipients took while others refused it for now), the failure that spends
+        its attempts records it sent instead, that text its last error, its attempts as they were.
         ``refused``: the recipients refused so far while others took the email (kept; those refused for now are
-        mailed again alone: :meth:`refused_recipients`)."""
-        with self.database.transaction("Run") as session:
-            row = session.get(NotificationRow, (str(run_id), kind), with_for_update=True)
-            if row is None:
-                return
-            if refused is not None:
-                row.refused_recipients = {address: [code, text] for address, (code, text) in refused.items()}
-            if error is None:
-                row.sent_at, row.last_error = now(), undelivered
-                return
-            row.last_error = error
-            row.attempts = (row.attempts or 0) + (1 if counted else 0)
-            row.next_attempt_at = as_utc(retry_at)
-            if give_up:
-                row.gave_up_at = now()
+        mailed again alone: :meth:`refused_recipients`).
+
+        One ``UPDATE ... RETURNING`` of the locked row, which counts the attempt (``attempts + 1`` in the statement)
+        and decides the give-up from the count it holds, not from one read before the send: of two replicas whose
+        attempts overlapped (a lease over mid-send, the notification claimed again by another), the second failure's
+        mark sees the first's, and the notification is never given up above ``max_attempts``, nor left pending at it.
+        Returns what it wrote (:class:`NotificationMark`), or None when there was nothing to mark: no such row, or one
+        another's mark ended meanwhile (a failure of a notification sent or given up; a send of one sent)."""
+        key = [NotificationRow.run_id == str(run_id), NotificationRow.kind == kind]
+        values: dict[Any, Any] = {}
+        if refused is not None:
+            values[NotificationRow.refused_recipients] = {
+                address: [code, text] for address, (code, text) in refused.items()
+            }
+        if error is None:
+            values |= {NotificationRow.sent_at: now(), NotificationRow.last_error: undelivered}
+            statement = update(NotificationRow).where(*key, NotificationRow.sent_at.is_(None)).values(values)
+        else:
+            statement = update(NotificationRow).where(*key, *self._claims.still_open)
+            values |= _failure_values(error, retry_at, give_up, counted, max_attempts, sent_when_spent)
+            statement = statement.values(values)
+        returned = statement.returning(
+            NotificationRow.attempts, NotificationRow.sent_at, NotificationRow.gave_up_at
+        ).execution_options(synchronize_session=False)
+        with self.database.begin("Run") as connection:
+            row = connection.execute(returned).first()
+        if row is None:
+            return None
+        attempts, sent_at, gave_up_at = row
+        return NotificationMark(attempts or 0, sent=sent_at is not None, given_up=gave_up_at is not None)
 
     def refused_recipients(self, run_id: uuid.UUID, kind: str) -> RefusedRecipients:
         """The recipients the SMTP server refused while it took this email for the others, so far (empty when none,
@@ -774,6 +794,51 @@ def write_record(record: RunRecord, row: RunRow) -> None:
 
 def _same(value: Any) -> Any:
     return value
+
+
+def _failure_values(
+    error: str,
+    retry_at: datetime | None,
+    give_up: bool,
+    counted: bool,
+    max_attempts: int | None,
+    sent_when_spent: str | None,
+) -> dict[Any, Any]:
+    """The columns a failed attempt's mark writes (:meth:`SqlRunsStore.mark_notification`), computed by the statement
+    from the row it updates (its attempts before, in SQL: the old values): the attempt counted, and the notification
+    given up (or, ``sent_when_spent``, recorded sent) when this failure spends its ``max_attempts``."""
+    before = func.coalesce(NotificationRow.attempts, 0)
+    counting = before + 1 if counted else before
+    at = now()
+    retry = as_utc(retry_at)
+    if give_up:
+        return {
+            NotificationRow.last_error: error,
+            NotificationRow.attempts: counting,
+            NotificationRow.next_attempt_at: None,
+            NotificationRow.gave_up_at: at,
+        }
+    if max_attempts is None or not counted:  # never spent by this failure
+        return {
+            NotificationRow.last_error: error,
+            NotificationRow.attempts: counting,
+            NotificationRow.next_attempt_at: retry,
+        }
+    spent = before + 1 >= max_attempts
+    when_spent = {
+        NotificationRow.next_attempt_at: case((spent, None), else_=literal(retry, NotificationRow.next_attempt_at.type))
+    }
+    if sent_when_spent is None:
+        return when_spent | {
+            NotificationRow.last_error: error,
+            NotificationRow.attempts: counting,
+            NotificationRow.gave_up_at: case((spent, literal(at, NotificationRow.gave_up_at.type)), else_=None),
+        }
+    return when_spent | {
+        NotificationRow.last_error: case((spent, sent_when_spent), else_=error),
+        NotificationRow.attempts: case((spent, before), else_=counting),
+        NotificationRow.sent_at: case((spent, literal(at, NotificationRow.sent_at.type)), else_=None),
+    }
 
 
 def _earlier(carried: Mapping[RowKey, tuple[Any, ...]]) -> dict[tuple[uuid.UUID, str], EarlierSends]:

@@ -10,14 +10,10 @@ from email.utils import getaddresses
 from typing import Any
 
 #: Failed attempts after which an email is given up (each attempt one of the mailer's sends: a sweep's, or a
-#: finish's with its own retries), whatever the failures were.
+#: finish's with its own retries), whatever the failures were; at once on the server's final answer about it. Decided by
+#: the mark of the attempt from the row it updates (the runs' ledger's, the breaker outbox's), not from a count read
+#: before the send.
 EMAIL_MAX_ATTEMPTS = 20
-
-
-def email_given_up(attempts: int, *, permanent: bool) -> bool:
-    """Whether an email whose ``attempts``-th attempt just failed is given up: the SMTP server's answer was final (a
-    5xx, every recipient refused for good, a recipient that is not one address), or the attempts are spent."""
-    return permanent or attempts >= EMAIL_MAX_ATTEMPTS
 
 
 #: The recipients an SMTP server refused while it took an email for the others, as the ledger keeps them: each address
@@ -28,6 +24,17 @@ RefusedRecipients = dict[str, tuple[int, str]]
 #: What a claim of an email reads of it, for its send: the recipients refused so far (those refused for now are mailed
 #: again alone) and its failed attempts so far.
 EarlierSends = tuple[RefusedRecipients, int]
+
+
+@dataclass(frozen=True)
+class NotificationMark:
+    """What a mark of a notification's attempt wrote, as the statement that marked it read back from the locked row:
+    its failed attempts now (those that count toward its maximum), and whether it is now sent or given up (decided from
+    that row, not from a count read before the send)."""
+
+    attempts: int
+    sent: bool
+    given_up: bool
 
 
 def refusals(kept: dict[str, Any] | None) -> RefusedRecipients:

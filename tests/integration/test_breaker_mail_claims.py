@@ -25,6 +25,7 @@ from shared.catalog.lease_claims import MAX_CLAIMS
 from shared.catalog.stores import CatalogStores
 from shared.catalog.tables import BreakerMailRow
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate
+from shared.domain.email_retries import NotificationMark
 from shared.domain.fleet import BreakerChange
 from shared.events import CircuitBreakerChanged
 from tests.integration.test_notifier_finish_once import Killed
@@ -232,3 +233,46 @@ def test_an_outbox_claim_whose_transaction_fails_claims_nothing(
         outbox.claim_unsent_notifications([("crm", 2, f"e{n}") for n in range(MAX_CLAIMS + 1)], 600)
     # As many as may be claimed at once make one statement the database takes (PostgreSQL's parser refused 8,000).
     assert outbox.claim_unsent_notifications([("crm", 2, f"e{n}") for n in range(MAX_CLAIMS)], 600) == {}
+
+
+def test_an_outbox_mark_decides_from_the_attempts_its_row_holds(catalog: CatalogStores):
+    """A breaker email's mark is one ``UPDATE ... RETURNING`` that counts the attempt and decides from the row's
+    attempts. Before (session 52), it read the row first and counted on from it whatever it held: the failure of an
+    attempt that overlapped another replica's (its lease over mid-send), marked after that one gave the email up at
+    its 20th, recorded a 21st; and whether a recipient refused for now was mailed again was decided from the attempts
+    the claim had read before the send."""
+    outbox = SqlBreakerMailStore(catalog.database)
+    spent = "not delivered to 1 of 2 recipients (the others took it)"
+
+    def pending_with(attempts: int, ordinal: int) -> BreakerChange:
+        change = BreakerChange("crm", "open", ordinal)
+        assert outbox.claim(change, "nightly", 60)
+        with catalog.database.begin() as connection:
+            connection.execute(
+                sa.update(BreakerMailRow).where(BreakerMailRow.ordinal == change.ordinal).values(attempts=attempts)
+            )
+        return change
+
+    def kept(change: BreakerChange) -> tuple[Any, ...]:
+        with catalog.database.begin() as connection:
+            row = connection.execute(
+                sa.select(
+                    BreakerMailRow.attempts, BreakerMailRow.sent_at.is_not(None), BreakerMailRow.last_error
+                ).where(BreakerMailRow.ordinal == change.ordinal)
+            ).one()
+        return tuple(row)
+
+    greylisted = pending_with(18, 1)
+    assert outbox.mark(greylisted, "nightly", error="451", sent_when_spent=spent) == NotificationMark(19, False, False)
+    assert kept(greylisted) == (19, False, "451")
+    spending = pending_with(19, 2)
+    assert outbox.mark(spending, "nightly", error="451", sent_when_spent=spent) == NotificationMark(19, True, False)
+    assert kept(spending) == (19, True, spent)
+
+    overlapped = pending_with(19, 3)
+    assert outbox.mark(overlapped, "nightly", error="451") == NotificationMark(20, False, True)  # given up
+    assert outbox.mark(overlapped, "nightly", error="451") is None  # the other replica's attempt: nothing more
+    assert kept(overlapped) == (20, False, "451")
+    assert outbox.mark(pending_with(19, 4), "nightly", error="down", counted=False) == NotificationMark(
+        19, False, False
+    )
