@@ -19,7 +19,7 @@ import structlog
 import uvicorn
 
 from services.admin.app import create_app
-from services.admin.bearer_tokens import TokenStore
+from services.admin.bearer_tokens import TokensFileError, TokenStore
 from services.admin.dependencies import AdminContext, DeadLetterReplays, kafka_publisher
 from services.admin.settings import AdminSettings
 from shared.catalog import CatalogStores
@@ -70,9 +70,20 @@ class _Server(uvicorn.Server):
             yield
 
 
+def _tokens(path: str) -> TokenStore:
+    """The tokens file's tokens; else log why and exit (``SystemExit`` with the message naming the file: on stderr,
+    exit status 1), as the catalog's and Kafka's start-up checks do, not a traceback."""
+    try:
+        return TokenStore.from_file(path)
+    except TokensFileError as exc:
+        structlog.get_logger(SERVICE).error("admin tokens file refused", reason=str(exc))
+        raise SystemExit(str(exc)) from None
+
+
 def main() -> None:
     settings = AdminSettings()
     configure_logging(settings.log_level, settings.log_format, SERVICE)
+    tokens = _tokens(settings.admin_tokens_file)  # first: a file in error is said before the catalog is reached
     enable_stack_dumps()  # kill -USR1 <pid>: every thread's stack logged, a JSON line each
     install_tracing(SERVICE)  # runs requested here start their trace (spans named member-export-admin)
     check_catalog_schema(settings.catalog_url)
@@ -88,7 +99,7 @@ def main() -> None:
         attempts=stores.attempts,
         deliveries=stores.deliveries,
         retries=stores.retries,
-        tokens=TokenStore.from_file(settings.admin_tokens_file),
+        tokens=tokens,
         publisher=publisher,
         members=functools.cache(
             lambda: MemberReader.from_url(

@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.application.actors import Actor, Role
+from shared.yaml_text import NestedTooDeeply, load
 
 
 class TokenEntry(BaseModel):
@@ -33,6 +35,62 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class TokensFileError(ValueError):
+    """The tokens file cannot be used: the message names the file (``EXPORT_ADMIN_TOKENS_FILE``) and why, by place
+    (line, entry and field), never quoting what it holds: a token pasted where its hash belongs stays unprinted."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"EXPORT_ADMIN_TOKENS_FILE {path}: {reason}")
+
+
+def _entry_problems(index: int, exc: ValidationError) -> list[str]:
+    """Where and why entry ``index`` is refused: its fields named (an unknown key only as such: a key is text from
+    the file), pydantic's reasons, never its input."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        field = error["loc"][0] if error["loc"] else None
+        if error["type"] == "extra_forbidden" or (field is not None and field not in TokenEntry.model_fields):
+            where = "an unknown key (an entry holds name, sha256, role and business_units)"
+        else:
+            where = ".".join(str(part) for part in error["loc"]) or "the entry"
+        problems.append(f"tokens[{index}]: {where}: {error['msg']}")
+    return problems
+
+
+def _read_entries(path: str) -> list[TokenEntry]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TokensFileError(path, "not UTF-8 text") from None
+    except OSError as exc:
+        raise TokensFileError(path, f"cannot be read: {exc.strerror or type(exc).__name__}") from None
+    try:
+        document: Any = load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise TokensFileError(path, f"not valid YAML{line}") from None
+    except NestedTooDeeply as exc:
+        raise TokensFileError(path, str(exc)) from None
+    document = {} if document is None else document
+    if not isinstance(document, dict):
+        raise TokensFileError(path, "expected a mapping holding 'tokens', a list of entries")
+    listed = document.get("tokens") or []
+    if not isinstance(listed, list):
+        raise TokensFileError(path, "'tokens' should be a list of entries (name, sha256, role, business_units)")
+    entries, problems = [], []
+    for index, entry in enumerate(listed):
+        try:
+            entries.append(TokenEntry.model_validate(entry))
+        except ValidationError as exc:
+            problems.extend(_entry_problems(index, exc))
+        except RecursionError:  # an entry nested too deeply for pydantic's checks
+            problems.append(f"tokens[{index}]: nested too deeply to check")
+    if problems:
+        raise TokensFileError(path, "; ".join(problems))
+    return entries
+
+
 class TokenStore:
     """The configured tokens, looked up by hash."""
 
@@ -41,10 +99,9 @@ class TokenStore:
 
     @classmethod
     def from_file(cls, path: str) -> TokenStore:
-        if not path:
-            return cls([])
-        document = yaml.safe_load(Path(path).read_text()) or {}
-        return cls([TokenEntry.model_validate(entry) for entry in document.get("tokens", [])])
+        """The tokens of the YAML file at ``path`` (none when ``path`` is empty); :class:`TokensFileError` naming the
+        file and why when it cannot be read or an entry is refused."""
+        return cls(_read_entries(path) if path else [])
 
     def authenticate(self, token: str) -> Actor | None:
         """The principal of ``token``, or None. Compared in constant time."""

@@ -12,8 +12,9 @@ def chain_problems(objects: list[CatalogObject], store: DefinitionsStore) -> lis
     written = [obj for obj in objects if isinstance(obj, ExportDefinition)]
     if not any(definition.schedule.after for definition in written):
         return []  # nothing written follows anything: no chain can close (the catalog's are checked already)
-    stored = store.list_objects(ExportDefinition)
-    follows = {d.name: d.schedule.after.definition for d in stored if d.schedule.after}
+    # The stored links the written definitions' chains reach (an indexed lookup per link, not every definition read):
+    # a chain that loops through a written definition reaches it from what that definition follows.
+    follows = store.chain_links({d.schedule.after.definition for d in written if d.schedule.after})
     for definition in written:
         follows.pop(definition.name, None)
         if definition.schedule.after is not None:

@@ -71,6 +71,8 @@ def edit_conflicts(actor: Actor, store: DefinitionsStore) -> Iterator[None]:
         raise Invalid(exc.problems, slug="invalid-reference") from None
 
 
+#: How many names a derived name's look-up asks about at once (``base``, ``base-2``… ``base-100``, then the next).
+NAMES_LOOKED_UP = 100
 #: What a refusal of a delete or a rename of an object in use tells to do.
 DELETE_THOSE_FIRST, CANNOT_BE_RENAMED = "delete those first", "it cannot be renamed"
 
@@ -263,12 +265,16 @@ def refuse_taken(store: DefinitionsStore, kind: type[Any], name: str) -> None:
 
 
 def unique_name(store: DefinitionsStore, kind: type[Any], base: str) -> str:
-    """``base``, or ``base-2``, ``base-3``… whichever is free."""
-    taken = {obj.name for obj in store.list_objects(kind)}
-    if base not in taken:
-        return base
+    """``base``, or ``base-2``, ``base-3``… whichever is free: looked up by name, :data:`NAMES_LOOKED_UP` at a time
+    (not every object of ``kind`` read); :class:`Conflict` when ``base-9999`` is taken too."""
     stem = base[:95].rstrip("-")
-    return next(f"{stem}-{n}" for n in range(2, 10_000) if f"{stem}-{n}" not in taken)
+    candidates = [base, *(f"{stem}-{n}" for n in range(2, 10_000))]
+    for start in range(0, len(candidates), NAMES_LOOKED_UP):
+        looked_up = candidates[start : start + NAMES_LOOKED_UP]
+        taken = store.names_taken(kind, looked_up)
+        if free := next((name for name in looked_up if name not in taken), None):
+            return free
+    raise Conflict(f"{kind.__name__} '{base}' and '{stem}-2' to '{stem}-9999' exist already", slug="name-conflict")
 
 
 def referrers(store: DefinitionsStore, obj: CatalogObject, actor: Actor) -> list[str]:

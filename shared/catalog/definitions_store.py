@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, TypeVar, cast
 
@@ -727,6 +727,45 @@ class SqlDefinitionsStore:
                 select(CatalogObjectRow).where(CatalogObjectRow.kind == kind.__name__).order_by(CatalogObjectRow.name)
             )
             return [(_revision(row), self._load(kind, row)) for row in rows]
+
+    def names_taken(self, kind: type[CatalogObject], names: Collection[str]) -> set[str]:
+        """Which of ``names`` an object of ``kind`` holds: looked up by the catalog's unique key (kind, name), nothing
+        else read (a name derived from a label, :func:`shared.application.objects.unique_name`)."""
+        if not names:
+            return set()
+        with self.database.connect(kind.__name__) as connection:
+            objects = CatalogObjectRow.__table__.c
+            query = select(objects.name).where(objects.kind == kind.__name__, objects.name.in_(set(names)))
+            return set(connection.scalars(query))
+
+    def chain_links(self, names: Collection[str]) -> dict[str, str]:
+        """The stored definitions reached from the definitions ``names`` by following ``schedule.after``, each with the
+        definition it follows: ``names``' own links, then theirs, and so on (one recursive query on the references,
+        :class:`CatalogReferenceRow`, looked up by key at each step: no definition read or validated). What a save
+        checks for chains that loop (:func:`shared.application.chain_checks.chain_problems`). A chain that loops as
+        stored ends where a definition is reached again."""
+        if not names:
+            return {}
+        definition = ExportDefinition.__name__
+        objects, named = CatalogObjectRow.__table__, CatalogReferenceRow.__table__
+
+        def links(reached: Any, *, followed_only: bool = False) -> Any:
+            """(a definition of ``reached``, a CTE of names, the definition it follows), for each that follows one;
+            ``followed_only``: only the definition followed."""
+            row, link = objects.alias(), named.alias()
+            return (
+                select(*(() if followed_only else (row.c.name,)), link.c.name)
+                .select_from(reached)
+                .join(row, and_(row.c.kind == definition, row.c.name == reached.c.name))
+                .join(link, and_(link.c.referrer_id == row.c.id, link.c.kind == definition))
+            )
+
+        reached = select(objects.c.name).where(objects.c.kind == definition, objects.c.name.in_(set(names)))
+        reached_cte = reached.cte("reached", recursive=True)
+        # UNION, not UNION ALL: a name reached again adds no row, so a loop stored (an older release's) ends.
+        reached_cte = reached_cte.union(links(reached_cte, followed_only=True))
+        with self.database.connect(definition) as connection:
+            return {name: follows for name, follows in connection.execute(links(reached_cte))}
 
     def rename(
         self,

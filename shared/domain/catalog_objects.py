@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -22,7 +22,9 @@ from pydantic import (
     JsonValue,
     PlainSerializer,
     SecretStr,
+    ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -61,6 +63,10 @@ ColumnName = Annotated[str, AfterValidator(_plain_column)]
 
 #: The longest label an object may have.
 LABEL_MAX_LENGTH = 200
+#: Objects and lists in one another that a definition's parameter value may hold (a json_body: its own bound, as deep).
+NESTING_MAX_DEPTH = 64
+#: How long a json_body's problem is told at most (its place's middle left out): a 422's message stays short.
+STRUCTURE_PROBLEM_LENGTH = 300
 #: How the catalog stores a literal secret encrypted at rest: ``{"encrypted": "<token>"}`` (see :func:`stored_form`).
 ENCRYPTED = "encrypted"
 #: The validation context entry holding the function that decrypts such a value (given by the catalog's store).
@@ -374,16 +380,34 @@ class HttpTemplate(_Spec):
             seen.add(name.lower())
         return headers
 
+    @field_validator("json_body", mode="wrap")
+    @classmethod
+    def _json_body_not_too_deep(cls, json_body: Any, handler: ValidatorFunctionWrapHandler) -> JsonValue:
+        """Objects and lists nested past pydantic's depth (a few hundred levels) refused in a short message naming
+        ``json_body``: pydantic's own named every level of the way (``json_body.list.0.list.0…``, kilobytes)."""
+        try:
+            return cast(JsonValue, handler(json_body))
+        except ValidationError as exc:
+            if not any(error["type"] == "recursion_depth_exceeded" for error in exc.errors(include_url=False)):
+                raise
+        from shared.domain.json_structure import MAX_DEPTH  # as below: Jinja only with a template
+
+        raise ValueError(f"objects and lists are nested more than {MAX_DEPTH} deep") from None
+
     @field_validator("json_body")
     @classmethod
     def _json_body_compiles(cls, json_body: JsonValue) -> JsonValue:
-        """Each leaf parses, each ``$each`` is well formed (the message names the place in the structure)."""
+        """Each leaf parses, each ``$each`` is well formed (the message names the place in the structure, its middle
+        left out past :data:`STRUCTURE_PROBLEM_LENGTH` characters: a path of long keys, 64 levels deep)."""
         if json_body is not None:
             # Imported here, with the first template read: it loads Jinja, which reading a definition or a
             # query (``exportctl run``) does not need.
-            from shared.domain.json_structure import compiled
+            from shared.domain.json_structure import StructureError, compiled
 
-            compiled(json_body)  # StructureError (a ValueError) says where and why
+            try:
+                compiled(json_body)  # StructureError (a ValueError) says where and why
+            except StructureError as exc:
+                raise ValueError(_elided(str(exc), STRUCTURE_PROBLEM_LENGTH)) from None
         return json_body
 
     @model_validator(mode="after")
@@ -666,6 +690,17 @@ class ExportDefinition(_Spec):
     #: Members the partner refused, sent again by the next runs (shared.domain.member_retries).
     retry_rejected: RetryRejected = RetryRejected()
 
+    @field_validator("parameters")
+    @classmethod
+    def _parameters_not_too_deep(cls, parameters: dict[str, Any]) -> dict[str, Any]:
+        """A value nested past :data:`NESTING_MAX_DEPTH` refused naming its parameter: taken as it was (``Any``), it
+        ended its save in a 500 (pydantic writes at most a few hundred levels). A value is one of the query's
+        scalars when the run binds it; what else it may be is judged there, as before."""
+        for name, value in parameters.items():
+            if _nested_deeper_than(value, NESTING_MAX_DEPTH):
+                raise ValueError(f"'{name}': objects and lists are nested more than {NESTING_MAX_DEPTH} deep")
+        return parameters
+
 
 CatalogObject = ConnectionProfile | HttpTemplate | SavedQuery | ExportDefinition
 
@@ -780,3 +815,24 @@ class RunObjects:
     query: SavedQuery | None = None
     template: HttpTemplate | None = None
     missing: str | None = None
+
+
+def _elided(text: str, limit: int) -> str:
+    """``text``, or its first and last parts with "…" between them when it is longer than ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    return f"{text[:head]}…{text[len(text) - (limit - head - 1) :]}"
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` holds objects or lists in one another more than ``limit`` deep (read without recursion,
+    stopping there)."""
+    pending = [(value, 0)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, dict | list):
+            if depth >= limit:
+                return True
+            pending.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return False

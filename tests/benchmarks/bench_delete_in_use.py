@@ -1,7 +1,8 @@
 """What deleting a definition costs in a catalog of many (``delete_object``: its referrers looked for, then the
-store's own look in the delete's transaction), on SQLite and PostgreSQL; and saving and deleting a template, by a
+store's own look in the delete's transaction), on SQLite and PostgreSQL; saving and deleting a template, by a
 token scoped to one business unit (the definitions using it looked for: the token's scope check, the audit entry's
-units).
+units); saving a definition (the name derived from its label looked up; the chain it follows checked for a loop);
+and migration 0025 (the references of every template and definition filled).
 
     python -m tests.benchmarks.bench_delete_in_use [--definitions 10000] [--deletes 5] [--postgres]
 
@@ -10,7 +11,10 @@ before (``schedule.after``). Timed: a delete refused in use (a followed definiti
 definition nobody follows), ``--deletes`` each; then, by a token scoped to ``apac``, a template used by one ``apac``
 definition saved (its label changed) and an unused template deleted, ``--deletes`` each; the median and the slowest
 in milliseconds. The stores are made anew
-for the timed deletes (a fresh process's first delete: nothing validated kept), then each delete in turn.
+for the timed deletes (a fresh process's first delete: nothing validated kept), then each delete in turn. Then, by an
+unscoped token, a definition created from its label (``Nightly report``: named ``nightly-report``, then
+``nightly-report-2``…) and a definition that follows another saved (its label changed), ``--deletes`` each. Last,
+the catalog taken down to 0024 and migration 0025 timed (seconds).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from typing import Any
 from shared.application.actors import Actor, Role
 from shared.application.checks import ObjectChecks
 from shared.application.errors import Conflict
-from shared.application.objects import delete_object, replace_object
-from shared.catalog import CatalogStores
+from shared.application.objects import create_object, delete_object, replace_object
+from shared.catalog import CatalogStores, make_engine
+from shared.catalog.schema import downgrade, upgrade
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.destinations import DestinationPolicy
 from shared.domain.secret_references import SecretReferencePolicy
@@ -110,6 +115,40 @@ def _timed_templates(url: str, turns: int) -> tuple[list[float], list[float]]:
     return saved, deleted
 
 
+def _timed_definitions(url: str, turns: int) -> tuple[list[float], list[float]]:
+    """A definition created from its label, and one following another saved (its label changed): ``turns`` each."""
+    stores = CatalogStores.from_url(url)
+    actor = Actor(name="bench", role=Role.ADMIN)
+    created, saved = [], []
+    try:
+        store = stores.definitions
+        for turn in range(turns):
+            body = {"label": "Nightly report", "query": "q", "template": "t", "business_unit": "emea"}
+            began = time.perf_counter()
+            create_object(actor, ExportDefinition, body, store=store, checks=CHECKS)
+            created.append((time.perf_counter() - began) * 1000)
+            follower = f"d{2 * turn + 1}"  # follows d(2k)
+            body = store.get(ExportDefinition, follower).model_dump(mode="json") | {"label": f"follower {turn}"}
+            began = time.perf_counter()
+            replace_object(actor, ExportDefinition, follower, body, store=store, checks=CHECKS)
+            saved.append((time.perf_counter() - began) * 1000)
+    finally:
+        stores.close()
+    return created, saved
+
+
+def _timed_migration(url: str) -> float:
+    """Seconds migration 0025 takes on the catalog (taken down to 0024 first: its references dropped)."""
+    engine = make_engine(url)
+    try:
+        downgrade(engine, "0024")
+        began = time.perf_counter()
+        upgrade(engine, "0025")
+        return time.perf_counter() - began
+    finally:
+        engine.dispose()
+
+
 def _said(what: str, times: list[float]) -> str:
     return f"{what}: median {statistics.median(times):.1f} ms, first {times[0]:.1f} ms, slowest {max(times):.1f} ms"
 
@@ -145,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         saved, deleted = _timed_templates(url, args.deletes)
         print(_said("template saved (scoped token, 1 definition uses it)", saved))
         print(_said("template deleted (scoped token, unused)", deleted))
+        created, saved = _timed_definitions(url, args.deletes)
+        print(_said("definition created (name from its label)", created))
+        print(_said("definition saved (follows another)", saved))
+        print(f"migration 0025 (references filled): {_timed_migration(url):.2f} s")
     return 0
 
 

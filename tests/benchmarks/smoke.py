@@ -72,6 +72,9 @@ SMOKES: tuple[Smoke, ...] = (
             r"^delete done \(not followed\): median [\d.]+ ms",
             r"^template saved \(scoped token, 1 definition uses it\): median [\d.]+ ms",
             r"^template deleted \(scoped token, unused\): median [\d.]+ ms",
+            r"^definition created \(name from its label\): median [\d.]+ ms",
+            r"^definition saved \(follows another\): median [\d.]+ ms",
+            r"^migration 0025 \(references filled\): [\d.]+ s",
         ),
     ),
     Smoke(

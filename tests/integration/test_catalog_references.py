@@ -10,11 +10,12 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from shared.application.actors import Actor, Role
-from shared.application.errors import Conflict
-from shared.application.objects import delete_object
+from shared.application.errors import Conflict, Invalid
+from shared.application.objects import apply_objects, create_object, delete_object
 from shared.catalog import CatalogStores
 from shared.catalog.schema import BASELINE, current_revision, downgrade, upgrade
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
+from tests.integration.test_chained_exports import checks
 from tests.integration.test_migrations import (
     NIGHTLY_ID,
     TEMPLATE_ID,
@@ -85,6 +86,60 @@ def test_a_delete_is_refused_naming_those_that_name_it_as_they_are_now(stores: C
         named = {tuple(row) for row in connection.execute(sa.text("SELECT kind, name FROM catalog_references"))}
     # The template names its query and profile; the definition stored by an older release (references kept) its own.
     assert named == {("SavedQuery", "q"), ("ConnectionProfile", "p"), ("HttpTemplate", "t")}
+
+
+def _cycles(stores: CatalogStores, *objects: ExportDefinition) -> list[str]:
+    """The chain refusals of saving ``objects`` (none: saved)."""
+    try:
+        apply_objects(ADMIN, list(objects), store=stores.definitions, checks=checks())
+    except Invalid as exc:
+        return exc.problems
+    return []
+
+
+def test_a_chained_save_reads_its_chain_not_a_definition_another_release_stored(stores: CatalogStores) -> None:
+    """The chain check follows the references (``old``, which today's rules refuse, is not read: it stopped every save
+    of a chained definition, reading every definition), and still refuses a loop."""
+    assert _cycles(stores, _definition("d", after="b")) == []
+    assert _cycles(stores, _definition("a", after="d")) == [
+        "ExportDefinition 'a': field 'schedule.after.definition': "
+        "chained exports would run in a cycle: a -> d -> b -> a"
+    ]
+    assert stores.definitions.get(ExportDefinition, "a").schedule.after is None
+
+
+def test_a_chain_is_judged_with_the_links_of_the_definitions_saved_with_it(stores: CatalogStores) -> None:
+    """b follows a as stored. Saved together, the set's own links stand in for the stored ones: a cycle through a
+    definition of the set is refused for each member on it, one the set breaks is not."""
+    at = "field 'schedule.after.definition': chained exports would run in a cycle"
+    assert _cycles(stores, _definition("a", after="c"), _definition("c", after="b")) == [
+        f"ExportDefinition 'a': {at}: a -> c -> b -> a",
+        f"ExportDefinition 'c': {at}: c -> b -> a -> c",
+    ]
+    assert _cycles(stores, _definition("b"), _definition("a", after="b")) == []
+    assert stores.definitions.get(ExportDefinition, "a").schedule.after is not None
+
+
+def test_a_loop_stored_by_an_older_release_ends_the_chain_check(stores: CatalogStores) -> None:
+    """x and y follow each other as stored (written past the checks): a definition following x is saved, not waited
+    on for ever, and one that x's loop reaches is refused naming the loop it would close."""
+    stores.definitions.apply_all([_definition("x", after="c"), _definition("y", after="x")])
+    stores.definitions.apply(_definition("x", after="y"))
+    assert _cycles(stores, _definition("z", after="x")) == []
+    assert _cycles(stores, _definition("c", after="x")) == []
+    assert _cycles(stores, _definition("y", after="y")) == [
+        "ExportDefinition 'y': field 'schedule.after.definition': chained exports would run in a cycle: y -> y"
+    ]
+
+
+def test_a_name_derived_from_a_label_skips_every_name_taken(stores: CatalogStores) -> None:
+    """Looked up by name a hundred at a time: past the first hundred taken, the first free one."""
+    taken = [_definition("nightly"), *(_definition(f"nightly-{n}") for n in range(2, 102)), _definition("nightly-103")]
+    stores.definitions.apply_all(list(taken))
+    body = {"label": "Nightly", "query": "q", "template": "t"}
+    names = [create_object(ADMIN, ExportDefinition, body, store=stores.definitions, checks=checks())[1].name]
+    names.append(create_object(ADMIN, ExportDefinition, body, store=stores.definitions, checks=checks())[1].name)
+    assert names == ["nightly-102", "nightly-104"]
 
 
 def test_0025_fills_the_references_of_a_catalog_with_data_and_downgrades_dropping_them(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
@@ -101,3 +102,45 @@ def test_json_nested_without_end_in_an_api_body_is_a_4xx(api: InProcessApi, coll
     with api.client() as client:
         answer = client.post(f"/api/v1/{collection}", content=body, headers={"content-type": "application/json"})
     assert 400 <= answer.status_code < 500, answer.text[-2000:]
+
+
+#: Nested past pydantic's own depth (its refusal named each level: ``json_body.list.0.list.0…``, ~1.9 KB twice).
+NESTED_300 = {"lists": "[" * 300 + "1" + "]" * 300, "objects": '{"a":' * 300 + "1" + "}" * 300}
+TOO_DEEP = "Value error, objects and lists are nested more than 64 deep"
+
+
+def _posted(api: InProcessApi, collection: str, body: str) -> dict[str, Any]:
+    with api.client() as client:
+        answer = client.post(f"/api/v1/{collection}", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 422, answer.text[-2000:]
+    assert len(answer.content) < 1000, answer.text[:2000]
+    problem: dict[str, Any] = answer.json()
+    return problem
+
+
+@pytest.mark.parametrize("shape", sorted(NESTED_300))
+def test_a_json_body_nested_too_deeply_is_a_short_422_naming_it(api: InProcessApi, shape: str) -> None:
+    body = '{"name": "deep", "query": "gold", "profile": "partner", "json_body": ' + NESTED_300[shape] + "}"
+    problem = _posted(api, "http-templates", body)
+    assert problem["errors"] == [{"field": "body.json_body", "message": TOO_DEEP}]
+    assert problem["detail"] == f"body.json_body: {TOO_DEEP}"
+
+
+def test_a_json_body_deep_under_long_keys_is_told_with_its_place_cut_short(api: InProcessApi) -> None:
+    """64 levels of 150-character keys: the place (``at kkk….kkk``) is cut in its middle, the reason kept whole."""
+    nested = '{"' + "k" * 150 + '":'
+    body = '{"name": "deep", "query": "gold", "profile": "partner", "json_body": ' + nested * 70 + "1" + "}" * 70 + "}"
+    [error] = _posted(api, "http-templates", body)["errors"]
+    assert error["field"] == "body.json_body"
+    assert error["message"].startswith("Value error, at kkk")
+    assert "…" in error["message"]
+    assert error["message"].endswith(": objects and lists are nested more than 64 deep")
+    assert len(error["message"]) <= len("Value error, ") + 300
+
+
+def test_a_definition_parameter_nested_too_deeply_is_a_422_naming_it_not_a_500(api: InProcessApi) -> None:
+    parameters = '{"tier": ' + NESTED_300["lists"] + "}"
+    body = '{"name": "deep", "query": "gold", "template": "upsert", "parameters": ' + parameters + "}"
+    problem = _posted(api, "export-definitions", body)
+    message = "Value error, 'tier': objects and lists are nested more than 64 deep"
+    assert problem["errors"] == [{"field": "body.parameters", "message": message}]
