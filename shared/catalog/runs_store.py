@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
-from shared.catalog.extraction_store import withhold_start
+from shared.catalog.extraction_store import withheld_runs, withhold_start
 from shared.catalog.lease_claims import LeaseClaims, RowKey, catalog_now, read_catalog_now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
 from shared.domain.email_retries import EarlierSends, RefusedRecipients, refusals
@@ -225,11 +225,15 @@ class SqlRunsStore:
             business_unit=(found.spec or {}).get("business_unit"),
         )
 
-    def withhold_start(self, run_id: uuid.UUID, definition: str) -> bool:
-        """Keep the run ``run_id`` of ``definition`` from starting unless an extractor claimed it first; True when it
-        never starts (:func:`shared.catalog.extraction_store.withhold_start`): the scheduler's skip of a run whose
-        first request may still be in Kafka."""
-        return withhold_start(self.database, run_id, definition)
+    def withhold_start(self, run_id: uuid.UUID, definition: str, active: uuid.UUID) -> bool:
+        """Keep the run ``run_id`` of ``definition`` from starting unless an extractor claimed it first, held off by
+        the run ``active``; True when it never starts (:func:`shared.catalog.extraction_store.withhold_start`): the
+        scheduler's skip of a run whose first request may still be in Kafka."""
+        return withhold_start(self.database, run_id, definition, active)
+
+    def withheld_runs(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+        """Of ``run_ids``, those kept from starting by :meth:`withhold_start`, each with the run that held it off."""
+        return withheld_runs(self.database, run_ids)
 
     def get_run(self, run_id: uuid.UUID) -> RunRecord | None:
         with self.database.transaction("Run", str(run_id)) as session:

@@ -21,8 +21,10 @@ from typing import Any
 
 import pytest
 from kafka import KafkaConsumer
+from kafka.errors import KafkaTimeoutError
 from kafka.structs import TopicPartition
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from devtools.processes import wait_until
 from services.extractor.extraction import Extractor
@@ -59,6 +61,12 @@ BURST = 50
 START_ROUND: int = ExtractorSettings.model_fields["extractor_start_round"].default
 #: Due run requests a round starts together at most, as the service's default.
 START_BATCH: int = ExtractorSettings.model_fields["extractor_start_batch"].default
+
+
+#: What the extractor logs for a request of a run the scheduler kept from starting (overlap skip).
+WITHHELD = (
+    "run withheld by the scheduler's overlap policy (skip): another run of its definition was active; request ignored"
+)
 
 
 class ShiftedClock:
@@ -623,8 +631,9 @@ def test_a_run_recorded_skipped_after_a_crash_is_not_started_by_its_first_reques
     extractor_producer = make_producer(setup.settings, "extractor")
     reader = MemberReader.from_url(setup.store_url)
     extractor = extractor_of(setup, extractor_producer, reader)
-    extractor.handle(RunRequested.model_validate_json(requested[0]))
-    extractor.handle(RunRequested.model_validate_json(requested[0]))  # and read again (a rebalance)
+    with capture_logs() as logs:
+        extractor.handle(RunRequested.model_validate_json(requested[0]))
+        extractor.handle(RunRequested.model_validate_json(requested[0]))  # and read again (a rebalance)
     reader.close()
     extractor_producer.close()
     events = setup.all_run_events()
@@ -632,3 +641,95 @@ def test_a_run_recorded_skipped_after_a_crash_is_not_started_by_its_first_reques
     record = setup.catalog.runs.get_run(run_id)
     assert record is not None
     assert (record.status, record.started_at) == (RunStatus.SKIPPED, None)
+    # Said as what it is (before: "run already extracted; request ignored", for a run that never started).
+    assert [(e["event"], e.get("active_run")) for e in logs if e.get("run_id") == str(run_id)] == [
+        (WITHHELD, str(manual.run_id))
+    ] * 2
+
+
+def test_a_run_withheld_whose_skipped_record_failed_is_recorded_skipped_though_the_other_run_ended_before_the_retry(
+    setup: Setup,
+):
+    """The scheduler published a run and died before moving its schedule on; a manual run of the definition (overlap
+    skip) was going when it came back: it withheld the run, but the broker failed its skipped record. The manual run
+    ended before the next tick, which published the run's request again: the extractor ignored it (the run withheld)
+    and the run had no record at all, neither skipped nor run; the extractor said it was "already extracted"."""
+    setup.catalog.definitions.apply(setup.definition("busy"))
+    definition_id = setup.catalog.definitions.get_with_id(ExportDefinition, "busy")[0]
+    run_id = scheduled_run_id(definition_id, INSTANT)
+    producer = make_producer(setup.settings, "scheduler")
+    sent: list[Outgoing] = []
+    broker_fails_records = False
+
+    def publish(outgoing: list[Outgoing]) -> None:
+        if broker_fails_records and any(o.topic == setup.settings.topics.run_events for o in outgoing):
+            raise KafkaTimeoutError("the broker failed the publish")
+        produce_and_wait(producer, outgoing)
+        sent.extend(outgoing)
+
+    clock = ManualClock(INSTANT - dt.timedelta(minutes=1))
+
+    def scheduler(scheduling: object) -> Scheduler:
+        return Scheduler(
+            scheduling=scheduling,  # type: ignore[arg-type]
+            definitions=setup.catalog.definitions,
+            runs=setup.catalog.runs,
+            clock=clock,
+            topics=setup.settings.topics,
+            publish=publish,
+        )
+
+    crashing = scheduler(CrashAfterPublishing(setup.catalog.scheduling))
+    crashing.tick()  # seen
+    clock.advance(dt.timedelta(seconds=61))
+    with pytest.raises(ConnectionError):
+        crashing.tick()
+    assert [RunRequested.model_validate_json(o.value).run_id for o in sent] == [run_id]
+    manual = RunStarted(run_id=uuid.uuid4(), definition="busy", trigger=Trigger.MANUAL)
+    setup.catalog.runs.fold_run_event(manual)
+    restarted = scheduler(setup.catalog.scheduling)
+    broker_fails_records = True
+    clock.advance(dt.timedelta(seconds=5))
+    with pytest.raises(KafkaTimeoutError):
+        restarted.tick()  # the run withheld, its skipped record not published
+    ended = ExtractionCompleted(run_id=manual.run_id, definition="busy", members=0, batches=0)
+    setup.catalog.runs.fold_run_event(ended)
+    assert setup.catalog.runs.active_runs(["busy"]) == {}, "the manual run ended"
+    broker_fails_records = False
+    sent.clear()
+    clock.advance(dt.timedelta(seconds=5))
+    restarted.tick()
+    producer.close()
+    recorded = [RUN_EVENT_ADAPTER.validate_json(o.value) for o in sent if o.topic == setup.settings.topics.run_events]
+    assert [(type(e), e.run_id) for e in sent_events(sent, setup)] == [(RunSkipped, run_id)]
+    assert recorded[0].reason == f"previous run {manual.run_id} was still active"
+    for event in recorded:  # as the notifier does
+        setup.catalog.runs.fold_run_event(event)
+
+    requested = read_until(
+        setup.settings.kafka_bootstrap_servers, setup.settings.topics.run_requests, lambda vs: len(vs) >= 1, timeout=60
+    )
+    assert [RunRequested.model_validate_json(v).run_id for v in requested] == [run_id]  # the first request, in Kafka
+    extractor_producer = make_producer(setup.settings, "extractor")
+    reader = MemberReader.from_url(setup.store_url)
+    extractor = extractor_of(setup, extractor_producer, reader)
+    with capture_logs() as logs:
+        extractor.handle(RunRequested.model_validate_json(requested[0]))
+    reader.close()
+    extractor_producer.close()
+    assert [e for e in setup.all_run_events() if e.run_id == run_id and not isinstance(e, RunSkipped)] == []
+    record = setup.catalog.runs.get_run(run_id)
+    assert record is not None, "the run has no record"
+    assert (record.status, record.started_at) == (RunStatus.SKIPPED, None)
+    ignored = [e for e in logs if e.get("run_id") == str(run_id)]
+    assert [(e["event"], e.get("active_run")) for e in ignored] == [(WITHHELD, str(manual.run_id))]
+
+
+def sent_events(sent: list[Outgoing], setup: Setup) -> list[Any]:
+    """The run events and run requests among ``sent``, decoded."""
+    return [
+        RUN_EVENT_ADAPTER.validate_json(o.value)
+        if o.topic == setup.settings.topics.run_events
+        else RunRequested.model_validate_json(o.value)
+        for o in sent
+    ]
