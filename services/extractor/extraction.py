@@ -284,7 +284,15 @@ class Extractor:
             claim = self._claim(request, name, definition if fix_now else None, bound)
             checkpoint = claim.checkpoint
             if checkpoint.completed:
-                log.info("run already extracted; request ignored", run_id=str(request.run_id))
+                if checkpoint.withheld_for is not None:  # kept from starting: the scheduler records it skipped
+                    log.info(
+                        "run withheld by the scheduler's overlap policy (skip): another run of its definition was "
+                        "active; request ignored",
+                        run_id=str(request.run_id),
+                        active_run=str(checkpoint.withheld_for),
+                    )
+                else:
+                    log.info("run already extracted; request ignored", run_id=str(request.run_id))
                 return []
             if claim.status is RunStatus.CANCELLED:
                 raise _RunCancelled

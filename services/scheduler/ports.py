@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -34,7 +35,8 @@ class DefinitionsChanges(Protocol):
 
 class ActiveRuns(Protocol):
     """Which definitions have a run not finished (the overlap policy); a run kept from starting unless an extractor
-    claimed it first (True: it never starts)."""
+    claimed it first, held off by another (True: it never starts); which runs were kept so, by which run."""
 
     def active_runs(self, definitions: list[str]) -> dict[str, uuid.UUID]: ...
-    def withhold_start(self, run_id: uuid.UUID, definition: str) -> bool: ...
+    def withhold_start(self, run_id: uuid.UUID, definition: str, active: uuid.UUID) -> bool: ...
+    def withheld_runs(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]: ...

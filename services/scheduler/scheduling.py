@@ -168,6 +168,7 @@ class Scheduler:
         # active itself), unless its overlap policy refuses it now (_refusing), and its schedule is planned from that
         # instant on.
         unconfirmed = [d for d in current if _unconfirmed(d, now)]
+        withheld = self._withheld_idle(unconfirmed, busy)
         on_time: list[DueSchedule] = []
         late: list[tuple[DueSchedule, datetime]] = []  # each planned from the instant it was handled until
         for d in current:
@@ -179,7 +180,9 @@ class Scheduler:
         # On-time schedules fire first, before any schedule maths, to keep the fire delay short; so do the runs
         # published ahead. The extractor judges those again at their instant (services.extractor.scheduled_runs).
         fired = self._fire([(d, _firing(d.next_due_at), busy.get(d.definition.name)) for d in on_time + ahead])
-        again = self._fire([(d, _firing(d.firing_for), self._refusing(d, busy)) for d in unconfirmed], again=True)
+        again = self._fire(
+            [(d, _firing(d.firing_for), self._refusing(d, busy, withheld)) for d in unconfirmed], again=True
+        )
         advances = [_advance(d, now) for d in on_time]
         # A run published ahead is handled up to its own instant: the next one is the first after it.
         advances += [_advance(d, d.next_due_at) for d in ahead]
@@ -200,17 +203,37 @@ class Scheduler:
             NOT_COMPUTABLE.set(self.scheduling.not_computable_count())
         return fired + again + late_fired
 
-    def _refusing(self, due: DueSchedule, busy: dict[str, uuid.UUID]) -> uuid.UUID | None:
+    def _withheld_idle(self, unconfirmed: list[DueSchedule], busy: dict[str, uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+        """Of the unconfirmed runs of overlap-skip definitions with no run going now, those an earlier tick withheld
+        (:meth:`_refusing`), each with the run that held it off then (one read, none when there are none)."""
+        idle = [
+            scheduled_run_id(d.definition_id, d.firing_for)
+            for d in unconfirmed
+            if d.firing_for is not None
+            and d.definition.schedule.overlap == Overlap.SKIP
+            and d.definition.name not in busy
+        ]
+        return self.runs.withheld_runs(idle) if idle else {}
+
+    def _refusing(
+        self, due: DueSchedule, busy: dict[str, uuid.UUID], withheld: dict[uuid.UUID, uuid.UUID]
+    ) -> uuid.UUID | None:
         """The run of ``due``'s definition that its overlap policy (skip) holds against its unconfirmed run, as for
         any run due: another run still going, when the unconfirmed one never started. Its first request may still be
         in Kafka, unread: the run is kept from starting first (:meth:`ActiveRuns.withhold_start`), so that request
         starts nothing and the run is only recorded skipped. One an extractor claimed first (running, finished, or
-        judged at its instant) is published again as it was: the extractor ignores a run id it claimed."""
-        active = busy.get(due.definition.name)
-        if active is None or due.firing_for is None:
+        judged at its instant) is published again as it was: the extractor ignores a run id it claimed.
+
+        A run an earlier tick withheld stays skipped once the other run has ended (``withheld``: the run that held it
+        off then): its skipped record was not published (the broker failed it, or the scheduler stopped) and is
+        published now. Published again instead, its request would be ignored and the run have no record at all."""
+        if due.firing_for is None:
             return None
         run_id = scheduled_run_id(due.definition_id, due.firing_for)
-        return None if active == run_id or not self.runs.withhold_start(run_id, due.definition.name) else active
+        active = busy.get(due.definition.name)
+        if active is None:
+            return withheld.get(run_id)
+        return None if active == run_id or not self.runs.withhold_start(run_id, due.definition.name, active) else active
 
     def _plan(self, due: DueSchedule, since: datetime, now: datetime) -> tuple[Plan, str | None]:
         return _isolated(

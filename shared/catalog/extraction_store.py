@@ -319,21 +319,37 @@ def _range(row: ExtractionRangeRow) -> RangeCheckpoint:
     )
 
 
-def withhold_start(database: CatalogDatabase, run_id: uuid.UUID, definition: str) -> bool:
+def withhold_start(database: CatalogDatabase, run_id: uuid.UUID, definition: str, active: uuid.UUID) -> bool:
     """Keep the run ``run_id`` from ever starting, unless an extractor claimed it first; True when it never starts.
 
-    Its checkpoint is recorded done before any extractor claims it (an insert that does nothing when one exists):
-    a request of it read afterwards starts nothing, as for a run extracted (``claim_run``, ``start_runs``). One found
-    done with no sync fixed never started either (kept before, or judged not to start by an extractor). False when an
-    extractor claimed it first: it started, or is being judged at its instant. The checkpoint's primary key orders
-    this against an extractor's claim of the same run on every catalog."""
-    values = _new_checkpoint_row(run_id, definition, now()) | {"completed": True}
+    Its checkpoint is recorded done before any extractor claims it (an insert that does nothing when one exists),
+    with ``active``, the run that holds it off (``withheld_for``): a request of it read afterwards starts nothing, as
+    for a run extracted (``claim_run``, ``start_runs``). One found done with no sync fixed never started either (kept
+    before, or judged not to start by an extractor). False when an extractor claimed it first: it started, or is being
+    judged at its instant. The checkpoint's primary key orders this against an extractor's claim of the same run on
+    every catalog."""
+    values = _new_checkpoint_row(run_id, definition, now()) | {"completed": True, "withheld_for": str(active)}
     with database.begin("ExtractionCheckpoint", str(run_id)) as connection:
         insert = database.dialect_insert(_CHECKPOINTS).values(**values).on_conflict_do_nothing()
         if connection.execute(insert.returning(_CHECKPOINTS.c.run_id)).first() is not None:
             return True
         found = _checkpoint(connection.execute(select(_CHECKPOINTS).where(_CHECKPOINTS.c.run_id == str(run_id))).one())
         return found.completed and found.sync is None
+
+
+def withheld_runs(database: CatalogDatabase, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """Of ``run_ids``, those withheld (:func:`withhold_start`), each with the run that held it off then."""
+    found: dict[uuid.UUID, uuid.UUID] = {}
+    ids = [str(run_id) for run_id in run_ids]
+    with database.connect("ExtractionCheckpoint") as connection:
+        for start in range(0, len(ids), 1_000):  # well under every driver's bound on parameters
+            rows = connection.execute(
+                select(_CHECKPOINTS.c.run_id, _CHECKPOINTS.c.withheld_for).where(
+                    _CHECKPOINTS.c.run_id.in_(ids[start : start + 1_000]), _CHECKPOINTS.c.withheld_for.is_not(None)
+                )
+            )
+            found.update({uuid.UUID(run_id): uuid.UUID(active) for run_id, active in rows})
+    return found
 
 
 def _checkpoint(row: Any) -> Checkpoint:
@@ -348,6 +364,7 @@ def _checkpoint(row: Any) -> Checkpoint:
         row.watermark_until,
         row.ranges,
         RunSync.of_json(row.sync),
+        uuid.UUID(row.withheld_for) if row.withheld_for else None,
     )
 
 

@@ -9,12 +9,12 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import case, func, literal, select, update
+from sqlalchemy import case, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
-from shared.catalog.extraction_store import withhold_start
+from shared.catalog.extraction_store import withheld_runs, withhold_start
 from shared.catalog.lease_claims import LeaseClaims, RowKey, catalog_now, read_catalog_now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
 from shared.domain.email_retries import EarlierSends, NotificationMark, RefusedRecipients, refusals
@@ -225,11 +225,15 @@ class SqlRunsStore:
             business_unit=(found.spec or {}).get("business_unit"),
         )
 
-    def withhold_start(self, run_id: uuid.UUID, definition: str) -> bool:
-        """Keep the run ``run_id`` of ``definition`` from starting unless an extractor claimed it first; True when it
-        never starts (:func:`shared.catalog.extraction_store.withhold_start`): the scheduler's skip of a run whose
-        first request may still be in Kafka."""
-        return withhold_start(self.database, run_id, definition)
+    def withhold_start(self, run_id: uuid.UUID, definition: str, active: uuid.UUID) -> bool:
+        """Keep the run ``run_id`` of ``definition`` from starting unless an extractor claimed it first, held off by
+        the run ``active``; True when it never starts (:func:`shared.catalog.extraction_store.withhold_start`): the
+        scheduler's skip of a run whose first request may still be in Kafka."""
+        return withhold_start(self.database, run_id, definition, active)
+
+    def withheld_runs(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+        """Of ``run_ids``, those kept from starting by :meth:`withhold_start`, each with the run that held it off."""
+        return withheld_runs(self.database, run_ids)
 
     def get_run(self, run_id: uuid.UUID) -> RunRecord | None:
         with self.database.transaction("Run", str(run_id)) as session:
@@ -387,7 +391,9 @@ class SqlRunsStore:
 
     def active_runs(self, definitions: list[str]) -> dict[str, uuid.UUID]:
         """For each of ``definitions`` that has a run not yet finished, one such run: recorded under that name, or
-        under an earlier name of the same definition (its id: renamed since the run began)."""
+        under an earlier name of the same definition (its id: renamed since the run began). A run of a definition
+        deleted since is nobody's (not that of a definition created since under its name); a run recorded with no
+        definition (unknown when it began) is found by its name."""
         if not definitions:
             return {}
         with self.database.transaction("Run") as session:
@@ -396,18 +402,23 @@ class SqlRunsStore:
                     RunRow.definition.in_(definitions), RunRow.status.in_(UNFINISHED)
                 )
             ).all()
-            # The runs going under another name than their definition's: few, so asked for all and kept here (an IN of
-            # thousands of names again cost as much as the first statement, at a burst).
-            renamed = session.execute(
+            # The runs going under another name than their definition's, or whose definition is gone: few, so asked
+            # for all and kept here (an IN of thousands of names again cost as much as the first statement, at a
+            # burst). The name is None for a definition deleted.
+            moved_or_gone = session.execute(
                 select(CatalogObjectRow.name, RunRow.run_id)
-                .join(CatalogObjectRow, CatalogObjectRow.id == RunRow.definition_id)
-                .where(RunRow.status.in_(UNFINISHED), RunRow.definition != CatalogObjectRow.name)
+                .outerjoin(CatalogObjectRow, CatalogObjectRow.id == RunRow.definition_id)
+                .where(
+                    RunRow.status.in_(UNFINISHED),
+                    RunRow.definition_id.is_not(None),
+                    or_(CatalogObjectRow.id.is_(None), RunRow.definition != CatalogObjectRow.name),
+                )
             ).all()
             asked = set(definitions)
-            kept = [(name, run_id) for name, run_id in renamed if name in asked]
+            kept = [(name, run_id) for name, run_id in moved_or_gone if name in asked]
             # A run recorded under a name its definition no longer has is that definition's, not the one that took the
-            # name since (a definition renamed, then another created under its old name).
-            moved = {run_id for _, run_id in renamed}
+            # name since (a definition renamed, or deleted, then another created under its name).
+            moved = {run_id for _, run_id in moved_or_gone}
             named = [(definition, run_id) for definition, run_id in rows if run_id not in moved]
             return {definition: uuid.UUID(run_id) for definition, run_id in [*kept, *named]}
 

@@ -165,6 +165,9 @@ class ExtractionCheckpointRow(Base):
     ranges: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: The run's sync mode and retry scope, fixed at its first start, and a change run's counts (RunSync).
     sync: Mapped[Any] = mapped_column(JSON, nullable=True)
+    #: The run still going that held this scheduled run off when the scheduler withheld it (its overlap policy, skip;
+    #: migration 0026): the run never starts. Null for any other run.
+    withheld_for: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
 
 class ExtractionRangeRow(Base):

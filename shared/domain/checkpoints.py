@@ -81,6 +81,9 @@ class Checkpoint:
     ranges: int | None = None
     #: The run's sync mode and retry scope (fixed at its first start), and a change run's counts.
     sync: RunSync | None = None
+    #: The run still going that held this scheduled run off when the scheduler withheld it (overlap skip): the run
+    #: never starts (its checkpoint is done). None for any other run.
+    withheld_for: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)

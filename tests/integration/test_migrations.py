@@ -63,12 +63,12 @@ NEW_RUN_COLUMNS = {
 #: claimed it, when; 0016: who paused a definition's schedule; 0017: a replay run's publication; 0020: which
 #: notifier replica holds a notification's claim, until when, since when; 0021: the schedule's unconfirmed
 #: publication and why its fire times could not be computed; 0022: the recipients an email's server refused; 0023:
-#: a digest of the schedule last computed).
+#: a digest of the schedule last computed; 0026: the run that held a withheld run off).
 LATER_COLUMNS = {
     "schedules": {"firing_for", "not_computable", "schedule_digest"},
     "catalog_objects": {"schedule_paused_by"},
     "runs": NEW_RUN_COLUMNS,
-    "extraction_checkpoints": {"ranges", "sync"},
+    "extraction_checkpoints": {"ranges", "sync", "withheld_for"},
     "notifications": {
         "attempts",
         "next_attempt_at",
@@ -461,8 +461,8 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
     # which notifier replica holds a notification's claim, until when, since when (0020, 3 columns); the schedule's
     # unconfirmed publication and why its fire times could not be computed (0021, 2 columns); the recipients an
     # email's SMTP server refused while it took it for the others (0022); a digest of the schedule last computed
-    # (0023); who names which object, and its index (0025).
-    assert len(lines) == 63, lines
+    # (0023); who names which object, and its index (0025); the run that held a withheld run off (0026).
+    assert len(lines) == 64, lines
     assert "table change_members is missing from the database" in lines
     assert "table delivery_batches is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)
@@ -479,6 +479,7 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
     assert "table audit_log is missing from the database" in lines
     assert "table extraction_ranges is missing from the database" in lines
     assert any("extraction_checkpoints.ranges" in line and "missing from the database" in line for line in lines)
+    assert any("extraction_checkpoints.withheld_for" in line and "missing from" in line for line in lines)
     assert any("runs.definition_id" in line and "missing from the database" in line for line in lines)
     assert any("runs.business_unit" in line and "missing from the database" in line for line in lines)
     assert any("ix_runs_definition_id" in line for line in lines)

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,8 +21,10 @@ from typing import Any
 
 import pytest
 from kafka import KafkaConsumer
+from kafka.errors import KafkaTimeoutError
 from kafka.structs import TopicPartition
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from devtools.processes import wait_until
 from services.extractor.extraction import Extractor
@@ -59,6 +61,12 @@ BURST = 50
 START_ROUND: int = ExtractorSettings.model_fields["extractor_start_round"].default
 #: Due run requests a round starts together at most, as the service's default.
 START_BATCH: int = ExtractorSettings.model_fields["extractor_start_batch"].default
+
+
+#: What the extractor logs for a request of a run the scheduler kept from starting (overlap skip).
+WITHHELD = (
+    "run withheld by the scheduler's overlap policy (skip): another run of its definition was active; request ignored"
+)
 
 
 class ShiftedClock:
@@ -571,43 +579,16 @@ def test_a_run_recorded_skipped_after_a_crash_is_not_started_by_its_first_reques
     recorded the run skipped; the extractor then started the first request all the same (at once when published at
     its instant, or at its instant once the manual run had finished): it ran, its members sent, its record saying
     skipped."""
-    setup.catalog.definitions.apply(setup.definition("busy"))
-    definition_id = setup.catalog.definitions.get_with_id(ExportDefinition, "busy")[0]
-    run_id = scheduled_run_id(definition_id, INSTANT)
-    producer = make_producer(setup.settings, "scheduler")
-    sent: list[Outgoing] = []
-
-    def publish(outgoing: list[Outgoing]) -> None:
-        produce_and_wait(producer, outgoing)
-        sent.extend(outgoing)
-
+    publish = SchedulerPublish(setup)
     clock = ManualClock(INSTANT - dt.timedelta(minutes=1))
-
-    def scheduler(scheduling: object) -> Scheduler:
-        return Scheduler(
-            scheduling=scheduling,  # type: ignore[arg-type]
-            definitions=setup.catalog.definitions,
-            runs=setup.catalog.runs,
-            clock=clock,
-            topics=setup.settings.topics,
-            publish=publish,
-            lookahead=dt.timedelta(seconds=lookahead),
-        )
-
-    crashing = scheduler(CrashAfterPublishing(setup.catalog.scheduling))
-    crashing.tick()  # seen
-    clock.advance(dt.timedelta(seconds=60 - lookahead / 2 if lookahead else 61))  # ahead of its instant, or at it
-    with pytest.raises(ConnectionError):
-        crashing.tick()
-    first = [RunRequested.model_validate_json(o.value) for o in sent]
-    assert [r.run_id for r in first] == [run_id]
+    run_id = published_then_crashed(setup, clock, publish, lookahead)
     manual = RunStarted(run_id=uuid.uuid4(), definition="busy", trigger=Trigger.MANUAL)
     setup.catalog.runs.fold_run_event(manual)
     clock.advance(INSTANT + dt.timedelta(seconds=2) - clock.now())
-    sent.clear()
-    scheduler(setup.catalog.scheduling).tick()  # the restarted scheduler
-    producer.close()
-    recorded = [RUN_EVENT_ADAPTER.validate_json(o.value) for o in sent if o.topic == setup.settings.topics.run_events]
+    publish.sent.clear()
+    scheduler_at(setup, clock, publish, lookahead=lookahead).tick()  # the restarted scheduler
+    publish.producer.close()
+    recorded = publish.run_events()
     assert [(type(e), e.run_id) for e in recorded] == [(RunSkipped, run_id)]
     for event in recorded:  # as the notifier does
         setup.catalog.runs.fold_run_event(event)
@@ -616,6 +597,60 @@ def test_a_run_recorded_skipped_after_a_crash_is_not_started_by_its_first_reques
             ExtractionCompleted(run_id=manual.run_id, definition="busy", members=0, batches=0)
         )
 
+    logs = first_request_handled(setup, run_id, times=2)  # and read again (a rebalance)
+    events = setup.all_run_events()
+    assert [e for e in events if e.run_id == run_id and not isinstance(e, RunSkipped)] == [], "the skipped run ran"
+    record = setup.catalog.runs.get_run(run_id)
+    assert record is not None
+    assert (record.status, record.started_at) == (RunStatus.SKIPPED, None)
+    # Said as what it is (before: "run already extracted; request ignored", for a run that never started).
+    assert [(e["event"], e.get("active_run")) for e in logs if e.get("run_id") == str(run_id)] == [
+        (WITHHELD, str(manual.run_id))
+    ] * 2
+
+
+def test_a_run_withheld_whose_skipped_record_failed_is_recorded_skipped_though_the_other_run_ended_before_the_retry(
+    setup: Setup,
+):
+    """The scheduler published a run and died before moving its schedule on; a manual run of the definition (overlap
+    skip) was going when it came back: it withheld the run, but the broker failed its skipped record. The manual run
+    ended before the next tick, which published the run's request again: the extractor ignored it (the run withheld)
+    and the run had no record at all, neither skipped nor run; the extractor said it was "already extracted"."""
+    publish = SchedulerPublish(setup)
+    clock = ManualClock(INSTANT - dt.timedelta(minutes=1))
+    run_id = published_then_crashed(setup, clock, publish)
+    manual = RunStarted(run_id=uuid.uuid4(), definition="busy", trigger=Trigger.MANUAL)
+    setup.catalog.runs.fold_run_event(manual)
+    restarted = scheduler_at(setup, clock, publish)
+    publish.fail_records = True
+    clock.advance(dt.timedelta(seconds=5))
+    with pytest.raises(KafkaTimeoutError):
+        restarted.tick()  # the run withheld, its skipped record not published
+    ended = ExtractionCompleted(run_id=manual.run_id, definition="busy", members=0, batches=0)
+    setup.catalog.runs.fold_run_event(ended)
+    assert setup.catalog.runs.active_runs(["busy"]) == {}, "the manual run ended"
+    publish.fail_records = False
+    publish.sent.clear()
+    clock.advance(dt.timedelta(seconds=5))
+    restarted.tick()
+    publish.producer.close()
+    recorded = publish.run_events()
+    assert [(type(e), e.run_id) for e in publish.decoded()] == [(RunSkipped, run_id)]
+    assert recorded[0].reason == f"previous run {manual.run_id} was still active"
+    for event in recorded:  # as the notifier does
+        setup.catalog.runs.fold_run_event(event)
+
+    logs = first_request_handled(setup, run_id)
+    assert [e for e in setup.all_run_events() if e.run_id == run_id and not isinstance(e, RunSkipped)] == []
+    record = setup.catalog.runs.get_run(run_id)
+    assert record is not None, "the run has no record"
+    assert (record.status, record.started_at) == (RunStatus.SKIPPED, None)
+    ignored = [e for e in logs if e.get("run_id") == str(run_id)]
+    assert [(e["event"], e.get("active_run")) for e in ignored] == [(WITHHELD, str(manual.run_id))]
+
+
+def first_request_handled(setup: Setup, run_id: uuid.UUID, times: int = 1) -> list[MutableMapping[str, Any]]:
+    """The first run request in Kafka (``run_id``'s) handled ``times`` by an extractor: what it logged meanwhile."""
     requested = read_until(
         setup.settings.kafka_bootstrap_servers, setup.settings.topics.run_requests, lambda vs: len(vs) >= 1, timeout=60
     )
@@ -623,12 +658,69 @@ def test_a_run_recorded_skipped_after_a_crash_is_not_started_by_its_first_reques
     extractor_producer = make_producer(setup.settings, "extractor")
     reader = MemberReader.from_url(setup.store_url)
     extractor = extractor_of(setup, extractor_producer, reader)
-    extractor.handle(RunRequested.model_validate_json(requested[0]))
-    extractor.handle(RunRequested.model_validate_json(requested[0]))  # and read again (a rebalance)
+    with capture_logs() as logs:
+        for _ in range(times):
+            extractor.handle(RunRequested.model_validate_json(requested[0]))
     reader.close()
     extractor_producer.close()
-    events = setup.all_run_events()
-    assert [e for e in events if e.run_id == run_id and not isinstance(e, RunSkipped)] == [], "the skipped run ran"
-    record = setup.catalog.runs.get_run(run_id)
-    assert record is not None
-    assert (record.status, record.started_at) == (RunStatus.SKIPPED, None)
+    return logs
+
+
+class SchedulerPublish:
+    """The scheduler's publish to Kafka, keeping what it sent; with ``fail_records``, the broker fails a publish of run
+    events (the skipped or missed records)."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.topics = setup.settings.topics
+        self.producer = make_producer(setup.settings, "scheduler")
+        self.sent: list[Outgoing] = []
+        self.fail_records = False
+
+    def __call__(self, outgoing: list[Outgoing]) -> None:
+        if self.fail_records and any(o.topic == self.topics.run_events for o in outgoing):
+            raise KafkaTimeoutError("the broker failed the publish")
+        produce_and_wait(self.producer, outgoing)
+        self.sent.extend(outgoing)
+
+    def decoded(self) -> list[Any]:
+        """The run events and run requests sent, decoded."""
+        return [
+            RUN_EVENT_ADAPTER.validate_json(o.value)
+            if o.topic == self.topics.run_events
+            else RunRequested.model_validate_json(o.value)
+            for o in self.sent
+        ]
+
+    def run_events(self) -> list[Any]:
+        return [e for e in self.decoded() if not isinstance(e, RunRequested)]
+
+
+def scheduler_at(
+    setup: Setup, clock: ManualClock, publish: SchedulerPublish, scheduling: object = None, lookahead: float = 0.0
+) -> Scheduler:
+    """A scheduler process on ``clock`` (on ``scheduling``: the catalog's scheduling store unless given)."""
+    return Scheduler(
+        scheduling=scheduling or setup.catalog.scheduling,  # type: ignore[arg-type]
+        definitions=setup.catalog.definitions,
+        runs=setup.catalog.runs,
+        clock=clock,
+        topics=setup.settings.topics,
+        publish=publish,
+        lookahead=dt.timedelta(seconds=lookahead),
+    )
+
+
+def published_then_crashed(
+    setup: Setup, clock: ManualClock, publish: SchedulerPublish, lookahead: float = 0.0
+) -> uuid.UUID:
+    """A definition 'busy' due at INSTANT (``clock`` a minute before), whose run a scheduler published (at its
+    instant, or ahead of it with ``lookahead``) and died before moving its schedule on: the run's id."""
+    setup.catalog.definitions.apply(setup.definition("busy"))
+    run_id = scheduled_run_id(setup.catalog.definitions.get_with_id(ExportDefinition, "busy")[0], INSTANT)
+    crashing = scheduler_at(setup, clock, publish, CrashAfterPublishing(setup.catalog.scheduling), lookahead)
+    crashing.tick()  # seen
+    clock.advance(dt.timedelta(seconds=60 - lookahead / 2 if lookahead else 61))  # ahead of its instant, or at it
+    with pytest.raises(ConnectionError):
+        crashing.tick()
+    assert [r.run_id for r in publish.decoded()] == [run_id]
+    return run_id

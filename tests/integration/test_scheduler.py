@@ -680,6 +680,26 @@ def test_a_definition_created_under_a_renamed_ones_old_name_is_not_skipped_for_t
     assert [(type(e), e.definition) for e in recorder.events()] == [(RunRequested, "hourly")]
 
 
+def test_a_definition_deleted_and_created_again_under_its_name_is_not_skipped_for_the_deleted_ones_run(
+    scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder
+):
+    """Overlap skip. 'hourly' was deleted while its 13:00 run was going, then created again under the same name: the
+    new definition has never run, yet its 14:00 run was recorded skipped for the deleted one's run (found by name).
+    A run recorded with no definition (its definition unknown when it began) is still found by its name."""
+    catalog.definitions.apply(definition("hourly", cron="0 * * * *"))
+    run_for(scheduler, dt.timedelta(hours=1))
+    [first] = [e for e in recorder.events() if isinstance(e, RunRequested)]
+    catalog.runs.fold_run_event(RunStarted(run_id=first.run_id, definition="hourly", trigger=Trigger.SCHEDULE))
+    catalog.definitions.delete(ExportDefinition, "hourly")
+    unknown = RunStarted(run_id=uuid.uuid4(), definition="other", trigger=Trigger.MANUAL)  # no such definition yet
+    catalog.runs.fold_run_event(unknown)
+    catalog.definitions.apply(definition("hourly", cron="0 * * * *"))
+    assert catalog.runs.active_runs(["hourly", "other"]) == {"other": unknown.run_id}
+    recorder.records.clear()
+    run_for(scheduler, dt.timedelta(hours=1))
+    assert [(type(e), e.definition) for e in recorder.events()] == [(RunRequested, "hourly")]
+
+
 def test_a_rename_while_the_scheduler_was_down_keeps_its_missed_and_late_runs(
     scheduler: Scheduler, catalog: CatalogStores, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -143,8 +144,11 @@ class MemoryStores:
     def active_runs(self, definitions: list[str]) -> dict[str, uuid.UUID]:
         return {name: run for name, run in self.active.items() if name in definitions}
 
-    def withhold_start(self, run_id: uuid.UUID, definition: str) -> bool:
+    def withhold_start(self, run_id: uuid.UUID, definition: str, active: uuid.UUID) -> bool:
         return True  # no extractor here: a run published is never claimed
+
+    def withheld_runs(self, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+        return {}  # none kept: withhold_start keeps nothing
 
 
 class Published:
