@@ -189,6 +189,14 @@ class _BatchRequests:
     credentials: dict[str, str] | None = None
     #: The end of the batch's round (the dispatcher's clock; None: none): no attempt begins after it.
     ends: float | None = None
+    #: Every request's headers, the Idempotency-Key's value aside (:data:`_KEY_PLACEHOLDER`), once the batch's requests
+    #: are known to share them (constant template headers, static credentials, no signature, the batch's
+    #: ``traceparent``): copied for each request, its key set, rather than merged anew (None: merged each attempt).
+    headers: dict[str, str] | None = None
+
+
+#: The Idempotency-Key's value in :attr:`_BatchRequests.headers`, replaced by each request's key (never sent).
+_KEY_PLACEHOLDER = "\x00"
 
 
 class Stopping(DependencyUnavailable):
@@ -593,6 +601,11 @@ class Dispatcher:
         async def make_request() -> RenderedRequest:  # per attempt: a token, a signature, a traceparent
             rendered = body[0]
             assert rendered is not None  # admit() rendered it before the first attempt
+            batch_headers = shared.headers
+            if batch_headers is not None and not exporting():  # the batch's headers, this request's key
+                headers = batch_headers.copy()
+                headers["Idempotency-Key"] = key
+                return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
             credentials = shared.credentials
             if credentials is None:
                 credentials = await self._credentials(shared)
@@ -605,6 +618,8 @@ class Dispatcher:
             # (one span a request, its retries included).
             trace_headers = current_http_headers() if exporting() else shared.trace_headers
             headers = merged_headers(rendered.headers, credentials, {"Idempotency-Key": key}, signature, trace_headers)
+            if shared.headers is None and self._shares_headers(shared):
+                self._keep_headers(shared, rendered.headers, credentials)
             return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
 
         ticket: list[Admission | None] = [None]  # the circuit breaker's admission of the attempt under way
@@ -673,12 +688,43 @@ class Dispatcher:
             elif before is not None:  # a learned limit was dropped: the profile is unlimited again
                 RATE_LIMIT_RATE.remove(profile.name)
 
-        # The deliverer's coroutine itself, its arguments bound (no coroutine of our own around it a request).
-        deliver = functools.partial(
-            self.deliverer.deliver,
+        if shared.oauth or exporting():
+            deliver = functools.partial(self._delivery, shared, make_request, admit, adapt)
+
+            async def delivered() -> DeliveryResult:
+                result = await deliver()
+                if result.status == 401:
+                    # A token may be revoked before its expiry: fetch a new one and try once more.
+                    self.tokens.forget(profile.name)
+                    result = await deliver()
+                return result
+
+            # Only an OAuth profile tries again after a 401 (no extra coroutine for the others).
+            return await self._in_flight(shared, template.method.value, delivered if shared.oauth else deliver, ticket)
+        # The common case (no OAuth token, no span a request): what _in_flight does without a span, without its
+        # coroutine, partial or closure a request.
+        in_flight = shared.in_flight
+        in_flight.count += 1
+        try:
+            return await self._delivery(shared, make_request, admit, adapt)
+        finally:
+            in_flight.count -= 1
+            self.breakers.cancel(profile, ticket[0])  # admitted, never judged (cancelled): a probe slot back
+
+    def _delivery(
+        self,
+        shared: _BatchRequests,
+        make_request: Callable[[], Awaitable[RenderedRequest]],
+        admit: Callable[[], Awaitable[None]],
+        adapt: Callable[[AttemptResult], None],
+    ) -> Awaitable[DeliveryResult]:
+        """The deliverer's coroutine for one request of the batch (no coroutine of our own around it), its keywords
+        passed as they are (a call with keywords builds no dict; a partial of them would, a request)."""
+        profile = shared.profile
+        return self.deliverer.deliver(
             make_request,
             profile.timeout_seconds,
-            template.success_statuses,
+            shared.template.success_statuses,
             on_attempt=adapt,
             labels=shared.labels,
             network=shared.network,
@@ -689,17 +735,26 @@ class Dispatcher:
             aside=self.workers.aside,  # a retry's backoff holds no worker
         )
 
-        async def delivered() -> DeliveryResult:
-            result = await deliver()
-            if result.status == 401:
-                # A token may be revoked before its expiry: fetch a new one and try once more.
-                self.tokens.forget(profile.name)
-                result = await deliver()
-            return result
+    @staticmethod
+    def _shares_headers(shared: _BatchRequests) -> bool:
+        """Whether every request of the batch carries the same headers but its Idempotency-Key: constant template
+        headers, static credentials (no OAuth token), no signature (it signs the body), the batch's traceparent (no
+        span a request)."""
+        return (
+            shared.prepared.constant_headers
+            and shared.credentials is not None
+            and shared.profile.signing_secret is None
+            and not exporting()
+        )
 
-        # Only an OAuth profile tries again after a 401 (no extra coroutine for the others).
-        delivery = delivered if shared.oauth else deliver
-        return await self._in_flight(shared, template.method.value, delivery, ticket)
+    @staticmethod
+    def _keep_headers(shared: _BatchRequests, rendered: dict[str, str], credentials: dict[str, str]) -> None:
+        """Keep the batch's headers (:attr:`_BatchRequests.headers`): merged as each request's are, its key's value
+        a placeholder, so a copy with the key set is that request's merge, names, values and order alike."""
+        placeholder = {"Idempotency-Key": _KEY_PLACEHOLDER}
+        headers = merged_headers(rendered, credentials, placeholder, {}, shared.trace_headers)
+        if headers.get("Idempotency-Key") == _KEY_PLACEHOLDER:  # last set by the placeholder: a copy's key replaces it
+            shared.headers = headers
 
     def _give_back(self, name: str, limits: ProfileLimits, limiter: AdaptiveRateLimiter | LearnedRateLimit) -> None:
         """A promise ``limiter`` made to a request that is not sent: given back to the profile's limiter now, when it

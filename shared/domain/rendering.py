@@ -212,6 +212,7 @@ class PreparedRequest:
 
     __slots__ = (
         "_batch",
+        "_constant_headers",
         "_constant_path",
         "_content_type",
         "_headers",
@@ -246,6 +247,13 @@ class PreparedRequest:
             self._unprepared = True
         add_type = not any(name.lower() == "content-type" for name in template.headers)
         self._content_type = DEFAULT_CONTENT_TYPES[template.content_type] if add_type else None
+        #: Every header of every request when no header holds an expression (the Content-Type added), copied for
+        #: each request rather than built anew (None: one renders each time, or the template is unprepared).
+        self._constant_headers: dict[str, str] | None = None
+        if not self._unprepared and all(value is not None for _, _, value in self._headers):
+            self._constant_headers = {name: value for name, _, value in self._headers if value is not None}
+            if self._content_type is not None:
+                self._constant_headers["Content-Type"] = self._content_type
 
     def _prepare(self, template: HttpTemplate, profile: ConnectionProfile, limits: RenderLimits) -> None:
         budget = RenderBudget(limits)  # only its byte cap is read: constants are checked, not rendered
@@ -276,6 +284,12 @@ class PreparedRequest:
         """The template the requests are rendered with."""
         return self._template
 
+    @property
+    def constant_headers(self) -> bool:
+        """Whether every request of the batch carries the same headers (none of the template's holds an expression):
+        what is built from a request's headers may then be built once for the batch (the dispatcher's)."""
+        return self._constant_headers is not None
+
     def render(self, members: list[dict[str, Any]], budget: RenderBudget | None = None) -> RenderedRequest:
         """The request for ``members`` (a slice of the batch's): what :func:`render_request` makes of them.
         ``budget``: a fresh one of the prepared limits the caller made (to read, after, when its clock started:
@@ -292,14 +306,7 @@ class PreparedRequest:
             url = self._url
             if url is None:
                 url = self._url_for(context)
-            headers = {}
-            for name, source, value in self._headers:
-                if value is None:
-                    value = _render(source, context, f"header {name}")
-                    problem = header_value_problem(value)
-                    if problem is not None:
-                        raise TemplateRenderError(f"template header {name}: the rendered value {problem}")
-                headers[name] = value
+            headers = self._headers_for(context)
             if template.content_type is not BodyType.JSON:
                 content = _other_body(template, context, members)
             elif template.json_body is not None:
@@ -310,9 +317,25 @@ class PreparedRequest:
                 content = _members_json(members)
         finally:
             leave_budget(token)
+        return RenderedRequest(template.method.value, url, headers, content)
+
+    def _headers_for(self, context: dict[str, Any]) -> dict[str, str]:
+        """The request's headers, in the template's order, the Content-Type last when the template sets none: a copy
+        of the batch's when they are all constant."""
+        constant = self._constant_headers
+        if constant is not None:
+            return constant.copy()
+        headers = {}
+        for name, source, value in self._headers:
+            if value is None:
+                value = _render(source, context, f"header {name}")
+                problem = header_value_problem(value)
+                if problem is not None:
+                    raise TemplateRenderError(f"template header {name}: the rendered value {problem}")
+            headers[name] = value
         if self._content_type is not None:
             headers["Content-Type"] = self._content_type
-        return RenderedRequest(template.method.value, url, headers, content)
+        return headers
 
     def _url_for(self, context: dict[str, Any]) -> str:
         """The URL when the path or a query string value holds an expression: as :func:`render_request` builds it."""
