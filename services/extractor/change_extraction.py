@@ -21,10 +21,10 @@ A resumed run (after a crash) reads the pages up to the checkpoint's last key on
 (not removed), sending and counting nothing: their batches were published and counted before the checkpoint,
 even if the member store changed since. It goes on from the checkpoint's counts and ``next_batch_index`` with
 the pages after that key. A resume in the removal phase numbers the removals' batches as before and publishes
-those from ``next_batch_index`` on. Each kind's members per record are those of the run's first start (recorded in
-its checkpoint's sync before its first batch is sent): a template's ``batch_size`` edited before a resume changes
-nothing until the next run. So nothing is lost, and a batch published twice has the same identity (the
-dispatcher's Idempotency-Key, the notifier's ledger).
+those from ``next_batch_index`` on. The kinds it sends, each kind's template and members per record are those of
+the run's first start (recorded in its checkpoint's sync before its first batch is sent): a kind's template named,
+set to ``false`` or its ``batch_size`` edited before a resume changes nothing until the next run. So nothing is
+lost, and a batch published twice has the same identity (the dispatcher's Idempotency-Key, the notifier's ledger).
 
 Change-mode runs are never split into key ranges: removals are the snapshot members no range saw, which only
 one process reading every page knows (and the in-memory index is per process).
@@ -108,6 +108,7 @@ class _Sender:
     """One kind's template, encoder and the members waiting for a full batch."""
 
     kind: ChangeKind
+    template: str
     encoder: BatchEncoder
     size: int
     waiting: list[StagedMember] = field(default_factory=list)
@@ -161,11 +162,13 @@ class ChangeRun:
         """Extract the run from ``checkpoint`` (a fresh one, or a resumed run's); its last checkpoint and counts."""
         if self.definition.incremental is not None:
             raise self.fail("change mode cannot be combined with 'incremental' (field 'sync.mode')", "invalid_sync")
-        fixed = checkpoint.sync.kind_record_sizes if checkpoint.sync is not None else None
-        senders = {kind: self._sender(kind, fixed) for kind in ChangeKind}
-        if fixed is None:  # the run's first start (or its first since this was recorded): before any batch is sent
-            sizes = {kind.value: sender.size for kind, sender in senders.items() if sender is not None}
-            checkpoint = replace(checkpoint, sync=replace(_run_sync(checkpoint), kind_record_sizes=sizes))
+        sync = _run_sync(checkpoint)
+        senders = {kind: self._sender(kind, sync) for kind in ChangeKind}
+        if sync.kind_templates is None:  # the run's first start (or first since this was recorded): before any batch
+            sent = {kind.value: sender for kind, sender in senders.items() if sender is not None}
+            sizes = {kind: sender.size for kind, sender in sent.items()}
+            templates = {kind: sender.template for kind, sender in sent.items()}
+            checkpoint = replace(checkpoint, sync=replace(sync, kind_record_sizes=sizes, kind_templates=templates))
             self.save(checkpoint)
         try:
             run = self.snapshots.begin(self.definition.name, str(self.run_id))
@@ -312,11 +315,19 @@ class ChangeRun:
 
     # --- classification -------------------------------------------------------------------------------------
 
-    def _sender(self, kind: ChangeKind, fixed: Mapping[str, int] | None) -> _Sender | None:
-        """The kind's sender (None: not sent). Its members per record as fixed at the run's first start (``fixed``):
-        a ``batch_size`` edited before a resume would re-chunk the pages (or removals) read again under the
-        identities their records had; a kind fixed without one (its template named since) takes its template's."""
-        name = self.definition.sync.template_for(kind, self.definition.template)
+    def _sender(self, kind: ChangeKind, sync: RunSync) -> _Sender | None:
+        """The kind's sender (None: not sent). Whether it is sent, with which template and how many members a record
+        holds, as fixed at the run's first start (``sync``): a kind's template named or set to ``false`` before a
+        resume would send the pages read again with other batches under the identities their records had (and that
+        kind for part of the run only), a ``batch_size`` edited would re-chunk them. A run recorded before its
+        templates were (sizes only) sends the kinds it has sizes for, with the templates its definition names now."""
+        fixed = sync.kind_record_sizes
+        if sync.kind_templates is not None:
+            name = sync.kind_templates.get(kind.value)
+        elif fixed is not None and kind.value not in fixed:
+            name = None  # not sent at the run's first start
+        else:
+            name = self.definition.sync.template_for(kind, self.definition.template)
         if name is None:
             return None
         try:
@@ -334,7 +345,7 @@ class ChangeRun:
             key_column=self.query.key_column,
             change=kind,
         )
-        return _Sender(kind, encoder, size)
+        return _Sender(kind, name, encoder, size)
 
     def _key_at(self, page: Page) -> int:
         columns = list(page.columns)

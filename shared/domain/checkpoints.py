@@ -35,10 +35,13 @@ class RunSync:
     #: A change run's members per record of each kind it sends (``added``, ``changed``, ``removed``: its templates'
     #: ``batch_size``), as at its first start (None: not recorded yet; recorded before its first batch is sent).
     kind_record_sizes: dict[str, int] | None = None
+    #: A change run's template of each kind it sends, as at its first start (None: not recorded yet, or recorded
+    #: before this was): a kind's template named, renamed or set to ``false`` before a resume changes nothing.
+    kind_templates: dict[str, str] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """As the checkpoint row keeps it (``announced``, ``watermark_column``, ``record_size`` and
-        ``kind_record_sizes`` only when set)."""
+        """As the checkpoint row keeps it (``announced``, ``watermark_column``, ``record_size``,
+        ``kind_record_sizes`` and ``kind_templates`` only when set)."""
         value: dict[str, Any] = {"mode": self.mode.value, "full_scope": self.full_scope, "counts": self.counts}
         if self.announced:
             value["announced"] = True
@@ -48,6 +51,8 @@ class RunSync:
             value["record_size"] = self.record_size
         if self.kind_record_sizes is not None:
             value["kind_record_sizes"] = self.kind_record_sizes
+        if self.kind_templates is not None:
+            value["kind_templates"] = self.kind_templates
         return value
 
     @classmethod
@@ -63,6 +68,7 @@ class RunSync:
             value.get("watermark_column"),
             value.get("record_size"),
             value.get("kind_record_sizes"),
+            value.get("kind_templates"),
         )
 
 

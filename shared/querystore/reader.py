@@ -293,6 +293,10 @@ class _DriverStatement:
         return params
 
 
+#: Statements reading members by key a reader keeps (a few shapes per saved query: ``keyed_reads._chunk_size``).
+KEYED_STATEMENTS = 16
+
+
 class MemberReader:
     """Pages through saved queries on one query store.
 
@@ -320,6 +324,9 @@ class MemberReader:
         self._has_sqlite_math: bool | None = None
         #: The statements built around saved queries, compiled for this engine (see statement_cache).
         self._statements: StatementCache[Any] = StatementCache()
+        #: Those reading members by key (``keyed_reads``), kept apart and fewer: one of 500 ``BETWEEN``s holds
+        #: some 650 KiB, and would otherwise push the pages' statements out.
+        self._keyed_statements: StatementCache[Any] = StatementCache(KEYED_STATEMENTS)
 
     @classmethod
     def from_url(

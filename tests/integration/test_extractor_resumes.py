@@ -1,9 +1,11 @@
 """Runs resumed on SQLite and a real PostgreSQL, the extractor's records captured (no Kafka): after a crash with pages
-published but not checkpointed and the template's ``batch_size`` edited since (a change run's per-kind templates too),
-the records keep the identities (``run:batch_index``, the Idempotency-Key's stem) and members they had; after a store
-outage of a run another replica took over, the run is forgotten here."""
+published but not checkpointed and the template's ``batch_size`` edited since (a change run's per-kind templates too,
+or a kind's template named or set to ``false``), the records keep the identities (``run:batch_index``, the
+Idempotency-Key's stem) and members they had; after a store outage of a run another replica took over, the run is
+forgotten here."""
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -186,6 +188,73 @@ def test_a_change_run_resumed_in_its_removals_after_their_template_batch_size_wa
     assert _taken_once(crashed, resumed) == list(range(1, MEMBERS + 1))
     assert [(e.members, e.batches, e.changes and e.changes.removed) for e in completed] == [
         (MEMBERS, MEMBERS // before, MEMBERS)
+    ]
+
+
+@pytest.fixture
+def same_stores(catalog: CatalogStores) -> CatalogStores:
+    """The catalog in the member store's own database (SQLite or PostgreSQL): the run's checkpoint kept there."""
+    catalog.definitions.apply(ConnectionProfile(name="p", base_url="http://127.0.0.1:9"))
+    catalog.definitions.apply(SavedQuery(name="q", sql="SELECT id, name FROM m", key_column="id"))
+    for name in ("t", "t-add", "t-chg", "t-del"):
+        catalog.definitions.apply(HttpTemplate(name=name, query="q", profile="p", batch_size=2))
+    return catalog
+
+
+def _kinds_definition(stores: CatalogStores, changed: bool, removed: bool) -> None:
+    """Definition ``c`` in change mode: added members sent with ``t-add``, changed ones with ``t-chg`` when
+    ``changed`` (else not sent), removed ones with ``t-del`` when ``removed``; two members a request."""
+    sync = {"mode": "changes", "added": "t-add", "changed": changed and "t-chg", "removed": removed and "t-del"}
+    stores.definitions.apply(ExportDefinition(name="c", query="q", template="t", sync=sync | {"max_removed": "100%"}))
+
+
+@pytest.mark.parametrize(
+    ("kind", "sent_at_start", "recorded_before_templates"),
+    [
+        ("changed", True, False),
+        ("changed", False, False),
+        ("removed", True, False),
+        ("removed", False, False),
+        ("changed", False, True),  # the kinds it has sizes for: one named since is not sent (set to false: is not)
+    ],
+)
+def test_a_change_run_resumed_after_a_kind_was_named_or_set_to_false_sends_the_kinds_of_its_first_start(
+    database_url: str, same_stores: CatalogStores, kind: str, sent_at_start: bool, recorded_before_templates: bool
+):
+    stores, snapshots = same_stores, SqlChangeSnapshots(same_stores.database)
+    _table(database_url)
+    start = {"changed": True, "removed": True} | {kind: sent_at_start}
+    _kinds_definition(stores, **start)
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM m WHERE id % 2 = 0"))
+    _extract(stores, database_url, RunRequested(definition="c"), delivered=True, snapshots=snapshots)  # odd ids
+    with engine.begin() as connection:  # every page: added (even ids), changed (1, 5, ...), unchanged
+        connection.execute(text("DELETE FROM m WHERE id % 4 = 3"))  # removed: 3, 7, ..., 39
+        connection.execute(text("UPDATE m SET name = 'x' WHERE id % 4 = 1"))
+        for i in range(2, MEMBERS + 1, 2):
+            connection.execute(text(f"INSERT INTO m VALUES ({i}, 'n{i}')"))
+    engine.dispose()
+    request = RunRequested(definition="c")
+    crashed, _ = _extract(stores, database_url, request, crash_after_sends=2, snapshots=snapshots)
+    if recorded_before_templates:  # a run recorded before the kinds' templates were (session 51): sizes only
+        checkpoint = stores.extraction.claim_extraction(request.run_id, "c")
+        assert checkpoint.sync is not None
+        assert checkpoint.sync.kind_templates is not None
+        stores.extraction.save_checkpoint(replace(checkpoint, sync=replace(checkpoint.sync, kind_templates=None)))
+    _kinds_definition(stores, **start | {kind: not sent_at_start})  # edited before the resume
+    resumed, completed = _extract(stores, database_url, request, snapshots=snapshots)
+    kinds = {
+        "added": list(range(2, MEMBERS + 1, 2)),
+        "changed": list(range(1, MEMBERS + 1, 4)),
+        "removed": list(range(3, MEMBERS + 1, 4)),
+    }
+    expected = sorted(i for name, ids in kinds.items() if name == "added" or start[name] for i in ids)
+    # Before: the pages read again went out with other batches under the crashed records' identities, or the kind
+    # was sent for part of the run (set to false: the rest taken by the snapshot as delivered), or not at all.
+    assert _taken_once(crashed, resumed) == expected
+    assert [(e.members, e.changes and (e.changes.added, e.changes.changed, e.changes.removed)) for e in completed] == [
+        (len(expected), (20, 10, 10))
     ]
 
 
