@@ -3,16 +3,55 @@
 PyYAML reads nesting by recursion: a few hundred levels of lists or mappings (``[[[…]]]``, typed, pasted or
 generated) end its reading in a ``RecursionError``, which callers caught nowhere (a 500 in the console, a traceback's
 "unexpected error" and exit 1 in exportctl). Here it is :class:`NestedTooDeeply`, a ``ValueError`` saying why.
+
+Text that is not YAML is said by :func:`yaml_problem`, never by PyYAML's own message: that quotes the line (and an
+alias's or a tag's name), and the line may hold a literal secret (a generated password starting with ``@`` or ``*``).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
+from yaml.parser import ParserError
+from yaml.reader import ReaderError
 
 #: Why YAML nested without end is refused (the console shows it beside the field).
 NESTED_TOO_DEEPLY = "nested too deeply to read (a list or mapping in another, hundreds of levels)"
+
+
+#: A part of PyYAML's problem that quotes the text read (``repr`` of a character, an alias, an anchor or a tag) ...
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
+#: ... after what it found (or got), a tag, a tag handle or an anchor; what it expected comes first, in its own words.
+_QUOTING = re.compile(r"\b(?:found|got|tag|handle|anchor)\b")
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """What is wrong with text that is not YAML, and where, quoting nothing of the text: PyYAML's problem less what
+    it quotes of the text, then its line and column (``found character '…' that cannot start any token (line 8,
+    column 15)``). The text's line, an alias's or a tag's name may be a literal secret (a password written unquoted
+    that starts with ``@``, ``*``, ``&`` or ``!``); a line and a column say where to look as well."""
+    if isinstance(error, ReaderError):  # a control character, or bytes that are not UTF-8
+        return f"a character YAML does not allow (character {error.position + 1})"
+    said = _unquoted(error, getattr(error, "problem", None) or "not valid YAML")
+    said += _where(getattr(error, "problem_mark", None) or getattr(error, "context_mark", None))
+    context = getattr(error, "context", None)
+    if context and not context.startswith("while "):  # what the problem is the end of (a duplicate's first one)
+        said = f"{_unquoted(error, context)}{_where(getattr(error, 'context_mark', None))}, {said}"
+    return said
+
+
+def _unquoted(error: yaml.YAMLError, text: str) -> str:
+    # The parser quotes the names of tokens (``'<block end>'``, ``'-'``), not the text, but for a tag handle.
+    if isinstance(error, ParserError) and "handle" not in text:
+        return text
+    quoting = _QUOTING.search(text)
+    return text if quoting is None else text[: quoting.end()] + _QUOTED.sub("'…'", text[quoting.end() :])
+
+
+def _where(mark: Any) -> str:
+    return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
 
 
 class NestedTooDeeply(ValueError):

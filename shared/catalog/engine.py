@@ -7,6 +7,21 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from shared.domain.credential_patterns import mask_credential_shapes
+from shared.domain.masking import MASK
+
+
+def shown_url(url: str) -> str:
+    """A database URL as it may be printed or logged: its password hidden, whether in the user information
+    (``postgresql://app:***@db/catalog``) or in the query as libpq takes it (``?password=***``, ``sslpassword``,
+    any parameter named like a credential); an unparseable URL is not shown at all."""
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparseable database URL)"
+    return mask_credential_shapes(shown, MASK)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -26,10 +26,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from sqlalchemy import Connection, Engine, column, func, inspect, select, table
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
-from shared.catalog.engine import make_engine
+from shared.catalog.engine import make_engine, shown_url
 from shared.catalog.tables import Base
 
 if TYPE_CHECKING:
@@ -323,13 +321,6 @@ def drift(engine: Engine) -> list[str]:
         return _drift(connection)
 
 
-def _shown(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "(unparseable catalog URL)"
-
-
 def check_catalog_schema(url: str) -> None:
     """A service's start-up check: return when the catalog at ``url`` is at :data:`HEAD`; else log why
     and exit (``SystemExit`` with the message, so it ends on stderr and the exit status is 1)."""
@@ -337,7 +328,7 @@ def check_catalog_schema(url: str) -> None:
     try:
         require_current(engine)
     except SchemaOutdated as exc:
-        structlog.get_logger(__name__).error("catalog schema not current", error=str(exc), catalog=_shown(url))
+        structlog.get_logger(__name__).error("catalog schema not current", error=str(exc), catalog=shown_url(url))
         raise SystemExit(str(exc)) from None
     finally:
         engine.dispose()

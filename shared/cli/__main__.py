@@ -55,7 +55,12 @@ def _main(argv: list[str] | None) -> int:
     except Exception as exc:  # a bug: said in one line; the traceback on demand
         if os.environ.get("EXPORTCTL_DEBUG"):
             raise
-        return fail(f"unexpected error: {type(exc).__name__}: {exc} (EXPORTCTL_DEBUG=1 shows the traceback)", 1)
+        from shared.domain.credential_patterns import mask_credential_shapes
+        from shared.domain.masking import MASK
+
+        # A bug's message may quote what it was given: a header (``Bearer <token>``), a URL with its password.
+        reason = mask_credential_shapes(f"{type(exc).__name__}: {exc}", MASK)
+        return fail(f"unexpected error: {reason} (EXPORTCTL_DEBUG=1 shows the traceback)", 1)
 
 
 if __name__ == "__main__":

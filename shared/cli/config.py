@@ -55,11 +55,13 @@ class Config:
             return cls(path, None, {})
         import yaml  # only when there is something to read (exportctl's start-up)
 
-        from shared.yaml_text import load
+        from shared.yaml_text import load, yaml_problem
 
         try:
             data = load(text) or {}
-        except (yaml.YAMLError, ValueError) as exc:  # ValueError: nested too deeply (shared.yaml_text)
+        except yaml.YAMLError as exc:
+            raise CliError(f"config file {path} cannot be read: {yaml_problem(exc)}", USAGE) from None
+        except ValueError as exc:  # nested too deeply (shared.yaml_text)
             raise CliError(f"config file {path} cannot be read: {exc}", USAGE) from None
         contexts = data.get("contexts") if isinstance(data, dict) else None
         if not isinstance(data, dict) or not isinstance(contexts or {}, dict):
@@ -100,12 +102,33 @@ class Connection:
     source: str
 
 
-def read_token_file(path: str) -> str:
-    """The token in a file (surrounding whitespace dropped); :class:`CliError` if it cannot be read."""
+def read_token_file(path: str, source: str | None = None) -> str:
+    """The token in a file (surrounding whitespace dropped); :class:`CliError` if it cannot be read or is not a
+    bearer token (:func:`bearer_token`; ``source`` names the file in that message, default ``token file PATH``)."""
     try:
-        return Path(path).expanduser().read_text().strip()
+        text = Path(path).expanduser().read_text()
     except OSError as exc:
         raise CliError(f"token file {path} cannot be read ({exc.strerror})", USAGE) from None
+    except UnicodeDecodeError:
+        raise CliError(f"token file {path} is not a text file (UTF-8)", USAGE) from None
+    return bearer_token(text, source or f"token file {path}")
+
+
+def bearer_token(text: str, source: str) -> str:
+    """``text`` less surrounding whitespace (a file's or a variable's last line break), if it can be sent as a
+    bearer token: visible ASCII characters, no space or line break (RFC 6750's token is narrower still). Otherwise
+    :class:`CliError` naming ``source`` and what is wrong, never the token: a header holding it would be refused
+    by the HTTP client with the token in its message (a token file's second line, a comment, a pasted space)."""
+    token = text.strip()
+    for position, character in enumerate(token, start=1):
+        if not "!" <= character <= "~":
+            what = "a space or line break" if character.isspace() else "a character that is not visible ASCII"
+            raise CliError(
+                f"{source} is not a bearer token: it holds {what} at character {position} "
+                "(a token is one line of visible ASCII characters, no spaces)",
+                USAGE,
+            )
+    return token
 
 
 def resolve(
@@ -129,14 +152,15 @@ def resolve(
         url, source = context.get("api-url", ""), f"context {name}"
     # A context's token goes only to that context's API, never to a URL given otherwise.
     own_token_file = context.get("token-file") if url and url == context.get("api-url") else None
+    own_source = f"context {name}'s token file {own_token_file}"
     if token_file:
-        token = read_token_file(token_file)
+        token = read_token_file(token_file, f"--token-file {token_file}")
     elif context_name and own_token_file:
-        token = read_token_file(own_token_file)
-    elif environment.get("EXPORT_API_TOKEN"):
-        token = environment["EXPORT_API_TOKEN"]
+        token = read_token_file(own_token_file, own_source)
+    elif environment.get("EXPORT_API_TOKEN", "").strip():
+        token = bearer_token(environment["EXPORT_API_TOKEN"], "EXPORT_API_TOKEN")
     elif own_token_file:
-        token = read_token_file(own_token_file)
+        token = read_token_file(own_token_file, own_source)
     else:
         token = ""
     return Connection(url, token, source)

@@ -22,9 +22,9 @@ class CatalogSettings(Protocol):
 
 def _print_catalog(url: str) -> None:
     """Which catalog (password hidden): the default URL is a local SQLite file, easy to upgrade by mistake."""
-    from sqlalchemy.engine import make_url  # loaded when used: exportctl's other commands start faster
+    from shared.catalog.engine import shown_url  # loaded when used: exportctl's other commands start faster
 
-    print(f"catalog: {make_url(url).render_as_string(hide_password=True)}")
+    print(f"catalog: {shown_url(url)}")
 
 
 def cmd_upgrade(settings: CatalogSettings, args: argparse.Namespace) -> int:

@@ -157,13 +157,17 @@ def cmd_dry_run(settings: CliSettings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(settings: CliSettings, args: argparse.Namespace) -> int:
-    from shared.catalog import make_engine
+    from shared.catalog.engine import make_engine, shown_url
     from shared.querystore.demo_data import create_demo_members
 
     url = args.url or settings.query_store_url
     started = time.perf_counter()
-    count = create_demo_members(make_engine(url), args.members, seed=args.seed)
-    print(f"{count} demo members written to {url} in {time.perf_counter() - started:.1f}s")
+    engine = make_engine(url)
+    try:
+        count = create_demo_members(engine, args.members, seed=args.seed)
+    finally:
+        engine.dispose()
+    print(f"{count} demo members written to {shown_url(url)} in {time.perf_counter() - started:.1f}s")
     return OK
 
 

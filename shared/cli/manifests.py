@@ -26,7 +26,7 @@ import yaml
 from shared.application.manifests import in_dependency_order, object_problems
 from shared.cli.variables import Expander
 from shared.domain.catalog_objects import CatalogObject
-from shared.yaml_text import NestedTooDeeply, load_all
+from shared.yaml_text import NestedTooDeeply, load_all, yaml_problem
 
 
 class ManifestError(ValueError):
@@ -41,7 +41,7 @@ def _documents(text: str, source: str) -> list[Any]:
     try:
         loaded = [d for d in load_all(text) if d is not None]
     except yaml.YAMLError as exc:
-        raise ManifestError([f"{source}: not valid YAML: {exc}"]) from None
+        raise ManifestError([f"{source}: not valid YAML: {yaml_problem(exc)}"]) from None
     except NestedTooDeeply as exc:
         raise ManifestError([f"{source}: document {exc.document}: {exc}"]) from None
     documents: list[Any] = []

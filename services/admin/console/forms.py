@@ -21,7 +21,7 @@ from shared.application.errors import Refused, Stale
 from shared.application.objects import ExpectedVersion
 from shared.domain.revisions import NO_OBJECT, Revision
 from shared.yaml_text import NESTED_TOO_DEEPLY as NESTED_TOO_DEEPLY  # said beside a field (the tests read it here)
-from shared.yaml_text import NestedTooDeeply, load
+from shared.yaml_text import NestedTooDeeply, load, yaml_problem
 
 _NAMED_FIELD = re.compile(r"field '([^']+)'")
 _TRUE = {"on", "yes", "true", "1"}
@@ -153,13 +153,11 @@ class Problems:
 
 def parsed_yaml(text: str, problems: Problems, path: str) -> tuple[bool, Any]:
     """A form field's ``text`` read as YAML (JSON is YAML too): (True, the value); (False, None) when it cannot be
-    read, with the reason added beside ``path`` (its line when known)."""
+    read, with the reason added beside ``path`` (its line and column; nothing of the text: ``yaml_problem``)."""
     try:
         return True, load(text)
     except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        problems.add(path, f"not valid YAML or JSON{line}")
+        problems.add(path, f"not valid YAML or JSON: {yaml_problem(exc)}")
     except NestedTooDeeply:  # a RecursionError, a 500, before: see shared.yaml_text
         problems.add(path, NESTED_TOO_DEEPLY)
     return False, None
