@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind
 
 from services.dispatcher.breakers import Admission, ProfileBreakers
 from services.dispatcher.delivery import AttemptResult, AttemptWitness, Deliverer, DeliveryResult
-from services.dispatcher.fleet_limits import FleetLimits, ProfileLimits, Slots
+from services.dispatcher.fleet_limits import FleetLimits, ProfileLimits, Slots, read_stamp
 from services.dispatcher.inspector import AttemptInspector
 from services.dispatcher.member_outcomes import member_keys, refused_members
 from services.dispatcher.metrics import (
@@ -130,16 +130,18 @@ class CatalogCache:
     def __init__(self, definitions: DefinitionsReader, runs: RunsReader, ttl: float) -> None:
         self.definitions, self.runs = definitions, runs
         self.ttl = ttl
-        self._entries: dict[Hashable, tuple[float, Any]] = {}
+        #: key: (expiry, answer, when it was read: :func:`.fleet_limits.read_stamp`).
+        self._entries: dict[Hashable, tuple[float, Any, int]] = {}
 
-    def _cached(self, key: Hashable, load: Callable[[], Any]) -> Any:
+    def _cached(self, key: Hashable, load: Callable[[], Any]) -> tuple[float, Any, int]:
         now = time.monotonic()
         entry = self._entries.get(key)
         if entry is None or entry[0] < now:
-            entry = self._entries[key] = (now + self.ttl, load())
+            value = load()
+            entry = self._entries[key] = (now + self.ttl, value, read_stamp())
             if len(self._entries) > self.MAX_ENTRIES:
                 self._entries.pop(next(iter(self._entries)))
-        return entry[1]
+        return entry
 
     def cancelled(self, run_id: uuid.UUID) -> bool:
         """Whether the run was cancelled (known within ``ttl`` seconds of the cancellation)."""
@@ -148,13 +150,18 @@ class CatalogCache:
             record = self.runs.get_run(run_id)
             return record is not None and record.status is RunStatus.CANCELLED
 
-        cancelled: bool = self._cached(run_id, load)
+        cancelled: bool = self._cached(run_id, load)[1]
         return cancelled
 
     def get(self, kind: type[T], name: str) -> T:
-        value = self._cached((kind.__name__, name), lambda: self.definitions.get(kind, name))
+        return self.read(kind, name)[0]
+
+    def read(self, kind: type[T], name: str) -> tuple[T, int]:
+        """The object and when it was read from the catalog (:func:`.fleet_limits.read_stamp`): of two answers, the
+        one read later is at least as new."""
+        _, value, read = self._cached((kind.__name__, name), lambda: self.definitions.get(kind, name))
         assert isinstance(value, kind)
-        return value
+        return value, read
 
 
 def _nothing() -> None:
@@ -193,6 +200,8 @@ class _BatchRequests:
     #: are known to share them (constant template headers, static credentials, no signature, the batch's
     #: ``traceparent``): copied for each request, its key set, rather than merged anew (None: merged each attempt).
     headers: dict[str, str] | None = None
+    #: When ``profile`` was read (:func:`.fleet_limits.read_stamp`): read before an edit, it gets the edited limits.
+    profile_read: int | None = None
 
 
 #: The Idempotency-Key's value in :attr:`_BatchRequests.headers`, replaced by each request's key (never sent).
@@ -282,10 +291,11 @@ class Dispatcher:
         for status_class in STATUS_CLASSES:
             REQUESTS.labels(definition, profile, status_class)
 
-    def _limits_of(self, profile: ConnectionProfile) -> ProfileLimits:
-        """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited;
-        raises the batch's hold while this replica's share of them is 0."""
-        return self.fleet.limits_of(profile.name, profile.rate_limit, profile.timeout_seconds)
+    def _limits_of(self, profile: ConnectionProfile, read: int | None) -> ProfileLimits:
+        """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited (a
+        ``profile`` read before the limits' config gets the current ones); raises the batch's hold while this
+        replica's share of them is 0."""
+        return self.fleet.limits_of(profile.name, profile.rate_limit, profile.timeout_seconds, read)
 
     async def handle_all(self, batches: list[MemberBatch]) -> list[list[Outgoing] | BaseException]:
         """Deliver a poll's batches, their requests ``concurrency`` at a time; per batch its records, what it
@@ -500,11 +510,11 @@ class Dispatcher:
             return self._outcome(batch, IsolationResult(0, [], 0, NOTHING_SENT), None)
         try:
             template = self.objects.get(HttpTemplate, batch.template)
-            profile = self.objects.get(ConnectionProfile, template.profile)
+            profile, profile_read = self.objects.read(ConnectionProfile, template.profile)
         except ExportError as exc:  # missing, or stored before a rule it now breaks
             return self._failed(batch, masked_reason(Masking, None, str(exc)))
         self.breakers.check(profile)
-        self._limits_of(profile)  # a share of 0 holds the batch back here, before anything is rendered
+        self._limits_of(profile, profile_read)  # a share of 0 holds the batch back here, before anything is rendered
         masking = functools.partial(self._masking, profile)
         identity = batch.identity  # once a batch, not once a request: it formats the run's UUID
         # Once a batch too: the URL, constant headers and run values its one-member requests share, and what its
@@ -527,12 +537,13 @@ class Dispatcher:
             tally=RequestTally((batch.definition, profile.name)),
             trace_headers=current_http_headers(),  # the batch's context, which its requests are handled in
             ends=ends,
+            profile_read=profile_read,
         )
 
         async def send(part: Slice) -> DeliveryResult:
             try:  # on one of the workers, which bound the requests handled at once (see __init__)
                 self._before_round_end(shared)  # waited for a worker until the round's end: not sent
-                limits = self._limits_of(shared.profile)
+                limits = self._limits_of(shared.profile, shared.profile_read)
                 if limits.slots is None:  # no max_in_flight: no slot to take (and no coroutine to pay for)
                     return await self._deliver(shared, part, limits)
                 return await self._deliver_in_slot(shared, part, limits.slots)
@@ -578,7 +589,7 @@ class Dispatcher:
         left = None if shared.ends is None else functools.partial(self._round_left, shared.ends)
         await slots.take(lambda: self.fleet.held(name), left, self.workers.aside)
         try:
-            return await self._deliver(shared, part, self._limits_of(shared.profile))
+            return await self._deliver(shared, part, self._limits_of(shared.profile, shared.profile_read))
         finally:
             slots.give()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 import time
 import uuid
@@ -46,6 +47,16 @@ log = structlog.get_logger(__name__)
 
 #: How long a batch held for want of a share waits at least before it is tried again (seconds; else a heartbeat).
 SHARE_WAIT_SECONDS = 1.0
+
+_READS = itertools.count(1)
+
+
+def read_stamp() -> int:
+    """The order of a profile's config read now, in this process (the dispatcher's catalog cache stamps each object
+    it reads from the catalog): a config read later is at least as new, since reads are made one at a time and each
+    sees every edit committed before it. Not the catalog's version, which starts again at 1 for a profile deleted and
+    created again, nor its ``updated_at``, the clock of whichever process wrote it."""
+    return next(_READS)
 
 
 class Slots:
@@ -177,6 +188,8 @@ class ProfileLimits:
     rate_applied: float | None = None
     #: The view (and whether every replica was within it) the shares were computed for.
     applied: tuple[str, bool] | None = None
+    #: When ``config`` was read (:func:`read_stamp`): a config read before it never replaces it.
+    read: int = 0
 
     def __post_init__(self) -> None:
         if self.config is not None and self.config.max_in_flight is not None:
@@ -240,14 +253,23 @@ class FleetLimits:
         #: The profiles' limits this replica knows (the dispatcher's, by profile name).
         self.limits: dict[str, ProfileLimits] = {}
 
-    def limits_of(self, name: str, config: RateLimit | None, timeout_seconds: float = 0.0) -> ProfileLimits:
+    def limits_of(
+        self, name: str, config: RateLimit | None, timeout_seconds: float = 0.0, read: int | None = None
+    ) -> ProfileLimits:
         """The profile's limits at this replica's current share; raises the batch's hold when the share is 0.
-        ``timeout_seconds``: the profile's request timeout (how long an attempt may outlast a heartbeat)."""
+        ``timeout_seconds``: the profile's request timeout (how long an attempt may outlast a heartbeat); ``read``:
+        when ``config`` was read (:func:`read_stamp`; None: now). The newest config read wins: a batch holding a
+        config read before the one the limits follow (read before an edit, its requests overlapping those of batches
+        read after it) is given the current limits, which are not rebuilt back to the edited-away config."""
         if config is not None:
             self._timeouts[name] = timeout_seconds
+        if read is None:
+            read = read_stamp()
         known = self.limits.get(name)
+        if known is not None and read < known.read:
+            config = known.config  # read before the config the limits follow: the newer one stands
         # The catalog cache hands the same object until it expires: identity first, equality only then.
-        if known is None or (known.config is not config and known.config != config):
+        elif known is None or (known.config is not config and known.config != config):
             previous, known = known, ProfileLimits(config)
             self.limits[name] = known
             if previous is not None and isinstance(known.rate, AdaptiveRateLimiter):
@@ -258,6 +280,7 @@ class FleetLimits:
                 known.slots = previous.slots
             if self.store is not None and config is not None:
                 known.in_flight_applied = known.rate_applied = None  # nothing applied yet: see effective()
+        known.read = max(known.read, read)
         if self.store is not None and config is not None:
             self._apply(name, known)
         return known
