@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from services.dispatcher.delivery import AttemptResult
+from services.dispatcher.fleet_limits import read_stamp
 from services.dispatcher.metrics import CIRCUIT_STATE, CIRCUIT_TRANSITIONS
 from services.dispatcher.wakeup import Wakeup
 from shared.domain.catalog_objects import ConnectionProfile
@@ -78,8 +79,18 @@ class ProfileBreakers:
         #: Longest wait of an attempt for a half-open breaker's probes to come back (seconds).
         self.max_wait_seconds = max_wait_seconds
         self._entries: dict[str, _Entry] = {}
+        #: When the settings each profile's breaker follows were read (:func:`read_stamp`).
+        self._reads: dict[str, int] = {}
 
-    def _entry(self, profile: ConnectionProfile) -> _Entry | None:
+    def _entry(self, profile: ConnectionProfile, read: int | None = None) -> _Entry | None:
+        """The profile's breaker. ``read``: when ``profile`` was read (:func:`read_stamp`; None: now). The newest
+        settings read win: a batch holding a profile read before the settings the breaker follows (read before an
+        edit, overlapping batches read after it) gets the current breaker, which is not rebuilt back to the
+        edited-away settings (each rebuild starts closed: an open breaker would be lost at every flip)."""
+        read = read_stamp() if read is None else read
+        if read < self._reads.get(profile.name, -1):
+            return self._entries.get(profile.name)
+        self._reads[profile.name] = read
         settings = profile.circuit_breaker
         if settings is None:
             dropped = self._entries.pop(profile.name, None)
@@ -103,9 +114,10 @@ class ProfileBreakers:
         here needs no :meth:`admit`: it would answer None)."""
         return name in self._entries
 
-    def check(self, profile: ConnectionProfile) -> None:
-        """Raise the batch's hold when the profile's breaker is open (before rendering anything)."""
-        entry = self._entry(profile)
+    def check(self, profile: ConnectionProfile, read: int | None = None) -> None:
+        """Raise the batch's hold when the profile's breaker is open (before rendering anything); ``read``: when
+        ``profile`` was read (see :meth:`_entry`)."""
+        entry = self._entry(profile, read)
         if entry is None:
             return
         now = self.clock()
@@ -115,14 +127,18 @@ class ProfileBreakers:
             raise held(profile.name, entry.breaker.open_until)
 
     async def admit(
-        self, profile: ConnectionProfile, aside: Callable[[Awaitable[None]], Awaitable[None]] | None = None
+        self,
+        profile: ConnectionProfile,
+        aside: Callable[[Awaitable[None]], Awaitable[None]] | None = None,
+        read: int | None = None,
     ) -> Admission | None:
         """An admission for one attempt (None for a profile without a breaker); waits while the probes are out,
         ``max_wait_seconds`` at most (then the batch is held back); raises the batch's hold while the breaker is
         open. The breaker is looked up again after each wait: its settings may have been edited or removed.
-        ``aside`` awaits each wait (the dispatcher's: the request holds no worker while it waits)."""
+        ``aside`` awaits each wait (the dispatcher's: the request holds no worker while it waits); ``read``: when
+        ``profile`` was read (see :meth:`_entry`)."""
         deadline = self.clock() + self.max_wait_seconds
-        entry = self._entry(profile)
+        entry = self._entry(profile, read)
         while True:
             if entry is None:
                 return None

@@ -513,7 +513,7 @@ class Dispatcher:
             profile, profile_read = self.objects.read(ConnectionProfile, template.profile)
         except ExportError as exc:  # missing, or stored before a rule it now breaks
             return self._failed(batch, masked_reason(Masking, None, str(exc)))
-        self.breakers.check(profile)
+        self.breakers.check(profile, profile_read)
         self._limits_of(profile, profile_read)  # a share of 0 holds the batch back here, before anything is rendered
         masking = functools.partial(self._masking, profile)
         identity = batch.identity  # once a batch, not once a request: it formats the run's UUID
@@ -640,7 +640,7 @@ class Dispatcher:
             self.fleet.before_attempt(profile.name)  # counted out meanwhile, or its share shrunk: the batch waits
             # A profile without a breaker, and none known by its name, is admitted as is (no coroutine to pay for).
             if profile.circuit_breaker is not None or self.breakers.knows(profile.name):
-                ticket[0] = await self.breakers.admit(profile, self.workers.aside)
+                ticket[0] = await self.breakers.admit(profile, self.workers.aside, shared.profile_read)
                 # A wait for a probe (and for a worker after it) may have outlasted the round: its ticket is given
                 # back (the caller's _in_flight cancels it) and the batch handed back.
                 self._before_round_end(shared)

@@ -8,6 +8,7 @@ import pytest
 
 from services.dispatcher.breakers import Admission, ProfileBreakers
 from services.dispatcher.delivery import AttemptResult
+from services.dispatcher.fleet_limits import read_stamp
 from shared.domain.catalog_objects import ConnectionProfile
 from shared.domain.circuit_breaker import BreakerState
 from shared.kafka.held_records import HoldRecord
@@ -63,6 +64,42 @@ def test_an_attempt_waiting_for_a_probe_is_admitted_by_the_breaker_of_the_edited
 
         breakers.record(before, probe, OK)  # the old probe comes back: judged by the old breaker, harmlessly
         assert breakers._entries["p"].breaker.state is BreakerState.CLOSED
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_read_before_an_edit_meets_the_edited_breaker_open_and_does_not_rebuild_it_closed():
+    async def scenario() -> None:
+        clock = Clock()
+        breakers = ProfileBreakers(clock=clock)
+        old, old_read = _profile(), read_stamp()  # a batch reads the profile...
+        edited, edited_read = _profile(open_seconds=60), read_stamp()  # ...a later one reads it edited
+        breakers.record(edited, await breakers.admit(edited, read=edited_read), FAILED)
+        with pytest.raises(HoldRecord):
+            breakers.record(edited, await breakers.admit(edited, read=edited_read), FAILED)  # open for 60 s
+        clock.now += 10  # past the old settings' 5 s open, within the edited 60 s
+        for _ in range(3):  # the earlier batch's requests go on while the later batch's do
+            with pytest.raises(HoldRecord):
+                breakers.check(old, old_read)
+            with pytest.raises(HoldRecord):
+                await breakers.admit(old, read=old_read)
+            with pytest.raises(HoldRecord):
+                breakers.check(edited, edited_read)
+        assert breakers._entries["p"].settings == edited.circuit_breaker
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_read_before_a_breaker_is_removed_goes_without_one_and_does_not_bring_it_back():
+    async def scenario() -> None:
+        clock = Clock()
+        breakers = ProfileBreakers(clock=clock)
+        old, old_read = _profile(), read_stamp()
+        plain = ConnectionProfile(name="p", base_url="http://127.0.0.1:9")
+        breakers.check(plain, read_stamp())  # a later batch reads it without a breaker
+        assert await breakers.admit(old, read=old_read) is None
+        breakers.check(old, old_read)
+        assert not breakers.knows("p")
 
     asyncio.run(scenario())
 
