@@ -6,6 +6,11 @@ generated) end its reading in a ``RecursionError``, which callers caught nowhere
 
 Text that is not YAML is said by :func:`yaml_problem`, never by PyYAML's own message: that quotes the line (and an
 alias's or a tag's name), and the line may hold a literal secret (a generated password starting with ``@`` or ``*``).
+
+A value PyYAML resolves to a type and then cannot build (``created: 2026-13-45`` read as a date, an integer of more
+than 4,300 digits, ``!!bool maybe``) ended its reading in a plain ``ValueError`` (or ``KeyError``, ``IndexError``,
+``AttributeError``) quoting the value, caught nowhere; here it is an :class:`UnreadableValue`, a ``yaml.YAMLError`` at
+the value's line and column, so every caller's ``except yaml.YAMLError`` says it by place.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import re
 from typing import Any
 
 import yaml
+from yaml.constructor import ConstructorError
+from yaml.nodes import Node
 from yaml.parser import ParserError
 from yaml.reader import ReaderError
 
@@ -54,6 +61,37 @@ def _where(mark: Any) -> str:
     return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
 
 
+class UnreadableValue(ConstructorError):
+    """A value YAML reads as a date, a number or a boolean that cannot be built (``2026-13-45``); its problem says
+    which kind, never the value, and its mark is the value's place; ``document`` is the (1-based) document of the
+    stream where it is (what :func:`load_all` read)."""
+
+    def __init__(self, node: Node) -> None:
+        problem = _UNBUILT.get(node.tag.rsplit(":", 1)[-1], "a value that cannot be read")
+        super().__init__(None, None, problem, node.start_mark)
+        self.document = 1
+
+
+#: What is wrong with a value of each of YAML's types that cannot be built (by the last part of its tag).
+_UNBUILT = {
+    "timestamp": "a date or time that does not exist, or text to put in quotes",
+    "int": "an integer of more than 4300 digits, or not an integer",
+    "float": "a number that cannot be read",
+    "bool": "a boolean that is neither true nor false",
+}
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` but for a value it cannot build: :class:`UnreadableValue` at its place."""
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, LookupError, AttributeError, TypeError, OverflowError):
+            # PyYAML's own message quotes the value (``invalid literal for int(): '…'``): not kept.
+            raise UnreadableValue(node) from None
+
+
 class NestedTooDeeply(ValueError):
     """YAML nested too deeply to read; ``document`` is the (1-based) document of the stream where it is."""
 
@@ -63,21 +101,25 @@ class NestedTooDeeply(ValueError):
 
 
 def load(text: str) -> Any:
-    """``yaml.safe_load(text)``: ``yaml.YAMLError`` when it is not YAML, :class:`NestedTooDeeply` when nested too
-    deeply to read."""
+    """``yaml.safe_load(text)``: ``yaml.YAMLError`` when it is not YAML (:class:`UnreadableValue` for a value that
+    cannot be built), :class:`NestedTooDeeply` when nested too deeply to read."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a yaml.SafeLoader)
     except RecursionError:
         raise NestedTooDeeply() from None
 
 
 def load_all(text: str) -> list[Any]:
     """Every document of ``text`` (``yaml.safe_load_all``, empty ones as None): ``yaml.YAMLError`` when it is not
-    YAML, :class:`NestedTooDeeply` naming the document (counted as ``---`` separates them) nested too deeply."""
+    YAML; :class:`UnreadableValue` (a value that cannot be built) and :class:`NestedTooDeeply` (nested too deeply)
+    name the document, counted as ``---`` separates them."""
     documents: list[Any] = []
     try:
-        for document in yaml.safe_load_all(text):
+        for document in yaml.load_all(text, Loader=_Loader):  # a yaml.SafeLoader
             documents.append(document)
+    except UnreadableValue as exc:
+        exc.document = len(documents) + 1
+        raise
     except RecursionError:
         raise NestedTooDeeply(len(documents) + 1) from None
     return documents

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.application.actors import Actor, Role
-from shared.yaml_text import NestedTooDeeply, load
+from shared.yaml_text import NestedTooDeeply, load, yaml_problem
 
 
 class TokenEntry(BaseModel):
@@ -57,6 +57,15 @@ def _entry_problems(index: int, exc: ValidationError) -> list[str]:
     return problems
 
 
+def _listed_twice(first: tuple[int, TokenEntry], second: tuple[int, TokenEntry]) -> str:
+    """Why two entries with one SHA-256 are refused: one token would have two roles, the last entry's replacing the
+    first's silently. Each is named by its place and its ``name`` (who it is, not a secret)."""
+    return (
+        f"tokens[{first[0]}] {first[1].name!r} and tokens[{second[0]}] {second[1].name!r} have the same sha256 "
+        "(one token, two entries: keep one)"
+    )
+
+
 def _read_entries(path: str) -> list[TokenEntry]:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -67,9 +76,7 @@ def _read_entries(path: str) -> list[TokenEntry]:
     try:
         document: Any = load(text)
     except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
-        raise TokensFileError(path, f"not valid YAML{line}") from None
+        raise TokensFileError(path, f"not valid YAML: {yaml_problem(exc)}") from None
     except NestedTooDeeply as exc:
         raise TokensFileError(path, str(exc)) from None
     document = {} if document is None else document
@@ -78,14 +85,21 @@ def _read_entries(path: str) -> list[TokenEntry]:
     listed = document.get("tokens") or []
     if not isinstance(listed, list):
         raise TokensFileError(path, "'tokens' should be a list of entries (name, sha256, role, business_units)")
-    entries, problems = [], []
+    entries: list[TokenEntry] = []
+    problems: list[str] = []
+    first: dict[str, tuple[int, TokenEntry]] = {}  # each SHA-256's first entry, and where it is
     for index, entry in enumerate(listed):
         try:
-            entries.append(TokenEntry.model_validate(entry))
+            checked = TokenEntry.model_validate(entry)
         except ValidationError as exc:
             problems.extend(_entry_problems(index, exc))
         except RecursionError:  # an entry nested too deeply for pydantic's checks
             problems.append(f"tokens[{index}]: nested too deeply to check")
+        else:
+            entries.append(checked)
+            earlier = first.setdefault(checked.sha256, (index, checked))
+            if earlier[0] != index:
+                problems.append(_listed_twice(earlier, (index, checked)))
     if problems:
         raise TokensFileError(path, "; ".join(problems))
     return entries
@@ -100,7 +114,7 @@ class TokenStore:
     @classmethod
     def from_file(cls, path: str) -> TokenStore:
         """The tokens of the YAML file at ``path`` (none when ``path`` is empty); :class:`TokensFileError` naming the
-        file and why when it cannot be read or an entry is refused."""
+        file and why when it cannot be read, an entry is refused or two entries hold the same SHA-256."""
         return cls(_read_entries(path) if path else [])
 
     def authenticate(self, token: str) -> Actor | None:

@@ -26,7 +26,7 @@ import yaml
 from shared.application.manifests import in_dependency_order, object_problems
 from shared.cli.variables import Expander
 from shared.domain.catalog_objects import CatalogObject
-from shared.yaml_text import NestedTooDeeply, load_all, yaml_problem
+from shared.yaml_text import NestedTooDeeply, UnreadableValue, load_all, yaml_problem
 
 
 class ManifestError(ValueError):
@@ -40,6 +40,8 @@ class ManifestError(ValueError):
 def _documents(text: str, source: str) -> list[Any]:
     try:
         loaded = [d for d in load_all(text) if d is not None]
+    except UnreadableValue as exc:  # a date that does not exist (2026-13-45): "unexpected error" and exit 1 before
+        raise ManifestError([f"{source}: document {exc.document}: {yaml_problem(exc)}"]) from None
     except yaml.YAMLError as exc:
         raise ManifestError([f"{source}: not valid YAML: {yaml_problem(exc)}"]) from None
     except NestedTooDeeply as exc:

@@ -13,7 +13,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from services.admin.console.forms import NESTED_TOO_DEEPLY
 from tests.admin_app import InProcessApi, in_process_api, seed
-from tests.integration.test_console_fields import Console, _csrf
+from tests.integration.test_console_fields import Console, _csrf, _field_error
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
@@ -94,6 +94,31 @@ def test_odd_input_is_a_4xx_naming_the_field(console: Console, path: str, fields
     if DEEP in fields.values() and named:  # a YAML field: refused beside it, saying why
         assert answer.status_code == 422, answer.text[-2000:]
         assert f'id="{named}-error">{NESTED_TOO_DEEPLY}' in answer.text
+
+
+#: A date YAML reads as one (unquoted) that does not exist, in each kind of YAML field; where it is in the field.
+NO_SUCH_DATE = [
+    ("/templates/upsert", TEMPLATE | {"body_kind": "json_body", "json_body": "sent: 2026-13-45"}, "json_body", 7),
+    ("/templates/upsert", TEMPLATE | {"headers": "X-Date: 2026-13-45"}, "headers", 9),
+    ("/queries/gold", QUERY | {"parameters": "tier: {type: string, default: 2026-13-45}"}, "parameters", 31),
+    (
+        "/exports/nightly/steps/notifications",
+        {"webhooks": "ops: {url: https://h.example/x, since: 2026-13-45}"},
+        "webhooks",
+        40,
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "fields", "named", "column"), NO_SUCH_DATE, ids=[c[2] for c in NO_SUCH_DATE])
+def test_a_date_that_does_not_exist_is_refused_beside_its_field_by_line_and_column(
+    console: Console, path: str, fields: dict[str, str], named: str, column: int
+) -> None:
+    """Before: PyYAML's ValueError ("month must be in 1..12") escaped the console's reading: a 500."""
+    answer = console.post(path, fields)
+    assert answer.status_code == 422, answer.text[-2000:]
+    said = f"a date or time that does not exist, or text to put in quotes (line 1, column {column})"
+    assert _field_error(answer.text, named) == f"not valid YAML or JSON: {said}"
 
 
 @pytest.mark.parametrize("collection", ["http-templates", "saved-queries"])

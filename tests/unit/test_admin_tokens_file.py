@@ -35,9 +35,41 @@ def test_a_file_nested_too_deeply_is_named_not_a_recursion_error(tmp_path: Path)
     assert refusal(tmp_path, DEEP).endswith(NESTED_TOO_DEEPLY)
 
 
-def test_a_file_that_is_not_yaml_is_refused_by_line_without_quoting_it(tmp_path: Path) -> None:
-    message = refusal(tmp_path, f"tokens:\n  - {{name: ci, sha256: {PASTED}: x\n")
-    assert message.endswith("not valid YAML (line 2, column 51)")
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (f"tokens:\n  - {{name: ci, sha256: {PASTED}: x\n", "expected ',' or '}', but got ':' (line 2, column 51)"),
+        # Before: the problem left out ("not valid YAML" and a place), or no place at all (a reader's error).
+        (f"tokens:\n  - {{name: ci, sha256: {PASTED}\x07}}\n", "a character YAML does not allow (character 59)"),
+        # Before: a ValueError quoting the value ("month must be in 1..12"), a traceback at start-up.
+        (
+            "tokens:\n  - {name: 2026-13-45, role: admin}\n",
+            "a date or time that does not exist, or text to put in quotes (line 2, column 12)",
+        ),
+        (
+            f"tokens:\n  - {{name: ci, role: !!bool {PASTED}}}\n",
+            "a boolean that is neither true nor false (line 2, column 22)",
+        ),
+    ],
+    ids=["syntax", "control-character", "no-such-date", "tagged"],
+)
+def test_a_file_that_is_not_yaml_is_refused_by_what_and_where_without_quoting_it(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    assert refusal(tmp_path, text).endswith(f": not valid YAML: {said}")
+
+
+def test_two_entries_of_one_token_are_refused_naming_both(tmp_path: Path) -> None:
+    """Before: accepted, the last entry silently replacing the first (its role and business units)."""
+    text = (
+        f"tokens:\n"
+        f"  - {{name: ci, sha256: {token_hash(PASTED)}, role: viewer, business_units: [emea]}}\n"
+        f"  - {{name: ops, sha256: {token_hash('other')}, role: editor}}\n"
+        f"  - {{name: break-glass, sha256: {token_hash(PASTED)}, role: admin}}\n"
+    )
+    assert refusal(tmp_path, text).endswith(
+        ": tokens[0] 'ci' and tokens[2] 'break-glass' have the same sha256 (one token, two entries: keep one)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -81,16 +113,28 @@ def test_a_good_file_still_gives_its_tokens(tmp_path: Path) -> None:
     assert (actor.name, actor.business_units) == ("ci", frozenset({"emea"}))
 
 
-def test_the_admin_api_exits_at_start_up_naming_the_file(tmp_path: Path) -> None:
+#: One token listed twice, with two roles.
+TWICE = "".join(["tokens:\n"] + [f"  - {{name: {name}, sha256: {token_hash('t')}, role: admin}}\n" for name in "ab"])
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (DEEP, NESTED_TOO_DEEPLY),
+        (TWICE, "tokens[0] 'a' and tokens[1] 'b' have the same sha256 (one token, two entries: keep one)"),
+    ],
+    ids=["nested-too-deeply", "listed-twice"],
+)
+def test_the_admin_api_exits_at_start_up_naming_the_file(tmp_path: Path, text: str, reason: str) -> None:
     """Before any catalog or Kafka is reached: one line on stderr, status 1, no traceback."""
     path = tmp_path / "tokens.yaml"
-    path.write_text(DEEP)
+    path.write_text(text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORT_")}
     env |= {"EXPORT_ADMIN_TOKENS_FILE": str(path), "EXPORT_CATALOG_URL": f"sqlite:///{tmp_path / 'absent.db'}"}
     done = subprocess.run(
         [sys.executable, "-m", "services.admin"], env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 1
-    assert done.stderr.splitlines()[-1] == f"EXPORT_ADMIN_TOKENS_FILE {path}: {NESTED_TOO_DEEPLY}"
+    assert done.stderr.splitlines()[-1] == f"EXPORT_ADMIN_TOKENS_FILE {path}: {reason}"
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "absent.db").exists()

@@ -95,3 +95,44 @@ def test_a_config_file_nested_too_deeply_is_a_usage_error(tmp_path: Path) -> Non
         Config.load({"EXPORTCTL_CONFIG": str(tmp_path / "config.yaml")})
     assert error.value.code == USAGE
     assert error.value.message == f"config file {tmp_path / 'config.yaml'} cannot be read: {NESTED_TOO_DEEPLY}"
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("2026-13-45", "a date or time that does not exist, or text to put in quotes (line 9, column 12)"),
+        ("2026-02-30 12:00:00", "a date or time that does not exist, or text to put in quotes (line 9, column 12)"),
+        (
+            "2026-01-01T00:00:00+99:00",
+            "a date or time that does not exist, or text to put in quotes (line 9, column 12)",
+        ),
+        ("7" * 5000, "an integer of more than 4300 digits, or not an integer (line 9, column 12)"),
+    ],
+    ids=["month-13", "february-30", "offset-99h", "5000-digits"],
+)
+def test_a_value_yaml_cannot_build_is_an_invalid_manifest_by_file_document_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str, said: str
+) -> None:
+    """Before: PyYAML's ValueError ("month must be in 1..12", or quoting the value): "unexpected error", exit 1."""
+    from shared.cli.__main__ import main
+
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "kind: ConnectionProfile\nname: p\nspec: {base_url: 'https://x.example'}\n---\n"
+        f"kind: SavedQuery\nname: q\nspec:\n  sql: SELECT 1\n  created: {value}\n"
+    )
+    monkeypatch.setenv("EXPORTCTL_CONFIG", str(tmp_path / "no-config.yaml"))
+    monkeypatch.setenv("EXPORT_API_URL", "http://127.0.0.1:9")  # never called: the manifest is refused first
+    assert main(["apply", "-f", str(manifest)]) == REFUSED
+    assert capsys.readouterr().err == f"exportctl: invalid manifest\n  {manifest}: document 2: {said}\n"
+
+
+def test_a_config_file_with_a_date_that_does_not_exist_is_a_usage_error_by_line(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("current-context: prod\ncontexts:\n  prod: {api-url: 2026-13-45}\n")
+    with pytest.raises(CliError) as error:
+        Config.load({"EXPORTCTL_CONFIG": str(tmp_path / "config.yaml")})
+    assert error.value.code == USAGE
+    assert error.value.message == (
+        f"config file {tmp_path / 'config.yaml'} cannot be read: "
+        "a date or time that does not exist, or text to put in quotes (line 3, column 19)"
+    )

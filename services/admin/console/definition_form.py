@@ -16,6 +16,7 @@ from shared.domain.catalog_objects import ExportDefinition, SavedQuery, WebhookC
 from shared.domain.query_parameters import ParameterType, coerce
 from shared.domain.schedule import Every, Repeat
 from shared.domain.secret_references import is_reference
+from shared.yaml_text import NestedTooDeeply, load
 
 #: The composer's fields each interval shows (the domain's Repeat takes exactly these; a unit test holds it).
 COMPOSER_FIELDS: dict[str, tuple[str, ...]] = {
@@ -195,8 +196,8 @@ def without_literal_secrets(webhooks: str) -> str:
     mentions ``signing`` it is not shown again at all (a comment says why).
     """
     try:
-        hooks = yaml.safe_load(webhooks)
-    except (yaml.YAMLError, RecursionError):  # not readable (or nested too deeply): not a mapping to redact
+        hooks = load(webhooks)
+    except (yaml.YAMLError, NestedTooDeeply):  # not readable (a date that does not exist too): not a mapping to redact
         hooks = None
     if not isinstance(hooks, dict | list):
         return NOT_SHOWN_AGAIN if "signing" in webhooks.lower() else webhooks
