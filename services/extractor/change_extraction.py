@@ -11,8 +11,8 @@ the definition's last delivered snapshot, each kind with its own template.
 3. After the last page, the snapshot's members not seen are the removed ones: their last delivered values are
    read back and sent with the removed kind's template (the checkpoint records where their batches start).
 
-A run whose removals are sent is held to the definition's ``sync.max_removed`` (unless its request allows a
-mass removal once): before its first page it counts its removals from the query's keys alone
+A run whose removals are sent is held to its definition's ``sync.max_removed`` as at its first start (unless its
+request allows a mass removal once): before its first page it counts its removals from the query's keys alone
 (:mod:`services.extractor.removal_guard`) and, over the limit, fails having sent nothing and changed nothing in
 the snapshot. After its last page it counts them again (exact, cheap): members that left while it ran (a table
 emptied under it) fail it there, its removals not sent.
@@ -23,8 +23,9 @@ even if the member store changed since. It goes on from the checkpoint's counts 
 the pages after that key. A resume in the removal phase numbers the removals' batches as before and publishes
 those from ``next_batch_index`` on. The kinds it sends, each kind's template and members per record are those of
 the run's first start (recorded in its checkpoint's sync before its first batch is sent): a kind's template named,
-set to ``false`` or its ``batch_size`` edited before a resume changes nothing until the next run. So nothing is
-lost, and a batch published twice has the same identity (the dispatcher's Idempotency-Key, the notifier's ledger).
+set to ``false`` or its ``batch_size`` edited before a resume changes nothing until the next run; so is the bound
+on its removals (``sync.max_removed``, recorded before its guard), which judges it to its end. So nothing is lost,
+and a batch published twice has the same identity (the dispatcher's Idempotency-Key, the notifier's ledger).
 
 Change-mode runs are never split into key ranges: removals are the snapshot members no range saw, which only
 one process reading every page knows (and the in-memory index is per process).
@@ -157,6 +158,9 @@ class ChangeRun:
         self.next_index = 0
         self.published = 0
         self.counts = {kind: 0 for kind in ("added", "changed", "unchanged", "removed")}
+        #: The bound on the run's removals: as at its first start, once :meth:`extract` read it from the checkpoint
+        #: (``sync.max_removed`` edited since judges the next run, not this one).
+        self.limit = definition.sync.removal_limit
 
     def extract(self, checkpoint: Checkpoint) -> tuple[Checkpoint, ChangeCounts]:
         """Extract the run from ``checkpoint`` (a fresh one, or a resumed run's); its last checkpoint and counts."""
@@ -164,12 +168,17 @@ class ChangeRun:
             raise self.fail("change mode cannot be combined with 'incremental' (field 'sync.mode')", "invalid_sync")
         sync = _run_sync(checkpoint)
         senders = {kind: self._sender(kind, sync) for kind in ChangeKind}
-        if sync.kind_templates is None:  # the run's first start (or first since this was recorded): before any batch
+        if sync.kind_templates is None or sync.removal_limit is None:
+            # The run's first start (or first since this was recorded): before its guard and any batch.
             sent = {kind.value: sender for kind, sender in senders.items() if sender is not None}
             sizes = {kind: sender.size for kind, sender in sent.items()}
             templates = {kind: sender.template for kind, sender in sent.items()}
-            checkpoint = replace(checkpoint, sync=replace(sync, kind_record_sizes=sizes, kind_templates=templates))
+            limit = sync.removal_limit or self.definition.sync.removal_limit
+            sync = replace(sync, kind_record_sizes=sizes, kind_templates=templates, removal_limit=limit)
+            checkpoint = replace(checkpoint, sync=sync)
             self.save(checkpoint)
+        assert sync.removal_limit is not None
+        self.limit = sync.removal_limit
         try:
             run = self.snapshots.begin(self.definition.name, str(self.run_id))
         except NotFound as exc:  # deleted since the run started: its snapshot went with it
@@ -234,7 +243,7 @@ class ChangeRun:
     def _guard_before_sending(self, index: ChangeIndex) -> None:
         """Fail the run before it sends anything if its query's keys leave more of the partner's members out
         than ``sync.max_removed`` allows (see :mod:`services.extractor.removal_guard`)."""
-        limit = self.definition.sync.removal_limit
+        limit = self.limit
         if self.allow_mass_removal or limit.never_exceeded(partner_members(index)):
             return
         pages = self.host.reader.key_pages(self.query, page_size=KEY_PAGE, parameters=self.parameters)
@@ -252,7 +261,7 @@ class ChangeRun:
         """After the last page, the exact count: over the limit (members that left while the run ran), the run
         fails before its removals are sent (they stay in the snapshot)."""
         delivered, removed = partner_members(index), len(index.removed())
-        if not self.definition.sync.removal_limit.exceeded(removed, delivered):
+        if not self.limit.exceeded(removed, delivered):
             return
         if self.allow_mass_removal:
             log.warning(
@@ -261,13 +270,13 @@ class ChangeRun:
                 definition=self.definition.name,
                 removed=removed,
                 partner_members=delivered,
-                max_removed=self.definition.sync.removal_limit.setting,
+                max_removed=self.limit.setting,
             )
             return
         self._refuse(index, removed)
 
     def _refuse(self, index: ChangeIndex, removed: int) -> None:
-        limit, delivered = self.definition.sync.removal_limit, partner_members(index)
+        limit, delivered = self.limit, partner_members(index)
         reason = refusal_reason(
             limit,
             removed=removed,

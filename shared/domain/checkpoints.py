@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from shared.domain.removal_limit import RemovalLimit
 from shared.domain.runs import RunStatus
 from shared.domain.sync_mode import SyncMode
 
@@ -38,10 +39,14 @@ class RunSync:
     #: A change run's template of each kind it sends, as at its first start (None: not recorded yet, or recorded
     #: before this was): a kind's template named, renamed or set to ``false`` before a resume changes nothing.
     kind_templates: dict[str, str] | None = None
+    #: A change run's bound on its removals (``sync.max_removed``), as at its first start (None: not recorded yet, or
+    #: recorded before this was): a bound edited before a resume judges the next run, not this one.
+    removal_limit: RemovalLimit | None = None
 
     def as_json(self) -> dict[str, Any]:
         """As the checkpoint row keeps it (``announced``, ``watermark_column``, ``record_size``,
-        ``kind_record_sizes`` and ``kind_templates`` only when set)."""
+        ``kind_record_sizes``, ``kind_templates`` and ``max_removed`` only when set; ``max_removed`` null: the
+        default bound)."""
         value: dict[str, Any] = {"mode": self.mode.value, "full_scope": self.full_scope, "counts": self.counts}
         if self.announced:
             value["announced"] = True
@@ -53,6 +58,8 @@ class RunSync:
             value["kind_record_sizes"] = self.kind_record_sizes
         if self.kind_templates is not None:
             value["kind_templates"] = self.kind_templates
+        if self.removal_limit is not None:
+            value["max_removed"] = self.removal_limit.written
         return value
 
     @classmethod
@@ -69,6 +76,7 @@ class RunSync:
             value.get("record_size"),
             value.get("kind_record_sizes"),
             value.get("kind_templates"),
+            RemovalLimit.of(value["max_removed"]) if "max_removed" in value else None,
         )
 
 

@@ -79,6 +79,13 @@ class RemovalLimit:
             return cls(None, checked, str(checked))
         return cls(Fraction(checked[:-1]), None, checked)
 
+    @property
+    def written(self) -> int | str | None:
+        """The setting as a definition writes it (None: the default), which :meth:`of` takes back."""
+        if self.default:
+            return None
+        return self.count if self.count is not None else self.setting
+
     def allowed(self, delivered: int) -> int:
         """The most members a run may remove of the ``delivered`` the partner has."""
         if self.count is not None:

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from services.extractor.extraction import Extractor
 from shared.catalog import CatalogStores, ChangeSnapshotFollower, SqlChangeSnapshots, SqlRunsStore, make_engine
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
-from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, ExtractionCompleted, MemberBatch, RunRequested
+from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, ExtractionCompleted, MemberBatch, RunFailed, RunRequested
 from shared.kafka import InFlight, Outgoing
 from shared.outages import DependencyUnavailable
 from shared.querystore import MemberPages, MemberReader, StoreUnavailable
@@ -70,11 +70,13 @@ def _extract(
     *,
     crash_after_sends: int | None = None,
     delivered: bool = False,
+    failures: list[str] | None = None,
     **options: Any,
 ):
     """The run's member records (identity → member ids) and completion events; with ``crash_after_sends``, the
     extractor stops right after its ``crash_after_sends``-th send of records (published, not checkpointed); with
-    ``delivered``, every batch is folded as delivered (a change run's snapshot moves)."""
+    ``delivered``, every batch is folded as delivered (a change run's snapshot moves); ``failures`` takes the
+    reasons of the run's failure events."""
     sent: list[Outgoing] = []
     sends = 0
 
@@ -113,6 +115,8 @@ def _extract(
                 )
             )
     events = [RUN_EVENT_ADAPTER.validate_json(o.value) for o in sent + out if o.topic == TOPICS.run_events]
+    if failures is not None:
+        failures.extend(e.reason for e in events if isinstance(e, RunFailed))
     if delivered:
         SqlRunsStore(stores.database, followers=[ChangeSnapshotFollower()]).fold_run_events([*events, *outcomes])
     return records, [e for e in events if isinstance(e, ExtractionCompleted)]
@@ -256,6 +260,68 @@ def test_a_change_run_resumed_after_a_kind_was_named_or_set_to_false_sends_the_k
     assert [(e.members, e.changes and (e.changes.added, e.changes.changed, e.changes.removed)) for e in completed] == [
         (len(expected), (20, 10, 10))
     ]
+
+
+_CHANGES = {"mode": "changes", "added": "t-add", "changed": "t-chg", "removed": "t-del"}
+
+
+@pytest.mark.parametrize(
+    ("started", "edited", "gone", "leaving", "refused"),
+    [
+        # 10 of 40 removed, allowed at its start; lowered to 4 (10%) at the resume. Before: refused after its last page.
+        (_CHANGES | {"max_removed": "25%"}, _CHANGES | {"max_removed": "10%"}, "id % 4 = 0", "id < 0", None),
+        # Allowed 10 at its start (removes 10); 2 more left while it was down; raised to 100%. Before: 12 removed.
+        (
+            _CHANGES | {"max_removed": 10},
+            _CHANGES | {"max_removed": "100%"},
+            "id % 4 = 0",
+            "id IN (2, 3)",
+            "would remove 12 of the 40 members the partner has (30.0%), over sync.max_removed 10, at most 10: its "
+            "removals were not sent (its 10 added and changed members were) and stay in the snapshot",
+        ),
+        # Allowed everything at its start (removes 20); switched to full mode (no bound: the default, 50%); 2 more
+        # left. Before: refused after its last page, 22 of 40 over the default.
+        (_CHANGES | {"max_removed": "100%"}, {"mode": "full"}, "id % 4 IN (0, 3)", "id IN (2, 6)", None),
+    ],
+)
+def test_a_change_run_resumed_after_its_max_removed_was_edited_is_held_to_the_bound_of_its_first_start(
+    database_url: str,
+    same_stores: CatalogStores,
+    started: dict[str, Any],
+    edited: dict[str, Any],
+    gone: str,
+    leaving: str,
+    refused: str | None,
+):
+    stores, snapshots = same_stores, SqlChangeSnapshots(same_stores.database)
+    _table(database_url)
+    stores.definitions.apply(ExportDefinition(name="c", query="q", template="t", sync=started))
+    _extract(stores, database_url, RunRequested(definition="c"), delivered=True, snapshots=snapshots)  # 40 delivered
+    engine = make_engine(database_url)
+    with engine.begin() as connection:  # every page: two changed members (1, 5, ...); ``gone``: removed
+        connection.execute(text("UPDATE m SET name = 'x' WHERE id % 4 = 1"))
+        connection.execute(text(f"DELETE FROM m WHERE {gone}"))
+    request = RunRequested(definition="c")
+    # Its guard passed; three pages published, the first one checkpointed: a resume goes on after it.
+    crashed, _ = _extract(stores, database_url, request, crash_after_sends=3, snapshots=snapshots)
+    with engine.begin() as connection:  # members of its first page that left while the run was down
+        connection.execute(text(f"DELETE FROM m WHERE {leaving}"))
+        kept = {row[0] for row in connection.execute(text("SELECT id FROM m"))}
+    engine.dispose()
+    stores.definitions.apply(ExportDefinition(name="c", query="q", template="t", sync=edited))  # before the resume
+    failures: list[str] = []
+    resumed, completed = _extract(stores, database_url, request, snapshots=snapshots, failures=failures)
+    changed = list(range(1, MEMBERS + 1, 4))
+    removed = [i for i in range(1, MEMBERS + 1) if i not in kept]
+    if refused is None:
+        assert failures == []
+        assert _taken_once(crashed, resumed) == sorted(changed + removed)
+        assert [(e.members, e.changes and e.changes.removed) for e in completed] == [(10 + len(removed), len(removed))]
+    else:  # its removals not sent
+        assert [reason.split("mass removal refused: the run ")[-1].split(". Check")[0] for reason in failures] == [
+            refused
+        ]
+        assert (_taken_once(crashed, resumed), completed) == (changed, [])
 
 
 def test_a_run_taken_over_during_a_store_outage_is_forgotten_and_waits_again_should_it_come_back(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -17,9 +18,10 @@ from services.extractor.removal_guard import removals_over_limit
 from shared.cli.parser import build_parser
 from shared.cli.variables import parse_assignments
 from shared.domain.change_index import ChangeIndex, MemberState
+from shared.domain.checkpoints import RunSync
 from shared.domain.member_hashes import key_hash
 from shared.domain.removal_limit import RemovalLimit, refusal_reason
-from shared.domain.sync_mode import Sync, sync_problems
+from shared.domain.sync_mode import Sync, SyncMode, sync_problems
 
 PERCENTS = st.decimals(min_value=0, max_value=100, places=2).map(lambda d: f"{d}%")
 COUNTS = st.integers(min_value=0, max_value=10**9)
@@ -49,6 +51,20 @@ def test_anything_else_is_refused_naming_the_field(written):
     with pytest.raises(ValidationError) as refused:
         Sync.model_validate({"mode": "changes", "max_removed": written})
     assert [error["loc"] for error in refused.value.errors()] == [("max_removed",)]
+
+
+@pytest.mark.parametrize("written", ["10%", "12.5%", "0%", 5000, 0, None])
+def test_a_change_runs_bound_is_kept_in_its_checkpoint_as_written(written):
+    """A run's bound as at its first start, in its checkpoint's sync JSON (null: the default, 50%)."""
+    limit = Sync.model_validate({"mode": "changes", "max_removed": written}).removal_limit
+    stored = json.loads(json.dumps(RunSync(SyncMode.CHANGES, full_scope=True, removal_limit=limit).as_json()))
+    assert stored["max_removed"] == written
+    kept = RunSync.of_json(stored)
+    assert kept is not None
+    assert kept.removal_limit == limit
+    assert kept.removal_limit.allowed(1000) == limit.allowed(1000)
+    # A run recorded before its bound was: none (its definition's, fixed at its next handling).
+    assert RunSync.of_json({k: v for k, v in stored.items() if k != "max_removed"}) == replace(kept, removal_limit=None)
 
 
 def test_the_setting_is_refused_outside_change_mode():
