@@ -336,7 +336,8 @@ class Notifier:
             if definition is not None:
                 kinds[name] = self.webhooks.ledger_claims(definition, WebhookEvent.STARTED)
         held_until = datetime.now(UTC) + timedelta(seconds=self.finish_lease_seconds)
-        return StartClaims(kinds, held_until) if any(kinds.values()) else None
+        # What the fold's claims it inserts know (no failed attempt yet): a first attempt's failure reads nothing.
+        return StartClaims(kinds, held_until, earlier=self._earlier) if any(kinds.values()) else None
 
     def _send_started(self, record: RunRecord) -> None:
         """One attempt of each ``started`` webhook of a run this replica's fold just started: claimed in that fold

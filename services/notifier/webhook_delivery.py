@@ -209,7 +209,8 @@ class WebhookNotifications:
         )
 
     def _tried(self, run_id: uuid.UUID, kind: str) -> int:
-        """The failed attempts before this one of the notification, as its claim read them (:attr:`earlier`); read now
-        when no claim of this round did (a ``started`` webhook claimed by its run's fold)."""
+        """The failed attempts before this one of the notification, as its claim read them (:attr:`earlier`; none, a
+        ``started`` webhook its run's fold claimed by inserting it); read now only when no claim of this round knew
+        them (a fold's claim of a row that was there before)."""
         earlier = self.earlier.pop((run_id, kind), None)
         return earlier[1] if earlier is not None else self.runs.notification_attempts(run_id, kind)

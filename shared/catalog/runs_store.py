@@ -111,8 +111,9 @@ class SqlRunsStore:
                 row = RunRow(run_id=str(event.run_id))
                 session.add(row)
             write_record(after, row)
-            self._claim_starts(session, {event.run_id: (before, after)}, starts)
-            return before, after
+            inserted = self._claim_starts(session, {event.run_id: (before, after)}, starts)
+        _known_at_insert(starts, inserted)
+        return before, after
 
     def fold_run_events(
         self, events: Sequence[AnyRunEvent], starts: StartClaims | None = None
@@ -156,26 +157,31 @@ class SqlRunsStore:
                     row = RunRow(run_id=str(run_id))
                     session.add(row)
                 write_record(after, row)
-            self._claim_starts(session, results, starts)
-            return results
+            inserted = self._claim_starts(session, results, starts)
+        _known_at_insert(starts, inserted)
+        return results
 
     def _claim_starts(
         self,
         session: Session,
         folded: dict[uuid.UUID, tuple[RunRecord | None, RunRecord]],
         starts: StartClaims | None,
-    ) -> None:
+    ) -> list[tuple[uuid.UUID, str]]:
         """In the fold's transaction: claim ``starts``' notifications of the runs this fold started (their
-        ``started_at`` set now), not due for a retry before ``starts.held_until`` (their first sender's time)."""
+        ``started_at`` set now), not due for a retry before ``starts.held_until`` (their first sender's time). Those
+        it inserted (their rows new: never tried), by (run id, kind)."""
+        inserted: list[tuple[uuid.UUID, str]] = []
         if starts is None:
-            return
+            return inserted
         held_until = as_utc(starts.held_until)
         for run_id, (before, after) in folded.items():
             if after.started_at is None or (before is not None and before.started_at is not None):
                 continue
             for kind, recipients in starts.kinds.get(after.definition, ()):
                 values = {"run_id": str(run_id), "kind": kind, "recipients": recipients, "next_attempt_at": held_until}
-                self.database.insert_ignore(session, NotificationRow, values)
+                if self.database.insert_ignore(session, NotificationRow, values):
+                    inserted.append((run_id, kind))
+        return inserted
 
     def _record_outcomes(self, session: Session, outcomes: list[BatchOutcome]) -> set[tuple[str, int]]:
         """Insert outcomes into the ledger (one statement); the (run, batch) identities that were new."""
@@ -850,6 +856,13 @@ def _failure_values(
         NotificationRow.attempts: case((spent, before), else_=counting),
         NotificationRow.sent_at: case((spent, literal(at, NotificationRow.sent_at.type)), else_=None),
     }
+
+
+def _known_at_insert(starts: StartClaims | None, inserted: Sequence[tuple[uuid.UUID, str]]) -> None:
+    """What the fold's claims it inserted (committed) know of their notifications, into ``starts.earlier`` (when
+    given): no recipient refused yet, no failed attempt (:attr:`StartClaims.earlier`)."""
+    if starts is not None and starts.earlier is not None:
+        starts.earlier.update({key: ({}, 0) for key in inserted})
 
 
 def _earlier(carried: Mapping[RowKey, tuple[Any, ...]]) -> dict[tuple[uuid.UUID, str], EarlierSends]:
