@@ -788,8 +788,8 @@ class Notifier:
             assert undelivered is not None
             self._mail_again(records, kind, refused, len(mailed), tried, undelivered)
             return True
-        for record in records:
-            self.runs.mark_notification(record.run_id, kind, undelivered=undelivered, refused=refused or None)
+        # One statement for all its runs (a digest's), as its failure's mark (:meth:`_mark_failed`).
+        self.runs.mark_notifications(_keys(records, kind), undelivered=undelivered, refused=refused or None)
         if refused:
             self._not_delivered_to_some(records, kind, undelivered)
         else:
@@ -893,20 +893,18 @@ class Notifier:
             self.email_backoff.delay(attempts) if counted else self.email_backoff.delay_after(self._waited(records))
         )
         retry_at = None if permanent else self.clock() + timedelta(seconds=backoff)
-        marks = [
-            self.runs.mark_notification(
-                record.run_id,
-                kind,
-                error=reason,
-                retry_at=retry_at,
-                give_up=permanent,
-                counted=counted,
-                refused=refused,
-                max_attempts=EMAIL_MAX_ATTEMPTS,
-                sent_when_spent=sent_when_spent,
-            )
-            for record in records
-        ]
+        # One statement for all its runs (a digest's; before, one a run), each row's give-up from its own count.
+        written = self.runs.mark_notifications(
+            _keys(records, kind),
+            error=reason,
+            retry_at=retry_at,
+            give_up=permanent,
+            counted=counted,
+            refused=refused,
+            max_attempts=EMAIL_MAX_ATTEMPTS,
+            sent_when_spent=sent_when_spent,
+        )
+        marks = [written.get((record.run_id, kind)) for record in records]
         given_up = sum(1 for mark in marks if mark is not None and mark.given_up)
         if given_up:
             EMAILS_GIVEN_UP.labels(kind=kind).inc(given_up)
@@ -1056,6 +1054,11 @@ class Notifier:
         message = compose_digest(definition=definition, records=records, sender=self.sender, recipients=recipients)
         self._deliver_email(message, records, ERROR, attempts, recipients)
         return []
+
+
+def _keys(records: Sequence[RunRecord], kind: str) -> list[tuple[uuid.UUID, str]]:
+    """The ledger's keys of these runs' notification of ``kind``."""
+    return [(record.run_id, kind) for record in records]
 
 
 def _starts(before: RunRecord | None, after: RunRecord) -> bool:

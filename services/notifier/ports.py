@@ -76,3 +76,16 @@ class NotifierRuns(Protocol):
         max_attempts: int | None = None,
         sent_when_spent: str | None = None,
     ) -> NotificationMark | None: ...
+    def mark_notifications(
+        self,
+        keys: Sequence[tuple[uuid.UUID, str]],
+        *,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+        give_up: bool = False,
+        undelivered: str | None = None,
+        counted: bool = True,
+        refused: RefusedRecipients | None = None,
+        max_attempts: int | None = None,
+        sent_when_spent: str | None = None,
+    ) -> dict[tuple[uuid.UUID, str], NotificationMark]: ...

@@ -9,13 +9,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import case, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, case, func, literal, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.extraction_store import withheld_runs, withhold_start
-from shared.catalog.lease_claims import LeaseClaims, RowKey, catalog_now, read_catalog_now
+from shared.catalog.lease_claims import MAX_CLAIMS, LeaseClaims, RowKey, catalog_now, read_catalog_now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
 from shared.domain.email_retries import EarlierSends, NotificationMark, RefusedRecipients, refusals
 from shared.domain.replay import ALL_ACKNOWLEDGED, ReplayPlan, ReplayPublication
@@ -701,28 +701,76 @@ class SqlRunsStore:
         mark sees the first's, and the notification is never given up above ``max_attempts``, nor left pending at it.
         Returns what it wrote (:class:`NotificationMark`), or None when there was nothing to mark: no such row, or one
         another's mark ended meanwhile (a failure of a notification sent or given up; a send of one sent)."""
-        key = [NotificationRow.run_id == str(run_id), NotificationRow.kind == kind]
+        return self.mark_notifications(
+            [(run_id, kind)],
+            error=error,
+            retry_at=retry_at,
+            give_up=give_up,
+            undelivered=undelivered,
+            counted=counted,
+            refused=refused,
+            max_attempts=max_attempts,
+            sent_when_spent=sent_when_spent,
+        ).get((run_id, kind))
+
+    def mark_notifications(
+        self,
+        keys: Sequence[tuple[uuid.UUID, str]],
+        *,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+        give_up: bool = False,
+        undelivered: str | None = None,
+        counted: bool = True,
+        refused: RefusedRecipients | None = None,
+        max_attempts: int | None = None,
+        sent_when_spent: str | None = None,
+    ) -> dict[tuple[uuid.UUID, str], NotificationMark]:
+        """Mark these (run id, kind) notifications' attempt as :meth:`mark_notification` marks one (a digest's: one
+        attempt for its runs), in one ``UPDATE ... RETURNING`` (one per :data:`MAX_CLAIMS` keys): each row's attempt
+        counted and its give-up decided from the count it holds, as if marked alone. Returns what it wrote to each;
+        one not in it had nothing to mark (no such row, or one another's mark ended meanwhile). Before (session 52),
+        one statement a run of the digest."""
         values: dict[Any, Any] = {}
+        open_: list[ColumnElement[bool]]
         if refused is not None:
             values[NotificationRow.refused_recipients] = {
                 address: [code, text] for address, (code, text) in refused.items()
             }
         if error is None:
             values |= {NotificationRow.sent_at: now(), NotificationRow.last_error: undelivered}
-            statement = update(NotificationRow).where(*key, NotificationRow.sent_at.is_(None)).values(values)
+            open_ = [NotificationRow.sent_at.is_(None)]
         else:
-            statement = update(NotificationRow).where(*key, *self._claims.still_open)
             values |= _failure_values(error, retry_at, give_up, counted, max_attempts, sent_when_spent)
-            statement = statement.values(values)
-        returned = statement.returning(
-            NotificationRow.attempts, NotificationRow.sent_at, NotificationRow.gave_up_at
-        ).execution_options(synchronize_session=False)
-        with self.database.begin("Run") as connection:
-            row = connection.execute(returned).first()
-        if row is None:
-            return None
-        attempts, sent_at, gave_up_at = row
-        return NotificationMark(attempts or 0, sent=sent_at is not None, given_up=gave_up_at is not None)
+            open_ = list(self._claims.still_open)
+        pairs = sorted({(str(run_id), kind) for run_id, kind in keys})
+        written: dict[tuple[uuid.UUID, str], NotificationMark] = {}
+        for start in range(0, len(pairs), MAX_CLAIMS):
+            part = pairs[start : start + MAX_CLAIMS]
+            key = (
+                [NotificationRow.run_id == part[0][0], NotificationRow.kind == part[0][1]]
+                if len(part) == 1
+                else [tuple_(NotificationRow.run_id, NotificationRow.kind).in_(part)]
+            )
+            returned = (
+                update(NotificationRow)
+                .where(*key, *open_)
+                .values(values)
+                .returning(
+                    NotificationRow.run_id,
+                    NotificationRow.kind,
+                    NotificationRow.attempts,
+                    NotificationRow.sent_at,
+                    NotificationRow.gave_up_at,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            with self.database.begin("Run") as connection:
+                rows = connection.execute(returned).all()
+            for run_id, kind, attempts, sent_at, gave_up_at in rows:
+                mark = NotificationMark(attempts or 0, sent=sent_at is not None, given_up=gave_up_at is not None)
+                written[(uuid.UUID(run_id), kind)] = mark
+        return written
 
     def refused_recipients(self, run_id: uuid.UUID, kind: str) -> RefusedRecipients:
         """The recipients the SMTP server refused while it took this email for the others, so far (empty when none,
