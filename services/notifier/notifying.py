@@ -741,7 +741,7 @@ class Notifier:
     ) -> None:
         """Send a claimed email and mark it sent (or its error, for the sweep to try again)."""
         if not recipients:  # the toggle was turned off since it was claimed
-            self.runs.mark_notification(record.run_id, kind, error="no recipients any more", give_up=True)
+            self.runs.mark_notifications([(record.run_id, kind)], error="no recipients any more", give_up=True)
             return
         message = compose(
             definition=definition,
@@ -883,11 +883,11 @@ class Notifier:
         most 15 minutes, jittered): its attempts do not grow through an outage, so the backoff grows with time.
 
         The attempt is counted, and the give-up decided (:data:`EMAIL_MAX_ATTEMPTS`), by each run's mark from its
-        locked row (:meth:`NotifierRuns.mark_notification`), not from ``tried`` (its failed attempts before this one
-        as its claim read them, which sets the backoff): another replica's attempt meanwhile (this one's lease over
-        mid-send) is counted in, so an email never gets an attempt past its 20th. The first run's mark (the one the
-        email's attempts are counted by), or None when another's mark ended every run's email meanwhile (sent or given
-        up: nothing recorded)."""
+        locked row (:meth:`NotifierRuns.mark_notifications`: one statement for all a digest's runs), not from ``tried``
+        (its failed attempts before this one as its claim read them, which sets the backoff): another replica's attempt
+        meanwhile (this one's lease over mid-send) is counted in, so an email never gets an attempt past its 20th. The
+        first run's mark (the one the email's attempts are counted by), or None when another's mark ended every run's
+        email meanwhile (sent or given up: nothing recorded)."""
         attempts = tried + (1 if counted else 0)
         backoff = (
             self.email_backoff.delay(attempts) if counted else self.email_backoff.delay_after(self._waited(records))
@@ -938,7 +938,7 @@ class Notifier:
     def _give_up_orphan(self, record: RunRecord, kind: str) -> None:
         """A notification whose run's definition is not in the catalog (deleted, or unreadable): given up."""
         reason = f"the definition {record.definition!r} is not in the catalog (deleted, or unreadable)"
-        self.runs.mark_notification(record.run_id, kind, error=reason, give_up=True)
+        self.runs.mark_notifications([(record.run_id, kind)], error=reason, give_up=True)
         if parse_kind(kind) is None:
             EMAILS_GIVEN_UP.labels(kind=kind).inc()
         log.error("notification given up", run_id=str(record.run_id), kind=kind, reason=reason)

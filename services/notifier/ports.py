@@ -62,20 +62,6 @@ class NotifierRuns(Protocol):
     def notification_attempts(self, run_id: uuid.UUID, kind: str) -> int: ...
     def refused_recipients(self, run_id: uuid.UUID, kind: str) -> RefusedRecipients: ...
     def notifications(self, run_id: uuid.UUID) -> dict[str, datetime | None]: ...
-    def mark_notification(
-        self,
-        run_id: uuid.UUID,
-        kind: str,
-        *,
-        error: str | None = None,
-        retry_at: datetime | None = None,
-        give_up: bool = False,
-        undelivered: str | None = None,
-        counted: bool = True,
-        refused: RefusedRecipients | None = None,
-        max_attempts: int | None = None,
-        sent_when_spent: str | None = None,
-    ) -> NotificationMark | None: ...
     def mark_notifications(
         self,
         keys: Sequence[tuple[uuid.UUID, str]],

@@ -127,7 +127,8 @@ class WebhookNotifications:
         kind = ledger_kind(name, event)
         if channel is None:
             # The channel was removed (or renamed) since: nobody to tell any more.
-            self.runs.mark_notification(record.run_id, kind, error="the channel no longer exists", give_up=True)
+            gone = "the channel no longer exists"
+            self.runs.mark_notifications([(record.run_id, kind)], error=gone, give_up=True)
             return
         message = run_message(
             definition=definition,

@@ -320,7 +320,7 @@ def test_an_smtp_refusal_is_recorded_masked_and_cut_for_a_runs_email(tmp_path: P
     recorded: list[str | None] = []
     mark = catalog.runs.mark_notifications
 
-    def marking(keys: list[tuple[uuid.UUID, str]], **options: Any) -> Any:
+    def marking(keys: Any, **options: Any) -> Any:
         recorded.append(options.get("error"))
         return mark(keys, **options)
 
