@@ -653,7 +653,7 @@ class SqlRunsStore:
         nor while it backs off; then ``earlier`` (when given) gets its recipients refused so far and its failed attempts
         so far, read by the claim's statement (as :meth:`claim_unsent_notifications`)."""
         with self.database.transaction("Run") as session:
-            self.database.insert_ignore(
+            inserted = self.database.insert_ignore(
                 session, NotificationRow, {"run_id": str(run_id), "kind": kind, "recipients": recipients}
             )
             if lease_seconds is not None:
@@ -662,6 +662,8 @@ class SqlRunsStore:
                 if earlier is not None:
                     earlier.update(_earlier(self._claims.carried_by(rows)))
                 return bool(rows)
+            if inserted:  # new: neither sent nor given up (before session 52, read again)
+                return True
             row = session.get(NotificationRow, (str(run_id), kind))
             return row is not None and row.sent_at is None and row.gave_up_at is None
 
