@@ -336,7 +336,8 @@ class Notifier:
             if definition is not None:
                 kinds[name] = self.webhooks.ledger_claims(definition, WebhookEvent.STARTED)
         held_until = datetime.now(UTC) + timedelta(seconds=self.finish_lease_seconds)
-        return StartClaims(kinds, held_until) if any(kinds.values()) else None
+        # What the fold's claims it inserts know (no failed attempt yet): a first attempt's failure reads nothing.
+        return StartClaims(kinds, held_until, earlier=self._earlier) if any(kinds.values()) else None
 
     def _send_started(self, record: RunRecord) -> None:
         """One attempt of each ``started`` webhook of a run this replica's fold just started: claimed in that fold
@@ -740,7 +741,7 @@ class Notifier:
     ) -> None:
         """Send a claimed email and mark it sent (or its error, for the sweep to try again)."""
         if not recipients:  # the toggle was turned off since it was claimed
-            self.runs.mark_notification(record.run_id, kind, error="no recipients any more", give_up=True)
+            self.runs.mark_notifications([(record.run_id, kind)], error="no recipients any more", give_up=True)
             return
         message = compose(
             definition=definition,
@@ -787,8 +788,8 @@ class Notifier:
             assert undelivered is not None
             self._mail_again(records, kind, refused, len(mailed), tried, undelivered)
             return True
-        for record in records:
-            self.runs.mark_notification(record.run_id, kind, undelivered=undelivered, refused=refused or None)
+        # One statement for all its runs (a digest's), as its failure's mark (:meth:`_mark_failed`).
+        self.runs.mark_notifications(_keys(records, kind), undelivered=undelivered, refused=refused or None)
         if refused:
             self._not_delivered_to_some(records, kind, undelivered)
         else:
@@ -882,30 +883,28 @@ class Notifier:
         most 15 minutes, jittered): its attempts do not grow through an outage, so the backoff grows with time.
 
         The attempt is counted, and the give-up decided (:data:`EMAIL_MAX_ATTEMPTS`), by each run's mark from its
-        locked row (:meth:`NotifierRuns.mark_notification`), not from ``tried`` (its failed attempts before this one
-        as its claim read them, which sets the backoff): another replica's attempt meanwhile (this one's lease over
-        mid-send) is counted in, so an email never gets an attempt past its 20th. The first run's mark (the one the
-        email's attempts are counted by), or None when another's mark ended every run's email meanwhile (sent or given
-        up: nothing recorded)."""
+        locked row (:meth:`NotifierRuns.mark_notifications`: one statement for all a digest's runs), not from ``tried``
+        (its failed attempts before this one as its claim read them, which sets the backoff): another replica's attempt
+        meanwhile (this one's lease over mid-send) is counted in, so an email never gets an attempt past its 20th. The
+        first run's mark (the one the email's attempts are counted by), or None when another's mark ended every run's
+        email meanwhile (sent or given up: nothing recorded)."""
         attempts = tried + (1 if counted else 0)
         backoff = (
             self.email_backoff.delay(attempts) if counted else self.email_backoff.delay_after(self._waited(records))
         )
         retry_at = None if permanent else self.clock() + timedelta(seconds=backoff)
-        marks = [
-            self.runs.mark_notification(
-                record.run_id,
-                kind,
-                error=reason,
-                retry_at=retry_at,
-                give_up=permanent,
-                counted=counted,
-                refused=refused,
-                max_attempts=EMAIL_MAX_ATTEMPTS,
-                sent_when_spent=sent_when_spent,
-            )
-            for record in records
-        ]
+        # One statement for all its runs (a digest's; before, one a run), each row's give-up from its own count.
+        written = self.runs.mark_notifications(
+            _keys(records, kind),
+            error=reason,
+            retry_at=retry_at,
+            give_up=permanent,
+            counted=counted,
+            refused=refused,
+            max_attempts=EMAIL_MAX_ATTEMPTS,
+            sent_when_spent=sent_when_spent,
+        )
+        marks = [written.get((record.run_id, kind)) for record in records]
         given_up = sum(1 for mark in marks if mark is not None and mark.given_up)
         if given_up:
             EMAILS_GIVEN_UP.labels(kind=kind).inc(given_up)
@@ -939,7 +938,7 @@ class Notifier:
     def _give_up_orphan(self, record: RunRecord, kind: str) -> None:
         """A notification whose run's definition is not in the catalog (deleted, or unreadable): given up."""
         reason = f"the definition {record.definition!r} is not in the catalog (deleted, or unreadable)"
-        self.runs.mark_notification(record.run_id, kind, error=reason, give_up=True)
+        self.runs.mark_notifications([(record.run_id, kind)], error=reason, give_up=True)
         if parse_kind(kind) is None:
             EMAILS_GIVEN_UP.labels(kind=kind).inc()
         log.error("notification given up", run_id=str(record.run_id), kind=kind, reason=reason)
@@ -1055,6 +1054,11 @@ class Notifier:
         message = compose_digest(definition=definition, records=records, sender=self.sender, recipients=recipients)
         self._deliver_email(message, records, ERROR, attempts, recipients)
         return []
+
+
+def _keys(records: Sequence[RunRecord], kind: str) -> list[tuple[uuid.UUID, str]]:
+    """The ledger's keys of these runs' notification of ``kind``."""
+    return [(record.run_id, kind) for record in records]
 
 
 def _starts(before: RunRecord | None, after: RunRecord) -> bool:

@@ -62,10 +62,9 @@ class NotifierRuns(Protocol):
     def notification_attempts(self, run_id: uuid.UUID, kind: str) -> int: ...
     def refused_recipients(self, run_id: uuid.UUID, kind: str) -> RefusedRecipients: ...
     def notifications(self, run_id: uuid.UUID) -> dict[str, datetime | None]: ...
-    def mark_notification(
+    def mark_notifications(
         self,
-        run_id: uuid.UUID,
-        kind: str,
+        keys: Sequence[tuple[uuid.UUID, str]],
         *,
         error: str | None = None,
         retry_at: datetime | None = None,
@@ -75,4 +74,4 @@ class NotifierRuns(Protocol):
         refused: RefusedRecipients | None = None,
         max_attempts: int | None = None,
         sent_when_spent: str | None = None,
-    ) -> NotificationMark | None: ...
+    ) -> dict[tuple[uuid.UUID, str], NotificationMark]: ...

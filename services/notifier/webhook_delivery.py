@@ -127,7 +127,8 @@ class WebhookNotifications:
         kind = ledger_kind(name, event)
         if channel is None:
             # The channel was removed (or renamed) since: nobody to tell any more.
-            self.runs.mark_notification(record.run_id, kind, error="the channel no longer exists", give_up=True)
+            gone = "the channel no longer exists"
+            self.runs.mark_notifications([(record.run_id, kind)], error=gone, give_up=True)
             return
         message = run_message(
             definition=definition,
@@ -145,8 +146,8 @@ class WebhookNotifications:
         channel = definition.notifications.webhooks.get(name)
         kind = ledger_kind(name, WebhookEvent.MISSED.value)
         if channel is None:
-            for record in records:
-                self.runs.mark_notification(record.run_id, kind, error="the channel no longer exists", give_up=True)
+            keys = [(record.run_id, kind) for record in records]
+            self.runs.mark_notifications(keys, error="the channel no longer exists", give_up=True)
             return
         message = digest_message(
             definition=definition, channel_name=name, channel=channel, records=records, now=self.clock()
@@ -163,9 +164,9 @@ class WebhookNotifications:
     ) -> None:
         now = self.clock()
         result = self.sender.send(channel, message.id, message.body, now, timeout=self.round.seconds_left())
+        keys = [(record.run_id, kind) for record in records]  # a digest's runs marked in one statement, as one run
         if result.delivered:
-            for record in records:
-                self.runs.mark_notification(record.run_id, kind)
+            self.runs.mark_notifications(keys)
             WEBHOOKS_SENT.labels(event=event).inc()
             log.info("webhook sent", runs=len(records), kind=kind, webhook_id=message.id)
             return
@@ -174,18 +175,10 @@ class WebhookNotifications:
         attempts = self._tried(records[0].run_id, kind) + 1
         delay = self.backoff.delay(attempts, result.retry_after)
         retry_at = now + timedelta(seconds=delay) if result.retryable else None
-        marks = [
-            self.runs.mark_notification(
-                record.run_id,
-                kind,
-                error=result.error,
-                retry_at=retry_at,
-                give_up=not result.retryable,
-                max_attempts=self.max_attempts,
-            )
-            for record in records
-        ]
-        mark = next((mark for mark in marks if mark is not None), None)
+        written = self.runs.mark_notifications(
+            keys, error=result.error, retry_at=retry_at, give_up=not result.retryable, max_attempts=self.max_attempts
+        )
+        mark = next((written[key] for key in keys if key in written), None)
         if mark is None:
             log.warning(
                 "webhook attempt failed after another replica recorded it: not recorded",
@@ -209,7 +202,8 @@ class WebhookNotifications:
         )
 
     def _tried(self, run_id: uuid.UUID, kind: str) -> int:
-        """The failed attempts before this one of the notification, as its claim read them (:attr:`earlier`); read now
-        when no claim of this round did (a ``started`` webhook claimed by its run's fold)."""
+        """The failed attempts before this one of the notification, as its claim read them (:attr:`earlier`; none, a
+        ``started`` webhook its run's fold claimed by inserting it); read now only when no claim of this round knew
+        them (a fold's claim of a row that was there before)."""
         earlier = self.earlier.pop((run_id, kind), None)
         return earlier[1] if earlier is not None else self.runs.notification_attempts(run_id, kind)

@@ -9,13 +9,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import case, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, case, func, literal, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.extraction_store import withheld_runs, withhold_start
-from shared.catalog.lease_claims import LeaseClaims, RowKey, catalog_now, read_catalog_now
+from shared.catalog.lease_claims import MAX_CLAIMS, LeaseClaims, RowKey, catalog_now, read_catalog_now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
 from shared.domain.email_retries import EarlierSends, NotificationMark, RefusedRecipients, refusals
 from shared.domain.replay import ALL_ACKNOWLEDGED, ReplayPlan, ReplayPublication
@@ -111,8 +111,9 @@ class SqlRunsStore:
                 row = RunRow(run_id=str(event.run_id))
                 session.add(row)
             write_record(after, row)
-            self._claim_starts(session, {event.run_id: (before, after)}, starts)
-            return before, after
+            inserted = self._claim_starts(session, {event.run_id: (before, after)}, starts)
+        _known_at_insert(starts, inserted)
+        return before, after
 
     def fold_run_events(
         self, events: Sequence[AnyRunEvent], starts: StartClaims | None = None
@@ -156,26 +157,31 @@ class SqlRunsStore:
                     row = RunRow(run_id=str(run_id))
                     session.add(row)
                 write_record(after, row)
-            self._claim_starts(session, results, starts)
-            return results
+            inserted = self._claim_starts(session, results, starts)
+        _known_at_insert(starts, inserted)
+        return results
 
     def _claim_starts(
         self,
         session: Session,
         folded: dict[uuid.UUID, tuple[RunRecord | None, RunRecord]],
         starts: StartClaims | None,
-    ) -> None:
+    ) -> list[tuple[uuid.UUID, str]]:
         """In the fold's transaction: claim ``starts``' notifications of the runs this fold started (their
-        ``started_at`` set now), not due for a retry before ``starts.held_until`` (their first sender's time)."""
+        ``started_at`` set now), not due for a retry before ``starts.held_until`` (their first sender's time). Those
+        it inserted (their rows new: never tried), by (run id, kind)."""
+        inserted: list[tuple[uuid.UUID, str]] = []
         if starts is None:
-            return
+            return inserted
         held_until = as_utc(starts.held_until)
         for run_id, (before, after) in folded.items():
             if after.started_at is None or (before is not None and before.started_at is not None):
                 continue
             for kind, recipients in starts.kinds.get(after.definition, ()):
                 values = {"run_id": str(run_id), "kind": kind, "recipients": recipients, "next_attempt_at": held_until}
-                self.database.insert_ignore(session, NotificationRow, values)
+                if self.database.insert_ignore(session, NotificationRow, values):
+                    inserted.append((run_id, kind))
+        return inserted
 
     def _record_outcomes(self, session: Session, outcomes: list[BatchOutcome]) -> set[tuple[str, int]]:
         """Insert outcomes into the ledger (one statement); the (run, batch) identities that were new."""
@@ -647,7 +653,7 @@ class SqlRunsStore:
         nor while it backs off; then ``earlier`` (when given) gets its recipients refused so far and its failed attempts
         so far, read by the claim's statement (as :meth:`claim_unsent_notifications`)."""
         with self.database.transaction("Run") as session:
-            self.database.insert_ignore(
+            inserted = self.database.insert_ignore(
                 session, NotificationRow, {"run_id": str(run_id), "kind": kind, "recipients": recipients}
             )
             if lease_seconds is not None:
@@ -656,6 +662,8 @@ class SqlRunsStore:
                 if earlier is not None:
                     earlier.update(_earlier(self._claims.carried_by(rows)))
                 return bool(rows)
+            if inserted:  # new: neither sent nor given up (before session 52, read again)
+                return True
             row = session.get(NotificationRow, (str(run_id), kind))
             return row is not None and row.sent_at is None and row.gave_up_at is None
 
@@ -695,28 +703,76 @@ class SqlRunsStore:
         mark sees the first's, and the notification is never given up above ``max_attempts``, nor left pending at it.
         Returns what it wrote (:class:`NotificationMark`), or None when there was nothing to mark: no such row, or one
         another's mark ended meanwhile (a failure of a notification sent or given up; a send of one sent)."""
-        key = [NotificationRow.run_id == str(run_id), NotificationRow.kind == kind]
+        return self.mark_notifications(
+            [(run_id, kind)],
+            error=error,
+            retry_at=retry_at,
+            give_up=give_up,
+            undelivered=undelivered,
+            counted=counted,
+            refused=refused,
+            max_attempts=max_attempts,
+            sent_when_spent=sent_when_spent,
+        ).get((run_id, kind))
+
+    def mark_notifications(
+        self,
+        keys: Sequence[tuple[uuid.UUID, str]],
+        *,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+        give_up: bool = False,
+        undelivered: str | None = None,
+        counted: bool = True,
+        refused: RefusedRecipients | None = None,
+        max_attempts: int | None = None,
+        sent_when_spent: str | None = None,
+    ) -> dict[tuple[uuid.UUID, str], NotificationMark]:
+        """Mark these (run id, kind) notifications' attempt as :meth:`mark_notification` marks one (a digest's: one
+        attempt for its runs), in one ``UPDATE ... RETURNING`` (one per :data:`MAX_CLAIMS` keys): each row's attempt
+        counted and its give-up decided from the count it holds, as if marked alone. Returns what it wrote to each;
+        one not in it had nothing to mark (no such row, or one another's mark ended meanwhile). Before (session 52),
+        one statement a run of the digest."""
         values: dict[Any, Any] = {}
+        open_: list[ColumnElement[bool]]
         if refused is not None:
             values[NotificationRow.refused_recipients] = {
                 address: [code, text] for address, (code, text) in refused.items()
             }
         if error is None:
             values |= {NotificationRow.sent_at: now(), NotificationRow.last_error: undelivered}
-            statement = update(NotificationRow).where(*key, NotificationRow.sent_at.is_(None)).values(values)
+            open_ = [NotificationRow.sent_at.is_(None)]
         else:
-            statement = update(NotificationRow).where(*key, *self._claims.still_open)
             values |= _failure_values(error, retry_at, give_up, counted, max_attempts, sent_when_spent)
-            statement = statement.values(values)
-        returned = statement.returning(
-            NotificationRow.attempts, NotificationRow.sent_at, NotificationRow.gave_up_at
-        ).execution_options(synchronize_session=False)
-        with self.database.begin("Run") as connection:
-            row = connection.execute(returned).first()
-        if row is None:
-            return None
-        attempts, sent_at, gave_up_at = row
-        return NotificationMark(attempts or 0, sent=sent_at is not None, given_up=gave_up_at is not None)
+            open_ = list(self._claims.still_open)
+        pairs = sorted({(str(run_id), kind) for run_id, kind in keys})
+        written: dict[tuple[uuid.UUID, str], NotificationMark] = {}
+        for start in range(0, len(pairs), MAX_CLAIMS):
+            part = pairs[start : start + MAX_CLAIMS]
+            key = (
+                [NotificationRow.run_id == part[0][0], NotificationRow.kind == part[0][1]]
+                if len(part) == 1
+                else [tuple_(NotificationRow.run_id, NotificationRow.kind).in_(part)]
+            )
+            returned = (
+                update(NotificationRow)
+                .where(*key, *open_)
+                .values(values)
+                .returning(
+                    NotificationRow.run_id,
+                    NotificationRow.kind,
+                    NotificationRow.attempts,
+                    NotificationRow.sent_at,
+                    NotificationRow.gave_up_at,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            with self.database.begin("Run") as connection:
+                rows = connection.execute(returned).all()
+            for run_id, kind, attempts, sent_at, gave_up_at in rows:
+                mark = NotificationMark(attempts or 0, sent=sent_at is not None, given_up=gave_up_at is not None)
+                written[(uuid.UUID(run_id), kind)] = mark
+        return written
 
     def refused_recipients(self, run_id: uuid.UUID, kind: str) -> RefusedRecipients:
         """The recipients the SMTP server refused while it took this email for the others, so far (empty when none,
@@ -850,6 +906,13 @@ def _failure_values(
         NotificationRow.attempts: case((spent, before), else_=counting),
         NotificationRow.sent_at: case((spent, literal(at, NotificationRow.sent_at.type)), else_=None),
     }
+
+
+def _known_at_insert(starts: StartClaims | None, inserted: Sequence[tuple[uuid.UUID, str]]) -> None:
+    """What the fold's claims it inserted (committed) know of their notifications, into ``starts.earlier`` (when
+    given): no recipient refused yet, no failed attempt (:attr:`StartClaims.earlier`)."""
+    if starts is not None and starts.earlier is not None:
+        starts.earlier.update({key: ({}, 0) for key in inserted})
 
 
 def _earlier(carried: Mapping[RowKey, tuple[Any, ...]]) -> dict[tuple[uuid.UUID, str], EarlierSends]:

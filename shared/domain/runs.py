@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
+from shared.domain.email_retries import EarlierSends
 from shared.events import (
     AnyRunEvent,
     BatchOutcome,
@@ -34,6 +35,10 @@ class StartClaims:
 
     kinds: Mapping[str, Sequence[tuple[str, list[str]]]]
     held_until: datetime
+    #: When given, gets what each claim the fold inserted knows of its notification once the fold commits: no
+    #: recipient refused, no failed attempt (:data:`~shared.domain.email_retries.EarlierSends`), by (run id, kind), so
+    #: that its first attempt's failure reads nothing more. A claim whose row was there before is not in it.
+    earlier: dict[tuple[uuid.UUID, str], EarlierSends] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,13 @@ from services.notifier.mailer import SmtpMailer
 from services.notifier.notifying import Notifier
 from shared.catalog import CatalogStores
 from shared.catalog.tables import NotificationRow
+from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.email_retries import EMAIL_MAX_ATTEMPTS, NotificationMark
-from shared.events import AnyRunEvent, RunFailed
+from shared.events import AnyRunEvent, RunFailed, RunStarted, Trigger
 from tests.integration.test_notifier_refusals_shown import Picky, definition, notifier_on
 from tests.integration.test_notifier_webhooks import definition as hooked_definition
+from tests.integration.test_notifier_webhooks import missed_runs, signing_secret, sink
 from tests.integration.test_notifier_webhooks import notifier_on as hooked_notifier_on
-from tests.integration.test_notifier_webhooks import signing_secret, sink
 
 #: The webhooks' tests' fixtures: their signing secret in the environment (autouse), an SMTP sink.
 __all__ = ["signing_secret", "sink"]
@@ -44,6 +45,8 @@ __all__ = ["signing_secret", "sink"]
 pytestmark = pytest.mark.integration
 
 EMAILS = 100
+#: The webhooks' attempts at most, in the webhooks' tests' notifier (``hooked_notifier_on``).
+HOOK_ATTEMPTS = 5
 
 
 class Greylisting(Picky):
@@ -306,3 +309,118 @@ def test_a_mark_decides_from_the_attempts_its_row_holds(catalog: CatalogStores):
     assert runs.mark_notification(sent, kind) == NotificationMark(3, sent=True, given_up=False)
     assert mark(sent)[:3] == (None, "sent", 3)
     assert runs.mark_notification(sent, kind) is None
+
+
+def marks(statements: list[str]) -> int:
+    """The marks of notifications' attempts among ``statements`` (the updates that write a last error: a send's, a
+    failure's; never a claim's, a renewal's or a release's)."""
+    return sum(
+        statement.lstrip().startswith("UPDATE notifications") and "last_error" in statement for statement in statements
+    )
+
+
+@pytest.mark.parametrize("by_poll", [True, False], ids=["a poll", "one event"])
+def test_a_started_webhook_claimed_by_its_runs_fold_is_marked_failed_without_reading_its_attempts(
+    catalog: CatalogStores, sink: Any, by_poll: bool
+):
+    with HttpReceiver(reject_status=503) as receiver:
+        catalog.definitions.apply(hooked_definition(receiver, events=["started"]))
+        notifier = hooked_notifier_on(catalog, sink)
+        started: list[AnyRunEvent] = [
+            RunStarted(run_id=uuid.uuid4(), definition="nightly", trigger=Trigger.SCHEDULE) for _ in range(HOOKS)
+        ]
+        if by_poll:
+            handled = statements_of(catalog, lambda: notifier.handle_all(started))
+        else:
+            handled = statements_of(catalog, lambda: [notifier.handle(event) for event in started])
+        assert [receipt.status for receipt in receiver.receipts()] == [503] * HOOKS
+
+    # Its fold inserted it (an insert's claim: no failed attempt yet), so its failed attempt reads nothing. Before: one
+    # read of its attempts each, 20 for these 20 webhooks.
+    assert keyed_reads(handled) == 0
+    # The ledger's statements: the fold's insert and the mark, two a webhook. Before: three, 60 here (of 84
+    # statements in all a poll, 141 one event at a time; now 64 and 121).
+    assert ledger_statements(handled) == 2 * HOOKS
+    hooks = [n for event in started for n in catalog.runs.notifications_of(event.run_id)]
+    assert {(n.kind, n.status, n.attempts, n.last_error) for n in hooks} == {
+        ("webhook:ops:started", "pending", 1, 'HTTP 503: {"accepted": false}')
+    }
+    assert len(hooks) == HOOKS
+
+
+MISSED = 40
+
+
+def busy_digest_definition(receiver: HttpReceiver) -> ExportDefinition:
+    """The webhooks' tests' definition, its ``missed`` webhook to ``receiver``, its error email to ``busy@…``."""
+    fields = hooked_definition(receiver, events=["missed"]).model_dump(mode="json")
+    fields["notifications"]["error"]["recipients"] = ["busy@example.com"]
+    return ExportDefinition.model_validate(fields)
+
+
+def test_a_digests_runs_are_marked_by_one_statement_each_by_its_own_attempts(
+    catalog: CatalogStores, sink: Any, busy: Busy
+):
+    with HttpReceiver(reject_status=503) as receiver:
+        catalog.definitions.apply(busy_digest_definition(receiver))
+        notifier = hooked_notifier_on(catalog, sink)
+        notifier.mailer = SmtpMailer("127.0.0.1", busy.port, timeout=5.0, max_attempts=1, max_wait=0.05)
+        outage = missed_runs(MISSED, datetime(2026, 7, 1, tzinfo=UTC))
+
+        first = statements_of(catalog, lambda: notifier.handle_all(outage))
+
+        # Half the runs near the end of their attempts (as a longer outage would leave them): one digest each time, yet
+        # each run's own count decides its give-up.
+        spent = {event.run_id for event in outage[::2]}
+        with catalog.database.begin() as connection:
+            for kind, attempts in (("error", EMAIL_MAX_ATTEMPTS - 1), ("webhook:ops:missed", HOOK_ATTEMPTS - 1)):
+                connection.execute(
+                    sa.update(NotificationRow)
+                    .where(NotificationRow.run_id.in_([str(run_id) for run_id in spent]), NotificationRow.kind == kind)
+                    .values(attempts=attempts)
+                )
+        deadline = time.monotonic() + 30.0
+        while len(catalog.runs.unsent_notifications(limit=1_000)) < 2 * MISSED:  # the webhook's backoff (10 ms) over
+            assert time.monotonic() < deadline, "the digest's notifications never came due again"
+            threading.Event().wait(0.01)
+        again = statements_of(catalog, notifier.sweep)
+        assert [receipt.status for receipt in receiver.receipts()] == [503, 503]  # one digest webhook each time
+    assert busy.received == []
+
+    # One mark a digest, whatever its runs: the email's and the webhook's. Before: one a run (80 a time here).
+    assert marks(first) == 2
+    assert marks(again) == 2
+    # The ledger's statements: a poll's, each run's two claims (an insert each, which reads nothing more) and each
+    # digest's claim and mark; a sweep's, its read of those due, its claim, and the two marks. Before: 242 and 82 (of
+    # 367 and 166 statements in all; now 209 and 88); a claim's insert was read back (80 reads by key here).
+    assert keyed_reads(first) == 0
+    assert ledger_statements(first) == 2 * MISSED + 4
+    assert ledger_statements(again) == 4
+    # Each run's row as its own count had it: given up at its maximum, else pending with its attempts counted.
+    rows = {
+        (event.run_id in spent, n.kind, n.status, n.attempts)
+        for event in outage
+        for n in catalog.runs.notifications_of(event.run_id)
+    }
+    assert rows == {
+        (True, "error", "given_up", EMAIL_MAX_ATTEMPTS),
+        (True, "webhook:ops:missed", "given_up", HOOK_ATTEMPTS),
+        (False, "error", "pending", 2),
+        (False, "webhook:ops:missed", "pending", 2),
+    }
+
+
+def test_a_delivered_digests_runs_are_marked_sent_by_one_statement(catalog: CatalogStores, sink: Any):
+    with HttpReceiver() as receiver:
+        catalog.definitions.apply(hooked_definition(receiver, events=["missed"]))
+        notifier = hooked_notifier_on(catalog, sink)
+        outage = missed_runs(MISSED, datetime(2026, 7, 1, tzinfo=UTC))
+        handled = statements_of(catalog, lambda: notifier.handle_all(outage))
+        assert [receipt.status for receipt in receiver.receipts()] == [200]
+    [digest] = sink.received()
+    assert digest.subject == f"[member export] nightly: {MISSED} scheduled runs missed"
+    # One mark the email digest, one the webhook's. Before: one a run, 80 here (of 367 statements in all; now 289).
+    assert marks(handled) == 2
+    assert {
+        (n.kind, n.status, n.attempts) for event in outage for n in catalog.runs.notifications_of(event.run_id)
+    } == {("error", "sent", 0), ("webhook:ops:missed", "sent", 0)}

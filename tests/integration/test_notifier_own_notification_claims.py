@@ -205,17 +205,17 @@ def test_an_email_sent_whose_record_is_lost_is_not_sent_again_by_its_process_bef
     poll = list(events([(80, 0), (0, 20)]))
     lease = 2.0
     notifier = replica(catalog, sink, "replica-a", lease)
-    record = catalog.runs.mark_notification
+    record = catalog.runs.mark_notifications
     lost = threading.Event()
 
-    def mark(run_id: uuid.UUID, kind: str, **options: Any) -> Any:
+    def mark(keys: Any, **options: Any) -> Any:
         sent = not options.get("error") and not options.get("give_up") and not options.get("retry_at")
-        if kind == "error" and sent and not lost.is_set():  # the sent email's record, once
+        if any(kind == "error" for _, kind in keys) and sent and not lost.is_set():  # the sent email's record, once
             lost.set()
             raise OperationalError("UPDATE notifications", {}, Exception("server closed the connection unexpectedly"))
-        return record(run_id, kind, **options)
+        return record(keys, **options)
 
-    catalog.runs.mark_notification = mark  # type: ignore[method-assign]
+    catalog.runs.mark_notifications = mark  # type: ignore[method-assign]
     claimed_at = time.monotonic()
     notifier.handle_all(poll)
     assert lost.is_set()

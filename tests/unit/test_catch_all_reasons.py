@@ -318,13 +318,13 @@ def test_an_smtp_refusal_is_recorded_masked_and_cut_for_a_runs_email(tmp_path: P
     catalog = CatalogStores.from_url(f"sqlite:///{tmp_path / 'catalog.db'}", migrate=True)
     catalog.definitions.apply(ERROR_MAILS)
     recorded: list[str | None] = []
-    mark = catalog.runs.mark_notification
+    mark = catalog.runs.mark_notifications
 
-    def marking(run_id: uuid.UUID, kind: str, **options: Any) -> None:
+    def marking(keys: Any, **options: Any) -> Any:
         recorded.append(options.get("error"))
-        mark(run_id, kind, **options)
+        return mark(keys, **options)
 
-    catalog.runs.mark_notification = marking  # type: ignore[method-assign]
+    catalog.runs.mark_notifications = marking  # type: ignore[method-assign]
     notifier = Notifier(
         definitions=catalog.definitions,
         runs=catalog.runs,
