@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 from services.dispatcher.delivery import Deliverer, RetryBudget
@@ -19,6 +18,7 @@ from shared.domain.catalog_objects import ConnectionProfile, RateLimit
 from shared.domain.rendering import RenderedRequest
 from shared.outbound.partner_http import PartnerAnswer
 from shared.topics import Topics
+from tests.dispatcher_helpers import until
 from tests.unit.test_profile_fairness import batch
 from tests.unit.test_waiting_aside_review import Catalog, delivered
 
@@ -97,13 +97,6 @@ class EditingPartner:
 
     async def aclose(self) -> None:
         return None
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.001)
 
 
 def test_requests_of_a_batch_read_before_an_edit_meet_the_edited_limits_while_batches_read_after_it_overlap():

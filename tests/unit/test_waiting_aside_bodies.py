@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from shared.domain.rendering import PreparedRequest, RenderedRequest
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome
 from shared.kafka.held_records import HoldRecord
 from shared.outbound.partner_http import PartnerAnswer
+from tests.dispatcher_helpers import until
 from tests.unit.test_profile_fairness import batch
 from tests.unit.test_round_admission import Clock
 from tests.unit.test_waiting_aside_review import BREAKER, Catalog, SlowQ, delivered, dispatcher_of
@@ -72,13 +72,6 @@ class Sleeps:
             await asyncio.sleep(seconds)
         finally:
             self.now -= 1
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.001)
 
 
 def outcome_of(result: Any) -> BatchOutcome:
