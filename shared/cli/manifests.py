@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.error import Mark
 from yaml.reader import ReaderError
 
 from shared.application.manifests import in_dependency_order, object_problems
@@ -49,7 +50,8 @@ def _documents(text: str, source: str) -> list[Any]:
     except ReaderError as exc:  # a character YAML does not allow: read before any document is
         raise ManifestError([f"{source}: not valid YAML: {yaml_problem(exc)}"]) from None
     except yaml.YAMLError as exc:
-        raise ManifestError([f"{source}: {_broken_document(text)}: not valid YAML: {yaml_problem(exc)}"]) from None
+        where = _broken_document(text, getattr(exc, "problem_mark", None))
+        raise ManifestError([f"{source}: {where}: not valid YAML: {yaml_problem(exc)}"]) from None
     except NestedTooDeeply as exc:
         raise ManifestError([f"{source}: document {exc.document}: {exc}"]) from None
     documents: list[Any] = []
@@ -78,16 +80,21 @@ class _Open:
         self.expects_key, self.key = self.mapping, None
 
 
-def _broken_document(text: str) -> str:
+def _broken_document(text: str, mark: Mark | None) -> str:
     """Which document of ``text`` is not YAML, as problems name it: ``document 3 (ExportDefinition 'nightly')``.
 
-    Documents are counted as ``---`` separates them; the kind and the name are said when the document gave them
-    before the place it breaks (``kind`` and ``name``, or ``spec.name``), and only a kind that is one and a name
-    that can be one (:data:`NAME_PATTERN`): the text is never quoted (it may hold a literal secret)."""
+    Documents are counted as ``---`` separates them, up to where the reading broke: where the parser stops, or the
+    problem's ``mark`` (an alias or an anchor, a tag, read once the document is parsed). The kind and the name are
+    said when the document gave them before that place (``kind`` and ``name``, or ``spec.name``), and only a kind
+    that is one and a name that can be one (:data:`NAME_PATTERN`): the text is never quoted (it may hold a literal
+    secret)."""
     documents, kind, name = 0, None, None
     reading: list[_Open] = []  # the collections open, outermost first
+    broken_at = mark.index if mark is not None else len(text)
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if event.start_mark is not None and event.start_mark.index >= broken_at:
+                break
             if isinstance(event, yaml.DocumentStartEvent):
                 documents, kind, name, reading = documents + 1, None, None, []
             elif isinstance(event, yaml.CollectionStartEvent):

@@ -86,6 +86,11 @@ UNCLOSED = (
             "---\n? [kind, name]\n: x\nkind: HttpTemplate\nspec: {name: t1, path: [unclosed}\n",
             "document 3 (HttpTemplate 't1'): not valid YAML: expected ',' or ']', but got '}' (line 16, column 33)",
         ),
+        # An alias to no anchor, read once the document is parsed: that document, not the stream's last.
+        (
+            "---\nkind: SavedQuery\nname: q1\nspec: {sql: *nothing}\n---\nkind: SavedQuery\nname: q2\n",
+            "document 3 (SavedQuery 'q1'): not valid YAML: found undefined alias '…' (line 15, column 13)",
+        ),
         # A list of objects (what `get -o json` prints): which of them is not said, the document is.
         (
             '---\n[{"kind": "SavedQuery", "spec": {"name": "q1"}}, {"kind": "SavedQuery", "spec": {"name": "q2",]\n',
@@ -107,6 +112,7 @@ UNCLOSED = (
         "before-its-name",
         "named-in-spec",
         "complex-key",
+        "undefined-alias",
         "list",
         "first-line",
         "unknown-kind-and-odd-name",
