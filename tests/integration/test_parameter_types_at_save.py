@@ -21,7 +21,7 @@ import yaml
 from shared.catalog import CatalogStores
 from shared.cli.__main__ import main as exportctl
 from shared.domain.catalog_objects import ExportDefinition
-from tests.admin_app import InProcessApi, in_process_api, seed
+from tests.admin_app import InProcessApi, in_process_api, refused_writing_nothing, seed
 from tests.integration.test_console_fields import signed_in
 
 #: The seed's query ``gold`` declares ``tier`` a string; what a run says of a value that is not one.
@@ -92,14 +92,9 @@ CASES: list[tuple[str, str, dict[str, Any], str]] = [
 def test_a_parameter_value_not_of_its_declared_type_is_refused_at_save_naming_it_and_the_type(
     api: InProcessApi, method: str, path: str, body: dict[str, Any], said: str
 ):
-    with api.client() as client:
-        audit_before = client.get("/api/v1/audit").json()
-        answer = client.request(method, f"/api/v1/{path}", json=body)
-        assert answer.status_code == 422, answer.text
-        assert answer.json()["type"].endswith("/problems/invalid-object")
-        assert said in answer.json()["detail"]
-        assert client.get("/api/v1/audit").json() == audit_before  # nothing written
-        assert client.get("/api/v1/export-definitions/nightly").json()["parameters"] == {}
+    answer = refused_writing_nothing(api, method, path, body)
+    assert answer.json()["type"].endswith("/problems/invalid-object")
+    assert said in answer.json()["detail"]
 
 
 def test_a_definition_stored_before_the_rule_still_loads_but_its_next_save_is_refused_until_mended(api: InProcessApi):
