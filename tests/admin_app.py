@@ -183,3 +183,17 @@ def seed(client: TestClient) -> None:
     for collection, body in SEED_OBJECTS:
         answer = client.post(f"/api/v1/{collection}", json=body)
         assert answer.status_code == 201, answer.text
+
+
+def refused_writing_nothing(api: InProcessApi, method: str, path: str, body: dict[str, Any]) -> Any:
+    """The answer to ``method /api/v1/<path>`` with ``body`` (as admin), asserted a 422 problem that wrote nothing:
+    the audit log as it was, the seed's definition ``nightly`` without parameters, no run requested."""
+    with api.client() as client:
+        audit_before = client.get("/api/v1/audit").json()
+        answer = client.request(method, f"/api/v1/{path}", json=body)
+        assert answer.status_code == 422, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert client.get("/api/v1/audit").json() == audit_before  # nothing written
+        assert client.get("/api/v1/export-definitions/nightly").json()["parameters"] == {}
+    assert api.publisher.run_requests == []  # no run requested
+    return answer

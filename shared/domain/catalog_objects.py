@@ -38,7 +38,7 @@ from shared.domain.http_fields import header_name_problem, source_problem
 from shared.domain.member_retries import RetryRejected
 from shared.domain.names import Name
 from shared.domain.pem import PRIVATE_KEY_MISPLACED, holds_private_key
-from shared.domain.query_parameters import RESERVED_PREFIX, QueryParameter, bind_names
+from shared.domain.query_parameters import RESERVED_PREFIX, QueryParameter, bind_names, coerce
 from shared.domain.query_sql import check_select
 from shared.domain.schedule import Schedule
 from shared.domain.secret_references import is_reference
@@ -785,16 +785,22 @@ def secret_fields(obj: CatalogObject) -> Iterator[tuple[str, SecretStr]]:
 
 
 def query_consistency_problems(definition: ExportDefinition, query: SavedQuery) -> list[str]:
-    """What in ``definition`` does not fit its query: undeclared parameters, a watermark the query lacks.
+    """What in ``definition`` does not fit its query: undeclared parameters, a value not of its parameter's type
+    (what a run's binding says of it: ``expected integer: …``), a watermark the query lacks.
 
     Each problem names the definition's field. Column checks need ``query.columns`` (discovered at save);
     without them only the parameters are checked.
     """
-    problems = [
-        f"field 'parameters.{name}': query '{query.name}' declares no such parameter"
-        for name in definition.parameters
-        if name not in query.parameters
-    ]
+    problems = []
+    for name, value in definition.parameters.items():
+        declared = query.parameters.get(name)
+        if declared is None:
+            problems.append(f"field 'parameters.{name}': query '{query.name}' declares no such parameter")
+            continue
+        try:
+            coerce(declared.type, value)
+        except ValueError as exc:
+            problems.append(f"field 'parameters.{name}': {exc}")
     if definition.incremental and query.columns and definition.incremental.watermark_column not in query.columns:
         problems.append(
             f"field 'incremental.watermark_column': query '{query.name}' returns no column "

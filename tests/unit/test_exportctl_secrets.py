@@ -114,7 +114,7 @@ def test_a_manifest_that_is_not_yaml_is_refused_by_line_and_column_never_quoting
     )
     with pytest.raises(ManifestError) as refused:
         parse_documents(text, "m.yaml")
-    assert refused.value.problems == [f"m.yaml: not valid YAML: {problem}"]
+    assert refused.value.problems == [f"m.yaml: document 1 (ConnectionProfile 'partner'): not valid YAML: {problem}"]
 
 
 def test_a_config_file_that_is_not_yaml_is_refused_by_line_and_column_never_quoting_it(tmp_path: Path) -> None:

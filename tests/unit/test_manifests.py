@@ -50,8 +50,79 @@ def test_every_problem_is_reported_not_only_the_first():
 
 
 def test_yaml_syntax_errors_name_the_file():
-    with pytest.raises(ManifestError, match=r"^broken.yaml: not valid YAML"):
+    with pytest.raises(ManifestError, match=r"^broken.yaml: document 1: not valid YAML"):
         parse_documents("kind: [unclosed", "broken.yaml")
+
+
+#: A third document whose syntax breaks after its kind and name (a flow list never closed), then a fourth.
+UNCLOSED = (
+    "---\nkind: ExportDefinition\nname: broken\nspec:\n  query: q\n  template: [unclosed\n"
+    "---\nkind: SavedQuery\nname: q\nspec: {sql: SELECT 1}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("document", "said"),
+    [
+        (
+            UNCLOSED,
+            "document 3 (ExportDefinition 'broken'): not valid YAML: expected ',' or ']', but got "
+            "'<document start>' (line 18, column 1)",
+        ),
+        # The name is not known yet: the kind is said; the secret on the line is not.
+        (
+            "---\nkind: ConnectionProfile\nspec:\n  base_url: https://x.example\n  auth: {password: @s3cr3t}\n",
+            "document 3 (ConnectionProfile): not valid YAML: found character '…' that cannot start any token "
+            "(line 16, column 20)",
+        ),
+        # Named in its spec, as the manifest allows.
+        (
+            "---\nkind: SavedQuery\nspec:\n  name: by-tier\n  sql: x\n   bad: indent\n",
+            "document 3 (SavedQuery 'by-tier'): not valid YAML: "
+            "mapping values are not allowed here (line 17, column 7)",
+        ),
+        # A mapping's key that is a collection, then its value: still read as a key and a value.
+        (
+            "---\n? [kind, name]\n: x\nkind: HttpTemplate\nspec: {name: t1, path: [unclosed}\n",
+            "document 3 (HttpTemplate 't1'): not valid YAML: expected ',' or ']', but got '}' (line 16, column 33)",
+        ),
+        # An alias to no anchor, read once the document is parsed: that document, not the stream's last.
+        (
+            "---\nkind: SavedQuery\nname: q1\nspec: {sql: *nothing}\n---\nkind: SavedQuery\nname: q2\n",
+            "document 3 (SavedQuery 'q1'): not valid YAML: found undefined alias '…' (line 15, column 13)",
+        ),
+        # A list of objects (what `get -o json` prints): which of them is not said, the document is.
+        (
+            '---\n[{"kind": "SavedQuery", "spec": {"name": "q1"}}, {"kind": "SavedQuery", "spec": {"name": "q2",]\n',
+            "document 3: not valid YAML: expected the node content, but found ']' (line 13, column 95)",
+        ),
+        # Nothing of the document read: its number alone.
+        (
+            "---\n@s3cr3t: 1\n",
+            "document 3: not valid YAML: found character '…' that cannot start any token (line 13, column 1)",
+        ),
+        # A kind that is none, a name that is no object's name: neither quoted.
+        (
+            "---\nkind: P@ssw0rd\nname: Not A Name\nspec: [unclosed\n",
+            "document 3: not valid YAML: expected ',' or ']', but got '<stream end>' (line 16, column 1)",
+        ),
+    ],
+    ids=[
+        "after-its-name",
+        "before-its-name",
+        "named-in-spec",
+        "complex-key",
+        "undefined-alias",
+        "list",
+        "first-line",
+        "unknown-kind-and-odd-name",
+    ],
+)
+def test_a_syntax_error_names_the_file_the_document_and_its_object_when_known(document: str, said: str):
+    """Before: ``exports.yaml: not valid YAML: …``, the line alone to tell which of a stream's documents broke."""
+    with pytest.raises(ManifestError) as error:
+        parse_documents(GOOD + document, "exports.yaml")
+    assert error.value.problems == [f"exports.yaml: {said}"]
 
 
 def test_nested_fields_are_named_by_their_path():
