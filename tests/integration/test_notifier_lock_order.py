@@ -155,19 +155,16 @@ def test_two_replicas_claiming_or_marking_overlapping_runs_at_once_both_succeed(
         first.start()
         wait_until(lambda: bool(blocked_by(catalog, mover_pid)), timeout=DEADLINE, what="replica 1 waiting for A")
         mover.commit()
-        waiting: list[int] = []
-        wait_until(
-            lambda: bool(waiting.extend(blocked_by(catalog, holder_pid)) or waiting),
-            timeout=DEADLINE,
-            what="replica 1 waiting for X",
-        )
+        wait_until(lambda: bool(blocked_by(catalog, holder_pid)), timeout=DEADLINE, what="replica 1 waiting for X")
+        [first_pid] = blocked_by(catalog, holder_pid)
         second = Call(lambda: call(catalog, [A, B]), name="replica 2")
         second.start()
-        wait_until(lambda: bool(blocked_by(catalog, waiting[0])), timeout=DEADLINE, what="replica 2 waiting")
+        wait_until(lambda: bool(blocked_by(catalog, first_pid)), timeout=DEADLINE, what="replica 2 waiting")
         holder.commit()
         first.join(DEADLINE)
         second.join(DEADLINE)
 
-    assert not first.is_alive() and not second.is_alive()
+    assert not first.is_alive()
+    assert not second.is_alive()
     assert (first.error, second.error) == (None, None)
     assert (said(first.result), said(second.result)) == expected
