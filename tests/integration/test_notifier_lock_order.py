@@ -6,7 +6,8 @@ them: a sequential or bitmap scan, in the table's physical order, and a row upda
 later in it. A replica marking a missed-runs digest's runs A, X, B (X locked by a third transaction) held A and waited
 for X; another, marking A and B after A moved past B, held B and waited for A; once X was free the first waited for B:
 PostgreSQL ended one of them (a deadlock, SQLSTATE 40P01) and that replica logged its mark failed. The same for a
-sweep's claims, and a finish's claims and record on the runs' table.
+sweep's claims, a finish's claims and record on the runs' table, and a poll's fold (its runs locked by a
+``SELECT ... FOR UPDATE``, in plan order too).
 
 Real PostgreSQL, two store calls in two threads, each step waited for on PostgreSQL's own account of who blocks whom
 (``pg_blocking_pids``), never a pause. SQLite has one writer at a time: nothing to order there."""
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 
 from devtools.processes import wait_until
 from shared.catalog import CatalogStores
+from shared.events import RunFailed
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +90,13 @@ def finishes_handled(catalog: CatalogStores, run_ids: list[uuid.UUID]) -> Any:
     return catalog.runs.mark_finishes_handled(run_ids)
 
 
+def fold(catalog: CatalogStores, run_ids: list[uuid.UUID]) -> Any:
+    """A poll's fold of a late ``run.failed`` of each run (a rebalance: two replicas folding the same runs' events)."""
+    return catalog.runs.fold_run_events(
+        [RunFailed(run_id=run_id, definition="gold", reason="boom") for run_id in run_ids]
+    )
+
+
 def marked(result: Any) -> dict[uuid.UUID, int]:
     """A mark's result: the attempts it counted, by run."""
     return {run_id: mark.attempts for (run_id, _), mark in result.items()}
@@ -109,6 +118,8 @@ CASES: dict[str, tuple[str, Callable[..., None], Callable[..., Any], Callable[[A
     "finish-claim": ("runs", runs, claim_finishes, lambda result: result, (({A, X, B}, set()), (set(), {A, B}))),
     # Recorded by replica 1; nothing left to record for replica 2.
     "finish-handled": ("runs", runs, finishes_handled, lambda result: result, ({A, X, B}, set())),
+    # Each poll's runs folded (their rows locked for the fold's transaction).
+    "fold": ("runs", runs, fold, set, ({A, X, B}, {A, B})),
 }
 
 
