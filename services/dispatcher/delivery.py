@@ -236,7 +236,7 @@ class Deliverer:
             admitting = before_attempt()
             if admitting is not None:
                 await admitting
-        first_sent = [self.clock()]  # when the first attempt was admitted: the budget's clock starts there
+        first_sent = self.clock()  # when the first attempt was admitted: the budget's clock starts there
         # Most requests succeed (or fail for good) at once: only a retryable first answer enters tenacity,
         # which is handed that answer as its first attempt (numbering and backoff stay tenacity's). The first attempt
         # is made here, without a coroutine of its own (a retry's is once()).
@@ -256,6 +256,40 @@ class Deliverer:
             if first.success:
                 return _delivered_at_once(first.status)
             return DeliveryResult(success=first.success, status=first.status, attempts=1, error=first.error)
+        return await self._retried(
+            first,
+            first_sent,
+            make_request,
+            timeout,
+            success_statuses,
+            on_attempt,
+            labels,
+            network,
+            inspect,
+            before_attempt,
+            secrets_of,
+            tally,
+            aside,
+        )
+
+    async def _retried(
+        self,
+        first: AttemptResult,
+        first_sent: float,
+        make_request: Callable[[], Awaitable[RenderedRequest] | RenderedRequest],
+        timeout: float,
+        success_statuses: list[int] | None,
+        on_attempt: Callable[[AttemptResult], None] | None,
+        labels: tuple[str, str],
+        network: PartnerNetwork | None,
+        inspect: AttemptWitness | None,
+        before_attempt: Callable[[], Awaitable[None] | None] | None,
+        secrets_of: ConnectionProfile | None,
+        tally: RequestTally | None,
+        aside: Callable[[Awaitable[None]], Awaitable[None]] | None,
+    ) -> DeliveryResult:
+        """:meth:`deliver`'s retries after a retryable ``first`` attempt, admitted at ``first_sent`` (a method of its
+        own: the closures below would otherwise make a cell of each of deliver's arguments, every request)."""
         attempts = 1
 
         async def once() -> AttemptResult:  # a retry: what the first attempt was, in a coroutine of its own
@@ -291,7 +325,7 @@ class Deliverer:
             # (less a slack for the clock's reads), the sleep's own lateness not counted (a timer's millisecond does
             # not skip a retry whose wait was cut to the budget's end).
             turn = self.clock() - slept[0] - TURN_SLACK_SECONDS
-            if aside is not None and due[0] + turn > first_sent[0] + self.policy.max_seconds:
+            if aside is not None and due[0] + turn > first_sent + self.policy.max_seconds:
                 return last[0]  # given back past the budget's end: no attempt (tenacity stops on the budget)
             last[0] = await once()
             return last[0]
@@ -300,7 +334,7 @@ class Deliverer:
             RETRIES.labels(*labels).inc()
 
         def budget_left() -> float:
-            return first_sent[0] + self.policy.max_seconds - self.clock()
+            return first_sent + self.policy.max_seconds - self.clock()
 
         def stop(state: RetryCallState) -> bool:  # the budget is counted from the first attempt, not tenacity's start
             return state.attempt_number >= self.policy.max_attempts or budget_left() <= 0
@@ -309,7 +343,7 @@ class Deliverer:
             return max(0.0, min(self.policy.wait(state), budget_left()))
 
         async def backoff(seconds: float) -> None:
-            due[0] = min(self.clock() + seconds, first_sent[0] + self.policy.max_seconds)
+            due[0] = min(self.clock() + seconds, first_sent + self.policy.max_seconds)
             await self.sleep(seconds)
             slept[0] = self.clock()
 
