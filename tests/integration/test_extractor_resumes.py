@@ -356,3 +356,33 @@ def test_a_run_taken_over_during_a_store_outage_is_forgotten_and_waits_again_sho
             extractor.handle(taken_over)
     finally:
         reader.close()
+
+
+def test_a_change_run_resumed_before_its_first_checkpoint_is_not_judged_again_as_if_it_had_sent_nothing(
+    database_url: str, same_stores: CatalogStores
+):
+    stores, snapshots = same_stores, SqlChangeSnapshots(same_stores.database)
+    _table(database_url)
+    stores.definitions.apply(ExportDefinition(name="c", query="q", template="t", sync=_CHANGES | {"max_removed": "25%"}))
+    _extract(stores, database_url, RunRequested(definition="c"), delivered=True, snapshots=snapshots)  # 40 delivered
+    engine = make_engine(database_url)
+    with engine.begin() as connection:  # every page: two changed members (1, 5, ...)
+        connection.execute(text("UPDATE m SET name = 'x' WHERE id % 4 = 1"))
+    request = RunRequested(definition="c")
+    # Its guard passed (nothing removed); its first page published (members 1 and 5), then a crash before any
+    # checkpoint of its pages.
+    crashed, _ = _extract(stores, database_url, request, crash_after_sends=1, snapshots=snapshots)
+    assert sorted(i for ids in crashed.values() for i in ids) == [1, 5]
+    with engine.begin() as connection:  # half of the members leave while the run is down
+        connection.execute(text("DELETE FROM m WHERE id > 20"))
+    engine.dispose()
+    failures: list[str] = []
+    resumed, completed = _extract(stores, database_url, request, snapshots=snapshots, failures=failures)
+    # Before: its guard ran again and refused it saying "nothing was sent and the snapshot is unchanged", though
+    # members 1 and 5 had reached the partner. Now it goes on (its guard's pass recorded before its first page) and
+    # the count after its last page refuses its removals, saying what was sent.
+    assert [reason.split("mass removal refused: the run ")[-1].split(". Check")[0] for reason in failures] == [
+        "would remove 20 of the 40 members the partner has (50.0%), over sync.max_removed 25%, at most 10: its "
+        "removals were not sent (its 5 added and changed members were) and stay in the snapshot"
+    ]
+    assert (_taken_once(crashed, resumed), completed) == ([1, 5, 9, 13, 17], [])
