@@ -15,8 +15,8 @@ A run whose removals are sent is held to its definition's ``sync.max_removed`` a
 request allows a mass removal once): before its first page it counts its removals from the query's keys alone
 (:mod:`services.extractor.removal_guard`) and, over the limit, fails having sent nothing and changed nothing in
 the snapshot; its pass is recorded (the checkpoint's sync) before its first page is published, so a resume never
-runs it again (it may have sent pages before any was checkpointed). After its last page it counts them again (exact, cheap): members that left while it ran (a table
-emptied under it) fail it there, its removals not sent.
+runs it again (it may have sent pages before any was checkpointed). After its last page it counts them again
+(exact, cheap): members that left while it ran (a table emptied under it) fail it there, its removals not sent.
 
 A resumed run (after a crash) reads the pages up to the checkpoint's last key only to mark their members seen
 (not removed), sending and counting nothing: their batches were published and counted before the checkpoint,

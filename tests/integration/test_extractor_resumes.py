@@ -442,7 +442,7 @@ def test_a_template_an_unfinished_change_run_started_with_is_not_deleted_until_t
         assert _taken_once(crashed, resumed) == list(range(1, MEMBERS + 1))
         for event in completed:  # its extraction over, its batches still to deliver: still in use
             stores.runs.fold_run_event(event)
-        assert stores.runs.get_run(request.run_id).status is RunStatus.DISPATCHING  # type: ignore[union-attr]
+        assert stores.runs.get_run(request.run_id).status is RunStatus.DISPATCHING
         assert client.delete("/api/v1/http-templates/t-add").json()["detail"] == refusal
         answer = client.post(f"/api/v1/runs/{request.run_id}/cancel")
         assert answer.status_code < 300, answer.text
