@@ -96,10 +96,8 @@ def refuse_used_by_runs(store: DefinitionsStore, obj: CatalogObject, actor: Acto
     named = seen[:RUNS_NAMED] + ([f"{len(seen) - RUNS_NAMED} more"] if len(seen) > RUNS_NAMED else [])
     if hidden := len(found) - len(seen):
         named.append(f"{hidden} run(s) outside this token's scope")
-    it, has = ("it", "has") if len(found) == 1 else ("them", "have")
-    raise in_use(
-        obj.name, named, f"a run keeps the templates it started with; wait until {it} {has} finished or cancel {it}"
-    )
+    wait = "it has finished or cancel it" if len(found) == 1 else "they have finished or cancel them"
+    raise in_use(obj.name, named, f"a run keeps the templates it started with; wait until {wait}")
 
 
 def in_use(name: str, found: list[str], then: str) -> Conflict:
