@@ -22,6 +22,7 @@ import itertools
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -59,19 +60,41 @@ def read_stamp() -> int:
     return next(_READS)
 
 
+#: Who holds a timeout given without a holder (:meth:`FleetLimits.limits_of`): the profile's standing one, kept.
+_STANDING = object()
+
+
+def _standing() -> object:
+    return _STANDING
+
+
+class _Waiter:
+    """A request waiting for a slot, in its place in the queue until it is handed a slot or leaves."""
+
+    __slots__ = ("future", "handed", "gone")
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        #: Done when the request is to look again: handed a slot, or the capacity dropped to 0 (a new one if it waits
+        #: on: the capacity back before it looked).
+        self.future = future
+        self.handed = False  # a slot handed (counted in ``in_use``)
+        self.gone = False  # left (held back, its round over, cancelled): skipped
+
+
 class Slots:
     """A bound on requests in flight whose capacity may change while requests hold or wait for a slot.
 
     A slot given back goes to the request that has waited longest (each waiter has a future of its own: one wake-up
     a slot, not one per waiter); the capacity lowered (an edited ``max_in_flight``, a smaller fleet share), the
-    requests in flight keep counting until they give their slots back, and none is handed while they do not fit."""
+    requests in flight keep counting until they give their slots back, and none is handed while they do not fit.
+    The capacity dropped to 0 wakes every waiter (its batch is held back); one whose capacity is back before it looks
+    keeps its place in the queue, ahead of the requests that came after it."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.in_use = 0
-        #: The requests waiting, first come first: True handed a slot (counted in ``in_use``), False look again (the
-        #: capacity dropped to 0); a cancelled one left (skipped).
-        self._waiters: deque[asyncio.Future[bool]] = deque()
+        #: The requests waiting, first come first (one that left is skipped when its turn comes).
+        self._waiters: deque[_Waiter] = deque()
 
     @contextlib.asynccontextmanager
     async def taken(
@@ -108,14 +131,12 @@ class Slots:
             raise
 
     async def _wait(self, held: Callable[[], HoldRecord], left: Callable[[], float] | None, taken: list[bool]) -> None:
-        waiter: asyncio.Future[bool] | None = None
+        waiter: _Waiter | None = None
         try:
             while True:
-                if waiter is not None and waiter.done():
-                    if waiter.result():  # handed a slot by give() or resize()
-                        taken[0] = True
-                        return
-                    waiter = None  # told to look again
+                if waiter is not None and waiter.handed:  # handed a slot by give() or resize()
+                    taken[0] = True
+                    return
                 if self.capacity <= 0:
                     raise held()
                 if waiter is None and self.in_use < self.capacity:
@@ -129,14 +150,16 @@ class Slots:
                         raise RoundOver(time.monotonic())
                     wait = min(wait, seconds)
                 if waiter is None:
-                    waiter = asyncio.get_running_loop().create_future()
+                    waiter = _Waiter(asyncio.get_running_loop().create_future())
                     self._waiters.append(waiter)
-                await asyncio.wait((waiter,), timeout=wait)  # its place kept across the looks (the round's end)
+                elif waiter.future.done():  # woken by the capacity's drop to 0, back since: it waits in its place
+                    waiter.future = asyncio.get_running_loop().create_future()
+                await asyncio.wait((waiter.future,), timeout=wait)  # its place kept across the looks (the round's end)
         except BaseException:
             if waiter is not None:
-                if waiter.done() and not waiter.cancelled() and waiter.result() and not taken[0]:
+                waiter.gone = True  # skipped by the next give()
+                if waiter.handed and not taken[0]:
                     self.give()  # handed a slot as it left: the next waiter's
-                waiter.cancel()  # skipped by the next give()
             raise
 
     def give(self) -> None:
@@ -147,11 +170,10 @@ class Slots:
 
     def resize(self, capacity: int) -> None:
         self.capacity = capacity
-        if capacity <= 0:  # every waiter raises its hold
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(False)
+        if capacity <= 0:  # every waiter looks again: it raises its hold, unless the capacity is back by then
+            for waiter in self._waiters:
+                if not waiter.future.done():
+                    waiter.future.set_result(None)
         elif self._waiters:
             self._hand()
 
@@ -160,9 +182,11 @@ class Slots:
         waiters = self._waiters
         while waiters and self.in_use < self.capacity:
             waiter = waiters.popleft()
-            if not waiter.done():  # not left (cancelled)
+            if not waiter.gone:
                 self.in_use += 1
-                waiter.set_result(True)
+                waiter.handed = True
+                if not waiter.future.done():  # else woken already (to look again): it finds the slot handed
+                    waiter.future.set_result(None)
 
 
 def _limiter(current: AdaptiveRateLimiter | LearnedRateLimit, rate: float, burst: float) -> AdaptiveRateLimiter:
