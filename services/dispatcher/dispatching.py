@@ -294,8 +294,9 @@ class Dispatcher:
     def _limits_of(self, profile: ConnectionProfile, read: int | None) -> ProfileLimits:
         """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited (a
         ``profile`` read before the limits' config gets the current ones); raises the batch's hold while this
-        replica's share of them is 0."""
-        return self.fleet.limits_of(profile.name, profile.rate_limit, profile.timeout_seconds, read)
+        replica's share of them is 0. The profile's timeout counts in the fleet's heartbeats while it lives (while
+        a batch of it has an attempt out or to come: :attr:`.FleetLimits.live_seconds`)."""
+        return self.fleet.limits_of(profile.name, profile.rate_limit, profile.timeout_seconds, read, profile)
 
     async def handle_all(self, batches: list[MemberBatch]) -> list[list[Outgoing] | BaseException]:
         """Deliver a poll's batches, their requests ``concurrency`` at a time; per batch its records, what it
