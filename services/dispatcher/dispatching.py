@@ -600,9 +600,10 @@ class Dispatcher:
         ``limits`` (its slot taken already, when it has ``max_in_flight``).
 
         Its body is rendered once admitted for its first attempt (by the circuit breaker, with a token of the rate),
-        not before: a request waiting aside for a probe or a token holds no body. A render that fails (a template
-        error, its CPU deadline) fails the request as before (attempts 0, the masked reason), its token and probe
-        given back: nothing was sent."""
+        not before: a request waiting aside for a probe or a token holds no body. A retry sends the same body again,
+        unless it waits for its token: it drops the body and renders it again once admitted. A render that fails (a
+        template error, its CPU deadline) fails the request as before (attempts 0, the masked reason), its token and
+        probe given back: nothing was sent."""
         batch, template, profile = shared.batch, shared.template, shared.profile
         whole = part.size == len(batch.members)
         members = batch.members if whole else batch.members[part.start : part.stop]
@@ -652,6 +653,7 @@ class Dispatcher:
             wait = limiter.reserve(now)
             if wait > 0:  # counted once an attempt, however many times it waits again for its token
                 RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
+                body[0] = None  # a retry waits holding no body either: rendered again once admitted (below)
             while wait > 0:  # a promised token: taken once the request has a worker again, or waited for again
                 if shared.ends is not None and now + wait >= shared.ends:
                     limiter.give_back()  # its token is not spent: the next round's requests do not wait for it
@@ -675,7 +677,7 @@ class Dispatcher:
                 else:
                     wait = current.reserve(now)
                 limiter = current
-            if body[0] is None:  # admitted: its body now (the first attempt's; a retry sends it again)
+            if body[0] is None:  # admitted: its body now (the first attempt's, a retry's that waited for its token)
                 try:
                     rendered = self.renderer.render_inline(shared.prepared, members)  # a quick render: no coroutine
                     if rendered is None:
