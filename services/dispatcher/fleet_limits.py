@@ -71,7 +71,7 @@ def _standing() -> object:
 class _Waiter:
     """A request waiting for a slot, in its place in the queue until it is handed a slot or leaves."""
 
-    __slots__ = ("future", "handed", "gone")
+    __slots__ = ("future", "gone", "handed")
 
     def __init__(self, future: asyncio.Future[None]) -> None:
         #: Done when the request is to look again: handed a slot, or the capacity dropped to 0 (a new one if it waits

@@ -1,6 +1,6 @@
-"""Session 53's dispatcher waits: the heartbeat's bound covers every attempt still out when a profile's timeout is edited
-under overlapping batches; a retry waiting for its rate token holds no rendered body; a slot waiter told to look
-again (its profile's share dropped to 0 and back) keeps its place in the queue."""
+"""Session 53's dispatcher waits: the heartbeat's bound covers every attempt still out when a profile's timeout is
+edited under overlapping batches; a retry waiting for its rate token holds no rendered body; a slot waiter told to
+look again (its profile's share dropped to 0 and back) keeps its place in the queue."""
 
 from __future__ import annotations
 
@@ -14,17 +14,15 @@ import pytest
 from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher
 from services.dispatcher.fleet_limits import FleetLimits, Slots
-from services.dispatcher.partner_auth import OAuthTokenCache
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
 from shared.domain.rendering import PreparedRequest, RenderedRequest
 from shared.kafka.held_records import HoldRecord
 from shared.outbound.partner_http import PartnerAnswer
-from shared.topics import Topics
 from tests.dispatcher_helpers import until
 from tests.unit.test_limit_shares import _Catalog as Heartbeats
 from tests.unit.test_profile_fairness import batch
 from tests.unit.test_waiting_aside_bodies import outcome_of
-from tests.unit.test_waiting_aside_review import Catalog, delivered
+from tests.unit.test_waiting_aside_review import Catalog, delivered, dispatcher_of
 
 DEADLINE = 5.0  # seconds: a wait for a condition, never a pause
 TTL = 10.0
@@ -33,7 +31,9 @@ TTL = 10.0
 
 
 def profile_p(timeout: float) -> ConnectionProfile:
-    return ConnectionProfile(name="p", base_url="https://p.example", rate_limit={"max_in_flight": 4}, timeout_seconds=timeout)
+    return ConnectionProfile(
+        name="p", base_url="https://p.example", rate_limit={"max_in_flight": 4}, timeout_seconds=timeout
+    )
 
 
 class TimeoutPartner:
@@ -67,14 +67,8 @@ def timeout_case(first: float) -> tuple[Catalog, TimeoutPartner, FleetLimits, He
     partner = TimeoutPartner()
     heartbeats = Heartbeats()
     fleet = FleetLimits(heartbeats, replica_id="a", ttl_seconds=TTL, wall_clock=lambda: 1000.0)
-    dispatcher = Dispatcher(
-        objects=CatalogCache(catalog, catalog, ttl=0),  # each batch reads p again
-        deliverer=Deliverer(partner, RetryBudget(max_attempts=1)),
-        tokens=OAuthTokenCache(None),  # type: ignore[arg-type]
-        topics=Topics(),
-        concurrency=4,
-        fleet=fleet,
-    )
+    dispatcher = dispatcher_of(partner, catalog, concurrency=4, fleet=fleet)
+    dispatcher.objects = CatalogCache(catalog, catalog, ttl=0)  # type: ignore[arg-type]  # each batch reads p again
     return catalog, partner, fleet, heartbeats, dispatcher
 
 
@@ -207,13 +201,8 @@ def retry_case(
     rendered = Rendered(monkeypatch, fail)
     gate = Gate()
     catalog = Catalog(limit=limit)
-    dispatcher = Dispatcher(
-        objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
-        deliverer=Deliverer(partner, RetryBudget(max_attempts=2, initial_backoff=0.001)),
-        tokens=OAuthTokenCache(None),  # type: ignore[arg-type]
-        topics=Topics(),
-        sleep=gate,
-    )
+    dispatcher = dispatcher_of(partner, catalog, sleep=gate)
+    dispatcher.deliverer = Deliverer(partner, RetryBudget(max_attempts=2, initial_backoff=0.001))
     return partner, rendered, gate, dispatcher
 
 
