@@ -294,8 +294,9 @@ class Dispatcher:
     def _limits_of(self, profile: ConnectionProfile, read: int | None) -> ProfileLimits:
         """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited (a
         ``profile`` read before the limits' config gets the current ones); raises the batch's hold while this
-        replica's share of them is 0."""
-        return self.fleet.limits_of(profile.name, profile.rate_limit, profile.timeout_seconds, read)
+        replica's share of them is 0. The profile's timeout counts in the fleet's heartbeats while it lives (while
+        a batch of it has an attempt out or to come: :attr:`.FleetLimits.live_seconds`)."""
+        return self.fleet.limits_of(profile.name, profile.rate_limit, profile.timeout_seconds, read, profile)
 
     async def handle_all(self, batches: list[MemberBatch]) -> list[list[Outgoing] | BaseException]:
         """Deliver a poll's batches, their requests ``concurrency`` at a time; per batch its records, what it
@@ -617,11 +618,13 @@ class Dispatcher:
         request with an admission is counted in flight here, until :meth:`_request_done`.
 
         Its body is rendered once admitted for its first attempt (by the circuit breaker, with a token of the rate),
-        not before: a request waiting aside for a probe or a token holds no body. A render that fails (a template
-        error, its CPU deadline) fails the request as before (attempts 0, the masked reason), its token and probe
-        given back: nothing was sent. When the batch's requests share their headers (:attr:`_BatchRequests.headers`),
-        the render makes the request whole, this request's headers in it: its first attempt sends it as it is (one
-        :class:`RenderedRequest` a request, not two); a retry copies the headers again."""
+        not before: a request waiting aside for a probe or a token holds no body. A retry sends the same body again,
+        unless it waits for its token: it drops the body and renders it again once admitted. A render that fails (a
+        template error, its CPU deadline) fails the request as before (attempts 0, the masked reason), its token and
+        probe given back: nothing was sent. When the batch's requests share their headers
+        (:attr:`_BatchRequests.headers`), the render makes the request whole, this request's headers in it: its
+        first attempt sends it as it is (one :class:`RenderedRequest` a request, not two); a retry copies the headers
+        again."""
         batch, template, profile = shared.batch, shared.template, shared.profile
         whole = part.size == len(batch.members)
         members = batch.members if whole else batch.members[part.start : part.stop]
@@ -664,6 +667,7 @@ class Dispatcher:
             wait = limiter.reserve(now)
             if wait > 0:  # counted once an attempt, however many times it waits again for its token
                 RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
+                body[0] = None  # a retry waits holding no body either: rendered again once admitted (below)
             while wait > 0:  # a promised token: taken once the request has a worker again, or waited for again
                 if shared.ends is not None and now + wait >= shared.ends:
                     limiter.give_back()  # its token is not spent: the next round's requests do not wait for it
@@ -687,7 +691,7 @@ class Dispatcher:
                 else:
                     wait = current.reserve(now)
                 limiter = current
-            if body[0] is None:  # admitted: its body now (the first attempt's; a retry sends it again)
+            if body[0] is None:  # admitted: its body now (the first attempt's, a retry's that waited for its token)
                 headers = None  # the template's; this request's own when the batch's requests share them
                 if shared.headers is not None and not exporting():
                     headers = shared.headers.copy()
