@@ -250,6 +250,8 @@ class Deliverer:
             first = await self.attempt(
                 request, timeout, success_statuses, labels, network, None, secrets_of, tally, inspect, 1
             )
+            # Not held through the retries: a retry waiting for its token holds no body (it renders it again).
+            del request
         if on_attempt is not None:
             on_attempt(first)
         if not first.retryable:

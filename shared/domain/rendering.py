@@ -59,11 +59,12 @@ class TemplateRenderError(PermanentError):
     """The template does not render, or does not render valid JSON; the message says where and why."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class RenderedRequest:
     """A request as sent: immutable (assigning a field raises ``FrozenInstanceError``), compared and shown by its
     fields. Built once a request on the dispatcher's path, so without the frozen dataclass's ``__init__`` (four
-    ``object.__setattr__`` calls: :func:`_set_fields`)."""
+    ``object.__setattr__`` calls: :func:`_set_fields`). Weakly referable, as before its slots: what still holds a
+    request's body can be watched (tests/unit/test_dispatcher_waits_s53.py)."""
 
     method: str
     url: str
