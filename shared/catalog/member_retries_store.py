@@ -89,7 +89,9 @@ class SqlMemberRetries:
         for outcome in named:
             if (definition_id := ids.get(str(outcome.run_id))) is not None:  # None: the definition is gone
                 by_definition[definition_id].append(outcome)
-        for definition, group in by_definition.items():
+        # Definitions in key order too (each one's rows are written in key order): two folds of runs of the same two
+        # definitions refusing the same members lock their rows in one order, never each a row the other waits for.
+        for definition, group in sorted(by_definition.items(), key=lambda item: item[0]):
             self._follow_definition(session, definition, group)
 
     def _follow_definition(self, session: Session, definition: str, outcomes: list[BatchOutcome]) -> None:

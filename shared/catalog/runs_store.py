@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import structlog
 from sqlalchemy import ColumnElement, case, func, literal, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
@@ -29,6 +31,14 @@ from shared.domain.runs import (
     notification_status,
 )
 from shared.events import AnyRunEvent, BatchOutcome
+
+#: Most transactions one poll's fold takes: one more for each run it creates that another fold (a replica folding
+#: the same records after a rebalance) created meanwhile; done again, it finds that run and locks it.
+FOLD_ATTEMPTS = 3
+
+log = structlog.get_logger(__name__)
+
+R = TypeVar("R")
 
 UNFINISHED = [RunStatus.QUEUED.value, RunStatus.EXTRACTING.value, RunStatus.DISPATCHING.value]
 FINAL = [status.value for status in RunStatus if status.is_final]
@@ -88,6 +98,10 @@ class SqlRunsStore:
 
         Returns the record before and after, so the caller can tell a run that has just finished.
         """
+        return _again_if_run_created_meanwhile(lambda: self._fold_run_event(event, starts))
+
+    def _fold_run_event(self, event: AnyRunEvent, starts: StartClaims | None) -> tuple[RunRecord | None, RunRecord]:
+        """:meth:`fold_run_event` once: one transaction."""
         with self.database.transaction("Run") as session:
             row = session.get(RunRow, str(event.run_id), with_for_update=True)
             before = record_of(row) if row else None
@@ -126,6 +140,12 @@ class SqlRunsStore:
         """
         if not events:
             return {}
+        return _again_if_run_created_meanwhile(lambda: self._fold_run_events(events, starts))
+
+    def _fold_run_events(
+        self, events: Sequence[AnyRunEvent], starts: StartClaims | None
+    ) -> dict[uuid.UUID, tuple[RunRecord | None, RunRecord]]:
+        """:meth:`fold_run_events` once: one transaction."""
         run_ids = sorted({str(event.run_id) for event in events})
         with self.database.transaction("Run") as session:
             rows = {
@@ -154,7 +174,8 @@ class SqlRunsStore:
                 after = fold(before or self._new_record(session, event), event, duplicate=duplicate)
                 initial = results[event.run_id][0] if event.run_id in results else before
                 results[event.run_id] = (initial, after)
-            for run_id, (_, after) in results.items():
+            # New runs added (and so inserted) in key order, as the ledger's rows and the notifications claimed.
+            for run_id, (_, after) in sorted(results.items(), key=lambda item: str(item[0])):
                 row = rows.get(str(run_id))
                 if row is None:
                     row = RunRow(run_id=str(run_id))
@@ -177,10 +198,12 @@ class SqlRunsStore:
         if starts is None:
             return inserted
         held_until = as_utc(starts.held_until)
-        for run_id, (before, after) in folded.items():
+        # In key order (run, kind): two folds claiming the same new runs' notifications wait for each other in one
+        # order, never each for the other.
+        for run_id, (before, after) in sorted(folded.items(), key=lambda item: str(item[0])):
             if after.started_at is None or (before is not None and before.started_at is not None):
                 continue
-            for kind, recipients in starts.kinds.get(after.definition, ()):
+            for kind, recipients in sorted(starts.kinds.get(after.definition, ()), key=lambda pair: pair[0]):
                 values = {"run_id": str(run_id), "kind": kind, "recipients": recipients, "next_attempt_at": held_until}
                 if self.database.insert_ignore(session, NotificationRow, values):
                     inserted.append((run_id, kind))
@@ -199,7 +222,9 @@ class SqlRunsStore:
                 "failed": o.failed,
                 "status_code": o.status_code,
             }
-            for o in outcomes
+            # In key order: two folds inserting the same new outcomes wait for each other in one order, never each
+            # for the other (PostgreSQL's insert of a key another has inserted and not committed waits for it).
+            for o in sorted(outcomes, key=lambda o: (str(o.run_id), o.batch_index))
         ]
         dialect: Any = postgresql if self.database.engine.dialect.name == "postgresql" else sqlite
         new: set[tuple[str, int]] = set()
@@ -948,6 +973,28 @@ def _run_keys(claims: Mapping[RowKey, datetime]) -> dict[tuple[uuid.UUID, str], 
 
 #: The run ids one query of :meth:`SqlRunsStore.business_units_of` asks for.
 _IDS_PER_QUERY = 900
+
+
+def _again_if_run_created_meanwhile(fold_once: Callable[[], R]) -> R:
+    """``fold_once`` (a fold's transaction) done again while a run it creates was created meanwhile by another fold
+    (:func:`_run_created_meanwhile`), at most :data:`FOLD_ATTEMPTS` times: the fold found no row of that run (nothing
+    to lock) and the other's insert came first. Done again, the fold finds the run and locks it; what the other
+    counted (its outcomes in the ledger, its claims of the run's notifications) is not counted twice."""
+    for attempt in range(1, FOLD_ATTEMPTS):
+        try:
+            return fold_once()
+        except IntegrityError as exc:
+            if not _run_created_meanwhile(exc):
+                raise
+            log.info("a run the fold creates was created meanwhile by another fold; folded again", attempt=attempt)
+    return fold_once()
+
+
+def _run_created_meanwhile(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is a unique violation of the runs' key (SQLSTATE 23505): a run this fold creates, created by
+    another fold since this one looked for it (PostgreSQL; SQLite's one writer at a time never sees it)."""
+    diag = getattr(exc.orig, "diag", None)
+    return getattr(exc.orig, "sqlstate", None) == "23505" and getattr(diag, "table_name", None) == RunRow.__tablename__
 
 
 def _id_texts(run_ids: Sequence[uuid.UUID]) -> list[str]:
