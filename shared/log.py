@@ -26,6 +26,7 @@ from opentelemetry import trace
 
 from shared.domain.masking import Masking
 from shared.domain.secret_names import secret_name, secret_query_name
+from shared.domain.secret_references import DEFAULT_ENV_PREFIXES, SETTINGS_NAMESPACE, SecretReferencePolicy
 
 REDACTED = "[redacted]"
 #: kafka-python's loggers whose warnings the services log: the group coordinator (joins, heartbeats, members
@@ -49,22 +50,33 @@ _SECRET_FILE_BYTES = 64 * 1024
 
 
 def environment_secrets(environ: Mapping[str, str]) -> list[str]:
-    """The secrets a process was given in its environment, to be masked wherever they show: the value of each
-    variable named like a secret (:func:`shared.domain.secret_names.secret_name`: ``EXPORT_KAFKA_SASL_PASSWORD``,
-    ``EXPORT_SMTP_PASSWORD``, ``EXPORT_CONSOLE_SESSION_KEY``; ``..._KEYS`` as ``..._KEY``: each of a list's items
-    too), the content of a file a ``..._FILE`` variable so named points to (``EXPORT_KAFKA_SASL_PASSWORD_FILE``;
-    its path is no secret), and in any value holding a URL, its password (also each part of one holding an ``@``
-    not percent-encoded, which a URL parser splits) and its query values named like a secret."""
+    """The secrets a process was given in its environment, to be masked wherever they show:
+
+    - the value of each ``EXPORT_`` variable named like a secret (:func:`shared.domain.secret_names.secret_name`:
+      ``EXPORT_KAFKA_SASL_PASSWORD``, ``EXPORT_SMTP_PASSWORD``, ``EXPORT_CONSOLE_SESSION_KEY``; ``..._KEYS`` as
+      ``..._KEY``, each item of its list too), and the content of the file a ``..._FILE`` one so named points to
+      (``EXPORT_KAFKA_SASL_PASSWORD_FILE``: its path is no secret);
+    - the value of each variable that ``env:`` secret references may name (``EXPORT_ALLOWED_SECRET_ENV_PREFIXES``:
+      partners' secrets);
+    - in any variable holding a URL, its password (also each part of one holding an ``@`` not percent-encoded,
+      which a URL parser splits) and its query values named like a secret.
+
+    Other variables named like a secret are not taken (``XDG_SESSION_CLASS=user`` would mask every "user")."""
+    prefixes = SecretReferencePolicy.parse(environ.get("EXPORT_ALLOWED_SECRET_ENV_PREFIXES", DEFAULT_ENV_PREFIXES))
     found: list[str] = []
     for name, value in environ.items():
         upper = name.upper()
         if not value:
             continue
-        if upper.endswith("_FILE"):
+        if upper.startswith(SETTINGS_NAMESPACE) and upper.endswith("_FILE"):
             if secret_name(upper.removesuffix("_FILE")):
                 found += _file_secret(value)
-        elif secret_name(upper) or (upper.endswith("_KEYS") and secret_name(upper.removesuffix("S"))):
+        elif upper.startswith(SETTINGS_NAMESPACE) and (
+            secret_name(upper) or (upper.endswith("_KEYS") and secret_name(upper.removesuffix("S")))
+        ):
             found += [value, value.strip(), *(part.strip() for part in value.split(","))]
+        elif name.startswith(prefixes.env_prefixes):
+            found += [value, value.strip()]
         if "://" in value:
             found += _url_secrets(value)
     return [secret for secret in found if secret]

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,45 +124,23 @@ def test_kafka_settings_holding_a_secret_where_it_does_not_belong_stop_the_start
     assert said in done.stderr
 
 
-@pytest.fixture
-def refusing_server() -> Iterator[str]:
-    """A TCP server on 127.0.0.1 that closes every connection at once (a listener that does not speak this
-    protocol); its address."""
-    server = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def serve() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                connection, _ = server.accept()
-            except TimeoutError:
-                continue
-            connection.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(5)
-        server.close()
-
-
-def test_the_start_up_check_reads_a_listener_prefixed_address_as_the_clients_do(refusing_server: str):
+def test_the_start_up_check_reads_a_listener_prefixed_address_as_the_clients_do():
     """``SASL_SSL://host:port`` is what the clients take (the prefix dropped); before, the check looked the whole of
-    it up as a host name, found none, and let the service start unchecked."""
-    settings = CommonSettings(
-        kafka_bootstrap_servers=f"SASL_PLAINTEXT://{refusing_server}",
-        kafka_security_protocol="SASL_PLAINTEXT",
-        kafka_sasl_mechanism="PLAIN",
-        kafka_sasl_username="exporter",
-        kafka_sasl_password=SECRET,
-    )
-    with pytest.raises(KafkaSetupError) as refused:
-        check_kafka_connection(settings, timeout=5)
-    assert str(refused.value).startswith(f"Kafka at SASL_PLAINTEXT://{refusing_server} closed the connection")
+    it up as a host name, found none, and let the service start unchecked. Here a listener that never answers (the
+    kernel accepts the connection): the check now reaches it and refuses within its timeout."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        settings = CommonSettings(
+            kafka_bootstrap_servers=f"SASL_PLAINTEXT://{address}",
+            kafka_security_protocol="SASL_PLAINTEXT",
+            kafka_sasl_mechanism="PLAIN",
+            kafka_sasl_username="exporter",
+            kafka_sasl_password=SECRET,
+        )
+        with pytest.raises(KafkaSetupError) as refused:
+            check_kafka_connection(settings, timeout=1)
+    assert str(refused.value).startswith(f"Kafka at SASL_PLAINTEXT://{address} closed the connection before answering")
+    assert "check EXPORT_KAFKA_SECURITY_PROTOCOL" in str(refused.value)
     assert SECRET not in str(refused.value)
 
 
@@ -176,6 +153,8 @@ def process_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator
     monkeypatch.setenv("EXPORT_SMTP_PASSWORD", f"smtp-{SECRET}")
     monkeypatch.setenv("EXPORT_CATALOG_ENCRYPTION_KEYS", f"key-one-{SECRET},key-two-{SECRET[::-1]}")
     monkeypatch.setenv("EXPORT_QUERY_STORE_URL", f"postgresql+psycopg://app:url-{SECRET}@db/members")
+    monkeypatch.setenv("PARTNER_ACME_TOKEN", f"partner-{SECRET}")  # what env: secret references name
+    monkeypatch.setenv("XDG_SESSION_CLASS", "user")  # named like a secret, not one of this process's
     shared_log.process_masking.cache_clear()
     yield
     shared_log.process_masking.cache_clear()
@@ -187,8 +166,8 @@ def test_an_escaped_error_quoting_the_processs_secrets_is_reported_with_each_mas
     """The net under every escaped exception: secrets named by the environment (however the error quotes them,
     whatever their shape) are masked, the rest of the error kept."""
     quoted = (
-        f"could not log in with file-{SECRET} nor smtp-{SECRET}; key key-two-{SECRET[::-1]} refused; "
-        f"tried url-{SECRET} at db"
+        f"user could not log in with file-{SECRET} nor smtp-{SECRET}; key key-two-{SECRET[::-1]} refused; "
+        f"tried url-{SECRET} at db; partner-{SECRET}"
     )
     try:
         raise RuntimeError(quoted)
@@ -196,7 +175,9 @@ def test_an_escaped_error_quoting_the_processs_secrets_is_reported_with_each_mas
         shared_log.report_escaped(exc)
     shown = capsys.readouterr().err
     assert shown.startswith("Traceback (most recent call last):")
-    assert shown.rstrip().endswith("RuntimeError: could not log in with *** nor ***; key *** refused; tried *** at db")
+    assert shown.rstrip().endswith(
+        "RuntimeError: user could not log in with *** nor ***; key *** refused; tried *** at db; ***"
+    )
     assert "Sx7" not in shown
     assert "q'eborP" not in shown
 
