@@ -9,6 +9,7 @@ are read; whether Kafka accepts what they hold is checked at start (``shared.kaf
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -75,6 +76,17 @@ class KafkaConnectionSettings(BaseSettings):
         default=None, description="File holding the SASL password (a mounted Secret); a final line break is ignored."
     )
 
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _addresses(cls, value: str) -> str:
+        entries = [server.strip() for server in value.split(",") if server.strip()]
+        problems = [problem for number, entry in enumerate(entries, 1) if (problem := _address_problem(entry, number))]
+        if not entries:
+            problems.append("EXPORT_KAFKA_BOOTSTRAP_SERVERS is empty (host:port, comma-separated)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
     @field_validator(*_OPTIONAL, mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
@@ -138,6 +150,8 @@ class KafkaConnectionSettings(BaseSettings):
             )
         if self.kafka_sasl_username is None:
             problems.append(f"EXPORT_KAFKA_SASL_USERNAME is required with EXPORT_KAFKA_SECURITY_PROTOCOL={protocol}")
+        elif problem := _credential_problem("EXPORT_KAFKA_SASL_USERNAME", self.kafka_sasl_username, "user name"):
+            problems.append(problem)
         if self.kafka_sasl_password is not None and self.kafka_sasl_password_file is not None:
             problems.append("give EXPORT_KAFKA_SASL_PASSWORD or EXPORT_KAFKA_SASL_PASSWORD_FILE, not both")
         elif self.kafka_sasl_password is None and self.kafka_sasl_password_file is None:
@@ -147,10 +161,14 @@ class KafkaConnectionSettings(BaseSettings):
             )
         elif self.kafka_sasl_password_file is not None:
             problems += [p for p in [_unreadable("kafka_sasl_password_file", self.kafka_sasl_password_file)] if p]
-            if not problems and not _read_password(self.kafka_sasl_password_file):
-                problems.append(f"EXPORT_KAFKA_SASL_PASSWORD_FILE: {self.kafka_sasl_password_file} is empty")
-        if self.kafka_sasl_password is not None and not self.kafka_sasl_password.get_secret_value():
-            problems.append("EXPORT_KAFKA_SASL_PASSWORD is empty")
+            if not problems:
+                problems += _password_file_problems(self.kafka_sasl_password_file)
+        if self.kafka_sasl_password is not None:
+            password = self.kafka_sasl_password.get_secret_value()
+            if not password:
+                problems.append("EXPORT_KAFKA_SASL_PASSWORD is empty")
+            elif problem := _credential_problem("EXPORT_KAFKA_SASL_PASSWORD", password, "password"):
+                problems.append(problem)
         return problems
 
     def kafka_sasl_password_value(self) -> str | None:
@@ -169,11 +187,89 @@ class KafkaConnectionSettings(BaseSettings):
         return self.kafka_security_protocol in SASL_PROTOCOLS
 
 
+#: A JAAS line (what a Java client is given): ``...LoginModule required username="..." password="...";``.
+_JAAS = re.compile(r"LoginModule|\bpassword\s*=", re.IGNORECASE)
+#: What kafka-python strips from a bootstrap server, as Java's client does (``SASL_SSL://host:9093``).
+_PROTOCOL_PREFIX = re.compile(r"^.*://")
+#: The settings whose file may hold a secret (a password, a private key): a value that does not read as a path
+#: is not shown when it names no file, for it may be the secret itself, given to the wrong variable.
+_SECRET_FILES = frozenset({"kafka_sasl_password_file", "kafka_ssl_key_file", "kafka_ssl_cert_file"})
+
+
+def _address_problem(entry: str, number: int) -> str | None:
+    """Why the ``number``-th entry of ``EXPORT_KAFKA_BOOTSTRAP_SERVERS`` is no ``host:port``, or None; never the
+    entry itself: one holding user information holds a password (``SASL_SSL://user:password@host:9093``), which
+    kafka-python would log with every failed attempt and quote in its errors."""
+    which = f"EXPORT_KAFKA_BOOTSTRAP_SERVERS (server {number})"
+    if "@" in entry:
+        return (
+            f"{which} holds user information ('user:password@', not shown): Kafka takes no credentials in an "
+            "address; give them in EXPORT_KAFKA_SASL_USERNAME and EXPORT_KAFKA_SASL_PASSWORD"
+        )
+    host, port = split_address(entry)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"{which} is not host:port (a port from 1 to 65535, e.g. kafka-0.kafka:9092)"
+    return None
+
+
+def split_address(server: str) -> tuple[str, str]:
+    """A bootstrap server's host and port, read as kafka-python reads it: a ``PROTOCOL://`` prefix dropped, an
+    IPv6 literal in brackets, port 9092 when none is given."""
+    address = _PROTOCOL_PREFIX.sub("", server.strip())
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        return host, rest.removeprefix(":") if rest else "9092"
+    if ":" not in address:
+        return address, "9092"
+    if address.count(":") > 1:  # an IPv6 literal without brackets: no port
+        return address, "9092"
+    host, _, port = address.rpartition(":")
+    return host, port
+
+
+def _credential_problem(source: str, value: str, what: str) -> str | None:
+    """Why a SASL user name or password (from ``source``: a variable, or a file) cannot be what it should, or None;
+    never the value."""
+    if _JAAS.search(value):
+        return (
+            f"{source} holds a JAAS configuration (a LoginModule line, not shown), not a {what}: give the user name "
+            "alone in EXPORT_KAFKA_SASL_USERNAME and the password alone in EXPORT_KAFKA_SASL_PASSWORD (or "
+            "EXPORT_KAFKA_SASL_PASSWORD_FILE)"
+        )
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:  # bytes of the environment that are not UTF-8 (read as surrogates)
+        return f"{source} holds bytes that are not UTF-8 text (character {exc.start + 1})"
+    return None
+
+
+def _password_file_problems(path: Path) -> list[str]:
+    try:
+        password = _read_password(path)
+    except UnicodeDecodeError as exc:
+        return [f"EXPORT_KAFKA_SASL_PASSWORD_FILE: {path} is not UTF-8 text (byte {exc.start + 1})"]
+    if not password:
+        return [f"EXPORT_KAFKA_SASL_PASSWORD_FILE: {path} is empty"]
+    problem = _credential_problem(f"EXPORT_KAFKA_SASL_PASSWORD_FILE: {path}", password, "password")
+    return [problem] if problem else []
+
+
+def _reads_as_path(value: str) -> bool:
+    """Whether a file setting's value reads as a file's path (shown when it names no file) rather than as what the
+    file should hold: a ``/``, and no space, line break or control character."""
+    return "/" in value and not any(c.isspace() or not c.isprintable() for c in value)
+
+
 def _unreadable(field: str, path: Path | None) -> str | None:
     """Why the file of ``field`` cannot be read (its path is no secret: its content may be), or None."""
     if path is None:
         return None
     if not path.exists():
+        if field in _SECRET_FILES and not _reads_as_path(str(path)):
+            return (
+                f"{env_name(field)} names no file (its value, not shown, does not read as a path: is it what the file "
+                "should hold? give the path of a file holding it)"
+            )
         return f"{env_name(field)}: {path} does not exist"
     if not path.is_file():
         return f"{env_name(field)}: {path} is not a file"

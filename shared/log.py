@@ -1,5 +1,6 @@
 """Structured logging (structlog): one JSON line per event on stderr, secrets redacted (fields named like one),
-credentials in a logged exception masked by their shape.
+credentials in a logged exception masked: the secrets the process was given (:func:`environment_secrets`) and
+any by their shape.
 
 Records from the standard library (kafka-python, httpx, SQLAlchemy) go through the same processors,
 so every line a service writes has the same shape. A line logged inside a trace (a run's extraction, a batch's
@@ -8,19 +9,24 @@ delivery: :mod:`shared.tracing`) carries its ``trace_id`` and ``span_id``.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import sys
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+import traceback
+import urllib.parse
+from collections.abc import Callable, Mapping, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import structlog
 from opentelemetry import trace
 
-from shared.domain.credential_patterns import mask_credential_shapes
-from shared.domain.masking import MASK
-from shared.domain.secret_names import secret_name
+from shared.domain.masking import Masking
+from shared.domain.secret_names import secret_name, secret_query_name
+from shared.domain.secret_references import DEFAULT_ENV_PREFIXES, SETTINGS_NAMESPACE, SecretReferencePolicy
 
 REDACTED = "[redacted]"
 #: kafka-python's loggers whose warnings the services log: the group coordinator (joins, heartbeats, members
@@ -39,18 +45,126 @@ def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, A
     return event_dict
 
 
+#: The largest secret file read for its content (a password, a key; not a bundle of certificates).
+_SECRET_FILE_BYTES = 64 * 1024
+
+
+def environment_secrets(environ: Mapping[str, str]) -> list[str]:
+    """The secrets a process was given in its environment, to be masked wherever they show:
+
+    - the value of each ``EXPORT_`` variable named like a secret (:func:`shared.domain.secret_names.secret_name`:
+      ``EXPORT_KAFKA_SASL_PASSWORD``, ``EXPORT_SMTP_PASSWORD``, ``EXPORT_CONSOLE_SESSION_KEY``; ``..._KEYS`` as
+      ``..._KEY``, each item of its list too), and the content of the file a ``..._FILE`` one so named points to
+      (``EXPORT_KAFKA_SASL_PASSWORD_FILE``: its path is no secret);
+    - the value of each variable that ``env:`` secret references may name (``EXPORT_ALLOWED_SECRET_ENV_PREFIXES``:
+      partners' secrets);
+    - in any variable holding a URL, its password (also each part of one holding an ``@`` not percent-encoded,
+      which a URL parser splits) and its query values named like a secret.
+
+    Other variables named like a secret are not taken (``XDG_SESSION_CLASS=user`` would mask every "user")."""
+    prefixes = SecretReferencePolicy.parse(environ.get("EXPORT_ALLOWED_SECRET_ENV_PREFIXES", DEFAULT_ENV_PREFIXES))
+    found: list[str] = []
+    for name, value in environ.items():
+        upper = name.upper()
+        if not value:
+            continue
+        if upper.startswith(SETTINGS_NAMESPACE) and upper.endswith("_FILE"):
+            if secret_name(upper.removesuffix("_FILE")):
+                found += _file_secret(value)
+        elif upper.startswith(SETTINGS_NAMESPACE) and (
+            secret_name(upper) or (upper.endswith("_KEYS") and secret_name(upper.removesuffix("S")))
+        ):
+            found += [value, value.strip(), *(part.strip() for part in value.split(","))]
+        elif name.startswith(prefixes.env_prefixes):
+            found += [value, value.strip()]
+        if "://" in value:
+            found += _url_secrets(value)
+    return [secret for secret in found if secret]
+
+
+def _file_secret(path: str) -> list[str]:
+    try:
+        file = Path(path)
+        if not file.is_file() or file.stat().st_size > _SECRET_FILE_BYTES:
+            return []
+        text = file.read_text(errors="replace")
+    except (OSError, ValueError):
+        return []
+    return [text, text.strip()]
+
+
+def _url_secrets(value: str) -> list[str]:
+    try:
+        parts = urllib.parse.urlsplit(value.strip())
+        password = parts.password
+    except ValueError:
+        return []
+    found = []
+    if password:
+        decoded = urllib.parse.unquote(password)
+        found += [password, decoded, *password.split("@"), *decoded.split("@")]
+    found += [v for n, v in urllib.parse.parse_qsl(parts.query) if secret_query_name(n)]
+    return found
+
+
+@functools.cache
+def process_masking() -> Masking:
+    """The masking of this process's secrets (:func:`environment_secrets` of its environment, read once)."""
+    return Masking.of(environment_secrets(os.environ))
+
+
+def masked_text(text: str) -> str:
+    """``text`` with this process's secrets and any credential by its shape (a connection URL's password,
+    ``password=...``, ``Bearer <token>``: :mod:`shared.domain.credential_patterns`) masked."""
+    return process_masking().reason(text)
+
+
 def mask_exception(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """A rendered exception (``exception``: a traceback, its causes' messages too) with credentials masked by their
-    shape (:mod:`shared.domain.credential_patterns`: a connection URL's password, ``password=...``, ``Bearer
-    <token>``) and its end kept when longer than :data:`EXCEPTION_CHARS`. The messages in a traceback are not
-    masked by whoever logs it: this is the net under every ``log.exception``, the libraries' too."""
+    """A rendered exception (``exception``: a traceback, its causes' messages too) with this process's secrets and
+    credentials by their shape masked (:func:`masked_text`), and its end kept when longer than
+    :data:`EXCEPTION_CHARS`. The messages in a traceback are not masked by whoever logs it: this is the net under
+    every ``log.exception``, the libraries' too."""
     text = event_dict.get("exception")
     if isinstance(text, str) and text:
-        masked = mask_credential_shapes(text, MASK)  # before the cut: a credential across it is masked whole
+        masked = masked_text(text)  # before the cut: a credential across it is masked whole
         if len(masked) > EXCEPTION_CHARS:
             masked = f"… ({len(masked) - EXCEPTION_CHARS} characters left out)\n{masked[-EXCEPTION_CHARS:]}"
         event_dict["exception"] = masked
     return event_dict
+
+
+def mask_library_message(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The message of a library's record (kafka-python, SQLAlchemy, httpx: not structlog's) masked as an exception
+    is (:func:`masked_text`): a library quotes what it was given (kafka-python its bootstrap servers, at every
+    failed attempt). The services' own lines name their fields, and mask what they put there."""
+    event = event_dict.get("event")
+    if isinstance(event, str) and event:
+        event_dict["event"] = masked_text(event)
+    return event_dict
+
+
+def logging_configured() -> bool:
+    """Whether :func:`configure_logging` ran in this process (a service's lines are JSON from then on)."""
+    return bool(_PROCESSORS)
+
+
+def report_escaped(error: BaseException, thread: str | None = None) -> None:
+    """Say on stderr that ``error`` escaped a service's code (its start-up, its loop, or ``thread``), masked as
+    exceptions are (:func:`masked_text`): one JSON line with the traceback once logging is configured, then the
+    error alone as the last line (as a start-up refusal's); before, the traceback as Python writes it."""
+    try:
+        reason = masked_text("".join(traceback.format_exception_only(error)).strip())
+        if logging_configured():
+            fields = {"thread": thread} if thread else {}
+            structlog.get_logger("shared.process_start").critical(
+                "service stopped by an unexpected error", error=reason, exc_info=error, **fields
+            )
+            sys.stderr.write(reason + "\n")
+        else:
+            sys.stderr.write(masked_text("".join(traceback.format_exception(error))))
+    except Exception:  # noqa: BLE001 - never the text unmasked: the error's type alone
+        sys.stderr.write(f"{type(error).__name__} (its text is not shown: masking it failed)\n")
+    sys.stderr.flush()
 
 
 def add_trace_ids(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -92,7 +206,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", service: str | Non
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            foreign_pre_chain=[*shared, mask_library_message],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,

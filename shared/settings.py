@@ -7,16 +7,36 @@ start (its composition root). Secrets are ``SecretStr`` so they never print.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.domain.secret_references import DEFAULT_DIRECTORIES, DEFAULT_ENV_PREFIXES, SecretReferencePolicy
-from shared.kafka_settings import KafkaConnectionSettings
+from shared.kafka_settings import KafkaConnectionSettings, env_name
 from shared.secrets_at_rest import SecretCipher
 from shared.topics import Topics
+
+#: A database URL's user information as SQLAlchemy reads it: the user up to ``:`` or ``/``, the password up to the
+#: first ``@``. What follows that ``@`` is read as the host, port and database.
+_USER_INFORMATION = re.compile(r"^[^:/]*(?::[^@]*)?@")
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why a database URL would be misread, or None; never the URL. A password holding an ``@`` not percent-encoded
+    (``postgresql+psycopg://app:p@ss@db/catalog``) ends at that ``@`` for SQLAlchemy, and the rest of it becomes
+    the host: the driver's error then quotes it (``failed to resolve host 'ss@db'``), at start and in every
+    failure reason (a run's, an email's) the store's errors reach."""
+    _, scheme_end, rest = url.partition("://")
+    found = _USER_INFORMATION.match(rest.split("?", 1)[0]) if scheme_end else None
+    if found is not None and "@" in rest.split("?", 1)[0][found.end() :]:
+        return (
+            "holds an '@' after its user information (the URL is not shown): a password holding '@' must be "
+            "percent-encoded, '@' as %40 (and ':' as %3A, '/' as %2F)"
+        )
+    return None
 
 
 def default_replica_id() -> str:
@@ -138,6 +158,13 @@ class CommonSettings(KafkaConnectionSettings):
     @classmethod
     def _env_prefixes_parse(cls, value: str) -> str:
         SecretReferencePolicy.parse(env_prefixes=value)
+        return value
+
+    @field_validator("catalog_url", "query_store_url", check_fields=False)  # the latter: the services that read it
+    @classmethod
+    def _database_url_read_as_meant(cls, value: str, info: ValidationInfo) -> str:
+        if problem := database_url_problem(value):
+            raise ValueError(f"{env_name(info.field_name or '')} {problem}")
         return value
 
     @field_validator("allowed_secret_dirs")

@@ -22,7 +22,7 @@ from kafka.errors import KafkaError
 from kafka.net.sasl.scram import ScramClient
 
 from shared.kafka.client_config import bootstrap_servers
-from shared.kafka_settings import KafkaConnectionSettings
+from shared.kafka_settings import KafkaConnectionSettings, split_address
 
 #: How long the whole check may take per bootstrap server (connection, TLS, SASL).
 CHECK_TIMEOUT_SECONDS = 10.0
@@ -133,10 +133,9 @@ def tls_context(settings: KafkaConnectionSettings) -> ssl.SSLContext:
 
 
 def _connect(settings: KafkaConnectionSettings, server: str, timeout: float, context: ssl.SSLContext | None) -> _Wire:
-    host, _, port = server.rpartition(":")
-    host = host.strip("[]") or server
+    host, port = split_address(server)  # as the clients read it: a SASL_SSL:// prefix dropped
     try:
-        sock = socket.create_connection((host, int(port or 9092)), timeout=timeout)
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
     except (OSError, ValueError) as exc:
         raise _Unreachable(f"{server}: {getattr(exc, 'strerror', None) or exc}") from None
     if context is None:

@@ -155,3 +155,99 @@ def test_a_shorter_request_timeout_allows_a_delivery_timeout_down_to_it_and_a_se
     assert "(4000 here)" in refusal(
         env, {"EXPORT_KAFKA_REQUEST_TIMEOUT_MS": "3000", "EXPORT_KAFKA_DELIVERY_TIMEOUT_MS": "3999"}
     )
+
+
+#: A password with characters URLs, JAAS and shells treat apart.
+ODD_SECRET = "Sx7'pa$$%w:@/#q"
+JAAS = f'org.apache.kafka.common.security.plain.PlainLoginModule required username="exporter" password="{ODD_SECRET}";'
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            # kafka-python would log it at each failed attempt and quote it in "Unable to bootstrap from [...]".
+            {"EXPORT_KAFKA_BOOTSTRAP_SERVERS": f"a:9092, SASL_SSL://exporter:{ODD_SECRET}@b:9093"},
+            "EXPORT_KAFKA_BOOTSTRAP_SERVERS (server 2) holds user information ('user:password@', not shown): Kafka "
+            "takes no credentials in an address; give them in EXPORT_KAFKA_SASL_USERNAME and "
+            "EXPORT_KAFKA_SASL_PASSWORD",
+        ),
+        (
+            # No port: kafka-python's int() of what follows the colon quoted the password in a ValueError.
+            {"EXPORT_KAFKA_BOOTSTRAP_SERVERS": f"exporter:{ODD_SECRET}@kafka"},
+            "EXPORT_KAFKA_BOOTSTRAP_SERVERS (server 1) holds user information",
+        ),
+        (
+            {"EXPORT_KAFKA_BOOTSTRAP_SERVERS": "kafka:90 92"},
+            "EXPORT_KAFKA_BOOTSTRAP_SERVERS (server 1) is not host:port (a port from 1 to 65535",
+        ),
+        ({"EXPORT_KAFKA_BOOTSTRAP_SERVERS": " , "}, "EXPORT_KAFKA_BOOTSTRAP_SERVERS is empty"),
+        (
+            # Our own refusal quotes the user name ("refused the SASL credentials of '...'").
+            {**SASL, "EXPORT_KAFKA_SASL_USERNAME": JAAS},
+            "EXPORT_KAFKA_SASL_USERNAME holds a JAAS configuration (a LoginModule line, not shown), not a user name",
+        ),
+        (
+            {**SASL, "EXPORT_KAFKA_SASL_PASSWORD": JAAS},
+            "EXPORT_KAFKA_SASL_PASSWORD holds a JAAS configuration (a LoginModule line, not shown), not a password",
+        ),
+        (
+            # Bytes that are not UTF-8 (os.environ reads them as surrogates): a UnicodeEncodeError traceback before.
+            {**SASL, "EXPORT_KAFKA_SASL_PASSWORD": f"{ODD_SECRET}\udcff"},
+            "EXPORT_KAFKA_SASL_PASSWORD holds bytes that are not UTF-8 text (character 16)",
+        ),
+        (
+            # The password given to the file's variable: before, "EXPORT_KAFKA_SASL_PASSWORD_FILE: <it> does not exist".
+            {**SASL, "EXPORT_KAFKA_SASL_PASSWORD": "", "EXPORT_KAFKA_SASL_PASSWORD_FILE": ODD_SECRET.replace("/", "")},
+            "EXPORT_KAFKA_SASL_PASSWORD_FILE names no file (its value, not shown, does not read as a path",
+        ),
+        (
+            {
+                "EXPORT_KAFKA_SECURITY_PROTOCOL": "SSL",
+                "EXPORT_KAFKA_SSL_CERT_FILE": "/etc/hostname",
+                "EXPORT_KAFKA_SSL_KEY_FILE": f"-----BEGIN PRIVATE KEY-----\n{ODD_SECRET}\n-----END PRIVATE KEY-----",
+            },
+            "EXPORT_KAFKA_SSL_KEY_FILE names no file (its value, not shown",
+        ),
+    ],
+    ids=[
+        "bootstrap-user-information",
+        "bootstrap-user-information-no-port",
+        "bootstrap-port",
+        "bootstrap-empty",
+        "jaas-user-name",
+        "jaas-password",
+        "password-not-utf8",
+        "password-file-holds-the-password",
+        "key-file-holds-the-key",
+    ],
+)
+def test_a_secret_in_the_wrong_shape_or_place_is_refused_naming_the_variable_never_the_secret(env, values, message):
+    said = refusal(env, values)
+    assert message in said
+    for part in (ODD_SECRET, ODD_SECRET.replace("/", ""), "Sx7"):
+        assert part not in said
+
+
+def test_the_password_file_holding_a_jaas_line_or_bytes_that_are_not_text_is_refused_naming_the_file(
+    env, tmp_path: Path
+):
+    jaas, binary = tmp_path / "jaas", tmp_path / "binary"
+    jaas.write_text(JAAS + "\n")
+    binary.write_bytes(b"Sx7\xff\xfe")
+    no_literal = {**SASL, "EXPORT_KAFKA_SASL_PASSWORD": ""}
+    said = refusal(env, {**no_literal, "EXPORT_KAFKA_SASL_PASSWORD_FILE": str(jaas)})
+    assert f"EXPORT_KAFKA_SASL_PASSWORD_FILE: {jaas} holds a JAAS configuration" in said
+    said = refusal(env, {**no_literal, "EXPORT_KAFKA_SASL_PASSWORD_FILE": str(binary)})
+    assert f"EXPORT_KAFKA_SASL_PASSWORD_FILE: {binary} is not UTF-8 text (byte 4)" in said
+    assert "Sx7" not in said
+
+
+def test_addresses_as_kafka_python_reads_them_are_taken(env):
+    """A listener's protocol before the address (Java's and kafka-python's clients drop it), IPv6 literals, no port
+    (9092), and a password holding characters of a URL's are all fine where they belong."""
+    servers = "SASL_SSL://kafka-0.kafka:9093, [::1]:9092, ::1, kafka-1"
+    settings = env({**SASL, "EXPORT_KAFKA_BOOTSTRAP_SERVERS": servers, "EXPORT_KAFKA_SASL_PASSWORD": ODD_SECRET})
+    config = kafka_client_config(settings)
+    assert config["bootstrap_servers"] == ["SASL_SSL://kafka-0.kafka:9093", "[::1]:9092", "::1", "kafka-1"]
+    assert config["sasl_plain_password"] == ODD_SECRET
