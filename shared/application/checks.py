@@ -20,6 +20,7 @@ from shared.application.chain_checks import chain_problems
 from shared.application.errors import Invalid
 from shared.application.masked_secrets import UNKEPT_MASK, UNKEPT_URL_MASK, masked_webhook_urls, unkept_masks
 from shared.application.ports import DefinitionsStore, MemberSource
+from shared.application.query_checks import refuse_breaking_queries
 from shared.application.sync_checks import kind_templates, sync_definition_problems
 from shared.application.webhook_checks import webhook_problems
 from shared.domain.catalog_objects import (
@@ -96,7 +97,9 @@ def where(obj: CatalogObject, field_name: str) -> str:
 
 def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: ObjectChecks) -> list[CatalogObject]:
     """``objects`` with their saved queries' columns discovered; :class:`Invalid` listing every problem. A NUL
-    character anywhere is refused first (:func:`refuse_nul`), before any host is resolved or query run."""
+    character anywhere is refused first (:func:`refuse_nul`), before any host is resolved or query run. A saved
+    query that the definitions stored on it would no longer fit is refused last (:class:`Conflict`,
+    :func:`~shared.application.query_checks.refuse_breaking_queries`)."""
     refuse_nul(objects)
     lookup = lookup_in(objects, store)
     missing = [
@@ -136,6 +139,7 @@ def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: Objec
             problems += definition_problems(obj, lookup)
     if problems:
         raise Invalid(problems, slug="invalid-object")
+    refuse_breaking_queries(objects, store)  # the definitions stored on a query saved: Conflict (in-use)
     return objects
 
 

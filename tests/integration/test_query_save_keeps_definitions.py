@@ -1,0 +1,166 @@
+"""A saved query's save is refused while definitions stored on it would no longer fit it (a parameter's type changed
+so that their value no longer binds, a parameter they set removed): 409 ``in-use`` naming each definition, its field
+and why, in the words a definition's own save uses. Before, the query was saved and every run of those definitions
+failed. A set applied in one go (``POST /apply``, ``exportctl apply``) that mends those definitions with the query is
+saved. A copy of a definition is checked as any save (it kept a value its query refuses).
+
+The real app, in process, over SQLite.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from html import unescape
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shared.catalog import CatalogStores
+from shared.cli.__main__ import main as exportctl
+from shared.domain.catalog_objects import ExportDefinition, SavedQuery
+from tests.admin_app import InProcessApi, in_process_api, seed
+from tests.integration.test_console_fields import signed_in
+
+#: The seed's query ``gold`` (``tier``: a string), with ``tier`` declared an integer instead.
+GOLD_INTEGER = {
+    "name": "gold",
+    "sql": "SELECT id, email, tier, updated_at FROM members WHERE tier = :tier",
+    "parameters": {"tier": {"type": "integer", "default": 1}},
+}
+#: The seed's query ``gold`` without its parameter.
+GOLD_WITHOUT_TIER = {"name": "gold", "sql": "SELECT id, email, tier, updated_at FROM members"}
+NOT_AN_INTEGER = "expected integer: Input should be a valid integer, unable to parse string as an integer"
+
+
+@pytest.fixture
+def api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_catalog: Callable[[str], CatalogStores]
+) -> Iterator[InProcessApi]:
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # plain http in the console's test client
+    with in_process_api(tmp_path, migrated_catalog=migrated_catalog) as api, api.client() as client:
+        seed(client)  # "nightly" on query "gold" (tier: string, default gold), template "upsert"
+        answer = client.post(
+            "/api/v1/export-definitions",
+            json={"name": "silver", "query": "gold", "template": "upsert", "parameters": {"tier": "silver"}},
+        )
+        assert answer.status_code == 201, answer.text
+        yield api
+
+
+def _query_refused(api: InProcessApi, body: dict[str, Any], said: str) -> None:
+    with api.client() as client:
+        before = client.get("/api/v1/saved-queries/gold").json()
+        audit_before = client.get("/api/v1/audit").json()
+        answer = client.put("/api/v1/saved-queries/gold", json=body)
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["type"].endswith("/problems/in-use")
+        assert said in answer.json()["detail"]
+        assert "nightly" not in answer.json()["detail"]  # sets no tier: the new query fits it
+        assert client.get("/api/v1/saved-queries/gold").json() == before
+        assert client.get("/api/v1/audit").json() == audit_before  # nothing written
+
+
+def test_a_query_save_changing_a_parameters_type_is_refused_naming_the_definition_whose_value_would_not_bind(
+    api: InProcessApi,
+):
+    _query_refused(api, GOLD_INTEGER, f"ExportDefinition 'silver': field 'parameters.tier': {NOT_AN_INTEGER}")
+
+
+def test_a_query_save_removing_a_parameter_a_definition_sets_is_refused_naming_it(api: InProcessApi):
+    _query_refused(
+        api, GOLD_WITHOUT_TIER, "ExportDefinition 'silver': field 'parameters.tier': query 'gold' declares no such"
+    )
+
+
+def test_a_query_save_that_every_definition_still_fits_is_saved(api: InProcessApi):
+    with api.client() as client:
+        fits = GOLD_INTEGER | {"parameters": {"tier": {"type": "string", "default": "platinum"}}}
+        answer = client.put("/api/v1/saved-queries/gold", json=fits)
+        assert answer.status_code == 200, answer.text
+
+
+def test_an_apply_that_mends_the_definitions_with_the_query_is_saved(api: InProcessApi):
+    silver = {"name": "silver", "query": "gold", "template": "upsert", "parameters": {"tier": 2}}
+    with api.client() as client:
+        answer = client.post(
+            "/api/v1/apply",
+            json={
+                "objects": [{"kind": "SavedQuery", "spec": GOLD_INTEGER}, {"kind": "ExportDefinition", "spec": silver}]
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        assert client.get("/api/v1/export-definitions/silver").json()["parameters"] == {"tier": 2}
+        assert client.get("/api/v1/saved-queries/gold").json()["parameters"]["tier"]["type"] == "integer"
+
+
+def test_exportctl_apply_of_the_query_alone_is_refused_and_with_the_definition_mended_is_saved(
+    api: InProcessApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    monkeypatch.delenv("EXPORT_API_URL", raising=False)
+    monkeypatch.setenv("EXPORT_CATALOG_URL", f"sqlite:///{tmp_path / 'catalog.db'}")
+    monkeypatch.setenv("EXPORT_QUERY_STORE_URL", f"sqlite:///{tmp_path / 'members.db'}")
+    manifest = tmp_path / "query.yaml"
+    manifest.write_text(yaml.safe_dump({"kind": "SavedQuery", "spec": GOLD_INTEGER}))
+    assert exportctl(["apply", "-f", str(manifest)]) == 4  # refused
+    assert f"ExportDefinition 'silver': field 'parameters.tier': {NOT_AN_INTEGER}" in capsys.readouterr().err
+    store = api.app.state.context.definitions
+    assert store.get(SavedQuery, "gold").parameters["tier"].type == "string"
+    silver = {"name": "silver", "query": "gold", "template": "upsert", "parameters": {"tier": 3}}
+    manifest.write_text(
+        "\n---\n".join(
+            yaml.safe_dump({"kind": kind, "spec": spec})
+            for kind, spec in [("SavedQuery", GOLD_INTEGER), ("ExportDefinition", silver)]
+        )
+    )
+    assert exportctl(["apply", "-f", str(manifest)]) == 0, capsys.readouterr().err
+    assert store.get(ExportDefinition, "silver").parameters == {"tier": 3}
+
+
+# --- a copy is a save -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def legacy(api: InProcessApi) -> InProcessApi:
+    """A definition stored before parameter types were checked at save: ``tier`` (a string) holds 5."""
+    api.app.state.context.definitions.apply(
+        ExportDefinition(name="legacy", query="gold", template="upsert", parameters={"tier": 5})
+    )
+    return api
+
+
+NOT_A_STRING = "field 'parameters.tier': expected string: Input should be a valid string"
+
+
+def test_a_copy_through_the_api_of_a_definition_holding_a_value_its_query_refuses_is_refused(legacy: InProcessApi):
+    with legacy.client() as client:
+        answer = client.post("/api/v1/export-definitions/legacy/copy", json={"name": "legacy-2"})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["type"].endswith("/problems/invalid-object")
+        assert f"ExportDefinition 'legacy-2': {NOT_A_STRING}" in answer.json()["detail"]
+        assert client.get("/api/v1/export-definitions/legacy-2").status_code == 404
+
+
+def test_a_copy_through_the_console_of_such_a_definition_is_refused_saying_why(legacy: InProcessApi):
+    with signed_in(legacy, "admin") as console:
+        answer = console.post("/exports/legacy/copy", {})
+        assert answer.status_code == 422, answer.text
+        assert NOT_A_STRING in unescape(re.sub(r"<[^>]+>", "", answer.text))
+    assert [d.name for d in legacy.app.state.context.definitions.list_objects(ExportDefinition)] == [
+        "legacy",
+        "nightly",
+        "silver",
+    ]
+
+
+def test_exportctl_copy_of_such_a_definition_is_refused_saying_why(
+    legacy: InProcessApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    monkeypatch.delenv("EXPORT_API_URL", raising=False)
+    monkeypatch.setenv("EXPORT_CATALOG_URL", f"sqlite:///{tmp_path / 'catalog.db'}")
+    monkeypatch.setenv("EXPORT_QUERY_STORE_URL", f"sqlite:///{tmp_path / 'members.db'}")
+    assert exportctl(["copy", "ExportDefinition", "legacy", "--name", "legacy-2"]) == 4
+    assert f"ExportDefinition 'legacy-2': {NOT_A_STRING}" in capsys.readouterr().err
+    assert legacy.app.state.context.definitions.find(ExportDefinition, "legacy-2") is None
