@@ -20,7 +20,7 @@ from shared.application.chain_checks import chain_problems
 from shared.application.errors import Invalid
 from shared.application.masked_secrets import UNKEPT_MASK, UNKEPT_URL_MASK, masked_webhook_urls, unkept_masks
 from shared.application.ports import DefinitionsStore, MemberSource
-from shared.application.query_checks import refuse_breaking_queries
+from shared.application.query_checks import columns_problems, refuse_breaking_queries
 from shared.application.sync_checks import kind_templates, sync_definition_problems
 from shared.application.webhook_checks import webhook_problems
 from shared.domain.catalog_objects import (
@@ -43,7 +43,6 @@ from shared.domain.proxy_policy import allowed_proxies_setting, proxy_policy
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.rendering import TemplateRenderError, render_request
 from shared.domain.secret_references import SecretReferencePolicy, is_reference
-from shared.domain.template_columns import used_columns
 from shared.errors import PermanentError
 from shared.events import MemberBatch
 
@@ -260,19 +259,6 @@ def template_problems(template: HttpTemplate, lookup: Lookup, checks: ObjectChec
         body_field = "form" if template.form else "body"
         return [f"{where(template, body_field)}: {exc} (rendered with the query's first members)"]
     return []
-
-
-def columns_problems(template: HttpTemplate, query: SavedQuery, at: str) -> list[str]:
-    """A template that uses columns its query does not return (known once the query's columns are discovered)."""
-    if not query.columns:
-        return []
-    missing = sorted(used_columns(template) - set(query.columns))
-    if not missing:
-        return []
-    return [
-        f"{at}: template '{template.name}' uses column(s) {', '.join(missing)} that query "
-        f"'{query.name}' does not return (it returns: {', '.join(query.columns)})"
-    ]
 
 
 def definition_problems(definition: ExportDefinition, lookup: Lookup) -> list[str]:

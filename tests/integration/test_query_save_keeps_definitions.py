@@ -32,6 +32,8 @@ GOLD_INTEGER = {
 }
 #: The seed's query ``gold`` without its parameter.
 GOLD_WITHOUT_TIER = {"name": "gold", "sql": "SELECT id, email, tier, updated_at FROM members"}
+#: A template body using the column ``email``.
+EMAIL_BODY = '{"emails": [{% for m in members %}"{{ m.email }}"{% if not loop.last %},{% endif %}{% endfor %}]}'
 NOT_AN_INTEGER = "expected integer: Input should be a valid integer, unable to parse string as an integer"
 
 
@@ -72,6 +74,36 @@ def test_a_query_save_changing_a_parameters_type_is_refused_naming_the_definitio
 def test_a_query_save_removing_a_parameter_a_definition_sets_is_refused_naming_it(api: InProcessApi):
     _query_refused(
         api, GOLD_WITHOUT_TIER, "ExportDefinition 'silver': field 'parameters.tier': query 'gold' declares no such"
+    )
+
+
+def test_a_query_save_that_stops_returning_a_column_a_watermark_or_a_template_uses_is_refused_naming_them(
+    api: InProcessApi,
+):
+    with api.client() as client:
+        for collection, body in [
+            ("http-templates", {"name": "by-email", "query": "gold", "profile": "partner", "body": EMAIL_BODY}),
+            (
+                "export-definitions",
+                {
+                    "name": "delta",
+                    "query": "gold",
+                    "template": "upsert",
+                    "incremental": {"watermark_column": "updated_at"},
+                },
+            ),
+        ]:
+            assert client.post(f"/api/v1/{collection}", json=body).status_code == 201
+    narrower = {"name": "gold", "sql": "SELECT id, tier FROM members WHERE tier = :tier"} | {
+        "parameters": {"tier": {"type": "string", "default": "gold"}}
+    }
+    _query_refused(
+        api,
+        narrower,
+        "ExportDefinition 'delta': field 'incremental.watermark_column': query 'gold' returns no column 'updated_at'",
+    )
+    _query_refused(
+        api, narrower, "HttpTemplate 'by-email': field 'query': template 'by-email' uses column(s) email that query"
     )
 
 
