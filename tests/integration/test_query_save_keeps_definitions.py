@@ -10,7 +10,6 @@ The real app, in process, over SQLite.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
 from html import unescape
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.catalog import CatalogStores
 from shared.cli.__main__ import main as exportctl
 from shared.domain.catalog_objects import ExportDefinition, SavedQuery
-from tests.admin_app import InProcessApi, in_process_api, seed
+from tests.admin_app import InProcessApi
 from tests.integration.test_console_fields import signed_in
+from tests.integration.test_parameter_types_at_save import api as seeded  # noqa: F401 (a fixture)
 
 #: The seed's query ``gold`` (``tier``: a string), with ``tier`` declared an integer instead.
 GOLD_INTEGER = {
@@ -38,18 +37,15 @@ NOT_AN_INTEGER = "expected integer: Input should be a valid integer, unable to p
 
 
 @pytest.fixture
-def api(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_catalog: Callable[[str], CatalogStores]
-) -> Iterator[InProcessApi]:
-    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # plain http in the console's test client
-    with in_process_api(tmp_path, migrated_catalog=migrated_catalog) as api, api.client() as client:
-        seed(client)  # "nightly" on query "gold" (tier: string, default gold), template "upsert"
+def api(seeded: InProcessApi) -> InProcessApi:  # noqa: F811 (the fixture of that name, imported)
+    """The seed ("nightly" on query "gold", tier: string; template "upsert") and "silver", setting tier."""
+    with seeded.client() as client:
         answer = client.post(
             "/api/v1/export-definitions",
             json={"name": "silver", "query": "gold", "template": "upsert", "parameters": {"tier": "silver"}},
         )
         assert answer.status_code == 201, answer.text
-        yield api
+    return seeded
 
 
 def _query_refused(api: InProcessApi, body: dict[str, Any], said: str) -> None:
