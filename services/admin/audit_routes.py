@@ -42,7 +42,6 @@ def audit(
     limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[AuditView]:
-    context.audit.prune()  # retention is applied whenever the log is read (an indexed delete)
     entries = read_audit(
         caller,
         context.audit,

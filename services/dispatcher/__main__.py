@@ -19,7 +19,7 @@ from services.dispatcher.delivery import Deliverer, RetryBudget
 from services.dispatcher.dispatching import CatalogCache, Dispatcher, decode_batch, warn_of_slow_batch_decoding
 from services.dispatcher.event_loop import portal_options, running_loop_name
 from services.dispatcher.fleet_limits import FleetLimits
-from services.dispatcher.inspector import inspector_of
+from services.dispatcher.inspector import attempts_upkeep, inspector_of
 from services.dispatcher.partner_auth import OAuthTokenCache
 from services.dispatcher.settings import DispatcherSettings
 from shared.catalog import CatalogStores
@@ -59,6 +59,7 @@ def main() -> None:
         max_backoff=settings.dispatcher_backoff_max_seconds,
     )
     inspector = inspector_of(settings, stores.attempts)
+    attempts = attempts_upkeep(inspector, stores.attempts)  # off: the attempts recorded before are deleted
     dispatcher = Dispatcher(
         objects=CatalogCache(stores.definitions, stores.runs, settings.dispatcher_catalog_cache_seconds),
         deliverer=Deliverer(partners, policy),
@@ -105,8 +106,7 @@ def main() -> None:
         notices.publish = loop.send_all
         dispatcher.stopping = loop.stopping  # SIGTERM abandons the round in progress (its batches handed back)
         loop.install_signal_handlers()
-        if inspector is not None:
-            inspector.start()
+        attempts.start()
         warn_of_slow_batch_decoding()
         log.info(
             "dispatcher event loop",
@@ -117,8 +117,7 @@ def main() -> None:
         try:
             loop.run()
         finally:
-            if inspector is not None:
-                inspector.close()  # what was captured last is written before the process ends
+            attempts.close()  # what the inspector captured last is written before the process ends
             heartbeats.cancel()
             announcements.cancel()
             dispatcher.fleet.leave()  # after any beat in progress (it waits for it), never before

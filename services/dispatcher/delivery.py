@@ -143,13 +143,16 @@ class Deliverer:
         witness: Callable[[RenderedRequest, PartnerAnswer | None, AttemptResult, float], None] | None = None,
         secrets_of: ConnectionProfile | None = None,
         tally: RequestTally | None = None,
+        inspect: AttemptWitness | None = None,
+        number: int = 1,
     ) -> AttemptResult:
         """Send once; never raises for HTTP or network failures, nor for a request that cannot be sent: it
         describes them. ``labels``: the definition and profile the metrics count it under; ``network``: the
         profile's TLS and proxy settings (None: the default session); ``witness`` hears the request, the
         answer (None when none came), the result and the seconds it took (the attempt inspector); ``tally``: where
         the attempt is counted (its batch's, flushed by the dispatcher: :class:`~.metrics.RequestTally`; None: a
-        tally of ``labels`` flushed at once).
+        tally of ``labels`` flushed at once); ``inspect`` hears what ``witness`` does, after the attempt's
+        ``number`` (:meth:`deliver`'s: no partial of the witness an attempt).
 
         A failure's reason (``HTTP <status>: `` and the start of the answer's body, or why no answer came) is
         masked (:meth:`shared.domain.masking.Masking.reason`: the secrets of ``secrets_of``, the credentials the
@@ -184,9 +187,12 @@ class Deliverer:
         result: AttemptResult = judged  # type: ignore[assignment]  # set by one of the branches above
         if not result.success:  # only a failure has a reason: a success pays nothing for masking
             result = self._reasoned(result, answer, secrets_of, request.headers.items())
-        if witness is not None:
+        if witness is not None or inspect is not None:
             try:
-                witness(request, answer, result, seconds)
+                if witness is not None:
+                    witness(request, answer, result, seconds)
+                if inspect is not None:
+                    inspect(number, request, answer, result, seconds)
             except Exception as exc:  # noqa: BLE001 - the inspector never changes a delivery's outcome
                 INSPECTOR_DROPPED.inc()
                 log.warning("the attempt inspector failed on an attempt", error=type(exc).__name__)
@@ -194,14 +200,14 @@ class Deliverer:
 
     async def deliver(
         self,
-        make_request: Callable[[], Awaitable[RenderedRequest]],
+        make_request: Callable[[], Awaitable[RenderedRequest] | RenderedRequest],
         timeout: float,
         success_statuses: list[int] | None = None,
         on_attempt: Callable[[AttemptResult], None] | None = None,
         labels: tuple[str, str] = ("", ""),
         network: PartnerNetwork | None = None,
         inspect: AttemptWitness | None = None,
-        before_attempt: Callable[[], Awaitable[None]] | None = None,
+        before_attempt: Callable[[], Awaitable[None] | None] | None = None,
         secrets_of: ConnectionProfile | None = None,
         tally: RequestTally | None = None,
         aside: Callable[[Awaitable[None]], Awaitable[None]] | None = None,
@@ -220,38 +226,93 @@ class Deliverer:
         delivery takes at most the budget and one attempt (the profile's timeout) after its first admission. A retry
         whose backoff ended within the budget and whose ``aside`` gave it back only past the budget's end is not
         made (the last answer stands): the backoff counted as ending when it was due (a sleep's own lateness aside), the
-        wait for its turn after it counted."""
+        wait for its turn after it counted.
 
-        attempts = 0
-        first_sent: list[float] = []  # when the first attempt was admitted: the budget's clock starts there
+        ``make_request`` may return the request itself rather than an awaitable of it, and ``before_attempt`` None
+        rather than an awaitable, when they have nothing to wait for (the dispatcher's common request: no coroutine
+        of theirs to pay for); the first attempt is made here, without a coroutine of its own."""
 
-        async def once() -> AttemptResult:
+        if before_attempt is not None:
+            admitting = before_attempt()
+            if admitting is not None:
+                await admitting
+        first_sent = self.clock()  # when the first attempt was admitted: the budget's clock starts there
+        # Most requests succeed (or fail for good) at once: only a retryable first answer enters tenacity,
+        # which is handed that answer as its first attempt (numbering and backoff stay tenacity's). The first attempt
+        # is made here, without a coroutine of its own (a retry's is once()).
+        try:
+            request = make_request()
+            if not isinstance(request, RenderedRequest):
+                request = await request
+        except Exception as exc:  # noqa: BLE001 - e.g. a token endpoint's failure: this attempt's failure
+            first = self._reasoned(failed_attempt(exc), None, secrets_of, ())
+        else:
+            first = await self.attempt(
+                request, timeout, success_statuses, labels, network, None, secrets_of, tally, inspect, 1
+            )
+        if on_attempt is not None:
+            on_attempt(first)
+        if not first.retryable:
+            if first.success:
+                return _delivered_at_once(first.status)
+            return DeliveryResult(success=first.success, status=first.status, attempts=1, error=first.error)
+        return await self._retried(
+            first,
+            first_sent,
+            make_request,
+            timeout,
+            success_statuses,
+            on_attempt,
+            labels,
+            network,
+            inspect,
+            before_attempt,
+            secrets_of,
+            tally,
+            aside,
+        )
+
+    async def _retried(
+        self,
+        first: AttemptResult,
+        first_sent: float,
+        make_request: Callable[[], Awaitable[RenderedRequest] | RenderedRequest],
+        timeout: float,
+        success_statuses: list[int] | None,
+        on_attempt: Callable[[AttemptResult], None] | None,
+        labels: tuple[str, str],
+        network: PartnerNetwork | None,
+        inspect: AttemptWitness | None,
+        before_attempt: Callable[[], Awaitable[None] | None] | None,
+        secrets_of: ConnectionProfile | None,
+        tally: RequestTally | None,
+        aside: Callable[[Awaitable[None]], Awaitable[None]] | None,
+    ) -> DeliveryResult:
+        """:meth:`deliver`'s retries after a retryable ``first`` attempt, admitted at ``first_sent`` (a method of its
+        own: the closures below would otherwise make a cell of each of deliver's arguments, every request)."""
+        attempts = 1
+
+        async def once() -> AttemptResult:  # a retry: what the first attempt was, in a coroutine of its own
             nonlocal attempts
             if before_attempt is not None:
-                await before_attempt()
-            if not first_sent:
-                first_sent.append(self.clock())
+                admitting = before_attempt()
+                if admitting is not None:
+                    await admitting
             attempts += 1
             try:
-                request = await make_request()
+                request = make_request()
+                if not isinstance(request, RenderedRequest):
+                    request = await request
             except Exception as exc:  # noqa: BLE001 - e.g. a token endpoint's failure: this attempt's failure
                 result = self._reasoned(failed_attempt(exc), None, secrets_of, ())
             else:
-                witness = None if inspect is None else functools.partial(inspect, attempts)
                 result = await self.attempt(
-                    request, timeout, success_statuses, labels, network, witness, secrets_of, tally
+                    request, timeout, success_statuses, labels, network, None, secrets_of, tally, inspect, attempts
                 )
             if on_attempt is not None:
                 on_attempt(result)
             return result
 
-        # Most requests succeed (or fail for good) at once: only a retryable first answer enters tenacity,
-        # which is handed that answer as its first attempt (numbering and backoff stay tenacity's).
-        first = await once()
-        if not first.retryable:
-            if first.success:
-                return _delivered_at_once(first.status)
-            return DeliveryResult(success=first.success, status=first.status, attempts=1, error=first.error)
         handed_over = [first]
         last = [first]
         #: When the last backoff was due to end, and when it did (before ``aside`` gave the request back).
@@ -264,7 +325,7 @@ class Deliverer:
             # (less a slack for the clock's reads), the sleep's own lateness not counted (a timer's millisecond does
             # not skip a retry whose wait was cut to the budget's end).
             turn = self.clock() - slept[0] - TURN_SLACK_SECONDS
-            if aside is not None and due[0] + turn > first_sent[0] + self.policy.max_seconds:
+            if aside is not None and due[0] + turn > first_sent + self.policy.max_seconds:
                 return last[0]  # given back past the budget's end: no attempt (tenacity stops on the budget)
             last[0] = await once()
             return last[0]
@@ -273,7 +334,7 @@ class Deliverer:
             RETRIES.labels(*labels).inc()
 
         def budget_left() -> float:
-            return first_sent[0] + self.policy.max_seconds - self.clock()
+            return first_sent + self.policy.max_seconds - self.clock()
 
         def stop(state: RetryCallState) -> bool:  # the budget is counted from the first attempt, not tenacity's start
             return state.attempt_number >= self.policy.max_attempts or budget_left() <= 0
@@ -282,7 +343,7 @@ class Deliverer:
             return max(0.0, min(self.policy.wait(state), budget_left()))
 
         async def backoff(seconds: float) -> None:
-            due[0] = min(self.clock() + seconds, first_sent[0] + self.policy.max_seconds)
+            due[0] = min(self.clock() + seconds, first_sent + self.policy.max_seconds)
             await self.sleep(seconds)
             slept[0] = self.clock()
 

@@ -294,8 +294,9 @@ class Dispatcher:
     def _limits_of(self, profile: ConnectionProfile, read: int | None) -> ProfileLimits:
         """The profile's limits, kept across batches (the adapted rate too) until the profile's limit is edited (a
         ``profile`` read before the limits' config gets the current ones); raises the batch's hold while this
-        replica's share of them is 0."""
-        return self.fleet.limits_of(profile.name, profile.rate_limit, profile.timeout_seconds, read)
+        replica's share of them is 0. The profile's timeout counts in the fleet's heartbeats while it lives (while
+        a batch of it has an attempt out or to come: :attr:`.FleetLimits.live_seconds`)."""
+        return self.fleet.limits_of(profile.name, profile.rate_limit, profile.timeout_seconds, read, profile)
 
     async def handle_all(self, batches: list[MemberBatch]) -> list[list[Outgoing] | BaseException]:
         """Deliver a poll's batches, their requests ``concurrency`` at a time; per batch its records, what it
@@ -544,9 +545,14 @@ class Dispatcher:
             try:  # on one of the workers, which bound the requests handled at once (see __init__)
                 self._before_round_end(shared)  # waited for a worker until the round's end: not sent
                 limits = self._limits_of(shared.profile, shared.profile_read)
-                if limits.slots is None:  # no max_in_flight: no slot to take (and no coroutine to pay for)
-                    return await self._deliver(shared, part, limits)
-                return await self._deliver_in_slot(shared, part, limits.slots)
+                if limits.slots is not None:
+                    return await self._deliver_in_slot(shared, part, limits.slots)
+                # No max_in_flight: no slot to take; _deliver without its coroutine (a request's CPU).
+                delivery, ticket = self._request(shared, part, limits)
+                try:
+                    return await delivery
+                finally:
+                    self._request_done(shared, ticket)
             except HoldRecord:
                 raise
             except ExportError as exc:  # e.g. a template that does not render: its reason may quote a secret
@@ -596,42 +602,52 @@ class Dispatcher:
     async def _deliver(self, shared: _BatchRequests, part: Slice, limits: ProfileLimits) -> DeliveryResult:
         """Deliver ``part`` of the batch whose requests share ``shared`` (made once a batch: its identity, prepared
         renderer, metric labels, network settings, credentials when they are static), within the profile's
-        ``limits`` (its slot taken already, when it has ``max_in_flight``).
+        ``limits`` (its slot taken already, when it has ``max_in_flight``): :meth:`_request`, awaited."""
+        delivery, ticket = self._request(shared, part, limits)
+        try:
+            return await delivery
+        finally:
+            self._request_done(shared, ticket)
+
+    def _request(
+        self, shared: _BatchRequests, part: Slice, limits: ProfileLimits
+    ) -> tuple[Awaitable[DeliveryResult], list[Admission | None] | None]:
+        """What delivers ``part`` (:meth:`_deliver`; the batch's ``send`` awaits it itself, without a coroutine of
+        ours around it), and the circuit breaker's admission of its attempt under way, for :meth:`_request_done`
+        once it is awaited (None: none to give back, the awaitable counts itself in flight: :meth:`_in_flight`). A
+        request with an admission is counted in flight here, until :meth:`_request_done`.
 
         Its body is rendered once admitted for its first attempt (by the circuit breaker, with a token of the rate),
-        not before: a request waiting aside for a probe or a token holds no body. A render that fails (a template
-        error, its CPU deadline) fails the request as before (attempts 0, the masked reason), its token and probe
-        given back: nothing was sent."""
+        not before: a request waiting aside for a probe or a token holds no body. A retry sends the same body again,
+        unless it waits for its token: it drops the body and renders it again once admitted. A render that fails (a
+        template error, its CPU deadline) fails the request as before (attempts 0, the masked reason), its token and
+        probe given back: nothing was sent. When the batch's requests share their headers
+        (:attr:`_BatchRequests.headers`), the render makes the request whole, this request's headers in it: its
+        first attempt sends it as it is (one :class:`RenderedRequest` a request, not two); a retry copies the headers
+        again."""
         batch, template, profile = shared.batch, shared.template, shared.profile
         whole = part.size == len(batch.members)
         members = batch.members if whole else batch.members[part.start : part.stop]
         # Stable across redeliveries: the split of a batch is the same every time, so is each key.
         key = shared.identity if whole else f"{shared.identity}:{part.start}-{part.stop}"
-        body: list[RenderedRequest | None] = [None]  # rendered once admitted (admit), for every attempt
+        # Rendered once admitted (admit), for every attempt; then, when rendered with this request's headers, the
+        # request its first attempt sends as it is (taken by it: None after).
+        body: list[RenderedRequest | None] = [None, None]
 
-        async def make_request() -> RenderedRequest:  # per attempt: a token, a signature, a traceparent
+        def make_request() -> RenderedRequest | Awaitable[RenderedRequest]:  # per attempt: a token, a signature...
             rendered = body[0]
             assert rendered is not None  # admit() rendered it before the first attempt
+            if body[1] is not None:  # rendered whole, this request's headers in it: its first attempt sends it
+                body[1] = None
+                return rendered
             batch_headers = shared.headers
             if batch_headers is not None and not exporting():  # the batch's headers, this request's key
                 headers = batch_headers.copy()
                 headers["Idempotency-Key"] = key
                 return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
-            credentials = shared.credentials
-            if credentials is None:
-                credentials = await self._credentials(shared)
-            signature = {}
-            if profile.signing_secret is not None:
-                signature = signature_headers(profile.signing_secret, key, rendered.content, datetime.now(UTC))
-            # The template cannot set these (refused when saved); a template saved before, or the profile's
-            # API key header, is overridden whatever the case of its name. The run's traceparent comes last.
-            # Without exported spans the current span is the batch's own (read once a batch); with them, the request's
-            # (one span a request, its retries included).
-            trace_headers = current_http_headers() if exporting() else shared.trace_headers
-            headers = merged_headers(rendered.headers, credentials, {"Idempotency-Key": key}, signature, trace_headers)
-            if shared.headers is None and self._shares_headers(shared):
-                self._keep_headers(shared, rendered.headers, credentials)
-            return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
+            if shared.credentials is None:  # fetched (a coroutine), unless kept for the batch
+                return self._request_with_credentials(shared, rendered, key)
+            return self._merged_request(shared, rendered, key, shared.credentials)
 
         ticket: list[Admission | None] = [None]  # the circuit breaker's admission of the attempt under way
 
@@ -651,6 +667,7 @@ class Dispatcher:
             wait = limiter.reserve(now)
             if wait > 0:  # counted once an attempt, however many times it waits again for its token
                 RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
+                body[0] = None  # a retry waits holding no body either: rendered again once admitted (below)
             while wait > 0:  # a promised token: taken once the request has a worker again, or waited for again
                 if shared.ends is not None and now + wait >= shared.ends:
                     limiter.give_back()  # its token is not spent: the next round's requests do not wait for it
@@ -674,16 +691,22 @@ class Dispatcher:
                 else:
                     wait = current.reserve(now)
                 limiter = current
-            if body[0] is None:  # admitted: its body now (the first attempt's; a retry sends it again)
-                try:
-                    rendered = self.renderer.render_inline(shared.prepared, members)  # a quick render: no coroutine
+            if body[0] is None:  # admitted: its body now (the first attempt's, a retry's that waited for its token)
+                headers = None  # the template's; this request's own when the batch's requests share them
+                if shared.headers is not None and not exporting():
+                    headers = shared.headers.copy()
+                    headers["Idempotency-Key"] = key
+                try:  # a quick render: no coroutine
+                    rendered = self.renderer.render_inline(shared.prepared, members, headers)
                     if rendered is None:
-                        rendered = await self.renderer.render(shared.prepared, members)
+                        rendered = await self.renderer.render(shared.prepared, members, headers)
                         self._before_round_end(shared)  # a render thread's time may have outlasted the round
                 except BaseException:  # nothing sent: its token back (its probe: _in_flight), the failure its own
                     self._refund(profile.name, limits, limiter)
                     raise
                 body[0] = rendered
+                if headers is not None:
+                    body[1] = rendered
 
         def adapt(attempt: AttemptResult) -> None:
             admitted, ticket[0] = ticket[0], None
@@ -711,21 +734,53 @@ class Dispatcher:
                 return result
 
             # Only an OAuth profile tries again after a 401 (no extra coroutine for the others).
-            return await self._in_flight(shared, template.method.value, delivered if shared.oauth else deliver, ticket)
+            in_flight = delivered if shared.oauth else deliver
+            return self._in_flight(shared, template.method.value, in_flight, ticket), None
         # The common case (no OAuth token, no span a request): what _in_flight does without a span, without its
-        # coroutine, partial or closure a request.
-        in_flight = shared.in_flight
-        in_flight.count += 1
-        try:
-            return await self._delivery(shared, make_request, admit, adapt)
-        finally:
-            in_flight.count -= 1
-            self.breakers.cancel(profile, ticket[0])  # admitted, never judged (cancelled): a probe slot back
+        # coroutine, partial or closure a request; counted out by _request_done.
+        shared.in_flight.count += 1
+        return self._delivery(shared, make_request, admit, adapt), ticket
+
+    def _request_done(self, shared: _BatchRequests, ticket: list[Admission | None] | None) -> None:
+        """A request of :meth:`_request` awaited (however it ended): counted out of flight, and the breaker's
+        admission of its attempt, never judged (cancelled), gives its probe slot back."""
+        if ticket is not None:
+            shared.in_flight.count -= 1
+            self.breakers.cancel(shared.profile, ticket[0])
+
+    def _request_with_credentials(
+        self, shared: _BatchRequests, rendered: RenderedRequest, key: str
+    ) -> Awaitable[RenderedRequest]:
+        """:meth:`_merged_request` once the profile's credentials are read (a token fetched: a coroutine)."""
+
+        async def merged() -> RenderedRequest:
+            return self._merged_request(shared, rendered, key, await self._credentials(shared))
+
+        return merged()
+
+    def _merged_request(
+        self, shared: _BatchRequests, rendered: RenderedRequest, key: str, credentials: dict[str, str]
+    ) -> RenderedRequest:
+        """The request of an attempt whose headers are merged: ``rendered``'s (the template's) with ``credentials``,
+        its Idempotency-Key, a signature and the trace's headers; the batch's kept (:meth:`_keep_headers`) when its
+        requests share them."""
+        signature = {}
+        if shared.profile.signing_secret is not None:
+            signature = signature_headers(shared.profile.signing_secret, key, rendered.content, datetime.now(UTC))
+        # The template cannot set these (refused when saved); a template saved before, or the profile's
+        # API key header, is overridden whatever the case of its name. The run's traceparent comes last.
+        # Without exported spans the current span is the batch's own (read once a batch); with them, the request's
+        # (one span a request, its retries included).
+        trace_headers = current_http_headers() if exporting() else shared.trace_headers
+        headers = merged_headers(rendered.headers, credentials, {"Idempotency-Key": key}, signature, trace_headers)
+        if shared.headers is None and self._shares_headers(shared):
+            self._keep_headers(shared, rendered.headers, credentials)
+        return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
 
     def _delivery(
         self,
         shared: _BatchRequests,
-        make_request: Callable[[], Awaitable[RenderedRequest]],
+        make_request: Callable[[], Awaitable[RenderedRequest] | RenderedRequest],
         admit: Callable[[], Awaitable[None]],
         adapt: Callable[[AttemptResult], None],
     ) -> Awaitable[DeliveryResult]:

@@ -22,6 +22,7 @@ import itertools
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -59,19 +60,41 @@ def read_stamp() -> int:
     return next(_READS)
 
 
+#: Who holds a timeout given without a holder (:meth:`FleetLimits.limits_of`): the profile's standing one, kept.
+_STANDING = object()
+
+
+def _standing() -> object:
+    return _STANDING
+
+
+class _Waiter:
+    """A request waiting for a slot, in its place in the queue until it is handed a slot or leaves."""
+
+    __slots__ = ("future", "gone", "handed")
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        #: Done when the request is to look again: handed a slot, or the capacity dropped to 0 (a new one if it waits
+        #: on: the capacity back before it looked).
+        self.future = future
+        self.handed = False  # a slot handed (counted in ``in_use``)
+        self.gone = False  # left (held back, its round over, cancelled): skipped
+
+
 class Slots:
     """A bound on requests in flight whose capacity may change while requests hold or wait for a slot.
 
     A slot given back goes to the request that has waited longest (each waiter has a future of its own: one wake-up
     a slot, not one per waiter); the capacity lowered (an edited ``max_in_flight``, a smaller fleet share), the
-    requests in flight keep counting until they give their slots back, and none is handed while they do not fit."""
+    requests in flight keep counting until they give their slots back, and none is handed while they do not fit.
+    The capacity dropped to 0 wakes every waiter (its batch is held back); one whose capacity is back before it looks
+    keeps its place in the queue, ahead of the requests that came after it."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.in_use = 0
-        #: The requests waiting, first come first: True handed a slot (counted in ``in_use``), False look again (the
-        #: capacity dropped to 0); a cancelled one left (skipped).
-        self._waiters: deque[asyncio.Future[bool]] = deque()
+        #: The requests waiting, first come first (one that left is skipped when its turn comes).
+        self._waiters: deque[_Waiter] = deque()
 
     @contextlib.asynccontextmanager
     async def taken(
@@ -108,14 +131,12 @@ class Slots:
             raise
 
     async def _wait(self, held: Callable[[], HoldRecord], left: Callable[[], float] | None, taken: list[bool]) -> None:
-        waiter: asyncio.Future[bool] | None = None
+        waiter: _Waiter | None = None
         try:
             while True:
-                if waiter is not None and waiter.done():
-                    if waiter.result():  # handed a slot by give() or resize()
-                        taken[0] = True
-                        return
-                    waiter = None  # told to look again
+                if waiter is not None and waiter.handed:  # handed a slot by give() or resize()
+                    taken[0] = True
+                    return
                 if self.capacity <= 0:
                     raise held()
                 if waiter is None and self.in_use < self.capacity:
@@ -129,14 +150,16 @@ class Slots:
                         raise RoundOver(time.monotonic())
                     wait = min(wait, seconds)
                 if waiter is None:
-                    waiter = asyncio.get_running_loop().create_future()
+                    waiter = _Waiter(asyncio.get_running_loop().create_future())
                     self._waiters.append(waiter)
-                await asyncio.wait((waiter,), timeout=wait)  # its place kept across the looks (the round's end)
+                elif waiter.future.done():  # woken by the capacity's drop to 0, back since: it waits in its place
+                    waiter.future = asyncio.get_running_loop().create_future()
+                await asyncio.wait((waiter.future,), timeout=wait)  # its place kept across the looks (the round's end)
         except BaseException:
             if waiter is not None:
-                if waiter.done() and not waiter.cancelled() and waiter.result() and not taken[0]:
+                waiter.gone = True  # skipped by the next give()
+                if waiter.handed and not taken[0]:
                     self.give()  # handed a slot as it left: the next waiter's
-                waiter.cancel()  # skipped by the next give()
             raise
 
     def give(self) -> None:
@@ -147,11 +170,10 @@ class Slots:
 
     def resize(self, capacity: int) -> None:
         self.capacity = capacity
-        if capacity <= 0:  # every waiter raises its hold
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(False)
+        if capacity <= 0:  # every waiter looks again: it raises its hold, unless the capacity is back by then
+            for waiter in self._waiters:
+                if not waiter.future.done():
+                    waiter.future.set_result(None)
         elif self._waiters:
             self._hand()
 
@@ -160,9 +182,11 @@ class Slots:
         waiters = self._waiters
         while waiters and self.in_use < self.capacity:
             waiter = waiters.popleft()
-            if not waiter.done():  # not left (cancelled)
+            if not waiter.gone:
                 self.in_use += 1
-                waiter.set_result(True)
+                waiter.handed = True
+                if not waiter.future.done():  # else woken already (to look again): it finds the slot handed
+                    waiter.future.set_result(None)
 
 
 def _limiter(current: AdaptiveRateLimiter | LearnedRateLimit, rate: float, burst: float) -> AdaptiveRateLimiter:
@@ -246,23 +270,32 @@ class FleetLimits:
         self.replica_id = replica_id or uuid.uuid4().hex
         self.wall_clock, self.clock = wall_clock, clock
         self._view: _View | None = None
-        #: The request timeout of each limited profile: others count a silent replica for as long again.
-        self._timeouts: dict[str, float] = {}
+        #: Per limited profile, the request timeouts its attempts may run with, by who holds each (the profile read
+        #: by batches, weakly: ``id`` -> (its reference, its timeout)): others count a silent replica for as long again.
+        self._timeouts: dict[str, dict[int, tuple[Callable[[], object | None], float]]] = {}
         self._store_lock = threading.Lock()  # a beat (worker thread) and leave (main thread) one at a time
         self._left = False
         #: The profiles' limits this replica knows (the dispatcher's, by profile name).
         self.limits: dict[str, ProfileLimits] = {}
 
     def limits_of(
-        self, name: str, config: RateLimit | None, timeout_seconds: float = 0.0, read: int | None = None
+        self,
+        name: str,
+        config: RateLimit | None,
+        timeout_seconds: float = 0.0,
+        read: int | None = None,
+        holder: object | None = None,
     ) -> ProfileLimits:
         """The profile's limits at this replica's current share; raises the batch's hold when the share is 0.
-        ``timeout_seconds``: the profile's request timeout (how long an attempt may outlast a heartbeat); ``read``:
-        when ``config`` was read (:func:`read_stamp`; None: now). The newest config read wins: a batch holding a
-        config read before the one the limits follow (read before an edit, its requests overlapping those of batches
-        read after it) is given the current limits, which are not rebuilt back to the edited-away config."""
-        if config is not None:
-            self._timeouts[name] = timeout_seconds
+        ``timeout_seconds``: the request timeout of the caller's attempts (how long one may outlast a heartbeat), for
+        as long as ``holder`` lives (the profile object its batch holds: its attempts use that timeout; None: until
+        the next call without a holder); ``read``: when ``config`` was read (:func:`read_stamp`; None: now). The
+        newest config read wins: a batch holding a config read before the one the limits follow (read before an edit,
+        its requests overlapping those of batches read after it) is given the current limits, which are not rebuilt
+        back to the edited-away config. Not so the timeouts (:attr:`live_seconds`): each attempt still out, or still to
+        begin, runs with the one its batch read."""
+        if config is not None and self.store is not None:  # a lone dispatcher tells no one how long it is live
+            self._cover(name, timeout_seconds, _STANDING if holder is None else holder)
         if read is None:
             read = read_stamp()
         known = self.limits.get(name)
@@ -284,6 +317,19 @@ class FleetLimits:
         if self.store is not None and config is not None:
             self._apply(name, known)
         return known
+
+    def _cover(self, name: str, timeout_seconds: float, holder: object) -> None:
+        """Count ``timeout_seconds`` in :attr:`live_seconds` while ``holder`` lives (already counted: nothing to do)."""
+        covered = self._timeouts.get(name)
+        if covered is None:
+            covered = self._timeouts[name] = {}
+        known = covered.get(id(holder))
+        if known is not None and known[0]() is holder and known[1] == timeout_seconds:
+            return
+        for key, (ref, _) in list(covered.items()):  # once a new holder (an edit, the cache's next read): few
+            if ref() is None:
+                del covered[key]
+        covered[id(holder)] = (_standing if holder is _STANDING else weakref.ref(holder), timeout_seconds)
 
     def rate_of(self, name: str, known: ProfileLimits) -> AdaptiveRateLimiter | LearnedRateLimit:
         """Profile ``name``'s rate limiter now (``known``'s until the profile is known here): rebuilt when its limit is
@@ -354,7 +400,8 @@ class FleetLimits:
         drained = current.view if current is not None and self._drained(current) else None
         now = self.wall_clock()
         started = self.clock()
-        beats = await asyncio.to_thread(self._beat, now, drained)
+        # How long to be counted, read here: the event loop's requests change what it is made of.
+        beats = await asyncio.to_thread(self._beat, now, drained, self.live_seconds)
         replicas = tuple(sorted(beat.replica_id for beat in beats))
         if self.replica_id not in replicas:  # left, or a stopped clock
             return False
@@ -387,8 +434,15 @@ class FleetLimits:
     def live_seconds(self) -> float:
         """How long a silent replica is still counted (its share kept from the others): the TTL, and the longest
         request timeout of the limited profiles, since an attempt started just before the replica went stale
-        (it starts none after: :meth:`before_attempt`) may last that long."""
-        return self.ttl_seconds + max(self._timeouts.values(), default=0.0)
+        (it starts none after: :meth:`before_attempt`) may last that long. The longest of every batch whose attempts
+        may still be out or begin (its profile read before or after an edit of the timeout), not the last one seen:
+        a batch's profile lives as long as it has an attempt out or to come, and no longer counts once gone."""
+        longest = 0.0
+        for covered in list(self._timeouts.values()):
+            for ref, timeout in list(covered.values()):
+                if timeout > longest and ref() is not None:
+                    longest = timeout
+        return self.ttl_seconds + longest
 
     def before_attempt(self, name: str) -> None:
         """Raise the batch's hold before an attempt (a retry included) when this replica may have been counted
@@ -403,11 +457,11 @@ class FleetLimits:
         if limits.slots is not None and limits.slots.in_use > limits.slots.capacity:
             raise self.held(name)
 
-    def _beat(self, now: float, drained: str | None) -> list[ReplicaBeat]:
+    def _beat(self, now: float, drained: str | None, live_seconds: float) -> list[ReplicaBeat]:
         """The catalog side of a heartbeat (on a worker thread); nothing once this replica has left."""
         assert self.store is not None
         with self._store_lock:
-            return [] if self._left else self.store.beat(self.replica_id, now, self.live_seconds, drained)
+            return [] if self._left else self.store.beat(self.replica_id, now, live_seconds, drained)
 
     def leave(self) -> None:
         """Remove this replica's row (on stop): the others take its share at their next heartbeat. A beat under

@@ -270,6 +270,47 @@ class AttemptInspector:
         return masking.body(raw.answer_body, self.body_bytes, raw.answer_bytes, shapes=True)
 
 
+class AttemptsPurge:
+    """The inspector switched off (``EXPORT_INSPECTOR_ENABLED=false``): no attempt is kept, so those recorded before
+    (member data in their bodies, still listed by ``exportctl attempts`` and the API) are deleted too, at start and
+    every :attr:`AttemptInspector.PRUNE_EVERY_SECONDS` after (a replica still capturing during a rolling change
+    writes some), on a background thread: an indexed delete, nothing on the event loop."""
+
+    def __init__(self, store: AttemptsWriter, every_seconds: float = AttemptInspector.PRUNE_EVERY_SECONDS) -> None:
+        self.store, self.every_seconds = store, every_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="attempts-purge", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the thread, waiting for a delete in progress :attr:`AttemptInspector.CLOSE_SECONDS` at most."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(AttemptInspector.CLOSE_SECONDS if timeout is None else timeout)
+
+    def _run(self) -> None:
+        self.purge()
+        while not self._stop.wait(self.every_seconds):
+            self.purge()
+
+    def purge(self) -> int:
+        """Delete every attempt recorded until now; how many went. Never raises (the next turn tries again)."""
+        try:
+            return self.store.prune(datetime.now(UTC))
+        except Exception as exc:  # noqa: BLE001 - never the dispatcher's failure; never the message (it may quote rows)
+            log.warning("recorded attempts could not be deleted (the inspector is off)", error=type(exc).__name__)
+            return 0
+
+
+def attempts_upkeep(inspector: AttemptInspector | None, store: AttemptsWriter) -> AttemptInspector | AttemptsPurge:
+    """What keeps the catalog's attempts as the settings say, to start with the dispatcher and close at its end: the
+    inspector (its retention, ``EXPORT_INSPECTOR_RETENTION_HOURS``), or with it off the purge of every attempt."""
+    return inspector if inspector is not None else AttemptsPurge(store)
+
+
 def inspector_of(settings: DispatcherSettings, store: AttemptsWriter) -> AttemptInspector | None:
     """The inspector the settings describe, writing to ``store`` (None when ``inspector_enabled`` is off)."""
     if not settings.inspector_enabled:

@@ -62,15 +62,21 @@ class Renderer:
         """What the requests of ``batch``'s slices share, done once a batch (``rendering.PreparedRequest``)."""
         return prepare_request(template, profile, batch, self.limits)
 
-    async def render(self, prepared: PreparedRequest, members: list[dict[str, Any]]) -> RenderedRequest:
+    async def render(
+        self, prepared: PreparedRequest, members: list[dict[str, Any]], headers: dict[str, str] | None = None
+    ) -> RenderedRequest:
         """The request of ``members`` (a slice of the prepared batch's); TemplateRenderError (a PermanentError)
-        when the template fails or is over a limit."""
-        rendered = self.render_inline(prepared, members)
+        when the template fails or is over a limit. ``headers``: the request's own, carried as they are
+        (``PreparedRequest.render``)."""
+        rendered = self.render_inline(prepared, members, headers)
         if rendered is not None:
             return rendered
-        return await asyncio.get_running_loop().run_in_executor(self._threads, self._render, prepared, members)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, self._render, prepared, members, headers)
 
-    def render_inline(self, prepared: PreparedRequest, members: list[dict[str, Any]]) -> RenderedRequest | None:
+    def render_inline(
+        self, prepared: PreparedRequest, members: list[dict[str, Any]], headers: dict[str, str] | None = None
+    ) -> RenderedRequest | None:
         """The request of ``members`` rendered here, on the loop, when it is expected to be quick; None when it goes
         to a render thread (await :meth:`render`). A caller rendering many quick requests (the dispatcher's) pays
         no coroutine a request.
@@ -85,19 +91,21 @@ class Renderer:
         unmeasured = self._unmeasured.get(name, 0) + 1
         if unmeasured >= self.MEASURE_EVERY:
             self._unmeasured[name] = 0
-            return self._render(prepared, members)
+            return self._render(prepared, members, headers)
         self._unmeasured[name] = unmeasured
         budget = RenderBudget(self.limits)  # its deadline starts at the render's first step, if it takes one
         try:
-            return prepared.render(members, budget)
+            return prepared.render(members, budget, headers)
         finally:  # a failed render too: a template that ran into its deadline is not rendered on the loop again
             if budget.started is not None:
                 self._remember(name, time.thread_time() - budget.started, len(members))
 
-    def _render(self, prepared: PreparedRequest, members: list[dict[str, Any]]) -> RenderedRequest:
+    def _render(
+        self, prepared: PreparedRequest, members: list[dict[str, Any]], headers: dict[str, str] | None = None
+    ) -> RenderedRequest:
         started = time.thread_time()
         try:  # the render's deadline counts from the same reading
-            return prepared.render(members, RenderBudget(self.limits, started))
+            return prepared.render(members, RenderBudget(self.limits, started), headers)
         finally:  # a failed render too: a template that ran into its deadline is not rendered on the loop again
             self._remember(prepared.template.name, time.thread_time() - started, len(members))
 

@@ -14,8 +14,9 @@ the definition's last delivered snapshot, each kind with its own template.
 A run whose removals are sent is held to its definition's ``sync.max_removed`` as at its first start (unless its
 request allows a mass removal once): before its first page it counts its removals from the query's keys alone
 (:mod:`services.extractor.removal_guard`) and, over the limit, fails having sent nothing and changed nothing in
-the snapshot. After its last page it counts them again (exact, cheap): members that left while it ran (a table
-emptied under it) fail it there, its removals not sent.
+the snapshot; its pass is recorded (the checkpoint's sync) before its first page is published, so a resume never
+runs it again (it may have sent pages before any was checkpointed). After its last page it counts them again
+(exact, cheap): members that left while it ran (a table emptied under it) fail it there, its removals not sent.
 
 A resumed run (after a crash) reads the pages up to the checkpoint's last key only to mark their members seen
 (not removed), sending and counting nothing: their batches were published and counted before the checkpoint,
@@ -198,8 +199,9 @@ class ChangeRun:
         )
         guarded = senders[ChangeKind.REMOVED] is not None  # removals not sent remove nothing at the partner
         fresh = checkpoint.last_key is None and checkpoint.next_batch_index == 0 and _REMOVALS_FROM not in saved
-        if guarded and fresh:  # a resumed run has sent pages: the check after its last page is what is left
+        if guarded and fresh and not sync.guard_passed:  # a resumed run may have sent pages: see _guard_passed
             self._guard_before_sending(index)
+            checkpoint = self._guard_passed(checkpoint)
         if checkpoint.last_key is not None:
             self._see(index, checkpoint.last_key)
         state = checkpoint
@@ -256,6 +258,15 @@ class ChangeRun:
         removed = removals_over_limit(index, limit, key_pages())
         if removed is not None:
             self._refuse(index, removed)
+
+    def _guard_passed(self, checkpoint: Checkpoint) -> Checkpoint:
+        """The checkpoint with the guard's pass recorded, saved before the run's first page is published: a crash
+        after some of its pages were sent but before their checkpoint resumes with no last key, and the guard run
+        again would judge a run that has sent members as one that sent nothing (members that left meanwhile: a
+        refusal saying "nothing was sent"). Its resume is judged by the count after its last page instead."""
+        checkpoint = replace(checkpoint, sync=replace(_run_sync(checkpoint), guard_passed=True))
+        self.save(checkpoint)
+        return checkpoint
 
     def _guard_removals(self, index: ChangeIndex) -> None:
         """After the last page, the exact count: over the limit (members that left while the run ran), the run

@@ -98,8 +98,12 @@ def read_audit(
 ) -> list[AuditEntry]:
     """Entries newest first; a scoped actor sees those whose units its scope covers, both the units the
     change touched and those the object belongs to now (a template created before any definition used it
-    belongs to the units of the definitions that use it today)."""
+    belongs to the units of the definitions that use it today).
+
+    Entries older than the log's retention (``EXPORT_AUDIT_RETENTION_DAYS``) are deleted first, whoever reads:
+    the admin API and exportctl on the catalog alike (an indexed delete)."""
     authorise(actor, Permission.READ)
+    log.prune()
     scope = actor.business_units
     current: dict[tuple[str, str], tuple[str, ...]] = {}
 

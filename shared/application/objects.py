@@ -77,6 +77,29 @@ NAMES_LOOKED_UP = 100
 DELETE_THOSE_FIRST, CANNOT_BE_RENAMED = "delete those first", "it cannot be renamed"
 
 
+#: Runs a refusal of a delete or rename of an object that runs use names at most (the others counted).
+RUNS_NAMED = 5
+
+
+def refuse_used_by_runs(store: DefinitionsStore, obj: CatalogObject, actor: Actor) -> None:
+    """:class:`Conflict` (``in-use``) while a run not finished yet uses ``obj`` by name though no definition may name
+    it now: a change run keeps the templates of its first start (its resume and its batches' delivery read them by
+    name), so the template deleted or renamed would fail the run (``missing_object``). The one rule of a delete and a
+    rename, whatever the entry point (admin API, console, exportctl); the runs as the actor may see them (those of
+    definitions outside its scope counted, never named), at most :data:`RUNS_NAMED`. A run a definition starts
+    after this check takes the templates the definition names then (a delete or rename of one is refused as in use
+    by that definition)."""
+    found = store.runs_using(kind_of(obj), obj.name)
+    if not found:
+        return
+    seen = [f"unfinished run {run_id} (ExportDefinition '{name}')" for run_id, name, unit in found if actor.sees(unit)]
+    named = seen[:RUNS_NAMED] + ([f"{len(seen) - RUNS_NAMED} more"] if len(seen) > RUNS_NAMED else [])
+    if hidden := len(found) - len(seen):
+        named.append(f"{hidden} run(s) outside this token's scope")
+    wait = "it has finished or cancel it" if len(found) == 1 else "they have finished or cancel them"
+    raise in_use(obj.name, named, f"a run keeps the templates it started with; wait until {wait}")
+
+
 def in_use(name: str, found: list[str], then: str) -> Conflict:
     """The refusal of a delete or a rename (``then`` says which) of ``name``, used by ``found``."""
     return Conflict(f"'{name}' is used by {', '.join(found)}: {then}", slug="in-use")
@@ -499,6 +522,7 @@ def replace_object(
         refuse_taken(store, kind, stored.name)
         if found := referrers(store, old, actor):
             raise in_use(old.name, found, CANNOT_BE_RENAMED)
+        refuse_used_by_runs(store, old, actor)
         if dry_run:
             return revision, stored
         with in_use_refused(actor, old.name, CANNOT_BE_RENAMED), edit_conflicts(actor, store):
@@ -549,11 +573,13 @@ def delete_object(
     store: DefinitionsStore,
     expected_version: ExpectedVersion | None = None,
 ) -> None:
-    """Delete an object; :class:`Conflict` while others refer to it; with ``expected_version``, only if it is
+    """Delete an object; :class:`Conflict` while others refer to it, or unfinished runs use it
+    (:func:`refuse_used_by_runs`); with ``expected_version``, only if it is
     still as its deleter read it (:class:`Stale` if not)."""
     _, version, obj = deletable(actor, store, kind, name, expected_version)
     if found := referrers(store, obj, actor):
         raise in_use(name, found, DELETE_THOSE_FIRST)
+    refuse_used_by_runs(store, obj, actor)
     # deleted by someone else in between: Missing; a referrer saved in between: in use all the same
     with in_use_refused(actor, name, DELETE_THOSE_FIRST), edit_conflicts(actor, store):
         store.delete(kind, name, audit=[change(actor.name, "delete", store, before=obj)], expected_version=version)

@@ -23,7 +23,14 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from shared.catalog.audit_store import write_entries
 from shared.catalog.database import CatalogDatabase, aware, now
-from shared.catalog.tables import AuditRow, CatalogObjectRow, CatalogReferenceRow, ScheduleRow
+from shared.catalog.tables import (
+    AuditRow,
+    CatalogObjectRow,
+    CatalogReferenceRow,
+    ExtractionCheckpointRow,
+    RunRow,
+    ScheduleRow,
+)
 from shared.catalog.validated_objects import VALIDATED_OBJECTS, ValidatedObjects
 from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import (
@@ -41,7 +48,9 @@ from shared.domain.catalog_objects import (
     secret_fields,
     stored_form,
 )
+from shared.domain.checkpoints import RunSync
 from shared.domain.revisions import Revision
+from shared.domain.runs import RunStatus
 from shared.domain.secret_references import is_reference
 from shared.errors import (
     WRITE_ATTEMPTS as WRITE_ATTEMPTS,  # re-exported: the bound of every write's tries
@@ -222,6 +231,29 @@ class SqlDefinitionsStore:
         the write checks again in its transaction (:class:`ObjectInUse`)."""
         with self.database.transaction(kind, name) as session:
             return self._referrers(session, kind, name)
+
+    def runs_using(self, kind: str, name: str) -> tuple[tuple[str, str, str | None], ...]:
+        """The runs not finished yet (queued, extracting or dispatching, as their records say) that use the object of
+        ``kind`` (its class name) and ``name`` by name whatever the catalog says now, as (run id, definition, business
+        unit), sorted: a change run's templates, fixed in its checkpoint at its first start
+        (:attr:`~shared.domain.checkpoints.RunSync.kind_templates`), which its resume and its batches' delivery read
+        by name. Only the unfinished runs' checkpoints are read (the runs' status is indexed)."""
+        if kind != HttpTemplate.__name__:
+            return ()
+        unfinished = [status.value for status in RunStatus if not status.is_final]
+        with self.database.transaction(kind, name) as session:
+            rows = session.execute(
+                select(RunRow.run_id, RunRow.definition, RunRow.business_unit, ExtractionCheckpointRow.sync)
+                .join(ExtractionCheckpointRow, ExtractionCheckpointRow.run_id == RunRow.run_id)
+                .where(RunRow.status.in_(unfinished))
+            ).all()
+        return tuple(
+            sorted(
+                (run_id, definition, business_unit)
+                for run_id, definition, business_unit, stored in rows
+                if (sync := RunSync.of_json(stored)) is not None and name in (sync.kind_templates or {}).values()
+            )
+        )
 
     def dependents(self, kind: str, name: str) -> tuple[tuple[str, str | None], ...]:
         """The definitions that use the object of ``kind`` (its class name) and ``name``, as (name, business unit),

@@ -41,6 +41,30 @@ MAX_CLAIMS = 2_000
 RowKey = tuple[Any, ...]
 
 
+def in_key_order(
+    database: CatalogDatabase, key: Sequence[Any], conditions: Sequence[ColumnElement[bool]]
+) -> list[ColumnElement[bool]]:
+    """The conditions of a multi-row ``UPDATE`` (``conditions``, the rows' keys among them) that lock its rows in the
+    order of ``key`` (the table's primary key's columns) on PostgreSQL: a materialized sub-select of the rows meeting
+    them, ``ORDER BY key FOR NO KEY UPDATE`` (the lock the update takes), whose rows the update then updates (each
+    locked, checked again if another's write came first, so none changes before the update's end). On
+    its own, an ``UPDATE ... WHERE key IN (...)`` locks rows in the order its plan visits them (a sequential or bitmap
+    scan: the table's physical order, which an update of a row changes), so that two statements updating overlapping
+    rows could each hold a row the other waits for: a deadlock, one of them ended (SQLSTATE 40P01). In one statement,
+    as before (session 53). SQLite has one writer at a time: ``conditions`` as they are."""
+    if database.engine.dialect.name != "postgresql":
+        return list(conditions)
+    locked = (
+        select(*key)
+        .where(*conditions)
+        .order_by(*key)
+        .with_for_update(key_share=True)
+        .cte("locked_in_key_order")
+        .prefix_with("MATERIALIZED")
+    )
+    return [tuple_(*key).in_(select(*locked.c))]
+
+
 def catalog_now(database: CatalogDatabase, seconds_ago: float = 0.0) -> Any:
     """The catalog's clock (minus ``seconds_ago``) as an SQL expression: claims and their leases are judged on one
     clock for every replica, not on each replica's own. On SQLite, the text its datetimes are stored as (UTC,
@@ -156,11 +180,10 @@ class LeaseClaims:
         """End these claims, not attempted: due again at once rather than after the lease. Those no longer the
         caller's are left as they are."""
         for token, keys in _by_token(claims):
+            conditions = [tuple_(*self.key).in_(keys), self.next_attempt == token, *self.still_open]
             with self.database.begin(self.kind) as connection:
                 connection.execute(
-                    update(self.table)
-                    .where(tuple_(*self.key).in_(keys), self.next_attempt == token, *self.still_open)
-                    .values({self.next_attempt: None})
+                    update(self.table).where(*self._in_key_order(keys, conditions)).values({self.next_attempt: None})
                 )
 
     def _updating(
@@ -188,11 +211,16 @@ class LeaseClaims:
                 values[claimed_by] = None if claimant is None else claimant.name
         return (
             update(self.table)
-            .where(tuple_(*self.key).in_(keys), *conditions)
+            .where(*self._in_key_order(keys, [tuple_(*self.key).in_(keys), *conditions]))
             .values(values)
             .returning(*self.key, self.next_attempt, *([] if renewing else self.carried))
             .execution_options(synchronize_session=False)
         )
+
+    def _in_key_order(self, keys: Sequence[RowKey], conditions: list[ColumnElement[bool]]) -> list[ColumnElement[bool]]:
+        """``conditions`` of an update of ``keys``' rows, locking them in key order when there are several
+        (:func:`in_key_order`)."""
+        return conditions if len(keys) < 2 else in_key_order(self.database, self.key, conditions)
 
 
 def _claimed(rows: Any, width: int) -> dict[RowKey, datetime]:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.extraction_store import withheld_runs, withhold_start
-from shared.catalog.lease_claims import MAX_CLAIMS, LeaseClaims, RowKey, catalog_now, read_catalog_now
+from shared.catalog.lease_claims import MAX_CLAIMS, LeaseClaims, RowKey, catalog_now, in_key_order, read_catalog_now
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
 from shared.domain.email_retries import EarlierSends, NotificationMark, RefusedRecipients, refusals
 from shared.domain.replay import ALL_ACKNOWLEDGED, ReplayPlan, ReplayPublication
@@ -130,7 +130,10 @@ class SqlRunsStore:
         with self.database.transaction("Run") as session:
             rows = {
                 row.run_id: row
-                for row in session.scalars(select(RunRow).where(RunRow.run_id.in_(run_ids)).with_for_update())
+                # In key order (not the plan's: see in_key_order), as every multi-row update of runs locks them.
+                for row in session.scalars(
+                    select(RunRow).where(RunRow.run_id.in_(run_ids)).order_by(RunRow.run_id).with_for_update()
+                )
             }
             first_of: dict[tuple[str, int], int] = {}
             for position, event in enumerate(events):
@@ -461,7 +464,7 @@ class SqlRunsStore:
             claimed = set(
                 connection.execute(
                     update(RunRow)
-                    .where(RunRow.run_id.in_(asked), RunRow.finish_handled_at.is_(None), free)
+                    .where(*self._runs_in_key_order(asked, RunRow.finish_handled_at.is_(None), free))
                     .values(finish_claimed_at=self._catalog_now(), finish_claimed_by=claimant)
                     .returning(RunRow.run_id)
                 ).scalars()
@@ -475,6 +478,12 @@ class SqlRunsStore:
                     ).scalars()
                 )
             return {uuid.UUID(run_id) for run_id in claimed}, {uuid.UUID(run_id) for run_id in held}
+
+    def _runs_in_key_order(self, run_ids: list[str], *conditions: ColumnElement[bool]) -> list[ColumnElement[bool]]:
+        """The conditions of an update of the runs ``run_ids`` meeting ``conditions``, locking them in key order
+        when there are several (:func:`in_key_order`)."""
+        selected = [RunRow.run_id.in_(run_ids), *conditions]
+        return selected if len(run_ids) < 2 else in_key_order(self.database, [RunRow.run_id], selected)
 
     def renew_finish_claim(self, run_id: uuid.UUID, claimant: str) -> bool:
         """Renew ``claimant``'s claim of the finish of ``run_id`` (its lease starts again), before doing it: False
@@ -540,7 +549,7 @@ class SqlRunsStore:
         with self.database.begin("Run") as connection:
             rows = connection.execute(
                 update(RunRow)
-                .where(RunRow.run_id.in_(_id_texts(run_ids)), RunRow.finish_handled_at.is_(None))
+                .where(*self._runs_in_key_order(_id_texts(run_ids), RunRow.finish_handled_at.is_(None)))
                 .values(finish_handled_at=now(), finish_claimed_at=None)
                 .returning(RunRow.run_id)
             ).scalars()
@@ -754,9 +763,12 @@ class SqlRunsStore:
                 if len(part) == 1
                 else [tuple_(NotificationRow.run_id, NotificationRow.kind).in_(part)]
             )
+            conditions = [*key, *open_]
+            if len(part) > 1:
+                conditions = in_key_order(self.database, [NotificationRow.run_id, NotificationRow.kind], conditions)
             returned = (
                 update(NotificationRow)
-                .where(*key, *open_)
+                .where(*conditions)
                 .values(values)
                 .returning(
                     NotificationRow.run_id,

@@ -42,11 +42,15 @@ class RunSync:
     #: A change run's bound on its removals (``sync.max_removed``), as at its first start (None: not recorded yet, or
     #: recorded before this was): a bound edited before a resume judges the next run, not this one.
     removal_limit: RemovalLimit | None = None
+    #: A change run's guard before sending (:mod:`services.extractor.removal_guard`) passed: recorded before its
+    #: first page is published, so a resume that finds no checkpoint of its pages (it may have sent some) is not
+    #: judged again as if it had sent nothing; the count after its last page is what is left to judge it.
+    guard_passed: bool = False
 
     def as_json(self) -> dict[str, Any]:
         """As the checkpoint row keeps it (``announced``, ``watermark_column``, ``record_size``,
-        ``kind_record_sizes``, ``kind_templates`` and ``max_removed`` only when set; ``max_removed`` null: the
-        default bound)."""
+        ``kind_record_sizes``, ``kind_templates``, ``max_removed`` and ``guard_passed`` only when set;
+        ``max_removed`` null: the default bound)."""
         value: dict[str, Any] = {"mode": self.mode.value, "full_scope": self.full_scope, "counts": self.counts}
         if self.announced:
             value["announced"] = True
@@ -60,6 +64,8 @@ class RunSync:
             value["kind_templates"] = self.kind_templates
         if self.removal_limit is not None:
             value["max_removed"] = self.removal_limit.written
+        if self.guard_passed:
+            value["guard_passed"] = True
         return value
 
     @classmethod
@@ -77,6 +83,7 @@ class RunSync:
             value.get("kind_record_sizes"),
             value.get("kind_templates"),
             RemovalLimit.of(value["max_removed"]) if "max_removed" in value else None,
+            bool(value.get("guard_passed")),
         )
 
 

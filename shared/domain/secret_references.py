@@ -33,6 +33,9 @@ DEFAULT_DIRECTORIES = "/var/run/secrets/member-export"
 SETTINGS_NAMESPACE = "EXPORT_"
 #: ... except this namespace, kept for partner secrets (no setting is named in it; a test holds that).
 SECRETS_NAMESPACE = "EXPORT_SECRET_"
+#: Where Kubernetes mounts a pod's service-account credentials (its API token): never reachable by a reference, nor
+#: an allowed directory that is, holds or lies in one of them (``/var/run`` is often a link to ``/run``).
+KUBERNETES_SECRETS = ("/var/run/secrets/kubernetes.io", "/run/secrets/kubernetes.io")
 #: A secret file larger than this is refused rather than read (a key or a token is a few hundred bytes).
 MAX_FILE_BYTES = 64 * 1024
 
@@ -68,6 +71,13 @@ class SecretReferencePolicy:
         for directory in dirs:
             if not directory.startswith("/") or directory == "/":
                 raise ValueError(f"'{directory}' must be an absolute directory other than /")
+            kubernetes = _kubernetes_overlap(directory)
+            if kubernetes is not None:
+                raise ValueError(
+                    f"{DIRECTORIES_VARIABLE}: '{directory}' would let file: references read {kubernetes} (the pod's "
+                    "Kubernetes service-account token): name a directory outside it, such as "
+                    f"{DEFAULT_DIRECTORIES}"
+                )
         return cls(prefixes, dirs)
 
     @classmethod
@@ -124,6 +134,8 @@ class SecretReferencePolicy:
             return f"secret reference file:{path} is not allowed: the path must be absolute, without '..'"
         if self._containing(os.path.normpath(path), self.directories) is None:
             return f"secret reference file:{path} is not allowed: files must be inside {where} ({DIRECTORIES_VARIABLE})"
+        if _in_kubernetes_secrets(os.path.normpath(path)):
+            return f"secret reference file:{path} is not allowed: the pod's Kubernetes credentials are never read"
         return None
 
     @staticmethod
@@ -156,6 +168,10 @@ class SecretReferencePolicy:
         if self._containing(real, tuple(os.path.realpath(d) for d in self.directories)) is None:
             where = " or ".join(self.directories)
             raise UnresolvableSecret(f"secret reference file:{path} is not allowed: it leads outside {where}")
+        if _in_kubernetes_secrets(real):
+            raise UnresolvableSecret(
+                f"secret reference file:{path} is not allowed: it leads to the pod's Kubernetes credentials"
+            )
         try:
             with open(real, "rb") as file:
                 content = file.read(MAX_FILE_BYTES + 1)
@@ -167,6 +183,21 @@ class SecretReferencePolicy:
             return content.decode("utf-8").strip()
         except UnicodeDecodeError:
             raise UnresolvableSecret(f"secret reference file:{path} names a file that is not UTF-8 text") from None
+
+
+def _kubernetes_overlap(directory: str) -> str | None:
+    """The Kubernetes credentials directory that ``directory`` is, holds or lies in, if any."""
+    pure = PurePosixPath(directory)
+    return next(
+        (k for k in KUBERNETES_SECRETS if PurePosixPath(k).is_relative_to(pure) or pure.is_relative_to(k)), None
+    )
+
+
+def _in_kubernetes_secrets(path: str) -> bool:
+    """Whether ``path`` (normalised) lies in a Kubernetes credentials directory (the links of /var/run followed)."""
+    pure = PurePosixPath(path)
+    kubernetes = {*KUBERNETES_SECRETS, *(os.path.realpath(k) for k in KUBERNETES_SECRETS)}
+    return any(pure.is_relative_to(k) for k in kubernetes)
 
 
 @lru_cache(maxsize=16)

@@ -6,19 +6,26 @@ forgotten here."""
 
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from services.extractor.extraction import Extractor
+from shared.application.actors import Actor, Role
+from shared.application.errors import Conflict
+from shared.application.objects import delete_object
 from shared.catalog import CatalogStores, ChangeSnapshotFollower, SqlChangeSnapshots, SqlRunsStore, make_engine
+from shared.cli.__main__ import main as exportctl
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
+from shared.domain.runs import RunStatus
 from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, ExtractionCompleted, MemberBatch, RunFailed, RunRequested
 from shared.kafka import InFlight, Outgoing
 from shared.outages import DependencyUnavailable
 from shared.querystore import MemberPages, MemberReader, StoreUnavailable
 from shared.settings import CommonSettings
+from tests.admin_app import in_process_api
 
 pytestmark = pytest.mark.integration
 
@@ -356,3 +363,87 @@ def test_a_run_taken_over_during_a_store_outage_is_forgotten_and_waits_again_sho
             extractor.handle(taken_over)
     finally:
         reader.close()
+
+
+def test_a_change_run_resumed_before_its_first_checkpoint_is_not_judged_again_as_if_it_had_sent_nothing(
+    database_url: str, same_stores: CatalogStores
+):
+    stores, snapshots = same_stores, SqlChangeSnapshots(same_stores.database)
+    _table(database_url)
+    stores.definitions.apply(
+        ExportDefinition(name="c", query="q", template="t", sync=_CHANGES | {"max_removed": "25%"})
+    )
+    _extract(stores, database_url, RunRequested(definition="c"), delivered=True, snapshots=snapshots)  # 40 delivered
+    engine = make_engine(database_url)
+    with engine.begin() as connection:  # every page: two changed members (1, 5, ...)
+        connection.execute(text("UPDATE m SET name = 'x' WHERE id % 4 = 1"))
+    request = RunRequested(definition="c")
+    # Its guard passed (nothing removed); its first page published (members 1 and 5), then a crash before any
+    # checkpoint of its pages.
+    crashed, _ = _extract(stores, database_url, request, crash_after_sends=1, snapshots=snapshots)
+    assert sorted(i for ids in crashed.values() for i in ids) == [1, 5]
+    with engine.begin() as connection:  # half of the members leave while the run is down
+        connection.execute(text("DELETE FROM m WHERE id > 20"))
+    engine.dispose()
+    failures: list[str] = []
+    resumed, completed = _extract(stores, database_url, request, snapshots=snapshots, failures=failures)
+    # Before: its guard ran again and refused it saying "nothing was sent and the snapshot is unchanged", though
+    # members 1 and 5 had reached the partner. Now it goes on (its guard's pass recorded before its first page) and
+    # the count after its last page refuses its removals, saying what was sent.
+    assert [reason.split("mass removal refused: the run ")[-1].split(". Check")[0] for reason in failures] == [
+        "would remove 20 of the 40 members the partner has (50.0%), over sync.max_removed 25%, at most 10: its "
+        "removals were not sent (its 5 added and changed members were) and stay in the snapshot"
+    ]
+    assert (_taken_once(crashed, resumed), completed) == ([1, 5, 9, 13, 17], [])
+
+
+def test_a_template_an_unfinished_change_run_started_with_is_not_deleted_until_the_run_has_finished(
+    database_url: str,
+    same_stores: CatalogStores,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+):
+    stores, snapshots = same_stores, SqlChangeSnapshots(same_stores.database)
+    _table(database_url)
+    _kinds_definition(stores, changed=True, removed=True)
+    request = RunRequested(definition="c")  # its first run: every member added, sent with t-add
+    # Its first page published (its run started, as the notifier records it), then a crash.
+    crashed, _ = _extract(stores, database_url, request, crash_after_sends=1, delivered=True, snapshots=snapshots)
+    stores.definitions.apply(
+        ExportDefinition(name="c", query="q", template="t", sync={"mode": "changes", "added": "t", "removed": "t-del"})
+    )
+    refusal = (
+        f"'t-add' is used by unfinished run {request.run_id} (ExportDefinition 'c'): a run keeps the templates it "
+        "started with; wait until it has finished or cancel it"
+    )
+    # No definition names t-add now; the run does. Before: deleted (204), and the run's resume failed
+    # ("the added members' template: ... not found", missing_object).
+    with in_process_api(tmp_path, catalog_url=database_url) as api, api.client() as client:
+        answer = client.delete("/api/v1/http-templates/t-add")
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["detail"] == refusal
+        scoped = Actor(name="sales-bot", role=Role.ADMIN, business_units=frozenset({"sales"}))  # the run isn't theirs
+        with pytest.raises(Conflict, match=r"^'t-add' is used by 1 run\(s\) outside this token's scope: a run keeps"):
+            delete_object(scoped, HttpTemplate, "t-add", store=stores.definitions)
+        # Renamed, it would be as missing to the run.
+        renamed = client.get("/api/v1/http-templates/t-add").json() | {"name": "t-add-2"}
+        answer = client.put("/api/v1/http-templates/t-add", json=renamed)
+        assert (answer.status_code, answer.json()["detail"]) == (409, refusal)
+        monkeypatch.delenv("EXPORT_API_URL", raising=False)  # exportctl on the catalog: the same refusal
+        monkeypatch.setenv("EXPORT_CATALOG_URL", database_url)
+        capsys.readouterr()
+        assert exportctl(["delete", "HttpTemplate", "t-add"]) == 4
+        assert capsys.readouterr().err == f"exportctl: {refusal}\n"
+
+        failures: list[str] = []
+        resumed, completed = _extract(stores, database_url, request, snapshots=snapshots, failures=failures)
+        assert failures == []
+        assert _taken_once(crashed, resumed) == list(range(1, MEMBERS + 1))
+        for event in completed:  # its extraction over, its batches still to deliver: still in use
+            stores.runs.fold_run_event(event)
+        assert stores.runs.get_run(request.run_id).status is RunStatus.DISPATCHING
+        assert client.delete("/api/v1/http-templates/t-add").json()["detail"] == refusal
+        answer = client.post(f"/api/v1/runs/{request.run_id}/cancel")
+        assert answer.status_code < 300, answer.text
+        assert client.delete("/api/v1/http-templates/t-add").status_code == 204

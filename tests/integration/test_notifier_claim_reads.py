@@ -313,9 +313,13 @@ def test_a_mark_decides_from_the_attempts_its_row_holds(catalog: CatalogStores):
 
 def marks(statements: list[str]) -> int:
     """The marks of notifications' attempts among ``statements`` (the updates that write a last error: a send's, a
-    failure's; never a claim's, a renewal's or a release's)."""
+    failure's; never a claim's, a renewal's or a release's). On PostgreSQL, one of several rows starts with the
+    sub-select that locks them in key order (``WITH ... FOR NO KEY UPDATE``), in the same statement."""
     return sum(
-        statement.lstrip().startswith("UPDATE notifications") and "last_error" in statement for statement in statements
+        statement.lstrip().startswith(("UPDATE notifications", "WITH locked_in_key_order"))
+        and "UPDATE notifications" in statement
+        and "last_error" in statement
+        for statement in statements
     )
 
 

@@ -61,12 +61,29 @@ class Recording:
         return None
 
 
-def sent(template: HttpTemplate, profile: ConnectionProfile) -> tuple[MemberBatch, Recording]:
-    partner = Recording()
+class BusyAtFirst(Recording):
+    """:class:`Recording`, answering 503 to each request's first attempt (by its Idempotency-Key), 200 to its retry."""
+
+    async def send(self, request: RenderedRequest, timeout: float, network: object = None) -> PartnerAnswer:
+        first = all(
+            dict(headers)["Idempotency-Key"] != request.headers["Idempotency-Key"] for headers, _ in self.requests
+        )
+        await super().send(request, timeout, network)
+        return PartnerAnswer(503 if first else 200, None, b"")
+
+
+async def no_wait(seconds: float) -> None:
+    return None
+
+
+def sent(
+    template: HttpTemplate, profile: ConnectionProfile, partner: Recording | None = None, attempts: int = 1
+) -> tuple[MemberBatch, Recording]:
+    partner = partner or Recording()
     catalog = Catalog(template, profile)
     dispatcher = Dispatcher(
         objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
-        deliverer=Deliverer(partner, RetryBudget(max_attempts=1)),
+        deliverer=Deliverer(partner, RetryBudget(max_attempts=attempts), sleep=no_wait),
         tokens=OAuthTokenCache(None),  # type: ignore[arg-type]
         topics=Topics(),
         concurrency=1,  # sent in the batch's order
@@ -147,3 +164,24 @@ def test_a_signed_batchs_requests_each_carry_the_signature_of_their_own_body():
         headers = dict(items)
         assert headers["Idempotency-Key"] == headers["webhook-id"] == key
         Webhook(SECRET).verify(body, headers)  # raises unless the signature is this body's
+
+
+def test_a_retry_carries_the_headers_of_its_first_attempt_whatever_the_partner_did_with_them():
+    # The first attempt sends the request its render made whole (this request's headers in it); a retry copies the
+    # batch's headers again: the header the partner took out of the first attempt's dict is there again.
+    profile = ConnectionProfile(name="p", base_url="http://partner.test", auth={"type": "bearer", "token": "tok"})
+    batch, partner = sent(template(headers={"X-Source": "loyalty"}), profile, BusyAtFirst(), attempts=2)
+    expected = [
+        [
+            ("X-Source", "loyalty"),
+            ("Content-Type", "application/json"),
+            ("Authorization", "Bearer tok"),
+            ("Idempotency-Key", key),
+            TRACEPARENT,
+        ]
+        for key in keys(batch)
+    ]
+    by_key: dict[str, list[list[tuple[str, str]]]] = {}
+    for headers, _ in partner.requests:
+        by_key.setdefault(dict(headers)["Idempotency-Key"], []).append(headers)
+    assert [by_key[key] for key in keys(batch)] == [[headers, headers] for headers in expected]

@@ -34,7 +34,7 @@ class Prepared:
     cpu_seconds: float
     threads: list[str] = field(default_factory=list)
 
-    def render(self, members: list[dict[str, Any]], started: float | None = None) -> str:
+    def render(self, members: list[dict[str, Any]], started: float | None = None, headers: object = None) -> str:
         self.threads.append(threading.current_thread().name)
         started = time.thread_time()
         while time.thread_time() - started < self.cpu_seconds:

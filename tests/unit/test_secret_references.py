@@ -128,6 +128,46 @@ def test_malformed_settings_stop_the_service_naming_them(monkeypatch, prefixes, 
         CommonSettings()
 
 
+SERVICE_ACCOUNT_TOKEN = "file:/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+@pytest.mark.parametrize(
+    "directories",
+    [
+        "/var",
+        "/var/run/secrets",
+        "/var/run/secrets/",
+        "/var/run/secrets/member-export,/var/run/secrets/kubernetes.io",
+        "/var/run/secrets/kubernetes.io/serviceaccount",
+        "/run",
+        "/run/secrets/kubernetes.io",
+    ],
+)
+def test_an_allowed_directory_reaching_the_kubernetes_credentials_stops_the_service_naming_the_variable(
+    monkeypatch, directories
+):
+    monkeypatch.setenv("EXPORT_ALLOWED_SECRET_DIRS", directories)
+    with pytest.raises(ValidationError, match=r"EXPORT_ALLOWED_SECRET_DIRS: .* Kubernetes service-account token"):
+        CommonSettings()
+    with pytest.raises(UnresolvableSecret, match="EXPORT_ALLOWED_SECRET_DIRS"):
+        resolve_secret(SecretStr(SERVICE_ACCOUNT_TOKEN))  # the dispatcher reads the variable itself
+
+
+def test_the_kubernetes_credentials_are_never_a_reference_whatever_the_directories_say():
+    policy = SecretReferencePolicy(directories=("/var",))  # built directly: no parse to refuse it
+    refusal = policy.refusal(SERVICE_ACCOUNT_TOKEN)
+    assert refusal is not None
+    assert "Kubernetes credentials are never read" in refusal
+    assert policy.refusal("file:/var/lib/member-export/token") is None
+    with pytest.raises(UnresolvableSecret, match="Kubernetes credentials"):
+        policy.resolve(SecretStr(SERVICE_ACCOUNT_TOKEN))
+
+
+def test_directories_beside_the_kubernetes_credentials_are_allowed(monkeypatch):
+    monkeypatch.setenv("EXPORT_ALLOWED_SECRET_DIRS", "/var/run/secrets/member-export,/var/run/secrets/kubernetes.iox")
+    assert CommonSettings().secret_references.directories[1] == "/var/run/secrets/kubernetes.iox"
+
+
 def test_no_setting_lives_in_the_namespace_kept_for_partner_secrets():
     for settings in (CommonSettings, SchedulerSettings, ExtractorSettings, DispatcherSettings, NotifierSettings):
         assert not [name for name in settings.model_fields if name.upper().startswith("SECRET_")], settings
