@@ -166,7 +166,13 @@ def _register(kind: type[T], writer: Any) -> None:
     ) -> kind:  # type: ignore[valid-type]
         request = body or CopyRequest()
         revision, copied = use_cases.copy_object(
-            caller, kind, name, store=context.definitions, label=request.label, new_name=request.name
+            caller,
+            kind,
+            name,
+            store=context.definitions,
+            checks=context.checks(),
+            label=request.label,
+            new_name=request.name,
         )
         tag_answer(response, revision)
         return copied

@@ -20,6 +20,7 @@ from shared.application.chain_checks import chain_problems
 from shared.application.errors import Invalid
 from shared.application.masked_secrets import UNKEPT_MASK, UNKEPT_URL_MASK, masked_webhook_urls, unkept_masks
 from shared.application.ports import DefinitionsStore, MemberSource
+from shared.application.query_checks import columns_problems, refuse_breaking_queries
 from shared.application.sync_checks import kind_templates, sync_definition_problems
 from shared.application.webhook_checks import webhook_problems
 from shared.domain.catalog_objects import (
@@ -42,7 +43,6 @@ from shared.domain.proxy_policy import allowed_proxies_setting, proxy_policy
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.rendering import TemplateRenderError, render_request
 from shared.domain.secret_references import SecretReferencePolicy, is_reference
-from shared.domain.template_columns import used_columns
 from shared.errors import PermanentError
 from shared.events import MemberBatch
 
@@ -96,7 +96,9 @@ def where(obj: CatalogObject, field_name: str) -> str:
 
 def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: ObjectChecks) -> list[CatalogObject]:
     """``objects`` with their saved queries' columns discovered; :class:`Invalid` listing every problem. A NUL
-    character anywhere is refused first (:func:`refuse_nul`), before any host is resolved or query run."""
+    character anywhere is refused first (:func:`refuse_nul`), before any host is resolved or query run. A saved
+    query that the definitions stored on it would no longer fit is refused last (:class:`Conflict`,
+    :func:`~shared.application.query_checks.refuse_breaking_queries`)."""
     refuse_nul(objects)
     lookup = lookup_in(objects, store)
     missing = [
@@ -136,6 +138,7 @@ def checked(objects: list[CatalogObject], store: DefinitionsStore, checks: Objec
             problems += definition_problems(obj, lookup)
     if problems:
         raise Invalid(problems, slug="invalid-object")
+    refuse_breaking_queries(objects, store)  # the definitions stored on a query saved: Conflict (in-use)
     return objects
 
 
@@ -256,19 +259,6 @@ def template_problems(template: HttpTemplate, lookup: Lookup, checks: ObjectChec
         body_field = "form" if template.form else "body"
         return [f"{where(template, body_field)}: {exc} (rendered with the query's first members)"]
     return []
-
-
-def columns_problems(template: HttpTemplate, query: SavedQuery, at: str) -> list[str]:
-    """A template that uses columns its query does not return (known once the query's columns are discovered)."""
-    if not query.columns:
-        return []
-    missing = sorted(used_columns(template) - set(query.columns))
-    if not missing:
-        return []
-    return [
-        f"{at}: template '{template.name}' uses column(s) {', '.join(missing)} that query "
-        f"'{query.name}' does not return (it returns: {', '.join(query.columns)})"
-    ]
 
 
 def definition_problems(definition: ExportDefinition, lookup: Lookup) -> list[str]:

@@ -600,11 +600,13 @@ def copy_object(
     name: str,
     *,
     store: DefinitionsStore,
+    checks: ObjectChecks,
     label: str | None = None,
     new_name: str | None = None,
 ) -> tuple[Revision, T]:
     """A copy named "Copy of <label>" (or as asked), and its revision; a copied definition's schedule is
-    disabled."""
+    disabled. A copy is a save: checked as one (:func:`checked`), so that it keeps nothing a save would refuse
+    (a value its query no longer binds, a label with a NUL character, an object stored by an older release)."""
     original = copyable(actor, store, kind, name)
     label = label or _copy_label(original)
     if new_name:
@@ -624,9 +626,7 @@ def copy_object(
             ],
             slug="invalid-object",
         ) from None
-    from shared.application.checks import refuse_nul  # as checked(): not loaded by reads
-
-    refuse_nul([copy])  # its label given (or one stored by an older release, copied)
+    copy = checked([copy], store, checks)[0]  # type: ignore[assignment]
     with edit_conflicts(actor, store):
         _, revision = store.apply_versioned(
             copy, audit=[change(actor.name, "copy", store, after=copy)], new=True, hold_references=True

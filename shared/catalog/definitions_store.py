@@ -284,6 +284,14 @@ class SqlDefinitionsStore:
                 )
             )
 
+    def on_query(self, kind: type[CatalogObject], name: str) -> list[tuple[str, dict[str, Any]]]:
+        """The stored objects of ``kind`` (templates, definitions) whose query is ``name``, as (name, stored JSON), by
+        name: found by their references (:class:`CatalogReferenceRow`, one indexed query), nothing validated or
+        decrypted. What a save of the query checks they still fit (:mod:`shared.application.query_checks`)."""
+        with self.database.transaction(SavedQuery.__name__, name) as session:
+            found = self._referring(session, kind, {SavedQuery.__name__: {name}})
+        return sorted(((n, spec) for n, spec in found if spec.get("query") == name), key=lambda one: one[0])
+
     @staticmethod
     def _referring(
         session: Session, referring: type[CatalogObject], named: Mapping[str, set[str]]

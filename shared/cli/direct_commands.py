@@ -122,7 +122,13 @@ def cmd_copy(settings: CliSettings, args: argparse.Namespace) -> int:
 
     def copy(context: Direct) -> int:
         _, made = object_use_cases.copy_object(
-            context.actor, kind, args.name, store=context.stores.definitions, label=args.label, new_name=args.new_name
+            context.actor,
+            kind,
+            args.name,
+            store=context.stores.definitions,
+            checks=context.checks(),
+            label=args.label,
+            new_name=args.new_name,
         )
         print(f'{kind.__name__}/{made.name} created ("{getattr(made, "label", None)}")')
         return OK

@@ -7,7 +7,7 @@ admin API all validate through these classes, so one set of rules holds everywhe
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, cast
@@ -791,8 +791,15 @@ def query_consistency_problems(definition: ExportDefinition, query: SavedQuery) 
     Each problem names the definition's field. Column checks need ``query.columns`` (discovered at save);
     without them only the parameters are checked.
     """
+    watermark = definition.incremental.watermark_column if definition.incremental else None
+    return fit_problems(definition.parameters, watermark, query)
+
+
+def fit_problems(parameters: Mapping[str, Any], watermark_column: str | None, query: SavedQuery) -> list[str]:
+    """:func:`query_consistency_problems` of a definition's ``parameters`` and ``watermark_column`` (None: not
+    incremental), as given or as stored (its JSON: what a query's save checks of the definitions on it, unread)."""
     problems = []
-    for name, value in definition.parameters.items():
+    for name, value in parameters.items():
         declared = query.parameters.get(name)
         if declared is None:
             problems.append(f"field 'parameters.{name}': query '{query.name}' declares no such parameter")
@@ -801,10 +808,10 @@ def query_consistency_problems(definition: ExportDefinition, query: SavedQuery) 
             coerce(declared.type, value)
         except ValueError as exc:
             problems.append(f"field 'parameters.{name}': {exc}")
-    if definition.incremental and query.columns and definition.incremental.watermark_column not in query.columns:
+    if watermark_column and query.columns and watermark_column not in query.columns:
         problems.append(
             f"field 'incremental.watermark_column': query '{query.name}' returns no column "
-            f"'{definition.incremental.watermark_column}' (it returns: {', '.join(query.columns)})"
+            f"'{watermark_column}' (it returns: {', '.join(query.columns)})"
         )
     return problems
 

@@ -8,16 +8,20 @@ from pathlib import Path
 import pytest
 
 from shared.application.actors import Actor, Role
+from shared.application.checks import ObjectChecks
 from shared.application.errors import Invalid
 from shared.application.objects import copy_object
 from shared.catalog import CatalogStores
 from shared.cli.__main__ import main as exportctl
 from shared.domain.catalog_objects import SavedQuery
+from shared.domain.destinations import DestinationPolicy
 from tests.exportctl_catalog import nightly_catalog
 
 pytestmark = pytest.mark.integration
 
 ADMIN = Actor(name="alice", role=Role.ADMIN)
+#: No member store: the copy's query keeps its columns (its label is what these tests judge).
+CHECKS = ObjectChecks(policy=DestinationPolicy.parse(""), resolve_host=lambda _host: ["93.184.215.14"])
 
 
 def test_a_copy_of_an_object_whose_label_is_at_its_limit_is_made_with_its_label_cut(tmp_path: Path):
@@ -26,11 +30,11 @@ def test_a_copy_of_an_object_whose_label_is_at_its_limit_is_made_with_its_label_
     stores = CatalogStores.from_url(nightly_catalog(tmp_path), migrate=True)
     try:
         stores.definitions.apply(SavedQuery(name="gold", sql="SELECT id FROM members", label="L" * 200))
-        _, copy = copy_object(ADMIN, SavedQuery, "gold", store=stores.definitions)
+        _, copy = copy_object(ADMIN, SavedQuery, "gold", store=stores.definitions, checks=CHECKS)
         assert copy.label == "Copy of " + "L" * 191 + "…"
         assert stores.definitions.get(SavedQuery, copy.name).label == copy.label
         with pytest.raises(Invalid) as refused:
-            copy_object(ADMIN, SavedQuery, "gold", store=stores.definitions, label="x" * 300)
+            copy_object(ADMIN, SavedQuery, "gold", store=stores.definitions, checks=CHECKS, label="x" * 300)
         assert refused.value.problems[0].startswith("SavedQuery '")
         assert "field 'label': String should have at most 200 characters" in refused.value.problems[0]
     finally:

@@ -63,7 +63,7 @@ def test_a_copy_whose_name_is_taken_meanwhile_is_a_name_conflict(
     monkeypatch.setattr(objects, "visible", visible)
     monkeypatch.setattr(objects, "refuse_taken", lambda *_a, **_k: None)  # the check ran before Bob's create
     with pytest.raises(Conflict) as refused:
-        copy_object(ALICE, SavedQuery, "q", store=catalog.definitions, new_name="q2")
+        copy_object(ALICE, SavedQuery, "q", store=catalog.definitions, checks=CHECKS, new_name="q2")
 
     assert (refused.value.status, refused.value.slug) == (409, "name-conflict")
     assert catalog.definitions.get(SavedQuery, "q2") == BOBS

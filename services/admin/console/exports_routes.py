@@ -179,7 +179,9 @@ def _copy_page(request: Request, definition: ExportDefinition, error: str | None
 def copy(request: Request, name: str) -> Response:
     console, me = console_of(request), me_of(request)
     try:
-        _, copied = object_use_cases.copy_object(me.actor, ExportDefinition, name, store=console.admin.definitions)
+        _, copied = object_use_cases.copy_object(
+            me.actor, ExportDefinition, name, store=console.admin.definitions, checks=console.admin.checks()
+        )
     except Forbidden as forbidden:  # as its confirmation says (its Back link too): no button
         return _forbidden_copy(request, name, forbidden)
     except Refused as refusal:

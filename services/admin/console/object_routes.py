@@ -284,7 +284,9 @@ def act(request: Request, collection: str, name: str, action: str) -> Response:
             )
             return RedirectResponse(f"{PREFIX}/{collection}?notice=deleted", status_code=303)
         if action == "copy":
-            _, copied = use_cases.copy_object(me.actor, kind.model, name, store=console.admin.definitions)
+            _, copied = use_cases.copy_object(
+                me.actor, kind.model, name, store=console.admin.definitions, checks=console.admin.checks()
+            )
             return RedirectResponse(f"{PREFIX}/{collection}/{copied.name}?notice=copied", status_code=303)
     except Missing:
         if action != "delete":
