@@ -10,7 +10,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -626,7 +626,9 @@ def copy_object(
             ],
             slug="invalid-object",
         ) from None
-    copy = checked([copy], store, checks)[0]  # type: ignore[assignment]
+    # Without the member store: a copy's SQL and template are the original's, its columns recorded already (a copy
+    # needs no reachable store, and runs no query).
+    copy = checked([copy], store, replace(checks, members=None))[0]  # type: ignore[assignment]
     with edit_conflicts(actor, store):
         _, revision = store.apply_versioned(
             copy, audit=[change(actor.name, "copy", store, after=copy)], new=True, hold_references=True

@@ -192,3 +192,19 @@ def test_exportctl_copy_of_such_a_definition_is_refused_saying_why(
     assert exportctl(["copy", "ExportDefinition", "legacy", "--name", "legacy-2"]) == 4
     assert f"ExportDefinition 'legacy-2': {NOT_A_STRING}" in capsys.readouterr().err
     assert legacy.app.state.context.definitions.find(ExportDefinition, "legacy-2") is None
+
+
+def test_exportctl_copy_of_a_query_needs_no_reachable_member_store_and_keeps_its_columns(
+    api: InProcessApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A copy's SQL is the original's: its columns are taken as recorded, no query is run (a copy checked as a save
+    must not start needing the member store)."""
+    monkeypatch.delenv("EXPORT_API_URL", raising=False)
+    monkeypatch.setenv("EXPORT_CATALOG_URL", f"sqlite:///{tmp_path / 'catalog.db'}")
+    monkeypatch.setenv("EXPORT_QUERY_STORE_URL", f"sqlite:///{tmp_path / 'no-such-dir' / 'members.db'}")
+    assert exportctl(["copy", "SavedQuery", "gold", "--name", "gold-2"]) == 0
+    copied = api.app.state.context.definitions.find(SavedQuery, "gold-2")
+    original = api.app.state.context.definitions.find(SavedQuery, "gold")
+    assert copied is not None
+    assert original is not None
+    assert copied.columns == original.columns != []
