@@ -9,13 +9,14 @@ tests/e2e/test_chart_run.py.
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 
 from devtools.prerequisites import go_tool, kubernetes_schemas
+from shared.domain.secret_references import DIRECTORIES_VARIABLE, KUBERNETES_SECRETS, SecretReferencePolicy
 from shared.topics import Topics
 from tests.chart import CHART, CI_VALUES, SERVICES, Rendered, helm, render
 from tests.topic_usage import topic_use
@@ -218,6 +219,112 @@ def test_the_migration_job_upgrades_the_catalog_before_an_install_or_upgrade(ren
         [container] = job["spec"]["template"]["spec"]["containers"]
         assert container["command"] + container["args"] == ["exportctl", "db", "upgrade"]
         assert next(e["name"] for e in container["env"]) == "EXPORT_CATALOG_URL"
+
+
+# --- Partner secrets: never where Kubernetes puts the pod's token ------------------------------------------
+
+#: Directories that are, hold or lie in the pod's Kubernetes credentials (the services' KUBERNETES_SECRETS): each
+#: parent but /, each of them, one below, and spellings the services clean first.
+REACHING_THE_TOKEN = [
+    *sorted({str(p) for k in KUBERNETES_SECRETS for p in PurePosixPath(k).parents if str(p) != "/"}),
+    *KUBERNETES_SECRETS,
+    *(f"{k}/serviceaccount" for k in KUBERNETES_SECRETS),
+    "/var/run/secrets/",
+    "/var/run/secrets/member-export/../kubernetes.io",
+    "/etc/member-export, /run",  # one of the comma-separated directories is enough
+]
+#: Beside them: allowed by the services, so by the chart.
+BESIDE_THE_TOKEN = [
+    "/var/run/secrets/member-export",
+    "/var/run/secrets/kubernetes.io-other",
+    "/run/secrets/member-export",
+    "/var/lib/member-export",
+]
+
+
+def _refusal(values: dict[str, Any], tmp_path: Path) -> str | None:
+    """What ``helm template`` says when it refuses ``values`` (its error), or None when it renders them."""
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    done = helm("template", "x", str(CHART), "-f", str(path), check=False)
+    return None if done.returncode == 0 else done.stderr
+
+
+def _services_refuse(directories: str) -> bool:
+    try:
+        SecretReferencePolicy.parse(directories=directories)
+    except ValueError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("mount_path", REACHING_THE_TOKEN)
+def test_a_partner_secrets_mount_path_reaching_the_kubernetes_token_fails_the_render_naming_the_value(
+    mount_path: str, tmp_path: Path
+) -> None:
+    assert _services_refuse(mount_path)  # the services would stop at start: the chart says so at deploy time
+    refusal = _refusal({"partnerSecrets": {"existingSecret": "partner", "mountPath": mount_path}}, tmp_path)
+    assert refusal is not None, f"{mount_path} rendered"
+    refused = mount_path.split(",")[-1].strip()  # the directory refused, as the services name it
+    assert f'partnerSecrets.mountPath: "{refused}" would let file: references read ' in refusal
+    assert "Kubernetes service-account token" in refusal
+    assert DIRECTORIES_VARIABLE in refusal
+
+
+@pytest.mark.parametrize("mount_path", BESIDE_THE_TOKEN)
+def test_a_partner_secrets_mount_path_beside_the_kubernetes_token_is_mounted_and_allowed(
+    mount_path: str, tmp_path: Path
+) -> None:
+    assert not _services_refuse(mount_path)
+    rendered = render(
+        values={"partnerSecrets": {"existingSecret": "partner", "mountPath": mount_path}}, tmp_dir=tmp_path
+    )
+    assert rendered.named("ConfigMap", "member-export")["data"][DIRECTORIES_VARIABLE] == mount_path
+    mounts = {m["name"]: m["mountPath"] for m in rendered.container("dispatcher")["volumeMounts"]}
+    assert mounts["partner-secrets"] == mount_path
+
+
+@pytest.mark.parametrize("mount_path", ["/", "var/run/secrets/member-export"])
+def test_a_partner_secrets_mount_path_the_services_cannot_take_fails_the_render(
+    mount_path: str, tmp_path: Path
+) -> None:
+    assert _services_refuse(mount_path)
+    refusal = _refusal({"partnerSecrets": {"mountPath": mount_path}}, tmp_path)  # no Secret: still the variable
+    assert refusal is not None, f"{mount_path} rendered"
+    assert f'partnerSecrets.mountPath: "{mount_path}" must be an absolute directory other than /' in refusal
+
+
+def test_a_doubled_leading_slash_is_the_same_directory_to_the_chart() -> None:
+    """Linux reads //var/run as /var/run. The services' start check keeps the two slashes and lets
+    //var/run/secrets/kubernetes.io pass (their reads still refuse the token once links are followed: realpath);
+    the chart refuses it, as the mount would cover the token's directory."""
+    path = "//var/run/secrets/kubernetes.io"
+    refused = helm("template", "x", str(CHART), "--set", f"partnerSecrets.mountPath={path}", check=False)
+    assert refused.returncode != 0
+    assert f'partnerSecrets.mountPath: "{path}" would let file: references read' in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "name"),
+    [
+        ({"config": {"extra": {DIRECTORIES_VARIABLE: "/var/run"}}}, f"config.extra.{DIRECTORIES_VARIABLE}"),
+        (
+            {"services": {"dispatcher": {"env": {DIRECTORIES_VARIABLE.lower(): "/run/secrets"}}}},
+            f"services.dispatcher.env.{DIRECTORIES_VARIABLE.lower()}",  # the services read names in any case
+        ),
+        (
+            {"services": {"notifier": {"extraEnv": [{"name": DIRECTORIES_VARIABLE, "value": "/var/run/secrets"}]}}},
+            f"services.notifier.extraEnv[{DIRECTORIES_VARIABLE}]",
+        ),
+    ],
+)
+def test_every_value_setting_the_allowed_directories_is_held_to_the_same_rule(
+    values: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    refusal = _refusal(values, tmp_path)
+    assert refusal is not None
+    assert f"{name}: " in refusal
+    assert "Kubernetes service-account token" in refusal
 
 
 # --- Kafka: what the chart says is what the code does -------------------------------------------------------

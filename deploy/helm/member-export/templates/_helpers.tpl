@@ -74,6 +74,61 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.strimzi.topics.enabled .Values.topics.create -}}
 {{- fail "strimzi.topics.enabled: the KafkaTopics own the topics, set topics.create=false" -}}
 {{- end -}}
+{{- include "member-export.validateSecretDirs" . -}}
+{{- end -}}
+
+{{/* Every value that ends up in EXPORT_ALLOWED_SECRET_DIRS (partnerSecrets.mountPath, and the variable, in any case,
+in config.extra or a service's env or extraEnv), checked as the services check it at start. */}}
+{{- define "member-export.validateSecretDirs" -}}
+{{- $variable := "EXPORT_ALLOWED_SECRET_DIRS" -}}
+{{- $mountPath := .Values.partnerSecrets.mountPath -}}
+{{- include "member-export.checkSecretDirs" (dict "name" "partnerSecrets.mountPath" "value" $mountPath) -}}
+{{- range $key, $value := .Values.config.extra -}}
+{{- if eq (upper $key) $variable -}}
+{{- include "member-export.checkSecretDirs" (dict "name" (printf "config.extra.%s" $key) "value" $value) -}}
+{{- end -}}
+{{- end -}}
+{{- range $service, $values := .Values.services -}}
+{{- range $key, $value := $values.env -}}
+{{- if eq (upper $key) $variable -}}
+{{- $name := printf "services.%s.env.%s" $service $key -}}
+{{- include "member-export.checkSecretDirs" (dict "name" $name "value" $value) -}}
+{{- end -}}
+{{- end -}}
+{{- range $entry := $values.extraEnv -}}
+{{- if and (eq (upper (toString $entry.name)) $variable) (hasKey $entry "value") -}}
+{{- $name := printf "services.%s.extraEnv[%s]" $service $entry.name -}}
+{{- include "member-export.checkSecretDirs" (dict "name" $name "value" $entry.value) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* One value of EXPORT_ALLOWED_SECRET_DIRS, (dict "name" <the value's path> "value" <comma-separated directories>):
+fail unless each directory is absolute, not /, and neither is, holds nor lies in a directory where Kubernetes mounts
+the pod's service-account token (KUBERNETES_SECRETS of shared/domain/secret_references.py, the services' own rule:
+they would stop at start). Paths are cleaned first, as the services do ("/var/run/secrets/" is /var/run/secrets);
+beside them is allowed (/var/run/secrets/member-export, /var/run/secrets/kubernetes.io-other). */}}
+{{- define "member-export.checkSecretDirs" -}}
+{{- $name := .name -}}
+{{- range $item := splitList "," (toString .value) -}}
+{{- $dir := trim $item -}}
+{{- if $dir -}}
+{{- $clean := clean $dir -}}
+{{- if or (not (hasPrefix "/" $clean)) (eq $clean "/") -}}
+{{- fail (printf "%s: %q must be an absolute directory other than / (%s)" $name $dir
+  "the services stop at start otherwise: EXPORT_ALLOWED_SECRET_DIRS") -}}
+{{- end -}}
+{{- range $kubernetes := list "/var/run/secrets/kubernetes.io" "/run/secrets/kubernetes.io" -}}
+{{- $holds := or (eq $clean $kubernetes) (hasPrefix (print $clean "/") $kubernetes) -}}
+{{- if or $holds (hasPrefix (print $kubernetes "/") $clean) -}}
+{{- fail (printf "%s: %q would let file: references read %s (%s), %s: %s" $name $dir $kubernetes
+  "the pod's Kubernetes service-account token" "and the services stop at start with it in EXPORT_ALLOWED_SECRET_DIRS"
+  "name a directory outside it, such as /var/run/secrets/member-export") -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The Kafka security environment of one service: (dict "root" $ "service" "dispatcher"). */}}
