@@ -36,6 +36,15 @@ SECRETS_NAMESPACE = "EXPORT_SECRET_"
 #: Where Kubernetes mounts a pod's service-account credentials (its API token): never reachable by a reference, nor
 #: an allowed directory that is, holds or lies in one of them (``/var/run`` is often a link to ``/run``).
 KUBERNETES_SECRETS = ("/var/run/secrets/kubernetes.io", "/run/secrets/kubernetes.io")
+
+
+def _normal_path(path: str) -> str:
+    """``path`` normalised as Linux reads it: ``os.path.normpath`` keeps two leading slashes (POSIX leaves their
+    meaning to the system), which Linux reads as one, so ``//var/run/secrets/kubernetes.io`` is that directory."""
+    normal = os.path.normpath(path)
+    return "/" + normal.lstrip("/") if normal.startswith("//") else normal
+
+
 #: A secret file larger than this is refused rather than read (a key or a token is a few hundred bytes).
 MAX_FILE_BYTES = 64 * 1024
 
@@ -67,7 +76,7 @@ class SecretReferencePolicy:
         for prefix in prefixes:
             if not _ENV_NAME.match(prefix):
                 raise ValueError(f"'{prefix}' is not the beginning of an environment variable name")
-        dirs = tuple(os.path.normpath(d.strip()) for d in directories.split(",") if d.strip())
+        dirs = tuple(_normal_path(d.strip()) for d in directories.split(",") if d.strip())
         for directory in dirs:
             if not directory.startswith("/") or directory == "/":
                 raise ValueError(f"'{directory}' must be an absolute directory other than /")
@@ -132,9 +141,9 @@ class SecretReferencePolicy:
         where = " or ".join(self.directories) or "no directory"
         if not path.startswith("/") or ".." in PurePosixPath(path).parts:
             return f"secret reference file:{path} is not allowed: the path must be absolute, without '..'"
-        if self._containing(os.path.normpath(path), self.directories) is None:
+        if self._containing(_normal_path(path), self.directories) is None:
             return f"secret reference file:{path} is not allowed: files must be inside {where} ({DIRECTORIES_VARIABLE})"
-        if _in_kubernetes_secrets(os.path.normpath(path)):
+        if _in_kubernetes_secrets(_normal_path(path)):
             return f"secret reference file:{path} is not allowed: the pod's Kubernetes credentials are never read"
         return None
 

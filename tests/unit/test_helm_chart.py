@@ -295,10 +295,11 @@ def test_a_partner_secrets_mount_path_the_services_cannot_take_fails_the_render(
 
 
 def test_a_doubled_leading_slash_is_the_same_directory_to_the_chart() -> None:
-    """Linux reads //var/run as /var/run. The services' start check keeps the two slashes and lets
-    //var/run/secrets/kubernetes.io pass (their reads still refuse the token once links are followed: realpath);
-    the chart refuses it, as the mount would cover the token's directory."""
+    """Linux reads //var/run as /var/run: the chart and the services' start check both refuse
+    //var/run/secrets/kubernetes.io (the services' check once kept the two slashes and let it pass)."""
     path = "//var/run/secrets/kubernetes.io"
+    with pytest.raises(ValueError, match=r"kubernetes\.io"):
+        SecretReferencePolicy.parse(directories=path)
     refused = helm("template", "x", str(CHART), "--set", f"partnerSecrets.mountPath={path}", check=False)
     assert refused.returncode != 0
     assert f'partnerSecrets.mountPath: "{path}" would let file: references read' in refused.stderr

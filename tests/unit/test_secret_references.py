@@ -225,3 +225,11 @@ def test_the_checks_follow_the_settings_by_default(monkeypatch):
     monkeypatch.setenv("EXPORT_ALLOWED_SECRET_ENV_PREFIXES", "ACME_")
     checks = ObjectChecks(policy=DestinationPolicy(), resolve_host=lambda host: [])
     assert checks.secret_references == SecretReferencePolicy.parse("ACME_", "/var/run/secrets/member-export")
+
+
+def test_a_doubled_leading_slash_reaches_the_service_account_token_as_linux_reads_it():
+    """``//var/run/secrets`` is ``/var/run/secrets`` to Linux: refused as the allowed directories, as the chart refuses
+    it (before, ``os.path.normpath`` kept the two slashes and the directory was allowed)."""
+    for directories in ("//var/run/secrets", "//run/secrets/kubernetes.io/serviceaccount"):
+        with pytest.raises(ValueError, match=r"kubernetes\.io"):
+            SecretReferencePolicy.parse(directories=directories)
