@@ -20,6 +20,7 @@ import structlog
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
 
+from shared.catalog.engine import HIDE_PARAMETERS
 from shared.outages import describe
 
 log = structlog.get_logger(__name__)
@@ -53,7 +54,7 @@ def engine_check(engine: Engine) -> Check:
     postgres = url.get_backend_name() == "postgresql"
     connect_args: dict[str, object] = {"connect_timeout": CHECK_TIMEOUT_SECONDS} if postgres else {}
     # No pool: each check connects anew (a check after a restart proves the server accepts connections again).
-    checker = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    checker = create_engine(url, poolclass=NullPool, connect_args=connect_args, hide_parameters=HIDE_PARAMETERS)
 
     def check() -> None:
         with checker.connect() as connection:

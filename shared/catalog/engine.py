@@ -24,9 +24,18 @@ def shown_url(url: str) -> str:
     return mask_credential_shapes(shown, MASK)
 
 
+#: Every engine's errors leave out the statement's bound values: SQLAlchemy's text of a failed statement quotes them
+#: (``[parameters: (...)]``), and they may hold a profile's secrets, a webhook URL, a member's values or an SMTP
+#: password, while that text reaches logs, a run's failure reason, an email and a 500 answer. The statement itself
+#: and the database's own words are kept (``[SQL parameters hidden due to hide_parameters=True]``).
+HIDE_PARAMETERS = True
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine; for SQLite, create the file's directory and enable WAL with a busy timeout,
-    since the services share one catalog file from separate processes."""
+    """Create an engine whose errors never quote the statement's values (:data:`HIDE_PARAMETERS`); for SQLite,
+    create the file's directory and enable WAL with a busy timeout, since the services share one catalog file from
+    separate processes."""
+    kwargs.setdefault("hide_parameters", HIDE_PARAMETERS)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, **kwargs)

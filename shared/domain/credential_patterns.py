@@ -12,7 +12,9 @@ one of ours in a form no rule derives. This catches the common shapes:
 - a quoted member whose name says so: ``"api_key": "..."`` (JSON), ``'password': '...'`` (a Python or JS
   literal), or an unquoted value after it (``"pin_token": 1234``; ``null``, ``true`` and ``false`` are kept);
 - a URL's user information: the password of ``scheme://user:password@host`` (a database's connection URL in a
-  driver's error, a proxy's URL), or a user part that looks like a credential (``https://<token>@host``).
+  driver's error, a proxy's URL), or a user part that looks like a credential (``https://<token>@host``); a
+  password may hold a space or a quote (``postgresql://app:pa ss@db``) unless it starts or ends with a space or
+  is a port followed by one (``http://h:8080 refused, ask ops@example.com`` is a message, kept).
 
 Each masks the value only (``Bearer ***``, ``api_key=***``, ``"token": "***"``, ``postgresql://app:***@db``): the
 reader still sees which credential was refused. Masking a masked text changes nothing.
@@ -43,6 +45,16 @@ _MEMBER = re.compile(
 )
 #: A URL's authority up to its last ``@`` (a password may hold one): the user information before it.
 _USERINFO = re.compile(r"(://)([^\s/?#\"'<>]*)@")
+#: The longest password holding a space or a quote that is masked (a longer run is a message, not a password).
+MAX_SPACED_PASSWORD = 128
+#: A password holding a space or a quote (``postgresql://app:pa ss@db``, ``https://u:p"w@h``), which
+#: :data:`_USERINFO` stops at: a user without either, ``:``, then up to :data:`MAX_SPACED_PASSWORD` characters on one
+#: line up to the first ``@`` (not the last: the text after a space is a message's, and may hold an address).
+_SPACED_PASSWORD = re.compile(rf"(://)([^\s/?#\"'<>:@\[\]]*):([^/?#<>@\r\n]{{1,{MAX_SPACED_PASSWORD}}})@")
+#: How a colon after a host begins when no password follows it but a message's text: a port then a space or a
+#: quote (``http://10.0.0.1:8080 refused, ask ops@example.com``, ``{"url": "https://h:443", "to": "a@b"}``), or a
+#: quote closing a string then a separator (``'https://h:' and 'a@b'``).
+_NO_PASSWORD = re.compile(r"[0-9]{1,5}[\s\"'\\]|[\"'\\]+[\s,;:)\]}]")
 _LITERALS = frozenset({"null", "true", "false"})
 #: The schemes, in lower case, and a word every name :func:`secret_query_name` accepts holds (a cheap test).
 _SCHEMES = ("bearer", "basic", "token", "apikey", "api-key", "negotiate", "ntlm")
@@ -90,6 +102,7 @@ def mask_credential_shapes(text: str, mask: str) -> str:
         text = _SCHEME.sub(lambda m: f"{m.group(1)}{mask}" if looks_like_credential(m.group(2)) else m.group(0), text)
     if "://" in text and "@" in text:
         text = _USERINFO.sub(lambda m: _userinfo(m, mask), text)
+        text = _SPACED_PASSWORD.sub(lambda m: _spaced_password(m, mask), text)
     if "%" not in seen and not any(word in seen for word in _NAME_WORDS):
         return text  # no name says it holds a credential (a name percent-encoded is decoded before it is judged)
     if "=" in text:
@@ -115,6 +128,14 @@ def _userinfo(match: re.Match[str], mask: str) -> str:
     if not colon and info != mask and looks_like_credential(info):
         return f"{lead}{mask}@"
     return match.group(0)
+
+
+def _spaced_password(match: re.Match[str], mask: str) -> str:
+    lead, user, password = match.groups()
+    spaced = any(c.isspace() or c in "\"'" for c in password)
+    if not spaced or password[0].isspace() or password[-1].isspace() or _NO_PASSWORD.match(password):
+        return match.group(0)  # masked by _USERINFO already, or a colon and a port in a message
+    return f"{lead}{user}:{mask}@"
 
 
 def _member(match: re.Match[str], mask: str) -> str:

@@ -233,6 +233,12 @@ def test_a_reason_without_secrets_or_credential_shapes_is_left_as_it_is(secrets:
         '{"token": null, "api_key": "", "authenticated": false}',
         "see https://partner.example/docs?page=2&lang=en",
         "sent as https://exporter@partner.example/v1 to https://partner.example/users/a@b.example",
+        # A colon after a host, a port, then words and an address: no password.
+        "connect to http://10.0.0.1:8080 failed; mail ops@example.com",
+        'see https://partner.example: write to "help@partner.example"',
+        "http://[::1]:8080 refused, ask ops@example.com",
+        '{"url": "https://partner.example:8443", "contact": "ops@partner.example"}',
+        "see https://partner.example and write to help@partner.example",
     ],
 )
 def test_a_partners_message_without_credentials_is_kept_whole(message: str):
@@ -299,6 +305,15 @@ def test_the_forms_searched_for_are_few_and_case_free():
         ("to postgresql://app:pa@ss:w0rd@db:5432/m failed", f"to postgresql://app:{MASK}@db:5432/m failed"),
         ("'redis://:hunter2@cache:6379/0'", f"'redis://:{MASK}@cache:6379/0'"),
         ("clone https://ghp_16C7e42F292c6912E7710c8@github.com/o/r", f"clone https://{MASK}@github.com/o/r"),
+        # A password holding a space or a quote (raw, or JSON-escaped), up to the first '@' after it.
+        ("to postgresql://u:pa ss@h/db failed", f"to postgresql://u:{MASK}@h/db failed"),
+        ('proxy https://u:p"w@h refused', f"proxy https://u:{MASK}@h refused"),
+        ("'redis://:it's 42@cache:6379/0'", f"'redis://:{MASK}@cache:6379/0'"),
+        ('{"dsn": "postgresql://app:p\\"w d@db/m"}', f'{{"dsn": "postgresql://app:{MASK}@db/m"}}'),
+        (
+            "postgresql://u:pa ss@db failed, mail ops@example.com",
+            f"postgresql://u:{MASK}@db failed, mail ops@example.com",
+        ),
     ],
 )
 def test_credentials_are_masked_by_their_shape_the_message_kept(text: str, masked: str):
@@ -322,6 +337,46 @@ def test_credentials_are_masked_by_their_shape_the_message_kept(text: str, maske
 )
 def test_a_token_after_a_scheme_is_a_credential_when_it_looks_like_one(token: str, credential: bool):
     assert looks_like_credential(token) is credential
+
+
+#: A password's characters in a URL's user information, spaces and quotes among them ('/', '?', '#', '@' would be
+#: percent-encoded).
+_PASSWORD_CHARS = string.ascii_letters + string.digits + " \t'\"!$%&()*+,;=:-._~\\"
+
+
+@given(
+    st.sampled_from(["postgresql", "postgresql+psycopg", "https", "redis", "amqp"]),
+    st.text(alphabet=string.ascii_lowercase + string.digits + "_.-", max_size=12),
+    st.text(alphabet=_PASSWORD_CHARS, min_size=1, max_size=40),
+)
+@example("postgresql", "app", "pa ss")
+@example("https", "u", 'p"w')
+def test_a_url_password_holding_a_space_or_a_quote_is_masked_whole(scheme: str, user: str, password: str):
+    assume(any(c in password for c in " \t'\""))
+    assume(not password[0].isspace() and not password[-1].isspace())
+    # Not a port, or a closing quote, then a separator: a message's words after a host's colon, kept (see below).
+    assume(not re.match(r"[0-9]{1,5}[\s'\"\\]|[\"'\\]+[\s,;:)\]}]", password))
+    text = f"connecting to {scheme}://{user}:{password}@db.example:5432/members failed: timeout"
+    assert mask_credential_shapes(text, MASK) == (
+        f"connecting to {scheme}://{user}:{MASK}@db.example:5432/members failed: timeout"
+    )
+
+
+_WORDS = st.sampled_from(["failed", "refused;", "ask", "mail", "to", "it", "says:", "and", "'see'", '"it"', "42", ","])
+
+
+@given(
+    st.sampled_from(["http", "https", "postgresql"]),
+    st.sampled_from(["partner.example", "10.0.0.1", "[::1]", "db"]),
+    st.sampled_from(["", ":8080", ":443", ":5432", ":", ":1"]),
+    st.lists(_WORDS, max_size=6),
+    st.sampled_from(["", "'", '"']),
+)
+def test_a_url_without_a_password_then_words_and_an_address_is_kept(
+    scheme: str, host: str, port: str, words: list[str], quote: str
+):
+    text = f"{quote}{scheme}://{host}{port}{quote} {' '.join(words)} {quote}ops@partner.example{quote}"
+    assert mask_credential_shapes(text, MASK) == text
 
 
 @given(TEXT)
