@@ -8,7 +8,9 @@ tests/e2e/test_chart_run.py.
 
 from __future__ import annotations
 
+import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -231,7 +233,6 @@ REACHING_THE_TOKEN = [
     *(f"{k}/serviceaccount" for k in KUBERNETES_SECRETS),
     "/var/run/secrets/",
     "/var/run/secrets/member-export/../kubernetes.io",
-    "/etc/member-export, /run",  # one of the comma-separated directories is enough
 ]
 #: Beside them: allowed by the services, so by the chart.
 BESIDE_THE_TOKEN = [
@@ -308,7 +309,11 @@ def test_a_doubled_leading_slash_is_the_same_directory_to_the_chart() -> None:
 @pytest.mark.parametrize(
     ("values", "name"),
     [
-        ({"config": {"extra": {DIRECTORIES_VARIABLE: "/var/run"}}}, f"config.extra.{DIRECTORIES_VARIABLE}"),
+        (
+            # one of the comma-separated directories is enough
+            {"services": {"extractor": {"env": {DIRECTORIES_VARIABLE: "/etc/member-export, /run"}}}},
+            f"services.extractor.env.{DIRECTORIES_VARIABLE}",
+        ),
         (
             {"services": {"dispatcher": {"env": {DIRECTORIES_VARIABLE.lower(): "/run/secrets"}}}},
             f"services.dispatcher.env.{DIRECTORIES_VARIABLE.lower()}",  # the services read names in any case
@@ -326,6 +331,101 @@ def test_every_value_setting_the_allowed_directories_is_held_to_the_same_rule(
     assert refusal is not None
     assert f"{name}: " in refusal
     assert "Kubernetes service-account token" in refusal
+
+
+#: Not one directory: the Secret would be mounted at the literal path while the services, reading
+#: EXPORT_ALLOWED_SECRET_DIRS comma-separated and trimmed, would allow other directories.
+NOT_ONE_DIRECTORY = [
+    "/var/run/secrets/member-export,/etc/partner",
+    "/a,/b",
+    "/var/run/secrets/member-export,",
+    " /var/run/secrets/member-export",
+    "/var/run/secrets/member-export\t",
+]
+
+
+@pytest.mark.parametrize("mount_path", NOT_ONE_DIRECTORY)
+@pytest.mark.parametrize("secret", ["partner", ""])
+def test_a_partner_secrets_mount_path_that_is_not_one_directory_fails_the_render_naming_the_value(
+    mount_path: str, secret: str, tmp_path: Path
+) -> None:
+    """Before, "/a,/b" mounted the Secret at the directory "/a,/b" and allowed file: references in /a and /b."""
+    refusal = _refusal({"partnerSecrets": {"existingSecret": secret, "mountPath": mount_path}}, tmp_path)
+    assert refusal is not None, f"{mount_path!r} rendered"
+    assert f"partnerSecrets.mountPath: {json.dumps(mount_path)} must be one directory" in refusal
+
+
+def test_an_empty_partner_secrets_mount_path_fails_the_render_only_with_a_secret_to_mount(tmp_path: Path) -> None:
+    """Without a Secret an empty path is the services' "no file: reference"; with one, nowhere to mount it."""
+    refusal = _refusal({"partnerSecrets": {"existingSecret": "partner", "mountPath": ""}}, tmp_path)
+    assert refusal is not None
+    assert 'partnerSecrets.mountPath: "" must be one directory' in refusal
+    rendered = render(values={"partnerSecrets": {"mountPath": ""}}, tmp_dir=tmp_path)
+    assert rendered.named("ConfigMap", "member-export")["data"][DIRECTORIES_VARIABLE] == ""
+
+
+def test_the_partner_secrets_are_mounted_in_the_dispatcher_and_the_notifier_alone(tmp_path: Path) -> None:
+    rendered = render(values={"partnerSecrets": {"existingSecret": "partner"}}, tmp_dir=tmp_path)
+    mounted = {
+        service
+        for service in SERVICES
+        if any(m["name"] == "partner-secrets" for m in rendered.container(service)["volumeMounts"])
+    }
+    assert mounted == {"dispatcher", "notifier"}  # file: references of partners' and webhooks' signing secrets
+
+
+# --- config.extra: one place to set each thing ----------------------------------------------------------------
+
+#: The ConfigMap keys the chart writes from its own values (not from config.extra), and those values.
+CHART_CONFIG = {
+    "EXPORT_KAFKA_BOOTSTRAP_SERVERS": "kafka.bootstrapServers",
+    "EXPORT_TOPIC_PREFIX": "topics.prefix",
+    "EXPORT_TOPIC_PARTITIONS": "topics.partitions",
+    "EXPORT_TOPIC_REPLICATION_FACTOR": "topics.replicationFactor",
+    "EXPORT_TOPICS_CREATE": "topics.create",
+    "EXPORT_LOG_FORMAT": "config.logFormat",
+    "EXPORT_LOG_LEVEL": "config.logLevel",
+    "EXPORT_ALLOWED_DESTINATIONS": "config.allowedDestinations",
+    "EXPORT_ALLOWED_SECRET_ENV_PREFIXES": "config.allowedSecretEnvPrefixes",
+    DIRECTORIES_VARIABLE: "partnerSecrets.mountPath",
+    "EXPORT_RUN_LINK_BASE_URL": "config.runLinkBaseUrl",
+    "EXPORT_ADMIN_PUBLIC_URL": "config.adminPublicUrl",
+}
+
+
+def test_the_chart_config_keys_are_every_key_the_config_map_writes_but_config_extra(
+    renders: dict[str, Rendered],
+) -> None:
+    values = yaml.safe_load(CI_VALUES["production"].read_text())  # sets the optional ones
+    written = set(renders["production"].named("ConfigMap", "member-export")["data"])
+    assert written - set(values["config"]["extra"]) == set(CHART_CONFIG)
+
+
+@pytest.mark.parametrize("case", [str.upper, str.lower])
+def test_config_extra_setting_a_key_the_chart_sets_fails_the_render_naming_the_value_that_sets_it(
+    case: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Before, the key was written twice in the ConfigMap (in another case, two variables the services read as one):
+    which one a service got was up to the reader."""
+    for key, value in CHART_CONFIG.items():
+        refusal = _refusal({"config": {"extra": {case(key): "/var/run/secrets/member-export"}}}, tmp_path)
+        assert refusal is not None, f"config.extra.{case(key)} rendered"
+        assert f"config.extra.{case(key)}: the chart sets {key} from {value} (" in refusal
+        assert f"set {value} instead" in refusal
+
+
+def test_config_extra_setting_one_variable_twice_in_two_cases_fails_the_render(tmp_path: Path) -> None:
+    extra = {"EXPORT_KAFKA_COMPRESSION": "lz4", "export_kafka_compression": "gzip"}
+    refusal = _refusal({"config": {"extra": extra}}, tmp_path)
+    assert refusal is not None
+    assert "config.extra.EXPORT_KAFKA_COMPRESSION and config.extra.export_kafka_compression" in refusal
+
+
+def test_config_extra_adds_a_setting_the_chart_does_not_set_once(tmp_path: Path) -> None:
+    rendered = render(values={"config": {"extra": {"EXPORT_KAFKA_COMPRESSION": "gzip"}}}, tmp_dir=tmp_path)
+    [config_map] = [d for d in rendered.text.split("---") if "kind: ConfigMap" in d and "EXPORT_TOPIC_PREFIX" in d]
+    assert config_map.count("EXPORT_KAFKA_COMPRESSION:") == 1
+    assert rendered.named("ConfigMap", "member-export")["data"]["EXPORT_KAFKA_COMPRESSION"] == "gzip"
 
 
 # --- Kafka: what the chart says is what the code does -------------------------------------------------------

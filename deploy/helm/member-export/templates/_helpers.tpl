@@ -74,20 +74,70 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.strimzi.topics.enabled .Values.topics.create -}}
 {{- fail "strimzi.topics.enabled: the KafkaTopics own the topics, set topics.create=false" -}}
 {{- end -}}
+{{- include "member-export.validateConfigExtra" . -}}
+{{- include "member-export.validatePartnerMountPath" . -}}
 {{- include "member-export.validateSecretDirs" . -}}
 {{- end -}}
 
+{{/* The ConfigMap keys the chart writes from its own values (configmap.yaml), and those values: config.extra may not
+set them (tests/unit/test_helm_chart.py holds this list equal to what the ConfigMap writes). */}}
+{{- define "member-export.chartConfig" -}}
+EXPORT_KAFKA_BOOTSTRAP_SERVERS: kafka.bootstrapServers
+EXPORT_TOPIC_PREFIX: topics.prefix
+EXPORT_TOPIC_PARTITIONS: topics.partitions
+EXPORT_TOPIC_REPLICATION_FACTOR: topics.replicationFactor
+EXPORT_TOPICS_CREATE: topics.create
+EXPORT_LOG_FORMAT: config.logFormat
+EXPORT_LOG_LEVEL: config.logLevel
+EXPORT_ALLOWED_DESTINATIONS: config.allowedDestinations
+EXPORT_ALLOWED_SECRET_ENV_PREFIXES: config.allowedSecretEnvPrefixes
+EXPORT_ALLOWED_SECRET_DIRS: partnerSecrets.mountPath
+EXPORT_RUN_LINK_BASE_URL: config.runLinkBaseUrl
+EXPORT_ADMIN_PUBLIC_URL: config.adminPublicUrl
+{{- end -}}
+
+{{/* One place to set each thing: config.extra may not set a key the chart writes from one of its values (the key
+would be in the ConfigMap twice, and which one a service reads is up to the reader), nor one variable twice in two
+cases (the services read names in any case). */}}
+{{- define "member-export.validateConfigExtra" -}}
+{{- $root := . -}}
+{{- $chart := include "member-export.chartConfig" . | fromYaml -}}
+{{- $seen := dict -}}
+{{- range $key := keys (.Values.config.extra | default dict) | sortAlpha -}}
+{{- $variable := upper $key -}}
+{{- with get $chart $variable -}}
+{{- $value := $root.Values -}}
+{{- range $part := splitList "." . -}}
+{{- $value = get $value $part -}}
+{{- end -}}
+{{- fail (printf "config.extra.%s: the chart sets %s from %s (%s): set %s instead, one place for each setting" $key
+  $variable . (toString $value | quote) .) -}}
+{{- end -}}
+{{- with get $seen $variable -}}
+{{- fail (printf "config.extra.%s and config.extra.%s set one variable (the services read names in any case): keep one"
+  . $key) -}}
+{{- end -}}
+{{- $_ := set $seen $variable $key -}}
+{{- end -}}
+{{- end -}}
+
+{{/* partnerSecrets.mountPath is where the Secret is mounted and, as it is, EXPORT_ALLOWED_SECRET_DIRS: one directory,
+so what is mounted is what is allowed. Not a comma (the variable would allow each part and the Secret be mounted at
+the literal path) nor space around it (the services trim it); not empty with a Secret to mount. */}}
+{{- define "member-export.validatePartnerMountPath" -}}
+{{- $path := toString .Values.partnerSecrets.mountPath -}}
+{{- if or (contains "," $path) (ne $path (trim $path)) (and (not $path) .Values.partnerSecrets.existingSecret) -}}
+{{- fail (printf "partnerSecrets.mountPath: %q must be one directory (%s): the Secret is mounted there, %s" $path
+  "no comma, no space around it" "and EXPORT_ALLOWED_SECRET_DIRS (comma-separated, trimmed) allows it as it is") -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Every value that ends up in EXPORT_ALLOWED_SECRET_DIRS (partnerSecrets.mountPath, and the variable, in any case,
-in config.extra or a service's env or extraEnv), checked as the services check it at start. */}}
+in a service's env or extraEnv; config.extra may not set it), checked as the services check it at start. */}}
 {{- define "member-export.validateSecretDirs" -}}
 {{- $variable := "EXPORT_ALLOWED_SECRET_DIRS" -}}
 {{- $mountPath := .Values.partnerSecrets.mountPath -}}
 {{- include "member-export.checkSecretDirs" (dict "name" "partnerSecrets.mountPath" "value" $mountPath) -}}
-{{- range $key, $value := .Values.config.extra -}}
-{{- if eq (upper $key) $variable -}}
-{{- include "member-export.checkSecretDirs" (dict "name" (printf "config.extra.%s" $key) "value" $value) -}}
-{{- end -}}
-{{- end -}}
 {{- range $service, $values := .Values.services -}}
 {{- range $key, $value := $values.env -}}
 {{- if eq (upper $key) $variable -}}
