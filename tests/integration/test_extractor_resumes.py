@@ -78,12 +78,13 @@ def _extract(
     crash_after_sends: int | None = None,
     delivered: bool = False,
     failures: list[str] | None = None,
+    templates: list[str] | None = None,
     **options: Any,
 ):
     """The run's member records (identity → member ids) and completion events; with ``crash_after_sends``, the
     extractor stops right after its ``crash_after_sends``-th send of records (published, not checkpointed); with
     ``delivered``, every batch is folded as delivered (a change run's snapshot moves); ``failures`` takes the
-    reasons of the run's failure events."""
+    reasons of the run's failure events, ``templates`` the templates its records name."""
     sent: list[Outgoing] = []
     sends = 0
 
@@ -109,6 +110,8 @@ def _extract(
         if o.topic.startswith(TOPICS.member_batches):
             batch = MemberBatch.model_validate_json(o.value)
             records[batch.identity] = [m["id"] for m in batch.members]
+            if templates is not None:
+                templates.append(batch.template)
             keys = [str(m["id"]) for m in batch.members]
             outcomes.append(
                 BatchOutcome(
@@ -447,3 +450,42 @@ def test_a_template_an_unfinished_change_run_started_with_is_not_deleted_until_t
         answer = client.post(f"/api/v1/runs/{request.run_id}/cancel")
         assert answer.status_code < 300, answer.text
         assert client.delete("/api/v1/http-templates/t-add").status_code == 204
+
+
+def test_a_template_a_full_run_started_with_is_kept_by_its_resume_and_not_deleted_until_the_run_has_finished(
+    database_url: str, same_stores: CatalogStores, tmp_path: Path
+):
+    stores = same_stores
+    _table(database_url)
+    stores.definitions.apply(ExportDefinition(name="d", query="q", template="t"))
+    request = RunRequested(definition="d")
+    sent: list[str] = []
+    # Two pages published (its run started, as the notifier records it), then a crash.
+    crashed, _ = _extract(stores, database_url, request, crash_after_sends=2, delivered=True, templates=sent)
+    stores.definitions.apply(HttpTemplate(name="t-new", query="q", profile="p", batch_size=2))
+    stores.definitions.apply(ExportDefinition(name="d", query="q", template="t-new"))
+    refusal = (
+        f"'t' is used by unfinished run {request.run_id} (ExportDefinition 'd'): a run keeps the templates it "
+        "started with; wait until it has finished or cancel it"
+    )
+    # No definition names t now; the run does. Before: deleted (204), the records published before the crash then
+    # failing at the dispatcher (missing_object), and the resume sending the rest with t-new.
+    with in_process_api(tmp_path, catalog_url=database_url) as api, api.client() as client:
+        answer = client.delete("/api/v1/http-templates/t")
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["detail"] == refusal
+        failures: list[str] = []
+        resumed, completed = _extract(stores, database_url, request, failures=failures, templates=sent)
+        assert failures == []
+        assert _taken_once(crashed, resumed) == list(range(1, MEMBERS + 1))
+        assert set(sent) == {"t"}  # every record of the run, before the crash and after, with its first template
+        for event in completed:  # its extraction over, its batches still to deliver: still in use
+            stores.runs.fold_run_event(event)
+        assert client.delete("/api/v1/http-templates/t").json()["detail"] == refusal
+        answer = client.post(f"/api/v1/runs/{request.run_id}/cancel")
+        assert answer.status_code < 300, answer.text
+        assert client.delete("/api/v1/http-templates/t").status_code == 204
+        # The next run takes the template its definition names now.
+        sent.clear()
+        _extract(stores, database_url, RunRequested(definition="d"), templates=sent)
+        assert set(sent) == {"t-new"}
