@@ -45,7 +45,7 @@ from services.extractor.ranges import (
 )
 from services.extractor.retry_members import Retried, RetryJob, RetryScope, RetryStore, send_retries
 from services.extractor.run_sync import DEFAULT_RECORD_MEMBERS as DEFAULT_RECORD_MEMBERS
-from services.extractor.run_sync import fixed_sync, record_size, run_sync, watermark_column
+from services.extractor.run_sync import fixed_sync, record_size, run_sync, template_name, watermark_column
 from services.extractor.scheduled_runs import StartTimes, overlap_skip, published_ahead, withdrawal, withdrawn
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, RunObjects, SavedQuery
 from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunClaim
@@ -385,11 +385,12 @@ class Extractor:
         return []
 
     def _objects(
-        self, definition: ExportDefinition, requested: dict[str, Any]
+        self, definition: ExportDefinition, requested: dict[str, Any], checkpoint: Checkpoint
     ) -> tuple[SavedQuery, HttpTemplate, dict[str, Any]]:
+        """The run's query, its template as fixed at its first start (:func:`template_name`) and its parameters."""
         try:
             query = self.definitions.get(SavedQuery, definition.query)
-            template = self.definitions.get(HttpTemplate, definition.template)
+            template = self.definitions.get(HttpTemplate, template_name(definition, checkpoint))
         except (NotFound, StoredObjectInvalid) as exc:
             raise _RunFailure(str(exc), "missing_object") from None
         return self._bound(RunObjects(definition, query, template), requested)
@@ -412,6 +413,8 @@ class Extractor:
         query, template, parameters = bound
         # The claim fixed the run's sync (a resume keeps it) and took its retries (a resume takes the same).
         checkpoint = self._fix_window(definition, query, parameters, claim.checkpoint)
+        if template_name(definition, checkpoint) != template.name:  # the definition switched template since
+            query, template, parameters = self._objects(definition, request.parameters, checkpoint)
         # Acknowledged with the run's first records (waiting for them sends it too) and at the latest before its
         # completion, range requests or failure are published: a wait of its own would cost a broker round trip.
         # A run started in bulk (its sync announced) had its run.started acknowledged then: none again.
@@ -567,7 +570,7 @@ class Extractor:
             definition = self.definitions.get(ExportDefinition, name)
         except (NotFound, StoredObjectInvalid) as exc:
             raise _RunFailure(f"unknown definition: {exc}", "unknown_definition") from None
-        query, template, bound = self._objects(definition, parameters)
+        query, template, bound = self._objects(definition, parameters, checkpoint)
         window = self._window(definition, checkpoint)
         job = RetryJob(
             run_id,
@@ -764,7 +767,7 @@ class Extractor:
             definition = self.definitions.get(ExportDefinition, task.definition)
         except (NotFound, StoredObjectInvalid) as exc:
             raise _RunFailure(f"unknown definition: {exc}", "unknown_definition") from None
-        query, template, parameters = self._objects(definition, task.parameters)
+        query, template, parameters = self._objects(definition, task.parameters, checkpoint)
         window = self._window(definition, checkpoint)
         log.info(
             "range extraction started",

@@ -235,9 +235,11 @@ class SqlDefinitionsStore:
     def runs_using(self, kind: str, name: str) -> tuple[tuple[str, str, str | None], ...]:
         """The runs not finished yet (queued, extracting or dispatching, as their records say) that use the object of
         ``kind`` (its class name) and ``name`` by name whatever the catalog says now, as (run id, definition, business
-        unit), sorted: a change run's templates, fixed in its checkpoint at its first start
-        (:attr:`~shared.domain.checkpoints.RunSync.kind_templates`), which its resume and its batches' delivery read
-        by name. Only the unfinished runs' checkpoints are read (the runs' status is indexed)."""
+        unit), sorted: a run's templates, fixed in its checkpoint at its first start (a change run's
+        :attr:`~shared.domain.checkpoints.RunSync.kind_templates`, a full or incremental run's
+        :attr:`~shared.domain.checkpoints.RunSync.template`), which its resume, its ranges, its retries and its
+        batches' delivery read by name. Only the unfinished runs' checkpoints are read (the runs' status is
+        indexed)."""
         if kind != HttpTemplate.__name__:
             return ()
         unfinished = [status.value for status in RunStatus if not status.is_final]
@@ -251,7 +253,8 @@ class SqlDefinitionsStore:
             sorted(
                 (run_id, definition, business_unit)
                 for run_id, definition, business_unit, stored in rows
-                if (sync := RunSync.of_json(stored)) is not None and name in (sync.kind_templates or {}).values()
+                if (sync := RunSync.of_json(stored)) is not None
+                and (name == sync.template or name in (sync.kind_templates or {}).values())
             )
         )
 

@@ -46,10 +46,14 @@ class RunSync:
     #: first page is published, so a resume that finds no checkpoint of its pages (it may have sent some) is not
     #: judged again as if it had sent nothing; the count after its last page is what is left to judge it.
     guard_passed: bool = False
+    #: A full or incremental run's template, as at its first start (None: a change run, whose templates are
+    #: ``kind_templates``, or recorded before this was: the definition's template now). A definition switched to
+    #: another template while the run is under way changes nothing for its resume, ranges and retries.
+    template: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """As the checkpoint row keeps it (``announced``, ``watermark_column``, ``record_size``,
-        ``kind_record_sizes``, ``kind_templates``, ``max_removed`` and ``guard_passed`` only when set;
+        ``kind_record_sizes``, ``kind_templates``, ``max_removed``, ``guard_passed`` and ``template`` only when set;
         ``max_removed`` null: the default bound)."""
         value: dict[str, Any] = {"mode": self.mode.value, "full_scope": self.full_scope, "counts": self.counts}
         if self.announced:
@@ -66,6 +70,8 @@ class RunSync:
             value["max_removed"] = self.removal_limit.written
         if self.guard_passed:
             value["guard_passed"] = True
+        if self.template is not None:
+            value["template"] = self.template
         return value
 
     @classmethod
@@ -84,6 +90,7 @@ class RunSync:
             value.get("kind_templates"),
             RemovalLimit.of(value["max_removed"]) if "max_removed" in value else None,
             bool(value.get("guard_passed")),
+            value.get("template"),
         )
 
 

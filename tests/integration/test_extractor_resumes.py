@@ -78,12 +78,13 @@ def _extract(
     crash_after_sends: int | None = None,
     delivered: bool = False,
     failures: list[str] | None = None,
+    templates: list[str] | None = None,
     **options: Any,
 ):
     """The run's member records (identity → member ids) and completion events; with ``crash_after_sends``, the
     extractor stops right after its ``crash_after_sends``-th send of records (published, not checkpointed); with
     ``delivered``, every batch is folded as delivered (a change run's snapshot moves); ``failures`` takes the
-    reasons of the run's failure events."""
+    reasons of the run's failure events, ``templates`` the templates its records name."""
     sent: list[Outgoing] = []
     sends = 0
 
@@ -109,6 +110,8 @@ def _extract(
         if o.topic.startswith(TOPICS.member_batches):
             batch = MemberBatch.model_validate_json(o.value)
             records[batch.identity] = [m["id"] for m in batch.members]
+            if templates is not None:
+                templates.append(batch.template)
             keys = [str(m["id"]) for m in batch.members]
             outcomes.append(
                 BatchOutcome(
@@ -413,16 +416,11 @@ def test_a_template_an_unfinished_change_run_started_with_is_not_deleted_until_t
     stores.definitions.apply(
         ExportDefinition(name="c", query="q", template="t", sync={"mode": "changes", "added": "t", "removed": "t-del"})
     )
-    refusal = (
-        f"'t-add' is used by unfinished run {request.run_id} (ExportDefinition 'c'): a run keeps the templates it "
-        "started with; wait until it has finished or cancel it"
-    )
+    refusal = _in_use(request, "t-add")
     # No definition names t-add now; the run does. Before: deleted (204), and the run's resume failed
     # ("the added members' template: ... not found", missing_object).
     with in_process_api(tmp_path, catalog_url=database_url) as api, api.client() as client:
-        answer = client.delete("/api/v1/http-templates/t-add")
-        assert answer.status_code == 409, answer.text
-        assert answer.json()["detail"] == refusal
+        _delete_refused(client, request, "t-add")
         scoped = Actor(name="sales-bot", role=Role.ADMIN, business_units=frozenset({"sales"}))  # the run isn't theirs
         with pytest.raises(Conflict, match=r"^'t-add' is used by 1 run\(s\) outside this token's scope: a run keeps"):
             delete_object(scoped, HttpTemplate, "t-add", store=stores.definitions)
@@ -440,10 +438,60 @@ def test_a_template_an_unfinished_change_run_started_with_is_not_deleted_until_t
         resumed, completed = _extract(stores, database_url, request, snapshots=snapshots, failures=failures)
         assert failures == []
         assert _taken_once(crashed, resumed) == list(range(1, MEMBERS + 1))
-        for event in completed:  # its extraction over, its batches still to deliver: still in use
-            stores.runs.fold_run_event(event)
-        assert stores.runs.get_run(request.run_id).status is RunStatus.DISPATCHING
-        assert client.delete("/api/v1/http-templates/t-add").json()["detail"] == refusal
-        answer = client.post(f"/api/v1/runs/{request.run_id}/cancel")
-        assert answer.status_code < 300, answer.text
-        assert client.delete("/api/v1/http-templates/t-add").status_code == 204
+        _in_use_until_cancelled(stores, client, request, "t-add", completed)
+
+
+def _in_use(run: RunRequested, template: str) -> str:
+    """The refusal to delete or rename ``template``, which ``run`` (unfinished) keeps."""
+    return (
+        f"'{template}' is used by unfinished run {run.run_id} (ExportDefinition '{run.definition}'): a run keeps the "
+        "templates it started with; wait until it has finished or cancel it"
+    )
+
+
+def _delete_refused(client: Any, run: RunRequested, template: str) -> None:
+    answer = client.delete(f"/api/v1/http-templates/{template}")
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["detail"] == _in_use(run, template)
+
+
+def _in_use_until_cancelled(
+    stores: CatalogStores, client: Any, run: RunRequested, template: str, completed: list[ExtractionCompleted]
+) -> None:
+    """``run``'s extraction over (``completed`` folded), its batches still to deliver: ``template`` still in use,
+    deleted once the run is cancelled."""
+    for event in completed:
+        stores.runs.fold_run_event(event)
+    assert stores.runs.get_run(run.run_id).status is RunStatus.DISPATCHING
+    _delete_refused(client, run, template)
+    answer = client.post(f"/api/v1/runs/{run.run_id}/cancel")
+    assert answer.status_code < 300, answer.text
+    assert client.delete(f"/api/v1/http-templates/{template}").status_code == 204
+
+
+def test_a_template_a_full_run_started_with_is_kept_by_its_resume_and_not_deleted_until_the_run_has_finished(
+    database_url: str, same_stores: CatalogStores, tmp_path: Path
+):
+    stores = same_stores
+    _table(database_url)
+    stores.definitions.apply(ExportDefinition(name="d", query="q", template="t"))
+    request = RunRequested(definition="d")
+    sent: list[str] = []
+    # Two pages published (its run started, as the notifier records it), then a crash.
+    crashed, _ = _extract(stores, database_url, request, crash_after_sends=2, delivered=True, templates=sent)
+    stores.definitions.apply(HttpTemplate(name="t-new", query="q", profile="p", batch_size=2))
+    stores.definitions.apply(ExportDefinition(name="d", query="q", template="t-new"))
+    # No definition names t now; the run does. Before: deleted (204), the records published before the crash then
+    # failing at the dispatcher (missing_object), and the resume sending the rest with t-new.
+    with in_process_api(tmp_path, catalog_url=database_url) as api, api.client() as client:
+        _delete_refused(client, request, "t")
+        failures: list[str] = []
+        resumed, completed = _extract(stores, database_url, request, failures=failures, templates=sent)
+        assert failures == []
+        assert _taken_once(crashed, resumed) == list(range(1, MEMBERS + 1))
+        assert set(sent) == {"t"}  # every record of the run, before the crash and after, with its first template
+        _in_use_until_cancelled(stores, client, request, "t", completed)
+        # The next run takes the template its definition names now.
+        sent.clear()
+        _extract(stores, database_url, RunRequested(definition="d"), templates=sent)
+        assert set(sent) == {"t-new"}

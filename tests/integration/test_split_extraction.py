@@ -235,6 +235,22 @@ def test_a_replica_that_dies_mid_range_is_resumed_from_the_ranges_checkpoint(
     assert (completed.members, completed.batches) == (MEMBERS, 33)
 
 
+def test_ranges_handled_after_their_definition_switched_template_send_with_the_runs_first(
+    replica: Replica, stores: CatalogStores, settings: CommonSettings
+):
+    extractor = replica()
+    request = RunRequested(definition="everyone")
+    ranges = _range_requests(extractor.handle(request))
+    stores.definitions.apply(HttpTemplate(name="t-new", query="all", profile="p", batch_size=100))
+    stores.definitions.apply(ExportDefinition(name="everyone", query="all", template="t-new"))
+    for task in ranges:
+        assert extractor.handle(task) == []
+    batches = _batches(settings, lambda bs: sum(len(b.members) for b in bs) >= MEMBERS)
+    # Before: every range read its definition's template as it was then, each record naming t-new.
+    assert {b.template for b in batches} == {"t"}
+    assert sorted(m["id"] for b in batches for m in b.members) == list(range(1, MEMBERS + 1))
+
+
 def test_a_cancelled_run_stops_every_range(replica: Replica, stores: CatalogStores, settings: CommonSettings):
     first = replica()
     request = RunRequested(definition="everyone")
