@@ -13,6 +13,12 @@ at the end, inserting a run the first had just created (a unique violation). Now
 the notifications a fold claims are inserted in key order, and a fold whose new run another created meanwhile is
 done again once (on the runs as they now are: its outcomes already counted are not counted twice).
 
+The same for the paths of a fold that claims the ``started`` notifications of the new runs it starts (before: a
+deadlock on the runs' key), that writes member retries of two definitions (before: a deadlock on member_retries;
+then, until s53-notify3, a refusal overwritten: each fold read the member's row unlocked and upserted the state it
+computed from it), and for a single event's fold, as a poll's events are folded after the poll's fold failed (before:
+a unique violation, and so a dead letter, when another fold created its run meanwhile).
+
 Real PostgreSQL, two store calls in two threads, each step waited for on PostgreSQL's own account of who blocks whom
 (``pg_blocking_pids``), never a pause. SQLite has one writer at a time: nothing to order there."""
 
