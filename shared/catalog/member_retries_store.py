@@ -10,7 +10,20 @@ from datetime import timedelta
 from typing import cast
 
 from pydantic import ValidationError
-from sqlalchemy import Table, and_, delete, exists, func, insert, literal, or_, select, tuple_, update
+from sqlalchemy import (
+    Table,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -68,6 +81,12 @@ def _retry_of(row: MemberRetryRow) -> MemberRetry:
         RetryState(row.state),
         row.last_run_id,
     )
+
+
+class MemberCreatedMeanwhile(Exception):
+    """A member's retry row this fold creates (it read none) was written by another fold since it read, and committed
+    (PostgreSQL: its upsert met that row): the fold's transaction is done again, reading the row, so that the other's
+    refusal is counted too, not overwritten."""
 
 
 class SqlMemberRetries:
@@ -142,7 +161,7 @@ class SqlMemberRetries:
                 run_id=run_id,
                 policy=policy,
             )
-        self._write(session, definition, changed)
+        self._write(session, definition, changed, current.keys())
 
     @staticmethod
     def _open_among(session: Session, definition: str, keys: Sequence[str]) -> set[str]:
@@ -164,19 +183,24 @@ class SqlMemberRetries:
     def _current(session: Session, definition: str, keys: Sequence[str]) -> dict[str, MemberRetry]:
         current: dict[str, MemberRetry] = {}
         for chunk in _chunks(keys):
+            # Locked (in key order) until the fold commits: another fold's change of these rows waits for this
+            # one, and reads them as this one leaves them (never both counting from the same state).
             for row in session.scalars(
-                select(MemberRetryRow).where(
-                    MemberRetryRow.definition_id == definition, MemberRetryRow.member_key.in_(chunk)
-                )
+                select(MemberRetryRow)
+                .where(MemberRetryRow.definition_id == definition, MemberRetryRow.member_key.in_(chunk))
+                .order_by(MemberRetryRow.member_key)
+                .with_for_update()
             ):
                 current[row.member_key] = _retry_of(row)
         return current
 
     @staticmethod
-    def _write(session: Session, definition: str, changed: dict[str, MemberRetry]) -> None:
-        """Every changed row in one upsert (INSERT ... ON CONFLICT DO UPDATE), in key order: two folds that
-        refuse the same new member (notifier replicas, overlapping runs) both succeed, the last one's state
-        standing, and concurrent folds lock rows in the same order (no deadlock on PostgreSQL)."""
+    def _write(session: Session, definition: str, changed: dict[str, MemberRetry], read: Iterable[str]) -> None:
+        """Every changed row in one upsert (INSERT ... ON CONFLICT DO UPDATE), in key order: concurrent folds lock
+        rows in the same order (no deadlock on PostgreSQL). A row the fold had not ``read`` (and locked) that another
+        fold wrote meanwhile (both refusing the same new member: notifier replicas, overlapping runs) raises
+        :class:`MemberCreatedMeanwhile` on PostgreSQL: the fold is done again, on the row as the other left it.
+        (SQLite: one writer at a time, the fold's reads already see it.)"""
         if not changed:
             return
         at = now()
@@ -201,7 +225,14 @@ class SqlMemberRetries:
             index_elements=[table.c.definition_id, table.c.member_key],
             set_={name: statement.excluded[name] for name in _COLUMNS if name not in ("definition_id", "member_key")},
         )
-        session.execute(upsert, rows)
+        if dialect != "postgresql":
+            session.execute(upsert, rows)
+            return
+        # xmax 0: the row was inserted, not updated (a conflict), by this statement.
+        written = session.execute(upsert.returning(table.c.member_key, literal_column("xmax = 0")), rows)
+        updated = {key for key, inserted in written if not inserted}
+        if created := sorted(updated.difference(read)):
+            raise MemberCreatedMeanwhile(f"{len(created)} members' retry rows written meanwhile, first {created[0]!r}")
 
     @staticmethod
     def _policy(session: Session, definition: str) -> RetryRejected:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.extraction_store import withheld_runs, withhold_start
 from shared.catalog.lease_claims import MAX_CLAIMS, LeaseClaims, RowKey, catalog_now, in_key_order, read_catalog_now
+from shared.catalog.member_retries_store import MemberCreatedMeanwhile
 from shared.catalog.tables import BatchOutcomeRow, CatalogObjectRow, IdempotencyKeyRow, NotificationRow, RunRow
 from shared.domain.email_retries import EarlierSends, NotificationMark, RefusedRecipients, refusals
 from shared.domain.replay import ALL_ACKNOWLEDGED, ReplayPlan, ReplayPublication
@@ -977,12 +978,16 @@ _IDS_PER_QUERY = 900
 
 def _again_if_run_created_meanwhile(fold_once: Callable[[], R]) -> R:
     """``fold_once`` (a fold's transaction) done again while a run it creates was created meanwhile by another fold
-    (:func:`_run_created_meanwhile`), at most :data:`FOLD_ATTEMPTS` times: the fold found no row of that run (nothing
-    to lock) and the other's insert came first. Done again, the fold finds the run and locks it; what the other
-    counted (its outcomes in the ledger, its claims of the run's notifications) is not counted twice."""
+    (:func:`_run_created_meanwhile`), or a member's retry row it creates was written meanwhile
+    (:class:`MemberCreatedMeanwhile`), at most :data:`FOLD_ATTEMPTS` times: the fold found no row of that run or
+    member (nothing to lock) and the other's insert came first. Done again, the fold finds the row and locks it; what
+    the other counted (its outcomes in the ledger, its claims of the run's notifications, its members' refusals) is
+    neither counted twice nor overwritten."""
     for attempt in range(1, FOLD_ATTEMPTS):
         try:
             return fold_once()
+        except MemberCreatedMeanwhile:
+            log.info("a member's retry row the fold creates was written meanwhile; folded again", attempt=attempt)
         except IntegrityError as exc:
             if not _run_created_meanwhile(exc):
                 raise
