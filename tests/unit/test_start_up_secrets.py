@@ -161,10 +161,12 @@ def process_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator
 
 
 def test_an_escaped_error_quoting_the_processs_secrets_is_reported_with_each_masked(
-    process_secrets: None, capsys: pytest.CaptureFixture[str]
+    process_secrets: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ):
     """The net under every escaped exception: secrets named by the environment (however the error quotes them,
-    whatever their shape) are masked, the rest of the error kept."""
+    whatever their shape) are masked, the rest of the error kept. Before logging is configured (another test of
+    this process may have configured it: not this one's case)."""
+    monkeypatch.setattr(shared_log, "_PROCESSORS", [])
     quoted = (
         f"user could not log in with file-{SECRET} nor smtp-{SECRET}; key key-two-{SECRET[::-1]} refused; "
         f"tried url-{SECRET} at db; partner-{SECRET}"
