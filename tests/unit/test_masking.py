@@ -344,16 +344,26 @@ def test_a_token_after_a_scheme_is_a_credential_when_it_looks_like_one(token: st
 _PASSWORD_CHARS = string.ascii_letters + string.digits + " \t'\"!$%&()*+,;=:-._~\\"
 
 
+#: A password holding a space or a quote, neither at its ends (built so: filtering random text for one is too slow
+#: for Hypothesis's health check).
+_SPACED_PASSWORDS = st.builds(
+    lambda first, before, special, after, last: first + before + special + after + last,
+    st.sampled_from(string.ascii_letters + string.digits),
+    st.text(alphabet=_PASSWORD_CHARS, max_size=18),
+    st.sampled_from([" ", "\t", "'", '"']),
+    st.text(alphabet=_PASSWORD_CHARS, max_size=18),
+    st.sampled_from(string.ascii_letters + string.digits),
+)
+
+
 @given(
     st.sampled_from(["postgresql", "postgresql+psycopg", "https", "redis", "amqp"]),
     st.text(alphabet=string.ascii_lowercase + string.digits + "_.-", max_size=12),
-    st.text(alphabet=_PASSWORD_CHARS, min_size=1, max_size=40),
+    _SPACED_PASSWORDS,
 )
 @example("postgresql", "app", "pa ss")
 @example("https", "u", 'p"w')
 def test_a_url_password_holding_a_space_or_a_quote_is_masked_whole(scheme: str, user: str, password: str):
-    assume(any(c in password for c in " \t'\""))
-    assume(not password[0].isspace() and not password[-1].isspace())
     # Not a port, or a closing quote, then a separator: a message's words after a host's colon, kept (see below).
     assume(not re.match(r"[0-9]{1,5}[\s'\"\\]|[\"'\\]+[\s,;:)\]}]", password))
     text = f"connecting to {scheme}://{user}:{password}@db.example:5432/members failed: timeout"
