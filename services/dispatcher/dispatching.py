@@ -651,62 +651,14 @@ class Dispatcher:
 
         ticket: list[Admission | None] = [None]  # the circuit breaker's admission of the attempt under way
 
-        async def admit() -> None:  # per attempt: the round's end, the fleet's share, the breaker, the rate
+        def admit() -> Awaitable[None] | None:  # per attempt: the round's end, the fleet's share, the breaker, the rate
             self._before_round_end(shared)  # no attempt (a retry neither) begins after the round's end
             self.fleet.before_attempt(profile.name)  # counted out meanwhile, or its share shrunk: the batch waits
             # A profile without a breaker, and none known by its name, is admitted as is (no coroutine to pay for).
             if profile.circuit_breaker is not None or self.breakers.knows(profile.name):
-                ticket[0] = await self.breakers.admit(profile, self.workers.aside, shared.profile_read)
-                # A wait for a probe (and for a worker after it) may have outlasted the round: its ticket is given
-                # back (the caller's _in_flight cancels it) and the batch handed back.
-                self._before_round_end(shared)
-            now = self.clock()
-            # The profile's limiter now, looked up again after each wait: an edited limit or a new fleet share
-            # rebuilds it, and a token from the old one would go on top of the new one's.
-            limiter = self.fleet.rate_of(profile.name, limits)
-            wait = limiter.reserve(now)
-            if wait > 0:  # counted once an attempt, however many times it waits again for its token
-                RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
-                body[0] = None  # a retry waits holding no body either: rendered again once admitted (below)
-            while wait > 0:  # a promised token: taken once the request has a worker again, or waited for again
-                if shared.ends is not None and now + wait >= shared.ends:
-                    limiter.give_back()  # its token is not spent: the next round's requests do not wait for it
-                    raise RoundOver(time.monotonic())
-                RATE_LIMIT_WAIT_SECONDS.labels(profile=profile.name).inc(wait)
-                try:  # holding no worker: the other profiles' requests go on
-                    await self.workers.aside(self.sleep(wait))
-                except BaseException:  # cancelled (its batch failed, the service stops): its promise is not spent
-                    self._give_back(profile.name, limits, limiter)
-                    raise
-                now = self.clock()
-                if shared.ends is not None and now >= shared.ends:  # a worker came back past the round's end
-                    self._give_back(profile.name, limits, limiter)
-                    raise RoundOver(time.monotonic())
-                # The token is taken now, with the worker back: requests back together (their workers were busy
-                # past their waits) are spaced again rather than sent together above the rate. From the limiter
-                # now: rebuilt meanwhile, it holds the promise when it continues the old one, else it is asked anew.
-                current = self.fleet.rate_of(profile.name, limits)
-                if current is limiter or holds_promises_of(current, limiter):
-                    wait = current.redeem(now)
-                else:
-                    wait = current.reserve(now)
-                limiter = current
-            if body[0] is None:  # admitted: its body now (the first attempt's, a retry's that waited for its token)
-                headers = None  # the template's; this request's own when the batch's requests share them
-                if shared.headers is not None and not exporting():
-                    headers = shared.headers.copy()
-                    headers["Idempotency-Key"] = key
-                try:  # a quick render: no coroutine
-                    rendered = self.renderer.render_inline(shared.prepared, members, headers)
-                    if rendered is None:
-                        rendered = await self.renderer.render(shared.prepared, members, headers)
-                        self._before_round_end(shared)  # a render thread's time may have outlasted the round
-                except BaseException:  # nothing sent: its token back (its probe: _in_flight), the failure its own
-                    self._refund(profile.name, limits, limiter)
-                    raise
-                body[0] = rendered
-                if headers is not None:
-                    body[1] = rendered
+                return self._admit_by_breaker(shared, limits, ticket, body, members, key)
+            # Nothing to wait for (a token at once, a quick render): admitted here, without a coroutine (None).
+            return self._admit_rate(shared, limits, body, members, key)
 
         def adapt(attempt: AttemptResult) -> None:
             admitted, ticket[0] = ticket[0], None
@@ -740,6 +692,138 @@ class Dispatcher:
         # coroutine, partial or closure a request; counted out by _request_done.
         shared.in_flight.count += 1
         return self._delivery(shared, make_request, admit, adapt), ticket
+
+    async def _admit_by_breaker(
+        self,
+        shared: _BatchRequests,
+        limits: ProfileLimits,
+        ticket: list[Admission | None],
+        body: list[RenderedRequest | None],
+        members: list[dict[str, Any]],
+        key: str,
+    ) -> None:
+        """A request's admission (:meth:`_request`'s ``admit``) by its profile's circuit breaker (``ticket[0]``, its
+        admission), then :meth:`_admit_rate`."""
+        ticket[0] = await self.breakers.admit(shared.profile, self.workers.aside, shared.profile_read)
+        # A wait for a probe (and for a worker after it) may have outlasted the round: its ticket is given
+        # back (the caller's _in_flight, or _request_done, cancels it) and the batch handed back.
+        self._before_round_end(shared)
+        admitting = self._admit_rate(shared, limits, body, members, key)
+        if admitting is not None:
+            await admitting
+
+    def _admit_rate(
+        self,
+        shared: _BatchRequests,
+        limits: ProfileLimits,
+        body: list[RenderedRequest | None],
+        members: list[dict[str, Any]],
+        key: str,
+    ) -> Awaitable[None] | None:
+        """A request's admission by its profile's rate (a token), then its body rendered (:meth:`_render_admitted`):
+        None when both were done here (a token at once, a quick render), else what waits for them."""
+        profile = shared.profile
+        # The profile's limiter now, looked up again after each wait: an edited limit or a new fleet share
+        # rebuilds it, and a token from the old one would go on top of the new one's.
+        now = self.clock()
+        limiter = self.fleet.rate_of(profile.name, limits)
+        wait = limiter.reserve(now)
+        if wait > 0:  # counted once an attempt, however many times it waits again for its token
+            RATE_LIMIT_WAITS.labels(profile=profile.name).inc()
+            body[0] = None  # a retry waits holding no body either: rendered again once admitted
+            return self._wait_for_token(shared, limits, limiter, now, wait, body, members, key)
+        return self._render_admitted(shared, limits, limiter, body, members, key)
+
+    async def _wait_for_token(
+        self,
+        shared: _BatchRequests,
+        limits: ProfileLimits,
+        limiter: AdaptiveRateLimiter | LearnedRateLimit,
+        now: float,
+        wait: float,
+        body: list[RenderedRequest | None],
+        members: list[dict[str, Any]],
+        key: str,
+    ) -> None:
+        """:meth:`_admit_rate` for a request promised a token in ``wait`` seconds by ``limiter`` (asked at ``now``)."""
+        name = shared.profile.name
+        while wait > 0:  # a promised token: taken once the request has a worker again, or waited for again
+            if shared.ends is not None and now + wait >= shared.ends:
+                limiter.give_back()  # its token is not spent: the next round's requests do not wait for it
+                raise RoundOver(time.monotonic())
+            RATE_LIMIT_WAIT_SECONDS.labels(profile=name).inc(wait)
+            try:  # holding no worker: the other profiles' requests go on
+                await self.workers.aside(self.sleep(wait))
+            except BaseException:  # cancelled (its batch failed, the service stops): its promise is not spent
+                self._give_back(name, limits, limiter)
+                raise
+            now = self.clock()
+            if shared.ends is not None and now >= shared.ends:  # a worker came back past the round's end
+                self._give_back(name, limits, limiter)
+                raise RoundOver(time.monotonic())
+            # The token is taken now, with the worker back: requests back together (their workers were busy
+            # past their waits) are spaced again rather than sent together above the rate. From the limiter
+            # now: rebuilt meanwhile, it holds the promise when it continues the old one, else it is asked anew.
+            current = self.fleet.rate_of(name, limits)
+            if current is limiter or holds_promises_of(current, limiter):
+                wait = current.redeem(now)
+            else:
+                wait = current.reserve(now)
+            limiter = current
+        rendering = self._render_admitted(shared, limits, limiter, body, members, key)
+        if rendering is not None:
+            await rendering
+
+    def _render_admitted(
+        self,
+        shared: _BatchRequests,
+        limits: ProfileLimits,
+        limiter: AdaptiveRateLimiter | LearnedRateLimit,
+        body: list[RenderedRequest | None],
+        members: list[dict[str, Any]],
+        key: str,
+    ) -> Awaitable[None] | None:
+        """An admitted request's body in ``body[0]`` (the first attempt's, a retry's that waited for its token; a
+        retry that did not keeps its body), and in ``body[1]`` too when rendered with this request's headers: None
+        when rendered here (a quick render), else what awaits a render thread. A render that fails gives
+        ``limiter``'s token back (nothing is sent) and fails the request."""
+        if body[0] is not None:
+            return None
+        headers = None  # the template's; this request's own when the batch's requests share them
+        if shared.headers is not None and not exporting():
+            headers = shared.headers.copy()
+            headers["Idempotency-Key"] = key
+        try:  # a quick render: no coroutine
+            rendered = self.renderer.render_inline(shared.prepared, members, headers)
+        except BaseException:  # nothing sent: its token back (its probe: _in_flight), the failure its own
+            self._refund(shared.profile.name, limits, limiter)
+            raise
+        if rendered is None:
+            return self._render_aside(shared, limits, limiter, body, members, headers)
+        body[0] = rendered
+        if headers is not None:
+            body[1] = rendered
+        return None
+
+    async def _render_aside(
+        self,
+        shared: _BatchRequests,
+        limits: ProfileLimits,
+        limiter: AdaptiveRateLimiter | LearnedRateLimit,
+        body: list[RenderedRequest | None],
+        members: list[dict[str, Any]],
+        headers: dict[str, str] | None,
+    ) -> None:
+        """:meth:`_render_admitted` on a render thread (a render expected to be slow)."""
+        try:
+            rendered = await self.renderer.render(shared.prepared, members, headers)
+            self._before_round_end(shared)  # a render thread's time may have outlasted the round
+        except BaseException:  # nothing sent: its token back (its probe: _in_flight), the failure its own
+            self._refund(shared.profile.name, limits, limiter)
+            raise
+        body[0] = rendered
+        if headers is not None:
+            body[1] = rendered
 
     def _request_done(self, shared: _BatchRequests, ticket: list[Admission | None] | None) -> None:
         """A request of :meth:`_request` awaited (however it ended): counted out of flight, and the breaker's
@@ -781,7 +865,7 @@ class Dispatcher:
         self,
         shared: _BatchRequests,
         make_request: Callable[[], Awaitable[RenderedRequest] | RenderedRequest],
-        admit: Callable[[], Awaitable[None]],
+        admit: Callable[[], Awaitable[None] | None],
         adapt: Callable[[AttemptResult], None],
     ) -> Awaitable[DeliveryResult]:
         """The deliverer's coroutine for one request of the batch (no coroutine of our own around it), its keywords

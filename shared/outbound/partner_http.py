@@ -83,6 +83,10 @@ class PartnerHttp(Protocol):
         ...
 
 
+#: The most request URLs :class:`AiohttpPartnerHttp` keeps parsed (a member in the URL path: one a member).
+MAX_PARSED_URLS = 1_024
+
+
 class AiohttpPartnerHttp:
     """:class:`PartnerHttp` on aiohttp sessions (one per network configuration, :class:`SessionPool`), created
     on first use inside the running event loop."""
@@ -107,13 +111,26 @@ class AiohttpPartnerHttp:
             default_ssl=ssl_context,
             max_sessions=max_sessions,
         )
+        #: The URLs requests were sent to, parsed (a URL is immutable): a batch's one-member requests share theirs.
+        self._urls: dict[str, URL] = {}
+
+    def _parsed(self, text: str) -> URL:
+        """The URL of a request, parsed once (:attr:`_urls`, at most :data:`MAX_PARSED_URLS`, the oldest forgotten)."""
+        url = self._urls[text] = URL(text, encoded=True)  # rendered URLs are already encoded: kept byte for byte
+        if len(self._urls) > MAX_PARSED_URLS:
+            self._urls.pop(next(iter(self._urls)))
+        return url
 
     async def send(
         self, request: RenderedRequest, timeout: float, network: PartnerNetwork | None = None
     ) -> PartnerAnswer:
-        url = URL(request.url, encoded=True)  # rendered URLs are already encoded: keep them byte for byte
+        url = self._urls.get(request.url)
+        if url is None:
+            url = self._parsed(request.url)
         route = self.sessions.route(network)
-        await self.sessions.check_destination(route, url.host or "", url.port or 443)
+        judging = self.sessions.destination_judged(route, url.host or "", url.port or 443)
+        if judging is not None:  # a proxied name to resolve: most requests have nothing to wait for (no coroutine)
+            await judging
         try:
             async with route.session.request(
                 request.method,

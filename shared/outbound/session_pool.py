@@ -24,6 +24,7 @@ import socket
 import ssl
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -161,6 +162,15 @@ class SessionPool:
     async def check_destination(self, route: Route, host: str, port: int) -> None:
         """Refuse (DestinationRefused) a destination the policy does not allow: an IP literal always, a host
         name when the route goes through a proxy (otherwise the connector's resolver checks what it connects to)."""
+        judging = self.destination_judged(route, host, port)
+        if judging is not None:
+            await judging
+
+    def destination_judged(self, route: Route, host: str, port: int) -> Awaitable[None] | None:
+        """:meth:`check_destination` without a coroutine when it has nothing to wait for (a partner request's CPU):
+        DestinationRefused raised here, or None once the destination is allowed (an IP literal, a name the connector's
+        resolver judges, a proxied name whose verdict is fresh); what to await when a proxied name must be resolved
+        to be judged (it raises DestinationRefused then, or a RetryableError when the name does not resolve)."""
         literal = self._literals.get(host)
         if literal is None:  # judged once per host: the policy does not change, parsing an address costs a request
             literal = self._literals[host] = (_is_literal(host), _literal_refusal(self.policy, host))
@@ -169,13 +179,20 @@ class SessionPool:
         if literal[1] is not None:
             raise DestinationRefused(literal[1])
         if not route.proxied or literal[0]:
-            return
+            return None
         now = time.monotonic()
         known = self._verdicts.get(host)
         if known is None or known[0] < now:
-            known = self._verdicts[host] = (now + VERDICT_SECONDS, await self._judge(host, port))
-            if len(self._verdicts) > MAX_VERDICTS:
-                self._verdicts.pop(next(iter(self._verdicts)))
+            return self._judged(host, port, now)
+        if known[1] is not None:
+            raise DestinationRefused(known[1])
+        return None
+
+    async def _judged(self, host: str, port: int, now: float) -> None:
+        """A proxied ``host``'s verdict, judged (:meth:`_judge`) and remembered from ``now``; refused: raised."""
+        known = self._verdicts[host] = (now + VERDICT_SECONDS, await self._judge(host, port))
+        if len(self._verdicts) > MAX_VERDICTS:
+            self._verdicts.pop(next(iter(self._verdicts)))
         if known[1] is not None:
             raise DestinationRefused(known[1])
 
