@@ -59,7 +59,7 @@ def main() -> None:
         max_backoff=settings.dispatcher_backoff_max_seconds,
     )
     inspector = inspector_of(settings, stores.attempts)
-    attempts = attempts_upkeep(inspector, stores.attempts)  # off: the attempts recorded before are deleted
+    attempts = attempts_upkeep(settings, inspector, stores.attempts)  # off: those recorded before go
     dispatcher = Dispatcher(
         objects=CatalogCache(stores.definitions, stores.runs, settings.dispatcher_catalog_cache_seconds),
         deliverer=Deliverer(partners, policy),

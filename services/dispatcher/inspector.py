@@ -272,12 +272,27 @@ class AttemptInspector:
 
 class AttemptsPurge:
     """The inspector switched off (``EXPORT_INSPECTOR_ENABLED=false``): no attempt is kept, so those recorded before
-    (member data in their bodies, still listed by ``exportctl attempts`` and the API) are deleted too, at start and
-    every :attr:`AttemptInspector.PRUNE_EVERY_SECONDS` after (a replica still capturing during a rolling change
-    writes some), on a background thread: an indexed delete, nothing on the event loop."""
+    this replica started (member data in their bodies, still listed by ``exportctl attempts`` and the API) are
+    deleted, and those older than the retention, at start and every :attr:`AttemptInspector.PRUNE_EVERY_SECONDS`
+    after, on a background thread: an indexed delete, nothing on the event loop.
 
-    def __init__(self, store: AttemptsWriter, every_seconds: float = AttemptInspector.PRUNE_EVERY_SECONDS) -> None:
-        self.store, self.every_seconds = store, every_seconds
+    Never an attempt captured after this replica started: during a rolling change that turns the inspector on,
+    the replicas still off must not delete what the new ones record (before, they deleted every attempt each
+    minute until they were replaced). The turns after the first catch attempts captured before the start but
+    written after it (an old replica's last flush, during a change that turns it off); what old replicas capture
+    after the last new one started goes with the retention, as it would have with the inspector on."""
+
+    def __init__(
+        self,
+        store: AttemptsWriter,
+        *,
+        retention: timedelta,
+        every_seconds: float = AttemptInspector.PRUNE_EVERY_SECONDS,
+        started: datetime | None = None,
+    ) -> None:
+        self.store, self.retention, self.every_seconds = store, retention, every_seconds
+        #: Attempts captured before this are deleted (the replica's start).
+        self.started = started if started is not None else datetime.now(UTC)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -297,18 +312,24 @@ class AttemptsPurge:
             self.purge()
 
     def purge(self) -> int:
-        """Delete every attempt recorded until now; how many went. Never raises (the next turn tries again)."""
+        """Delete the attempts captured before this replica started or before the retention; how many went. Never
+        raises (the next turn tries again)."""
         try:
-            return self.store.prune(datetime.now(UTC))
+            return self.store.prune(max(self.started, datetime.now(UTC) - self.retention))
         except Exception as exc:  # noqa: BLE001 - never the dispatcher's failure; never the message (it may quote rows)
             log.warning("recorded attempts could not be deleted (the inspector is off)", error=type(exc).__name__)
             return 0
 
 
-def attempts_upkeep(inspector: AttemptInspector | None, store: AttemptsWriter) -> AttemptInspector | AttemptsPurge:
+def attempts_upkeep(
+    settings: DispatcherSettings, inspector: AttemptInspector | None, store: AttemptsWriter
+) -> AttemptInspector | AttemptsPurge:
     """What keeps the catalog's attempts as the settings say, to start with the dispatcher and close at its end: the
-    inspector (its retention, ``EXPORT_INSPECTOR_RETENTION_HOURS``), or with it off the purge of every attempt."""
-    return inspector if inspector is not None else AttemptsPurge(store)
+    inspector (its retention, ``EXPORT_INSPECTOR_RETENTION_HOURS``), or with it off the purge of the attempts
+    captured before this replica started (and of those older than the retention)."""
+    if inspector is not None:
+        return inspector
+    return AttemptsPurge(store, retention=timedelta(hours=settings.inspector_retention_hours))
 
 
 def inspector_of(settings: DispatcherSettings, store: AttemptsWriter) -> AttemptInspector | None:
