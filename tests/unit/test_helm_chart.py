@@ -33,6 +33,7 @@ BUILT_IN_KINDS = {
     "poddisruptionbudget-policy-v1": "PodDisruptionBudget",
     "networkpolicy-networking-v1": "NetworkPolicy",
     "job-batch-v1": "Job",
+    "serviceaccount-v1": "ServiceAccount",
 }
 #: Operators' custom resources: their structure is held by the tests below, not by a schema.
 CUSTOM_KINDS = ("KafkaTopic", "KafkaUser", "PodMonitor", "ScaledObject")
@@ -426,6 +427,244 @@ def test_config_extra_adds_a_setting_the_chart_does_not_set_once(tmp_path: Path)
     [config_map] = [d for d in rendered.text.split("---") if "kind: ConfigMap" in d and "EXPORT_TOPIC_PREFIX" in d]
     assert config_map.count("EXPORT_KAFKA_COMPRESSION:") == 1
     assert rendered.named("ConfigMap", "member-export")["data"]["EXPORT_KAFKA_COMPRESSION"] == "gzip"
+
+
+# --- A container's env: one entry per variable ----------------------------------------------------------------
+
+
+def _chart_env(rendered: Rendered, service: str) -> set[str]:
+    """The variables the chart sets in ``service``'s container itself: not the service's env of values.yaml, nor the
+    production values' extraEnv (PARTNER_ variables)."""
+    given = yaml.safe_load((CHART / "values.yaml").read_text())["services"][service]["env"]
+    names = {e["name"] for e in rendered.container(service)["env"]}
+    return {name for name in names if name not in given and not name.startswith("PARTNER_")}
+
+
+@pytest.mark.parametrize("values", sorted(CI_VALUES))
+def test_every_container_sets_each_variable_once(renders: dict[str, Rendered], values: str) -> None:
+    for service in SERVICES:
+        names = [e["name"].upper() for e in renders[values].container(service)["env"]]
+        assert len(names) == len(set(names)), (values, service, names)
+
+
+#: Variables the chart sets, by service, and the value each one is set from (the production values).
+SET_FROM = [
+    ("dispatcher", "EXPORT_METRICS_PORT", "services.dispatcher.port"),
+    ("admin", "EXPORT_ADMIN_PORT", "services.admin.port"),
+    ("admin", "EXPORT_ADMIN_TOKENS_FILE", "adminTokens.key"),
+    ("scheduler", "EXPORT_CATALOG_URL", "catalog.existingSecret"),
+    ("extractor", "EXPORT_QUERY_STORE_URL", "queryStore.existingSecret"),
+    ("dispatcher", "EXPORT_CATALOG_ENCRYPTION_KEYS", "encryption.existingSecret"),
+    ("admin", "EXPORT_CONSOLE_SESSION_KEY", "console.sessionKeySecret"),
+    ("notifier", "EXPORT_SMTP_HOST", "smtp.host"),
+    ("notifier", "EXPORT_SMTP_PASSWORD", "smtp.existingSecret"),
+    ("extractor", "EXPORT_KAFKA_SECURITY_PROTOCOL", "kafka.securityProtocol"),
+    ("dispatcher", "EXPORT_KAFKA_SSL_CA_FILE", "kafka.tls.caSecret"),
+    ("notifier", "EXPORT_KAFKA_SASL_USERNAME", "kafka.sasl.username"),
+    ("admin", "EXPORT_KAFKA_SASL_PASSWORD_FILE", "kafka.sasl.passwordSecret"),
+]
+
+
+def _refusal_with(base: Path, values: dict[str, Any], tmp_path: Path) -> str | None:
+    """:func:`_refusal` of ``values`` over the values file ``base``."""
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    done = helm("template", "x", str(CHART), "-f", str(base), "-f", str(path), check=False)
+    return None if done.returncode == 0 else done.stderr
+
+
+@pytest.mark.parametrize(("service", "variable", "value"), SET_FROM)
+def test_a_service_env_entry_naming_a_variable_the_chart_sets_fails_the_render_naming_the_value_that_sets_it(
+    renders: dict[str, Rendered], service: str, variable: str, value: str, tmp_path: Path
+) -> None:
+    """Before, the container had two entries of that name (Kubernetes keeps the last, silently: an env
+    EXPORT_METRICS_PORT moved the service off the port its probes ask, an env EXPORT_CATALOG_URL put a URL in the pod
+    spec over the Secret's)."""
+    assert variable in _chart_env(renders["production"], service)
+    for case in (str.upper, str.lower):
+        key = case(variable)
+        refusal = _refusal_with(CI_VALUES["production"], {"services": {service: {"env": {key: "1"}}}}, tmp_path)
+        assert refusal is not None, f"services.{service}.env.{key} rendered"
+        assert f"services.{service}.env.{key}: the chart sets {variable} in the {service} container from {value}:" in (
+            refusal
+        )
+        assert f"set {value} instead" in refusal
+
+
+def test_every_variable_the_chart_sets_is_refused_in_a_service_env(
+    renders: dict[str, Rendered], tmp_path: Path
+) -> None:
+    rendered = renders["production"]
+    for service in SERVICES:
+        for variable in sorted(_chart_env(rendered, service)):
+            refusal = _refusal_with(
+                CI_VALUES["production"], {"services": {service: {"env": {variable: "1"}}}}, tmp_path
+            )
+            assert refusal is not None, f"services.{service}.env.{variable} rendered"
+            assert f"the chart sets {variable} in the {service} container from " in refusal
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"services": {"dispatcher": {"extraEnv": [{"name": "EXPORT_METRICS_PORT", "value": "1"}]}}},
+            "services.dispatcher.extraEnv[EXPORT_METRICS_PORT]: the chart sets EXPORT_METRICS_PORT in the dispatcher "
+            "container from services.dispatcher.port:",
+        ),
+        (
+            {
+                "services": {
+                    "notifier": {
+                        "env": {"EXPORT_NOTIFIER_STUCK_AFTER_SECONDS": "60"},
+                        "extraEnv": [{"name": "export_notifier_stuck_after_seconds", "value": "90"}],
+                    }
+                }
+            },
+            "services.notifier.env.EXPORT_NOTIFIER_STUCK_AFTER_SECONDS and "
+            "services.notifier.extraEnv[export_notifier_stuck_after_seconds] set one variable of the notifier "
+            "container",
+        ),
+        (
+            {
+                "services": {
+                    "extractor": {"env": {"EXPORT_EXTRACTOR_PAGE_SIZE": "10", "export_extractor_page_size": "20"}}
+                }
+            },
+            "services.extractor.env.EXPORT_EXTRACTOR_PAGE_SIZE and services.extractor.env.export_extractor_page_size "
+            "set one variable",
+        ),
+        (
+            {"config": {"extra": {"EXPORT_SMTP_HOST": "smtp.elsewhere"}}},
+            "config.extra.EXPORT_SMTP_HOST: the chart sets EXPORT_SMTP_HOST in the notifier container from smtp.host, "
+            "over the ConfigMap: set smtp.host instead",
+        ),
+    ],
+)
+def test_one_variable_set_twice_in_a_container_fails_the_render_naming_both(
+    values: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    refusal = _refusal(values, tmp_path)
+    assert refusal is not None
+    assert message in refusal
+
+
+def test_a_service_env_entry_the_chart_does_not_set_is_rendered_once(tmp_path: Path) -> None:
+    """PLAINTEXT: the chart sets no SASL variable, so a service may (an operator's own choice, once)."""
+    env = {"EXPORT_DISPATCHER_CONCURRENCY": "4", "EXPORT_KAFKA_SASL_MECHANISM": "PLAIN"}
+    rendered = render(values={"services": {"dispatcher": {"env": env}}}, tmp_dir=tmp_path)
+    entries = [e for e in rendered.container("dispatcher")["env"] if e["name"] in env]
+    assert entries == [{"name": name, "value": value} for name, value in sorted(env.items())]
+
+
+# --- A container's mounts: a directory each ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", sorted(CI_VALUES))
+def test_every_container_mounts_each_directory_once(renders: dict[str, Rendered], values: str) -> None:
+    for service in SERVICES:
+        paths = [m["mountPath"] for m in renders[values].container(service)["volumeMounts"]]
+        assert len(paths) == len(set(paths)), (values, service, paths)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"partnerSecrets": {"existingSecret": "partner", "mountPath": "/tmp"}},
+            'the chart\'s scratch directory (tmpVolume) ("/tmp") and partnerSecrets.mountPath ("/tmp") are one '
+            "directory in the dispatcher container",
+        ),
+        (
+            {"partnerSecrets": {"existingSecret": "partner", "mountPath": "/etc/member-export/kafka/"}},
+            'kafka.credentialsDir ("/etc/member-export/kafka") and partnerSecrets.mountPath '
+            '("/etc/member-export/kafka/") are one directory in the dispatcher container',
+        ),
+        (
+            {"partnerSecrets": {"existingSecret": "partner", "mountPath": "/etc/member-export/kafka/partners"}},
+            'partnerSecrets.mountPath ("/etc/member-export/kafka/partners") lies in kafka.credentialsDir '
+            '("/etc/member-export/kafka") in the dispatcher container: a read-only Secret volume',
+        ),
+        (
+            {"kafka": {"credentialsDir": "/etc/member-export/admin"}},
+            'kafka.credentialsDir ("/etc/member-export/admin") and the chart\'s admin tokens (adminTokens) '
+            '("/etc/member-export/admin") are one directory in the admin container',
+        ),
+        (
+            {"kafka": {"credentialsDir": "/etc/member-export"}},
+            'the chart\'s admin tokens (adminTokens) ("/etc/member-export/admin") lies in kafka.credentialsDir '
+            '("/etc/member-export") in the admin container',
+        ),
+        (
+            # No Secret mounted, but the directory is still EXPORT_ALLOWED_SECRET_DIRS: file: references would read
+            # the Kafka password
+            {"partnerSecrets": {"existingSecret": "", "mountPath": "/etc"}},
+            'partnerSecrets.mountPath ("/etc") is or holds kafka.credentialsDir ("/etc/member-export/kafka") in '
+            "the scheduler container: it is EXPORT_ALLOWED_SECRET_DIRS",
+        ),
+    ],
+)
+def test_a_mount_path_colliding_with_another_mount_of_the_container_fails_the_render_naming_both(
+    values: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    """Before, the first two rendered a pod the API server refuses (two mounts at one path), the next two one that
+    never starts (a mount point in a read-only Secret volume), the last one allowed file: references to the Kafka
+    credentials."""
+    refusal = _refusal_with(CI_VALUES["production"], values, tmp_path)
+    assert refusal is not None
+    assert message in refusal
+
+
+def test_partner_secrets_in_the_scratch_directory_are_mounted_there(tmp_path: Path) -> None:
+    """/tmp is an emptyDir: a mount point can be made in it, and it holds no credential."""
+    rendered = render(
+        CI_VALUES["production"],
+        values={"partnerSecrets": {"existingSecret": "partner", "mountPath": "/tmp/partners"}},
+        tmp_dir=tmp_path,
+    )
+    mounts = {m["name"]: m["mountPath"] for m in rendered.container("dispatcher")["volumeMounts"]}
+    assert (mounts["tmp"], mounts["partner-secrets"]) == ("/tmp", "/tmp/partners")
+
+
+# --- The ServiceAccount -----------------------------------------------------------------------------------------
+
+
+def test_by_default_the_pods_run_as_the_namespace_default_service_account(renders: dict[str, Rendered]) -> None:
+    for values in ("default", "strimzi"):
+        assert renders[values].of_kind("ServiceAccount") == []
+        for name, pod in renders[values].pod_specs().items():
+            assert "serviceAccountName" not in pod, (values, name)
+
+
+def test_a_service_account_of_the_release_runs_the_services_without_a_token(renders: dict[str, Rendered]) -> None:
+    rendered = renders["production"]
+    [account] = rendered.of_kind("ServiceAccount")
+    assert account["metadata"]["name"] == "member-export"
+    assert account["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/member-export"
+    }
+    assert account["automountServiceAccountToken"] is False
+    for service, deployment in rendered.deployments().items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == ("member-export", False), service
+    # The migrations run as a pre-install hook, before the release's ServiceAccount exists on a first install.
+    [job] = rendered.of_kind("Job")
+    assert "serviceAccountName" not in job["spec"]["template"]["spec"]
+
+
+def test_a_named_service_account_is_made_under_that_name(tmp_path: Path) -> None:
+    rendered = render(values={"serviceAccount": {"create": True, "name": "exports"}}, tmp_dir=tmp_path)
+    assert [a["metadata"]["name"] for a in rendered.of_kind("ServiceAccount")] == ["exports"]
+    assert {d["spec"]["template"]["spec"]["serviceAccountName"] for d in rendered.of_kind("Deployment")} == {"exports"}
+
+
+def test_an_existing_service_account_runs_every_pod_the_migrations_included(tmp_path: Path) -> None:
+    rendered = render(values={"serviceAccount": {"create": False, "name": "platform-exports"}}, tmp_dir=tmp_path)
+    assert rendered.of_kind("ServiceAccount") == []
+    pods = rendered.pod_specs()
+    assert {pod["serviceAccountName"] for pod in pods.values()} == {"platform-exports"}
+    assert {pod["automountServiceAccountToken"] for pod in pods.values()} == {False}
+    assert "member-export-migrations" in pods
 
 
 # --- Kafka: what the chart says is what the code does -------------------------------------------------------

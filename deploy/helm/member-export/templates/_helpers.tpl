@@ -77,6 +77,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- include "member-export.validateConfigExtra" . -}}
 {{- include "member-export.validatePartnerMountPath" . -}}
 {{- include "member-export.validateSecretDirs" . -}}
+{{- include "member-export.validateServiceEnv" . -}}
+{{- include "member-export.validateMounts" . -}}
 {{- end -}}
 
 {{/* The ConfigMap keys the chart writes from its own values (configmap.yaml), and those values: config.extra may not
@@ -97,8 +99,9 @@ EXPORT_ADMIN_PUBLIC_URL: config.adminPublicUrl
 {{- end -}}
 
 {{/* One place to set each thing: config.extra may not set a key the chart writes from one of its values (the key
-would be in the ConfigMap twice, and which one a service reads is up to the reader), nor one variable twice in two
-cases (the services read names in any case). */}}
+would be in the ConfigMap twice, and which one a service reads is up to the reader), nor a variable the chart sets in
+a container's env (member-export.chartEnv: the env wins over the ConfigMap, the extra value would be ignored), nor one
+variable twice in two cases (the services read names in any case). */}}
 {{- define "member-export.validateConfigExtra" -}}
 {{- $root := . -}}
 {{- $chart := include "member-export.chartConfig" . | fromYaml -}}
@@ -112,6 +115,14 @@ cases (the services read names in any case). */}}
 {{- end -}}
 {{- fail (printf "config.extra.%s: the chart sets %s from %s (%s): set %s instead, one place for each setting" $key
   $variable . (toString $value | quote) .) -}}
+{{- end -}}
+{{- range $service := splitList " " (include "member-export.services" $root) -}}
+{{- range $entry := include "member-export.chartEnv" (dict "root" $root "service" $service) | fromYamlArray -}}
+{{- if eq (upper $entry.name) $variable -}}
+{{- fail (printf "config.extra.%s: the chart sets %s in the %s container from %s, over the ConfigMap: set %s instead"
+  $key $variable $service $entry.from $entry.from) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- with get $seen $variable -}}
 {{- fail (printf "config.extra.%s and config.extra.%s set one variable (the services read names in any case): keep one"
@@ -181,27 +192,187 @@ beside them is allowed (/var/run/secrets/member-export, /var/run/secrets/kuberne
 {{- end -}}
 {{- end -}}
 
-{{/* The Kafka security environment of one service: (dict "root" $ "service" "dispatcher"). */}}
+{{/* The Kafka security environment of one service: (dict "root" $ "service" "dispatcher"); each entry's "from" is the
+value that sets it (member-export.chartEnv). */}}
 {{- define "member-export.kafkaEnv" -}}
 {{- $v := .root.Values -}}
 {{- $k := $v.kafka -}}
 {{- $dir := $k.credentialsDir -}}
 {{- $own := $v.strimzi.users.enabled -}}
-- {name: EXPORT_KAFKA_SECURITY_PROTOCOL, value: {{ $k.securityProtocol | quote }}}
+- {name: EXPORT_KAFKA_SECURITY_PROTOCOL, value: {{ $k.securityProtocol | quote }}, from: kafka.securityProtocol}
 {{- if ne $k.securityProtocol "PLAINTEXT" }}
 {{- if and (hasSuffix "SSL" $k.securityProtocol) $k.tls.caSecret.name }}
-- {name: EXPORT_KAFKA_SSL_CA_FILE, value: {{ printf "%s/ca.crt" $dir | quote }}}
+- {name: EXPORT_KAFKA_SSL_CA_FILE, value: {{ printf "%s/ca.crt" $dir | quote }}, from: kafka.tls.caSecret}
 {{- end }}
 {{- if or $k.tls.clientCertSecret.name (and $own (eq $v.strimzi.users.authentication "tls")) }}
-- {name: EXPORT_KAFKA_SSL_CERT_FILE, value: {{ printf "%s/client.crt" $dir | quote }}}
-- {name: EXPORT_KAFKA_SSL_KEY_FILE, value: {{ printf "%s/client.key" $dir | quote }}}
+{{- $from := ternary "strimzi.users" "kafka.tls.clientCertSecret" $own }}
+- {name: EXPORT_KAFKA_SSL_CERT_FILE, value: {{ printf "%s/client.crt" $dir | quote }}, from: {{ $from }}}
+- {name: EXPORT_KAFKA_SSL_KEY_FILE, value: {{ printf "%s/client.key" $dir | quote }}, from: {{ $from }}}
 {{- end }}
 {{- if hasPrefix "SASL_" $k.securityProtocol }}
-- {name: EXPORT_KAFKA_SASL_MECHANISM, value: {{ $k.sasl.mechanism | quote }}}
-- {name: EXPORT_KAFKA_SASL_USERNAME, value: {{ ternary (include "member-export.kafkaUser" .) $k.sasl.username $own | quote }}}
-- {name: EXPORT_KAFKA_SASL_PASSWORD_FILE, value: {{ printf "%s/sasl-password" $dir | quote }}}
+- {name: EXPORT_KAFKA_SASL_MECHANISM, value: {{ $k.sasl.mechanism | quote }}, from: kafka.sasl.mechanism}
+- name: EXPORT_KAFKA_SASL_USERNAME
+  value: {{ ternary (include "member-export.kafkaUser" .) $k.sasl.username $own | quote }}
+  from: {{ ternary "strimzi.users" "kafka.sasl.username" $own }}
+- name: EXPORT_KAFKA_SASL_PASSWORD_FILE
+  value: {{ printf "%s/sasl-password" $dir | quote }}
+  from: {{ ternary "strimzi.users" "kafka.sasl.passwordSecret" $own }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* The env entries the chart sets in one service's container, (dict "root" $ "service" "dispatcher"), each with
+"from", the value that sets it (left out of the pod spec): services.<service>.env, its extraEnv and config.extra may
+not set one of them (member-export.validateServiceEnv). */}}
+{{- define "member-export.chartEnv" -}}
+{{- $root := .root -}}
+{{- $service := .service -}}
+{{- $v := $root.Values -}}
+{{- $values := index $v.services $service -}}
+{{- $port := printf "services.%s.port" $service -}}
+{{- if eq $service "admin" }}
+- {name: EXPORT_ADMIN_PORT, value: {{ $values.port | quote }}, from: {{ $port }}}
+- name: EXPORT_ADMIN_TOKENS_FILE
+  value: {{ printf "/etc/member-export/admin/%s" $v.adminTokens.key | quote }}
+  from: adminTokens.key
+{{- else }}
+- {name: EXPORT_METRICS_PORT, value: {{ $values.port | quote }}, from: {{ $port }}}
+{{- end }}
+- name: EXPORT_CATALOG_URL
+  valueFrom: {secretKeyRef: {name: {{ $v.catalog.existingSecret | quote }}, key: {{ $v.catalog.key | quote }}}}
+  from: catalog.existingSecret
+{{- if has $service (list "extractor" "admin") }}
+- name: EXPORT_QUERY_STORE_URL
+  valueFrom: {secretKeyRef: {name: {{ $v.queryStore.existingSecret | quote }}, key: {{ $v.queryStore.key | quote }}}}
+  from: queryStore.existingSecret
+{{- end }}
+{{- if and $v.encryption.existingSecret (has $service (list "dispatcher" "admin")) }}
+- name: EXPORT_CATALOG_ENCRYPTION_KEYS
+  valueFrom: {secretKeyRef: {name: {{ $v.encryption.existingSecret | quote }}, key: {{ $v.encryption.key | quote }}}}
+  from: encryption.existingSecret
+{{- end }}
+{{- if and $v.console.sessionKeySecret.name (eq $service "admin") }}
+- name: EXPORT_CONSOLE_SESSION_KEY
+  valueFrom: {secretKeyRef: {name: {{ $v.console.sessionKeySecret.name | quote }}, key: {{ $v.console.sessionKeySecret.key | quote }}}}
+  from: console.sessionKeySecret
+{{- end }}
+{{- if eq $service "notifier" }}
+- {name: EXPORT_SMTP_HOST, value: {{ $v.smtp.host | quote }}, from: smtp.host}
+- {name: EXPORT_SMTP_PORT, value: {{ $v.smtp.port | quote }}, from: smtp.port}
+- {name: EXPORT_SMTP_SECURITY, value: {{ $v.smtp.security | quote }}, from: smtp.security}
+- {name: EXPORT_SMTP_SENDER, value: {{ $v.smtp.sender | quote }}, from: smtp.sender}
+{{- with $v.smtp.existingSecret }}
+- name: EXPORT_SMTP_USERNAME
+  valueFrom: {secretKeyRef: {name: {{ . | quote }}, key: {{ $v.smtp.usernameKey | quote }}}}
+  from: smtp.existingSecret
+- name: EXPORT_SMTP_PASSWORD
+  valueFrom: {secretKeyRef: {name: {{ . | quote }}, key: {{ $v.smtp.passwordKey | quote }}}}
+  from: smtp.existingSecret
+{{- end }}
+{{- end }}
+{{ include "member-export.kafkaEnv" . }}
+{{- end -}}
+
+{{/* One place to set each variable of a container: services.<service>.env and extraEnv may not name one the chart
+sets in it (member-export.chartEnv: the pod spec would hold two entries of one name, of which Kubernetes keeps the
+last, silently), nor one variable twice (in two cases: the services read names in any case). Refused rather than
+merged: the chart's entries are tied to other parts of the pod (the port to the probes and the containerPort, a
+_FILE to the mounted credentials, a URL to its Secret), so the value that sets each one is where to change it. */}}
+{{- define "member-export.validateServiceEnv" -}}
+{{- $root := . -}}
+{{- range $service := splitList " " (include "member-export.services" .) -}}
+{{- $values := index $root.Values.services $service -}}
+{{- $chart := dict -}}
+{{- range $entry := include "member-export.chartEnv" (dict "root" $root "service" $service) | fromYamlArray -}}
+{{- $_ := set $chart (upper $entry.name) $entry.from -}}
+{{- end -}}
+{{- $seen := dict -}}
+{{- range $key := keys ($values.env | default dict) | sortAlpha -}}
+{{- $name := printf "services.%s.env.%s" $service $key -}}
+{{- include "member-export.checkEnvName" (dict "name" $name "key" $key "service" $service "chart" $chart "seen" $seen) -}}
+{{- end -}}
+{{- range $entry := $values.extraEnv | default list -}}
+{{- $key := toString $entry.name -}}
+{{- $name := printf "services.%s.extraEnv[%s]" $service $key -}}
+{{- include "member-export.checkEnvName" (dict "name" $name "key" $key "service" $service "chart" $chart "seen" $seen) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* One variable a user value sets in a container: (dict "name" <the value's path> "key" <the variable> "service"
+<the container> "chart" <variable → the value the chart sets it from> "seen" <variable → the value that set it>). */}}
+{{- define "member-export.checkEnvName" -}}
+{{- $variable := upper .key -}}
+{{- with get .chart $variable -}}
+{{- fail (printf "%s: the chart sets %s in the %s container from %s: set %s instead, one place for each setting (%s)"
+  $.name $variable $.service . . "Kubernetes keeps the last of two env entries of one name, silently") -}}
+{{- end -}}
+{{- with get .seen $variable -}}
+{{- fail (printf "%s and %s set one variable of the %s container (the services read names in any case): keep one"
+  . $.name $.service) -}}
+{{- end -}}
+{{- $_ := set .seen $variable .name -}}
+{{- end -}}
+
+{{/* The volume mounts of one service's container, (dict "root" $ "service" "dispatcher"), each with "from", the value
+(or the chart's choice) that sets its path, left out of the pod spec (member-export.validateMounts). */}}
+{{- define "member-export.mounts" -}}
+{{- $v := .root.Values -}}
+- {name: tmp, mountPath: /tmp, from: "the chart's scratch directory (tmpVolume)"}
+{{- if include "member-export.kafkaVolumeSources" . }}
+- {name: kafka-credentials, mountPath: {{ $v.kafka.credentialsDir | quote }}, readOnly: true, from: kafka.credentialsDir}
+{{- end }}
+{{- if eq .service "admin" }}
+- name: admin-tokens
+  mountPath: /etc/member-export/admin
+  readOnly: true
+  from: "the chart's admin tokens (adminTokens)"
+{{- end }}
+{{- if and (has .service (list "dispatcher" "notifier")) $v.partnerSecrets.existingSecret }}
+- {name: partner-secrets, mountPath: {{ $v.partnerSecrets.mountPath | quote }}, readOnly: true, from: partnerSecrets.mountPath}
+{{- end }}
+{{- end -}}
+
+{{/* Each container's mounts at directories of their own: two at one path (the API server refuses the pod), or one in
+a read-only one (a Secret's: no mount point can be made there, the pod never starts), are refused naming both; one
+in /tmp is allowed. And partnerSecrets.mountPath, EXPORT_ALLOWED_SECRET_DIRS in every service with or without a
+Secret, may not be or hold another mount (file: references would read the Kafka credentials, the admin tokens). */}}
+{{- define "member-export.validateMounts" -}}
+{{- $root := . -}}
+{{- $services := splitList " " (include "member-export.services" .) -}}
+{{- range $service := $services -}}
+{{- $mounts := include "member-export.mounts" (dict "root" $root "service" $service) | fromYamlArray -}}
+{{- range $i, $a := $mounts -}}
+{{- range $j, $b := $mounts -}}
+{{- $pathA := clean (toString $a.mountPath) -}}
+{{- $pathB := clean (toString $b.mountPath) -}}
+{{- if and (lt $i $j) (eq $pathA $pathB) -}}
+{{- fail (printf "%s (%q) and %s (%q) are one directory in the %s container: give each mount a directory of its own"
+  $a.from $a.mountPath $b.from $b.mountPath $service) -}}
+{{- end -}}
+{{- if and (ne $i $j) $a.readOnly (ne $pathA $pathB) (or (eq $pathA "/") (hasPrefix (print $pathA "/") $pathB)) -}}
+{{- fail (printf "%s (%q) lies in %s (%q) in the %s container: %s, %s" $b.from $b.mountPath $a.from $a.mountPath
+  $service "a read-only Secret volume, where no mount point can be made (the pod would not start)"
+  "give it a directory outside it") -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $allowed := toString $root.Values.partnerSecrets.mountPath -}}
+{{- if $allowed -}}
+{{- $allowed = clean $allowed -}}
+{{- range $service := $services -}}
+{{- range $mount := include "member-export.mounts" (dict "root" $root "service" $service) | fromYamlArray -}}
+{{- $path := clean (toString $mount.mountPath) -}}
+{{- if and (ne $mount.name "partner-secrets") (or (eq $path $allowed) (eq $allowed "/") (hasPrefix (print $allowed "/") $path)) -}}
+{{- fail (printf "partnerSecrets.mountPath (%q) is or holds %s (%q) in the %s container: %s, %s"
+  $root.Values.partnerSecrets.mountPath $mount.from $mount.mountPath $service
+  "it is EXPORT_ALLOWED_SECRET_DIRS, and file: references would read what is mounted there"
+  "give the partner secrets a directory of their own") -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The projected volume of one service's Kafka credentials (nothing with PLAINTEXT and no secret). */}}
@@ -261,4 +432,15 @@ equal): run-requests, member-batches by priority, run-events, dead-letters. */}}
 {{/* The consumer group of a service (shared/runtime.py: <prefix>member-export-<service>). */}}
 {{- define "member-export.consumerGroup" -}}
 {{- printf "%smember-export-%s" .root.Values.topics.prefix .service -}}
+{{- end -}}
+
+
+{{/* The pods' ServiceAccount: the release's own when serviceAccount.create (serviceAccount.name, else the full name),
+else serviceAccount.name, an existing one; empty: none named (the namespace's default). */}}
+{{- define "member-export.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "member-export.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- .Values.serviceAccount.name -}}
+{{- end -}}
 {{- end -}}
