@@ -64,9 +64,9 @@ def test_a_dispatcher_started_with_the_inspector_off_deletes_the_attempts_record
         catalog.close()
 
 
-def _purge(catalog: CatalogStores, **settings: float) -> AttemptsPurge:
+def _purge(catalog: CatalogStores, retention_hours: float = 72.0) -> AttemptsPurge:
     """The upkeep a dispatcher with the inspector off starts (now: its start)."""
-    off = DispatcherSettings(inspector_enabled=False, **settings)
+    off = DispatcherSettings(inspector_enabled=False, inspector_retention_hours=retention_hours)
     purge = attempts_upkeep(off, inspector_of(off, catalog.attempts), catalog.attempts)
     assert isinstance(purge, AttemptsPurge)
     return purge
@@ -104,7 +104,7 @@ def test_a_replica_off_for_longer_than_the_retention_deletes_attempts_older_than
     retention, as it would have with the inspector on, and not later (nothing else prunes with it off)."""
     define(catalog, "d")
     now = datetime.now(UTC)
-    purge = _purge(catalog, inspector_retention_hours=2)
+    purge = _purge(catalog, retention_hours=2)
     purge.started = now - timedelta(hours=5)  # a replica off for 5 h
     catalog.attempts.add([attempt(1, at=now - timedelta(hours=3)), attempt(2, at=now - timedelta(hours=1))], keep=50)
     assert purge.purge() == 1
