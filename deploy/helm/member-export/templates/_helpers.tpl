@@ -253,7 +253,8 @@ not set one of them (member-export.validateServiceEnv). */}}
 {{- end }}
 {{- if and $v.console.sessionKeySecret.name (eq $service "admin") }}
 - name: EXPORT_CONSOLE_SESSION_KEY
-  valueFrom: {secretKeyRef: {name: {{ $v.console.sessionKeySecret.name | quote }}, key: {{ $v.console.sessionKeySecret.key | quote }}}}
+  {{- $session := $v.console.sessionKeySecret }}
+  valueFrom: {secretKeyRef: {name: {{ $session.name | quote }}, key: {{ $session.key | quote }}}}
   from: console.sessionKeySecret
 {{- end }}
 {{- if eq $service "notifier" }}
@@ -289,18 +290,21 @@ _FILE to the mounted credentials, a URL to its Secret), so the value that sets e
 {{- $seen := dict -}}
 {{- range $key := keys ($values.env | default dict) | sortAlpha -}}
 {{- $name := printf "services.%s.env.%s" $service $key -}}
-{{- include "member-export.checkEnvName" (dict "name" $name "key" $key "service" $service "chart" $chart "seen" $seen) -}}
+{{- $check := dict "name" $name "key" $key "service" $service "chart" $chart "seen" $seen -}}
+{{- include "member-export.checkEnvName" $check -}}
 {{- end -}}
 {{- range $entry := $values.extraEnv | default list -}}
 {{- $key := toString $entry.name -}}
 {{- $name := printf "services.%s.extraEnv[%s]" $service $key -}}
-{{- include "member-export.checkEnvName" (dict "name" $name "key" $key "service" $service "chart" $chart "seen" $seen) -}}
+{{- $check := dict "name" $name "key" $key "service" $service "chart" $chart "seen" $seen -}}
+{{- include "member-export.checkEnvName" $check -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
 
-{{/* One variable a user value sets in a container: (dict "name" <the value's path> "key" <the variable> "service"
-<the container> "chart" <variable → the value the chart sets it from> "seen" <variable → the value that set it>). */}}
+{{/* One variable a user value sets in a container: (dict "name" <the value's path> "key" <the variable>
+"service" <the container> "chart" <variable → the value the chart sets it from> "seen" <variable → the value that
+set it>). */}}
 {{- define "member-export.checkEnvName" -}}
 {{- $variable := upper .key -}}
 {{- with get .chart $variable -}}
@@ -320,7 +324,10 @@ _FILE to the mounted credentials, a URL to its Secret), so the value that sets e
 {{- $v := .root.Values -}}
 - {name: tmp, mountPath: /tmp, from: "the chart's scratch directory (tmpVolume)"}
 {{- if include "member-export.kafkaVolumeSources" . }}
-- {name: kafka-credentials, mountPath: {{ $v.kafka.credentialsDir | quote }}, readOnly: true, from: kafka.credentialsDir}
+- name: kafka-credentials
+  mountPath: {{ $v.kafka.credentialsDir | quote }}
+  readOnly: true
+  from: kafka.credentialsDir
 {{- end }}
 {{- if eq .service "admin" }}
 - name: admin-tokens
@@ -329,7 +336,10 @@ _FILE to the mounted credentials, a URL to its Secret), so the value that sets e
   from: "the chart's admin tokens (adminTokens)"
 {{- end }}
 {{- if and (has .service (list "dispatcher" "notifier")) $v.partnerSecrets.existingSecret }}
-- {name: partner-secrets, mountPath: {{ $v.partnerSecrets.mountPath | quote }}, readOnly: true, from: partnerSecrets.mountPath}
+- name: partner-secrets
+  mountPath: {{ $v.partnerSecrets.mountPath | quote }}
+  readOnly: true
+  from: partnerSecrets.mountPath
 {{- end }}
 {{- end -}}
 
@@ -364,7 +374,8 @@ Secret, may not be or hold another mount (file: references would read the Kafka 
 {{- range $service := $services -}}
 {{- range $mount := include "member-export.mounts" (dict "root" $root "service" $service) | fromYamlArray -}}
 {{- $path := clean (toString $mount.mountPath) -}}
-{{- if and (ne $mount.name "partner-secrets") (or (eq $path $allowed) (eq $allowed "/") (hasPrefix (print $allowed "/") $path)) -}}
+{{- $held := or (eq $path $allowed) (eq $allowed "/") (hasPrefix (print $allowed "/") $path) -}}
+{{- if and (ne $mount.name "partner-secrets") $held -}}
 {{- fail (printf "partnerSecrets.mountPath (%q) is or holds %s (%q) in the %s container: %s, %s"
   $root.Values.partnerSecrets.mountPath $mount.from $mount.mountPath $service
   "it is EXPORT_ALLOWED_SECRET_DIRS, and file: references would read what is mounted there"
