@@ -85,9 +85,10 @@ def _retry_of(row: MemberRetryRow) -> MemberRetry:
 
 
 class MemberCreatedMeanwhile(Exception):
-    """A member's retry row this fold creates (it read none) was written by another fold since it read, and committed
-    (PostgreSQL: its upsert met that row): the fold's transaction is done again, reading the row, so that the other's
-    refusal is counted too, not overwritten."""
+    """A member's retry row this fold creates (it read none) was written by another transaction since it read, and
+    committed (PostgreSQL: its upsert met that row): the fold's transaction is done again, reading the row, so that the
+    other's refusal is counted too, not overwritten. A guard: folds refusing members of a definition hold its lock
+    exclusively from before they read (:func:`_definition_ids_locked`), so no other fold writes one meanwhile."""
 
 
 #: The advisory locks' key space (the first of the two keys) for a definition's members: held by a fold that
@@ -259,9 +260,9 @@ class SqlMemberRetries:
     def _write(session: Session, definition: str, changed: dict[str, MemberRetry], read: Iterable[str]) -> None:
         """Every changed row in one upsert (INSERT ... ON CONFLICT DO UPDATE), in key order: concurrent folds lock
         rows in the same order (no deadlock on PostgreSQL). A row the fold had not ``read`` (and locked) that another
-        fold wrote meanwhile (both refusing the same new member: notifier replicas, overlapping runs) raises
-        :class:`MemberCreatedMeanwhile` on PostgreSQL: the fold is done again, on the row as the other left it.
-        (SQLite: one writer at a time, the fold's reads already see it.)"""
+        transaction wrote meanwhile raises :class:`MemberCreatedMeanwhile` on PostgreSQL (a guard: another fold
+        refusing the same new member waits for the definition's lock): the fold is done again, on the row as the
+        other left it. (SQLite: one writer at a time, the fold's reads already see it.)"""
         if not changed:
             return
         at = now()
