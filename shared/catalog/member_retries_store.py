@@ -21,6 +21,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -84,9 +85,67 @@ def _retry_of(row: MemberRetryRow) -> MemberRetry:
 
 
 class MemberCreatedMeanwhile(Exception):
-    """A member's retry row this fold creates (it read none) was written by another fold since it read, and committed
-    (PostgreSQL: its upsert met that row): the fold's transaction is done again, reading the row, so that the other's
-    refusal is counted too, not overwritten."""
+    """A member's retry row this fold creates (it read none) was written by another transaction since it read, and
+    committed (PostgreSQL: its upsert met that row): the fold's transaction is done again, reading the row, so that the
+    other's refusal is counted too, not overwritten. A guard: folds refusing members of a definition hold its lock
+    exclusively from before they read (:func:`_definition_ids_locked`), so no other fold writes one meanwhile."""
+
+
+#: The advisory locks' key space (the first of the two keys) for a definition's members: held by a fold that
+#: refuses them exclusively, by one that names them shared (:func:`_definition_ids_locked`).
+LOCK_SPACE = 0x4D52  # "MR"
+
+#: A poll's outcomes' definitions (by run, as :func:`outcome_definition_ids` finds them) and the fold's lock of each
+#: (key order, one statement): exclusive where the fold refuses a member, else shared.
+_IDS_LOCKED = text(
+    """
+WITH asked AS (
+    SELECT * FROM unnest(CAST(:run_ids AS text[]), CAST(:names AS text[]), CAST(:refuses AS boolean[]))
+        AS a(run_id, name, refuses)
+), found AS MATERIALIZED (
+    SELECT a.run_id, COALESCE(NULLIF(r.definition_id, ''), c.id) AS definition_id, a.refuses
+    FROM asked a
+    LEFT JOIN runs r ON r.run_id = a.run_id
+    LEFT JOIN catalog_objects c ON c.kind = 'ExportDefinition' AND c.name = a.name
+), keys AS (
+    SELECT hashtext(definition_id) AS key, bool_or(refuses) AS exclusive
+    FROM found WHERE definition_id IS NOT NULL GROUP BY hashtext(definition_id)
+), taken AS MATERIALIZED (
+    SELECT CASE WHEN exclusive THEN pg_advisory_xact_lock(:space, key)::text
+        ELSE pg_advisory_xact_lock_shared(:space, key)::text END AS locked
+    FROM keys ORDER BY key
+)
+SELECT run_id, definition_id FROM found WHERE definition_id IS NOT NULL AND (SELECT count(*) FROM taken) >= 0
+"""
+)
+
+
+def _refuses(outcome: BatchOutcome) -> bool:
+    """Whether the fold writes a refusal of one of ``outcome``'s members (a key short enough to be kept)."""
+    return any(len(member.key) <= MAX_KEY_LENGTH for member in outcome.refused)
+
+
+def _definition_ids_locked(session: Session, outcomes: Sequence[BatchOutcome]) -> dict[str, str]:
+    """:func:`outcome_definition_ids` on PostgreSQL, in the same statement as the fold's lock of each definition's
+    members until it commits: exclusive where it refuses one (it may open a member: create its row, or make a
+    delivered one pending again), shared where it only delivers (it resolves only members it reads open). A fold's
+    delivery of a member another fold's uncommitted refusal opened waits for that fold's commit, then reads the
+    member open (the next statement's snapshot) and resolves it, not as it was before; two folds refusing the same
+    new member create its row one after the other. Locks in key order (one order for every fold: no deadlock)."""
+    refuses: dict[str, bool] = {}
+    names: dict[str, str] = {}
+    for outcome in outcomes:
+        run_id = str(outcome.run_id)
+        refuses[run_id] = refuses.get(run_id, False) or _refuses(outcome)
+        names.setdefault(run_id, outcome.definition)
+    run_ids = sorted(refuses)
+    parameters = {
+        "space": LOCK_SPACE,
+        "run_ids": run_ids,
+        "names": [names[run_id] for run_id in run_ids],
+        "refuses": [refuses[run_id] for run_id in run_ids],
+    }
+    return {str(run_id): str(definition_id) for run_id, definition_id in session.execute(_IDS_LOCKED, parameters)}
 
 
 class SqlMemberRetries:
@@ -103,7 +162,10 @@ class SqlMemberRetries:
         named = [outcome for outcome in outcomes if outcome.member_keys is not None and outcome.change is None]
         if not named:
             return
-        ids = outcome_definition_ids(session, named)
+        if session.connection().dialect.name == "postgresql":
+            ids = _definition_ids_locked(session, named)
+        else:  # one writer at a time: a fold reads what every other committed, and none is under way
+            ids = outcome_definition_ids(session, named)
         by_definition: dict[str, list[BatchOutcome]] = defaultdict(list)
         for outcome in named:
             if (definition_id := ids.get(str(outcome.run_id))) is not None:  # None: the definition is gone
@@ -198,9 +260,9 @@ class SqlMemberRetries:
     def _write(session: Session, definition: str, changed: dict[str, MemberRetry], read: Iterable[str]) -> None:
         """Every changed row in one upsert (INSERT ... ON CONFLICT DO UPDATE), in key order: concurrent folds lock
         rows in the same order (no deadlock on PostgreSQL). A row the fold had not ``read`` (and locked) that another
-        fold wrote meanwhile (both refusing the same new member: notifier replicas, overlapping runs) raises
-        :class:`MemberCreatedMeanwhile` on PostgreSQL: the fold is done again, on the row as the other left it.
-        (SQLite: one writer at a time, the fold's reads already see it.)"""
+        transaction wrote meanwhile raises :class:`MemberCreatedMeanwhile` on PostgreSQL (a guard: another fold
+        refusing the same new member waits for the definition's lock): the fold is done again, on the row as the
+        other left it. (SQLite: one writer at a time, the fold's reads already see it.)"""
         if not changed:
             return
         at = now()

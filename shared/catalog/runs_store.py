@@ -34,7 +34,10 @@ from shared.domain.runs import (
 from shared.events import AnyRunEvent, BatchOutcome
 
 #: Most transactions one poll's fold takes: one more for each run it creates that another fold (a replica folding
-#: the same records after a rebalance) created meanwhile; done again, it finds that run and locks it.
+#: the same records after a rebalance) created meanwhile; done again, it finds that run and locks it. (A member's retry
+#: row written meanwhile is a guard only: folds refusing a definition's members hold its lock exclusively, so they
+#: create those rows one after the other.) Should a poll's fold meet more (three other folds creating its runs at
+#: those moments), its events are folded one by one: each creates one run, so it needs one more transaction at most.
 FOLD_ATTEMPTS = 3
 
 log = structlog.get_logger(__name__)

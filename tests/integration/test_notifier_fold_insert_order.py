@@ -24,6 +24,7 @@ Real PostgreSQL, two store calls in two threads, each step waited for on Postgre
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ import sqlalchemy as sa
 
 from devtools.processes import wait_until
 from shared.catalog import CatalogStores
+from shared.catalog.runs_store import SqlRunsStore
 from shared.domain.runs import StartClaims
 from shared.events import BatchOutcome, RunStarted, Trigger
 from tests.integration.test_member_retries_store import _outcome
@@ -228,3 +230,97 @@ def test_two_replicas_folding_refusals_of_a_member_refused_before_count_both(cat
         p: 3,
         q: 2,
     }
+
+
+@pytest.mark.parametrize("before", ["new", "delivered before"])
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_delivery_folded_while_a_refusal_of_the_member_is_uncommitted_resolves_it(
+    catalog: CatalogStores, before: str
+):
+    """Run R1 refuses member m (new, or delivered before: not open) and run R2 delivers it, folded by two replicas:
+    replica 1's fold of R1 has written m's refusal and waits (another transaction holds R1's key), replica 2 folds
+    R2 meanwhile (it waits too, for R2's key, or for replica 1); replica 1 commits first, then replica 2. m is
+    delivered by R2, its refusal by R1 kept, as when the two folds come one after the other. Before (session 53):
+    replica 2 read m's row as it was before replica 1's refusal (not open: nothing to resolve), and m stayed pending,
+    to be sent again by the next run."""
+    catalog.runs.followers.append(catalog.retries)
+    d = member_state_definition(catalog, "d")
+    if before == "delivered before":
+        catalog.runs.fold_run_events([_outcome(uuid.uuid4(), ["m"], {"m": 503})])
+        catalog.runs.fold_run_events([_outcome(uuid.uuid4(), ["m"], {})])
+        assert catalog.retries.states(d, ["m"])["m"].state.value == "delivered"
+    refused_by, delivered_by = uuid.uuid4(), uuid.uuid4()
+    engine = catalog.database.engine
+    with engine.connect() as holds_r1, engine.connect() as holds_r2:
+        r1_holder = holds_r1.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        r2_holder = holds_r2.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        create_run(holds_r1, refused_by)  # rolled back: each run is created by its replica's fold
+        create_run(holds_r2, delivered_by)
+        one = Call(lambda: catalog.runs.fold_run_events([_outcome(refused_by, ["m"], {"m": 503})]), "replica 1")
+        one.start()
+        wait_until(lambda: bool(blocked_by(catalog, r1_holder)), timeout=DEADLINE, what="replica 1 waiting for R1")
+        [one_pid] = blocked_by(catalog, r1_holder)
+        two = Call(lambda: catalog.runs.fold_run_events([_outcome(delivered_by, ["m"], {})]), "replica 2")
+        two.start()
+        wait_until(
+            lambda: bool(blocked_by(catalog, r2_holder) or blocked_by(catalog, one_pid)),
+            timeout=DEADLINE,
+            what="replica 2 waiting",
+        )
+        holds_r1.rollback()
+        one.join(DEADLINE)
+        assert (one.is_alive(), one.error) == (False, None)
+        holds_r2.rollback()
+        two.join(DEADLINE)
+        assert (two.is_alive(), two.error) == (False, None)
+
+    state = catalog.retries.states(d, ["m"])["m"]
+    assert (state.state.value, state.last_run, state.status, state.failed_runs) == (
+        "delivered",
+        str(delivered_by),
+        503,
+        1,
+    )
+    assert catalog.retries.claim_retries(uuid.uuid4(), "d") == 0  # the next run sends m no more
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_two_replicas_refusing_the_same_new_member_take_one_transaction_each(
+    catalog: CatalogStores, monkeypatch: pytest.MonkeyPatch
+):
+    """Runs R1 and R2 refuse new member m, folded by two replicas: replica 1's fold has written m's refusal and
+    waits (another transaction holds R1's key); replica 2's fold starts meanwhile and waits for replica 1. Each fold
+    takes one transaction (none of the poll's FOLD_ATTEMPTS spent on the other's row: those are left to runs created
+    meanwhile) and both refusals count. Before: replica 2 read no row of m, its upsert met replica 1's once
+    committed (MemberCreatedMeanwhile), and it folded again: a second transaction, one of three, for a fold that
+    may also meet runs created meanwhile."""
+    catalog.runs.followers.append(catalog.retries)
+    d = member_state_definition(catalog, "d")
+    transactions: dict[str, int] = {}
+    once = SqlRunsStore._fold_run_events
+
+    def counted(self: SqlRunsStore, *args: Any) -> Any:
+        name = threading.current_thread().name
+        transactions[name] = transactions.get(name, 0) + 1
+        return once(self, *args)
+
+    monkeypatch.setattr(SqlRunsStore, "_fold_run_events", counted)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    with catalog.database.engine.connect() as holder:
+        holder_pid = holder.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        create_run(holder, first)  # rolled back: replica 1 creates R1
+        one = Call(lambda: catalog.runs.fold_run_events([_outcome(first, ["m"], {"m": 503})]), "replica 1")
+        one.start()
+        wait_until(lambda: bool(blocked_by(catalog, holder_pid)), timeout=DEADLINE, what="replica 1 waiting for R1")
+        [one_pid] = blocked_by(catalog, holder_pid)
+        two = Call(lambda: catalog.runs.fold_run_events([_outcome(second, ["m"], {"m": 503})]), "replica 2")
+        two.start()
+        wait_until(lambda: bool(blocked_by(catalog, one_pid)), timeout=DEADLINE, what="replica 2 waiting")
+        holder.rollback()
+        for call in (one, two):
+            call.join(DEADLINE)
+            assert (call.is_alive(), call.error) == (False, None)
+
+    state = catalog.retries.states(d, ["m"])["m"]
+    assert (state.failed_runs, state.last_run) == (2, str(second))
+    assert transactions == {"replica 1": 1, "replica 2": 1}
