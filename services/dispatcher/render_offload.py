@@ -85,8 +85,13 @@ class Renderer:
         :attr:`MEASURE_EVERY` of its template, and whenever the render took a step (a loop iteration, a call, a
         filter: its budget then read the clock to start its deadline); the others read no clock at all."""
         name = prepared.template.name
-        expected = self.expected_seconds(name, len(members))
-        if expected is None or expected >= self.INLINE_SECONDS:
+        known = self._costs.get(name)  # expected_seconds, without its call (a request's CPU)
+        if known is None:
+            return None
+        seconds, measured = known
+        if len(members) > measured:
+            seconds *= len(members) / measured
+        if seconds >= self.INLINE_SECONDS:
             return None
         unmeasured = self._unmeasured.get(name, 0) + 1
         if unmeasured >= self.MEASURE_EVERY:

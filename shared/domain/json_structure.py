@@ -808,9 +808,13 @@ def render_structure(structure: Any, context: dict[str, Any], program: Program |
     cannot be compiled (one saved before the rules it breaks). ``program``: ``compiled(structure)`` when the caller
     holds it already (the requests of one batch: no key to encode and look up again).
     """
-    if program is None:
-        program = compiled(structure)
-    rendering = _Rendering(program, current_budget())
+    return render_program(compiled(structure) if program is None else program, context, current_budget())
+
+
+def render_program(program: Program, context: dict[str, Any], budget: RenderBudget) -> bytes:
+    """:func:`render_structure` of a compiled ``program`` within ``budget``, the rendering's budget (the current one:
+    ``rendering_within``, ``enter_budget``), handed over rather than looked up (the dispatcher's one-member path)."""
+    rendering = _Rendering(program, budget)
     try:
         value = program.function(rendering, context, program.constants)
     except (LeafError, RenderLimitExceeded):

@@ -28,7 +28,14 @@ from shared.domain.bodies import form_pairs, xml_problem, xml_text_content
 from shared.domain.body_types import DEFAULT_CONTENT_TYPES, BodyType
 from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate
 from shared.domain.http_fields import header_value_problem
-from shared.domain.json_structure import LeafError, Program, StructureError, compiled, render_structure
+from shared.domain.json_structure import (
+    LeafError,
+    Program,
+    StructureError,
+    compiled,
+    render_program,
+    render_structure,
+)
 from shared.domain.render_budget import (
     DEFAULT_LIMITS,
     RenderBudget,
@@ -239,8 +246,10 @@ class PreparedRequest:
         "_content_type",
         "_headers",
         "_limits",
+        "_method",
         "_profile",
         "_program",
+        "_quick",
         "_run",
         "_template",
         "_unprepared",
@@ -276,6 +285,13 @@ class PreparedRequest:
             self._constant_headers = {name: value for name, _, value in self._headers if value is not None}
             if self._content_type is not None:
                 self._constant_headers["Content-Type"] = self._content_type
+        self._method = template.method.value
+        #: The ``json_body``'s program and the URL when a request rendered with its headers given renders nothing
+        #: but its body (the URL constant): :meth:`render`'s quick path, the same request in fewer steps (None: the
+        #: full path).
+        self._quick: tuple[Program, str] | None = None
+        if not self._unprepared and self._url is not None and self._program is not None:
+            self._quick = (self._program, self._url)
 
     def _prepare(self, template: HttpTemplate, profile: ConnectionProfile, limits: RenderLimits) -> None:
         budget = RenderBudget(limits)  # only its byte cap is read: constants are checked, not rendered
@@ -320,6 +336,18 @@ class PreparedRequest:
         ``RenderBudget.started``); None: one made here. ``headers``: the request's headers as the caller made them
         from the template's constant ones (:attr:`constant_headers`: the dispatcher's, its credentials and key
         merged in), carried as they are instead of a copy of the template's; None: the template's."""
+        quick = self._quick
+        if quick is not None and headers is not None:  # the dispatcher's one-member requests: the body alone
+            program, constant_url = quick
+            if budget is None:
+                budget = RenderBudget(self._limits)
+            context = {"members": members, "member": members[0] if members else {}, "run": self._run}
+            token = enter_budget(budget)
+            try:
+                content = _structured_body(self._template.json_body, context, program, budget)
+            finally:
+                leave_budget(token)
+            return RenderedRequest(self._method, constant_url, headers, content)
         template = self._template
         if self._unprepared:
             batch = self._batch
@@ -445,10 +473,15 @@ def _compiled_or_none(structure: Any) -> Program | None:
         return None
 
 
-def _structured_body(structure: Any, context: dict[str, Any], program: Program | None = None) -> bytes:
+def _structured_body(
+    structure: Any, context: dict[str, Any], program: Program | None = None, budget: RenderBudget | None = None
+) -> bytes:
     """A ``json_body``'s bytes; a failure names the leaf, with the element of each ``$each`` it was in.
-    ``program``: the structure's, compiled (:func:`json_structure.compiled`) once for a batch's requests."""
+    ``program``: the structure's, compiled (:func:`json_structure.compiled`) once for a batch's requests;
+    ``budget``: the current one (entered), handed over with ``program`` rather than looked up."""
     try:
+        if program is not None and budget is not None:
+            return render_program(program, context, budget)
         return render_structure(structure, context, program)
     except LeafError as exc:
         at = f" (at {exc.path})" if exc.path else ""
