@@ -48,7 +48,7 @@ from services.extractor.run_sync import DEFAULT_RECORD_MEMBERS as DEFAULT_RECORD
 from services.extractor.run_sync import fixed_sync, record_size, run_sync, template_name, watermark_column
 from services.extractor.scheduled_runs import StartTimes, overlap_skip, published_ahead, withdrawal, withdrawn
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, RunObjects, SavedQuery
-from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunClaim
+from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunClaim, SendingPage
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.runs import RunStatus
 from shared.domain.schedule import Overlap
@@ -103,6 +103,16 @@ def page_size_for(batch_size: int, configured_page_size: int) -> int:
 _Bound = tuple[SavedQuery, HttpTemplate, dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class _Read:
+    """A page as read (``pages``: its reader, None for a page read empty), and the batch index the pages after it
+    start from at least (a resume's page re-read: its batches' end as recorded before the crash)."""
+
+    pages: MemberPages | None
+    page: Page | JsonPage
+    next_batch_index: int = 0
+
+
 class _RunCancelled(Exception):
     """The run was cancelled (or, for a key range, failed elsewhere) while it was being extracted."""
 
@@ -122,6 +132,8 @@ class _Progress:
     last_key: Any
     next_batch_index: int
     members: int
+    #: The page sent beyond ``last_key`` (None: none): written ahead of that page's records.
+    sending: SendingPage | None = None
 
 
 @dataclass(frozen=True)
@@ -630,10 +642,11 @@ class Extractor:
                 last_key=progress.last_key,
                 next_batch_index=progress.next_batch_index,
                 members=progress.members,
+                sending=progress.sending,
             )
             self.extraction.save_checkpoint(checkpoint)
 
-        start = _Progress(checkpoint.last_key, checkpoint.next_batch_index, checkpoint.members)
+        start = _Progress(checkpoint.last_key, checkpoint.next_batch_index, checkpoint.members, checkpoint.sending)
         # The last page's progress is saved with the run's completion (one write, not two).
         size = self._record_size(template, checkpoint)
         job = _Job(request.run_id, definition, query, template, parameters, window, start, save, size, save_last=False)
@@ -786,6 +799,7 @@ class Extractor:
                 last_key=progress.last_key,
                 next_batch_index=progress.next_batch_index,
                 members=progress.members,
+                sending=progress.sending,
             )
             self.extraction.save_range(range_checkpoint)
 
@@ -796,7 +810,12 @@ class Extractor:
             template,
             parameters,
             window,
-            _Progress(range_checkpoint.resume_after, range_checkpoint.next_batch_index, range_checkpoint.members),
+            _Progress(
+                range_checkpoint.resume_after,
+                range_checkpoint.next_batch_index,
+                range_checkpoint.members,
+                range_checkpoint.sending,
+            ),
             save,
             self._record_size(template, checkpoint),
             until=range_checkpoint.upper,
@@ -851,12 +870,32 @@ class Extractor:
             max_record_bytes=self.max_record_bytes,
             key_column=job.query.key_column,
         )
+        return self._publish_pages(job, encoder, self._pages(job))
+
+    def _pages(self, job: _Job) -> Iterator[_Read]:
+        """The job's pages after its start. A resume's page that was being sent comes first, re-read exactly up to
+        its recorded last key, and the pages after it are numbered from the index recorded after it at least (see
+        :class:`~shared.domain.checkpoints.SendingPage`); re-read with no member left, it comes as an empty page."""
+        sending = job.start.sending
+        if sending is None:
+            yield from self._read(job, job.start.last_key, job.until)
+            return
+        last: _Read | None = None
+        for read in self._read(job, job.start.last_key, sending.last_key):
+            if last is not None:
+                yield last
+            last = read
+        pages, page = (None, Page((), [], sending.last_key)) if last is None else (last.pages, last.page)
+        yield _Read(pages, replace(page, last_key=sending.last_key), sending.next_batch_index)
+        yield from self._read(job, sending.last_key, job.until)
+
+    def _read(self, job: _Job, after: Any, until: Any) -> Iterator[_Read]:
         pages: MemberPages = self._query(
             lambda: self.reader.member_pages(
                 job.query,
                 page_size=page_size_for(job.record_size, self.page_size),
-                after=job.start.last_key,
-                until=job.until,
+                after=after,
+                until=until,
                 parameters=job.parameters,
                 window=job.window,
                 database_json=self.database_json,
@@ -867,38 +906,49 @@ class Extractor:
                 "members encoded from driver rows", run_id=str(job.run_id), query=job.query.name, reason=pages.reason
             )
         with pages:
-            return self._publish_pages(job, encoder, pages)
+            for page in self._timed(pages):
+                yield _Read(pages, page)
 
-    def _publish_pages(self, job: _Job, encoder: BatchEncoder, pages: MemberPages) -> _Progress:
+    def _publish_pages(self, job: _Job, encoder: BatchEncoder, pages: Iterator[_Read]) -> _Progress:
+        """Publish each page once the one before is acknowledged and checkpointed with this page's last key (one
+        UPDATE, written ahead of its records): a crash repeats at most the page being sent, and its resume re-reads
+        exactly that page (see :meth:`_pages`). Page N+1 is read while page N is in flight."""
         batch_topic = self.topics.member_batches_for(job.definition.priority.value)
+        size = page_size_for(job.record_size, self.page_size)
         progress = job.start
         in_flight: tuple[InFlight, _Progress] | None = None
-        for page in self._timed(pages):
+        for read in pages:
+            page = read.page
             if in_flight is not None:  # the first page's check was the run's claim (a range's: before its read)
                 self._stop_if(job.run_id, job.stop_on)
-            batches = self._encode(encoder, pages, page, progress.next_batch_index)
-            next_batch_index = progress.next_batch_index + len(batches)
+            batches = self._encode(encoder, read.pages, page, progress.next_batch_index)
+            next_batch_index = max(progress.next_batch_index + len(batches), read.next_batch_index)
             if next_batch_index > job.end_batch_index:
                 raise _RunFailure(
                     f"{job.what} has more batches than its batch indexes allow (up to {job.end_batch_index - 1})",
                     "batch_indexes_exhausted",
                 )
+            # The page before acknowledged, its checkpoint says where this one ends: then this one is sent.
+            sending = SendingPage(page.last_key, next_batch_index)
+            if in_flight is not None:
+                self._settle(job, in_flight[0], replace(in_flight[1], sending=sending))
+            elif progress.sending != sending and (progress.sending is not None or len(page) >= size):
+                # The first page, written ahead on its own (a resume's recorded one, unchanged: written already).
+                # Not a fresh start's only page (shorter than a page): re-read by size, nothing after it moves in.
+                job.save(replace(progress, sending=sending))
             sent = self.send([Outgoing(batch_topic, f"{job.run_id}:{b.batch_index}", b.value) for b in batches])
             progress = _Progress(page.last_key, next_batch_index, progress.members + len(page))
-            # Page N is in flight while page N+1 is read; N is checkpointed once acknowledged.
-            if in_flight is not None:
-                self._settle(job, *in_flight)
             in_flight = (sent, progress)
             MEMBERS_EXTRACTED.labels(definition=job.definition.name).inc(len(page))
             PAGES_READ.inc()
-            if pages.json and isinstance(page, Page):
+            if read.pages is not None and read.pages.json and isinstance(page, Page):
                 ROW_PAGES.inc()
         if in_flight is not None:
             self._settle(job, *in_flight, save=job.save_last)
         return progress
 
     def _encode(
-        self, encoder: BatchEncoder, pages: MemberPages, page: Page | JsonPage, first_index: int
+        self, encoder: BatchEncoder, pages: MemberPages | None, page: Page | JsonPage, first_index: int
     ) -> list[EncodedBatch]:
         """The page's batch records; a member too large for a record fails the run, naming it."""
         try:
@@ -908,7 +958,7 @@ class Extractor:
                 return encoder.encode_json_page(page.members, first_index)
             except MemberTooLarge:
                 # Only the rows hold the member's key: read the page again as rows, to name it.
-                rows = self._query(lambda: pages.as_rows(page))
+                rows = None if pages is None else self._query(lambda: pages.as_rows(page))
                 if rows is None:
                     raise
                 return encoder.encode_page(rows.columns, rows.rows, first_index)

@@ -95,6 +95,27 @@ class RunSync:
 
 
 @dataclass(frozen=True)
+class SendingPage:
+    """A page being sent beyond a checkpoint, written ahead of its records: its members are the keys after the
+    checkpoint's ``last_key`` up to ``last_key`` here, its batches numbered from the checkpoint's ``next_batch_index``
+    up to ``next_batch_index`` here (excluded). A resume re-reads exactly those keys with those first indexes: members
+    deleted since make a batch of it smaller or fewer (the indexes after it are still not reused), members inserted
+    since add batches after its last (indexes never sent), and no member of a later page is moved into its batches."""
+
+    last_key: Any
+    next_batch_index: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"last_key": self.last_key, "next_batch_index": self.next_batch_index}
+
+    @classmethod
+    def of_json(cls, value: Any) -> SendingPage | None:
+        if not isinstance(value, dict):
+            return None
+        return cls(value["last_key"], int(value["next_batch_index"]))
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """Where an extraction stands: resume after ``last_key`` with batch ``next_batch_index``."""
 
@@ -112,6 +133,10 @@ class Checkpoint:
     #: The run still going that held this scheduled run off when the scheduler withheld it (overlap skip): the run
     #: never starts (its checkpoint is done). None for any other run.
     withheld_for: uuid.UUID | None = None
+    #: The page being sent after ``last_key`` (written ahead of its records, with the previous page's checkpoint):
+    #: a resume re-reads exactly that page. None: no page sent beyond the checkpoint (or a checkpoint written by a
+    #: release before this was recorded: the page is re-read by size).
+    sending: SendingPage | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +182,8 @@ class RangeCheckpoint:
     last_key: Any = None
     members: int = 0
     state: RangeState = RangeState.EXTRACTING
+    #: The range's page being sent after ``last_key`` (see :attr:`Checkpoint.sending`).
+    sending: SendingPage | None = None
 
     @classmethod
     def planned(
