@@ -35,6 +35,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.extractor.bulk_starts import BulkStarts, started_event
 from services.extractor.change_extraction import ChangeRun, ChangeSnapshots
+from services.extractor.page_bounds import batch_ends, regroup
 from services.extractor.ports import ExtractionStore, ExtractorDefinitions, ExtractorRuns
 from services.extractor.ranges import (
     BATCH_INDEX_LIMIT,
@@ -57,6 +58,7 @@ from shared.errors import NotFound, StoredObjectInvalid
 from shared.events import ChangeCounts, ExtractionCompleted, RangeRequested, RunFailed, RunRequested, RunStarted
 from shared.kafka import InFlight, Outgoing
 from shared.member_batches import BatchEncoder, EncodedBatch, MemberTooLarge
+from shared.member_keys import row_key
 from shared.metrics import UNKNOWN_DEFINITION
 from shared.outages import DependencyUnavailable
 from shared.querystore import JsonPage, MemberPages, MemberReader, Page, QueryError, QueryTimeout, StoreUnavailable
@@ -111,6 +113,8 @@ class _Read:
     pages: MemberPages | None
     page: Page | JsonPage
     next_batch_index: int = 0
+    #: A resume's page re-read in its recorded batches (None: encode the page).
+    batches: list[EncodedBatch] | None = None
 
 
 class _RunCancelled(Exception):
@@ -870,26 +874,55 @@ class Extractor:
             max_record_bytes=self.max_record_bytes,
             key_column=job.query.key_column,
         )
-        return self._publish_pages(job, encoder, self._pages(job))
+        return self._publish_pages(job, encoder, self._pages(job, encoder))
 
-    def _pages(self, job: _Job) -> Iterator[_Read]:
+    def _pages(self, job: _Job, encoder: BatchEncoder) -> Iterator[_Read]:
         """The job's pages after its start. A resume's page that was being sent comes first, re-read exactly up to
-        its recorded last key, and the pages after it are numbered from the index recorded after it at least (see
-        :class:`~shared.domain.checkpoints.SendingPage`); re-read with no member left, it comes as an empty page."""
+        its recorded last key, in its recorded batches (:meth:`_resent`), and the pages after it are numbered from the
+        index recorded after it at least (see :class:`~shared.domain.checkpoints.SendingPage`)."""
         sending = job.start.sending
         if sending is None:
             yield from self._read(job, job.start.last_key, job.until)
             return
-        last: _Read | None = None
-        for read in self._read(job, job.start.last_key, sending.last_key):
-            if last is not None:
-                yield last
-            last = read
-        pages, page = (None, Page((), [], sending.last_key)) if last is None else (last.pages, last.page)
-        yield _Read(pages, replace(page, last_key=sending.last_key), sending.next_batch_index)
+        if sending.batches is not None:
+            yield self._resent(job, encoder, sending, sending.batches)
+        else:  # recorded without its batches: re-read whole, chunked again
+            last: _Read | None = None
+            for read in self._read(job, job.start.last_key, sending.last_key):
+                if last is not None:
+                    yield last
+                last = read
+            pages, page = (None, Page((), [], sending.last_key)) if last is None else (last.pages, last.page)
+            yield _Read(pages, replace(page, last_key=sending.last_key), sending.next_batch_index)
         yield from self._read(job, sending.last_key, job.until)
 
-    def _read(self, job: _Job, after: Any, until: Any) -> Iterator[_Read]:
+    def _resent(self, job: _Job, encoder: BatchEncoder, sending: SendingPage, ends: list[list[str]]) -> _Read:
+        """The page that was being sent, re-read (as rows: their keys) and split into its recorded batches, each
+        under its index again; members in none of them (inserted since) in batches numbered after the page's."""
+        columns: tuple[str, ...] = ()
+        rows: list[Any] = []
+        for read in self._read(job, job.start.last_key, sending.last_key, database_json=False):
+            assert isinstance(read.page, Page), "read as rows"
+            columns = read.page.columns
+            rows += read.page.rows
+        page = Page(columns, rows, sending.last_key)
+        if rows and job.query.key_column not in columns:  # the query no longer names its key: chunked again
+            return _Read(None, page, sending.next_batch_index)
+        at = list(columns).index(job.query.key_column) if rows else 0
+        groups, new = regroup([row_key(row[at]) for row in rows], ends, job.record_size)
+        batches: list[EncodedBatch] = []
+        for offset, positions in enumerate(groups):
+            if positions:
+                members = Page(columns, [rows[p] for p in positions], None)
+                first = self._encode(encoder, None, members, job.start.next_batch_index + offset)[0]
+                batches.append(first)
+                new += positions[first.members :]  # values grown past the byte bound since: after the page's
+        inserted = Page(columns, [rows[p] for p in sorted(new)], None)
+        extra = self._encode(encoder, None, inserted, sending.next_batch_index)
+        return _Read(None, page, sending.next_batch_index, batches + extra)
+
+    def _read(self, job: _Job, after: Any, until: Any, *, database_json: bool | None = None) -> Iterator[_Read]:
+        as_json = self.database_json if database_json is None else database_json
         pages: MemberPages = self._query(
             lambda: self.reader.member_pages(
                 job.query,
@@ -898,10 +931,10 @@ class Extractor:
                 until=until,
                 parameters=job.parameters,
                 window=job.window,
-                database_json=self.database_json,
+                database_json=as_json,
             )
         )
-        if self.database_json and not pages.json:
+        if as_json and not pages.json:
             log.info(
                 "members encoded from driver rows", run_id=str(job.run_id), query=job.query.name, reason=pages.reason
             )
@@ -921,15 +954,19 @@ class Extractor:
             page = read.page
             if in_flight is not None:  # the first page's check was the run's claim (a range's: before its read)
                 self._stop_if(job.run_id, job.stop_on)
-            batches = self._encode(encoder, read.pages, page, progress.next_batch_index)
-            next_batch_index = max(progress.next_batch_index + len(batches), read.next_batch_index)
+            if read.batches is not None:  # a resume's page re-read in its recorded batches
+                batches = read.batches
+                next_batch_index = max([read.next_batch_index] + [b.batch_index + 1 for b in batches])
+            else:
+                batches = self._encode(encoder, read.pages, page, progress.next_batch_index)
+                next_batch_index = max(progress.next_batch_index + len(batches), read.next_batch_index)
             if next_batch_index > job.end_batch_index:
                 raise _RunFailure(
                     f"{job.what} has more batches than its batch indexes allow (up to {job.end_batch_index - 1})",
                     "batch_indexes_exhausted",
                 )
             # The page before acknowledged, its checkpoint says where this one ends: then this one is sent.
-            sending = SendingPage(page.last_key, next_batch_index)
+            sending = SendingPage(page.last_key, next_batch_index, batch_ends(page, batches, job.query.key_column))
             if in_flight is not None:
                 self._settle(job, in_flight[0], replace(in_flight[1], sending=sending))
             elif progress.sending != sending and (progress.sending is not None or len(page) >= size):

@@ -98,21 +98,26 @@ class RunSync:
 class SendingPage:
     """A page being sent beyond a checkpoint, written ahead of its records: its members are the keys after the
     checkpoint's ``last_key`` up to ``last_key`` here, its batches numbered from the checkpoint's ``next_batch_index``
-    up to ``next_batch_index`` here (excluded). A resume re-reads exactly those keys with those first indexes: members
-    deleted since make a batch of it smaller or fewer (the indexes after it are still not reused), members inserted
-    since add batches after its last (indexes never sent), and no member of a later page is moved into its batches."""
+    up to ``next_batch_index`` here (excluded). A resume re-reads exactly those keys and splits them into the same
+    batches (:mod:`services.extractor.page_bounds`): members deleted since make a batch smaller (none after it moves),
+    members inserted between two batches since get batch indexes after the page's (never sent), and no member of a
+    later page is moved into its batches."""
 
     last_key: Any
     next_batch_index: int
+    #: Each batch's first and last member's key, as outcomes name members (None: not known, e.g. no key column; the
+    #: page is then re-read whole and chunked again: members deleted or inserted in it move the members after them).
+    batches: list[list[str]] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"last_key": self.last_key, "next_batch_index": self.next_batch_index}
+        value = {"last_key": self.last_key, "next_batch_index": self.next_batch_index}
+        return value if self.batches is None else value | {"batches": self.batches}
 
     @classmethod
     def of_json(cls, value: Any) -> SendingPage | None:
         if not isinstance(value, dict):
             return None
-        return cls(value["last_key"], int(value["next_batch_index"]))
+        return cls(value["last_key"], int(value["next_batch_index"]), value.get("batches"))
 
 
 @dataclass(frozen=True)

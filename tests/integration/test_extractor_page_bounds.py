@@ -119,14 +119,20 @@ def _partner(crashed: dict[str, list[int]], resumed: dict[str, list[int]]) -> li
     return sorted(identities)
 
 
-# Two pages sent (keys 10-80, 90-160): the second's send is where it stops. Then: a member deleted and one inserted
-# in the first page's keys; the second page's last member deleted and a member inserted after it; the second page's
-# members all deleted. (A member inserted inside the page being sent still moves the members after it in that page to
-# the next batch: see the README, Resumable extraction.)
+# Two pages sent (keys 10-80, 90-160, batches of two: 90-100, 110-120, 130-140, 150-160): the second's send is where
+# it stops, the first page checkpointed. Then: a member deleted and one inserted in the first page's keys (the
+# next run's); the second page's last member deleted and a member inserted after it; the second page's members all
+# deleted; members deleted inside it (a batch's last and the next one's first); members inserted inside a batch of it
+# and between two of its batches (sent, under identities of their own).
 CHANGES = {
     "first page changed": (("DELETE FROM m WHERE id = 30", "INSERT INTO m VALUES (15, 'new', 1)"), {15}),
     "last of the page sent deleted": (("DELETE FROM m WHERE id = 160", "INSERT INTO m VALUES (165, 'new', 1)"), set()),
     "page sent emptied": (("DELETE FROM m WHERE id BETWEEN 90 AND 160",), set()),
+    "deleted inside the page sent": (("DELETE FROM m WHERE id IN (100, 110)",), set()),
+    "inserted inside the page sent": (
+        ("INSERT INTO m VALUES (95, 'new', 1)", "INSERT INTO m VALUES (105, 'new', 1)"),
+        set(),
+    ),
 }
 
 
@@ -145,6 +151,7 @@ def test_a_run_resumed_after_members_changed_in_the_pages_it_was_sending_loses_n
     # Every member there at the run's start reaches the partner once (those deleted since: sent before the crash);
     # a member inserted after its page was checkpointed is the next run's, one inserted after the page sent: this one's.
     inserted = {int(s.split("(")[1].split(",")[0]) for s in statements if s.startswith("INSERT")}
+    assert inserted - not_sent <= set(_partner({}, resumed)), "members inserted in the page sent: sent again"
     assert _partner(crashed, resumed) == sorted(set(KEYS) | (inserted - not_sent))
     assert len(completed) == 1
 
