@@ -113,8 +113,9 @@ class _Read:
     pages: MemberPages | None
     page: Page | JsonPage
     next_batch_index: int = 0
-    #: A resume's page re-read in its recorded batches (None: encode the page).
+    #: A resume's page re-read in its recorded batches (None: encode the page), and what is written ahead of it.
     batches: list[EncodedBatch] | None = None
+    sending: SendingPage | None = None
 
 
 class _RunCancelled(Exception):
@@ -896,9 +897,10 @@ class Extractor:
             yield _Read(pages, replace(page, last_key=sending.last_key), sending.next_batch_index)
         yield from self._read(job, sending.last_key, job.until)
 
-    def _resent(self, job: _Job, encoder: BatchEncoder, sending: SendingPage, ends: list[list[str]]) -> _Read:
+    def _resent(self, job: _Job, encoder: BatchEncoder, sending: SendingPage, ends: list[list[str | int]]) -> _Read:
         """The page that was being sent, re-read (as rows: their keys) and split into its recorded batches, each
-        under its index again; members in none of them (inserted since) in batches numbered after the page's."""
+        under its index again: members inserted since it was first sent in batches numbered after its own (those
+        of an earlier resume under their indexes again, their keys recorded whole)."""
         columns: tuple[str, ...] = ()
         rows: list[Any] = []
         for read in self._read(job, job.start.last_key, sending.last_key, database_json=False):
@@ -909,17 +911,34 @@ class Extractor:
         if rows and job.query.key_column not in columns:  # the query no longer names its key: chunked again
             return _Read(None, page, sending.next_batch_index)
         at = list(columns).index(job.query.key_column) if rows else 0
-        groups, new = regroup([row_key(row[at]) for row in rows], ends, job.record_size)
+        keys = [row_key(row[at]) for row in rows]
+        recorded = sending.inserted or []
+        inserted_from = sending.next_batch_index - len(recorded)
+        where = {key: number for number, batch in enumerate(recorded) for key in batch}
+        again: list[list[int]] = [[] for _ in recorded]
+        rest: list[int] = []
+        for position, key in enumerate(keys):
+            (again[where[key]] if key in where else rest).append(position)
+        groups, new = regroup([keys[p] for p in rest], ends, job.record_size)
+        placed = [(job.start.next_batch_index + n, [rest[p] for p in g]) for n, g in enumerate(groups)]
+        placed += [(inserted_from + n, positions) for n, positions in enumerate(again)]
         batches: list[EncodedBatch] = []
-        for offset, positions in enumerate(groups):
+        left = [rest[p] for p in new]
+        for index, positions in placed:
             if positions:
-                members = Page(columns, [rows[p] for p in positions], None)
-                first = self._encode(encoder, None, members, job.start.next_batch_index + offset)[0]
+                first = self._encode(encoder, None, Page(columns, [rows[p] for p in positions], None), index)[0]
                 batches.append(first)
-                new += positions[first.members :]  # values grown past the byte bound since: after the page's
-        inserted = Page(columns, [rows[p] for p in sorted(new)], None)
-        extra = self._encode(encoder, None, inserted, sending.next_batch_index)
-        return _Read(None, page, sending.next_batch_index, batches + extra)
+                left += positions[first.members :]  # values grown past the byte bound since: after the page's
+        left.sort()
+        extra = self._encode(encoder, None, Page(columns, [rows[p] for p in left], None), sending.next_batch_index)
+        start, added = 0, []
+        for batch in extra:
+            added.append([keys[p] for p in left[start : start + batch.members]])
+            start += batch.members
+        resent = replace(
+            sending, next_batch_index=sending.next_batch_index + len(extra), inserted=(recorded + added) or None
+        )
+        return _Read(None, page, resent.next_batch_index, batches + extra, resent)
 
     def _read(self, job: _Job, after: Any, until: Any, *, database_json: bool | None = None) -> Iterator[_Read]:
         as_json = self.database_json if database_json is None else database_json
@@ -966,7 +985,9 @@ class Extractor:
                     "batch_indexes_exhausted",
                 )
             # The page before acknowledged, its checkpoint says where this one ends: then this one is sent.
-            sending = SendingPage(page.last_key, next_batch_index, batch_ends(page, batches, job.query.key_column))
+            sending = read.sending or SendingPage(
+                page.last_key, next_batch_index, batch_ends(page, batches, job.query.key_column)
+            )
             if in_flight is not None:
                 self._settle(job, in_flight[0], replace(in_flight[1], sending=sending))
             elif progress.sending != sending and (progress.sending is not None or len(page) >= size):

@@ -20,9 +20,9 @@ from shared.member_keys import outcome_key, row_key
 from shared.querystore import JsonPage, Page
 
 
-def batch_ends(page: Page | JsonPage, batches: Sequence[EncodedBatch], key_column: str) -> list[list[str]] | None:
-    """Each batch's first and last member's key (None: the page names no key column); reads the key of two members
-    a batch from a JSON page (their objects parsed)."""
+def batch_ends(page: Page | JsonPage, batches: Sequence[EncodedBatch], key_column: str) -> list[list[str | int]] | None:
+    """Each batch's first and last member's key and its member count (None: the page names no key column); reads
+    the key of two members a batch from a JSON page (their objects parsed)."""
     key: Callable[[int], str]
     if isinstance(page, Page):
         if key_column not in page.columns:
@@ -33,19 +33,21 @@ def batch_ends(page: Page | JsonPage, batches: Sequence[EncodedBatch], key_colum
     else:
         members = page.members
         key = lambda position: outcome_key(orjson.loads(members[position]).get(key_column))  # noqa: E731
-    ends, start = [], 0
+    ends: list[list[str | int]] = []
+    start = 0
     for batch in batches:
-        ends.append([key(start), key(start + batch.members - 1)])
+        ends.append([key(start), key(start + batch.members - 1), batch.members])
         start += batch.members
     return ends
 
 
-def regroup(keys: Sequence[str], ends: Sequence[Sequence[str]], size: int) -> tuple[list[list[int]], list[int]]:
+def regroup(keys: Sequence[str], ends: Sequence[Sequence[str | int]], size: int) -> tuple[list[list[int]], list[int]]:
     """The positions (in ``keys``, the re-read page's members in the store's order) of each recorded batch's members,
-    and those of the members in none (inserted between two batches since the page was sent, or inside a batch now
-    holding more than ``size``, its members per record: its ends are kept, then its members in order)."""
-    anchors: dict[str, tuple[int, bool]] = {}
-    for index, (first, last) in enumerate(ends):
+    and those of the members in none: inserted between two batches since the page was sent, or inside a batch now
+    holding more members than it had (its ends kept, then its other members in order up to its count; ``size``, the
+    members per record, for a batch recorded without its count)."""
+    anchors: dict[str | int, tuple[int, bool]] = {}
+    for index, (first, last, *_) in enumerate(ends):
         anchors[first] = (index, False)
         anchors[last] = (index, True)  # a one-member batch: its first is its last
     present = set(keys)
@@ -66,10 +68,11 @@ def regroup(keys: Sequence[str], ends: Sequence[Sequence[str]], size: int) -> tu
         else:
             new.append(position)
     for index, positions in enumerate(groups):
-        if len(positions) > size:  # members inserted inside it: its ends were in it, the others fill it in order
-            ends_at = [p for p in positions if keys[p] in ends[index]]
-            others = [p for p in positions if keys[p] not in ends[index]]
-            kept = sorted(ends_at + others[: max(0, size - len(ends_at))])
-            groups[index] = kept
-            new += [p for p in positions if p not in set(kept)]
+        first, last, *counted = ends[index]
+        inner = int(counted[0] if counted else size) - len({first, last})  # members it had between its ends
+        others = [p for p in positions if keys[p] not in (first, last)]
+        if len(others) > inner:  # members inserted inside it: its ends stay, the others fill it in order
+            dropped = set(others[max(0, inner) :])
+            groups[index] = [p for p in positions if p not in dropped]
+            new += dropped
     return groups, sorted(new)

@@ -105,19 +105,26 @@ class SendingPage:
 
     last_key: Any
     next_batch_index: int
-    #: Each batch's first and last member's key, as outcomes name members (None: not known, e.g. no key column; the
-    #: page is then re-read whole and chunked again: members deleted or inserted in it move the members after them).
-    batches: list[list[str]] | None = None
+    #: Each batch's first and last member's key, as outcomes name members, and its member count (None: not known, e.g.
+    #: no key column; the page is re-read whole and chunked again: members deleted or inserted move those after them).
+    batches: list[list[str | int]] | None = None
+    #: A resumed page's batches of members inserted since it was first sent (every key of each), numbered just before
+    #: ``next_batch_index``: resumed again, it sends them under the same indexes (``batches`` is kept as first sent).
+    inserted: list[list[str]] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        value = {"last_key": self.last_key, "next_batch_index": self.next_batch_index}
-        return value if self.batches is None else value | {"batches": self.batches}
+        value: dict[str, Any] = {"last_key": self.last_key, "next_batch_index": self.next_batch_index}
+        if self.batches is not None:
+            value["batches"] = self.batches
+        if self.inserted is not None:
+            value["inserted"] = self.inserted
+        return value
 
     @classmethod
     def of_json(cls, value: Any) -> SendingPage | None:
         if not isinstance(value, dict):
             return None
-        return cls(value["last_key"], int(value["next_batch_index"]), value.get("batches"))
+        return cls(value["last_key"], int(value["next_batch_index"]), value.get("batches"), value.get("inserted"))
 
 
 @dataclass(frozen=True)

@@ -172,3 +172,21 @@ def test_a_range_resumed_after_members_changed_in_the_page_it_was_sending_loses_
 
     assert _partner(crashed, resumed) == sorted({k for k in KEYS if k > 200} | {365})
     assert min(int(i.split(":")[1]) for i in crashed) == second.first_batch_index
+
+
+def test_a_page_resumed_after_members_changed_and_crashing_again_is_resumed_in_the_same_batches_again(
+    database_url: str, catalog: CatalogStores
+):
+    _catalog(catalog, database_url)
+    request = RunRequested(definition="d")
+    crashed, _ = _extract(catalog, database_url, request, crash_after_sends=2)
+    _change(database_url, "INSERT INTO m VALUES (95, 'new', 1)", "DELETE FROM m WHERE id = 110")
+    # Resumed, it dies again once the page is sent again (before its acknowledgement); members change again.
+    again, _ = _extract(catalog, database_url, request, crash_after_sends=1)
+    _change(database_url, "DELETE FROM m WHERE id = 130", "INSERT INTO m VALUES (125, 'new', 1)")
+    resumed, completed = _extract(catalog, database_url, request)
+
+    for before, after in [(crashed, again), ({**again, **crashed}, resumed)]:
+        _partner(before, after)
+    assert _partner({**again, **crashed}, resumed) == sorted({*KEYS, 95, 125})
+    assert len(completed) == 1

@@ -5,7 +5,7 @@ from shared.member_batches import EncodedBatch
 from shared.querystore import JsonPage, Page
 
 #: Three batches of three: a-c, d-f, g-i.
-ENDS = [["a", "c"], ["d", "f"], ["g", "i"]]
+ENDS: list[list[str | int]] = [["a", "c", 3], ["d", "f", 3], ["g", "i", 3]]
 
 
 def _split(keys: str, size: int = 3) -> tuple[list[str], str]:
@@ -25,10 +25,10 @@ def test_deleted_members_make_their_batch_smaller_and_move_no_other():
     assert _split("") == (["", "", ""], "")
 
 
-def test_the_limit_a_batch_s_last_and_the_next_one_s_first_both_deleted_move_the_next_one_s_inner_members():
-    # Nothing recorded tells where the first batch ends (keys are compared by equality only, never ordered here):
-    # e joins a-c's identity (README, Resumable extraction).
-    assert _split("abefghi") == (["abe", "f", "ghi"], "")
+def test_the_limit_a_batch_s_last_and_the_next_one_s_first_both_deleted_send_the_next_one_s_inner_members_anew():
+    # Nothing recorded tells where a-c ends (keys are compared by equality only, never ordered here): e is one member
+    # too many for a-c, so it goes under a new index, not into another batch's identity (README, Resumable extraction).
+    assert _split("abefghi") == (["ab", "f", "ghi"], "e")
 
 
 def test_members_inserted_between_batches_are_in_none():
@@ -38,12 +38,19 @@ def test_members_inserted_between_batches_are_in_none():
 
 def test_a_batch_with_members_inserted_inside_keeps_its_ends_and_as_many_members_as_a_record_holds():
     assert _split("abxcdefghi") == (["abc", "def", "ghi"], "x")  # b was there: so was x's place, a record holds 3
-    assert _split("axcdefghi", size=3) == (["axc", "def", "ghi"], "")  # b deleted, x inserted: three, as many
+    assert _split("axcdefghi") == (["axc", "def", "ghi"], "")  # b deleted, x inserted: three, as many
+    groups, new = regroup(list("axbc"), [["a", "b", 2], ["c", "c", 1]], 3)  # its count, not the record's size
+    assert (groups, new) == ([[0, 2], [3]], [1])
+
+
+def test_a_member_inserted_where_a_batch_s_deleted_first_was_is_in_none_when_the_batch_had_no_inner_member():
+    groups, new = regroup(list("abxd"), [["a", "b", 2], ["c", "d", 2]], 2)
+    assert (groups, new) == ([[0, 1], [3]], [2])
 
 
 def test_a_page_s_batch_ends_are_read_from_rows_and_from_the_members_json_alike():
     batches = [EncodedBatch(0, 2, b""), EncodedBatch(1, 1, b"")]
     rows = Page(("id", "name"), [(1, "a"), (2, "b"), (3, "c")], 3)
     json = JsonPage([b'{"id":1,"name":"a"}', b'{"id":2,"name":"b"}', b'{"id":3,"name":"c"}'], None, 3)
-    assert batch_ends(rows, batches, "id") == batch_ends(json, batches, "id") == [["1", "2"], ["3", "3"]]
+    assert batch_ends(rows, batches, "id") == batch_ends(json, batches, "id") == [["1", "2", 2], ["3", "3", 1]]
     assert batch_ends(rows, batches, "uid") is None
