@@ -2,8 +2,9 @@
 
 Pages are pipelined: page N's records are in flight to Kafka while page N+1 is read, and page N's
 checkpoint is saved only once the broker has acknowledged all of its records (a run's last page: with its
-completion, once ``extraction.completed`` is acknowledged). A crash therefore repeats at most the pages after
-the last checkpoint, with the same batch identities.
+completion, once ``extraction.completed`` is acknowledged). Page N+1 is sent after that save, which also records
+page N+1's batches (:class:`~shared.domain.checkpoints.SendingPage`): a crash repeats at most that one page, re-read
+exactly, its members in the batches they were sent in, with the same batch identities.
 
 A run's start costs the catalog two transactions: its definition, query and template in one read, and its
 claim (checkpoint, sync fixed at the first start, status, pending retries) in one transaction; a run published
@@ -107,8 +108,8 @@ _Bound = tuple[SavedQuery, HttpTemplate, dict[str, Any]]
 
 @dataclass(frozen=True)
 class _Read:
-    """A page as read (``pages``: its reader, None for a page read empty), and the batch index the pages after it
-    start from at least (a resume's page re-read: its batches' end as recorded before the crash)."""
+    """A page as read (``pages``: its reader; None for a resume's page re-read, or read empty), and the batch index
+    the pages after it start from at least (a resume's page re-read: its batches' end as recorded before the crash)."""
 
     pages: MemberPages | None
     page: Page | JsonPage

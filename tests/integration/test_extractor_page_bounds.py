@@ -4,28 +4,18 @@ being sent at the crash is re-read exactly (its last key and the batch index aft
 records), so no member reaches the partner under an identity (``run:batch_index``, the Idempotency-Key's stem) that
 held other members, and none is lost."""
 
-from typing import Any
-
 import pytest
 from sqlalchemy import text
 
-from services.extractor.extraction import Extractor
 from shared.catalog import CatalogStores, make_engine
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
-from shared.events import ExtractionCompleted, MemberBatch, RangeRequested, RunRequested
-from shared.kafka import InFlight, Outgoing
-from shared.querystore import MemberReader
-from shared.settings import CommonSettings
+from shared.events import RangeRequested, RunRequested
+from tests.integration.test_extractor_resumes import _extract  # pages of 8, records of the template's batch size
 
 pytestmark = pytest.mark.integration
 
-TOPICS = CommonSettings().topics
 #: 40 members, keys 10, 20, ... 400 (room for members inserted between them); pages of 8, two members a record.
 KEYS = list(range(10, 410, 10))
-
-
-class _Crash(Exception):
-    pass
 
 
 def _catalog(catalog: CatalogStores, url: str, *, incremental: bool = False) -> None:
@@ -48,59 +38,6 @@ def _change(url: str, *statements: str) -> None:
         for statement in statements:
             connection.execute(text(statement))
     engine.dispose()
-
-
-def _extract(
-    catalog: CatalogStores,
-    url: str,
-    request: RunRequested | RangeRequested,
-    *,
-    crash_after_sends: int | None = None,
-    **options: Any,
-) -> tuple[dict[str, list[int]], list[ExtractionCompleted]]:
-    """The run's member records (identity → member keys) and completion events; with ``crash_after_sends``, the
-    extractor stops right after its ``crash_after_sends``-th send of member records (published, not checkpointed)."""
-    sent: list[Outgoing] = []
-    sends = 0
-
-    def send(out: list[Outgoing]) -> InFlight:
-        nonlocal sends
-        sent.extend(out)
-        sends += any(o.topic.startswith(TOPICS.member_batches) for o in out)
-        if crash_after_sends is not None and sends >= crash_after_sends:
-            raise _Crash
-        return InFlight([], timeout_seconds=0.0)
-
-    reader = MemberReader.from_url(url)
-    extractor = Extractor(
-        definitions=catalog.definitions,
-        runs=catalog.runs,
-        extraction=catalog.extraction,
-        reader=reader,
-        topics=TOPICS,
-        send=send,
-        page_size=8,
-        record_members=1,
-        **options,
-    )
-    try:
-        try:
-            out = extractor.handle(request)
-        except _Crash:
-            out = []
-    finally:
-        reader.close()
-    records: dict[str, list[int]] = {}
-    for o in sent:
-        if o.topic.startswith(TOPICS.member_batches):
-            batch = MemberBatch.model_validate_json(o.value)
-            records[batch.identity] = [m["id"] for m in batch.members]
-    completed = [
-        ExtractionCompleted.model_validate_json(o.value)
-        for o in sent + out
-        if o.topic == TOPICS.run_events and b'"run.extraction_completed"' in o.value
-    ]
-    return records, completed
 
 
 def _partner(crashed: dict[str, list[int]], resumed: dict[str, list[int]]) -> list[int]:

@@ -33,7 +33,7 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def _rows(engine: Engine) -> tuple[list[tuple], list[tuple]]:
+def _rows(engine: Engine) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
     with engine.connect() as connection:
         checkpoints = connection.execute(sa.text(f"SELECT {CHECKPOINTS} FROM extraction_checkpoints ORDER BY run_id"))
         ranges = connection.execute(sa.text(f"SELECT {RANGES} FROM extraction_ranges ORDER BY run_id, range_index"))
