@@ -2,8 +2,9 @@
 
 Pages are pipelined: page N's records are in flight to Kafka while page N+1 is read, and page N's
 checkpoint is saved only once the broker has acknowledged all of its records (a run's last page: with its
-completion, once ``extraction.completed`` is acknowledged). A crash therefore repeats at most the pages after
-the last checkpoint, with the same batch identities.
+completion, once ``extraction.completed`` is acknowledged). Page N+1 is sent after that save, which also records
+page N+1's batches (:class:`~shared.domain.checkpoints.SendingPage`): a crash repeats at most that one page, re-read
+exactly, its members in the batches they were sent in, with the same batch identities.
 
 A run's start costs the catalog two transactions: its definition, query and template in one read, and its
 claim (checkpoint, sync fixed at the first start, status, pending retries) in one transaction; a run published
@@ -35,6 +36,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.extractor.bulk_starts import BulkStarts, started_event
 from services.extractor.change_extraction import ChangeRun, ChangeSnapshots
+from services.extractor.page_bounds import batch_ends, regroup
 from services.extractor.ports import ExtractionStore, ExtractorDefinitions, ExtractorRuns
 from services.extractor.ranges import (
     BATCH_INDEX_LIMIT,
@@ -48,7 +50,7 @@ from services.extractor.run_sync import DEFAULT_RECORD_MEMBERS as DEFAULT_RECORD
 from services.extractor.run_sync import fixed_sync, record_size, run_sync, template_name, watermark_column
 from services.extractor.scheduled_runs import StartTimes, overlap_skip, published_ahead, withdrawal, withdrawn
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, RunObjects, SavedQuery
-from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunClaim
+from shared.domain.checkpoints import Checkpoint, RangeCheckpoint, RangeState, RunClaim, SendingPage
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.runs import RunStatus
 from shared.domain.schedule import Overlap
@@ -57,6 +59,7 @@ from shared.errors import NotFound, StoredObjectInvalid
 from shared.events import ChangeCounts, ExtractionCompleted, RangeRequested, RunFailed, RunRequested, RunStarted
 from shared.kafka import InFlight, Outgoing
 from shared.member_batches import BatchEncoder, EncodedBatch, MemberTooLarge
+from shared.member_keys import row_key
 from shared.metrics import UNKNOWN_DEFINITION
 from shared.outages import DependencyUnavailable
 from shared.querystore import JsonPage, MemberPages, MemberReader, Page, QueryError, QueryTimeout, StoreUnavailable
@@ -103,6 +106,19 @@ def page_size_for(batch_size: int, configured_page_size: int) -> int:
 _Bound = tuple[SavedQuery, HttpTemplate, dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class _Read:
+    """A page as read (``pages``: its reader; None for a resume's page re-read, or read empty), and the batch index
+    the pages after it start from at least (a resume's page re-read: its batches' end as recorded before the crash)."""
+
+    pages: MemberPages | None
+    page: Page | JsonPage
+    next_batch_index: int = 0
+    #: A resume's page re-read in its recorded batches (None: encode the page), and what is written ahead of it.
+    batches: list[EncodedBatch] | None = None
+    sending: SendingPage | None = None
+
+
 class _RunCancelled(Exception):
     """The run was cancelled (or, for a key range, failed elsewhere) while it was being extracted."""
 
@@ -122,6 +138,8 @@ class _Progress:
     last_key: Any
     next_batch_index: int
     members: int
+    #: The page sent beyond ``last_key`` (None: none): written ahead of that page's records.
+    sending: SendingPage | None = None
 
 
 @dataclass(frozen=True)
@@ -630,10 +648,11 @@ class Extractor:
                 last_key=progress.last_key,
                 next_batch_index=progress.next_batch_index,
                 members=progress.members,
+                sending=progress.sending,
             )
             self.extraction.save_checkpoint(checkpoint)
 
-        start = _Progress(checkpoint.last_key, checkpoint.next_batch_index, checkpoint.members)
+        start = _Progress(checkpoint.last_key, checkpoint.next_batch_index, checkpoint.members, checkpoint.sending)
         # The last page's progress is saved with the run's completion (one write, not two).
         size = self._record_size(template, checkpoint)
         job = _Job(request.run_id, definition, query, template, parameters, window, start, save, size, save_last=False)
@@ -786,6 +805,7 @@ class Extractor:
                 last_key=progress.last_key,
                 next_batch_index=progress.next_batch_index,
                 members=progress.members,
+                sending=progress.sending,
             )
             self.extraction.save_range(range_checkpoint)
 
@@ -796,7 +816,12 @@ class Extractor:
             template,
             parameters,
             window,
-            _Progress(range_checkpoint.resume_after, range_checkpoint.next_batch_index, range_checkpoint.members),
+            _Progress(
+                range_checkpoint.resume_after,
+                range_checkpoint.next_batch_index,
+                range_checkpoint.members,
+                range_checkpoint.sending,
+            ),
             save,
             self._record_size(template, checkpoint),
             until=range_checkpoint.upper,
@@ -851,54 +876,138 @@ class Extractor:
             max_record_bytes=self.max_record_bytes,
             key_column=job.query.key_column,
         )
+        return self._publish_pages(job, encoder, self._pages(job, encoder))
+
+    def _pages(self, job: _Job, encoder: BatchEncoder) -> Iterator[_Read]:
+        """The job's pages after its start. A resume's page that was being sent comes first, re-read exactly up to
+        its recorded last key, in its recorded batches (:meth:`_resent`), and the pages after it are numbered from the
+        index recorded after it at least (see :class:`~shared.domain.checkpoints.SendingPage`)."""
+        sending = job.start.sending
+        if sending is None:
+            yield from self._read(job, job.start.last_key, job.until)
+            return
+        if sending.batches is not None:
+            yield self._resent(job, encoder, sending, sending.batches)
+        else:  # recorded without its batches: re-read whole, chunked again
+            last: _Read | None = None
+            for read in self._read(job, job.start.last_key, sending.last_key):
+                if last is not None:
+                    yield last
+                last = read
+            pages, page = (None, Page((), [], sending.last_key)) if last is None else (last.pages, last.page)
+            yield _Read(pages, replace(page, last_key=sending.last_key), sending.next_batch_index)
+        yield from self._read(job, sending.last_key, job.until)
+
+    def _resent(self, job: _Job, encoder: BatchEncoder, sending: SendingPage, ends: list[list[str | int]]) -> _Read:
+        """The page that was being sent, re-read (as rows: their keys) and split into its recorded batches, each
+        under its index again: members inserted since it was first sent in batches numbered after its own (those
+        of an earlier resume under their indexes again, their keys recorded whole)."""
+        columns: tuple[str, ...] = ()
+        rows: list[Any] = []
+        for read in self._read(job, job.start.last_key, sending.last_key, database_json=False):
+            assert isinstance(read.page, Page), "read as rows"
+            columns = read.page.columns
+            rows += read.page.rows
+        page = Page(columns, rows, sending.last_key)
+        if rows and job.query.key_column not in columns:  # the query no longer names its key: chunked again
+            return _Read(None, page, sending.next_batch_index)
+        at = list(columns).index(job.query.key_column) if rows else 0
+        keys = [row_key(row[at]) for row in rows]
+        recorded = sending.inserted or []
+        inserted_from = sending.next_batch_index - len(recorded)
+        where = {key: number for number, batch in enumerate(recorded) for key in batch}
+        again: list[list[int]] = [[] for _ in recorded]
+        rest: list[int] = []
+        for position, key in enumerate(keys):
+            (again[where[key]] if key in where else rest).append(position)
+        groups, new = regroup([keys[p] for p in rest], ends, job.record_size)
+        placed = [(job.start.next_batch_index + n, [rest[p] for p in g]) for n, g in enumerate(groups)]
+        placed += [(inserted_from + n, positions) for n, positions in enumerate(again)]
+        batches: list[EncodedBatch] = []
+        left = [rest[p] for p in new]
+        for index, positions in placed:
+            if positions:
+                first = self._encode(encoder, None, Page(columns, [rows[p] for p in positions], None), index)[0]
+                batches.append(first)
+                left += positions[first.members :]  # values grown past the byte bound since: after the page's
+        left.sort()
+        extra = self._encode(encoder, None, Page(columns, [rows[p] for p in left], None), sending.next_batch_index)
+        start, added = 0, []
+        for batch in extra:
+            added.append([keys[p] for p in left[start : start + batch.members]])
+            start += batch.members
+        resent = replace(
+            sending, next_batch_index=sending.next_batch_index + len(extra), inserted=(recorded + added) or None
+        )
+        return _Read(None, page, resent.next_batch_index, batches + extra, resent)
+
+    def _read(self, job: _Job, after: Any, until: Any, *, database_json: bool | None = None) -> Iterator[_Read]:
+        as_json = self.database_json if database_json is None else database_json
         pages: MemberPages = self._query(
             lambda: self.reader.member_pages(
                 job.query,
                 page_size=page_size_for(job.record_size, self.page_size),
-                after=job.start.last_key,
-                until=job.until,
+                after=after,
+                until=until,
                 parameters=job.parameters,
                 window=job.window,
-                database_json=self.database_json,
+                database_json=as_json,
             )
         )
-        if self.database_json and not pages.json:
+        if as_json and not pages.json:
             log.info(
                 "members encoded from driver rows", run_id=str(job.run_id), query=job.query.name, reason=pages.reason
             )
         with pages:
-            return self._publish_pages(job, encoder, pages)
+            for page in self._timed(pages):
+                yield _Read(pages, page)
 
-    def _publish_pages(self, job: _Job, encoder: BatchEncoder, pages: MemberPages) -> _Progress:
+    def _publish_pages(self, job: _Job, encoder: BatchEncoder, pages: Iterator[_Read]) -> _Progress:
+        """Publish each page once the one before is acknowledged and checkpointed with this page's last key (one
+        UPDATE, written ahead of its records): a crash repeats at most the page being sent, and its resume re-reads
+        exactly that page (see :meth:`_pages`). Page N+1 is read while page N is in flight."""
         batch_topic = self.topics.member_batches_for(job.definition.priority.value)
+        size = page_size_for(job.record_size, self.page_size)
         progress = job.start
         in_flight: tuple[InFlight, _Progress] | None = None
-        for page in self._timed(pages):
+        for read in pages:
+            page = read.page
             if in_flight is not None:  # the first page's check was the run's claim (a range's: before its read)
                 self._stop_if(job.run_id, job.stop_on)
-            batches = self._encode(encoder, pages, page, progress.next_batch_index)
-            next_batch_index = progress.next_batch_index + len(batches)
+            if read.batches is not None:  # a resume's page re-read in its recorded batches
+                batches = read.batches
+                next_batch_index = max([read.next_batch_index] + [b.batch_index + 1 for b in batches])
+            else:
+                batches = self._encode(encoder, read.pages, page, progress.next_batch_index)
+                next_batch_index = max(progress.next_batch_index + len(batches), read.next_batch_index)
             if next_batch_index > job.end_batch_index:
                 raise _RunFailure(
                     f"{job.what} has more batches than its batch indexes allow (up to {job.end_batch_index - 1})",
                     "batch_indexes_exhausted",
                 )
+            # The page before acknowledged, its checkpoint says where this one ends: then this one is sent.
+            sending = read.sending or SendingPage(
+                page.last_key, next_batch_index, batch_ends(page, batches, job.query.key_column)
+            )
+            if in_flight is not None:
+                self._settle(job, in_flight[0], replace(in_flight[1], sending=sending))
+            elif progress.sending != sending and (progress.sending is not None or len(page) >= size):
+                # The first page, written ahead on its own (a resume's recorded one, unchanged: written already).
+                # Not a fresh start's only page (shorter than a page): re-read by size, nothing after it moves in.
+                job.save(replace(progress, sending=sending))
             sent = self.send([Outgoing(batch_topic, f"{job.run_id}:{b.batch_index}", b.value) for b in batches])
             progress = _Progress(page.last_key, next_batch_index, progress.members + len(page))
-            # Page N is in flight while page N+1 is read; N is checkpointed once acknowledged.
-            if in_flight is not None:
-                self._settle(job, *in_flight)
             in_flight = (sent, progress)
             MEMBERS_EXTRACTED.labels(definition=job.definition.name).inc(len(page))
             PAGES_READ.inc()
-            if pages.json and isinstance(page, Page):
+            if read.pages is not None and read.pages.json and isinstance(page, Page):
                 ROW_PAGES.inc()
         if in_flight is not None:
             self._settle(job, *in_flight, save=job.save_last)
         return progress
 
     def _encode(
-        self, encoder: BatchEncoder, pages: MemberPages, page: Page | JsonPage, first_index: int
+        self, encoder: BatchEncoder, pages: MemberPages | None, page: Page | JsonPage, first_index: int
     ) -> list[EncodedBatch]:
         """The page's batch records; a member too large for a record fails the run, naming it."""
         try:
@@ -908,7 +1017,7 @@ class Extractor:
                 return encoder.encode_json_page(page.members, first_index)
             except MemberTooLarge:
                 # Only the rows hold the member's key: read the page again as rows, to name it.
-                rows = self._query(lambda: pages.as_rows(page))
+                rows = None if pages is None else self._query(lambda: pages.as_rows(page))
                 if rows is None:
                     raise
                 return encoder.encode_page(rows.columns, rows.rows, first_index)

@@ -21,6 +21,7 @@ from shared.domain.checkpoints import (
     RunStart,
     RunSync,
     RunTotals,
+    SendingPage,
     watermark_after_success,
 )
 from shared.domain.runs import RunStatus
@@ -227,6 +228,7 @@ class SqlExtractionStore:
                 last_key=checkpoint.last_key,
                 next_batch_index=checkpoint.next_batch_index,
                 members=checkpoint.members,
+                sending=None if checkpoint.sending is None else checkpoint.sending.as_json(),
                 updated_at=now(),
             )
         )
@@ -316,6 +318,7 @@ def _range(row: ExtractionRangeRow) -> RangeCheckpoint:
         last_key=row.last_key,
         members=row.members,
         state=RangeState(row.state),
+        sending=SendingPage.of_json(row.sending),
     )
 
 
@@ -365,6 +368,7 @@ def _checkpoint(row: Any) -> Checkpoint:
         row.ranges,
         RunSync.of_json(row.sync),
         uuid.UUID(row.withheld_for) if row.withheld_for else None,
+        SendingPage.of_json(row.sending),
     )
 
 
@@ -381,6 +385,7 @@ def _saved(checkpoint: Checkpoint) -> Update:
             watermark_since=checkpoint.watermark_since,
             watermark_until=checkpoint.watermark_until,
             sync=None if checkpoint.sync is None else checkpoint.sync.as_json(),
+            sending=None if checkpoint.sending is None else checkpoint.sending.as_json(),
             updated_at=now(),
         )
     )

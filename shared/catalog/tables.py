@@ -168,6 +168,9 @@ class ExtractionCheckpointRow(Base):
     #: The run still going that held this scheduled run off when the scheduler withheld it (its overlap policy, skip;
     #: migration 0026): the run never starts. Null for any other run.
     withheld_for: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    #: The page being sent beyond ``last_key`` (its last key and the batch index after its batches), written ahead of
+    #: its records (migration 0027): a resume re-reads exactly that page. Null: none (or an older release's run).
+    sending: Mapped[Any] = mapped_column(JSON, nullable=True)
 
 
 class ExtractionRangeRow(Base):
@@ -189,6 +192,8 @@ class ExtractionRangeRow(Base):
     #: extracting, extracted (every member published), stopped (the run failed or was cancelled).
     state: Mapped[str] = mapped_column(String(16))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: As the checkpoint's: the range's page being sent beyond ``last_key`` (migration 0027).
+    sending: Mapped[Any] = mapped_column(JSON, nullable=True)
 
 
 class WatermarkRow(Base):

@@ -95,6 +95,39 @@ class RunSync:
 
 
 @dataclass(frozen=True)
+class SendingPage:
+    """A page being sent beyond a checkpoint, written ahead of its records: its members are the keys after the
+    checkpoint's ``last_key`` up to ``last_key`` here, its batches numbered from the checkpoint's ``next_batch_index``
+    up to ``next_batch_index`` here (excluded). A resume re-reads exactly those keys and splits them into the same
+    batches (:mod:`services.extractor.page_bounds`): members deleted since make a batch smaller (none after it moves),
+    members inserted between two batches since get batch indexes after the page's (never sent), and no member of a
+    later page is moved into its batches."""
+
+    last_key: Any
+    next_batch_index: int
+    #: Each batch's first and last member's key, as outcomes name members, and its member count (None: not known, e.g.
+    #: no key column; the page is re-read whole and chunked again: members deleted or inserted move those after them).
+    batches: list[list[str | int]] | None = None
+    #: A resumed page's batches of members inserted since it was first sent (every key of each), numbered just before
+    #: ``next_batch_index``: resumed again, it sends them under the same indexes (``batches`` is kept as first sent).
+    inserted: list[list[str]] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        value: dict[str, Any] = {"last_key": self.last_key, "next_batch_index": self.next_batch_index}
+        if self.batches is not None:
+            value["batches"] = self.batches
+        if self.inserted is not None:
+            value["inserted"] = self.inserted
+        return value
+
+    @classmethod
+    def of_json(cls, value: Any) -> SendingPage | None:
+        if not isinstance(value, dict):
+            return None
+        return cls(value["last_key"], int(value["next_batch_index"]), value.get("batches"), value.get("inserted"))
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """Where an extraction stands: resume after ``last_key`` with batch ``next_batch_index``."""
 
@@ -112,6 +145,10 @@ class Checkpoint:
     #: The run still going that held this scheduled run off when the scheduler withheld it (overlap skip): the run
     #: never starts (its checkpoint is done). None for any other run.
     withheld_for: uuid.UUID | None = None
+    #: The page being sent after ``last_key`` (written ahead of its records, with the previous page's checkpoint):
+    #: a resume re-reads exactly that page. None: no page sent beyond the checkpoint (or a checkpoint written by a
+    #: release before this was recorded: the page is re-read by size).
+    sending: SendingPage | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +194,8 @@ class RangeCheckpoint:
     last_key: Any = None
     members: int = 0
     state: RangeState = RangeState.EXTRACTING
+    #: The range's page being sent after ``last_key`` (see :attr:`Checkpoint.sending`).
+    sending: SendingPage | None = None
 
     @classmethod
     def planned(

@@ -20,7 +20,15 @@ from shared.catalog import CatalogStores, ChangeSnapshotFollower, SqlChangeSnaps
 from shared.cli.__main__ import main as exportctl
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.runs import RunStatus
-from shared.events import RUN_EVENT_ADAPTER, BatchOutcome, ExtractionCompleted, MemberBatch, RunFailed, RunRequested
+from shared.events import (
+    RUN_EVENT_ADAPTER,
+    BatchOutcome,
+    ExtractionCompleted,
+    MemberBatch,
+    RangeRequested,
+    RunFailed,
+    RunRequested,
+)
 from shared.kafka import InFlight, Outgoing
 from shared.outages import DependencyUnavailable
 from shared.querystore import MemberPages, MemberReader, StoreUnavailable
@@ -73,7 +81,7 @@ def _extractor(stores: CatalogStores, reader: MemberReader, send: Callable[[list
 def _extract(
     stores: CatalogStores,
     url: str,
-    request: RunRequested,
+    request: RunRequested | RangeRequested,
     *,
     crash_after_sends: int | None = None,
     delivered: bool = False,

@@ -67,12 +67,13 @@ NEW_RUN_COLUMNS = {
 #: claimed it, when; 0016: who paused a definition's schedule; 0017: a replay run's publication; 0020: which
 #: notifier replica holds a notification's claim, until when, since when; 0021: the schedule's unconfirmed
 #: publication and why its fire times could not be computed; 0022: the recipients an email's server refused; 0023:
-#: a digest of the schedule last computed; 0026: the run that held a withheld run off).
+#: a digest of the schedule last computed; 0026: the run that held a withheld run off; 0027: the page a run is sending
+#: beyond its checkpoint).
 LATER_COLUMNS = {
     "schedules": {"firing_for", "not_computable", "schedule_digest"},
     "catalog_objects": {"schedule_paused_by"},
     "runs": NEW_RUN_COLUMNS,
-    "extraction_checkpoints": {"ranges", "sync", "withheld_for"},
+    "extraction_checkpoints": {"ranges", "sync", "withheld_for", "sending"},
     "notifications": {
         "attempts",
         "next_attempt_at",
@@ -465,8 +466,9 @@ def test_drift_names_what_the_database_lacks(engine: Engine) -> None:
     # which notifier replica holds a notification's claim, until when, since when (0020, 3 columns); the schedule's
     # unconfirmed publication and why its fire times could not be computed (0021, 2 columns); the recipients an
     # email's SMTP server refused while it took it for the others (0022); a digest of the schedule last computed
-    # (0023); who names which object, and its index (0025); the run that held a withheld run off (0026).
-    assert len(lines) == 64, lines
+    # (0023); who names which object, and its index (0025); the run that held a withheld run off (0026); the page a
+    # run is sending beyond its checkpoint (0027: extraction_ranges is missing whole before 0004).
+    assert len(lines) == 65, lines
     assert "table change_members is missing from the database" in lines
     assert "table delivery_batches is missing from the database" in lines
     assert any("runs.retried" in line and "missing from the database" in line for line in lines)

@@ -175,10 +175,11 @@ def test_a_small_run_costs_three_catalog_transactions(extractor: Extractor, smal
 def test_a_paged_run_checks_for_a_cancel_and_saves_its_checkpoint_between_pages(
     extractor: Extractor, small: CatalogStores
 ):
-    # Three pages: a status read and a checkpoint save before each page but the first; the last page's
-    # checkpoint is the completion's.
+    # Three pages: a status read and a checkpoint save before each page but the first (the save says where the
+    # page sent next ends), and the first page's end written ahead of it; the last page's checkpoint is the
+    # completion's.
     transactions = Transactions(small)
-    assert transactions.of(lambda: extractor.handle(RunRequested(definition="paged"))) == 3 + 2 * 2
+    assert transactions.of(lambda: extractor.handle(RunRequested(definition="paged"))) == 3 + 2 * 2 + 1
     [completed] = _completed(_sent(extractor))
     assert (completed.members, completed.batches) == (250, 25)
 
@@ -366,7 +367,7 @@ def test_a_run_started_together_and_redelivered_to_another_extractor_resumes_wit
     other = _extractor(small, reader)
     transactions = Transactions(small)
     assert other.starts([request]) == 0  # its claim again: started before, left to the one-by-one path
-    assert transactions.of(lambda: other.handle(request)) == 3 + 2 * 2
+    assert transactions.of(lambda: other.handle(request)) == 3 + 2 * 2 + 1  # as a paged run's (see above)
     sent = _sent(other)
     assert not _started(sent)
     [completed] = _completed(sent)
