@@ -287,20 +287,29 @@ class SqlDefinitionsStore:
                 )
             )
 
-    def on_query(self, kind: type[CatalogObject], name: str) -> list[tuple[str, dict[str, Any]]]:
+    def on_query(
+        self, kind: type[CatalogObject], name: str, fields: Sequence[str] | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
         """The stored objects of ``kind`` (templates, definitions) whose query is ``name``, as (name, stored JSON), by
         name: found by their references (:class:`CatalogReferenceRow`, one indexed query), nothing validated or
-        decrypted. What a save of the query checks they still fit (:mod:`shared.application.query_checks`)."""
+        decrypted. ``fields``: only those top-level fields of each read (by the database's JSON path: a field not
+        stored is absent), not the whole JSON. What a save of the query checks they still fit
+        (:mod:`shared.application.query_checks`)."""
         with self.database.transaction(SavedQuery.__name__, name) as session:
-            found = self._referring(session, kind, {SavedQuery.__name__: {name}})
+            found = self._referring(session, kind, {SavedQuery.__name__: {name}}, fields)
         return sorted(((n, spec) for n, spec in found if spec.get("query") == name), key=lambda one: one[0])
 
     @staticmethod
     def _referring(
-        session: Session, referring: type[CatalogObject], named: Mapping[str, set[str]]
+        session: Session,
+        referring: type[CatalogObject],
+        named: Mapping[str, set[str]],
+        fields: Sequence[str] | None = None,
     ) -> list[tuple[str, dict[str, Any]]]:
         """The objects of kind ``referring`` that name any of ``named`` (names by kind), as (name, stored JSON), by
-        their references (:class:`CatalogReferenceRow`): nothing else read, nothing validated."""
+        their references (:class:`CatalogReferenceRow`): nothing else read, nothing validated. ``fields``: only those
+        top-level fields of the JSON read (and ``query``), each by its JSON path (SQLite's ``JSON_EXTRACT``,
+        PostgreSQL's ``->``): a field the row does not store is left out."""
         wanted = [(kind, names) for kind, names in named.items() if names]
         if not wanted:
             return []
@@ -308,12 +317,18 @@ class SqlDefinitionsStore:
         ids = select(CatalogReferenceRow.referrer_id).where(
             or_(*(and_(named_kind == kind, named_name.in_(names)) for kind, names in wanted))
         )
-        rows = session.execute(
-            select(CatalogObjectRow.name, CatalogObjectRow.spec).where(
-                CatalogObjectRow.kind == referring.__name__, CatalogObjectRow.id.in_(ids)
-            )
+        where = (CatalogObjectRow.kind == referring.__name__, CatalogObjectRow.id.in_(ids))
+        if fields is None:
+            rows = session.execute(select(CatalogObjectRow.name, CatalogObjectRow.spec).where(*where))
+            return [(row_name, spec if isinstance(spec, dict) else {}) for row_name, spec in rows]
+        read = ["query", *(field for field in fields if field != "query")]
+        paths = session.execute(
+            select(CatalogObjectRow.name, *(CatalogObjectRow.spec[field] for field in read)).where(*where)
         )
-        return [(row_name, spec if isinstance(spec, dict) else {}) for row_name, spec in rows]
+        return [
+            (row[0], {field: value for field, value in zip(read, row[1:], strict=True) if value is not None})
+            for row in paths
+        ]
 
     @staticmethod
     def _name_references(
