@@ -17,7 +17,6 @@ slowest in milliseconds.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +29,8 @@ from shared.application.errors import Conflict
 from shared.application.objects import replace_object
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
-from tests.benchmarks.bench_delete_in_use import CHECKS
+from tests.benchmarks.bench_delete_in_use import CHECKS, _said
+from tests.benchmarks.common import postgres_databases
 
 COLUMNS = ["id", "email", "tier", "updated_at"]
 SQL = "SELECT id, email, tier, updated_at FROM members WHERE tier = :tier"
@@ -117,10 +117,6 @@ def _timed(url: str, turns: int) -> dict[str, list[float]]:
     return times
 
 
-def _said(what: str, times: list[float]) -> str:
-    return f"{what}: median {statistics.median(times):.1f} ms, first {times[0]:.1f} ms, slowest {max(times):.1f} ms"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--definitions", type=int, default=10_000)
@@ -129,19 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with ExitStack() as stack:
         if args.postgres:
-            import sqlalchemy as sa
-
-            from devtools.postgres import LocalPostgres
-
-            server = stack.enter_context(LocalPostgres())
-            engine = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
-            with engine.connect() as connection:
-                connection.execute(sa.text('CREATE DATABASE "bench"'))
-            engine.dispose()
-            url = server.url("bench")
+            url = postgres_databases(stack)("bench_query_save")
         else:
-            directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            url = f"sqlite:///{directory / 'catalog.db'}"
+            url = f"sqlite:///{Path(stack.enter_context(tempfile.TemporaryDirectory())) / 'catalog.db'}"
         began = time.perf_counter()
         _fill(url, args.definitions)
         print(f"{'postgresql' if args.postgres else 'sqlite'}: {args.definitions} definitions on one query made in "
