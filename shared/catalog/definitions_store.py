@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import JSON, ColumnElement, Text, and_, delete, func, or_, select, type_coerce
+from sqlalchemy import JSON, ColumnElement, FromClause, Text, and_, column, delete, func, or_, select, true, type_coerce
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -97,17 +97,21 @@ class _NotAsRead(Exception):
     fresh read, so that it describes the object as others left it, never this writer's own unsaved change."""
 
 
-def _picked(session: Session, fields: Sequence[str]) -> ColumnElement[Any]:
+def _picked(session: Session, fields: Sequence[str]) -> tuple[ColumnElement[Any], FromClause | None]:
     """The top-level ``fields`` of a row's stored JSON as one JSON array (null for a field not stored), taken by the
-    database: read and decoded once a row, a fraction of the whole JSON (SQLite's ``json_extract`` of many paths
-    parses the text once; PostgreSQL's ``->`` of each)."""
+    database, the text parsed once a row: SQLite's ``json_extract`` of many paths; PostgreSQL's ``json_to_record``
+    (the FROM item to join it by; six ``->`` parse a ``json`` text six times, slower than reading it whole). Decoded
+    once a row, a fraction of the whole JSON."""
     if session.get_bind().dialect.name == "postgresql":
-        picked = func.json_build_array(*(CatalogObjectRow.spec[field] for field in fields))
-    elif len(fields) == 1:  # json_extract of one path gives its value, not an array of it
-        picked = func.json_array(func.json_extract(CatalogObjectRow.spec, f'$."{fields[0]}"'))
-    else:
-        picked = func.json_extract(CatalogObjectRow.spec, *(f'$."{field}"' for field in fields))
-    return type_coerce(picked, JSON)
+        record = (
+            func.json_to_record(CatalogObjectRow.spec)
+            .table_valued(*(column(field, JSON) for field in fields))
+            .render_derived(name="picked", with_types=True)
+        )
+        return type_coerce(func.json_build_array(*(record.c[field] for field in fields)), JSON), record
+    if len(fields) == 1:  # json_extract of one path gives its value, not an array of it
+        return type_coerce(func.json_array(func.json_extract(CatalogObjectRow.spec, f'$."{fields[0]}"')), JSON), None
+    return type_coerce(func.json_extract(CatalogObjectRow.spec, *(f'$."{field}"' for field in fields)), JSON), None
 
 
 class SqlDefinitionsStore:
@@ -335,7 +339,11 @@ class SqlDefinitionsStore:
             rows = session.execute(select(CatalogObjectRow.name, CatalogObjectRow.spec).where(*where))
             return [(row_name, spec if isinstance(spec, dict) else {}) for row_name, spec in rows]
         read = ["query", *(field for field in fields if field != "query")]
-        rows = session.execute(select(CatalogObjectRow.name, _picked(session, read)).where(*where))
+        picked, record = _picked(session, read)
+        chosen = select(CatalogObjectRow.name, picked)
+        if record is not None:
+            chosen = chosen.select_from(CatalogObjectRow).join(record, true())
+        rows = session.execute(chosen.where(*where))
         return [
             (row_name, {f: value for f, value in zip(read, values, strict=True) if value is not None})
             for row_name, values in rows
