@@ -82,6 +82,8 @@ bench: prerequisites $(BENCH_STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_scheduler
 	$(BIN)/python -m tests.benchmarks.bench_delete_in_use
 	$(BIN)/python -m tests.benchmarks.bench_delete_in_use --postgres
+	$(BIN)/python -m tests.benchmarks.bench_query_save
+	$(BIN)/python -m tests.benchmarks.bench_query_save --postgres
 	$(BIN)/python -m tests.benchmarks.bench_run_start
 	$(BIN)/python -m tests.benchmarks.bench_burst_start --runs 300 --turns 1 --extractors 1 2
 	$(BIN)/python -m tests.benchmarks.bench_extractor

@@ -7,7 +7,7 @@ admin API all validate through these classes, so one set of rules holds everywhe
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, cast
@@ -38,7 +38,14 @@ from shared.domain.http_fields import header_name_problem, source_problem
 from shared.domain.member_retries import RetryRejected
 from shared.domain.names import Name
 from shared.domain.pem import PRIVATE_KEY_MISPLACED, holds_private_key
-from shared.domain.query_parameters import RESERVED_PREFIX, QueryParameter, bind_names, coerce
+from shared.domain.query_parameters import (
+    RESERVED_PREFIX,
+    QueryParameter,
+    bind_names,
+    coerce,
+    required_problem,
+    unset_required,
+)
 from shared.domain.query_sql import check_select
 from shared.domain.schedule import Schedule
 from shared.domain.secret_references import is_reference
@@ -786,18 +793,36 @@ def secret_fields(obj: CatalogObject) -> Iterator[tuple[str, SecretStr]]:
 
 def query_consistency_problems(definition: ExportDefinition, query: SavedQuery) -> list[str]:
     """What in ``definition`` does not fit its query: undeclared parameters, a value not of its parameter's type
-    (what a run's binding says of it: ``expected integer: …``), a watermark the query lacks.
+    (what a run's binding says of it: ``expected integer: …``), a required parameter without default it does not
+    give while it runs unattended (:func:`runs_unattended`), a watermark the query lacks.
 
     Each problem names the definition's field. Column checks need ``query.columns`` (discovered at save);
     without them only the parameters are checked.
     """
     watermark = definition.incremental.watermark_column if definition.incremental else None
-    return fit_problems(definition.parameters, watermark, query)
+    needed = unset_required(query.parameters) if runs_unattended(definition.schedule) else []
+    return fit_problems(definition.parameters, watermark, query, needed)
 
 
-def fit_problems(parameters: Mapping[str, Any], watermark_column: str | None, query: SavedQuery) -> list[str]:
+#: Why a definition that runs unattended must give a required parameter's value itself.
+UNATTENDED = "its scheduled and chained runs are requested with no parameters"
+
+
+def runs_unattended(schedule: Schedule | Mapping[str, Any] | None) -> bool:
+    """Whether a definition's runs are requested with no parameters (by its schedule, or after the definition it
+    follows): its ``schedule`` enabled, as given or as stored (its JSON). Its other runs (``exportctl run``,
+    ``POST …/runs``, a run request from another system) may give the values themselves."""
+    if isinstance(schedule, Schedule):
+        return schedule.enabled
+    return isinstance(schedule, Mapping) and schedule.get("enabled") is True
+
+
+def fit_problems(
+    parameters: Mapping[str, Any], watermark_column: str | None, query: SavedQuery, needed: Iterable[str] = ()
+) -> list[str]:
     """:func:`query_consistency_problems` of a definition's ``parameters`` and ``watermark_column`` (None: not
-    incremental), as given or as stored (its JSON: what a query's save checks of the definitions on it, unread)."""
+    incremental), as given or as stored (its JSON: what a query's save checks of the definitions on it, unread);
+    ``needed``: the required parameters without default it must give (it runs unattended)."""
     problems = []
     for name, value in parameters.items():
         declared = query.parameters.get(name)
@@ -808,6 +833,11 @@ def fit_problems(parameters: Mapping[str, Any], watermark_column: str | None, qu
             coerce(declared.type, value)
         except ValueError as exc:
             problems.append(f"field 'parameters.{name}': {exc}")
+    problems += [
+        f"field 'parameters.{name}': {required_problem(name, query.parameters[name])}: {UNATTENDED}"
+        for name in needed
+        if parameters.get(name) is None
+    ]
     if watermark_column and query.columns and watermark_column not in query.columns:
         problems.append(
             f"field 'incremental.watermark_column': query '{query.name}' returns no column "

@@ -66,6 +66,17 @@ class QueryParameter(BaseModel):
         return self
 
 
+def required_problem(name: str, parameter: QueryParameter) -> str:
+    """What a run says of a required parameter nobody gave a value (:func:`bind_values`), and a save of a definition
+    whose runs would say it (:func:`~shared.domain.catalog_objects.fit_problems`)."""
+    return f"parameter '{name}' is required ({parameter.type.value})"
+
+
+def unset_required(declared: Mapping[str, QueryParameter]) -> list[str]:
+    """The declared parameters a run must be given a value of: required, without a default."""
+    return [name for name, parameter in declared.items() if parameter.required and parameter.default is None]
+
+
 def coerce(kind: ParameterType, value: Any) -> Any:
     """``value`` as the Python value of ``kind`` (e.g. an ISO string to a date); ValueError if it is not one."""
     if value is None:
@@ -106,7 +117,7 @@ def bind_values(
     for name, parameter in declared.items():
         value = next((values[name] for values in supplied if values and name in values), parameter.default)
         if value is None and parameter.required:
-            raise ParameterError(f"parameter '{name}' is required ({parameter.type.value})")
+            raise ParameterError(required_problem(name, parameter))
         if isinstance(value, str) and NUL in value:
             raise ParameterError(f"parameter '{name}': {NOT_ALLOWED}")
         try:

@@ -78,6 +78,18 @@ SMOKES: tuple[Smoke, ...] = (
         ),
     ),
     Smoke(
+        "bench_query_save",
+        ("--definitions", "20", "--turns", "1"),
+        (
+            r"^sqlite: 20 definitions on one query made in [\d.]+ s",
+            r"^query saved, label only: median [\d.]+ ms",
+            r"^query saved, tier made required, no default \(every definition gives it: saved\): median [\d.]+ ms",
+            r"^query saved, tier's type changed \(every value binds: saved\): median [\d.]+ ms",
+            r"^query saved, a column nothing uses dropped \(saved\): median [\d.]+ ms",
+            r"^query saved, tier made a boolean \(every value breaks: 409\): median [\d.]+ ms",
+        ),
+    ),
+    Smoke(
         "bench_batch_decoding",
         ("--members", "1000", "--rounds", "1"),
         (r"^  decode_member_batch \(the dispatcher's\) +median [\d.]+ ms.*\([\d.]+x the model's median\)$",),
