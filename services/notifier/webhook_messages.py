@@ -1,7 +1,9 @@
 """What a webhook channel is sent: the events a run calls for, their ledger kinds, ids and bodies. Pure.
 
 A ``standard`` channel gets a JSON event ``{"type", "timestamp", "data"}`` (the Standard Webhooks payload
-shape); a ``slack`` channel gets a Slack incoming-webhook message (``text`` and ``blocks``). The
+shape); a ``slack`` channel gets a Slack incoming-webhook message (``text`` and ``blocks``), its ``mrkdwn`` text
+escaped as Slack asks (``&``, ``<``, ``>``): a partner's answer quoted in an error is shown as text, never read
+as a mention (``<!channel>``) or a disguised link (``<url|text>``). The
 ``webhook-id`` is derived from (run, channel, event): every attempt and every resend of one notification
 carries the same id, so a receiver can drop a duplicate.
 """
@@ -144,6 +146,29 @@ def digest_message(
     )
 
 
+#: Slack's control characters in ``mrkdwn`` text (and a message's top-level ``text``), as its formatting
+#: reference says to escape them: ``&`` first, so that an escape is not escaped twice.
+_SLACK_ESCAPES = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"))
+#: The most characters a section block's text may have (Slack refuses the message beyond).
+_SECTION_MAX = 3000
+
+
+def slack_text(text: str) -> str:
+    """``text`` as Slack shows it literally in ``mrkdwn``: ``&``, ``<`` and ``>`` as ``&amp;``, ``&lt;``, ``&gt;``."""
+    for character, entity in _SLACK_ESCAPES:
+        text = text.replace(character, entity)
+    return text
+
+
+def _cut_escaped(text: str, limit: int) -> str:
+    """``text`` (escaped) cut to ``limit`` characters without leaving half an entity (``&am``) at its end."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    amp = cut.rfind("&", max(0, limit - 4))
+    return cut[:amp] if amp != -1 and ";" not in cut[amp:] else cut
+
+
 def _message(
     channel: WebhookChannel,
     id_: str,
@@ -154,12 +179,14 @@ def _message(
     now: datetime,
 ) -> WebhookMessage:
     if channel.format is WebhookFormat.SLACK:
-        details = "\n".join(fact for fact in facts if fact)
+        # Every fact may quote a partner or a user (an error sample, a failure reason): escaped, all of them.
+        details = _cut_escaped("\n".join(slack_text(fact) for fact in facts if fact), _SECTION_MAX)
         body: dict[str, object] = {
-            "text": f"[member export] {headline}",
+            "text": slack_text(f"[member export] {headline}"),
             "blocks": [
+                # plain_text, never formatted; and a headline is a definition's name (a slug) and an event's.
                 {"type": "header", "text": {"type": "plain_text", "text": f"[member export] {headline}"[:150]}},
-                {"type": "section", "text": {"type": "mrkdwn", "text": details[:3000] or headline}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": details or slack_text(headline)}},
             ],
         }
     else:

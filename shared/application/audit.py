@@ -13,8 +13,10 @@ from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import (
     KINDS,
     CatalogObject,
+    ConnectionProfile,
     ExportDefinition,
     kind_of,
+    shown_url,
     shown_webhook_url,
 )
 from shared.events import utc_now
@@ -122,12 +124,27 @@ def read_audit(
 
 def _shown(entry: AuditEntry) -> AuditEntry:
     """``entry`` with its definition's webhook URLs masked as reads show them (:func:`shown_webhook_url`): an entry
-    written before they were (session 49) holds them whole."""
+    written before they were (session 49) holds them whole; and a profile's URLs with their credential-named query
+    values masked (:func:`shown_url`): an entry written before session 54 holds them whole."""
+    if entry.kind == ConnectionProfile.__name__:
+        return dataclasses.replace(
+            entry, before=_profile_urls_shown(entry.before), after=_profile_urls_shown(entry.after)
+        )
     if entry.kind != ExportDefinition.__name__:
         return entry
     return dataclasses.replace(
         entry, before=_without_webhook_urls(entry.before), after=_without_webhook_urls(entry.after)
     )
+
+
+def _profile_urls_shown(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    if spec is None:
+        return spec
+    shown = spec | ({"base_url": shown_url(spec["base_url"])} if isinstance(spec.get("base_url"), str) else {})
+    auth = spec.get("auth")
+    if isinstance(auth, dict) and isinstance(auth.get("token_url"), str):
+        shown["auth"] = auth | {"token_url": shown_url(auth["token_url"])}
+    return shown
 
 
 def _without_webhook_urls(spec: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -28,7 +28,7 @@ from shared.cli.object_views import (
     print_schedule,
     schedule_preview,
 )
-from shared.cli.output import dump, table
+from shared.cli.output import dump, lines, table
 from shared.cli.progress import follow
 from shared.cli.run_views import parse_run_id, print_run, print_runs
 from shared.cli.variables import parse_assignments
@@ -116,7 +116,7 @@ def cmd_copy(api: AdminApi, args: argparse.Namespace) -> int:
     kind = canonical_kind(args.kind)
     body = {k: v for k, v in {"label": args.label, "name": args.new_name}.items() if v}
     copy = api.call("POST", f"/{COLLECTIONS[kind]}/{_path(args.name)}/copy", json_body=body)
-    print(f'{kind}/{copy["name"]} created ("{copy.get("label")}")')
+    lines([f'{kind}/{copy["name"]} created ("{copy.get("label")}")'])
     return OK
 
 

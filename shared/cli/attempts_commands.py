@@ -7,28 +7,18 @@ API (``GET /export-definitions/{name}/attempts``, within the token's scope); bot
 from __future__ import annotations
 
 import argparse
-import re
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from shared.cli.argtypes import positive_int
 from shared.cli.exits import OK
-from shared.cli.output import dump, output_option, table
+from shared.cli.output import dump, output_option, printable, table
 from shared.cli.run_views import parse_run_id
 
 if TYPE_CHECKING:
     from shared.cli.api import AdminApi
     from shared.cli.common import CliSettings
     from shared.cli.direct import Direct
-
-#: Control characters a partner's answer may hold (an escape sequence rewriting the terminal...): shown
-#: escaped in ``--details``, all but line feed and tab.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def printable(text: str) -> str:
-    """``text`` with its control characters (other than ``\\n`` and ``\\t``) escaped: ``\\x1b``, ``\\r``..."""
-    return _CONTROL.sub(lambda match: match.group(0).encode("unicode_escape").decode("ascii"), text)
 
 
 def print_attempts(attempts: list[dict[str, Any]], details: bool, fmt: str = "table") -> None:

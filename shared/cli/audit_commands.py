@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.cli.exits import CliError, fail
 from shared.cli.kinds import KIND_HELP, canonical_kind
-from shared.cli.output import dump, output_option
+from shared.cli.output import dump, lines, output_option
 
 if TYPE_CHECKING:
     from shared.cli.common import CliSettings
@@ -28,7 +28,7 @@ def print_entries(entries: list[dict[str, Any]], details: bool, fmt: str = "tabl
         before, after = entry.get("before") or {}, entry.get("after") or {}
         fields = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
         changed = f" ({', '.join(fields)})" if entry["action"] in ("update", "pause", "rename") and fields else ""
-        print(f"{entry['at']}  {entry['actor']:<20} {entry['action']:<7} {entry['kind']}/{entry['name']}{changed}")
+        lines([f"{entry['at']}  {entry['actor']:<20} {entry['action']:<7} {entry['kind']}/{entry['name']}{changed}"])
         if details:
             print(yaml.safe_dump({"before": entry.get("before"), "after": entry.get("after")}, sort_keys=False))
     if not entries:

@@ -8,7 +8,7 @@ import urllib.parse
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from shared.cli.output import dump, output_option
+from shared.cli.output import dump, lines, output_option
 
 if TYPE_CHECKING:
     from shared.cli.api import AdminApi
@@ -21,22 +21,27 @@ def print_delivery(view: dict[str, Any], fmt: str) -> None:
     if fmt != "table":
         dump(view, fmt)
         return
-    print(f"member {view['key']} of {view['definition']}")
+    shown = [f"member {view['key']} of {view['definition']}"]
     last = view.get("last")
     if last is None:
-        print("  last delivery: none in the log (pruned, or never sent)")
+        shown.append("  last delivery: none in the log (pruned, or never sent)")
     else:
         outcome = last["outcome"]
         if outcome == "failed":
             outcome += f" ({last['status'] if last['status'] is not None else 'no answer'}: {last['reason']})"
-        print(f"  last delivery: {outcome}")
-        print(f"  run:           {last['run_id']} (batch {last['batch_index']}{', a retry' if last['retry'] else ''})")
-        print(f"  at:            {datetime.fromisoformat(last['at']).isoformat(timespec='seconds')}")
-        print(f"  attempts:      {last['attempts']}")
+        shown += [
+            f"  last delivery: {outcome}",
+            f"  run:           {last['run_id']} (batch {last['batch_index']}{', a retry' if last['retry'] else ''})",
+            f"  at:            {datetime.fromisoformat(last['at']).isoformat(timespec='seconds')}",
+            f"  attempts:      {last['attempts']}",
+        ]
     retry = view.get("retry")
     if retry is not None:
         state = retry["state"].replace("_", " ")
-        print(f"  retry:         {state} after {retry['failed_runs']} failed run(s), last run {retry['last_run_id']}")
+        shown.append(
+            f"  retry:         {state} after {retry['failed_runs']} failed run(s), last run {retry['last_run_id']}"
+        )
+    lines(shown)  # the key is the user's, the reason the partner's: shown as data
 
 
 def cmd_deliveries(settings: CliSettings, args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from shared.cli.object_views import (
     print_schedule,
     schedule_preview,
 )
+from shared.cli.output import lines
 from shared.cli.variables import parse_assignments
 from shared.domain.catalog_objects import KINDS, CatalogObject, ExportDefinition
 from shared.domain.schedule import next_fire_times
@@ -130,7 +131,7 @@ def cmd_copy(settings: CliSettings, args: argparse.Namespace) -> int:
             label=args.label,
             new_name=args.new_name,
         )
-        print(f'{kind.__name__}/{made.name} created ("{getattr(made, "label", None)}")')
+        lines([f'{kind.__name__}/{made.name} created ("{getattr(made, "label", None)}")'])
         return OK
 
     return on_catalog(settings, copy)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+from shared.cli.output import printable
+
 OK = 0
 #: A run that did not succeed, or did not finish within ``--timeout``; also an unexpected error (a bug).
 RUN_FAILED = 1
@@ -42,7 +44,7 @@ class CliError(Exception):
 
 def fail(message: str, code: int = USAGE) -> int:
     """Print ``exportctl: message`` to stderr; return ``code`` (a usage error unless told)."""
-    print(f"exportctl: {message}", file=sys.stderr)
+    print(printable(f"exportctl: {message}"), file=sys.stderr)  # it may quote a label, a partner's answer
     return code
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from shared.cli.output import document, dump, table
+from shared.cli.output import document, dump, lines, printable, table
 
 
 def print_objects(kind: str, specs: list[dict[str, Any]], fmt: str) -> None:
@@ -112,10 +112,14 @@ def print_dry_run(requests: list[dict[str, Any]]) -> None:
         print("the query returns no member: nothing would be sent")
     for index, request in enumerate(requests, 1):
         print(f"--- request {index}: {request['members']} member(s)")
-        print(f"{request['method']} {request['url']}")
-        for name, value in request["headers"].items():
-            print(f"{name}: {value}")
-        print(f"\n{request['body']}")
+        # A member's values (from the members database) are shown as data.
+        lines(
+            [
+                f"{request['method']} {request['url']}",
+                *(f"{name}: {value}" for name, value in request["headers"].items()),
+            ]
+        )
+        print(printable(f"\n{request['body']}"))
 
 
 def print_changes(changes: list[dict[str, Any]], diff: bool) -> None:

@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from shared.cli.exits import USAGE, CliError
-from shared.cli.output import dump, table
+from shared.cli.output import dump, printable, table
 
 #: Statuses of a run that is not over yet.
 ACTIVE = frozenset({"queued", "extracting", "dispatching"})
@@ -19,7 +19,8 @@ View = dict[str, Any]
 
 
 def summary(view: View, replays: list[View] | None = None) -> str:
-    """A run's outcome in a few lines: status, counts, duration, error samples, replay links."""
+    """A run's outcome in a few lines: status, counts, duration, error samples, replay links; each line one line of
+    :func:`~shared.cli.output.printable` text (a reason or an error may quote a partner)."""
     seconds = view.get("duration_seconds")
     duration = f"{seconds:.1f}s" if seconds is not None else "-"
     lines = [
@@ -41,7 +42,7 @@ def summary(view: View, replays: list[View] | None = None) -> str:
         for replay in replays or []
     ]
     lines += [notification_line(notification) for notification in view.get("notifications") or ()]
-    return "\n".join(lines)
+    return "\n".join(printable(line, one_line=True) for line in lines)
 
 
 def notification_line(notification: View) -> str:

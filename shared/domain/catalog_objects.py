@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -48,6 +48,7 @@ from shared.domain.query_parameters import (
 )
 from shared.domain.query_sql import check_select
 from shared.domain.schedule import Schedule
+from shared.domain.secret_names import secret_query_name
 from shared.domain.secret_references import is_reference
 from shared.domain.strict_values import StrictBool
 from shared.domain.sync_mode import Sync
@@ -127,6 +128,60 @@ def _without_credentials(url: str) -> str:
     return url
 
 
+def _secret_query_fields(url: str) -> list[tuple[str, str]]:
+    """``url``'s query fields as ``(name, field)``, a field ``name=value`` whose name says it holds a credential
+    marked by its name, by the one rule the logs and the attempt inspector mask query values by
+    (:func:`~shared.domain.secret_names.secret_query_name`); None for the others."""
+    return [
+        (name, field)
+        for field in urlsplit(url).query.split("&")
+        if "=" in field and secret_query_name(name := unquote_plus(field.partition("=")[0]))
+    ]
+
+
+def _without_query_credentials(url: str, info: ValidationInfo) -> str:
+    """A URL saved holds no credential in its query (``?api_key=...``): readers would see it, the audit log keep it,
+    and it would not be encrypted at rest. Never the value in the message, only the parameter's name. The catalog's
+    own rows are read as saved: a profile saved by an older release still loads and runs (reads mask the value:
+    :func:`shown_url`)."""
+    if isinstance(info.context, dict) and (DECRYPT_SECRET in info.context or STORED_ROW in info.context):
+        return url
+    names = sorted({name for name, _ in _secret_query_fields(url)})
+    if names:
+        shown = ", ".join(repr(name[:40]) for name in names[:5])
+        raise ValueError(
+            f"must not hold a credential in its query (parameter {shown}): give it in the profile's auth as a secret "
+            "(encrypted at rest, answered masked; or an env:NAME / file:PATH reference): a partner's key as "
+            "{type: api_key, header: <the header the partner reads>, key: ...}, an OAuth client's as auth.client_secret"
+        )
+    return url
+
+
+def shown_url(url: str) -> str:
+    """A profile's URL as every read shows it (JSON: the admin API, ``exportctl get``, the console, the audit log):
+    the values of query parameters named like credentials masked (``?api_key=**********``). Saving refuses such a
+    query (:func:`_without_query_credentials`); a profile stored before that shows its key to no reader."""
+    fields = dict(_secret_query_fields(url))
+    if not fields:
+        return url
+    secret = set(fields.values())
+    query = "&".join(
+        f"{field.partition('=')[0]}={_ANSWERED_MASK}" if field in secret else field
+        for field in urlsplit(url).query.split("&")
+    )
+    return urlsplit(url)._replace(query=query).geturl()
+
+
+#: A profile's ``base_url`` or OAuth ``token_url``: no user information, no credential in its query (at save), such
+#: values masked in JSON (:func:`shown_url`).
+PartnerUrl = Annotated[
+    str,
+    AfterValidator(_without_credentials),
+    AfterValidator(_without_query_credentials),
+    PlainSerializer(shown_url, return_type=str, when_used="json"),
+]
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -161,7 +216,7 @@ class OAuth2ClientCredentials(_Spec):
     """OAuth 2.0 client credentials; stored now, exchanged for tokens by the dispatcher (issue 5)."""
 
     type: Literal["oauth2_client_credentials"]
-    token_url: Annotated[str, AfterValidator(_without_credentials)]
+    token_url: PartnerUrl
     client_id: str
     client_secret: Secret
     scope: str | None = None
@@ -291,14 +346,22 @@ class ConnectionProfile(_Spec):
     """Where and how to reach a partner API: a base URL and its authentication.
 
     Validation errors never echo their input (a profile holds credentials); URLs may not carry user
-    information (``user:password@``): credentials belong in ``auth``.
+    information (``user:password@``) nor a credential in their query (``?api_key=``, refused at save: a profile
+    saved before still loads, its value masked in reads): credentials belong in ``auth``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     name: Name
     label: str | None = Field(default=None, max_length=LABEL_MAX_LENGTH)
-    base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$"), AfterValidator(_without_credentials)]
+    base_url: Annotated[
+        str,
+        Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$"),
+        AfterValidator(_without_credentials),
+        AfterValidator(_without_query_credentials),
+        PlainSerializer(shown_url, return_type=str, when_used="json"),
+        WithJsonSchema({"type": "string", "pattern": r"^https?://[^\s/]+(/[^\s]*)?$"}),
+    ]
     auth: Auth = NoAuth()
     timeout_seconds: Annotated[float, Field(gt=0, le=PROFILE_TIMEOUT_MAX_SECONDS)] = 30.0
     #: Standard Webhooks signing secret (``whsec_…``, or an ``env:``/``file:`` reference to one): when set,

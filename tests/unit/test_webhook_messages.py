@@ -92,3 +92,48 @@ def test_an_outages_wait_grows_with_the_time_already_waited_between_its_floor_an
     backoff = Backoff(initial=30.0, maximum=900.0)
     assert backoff.delay_after(elapsed, draw=lambda low, high: high) == min(900.0, max(30.0, elapsed))
     assert backoff.delay_after(elapsed, draw=lambda low, high: low) == 0.0
+
+
+def _slack_section(record: RunRecord) -> str:
+    channel = WebhookChannel(url="https://hooks.slack.com/services/T000/B000/XXXX", format="slack")
+    message = run_message(
+        definition=DEFINITION, channel_name="ops", channel=channel, event="failed", record=record, now=NOW
+    )
+    body = json.loads(message.body)
+    return body["blocks"][1]["text"]["text"]
+
+
+def test_a_slack_message_shows_a_partners_answer_as_text_never_as_a_mention_or_a_disguised_link():
+    """Slack reads ``<!channel>`` and ``<url|text>`` in mrkdwn as a mention and a link; escaped (``&``, ``<``,
+    ``>``, as Slack's formatting reference asks), the channel sees the partner's words, nobody is pinged. The
+    standard webhook's JSON keeps the error as it is."""
+    reason = 'HTTP 400: {"error": "<!channel> log in at <https://evil.example/login|https://partner.example> & retry"}'
+    record = RunRecord(
+        run_id=uuid.uuid4(), definition="nightly", terminal_status=RunStatus.FAILED, error_samples=(reason,)
+    )
+    section = _slack_section(record)
+    assert not {"<", ">"} & set(section)
+    assert (
+        'error: HTTP 400: {"error": "&lt;!channel&gt; log in at '
+        '&lt;https://evil.example/login|https://partner.example&gt; &amp; retry"}'
+    ) in section
+    standard = run_message(
+        definition=DEFINITION,
+        channel_name="ops",
+        channel=WebhookChannel(url="https://hooks.example.com/x"),
+        event="failed",
+        record=record,
+        now=NOW,
+    )
+    assert json.loads(standard.body)["data"]["errors"] == [reason]
+
+
+@given(st.lists(st.text(alphabet="<>&;a!", max_size=1500), min_size=1, max_size=3))
+def test_a_slack_section_is_escaped_and_cut_within_slacks_limit_without_half_an_entity(errors):
+    section = _slack_section(RunRecord(run_id=uuid.uuid4(), definition="nightly", error_samples=tuple(errors)))
+    assert len(section) <= 3000
+    assert not {"<", ">"} & set(section)
+    # Every & starts a whole entity: read back, the section is the facts' text (up to where it was cut).
+    assert all(section[i:].startswith(("&amp;", "&lt;", "&gt;")) for i, c in enumerate(section) if c == "&")
+    shown = section.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    assert "\n".join(f"error: {error}" for error in errors).startswith(shown.partition("\n")[2])

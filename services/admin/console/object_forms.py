@@ -16,7 +16,7 @@ from pydantic.fields import FieldInfo
 
 from services.admin.console.forms import Form, Problems, parsed_yaml
 from shared.application.masked_secrets import MASK
-from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery, TlsSettings
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, SavedQuery, TlsSettings, shown_url
 from shared.domain.circuit_breaker import CircuitBreakerSettings
 
 #: Each authentication type's fields, and which of them are secrets.
@@ -150,7 +150,7 @@ def profile_values(profile: ConnectionProfile | None) -> dict[str, Any]:
     values: dict[str, Any] = {
         "label": profile.label or "",
         "name": profile.name,
-        "base_url": profile.base_url,
+        "base_url": shown_url(profile.base_url),  # a key a profile saved before held in its query: masked
         "auth_type": auth.get("type", "none"),
         "timeout_seconds": f"{profile.timeout_seconds:g}",
         "stored_secrets": [name for name in AUTH_FIELDS.get(auth.get("type", "none"), ()) if name in SECRETS]
