@@ -49,13 +49,18 @@ def dispatch(args: argparse.Namespace) -> int:
     return int(args.func(settings, args))
 
 
-def refuse_missing_catalog(url: str) -> None:
-    """:class:`CliError` when ``url`` is a SQLite file that does not exist (opening it would create it empty)."""
+def missing_sqlite_file(url: str) -> bool:
+    """Whether ``url`` is a SQLite file that does not exist (opening it would create it, empty)."""
     prefix = "sqlite:///"
     if not url.startswith(prefix):
-        return
+        return False
     path = url[len(prefix) :].split("?", 1)[0]
-    if path and path != ":memory:" and not Path(path).exists():
+    return bool(path) and path != ":memory:" and not Path(path).exists()
+
+
+def refuse_missing_catalog(url: str) -> None:
+    """:class:`CliError` when ``url`` is a SQLite file that does not exist (opening it would create it empty)."""
+    if missing_sqlite_file(url):
         raise CliError(
             f"no catalog at {url}: set EXPORT_API_URL (or --api-url, or a context) to work through the admin API, "
             "EXPORT_CATALOG_URL to use another catalog, or run 'exportctl db upgrade' to create this one",
