@@ -88,5 +88,8 @@ def view_of(record: RunRecord, notifications: Sequence[RunNotification] | None =
         "unchanged": record.unchanged,
         "removed": record.removed,
         "retried": record.retried,
+        "mass_removal_allowed": record.mass_removal_allowed,
+        # The API's is absolute when it knows its public URL (EXPORT_ADMIN_PUBLIC_URL); the catalog does not.
+        "url": f"/api/v1/runs/{record.run_id}",
         "notifications": shown,
     }

@@ -26,7 +26,8 @@ def dispatch(args: argparse.Namespace) -> int:
         from shared.cli.api import AdminApi
         from shared.cli.api_commands import run_api_command
 
-        return run_api_command(AdminApi(connection.api_url, connection.token), args.api, args)
+        api = AdminApi(connection.api_url, connection.token, anonymous_because=connection.anonymous_because)
+        return run_api_command(api, args.api, args)
     if args.func is None:
         raise CliError(
             f"'{args.command}' works through the admin API: give --api-url, EXPORT_API_URL or a context", USAGE
