@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError
@@ -35,6 +36,15 @@ class CliSettings(CommonSettings):
         ge=10_000,
         description="Largest member-batch record of a dead-letter replay, in bytes (the extractor's setting).",
     )
+
+
+def missing_sqlite_file(url: str) -> bool:
+    """Whether ``url`` is a SQLite file that does not exist (opening it would create it, empty)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return False
+    path = url[len(prefix) :].split("?", 1)[0]
+    return bool(path) and path != ":memory:" and not Path(path).exists()
 
 
 def settings_or_refusal() -> CliSettings:

@@ -18,7 +18,7 @@ from shared.application.actors import Actor, local_operator
 from shared.application.errors import DeadLettersUnreadable, PublishFailed, Refused
 from shared.catalog import CatalogStores, make_engine
 from shared.catalog.schema import SchemaOutdated, require_current
-from shared.cli.common import CliSettings, view_of
+from shared.cli.common import CliSettings, missing_sqlite_file, view_of
 from shared.cli.exits import NOT_FOUND, REFUSED, UNREACHABLE, USAGE, CliError, code_of_refusal
 from shared.cli.progress import follow
 from shared.cli.run_views import View
@@ -61,7 +61,6 @@ class Direct:
         not exist, which opening would create empty. ``instead``: what the refusal offers besides setting the URL
         (``apply``'s ``--skip-discovery``)."""
         if self._members is None:
-            from shared.cli.modes import missing_sqlite_file
             from shared.querystore import MemberReader
 
             url = self.settings.query_store_url

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from shared.cli.exits import USAGE, CliError
 
@@ -50,17 +49,10 @@ def dispatch(args: argparse.Namespace) -> int:
     return int(args.func(settings, args))
 
 
-def missing_sqlite_file(url: str) -> bool:
-    """Whether ``url`` is a SQLite file that does not exist (opening it would create it, empty)."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix):
-        return False
-    path = url[len(prefix) :].split("?", 1)[0]
-    return bool(path) and path != ":memory:" and not Path(path).exists()
-
-
 def refuse_missing_catalog(url: str) -> None:
     """:class:`CliError` when ``url`` is a SQLite file that does not exist (opening it would create it empty)."""
+    from shared.cli.common import missing_sqlite_file
+
     if missing_sqlite_file(url):
         raise CliError(
             f"no catalog at {url}: set EXPORT_API_URL (or --api-url, or a context) to work through the admin API, "
