@@ -150,6 +150,24 @@ def _unpublished(stores: CatalogStores, run: uuid.UUID, publisher: Publisher, ke
     return failed.value.run_id
 
 
+def test_a_replay_without_a_key_kafka_does_not_acknowledge_says_how_to_cancel_it_not_to_retry_with_a_key(
+    stores: CatalogStores,
+) -> None:
+    """Before: "retrying with the same Idempotency-Key publishes them again", with no key given."""
+    original = _run(stores)
+    with pytest.raises(RunNotPublished) as failed:
+        _replay(stores, original, Publisher(away=True), None)
+    replay_id = failed.value.run_id
+    assert failed.value.replay_of == original
+    assert str(failed.value) == (
+        f"replay run {replay_id} of run {original} was recorded queued, but Kafka did not acknowledge its events "
+        f"({REASON}): their outcome is unknown: the broker may have received some of them; it was requested without "
+        "an Idempotency-Key, so requesting it again starts another replay run: cancel this one if it must not start "
+        f"(exportctl cancel {replay_id}, or POST /api/v1/runs/{replay_id}/cancel), else a run that never starts is "
+        "failed as stuck (EXPORT_NOTIFIER_STUCK_AFTER_SECONDS)"
+    )
+
+
 def test_a_replay_kafka_does_not_acknowledge_is_recorded_queued_and_its_retry_publishes_the_same_replay_run(
     stores: CatalogStores,
 ) -> None:
