@@ -14,7 +14,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,10 +21,10 @@ import pytest
 from devtools.processes import free_port
 from shared.catalog import CatalogStores
 from shared.cli.__main__ import main as exportctl
-from shared.domain.attempts import CapturedAttempt
 from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
 from tests.admin_app import in_process_api, seed
+from tests.integration.test_admin_replay import _attempt as captured_attempt
 from tests.integration.test_kafka_unavailable import serving
 
 pytestmark = pytest.mark.integration
@@ -89,7 +88,7 @@ def test_both_modes_print_runs_schedules_audit_and_attempts_alike(
     stores = CatalogStores.from_url(both.catalog_url)
     try:
         run = stores.runs.list_runs("nightly", 1)[0]
-        stores.attempts.add([_attempt(run.run_id)], keep=10)
+        stores.attempts.add([captured_attempt("nightly", "partner", run.run_id)], keep=10)
     finally:
         stores.close()
     listed = both.same(monkeypatch, capsys, "runs", "-o", "json")
@@ -233,26 +232,4 @@ def test_a_contexts_token_goes_to_its_api_however_written_and_a_401_says_why_non
         "exportctl: 401: a bearer token is required (context local's token was not sent: EXPORT_API_URL names "
         f"{both.api_url}, not that context's API (http://localhost:{port}); give --token-file or EXPORT_API_TOKEN "
         "for it)\n"
-    )
-
-
-def _attempt(run_id: uuid.UUID) -> CapturedAttempt:
-    return CapturedAttempt(
-        definition="nightly",
-        profile="partner",
-        run_id=run_id,
-        batch_index=0,
-        attempt=1,
-        at=datetime.now(UTC),
-        method="POST",
-        url="https://partner.example.com/v2/members",
-        request_headers={"Content-Type": "application/json"},
-        request_body="[]",
-        request_bytes=2,
-        status=500,
-        success=False,
-        latency_ms=12.5,
-        response_headers={},
-        response_body="oops",
-        error="HTTP 500",
     )
