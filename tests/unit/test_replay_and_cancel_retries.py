@@ -701,7 +701,7 @@ def test_exportctl_replay_with_an_idempotency_key_is_one_replay_run_and_another_
     stores.close()
     publisher = Publisher()
     monkeypatch.setattr(reachability, "require_kafka", lambda servers: None)
-    monkeypatch.setattr(event_publisher, "KafkaDeadLetters", lambda settings: _letters(original, other))
+    monkeypatch.setattr(event_publisher, "KafkaDeadLetters", lambda settings, **_: _letters(original, other))
     monkeypatch.setattr(direct.Direct, "publisher", lambda self, wait_seconds=None: publisher)
     settings = CliSettings(catalog_url=url)
 
@@ -756,7 +756,7 @@ def test_exportctl_replays_publication_waits_for_kafka_within_the_claims_lease(
     original = _run(stores)
     stores.close()
     monkeypatch.setattr(reachability, "require_kafka", lambda servers: None)
-    monkeypatch.setattr(event_publisher, "KafkaDeadLetters", lambda settings: _letters(original))
+    monkeypatch.setattr(event_publisher, "KafkaDeadLetters", lambda settings, **_: _letters(original))
     monkeypatch.setattr(direct.Direct, "_connect", lambda self, max_block_seconds=None: FrozenBroker())
     args = build_parser().parse_args(["dead-letters", "replay", str(original), "--idempotency-key", "k1"])
     with pytest.raises(CliError) as failed:
