@@ -34,6 +34,8 @@ def _direct(tmp_path) -> dict[str, str]:
 
 def exportctl(tmp_path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, **_direct(tmp_path), **(env or {})}
+    # An empty member store (queries such as 'select 1 as id' need no table): exportctl refuses one that does not exist.
+    (tmp_path / "no-members.db").touch()
     if not (tmp_path / "catalog.db").exists():
         # An operator's first step on a new catalog (the services and exportctl refuse one without schema).
         subprocess.run([sys.executable, "-m", "shared.cli", "db", "upgrade"], env=environment, check=True)
