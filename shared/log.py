@@ -181,6 +181,12 @@ def add_trace_ids(_logger: Any, _method: str, event_dict: MutableMapping[str, An
 _PROCESSORS: list[Any] = []
 
 
+def _colours() -> bool:
+    """Whether the console format colours its lines: only on a terminal, unless NO_COLOR is set (no-color.org);
+    a file or a pipe (exportctl's warnings read by a script, a service's log file) gets no escape codes."""
+    return sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json", service: str | None = None) -> None:
     """Configure structlog and the standard library to write one line per event to stderr."""
     shared: list[Any] = [
@@ -191,7 +197,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json", service: str | Non
         add_trace_ids,
         redact_secrets,
     ]
-    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=_colours())
+    )
     # Level filtering first: a debug line in a hot loop then costs a comparison, not a rendering. The list is
     # replaced in place: a logger cached by an earlier call (cache_logger_on_first_use) holds this very list, so
     # it follows a later call (exportctl run in-process again, structlog.testing.capture_logs) instead of

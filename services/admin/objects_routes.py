@@ -19,6 +19,7 @@ from shared.application.actors import Actor
 from shared.application.manifests import parse_object_documents
 from shared.application.schedules import who_paused
 from shared.domain.catalog_objects import (
+    LABEL_MAX_LENGTH,
     CatalogObject,
     ConnectionProfile,
     ExportDefinition,
@@ -59,7 +60,8 @@ class CopyRequest(BaseModel):
     """How to name a copy (both optional: "Copy of <label>" and its slug)."""
 
     model_config = ConfigDict(extra="forbid")
-    label: str | None = Field(default=None, max_length=200)
+    #: Its length is checked by the copy (as exportctl's copy on the catalog: ``field 'label': ...``), documented here.
+    label: str | None = Field(default=None, json_schema_extra={"maxLength": LABEL_MAX_LENGTH})
     name: Name | None = None
 
 

@@ -19,6 +19,7 @@ from shared.application.objects import visible_with_id
 from shared.application.ports import AttemptsReader, DefinitionsStore
 from shared.domain.attempts import CapturedAttempt, attempt_fields
 from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.instants import json_instant
 
 
 def read_attempts(
@@ -45,9 +46,6 @@ def read_attempts(
 
 def attempt_view(attempt: CapturedAttempt) -> dict[str, Any]:
     """An attempt as the admin API answers it and exportctl prints it (JSON-ready; one shape for both)."""
-    return {
-        "id": attempt.id,
-        **attempt_fields(attempt),
-        "at": attempt.at.isoformat().replace("+00:00", "Z"),  # as the API writes an instant in UTC
-        "run_id": str(attempt.run_id),
-    }
+    # In the API's order (its AttemptView's): id and at first, then what was sent and answered.
+    view: dict[str, Any] = {"id": attempt.id, "at": None} | attempt_fields(attempt)
+    return view | {"at": json_instant(attempt.at), "run_id": str(attempt.run_id)}

@@ -19,6 +19,7 @@ from shared.domain.catalog_objects import (
     shown_url,
     shown_webhook_url,
 )
+from shared.domain.instants import json_instant
 from shared.events import utc_now
 
 #: How a definition without a business unit is written in an entry's units (only unscoped readers see it).
@@ -120,6 +121,21 @@ def read_audit(
 
     entries = log.entries(readable=readable, name=name, kind=kind, actor=who, since=since, limit=limit, offset=offset)
     return [_shown(entry) for entry in entries]
+
+
+def audit_view(entry: AuditEntry) -> dict[str, Any]:
+    """An entry as the admin API answers it and exportctl prints it (JSON-ready; one shape, one order for both)."""
+    return {
+        "id": entry.id,
+        "at": json_instant(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "kind": entry.kind,
+        "name": entry.name,
+        "business_units": list(entry.business_units),
+        "before": entry.before,
+        "after": entry.after,
+    }
 
 
 def _shown(entry: AuditEntry) -> AuditEntry:

@@ -110,12 +110,15 @@ class PublishFailed(Exception):
 
 class RunNotPublished(PublishFailed):
     """A run recorded ``queued`` whose request Kafka did not acknowledge; the message says what becomes of it: a
-    retry under the same Idempotency-Key publishes it again (:func:`shared.application.runs.request_run`), else a
+    retry under the same Idempotency-Key publishes it again (:func:`shared.application.runs.request_run`); without
+    a key (``keyed`` False) a retry would start another run, so the message says how to cancel this one instead; a
     run that never starts is failed as stuck by the notifier's sweep. With ``replay_of``: a replay run of that run,
     whose events (its start, batches and extraction's end) Kafka did not all acknowledge
     (:func:`shared.application.replay.replay_dead_letters`: the same retry publishes them again)."""
 
-    def __init__(self, run_id: uuid.UUID, failure: PublishFailed, *, replay_of: uuid.UUID | None = None) -> None:
+    def __init__(
+        self, run_id: uuid.UUID, failure: PublishFailed, *, replay_of: uuid.UUID | None = None, keyed: bool = True
+    ) -> None:
         super().__init__(failure.what, failure.reason, unknown=failure.unknown)
         self.run_id: uuid.UUID = run_id
         self.replay_of = replay_of
@@ -124,17 +127,24 @@ class RunNotPublished(PublishFailed):
                 f"run {run_id} was recorded queued, but Kafka did not acknowledge its request",
                 "its outcome is unknown: it starts if the broker received it",
             )
-            again = "publishes it again (the run starts once)"
+            again, another = "publishes it again (the run starts once)", "another run"
         else:
             what, outcome = (
                 f"replay run {run_id} of run {replay_of} was recorded queued, but Kafka did not acknowledge its events",
                 "their outcome is unknown: the broker may have received some of them",
             )
             again = "publishes them again (the same replay run, its batches under the same keys)"
+            another = "another replay run"
+        if keyed:
+            retry = f"retrying with the same Idempotency-Key {again}, else"
+        else:
+            retry = (
+                f"it was requested without an Idempotency-Key, so requesting it again starts {another}: cancel this "
+                f"one if it must not start (exportctl cancel {run_id}, or POST /api/v1/runs/{run_id}/cancel), else"
+            )
         self.args = (
-            f"{what} ({self.reason}): {outcome if self.unknown else 'it was not published'}; retrying with the same "
-            f"Idempotency-Key {again}, else a run that never starts is failed as stuck "
-            "(EXPORT_NOTIFIER_STUCK_AFTER_SECONDS)",
+            f"{what} ({self.reason}): {outcome if self.unknown else 'it was not published'}; {retry} a run that never "
+            "starts is failed as stuck (EXPORT_NOTIFIER_STUCK_AFTER_SECONDS)",
         )
 
 

@@ -11,6 +11,7 @@ from shared.application.errors import Invalid, Missing
 from shared.application.objects import visible_with_id
 from shared.application.ports import DefinitionsStore
 from shared.domain.catalog_objects import ExportDefinition
+from shared.domain.instants import json_instant
 from shared.domain.member_deliveries import MAX_KEY_LENGTH, MemberDelivery
 from shared.domain.member_retries import MemberRetry
 
@@ -79,7 +80,7 @@ def delivery_view(answer: MemberDeliveryAnswer) -> dict[str, Any]:
             "outcome": last.outcome,
             "run_id": last.run_id,
             "batch_index": last.batch_index,
-            "at": last.at.isoformat().replace("+00:00", "Z"),  # as the API writes an instant in UTC
+            "at": json_instant(last.at),
             "attempts": last.attempts,
             "status": last.status,
             "reason": last.reason,

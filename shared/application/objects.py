@@ -619,9 +619,10 @@ def copy_object(
     try:
         copy: T = kind.model_validate(spec)  # type: ignore[assignment]
     except ValidationError as exc:  # the label asked for (too long): refused as every entry point refuses
+        # Naming the field only: the copy's name would be one the caller never gave (the slug of the refused label).
         raise Invalid(
             [
-                f"{kind.__name__} '{new_name}': field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}"
+                f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}"
                 for e in exc.errors(include_url=False, include_input=False)
             ],
             slug="invalid-object",

@@ -194,17 +194,23 @@ def replay_dead_letters(
                 "use a new key to replay them as they are now",
                 slug="dead-letters-changed",
             )
-        _publish(
-            runs,
-            publisher,
-            replay_id,
-            [(batch.batch_index, batch.value) for batch in batches],
-            _started(actor, definition, replay_id, run_id),
-            ExtractionCompleted(
-                run_id=replay_id, definition=definition.name, members=len(members), batches=len(batches)
-            ),
-            definition.priority,
-        )
+        try:
+            _publish(
+                runs,
+                publisher,
+                replay_id,
+                [(batch.batch_index, batch.value) for batch in batches],
+                _started(actor, definition, replay_id, run_id),
+                ExtractionCompleted(
+                    run_id=replay_id, definition=definition.name, members=len(members), batches=len(batches)
+                ),
+                definition.priority,
+            )
+        except RunNotPublished as exc:
+            if idempotency_key:
+                raise
+            # No key to retry with: the message says how to cancel it rather than to retry with one.
+            raise RunNotPublished(replay_id, exc, replay_of=exc.replay_of, keyed=False) from exc.__cause__
         return Replay(run_id=replay_id, members=len(members), batches=len(batches))
 
 

@@ -70,7 +70,7 @@ def request_run(
         known = runs.get_run(run_id)
         if known is not None:
             if known.status is RunStatus.QUEUED and known.started_at is None:
-                _publish(publisher, known, trigger, parameters, allow_mass_removal)
+                _publish(publisher, known, trigger, parameters, allow_mass_removal, keyed=True)
             return known
     requested_at = utc_now()
     record = RunRecord(
@@ -85,7 +85,7 @@ def request_run(
         mass_removal_allowed=allow_mass_removal,
     )
     runs.record_requested_run(record)
-    _publish(publisher, record, trigger, parameters, allow_mass_removal)
+    _publish(publisher, record, trigger, parameters, allow_mass_removal, keyed=bool(idempotency_key))
     return record
 
 
@@ -95,8 +95,11 @@ def _publish(
     trigger: Trigger,
     parameters: dict[str, Any],
     allow_mass_removal: bool,
+    *,
+    keyed: bool,
 ) -> None:
-    """Publish the request of ``record`` (a queued run); :class:`RunNotPublished` when Kafka does not acknowledge it."""
+    """Publish the request of ``record`` (a queued run); :class:`RunNotPublished` when Kafka does not acknowledge it
+    (``keyed``: requested with an Idempotency-Key, which a retry publishes it again with)."""
     request = RunRequested(
         run_id=record.run_id,
         definition=record.definition,
@@ -109,7 +112,7 @@ def _publish(
     try:
         publisher.publish_run_request(request)
     except PublishFailed as exc:
-        raise RunNotPublished(record.run_id, exc) from exc
+        raise RunNotPublished(record.run_id, exc, keyed=keyed) from exc
 
 
 def request_fingerprint(definition: str, parameters: dict[str, Any], *, allow_mass_removal: bool = False) -> str:

@@ -68,13 +68,15 @@ def _problem_detail(body: bytes) -> str:
 class AdminApi:
     """The admin API at ``url`` (with or without ``/api/v1``), called with the bearer ``token``."""
 
-    def __init__(self, url: str, token: str = "", timeout: float = 30.0) -> None:
+    def __init__(self, url: str, token: str = "", timeout: float = 30.0, anonymous_because: str = "") -> None:
         self.url = normalise_url(url)
         if not self.url.startswith(("http://", "https://")):
             raise CliError(f"the admin API URL '{url}' must start with http:// or https://", USAGE)
         self.base = self.url + API_PREFIX
         self.token = token
         self.timeout = timeout
+        #: Why no token is sent (:attr:`shared.cli.config.Connection.anonymous_because`): added to a 401's message.
+        self.anonymous_because = anonymous_because
 
     def close(self) -> None:
         """Nothing to release (one connection per call); kept for symmetry with other clients."""
@@ -106,7 +108,10 @@ class AdminApi:
             with urllib.request.urlopen(request, data=data, timeout=timeout or self.timeout) as response:  # noqa: S310
                 body = response.read()
         except urllib.error.HTTPError as exc:
-            raise ApiError(_problem_detail(exc.read()), exc.code) from None
+            detail = _problem_detail(exc.read())
+            if exc.code == 401 and self.anonymous_because and not self.token:
+                detail += f" ({self.anonymous_because})"
+            raise ApiError(detail, exc.code) from None
         except TimeoutError:
             # Sent (a connection that failed is a URLError), not answered in time: a write may be recorded all the same.
             seconds = timeout or self.timeout

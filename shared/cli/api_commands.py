@@ -30,7 +30,7 @@ from shared.cli.object_views import (
 )
 from shared.cli.output import dump, lines, table
 from shared.cli.progress import follow
-from shared.cli.run_views import parse_run_id, print_run, print_runs
+from shared.cli.run_views import parse_run_id, print_cancelled, print_run, print_runs
 from shared.cli.variables import parse_assignments
 
 #: The largest page of the definition search.
@@ -157,6 +157,11 @@ def cmd_run(api: AdminApi, args: argparse.Namespace) -> int:
     return follow(lambda: api.call("GET", f"/runs/{run['run_id']}"), run["run_id"], args.timeout, poll_seconds=0.5)
 
 
+def cmd_cancel(api: AdminApi, args: argparse.Namespace) -> int:
+    print_cancelled(api.call("POST", f"/runs/{parse_run_id(args.run_id)}/cancel"))
+    return OK
+
+
 def cmd_next_runs(api: AdminApi, args: argparse.Namespace) -> int:
     name = _path(args.definition)
     definition = api.call("GET", f"/export-definitions/{name}")
@@ -202,6 +207,7 @@ API_COMMANDS: dict[str, Callable[[AdminApi, argparse.Namespace], int]] = {
     "cmd_apply": cmd_apply,
     "cmd_attempts": api_attempts,
     "cmd_audit": cmd_audit,
+    "cmd_cancel": cmd_cancel,
     "cmd_copy": cmd_copy,
     "cmd_dead_letters_list": api_dead_letters_list,
     "cmd_dead_letters_replay": api_dead_letters_replay,

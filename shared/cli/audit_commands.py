@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.cli.exits import CliError, fail
@@ -28,11 +28,17 @@ def print_entries(entries: list[dict[str, Any]], details: bool, fmt: str = "tabl
         before, after = entry.get("before") or {}, entry.get("after") or {}
         fields = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
         changed = f" ({', '.join(fields)})" if entry["action"] in ("update", "pause", "rename") and fields else ""
-        lines([f"{entry['at']}  {entry['actor']:<20} {entry['action']:<7} {entry['kind']}/{entry['name']}{changed}"])
+        what = f"{entry['kind']}/{entry['name']}{changed}"
+        lines([f"{_seconds(entry['at'])}  {entry['actor']:<20} {entry['action']:<7} {what}"])
         if details:
             print(yaml.safe_dump({"before": entry.get("before"), "after": entry.get("after")}, sort_keys=False))
     if not entries:
         print("no change recorded")
+
+
+def _seconds(at: str) -> str:
+    """An entry's time in the table: to the second, in UTC (``2026-12-07T11:38:52Z``), as both modes print it."""
+    return datetime.fromisoformat(at).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def filters(args: argparse.Namespace) -> dict[str, Any]:
@@ -48,7 +54,7 @@ def cmd_audit(settings: CliSettings, args: argparse.Namespace) -> int:
         return fail(f"--since '{args.since}': expected an ISO date or date-time")
 
     # Imported here: exportctl through the admin API never loads the catalog (start-up time).
-    from shared.application.audit import read_audit
+    from shared.application.audit import audit_view, read_audit
     from shared.cli.direct import on_catalog
 
     def show(context: Direct) -> int:
@@ -62,22 +68,7 @@ def cmd_audit(settings: CliSettings, args: argparse.Namespace) -> int:
             since=since,
             limit=args.limit,
         )
-        print_entries(
-            [
-                {
-                    "at": e.at.isoformat(timespec="seconds"),
-                    "actor": e.actor,
-                    "action": e.action,
-                    "kind": e.kind,
-                    "name": e.name,
-                    "before": e.before,
-                    "after": e.after,
-                }
-                for e in entries
-            ],
-            args.details,
-            args.output,
-        )
+        print_entries([audit_view(e) for e in entries], args.details, args.output)
         return 0
 
     return on_catalog(settings, show)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError
 
 from shared.cli.exits import USAGE, CliError
+from shared.domain.instants import json_instant
 from shared.settings import CommonSettings
 
 if TYPE_CHECKING:
@@ -36,6 +38,15 @@ class CliSettings(CommonSettings):
     )
 
 
+def missing_sqlite_file(url: str) -> bool:
+    """Whether ``url`` is a SQLite file that does not exist (opening it would create it, empty)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return False
+    path = url[len(prefix) :].split("?", 1)[0]
+    return bool(path) and path != ":memory:" and not Path(path).exists()
+
+
 def settings_or_refusal() -> CliSettings:
     """The settings from the environment; :class:`CliError` (usage) naming each invalid one."""
     try:
@@ -48,17 +59,13 @@ def settings_or_refusal() -> CliSettings:
         raise CliError("invalid setting(s)\n  " + "\n  ".join(problems), USAGE) from None
 
 
-def _when(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def notification_view(notification: RunNotification) -> dict[str, Any]:
     """A run's notification as the admin API shows it (its ``NotificationView``: the ledger record's fields, under the
     same names, and the webhook's channel), in JSON values."""
     values = {field.name: getattr(notification, field.name) for field in dataclasses.fields(notification)}
     shown = {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()}
     return {"kind": notification.kind, "channel": notification.channel} | {
-        name: _when(value) if isinstance(value, datetime) else value for name, value in shown.items()
+        name: json_instant(value) if isinstance(value, datetime) else value for name, value in shown.items()
     }
 
 
@@ -72,11 +79,11 @@ def view_of(record: RunRecord, notifications: Sequence[RunNotification] | None =
         "status": record.status.value,
         "trigger": record.trigger,
         "requested_by": record.requested_by,
-        "requested_at": _when(record.requested_at),
-        "scheduled_for": _when(record.scheduled_for),
+        "requested_at": json_instant(record.requested_at),
+        "scheduled_for": json_instant(record.scheduled_for),
         "replay_of": str(record.replay_of) if record.replay_of else None,
-        "started_at": _when(record.started_at),
-        "finished_at": _when(record.finished_at),
+        "started_at": json_instant(record.started_at),
+        "finished_at": json_instant(record.finished_at),
         "duration_seconds": record.duration_seconds,
         "extraction_complete": record.extraction_complete,
         "extracted": record.extracted,
@@ -91,5 +98,8 @@ def view_of(record: RunRecord, notifications: Sequence[RunNotification] | None =
         "unchanged": record.unchanged,
         "removed": record.removed,
         "retried": record.retried,
+        "mass_removal_allowed": record.mass_removal_allowed,
+        # The API's is absolute when it knows its public URL (EXPORT_ADMIN_PUBLIC_URL); the catalog does not.
+        "url": f"/api/v1/runs/{record.run_id}",
         "notifications": shown,
     }

@@ -11,7 +11,9 @@ The file is ``$EXPORTCTL_CONFIG``, else ``$XDG_CONFIG_HOME/exportctl/config.yaml
 A setting comes from, first to last: the flags (``--api-url``, ``--token-file``, then the context
 named by ``--context``), the environment (``EXPORT_API_URL``, ``EXPORT_API_TOKEN``), the current
 context. A context's token file is read only for that context's own API: a URL given by a flag or the
-environment never receives a context's token. Without any API URL, exportctl works on the catalog directly.
+environment receives a context's token only when it names the same API (:func:`same_api`: scheme, host and port,
+case and default port aside, with or without ``/api/v1`` and a trailing slash), never another one. Without any
+API URL, exportctl works on the catalog directly.
 """
 
 from __future__ import annotations
@@ -100,6 +102,27 @@ class Connection:
     token: str
     #: Where the URL came from ("--api-url", "EXPORT_API_URL", "context NAME"), for messages.
     source: str
+    #: Why no token is sent, when none is (a context's withheld from another API, or none given): the hint of a 401.
+    anonymous_because: str = ""
+
+
+def same_api(url: str, other: str) -> bool:
+    """Whether two admin API URLs name the same API: the same scheme, host and port (``http://H:80/`` is
+    ``http://h``) and path, once ``/api/v1`` and a trailing slash are dropped (:func:`shared.cli.api.normalise_url`)."""
+    from urllib.parse import urlsplit
+
+    from shared.cli.api import normalise_url
+
+    def key(text: str) -> tuple[str, str, int | None, str] | None:
+        try:
+            parts = urlsplit(normalise_url(text))
+            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+        except ValueError:  # a port that is not a number: names no API
+            return None
+        return parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path
+
+    first = key(url)
+    return first is not None and first == key(other)
 
 
 def read_token_file(path: str, source: str | None = None) -> str:
@@ -150,8 +173,9 @@ def resolve(
         url, source = environment["EXPORT_API_URL"], "EXPORT_API_URL"
     else:
         url, source = context.get("api-url", ""), f"context {name}"
-    # A context's token goes only to that context's API, never to a URL given otherwise.
-    own_token_file = context.get("token-file") if url and url == context.get("api-url") else None
+    # A context's token goes only to that context's API, never to a URL given otherwise that names another API.
+    own_api = bool(url) and same_api(url, context.get("api-url", ""))
+    own_token_file = context.get("token-file") if own_api else None
     own_source = f"context {name}'s token file {own_token_file}"
     if token_file:
         token = read_token_file(token_file, f"--token-file {token_file}")
@@ -163,4 +187,13 @@ def resolve(
         token = read_token_file(own_token_file, own_source)
     else:
         token = ""
-    return Connection(url, token, source)
+    anonymous_because = ""
+    if url and not token:
+        if context.get("token-file") and not own_api:
+            anonymous_because = (
+                f"context {name}'s token was not sent: {source} names {url}, not that context's API "
+                f"({context.get('api-url')}); give --token-file or EXPORT_API_TOKEN for it"
+            )
+        else:
+            anonymous_because = "no token was sent: give --token-file, EXPORT_API_TOKEN or a context with a token-file"
+    return Connection(url, token, source, anonymous_because)

@@ -18,7 +18,7 @@ from shared.application.actors import Actor, local_operator
 from shared.application.errors import DeadLettersUnreadable, PublishFailed, Refused
 from shared.catalog import CatalogStores, make_engine
 from shared.catalog.schema import SchemaOutdated, require_current
-from shared.cli.common import CliSettings, view_of
+from shared.cli.common import CliSettings, missing_sqlite_file, view_of
 from shared.cli.exits import NOT_FOUND, REFUSED, UNREACHABLE, USAGE, CliError, code_of_refusal
 from shared.cli.progress import follow
 from shared.cli.run_views import View
@@ -56,9 +56,25 @@ class Direct:
     _members: MemberReader | None = None
     _producer: KafkaProducer | None = None
 
-    def members(self) -> MemberReader:
+    def members(self, instead: str = "") -> MemberReader:
+        """The member store (``EXPORT_QUERY_STORE_URL``); :class:`CliError` (usage) if it is a SQLite file that does
+        not exist, which opening would create empty. ``instead``: what the refusal offers besides setting the URL
+        (``apply``'s ``--skip-discovery``)."""
         if self._members is None:
             from shared.querystore import MemberReader
+
+            url = self.settings.query_store_url
+            if missing_sqlite_file(url):
+                given = (
+                    "EXPORT_QUERY_STORE_URL"
+                    if "query_store_url" in self.settings.model_fields_set
+                    else ("the default of EXPORT_QUERY_STORE_URL, which is not set")
+                )
+                raise CliError(
+                    f"no member store at {url} ({given}): set EXPORT_QUERY_STORE_URL to the member store"
+                    + (f", {instead}" if instead else ""),
+                    USAGE,
+                )
 
             self._members = MemberReader.from_url(
                 self.settings.query_store_url, timeout_seconds=self.settings.extractor_query_timeout_seconds
@@ -66,8 +82,9 @@ class Direct:
             self._resources.callback(self._members.close)
         return self._members
 
-    def checks(self, *, discover: bool = True) -> ObjectChecks:
-        """The checks of objects being written; without ``discover`` no query runs on the member store."""
+    def checks(self, *, discover: bool = True, instead: str = "") -> ObjectChecks:
+        """The checks of objects being written; without ``discover`` no query runs on the member store (``instead``:
+        see :meth:`members`)."""
         from shared.application.checks import ObjectChecks
         from shared.domain.destinations import DestinationPolicy
         from shared.name_resolution import resolve_host
@@ -75,7 +92,7 @@ class Direct:
         return ObjectChecks(
             policy=DestinationPolicy.parse(self.settings.allowed_destinations),
             resolve_host=resolve_host,
-            members=self.members() if discover else None,
+            members=self.members(instead) if discover else None,
             query_timeout_limit_seconds=self.settings.extractor_query_timeout_seconds,
             secret_references=self.settings.secret_references,
         )

@@ -33,6 +33,7 @@ from shared.cli.object_views import (
 from shared.cli.output import lines
 from shared.cli.variables import parse_assignments
 from shared.domain.catalog_objects import KINDS, CatalogObject, ExportDefinition
+from shared.domain.instants import json_instant
 from shared.domain.schedule import next_fire_times
 from shared.events import json_schemas
 
@@ -54,7 +55,10 @@ def cmd_apply(settings: CliSettings, args: argparse.Namespace) -> int:
         raise CliError("invalid manifest\n  " + "\n  ".join(exc.problems), REFUSED) from None
 
     def apply(context: Direct) -> int:
-        checks = context.checks(discover=not args.skip_discovery)
+        checks = context.checks(
+            discover=not args.skip_discovery,
+            instead="or give --skip-discovery to apply without running saved queries to discover their columns",
+        )
         changes = object_use_cases.apply_objects(
             context.actor, objects, store=context.stores.definitions, checks=checks, dry_run=args.diff
         )
@@ -90,7 +94,7 @@ def cmd_describe(settings: CliSettings, args: argparse.Namespace) -> int:
         if error is not None:
             print(f"# {not_computable_line(error)}")
         elif obj.schedule.repeat is not None:
-            upcoming = ", ".join(t.isoformat() for t in next_fire_times(obj.schedule, datetime.now(UTC), 3))
+            upcoming = ", ".join(str(json_instant(t)) for t in next_fire_times(obj.schedule, datetime.now(UTC), 3))
             print(f"# schedule: cron '{obj.schedule.repeat.expression}' ({obj.schedule.timezone}), next: {upcoming}")
         return OK
 
@@ -127,7 +131,7 @@ def cmd_copy(settings: CliSettings, args: argparse.Namespace) -> int:
             kind,
             args.name,
             store=context.stores.definitions,
-            checks=context.checks(),
+            checks=context.checks(discover=False),  # a copy keeps its original's columns: no member store opened
             label=args.label,
             new_name=args.new_name,
         )
@@ -186,7 +190,7 @@ def cmd_next_runs(settings: CliSettings, args: argparse.Namespace) -> int:
         error = context.stores.definitions.schedules_not_computable([definition.name]).get(definition.name)
         fire_times = [] if error else next_fire_times(schedule, datetime.now(UTC), args.count)
         cron = schedule.repeat.expression if schedule.repeat is not None else None
-        times = [t.astimezone(UTC).isoformat() for t in fire_times]
+        times = [str(json_instant(t)) for t in fire_times]  # as the API writes them
         preview = schedule_preview(definition.name, schedule.model_dump(mode="json"), cron, times, error)
         print_schedule(preview, args.output)
         return OK

@@ -78,3 +78,26 @@ def cmd_runs(settings: CliSettings, args: argparse.Namespace) -> int:
         return OK
 
     return on_catalog(settings, runs)
+
+
+def cmd_cancel(settings: CliSettings, args: argparse.Namespace) -> int:
+    """Cancel a run through the application layer's cancel (the admin API's ``POST /runs/{run_id}/cancel``)."""
+    from shared.application import runs as run_use_cases
+    from shared.cli.common import view_of
+    from shared.cli.direct import on_catalog
+    from shared.cli.run_views import parse_run_id, print_cancelled
+
+    run_id = parse_run_id(args.run_id)
+
+    def cancel(context: Direct) -> int:
+        record = run_use_cases.cancel_run(
+            context.actor,
+            run_id,
+            store=context.stores.definitions,
+            runs=context.stores.runs,
+            publisher=context.publisher(),
+        )
+        print_cancelled(view_of(record))
+        return OK
+
+    return on_catalog(settings, cancel)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from shared.cli.exits import USAGE, CliError
 
@@ -26,7 +25,8 @@ def dispatch(args: argparse.Namespace) -> int:
         from shared.cli.api import AdminApi
         from shared.cli.api_commands import run_api_command
 
-        return run_api_command(AdminApi(connection.api_url, connection.token), args.api, args)
+        api = AdminApi(connection.api_url, connection.token, anonymous_because=connection.anonymous_because)
+        return run_api_command(api, args.api, args)
     if args.func is None:
         raise CliError(
             f"'{args.command}' works through the admin API: give --api-url, EXPORT_API_URL or a context", USAGE
@@ -51,11 +51,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def refuse_missing_catalog(url: str) -> None:
     """:class:`CliError` when ``url`` is a SQLite file that does not exist (opening it would create it empty)."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix):
-        return
-    path = url[len(prefix) :].split("?", 1)[0]
-    if path and path != ":memory:" and not Path(path).exists():
+    from shared.cli.common import missing_sqlite_file
+
+    if missing_sqlite_file(url):
         raise CliError(
             f"no catalog at {url}: set EXPORT_API_URL (or --api-url, or a context) to work through the admin API, "
             "EXPORT_CATALOG_URL to use another catalog, or run 'exportctl db upgrade' to create this one",

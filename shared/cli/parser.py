@@ -223,6 +223,14 @@ def _runs(command: Callable[..., argparse.ArgumentParser]) -> None:
     output_option(runs, "table")
     runs.set_defaults(func=direct("cmd_runs", "shared.cli.direct_runs"))
 
+    cancel = command(
+        "cancel",
+        "cancel a run: its extraction stops, its undelivered batches are not sent (refused once it has finished)",
+        api="cmd_cancel",
+    )
+    cancel.add_argument("run_id", metavar="RUN_ID", help="the run to cancel")
+    cancel.set_defaults(func=direct("cmd_cancel", "shared.cli.direct_runs"))
+
     next_runs = command("next-runs", "preview the next fire times of a definition's schedule", api="cmd_next_runs")
     next_runs.add_argument("definition", help="the export definition")
     next_runs.add_argument("-n", "--count", type=positive_int, default=5, help="how many fire times (default: 5)")

@@ -98,3 +98,8 @@ def print_runs(views: list[View], fmt: str) -> None:
         table(TABLE_HEADERS, [table_row(view) for view in views])
     else:
         dump(views, fmt)
+
+
+def print_cancelled(view: View) -> None:
+    """What ``exportctl cancel`` prints (both modes): the run as it now stands."""
+    print(summary(view))

@@ -191,11 +191,23 @@ READ_CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 60.0
 
 
+class TopicMissing(LookupError):
+    """A topic read with ``must_exist`` that the cluster does not have (a wrong prefix or cluster, most likely)."""
+
+    def __init__(self, settings: CommonSettings, topic: str) -> None:
+        super().__init__(
+            f"topic '{topic}' does not exist on the Kafka cluster at {settings.kafka_bootstrap_servers}: check "
+            f"EXPORT_TOPIC_PREFIX ('{settings.topic_prefix}') and EXPORT_KAFKA_BOOTSTRAP_SERVERS"
+        )
+
+
 def read_whole_topic(
     settings: CommonSettings,
     topic: str,
     timeout: float = READ_TIMEOUT_SECONDS,
     connect_timeout: float = READ_CONNECT_TIMEOUT_SECONDS,
+    *,
+    must_exist: bool = False,
 ) -> list[bytes]:
     """Every record value of ``topic`` as of now, from the beginning (no consumer group, nothing committed).
 
@@ -204,9 +216,10 @@ def read_whole_topic(
     of that one deadline (the bootstrap and the metadata request, which take no deadline of their own, at most
     ``connect_timeout`` each). A partition whose position is not known in time (kafka-python returns None) is a
     :class:`KafkaTimeoutError`. The consumer is closed on every path, its I/O thread stopped, its constructor failing
-    included (Kafka down: it starts that thread before it bootstraps).
+    included (Kafka down: it starts that thread before it bootstraps). A topic that does not exist has no records,
+    or is :class:`TopicMissing` with ``must_exist``.
     """
-    _, values = _read_topic(settings, topic, None, timeout, connect_timeout)
+    _, values = _read_topic(settings, topic, None, timeout, connect_timeout, must_exist=must_exist)
     return values or []
 
 
@@ -256,9 +269,12 @@ def _read_topic(
     timeout: float,
     connect_timeout: float,
     named_timeout: float | None = None,
+    *,
+    must_exist: bool = False,
 ) -> tuple[TopicVersion | None, list[bytes] | None]:
     """:func:`read_topic_unless`; without ``known``, no version (its first offsets not asked) and every record
-    polled, those past the ends included (:func:`read_whole_topic`, as it always read)."""
+    polled, those past the ends included (:func:`read_whole_topic`, as it always read). ``must_exist``: a topic
+    with no partitions is :class:`TopicMissing`."""
     deadline = time.monotonic() + timeout
 
     def step_ms() -> int:
@@ -275,6 +291,8 @@ def _read_topic(
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         if not partitions:
+            if must_exist:
+                raise TopicMissing(settings, topic)
             return None, values
         consumer.assign(partitions)
         consumer.seek_to_beginning()

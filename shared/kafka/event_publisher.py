@@ -18,6 +18,7 @@ from shared.kafka.clients import (
     READ_CONNECT_TIMEOUT_SECONDS,
     READ_TIMEOUT_SECONDS,
     InFlight,
+    TopicMissing,
     produce,
     read_topic_unless,
     read_whole_topic,
@@ -123,16 +124,30 @@ class KafkaDeadLetters:
     """The dead-letter topic read from its start (exportctl's listing and replays, the console's and the API's), its
     connection bounded by ``connect_timeout`` (:func:`read_whole_topic`)."""
 
-    def __init__(self, settings: CommonSettings, connect_timeout: float = READ_CONNECT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        settings: CommonSettings,
+        connect_timeout: float = READ_CONNECT_TIMEOUT_SECONDS,
+        *,
+        must_exist: bool = False,
+    ) -> None:
         self.settings = settings
         self.connect_timeout = connect_timeout
+        #: A topic that does not exist is :class:`DeadLettersUnreadable` naming it and the settings that name it
+        #: (exportctl on the catalog: a wrong prefix or cluster is not "no dead letters"); else it holds none.
+        self.must_exist = must_exist
 
     def dead_letters(self) -> list[DeadLetter]:
         """Every dead letter; :class:`DeadLettersUnreadable` when Kafka does not give them (its error, first line)."""
         try:
             values = read_whole_topic(
-                self.settings, self.settings.topics.dead_letters, connect_timeout=self.connect_timeout
+                self.settings,
+                self.settings.topics.dead_letters,
+                connect_timeout=self.connect_timeout,
+                must_exist=self.must_exist,
             )
+        except TopicMissing as exc:
+            raise DeadLettersUnreadable(str(exc)) from None
         except (KafkaError, TimeoutError, OSError) as exc:
             raise DeadLettersUnreadable(_described(exc)) from None
         return _decoded(values)

@@ -285,9 +285,12 @@ def test_flags_and_contexts_choose_the_api_and_its_token(pipeline: Pipeline, adm
         5,
         "the admin API at http://127.0.0.1:9 is unreachable",
     )
-    # A context's token goes to that context's URL only.
-    elsewhere = pipeline.exportctl("get", "def", "--api-url", admin.url + "/", env=config)
+    # A context's token goes to that context's API only: however its URL is written, never to another host.
+    same = pipeline.exportctl("get", "def", "to-good-partner", "--api-url", admin.url + "/api/v1/", env=config)
+    assert same.returncode == 0, same.stderr
+    elsewhere = pipeline.exportctl("get", "def", "--api-url", admin.url.replace("127.0.0.1", "localhost"), env=config)
     no_traceback(elsewhere, 4, "exportctl: 401: ")
+    assert "context ops's token was not sent: --api-url names http://localhost:" in elsewhere.stderr
     no_traceback(pipeline.exportctl("get", "def", "--context", "nope", env=config), 3, "no context 'nope'")
     assert pipeline.exportctl("config", "delete-context", "ops", env=config).returncode == 0
     no_traceback(pipeline.exportctl("config", "current-context", env=config), 3, "no current context")

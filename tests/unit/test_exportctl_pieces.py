@@ -118,6 +118,30 @@ def test_a_contexts_token_never_goes_to_another_url(tmp_path: Path) -> None:
     environment = _write_config(tmp_path)
     elsewhere = resolve(environment, "http://attacker.example", None, None)
     assert (elsewhere.api_url, elsewhere.token) == ("http://attacker.example", "")
+    assert elsewhere.anonymous_because == (
+        "context prod's token was not sent: --api-url names http://attacker.example, not that context's API "
+        "(http://prod:8080); give --token-file or EXPORT_API_TOKEN for it"
+    )
+    for other in ("http://prod:8081", "https://prod:8080", "http://prod:8080/other", "http://prod.evil:8080"):
+        assert resolve(environment, other, None, None).token == ""
+
+
+@pytest.mark.parametrize(
+    "url", ["http://prod:8080/", "http://prod:8080/api/v1", "http://PROD:8080/api/v1/", " http://prod:8080 "]
+)
+def test_a_contexts_token_goes_to_its_own_api_however_its_url_is_written(tmp_path: Path, url: str) -> None:
+    """Before: only to the very same text (README: "never" to another URL; ``…/api/v1`` is the same API)."""
+    environment = _write_config(tmp_path)
+    for connection in (
+        resolve(environment, url, None, None),
+        resolve(environment | {"EXPORT_API_URL": url}, None, None, None),
+    ):
+        assert (connection.token, connection.anonymous_because) == ("context-token", "")
+    assert resolve(environment, "http://prod:80", None, None).token == ""
+    (tmp_path / "config.yaml").write_text(
+        f"current-context: web\ncontexts:\n  web: {{api-url: 'https://h', token-file: '{tmp_path / 'token'}'}}\n"
+    )
+    assert resolve(environment, "https://h:443/api/v1", None, None).token == "context-token"
 
 
 def test_an_unknown_context_is_not_found(tmp_path: Path) -> None:

@@ -150,6 +150,24 @@ def _unpublished(stores: CatalogStores, run: uuid.UUID, publisher: Publisher, ke
     return failed.value.run_id
 
 
+def test_a_replay_without_a_key_kafka_does_not_acknowledge_says_how_to_cancel_it_not_to_retry_with_a_key(
+    stores: CatalogStores,
+) -> None:
+    """Before: "retrying with the same Idempotency-Key publishes them again", with no key given."""
+    original = _run(stores)
+    with pytest.raises(RunNotPublished) as failed:
+        _replay(stores, original, Publisher(away=True), None)
+    replay_id = failed.value.run_id
+    assert failed.value.replay_of == original
+    assert str(failed.value) == (
+        f"replay run {replay_id} of run {original} was recorded queued, but Kafka did not acknowledge its events "
+        f"({REASON}): their outcome is unknown: the broker may have received some of them; it was requested without "
+        "an Idempotency-Key, so requesting it again starts another replay run: cancel this one if it must not start "
+        f"(exportctl cancel {replay_id}, or POST /api/v1/runs/{replay_id}/cancel), else a run that never starts is "
+        "failed as stuck (EXPORT_NOTIFIER_STUCK_AFTER_SECONDS)"
+    )
+
+
 def test_a_replay_kafka_does_not_acknowledge_is_recorded_queued_and_its_retry_publishes_the_same_replay_run(
     stores: CatalogStores,
 ) -> None:
@@ -683,7 +701,7 @@ def test_exportctl_replay_with_an_idempotency_key_is_one_replay_run_and_another_
     stores.close()
     publisher = Publisher()
     monkeypatch.setattr(reachability, "require_kafka", lambda servers: None)
-    monkeypatch.setattr(event_publisher, "KafkaDeadLetters", lambda settings: _letters(original, other))
+    monkeypatch.setattr(event_publisher, "KafkaDeadLetters", lambda settings, **_: _letters(original, other))
     monkeypatch.setattr(direct.Direct, "publisher", lambda self, wait_seconds=None: publisher)
     settings = CliSettings(catalog_url=url)
 
@@ -738,7 +756,7 @@ def test_exportctl_replays_publication_waits_for_kafka_within_the_claims_lease(
     original = _run(stores)
     stores.close()
     monkeypatch.setattr(reachability, "require_kafka", lambda servers: None)
-    monkeypatch.setattr(event_publisher, "KafkaDeadLetters", lambda settings: _letters(original))
+    monkeypatch.setattr(event_publisher, "KafkaDeadLetters", lambda settings, **_: _letters(original))
     monkeypatch.setattr(direct.Direct, "_connect", lambda self, max_block_seconds=None: FrozenBroker())
     args = build_parser().parse_args(["dead-letters", "replay", str(original), "--idempotency-key", "k1"])
     with pytest.raises(CliError) as failed:
