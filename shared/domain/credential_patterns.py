@@ -13,8 +13,10 @@ one of ours in a form no rule derives. This catches the common shapes:
   literal), or an unquoted value after it (``"pin_token": 1234``; ``null``, ``true`` and ``false`` are kept);
 - a URL's user information: the password of ``scheme://user:password@host`` (a database's connection URL in a
   driver's error, a proxy's URL), or a user part that looks like a credential (``https://<token>@host``); a
-  password may hold a space or a quote (``postgresql://app:pa ss@db``) unless it starts or ends with a space or
-  is a port followed by one (``http://h:8080 refused, ask ops@example.com`` is a message, kept).
+  password may hold a space or a quote (``postgresql://app:pa ss@db``, ``postgresql://app:1 pass@db``) unless it
+  starts or ends with a space, or reads as a host's port then a message's words and an address
+  (``http://h.example:8080 refused, ask ops@example.com`` is kept; after a bare name, ``http://db:8080 ...``, it
+  is masked: see :func:`_host_like`).
 
 Each masks the value only (``Bearer ***``, ``api_key=***``, ``"token": "***"``, ``postgresql://app:***@db``): the
 reader still sees which credential was refused. Masking a masked text changes nothing.
@@ -51,10 +53,15 @@ MAX_SPACED_PASSWORD = 128
 #: :data:`_USERINFO` stops at: a user without either, ``:``, then up to :data:`MAX_SPACED_PASSWORD` characters on one
 #: line up to the first ``@`` (not the last: the text after a space is a message's, and may hold an address).
 _SPACED_PASSWORD = re.compile(rf"(://)([^\s/?#\"'<>:@\[\]]*):([^/?#<>@\r\n]{{1,{MAX_SPACED_PASSWORD}}})@")
-#: How a colon after a host begins when no password follows it but a message's text: a port then a space or a
-#: quote (``http://10.0.0.1:8080 refused, ask ops@example.com``, ``{"url": "https://h:443", "to": "a@b"}``), or a
-#: quote closing a string then a separator (``'https://h:' and 'a@b'``).
-_NO_PASSWORD = re.compile(r"[0-9]{1,5}[\s\"'\\]|[\"'\\]+[\s,;:)\]}]")
+#: How a colon may begin when no password follows it but a message's text: a quote closing a string (after a port,
+#: or not) then a separator (``{"url": "https://h:8443", "to": "a@b"}``, ``'https://h:' and 'a@b'``)...
+_CLOSING_QUOTE = re.compile(r"[0-9]{0,5}[\"'\\]+[\s,;:)\]}]")
+#: ... or a port then a space (or a quote) when what stands before the colon is a host's name (see :func:`_host_like`):
+#: ``http://10.0.0.1:8080 refused, ask ops@example.com``; after a user, ``app:1 pass@db`` is a password.
+_PORT = re.compile(r"([0-9]{1,5})[\s\"'\\]")
+#: What follows the ``@`` of a URL's authority, not an address's in a message: a host then its port or its path, query
+#: or fragment (``@db:5432``, ``@db/members``): a password before it, whatever it starts with.
+_AUTHORITY_TAIL = re.compile(r"[A-Za-z0-9.\-_~%]+(?::[0-9]|[/?#])")
 _LITERALS = frozenset({"null", "true", "false"})
 #: The schemes, in lower case, and a word every name :func:`secret_query_name` accepts holds (a cheap test).
 _SCHEMES = ("bearer", "basic", "token", "apikey", "api-key", "negotiate", "ntlm")
@@ -133,9 +140,27 @@ def _userinfo(match: re.Match[str], mask: str) -> str:
 def _spaced_password(match: re.Match[str], mask: str) -> str:
     lead, user, password = match.groups()
     spaced = any(c.isspace() or c in "\"'" for c in password)
-    if not spaced or password[0].isspace() or password[-1].isspace() or _NO_PASSWORD.match(password):
-        return match.group(0)  # masked by _USERINFO already, or a colon and a port in a message
+    if not spaced or password[0].isspace() or password[-1].isspace():
+        return match.group(0)  # masked by _USERINFO already
+    if _no_password(user, password) and not _AUTHORITY_TAIL.match(match.string, match.end()):
+        return match.group(0)  # a colon and a port, or a closing quote, then a message's words
     return f"{lead}{user}:{mask}@"
+
+
+def _no_password(user: str, password: str) -> bool:
+    """Whether what follows ``user`` and its colon reads as a message's text rather than a password: a closing
+    quote then a separator (:data:`_CLOSING_QUOTE`), or a port after a host's name (:data:`_PORT`)."""
+    if _CLOSING_QUOTE.match(password):
+        return True
+    port = _PORT.match(password)
+    return port is not None and int(port.group(1)) <= 65535 and _host_like(user)
+
+
+def _host_like(user: str) -> bool:
+    """Whether the part before a colon may be a host rather than a user: a name with a dot (``partner.example``,
+    ``10.0.0.1``) or ``localhost``. A bare name (``db``, ``app``) is read as a user, so a port after it, then a
+    message's words and an address, is masked (``http://db:***@example.com``): a password ``1 pass`` is never shown."""
+    return "." in user or user.lower() == "localhost"
 
 
 def _member(match: re.Match[str], mask: str) -> str:
