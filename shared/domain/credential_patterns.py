@@ -20,6 +20,9 @@ one of ours in a form no rule derives. This catches the common shapes:
 
 Each masks the value only (``Bearer ***``, ``api_key=***``, ``"token": "***"``, ``postgresql://app:***@db``): the
 reader still sees which credential was refused. Masking a masked text changes nothing.
+
+Member data a database's error quotes (PostgreSQL's ``DETAIL:  Key (member_key)=(***) already exists.``) is masked
+here too (:mod:`shared.domain.database_details`): every text masked by shape is masked of it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import re
 import urllib.parse
 
 from shared.domain.case_folding import folded
+from shared.domain.database_details import mask_database_details
 from shared.domain.secret_names import secret_name, secret_query_name
 
 #: Schemes whose credential is one token (RFC 9110's token68, or an opaque key). Not an auth-param
@@ -99,9 +103,11 @@ def looks_like_credential(token: str) -> bool:
 
 
 def mask_credential_shapes(text: str, mask: str) -> str:
-    """``text`` with the values of the credential shapes above replaced by ``mask``."""
+    """``text`` with the values of the credential shapes above, and the data a database's error quotes, replaced by
+    ``mask``."""
     if not text:
         return text
+    text = mask_database_details(text, mask)
     # Cheap tests first (most reasons hold no credential): a scheme, or a word every credential name holds, in
     # the text folded as the expressions' case-free matching folds it.
     seen = folded(text)
