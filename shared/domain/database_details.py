@@ -28,11 +28,11 @@ from __future__ import annotations
 import re
 
 _DETAIL = "DETAIL:"
-#: Where a DETAIL (or a CONTEXT line) ends: a line break then another field, or an empty line.
-_END = re.compile(
-    r"(?:\n|\\n)(?:HINT:|CONTEXT:|DETAIL:|STATEMENT:|QUERY:|LINE \d|\[SQL|\[parameters|\(Background on this error)"
-    r"|(?:\n|\\n)[ \t]*(?:\n|\\n)"
-)
+#: Where a DETAIL ends: a line break then another field, or an empty line (:data:`_FIELD` after a ``\n``); in a text
+#: holding ``\n`` written as two characters (a JSON string), :data:`_END` finds either.
+_FIELDS = r"HINT:|CONTEXT:|DETAIL:|STATEMENT:|QUERY:|LINE \d|\[SQL|\[parameters|\(Background on this error"
+_FIELD = re.compile(rf"{_FIELDS}|[ \t]*\n")
+_END = re.compile(rf"(?:\n|\\n)(?:{_FIELDS}|[ \t]*(?:\n|\\n))")
 #: A refused key's columns (an expression index's too: ``lower(email)``), up to its value.
 _KEY = re.compile(r"Key \(([^\n]{1,512}?)\)=\(")
 #: What follows a refused key's value, naming no data (``conflicts with existing key (...)`` quotes another one).
@@ -52,7 +52,7 @@ def mask_database_details(text: str, mask: str) -> str:
     """``text`` with what a PostgreSQL error quotes of the data (see above) replaced by ``mask``."""
     if _DETAIL in text:
         text = _details_masked(text, mask)
-    if "JSON data, line " in text or "portal parameter $" in text:
+    if "CONTEXT:" in text:  # one cheap test for both lines below
         text = _CONTEXT.sub(lambda m: f"{m.group(1)}{mask}" if m.group(1) else f"{m.group(2)}'{mask}'", text)
     return text
 
@@ -60,16 +60,29 @@ def mask_database_details(text: str, mask: str) -> str:
 def _details_masked(text: str, mask: str) -> str:
     parts: list[str] = []
     at = 0
+    escaped = "\\n" in text
     while (found := text.find(_DETAIL, at)) >= 0:
         start = found + len(_DETAIL)
         while start < len(text) and text[start] in " \t":
             start += 1
-        end_match = _END.search(text, start)
-        end = end_match.start() if end_match else len(text)
+        end = _end(text, start, escaped)
         parts += [text[at:start], _detail(text[start:end], mask)]
         at = end
     parts.append(text[at:])
     return "".join(parts)
+
+
+def _end(text: str, start: int, escaped: bool) -> int:
+    """Where the DETAIL starting at ``start`` ends (the line break before the next field), or the text's end."""
+    if escaped:
+        found = _END.search(text, start)
+        return found.start() if found else len(text)
+    line = start
+    while (line := text.find("\n", line)) >= 0:
+        if _FIELD.match(text, line + 1):
+            return line
+        line += 1
+    return len(text)
 
 
 def _detail(detail: str, mask: str) -> str:

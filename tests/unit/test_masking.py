@@ -17,7 +17,13 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from shared.domain.case_folding import SPECIAL_FOLDS, folded
-from shared.domain.credential_patterns import looks_like_credential, mask_credential_shapes
+from shared.domain.credential_patterns import (
+    _spaced_password,
+    _userinfo,
+    looks_like_credential,
+    mask_credential_shapes,
+    userinfo_masked,
+)
 from shared.domain.masking import MASK, MIN_SEARCHED, Masking, _forms, _lowered, _masked_ascii
 
 #: Arbitrary text: any character a partner's body may hold (surrogates aside, which UTF-8 cannot carry).
@@ -421,6 +427,45 @@ def test_a_bare_name_a_port_then_a_message_and_an_address_is_masked_as_a_passwor
     # The price of masking app:1 pass@db: the words between are masked too (a host's name with a dot is not).
     text = "http://db:8080 refused, ask ops@example.com"
     assert mask_credential_shapes(text, MASK) == f"http://db:{MASK}@example.com"
+
+
+#: The two expressions a URL's user information was masked by before they were one (in turn, each ``://`` tried twice):
+#: up to the last '@', then a password holding a space or a quote up to the first one (group 2 never takes part).
+_USERINFO_BEFORE = re.compile(r"(://)([^\s/?#\"'<>]*)@")
+_SPACED_PASSWORD_BEFORE = re.compile(r"(://)(){0}([^\s/?#\"'<>:@\[\]]*):([^/?#<>@\r\n]{1,128})@")
+_URL_PIECES = st.lists(
+    st.sampled_from(
+        [
+            "://",
+            "http://",
+            ":",
+            "@",
+            " ",
+            "\t",
+            "'",
+            '"',
+            "u",
+            "db.example",
+            "1",
+            "8080 ",
+            "/",
+            "\n",
+            MASK,
+            "?",
+            "#",
+            "[",
+        ]
+    ),
+    max_size=30,
+).map("".join)
+
+
+@given(_URL_PIECES)
+@example("postgresql://u:pa ss@db:5432/m and https://u:p@w@h and http://db:8080 ask ops@x")
+def test_one_pass_over_the_user_information_masks_as_the_two_in_turn_did(text: str):
+    before = _USERINFO_BEFORE.sub(lambda m: _userinfo(m, MASK), text)
+    before = _SPACED_PASSWORD_BEFORE.sub(lambda m: _spaced_password(m, MASK), before)
+    assert userinfo_masked(text, MASK) == before
 
 
 @given(TEXT)
