@@ -7,6 +7,7 @@ row contains (...)``): what a reader is shown keeps the message, the constraint 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -59,7 +60,7 @@ def _refused(engine: sa.Engine, statement: sa.Executable) -> sa_exc.IntegrityErr
     return refused.value
 
 
-def _batch_failed_on(error: Exception) -> tuple[list[str], list[dict]]:
+def _batch_failed_on(error: Exception) -> tuple[list[str], list[dict[str, Any]]]:
     """The reasons a batch's records carry (its dead letter, its outcome, its refused members: what a run's failure,
     an email and ``exportctl`` show) and the lines logged, when the dispatcher meets ``error``."""
     d = dispatcher(Catalog(TEMPLATE, PROFILE))

@@ -79,7 +79,7 @@ def test_a_database_error_quoting_no_data_is_kept_whole(text: str):
 
 
 #: A member's key: any character but a line break (which would end PostgreSQL's DETAIL line early).
-KEYS = st.text(st.characters(blacklist_characters="\n\r\\", blacklist_categories=("Cs",)), min_size=1, max_size=80)
+KEYS = st.text(st.characters(exclude_characters="\n\r\\", exclude_categories=["Cs"]), min_size=1, max_size=80)
 
 
 @given(KEYS, st.sampled_from(["member_key", "lower(email)", "run_id, member_key"]))
