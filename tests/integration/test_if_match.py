@@ -360,6 +360,23 @@ def test_a_malformed_if_match_is_400_naming_the_header_and_nothing_is_written(ap
     assert _read(api, QUERY) == (etag, query)
 
 
+@pytest.mark.parametrize("header", ['"abc.-1"', 'W/"' + "x" * 10_000 + '"', '"' + "," * 5_000 + '"', '"1", "a.1"'])
+def test_a_tag_this_api_never_sends_is_400_saying_what_the_header_must_hold(api: InProcessApi, header: str):
+    """Valid entity-tags, none of this API's (before: 412 ``unknown-revision``, "an ETag from before revisions")."""
+    etag, query = _read(api, QUERY)
+    with api.client() as client:
+        put = client.put(QUERY, json=_labelled(query, "Malformed"), headers={"If-Match": header})
+        delete = client.delete(QUERY, headers={"If-Match": header})
+    for answer in (put, delete):
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["type"].endswith("/invalid-header")
+        detail = answer.json()["detail"]
+        assert detail.startswith("header 'If-Match': ") and " is no ETag of this API: " in detail, detail
+        assert '(quoted: "<id>.<version>", the id in 32 lowercase hex digits)' in detail
+        assert len(answer.content) < 1_000  # a long tag is quoted cut
+    assert _read(api, QUERY) == (etag, query)
+
+
 def test_without_if_match_the_last_save_wins_as_before_and_answers_its_etag(api: InProcessApi):
     _, query = _read(api, QUERY)
     with api.client() as client:
