@@ -371,7 +371,8 @@ def test_a_tag_this_api_never_sends_is_400_saying_what_the_header_must_hold(api:
         assert answer.status_code == 400, answer.text
         assert answer.json()["type"].endswith("/invalid-header")
         detail = answer.json()["detail"]
-        assert detail.startswith("header 'If-Match': ") and " is no ETag of this API: " in detail, detail
+        assert detail.startswith("header 'If-Match': "), detail
+        assert " is no ETag of this API: " in detail, detail
         assert '(quoted: "<id>.<version>", the id in 32 lowercase hex digits)' in detail
         assert len(answer.content) < 1_000  # a long tag is quoted cut
     assert _read(api, QUERY) == (etag, query)
