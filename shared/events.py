@@ -51,6 +51,42 @@ def cut_requested_by(value: object) -> object:
     return value.replace("\x00", "")[:REQUESTED_BY_MAX] if isinstance(value, str) else value
 
 
+#: The longest reason an event carries, in characters: a run's failure, a batch's error, a refused member's, a
+#: dead letter's (a longer one is cut when the event is made or read, saying how much was cut).
+REASON_MAX_CHARS = 4000
+#: The largest count or index an event carries: the catalog's INTEGER columns (32-bit on PostgreSQL) hold no more.
+COUNT_MAX = 2**31 - 1
+#: A count or an index in an event: 0 to :data:`COUNT_MAX` (a record with one out of range is refused when it is
+#: decoded, dead-lettered naming the field, on SQLite as on PostgreSQL).
+Count = Annotated[int, Field(ge=0, le=COUNT_MAX)]
+
+
+def cut_text(text: str, limit: int) -> str:
+    """``text``, or its beginning saying how many characters more there were: ``limit`` characters in all
+    (so cutting again changes nothing)."""
+    if len(text) <= limit:
+        return text
+    kept = limit - 40  # room for the note
+    return f"{text[:kept]}… ({len(text) - kept} more characters)"
+
+
+def bounded_text(value: object) -> object:
+    """``value`` cut to :data:`REASON_MAX_CHARS` characters and made valid UTF-8 (a lone surrogate, which JSON cannot
+    carry, becomes ``?``) when it is a string (anything else as it is)."""
+    if not isinstance(value, str):
+        return value
+    return cut_text(value, REASON_MAX_CHARS).encode("utf-8", errors="replace").decode("utf-8")
+
+
+def bounded_reason(reason: str) -> str:
+    """A reason fit for an event: :func:`bounded_text`, never empty."""
+    return str(bounded_text(reason)) or "(no reason given)"
+
+
+#: A reason in an event: cut by :func:`bounded_text` (never refused: the reason is the news).
+Reason = Annotated[str, BeforeValidator(bounded_text)]
+
+
 #: Who requested a run, in the events of a run already started: cut to :data:`REQUESTED_BY_MAX`, never refused (an
 #: event of an older release, whose requests were not bounded, still folds into the run's record).
 StartedBy = Annotated[str | None, BeforeValidator(cut_requested_by)]
@@ -129,8 +165,8 @@ class RangeRequested(Event):
     type: Literal["run.range_requested"] = "run.range_requested"
     run_id: uuid.UUID
     definition: str
-    range_index: Annotated[int, Field(ge=0)]
-    ranges: Annotated[int, Field(ge=2)]
+    range_index: Count
+    ranges: Annotated[int, Field(ge=2, le=COUNT_MAX)]
     parameters: dict[str, Any] = Field(default_factory=dict)
     at: AwareDatetime = Field(default_factory=utc_now)
 
@@ -168,7 +204,7 @@ class MemberBatch(Event):
     definition: str
     template: str
     priority: Priority = Priority.NORMAL
-    batch_index: Annotated[int, Field(ge=0)]
+    batch_index: Count
     members: list[dict[str, Any]]
     key_column: str | None = None
     change: ChangeKind | None = None
@@ -202,10 +238,10 @@ class ChangeCounts(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    added: Annotated[int, Field(ge=0)] = 0
-    changed: Annotated[int, Field(ge=0)] = 0
-    unchanged: Annotated[int, Field(ge=0)] = 0
-    removed: Annotated[int, Field(ge=0)] = 0
+    added: Count = 0
+    changed: Count = 0
+    unchanged: Count = 0
+    removed: Count = 0
 
 
 class ExtractionCompleted(Event):
@@ -218,10 +254,10 @@ class ExtractionCompleted(Event):
     type: Literal["run.extraction_completed"] = "run.extraction_completed"
     run_id: uuid.UUID
     definition: str
-    members: Annotated[int, Field(ge=0)]
-    batches: Annotated[int, Field(ge=0)]
+    members: Count
+    batches: Count
     changes: ChangeCounts | None = None
-    retries: Annotated[int, Field(ge=0)] = 0
+    retries: Count = 0
     at: AwareDatetime = Field(default_factory=utc_now)
 
 
@@ -231,9 +267,9 @@ class RefusedMember(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     key: str
-    status: int | None = None
-    reason: str
-    attempts: Annotated[int, Field(ge=0)] = 0
+    status: Count | None = None
+    reason: Reason
+    attempts: Count = 0
 
 
 class BatchOutcome(Event):
@@ -248,12 +284,12 @@ class BatchOutcome(Event):
     type: Literal["run.batch_outcome"] = "run.batch_outcome"
     run_id: uuid.UUID
     definition: str
-    batch_index: Annotated[int, Field(ge=0)]
-    delivered: Annotated[int, Field(ge=0)]
-    failed: Annotated[int, Field(ge=0)]
-    status_code: int | None = None
-    error: str | None = None
-    attempts: Annotated[int, Field(ge=0)] = 1
+    batch_index: Count
+    delivered: Count
+    failed: Count
+    status_code: Count | None = None
+    error: Reason | None = None
+    attempts: Count = 1
     member_keys: list[str] | None = None
     refused: list[RefusedMember] = Field(default_factory=list)
     change: ChangeKind | None = None
@@ -267,7 +303,7 @@ class RunFailed(Event):
     type: Literal["run.failed"] = "run.failed"
     run_id: uuid.UUID
     definition: str
-    reason: str
+    reason: Reason
     at: AwareDatetime = Field(default_factory=utc_now)
 
 
@@ -278,7 +314,7 @@ class ScheduledRunNotStarted(Event):
     run_id: uuid.UUID
     definition: str
     scheduled_for: AwareDatetime
-    reason: str
+    reason: Reason
     at: AwareDatetime = Field(default_factory=utc_now)
 
 
@@ -319,7 +355,7 @@ class CircuitBreakerChanged(Event):
     type: Literal["circuit.changed"] = "circuit.changed"
     profile: str
     state: Literal["open", "closed"]
-    episode: int
+    episode: Count
     at: AwareDatetime = Field(default_factory=utc_now)
 
 
@@ -343,7 +379,7 @@ class DeadLetter(Event):
     """
 
     type: Literal["dead_letter"] = "dead_letter"
-    reason: str
+    reason: Reason
     source_topic: str
     source_partition: int | None = None
     source_offset: int | None = None

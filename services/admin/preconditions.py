@@ -13,13 +13,25 @@ from fastapi import Header, Response
 from services.admin.problems import ApiProblem, problem_responses
 from shared.application.objects import ExpectedVersion
 from shared.domain.revisions import Revision
+from shared.events import cut_text
 
 #: One element of an ``If-Match`` list: an entity-tag (``W/`` weak, or strong), or nothing (an empty element); the
 #: tags in visible ASCII (RFC 9110's obsolete ``obs-text`` is refused: the tags this API sends are hex digits, a
 #: dot and digits).
 _ELEMENT = re.compile(r'[ \t]*(?P<tag>(?P<weak>W/)?"(?P<opaque>[!#-~]*)")?[ \t]*(?P<end>,|\Z)')
+#: An entity-tag's opaque part as this API ever sent it: a revision (``<id>.<version>``, the id in 32 lowercase hex
+#: digits; a version written otherwise, ``.03``, is compared and matches nothing) or, before revisions, a plain
+#: version (``3``). Any other tag is refused (400), not compared: it is no ETag read from this API.
+_OURS = r"(?:[0-9a-f]{32}\.)?[0-9]+"
 #: The whole ``If-Match`` as :func:`expected_version` takes it (in the OpenAPI document: what a client may send).
-IF_MATCH_PATTERN = r'^[ \t]*(\*|(,[ \t]*)*(W/)?"[!#-~]*"([ \t]*,([ \t]*(W/)?"[!#-~]*")?)*)[ \t]*$'
+IF_MATCH_PATTERN = rf'^[ \t]*(\*|(,[ \t]*)*(W/)?"{_OURS}"([ \t]*,([ \t]*(W/)?"{_OURS}")?)*)[ \t]*$'
+#: What the header must hold, as a 400 says.
+_IF_MATCH_FORM = (
+    'give the ETag read, as sent (quoted: "<id>.<version>", the id in 32 lowercase hex digits), a comma-separated'
+    " list of them, or *"
+)
+#: The most of a refused tag a 400 quotes, in characters.
+_TAG_SHOWN_CHARS = 80
 
 
 def _documented(schema: dict[str, Any]) -> None:
@@ -54,8 +66,9 @@ def expected_version(if_match: str | None) -> ExpectedVersion | None:
     """The ``If-Match`` header as the use cases take it (None: no header, an unconditional write).
 
     ``*`` allows any version; a list allows each strong tag of ours in it (weak tags never match a strong
-    comparison, other tags match no revision: an ``ETag`` of before revisions, a plain version such as ``"3"``,
-    no longer says which object it was of); a value that is no entity-tag list is refused (400)."""
+    comparison; an ``ETag`` of before revisions, a plain version such as ``"3"``, matches no revision: it no longer
+    says which object it was of); a value that is no entity-tag list, or holds a tag this API never sends, is
+    refused (400)."""
     if if_match is None:
         return None
     value = if_match.strip(" \t")
@@ -66,12 +79,13 @@ def expected_version(if_match: str | None) -> ExpectedVersion | None:
     while True:
         element = _ELEMENT.match(value, position)
         if element is None:
-            raise ApiProblem(
-                400,
-                "header 'If-Match': give the ETag read (quoted, as sent), a comma-separated list of them, or *",
-                slug="invalid-header",
-            )
+            raise ApiProblem(400, f"header 'If-Match': {_IF_MATCH_FORM}", slug="invalid-header")
         if element["tag"] is not None:
+            if not re.fullmatch(_OURS, element["opaque"]):
+                shown = cut_text(element["tag"], _TAG_SHOWN_CHARS)
+                raise ApiProblem(
+                    400, f"header 'If-Match': {shown} is no ETag of this API: {_IF_MATCH_FORM}", slug="invalid-header"
+                )
             tags += 1
             if element["weak"] is None and (revision := Revision.parse(element["opaque"])) is not None:
                 versions.add(revision)

@@ -26,6 +26,9 @@ from shared.outbound.partner_network import PartnerNetwork
 
 # Refresh OAuth tokens this long before they expire, so a request never leaves with a dying token.
 _EXPIRY_MARGIN_SECONDS = 30.0
+#: The longest a token is kept, in seconds: a year, longer than a dispatcher runs. A longer ``expires_in`` (even an
+#: integer beyond a float's range) is cut to it; a token revoked before is dropped on the partner's 401 anyway.
+LONGEST_TOKEN_LIFETIME_SECONDS = 365 * 86_400.0
 #: An access token as RFC 6749 (appendix A.12) has it: visible ASCII, so that it can go in a header.
 _ACCESS_TOKEN = re.compile(r"[\x20-\x7e]+")
 
@@ -129,13 +132,16 @@ def token_answer(response: httpx.Response) -> tuple[str, float]:
     token = payload.get("access_token")
     if not isinstance(token, str) or not _ACCESS_TOKEN.fullmatch(token):
         raise PermanentError("OAuth token endpoint answered 200 without a usable access_token")
+    expires_in = payload.get("expires_in", 3600)
     try:
-        lifetime = float(payload.get("expires_in", 3600))
+        lifetime = float(expires_in)
+    except OverflowError:  # an integer beyond a float's range: as long as a token is kept, or already expired
+        lifetime = LONGEST_TOKEN_LIFETIME_SECONDS if expires_in > 0 else 0.0
     except (TypeError, ValueError):
         raise PermanentError("OAuth token endpoint answered 200 with an expires_in that is not a number") from None
     if not math.isfinite(lifetime):
         raise PermanentError("OAuth token endpoint answered 200 with an expires_in that is not a number")
-    return token, lifetime
+    return token, min(lifetime, LONGEST_TOKEN_LIFETIME_SECONDS)
 
 
 async def auth_headers(profile: ConnectionProfile, tokens: OAuthTokenCache) -> dict[str, str]:

@@ -18,12 +18,19 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter, Validati
 
 from shared.domain.nul_characters import NOT_ALLOWED, NUL, shown
 from shared.domain.strict_values import StrictBool
+from shared.events import cut_text
 
 #: Bind names the extractor uses for paging; a saved query may not declare these.
 RESERVED_PREFIX = "_export_"
 #: What SQLAlchemy's ``text()`` binds (its ``_bind_params_regex``): ``:name`` not in a ``::`` cast, not
 #: after a backslash, and only a whole name (``:since::date`` binds nothing, not ``:sinc``).
 _BIND = re.compile(r"(?<![:\w\\]):(\w+)(?![:\w])")
+#: An error names at most this many unknown parameters (a run request may carry thousands: the rest are counted)...
+UNKNOWN_NAMED = 5
+#: ... and at most this many declared ones...
+DECLARED_NAMED = 20
+#: ... each cut to this many characters (saying how many more it had).
+NAME_SHOWN_CHARS = 80
 
 
 class ParameterType(StrEnum):
@@ -97,6 +104,13 @@ def bind_names(sql: str) -> list[str]:
     return names
 
 
+def _named(names: list[str], most: int) -> str:
+    """The first ``most`` of ``names``, each cut to :data:`NAME_SHOWN_CHARS` characters, and how many more there are:
+    an error message stays short whatever it was given."""
+    listed = ", ".join(cut_text(name, NAME_SHOWN_CHARS) for name in names[:most])
+    return f"{listed} and {len(names) - most} more ({len(names)} in all)" if len(names) > most else listed
+
+
 def bind_values(
     declared: Mapping[str, QueryParameter],
     *supplied: Mapping[str, Any] | None,
@@ -111,7 +125,8 @@ def bind_values(
         unknown = sorted(shown(str(name)) for name in set(values or {}) - set(declared))
         if unknown:
             raise ParameterError(
-                f"unknown parameter(s) {', '.join(unknown)}; the query declares: {', '.join(declared) or 'none'}"
+                f"unknown parameter(s) {_named(unknown, UNKNOWN_NAMED)}; "
+                f"the query declares: {_named(list(declared), DECLARED_NAMED) or 'none'}"
             )
     bound: dict[str, Any] = {}
     for name, parameter in declared.items():

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from shared.domain.email_retries import EarlierSends
 from shared.events import (
+    COUNT_MAX,
     AnyRunEvent,
     BatchOutcome,
     ExtractionCompleted,
@@ -131,6 +132,12 @@ class RunRecord:
         return (self.finished_at - self.started_at).total_seconds()
 
 
+def _total(count: int, more: int) -> int:
+    """``count`` plus ``more``, stopping at :data:`~shared.events.COUNT_MAX`: a run's totals fit the catalog's INTEGER
+    columns on SQLite as on PostgreSQL (each event's count is bounded; only a sum of forged ones could go over)."""
+    return min(count + more, COUNT_MAX)
+
+
 def _with_sample(samples: tuple[str, ...], error: str | None) -> tuple[str, ...]:
     if error is None or len(samples) >= MAX_ERROR_SAMPLES or error in samples:
         return samples
@@ -175,9 +182,9 @@ def fold(
             return record
         updated = replace(
             record,
-            batches_done=record.batches_done + 1,
-            delivered=record.delivered + event.delivered,
-            failed=record.failed + event.failed,
+            batches_done=_total(record.batches_done, 1),
+            delivered=_total(record.delivered, event.delivered),
+            failed=_total(record.failed, event.failed),
             error_samples=_with_sample(record.error_samples, event.error),
         )
     elif isinstance(event, RunFailed):

@@ -67,7 +67,7 @@ from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from shared.errors import InvalidInput, RetryableError
-from shared.events import DeadLetter
+from shared.events import DeadLetter, bounded_reason, cut_text
 from shared.exception_reasons import exception_reason
 from shared.health import GROUP, Health
 from shared.kafka.clients import (
@@ -102,8 +102,6 @@ Decoder = Callable[[bytes, Headers], E]
 #: The most of a source record's value a dead letter carries, in bytes of its JSON text (the whole
 #: value's size and SHA-256 are always there): a dead letter stays far below the broker's record limit.
 DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
-#: The longest reason a dead letter carries, in characters (a longer one is cut, saying how much).
-REASON_MAX_CHARS = 4000
 #: The longest dead-letter key, in bytes (the source record's key, cut).
 KEY_MAX_BYTES = 1024
 #: Attempts at producing a dead letter before it is given up (logged and counted), the first included.
@@ -336,21 +334,6 @@ def value_decoder(parse: Callable[[bytes], E]) -> Decoder[E]:
     return lambda value, _headers: parse(value)
 
 
-def _cut(text: str, limit: int) -> str:
-    """``text``, or its beginning saying how many characters more there were: ``limit`` characters in all
-    (so cutting again changes nothing)."""
-    if len(text) <= limit:
-        return text
-    kept = limit - 40  # room for the note
-    return f"{text[:kept]}… ({len(text) - kept} more characters)"
-
-
-def bounded_reason(reason: str) -> str:
-    """A reason fit for a dead letter: at most :data:`REASON_MAX_CHARS` characters (a longer one is cut,
-    saying so) and valid UTF-8 (a lone surrogate, which JSON cannot carry, becomes ``?``)."""
-    return _cut(reason, REASON_MAX_CHARS).encode("utf-8", errors="replace").decode("utf-8") or "(no reason given)"
-
-
 def decode_record(decode: Decoder[E], value: bytes | None, headers: Headers | None) -> E | Rejection:
     """The record's event, or why it is not one. Never raises an ``Exception``.
 
@@ -402,7 +385,7 @@ def dead_letter_record(
     payload_bytes: int = DEAD_LETTER_PAYLOAD_BYTES,
 ) -> Outgoing:
     """The dead letter of ``record``, bounded whatever the record: the reason cut to
-    :data:`REASON_MAX_CHARS`, the payload to ``payload_bytes`` of JSON (``0``: none), the key to
+    :data:`~shared.events.REASON_MAX_CHARS`, the payload to ``payload_bytes`` of JSON (``0``: none), the key to
     :data:`KEY_MAX_BYTES`; the value's size and SHA-256 always. Never raises an ``Exception``."""
     value = record.value
     payload: str | None = None
@@ -1498,7 +1481,7 @@ class ConsumerLoop(Generic[E]):
         RECORDS_DEAD_LETTERED.labels(service=self.service, topic=record.topic).inc()
         traced = self._traces.get(id(record))
         if traced is not None:
-            traced.span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {_cut(reason, 200)}"))
+            traced.span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {cut_text(reason, 200)}"))
         with attached(self._trace_context(record)):
             log.warning(
                 "record dead-lettered", service=self.service, topic=record.topic, offset=record.offset, reason=reason

@@ -261,8 +261,8 @@ def test_an_extractor_checkpoint_that_times_out_is_catalog_timed_out_and_its_dea
 
     from shared.catalog import CatalogStores
     from shared.errors import CatalogTimedOut
+    from shared.events import bounded_reason
     from shared.exception_reasons import exception_reason
-    from shared.kafka.loop import bounded_reason
 
     url = postgres_database_factory()
     CatalogStores.from_url(url, migrate=True).close()

@@ -225,6 +225,20 @@ def test_a_token_endpoint_that_is_briefly_unavailable_is_retried(catalog, http):
     assert received.headers["Authorization"] == "Bearer tok-1"
 
 
+def test_a_token_endpoint_answering_an_expires_in_beyond_a_float_keeps_the_token_a_year_and_delivers(catalog, http):
+    """An integer ``expires_in`` of 400 digits (valid JSON) raised an uncaught OverflowError: every batch failed as
+    "the request could not be sent: OverflowError". Now the token is kept at most a year, and used."""
+    token = b'{"access_token": "tok-1", "expires_in": 1' + b"0" * 400 + b"}"
+    with TokenEndpoint((200, "application/json", token)) as tokens, HttpReceiver() as receiver:
+        profile_and_template(catalog, receiver.url, auth=oauth(tokens.url))
+        deliver = dispatcher(catalog, http)
+        first, _ = outcome_and_letters(deliver.handle(batch({"id": 1})))
+        second, _ = outcome_and_letters(deliver.handle(batch({"id": 2})))
+    assert (first.delivered, first.error, second.delivered) == (1, None, 1)
+    assert [received.headers["Authorization"] for received in receiver.receipts()] == ["Bearer tok-1"] * 2
+    assert tokens.calls == 1  # kept, not fetched for each batch
+
+
 def test_a_partners_redirect_is_its_answer_not_followed(catalog, http):
     with HttpReceiver() as elsewhere, TokenEndpoint((307, "text/plain", b"moved"), location=elsewhere.url) as partner:
         profile_and_template(catalog, partner.url.removesuffix("/oauth/token"))

@@ -348,15 +348,34 @@ def test_a_conditional_write_of_an_object_gone_or_out_of_scope_answers_as_withou
         assert "admin" not in answer.text, how
 
 
-@pytest.mark.parametrize("header", ["1", '"1', "W/1", '"1" "2"', "", "**"])
-def test_a_malformed_if_match_is_400_naming_the_header_and_nothing_is_written(api: InProcessApi, header: str):
+#: What the 400 says of a value that is no entity-tag list, and of a tag this API never sends.
+_NO_LIST = "header 'If-Match': give the ETag read, as sent"
+_NOT_OURS = ' is no ETag of this API: give the ETag read, as sent (quoted: "<id>.<version>", the id in 32 lowercase hex'
+
+
+@pytest.mark.parametrize(
+    ("header", "said"),
+    [
+        *((header, _NO_LIST) for header in ["1", '"1', "W/1", '"1" "2"', "**"]),
+        ("", "header 'If-Match': no entity-tag in it"),
+        # Valid entity-tags, none of this API's (before: 412 ``unknown-revision``, "an ETag from before revisions").
+        *((header, _NOT_OURS) for header in ['"abc.-1"', 'W/"' + "x" * 10_000 + '"', '"' + "," * 5_000 + '"']),
+        ('"1", "a.1"', _NOT_OURS),
+    ],
+)
+def test_a_malformed_if_match_is_400_naming_the_header_and_nothing_is_written(
+    api: InProcessApi, header: str, said: str
+):
     etag, query = _read(api, QUERY)
     with api.client() as client:
         put = client.put(QUERY, json=_labelled(query, "Malformed"), headers={"If-Match": header})
         delete = client.delete(QUERY, headers={"If-Match": header})
     for answer in (put, delete):
         assert answer.status_code == 400, answer.text
-        assert "If-Match" in answer.json()["detail"]
+        assert answer.json()["type"].endswith("/invalid-header")
+        assert answer.json()["detail"].startswith("header 'If-Match': ")
+        assert said in answer.json()["detail"]
+        assert len(answer.content) < 1_000  # a long tag is quoted cut
     assert _read(api, QUERY) == (etag, query)
 
 

@@ -20,7 +20,7 @@ versions = st.integers(min_value=0, max_value=10**18 - 1)
 revisions = st.builds(Revision, st.uuids(), versions)
 #: Optional whitespace (RFC 9110's OWS) around list elements.
 ows = st.sampled_from(["", " ", "\t", "  "])
-#: Opaque tags that are no version of ours (still valid entity-tags).
+#: Opaque tags that are no ETag this API ever sent (still valid entity-tags): refused with 400.
 foreign = st.text(alphabet="abcdefXYZ-_.:/,", min_size=0, max_size=12).filter(lambda text: not text.isdigit())
 
 
@@ -45,13 +45,26 @@ def test_the_etag_sent_comes_back_as_its_revision_and_allows_that_object_at_that
         assert not expected.allows(Revision(other_object, revision.version))
 
 
-@given(st.lists(st.tuples(revisions, st.booleans()), min_size=1, max_size=6), foreign, ows, ows)
+@given(st.lists(st.tuples(revisions, st.booleans()), min_size=1, max_size=6), versions, ows, ows)
 def test_a_list_allows_its_strong_revisions_only(
-    tags: list[tuple[Revision, bool]], other: str, before: str, after: str
+    tags: list[tuple[Revision, bool]], plain: int, before: str, after: str
 ):
-    listed = [f"{'W/' if weak else ''}{etag(revision)}" for revision, weak in tags] + [f'"{other}"']
+    listed = [f"{'W/' if weak else ''}{etag(revision)}" for revision, weak in tags] + [f'"{plain}"']
     expected = expected_version(f"{before},{after}".join(listed))
     assert expected == ExpectedVersion(frozenset(revision for revision, weak in tags if not weak))
+
+
+@given(st.lists(revisions, max_size=3), foreign, st.booleans())
+def test_a_tag_this_api_never_sends_is_refused_naming_the_header_and_its_form(
+    ours: list[Revision], other: str, weak: bool
+):
+    """``"abc.-1"``, ``W/"xxxx"``, ``",,,,"``: valid entity-tags, but no ETag read from this API (before: a 412
+    ``unknown-revision`` saying it was an ETag from before revisions)."""
+    with pytest.raises(ApiProblem) as refused:
+        expected_version(", ".join([etag(revision) for revision in ours] + [f'{"W/" if weak else ""}"{other}"']))
+    assert refused.value.status == 400
+    assert refused.value.detail.startswith("header 'If-Match': ")
+    assert 'is no ETag of this API: give the ETag read, as sent (quoted: "<id>.<version>"' in refused.value.detail
 
 
 @given(versions, revisions)
