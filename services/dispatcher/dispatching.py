@@ -54,6 +54,7 @@ from shared.application.ports import DefinitionsReader, RunsReader
 from shared.domain.catalog_objects import (
     CatalogObject,
     ConnectionProfile,
+    ExportDefinition,
     HttpTemplate,
     OAuth2ClientCredentials,
 )
@@ -61,13 +62,14 @@ from shared.domain.http_fields import header_value_problem, merged_headers
 from shared.domain.masking import Masking
 from shared.domain.rendering import DEFAULT_LIMITS, PreparedRequest, RenderedRequest, RenderLimits
 from shared.domain.runs import RunStatus
-from shared.errors import ExportError, PermanentError
+from shared.errors import ExportError, PermanentError, StoredObjectInvalid
 from shared.events import BatchOutcome, DeadLetter, MemberBatch
 from shared.exception_reasons import exception_reason, failure_fields
 from shared.kafka import Outgoing
 from shared.kafka.held_records import HoldRecord
 from shared.kafka.records import round_contexts
 from shared.member_batch_decoding import decode_member_batch, fast_path_problems
+from shared.metrics import UNKNOWN_DEFINITION
 from shared.outages import DependencyUnavailable, is_outage
 from shared.outbound.failure_reasons import masked_reason
 from shared.outbound.partner_network import PartnerNetwork
@@ -155,6 +157,27 @@ class CatalogCache:
 
     def get(self, kind: type[T], name: str) -> T:
         return self.read(kind, name)[0]
+
+    def definition_label(self, name: str) -> str:
+        """The label a batch's series are counted under: its definition's name when the catalog has that definition
+        (read through the cache, once per name and ``ttl``), :data:`~shared.metrics.UNKNOWN_DEFINITION` otherwise (a
+        name from the topic must not create series). An outage of the catalog is raised; any other error reading it
+        gives the unknown label, not remembered (the next batch reads it again)."""
+
+        def load() -> bool:
+            try:
+                self.definitions.get(ExportDefinition, name)
+            except (LookupError, StoredObjectInvalid):  # NotFound is a LookupError
+                return False
+            return True
+
+        try:
+            known: bool = self._cached(("definition label", name), load)[1]
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            return UNKNOWN_DEFINITION
+        return name if known else UNKNOWN_DEFINITION
 
     def read(self, kind: type[T], name: str) -> tuple[T, int]:
         """The object and when it was read from the catalog (:func:`.fleet_limits.read_stamp`): of two answers, the
@@ -474,7 +497,15 @@ class Dispatcher:
                 batch_index=batch.batch_index,
                 **failure_fields(exc, reason),
             )
-            return self._failed(batch, reason)
+            return self._failed(batch, reason, label=self._label_of(batch))
+
+    def _label_of(self, batch: MemberBatch) -> str:
+        """The batch's definition label (:meth:`CatalogCache.definition_label`) for a batch that failed: unknown when
+        it cannot be read."""
+        try:
+            return self.objects.definition_label(batch.definition)
+        except Exception:  # noqa: BLE001 - the catalog is away: its series under the unknown definition
+            return UNKNOWN_DEFINITION
 
     def _profile_of(self, batch: MemberBatch) -> ConnectionProfile | None:
         """The batch's profile, when it can be read (its secrets are masked in a failure's reason)."""
@@ -491,10 +522,10 @@ class Dispatcher:
         tokens = [("Authorization", f"Bearer {token}") for token in self.tokens.cached(profile.name)]
         return self.deliverer.maskings.of(profile, tokens)
 
-    def _failed(self, batch: MemberBatch, reason: str, profile: str = UNKNOWN_PROFILE) -> list[Outgoing]:
+    def _failed(self, batch: MemberBatch, reason: str, label: str, profile: str = UNKNOWN_PROFILE) -> list[Outgoing]:
         failed = DeliveryResult(success=False, status=None, attempts=0, error=reason)
         return self._outcome(
-            batch, IsolationResult(0, [Refused(Slice(0, len(batch.members)), failed)], 0, failed), profile
+            batch, IsolationResult(0, [Refused(Slice(0, len(batch.members)), failed)], 0, failed), profile, label
         )
 
     async def _handle(
@@ -508,12 +539,15 @@ class Dispatcher:
             BATCHES_OF_CANCELLED_RUNS.inc()
             return []
         if not batch.members:  # nothing to send (no request of an empty list): its outcome alone, 0 delivered
-            return self._outcome(batch, IsolationResult(0, [], 0, NOTHING_SENT), None)
+            return self._outcome(batch, IsolationResult(0, [], 0, NOTHING_SENT), None, UNKNOWN_DEFINITION)
+        # Once a batch, before anything is sent (an outage hands the batch back): the name its series are counted
+        # under, the definition's when the catalog has it (a made-up name from the topic creates no series).
+        label = self.objects.definition_label(batch.definition)
         try:
             template = self.objects.get(HttpTemplate, batch.template)
             profile, profile_read = self.objects.read(ConnectionProfile, template.profile)
         except ExportError as exc:  # missing, or stored before a rule it now breaks
-            return self._failed(batch, masked_reason(Masking, None, str(exc)))
+            return self._failed(batch, masked_reason(Masking, None, str(exc)), label)
         self.breakers.check(profile, profile_read)
         self._limits_of(profile, profile_read)  # a share of 0 holds the batch back here, before anything is rendered
         masking = functools.partial(self._masking, profile)
@@ -530,12 +564,12 @@ class Dispatcher:
             profile=profile,
             identity=identity,
             prepared=prepared,
-            labels=(batch.definition, profile.name),
+            labels=(label, profile.name),
             network=PartnerNetwork.of(profile),
             inspect=inspect,
             in_flight=in_flight_count(profile.name),
             oauth=isinstance(profile.auth, OAuth2ClientCredentials),
-            tally=RequestTally((batch.definition, profile.name)),
+            tally=RequestTally((label, profile.name)),
             trace_headers=current_http_headers(),  # the batch's context, which its requests are handled in
             ends=ends,
             profile_read=profile_read,
@@ -572,7 +606,7 @@ class Dispatcher:
             finally:
                 request_done()  # however it ended: the round may begin its next batch
 
-        self._start_series(batch.definition, profile.name)
+        self._start_series(label, profile.name)
         requests = -(-len(batch.members) // template.batch_size)
         record_requests[0] = max(record_requests[0], requests)
         try:
@@ -585,7 +619,7 @@ class Dispatcher:
             )
         finally:  # however the batch ended (cancelled, held back too): its attempts are in the series
             shared.tally.flush()
-        return self._outcome(batch, isolated, profile.name)
+        return self._outcome(batch, isolated, profile.name, label)
 
     async def _deliver_in_slot(self, shared: _BatchRequests, part: Slice, slots: Slots) -> DeliveryResult:
         """:meth:`_deliver` holding one of the profile's ``max_in_flight`` ``slots``, waited for aside (the request
@@ -968,9 +1002,10 @@ class Dispatcher:
             self.breakers.cancel(profile, ticket[0])  # admitted, never judged (cancelled): a probe slot back
 
     def _outcome(
-        self, batch: MemberBatch, result: IsolationResult[DeliveryResult], profile: str | None
+        self, batch: MemberBatch, result: IsolationResult[DeliveryResult], profile: str | None, label: str
     ) -> list[Outgoing]:
-        """The batch's outcome (and dead letters), its members counted under ``profile`` (None: none to count)."""
+        """The batch's outcome (and dead letters), its members counted under ``profile`` (None: none to count) and
+        the definition ``label`` (:meth:`CatalogCache.definition_label`)."""
         count = len(batch.members)
         run_key = str(batch.run_id)
         failed = sum(refused.slice.size for refused in result.refused)
@@ -994,14 +1029,14 @@ class Dispatcher:
             retry=batch.retry,
         )
         if profile is not None:
-            MEMBERS_DELIVERED.labels(batch.definition, profile).inc(result.delivered)
+            MEMBERS_DELIVERED.labels(label, profile).inc(result.delivered)
         outgoing = [Outgoing(self.topics.run_events, run_key, outcome.to_bytes())]
         if not result.refused:
             return outgoing
-        MEMBERS_FAILED.labels(batch.definition, profile).inc(failed)
+        MEMBERS_FAILED.labels(label, profile).inc(failed)
         letters = []
         for refused in result.refused:
-            DEAD_LETTERS.labels(batch.definition).inc()
+            DEAD_LETTERS.labels(label).inc()
             log.warning(
                 "members refused",
                 run_id=run_key,

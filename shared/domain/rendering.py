@@ -14,6 +14,7 @@ the result checked well-formed, a ``text`` body is sent as rendered (``bodies``)
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from types import TracebackType
@@ -496,4 +497,16 @@ def _members_json(members: list[dict[str, Any]]) -> bytes:
     try:
         return orjson.dumps(members)
     except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits, or a lone surrogate, which json can write
-        return json.dumps(members, separators=(",", ":")).encode()
+        # A NaN or infinity as null, as orjson writes it (json would write ``NaN``, which is not JSON).
+        return json.dumps(_finite(members), separators=(",", ":")).encode()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` (JSON values, nested) with each float NaN or infinity as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value

@@ -25,6 +25,7 @@ from services.dispatcher.metrics import (
     status_class,
 )
 from services.dispatcher.partner_auth import OAuthTokenCache
+from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.rendering import RenderedRequest
 from shared.events import MemberBatch
 from shared.outbound.partner_http import PartnerAnswer
@@ -150,8 +151,10 @@ class Partner:
         return None
 
 
-def dispatcher_for(partner: Partner, profile: str) -> Dispatcher:
+def dispatcher_for(partner: Partner, profile: str, definition: str) -> Dispatcher:
+    """A dispatcher of a catalog with ``definition`` (a definition it does not have is counted as unknown)."""
     catalog = Catalog(profile)
+    catalog.objects[("ExportDefinition", definition)] = ExportDefinition(name=definition, query="q", template="t")
     return Dispatcher(
         objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
         deliverer=Deliverer(partner, RetryBudget(initial_backoff=0.0, max_backoff=0.0)),
@@ -167,7 +170,7 @@ def test_a_batch_s_requests_are_all_in_the_series_when_it_is_done() -> None:
     partner = Partner([200, 404, 503])  # the 503 is retried (a 200 then): 8 attempts for 7 members
 
     async def scenario() -> None:
-        dispatcher = dispatcher_for(partner, profile)
+        dispatcher = dispatcher_for(partner, profile, definition)
         batch = MemberBatch(
             run_id=uuid.uuid4(),
             definition=definition,
@@ -194,7 +197,7 @@ def test_a_cancelled_attempt_s_duration_is_observed_without_a_status() -> None:
     partner.hold = asyncio.Event()
 
     async def scenario() -> None:
-        dispatcher = dispatcher_for(partner, profile)
+        dispatcher = dispatcher_for(partner, profile, definition)
         batch = MemberBatch(
             run_id=uuid.uuid4(), definition=definition, template="t", batch_index=0, members=[{"id": 1}]
         )
@@ -236,7 +239,7 @@ def test_a_success_shows_within_a_second_while_its_batch_is_still_in_flight() ->
     shown_after: list[float] = []
 
     async def scenario() -> None:
-        dispatcher = dispatcher_for(partner, profile)  # type: ignore[arg-type]
+        dispatcher = dispatcher_for(partner, profile, definition)  # type: ignore[arg-type]
         batch = MemberBatch(
             run_id=uuid.uuid4(), definition=definition, template="t", batch_index=0, members=[{"id": 0}, {"id": 1}]
         )
