@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: deploy-tools demo up dashboard-picture test lint unit integration e2e fuzz chaos bench bench-smoke bench-e2e prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
+.PHONY: deploy-tools demo up dashboard-picture test lint unit integration e2e fuzz chaos bench bench-smoke bench-e2e prerequisites demo-prerequisites kafka-up kafka-down postgres-up postgres-down docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,19 +18,25 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev,bench]"
 	rm -f $(VENV)/.bench-installed-* && touch $(BENCH_STAMP)
 
+## What the tests need (Java 17, Maven, PostgreSQL's server binaries, Chromium, promtool and prometheus).
 prerequisites: $(STAMP)
 	$(BIN)/python -m devtools.prerequisites
+
+## What `make demo`, `make up` and `make kafka-up` need: Java 17 and Maven for Kafka (none with
+## EXPORT_KAFKA_BOOTSTRAP_SERVERS set).
+demo-prerequisites: $(STAMP)
+	$(BIN)/python -m devtools.prerequisites demo
 
 ## helm, kubeconform and kube-score, built once from the Go module proxy (the chart's tests use them).
 deploy-tools: prerequisites
 	$(BIN)/python -m devtools.prerequisites deploy-tools
 
 ## A local end-to-end export of 10,000 demo members on real Kafka, HTTP and SMTP servers.
-demo: prerequisites
+demo: demo-prerequisites
 	$(BIN)/python -m devtools.demo
 
 ## The whole local stack with demo data, kept running for the web console (its URL and demo tokens printed) until Ctrl-C.
-up: prerequisites
+up: demo-prerequisites
 	$(BIN)/python -m devtools.up $(UP_ARGS)
 
 # The long forms of tests CI runs bounded (marked `long`): `make fuzz` and `make chaos` run them.
@@ -119,12 +125,13 @@ bench-e2e: prerequisites
 dashboard-picture: prerequisites
 	MEMBER_EXPORT_DASHBOARD_PICTURE=docs/dashboard.png $(BIN)/pytest tests/e2e/test_prometheus_dashboards.py -q -k picture
 
-## Long-lived local infrastructure for working by hand (ports 9092 and 5433).
-kafka-up: prerequisites
+## Long-lived local infrastructure for working by hand (ports 9092 and 5433); `postgres-up` finds (on Debian as root,
+## installs) PostgreSQL's server binaries itself, as the tests do.
+kafka-up: demo-prerequisites
 	$(BIN)/python -m devtools.kafka_broker start --port 9092
 kafka-down: $(STAMP)
 	$(BIN)/python -m devtools.kafka_broker stop
-postgres-up: prerequisites
+postgres-up: $(STAMP)
 	$(BIN)/python -m devtools.postgres start --port 5433
 postgres-down: $(STAMP)
 	$(BIN)/python -m devtools.postgres stop

@@ -37,12 +37,13 @@ def run_demo(members: int, work_dir: Path) -> int:
     work_dir.mkdir(parents=True)
     with ExitStack() as stack:
         bootstrap = os.environ.get("EXPORT_KAFKA_BOOTSTRAP_SERVERS")
+        own_kafka = None  # an existing cluster is neither started nor stopped
         if bootstrap:
             _say(f"using the Kafka cluster at {bootstrap}")
         else:
             _say("starting Kafka (KRaft, single node; jars from Maven Central, cached after the first run)")
-            broker = stack.enter_context(LocalKafka(work_dir / "kafka"))
-            bootstrap = broker.bootstrap_servers
+            own_kafka = stack.enter_context(LocalKafka(work_dir / "kafka"))
+            bootstrap = own_kafka.bootstrap_servers
             _say(f"Kafka ready on {bootstrap}")
         receiver = stack.enter_context(HttpReceiver())
         mail_dir = work_dir / "mail"
@@ -107,7 +108,7 @@ def run_demo(members: int, work_dir: Path) -> int:
             and len(received) == members
             and bool(sink.received())
         )
-        _say("stopping services, receiver, SMTP sink and Kafka")
+        _say(f"stopping services, receiver, SMTP sink{'' if own_kafka is None else ' and Kafka'}")
     _say("demo " + ("succeeded" if ok else "FAILED"))
     return 0 if ok else 1
 

@@ -79,27 +79,50 @@ def postgres_bin_dir() -> Path:
     return found
 
 
+def require_for_demo() -> None:
+    """What ``make demo`` and ``make up`` need beyond the venv: Java 17 and Maven for their own Kafka broker, unless
+    ``EXPORT_KAFKA_BOOTSTRAP_SERVERS`` names a cluster (then nothing). Never PostgreSQL, Chromium or Prometheus."""
+    bootstrap = os.environ.get("EXPORT_KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap:
+        print(f"Kafka: the cluster at {bootstrap} (EXPORT_KAFKA_BOOTSTRAP_SERVERS); Java and Maven not needed")
+        return
+    java, mvn = require_java_and_maven()
+    print(f"java {java_major_version(java)}: {java}; maven: {mvn}")
+
+
+def require_for_tests() -> None:
+    """What ``make test`` needs: Java 17 and Maven (Kafka), PostgreSQL's server binaries, Chromium (the console's
+    browser tests), promtool and prometheus (the alert-rule and dashboard tests)."""
+    java, mvn = require_java_and_maven()
+    print(f"java {java_major_version(java)}: {java}; maven: {mvn}")
+    print(f"PostgreSQL server binaries: {postgres_bin_dir()}")
+    from devtools.browser import chromium_path  # here: devtools.browser imports this module
+
+    print(f"Chromium (the console's browser tests): {chromium_path()}")
+    from devtools.prometheus import require_prometheus  # here: devtools.prometheus imports this module
+
+    require_prometheus()
+
+
+#: ``python -m devtools.prerequisites [STEP]``: no step is the tests' (everything).
+STEPS = ("demo", "deploy-tools")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Check (and on Debian as root, install) everything the demo and the tests need; with ``deploy-tools``,
-    build (once) the chart's tools and print where they are."""
-    if (sys.argv[1:] if argv is None else argv) == ["deploy-tools"]:
-        try:
+    """Check (and on Debian as root, install) what the tests need; with ``demo``, only what ``make demo`` and
+    ``make up`` need; with ``deploy-tools``, build (once) the chart's tools and print where they are."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and (len(args) > 1 or args[0] not in STEPS):
+        print(f"usage: python -m devtools.prerequisites [{' | '.join(STEPS)}]", file=sys.stderr)
+        return 2
+    try:
+        if args == ["deploy-tools"]:
             for name, path in deploy_tools().items():
                 print(f"{name}: {path}")
-        except MissingPrerequisite as exc:
-            print(f"missing prerequisite: {exc}")
-            return 1
-        return 0
-    try:
-        java, mvn = require_java_and_maven()
-        print(f"java {java_major_version(java)}: {java}; maven: {mvn}")
-        print(f"PostgreSQL server binaries: {postgres_bin_dir()}")
-        from devtools.browser import chromium_path  # here: devtools.browser imports this module
-
-        print(f"Chromium (the console's browser tests): {chromium_path()}")
-        from devtools.prometheus import require_prometheus  # here: devtools.prometheus imports this module
-
-        require_prometheus()
+        elif args == ["demo"]:
+            require_for_demo()
+        else:
+            require_for_tests()
     except MissingPrerequisite as exc:
         print(f"missing prerequisite: {exc}")
         return 1

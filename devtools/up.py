@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -112,6 +113,9 @@ class ConsoleStack(Managed):
     env: dict[str, str] = field(default_factory=dict)
     receiver: HttpReceiver | None = None
     sink: SmtpSink | None = None
+    #: Whether Kafka was given (``bootstrap`` or ``EXPORT_KAFKA_BOOTSTRAP_SERVERS``): then it is neither started nor
+    #: stopped here.
+    kafka_given: bool = False
     _stack: ExitStack = field(default_factory=ExitStack)
     _admin: subprocess.Popen[bytes] | None = None
 
@@ -138,6 +142,7 @@ class ConsoleStack(Managed):
     def _start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         bootstrap = self.bootstrap or os.environ.get("EXPORT_KAFKA_BOOTSTRAP_SERVERS")
+        self.kafka_given = bool(bootstrap)
         if not bootstrap:
             bootstrap = self._stack.enter_context(LocalKafka(self.work_dir / "kafka")).bootstrap_servers
         self.receiver = self._stack.enter_context(HttpReceiver())
@@ -220,6 +225,34 @@ class ConsoleStack(Managed):
         self._stack.close()
 
 
+def summary(stack: ConsoleStack, work_dir: Path) -> list[str]:
+    """What ``make up`` prints once the stack runs: where things are, and the lines to paste into a shell for
+    exportctl, through the admin API or on the catalog directly (its Kafka, topic prefix and stores)."""
+    assert stack.receiver is not None
+    assert stack.sink is not None
+    lines = [f"  console:        {stack.console_url}", f"  admin token:    {stack.tokens['admin']}"]
+    lines += [f"  {role + ' token:':<15} {stack.tokens[role]}" for role in ("editor", "operator", "viewer")]
+    lines += [
+        f"  admin API:      {stack.url}/docs",
+        f"  HTTP receiver:  {stack.receiver.url}   (--var RECEIVER_URL={stack.receiver.url})",
+        f"  SMTP sink:      127.0.0.1:{stack.sink.port} (mail in {work_dir / 'mail'})",
+        f"  logs:           {stack.log_dir}",
+        "",
+        "  exportctl through the admin API (as the admin; any token above works, with its role):",
+        f"    export EXPORT_API_URL={shlex.quote(stack.url)} EXPORT_API_TOKEN={shlex.quote(stack.tokens['admin'])}",
+        "  exportctl on the catalog directly (no EXPORT_API_URL; the stack's Kafka, topics and stores):",
+    ]
+    direct = (
+        "EXPORT_CATALOG_URL",
+        "EXPORT_QUERY_STORE_URL",
+        "EXPORT_KAFKA_BOOTSTRAP_SERVERS",
+        "EXPORT_TOPIC_PREFIX",
+        "EXPORT_ALLOWED_DESTINATIONS",  # the receiver is on 127.0.0.1, which profiles may not name without it
+    )
+    lines += [f"    export {name}={shlex.quote(stack.env[name])}" for name in direct]
+    return lines
+
+
 def _say(message: str) -> None:
     print(f"==> {message}", flush=True)
 
@@ -242,14 +275,7 @@ def main() -> int:
         assert stack.receiver is not None
         assert stack.sink is not None
         print()
-        print(f"  console:        {stack.console_url}")
-        print(f"  admin token:    {stack.tokens['admin']}")
-        for role in ("editor", "operator", "viewer"):
-            print(f"  {role + ' token:':<15} {stack.tokens[role]}")
-        print(f"  admin API:      {stack.url}/docs")
-        print(f"  HTTP receiver:  {stack.receiver.url}")
-        print(f"  SMTP sink:      127.0.0.1:{stack.sink.port} (mail in {args.dir / 'mail'})")
-        print(f"  logs:           {stack.log_dir}")
+        print("\n".join(summary(stack, args.dir)))
         print()
         _say("running; Ctrl-C stops everything")
         signal.signal(signal.SIGTERM, interrupted)
@@ -258,7 +284,7 @@ def main() -> int:
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
-        _say("stopping the admin API, services, receiver, SMTP sink and Kafka")
+        _say(f"stopping the admin API, services, receiver, SMTP sink{'' if stack.kafka_given else ' and Kafka'}")
     return 0
 
 

@@ -104,6 +104,11 @@ def bind_names(sql: str) -> list[str]:
     return names
 
 
+def bind_offset(sql: str, name: str) -> int:
+    """Where in ``sql`` the first ``:name`` the driver binds starts (one of :func:`bind_names`)."""
+    return next(match.start() for match in _BIND.finditer(sql) if match.group(1) == name)
+
+
 def _named(names: list[str], most: int) -> str:
     """The first ``most`` of ``names``, each cut to :data:`NAME_SHOWN_CHARS` characters, and how many more there are:
     an error message stays short whatever it was given."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -28,7 +29,7 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import Token, TokenType
 
-from shared.domain.query_parameters import bind_names
+from shared.domain.query_parameters import bind_names, bind_offset
 
 #: The longest saved query read: parsing is linear, but the longest text costs about a second and a half.
 MAX_SQL_CHARACTERS = 50_000
@@ -148,10 +149,44 @@ def _check(text: str, dialect: str) -> CheckedSql:
     for node in tree.walk():
         for kind, why in _WRITES.items():
             if isinstance(node, kind):
-                raise UnsafeSql(f"must only read members: {why} ({node.key.upper()})")
+                raise UnsafeSql(f"must only read members: {why} ({node.key.upper()}{_write_at(text, tokens, node)})")
         if isinstance(node, exp.Anonymous) and node.name.lower() in _SESSION_LOCKS:
-            raise UnsafeSql(f"must only read members: {node.name}() takes a lock that outlives the query")
+            where = f" ({_at(text, node.meta['start'])})" if "start" in node.meta else ""
+            raise UnsafeSql(f"must only read members: {node.name}() takes a lock that outlives the query{where}")
     return CheckedSql(text, _named_binds(text, tree))
+
+
+#: The keyword that starts each kind of write the parser gives no position for, and the keywords before it that
+#: make the same word something else (``FOR UPDATE`` is no UPDATE, ``INSERT INTO`` no SELECT … INTO).
+_WRITE_KEYWORDS: dict[type[exp.Expr], tuple[TokenType, frozenset[TokenType]]] = {
+    exp.Delete: (TokenType.DELETE, frozenset()),
+    exp.Insert: (TokenType.INSERT, frozenset()),
+    exp.Update: (TokenType.UPDATE, frozenset({TokenType.FOR})),
+    exp.Merge: (TokenType.MERGE, frozenset()),
+    exp.Into: (TokenType.INTO, frozenset({TokenType.INSERT, TokenType.MERGE})),
+}
+
+
+def _write_at(text: str, tokens: list[Token], node: exp.Expr) -> str:
+    """`` at line L, column C``: where the write ``node`` starts (its keyword's first use), or "" if unknown."""
+    if isinstance(node, exp.Lock):  # FOR UPDATE, FOR NO KEY UPDATE, FOR SHARE, FOR KEY SHARE
+        locks = (
+            token
+            for token, following in itertools.pairwise(tokens)
+            if token.token_type is TokenType.FOR and following.text.upper() in {"UPDATE", "SHARE", "NO", "KEY"}
+        )
+        first = next(locks, None)
+        return "" if first is None else f" {_at(text, first.start)}"
+    keyword = next((known for kind, known in _WRITE_KEYWORDS.items() if isinstance(node, kind)), None)
+    if keyword is None:
+        return ""
+    wanted, not_after = keyword
+    previous: Token | None = None
+    for token in tokens:
+        if token.token_type is wanted and (previous is None or previous.token_type not in not_after):
+            return f" {_at(text, token.start)}"
+        previous = token
+    return ""
 
 
 def _token_problems(text: str, tokens: list[Token]) -> list[str]:
@@ -210,17 +245,18 @@ def _named_binds(text: str, tree: exp.Expr) -> tuple[str, ...]:
     if quoted:
         raise UnsafeSql(
             "has "
-            + ", ".join(f"':{name}'" for name in quoted)
+            + ", ".join(f"':{name}' ({_at(text, bind_offset(text, name))})" for name in quoted)
             + " inside quotes (or elsewhere the SQL parser reads no parameter), which the database driver "
             "would still bind as a parameter; write '\\:' for a literal colon"
         )
     for name in sorted(parsed - set(driver)):
         if f":{name}::" in text:
             raise UnsafeSql(
-                f"the database driver does not bind ':{name}' followed by a '::' cast: "
-                f"write CAST(:{name} AS type) instead of :{name}::type"
+                f"the database driver does not bind ':{name}' followed by a '::' cast "
+                f"({_at(text, text.index(f':{name}::'))}): write CAST(:{name} AS type) instead of :{name}::type"
             )
-        raise UnsafeSql(f"has :{name}, which the database driver would not bind: put a space before the ':'")
+        where = _at(text, match.start()) if (match := re.search(rf":{re.escape(name)}\b", text)) else "in the text"
+        raise UnsafeSql(f"has :{name} ({where}), which the database driver would not bind: put a space before the ':'")
     return tuple(driver)
 
 

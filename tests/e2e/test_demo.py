@@ -38,6 +38,8 @@ def test_make_demo_exports_every_member_and_emails_the_outcome(kafka_bootstrap: 
     assert re.search(rf"delivered:\s+{MEMBERS}\b", demo.stdout), output
     assert re.search(rf"receiver got:\s+{MEMBERS} distinct members", demo.stdout), output
     assert re.search(r"email:\s+'.+' to ", demo.stdout), output
+    # It says what it stops: the suite's broker was given, so not Kafka (it was neither started nor stopped).
+    assert "==> stopping services, receiver, SMTP sink\n" in demo.stdout, output
     # "then everything stops": no process it started (they all carry its directory in their environment) is left.
     assert _processes_mentioning(str(tmp_path / "demo")) == [], output
 

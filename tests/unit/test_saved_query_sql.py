@@ -40,10 +40,18 @@ def test_the_injection_from_the_review_is_refused_at_save_naming_the_comment_and
             "must not contain comments (at line 2, column 21)",
         ),
         ("SELECT id FROM members) AS q, (SELECT 1", "is not valid SQL"),
-        ("WITH gone AS (DELETE FROM members RETURNING id) SELECT id FROM gone", "it changes data (DELETE)"),
-        ("WITH up AS (UPDATE members SET points = 0 RETURNING id) SELECT id FROM up", "it changes data (UPDATE)"),
-        ("SELECT * INTO copy FROM members", "SELECT … INTO creates a table"),
-        ("SELECT id FROM members FOR UPDATE", "it locks rows"),
+        (
+            "WITH gone AS (DELETE FROM members RETURNING id) SELECT id FROM gone",
+            "it changes data (DELETE at line 1, column 15)",
+        ),
+        (
+            "WITH up AS (UPDATE members SET points = 0 RETURNING id) SELECT id FROM up",
+            "it changes data (UPDATE at line 1, column 13)",
+        ),
+        ("SELECT * INTO copy FROM members", "SELECT … INTO creates a table (INTO at line 1, column 10)"),
+        ("SELECT id FROM members FOR UPDATE", "it locks rows (FOR UPDATE / FOR SHARE) (LOCK at line 1, column 24)"),
+        # A WITH on its second line: the position is the DELETE's, not the statement's.
+        ("WITH x AS (SELECT 1 AS id)\n, y AS (DELETE FROM members) SELECT id FROM x", "(DELETE at line 2, column 9)"),
     ],
 )
 def test_sql_that_could_escape_the_wrapper_or_write_is_refused_at_save(sql, reason):
@@ -52,7 +60,9 @@ def test_sql_that_could_escape_the_wrapper_or_write_is_refused_at_save(sql, reas
 
 def test_a_parameter_inside_quotes_is_refused_since_the_driver_would_bind_it():
     spec = {"parameters": {"tier": {"type": "string"}}}
-    assert "':tier' inside quotes" in _refusal("SELECT id FROM members WHERE email <> 'x :tier'", **spec)
+    assert "':tier' (at line 1, column 42) inside quotes" in _refusal(
+        "SELECT id FROM members WHERE email <> 'x :tier'", **spec
+    )
     # Escaped, the colon is a colon.
     assert SavedQuery(name="q", sql="SELECT id FROM members WHERE email <> 'x \\:tier'").sql.endswith("'x \\:tier'")
 
@@ -60,7 +70,9 @@ def test_a_parameter_inside_quotes_is_refused_since_the_driver_would_bind_it():
 def test_a_parameter_followed_by_a_cast_is_refused_with_the_way_to_write_it():
     spec = {"parameters": {"since": {"type": "date"}}}
     message = _refusal("SELECT id FROM members WHERE joined_at > :since::date", **spec)
-    assert "write CAST(:since AS type) instead of :since::type" in message
+    assert (
+        "followed by a '::' cast (at line 1, column 42): write CAST(:since AS type) instead of :since::type" in message
+    )
 
 
 def test_statements_that_are_not_one_select_are_still_refused():
@@ -134,5 +146,5 @@ def test_a_query_asking_for_more_than_the_operators_timeout_gets_a_reason_naming
 )
 def test_a_session_advisory_lock_that_would_outlive_the_query_is_refused_at_save(sql):
     # Before: saved, and each run left the lock held on the member store's pooled connection.
-    assert "takes a lock that outlives the query" in _refusal(sql)
+    assert f"takes a lock that outlives the query (at line 1, column {sql.lower().rindex('pg_') + 1})" in _refusal(sql)
     SavedQuery(name="q", sql="SELECT id, pg_advisory_xact_lock(42) AS held FROM members")  # released at rollback
