@@ -37,7 +37,7 @@ from services.dispatcher.metrics import (
     RequestTally,
     in_flight_count,
 )
-from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers
+from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers, with_query_key
 from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit, holds_promises_of
 from services.dispatcher.render_offload import Renderer
 from services.dispatcher.request_workers import RequestWorkers
@@ -52,6 +52,7 @@ from services.dispatcher.splitting import IsolationResult, Refused, Slice, deliv
 from services.dispatcher.wakeup import Wakeup
 from shared.application.ports import DefinitionsReader, RunsReader
 from shared.domain.catalog_objects import (
+    ApiKeyAuth,
     CatalogObject,
     ConnectionProfile,
     ExportDefinition,
@@ -829,6 +830,8 @@ class Dispatcher:
             headers["Idempotency-Key"] = key
         try:  # a quick render: no coroutine
             rendered = self.renderer.render_inline(shared.prepared, members, headers)
+            if rendered is not None:
+                rendered = self._keyed(shared.profile, rendered)
         except BaseException:  # nothing sent: its token back (its probe: _in_flight), the failure its own
             self._refund(shared.profile.name, limits, limiter)
             raise
@@ -850,7 +853,7 @@ class Dispatcher:
     ) -> None:
         """:meth:`_render_admitted` on a render thread (a render expected to be slow)."""
         try:
-            rendered = await self.renderer.render(shared.prepared, members, headers)
+            rendered = self._keyed(shared.profile, await self.renderer.render(shared.prepared, members, headers))
             self._before_round_end(shared)  # a render thread's time may have outlasted the round
         except BaseException:  # nothing sent: its token back (its probe: _in_flight), the failure its own
             self._refund(shared.profile.name, limits, limiter)
@@ -858,6 +861,15 @@ class Dispatcher:
         body[0] = rendered
         if headers is not None:
             body[1] = rendered
+
+    @staticmethod
+    def _keyed(profile: ConnectionProfile, rendered: RenderedRequest) -> RenderedRequest:
+        """``rendered`` with the profile's API key in its query when the profile sends it there (``in: query``)."""
+        auth = profile.auth
+        if not isinstance(auth, ApiKeyAuth) or auth.name is None:
+            return rendered
+        url = with_query_key(profile, rendered.url)
+        return RenderedRequest(rendered.method, url, rendered.headers, rendered.content)
 
     def _request_done(self, shared: _BatchRequests, ticket: list[Admission | None] | None) -> None:
         """A request of :meth:`_request` awaited (however it ended): counted out of flight, and the breaker's

@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Callable
 from typing import NamedTuple
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 
@@ -155,6 +156,28 @@ async def auth_headers(profile: ConnectionProfile, tokens: OAuthTokenCache) -> d
     if isinstance(auth, BearerAuth):
         return {"Authorization": "Bearer " + resolve_secret(auth.token)}
     if isinstance(auth, ApiKeyAuth):
-        return {auth.header: resolve_secret(auth.key)}
+        return {} if auth.name is not None else {auth.header: resolve_secret(auth.key)}
     token = await tokens.token(profile.name, auth, profile.base_url, PartnerNetwork.of(profile))
     return {"Authorization": "Bearer " + token}
+
+
+def with_query_key(profile: ConnectionProfile, url: str) -> str:
+    """``url`` with the profile's API key appended as its query parameter (``in: query``), URL-encoded, after the
+    template's own query; ``url`` itself for other profiles. A URL whose query has that parameter already (from
+    the template) is a PermanentError naming the parameter, never the key: the partner would read one or the
+    other."""
+    auth = profile.auth
+    if not isinstance(auth, ApiKeyAuth) or auth.name is None:
+        return url
+    query = urlsplit(url).query
+    if query and any(name == auth.name for name, _ in parse_qsl(query, keep_blank_values=True)):
+        raise PermanentError(
+            f"the request's query already has the parameter {auth.name!r}, which the connection profile's api_key "
+            "sets: remove it from the template's query_string"
+        )
+    return f"{url}{'&' if query else ('' if url.endswith('?') else '?')}{quote(auth.name)}={quoted_key(auth)}"
+
+
+def quoted_key(auth: ApiKeyAuth) -> str:
+    """The key as its query parameter carries it (URL-encoded: what the inspector's URL shows, to be masked)."""
+    return quote(resolve_secret(auth.key), safe="")

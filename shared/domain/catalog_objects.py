@@ -152,7 +152,9 @@ def _without_query_credentials(url: str, info: ValidationInfo) -> str:
         raise ValueError(
             f"must not hold a credential in its query (parameter {shown}): give it in the profile's auth as a secret "
             "(encrypted at rest, answered masked; or an env:NAME / file:PATH reference): a partner's key as "
-            "{type: api_key, header: <the header the partner reads>, key: ...}, an OAuth client's as auth.client_secret"
+            "{type: api_key, header: <the header the partner reads>, key: ...}, or, for a partner that reads it only "
+            "in the query, {type: api_key, in: query, name: <the parameter>, key: ...} (sent in each request's query); "
+            "an OAuth client's as auth.client_secret"
         )
     return url
 
@@ -205,11 +207,26 @@ class BearerAuth(_Spec):
 
 
 class ApiKeyAuth(_Spec):
-    """An API key sent in a header of the partner's choosing."""
+    """An API key sent in a header of the partner's choosing (``in: header``, the default), or as a query parameter
+    (``in: query`` with ``name``, for a partner that reads its key only there): appended, URL-encoded, to each
+    request's URL at dispatch, after the template's own query. A secret either way (encrypted at rest, answered
+    masked, ``env:``/``file:`` references resolved at dispatch); its value is masked in failure reasons and the
+    attempt inspector whatever the parameter's name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
 
     type: Literal["api_key"]
+    in_: Annotated[Literal["header", "query"], Field(alias="in")] = "header"
     header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$")] = "X-API-Key"
+    #: The query parameter (``in: query`` only).
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._~-]+$")] | None = None
     key: Secret
+
+    @model_validator(mode="after")
+    def _name_with_query(self) -> ApiKeyAuth:
+        if (self.in_ == "query") != (self.name is not None):
+            raise ValueError("name (the query parameter the partner reads) goes with in: query, and only with it")
+        return self
 
 
 class OAuth2ClientCredentials(_Spec):
@@ -374,6 +391,15 @@ class ConnectionProfile(_Spec):
     tls: TlsSettings | None = None
     #: The forward proxy requests go through (:class:`ProxySettings`).
     proxy: ProxySettings | None = None
+
+    @model_validator(mode="after")
+    def _query_key_once(self) -> ConnectionProfile:
+        auth = self.auth
+        if isinstance(auth, ApiKeyAuth) and auth.name is not None:
+            names = {unquote_plus(field.partition("=")[0]) for field in urlsplit(self.base_url).query.split("&")}
+            if auth.name in names:
+                raise ValueError(f"base_url's query already has the parameter {auth.name!r}, which auth.name sets")
+        return self
 
 
 # --- HTTP API templates ----------------------------------------------------------------------------

@@ -53,6 +53,7 @@ def _refusal(answer: Any, field: str) -> str:
     assert field in text
     assert "must not hold a credential in its query (parameter " in text
     assert "give it in the profile's auth" in text
+    assert "{type: api_key, in: query, name: <the parameter>, key: ...}" in text  # the way a query key is sent
     return text
 
 

@@ -74,7 +74,13 @@ def test_saving_a_profile_in_the_console_keeps_its_circuit_breaker():
 def test_every_auth_field_the_domain_refuses_is_placed_beside_that_types_field_only(kind: str):
     # Each field of the type given a value the domain refuses (required ones left out, the others malformed): every
     # refusal lands on that type's field, whether pydantic names it (with the union's tag) or a use case (without).
-    malformed = {"header": "not a header", "token_url": "https://user@id.example.com/token", "scope": ["a list"]}
+    malformed = {
+        "header": "not a header",
+        "in": "body",
+        "name": "not a parameter",
+        "token_url": "https://user@id.example.com/token",
+        "scope": ["a list"],
+    }
     auth = {"type": kind} | {name: malformed[name] for name in AUTH_FIELDS[kind] if name in malformed}
     with pytest.raises(ValidationError) as refused:
         ConnectionProfile.model_validate({"name": "p", "base_url": "https://partner.example", "auth": auth})
@@ -162,3 +168,13 @@ def test_a_url_the_console_does_not_show_again_is_one_the_domain_refuses_for_its
     assert holds_credentials(url) is refused_for_credentials
     assert not holds_credentials("not a url: a@b")
     assert not holds_credentials("")
+
+
+def test_an_api_key_sent_in_the_query_round_trips_through_the_profile_form():
+    # Its parameter's name is shown as the auth field's, not as the profile's; saved unchanged, the key kept (mask).
+    auth = {"type": "api_key", "in": "query", "name": "appid", "key": "env:PARTNER_KEY"}
+    profile = ConnectionProfile.model_validate({"name": "p", "base_url": "https://partner.example", "auth": auth})
+    values = profile_values(profile)
+    assert (values["name"], values["auth_name"], values["auth_in"]) == ("p", "appid", "query")
+    body = profile_body(_profile_form(values), profile)
+    assert body["auth"] == {"type": "api_key", "in": "query", "header": "X-API-Key", "name": "appid", "key": MASK}

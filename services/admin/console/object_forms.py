@@ -24,7 +24,7 @@ AUTH_FIELDS: dict[str, tuple[str, ...]] = {
     "none": (),
     "basic": ("username", "password"),
     "bearer": ("token",),
-    "api_key": ("header", "key"),
+    "api_key": ("in", "header", "name", "key"),  # in: header (the default) or query (then name: the parameter)
     "oauth2_client_credentials": ("token_url", "client_id", "client_secret", "scope"),
 }
 SECRETS = frozenset({"password", "token", "key", "client_secret"})
@@ -167,7 +167,10 @@ def profile_values(profile: ConnectionProfile | None) -> dict[str, Any]:
         "proxy_url": proxy.url if proxy else "",
         "proxy_username": proxy.username or "" if proxy else "",
     }
-    values |= {name: str(value) for name, value in auth.items() if name not in SECRETS and value is not None}
+    shown = {name: str(value) for name, value in auth.items() if name not in SECRETS and value is not None}
+    # As auth_<field> (what the form reads first): an API key's query parameter ``name`` is not the profile's.
+    values |= {f"auth_{name}": value for name, value in shown.items()}
+    values |= {name: value for name, value in shown.items() if name not in values}
     limit = profile.rate_limit
     values |= {
         "requests_per_second": f"{limit.requests_per_second:g}" if limit and limit.requests_per_second else "",
