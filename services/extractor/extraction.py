@@ -1064,8 +1064,9 @@ class Extractor:
         # A run request naming no catalog definition is labelled as such: its name is whatever the record said.
         known = failure.label != "unknown_definition"
         RUNS_FAILED.labels(definition=definition if known else UNKNOWN_DEFINITION, reason=failure.label).inc()
-        log.warning("run failed", run_id=str(run_id), definition=definition, reason=failure.reason)
+        # The event first: its reason is cut (shared.events.Reason), and the log says what the event says.
+        failed = RunFailed(run_id=run_id, definition=definition, reason=failure.reason)
+        log.warning("run failed", run_id=str(run_id), definition=definition, reason=failed.reason)
         if checkpoint is not None:
             self.extraction.save_checkpoint(replace(checkpoint, completed=True))
-        failed = RunFailed(run_id=run_id, definition=definition, reason=failure.reason)
         return [self._event(str(run_id), failed)]

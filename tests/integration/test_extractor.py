@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import structlog
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
@@ -16,6 +17,7 @@ from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, H
 from shared.domain.checkpoints import Checkpoint, RunSync
 from shared.domain.sync_mode import SyncMode
 from shared.events import (
+    REASON_MAX_CHARS,
     RUN_EVENT_ADAPTER,
     AnyRunEvent,
     BatchOutcome,
@@ -27,7 +29,7 @@ from shared.events import (
     RunStarted,
 )
 from shared.kafka import InFlight, Outgoing, ensure_topics, make_producer, produce
-from shared.querystore import MemberReader
+from shared.querystore import MemberReader, QueryError
 from shared.querystore.demo_data import create_demo_members
 from shared.settings import CommonSettings
 from tests.kafka_helpers import read_until
@@ -181,6 +183,28 @@ def test_a_query_error_fails_the_run_with_the_reason(extractor: Extractor, setti
     assert failed.reason.startswith("query 'broken' failed:")
     assert "missing_table" in failed.reason
     assert _runs_failed("export-broken", "query_error") == before + 1
+
+
+def test_a_run_failing_with_a_very_long_reason_logs_and_publishes_it_cut(
+    extractor: Extractor, monkeypatch: pytest.MonkeyPatch
+):
+    # A member store's error text has no length limit: the run's event and its log line both carry it cut.
+    long = "query 'all' failed: " + "x" * (3 * REASON_MAX_CHARS)
+
+    def failing(*_args: Any, **_kwargs: Any) -> Any:
+        raise QueryError(long)
+
+    monkeypatch.setattr(extractor.reader, "member_pages", failing)
+    request = RunRequested(definition="export-all")
+    with structlog.testing.capture_logs() as logs:
+        outgoing = extractor.handle(request)
+    failed = RUN_EVENT_ADAPTER.validate_json(outgoing[-1].value)
+    assert isinstance(failed, RunFailed)
+    assert failed.reason.startswith("query 'all' failed: xxx")
+    assert len(failed.reason) <= REASON_MAX_CHARS
+    [logged] = [entry for entry in logs if entry["event"] == "run failed"]
+    assert logged["run_id"] == str(request.run_id)
+    assert logged["reason"] == failed.reason
 
 
 def test_a_run_resumes_from_its_checkpoint_with_the_same_batch_identities(

@@ -638,8 +638,8 @@ def test_by_default_the_pods_run_as_the_namespace_default_service_account(render
 
 def test_a_service_account_of_the_release_runs_the_services_without_a_token(renders: dict[str, Rendered]) -> None:
     rendered = renders["production"]
-    [account] = rendered.of_kind("ServiceAccount")
-    assert account["metadata"]["name"] == "member-export"
+    account = rendered.named("ServiceAccount", "member-export")
+    assert "helm.sh/hook" not in account["metadata"]["annotations"]  # the release's own, kept until uninstalled
     assert account["metadata"]["annotations"] == {
         "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/member-export"
     }
@@ -647,15 +647,37 @@ def test_a_service_account_of_the_release_runs_the_services_without_a_token(rend
     for service, deployment in rendered.deployments().items():
         pod = deployment["spec"]["template"]["spec"]
         assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == ("member-export", False), service
-    # The migrations run as a pre-install hook, before the release's ServiceAccount exists on a first install.
+
+
+def test_the_migrations_run_as_a_hook_service_account_made_before_them(renders: dict[str, Rendered]) -> None:
+    """The Job is a pre-install hook: the release's ServiceAccount does not exist yet on a first install, so the
+    Job runs as one of its own, a hook too, made first (lower weight), with the same annotations and no token."""
+    rendered = renders["production"]
     [job] = rendered.of_kind("Job")
-    assert "serviceAccountName" not in job["spec"]["template"]["spec"]
+    pod = job["spec"]["template"]["spec"]
+    assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == ("member-export-migrations", False)
+    account = rendered.named("ServiceAccount", "member-export-migrations")
+    annotations = account["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(annotations["helm.sh/hook-weight"]) < int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"].split(",")
+    assert annotations["eks.amazonaws.com/role-arn"] == "arn:aws:iam::123456789012:role/member-export"
+    assert account["automountServiceAccountToken"] is False
+
+
+def test_without_migrations_no_hook_service_account_is_made(tmp_path: Path) -> None:
+    values = {"serviceAccount": {"create": True}, "migrations": {"enabled": False}}
+    rendered = render(values=values, tmp_dir=tmp_path)
+    assert [a["metadata"]["name"] for a in rendered.of_kind("ServiceAccount")] == ["member-export"]
 
 
 def test_a_named_service_account_is_made_under_that_name(tmp_path: Path) -> None:
     rendered = render(values={"serviceAccount": {"create": True, "name": "exports"}}, tmp_dir=tmp_path)
-    assert [a["metadata"]["name"] for a in rendered.of_kind("ServiceAccount")] == ["exports"]
+    names = {a["metadata"]["name"] for a in rendered.of_kind("ServiceAccount")}
+    assert names == {"exports", "exports-migrations"}
     assert {d["spec"]["template"]["spec"]["serviceAccountName"] for d in rendered.of_kind("Deployment")} == {"exports"}
+    [job] = rendered.of_kind("Job")
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "exports-migrations"
 
 
 def test_an_existing_service_account_runs_every_pod_the_migrations_included(tmp_path: Path) -> None:

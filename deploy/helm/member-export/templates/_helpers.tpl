@@ -455,3 +455,15 @@ else serviceAccount.name, an existing one; empty: none named (the namespace's de
 {{- .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+
+{{/* The migration Job's ServiceAccount: with serviceAccount.create, a hook one of its own (the release's is not there
+yet when a pre-install hook runs), named after the release's with "-migrations"; else the pods' (an existing one, or
+none: the namespace's default). */}}
+{{- define "member-export.migrationsServiceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- include "member-export.serviceAccountName" . -}}-migrations
+{{- else -}}
+{{- .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
