@@ -121,6 +121,27 @@ _ENVIRONMENTS = {
 _ENVIRONMENTS["xml"].keep_trailing_newline = _ENVIRONMENTS["plain"].keep_trailing_newline = True
 
 
+@lru_cache(maxsize=256)
+def _base_and_query(base_url: str) -> tuple[str, str]:
+    """A profile's ``base_url`` split at its query: without its trailing ``/``, and the query's text (may be empty)."""
+    base, _, query = base_url.partition("?")
+    return base.rstrip("/"), query
+
+
+def partner_url(base_url: str, path: str, query: dict[str, str] | None = None) -> str:
+    """The URL a request goes to: the template's ``path`` after the profile's ``base_url``'s own path, then the
+    base URL's query, then the template's ``query_string`` (encoded).
+
+    A base URL may hold a query (``https://partner.example/v1?region=eu``): the path goes before it, not after it
+    (``…/v1/members?region=eu``, never ``…/v1?region=eu/members``)."""
+    base, base_query = _base_and_query(base_url)
+    url = base + path
+    for extra in (base_query, urlencode(query) if query else ""):
+        if extra:
+            url += ("&" if "?" in url else "?") + extra
+    return url
+
+
 @lru_cache(maxsize=768)
 def _compile(kind: str, source: str) -> Template:
     return _ENVIRONMENTS[kind].from_string(source)
@@ -201,12 +222,10 @@ def render_request(
         problem = path_problem(path)
         if problem is not None:
             raise TemplateRenderError(f"template path: the rendered path {problem}")
-        url = profile.base_url.rstrip("/") + path
-        if template.query_string:
-            parameters = {
-                name: _render(value, context, f"query_string {name}") for name, value in template.query_string.items()
-            }
-            url += ("&" if "?" in url else "?") + urlencode(parameters)
+        parameters = {
+            name: _render(value, context, f"query_string {name}") for name, value in template.query_string.items()
+        }
+        url = partner_url(profile.base_url, path, parameters)
         headers = {}
         for name, value in template.headers.items():
             headers[name] = rendered = _render(value, context, f"header {name}")
@@ -304,12 +323,9 @@ class PreparedRequest:
             self._constant_path = path
             query = {name: _constant_text("text", value) for name, value in template.query_string.items()}
             if all(value is not None for value in query.values()):
-                url = profile.base_url.rstrip("/") + path
-                if query:
-                    for value in query.values():
-                        check_rendered_size(value or "", budget)
-                    url += ("&" if "?" in url else "?") + urlencode(query)
-                self._url = url
+                for value in query.values():
+                    check_rendered_size(value or "", budget)
+                self._url = partner_url(profile.base_url, path, query)  # type: ignore[arg-type]  # no None left
         for name, source in template.headers.items():
             value = _constant_text("text", source)
             if value is not None:
@@ -405,13 +421,10 @@ class PreparedRequest:
             problem = path_problem(path)
             if problem is not None:
                 raise TemplateRenderError(f"template path: the rendered path {problem}")
-        url = self._profile.base_url.rstrip("/") + path
-        if template.query_string:
-            parameters = {
-                name: _render(value, context, f"query_string {name}") for name, value in template.query_string.items()
-            }
-            url += ("&" if "?" in url else "?") + urlencode(parameters)
-        return url
+        parameters = {
+            name: _render(value, context, f"query_string {name}") for name, value in template.query_string.items()
+        }
+        return partner_url(self._profile.base_url, path, parameters)
 
 
 def prepare_request(

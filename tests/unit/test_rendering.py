@@ -125,3 +125,28 @@ def test_a_part_without_values_is_held_to_the_byte_cap_like_any_other():
         render_request(template(path="/x", query_string={"q": "é" * 11}), PROFILE, BATCH, limits)
     request = render_request(template(path="/x", query_string={"q": "é" * 10}), PROFILE, BATCH, limits)
     assert request.url == "https://api.example.com/base/x?" + urlencode({"q": "é" * 10})
+
+
+@pytest.mark.parametrize(
+    ("path", "query_string", "expected"),
+    [
+        # constant path and query: the prepared request's URL, built once
+        ("/members", {}, "https://api.example.com/v1/members?region=eu"),
+        ("/members", {"source": "export"}, "https://api.example.com/v1/members?region=eu&source=export"),
+        # a value in the path: rendered a request
+        ("/members/{{ member.id }}", {}, "https://api.example.com/v1/members/1?region=eu"),
+        # a value in the query string: rendered a request
+        ("/members", {"id": "{{ member.id }}"}, "https://api.example.com/v1/members?region=eu&id=1"),
+        ("/", {}, "https://api.example.com/v1/?region=eu"),
+    ],
+)
+def test_a_base_url_holding_a_query_gets_the_path_before_its_query(path, query_string, expected):
+    """Before, the path went after the base URL's query (``…/v1?region=eu/members``): a URL no partner reads."""
+    from shared.domain.rendering import prepare_request
+
+    profile = ConnectionProfile(name="p", base_url="https://api.example.com/v1/?region=eu")
+    one = MemberBatch(run_id=RUN_ID, definition="d", template="t", batch_index=0, members=[{"id": 1}])
+    made = template(path=path, query_string=query_string)
+    assert render_request(made, profile, one).url == expected
+    assert prepare_request(made, profile, one).render([{"id": 1}]).url == expected
+    assert prepare_request(made, profile, one).render([{"id": 1}], headers={}).url == expected

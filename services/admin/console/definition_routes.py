@@ -26,6 +26,7 @@ from shared.domain.catalog_objects import (
     SavedQuery,
     stored_form,
 )
+from shared.domain.rendering import partner_url
 from shared.domain.revisions import Revision
 from shared.domain.template_columns import used_columns
 
@@ -204,7 +205,7 @@ def template_info(console: ConsoleContext, name: str | None) -> dict[str, Any] |
     return {
         "name": template.name,
         "method": template.method.value,
-        "url": (profile.base_url.rstrip("/") if profile else f"({template.profile})") + template.path,
+        "url": partner_url(profile.base_url, template.path) if profile else f"({template.profile}){template.path}",
         "batch_size": template.batch_size,
         "query": template.query,
         "columns": sorted(used_columns(template)),

@@ -22,6 +22,7 @@ from shared.application import runs as run_use_cases
 from shared.application.errors import Forbidden, Missing, Refused, RunNotPublished, Stale
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, Priority, SavedQuery
 from shared.domain.query_parameters import ParameterError, bind_values
+from shared.domain.rendering import partner_url
 from shared.domain.revisions import Revision
 from shared.domain.runs import RunRecord
 from shared.domain.sync_mode import SyncMode
@@ -277,7 +278,7 @@ def run_facts(console: ConsoleContext, definition: ExportDefinition) -> tuple[li
         ("Parameters", parameters),
     ]
     if template is not None:
-        url = (profile.base_url.rstrip("/") if profile else "") + template.path
+        url = partner_url(profile.base_url, template.path) if profile else template.path
         facts.append(("Destination", f"{template.method.value} {url}, {template.batch_size} members per request"))
     return facts, error
 
