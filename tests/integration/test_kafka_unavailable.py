@@ -70,7 +70,12 @@ def _queued(detail: str, outcome: str = UNKNOWN) -> uuid.UUID:
     assert detail.startswith("run "), detail
     assert " was recorded queued, but Kafka did not acknowledge its request (KafkaTimeoutError: " in detail
     assert outcome in detail, detail
-    assert "retrying with the same Idempotency-Key publishes it again" in detail
+    # With an Idempotency-Key a retry publishes the same run again; without one it would start another run, so the
+    # message says how to cancel this one instead (session 54).
+    assert (
+        "retrying with the same Idempotency-Key publishes it again" in detail
+        or "it was requested without an Idempotency-Key, so requesting it again starts another run: cancel" in detail
+    ), detail
     return uuid.UUID(detail.split()[1])
 
 
