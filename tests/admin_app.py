@@ -185,6 +185,19 @@ def seed(client: TestClient) -> None:
         assert answer.status_code == 201, answer.text
 
 
+@contextmanager
+def seeded_api(
+    tmp_path: Path, database_url: str, migrated_catalog: Callable[[str], CatalogStores]
+) -> Iterator[InProcessApi]:
+    """An in-process admin API on a migrated catalog at ``database_url``, holding :data:`SEED_OBJECTS`."""
+    with (
+        in_process_api(tmp_path, catalog_url=database_url, migrated_catalog=migrated_catalog) as api,
+        api.client() as client,
+    ):
+        seed(client)
+        yield api
+
+
 def refused_writing_nothing(api: InProcessApi, method: str, path: str, body: dict[str, Any]) -> Any:
     """The answer to ``method /api/v1/<path>`` with ``body`` (as admin), asserted a 422 problem that wrote nothing:
     the audit log as it was, the seed's definition ``nightly`` without parameters, no run requested."""

@@ -321,11 +321,12 @@ class PreparedRequest:
             if path_problem(path) is not None:
                 raise TemplateRenderError("a constant path that does not check: rendered (and refused) each time")
             self._constant_path = path
-            query = {name: _constant_text("text", value) for name, value in template.query_string.items()}
-            if all(value is not None for value in query.values()):
-                for value in query.values():
-                    check_rendered_size(value or "", budget)
-                self._url = partner_url(profile.base_url, path, query)  # type: ignore[arg-type]  # no None left
+            constant = {name: _constant_text("text", value) for name, value in template.query_string.items()}
+            query = {name: value for name, value in constant.items() if value is not None}
+            if len(query) == len(constant):  # every value constant: the URL is one for the batch
+                for text in query.values():
+                    check_rendered_size(text, budget)
+                self._url = partner_url(profile.base_url, path, query)
         for name, source in template.headers.items():
             value = _constant_text("text", source)
             if value is not None:

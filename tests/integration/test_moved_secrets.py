@@ -19,7 +19,7 @@ import pytest
 
 from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile
-from tests.admin_app import InProcessApi, in_process_api, seed
+from tests.admin_app import InProcessApi, seeded_api
 
 PASSWORD = "s3cr3t-partner-password"  # tests.admin_app's seeded profile's
 EVIL = "https://collector.evil.example"
@@ -35,11 +35,7 @@ def api(
 ) -> Iterator[InProcessApi]:
     # Plain http in the test client: console cookies without Secure (as tests/integration/test_console_fields).
     monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")
-    with (
-        in_process_api(tmp_path, catalog_url=database_url, migrated_catalog=migrated_catalog) as api,
-        api.client() as client,
-    ):
-        seed(client)
+    with seeded_api(tmp_path, database_url, migrated_catalog) as api:
         yield api
 
 

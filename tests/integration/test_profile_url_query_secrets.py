@@ -22,7 +22,7 @@ from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import STORED_ROW, ConnectionProfile, HttpTemplate, stored_form
 from shared.domain.rendering import render_request
 from shared.events import MemberBatch, utc_now
-from tests.admin_app import InProcessApi, in_process_api, refused_writing_nothing, seed
+from tests.admin_app import InProcessApi, refused_writing_nothing, seeded_api
 
 KEY = "Zq9-very-secret-Value-4471"
 URL = f"https://partner.example.com/v2?api_key={KEY}&region=eu"
@@ -39,11 +39,7 @@ def api(
 ) -> Iterator[InProcessApi]:
     # Plain http in the test client: console cookies without Secure (as tests/integration/test_console_fields).
     monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")
-    with (
-        in_process_api(tmp_path, catalog_url=database_url, migrated_catalog=migrated_catalog) as api,
-        api.client() as client,
-    ):
-        seed(client)
+    with seeded_api(tmp_path, database_url, migrated_catalog) as api:
         yield api
 
 
