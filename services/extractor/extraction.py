@@ -56,7 +56,15 @@ from shared.domain.runs import RunStatus
 from shared.domain.schedule import Overlap
 from shared.domain.sync_mode import SyncMode
 from shared.errors import NotFound, StoredObjectInvalid
-from shared.events import ChangeCounts, ExtractionCompleted, RangeRequested, RunFailed, RunRequested, RunStarted
+from shared.events import (
+    ChangeCounts,
+    ExtractionCompleted,
+    RangeRequested,
+    RunFailed,
+    RunRequested,
+    RunStarted,
+    bounded_reason,
+)
 from shared.kafka import InFlight, Outgoing
 from shared.member_batches import BatchEncoder, EncodedBatch, MemberTooLarge
 from shared.member_keys import row_key
@@ -698,7 +706,9 @@ class Extractor:
         except QueryError as exc:
             # Counting the whole query, or finding its ranges' ends, may take longer than a page may: the pages
             # themselves may not (a query failing outright fails them the same way).
-            log.warning("run not split: planning its key ranges failed", run_id=str(request.run_id), reason=str(exc))
+            # Its reason cut as a run failure's is (shared.events.Reason): a query's error may quote it at length.
+            reason = bounded_reason(str(exc))
+            log.warning("run not split: planning its key ranges failed", run_id=str(request.run_id), reason=reason)
             return None
         boundaries = list(dict.fromkeys(found))  # keys are unique; were they not, no range would be empty twice
         if not boundaries:

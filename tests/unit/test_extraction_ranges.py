@@ -1,13 +1,22 @@
-"""Splitting a large run into key ranges: how many, where they end, their batch indexes, their partitions."""
+"""Splitting a large run into key ranges: how many, where they end, their batch indexes, their partitions; a run not
+split because planning its ranges failed says why, cut."""
 
 import itertools
 import uuid
 
+import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 from kafka.partitioner.default import murmur2
 
+from services.extractor.extraction import Extractor
 from services.extractor.ranges import BATCH_INDEX_LIMIT, boundary_ranks, index_spaces, placed_keys, range_count
+from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
+from shared.domain.checkpoints import Checkpoint
+from shared.events import REASON_MAX_CHARS, RunRequested
+from shared.kafka import InFlight
+from shared.querystore import QueryError
+from shared.topics import Topics
 
 
 def test_a_run_is_split_only_when_it_has_at_least_two_ranges_worth_of_members():
@@ -53,3 +62,36 @@ def test_range_requests_land_on_partitions_spread_evenly(run_id: uuid.UUID, rang
     assert len(set(keys)) == ranges
     if ranges <= partitions:
         assert len(set(placed)) == ranges  # one range a partition
+
+
+class _RefusingReader:
+    """A member store whose count of the query fails with a long reason (a driver quoting the query at length)."""
+
+    def count(self, *args: object, **kwargs: object) -> int:
+        raise QueryError("query 'q' failed: " + "x" * 20_000)
+
+
+def test_a_run_not_split_because_planning_its_ranges_failed_logs_the_reason_cut():
+    extractor = Extractor(
+        definitions=None,  # type: ignore[arg-type]
+        runs=None,  # type: ignore[arg-type]
+        extraction=None,  # type: ignore[arg-type]
+        reader=_RefusingReader(),  # type: ignore[arg-type]
+        topics=Topics(),
+        send=lambda records: InFlight([], timeout_seconds=0.0),
+        page_size=8,
+        range_members=1,
+        run_request_partitions=lambda: 4,
+    )
+    run = RunRequested(definition="d")
+    query = SavedQuery(name="q", sql="SELECT id FROM m", key_column="id")
+    template = HttpTemplate(name="t", query="q", profile="p")
+    checkpoint = Checkpoint(run.run_id, None, 0, 0, False)
+    with structlog.testing.capture_logs() as lines:
+        plan = extractor._split(
+            run, ExportDefinition(name="d", query="q", template="t"), query, template, {}, None, checkpoint
+        )
+    assert plan is None  # extracted in one piece
+    [line] = [line for line in lines if line["event"] == "run not split: planning its key ranges failed"]
+    assert line["reason"].startswith("query 'q' failed: xxx")
+    assert len(line["reason"]) <= REASON_MAX_CHARS
