@@ -7,7 +7,8 @@ the definition's last delivered snapshot, each kind with its own template.
    kind; a full buffer becomes that kind's batch, and every buffer is flushed at the page's end (batches never
    span pages). The batch's members are *staged* in the snapshot (new values pending, with the batch index)
    before the batch is published, and the checkpoint (with the counts so far) moves once the broker has
-   acknowledged the page's batches.
+   acknowledged the page's batches. Page N+1 is staged and sent only once page N is checkpointed, that UPDATE
+   writing ahead page N+1's last key and the batch index after its batches (the checkpoint's ``sending``).
 3. After the last page, the snapshot's members not seen are the removed ones: their last delivered values are
    read back and sent with the removed kind's template (the checkpoint records where their batches start).
 
@@ -18,15 +19,18 @@ the snapshot; its pass is recorded (the checkpoint's sync) before its first page
 runs it again (it may have sent pages before any was checkpointed). After its last page it counts them again
 (exact, cheap): members that left while it ran (a table emptied under it) fail it there, its removals not sent.
 
-A resumed run (after a crash) reads the pages up to the checkpoint's last key only to mark their members seen
-(not removed), sending and counting nothing: their batches were published and counted before the checkpoint,
-even if the member store changed since. It goes on from the checkpoint's counts and ``next_batch_index`` with
-the pages after that key. A resume in the removal phase numbers the removals' batches as before and publishes
-those from ``next_batch_index`` on. The kinds it sends, each kind's template and members per record are those of
-the run's first start (recorded in its checkpoint's sync before its first batch is sent): a kind's template named,
-set to ``false`` or its ``batch_size`` edited before a resume changes nothing until the next run; so is the bound
-on its removals (``sync.max_removed``, recorded before its guard), which judges it to its end. So nothing is lost,
-and a batch published twice has the same identity (the dispatcher's Idempotency-Key, the notifier's ledger).
+A resumed run (after a crash) reads the pages up to the checkpoint's last key only to mark their members seen (not
+removed), sending and counting nothing: their batches were published and counted before the checkpoint, even if the
+member store changed since. The page it was sending is re-read exactly (up to the key written ahead) and re-sent in
+the batches it was staged in, under their indexes, with the values staged (members deleted or inserted since move no
+member into another batch's identity; one inserted or changed since goes in a batch after the page's); then it goes
+on from the checkpoint's counts with the pages after that page. A resume in the removal phase numbers the removals'
+batches as before and publishes those from ``next_batch_index`` on. The kinds it sends, each kind's template and
+members per record are those of the run's first start (recorded in its checkpoint's sync before its first batch is
+sent): a kind's template named, set to ``false`` or its ``batch_size`` edited before a resume changes nothing until
+the next run; so is the bound on its removals (``sync.max_removed``, recorded before its guard), which judges it to
+its end. So nothing is lost, and a batch published twice has the same identity (the dispatcher's Idempotency-Key,
+the notifier's ledger).
 
 Change-mode runs are never split into key ranges: removals are the snapshot members no range saw, which only
 one process reading every page knows (and the in-memory index is per process).
@@ -40,14 +44,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
 from services.extractor.removal_guard import KEY_PAGE, partner_members, removals_over_limit
 from shared.application.ports import DefinitionsReader
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.change_index import ChangeIndex, Kind
-from shared.domain.change_staging import SnapshotRun, StagedMember, Staging
-from shared.domain.checkpoints import Checkpoint, RunSync
+from shared.domain.change_staging import InFlightStaging, SnapshotRun, StagedMember, Staging
+from shared.domain.checkpoints import Checkpoint, RunSync, SendingPage
 from shared.domain.member_hashes import key_hashes
 from shared.domain.removal_limit import refusal_reason
 from shared.domain.runs import RunStatus
@@ -71,6 +76,7 @@ class ChangeSnapshots(Protocol):
     def load(self, run: SnapshotRun) -> ChangeIndex: ...
     def stage(self, run: SnapshotRun, entries: list[Staging]) -> None: ...
     def stage_removed(self, run: SnapshotRun, batch_index: int | None, key_hashes: list[int]) -> None: ...
+    def in_flight(self, run: SnapshotRun, first: int, end: int) -> InFlightStaging: ...
     def last_values(self, run: SnapshotRun, key_hashes: list[int]) -> dict[int, bytes]: ...
     def forget(self, run: SnapshotRun, key_hashes: list[int]) -> None: ...
 
@@ -123,6 +129,8 @@ class _Page:
     stagings: list[Staging] = field(default_factory=list)
     records: list[tuple[int, Outgoing]] = field(default_factory=list)
     removals: list[tuple[int, list[int]]] = field(default_factory=list)
+    #: A resume's members sent again in the batches they were staged in (their key hashes), not waiting to be sent.
+    resent: list[int] = field(default_factory=list)
 
 
 def _run_sync(checkpoint: Checkpoint) -> RunSync:
@@ -218,13 +226,18 @@ class ChangeRun:
     def _pages(
         self, run: SnapshotRun, index: ChangeIndex, senders: dict[ChangeKind, _Sender | None], state: Checkpoint
     ) -> Checkpoint:
-        """Classify and publish the pages after the checkpoint's last key; the checkpoint after the last one."""
+        """Classify and publish the pages after the checkpoint's last key (a resume's page that was being sent
+        first: :meth:`_resent`); the checkpoint after the last one."""
         in_flight: tuple[list[InFlight], Checkpoint] | None = None
+        after = state.last_key
+        if state.sending is not None:
+            after = state.sending.last_key
+            state, in_flight = self._publish(run, self._resent(run, index, senders, state), state, None, 0, after)
         pages: MemberPages = self.host._query(
             lambda: self.host.reader.member_pages(
                 self.query,
                 page_size=self.host.page_size,
-                after=state.last_key,
+                after=after,
                 parameters=self.parameters,
                 database_json=False,
             )
@@ -233,12 +246,76 @@ class ChangeRun:
             for page in self.host._timed(pages):
                 assert isinstance(page, Page), "change runs read rows"
                 out = self._classify(index, page, senders)
-                for sender in senders.values():  # batches never span pages: a resume starts at a page's end
-                    if sender is not None and sender.kind is not ChangeKind.REMOVED:
-                        self._flush(sender, out)
+                self._flush_pages(senders, out)
                 state, in_flight = self._publish(run, out, state, in_flight, 0, page.last_key)
                 self.host._stop_if(self.run_id, {RunStatus.CANCELLED})
         return state if in_flight is None else self._settle(*in_flight, state)
+
+    def _flush_pages(self, senders: dict[ChangeKind, _Sender | None], out: _Page) -> None:
+        for sender in senders.values():  # batches never span pages: a resume starts at a page's end
+            if sender is not None and sender.kind is not ChangeKind.REMOVED:
+                self._flush(sender, out)
+
+    def _resent(
+        self, run: SnapshotRun, index: ChangeIndex, senders: dict[ChangeKind, _Sender | None], state: Checkpoint
+    ) -> _Page:
+        """A resume's page that was being sent (its keys and the batch indexes after it written ahead of its records:
+        ``state.sending``), re-read exactly and sent again in the batches it was sent in: each batch staged under
+        those indexes and still awaiting its outcome again, with the members and values staged (a member deleted
+        since too; one whose values changed since: as sent, its change the next run's), under its index; a member
+        of the page not staged under them (inserted, or changed since it was read) in a batch after the page's.
+        Members deleted or inserted since move no other member into another batch's identity. Nothing staged under
+        them (stopped before the page's staging): nothing was sent, its members are batched anew from the same
+        index."""
+        sending = state.sending
+        assert sending is not None
+        columns: tuple[str, ...] = ()
+        rows: list[Any] = []
+        pages: MemberPages = self.host._query(
+            lambda: self.host.reader.member_pages(
+                self.query,
+                page_size=self.host.page_size,
+                after=state.last_key,
+                until=sending.last_key,
+                parameters=self.parameters,
+                database_json=False,
+            )
+        )
+        with pages:
+            for page in self.host._timed(pages):
+                assert isinstance(page, Page), "change runs read rows"
+                columns, rows = page.columns, rows + list(page.rows)
+        staging = self.snapshots.in_flight(run, state.next_batch_index, sending.next_batch_index)
+        self.next_index = sending.next_batch_index if staging.staged else state.next_batch_index
+        out = _Page()
+        positions: dict[int, int] = {}
+        if rows:
+            page = Page(columns, rows, sending.last_key)
+            hashes = key_hashes(page_keys(rows, self._key_at(page)))
+            positions = {int(h): p for p, h in enumerate(hashes.tolist())}
+            resent = index.staged_in_run(hashes) if staging.staged else None
+            out = self._classify(index, page, senders, resent=resent)
+            awaiting = {m.key_hash for batch in staging.batches for m in batch.members}
+            # Those whose batch's outcome was folded already: sent (not again), not counted yet.
+            self.published += sum(1 for h in out.resent if h not in awaiting)
+        for batch in staging.batches:
+            sender = senders[batch.kind]
+            if sender is None:  # not sent at the run's first start: never staged under an index
+                continue
+            members = sorted(batch.members, key=lambda m: positions.get(m.key_hash, len(positions)))
+            try:
+                encoded = sender.encoder.encode_json_page([m.values for m in members], batch.batch_index)
+            except MemberTooLarge as exc:
+                raise self.fail(str(exc), "member_too_large") from None
+            first = encoded[0]
+            out.records.append(
+                (first.batch_index, Outgoing(self.topic, f"{self.run_id}:{first.batch_index}", first.value))
+            )
+            self.published += first.members
+            # Values over a record's bound now (max_record_bytes lowered since): the others in a batch after the page's.
+            sender.waiting += members[first.members :]
+        self._flush_pages(senders, out)
+        return out
 
     # --- the guard against mass removals (sync.max_removed) -------------------------------------------------
 
@@ -373,7 +450,16 @@ class ChangeRun:
             raise self.fail(f"query '{self.query.name}' returns no key column '{self.query.key_column}'", "query_error")
         return columns.index(self.query.key_column)
 
-    def _classify(self, index: ChangeIndex, page: Page, senders: dict[ChangeKind, _Sender | None]) -> _Page:
+    def _classify(
+        self,
+        index: ChangeIndex,
+        page: Page,
+        senders: dict[ChangeKind, _Sender | None],
+        *,
+        resent: npt.NDArray[np.bool_] | None = None,
+    ) -> _Page:
+        """The page's members classified and counted, those to send waiting in their kind's sender (its batches
+        flushed once full); ``resent``: the members sent again in the batches they were staged in (counted only)."""
         columns = list(page.columns)
         at = self._key_at(page)
         keys = page_keys(page.rows, at)
@@ -394,6 +480,9 @@ class ChangeRun:
             sender = senders[kind]
             if sender is None:
                 unsent[kind].append(member)
+                continue
+            if resent is not None and resent[position]:
+                out.resent.append(member.key_hash)
                 continue
             sender.waiting.append(member)
             if len(sender.waiting) >= sender.size:
@@ -427,7 +516,7 @@ class ChangeRun:
                     self._flush(sender, out)
             if start + _REMOVED_READ >= len(removed):
                 self._flush(sender, out)
-            state, in_flight = self._publish(run, out, state, in_flight, resume_from, state.last_key)
+            state, in_flight = self._publish(run, out, state, in_flight, resume_from, state.last_key, write_ahead=False)
         return state if in_flight is None else self._settle(*in_flight, state)
 
     def _flush(self, sender: _Sender, out: _Page) -> None:
@@ -462,12 +551,23 @@ class ChangeRun:
         in_flight: tuple[list[InFlight], Checkpoint] | None,
         resume_from: int,
         last_key: Any,
+        *,
+        write_ahead: bool = True,
     ) -> tuple[Checkpoint, tuple[list[InFlight], Checkpoint] | None]:
-        """Stage and publish what ``out`` holds from ``resume_from`` on (before it: published before a resume),
-        then settle the previous page: its checkpoint is saved once the broker acknowledged it."""
+        """Settle the previous page (its checkpoint saved once the broker acknowledged it, with this page's end and
+        the batch index after it written ahead: :attr:`Checkpoint.sending`), then stage and publish what ``out``
+        holds from ``resume_from`` on (before it: published before a resume). A crash repeats at most this page,
+        in the batches it was staged in (:meth:`_resent`). The removal phase writes nothing ahead: its batches are
+        numbered from the snapshot alone."""
         fresh = [s for s in out.stagings if s.batch_index is None or s.batch_index >= resume_from]
         removals = [(i, hashes) for i, hashes in out.removals if i >= resume_from]
         records = [record for i, record in out.records if i >= resume_from]
+        ahead = SendingPage(last_key, self.next_index) if records and write_ahead else None
+        if in_flight is not None:
+            state = self._settle(in_flight[0], replace(in_flight[1], sending=ahead), state)
+        elif ahead is not None and state.sending != ahead:  # the first page after a (re)start, on its own
+            state = replace(state, sending=ahead)
+            self.save(state)
         if fresh:
             self.snapshots.stage(run, fresh)
         for batch_index, hashes in removals:
@@ -479,9 +579,8 @@ class ChangeRun:
             next_batch_index=self.next_index,
             members=self.published,
             sync=self._sync(state),
+            sending=None,
         )
-        if in_flight is not None:
-            state = self._settle(*in_flight, state)
         return state, (sent, reached)
 
     def _settle(self, sent: list[InFlight], reached: Checkpoint, state: Checkpoint) -> Checkpoint:

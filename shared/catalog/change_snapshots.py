@@ -28,7 +28,7 @@ from shared.catalog.saved_retry_policy import saved_retry_policy
 from shared.catalog.tables import CatalogObjectRow
 from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.change_index import ChangeIndex, MemberState
-from shared.domain.change_staging import SnapshotRun, Staging
+from shared.domain.change_staging import InFlightStaging, SnapshotRun, StagedBatch, StagedMember, Staging
 from shared.domain.member_hashes import key_hash
 from shared.domain.member_retries import MemberRetry, RetryState, after_refusal, classify
 from shared.errors import NotFound
@@ -178,6 +178,41 @@ class SqlChangeSnapshots:
                     .where(member.snapshot_id == run.snapshot_id, member.key_hash.in_(chunk))
                     .values(**values)
                 )
+
+    def in_flight(self, run: SnapshotRun, first: int, end: int) -> InFlightStaging:
+        """What ``run`` staged under batch indexes ``first`` up to ``end`` (excluded): its batches awaiting their
+        outcome, with the values staged (the partial index's rows), and whether any member was staged under those
+        indexes (looked for among all the snapshot's rows only when none awaits: a resume's rare case)."""
+        member = ChangeMemberRow
+        in_range = and_(
+            member.snapshot_id == run.snapshot_id,
+            member.run_serial == run.serial,
+            member.batch_index >= first,
+            member.batch_index < end,
+        )
+        awaiting = (
+            select(
+                member.batch_index,
+                member.kind,
+                member.key_hash,
+                member.member_key,
+                member.staged_fingerprint,
+                member.staged_values,
+            )
+            .where(in_range, member.awaiting == true())
+            .order_by(member.batch_index, member.key_hash)
+        )
+        batches: dict[int, tuple[ChangeKind, list[StagedMember]]] = {}
+        with self.database.connect("ChangeSnapshot") as connection:
+            for index, kind, hashed, key, fingerprint, values in connection.execute(awaiting):
+                sent = StagedMember(hashed, key, fingerprint or 0, (values or "{}").encode())
+                batches.setdefault(index or 0, (ChangeKind(kind or ""), []))[1].append(sent)  # both set: in range
+            staged = (
+                bool(batches)
+                or connection.execute(select(member.key_hash).where(in_range).limit(1)).first() is not None
+            )
+        found = [StagedBatch(index, kind, members) for index, (kind, members) in sorted(batches.items())]
+        return InFlightStaging(found, staged)
 
     def last_values(self, run: SnapshotRun, key_hashes: Sequence[int]) -> dict[int, bytes]:
         """The last delivered values of members, by key hash."""

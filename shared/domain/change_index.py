@@ -91,6 +91,13 @@ class ChangeIndex:
         found = self.keys[clipped] == keys
         return clipped[found], found
 
+    def staged_in_run(self, keys: Int64s) -> npt.NDArray[np.bool_]:
+        """Which of ``keys`` this run staged as added or changed before a resume (sent, or to be sent again)."""
+        staged = np.zeros(len(keys), dtype=np.bool_)
+        at, found = self.lookup(keys)
+        staged[found] = np.isin(self.states[at], (MemberState.ADDED_IN_RUN, MemberState.CHANGED_IN_RUN))
+        return staged
+
     def partner_has(self) -> npt.NDArray[np.bool_]:
         """Which members the partner has: those last delivered as added or changed (a change or a removal this
         run has pending included), not those never delivered."""

@@ -33,3 +33,22 @@ class Staging:
     kind: ChangeKind
     batch_index: int | None
     members: Sequence[StagedMember]
+
+
+@dataclass(frozen=True)
+class StagedBatch:
+    """A batch a run staged and has no outcome of yet: its index, its kind and its members (as staged: the values
+    sent)."""
+
+    batch_index: int
+    kind: ChangeKind
+    members: Sequence[StagedMember]
+
+
+@dataclass(frozen=True)
+class InFlightStaging:
+    """What a run staged under a range of batch indexes (a page it was sending when it stopped): the batches with no
+    outcome yet, and whether it staged any member under those indexes at all (outcome folded or not)."""
+
+    batches: Sequence[StagedBatch]
+    staged: bool

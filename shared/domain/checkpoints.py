@@ -101,7 +101,8 @@ class SendingPage:
     up to ``next_batch_index`` here (excluded). A resume re-reads exactly those keys and splits them into the same
     batches (:mod:`services.extractor.page_bounds`): members deleted since make a batch smaller (none after it moves),
     members inserted between two batches since get batch indexes after the page's (never sent), and no member of a
-    later page is moved into its batches."""
+    later page is moved into its batches. A change-mode run's page writes no ``batches``: its members' batches are
+    the indexes they were staged under in the snapshot (:mod:`services.extractor.change_extraction`)."""
 
     last_key: Any
     next_batch_index: int

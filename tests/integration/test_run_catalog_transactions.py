@@ -262,8 +262,9 @@ def test_a_change_mode_run_claims_no_retries(extractor: Extractor, small: Catalo
     assert completed.changes is not None
     assert completed.changes.added == 3
     # The read and the claim, the snapshot's own work (see change_extraction.py), its kinds' record sizes fixed in
-    # its checkpoint's sync before its first batch (session 51), the completion (fifteen before session 49).
-    assert count == 12
+    # its checkpoint's sync before its first batch (session 51), its first page's end written ahead of its records
+    # (session 55: a resume re-sends exactly that page's batches), the completion (fifteen before session 49).
+    assert count == 13
     assert small.retries.claimed(request.run_id) == 0  # no claim recorded
 
 
