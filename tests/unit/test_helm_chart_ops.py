@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from devtools.prerequisites import go_tool
+from services.notifier.settings import NotifierSettings
 from tests.chart import CHART, CI_VALUES, SERVICES, Rendered, helm, render
 from tests.unit.test_helm_chart import KUBERNETES_VERSIONS, _kubeconform
 
@@ -342,4 +343,11 @@ def test_the_smtp_ca_is_mounted_in_the_notifier_alone_where_its_setting_points(t
         assert item["key"] == "root.pem"
         assert env["EXPORT_SMTP_CA_FILE"] == f"{mount['mountPath']}/{item['path']}"
         assert mount["readOnly"] is True
+    assert "smtp_ca_file" in NotifierSettings.model_fields  # the setting the notifier reads
     _pass_the_kubernetes_schemas(rendered, tmp_path)
+    # One place for the setting: the notifier's env may not set it over the mounted CA.
+    both = {**values, "services": {"notifier": {"env": {"EXPORT_SMTP_CA_FILE": "/tmp/ca.pem"}}}}
+    path = tmp_path / "both.yaml"
+    path.write_text(yaml.safe_dump(both))
+    refused = helm("template", "x", str(CHART), "-f", str(path), check=False)
+    assert "the chart sets EXPORT_SMTP_CA_FILE in the notifier container from smtp.caSecret" in refused.stderr

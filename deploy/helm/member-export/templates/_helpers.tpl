@@ -407,7 +407,7 @@ kafka-credentials, admin-tokens, partner-secrets, smtp-ca) nor of another extra 
 {{- range $component := $components -}}
 {{- $seen := dict -}}
 {{- if eq $component "migrations" -}}
-{{- $_ := set $seen "tmp" "the chart's scratch directory" -}}
+{{- $_ := set $seen "tmp" "the chart's tmp volume" -}}
 {{- else -}}
 {{- range $mount := include "member-export.mounts" (dict "root" $root "service" $component) | fromYamlArray -}}
 {{- if not (or (hasPrefix "extraVolumeMounts[" $mount.from) (contains ".extraVolumeMounts[" $mount.from)) -}}
