@@ -44,9 +44,19 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The name of one part of the release, (dict "root" $ "component" "admin"): the full name, cut short enough for
+"-<component>" to follow it within 63 characters (a Service's or a Job's name, and the job-name label, may not be
+longer), so a long release name (up to Helm's 53) still gives every part a name of its own. Unchanged when
+"<fullname>-<component>" fits. */}}
+{{- define "member-export.componentName" -}}
+{{- $suffix := printf "-%s" .component -}}
+{{- $base := include "member-export.fullname" .root | trunc (int (sub 63 (len $suffix))) | trimSuffix "-" -}}
+{{- print $base $suffix -}}
+{{- end -}}
+
 {{/* The Kafka user a service authenticates as (its own KafkaUser when the chart makes them). */}}
 {{- define "member-export.kafkaUser" -}}
-{{- printf "%s-%s" (include "member-export.fullname" .root) .service | trunc 63 | trimSuffix "-" -}}
+{{- include "member-export.componentName" (dict "root" .root "component" .service) -}}
 {{- end -}}
 
 {{/* Fail early on Kafka security values that cannot work. */}}
@@ -71,6 +81,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- fail "strimzi.users.authentication=scram-sha-512 needs kafka.securityProtocol SASL_SSL (or SASL_PLAINTEXT)" -}}
 {{- end -}}
 {{- end -}}
+{{- $strimziVersions := list "kafka.strimzi.io/v1" "kafka.strimzi.io/v1beta2" -}}
+{{- if and (or .Values.strimzi.topics.enabled .Values.strimzi.users.enabled) (not (has .Values.strimzi.apiVersion $strimziVersions)) -}}
+{{- fail (printf "strimzi.apiVersion must be kafka.strimzi.io/v1 (Strimzi 0.49 and later) or kafka.strimzi.io/v1beta2 (%s), not %q"
+  "Strimzi before 1.0" .Values.strimzi.apiVersion) -}}
+{{- end -}}
 {{- if and .Values.strimzi.topics.enabled .Values.topics.create -}}
 {{- fail "strimzi.topics.enabled: the KafkaTopics own the topics, set topics.create=false" -}}
 {{- end -}}
@@ -79,6 +94,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- include "member-export.validateSecretDirs" . -}}
 {{- include "member-export.validateServiceEnv" . -}}
 {{- include "member-export.validateMounts" . -}}
+{{- include "member-export.validateExtraVolumes" . -}}
 {{- end -}}
 
 {{/* The ConfigMap keys the chart writes from its own values (configmap.yaml), and those values: config.extra may not
@@ -262,6 +278,9 @@ not set one of them (member-export.validateServiceEnv). */}}
 - {name: EXPORT_SMTP_PORT, value: {{ $v.smtp.port | quote }}, from: smtp.port}
 - {name: EXPORT_SMTP_SECURITY, value: {{ $v.smtp.security | quote }}, from: smtp.security}
 - {name: EXPORT_SMTP_SENDER, value: {{ $v.smtp.sender | quote }}, from: smtp.sender}
+{{- if $v.smtp.caSecret.name }}
+- {name: EXPORT_SMTP_CA_FILE, value: "/etc/member-export/smtp/ca.crt", from: smtp.caSecret}
+{{- end }}
 {{- with $v.smtp.existingSecret }}
 - name: EXPORT_SMTP_USERNAME
   valueFrom: {secretKeyRef: {name: {{ . | quote }}, key: {{ $v.smtp.usernameKey | quote }}}}
@@ -341,6 +360,70 @@ set it>). */}}
   readOnly: true
   from: partnerSecrets.mountPath
 {{- end }}
+{{- if and (eq .service "notifier") $v.smtp.caSecret.name }}
+- {name: smtp-ca, mountPath: /etc/member-export/smtp, readOnly: true, from: "the chart's SMTP CA (smtp.caSecret)"}
+{{- end }}
+{{- include "member-export.extraVolumeMounts" (dict "root" .root "component" .service) }}
+{{- end -}}
+
+{{/* The values of one component's own extra volumes: services.<service> or migrations, with its name in messages. */}}
+{{- define "member-export.componentValues" -}}
+{{- if eq .component "migrations" -}}
+{{- toJson (dict "path" "migrations" "values" .root.Values.migrations) -}}
+{{- else -}}
+{{- toJson (dict "path" (printf "services.%s" .component) "values" (index .root.Values.services .component)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The volumes an operator adds to one pod, (dict "root" $ "component" "notifier"|"migrations"): extraVolumes, then
+services.<service>.extraVolumes (migrations.extraVolumes for the migration Job), a YAML list (empty: nothing). */}}
+{{- define "member-export.extraVolumes" -}}
+{{- $own := include "member-export.componentValues" . | fromJson -}}
+{{- $volumes := concat (.root.Values.extraVolumes | default list) ($own.values.extraVolumes | default list) -}}
+{{- with $volumes }}
+{{- toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Where one container mounts them, (dict "root" $ "component" ...): extraVolumeMounts, then the component's own,
+each with "from", the value that sets it (left out of the pod spec: member-export.validateMounts checks them with
+the chart's own mounts). */}}
+{{- define "member-export.extraVolumeMounts" -}}
+{{- $own := include "member-export.componentValues" . | fromJson -}}
+{{- range $i, $mount := .root.Values.extraVolumeMounts | default list }}
+- {{ set (deepCopy $mount) "from" (printf "extraVolumeMounts[%d]" $i) | toJson }}
+{{- end }}
+{{- range $i, $mount := $own.values.extraVolumeMounts | default list }}
+- {{ set (deepCopy $mount) "from" (printf "%s.extraVolumeMounts[%d]" $own.path $i) | toJson }}
+{{- end }}
+{{- end -}}
+
+{{/* Volume names of one pod are unique: an extra volume may not take the name of one of the chart's (tmp,
+kafka-credentials, admin-tokens, partner-secrets, smtp-ca) nor of another extra one (the API server refuses the pod). */}}
+{{- define "member-export.validateExtraVolumes" -}}
+{{- $root := . -}}
+{{- $components := splitList " " (include "member-export.services" .) -}}
+{{- if .Values.migrations.enabled }}{{ $components = append $components "migrations" }}{{ end -}}
+{{- range $component := $components -}}
+{{- $seen := dict -}}
+{{- if eq $component "migrations" -}}
+{{- $_ := set $seen "tmp" "the chart's tmp volume" -}}
+{{- else -}}
+{{- range $mount := include "member-export.mounts" (dict "root" $root "service" $component) | fromYamlArray -}}
+{{- if not (or (hasPrefix "extraVolumeMounts[" $mount.from) (contains ".extraVolumeMounts[" $mount.from)) -}}
+{{- $_ := set $seen $mount.name (printf "the chart's %s volume" $mount.name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $i, $volume := include "member-export.extraVolumes" (dict "root" $root "component" $component) | fromYamlArray -}}
+{{- $name := toString $volume.name -}}
+{{- with get $seen $name -}}
+{{- fail (printf "extra volume %q of the %s pod has the name of %s: give it another (extraVolumes, %s)" $name
+  $component . "services.<service>.extraVolumes, migrations.extraVolumes") -}}
+{{- end -}}
+{{- $_ := set $seen $name "another extra volume" -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Each container's mounts at directories of their own: two at one path (the API server refuses the pod), or one in
@@ -462,7 +545,11 @@ yet when a pre-install hook runs), named after the release's with "-migrations";
 none: the namespace's default). */}}
 {{- define "member-export.migrationsServiceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
-{{- include "member-export.serviceAccountName" . -}}-migrations
+{{- if .Values.serviceAccount.name -}}
+{{- printf "%s-migrations" (.Values.serviceAccount.name | trunc 52 | trimSuffix "-") -}}
+{{- else -}}
+{{- include "member-export.componentName" (dict "root" . "component" "migrations") -}}
+{{- end -}}
 {{- else -}}
 {{- .Values.serviceAccount.name -}}
 {{- end -}}
