@@ -41,7 +41,7 @@ def units_of(store: DefinitionsStore, kind: str, name: str, business_unit: str |
     """:func:`units_touched` of the object of ``kind`` and ``name`` known only by its ``business_unit`` (a
     definition's; None for the other kinds): nothing of it is loaded (its secrets stay encrypted). A query, template
     or profile: the units of the definitions that use it, directly or through a template, as
-    :meth:`~shared.application.ports.DefinitionsStore.dependents` finds them (only those read)."""
+    :meth:`~shared.application.ports.DefinitionsStore.dependents` finds them (their units only read)."""
     if kind == ExportDefinition.__name__:
         return (business_unit or NO_UNIT,)
     return units_now(store, kind, name)
@@ -49,8 +49,10 @@ def units_of(store: DefinitionsStore, kind: str, name: str, business_unit: str |
 
 def units_now(store: DefinitionsStore, kind: str, name: str) -> tuple[str, ...]:
     """The units the object of ``kind`` and ``name`` belongs to now, as stored (none if it is gone; a definition:
-    its own): the audit log's second rule (:func:`readable_to`). Nothing of it is loaded or validated."""
-    return tuple(sorted({unit or NO_UNIT for _, unit in store.dependents(kind, name)}))
+    its own): the audit log's second rule (:func:`readable_to`). Nothing of it is loaded or validated, and of the
+    definitions using it their distinct units only
+    (:meth:`~shared.application.ports.DefinitionsStore.dependent_units`)."""
+    return tuple(sorted({unit or NO_UNIT for unit in store.dependent_units(kind, name)}))
 
 
 def readable_to(scope: frozenset[str], entry_units: Iterable[str], units_now: Callable[[], Iterable[str]]) -> bool:

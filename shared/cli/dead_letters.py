@@ -40,7 +40,7 @@ def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
     try:
         listing = list_dead_letters(
             lookup.actor,  # of every unit: no run's scope to read
-            KafkaDeadLetters(settings, must_exist=True),
+            KafkaDeadLetters(settings),
             runs=None,
             cells=lookup.cells,
             run=run,
@@ -73,7 +73,7 @@ def cmd_replay(settings: CliSettings, args: argparse.Namespace) -> int:
             original,
             store=context.stores.definitions,
             runs=context.stores.runs,
-            letters=KafkaDeadLetters(settings, must_exist=True),
+            letters=KafkaDeadLetters(settings),
             publisher=context.publisher(REPLAY_PUBLISH_WAIT_SECONDS),  # within the publication's claim
             max_record_bytes=settings.extractor_max_record_bytes,
             idempotency_key=args.idempotency_key,

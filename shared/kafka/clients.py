@@ -236,15 +236,18 @@ def read_topic_unless(
     timeout: float = READ_TIMEOUT_SECONDS,
     connect_timeout: float = READ_CONNECT_TIMEOUT_SECONDS,
     named_timeout: float | None = None,
+    *,
+    must_exist: bool = False,
 ) -> tuple[TopicVersion | None, list[bytes] | None]:
     """The topic's version and, unless ``known`` says its caller holds what the topic holds at that version, its
     record values up to the version's ends (None when ``known``). One consumer for both and one deadline, bounded
     as :func:`read_whole_topic` (the version first: the bootstrap, the metadata and two offset requests, each at
     most ``connect_timeout``; a frozen broker fails it within them, before any record is read). No version (None,
     ``known`` not asked, every record read) when the broker does not name the topic's id (:func:`topic_id`) or the
-    topic has no partitions (it does not exist). ``named_timeout``: the bound its :class:`TimeoutError` names (a
-    caller's whole bound, of which ``timeout`` is what is left; default ``timeout``)."""
-    return _read_topic(settings, topic, known, timeout, connect_timeout, named_timeout)
+    topic has no partitions (it does not exist; :class:`TopicMissing` with ``must_exist``). ``named_timeout``: the
+    bound its :class:`TimeoutError` names (a caller's whole bound, of which ``timeout`` is what is left; default
+    ``timeout``)."""
+    return _read_topic(settings, topic, known, timeout, connect_timeout, named_timeout, must_exist=must_exist)
 
 
 def topic_id(consumer: KafkaConsumer, topic: str) -> str | None:

@@ -122,20 +122,15 @@ def _first_line(exc: Exception) -> str:
 
 class KafkaDeadLetters:
     """The dead-letter topic read from its start (exportctl's listing and replays, the console's and the API's), its
-    connection bounded by ``connect_timeout`` (:func:`read_whole_topic`)."""
+    connection bounded by ``connect_timeout`` (:func:`read_whole_topic`).
 
-    def __init__(
-        self,
-        settings: CommonSettings,
-        connect_timeout: float = READ_CONNECT_TIMEOUT_SECONDS,
-        *,
-        must_exist: bool = False,
-    ) -> None:
+    A topic that does not exist is :class:`DeadLettersUnreadable` naming it and the settings that name it
+    (:class:`~shared.kafka.clients.TopicMissing`), for every reader alike: a wrong ``EXPORT_TOPIC_PREFIX`` or
+    cluster is not "no dead letters" (before session 55, the admin API and the console answered it as none)."""
+
+    def __init__(self, settings: CommonSettings, connect_timeout: float = READ_CONNECT_TIMEOUT_SECONDS) -> None:
         self.settings = settings
         self.connect_timeout = connect_timeout
-        #: A topic that does not exist is :class:`DeadLettersUnreadable` naming it and the settings that name it
-        #: (exportctl on the catalog: a wrong prefix or cluster is not "no dead letters"); else it holds none.
-        self.must_exist = must_exist
 
     def dead_letters(self) -> list[DeadLetter]:
         """Every dead letter; :class:`DeadLettersUnreadable` when Kafka does not give them (its error, first line)."""
@@ -144,7 +139,7 @@ class KafkaDeadLetters:
                 self.settings,
                 self.settings.topics.dead_letters,
                 connect_timeout=self.connect_timeout,
-                must_exist=self.must_exist,
+                must_exist=True,
             )
         except TopicMissing as exc:
             raise DeadLettersUnreadable(str(exc)) from None
@@ -177,7 +172,10 @@ class KafkaDeadLetters:
                 timeout=left,
                 connect_timeout=min(self.connect_timeout, left / 2),
                 named_timeout=READ_TIMEOUT_SECONDS,
+                must_exist=True,
             )
+        except TopicMissing as exc:
+            raise DeadLettersUnreadable(str(exc)) from None
         except (KafkaError, TimeoutError, OSError) as exc:
             raise DeadLettersUnreadable(_described(exc)) from None
         return version, None if values is None else _decoded(values)
