@@ -430,10 +430,14 @@ def test_the_fire_delay_panel_shows_the_start_delay_of_the_fired_run(observed: O
 def test_the_dashboard_variables_list_the_exports_and_partners_that_ran(observed: Observed) -> None:
     variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
     for name, expected in (
+        ("namespace", {NAMESPACE}),
         ("definition", {"to-flaky-partner", "leavers-export", "to-good-partner"}),
         ("profile", {"flaky-partner", "good-partner"}),
     ):
-        metric = variables[name]["definition"].removeprefix("label_values(").split(",")[0]
+        # The selector of label_values(selector, name), with the namespace picked (definitions and profiles are
+        # those of the install shown).
+        query = expand(variables[name]["definition"], VARIABLES, RATE_INTERVAL)
+        metric = query.removeprefix("label_values(").rsplit(",", 1)[0]
         listed = observed.prometheus.api(
             f"label/{name}/values",
             **{"match[]": metric, "start": f"{observed.start:.3f}", "end": f"{observed.end:.3f}"},
