@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "helm" / "member-export" / "dashboards" / "member-export.json"
 #: Grafana's grid: 24 columns; a height unit is 30 px.
 GRID_COLUMNS = 24
-#: Variables when none are chosen: every definition and profile (the variables' "All").
-ALL = {"definition": ".+", "profile": ".+"}
+#: Variables when none are chosen: every definition and profile (the variables' "All"), in every namespace (Grafana
+#: shows one namespace, an install, at a time: --namespace picks it; a Prometheus of one install needs none).
+ALL = {"namespace": ".+", "definition": ".+", "profile": ".+"}
 
 # Grafana's dark theme.
 BACKGROUND, PANEL, TEXT, GRID_LINES = "#111217", "#181b1f", "#ccccdc", "#2c3235"
@@ -226,12 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prometheus", required=True, help="the Prometheus to query, e.g. http://127.0.0.1:9090")
     parser.add_argument("--minutes", type=float, default=10, help="how far back from --end (default 10)")
     parser.add_argument("--end", type=float, default=None, help="Unix time of the right edge (default: now)")
+    parser.add_argument("--namespace", default=ALL["namespace"], help="the $namespace variable (the install)")
     parser.add_argument("--definition", default=ALL["definition"], help="the $definition variable (a regex)")
     parser.add_argument("--profile", default=ALL["profile"], help="the $profile variable (a regex)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "dashboard.png")
     args = parser.parse_args(argv)
     end = args.end if args.end is not None else time.time()
-    variables = {"definition": args.definition, "profile": args.profile}
+    variables = {"namespace": args.namespace, "definition": args.definition, "profile": args.profile}
     print(render(args.prometheus, end - args.minutes * 60, end, args.out, variables=variables))
     return 0
 

@@ -57,9 +57,16 @@ class Rendered:
         }
 
 
-def render(*values_files: Path, values: dict[str, Any] | None = None, tmp_dir: Path | None = None) -> Rendered:
-    """``helm template`` of the chart as release ``member-export`` with ``values_files`` and then ``values``."""
-    args = ["template", RELEASE, str(CHART), "--namespace", "member-export"]
+def render(
+    *values_files: Path,
+    values: dict[str, Any] | None = None,
+    tmp_dir: Path | None = None,
+    release: str = RELEASE,
+    namespace: str = "member-export",
+) -> Rendered:
+    """``helm template`` of the chart as ``release`` (``member-export``) in ``namespace`` with ``values_files`` and
+    then ``values``."""
+    args = ["template", release, str(CHART), "--namespace", namespace]
     for path in values_files:
         args += ["-f", str(path)]
     if values is not None:

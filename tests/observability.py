@@ -125,3 +125,23 @@ def grouped_aggregations(expr: str) -> list[tuple[str, list[str]]]:
             found.append((str(node), list(modifier.labels)))
         pending[:0] = _children(node)
     return found
+
+
+def operator_job(monitor: dict[str, Any], namespace: str, pod_labels: dict[str, str]) -> str:
+    """The job the Prometheus Operator gives the targets of a PodMonitor in ``namespace`` on a pod labelled
+    ``pod_labels`` (prometheus-operator's generatePodMonitorConfig): ``<namespace>/<the PodMonitor's name>``, unless
+    its ``jobLabel`` names a label the pod has, not empty, whose value is then the job."""
+    job = pod_labels.get(monitor["spec"].get("jobLabel", ""), "")
+    return job or f"{namespace}/{monitor['metadata']['name']}"
+
+
+def matches(matcher: str, value: str) -> bool:
+    """Whether a label matcher's text (``selector_labels``: ``="x"``, ``!="x"``, ``=~"a|b"``, ``!~"a|b"``) matches
+    ``value``, as Prometheus matches (regular expressions anchored at both ends)."""
+    operator, _, quoted = matcher.partition('"')
+    pattern = quoted.removesuffix('"')
+    found = {"=": value == pattern, "!=": value != pattern}.get(operator)
+    if found is None:
+        full = re.fullmatch(pattern, value) is not None
+        found = full if operator == "=~" else not full
+    return found

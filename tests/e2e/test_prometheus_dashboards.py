@@ -2,7 +2,7 @@
 then every dashboard panel and every alert is evaluated through Prometheus' HTTP API.
 
 The scrape configuration gives the targets the labels the chart's PodMonitor gives them in a cluster (job
-``<namespace>/<release>``, namespace, pod, container = the service), so the rules run on the same label shapes.
+``member-export``, namespace, pod, container = the service), so the rules run on the same label shapes.
 
 The export is one of each thing the dashboard and the alerts watch: a partner that answers 503, then 429, then
 refuses a batch (retries, throttling, the rate limiter, failed members, dead letters); a saved query whose table
@@ -61,11 +61,12 @@ from tests.observability import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-#: The labels the chart's PodMonitor gives a target of release member-export in namespace member-export.
+#: The labels the chart's PodMonitor gives a target of a release in namespace member-export (its jobLabel: the pods'
+#: app.kubernetes.io/part-of, member-export whatever the release is called).
 NAMESPACE = "member-export"
-JOB = f"{NAMESPACE}/member-export"
+JOB = "member-export"
 #: The dashboard's variables as the drill-down shows the export that met every kind of trouble.
-VARIABLES = {"definition": "to-flaky-partner", "profile": "flaky-partner"}
+VARIABLES = {"namespace": NAMESPACE, "definition": "to-flaky-partner", "profile": "flaky-partner"}
 #: How often the test's Prometheus scrapes the services and evaluates the rules (it was 1 s). The setup's waits count
 #: scrapes (a step waits until a few samples are held before the next restarts a service): they shrink with it.
 SCRAPE_SECONDS = 0.5
@@ -429,10 +430,14 @@ def test_the_fire_delay_panel_shows_the_start_delay_of_the_fired_run(observed: O
 def test_the_dashboard_variables_list_the_exports_and_partners_that_ran(observed: Observed) -> None:
     variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
     for name, expected in (
+        ("namespace", {NAMESPACE}),
         ("definition", {"to-flaky-partner", "leavers-export", "to-good-partner"}),
         ("profile", {"flaky-partner", "good-partner"}),
     ):
-        metric = variables[name]["definition"].removeprefix("label_values(").split(",")[0]
+        # The selector of label_values(selector, name), with the namespace picked (definitions and profiles are
+        # those of the install shown).
+        query = expand(variables[name]["definition"], VARIABLES, RATE_INTERVAL)
+        metric = query.removeprefix("label_values(").rsplit(",", 1)[0]
         listed = observed.prometheus.api(
             f"label/{name}/values",
             **{"match[]": metric, "start": f"{observed.start:.3f}", "end": f"{observed.end:.3f}"},

@@ -140,7 +140,7 @@ def test_each_alert_expression_parses_and_names_member_export_series_or_up() -> 
 
 def test_every_dashboard_panel_has_a_query_that_parses() -> None:
     dashboard = load_dashboard()
-    variables = {"definition": "nightly", "profile": "acme", "datasource": "prometheus"}
+    variables = {"namespace": "prod", "definition": "nightly", "profile": "acme", "datasource": "prometheus"}
     assert panels(dashboard), "a dashboard with no panel"
     for panel in panels(dashboard):
         queries = [t.get("expr", "").strip() for t in panel.get("targets", [])]

@@ -860,22 +860,21 @@ def test_the_pod_monitor_scrapes_every_service_metrics_port(renders: dict[str, R
 
 
 def test_the_pod_monitor_gives_the_target_labels_the_service_alerts_select(renders: dict[str, Rendered]) -> None:
-    """The Prometheus Operator labels a PodMonitor's targets job="<namespace>/<PodMonitor name>" and container="<the
-    container's name>": the service-down alerts (files/alerts.yaml) select this release's targets by that job and
-    name the service by that container."""
-    import re
-
-    from tests.observability import alerts, selector_labels, vector_selectors
+    """The Prometheus Operator labels a PodMonitor's targets job=<the pod's label the jobLabel names> (else
+    "<namespace>/<PodMonitor name>") and container="<the container's name>": the service-down alerts
+    (files/alerts.yaml) select this release's targets by that job and name the service by that container."""
+    from tests.observability import alerts, matches, operator_job, selector_labels, vector_selectors
 
     rendered = renders["production"]
     [monitor] = rendered.of_kind("PodMonitor")
-    job = f"member-export/{monitor['metadata']['name']}"
     selectors = [selector_labels(s) for a in alerts() for s in vector_selectors(a["expr"]) if s.name == "up"]
     assert selectors, "no alert on up"
-    for labels in selectors:
-        operator, _, pattern = labels["job"].partition('"')
-        assert operator == "=~"
-        assert re.fullmatch(pattern.removesuffix('"'), job), f"{labels['job']} does not select job {job}"
+    for service in SERVICES:
+        job = operator_job(
+            monitor, "member-export", rendered.deployments()[service]["spec"]["template"]["metadata"]["labels"]
+        )
+        for labels in selectors:
+            assert matches(labels["job"], job), f"{labels['job']} does not select job {job}"
     for service in SERVICES:
         assert rendered.container(service)["name"] == service
 
