@@ -296,10 +296,36 @@ def test_extra_volumes_reach_every_service_and_a_service_adds_its_own(tmp_path: 
     _pass_the_kubernetes_schemas(rendered, tmp_path)
 
 
+def test_the_migration_job_mounts_the_extra_volumes_and_its_own(tmp_path: Path) -> None:
+    """The catalog URL's CA must reach the hook Job that migrates the catalog, not only the services."""
+    own = {"name": "job-scratch", "emptyDir": {}}
+    values = {
+        **POSTGRES_CA,
+        "migrations": {"extraVolumes": [own], "extraVolumeMounts": [{"name": "job-scratch", "mountPath": "/var/job"}]},
+    }
+    rendered = render(CI_VALUES["production"], values=values, tmp_dir=tmp_path)
+    [job] = rendered.of_kind("Job")
+    spec = job["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    assert POSTGRES_CA["extraVolumes"][0] in spec["volumes"]
+    assert own in spec["volumes"]
+    assert POSTGRES_CA["extraVolumeMounts"][0] in container["volumeMounts"]
+    assert {"name": "job-scratch", "mountPath": "/var/job"} in container["volumeMounts"]
+    assert all("from" not in mount for mount in container["volumeMounts"])
+    for service in SERVICES:
+        assert own not in rendered.pod_specs()[f"member-export-{service}"]["volumes"], service
+    _pass_the_kubernetes_schemas(rendered, tmp_path)
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
         ("extraVolumes", [{"name": "tmp", "emptyDir": {}}], 'extra volume "tmp" of the scheduler pod'),
+        (
+            "migrations.extraVolumeMounts",
+            [{"name": "x", "mountPath": "/tmp"}],
+            'migrations.extraVolumeMounts[0] ("/tmp") are one directory in the migrations container',
+        ),
         (
             "services.admin.extraVolumes",
             [{"name": "admin-tokens", "emptyDir": {}}],

@@ -342,6 +342,9 @@ set it>). */}}
 {{- define "member-export.mounts" -}}
 {{- $v := .root.Values -}}
 - {name: tmp, mountPath: /tmp, from: "the chart's scratch directory (tmpVolume)"}
+{{- if eq .service "migrations" }}
+{{- include "member-export.extraVolumeMounts" (dict "root" .root "component" "migrations") }}
+{{- else }}
 {{- if include "member-export.kafkaVolumeSources" . }}
 - name: kafka-credentials
   mountPath: {{ $v.kafka.credentialsDir | quote }}
@@ -364,6 +367,7 @@ set it>). */}}
 - {name: smtp-ca, mountPath: /etc/member-export/smtp, readOnly: true, from: "the chart's SMTP CA (smtp.caSecret)"}
 {{- end }}
 {{- include "member-export.extraVolumeMounts" (dict "root" .root "component" .service) }}
+{{- end }}
 {{- end -}}
 
 {{/* The values of one component's own extra volumes: services.<service> or migrations, with its name in messages. */}}
@@ -433,7 +437,9 @@ Secret, may not be or hold another mount (file: references would read the Kafka 
 {{- define "member-export.validateMounts" -}}
 {{- $root := . -}}
 {{- $services := splitList " " (include "member-export.services" .) -}}
-{{- range $service := $services -}}
+{{- $containers := $services -}}
+{{- if .Values.migrations.enabled }}{{ $containers = append $containers "migrations" }}{{ end -}}
+{{- range $service := $containers -}}
 {{- $mounts := include "member-export.mounts" (dict "root" $root "service" $service) | fromYamlArray -}}
 {{- range $i, $a := $mounts -}}
 {{- range $j, $b := $mounts -}}
