@@ -156,7 +156,7 @@ async def auth_headers(profile: ConnectionProfile, tokens: OAuthTokenCache) -> d
     if isinstance(auth, BearerAuth):
         return {"Authorization": "Bearer " + resolve_secret(auth.token)}
     if isinstance(auth, ApiKeyAuth):
-        return {} if auth.name is not None else {auth.header: resolve_secret(auth.key)}
+        return {} if auth.header is None else {auth.header: resolve_secret(auth.key)}  # None: in the query
     token = await tokens.token(profile.name, auth, profile.base_url, PartnerNetwork.of(profile))
     return {"Authorization": "Bearer " + token}
 
