@@ -562,7 +562,9 @@ class Dispatcher:
         prepared = self.renderer.prepare(template, profile, batch)
         inspect = None
         if self.inspector is not None:
-            inspect = self.inspector.watch(batch.definition, profile, batch.run_id, batch.batch_index)
+            # Under the label its series have: a definition the catalog does not have (a made-up or stale name from the
+            # topic) is "(unknown)", never a name no one saved (one slot for all, bounded as the metrics are).
+            inspect = self.inspector.watch(label, profile, batch.run_id, batch.batch_index)
         shared = _BatchRequests(
             batch=batch,
             template=template,
