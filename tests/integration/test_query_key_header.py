@@ -7,7 +7,9 @@ is read without it, and a read sent back as it is saves. The real app, in proces
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Iterator
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,13 @@ REASON = "not used when in is query"
 
 
 @pytest.fixture
-def api(tmp_path: Path, database_url: str, migrated_catalog: Callable[[str], CatalogStores]) -> Iterator[InProcessApi]:
+def api(
+    tmp_path: Path,
+    database_url: str,
+    migrated_catalog: Callable[[str], CatalogStores],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[InProcessApi]:
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # plain http in the test client
     with seeded_api(tmp_path, database_url, migrated_catalog) as api:
         yield api
 
@@ -44,6 +52,29 @@ def test_a_header_beside_a_query_key_is_refused_at_save_through_every_entry_poin
     _refused_naming_the_header(refused_writing_nothing(api, "PUT", "connection-profiles/partner", body))
     applied = refused_writing_nothing(api, "POST", "apply", {"objects": [{"kind": "ConnectionProfile", "spec": body}]})
     _refused_naming_the_header(applied)
+    with api.client(None) as browser:  # the console's form, an admin's: the reason beside the field
+        csrf = re.compile(r'name="csrf_token" value="([^"]+)"')
+        found = csrf.search(browser.get("/console/sign-in").text)
+        assert found is not None
+        signed = browser.post(
+            "/console/sign-in",
+            data={"csrf_token": found.group(1), "token": api.tokens["admin"]},
+            follow_redirects=False,
+        )
+        assert signed.status_code == 303, signed.text
+        found = csrf.search(browser.get("/console/profiles/partner").text)
+        assert found is not None
+        fields = {"auth_type": "api_key", "auth_in": "query", "auth_header": "X-App-Key", "auth_name": "appid"}
+        form = {"csrf_token": found.group(1), "base_url": body["base_url"], "auth_key": KEY} | fields
+        page = browser.post("/console/profiles/partner", data=form, follow_redirects=False)
+        assert page.status_code == 422, page.text
+        assert REASON in unescape(page.text)
+        beside = re.search(r'<p class="field-error" id="auth_api_key_header-error">([^<]*)</p>', page.text)
+        assert beside is not None  # beside the header field
+        assert REASON in unescape(beside.group(1))
+        assert KEY not in page.text
+    with api.client() as client:
+        assert client.get(f"{PROFILES}/partner").json()["auth"]["type"] != "api_key"  # nothing saved
     with api.client() as client:  # without it, the same profile saves, and is read without a header
         saved = client.post(PROFILES, json=body | {"auth": AUTH})
         assert saved.status_code == 201, saved.text
