@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Iterator
 from html import unescape
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from services.dispatcher.partner_auth import auth_headers, query_key_field
-from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile, stored_form
-from tests.admin_app import InProcessApi, refused_writing_nothing, seeded_api
+from tests.admin_app import InProcessApi, refused_writing_nothing
+from tests.integration.test_console_fields import signed_in
 
 PROFILES = "/api/v1/connection-profiles"
 KEY = "Qk7-partner-key-0042"
@@ -28,15 +26,8 @@ REASON = "not used when in is query"
 
 
 @pytest.fixture
-def api(
-    tmp_path: Path,
-    database_url: str,
-    migrated_catalog: Callable[[str], CatalogStores],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[InProcessApi]:
-    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")  # plain http in the test client
-    with seeded_api(tmp_path, database_url, migrated_catalog) as api:
-        yield api
+def api(seeded_admin_api: InProcessApi) -> InProcessApi:
+    return seeded_admin_api
 
 
 def _refused_naming_the_header(answer: object) -> None:
@@ -52,23 +43,12 @@ def test_a_header_beside_a_query_key_is_refused_at_save_through_every_entry_poin
     _refused_naming_the_header(refused_writing_nothing(api, "PUT", "connection-profiles/partner", body))
     applied = refused_writing_nothing(api, "POST", "apply", {"objects": [{"kind": "ConnectionProfile", "spec": body}]})
     _refused_naming_the_header(applied)
-    with api.client(None) as browser:  # the console's form, an admin's: the reason beside the field
-        csrf = re.compile(r'name="csrf_token" value="([^"]+)"')
-        found = csrf.search(browser.get("/console/sign-in").text)
-        assert found is not None
-        signed = browser.post(
-            "/console/sign-in",
-            data={"csrf_token": found.group(1), "token": api.tokens["admin"]},
-            follow_redirects=False,
-        )
-        assert signed.status_code == 303, signed.text
-        found = csrf.search(browser.get("/console/profiles/partner").text)
-        assert found is not None
+    with signed_in(api, "admin") as console:  # the console's form, an admin's: the reason beside the field
         fields = {"auth_type": "api_key", "auth_in": "query", "auth_header": "X-App-Key", "auth_name": "appid"}
-        form = {"csrf_token": found.group(1), "base_url": body["base_url"], "auth_key": KEY} | fields
-        page = browser.post("/console/profiles/partner", data=form, follow_redirects=False)
+        page = console.post(
+            "/profiles/partner", {"base_url": "https://partner.example.com/v2", "auth_key": KEY} | fields
+        )
         assert page.status_code == 422, page.text
-        assert REASON in unescape(page.text)
         beside = re.search(r'<p class="field-error" id="auth_api_key_header-error">([^<]*)</p>', page.text)
         assert beside is not None  # beside the header field
         assert REASON in unescape(beside.group(1))
