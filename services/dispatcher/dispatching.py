@@ -37,7 +37,7 @@ from services.dispatcher.metrics import (
     RequestTally,
     in_flight_count,
 )
-from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers, with_query_key
+from services.dispatcher.partner_auth import OAuthTokenCache, auth_headers, query_key_field, with_query_field
 from services.dispatcher.rate_limit import AdaptiveRateLimiter, LearnedRateLimit, holds_promises_of
 from services.dispatcher.render_offload import Renderer
 from services.dispatcher.request_workers import RequestWorkers
@@ -218,6 +218,10 @@ class _BatchRequests:
     trace_headers: dict[str, str]
     #: The profile's authentication header once resolved and checked, unless it is an OAuth token (None: not yet).
     credentials: dict[str, str] | None = None
+    #: The query parameter the profile's API key travels in (``in: query``; None: it has none) and, once resolved (as
+    #: :attr:`credentials`, once a batch), its field ``name=<the key, URL-encoded>`` (None: not yet).
+    query_key: str | None = None
+    query_field: str | None = None
     #: The end of the batch's round (the dispatcher's clock; None: none): no attempt begins after it.
     ends: float | None = None
     #: Every request's headers, the Idempotency-Key's value aside (:data:`_KEY_PLACEHOLDER`), once the batch's requests
@@ -558,7 +562,9 @@ class Dispatcher:
         prepared = self.renderer.prepare(template, profile, batch)
         inspect = None
         if self.inspector is not None:
-            inspect = self.inspector.watch(batch.definition, profile, batch.run_id, batch.batch_index)
+            # Under the label its series have: a definition the catalog does not have (a made-up or stale name from the
+            # topic) is "(unknown)", never a name no one saved (one slot for all, bounded as the metrics are).
+            inspect = self.inspector.watch(label, profile, batch.run_id, batch.batch_index)
         shared = _BatchRequests(
             batch=batch,
             template=template,
@@ -570,6 +576,7 @@ class Dispatcher:
             inspect=inspect,
             in_flight=in_flight_count(profile.name),
             oauth=isinstance(profile.auth, OAuth2ClientCredentials),
+            query_key=profile.auth.name if isinstance(profile.auth, ApiKeyAuth) else None,
             tally=RequestTally((label, profile.name)),
             trace_headers=current_http_headers(),  # the batch's context, which its requests are handled in
             ends=ends,
@@ -831,7 +838,7 @@ class Dispatcher:
         try:  # a quick render: no coroutine
             rendered = self.renderer.render_inline(shared.prepared, members, headers)
             if rendered is not None:
-                rendered = self._keyed(shared.profile, rendered)
+                rendered = self._keyed(shared, rendered)
         except BaseException:  # nothing sent: its token back (its probe: _in_flight), the failure its own
             self._refund(shared.profile.name, limits, limiter)
             raise
@@ -853,7 +860,7 @@ class Dispatcher:
     ) -> None:
         """:meth:`_render_admitted` on a render thread (a render expected to be slow)."""
         try:
-            rendered = self._keyed(shared.profile, await self.renderer.render(shared.prepared, members, headers))
+            rendered = self._keyed(shared, await self.renderer.render(shared.prepared, members, headers))
             self._before_round_end(shared)  # a render thread's time may have outlasted the round
         except BaseException:  # nothing sent: its token back (its probe: _in_flight), the failure its own
             self._refund(shared.profile.name, limits, limiter)
@@ -863,12 +870,19 @@ class Dispatcher:
             body[1] = rendered
 
     @staticmethod
-    def _keyed(profile: ConnectionProfile, rendered: RenderedRequest) -> RenderedRequest:
-        """``rendered`` with the profile's API key in its query when the profile sends it there (``in: query``)."""
-        auth = profile.auth
-        if not isinstance(auth, ApiKeyAuth) or auth.name is None:
+    def _keyed(shared: _BatchRequests, rendered: RenderedRequest) -> RenderedRequest:
+        """``rendered`` with the profile's API key in its query when the profile sends it there (``in: query``): its
+        secret resolved once a batch, as a header key is (:meth:`_credentials`; a failure is not kept: each request
+        meets it)."""
+        name = shared.query_key
+        if name is None:
             return rendered
-        url = with_query_key(profile, rendered.url)
+        field = shared.query_field
+        if field is None:
+            field = query_key_field(shared.profile)
+            assert field is not None  # query_key is set for in: query profiles only
+            shared.query_field = field
+        url = with_query_field(rendered.url, name, field)
         return RenderedRequest(rendered.method, url, rendered.headers, rendered.content)
 
     def _request_done(self, shared: _BatchRequests, ticket: list[Admission | None] | None) -> None:

@@ -125,7 +125,9 @@ class AttemptInspector:
     # --- the hot path (the dispatcher's event loop) -----------------------------------------------------
 
     def watch(self, definition: str, profile: ConnectionProfile, run_id: uuid.UUID, batch_index: int) -> AttemptWitness:
-        """The witness of one request's attempts (``Deliverer.deliver(inspect=...)``)."""
+        """The witness of one request's attempts (``Deliverer.deliver(inspect=...)``), kept under ``definition``: the
+        name the dispatcher counts the batch's series under (:meth:`~.dispatching.CatalogCache.definition_label`:
+        :data:`~shared.metrics.UNKNOWN_DEFINITION` for a name the catalog does not have), never one no one saved."""
         pair = (definition, profile.name)
 
         def witness(

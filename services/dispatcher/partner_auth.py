@@ -156,26 +156,33 @@ async def auth_headers(profile: ConnectionProfile, tokens: OAuthTokenCache) -> d
     if isinstance(auth, BearerAuth):
         return {"Authorization": "Bearer " + resolve_secret(auth.token)}
     if isinstance(auth, ApiKeyAuth):
-        return {} if auth.name is not None else {auth.header: resolve_secret(auth.key)}
+        return {} if auth.header is None else {auth.header: resolve_secret(auth.key)}  # None: in the query
     token = await tokens.token(profile.name, auth, profile.base_url, PartnerNetwork.of(profile))
     return {"Authorization": "Bearer " + token}
 
 
-def with_query_key(profile: ConnectionProfile, url: str) -> str:
-    """``url`` with the profile's API key appended as its query parameter (``in: query``), URL-encoded, after the
-    template's own query; ``url`` itself for other profiles. A URL whose query has that parameter already (from
-    the template) is a PermanentError naming the parameter, never the key: the partner would read one or the
-    other."""
+def query_key_field(profile: ConnectionProfile) -> str | None:
+    """The query field the profile's API key travels in (``in: query``): ``<name>=<the key, URL-encoded>``, its secret
+    resolved now (:func:`~shared.domain.secret_references.resolve_secret`: an ``env:``/``file:`` reference read
+    again); None for other profiles. The dispatcher resolves it once a batch, as the header key
+    (:func:`with_query_field` appends it to each request's URL)."""
     auth = profile.auth
     if not isinstance(auth, ApiKeyAuth) or auth.name is None:
-        return url
+        return None
+    return f"{quote(auth.name)}={quoted_key(auth)}"
+
+
+def with_query_field(url: str, name: str, field: str) -> str:
+    """``url`` with the API key's query ``field`` (:func:`query_key_field`, for the parameter ``name``) appended after
+    the template's own query. A URL whose query has that parameter already (from the template) is a PermanentError
+    naming the parameter, never the key: the partner would read one or the other."""
     query = urlsplit(url).query
-    if query and any(name == auth.name for name, _ in parse_qsl(query, keep_blank_values=True)):
+    if query and any(given == name for given, _ in parse_qsl(query, keep_blank_values=True)):
         raise PermanentError(
-            f"the request's query already has the parameter {auth.name!r}, which the connection profile's api_key "
+            f"the request's query already has the parameter {name!r}, which the connection profile's api_key "
             "sets: remove it from the template's query_string"
         )
-    return f"{url}{'&' if query else ('' if url.endswith('?') else '?')}{quote(auth.name)}={quoted_key(auth)}"
+    return f"{url}{'&' if query else ('' if url.endswith('?') else '?')}{field}"
 
 
 def quoted_key(auth: ApiKeyAuth) -> str:

@@ -31,7 +31,7 @@ def masking_of(profile: ConnectionProfile) -> Masking:
             values += quotable_values(resolve_secret(secret))  # a signing secret's key alone too
         except ExportError:
             continue
-    headers = [profile.auth.header] if isinstance(profile.auth, ApiKeyAuth) else []
+    headers = [profile.auth.header] if isinstance(profile.auth, ApiKeyAuth) and profile.auth.header else []
     return Masking.of(values, headers)
 
 

@@ -84,6 +84,12 @@ DECRYPT_SECRET = "decrypt_secret"  # noqa: S105 - a context key, not a secret
 STORED_ROW = "stored_row"
 
 
+def read_as_saved(info: ValidationInfo) -> bool:
+    """Whether the input is one of the catalog's own rows (read with its context: :data:`DECRYPT_SECRET` or
+    :data:`STORED_ROW`): a rule tightened since a row was saved is not enforced at its read, only when it is written."""
+    return isinstance(info.context, dict) and (DECRYPT_SECRET in info.context or STORED_ROW in info.context)
+
+
 def _decrypt_stored(value: Any, info: ValidationInfo) -> Any:
     """A secret stored encrypted is decrypted by the function the validation context gives, if any.
 
@@ -144,7 +150,7 @@ def _without_query_credentials(url: str, info: ValidationInfo) -> str:
     and it would not be encrypted at rest. Never the value in the message, only the parameter's name. The catalog's
     own rows are read as saved: a profile saved by an older release still loads and runs (reads mask the value:
     :func:`shown_url`)."""
-    if isinstance(info.context, dict) and (DECRYPT_SECRET in info.context or STORED_ROW in info.context):
+    if read_as_saved(info):
         return url
     names = sorted({name for name, _ in _secret_query_fields(url)})
     if names:
@@ -206,21 +212,65 @@ class BearerAuth(_Spec):
     token: Secret
 
 
+#: The header an API key is sent in (``in: header``) unless the profile names one.
+DEFAULT_API_KEY_HEADER = "X-API-Key"
+#: Why an API key sent in the query refuses a ``header`` (``auth.header``), whichever entry point saves it.
+QUERY_KEY_HEADER = (
+    "not used when in is query (the key travels in the query parameter auth.name, in no header): remove header, "
+    "or set in: header to send the key in that header"
+)
+
+
 class ApiKeyAuth(_Spec):
     """An API key sent in a header of the partner's choosing (``in: header``, the default), or as a query parameter
     (``in: query`` with ``name``, for a partner that reads its key only there): appended, URL-encoded, to each
     request's URL at dispatch, after the template's own query. A secret either way (encrypted at rest, answered
     masked, ``env:``/``file:`` references resolved at dispatch); its value is masked in failure reasons and the
-    attempt inspector whatever the parameter's name."""
+    attempt inspector whatever the parameter's name. ``header`` goes with ``in: header`` only: with ``in: query`` it is
+    refused when saved (it would be ignored); a profile saved so before still loads and runs, and is answered and
+    stored again without it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
 
     type: Literal["api_key"]
     in_: Annotated[Literal["header", "query"], Field(alias="in")] = "header"
-    header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$")] = "X-API-Key"
+    #: The header the key is sent in (``in: header``; ``X-API-Key`` when not given); None with ``in: query``.
+    header: Annotated[
+        str | None,
+        Field(
+            pattern=r"^[A-Za-z0-9-]+$",
+            description="the header the key is sent in, with in: header (X-API-Key when not given); not with in: query",
+        ),
+    ] = None
     #: The query parameter (``in: query`` only).
     name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._~-]+$")] | None = None
     key: Secret
+
+    @model_validator(mode="before")
+    @classmethod
+    def _header_of_its_place(cls, data: Any, info: ValidationInfo) -> Any:
+        # A key in a header: X-API-Key unless named. A key in the query read as saved: the header an older release
+        # stored beside it (its default, or one given and ignored) is dropped, never sent (refused when saved).
+        if not isinstance(data, dict):
+            return data
+        place = data.get("in", data.get("in_", "header"))
+        if place == "header" and "header" not in data:
+            return data | {"header": DEFAULT_API_KEY_HEADER}
+        if place == "query" and "header" in data and read_as_saved(info):
+            return {name: value for name, value in data.items() if name != "header"}
+        return data
+
+    @field_validator("header")
+    @classmethod
+    def _header_with_header(cls, header: str | None, info: ValidationInfo) -> str | None:
+        place = info.data.get("in_")
+        if header is not None and place == "query":  # it would be ignored
+            raise ValueError(QUERY_KEY_HEADER)
+        if header is None and place == "header":
+            raise ValueError(
+                f"the header the key is sent in with in: header (leave it out for {DEFAULT_API_KEY_HEADER})"
+            )
+        return header
 
     @model_validator(mode="after")
     def _name_with_query(self) -> ApiKeyAuth:
@@ -603,8 +653,7 @@ def _one_address(value: str, info: ValidationInfo) -> str:
     """A recipient saved is one address (:func:`is_one_address`). The catalog's own rows (read with its context)
     are read as saved: one saved by an older release is refused by the notifier when it mails it (given up, said why),
     not made the whole definition unreadable."""
-    stored = isinstance(info.context, dict) and (DECRYPT_SECRET in info.context or STORED_ROW in info.context)
-    if not stored and not is_one_address(value):
+    if not read_as_saved(info) and not is_one_address(value):
         raise ValueError(
             "is not one email address as mail parsers read it (e.g. a <, :, comma, ( or quote in it): name@domain.tld"
         )

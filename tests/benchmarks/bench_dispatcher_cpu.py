@@ -9,11 +9,13 @@ garbage collector's full collections during the dispatcher's turns are timed too
 start-up objects out of their reach: ``--no-freeze`` shows the cost without).
 
     .venv/bin/python -m tests.benchmarks.bench_dispatcher_cpu [--requests 10240] [--rounds 3] [--no-freeze]
-        [--loops asyncio uvloop] [--partner http|memory] [--client aiohttp reqwest]
+        [--loops asyncio uvloop] [--partner http|memory] [--client aiohttp reqwest] [--auth none|query-key|header-key]
 
 ``--loops`` names the event loops each turn runs both contenders on (asyncio's default loop, uvloop's), in turn
 in the same sitting; the ratio is taken on the same loop. ``--client`` names the dispatcher's partner HTTP clients
-(``EXPORT_DISPATCHER_HTTP_CLIENT``) each turn runs, one after the other, beside the same plain loop.
+(``EXPORT_DISPATCHER_HTTP_CLIENT``) each turn runs, one after the other, beside the same plain loop. ``--auth`` gives
+the profile an API key (an ``env:`` reference, as a deployment holds it) sent in the query (``in: query``) or in a
+header, instead of no authentication.
 
 Figures only: nothing here passes or fails on a timing.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import statistics
 import time
 import uuid
@@ -50,12 +53,19 @@ RECORD_MEMBERS = 64
 RECORDS_PER_ROUND = 4
 CONCURRENCY = 8
 T = TypeVar("T")
+#: The environment variable the ``--auth`` keys reference (set by :func:`main`).
+KEY_VARIABLE = "PARTNER_BENCH_KEY"
+AUTHS: dict[str, dict[str, str]] = {
+    "none": {"type": "none"},
+    "query-key": {"type": "api_key", "in": "query", "name": "appid", "key": f"env:{KEY_VARIABLE}"},
+    "header-key": {"type": "api_key", "key": f"env:{KEY_VARIABLE}"},
+}
 
 
 class MemoryCatalog:
     """The template and profile the dispatcher reads (no run is ever cancelled)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, auth: str = "none") -> None:
         template = HttpTemplate(
             name="t",
             query="q",
@@ -67,7 +77,9 @@ class MemoryCatalog:
         )
         self.objects: dict[Hashable, CatalogObject] = {
             ("HttpTemplate", "t"): template,
-            ("ConnectionProfile", "p"): ConnectionProfile(name="p", base_url=base_url),
+            ("ConnectionProfile", "p"): ConnectionProfile.model_validate(
+                {"name": "p", "base_url": base_url, "auth": AUTHS[auth]}
+            ),
         }
 
     def get(self, kind: type[CatalogObject], name: str) -> CatalogObject:
@@ -138,7 +150,7 @@ class MemoryPartner:
 
 
 async def dispatcher_turn(
-    base_url: str, requests: int, partner: str = "http", client: str = "aiohttp"
+    base_url: str, requests: int, partner: str = "http", client: str = "aiohttp", auth: str = "none"
 ) -> tuple[float, float, FullCollections]:
     """CPU microseconds a request and requests/s of the dispatcher delivering ``requests`` requests, to the lean
     receiver over HTTP (on the partner HTTP client ``client``) or to a partner in memory."""
@@ -146,7 +158,7 @@ async def dispatcher_turn(
     if partner == "http":
         http = ReqwestPartnerHttp if client == "reqwest" else AiohttpPartnerHttp
         partners = http(DestinationPolicy.parse("127.0.0.1"), max_connections=100)
-    catalog = MemoryCatalog(base_url)
+    catalog = MemoryCatalog(base_url, auth)
     dispatcher = Dispatcher(
         objects=CatalogCache(catalog, catalog, ttl=60),  # type: ignore[arg-type]
         deliverer=Deliverer(partners, RetryBudget()),
@@ -208,7 +220,9 @@ def main() -> None:
         default=["aiohttp"],
         help="the dispatcher's partner HTTP clients, each in every turn (EXPORT_DISPATCHER_HTTP_CLIENT)",
     )
+    parser.add_argument("--auth", choices=tuple(AUTHS), default="none", help="the profile's authentication")
     args = parser.parse_args()
+    os.environ[KEY_VARIABLE] = "bench-key/0123456789+abcdef"
     if not args.no_freeze:
         freeze_startup_objects()  # as the service does
     ratios: dict[str, list[float]] = {f"{loop}, {client}": [] for loop in args.loops for client in args.client}
@@ -217,7 +231,7 @@ def main() -> None:
         for turn in range(1, args.rounds + 1):
             for loop in args.loops:
                 if args.partner == "memory":
-                    cpu, rate, full = run_on(loop, dispatcher_turn(base_url, args.requests, "memory"))
+                    cpu, rate, full = run_on(loop, dispatcher_turn(base_url, args.requests, "memory", auth=args.auth))
                     print(
                         f"turn {turn}, {loop}: the dispatcher's own work {cpu:.1f} us CPU a request (partner in memory)"
                     )
@@ -226,7 +240,9 @@ def main() -> None:
                 plain_cpu, plain_rate = run_on(loop, plain_turn(base_url, args.requests))
                 plain_of[loop].append(plain_cpu)
                 for client in args.client:
-                    cpu, rate, full = run_on(loop, dispatcher_turn(base_url, args.requests, client=client))
+                    cpu, rate, full = run_on(
+                        loop, dispatcher_turn(base_url, args.requests, client=client, auth=args.auth)
+                    )
                     ratios[f"{loop}, {client}"].append(cpu / plain_cpu)
                     print(
                         f"turn {turn}, {loop}, {client}: dispatcher {cpu:.0f} us CPU a request ({rate:,.0f} "

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from devtools.kafka_broker import LocalKafka
+from shared.catalog import CatalogStores
+from tests.admin_app import InProcessApi, seeded_api
 from tests.kafka_helpers import produce
 
 #: The topic a frozen broker's health is proven on between tests.
@@ -34,3 +37,17 @@ def freezable_broker(_freezable_broker: LocalKafka) -> Iterator[LocalKafka]:
         yield broker
     finally:
         broker.resume()  # a test's failure between its pause() and its resume() leaves it frozen otherwise
+
+
+@pytest.fixture
+def seeded_admin_api(
+    tmp_path: Path,
+    database_url: str,
+    migrated_catalog: Callable[[str], CatalogStores],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[InProcessApi]:
+    """The in-process admin API on ``database_url`` (SQLite and PostgreSQL) holding the seed's objects
+    (:func:`tests.admin_app.seeded_api`), its console's cookies without Secure (plain http in the test client)."""
+    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")
+    with seeded_api(tmp_path, database_url, migrated_catalog) as api:
+        yield api

@@ -10,16 +10,13 @@ delivery."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
 from html import unescape
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shared.catalog import CatalogStores
 from shared.domain.catalog_objects import ConnectionProfile
-from tests.admin_app import InProcessApi, seeded_api
+from tests.admin_app import InProcessApi
 
 PASSWORD = "s3cr3t-partner-password"  # tests.admin_app's seeded profile's
 EVIL = "https://collector.evil.example"
@@ -27,16 +24,8 @@ MOVED = "field 'auth.password': give the secret again: the host it is sent to ch
 
 
 @pytest.fixture
-def api(
-    tmp_path: Path,
-    database_url: str,
-    migrated_catalog: Callable[[str], CatalogStores],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[InProcessApi]:
-    # Plain http in the test client: console cookies without Secure (as tests/integration/test_console_fields).
-    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")
-    with seeded_api(tmp_path, database_url, migrated_catalog) as api:
-        yield api
+def api(seeded_admin_api: InProcessApi) -> InProcessApi:
+    return seeded_admin_api
 
 
 def stored(api: InProcessApi, name: str = "partner") -> tuple[str, str]:

@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterator
 from html import unescape
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shared.catalog import CatalogStores
 from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import STORED_ROW, ConnectionProfile, HttpTemplate, stored_form
 from shared.domain.rendering import render_request
 from shared.events import MemberBatch, utc_now
-from tests.admin_app import InProcessApi, refused_writing_nothing, seeded_api
+from tests.admin_app import InProcessApi, refused_writing_nothing
 
 KEY = "Zq9-very-secret-Value-4471"
 URL = f"https://partner.example.com/v2?api_key={KEY}&region=eu"
@@ -31,16 +28,8 @@ PROFILES = "/api/v1/connection-profiles"
 
 
 @pytest.fixture
-def api(
-    tmp_path: Path,
-    database_url: str,
-    migrated_catalog: Callable[[str], CatalogStores],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[InProcessApi]:
-    # Plain http in the test client: console cookies without Secure (as tests/integration/test_console_fields).
-    monkeypatch.setenv("EXPORT_CONSOLE_SECURE_COOKIES", "false")
-    with seeded_api(tmp_path, database_url, migrated_catalog) as api:
-        yield api
+def api(seeded_admin_api: InProcessApi) -> InProcessApi:
+    return seeded_admin_api
 
 
 def _refusal(answer: Any, field: str) -> str:

@@ -177,4 +177,6 @@ def test_an_api_key_sent_in_the_query_round_trips_through_the_profile_form():
     values = profile_values(profile)
     assert (values["name"], values["auth_name"], values["auth_in"]) == ("p", "appid", "query")
     body = profile_body(_profile_form(values), profile)
-    assert body["auth"] == {"type": "api_key", "in": "query", "header": "X-API-Key", "name": "appid", "key": MASK}
+    # No header (it is refused beside in: query): the form sends none.
+    assert body["auth"] == {"type": "api_key", "in": "query", "name": "appid", "key": MASK}
+    assert ConnectionProfile.model_validate(body | {"name": "p"}).auth.header is None
