@@ -10,7 +10,7 @@ from shared.application.actors import Actor, Permission, authorise
 from shared.application.errors import Invalid
 from shared.application.objects import existing, visible
 from shared.application.ports import DefinitionsStore, MemberSource
-from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
+from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery, shown_url
 from shared.domain.query_parameters import ParameterError, bind_values
 from shared.domain.rendering import RenderedRequest, TemplateRenderError, render_request
 from shared.errors import PermanentError
@@ -19,7 +19,9 @@ from shared.events import MemberBatch
 
 @dataclass(frozen=True)
 class DryRunResult:
-    """The requests a run would send first (authentication and signature headers are added at dispatch)."""
+    """The requests a run would send first (authentication and signature headers are added at dispatch), as a reader
+    may see them: a URL's query values named like credentials masked (:func:`shown_url`: a profile saved by an
+    older release may hold a key in its base URL's query; it is sent whole, shown masked as every read shows it)."""
 
     definition: str
     template: str
@@ -61,7 +63,9 @@ def dry_run(
             members=chunk,
         )
         try:
-            rendered.append((render_request(template, profile, batch), len(chunk)))
+            request = render_request(template, profile, batch)
         except TemplateRenderError as exc:
             raise Invalid(f"template '{template.name}': {exc}", slug="template-failed") from None
+        shown = RenderedRequest(request.method, shown_url(request.url), request.headers, request.content)
+        rendered.append((shown, len(chunk)))
     return DryRunResult(definition=definition.name, template=template.name, requests=rendered)

@@ -16,7 +16,13 @@ one of ours in a form no rule derives. This catches the common shapes:
   password may hold a space or a quote (``postgresql://app:pa ss@db``, ``postgresql://app:1 pass@db``) unless it
   starts or ends with a space, or reads as a host's port then a message's words and an address
   (``http://h.example:8080 refused, ask ops@example.com`` is kept; after a bare name, ``http://db:8080 ...``, it
-  is masked: see :func:`_host_like`).
+  is masked: see :func:`_host_like`; so is one before a service's name, ``postgresql://first.last:1 x@db failed``:
+  an address's domain holds a dot);
+- a connection string's part libpq quotes when it cannot read it (``unexpected spaces found in "1 x", ...``,
+  ``invalid percent-encoded token: "p%zz"``): psycopg given a connection URL whole says so of its password. The
+  services connect through SQLAlchemy, which hands libpq the parts (its errors quote no password: measured with
+  passwords holding spaces, ``%``, ``:``, ``#``, ``?``; one holding ``@`` is split there, its tail read as the host's
+  name, ``failed to resolve host 'b@db'``: masked by value where the process's environment gives the URL).
 
 Each masks the value only (``Bearer ***``, ``api_key=***``, ``"token": "***"``, ``postgresql://app:***@db``): the
 reader still sees which credential was refused. Masking a masked text changes nothing.
@@ -73,6 +79,16 @@ _PORT = re.compile(r"([0-9]{1,5})[\s\"'\\]")
 #: What follows the ``@`` of a URL's authority, not an address's in a message: a host then its port or its path, query
 #: or fragment (``@db:5432``, ``@db/members``): a password before it, whatever it starts with.
 _AUTHORITY_TAIL = re.compile(r"[A-Za-z0-9.\-_~%]+(?::[0-9]|[/?#])")
+#: ... or a name without a dot then a space, a quote, a separator or the text's end: a service's host (``@db``,
+#: ``@postgres``), not an e-mail address's domain, which holds one (``ops@example.com``; ``root@localhost`` is masked).
+_BARE_HOST = re.compile(r"[A-Za-z0-9\-_]+(?=[\s\"',;)\]}]|\.?\Z|\.\s)")
+#: libpq's words when a connection string's part cannot be read (psycopg given a URL or ``key=value`` text whole): the
+#: part quoted, a password as well as any other (``unexpected spaces found in "1 x", use percent-encoded spaces``).
+_LIBPQ_QUOTED = re.compile(
+    r'(unexpected spaces found in "|missing "=" after ")[^\n]*?(", use percent-encoded spaces|" in connection info)'
+    r'|(invalid percent-encoded token: "|forbidden value %00 in percent-encoded value: "|URI query parameter: ")'
+    r'[^\n]*?("(?:\n|\\n|\Z))'
+)
 _LITERALS = frozenset({"null", "true", "false"})
 #: The schemes, in lower case, and a word every name :func:`secret_query_name` accepts holds (a cheap test).
 _SCHEMES = ("bearer", "basic", "token", "apikey", "api-key", "negotiate", "ntlm")
@@ -122,6 +138,8 @@ def mask_credential_shapes(text: str, mask: str) -> str:
         text = _SCHEME.sub(lambda m: f"{m.group(1)}{mask}" if looks_like_credential(m.group(2)) else m.group(0), text)
     if "://" in text and "@" in text:
         text = userinfo_masked(text, mask)
+    if '"' in text and ("percent-encoded" in text or "connection info" in text or "URI query" in text):
+        text = _LIBPQ_QUOTED.sub(lambda m: f"{m.group(1) or m.group(3)}{mask}{m.group(2) or m.group(4)}", text)
     if "%" not in seen and not any(word in seen for word in _NAME_WORDS):
         return text  # no name says it holds a credential (a name percent-encoded is decoded before it is judged)
     if "=" in text:
@@ -180,18 +198,23 @@ def _spaced_password(match: re.Match[str], mask: str) -> str:
     spaced = any(c.isspace() or c in "\"'" for c in password)
     if not spaced or password[0].isspace() or password[-1].isspace():
         return match.group(0)  # no space nor quote: the first form's (see _USERINFO)
-    if _no_password(user, password) and not _AUTHORITY_TAIL.match(match.string, match.end()):
+    if _no_password(user, password, match.string, match.end()):
         return match.group(0)  # a colon and a port, or a closing quote, then a message's words
     return f"{lead}{user}:{mask}@"
 
 
-def _no_password(user: str, password: str) -> bool:
+def _no_password(user: str, password: str, text: str, at: int) -> bool:
     """Whether what follows ``user`` and its colon reads as a message's text rather than a password: a closing
-    quote then a separator (:data:`_CLOSING_QUOTE`), or a port after a host's name (:data:`_PORT`)."""
+    quote then a separator (:data:`_CLOSING_QUOTE`), or a port after a host's name (:data:`_PORT`) when the ``@``
+    (at ``at`` in ``text``) is not followed by a name without a dot then a space or the end (:data:`_BARE_HOST`:
+    ``postgresql://first.last:1 x@db failed`` is a password's). Never when a host's port or path follows the ``@``
+    (:data:`_AUTHORITY_TAIL`)."""
+    if _AUTHORITY_TAIL.match(text, at):
+        return False
     if _CLOSING_QUOTE.match(password):
         return True
     port = _PORT.match(password)
-    return port is not None and int(port.group(1)) <= 65535 and _host_like(user)
+    return port is not None and int(port.group(1)) <= 65535 and _host_like(user) and not _BARE_HOST.match(text, at)
 
 
 def _host_like(user: str) -> bool:

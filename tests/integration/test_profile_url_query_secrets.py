@@ -20,6 +20,7 @@ from shared.domain.catalog_objects import STORED_ROW, ConnectionProfile, HttpTem
 from shared.domain.rendering import render_request
 from shared.events import MemberBatch, utc_now
 from tests.admin_app import InProcessApi, refused_writing_nothing
+from tests.integration.test_console_fields import signed_in
 
 KEY = "Zq9-very-secret-Value-4471"
 URL = f"https://partner.example.com/v2?api_key={KEY}&region=eu"
@@ -126,3 +127,30 @@ def test_a_profile_saved_before_still_runs_and_every_read_masks_its_key(api: InP
         assert answer.status_code == 422
         _refusal(answer, "base_url")
     assert store.get(ConnectionProfile, "partner").base_url == URL
+
+
+def _store_older(api: InProcessApi) -> None:
+    """The seed's profile ``partner`` as an older release saved it: the key in its base URL's query, whole."""
+    store = api.app.state.context.definitions
+    partner = store.get(ConnectionProfile, "partner")
+    store.apply(ConnectionProfile.model_validate(stored_form(partner) | {"base_url": URL}, context={STORED_ROW: True}))
+
+
+def test_a_dry_run_of_a_profile_saved_before_shows_the_request_url_with_its_key_masked(api: InProcessApi):
+    # Before, the dry run (the admin API's, exportctl's, the console's preview) answered the URL it would send,
+    # the key whole, to every editor and operator.
+    _store_older(api)
+    sent = "https://partner.example.com/v2/members?api_key={}&region=eu"
+    for who in ("editor", "operator"):
+        with api.client(who) as client:
+            dry = client.post("/api/v1/export-definitions/nightly/dry-run", params={"requests": 2})
+            assert dry.status_code == 200, dry.text
+            assert KEY not in dry.text
+            assert {request["url"] for request in dry.json()["requests"]} == {sent.format("**********")}
+    with signed_in(api, "editor") as console:  # the console's preview of the definition
+        preview = console.post("/exports/nightly/preview", {})
+        assert preview.status_code == 200, preview.text
+        assert KEY not in preview.text
+        assert sent.format("**********") in unescape(preview.text)
+    # What is sent is the key, as saved.
+    assert api.app.state.context.definitions.get(ConnectionProfile, "partner").base_url == URL

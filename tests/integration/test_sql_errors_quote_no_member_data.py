@@ -130,3 +130,32 @@ def test_a_row_refused_for_a_missing_value_is_not_quoted_when_a_service_stops_on
     assert EMAIL not in shown
     assert 'null value in column "segment" of relation "members_seen" violates not-null constraint' in shown
     assert f"DETAIL:  Failing row contains ({MASK})." in shown
+
+
+def test_a_refused_key_holding_a_hint_line_shows_none_of_it(postgres_database_factory: Callable[[], str]):
+    """PostgreSQL quotes a key as it is, line breaks too: a key holding a line starting ``HINT:`` once ended the
+    DETAIL there, and its tail was shown as the server's hint (in the reason, the log line and the traceback)."""
+    key = "carol.member-0042@example.com\nHINT:  tail-of-the-key-9931"
+    engine = make_engine(postgres_database_factory())
+    try:
+        metadata = sa.MetaData()
+        table = sa.Table("members_seen", metadata, sa.Column("member_key", sa.Text, primary_key=True))
+        metadata.create_all(engine)
+        with engine.begin() as connection:
+            connection.execute(table.insert().values(member_key=key))
+        error = _refused(engine, table.insert().values(member_key=key))
+    finally:
+        engine.dispose()
+    assert f"DETAIL:  Key (member_key)=({key}) already exists." in str(error)  # what the database said
+    reasons, lines = _batch_failed_on(error)
+    with rendered_logs() as logged:
+        try:
+            raise error
+        except sa_exc.IntegrityError:
+            structlog.get_logger("t").exception("request failed")
+    assert_logs_clean(lines + [dict(line) for line in logged], ("tail-of-the-key-9931", "carol.member-0042"))
+    for reason in reasons:
+        assert "tail-of-the-key" not in reason
+        assert f"DETAIL:  Key (member_key)=({MASK}) already exists." in reason
+    [traceback] = [line["exception"] for line in logged]
+    assert traceback.count(f"DETAIL:  Key (member_key)=({MASK}) already exists.") == 2

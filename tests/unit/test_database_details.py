@@ -37,7 +37,7 @@ SQL = "\n[SQL: INSERT INTO m (member_key) VALUES (%(k)s)]\n[SQL parameters hidde
         ),
         (  # an exclusion constraint quotes the other key too
             "DETAIL:  Key (span)=([1,5)) conflicts with existing key (span)=([2,3)).",
-            f"DETAIL:  Key (span)=({MASK})",
+            f"DETAIL:  Key (span)=({MASK}).",
         ),
         (
             'null value in column "email" of relation "m" violates not-null constraint\n'
@@ -102,3 +102,70 @@ def test_a_reason_cut_inside_a_refused_key_shows_none_of_it(key: str, limit: int
     reason = Masking().reason(text + " exists.", limit)
     assert key not in reason
     assert f"=({key[:8]}" not in reason
+
+
+#: What a member's value may hold that reads as the lines PostgreSQL, SQLAlchemy and a traceback add after a DETAIL.
+_LINES = st.lists(
+    st.sampled_from(
+        [
+            "secret-4711",
+            "\n",
+            "\\n",
+            "HINT:  ",
+            "CONTEXT:  ",
+            "[SQL: ",
+            "(Background on this error",
+            ") already exists.",
+            ").",
+            ", ",
+            " ",
+            '"',
+            "\n\nThe above exception was the direct cause of the following exception:\n\n",
+        ]
+    ),
+    max_size=12,
+).map("".join)
+
+
+@given(_LINES, st.sampled_from(["", "\nHINT:  Check the key.", SQL, "\\n[SQL: INSERT"]))
+@example("a\nHINT:  secret-4711", "")
+@example("a) already exists.\nHINT:  secret-4711", SQL)
+@example("a\n\nsecret-4711", "\nHINT:  Check the key.")
+def test_a_quoted_value_holding_the_lines_that_follow_a_detail_is_masked_whole(value: str, after: str):
+    # Before, a value holding a line starting HINT: (or CONTEXT:, [SQL:, an empty line) ended the DETAIL there and
+    # what followed it was shown as the server's own words: PostgreSQL quotes the value as it is, line breaks too.
+    message = 'duplicate key value violates unique constraint "m_key"'
+    key = f"{message}\nDETAIL:  Key (member_key)=(a{value}) already exists.{after}"
+    row = f"{message}\nDETAIL:  Failing row contains (7, a{value}, null).{after}"
+    assert mask_credential_shapes(key, MASK) == f"{message}\nDETAIL:  Key (member_key)=({MASK}) already exists.{after}"
+    assert mask_credential_shapes(row, MASK) == f"{message}\nDETAIL:  Failing row contains ({MASK}).{after}"
+
+
+def test_an_error_quoted_twice_masks_each_value_and_keeps_what_stands_between():
+    # A traceback: psycopg's error, then SQLAlchemy's quoting it again (an error has one DETAIL: the next starts
+    # another quote). Each value holds a HINT line; the statement and the traceback's words between are kept.
+    value = "alice\nHINT:  secret-4711"
+    error = (
+        f'duplicate key value violates unique constraint "m_key"\nDETAIL:  Key (member_key)=({value}) already exists.'
+    )
+    between = f"{SQL}\n\nThe above exception was the direct cause of the following exception:\n\nIntegrityError: "
+    masked = error.replace(value, MASK)
+    assert mask_credential_shapes(f"{error}{between}{error}", MASK) == f"{masked}{between}{masked}"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # A value never closed (a reason cut inside it): masked to the text's end.
+        ("DETAIL:  Key (k)=(alice\nHINT:  secret-4711", f"DETAIL:  Key (k)=({MASK}"),
+        ("DETAIL:  Failing row contains (7, alice\nHINT:  secret-4711, nu", f"DETAIL:  Failing row contains ({MASK}"),
+        # JSON-escaped, a value holding an escaped line break and a HINT.
+        (
+            '{"error": "DETAIL:  Key (k)=(a\\nHINT:  secret-4711) is not present in table \\"m\\".\\n[SQL: x"}',
+            f'{{"error": "DETAIL:  Key (k)=({MASK}) is not present in table \\"m\\".\\n[SQL: x"}}',
+        ),
+    ],
+)
+def test_a_quoted_value_cut_or_escaped_holding_a_hint_line_is_masked(text: str, masked: str):
+    assert mask_credential_shapes(text, MASK) == masked
+    assert mask_credential_shapes(masked, MASK) == masked

@@ -566,3 +566,61 @@ def test_a_folded_text_keeps_every_place_and_holds_an_ascii_word_where_the_case_
     assert len(seen) == len(text)
     places = {m.start() for m in re.finditer(f"(?=({re.escape(word)}))", text, re.IGNORECASE)}
     assert places == {m.start() for m in re.finditer(f"(?=({re.escape(word.lower())}))", seen)}
+
+
+# --- a database's connection texts (session 55) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # A dotted user, a password starting with a number then a space, then a service's name (no dot): the
+        # authority of a connection URL, not a host's port then a message and an e-mail address (whose domain has a
+        # dot). Before, read as the latter: the password shown.
+        (
+            "connecting to postgresql://first.last:1 x@db failed",
+            f"connecting to postgresql://first.last:{MASK}@db failed",
+        ),
+        ("postgresql://first.last:1 x@db", f"postgresql://first.last:{MASK}@db"),
+        (
+            "dsn 'postgresql://app.reader:42 it is@postgres' refused",
+            f"dsn 'postgresql://app.reader:{MASK}@postgres' refused",
+        ),
+        # libpq's words when a connection URL's part cannot be read (psycopg given the URL whole, as
+        # psycopg.connect("postgresql://first.last:1 x@db/m") says): the part, a password too, quoted.
+        (
+            'unexpected spaces found in "1 x", use percent-encoded spaces (%20) instead\n',
+            f'unexpected spaces found in "{MASK}", use percent-encoded spaces (%20) instead\n',
+        ),
+        ('invalid percent-encoded token: "p%zz"\n', f'invalid percent-encoded token: "{MASK}"\n'),
+        (
+            'missing "=" after "x" in connection info string\n',
+            f'missing "=" after "{MASK}" in connection info string\n',
+        ),
+        (
+            '(psycopg.ProgrammingError) invalid percent-encoded token: "p%zz"\n(Background on this error at: x)',
+            f'(psycopg.ProgrammingError) invalid percent-encoded token: "{MASK}"\n(Background on this error at: x)',
+        ),
+    ],
+)
+def test_a_database_connection_texts_password_is_masked(text: str, masked: str):
+    assert mask_credential_shapes(text, MASK) == masked
+    assert mask_credential_shapes(masked, MASK) == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # What SQLAlchemy and psycopg say of a connection that failed (passwords with spaces given): no password.
+        'connection failed: connection to server at "127.0.0.1", port 1 failed: Connection refused\n'
+        "\tIs the server running on that host and accepting TCP/IP connections?",
+        "failed to resolve host 'db.invalid': [Errno -2] Name or service not known",
+        'connection to server at "127.0.0.1", port 5432 failed: FATAL:  role "first.last" does not exist',
+        # A host's port then words and an address (a dotted domain, the sentence's end too): no password.
+        "http://10.0.0.1:8080 refused, ask ops@example.com",
+        "http://partner.example:8080 down, mail ops@partner.example.",
+        "see http://db.internal:5432 or ops@db.internal",
+    ],
+)
+def test_a_connection_text_without_a_password_is_kept(text: str):
+    assert mask_credential_shapes(text, MASK) == text
