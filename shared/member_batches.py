@@ -136,6 +136,11 @@ class BatchEncoder:
         self._encode_bounded(members[:half], first_index, out, encode, key_of)
         self._encode_bounded(members[half:], first_index, out, encode, key_of)
 
+    def empty(self, batch_index: int) -> EncodedBatch:
+        """A batch of no members under ``batch_index``: the dispatcher sends nothing for it and records its outcome
+        (0 delivered), so a run waiting for an outcome of each of its indexes completes."""
+        return EncodedBatch(batch_index, 0, self.encode_json([], batch_index))
+
     def encode(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], batch_index: int) -> bytes:
         """One batch's record value."""
         rows = _as_isoformat(rows)

@@ -911,7 +911,8 @@ class Extractor:
     def _resent(self, job: _Job, encoder: BatchEncoder, sending: SendingPage, ends: list[list[str | int]]) -> _Read:
         """The page that was being sent, re-read (as rows: their keys) and split into its recorded batches, each
         under its index again: members inserted since it was first sent in batches numbered after its own (those
-        of an earlier resume under their indexes again, their keys recorded whole)."""
+        of an earlier resume under their indexes again, their keys recorded whole); a batch whose members were all
+        deleted since under its index with no members (the dispatcher records its outcome, 0 delivered)."""
         columns: tuple[str, ...] = ()
         rows: list[Any] = []
         for read in self._read(job, job.start.last_key, sending.last_key, database_json=False):
@@ -941,6 +942,12 @@ class Extractor:
                 batches.append(first)
                 left += positions[first.members :]  # values grown past the byte bound since: after the page's
         left.sort()
+        # An index of the page left without members (all deleted since) is sent empty: its records may never have
+        # reached Kafka, and the run's completion waits for an outcome of each index up to the page's end.
+        sent = {batch.batch_index for batch in batches}
+        batches += [encoder.empty(i) for i in range(job.start.next_batch_index, inserted_from) if i not in sent]
+        batches += [encoder.empty(inserted_from + n) for n, positions in enumerate(again) if not positions]
+        batches.sort(key=lambda batch: batch.batch_index)
         extra = self._encode(encoder, None, Page(columns, [rows[p] for p in left], None), sending.next_batch_index)
         start, added = 0, []
         for batch in extra:
@@ -999,6 +1006,11 @@ class Extractor:
             sending = read.sending or SendingPage(
                 page.last_key, next_batch_index, batch_ends(page, batches, job.query.key_column)
             )
+            # A resume's page re-read whole and chunked again, in fewer batches than it was sent in: the indexes it
+            # no longer fills are sent empty (its records may never have reached Kafka; the run's completion waits
+            # for an outcome of each). After the ends written ahead: resumed again, they are sent empty again.
+            filled = batches[-1].batch_index + 1 if batches else progress.next_batch_index
+            batches += [encoder.empty(index) for index in range(filled, next_batch_index)]
             if in_flight is not None:
                 self._settle(job, in_flight[0], replace(in_flight[1], sending=sending))
             elif progress.sending != sending and (progress.sending is not None or len(page) >= size):

@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from shared.catalog import CatalogStores, make_engine
 from shared.domain.catalog_objects import ConnectionProfile, ExportDefinition, HttpTemplate, SavedQuery
+from shared.domain.runs import RunStatus
 from shared.events import RangeRequested, RunRequested
 from tests.integration.test_extractor_resumes import _extract  # pages of 8, records of the template's batch size
 
@@ -127,3 +128,69 @@ def test_a_page_resumed_after_members_changed_and_crashing_again_is_resumed_in_t
         _partner(before, after)
     assert _partner({**again, **crashed}, resumed) == sorted({*KEYS, 95, 125})
     assert len(completed) == 1
+
+
+# The page being sent (keys 90-160: batches 4 to 7) never reached Kafka: the extractor stopped before publishing it.
+# Then every member of one of its batches, or of all of them, is deleted.
+EMPTIED = {
+    "one batch of the page emptied": ("DELETE FROM m WHERE id IN (110, 120)", {110, 120}),
+    "the page emptied": ("DELETE FROM m WHERE id BETWEEN 90 AND 160", set(range(90, 170, 10))),
+}
+
+
+def _run_of(catalog: CatalogStores, run_id, records: dict[str, list[int]]):
+    """The run as the notifier folded its events and its batches' outcomes, after checking that every batch index
+    it waits for was published (an index never sent never gets an outcome: the run would stay dispatching)."""
+    run = catalog.runs.get_run(run_id)
+    assert run is not None
+    sent = sorted(int(identity.split(":")[1]) for identity in records)
+    assert sent == list(range(run.batches_expected or 0)), "a batch index the run waits for was never sent"
+    return run
+
+
+@pytest.mark.parametrize("incremental", [False, True], ids=["full", "incremental"])
+@pytest.mark.parametrize("change", list(EMPTIED))
+def test_a_run_resumed_after_the_members_of_a_batch_never_published_were_deleted_completes_with_true_counts(
+    database_url: str, catalog: CatalogStores, incremental: bool, change: str
+):
+    _catalog(catalog, database_url, incremental=incremental)
+    request = RunRequested(definition="d")
+    crashed, _ = _extract(
+        catalog, database_url, request, crash_after_sends=2, crash_before_publishing=True, delivered=True
+    )
+    assert sorted(crashed) == [f"{request.run_id}:{i}" for i in range(4)]
+    statement, deleted = EMPTIED[change]
+    _change(database_url, statement)
+    resumed, completed = _extract(catalog, database_url, request, delivered=True)
+
+    assert _partner(crashed, resumed) == sorted(set(KEYS) - deleted)
+    run = _run_of(catalog, request.run_id, {**crashed, **resumed})
+    assert (run.status, run.extracted, run.delivered) == (RunStatus.SUCCEEDED, 40 - len(deleted), 40 - len(deleted))
+    assert [c.batches for c in completed] == [run.batches_expected]
+
+
+def test_a_range_resumed_after_the_members_of_a_batch_never_published_were_deleted_completes_its_run(
+    database_url: str, catalog: CatalogStores
+):
+    _catalog(catalog, database_url)
+    request = RunRequested(definition="d")
+    # Split in two ranges (keys up to 200, after 200): the run's request publishes their requests.
+    _extract(catalog, database_url, request, range_members=20, run_request_partitions=lambda: 2, delivered=True)
+    tasks = [RangeRequested(run_id=request.run_id, definition="d", range_index=i, ranges=2) for i in range(2)]
+    first, _ = _extract(catalog, database_url, tasks[0], delivered=True)
+    crashed, _ = _extract(
+        catalog, database_url, tasks[1], crash_after_sends=2, crash_before_publishing=True, delivered=True
+    )
+    _change(database_url, "DELETE FROM m WHERE id IN (310, 320)")  # a batch of the range's second page
+    resumed, completed = _extract(catalog, database_url, tasks[1], delivered=True)
+
+    assert _partner({**first, **crashed}, resumed) == sorted(set(KEYS) - {310, 320})
+    [second] = catalog.extraction.run_ranges(request.run_id)[1:]
+    records = {**first, **crashed, **resumed}
+    assert sorted(int(i.split(":")[1]) for i in records if i in resumed or i in crashed) == list(
+        range(second.first_batch_index, second.next_batch_index)
+    ), "a batch index of the range was never sent"
+    run = catalog.runs.get_run(request.run_id)
+    assert run is not None
+    assert (run.status, run.extracted, run.delivered) == (RunStatus.SUCCEEDED, 38, 38)
+    assert [c.batches for c in completed] == [run.batches_expected]

@@ -84,6 +84,7 @@ def _extract(
     request: RunRequested | RangeRequested,
     *,
     crash_after_sends: int | None = None,
+    crash_before_publishing: bool = False,
     delivered: bool = False,
     failures: list[str] | None = None,
     templates: list[str] | None = None,
@@ -91,6 +92,7 @@ def _extract(
 ):
     """The run's member records (identity → member ids) and completion events; with ``crash_after_sends``, the
     extractor stops right after its ``crash_after_sends``-th send of records (published, not checkpointed); with
+    ``crash_before_publishing``, that send stops before its records are published; with
     ``delivered``, every batch is folded as delivered (a change run's snapshot moves); ``failures`` takes the
     reasons of the run's failure events, ``templates`` the templates its records name."""
     sent: list[Outgoing] = []
@@ -98,9 +100,12 @@ def _extract(
 
     def send(out: list[Outgoing]) -> InFlight:
         nonlocal sends
-        sent.extend(out)
         sends += any(o.topic.startswith(TOPICS.member_batches) for o in out)
-        if crash_after_sends is not None and sends >= crash_after_sends:
+        crash = crash_after_sends is not None and sends >= crash_after_sends
+        if crash and crash_before_publishing:
+            raise _Crash
+        sent.extend(out)
+        if crash:
             raise _Crash
         return InFlight([], timeout_seconds=0.0)
 
