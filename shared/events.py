@@ -27,7 +27,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, TypeAdapter
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    TypeAdapter,
+)
 
 SCHEMA_VERSION = 1
 
@@ -43,6 +52,9 @@ REQUESTED_BY_MAX = 200
 #: Who requested a run, in a run request: at most :data:`REQUESTED_BY_MAX` characters (refused when longer).
 #: No NUL: a PostgreSQL catalog cannot record it (the run would start and its record fail).
 RequestedBy = Annotated[str, StringConstraints(max_length=REQUESTED_BY_MAX, pattern=r"^[^\x00]*$")]
+#: A run request's ``allow_mass_removal``: a JSON ``true`` or ``false`` only (a safety override is not read from
+#: ``"yes"``, ``1`` or ``"on"``; anything else refuses the request, dead-lettered naming the field).
+MassRemovalOverride = Annotated[bool, Strict()]
 
 
 def cut_requested_by(value: object) -> object:
@@ -150,7 +162,7 @@ class RunRequested(Event):
     definition_id: uuid.UUID | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     #: Let a change-mode run remove more members than its definition's ``sync.max_removed`` allows, this once.
-    allow_mass_removal: bool = False
+    allow_mass_removal: MassRemovalOverride = False
 
 
 class RangeRequested(Event):

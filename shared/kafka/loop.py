@@ -83,7 +83,7 @@ from shared.kafka.held_records import ForgetRevoked, HeldRecords, HoldRecord, re
 from shared.kafka.records import Consumed as Consumed
 from shared.kafka.records import Headers as Headers
 from shared.kafka.records import Outgoing as Outgoing
-from shared.kafka.records import ProducedHeaders, Round
+from shared.kafka.records import ProducedHeaders, RecordPosition, Round
 from shared.kafka.round_window import RoundWindow
 from shared.kafka.trace_context import decoded_in_context
 from shared.metrics import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED, ConsumerLagSeries, partition_lag
@@ -96,8 +96,9 @@ log = structlog.get_logger(__name__)
 #: A poll's events handled at once (a :class:`Round`: a list, with each event's trace context): per event, the
 #: records to produce or the exception it raised.
 RoundHandler = Callable[[list[E]], Sequence["list[Outgoing] | BaseException"]]
-#: A record's decoder: its value and headers in, its event out; raises when the record is not one.
-Decoder = Callable[[bytes, Headers], E]
+#: A record's decoder: its value, headers and position in (the position None outside a consumer: a decoder given
+#: a record by hand), its event out; raises when the record is not one. Pure: the same record, the same event.
+Decoder = Callable[[bytes, Headers, RecordPosition | None], E]
 
 #: The most of a source record's value a dead letter carries, in bytes of its JSON text (the whole
 #: value's size and SHA-256 are always there): a dead letter stays far below the broker's record limit.
@@ -331,10 +332,12 @@ class RoundInterrupted(Exception):
 
 def value_decoder(parse: Callable[[bytes], E]) -> Decoder[E]:
     """A decoder that reads the record's value only (most topics carry plain JSON events)."""
-    return lambda value, _headers: parse(value)
+    return lambda value, _headers, _position: parse(value)
 
 
-def decode_record(decode: Decoder[E], value: bytes | None, headers: Headers | None) -> E | Rejection:
+def decode_record(
+    decode: Decoder[E], value: bytes | None, headers: Headers | None, position: RecordPosition | None = None
+) -> E | Rejection:
     """The record's event, or why it is not one. Never raises an ``Exception``.
 
     Every ``Exception`` a decoder raises is a reason, deliberately: besides invalid input (pydantic's
@@ -346,7 +349,7 @@ def decode_record(decode: Decoder[E], value: bytes | None, headers: Headers | No
     if value is None:
         return Rejection("invalid event: the record has no value (a tombstone)")
     try:
-        return decode(value, headers or [])
+        return decode(value, headers or [], position)
     except ValidationError as exc:
         return Rejection(bounded_reason(f"invalid event: {describe_validation_error(exc)}"))
     except ValueError as exc:  # UnicodeDecodeError and json's JSONDecodeError included
@@ -1391,7 +1394,7 @@ class ConsumerLoop(Generic[E]):
         if consumed:  # not a held record handed back again
             RECORDS_CONSUMED.labels(service=self.service, topic=record.topic).inc()
         decoded, parent = decoded_in_context(
-            lambda: decode_record(self.decode, record.value, record.headers), record.headers
+            lambda: decode_record(self.decode, record.value, record.headers, record), record.headers
         )
         self._start_trace(record, parent)
         if isinstance(decoded, Rejection):

@@ -51,6 +51,24 @@ def round_contexts(events: Sequence[E]) -> Sequence[Context | None]:
     return [None] * len(events)
 
 
+class RecordPosition(Protocol):
+    """Where a consumed record is in its topic: the same whenever the record is read again (redelivered, handed
+    back), so a decoder may derive what the record does not say from it (a run id, say). kafka-python's
+    ``ConsumerRecord`` is one; ``timestamp`` is the record's (milliseconds since the epoch, stored in the log)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def timestamp(self) -> int: ...
+
+
 class Consumed(Protocol):
     """What the consumer loop reads of a consumed record (kafka-python's ``ConsumerRecord`` has it all).
 
