@@ -135,7 +135,10 @@ class Priority(StrEnum):
 class RunRequested(Event):
     """Start an export run. Published by the scheduler, ``exportctl run`` and other systems.
 
-    ``run_id`` makes the request idempotent: a run id is extracted at most once. ``definition`` is the
+    ``run_id`` makes the request idempotent: a run id is extracted at most once (the first request handled with it
+    wins; another's body is not compared). Without one, the run id is derived from the request's record (its topic,
+    partition, offset and timestamp): the record read again (redelivered, handed back) is the same run, the request
+    published twice two runs; a publisher that wants to correlate sends its own. ``definition`` is the
     export definition's internal name. ``parameters`` gives values to the saved query's declared
     parameters (over the definition's values and the defaults). ``allow_mass_removal`` lets a change-mode
     run remove more of the partner's members than its definition's ``sync.max_removed`` allows (an operator's
@@ -382,12 +385,23 @@ RUN_EVENTS_RECORD_ADAPTER: TypeAdapter[AnyRunEventsRecord] = TypeAdapter(
 )
 
 
+class DeadLetterHeader(BaseModel):
+    """One header of a dead letter's source record: its name and value as text (invalid UTF-8 replaced), each cut;
+    the value of a header named like a credential masked (``***``); ``value`` None for a header without one."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    value: str | None = None
+
+
 class DeadLetter(Event):
     """Something that could not be processed or delivered, with the reason, kept for inspection and replay.
 
     Either a raw record that could not be decoded or handled (``payload`` holds it as text, at most
-    64 KiB of it, with the whole value's ``payload_size`` and ``payload_sha256``) or members that the
-    destination rejected (``members``, ``last_status``, ``attempts``).
+    64 KiB of it, with the whole value's ``payload_size`` and ``payload_sha256``; ``headers`` its headers, in
+    order, at most 4 KiB of them) or members that the destination rejected (``members``, ``last_status``,
+    ``attempts``).
     """
 
     type: Literal["dead_letter"] = "dead_letter"
@@ -415,6 +429,16 @@ class DeadLetter(Event):
     )
     payload_truncated: bool = Field(
         default=False, description="True when payload holds only the beginning of the value, or none of it."
+    )
+    headers: list[DeadLetterHeader] | None = Field(
+        default=None,
+        description="The source record's headers, in order (a binary-mode CloudEvent's ce_* attributes, its "
+        "traceparent): each name cut to 256 bytes and value to 1 KiB, at most 4 KiB of them in all "
+        "(headers_truncated); the value of a header named like a credential (Authorization, *token*, *secret*, "
+        "*key*, ...) is ***, credentials in the others masked by their shape. None: the record had none.",
+    )
+    headers_truncated: bool = Field(
+        default=False, description="True when a header's name or value was cut, or headers were left out."
     )
     at: AwareDatetime = Field(default_factory=utc_now)
 

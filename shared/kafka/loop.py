@@ -66,8 +66,11 @@ from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from shared.domain.credential_patterns import mask_credential_shapes
+from shared.domain.masking import MASK
+from shared.domain.secret_names import secret_name
 from shared.errors import InvalidInput, RetryableError
-from shared.events import DeadLetter, bounded_reason, cut_text
+from shared.events import DeadLetter, DeadLetterHeader, bounded_reason, cut_text
 from shared.exception_reasons import exception_reason
 from shared.health import GROUP, Health
 from shared.kafka.clients import (
@@ -105,6 +108,12 @@ Decoder = Callable[[bytes, Headers, RecordPosition | None], E]
 DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
 #: The longest dead-letter key, in bytes (the source record's key, cut).
 KEY_MAX_BYTES = 1024
+#: The most of a source record's header name a dead letter carries, in bytes of its JSON text...
+DEAD_LETTER_HEADER_NAME_BYTES = 256
+#: ... and of a header's value...
+DEAD_LETTER_HEADER_VALUE_BYTES = 1024
+#: ... and of all its headers: the headers past it are left out (``headers_truncated``).
+DEAD_LETTER_HEADERS_BYTES = 4 * 1024
 #: Attempts at producing a dead letter before it is given up (logged and counted), the first included.
 DEAD_LETTER_ATTEMPTS = 3
 #: The wait before the second attempt at a dead letter, doubling with each further one.
@@ -379,6 +388,36 @@ def bounded_payload(value: bytes, limit: int = DEAD_LETTER_PAYLOAD_BYTES) -> tup
     return text, cut
 
 
+def dead_letter_headers(headers: Headers | None) -> tuple[list[DeadLetterHeader] | None, bool]:
+    """The headers a dead letter tells of its source record, and whether any was cut or left out: names and values
+    as text (invalid UTF-8 replaced), each cut (:data:`DEAD_LETTER_HEADER_NAME_BYTES`,
+    :data:`DEAD_LETTER_HEADER_VALUE_BYTES`), in order up to :data:`DEAD_LETTER_HEADERS_BYTES` in all. Headers may
+    carry credentials: the value of one named like a credential (:func:`shared.domain.secret_names.secret_name`:
+    ``Authorization``, ``*token*``, ``*key``, ...) is :data:`~shared.domain.masking.MASK`, and credentials in the
+    others are masked by their shape (``Bearer ***``, ``https://user:***@host``). Never raises an ``Exception``."""
+    if not headers:
+        return None, False
+    kept: list[DeadLetterHeader] = []
+    cut = False
+    size = 0
+    for raw_name, raw_value in headers:
+        name, name_cut = bounded_payload(str(raw_name).encode("utf-8", "replace"), DEAD_LETTER_HEADER_NAME_BYTES)
+        value: str | None = None
+        value_cut = False
+        if raw_value is not None:
+            if secret_name(name):
+                value = MASK
+            else:
+                value, value_cut = bounded_payload(bytes(raw_value), DEAD_LETTER_HEADER_VALUE_BYTES)
+                value = mask_credential_shapes(value, MASK)
+        size += len(orjson.dumps(name)) + (len(orjson.dumps(value)) if value is not None else 4)
+        if size > DEAD_LETTER_HEADERS_BYTES:
+            return kept, True
+        kept.append(DeadLetterHeader(name=name, value=value))
+        cut = cut or name_cut or value_cut
+    return kept, cut
+
+
 def dead_letter_record(
     record: Consumed,
     reason: str,
@@ -389,7 +428,8 @@ def dead_letter_record(
 ) -> Outgoing:
     """The dead letter of ``record``, bounded whatever the record: the reason cut to
     :data:`~shared.events.REASON_MAX_CHARS`, the payload to ``payload_bytes`` of JSON (``0``: none), the key to
-    :data:`KEY_MAX_BYTES`; the value's size and SHA-256 always. Never raises an ``Exception``."""
+    :data:`KEY_MAX_BYTES`, the headers as :func:`dead_letter_headers` tells them; the value's size and SHA-256
+    always. Never raises an ``Exception``."""
     value = record.value
     payload: str | None = None
     truncated = False
@@ -406,8 +446,14 @@ def dead_letter_record(
         "payload_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
     }
     try:
+        headers, headers_truncated = dead_letter_headers(record.headers)
         letter = DeadLetter(
-            reason=bounded_reason(reason), payload=payload, payload_truncated=truncated, **common
+            reason=bounded_reason(reason),
+            payload=payload,
+            payload_truncated=truncated,
+            headers=headers,
+            headers_truncated=headers_truncated,
+            **common,
         ).to_bytes()
     except Exception as exc:  # noqa: BLE001 - the last resort: a letter without the parts that would not encode
         letter = DeadLetter(

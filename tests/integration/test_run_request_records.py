@@ -1,6 +1,8 @@
-"""A run request without ``run_id`` on a real broker is one run however often the extractor's loop reads its record:
-redelivered to a consumer started again before the first committed it, or handed back by a store outage (session 55's
-contract hunt: each reading was a new run, its members sent to the partner again under other Idempotency-Keys)."""
+"""Run-request records on a real broker (session 55's contract hunt). A request without ``run_id`` is one run however
+often the extractor's loop reads its record: redelivered to a consumer started again before the first committed it, or
+handed back by a store outage (each reading was a new run, its members sent to the partner again under other
+Idempotency-Keys). A refused record's dead letter tells its headers (a binary-mode CloudEvent's attributes), with no
+credential."""
 
 from __future__ import annotations
 
@@ -11,13 +13,13 @@ import uuid
 import pytest
 
 from services.extractor.run_request_decoding import decode_run_request
-from shared.events import RunRequested
+from shared.events import DeadLetter, RunRequested
 from shared.kafka import Outgoing, ensure_topics
 from shared.kafka.loop import RoundInterrupted
 from shared.outages import DependencyUnavailable
 from shared.settings import CommonSettings
 from tests.integration.test_consumer_loop import _close, _loop, _run_until
-from tests.kafka_helpers import produce, read_to_end
+from tests.kafka_helpers import produce, produce_with_headers, read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -74,3 +76,47 @@ def test_a_request_without_run_id_handed_back_by_an_outage_is_the_same_run(setti
     _close(loop)
     assert len(set(runs)) == 1, runs
     assert read_to_end(settings.kafka_bootstrap_servers, settings.topics.dead_letters) == []
+
+
+def test_a_refused_binary_mode_cloudevent_is_dead_lettered_with_its_attributes_and_no_credential(
+    settings: CommonSettings,
+):
+    ensure_topics(settings)
+    token = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.s1gnatur3"
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_type", b"com.example.unknown"),
+        ("ce_source", b"/crm/segments"),
+        ("ce_id", b"evt-42"),
+        ("content-type", b"application/json"),
+        ("Authorization", f"Bearer {token}".encode()),
+    ]
+    produce_with_headers(
+        settings.kafka_bootstrap_servers, settings.topics.run_requests, [("crm-1", b'{"definition": "gold"}', headers)]
+    )
+    loop = _loop(settings, lambda _request: [], decode=decode_run_request)
+    letters: list[DeadLetter] = []
+
+    def dead_lettered() -> bool:
+        letters[:] = [
+            DeadLetter.model_validate_json(raw)
+            for raw in read_to_end(settings.kafka_bootstrap_servers, settings.topics.dead_letters)
+        ]
+        return bool(letters)
+
+    _run_until(loop, dead_lettered)
+    _close(loop)
+    [letter] = letters
+    assert "unsupported CloudEvent type 'com.example.unknown'" in letter.reason
+    assert letter.headers is not None
+    told = [(header.name, header.value) for header in letter.headers]
+    assert told == [
+        ("ce_specversion", "1.0"),
+        ("ce_type", "com.example.unknown"),
+        ("ce_source", "/crm/segments"),
+        ("ce_id", "evt-42"),
+        ("content-type", "application/json"),
+        ("Authorization", "***"),
+    ]
+    assert not letter.headers_truncated
+    assert token not in letter.model_dump_json()
