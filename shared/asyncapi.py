@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import re
 import sys
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic.json_schema import models_json_schema
@@ -17,32 +17,16 @@ from shared import events, topics
 from shared.events import (
     RUN_REQUESTED_CLOUDEVENT_TYPE,
     SCHEMA_VERSION,
-    BatchOutcome,
-    CircuitBreakerChanged,
+    AnyRunEventsRecord,
     DeadLetter,
     Event,
-    ExtractionCompleted,
     MemberBatch,
     RangeRequested,
-    RunCancelled,
-    RunFailed,
-    RunMissed,
     RunRequested,
-    RunSkipped,
-    RunStarted,
 )
 
 _TOPICS = topics.Topics()
-_RUN_EVENT_MODELS: list[type[Event]] = [
-    RunStarted,
-    ExtractionCompleted,
-    BatchOutcome,
-    RunFailed,
-    RunSkipped,
-    RunMissed,
-    RunCancelled,
-    CircuitBreakerChanged,
-]
+_RUN_EVENT_MODELS: list[type[Event]] = list(get_args(AnyRunEventsRecord))
 _BATCHES = "Batches of members to deliver"
 #: channel id → (topic, key, description, message models)
 CHANNELS: dict[str, tuple[str, str, str, list[type[Event]]]] = {
