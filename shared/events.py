@@ -27,7 +27,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, TypeAdapter
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    TypeAdapter,
+)
 
 SCHEMA_VERSION = 1
 
@@ -43,6 +52,9 @@ REQUESTED_BY_MAX = 200
 #: Who requested a run, in a run request: at most :data:`REQUESTED_BY_MAX` characters (refused when longer).
 #: No NUL: a PostgreSQL catalog cannot record it (the run would start and its record fail).
 RequestedBy = Annotated[str, StringConstraints(max_length=REQUESTED_BY_MAX, pattern=r"^[^\x00]*$")]
+#: A run request's ``allow_mass_removal``: a JSON ``true`` or ``false`` only (a safety override is not read from
+#: ``"yes"``, ``1`` or ``"on"``; anything else refuses the request, dead-lettered naming the field).
+MassRemovalOverride = Annotated[bool, Strict()]
 
 
 def cut_requested_by(value: object) -> object:
@@ -123,7 +135,10 @@ class Priority(StrEnum):
 class RunRequested(Event):
     """Start an export run. Published by the scheduler, ``exportctl run`` and other systems.
 
-    ``run_id`` makes the request idempotent: a run id is extracted at most once. ``definition`` is the
+    ``run_id`` makes the request idempotent: a run id is extracted at most once (the first request handled with it
+    wins; another's body is not compared). Without one, the run id is derived from the request's record (its topic,
+    partition, offset and timestamp): the record read again (redelivered, handed back) is the same run, the request
+    published twice two runs; a publisher that wants to correlate sends its own. ``definition`` is the
     export definition's internal name. ``parameters`` gives values to the saved query's declared
     parameters (over the definition's values and the defaults). ``allow_mass_removal`` lets a change-mode
     run remove more of the partner's members than its definition's ``sync.max_removed`` allows (an operator's
@@ -150,7 +165,7 @@ class RunRequested(Event):
     definition_id: uuid.UUID | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     #: Let a change-mode run remove more members than its definition's ``sync.max_removed`` allows, this once.
-    allow_mass_removal: bool = False
+    allow_mass_removal: MassRemovalOverride = False
 
 
 class RangeRequested(Event):
@@ -370,12 +385,23 @@ RUN_EVENTS_RECORD_ADAPTER: TypeAdapter[AnyRunEventsRecord] = TypeAdapter(
 )
 
 
+class DeadLetterHeader(BaseModel):
+    """One header of a dead letter's source record: its name and value as text (invalid UTF-8 replaced), each cut;
+    the value of a header named like a credential masked (``***``); ``value`` None for a header without one."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    value: str | None = None
+
+
 class DeadLetter(Event):
     """Something that could not be processed or delivered, with the reason, kept for inspection and replay.
 
     Either a raw record that could not be decoded or handled (``payload`` holds it as text, at most
-    64 KiB of it, with the whole value's ``payload_size`` and ``payload_sha256``) or members that the
-    destination rejected (``members``, ``last_status``, ``attempts``).
+    64 KiB of it, with the whole value's ``payload_size`` and ``payload_sha256``; ``headers`` its headers, in
+    order, at most 4 KiB of them) or members that the destination rejected (``members``, ``last_status``,
+    ``attempts``).
     """
 
     type: Literal["dead_letter"] = "dead_letter"
@@ -403,6 +429,16 @@ class DeadLetter(Event):
     )
     payload_truncated: bool = Field(
         default=False, description="True when payload holds only the beginning of the value, or none of it."
+    )
+    headers: list[DeadLetterHeader] | None = Field(
+        default=None,
+        description="The source record's headers, in order (a binary-mode CloudEvent's ce_* attributes, its "
+        "traceparent): each name cut to 256 bytes and value to 1 KiB, at most 4 KiB of them in all "
+        "(headers_truncated); the value of a header named like a credential (Authorization, *token*, *secret*, "
+        "*key*, ...) is ***, credentials in the others masked by their shape. None: the record had none.",
+    )
+    headers_truncated: bool = Field(
+        default=False, description="True when a header's name or value was cut, or headers were left out."
     )
     at: AwareDatetime = Field(default_factory=utc_now)
 

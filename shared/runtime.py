@@ -10,9 +10,9 @@ import structlog
 
 from shared.catalog.schema import check_catalog_schema
 from shared.health import Health, serve_health_and_metrics
-from shared.kafka import ConsumerLoop, Headers, Outgoing, make_consumer, make_producer, prepare_kafka
+from shared.kafka import ConsumerLoop, Outgoing, make_consumer, make_producer, prepare_kafka
 from shared.kafka.clients import DEFAULT_MAX_POLL_INTERVAL_MS
-from shared.kafka.loop import OutageProbe, RoundHandler
+from shared.kafka.loop import Decoder, OutageProbe, RoundHandler
 from shared.log import configure_logging
 from shared.metrics import record_build_info
 from shared.settings import CommonSettings
@@ -69,7 +69,7 @@ def build_loop(
     *,
     service: str,
     topic: str | list[str],
-    decode: Callable[[bytes, Headers], E],
+    decode: Decoder[E],
     handler: Callable[[E], list[Outgoing]] | None = None,
     periodic: Callable[[], list[Outgoing]] | None = None,
     periodic_seconds: float = 30.0,

@@ -2,10 +2,16 @@
 
 CloudEvents contract (``type`` = ``io.member-export.run.requested.v1``, JSON data)::
 
-    data: {"definition": "<name>", "parameters": {...}?, "run_id": "<uuid>"?, "requested_by": "..."?}
+    data: {"definition": "<name>", "parameters": {...}?, "run_id": "<uuid>"?, "requested_by": "..."?,
+           "scheduled_for": "<instant>"?, "allow_mass_removal": true?, "definition_id": "<uuid>"?}
+
+``data`` takes the fields a plain run request takes (not ``trigger`` nor ``requested_at``: see below), and fields
+it does not know are ignored, as in every event of the contract.
 
 Without ``data.run_id`` the run id is derived from the event's ``source`` and ``id`` (which CloudEvents
-makes unique per event), so a republished event starts its run once. ``requested_by`` defaults to the
+makes unique per event), so a republished event starts its run once. A plain run request without ``run_id`` has
+the run id of its record (:func:`record_run_id`): redelivered or handed back to be handled again, it is the same
+run, started once (a request published twice is two records: two runs). ``requested_by`` defaults to the
 ``source`` (its first 200 characters: :data:`shared.events.REQUESTED_BY_MAX`); a ``definition`` that is no
 definition name or a ``requested_by`` longer than 200 characters is refused (dead-lettered, naming the field); the
 trigger is ``event`` and ``requested_at`` the event's ``time`` (else now).
@@ -23,12 +29,13 @@ from typing import Any
 
 from cloudevents.core.bindings.kafka import KafkaMessage, from_kafka
 from cloudevents.core.formats.json import JSONFormat
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic_core import from_json
 
 from shared.events import (
     RUN_REQUESTED_CLOUDEVENT_TYPE,
     DefinitionName,
+    MassRemovalOverride,
     RangeRequested,
     RequestedBy,
     RunRequested,
@@ -36,24 +43,42 @@ from shared.events import (
     cut_requested_by,
     utc_now,
 )
-from shared.kafka import Headers
+from shared.kafka import Headers, RecordPosition
 from shared.kafka.trace_context import event_carries
 
 #: Namespace of run ids derived from a CloudEvent's (source, id).
 CLOUDEVENT_RUN_NAMESPACE = uuid.UUID("6f1c43c6-2a8f-4c5e-9a43-0d4f3f2f6c1e")
+#: Namespace of run ids derived from the record of a plain run request without ``run_id``.
+RECORD_RUN_NAMESPACE = uuid.UUID("0b6f2a51-9d3e-4c07-8e5a-6a1f4d92c3b8")
 _STRUCTURED = "application/cloudevents"
 RANGE_REQUESTED = RangeRequested.model_fields["type"].default
 
 
 class CloudEventRunData(BaseModel):
-    """The ``data`` of a run-request CloudEvent."""
+    """The ``data`` of a run-request CloudEvent: a plain run request's fields but ``trigger`` (``event``) and
+    ``requested_at`` (the event's ``time``); unknown fields ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     definition: DefinitionName
     parameters: dict[str, Any] = Field(default_factory=dict)
     run_id: uuid.UUID | None = None
     requested_by: RequestedBy | None = None
+    scheduled_for: AwareDatetime | None = None
+    definition_id: uuid.UUID | None = None
+    allow_mass_removal: MassRemovalOverride = False
+
+
+def record_run_id(position: RecordPosition) -> uuid.UUID:
+    """The run id of a plain run request without ``run_id``: one per record, the same whenever it is read again.
+
+    Named by the record's topic, partition, offset and timestamp (the timestamp stored with the record: a topic
+    deleted and created again numbers its offsets from 0 again, but its records are other ones, with other times).
+    A topic name holds no newline (Kafka allows letters, digits, ``.``, ``_`` and ``-``): the name is unambiguous.
+    """
+    return uuid.uuid5(
+        RECORD_RUN_NAMESPACE, f"{position.topic}\n{position.partition}\n{position.offset}\n{position.timestamp}"
+    )
 
 
 def cloudevent_run_id(source: str, event_id: str) -> uuid.UUID:
@@ -107,16 +132,23 @@ def _is_structured_json(value: bytes, content_type: bytes | None) -> bool:
     return isinstance(data, dict) and "specversion" in data
 
 
-def decode_run_request(value: bytes, headers: Headers) -> RunRequested | RangeRequested:
-    """A run request (or an extractor's request for one key range of a split run) from a record;
+def decode_run_request(
+    value: bytes, headers: Headers, position: RecordPosition | None = None
+) -> RunRequested | RangeRequested:
+    """A run request (or an extractor's request for one key range of a split run) from a record at ``position``;
     ValueError (or pydantic's ValidationError) says what is wrong.
 
-    Whatever the record (any bytes, any headers, JSON nested to any depth), nothing else is raised.
+    A plain run request without ``run_id`` gets its record's (:func:`record_run_id`); without a position (a
+    record decoded by hand, not consumed) a new one. Whatever the record (any bytes, any headers, JSON nested to
+    any depth), nothing else is raised.
     """
     if not is_cloudevent(value, headers):
         if _is_range_request(value):
             return RangeRequested.model_validate_json(value)
-        return RunRequested.model_validate_json(value)
+        request = RunRequested.model_validate_json(value)
+        if position is None or "run_id" in request.model_fields_set:
+            return request
+        return request.model_copy(update={"run_id": record_run_id(position)})
     # Kafka allows a header without a value (None): no CloudEvent attribute, and the SDK would fail to decode it.
     message_headers = {k: v for k, v in headers if v is not None}
     if _header(headers, "ce_specversion") is None:
@@ -150,4 +182,7 @@ def decode_run_request(value: bytes, headers: Headers) -> RunRequested | RangeRe
         # The source is the sender's (a URI of any length), not a name it chose for the run: cut to fit, not refused.
         requested_by=data.requested_by or cut_requested_by(source),
         parameters=data.parameters,
+        scheduled_for=data.scheduled_for,
+        definition_id=data.definition_id,
+        allow_mass_removal=data.allow_mass_removal,
     )

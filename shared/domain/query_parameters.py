@@ -84,10 +84,25 @@ def unset_required(declared: Mapping[str, QueryParameter]) -> list[str]:
     return [name for name, parameter in declared.items() if parameter.required and parameter.default is None]
 
 
+#: Parameter types whose values a JSON boolean is not (pydantic's lax mode reads ``true`` as 1)...
+_NOT_FROM_BOOLEANS = frozenset(
+    {ParameterType.INTEGER, ParameterType.NUMBER, ParameterType.DATE, ParameterType.DATETIME}
+)
+#: ... and those whose values a JSON number is not (lax mode reads ``0`` as 1970-01-01, seconds since the epoch).
+_NOT_FROM_NUMBERS = frozenset({ParameterType.DATE, ParameterType.DATETIME})
+
+
 def coerce(kind: ParameterType, value: Any) -> Any:
-    """``value`` as the Python value of ``kind`` (e.g. an ISO string to a date); ValueError if it is not one."""
+    """``value`` as the Python value of ``kind`` (e.g. an ISO string to a date); ValueError if it is not one.
+
+    Text is read (``"42"`` is an integer, ``"2026-01-31"`` a date: what a form gives), but a boolean is no number
+    nor date and a number no date or datetime (``true`` is not 1, nor ``0`` 1970-01-01)."""
     if value is None:
         return None
+    if isinstance(value, bool) and kind in _NOT_FROM_BOOLEANS:
+        raise ValueError(f"expected {kind.value}: got a boolean")
+    if isinstance(value, int | float) and not isinstance(value, bool) and kind in _NOT_FROM_NUMBERS:
+        raise ValueError(f"expected {kind.value}: got a number (give an ISO 8601 text)")
     try:
         return _ADAPTERS[kind].validate_python(value, strict=False)
     except ValidationError as exc:

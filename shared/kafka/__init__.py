@@ -17,7 +17,7 @@ from shared.kafka.clients import (
     read_whole_topic,
 )
 from shared.kafka.connection_check import KafkaSetupError, check_kafka_connection
-from shared.kafka.records import Consumed, Headers, Outgoing
+from shared.kafka.records import Consumed, Headers, Outgoing, RecordPosition
 from shared.kafka.socket_leaks import close_leaked_sockets
 from shared.kafka.startup import prepare_kafka
 from shared.kafka.topic_setup import ensure_topics, topic_specs
@@ -46,6 +46,7 @@ __all__ = [
     "InFlight",
     "KafkaSetupError",
     "Outgoing",
+    "RecordPosition",
     "Rejection",
     "check_kafka_connection",
     "dead_letter_record",

@@ -66,8 +66,11 @@ from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from shared.domain.credential_patterns import mask_credential_shapes
+from shared.domain.masking import MASK
+from shared.domain.secret_names import secret_name
 from shared.errors import InvalidInput, RetryableError
-from shared.events import DeadLetter, bounded_reason, cut_text
+from shared.events import DeadLetter, DeadLetterHeader, bounded_reason, cut_text
 from shared.exception_reasons import exception_reason
 from shared.health import GROUP, Health
 from shared.kafka.clients import (
@@ -83,7 +86,7 @@ from shared.kafka.held_records import ForgetRevoked, HeldRecords, HoldRecord, re
 from shared.kafka.records import Consumed as Consumed
 from shared.kafka.records import Headers as Headers
 from shared.kafka.records import Outgoing as Outgoing
-from shared.kafka.records import ProducedHeaders, Round
+from shared.kafka.records import ProducedHeaders, RecordPosition, Round
 from shared.kafka.round_window import RoundWindow
 from shared.kafka.trace_context import decoded_in_context
 from shared.metrics import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED, ConsumerLagSeries, partition_lag
@@ -96,14 +99,21 @@ log = structlog.get_logger(__name__)
 #: A poll's events handled at once (a :class:`Round`: a list, with each event's trace context): per event, the
 #: records to produce or the exception it raised.
 RoundHandler = Callable[[list[E]], Sequence["list[Outgoing] | BaseException"]]
-#: A record's decoder: its value and headers in, its event out; raises when the record is not one.
-Decoder = Callable[[bytes, Headers], E]
+#: A record's decoder: its value, headers and position in (the position None outside a consumer: a decoder given
+#: a record by hand), its event out; raises when the record is not one. Pure: the same record, the same event.
+Decoder = Callable[[bytes, Headers, RecordPosition | None], E]
 
 #: The most of a source record's value a dead letter carries, in bytes of its JSON text (the whole
 #: value's size and SHA-256 are always there): a dead letter stays far below the broker's record limit.
 DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
 #: The longest dead-letter key, in bytes (the source record's key, cut).
 KEY_MAX_BYTES = 1024
+#: The most of a source record's header name a dead letter carries, in bytes of its JSON text...
+DEAD_LETTER_HEADER_NAME_BYTES = 256
+#: ... and of a header's value...
+DEAD_LETTER_HEADER_VALUE_BYTES = 1024
+#: ... and of all its headers: the headers past it are left out (``headers_truncated``).
+DEAD_LETTER_HEADERS_BYTES = 4 * 1024
 #: Attempts at producing a dead letter before it is given up (logged and counted), the first included.
 DEAD_LETTER_ATTEMPTS = 3
 #: The wait before the second attempt at a dead letter, doubling with each further one.
@@ -331,10 +341,12 @@ class RoundInterrupted(Exception):
 
 def value_decoder(parse: Callable[[bytes], E]) -> Decoder[E]:
     """A decoder that reads the record's value only (most topics carry plain JSON events)."""
-    return lambda value, _headers: parse(value)
+    return lambda value, _headers, _position: parse(value)
 
 
-def decode_record(decode: Decoder[E], value: bytes | None, headers: Headers | None) -> E | Rejection:
+def decode_record(
+    decode: Decoder[E], value: bytes | None, headers: Headers | None, position: RecordPosition | None = None
+) -> E | Rejection:
     """The record's event, or why it is not one. Never raises an ``Exception``.
 
     Every ``Exception`` a decoder raises is a reason, deliberately: besides invalid input (pydantic's
@@ -346,7 +358,7 @@ def decode_record(decode: Decoder[E], value: bytes | None, headers: Headers | No
     if value is None:
         return Rejection("invalid event: the record has no value (a tombstone)")
     try:
-        return decode(value, headers or [])
+        return decode(value, headers or [], position)
     except ValidationError as exc:
         return Rejection(bounded_reason(f"invalid event: {describe_validation_error(exc)}"))
     except ValueError as exc:  # UnicodeDecodeError and json's JSONDecodeError included
@@ -376,6 +388,36 @@ def bounded_payload(value: bytes, limit: int = DEAD_LETTER_PAYLOAD_BYTES) -> tup
     return text, cut
 
 
+def dead_letter_headers(headers: Headers | None) -> tuple[list[DeadLetterHeader] | None, bool]:
+    """The headers a dead letter tells of its source record, and whether any was cut or left out: names and values
+    as text (invalid UTF-8 replaced), each cut (:data:`DEAD_LETTER_HEADER_NAME_BYTES`,
+    :data:`DEAD_LETTER_HEADER_VALUE_BYTES`), in order up to :data:`DEAD_LETTER_HEADERS_BYTES` in all. Headers may
+    carry credentials: the value of one named like a credential (:func:`shared.domain.secret_names.secret_name`:
+    ``Authorization``, ``*token*``, ``*key``, ...) is :data:`~shared.domain.masking.MASK`, and credentials in the
+    others are masked by their shape (``Bearer ***``, ``https://user:***@host``). Never raises an ``Exception``."""
+    if not headers:
+        return None, False
+    kept: list[DeadLetterHeader] = []
+    cut = False
+    size = 0
+    for raw_name, raw_value in headers:
+        name, name_cut = bounded_payload(str(raw_name).encode("utf-8", "replace"), DEAD_LETTER_HEADER_NAME_BYTES)
+        value: str | None = None
+        value_cut = False
+        if raw_value is not None:
+            if secret_name(name):
+                value = MASK
+            else:
+                value, value_cut = bounded_payload(bytes(raw_value), DEAD_LETTER_HEADER_VALUE_BYTES)
+                value = mask_credential_shapes(value, MASK)
+        size += len(orjson.dumps(name)) + (len(orjson.dumps(value)) if value is not None else 4)
+        if size > DEAD_LETTER_HEADERS_BYTES:
+            return kept, True
+        kept.append(DeadLetterHeader(name=name, value=value))
+        cut = cut or name_cut or value_cut
+    return kept, cut
+
+
 def dead_letter_record(
     record: Consumed,
     reason: str,
@@ -386,7 +428,8 @@ def dead_letter_record(
 ) -> Outgoing:
     """The dead letter of ``record``, bounded whatever the record: the reason cut to
     :data:`~shared.events.REASON_MAX_CHARS`, the payload to ``payload_bytes`` of JSON (``0``: none), the key to
-    :data:`KEY_MAX_BYTES`; the value's size and SHA-256 always. Never raises an ``Exception``."""
+    :data:`KEY_MAX_BYTES`, the headers as :func:`dead_letter_headers` tells them; the value's size and SHA-256
+    always. Never raises an ``Exception``."""
     value = record.value
     payload: str | None = None
     truncated = False
@@ -403,8 +446,14 @@ def dead_letter_record(
         "payload_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
     }
     try:
+        headers, headers_truncated = dead_letter_headers(record.headers)
         letter = DeadLetter(
-            reason=bounded_reason(reason), payload=payload, payload_truncated=truncated, **common
+            reason=bounded_reason(reason),
+            payload=payload,
+            payload_truncated=truncated,
+            headers=headers,
+            headers_truncated=headers_truncated,
+            **common,
         ).to_bytes()
     except Exception as exc:  # noqa: BLE001 - the last resort: a letter without the parts that would not encode
         letter = DeadLetter(
@@ -1391,7 +1440,7 @@ class ConsumerLoop(Generic[E]):
         if consumed:  # not a held record handed back again
             RECORDS_CONSUMED.labels(service=self.service, topic=record.topic).inc()
         decoded, parent = decoded_in_context(
-            lambda: decode_record(self.decode, record.value, record.headers), record.headers
+            lambda: decode_record(self.decode, record.value, record.headers, record), record.headers
         )
         self._start_trace(record, parent)
         if isinstance(decoded, Rejection):

@@ -51,11 +51,8 @@ def round_contexts(events: Sequence[E]) -> Sequence[Context | None]:
     return [None] * len(events)
 
 
-class Consumed(Protocol):
-    """What the consumer loop reads of a consumed record (kafka-python's ``ConsumerRecord`` has it all).
-
-    ``value`` is None for a tombstone; ``headers`` may be empty or None.
-    """
+class _Placed(Protocol):
+    """A consumed record's topic, partition and offset."""
 
     @property
     def topic(self) -> str: ...
@@ -65,6 +62,22 @@ class Consumed(Protocol):
 
     @property
     def offset(self) -> int: ...
+
+
+class RecordPosition(_Placed, Protocol):
+    """Where a consumed record is in its topic: the same whenever the record is read again (redelivered, handed
+    back), so a decoder may derive what the record does not say from it (a run id, say). kafka-python's
+    ``ConsumerRecord`` is one; ``timestamp`` is the record's (milliseconds since the epoch, stored in the log)."""
+
+    @property
+    def timestamp(self) -> int: ...
+
+
+class Consumed(_Placed, Protocol):
+    """What the consumer loop reads of a consumed record (kafka-python's ``ConsumerRecord`` has it all).
+
+    ``value`` is None for a tombstone; ``headers`` may be empty or None.
+    """
 
     @property
     def key(self) -> bytes | None: ...

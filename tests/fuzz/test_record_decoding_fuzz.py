@@ -95,11 +95,11 @@ def check_record(
     if value is not None:
         # The decoders' contract: ValueError (pydantic's ValidationError is one) and nothing else.
         with contextlib.suppress(ValueError):
-            decode(value, headers)
+            decode(value, headers, None)
     record = ConsumerRecord(
         "exports.fuzzed", 2, None, 41, 0, 0, key, value, list(headers), None, len(key or b""), len(value or b""), 0
     )
-    result = decode_record(decode, value, headers)
+    result = decode_record(decode, value, headers, record)
     if not isinstance(result, Rejection):
         assert isinstance(result, expected)
         tally.decoded += 1

@@ -33,7 +33,7 @@ def test_a_rejoin_finished_between_two_polls_is_taken_and_the_new_partition_cons
         service="test-rejoin",
         consumer=consumer,
         producer=make_producer(settings, "test-rejoin"),
-        decode=lambda value, _headers: value,
+        decode=lambda value, _headers, _position: value,
         handler=handler,
         dead_letter_topic=settings.topics.dead_letters,
     )

@@ -25,7 +25,7 @@ from shared.events import (
     RunStarted,
     Trigger,
 )
-from shared.kafka.loop import Rejection, decode_record
+from shared.kafka.loop import Rejection, decode_record, value_decoder
 
 RUN = uuid.uuid4()
 DEFINITION = ExportDefinition.model_validate({"name": "nightly", "query": "gold", "template": "upsert"})
@@ -86,9 +86,7 @@ def test_a_batchs_error_and_a_refused_members_reason_are_cut_the_same_way():
 
 
 def _decoded(event: dict[str, object]) -> object:
-    return decode_record(
-        lambda value, _: RUN_EVENTS_RECORD_ADAPTER.validate_json(value), json.dumps(event).encode(), None
-    )
+    return decode_record(value_decoder(RUN_EVENTS_RECORD_ADAPTER.validate_json), json.dumps(event).encode(), None)
 
 
 @pytest.mark.parametrize(

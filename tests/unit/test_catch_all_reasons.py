@@ -411,7 +411,7 @@ def test_a_handler_that_raises_dead_letters_its_record_with_the_reason_masked_an
         service="test-catch-all",
         consumer=Consumer(),
         producer=None,
-        decode=lambda value, headers: value,
+        decode=lambda value, _headers, _position: value,
         dead_letter_topic="letters",
         handle_round=lambda events: [[] for _ in events],
     )

@@ -111,7 +111,7 @@ def _round_loop(consumer: _Consumer, service: str) -> ConsumerLoop[Any]:
         service=service,
         consumer=consumer,
         producer=None,
-        decode=lambda value, headers: value,
+        decode=lambda value, _headers, _position: value,
         dead_letter_topic="letters",
         handle_round=lambda events: [[] for _ in events],
     )
