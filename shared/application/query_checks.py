@@ -120,7 +120,8 @@ def _definition_problems(
     watermark = watermark if isinstance(watermark, str) and watermark in dropped else None
     if not relied and not unset and watermark is None:
         return []
-    return fit_problems(relied, watermark, query, unset)
+    # Stored values are judged as a run binds them (as saved: shared.domain.query_parameters.coerce).
+    return fit_problems(relied, watermark, query, unset, stored=True)
 
 
 class _Templates:

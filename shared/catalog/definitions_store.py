@@ -34,7 +34,6 @@ from shared.catalog.tables import (
 from shared.catalog.validated_objects import VALIDATED_OBJECTS, ValidatedObjects
 from shared.domain.audit import AuditEntry
 from shared.domain.catalog_objects import (
-    DECRYPT_SECRET,
     CatalogObject,
     ConnectionProfile,
     ExportDefinition,
@@ -52,6 +51,7 @@ from shared.domain.checkpoints import RunSync
 from shared.domain.revisions import Revision
 from shared.domain.runs import RunStatus
 from shared.domain.secret_references import is_reference
+from shared.domain.stored_rows import DECRYPT_SECRET
 from shared.errors import (
     WRITE_ATTEMPTS as WRITE_ATTEMPTS,  # re-exported: the bound of every write's tries
 )

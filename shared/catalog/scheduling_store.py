@@ -17,7 +17,7 @@ from sqlalchemy import Row, Table, bindparam, delete, func, insert, select, upda
 
 from shared.catalog.database import CatalogDatabase, as_utc, aware, now
 from shared.catalog.tables import CatalogObjectRow, LeaseRow, ScheduleRow
-from shared.domain.catalog_objects import STORED_ROW, ExportDefinition
+from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.schedule_state import (
     DueSchedule,
     FiringMark,
@@ -25,6 +25,7 @@ from shared.domain.schedule_state import (
     ScheduleState,
     ScheduleSync,
 )
+from shared.domain.stored_rows import STORED_ROW
 
 log = structlog.get_logger(__name__)
 

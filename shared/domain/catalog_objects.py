@@ -50,6 +50,7 @@ from shared.domain.query_sql import check_select
 from shared.domain.schedule import Schedule
 from shared.domain.secret_names import secret_query_name
 from shared.domain.secret_references import is_reference
+from shared.domain.stored_rows import DECRYPT_SECRET, read_as_saved
 from shared.domain.strict_values import StrictBool
 from shared.domain.sync_mode import Sync
 
@@ -77,17 +78,6 @@ NESTING_MAX_DEPTH = 64
 STRUCTURE_PROBLEM_LENGTH = 300
 #: How the catalog stores a literal secret encrypted at rest: ``{"encrypted": "<token>"}`` (see :func:`stored_form`).
 ENCRYPTED = "encrypted"
-#: The validation context entry holding the function that decrypts such a value (given by the catalog's store).
-DECRYPT_SECRET = "decrypt_secret"  # noqa: S105 - a context key, not a secret
-#: The validation context entry saying the input is one of the catalog's own rows (read as saved), for readers that
-#: decrypt nothing (the scheduler's): a rule tightened since it was saved is enforced where it matters, not at the read.
-STORED_ROW = "stored_row"
-
-
-def read_as_saved(info: ValidationInfo) -> bool:
-    """Whether the input is one of the catalog's own rows (read with its context: :data:`DECRYPT_SECRET` or
-    :data:`STORED_ROW`): a rule tightened since a row was saved is not enforced at its read, only when it is written."""
-    return isinstance(info.context, dict) and (DECRYPT_SECRET in info.context or STORED_ROW in info.context)
 
 
 def _decrypt_stored(value: Any, info: ValidationInfo) -> Any:
@@ -956,7 +946,12 @@ def runs_unattended(schedule: Schedule | Mapping[str, Any] | None) -> bool:
 
 
 def fit_problems(
-    parameters: Mapping[str, Any], watermark_column: str | None, query: SavedQuery, needed: Iterable[str] = ()
+    parameters: Mapping[str, Any],
+    watermark_column: str | None,
+    query: SavedQuery,
+    needed: Iterable[str] = (),
+    *,
+    stored: bool = False,
 ) -> list[str]:
     """:func:`query_consistency_problems` of a definition's ``parameters`` and ``watermark_column`` (None: not
     incremental), as given or as stored (its JSON: what a query's save checks of the definitions on it, unread);
@@ -968,7 +963,7 @@ def fit_problems(
             problems.append(f"field 'parameters.{name}': query '{query.name}' declares no such parameter")
             continue
         try:
-            coerce(declared.type, value)
+            coerce(declared.type, value, stored=stored)
         except ValueError as exc:
             problems.append(f"field 'parameters.{name}': {exc}")
     problems += [

@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter, ValidationError, ValidationInfo, model_validator
 
 from shared.domain.nul_characters import NOT_ALLOWED, NUL, shown
+from shared.domain.stored_rows import read_as_saved
 from shared.domain.strict_values import StrictBool
 from shared.events import cut_text
 
@@ -67,9 +68,11 @@ class QueryParameter(BaseModel):
     description: str | None = None
 
     @model_validator(mode="after")
-    def _default_has_the_type(self) -> QueryParameter:
+    def _default_has_the_type(self, info: ValidationInfo) -> QueryParameter:
         if self.default is not None:
-            coerce(self.type, self.default)
+            # A default saved before booleans and numbers were refused as numbers and dates still loads (and binds
+            # as it did); the rule holds when the query is saved again.
+            coerce(self.type, self.default, stored=read_as_saved(info))
         return self
 
 
@@ -92,17 +95,20 @@ _NOT_FROM_BOOLEANS = frozenset(
 _NOT_FROM_NUMBERS = frozenset({ParameterType.DATE, ParameterType.DATETIME})
 
 
-def coerce(kind: ParameterType, value: Any) -> Any:
+def coerce(kind: ParameterType, value: Any, *, stored: bool = False) -> Any:
     """``value`` as the Python value of ``kind`` (e.g. an ISO string to a date); ValueError if it is not one.
 
     Text is read (``"42"`` is an integer, ``"2026-01-31"`` a date: what a form gives), but a boolean is no number
-    nor date and a number no date or datetime (``true`` is not 1, nor ``0`` 1970-01-01)."""
+    nor date and a number no date or datetime (``true`` is not 1, nor ``0`` 1970-01-01). ``stored``: a value the
+    catalog already holds (a definition's, a query's default), read as it was when saved (pydantic's lax mode), so
+    that a catalog saved before that rule keeps running; the rule holds for what is given or saved now."""
     if value is None:
         return None
-    if isinstance(value, bool) and kind in _NOT_FROM_BOOLEANS:
-        raise ValueError(f"expected {kind.value}: got a boolean")
-    if isinstance(value, int | float) and not isinstance(value, bool) and kind in _NOT_FROM_NUMBERS:
-        raise ValueError(f"expected {kind.value}: got a number (give an ISO 8601 text)")
+    if not stored:
+        if isinstance(value, bool) and kind in _NOT_FROM_BOOLEANS:
+            raise ValueError(f"expected {kind.value}: got a boolean")
+        if isinstance(value, int | float) and not isinstance(value, bool) and kind in _NOT_FROM_NUMBERS:
+            raise ValueError(f"expected {kind.value}: got a number (give an ISO 8601 text)")
     try:
         return _ADAPTERS[kind].validate_python(value, strict=False)
     except ValidationError as exc:
@@ -150,13 +156,16 @@ def bind_values(
             )
     bound: dict[str, Any] = {}
     for name, parameter in declared.items():
-        value = next((values[name] for values in supplied if values and name in values), parameter.default)
+        found = next(((at, values[name]) for at, values in enumerate(supplied) if values and name in values), None)
+        given, value = found if found is not None else (None, parameter.default)
         if value is None and parameter.required:
             raise ParameterError(required_problem(name, parameter))
         if isinstance(value, str) and NUL in value:
             raise ParameterError(f"parameter '{name}': {NOT_ALLOWED}")
         try:
-            bound[name] = coerce(parameter.type, value)
+            # Only the first of supplied (a run request's values) is held to today's rule; later ones and defaults
+            # are the catalog's own, bound as they were saved.
+            bound[name] = coerce(parameter.type, value, stored=given != 0)
         except ValueError as exc:
             raise ParameterError(f"parameter '{name}': {exc}") from None
     return bound

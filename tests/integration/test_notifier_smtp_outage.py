@@ -29,8 +29,9 @@ from services.notifier.notifying import Notifier
 from services.notifier.send_round import SendRound
 from shared.catalog import CatalogStores
 from shared.catalog.tables import NotificationRow
-from shared.domain.catalog_objects import DECRYPT_SECRET, ExportDefinition
+from shared.domain.catalog_objects import ExportDefinition
 from shared.domain.runs import RunStatus
+from shared.domain.stored_rows import DECRYPT_SECRET
 from shared.events import AnyRunEvent, RunFailed
 from shared.outbound.backoff import Backoff
 

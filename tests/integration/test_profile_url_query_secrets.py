@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from shared.domain.audit import AuditEntry
-from shared.domain.catalog_objects import STORED_ROW, ConnectionProfile, HttpTemplate, stored_form
+from shared.domain.catalog_objects import ConnectionProfile, HttpTemplate, stored_form
 from shared.domain.rendering import render_request
+from shared.domain.stored_rows import STORED_ROW
 from shared.events import MemberBatch, utc_now
 from tests.admin_app import InProcessApi, refused_writing_nothing
 from tests.integration.test_console_fields import signed_in

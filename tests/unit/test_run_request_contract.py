@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from services.extractor.run_request_decoding import decode_run_request
 from shared.domain.catalog_objects import SavedQuery, fit_problems
 from shared.domain.query_parameters import ParameterError, QueryParameter, bind_values
+from shared.domain.stored_rows import STORED_ROW
 from shared.events import RUN_REQUESTED_CLOUDEVENT_TYPE, RunRequested
 from shared.kafka.loop import Rejection, decode_record
 
@@ -188,3 +189,33 @@ def test_text_and_values_of_the_parameters_own_type_are_still_read():
         "after": dt.datetime(2026, 1, 31, 8, tzinfo=dt.UTC),
         "vip": True,
     }
+
+
+# --- What the catalog already holds keeps running -------------------------------------------------------------------
+# A query or definition saved before booleans and numbers were refused as numbers and dates is the catalog's own: it
+# loads and binds as it did (lenient read), and the rule holds when it is saved again (strict write).
+
+
+def test_a_query_stored_with_a_default_of_another_json_type_still_loads_and_binds_as_before():
+    spec = {
+        "name": "q",
+        "sql": "SELECT 1 WHERE :since IS NOT NULL",
+        "parameters": {"since": {"type": "date", "default": 0}},
+    }
+    stored = SavedQuery.model_validate(spec, context={STORED_ROW: True})
+    assert bind_values(stored.parameters) == {"since": dt.date(1970, 1, 1)}
+    with pytest.raises(ValidationError, match="expected date: got a number"):
+        SavedQuery.model_validate(spec)  # saved again: refused
+
+
+def test_a_definitions_stored_value_of_another_json_type_binds_as_before_and_a_run_requests_does_not():
+    assert bind_values(DECLARED, {}, {"min_points": True, "since": 0})["min_points"] == 1
+    assert bind_values(DECLARED, None, {"since": 0})["since"] == dt.date(1970, 1, 1)
+    with pytest.raises(ParameterError, match="parameter 'min_points': expected integer: got a boolean"):
+        bind_values(DECLARED, {"min_points": True}, {"min_points": 3})
+
+
+def test_a_query_save_judges_the_stored_definitions_values_as_their_runs_bind_them():
+    query = SavedQuery(name="q", sql="SELECT 1", parameters=DECLARED)
+    assert fit_problems({"min_points": True, "since": 0}, None, query, stored=True) == []
+    assert len(fit_problems({"min_points": True, "since": 0}, None, query)) == 2
