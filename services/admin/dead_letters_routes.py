@@ -36,6 +36,12 @@ class DeadLetterList(BaseModel):
 
     letters: int = Field(description="The dead letters of all the groups (not of this page only).")
     total_groups: int = Field(description="The groups in all: the pages hold them, `offset` to `offset + limit`.")
+    unreadable: int = Field(
+        default=0,
+        description="Records of the dead-letter topic in the caller's scope that could not be read as dead letters (a "
+        "newer schema version, or bytes that are no dead letter): in no group and not in `letters`. Counted for a "
+        "run whose id the record still names; with a `definition` filter, none are counted (they say no definition).",
+    )
     groups: list[DeadLetterGroupView]
 
 
@@ -107,5 +113,6 @@ def list_letters(
     return DeadLetterList(
         letters=listing.letters,
         total_groups=listing.total_groups,
+        unreadable=listing.unreadable,
         groups=[DeadLetterGroupView.model_validate(dead_letter_view(group)) for group in listing.groups],
     )

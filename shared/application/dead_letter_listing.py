@@ -12,14 +12,14 @@ import json
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.application.actors import Actor, Permission, authorise
 from shared.application.dead_letter_retries import RetryStates, dead_letter_key_column, dead_letter_retries
 from shared.application.errors import Refused
-from shared.application.ports import DeadLetterSource, DefinitionsStore, RunUnitsReader
+from shared.application.ports import DeadLetterSource, DefinitionsStore, RunUnitsReader, unreadable_of
 from shared.domain.member_retries import MemberRetry
 from shared.errors import StoredObjectInvalid
 from shared.events import DeadLetter
@@ -59,6 +59,9 @@ class DeadLetterListing:
     letters: int
     groups: list[DeadLetterGroup]
     total_groups: int
+    #: Records of the topic in the listing's scope that could not be read as dead letters (a newer schema version,
+    #: or bytes that are no dead letter): not in ``letters`` nor in any group, never left out unsaid.
+    unreadable: int = 0
 
 
 def dead_letter_view(group: DeadLetterGroup) -> dict[str, Any]:
@@ -186,6 +189,9 @@ class GroupedDeadLetters:
     #: The key column each definition's members' keys were taken under (None: no keys taken, the catalog could not
     #: say); a request whose catalog names another column for one cannot use these keys (:meth:`answers`).
     columns: Mapping[str, str | None]
+    #: The records that could not be read as dead letters, by the run they name (None: none named); with a ``run``
+    #: filter, that run's only; with a ``definition`` filter, none (such a record says no definition to filter by).
+    unreadable: Mapping[uuid.UUID | None, int] = field(default_factory=dict)
 
     @property
     def weight(self) -> int:
@@ -208,7 +214,7 @@ class GroupedDeadLetters:
 
 
 def group_dead_letters(
-    letters: Iterable[DeadLetter],
+    letters: Sequence[DeadLetter],
     *,
     key_column: Callable[[str], str | None] | None,
     run: uuid.UUID | None = None,
@@ -243,7 +249,10 @@ def group_dead_letters(
         for group, (letters, members) in counts.items()
     ]
     groups.sort(key=lambda g: (_label(g.key), g.key[2] or "-", g.key[3]))
-    return GroupedDeadLetters(tuple(groups), columns)
+    unreadable = {
+        named: count for named, count in unreadable_of(letters).items() if not definition and run in (None, named)
+    }
+    return GroupedDeadLetters(tuple(groups), columns, unreadable)
 
 
 def _packed(keys: list[str]) -> str:
@@ -267,6 +276,8 @@ class ScopedPage:
     letters: int
     total_groups: int
     shown: list[GroupTally]
+    #: The records of its scope that could not be read as dead letters (:attr:`GroupedDeadLetters.unreadable`).
+    unreadable: int = 0
 
 
 def scoped_page(
@@ -276,10 +287,11 @@ def scoped_page(
     catalog, for an actor of every unit only), ``page`` of them shown (a slice of the sorted groups; None: all);
     ``letters`` and ``total_groups`` of all the groups in scope."""
     authorise(actor, Permission.READ)
-    visible = _scope(actor, runs, [tally.key[0] for tally in grouped.groups])
+    visible = _scope(actor, runs, [tally.key[0] for tally in grouped.groups] + list(grouped.unreadable))
     tallies = [tally for tally in grouped.groups if visible(tally.key[0])]
     shown = tallies[page] if page is not None else tallies
-    return ScopedPage(sum(tally.letters for tally in tallies), len(tallies), shown)
+    unreadable = sum(count for named, count in grouped.unreadable.items() if visible(named))
+    return ScopedPage(sum(tally.letters for tally in tallies), len(tallies), shown, unreadable)
 
 
 def listed(grouped: GroupedDeadLetters, scoped: ScopedPage, *, cells: RetryCells | None) -> DeadLetterListing:
@@ -299,7 +311,9 @@ def listed(grouped: GroupedDeadLetters, scoped: ScopedPage, *, cells: RetryCells
         for name, groups_keys in keys.items():
             retry.update(cells.cells(name, groups_keys))
     shown = [tally.shown(retry.get(tally.key)) for tally in scoped.shown]
-    return DeadLetterListing(letters=scoped.letters, groups=shown, total_groups=scoped.total_groups)
+    return DeadLetterListing(
+        letters=scoped.letters, groups=shown, total_groups=scoped.total_groups, unreadable=scoped.unreadable
+    )
 
 
 def listing_of(

@@ -204,11 +204,26 @@ class EventPublisher(Protocol):
         ...
 
 
+class ReadDeadLetters(list[DeadLetter]):
+    """The dead letters a read gave, and how many records of their topic it could not read as one (a newer schema
+    version, or bytes that are no dead letter), by the run they name when they name one (None: no run to say)."""
+
+    def __init__(self, letters: Iterable[DeadLetter] = (), unreadable: Mapping[uuid.UUID | None, int] | None = None):
+        super().__init__(letters)
+        self.unreadable: dict[uuid.UUID | None, int] = dict(unreadable or {})
+
+
+def unreadable_of(letters: Sequence[DeadLetter]) -> Mapping[uuid.UUID | None, int]:
+    """The records a read could not read, by run (:class:`ReadDeadLetters`); none for a source that does not say."""
+    return letters.unreadable if isinstance(letters, ReadDeadLetters) else {}
+
+
 class DeadLetterSource(Protocol):
     """The dead letters recorded so far."""
 
     def dead_letters(self) -> list[DeadLetter]:
-        """Every dead letter; :class:`shared.application.errors.DeadLettersUnreadable` when they cannot be read."""
+        """Every dead letter (a :class:`ReadDeadLetters` to say how many records could not be read);
+        :class:`shared.application.errors.DeadLettersUnreadable` when they cannot be read."""
         ...
 
 

@@ -40,7 +40,13 @@ from shared.application.errors import (
     RunNotPublished,
 )
 from shared.application.objects import existing, visible_with_id
-from shared.application.ports import DeadLetterSource, DefinitionsStore, EventPublisher, RunsStore
+from shared.application.ports import (
+    DeadLetterSource,
+    DefinitionsStore,
+    EventPublisher,
+    RunsStore,
+    unreadable_of,
+)
 from shared.application.runs import claim_key, replay_fingerprint, visible_run
 from shared.domain.catalog_objects import ExportDefinition, HttpTemplate, SavedQuery
 from shared.domain.replay import (
@@ -71,6 +77,16 @@ CLAIM_WAIT_SECONDS = 30.0
 _CLAIM_POLL_SECONDS = 0.5
 
 _log = logging.getLogger(__name__)
+
+
+def _nothing_to_replay(run_id: uuid.UUID, unreadable: int) -> str:
+    """Why a run has nothing to replay: none of its dead letters hold members, or those naming it cannot be read."""
+    if not unreadable:
+        return f"run {run_id} has no dead-lettered members to replay"
+    return (
+        f"run {run_id} has no dead-lettered members this version can read to replay: {unreadable} dead letter(s) of "
+        "this run could not be read (written by a newer version?); replay with the version that wrote them"
+    )
 
 
 @dataclass(frozen=True)
@@ -145,7 +161,7 @@ def replay_dead_letters(
             raise DeadLettersUnreadable(exc.reason, replay_of=run_id, key_bound=bool(idempotency_key)) from None
         members = members_to_replay(read, run_id, key_column)
         if not members:
-            raise Invalid(f"run {run_id} has no dead-lettered members to replay", slug="nothing-to-replay")
+            raise Invalid(_nothing_to_replay(run_id, unreadable_of(read).get(run_id, 0)), slug="nothing-to-replay")
         columns = list(dict.fromkeys(column for member in members for column in member))
         encoder = BatchEncoder(
             run_id=replay_id,

@@ -25,9 +25,15 @@ DEAD_LETTERS_CALL_SECONDS = 120.0
 PAGE_GROUPS = 1_000
 
 
-def print_dead_letters(views: list[dict[str, Any]], letters: int, fmt: str) -> None:
+def print_dead_letters(views: list[dict[str, Any]], letters: int, fmt: str, unreadable: int = 0) -> None:
     """Dead-letter groups (:func:`shared.application.dead_letter_listing.dead_letter_view`, the admin API's) as a
-    table with the count of dead letters under it, or as YAML or JSON: both modes print them so."""
+    table with the count of dead letters under it, or as YAML or JSON: both modes print them so. Records that could
+    not be read as dead letters (``unreadable``) are said under the table, or on stderr beside YAML or JSON (their
+    list of groups stays what it was)."""
+    if unreadable:
+        said = unreadable_text(unreadable)
+        if fmt != "table":
+            print(f"exportctl: warning: {said}", file=sys.stderr)
     rows = [
         (
             view["run_id"] or f"({view['service']}: unreadable record)",
@@ -48,7 +54,12 @@ def print_dead_letters(views: list[dict[str, Any]], letters: int, fmt: str) -> N
         )
         return
     table(("RUN", "DEFINITION", "MEMBERS", "REASON", "RETRY"), rows)
-    print(f"{letters} dead letter(s)")
+    print(f"{letters} dead letter(s)" + (f"; {said}" if unreadable else ""))
+
+
+def unreadable_text(unreadable: int) -> str:
+    """What a listing says of the records it could not read as dead letters."""
+    return f"{unreadable} more could not be read (written by a newer version?), not listed"
 
 
 def api_list(api: AdminApi, args: argparse.Namespace) -> int:
@@ -101,7 +112,7 @@ def api_list(api: AdminApi, args: argparse.Namespace) -> int:
             "or still show one that went; the count is the last page's): list again for a settled view",
             file=sys.stderr,
         )
-    print_dead_letters(groups, answer["letters"], args.output)
+    print_dead_letters(groups, answer["letters"], args.output, answer.get("unreadable", 0))
     return OK
 
 

@@ -50,7 +50,9 @@ def cmd_list(settings: CliSettings, args: argparse.Namespace) -> int:
         raise CliError(str(exc), UNREACHABLE) from None
     finally:
         lookup.close()
-    print_dead_letters([dead_letter_view(group) for group in listing.groups], listing.letters, args.output)
+    print_dead_letters(
+        [dead_letter_view(group) for group in listing.groups], listing.letters, args.output, listing.unreadable
+    )
     return OK
 
 

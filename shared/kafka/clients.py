@@ -197,7 +197,8 @@ class TopicMissing(LookupError):
     def __init__(self, settings: CommonSettings, topic: str) -> None:
         super().__init__(
             f"topic '{topic}' does not exist on the Kafka cluster at {settings.kafka_bootstrap_servers}: check "
-            f"EXPORT_TOPIC_PREFIX ('{settings.topic_prefix}') and EXPORT_KAFKA_BOOTSTRAP_SERVERS"
+            f"EXPORT_TOPIC_PREFIX ('{settings.topic_prefix}') and EXPORT_KAFKA_BOOTSTRAP_SERVERS, or whether the "
+            "Kafka user is allowed to DESCRIBE it"
         )
 
 

@@ -6,13 +6,17 @@ admin API or exportctl starts its run's trace here), carried by its records' ``t
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
+from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from shared.application.errors import DeadLettersUnreadable, PublishFailed
+from shared.application.ports import ReadDeadLetters
 from shared.events import AnyRunEvent, DeadLetter, Priority, RunRequested
 from shared.kafka.clients import (
     READ_CONNECT_TIMEOUT_SECONDS,
@@ -132,7 +136,7 @@ class KafkaDeadLetters:
         self.settings = settings
         self.connect_timeout = connect_timeout
 
-    def dead_letters(self) -> list[DeadLetter]:
+    def dead_letters(self) -> ReadDeadLetters:
         """Every dead letter; :class:`DeadLettersUnreadable` when Kafka does not give them (its error, first line)."""
         try:
             values = read_whole_topic(
@@ -149,7 +153,7 @@ class KafkaDeadLetters:
 
     def dead_letters_unless(
         self, known: Callable[[Hashable], bool], *, spent: float = 0.0
-    ) -> tuple[Hashable | None, list[DeadLetter] | None]:
+    ) -> tuple[Hashable | None, ReadDeadLetters | None]:
         """The topic's version (:data:`~shared.kafka.clients.TopicVersion`; None when the broker names no topic id)
         and, unless ``known`` says the caller holds what it holds then, every dead letter up to it (None when
         ``known``), in one bounded read (:func:`read_topic_unless`) of what ``spent`` (seconds an earlier read for
@@ -181,13 +185,22 @@ class KafkaDeadLetters:
         return version, None if values is None else _decoded(values)
 
 
-def _decoded(values: list[bytes]) -> list[DeadLetter]:
-    """The dead letters of the topic's record values, those not ours to list left out (another schema version, or
-    garbage)."""
-    letters = []
+def _decoded(values: list[bytes]) -> ReadDeadLetters:
+    """The dead letters of the topic's record values, and how many could not be read as one (another schema
+    version, or garbage): counted by the run their JSON names, when it names one, never dropped unsaid."""
+    letters, unreadable = [], Counter[uuid.UUID | None]()
     for value in values:
         try:
             letters.append(DeadLetter.model_validate_json(value))
         except ValueError:
-            continue
-    return letters
+            unreadable[_named_run(value)] += 1
+    return ReadDeadLetters(letters, unreadable)
+
+
+def _named_run(value: bytes) -> uuid.UUID | None:
+    """The run a record that is no dead letter of ours names (its JSON object's ``run_id``), if any."""
+    try:
+        found = json.loads(value)
+        return uuid.UUID(found["run_id"]) if isinstance(found, dict) and isinstance(found.get("run_id"), str) else None
+    except ValueError:  # not JSON, not UTF-8, not a UUID (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        return None

@@ -242,6 +242,7 @@ def test_a_scoped_token_sees_only_its_groups_from_a_kept_listing(
         assert scoped == {
             "letters": 3,
             "total_groups": 3,
+            "unreadable": 0,
             "groups": [
                 {
                     "run_id": str(emea),
@@ -254,7 +255,12 @@ def test_a_scoped_token_sees_only_its_groups_from_a_kept_listing(
                 for i in range(3)
             ],
         }
-        assert listing.get("emea-viewer", run=str(elsewhere)) == {"letters": 0, "total_groups": 0, "groups": []}
+        assert listing.get("emea-viewer", run=str(elsewhere)) == {
+            "letters": 0,
+            "total_groups": 0,
+            "unreadable": 0,
+            "groups": [],
+        }
         assert reads.count == 2  # the unscoped listing, and the one of run `elsewhere` (other filters)
         # The unreadable record, an unscoped token's only, sorted first ("(extractor: unreadable record)").
         assert listing.get(limit=1)["groups"][0]["service"] == "extractor"

@@ -200,7 +200,7 @@ def test_dead_letters_list_on_a_topic_that_does_not_exist_exits_5_naming_it_and_
     assert err == (
         f"exportctl: the dead letters cannot be read now: topic '{prefix}exports.dead-letters' does not exist on the "
         f"Kafka cluster at {kafka_bootstrap}: check EXPORT_TOPIC_PREFIX ('{prefix}') and "
-        "EXPORT_KAFKA_BOOTSTRAP_SERVERS\n"
+        "EXPORT_KAFKA_BOOTSTRAP_SERVERS, or whether the Kafka user is allowed to DESCRIBE it\n"
     )
     settings = CommonSettings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=prefix, metrics_port=0)
     ensure_topics(settings, [settings.topics.dead_letters])

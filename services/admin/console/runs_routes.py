@@ -119,7 +119,14 @@ def dead_letters(request: Request, run_id: uuid.UUID) -> Response:
     reasons: Counter[str] = Counter()
     for group in listing.groups:
         reasons[group.reason] += group.members
-    page = console.pages.render(request, "dead_letters.html", run=record, reasons=reasons.most_common(), error=None)
+    page = console.pages.render(
+        request,
+        "dead_letters.html",
+        run=record,
+        reasons=reasons.most_common(),
+        unreadable=listing.unreadable,
+        error=None,
+    )
     page.headers[PART_HEADER] = DEAD_LETTERS_PART
     return page
 
@@ -135,7 +142,7 @@ def _unread(request: Request, run_id: uuid.UUID, error: str, *, retry_after: boo
     """The dead-letters part of a run's page whose dead letters were not read: 503, ``Retry-After`` as the API's
     (not for a catalog that timed out: nothing says when it answers again)."""
     page = console_of(request).pages.render(
-        request, "dead_letters.html", status=503, run={"run_id": run_id}, reasons=[], error=error
+        request, "dead_letters.html", status=503, run={"run_id": run_id}, reasons=[], unreadable=0, error=error
     )
     page.headers[PART_HEADER] = DEAD_LETTERS_PART
     if retry_after:
